@@ -1,0 +1,151 @@
+"""The ``prh`` command: ``prh run`` runs the pipeline, ``prh sql`` queries the catalog."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
+
+
+def configure_environment() -> None:
+    """Prefect with a project-local home, telemetry off, a patient temporary server."""
+    os.environ.setdefault("PREFECT_HOME", str(PROJECT_ROOT / ".prefect"))
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def default_store() -> str:
+    return os.environ.get("PRH_STORE", str(PROJECT_ROOT / "store"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    configure_environment()
+    parser = argparse.ArgumentParser(prog="prh", description="Representational alignment between neural networks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the full pipeline (dataset, features, alignment)")
+    run.add_argument("--config", default=str(DEMO_CONFIG), help="pipeline YAML (default: the embedded demo)")
+    run.add_argument("--store", default=None, help="store URL: a folder, file://..., s3://bucket/prefix (default: ./store)")
+    run.add_argument("--dataset", default=None, help="a paired Parquet/CSV table or a folder of images + .txt captions")
+    run.add_argument("--permutations", type=int, default=None, help="override alignment.permutations")
+
+    sql = commands.add_parser("sql", help="query the catalog with DuckDB SQL (read-only)")
+    sql.add_argument("query", help="a SELECT query over datasets, samples, models, features, alignment, alignment_best, runs")
+    sql.add_argument("--store", default=None, help="store URL (default: ./store)")
+    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _sql(args)
+    except (ValueError, FileNotFoundError, PermissionError) as error:
+        print(f"prh {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tasks.params import DatasetParams, load_config
+
+    config = load_config(args.config)
+    if args.dataset:
+        config = config.model_copy(update={"dataset": DatasetParams(kind="path", path=str(Path(args.dataset).resolve()))})
+    if args.permutations is not None:
+        config = config.model_copy(update={"alignment": config.alignment.model_copy(update={"permutations": args.permutations})})
+    store = args.store or default_store()
+
+    from flows.pipeline import prh_pipeline
+
+    summary = prh_pipeline(config=config, store=store)
+    print_summary(summary)
+    return 0
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The closing table: best layer pair per metric for every model pair, with chance levels."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Best layer-pair alignment (dataset {summary['dataset_version']}, N={_n(summary)})")
+    for column in ("model A", "model B", "metric", "score", "layers (A, B)", "chance", "score/chance", "calibrated", "p"):
+        table.add_column(column, justify="right" if column not in ("model A", "model B", "metric") else "left")
+    for row in sorted(summary["best"], key=lambda r: (r["metric"], r["model_a"], r["model_b"])):
+        chance = row.get("chance_level")
+        table.add_row(
+            row["model_a"], row["model_b"], row["metric"], f"{row['score']:.4f}",
+            f"{row['layer_name_a']}, {row['layer_name_b']}",
+            "-" if chance is None else f"{chance:.4f}",
+            "-" if not chance else f"{row['score'] / chance:.1f}x",
+            "-" if row.get("calibrated_score") is None else f"{row['calibrated_score']:.3f}",
+            "-" if row.get("p_value") is None else f"{row['p_value']:.3g}",
+        )
+    console = Console(width=max(120, Console().width))
+    console.print(table)
+    console.print(f"features extracted: {', '.join(summary['extracted']) or 'none'}; reused: {', '.join(summary['reused']) or 'none'}")
+    console.print(f"results stored in {summary['store']} (run {summary['run_id']})")
+    console.print("query them: prh sql \"select * from alignment_best\"")
+
+
+def _n(summary: dict[str, Any]) -> str:
+    counts = {r["n_samples"] for r in summary["best"]}
+    return ", ".join(str(c) for c in sorted(counts)) or "?"
+
+
+def _sql(args: argparse.Namespace) -> int:
+    from storage.catalog import connect, query
+
+    table = query(connect(args.store or default_store()), args.query)
+    rows = table.to_pylist()
+    if args.format == "json":
+        print(json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows], indent=2, default=str))
+    elif args.format == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(table.column_names)
+        for r in rows:
+            writer.writerow([_cell(v) for v in r.values()])
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        out = Table(show_lines=False)
+        for name in table.column_names:
+            out.add_column(name)
+        for r in rows:
+            out.add_row(*[_cell(v) for v in r.values()])
+        Console(width=200).print(out)
+        print(f"{len(rows)} rows")
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    return value
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list) and len(value) > 8:
+        return "[" + ", ".join(_cell(v) for v in value[:8]) + f", ... ({len(value)})]"
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The pipeline flow: dataset → features per model → alignment per model pair → publish.
+
+Only composition lives here; the work is in ``tasks``. Every box is content-addressed in the
+store, so a rerun with unchanged inputs computes nothing and a new model adds only its pairs.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
+
+from storage import layout
+from storage.store import DEFAULT_STORE, Store, utc_now
+from storage.versioning import code_version
+from tasks.align_task import align_pair
+from tasks.dataset_task import load_dataset
+from tasks.extract_task import extract_features
+from tasks.params import PipelineConfig
+
+BEST_COLUMNS = ["model_a", "model_b", "metric", "score", "layer_a", "layer_b", "chance_level", "calibrated_score", "p_value"]
+
+
+@flow(name="prh-pipeline", description="Measure representational alignment between every vision and language model.")
+def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str, Any]:
+    """Run the whole pipeline on ``config`` against the store at ``store`` (an fsspec URL).
+
+    Returns a summary: run id, store, dataset version, feature and alignment manifests, and the
+    best layer pair per metric for every model pair.
+    """
+    logger = get_run_logger()
+    target = Store(store)
+    store_url = target.url
+    run_id = str(flow_run.get_id() or "local")
+    record: dict[str, Any] = {
+        "run_id": run_id,
+        "flow_run_id": run_id,
+        "status": "RUNNING",
+        "started_at": utc_now(),
+        "store": target.display_url,
+        "config": config.model_dump(mode="json"),
+        "code_version": code_version("tasks", "storage"),
+    }
+    target.write_json(layout.run_key(run_id), record)
+    try:
+        dataset = load_dataset(config.dataset, store_url)
+        features = {}
+        for index, spec in enumerate(config.models, 1):
+            logger.info("model %d/%d: %s", index, len(config.models), spec.name)
+            features[spec.name] = extract_features(store_url, dataset, spec)
+        alignments = []
+        for spec_a, spec_b in config.model_pairs():
+            alignments.append(align_pair(store_url, features[spec_a.name], features[spec_b.name], config.alignment, spec_a.name, spec_b.name))
+        best = [row for manifest in alignments for row in target.read_table(f"{manifest['key']}/{layout.BEST_FILE}").to_pylist()]
+        record.update(
+            status="COMPLETED",
+            dataset_version=dataset["catalog"]["dataset_version"],
+            feature_versions={name: m["catalog"]["feature_version"] for name, m in features.items()},
+            alignment_versions=[m["key"] for m in alignments],
+            extracted=sorted(name for name, m in features.items() if not m.get("reused")),
+            reused=sorted(name for name, m in features.items() if m.get("reused")),
+            aligned=sum(1 for m in alignments if not m.get("reused")),
+        )
+        _publish_artifacts(best, record)
+        return {**record, "best": best}
+    except BaseException as error:
+        record.update(status="FAILED", error="".join(traceback.format_exception_only(type(error), error)).strip())
+        raise
+    finally:
+        record["finished_at"] = utc_now()
+        target.write_json(layout.run_key(run_id), record)
+
+
+def _publish_artifacts(best: list[dict[str, Any]], record: dict[str, Any]) -> None:
+    rows = [{c: (round(r[c], 4) if isinstance(r[c], float) else r[c]) for c in BEST_COLUMNS} for r in best]
+    create_table_artifact(key="prh-best-scores", table=rows, description=f"Best layer pair per metric and model pair, run {record['run_id']}")
+    create_markdown_artifact(
+        key="prh-run-lineage",
+        markdown=(
+            f"# prh run {record['run_id']}\n\n"
+            f"- store: `{record['store']}`\n- dataset version: `{record['dataset_version']}`\n"
+            f"- features extracted: {', '.join(record['extracted']) or 'none'}; reused: {', '.join(record['reused']) or 'none'}\n"
+            f"- model pairs aligned: {record['aligned']} new of {len(record['alignment_versions'])}\n"
+        ),
+        description="Versions this run produced or reused",
+    )

@@ -1,0 +1,196 @@
+"""The store: an fsspec URL turned into a layout of immutable, atomically published versions.
+
+Layout under the store root (see docs/storage.md)::
+
+    datasets/<dataset_version>/samples.parquet, manifest.json
+    features/<dataset_version>/<model>/<feature_version>/layer-<i>.parquet, manifest.json
+    alignment/<dataset_version>/<model_a>__<model_b>/<alignment_version>/scores.parquet,
+        best.parquet, manifest.json
+    runs/<run_id>.json
+
+A version is visible to readers only once its ``manifest.json`` exists; the manifest is written
+last and lists every data file with its size and SHA-256. Each file is written atomically
+(temporary name + rename on local disks; a single PUT on object stores), so a reader never sees
+a half-written file, and two writers publishing the same content-addressed version end with one
+complete copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.keys import safe_component
+
+MANIFEST = "manifest.json"
+DEFAULT_STORE = "store"
+
+
+def redact_url(url: str) -> str:
+    """The URL without any user:password part, for logs, manifests and artifacts."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return url
+
+
+def utc_now() -> str:
+    """Current UTC time as ISO 8601 with seconds precision."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+@dataclass(frozen=True)
+class Published:
+    """Outcome of :meth:`Store.publish`: where the version lives and whether this call wrote it."""
+
+    key: str
+    manifest: dict[str, Any]
+    written: bool
+
+
+class Store:
+    """A store rooted at an fsspec URL (a local folder, ``file://...``, ``s3://bucket/prefix``).
+
+    ``storage_options`` go to the filesystem (for S3: ``key``, ``secret``, ``endpoint_url``...);
+    by default credentials and endpoint come from the standard AWS environment variables.
+    """
+
+    def __init__(self, url: str = DEFAULT_STORE, storage_options: dict[str, Any] | None = None):
+        if "://" not in url:
+            url = Path(url).expanduser().resolve().as_uri()
+        self.url = url.rstrip("/")
+        options = dict(storage_options or {})
+        if self.url.startswith("s3://") and "endpoint_url" not in options:
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            if endpoint:
+                options["endpoint_url"] = endpoint
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
+        self.root = self.root.rstrip("/")
+        self.is_local = "file" in _protocols(self.fs)
+
+    # ----------------------------------------------------------------- paths
+    @property
+    def display_url(self) -> str:
+        """The store URL safe to show (no credentials)."""
+        return redact_url(self.url)
+
+    def path(self, key: str) -> str:
+        """Filesystem path of a key (``a/b/c``) under the root."""
+        return f"{self.root}/{key}" if key else self.root
+
+    def uri(self, key: str) -> str:
+        """A URL DuckDB can read: a plain local path, or ``s3://bucket/key``."""
+        if self.is_local:
+            return self.path(key)
+        protocol = _protocols(self.fs)[0]
+        return f"{protocol}://{self.path(key)}"
+
+    @staticmethod
+    def key(*components: str) -> str:
+        """Join validated components into a key; raises ValueError on unsafe components."""
+        return "/".join(safe_component(c, "storage key component") for c in components)
+
+    # ----------------------------------------------------------------- reads
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.fs.cat_file(self.path(key))
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_bytes(key))
+
+    def read_table(self, key: str, columns: list[str] | None = None) -> pa.Table:
+        with self.fs.open(self.path(key), "rb") as handle:
+            return pq.read_table(handle, columns=columns)
+
+    def manifest(self, version_key: str) -> dict[str, Any] | None:
+        """The manifest of a published version, or None if it is not (completely) published."""
+        key = f"{version_key}/{MANIFEST}"
+        if not self.exists(key):
+            return None
+        return self.read_json(key)
+
+    def manifests(self, prefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every published version under ``prefix`` as (version key, manifest), sorted by key."""
+        base = self.path(prefix)
+        if not self.fs.exists(base):
+            return
+        found = self.fs.glob(f"{base}/**/{MANIFEST}")
+        for path in sorted(found):
+            path = path.split("://", 1)[-1]
+            version_key = path[len(self.root) + 1 : -len(MANIFEST) - 1]
+            yield version_key, json.loads(self.fs.cat_file(path))
+
+    # ---------------------------------------------------------------- writes
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write one file atomically: readers see the old state or the whole new file."""
+        path = self.path(key)
+        parent = path.rsplit("/", 1)[0]
+        if self.is_local:
+            self.fs.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def write_json(self, key: str, obj: Any) -> None:
+        self.write_bytes(key, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
+
+    def publish(
+        self,
+        version_key: str,
+        files: dict[str, pa.Table | bytes],
+        manifest: dict[str, Any],
+        row_group_size: int | None = None,
+    ) -> Published:
+        """Publish an immutable version: every data file, then the manifest.
+
+        If the version is already published, nothing is written and its manifest is returned.
+        The manifest gains ``files`` (name → size, sha256), ``published_at`` and ``key``.
+        """
+        existing = self.manifest(version_key)
+        if existing is not None:
+            return Published(version_key, existing, written=False)
+        listing = {}
+        for name, content in files.items():
+            data = table_to_parquet_bytes(content, row_group_size) if isinstance(content, pa.Table) else content
+            self.write_bytes(f"{version_key}/{safe_component(name, 'file name')}", data)
+            listing[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        full = {**manifest, "key": version_key, "files": listing, "published_at": utc_now()}
+        self.write_json(f"{version_key}/{MANIFEST}", full)
+        return Published(version_key, full, written=True)
+
+
+def table_to_parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
+    """Serialise a table as Parquet (zstd) in memory."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", row_group_size=row_group_size)
+    return sink.getvalue().to_pybytes()
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)

@@ -1,0 +1,79 @@
+"""Prefect task: load and validate a paired dataset, publish it as a content-addressed version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+from prefect import get_run_logger, task
+
+from storage import layout
+from storage.store import Store
+from storage.versioning import code_version, content_id, table_digest
+from tasks.params import DatasetParams
+
+DATASET_COLUMNS = ["sample_id", "image_id", "text", "image"]
+
+
+def build_table(params: DatasetParams) -> tuple[pa.Table, list[dict[str, Any]], str, dict[str, Any]]:
+    """(valid rows, rejected rows, dataset name, source description) for the requested dataset."""
+    if params.kind == "openmoji":
+        from tasks.data import openmoji
+
+        table = openmoji.build_openmoji_pairs(n=params.n, seed=params.seed, image_size=params.image_size)
+        source = {"kind": "openmoji", "n": params.n, "seed": params.seed, "image_size": params.image_size, **openmoji.describe()}
+        return table, [], params.name or f"openmoji-{table.num_rows}", source
+    from tasks.data.tables import load_paired_dataset
+
+    result = load_paired_dataset(params.path)
+    rejected = result.rejected.to_pylist() if isinstance(result.rejected, pa.Table) else list(result.rejected)
+    name = params.name or _stem(params.path)
+    return result.table, rejected, name, {"kind": "path", "path": params.path}
+
+
+def _stem(path: str) -> str:
+    import re
+
+    stem = path.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip(".-") or "dataset"
+
+
+@task(name="load-dataset", retries=2, retry_delay_seconds=[2, 10])
+def load_dataset(params: DatasetParams, store_url: str) -> dict[str, Any]:
+    """Load, validate and publish the dataset; returns its manifest (reused if already stored)."""
+    logger = get_run_logger()
+    table, rejected, name, source = build_table(params)
+    if rejected:
+        counts: dict[str, int] = {}
+        for row in rejected:
+            counts[row["reason"]] = counts.get(row["reason"], 0) + 1
+        shown = ", ".join(str(r.get("sample_id", r.get("row"))) for r in rejected[:20])
+        logger.warning(
+            "dataset %s: rejected %d rows (%s); ids: %s%s",
+            name, len(rejected), ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), shown,
+            " ..." if len(rejected) > 20 else "",
+        )
+    if table.num_rows < 2:
+        raise ValueError(f"dataset {name}: only {table.num_rows} valid rows; at least 2 are needed")
+    table = table.select(DATASET_COLUMNS).sort_by("sample_id")
+    version = content_id({"samples": table_digest(table)})
+    key = layout.dataset_key(version)
+    store = Store(store_url)
+    samples = table.add_column(0, "dataset_version", pa.array([version] * table.num_rows).dictionary_encode())
+    files: dict[str, Any] = {layout.SAMPLES_FILE: samples}
+    if rejected:
+        files["rejected.parquet"] = pa.Table.from_pylist([{k: str(v) for k, v in r.items()} for r in rejected])
+    catalog = {
+        "dataset_version": version,
+        "name": name,
+        "n_samples": table.num_rows,
+        "n_rejected": len(rejected),
+        "source": source,
+        "code_version": code_version("tasks/data"),
+    }
+    published = store.publish(key, files, {"kind": "dataset", "catalog": catalog}, row_group_size=256)
+    logger.info(
+        "dataset %s: %d pairs, version %s (%s)",
+        name, table.num_rows, version, "published" if published.written else "already stored",
+    )
+    return published.manifest

@@ -1,0 +1,96 @@
+"""Shared test fixtures: a real S3 endpoint on loopback (moto's server mode) and one Prefect
+test harness (a real temporary API server) per session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect-test"))
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 (a real HTTP endpoint), with AWS env vars pointing at it."""
+    port = _free_port()
+    moto = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto_server did not start")
+            time.sleep(0.2)
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="prh-test-key-id",
+        AWS_SECRET_ACCESS_KEY="prh-test-secret-do-not-log",
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    try:
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_store_url(s3_endpoint) -> str:
+    """A fresh bucket on the loopback S3 server; returns ``s3://bucket/prefix``."""
+    import s3fs
+
+    bucket = f"prh-{uuid.uuid4().hex[:12]}"
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    fs.mkdir(bucket)
+    return f"s3://{bucket}/store"
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_url(request, tmp_path) -> str:
+    """The same test against a local folder and against the loopback S3 endpoint."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return request.getfixturevalue("s3_store_url")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One real temporary Prefect API server for the whole test session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
+    with prefect_test_harness(server_startup_timeout=timeout):
+        yield

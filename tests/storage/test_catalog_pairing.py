@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from storage import layout
+from storage.catalog import ReadOnlyQueryError, connect, query
+from storage.features import layer_tables
+from storage.pairing import paired_features
+from storage.store import Store
+
+
+def _publish_features(store, model, ids, layers, dataset="d1"):
+    version = f"fv-{model}"
+    key = layout.features_key(dataset, model, version)
+    catalog = {"model": model, "feature_version": version, "dataset_version": dataset, "n_layers": len(layers),
+               "layer_names": [f"l{i}" for i in range(len(layers))], "layer_widths": [x.shape[1] for x in layers]}
+    return store.publish(key, layer_tables(model, version, ids, layers), {"kind": "features", "catalog": catalog}).manifest
+
+
+def test_pairing_joins_on_sample_id_not_position(store_url):
+    store = Store(store_url)
+    rng = np.random.default_rng(0)
+    ids_a = [f"s{i:03d}" for i in range(20)]
+    ids_b = [f"s{i:03d}" for i in range(5, 30)]  # overlap s005..s019
+    xa = [rng.normal(size=(20, 4)).astype(np.float32), rng.normal(size=(20, 7)).astype(np.float32)]
+    xb = [rng.normal(size=(25, 3)).astype(np.float32)]
+    perm = rng.permutation(25)  # store B in a shuffled order
+    ma = _publish_features(store, "a", ids_a, xa)
+    mb = _publish_features(store, "b", [ids_b[p] for p in perm], [xb[0][perm]])
+    pair = paired_features(store, ma, mb)
+    assert pair.sample_ids == [f"s{i:03d}" for i in range(5, 20)]
+    assert (pair.only_a, pair.only_b) == (5, 10)
+    assert [x.shape for x in pair.xs] == [(15, 4), (15, 7)]
+    np.testing.assert_array_equal(pair.xs[1], xa[1][5:20])
+    np.testing.assert_array_equal(pair.ys[0], xb[0][0:15])  # ids s005..s019 are B's rows 0..14
+
+
+def test_catalog_views_and_read_only(store_url):
+    store = Store(store_url)
+    rng = np.random.default_rng(1)
+    ids = ["x1", "x2", "x3"]
+    _publish_features(store, "m", ids, [rng.normal(size=(3, 2)).astype(np.float32)] * 2)
+    con = connect(store)
+    assert query(con, "select count(*) as n from features").column("n")[0].as_py() == 6
+    assert query(con, "select model, n_layers from models").to_pylist() == [{"model": "m", "n_layers": 2}]
+    vec = query(con, "select vector from features where sample_id = 'x2' and layer = 1").column("vector")[0].as_py()
+    assert len(vec) == 2
+    for view in ("datasets", "samples", "alignment", "alignment_best", "runs"):
+        assert query(con, f"select count(*) as n from {view}").column("n")[0].as_py() == 0
+    for statement in ("create table t as select 1", "copy (select 1) to 'x.csv'", "drop view features", "attach 'x.db'", "insert into features values (1)"):
+        with pytest.raises(ReadOnlyQueryError, match="read-only"):
+            query(con, statement)
+    with pytest.raises(ReadOnlyQueryError):
+        query(con, "select 1; copy (select 1) to 'y.csv'")

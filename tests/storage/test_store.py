@@ -1,0 +1,69 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from storage.keys import safe_component
+from storage.store import MANIFEST, Store, redact_url
+from storage.versioning import content_id, table_digest
+
+
+@pytest.mark.parametrize("bad", ["..", "../x", "/etc", "a/b", "s3://x", "", ".hidden", "a..b", "x" * 129, "a b", "a\\b"])
+def test_unsafe_components_are_refused(bad):
+    with pytest.raises(ValueError, match="not a safe storage key"):
+        safe_component(bad, "model name")
+
+
+def test_safe_component_passes_normal_names():
+    assert safe_component("efficientnet-lite0_v1.2") == "efficientnet-lite0_v1.2"
+
+
+def test_publish_writes_data_then_manifest_and_is_idempotent(store_url):
+    store = Store(store_url)
+    table = pa.table({"x": [1, 2, 3]})
+    first = store.publish("features/v1", {"a.parquet": table, "b.bin": b"hello"}, {"kind": "t", "catalog": {"n": 3}})
+    assert first.written
+    assert store.read_table("features/v1/a.parquet").equals(table)
+    assert store.read_bytes("features/v1/b.bin") == b"hello"
+    manifest = store.manifest("features/v1")
+    assert manifest["files"]["b.bin"]["bytes"] == 5
+    assert manifest["catalog"] == {"n": 3}
+    again = store.publish("features/v1", {"a.parquet": pa.table({"x": [9]})}, {"kind": "t"})
+    assert not again.written
+    assert store.read_table("features/v1/a.parquet").equals(table)  # immutable: not overwritten
+    assert [k for k, _ in store.manifests("features")] == ["features/v1"]
+
+
+def test_version_without_manifest_is_invisible(store_url):
+    store = Store(store_url)
+    store.write_bytes("features/half/a.parquet", b"partial")
+    assert store.manifest("features/half") is None
+    assert list(store.manifests("features")) == []
+
+
+def test_local_writes_leave_no_temporary_files(tmp_path):
+    store = Store(str(tmp_path / "s"))
+    store.publish("x/v", {"a.bin": b"1" * 1000}, {})
+    names = sorted(p.name for p in (tmp_path / "s" / "x" / "v").iterdir())
+    assert names == ["a.bin", MANIFEST]
+    assert json.loads((tmp_path / "s" / "x" / "v" / MANIFEST).read_text())["key"] == "x/v"
+
+
+def test_redact_url_strips_credentials():
+    assert redact_url("s3://AKIA:secret@bucket/prefix") == "s3://bucket/prefix"
+    assert redact_url("s3://bucket/prefix") == "s3://bucket/prefix"
+
+
+def test_content_id_is_order_independent_and_sensitive():
+    assert content_id({"a": 1, "b": [1, 2]}) == content_id({"b": [1, 2], "a": 1})
+    assert content_id({"a": 1}) != content_id({"a": 2})
+    assert len(content_id({})) == 16
+
+
+def test_table_digest_ignores_chunking_but_not_content():
+    t1 = pa.table({"id": ["a", "b"], "img": [b"\x00\x01", b""]})
+    t2 = pa.concat_tables([t1.slice(0, 1), t1.slice(1, 1)])
+    assert table_digest(t1) == table_digest(t2)
+    t3 = pa.table({"id": ["a", "b"], "img": [b"\x00", b"\x01"]})  # same bytes, other split
+    assert table_digest(t1) != table_digest(t3)
