@@ -15,20 +15,19 @@ from tasks.params import DatasetParams
 DATASET_COLUMNS = ["sample_id", "image_id", "text", "image"]
 
 
-def build_table(params: DatasetParams) -> tuple[pa.Table, list[dict[str, Any]], str, dict[str, Any]]:
-    """(valid rows, rejected rows, dataset name, source description) for the requested dataset."""
+def build_table(params: DatasetParams) -> tuple[pa.Table, pa.Table | None, str, dict[str, Any]]:
+    """(valid rows, rejected rows (row, sample_id, reason, detail) or None, dataset name, source)."""
     if params.kind == "openmoji":
         from tasks.data import openmoji
 
         table = openmoji.build_openmoji_pairs(n=params.n, seed=params.seed, image_size=params.image_size)
         source = {"kind": "openmoji", "n": params.n, "seed": params.seed, "image_size": params.image_size, **openmoji.describe()}
-        return table, [], params.name or f"openmoji-{table.num_rows}", source
+        return table, None, params.name or f"openmoji-{table.num_rows}", source
     from tasks.data.tables import load_paired_dataset
 
     result = load_paired_dataset(params.path)
-    rejected = result.rejected.to_pylist() if isinstance(result.rejected, pa.Table) else list(result.rejected)
     name = params.name or _stem(params.path)
-    return result.table, rejected, name, {"kind": "path", "path": params.path}
+    return result.table, result.rejected, name, {"kind": "path", "path": params.path}
 
 
 def _stem(path: str) -> str:
@@ -43,15 +42,17 @@ def load_dataset(params: DatasetParams, store_url: str) -> dict[str, Any]:
     """Load, validate and publish the dataset; returns its manifest (reused if already stored)."""
     logger = get_run_logger()
     table, rejected, name, source = build_table(params)
-    if rejected:
+    n_rejected = 0 if rejected is None else rejected.num_rows
+    if n_rejected:
+        rows = rejected.to_pylist()
         counts: dict[str, int] = {}
-        for row in rejected:
+        for row in rows:
             counts[row["reason"]] = counts.get(row["reason"], 0) + 1
-        shown = ", ".join(str(r.get("sample_id", r.get("row"))) for r in rejected[:20])
+        shown = ", ".join(str(r["sample_id"] if r.get("sample_id") is not None else f"row {r.get('row')}") for r in rows[:20])
         logger.warning(
             "dataset %s: rejected %d rows (%s); ids: %s%s",
-            name, len(rejected), ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), shown,
-            " ..." if len(rejected) > 20 else "",
+            name, n_rejected, ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), shown,
+            " ..." if n_rejected > 20 else "",
         )
     if table.num_rows < 2:
         raise ValueError(f"dataset {name}: only {table.num_rows} valid rows; at least 2 are needed")
@@ -61,13 +62,13 @@ def load_dataset(params: DatasetParams, store_url: str) -> dict[str, Any]:
     store = Store(store_url)
     samples = table.add_column(0, "dataset_version", pa.array([version] * table.num_rows).dictionary_encode())
     files: dict[str, Any] = {layout.SAMPLES_FILE: samples}
-    if rejected:
-        files["rejected.parquet"] = pa.Table.from_pylist([{k: str(v) for k, v in r.items()} for r in rejected])
+    if n_rejected:
+        files["rejected.parquet"] = rejected
     catalog = {
         "dataset_version": version,
         "name": name,
         "n_samples": table.num_rows,
-        "n_rejected": len(rejected),
+        "n_rejected": n_rejected,
         "source": source,
         "code_version": code_version("tasks/data"),
     }

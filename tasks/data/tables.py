@@ -1,0 +1,331 @@
+"""Loading a user's paired dataset into the contract table, reporting every row it refuses.
+
+:func:`load_paired_dataset` reads a Parquet/CSV table or a folder of images with ``.txt``
+captions (layouts: :mod:`tasks.data.sources`), checks each record, and returns the valid rows
+as a :data:`~tasks.data.schema.DATASET_SCHEMA` table together with one rejection record per
+refused row. Nothing is dropped without a record.
+
+Checks, in this order; a record gets the first reason that applies (so a row with both a bad
+caption and a bad image is reported once, for the caption; the image is then not decoded):
+
+==========================  ==================================================================
+``row_malformed``           a CSV line whose field count differs from the header's
+``sample_id_empty``         a ``sample_id`` column value that is null or empty
+``sample_id_unsafe``        characters outside ``[A-Za-z0-9._-]`` or longer than 128
+``image_id_unsafe``         a given ``image_id`` with such characters (null/empty = not given)
+``text_missing``            (folder) an image without its ``.txt`` caption file
+``text_path_unsafe``        (folder) a caption file that links outside the folder
+``text_not_utf8``           the caption bytes are not valid UTF-8
+``text_empty``              null, empty or whitespace-only caption (after stripping)
+``image_missing``           null image, empty path, no such file, a folder caption w/o image
+``image_path_unsafe``       absolute image path, or one that resolves outside the folder of
+                            the table (``../``, symbolic links)
+``image_empty``             a 0-byte image
+``image_too_large``         more pixels than ``max_image_pixels`` (decompression-bomb guard)
+``image_unreadable``        Pillow cannot fully decode it (unknown format, truncated, corrupt)
+``sample_id_duplicate``     the ``sample_id`` of an earlier accepted row (input order)
+``image_id_conflict``       an ``image_id`` already used for different image bytes
+==========================  ==================================================================
+
+Duplicates: the first occurrence (in input order) among rows that pass the per-row checks is
+kept; every later copy is rejected and reported with its own row/id and the row it repeats.
+``image_id`` groups work the same way: the first row fixes the image bytes of an ``image_id``.
+
+Derived ids: without a ``sample_id`` column, ``sample_id = "pair-" + sha256(sha256(image bytes)
++ UTF-8 stripped caption)[:16 hex]``: stable when rows are reordered or image files renamed, and an exact
+duplicate pair (same image bytes, same caption) is caught as ``sample_id_duplicate``.
+Without a given ``image_id``, rows with byte-identical images share an ``image_id``: the
+smallest ``sample_id`` among them; an image used once gets ``image_id == sample_id``.
+
+Captions are stripped of surrounding whitespace and otherwise kept as written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import pyarrow as pa
+
+from tasks.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageProblem, check_image, read_image_file
+from tasks.data.schema import DATASET_SCHEMA, id_problem, validate_table
+from tasks.data.sources import RawRecord, read_records
+
+__all__ = ["REJECTED_SCHEMA", "LoadResult", "Reason", "load_paired_dataset"]
+
+_DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
+
+
+class Reason(StrEnum):
+    """Why a record was rejected (the ``reason`` column of :attr:`LoadResult.rejected`)."""
+
+    ROW_MALFORMED = "row_malformed"
+    SAMPLE_ID_EMPTY = "sample_id_empty"
+    SAMPLE_ID_UNSAFE = "sample_id_unsafe"
+    IMAGE_ID_UNSAFE = "image_id_unsafe"
+    TEXT_MISSING = "text_missing"
+    TEXT_PATH_UNSAFE = "text_path_unsafe"
+    TEXT_NOT_UTF8 = "text_not_utf8"
+    TEXT_EMPTY = "text_empty"
+    IMAGE_MISSING = "image_missing"
+    IMAGE_PATH_UNSAFE = "image_path_unsafe"
+    IMAGE_EMPTY = "image_empty"
+    IMAGE_TOO_LARGE = "image_too_large"
+    IMAGE_UNREADABLE = "image_unreadable"
+    SAMPLE_ID_DUPLICATE = "sample_id_duplicate"
+    IMAGE_ID_CONFLICT = "image_id_conflict"
+
+
+REJECTED_SCHEMA = pa.schema(
+    [
+        pa.field("row", pa.int64()),  # 0-based data row of a table; null for folder records
+        pa.field("sample_id", pa.string()),  # given or derived id; null when there is none yet
+        pa.field("reason", pa.string(), nullable=False),  # a Reason value
+        pa.field("detail", pa.string(), nullable=False),  # human-readable specifics
+    ]
+)
+"""Schema of :attr:`LoadResult.rejected`, one row per refused record, in input order."""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """The valid rows of a dataset and the records that were refused.
+
+    Attributes:
+        table: valid rows, :data:`~tasks.data.schema.DATASET_SCHEMA`, sorted by ``sample_id``.
+        rejected: one row per refused record (:data:`REJECTED_SCHEMA`), in input order.
+        source: the path that was loaded.
+    """
+
+    table: pa.Table
+    rejected: pa.Table
+    source: str = ""
+
+    @property
+    def n_valid(self) -> int:
+        """Number of valid rows."""
+        return self.table.num_rows
+
+    @property
+    def n_rejected(self) -> int:
+        """Number of refused records."""
+        return self.rejected.num_rows
+
+    def summary(self) -> dict[str, int]:
+        """Count of refused records per reason, sorted by reason (empty when nothing was refused)."""
+        counts: dict[str, int] = {}
+        for reason in self.rejected.column("reason").to_pylist():
+            counts[reason] = counts.get(reason, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def report(self, max_ids: int = 20) -> str:
+        """A short human-readable account: counts, then per reason the ids (or rows) refused."""
+        lines = [f"{self.source}: {self.n_valid} valid row(s), {self.n_rejected} rejected"]
+        by_reason: dict[str, list[str]] = {}
+        for item in self.rejected.to_pylist():
+            name = item["sample_id"] if item["sample_id"] is not None else f"row {item['row']}"
+            by_reason.setdefault(item["reason"], []).append(name)
+        for reason, names in sorted(by_reason.items()):
+            shown = ", ".join(names[:max_ids]) + (" ..." if len(names) > max_ids else "")
+            lines.append(f"  {reason}: {len(names)} ({shown})")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Candidate:
+    """A record that passed the checks that need no decoding."""
+
+    index: int  # position among all records: rejections are reported in input order
+    row: int | None
+    origin: str
+    sample_id: str
+    image: bytes
+    image_digest: bytes
+    text: str
+    given_image_id: str | None
+
+
+@dataclass
+class _FileReader:
+    """Reads image files under ``root`` once each (several captions may share one file)."""
+
+    root: Path
+    cache: dict[str, bytes | ImageProblem] = field(default_factory=dict)
+
+    def read(self, relative: str) -> bytes | ImageProblem:
+        if relative not in self.cache:
+            self.cache[relative] = read_image_file(self.root, relative)
+        return self.cache[relative]
+
+
+def _prepare(index: int, record: RawRecord, files: _FileReader) -> _Candidate | tuple[str, str]:
+    """Every check except decoding the image: the candidate row, or ``(reason, detail)``."""
+    where = record.origin
+    if record.problem is not None:
+        return record.problem
+    if record.sample_id is not None:
+        problem = id_problem(record.sample_id)
+        if problem is not None:
+            reason = Reason.SAMPLE_ID_EMPTY if record.sample_id == "" else Reason.SAMPLE_ID_UNSAFE
+            return reason, f"{where}: sample_id {record.sample_id!r} {problem}"
+    if record.image_id is not None:
+        problem = id_problem(record.image_id)
+        if problem is not None:
+            return Reason.IMAGE_ID_UNSAFE, f"{where}: image_id {record.image_id!r} {problem}"
+
+    text = record.text
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            detail = f"{where}: caption is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            return Reason.TEXT_NOT_UTF8, detail
+    if text is None or text.strip() == "":
+        return Reason.TEXT_EMPTY, f"{where}: caption is {'null' if text is None else 'empty'}"
+    text = text.strip()
+
+    image = record.image
+    if image is None:
+        return Reason.IMAGE_MISSING, f"{where}: image is null"
+    if isinstance(image, str):
+        image = files.read(image)
+        if isinstance(image, ImageProblem):
+            return image.reason, f"{where}: {image.detail}"
+    if len(image) == 0:
+        return Reason.IMAGE_EMPTY, f"{where}: image is 0 bytes"
+    digest = hashlib.sha256(image).digest()
+    sample_id = record.sample_id
+    if sample_id is None:
+        sample_id = "pair-" + hashlib.sha256(digest + text.encode("utf-8")).hexdigest()[:16]
+    return _Candidate(index, record.row, where, sample_id, image, digest, text, record.image_id)
+
+
+def _decode_all(images: dict[bytes, bytes], max_pixels: int) -> dict[bytes, ImageProblem | None]:
+    """Decode each distinct image once, in threads (Pillow's decoders release the GIL)."""
+    if len(images) < 16:
+        return {digest: check_image(data, max_pixels) for digest, data in images.items()}
+    with ThreadPoolExecutor(max_workers=_DECODE_THREADS) as pool:
+        problems = pool.map(lambda data: check_image(data, max_pixels), images.values())
+        return dict(zip(images.keys(), problems))
+
+
+def _rejection(
+    index: int, row: int | None, sample_id: str | None, reason: str, detail: str
+) -> tuple[int, dict]:
+    item = {"row": row, "sample_id": _printable(sample_id), "reason": str(reason), "detail": _printable(detail)}
+    return index, item
+
+
+def _printable(value: str | None) -> str | None:
+    """Text safe to store: undecodable bytes kept by the readers become backslash escapes."""
+    if value is None:
+        return None
+    return value.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
+
+
+def load_paired_dataset(
+    path: str | Path,
+    *,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    min_valid_rows: int = 2,
+) -> LoadResult:
+    """Load and validate a paired image–caption dataset (layouts and rules: module docstring).
+
+    Args:
+        path: a ``.parquet``/``.pq``/``.csv``/``.tsv`` table or a folder of images + ``.txt``.
+        max_image_pixels: images with more pixels are rejected as ``image_too_large``.
+        min_valid_rows: fewer valid rows than this is an error (alignment needs pairs).
+
+    Raises:
+        ValueError: naming the path: it does not exist, has an unsupported type, cannot be
+            parsed, lacks ``image``/``text``, or yields fewer than ``min_valid_rows`` valid rows
+            (the message then counts the rejections per reason).
+    """
+    source = Path(path)
+    records, root = read_records(source)
+    files = _FileReader(root)
+    prepared = [_prepare(index, record, files) for index, record in enumerate(records)]
+    distinct = {c.image_digest: c.image for c in prepared if isinstance(c, _Candidate)}
+    image_problems = _decode_all(distinct, max_image_pixels)
+
+    rejected: list[tuple[int, dict]] = []
+    accepted: list[_Candidate] = []
+    first_by_id: dict[str, _Candidate] = {}
+    for index, (record, outcome) in enumerate(zip(records, prepared)):
+        if isinstance(outcome, tuple):
+            rejected.append(_rejection(index, record.row, record.sample_id, *outcome))
+            continue
+        problem = image_problems[outcome.image_digest]
+        if problem is not None:
+            detail = f"{outcome.origin}: {problem.detail}"
+            rejected.append(_rejection(index, record.row, record.sample_id, problem.reason, detail))
+            continue
+        earlier = first_by_id.get(outcome.sample_id)
+        if earlier is not None:
+            rejected.append(
+                _rejection(
+                    index, outcome.row, outcome.sample_id, Reason.SAMPLE_ID_DUPLICATE,
+                    f"{outcome.origin}: sample_id {outcome.sample_id!r} already used by {earlier.origin}",
+                )
+            )
+            continue
+        first_by_id[outcome.sample_id] = outcome
+        accepted.append(outcome)
+
+    kept = _assign_image_ids(accepted, rejected)
+    kept.sort(key=lambda item: item[0].sample_id)
+    table = pa.table(
+        {
+            "sample_id": [row.sample_id for row, _ in kept],
+            "image": [row.image for row, _ in kept],
+            "text": [row.text for row, _ in kept],
+            "image_id": [image_id for _, image_id in kept],
+        },
+        schema=DATASET_SCHEMA,
+    )
+    validate_table(table)
+    rejected.sort(key=lambda item: item[0])
+    result = LoadResult(
+        table=table,
+        rejected=pa.Table.from_pylist([item for _, item in rejected], schema=REJECTED_SCHEMA),
+        source=str(source),
+    )
+    if result.n_valid < min_valid_rows:
+        counts = ", ".join(f"{reason}: {count}" for reason, count in result.summary().items()) or "none"
+        raise ValueError(
+            f"dataset {str(source)!r} has {result.n_valid} valid row(s), at least {min_valid_rows} "
+            f"needed; rejected rows by reason: {counts}"
+        )
+    return result
+
+
+def _assign_image_ids(
+    accepted: list[_Candidate], rejected: list[tuple[int, dict]]
+) -> list[tuple[_Candidate, str]]:
+    """Give every accepted row its ``image_id``; reject rows whose ``image_id`` names other bytes."""
+    smallest_by_digest: dict[bytes, str] = {}
+    for row in accepted:
+        if row.given_image_id is None:
+            current = smallest_by_digest.get(row.image_digest)
+            if current is None or row.sample_id < current:
+                smallest_by_digest[row.image_digest] = row.sample_id
+
+    first_with_image_id: dict[str, _Candidate] = {}
+    kept: list[tuple[_Candidate, str]] = []
+    for row in accepted:
+        image_id = row.given_image_id or smallest_by_digest[row.image_digest]
+        first = first_with_image_id.setdefault(image_id, row)
+        if first.image_digest != row.image_digest:
+            rejected.append(
+                _rejection(
+                    row.index, row.row, row.sample_id, Reason.IMAGE_ID_CONFLICT,
+                    f"{row.origin}: image_id {image_id!r} already names a different image ({first.origin})",
+                )
+            )
+            continue
+        kept.append((row, image_id))
+    return kept

@@ -1,0 +1,373 @@
+"""load_paired_dataset on CSV, Parquet and folder datasets with every kind of bad row."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.data.openmoji import build_openmoji_pairs
+from tasks.data.schema import DATASET_SCHEMA, validate_table
+from tasks.data.tables import REJECTED_SCHEMA, LoadResult, load_paired_dataset
+from tests.tasks.data.sample_images import png_bytes, truncated_png
+
+RED, BLUE, GREEN = png_bytes("red"), png_bytes("blue"), png_bytes("green")
+
+
+def rejections(result: LoadResult) -> list[tuple[int | None, str | None, str]]:
+    return [(r["row"], r["sample_id"], r["reason"]) for r in result.rejected.to_pylist()]
+
+
+def rows(result: LoadResult) -> list[tuple[str, str, str]]:
+    return [(r["sample_id"], r["text"], r["image_id"]) for r in result.table.to_pylist()]
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    """tmp/data/ with images (good, truncated, empty) and tmp/secret.png outside it."""
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    (root / "img" / "red.png").write_bytes(RED)
+    (root / "img" / "blue.png").write_bytes(BLUE)
+    (root / "img" / "green.png").write_bytes(GREEN)
+    (root / "img" / "truncated.png").write_bytes(truncated_png())
+    (root / "img" / "zero.png").write_bytes(b"")
+    (tmp_path / "secret.png").write_bytes(RED)
+    return root
+
+
+# -------------------------------------------------------------------------------------------- CSV
+
+CSV_WITH_BAD_ROWS = (
+    "sample_id,image,text\n"
+    "r1,img/red.png,a red square\n"  # row 0: ok
+    "b1,img/blue.png,  a blue square  \n"  # row 1: ok, caption stripped
+    "t1,img/truncated.png,truncated\n"  # row 2
+    "z1,img/zero.png,zero bytes\n"  # row 3
+    "e1,img/green.png,   \n"  # row 4: whitespace-only caption
+    "r1,img/green.png,same id again\n"  # row 5: duplicate of row 0
+    "p1,../secret.png,escapes\n"  # row 6
+    "p2,img/../../secret.png,escapes too\n"  # row 7
+    "m1,img/missing.png,no such file\n"  # row 8
+    "bad id,img/red.png,unsafe id\n"  # row 9
+    ",img/red.png,no id\n"  # row 10
+    "g1,img/green.png,\"a green square,\nquoted over two lines\"\n"  # row 11: ok
+    "r1,img/red.png,third copy\n"  # row 12: duplicate of row 0
+    "short,img/red.png\n"  # row 13: too few fields
+)
+
+
+def test_csv_reports_every_bad_row(image_dir: Path) -> None:
+    path = image_dir / "pairs.csv"
+    path.write_text(CSV_WITH_BAD_ROWS, encoding="utf-8")
+    result = load_paired_dataset(str(path))
+
+    assert rows(result) == [
+        ("b1", "a blue square", "b1"),
+        ("g1", "a green square,\nquoted over two lines", "g1"),
+        ("r1", "a red square", "r1"),
+    ]
+    assert result.table.column("image").to_pylist() == [BLUE, GREEN, RED]
+    assert rejections(result) == [
+        (2, "t1", "image_unreadable"),
+        (3, "z1", "image_empty"),
+        (4, "e1", "text_empty"),
+        (5, "r1", "sample_id_duplicate"),
+        (6, "p1", "image_path_unsafe"),
+        (7, "p2", "image_path_unsafe"),
+        (8, "m1", "image_missing"),
+        (9, "bad id", "sample_id_unsafe"),
+        (10, "", "sample_id_empty"),
+        (12, "r1", "sample_id_duplicate"),
+        (13, None, "row_malformed"),
+    ]
+    assert result.summary() == {
+        "image_empty": 1,
+        "image_missing": 1,
+        "image_path_unsafe": 2,
+        "image_unreadable": 1,
+        "row_malformed": 1,
+        "sample_id_duplicate": 2,
+        "sample_id_empty": 1,
+        "sample_id_unsafe": 1,
+        "text_empty": 1,
+    }
+    assert (result.n_valid, result.n_rejected) == (3, 11)
+    assert result.rejected.schema == REJECTED_SCHEMA
+    details = result.rejected.column("detail").to_pylist()
+    assert "already used by row 0" in details[3]
+    assert "outside the dataset folder" in details[4]
+    report = result.report()
+    assert "3 valid row(s), 11 rejected" in report and "sample_id_duplicate: 2 (r1, r1)" in report
+    validate_table(result.table)
+
+
+def test_csv_non_utf8_caption_rejects_only_its_row(image_dir: Path) -> None:
+    path = image_dir / "pairs.csv"
+    path.write_bytes(
+        b"\xef\xbb\xbfimage,text,sample_id\n"  # byte-order mark; columns in any order
+        b"img/red.png,caf\xc3\xa9,a\n"
+        b"img/blue.png,caf\xe9 latin-1,b\n"
+        b"img/green.png,green,c\n"
+        b"img/green.png,green,\xff\xfe\n"
+    )
+    result = load_paired_dataset(path)
+    assert rows(result) == [("a", "café", "a"), ("c", "green", "c")]
+    assert rejections(result) == [(1, "b", "text_not_utf8"), (3, "\\xff\\xfe", "sample_id_unsafe")]
+
+
+def test_tsv_and_blank_lines(image_dir: Path) -> None:
+    path = image_dir / "pairs.tsv"
+    path.write_text("image\ttext\nimg/red.png\tred, with a comma\n\nimg/blue.png\tblue\n", encoding="utf-8")
+    result = load_paired_dataset(path)
+    assert sorted(result.table.column("text").to_pylist()) == ["blue", "red, with a comma"]
+    assert result.n_rejected == 0
+
+
+# ---------------------------------------------------------------------------------------- Parquet
+
+
+def write_parquet(path: Path, columns: dict[str, list], types: dict[str, pa.DataType]) -> Path:
+    pq.write_table(pa.table({name: pa.array(values, types[name]) for name, values in columns.items()}), path)
+    return path
+
+
+def test_parquet_bytes_with_bad_rows(tmp_path: Path) -> None:
+    path = write_parquet(
+        tmp_path / "pairs.parquet",
+        {
+            "sample_id": ["a", "b", "c", "d", "e", "f", None, "h", "a", "a", "i.j-k_L", "m", "n"],
+            "image": [RED, BLUE, truncated_png(), b"", None, GREEN, GREEN, GREEN, BLUE, RED, GREEN, RED, BLUE],
+            "text": [b"red", b"blue", b"x", b"x", b"x", b"\t\n", b"x", b"\xc3(", b"dup", b"dup2", b"green", None, b"n"],
+            "image_id": [None, None, None, None, None, None, None, None, None, None, None, "img-a", "img/n"],
+        },
+        {"sample_id": pa.string(), "image": pa.binary(), "text": pa.binary(), "image_id": pa.string()},
+    )
+    result = load_paired_dataset(path)
+    assert rows(result) == [("a", "red", "a"), ("b", "blue", "b"), ("i.j-k_L", "green", "i.j-k_L")]
+    assert rejections(result) == [
+        (2, "c", "image_unreadable"),
+        (3, "d", "image_empty"),
+        (4, "e", "image_missing"),
+        (5, "f", "text_empty"),
+        (6, "", "sample_id_empty"),
+        (7, "h", "text_not_utf8"),
+        (8, "a", "sample_id_duplicate"),
+        (9, "a", "sample_id_duplicate"),
+        (11, "m", "text_empty"),
+        (12, "n", "image_id_unsafe"),
+    ]
+
+
+def test_parquet_paths_relative_to_the_table(image_dir: Path) -> None:
+    path = write_parquet(
+        image_dir / "pairs.pq",
+        {
+            "sample_id": [1, 2, 3, 4],
+            "image": ["img/red.png", "./img/blue.png", "../secret.png", "/etc/hostname"],
+            "text": ["red", "blue", "secret", "absolute"],
+        },
+        {"sample_id": pa.int64(), "image": pa.string(), "text": pa.string()},
+    )
+    result = load_paired_dataset(path)
+    assert rows(result) == [("1", "red", "1"), ("2", "blue", "2")]
+    assert rejections(result) == [(2, "3", "image_path_unsafe"), (3, "4", "image_path_unsafe")]
+
+
+def test_parquet_hugging_face_image_struct(image_dir: Path) -> None:
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    path = write_parquet(
+        image_dir / "hf.parquet",
+        {
+            "image": [{"bytes": RED, "path": None}, {"bytes": None, "path": "img/blue.png"}, None],
+            "text": ["red", "blue", "nothing"],
+            "sample_id": ["x", "y", "z"],
+        },
+        {"image": image_type, "text": pa.string(), "sample_id": pa.string()},
+    )
+    result = load_paired_dataset(path)
+    assert result.table.column("image").to_pylist() == [RED, BLUE]
+    assert rejections(result) == [(2, "z", "image_missing")]
+
+
+def derived_id(image: bytes, text: str) -> str:
+    return "pair-" + hashlib.sha256(hashlib.sha256(image).digest() + text.encode()).hexdigest()[:16]
+
+
+def test_derived_ids_are_content_hashes_and_image_ids_group_identical_images(tmp_path: Path) -> None:
+    images = [RED, BLUE, RED, BLUE, GREEN]
+    texts = ["red", "blue", "scarlet", "blue", "green"]  # row 3 repeats row 1 exactly
+    types = {"image": pa.binary(), "text": pa.string()}
+    forward = load_paired_dataset(write_parquet(tmp_path / "f.parquet", {"image": images, "text": texts}, types))
+    backward = load_paired_dataset(
+        write_parquet(tmp_path / "b.parquet", {"image": images[::-1], "text": texts[::-1]}, types)
+    )
+
+    expected_ids = {derived_id(i, t) for i, t in zip(images, texts)}
+    assert set(forward.table.column("sample_id").to_pylist()) == expected_ids
+    assert len(expected_ids) == 4
+    assert forward.table.equals(backward.table)  # row order does not change the dataset
+    assert rejections(forward) == [(3, derived_id(BLUE, "blue"), "sample_id_duplicate")]
+    assert rejections(backward) == [(3, derived_id(BLUE, "blue"), "sample_id_duplicate")]
+
+    red_ids = sorted([derived_id(RED, "red"), derived_id(RED, "scarlet")])
+    image_id = dict(zip(forward.table.column("sample_id").to_pylist(), forward.table.column("image_id").to_pylist()))
+    assert image_id[red_ids[0]] == image_id[red_ids[1]] == red_ids[0]
+    assert image_id[derived_id(GREEN, "green")] == derived_id(GREEN, "green")
+
+
+def test_given_image_ids_must_name_one_image(tmp_path: Path) -> None:
+    path = write_parquet(
+        tmp_path / "p.parquet",
+        {
+            "sample_id": ["c1", "c2", "c3", "d1", "plain"],
+            "image": [RED, RED, BLUE, GREEN, GREEN],
+            "text": ["one", "two", "three", "four", "five"],
+            "image_id": ["cat", "cat", "cat", "", None],
+        },
+        {"sample_id": pa.string(), "image": pa.binary(), "text": pa.string(), "image_id": pa.string()},
+    )
+    result = load_paired_dataset(path)
+    # "" and null mean "not given": identical bytes then share the smallest sample_id.
+    assert rows(result) == [("c1", "one", "cat"), ("c2", "two", "cat"), ("d1", "four", "d1"), ("plain", "five", "d1")]
+    assert rejections(result) == [(2, "c3", "image_id_conflict")]
+
+
+# ----------------------------------------------------------------------------------------- folder
+
+
+def test_folder_of_images_and_captions(tmp_path: Path) -> None:
+    root = tmp_path / "folder"
+    root.mkdir()
+    files: dict[str, bytes] = {
+        "cat.png": RED, "cat.txt": b"  a cat  \n",
+        "dog.png": BLUE, "dog.txt": b"a dog\n\n  a brown dog\r\nthe dog\n   \n",
+        "lonely.png": GREEN,
+        "orphan.txt": b"no image here",
+        "broken.png": truncated_png(), "broken.txt": b"broken",
+        "zero.png": b"", "zero.txt": b"zero",
+        "blank.png": GREEN, "blank.txt": b" \n\t\n",
+        "latin.png": GREEN, "latin.txt": "caf\u00e9".encode("latin-1"),
+        "twin.png": GREEN, "twin.jpg": RED, "twin.txt": b"twin",
+        "has space.png": GREEN, "has space.txt": b"space",
+        "bom.png": GREEN, "bom.txt": "\ufeffwith BOM".encode(),
+        ".hidden.png": RED, "notes.md": b"ignored",
+    }
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    (tmp_path / "secret.png").write_bytes(RED)
+    os.symlink(tmp_path / "secret.png", root / "link.png")
+    (root / "link.txt").write_bytes(b"link")
+    (root / "subdir").mkdir()
+
+    result = load_paired_dataset(root)
+    assert rows(result) == [
+        ("bom", "with BOM", "bom"),
+        ("cat", "a cat", "cat"),
+        ("dog-0", "a dog", "dog"),
+        ("dog-1", "a brown dog", "dog"),
+        ("dog-2", "the dog", "dog"),
+        ("twin", "twin", "cat"),  # twin.jpg has the same bytes as cat.png: one image
+    ]
+    assert result.table.column("image").to_pylist() == [GREEN, RED, BLUE, BLUE, BLUE, RED]
+    assert rejections(result) == [
+        (None, "blank", "text_empty"),
+        (None, "broken", "image_unreadable"),
+        (None, "has space", "sample_id_unsafe"),
+        (None, "latin", "text_not_utf8"),
+        (None, "link", "image_path_unsafe"),
+        (None, "lonely", "text_missing"),
+        (None, "orphan", "image_missing"),
+        (None, "twin", "sample_id_duplicate"),
+        (None, "zero", "image_empty"),
+    ]
+    assert "twin.png has the same name as twin.jpg" in result.rejected.column("detail").to_pylist()[7]
+
+
+# ----------------------------------------------------------------------------------------- errors
+
+
+def test_errors_name_the_path_and_the_problem(image_dir: Path) -> None:
+    missing = image_dir / "nope.parquet"
+    with pytest.raises(ValueError, match=r"nope\.parquet.*does not exist"):
+        load_paired_dataset(str(missing))
+
+    no_text = image_dir / "no_text.csv"
+    no_text.write_text("image,caption\nimg/red.png,red\n")
+    with pytest.raises(ValueError, match=r"no_text\.csv.*lacks required column\(s\) \['text'\]"):
+        load_paired_dataset(no_text)
+
+    no_image = write_parquet(image_dir / "no_image.parquet", {"text": ["a"]}, {"text": pa.string()})
+    with pytest.raises(ValueError, match=r"no_image\.parquet.*\['image'\]"):
+        load_paired_dataset(no_image)
+
+    wrong_type = write_parquet(
+        image_dir / "ints.parquet", {"image": [1, 2], "text": ["a", "b"]}, {"image": pa.int64(), "text": pa.string()}
+    )
+    with pytest.raises(ValueError, match=r"ints\.parquet.*'image' has type int64"):
+        load_paired_dataset(wrong_type)
+
+    (image_dir / "notes.json").write_text("{}")
+    with pytest.raises(ValueError, match="unsupported file type '.json'"):
+        load_paired_dataset(image_dir / "notes.json")
+
+    (image_dir / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match=r"broken\.parquet.*not a readable Parquet"):
+        load_paired_dataset(image_dir / "broken.parquet")
+
+    (image_dir / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty.*no image files"):
+        load_paired_dataset(image_dir / "empty")
+
+
+def test_fewer_than_two_valid_rows_is_an_error(image_dir: Path) -> None:
+    path = image_dir / "one.csv"
+    path.write_text("image,text\nimg/red.png,red\nimg/zero.png,zero\nimg/blue.png,\n")
+    with pytest.raises(ValueError, match=r"one\.csv.*1 valid row.*image_empty: 1, text_empty: 1"):
+        load_paired_dataset(path)
+    empty = image_dir / "header_only.csv"
+    empty.write_text("image,text\n")
+    with pytest.raises(ValueError, match="0 valid row"):
+        load_paired_dataset(empty)
+
+
+def test_decompression_bomb_limit(image_dir: Path) -> None:
+    (image_dir / "img" / "big.png").write_bytes(png_bytes(size=(200, 200)))
+    path = image_dir / "big.csv"
+    path.write_text("image,text\nimg/red.png,red\nimg/blue.png,blue\nimg/big.png,big\n")
+    result = load_paired_dataset(path, max_image_pixels=10_000)
+    assert [r[2] for r in rejections(result)] == ["image_too_large"]
+    assert load_paired_dataset(path).n_valid == 3
+
+
+def test_result_table_follows_the_contract(image_dir: Path) -> None:
+    path = image_dir / "ok.csv"
+    path.write_text("image,text,image_id\nimg/red.png,red,r\nimg/red.png,crimson,r\nimg/blue.png,blue,\n")
+    result = load_paired_dataset(path)
+    assert result.table.schema == DATASET_SCHEMA
+    validate_table(result.table)
+    assert result.summary() == {}
+    assert result.table.column("image_id").to_pylist().count("r") == 2
+
+
+def test_openmoji_table_round_trips_through_parquet_csv_and_folder(tmp_path: Path) -> None:
+    built = build_openmoji_pairs(n=24, seed=3, image_size=32)
+    pq.write_table(built, tmp_path / "built.parquet")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    lines = ["sample_id,image,text,image_id"]
+    for row in built.to_pylist():
+        (folder / f"{row['sample_id']}.png").write_bytes(row["image"])
+        (folder / f"{row['sample_id']}.txt").write_text(row["text"] + "\n", encoding="utf-8")
+        text = row["text"].replace('"', '""')
+        lines.append(f'{row["sample_id"]},folder/{row["sample_id"]}.png,"{text}",{row["image_id"]}')
+    (tmp_path / "built.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    for path in (tmp_path / "built.parquet", tmp_path / "built.csv", folder):
+        result = load_paired_dataset(path)
+        assert result.n_rejected == 0
+        assert result.table.equals(built), path
