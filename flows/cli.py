@@ -72,28 +72,34 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    """The closing table: best layer pair per metric for every model pair, with chance levels."""
+    """The closing table: best layer pair per metric for every model pair, with chance levels.
+
+    ``chance`` is the analytical chance level where one exists (mutual k-NN: k/(N-1));
+    ``null`` is the mean of the permutation null of the max over layer pairs (what unrelated
+    data scores after the same max), ``calib.`` the calibrated score and ``p`` its p-value.
+    """
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Best layer-pair alignment (dataset {summary['dataset_version']}, N={_n(summary)})")
-    for column in ("model A", "model B", "metric", "score", "layers (A, B)", "chance", "score/chance", "calibrated", "p"):
-        table.add_column(column, justify="right" if column not in ("model A", "model B", "metric") else "left")
-    for row in sorted(summary["best"], key=lambda r: (r["metric"], r["model_a"], r["model_b"])):
-        chance = row.get("chance_level")
+    table = Table(title=f"Best layer pair per metric (dataset {summary['dataset_version']}, N={_n(summary)})")
+    for column in ("vision", "language", "metric", "score", "layer A", "layer B", "chance", "null", "calib.", "p"):
+        table.add_column(column, justify="left" if column in ("vision", "language", "metric", "layer A", "layer B") else "right", no_wrap=True)
+    rows = sorted(summary["best"], key=lambda r: (r["metric"], r["model_b"], -r["score"]))
+    for index, row in enumerate(rows):
+        chance, null = row.get("chance_level"), row.get("null_mean")
         table.add_row(
-            row["model_a"], row["model_b"], row["metric"], f"{row['score']:.4f}",
-            f"{row['layer_name_a']}, {row['layer_name_b']}",
+            row["model_a"], row["model_b"], row["metric"], f"{row['score']:.4f}", row["layer_name_a"], row["layer_name_b"],
             "-" if chance is None else f"{chance:.4f}",
-            "-" if not chance else f"{row['score'] / chance:.1f}x",
+            "-" if null is None else f"{null:.4f}",
             "-" if row.get("calibrated_score") is None else f"{row['calibrated_score']:.3f}",
             "-" if row.get("p_value") is None else f"{row['p_value']:.3g}",
+            end_section=index + 1 < len(rows) and rows[index + 1]["metric"] != row["metric"],
         )
-    console = Console(width=max(120, Console().width))
+    console = Console(width=160)
     console.print(table)
     console.print(f"features extracted: {', '.join(summary['extracted']) or 'none'}; reused: {', '.join(summary['reused']) or 'none'}")
     console.print(f"results stored in {summary['store']} (run {summary['run_id']})")
-    console.print("query them: prh sql \"select * from alignment_best\"")
+    console.print('query them: prh sql "select * from alignment_best"')
 
 
 def _n(summary: dict[str, Any]) -> str:
