@@ -1,0 +1,249 @@
+"""Benchmark of the alignment engine (``tasks.metrics``) against a paper-style per-pair loop.
+
+What it measures, in one run on the same data:
+
+- floor: computing every layer's Gram matrix once (``x @ x.T`` for all layers of both models);
+- ``layer_matrix`` for ``mutual_knn``, ``cka`` and ``cknna`` (fresh caches each repeat, so the
+  Gram / neighbour work is included), as a multiple of the floor;
+- a per-pair loop in the style of the paper's code (torch; neighbours, kernels and HSIC recomputed
+  for every layer pair, dense ``trace(K H L H)``), its time and the largest difference from the
+  engine's matrix (same numbers);
+- ``calibrate`` with ``--permutations`` row permutations (max over layer pairs);
+- optionally ``--large-n N``: ``mutual_knn`` on one layer pair of width 1024 with ``N`` samples
+  (exact fp32 neighbours, blockwise), time and peak memory.
+
+Usage::
+
+    python bench/bench_metrics.py                 # N=1024, 13x13 layers of width 768, CPU
+    python bench/bench_metrics.py --small         # seconds; what CI runs
+    python bench/bench_metrics.py --device cuda --layers-a 33 --width-a 4096 \\
+        --layers-b 40 --width-b 1536              # the paper's largest shape, on a GPU
+    python bench/bench_metrics.py --large-n 20000 --skip-layers
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks.metrics import Representation, calibrate, layer_matrix  # noqa: E402
+
+# ----------------------------------------------------------------------------- paper-style loop
+
+
+def paper_neighbors(f: torch.Tensor, k: int) -> torch.Tensor:
+    """Full argsort of the similarity rows, self pushed to the end (the paper's approach)."""
+    return (f @ f.T).fill_diagonal_(-1e8).argsort(dim=1, descending=True)[:, :k]
+
+
+def paper_mutual_knn(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
+    ka, kb = paper_neighbors(a, k), paper_neighbors(b, k)
+    n = a.shape[0]
+    rows = torch.arange(n, device=a.device).unsqueeze(1)
+    ma = torch.zeros(n, n, device=a.device)
+    mb = torch.zeros(n, n, device=a.device)
+    ma[rows, ka] = 1.0
+    mb[rows, kb] = 1.0
+    return ((ma * mb).sum(1) / k).mean().item()
+
+
+def paper_hsic_biased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    h = torch.eye(k.shape[0], dtype=k.dtype, device=k.device) - 1.0 / k.shape[0]
+    return torch.trace(k @ h @ l @ h)
+
+
+def paper_hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    m = k.shape[0]
+    kt, lt = k.clone().fill_diagonal_(0), l.clone().fill_diagonal_(0)
+    value = ((kt * lt.T).sum() + kt.sum() * lt.sum() / ((m - 1) * (m - 2))
+             - 2 * (kt @ lt).sum() / (m - 2))
+    return value / (m * (m - 3))
+
+
+def paper_cka(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
+    kk, ll = a @ a.T, b @ b.T
+    kl = paper_hsic_biased(kk, ll)
+    return (kl / (torch.sqrt(paper_hsic_biased(kk, kk) * paper_hsic_biased(ll, ll)) + 1e-6)).item()
+
+
+def paper_cknna(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
+    n = a.shape[0]
+    kk, ll = a @ a.T, b @ b.T
+
+    def sim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        xh = x.clone().fill_diagonal_(float("-inf"))
+        yh = y.clone().fill_diagonal_(float("-inf"))
+        mx = torch.zeros(n, n, device=x.device).scatter_(1, torch.topk(xh, k, dim=1).indices, 1)
+        my = torch.zeros(n, n, device=x.device).scatter_(1, torch.topk(yh, k, dim=1).indices, 1)
+        mask = mx * my
+        return paper_hsic_unbiased(mask * x, mask * y)
+
+    return sim(kk, ll).item() / (torch.sqrt(sim(kk, kk) * sim(ll, ll)) + 1e-6).item()
+
+
+PAPER = {"mutual_knn": paper_mutual_knn, "cka": paper_cka, "cknna": paper_cknna}
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, object]:
+    """Best wall time over ``repeats`` calls (after synchronising the device) and the last result."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def make_layers(n: int, layers: int, width: int, seed: int, device: torch.device,
+                latent_dim: int = 16) -> list[torch.Tensor]:
+    """L2-normalised float32 layers ``z W_l + noise_l`` of a latent ``z`` shared by every model
+    (same ``n``), so that the two models are genuinely but imperfectly aligned."""
+    z = torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(12345))
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(layers):
+        signal = z @ torch.randn(latent_dim, width, generator=g)
+        noise = torch.randn(n, width, generator=g) * (2.0 + 4.0 * i / max(layers - 1, 1))
+        out.append(torch.nn.functional.normalize(signal + noise, dim=1).to(device))
+    return out
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ----------------------------------------------------------------------------- benchmarks
+
+
+def bench_layers(args: argparse.Namespace, device: torch.device) -> None:
+    xs = make_layers(args.n, args.layers_a, args.width_a, 0, device)
+    ys = make_layers(args.n, args.layers_b, args.width_b, 1, device)
+    la, lb = len(xs), len(ys)
+    flops = 2.0 * args.n * args.n * (args.width_a * la + args.width_b * lb)
+    floor, _ = timed(lambda: [x @ x.T for x in xs + ys], device, args.repeats)
+    print(f"N={args.n}  layers {la}x{lb}  widths {args.width_a}/{args.width_b}  device {device}  "
+          f"threads {torch.get_num_threads()}  topk {args.topk}")
+    print(f"floor: {la + lb} Gram matrices once: {floor:.3f} s ({flops / floor / 1e9:.0f} GFLOP/s)"
+          f"; 'x floor' is the median over {args.repeats} repeats of engine time / a floor "
+          f"measured right before it")
+    print()
+    header = (f"{'metric':<12} {'layer_matrix s':>14} {'x floor':>8} {'paper loop s':>13} "
+              f"{'speedup':>8} {'max |diff|':>11}")
+    print(header)
+    print("-" * len(header))
+    pairs = [(i, j) for i in range(la) for j in range(lb)]
+    if args.paper_pairs:
+        rng = np.random.default_rng(0)
+        pairs = [pairs[p] for p in sorted(rng.choice(len(pairs), args.paper_pairs, replace=False))]
+    for metric in args.metrics:
+        ratios, engine_t, m = [], float("inf"), None
+        for _ in range(args.repeats):  # interleave floor and engine: the machine's speed drifts
+            f_t, _ = timed(lambda: [x @ x.T for x in xs + ys], device, 1)
+            e_t, m = timed(lambda: layer_matrix(metric, Representation(xs), Representation(ys),
+                                                topk=args.topk), device, 1)
+            ratios.append(e_t / f_t)
+            engine_t = min(engine_t, e_t)
+        ratio = float(np.median(ratios))
+        paper_col, diff_col, speed_col = "skipped", "", ""
+        if not args.skip_paper:
+            def loop() -> list[float]:
+                return [PAPER[metric](xs[i], ys[j], args.topk) for i, j in pairs]
+
+            paper_t, vals = timed(loop, device, 1)
+            scale = (la * lb) / len(pairs)
+            paper_t *= scale
+            diff = max(abs(v - m[i, j]) for v, (i, j) in zip(vals, pairs))  # type: ignore[union-attr]
+            est = "~" if scale != 1 else ""
+            paper_col = f"{est}{paper_t:.2f}"
+            speed_col = f"{paper_t / engine_t:.0f}x"
+            diff_col = f"{diff:.1e}"
+        print(f"{metric:<12} {engine_t:>14.3f} {ratio:>8.2f} {paper_col:>13} "
+              f"{speed_col:>8} {diff_col:>11}")
+    if args.paper_pairs:
+        print(f"(paper loop timed on {len(pairs)} random layer pairs and scaled to all {la * lb})")
+    if args.permutations:
+        print()
+        for metric in args.calibrate:
+            ra, rb = Representation(xs), Representation(ys)
+            t, res = timed(lambda: calibrate(metric, ra, rb, permutations=args.permutations,
+                                             topk=args.topk), device, 1)
+            print(f"calibrate {metric:<11} K={args.permutations}: {t:7.2f} s   "
+                  f"observed {res.observed:.4f}  tau {res.tau:.4f}  p {res.p_value:.4f}  "
+                  f"calibrated {res.calibrated:.4f}  argmax {res.argmax}")
+
+
+def bench_large_n(args: argparse.Namespace, device: torch.device) -> None:
+    n, width = args.large_n, 1024
+    xs = make_layers(n, 1, width, 2, device)
+    ys = make_layers(n, 1, width, 3, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss0 = peak_rss_mb()
+    t, m = timed(lambda: layer_matrix("mutual_knn", xs, ys, topk=args.topk), device, 1)
+    if device.type == "cuda":
+        peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB GPU peak"
+    else:
+        peak = f"peak RSS {peak_rss_mb():.0f} MiB (was {rss0:.0f} MiB; N^2 fp32 = {n * n * 4 / 2**20:.0f} MiB)"
+    print(f"\nmutual_knn N={n} width {width} topk {args.topk} one layer pair: {t:.2f} s, {peak}, "
+          f"score {m[0, 0]:.4f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--small", action="store_true", help="tiny sizes (CI smoke run, seconds)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default). On the 2-core CI VM one thread "
+                        "is faster than two for both GEMM and elementwise kernels")
+    p.add_argument("--n", type=int, default=1024)
+    p.add_argument("--layers-a", type=int, default=13)
+    p.add_argument("--layers-b", type=int, default=13)
+    p.add_argument("--width-a", type=int, default=768)
+    p.add_argument("--width-b", type=int, default=768)
+    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--metrics", nargs="+", default=["mutual_knn", "cka", "cknna"],
+                   choices=sorted(PAPER))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--paper-pairs", type=int, default=0,
+                   help="time the paper loop on this many random layer pairs (0: all)")
+    p.add_argument("--skip-paper", action="store_true")
+    p.add_argument("--skip-layers", action="store_true")
+    p.add_argument("--permutations", type=int, default=1000)
+    p.add_argument("--calibrate", nargs="+", default=["mutual_knn"])
+    p.add_argument("--large-n", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.small:
+        args.n, args.layers_a, args.layers_b, args.width_a, args.width_b = 128, 3, 4, 32, 24
+        args.permutations = min(args.permutations, 20)
+        args.large_n = min(args.large_n, 2000) if args.large_n else 0
+        args.repeats = 1
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if not args.skip_layers:
+        bench_layers(args, device)
+    if args.large_n:
+        bench_large_n(args, device)
+
+
+if __name__ == "__main__":
+    main()

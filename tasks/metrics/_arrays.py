@@ -1,0 +1,92 @@
+"""Array plumbing shared by the engine: numpy/torch conversion, devices, dtypes, layer lists.
+
+Nothing here computes a metric. The rules, used everywhere in ``tasks.metrics``:
+
+- inputs may be numpy arrays or torch tensors; they are converted without copying when possible;
+- the computation dtype is float64 when the input is float64 and float32 otherwise (float16 and
+  bfloat16 inputs are upcast: neighbour counts and kernel sums are never accumulated in half
+  precision);
+- the device is the ``device=`` argument when given, else ``cuda`` when any input tensor lives on
+  a CUDA device, else ``cpu``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Union
+
+import numpy as np
+import torch
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+
+def to_tensor(x: ArrayLike, device: torch.device | str | None = None,
+              dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Convert ``x`` to a torch tensor (no copy when dtype and device already match)."""
+    if isinstance(x, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    elif isinstance(x, torch.Tensor):
+        t = x.detach()
+    else:
+        t = torch.as_tensor(np.asarray(x))
+    if dtype is None:
+        dtype = compute_dtype(t.dtype)
+    return t.to(device=device if device is not None else t.device, dtype=dtype)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other dtype computes in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _is_cuda(x: object) -> bool:
+    return isinstance(x, torch.Tensor) and x.device.type == "cuda"
+
+
+def resolve_device(device: torch.device | str | None, *arrays: object) -> torch.device:
+    """``device`` if given; else cuda when any tensor in ``arrays`` (or nested lists) is on cuda."""
+    if device is not None:
+        return torch.device(device)
+    for a in arrays:
+        if _is_cuda(a):
+            return a.device  # type: ignore[union-attr]
+        if isinstance(a, (list, tuple)) and any(_is_cuda(b) for b in a):
+            return next(b.device for b in a if _is_cuda(b))
+    return torch.device("cpu")
+
+
+def split_layers(xs: ArrayLike | Sequence[ArrayLike]) -> list[ArrayLike]:
+    """Return the layers of ``xs`` as a list of ``(N, D_l)`` arrays.
+
+    Accepts a sequence of 2-D arrays (widths may differ), a 3-D ``(L, N, D)`` array or tensor, or a
+    single 2-D ``(N, D)`` array (one layer). Raises ``ValueError`` on anything else or when the
+    layers do not share ``N``.
+    """
+    if isinstance(xs, (np.ndarray, torch.Tensor)):
+        if xs.ndim == 3:
+            layers: list[ArrayLike] = [xs[i] for i in range(xs.shape[0])]
+        elif xs.ndim == 2:
+            layers = [xs]
+        else:
+            raise ValueError(f"expected (N, D) or (L, N, D) features, got shape {tuple(xs.shape)}")
+    elif isinstance(xs, Sequence) and not isinstance(xs, (str, bytes)):
+        layers = list(xs)
+    else:
+        raise ValueError(f"unsupported feature container: {type(xs).__name__}")
+    if not layers:
+        raise ValueError("no layers given")
+    for layer in layers:
+        if getattr(layer, "ndim", None) != 2:
+            raise ValueError(f"each layer must be (N, D); got shape {getattr(layer, 'shape', None)}")
+    n = {int(layer.shape[0]) for layer in layers}
+    if len(n) != 1:
+        raise ValueError(f"layers disagree on the number of samples: {sorted(n)}")
+    return layers
+
+
+def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
+    """``inv`` with ``inv[perm[i]] == i``. ``perm``: ``(N,)`` int64."""
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel(), device=perm.device)
+    return inv

@@ -1,0 +1,95 @@
+"""Public entry points: ``layer_matrix`` (every layer pair at once) and ``score`` (one pair).
+
+Inputs are used as given (no preprocessing: call ``prepare`` first to reproduce the paper). Either
+side may also be a ``Representation``, whose cached Grams / neighbour lists / encodings are then
+reused across calls, metrics and partner models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._arrays import ArrayLike, resolve_device, split_layers
+from .registry import MetricSpec, get_metric
+from .representation import Representation, as_representation
+
+Features = "ArrayLike | Sequence[ArrayLike] | Representation"
+
+
+def representations(xs: Any, ys: Any, device: str | torch.device | None = None
+                    ) -> tuple[Representation, Representation]:
+    """Wrap both sides on one device (``device``, else cuda if any input is on cuda, else cpu)."""
+    if device is None:
+        held = [r.device for r in (xs, ys) if isinstance(r, Representation)]
+        if held:
+            device = held[0]
+        else:
+            raw = [z for side in (xs, ys) for z in ([side] + list(split_layers(side)))]
+            device = resolve_device(None, *raw)
+    ra = as_representation(xs, device)
+    rb = ra if ys is xs else as_representation(ys, device)
+    if ra.n != rb.n:
+        raise ValueError(f"x and y must have the same number of paired samples: {ra.n} != {rb.n}")
+    return ra, rb
+
+
+def encode_pair(spec: MetricSpec, xs: Any, ys: Any, params: dict[str, Any]
+                ) -> tuple[Any, Any, dict[str, Any], Representation, Representation]:
+    """Resolve parameters and encode both sides (cached on the representations)."""
+    params = dict(params)
+    device = params.pop("device", None)
+    p = spec.resolve(params)
+    ra, rb = representations(xs, ys, device)
+    a = spec.engine.encode_cached(ra, p)
+    b = a if rb is ra else spec.engine.encode_cached(rb, p)
+    return a, b, p, ra, rb
+
+
+def layer_matrix(metric: str | MetricSpec, xs: Any, ys: Any, **params: Any) -> np.ndarray:
+    """Score of every layer pair, sharing per-layer work.
+
+    Args:
+        metric: a name in ``METRICS`` (or a ``MetricSpec``).
+        xs: ``La`` layers: a sequence of ``(N, D_l)`` arrays (widths may differ), a
+            ``(La, N, D)`` array/tensor, a single ``(N, D)`` layer, or a ``Representation``.
+        ys: ``Lb`` layers, same forms; rows paired with ``xs``.
+        **params: the metric's parameters (``topk``, ``kernel_metric``, ``rbf_sigma``,
+            ``unbiased``, ``distance_agnostic``, ``cca_dim``, ...) and ``device``. Parameters of
+            other metrics are ignored; unknown names raise ``TypeError``.
+
+    Returns:
+        ``(La, Lb)`` float64 numpy array; entry ``[i, j]`` equals ``score(metric, xs[i], ys[j])``.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(size=(3, 50, 8))
+        >>> layer_matrix("cka", x, x).shape
+        (3, 3)
+    """
+    spec = get_metric(metric)
+    a, b, p, _, _ = encode_pair(spec, xs, ys, params)
+    return spec.engine.matrix(a, b, p).detach().cpu().numpy().astype(np.float64)
+
+
+def score(metric: str | MetricSpec, x: Any, y: Any, **params: Any) -> float:
+    """Alignment of one layer pair: ``x``, ``y`` are ``(N, D_x)``, ``(N, D_y)``, rows paired.
+
+    Same parameters as ``layer_matrix``; no preprocessing is applied.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(size=(50, 8))
+        >>> round(score("mutual_knn", x, x, topk=5), 6)
+        1.0
+    """
+    for name, z in (("x", x), ("y", y)):
+        if not isinstance(z, Representation) and getattr(z, "ndim", 2) != 2:
+            raise ValueError(f"{name} must be (N, D); use layer_matrix for stacks of layers")
+    m = layer_matrix(metric, x, y, **params)
+    if m.shape != (1, 1):
+        raise ValueError(f"score takes one layer per side, got a {m.shape} matrix")
+    return float(m[0, 0])

@@ -1,0 +1,71 @@
+"""Registration of the built-in metrics: the paper's eight, then the beyond-paper ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .calibration import cycle_knn_chance, jaccard_knn_chance, mutual_knn_chance, zero_chance
+from .cknna import CknnaEngine
+from .kernel_metrics import CkaEngine
+from .knn_metrics import KnnEngine
+from .registry import register_metric
+from .rsa import register as register_rsa
+from .subspace_metrics import register as register_subspace
+
+PAPER_METRICS = ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn", "cka",
+                 "unbiased_cka", "cknna", "svcca")
+
+_KNN = {"topk": 10}
+
+
+def _lcs_bounds(params: dict[str, Any]) -> tuple[float, float]:
+    return (0.0, float(params["topk"]))
+
+
+def register_builtins() -> None:
+    """Register every built-in metric (idempotent)."""
+    reg = dict(overwrite=True)
+    register_metric("mutual_knn", engine=KnnEngine("mutual_knn"), bounds=(0.0, 1.0),
+                    symmetric=True, locality="local", defaults=_KNN, chance=mutual_knn_chance,
+                    description="mean |kNN_x(i) ∩ kNN_y(i)| / k (paper)", **reg)
+    register_metric("cycle_knn", engine=KnnEngine("cycle_knn"), bounds=(0.0, 1.0),
+                    symmetric=False, locality="local", defaults=_KNN, chance=cycle_knn_chance,
+                    description="share of i found among x-neighbours of its y-neighbours (paper)",
+                    **reg)
+    register_metric("lcs_knn", engine=KnnEngine("lcs_knn"), bounds=_lcs_bounds, symmetric=True,
+                    locality="local", defaults=_KNN,
+                    description="mean longest common subsequence of ordered kNN lists (paper)",
+                    **reg)
+    register_metric("edit_distance_knn", engine=KnnEngine("edit_distance_knn"), bounds=(0.0, 1.0),
+                    symmetric=True, locality="local", defaults=_KNN,
+                    description="1 - mean edit distance of ordered kNN lists / k (paper)", **reg)
+    register_metric("cka", engine=CkaEngine("cka"), bounds=(0.0, 1.0), symmetric=True,
+                    locality="global",
+                    defaults={"kernel_metric": "ip", "rbf_sigma": 1.0, "unbiased": False},
+                    description="centred kernel alignment, biased HSIC, ip or rbf kernel (paper)",
+                    **reg)
+    register_metric("unbiased_cka", engine=CkaEngine("unbiased_cka"), bounds=(-1.0, 1.0),
+                    symmetric=True, locality="global",
+                    defaults={"kernel_metric": "ip", "rbf_sigma": 1.0, "unbiased": True},
+                    chance=zero_chance,
+                    description="CKA with the unbiased HSIC of Song et al. 2012 (paper)", **reg)
+    # not symmetric: the unbiased HSIC's 1^T K' L' 1 term depends on the order for the
+    # non-symmetric masked kernels (the biased variant is symmetric)
+    register_metric("cknna", engine=CknnaEngine(), bounds=(-1.0, 1.0), symmetric=False,
+                    locality="local",
+                    defaults={"topk": 10, "distance_agnostic": False, "unbiased": True},
+                    description="CKA on kernels masked to mutual k-NN pairs (paper)", **reg)
+    register_metric("jaccard_knn", engine=KnnEngine("jaccard_knn"), bounds=(0.0, 1.0),
+                    symmetric=True, locality="local", defaults=_KNN, chance=jaccard_knn_chance,
+                    description="mean |kNN_x ∩ kNN_y| / |kNN_x ∪ kNN_y|", **reg)
+    register_metric("cka_rbf_median", engine=CkaEngine("cka_rbf_median"), bounds=(0.0, 1.0),
+                    symmetric=True, locality="global",
+                    defaults={"kernel_metric": "rbf", "rbf_sigma": "median", "unbiased": False},
+                    description="RBF CKA, bandwidth = median pairwise distance per layer", **reg)
+    _register_subspace_metrics()
+
+
+def _register_subspace_metrics() -> None:
+    """SVCCA (paper), Procrustes, linear regression and RSA."""
+    register_subspace()
+    register_rsa()

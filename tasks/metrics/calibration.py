@@ -1,0 +1,179 @@
+"""Permutation calibration of a model-pair score, and analytical chance levels.
+
+``calibrate`` compares the observed aggregate (max over layer pairs by default) with its
+permutation null: the rows of ``ys`` are shuffled by one permutation applied to all of its layers
+at once (so the null keeps the max over layer pairs), ``K`` times. Each null value re-indexes the
+cached per-layer encodings (Gram matrices, neighbour lists, singular vectors); nothing is
+recomputed from features.
+
+With ``S = {observed} ∪ null`` (``K + 1`` values):
+
+- ``tau`` = the exact ``ceil((1 - alpha)(K + 1))``-th smallest value of ``S``;
+- ``p = (1 + #{null >= observed}) / (K + 1)``;
+- ``calibrated = clamp((observed - tau) / (max - tau), 0, 1)`` with ``max`` the metric's upper
+  bound (``0`` when ``max <= tau``), or ``max(observed - tau, 0)`` for unbounded metrics.
+
+For a metric registered with ``higher_is_better=False`` the roles flip (smaller is more aligned):
+``tau`` is the ``ceil((1-alpha)(K+1))``-th largest, ``p`` counts ``null <= observed`` and the
+calibrated score is ``clamp((tau - observed) / (tau - min), 0, 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ._arrays import inverse_permutation
+from .api import encode_pair
+from .registry import MetricSpec, get_metric
+from .stats import aggregate as aggregate_matrix
+from .stats import order_statistic_rank
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """Outcome of ``calibrate``.
+
+    Attributes:
+        observed: aggregate of the observed layer matrix.
+        null_mean, null_std: mean and standard deviation (ddof=0) of the ``K`` null aggregates.
+        tau: the ``(1 - alpha)`` order statistic of ``{observed} ∪ null``.
+        p_value: ``(1 + #{null >= observed}) / (K + 1)``.
+        calibrated: chance-corrected score in ``[0, 1]`` (bounded metrics).
+        argmax: ``(layer_a, layer_b)`` of the best observed layer pair.
+        permutations: ``K``.
+        alpha, aggregate, metric: the settings used.
+        matrix: the observed ``(La, Lb)`` layer matrix.
+        null: the ``K`` null aggregates, in permutation order.
+    """
+
+    observed: float
+    null_mean: float
+    null_std: float
+    tau: float
+    p_value: float
+    calibrated: float
+    argmax: tuple[int, int]
+    permutations: int
+    alpha: float = 0.05
+    aggregate: str = "max"
+    metric: str = ""
+    matrix: np.ndarray = field(default_factory=lambda: np.empty((0, 0)), repr=False, compare=False)
+    null: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
+
+
+def calibrate(metric: str | MetricSpec, xs: Any, ys: Any, permutations: int = 1000,
+              alpha: float = 0.05, seed: int = 0, aggregate: Literal["max", "mean"] = "max",
+              **params: Any) -> CalibrationResult:
+    """Permutation-calibrated model-pair score.
+
+    Args:
+        metric: registered name or ``MetricSpec``.
+        xs, ys: layers of the two models (any form ``layer_matrix`` takes, incl. ``Representation``).
+        permutations: ``K`` >= 1 row permutations of ``ys`` (one per null draw, shared by all of
+            ys' layers).
+        alpha: level of the threshold ``tau``.
+        seed: seed of the permutation stream (``torch.Generator`` on the CPU), so results do not
+            depend on the device.
+        aggregate: ``'max'`` over layer pairs (the paper) or ``'mean'``.
+        **params: metric parameters and ``device``.
+
+    Returns:
+        ``CalibrationResult``.
+    """
+    if int(permutations) < 1:
+        raise ValueError("permutations must be >= 1")
+    k_perm = int(permutations)
+    spec = get_metric(metric)
+    a, b, p, _, rb = encode_pair(spec, xs, ys, params)
+    engine = spec.engine
+    observed_matrix = engine.matrix(a, b, p).detach().cpu().numpy().astype(np.float64)
+    observed, argmax = aggregate_matrix(observed_matrix, aggregate)
+
+    gen = torch.Generator().manual_seed(int(seed))
+    null = np.empty(k_perm, dtype=np.float64)
+    for t in range(k_perm):
+        perm = torch.randperm(rb.n, generator=gen).to(rb.device)
+        permuted = engine.permute(b, perm, inverse_permutation(perm))
+        m = engine.matrix(a, permuted, p).detach().cpu().numpy()
+        null[t] = aggregate_matrix(m, aggregate)[0]
+
+    lo, hi = spec.bounds_for(p)
+    tau, p_value, calibrated = _calibration_numbers(observed, null, alpha, lo, hi,
+                                                    spec.higher_is_better)
+    return CalibrationResult(
+        observed=observed, null_mean=float(np.nanmean(null)), null_std=float(np.nanstd(null)),
+        tau=tau, p_value=p_value, calibrated=calibrated, argmax=argmax, permutations=k_perm,
+        alpha=alpha, aggregate=aggregate, metric=spec.name, matrix=observed_matrix, null=null)
+
+
+def _calibration_numbers(observed: float, null: np.ndarray, alpha: float, lo: float, hi: float,
+                         higher_is_better: bool = True) -> tuple[float, float, float]:
+    """``(tau, p_value, calibrated)`` from the observed value and the null draws."""
+    if math.isnan(observed):
+        return math.nan, math.nan, math.nan
+    sign = 1.0 if higher_is_better else -1.0
+    s = np.sort(sign * np.concatenate([[observed], null]))
+    s = s[~np.isnan(s)]
+    rank = order_statistic_rank(alpha, s.size)
+    tau = float(sign * s[rank - 1])
+    exceed = int(np.sum(sign * null >= sign * observed))
+    p_value = (1 + exceed) / (null.size + 1)
+    top = hi if higher_is_better else lo
+    if math.isinf(top):
+        calibrated = max(sign * (observed - tau), 0.0)
+    elif sign * (top - tau) <= 0:
+        calibrated = 0.0
+    else:
+        calibrated = min(max((observed - tau) / (top - tau), 0.0), 1.0)
+    return tau, p_value, calibrated
+
+
+def chance_level(metric: str | MetricSpec, n: int, topk: int | None = None,
+                 **params: Any) -> float | None:
+    """Analytical chance level of ``metric`` for ``n`` samples, or ``None`` where none is known.
+
+    - ``mutual_knn``: ``k / (n - 1)`` (the exact mean under the row-permutation null);
+    - ``jaccard_knn``: ``E[c / (2k - c)]``, ``c ~ Hypergeom(n - 1, k, k)`` (independent uniformly
+      random neighbour sets);
+    - ``cycle_knn``: ``1 - (1 - k/(n-1))^k`` (independent uniformly random neighbour sets);
+    - ``unbiased_cka``: ``0`` (the unbiased HSIC has mean exactly 0 under the permutation null,
+      and its CKA denominator is permutation invariant);
+    - others (``cka``, ``cknna``, ``svcca``, ...): ``None`` — they depend on widths and spectra
+      (e.g. linear CKA of independent isotropic Gaussians is about ``d / (d + n)``); use
+      ``calibrate``.
+    """
+    spec = get_metric(metric)
+    if spec.chance is None:
+        return None
+    p = dict(params)
+    if topk is not None:
+        p["topk"] = topk
+    return spec.chance(int(n), spec.resolve(p))
+
+
+def mutual_knn_chance(n: int, params: dict[str, Any]) -> float:
+    k = int(params["topk"])
+    return k / (n - 1)
+
+
+def jaccard_knn_chance(n: int, params: dict[str, Any]) -> float:
+    from scipy.stats import hypergeom  # local: keeps `import tasks.metrics` light
+
+    k = int(params["topk"])
+    c = np.arange(0, k + 1)
+    pmf = hypergeom(n - 1, k, k).pmf(c)
+    return float(np.sum(pmf * c / (2 * k - c)))
+
+
+def cycle_knn_chance(n: int, params: dict[str, Any]) -> float:
+    k = int(params["topk"])
+    return 1.0 - (1.0 - k / (n - 1)) ** k
+
+
+def zero_chance(n: int, params: dict[str, Any]) -> float:
+    return 0.0

@@ -1,0 +1,38 @@
+"""Gram matrices ``x @ x.T`` computed by row blocks, using their symmetry.
+
+Row block ``I`` is multiplied only against columns ``I0:`` (the blocks on and above the
+diagonal): about 60% of the multiply-adds of a plain ``x @ x.T`` at ``N = 1024``. ``gram_upper``
+stops there (the blocks below the diagonal are left uninitialised: callers that read only the
+upper triangle, like the packed CKA kernels, need nothing more); ``gram_full`` mirrors them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BLOCK = 256
+
+
+def gram_upper(x: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """``(N, N)`` with the entries ``(i, j)`` of ``x @ x.T`` for every block on or above the
+    diagonal (so at least all ``j >= i``); entries of blocks below it are undefined."""
+    n = x.shape[0]
+    if n <= 2 * block:
+        return x @ x.T
+    out = torch.empty((n, n), dtype=x.dtype, device=x.device)
+    for i0 in range(0, n, block):
+        i1 = min(n, i0 + block)
+        torch.matmul(x[i0:i1], x[i0:].T, out=out[i0:i1, i0:])
+    return out
+
+
+def gram_full(x: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """``x @ x.T`` ``(N, N)``, upper blocks computed, lower blocks mirrored (exactly symmetric
+    off the diagonal blocks)."""
+    n = x.shape[0]
+    out = gram_upper(x, block)
+    if n <= 2 * block:
+        return out
+    for i0 in range(block, n, block):
+        out[i0:, i0 - block:i0] = out[i0 - block:i0, i0:].T
+    return out

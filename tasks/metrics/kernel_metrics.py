@@ -1,0 +1,231 @@
+"""CKA family (``cka``, ``unbiased_cka``, ``cka_rbf_median``): all layer pairs from per-layer kernels.
+
+``CKA(K, L) = HSIC(K, L) / (sqrt(HSIC(K, K) HSIC(L, L)) + 1e-6)`` exactly as the paper's ``cka``
+(HSIC un-normalised, see ``hsic.py``). Kernels: ``ip`` (``K = X X^T``) or ``rbf``
+(``K = exp(-||x_i - x_j||^2 / (2 sigma^2))``, distances from the Gram matrix, diagonal exactly 0);
+``rbf_sigma='median'`` uses, per layer, the median of the pairwise distances (``i < j``; numpy's median convention).
+
+Two exact evaluation paths:
+
+- Gram path (``N <= Representation.keep_gram_max_n`` or any RBF kernel): each layer stored as the
+  packed upper triangle (``triangle.py``) of its centred kernel (biased) or of its zero-diagonal
+  kernel plus row sums (unbiased); every layer pair's HSIC comes from one matrix product
+  ``(M, La)^T @ (M, Lb)`` with ``M = N(N+1)/2``, and a sample permutation is one row gather.
+- Feature path (linear kernel, large ``N``): ``<Kc, Lc> = ||Xc^T Yc||_F^2`` and the unbiased terms
+  from ``X^T 1`` and row norms, ``O(N D_a D_b)`` per pair and no ``N^2`` memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .engine import Engine
+from .hsic import unbiased_from_parts
+from .representation import Representation
+from .gram import gram_upper
+from .triangle import pack, permuted_positions, triangle_pairs
+
+EPS = 1e-6  # the paper's denominator epsilon
+
+
+@dataclass
+class GramState:
+    """Per-layer kernels of the Gram path: ``upper`` ``(L, M)`` packed strict upper triangles
+    (``triangle.pack``) of the centred kernels (biased) or kernels (unbiased); ``diag`` ``(L, N)``
+    their diagonals (biased only; the unbiased estimator zeroes them); ``rows`` ``(L, N)`` /
+    ``tot`` ``(L,)`` float64 row sums and total of the zero-diagonal kernels (unbiased only);
+    ``self_hsic`` ``(L,)`` float64."""
+
+    upper: torch.Tensor
+    self_hsic: torch.Tensor
+    n: int
+    unbiased: bool
+    diag: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+    tot: torch.Tensor | None = None
+
+
+@dataclass
+class FeatureState:
+    """Linear-kernel layers as features. ``feats``: ``(N, D_l)`` each (centred when biased);
+    ``sq`` ``(L, N)`` squared row norms, ``rows`` ``(L, N)`` kernel row sums without diagonal,
+    ``tot`` ``(L,)`` (unbiased only); ``self_hsic`` ``(L,)`` float64."""
+
+    feats: list[torch.Tensor]
+    self_hsic: torch.Tensor
+    n: int
+    unbiased: bool
+    sq: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+    tot: torch.Tensor | None = None
+
+
+def rbf_from_gram(gram: torch.Tensor, sigma: float | str) -> torch.Tensor:
+    """RBF kernel ``(N, N)`` from an inner-product Gram; ``sigma`` a number or ``'median'``."""
+    sq = torch.diagonal(gram)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * gram).clamp_min_(0.0)
+    d2.fill_diagonal_(0.0)
+    if isinstance(sigma, str):
+        if sigma != "median":
+            raise ValueError(f"rbf_sigma must be a positive number or 'median', got {sigma!r}")
+        iu = torch.triu_indices(d2.shape[0], d2.shape[0], 1, device=d2.device)
+        s = _median(d2[iu[0], iu[1]].sqrt())
+        if s <= 0:
+            raise ValueError("median pairwise distance is 0; cannot use the median heuristic")
+    else:
+        s = float(sigma)
+        if not s > 0:
+            raise ValueError(f"rbf_sigma must be positive, got {sigma}")
+    return torch.exp(d2 / (-2.0 * s * s))
+
+
+def _median(v: torch.Tensor) -> float:
+    """Median with the usual (numpy) convention: mean of the two middle values for even sizes."""
+    m = v.numel()
+    lo = torch.kthvalue(v, (m + 1) // 2).values
+    hi = torch.kthvalue(v, m // 2 + 1).values if m % 2 == 0 else lo
+    return float((lo + hi) / 2)
+
+
+class CkaEngine(Engine):
+    """CKA with parameters ``kernel_metric`` (``ip``|``rbf``), ``rbf_sigma``, ``unbiased``."""
+
+    encode_params = ("kernel_metric", "rbf_sigma", "unbiased")
+
+    def __init__(self, variant: str = "cka") -> None:
+        self.variant = variant
+
+    def unbiased(self, params: dict[str, Any]) -> bool:
+        """``unbiased_cka`` always uses the unbiased HSIC (as the paper's wrapper forces)."""
+        return self.variant == "unbiased_cka" or bool(params.get("unbiased", False))
+
+    def encode_key(self, params: dict[str, Any]) -> tuple:
+        kernel = params.get("kernel_metric", "ip")
+        sigma = params.get("rbf_sigma", 1.0) if kernel == "rbf" else None
+        return ("cka", kernel, sigma, self.unbiased(params))
+
+    def encode(self, rep: Representation, params: dict[str, Any]) -> GramState | FeatureState:
+        kernel = params.get("kernel_metric", "ip")
+        unbiased = self.unbiased(params)
+        if kernel not in ("ip", "rbf"):
+            raise ValueError(f"kernel_metric must be 'ip' or 'rbf', got {kernel!r}")
+        if unbiased and rep.n < 4:
+            raise ValueError("unbiased CKA needs N >= 4")
+        if kernel == "ip" and not rep.keep_gram:
+            return _encode_features(rep, unbiased)
+        kernels = []
+        for l in range(len(rep)):
+            centred, upper_only = False, False
+            if kernel == "rbf":
+                k = rbf_from_gram(rep.gram(l), params.get("rbf_sigma", 1.0))
+            elif rep.cached_gram(l) is not None:
+                k = rep.cached_gram(l)
+            elif unbiased:
+                k, upper_only = gram_upper(rep.layers[l]), True
+            else:  # H X X^T H = Xc Xc^T: centre the features, not the N x N kernel
+                x = rep.layers[l]
+                k = gram_upper(x - x.sum(0, keepdim=True) / x.shape[0])
+                centred, upper_only = True, True
+            kernels.append((k, centred, upper_only))
+        return encode_kernels(kernels, unbiased)
+
+    def permute(self, state: GramState | FeatureState, perm: torch.Tensor, inv: torch.Tensor):
+        if isinstance(state, FeatureState):
+            return FeatureState(
+                [x.index_select(0, perm) for x in state.feats], state.self_hsic, state.n,
+                state.unbiased,
+                None if state.sq is None else state.sq[:, perm],
+                None if state.rows is None else state.rows[:, perm], state.tot)
+        return GramState(state.upper.index_select(1, permuted_positions(perm)), state.self_hsic,
+                         state.n, state.unbiased,
+                         None if state.diag is None else state.diag[:, perm],
+                         None if state.rows is None else state.rows[:, perm], state.tot)
+
+    def hsic(self, a: GramState | FeatureState, b: GramState | FeatureState) -> torch.Tensor:
+        """``(La, Lb)`` float64 HSIC of every layer pair."""
+        if isinstance(a, FeatureState) != isinstance(b, FeatureState):
+            raise ValueError("both sides must use the same CKA path (same N)")
+        if isinstance(a, FeatureState):
+            return _feature_hsic(a, b)  # type: ignore[arg-type]
+        tr = 2.0 * (a.upper @ b.upper.T).to(torch.float64)
+        if not a.unbiased:
+            return tr + (a.diag @ b.diag.T).to(torch.float64)
+        return unbiased_from_parts(tr, a.tot[:, None], b.tot[None, :], a.rows @ b.rows.T, a.n)
+
+    def matrix(self, a, b, params: dict[str, Any]) -> torch.Tensor:
+        return self.hsic(a, b) / (torch.sqrt(a.self_hsic[:, None] * b.self_hsic[None, :]) + EPS)
+
+
+def center_gram_(k: torch.Tensor) -> torch.Tensor:
+    """``H K H`` in place for a symmetric ``(N, N)`` kernel."""
+    row = k.mean(dim=1)
+    k.sub_(row[:, None]).sub_(row[None, :]).add_(row.mean())
+    return k
+
+
+def _sq_norms(rows: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norms of the rows, float64 (norm taken in the storage dtype, then squared)."""
+    return torch.linalg.vector_norm(rows, dim=1).to(torch.float64) ** 2
+
+
+def encode_kernels(kernels: list[tuple[torch.Tensor, bool, bool]], unbiased: bool) -> GramState:
+    """``GramState`` of symmetric ``(N, N)`` kernels given as ``(kernel, already_centred,
+    upper_only)`` (``upper_only``: only entries ``j >= i`` are valid, see ``gram.gram_upper``).
+
+    Kernels are not modified. Biased: centred (``H K H``) unless already centred, packed with
+    their diagonal. Unbiased: diagonal dropped, row sums of the zero-diagonal kernel kept.
+    """
+    n = int(kernels[0][0].shape[0])
+    dev, dtype = kernels[0][0].device, kernels[0][0].dtype
+    upper = torch.empty((len(kernels), n * (n - 1) // 2), dtype=dtype, device=dev)
+    if not unbiased:
+        diag = torch.empty((len(kernels), n), dtype=dtype, device=dev)
+        for l, (k, centred, upper_only) in enumerate(kernels):
+            if not centred:
+                if upper_only:
+                    raise ValueError("centring needs the full kernel")
+                k = center_gram_(k.clone())
+            upper[l] = pack(k)
+            diag[l] = torch.diagonal(k)
+        self_hsic = 2.0 * _sq_norms(upper) + _sq_norms(diag)
+        return GramState(upper, self_hsic, n, False, diag=diag)
+    rows = torch.zeros((len(kernels), n), dtype=torch.float64, device=dev)
+    i, j = triangle_pairs(n, dev)
+    for l, (k, _, _) in enumerate(kernels):
+        upper[l] = pack(k)
+        u = upper[l].to(torch.float64)
+        rows[l].index_add_(0, i, u).index_add_(0, j, u)  # K~ row sums from its upper triangle
+    tot = rows.sum(-1)
+    tr = 2.0 * _sq_norms(upper)
+    self_hsic = unbiased_from_parts(tr, tot, tot, (rows * rows).sum(-1), n)
+    return GramState(upper, self_hsic, n, True, rows=rows, tot=tot)
+
+
+def _encode_features(rep: Representation, unbiased: bool) -> FeatureState:
+    feats: list[torch.Tensor] = []
+    if not unbiased:
+        feats = [x - x.mean(0, keepdim=True) for x in rep.layers]
+        self_hsic = torch.stack([((x.T @ x).to(torch.float64) ** 2).sum() for x in feats])
+        return FeatureState(feats, self_hsic, rep.n, False)
+    feats = list(rep.layers)
+    sq = torch.stack([(x.to(torch.float64) ** 2).sum(1) for x in feats])
+    rows = torch.stack([(x @ x.sum(0)).to(torch.float64) for x in feats]) - sq
+    tot = rows.sum(-1)
+    state = FeatureState(feats, torch.empty(0), rep.n, True, sq, rows, tot)
+    tr = torch.stack([((x.T @ x).to(torch.float64) ** 2).sum() for x in feats]) - (sq * sq).sum(-1)
+    state.self_hsic = unbiased_from_parts(tr, tot, tot, (rows * rows).sum(-1), rep.n)
+    return state
+
+
+def _feature_hsic(a: FeatureState, b: FeatureState) -> torch.Tensor:
+    out = torch.empty((len(a.feats), len(b.feats)), dtype=torch.float64, device=a.self_hsic.device)
+    for i, x in enumerate(a.feats):
+        for j, y in enumerate(b.feats):
+            out[i, j] = ((x.T @ y).to(torch.float64) ** 2).sum()
+    if not a.unbiased:
+        return out
+    tr = out - a.sq @ b.sq.T
+    return unbiased_from_parts(tr, a.tot[:, None], b.tot[None, :], a.rows @ b.rows.T, a.n)

@@ -1,0 +1,117 @@
+"""Neighbour-list metrics of the paper (and Jaccard), all layer pairs from shared kNN lists.
+
+Definitions (``A = kNN_x(i)``, ``B = kNN_y(i)``: the ``k`` inner-product neighbours of sample
+``i``, self excluded, ordered by decreasing similarity):
+
+- ``mutual_knn``: mean over ``i`` of ``|A ∩ B| / k``;
+- ``jaccard_knn``: mean over ``i`` of ``|A ∩ B| / |A ∪ B|``;
+- ``cycle_knn``: share of samples ``i`` that are among the x-neighbours of one of their
+  y-neighbours (``i ∈ ∪_{j ∈ B} kNN_x(j)``; the paper's ``knn_A[knn_B]``);
+- ``lcs_knn``: mean length of the longest common subsequence of the ordered lists (in ``[0, k]``,
+  not divided by ``k``);
+- ``edit_distance_knn``: ``1 - mean(Levenshtein(A, B)) / k``.
+
+Each side's lists are computed once per layer (``Representation.knn``); the pair computations
+are set/sequence operations on ``(N, k)`` integer lists, and overlaps are counted in integers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .engine import Engine
+from .neighbors import (adjacency, cycle_hits, edit_distances, is_member, lcs_lengths,
+                        overlap_counts, permute_lists)
+from .representation import Representation
+
+#: build a dense (L, N*N) bool adjacency for the x side when it has at most this many entries
+ADJACENCY_MAX_ELEMENTS = 1 << 26
+#: elements of the (Lb, N, k, k) equality tensor processed at once by the sequence metrics
+SEQUENCE_CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass
+class KnnState:
+    """Neighbour lists of every layer: ``idx`` ``(L, N, k)`` int64; ``adj`` optional dense adjacency."""
+
+    idx: torch.Tensor
+    adj: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.idx.shape[1])
+
+
+class KnnEngine(Engine):
+    """Engine for the list metrics; ``variant`` is one of the names above."""
+
+    encode_params = ("topk",)
+
+    def __init__(self, variant: str) -> None:
+        if variant not in ("mutual_knn", "jaccard_knn", "cycle_knn", "lcs_knn", "edit_distance_knn"):
+            raise ValueError(variant)
+        self.variant = variant
+
+    def encode_key(self, params: dict[str, Any]) -> tuple:
+        return ("knn-lists", params.get("topk"))  # shared by all list metrics
+
+    def encode(self, rep: Representation, params: dict[str, Any]) -> KnnState:
+        k = _check_topk(params.get("topk"), rep.n)
+        idx = rep.knn_indices(k)
+        adj = adjacency(idx, rep.n) if idx.shape[0] * rep.n * rep.n <= ADJACENCY_MAX_ELEMENTS else None
+        return KnnState(idx, adj)
+
+    def permute(self, state: KnnState, perm: torch.Tensor, inv: torch.Tensor) -> KnnState:
+        return KnnState(permute_lists(state.idx, perm, inv), None)
+
+    def per_sample(self, a: KnnState, b: KnnState, params: dict[str, Any]) -> torch.Tensor:
+        """``(La, Lb, N)`` float64 per-sample terms whose mean over samples is the score."""
+        k = a.idx.shape[-1]
+        v = self.variant
+        if v in ("mutual_knn", "jaccard_knn"):
+            c = overlap_counts(a.idx, b.idx, a.adj).to(torch.float64)
+            return c / k if v == "mutual_knn" else c / (2 * k - c)
+        if v == "cycle_knn":
+            return cycle_hits(a.idx, b.idx, a.adj).to(torch.float64)
+        return _sequence_terms(a.idx, b.idx, v)
+
+    def matrix(self, a: KnnState, b: KnnState, params: dict[str, Any]) -> torch.Tensor:
+        if self.variant == "mutual_knn":  # integer sum, one division: exact
+            k = a.idx.shape[-1]
+            counts = overlap_counts(a.idx, b.idx, a.adj).sum(-1)
+            return counts.to(torch.float64) / (a.n * k)
+        return self.per_sample(a, b, params).mean(-1)
+
+
+def _check_topk(topk: Any, n: int) -> int:
+    if topk is None or isinstance(topk, bool) or int(topk) != topk:
+        raise ValueError(f"topk must be an integer, got {topk!r}")
+    k = int(topk)
+    if not 1 <= k <= n - 1:
+        raise ValueError(f"topk must be in [1, N-1] = [1, {n - 1}], got {k}")
+    return k
+
+
+def _sequence_terms(idx_a: torch.Tensor, idx_b: torch.Tensor, variant: str) -> torch.Tensor:
+    """Per-sample LCS lengths or ``1 - edit/k``: ``(La, Lb, N)`` float64."""
+    La, n, k = idx_a.shape
+    Lb = idx_b.shape[0]
+    out = torch.empty((La, Lb, n), dtype=torch.float64, device=idx_a.device)
+    step = max(1, SEQUENCE_CHUNK_ELEMENTS // (n * k * k))
+    for a in range(La):
+        for b0 in range(0, Lb, step):
+            b1 = min(Lb, b0 + step)
+            eq = idx_a[a].view(1, n, k, 1) == idx_b[b0:b1].view(b1 - b0, n, 1, k)
+            eq = eq.reshape(-1, k, k)
+            if variant == "lcs_knn":
+                vals = lcs_lengths(eq).to(torch.float64)
+            else:
+                vals = 1.0 - edit_distances(eq).to(torch.float64) / k
+            out[a, b0:b1] = vals.view(b1 - b0, n)
+    return out
+
+
+__all__ = ["KnnEngine", "KnnState", "is_member"]

@@ -1,0 +1,175 @@
+"""k-nearest-neighbour lists and the set/sequence comparisons the kNN metrics need.
+
+Neighbours are by inner product (the paper's ``feats @ feats.T``), self excluded unless asked,
+computed blockwise: a block of ``B`` query rows against all ``N`` rows at a time, so memory is
+``O(N*k + B*N)`` and never ``N^2`` unless the caller passes a full Gram matrix.
+
+Index conventions: ``idx`` is ``(..., N, k)`` int64, row ``i`` lists the neighbours of sample ``i``
+in decreasing similarity. Permuting samples (``y' = y[perm]``) maps a list to
+``inv[idx[perm]]`` where ``inv`` is the inverse permutation: order and content are kept.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .gram import gram_full
+
+# Elements (not bytes) of one similarity block; 2**25 float32 = 128 MiB.
+DEFAULT_BLOCK_ELEMENTS = 1 << 25
+
+
+def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
+                   gram: torch.Tensor | None = None,
+                   block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` inner-product neighbours of every row.
+
+    Args:
+        x: ``(N, D)`` features (float32/float64); ignored when ``gram`` is given.
+        k: neighbours per row, ``1 <= k <= N - 1`` (``N`` when ``exclude_self=False``).
+        exclude_self: put ``-inf`` on the diagonal before selection (the paper's rule).
+        gram: optional precomputed ``(N, N)`` ``x @ x.T``; it is not modified.
+        block_elements: size of one similarity block (rows * N).
+
+    Returns:
+        ``(values, indices)``: ``(N, k)`` similarities in the computation dtype and ``(N, k)`` int64,
+        sorted by decreasing similarity.
+    """
+    n = int(gram.shape[0] if gram is not None else x.shape[0])  # type: ignore[union-attr]
+    kmax = n - 1 if exclude_self else n
+    if not 1 <= k <= kmax:
+        raise ValueError(f"topk must be in [1, {kmax}] for N={n}, got {k}")
+    rows = max(1, min(n, block_elements // max(n, 1)))
+    device = gram.device if gram is not None else x.device  # type: ignore[union-attr]
+    dtype = gram.dtype if gram is not None else x.dtype  # type: ignore[union-attr]
+    if gram is None and rows >= n:  # the whole Gram fits in one block: use its symmetry
+        gram = gram_full(x)  # type: ignore[arg-type]
+        if exclude_self:
+            gram.fill_diagonal_(float("-inf"))
+        v, i = torch.topk(gram, k, dim=1, largest=True, sorted=True)
+        return v, i
+    values = torch.empty((n, k), dtype=dtype, device=device)
+    indices = torch.empty((n, k), dtype=torch.int64, device=device)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        if gram is not None:
+            block = gram[start:stop].clone() if exclude_self else gram[start:stop]
+        else:
+            block = x[start:stop] @ x.T  # type: ignore[union-attr]
+        if exclude_self:
+            r = torch.arange(stop - start, device=device)
+            block[r, r + start] = float("-inf")
+        v, i = torch.topk(block, k, dim=1, largest=True, sorted=True)
+        values[start:stop] = v
+        indices[start:stop] = i
+    return values, indices
+
+
+def permute_lists(idx: torch.Tensor, perm: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """Neighbour lists of the row-permuted features ``y[perm]``. ``idx``: ``(..., N, k)``."""
+    return inv[idx.index_select(-2, perm)]
+
+
+def adjacency(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Dense flat adjacency ``(L, N*N)`` bool with ``A[l, i*N + j]`` true iff ``j`` in ``idx[l, i]``."""
+    L = idx.shape[0]
+    adj = torch.zeros((L, n * n), dtype=torch.bool, device=idx.device)
+    rows = torch.arange(n, device=idx.device).view(1, n, 1) * n
+    adj.scatter_(1, (rows + idx).reshape(L, -1), True)
+    return adj
+
+
+def overlap_counts(idx_a: torch.Tensor, idx_b: torch.Tensor, adj_a: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """``|kNN_a(i) ∩ kNN_b(i)|`` for every layer pair and sample.
+
+    Args:
+        idx_a: ``(La, N, ka)`` int64 lists; idx_b: ``(Lb, N, kb)`` int64 lists.
+        adj_a: optional ``adjacency(idx_a, N)``; when given the counts are one gather.
+
+    Returns:
+        ``(La, Lb, N)`` int64 counts (exact integers).
+    """
+    La, n, _ = idx_a.shape
+    Lb, _, kb = idx_b.shape
+    if adj_a is not None:
+        rows = torch.arange(n, device=idx_b.device).view(1, n, 1) * n
+        flat = (rows + idx_b).reshape(-1)  # (Lb*N*kb,)
+        hits = adj_a.index_select(1, flat).view(La, Lb, n, kb)
+        return hits.sum(-1, dtype=torch.int64)
+    sorted_b = idx_b.sort(dim=-1).values.contiguous()  # (Lb, N, kb)
+    out = torch.empty((La, Lb, n), dtype=torch.int64, device=idx_a.device)
+    for a in range(La):
+        q = idx_a[a].unsqueeze(0).expand(Lb, -1, -1).contiguous()
+        out[a] = is_member(sorted_b, q).sum(-1, dtype=torch.int64)
+    return out
+
+
+def is_member(sorted_lists: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """``queries[..., i, t] in sorted_lists[..., i, :]`` elementwise.
+
+    ``sorted_lists``: ``(..., N, k)`` int64 ascending per row; ``queries``: ``(..., N, m)`` int64.
+    Returns ``(..., N, m)`` bool.
+    """
+    k = sorted_lists.shape[-1]
+    pos = torch.searchsorted(sorted_lists, queries).clamp_(max=k - 1)
+    return sorted_lists.gather(-1, pos) == queries
+
+
+def cycle_hits(idx_a: torch.Tensor, idx_b: torch.Tensor, adj_a: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """Paper's ``cycle_knn`` per sample: is ``i`` among the A-neighbours of its B-neighbours?
+
+    Args: idx_a ``(La, N, k)``, idx_b ``(Lb, N, k)`` int64; adj_a optional ``adjacency(idx_a)``.
+    Returns: ``(La, Lb, N)`` bool.
+    """
+    La, n, _ = idx_a.shape
+    Lb, _, kb = idx_b.shape
+    ar = torch.arange(n, device=idx_b.device).view(1, n, 1)
+    if adj_a is not None:
+        flat = (idx_b * n + ar).reshape(-1)  # entry (j=idx_b[i,t], i)
+        return adj_a.index_select(1, flat).view(La, Lb, n, kb).any(-1)
+    sorted_a = idx_a.sort(dim=-1).values  # (La, N, k)
+    out = torch.empty((La, Lb, n), dtype=torch.bool, device=idx_a.device)
+    targets = ar.expand(Lb, n, kb).reshape(Lb, n * kb, 1)
+    for a in range(La):
+        lists = sorted_a[a][idx_b.reshape(Lb, -1)]  # (Lb, N*kb, k): A-lists of the B-neighbours
+        out[a] = is_member(lists, targets).view(Lb, n, kb).any(-1)
+    return out
+
+
+def lcs_lengths(eq: torch.Tensor) -> torch.Tensor:
+    """Longest-common-subsequence lengths from an equality tensor.
+
+    ``eq``: ``(R, k1, k2)`` bool, ``eq[r, s, t] = (x_r[s] == y_r[t])``. Returns ``(R,)`` int64.
+    Classic DP, vectorised over ``R``.
+    """
+    R, k1, k2 = eq.shape
+    prev = torch.zeros((R, k2 + 1), dtype=torch.int32, device=eq.device)
+    for s in range(k1):
+        cur = torch.zeros_like(prev)
+        e = eq[:, s, :]
+        for t in range(1, k2 + 1):
+            cur[:, t] = torch.where(e[:, t - 1], prev[:, t - 1] + 1,
+                                    torch.maximum(prev[:, t], cur[:, t - 1]))
+        prev = cur
+    return prev[:, k2].to(torch.int64)
+
+
+def edit_distances(eq: torch.Tensor) -> torch.Tensor:
+    """Levenshtein distances (unit insert/delete/substitute) from an equality tensor.
+
+    ``eq``: ``(R, k1, k2)`` bool. Returns ``(R,)`` int64. Same definition as
+    ``torchaudio.functional.edit_distance`` used by the paper.
+    """
+    R, k1, k2 = eq.shape
+    prev = torch.arange(k2 + 1, device=eq.device, dtype=torch.int32).expand(R, -1).clone()
+    for s in range(1, k1 + 1):
+        cur = torch.empty_like(prev)
+        cur[:, 0] = s
+        e = eq[:, s - 1, :]
+        for t in range(1, k2 + 1):
+            sub = prev[:, t - 1] + (~e[:, t - 1]).to(torch.int32)
+            cur[:, t] = torch.minimum(torch.minimum(prev[:, t] + 1, cur[:, t - 1] + 1), sub)
+        prev = cur
+    return prev[:, k2].to(torch.int64)

@@ -1,0 +1,170 @@
+"""Metric registry: names, metadata and engines (one module-level registry, like sklearn scorers).
+
+``METRICS`` is a read-only mapping ``name -> MetricSpec``; ``name in METRICS`` and iteration over
+names work, and looking up an unknown name raises ``UnknownMetricError`` (a ``ValueError`` and a
+``KeyError``) that lists the valid names. ``register_metric`` adds a metric, from a plain pairwise
+function or from an ``Engine``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .engine import Engine, FunctionEngine
+
+Bounds = tuple[float, float]
+#: parameters every metric accepts (engine placement), never forwarded to engines
+COMMON_PARAMS = ("device",)
+
+
+class UnknownMetricError(ValueError, KeyError):
+    """Raised for a metric name that is not registered; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A registered metric.
+
+    Attributes:
+        name: registry name.
+        engine: computes all layer pairs (see ``tasks.metrics.engine``).
+        bounds: ``(low, high)`` or a callable ``params -> (low, high)`` (e.g. ``lcs_knn``: ``k``).
+        symmetric: ``score(x, y) == score(y, x)``.
+        locality: ``'local'`` (neighbourhoods) or ``'global'`` (whole kernel / subspace).
+        higher_is_better: larger means more aligned.
+        defaults: parameter names and default values.
+        description: one line for listings.
+        chance: optional ``(n, params) -> float | None``: analytical chance level.
+    """
+
+    name: str
+    engine: Engine
+    bounds: Bounds | Callable[[dict[str, Any]], Bounds]
+    symmetric: bool
+    locality: Literal["local", "global"]
+    higher_is_better: bool = True
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    chance: Callable[[int, dict[str, Any]], float | None] | None = None
+
+    def bounds_for(self, params: Mapping[str, Any] | None = None) -> Bounds:
+        """Bounds for the given (resolved) parameters."""
+        if callable(self.bounds):
+            return self.bounds(dict(self.resolve(params or {})))
+        return self.bounds
+
+    def resolve(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults updated with ``params``; drops parameters that belong to other metrics.
+
+        Raises ``TypeError`` for a name no registered metric knows (a typo).
+        """
+        known = METRICS.param_names()
+        unknown = sorted(set(params) - known - set(COMMON_PARAMS))
+        if unknown:
+            raise TypeError(f"unknown metric parameter(s) {unknown}; known: {sorted(known)}")
+        out = dict(self.defaults)
+        out.update({k: v for k, v in params.items() if k in self.defaults})
+        return out
+
+
+class MetricRegistry(Mapping[str, MetricSpec]):
+    """Name -> ``MetricSpec``; unknown names raise ``UnknownMetricError`` listing the valid ones."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, MetricSpec] = {}
+
+    def __getitem__(self, name: str) -> MetricSpec:
+        try:
+            return self._specs[name]
+        except (KeyError, TypeError):
+            raise UnknownMetricError(
+                f"unknown metric {name!r}; valid metrics: {', '.join(self._specs)}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __repr__(self) -> str:
+        return f"MetricRegistry({list(self._specs)})"
+
+    def param_names(self) -> set[str]:
+        return {p for spec in self._specs.values() for p in spec.defaults}
+
+    def _add(self, spec: MetricSpec, overwrite: bool) -> None:
+        if spec.name in self._specs and not overwrite:
+            raise ValueError(f"metric {spec.name!r} is already registered (pass overwrite=True)")
+        self._specs[spec.name] = spec
+
+
+METRICS = MetricRegistry()
+
+
+def get_metric(name: str | MetricSpec) -> MetricSpec:
+    """The ``MetricSpec`` of ``name`` (a spec passes through)."""
+    return name if isinstance(name, MetricSpec) else METRICS[name]
+
+
+def unregister_metric(name: str) -> MetricSpec:
+    """Remove a registered metric and return its spec (unknown names raise ``UnknownMetricError``)."""
+    spec = METRICS[name]
+    del METRICS._specs[name]
+    return spec
+
+
+def register_metric(name: str, fn: Callable[..., float] | None = None, *,
+                    engine: Engine | None = None,
+                    bounds: Bounds | Callable[[dict[str, Any]], Bounds] = (-math.inf, math.inf),
+                    symmetric: bool = False, locality: Literal["local", "global"] = "global",
+                    higher_is_better: bool = True, defaults: Mapping[str, Any] | None = None,
+                    description: str = "", chance: Callable[[int, dict[str, Any]], float | None] | None = None,
+                    overwrite: bool = False):
+    """Register a metric; usable directly or as a decorator.
+
+    Args:
+        name: registry name.
+        fn: ``fn(x, y, **params) -> float`` on ``(N, D)`` torch tensors, called per layer pair;
+            or give ``engine`` (an ``Engine`` subclass instance) to share work across layers.
+        bounds, symmetric, locality, higher_is_better, description, chance: metadata
+            (see ``MetricSpec``); calibration uses ``bounds[1]`` as the maximum.
+        defaults: the metric's parameter names and default values (only these are forwarded).
+        overwrite: replace an existing registration.
+
+    Returns:
+        The ``MetricSpec`` (or, used as ``@register_metric(name, ...)``, a decorator returning
+        ``fn`` unchanged).
+
+    Example:
+        >>> import torch
+        >>> spec = register_metric("mean_cos", lambda x, y: float((x * y).sum(1).mean()),
+        ...                        bounds=(-1.0, 1.0), symmetric=True, overwrite=True)
+        >>> "mean_cos" in METRICS
+        True
+    """
+    if locality not in ("local", "global"):
+        raise ValueError("locality must be 'local' or 'global'")
+
+    def build(f: Callable[..., float] | None) -> MetricSpec:
+        eng = engine if engine is not None else FunctionEngine(f)  # type: ignore[arg-type]
+        spec = MetricSpec(name=name, engine=eng, bounds=bounds, symmetric=symmetric,
+                          locality=locality, higher_is_better=higher_is_better,
+                          defaults=dict(defaults or {}), description=description, chance=chance)
+        METRICS._add(spec, overwrite)
+        return spec
+
+    if fn is None and engine is None:
+        def decorator(f: Callable[..., float]) -> Callable[..., float]:
+            build(f)
+            return f
+        return decorator
+    return build(fn)

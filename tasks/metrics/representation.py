@@ -1,0 +1,122 @@
+"""``Representation``: one model's layers on one paired sample set, with per-layer caches.
+
+A representation computes each structure once and hands it to every metric and every partner
+model: the Gram matrix ``x @ x.T`` of a layer, its neighbour lists for a given ``k``, and each
+metric's own per-layer encoding (``memo``). Passing the same ``Representation`` to several
+``layer_matrix``/``calibrate`` calls therefore never recomputes a Gram or a kNN list.
+
+Gram matrices are kept only when ``N <= keep_gram_max_n`` (default 4096: 64 MiB per float32
+layer) and only once a metric asks for one (``gram``). Neighbour lists are taken from a cached
+Gram when there is one, else found blockwise straight from the features (Gram rows computed a
+block at a time and reduced to their top-k at once, never stored), so memory for kNN metrics is
+``O(L*N*k)`` plus one block. To share one Gram per layer between kNN and kernel metrics, call
+``cache_grams()`` first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._arrays import ArrayLike, resolve_device, split_layers, to_tensor
+from .gram import gram_full
+from .neighbors import topk_neighbors
+
+KEEP_GRAM_MAX_N = 4096
+
+
+class Representation:
+    """Layers ``(N, D_l)`` of one model, on one device, in the computation dtype, with caches.
+
+    Args:
+        xs: sequence of ``(N, D_l)`` arrays (widths may differ), a ``(L, N, D)`` array/tensor, or
+            one ``(N, D)`` layer; numpy or torch. Used as given (no preprocessing).
+        device: ``'cpu'``/``'cuda'``/torch.device; default: cuda when the input is on cuda.
+        keep_gram_max_n: keep per-layer Gram matrices in memory when ``N`` is at most this.
+    """
+
+    def __init__(self, xs: ArrayLike | Sequence[ArrayLike], device: str | torch.device | None = None,
+                 keep_gram_max_n: int = KEEP_GRAM_MAX_N) -> None:
+        layers = split_layers(xs)
+        self.device = resolve_device(device, xs, *layers)
+        is64 = all(_is_float64(x) for x in layers)
+        self.dtype = torch.float64 if is64 else torch.float32
+        self.layers: list[torch.Tensor] = [to_tensor(x, self.device, self.dtype) for x in layers]
+        self.n = int(self.layers[0].shape[0])
+        self.keep_gram = self.n <= keep_gram_max_n
+        self._grams: dict[int, torch.Tensor] = {}
+        self._memo: dict[Any, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def widths(self) -> list[int]:
+        return [int(x.shape[1]) for x in self.layers]
+
+    def gram(self, layer: int) -> torch.Tensor:
+        """``(N, N)`` inner products of ``layer`` (cached when ``keep_gram``). Do not modify."""
+        g = self._grams.get(layer)
+        if g is None:
+            g = gram_full(self.layers[layer])
+            if self.keep_gram:
+                self._grams[layer] = g
+        return g
+
+    def cached_gram(self, layer: int) -> torch.Tensor | None:
+        """The cached Gram of ``layer`` or ``None`` (never computes)."""
+        return self._grams.get(layer)
+
+    def cache_grams(self) -> "Representation":
+        """Compute and keep every layer's Gram (when ``keep_gram``), to share it across metrics."""
+        if self.keep_gram:
+            for l in range(len(self)):
+                self.gram(l)
+        return self
+
+    def knn(self, layer: int, k: int, exclude_self: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(values, indices)`` of the top-``k`` inner-product neighbours, each ``(N, k)``.
+
+        Cached per ``(layer, k, exclude_self)``; from the cached Gram if any, else blockwise.
+        """
+        key = ("knn", layer, k, exclude_self)
+        if key not in self._memo:
+            gram = self._grams.get(layer)
+            if gram is not None:
+                self._memo[key] = topk_neighbors(None, k, exclude_self=exclude_self, gram=gram)
+            else:
+                self._memo[key] = topk_neighbors(self.layers[layer], k, exclude_self=exclude_self)
+        return self._memo[key]
+
+    def knn_indices(self, k: int, exclude_self: bool = True) -> torch.Tensor:
+        """All layers' neighbour lists stacked: ``(L, N, k)`` int64."""
+        return torch.stack([self.knn(l, k, exclude_self)[1] for l in range(len(self))])
+
+    def memo(self, key: Any, build: Callable[[], Any]) -> Any:
+        """Cache ``build()`` under ``key`` (per-metric encodings keyed by metric and params)."""
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
+
+    def drop_grams(self) -> None:
+        """Free the cached Gram matrices (encodings already built stay cached)."""
+        self._grams.clear()
+
+
+def _is_float64(x: ArrayLike) -> bool:
+    if isinstance(x, torch.Tensor):
+        return x.dtype == torch.float64
+    return np.asarray(x).dtype == np.float64
+
+
+def as_representation(xs: "ArrayLike | Sequence[ArrayLike] | Representation",
+                      device: str | torch.device | None = None) -> Representation:
+    """Wrap raw features in a ``Representation``; pass an existing one through unchanged."""
+    if isinstance(xs, Representation):
+        if device is not None and torch.device(device).type != xs.device.type:
+            raise ValueError(f"representation lives on {xs.device}, asked for {device}")
+        return xs
+    return Representation(xs, device=device)

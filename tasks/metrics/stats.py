@@ -1,0 +1,75 @@
+"""Small statistics helpers: layer-pair aggregation, order statistics, Benjamini–Hochberg.
+
+All functions are pure numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import Literal
+
+import numpy as np
+
+
+def aggregate(matrix: np.ndarray, how: Literal["max", "mean"] = "max") -> tuple[float, tuple[int, int]]:
+    """Model-pair score from a ``(La, Lb)`` layer matrix.
+
+    ``how='max'`` (the paper): the largest entry and its ``(layer_a, layer_b)``. ``how='mean'``: the
+    mean over all layer pairs, returned with the argmax location (for reference). NaN entries are
+    ignored; an all-NaN matrix gives ``(nan, (-1, -1))``.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"expected a non-empty (La, Lb) matrix, got shape {m.shape}")
+    finite = ~np.isnan(m)
+    if not finite.any():
+        return math.nan, (-1, -1)
+    flat = np.where(finite, m, -np.inf).argmax()
+    i, j = np.unravel_index(flat, m.shape)
+    if how == "max":
+        value = float(m[i, j])
+    elif how == "mean":
+        value = float(m[finite].mean())
+    else:
+        raise ValueError(f"aggregate must be 'max' or 'mean', got {how!r}")
+    return value, (int(i), int(j))
+
+
+def order_statistic_rank(alpha: float, count: int) -> int:
+    """``ceil((1 - alpha) * count)`` computed exactly (``alpha`` read as the decimal it prints as)."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    a = Fraction(repr(float(alpha)))
+    return max(1, math.ceil((1 - a) * count))
+
+
+def bh_fdr(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (q-values), same shape as ``pvalues``.
+
+    ``q_(i) = min_{j >= i} min(1, m p_(j) / j)`` over the ascending order; NaNs stay NaN and are
+    not counted in ``m``. Reject at FDR level ``a`` where ``q <= a``.
+
+    Example:
+        >>> bh_fdr([0.01, 0.04, 0.03, 0.5]).round(3).tolist()
+        [0.04, 0.053, 0.053, 0.5]
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    flat = p.reshape(-1)
+    ok = ~np.isnan(flat)
+    vals = flat[ok]
+    if vals.size:
+        if (vals < 0).any() or (vals > 1).any():
+            raise ValueError("p-values must lie in [0, 1]")
+        order = np.argsort(vals, kind="mergesort")
+        m = vals.size
+        ranked = vals[order] * m / np.arange(1, m + 1)
+        q = np.minimum.accumulate(ranked[::-1])[::-1].clip(max=1.0)
+        res = np.empty(m)
+        res[order] = q
+        o = out.reshape(-1)
+        o[ok] = res
+        out = o.reshape(p.shape)
+    return out

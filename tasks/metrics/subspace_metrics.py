@@ -1,0 +1,174 @@
+"""Subspace metrics: ``svcca`` (paper), ``procrustes`` and ``linear_regression`` (beyond the paper).
+
+All per-layer work (standardisation, singular vectors) is done once in float64; pairs only need
+small products of the cached bases, and permutations re-index their rows.
+
+``svcca`` (Raghu et al. 2017, the paper's ``svcca``): each layer is centred and divided by its
+per-feature standard deviation (``ddof=1``, ``+1e-8``); its top-``cca_dim`` left singular vectors
+``U`` (``N x cca_dim``, orthonormal, centred) are computed exactly (eigendecomposition of the
+smaller of ``Z^T Z`` / ``Z Z^T`` in float64); the score is the mean canonical correlation between
+``U_x`` and ``U_y``, i.e. the mean singular value of ``U_x^T U_y``.
+The paper instead takes ``torch.svd_lowrank`` (randomised, a few power iterations: an
+approximation of the same subspace that changes from run to run), fits sklearn's iterative
+``CCA`` and adds ``1e-10`` Gaussian noise before ``np.corrcoef``; here the result is deterministic
+and exact up to float64 rounding.
+
+``procrustes``: ``||X_c^T Y_c||_* / (||X_c||_F ||Y_c||_F)`` with column-centred features: the
+orthogonal-Procrustes similarity (``1 - d^2/2`` for the Procrustes distance between the
+Frobenius-normalised representations); in ``[0, 1]``, symmetric, invariant to rotations and
+isotropic scaling.
+
+``linear_regression``: the in-sample ``R^2`` of the least-squares (optionally ridge,
+``ridge >= 0``) prediction of the centred ``y`` from the centred ``x``:
+``R^2 = sum_i (2 f_i - f_i^2) ||u_i^T Y_c||^2 / ||Y_c||^2`` with ``X_c = U S V^T`` and
+``f_i = s_i^2 / (s_i^2 + ridge)``. Not symmetric. With ``ridge=0`` and ``rank(X_c) = N - 1``
+(width >= N - 1) it is trivially 1; use ``ridge`` for wide layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .engine import Engine
+from .representation import Representation
+
+
+def left_singular(z: torch.Tensor, r: int | None = None, rtol: float = 1e-7
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top left singular vectors/values of ``z`` ``(N, D)`` float64 via a symmetric eigenproblem
+    on the smaller of ``z^T z`` and ``z z^T``.
+
+    Returns ``(U (N, r'), s (r',))`` in decreasing order; ``r' <= r`` is the numerical rank
+    (singular values below ``rtol * s_max`` are dropped).
+    """
+    feature_side = z.shape[1] <= z.shape[0]
+    w, v = torch.linalg.eigh(z.T @ z if feature_side else z @ z.T)
+    w, v = w.flip(0), v.flip(1)
+    top = float(w[0]) if w.numel() else 0.0
+    keep = w > max(top, 0.0) * rtol * rtol
+    w, v = w[keep], v[:, keep]
+    if r is not None:
+        w, v = w[:r], v[:, :r]
+    s = w.sqrt()
+    return ((z @ v) / s if feature_side else v), s
+
+
+@dataclass
+class BasisState:
+    """Per-layer float64 factors, ``(N, r_l)`` each; ``extra`` holds metric-specific pieces."""
+
+    bases: list[torch.Tensor]
+    extra: list[Any]
+
+
+class SvccaEngine(Engine):
+    """``svcca`` with parameter ``cca_dim`` (default 10)."""
+
+    encode_params = ("cca_dim",)
+    variant = "svcca"
+
+    def encode(self, rep: Representation, params: dict[str, Any]) -> BasisState:
+        r = int(params.get("cca_dim", 10))
+        bases = []
+        for l, x in enumerate(rep.layers):
+            if r < 1 or r > min(x.shape):
+                raise ValueError(f"cca_dim must be in [1, min(N, D)] = [1, {min(x.shape)}] "
+                                 f"for layer {l}, got {r}")
+            z = x.to(torch.float64)
+            z = z - z.mean(0)
+            z = z / (z.std(0) + 1e-8)
+            u, _ = left_singular(z, r)
+            if u.shape[1] < r:
+                raise ValueError(f"layer {l} has rank {u.shape[1]} < cca_dim={r}")
+            bases.append(u)
+        return BasisState(bases, [None] * len(bases))
+
+    def permute(self, state: BasisState, perm: torch.Tensor, inv: torch.Tensor) -> BasisState:
+        return BasisState([u.index_select(0, perm) for u in state.bases], state.extra)
+
+    def matrix(self, a: BasisState, b: BasisState, params: dict[str, Any]) -> torch.Tensor:
+        ua, ub = torch.stack(a.bases), torch.stack(b.bases)  # (L, N, r)
+        cross = torch.einsum("anr,bns->abrs", ua, ub)
+        return torch.linalg.svdvals(cross).clamp(max=1.0).mean(-1)
+
+
+class ProcrustesEngine(Engine):
+    """``procrustes`` (no parameters)."""
+
+    variant = "procrustes"
+
+    def encode(self, rep: Representation, params: dict[str, Any]) -> BasisState:
+        bases = []
+        for x in rep.layers:
+            z = x.to(torch.float64)
+            z = z - z.mean(0)
+            z = z / z.norm().clamp_min(1e-300)
+            if z.shape[1] > z.shape[0]:  # same Gram, fewer columns
+                u, s = left_singular(z)
+                z = u * s
+            bases.append(z)
+        return BasisState(bases, [None] * len(bases))
+
+    def permute(self, state: BasisState, perm: torch.Tensor, inv: torch.Tensor) -> BasisState:
+        return BasisState([u.index_select(0, perm) for u in state.bases], state.extra)
+
+    def matrix(self, a: BasisState, b: BasisState, params: dict[str, Any]) -> torch.Tensor:
+        out = torch.empty((len(a.bases), len(b.bases)), dtype=torch.float64,
+                          device=a.bases[0].device)
+        for i, x in enumerate(a.bases):
+            for j, y in enumerate(b.bases):
+                m = x.T @ y
+                g = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
+                out[i, j] = torch.linalg.eigvalsh(g).clamp_min(0).sqrt().sum()
+        return out
+
+
+class RegressionEngine(Engine):
+    """``linear_regression`` with parameter ``ridge`` (default 0): R^2 of y predicted from x."""
+
+    variant = "linear_regression"
+
+    def encode(self, rep: Representation, params: dict[str, Any]) -> BasisState:
+        bases, extra = [], []
+        for x in rep.layers:
+            z = x.to(torch.float64)
+            z = z - z.mean(0)
+            u, s = left_singular(z)
+            bases.append(u)
+            extra.append((s, z / z.norm().clamp_min(1e-300)))
+        return BasisState(bases, extra)
+
+    def permute(self, state: BasisState, perm: torch.Tensor, inv: torch.Tensor) -> BasisState:
+        return BasisState([u.index_select(0, perm) for u in state.bases],
+                          [(s, y.index_select(0, perm)) for s, y in state.extra])
+
+    def matrix(self, a: BasisState, b: BasisState, params: dict[str, Any]) -> torch.Tensor:
+        ridge = float(params.get("ridge", 0.0))
+        if ridge < 0:
+            raise ValueError("ridge must be >= 0")
+        out = torch.empty((len(a.bases), len(b.bases)), dtype=torch.float64,
+                          device=a.bases[0].device)
+        for i, (u, (s, _)) in enumerate(zip(a.bases, a.extra)):
+            f = s * s / (s * s + ridge)
+            w = 2 * f - f * f
+            for j, (_, yn) in enumerate(b.extra):
+                out[i, j] = (w * ((u.T @ yn) ** 2).sum(1)).sum()
+        return out
+
+
+def register() -> None:
+    from .registry import register_metric
+
+    register_metric("svcca", engine=SvccaEngine(), bounds=(0.0, 1.0), symmetric=True,
+                    locality="global", defaults={"cca_dim": 10}, overwrite=True,
+                    description="mean canonical correlation of top-cca_dim SVD subspaces (paper; "
+                                "exact deterministic SVD)")
+    register_metric("procrustes", engine=ProcrustesEngine(), bounds=(0.0, 1.0), symmetric=True,
+                    locality="global", overwrite=True,
+                    description="orthogonal Procrustes similarity ||Xc^T Yc||_* / (||Xc|| ||Yc||)")
+    register_metric("linear_regression", engine=RegressionEngine(), bounds=(0.0, 1.0),
+                    symmetric=False, locality="global", defaults={"ridge": 0.0}, overwrite=True,
+                    description="R^2 of predicting y from x by (ridge) least squares")

@@ -1,0 +1,24 @@
+"""The benchmark script runs end to end at CI size and checks engine == paper-style loop."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[3] / "bench" / "bench_metrics.py"
+
+
+@pytest.mark.skipif(not BENCH.exists(), reason="bench script not present")
+def test_bench_small_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("bench_metrics", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    mod.main(["--small", "--large-n", "500", "--calibrate", "mutual_knn", "cka"])
+    out = capsys.readouterr().out
+    for metric in ("mutual_knn", "cka", "cknna"):
+        line = next(l for l in out.splitlines() if l.startswith(metric))
+        assert float(line.split()[-1]) < 1e-5  # max |engine - paper loop|
+    assert "calibrate cka" in out and "N=500" in out

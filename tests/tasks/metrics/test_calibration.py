@@ -1,0 +1,123 @@
+"""Permutation calibration: exact order statistic, p-values, reuse of cached structures."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.metrics import METRICS, aggregate, calibrate, chance_level, layer_matrix
+from tasks.metrics.calibration import _calibration_numbers
+
+from .conftest import layers
+
+
+def _perms(n: int, k: int, seed: int) -> list[np.ndarray]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randperm(n, generator=g).numpy() for _ in range(k)]
+
+
+def test_order_statistic_p_and_calibrated_by_hand() -> None:
+    null = np.array([0.1, 0.5, 0.2, 0.3, 0.9, 0.0, 0.4, 0.6, 0.7, 0.8, 0.15, 0.25, 0.35, 0.45,
+                     0.55, 0.65, 0.75, 0.85, 0.05])  # K = 19
+    obs = 0.95
+    tau, p, cal = _calibration_numbers(obs, null, alpha=0.05, lo=0.0, hi=1.0)
+    # ceil(0.95 * 20) = 19 -> 19th smallest of the 20 values = 0.9
+    assert tau == 0.9
+    assert p == pytest.approx(1 / 20)
+    assert cal == pytest.approx((0.95 - 0.9) / (1 - 0.9))
+    tau, p, cal = _calibration_numbers(0.6, null, alpha=0.1, lo=0.0, hi=1.0)
+    assert tau == 0.8  # ceil(0.9 * 20) = 18th smallest
+    assert p == pytest.approx((1 + 7) / 20)  # null >= 0.6: .6 .7 .8 .9 .65 .75 .85
+    assert cal == 0.0
+    tau, p, cal = _calibration_numbers(2.5, null, alpha=0.05, lo=0.0, hi=math.inf)
+    assert cal == pytest.approx(2.5 - 0.9)
+
+
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_null_equals_recomputation_from_permuted_features(metric: str) -> None:
+    """The cached-structure permutation gives exactly what recomputing from y[perm] gives."""
+    xs, ys = layers(n=30, seed=1), layers(n=30, widths=(5, 11), seed=2)
+    params = {"topk": 4, "cca_dim": 3}
+    res = calibrate(metric, xs, ys, permutations=3, seed=7, **params)
+    for t, perm in enumerate(_perms(30, 3, 7)):
+        m = layer_matrix(metric, xs, [y[perm] for y in ys], **params)
+        assert res.null[t] == pytest.approx(aggregate(m)[0], abs=1e-9)
+    assert res.observed == pytest.approx(aggregate(layer_matrix(metric, xs, ys, **params))[0])
+
+
+def test_structured_pair_reaches_minimum_p() -> None:
+    xs = layers(n=60, seed=3)
+    ys = [x @ np.random.default_rng(4).normal(size=(x.shape[1], 8)) for x in xs]
+    for metric in ("mutual_knn", "cka", "cknna"):
+        res = calibrate(metric, xs, ys, permutations=99, seed=0, topk=5)
+        assert res.p_value == pytest.approx(1 / 100)
+        assert res.calibrated > 0.1
+        all_values = np.sort(np.concatenate([[res.observed], res.null]))
+        assert res.tau == all_values[94]  # ceil(0.95 * 100) = 95th smallest
+        assert res.observed > res.tau
+        assert res.argmax == aggregate(res.matrix)[1]
+
+
+def test_independent_features_calibrate_to_zero_and_uniform_p() -> None:
+    cal, ps = [], []
+    for seed in range(40):
+        rng = np.random.default_rng(100 + seed)
+        xs = [rng.normal(size=(50, 8)) for _ in range(2)]
+        ys = [rng.normal(size=(50, 6)) for _ in range(2)]
+        res = calibrate("mutual_knn", xs, ys, permutations=49, seed=seed, topk=5)
+        cal.append(res.calibrated)
+        ps.append(res.p_value)
+    assert np.mean(np.array(cal) == 0.0) >= 0.9
+    ps = np.array(ps)
+    assert 0.3 < ps.mean() < 0.7
+    assert np.mean(ps <= 0.5) == pytest.approx(0.5, abs=0.25)
+
+
+def test_mutual_knn_null_mean_is_chance_level() -> None:
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(80, 10)), rng.normal(size=(80, 10))
+    res = calibrate("mutual_knn", x, y, permutations=300, seed=1, topk=8, aggregate="mean")
+    assert res.null_mean == pytest.approx(chance_level("mutual_knn", 80, topk=8), rel=0.05)
+
+
+def test_unbiased_cka_null_mean_is_zero() -> None:
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(40, 5))
+    y = x + 0.5 * rng.normal(size=(40, 5))
+    res = calibrate("unbiased_cka", x, y, permutations=400, seed=2)
+    assert abs(res.null_mean) < 3 * res.null_std / np.sqrt(400)
+    assert chance_level("unbiased_cka", 40) == 0.0
+
+
+def test_chance_levels() -> None:
+    assert chance_level("mutual_knn", 1024, topk=10) == pytest.approx(10 / 1023)
+    assert chance_level("mutual_knn", 101) == pytest.approx(10 / 100)  # default topk 10
+    assert chance_level("cka", 100) is None
+    j = chance_level("jaccard_knn", 1001, topk=10)
+    assert 0 < j < 10 / 1000
+    assert chance_level("cycle_knn", 101, topk=10) == pytest.approx(1 - 0.9 ** 10)
+
+
+def test_seed_reproducible_and_device_independent_stream() -> None:
+    xs, ys = layers(seed=8), layers(seed=9)
+    a = calibrate("cka", xs, ys, permutations=5, seed=3)
+    b = calibrate("cka", xs, ys, permutations=5, seed=3)
+    np.testing.assert_array_equal(a.null, b.null)
+    assert a.permutations == 5 and a.metric == "cka"
+
+
+def test_mean_aggregate() -> None:
+    xs, ys = layers(seed=10), layers(seed=11)
+    res = calibrate("cka", xs, ys, permutations=5, aggregate="mean")
+    assert res.observed == pytest.approx(layer_matrix("cka", xs, ys).mean())
+
+
+def test_unbounded_upper_bound_uses_difference() -> None:
+    """lcs_knn's maximum is k: calibrated divides by k - tau."""
+    xs = layers(n=40, seed=12)
+    res = calibrate("lcs_knn", xs, xs, permutations=19, topk=5)
+    assert res.observed == pytest.approx(5.0)
+    assert res.calibrated == pytest.approx(1.0)

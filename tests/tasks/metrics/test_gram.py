@@ -1,0 +1,48 @@
+"""Block-symmetric Gram computation and the paths that use it (N above one block)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.metrics import layer_matrix
+from tasks.metrics.gram import gram_full, gram_upper
+from tasks.metrics.triangle import pack, permuted_positions
+
+from . import reference as ref
+
+
+def test_gram_blocks_equal_plain_product() -> None:
+    x = torch.randn(700, 33, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    plain = x @ x.T
+    torch.testing.assert_close(gram_full(x), plain, rtol=0, atol=1e-12)
+    assert torch.equal(gram_full(x), gram_full(x).T)
+    torch.testing.assert_close(gram_upper(x).triu(), plain.triu(), rtol=0, atol=1e-12)
+
+
+def test_packed_permutation_matches_permuting_the_matrix() -> None:
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(9, 9, generator=g)
+    a = a + a.T
+    perm = torch.randperm(9, generator=g)
+    assert torch.equal(pack(a)[permuted_positions(perm)], pack(a[perm][:, perm]))
+
+
+def test_large_n_metrics_against_references() -> None:
+    """N = 600 > two Gram blocks: kNN lists and CKA through the blocked code paths."""
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(600, 5))
+    x = ref.normalize_rows(z @ rng.normal(size=(5, 20)) + rng.normal(size=(600, 20)))
+    y = ref.normalize_rows(z @ rng.normal(size=(5, 16)) + rng.normal(size=(600, 16)))
+    lists = ref.knn_lists(x, 5)
+    from tasks.metrics.neighbors import topk_neighbors
+
+    np.testing.assert_array_equal(topk_neighbors(torch.from_numpy(x), 5)[1].numpy(), lists)
+    a, b = ref.knn_lists(x, 5), ref.knn_lists(y, 5)
+    expected = np.mean([len(set(a[i]) & set(b[i])) / 5 for i in range(600)])
+    assert layer_matrix("mutual_knn", [x], [y], topk=5)[0, 0] == pytest.approx(expected, abs=1e-12)
+    for unbiased in (False, True):
+        metric = "unbiased_cka" if unbiased else "cka"
+        got = layer_matrix(metric, [x], [y])[0, 0]
+        assert got == pytest.approx(ref.cka(x, y, unbiased=unbiased), abs=1e-10)

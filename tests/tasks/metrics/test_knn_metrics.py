@@ -1,0 +1,88 @@
+"""Neighbour metrics against the loop references, on random and structured data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tasks.metrics import layer_matrix, score
+
+from . import reference as ref
+from .conftest import layers, paired
+
+REFS = {
+    "mutual_knn": ref.mutual_knn,
+    "jaccard_knn": ref.jaccard_knn,
+    "cycle_knn": ref.cycle_knn,
+    "lcs_knn": ref.lcs_knn,
+    "edit_distance_knn": ref.edit_distance_knn,
+}
+
+
+@pytest.mark.parametrize("metric", list(REFS))
+@pytest.mark.parametrize("noise,k", [(0.3, 5), (3.0, 7)])
+def test_matches_reference(metric: str, noise: float, k: int) -> None:
+    x, y = paired(n=45, noise=noise, seed=int(noise * 10) + k)
+    assert score(metric, x, y, topk=k) == pytest.approx(REFS[metric](x, y, k), abs=1e-12)
+
+
+@pytest.mark.parametrize("metric", list(REFS))
+def test_float32_torch_inputs(metric: str) -> None:
+    import torch
+
+    x, y = paired(n=30, seed=5)
+    got = score(metric, torch.from_numpy(x).float(), torch.from_numpy(y).float(), topk=4)
+    assert got == pytest.approx(REFS[metric](x, y, 4), abs=1e-12)
+
+
+@pytest.mark.parametrize("metric", list(REFS))
+def test_layer_matrix_equals_score(metric: str) -> None:
+    xs, ys = layers(seed=1), layers(widths=(5, 20), seed=2)
+    m = layer_matrix(metric, xs, ys, topk=6)
+    assert m.shape == (3, 2) and m.dtype == np.float64
+    for i, x in enumerate(xs):
+        for j, y in enumerate(ys):
+            assert m[i, j] == score(metric, x, y, topk=6)
+            assert m[i, j] == pytest.approx(REFS[metric](x, y, 6), abs=1e-12)
+
+
+def test_sorted_path_equals_adjacency_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large-N code path (no dense adjacency) gives the same counts."""
+    import tasks.metrics.knn_metrics as km
+
+    xs, ys = layers(seed=3), layers(seed=4)
+    dense = {m: layer_matrix(m, xs, ys, topk=5) for m in ("mutual_knn", "cycle_knn", "jaccard_knn")}
+    monkeypatch.setattr(km, "ADJACENCY_MAX_ELEMENTS", 0)
+    for m, expected in dense.items():
+        np.testing.assert_array_equal(layer_matrix(m, xs, ys, topk=5), expected)
+
+
+def test_blockwise_neighbours_equal_full() -> None:
+    """Blockwise top-k without a Gram (large-N path) equals the Gram path."""
+    import torch
+
+    from tasks.metrics.neighbors import topk_neighbors
+
+    x = torch.from_numpy(paired(n=50, seed=6)[0])
+    v1, i1 = topk_neighbors(x, 7)
+    v2, i2 = topk_neighbors(x, 7, block_elements=3 * 50)  # 3 rows per block
+    v3, i3 = topk_neighbors(None, 7, gram=x @ x.T)
+    assert torch.equal(i1, i2) and torch.equal(i1, i3)
+    np.testing.assert_array_equal(i1.numpy(), ref.knn_lists(x.numpy(), 7))
+
+
+def test_representation_without_gram_matches() -> None:
+    from tasks.metrics import Representation
+
+    xs, ys = layers(seed=7), layers(seed=8)
+    ra, rb = Representation(xs, keep_gram_max_n=10), Representation(ys, keep_gram_max_n=10)
+    assert not ra.keep_gram
+    np.testing.assert_array_equal(layer_matrix("mutual_knn", ra, rb, topk=5),
+                                  layer_matrix("mutual_knn", xs, ys, topk=5))
+
+
+@pytest.mark.parametrize("k", [0, 40, 2.5, None])
+def test_bad_topk(k) -> None:
+    x, y = paired(n=40)
+    with pytest.raises(ValueError):
+        score("mutual_knn", x, y, topk=k)

@@ -1,0 +1,73 @@
+"""``prepare`` reproduces the paper's outlier clamp and L2 normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.metrics import prepare
+from tasks.metrics.preparation import outlier_threshold
+
+from . import reference as ref
+
+
+@pytest.fixture
+def heavy() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return rng.standard_t(df=2, size=(30, 17))
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_matches_reference(heavy: np.ndarray, exact: bool) -> None:
+    got = prepare(heavy, q=0.9, exact=exact)
+    assert isinstance(got, np.ndarray) and got.shape == heavy.shape
+    np.testing.assert_allclose(got, ref.prepare(heavy, q=0.9, exact=exact), atol=1e-12)
+
+
+def test_threshold_approx_equals_torch_quantile(heavy: np.ndarray) -> None:
+    t = torch.from_numpy(heavy)
+    expected = torch.quantile(t.abs().flatten(start_dim=1), 0.95, dim=1).mean()
+    assert float(outlier_threshold(t, 0.95)) == pytest.approx(float(expected), abs=1e-12)
+
+
+def test_threshold_exact_is_sorted_element(heavy: np.ndarray) -> None:
+    t = torch.from_numpy(heavy)
+    expected = t.reshape(-1).abs().sort().values[int(0.95 * t.numel())]
+    assert float(outlier_threshold(t, 0.95, exact=True)) == float(expected)
+
+
+def test_clamp_limits_values(heavy: np.ndarray) -> None:
+    out = prepare(heavy, q=0.8, exact=True, normalize=False)
+    thr = np.sort(np.abs(heavy).ravel())[int(0.8 * heavy.size)]
+    assert np.abs(out).max() == pytest.approx(thr)
+    assert (np.abs(out) < np.abs(heavy)).sum() > 0
+
+
+def test_q_one_only_normalises(heavy: np.ndarray) -> None:
+    np.testing.assert_allclose(prepare(heavy, q=1.0), ref.normalize_rows(heavy), atol=1e-12)
+    np.testing.assert_allclose(prepare(heavy, q=1.0, normalize=False), heavy)
+
+
+def test_stack_uses_one_threshold_like_the_paper(heavy: np.ndarray) -> None:
+    """(L, N, D): the paper's (N, L, D) tensor branch pools a sample's values over all layers."""
+    stack = np.stack([heavy, 3 * heavy])  # (2, N, D)
+    paper_layout = torch.from_numpy(stack).permute(1, 0, 2)  # (N, L, D)
+    thr = torch.quantile(paper_layout.abs().flatten(start_dim=1), 0.95, dim=1).mean()
+    expected = torch.nn.functional.normalize(torch.from_numpy(stack).clamp(-thr, thr), dim=-1)
+    np.testing.assert_allclose(prepare(stack), expected.numpy(), atol=1e-12)
+    per_layer = prepare(stack, per_layer=True)
+    np.testing.assert_allclose(per_layer[1], prepare(3 * heavy), atol=1e-12)
+
+
+def test_list_and_torch_kinds(heavy: np.ndarray) -> None:
+    out = prepare([heavy, heavy[:, :5]])
+    assert isinstance(out, list) and out[1].shape == (30, 5)
+    t = prepare(torch.from_numpy(heavy).float())
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    np.testing.assert_allclose(t.numpy(), prepare(heavy).astype(np.float32), atol=1e-5)
+
+
+def test_rejects_bad_q(heavy: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        prepare(heavy, q=0.0)

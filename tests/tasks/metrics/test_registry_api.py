@@ -1,0 +1,122 @@
+"""Registry, parameter handling, input forms and import hygiene of ``tasks.metrics``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import tasks.metrics as tm
+from tasks.metrics import METRICS, PAPER_METRICS, get_metric, layer_matrix, register_metric, score
+
+from .conftest import layers, paired
+
+
+def test_paper_metrics_registered_with_metadata() -> None:
+    for name in PAPER_METRICS:
+        assert name in METRICS
+        spec = METRICS[name]
+        lo, hi = spec.bounds_for({})
+        assert lo < hi and spec.locality in ("local", "global") and spec.higher_is_better
+    assert set(PAPER_METRICS) <= set(iter(METRICS))
+    assert METRICS["cycle_knn"].symmetric is False and METRICS["cka"].symmetric is True
+    assert METRICS["lcs_knn"].bounds_for({"topk": 7}) == (0.0, 7.0)
+    for extra in ("cka_rbf_median", "procrustes", "linear_regression", "rsa_spearman",
+                  "jaccard_knn"):
+        assert extra in METRICS
+
+
+def test_unknown_metric_lists_valid_names() -> None:
+    x, y = paired()
+    with pytest.raises(ValueError, match="mutual_knn") as err:
+        score("mutal_knn", x, y)
+    assert "cknna" in str(err.value)
+    with pytest.raises(KeyError):
+        METRICS["nope"]
+    assert "nope" not in METRICS and METRICS.get("nope") is None
+
+
+def test_unknown_parameter_is_an_error_but_other_metrics_params_are_ignored() -> None:
+    x, y = paired()
+    with pytest.raises(TypeError, match="topkk"):
+        score("cka", x, y, topkk=3)
+    assert score("cka", x, y, topk=3) == score("cka", x, y)  # like the paper's loop passing topk
+
+
+def test_register_user_metric_function_and_decorator() -> None:
+    def mean_cos(x: torch.Tensor, y: torch.Tensor, shift: float = 0.0) -> float:
+        return float((x[:, :3] * y[:, :3]).sum(1).mean()) + shift
+
+    spec = register_metric("test_mean_cos", mean_cos, bounds=(-1.0, 1.0), symmetric=True,
+                           defaults={"shift": 0.0}, overwrite=True)
+    assert spec.name in METRICS and get_metric("test_mean_cos") is spec
+    xs, ys = layers(seed=1), layers(seed=2)
+    m = layer_matrix("test_mean_cos", xs, ys, shift=1.0)
+    assert m[1, 2] == pytest.approx(float((xs[1][:, :3] * ys[2][:, :3]).sum(1).mean()) + 1.0)
+    res = tm.calibrate("test_mean_cos", xs, ys, permutations=5)
+    assert res.permutations == 5
+
+    @register_metric("test_const", bounds=(0.0, 1.0), overwrite=True)
+    def const(x, y):
+        return 0.5
+
+    assert score("test_const", *paired()) == 0.5
+    with pytest.raises(ValueError):
+        register_metric("test_const", const)  # no overwrite
+    for name in ("test_mean_cos", "test_const"):
+        tm.unregister_metric(name)
+        assert name not in METRICS
+
+
+@pytest.mark.parametrize("form", ["list", "stack_np", "stack_torch"])
+def test_input_forms(form: str) -> None:
+    xs, ys = layers(widths=(8, 8, 8), seed=3), layers(widths=(5, 5), seed=4)
+    expected = layer_matrix("mutual_knn", xs, ys, topk=5)
+    if form == "stack_np":
+        a, b = np.stack(xs), np.stack(ys)
+    elif form == "list":
+        a, b = [torch.from_numpy(x) for x in xs], ys
+    else:
+        a, b = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+    np.testing.assert_array_equal(layer_matrix("mutual_knn", a, b, topk=5, device="cpu"), expected)
+
+
+def test_mismatched_samples_and_bad_shapes() -> None:
+    x, y = paired()
+    with pytest.raises(ValueError):
+        score("cka", x, y[:-1])
+    with pytest.raises(ValueError):
+        score("cka", np.stack([x, x]), np.stack([x, x]))
+
+
+def test_representation_reuses_work() -> None:
+    """After a first call, Grams and kNN lists come from the caches, never from the features."""
+    xs, ys = layers(seed=5), layers(seed=6)
+    ra, rb = tm.Representation(xs), tm.Representation(ys)
+    first = layer_matrix("mutual_knn", ra, rb, topk=5)
+    layer_matrix("cka", ra, rb)
+    for rep in (ra, rb):  # poison the features
+        rep.layers = [torch.full_like(x, float("nan")) for x in rep.layers]
+    np.testing.assert_array_equal(layer_matrix("mutual_knn", ra, rb, topk=5), first)
+    assert np.isfinite(layer_matrix("jaccard_knn", ra, rb, topk=5)).all()
+    assert np.isfinite(layer_matrix("cknna", ra, rb, topk=5)).all()
+    np.testing.assert_allclose(layer_matrix("cka", ra, rb), layer_matrix("cka", xs, ys))
+
+
+def test_cached_grams_are_shared_and_give_the_same_numbers() -> None:
+    xs, ys = layers(seed=5), layers(seed=6)
+    ra, rb = tm.Representation(xs).cache_grams(), tm.Representation(ys).cache_grams()
+    assert all(ra.cached_gram(l) is not None for l in range(3))
+    for metric in ("mutual_knn", "cka", "unbiased_cka", "cknna"):
+        np.testing.assert_allclose(layer_matrix(metric, ra, rb, topk=5),
+                                   layer_matrix(metric, xs, ys, topk=5), atol=1e-12)
+
+
+def test_import_is_light() -> None:
+    code = ("import sys, tasks.metrics; bad = [m for m in ('prefect', 'pyarrow', 'duckdb', "
+            "'transformers', 'sklearn') if m in sys.modules]; print(bad); assert not bad")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

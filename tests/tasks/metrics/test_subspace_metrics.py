@@ -1,0 +1,81 @@
+"""SVCCA, Procrustes, linear regression and RSA against independent numpy/scipy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from tasks.metrics import Representation, layer_matrix, score
+
+from . import reference as ref
+from .conftest import layers, paired
+
+
+@pytest.mark.parametrize("cca_dim", [1, 4, 9])
+def test_svcca_matches_whitening_cca(cca_dim: int) -> None:
+    x, y = paired(n=50, dx=12, dy=10, noise=1.0, seed=cca_dim)
+    assert score("svcca", x, y, cca_dim=cca_dim) == pytest.approx(ref.svcca(x, y, cca_dim), abs=1e-9)
+
+
+def test_svcca_is_deterministic_and_wide_layers_work() -> None:
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(30, 60)), rng.normal(size=(30, 45))  # D > N: Gram-side SVD
+    a = score("svcca", x, y, cca_dim=5)
+    assert a == score("svcca", x, y, cca_dim=5)
+    assert a == pytest.approx(ref.svcca(x, y, 5), abs=1e-9)
+
+
+def test_svcca_rejects_too_large_cca_dim() -> None:
+    x, y = paired(dx=5)
+    with pytest.raises(ValueError):
+        score("svcca", x, y, cca_dim=6)
+
+
+def test_procrustes_matches_nuclear_norm() -> None:
+    x, y = paired(n=40, dx=8, dy=30, seed=4, normalize=False)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    expected = np.linalg.norm(xc.T @ yc, "nuc") / (np.linalg.norm(xc) * np.linalg.norm(yc))
+    assert score("procrustes", x, y) == pytest.approx(expected, abs=1e-10)
+    wide = np.random.default_rng(5).normal(size=(40, 70))  # D > N: reduced factor path
+    wc = wide - wide.mean(0)
+    expected = np.linalg.norm(xc.T @ wc, "nuc") / (np.linalg.norm(xc) * np.linalg.norm(wc))
+    assert score("procrustes", x, wide) == pytest.approx(expected, abs=1e-10)
+
+
+@pytest.mark.parametrize("ridge", [0.0, 0.5, 10.0])
+def test_linear_regression_matches_least_squares(ridge: float) -> None:
+    x, y = paired(n=60, dx=7, dy=5, seed=6, normalize=False)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    beta = np.linalg.solve(xc.T @ xc + ridge * np.eye(7), xc.T @ yc)
+    expected = 1 - np.sum((yc - xc @ beta) ** 2) / np.sum(yc ** 2)
+    assert score("linear_regression", x, y, ridge=ridge) == pytest.approx(expected, abs=1e-10)
+    assert score("linear_regression", x, y) != pytest.approx(score("linear_regression", y, x))
+
+
+def test_rsa_matches_scipy_spearman() -> None:
+    x, y = paired(n=30, seed=7)
+
+    def dists(z):
+        d = np.sqrt(((z[:, None] - z[None]) ** 2).sum(-1))
+        return d[np.triu_indices(len(z), 1)]
+
+    expected = spearmanr(dists(x), dists(y)).statistic
+    assert score("rsa_spearman", x, y) == pytest.approx(expected, abs=1e-10)
+
+
+@pytest.mark.parametrize("metric", ["svcca", "procrustes", "linear_regression", "rsa_spearman"])
+def test_layer_matrix_equals_score(metric: str) -> None:
+    xs, ys = layers(seed=8), layers(seed=9, widths=(6, 14))
+    m = layer_matrix(metric, xs, ys, cca_dim=4)
+    for i, x in enumerate(xs):
+        for j, y in enumerate(ys):
+            assert m[i, j] == pytest.approx(score(metric, x, y, cca_dim=4), abs=1e-12)
+
+
+def test_float32_inputs() -> None:
+    x, y = paired(n=40, seed=10)
+    r = Representation([x.astype(np.float32)])
+    assert r.dtype.is_floating_point
+    assert score("svcca", x.astype(np.float32), y.astype(np.float32), cca_dim=3) == pytest.approx(
+        ref.svcca(x, y, 3), abs=1e-4)
