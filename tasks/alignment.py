@@ -69,20 +69,24 @@ def align_layers(
     calibrated against a row-permutation null of ``ys`` (one permutation for all its layers).
     """
     n = int(xs[0].shape[0])
+    # One cache per model: each layer's Gram matrix and neighbour lists are computed once and
+    # shared by every metric and every permutation.
+    rep_x = metrics.Representation(list(xs)).cache_grams()
+    rep_y = metrics.Representation(list(ys)).cache_grams()
     results = []
     for request in requests:
-        matrix = np.asarray(metrics.layer_matrix(request.name, xs, ys, **request.params), dtype=np.float64)
-        best, (i, j) = metrics.aggregate(matrix, "max")
-        chance = metrics.chance_level(request.name, n, **request.params)
-        result = PairAlignment(request, matrix, float(best), (int(i), int(j)), _float_or_none(chance))
+        chance = _float_or_none(metrics.chance_level(request.name, n, **request.params))
         if permutations > 0:
-            cal = metrics.calibrate(request.name, xs, ys, permutations=permutations, seed=seed, aggregate="max", **request.params)
-            result.null_mean = float(cal.null_mean)
-            result.null_std = float(cal.null_std)
-            result.tau = float(cal.tau)
-            result.p_value = float(cal.p_value)
-            result.calibrated = float(cal.calibrated)
-            result.permutations = permutations
+            cal = metrics.calibrate(request.name, rep_x, rep_y, permutations=permutations, seed=seed, aggregate="max", **request.params)
+            matrix = np.asarray(cal.matrix, dtype=np.float64)
+            i, j = cal.argmax
+            result = PairAlignment(request, matrix, float(cal.observed), (int(i), int(j)), chance,
+                                   null_mean=float(cal.null_mean), null_std=float(cal.null_std), tau=float(cal.tau),
+                                   p_value=float(cal.p_value), calibrated=float(cal.calibrated), permutations=permutations)
+        else:
+            matrix = np.asarray(metrics.layer_matrix(request.name, rep_x, rep_y, **request.params), dtype=np.float64)
+            best, (i, j) = metrics.aggregate(matrix, "max")
+            result = PairAlignment(request, matrix, float(best), (int(i), int(j)), chance)
         results.append(result)
     return results
 

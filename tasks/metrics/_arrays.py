@@ -25,7 +25,9 @@ def to_tensor(x: ArrayLike, device: torch.device | str | None = None,
               dtype: torch.dtype | None = None) -> torch.Tensor:
     """Convert ``x`` to a torch tensor (no copy when dtype and device already match)."""
     if isinstance(x, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(x))
+        x = np.ascontiguousarray(x)
+        # Read-only arrays (e.g. views of Arrow buffers) are copied: torch tensors are writable.
+        t = torch.from_numpy(x if x.flags.writeable else x.copy())
     elif isinstance(x, torch.Tensor):
         t = x.detach()
     else:
