@@ -95,8 +95,8 @@ def test_zoo_yaml_is_safe_loaded(tmp_path):
         load_zoo(path)
 
 
-def test_demo_zoo_draft_parses():
-    specs = load_zoo(ROOT / "tasks" / "extract" / "demo_zoo_draft.yaml")
+def test_demo_zoo_parses():
+    specs = load_zoo(ROOT / "configs" / "demo.yaml")
     names = [s.name for s in specs]
     assert len(names) == len(set(names))
     assert {s.modality for s in specs} == {"vision", "language"}
