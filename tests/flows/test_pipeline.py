@@ -108,6 +108,16 @@ def test_pipeline_end_to_end(store_url):
     assert 1 / 10 <= best["p_value"] <= 1 and best["permutations"] == 9
     assert 0 <= best["calibrated_score"] <= 1
 
+    # The run published a Prefect table artifact with the best scores, read back from the API.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["prh-best-scores"])))
+    table = [a for a in artifacts if str(a.flow_run_id) == first["run_id"]][0]
+    rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
+    assert {(r["metric"], round(r["score"], 4)) for r in rows} == {(r["metric"], round(r["score"], 4)) for r in first["best"]}
+
     # A rerun computes nothing; adding a model extracts only it and scores only its new pair.
     second = prh_pipeline(config=config, store=store_url)
     assert second["extracted"] == [] and second["reused"] == ["tiny-bert", "tiny-vit"] and second["aligned"] == 0

@@ -1,0 +1,61 @@
+"""`prh run --dataset FOLDER` and `prh sql` end to end through the command's entry point."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from flows.cli import main
+from storage.store import Store
+from tests.flows.test_pipeline import TINY_BERT, TINY_VIT
+
+
+def _folder_dataset(root, n=24):
+    root.mkdir()
+    colours = [(i * 37 % 256, i * 91 % 256, i * 53 % 256) for i in range(n)]
+    for i, colour in enumerate(colours):
+        Image.new("RGB", (24, 24), colour).save(root / f"img{i:02d}.png")
+        (root / f"img{i:02d}.txt").write_text(f"a square of colour number {i}\n", encoding="utf-8")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (root / "broken.txt").write_text("a broken picture\n", encoding="utf-8")
+    Image.new("RGB", (24, 24), (1, 2, 3)).save(root / "silent.png")
+    (root / "silent.txt").write_text("   \n", encoding="utf-8")
+    return n
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_on_a_folder_reports_bad_rows_and_sql_reads_results(tmp_path, capsys):
+    n = _folder_dataset(tmp_path / "pairs")
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"models": [TINY_VIT, TINY_BERT],
+                                      "alignment": {"metrics": ["mutual_knn", "cka"], "topk": 3}}))
+    store = str(tmp_path / "store")
+    assert main(["run", "--config", str(config), "--dataset", str(tmp_path / "pairs"), "--store", store]) == 0
+    out = capsys.readouterr().out
+    assert "mutual_knn" in out and "tiny-vit" in out and "results stored in" in out
+
+    assert main(["sql", "select name, n_samples, n_rejected from datasets", "--store", store, "--format", "json"]) == 0
+    datasets = json.loads(capsys.readouterr().out)
+    assert datasets == [{"name": "pairs", "n_samples": n, "n_rejected": 2}]
+    (key, manifest), = Store(store).manifests("datasets")
+    rejected = pq.read_table(f"{tmp_path}/store/{key}/rejected.parquet").to_pylist()
+    assert sorted(r["sample_id"] for r in rejected) == ["broken", "silent"]
+
+    assert main(["sql", "select metric, count(*) n from alignment group by metric order by metric", "--store", store, "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == ["metric,n", "cka,9", "mutual_knn,9"]
+
+    assert main(["sql", "copy (select 1) to 'x.csv'", "--store", store]) == 2
+    assert "read-only" in capsys.readouterr().err
+
+
+def test_bad_config_is_a_clear_error(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"models": [{**TINY_VIT, "pooling": "sideways"}]}))
+    assert main(["run", "--config", str(config), "--store", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "pooling" in err
