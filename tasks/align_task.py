@@ -15,6 +15,7 @@ from storage.store import Store
 from storage.versioning import code_version, content_id
 from tasks.alignment import MetricRequest, PairAlignment, align_layers, prepare_layers
 from tasks.params import AlignmentParams
+from tasks.retries import backoff, retry_transient
 
 ALIGNMENT_CODE = ("tasks/metrics", "tasks/alignment.py", "storage/pairing.py")
 
@@ -82,7 +83,8 @@ def _table(rows: list[dict[str, Any]], types: dict[str, pa.DataType]) -> pa.Tabl
     return pa.table(columns)
 
 
-@task(name="align-pair", task_run_name="align-{model_a}-{model_b}", retries=1, retry_delay_seconds=5)
+@task(name="align-pair", task_run_name="align-{model_a}-{model_b}", tags=["prh-align"], retries=3,
+      retry_delay_seconds=backoff(5, 3), retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
 def align_pair(
     store_url: str, manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams, model_a: str, model_b: str
 ) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pyarrow as pa
@@ -11,6 +12,7 @@ from storage import layout
 from storage.store import Store
 from storage.versioning import code_version, content_id, table_digest
 from tasks.params import DatasetParams
+from tasks.retries import backoff, retry_transient
 
 DATASET_COLUMNS = ["sample_id", "image_id", "text", "image"]
 
@@ -37,10 +39,16 @@ def _stem(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip(".-") or "dataset"
 
 
-@task(name="load-dataset", retries=2, retry_delay_seconds=[2, 10])
+@task(name="load-dataset", tags=["prh-data"], retries=3, retry_delay_seconds=backoff(2, 3, factor=3),
+      retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
 def load_dataset(params: DatasetParams, store_url: str) -> dict[str, Any]:
     """Load, validate and publish the dataset; returns its manifest (reused if already stored)."""
-    logger = get_run_logger()
+    return publish_dataset(params, store_url, get_run_logger())
+
+
+def publish_dataset(params: DatasetParams, store_url: str, logger: logging.Logger | logging.LoggerAdapter | None = None) -> dict[str, Any]:
+    """Load and validate the dataset, publish it as a content-addressed version; its manifest."""
+    logger = logger or logging.getLogger("prh.dataset")
     table, rejected, name, source = build_table(params)
     n_rejected = 0 if rejected is None else rejected.num_rows
     if n_rejected:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 from prefect import get_run_logger, task
+from prefect.utilities.timeout import timeout
 
 from storage import layout
 from storage.features import layer_tables
+from storage.shards import read_shard, remove_partial, write_shard
 from storage.store import Store
 from storage.versioning import code_version, content_id
 from tasks.extract.spec import ModelSpec
+from tasks.retries import ModelLoadTimeout, backoff, model_load_timeout, retry_transient
 
 FEATURE_SCHEMA_VERSION = 1
 
@@ -37,16 +42,35 @@ def stored_features(store_url: str, dataset_manifest: dict[str, Any], spec: Mode
     return Store(store_url).manifest(key)
 
 
-@task(name="extract-features", task_run_name="extract-{spec.name}", retries=1, retry_delay_seconds=10)
+DEFAULT_SHARD_SIZE = 2048
+
+
+#: Tag of the tasks that hold a GPU: `prefect concurrency-limit create prh-gpu <number of GPUs>`.
+GPU_TAG = "prh-gpu"
+
+
+@task(name="extract-features", task_run_name="extract-{spec.name}", tags=[GPU_TAG], retries=2,
+      retry_delay_seconds=backoff(10, 2, factor=3), retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
 def extract_features(store_url: str, dataset_manifest: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
-    """Extract (or reuse) ``spec``'s features for the dataset; returns the feature manifest.
+    """Extract (or reuse) ``spec``'s features for the dataset; returns the feature manifest."""
+    return extract_to_store(store_url, dataset_manifest, spec, get_run_logger())
+
+
+def extract_to_store(
+    store_url: str,
+    dataset_manifest: dict[str, Any],
+    spec: ModelSpec,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> dict[str, Any]:
+    """Extract ``spec``'s features shard by shard, resuming from stored shards, then publish.
 
     Vision models run once per distinct image (rows of captions of the same image share it);
-    language models once per caption. Progress is logged per batch.
+    language models once per caption. Each shard of ``shard_size`` items is stored atomically
+    as soon as it is done, so a run killed mid-model continues from the last complete shard.
+    Progress is logged per batch.
     """
-    from tasks.extract.extractor import extract_all, load_extractor
-
-    logger = get_run_logger()
+    logger = logger or logging.getLogger("prh.extract")
     store = Store(store_url)
     dataset_version = dataset_manifest["catalog"]["dataset_version"]
     version = feature_version(dataset_version, spec)
@@ -56,39 +80,28 @@ def extract_features(store_url: str, dataset_manifest: dict[str, Any], spec: Mod
         logger.info("%s: features %s already stored, nothing to extract", spec.name, version)
         return {**existing, "reused": True}
 
-    samples = store.read_table(f"{dataset_manifest['key']}/{layout.SAMPLES_FILE}", columns=["sample_id", "image_id", "text"] + (["image"] if spec.modality == "vision" else []))
+    columns = ["sample_id", "image_id", "text"] + (["image"] if spec.modality == "vision" else [])
+    samples = store.read_table(f"{dataset_manifest['key']}/{layout.SAMPLES_FILE}", columns=columns)
     sample_ids = samples.column("sample_id").to_pylist()
     if spec.modality == "vision":
         image_ids = samples.column("image_id").to_pylist()
-        first = {}
+        first: dict[str, int] = {}
         for row, image_id in enumerate(image_ids):
             first.setdefault(image_id, row)
-        rows = list(first.values())
-        items = pc.take(samples.column("image"), rows).to_pylist()
+        items = pc.take(samples.column("image"), list(first.values())).to_pylist()
         position = {image_id: i for i, image_id in enumerate(first)}
-        expand = np.array([position[i] for i in image_ids]) if len(rows) != len(image_ids) else None
+        expand = np.array([position[i] for i in image_ids]) if len(first) != len(image_ids) else None
     else:
         items = samples.column("text").to_pylist()
         expand = None
 
     started = time.perf_counter()
-    logger.info("%s: loading %s (%s, %s)", spec.name, spec.id, spec.loader, spec.modality)
-    extractor = load_extractor(spec)
-    n_batches = -(-len(items) // spec.batch_size)
-    last_logged = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        now = time.perf_counter()
-        if done == total or now - last_logged[0] > 5 or done <= spec.batch_size:
-            last_logged[0] = now
-            batch = -(-done // spec.batch_size)
-            logger.info("%s: batch %d/%d (%d/%d items, %.1fs)", spec.name, batch, n_batches, done, total, now - started)
-
-    features = extract_all(extractor, items, progress=progress)
-    layers = features.layers if expand is None else [x[expand] for x in features.layers]
+    extracted = _extract_shards(store, key, spec, items, shard_size, logger, started)
+    layers = [np.concatenate(parts) for parts in zip(*extracted.shards)]
+    if expand is not None:
+        layers = [x[expand] for x in layers]
     seconds = time.perf_counter() - started
 
-    device = getattr(extractor, "device", "cpu")
     catalog = {
         "model": spec.name,
         "feature_version": version,
@@ -99,17 +112,88 @@ def extract_features(store_url: str, dataset_manifest: dict[str, Any], spec: Mod
         "revision": spec.revision,
         "pooling": spec.pooling,
         "dtype": spec.dtype,
-        "param_count": int(features.param_count),
+        "param_count": extracted.param_count,
         "n_layers": len(layers),
-        "layer_names": list(features.layer_names),
+        "layer_names": extracted.layer_names,
         "layer_widths": [int(x.shape[1]) for x in layers],
-        "bits_per_byte": features.extras.get("bits_per_byte"),
+        "bits_per_byte": extracted.bits_per_byte,
         "n_samples": len(sample_ids),
         "code_version": code_version("tasks/extract", "storage/features.py"),
-        "device": str(device),
+        "device": extracted.device,
         "seconds": round(seconds, 3),
     }
-    manifest = {"kind": "features", "catalog": catalog, "spec": spec.fingerprint()}
+    manifest = {"kind": "features", "catalog": catalog, "spec": spec.fingerprint(),
+                "extras": extracted.extras, "resumed_shards": extracted.resumed}
     published = store.publish(key, layer_tables(spec.name, version, sample_ids, layers), manifest)
+    remove_partial(store, key)
     logger.info("%s: %d layers x %d samples in %.1fs -> %s", spec.name, len(layers), len(sample_ids), seconds, key)
     return {**published.manifest, "reused": False}
+
+
+@dataclass
+class _Extraction:
+    shards: list[list[np.ndarray]]
+    layer_names: list[str]
+    param_count: int
+    bits_per_byte: float | None
+    extras: dict[str, Any]
+    device: str
+    resumed: int
+
+
+def _extract_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], shard_size: int,
+                    logger: Any, started: float) -> _Extraction:
+    """Every shard's layers, read back when stored, else computed (loading the model once)."""
+    from tasks.extract.extractor import extract_all, load_extractor
+
+    total = len(items)
+    bounds = [(lo, min(lo + shard_size, total)) for lo in range(0, total, shard_size)]
+    extractor = None
+    shards: list[list[np.ndarray]] = []
+    resumed, nll, n_bytes, truncated = 0, 0.0, 0, 0
+    for index, (lo, hi) in enumerate(bounds):
+        widths = list(extractor.layer_dims) if extractor is not None else None
+        stored = read_shard(store, key, index, hi - lo, widths)
+        if stored is not None:
+            layers, extras = stored
+            shards.append(layers)
+            nll += extras.get("nll_nats", 0.0)
+            n_bytes += extras.get("text_bytes", 0)
+            truncated += extras.get("bpb_truncated_texts", 0)
+            resumed += 1
+            logger.info("%s: shard %d/%d already stored (items %d-%d), resuming after it", spec.name, index + 1, len(bounds), lo, hi)
+            continue
+        if extractor is None:
+            logger.info("%s: loading %s (%s, %s)", spec.name, spec.id, spec.loader, spec.modality)
+            with timeout(seconds=model_load_timeout(), timeout_exc_type=ModelLoadTimeout):
+                extractor = load_extractor(spec)
+        n_batches = -(-total // spec.batch_size)
+        last = [0.0]
+
+        def progress(done: int, _n: int, lo: int = lo) -> None:
+            now = time.perf_counter()
+            overall = lo + done
+            if overall == total or now - last[0] > 5 or done <= spec.batch_size:
+                last[0] = now
+                logger.info("%s: batch %d/%d (%d/%d items, %.1fs)", spec.name, -(-overall // spec.batch_size), n_batches, overall, total, now - started)
+
+        features = extract_all(extractor, items[lo:hi], progress=progress)
+        loss = {k: features.extras[k] for k in ("nll_nats", "text_bytes", "bpb_truncated_texts") if k in features.extras}
+        write_shard(store, key, index, features.layers, loss)
+        shards.append(features.layers)
+        nll += loss.get("nll_nats", 0.0)
+        n_bytes += loss.get("text_bytes", 0)
+        truncated += loss.get("bpb_truncated_texts", 0)
+    if extractor is None:  # every shard was stored: names and counts still come from the model
+        with timeout(seconds=model_load_timeout(), timeout_exc_type=ModelLoadTimeout):
+            extractor = load_extractor(spec)
+    extras: dict[str, Any] = {}
+    bpb = None
+    if extractor.is_causal_lm and n_bytes:
+        from tasks.extract.bpb import bits_per_byte
+
+        bpb = bits_per_byte(nll, n_bytes)
+        extras = {"nll_nats": nll, "text_bytes": n_bytes, "bpb_truncated_texts": truncated}
+    return _Extraction(shards, list(extractor.layer_names), int(extractor.param_count), bpb, extras,
+                       str(getattr(extractor, "device", "cpu")), resumed)
+

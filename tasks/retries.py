@@ -1,0 +1,73 @@
+"""Retry policy of the Prefect tasks: exponential backoff with jitter, only for errors that a
+retry can fix (storage and network hiccups, timeouts), never for bad inputs.
+
+Pure: imports neither Prefect nor storage, so it can be tested and reused anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+#: OSError subclasses that describe a wrong path or permission, which a retry cannot fix.
+_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+#: Exception class names (from optional libraries) that mean "the network or the server hiccuped".
+_TRANSIENT_NAMES = {
+    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+    "ClientConnectorError", "ServerDisconnectedError", "ClientPayloadError", "ServerTimeoutError",
+    "IncompleteReadError", "ResponseStreamingError",
+}
+#: S3 error codes worth retrying.
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                    "ServiceUnavailable", "RequestLimitExceeded", "500", "502", "503", "504"}
+
+
+class ModelLoadTimeout(TimeoutError):
+    """Loading (or downloading) a model took longer than ``PRH_MODEL_LOAD_TIMEOUT`` seconds."""
+
+
+def model_load_timeout() -> float | None:
+    """Seconds allowed to load one model: ``PRH_MODEL_LOAD_TIMEOUT`` (default 3600; 0: no limit)."""
+    seconds = float(os.environ.get("PRH_MODEL_LOAD_TIMEOUT", "3600"))
+    return seconds if seconds > 0 else None
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """True if ``error`` (or an exception it was raised from) is a storage or network hiccup."""
+    seen = 0
+    while error is not None and seen < 8:
+        if _transient_here(error):
+            return True
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return False
+
+
+def _transient_here(error: BaseException) -> bool:
+    if isinstance(error, _PERMANENT_OS_ERRORS):
+        return False
+    if isinstance(error, (OSError, ConnectionError, TimeoutError)):
+        return True
+    if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(error).__mro__):
+        return True
+    response: Any = getattr(error, "response", None)
+    if isinstance(response, dict):  # botocore ClientError
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        return code in _TRANSIENT_CODES or status in _TRANSIENT_CODES
+    return False
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failed task run only if its error is transient."""
+    try:
+        error = state.result(raise_on_failure=False)
+    except BaseException as raised:  # some states re-raise instead of returning the exception
+        error = raised
+    return isinstance(error, BaseException) and is_transient(error)
+
+
+def backoff(base: float, retries: int, factor: float = 2.0) -> list[float]:
+    """Delays ``base, base·factor, base·factor², ...`` for ``retries`` retries (Prefect adds jitter)."""
+    return [base * factor**i for i in range(retries)]

