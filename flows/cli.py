@@ -44,10 +44,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     sql.add_argument("--store", default=None, help="store URL (default: ./store)")
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
+    from flows.report import add_report_arguments, run_report
+
+    add_report_arguments(commands.add_parser("report", help="write a run's HTML report and figures"))
+
+    catalog = commands.add_parser("catalog", help="the DuckDB catalog as a file").add_subparsers(dest="action", required=True)
+    export = catalog.add_parser("export", help="write FILE.duckdb with the catalog's views (opens in the DuckDB CLI)")
+    export.add_argument("file", help="the DuckDB database file to write (replaced if it exists)")
+    export.add_argument("--store", default=None, help="store URL (default: ./store)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "report":
+            return run_report(args, default_store())
+        if args.command == "catalog":
+            return _catalog_export(args)
         return _sql(args)
     except (ValueError, FileNotFoundError, PermissionError) as error:
         print(f"prh {args.command}: error: {error}", file=sys.stderr)
@@ -132,6 +145,19 @@ def _sql(args: argparse.Namespace) -> int:
             out.add_row(*[_cell(v) for v in r.values()])
         Console(width=200).print(out)
         print(f"{len(rows)} rows")
+    return 0
+
+
+def _catalog_export(args: argparse.Namespace) -> int:
+    from storage.export import export_catalog
+
+    summary = export_catalog(args.store or default_store(), args.file)
+    print(f"wrote {summary.path}: views {', '.join(summary.views)} over {summary.files} Parquet files of {summary.store}; "
+          + ", ".join(f"{name} ({rows} rows)" for name, rows in summary.tables.items()))
+    if summary.remote:
+        print("the views read s3:// URLs: open it with storage.export.open_catalog(FILE) (registers s3fs); see docs/storage.md")
+    else:
+        print(f"open it with: duckdb -readonly {summary.path}   or   duckdb.connect({str(summary.path)!r}, read_only=True)")
     return 0
 
 

@@ -11,8 +11,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
+from flows.runners import make_task_runner, preload_libraries, runs_in_parallel
 from storage import layout
 from storage.store import DEFAULT_STORE, Store, utc_now
 from storage.versioning import code_version
@@ -24,14 +26,29 @@ from tasks.params import PipelineConfig
 BEST_COLUMNS = ["model_a", "model_b", "metric", "score", "layer_a", "layer_b", "chance_level", "calibrated_score", "p_value"]
 
 
-@flow(name="prh-pipeline", description="Measure representational alignment between every vision and language model.")
-def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str, Any]:
+@flow(
+    name="prh-pipeline",
+    description="Measure representational alignment between every vision and language model.",
+    task_runner=make_task_runner(),
+)
+def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: bool = True) -> dict[str, Any]:
     """Run the whole pipeline on ``config`` against the store at ``store`` (an fsspec URL).
+
+    Extraction fans out one task per model, alignment one task per model pair (each pair starts
+    as soon as its two models are extracted); the task runner (``PRH_TASK_RUNNER``, see
+    ``flows.runners``) decides how many run at once.
+
+    Args:
+        config: The run: dataset (OpenMoji demo or a table/folder), model zoo, metrics and their
+            parameters (topk, permutations, ...).
+        store: Where results go: a folder, file://..., or s3://bucket/prefix (relative folders
+            resolve against the worker's working directory).
+        report: Also write the HTML report (reports/<run_id>/report.html in the store) and attach
+            it to the run as the `prh-report` artifact.
 
     Returns a summary: run id, store, dataset version, feature and alignment manifests, and the
     best layer pair per metric for every model pair.
     """
-    logger = get_run_logger()
     target = Store(store)
     store_url = target.url
     run_id = str(flow_run.get_id() or "local")
@@ -47,13 +64,7 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str
     target.write_json(layout.run_key(run_id), record)
     try:
         dataset = load_dataset(config.dataset, store_url)
-        features = {}
-        for index, spec in enumerate(config.models, 1):
-            logger.info("model %d/%d: %s", index, len(config.models), spec.name)
-            features[spec.name] = extract_features(store_url, dataset, spec)
-        alignments = []
-        for spec_a, spec_b in config.model_pairs():
-            alignments.append(align_pair(store_url, features[spec_a.name], features[spec_b.name], config.alignment, spec_a.name, spec_b.name))
+        features, alignments = run_zoo(config, store_url, dataset)
         best = [row for manifest in alignments for row in target.read_table(f"{manifest['key']}/{layout.BEST_FILE}").to_pylist()]
         record.update(
             status="COMPLETED",
@@ -65,6 +76,10 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str
             aligned=sum(1 for m in alignments if not m.get("reused")),
         )
         _publish_artifacts(best, record)
+        if report:
+            from flows.report import publish_report_artifact
+
+            publish_report_artifact(store_url, record)
         return {**record, "best": best}
     except BaseException as error:
         record.update(status="FAILED", error="".join(traceback.format_exception_only(type(error), error)).strip())
@@ -72,6 +87,29 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str
     finally:
         record["finished_at"] = utc_now()
         target.write_json(layout.run_key(run_id), record)
+
+
+def run_zoo(config: PipelineConfig, store_url: str, dataset: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Extract every model and align every pair as submitted tasks; returns their manifests.
+
+    Futures flow from extraction into alignment, so the UI shows the dependency graph and a
+    parallel task runner starts a pair as soon as both its models are done. Each task looks up
+    its content-addressed version in the store first, so nothing stored is computed again.
+    """
+    logger = get_run_logger()
+    context = FlowRunContext.get()
+    if context is not None and runs_in_parallel(context.task_runner):
+        preload_libraries()
+    extracting = {}
+    for index, spec in enumerate(config.models, 1):
+        logger.info("model %d/%d: %s", index, len(config.models), spec.name)
+        extracting[spec.name] = extract_features.submit(store_url, dataset, spec)
+    aligning = [
+        align_pair.submit(store_url, extracting[a.name], extracting[b.name], config.alignment, a.name, b.name)
+        for a, b in config.model_pairs()
+    ]
+    features = {name: future.result() for name, future in extracting.items()}
+    return features, [future.result() for future in aligning]
 
 
 def _publish_artifacts(best: list[dict[str, Any]], record: dict[str, Any]) -> None:

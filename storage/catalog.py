@@ -19,6 +19,8 @@ registered on the connection (DuckDB's httpfs extension is not needed).
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -71,47 +73,100 @@ class ReadOnlyQueryError(ValueError):
     """Raised when an analyst's query would change something."""
 
 
-def connect(store: Store | str, storage_options: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection whose views cover every published version in ``store``."""
-    if not isinstance(store, Store):
-        store = Store(store, storage_options)
-    con = duckdb.connect(":memory:")
-    if not store.is_local:
-        con.register_filesystem(store.fs)
+@dataclass
+class CatalogSources:
+    """What the views are made of: Parquet URIs per file view, Arrow tables per metadata view.
+
+    ``files[view]``: the data files of every published version (``samples``, ``features``,
+    ``alignment``, ``alignment_best``); ``tables[view]``: one row per version or run
+    (``datasets``, ``models``, ``runs``).
+    """
+
+    files: dict[str, list[str]]
+    tables: dict[str, pa.Table]
+
+
+def catalog_sources(store: Store) -> CatalogSources:
+    """Read every manifest and run record of ``store`` into :class:`CatalogSources`."""
     manifests = {prefix: list(store.manifests(prefix)) for prefix in (layout.DATASETS, layout.FEATURES, layout.ALIGNMENT)}
-    for view, (prefix, file_name) in _FILE_VIEWS.items():
-        files = [
+    files = {
+        view: [
             store.uri(f"{key}/{name}")
             for key, manifest in manifests[prefix]
             for name in sorted(manifest.get("files", {}))
             if name.endswith(".parquet") and (file_name == "*" or name == file_name)
         ]
-        _create_file_view(con, view, files)
-    _create_meta_view(con, "datasets", [m.get("catalog", {}) for _, m in manifests[layout.DATASETS]])
-    _create_meta_view(con, "models", [m.get("catalog", {}) for _, m in manifests[layout.FEATURES]])
+        for view, (prefix, file_name) in _FILE_VIEWS.items()
+    }
     runs = []
     if store.exists(layout.RUNS):
         for path in sorted(store.fs.glob(store.path(layout.RUNS) + "/*.json")):
             runs.append(json.loads(store.fs.cat_file(path)))
-    _create_meta_view(con, "runs", runs)
+    tables = {
+        "datasets": _meta_table("datasets", [m.get("catalog", {}) for _, m in manifests[layout.DATASETS]]),
+        "models": _meta_table("models", [m.get("catalog", {}) for _, m in manifests[layout.FEATURES]]),
+        "runs": _meta_table("runs", runs),
+    }
+    return CatalogSources(files, tables)
+
+
+def connect(
+    store: Store | str, storage_options: dict[str, Any] | None = None, *, read_only: bool = True
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection whose views cover every published version in ``store``.
+
+    With ``read_only`` (the default) the connection is then locked down: it may read files
+    only under the store's root, and its configuration is locked (no ``SET``, no logging to
+    files, no re-enabling access). Statement-level refusal of writes is :func:`query`'s job.
+    Pass ``read_only=False`` for a connection that may also read and write other files.
+    """
+    if not isinstance(store, Store):
+        store = Store(store, storage_options)
+    con = duckdb.connect(":memory:")
+    if not store.is_local:
+        con.register_filesystem(store.fs)
+    sources = catalog_sources(store)
+    for view, files in sources.files.items():
+        _create_file_view(con, view, files)
+    for view, table in sources.tables.items():
+        con.register(f"_{view}_table", table)
+        con.execute(f"CREATE VIEW {view} AS SELECT * FROM _{view}_table")
+    if read_only:
+        lock_down(con, [store.uri("").rstrip("/") + "/"])
     return con
+
+
+def lock_down(con: duckdb.DuckDBPyConnection, allowed_directories: list[str]) -> None:
+    """Let ``con`` read only under ``allowed_directories`` and lock its configuration.
+
+    Afterwards the connection cannot read or write other files (``read_text('/etc/...')``,
+    ``COPY ... TO '/tmp/x'``), attach databases, install or load extensions, or change any
+    setting (``SELECT * FROM enable_logging(storage = 'file', ...)`` fails too).
+    """
+    listing = ", ".join(_literal(d) for d in allowed_directories)
+    con.execute(f"SET allowed_directories = [{listing}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str]) -> None:
     if files:
-        listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        listing = ", ".join(_literal(f) for f in files)
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{listing}], union_by_name = true)")
     else:
         columns = ", ".join(f"NULL::{c.split(' ', 1)[1]} AS {c.split(' ', 1)[0]}" for c in _EMPTY_VIEWS[view].split(", "))
         con.execute(f"CREATE VIEW {view} AS SELECT {columns} WHERE false")
 
 
-def _create_meta_view(con: duckdb.DuckDBPyConnection, view: str, rows: list[dict[str, Any]]) -> None:
+def _meta_table(view: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """One row per manifest / run record, columns ``_META_COLUMNS[view]`` (nested dicts as JSON)."""
     columns = _META_COLUMNS[view]
     data = {c: [_json_cell(r.get(c)) for r in rows] for c in columns}
-    table = pa.table({c: pa.array(v) if any(x is not None for x in v) else pa.nulls(len(v), pa.string()) for c, v in data.items()})
-    con.register(f"_{view}_table", table)
-    con.execute(f"CREATE VIEW {view} AS SELECT * FROM _{view}_table")
+    return pa.table({c: pa.array(v) if any(x is not None for x in v) else pa.nulls(len(v), pa.string()) for c, v in data.items()})
 
 
 def _json_cell(value: Any) -> Any:
@@ -120,14 +175,20 @@ def _json_cell(value: Any) -> Any:
 
 
 _READ_ONLY_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(?:ANALYZE\s+)?", re.IGNORECASE)
+_LOCKED = ("file system operations are disabled", "configuration has been locked", "external access is disabled")
 
 
 def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     """Run an analyst's read-only query and return its result as an Arrow table.
 
-    Only SELECT (including WITH ... SELECT, DESCRIBE/SUMMARIZE/SHOW, which DuckDB parses as
-    SELECT) and EXPLAIN statements are accepted; anything that could write (COPY, INSERT,
-    CREATE, ATTACH, ...) is refused with :class:`ReadOnlyQueryError` before it runs.
+    Only SELECT (including WITH ... SELECT, FROM ..., PIVOT/UNPIVOT, DESCRIBE/SUMMARIZE/SHOW,
+    which DuckDB parses as SELECT) and EXPLAIN [ANALYZE] of such a query are accepted; anything
+    that could write or change state (COPY, EXPORT, INSERT, CREATE, ATTACH, SET, PRAGMA,
+    INSTALL, LOAD, CALL, ``EXPLAIN ANALYZE COPY ...``) is refused with
+    :class:`ReadOnlyQueryError` before anything runs. On a connection from :func:`connect`
+    (locked down), a SELECT that reaches outside the store or touches the configuration
+    (``read_text('/etc/passwd')``, ``enable_logging(...)``) fails with the same error.
     """
     try:
         statements = con.extract_statements(sql)
@@ -136,12 +197,58 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     if not statements:
         raise ValueError("empty query")
     for statement in statements:
-        if statement.type not in _READ_ONLY_TYPES:
+        kind = _effective_type(con, statement)
+        if kind not in _READ_ONLY_TYPES:
+            what = "EXPLAIN of anything but a query is" if kind == duckdb.StatementType.INVALID else f"{kind.name} statements are"
             raise ReadOnlyQueryError(
-                f"the catalog is read-only: {statement.type.name} statements are not allowed "
-                "(only SELECT, WITH, DESCRIBE, SUMMARIZE, SHOW and EXPLAIN)"
+                f"the catalog is read-only: {what} not allowed "
+                f"(only SELECT, WITH, FROM, DESCRIBE, SUMMARIZE, SHOW and EXPLAIN of a query); refused: "
+                f"{_short(statement.query)}"
             )
-    for statement in statements[:-1]:
-        con.execute(statement.query)
-    result = con.sql(statements[-1].query)
-    return result.to_arrow_table() if result is not None else pa.table({})
+    try:
+        for statement in statements[:-1]:
+            con.execute(statement.query).fetchall()
+        result = con.sql(statements[-1].query)
+        return result.to_arrow_table() if result is not None else pa.table({})
+    except (duckdb.PermissionException, duckdb.InvalidInputException) as error:
+        if any(marker in str(error) for marker in _LOCKED):
+            raise ReadOnlyQueryError(
+                f"the catalog is read-only and reads only the store's files: {str(error).splitlines()[0]}"
+            ) from None
+        raise
+
+
+def _effective_type(con: duckdb.DuckDBPyConnection, statement: Any) -> duckdb.StatementType:
+    """The statement's type; for EXPLAIN, the type of the statement it explains (ANALYZE runs it)."""
+    if statement.type != duckdb.StatementType.EXPLAIN:
+        return statement.type
+    match = _EXPLAIN.match(statement.query)
+    if not match:
+        return duckdb.StatementType.INVALID
+    inner = statement.query[match.end() :]
+    for candidate in (inner, _strip_options(inner)):
+        try:
+            parsed = con.extract_statements(candidate) if candidate else []
+        except duckdb.Error:
+            continue
+        if len(parsed) == 1:
+            return _effective_type(con, parsed[0])
+    return duckdb.StatementType.INVALID
+
+
+def _strip_options(text: str) -> str:
+    """``(ANALYZE, FORMAT json) SELECT ...`` → ``SELECT ...``; '' if no balanced option list."""
+    text = text.lstrip()
+    if not text.startswith("("):
+        return ""
+    depth = 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return text[i + 1 :]
+    return ""
+
+
+def _short(sql: str, limit: int = 80) -> str:
+    text = " ".join(sql.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -11,8 +11,9 @@ Layout under the store root (see docs/storage.md)::
 A version is visible to readers only once its ``manifest.json`` exists; the manifest is written
 last and lists every data file with its size and SHA-256. Each file is written atomically
 (temporary name + rename on local disks; a single PUT on object stores), so a reader never sees
-a half-written file, and two writers publishing the same content-addressed version end with one
-complete copy.
+a half-written file. Two writers publishing the same version at once are serialised by an
+exclusive claim file (``<version>/.publishing``, created with ``link`` locally and a conditional
+PUT on S3): one writes, the other waits for its manifest, so the store ends with one complete copy.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,6 +36,8 @@ import pyarrow.parquet as pq
 from storage.keys import safe_component
 
 MANIFEST = "manifest.json"
+CLAIM = ".publishing"
+STALE_CLAIM_SECONDS = 1800.0
 DEFAULT_STORE = "store"
 
 
@@ -159,29 +163,114 @@ class Store:
     def write_json(self, key: str, obj: Any) -> None:
         self.write_bytes(key, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if it does not exist yet; True if this call created it.
+
+        Local disks: a temporary file hard-linked to the name (``link`` fails if the name
+        exists); S3: a conditional PUT (``If-None-Match: *``). Atomic in both cases.
+        """
+        path = self.path(key)
+        if not self.is_local:
+            try:
+                self.fs.pipe_file(path, data, mode="create")
+            except FileExistsError:
+                return False
+            self.fs.invalidate_cache(path)
+            return True
+        parent = path.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            os.unlink(tmp)
+
+    def delete(self, key: str) -> None:
+        """Remove one file if it exists."""
+        path = self.path(key)
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+        self.fs.invalidate_cache(path)
+
     def publish(
         self,
         version_key: str,
         files: dict[str, pa.Table | bytes],
         manifest: dict[str, Any],
         row_group_size: int | None = None,
+        stale_after_s: float = STALE_CLAIM_SECONDS,
     ) -> Published:
         """Publish an immutable version: every data file, then the manifest.
 
         If the version is already published, nothing is written and its manifest is returned.
         The manifest gains ``files`` (name → size, sha256), ``published_at`` and ``key``.
+
+        Concurrent publishers of one version: each first tries to create the claim
+        ``<version_key>/.publishing`` exclusively. The one that gets it writes every file and
+        the manifest, then drops the claim; the others wait for the manifest and return it
+        (``written=False``). So the store ends with one complete copy, one writer's files and
+        its manifest, never a mix. A claim older than ``stale_after_s`` (its writer died) is
+        removed and the claim retried.
         """
-        existing = self.manifest(version_key)
-        if existing is not None:
-            return Published(version_key, existing, written=False)
+        claim_key = f"{version_key}/{CLAIM}"
+        delay = 0.02
+        while True:
+            existing = self._fresh_manifest(version_key)
+            if existing is not None:
+                return Published(version_key, existing, written=False)
+            token = json.dumps({"owner": uuid.uuid4().hex, "claimed_at": time.time()}).encode()
+            if self.create_exclusive(claim_key, token):
+                try:
+                    existing = self._fresh_manifest(version_key)  # finished between our check and our claim
+                    if existing is not None:
+                        return Published(version_key, existing, written=False)
+                    return Published(version_key, self._write_version(version_key, files, manifest, row_group_size), written=True)
+                finally:
+                    self.delete(claim_key)
+            self._drop_if_stale(claim_key, stale_after_s)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _fresh_manifest(self, version_key: str) -> dict[str, Any] | None:
+        self.fs.invalidate_cache(self.path(version_key))
+        return self.manifest(version_key)
+
+    def _drop_if_stale(self, claim_key: str, stale_after_s: float) -> None:
+        """Remove a claim whose writer has held it for more than ``stale_after_s`` seconds."""
+        try:
+            raw = self.read_bytes(claim_key)
+            claimed_at = float(json.loads(raw)["claimed_at"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return
+        if time.time() - claimed_at > stale_after_s:
+            try:
+                if self.read_bytes(claim_key) == raw:  # still the same claim
+                    self.delete(claim_key)
+            except FileNotFoundError:
+                pass
+
+    def _write_version(
+        self, version_key: str, files: dict[str, pa.Table | bytes], manifest: dict[str, Any], row_group_size: int | None
+    ) -> dict[str, Any]:
         listing = {}
         for name, content in files.items():
             data = table_to_parquet_bytes(content, row_group_size) if isinstance(content, pa.Table) else content
             self.write_bytes(f"{version_key}/{safe_component(name, 'file name')}", data)
             listing[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            del data
         full = {**manifest, "key": version_key, "files": listing, "published_at": utc_now()}
         self.write_json(f"{version_key}/{MANIFEST}", full)
-        return Published(version_key, full, written=True)
+        return full
 
 
 def table_to_parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:

@@ -1,0 +1,134 @@
+"""The run report: ``prh report`` writes it to a folder; ``publish_report_artifact`` stores it
+with the run and attaches it to the Prefect run as a markdown artifact.
+
+Composition only: ``tasks.report_source`` reads the tables, ``tasks.report`` draws and writes
+the page. Heavy imports (matplotlib, DuckDB, Prefect) happen inside the functions, so that
+importing this module for the command line costs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from storage.store import Store
+    from tasks.report import Report
+
+ARTIFACT_KEY = "prh-report"
+REPORTS = "reports"
+REPORT_FILE = "report.html"
+# Largest heatmap (as base64) inlined into the markdown artifact; beyond it only the link is given.
+ARTIFACT_IMAGE_LIMIT = 200_000
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``prh report``."""
+    parser.add_argument("--store", default=None, help="store URL (default: ./store)")
+    parser.add_argument("--run", default=None, help="run id (default: the latest COMPLETED run)")
+    parser.add_argument("--out", required=True, help="folder for report.html and figures/")
+    parser.add_argument("--pair", default=None, metavar="A:B", help="model pair of the nearest-neighbour examples (default: the best-aligned)")
+
+
+def run_report(args: argparse.Namespace, default_store: str) -> int:
+    """``prh report``: write the report of one run, print where it is."""
+    pair = None
+    if args.pair:
+        if ":" not in args.pair:
+            raise ValueError(f"--pair {args.pair!r}: expected MODEL_A:MODEL_B")
+        model_a, model_b = args.pair.split(":", 1)
+        pair = (model_a, model_b)
+    path, report = write_report(args.store or default_store, args.out, run_id=args.run, pair=pair)
+    print(f"report written to {path} ({len(report.figures)} figures in {path.parent / 'figures'})")
+    for note in report.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def write_report(
+    store: str, out: str | Path, run_id: str | None = None, pair: tuple[str, str] | None = None, formats: tuple[str, ...] = ("png", "svg")
+) -> tuple[Path, "Report"]:
+    """Build the report of ``run_id`` (default: latest completed run) and write it under ``out``:
+    ``report.html`` (self-contained) and ``figures/<name>.png|svg``. Returns (page path, report)."""
+    from tasks.report import build_report
+    from tasks.report_source import load_report_input
+
+    report = build_report(load_report_input(store, run_id=run_id, pair=pair), formats=formats)
+    out = Path(out)
+    for relative, content in report.files().items():
+        target = out / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    return out / REPORT_FILE, report
+
+
+def report_key(run_id: str) -> str:
+    """Store key of a run's report: ``reports/<run_id>/report.html``."""
+    from storage.store import Store
+
+    return Store.key(REPORTS, run_id, REPORT_FILE)
+
+
+def store_report(store: "Store", run_id: str, report: "Report") -> str:
+    """Write the self-contained page into the store (atomically); returns its key."""
+    key = report_key(run_id)
+    store.write_bytes(key, report.html.encode("utf-8"))
+    return key
+
+
+def publish_report_artifact(store: str, record: dict[str, Any]) -> str | None:
+    """Build the report of the run described by ``record`` (the pipeline's run record: ``run_id``,
+    ``alignment_versions``, ``feature_versions``, ``dataset_version``), store it under
+    ``reports/<run_id>/report.html`` and publish the markdown artifact ``prh-report``: where the
+    report is, the first metric's model × model heatmap, and each metric's chance level.
+
+    Returns the report's URL in the store. A report that cannot be built is logged as a warning
+    and None is returned: the run's results are already published and stay valid.
+    """
+    from prefect import get_run_logger
+    from prefect.artifacts import create_markdown_artifact
+
+    from storage.store import Store, redact_url
+    from tasks.report import build_report
+    from tasks.report_source import load_report_input
+
+    logger = get_run_logger()
+    try:
+        target = Store(store)
+        report = build_report(load_report_input(target, record=record), formats=("png",))
+        key = store_report(target, str(record["run_id"]), report)
+    except Exception as error:  # the report is a view of published results; never fail the run for it
+        logger.warning("report not built: %s: %s", type(error).__name__, error)
+        return None
+    url = redact_url(target.uri(key) if not target.is_local else Path(target.path(key)).as_uri())
+    create_markdown_artifact(key=ARTIFACT_KEY, markdown=artifact_markdown(report, record, url),
+                             description=f"Alignment report of run {record['run_id']}")
+    logger.info("report stored at %s", url)
+    return url
+
+
+def artifact_markdown(report: "Report", record: dict[str, Any], url: str) -> str:
+    """The artifact's text: a link to the stored page, a heatmap, the chance levels per metric."""
+    from tasks.report.tables import common_chance, metrics_of, rows
+
+    best = rows(report.data.best)
+    lines = [f"# prh report, run {record['run_id']}", "", f"Full report (self-contained HTML, every figure): [{url}]({url})", ""]
+    heatmaps = [f for f in report.figures if f.name.startswith("model-heatmap-") and not f.name.endswith("-calibrated")]
+    if heatmaps:
+        encoded = base64.b64encode(heatmaps[0].png).decode("ascii")
+        if len(encoded) <= ARTIFACT_IMAGE_LIMIT:
+            lines += [f"![{heatmaps[0].caption}](data:image/png;base64,{encoded})", ""]
+    lines += ["| metric | chance level | best pair | score | × chance | calibrated | p |", "|---|---|---|---|---|---|---|"]
+    for metric in metrics_of(best):
+        top = max((r for r in best if r["metric"] == metric), key=lambda r: r["score"])
+        chance = common_chance(best, metric)
+        ratio = f"{top['score'] / chance:.1f}×" if chance else "–"
+        calibrated = "–" if top.get("calibrated_score") is None else f"{top['calibrated_score']:.3f}"
+        p = "–" if top.get("p_value") is None else f"{top['p_value']:.3g}"
+        lines.append(f"| {metric} | {'–' if chance is None else f'{chance:.4f}'} | {top['model_a']} × {top['model_b']} | "
+                     f"{top['score']:.4f} | {ratio} | {calibrated} | {p} |")
+    if report.notes:
+        lines += ["", "Notes:"] + [f"- {n}" for n in report.notes]
+    return "\n".join(lines) + "\n"

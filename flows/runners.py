@@ -1,0 +1,89 @@
+"""Task runners for the pipeline flow, chosen by name (``PRH_TASK_RUNNER``).
+
+- ``sequential`` (default): one task at a time, in the flow run's process. Safe on one GPU and
+  on a small machine; the concurrency limit on the ``prh-gpu`` tag still guards the GPU against
+  other flow runs.
+- ``threads`` or ``threads:N``: N threads (default 4) in the flow run's process.
+- ``dask``: a temporary local Dask cluster (``PRH_DASK_WORKERS`` workers, default 2, one thread
+  each), or any cluster class: ``PRH_DASK_CLUSTER_CLASS=dask_jobqueue.SLURMCluster`` with
+  ``PRH_DASK_CLUSTER_KWARGS='{"cores": 8, ...}'`` and ``PRH_DASK_ADAPT_KWARGS='{"maximum": 10}'``.
+- ``dask:tcp://host:8786``: an existing Dask scheduler.
+
+Extraction fans out one task per model and alignment one task per model pair; which of them run
+at the same time is the runner's business.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+ENV = "PRH_TASK_RUNNER"
+KINDS = ("sequential", "threads", "dask")
+
+
+def make_task_runner(spec: str | None = None) -> TaskRunner[Any]:
+    """The task runner named by ``spec`` (default: ``$PRH_TASK_RUNNER`` or ``sequential``)."""
+    spec = (spec if spec is not None else os.environ.get(ENV, "")).strip() or "sequential"
+    kind, _, arg = spec.partition(":")
+    if kind == "sequential" and not arg:
+        return ThreadPoolTaskRunner(max_workers=1)
+    if kind == "threads":
+        workers = int(arg) if arg else 4
+        if workers < 1:
+            raise ValueError(f"{ENV}={spec!r}: the number of threads must be at least 1")
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "dask":
+        return _dask_runner(arg)
+    raise ValueError(f"{ENV}={spec!r}: expected one of 'sequential', 'threads[:N]', 'dask', 'dask:<scheduler address>'")
+
+
+def _dask_runner(address: str) -> TaskRunner[Any]:
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as error:  # pragma: no cover - prefect-dask is pinned in requirements.lock
+        raise ValueError(f"{ENV}=dask needs prefect-dask: pip install prefect-dask") from error
+    if address:
+        return DaskTaskRunner(address=address)
+    cluster_class = os.environ.get("PRH_DASK_CLUSTER_CLASS") or "distributed.LocalCluster"
+    cluster_kwargs = _json_env("PRH_DASK_CLUSTER_KWARGS")
+    if cluster_class == "distributed.LocalCluster":
+        cluster_kwargs.setdefault("n_workers", int(os.environ.get("PRH_DASK_WORKERS", "2")))
+        cluster_kwargs.setdefault("threads_per_worker", 1)
+        cluster_kwargs.setdefault("host", "127.0.0.1")
+        cluster_kwargs.setdefault("dashboard_address", None)
+    return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=cluster_kwargs, adapt_kwargs=_json_env("PRH_DASK_ADAPT_KWARGS") or None)
+
+
+def _json_env(name: str) -> dict[str, Any]:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return {}
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object, got {raw!r}")
+    return value
+
+
+def runs_in_parallel(runner: TaskRunner[Any] | None) -> bool:
+    """False for the sequential runner (one thread), True for anything that may run tasks at once."""
+    return not (isinstance(runner, ThreadPoolTaskRunner) and runner._max_workers == 1)
+
+
+def preload_libraries() -> None:
+    """Import transformers' lazily loaded classes once, before tasks run in threads.
+
+    transformers resolves ``from transformers import AutoModel`` through a lazy module that is not
+    safe to resolve from two threads at once (one of them gets an ImportError); resolving the
+    names here first makes it safe. Dask worker processes run one task at a time by default.
+    """
+    try:
+        import transformers
+    except ImportError:  # pragma: no cover - transformers is a pinned dependency
+        return
+    for name in ("AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoTokenizer", "AutoImageProcessor",
+                 "PretrainedConfig", "ViTImageProcessorPil", "ByT5Tokenizer"):
+        getattr(transformers, name, None)

@@ -1,0 +1,168 @@
+"""``python -m flows.serve`` (``make serve``): a local Prefect server with its UI, the work pools,
+the GPU concurrency limit, every deployment of ``prefect.yaml`` and a process worker, so that a
+user opens the UI and clicks Run.
+
+Everything binds to 127.0.0.1. Ctrl-C stops the worker and the server (by PID: TERM, then INT,
+then KILL). The helpers here are also what the deployment test uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CPU_POOL = "prh-cpu"
+GPU_POOL = "prh-gpu"
+GPU_TAG = "prh-gpu"  # tasks.extract_task.GPU_TAG (not imported: keeps this module light)
+
+
+def prefect_env(port: int, home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for Prefect processes talking to the server on 127.0.0.1:``port``."""
+    env = dict(os.environ if base is None else base)
+    for key in [k for k in env if k.startswith("PREFECT_")]:
+        env.pop(key)  # nothing inherited may point the processes at another API
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_UI_URL=f"http://127.0.0.1:{port}",
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_PORT=str(port),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+        DO_NOT_TRACK="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def prefect_cli() -> list[str]:
+    """The ``prefect`` command of this interpreter's environment."""
+    exe = Path(sys.executable).parent / "prefect"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "prefect"]
+
+
+def start_server(port: int, env: Mapping[str, str], log: Any = None) -> subprocess.Popen[bytes]:
+    """``prefect server start`` on 127.0.0.1:``port`` (API and UI), in its own process group."""
+    return subprocess.Popen(
+        [*prefect_cli(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=dict(env), cwd=PROJECT_ROOT, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def wait_healthy(api_url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 120) -> None:
+    """Wait until ``GET {api_url}/health`` answers, or raise (also if ``proc`` died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"the Prefect server at {api_url} did not answer within {timeout:.0f}s")
+
+
+def ensure_work_pool(api_url: str, name: str, pool_type: str = "process") -> None:
+    """Create the work pool (nothing if it exists)."""
+    response = httpx.post(f"{api_url}/work_pools/", json={"name": name, "type": pool_type}, timeout=30)
+    if response.status_code not in (200, 201, 409):
+        response.raise_for_status()
+
+
+def ensure_concurrency_limit(api_url: str, tag: str, limit: int) -> None:
+    """A tag-based concurrency limit (``prefect concurrency-limit create TAG LIMIT``)."""
+    response = httpx.post(f"{api_url}/concurrency_limits/", json={"tag": tag, "concurrency_limit": limit}, timeout=30)
+    response.raise_for_status()
+
+
+def deploy_all(env: Mapping[str, str], timeout: float = 300) -> None:
+    """``prefect --no-prompt deploy --all`` with this project's ``prefect.yaml``."""
+    done = subprocess.run([*prefect_cli(), "--no-prompt", "deploy", "--all"], env=dict(env), cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"prefect deploy --all failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+
+
+def start_worker(pool: str, env: Mapping[str, str], log: Any = None, limit: int | None = None) -> subprocess.Popen[bytes]:
+    """A process worker polling ``pool`` (``limit``: at most that many flow runs at once)."""
+    command = [*prefect_cli(), "worker", "start", "--pool", pool, "--type", "process"]
+    if limit:
+        command += ["--limit", str(limit)]
+    return subprocess.Popen(command, env=dict(env), cwd=PROJECT_ROOT, stdout=log or subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[Any], grace: float = 10) -> None:
+    """Stop ``proc`` and its process group by PID: TERM, then INT, then KILL."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)  # the group: servers and workers start children of their own
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PRH_SERVE_PORT", "4200")))
+    parser.add_argument("--home", default=os.environ.get("PREFECT_HOME", str(PROJECT_ROOT / ".prefect")), help="PREFECT_HOME")
+    parser.add_argument("--gpus", type=int, default=1, help="concurrency limit of the prh-gpu tag (GPUs per worker machine)")
+    parser.add_argument("--gpu-worker", action="store_true", help="also start a worker for the prh-gpu pool on this machine")
+    parser.add_argument("--no-worker", action="store_true", help="server and deployments only")
+    args = parser.parse_args(argv)
+
+    env = prefect_env(args.port, Path(args.home))
+    api_url = env["PREFECT_API_URL"]
+    children: list[subprocess.Popen[bytes]] = []
+    Path(args.home).mkdir(parents=True, exist_ok=True)
+    try:
+        print(f"starting the Prefect server on 127.0.0.1:{args.port} (PREFECT_HOME={args.home}) ...", flush=True)
+        server_log = open(Path(args.home) / "server.log", "ab")
+        children.append(start_server(args.port, env, server_log))
+        wait_healthy(api_url, children[0], timeout=180)
+        for pool in (CPU_POOL, GPU_POOL):
+            ensure_work_pool(api_url, pool)
+        ensure_concurrency_limit(api_url, GPU_TAG, args.gpus)
+        print("deploying prefect.yaml ...", flush=True)
+        deploy_all(env)
+        if not args.no_worker:
+            children.append(start_worker(CPU_POOL, env, None))
+            if args.gpu_worker:
+                children.append(start_worker(GPU_POOL, env, None, limit=1))
+        print(
+            f"\nPrefect UI: {env['PREFECT_UI_URL']}  (Deployments → prh-pipeline/cpu → Run)\n"
+            f"API: {api_url}; server log: {Path(args.home) / 'server.log'}\n"
+            f"workers: {'none' if args.no_worker else CPU_POOL + (' and ' + GPU_POOL if args.gpu_worker else '')}; Ctrl-C stops everything.",
+            flush=True,
+        )
+        while all(child.poll() is None for child in children):
+            time.sleep(1)
+        print("a child process exited; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in reversed(children):
+            stop(child)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""The pipeline split over two work pools: extraction on a GPU pool, alignment on a CPU pool.
+
+- ``prh-extract`` (deployed on the GPU pool): the dataset and every model's features, nothing else.
+- ``prh-pipeline`` (deployed on the CPU pool): the whole pipeline; after ``prh-extract`` every
+  feature version is already in the store, so it only aligns (and publishes the run record and
+  the artifacts).
+- ``prh-staged``: runs the two deployments one after the other with ``run_deployment``; each is
+  its own flow run, on its own pool's workers, linked to this one as a sub-flow in the UI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
+from prefect.deployments import run_deployment
+
+from flows.runners import make_task_runner, preload_libraries, runs_in_parallel
+from storage.store import DEFAULT_STORE, Store
+from tasks.dataset_task import load_dataset
+from tasks.extract_task import extract_features
+from tasks.params import PipelineConfig
+
+
+@flow(name="prh-extract", description="Extract every model's features (the GPU stage).", task_runner=make_task_runner())
+def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str, Any]:
+    """Publish the dataset and every model's features; reuse what is stored.
+
+    Args:
+        config: The run (only its dataset and models matter here).
+        store: Where results go: a folder, file://..., or s3://bucket/prefix.
+    """
+    logger = get_run_logger()
+    store_url = Store(store).url
+    dataset = load_dataset(config.dataset, store_url)
+    context = FlowRunContext.get()
+    if context is not None and runs_in_parallel(context.task_runner):
+        preload_libraries()
+    futures = {spec.name: extract_features.submit(store_url, dataset, spec) for spec in config.models}
+    manifests = {name: future.result() for name, future in futures.items()}
+    summary = {
+        "dataset_version": dataset["catalog"]["dataset_version"],
+        "feature_versions": {name: m["catalog"]["feature_version"] for name, m in manifests.items()},
+        "extracted": sorted(name for name, m in manifests.items() if not m.get("reused")),
+        "reused": sorted(name for name, m in manifests.items() if m.get("reused")),
+    }
+    logger.info("extracted: %s; reused: %s", ", ".join(summary["extracted"]) or "none", ", ".join(summary["reused"]) or "none")
+    return summary
+
+
+@flow(name="prh-staged", description="Extraction on the GPU pool, then alignment on the CPU pool.")
+def prh_staged(
+    config: PipelineConfig,
+    store: str = DEFAULT_STORE,
+    extract_deployment: str = "prh-extract/gpu",
+    align_deployment: str = "prh-pipeline/cpu",
+) -> dict[str, Any]:
+    """Run ``extract_deployment`` then ``align_deployment`` with the same config and store.
+
+    Args:
+        config: The run: dataset, model zoo, metrics.
+        store: A store every worker of both pools can reach (s3://... across machines).
+        extract_deployment: `flow-name/deployment-name` of the extraction stage (GPU pool).
+        align_deployment: `flow-name/deployment-name` of the alignment stage (CPU pool).
+    """
+    parameters = {"config": config.model_dump(mode="json"), "store": store}
+    runs = {}
+    for stage, name in (("extract", extract_deployment), ("align", align_deployment)):
+        run = run_deployment(name, parameters=parameters, timeout=None, poll_interval=2, as_subflow=True)
+        state = run.state
+        if state is None or not state.is_completed():
+            raise RuntimeError(f"{stage} stage ({name}) ended {state.name if state else 'without a state'}: flow run {run.id}")
+        runs[stage] = str(run.id)
+    return {"flow_runs": runs, "store": Store(store).display_url}

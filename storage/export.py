@@ -1,0 +1,96 @@
+"""Export the catalog as a DuckDB database file that opens in the DuckDB CLI and in Python.
+
+The file holds the same names as :func:`storage.catalog.connect`:
+
+- views ``samples``, ``features``, ``alignment``, ``alignment_best``: ``read_parquet`` over the
+  absolute paths (or ``s3://`` URLs) of every published file: they only read the store;
+- tables ``datasets``, ``models``, ``runs``: the manifests' and run records' rows, copied in;
+- table ``prh_catalog``: one row (store URL without credentials, exported_at, file count).
+
+It is a snapshot: versions published later appear after the next export. Writing is atomic
+(a temporary file in the same folder, checkpointed, then renamed).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from storage.catalog import _create_file_view, catalog_sources, lock_down
+from storage.store import Store, utc_now
+
+INFO_TABLE = "prh_catalog"
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What :func:`export_catalog` wrote: the file, its store, view and table row counts."""
+
+    path: Path
+    store: str
+    remote: bool
+    files: int
+    views: list[str]
+    tables: dict[str, int]
+
+
+def export_catalog(store: Store | str, path: str | Path, storage_options: dict[str, Any] | None = None) -> ExportSummary:
+    """Write the catalog of ``store`` to the DuckDB file ``path`` (replaced if it exists)."""
+    if not isinstance(store, Store):
+        store = Store(store, storage_options)
+    path = Path(path).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    sources = catalog_sources(store)
+    try:
+        con = duckdb.connect(str(tmp))
+        try:
+            if not store.is_local:
+                con.register_filesystem(store.fs)  # views are bound (their schema read) when created
+            for view, files in sources.files.items():
+                _create_file_view(con, view, files)
+            for name, table in sources.tables.items():
+                con.register("_source", table)
+                con.execute(f"CREATE TABLE {name} AS SELECT * FROM _source")
+                con.unregister("_source")
+            n_files = sum(len(f) for f in sources.files.values())
+            info = pa.table({"store": [store.display_url], "store_root": [store.uri("")], "remote": [not store.is_local],
+                             "exported_at": [utc_now()], "parquet_files": [n_files]})
+            con.register("_source", info)
+            con.execute(f"CREATE TABLE {INFO_TABLE} AS SELECT * FROM _source")
+            con.unregister("_source")
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+            if leftover.exists():
+                leftover.unlink()
+    return ExportSummary(path, store.display_url, not store.is_local, n_files, sorted(sources.files),
+                         {name: table.num_rows for name, table in sources.tables.items()})
+
+
+def open_catalog(
+    path: str | Path, storage_options: dict[str, Any] | None = None, *, read_only: bool = True
+) -> duckdb.DuckDBPyConnection:
+    """Open an exported catalog file read-only; for an S3 store, register s3fs on the connection.
+
+    With ``read_only`` (the default) the connection is also locked down like
+    :func:`storage.catalog.connect`: it reads only under the store's root and its configuration
+    cannot change. Credentials and endpoint come from the AWS environment or ``storage_options``.
+    """
+    con = duckdb.connect(str(path), read_only=True)
+    root, remote = con.execute(f"SELECT store_root, remote FROM {INFO_TABLE}").fetchall()[0]
+    if remote:
+        store = Store(root, storage_options)
+        con.register_filesystem(store.fs)
+    if read_only:
+        lock_down(con, [root.rstrip("/") + "/"])
+    return con

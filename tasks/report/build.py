@@ -1,0 +1,120 @@
+"""Compose the report: every figure rendered once, the page around them, the files to write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tasks.report import heatmaps, html, scaling
+from tasks.report.figures import RenderedFigure, render
+from tasks.report.tables import ReportInput, ci_columns, common_chance, metrics_of, model_grid, number, pairs_of, rows
+
+TITLE = "prh alignment report"
+
+
+@dataclass(frozen=True)
+class Report:
+    """The page (``html``), every figure, the notes on what could not be shown, and the input."""
+
+    html: str
+    figures: list[RenderedFigure]
+    notes: list[str]
+    data: ReportInput
+
+    def files(self) -> dict[str, bytes]:
+        """Relative path → content: ``report.html`` and ``figures/<name>.<png|svg>``."""
+        out = {"report.html": self.html.encode("utf-8")}
+        for f in self.figures:
+            for fmt, data in f.files.items():
+                out[f"figures/{f.name}.{fmt}"] = data
+        return out
+
+    def figure(self, name: str) -> RenderedFigure:
+        return next(f for f in self.figures if f.name == name)
+
+
+def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), pairs: list[tuple[str, str]] | None = None) -> Report:
+    """Every figure and the page for ``data``.
+
+    ``formats``: file formats of the figures (PNG always; SVG for all but the layer × layer
+    figures); ``pairs``: the model pairs of the layer × layer section (default: every pair).
+    """
+    best, scores, models = rows(data.best), rows(data.scores), rows(data.models)
+    metrics = metrics_of(best)
+    notes = list(data.notes)
+    figures: list[RenderedFigure] = []
+    sections = []
+
+    def add(name: str, caption: str, figure, only_png: bool = False) -> str:
+        rendered = render(name, caption, figure, ("png",) if only_png else formats)
+        figures.append(rendered)
+        return html.figure(rendered)
+
+    run = data.run
+    n_samples = sorted({int(r["n_samples"]) for r in best if r.get("n_samples") is not None})
+    sections.append(html.section("Models", "models", html.models_table(models)))
+    sections.append(html.section(
+        "Best layer pair per metric", "best", html.best_table(best, metrics),
+        intro=("Each model pair's score is the maximum over all layer pairs. <b>chance</b> is the analytical chance level "
+               "(mutual k-NN: k/(N−1)); <b>× chance</b> the score divided by it (or by the permutation null mean, "
+               "marked ×null, where no analytical level exists); <b>null mean</b> is what row-permuted data scores after "
+               "the same max over layer pairs; <b>calibrated</b> = (score − τ)/(max − τ), clamped to [0, 1], with τ the "
+               "null's 1−α quantile, and <b>p</b> its permutation p-value.")))
+
+    parts = []
+    for metric in metrics:
+        chance = common_chance(best, metric)
+        parts.append(add(f"model-heatmap-{metric}", f"{metric}: best score per model pair, annotated with × chance"
+                         + (f" (chance = {chance:.4f}, red line on the colour bar)" if chance is not None else ""),
+                         heatmaps.model_heatmap(model_grid(best, metric, "score"), metric, False, chance)))
+        calibrated = model_grid(best, metric, "calibrated_score")
+        if (calibrated.values == calibrated.values).any():
+            parts.append(add(f"model-heatmap-{metric}-calibrated", f"{metric}: permutation-calibrated score and p-value "
+                             "(0 = not above the null's 1−α quantile)", heatmaps.model_heatmap(calibrated, metric, True)))
+        else:
+            notes.append(f"{metric}: no calibrated scores (the run used no permutations)")
+    sections.append(html.section("Model × model", "model-heatmaps", html.figures(*parts)))
+
+    parts = []
+    for metric in metrics:
+        quality = scaling.alignment_vs_quality(best, models, metric)
+        if quality is not None:
+            parts.append(add(f"quality-{metric}", f"{metric} against language-model quality (1 − bits per byte)", quality))
+        size = scaling.alignment_vs_size(best, models, metric)
+        if size is not None:
+            parts.append(add(f"size-{metric}", f"{metric} against parameter count", size))
+    with_bpb = sorted(m["model"] for m in models if number(m.get("bits_per_byte")) is not None)
+    if not with_bpb:
+        notes.append("no language model has bits per byte (only causal LMs do): the quality figure is left out")
+    elif len(with_bpb) < 3:
+        notes.append(f"only {', '.join(with_bpb)} {'has' if len(with_bpb) == 1 else 'have'} bits per byte: "
+                     "the quality figure has too few points to show a trend")
+    if ci_columns(sorted({c for r in best for c in r})) is None:
+        notes.append("the store has no bootstrap confidence intervals for the best scores: the scaling figures have no error bars")
+    sections.append(html.section("Alignment against model quality and size", "scaling", html.figures(*parts),
+                                 intro="The paper's headline figure: does alignment grow with model quality and scale?"))
+
+    parts = []
+    for model_a, model_b in pairs_of(best) if pairs is None else pairs:
+        figure = heatmaps.layer_heatmaps(scores, best, model_a, model_b, metrics)
+        if figure is not None:
+            # PNG only: a layer matrix is a raster image, which SVG would only wrap (and slowly).
+            parts.append(add(f"layers-{model_a}__{model_b}", f"{model_a} × {model_b}: every layer pair (red box: the best pair)",
+                             figure, only_png=True))
+    if not parts:
+        notes.append("no layer × layer scores for the selected pairs")
+    sections.append(html.section("Layer × layer", "layer-heatmaps", html.figures(*parts)))
+
+    if data.examples is not None and data.examples.examples:
+        sections.append(html.section("Nearest neighbours: where the two models agree and disagree", "neighbours",
+                                     html.neighbours_section(data.examples)))
+    else:
+        notes.append("no nearest-neighbour examples (features not available)")
+    if notes:
+        sections.append(html.section("Notes", "notes", html.notes(notes)))
+
+    meta = {"run": run.get("run_id"), "status": run.get("status"), "started": run.get("started_at"), "store": run.get("store"),
+            "dataset": run.get("dataset_version"), "N": ", ".join(map(str, n_samples)), "metrics": ", ".join(metrics)}
+    toc = [("models", "Models"), ("best", "Best scores"), ("model-heatmaps", "Model × model"), ("scaling", "Quality and size"),
+           ("layer-heatmaps", "Layer × layer"), ("neighbours", "Nearest neighbours"), ("notes", "Notes")]
+    present = [(a, t) for a, t in toc if f'<section id="{a}">' in "".join(sections)]
+    return Report(html.page(TITLE, meta, [html.contents(present), *sections]), figures, notes, data)

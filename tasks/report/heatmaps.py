@@ -1,0 +1,112 @@
+"""Heatmaps: model × model (best layer pair per cell) and layer × layer for one model pair."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from tasks.report.figures import new_figure
+from tasks.report.tables import Grid, chance_ratio, common_chance, layer_matrix, number
+
+CMAP = "viridis"
+MAX_TICK_LABELS = 24
+
+
+def model_heatmap(grid: Grid, metric: str, calibrated: bool = False, chance: float | None = None) -> Figure:
+    """One metric's best score for every model pair: ``grid.rows`` × ``grid.columns``.
+
+    Raw cells read ``score`` and ``×`` its chance level (the analytical chance where one exists,
+    else the permutation null mean, marked ``×null``); the colour bar marks ``chance``.
+    Calibrated cells read the calibrated score and its p-value (0 is the null's 1−α quantile).
+    """
+    values = grid.values
+    n_rows, n_cols = values.shape
+    figure = new_figure(2.2 + 1.45 * n_cols, 1.3 + 0.62 * n_rows)
+    ax = figure.add_subplot()
+    finite = values[np.isfinite(values)]
+    top = float(finite.max()) if finite.size else 1.0
+    norm = Normalize(vmin=0.0, vmax=max(top, chance or 0.0, 1e-9))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=colormaps[CMAP].with_extremes(bad="#dddddd"), norm=norm, aspect="auto")
+    for i in range(n_rows):
+        for j in range(n_cols):
+            ax.text(j, i, _cell_text(grid.cells[i][j], calibrated), ha="center", va="center", fontsize=8,
+                    color=_text_colour(norm(values[i, j])) if np.isfinite(values[i, j]) else "#555555")
+    _label_axes(ax, grid.columns, grid.rows)
+    ax.set_xlabel(f"{grid.column_kind} model")
+    ax.set_ylabel(f"{grid.row_kind} model")
+    kind = "calibrated score" if calibrated else "score (best layer pair)"
+    ax.set_title(f"{metric}: {kind}", fontsize=10)
+    bar = figure.colorbar(image, ax=ax, shrink=0.9)
+    if chance is not None and not calibrated:
+        _mark_chance(bar.ax, chance)
+    return figure
+
+
+def layer_heatmaps(scores: list[dict[str, Any]], best: list[dict[str, Any]], model_a: str, model_b: str, metrics: list[str]) -> Figure | None:
+    """Every layer pair of one model pair, one panel per metric; the best pair is outlined."""
+    panels = [(m, *layer_matrix(scores, m, model_a, model_b)) for m in metrics]
+    panels = [p for p in panels if p[3].size]
+    if not panels:
+        return None
+    la, lb = panels[0][3].shape
+    width = min(4.6, 1.6 + 0.16 * lb)
+    height = min(4.6, 1.4 + 0.16 * la)
+    figure = new_figure(width * len(panels) + 0.6, height + 0.4)
+    figure.suptitle(f"{model_a} × {model_b}: every layer pair", fontsize=10)
+    for index, (metric, names_a, names_b, matrix) in enumerate(panels):
+        ax = figure.add_subplot(1, len(panels), index + 1)
+        image = ax.imshow(np.ma.masked_invalid(matrix), cmap=CMAP, aspect="auto", origin="lower")
+        _label_axes(ax, names_b, names_a, fontsize=6)
+        ax.set_xlabel(model_b, fontsize=8)
+        ax.set_ylabel(model_a, fontsize=8)
+        row = next((r for r in best if r["metric"] == metric and r["model_a"] == model_a and r["model_b"] == model_b), None)
+        title = metric
+        if row is not None:
+            i, j = int(row["layer_a"]), int(row["layer_b"])
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#ff3030", linewidth=2))
+            title = f"{metric}: best {row['score']:.3f}\nat ({names_a[i]}, {names_b[j]})"
+        ax.set_title(title, fontsize=8)
+        bar = figure.colorbar(image, ax=ax, shrink=0.85)
+        bar.ax.tick_params(labelsize=7)
+        chance = common_chance(best, metric)
+        if chance is not None and np.nanmin(matrix) <= chance <= np.nanmax(matrix):
+            _mark_chance(bar.ax, chance)
+    return figure
+
+
+def _cell_text(row: dict[str, Any] | None, calibrated: bool) -> str:
+    if row is None:
+        return "–"
+    if calibrated:
+        value, p = number(row.get("calibrated_score")), number(row.get("p_value"))
+        if value is None:
+            return "–"
+        return f"{value:.3f}" + (f"\np={p:.3g}" if p is not None else "")
+    text = f"{row['score']:.3f}"
+    ratio = chance_ratio(row)
+    if ratio is not None:
+        text += f"\n{ratio[0]:.1f}× {ratio[1]}"
+    return text
+
+
+def _text_colour(level: float) -> str:
+    """White on the dark end of viridis, black on the light end."""
+    return "white" if level < 0.6 else "black"
+
+
+def _label_axes(ax: Axes, x_labels: list[str], y_labels: list[str], fontsize: int = 8) -> None:
+    x_step = max(1, -(-len(x_labels) // MAX_TICK_LABELS))
+    y_step = max(1, -(-len(y_labels) // MAX_TICK_LABELS))
+    ax.set_xticks(range(0, len(x_labels), x_step), x_labels[::x_step], rotation=45, ha="right", fontsize=fontsize)
+    ax.set_yticks(range(0, len(y_labels), y_step), y_labels[::y_step], fontsize=fontsize)
+
+
+def _mark_chance(bar_ax: Axes, chance: float) -> None:
+    bar_ax.axhline(chance, color="#ff3030", linewidth=2)
+    bar_ax.text(-0.1, chance, "chance ", color="#ff3030", fontsize=7, ha="right", va="center", transform=bar_ax.get_yaxis_transform())

@@ -1,0 +1,169 @@
+"""The report page: one self-contained HTML file (figures and sample images as data: URIs).
+
+The page sets ``data-all-images-loaded`` on ``<body>`` once every ``<img>`` has decoded
+(``complete && naturalWidth > 0``), so a headless browser can check that nothing is broken.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from tasks.report.figures import RenderedFigure
+from tasks.report.images import data_uri, thumbnail_png
+from tasks.report.neighbours import Example, Neighbour, NeighbourExamples
+from tasks.report.tables import chance_ratio, ci_columns, number
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
+h1{font-size:1.5em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.meta{color:#555;font-size:.9em}.meta code{background:#f3f3f3;padding:0 .3em}
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0}th,td{border:1px solid #ddd;padding:3px 8px}
+th{background:#f6f6f6;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.figs{display:flex;flex-wrap:wrap;gap:8px 16px;align-items:flex-start}
+figure{display:table;margin:4px 0 12px 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{display:table-caption;caption-side:bottom;font-size:.8em;color:#555}
+nav a{margin-right:1em}
+.notes li{color:#7a4b00}
+.example{border:1px solid #e2e2e2;border-radius:6px;padding:8px;margin:10px 0}
+.example .query{display:flex;align-items:center;gap:10px;font-weight:600}
+.row{display:flex;gap:6px;align-items:flex-start;margin-top:6px}.row .label{width:150px;font-size:.8em;color:#555}
+.nb{width:104px;font-size:.72em;text-align:center;border:3px solid transparent;border-radius:4px;padding:2px}
+.nb.shared{border-color:#2e9d4b;background:#eef9f0}.nb img,.query img{width:96px;height:96px;object-fit:contain;background:#fafafa}
+.nb .sim{color:#777}.badge{font-size:.75em;color:#2e9d4b;font-weight:600}
+"""
+
+SCRIPT = """
+function prhCheckImages(){var imgs=Array.prototype.slice.call(document.images);
+var ok=imgs.filter(function(i){return i.complete&&i.naturalWidth>0;}).length;var b=document.body.dataset;
+b.imagesTotal=imgs.length;b.imagesLoaded=ok;b.allImagesLoaded=String(ok===imgs.length);}
+window.addEventListener('load',prhCheckImages);prhCheckImages();
+"""
+
+
+def page(title: str, meta: dict[str, Any], sections: list[str]) -> str:
+    """The whole document: a title, the run's facts, the sections (HTML fragments), the image check."""
+    facts = " · ".join(f"{escape(k)}: <code>{escape(str(v))}</code>" for k, v in meta.items() if v not in (None, ""))
+    body = "\n".join(sections)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{escape(title)}</title>"
+        f"<style>{STYLE}</style></head>\n<body data-all-images-loaded=\"false\">\n"
+        f"<h1>{escape(title)}</h1>\n<p class=\"meta\">{facts}</p>\n{body}\n<script>{SCRIPT}</script>\n</body></html>\n"
+    )
+
+
+def section(title: str, anchor: str, *parts: str, intro: str = "") -> str:
+    """An ``<h2>`` section with an optional introductory paragraph (``intro`` is HTML)."""
+    lead = f"<p>{intro}</p>" if intro else ""
+    return f"<section id=\"{escape(anchor)}\"><h2>{escape(title)}</h2>{lead}{''.join(parts)}</section>"
+
+
+def figures(*blocks: str) -> str:
+    """Figures side by side, wrapping to the page width."""
+    return f"<div class=\"figs\">{''.join(blocks)}</div>"
+
+
+def contents(entries: list[tuple[str, str]]) -> str:
+    """Links to the sections: (anchor, title)."""
+    return "<nav>" + "".join(f"<a href=\"#{escape(a)}\">{escape(t)}</a>" for a, t in entries) + "</nav>"
+
+
+def figure(rendered: RenderedFigure) -> str:
+    """A figure embedded as a PNG data: URI, with its caption and the name of its files."""
+    return (
+        f"<figure data-figure=\"{escape(rendered.name)}\"><img src=\"{data_uri(rendered.png)}\" alt=\"{escape(rendered.caption)}\">"
+        f"<figcaption>{escape(rendered.caption)} <span class=\"meta\">({escape(rendered.name)}.png)</span></figcaption></figure>"
+    )
+
+
+def notes(items: list[str]) -> str:
+    """What the report could not show, and why."""
+    if not items:
+        return ""
+    return "<ul class=\"notes\">" + "".join(f"<li>{escape(n)}</li>" for n in items) + "</ul>"
+
+
+def table(header: list[str], body: list[list[str]], numeric: set[int] | None = None, css_class: str = "") -> str:
+    """A plain table; cells are escaped here; columns in ``numeric`` are right-aligned."""
+    numeric = numeric or set()
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    lines = [
+        "<tr>" + "".join(f"<td class=\"num\">{escape(c)}</td>" if i in numeric else f"<td>{escape(c)}</td>" for i, c in enumerate(r)) + "</tr>"
+        for r in body
+    ]
+    cls = f" class=\"{escape(css_class)}\"" if css_class else ""
+    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
+
+
+def _fmt(value: Any, spec: str) -> str:
+    v = number(value)
+    return "–" if v is None else format(v, spec)
+
+
+def best_table(best: list[dict[str, Any]], metrics: list[str]) -> str:
+    """One row per metric × model pair: score, layers, chance, ×chance, null, calibrated, p (and CI)."""
+    ci = ci_columns(sorted({c for r in best for c in r}))
+    header = ["metric", "model A", "model B", "score", "layer A", "layer B", "chance", "× chance", "null mean", "calibrated", "p"]
+    if ci:
+        header.append("CI")
+    body = []
+    for metric in metrics:
+        for r in sorted((r for r in best if r["metric"] == metric), key=lambda r: -r["score"]):
+            ratio = chance_ratio(r)
+            line = [metric, r["model_a"], r["model_b"], _fmt(r["score"], ".4f"), str(r.get("layer_name_a") or r.get("layer_a")),
+                    str(r.get("layer_name_b") or r.get("layer_b")), _fmt(r.get("chance_level"), ".4f"),
+                    "–" if ratio is None else f"{ratio[0]:.1f}× {ratio[1]}", _fmt(r.get("null_mean"), ".4f"),
+                    _fmt(r.get("calibrated_score"), ".3f"), _fmt(r.get("p_value"), ".3g")]
+            if ci:
+                line.append(f"[{_fmt(r.get(ci[0]), '.4f')}, {_fmt(r.get(ci[1]), '.4f')}]")
+            body.append(line)
+    return table(header, body, numeric={3, 6, 7, 8, 9, 10, 11}, css_class="best")
+
+
+def models_table(models: list[dict[str, Any]]) -> str:
+    """The models of the run: modality, parameters, layers, bits per byte."""
+    body = [[m["model"], str(m.get("modality") or ""), str(m.get("model_id") or ""),
+             "–" if number(m.get("param_count")) is None else f"{int(m['param_count']):,}",
+             str(m.get("n_layers") or ""), _fmt(m.get("bits_per_byte"), ".3f")]
+            for m in sorted(models, key=lambda m: (str(m.get("modality")), m["model"]))]
+    return table(["model", "modality", "id", "parameters", "layers", "bits per byte"], body, numeric={3, 4, 5}, css_class="models")
+
+
+def neighbours_section(examples: NeighbourExamples) -> str:
+    """Each example: the query, then its k nearest neighbours under model A and under model B;
+    neighbours in both lists are outlined green."""
+    parts = [
+        f"<p>{escape(examples.model_a)} at layer <code>{escape(examples.layer_a)}</code> and {escape(examples.model_b)} at layer "
+        f"<code>{escape(examples.layer_b)}</code> (the best layer pair); k = {examples.k}, cosine similarity of L2-normalised "
+        f"features. Over {examples.n_queries} of {examples.n_samples} samples the two lists share "
+        f"{examples.mean_overlap:.1%} of their members on average. Green: a neighbour in both lists.</p>"
+    ]
+    for example in examples.examples:
+        parts.append(_example(example, examples))
+    return "".join(parts)
+
+
+def _example(example: Example, examples: NeighbourExamples) -> str:
+    query = examples.samples.get(example.sample_id)
+    head = (f"<div class=\"query\">{_image(query)}<span>“{escape(query.text if query else example.sample_id)}”</span>"
+            f"<span class=\"badge\">{example.overlap}/{examples.k} shared</span></div>")
+    rows = [_neighbour_row(examples.model_a, example.neighbours_a, examples), _neighbour_row(examples.model_b, example.neighbours_b, examples)]
+    return f"<div class=\"example\" data-sample=\"{escape(example.sample_id)}\">{head}{''.join(rows)}</div>"
+
+
+def _neighbour_row(model: str, neighbours: list[Neighbour], examples: NeighbourExamples) -> str:
+    cells = []
+    for n in neighbours:
+        sample = examples.samples.get(n.sample_id)
+        caption = sample.text if sample else n.sample_id
+        cls = "nb shared" if n.shared else "nb"
+        cells.append(f"<div class=\"{cls}\">{_image(sample)}<div>{escape(caption)}</div><div class=\"sim\">cos {n.similarity:.3f}</div></div>")
+    return f"<div class=\"row\"><div class=\"label\">{escape(model)}</div>{''.join(cells)}</div>"
+
+
+def _image(sample: Any) -> str:
+    png = thumbnail_png(sample.image) if sample is not None else None
+    if png is None:
+        return ""
+    return f"<img src=\"{data_uri(png)}\" alt=\"{escape(sample.text)}\">"

@@ -1,0 +1,102 @@
+"""The paper's headline figure: alignment against language-model quality and model size.
+
+Quality is ``1 − bits_per_byte`` of the language model (only models with bits per byte: causal
+LMs). Each line is one vision model's alignment to the language models; error bars are the
+bootstrap confidence interval where ``alignment_best`` has one (see ``tables.CI_COLUMNS``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from tasks.report.figures import new_figure
+from tasks.report.tables import ci_columns, common_chance, number
+
+
+def cross_modal(best: list[dict[str, Any]], metric: str, modality: dict[str, str]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(vision model, language model, row) for every vision–language pair scored with ``metric``."""
+    for r in best:
+        if r["metric"] != metric:
+            continue
+        kinds = (modality.get(r["model_a"]), modality.get(r["model_b"]))
+        if kinds == ("vision", "language"):
+            yield r["model_a"], r["model_b"], r
+        elif kinds == ("language", "vision"):
+            yield r["model_b"], r["model_a"], r
+
+
+def alignment_vs_quality(best: list[dict[str, Any]], models: list[dict[str, Any]], metric: str) -> Figure | None:
+    """Alignment to each vision model against the language model's 1 − bits per byte (None: no LM has it)."""
+    modality = {m["model"]: m.get("modality") for m in models}
+    quality = {m["model"]: 1.0 - bpb for m in models if (bpb := number(m.get("bits_per_byte"))) is not None}
+    points = [(v, l, r) for v, l, r in cross_modal(best, metric, modality) if l in quality]
+    if not points:
+        return None
+    figure = new_figure(5.6, 3.8)
+    ax = figure.add_subplot()
+    _series(ax, points, key=lambda p: p[0], x=lambda p: quality[p[1]], label_of=lambda p: p[1])
+    ax.set_xlabel("language-model quality: 1 − bits per byte")
+    ax.set_ylabel(f"{metric} (best layer pair)")
+    ax.set_title(f"{metric} against language-model quality", fontsize=10)
+    _chance_line(ax, common_chance(best, metric))
+    ax.legend(title="vision model", fontsize=7, title_fontsize=7, loc="best")
+    return figure
+
+
+def alignment_vs_size(best: list[dict[str, Any]], models: list[dict[str, Any]], metric: str) -> Figure | None:
+    """Two panels: alignment against the language model's and the vision model's parameter count."""
+    modality = {m["model"]: m.get("modality") for m in models}
+    size = {m["model"]: float(p) for m in models if (p := number(m.get("param_count"))) is not None and p > 0}
+    points = [(v, l, r) for v, l, r in cross_modal(best, metric, modality) if v in size and l in size]
+    if not points:
+        return None
+    figure = new_figure(9.6, 3.8)
+    chance = common_chance(best, metric)
+    for index, (axis_model, series_model, kind, other) in enumerate(((1, 0, "language", "vision"), (0, 1, "vision", "language"))):
+        ax = figure.add_subplot(1, 2, index + 1)
+        ax.set_xscale("log")
+        _series(ax, points, key=lambda p, s=series_model: p[s], x=lambda p, a=axis_model: size[p[a]], label_of=lambda p, a=axis_model: p[a])
+        ax.set_xlabel(f"{kind}-model parameters")
+        ax.set_ylabel(f"{metric} (best layer pair)")
+        ax.set_title(f"{metric} against {kind}-model size", fontsize=10)
+        _chance_line(ax, chance)
+        ax.legend(title=f"{other} model", fontsize=7, title_fontsize=7, loc="best")
+    return figure
+
+
+def _series(ax: Axes, points: list[tuple[str, str, dict[str, Any]]], key, x, label_of) -> None:
+    """One line per series key, points sorted by x, with CI error bars where the rows have them."""
+    ci = ci_columns(sorted({c for _, _, r in points for c in r}))
+    for name in sorted({key(p) for p in points}):
+        mine = sorted((p for p in points if key(p) == name), key=x)
+        xs = [x(p) for p in mine]
+        ys = [float(p[2]["score"]) for p in mine]
+        errors = None
+        if ci is not None:
+            low = [y - (number(p[2].get(ci[0])) if number(p[2].get(ci[0])) is not None else y) for y, p in zip(ys, mine)]
+            high = [(number(p[2].get(ci[1])) if number(p[2].get(ci[1])) is not None else y) - y for y, p in zip(ys, mine)]
+            errors = [low, high]
+        ax.errorbar(xs, ys, yerr=errors, marker="o", markersize=5, capsize=3, linewidth=1, alpha=0.9, label=name)
+    labels: dict[float, set[str]] = {}
+    for p in points:
+        labels.setdefault(x(p), set()).add(label_of(p))
+    ticks = sorted(labels)
+    ax.set_xticks(ticks, [f"{', '.join(sorted(labels[t]))}\n{_short(t)}" for t in ticks], fontsize=6, rotation=30, ha="right")
+    ax.minorticks_off()
+    ax.set_ylim(bottom=0)
+
+
+def _short(value: float) -> str:
+    """A compact number: 22.7M, 3.1B, -2.03."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _chance_line(ax: Axes, chance: float | None) -> None:
+    if chance is not None:
+        ax.axhline(chance, color="#ff3030", linestyle="--", linewidth=1, label="chance")

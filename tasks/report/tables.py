@@ -1,0 +1,136 @@
+"""The rows a report shows, and the small pivots the figures need.
+
+Input tables have the catalog's column names (``alignment_best``, ``alignment``, ``models``);
+only the columns named here are read, so extra columns are ignored and missing optional ones
+(``chance_level``, ``calibrated_score``, bootstrap CI bounds...) are drawn as absent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tasks.report.neighbours import NeighbourExamples
+
+# The paper's headline metrics first; any other metric follows in name order.
+METRIC_ORDER = ("mutual_knn", "cka", "cknna", "unbiased_cka", "cycle_knn", "lcs_knn", "edit_distance_knn", "svcca")
+
+# Bootstrap confidence-interval columns of ``alignment_best``, in the order they are looked for.
+CI_COLUMNS = (("ci_low", "ci_high"), ("score_ci_low", "score_ci_high"), ("ci_lower", "ci_upper"))
+
+
+@dataclass(frozen=True)
+class ReportInput:
+    """Everything a report shows.
+
+    ``run``: the run record (``run_id``, ``status``, ``started_at``, ``store``, ``dataset_version``...);
+    ``best``: its ``alignment_best`` rows; ``scores``: its ``alignment`` rows (layer × layer; may be
+    empty); ``models``: the ``models`` rows of its feature versions; ``examples``: nearest-neighbour
+    examples of one model pair (or None); ``notes``: what could not be shown and why.
+    """
+
+    run: dict[str, Any]
+    best: pa.Table
+    scores: pa.Table
+    models: pa.Table
+    examples: NeighbourExamples | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def rows(table: pa.Table | None) -> list[dict[str, Any]]:
+    """Arrow rows as dicts (an absent table has none)."""
+    return [] if table is None else table.to_pylist()
+
+
+def number(value: Any) -> float | None:
+    """A finite float, or None for missing/NaN values."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+def metrics_of(best: list[dict[str, Any]]) -> list[str]:
+    """Metrics present, headline metrics first."""
+    present = {r["metric"] for r in best}
+    return [m for m in METRIC_ORDER if m in present] + sorted(present - set(METRIC_ORDER))
+
+
+def ci_columns(columns: list[str]) -> tuple[str, str] | None:
+    """The (low, high) bootstrap-CI column names present among ``columns``, if any."""
+    for low, high in CI_COLUMNS:
+        if low in columns and high in columns:
+            return low, high
+    return None
+
+
+def chance_ratio(row: dict[str, Any]) -> tuple[float, str] | None:
+    """(score ÷ chance, basis): the analytical chance level, else the permutation null mean."""
+    score = number(row.get("score"))
+    for column, basis in (("chance_level", "chance"), ("null_mean", "null")):
+        level = number(row.get(column))
+        if score is not None and level is not None and level > 0:
+            return score / level, basis
+    return None
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One metric's model × model table: ``values[i, j]`` for ``rows[i]`` × ``columns[j]`` (NaN: not
+    aligned); ``cells[i][j]`` is the source row (or None); ``row_kind``/``column_kind`` the modalities."""
+
+    rows: list[str]
+    columns: list[str]
+    values: np.ndarray
+    cells: list[list[dict[str, Any] | None]]
+    row_kind: str
+    column_kind: str
+
+
+def model_grid(best: list[dict[str, Any]], metric: str, value: str = "score") -> Grid:
+    """Pivot ``alignment_best`` rows of ``metric``: model_a as rows, model_b as columns."""
+    chosen = [r for r in best if r["metric"] == metric]
+    row_names = sorted({r["model_a"] for r in chosen})
+    column_names = sorted({r["model_b"] for r in chosen})
+    values = np.full((len(row_names), len(column_names)), np.nan)
+    cells: list[list[dict[str, Any] | None]] = [[None] * len(column_names) for _ in row_names]
+    for r in chosen:
+        i, j = row_names.index(r["model_a"]), column_names.index(r["model_b"])
+        cells[i][j] = r
+        v = number(r.get(value))
+        values[i, j] = np.nan if v is None else v
+    kinds_a = {r.get("modality_a") for r in chosen} - {None}
+    kinds_b = {r.get("modality_b") for r in chosen} - {None}
+    return Grid(row_names, column_names, values, cells,
+                kinds_a.pop() if len(kinds_a) == 1 else "model A", kinds_b.pop() if len(kinds_b) == 1 else "model B")
+
+
+def common_chance(best: list[dict[str, Any]], metric: str) -> float | None:
+    """The analytical chance level of ``metric`` if every pair shares one (same N), else None."""
+    levels = {round(v, 12) for r in best if r["metric"] == metric and (v := number(r.get("chance_level"))) is not None}
+    return levels.pop() if len(levels) == 1 else None
+
+
+def layer_matrix(scores: list[dict[str, Any]], metric: str, model_a: str, model_b: str) -> tuple[list[str], list[str], np.ndarray]:
+    """(layer names of A, of B, ``(La, Lb)`` scores) of one pair and metric from ``alignment`` rows."""
+    chosen = [r for r in scores if r["metric"] == metric and r["model_a"] == model_a and r["model_b"] == model_b]
+    if not chosen:
+        return [], [], np.zeros((0, 0))
+    la = max(r["layer_a"] for r in chosen) + 1
+    lb = max(r["layer_b"] for r in chosen) + 1
+    names_a, names_b = [str(i) for i in range(la)], [str(j) for j in range(lb)]
+    matrix = np.full((la, lb), np.nan)
+    for r in chosen:
+        matrix[r["layer_a"], r["layer_b"]] = np.nan if (v := number(r.get("score"))) is None else v
+        names_a[r["layer_a"]] = r.get("layer_name_a") or names_a[r["layer_a"]]
+        names_b[r["layer_b"]] = r.get("layer_name_b") or names_b[r["layer_b"]]
+    return names_a, names_b, matrix
+
+
+def pairs_of(best: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Model pairs present, in (model_a, model_b) order."""
+    return sorted({(r["model_a"], r["model_b"]) for r in best})

@@ -1,0 +1,137 @@
+"""Read what a run's report shows from a store's DuckDB catalog.
+
+``load_report_input(store, run_id)`` selects the run (default: the latest COMPLETED one), takes
+exactly the alignment versions that run produced or reused, the models of its feature versions,
+and nearest-neighbour examples of one model pair at its best layers, and returns a
+:class:`tasks.report.ReportInput` for the pure report code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from storage.catalog import connect
+from storage.features import vectors_from_arrow
+from storage.store import Store
+from tasks.report.neighbours import NeighbourExamples, Sample, select_examples
+from tasks.report.tables import ReportInput, metrics_of
+
+NEIGHBOUR_METRIC = "mutual_knn"
+
+
+def select_run(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> dict[str, Any]:
+    """The run record ``run_id``, or the latest COMPLETED run; ValueError if there is none."""
+    if run_id is not None:
+        found = con.sql("select * from runs where run_id = ?", params=[run_id]).to_arrow_table().to_pylist()
+        if not found:
+            known = [r[0] for r in con.execute("select run_id from runs order by started_at desc limit 10").fetchall()]
+            raise ValueError(f"no run {run_id!r} in the store (recent runs: {', '.join(known) or 'none'})")
+        return found[0]
+    found = con.sql(
+        "select * from runs where status = 'COMPLETED' order by coalesce(finished_at, started_at) desc, started_at desc limit 1"
+    ).to_arrow_table().to_pylist()
+    if not found:
+        raise ValueError("the store has no completed run: run `prh run` first, or pass --run ID")
+    return found[0]
+
+
+def alignment_selection(record: dict[str, Any]) -> pa.Table:
+    """(alignment_version, model_a, model_b) of every alignment key the run lists."""
+    versions, models_a, models_b = [], [], []
+    for key in record.get("alignment_versions") or []:
+        parts = key.split("/")
+        if len(parts) < 4 or "__" not in parts[-2]:
+            raise ValueError(f"run {record.get('run_id')}: unexpected alignment key {key!r}")
+        model_a, model_b = parts[-2].split("__", 1)
+        versions.append(parts[-1])
+        models_a.append(model_a)
+        models_b.append(model_b)
+    return pa.table({"alignment_version": pa.array(versions, pa.string()), "model_a": pa.array(models_a, pa.string()),
+                     "model_b": pa.array(models_b, pa.string())})
+
+
+def feature_selection(record: dict[str, Any]) -> pa.Table:
+    """(model, feature_version) of the run's feature versions."""
+    versions = record.get("feature_versions") or {}
+    if isinstance(versions, str):
+        versions = json.loads(versions)
+    return pa.table({"model": pa.array(list(versions), pa.string()), "feature_version": pa.array(list(versions.values()), pa.string())})
+
+
+def load_report_input(
+    store: Store | str,
+    run_id: str | None = None,
+    record: dict[str, Any] | None = None,
+    pair: tuple[str, str] | None = None,
+    k: int = 5,
+    n_examples: int = 4,
+) -> ReportInput:
+    """Everything the report of one run shows.
+
+    ``record``: a run record given directly (the pipeline passes its own, before the run is
+    marked COMPLETED); otherwise ``run_id`` or the latest completed run. ``pair``: the model
+    pair of the nearest-neighbour examples (default: the best-aligned pair under mutual k-NN).
+    """
+    con = connect(store)
+    try:
+        record = dict(record) if record is not None else select_run(con, run_id)
+        con.register("_report_alignments", alignment_selection(record))
+        con.register("_report_features", feature_selection(record))
+        join = "join _report_alignments s using (alignment_version, model_a, model_b)"
+        best = con.sql(f"select t.* from alignment_best t {join} order by metric, model_a, model_b").to_arrow_table()
+        scores = con.sql(f"select t.* from alignment t {join} order by metric, model_a, model_b, layer_a, layer_b").to_arrow_table()
+        models = con.sql("select m.* from models m join _report_features s using (model, feature_version) order by model").to_arrow_table()
+        notes = []
+        if best.num_rows == 0:
+            notes.append(f"run {record.get('run_id')} lists no published alignment")
+        examples = None
+        try:
+            examples = _examples(con, best.to_pylist(), models.to_pylist(), record.get("dataset_version"), pair, k, n_examples)
+        except (duckdb.Error, ValueError) as error:
+            notes.append(f"nearest-neighbour examples left out: {error}")
+        return ReportInput(run=record, best=best, scores=scores, models=models, examples=examples, notes=notes)
+    finally:
+        con.close()
+
+
+def _examples(con: duckdb.DuckDBPyConnection, best: list[dict[str, Any]], models: list[dict[str, Any]], dataset_version: str | None,
+              pair: tuple[str, str] | None, k: int, n_examples: int) -> NeighbourExamples | None:
+    """Neighbour examples of ``pair`` (or the best-aligned pair) at its best layers."""
+    if not best:
+        return None
+    metrics = metrics_of(best)
+    metric = NEIGHBOUR_METRIC if NEIGHBOUR_METRIC in metrics else metrics[0]
+    candidates = [r for r in best if r["metric"] == metric]
+    if pair is not None:
+        candidates = [r for r in candidates if (r["model_a"], r["model_b"]) in (pair, pair[::-1])]
+        if not candidates:
+            raise ValueError(f"the run has no pair {pair[0]} × {pair[1]}")
+    row = max(candidates, key=lambda r: r["score"])
+    versions = {m["model"]: m["feature_version"] for m in models}
+    if row["model_a"] not in versions or row["model_b"] not in versions:
+        raise ValueError(f"no feature version recorded for {row['model_a']} or {row['model_b']}")
+    table = con.sql(
+        """
+        with a as (select sample_id, vector from features where model = ? and feature_version = ? and layer = ?),
+             b as (select sample_id, vector from features where model = ? and feature_version = ? and layer = ?)
+        select a.sample_id, a.vector as va, b.vector as vb from a join b using (sample_id) order by sample_id
+        """,
+        params=[row["model_a"], versions[row["model_a"]], row["layer_a"], row["model_b"], versions[row["model_b"]], row["layer_b"]],
+    ).to_arrow_table()
+    if table.num_rows < 2:
+        raise ValueError(f"{row['model_a']} × {row['model_b']}: fewer than 2 common samples with features")
+    ids = table.column("sample_id").to_pylist()
+    names = (row["model_a"], row["model_b"], str(row["layer_name_a"]), str(row["layer_name_b"]))
+    examples = select_examples(ids, vectors_from_arrow(table.column("va")), vectors_from_arrow(table.column("vb")), names, k, n_examples)
+    con.register("_report_samples", pa.table({"sample_id": pa.array(examples.sample_ids(), pa.string())}))
+    dataset = row.get("dataset_version") or dataset_version
+    shown = con.sql(
+        "select s.sample_id, s.text, s.image from samples s join _report_samples using (sample_id) where s.dataset_version = ?",
+        params=[dataset],
+    ).to_arrow_table().to_pylist()
+    samples = {r["sample_id"]: Sample(r["text"] or "", r["image"]) for r in shown}
+    return NeighbourExamples(**{**examples.__dict__, "samples": samples})

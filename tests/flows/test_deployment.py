@@ -1,0 +1,144 @@
+"""The deployment path, for real: `prefect server start` on loopback, the work pools, `prefect
+deploy --all` from prefect.yaml, a process worker, and a run triggered by the API call the UI's
+Run button makes. Every process runs with its own PREFECT_HOME and PREFECT_API_URL (the session
+harness of the other tests points elsewhere) and is stopped by PID."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from flows import serve
+from storage.catalog import connect, query
+from tests.flows.test_pipeline import TINY_BERT, TINY_VIT
+
+RUN_TIMEOUT = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Any:
+    """(API URL, log folder): a Prefect server, pools, deployments and a prh-cpu worker."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = serve.prefect_env(port, home)
+    env["PREFECT_WORKER_QUERY_SECONDS"] = "1"  # poll for scheduled runs every second, not every 10
+    api = env["PREFECT_API_URL"]
+    logs = tmp_path_factory.mktemp("logs")
+    started = []
+    try:
+        with open(logs / "server.log", "wb") as log:
+            started.append(serve.start_server(port, env, log))
+        serve.wait_healthy(api, started[0], timeout=120)
+        for pool in (serve.CPU_POOL, serve.GPU_POOL):
+            serve.ensure_work_pool(api, pool)
+        serve.ensure_concurrency_limit(api, serve.GPU_TAG, 1)
+        serve.deploy_all(env, timeout=180)
+        for pool in (serve.CPU_POOL, serve.GPU_POOL):  # the "GPU" worker runs on this CPU box
+            with open(logs / "worker.log", "ab") as log:
+                started.append(serve.start_worker(pool, env, log))
+        yield api, logs
+    finally:
+        for proc in reversed(started):
+            serve.stop(proc)
+        for proc in started:
+            assert proc.poll() is not None, f"process {proc.pid} still running"
+
+
+def _config(models: list[dict]) -> dict:
+    return {
+        "dataset": {"kind": "openmoji", "n": 32, "seed": 0, "image_size": 32},
+        "models": models,
+        "alignment": {"metrics": ["mutual_knn", "cka"], "topk": 4, "permutations": 4},
+    }
+
+
+def _call(method: str, url: str, **kwargs: Any) -> Any:
+    """One API call, retried like Prefect's own client on 503/429 (SQLite busy on a small box)."""
+    for attempt in range(10):
+        response = httpx.request(method, url, timeout=30, **kwargs)
+        if response.status_code not in (429, 503):
+            break
+        time.sleep(0.5 * (attempt + 1))
+    response.raise_for_status()
+    return response.json()
+
+
+def _run(api: str, deployment: str, parameters: dict, logs: Path) -> dict:
+    """Trigger a run like the UI's Run button does, wait for a final state, return the flow run."""
+    found = _call("GET", f"{api}/deployments/name/{deployment}")
+    run_id = _call("POST", f"{api}/deployments/{found['id']}/create_flow_run", json={"parameters": parameters})["id"]
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        run = _call("GET", f"{api}/flow_runs/{run_id}")
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            assert run["state"]["type"] == "COMPLETED", (run["state"], (logs / "worker.log").read_text()[-4000:])
+            return run
+        time.sleep(1)
+    pytest.fail(f"flow run {run_id} not finished after {RUN_TIMEOUT}s; worker log:\n{(logs / 'worker.log').read_text()[-4000:]}")
+
+
+def _task_runs(api: str, flow_run_id: str) -> list[dict]:
+    body = {"task_runs": {"flow_run_id": {"any_": [flow_run_id]}}}
+    return _call("POST", f"{api}/task_runs/filter", json=body)
+
+
+def test_deployments_from_prefect_yaml(server):
+    api, _ = server
+    deployments = _call("POST", f"{api}/deployments/filter", json={})
+    by_name = {d["name"]: d for d in deployments}
+    assert set(by_name) == {"nightly", "cpu", "gpu", "nightly-staged"}
+    assert by_name["gpu"]["work_pool_name"] == serve.GPU_POOL and by_name["cpu"]["work_pool_name"] == serve.CPU_POOL
+    nightly = by_name["nightly"]
+    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"] and nightly["schedules"][0]["active"]
+    # The UI's form: typed, described, with the demo zoo as default.
+    schema = nightly["parameter_openapi_schema"]
+    assert schema["properties"]["config"]["description"] and schema["properties"]["store"]["description"]
+    alignment = schema["definitions"]["AlignmentParams"]["properties"]
+    assert {"metrics", "topk", "permutations"} <= set(alignment) and alignment["topk"]["description"]
+    assert len(nightly["parameters"]["config"]["models"]) == 6
+    limits = _call("POST", f"{api}/concurrency_limits/filter", json={})
+    assert [(c["tag"], c["concurrency_limit"]) for c in limits] == [(serve.GPU_TAG, 1)]
+
+
+def test_run_from_the_ui_then_incremental(server, tmp_path):
+    api, logs = server
+    store = str(tmp_path / "store")
+    run = _run(api, "prh-pipeline/cpu", {"config": _config([TINY_VIT, TINY_BERT]), "store": store}, logs)
+
+    con = connect(store)
+    best = query(con, "select model_a, model_b, metric, score from alignment_best").to_pylist()
+    assert {(r["model_a"], r["model_b"], r["metric"]) for r in best} == {("tiny-vit", "tiny-bert", m) for m in ("mutual_knn", "cka")}
+    assert all(0 <= r["score"] <= 1 for r in best)
+    runs = query(con, "select run_id, status, extracted, aligned from runs").to_pylist()
+    assert runs == [{"run_id": run["id"], "status": "COMPLETED", "extracted": ["tiny-bert", "tiny-vit"], "aligned": 1}]
+    tasks = sorted(t["name"].split("-", 1)[0] for t in _task_runs(api, run["id"]))
+    assert tasks == ["align", "extract", "extract", "load"], tasks
+    extract = [t for t in _task_runs(api, run["id"]) if t["name"].startswith("extract-")]
+    assert all("prh-gpu" in t["tags"] for t in extract)
+
+    # Rerun unchanged, staged: prh-staged runs prh-extract/gpu on the GPU pool's worker, then
+    # prh-pipeline/cpu on the CPU pool's; nothing is computed (adding a model: test_pipeline.py).
+    started = time.monotonic()
+    staged = _run(api, "prh-staged/nightly-staged", {"config": _config([TINY_VIT, TINY_BERT]), "store": store}, logs)
+    children = _call("POST", f"{api}/flow_runs/filter", json={"flow_runs": {"parent_task_run_id": {"is_null_": False}}})
+    children = [r for r in children if r["id"] != staged["id"]]
+    pools = sorted(r["work_pool_name"] for r in children)
+    assert pools == [serve.CPU_POOL, serve.GPU_POOL] and all(r["state"]["type"] == "COMPLETED" for r in children)
+    extract_run = next(r for r in children if r["work_pool_name"] == serve.GPU_POOL)
+    names = sorted(t["name"] for t in _task_runs(api, extract_run["id"]))
+    assert names[:2] == ["extract-tiny-bert", "extract-tiny-vit"] and len(names) == 3 and names[2].startswith("load-dataset")
+    align_run = next(r for r in children if r["work_pool_name"] == serve.CPU_POOL)
+    record = query(connect(store), f"select extracted, reused, aligned, status from runs where run_id = '{align_run['id']}'").to_pylist()
+    assert record == [{"extracted": [], "reused": ["tiny-bert", "tiny-vit"], "aligned": 0, "status": "COMPLETED"}]
+    assert time.monotonic() - started < 90

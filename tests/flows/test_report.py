@@ -1,0 +1,119 @@
+"""`prh report` end to end on a small real store: run selection, files, numbers; the report in a
+real browser (headless Chromium); the Prefect artifact and the stored copy."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from flows.report import ARTIFACT_KEY, publish_report_artifact, report_key
+from storage.store import Store
+from tests.flows import report_store
+from tests.flows.report_store import LATEST_RUN, MODELS, N, OLDER_RUN, PAIRS, TOPK
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("PRH_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts"))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> tuple[str, dict]:
+    url = str(tmp_path_factory.mktemp("report") / "store")
+    return url, report_store.build(url)
+
+
+@pytest.fixture(scope="module")
+def report_dir(store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report-out")
+    assert main(["report", "--store", store[0], "--out", str(out)]) == 0
+    return out
+
+
+def test_report_of_the_latest_completed_run(store, report_dir, capsys):
+    page = (report_dir / "report.html").read_text(encoding="utf-8")
+    assert f"<code>{LATEST_RUN}</code>" in page
+    for row in store[1][LATEST_RUN]:
+        assert f"{row['score']:.4f}" in page
+        assert f"{row['score'] / (TOPK / (N - 1)):.1f}× chance" in page
+    for row in store[1][OLDER_RUN]:  # the older run's alignment versions are not shown
+        assert f"<td class=\"num\">{row['score']:.4f}</td>" not in page
+    assert f"{TOPK / (N - 1):.4f}" in page
+    figures = sorted(p.name for p in (report_dir / "figures").iterdir())
+    assert "model-heatmap-mutual_knn.png" in figures and "model-heatmap-mutual_knn.svg" in figures
+    assert "model-heatmap-mutual_knn-calibrated.png" in figures and "quality-mutual_knn.png" in figures and "size-mutual_knn.svg" in figures
+    assert {f"layers-{a}__{b}.png" for a, b in PAIRS} <= set(figures)
+    assert 'id="neighbours"' in page and "picture number" in page
+
+
+def test_report_of_a_chosen_run_and_errors(store, tmp_path, capsys):
+    assert main(["report", "--store", store[0], "--run", OLDER_RUN, "--out", str(tmp_path / "old"), "--pair", "vit-small:gpt-tiny"]) == 0
+    page = (tmp_path / "old" / "report.html").read_text(encoding="utf-8")
+    assert all(f"{row['score']:.4f}" in page for row in store[1][OLDER_RUN])
+    assert re.search(r"vit-small at layer <code>layer\.1</code> and gpt-tiny at layer <code>layer\.1</code>", page)
+    assert "written to" in capsys.readouterr().out
+    assert main(["report", "--store", store[0], "--run", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
+    assert main(["report", "--store", str(tmp_path / "empty"), "--out", str(tmp_path / "y")]) == 2
+    assert "no completed run" in capsys.readouterr().err
+
+
+def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--hide-scrollbars", f"--user-data-dir={tmp / 'chromium-profile'}"]
+    return subprocess.run([str(CHROMIUM), *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless browser test needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; .ci/run installs it)")
+def test_report_in_a_real_browser(report_dir, tmp_path):
+    url = (report_dir / "report.html").resolve().as_uri()
+    dom = _chromium("--virtual-time-budget=10000", "--dump-dom", url, tmp=tmp_path).stdout
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    total = int(re.search(r'data-images-total="(\d+)"', body).group(1))
+    loaded = int(re.search(r'data-images-loaded="(\d+)"', body).group(1))
+    assert 'data-all-images-loaded="true"' in body and loaded == total >= len(list((report_dir / "figures").glob("*.png")))
+    for model in MODELS:
+        assert model in dom
+    page = (report_dir / "report.html").read_text(encoding="utf-8")
+    numbers = re.findall(r'<td class="num">(0\.\d{4})</td>', page)
+    assert numbers and all(f">{n}<" in dom for n in numbers)
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "report-screenshot.png"
+    _chromium("--virtual-time-budget=10000", "--window-size=1280,4000", f"--screenshot={shot}", url, tmp=tmp_path)
+    assert shot.exists() and shot.stat().st_size > 10_000
+    shutil.copy(report_dir / "report.html", ARTIFACTS / "report.html")
+    print(f"screenshot: {shot}")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_publish_report_artifact_stores_the_page_and_attaches_it(store):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    url = store[0]
+    record = report_store.run_record(url, LATEST_RUN)
+
+    @flow(name="report-artifact-test")
+    def attach(bad: bool = False):
+        from prefect.runtime import flow_run
+
+        return publish_report_artifact(url, {**record, "alignment_versions": ["broken"]} if bad else record), str(flow_run.get_id())
+
+    stored, flow_run_id = attach()
+    assert stored.endswith(report_key(LATEST_RUN)) and stored.startswith("file://")
+    page = Store(url).read_bytes(report_key(LATEST_RUN)).decode("utf-8")
+    assert all(f"{row['score']:.4f}" in page for row in store[1][LATEST_RUN])
+    assert attach(bad=True)[0] is None  # a report that cannot be built does not fail the run
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY])))
+    markdown = [a for a in artifacts if str(a.flow_run_id) == flow_run_id][0].data
+    assert stored in markdown and "data:image/png;base64," in markdown
+    top = max(store[1][LATEST_RUN], key=lambda r: r["score"])
+    assert f"| mutual_knn | {TOPK / (N - 1):.4f} | {top['model_a']} × {top['model_b']} | {top['score']:.4f} |" in markdown

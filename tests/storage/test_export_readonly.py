@@ -1,0 +1,149 @@
+"""`prh catalog export` and the analysts' read-only guarantees."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from storage.catalog import ReadOnlyQueryError, connect, query
+from storage.export import export_catalog, open_catalog
+from tests.storage.catalog_store import build_catalog_store
+
+CHECKS = [
+    "select count(*) n, count(distinct model) models, sum(len(vector)) floats from features",
+    "select model_a, model_b, metric, score, calibrated_score from alignment_best order by all",
+    "select metric, count(*) n, round(sum(score), 9) s from alignment group by metric order by metric",
+    "select sample_id, text, octet_length(image) b from samples order by sample_id",
+    "select model, param_count, layer_names from models order by model",
+    "select name, n_samples, n_rejected, source from datasets",
+    "select run_id, status, extracted, feature_versions from runs order by run_id",
+]
+
+REFUSED = [
+    "PRAGMA threads = 1", "SET threads = 1", "RESET threads", "SET VARIABLE x = 1", "INSTALL httpfs", "LOAD httpfs",
+    "CALL checkpoint()", "CHECKPOINT", "EXPORT DATABASE 'exported'", "COPY features FROM 'x.parquet'",
+    "COPY (SELECT 1) TO 'x.csv'", "COPY FROM DATABASE memory TO other", "EXPLAIN ANALYZE COPY (SELECT 1) TO 'x.csv'",
+    "EXPLAIN (ANALYZE) COPY (SELECT 1) TO 'x.csv'", "EXPLAIN ANALYZE CREATE TABLE t AS SELECT 1",
+    "ATTACH 'x.db' AS x", "DETACH memory", "USE memory", "CREATE TABLE t AS SELECT 1", "CREATE MACRO m(a) AS a",
+    "CREATE SECRET (TYPE s3)", "INSERT INTO features SELECT * FROM features", "UPDATE models SET model = 'x'",
+    "DELETE FROM runs", "DROP VIEW features", "ALTER VIEW features RENAME TO f", "VACUUM", "BEGIN TRANSACTION",
+    "PREPARE p AS SELECT 1", "select 1; drop view samples",
+    # SELECTs that would reach outside the store or change settings: stopped by the locked connection
+    "SELECT * FROM read_text('/etc/hostname')", "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM enable_logging(storage = 'file', storage_config = {'path': 'logs'})",
+]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def built(store_url) -> str:
+    build_catalog_store(store_url)
+    return store_url
+
+
+def test_export_reopens_with_the_same_answers(built, tmp_path):
+    path = tmp_path / "out" / "prh.duckdb"
+    summary = export_catalog(built, path)
+    assert summary.files == 25 and summary.tables == {"datasets": 1, "models": 4, "runs": 2}
+    assert os.listdir(path.parent) == ["prh.duckdb"]  # no temporary or WAL file left
+    live = connect(built)
+    exported = open_catalog(path)
+    for sql in CHECKS:
+        assert query(exported, sql).equals(query(live, sql)), sql
+    if summary.remote:
+        return
+    # a fresh process with plain DuckDB, as the DuckDB CLI would open it (read-only)
+    script = "import duckdb, json, sys; c = duckdb.connect(sys.argv[1], read_only=True); " \
+             "print(json.dumps([c.sql(q).fetchall() for q in json.loads(sys.argv[2])], default=str))"
+    out = subprocess.run([sys.executable, "-c", script, str(path), json.dumps(CHECKS)], capture_output=True, text=True, check=True)
+    expected = [live.sql(q).fetchall() for q in CHECKS]
+    assert out.stdout.strip() == json.dumps(expected, default=str)
+
+
+def test_export_replaces_an_older_file(tmp_path):
+    url = str(tmp_path / "store")
+    build_catalog_store(url)
+    path = tmp_path / "prh.duckdb"
+    path.write_bytes(b"not a database")
+    export_catalog(url, path)
+    assert duckdb.connect(str(path), read_only=True).sql("select count(*) from models").fetchall() == [(4,)]
+
+
+def test_exported_file_cannot_change_the_store(tmp_path):
+    url = tmp_path / "store"
+    build_catalog_store(str(url))
+    before = _snapshot(url)
+    path = tmp_path / "prh.duckdb"
+    export_catalog(str(url), path)
+    con = duckdb.connect(str(path), read_only=True)
+    views = dict(con.sql("select view_name, sql from duckdb_views() where not internal").fetchall())
+    assert sorted(views) == ["alignment", "alignment_best", "features", "samples"]
+    assert all("read_parquet(" in sql and "COPY" not in sql.upper() for sql in views.values())
+    with pytest.raises(duckdb.Error, match="read-only"):
+        con.execute("CREATE TABLE t AS SELECT 1")
+    con.close()
+    # Even opened read-write, the file holds copies (tables) and read-only views: changing it
+    # changes nothing in the store.
+    rw = duckdb.connect(str(path))
+    rw.execute("DELETE FROM models; DROP VIEW features; CREATE TABLE t AS SELECT * FROM samples")
+    rw.close()
+    export_catalog(str(url), path)
+    locked = open_catalog(path)
+    store_file = next(p for p in before if p.endswith(".parquet"))
+    with pytest.raises(duckdb.Error, match="disabled by configuration"):
+        locked.execute(f"COPY (SELECT 1) TO '{tmp_path / 'elsewhere.csv'}'")
+    with pytest.raises(duckdb.Error, match="locked"):
+        locked.execute("SET enable_external_access = true")
+    assert _snapshot(url) == before, store_file
+
+
+@pytest.mark.parametrize("sql", REFUSED)
+def test_query_refuses_anything_that_could_write(tmp_path, monkeypatch, sql):
+    url = tmp_path / "store"
+    build_catalog_store(str(url))
+    before = _snapshot(url)
+    monkeypatch.chdir(tmp_path)
+    con = connect(str(url))
+    with pytest.raises(ReadOnlyQueryError, match="read-only"):
+        query(con, sql)
+    assert _snapshot(url) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+    assert query(con, "select count(*) n from features").column("n")[0].as_py() == 8 * 16
+
+
+def test_query_accepts_reads(tmp_path):
+    url = str(tmp_path / "store")
+    build_catalog_store(url)
+    con = connect(url)
+    for sql in ["EXPLAIN SELECT * FROM models", "EXPLAIN ANALYZE SELECT count(*) FROM features", "EXPLAIN (FORMAT json) SELECT 1",
+                "DESCRIBE features", "SUMMARIZE models", "SHOW TABLES", "FROM datasets", "WITH x AS (SELECT 1 a) SELECT * FROM x",
+                "PIVOT (SELECT layer_a, layer_b, score FROM alignment) ON layer_b IN (0, 1) USING max(score) GROUP BY layer_a",
+                f"SELECT count(*) FROM read_parquet('{url}/features/**/*.parquet')"]:
+        assert query(con, sql).num_rows > 0, sql
+
+
+def test_prh_sql_and_catalog_export_commands(tmp_path, capsys, monkeypatch):
+    from flows.cli import main
+
+    url = str(tmp_path / "store")
+    build_catalog_store(url)
+    monkeypatch.chdir(tmp_path)
+    for sql in ("PRAGMA threads = 1", "INSTALL httpfs", "EXPLAIN ANALYZE COPY (SELECT 1) TO 'x.csv'"):
+        assert main(["sql", sql, "--store", url]) == 2
+        err = capsys.readouterr().err
+        assert "prh sql: error: the catalog is read-only" in err, err
+    assert not (tmp_path / "x.csv").exists()
+    assert main(["catalog", "export", "prh.duckdb", "--store", url]) == 0
+    out = capsys.readouterr().out
+    assert "over 25 Parquet files" in out and "duckdb -readonly" in out
+    assert duckdb.connect(str(tmp_path / "prh.duckdb"), read_only=True).sql("select count(*) from alignment_best").fetchall() == [(8,)]

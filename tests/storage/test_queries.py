@@ -1,0 +1,113 @@
+"""The ten analyst queries of docs/queries.md run against a small store built here; the same
+results come back from an exported catalog file.
+
+Refresh the outputs shown in the doc from a real store::
+
+    .venv/bin/python tests/storage/test_queries.py /path/to/store
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from storage.catalog import connect, query  # noqa: E402
+from storage.export import export_catalog, open_catalog  # noqa: E402
+from tests.storage.catalog_store import build_catalog_store  # noqa: E402
+
+DOC = ROOT / "docs" / "queries.md"
+_BLOCK = re.compile(r"^### (\d+)\. (.+?)\n.*?```sql\n(.*?)```\n", re.DOTALL | re.MULTILINE)
+_OUTPUT = re.compile(r"(```sql\n.*?```\n\n?Output on the demo store:\n\n)(.*?)(?=\n### |\Z)", re.DOTALL)
+
+
+def doc_queries() -> list[tuple[str, str]]:
+    """(title, SQL) of every numbered query in docs/queries.md."""
+    return [(f"{n}. {title}", sql) for n, title, sql in _BLOCK.findall(DOC.read_text())]
+
+
+@pytest.fixture(scope="module")
+def catalog_store(tmp_path_factory) -> str:
+    url = str(tmp_path_factory.mktemp("catalog") / "store")
+    build_catalog_store(url)
+    return url
+
+
+def test_the_doc_has_ten_queries():
+    titles = [t for t, _ in doc_queries()]
+    assert len(titles) == 10, titles
+
+
+def test_every_query_runs_and_returns_rows(catalog_store):
+    con = connect(catalog_store)
+    for title, sql in doc_queries():
+        table = query(con, sql)
+        assert table.num_rows > 0, title
+
+
+def test_answers_make_sense(catalog_store):
+    con = connect(catalog_store)
+    queries = dict(doc_queries())
+    best = {r["language_model"]: r["best_vision_model"] for r in query(con, queries["1. Best vision model for each language model"]).to_pylist()}
+    assert best == {"lm-large": "vit-large", "lm-small": "vit-large"}
+    growth = query(con, queries["2. How alignment grows with parameter count"]).to_pylist()
+    assert all(r["corr_log_params"] > 0.99 for r in growth)
+    captions = query(con, queries["10. Samples with captions"]).to_pylist()
+    assert {r["caption"] for r in captions} == {"grinning cat", "cat with tears of joy", "cat face"}
+    assert [r["captions_of_image"] for r in captions if r["caption"] == "cat face"] == [2]
+
+
+def test_exported_file_gives_the_same_answers(catalog_store, tmp_path):
+    path = tmp_path / "catalog.duckdb"
+    summary = export_catalog(catalog_store, path)
+    assert summary.files == 1 + (4 + 5 + 3 + 4) + 2 * 4  # samples, layer files, scores + best
+    con = connect(catalog_store)
+    exported = open_catalog(path)
+    for title, sql in doc_queries():
+        assert query(exported, sql).equals(query(con, sql)), title
+
+
+def markdown_table(table: pa.Table, max_rows: int = 12, width: int = 48) -> str:
+    """A result as a Markdown table (long cells and lists shortened)."""
+
+    def cell(value: object) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            text = f"{value:.6g}"
+        elif isinstance(value, list):
+            text = "[" + ", ".join(cell(v) for v in value[:8]) + (", ..." if len(value) > 8 else "") + "]"
+        else:
+            text = str(value)
+        text = text.replace("|", "\\|").replace("\n", " ")
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    rows = table.to_pylist()
+    lines = ["| " + " | ".join(table.column_names) + " |", "|" + "---|" * table.num_columns]
+    lines += ["| " + " | ".join(cell(v) for v in row.values()) + " |" for row in rows[:max_rows]]
+    if len(rows) > max_rows:
+        lines.append(f"\n({len(rows)} rows, {max_rows} shown)")
+    return "\n".join(lines) + "\n"
+
+
+def refresh(store_url: str) -> None:
+    """Rewrite the output under every query of docs/queries.md from ``store_url``."""
+    con = connect(store_url)
+    text = DOC.read_text()
+    queries = iter(doc_queries())
+
+    def replace(match: re.Match) -> str:
+        _, sql = next(queries)
+        return match.group(1) + markdown_table(query(con, sql)) + "\n"
+
+    DOC.write_text(_OUTPUT.sub(replace, text))
+
+
+if __name__ == "__main__":
+    refresh(sys.argv[1])

@@ -1,0 +1,60 @@
+"""Nearest-neighbour examples against a brute-force reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tasks.report.neighbours import nearest, normalise, select_examples
+from tests.tasks.report.synthetic import clustered_features
+
+
+def _brute(x: np.ndarray, k: int) -> list[list[int]]:
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = x @ x.T
+    return [sorted((j for j in range(len(x)) if j != i), key=lambda j: (-sims[i, j], j))[:k] for i in range(len(x))]
+
+
+@pytest.mark.parametrize("k,block", [(1, 7), (4, 256), (29, 3)])
+def test_nearest_matches_brute_force_and_excludes_self(k, block):
+    x = normalise(np.random.default_rng(k).normal(size=(30, 6)))
+    idx, sims = nearest(x, np.arange(30), k, block=block)
+    assert idx.tolist() == _brute(x, k)
+    assert np.allclose(sims, np.take_along_axis(x @ x.T, idx, axis=1), atol=1e-6)
+    assert all(i not in row for i, row in enumerate(idx.tolist()))
+
+
+def test_nearest_rejects_bad_k():
+    with pytest.raises(ValueError, match="k=5"):
+        nearest(normalise(np.ones((5, 2))), np.arange(5), 5)
+
+
+def test_examples_show_agreement_and_disagreement():
+    n = 30
+    xa = clustered_features(n, seed=0)
+    xb = clustered_features(n, seed=1)
+    xb[:10] = np.random.default_rng(2).normal(size=(10, xb.shape[1]))  # B scrambles the first 10 samples
+    ids = [f"s{i:02d}" for i in range(n)]
+    ex = select_examples(ids, xa, xb, ("A", "B", "la", "lb"), k=4, n_examples=4)
+    assert (ex.model_a, ex.model_b, ex.layer_a, ex.layer_b, ex.k, ex.n_samples, ex.n_queries) == ("A", "B", "la", "lb", 4, n, n)
+    overlaps = [e.overlap for e in ex.examples]
+    assert len(ex.examples) == 4 and overlaps[0] == max(overlaps) and overlaps[-1] == min(overlaps) and overlaps[0] > overlaps[-1]
+    brute_a, brute_b = _brute(xa, 4), _brute(xb, 4)
+    for e in ex.examples:
+        q = ids.index(e.sample_id)
+        assert [ids.index(nb.sample_id) for nb in e.neighbours_a] == brute_a[q]
+        assert [ids.index(nb.sample_id) for nb in e.neighbours_b] == brute_b[q]
+        shared = set(brute_a[q]) & set(brute_b[q])
+        assert {ids.index(nb.sample_id) for nb in e.neighbours_a if nb.shared} == shared
+        assert {ids.index(nb.sample_id) for nb in e.neighbours_b if nb.shared} == shared
+    mean = np.mean([len(set(a) & set(b)) / 4 for a, b in zip(brute_a, brute_b)])
+    assert ex.mean_overlap == pytest.approx(mean)
+    assert set(ex.sample_ids()) >= {e.sample_id for e in ex.examples}
+
+
+def test_many_samples_evaluate_a_seeded_subset_of_queries():
+    x = clustered_features(300, seed=3)
+    ids = [str(i) for i in range(300)]
+    first = select_examples(ids, x, x[::-1].copy(), ("A", "B", "a", "b"), k=3, max_queries=50, seed=7)
+    again = select_examples(ids, x, x[::-1].copy(), ("A", "B", "a", "b"), k=3, max_queries=50, seed=7)
+    assert first.n_queries == 50 and first == again

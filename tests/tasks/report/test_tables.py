@@ -1,0 +1,54 @@
+"""Pivots and helpers over catalog rows."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tasks.report.tables import chance_ratio, ci_columns, common_chance, layer_matrix, metrics_of, model_grid
+from tests.tasks.report.synthetic import LANGUAGE, LAYERS, N, TOPK, VISION, best_rows, score_of, score_rows
+
+
+def test_model_grid_puts_vision_in_rows_and_language_in_columns():
+    best = best_rows()
+    grid = model_grid(best, "cka")
+    assert grid.rows == sorted(VISION) and grid.columns == sorted(LANGUAGE)
+    assert (grid.row_kind, grid.column_kind) == ("vision", "language")
+    for i, a in enumerate(grid.rows):
+        for j, b in enumerate(grid.columns):
+            assert grid.values[i, j] == score_of("cka", VISION.index(a), LANGUAGE.index(b))
+            assert grid.cells[i][j]["model_a"] == a and grid.cells[i][j]["model_b"] == b
+
+
+def test_missing_pairs_and_values_are_nan():
+    best = [r for r in best_rows(calibrated=False) if not (r["model_a"] == "vit-s" and r["model_b"] == "lm-a")]
+    grid = model_grid(best, "mutual_knn", "calibrated_score")
+    assert np.isnan(grid.values).all()
+    raw = model_grid(best, "mutual_knn")
+    assert np.isnan(raw.values[grid.rows.index("vit-s"), grid.columns.index("lm-a")])
+    assert np.isfinite(raw.values).sum() == len(VISION) * len(LANGUAGE) - 1
+
+
+def test_chance_ratio_prefers_the_analytical_level_then_the_null():
+    knn, cka = (next(r for r in best_rows() if r["metric"] == m) for m in ("mutual_knn", "cka"))
+    ratio, basis = chance_ratio(knn)
+    assert basis == "chance" and math.isclose(ratio, knn["score"] / (TOPK / (N - 1)))
+    ratio, basis = chance_ratio(cka)
+    assert basis == "null" and math.isclose(ratio, cka["score"] / 0.02)
+    assert chance_ratio({**cka, "null_mean": None}) is None
+    assert common_chance(best_rows(), "mutual_knn") == round(TOPK / (N - 1), 12) and common_chance(best_rows(), "cka") is None
+
+
+def test_metric_order_and_ci_columns():
+    assert metrics_of([{"metric": m} for m in ("zeta", "cka", "mutual_knn")]) == ["mutual_knn", "cka", "zeta"]
+    assert ci_columns(["score", "ci_low", "ci_high"]) == ("ci_low", "ci_high")
+    assert ci_columns(["score"]) is None
+
+
+def test_layer_matrix_has_every_layer_pair_with_names():
+    names_a, names_b, matrix = layer_matrix(score_rows(), "cka", "vit-b", "lm-b")
+    assert matrix.shape == (LAYERS["vit-b"], LAYERS["lm-b"])
+    assert names_a == [f"block.{i}" for i in range(LAYERS["vit-b"])] and names_b[0] == "layer.0"
+    assert matrix[-1, -1] == score_of("cka", 1, 1) and np.unravel_index(matrix.argmax(), matrix.shape) == (3, 2)
+    assert layer_matrix(score_rows(), "cka", "nope", "lm-b")[2].size == 0
