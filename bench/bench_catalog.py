@@ -29,7 +29,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from storage import layout  # noqa: E402
 from storage.features import layer_table  # noqa: E402
+from storage.loopback_s3 import start_moto_server, stop_server  # noqa: E402
 from storage.store import Store  # noqa: E402
 
 
@@ -155,29 +155,11 @@ def _warm(folder: Path) -> None:
                 pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def s3_server() -> tuple[subprocess.Popen, dict[str, str]]:
     """A moto S3 server on a free loopback port and the environment that points at it."""
-    port = _free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.2)
+    proc, endpoint = start_moto_server()
     env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+           "AWS_ENDPOINT_URL": endpoint}
     return proc, env
 
 
@@ -225,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                             **compare(url, manifests, args.repeats, env)}
             print(describe("s3 (moto, loopback)", args.s3_n, args.s3_layers, args.dim, report["s3"]), flush=True)
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            stop_server(proc)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)

@@ -146,19 +146,29 @@ class Store:
         path = self.path(key)
         parent = path.rsplit("/", 1)[0]
         if self.is_local:
-            self.fs.makedirs(parent, exist_ok=True)
-            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
+            tmp = self._durable_temp(parent, data)
             try:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
                 os.replace(tmp, path)
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         else:
             self.fs.pipe_file(path, data)
+
+    def _durable_temp(self, parent: str, data: bytes) -> str:
+        """Local disks: ``data`` written and fsynced to a fresh temporary file in ``parent``."""
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:  # disk full, interrupted: leave nothing behind
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return tmp
 
     def write_json(self, key: str, obj: Any) -> None:
         self.write_bytes(key, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
@@ -178,13 +188,8 @@ class Store:
             self.fs.invalidate_cache(path)
             return True
         parent = path.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+        tmp = self._durable_temp(parent, data)
         try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
             try:
                 os.link(tmp, path)
             except FileExistsError:

@@ -1,0 +1,51 @@
+"""A real S3 endpoint on loopback for tests, benchmarks and local trials: moto's server mode.
+
+``moto_server`` speaks the S3 HTTP protocol, so s3fs, boto3 and DuckDB (through s3fs) talk to it
+exactly as to a remote bucket. Nothing leaves the machine: it listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto_server(timeout_s: float = 60) -> tuple[subprocess.Popen, str]:
+    """Start ``moto_server`` (from this interpreter's environment) on a free loopback port.
+
+    Returns the process and its endpoint URL once it accepts connections; raises RuntimeError if
+    it does not within ``timeout_s``. Stop it with :func:`stop_server`.
+    """
+    port = free_port()
+    moto = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.2)
+
+
+def stop_server(proc: subprocess.Popen, timeout_s: float = 10) -> None:
+    """Terminate a server started here, killing it if it does not exit in time."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
