@@ -32,6 +32,7 @@ def alignment_version(manifest_a: dict[str, Any], manifest_b: dict[str, Any], pa
             "metrics": [[r.name, r.params] for r in metric_requests(params)],
             "outlier_quantile": params.outlier_quantile,
             "permutations": params.permutations,
+            "bootstrap": params.bootstrap,
             "seed": params.seed,
             "code_version": code_version(*ALIGNMENT_CODE),
         }
@@ -67,8 +68,10 @@ def result_tables(
                      "layer_a": i, "layer_b": j, "layer_name_a": a["layer_names"][i], "layer_name_b": b["layer_names"][j],
                      "score": r.best, "chance_level": r.chance_level, "null_mean": r.null_mean, "null_std": r.null_std,
                      "tau": r.tau, "p_value": r.p_value, "calibrated_score": r.calibrated, "permutations": r.permutations,
+                     "ci_low": r.ci_low, "ci_high": r.ci_high, "bootstrap": r.bootstrap,
                      "n_samples": n_samples})
-    schema_types = {"layer_a": pa.int32(), "layer_b": pa.int32(), "n_samples": pa.int32(), "permutations": pa.int32()}
+    schema_types = {"layer_a": pa.int32(), "layer_b": pa.int32(), "n_samples": pa.int32(), "permutations": pa.int32(),
+                    "bootstrap": pa.int32(), "ci_low": pa.float64(), "ci_high": pa.float64()}
     return _table(scores, schema_types), _table(best, schema_types)
 
 
@@ -106,7 +109,8 @@ def align_pair(
         raise ValueError(f"{model_a} x {model_b}: {len(pair.sample_ids)} common samples; topk={params.topk} needs at least {min_n}")
     xs = prepare_layers(pair.xs, q=params.outlier_quantile)
     ys = prepare_layers(pair.ys, q=params.outlier_quantile)
-    results = align_layers(xs, ys, metric_requests(params), permutations=params.permutations, seed=params.seed)
+    results = align_layers(xs, ys, metric_requests(params), permutations=params.permutations, seed=params.seed,
+                           bootstrap=params.bootstrap)
     version = key.rsplit("/", 1)[1]
     scores, best = result_tables(results, manifest_a, manifest_b, version, len(pair.sample_ids))
     seconds = time.perf_counter() - started

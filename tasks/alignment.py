@@ -48,6 +48,9 @@ class PairAlignment:
     p_value: float | None = None
     calibrated: float | None = None
     permutations: int = 0
+    ci_low: float | None = None
+    ci_high: float | None = None
+    bootstrap: int = 0
 
 
 def prepare_layers(layers: Sequence[np.ndarray], q: float = 0.95) -> list[np.ndarray]:
@@ -61,12 +64,16 @@ def align_layers(
     requests: Sequence[MetricRequest],
     permutations: int = 0,
     seed: int = 0,
+    bootstrap: int = 0,
 ) -> list[PairAlignment]:
     """Score every layer pair of two prepared feature stacks with every requested metric.
 
     ``xs``: model A's layers, each ``(N, D_a,l) float32``; ``ys``: model B's, ``(N, D_b,l)``;
     rows paired. With ``permutations > 0`` each metric's max-over-layer-pairs statistic is
     calibrated against a row-permutation null of ``ys`` (one permutation for all its layers).
+    With ``bootstrap > 0`` metrics that are means of per-sample terms (the k-NN metrics) get a
+    95% percentile bootstrap interval of the max; kernel metrics get none, because resampling
+    rows with replacement biases them upward (duplicated rows become each other's neighbours).
     """
     n = int(xs[0].shape[0])
     # One cache per model: each layer's Gram matrix and neighbour lists are computed once and
@@ -87,6 +94,9 @@ def align_layers(
             matrix = np.asarray(metrics.layer_matrix(request.name, rep_x, rep_y, **request.params), dtype=np.float64)
             best, (i, j) = metrics.aggregate(matrix, "max")
             result = PairAlignment(request, matrix, float(best), (int(i), int(j)), chance)
+        if bootstrap > 0 and metrics.resamples_per_sample(request.name):
+            ci = metrics.bootstrap_ci(request.name, rep_x, rep_y, n_boot=bootstrap, level=0.95, seed=seed, aggregate="max", **request.params)
+            result.ci_low, result.ci_high, result.bootstrap = float(ci.low), float(ci.high), bootstrap
         results.append(result)
     return results
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .api import encode_pair
+from .engine import Engine
 from .registry import MetricSpec, get_metric
 from .representation import Representation
 from .stats import aggregate as aggregate_matrix
@@ -41,6 +42,12 @@ class BootstrapResult:
     n_boot: int
     method: str
     argmax: tuple[int, int]
+
+
+def resamples_per_sample(metric: str | MetricSpec) -> bool:
+    """Whether ``metric``'s score is a mean of per-sample terms, so that its bootstrap keeps the
+    neighbour lists fixed and only reweights samples (cheap and free of duplicate-row bias)."""
+    return type(get_metric(metric).engine).per_sample is not Engine.per_sample
 
 
 def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,

@@ -30,7 +30,7 @@ def _config(models, permutations=9):
     return PipelineConfig.model_validate({
         "dataset": {"kind": "openmoji", "n": N, "seed": 0, "image_size": 32},
         "models": models,
-        "alignment": {"metrics": ["mutual_knn", "cka", "cknna"], "topk": TOPK, "permutations": permutations},
+        "alignment": {"metrics": ["mutual_knn", "cka", "cknna"], "topk": TOPK, "permutations": permutations, "bootstrap": 20},
     })
 
 
@@ -107,6 +107,11 @@ def test_pipeline_end_to_end(store_url):
     assert best["chance_level"] == pytest.approx(TOPK / (N - 1))
     assert 1 / 10 <= best["p_value"] <= 1 and best["permutations"] == 9
     assert 0 <= best["calibrated_score"] <= 1
+    # A bootstrap interval for the k-NN metric (per-sample resampling), none for the kernel metrics.
+    assert best["bootstrap"] == 20 and best["ci_low"] < best["ci_high"]
+    assert best["ci_low"] - 0.05 <= best["score"] <= best["ci_high"] + 0.05
+    cka_best = query(con, "select ci_low, bootstrap from alignment_best where metric = 'cka'").to_pylist()[0]
+    assert cka_best == {"ci_low": None, "bootstrap": 0}
 
     # The run published a Prefect table artifact with the best scores, read back from the API.
     from prefect.client.orchestration import get_client
