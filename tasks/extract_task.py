@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow.compute as pc
@@ -53,7 +53,20 @@ GPU_TAG = "prh-gpu"
       retry_delay_seconds=backoff(10, 2, factor=3), retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
 def extract_features(store_url: str, dataset_manifest: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
     """Extract (or reuse) ``spec``'s features for the dataset; returns the feature manifest."""
-    return extract_to_store(store_url, dataset_manifest, spec, get_run_logger())
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    artifact_id = None
+
+    def report(done: int, total: int) -> None:
+        # A progress artifact per model, visible in the UI while a long extraction runs.
+        nonlocal artifact_id
+        percent = 100.0 * done / max(total, 1)
+        if artifact_id is None:
+            artifact_id = create_progress_artifact(percent, description=f"extracting {spec.name}: {done}/{total} items")
+        else:
+            update_progress_artifact(artifact_id, percent, description=f"extracting {spec.name}: {done}/{total} items")
+
+    return extract_to_store(store_url, dataset_manifest, spec, get_run_logger(), on_progress=report)
 
 
 def extract_to_store(
@@ -62,13 +75,14 @@ def extract_to_store(
     spec: ModelSpec,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Extract ``spec``'s features shard by shard, resuming from stored shards, then publish.
 
     Vision models run once per distinct image (rows of captions of the same image share it);
     language models once per caption. Each shard of ``shard_size`` items is stored atomically
     as soon as it is done, so a run killed mid-model continues from the last complete shard.
-    Progress is logged per batch.
+    Progress is logged per batch (at most every 5 s) and passed to ``on_progress(done, total)``.
     """
     logger = logger or logging.getLogger("prh.extract")
     store = Store(store_url)
@@ -96,7 +110,7 @@ def extract_to_store(
         expand = None
 
     started = time.perf_counter()
-    extracted = _extract_shards(store, key, spec, items, shard_size, logger, started)
+    extracted = _extract_shards(store, key, spec, items, shard_size, logger, started, on_progress)
     layers = [np.concatenate(parts) for parts in zip(*extracted.shards)]
     if expand is not None:
         layers = [x[expand] for x in layers]
@@ -142,7 +156,7 @@ class _Extraction:
 
 
 def _extract_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], shard_size: int,
-                    logger: Any, started: float) -> _Extraction:
+                    logger: Any, started: float, on_progress: Callable[[int, int], None] | None = None) -> _Extraction:
     """Every shard's layers, read back when stored, else computed (loading the model once)."""
     from tasks.extract.extractor import extract_all, load_extractor
 
@@ -176,6 +190,8 @@ def _extract_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
             if overall == total or now - last[0] > 5 or done <= spec.batch_size:
                 last[0] = now
                 logger.info("%s: batch %d/%d (%d/%d items, %.1fs)", spec.name, -(-overall // spec.batch_size), n_batches, overall, total, now - started)
+                if on_progress is not None:
+                    on_progress(overall, total)
 
         features = extract_all(extractor, items[lo:hi], progress=progress)
         loss = {k: features.extras[k] for k in ("nll_nats", "text_bytes", "bpb_truncated_texts") if k in features.extras}

@@ -119,6 +119,8 @@ def test_pipeline_end_to_end(store_url):
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["prh-best-scores"])))
+        progress = [a for a in client.read_artifacts() if a.type == "progress" and str(a.flow_run_id) == first["run_id"]]
+    assert len(progress) == 2 and all(float(a.data) == 100.0 for a in progress)  # one per extracted model, finished
     table = [a for a in artifacts if str(a.flow_run_id) == first["run_id"]][0]
     rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
     assert {(r["metric"], round(r["score"], 4)) for r in rows} == {(r["metric"], round(r["score"], 4)) for r in first["best"]}
