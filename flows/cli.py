@@ -88,6 +88,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     """The closing table: best layer pair per metric for every model pair, with chance levels.
 
     ``chance`` is the analytical chance level where one exists (mutual k-NN: k/(N-1));
+    ``95% CI`` a bootstrap interval of the best score (k-NN metrics, when requested);
     ``null`` is the mean of the permutation null of the max over layer pairs (what unrelated
     data scores after the same max), ``calib.`` the calibrated score and ``p`` its p-value.
     """
@@ -95,13 +96,15 @@ def print_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"Best layer pair per metric (dataset {summary['dataset_version']}, N={_n(summary)})")
-    for column in ("vision", "language", "metric", "score", "layer A", "layer B", "chance", "null", "calib.", "p"):
+    for column in ("vision", "language", "metric", "score", "95% CI", "layer A", "layer B", "chance", "null", "calib.", "p"):
         table.add_column(column, justify="left" if column in ("vision", "language", "metric", "layer A", "layer B") else "right", no_wrap=True)
     rows = sorted(summary["best"], key=lambda r: (r["metric"], r["model_b"], -r["score"]))
     for index, row in enumerate(rows):
         chance, null = row.get("chance_level"), row.get("null_mean")
         table.add_row(
-            row["model_a"], row["model_b"], row["metric"], f"{row['score']:.4f}", row["layer_name_a"], row["layer_name_b"],
+            row["model_a"], row["model_b"], row["metric"], f"{row['score']:.4f}",
+            "-" if row.get("ci_low") is None else f"{row['ci_low']:.3f}-{row['ci_high']:.3f}",
+            row["layer_name_a"], row["layer_name_b"],
             "-" if chance is None else f"{chance:.4f}",
             "-" if null is None else f"{null:.4f}",
             "-" if row.get("calibrated_score") is None else f"{row['calibrated_score']:.3f}",
