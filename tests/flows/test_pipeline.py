@@ -130,7 +130,28 @@ def test_pipeline_end_to_end(store_url):
     assert second["extracted"] == [] and second["reused"] == ["tiny-bert", "tiny-vit"] and second["aligned"] == 0
     third = prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT]), store=store_url)
     assert third["extracted"] == ["tiny-gpt"] and third["aligned"] == 1
+    _assert_no_secrets(store, third)
     runs = query(connect(store), "select status, count(*) n from runs group by status").to_pylist()
     assert runs == [{"status": "COMPLETED", "n": 3}]
     gpt = query(connect(store), "select bits_per_byte, param_count from models where model = 'tiny-gpt'").to_pylist()[0]
     assert gpt["bits_per_byte"] > 0 and gpt["param_count"] > 0
+
+
+def _assert_no_secrets(store: Store, summary: dict) -> None:
+    """No credential from the environment appears in any stored file, run summary or artifact."""
+    import os
+
+    from prefect.client.orchestration import get_client
+
+    secrets = [os.environ[k].encode() for k in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID") if os.environ.get(k)]
+    if not secrets:
+        return  # the local-folder variant runs without credentials
+    files = store.fs.find(store.root)
+    assert files
+    for path in files:
+        data = store.fs.cat_file(path)
+        assert not any(secret in data for secret in secrets), f"a credential leaked into {path}"
+    assert not any(secret.decode() in repr(summary) for secret in secrets)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts()
+    assert not any(secret.decode() in repr(a.data) + repr(a.description) for a in artifacts for secret in secrets)

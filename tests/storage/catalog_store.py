@@ -86,8 +86,11 @@ def _alignment_rows(a: str, b: str, version: str, n: int) -> tuple[pa.Table, pa.
         tau = null_mean + 0.02
         calibrated = max(0.0, (grid.max() - tau) / (1 - tau))
         best.append([version, DATASET, metric, json.dumps(params), a, b, ma, mb, int(i), int(j), f"layer.{i:02d}",
-                     f"layer.{j:02d}", float(grid.max()), chance, null_mean, 0.01, tau, 1 / 21, calibrated, 20, n])
-    int_columns = {"layer_a", "layer_b", "n_samples", "permutations"}
+                     f"layer.{j:02d}", float(grid.max()), chance, null_mean, 0.01, tau, 1 / 21, calibrated, 20,
+                     float(grid.max()) - 0.02 if metric == "mutual_knn" else None,
+                     float(grid.max()) + 0.02 if metric == "mutual_knn" else None,
+                     50 if metric == "mutual_knn" else 0, n])
+    int_columns = {"layer_a", "layer_b", "n_samples", "permutations", "bootstrap"}
 
     def table(view: str, rows: list[list]) -> pa.Table:
         names = _schema(view)
