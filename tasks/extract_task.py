@@ -155,10 +155,18 @@ class _Extraction:
     resumed: int
 
 
+def _load_with_timeout(spec: ModelSpec) -> Any:
+    """Load the model, giving up after ``PRH_MODEL_LOAD_TIMEOUT`` seconds."""
+    from tasks.extract.extractor import load_extractor
+
+    with timeout(seconds=model_load_timeout(), timeout_exc_type=ModelLoadTimeout):
+        return load_extractor(spec)
+
+
 def _extract_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], shard_size: int,
                     logger: Any, started: float, on_progress: Callable[[int, int], None] | None = None) -> _Extraction:
     """Every shard's layers, read back when stored, else computed (loading the model once)."""
-    from tasks.extract.extractor import extract_all, load_extractor
+    from tasks.extract.extractor import extract_all
 
     total = len(items)
     bounds = [(lo, min(lo + shard_size, total)) for lo in range(0, total, shard_size)]
@@ -169,40 +177,35 @@ def _extract_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
         widths = list(extractor.layer_dims) if extractor is not None else None
         stored = read_shard(store, key, index, hi - lo, widths)
         if stored is not None:
-            layers, extras = stored
-            shards.append(layers)
-            nll += extras.get("nll_nats", 0.0)
-            n_bytes += extras.get("text_bytes", 0)
-            truncated += extras.get("bpb_truncated_texts", 0)
+            layers, loss = stored
             resumed += 1
             logger.info("%s: shard %d/%d already stored (items %d-%d), resuming after it", spec.name, index + 1, len(bounds), lo, hi)
-            continue
-        if extractor is None:
-            logger.info("%s: loading %s (%s, %s)", spec.name, spec.id, spec.loader, spec.modality)
-            with timeout(seconds=model_load_timeout(), timeout_exc_type=ModelLoadTimeout):
-                extractor = load_extractor(spec)
-        n_batches = -(-total // spec.batch_size)
-        last = [0.0]
+        else:
+            if extractor is None:
+                logger.info("%s: loading %s (%s, %s)", spec.name, spec.id, spec.loader, spec.modality)
+                extractor = _load_with_timeout(spec)
+            n_batches = -(-total // spec.batch_size)
+            last = [0.0]
 
-        def progress(done: int, _n: int, lo: int = lo) -> None:
-            now = time.perf_counter()
-            overall = lo + done
-            if overall == total or now - last[0] > 5 or done <= spec.batch_size:
-                last[0] = now
-                logger.info("%s: batch %d/%d (%d/%d items, %.1fs)", spec.name, -(-overall // spec.batch_size), n_batches, overall, total, now - started)
-                if on_progress is not None:
-                    on_progress(overall, total)
+            def progress(done: int, _n: int, lo: int = lo) -> None:
+                now = time.perf_counter()
+                overall = lo + done
+                if overall == total or now - last[0] > 5 or done <= spec.batch_size:
+                    last[0] = now
+                    logger.info("%s: batch %d/%d (%d/%d items, %.1fs)", spec.name, -(-overall // spec.batch_size), n_batches, overall, total, now - started)
+                    if on_progress is not None:
+                        on_progress(overall, total)
 
-        features = extract_all(extractor, items[lo:hi], progress=progress)
-        loss = {k: features.extras[k] for k in ("nll_nats", "text_bytes", "bpb_truncated_texts") if k in features.extras}
-        write_shard(store, key, index, features.layers, loss)
-        shards.append(features.layers)
+            features = extract_all(extractor, items[lo:hi], progress=progress)
+            layers = features.layers
+            loss = {k: features.extras[k] for k in ("nll_nats", "text_bytes", "bpb_truncated_texts") if k in features.extras}
+            write_shard(store, key, index, layers, loss)
+        shards.append(layers)
         nll += loss.get("nll_nats", 0.0)
         n_bytes += loss.get("text_bytes", 0)
         truncated += loss.get("bpb_truncated_texts", 0)
     if extractor is None:  # every shard was stored: names and counts still come from the model
-        with timeout(seconds=model_load_timeout(), timeout_exc_type=ModelLoadTimeout):
-            extractor = load_extractor(spec)
+        extractor = _load_with_timeout(spec)
     extras: dict[str, Any] = {}
     bpb = None
     if extractor.is_causal_lm and n_bytes:
