@@ -29,7 +29,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from storage import layout  # noqa: E402
 from storage.features import layer_table  # noqa: E402
-from storage.loopback_s3 import start_moto_server, stop_server  # noqa: E402
+from storage.loopback_s3 import loopback_s3  # noqa: E402
 from storage.store import Store  # noqa: E402
 
 
@@ -155,14 +154,6 @@ def _warm(folder: Path) -> None:
                 pass
 
 
-def s3_server() -> tuple[subprocess.Popen, dict[str, str]]:
-    """A moto S3 server on a free loopback port and the environment that points at it."""
-    proc, endpoint = start_moto_server()
-    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": endpoint}
-    return proc, env
-
-
 def describe(label: str, n: int, layers: int, dim: int, result: dict[str, Any]) -> str:
     a, d = result["arrow"], result["duckdb"]
     return (f"{label}: N={n}, {layers} layers x {dim} per model, arrays {d['arrays_gb']:.2f} GB | "
@@ -194,10 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                            **compare(url, manifests, args.repeats, {})}
         print(describe("local", args.n, args.layers, args.dim, report["local"]), flush=True)
     if args.s3_n:
-        proc, env = s3_server()
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+        with loopback_s3("bench", "bench") as env:
             import s3fs
 
             s3fs.S3FileSystem(endpoint_url=env["AWS_ENDPOINT_URL"]).mkdir("prh-bench")
@@ -206,13 +194,6 @@ def main(argv: list[str] | None = None) -> int:
             report["s3"] = {"n": args.s3_n, "layers": args.s3_layers, "dim": args.dim,
                             **compare(url, manifests, args.repeats, env)}
             print(describe("s3 (moto, loopback)", args.s3_n, args.s3_layers, args.dim, report["s3"]), flush=True)
-        finally:
-            stop_server(proc)
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0

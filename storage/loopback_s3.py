@@ -6,11 +6,14 @@ exactly as to a remote bucket. Nothing leaves the machine: it listens on 127.0.0
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def free_port() -> int:
@@ -49,3 +52,26 @@ def stop_server(proc: subprocess.Popen, timeout_s: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@contextmanager
+def loopback_s3(access_key: str = "prh-local", secret_key: str = "prh-local-secret") -> Iterator[dict[str, str]]:
+    """A moto S3 server with the standard AWS variables pointing at it, for the ``with`` block.
+
+    Yields the variables it set (``AWS_ENDPOINT_URL`` holds the endpoint); on exit the server is
+    stopped and the previous values of the variables are restored.
+    """
+    proc, endpoint = start_moto_server()
+    env = {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
+           "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        stop_server(proc)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.loopback_s3 import start_moto_server, stop_server
+from storage.loopback_s3 import loopback_s3
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect-test"))
@@ -23,23 +23,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A moto S3 server on 127.0.0.1 (a real HTTP endpoint), with AWS env vars pointing at it."""
-    proc, endpoint = start_moto_server()
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="prh-test-key-id",
-        AWS_SECRET_ACCESS_KEY="prh-test-secret-do-not-log",
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_DEFAULT_REGION="us-east-1",
-    )
-    try:
-        yield endpoint
-    finally:
-        stop_server(proc)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with loopback_s3("prh-test-key-id", "prh-test-secret-do-not-log") as env:
+        yield env["AWS_ENDPOINT_URL"]
 
 
 @pytest.fixture
