@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from flows.cli import configure_environment
 from storage.loopback_s3 import loopback_s3
 
 ROOT = Path(__file__).resolve().parent.parent
+# Tests keep their own Prefect home and never reach a model hub; the rest is the CLI's set-up.
 os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect-test"))
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+configure_environment()
 
 
 @pytest.fixture(scope="session")
