@@ -16,6 +16,8 @@ from prefect.runtime import flow_run
 
 from flows.runners import make_task_runner, preload_libraries, runs_in_parallel
 from storage import layout
+from storage.owner import current_owner
+from storage.runs import COMPLETED, FAILED, RUNNING, open_for_run
 from storage.store import DEFAULT_STORE, Store, utc_now
 from storage.versioning import code_version
 from tasks.align_task import align_pair
@@ -51,11 +53,13 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     """
     target = Store(store)
     store_url = target.url
+    log_recovery(*open_for_run(target))
     run_id = str(flow_run.get_id() or "local")
     record: dict[str, Any] = {
         "run_id": run_id,
         "flow_run_id": run_id,
-        "status": "RUNNING",
+        "status": RUNNING,
+        "process": current_owner(),
         "started_at": utc_now(),
         "store": target.display_url,
         "config": config.model_dump(mode="json"),
@@ -63,11 +67,11 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     }
     target.write_json(layout.run_key(run_id), record)
     try:
-        dataset = load_dataset(config.dataset, store_url)
+        dataset = load_dataset(config.dataset, store_url, alignment=config.alignment)
         features, alignments = run_zoo(config, store_url, dataset)
         best = [row for manifest in alignments for row in target.read_table(f"{manifest['key']}/{layout.BEST_FILE}").to_pylist()]
         record.update(
-            status="COMPLETED",
+            status=COMPLETED,
             dataset_version=dataset["catalog"]["dataset_version"],
             feature_versions={name: m["catalog"]["feature_version"] for name, m in features.items()},
             alignment_versions=[m["key"] for m in alignments],
@@ -82,7 +86,7 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
             publish_report_artifact(store_url, record)
         return {**record, "best": best}
     except BaseException as error:
-        record.update(status="FAILED", error="".join(traceback.format_exception_only(type(error), error)).strip())
+        record.update(status=FAILED, error="".join(traceback.format_exception_only(type(error), error)).strip())
         raise
     finally:
         record["finished_at"] = utc_now()
@@ -110,6 +114,15 @@ def run_zoo(config: PipelineConfig, store_url: str, dataset: dict[str, Any]) -> 
     ]
     features = {name: future.result() for name, future in extracting.items()}
     return features, [future.result() for future in aligning]
+
+
+def log_recovery(crashed: list[str], swept: list[str]) -> None:
+    """Log what the store's set-up (``storage.runs.open_for_run``) cleaned up after killed runs."""
+    logger = get_run_logger()
+    if crashed:
+        logger.warning("marked %d earlier run(s) CRASHED (their process died): %s", len(crashed), ", ".join(crashed))
+    if swept:
+        logger.warning("removed %d version(s) left unpublished by a dead writer: %s", len(swept), ", ".join(swept))
 
 
 def _publish_artifacts(best: list[dict[str, Any]], record: dict[str, Any]) -> None:

@@ -16,7 +16,9 @@ from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
 
+from flows.pipeline import log_recovery
 from flows.runners import make_task_runner, preload_libraries, runs_in_parallel
+from storage.runs import open_for_run
 from storage.store import DEFAULT_STORE, Store
 from tasks.dataset_task import load_dataset
 from tasks.extract_task import extract_features
@@ -32,8 +34,10 @@ def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str,
         store: Where results go: a folder, file://..., or s3://bucket/prefix.
     """
     logger = get_run_logger()
-    store_url = Store(store).url
-    dataset = load_dataset(config.dataset, store_url)
+    target = Store(store)
+    store_url = target.url
+    log_recovery(*open_for_run(target))
+    dataset = load_dataset(config.dataset, store_url, alignment=config.alignment)
     context = FlowRunContext.get()
     if context is not None and runs_in_parallel(context.task_runner):
         preload_libraries()

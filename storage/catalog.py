@@ -27,6 +27,7 @@ import duckdb
 import pyarrow as pa
 
 from storage import layout
+from storage.runs import run_records
 from storage.store import Store
 
 _FILE_VIEWS: dict[str, tuple[str, str]] = {
@@ -98,10 +99,7 @@ def catalog_sources(store: Store) -> CatalogSources:
         ]
         for view, (prefix, file_name) in _FILE_VIEWS.items()
     }
-    runs = []
-    if store.exists(layout.RUNS):
-        for path in sorted(store.fs.glob(store.path(layout.RUNS) + "/*.json")):
-            runs.append(json.loads(store.fs.cat_file(path)))
+    runs = run_records(store)
     tables = {
         "datasets": _meta_table("datasets", [m.get("catalog", {}) for _, m in manifests[layout.DATASETS]]),
         "models": _meta_table("models", [m.get("catalog", {}) for _, m in manifests[layout.FEATURES]]),

@@ -18,9 +18,11 @@ PUT on S3): one writes, the other waits for its manifest, so the store ends with
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.keys import safe_component
+from storage.owner import current_owner, owner_is_dead
 
 MANIFEST = "manifest.json"
 CLAIM = ".publishing"
@@ -57,6 +60,16 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
+#: Errors of a local disk that no retry fixes: no space, quota, read-only file system, no permission.
+_NOT_WRITABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+#: Free space a local store must have before a run starts (``PRH_MIN_FREE_MB`` overrides).
+DEFAULT_MIN_FREE_MB = 256
+
+
+class StoreNotWritable(PermissionError):
+    """The store refuses writes (read-only, no permission, disk full, quota): retries cannot help."""
+
+
 @dataclass(frozen=True)
 class Published:
     """Outcome of :meth:`Store.publish`: where the version lives and whether this call wrote it."""
@@ -78,13 +91,21 @@ class Store:
             url = Path(url).expanduser().resolve().as_uri()
         self.url = url.rstrip("/")
         options = dict(storage_options or {})
-        if self.url.startswith("s3://") and "endpoint_url" not in options:
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-            if endpoint:
-                options["endpoint_url"] = endpoint
+        is_s3 = self.url.startswith("s3://")
+        if is_s3:
+            # Retries and timeouts that ride out a flaky endpoint (see storage.s3_options).
+            from storage.s3_options import s3fs_retries, with_s3_defaults
+
+            options = with_s3_defaults(options)
+            if "endpoint_url" not in options:
+                endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+                if endpoint:
+                    options["endpoint_url"] = endpoint
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
         self.root = self.root.rstrip("/")
         self.is_local = "file" in _protocols(self.fs)
+        if is_s3 and (fs_retries := s3fs_retries()) is not None:
+            self.fs.retries = fs_retries  # s3fs's own loop around each call (a cached, shared instance)
 
     # ----------------------------------------------------------------- paths
     @property
@@ -141,12 +162,40 @@ class Store:
             yield version_key, json.loads(self.fs.cat_file(path))
 
     # ---------------------------------------------------------------- writes
+    def check_writable(self, min_free_mb: float | None = None) -> None:
+        """Fail fast, before any work, if the store cannot take writes.
+
+        Writes and removes a probe object under ``_probe/``; on a local disk also checks that at
+        least ``min_free_mb`` MiB are free (default ``PRH_MIN_FREE_MB`` or 256). Raises
+        :class:`StoreNotWritable` naming the store and the problem.
+        """
+        key = f"_probe/.probe-{uuid.uuid4().hex}"
+        try:
+            self.write_bytes(key, b"probe")
+            self.delete(key)
+        except OSError as error:
+            cause = error.__cause__ if isinstance(error, StoreNotWritable) and isinstance(error.__cause__, OSError) else error
+            raise StoreNotWritable(f"store {self.display_url} is not writable: {_describe(cause)}") from error
+        if self.is_local:
+            if min_free_mb is None:
+                min_free_mb = float(os.environ.get("PRH_MIN_FREE_MB", DEFAULT_MIN_FREE_MB))
+            free_mb = shutil.disk_usage(self.root).free / 2**20
+            if free_mb < min_free_mb:
+                raise StoreNotWritable(
+                    f"store {self.display_url} has {free_mb:.0f} MiB free, less than the {min_free_mb:.0f} MiB a run "
+                    "needs (free some space, or set PRH_MIN_FREE_MB to accept less)"
+                )
+
     def write_bytes(self, key: str, data: bytes) -> None:
-        """Write one file atomically: readers see the old state or the whole new file."""
+        """Write one file atomically: readers see the old state or the whole new file.
+
+        A local disk that refuses the write (full, read-only, no permission) raises
+        :class:`StoreNotWritable` naming the store and the key; nothing is left behind.
+        """
         path = self.path(key)
         parent = path.rsplit("/", 1)[0]
         if self.is_local:
-            tmp = self._durable_temp(parent, data)
+            tmp = self._durable_temp(parent, data, key)
             try:
                 os.replace(tmp, path)
             finally:
@@ -155,18 +204,24 @@ class Store:
         else:
             self.fs.pipe_file(path, data)
 
-    def _durable_temp(self, parent: str, data: bytes) -> str:
-        """Local disks: ``data`` written and fsynced to a fresh temporary file in ``parent``."""
-        self.fs.makedirs(parent, exist_ok=True)
+    def _durable_temp(self, parent: str, data: bytes, key: str) -> str:
+        """Local disks: ``data`` written and fsynced to a fresh temporary file in ``parent``.
+
+        A disk that refuses the write (full, read-only, no permission) raises
+        :class:`StoreNotWritable` naming the store and ``key``; nothing is left behind.
+        """
         tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
         try:
+            self.fs.makedirs(parent, exist_ok=True)
             with open(tmp, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-        except BaseException:  # disk full, interrupted: leave nothing behind
+        except BaseException as error:  # disk full, interrupted: leave nothing behind
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if isinstance(error, OSError) and error.errno in _NOT_WRITABLE_ERRNOS:
+                raise StoreNotWritable(f"cannot write {key} to store {self.display_url}: {_describe(error)}") from error
             raise
         return tmp
 
@@ -188,7 +243,7 @@ class Store:
             self.fs.invalidate_cache(path)
             return True
         parent = path.rsplit("/", 1)[0]
-        tmp = self._durable_temp(parent, data)
+        tmp = self._durable_temp(parent, data, key)
         try:
             try:
                 os.link(tmp, path)
@@ -224,8 +279,10 @@ class Store:
         ``<version_key>/.publishing`` exclusively. The one that gets it writes every file and
         the manifest, then drops the claim; the others wait for the manifest and return it
         (``written=False``). So the store ends with one complete copy, one writer's files and
-        its manifest, never a mix. A claim older than ``stale_after_s`` (its writer died) is
-        removed and the claim retried.
+        its manifest, never a mix. A claim whose writer is known to be dead (a process of this
+        host that exited, see ``storage.owner``) or older than ``stale_after_s`` (a writer on
+        another host that died) is removed and the claim retried; the dead writer's files, never
+        listed in a manifest, are overwritten by the next writer.
         """
         claim_key = f"{version_key}/{CLAIM}"
         delay = 0.02
@@ -233,8 +290,7 @@ class Store:
             existing = self._fresh_manifest(version_key)
             if existing is not None:
                 return Published(version_key, existing, written=False)
-            token = json.dumps({"owner": uuid.uuid4().hex, "claimed_at": time.time()}).encode()
-            if self.create_exclusive(claim_key, token):
+            if self.create_exclusive(claim_key, _claim_token()):
                 try:
                     existing = self._fresh_manifest(version_key)  # finished between our check and our claim
                     if existing is not None:
@@ -250,19 +306,58 @@ class Store:
         self.fs.invalidate_cache(self.path(version_key))
         return self.manifest(version_key)
 
-    def _drop_if_stale(self, claim_key: str, stale_after_s: float) -> None:
-        """Remove a claim whose writer has held it for more than ``stale_after_s`` seconds."""
+    def _drop_if_stale(self, claim_key: str, stale_after_s: float) -> bool:
+        """Remove a claim whose writer is dead or has held it for more than ``stale_after_s`` s;
+        True if this call removed it."""
         try:
             raw = self.read_bytes(claim_key)
-            claimed_at = float(json.loads(raw)["claimed_at"])
+            token = json.loads(raw)
+            claimed_at = float(token["claimed_at"])
         except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return
-        if time.time() - claimed_at > stale_after_s:
+            return False
+        if owner_is_dead(token.get("process")) or time.time() - claimed_at > stale_after_s:
             try:
                 if self.read_bytes(claim_key) == raw:  # still the same claim
                     self.delete(claim_key)
+                    return True
             except FileNotFoundError:
                 pass
+        return False
+
+    def sweep_abandoned(self, prefixes: tuple[str, ...] = ("datasets", "features", "alignment"),
+                        stale_after_s: float = STALE_CLAIM_SECONDS) -> list[str]:
+        """Remove the files of versions whose writer died before publishing them; returns their keys.
+
+        A writer killed mid-publish leaves its claim and some data files but no manifest, so
+        readers never see them; if the rerun computes the same version it simply overwrites
+        them, but after a code or config change nothing would. For every claim whose writer is
+        dead (or older than ``stale_after_s``) this takes the claim over through the same
+        exclusive protocol as :meth:`publish` (so no live writer can be working on it), removes
+        the version's files (never a published version's, and never the resumable shards
+        under ``_partial/``), then drops the claim.
+        """
+        swept = []
+        for prefix in prefixes:
+            base = self.path(prefix)
+            if not self.fs.exists(base):
+                continue
+            for path in sorted(self.fs.glob(f"{base}/**/{CLAIM}")):
+                version_key = path.split("://", 1)[-1][len(self.root) + 1 : -len(CLAIM) - 1]
+                claim_key = f"{version_key}/{CLAIM}"
+                if not self._drop_if_stale(claim_key, stale_after_s):
+                    continue
+                if not self.create_exclusive(claim_key, _claim_token()):
+                    continue  # a live writer claimed it in the meantime
+                try:
+                    if self._fresh_manifest(version_key) is None:
+                        for entry in self.fs.ls(self.path(version_key), detail=True):
+                            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+                            if entry.get("type") == "file" and name != CLAIM:
+                                self.delete(f"{version_key}/{name}")
+                        swept.append(version_key)
+                finally:
+                    self.delete(claim_key)
+        return swept
 
     def _write_version(
         self, version_key: str, files: dict[str, pa.Table | bytes], manifest: dict[str, Any], row_group_size: int | None
@@ -276,6 +371,17 @@ class Store:
         full = {**manifest, "key": version_key, "files": listing, "published_at": utc_now()}
         self.write_json(f"{version_key}/{MANIFEST}", full)
         return full
+
+
+def _claim_token() -> bytes:
+    """The content of a claim file: a unique owner id, the time, and this process (``storage.owner``)."""
+    return json.dumps({"owner": uuid.uuid4().hex, "claimed_at": time.time(), "process": current_owner()}).encode()
+
+
+def _describe(error: OSError) -> str:
+    """An OSError as its reason only (no paths, which may be long or carry credentials)."""
+    reason = error.strerror or type(error).__name__
+    return f"{reason} (errno {error.errno})" if error.errno else str(error) or reason
 
 
 def table_to_parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:

@@ -1,4 +1,10 @@
-"""Prefect task: load and validate a paired dataset, publish it as a content-addressed version."""
+"""Prefect task: load and validate a paired dataset, publish it as a content-addressed version.
+
+Rows the loader refuses are counted in the log (per reason, with their ids) and stored beside
+the samples as ``rejected.parquet``. A dataset with too few valid rows (fewer than 2, or fewer
+than the alignment parameters need when they are given) is an error raised before anything is
+written, so a failed load leaves the store as it was.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from prefect import get_run_logger, task
 from storage import layout
 from storage.store import Store
 from storage.versioning import code_version, content_id, table_digest
-from tasks.params import DatasetParams
+from tasks.params import AlignmentParams, DatasetParams
 from tasks.retries import backoff, retry_transient
 
 DATASET_COLUMNS = ["sample_id", "image_id", "text", "image"]
@@ -41,19 +47,34 @@ def _stem(path: str) -> str:
 
 @task(name="load-dataset", tags=["prh-data"], retries=3, retry_delay_seconds=backoff(2, 3, factor=3),
       retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
-def load_dataset(params: DatasetParams, store_url: str) -> dict[str, Any]:
-    """Load, validate and publish the dataset; returns its manifest (reused if already stored)."""
-    return publish_dataset(params, store_url, get_run_logger())
+def load_dataset(params: DatasetParams, store_url: str, alignment: AlignmentParams | None = None) -> dict[str, Any]:
+    """Load, validate and publish the dataset; returns its manifest (reused if already stored).
+
+    With ``alignment``, a dataset with fewer valid rows than ``alignment.min_samples()`` fails
+    here, before extraction, instead of after it.
+    """
+    return publish_dataset(params, store_url, get_run_logger(), alignment=alignment)
 
 
-def publish_dataset(params: DatasetParams, store_url: str, logger: logging.Logger | logging.LoggerAdapter | None = None) -> dict[str, Any]:
-    """Load and validate the dataset, publish it as a content-addressed version; its manifest."""
+def publish_dataset(
+    params: DatasetParams,
+    store_url: str,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+    alignment: AlignmentParams | None = None,
+) -> dict[str, Any]:
+    """Load and validate the dataset, publish it as a content-addressed version; its manifest.
+
+    Raises:
+        ValueError: the loader's errors (naming the path), or too few valid rows: fewer than 2,
+            or fewer than ``alignment.min_samples()`` (the message names the parameter and
+            counts the rejected rows per reason). Nothing is written to the store then.
+    """
     logger = logger or logging.getLogger("prh.dataset")
     table, rejected, name, source = build_table(params)
     n_rejected = 0 if rejected is None else rejected.num_rows
+    counts: dict[str, int] = {}
     if n_rejected:
         rows = rejected.to_pylist()
-        counts: dict[str, int] = {}
         for row in rows:
             counts[row["reason"]] = counts.get(row["reason"], 0) + 1
         shown = ", ".join(str(r["sample_id"] if r.get("sample_id") is not None else f"row {r.get('row')}") for r in rows[:20])
@@ -62,8 +83,7 @@ def publish_dataset(params: DatasetParams, store_url: str, logger: logging.Logge
             name, n_rejected, ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), shown,
             " ..." if n_rejected > 20 else "",
         )
-    if table.num_rows < 2:
-        raise ValueError(f"dataset {name}: only {table.num_rows} valid rows; at least 2 are needed")
+    _check_enough_rows(name, table.num_rows, counts, alignment)
     table = table.select(DATASET_COLUMNS).sort_by("sample_id")
     version = content_id({"samples": table_digest(table)})
     key = layout.dataset_key(version)
@@ -86,3 +106,13 @@ def publish_dataset(params: DatasetParams, store_url: str, logger: logging.Logge
         name, table.num_rows, version, "published" if published.written else "already stored",
     )
     return published.manifest
+
+
+def _check_enough_rows(name: str, n_valid: int, rejected: dict[str, int], alignment: AlignmentParams | None) -> None:
+    """Raise if ``n_valid`` rows cannot be aligned (at least 2; ``alignment.min_samples()`` if given)."""
+    requirement = AlignmentParams.model_construct(metrics=[]) if alignment is None else alignment
+    try:
+        requirement.check_sample_count(n_valid, f"dataset {name!r}")
+    except ValueError as error:
+        counts = ", ".join(f"{reason}: {count}" for reason, count in sorted(rejected.items())) or "none"
+        raise ValueError(f"{error}; rejected rows by reason: {counts}") from None

@@ -1,15 +1,23 @@
 """Typed pipeline parameters (pydantic): what a config file holds and what the Prefect UI's run
-form shows. Pure data; no Prefect, no storage."""
+form shows. Pure data; no Prefect, no storage.
+
+Bad values are refused when the config is read, before anything runs: integers must be
+integers (``true`` or ``2.5`` is not a ``topk``), floats must be finite, unknown keys are errors
+(with the valid keys and a likely intended one), and the parameters must fit together (CKNNA
+needs ``topk >= 2``; an OpenMoji sample of ``n`` pairs must hold ``alignment.min_samples()``).
+:func:`load_config` names the file, the field path and its line in every message.
+"""
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.extract.spec import ModelSpec
+from tasks.extract.spec import FieldError, ModelSpec
 
 # Which of the pipeline's metric parameters each metric takes (the paper's parameter names).
 METRIC_PARAMETERS: dict[str, tuple[str, ...]] = {
@@ -24,6 +32,14 @@ METRIC_PARAMETERS: dict[str, tuple[str, ...]] = {
     "svcca": ("cca_dim",),
 }
 
+# Metrics built on the unbiased HSIC estimator, which needs at least 4 samples.
+_UNBIASED_METRICS = frozenset({"unbiased_cka", "cknna"})
+
+# Integers are integers: no booleans, no strings, no floats with or without a fraction.
+Int = Annotated[int, Field(strict=True)]
+# Floats are finite numbers (integers are accepted and widened).
+Float = Annotated[float, Field(allow_inf_nan=False)]
+
 
 class DatasetParams(BaseModel):
     """Where the paired image–caption data comes from."""
@@ -31,15 +47,15 @@ class DatasetParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["openmoji", "path"] = Field("openmoji", description="'openmoji': the embedded demo; 'path': a table or folder")
     name: str | None = Field(None, description="Dataset name (default: derived from the source)")
-    n: int | None = Field(1024, ge=2, description="openmoji: number of pairs in the seeded sample (null: all)")
-    seed: int = Field(0, description="openmoji: sampling seed")
-    image_size: int = Field(224, ge=16, le=2048, description="openmoji: rendered image size in pixels")
+    n: Int | None = Field(1024, ge=2, description="openmoji: number of pairs in the seeded sample (null: all)")
+    seed: Int = Field(0, description="openmoji: sampling seed")
+    image_size: Int = Field(224, ge=16, le=2048, description="openmoji: rendered image size in pixels")
     path: str | None = Field(None, description="path: a Parquet/CSV table (image, text[, sample_id]) or a folder of images with .txt captions")
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DatasetParams":
-        if self.kind == "path" and not self.path:
-            raise ValueError("dataset.kind 'path' needs dataset.path")
+        if self.kind == "path" and not (self.path or "").strip():
+            raise FieldError("path", "dataset.kind 'path' needs dataset.path (a table or a folder)")
         return self
 
 
@@ -48,14 +64,14 @@ class AlignmentParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     metrics: list[str] = Field(["mutual_knn", "cka", "cknna"], min_length=1, description="Registered metric names")
-    topk: int = Field(10, ge=1, description="Neighbours for k-NN metrics and CKNNA")
+    topk: Int = Field(10, ge=1, description="Neighbours for k-NN metrics and CKNNA")
     kernel_metric: Literal["ip", "rbf"] = Field("ip", description="CKA kernel")
-    rbf_sigma: float = Field(1.0, gt=0, description="RBF kernel width")
-    cca_dim: int = Field(10, ge=1, description="SVCCA: singular directions kept")
-    outlier_quantile: float = Field(0.95, gt=0, le=1, description="Clamp features at this quantile of |x| before L2 normalisation")
-    permutations: int = Field(0, ge=0, le=100_000, description="Permutations for the calibrated score and p-value (0: off)")
-    bootstrap: int = Field(0, ge=0, le=100_000, description="Bootstrap resamples for a 95% CI of each best score (0: off); k-NN metrics only, see docs/metrics.md")
-    seed: int = Field(0, description="Permutation and bootstrap seed")
+    rbf_sigma: Float = Field(1.0, gt=0, description="RBF kernel width")
+    cca_dim: Int = Field(10, ge=1, description="SVCCA: singular directions kept")
+    outlier_quantile: Float = Field(0.95, gt=0, le=1, description="Clamp features at this quantile of |x| before L2 normalisation")
+    permutations: Int = Field(0, ge=0, le=100_000, description="Permutations for the calibrated score and p-value (0: off)")
+    bootstrap: Int = Field(0, ge=0, le=100_000, description="Bootstrap resamples for a 95% CI of each best score (0: off); k-NN metrics only, see docs/metrics.md")
+    seed: Int = Field(0, description="Permutation and bootstrap seed")
     pairs: Literal["cross_modal", "all"] = Field("cross_modal", description="vision × language pairs, or every pair of models")
 
     @field_validator("metrics")
@@ -63,10 +79,22 @@ class AlignmentParams(BaseModel):
     def _known_metrics(cls, names: list[str]) -> list[str]:
         from tasks.metrics import METRICS
 
-        unknown = [n for n in names if n not in METRICS]
-        if unknown:
-            raise ValueError(f"unknown metrics {unknown}; registered: {sorted(METRICS)}")
+        registered = sorted(METRICS)
+        for name in names:
+            if name not in METRICS:
+                close = difflib.get_close_matches(name, registered, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown metric {name!r}{hint}; registered: {', '.join(registered)}")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"metrics listed more than once: {repeated}")
         return names
+
+    @model_validator(mode="after")
+    def _parameters_fit_the_metrics(self) -> "AlignmentParams":
+        if "cknna" in self.metrics and self.topk < 2:
+            raise FieldError("topk", f"cknna needs topk >= 2, got {self.topk}")
+        return self
 
     def metric_params(self, name: str) -> dict[str, Any]:
         """The parameters this metric takes, from the pipeline-wide values."""
@@ -74,6 +102,37 @@ class AlignmentParams(BaseModel):
         if params.get("kernel_metric") == "ip":
             params.pop("rbf_sigma", None)
         return params
+
+    def sample_requirements(self) -> dict[str, int]:
+        """The fewest paired samples each constraint needs, keyed by what imposes it.
+
+        ``topk + 2`` for the k-NN metrics and CKNNA (each sample needs ``topk`` neighbours
+        other than itself, and the alignment stage keeps one more in reserve), ``cca_dim`` for
+        SVCCA, 4 for the unbiased HSIC (``unbiased_cka``, ``cknna``), and 2 always.
+        """
+        needs = {"alignment needs at least": 2}
+        knn = [m for m in self.metrics if "topk" in METRIC_PARAMETERS.get(m, ())]
+        if knn:
+            needs[f"alignment.topk={self.topk} ({', '.join(knn)}) needs topk + 2 ="] = self.topk + 2
+        if "svcca" in self.metrics:
+            needs[f"svcca with alignment.cca_dim={self.cca_dim} needs"] = self.cca_dim
+        unbiased = [m for m in self.metrics if m in _UNBIASED_METRICS]
+        if unbiased:
+            needs[f"the unbiased HSIC of {', '.join(unbiased)} needs"] = 4
+        return needs
+
+    def min_samples(self) -> int:
+        """The fewest paired samples these metrics and parameters can be computed on."""
+        return max(self.sample_requirements().values())
+
+    def check_sample_count(self, n_samples: int, what: str = "the dataset") -> None:
+        """Raise ``ValueError`` naming the binding constraint if ``n_samples`` is fewer than
+        :meth:`min_samples` (e.g. ``the dataset has 9 sample(s), too few: alignment.topk=10
+        (mutual_knn) needs topk + 2 = 12``)."""
+        needs = self.sample_requirements()
+        binding = max(needs, key=lambda k: needs[k])
+        if n_samples < needs[binding]:
+            raise ValueError(f"{what} has {n_samples} sample(s), too few: {binding} {needs[binding]}")
 
 
 class PipelineConfig(BaseModel):
@@ -90,8 +149,20 @@ class PipelineConfig(BaseModel):
         names = [m.name for m in models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"model names must be unique; repeated: {dupes}")
+            where = {n: [i for i, m in enumerate(names) if m == n] for n in dupes}
+            shown = "; ".join(f"{n!r} at models[{', '.join(map(str, idx))}]" for n, idx in where.items())
+            raise ValueError(f"model names must be unique; repeated: {shown}")
         return models
+
+    @model_validator(mode="after")
+    def _dataset_is_big_enough(self) -> "PipelineConfig":
+        n = self.dataset.n
+        if self.dataset.kind == "openmoji" and n is not None:
+            try:
+                self.alignment.check_sample_count(n, "the OpenMoji sample")
+            except ValueError as error:
+                raise FieldError("dataset.n", str(error)) from None
+        return self
 
     def model_pairs(self) -> list[tuple[ModelSpec, ModelSpec]]:
         """Pairs to align: (vision, language) for 'cross_modal', else every unordered pair."""
@@ -102,21 +173,194 @@ class PipelineConfig(BaseModel):
         return [(a, b) for i, a in enumerate(self.models) for b in self.models[i + 1 :]]
 
 
-def load_config(path: str | Path) -> PipelineConfig:
-    """Parse a YAML pipeline config; errors name the file and the bad field."""
-    path = Path(path)
+# ------------------------------------------------------------------------------ reading YAML
+
+MAX_YAML_NODES = 100_000
+"""Largest config accepted, in YAML nodes after expanding aliases (a guard against alias bombs)."""
+
+# The pydantic model that a location (field path) in a config points into, for "valid keys".
+_SECTIONS: dict[str, type[BaseModel]] = {"dataset": DatasetParams, "alignment": AlignmentParams, "models": ModelSpec}
+
+
+class ConfigError(ValueError):
+    """A pipeline config cannot be used; the message names the file, each field path and line."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (instead of keeping the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # unhashable key: the base class says so
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {key!r} (first given on line {first + 1})", key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Number of nodes ``node`` stands for once aliases are expanded (shared nodes counted each time)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = MAX_YAML_NODES + 1  # a cycle counts as too big
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = min(size, MAX_YAML_NODES + 1)
+    return memo[id(node)]
+
+
+def _parse_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    """The parsed document and its node tree (for line numbers); ``ConfigError`` naming ``path``."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError:
-        raise ValueError(f"config {path}: file not found") from None
+        raise ConfigError(f"config {path}: file not found") from None
+    except OSError as error:
+        raise ConfigError(f"config {path}: cannot be read: {error.strerror or error}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ConfigError(f"config {path}: not UTF-8 text (byte {error.start}, line {line}: {error.reason})") from None
+    loader = _StrictLoader(text)
+    loader.name = str(path)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise ConfigError(f"config {path}: more than {MAX_YAML_NODES:,} YAML nodes once aliases are expanded")
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as error:
-        raise ValueError(f"config {path}: not valid YAML: {error}") from None
+        raise ConfigError(f"config {path}: not valid YAML: {_yaml_message(error)}") from None
+    except RecursionError:
+        raise ConfigError(f"config {path}: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+    return data, node
+
+
+def _yaml_message(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: where (line, column) and what."""
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return str(error)
+    mark = error.problem_mark
+    message = f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+    if error.context:
+        where = f" started on line {error.context_mark.line + 1}" if error.context_mark is not None else ""
+        message += f" ({error.context}{where})"
+    return message
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, bool]:
+    """1-based line of the deepest node ``loc`` reaches in the YAML tree, and whether it reached
+    the end of ``loc`` (``(None, False)`` without a tree)."""
+    node, line = root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            found = node.value[part]
+        else:
+            found = None
+        if found is None:
+            return (node.start_mark.line + 1 if node is not None else None), False
+        node = found
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line, node is not None
+
+
+def _shown(value: Any) -> str:
+    """A short description of an input value, in YAML's words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """``('models', 1, 'pooling')`` → ``models[1].pooling``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _section(loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The model whose keys are valid at ``loc`` (the location of an unknown key's parent)."""
+    return _SECTIONS.get(str(loc[0]), PipelineConfig) if loc else PipelineConfig
+
+
+def _problem(error: dict[str, Any], raw: Any, root: yaml.Node | None) -> str:
+    """One pydantic error as ``field.path (line N): message``."""
+    loc = tuple(error["loc"])
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldError):
+        loc = loc + tuple(cause.field.split("."))
+    kind, message = error["type"], error["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        valid = list(_section(loc[:-1]).model_fields)
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        message = f"unknown key{hint}; valid keys here: {', '.join(valid)}"
+    elif kind == "missing":
+        message = "required, but missing"
+    elif kind not in ("value_error", "assertion_error", "too_short", "too_long"):
+        if kind in ("model_type", "dict_type", "model_attributes_type"):
+            message = "expected a mapping"
+        elif kind == "list_type":
+            message = "expected a list"
+        message = f"{message} (got {_shown(error.get('input'))})"
+    where = _field_path(loc)
+    entry = raw.get("models") if isinstance(raw, dict) else None
+    if loc[:1] == ("models",) and len(loc) > 2 and isinstance(entry, list) and isinstance(loc[1], int) \
+            and 0 <= loc[1] < len(entry) and isinstance(entry[loc[1]], dict) and isinstance(entry[loc[1]].get("name"), str):
+        where = f"models[{loc[1]}] (model {entry[loc[1]]['name']!r}).{_field_path(loc[2:])}"
+    line, complete = _line_of(root, loc)
+    if line is not None and (complete or kind == "missing"):
+        where += f" (line {line})"
+    return f"{where}: {message}"
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Parse and validate a YAML pipeline config.
+
+    YAML is read with a safe loader that also refuses repeated keys and alias bombs. Every
+    problem found is reported, each as ``field.path (line N): what is wrong (got VALUE)``.
+
+    Raises:
+        ConfigError: (a ``ValueError``) naming the file and every bad field.
+    """
+    path = Path(path)
+    raw, root = _parse_yaml(path)
     if not isinstance(raw, dict):
-        raise ValueError(f"config {path}: expected a mapping with 'dataset', 'models', 'alignment'")
+        got = "empty" if raw is None else f"{_shown(raw)} at the top level"
+        raise ConfigError(f"config {path}: is {got}; expected a mapping with keys dataset, models, alignment")
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors(include_url=False)
-        )
-        raise ValueError(f"config {path}: {problems}") from None
+        problems = [_problem(e, raw, root) for e in error.errors(include_url=False)]
+        if len(problems) == 1:
+            raise ConfigError(f"config {path}: {problems[0]}") from None
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"config {path}: {len(problems)} problems:\n{listing}") from None

@@ -6,11 +6,15 @@ Pure: imports neither Prefect nor storage, so it can be tested and reused anywhe
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
 #: OSError subclasses that describe a wrong path or permission, which a retry cannot fix.
 _PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+#: Disk errors a retry cannot fix: no space, quota exceeded, read-only file system.
+_PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 #: Exception class names (from optional libraries) that mean "the network or the server hiccuped".
 _TRANSIENT_NAMES = {
@@ -45,7 +49,7 @@ def is_transient(error: BaseException | None) -> bool:
 
 
 def _transient_here(error: BaseException) -> bool:
-    if isinstance(error, _PERMANENT_OS_ERRORS):
+    if isinstance(error, _PERMANENT_OS_ERRORS) or getattr(error, "errno", None) in _PERMANENT_ERRNOS:
         return False
     if isinstance(error, (OSError, ConnectionError, TimeoutError)):
         return True

@@ -1,4 +1,5 @@
-"""Checking encoded images and reading image files safely from inside a dataset folder."""
+"""Checking encoded images, turning any image mode into RGB, and reading image files safely from
+inside a dataset folder."""
 
 from __future__ import annotations
 
@@ -8,12 +9,74 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
-__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "ImageProblem", "check_image", "read_image_file"]
+__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "ImageProblem", "check_image", "read_image_file", "to_rgb"]
 
 DEFAULT_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 """Largest width × height accepted by default: Pillow's own decompression-bomb limit."""
+
+
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+# Modes Pillow turns into RGB with a plain ``convert`` that cannot fail; others go through
+# :func:`to_rgb` in :func:`check_image` so an impossible conversion is caught at load time.
+_PLAIN_MODES = frozenset({"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}) | _ALPHA_MODES
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any decoded Pillow image as an 8-bit RGB image, as a person would see it.
+
+    - EXIF orientation is applied (a phone photo stored sideways comes out upright).
+    - Transparency (RGBA, LA, PA, a palette or greyscale/RGB image with a transparent colour)
+      is composited over white.
+    - 1-bit, greyscale, palette, CMYK, YCbCr, LAB, HSV: Pillow's conversion (CMYK without an
+      ICC profile, i.e. the naive formula; embedded ICC profiles are not applied to any mode).
+    - 16-bit greyscale (``I;16*``): ``round(v / 257)``, the full 0–65535 range onto 0–255.
+    - 32-bit integer (``I``): values within 0–65535 are read as 16-bit (as above, this is how
+      some 16-bit PGM/PNG files open); otherwise the image's own min–max range onto 0–255.
+    - 32-bit float (``F``): values within 0–1 are scaled by 255; otherwise the image's own
+      min–max range onto 0–255. NaN or infinite pixels cannot be converted: ``ValueError``.
+    - Multi-frame images (animated GIF/WebP, multi-page TIFF): the frame ``image`` is on
+      (the first, for a freshly opened file).
+
+    (Pillow's own ``convert("RGB")`` clips ``I``/``F`` values above 255, turning most 16-bit
+    images white and 0–1 float images black; that is why those modes are handled here.)
+    """
+    image.load()
+    if image.getexif().get(0x0112, 1) != 1:  # Orientation tag
+        image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        return Image.fromarray(_to_uint8(image), mode="L").convert("RGB")
+    if mode in ("P", "L", "RGB") and "transparency" in image.info:
+        image = image.convert("RGBA")
+    elif mode == "RGB":
+        return image
+    if image.mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _to_uint8(image: Image.Image) -> np.ndarray:
+    """Pixels of a 16-bit, 32-bit integer or float image as ``(H, W)`` uint8 (rules: :func:`to_rgb`)."""
+    mode = image.mode
+    values = np.asarray(image).astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{mode} image has NaN or infinite pixels; it cannot be shown as RGB")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if mode in _SIXTEEN_BIT_MODES or (mode == "I" and low >= 0 and high <= 65535):
+        scaled = values / 257.0
+    elif mode == "F" and low >= 0 and high <= 1:
+        scaled = values * 255.0
+    elif high > low:
+        scaled = (values - low) * (255.0 / (high - low))
+    else:  # a constant image outside the conventional range: mid-grey says "no contrast"
+        scaled = np.full_like(values, 128.0)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -27,9 +90,13 @@ class ImageProblem:
 def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ImageProblem | None:
     """Decode ``data`` fully with Pillow; return ``None`` if it is a usable image.
 
+    Any mode is usable when :func:`to_rgb` can convert it (checked here for the modes that
+    are not a plain Pillow conversion: 16-bit, 32-bit integer, float and rarer ones).
+
     Reasons: ``image_empty`` (0 bytes), ``image_too_large`` (more than ``max_pixels`` pixels,
     checked from the header before any pixel is decoded, and Pillow's own decompression-bomb
-    error), ``image_unreadable`` (not an image Pillow knows, truncated or corrupt data).
+    error), ``image_unreadable`` (not an image Pillow knows, truncated or corrupt data, or
+    pixels that cannot become RGB).
     Pillow's global ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left as it is (off by default, so
     truncated files fail to load).
     """
@@ -50,6 +117,8 @@ def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Imag
                 image.load()
                 if width < 1 or height < 1:
                     return ImageProblem("image_unreadable", f"image has size {width}x{height}")
+                if image.mode not in _PLAIN_MODES:
+                    to_rgb(image)  # raises if this image cannot become RGB
     except Image.DecompressionBombError as exc:
         return ImageProblem("image_too_large", str(exc))
     except Image.UnidentifiedImageError:

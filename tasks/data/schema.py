@@ -9,7 +9,9 @@ A paired dataset is a :class:`pyarrow.Table` with exactly these columns, in this
     Encoded image bytes that Pillow decodes (PNG for rendered datasets, the original file
     bytes for loaded ones).
 ``text`` (string)
-    The caption: valid UTF-8, stripped of surrounding whitespace, non-empty.
+    The caption: valid UTF-8, stripped of surrounding whitespace, non-empty, at most
+    :data:`MAX_CAPTION_CHARS` characters, and free of control characters other than tab,
+    line feed and carriage return (no NUL, no escape sequences; see :func:`caption_problem`).
 ``image_id`` (string)
     The image this caption belongs to, with the same character rules as ``sample_id``. It
     equals ``sample_id`` when an image has one caption; rows that share an image share it.
@@ -27,8 +29,10 @@ import pyarrow.compute as pc
 
 __all__ = [
     "DATASET_SCHEMA",
+    "MAX_CAPTION_CHARS",
     "MAX_ID_LENGTH",
     "SAFE_ID_PATTERN",
+    "caption_problem",
     "id_problem",
     "is_safe_id",
     "validate_table",
@@ -39,6 +43,17 @@ MAX_ID_LENGTH = 128
 
 SAFE_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 """Characters an id may use (matched against the whole id)."""
+
+MAX_CAPTION_CHARS = 65_536
+"""Longest allowed caption, in characters (code points) after stripping.
+
+Far above what any model reads (the tokenizer truncates to the model's ``max_length`` tokens,
+64 by default), so real captions, dense ones included, pass; a longer "caption" is nearly
+always a parsing accident (an unclosed CSV quote swallowing the rest of the file, a whole
+document in one cell), and keeping it would cost memory in every later stage."""
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""C0 control characters and DEL, except tab, line feed and carriage return."""
 
 DATASET_SCHEMA = pa.schema(
     [
@@ -61,6 +76,26 @@ def id_problem(value: str) -> str | None:
         bad = sorted({ch for ch in value if SAFE_ID_PATTERN.fullmatch(ch) is None})
         shown = "".join(bad[:10])
         return f"has characters outside [A-Za-z0-9._-]: {shown!r}"
+    return None
+
+
+def caption_problem(text: str) -> str | None:
+    """Say what is wrong with a stripped, non-empty caption, or return ``None`` if it is fine.
+
+    Refused: more than :data:`MAX_CAPTION_CHARS` characters; a C0 control character or DEL
+    other than tab, line feed and carriage return (a NUL usually means UTF-16 text read as
+    UTF-8, an ESC a terminal colour code). Other characters, including C1 controls and
+    U+FFFD, are kept as written.
+    """
+    if len(text) > MAX_CAPTION_CHARS:
+        return f"is {len(text):,} characters long (at most {MAX_CAPTION_CHARS:,})"
+    found = _CONTROL_CHARACTERS.search(text)
+    if found is not None:
+        count = len(_CONTROL_CHARACTERS.findall(text))
+        return (
+            f"has {count} control character(s), the first U+{ord(found.group()):04X} at character "
+            f"{found.start()} (only tab, line feed and carriage return are allowed)"
+        )
     return None
 
 
@@ -118,8 +153,11 @@ def validate_table(table: pa.Table) -> None:
             raise ValueError(f"text of sample {sample_ids[row]!r} is empty")
         if text != text.strip():
             raise ValueError(
-                f"text of sample {sample_ids[row]!r} has surrounding whitespace: {text!r}"
+                f"text of sample {sample_ids[row]!r} has surrounding whitespace: {text[:80]!r}"
             )
+        problem = caption_problem(text)
+        if problem is not None:
+            raise ValueError(f"text of sample {sample_ids[row]!r} {problem}")
     if table.num_rows:
         empty = pc.equal(pc.binary_length(table.column("image")), 0)
         if pc.any(empty).as_py():

@@ -13,7 +13,9 @@ CSV table (``.csv``; ``.tsv`` with tabs)
     A header row naming ``image`` and ``text`` (optionally ``sample_id``, ``image_id``); ``image``
     is a path relative to the table's folder. Fields that are not valid UTF-8 are kept as bytes
     so that only their row is rejected. A UTF-8 byte-order mark is skipped; blank lines are
-    not rows.
+    not rows. A field may be up to 64 MiB (Python's ``csv`` default of 128 KiB is raised, so
+    that an over-long caption rejects its row, not the file); a longer one (usually an unclosed
+    quote) makes the file unreadable, with the line number.
 Folder of images with captions
     ``NAME.<image suffix>`` with ``NAME.txt`` beside it, top level only, hidden files ignored.
     ``sample_id`` is ``NAME``. The ``.txt`` holds one caption per non-empty line: with one
@@ -24,7 +26,7 @@ Folder of images with captions
     carrying their problem, so they are reported.
 
 ``row`` numbers are 0-based positions among a table's data rows (the CSV header is not a row);
-folder records have no row.
+a CSV record's ``origin`` also gives the line it starts on. Folder records have no row.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ IMAGE_SUFFIXES = frozenset(
 )
 _PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 _CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+_CSV_FIELD_LIMIT = 64 * 1024 * 1024  # characters
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,8 @@ def _read_csv(path: Path, delimiter: str) -> list[RawRecord]:
         raise ValueError(f"dataset table {str(path)!r} cannot be read: {exc}") from exc
     # surrogateescape keeps bytes that are not UTF-8 so they can be reported row by row.
     text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    # Process-wide setting; only ever raised, so concurrent readers see a limit at least this big.
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
@@ -218,11 +223,13 @@ def _read_csv(path: Path, delimiter: str) -> list[RawRecord]:
 
     records: list[RawRecord] = []
     row = 0
+    start = reader.line_num + 1  # first physical line of the next record (a quoted field may span lines)
     try:
         for fields in reader:
+            line, start = start, reader.line_num + 1
             if not fields:  # a blank line is not a row
                 continue
-            origin = f"row {row} (line {reader.line_num})"
+            origin = f"row {row} (line {line})"
             if len(fields) != len(names):
                 detail = f"{origin} has {len(fields)} fields, the header has {len(names)}"
                 records.append(_refused(origin, None, "row_malformed", detail, row=row))

@@ -17,12 +17,15 @@ caption and a bad image is reported once, for the caption; the image is then not
 ``text_path_unsafe``        (folder) a caption file that links outside the folder
 ``text_not_utf8``           the caption bytes are not valid UTF-8
 ``text_empty``              null, empty or whitespace-only caption (after stripping)
+``text_too_long``           more than ``MAX_CAPTION_CHARS`` (65,536) characters after stripping
+``text_control_chars``      a NUL or other control character (tab, LF and CR are allowed)
 ``image_missing``           null image, empty path, no such file, a folder caption w/o image
 ``image_path_unsafe``       absolute image path, or one that resolves outside the folder of
                             the table (``../``, symbolic links)
 ``image_empty``             a 0-byte image
 ``image_too_large``         more pixels than ``max_image_pixels`` (decompression-bomb guard)
-``image_unreadable``        Pillow cannot fully decode it (unknown format, truncated, corrupt)
+``image_unreadable``        Pillow cannot fully decode it (unknown format, truncated, corrupt),
+                            or it cannot be turned into RGB (a float image with NaN pixels)
 ``sample_id_duplicate``     the ``sample_id`` of an earlier accepted row (input order)
 ``image_id_conflict``       an ``image_id`` already used for different image bytes
 ==========================  ==================================================================
@@ -37,7 +40,12 @@ duplicate pair (same image bytes, same caption) is caught as ``sample_id_duplica
 Without a given ``image_id``, rows with byte-identical images share an ``image_id``: the
 smallest ``sample_id`` among them; an image used once gets ``image_id == sample_id``.
 
-Captions are stripped of surrounding whitespace and otherwise kept as written.
+Captions are stripped of surrounding whitespace and otherwise kept as written (no truncation:
+models truncate to their own ``max_length`` tokens; see ``tasks.data.schema.MAX_CAPTION_CHARS``).
+
+Images are stored as the original file bytes, whatever their mode: greyscale, palette,
+transparent, CMYK, 16-bit and float images are accepted, and turned into 8-bit RGB only where
+pixels are consumed (:func:`tasks.data.images.to_rgb` says how each mode is converted).
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from tasks.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageProblem, check_image, read_image_file
-from tasks.data.schema import DATASET_SCHEMA, id_problem, validate_table
+from tasks.data.schema import DATASET_SCHEMA, MAX_CAPTION_CHARS, caption_problem, id_problem, validate_table
 from tasks.data.sources import RawRecord, read_records
 
 __all__ = ["REJECTED_SCHEMA", "LoadResult", "Reason", "load_paired_dataset"]
@@ -71,6 +79,8 @@ class Reason(StrEnum):
     TEXT_PATH_UNSAFE = "text_path_unsafe"
     TEXT_NOT_UTF8 = "text_not_utf8"
     TEXT_EMPTY = "text_empty"
+    TEXT_TOO_LONG = "text_too_long"
+    TEXT_CONTROL_CHARS = "text_control_chars"
     IMAGE_MISSING = "image_missing"
     IMAGE_PATH_UNSAFE = "image_path_unsafe"
     IMAGE_EMPTY = "image_empty"
@@ -187,6 +197,10 @@ def _prepare(index: int, record: RawRecord, files: _FileReader) -> _Candidate | 
     if text is None or text.strip() == "":
         return Reason.TEXT_EMPTY, f"{where}: caption is {'null' if text is None else 'empty'}"
     text = text.strip()
+    problem = caption_problem(text)
+    if problem is not None:
+        reason = Reason.TEXT_TOO_LONG if len(text) > MAX_CAPTION_CHARS else Reason.TEXT_CONTROL_CHARS
+        return reason, f"{where}: caption {problem}"
 
     image = record.image
     if image is None:

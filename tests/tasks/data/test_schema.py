@@ -61,6 +61,8 @@ def test_wrong_columns_are_named() -> None:
         ({1: {"image_id": "b/0"}}, "image_id 'b/0'"),
         ({0: {"text": "  "}}, "text of sample 'a' is empty"),
         ({0: {"text": " padded"}}, "surrounding whitespace"),
+        ({0: {"text": "a\x00b"}}, "text of sample 'a' has 1 control character"),
+        ({1: {"text": "x" * 65_537}}, "text of sample 'b-0' is 65,537 characters long"),
         ({2: {"image": b""}}, "image of sample 'b-1' is empty"),
         ({0: {"text": None}}, "'text' has 1 null"),
     ],

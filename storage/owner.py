@@ -1,0 +1,70 @@
+"""Who holds a claim or runs a run: the host, process id and process start time of the writer.
+
+A claim file (``.publishing``) or a run record left behind by a process that was killed (kill -9,
+OOM killer, a lost machine) must not block the next writer for long. The owner is recorded as
+``{"host", "pid", "started"}``; on the same host a reader can tell at once whether that process is
+still alive (the start time guards against a recycled pid). Other hosts cannot be checked, so
+for them the caller falls back on the age of the owner's last heartbeat.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from typing import Any
+
+
+@lru_cache(maxsize=1)
+def _host() -> str:
+    return socket.gethostname()
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3.. of ``/proc/<pid>/stat`` (state first), or None where ``/proc`` is unavailable
+    or the process does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # the command name (field 2) is in parentheses and may contain spaces: split after it
+    return stat.rsplit(")", 1)[-1].split()
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22), or None if unknown."""
+    fields = _stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def current_owner() -> dict[str, Any]:
+    """This process as an owner record: ``{"host": str, "pid": int, "started": str | None}``."""
+    pid = os.getpid()
+    return {"host": _host(), "pid": pid, "started": _start_time(pid)}
+
+
+def owner_is_dead(owner: Any) -> bool:
+    """True only when ``owner`` (a record from :func:`current_owner`) is known to have exited:
+    it ran on this host and its pid is gone or now belongs to a process started at another
+    time. False when alive or when it cannot be known (another host, malformed record)."""
+    if not isinstance(owner, dict) or owner.get("host") != _host():
+        return False
+    try:
+        pid = int(owner["pid"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, owned by another user
+        pass
+    fields = _stat(pid)
+    if fields and fields[0] in ("Z", "X"):  # killed, not yet reaped by its parent
+        return True
+    started = owner.get("started")
+    now = fields[19] if fields and len(fields) > 19 else None
+    return started is not None and now is not None and now != started

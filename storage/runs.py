@@ -1,0 +1,57 @@
+"""Run records (``runs/<run_id>.json``) and what a new run cleans up after killed ones.
+
+A run killed without a chance to write its end (kill -9, OOM killer) would stay ``RUNNING`` for
+ever in the catalog's ``runs`` view. The record names its process (``storage.owner``); the next
+run on the same host marks such records ``CRASHED``, and removes the files of versions that a
+dead writer left unpublished (``Store.sweep_abandoned``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from storage import layout
+from storage.owner import owner_is_dead
+from storage.store import Store, utc_now
+
+RUNNING, COMPLETED, FAILED, CRASHED = "RUNNING", "COMPLETED", "FAILED", "CRASHED"
+
+
+def run_records(store: Store) -> list[dict[str, Any]]:
+    """Every readable run record in the store, sorted by run id."""
+    base = store.path(layout.RUNS)
+    if not store.fs.exists(base):
+        return []
+    records = []
+    for path in sorted(store.fs.glob(f"{base}/*.json")):
+        try:
+            record = json.loads(store.fs.cat_file(path))
+        except (FileNotFoundError, ValueError):
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def mark_crashed_runs(store: Store) -> list[str]:
+    """Mark ``CRASHED`` every ``RUNNING`` record whose process is known to have died; returns
+    their run ids. Records of live processes, or of other hosts, are left alone."""
+    crashed = []
+    for record in run_records(store):
+        if record.get("status") != RUNNING or not owner_is_dead(record.get("process")):
+            continue
+        run_id = str(record.get("run_id"))
+        record.update(status=CRASHED, error="the run's process ended without finishing it (killed or crashed)",
+                      finished_at=None, marked_crashed_at=utc_now())
+        store.write_json(layout.run_key(run_id), record)
+        crashed.append(run_id)
+    return crashed
+
+
+def open_for_run(store: Store) -> tuple[list[str], list[str]]:
+    """Get a store ready for a run: fail fast if it cannot take writes
+    (:meth:`Store.check_writable`), mark dead runs ``CRASHED`` and sweep versions their
+    writers left unpublished. Returns (crashed run ids, swept version keys)."""
+    store.check_writable()
+    return mark_crashed_runs(store), store.sweep_abandoned()

@@ -1,0 +1,173 @@
+"""S3 client options of the store: retries and timeouts that ride out a flaky endpoint.
+
+Two retry loops stand between the store and S3 (s3fs over aiobotocore/botocore):
+
+- **botocore** retries each HTTP request by itself: connection refused or reset, connect and read
+  timeouts, HTTP 500/502/503/504 and throttling codes (``SlowDown``...). ``total_max_attempts``
+  counts the first try. In ``standard`` mode it waits ``uniform(0, 1) · 2^(attempt−1)`` s (at most
+  20 s) before each retry, so 6 attempts wait up to 1+2+4+8+16 = 31 s in all (15.5 s on average);
+  ``adaptive`` adds client-side rate limiting after throttling. Botocore's own default is 3
+  attempts, too few to outlast an endpoint that restarts.
+- **s3fs** wraps every call in its own loop (``S3FileSystem.retries``, 5 by default, waits
+  ``0.1 · 1.7^i`` s): after botocore gives up it tries again on ``SlowDown`` and on errors while
+  a response body streams in (truncated bodies, read timeouts). Body errors happen after botocore
+  has returned, so only this loop retries them. It does not retry a refused connection or a 500.
+  ``PRH_S3_FS_RETRIES`` sets it (applied to the store's filesystem object).
+
+Precedence, lowest first: the defaults below; ``AWS_MAX_ATTEMPTS`` / ``AWS_RETRY_MODE`` (botocore's
+own variables, honoured because an explicit ``Config`` would otherwise hide them);
+``PRH_S3_MAX_ATTEMPTS``, ``PRH_S3_RETRY_MODE``, ``PRH_S3_CONNECT_TIMEOUT``, ``PRH_S3_READ_TIMEOUT``
+(seconds); then whatever the user's ``storage_options["config_kwargs"]`` sets, which always wins.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import os
+from typing import Any, Mapping
+
+DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_RETRY_MODE = "standard"
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_READ_TIMEOUT_S = 30.0
+RETRY_MODES = ("standard", "adaptive", "legacy")
+
+
+def s3_config_kwargs(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """botocore ``Config`` keyword arguments from the defaults and the environment.
+
+    Returns ``{"retries": {"total_max_attempts": int, "mode": str}, "connect_timeout": float,
+    "read_timeout": float}``; raises ValueError naming the variable if one is malformed.
+    """
+    env = os.environ if env is None else env
+    attempts = _first(env, "PRH_S3_MAX_ATTEMPTS", "AWS_MAX_ATTEMPTS")
+    mode = _first(env, "PRH_S3_RETRY_MODE", "AWS_RETRY_MODE")
+    return {
+        "retries": {
+            "total_max_attempts": _positive_int(attempts, DEFAULT_MAX_ATTEMPTS),
+            "mode": _mode(mode, DEFAULT_RETRY_MODE),
+        },
+        "connect_timeout": _positive_float(env, "PRH_S3_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S),
+        "read_timeout": _positive_float(env, "PRH_S3_READ_TIMEOUT", DEFAULT_READ_TIMEOUT_S),
+    }
+
+
+def with_s3_defaults(storage_options: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``storage_options`` for s3fs with retries and timeouts filled in where the user set none.
+
+    The user's ``config_kwargs`` keys win; inside ``retries`` a user's ``max_attempts`` or
+    ``total_max_attempts`` replaces ours (botocore reads ``max_attempts`` as retries after the
+    first try), and a user's ``mode`` replaces ours. The input is not modified.
+    """
+    options = dict(storage_options or {})
+    user = options.get("config_kwargs") or {}
+    if not isinstance(user, Mapping):
+        raise ValueError(f"storage option config_kwargs must be a mapping, got {type(user).__name__}")
+    defaults = s3_config_kwargs(env)
+    merged = {**defaults, **user}
+    user_retries = user.get("retries")
+    if user_retries is not None:
+        if not isinstance(user_retries, Mapping):
+            raise ValueError(f"storage option config_kwargs.retries must be a mapping, got {type(user_retries).__name__}")
+        retries = dict(defaults["retries"])
+        if "max_attempts" in user_retries or "total_max_attempts" in user_retries:
+            retries.pop("total_max_attempts")
+        retries.update(user_retries)
+        merged["retries"] = retries
+    options["config_kwargs"] = merged
+    return options
+
+
+def s3fs_retries(env: Mapping[str, str] | None = None) -> int | None:
+    """s3fs's own retry count from ``PRH_S3_FS_RETRIES``, or None to keep s3fs's default (5)."""
+    env = os.environ if env is None else env
+    raw = env.get("PRH_S3_FS_RETRIES")
+    return None if raw in (None, "") else _positive_int(("PRH_S3_FS_RETRIES", raw), 5)
+
+
+# ------------------------------------------------------------------ parsing
+def _first(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
+    for name in names:
+        value = env.get(name)
+        if value not in (None, ""):
+            return name, value.strip()
+    return None
+
+
+def _positive_int(found: tuple[str, str] | None, default: int) -> int:
+    if found is None:
+        return default
+    name, raw = found
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer (a number of attempts, at least 1)") from None
+    if value < 1:
+        raise ValueError(f"{name}={raw!r} must be at least 1")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={raw!r} must be a positive number of seconds")
+    return value
+
+
+def _mode(found: tuple[str, str] | None, default: str) -> str:
+    if found is None:
+        return default
+    name, raw = found
+    if raw.lower() not in RETRY_MODES:
+        raise ValueError(f"{name}={raw!r} is not a retry mode; use one of {', '.join(RETRY_MODES)}")
+    return raw.lower()
+
+
+# ------------------------------------------------------------------- errors
+_USERINFO = re.compile(r"(?<=//)[^/@\s\"']+@")
+_SIGNED_QUERY = re.compile(r"(?i)(X-Amz-(?:Credential|Signature|Security-Token)=)[^&\s\"']+")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with URL user:password parts and signed-URL credentials removed."""
+    return _SIGNED_QUERY.sub(r"\1REDACTED", _USERINFO.sub("", text))
+
+
+def describe_s3_error(error: BaseException) -> str:
+    """One line saying what failed on S3, for error messages: the operation, the S3 error code,
+    the HTTP status and the attempts made, or the endpoint that could not be reached.
+
+    Looks through ``error``'s cause chain for botocore's error (s3fs re-raises ``ClientError`` as
+    an ``OSError`` whose cause it is). Credentials in URLs are removed. Examples::
+
+        PutObject failed: InternalError (HTTP 500) after 6 attempts: We encountered an internal error...
+        could not reach the S3 endpoint (EndpointConnectionError): http://127.0.0.1:9000/bucket/key
+    """
+    found: BaseException | None = error
+    seen = 0
+    while found is not None and seen < 8:
+        response = getattr(found, "response", None)
+        operation = getattr(found, "operation_name", None)
+        if isinstance(response, dict) and operation:
+            details = response.get("Error", {}) or {}
+            meta = response.get("ResponseMetadata", {}) or {}
+            code = details.get("Code") or "error"
+            status = meta.get("HTTPStatusCode")
+            attempts = int(meta.get("RetryAttempts") or 0) + 1
+            message = details.get("Message") or ""
+            text = f"{operation} failed: {code}" + (f" (HTTP {status})" if status else "")
+            text += f" after {attempts} attempt{'s' if attempts > 1 else ''}" + (f": {message}" if message else "")
+            return redact_text(text)
+        kwargs = getattr(found, "kwargs", None)
+        if isinstance(kwargs, dict) and kwargs.get("endpoint_url") and type(found).__module__.startswith("botocore"):
+            return redact_text(f"could not reach the S3 endpoint ({type(found).__name__}): {kwargs['endpoint_url']}")
+        found = found.__cause__ or found.__context__
+        seen += 1
+    return redact_text(f"{type(error).__name__}: {error}")

@@ -1,0 +1,113 @@
+"""A store whose disk is full or read-only: clear errors naming the store and the file, raised
+before work where possible, nothing half-written, nothing stored lost. A real tmpfs, no mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from storage.store import CLAIM, Store, StoreNotWritable
+from tasks.retries import is_transient
+from tests.storage.small_disk import remount_read_only, tmpfs
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_disk_full_mid_publish_leaves_nothing_and_says_why(tmp_path):
+    with tmpfs(tmp_path / "disk", 512) as disk:
+        store = Store(str(disk / "store"))
+        store.publish("features/d/m/v1", {"small.bin": b"x" * 1000}, {"kind": "test"})
+        before = _files(disk)
+        big = pa.table({"v": [os.urandom(1_000_000)]})
+        with pytest.raises(StoreNotWritable) as raised:
+            store.publish("features/d/m/v2", {"a.parquet": big}, {"kind": "test"})
+        message = str(raised.value)
+        assert "features/d/m/v2/a.parquet" in message and "No space left on device" in message
+        assert store.display_url in message
+        assert not is_transient(raised.value)  # a retry of the task cannot help
+        # no manifest, no temporary file, no claim left; the earlier version is intact
+        assert store.manifest("features/d/m/v2") is None
+        assert _files(disk) == before
+        assert store.read_bytes("features/d/m/v1/small.bin") == b"x" * 1000
+        # nothing blocks the version: once it fits, it publishes completely
+        again = store.publish("features/d/m/v2", {"a.parquet": pa.table({"v": [b"ok"]})}, {"kind": "test"})
+        assert again.written and store.manifest("features/d/m/v2")["files"].keys() == {"a.parquet"}
+
+
+def test_check_writable_wants_free_space(tmp_path, monkeypatch):
+    with tmpfs(tmp_path / "disk", 1024) as disk:
+        store = Store(str(disk / "store"))
+        with pytest.raises(StoreNotWritable, match=r"MiB free, less than the 256 MiB.*PRH_MIN_FREE_MB"):
+            store.check_writable()
+        monkeypatch.setenv("PRH_MIN_FREE_MB", "0.5")
+        store.check_writable()  # 1 MiB free is enough now
+        assert _files(disk) == []  # the probe is gone
+
+
+def test_read_only_store_fails_before_work_and_keeps_what_it_has(tmp_path):
+    with tmpfs(tmp_path / "disk", 1024) as disk:
+        store = Store(str(disk / "store"))
+        store.publish("datasets/d1", {"samples.bin": b"abc"}, {"kind": "dataset"})
+        remount_read_only(disk)
+        with pytest.raises(StoreNotWritable, match="is not writable: Read-only file system"):
+            store.check_writable(min_free_mb=0)
+        with pytest.raises(StoreNotWritable, match=r"cannot write datasets/d2/\.publishing .*Read-only file system"):
+            store.publish("datasets/d2", {"samples.bin": b"def"}, {"kind": "dataset"})
+        assert store.manifest("datasets/d1")["files"]["samples.bin"]["bytes"] == 3
+        assert store.read_bytes("datasets/d1/samples.bin") == b"abc"
+        assert not store.exists(f"datasets/d1/{CLAIM}")
+
+
+def test_stale_claim_of_a_dead_process_is_taken_over_at_once(tmp_path):
+    import subprocess
+    import sys
+
+    store = Store(str(tmp_path / "store"))
+    code = "import json; from storage.owner import current_owner; print(json.dumps(current_owner()))"
+    dead = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                     cwd=Path(__file__).resolve().parents[2]).stdout)
+    import time
+
+    store.write_bytes(f"x/v/{CLAIM}", json.dumps({"owner": "a", "claimed_at": time.time(), "process": dead}).encode())
+    started = time.time()
+    published = store.publish("x/v", {"a.bin": b"1"}, {})  # default staleness: 30 min
+    assert published.written and time.time() - started < 5
+    assert not store.exists(f"x/v/{CLAIM}")
+
+
+def test_sweep_removes_what_a_dead_writer_left_unpublished(tmp_path):
+    """A writer killed mid-publish leaves a claim and some files; the sweep removes them (keeping
+    resumable shards and every published version), and leaves live writers' claims alone."""
+    import subprocess
+    import sys
+    import time
+
+    store = Store(str(tmp_path / "store"))
+    code = "import json; from storage.owner import current_owner; print(json.dumps(current_owner()))"
+    dead = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                     cwd=Path(__file__).resolve().parents[2]).stdout)
+    claim = lambda process: json.dumps({"owner": "x", "claimed_at": time.time(), "process": process}).encode()  # noqa: E731
+    store.publish("alignment/d/a__b/v1", {"scores.parquet": b"kept"}, {})
+    store.write_bytes("alignment/d/a__b/v2/scores.parquet", b"orphan")           # killed after one file
+    store.write_bytes(f"alignment/d/a__b/v2/{CLAIM}", claim(dead))
+    store.write_bytes("features/d/m/v3/_partial/shard-00000.parquet", b"resume me")  # killed mid-model
+    store.write_bytes("features/d/m/v3/layer-000.parquet", b"orphan")
+    store.write_bytes(f"features/d/m/v3/{CLAIM}", claim(dead))
+    store.write_bytes("features/d/m/v4/layer-000.parquet", b"being written")    # a live writer
+    from storage.owner import current_owner
+
+    store.write_bytes(f"features/d/m/v4/{CLAIM}", claim(current_owner()))
+
+    assert store.sweep_abandoned() == ["features/d/m/v3", "alignment/d/a__b/v2"]
+    assert store.sweep_abandoned() == []
+    assert _files(Path(store.root)) == [
+        "alignment/d/a__b/v1/manifest.json", "alignment/d/a__b/v1/scores.parquet",
+        "features/d/m/v3/_partial/shard-00000.parquet",
+        f"features/d/m/v4/{CLAIM}", "features/d/m/v4/layer-000.parquet",
+    ]

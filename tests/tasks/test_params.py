@@ -1,0 +1,173 @@
+"""Pipeline configs: every malformed YAML and out-of-range parameter gets an error naming the
+file, the field path and its line; valid configs (the demo included) load."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from flows.cli import DEMO_CONFIG
+from tasks.metrics import METRICS
+from tasks.params import AlignmentParams, ConfigError, PipelineConfig, load_config
+
+VIT = "{name: vit, loader: random_hf, id: ViTConfig, modality: vision}"
+BERT = "{name: bert, loader: random_hf, id: BertConfig, modality: language}"
+MODELS = f"models:\n  - {VIT}\n  - {BERT}\n"  # lines 1-3
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "zoo.yaml") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def alignment(body: str) -> str:
+    return MODELS + "alignment:\n" + "".join(f"  {line}\n" for line in body.splitlines())  # alignment on line 4
+
+
+# (config text, the message after "config <file>: ", as a regex)
+CASES = {
+    # YAML itself
+    "syntax error": ("models: [\n  - {name: a\n", r"not valid YAML: line 2, column 3: expected the node content, but found '-'"),
+    "tab indentation": ("models:\n\t- a\n", r"not valid YAML: line 2, column 1: found character '\\t' that cannot start any token"),
+    "duplicate key": (MODELS + "models: []\n", r"not valid YAML: line 4, column 1: found duplicate key 'models' \(first given on line 1\)"),
+    "duplicate key in a flow mapping": ("models: [{name: a, name: b}]\n", r"line 1, column 20: found duplicate key 'name'"),
+    "python tag": ("models: !!python/object/apply:os.system ['true']\n", r"not valid YAML: line 1, column 9: could not determine a constructor"),
+    "alias bomb": (
+        "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcd", "bcde"))
+        + MODELS,
+        r"more than 100,000 YAML nodes once aliases are expanded",
+    ),
+    "not UTF-8": (b"models: [\xff]\n", r"not UTF-8 text \(byte 9, line 1: invalid start byte\)"),
+    "empty file": ("", r"is empty; expected a mapping with keys dataset, models, alignment"),
+    "list at the top": ("- a\n- b\n", r"is a list at the top level; expected a mapping"),
+    # structure
+    "models missing": ("dataset: {kind: openmoji}\n", r"^models \(line 1\): required, but missing$"),
+    "models empty": ("models: []\n", r"^models \(line 1\): List should have at least 1 item"),
+    "models as a mapping": (f"models:\n  vit: {VIT}\n", r"^models \(line 2\): expected a list \(got a mapping\)$"),
+    "model as a list": ("models:\n  - [vit, ViTConfig]\n", r"^models\[0\] \(line 2\): expected a mapping \(got a list\)$"),
+    "duplicate model names": (f"models:\n  - {VIT}\n  - {BERT}\n  - {VIT}\n",
+                              r"^models \(line 2\): model names must be unique; repeated: 'vit' at models\[0, 2\]$"),
+    "bad model field": (f"models:\n  - {VIT}\n  - {{name: bert, loader: random_hf, id: BertConfig, modality: language, pooling: cls}}\n",
+                        r"^models\[1\] \(model 'bert'\)\.pooling \(line 3\): 'cls' is not valid for a language model"),
+    "misspelt model key": ("models:\n  - name: vit\n    loader: random_hf\n    id: ViTConfig\n    modality: vision\n    poolng: avg\n",
+                           r"^models\[0\] \(model 'vit'\)\.poolng \(line 6\): unknown key \(did you mean 'pooling'\?\); valid keys here: name, loader"),
+    "unknown top-level key": (MODELS + "modles: 1\n", r"^modles \(line 4\): unknown key \(did you mean 'models'\?\); valid keys here: dataset, models, alignment$"),
+    "dataset as a list": (MODELS + "dataset: [openmoji]\n", r"^dataset \(line 4\): expected a mapping \(got a list\)$"),
+    "alignment as a list": (MODELS + "alignment: [cka]\n", r"^alignment \(line 4\): expected a mapping \(got a list\)$"),
+    "alignment left empty": (MODELS + "alignment:\n", r"^alignment \(line 4\): expected a mapping \(got null\)$"),
+    "path dataset without a path": (MODELS + "dataset: {kind: path}\n", r"^dataset\.path: dataset\.kind 'path' needs dataset\.path"),
+    "unknown dataset kind": (MODELS + "dataset: {kind: imagenet}\n", r"^dataset\.kind \(line 4\): Input should be 'openmoji' or 'path' \(got 'imagenet'\)$"),
+    # alignment parameters
+    "unknown alignment key": (alignment("topkk: 3"), r"^alignment\.topkk \(line 5\): unknown key \(did you mean 'topk'\?\); valid keys here: metrics, topk,"),
+    "alpha is not a parameter": (alignment("alpha: 1.5"), r"^alignment\.alpha \(line 5\): unknown key; valid keys here: "),
+    "topk as text": (alignment("topk: ten"), r"^alignment\.topk \(line 5\): Input should be a valid integer \(got 'ten'\)$"),
+    "topk true": (alignment("topk: true"), r"^alignment\.topk \(line 5\): Input should be a valid integer \(got true\)$"),
+    "topk fractional": (alignment("topk: 2.5"), r"^alignment\.topk \(line 5\): Input should be a valid integer \(got 2\.5\)$"),
+    "topk 0": (alignment("topk: 0"), r"^alignment\.topk \(line 5\): Input should be greater than or equal to 1 \(got 0\)$"),
+    "topk 1 with cknna": (alignment("metrics: [mutual_knn, cknna]\ntopk: 1"), r"^alignment\.topk \(line 6\): cknna needs topk >= 2, got 1$"),
+    "negative permutations": (alignment("permutations: -1"), r"^alignment\.permutations \(line 5\): Input should be greater than or equal to 0 \(got -1\)$"),
+    "too many permutations": (alignment("permutations: 1000000"), r"^alignment\.permutations \(line 5\): Input should be less than or equal to 100000"),
+    "negative bootstrap": (alignment("bootstrap: -5"), r"^alignment\.bootstrap \(line 5\): Input should be greater than or equal to 0 \(got -5\)$"),
+    "quantile 0": (alignment("outlier_quantile: 0"), r"^alignment\.outlier_quantile \(line 5\): Input should be greater than 0 \(got 0\)$"),
+    "quantile above 1": (alignment("outlier_quantile: 1.01"), r"^alignment\.outlier_quantile \(line 5\): Input should be less than or equal to 1 \(got 1\.01\)$"),
+    "quantile NaN": (alignment("outlier_quantile: .nan"), r"^alignment\.outlier_quantile \(line 5\): Input should be a finite number \(got nan\)$"),
+    "infinite rbf_sigma": (alignment("kernel_metric: rbf\nrbf_sigma: .inf"), r"^alignment\.rbf_sigma \(line 6\): Input should be a finite number \(got inf\)$"),
+    "rbf_sigma 0": (alignment("rbf_sigma: 0"), r"^alignment\.rbf_sigma \(line 5\): Input should be greater than 0 \(got 0\)$"),
+    "cca_dim 0": (alignment("cca_dim: 0"), r"^alignment\.cca_dim \(line 5\): Input should be greater than or equal to 1"),
+    "unknown kernel": (alignment("kernel_metric: cosine"), r"^alignment\.kernel_metric \(line 5\): Input should be 'ip' or 'rbf' \(got 'cosine'\)$"),
+    "unknown pairs": (alignment("pairs: some"), r"^alignment\.pairs \(line 5\): Input should be 'cross_modal' or 'all'"),
+    "unknown metric": (alignment("metrics: [mutual_kn]"), r"^alignment\.metrics \(line 5\): unknown metric 'mutual_kn' \(did you mean 'mutual_knn'\?\); registered: cka, "),
+    "metrics as text": (alignment("metrics: cka"), r"^alignment\.metrics \(line 5\): expected a list \(got 'cka'\)$"),
+    "metrics empty": (alignment("metrics: []"), r"^alignment\.metrics \(line 5\): List should have at least 1 item"),
+    "metric listed twice": (alignment("metrics: [cka, cka]"), r"^alignment\.metrics \(line 5\): metrics listed more than once: \['cka'\]$"),
+    # dataset parameters
+    "n 1": (MODELS + "dataset: {n: 1}\n", r"^dataset\.n \(line 4\): Input should be greater than or equal to 2 \(got 1\)$"),
+    "topk >= n": (MODELS + "dataset: {n: 10}\nalignment: {topk: 10}\n",
+                  r"^dataset\.n \(line 4\): the OpenMoji sample has 10 sample\(s\), too few: alignment\.topk=10 \(mutual_knn, cknna\) needs topk \+ 2 = 12$"),
+    "n below topk + 2": (MODELS + "dataset: {n: 10}\nalignment: {topk: 9, metrics: [cycle_knn]}\n",
+                         r"too few: alignment\.topk=9 \(cycle_knn\) needs topk \+ 2 = 11"),
+    "huge topk with the default n": (alignment("topk: 1000000000000"), r"^dataset\.n: the OpenMoji sample has 1024 sample\(s\), too few: alignment\.topk=1000000000000"),
+    "n below cca_dim": (MODELS + "dataset: {n: 8}\nalignment: {metrics: [svcca], cca_dim: 9}\n", r"svcca with alignment\.cca_dim=9 needs 9$"),
+    "image_size too small": (MODELS + "dataset: {image_size: 8}\n", r"^dataset\.image_size \(line 4\): Input should be greater than or equal to 16 \(got 8\)$"),
+}
+
+
+@pytest.mark.parametrize(("text", "message"), list(CASES.values()), ids=list(CASES))
+def test_bad_config_names_file_field_and_line(tmp_path: Path, text: str | bytes, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    prefix = f"config {path}: "
+    assert str(caught.value).startswith(prefix), str(caught.value)
+    assert re.search(message, str(caught.value)[len(prefix):]), str(caught.value)
+    assert isinstance(caught.value, ValueError)  # the CLI reports ValueErrors as usage errors
+
+
+def test_every_problem_is_listed(tmp_path: Path) -> None:
+    text = f"models:\n  - {{name: vit, loader: random_hf, id: ViTConfig, modality: vision, batch_size: 0}}\nalignment:\n  topk: 0\n  metrics: [cka, nope]\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    lines = str(caught.value).splitlines()
+    assert lines[0].endswith(": 3 problems:")
+    assert sorted(lines[1:]) == sorted([
+        "  - models[0] (model 'vit').batch_size (line 2): Input should be greater than 0 (got 0)",
+        "  - alignment.topk (line 4): Input should be greater than or equal to 1 (got 0)",
+        "  - alignment.metrics (line 5): unknown metric 'nope'; registered: " + ", ".join(sorted(METRICS)),
+    ])
+
+
+def test_unreadable_config_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yaml: file not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "folder.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"folder\.yaml: cannot be read"):
+        load_config(tmp_path / "folder.yaml")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(write(tmp_path, "models: " + "[" * 3000 + "]" * 3000 + "\n"))
+
+
+def test_valid_configs_load(tmp_path: Path) -> None:
+    demo = load_config(DEMO_CONFIG)
+    assert len(demo.models) == 6 and demo.alignment.topk == 10
+
+    anchors = (
+        "models:\n  - &vit {name: vit-a, loader: random_hf, id: ViTConfig, modality: vision}\n"
+        "  - {<<: *vit, name: vit-b, seed: 1}\nalignment: {pairs: all}\n"
+    )
+    config = load_config(write(tmp_path, anchors, "anchors.yaml"))  # merge keys are not duplicates
+    assert [(m.name, m.seed) for m in config.models] == [("vit-a", 0), ("vit-b", 1)]
+    assert len(config.model_pairs()) == 1
+
+    edge = MODELS + "dataset: {n: 12}\nalignment: {topk: 10, metrics: [mutual_knn, cknna, svcca], cca_dim: 12, rbf_sigma: 2}\n"
+    config = load_config(write(tmp_path, edge, "edge.yaml"))  # n == topk + 2 == cca_dim: exactly enough
+    assert config.alignment.min_samples() == 12 and config.alignment.rbf_sigma == 2.0
+    assert load_config(write(tmp_path, MODELS + "dataset: {n: null}\nalignment: {topk: 5000}\n", "all.yaml")).dataset.n is None
+    path = load_config(write(tmp_path, MODELS + "dataset: {kind: path, path: pairs.csv}\n", "path.yaml"))
+    assert path.dataset.path == "pairs.csv"  # only the loader knows the size: checked at publish time
+
+
+def test_sample_requirements() -> None:
+    assert AlignmentParams().min_samples() == 12  # mutual_knn, cka, cknna with topk 10
+    assert AlignmentParams(metrics=["cka"]).min_samples() == 2
+    assert AlignmentParams(metrics=["unbiased_cka"]).min_samples() == 4
+    assert AlignmentParams(metrics=["cknna"], topk=2).min_samples() == 4
+    assert AlignmentParams(metrics=["svcca", "cka"], cca_dim=30).min_samples() == 30
+    AlignmentParams(topk=3).check_sample_count(5)
+    with pytest.raises(ValueError, match=r"^pair x has 4 sample\(s\), too few: alignment\.topk=3 \(mutual_knn, cknna\) needs topk \+ 2 = 5$"):
+        AlignmentParams(topk=3).check_sample_count(4, "pair x")
+    with pytest.raises(ValueError, match=r"has 1 sample\(s\), too few: alignment needs at least 2"):
+        AlignmentParams(metrics=["cka"]).check_sample_count(1)
+
+
+def test_constructed_configs_are_checked_too() -> None:
+    """The Prefect UI's form and Python callers build configs without YAML: same rules."""
+    models = [{"name": "vit", "loader": "random_hf", "id": "ViTConfig", "modality": "vision"}]
+    with pytest.raises(ValueError, match="topk"):
+        PipelineConfig.model_validate({"models": models, "dataset": {"n": 5}, "alignment": {"topk": 4}})
+    with pytest.raises(ValueError, match="valid integer"):
+        AlignmentParams(permutations=True)
+    assert PipelineConfig.model_json_schema()["properties"]["alignment"]  # the UI form still renders
