@@ -1,16 +1,24 @@
-"""Prefect task: join two models' stored features with DuckDB, score every layer pair, publish."""
+"""Prefect task: join two models' stored features with DuckDB, score every layer pair, publish.
+
+``align_to_store`` does the work (callable without Prefect, e.g. from tests); ``align_pair`` is
+its Prefect task. See ``align_to_store`` for how bad feature sets are refused or handled.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from prefect import get_run_logger, task
 
 from storage import layout
-from storage.pairing import paired_features
+from storage.features import examples
+from storage.pairing import PairedFeatures, paired_features
 from storage.store import Store
 from storage.versioning import code_version, content_id
 from tasks.alignment import MetricRequest, PairAlignment, align_layers, prepare_layers
@@ -51,7 +59,12 @@ def stored_alignment(store_url: str, manifest_a: dict[str, Any], manifest_b: dic
 def result_tables(
     results: list[PairAlignment], manifest_a: dict[str, Any], manifest_b: dict[str, Any], version: str, n_samples: int
 ) -> tuple[pa.Table, pa.Table]:
-    """(scores: one row per metric × layer pair, best: one row per metric) as Arrow tables."""
+    """(scores: one row per metric × layer pair, best: one row per metric) as Arrow tables.
+
+    A layer pair without a score (an excluded layer, see ``tasks.alignment``) gets a NULL
+    ``score``, never NaN: DuckDB orders NaN above every number, so ``max(score)`` would be NaN.
+    A best row without a finite score (the engine returned none) has NULL layers and score.
+    """
     a, b = manifest_a["catalog"], manifest_b["catalog"]
     common = {"alignment_version": version, "dataset_version": a["dataset_version"], "model_a": a["model"], "model_b": b["model"]}
     scores, best = [], []
@@ -62,17 +75,24 @@ def result_tables(
             for j in range(lb):
                 scores.append({**common, "metric": r.metric.name, "params": params, "layer_a": i, "layer_b": j,
                                "layer_name_a": a["layer_names"][i], "layer_name_b": b["layer_names"][j],
-                               "score": float(r.matrix[i, j]), "n_samples": n_samples})
-        i, j = r.best_layers
+                               "score": _finite_or_none(r.matrix[i, j]), "n_samples": n_samples})
+        i, j = r.best_layers if min(r.best_layers) >= 0 else (None, None)
         best.append({**common, "metric": r.metric.name, "params": params, "modality_a": a["modality"], "modality_b": b["modality"],
-                     "layer_a": i, "layer_b": j, "layer_name_a": a["layer_names"][i], "layer_name_b": b["layer_names"][j],
-                     "score": r.best, "chance_level": r.chance_level, "null_mean": r.null_mean, "null_std": r.null_std,
+                     "layer_a": i, "layer_b": j, "layer_name_a": None if i is None else a["layer_names"][i],
+                     "layer_name_b": None if j is None else b["layer_names"][j],
+                     "score": _finite_or_none(r.best), "chance_level": r.chance_level, "null_mean": r.null_mean, "null_std": r.null_std,
                      "tau": r.tau, "p_value": r.p_value, "calibrated_score": r.calibrated, "permutations": r.permutations,
                      "ci_low": r.ci_low, "ci_high": r.ci_high, "bootstrap": r.bootstrap,
                      "n_samples": n_samples})
     schema_types = {"layer_a": pa.int32(), "layer_b": pa.int32(), "n_samples": pa.int32(), "permutations": pa.int32(),
-                    "bootstrap": pa.int32(), "ci_low": pa.float64(), "ci_high": pa.float64()}
+                    "bootstrap": pa.int32(), "ci_low": pa.float64(), "ci_high": pa.float64(), "score": pa.float64(),
+                    "layer_name_a": pa.string(), "layer_name_b": pa.string()}
     return _table(scores, schema_types), _table(best, schema_types)
+
+
+def _finite_or_none(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def _table(rows: list[dict[str, Any]], types: dict[str, pa.DataType]) -> pa.Table:
@@ -86,13 +106,76 @@ def _table(rows: list[dict[str, Any]], types: dict[str, pa.DataType]) -> pa.Tabl
     return pa.table(columns)
 
 
-@task(name="align-pair", task_run_name="align-{model_a}-{model_b}", tags=["prh-align"], retries=3,
-      retry_delay_seconds=backoff(5, 3), retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
-def align_pair(
-    store_url: str, manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams, model_a: str, model_b: str
+def excluded_layers(results: list[PairAlignment], manifest_a: dict[str, Any], manifest_b: dict[str, Any]) -> list[dict[str, Any]]:
+    """The alignment manifest's ``degenerate_layers``: one entry per (model, layer, problem) with the
+    metrics it was left out of, e.g. ``{"model": "vit", "layer": 0, "layer_name": "embeddings",
+    "problem": "constant: ...", "metrics": ["cka", "mutual_knn"]}``."""
+    entries: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for r in results:
+        for catalog, excluded in ((manifest_a["catalog"], r.excluded_a), (manifest_b["catalog"], r.excluded_b)):
+            names = catalog.get("layer_names") or []
+            for layer, problem in sorted(excluded.items()):
+                entry = entries.setdefault((catalog["model"], layer, problem), {
+                    "model": catalog["model"], "layer": layer, "layer_name": names[layer] if layer < len(names) else None,
+                    "problem": problem, "metrics": []})
+                entry["metrics"].append(r.metric.name)
+    return list(entries.values())
+
+
+def zero_vector_samples(layers: list[np.ndarray], sample_ids: list[str], catalog: dict[str, Any]) -> list[dict[str, Any]]:
+    """Layers in which some (not all) samples are all-zero vectors: ``{"model", "layer", "layer_name",
+    "n_samples", "examples"}``. Such a sample has inner product 0 with every other, so its k-NN list
+    is tie-breaking noise; it is kept (it is a real output of the model) and reported."""
+    out = []
+    names = catalog.get("layer_names") or []
+    for layer, x in enumerate(layers):
+        zero = np.flatnonzero(~x.any(axis=1)) if x.size else np.zeros(0, dtype=np.int64)
+        if 0 < zero.size < x.shape[0]:
+            out.append({"model": catalog["model"], "layer": layer, "layer_name": names[layer] if layer < len(names) else None,
+                        "n_samples": int(zero.size), "examples": [sample_ids[i] for i in zero[:5]]})
+    return out
+
+
+def check_pairable(manifest_a: dict[str, Any], manifest_b: dict[str, Any]) -> None:
+    """Refuse two feature versions of different datasets: their sample ids need not mean the same samples."""
+    a, b = manifest_a["catalog"], manifest_b["catalog"]
+    if a["dataset_version"] != b["dataset_version"]:
+        raise ValueError(f"{a['model']} x {b['model']}: features of different dataset versions "
+                         f"({a['dataset_version']} vs {b['dataset_version']}); a sample id names the same sample only "
+                         "within one dataset version: extract both models from the same dataset")
+
+
+def check_common_samples(pair: PairedFeatures, model_a: str, model_b: str, topk: int) -> None:
+    """Refuse a pair with too few common samples, naming both models, their counts and example ids."""
+    n, min_n = len(pair.sample_ids), topk + 2
+    for model, count in ((model_a, pair.n_a), (model_b, pair.n_b)):
+        if count == 0:
+            raise ValueError(f"{model_a} x {model_b}: the stored features of {model} hold no samples")
+    if n >= min_n:
+        return
+    detail = (f"{model_a} has {pair.n_a} samples, {model_b} has {pair.n_b}, {n} in common; "
+              f"e.g. only in {model_a}: {examples(pair.examples_only_a) or '-'}; only in {model_b}: {examples(pair.examples_only_b) or '-'}")
+    hint = " (no sample_id in common: were both extracted from the same dataset?)" if n == 0 else ""
+    raise ValueError(f"{model_a} x {model_b}: {n} common samples; topk={topk} needs at least {min_n}{hint}. {detail}")
+
+
+def align_to_store(
+    store_url: str, manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> dict[str, Any]:
-    """Score every layer pair of two models with every metric (or reuse a stored result)."""
-    logger = get_run_logger()
+    """Score every layer pair of two models with every metric and publish it (or reuse a stored result).
+
+    Returns the alignment manifest plus ``reused``. Bad input raises ``ValueError`` (nothing is
+    published): features of different dataset versions, a model without samples, fewer than
+    ``topk + 2`` common samples, unusable stored features (``FeatureError``: NaN/Inf, duplicate
+    ids...), or a model none of whose layers can be scored (``DegenerateFeaturesError``).
+    Degenerate layers are excluded from the scores (NULL), the max and the calibration, logged as
+    warnings and listed in the manifest's ``degenerate_layers``; samples present for one model
+    only are dropped and counted (``only_a``/``only_b``).
+    """
+    logger = logger or logging.getLogger(__name__)
+    model_a, model_b = manifest_a["catalog"]["model"], manifest_b["catalog"]["model"]
+    check_pairable(manifest_a, manifest_b)
     store = Store(store_url)
     key = _alignment_key(manifest_a, manifest_b, params)
     existing = store.manifest(key)
@@ -101,16 +184,23 @@ def align_pair(
         return {**existing, "reused": True}
     started = time.perf_counter()
     pair = paired_features(store, manifest_a, manifest_b)
+    check_common_samples(pair, model_a, model_b, params.topk)
     if pair.only_a or pair.only_b:
-        logger.warning("%s x %s: %d samples only in %s, %d only in %s; aligning the %d common samples",
-                       model_a, model_b, pair.only_a, model_a, pair.only_b, model_b, len(pair.sample_ids))
-    min_n = params.topk + 2
-    if len(pair.sample_ids) < min_n:
-        raise ValueError(f"{model_a} x {model_b}: {len(pair.sample_ids)} common samples; topk={params.topk} needs at least {min_n}")
+        logger.warning("%s x %s: %d samples only in %s (e.g. %s), %d only in %s (e.g. %s); aligning the %d common samples",
+                       model_a, model_b, pair.only_a, model_a, examples(pair.examples_only_a) or "-",
+                       pair.only_b, model_b, examples(pair.examples_only_b) or "-", len(pair.sample_ids))
+    zeros = (zero_vector_samples(pair.xs, pair.sample_ids, manifest_a["catalog"])
+             + zero_vector_samples(pair.ys, pair.sample_ids, manifest_b["catalog"]))
+    for z in zeros:
+        logger.warning("%s layer %d (%s): %d of %d samples are all-zero vectors (e.g. %s); their neighbours are ties",
+                       z["model"], z["layer"], z["layer_name"], z["n_samples"], len(pair.sample_ids), examples(z["examples"]))
     xs = prepare_layers(pair.xs, q=params.outlier_quantile)
     ys = prepare_layers(pair.ys, q=params.outlier_quantile)
     results = align_layers(xs, ys, metric_requests(params), permutations=params.permutations, seed=params.seed,
-                           bootstrap=params.bootstrap)
+                           bootstrap=params.bootstrap, names=(model_a, model_b))
+    degenerate = excluded_layers(results, manifest_a, manifest_b)
+    for d in degenerate:
+        logger.warning("%s layer %d (%s) left out of %s: %s", d["model"], d["layer"], d["layer_name"], ", ".join(d["metrics"]), d["problem"])
     version = key.rsplit("/", 1)[1]
     scores, best = result_tables(results, manifest_a, manifest_b, version, len(pair.sample_ids))
     seconds = time.perf_counter() - started
@@ -125,6 +215,8 @@ def align_pair(
         "n_samples": len(pair.sample_ids),
         "only_a": pair.only_a,
         "only_b": pair.only_b,
+        "degenerate_layers": degenerate,
+        "zero_vectors": zeros,
         "seconds": round(seconds, 3),
     }
     published = store.publish(key, {layout.SCORES_FILE: scores, layout.BEST_FILE: best}, manifest)
@@ -132,3 +224,12 @@ def align_pair(
         logger.info("%s x %s: %s best %.4f at layers (%d, %d)%s", model_a, model_b, r.metric.label(), r.best, *r.best_layers,
                     f", chance {r.chance_level:.4f}" if r.chance_level is not None else "")
     return {**published.manifest, "reused": False}
+
+
+@task(name="align-pair", task_run_name="align-{model_a}-{model_b}", tags=["prh-align"], retries=3,
+      retry_delay_seconds=backoff(5, 3), retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
+def align_pair(
+    store_url: str, manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams, model_a: str, model_b: str
+) -> dict[str, Any]:
+    """Score every layer pair of two models with every metric (or reuse a stored result): ``align_to_store``."""
+    return align_to_store(store_url, manifest_a, manifest_b, params, get_run_logger())

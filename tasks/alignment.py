@@ -2,17 +2,48 @@
 
 Pure computation on arrays (no Prefect, no storage): the Prefect task in
 ``tasks.align_task`` joins stored features and publishes what this returns.
+
+Layers on which a score is undefined are excluded, visibly, instead of being scored:
+
+- **degenerate layers** (every metric): a layer whose paired samples are numerically constant
+  (rank 0 after centring: e.g. a ViT's CLS token at the embedding layer, the same vector for
+  every image) or lie on one line (rank 1: e.g. a width-1 layer, whose L2-normalised rows are
+  only ``±1``). k-NN metrics on such a layer rank ties (the order is tie-breaking noise) and
+  kernel metrics divide ``0`` by an epsilon; such a score could still win the max over layer
+  pairs. The test is relative: the RMS distance of the rows from their mean (rank 0), or from
+  their best-fitting line through the mean (rank 1), is at most ``DEGENERATE_RTOL`` times the RMS
+  row norm. On L2-normalised rows ``1e-4`` is below what a float32 Gram matrix resolves
+  (``1 - d²/2`` with ``d = 1e-4`` rounds to 1), so no layer whose geometry the metrics can see
+  is excluded.
+- **metric-specific exclusions**: a layer that a metric's engine refuses on its own (e.g.
+  ``svcca`` with ``cca_dim`` above the layer's width or rank) is excluded for that metric only.
+
+An excluded layer gets NaN in every layer pair of the ``(La, Lb)`` matrix and takes no part in
+the max over layer pairs, in its argmax, in the permutation calibration and in the bootstrap:
+the engine only ever sees the layers that remain. ``PairAlignment.excluded_a``/``excluded_b``
+say which layers were excluded and why. If every layer of one side is excluded, there is
+nothing to align and ``DegenerateFeaturesError`` names the model and each layer's problem.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
 from tasks import metrics
+
+#: Relative tolerance of the degenerate-layer test (see the module docstring).
+DEGENERATE_RTOL = 1e-4
+_BLOCK = 4096
+_SCREEN_ROWS = 256
+
+
+class DegenerateFeaturesError(ValueError):
+    """Every layer of one side is excluded for a metric: nothing to align."""
 
 
 @dataclass(frozen=True)
@@ -32,9 +63,12 @@ class MetricRequest:
 class PairAlignment:
     """Result of one metric on one model pair.
 
-    ``matrix``: ``(La, Lb) float64`` scores for every layer pair; ``best``/``best_layers``: max
-    over layer pairs and its argmax; ``chance_level``: analytical chance score (None if unknown);
-    the remaining fields come from the permutation calibration (None when ``permutations == 0``).
+    ``matrix``: ``(La, Lb) float64`` scores for every layer pair (NaN in the rows/columns of
+    excluded layers); ``best``/``best_layers``: max over the remaining layer pairs and its argmax
+    (``nan``/``(-1, -1)`` if the engine returned no finite score); ``chance_level``: analytical
+    chance score (None if unknown); the calibration fields come from the permutation calibration
+    (None when ``permutations == 0``). ``excluded_a``/``excluded_b``: layer index → why that
+    layer of model A / model B was left out of this metric.
     """
 
     metric: MetricRequest
@@ -51,11 +85,95 @@ class PairAlignment:
     ci_low: float | None = None
     ci_high: float | None = None
     bootstrap: int = 0
+    excluded_a: dict[int, str] = field(default_factory=dict)
+    excluded_b: dict[int, str] = field(default_factory=dict)
 
 
 def prepare_layers(layers: Sequence[np.ndarray], q: float = 0.95) -> list[np.ndarray]:
     """The paper's preprocessing of every layer: outlier clamp at quantile ``q``, then L2 rows."""
     return [np.asarray(metrics.prepare(x, q=q)) for x in layers]
+
+
+def degenerate_layers(layers: Sequence[np.ndarray], rtol: float = DEGENERATE_RTOL) -> dict[int, str]:
+    """Layer index → problem, for every layer ``(N, D_l)`` that is constant or rank 1 across samples.
+
+    Works block-wise in float64 (memory: one ``(4096, D)`` block); cost ``O(min(N, 256) D)`` for a
+    usual layer, ``O(N D)`` for a degenerate one.
+    """
+    out = {}
+    for index, x in enumerate(layers):
+        problem = _degeneracy(np.asarray(x), rtol)
+        if problem is not None:
+            out[index] = problem
+    return out
+
+
+def _blocks(x: np.ndarray):
+    for start in range(0, x.shape[0], _BLOCK):
+        yield np.asarray(x[start : start + _BLOCK], dtype=np.float64)
+
+
+def _degeneracy(x: np.ndarray, rtol: float) -> str | None:
+    """Why ``x`` ``(N, D)`` is degenerate (rank <= 1 after centring, relative to its RMS row norm), or None.
+
+    Rows of a degenerate layer are degenerate in any subset, so ``_SCREEN_ROWS`` evenly spaced
+    rows are tested first and the whole layer only when they are degenerate: a usual layer
+    costs ``O(_SCREEN_ROWS * D)``.
+    """
+    n = x.shape[0]
+    if n == 0 or x.shape[1] == 0:
+        return f"no values ({x.shape[0]} samples x width {x.shape[1]})"
+    if n > _SCREEN_ROWS:
+        screen = np.asarray(x[np.linspace(0, n - 1, _SCREEN_ROWS).astype(np.int64)], dtype=np.float64)
+        if _degeneracy_of_rows(screen, rtol) is None:
+            return None
+    return _degeneracy_of_rows(x, rtol)
+
+
+def _degeneracy_of_rows(x: np.ndarray, rtol: float) -> str | None:
+    n = x.shape[0]
+    mean = np.zeros(x.shape[1])
+    square = 0.0
+    for block in _blocks(x):
+        mean += block.sum(axis=0)
+        square += float(np.einsum("ij,ij->", block, block))
+    mean /= n
+    if square == 0.0:
+        return f"constant: all {n} samples are zero vectors"
+    spread2 = max(square / n - float(mean @ mean), 0.0)  # mean squared distance from the mean
+    # recompute the spread directly when cancellation could hide it (rows far from the origin)
+    if spread2 <= 1e-6 * square / n:
+        spread2 = sum(float(np.einsum("ij,ij->", b - mean, b - mean)) for b in _blocks(x)) / n
+    scale2 = square / n
+    if spread2 <= rtol**2 * scale2:
+        return (f"constant: all {n} samples have the same feature vector (RMS distance from their mean "
+                f"{math.sqrt(spread2 / scale2):.1e} of the RMS norm)")
+    # Rank 1: the best line through the mean, by power iteration on the centred covariance. An
+    # exactly rank-1 layer converges in one step (a nearly rank-1 one in two, the error shrinks by
+    # (s2/s1)^2 per step); a layer of rank >= 2 keeps a residual above the tolerance whatever the
+    # direction, so stopping early cannot produce a false positive.
+    best_row, best_norm = 0, -1.0
+    for offset, b in zip(range(0, n, _BLOCK), _blocks(x)):
+        norms = ((b - mean) ** 2).sum(axis=1)
+        if float(norms.max()) > best_norm:
+            best_row, best_norm = offset + int(norms.argmax()), float(norms.max())
+    v = x[best_row].astype(np.float64) - mean  # start from the row farthest from the mean
+    v /= np.linalg.norm(v)
+    for _ in range(2):
+        w = np.zeros_like(v)
+        for b in _blocks(x):
+            c = b - mean
+            w += c.T @ (c @ v)
+        norm = float(np.linalg.norm(w))
+        if norm == 0.0:
+            break
+        v = w / norm
+    along = sum(float(((b - mean) @ v) @ ((b - mean) @ v)) for b in _blocks(x)) / n
+    residual2 = max(spread2 - along, 0.0)
+    if residual2 <= rtol**2 * scale2:
+        return (f"rank 1: all {n} samples lie on one line (RMS distance from it {math.sqrt(residual2 / scale2):.1e} "
+                "of the RMS norm)")
+    return None
 
 
 def align_layers(
@@ -65,40 +183,120 @@ def align_layers(
     permutations: int = 0,
     seed: int = 0,
     bootstrap: int = 0,
+    names: tuple[str, str] = ("x", "y"),
 ) -> list[PairAlignment]:
     """Score every layer pair of two prepared feature stacks with every requested metric.
 
     ``xs``: model A's layers, each ``(N, D_a,l) float32``; ``ys``: model B's, ``(N, D_b,l)``;
-    rows paired. With ``permutations > 0`` each metric's max-over-layer-pairs statistic is
-    calibrated against a row-permutation null of ``ys`` (one permutation for all its layers).
-    With ``bootstrap > 0`` metrics that are means of per-sample terms (the k-NN metrics) get a
-    95% percentile bootstrap interval of the max; kernel metrics get none, because resampling
-    rows with replacement biases them upward (duplicated rows become each other's neighbours).
+    rows paired; widths may differ between layers. With ``permutations > 0`` each metric's
+    max-over-layer-pairs statistic is calibrated against a row-permutation null of ``ys`` (one
+    permutation for all its layers). With ``bootstrap > 0`` metrics that are means of per-sample
+    terms (the k-NN metrics) get a 95% percentile bootstrap interval of the max; kernel metrics
+    get none, because resampling rows with replacement biases them upward (duplicated rows become
+    each other's neighbours). Degenerate layers, and layers a metric refuses, are excluded (see
+    the module docstring); ``names`` (the two models) appear in errors.
+
+    Raises ``DegenerateFeaturesError`` if, for some metric, every layer of one side is excluded.
     """
+    if not len(xs) or not len(ys):
+        raise ValueError(f"{names[0]} has {len(xs)} layers and {names[1]} has {len(ys)}: both need at least one")
     n = int(xs[0].shape[0])
+    bad_x, bad_y = degenerate_layers(xs), degenerate_layers(ys)
+    _refuse_if_all_excluded(names[0], len(xs), bad_x, "any metric", n)
+    _refuse_if_all_excluded(names[1], len(ys), bad_y, "any metric", n)
+    keep_x = [i for i in range(len(xs)) if i not in bad_x]
+    keep_y = [i for i in range(len(ys)) if i not in bad_y]
     # One cache per model: each layer's Gram matrix and neighbour lists are computed once and
     # shared by every metric and every permutation.
-    rep_x = metrics.Representation(list(xs)).cache_grams()
-    rep_y = metrics.Representation(list(ys)).cache_grams()
+    rep_x = metrics.Representation([xs[i] for i in keep_x]).cache_grams()
+    rep_y = metrics.Representation([ys[i] for i in keep_y]).cache_grams()
     results = []
     for request in requests:
-        chance = _float_or_none(metrics.chance_level(request.name, n, **request.params))
-        if permutations > 0:
-            cal = metrics.calibrate(request.name, rep_x, rep_y, permutations=permutations, seed=seed, aggregate="max", **request.params)
-            matrix = np.asarray(cal.matrix, dtype=np.float64)
-            i, j = cal.argmax
-            result = PairAlignment(request, matrix, float(cal.observed), (int(i), int(j)), chance,
-                                   null_mean=float(cal.null_mean), null_std=float(cal.null_std), tau=float(cal.tau),
-                                   p_value=float(cal.p_value), calibrated=float(cal.calibrated), permutations=permutations)
-        else:
-            matrix = np.asarray(metrics.layer_matrix(request.name, rep_x, rep_y, **request.params), dtype=np.float64)
-            best, (i, j) = metrics.aggregate(matrix, "max")
-            result = PairAlignment(request, matrix, float(best), (int(i), int(j)), chance)
-        if bootstrap > 0 and metrics.resamples_per_sample(request.name):
-            ci = metrics.bootstrap_ci(request.name, rep_x, rep_y, n_boot=bootstrap, level=0.95, seed=seed, aggregate="max", **request.params)
-            result.ci_low, result.ci_high, result.bootstrap = float(ci.low), float(ci.high), bootstrap
+        refused_x, refused_y = _refused_layers(request, rep_x, rep_y)
+        excluded_x = {**bad_x, **{keep_x[i]: why for i, why in refused_x.items()}}
+        excluded_y = {**bad_y, **{keep_y[i]: why for i, why in refused_y.items()}}
+        _refuse_if_all_excluded(names[0], len(xs), excluded_x, request.label(), n)
+        _refuse_if_all_excluded(names[1], len(ys), excluded_y, request.label(), n)
+        sub_x, kx = _subset(rep_x, keep_x, refused_x)
+        sub_y, ky = _subset(rep_y, keep_y, refused_y)
+        result = _align_one(request, sub_x, sub_y, n, permutations, seed, bootstrap)
+        result.matrix = _embed(result.matrix, kx, ky, (len(xs), len(ys)))
+        if result.best_layers != (-1, -1):
+            result.best_layers = (kx[result.best_layers[0]], ky[result.best_layers[1]])
+        result.excluded_a, result.excluded_b = dict(sorted(excluded_x.items())), dict(sorted(excluded_y.items()))
         results.append(result)
     return results
+
+
+def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutations: int, seed: int, bootstrap: int) -> PairAlignment:
+    """One metric on the layers that remain (``(La', Lb')`` matrix, argmax in those indices)."""
+    chance = _float_or_none(metrics.chance_level(request.name, n, **request.params))
+    if permutations > 0:
+        cal = metrics.calibrate(request.name, rep_x, rep_y, permutations=permutations, seed=seed, aggregate="max", **request.params)
+        matrix = np.asarray(cal.matrix, dtype=np.float64)
+        i, j = cal.argmax
+        result = PairAlignment(request, matrix, float(cal.observed), (int(i), int(j)), chance,
+                               null_mean=float(cal.null_mean), null_std=float(cal.null_std), tau=float(cal.tau),
+                               p_value=float(cal.p_value), calibrated=float(cal.calibrated), permutations=permutations)
+    else:
+        matrix = np.asarray(metrics.layer_matrix(request.name, rep_x, rep_y, **request.params), dtype=np.float64)
+        best, (i, j) = metrics.aggregate(matrix, "max")
+        result = PairAlignment(request, matrix, float(best), (int(i), int(j)), chance)
+    if bootstrap > 0 and metrics.resamples_per_sample(request.name):
+        ci = metrics.bootstrap_ci(request.name, rep_x, rep_y, n_boot=bootstrap, level=0.95, seed=seed, aggregate="max", **request.params)
+        result.ci_low, result.ci_high, result.bootstrap = float(ci.low), float(ci.high), bootstrap
+    return result
+
+
+def _refused_layers(request: MetricRequest, rep_x: Any, rep_y: Any) -> tuple[dict[int, str], dict[int, str]]:
+    """Layers (indices into the representations) that the metric's engine refuses to encode.
+
+    Encoding is tried on each whole side first (cached on the representation, so the real
+    computation reuses it); only when that raises ``ValueError`` is each layer tried alone, to
+    find which ones the metric cannot score (e.g. ``svcca`` with ``cca_dim`` above a layer's width
+    or rank). An error that no single layer reproduces is not about layers and is raised as is.
+    """
+    spec = metrics.get_metric(request.name)
+    params = spec.resolve(dict(request.params))
+    refused: list[dict[int, str]] = []
+    for rep in (rep_x, rep_y):
+        try:
+            spec.engine.encode_cached(rep, params)
+            refused.append({})
+            continue
+        except ValueError as error:
+            failure = error
+        found = {}
+        for i, layer in enumerate(rep.layers):
+            try:
+                spec.engine.encode(metrics.Representation([layer]), params)
+            except ValueError as error:
+                found[i] = f"{request.label()} undefined: " + re.sub(r"\blayer 0\b", "this layer", str(error))
+        if not found:
+            raise failure
+        refused.append(found)
+    return refused[0], refused[1]
+
+
+def _subset(rep: Any, keep: list[int], refused: dict[int, str]) -> tuple[Any, list[int]]:
+    """The representation without the refused layers, and the original index of each remaining one."""
+    if not refused:
+        return rep, keep
+    remaining = [i for i in range(len(rep.layers)) if i not in refused]
+    return metrics.Representation([rep.layers[i] for i in remaining]), [keep[i] for i in remaining]
+
+
+def _embed(matrix: np.ndarray, rows: list[int], cols: list[int], shape: tuple[int, int]) -> np.ndarray:
+    """``(La, Lb)`` NaN matrix holding ``matrix`` at ``rows`` x ``cols``."""
+    out = np.full(shape, np.nan)
+    out[np.ix_(rows, cols)] = matrix
+    return out
+
+
+def _refuse_if_all_excluded(name: str, n_layers: int, excluded: dict[int, str], what: str, n: int) -> None:
+    if len(excluded) == n_layers:
+        detail = "; ".join(f"layer {i}: {why}" for i, why in sorted(excluded.items()))
+        raise DegenerateFeaturesError(f"{name}: no layer can be scored by {what} over the {n} paired samples ({detail})")
 
 
 def _float_or_none(value: Any) -> float | None:

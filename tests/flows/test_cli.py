@@ -59,3 +59,28 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys):
     assert main(["run", "--config", str(config), "--store", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "pooling" in err
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_read_only_or_full_store_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    """`prh run` on a read-only store or one without room: one clear line, exit 2, in seconds,
+    before the dataset is rendered or a model loaded; what the store held is still there."""
+    import time
+
+    from tests.storage.small_disk import remount_read_only, tmpfs
+
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32}, "models": [TINY_VIT, TINY_BERT],
+                                      "alignment": {"metrics": ["mutual_knn"], "topk": 5, "permutations": 0}}))
+    with tmpfs(tmp_path / "disk", 1024) as disk:
+        Store(str(disk / "store")).write_json("runs/earlier.json", {"run_id": "earlier", "status": "COMPLETED"})
+        started = time.time()
+        assert main(["run", "--config", str(config), "--store", str(disk / "store")]) == 2
+        assert "MiB free, less than the 256 MiB a run needs" in capsys.readouterr().err
+        remount_read_only(disk)
+        monkeypatch.setenv("PRH_MIN_FREE_MB", "0")
+        assert main(["run", "--config", str(config), "--store", str(disk / "store")]) == 2
+        err = capsys.readouterr().err
+        assert "prh run: error: store file://" in err and "is not writable: Read-only file system" in err
+        assert time.time() - started < 30
+        assert sorted(p.name for p in (disk / "store").rglob("*") if p.is_file()) == ["earlier.json"]

@@ -1,19 +1,22 @@
-"""Pairing never misaligns: bad feature files fail with a clear error, odd orders still pair."""
+"""Pairing never misaligns: bad feature files fail with a clear error naming the model and the
+layer, odd orders still pair; the writer refuses to store such features in the first place."""
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from storage import layout
-from storage.features import layer_table
+from storage.features import FeatureError, layer_table
 from storage.pairing import batch_vectors, paired_features
 from storage.store import Store
 
 
-def _publish(store: Store, model: str, tables: list[pa.Table]) -> dict:
+def _publish(store: Store, model: str, tables: list[pa.Table], layer_names: list[str] | None = None) -> dict:
     key = layout.features_key("d1", model, f"fv-{model}")
     files = {layout.layer_file(i): t for i, t in enumerate(tables)}
     catalog = {"model": model, "feature_version": f"fv-{model}", "dataset_version": "d1", "n_layers": len(tables)}
+    if layer_names:
+        catalog["layer_names"] = layer_names
     return store.publish(key, files, {"kind": "features", "catalog": catalog}).manifest
 
 
@@ -30,7 +33,7 @@ def _raw(ids: list, vectors: list, d: int = 3) -> pa.Table:
 def test_duplicate_sample_ids_are_refused(store_url):
     store = Store(store_url)
     ma = _publish(store, "a", [_raw(["s0", "s1", "s1", "s2"], [[0, 0, 0], [1, 1, 1], [2, 2, 2], [3, 3, 3]])])
-    with pytest.raises(ValueError, match=r"1 duplicate sample_id rows \(e.g. s1\)"):
+    with pytest.raises(FeatureError, match=r"model 'a' layer 0 \(.*layer-000.parquet\): 1 duplicate sample_id rows \(e.g. s1\)"):
         paired_features(store, ma, _good(store))
 
 
@@ -50,7 +53,8 @@ def test_a_layer_missing_common_samples_is_refused(tmp_path):
     ids = [f"s{i}" for i in range(6)]
     x = np.arange(18, dtype=np.float32).reshape(6, 3)
     ma = _publish(store, "a", [layer_table("a", "v", 0, ids, x), layer_table("a", "v", 1, ids[:5], x[:5])])
-    with pytest.raises(ValueError, match="layer-001.parquet: expected each of the 6 common samples once, got 5"):
+    with pytest.raises(FeatureError, match=r"model 'a' layer 1 \(.*layer-001.parquet\): expected each of the 6 common samples "
+                                           r"once, got 5 matching rows; missing e.g. s5"):
         paired_features(store, ma, _good(store))
 
 
@@ -76,6 +80,45 @@ def test_no_common_samples_gives_empty_arrays(tmp_path):
     ma = _publish(store, "a", [layer_table("a", "v", 0, ["x", "y"], np.ones((2, 3), np.float32))])
     pair = paired_features(store, ma, _good(store))
     assert pair.sample_ids == [] and pair.xs[0].shape == (0, 3) and (pair.only_a, pair.only_b) == (2, 6)
+    assert (pair.n_a, pair.n_b) == (2, 6)
+    assert pair.examples_only_a == ["x", "y"] and pair.examples_only_b == ["s0", "s1", "s2", "s3", "s4"]
+
+
+def test_nan_and_inf_in_stored_features_are_refused_naming_model_layer_count_and_ids(store_url):
+    """Files written by another tool may hold NaN/Inf (the writer here refuses them): pairing lists
+    every bad layer of both models, with its count of bad common samples and a few ids."""
+    store = Store(store_url)
+    ids = [f"s{i:02d}" for i in range(20)]
+    x = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    bad = x.copy()
+    bad[[3, 7, 11]] = np.nan
+    bad[12, 1] = np.inf
+    ma = _publish(store, "a", [layer_table("a", "v", 0, ids, x), _raw(ids, bad.tolist())], layer_names=["embed", "block.1"])
+    inf = x[:10].copy()
+    inf[4, 0] = -np.inf
+    mb = _publish(store, "b", [_raw(ids[:10], inf.tolist())])
+    with pytest.raises(FeatureError) as info:
+        paired_features(store, ma, mb)
+    message = str(info.value)
+    assert "non-finite stored features in 2 layer(s)" in message
+    # only the 10 common samples count: s11 and s12 are outside them
+    assert "model 'a' layer 1 'block.1'" in message and "2 of 10 common samples have NaN or Inf features (2 with NaN" in message
+    assert "e.g. s03, s07)" in message
+    assert "model 'b' layer 0" in message and "1 of 10 common samples" in message and "e.g. s04)" in message
+    assert "model 'a' layer 0" not in message
+
+
+def test_writer_refuses_features_that_could_not_be_used():
+    x = np.ones((3, 2), np.float32)
+    with pytest.raises(FeatureError, match=r"model 'm' layer 2: 1 duplicate sample_id rows \(e.g. s1\)"):
+        layer_table("m", "v", 2, ["s0", "s1", "s1"], x)
+    with pytest.raises(FeatureError, match=r"model 'm' layer 0: 1 rows have a NULL or empty sample_id \(rows 1\)"):
+        layer_table("m", "v", 0, ["s0", "", "s2"], x)
+    with pytest.raises(FeatureError, match=r"model 'm' layer 0: no samples"):
+        layer_table("m", "v", 0, [], np.zeros((0, 2), np.float32))
+    x[[0, 2], 1] = [np.nan, np.inf]
+    with pytest.raises(FeatureError, match=r"model 'm' layer 4: 2 of 3 samples have NaN or Inf features \(e.g. s0, s2\)"):
+        layer_table("m", "v", 4, ["s0", "s1", "s2"], x)
 
 
 def test_batch_vectors_reads_lists_and_fixed_size_lists():
