@@ -68,10 +68,11 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     target.write_json(layout.run_key(run_id), record)
     try:
         dataset = load_dataset(config.dataset, store_url, alignment=config.alignment)
-        features, alignments = run_zoo(config, store_url, dataset)
+        features, alignments, failures = run_zoo(config, store_url, dataset)
         best = [row for manifest in alignments for row in target.read_table(f"{manifest['key']}/{layout.BEST_FILE}").to_pylist()]
         record.update(
-            status=COMPLETED,
+            status=FAILED if failures else COMPLETED,
+            failures=failures,
             dataset_version=dataset["catalog"]["dataset_version"],
             feature_versions={name: m["catalog"]["feature_version"] for name, m in features.items()},
             alignment_versions=[m["key"] for m in alignments],
@@ -80,25 +81,38 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
             aligned=sum(1 for m in alignments if not m.get("reused")),
         )
         _publish_artifacts(best, record)
+        if failures:
+            raise ZooFailures(_failure_summary(failures, len(config.models), len(alignments)))
         if report:
             from flows.report import publish_report_artifact
 
             publish_report_artifact(store_url, record)
         return {**record, "best": best}
     except BaseException as error:
-        record.update(status=FAILED, error="".join(traceback.format_exception_only(type(error), error)).strip())
+        record.update(status=FAILED, error=_one_line(error))
         raise
     finally:
         record["finished_at"] = utc_now()
         target.write_json(layout.run_key(run_id), record)
 
 
-def run_zoo(config: PipelineConfig, store_url: str, dataset: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """Extract every model and align every pair as submitted tasks; returns their manifests.
+class ZooFailures(RuntimeError):
+    """Some models or model pairs failed; everything else was extracted, aligned and published."""
+
+
+def run_zoo(
+    config: PipelineConfig, store_url: str, dataset: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], list[dict[str, str]]]:
+    """Extract every model and align every pair as submitted tasks.
 
     Futures flow from extraction into alignment, so the UI shows the dependency graph and a
     parallel task runner starts a pair as soon as both its models are done. Each task looks up
     its content-addressed version in the store first, so nothing stored is computed again.
+
+    One model or pair that fails (after its retries) does not stop the others: returns the
+    feature manifests of the models that succeeded, the alignment manifests of the pairs that
+    succeeded, and one ``{"stage", "item", "error"}`` record per failure (a pair of a failed
+    model is recorded as skipped).
     """
     logger = get_run_logger()
     context = FlowRunContext.get()
@@ -108,12 +122,38 @@ def run_zoo(config: PipelineConfig, store_url: str, dataset: dict[str, Any]) -> 
     for index, spec in enumerate(config.models, 1):
         logger.info("model %d/%d: %s", index, len(config.models), spec.name)
         extracting[spec.name] = extract_features.submit(store_url, dataset, spec)
-    aligning = [
-        align_pair.submit(store_url, extracting[a.name], extracting[b.name], config.alignment, a.name, b.name)
-        for a, b in config.model_pairs()
-    ]
-    features = {name: future.result() for name, future in extracting.items()}
-    return features, [future.result() for future in aligning]
+    pairs = [(a.name, b.name) for a, b in config.model_pairs()]
+    aligning = [align_pair.submit(store_url, extracting[a], extracting[b], config.alignment, a, b) for a, b in pairs]
+
+    features, failures = {}, []
+    for name, future in extracting.items():
+        try:
+            features[name] = future.result()
+        except Exception as error:  # noqa: BLE001 - recorded, reported and re-raised by the flow
+            failures.append({"stage": "extract", "item": name, "error": _one_line(error)})
+    alignments = []
+    for (a, b), future in zip(pairs, aligning):
+        missing = [name for name in (a, b) if name not in features]
+        try:
+            alignments.append(future.result())
+        except Exception as error:  # noqa: BLE001
+            reason = f"skipped: extraction of {' and '.join(missing)} failed" if missing else _one_line(error)
+            failures.append({"stage": "align", "item": f"{a} x {b}", "error": reason})
+    for failure in failures:
+        logger.error("%s %s failed: %s", failure["stage"], failure["item"], failure["error"])
+    return features, alignments, failures
+
+
+def _failure_summary(failures: list[dict[str, str]], n_models: int, n_aligned: int) -> str:
+    """``2 of 5 models and 4 of 10 model pairs failed (the rest is published): ...``."""
+    models = sum(f["stage"] == "extract" for f in failures)
+    pairs = sum(f["stage"] == "align" for f in failures)
+    items = "; ".join(f"{f['stage']} {f['item']}: {f['error']}" for f in failures)
+    return f"{models} of {n_models} models and {pairs} of {pairs + n_aligned} model pairs failed (the rest is published): {items}"
+
+
+def _one_line(error: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(error), error)).strip()
 
 
 def log_recovery(crashed: list[str], swept: list[str]) -> None:
@@ -135,6 +175,7 @@ def _publish_artifacts(best: list[dict[str, Any]], record: dict[str, Any]) -> No
             f"- store: `{record['store']}`\n- dataset version: `{record['dataset_version']}`\n"
             f"- features extracted: {', '.join(record['extracted']) or 'none'}; reused: {', '.join(record['reused']) or 'none'}\n"
             f"- model pairs aligned: {record['aligned']} new of {len(record['alignment_versions'])}\n"
+            + "".join(f"- FAILED {f['stage']} {f['item']}: {f['error']}\n" for f in record.get("failures", []))
         ),
         description="Versions this run produced or reused",
     )

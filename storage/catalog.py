@@ -65,7 +65,7 @@ _META_COLUMNS = {
     ],
     "runs": [
         "run_id", "flow_run_id", "status", "started_at", "finished_at", "store", "config", "dataset_version",
-        "feature_versions", "alignment_versions", "extracted", "reused", "aligned", "code_version", "error",
+        "feature_versions", "alignment_versions", "extracted", "reused", "aligned", "code_version", "error", "failures",
     ],
 }
 
@@ -163,13 +163,20 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
 def _meta_table(view: str, rows: list[dict[str, Any]]) -> pa.Table:
     """One row per manifest / run record, columns ``_META_COLUMNS[view]`` (nested dicts as JSON)."""
     columns = _META_COLUMNS[view]
-    data = {c: [_json_cell(r.get(c)) for r in rows] for c in columns}
+    data = {c: [_json_cell(r.get(c), c in _JSON_COLUMNS) for r in rows] for c in columns}
     return pa.table({c: pa.array(v) if any(x is not None for x in v) else pa.nulls(len(v), pa.string()) for c, v in data.items()})
 
 
-def _json_cell(value: Any) -> Any:
-    """Nested dicts become JSON text so that every column has one Arrow type."""
-    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+#: Columns held as JSON text whatever their value (lists of records).
+_JSON_COLUMNS = {"failures"}
+
+
+def _json_cell(value: Any, as_json: bool = False) -> Any:
+    """Nested dicts (and any value of a JSON column) become JSON text so that every column has
+    one Arrow type."""
+    if value is not None and (as_json or isinstance(value, dict)):
+        return json.dumps(value, sort_keys=True)
+    return value
 
 
 _READ_ONLY_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from storage.keys import safe_component
 from storage.owner import current_owner, owner_is_dead
+from storage.s3_options import describe_s3_error
 
 MANIFEST = "manifest.json"
 CLAIM = ".publishing"
@@ -68,6 +69,15 @@ DEFAULT_MIN_FREE_MB = 256
 
 class StoreNotWritable(PermissionError):
     """The store refuses writes (read-only, no permission, disk full, quota): retries cannot help."""
+
+
+class StoreIOError(OSError):
+    """An object-store operation failed after the client's retries; the message names the store
+    (credentials removed), the operation and the S3 error. Transient for ``tasks.retries``."""
+
+
+#: Owner ids of claims this process could not remove (the endpoint was down): its own leftovers.
+_ABANDONED_CLAIMS: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -284,23 +294,74 @@ class Store:
         another host that died) is removed and the claim retried; the dead writer's files, never
         listed in a manifest, are overwritten by the next writer.
         """
+        try:
+            return self._publish(version_key, files, manifest, row_group_size, stale_after_s)
+        except Exception as error:
+            wrapped = self._failure(f"publish {version_key}", error)
+            if wrapped is error:
+                raise
+            raise wrapped from error
+
+    def _publish(
+        self, version_key: str, files: dict[str, pa.Table | bytes], manifest: dict[str, Any],
+        row_group_size: int | None, stale_after_s: float,
+    ) -> Published:
         claim_key = f"{version_key}/{CLAIM}"
         delay = 0.02
         while True:
             existing = self._fresh_manifest(version_key)
             if existing is not None:
                 return Published(version_key, existing, written=False)
-            if self.create_exclusive(claim_key, _claim_token()):
+            token = _claim_token()
+            if self.create_exclusive(claim_key, token) or self._claim_is(claim_key, token):
                 try:
                     existing = self._fresh_manifest(version_key)  # finished between our check and our claim
                     if existing is not None:
                         return Published(version_key, existing, written=False)
                     return Published(version_key, self._write_version(version_key, files, manifest, row_group_size), written=True)
                 finally:
-                    self.delete(claim_key)
+                    self._release(claim_key, token)
             self._drop_if_stale(claim_key, stale_after_s)
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def _claim_is(self, claim_key: str, token: bytes) -> bool:
+        """Object stores: True if the claim holds exactly ``token``. A conditional PUT whose
+        response was lost (a reset, a 5xx after the write) is retried by the client and the retry
+        answers 412; the unique token tells that the claim is ours after all."""
+        if self.is_local:
+            return False
+        try:
+            self.fs.invalidate_cache(self.path(claim_key))
+            return self.read_bytes(claim_key) == token
+        except FileNotFoundError:
+            return False
+
+    def _release(self, claim_key: str, token: bytes) -> None:
+        """Drop our claim. If that fails (the endpoint is down), the claim stays behind: it is
+        remembered as abandoned by this process, so that this process's next publish of the version
+        takes it over at once (other processes: dead owner or ``stale_after_s``). Never raises, so
+        that the publish's own error, or its success, is what the caller sees."""
+        try:
+            self.delete(claim_key)
+        except Exception:  # noqa: BLE001 - see the docstring
+            _ABANDONED_CLAIMS.add(json.loads(token)["owner"])
+
+    def _failure(self, action: str, error: BaseException) -> BaseException:
+        """``error`` re-raised with a message naming the store (redacted), the action and the S3
+        cause; same classification (permanent or transient) as the original. Local stores and
+        errors that are not I/O errors are returned unchanged."""
+        client_error = type(error).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp")
+        if self.is_local or isinstance(error, (StoreIOError, StoreNotWritable)) or not (isinstance(error, OSError) or client_error):
+            return error
+        message = f"cannot {action} in store {self.display_url}: {describe_s3_error(error)}"
+        if isinstance(error, PermissionError):
+            return StoreNotWritable(message)
+        if isinstance(error, (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)):
+            return type(error)(message)
+        wrapped = StoreIOError(message)
+        wrapped.errno = getattr(error, "errno", None)
+        return wrapped
 
     def _fresh_manifest(self, version_key: str) -> dict[str, Any] | None:
         self.fs.invalidate_cache(self.path(version_key))
@@ -315,7 +376,8 @@ class Store:
             claimed_at = float(token["claimed_at"])
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return False
-        if owner_is_dead(token.get("process")) or time.time() - claimed_at > stale_after_s:
+        abandoned = token.get("owner") in _ABANDONED_CLAIMS
+        if abandoned or owner_is_dead(token.get("process")) or time.time() - claimed_at > stale_after_s:
             try:
                 if self.read_bytes(claim_key) == raw:  # still the same claim
                     self.delete(claim_key)

@@ -155,3 +155,25 @@ def _assert_no_secrets(store: Store, summary: dict) -> None:
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts()
     assert not any(secret.decode() in repr(a.data) + repr(a.description) for a in artifacts for secret in secrets)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_failing_model_does_not_stop_the_others(tmp_path):
+    """A model that cannot be built fails (no retry: not transient); the other models and pairs
+    are extracted, aligned and published; the run is FAILED and says which items failed and why."""
+    from flows.pipeline import ZooFailures
+
+    broken = {**TINY_VIT, "name": "broken-vit", "config": {**TINY_VIT["config"], "intermediate_size": -1}}
+    store = str(tmp_path / "store")
+    with pytest.raises(ZooFailures) as raised:
+        prh_pipeline(config=_config([TINY_VIT, broken, TINY_BERT], permutations=0), store=store, report=False)
+    message = str(raised.value)
+    assert message.startswith("1 of 3 models and 1 of 2 model pairs failed (the rest is published)")
+    assert "extract broken-vit:" in message and "broken-vit x tiny-bert: skipped: extraction of broken-vit failed" in message
+    con = connect(Store(store))
+    assert query(con, "select distinct model_a, model_b from alignment").to_pylist() == [{"model_a": "tiny-vit", "model_b": "tiny-bert"}]
+    assert query(con, "select model from models order by model").column("model").to_pylist() == ["tiny-bert", "tiny-vit"]
+    run = query(con, "select status, failures, error from runs").to_pylist()[0]
+    failures = __import__("json").loads(run["failures"])
+    assert run["status"] == "FAILED" and [(f["stage"], f["item"]) for f in failures] == [("extract", "broken-vit"), ("align", "broken-vit x tiny-bert")]
+    assert "negative dimension" in failures[0]["error"] and run["error"].startswith("flows.pipeline.ZooFailures: 1 of 3 models")
