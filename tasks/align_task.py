@@ -145,18 +145,20 @@ def check_pairable(manifest_a: dict[str, Any], manifest_b: dict[str, Any]) -> No
                          "within one dataset version: extract both models from the same dataset")
 
 
-def check_common_samples(pair: PairedFeatures, model_a: str, model_b: str, topk: int) -> None:
-    """Refuse a pair with too few common samples, naming both models, their counts and example ids."""
-    n, min_n = len(pair.sample_ids), topk + 2
+def check_common_samples(pair: PairedFeatures, model_a: str, model_b: str, params: AlignmentParams) -> None:
+    """Refuse a pair with fewer common samples than ``params.min_samples()``, naming both models,
+    their counts, the binding requirement and example ids."""
+    n = len(pair.sample_ids)
     for model, count in ((model_a, pair.n_a), (model_b, pair.n_b)):
         if count == 0:
             raise ValueError(f"{model_a} x {model_b}: the stored features of {model} hold no samples")
-    if n >= min_n:
-        return
-    detail = (f"{model_a} has {pair.n_a} samples, {model_b} has {pair.n_b}, {n} in common; "
-              f"e.g. only in {model_a}: {examples(pair.examples_only_a) or '-'}; only in {model_b}: {examples(pair.examples_only_b) or '-'}")
-    hint = " (no sample_id in common: were both extracted from the same dataset?)" if n == 0 else ""
-    raise ValueError(f"{model_a} x {model_b}: {n} common samples; topk={topk} needs at least {min_n}{hint}. {detail}")
+    try:
+        params.check_sample_count(n, f"{model_a} x {model_b}: the pair")
+    except ValueError as error:
+        detail = (f"{model_a} has {pair.n_a} samples, {model_b} has {pair.n_b}, {n} in common; "
+                  f"e.g. only in {model_a}: {examples(pair.examples_only_a) or '-'}; only in {model_b}: {examples(pair.examples_only_b) or '-'}")
+        hint = " (no sample_id in common: were both extracted from the same dataset?)" if n == 0 else ""
+        raise ValueError(f"{error}{hint}. {detail}") from None
 
 
 def align_to_store(
@@ -166,8 +168,8 @@ def align_to_store(
     """Score every layer pair of two models with every metric and publish it (or reuse a stored result).
 
     Returns the alignment manifest plus ``reused``. Bad input raises ``ValueError`` (nothing is
-    published): features of different dataset versions, a model without samples, fewer than
-    ``topk + 2`` common samples, unusable stored features (``FeatureError``: NaN/Inf, duplicate
+    published): features of different dataset versions, a model without samples, fewer common
+    samples than the metrics need (``AlignmentParams.min_samples``), unusable stored features (``FeatureError``: NaN/Inf, duplicate
     ids...), or a model none of whose layers can be scored (``DegenerateFeaturesError``).
     Degenerate layers are excluded from the scores (NULL), the max and the calibration, logged as
     warnings and listed in the manifest's ``degenerate_layers``; samples present for one model
@@ -184,7 +186,7 @@ def align_to_store(
         return {**existing, "reused": True}
     started = time.perf_counter()
     pair = paired_features(store, manifest_a, manifest_b)
-    check_common_samples(pair, model_a, model_b, params.topk)
+    check_common_samples(pair, model_a, model_b, params)
     if pair.only_a or pair.only_b:
         logger.warning("%s x %s: %d samples only in %s (e.g. %s), %d only in %s (e.g. %s); aligning the %d common samples",
                        model_a, model_b, pair.only_a, model_a, examples(pair.examples_only_a) or "-",

@@ -192,12 +192,12 @@ def test_too_few_or_no_common_samples_are_refused_naming_both_models_and_counts(
     z = _signal(60)
     ma = _publish(store, "vit", _ids(60), [_view(z, 6, 1)])
     mb = _publish(store, "lm", [f"caption-{i}" for i in range(30)], [_view(z[:30], 5, 2)], modality="language")
-    with pytest.raises(ValueError, match=r"vit x lm: 0 common samples; topk=4 needs at least 6 \(no sample_id in common: .*\)\. "
+    with pytest.raises(ValueError, match=r"vit x lm: the pair has 0 sample\(s\), too few: alignment.topk=4 \(mutual_knn, cknna\) needs topk \+ 2 = 6 \(no sample_id in common: .*\)\. "
                                          r"vit has 60 samples, lm has 30, 0 in common; e.g. only in vit: s000, s001, .*; "
                                          r"only in lm: caption-0, caption-1"):
         align_to_store(store.url, ma, mb, AlignmentParams(topk=TOPK), logging.getLogger("test"))
     mc = _publish(store, "few", _ids(60)[55:] + ["zz"], [_view(z[:6], 5, 3)], modality="language")
-    with pytest.raises(ValueError, match=r"vit x few: 5 common samples; topk=4 needs at least 6\. vit has 60 samples, few has 6, "
+    with pytest.raises(ValueError, match=r"vit x few: the pair has 5 sample\(s\), too few: alignment.topk=4 \(mutual_knn, cknna\) needs topk \+ 2 = 6\. vit has 60 samples, few has 6, "
                                          r"5 in common; e.g. only in vit: s000.*; only in few: zz"):
         align_to_store(store.url, ma, mc, AlignmentParams(topk=TOPK), logging.getLogger("test"))
     empty = _publish(store, "empty", [], [], raw={0: _raw_table([], np.zeros((0, 4)))}, modality="language")
