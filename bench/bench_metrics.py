@@ -8,7 +8,10 @@ What it measures, in one run on the same data:
 - a per-pair loop in the style of the paper's code (torch; neighbours, kernels and HSIC recomputed
   for every layer pair, dense ``trace(K H L H)``), its time and the largest difference from the
   engine's matrix (same numbers);
-- ``calibrate`` with ``--permutations`` row permutations (max over layer pairs);
+- ``calibrate`` with ``--permutations`` row permutations (max over layer pairs) for each
+  ``--calibrate`` metric (encoding included: fresh ``Representation`` objects), with the
+  1-minute load average before and after (the machine is shared: ``--threads 1`` is the
+  steadier setting when other work runs);
 - optionally ``--large-n N``: ``mutual_knn`` on one layer pair of width 1024 with ``N`` samples
   (exact fp32 neighbours, blockwise), time and peak memory.
 
@@ -19,11 +22,13 @@ Usage::
     python bench/bench_metrics.py --device cuda --layers-a 33 --width-a 4096 \\
         --layers-b 40 --width-b 1536              # the paper's largest shape, on a GPU
     python bench/bench_metrics.py --large-n 20000 --skip-layers
+    python bench/bench_metrics.py --skip-paper --threads 1 --calibrate mutual_knn cka cknna
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -183,11 +188,13 @@ def bench_layers(args: argparse.Namespace, device: torch.device) -> None:
         print()
         for metric in args.calibrate:
             ra, rb = Representation(xs), Representation(ys)
+            load = os.getloadavg()[0]
             t, res = timed(lambda: calibrate(metric, ra, rb, permutations=args.permutations,
                                              topk=args.topk), device, 1)
-            print(f"calibrate {metric:<11} K={args.permutations}: {t:7.2f} s   "
-                  f"observed {res.observed:.4f}  tau {res.tau:.4f}  p {res.p_value:.4f}  "
-                  f"calibrated {res.calibrated:.4f}  argmax {res.argmax}")
+            print(f"calibrate {metric:<11} K={args.permutations}: {t:7.2f} s "
+                  f"({1000 * t / args.permutations:.1f} ms/perm, load {load:.1f}->"
+                  f"{os.getloadavg()[0]:.1f})   observed {res.observed:.4f}  tau {res.tau:.4f}  "
+                  f"p {res.p_value:.4f}  calibrated {res.calibrated:.4f}  argmax {res.argmax}")
 
 
 def bench_large_n(args: argparse.Namespace, device: torch.device) -> None:

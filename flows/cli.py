@@ -88,7 +88,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     """The closing table: best layer pair per metric for every model pair, with chance levels.
 
     ``chance`` is the analytical chance level where one exists (mutual k-NN: k/(N-1));
-    ``95% CI`` a bootstrap interval of the best score (k-NN metrics, when requested);
+    ``95% CI`` a bootstrap interval of the best score (when requested);
     ``null`` is the mean of the permutation null of the max over layer pairs (what unrelated
     data scores after the same max), ``calib.`` the calibrated score and ``p`` its p-value.
     """

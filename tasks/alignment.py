@@ -27,6 +27,7 @@ nothing to align and ``DegenerateFeaturesError`` names the model and each layer'
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from tasks import metrics
+
+logger = logging.getLogger(__name__)
 
 #: Relative tolerance of the degenerate-layer test (see the module docstring).
 DEGENERATE_RTOL = 1e-4
@@ -190,10 +193,11 @@ def align_layers(
     ``xs``: model A's layers, each ``(N, D_a,l) float32``; ``ys``: model B's, ``(N, D_b,l)``;
     rows paired; widths may differ between layers. With ``permutations > 0`` each metric's
     max-over-layer-pairs statistic is calibrated against a row-permutation null of ``ys`` (one
-    permutation for all its layers). With ``bootstrap > 0`` metrics that are means of per-sample
-    terms (the k-NN metrics) get a 95% percentile bootstrap interval of the max; kernel metrics
-    get none, because resampling rows with replacement biases them upward (duplicated rows become
-    each other's neighbours). Degenerate layers, and layers a metric refuses, are excluded (see
+    permutation for all its layers). With ``bootstrap > 0`` every metric gets a 95% interval of the
+    max (``metrics.bootstrap_ci``): the k-NN metrics by resampling their per-sample terms, the
+    others by subsampling half the rows without replacement (resampling rows with replacement
+    would bias them upward: duplicated rows); none where N is too small for a half-size subsample
+    (logged). Degenerate layers, and layers a metric refuses, are excluded (see
     the module docstring); ``names`` (the two models) appear in errors.
 
     Raises ``DegenerateFeaturesError`` if, for some metric, every layer of one side is excluded.
@@ -242,9 +246,14 @@ def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutati
         matrix = np.asarray(metrics.layer_matrix(request.name, rep_x, rep_y, **request.params), dtype=np.float64)
         best, (i, j) = metrics.aggregate(matrix, "max")
         result = PairAlignment(request, matrix, float(best), (int(i), int(j)), chance)
-    if bootstrap > 0 and metrics.resamples_per_sample(request.name):
-        ci = metrics.bootstrap_ci(request.name, rep_x, rep_y, n_boot=bootstrap, level=0.95, seed=seed, aggregate="max", **request.params)
-        result.ci_low, result.ci_high, result.bootstrap = float(ci.low), float(ci.high), bootstrap
+    if bootstrap > 0:
+        try:
+            ci = metrics.bootstrap_ci(request.name, rep_x, rep_y, n_boot=bootstrap, level=0.95, seed=seed, aggregate="max",
+                                      observed=matrix, **request.params)
+        except ValueError as error:  # too few samples for a half-size subsample of this metric
+            logger.warning("%s: no bootstrap interval at N=%d: %s", request.label(), n, error)
+        else:
+            result.ci_low, result.ci_high, result.bootstrap = float(ci.low), float(ci.high), bootstrap
     return result
 
 

@@ -70,7 +70,7 @@ class AlignmentParams(BaseModel):
     cca_dim: Int = Field(10, ge=1, description="SVCCA: singular directions kept")
     outlier_quantile: Float = Field(0.95, gt=0, le=1, description="Clamp features at this quantile of |x| before L2 normalisation")
     permutations: Int = Field(0, ge=0, le=100_000, description="Permutations for the calibrated score and p-value (0: off)")
-    bootstrap: Int = Field(0, ge=0, le=100_000, description="Bootstrap resamples for a 95% CI of each best score (0: off); k-NN metrics only, see docs/metrics.md")
+    bootstrap: Int = Field(0, ge=0, le=100_000, description="Bootstrap resamples for a 95% CI of each best score (0: off): k-NN metrics resample samples, the others subsample half the rows; see docs/metrics.md")
     seed: Int = Field(0, description="Permutation and bootstrap seed")
     pairs: Literal["cross_modal", "all"] = Field("cross_modal", description="vision × language pairs, or every pair of models")
 

@@ -4,7 +4,8 @@
 permutation null: the rows of ``ys`` are shuffled by one permutation applied to all of its layers
 at once (so the null keeps the max over layer pairs), ``K`` times. Each null value re-indexes the
 cached per-layer encodings (Gram matrices, neighbour lists, singular vectors); nothing is
-recomputed from features.
+recomputed from features. Permutations are drawn in batches and passed to the engine's
+``null_matrices``, which may evaluate several at once (same values as one at a time).
 
 With ``S = {observed} ∪ null`` (``K + 1`` values):
 
@@ -27,11 +28,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ._arrays import inverse_permutation
 from .api import encode_pair
 from .registry import MetricSpec, get_metric
 from .stats import aggregate as aggregate_matrix
 from .stats import order_statistic_rank
+
+#: permutations drawn and handed to ``Engine.null_matrices`` at once (engines split further)
+PERMUTATION_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -96,11 +99,12 @@ def calibrate(metric: str | MetricSpec, xs: Any, ys: Any, permutations: int = 10
 
     gen = torch.Generator().manual_seed(int(seed))
     null = np.empty(k_perm, dtype=np.float64)
-    for t in range(k_perm):
-        perm = torch.randperm(rb.n, generator=gen).to(rb.device)
-        permuted = engine.permute(b, perm, inverse_permutation(perm))
-        m = engine.matrix(a, permuted, p).detach().cpu().numpy()
-        null[t] = aggregate_matrix(m, aggregate)[0]
+    for t0 in range(0, k_perm, PERMUTATION_BATCH):
+        count = min(PERMUTATION_BATCH, k_perm - t0)
+        perms = torch.stack([torch.randperm(rb.n, generator=gen) for _ in range(count)])
+        mats = engine.null_matrices(a, b, perms.to(rb.device), p).detach().cpu().numpy()
+        for s in range(count):
+            null[t0 + s] = aggregate_matrix(mats[s], aggregate)[0]
 
     lo, hi = spec.bounds_for(p)
     tau, p_value, calibrated = _calibration_numbers(observed, null, alpha, lo, hi,

@@ -36,6 +36,7 @@ import torch
 from .engine import Engine
 from .hsic import unbiased_from_parts
 from .kernel_metrics import EPS, CkaEngine
+from .knn_hits import Hits, ListTable, build_list_table, inverse_permutations, permuted_hits
 from .neighbors import is_member, permute_lists
 from .representation import Representation
 
@@ -43,6 +44,8 @@ from .representation import Representation
 CHUNK_ELEMENTS = 1 << 23
 #: build a dense (L, N*N) uint8 slot table per side when it has at most this many entries
 SLOT_TABLE_MAX_ELEMENTS = 1 << 26
+#: (permutations x layer pairs x N) of one null batch; above it per-row sums go sparse
+NULL_ROW_ELEMENTS = 1 << 21
 
 
 @dataclass
@@ -59,6 +62,13 @@ class CknnaState:
     rev: torch.Tensor
     self_sim: torch.Tensor
     slots: torch.Tensor | None = None
+    table: ListTable | None = None
+
+    def list_table(self) -> ListTable:
+        """Bitmask table of the lists (``knn_hits``), built on first use and kept."""
+        if self.table is None:
+            self.table = build_list_table(self.idx)
+        return self.table
 
     def with_slots(self) -> "CknnaState":
         """Add the dense slot table ``(L, N*N)`` uint8 (``1 + t`` where ``idx[l, i, t] == j`` at
@@ -133,6 +143,30 @@ class CknnaEngine(Engine):
         return CknnaState(idx, state.vals[:, perm], sorted_idx, order, state.rev[:, perm],
                           state.self_sim).with_slots()
 
+    def null_matrices(self, a, b, perms: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        """``(B, La, Lb)`` CKNNA of ``a`` against ``b`` row-permuted by each of ``perms``.
+
+        Only the mask entries present under each permutation are visited (``knn_hits``: about
+        ``k^2`` per layer pair and permutation instead of ``N k``), and the HSIC terms are sums
+        over them: same mask, kernel values and estimator as ``matrix`` on ``permute(b, perm)``.
+        """
+        if isinstance(a, FullMaskState):
+            if a.inner is None:
+                return torch.zeros((perms.shape[0], a.layers, b.layers), dtype=torch.float64)
+            return self._cka.null_matrices(a.inner, b.inner, perms, self._full(params))
+        unbiased = bool(params.get("unbiased", True))
+        La, n, _ = a.idx.shape
+        Lb = b.idx.shape[0]
+        step = max(1, NULL_ROW_ELEMENTS // (La * Lb * n))
+        invs = inverse_permutations(perms)
+        table = a.list_table()
+        out = []
+        for s0 in range(0, perms.shape[0], step):
+            hits = permuted_hits(table, b.idx, invs[s0:s0 + step])
+            sim = hit_sim(a, b, hits, invs[s0:s0 + step].shape[0], unbiased)
+            out.append(sim / (torch.sqrt(a.self_sim[:, None] * b.self_sim[None, :]) + EPS))
+        return torch.cat(out)
+
     def matrix(self, a, b, params: dict[str, Any]) -> torch.Tensor:
         unbiased = bool(params.get("unbiased", True))
         if isinstance(a, FullMaskState):
@@ -203,3 +237,60 @@ def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: boo
         return unbiased_from_parts(trace, tot_k, tot_l, (col_k * row_l).sum(-1), n)
     cross = ((col_l * row_k).sum(-1) + (col_k * row_l).sum(-1)) / n
     return trace - cross + tot_k * tot_l / (n * n)
+
+
+def hit_sim(a: CknnaState, b: CknnaState, hits: Hits, batch: int, unbiased: bool) -> torch.Tensor:
+    """``HSIC(M*K, M*L')`` ``(B, La, Lb)`` float64 from the mask entries ``hits`` (y side
+    permuted, see ``knn_hits.permuted_hits``); the same terms as ``masked_sim``, summed over the
+    entries of the mask only.
+    """
+    La, n, k = a.idx.shape
+    Lb = b.idx.shape[0]
+    dev = a.idx.device
+    l, i, j = hits.layer_a, hits.row, hits.col
+    if a.slots is not None:  # slot of j in the x-list of i
+        slot = a.slots.view(-1).index_select(0, (l * n + i) * n + j).to(torch.int64) - 1
+    else:
+        rows = l * n + i
+        sorted_rows = a.sorted_idx.view(-1, k).index_select(0, rows)
+        pos = torch.searchsorted(sorted_rows, j.unsqueeze(1)).clamp_(max=k - 1)
+        slot = a.order.view(-1, k).index_select(0, rows).gather(1, pos).squeeze(1)
+    entry_a = (l * n + i) * k + slot  # flat index of the x-entry
+    kv = a.vals.reshape(-1).index_select(0, entry_a).to(torch.float64)
+    lv = b.vals.reshape(-1).index_select(0, hits.entry).to(torch.float64)
+    mutual = (a.rev.reshape(-1).index_select(0, entry_a)
+              & b.rev.reshape(-1).index_select(0, hits.entry))
+    pairs = (hits.batch * La + l) * Lb + hits.layer_b  # (permutation, x-layer, y-layer)
+    P = batch * La * Lb
+
+    def total(v: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(P, dtype=torch.float64, device=dev).index_add_(0, pairs, v)
+
+    at_row, at_col = pairs * n + i, pairs * n + j
+    tot_k, tot_l = total(kv), total(lv)
+    trace = total(torch.where(mutual, kv * lv, 0.0))
+    # sum_j colsum_K'(j) rowsum_L'(j) = sum over entries (i, j) of K'[i, j] * rowsum_L'(j)
+    cols_k_rows_l = total(kv * sums_at(at_row, lv, at_col, P * n))
+    if unbiased:
+        sim = unbiased_from_parts(trace, tot_k, tot_l, cols_k_rows_l, n)
+    else:
+        cols_l_rows_k = total(lv * sums_at(at_row, kv, at_col, P * n))
+        sim = trace - (cols_l_rows_k + cols_k_rows_l) / n + tot_k * tot_l / (n * n)
+    return sim.view(batch, La, Lb)
+
+
+def sums_at(keys: torch.Tensor, values: torch.Tensor, queries: torch.Tensor, size: int
+            ) -> torch.Tensor:
+    """For each query key, the sum of ``values`` whose key equals it (0 when none); keys in
+    ``[0, size)``. Dense scatter when ``size <= NULL_ROW_ELEMENTS``, else over the distinct keys
+    only (memory ``O(len(keys))``)."""
+    if size <= NULL_ROW_ELEMENTS:
+        dense = torch.zeros(size, dtype=values.dtype, device=values.device)
+        return dense.index_add_(0, keys, values).index_select(0, queries)
+    uniq, where = torch.unique(keys, sorted=True, return_inverse=True)
+    sums = torch.zeros(uniq.numel(), dtype=values.dtype, device=values.device)
+    sums.index_add_(0, where, values)
+    if uniq.numel() == 0:
+        return torch.zeros_like(queries, dtype=values.dtype)
+    pos = torch.searchsorted(uniq, queries).clamp_(max=uniq.numel() - 1)
+    return torch.where(uniq.index_select(0, pos) == queries, sums.index_select(0, pos), 0.0)

@@ -6,7 +6,11 @@ An ``Engine`` splits a metric into three steps so that work is shared:
   singular vectors...). Called once per (representation, params); cached on the representation.
 - ``matrix(a, b, params)``: the ``(La, Lb)`` float64 scores of every layer pair from two encodings.
 - ``permute(state, perm, inv)``: the encoding of the row-permuted features ``x[perm]``, obtained by
-  re-indexing the cached structures (never recomputed from features). Calibration uses it.
+  re-indexing the cached structures (never recomputed from features).
+- ``null_matrices(a, b, perms, params)``: the ``(B, La, Lb)`` matrices of ``a`` against ``b``
+  permuted by each of ``B`` permutations. Calibration uses it. The default is ``permute`` then
+  ``matrix`` per permutation; engines override it to batch permutations (CKA: one gather and one
+  matrix product for several; CKNNA: sparse mutual-neighbour entries) with the same values.
 
 ``per_sample`` (optional) returns the ``(La, Lb, N)`` per-sample terms whose mean is the score, for
 local metrics; bootstrap uses it.
@@ -22,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ._arrays import inverse_permutation
 from .representation import Representation
 
 
@@ -46,6 +51,13 @@ class Engine:
 
     def permute(self, state: Any, perm: torch.Tensor, inv: torch.Tensor) -> Any:
         raise NotImplementedError
+
+    def null_matrices(self, a: Any, b: Any, perms: torch.Tensor, params: dict[str, Any]
+                      ) -> torch.Tensor:
+        """``(B, La, Lb)`` float64: ``matrix(a, permute(b, perm))`` for each row ``perm`` of
+        ``perms`` ``(B, N)`` int64 (``b``'s rows permuted: the encoding of ``y[perm]``)."""
+        return torch.stack([self.matrix(a, self.permute(b, perm, inverse_permutation(perm)), params)
+                            .to(torch.float64) for perm in perms])
 
     def per_sample(self, a: Any, b: Any, params: dict[str, Any]) -> torch.Tensor | None:
         return None

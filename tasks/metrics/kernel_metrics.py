@@ -10,7 +10,8 @@ Two exact evaluation paths:
 - Gram path (``N <= Representation.keep_gram_max_n`` or any RBF kernel): each layer stored as the
   packed upper triangle (``triangle.py``) of its centred kernel (biased) or of its zero-diagonal
   kernel plus row sums (unbiased); every layer pair's HSIC comes from one matrix product
-  ``(M, La)^T @ (M, Lb)`` with ``M = N(N+1)/2``, and a sample permutation is one row gather.
+  ``(M, La)^T @ (M, Lb)`` with ``M = N(N-1)/2``, and a sample permutation is one gather;
+  ``null_matrices`` gathers 8 permutations per block of positions and multiplies once.
 - Feature path (linear kernel, large ``N``): ``<Kc, Lc> = ||Xc^T Yc||_F^2`` and the unbiased terms
   from ``X^T 1`` and row norms, ``O(N D_a D_b)`` per pair and no ``N^2`` memory.
 """
@@ -26,9 +27,13 @@ from .engine import Engine
 from .hsic import unbiased_from_parts
 from .representation import Representation
 from .gram import gram_upper
-from .triangle import pack, permuted_positions, triangle_pairs
+from .triangle import index_dtype, pack, permuted_positions, source_positions, triangle_pairs
 
 EPS = 1e-6  # the paper's denominator epsilon
+#: elements of one gathered block (positions x permutations x layers) in ``permuted_hsic``
+NULL_BLOCK_ELEMENTS = 1 << 21
+#: permutations gathered together in ``permuted_hsic``
+NULL_PERMUTATIONS = 8
 
 
 @dataclass
@@ -144,6 +149,20 @@ class CkaEngine(Engine):
                          None if state.diag is None else state.diag[:, perm],
                          None if state.rows is None else state.rows[:, perm], state.tot)
 
+    def null_matrices(self, a, b, perms: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        """``(B, La, Lb)`` CKA of ``a`` against ``b`` row-permuted by each of ``perms``.
+
+        Gram path: the permuted packed triangles of several permutations are gathered a block of
+        positions at a time (``triangle.source_positions``) from a position-major copy of ``b``
+        (one contiguous row of ``Lb`` values per position) and multiplied with ``a``'s block in
+        one product, accumulated in float64; the diagonal / row-sum terms are re-indexed. Same
+        numbers as ``matrix(a, permute(b, perm))`` up to float32 summation order.
+        """
+        if isinstance(a, FeatureState):
+            return super().null_matrices(a, b, perms, params)
+        hsic = permuted_hsic(a, b, perms)
+        return hsic / (torch.sqrt(a.self_hsic[:, None] * b.self_hsic[None, :]) + EPS)
+
     def hsic(self, a: GramState | FeatureState, b: GramState | FeatureState) -> torch.Tensor:
         """``(La, Lb)`` float64 HSIC of every layer pair."""
         if isinstance(a, FeatureState) != isinstance(b, FeatureState):
@@ -229,3 +248,34 @@ def _feature_hsic(a: FeatureState, b: FeatureState) -> torch.Tensor:
         return out
     tr = out - a.sq @ b.sq.T
     return unbiased_from_parts(tr, a.tot[:, None], b.tot[None, :], a.rows @ b.rows.T, a.n)
+
+
+def permuted_hsic(a: GramState, b: GramState, perms: torch.Tensor) -> torch.Tensor:
+    """``(B, La, Lb)`` float64 HSIC of ``a`` against ``b`` permuted by each row of ``perms``
+    ``(B, N)`` (``b``'s packed triangles read at ``source_positions``; see ``CkaEngine.null_matrices``).
+    """
+    n, La, Lb = a.n, a.upper.shape[0], b.upper.shape[0]
+    m = a.upper.shape[1]
+    dev = a.upper.device
+    b_t = b.upper.T.contiguous()  # (M, Lb): one position's values of every layer side by side
+    out = []
+    for s0 in range(0, perms.shape[0], NULL_PERMUTATIONS):
+        ps = perms[s0:s0 + NULL_PERMUTATIONS]
+        count = ps.shape[0]
+        perms_t = ps.T.contiguous().to(index_dtype(n))
+        tr = torch.zeros((La, count * Lb), dtype=torch.float64, device=dev)
+        step = max(1, NULL_BLOCK_ELEMENTS // (count * Lb))
+        for c0 in range(0, m, step):
+            c1 = min(m, c0 + step)
+            pos = source_positions(perms_t, c0, c1)  # (C, B)
+            block = b_t.index_select(0, pos.view(-1)).view(c1 - c0, count * Lb)
+            tr += (a.upper[:, c0:c1] @ block).to(torch.float64)
+        tr = 2.0 * tr.view(La, count, Lb).transpose(0, 1)  # (B, La, Lb)
+        if not a.unbiased:
+            diag = b.diag[:, ps].transpose(0, 1)  # (B, Lb, N)
+            out.append(tr + (a.diag @ diag.transpose(1, 2)).to(torch.float64))
+        else:
+            rows = b.rows[:, ps].transpose(0, 1)  # (B, Lb, N) float64
+            out.append(unbiased_from_parts(tr, a.tot[:, None], b.tot[None, :],
+                                           a.rows @ rows.transpose(1, 2), n))
+    return torch.cat(out)

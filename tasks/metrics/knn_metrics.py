@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .engine import Engine
+from .knn_hits import ListTable, build_list_table, inverse_permutations, permuted_hits
 from .neighbors import (adjacency, cycle_hits, edit_distances, is_member, lcs_lengths,
                         overlap_counts, permute_lists)
 from .representation import Representation
@@ -31,14 +32,24 @@ from .representation import Representation
 ADJACENCY_MAX_ELEMENTS = 1 << 26
 #: elements of the (Lb, N, k, k) equality tensor processed at once by the sequence metrics
 SEQUENCE_CHUNK_ELEMENTS = 1 << 24
+#: (permutations x layer pairs x N) of one null batch of ``mutual_knn``/``jaccard_knn``
+NULL_COUNT_ELEMENTS = 1 << 22
 
 
 @dataclass
 class KnnState:
-    """Neighbour lists of every layer: ``idx`` ``(L, N, k)`` int64; ``adj`` optional dense adjacency."""
+    """Neighbour lists of every layer: ``idx`` ``(L, N, k)`` int64; ``adj`` optional dense
+    adjacency; ``table`` the bitmask table of ``knn_hits`` (built on first use, for nulls)."""
 
     idx: torch.Tensor
     adj: torch.Tensor | None = None
+    table: ListTable | None = None
+
+    def list_table(self) -> ListTable:
+        """Bitmask table of the lists (``knn_hits``), built on first use and kept."""
+        if self.table is None:
+            self.table = build_list_table(self.idx)
+        return self.table
 
     @property
     def n(self) -> int:
@@ -77,6 +88,33 @@ class KnnEngine(Engine):
         if v == "cycle_knn":
             return cycle_hits(a.idx, b.idx, a.adj).to(torch.float64)
         return _sequence_terms(a.idx, b.idx, v)
+
+    def null_matrices(self, a: KnnState, b: KnnState, perms: torch.Tensor,
+                      params: dict[str, Any]) -> torch.Tensor:
+        """``mutual_knn``/``jaccard_knn``: overlaps counted from the shared entries present under
+        each permutation only (``knn_hits``), exact integers; other variants: ``permute`` +
+        ``matrix`` per permutation."""
+        if self.variant not in ("mutual_knn", "jaccard_knn"):
+            return super().null_matrices(a, b, perms, params)
+        La, n, k = a.idx.shape
+        Lb = b.idx.shape[0]
+        pairs = La * Lb
+        step = max(1, NULL_COUNT_ELEMENTS // (pairs * n))
+        invs = inverse_permutations(perms)
+        out = []
+        for s0 in range(0, perms.shape[0], step):
+            inv = invs[s0:s0 + step]
+            h = permuted_hits(a.list_table(), b.idx, inv)
+            pair = (h.batch * La + h.layer_a) * Lb + h.layer_b
+            if self.variant == "mutual_knn":  # integer counts, one division: exact
+                counts = torch.bincount(pair, minlength=inv.shape[0] * pairs)
+                out.append(counts.to(torch.float64) / (n * k))
+            else:  # per (pair, sample) counts c > 0 only; samples with c = 0 add 0
+                keys, c = torch.unique(pair * n + h.row, return_counts=True)
+                c = c.to(torch.float64)
+                out.append(torch.zeros(inv.shape[0] * pairs, dtype=torch.float64, device=c.device)
+                           .index_add_(0, keys // n, c / (2 * k - c)) / n)
+        return torch.cat(out).view(-1, La, Lb)
 
     def matrix(self, a: KnnState, b: KnnState, params: dict[str, Any]) -> torch.Tensor:
         if self.variant == "mutual_knn":  # integer sum, one division: exact

@@ -101,6 +101,16 @@ class Representation:
             self._memo[key] = build()
         return self._memo[key]
 
+    def subset(self, rows: torch.Tensor) -> "Representation":
+        """The representation of the samples ``rows`` (``(m,)`` int64 indices, on this device):
+        layers ``x[rows]``, and sub-matrices ``G[rows][:, rows]`` of the cached Grams (no
+        product recomputed). Other caches (neighbour lists, encodings) start empty."""
+        sub = Representation([x.index_select(0, rows) for x in self.layers], device=self.device,
+                             keep_gram_max_n=self.n if self.keep_gram else 0)
+        for l, g in self._grams.items():
+            sub._grams[l] = g.index_select(0, rows).index_select(1, rows)
+        return sub
+
     def drop_grams(self) -> None:
         """Free the cached Gram matrices (encodings already built stay cached)."""
         self._grams.clear()

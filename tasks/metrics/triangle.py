@@ -7,7 +7,9 @@ plus, when needed, its diagonal, and take inner products of half the length.
 A sample permutation ``perm`` (``y' = y[perm]``) sends entry ``(i, j)`` to
 ``(perm[i], perm[j])``; ``permuted_positions(perm)`` gives, for every packed position of the
 permuted matrix, its source position, so ``packed[..., permuted_positions(perm)]`` is the packed
-triangle of ``A[perm][:, perm]``.
+triangle of ``A[perm][:, perm]``. ``source_positions`` computes the same positions for several
+permutations and a range of packed positions at once, arithmetically (``base[min] + max`` of the
+permuted row and column), for the batched CKA null.
 """
 
 from __future__ import annotations
@@ -54,3 +56,37 @@ def permuted_positions(perm: torch.Tensor) -> torch.Tensor:
     flat, table = _tables(n, str(perm.device))
     moved = table.index_select(0, perm).index_select(1, perm)
     return moved.reshape(-1).index_select(0, flat)
+
+
+@functools.lru_cache(maxsize=2)
+def _offsets(n: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(rows, cols, base)`` in the index dtype: the packed entries' ``i`` and ``j`` ``(M,)`` and
+    ``base[a]`` ``(N,)`` with ``base[a] + b`` the packed position of ``(a, b)``, ``a < b``."""
+    dtype = index_dtype(n)
+    i, j = _pairs(n, device)
+    a = torch.arange(n, device=device, dtype=torch.int64)
+    base = a * n - a * (a + 1) // 2 - a - 1
+    return i.to(dtype), j.to(dtype), base.to(dtype)
+
+
+def index_dtype(n: int) -> torch.dtype:
+    """int32 when every packed position of an ``(N, N)`` triangle fits in it, else int64."""
+    return torch.int32 if n * n < 2**31 else torch.int64
+
+
+def source_positions(perms_t: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Packed source positions for several permutations at once, for a range of packed positions.
+
+    Args:
+        perms_t: ``(N, B)`` permutations as columns, in ``index_dtype(N)``.
+        start, stop: range of packed positions of the permuted matrices.
+
+    Returns:
+        ``(stop - start, B)``: column ``b`` equals ``permuted_positions(perms_t[:, b])[start:stop]``.
+    """
+    n = perms_t.shape[0]
+    rows, cols, base = _offsets(n, str(perms_t.device))
+    pi = perms_t.index_select(0, rows[start:stop])
+    pj = perms_t.index_select(0, cols[start:stop])
+    lo = torch.minimum(pi, pj)
+    return base.index_select(0, lo.view(-1)).view_as(lo).add_(torch.maximum(pi, pj))

@@ -1,0 +1,149 @@
+"""Entries shared by fixed x-side neighbour lists and row-permuted y-side lists, found sparsely.
+
+Calibration permutes the rows of ``y`` (``y' = y[perm]``, ``inv`` the inverse permutation). The
+y'-list of sample ``i`` is ``inv[idx_b[perm[i]]]`` (``neighbors.permute_lists``): a relabelling
+of the cached lists, so reading y's entry ``(m, u, t)`` (layer ``m``, sample ``u``, rank ``t``)
+in the permuted coordinates gives the pair ``(i, j) = (inv[u], inv[idx_b[m, u, t]])``, with
+y'-kernel value and reverse-membership flag those of the unpermuted entry ``(m, u, t)``.
+
+Under a permutation only about ``k^2 / N`` of a sample's ``k`` entries meet an x-list, so instead
+of testing all ``La * Lb * N * k`` (x-layer, y-entry) combinations this module
+
+1. keeps, for every ordered pair ``(i, j)``, the bitmask of the x-layers whose list of ``i``
+   contains ``j`` (``ListTable``: a dense ``(N*N,)`` integer table, or sorted unique keys
+   ``i*N + j`` when ``N^2`` is too large), built once;
+2. per permutation looks up the ``Lb * N * k`` y'-entries in it (one gather, or a binary search)
+   and expands the few non-zero bitmasks into the hits ``(perm, x-layer, y-layer, i, j)``.
+
+Everything is integer work, so the hits are exactly the mask entries that recomputing the lists
+from permuted features gives (there is no tolerance involved). Layers are split into groups of at
+most 63 (one int64 bitmask per group).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+#: dense (N*N,) bitmask table per layer group when it takes at most this many bytes
+DENSE_TABLE_MAX_BYTES = 1 << 26
+#: layers per bitmask (int64 has 63 usable bits)
+MAX_GROUP = 63
+
+
+def _mask_dtype(bits: int) -> torch.dtype:
+    """Smallest signed integer dtype holding ``bits`` flags below its sign bit."""
+    for dtype, width in ((torch.int16, 15), (torch.int32, 31), (torch.int64, 63)):
+        if bits <= width:
+            return dtype
+    raise ValueError(f"at most {MAX_GROUP} layers per bitmask, got {bits}")
+
+
+@dataclass
+class ListTable:
+    """Membership of ordered pairs ``(i, j)`` in the x-side lists, per group of layers.
+
+    ``groups``: ``(first_layer, count)``; per group either ``dense[g]`` ``(N*N,)`` bitmasks
+    (bit ``l - first`` set iff ``j in idx[l, i]``) or ``keys[g]`` (sorted unique ``i*N + j``,
+    int64) with ``masks[g]`` their bitmasks.
+    """
+
+    n: int
+    groups: list[tuple[int, int]]
+    dense: list[torch.Tensor] | None = None
+    keys: list[torch.Tensor] | None = None
+    masks: list[torch.Tensor] | None = None
+
+    def lookup(self, g: int, keys: torch.Tensor) -> torch.Tensor:
+        """Bitmasks of group ``g`` for flat keys ``i*N + j`` (any shape, int64); 0 = no list."""
+        if self.dense is not None:
+            return self.dense[g].index_select(0, keys.reshape(-1)).view(keys.shape)
+        sk, sm = self.keys[g], self.masks[g]  # type: ignore[index]
+        pos = torch.searchsorted(sk, keys.reshape(-1)).clamp_(max=sk.numel() - 1)
+        found = sk.index_select(0, pos) == keys.reshape(-1)
+        return torch.where(found, sm.index_select(0, pos), 0).view(keys.shape)
+
+
+def build_list_table(idx: torch.Tensor, max_group: int | None = None,
+                     dense_max_bytes: int | None = None) -> ListTable:
+    """``ListTable`` of the lists ``idx`` ``(L, N, k)`` int64 (entries of a row distinct).
+
+    ``max_group`` (layers per bitmask, default ``MAX_GROUP``) and ``dense_max_bytes`` (default
+    ``DENSE_TABLE_MAX_BYTES``; larger tables use sorted keys) are exposed for tests."""
+    max_group = MAX_GROUP if max_group is None else max_group
+    dense_max_bytes = DENSE_TABLE_MAX_BYTES if dense_max_bytes is None else dense_max_bytes
+    if not 1 <= max_group <= MAX_GROUP:
+        raise ValueError(f"max_group must be in [1, {MAX_GROUP}], got {max_group}")
+    L, n, k = idx.shape
+    dev = idx.device
+    rows = torch.arange(n, device=dev).view(n, 1) * n
+    groups = [(g0, min(max_group, L - g0)) for g0 in range(0, L, max_group)]
+    table = ListTable(n, groups)
+    itemsize = max(torch.empty(0, dtype=_mask_dtype(c)).element_size() for _, c in groups)
+    use_dense = n * n * itemsize <= dense_max_bytes
+    dense, keys, masks = [], [], []
+    for g0, count in groups:
+        dtype = _mask_dtype(count)
+        flat = torch.cat([(rows + idx[l]).reshape(-1) for l in range(g0, g0 + count)])
+        bit = torch.cat([torch.full((n * k,), 1 << (l - g0), dtype=dtype, device=dev)
+                         for l in range(g0, g0 + count)])
+        if use_dense:  # a layer's keys are distinct, so summing its bits is or-ing them
+            dense.append(torch.zeros(n * n, dtype=dtype, device=dev).index_add_(0, flat, bit))
+        else:
+            uniq, where = torch.unique(flat, sorted=True, return_inverse=True)
+            keys.append(uniq)
+            masks.append(torch.zeros(uniq.numel(), dtype=dtype, device=dev).index_add_(0, where, bit))
+    if use_dense:
+        table.dense = dense
+    else:
+        table.keys, table.masks = keys, masks
+    return table
+
+
+def inverse_permutations(perms: torch.Tensor) -> torch.Tensor:
+    """``(B, N)`` inverses of the rows of ``perms`` ``(B, N)`` int64 (``inv[b, perms[b, i]] = i``)."""
+    n = perms.shape[1]
+    inv = torch.empty_like(perms)
+    return inv.scatter_(1, perms, torch.arange(n, device=perms.device).expand_as(perms).contiguous())
+
+
+@dataclass
+class Hits:
+    """Mask entries ``(i, j)`` in both the x-list (layer ``layer_a``) and the y'-list (layer
+    ``layer_b``) of ``i`` for permutation ``batch``; ``entry`` is the flat index of the y-entry
+    in ``idx_b.reshape(-1)`` (to read y's kernel value / reverse flag). All ``(H,)`` int64."""
+
+    batch: torch.Tensor
+    layer_a: torch.Tensor
+    layer_b: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+    entry: torch.Tensor
+
+
+def permuted_hits(table: ListTable, idx_b: torch.Tensor, invs: torch.Tensor) -> Hits:
+    """Hits of the x-lists in ``table`` against the y-lists ``idx_b`` ``(Lb, N, k)`` permuted by
+    each row of ``invs`` ``(B, N)`` (inverse permutations, int64)."""
+    Lb, n, k = idx_b.shape
+    B = invs.shape[0]
+    dev = idx_b.device
+    cols = invs.index_select(1, idx_b.reshape(-1)).view(B, Lb, n, k)  # j = inv[idx_b[m, u, t]]
+    keys = (invs * n).view(B, 1, n, 1) + cols  # i*N + j with i = inv[u]
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for g, (g0, count) in enumerate(table.groups):
+        masks = table.lookup(g, keys).reshape(-1)
+        where = masks.nonzero().squeeze(1)
+        shifts = torch.arange(count, dtype=masks.dtype, device=dev)
+        sel = ((masks.index_select(0, where).unsqueeze(1) >> shifts) & 1).nonzero()
+        parts.append((where.index_select(0, sel[:, 0]), sel[:, 1] + g0))
+    flat = torch.cat([p[0] for p in parts])
+    layer_a = torch.cat([p[1] for p in parts])
+    per_perm = Lb * n * k
+    batch = flat // per_perm
+    entry = flat - batch * per_perm
+    layer_b = entry // (n * k)
+    u = (entry // k) % n
+    row = invs.view(-1).index_select(0, batch * n + u)
+    col = cols.view(-1).index_select(0, flat)
+    return Hits(batch, layer_a, layer_b, row, col, entry)

@@ -1,0 +1,91 @@
+"""Subsampling intervals of kernel metrics: coverage, no duplicate-row bias, reuse of the
+observed matrix and of cached Grams."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.metrics import Representation, aggregate, bootstrap_ci, layer_matrix
+
+from .conftest import layers, paired
+
+N = 60
+_W = np.random.default_rng(123)
+WX = [_W.normal(size=(4, 10)) for _ in range(2)]
+WY = [_W.normal(size=(4, 8)) for _ in range(2)]
+
+
+def draw(seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One dataset of a fixed generator: a shared latent seen linearly (x) and through tanh (y),
+    two layers per side with different noise."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(N, 4))
+    xs = [z @ w + s * rng.normal(size=(N, 10)) for w, s in zip(WX, (1.0, 2.0))]
+    ys = [np.tanh(z @ w) + s * rng.normal(size=(N, 8)) for w, s in zip(WY, (0.5, 1.5))]
+    return xs, ys
+
+
+def test_subsample_interval_covers_the_expected_score() -> None:
+    """Across independent datasets of one generator, the 95% interval covers the mean of the
+    estimates (the expected size-N score) about 95% of the time, and its standard error matches
+    the estimates' spread (the sqrt(m/(N-m)) factor; sqrt(m/N) would be ~30% too small)."""
+    estimates = np.array([aggregate(layer_matrix("cka", *draw(10_000 + s)))[0] for s in range(800)])
+    target, spread = estimates.mean(), estimates.std()
+    hits, ses = [], []
+    for s in range(80):
+        ci = bootstrap_ci("cka", *draw(s), n_boot=80, seed=s)
+        assert ci.method == "subsample" and ci.resample_size == N // 2
+        hits.append(ci.low <= target <= ci.high)
+        ses.append(ci.std)
+    assert 0.85 <= np.mean(hits) <= 1.0
+    assert 0.8 <= np.mean(ses) / spread <= 1.25
+
+
+def test_cknna_interval_is_not_pulled_up_by_duplicates() -> None:
+    """With-replacement resampling put CKNNA's interval far above the estimate (duplicated rows
+    are mutual neighbours in both spaces); subsampling intervals surround it."""
+    xs, ys = layers(n=120, seed=5), layers(n=120, widths=(10, 6), seed=6)
+    res = bootstrap_ci("cknna", xs, ys, n_boot=40, seed=2, topk=5)
+    assert res.method == "subsample"
+    assert res.low < res.estimate < res.high
+    assert res.high - res.low < 0.5
+
+
+def test_observed_matrix_is_used_not_recomputed() -> None:
+    x, y = paired(n=50, seed=7)
+    m = layer_matrix("unbiased_cka", x, y)
+    plain = bootstrap_ci("unbiased_cka", x, y, n_boot=30, seed=3)
+    given = bootstrap_ci("unbiased_cka", x, y, n_boot=30, seed=3, observed=m)
+    assert given == plain
+    shifted = bootstrap_ci("unbiased_cka", x, y, n_boot=30, seed=3, observed=m + 0.25)
+    assert shifted.estimate == pytest.approx(plain.estimate + 0.25)
+    assert shifted.low == pytest.approx(plain.low + 0.25)
+    knn = bootstrap_ci("mutual_knn", x, y, n_boot=30, observed=np.full((1, 1), 0.5), topk=4)
+    assert knn.estimate == 0.5 and knn.method == "per-sample"
+    with pytest.raises(ValueError, match="observed"):
+        bootstrap_ci("cka", x, y, n_boot=5, observed=np.zeros((2, 1)))
+
+
+def test_subsample_size_argument() -> None:
+    x, y = paired(n=40, seed=8)
+    assert bootstrap_ci("cka", x, y, n_boot=5, subsample=30).resample_size == 30
+    assert bootstrap_ci("cka", x, y, n_boot=5, subsample=0.25).resample_size == 10
+    for bad in (0, 1.0, 40, -3, 0.01):
+        with pytest.raises(ValueError, match="subsample"):
+            bootstrap_ci("cka", x, y, n_boot=5, subsample=bad)
+
+
+def test_subset_reuses_cached_grams() -> None:
+    xs = layers(n=30, seed=9)
+    rep = Representation(xs).cache_grams()
+    rows = torch.tensor([0, 3, 4, 10, 29])
+    sub = rep.subset(rows)
+    assert sub.n == 5 and len(sub) == len(xs)
+    for l, x in enumerate(xs):
+        np.testing.assert_allclose(sub.cached_gram(l).numpy(), x[rows] @ x[rows].T, atol=1e-12)
+    assert Representation(xs).subset(rows).cached_gram(0) is None
+    np.testing.assert_allclose(layer_matrix("cka", sub, sub),
+                               layer_matrix("cka", [x[rows] for x in xs], [x[rows] for x in xs]),
+                               atol=1e-12)
