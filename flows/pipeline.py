@@ -118,14 +118,18 @@ def run_zoo(
     context = FlowRunContext.get()
     if context is not None and runs_in_parallel(context.task_runner):
         preload_libraries()
+    failures = check_models(config.models)
+    refused = {f["item"] for f in failures}
     extracting = {}
     for index, spec in enumerate(config.models, 1):
-        logger.info("model %d/%d: %s", index, len(config.models), spec.name)
-        extracting[spec.name] = extract_features.submit(store_url, dataset, spec)
+        if spec.name not in refused:
+            logger.info("model %d/%d: %s", index, len(config.models), spec.name)
+            extracting[spec.name] = extract_features.submit(store_url, dataset, spec)
     pairs = [(a.name, b.name) for a, b in config.model_pairs()]
-    aligning = [align_pair.submit(store_url, extracting[a], extracting[b], config.alignment, a, b) for a, b in pairs]
+    aligning = [align_pair.submit(store_url, extracting[a], extracting[b], config.alignment, a, b)
+                if a in extracting and b in extracting else None for a, b in pairs]
 
-    features, failures = {}, []
+    features = {}
     for name, future in extracting.items():
         try:
             features[name] = future.result()
@@ -134,19 +138,45 @@ def run_zoo(
     alignments = []
     for (a, b), future in zip(pairs, aligning):
         missing = [name for name in (a, b) if name not in features]
+        skipped = {"stage": "align", "item": f"{a} x {b}", "error": f"skipped: {' and '.join(missing)} failed"}
+        if future is None:
+            failures.append(skipped)
+            continue
         try:
             alignments.append(future.result())
         except Exception as error:  # noqa: BLE001
-            reason = f"skipped: extraction of {' and '.join(missing)} failed" if missing else _one_line(error)
-            failures.append({"stage": "align", "item": f"{a} x {b}", "error": reason})
+            failures.append(skipped if missing else {**skipped, "error": _one_line(error)})
     for failure in failures:
         logger.error("%s %s failed: %s", failure["stage"], failure["item"], failure["error"])
     return features, alignments, failures
 
 
+def check_models(specs: list[Any]) -> list[dict[str, str]]:
+    """Check every model of the zoo without loading weights (``tasks.extract.check_model``: ids,
+    paths, revisions, modality, configs, tokenizers), before any extraction starts, so that a bad
+    entry is reported at once instead of after hours of other models' work. Returns one
+    ``{"stage": "check", "item", "error"}`` record per refused model; the run goes on without it.
+    An unexpected error while checking (the hub unreachable...) is only logged: the model's
+    extraction task, with its retries, decides."""
+    from tasks.extract import check_model
+    from tasks.extract.errors import ModelInputError
+
+    logger = get_run_logger()
+    refused = []
+    for spec in specs:
+        try:
+            check_model(spec)
+        except ModelInputError as error:
+            logger.error("model %s refused: %s", spec.name, error)
+            refused.append({"stage": "check", "item": spec.name, "error": _one_line(error)})
+        except Exception as error:  # noqa: BLE001 - see the docstring
+            logger.warning("model %s could not be checked ahead (%s); its extraction will tell", spec.name, _one_line(error))
+    return refused
+
+
 def _failure_summary(failures: list[dict[str, str]], n_models: int, n_aligned: int) -> str:
     """``2 of 5 models and 4 of 10 model pairs failed (the rest is published): ...``."""
-    models = sum(f["stage"] == "extract" for f in failures)
+    models = sum(f["stage"] in ("check", "extract") for f in failures)
     pairs = sum(f["stage"] == "align" for f in failures)
     items = "; ".join(f"{f['stage']} {f['item']}: {f['error']}" for f in failures)
     return f"{models} of {n_models} models and {pairs} of {pairs + n_aligned} model pairs failed (the rest is published): {items}"

@@ -17,6 +17,7 @@ from storage.features import layer_tables
 from storage.shards import read_shard, remove_partial, write_shard
 from storage.store import Store
 from storage.versioning import code_version, content_id
+from tasks.extract.finite import check_finite
 from tasks.extract.spec import ModelSpec
 from tasks.retries import ModelLoadTimeout, backoff, model_load_timeout, retry_transient
 
@@ -103,15 +104,18 @@ def extract_to_store(
         for row, image_id in enumerate(image_ids):
             first.setdefault(image_id, row)
         items = pc.take(samples.column("image"), list(first.values())).to_pylist()
+        item_ids = [sample_ids[row] for row in first.values()]  # one sample of each image
         position = {image_id: i for i, image_id in enumerate(first)}
         expand = np.array([position[i] for i in image_ids]) if len(first) != len(image_ids) else None
     else:
         items = samples.column("text").to_pylist()
+        item_ids = sample_ids
         expand = None
 
     started = time.perf_counter()
-    extracted = _extract_shards(store, key, spec, items, shard_size, logger, started, on_progress)
+    extracted = _extract_shards(store, key, spec, items, shard_size, logger, started, on_progress, item_ids)
     layers = [np.concatenate(parts) for parts in zip(*extracted.shards)]
+    check_finite(spec.name, extracted.layer_names, layers, item_ids)  # stored shards too: never publish NaN/Inf
     if expand is not None:
         layers = [x[expand] for x in layers]
     seconds = time.perf_counter() - started
@@ -164,7 +168,8 @@ def _load_with_timeout(spec: ModelSpec) -> Any:
 
 
 def _extract_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], shard_size: int,
-                    logger: Any, started: float, on_progress: Callable[[int, int], None] | None = None) -> _Extraction:
+                    logger: Any, started: float, on_progress: Callable[[int, int], None] | None = None,
+                    item_ids: list[str] | None = None) -> _Extraction:
     """Every shard's layers, read back when stored, else computed (loading the model once)."""
     from tasks.extract.extractor import extract_all
 
@@ -198,6 +203,8 @@ def _extract_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
 
             features = extract_all(extractor, items[lo:hi], progress=progress)
             layers = features.layers
+            ids = item_ids[lo:hi] if item_ids is not None else [f"item {i}" for i in range(lo, hi)]
+            check_finite(spec.name, features.layer_names, layers, ids)  # fail at the first bad shard, store nothing
             loss = {k: features.extras[k] for k in ("nll_nats", "text_bytes", "bpb_truncated_texts") if k in features.extras}
             write_shard(store, key, index, layers, loss)
         shards.append(layers)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from tasks.extract.errors import ModelInputError
 from tasks.extract.spec import ModelSpec
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
@@ -71,6 +72,15 @@ class Extractor(ABC):
     def forward(self, prepared: Any, with_nll: bool = False) -> BatchOutput:
         """Run the model on a prepared batch; pooled features as `(B, D_l) float32` arrays."""
 
+    def image_recipe(self) -> Any | None:
+        """Vision extractors: the plain-data description of `prepare` that a worker process can run
+        (`tasks.extract.image_pool`), or None when preprocessing must stay in this process."""
+        return None
+
+    def from_recipe_output(self, array: np.ndarray) -> Any:
+        """The prepared batch from `image_pool.run_recipe(self.image_recipe(), items)`."""
+        raise NotImplementedError(f"{type(self).__name__} has no image recipe")
+
     def extract_batch(self, items: Sequence[Any]) -> list[np.ndarray]:
         """Pooled features of a batch: one `(B, D_l) float32` array per layer, rows in item order."""
         return self.forward(self.prepare(items)).layers
@@ -84,7 +94,10 @@ class Extractor(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no text")
 
     def close(self) -> None:
-        """Drop the model and free accelerator memory (the extractor is unusable afterwards)."""
+        """Drop the model, stop decode worker processes, free accelerator memory (unusable afterwards)."""
+        from tasks.extract import image_pool
+
+        image_pool.shutdown_pool()
         for attr in ("model", "body", "lm"):
             if hasattr(self, attr):
                 setattr(self, attr, None)
@@ -100,6 +113,16 @@ class Extractor(ABC):
             raise RuntimeError(f"{len(names)} layer names for {len(layers)} layers")
         self.layer_names = names
         self.layer_dims = [int(a.shape[1]) for a in layers]
+
+
+def require_hidden_states(spec: ModelSpec, module: torch.nn.Module, out: Any) -> tuple[torch.Tensor, ...]:
+    """``out.hidden_states`` (embedding output, then every layer), or a `ModelInputError` when the
+    model returned none (it cannot give per-layer features)."""
+    states = out.get("hidden_states") if hasattr(out, "get") else getattr(out, "hidden_states", None)
+    if not states or not all(isinstance(h, torch.Tensor) for h in states):
+        raise ModelInputError(spec.name, spec.id, f"{type(module).__name__} returned no hidden_states with "
+                              "output_hidden_states=True: per-layer features need a model that returns them")
+    return tuple(states)
 
 
 def to_numpy_f32(t: torch.Tensor) -> np.ndarray:

@@ -33,7 +33,8 @@ from PIL import Image
 from torch import nn
 
 from tasks.extract.base import TORCH_DTYPES, BatchOutput, Extractor, count_parameters, layer_names, to_numpy_f32
-from tasks.extract.images import ImageItem, center_crop_resize, decode_image, to_batch_tensor
+from tasks.extract.image_pool import CropRecipe, run_recipe
+from tasks.extract.images import ImageItem, to_batch_tensor
 from tasks.extract.pooling import spatial_mean
 from tasks.extract.spec import ModelSpec
 
@@ -145,13 +146,18 @@ class EfficientNetLiteExtractor(Extractor):
         # _avg_pooling receives the head activation: its output is the pooled head, (B, C, 1, 1).
         self.model._avg_pooling.register_forward_hook(lambda _m, _a, out: self._captured.append(out.float().flatten(1)))
 
-    def prepare(self, items: Sequence[ImageItem]) -> PreparedImages:
+    def image_recipe(self) -> CropRecipe:
         s = self.image_size
-        crops = [center_crop_resize(decode_image(it), s, s / (s + CROP_PADDING)) for it in items]
+        return CropRecipe(s, s / (s + CROP_PADDING), int(Image.BICUBIC))
+
+    def from_recipe_output(self, crops: np.ndarray) -> PreparedImages:
         pixels = to_batch_tensor(crops, MEAN, STD)
         if self.device.type == "cuda":
             pixels = pixels.pin_memory()
         return PreparedImages(pixels)
+
+    def prepare(self, items: Sequence[ImageItem]) -> PreparedImages:
+        return self.from_recipe_output(run_recipe(self.image_recipe(), items))
 
     @torch.inference_mode()
     def forward(self, prepared: PreparedImages, with_nll: bool = False) -> BatchOutput:

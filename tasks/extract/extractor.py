@@ -8,26 +8,33 @@
     (['embeddings', 'layer.01'], (2, 384))
 
 `extract_all` sorts language items by token length (longest first) so that each batch pads
-little, on an accelerator prepares the next batches (decode/resize, tokenize) in background
-threads while the model works on the current one, and returns rows in the input order. For causal LMs it also computes bits
-per byte on the captions by default (`bits_per_byte=None` means "if the model is a causal LM").
+little, prepares the next batches while the model works on the current one (images: decoded and
+resized in worker processes when there are many and more than 2 CPUs, `tasks.extract.image_pool`;
+else, on an accelerator, in background threads), and returns rows in the input order. For causal
+LMs it also computes bits per byte on the captions by default (`bits_per_byte=None` means "if the
+model is a causal LM").
+
+Bad model input (unknown id or path, bad revision, wrong modality, no hidden states) raises
+`ModelInputError` from `check_model` / `load_extractor` before any extraction.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
+import warnings
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
 from tasks.extract.base import Extractor, resolve_device
 from tasks.extract.bpb import bits_per_byte as _bits_per_byte
+from tasks.extract.errors import ModelInputError
 from tasks.extract.spec import ModelSpec
 
-__all__ = ["Extractor", "ExtractedFeatures", "extract_all", "load_extractor"]
+__all__ = ["Extractor", "ExtractedFeatures", "check_model", "extract_all", "load_extractor"]
 
 Progress = Callable[[int, int], None]
 
@@ -53,44 +60,66 @@ def load_extractor(spec: ModelSpec, device: str | None = None) -> Extractor:
     """Load the model a spec describes, ready to extract.
 
     device: ``None`` = 'cuda' if available else 'cpu'; any torch device string; or ``'auto'`` for
-    ``device_map='auto'`` (Hugging Face models too large for one GPU; needs `accelerate`).
-    Nothing is downloaded unless the spec names a hub id (set ``HF_HUB_OFFLINE=1`` to forbid it).
+    ``device_map='auto'`` (as does ``spec.device_map: auto``): Hugging Face models too large for one
+    GPU are spread over the visible GPUs, then CPU memory, by `accelerate`.
+    Everything that can be checked without weights is checked first (`check_model`): a bad id,
+    path, revision or modality fails fast with a `ModelInputError`. A model whose forward returns
+    no hidden states fails at the probe forward pass, before any extraction.
+    Nothing is downloaded unless the spec names a hub id that is not cached and the hub is reachable.
     """
-    from tasks.extract import hf_models
-
-    device_map = device == "auto"
+    device_map = device == "auto" or spec.device_map == "auto"
     if device_map:
         if spec.loader != "hf":
-            raise ValueError("device='auto' (device_map) is for 'hf' models only")
+            raise ModelInputError(spec.name, spec.id, "device_map 'auto' is for the 'hf' loader only")
         import importlib.util
 
         if importlib.util.find_spec("accelerate") is None:
-            raise ImportError("device='auto' needs the 'accelerate' package")
-    dev = resolve_device("cuda" if device_map else device)
+            raise ModelInputError(spec.name, spec.id, "device_map 'auto' needs the 'accelerate' package "
+                                  "(pinned in requirements.lock: run `make install`)")
+    dev = resolve_device(None if device in (None, "auto") else device)
 
     if spec.loader == "efficientnet_lite":
         from tasks.extract.efficientnet import EfficientNetLiteExtractor
 
         return EfficientNetLiteExtractor(spec, dev)
 
+    from tasks.extract import hf_models
+
+    checked = hf_models.check_model(spec)
+    if spec.loader == "hf":
+        loaded = hf_models.load_pretrained(spec, dev, device_map, checked)
+    else:
+        loaded = hf_models.load_random(spec, dev, checked)
     if spec.modality == "language":
         from tasks.extract.hf_language import HFLanguageExtractor
 
-        tokenizer = hf_models.load_tokenizer(spec)
-        if spec.loader == "hf":
-            loaded = hf_models.load_pretrained(spec, dev, device_map)
-        else:
-            loaded = hf_models.load_random(spec, dev, tokenizer)
-        return HFLanguageExtractor(spec, loaded, tokenizer, dev)
+        return HFLanguageExtractor(spec, loaded, checked.tokenizer, dev)
 
     from tasks.extract.hf_vision import HFVisionExtractor
 
-    if spec.loader == "hf":
-        loaded = hf_models.load_pretrained(spec, dev, device_map)
-    else:
-        loaded = hf_models.load_random(spec, dev, None)
-    processor = hf_models.load_image_processor(spec, loaded.model.config)
+    processor = hf_models.load_image_processor(spec, checked.config, checked.access)
     return HFVisionExtractor(spec, loaded, processor, dev)
+
+
+def check_model(spec: ModelSpec) -> None:
+    """Check a spec without loading weights (see `load_extractor`); raises `ModelInputError`.
+
+    Cheap (configs, tokenizers, one hub metadata request at most): run it on every model of a zoo
+    before extracting any, so that a bad entry fails the run before hours of work.
+    """
+    if spec.loader == "efficientnet_lite":
+        from tasks.extract.efficientnet import weights_path
+
+        try:
+            weights_path(spec.id)
+        except ImportError as exc:
+            raise ModelInputError(spec.name, spec.id, str(exc)) from None
+        return
+    from tasks.extract import hf_models
+
+    checked = hf_models.check_model(spec)
+    if spec.modality == "vision":
+        hf_models.load_image_processor(spec, checked.config, checked.access)
 
 
 def batch_order(lengths: list[int] | None, n: int) -> np.ndarray:
@@ -100,29 +129,120 @@ def batch_order(lengths: list[int] | None, n: int) -> np.ndarray:
     return np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
 
 
-def _prepared(extractor: Extractor, items: list[Any], batches: list[np.ndarray],
-              workers: int | None = None) -> Iterator[Any]:
-    """Prepared batches, in order.
+PrepareMode = Literal["auto", "inline", "threads", "processes"]
 
-    On an accelerator up to `workers` upcoming batches (default: the extractor's
-    `max_prepare_threads`, at most the CPU count; 1 for tokenizers) are prepared by a
-    thread pool while the model runs the current one (PIL decoding/resizing and the tokenizers
-    release the GIL). On a CPU sequentially: the model already uses every core, and extra busy
-    threads only make torch's worker threads wait for each other.
+
+@dataclass(frozen=True)
+class PreparePlan:
+    """How batches are prepared: ``inline`` (in this thread, before each forward), ``threads`` or
+    ``processes`` (`workers` of them, preparing the next batches while the model runs)."""
+
+    mode: Literal["inline", "threads", "processes"]
+    workers: int = 0
+
+
+def plan_prepare(extractor: Extractor, n_items: int, mode: PrepareMode = "auto", workers: int | None = None,
+                 cpus: int | None = None) -> PreparePlan:
+    """Choose how to prepare batches (see `extract_all`).
+
+    ``auto``: worker processes for images when the extractor has a recipe, there are at least
+    `image_pool.PROCESS_MIN_ITEMS` items and `image_pool.default_workers` (or `workers`) is >= 1;
+    else threads on an accelerator (the extractor's `max_prepare_threads`, at most the CPU count:
+    PIL and the tokenizers release the GIL); else inline (on a CPU the model already uses every
+    core: extra busy threads only make torch's worker threads wait for each other).
     """
-    chunks = ([items[i] for i in idx] for idx in batches)
-    if extractor.device.type == "cpu":
+    from tasks.extract import image_pool
+
+    cpus = cpus or image_pool.usable_cpus()
+    accelerator = extractor.device.type != "cpu"
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if mode == "inline":
+        return PreparePlan("inline")
+    if mode == "threads":
+        return PreparePlan("threads", workers or max(1, min(extractor.max_prepare_threads, cpus)))
+    recipe = extractor.image_recipe() if extractor.modality == "vision" else None
+    if mode == "processes":
+        if recipe is None:
+            raise ValueError(f"{extractor.spec.name}: its preprocessing cannot run in worker processes "
+                             "(language model, or an image processor outside transformers)")
+        return PreparePlan("processes", workers or max(1, image_pool.default_workers(accelerator, cpus)))
+    if mode != "auto":
+        raise ValueError(f"prepare mode must be auto, inline, threads or processes, got {mode!r}")
+    n_proc = image_pool.default_workers(accelerator, cpus) if workers is None else workers
+    if recipe is not None and n_proc >= 1 and n_items >= image_pool.PROCESS_MIN_ITEMS:
+        return PreparePlan("processes", n_proc)
+    if accelerator:
+        return PreparePlan("threads", max(1, min(extractor.max_prepare_threads, cpus)))
+    return PreparePlan("inline")
+
+
+def _prepared(extractor: Extractor, items: list[Any], batches: list[np.ndarray], plan: PreparePlan) -> Iterator[Any]:
+    """Prepared batches, in order, as `plan` says; at most ``workers + 1`` batches ahead."""
+    chunks = iter([items[i] for i in idx] for idx in batches)
+    if plan.mode == "inline":
         yield from (extractor.prepare(chunk) for chunk in chunks)
         return
-    workers = workers or max(1, min(extractor.max_prepare_threads, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prh-prepare") as pool:
-        pending: deque = deque()
+    if plan.mode == "processes":
+        yield from _in_processes(extractor, chunks, plan.workers)
+        return
+    with ThreadPoolExecutor(max_workers=plan.workers, thread_name_prefix="prh-prepare") as threads:
+        yield from _in_order(chunks, lambda chunk: threads.submit(extractor.prepare, chunk), lambda p: p, plan.workers)
+
+
+def _in_processes(extractor: Extractor, chunks: Iterator[list[Any]], workers: int) -> Iterator[Any]:
+    """Batches prepared by the worker pool, in order. If the pool breaks (a worker killed, or a
+    script without an ``if __name__ == '__main__':`` guard, which the workers re-run), the rest is
+    prepared in this process, with a warning: the features are the same."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from tasks.extract import image_pool
+
+    recipe = extractor.image_recipe()
+    pending: deque[tuple[list[Any], Future]] = deque()
+
+    def fill() -> None:
+        pool = image_pool.get_pool(workers, recipe)
+        while len(pending) <= workers:
+            chunk = next(chunks, None)
+            if chunk is None:
+                return
+            pending.append((chunk, pool.submit(image_pool.run_recipe, recipe, chunk)))
+
+    try:
+        try:
+            fill()
+            while pending:
+                chunk, future = pending[0]
+                array = future.result()
+                pending.popleft()
+                yield extractor.from_recipe_output(array)
+                fill()
+        except BrokenProcessPool as exc:
+            warnings.warn(f"{extractor.spec.name}: image worker processes failed ({exc}); preparing the "
+                          "remaining batches in this process", RuntimeWarning, stacklevel=2)
+            image_pool.shutdown_pool()
+            rest = [chunk for chunk, _ in pending]
+            pending.clear()
+            yield from (extractor.prepare(chunk) for chunk in [*rest, *chunks])
+    finally:
+        for _, future in pending:
+            future.cancel()
+
+
+def _in_order(chunks: Iterator[list[Any]], submit: Callable[[list[Any]], Future], finish: Callable[[Any], Any],
+              ahead: int) -> Iterator[Any]:
+    pending: deque[Future] = deque()
+    try:
         for chunk in chunks:
-            pending.append(pool.submit(extractor.prepare, chunk))
-            if len(pending) > workers:
-                yield pending.popleft().result()
+            pending.append(submit(chunk))
+            if len(pending) > ahead:
+                yield finish(pending.popleft().result())
         while pending:
-            yield pending.popleft().result()
+            yield finish(pending.popleft().result())
+    finally:  # an error (or an abandoned generator): drop the work not started yet
+        for future in pending:
+            future.cancel()
 
 
 def extract_all(
@@ -131,6 +251,8 @@ def extract_all(
     batch_size: int | None = None,
     progress: Progress | None = None,
     bits_per_byte: bool | None = None,
+    prepare: PrepareMode = "auto",
+    workers: int | None = None,
 ) -> ExtractedFeatures:
     """Features of every item, batched; rows returned in the order of `items`.
 
@@ -139,6 +261,8 @@ def extract_all(
     batch_size: defaults to the spec's.
     progress: called as ``progress(done, total)`` after every batch.
     bits_per_byte: compute bits per byte on the captions (causal LMs only); None = if causal.
+    prepare / workers: where decoding/resizing/tokenizing runs (`plan_prepare`): ``auto`` (default),
+        ``inline``, ``threads`` or ``processes`` (images only); the features are the same either way.
     """
     items = list(items)
     n = len(items)
@@ -155,16 +279,18 @@ def extract_all(
     nll, targets, truncated = 0.0, 0, 0
 
     done = 0
-    for idx, prepared in zip(batches, _prepared(extractor, items, batches)):
-        result = extractor.forward(prepared, with_nll=want_nll)
-        for layer, arr in zip(out, result.layers):
-            layer[idx] = arr
-        nll += result.nll_nats
-        targets += result.n_targets
-        truncated += getattr(prepared, "n_truncated", 0)
-        done += len(idx)
-        if progress is not None:
-            progress(done, n)
+    plan = plan_prepare(extractor, n, prepare, workers)
+    with contextlib.closing(_prepared(extractor, items, batches, plan)) as prepared_batches:
+        for idx, prepared in zip(batches, prepared_batches):
+            result = extractor.forward(prepared, with_nll=want_nll)
+            for layer, arr in zip(out, result.layers):
+                layer[idx] = arr
+            nll += result.nll_nats
+            targets += result.n_targets
+            truncated += getattr(prepared, "n_truncated", 0)
+            done += len(idx)
+            if progress is not None:
+                progress(done, n)
 
     extras: dict[str, Any] = {}
     if want_nll and n:

@@ -25,9 +25,9 @@ from typing import Any, Sequence
 
 import torch
 
-from tasks.extract.base import BatchOutput, Extractor, count_parameters, layer_names, to_numpy_f32
+from tasks.extract.base import BatchOutput, Extractor, count_parameters, layer_names, require_hidden_states, to_numpy_f32
 from tasks.extract.bpb import next_token_nll
-from tasks.extract.hf_models import LoadedModel
+from tasks.extract.hf_models import LoadedModel, input_device
 from tasks.extract.pooling import pool_tokens
 from tasks.extract.spec import ModelSpec
 
@@ -61,7 +61,7 @@ class HFLanguageExtractor(Extractor):
         self._lm_params = set(inspect.signature(self.lm.forward).parameters) if self.lm is not None else set()
         embeddings = getattr(self.model, "embeddings", None)
         self._own_positions = getattr(embeddings, "padding_idx", None) is not None
-        self._input_device = self.model.get_input_embeddings().weight.device
+        self._input_device = input_device(self.model, self.model.get_input_embeddings().weight)
         self._finish_init(["a"], lambda n: layer_names("embeddings", "layer", n - 1))
 
     def texts(self, items: Sequence[str]) -> list[str]:
@@ -112,7 +112,7 @@ class HFLanguageExtractor(Extractor):
         if "use_cache" in params:
             inputs["use_cache"] = False
         out = module(**inputs, output_hidden_states=True, return_dict=True)
-        return out.hidden_states, (out.logits if with_logits else None)
+        return require_hidden_states(self.spec, module, out), (out.logits if with_logits else None)
 
     @torch.inference_mode()
     def forward(self, prepared: PreparedText, with_nll: bool = False) -> BatchOutput:

@@ -12,6 +12,18 @@
   ``ViTImageProcessorPil`` (resize to S x S bilinear, rescale 1/255, mean/std 0.5), S =
   ``spec.image_size`` or the config's ``image_size`` (224 if it has none).
 
+Before any weights load, `check_model` checks what it can and raises `ModelInputError` naming the
+model and the problem: the source (`tasks.extract.preflight`: package dir, local path, or hub id
+and revision, offline-aware), the config, the class transformers would build and whether it
+takes the declared modality's input, and the tokenizer. Hub ids read from the local cache only
+(``local_files_only``) when the hub is offline or unreachable.
+
+Large models: ``spec.device_map: auto`` (or ``load_extractor(spec, device='auto')``) loads with
+``device_map='auto'``: `accelerate` spreads the layers over the visible GPUs, then CPU memory, then
+disk (``offload_dir()``), and its hooks move activations between devices; inputs go to the first
+layer's device (the CPU for offloaded weights). Use it with ``dtype: bfloat16``. Features equal
+the single-device ones (tested on a CPU, with part of a model offloaded to disk).
+
 Which model class: language models whose config names a causal-LM architecture (``*ForCausalLM``,
 ``*LMHeadModel``) — or, for random configs, whose type has a causal-LM class and no masked-LM class
 (GPT-2, Llama yes; BERT no) — load with ``AutoModelForCausalLM`` (logits for bits per byte);
@@ -22,14 +34,19 @@ everything else with ``AutoModel``. Dual-tower checkpoints (CLIP, SigLIP) use th
 from __future__ import annotations
 
 import contextlib
+import inspect
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
-from tasks.extract import sources
+from tasks.extract import preflight
 from tasks.extract.base import TORCH_DTYPES
+from tasks.extract.errors import ModelInputError
+from tasks.extract.preflight import SourceAccess
 from tasks.extract.spec import ModelSpec
 
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -117,65 +134,208 @@ def _finish(model: torch.nn.Module, modality: str, causal: bool, device: torch.d
     return LoadedModel(model=body, lm=None, counted=body)
 
 
-def load_pretrained(spec: ModelSpec, device: torch.device, device_map: bool = False) -> LoadedModel:
-    """An ``hf`` model (see module docstring). ``device_map=True`` uses ``device_map='auto'``."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+@dataclass
+class CheckedModel:
+    """What `check_model` found, with no weights loaded.
 
-    src = sources.resolve_source(spec.id)
-    common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
-    config = AutoConfig.from_pretrained(src, **common, **spec.config)
-    _feature_overrides(config, spec.config)
-    causal = spec.modality == "language" and is_causal_config(config, from_architectures=True)
-    cls = AutoModelForCausalLM if causal else AutoModel
-    kwargs: dict[str, Any] = {"config": config, "dtype": TORCH_DTYPES[spec.dtype], **common}
-    if Path(src).is_dir() and any(Path(src).glob("*.safetensors")):
-        kwargs["use_safetensors"] = True
-    if device_map:
-        kwargs["device_map"] = "auto"
-    with quiet_loading():
-        model = cls.from_pretrained(src, **kwargs)
-    return _finish(model, spec.modality, causal, device, TORCH_DTYPES[spec.dtype], device_map)
+    access / tokenizer_access: where the files come from (``hf`` ids; tokenizer when one is read).
+    config: the model config (overrides applied). causal: loads with ``AutoModelForCausalLM``.
+    tokenizer: the language tokenizer (already loaded: it is small), else None.
+    """
+
+    config: Any
+    causal: bool
+    access: SourceAccess | None = None
+    tokenizer: Any | None = None
 
 
-def load_random(spec: ModelSpec, device: torch.device, tokenizer: Any | None) -> LoadedModel:
-    """A ``random_hf`` model from a config class, seeded (see module docstring)."""
-    from transformers import AutoModel, AutoModelForCausalLM
+def check_model(spec: ModelSpec) -> CheckedModel:
+    """Everything that can be checked without weights; raises `ModelInputError` naming the problem.
 
+    ``hf``: the source exists (package dir, local path, or hub id at that revision: see
+    `tasks.extract.preflight`), its config reads, transformers has a class for it, the class takes
+    the spec's modality (vision: ``pixel_values``, language: ``input_ids``). ``random_hf``: the
+    config class exists and builds from ``spec.config``, same modality check. Language: the tokenizer
+    loads.
+    """
+    language = spec.modality == "language"
+    if spec.loader == "hf":
+        access = preflight.resolve_access(spec, spec.id, spec.revision)
+        config = _read_config(spec, access)
+        causal = language and is_causal_config(config, from_architectures=True)
+        _feature_overrides(config, spec.config)
+        if not (spec.trust_remote_code and getattr(config, "auto_map", None)):
+            check_modality(spec, type(config), causal)
+        tokenizer = load_tokenizer(spec, access) if language else None
+    else:
+        access = None
+        cls = _config_class(spec)
+        probe = _build_config(spec, cls, None)  # enough to tell modality and causal LMs before the tokenizer
+        check_modality(spec, cls, language and is_causal_config(probe, from_architectures=False))
+        tokenizer = load_tokenizer(spec) if language else None  # its vocabulary sizes the config
+        config = _build_config(spec, cls, tokenizer)
+        causal = language and is_causal_config(config, from_architectures=False)
+        _feature_overrides(config, spec.config)
+    return CheckedModel(config, causal, access, tokenizer)
+
+
+def _read_config(spec: ModelSpec, access: SourceAccess) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(access.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+                                          local_files_only=access.local_files_only, **spec.config)
+    except (OSError, ValueError, KeyError, StrictDataclassError) as exc:
+        raise ModelInputError(spec.name, spec.id, f"cannot read its config from {access.source!r}: {_first_line(exc)}") from exc
+
+
+def _config_class(spec: ModelSpec) -> type:
+    try:
+        return config_class(spec.id)
+    except ValueError as exc:
+        raise ModelInputError(spec.name, spec.id, str(exc)) from None
+
+
+def _build_config(spec: ModelSpec, cls: type, tokenizer: Any | None) -> Any:
     kwargs = dict(spec.config)
     if tokenizer is not None:
         kwargs.setdefault("vocab_size", len(tokenizer))
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):  # None where the tokenizer has none
             kwargs.setdefault(key, getattr(tokenizer, key, None))
-    config = config_class(spec.id)(**kwargs)
-    _feature_overrides(config, spec.config)
-    causal = spec.modality == "language" and is_causal_config(config, from_architectures=False)
-    cls = AutoModelForCausalLM if causal else AutoModel
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, StrictDataclassError) as exc:
+        raise ModelInputError(spec.name, spec.id, f"config {spec.config} is not valid for {spec.id}: {_first_line(exc)}") from exc
+
+
+def model_class(spec: ModelSpec, config_cls: type, causal: bool) -> type:
+    """The transformers class that `from_pretrained` / `from_config` will build for a config class."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    auto = AutoModelForCausalLM if causal else AutoModel
+    try:
+        return auto._model_mapping[config_cls]
+    except KeyError:
+        raise ModelInputError(spec.name, spec.id, f"transformers {auto.__name__} has no class for config "
+                              f"{config_cls.__name__} (model type {getattr(config_cls, 'model_type', '?')!r})") from None
+    except ImportError as exc:  # a class that needs a missing library (timm, torchvision, ...)
+        raise ModelInputError(spec.name, spec.id, f"its model class cannot be imported: {_first_line(exc)}") from None
+
+
+def check_modality(spec: ModelSpec, config_cls: type, causal: bool) -> None:
+    """The model class must take the spec's input: ``pixel_values`` (vision) or ``input_ids`` (language)."""
+    cls = model_class(spec, config_cls, causal)
+    params = inspect.signature(cls.forward).parameters
+    takes_images, takes_text = "pixel_values" in params, "input_ids" in params
+    kind = f"{cls.__name__} (model type {getattr(config_cls, 'model_type', '?')!r})"
+    if spec.modality == "vision" and not takes_images:
+        if takes_text:
+            raise ModelInputError(spec.name, spec.id, f"declared modality 'vision', but {kind} is a language model "
+                                  "(its forward takes input_ids, not pixel_values): set modality: language")
+        raise ModelInputError(spec.name, spec.id, f"{kind} takes no images (no pixel_values input): not a vision model")
+    if spec.modality == "language" and not takes_text:
+        if takes_images:
+            raise ModelInputError(spec.name, spec.id, f"declared modality 'language', but {kind} is a vision model "
+                                  "(its forward takes pixel_values, not input_ids): set modality: vision")
+        raise ModelInputError(spec.name, spec.id, f"{kind} takes no token ids (no input_ids input): not a language model")
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """The exception's message on one line, shortened."""
+    text = " ".join(str(exc).split())
+    if not text:
+        return type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_pretrained(spec: ModelSpec, device: torch.device, device_map: bool = False,
+                    checked: CheckedModel | None = None) -> LoadedModel:
+    """An ``hf`` model (see module docstring). ``device_map=True`` uses ``device_map='auto'``."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    checked = checked or check_model(spec)
+    assert checked.access is not None
+    src = checked.access.source
+    cls = AutoModelForCausalLM if checked.causal else AutoModel
+    kwargs: dict[str, Any] = {"config": checked.config, "dtype": TORCH_DTYPES[spec.dtype], "revision": spec.revision,
+                              "trust_remote_code": spec.trust_remote_code,
+                              "local_files_only": checked.access.local_files_only}
+    if Path(src).is_dir() and any(Path(src).glob("*.safetensors")):
+        kwargs["use_safetensors"] = True
+    if device_map:
+        kwargs["device_map"] = "auto"
+        kwargs["offload_folder"] = str(offload_dir())  # used only when GPUs and CPU memory are not enough
+    try:
+        with quiet_loading():
+            model = cls.from_pretrained(src, **kwargs)
+    except OSError as exc:  # missing or unreadable weight files
+        raise ModelInputError(spec.name, spec.id, f"cannot load its weights from {src!r}: {_first_line(exc)}") from exc
+    return _finish(model, spec.modality, checked.causal, device, TORCH_DTYPES[spec.dtype], device_map)
+
+
+def offload_dir() -> Path:
+    """Where ``device_map='auto'`` offloads weights that fit neither the GPUs nor CPU memory:
+    ``PRH_OFFLOAD_DIR``, else ``<tmp>/prh-offload``."""
+    import tempfile
+
+    path = Path(os.environ.get("PRH_OFFLOAD_DIR") or Path(tempfile.gettempdir()) / "prh-offload")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def input_device(module: torch.nn.Module, param: torch.nn.Parameter | None = None) -> torch.device:
+    """Device to put a model's inputs on: its first (or the given) parameter's, or the CPU for
+    weights offloaded by `accelerate` (``meta``; its hooks move inputs to the execution device)."""
+    p = param if param is not None else next(module.parameters())
+    return torch.device("cpu") if p.device.type == "meta" else p.device
+
+
+def load_random(spec: ModelSpec, device: torch.device, checked: CheckedModel | None = None) -> LoadedModel:
+    """A ``random_hf`` model from a config class, seeded (see module docstring)."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    checked = checked or check_model(spec)
+    cls = AutoModelForCausalLM if checked.causal else AutoModel
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        model = cls.from_config(config, dtype=torch.float32)
-    return _finish(model, spec.modality, causal, device, TORCH_DTYPES[spec.dtype], False)
+        try:
+            model = cls.from_config(checked.config, dtype=torch.float32)
+        except (ValueError, TypeError, RuntimeError) as exc:  # e.g. widths that do not divide, negative sizes
+            raise ModelInputError(spec.name, spec.id, f"cannot build the model from config {spec.config}: "
+                                  f"{_first_line(exc)}") from exc
+    return _finish(model, spec.modality, checked.causal, device, TORCH_DTYPES[spec.dtype], False)
 
 
-def load_tokenizer(spec: ModelSpec) -> Any:
+def load_tokenizer(spec: ModelSpec, access: SourceAccess | None = None) -> Any:
     """Tokenizer for a language spec: ``spec.tokenizer`` if set, else the model's own (``hf``) or
-    a byte-level ``ByT5Tokenizer()`` (``random_hf``). A missing pad token falls back to eos/unk/id 0."""
+    a byte-level ``ByT5Tokenizer()`` (``random_hf``). A missing pad token falls back to eos/unk/id 0.
+
+    access: the model's checked source (``hf``); resolved here when None."""
     from transformers import AutoTokenizer, ByT5Tokenizer
 
     if spec.tokenizer is not None:
-        tok = AutoTokenizer.from_pretrained(sources.resolve_source(spec.tokenizer), trust_remote_code=spec.trust_remote_code)
+        tok_access = preflight.resolve_access(spec, spec.tokenizer, None, what="tokenizer")
+        revision = None
     elif spec.loader == "random_hf":
+        tok_access, revision = None, None
+    else:
+        tok_access, revision = access or preflight.resolve_access(spec, spec.id, spec.revision), spec.revision
+    if tok_access is None:
         tok = ByT5Tokenizer()
     else:
-        tok = AutoTokenizer.from_pretrained(
-            sources.resolve_source(spec.id), revision=spec.revision, trust_remote_code=spec.trust_remote_code
-        )
+        try:
+            tok = AutoTokenizer.from_pretrained(tok_access.source, revision=revision, trust_remote_code=spec.trust_remote_code,
+                                                local_files_only=tok_access.local_files_only)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelInputError(spec.name, spec.id, f"cannot load a tokenizer from {tok_access.source!r}: "
+                                  f"{_first_line(exc)}") from exc
     if tok.pad_token_id is None:
         fallback = tok.eos_token or tok.unk_token or tok.convert_ids_to_tokens(0)
         tok.pad_token = fallback
     return tok
 
 
-def load_image_processor(spec: ModelSpec, model_config: Any) -> Any:
+def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAccess | None = None) -> Any:
     """Image processor (PIL backend) for a vision spec, resized to ``spec.image_size`` if set."""
     from transformers import AutoImageProcessor, ViTImageProcessorPil
 
@@ -183,9 +343,13 @@ def load_image_processor(spec: ModelSpec, model_config: Any) -> Any:
         size = spec.image_size or getattr(model_config, "image_size", None) or 224
         size = size if isinstance(size, int) else int(size[0])
         return ViTImageProcessorPil(size={"height": size, "width": size})
-    proc = AutoImageProcessor.from_pretrained(
-        sources.resolve_source(spec.id), revision=spec.revision, trust_remote_code=spec.trust_remote_code, backend="pil"
-    )
+    access = access or preflight.resolve_access(spec, spec.id, spec.revision)
+    try:
+        proc = AutoImageProcessor.from_pretrained(access.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+                                                  backend="pil", local_files_only=access.local_files_only)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelInputError(spec.name, spec.id, f"no usable image processor config (preprocessor_config.json) in "
+                              f"{access.source!r}: {_first_line(exc)}") from exc
     if spec.image_size is not None:
         _resize_processor(proc, spec.image_size)
     return proc

@@ -19,12 +19,22 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
-from tasks.extract.base import TORCH_DTYPES, BatchOutput, Extractor, count_parameters, layer_names, to_numpy_f32
-from tasks.extract.hf_models import LoadedModel
-from tasks.extract.images import ImageItem, decode_image
+from tasks.extract.base import (
+    TORCH_DTYPES,
+    BatchOutput,
+    Extractor,
+    count_parameters,
+    layer_names,
+    require_hidden_states,
+    to_numpy_f32,
+)
+from tasks.extract.hf_models import LoadedModel, input_device
+from tasks.extract.image_pool import ProcessorRecipe, apply_processor, processor_recipe
+from tasks.extract.images import ImageItem
 from tasks.extract.pooling import pool_vision
 from tasks.extract.spec import ModelSpec
 
@@ -56,8 +66,9 @@ class HFVisionExtractor(Extractor):
         self.processor = processor
         self.param_count = count_parameters(loaded.counted)
         self.dtype = TORCH_DTYPES[spec.dtype]
-        self._input_device = next(self.model.parameters()).device
+        self._input_device = input_device(self.model)
         self._extra_kwargs = self._forward_kwargs()
+        self._recipe: ProcessorRecipe | None | bool = False  # False: not computed yet
         probe = [Image.new("RGB", (64, 48), (127, 127, 127))]
         self._finish_init(probe, lambda n: layer_names("embeddings", "layer", n - 1))
 
@@ -70,12 +81,19 @@ class HFVisionExtractor(Extractor):
             return {"interpolate_pos_encoding": True}
         return {}
 
-    def prepare(self, items: Sequence[ImageItem]) -> PreparedPixels:
-        images = [decode_image(it) for it in items]
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+    def image_recipe(self) -> ProcessorRecipe | None:
+        if self._recipe is False:
+            self._recipe = processor_recipe(self.processor)
+        return self._recipe
+
+    def from_recipe_output(self, pixel_values: np.ndarray) -> PreparedPixels:
+        pixels = torch.from_numpy(pixel_values)
         if self.device.type == "cuda":
             pixels = pixels.pin_memory()
         return PreparedPixels(pixels)
+
+    def prepare(self, items: Sequence[ImageItem]) -> PreparedPixels:
+        return self.from_recipe_output(apply_processor(self.processor, items))
 
     @torch.inference_mode()
     def forward(self, prepared: PreparedPixels, with_nll: bool = False) -> BatchOutput:
@@ -83,7 +101,7 @@ class HFVisionExtractor(Extractor):
             raise ValueError("bits per byte applies to causal language models only")
         x = prepared.pixel_values.to(self._input_device, dtype=self.dtype, non_blocking=True)
         out = self.model(pixel_values=x, output_hidden_states=True, return_dict=True, **self._extra_kwargs)
-        states = out.hidden_states
+        states = require_hidden_states(self.spec, self.model, out)
         if self.spec.pooling == "cls" and any(hs.dim() == 4 for hs in states):
             raise ValueError(f"{self.spec.name}: 'cls' pooling needs a token model; this one has CNN feature maps: use 'avg'")
         h, w = prepared.pixel_values.shape[-2:]

@@ -12,15 +12,16 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
+from tasks.data.images import to_rgb
+
 #: What vision extractors accept per item: encoded bytes (PNG/JPEG/...), a PIL image, or a path.
 ImageItem = Union[bytes, bytearray, memoryview, Image.Image, str, Path]
 
 
 def decode_image(item: ImageItem) -> Image.Image:
-    """Decode one item to an RGB PIL image.
-
-    Transparent images (RGBA, LA, palette with transparency) are composited over white, so that
-    e.g. rendered emoji on a transparent canvas look as they do on a page.
+    """Decode one item to an 8-bit RGB PIL image, converted exactly as the dataset loader checks
+    it (``tasks.data.images.to_rgb``): EXIF orientation applied, transparency composited over
+    white (rendered emoji look as on a page), 16-bit and float images scaled, not clipped.
     """
     if isinstance(item, Image.Image):
         img = item
@@ -30,16 +31,7 @@ def decode_image(item: ImageItem) -> Image.Image:
         img = Image.open(item)
     else:
         raise TypeError(f"cannot decode an image from {type(item).__name__}")
-    img.load()
-    if img.mode == "RGB":
-        return img
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return img.convert("RGB")
+    return to_rgb(img)
 
 
 def center_crop_resize(img: Image.Image, size: int, crop_fraction: float, resample: int = Image.BICUBIC) -> Image.Image:
@@ -55,10 +47,12 @@ def center_crop_resize(img: Image.Image, size: int, crop_fraction: float, resamp
     return img.resize((size, size), resample=resample, box=(left, top, left + side, top + side))
 
 
-def to_batch_tensor(images: list[Image.Image], mean: float, std: float):
-    """Equal-size RGB images with 0–255 pixels -> `(B, 3, H, W)` float32 torch tensor in
-    channels-last memory, ``(pixel - mean) / std``."""
+def to_batch_tensor(images: list[Image.Image] | np.ndarray, mean: float, std: float):
+    """Equal-size RGB images with 0–255 pixels (PIL images, or one `(B, H, W, 3) uint8` array) ->
+    `(B, 3, H, W)` float32 torch tensor in channels-last memory, ``(pixel - mean) / std``."""
     import torch
 
-    pixels = torch.from_numpy(np.stack([np.asarray(img, dtype=np.uint8) for img in images]))  # (B, H, W, 3)
+    if not isinstance(images, np.ndarray):
+        images = np.stack([np.asarray(img, dtype=np.uint8) for img in images])
+    pixels = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))  # (B, H, W, 3)
     return ((pixels.float() - mean) / std).permute(0, 3, 1, 2)  # a view: NCHW shape, NHWC memory

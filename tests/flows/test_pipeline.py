@@ -166,21 +166,26 @@ def _assert_no_secrets(store: Store, summary: dict) -> None:
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_failing_model_does_not_stop_the_others(tmp_path):
-    """A model that cannot be built fails (no retry: not transient); the other models and pairs
-    are extracted, aligned and published; the run is FAILED and says which items failed and why."""
+    """A model refused by the up-front check (wrong modality) is reported before any extraction;
+    a model that fails while loading fails its task (no retry: not transient); the other models
+    and pairs are extracted, aligned and published; the run is FAILED and lists what failed."""
     from flows.pipeline import ZooFailures
 
     broken = {**TINY_VIT, "name": "broken-vit", "config": {**TINY_VIT["config"], "intermediate_size": -1}}
+    misdeclared = {**{k: v for k, v in TINY_BERT.items() if k != "tokenizer"}, "name": "bert-as-vision", "modality": "vision", "image_size": 32}
     store = str(tmp_path / "store")
     with pytest.raises(ZooFailures) as raised:
-        prh_pipeline(config=_config([TINY_VIT, broken, TINY_BERT], permutations=0), store=store, report=False)
+        prh_pipeline(config=_config([TINY_VIT, broken, misdeclared, TINY_BERT], permutations=0), store=store, report=False)
     message = str(raised.value)
-    assert message.startswith("1 of 3 models and 1 of 2 model pairs failed (the rest is published)")
-    assert "extract broken-vit:" in message and "broken-vit x tiny-bert: skipped: extraction of broken-vit failed" in message
+    assert message.startswith("2 of 4 models and 2 of 3 model pairs failed (the rest is published)")
+    assert "check bert-as-vision: " in message and "extract broken-vit: " in message
+    assert "broken-vit x tiny-bert: skipped: broken-vit failed" in message
     con = connect(Store(store))
     assert query(con, "select distinct model_a, model_b from alignment").to_pylist() == [{"model_a": "tiny-vit", "model_b": "tiny-bert"}]
     assert query(con, "select model from models order by model").column("model").to_pylist() == ["tiny-bert", "tiny-vit"]
     run = query(con, "select status, failures, error from runs").to_pylist()[0]
     failures = __import__("json").loads(run["failures"])
-    assert run["status"] == "FAILED" and [(f["stage"], f["item"]) for f in failures] == [("extract", "broken-vit"), ("align", "broken-vit x tiny-bert")]
-    assert "negative dimension" in failures[0]["error"] and run["error"].startswith("flows.pipeline.ZooFailures: 1 of 3 models")
+    assert run["status"] == "FAILED" and [(f["stage"], f["item"]) for f in failures] == [
+        ("check", "bert-as-vision"), ("extract", "broken-vit"), ("align", "broken-vit x tiny-bert"), ("align", "bert-as-vision x tiny-bert")]
+    assert "vision" in failures[0]["error"] and "negative dimension" in failures[1]["error"]
+    assert run["error"].startswith("flows.pipeline.ZooFailures: 2 of 4 models")

@@ -324,17 +324,7 @@ def test_big_legal_image_is_resized_by_the_preprocessing() -> None:
     assert small.size == (224, 224) and small.mode == "RGB"
 
 
-_EXTRACT_DIFFERS = "tasks/extract/images.decode_image uses convert('RGB'), which clips I/F pixels and ignores EXIF; it should call tasks.data.images.to_rgb"
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(c, id=c.name, marks=pytest.mark.xfail(strict=True, reason=_EXTRACT_DIFFERS))
-        if c.name in ("16-bit PNG (I;16)", "16-bit PGM (I)", "float TIFF (F)", "EXIF-rotated JPEG") else pytest.param(c, id=c.name)
-        for c in CONVERTED
-    ],
-)
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CONVERTED])
 def test_extractor_decodes_images_as_the_loader_converts_them(case: Case) -> None:
     from tasks.extract.images import decode_image
 

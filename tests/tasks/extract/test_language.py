@@ -124,7 +124,7 @@ def test_truncation_to_max_length_is_counted():
     assert feats.extras["bpb_truncated_texts"] == 4  # all but "ok"
 
 
-def test_trust_remote_code_is_passed_through(monkeypatch):
+def test_trust_remote_code_is_passed_through(monkeypatch, tmp_path):
     """Defaults to False; the spec's value reaches every from_pretrained call."""
     import transformers
 
@@ -147,7 +147,8 @@ def test_trust_remote_code_is_passed_through(monkeypatch):
     monkeypatch.setattr(transformers.AutoImageProcessor, "from_pretrained", fake("processor"))
     for flag in (False, True):
         kw = {} if flag is False else {"trust_remote_code": True}
-        spec = ModelSpec(name="x", loader="hf", id="org/custom", modality="language", **kw)
+        (tmp_path / "config.json").write_text("{}")
+        spec = ModelSpec(name="x", loader="hf", id=str(tmp_path), modality="language", **kw)
         for call in (lambda: hf_models.load_pretrained(spec, torch.device("cpu")),
                      lambda: hf_models.load_tokenizer(spec),
                      lambda: hf_models.load_image_processor(spec.model_copy(update={"modality": "vision"}), None)):
@@ -169,11 +170,11 @@ def test_half_precision_features_are_float32_and_close(dtype):
 
 
 def test_prepared_batches_are_prefetched_in_order_on_accelerators():
-    """On a GPU the next batch is prepared in a thread; the order of batches never changes."""
+    """In threads (as on a GPU) the next batches are prepared ahead; the order of batches never changes."""
     import threading
     from types import SimpleNamespace
 
-    from tasks.extract.extractor import _prepared
+    from tasks.extract.extractor import PreparePlan, _prepared
 
     threads: list[str] = []
 
@@ -184,8 +185,9 @@ def test_prepared_batches_are_prefetched_in_order_on_accelerators():
     batches = [np.array([0, 1]), np.array([2, 3]), np.array([4]), np.array([5, 6]), np.array([7])]
     items = list("abcdefgh")
     expected = [["a", "b"], ["c", "d"], ["e"], ["f", "g"], ["h"]]
-    for device, workers, in_thread in [("cuda", 1, True), ("cuda", 3, True), ("cpu", None, False)]:
+    for plan, in_thread in [(PreparePlan("threads", 1), True), (PreparePlan("threads", 3), True),
+                            (PreparePlan("inline"), False)]:
         threads.clear()
-        fake = SimpleNamespace(device=torch.device(device), prepare=prepare)
-        assert list(_prepared(fake, items, batches, workers)) == expected
+        fake = SimpleNamespace(device=torch.device("cpu"), prepare=prepare)
+        assert list(_prepared(fake, items, batches, plan)) == expected
         assert all(name.startswith("prh-prepare") == in_thread for name in threads) and len(threads) == 5

@@ -129,9 +129,10 @@ def test_fingerprint_contents():
     assert fp["source"]["package"]["version"]
     assert fp["library"]["distribution"] == "transformers"
     # Not feature-determining: name, batch size, trust_remote_code; seed for pretrained models.
-    same = _spec(name="other", id=MINILM, batch_size=7, trust_remote_code=True, seed=3)
+    same = _spec(name="other", id=MINILM, batch_size=7, trust_remote_code=True, seed=3, device_map="auto")
     assert same.fingerprint() == fp
-    for change in [dict(pooling="last"), dict(dtype="bfloat16"), dict(revision="abc"), dict(max_length=32),
+    assert _spec(revision="abc").fingerprint() != _spec().fingerprint()  # hub ids: the revision pins the files
+    for change in [dict(pooling="last"), dict(dtype="bfloat16"), dict(max_length=32),
                    dict(prompt="A photo of {text}"), dict(config={"hidden_dropout_prob": 0.0})]:
         assert _spec(id=MINILM, **change).fingerprint() != fp, change
 

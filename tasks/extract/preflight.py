@@ -1,0 +1,198 @@
+"""Checks of a model spec before any work: does the model exist, is the revision there, can it be reached.
+
+`resolve_access(spec, id, revision)` decides where ``from_pretrained`` reads from:
+
+- ``pkg:<package>/<dir>``: the directory inside the installed package (it must exist);
+- ``pkgzip:<prefix>/<dir>``: a zip split over packages, extracted once (`tasks.extract.split_zip`);
+- an existing local path: used as is (a ``revision`` is refused: it would be silently ignored);
+- a path-like id (``/x``, ``./x``, ``~/x``, ``a/b/c``, backslashes) that does not exist: refused;
+- otherwise a Hugging Face hub id, checked with `huggingface_hub.validate_repo_id`, then:
+  * hub offline (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``): it must be in the local cache at
+    that revision (``main`` when None); the error lists the cached revisions;
+  * else one metadata request (``model_info``, timeout ``PRH_HUB_TIMEOUT`` s, default 10, no
+    retries): unknown repo, unknown revision and gated repos are clear errors; when the hub
+    cannot be reached (no network: ~0.1 s here) the local cache is used with
+    ``local_files_only=True`` — so ``from_pretrained`` never spends ~25 s in its retry loop —
+    and a model that is not cached is a clear error.
+
+Every error is a `ModelInputError` naming the model (spec name and id) and the problem.
+No torch here; `huggingface_hub` is imported only for hub ids.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tasks.extract import sources, split_zip
+from tasks.extract.errors import ModelInputError
+from tasks.extract.spec import ModelSpec
+
+#: Seconds to wait for the hub's answer to the one metadata request (env ``PRH_HUB_TIMEOUT``).
+DEFAULT_HUB_TIMEOUT = 10.0
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class SourceAccess:
+    """Where a model's (or tokenizer's) files are read from.
+
+    source: what to pass to ``from_pretrained`` (a local path, or the hub id).
+    kind: ``'pkg'``, ``'local'`` or ``'hub'``.
+    local_files_only: True when a hub id must be served from the local cache (hub offline or
+        unreachable); pass it to every ``from_pretrained``.
+    note: why the cache is used (empty otherwise).
+    """
+
+    source: str
+    kind: Literal["pkg", "local", "hub"]
+    local_files_only: bool = False
+    note: str = ""
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
+    env = any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if env:
+        return True
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_timeout() -> float:
+    raw = os.environ.get("PRH_HUB_TIMEOUT", "")
+    try:
+        return float(raw) if raw else DEFAULT_HUB_TIMEOUT
+    except ValueError:
+        raise ValueError(f"PRH_HUB_TIMEOUT must be a number of seconds, got {raw!r}") from None
+
+
+def looks_like_path(model_id: str) -> bool:
+    """Ids that can only mean a local path (never a hub id)."""
+    return (model_id.startswith(("/", "./", "../", "~", ".\\")) or "\\" in model_id
+            or model_id.count("/") > 1 or os.path.isabs(model_id) or model_id in (".", ".."))
+
+
+def resolve_access(spec: ModelSpec, model_id: str, revision: str | None, what: str = "model") -> SourceAccess:
+    """Check that ``model_id`` (the spec's id or tokenizer) can be loaded; see the module docstring."""
+
+    def fail(problem: str) -> ModelInputError:
+        return ModelInputError(spec.name, spec.id, problem if what == "model" else f"tokenizer {model_id!r}: {problem}")
+
+    if sources.is_pkg_id(model_id):
+        try:
+            path = sources.resolve_pkg_path(model_id)
+        except (FileNotFoundError, ValueError) as exc:
+            raise fail(str(exc)) from None
+        if revision is not None:
+            raise fail(f"revision {revision!r} applies to Hugging Face hub ids, not to package directories")
+        return SourceAccess(str(path), "pkg")
+
+    if split_zip.is_split_zip_id(model_id):
+        if revision is not None:
+            raise fail(f"revision {revision!r} applies to Hugging Face hub ids, not to pkgzip: archives")
+        try:
+            return SourceAccess(str(split_zip.resolve_split_zip(model_id)), "pkg")
+        except (FileNotFoundError, ValueError, zipfile.BadZipFile) as exc:
+            raise fail(f"cannot use the split zip: {exc}") from None
+
+    local = Path(model_id).expanduser()
+    if local.exists():
+        if revision is not None:
+            raise fail(f"revision {revision!r} applies to Hugging Face hub ids; {str(local)!r} is a local path "
+                       "(check out the revision there and drop 'revision')")
+        if local.is_dir() and not (local / "config.json").is_file() and what == "model":
+            raise fail(f"local directory {str(local)!r} has no config.json (not a Hugging Face checkpoint)")
+        return SourceAccess(str(local), "local")
+    if looks_like_path(model_id):
+        raise fail(f"local path {str(local)!r} does not exist")
+
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError as exc:
+        raise fail(f"not an existing local path and not a valid Hugging Face id: {exc}") from None
+    return _hub_access(model_id, revision, fail)
+
+
+def _hub_access(repo: str, revision: str | None, fail) -> SourceAccess:
+    rev = revision or "main"
+    if hub_offline():
+        if _cached(repo, rev):
+            return SourceAccess(repo, "hub", True, "hub offline (HF_HUB_OFFLINE): using the local cache")
+        raise fail(_not_cached(repo, rev, "the hub is offline (HF_HUB_OFFLINE=1)"))
+
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        model_info(repo, revision=revision, timeout=hub_timeout())
+    except GatedRepoError:
+        raise fail(f"{repo!r} is a gated repository: accept its licence on the hub and set HF_TOKEN") from None
+    except RevisionNotFoundError:
+        raise fail(f"revision {rev!r} does not exist on the Hugging Face hub for {repo!r}") from None
+    except RepositoryNotFoundError:
+        raise fail(f"no model {repo!r} on the Hugging Face hub (a private one needs HF_TOKEN)") from None
+    except OfflineModeIsEnabled:
+        return _hub_access_cached(repo, rev, "the hub is offline (HF_HUB_OFFLINE=1)", fail)
+    except HfHubHTTPError as exc:  # the hub answered with an error of its own (5xx, rate limit)
+        if _cached(repo, rev):
+            return SourceAccess(repo, "hub", True, f"hub error ({_brief(exc)}): using the local cache")
+        return SourceAccess(repo, "hub", False, f"hub error ({_brief(exc)}): loading will retry")
+    except Exception as exc:  # no network: DNS failure, refused or timed-out connection
+        return _hub_access_cached(repo, rev, f"the Hugging Face hub cannot be reached ({_brief(exc)})", fail)
+    return SourceAccess(repo, "hub")
+
+
+def _hub_access_cached(repo: str, rev: str, why: str, fail) -> SourceAccess:
+    if _cached(repo, rev):
+        return SourceAccess(repo, "hub", True, f"{why}: using the local cache")
+    raise fail(_not_cached(repo, rev, why))
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def _cached(repo: str, rev: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, "config.json", revision=rev), str)
+
+
+def cached_revisions(repo: str) -> list[str]:
+    """Branch/tag names and commit hashes of ``repo`` in the local hub cache (sorted)."""
+    from huggingface_hub import constants
+
+    root = Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
+    names: set[str] = set()
+    refs = root / "refs"
+    if refs.is_dir():
+        names.update(p.relative_to(refs).as_posix() for p in refs.rglob("*") if p.is_file())
+    snapshots = root / "snapshots"
+    if snapshots.is_dir():
+        names.update(p.name for p in snapshots.iterdir() if p.is_dir())
+    return sorted(names)
+
+
+def _not_cached(repo: str, rev: str, why: str) -> str:
+    from huggingface_hub import constants
+
+    have = cached_revisions(repo)
+    if not have:
+        return (f"{why}, and {repo!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}): "
+                "check the id, or download it on a machine with access and copy the cache")
+    return f"{why}, and revision {rev!r} of {repo!r} is not in the local cache (cached: {', '.join(have)})"

