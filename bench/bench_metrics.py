@@ -12,8 +12,12 @@ What it measures, in one run on the same data:
   ``--calibrate`` metric (encoding included: fresh ``Representation`` objects), with the
   1-minute load average before and after (the machine is shared: ``--threads 1`` is the
   steadier setting when other work runs);
-- optionally ``--large-n N``: ``mutual_knn`` on one layer pair of width 1024 with ``N`` samples
-  (exact fp32 neighbours, blockwise), time and peak memory.
+- optionally ``--large-n N``: ``mutual_knn`` on one layer pair of width 1024 with ``N`` samples,
+  blockwise, for exact fp32 neighbours and the opt-in ``knn_precision='bf16'`` /
+  ``'bf16-refine'`` searches side by side: time, ratio to exact, peak memory, share of
+  neighbour lists that differ from exact and the score change;
+- optionally ``--precision-error N [N ...]``: the error of the bfloat16 search against exact
+  fp32 on isotropic Gaussian and low-rank + noise data (width 1024), per mode.
 
 Usage::
 
@@ -22,6 +26,7 @@ Usage::
     python bench/bench_metrics.py --device cuda --layers-a 33 --width-a 4096 \\
         --layers-b 40 --width-b 1536              # the paper's largest shape, on a GPU
     python bench/bench_metrics.py --large-n 20000 --skip-layers
+    python bench/bench_metrics.py --skip-layers --precision-error 2000 20000
     python bench/bench_metrics.py --skip-paper --threads 1 --calibrate mutual_knn cka cknna
 """
 
@@ -198,19 +203,114 @@ def bench_layers(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def bench_large_n(args: argparse.Namespace, device: torch.device) -> None:
+    """``mutual_knn`` on one layer pair at ``--large-n``, for each ``--large-n-precisions`` mode
+    side by side: time, ratio to exact, peak memory, changed-list share and score change."""
     n, width = args.large_n, 1024
     xs = make_layers(n, 1, width, 2, device)
     ys = make_layers(n, 1, width, 3, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    rss0 = peak_rss_mb()
-    t, m = timed(lambda: layer_matrix("mutual_knn", xs, ys, topk=args.topk), device, 1)
-    if device.type == "cuda":
-        peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB GPU peak"
-    else:
-        peak = f"peak RSS {peak_rss_mb():.0f} MiB (was {rss0:.0f} MiB; N^2 fp32 = {n * n * 4 / 2**20:.0f} MiB)"
-    print(f"\nmutual_knn N={n} width {width} topk {args.topk} one layer pair: {t:.2f} s, {peak}, "
-          f"score {m[0, 0]:.4f}")
+    print(f"\nmutual_knn N={n} width {width} topk {args.topk} one layer pair, device {device}, "
+          f"threads {torch.get_num_threads()}")
+    header = (f"{'knn_precision':<13} {'time s':>7} {'vs exact':>8} {'peak':>22} "
+              f"{'lists changed':>13} {'score':>8} {'|score diff|':>12}")
+    print(header)
+    print("-" * len(header))
+    exact_t, exact_idx, exact_score = None, None, None
+    for precision in args.large_n_precisions:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        ra, rb = Representation(xs), Representation(ys)
+        t, m = timed(lambda: layer_matrix("mutual_knn", ra, rb, topk=args.topk,
+                                          knn_precision=precision), device, 1)
+        idx = torch.cat([ra.knn_indices(args.topk, precision=precision),
+                         rb.knn_indices(args.topk, precision=precision)])
+        if device.type == "cuda":
+            peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB GPU"
+        else:
+            peak = f"RSS {peak_rss_mb():.0f} MiB (max so far)"
+        score_ = float(m[0, 0])
+        if exact_idx is None and precision == "exact":
+            exact_t, exact_idx, exact_score = t, idx, score_
+        ratio = f"{exact_t / t:.2f}x" if exact_t else "-"
+        changed = diff = "-"
+        if exact_idx is not None and exact_score is not None:
+            changed = f"{100 * changed_share(idx, exact_idx):.2f}%"
+            diff = f"{abs(score_ - exact_score):.1e}"
+        print(f"{precision:<13} {t:>7.2f} {ratio:>8} {peak:>22} {changed:>13} {score_:>8.4f} "
+              f"{diff:>12}")
+    print(f"(N^2 fp32 = {n * n * 4 / 2**20:.0f} MiB; 'lists changed': share of the 2N neighbour "
+          f"sets that differ from the exact ones)")
+
+
+def changed_share(idx: torch.Tensor, ref: torch.Tensor) -> float:
+    """Share of rows whose neighbour *set* differs between ``idx`` and ``ref`` (``(..., N, k)``)."""
+    a, b = idx.sort(-1).values, ref.sort(-1).values
+    return float((a != b).any(-1).double().mean())
+
+
+def changed_entries(idx: torch.Tensor, ref: torch.Tensor) -> float:
+    """Share of neighbour entries of ``idx`` not in the same row of ``ref`` (``(S, N, k)``)."""
+    from tasks.metrics.neighbors import is_member
+
+    return 1.0 - float(is_member(ref.sort(-1).values, idx).double().mean())
+
+
+def gaussian_pair(n: int, width: int, seed: int, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised isotropic Gaussian rows ``x`` and ``y = x + g`` (``g`` an independent
+    Gaussian of the same scale, so ``y`` is isotropic too): all similarities alike (the hardest
+    case for a reduced-precision search), and a mid-range ``mutual_knn``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, width, generator=g)
+    y = x + torch.randn(n, width, generator=g)
+    return (torch.nn.functional.normalize(x, dim=1).to(device),
+            torch.nn.functional.normalize(y, dim=1).to(device))
+
+
+def bench_precision_error(args: argparse.Namespace, device: torch.device) -> None:
+    """Error of the opt-in bfloat16 neighbour search against exact fp32, width 1024.
+
+    Two data sets per ``N``: isotropic Gaussians (``gaussian_pair``), and the low-rank + noise
+    pair of ``make_layers`` (a shared 16-dim latent). For each ``knn_precision`` mode: share of
+    neighbour sets that differ from exact (over both sides' ``2N`` lists), ``mutual_knn`` and its
+    absolute change, rows recomputed by the refinement's certificate, and time (both sides)."""
+    from tasks.metrics.bf16_neighbors import reduced_topk
+    from tasks.metrics.neighbors import overlap_counts, topk_neighbors
+
+    k, width = args.topk, 1024
+    header = (f"{'data':<8} {'N':>6} {'knn_precision':<12} {'time s':>7} {'lists changed':>13} "
+              f"{'entries':>8} {'mutual_knn':>10} {'|diff|':>8} {'recomputed':>10}")
+    print("\nopt-in bf16 neighbour search vs exact fp32 (width 1024, topk "
+          f"{k}, device {device}, threads {torch.get_num_threads()})")
+    print(header)
+    print("-" * len(header))
+    for n in args.precision_error:
+        for data in ("gaussian", "lowrank"):
+            if data == "gaussian":
+                x, y = gaussian_pair(n, width, 10, device)
+            else:
+                x, y = make_layers(n, 1, width, 2, device)[0], make_layers(n, 1, width, 3, device)[0]
+
+            def score_of(ix: torch.Tensor, iy: torch.Tensor) -> float:
+                return float(overlap_counts(ix[None], iy[None]).sum()) / (n * k)
+
+            t_exact, (ex, ey) = timed(lambda: (topk_neighbors(x, k)[1], topk_neighbors(y, k)[1]),
+                                      device, 1)
+            ref = torch.stack([ex, ey])
+            s_exact = score_of(ex, ey)
+            print(f"{data:<8} {n:>6} {'exact':<12} {t_exact:>7.2f} {'-':>13} {'-':>8} "
+                  f"{s_exact:>10.5f} {'-':>8} {'-':>10}")
+            for mode in ("bf16", "bf16-refine"):
+                refine = mode == "bf16-refine"
+                t, (rx, ry) = timed(lambda: (reduced_topk(x, k, refine=refine),
+                                             reduced_topk(y, k, refine=refine)), device, 1)
+                s = score_of(rx.indices, ry.indices)
+                both = torch.stack([rx.indices, ry.indices])
+                changed, entries = changed_share(both, ref), changed_entries(both, ref)
+                redo = f"{(rx.recomputed + ry.recomputed) / (2 * n):.2%}" if refine else "-"
+                print(f"{data:<8} {n:>6} {mode:<12} {t:>7.2f} {changed:>13.2%} {entries:>8.2%} "
+                      f"{s:>10.5f} {abs(s - s_exact):>8.1e} {redo:>10}")
+    print("(lists changed: share of the 2N neighbour sets that differ from exact; entries: share "
+          "of neighbours replaced; recomputed: rows whose certificate failed)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -236,11 +336,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--permutations", type=int, default=1000)
     p.add_argument("--calibrate", nargs="+", default=["mutual_knn"])
     p.add_argument("--large-n", type=int, default=0)
+    p.add_argument("--large-n-precisions", nargs="+", default=["exact", "bf16", "bf16-refine"],
+                   choices=["exact", "bf16", "bf16-refine"],
+                   help="knn_precision modes timed side by side by --large-n ('exact' first "
+                        "gives the ratio and the changed-list share)")
+    p.add_argument("--precision-error", type=int, nargs="*", default=[], metavar="N",
+                   help="error of the bf16 neighbour search vs exact at these N (Gaussian and "
+                        "low-rank + noise data, width 1024), e.g. --precision-error 2000 20000")
     args = p.parse_args(argv)
     if args.small:
         args.n, args.layers_a, args.layers_b, args.width_a, args.width_b = 128, 3, 4, 32, 24
         args.permutations = min(args.permutations, 20)
         args.large_n = min(args.large_n, 2000) if args.large_n else 0
+        args.precision_error = [min(n, 2000) for n in args.precision_error]
         args.repeats = 1
     device = torch.device(args.device)
     if args.threads:
@@ -250,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_layers(args, device)
     if args.large_n:
         bench_large_n(args, device)
+    if args.precision_error:
+        bench_precision_error(args, device)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -170,7 +171,29 @@ def _load_with_timeout(spec: ModelSpec) -> Any:
 def _extract_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], shard_size: int,
                     logger: Any, started: float, on_progress: Callable[[int, int], None] | None = None,
                     item_ids: list[str] | None = None) -> _Extraction:
-    """Every shard's layers, read back when stored, else computed (loading the model once)."""
+    """Every shard's layers, read back when stored, else computed (loading the model once).
+
+    A computed shard is written (Parquet encoding and upload) by one background thread while the
+    next shard is computed; at most one write is in flight, so memory holds at most two shards,
+    and a write's error surfaces before the next shard's write is queued (at the latest, before
+    this returns)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prh-shard-writer") as writer:
+        pending: list[Future[None]] = []
+
+        def write_behind(index: int, layers: list[np.ndarray], loss: dict[str, Any]) -> None:
+            while pending:
+                pending.pop().result()  # the previous shard is stored (or its error raised here)
+            pending.append(writer.submit(write_shard, store, key, index, layers, loss))
+
+        extraction = _compute_shards(store, key, spec, items, shard_size, logger, started, on_progress, item_ids, write_behind)
+        while pending:
+            pending.pop().result()
+    return extraction
+
+
+def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], shard_size: int,
+                    logger: Any, started: float, on_progress: Callable[[int, int], None] | None,
+                    item_ids: list[str] | None, write: Callable[[int, list[np.ndarray], dict[str, Any]], None]) -> _Extraction:
     from tasks.extract.extractor import extract_all
 
     total = len(items)
@@ -206,7 +229,7 @@ def _extract_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
             ids = item_ids[lo:hi] if item_ids is not None else [f"item {i}" for i in range(lo, hi)]
             check_finite(spec.name, features.layer_names, layers, ids)  # fail at the first bad shard, store nothing
             loss = {k: features.extras[k] for k in ("nll_nats", "text_bytes", "bpb_truncated_texts") if k in features.extras}
-            write_shard(store, key, index, layers, loss)
+            write(index, layers, loss)
         shards.append(layers)
         nll += loss.get("nll_nats", 0.0)
         n_bytes += loss.get("text_bytes", 0)

@@ -59,7 +59,11 @@ def layer_matrix(metric: str | MetricSpec, xs: Any, ys: Any, **params: Any) -> n
         ys: ``Lb`` layers, same forms; rows paired with ``xs``.
         **params: the metric's parameters (``topk``, ``kernel_metric``, ``rbf_sigma``,
             ``unbiased``, ``distance_agnostic``, ``cca_dim``, ...) and ``device``. Parameters of
-            other metrics are ignored; unknown names raise ``TypeError``.
+            other metrics are ignored; unknown names raise ``TypeError``. The list metrics
+            (``mutual_knn``, ``jaccard_knn``, ``cycle_knn``, ``lcs_knn``,
+            ``edit_distance_knn``) also take ``knn_precision``: ``'exact'`` (default),
+            ``'bf16'`` (faster, approximate lists; errors in ``docs/metrics.md``) or
+            ``'bf16-refine'`` (bfloat16 search certified to give the exact lists).
 
     Returns:
         ``(La, Lb)`` float64 numpy array; entry ``[i, j]`` equals ``score(metric, xs[i], ys[j])``.

@@ -15,7 +15,8 @@ from .subspace_metrics import register as register_subspace
 PAPER_METRICS = ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn", "cka",
                  "unbiased_cka", "cknna", "svcca")
 
-_KNN = {"topk": 10}
+#: list-metric defaults: exact neighbours unless ``knn_precision`` opts in to the bfloat16 search
+_KNN = {"topk": 10, "knn_precision": "exact"}
 
 
 def _lcs_bounds(params: dict[str, Any]) -> tuple[float, float]:

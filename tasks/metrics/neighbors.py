@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .bf16_neighbors import check_knn_precision, reduced_topk
 from .gram import gram_full
 
 # Elements (not bytes) of one similarity block; 2**25 float32 = 128 MiB.
@@ -21,7 +22,8 @@ DEFAULT_BLOCK_ELEMENTS = 1 << 25
 
 def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
                    gram: torch.Tensor | None = None,
-                   block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+                   block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+                   precision: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` inner-product neighbours of every row.
 
     Args:
@@ -30,11 +32,20 @@ def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
         exclude_self: put ``-inf`` on the diagonal before selection (the paper's rule).
         gram: optional precomputed ``(N, N)`` ``x @ x.T``; it is not modified.
         block_elements: size of one similarity block (rows * N).
+        precision: ``'exact'`` (default: the computation dtype), or the opt-in bfloat16 search
+            ``'bf16'`` (approximate lists) / ``'bf16-refine'`` (certified equal to exact), see
+            ``bf16_neighbors``; those need ``x`` and never read ``gram``.
 
     Returns:
         ``(values, indices)``: ``(N, k)`` similarities in the computation dtype and ``(N, k)`` int64,
         sorted by decreasing similarity.
     """
+    if check_knn_precision(precision) != "exact":
+        if x is None:
+            raise ValueError(f"knn_precision={precision!r} searches the features: pass x, not gram")
+        r = reduced_topk(x, k, exclude_self=exclude_self, refine=precision == "bf16-refine",
+                         block_elements=block_elements)
+        return r.values, r.indices
     n = int(gram.shape[0] if gram is not None else x.shape[0])  # type: ignore[union-attr]
     kmax = n - 1 if exclude_self else n
     if not 1 <= k <= kmax:

@@ -77,23 +77,31 @@ class Representation:
                 self.gram(l)
         return self
 
-    def knn(self, layer: int, k: int, exclude_self: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def knn(self, layer: int, k: int, exclude_self: bool = True, precision: str = "exact"
+            ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(values, indices)`` of the top-``k`` inner-product neighbours, each ``(N, k)``.
 
-        Cached per ``(layer, k, exclude_self)``; from the cached Gram if any, else blockwise.
+        Cached per ``(layer, k, exclude_self, precision)``, so lists of different precisions
+        never mix. ``precision='exact'``: from the cached Gram if any, else blockwise;
+        ``'bf16'``/``'bf16-refine'``: the opt-in bfloat16 search of ``bf16_neighbors``, always
+        from the features (a cached Gram does not change its result).
         """
-        key = ("knn", layer, k, exclude_self)
+        key = ("knn", layer, k, exclude_self, precision)
         if key not in self._memo:
             gram = self._grams.get(layer)
-            if gram is not None:
+            if precision != "exact":
+                self._memo[key] = topk_neighbors(self.layers[layer], k, exclude_self=exclude_self,
+                                                 precision=precision)
+            elif gram is not None:
                 self._memo[key] = topk_neighbors(None, k, exclude_self=exclude_self, gram=gram)
             else:
                 self._memo[key] = topk_neighbors(self.layers[layer], k, exclude_self=exclude_self)
         return self._memo[key]
 
-    def knn_indices(self, k: int, exclude_self: bool = True) -> torch.Tensor:
+    def knn_indices(self, k: int, exclude_self: bool = True, precision: str = "exact"
+                    ) -> torch.Tensor:
         """All layers' neighbour lists stacked: ``(L, N, k)`` int64."""
-        return torch.stack([self.knn(l, k, exclude_self)[1] for l in range(len(self))])
+        return torch.stack([self.knn(l, k, exclude_self, precision)[1] for l in range(len(self))])
 
     def memo(self, key: Any, build: Callable[[], Any]) -> Any:
         """Cache ``build()`` under ``key`` (per-metric encodings keyed by metric and params)."""

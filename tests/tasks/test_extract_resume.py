@@ -85,3 +85,32 @@ def test_killed_extraction_resumes_from_the_last_shard(tmp_path):
         np.testing.assert_array_equal(a, b)
     assert resumed["catalog"]["bits_per_byte"] == pytest.approx(reference["catalog"]["bits_per_byte"], rel=1e-12)
     assert extract_to_store(killed_store, dataset, spec, shard_size=SHARD)["reused"]
+
+
+def test_shards_are_written_behind_the_compute_and_a_write_error_surfaces(tmp_path, monkeypatch):
+    """Shard k is written in the background while shard k+1 is computed; a failed write stops the
+    extraction with its own error, publishes nothing, and the shards stored before it resume."""
+    import threading
+
+    import tasks.extract_task as et
+
+    params = DatasetParams(kind="openmoji", n=40, image_size=32)
+    spec = ModelSpec(**SPEC)
+    store_url = str(tmp_path / "store")
+    dataset = publish_dataset(params, store_url)
+    real_write = et.write_shard
+    writers = []
+
+    def failing_write(store, key, index, layers, loss):
+        writers.append(threading.current_thread().name)
+        if index == 1:
+            raise OSError(28, "No space left on device")
+        real_write(store, key, index, layers, loss)
+
+    monkeypatch.setattr(et, "write_shard", failing_write)
+    with pytest.raises(OSError, match="No space left on device"):
+        extract_to_store(store_url, dataset, spec, shard_size=SHARD)
+    assert writers == ["prh-shard-writer_0", "prh-shard-writer_0"]  # not the computing thread; stopped at the failure
+    assert list(Store(store_url).manifests("features")) == []
+    monkeypatch.setattr(et, "write_shard", real_write)
+    assert extract_to_store(store_url, dataset, spec, shard_size=SHARD)["resumed_shards"] == 1

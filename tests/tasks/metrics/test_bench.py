@@ -16,9 +16,20 @@ def test_bench_small_runs(capsys: pytest.CaptureFixture[str]) -> None:
     mod = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(mod)
-    mod.main(["--small", "--large-n", "500", "--calibrate", "mutual_knn", "cka"])
+    mod.main(["--small", "--large-n", "500", "--calibrate", "mutual_knn", "cka",
+              "--precision-error", "300"])
     out = capsys.readouterr().out
     for metric in ("mutual_knn", "cka", "cknna"):
         line = next(l for l in out.splitlines() if l.startswith(metric))
         assert float(line.split()[-1]) < 1e-5  # max |engine - paper loop|
     assert "calibrate cka" in out and "N=500" in out
+    # --large-n: the three knn_precision modes side by side; refined lists are the exact ones
+    rows = {l.split()[0]: l.split() for l in out.splitlines()
+            if l.split() and l.split()[0] in ("exact", "bf16", "bf16-refine")}
+    assert set(rows) == {"exact", "bf16", "bf16-refine"}
+    assert rows["bf16-refine"][-3] == "0.00%" and float(rows["bf16-refine"][-1]) == 0.0
+    # --precision-error: both data sets, the refinement changes no list
+    err = [l.split() for l in out.splitlines() if l.startswith(("gaussian", "lowrank"))]
+    assert {(r[0], r[2]) for r in err} == {(d, m) for d in ("gaussian", "lowrank")
+                                           for m in ("exact", "bf16", "bf16-refine")}
+    assert all(r[4] == "0.00%" for r in err if r[2] == "bf16-refine")
