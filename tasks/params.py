@@ -21,11 +21,11 @@ from tasks.extract.spec import FieldError, ModelSpec
 
 # Which of the pipeline's metric parameters each metric takes (the paper's parameter names).
 METRIC_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "mutual_knn": ("topk",),
-    "cycle_knn": ("topk",),
-    "lcs_knn": ("topk",),
-    "edit_distance_knn": ("topk",),
-    "jaccard_knn": ("topk",),
+    "mutual_knn": ("topk", "knn_precision"),
+    "cycle_knn": ("topk", "knn_precision"),
+    "lcs_knn": ("topk", "knn_precision"),
+    "edit_distance_knn": ("topk", "knn_precision"),
+    "jaccard_knn": ("topk", "knn_precision"),
     "cka": ("kernel_metric", "rbf_sigma"),
     "unbiased_cka": ("kernel_metric", "rbf_sigma"),
     "cknna": ("topk",),
@@ -68,6 +68,9 @@ class AlignmentParams(BaseModel):
     kernel_metric: Literal["ip", "rbf"] = Field("ip", description="CKA kernel")
     rbf_sigma: Float = Field(1.0, gt=0, description="RBF kernel width")
     cca_dim: Int = Field(10, ge=1, description="SVCCA: singular directions kept")
+    knn_precision: Literal["exact", "bf16", "bf16-refine"] = Field(
+        "exact", description="Neighbour search of the k-NN list metrics: exact fp32; bf16 (faster on GPUs, changes "
+        "~10-25% of lists, see docs/metrics.md); bf16-refine (bf16 candidates re-ranked exactly, lists equal exact)")
     outlier_quantile: Float = Field(0.95, gt=0, le=1, description="Clamp features at this quantile of |x| before L2 normalisation")
     permutations: Int = Field(0, ge=0, le=100_000, description="Permutations for the calibrated score and p-value (0: off)")
     bootstrap: Int = Field(0, ge=0, le=100_000, description="Bootstrap resamples for a 95% CI of each best score (0: off): k-NN metrics resample samples, the others subsample half the rows; see docs/metrics.md")
@@ -101,6 +104,8 @@ class AlignmentParams(BaseModel):
         params = {p: getattr(self, p) for p in METRIC_PARAMETERS.get(name, ())}
         if params.get("kernel_metric") == "ip":
             params.pop("rbf_sigma", None)
+        if params.get("knn_precision") == "exact":  # the default: keeps labels and version ids as they were
+            params.pop("knn_precision")
         return params
 
     def sample_requirements(self) -> dict[str, int]:

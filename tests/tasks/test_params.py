@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flows.cli import DEMO_CONFIG
@@ -171,3 +172,24 @@ def test_constructed_configs_are_checked_too() -> None:
     with pytest.raises(ValueError, match="valid integer"):
         AlignmentParams(permutations=True)
     assert PipelineConfig.model_json_schema()["properties"]["alignment"]  # the UI form still renders
+
+
+def test_knn_precision_reaches_the_list_metrics_only():
+    from tasks.alignment import MetricRequest, align_layers, prepare_layers
+    from tasks.params import AlignmentParams
+
+    default = AlignmentParams(metrics=["mutual_knn", "cknna"])
+    assert default.metric_params("mutual_knn") == {"topk": 10}  # unchanged labels and version ids
+    refine = AlignmentParams(metrics=["mutual_knn", "cknna"], knn_precision="bf16-refine", topk=5)
+    assert refine.metric_params("mutual_knn") == {"topk": 5, "knn_precision": "bf16-refine"}
+    assert refine.metric_params("cknna") == {"topk": 5}
+    with pytest.raises(ValueError, match="knn_precision"):
+        AlignmentParams(knn_precision="fp8")
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((200, 8))
+    xs = prepare_layers([base @ rng.standard_normal((8, 64)) + 0.1 * rng.standard_normal((200, 64)) for _ in range(2)])
+    ys = prepare_layers([base @ rng.standard_normal((8, 32)) for _ in range(2)])
+    exact = align_layers(xs, ys, [MetricRequest("mutual_knn", default.metric_params("mutual_knn"))])[0]
+    refined = align_layers(xs, ys, [MetricRequest("mutual_knn", {**refine.metric_params("mutual_knn"), "topk": 10})])[0]
+    np.testing.assert_array_equal(refined.matrix, exact.matrix)
