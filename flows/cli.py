@@ -82,9 +82,14 @@ def _run(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"alignment": config.alignment.model_copy(update={"permutations": args.permutations})})
     store = args.store or default_store()
 
-    from flows.pipeline import prh_pipeline
+    from flows.pipeline import ZooFailures, prh_pipeline
 
-    summary = prh_pipeline(config=config, store=store)
+    try:
+        summary = prh_pipeline(config=config, store=store)
+    except ZooFailures as error:  # the rest is published: say what failed, exit 1
+        print(f"prh run: {error}\nThe results of the other models are in the store: prh sql \"select * from alignment_best\"",
+              file=sys.stderr)
+        return 1
     print_summary(summary)
     return 0
 
