@@ -10,23 +10,20 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from flows.omp_policy import choose_omp_wait_policy
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 
 
 def configure_environment() -> None:
-    """Prefect with a project-local home, telemetry off, a patient temporary server; OpenMP
-    threads that sleep rather than spin when idle."""
+    """Prefect with a project-local home, telemetry off, a patient temporary server."""
     os.environ.setdefault("PREFECT_HOME", str(PROJECT_ROOT / ".prefect"))
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # torch's OpenMP threads spin while idle; when anything else shares the cores they starve each
-    # other (measured on 2 shared cores: a CKA bootstrap replicate 1.5 s spinning, 0.05 s passive).
-    # Read when torch loads, so this must run before the first `import torch`.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def default_store() -> str:
@@ -35,6 +32,8 @@ def default_store() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     configure_environment()
+    if "torch" not in sys.modules:  # read once, when torch loads
+        choose_omp_wait_policy()
     parser = argparse.ArgumentParser(prog="prh", description="Representational alignment between neural networks.")
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -126,6 +126,9 @@ def run_zoo(
             logger.info("model %d/%d: %s", index, len(config.models), spec.name)
             extracting[spec.name] = extract_features.submit(store_url, dataset, spec)
     pairs = [(a.name, b.name) for a, b in config.model_pairs()]
+    if not pairs:
+        logger.warning("no model pairs to align (%d model(s), alignment.pairs=%s): features only",
+                       len(config.models), config.alignment.pairs)
     aligning = [align_pair.submit(store_url, extracting[a], extracting[b], config.alignment, a, b)
                 if a in extracting and b in extracting else None for a, b in pairs]
 

@@ -169,6 +169,15 @@ class PipelineConfig(BaseModel):
                 raise FieldError("dataset.n", str(error)) from None
         return self
 
+    @model_validator(mode="after")
+    def _cross_modal_has_pairs(self) -> "PipelineConfig":
+        if self.alignment.pairs == "cross_modal" and len(self.models) > 1 and not self.model_pairs():
+            modality = self.models[0].modality
+            raise FieldError("alignment.pairs", f"'cross_modal' pairs vision with language models, but all {len(self.models)} "
+                             f"models are {modality} models, so nothing would be compared; set alignment.pairs: all "
+                             "to compare every pair of models")
+        return self
+
     def model_pairs(self) -> list[tuple[ModelSpec, ModelSpec]]:
         """Pairs to align: (vision, language) for 'cross_modal', else every unordered pair."""
         if self.alignment.pairs == "cross_modal":

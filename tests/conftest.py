@@ -18,6 +18,8 @@ os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect-test"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 configure_environment()
+# The suite shares its cores with the servers and subprocesses it starts: idle threads sleep.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

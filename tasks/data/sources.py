@@ -90,7 +90,8 @@ def read_records(path: Path) -> tuple[list[RawRecord], Path]:
             lacks a required column; a folder without any image or caption file.
     """
     if not path.exists():
-        raise ValueError(f"dataset path {str(path)!r} does not exist")
+        where = "" if path.is_absolute() else f" (relative paths are read from the working directory: {path.absolute()})"
+        raise ValueError(f"dataset path {str(path)!r} does not exist{where}")
     if path.is_dir():
         return _read_folder(path), path
     suffix = path.suffix.lower()

@@ -130,8 +130,7 @@ class CknnaEngine(Engine):
         state = CknnaState(idx_t, vals_t, sorted_idx, order, torch.empty(0), torch.empty(0))
         state.with_slots()
         state.rev = _reverse_membership(state)
-        state.self_sim = torch.cat([masked_sim(state, slice(l, l + 1), state, slice(l, l + 1),
-                                               unbiased)[0] for l in range(len(rep))])
+        state.self_sim = self_sims(state, unbiased)
         return state
 
     def permute(self, state, perm: torch.Tensor, inv: torch.Tensor):
@@ -183,6 +182,14 @@ class CknnaEngine(Engine):
         return sim / (torch.sqrt(a.self_sim[:, None] * b.self_sim[None, :]) + EPS)
 
 
+def self_sims(state: CknnaState, unbiased: bool) -> torch.Tensor:
+    """``(L,)`` float64 ``sim(K, K)`` of every layer (its own mask), a chunk of layers at a time."""
+    L, n, k = state.idx.shape
+    step = max(1, CHUNK_ELEMENTS // (n * k))
+    return torch.cat([masked_sim(state, slice(l0, l0 + step), state, slice(l0, l0 + step), unbiased, paired=True)[:, 0]
+                      for l0 in range(0, L, step)])
+
+
 def _reverse_membership(state: CknnaState) -> torch.Tensor:
     """``(L, N, k)`` bool: is ``i`` among the neighbours of its neighbour ``idx[l, i, t]``?"""
     L, n, k = state.idx.shape
@@ -195,23 +202,29 @@ def _reverse_membership(state: CknnaState) -> torch.Tensor:
                         for s, i in zip(state.sorted_idx, state.idx)])
 
 
-def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: bool) -> torch.Tensor:
+def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: bool,
+               paired: bool = False) -> torch.Tensor:
     """``HSIC(M*K, M*L)`` for the x-layers ``la`` of ``a`` against the y-layers ``lb`` of ``b``.
 
     Works on ``(A, B, N, k)`` tensors only: each x-neighbour ``j = idx_a[i, t]`` is looked up in
     the sorted y-list of ``i`` (binary search), giving whether ``(i, j)`` is in the mask, the
     kernel value ``L[i, j]`` and whether ``i`` is also a y-neighbour of ``j`` (the y-layer's
-    ``rev`` at that slot). Returns ``(A, B)`` float64.
+    ``rev`` at that slot). Returns ``(A, B)`` float64; with ``paired`` (``la`` and ``lb`` of one
+    length ``A``) only the pairs ``(la[t], lb[t])``, as ``(A, 1)``.
     """
     idx_a, val_a, rev_a = a.idx[la][:, None], a.vals[la][:, None], a.rev[la][:, None]
-    sorted_b, order_b = b.sorted_idx[lb][None], b.order[lb][None]
+
+    def y_side(t: torch.Tensor) -> torch.Tensor:  # (1, B, ...) against every x-layer, or (A, 1, ...)
+        return t[lb][:, None] if paired else t[lb][None]
+
+    sorted_b, order_b = y_side(b.sorted_idx), y_side(b.order)
     A, n, k = idx_a.shape[0], idx_a.shape[2], idx_a.shape[3]
-    B = sorted_b.shape[1]
+    B = 1 if paired else sorted_b.shape[1]
     shape = (A, B, n, k)
     if b.slots is not None:  # dense table: one gather
         rows = torch.arange(n, device=idx_a.device).view(1, 1, n, 1) * n
         flat = (rows + idx_a).reshape(A, 1, n * k).expand(A, B, n * k)
-        found = b.slots[lb][None].expand(A, B, n * n).gather(2, flat).view(shape)
+        found = y_side(b.slots).expand(A, B, n * n).gather(2, flat).view(shape)
         inter = found > 0  # (i, idx_a[i, t]) in the mask
         slot = (found.to(torch.int64) - 1).clamp_(min=0)  # its position in the y-list of i
     else:  # sorted lists: binary search
@@ -220,9 +233,9 @@ def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: boo
         inter = sorted_b.expand(shape).gather(-1, pos) == q
         slot = order_b.expand(shape).gather(-1, pos)
     kv = val_a * inter  # (M*K)[i, idx_a[i, t]]
-    lv = torch.where(inter, b.vals[lb][None].expand(shape).gather(-1, slot), 0.0)  # (M*L)[i, .]
+    lv = torch.where(inter, y_side(b.vals).expand(shape).gather(-1, slot), 0.0)  # (M*L)[i, .]
     # (j, i) also in the mask: i in kNN_a(j) (rev_a) and i in kNN_b(j) (rev_b at the slot)
-    mutual = inter & rev_a & b.rev[lb][None].expand(shape).gather(-1, slot)
+    mutual = inter & rev_a & y_side(b.rev).expand(shape).gather(-1, slot)
     cols = idx_a.reshape(A, 1, n * k).expand(A, B, n * k)
     # element products in the computation dtype, every sum accumulated in float64
     col_k = torch.zeros((A, B, n), dtype=kv.dtype, device=kv.device).scatter_add_(

@@ -27,12 +27,17 @@ def gram_upper(x: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
 
 
 def gram_full(x: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
-    """``x @ x.T`` ``(N, N)``, upper blocks computed, lower blocks mirrored (exactly symmetric
-    off the diagonal blocks)."""
+    """``x @ x.T`` ``(N, N)``, exactly symmetric: upper blocks computed, lower blocks mirrored,
+    and the lower triangle of each diagonal block copied from its upper triangle (a BLAS
+    product need not be bit-symmetric, depending on the CPU's kernels)."""
     n = x.shape[0]
     out = gram_upper(x, block)
-    if n <= 2 * block:
-        return out
-    for i0 in range(block, n, block):
-        out[i0:, i0 - block:i0] = out[i0 - block:i0, i0:].T
+    step = n if n <= 2 * block else block
+    for i0 in range(0, n, step):
+        i1 = min(n, i0 + step)
+        diag = out[i0:i1, i0:i1]
+        lower = torch.ones_like(diag, dtype=torch.bool).tril_(-1)
+        diag.copy_(torch.where(lower, diag.T, diag))
+        if i1 < n:
+            out[i1:, i0:i1] = out[i0:i1, i1:].T
     return out

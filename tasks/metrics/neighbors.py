@@ -11,6 +11,8 @@ in decreasing similarity. Permuting samples (``y' = y[perm]``) maps a list to
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .bf16_neighbors import check_knn_precision, reduced_topk
@@ -74,6 +76,52 @@ def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
         values[start:stop] = v
         indices[start:stop] = i
     return values, indices
+
+
+def candidate_depth(k: int, n: int, m: int, kmax: int) -> int:
+    """How deep a full-sample list must be for ``restrict_lists`` to find ``k`` members of an
+    ``m``-row subset in almost every row: about ``3k`` expected members plus a margin (a row
+    with fewer is recomputed, so this only sets the speed), at most ``kmax``."""
+    return min(kmax, int(math.ceil(3 * k * n / max(m, 1))) + 16)
+
+
+def restrict_lists(values: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, n: int, k: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` lists within a row subset, read off deeper lists of the full sample.
+
+    A sample's nearest neighbours among the rows of a subset are the first ``k`` subset members
+    of its full-sample list, in the same order, as long as the list holds ``k`` of them: every
+    subset row beyond the list is no more similar than the list's last entry. Where
+    similarities tie exactly (duplicate samples), which of the tied rows are listed, and in
+    what order, may differ from a fresh top-k on the subset: both are top-k lists, with the
+    same similarity values.
+
+    Args:
+        values: ``(..., N, K)`` similarities of the full-sample lists, decreasing per row (any
+            leading dimensions, e.g. layers).
+        indices: ``(..., N, K)`` int64 neighbours (full-sample indices), ``K >= k``.
+        rows: ``(m,)`` int64 distinct subset rows (full-sample indices), in subset order.
+        n: ``N``, the full sample size.
+        k: neighbours wanted per row.
+
+    Returns:
+        ``(values, indices, short)``: ``(..., m, k)`` similarities and ``(..., m, k)`` int64
+        neighbours as positions in ``rows``, and ``(..., m)`` bool marking the rows whose list
+        held fewer than ``k`` subset members: their entries are placeholders to recompute.
+    """
+    m, depth = int(rows.numel()), indices.shape[-1]
+    position = torch.full((n,), -1, dtype=torch.int64, device=indices.device)
+    position[rows] = torch.arange(m, device=indices.device)
+    cand = position[indices.index_select(-2, rows)]  # (..., m, K): subset positions, -1 outside
+    member = cand >= 0
+    taken = member & (member.cumsum(-1) <= k)  # the first k members of each row, in list order
+    short = taken.sum(-1) < k
+    # the k smallest list positions of taken entries (untaken ones keyed past the end), in order
+    slot = torch.arange(depth, device=indices.device)
+    order = torch.topk(torch.where(taken, slot, depth), k, dim=-1, largest=False, sorted=True).indices
+    idx = cand.gather(-1, order).clamp_(min=0)
+    vals = values.index_select(-2, rows).gather(-1, order)
+    return vals, idx, short
 
 
 def permute_lists(idx: torch.Tensor, perm: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:

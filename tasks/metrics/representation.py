@@ -23,7 +23,7 @@ import torch
 
 from ._arrays import ArrayLike, resolve_device, split_layers, to_tensor
 from .gram import gram_full
-from .neighbors import topk_neighbors
+from .neighbors import candidate_depth, restrict_lists, topk_neighbors
 
 KEEP_GRAM_MAX_N = 4096
 
@@ -44,22 +44,25 @@ class Representation:
         self.device = resolve_device(device, xs, *layers)
         is64 = all(_is_float64(x) for x in layers)
         self.dtype = torch.float64 if is64 else torch.float32
-        self.layers: list[torch.Tensor] = [to_tensor(x, self.device, self.dtype) for x in layers]
+        self.layers: Sequence[torch.Tensor] = [to_tensor(x, self.device, self.dtype) for x in layers]
         self.n = int(self.layers[0].shape[0])
         self.keep_gram = self.n <= keep_gram_max_n
+        self._widths = [int(x.shape[1]) for x in self.layers]
         self._grams: dict[int, torch.Tensor] = {}
         self._memo: dict[Any, Any] = {}
+        self._parent: Representation | None = None  # set on a subset: the full sample
+        self._rows: torch.Tensor | None = None  # its rows in the parent
 
     def __len__(self) -> int:
         return len(self.layers)
 
     @property
     def widths(self) -> list[int]:
-        return [int(x.shape[1]) for x in self.layers]
+        return list(self._widths)
 
     def gram(self, layer: int) -> torch.Tensor:
         """``(N, N)`` inner products of ``layer`` (cached when ``keep_gram``). Do not modify."""
-        g = self._grams.get(layer)
+        g = self.cached_gram(layer)
         if g is None:
             g = gram_full(self.layers[layer])
             if self.keep_gram:
@@ -67,8 +70,14 @@ class Representation:
         return g
 
     def cached_gram(self, layer: int) -> torch.Tensor | None:
-        """The cached Gram of ``layer`` or ``None`` (never computes)."""
-        return self._grams.get(layer)
+        """The cached Gram of ``layer`` or ``None`` (never multiplies; a subset takes its rows of
+        the parent's cached Gram)."""
+        g = self._grams.get(layer)
+        if g is None and self._parent is not None:  # a subset: the rows of the parent's Gram
+            whole = self._parent.cached_gram(layer)
+            if whole is not None:
+                g = self._grams[layer] = whole.index_select(0, self._rows).index_select(1, self._rows)
+        return g
 
     def cache_grams(self) -> "Representation":
         """Compute and keep every layer's Gram (when ``keep_gram``), to share it across metrics."""
@@ -88,11 +97,12 @@ class Representation:
         """
         key = ("knn", layer, k, exclude_self, precision)
         if key not in self._memo:
-            gram = self._grams.get(layer)
             if precision != "exact":
                 self._memo[key] = topk_neighbors(self.layers[layer], k, exclude_self=exclude_self,
                                                  precision=precision)
-            elif gram is not None:
+            elif self._parent is not None:
+                self._memo[key] = self._knn_from_parent(layer, k, exclude_self)
+            elif (gram := self.cached_gram(layer)) is not None:
                 self._memo[key] = topk_neighbors(None, k, exclude_self=exclude_self, gram=gram)
             else:
                 self._memo[key] = topk_neighbors(self.layers[layer], k, exclude_self=exclude_self)
@@ -110,14 +120,53 @@ class Representation:
         return self._memo[key]
 
     def subset(self, rows: torch.Tensor) -> "Representation":
-        """The representation of the samples ``rows`` (``(m,)`` int64 indices, on this device):
-        layers ``x[rows]``, and sub-matrices ``G[rows][:, rows]`` of the cached Grams (no
-        product recomputed). Other caches (neighbour lists, encodings) start empty."""
-        sub = Representation([x.index_select(0, rows) for x in self.layers], device=self.device,
-                             keep_gram_max_n=self.n if self.keep_gram else 0)
-        for l, g in self._grams.items():
-            sub._grams[l] = g.index_select(0, rows).index_select(1, rows)
+        """The representation of the samples ``rows`` (``(m,)`` distinct int64 indices, on this
+        device), sharing this one's work: sub-matrices ``G[rows][:, rows]`` of the cached Grams
+        (no product recomputed); layers ``x[rows]`` copied only when a metric reads them; exact
+        neighbour lists read off deeper lists of this sample (``neighbors.restrict_lists``,
+        computed once per layer and kept here), rows they cannot settle recomputed. Encodings
+        start empty."""
+        sub = Representation.__new__(Representation)
+        sub.device, sub.dtype, sub.n, sub.keep_gram = self.device, self.dtype, int(rows.numel()), self.keep_gram
+        sub.layers = _RowsOf(self.layers, rows)
+        sub._widths = list(self._widths)
+        sub._grams = {}  # filled from this one's cached Grams when asked (cached_gram)
+        sub._memo = {}
+        sub._parent, sub._rows = self, rows
         return sub
+
+    def _knn_from_parent(self, layer: int, k: int, exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact top-``k`` lists of a subset from its parent's deeper lists (``subset``), found for
+        every layer at once (the other layers' are kept for their turn)."""
+        parent, rows = self._parent, self._rows
+        assert parent is not None and rows is not None
+        kmax = self.n - 1 if exclude_self else self.n
+        if not 1 <= k <= kmax:
+            raise ValueError(f"topk must be in [1, {kmax}] for N={self.n}, got {k}")
+        depth = candidate_depth(k, parent.n, self.n, parent.n - 1 if exclude_self else parent.n)
+        deep = parent.memo(("knn-stack", depth, exclude_self), lambda: tuple(
+            torch.stack(lists) for lists in zip(*(parent.knn(l, depth, exclude_self) for l in range(len(parent))))))
+        values, indices, short = restrict_lists(*deep, rows, parent.n, k)
+        for l, redo in enumerate(short):
+            if bool(redo.any()):  # too few subset members in a row's list: search those rows afresh
+                values[l], indices[l] = self._search_rows(l, redo.nonzero().squeeze(1), k, exclude_self,
+                                                          values[l], indices[l])
+            self._memo.setdefault(("knn", l, k, exclude_self, "exact"), (values[l], indices[l]))
+        return self._memo[("knn", layer, k, exclude_self, "exact")]
+
+    def _search_rows(self, layer: int, redo: torch.Tensor, k: int, exclude_self: bool,
+                     values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``values``/``indices`` ``(m, k)`` of a subset with the rows ``redo`` searched afresh."""
+        assert self._parent is not None and self._rows is not None
+        whole = self._parent.cached_gram(layer)
+        block = (whole.index_select(0, self._rows[redo]).index_select(1, self._rows) if whole is not None
+                 else self.layers[layer].index_select(0, redo) @ self.layers[layer].T)
+        if exclude_self:
+            block[torch.arange(redo.numel(), device=block.device), redo] = float("-inf")
+        v, i = torch.topk(block, k, dim=1, largest=True, sorted=True)
+        values, indices = values.clone(), indices.clone()
+        values[redo], indices[redo] = v, i
+        return values, indices
 
     def drop_grams(self) -> None:
         """Free the cached Gram matrices (encodings already built stay cached)."""
@@ -138,3 +187,25 @@ def as_representation(xs: "ArrayLike | Sequence[ArrayLike] | Representation",
             raise ValueError(f"representation lives on {xs.device}, asked for {device}")
         return xs
     return Representation(xs, device=device)
+
+
+class _RowsOf(Sequence[torch.Tensor]):
+    """The rows ``rows`` of each layer of ``layers``, copied on first access and kept."""
+
+    def __init__(self, layers: Sequence[torch.Tensor], rows: torch.Tensor) -> None:
+        self._layers, self._rows = layers, rows
+        self._copies: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    def __getitem__(self, layer: int) -> torch.Tensor:  # type: ignore[override]
+        if not isinstance(layer, int):
+            raise TypeError(f"layer index must be an int, got {type(layer).__name__}")
+        layer = range(len(self))[layer]
+        if layer not in self._copies:
+            self._copies[layer] = self._layers[layer].index_select(0, self._rows)
+        return self._copies[layer]
+
+    def __iter__(self):
+        return (self[l] for l in range(len(self)))

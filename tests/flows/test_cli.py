@@ -91,10 +91,10 @@ def test_a_refused_model_exits_1_naming_it(tmp_path, capsys):
     misdeclared = {**{k: v for k, v in TINY_BERT.items() if k != "tokenizer"}, "name": "bert-as-vision", "modality": "vision", "image_size": 32}
     config = tmp_path / "zoo.yaml"
     config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32}, "models": [TINY_VIT, misdeclared],
-                                      "alignment": {"metrics": ["cka"], "permutations": 0}}))
+                                      "alignment": {"metrics": ["cka"], "permutations": 0, "pairs": "all"}}))
     store = str(tmp_path / "store")
     assert main(["run", "--config", str(config), "--store", store]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("prh run: 1 of 2 models and 0 of 0 model pairs failed") and "check bert-as-vision: " in err
+    assert err.startswith("prh run: 1 of 2 models and 1 of 1 model pairs failed") and "check bert-as-vision: " in err
     assert main(["sql", "select model from models", "--store", store, "--format", "csv"]) == 0
     assert capsys.readouterr().out.split() == ["model", "tiny-vit"]

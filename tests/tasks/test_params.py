@@ -193,3 +193,20 @@ def test_knn_precision_reaches_the_list_metrics_only():
     exact = align_layers(xs, ys, [MetricRequest("mutual_knn", default.metric_params("mutual_knn"))])[0]
     refined = align_layers(xs, ys, [MetricRequest("mutual_knn", {**refine.metric_params("mutual_knn"), "topk": 10})])[0]
     np.testing.assert_array_equal(refined.matrix, exact.matrix)
+
+
+def test_cross_modal_pairs_need_both_modalities():
+    vision = [{"name": n, "loader": "random_hf", "id": "ViTConfig", "modality": "vision"} for n in ("vit-a", "vit-b")]
+    with pytest.raises(ValueError, match=r"all 2 models are vision models, so nothing would be compared; set alignment\.pairs: all"):
+        PipelineConfig.model_validate({"models": vision})
+    both = PipelineConfig.model_validate({"models": vision, "alignment": {"pairs": "all"}})
+    assert [(a.name, b.name) for a, b in both.model_pairs()] == [("vit-a", "vit-b")]
+    assert PipelineConfig.model_validate({"models": vision[:1]}).model_pairs() == []  # one model: features only
+
+
+def test_cross_modal_error_names_the_field_in_a_yaml_config(tmp_path):
+    config = tmp_path / "zoo.yaml"
+    config.write_text("models:\n  - {name: a, loader: random_hf, id: ViTConfig, modality: language}\n"
+                      "  - {name: b, loader: random_hf, id: GPT2Config, modality: language}\n")
+    with pytest.raises(ConfigError, match=r"alignment\.pairs.*all 2 models are language models"):
+        load_config(config)

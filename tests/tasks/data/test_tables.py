@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -293,8 +295,12 @@ def test_folder_of_images_and_captions(tmp_path: Path) -> None:
 
 def test_errors_name_the_path_and_the_problem(image_dir: Path) -> None:
     missing = image_dir / "nope.parquet"
-    with pytest.raises(ValueError, match=r"nope\.parquet.*does not exist"):
+    with pytest.raises(ValueError, match=r"nope\.parquet.*does not exist$"):
         load_paired_dataset(str(missing))
+    with contextlib.chdir(image_dir):
+        with pytest.raises(ValueError, match="'rel/nope.csv' does not exist \\(relative paths are read from the working "
+                                             f"directory: {re.escape(str(image_dir / 'rel' / 'nope.csv'))}\\)"):
+            load_paired_dataset("rel/nope.csv")
 
     no_text = image_dir / "no_text.csv"
     no_text.write_text("image,caption\nimg/red.png,red\n")

@@ -89,3 +89,38 @@ def test_subset_reuses_cached_grams() -> None:
     np.testing.assert_allclose(layer_matrix("cka", sub, sub),
                                layer_matrix("cka", [x[rows] for x in xs], [x[rows] for x in xs]),
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_subset_neighbour_lists_equal_a_fresh_search(cached: bool, exclude_self: bool) -> None:
+    """Lists read off the full sample's deeper lists equal a top-k on the subsample itself,
+    including rows the deeper list cannot settle (a tiny subset forces those)."""
+    rng = np.random.default_rng(4)
+    xs = [rng.normal(size=(200, 12)), rng.normal(size=(200, 5)).astype(np.float32)]
+    rep = Representation(xs).cache_grams() if cached else Representation(xs)
+    for m, k in ((100, 10), (40, 7), (12, 11 if exclude_self else 12), (150, 3)):
+        rows = torch.as_tensor(np.sort(rng.choice(200, m, replace=False)))
+        sub = rep.subset(rows)
+        fresh = Representation([x[rows.numpy()] for x in xs])
+        for l in range(len(xs)):
+            v, i = sub.knn(l, k, exclude_self=exclude_self)
+            fv, fi = fresh.knn(l, k, exclude_self=exclude_self)
+            assert i.shape == (m, k) and torch.equal(i, fi), (m, k, l)
+            torch.testing.assert_close(v, fv, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"topk must be in \[1, 11\] for N=12"):
+        rep.subset(torch.arange(12)).knn(0, 12)
+    assert "_copies" in vars(sub.layers) and not sub.layers._copies  # no metric read the features
+
+
+def test_subset_rows_without_enough_listed_members_are_searched_again(monkeypatch) -> None:
+    import tasks.metrics.representation as representation
+
+    monkeypatch.setattr(representation, "candidate_depth", lambda k, n, m, kmax: k)  # lists too short
+    rng = np.random.default_rng(5)
+    xs = [rng.normal(size=(80, 6))]
+    rows = torch.as_tensor(np.sort(rng.choice(80, 50, replace=False)))
+    v, i = Representation(xs).subset(rows).knn(0, 6)
+    fv, fi = Representation([xs[0][rows.numpy()]]).knn(0, 6)
+    assert torch.equal(i, fi)
+    torch.testing.assert_close(v, fv)
