@@ -136,6 +136,35 @@ def zero_vector_samples(layers: list[np.ndarray], sample_ids: list[str], catalog
     return out
 
 
+def duplicate_vector_samples(layers: list[np.ndarray], sample_ids: list[str], catalog: dict[str, Any]) -> list[dict[str, Any]]:
+    """Layers in which some samples have bit for bit the vector of another sample (all-zero
+    vectors aside: ``zero_vector_samples``): ``{"model", "layer", "layer_name", "n_samples",
+    "n_groups", "examples"}``, ``n_samples`` rows in ``n_groups`` groups of identical vectors.
+
+    Identical samples are equally similar to every other sample, so which of them a k-NN list
+    keeps at its last places, and in what order, is tie-breaking, not the model: k-NN scores can
+    move by that much between devices or subsamples. Expected where several captions share an
+    image (the vision rows of one image are identical); kept and reported."""
+    out = []
+    names = catalog.get("layer_names") or []
+    for layer, x in enumerate(layers):
+        rows = np.flatnonzero(x.any(axis=1)) if x.size else np.zeros(0, dtype=np.int64)
+        if rows.size < 2:
+            continue
+        vectors = np.ascontiguousarray(x[rows])
+        keys = vectors.view(np.dtype((np.void, vectors.dtype.itemsize * vectors.shape[1]))).ravel()
+        _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+        shared = counts[inverse.ravel()] > 1
+        if shared.any():
+            # examples: the members of the groups in sample order, a group's members together
+            group_of = first[inverse.ravel()][shared]
+            members = rows[shared][np.lexsort((rows[shared], group_of))]
+            out.append({"model": catalog["model"], "layer": layer, "layer_name": names[layer] if layer < len(names) else None,
+                        "n_samples": int(shared.sum()), "n_groups": int((counts > 1).sum()),
+                        "examples": [sample_ids[i] for i in members[:5]]})
+    return out
+
+
 def check_pairable(manifest_a: dict[str, Any], manifest_b: dict[str, Any]) -> None:
     """Refuse two feature versions of different datasets: their sample ids need not mean the same samples."""
     a, b = manifest_a["catalog"], manifest_b["catalog"]
@@ -196,6 +225,14 @@ def align_to_store(
     for z in zeros:
         logger.warning("%s layer %d (%s): %d of %d samples are all-zero vectors (e.g. %s); their neighbours are ties",
                        z["model"], z["layer"], z["layer_name"], z["n_samples"], len(pair.sample_ids), examples(z["examples"]))
+    duplicates = (duplicate_vector_samples(pair.xs, pair.sample_ids, manifest_a["catalog"])
+                  + duplicate_vector_samples(pair.ys, pair.sample_ids, manifest_b["catalog"]))
+    for model in dict.fromkeys(d["model"] for d in duplicates):
+        layers = [d for d in duplicates if d["model"] == model]
+        worst = max(layers, key=lambda d: d["n_samples"])
+        logger.warning("%s: in %d of its layers some samples share their exact vector with another (up to %d of %d samples, "
+                       "layer %d, e.g. %s); k-NN ties among them are broken arbitrarily (expected when captions share an image)",
+                       model, len(layers), worst["n_samples"], len(pair.sample_ids), worst["layer"], examples(worst["examples"]))
     xs = prepare_layers(pair.xs, q=params.outlier_quantile)
     ys = prepare_layers(pair.ys, q=params.outlier_quantile)
     results = align_layers(xs, ys, metric_requests(params), permutations=params.permutations, seed=params.seed,
@@ -219,6 +256,7 @@ def align_to_store(
         "only_b": pair.only_b,
         "degenerate_layers": degenerate,
         "zero_vectors": zeros,
+        "duplicate_vectors": duplicates,
         "seconds": round(seconds, 3),
     }
     published = store.publish(key, {layout.SCORES_FILE: scores, layout.BEST_FILE: best}, manifest)

@@ -247,6 +247,28 @@ def test_zero_vector_samples_are_scored_and_reported(tmp_path, caplog):
     assert manifest["degenerate_layers"] == [] and all(r["score"] is not None for r in _scores(store, manifest))
 
 
+def test_duplicate_vector_samples_are_scored_and_reported(tmp_path, caplog):
+    """Rows identical to another row (several captions of one image) are reported per layer with
+    their groups; all-zero rows are left to ``zero_vectors``; distinct rows are never reported."""
+    store = Store(str(tmp_path / "store"))
+    z, ids = _signal(), _ids()
+    x = _view(z, 6, 1)
+    x[[30, 7]] = x[3]  # one group of three, listed in sample order
+    x[[44]] = x[12]  # one group of two
+    x[[5, 17]] = 0.0  # zero vectors: not duplicates here
+    y = _view(z, 5, 2)
+    y[20] = np.nextafter(y[21], np.inf)  # one ulp apart: not identical
+    ma = _publish(store, "vit", ids, [_view(z, 6, 0), x])
+    mb = _publish(store, "lm", ids, [y], modality="language")
+    with caplog.at_level(logging.WARNING):
+        manifest = align_to_store(store.url, ma, mb, AlignmentParams(topk=TOPK), logging.getLogger("test"))
+    assert manifest["duplicate_vectors"] == [{"model": "vit", "layer": 1, "layer_name": "vit.l1", "n_samples": 5, "n_groups": 2,
+                                              "examples": ["s003", "s007", "s030", "s012", "s044"]}]
+    assert ("vit: in 1 of its layers some samples share their exact vector with another (up to 5 of 48 samples, layer 1, "
+            "e.g. s003, s007, s030, s012, s044)") in caplog.text
+    assert "lm:" not in caplog.text and all(r["score"] is not None for r in _scores(store, manifest))
+
+
 def test_constant_columns_inside_a_layer_are_fine():
     """Constant columns neither make a layer degenerate nor break a metric; svcca's standardisation
     maps them to 0 (no division by zero), so svcca ignores them exactly."""
