@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -57,6 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("file", help="the DuckDB database file to write (replaced if it exists)")
     export.add_argument("--store", default=None, help="store URL (default: ./store)")
 
+    gc = commands.add_parser("gc", help="remove what no run will use: unpublished files of dead writers, abandoned extraction shards")
+    gc.add_argument("--store", default=None, help="store URL (default: ./store)")
+    gc.add_argument("--older-than-days", type=float, default=7.0,
+                    help="shards of an unpublished version count as abandoned when the newest is this old (default 7)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -65,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_report(args, default_store())
         if args.command == "catalog":
             return _catalog_export(args)
+        if args.command == "gc":
+            return _gc(args)
         return _sql(args)
     except (ValueError, FileNotFoundError, PermissionError) as error:
         print(f"prh {args.command}: error: {error}", file=sys.stderr)
@@ -157,6 +166,37 @@ def _sql(args: argparse.Namespace) -> int:
             out.add_row(*[_cell(v) for v in r.values()])
         Console(width=200).print(out)
         print(f"{len(rows)} rows")
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    """Published data is never touched: only versions without a manifest whose writer died
+    (``Store.sweep_abandoned``) and shard folders no extraction will resume (``storage.shards``)."""
+    import math
+
+    from storage.runs import mark_crashed_runs
+    from storage.shards import remove_stale_partials
+    from storage.store import Store
+
+    if not (math.isfinite(args.older_than_days) and args.older_than_days >= 0):
+        raise ValueError(f"--older-than-days must be a number >= 0, got {args.older_than_days}")
+    store = Store(args.store or default_store())
+    if not args.dry_run:
+        store.check_writable()
+    now = time.time()
+    partials = remove_stale_partials(store, args.older_than_days * 86400.0, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for entry in partials:
+        why = ("its version is published" if entry["reason"] == "published"
+               else f"unpublished, newest shard {(now - entry['newest']) / 86400.0:.1f} days old")
+        print(f"{verb} {entry['version']}/_partial: {entry['shards']} shards, {entry['bytes'] / 1e6:.1f} MB ({why})")
+    if not args.dry_run:
+        for run_id in mark_crashed_runs(store):
+            print(f"marked run {run_id} CRASHED (its process is gone)")
+        for version in store.sweep_abandoned():
+            print(f"removed the unpublished files of {version} (its writer died)")
+    freed = sum(entry["bytes"] for entry in partials)
+    print(f"{store.display_url}: {len(partials)} shard folder(s), {freed / 1e6:.1f} MB {'would be ' if args.dry_run else ''}freed")
     return 0
 
 

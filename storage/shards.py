@@ -3,12 +3,16 @@
 A shard holds every layer's features for a contiguous range of items, as one Parquet file under
 ``<feature version key>/_partial/`` (never listed in a manifest, so readers never see it). Each
 shard is written atomically; when all shards exist the version is assembled and published, then
-the partial folder is removed.
+the partial folder is removed. ``stale_partials``/``remove_stale_partials`` (``prh gc``) clear the
+folders that no extraction will come back to.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -64,3 +68,62 @@ def remove_partial(store: Store, version_key: str) -> None:
     path = store.path(f"{version_key}/{PARTIAL}")
     if store.fs.exists(path):
         store.fs.rm(path, recursive=True)
+
+
+#: default age after which an unpublished version's shards count as abandoned (``prh gc``)
+STALE_PARTIAL_SECONDS = 7 * 24 * 3600.0
+
+
+def _modified(info: dict[str, Any]) -> float:
+    """Modification time (epoch seconds) from an fsspec listing entry (local ``mtime``, S3
+    ``LastModified``); 0 when the listing has neither (counted as old)."""
+    value = info.get("mtime", info.get("LastModified"))
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, now: float | None = None
+                   ) -> list[dict[str, Any]]:
+    """Shard folders of feature versions that no extraction will resume.
+
+    A version's ``_partial/`` folder is listed when the version is published (a run that died
+    between publishing and clearing its shards) or when its newest shard is older than
+    ``older_than_s`` (an extraction that died, after which its model, dataset or code changed,
+    so no rerun asks for that version again). A live extraction writes a shard every 2,048
+    items, so its folder is never that old; a rerun of a listed version just recomputes.
+
+    Returns ``{"version": key, "shards": count, "bytes": total, "newest": epoch seconds,
+    "reason": "published" | "abandoned"}`` per folder, sorted by version key.
+    """
+    now = time.time() if now is None else now
+    base = store.path("features")
+    if not store.fs.exists(base):
+        return []
+    folders: dict[str, list[dict[str, Any]]] = {}
+    for path, info in store.fs.glob(f"{base}/**/{PARTIAL}/shard-*.parquet", detail=True).items():
+        folder = path.split("://", 1)[-1].rsplit("/", 2)[0]
+        folders.setdefault(folder, []).append(info)
+    out = []
+    for folder, shards in sorted(folders.items()):
+        version_key = folder[len(store.root) + 1:]
+        newest = max(_modified(info) for info in shards)
+        reason = "published" if store.manifest(version_key) is not None else (
+            "abandoned" if now - newest > older_than_s else None)
+        if reason:
+            out.append({"version": version_key, "shards": len(shards), "bytes": sum(int(i.get("size") or 0) for i in shards),
+                        "newest": newest, "reason": reason})
+    return out
+
+
+def remove_stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, dry_run: bool = False
+                          ) -> list[dict[str, Any]]:
+    """Remove the folders :func:`stale_partials` lists (nothing with ``dry_run``); returns them."""
+    stale = stale_partials(store, older_than_s)
+    if not dry_run:
+        for entry in stale:
+            remove_partial(store, entry["version"])
+    return stale

@@ -98,3 +98,39 @@ def test_a_refused_model_exits_1_naming_it(tmp_path, capsys):
     assert err.startswith("prh run: 1 of 2 models and 1 of 1 model pairs failed") and "check bert-as-vision: " in err
     assert main(["sql", "select model from models", "--store", store, "--format", "csv"]) == 0
     assert capsys.readouterr().out.split() == ["model", "tiny-vit"]
+
+
+def test_gc_removes_only_shards_no_run_will_resume(tmp_path, capsys):
+    """Published versions and fresh shards (a live or resumable extraction) stay; shards of a
+    published version and old shards of an unpublished one go; --dry-run removes nothing."""
+    import os
+    import time
+
+    import numpy as np
+
+    from storage.shards import shard_key, write_shard
+
+    store = Store(str(tmp_path / "store"))
+    layer = [np.ones((4, 3), np.float32)]
+    published = store.publish("features/d/m/v1", {"layer-000.parquet": b"x"}, {"kind": "features"}).manifest["key"]
+    write_shard(store, published, 0, layer)  # left behind by a crash after publishing
+    write_shard(store, "features/d/m/v2", 0, layer)  # abandoned 9 days ago
+    write_shard(store, "features/d/m/v2", 1, layer)
+    write_shard(store, "features/d/m/v3", 0, layer)  # written just now: resumable
+    old = time.time() - 9 * 86400
+    for shard in (0, 1):
+        os.utime(store.path(shard_key("features/d/m/v2", shard)), (old, old))
+    assert main(["gc", "--store", store.url, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"would remove {published}/_partial: 1 shards" in out and "(its version is published)" in out
+    assert "would remove features/d/m/v2/_partial: 2 shards" in out and "unpublished, newest shard 9.0 days old" in out
+    assert "v3" not in out and out.rstrip().endswith("2 shard folder(s), 0.0 MB would be freed")
+    assert store.exists(shard_key("features/d/m/v2", 0))
+    assert main(["gc", "--store", store.url]) == 0
+    assert "removed features/d/m/v2/_partial" in capsys.readouterr().out
+    left = sorted(p.relative_to(tmp_path / "store").as_posix() for p in (tmp_path / "store").rglob("*") if p.is_file())
+    assert left == ["features/d/m/v1/layer-000.parquet", "features/d/m/v1/manifest.json", shard_key("features/d/m/v3", 0)]
+    assert main(["gc", "--store", store.url, "--older-than-days", "0"]) == 0  # now even fresh shards count
+    assert not store.exists(shard_key("features/d/m/v3", 0)) and store.manifest(published) is not None
+    assert main(["gc", "--store", store.url, "--older-than-days", "-1"]) == 2
+    assert "--older-than-days must be a number >= 0, got -1.0" in capsys.readouterr().err

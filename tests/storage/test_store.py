@@ -67,3 +67,28 @@ def test_table_digest_ignores_chunking_but_not_content():
     assert table_digest(t1) == table_digest(t2)
     t3 = pa.table({"id": ["a", "b"], "img": [b"\x00", b"\x01"]})  # same bytes, other split
     assert table_digest(t1) != table_digest(t3)
+
+
+def test_stale_partials_by_age_and_publication(store_url):
+    """Shard folders count as stale when their version is published or their newest shard is
+    older than the limit; the ages come from the store's own listing (local mtime, S3
+    LastModified)."""
+    import time
+
+    import numpy as np
+
+    from storage.shards import remove_stale_partials, shard_key, stale_partials, write_shard
+
+    store = Store(store_url)
+    layer = [np.zeros((2, 3), np.float32)]
+    write_shard(store, "features/d/m/v1", 0, layer)
+    write_shard(store, "features/d/m/v1", 1, layer)
+    write_shard(store, "features/d/m/v2", 0, layer)
+    store.publish("features/d/m/v2", {"layer-000.parquet": b"x"}, {"kind": "features"})
+    assert [(e["version"], e["reason"]) for e in stale_partials(store, 3600.0)] == [("features/d/m/v2", "published")]
+    later = stale_partials(store, 3600.0, now=time.time() + 7200.0)
+    assert [(e["version"], e["shards"], e["reason"]) for e in later] == [("features/d/m/v1", 2, "abandoned"),
+                                                                       ("features/d/m/v2", 1, "published")]
+    assert later[0]["bytes"] > 0 and time.time() - 600 < later[0]["newest"] <= time.time() + 60
+    assert remove_stale_partials(store, 3600.0) and not store.exists(shard_key("features/d/m/v2", 0))
+    assert store.exists(shard_key("features/d/m/v1", 1)) and store.manifest("features/d/m/v2") is not None
