@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install bench clean-store
+.PHONY: run test install bench clean-store gpu-wheels
 
 $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_metrics.py
+
+# Wheels the GPU device image lacks (Python 3.12), for bench/gpu_checks.sh: carried as .whl/.
+gpu-wheels:
+	mkdir -p .whl
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  $$(grep -i -E '^(pydantic|pydantic_core|annotated-types|typing-inspection)==' requirements.lock)
 
 clean-store:
 	rm -rf store .prefect
