@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -41,7 +42,12 @@ from storage.s3_options import describe_s3_error
 
 MANIFEST = "manifest.json"
 CLAIM = ".publishing"
-STALE_CLAIM_SECONDS = 1800.0
+#: A writer rewrites its claim this often while it publishes (``heartbeat_at``), so that a claim
+#: whose writer died on another host (whose process cannot be checked) goes stale quickly.
+CLAIM_HEARTBEAT_SECONDS = 20.0
+#: A claim whose last heartbeat is older than this is taken over: 15 missed heartbeats, and room
+#: for minutes of clock skew between hosts.
+STALE_CLAIM_SECONDS = 300.0
 DEFAULT_STORE = "store"
 
 
@@ -289,10 +295,12 @@ class Store:
         ``<version_key>/.publishing`` exclusively. The one that gets it writes every file and
         the manifest, then drops the claim; the others wait for the manifest and return it
         (``written=False``). So the store ends with one complete copy, one writer's files and
-        its manifest, never a mix. A claim whose writer is known to be dead (a process of this
-        host that exited, see ``storage.owner``) or older than ``stale_after_s`` (a writer on
-        another host that died) is removed and the claim retried; the dead writer's files, never
-        listed in a manifest, are overwritten by the next writer.
+        its manifest, never a mix. The writer renews its claim every ``CLAIM_HEARTBEAT_SECONDS``
+        (at most ``stale_after_s / 4``) while it writes. A claim whose writer is known to be dead
+        (a process of this host that exited, see ``storage.owner``) or whose last heartbeat is
+        older than ``stale_after_s`` (a writer on another host that died) is removed and the
+        claim retried; the dead writer's files, never listed in a manifest, are overwritten by
+        the next writer.
         """
         try:
             return self._publish(version_key, files, manifest, row_group_size, stale_after_s)
@@ -315,10 +323,12 @@ class Store:
             token = _claim_token()
             if self.create_exclusive(claim_key, token) or self._claim_is(claim_key, token):
                 try:
-                    existing = self._fresh_manifest(version_key)  # finished between our check and our claim
-                    if existing is not None:
-                        return Published(version_key, existing, written=False)
-                    return Published(version_key, self._write_version(version_key, files, manifest, row_group_size), written=True)
+                    with _Heartbeat(self, claim_key, token, min(CLAIM_HEARTBEAT_SECONDS, stale_after_s / 4)):
+                        existing = self._fresh_manifest(version_key)  # finished between our check and our claim
+                        if existing is not None:
+                            return Published(version_key, existing, written=False)
+                        return Published(version_key, self._write_version(version_key, files, manifest, row_group_size),
+                                         written=True)
                 finally:
                     self._release(claim_key, token)
             self._drop_if_stale(claim_key, stale_after_s)
@@ -326,26 +336,33 @@ class Store:
             delay = min(delay * 2, 1.0)
 
     def _claim_is(self, claim_key: str, token: bytes) -> bool:
-        """Object stores: True if the claim holds exactly ``token``. A conditional PUT whose
+        """Object stores: True if the claim holds ``token``'s owner id. A conditional PUT whose
         response was lost (a reset, a 5xx after the write) is retried by the client and the retry
-        answers 412; the unique token tells that the claim is ours after all."""
+        answers 412; the unique owner id tells that the claim is ours after all."""
         if self.is_local:
             return False
+        return self._claim_owner(claim_key) == json.loads(token)["owner"]
+
+    def _claim_owner(self, claim_key: str) -> str | None:
+        """The owner id in the claim file, or None when there is none (or it is unreadable)."""
         try:
             self.fs.invalidate_cache(self.path(claim_key))
-            return self.read_bytes(claim_key) == token
-        except FileNotFoundError:
-            return False
+            owner = json.loads(self.read_bytes(claim_key)).get("owner")
+        except (FileNotFoundError, ValueError, AttributeError):
+            return None
+        return owner if isinstance(owner, str) else None
 
     def _release(self, claim_key: str, token: bytes) -> None:
         """Drop our claim. If that fails (the endpoint is down), the claim stays behind: it is
         remembered as abandoned by this process, so that this process's next publish of the version
         takes it over at once (other processes: dead owner or ``stale_after_s``). Never raises, so
         that the publish's own error, or its success, is what the caller sees."""
+        owner = json.loads(token)["owner"]
         try:
-            self.delete(claim_key)
+            if self._claim_owner(claim_key) in (owner, None):  # not a claim another writer took over
+                self.delete(claim_key)
         except Exception:  # noqa: BLE001 - see the docstring
-            _ABANDONED_CLAIMS.add(json.loads(token)["owner"])
+            _ABANDONED_CLAIMS.add(owner)
 
     def _failure(self, action: str, error: BaseException) -> BaseException:
         """``error`` re-raised with a message naming the store (redacted), the action and the S3
@@ -368,16 +385,16 @@ class Store:
         return self.manifest(version_key)
 
     def _drop_if_stale(self, claim_key: str, stale_after_s: float) -> bool:
-        """Remove a claim whose writer is dead or has held it for more than ``stale_after_s`` s;
-        True if this call removed it."""
+        """Remove a claim whose writer is dead or whose last sign of life (the claim or its
+        latest heartbeat) is more than ``stale_after_s`` s old; True if this call removed it."""
         try:
             raw = self.read_bytes(claim_key)
             token = json.loads(raw)
-            claimed_at = float(token["claimed_at"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            alive_at = max(float(token["claimed_at"]), float(token.get("heartbeat_at") or 0.0))
+        except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
             return False
         abandoned = token.get("owner") in _ABANDONED_CLAIMS
-        if abandoned or owner_is_dead(token.get("process")) or time.time() - claimed_at > stale_after_s:
+        if abandoned or owner_is_dead(token.get("process")) or time.time() - alive_at > stale_after_s:
             try:
                 if self.read_bytes(claim_key) == raw:  # still the same claim
                     self.delete(claim_key)
@@ -393,7 +410,7 @@ class Store:
         A writer killed mid-publish leaves its claim and some data files but no manifest, so
         readers never see them; if the rerun computes the same version it simply overwrites
         them, but after a code or config change nothing would. For every claim whose writer is
-        dead (or older than ``stale_after_s``) this takes the claim over through the same
+        dead (or silent for more than ``stale_after_s``) this takes the claim over through the same
         exclusive protocol as :meth:`publish` (so no live writer can be working on it), removes
         the version's files (never a published version's, and never the resumable shards
         under ``_partial/``), then drops the claim.
@@ -433,6 +450,36 @@ class Store:
         full = {**manifest, "key": version_key, "files": listing, "published_at": utc_now()}
         self.write_json(f"{version_key}/{MANIFEST}", full)
         return full
+
+
+class _Heartbeat:
+    """While its ``with`` block runs, rewrites the claim ``claim_key`` every ``interval`` s with a
+    fresh ``heartbeat_at`` (same owner id), as long as the claim is still this writer's; a
+    failed rewrite (endpoint trouble) is tried again at the next beat. Leaving the block stops
+    the beats before the claim is released, so a beat never re-creates a released claim."""
+
+    def __init__(self, store: "Store", claim_key: str, token: bytes, interval: float) -> None:
+        self._store, self._key, self._token, self._interval = store, claim_key, json.loads(token), interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"claim-heartbeat {claim_key}", daemon=True)
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60.0)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                if self._store._claim_owner(self._key) != self._token["owner"]:
+                    return  # taken over (this writer looked dead): never overwrite another's claim
+                if not self._stop.is_set():
+                    self._store.write_bytes(self._key, json.dumps({**self._token, "heartbeat_at": time.time()}).encode())
+            except Exception:  # noqa: BLE001 - the next beat tries again; the publish reports real failures
+                continue
 
 
 def _claim_token() -> bytes:

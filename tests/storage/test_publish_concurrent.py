@@ -1,7 +1,9 @@
 """Two writers publishing one version at once end with one complete copy, not a mix."""
 
 import hashlib
+import json
 import threading
+import time
 
 import pyarrow as pa
 import pytest
@@ -67,3 +69,55 @@ def test_create_exclusive(store_url):
     assert store.create_exclusive("c/once", b"a")
     assert not store.create_exclusive("c/once", b"b")
     assert store.read_bytes("c/once") == b"a"
+
+
+class _SlowStore(Store):
+    """Each data file takes ``pause`` seconds to write: a publish longer than the staleness limit."""
+
+    pause = 0.6
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        if not key.endswith((CLAIM, "manifest.json")):
+            time.sleep(self.pause)
+        super().write_bytes(key, data)
+
+
+def test_a_slow_live_writer_keeps_its_claim_by_heartbeat(store_url):
+    """A publish that outlasts ``stale_after_s`` renews its claim, so a second writer waits for
+    it instead of taking over: one complete copy, the slow writer's."""
+    slow, other = _SlowStore(store_url), Store(store_url)
+    results: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: results.setdefault(
+        "slow", slow.publish("x/v", _files(1), {"writer": 1}, stale_after_s=1.0)))
+    thread.start()
+    deadline = time.time() + 10
+    while not other.exists(f"x/v/{CLAIM}") and time.time() < deadline:
+        time.sleep(0.01)
+    first = json.loads(other.read_bytes(f"x/v/{CLAIM}"))
+    results["other"] = other.publish("x/v", _files(2), {"writer": 2}, stale_after_s=1.0)  # 5 files x 0.6 s > 1 s
+    thread.join(30)
+    assert results["slow"].written and not results["other"].written
+    assert other.manifest("x/v")["writer"] == 1 and results["other"].manifest["writer"] == 1
+    assert "heartbeat_at" not in first and not other.exists(f"x/v/{CLAIM}")
+
+
+def test_heartbeat_never_overwrites_a_claim_taken_over(tmp_path):
+    store = _SlowStore(str(tmp_path / "store"))
+    thread = threading.Thread(target=store.publish, args=("x/v", {"a.bin": b"1", "b.bin": b"2"}, {}), kwargs={"stale_after_s": 0.4})
+    thread.start()
+    time.sleep(0.3)
+    foreign = json.dumps({"owner": "someone-else", "claimed_at": time.time(), "process": {"host": "elsewhere", "pid": 1}}).encode()
+    store.write_bytes(f"x/v/{CLAIM}", foreign)  # as if another writer had judged this one dead
+    time.sleep(0.5)  # several heartbeat intervals (0.1 s)
+    assert store.read_bytes(f"x/v/{CLAIM}") == foreign
+    thread.join(30)
+    assert store.read_bytes(f"x/v/{CLAIM}") == foreign  # release leaves another writer's claim alone
+
+
+def test_staleness_counts_from_the_last_heartbeat(store_url):
+    store = Store(store_url)
+    claim = lambda **times: json.dumps({"owner": "w", "process": {"host": "elsewhere", "pid": 1}, **times}).encode()  # noqa: E731
+    store.write_bytes(f"x/v/{CLAIM}", claim(claimed_at=time.time() - 3600, heartbeat_at=time.time() - 5))
+    assert not store._drop_if_stale(f"x/v/{CLAIM}", 60.0) and store.exists(f"x/v/{CLAIM}")
+    store.write_bytes(f"x/v/{CLAIM}", claim(claimed_at=time.time() - 3600, heartbeat_at=time.time() - 120))
+    assert store._drop_if_stale(f"x/v/{CLAIM}", 60.0) and not store.exists(f"x/v/{CLAIM}")
