@@ -22,7 +22,7 @@ from storage.store import DEFAULT_STORE, Store, utc_now
 from storage.versioning import code_version
 from tasks.align_task import align_pair
 from tasks.dataset_task import load_dataset
-from tasks.extract_task import extract_features
+from tasks.extract_task import extract_features, stored_features
 from tasks.params import PipelineConfig
 
 BEST_COLUMNS = ["model_a", "model_b", "metric", "score", "layer_a", "layer_b", "chance_level", "calibrated_score", "p_value"]
@@ -118,7 +118,8 @@ def run_zoo(
     context = FlowRunContext.get()
     if context is not None and runs_in_parallel(context.task_runner):
         preload_libraries()
-    failures = check_models(config.models)
+    # a model whose features are stored needs no check (and its libraries need not load)
+    failures = check_models([spec for spec in config.models if not _features_stored(store_url, dataset, spec)])
     refused = {f["item"] for f in failures}
     extracting = {}
     for index, spec in enumerate(config.models, 1):
@@ -152,6 +153,14 @@ def run_zoo(
     for failure in failures:
         logger.error("%s %s failed: %s", failure["stage"], failure["item"], failure["error"])
     return features, alignments, failures
+
+
+def _features_stored(store_url: str, dataset: dict[str, Any], spec: Any) -> bool:
+    """True if this model's features are already published (False when the store cannot say)."""
+    try:
+        return stored_features(store_url, dataset, spec) is not None
+    except Exception:  # noqa: BLE001 - then the model is checked, and its task reads the store again
+        return False
 
 
 def check_models(specs: list[Any]) -> list[dict[str, str]]:

@@ -127,11 +127,18 @@ def test_pipeline_end_to_end(store_url, monkeypatch):
     rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
     assert {(r["metric"], round(r["score"], 4)) for r in rows} == {(r["metric"], round(r["score"], 4)) for r in first["best"]}
 
-    # A rerun computes nothing; adding a model extracts only it and scores only its new pair.
+    # A rerun computes nothing (nor checks stored models ahead); adding a model extracts only it
+    # and scores only its new pair.
+    import tasks.extract
+
+    checked: list[str] = []
+    check = tasks.extract.check_model
+    monkeypatch.setattr(tasks.extract, "check_model", lambda spec: (checked.append(spec.name), check(spec))[1])
     second = prh_pipeline(config=config, store=store_url)
     assert second["extracted"] == [] and second["reused"] == ["tiny-bert", "tiny-vit"] and second["aligned"] == 0
     third = prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT]), store=store_url)
     assert third["extracted"] == ["tiny-gpt"] and third["aligned"] == 1
+    assert checked == ["tiny-gpt"]
     _assert_no_secrets(store, third)
     runs = query(connect(store), "select status, count(*) n from runs group by status").to_pylist()
     assert runs == [{"status": "COMPLETED", "n": 3}]
