@@ -102,11 +102,16 @@ class Representation:
                                                  precision=precision)
             elif self._parent is not None:
                 self._memo[key] = self._knn_from_parent(layer, k, exclude_self)
-            elif (gram := self.cached_gram(layer)) is not None:
-                self._memo[key] = topk_neighbors(None, k, exclude_self=exclude_self, gram=gram)
             else:
-                self._memo[key] = topk_neighbors(self.layers[layer], k, exclude_self=exclude_self)
+                self._memo[key] = self._search(layer, k, exclude_self)
         return self._memo[key]
+
+    def _search(self, layer: int, k: int, exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact top-``k`` lists of ``layer``, not cached: from the cached Gram, else blockwise."""
+        gram = self.cached_gram(layer)
+        if gram is not None:
+            return topk_neighbors(None, k, exclude_self=exclude_self, gram=gram)
+        return topk_neighbors(self.layers[layer], k, exclude_self=exclude_self)
 
     def knn_indices(self, k: int, exclude_self: bool = True, precision: str = "exact"
                     ) -> torch.Tensor:
@@ -144,8 +149,9 @@ class Representation:
         if not 1 <= k <= kmax:
             raise ValueError(f"topk must be in [1, {kmax}] for N={self.n}, got {k}")
         depth = candidate_depth(k, parent.n, self.n, parent.n - 1 if exclude_self else parent.n)
+        # (L, N, depth) values and indices, kept by the parent for every subsample (one copy)
         deep = parent.memo(("knn-stack", depth, exclude_self), lambda: tuple(
-            torch.stack(lists) for lists in zip(*(parent.knn(l, depth, exclude_self) for l in range(len(parent))))))
+            torch.stack(lists) for lists in zip(*(parent._search(l, depth, exclude_self) for l in range(len(parent))))))
         values, indices, short = restrict_lists(*deep, rows, parent.n, k)
         for l, redo in enumerate(short):
             if bool(redo.any()):  # too few subset members in a row's list: search those rows afresh
