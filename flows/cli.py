@@ -174,15 +174,14 @@ def _gc(args: argparse.Namespace) -> int:
     (``Store.sweep_abandoned``) and shard folders no extraction will resume (``storage.shards``)."""
     import math
 
-    from storage.runs import mark_crashed_runs
+    from storage.runs import open_for_run
     from storage.shards import remove_stale_partials
     from storage.store import Store
 
     if not (math.isfinite(args.older_than_days) and args.older_than_days >= 0):
         raise ValueError(f"--older-than-days must be a number >= 0, got {args.older_than_days}")
     store = Store(args.store or default_store())
-    if not args.dry_run:
-        store.check_writable()
+    crashed, swept = ([], []) if args.dry_run else open_for_run(store)  # as a run starts: dead runs, dead writers
     now = time.time()
     partials = remove_stale_partials(store, args.older_than_days * 86400.0, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
@@ -190,11 +189,10 @@ def _gc(args: argparse.Namespace) -> int:
         why = ("its version is published" if entry["reason"] == "published"
                else f"unpublished, newest shard {(now - entry['newest']) / 86400.0:.1f} days old")
         print(f"{verb} {entry['version']}/_partial: {entry['shards']} shards, {entry['bytes'] / 1e6:.1f} MB ({why})")
-    if not args.dry_run:
-        for run_id in mark_crashed_runs(store):
-            print(f"marked run {run_id} CRASHED (its process is gone)")
-        for version in store.sweep_abandoned():
-            print(f"removed the unpublished files of {version} (its writer died)")
+    for run_id in crashed:
+        print(f"marked run {run_id} CRASHED (its process is gone)")
+    for version in swept:
+        print(f"removed the unpublished files of {version} (its writer died)")
     freed = sum(entry["bytes"] for entry in partials)
     print(f"{store.display_url}: {len(partials)} shard folder(s), {freed / 1e6:.1f} MB {'would be ' if args.dry_run else ''}freed")
     return 0

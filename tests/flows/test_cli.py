@@ -126,8 +126,19 @@ def test_gc_removes_only_shards_no_run_will_resume(tmp_path, capsys):
     assert "would remove features/d/m/v2/_partial: 2 shards" in out and "unpublished, newest shard 9.0 days old" in out
     assert "v3" not in out and out.rstrip().endswith("2 shard folder(s), 0.0 MB would be freed")
     assert store.exists(shard_key("features/d/m/v2", 0))
+    # a writer that died mid-publish: its claim (a dead process of this host) and one data file
+    import subprocess
+    import sys
+
+    from storage.owner import current_owner
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    store.write_json("alignment/d/a__b/v9/.publishing", {"owner": "w", "claimed_at": time.time(),
+                                                         "process": {**current_owner(), "pid": int(dead), "started": "0"}})
+    store.write_bytes("alignment/d/a__b/v9/scores.parquet", b"half")
     assert main(["gc", "--store", store.url]) == 0
-    assert "removed features/d/m/v2/_partial" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "removed features/d/m/v2/_partial" in out and "removed the unpublished files of alignment/d/a__b/v9 (its writer died)" in out
     left = sorted(p.relative_to(tmp_path / "store").as_posix() for p in (tmp_path / "store").rglob("*") if p.is_file())
     assert left == ["features/d/m/v1/layer-000.parquet", "features/d/m/v1/manifest.json", shard_key("features/d/m/v3", 0)]
     assert main(["gc", "--store", store.url, "--older-than-days", "0"]) == 0  # now even fresh shards count
