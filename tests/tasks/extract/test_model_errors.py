@@ -166,6 +166,8 @@ HUB_CHILD = textwrap.dedent("""
             out[label] = {"ok": True, "layers": len(feats.layers), "s": time.perf_counter() - t}
         except ModelInputError as exc:
             out[label] = {"ok": False, "error": str(exc), "s": time.perf_counter() - t}
+    import os
+    attempt("warm-up", id=os.environ["PRH_WARM_DIR"])  # a local copy: imports the model's modules, untimed
     attempt("cached", id="prh-test/tiny-vit")
     attempt("cached-at-tag", id="prh-test/tiny-vit", revision="v1")
     attempt("bad-revision", id="prh-test/tiny-vit", revision="v2")
@@ -191,7 +193,7 @@ def test_hub_ids_from_the_cache(tmp_path, vit_dir, offline):
     _fake_hub_cache(tmp_path / "hub", vit_dir)
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(PYTHONPATH=str(ROOT), HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "home"),
-               HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_OFFLINE=offline)
+               HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_OFFLINE=offline, PRH_WARM_DIR=str(vit_dir))
     proc = subprocess.run([sys.executable, "-c", HUB_CHILD], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -204,7 +206,8 @@ def test_hub_ids_from_the_cache(tmp_path, vit_dir, offline):
     assert "'prh-test/no-such-model' is not in the local Hugging Face cache" in out["unknown"]["error"]
     assert why in out["unknown"]["error"]
     # no retry loop: without the cache check an unreachable hub costs ~25 s of retries per file
-    assert all(r["s"] < 10 for r in out.values()), out
+    # (timed after a warm-up load, so that first imports on a busy machine do not count)
+    assert out["warm-up"]["ok"] and all(r["s"] < 10 for label, r in out.items() if label != "warm-up"), out
 
 
 def test_paper_zoos_validate_and_fail_clearly_offline():
