@@ -103,13 +103,11 @@ def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, no
     base = store.path("features")
     if not store.fs.exists(base):
         return []
-    folders: dict[str, list[dict[str, Any]]] = {}
+    versions: dict[str, list[dict[str, Any]]] = {}  # version key -> its shards' listing entries
     for path, info in store.fs.glob(f"{base}/**/{PARTIAL}/shard-*.parquet", detail=True).items():
-        folder = path.split("://", 1)[-1].rsplit("/", 2)[0]
-        folders.setdefault(folder, []).append(info)
+        versions.setdefault(store.key_of(path).rsplit("/", 2)[0], []).append(info)
     out = []
-    for folder, shards in sorted(folders.items()):
-        version_key = folder[len(store.root) + 1:]
+    for version_key, shards in sorted(versions.items()):
         newest = max(_modified(info) for info in shards)
         reason = "published" if store.manifest(version_key) is not None else (
             "abandoned" if now - newest > older_than_s else None)

@@ -133,6 +133,14 @@ class Store:
         """Filesystem path of a key (``a/b/c``) under the root."""
         return f"{self.root}/{key}" if key else self.root
 
+    def key_of(self, path: str) -> str:
+        """The key of a path this store's filesystem listed (``glob``/``ls``; with or without a
+        protocol prefix): the inverse of :meth:`path`."""
+        path = path.split("://", 1)[-1].rstrip("/")
+        if path != self.root and not path.startswith(self.root + "/"):
+            raise ValueError(f"{path!r} is not under the store root {self.root!r}")
+        return path[len(self.root) + 1:]
+
     def uri(self, key: str) -> str:
         """A URL DuckDB can read: a plain local path, or ``s3://bucket/key``."""
         if self.is_local:
@@ -173,8 +181,7 @@ class Store:
             return
         found = self.fs.glob(f"{base}/**/{MANIFEST}")
         for path in sorted(found):
-            path = path.split("://", 1)[-1]
-            version_key = path[len(self.root) + 1 : -len(MANIFEST) - 1]
+            version_key = self.key_of(path).rsplit("/", 1)[0]
             yield version_key, json.loads(self.fs.cat_file(path))
 
     # ---------------------------------------------------------------- writes
@@ -421,7 +428,7 @@ class Store:
             if not self.fs.exists(base):
                 continue
             for path in sorted(self.fs.glob(f"{base}/**/{CLAIM}")):
-                version_key = path.split("://", 1)[-1][len(self.root) + 1 : -len(CLAIM) - 1]
+                version_key = self.key_of(path).rsplit("/", 1)[0]
                 claim_key = f"{version_key}/{CLAIM}"
                 if not self._drop_if_stale(claim_key, stale_after_s):
                     continue

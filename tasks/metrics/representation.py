@@ -41,17 +41,22 @@ class Representation:
     def __init__(self, xs: ArrayLike | Sequence[ArrayLike], device: str | torch.device | None = None,
                  keep_gram_max_n: int = KEEP_GRAM_MAX_N) -> None:
         layers = split_layers(xs)
-        self.device = resolve_device(device, xs, *layers)
-        is64 = all(_is_float64(x) for x in layers)
-        self.dtype = torch.float64 if is64 else torch.float32
-        self.layers: Sequence[torch.Tensor] = [to_tensor(x, self.device, self.dtype) for x in layers]
-        self.n = int(self.layers[0].shape[0])
-        self.keep_gram = self.n <= keep_gram_max_n
-        self._widths = [int(x.shape[1]) for x in self.layers]
+        device = resolve_device(device, xs, *layers)
+        dtype = torch.float64 if all(_is_float64(x) for x in layers) else torch.float32
+        tensors = [to_tensor(x, device, dtype) for x in layers]
+        n = int(tensors[0].shape[0])
+        self._set(tensors, device, dtype, n, n <= keep_gram_max_n, [int(x.shape[1]) for x in tensors])
+
+    def _set(self, layers: Sequence[torch.Tensor], device: torch.device, dtype: torch.dtype, n: int,
+             keep_gram: bool, widths: list[int], parent: "Representation | None" = None,
+             rows: torch.Tensor | None = None) -> None:
+        """Every field, with empty caches (``__init__`` and ``subset``)."""
+        self.layers, self.device, self.dtype, self.n, self.keep_gram = layers, device, dtype, n, keep_gram
+        self._widths = list(widths)
         self._grams: dict[int, torch.Tensor] = {}
         self._memo: dict[Any, Any] = {}
-        self._parent: Representation | None = None  # set on a subset: the full sample
-        self._rows: torch.Tensor | None = None  # its rows in the parent
+        self._parent = parent  # on a subset: the full sample
+        self._rows = rows  # and the subset's rows in it
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -132,12 +137,8 @@ class Representation:
         computed once per layer and kept here), rows they cannot settle recomputed. Encodings
         start empty."""
         sub = Representation.__new__(Representation)
-        sub.device, sub.dtype, sub.n, sub.keep_gram = self.device, self.dtype, int(rows.numel()), self.keep_gram
-        sub.layers = _RowsOf(self.layers, rows)
-        sub._widths = list(self._widths)
-        sub._grams = {}  # filled from this one's cached Grams when asked (cached_gram)
-        sub._memo = {}
-        sub._parent, sub._rows = self, rows
+        sub._set(_RowsOf(self.layers, rows), self.device, self.dtype, int(rows.numel()), self.keep_gram,
+                 self._widths, parent=self, rows=rows)
         return sub
 
     def _knn_from_parent(self, layer: int, k: int, exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:

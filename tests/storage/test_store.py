@@ -92,3 +92,11 @@ def test_stale_partials_by_age_and_publication(store_url):
     assert later[0]["bytes"] > 0 and time.time() - 600 < later[0]["newest"] <= time.time() + 60
     assert remove_stale_partials(store, 3600.0) and not store.exists(shard_key("features/d/m/v2", 0))
     assert store.exists(shard_key("features/d/m/v1", 1)) and store.manifest("features/d/m/v2") is not None
+
+
+def test_key_of_inverts_path(store_url):
+    store = Store(store_url)
+    assert store.key_of(store.path("features/d/m/v1/manifest.json")) == "features/d/m/v1/manifest.json"
+    assert store.key_of(store.uri("runs/r.json")) == "runs/r.json"  # with a protocol prefix (s3://) too
+    with pytest.raises(ValueError, match="is not under the store root"):
+        store.key_of(store.root + "-sibling/x")
