@@ -6,8 +6,11 @@ everything that determines the versioned object. Same inputs, same id.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import io
 import json
+import tokenize
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -54,7 +57,9 @@ def code_version(*packages: str) -> str:
     """Hash of the source of the given project packages (e.g. ``"tasks/extract"``).
 
     A change to the code that computes a stage changes that stage's versions; edits elsewhere
-    (the CLI, the README) do not.
+    (the CLI, the README) do not, and neither do edits to comments, docstrings, blank lines or
+    trailing whitespace inside the packages (``behaviour_source``): rewording a docstring must
+    not re-extract a model zoo.
     """
     h = hashlib.sha256()
     for package in packages:
@@ -62,5 +67,44 @@ def code_version(*packages: str) -> str:
         files = [root] if root.is_file() else sorted(root.rglob("*.py"))
         for path in files:
             h.update(path.relative_to(_PROJECT_ROOT).as_posix().encode() + b"\0")
-            h.update(path.read_bytes())
+            h.update(behaviour_source(path.read_text(encoding="utf-8")).encode("utf-8") + b"\0")
     return h.hexdigest()[:ID_LENGTH]
+
+
+def behaviour_source(source: str) -> str:
+    """Python ``source`` less what cannot change what it does: comments, docstrings (module,
+    class and function), blank lines and trailing whitespace. Indentation and every other
+    token are kept as written, so the result is the same on every Python version.
+
+    Source that does not parse is returned unchanged (it is then hashed as it is).
+    """
+    try:
+        tree = ast.parse(source)
+        comments = [(t.start, t.end) for t in tokenize.generate_tokens(io.StringIO(source).readline)
+                    if t.type == tokenize.COMMENT]
+    except (SyntaxError, tokenize.TokenError, ValueError):
+        return source
+    lines = source.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+
+    def offset(row: int, column: int, in_bytes: bool) -> int:
+        """Character offset of (1-based row, column); ast columns count UTF-8 bytes."""
+        if in_bytes:
+            column = len(lines[row - 1].encode("utf-8")[:column].decode("utf-8", errors="ignore"))
+        return starts[row - 1] + column
+
+    cuts = [(offset(*start, False), offset(*end, False)) for start, end in comments]
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                cuts.append((offset(first.lineno, first.col_offset, True),
+                             offset(first.end_lineno or first.lineno, first.end_col_offset or 0, True)))
+    kept, position = [], 0
+    for begin, end in sorted(cuts):
+        kept.append(source[position:begin])
+        position = max(position, end)
+    kept.append(source[position:])
+    return "\n".join(line.rstrip() for line in "".join(kept).splitlines() if line.strip()) + "\n"

@@ -1,0 +1,96 @@
+"""Code versions: what changes a stage's version and what does not."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from storage import versioning
+from storage.versioning import behaviour_source, code_version
+
+BASE = '''"""Module docstring."""
+import math  # a comment
+
+LABEL = "# not a comment"
+
+
+def area(r):
+    """Area of a circle.
+
+    Ünïcode in the docstring.
+    """
+    return math.pi * r * r  # pi r squared
+
+
+class Shape:
+    \'\'\'A class docstring.\'\'\'
+
+    sides = 0; """a string statement that is not a docstring"""
+
+    async def grow(self, by):
+        "One-line docstring."
+        return by
+'''
+
+
+def _fingerprint(source: str) -> str:
+    return hashlib.sha256(behaviour_source(source).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("edit", [
+    lambda s: s.replace("Module docstring.", "Reworded module docstring, longer."),
+    lambda s: s.replace("# a comment", "# another comment   "),
+    lambda s: s.replace("    Ünïcode in the docstring.\n", ""),
+    lambda s: s.replace("A class docstring.", "Changed."),
+    lambda s: s.replace('"One-line docstring."', '"""Now\n        two lines."""'),
+    lambda s: s.replace("return math.pi * r * r  # pi r squared", "return math.pi * r * r"),
+    lambda s: s.replace("\n\n\n", "\n\n\n\n\n") + "\n\n   \n",
+    lambda s: s.replace("import math", "import math   "),
+], ids=["module-doc", "comment", "doc-line", "class-doc", "one-line-doc", "trailing-comment", "blank-lines", "trailing-space"])
+def test_comments_docstrings_and_blank_lines_do_not_change_the_version(edit):
+    assert _fingerprint(edit(BASE)) == _fingerprint(BASE)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda s: s.replace("math.pi * r * r", "math.pi * r ** 2"),
+    lambda s: s.replace('"# not a comment"', '"# still not a comment!"'),
+    lambda s: s.replace("a string statement that is not a docstring", "edited"),
+    lambda s: s.replace("        return by", "            return by").replace("    async def grow(self, by):", "    async def grow(self, by):\n        if by:"),
+    lambda s: s.replace("sides = 0", "sides = 1"),
+], ids=["expression", "string-with-hash", "non-docstring-string", "indentation", "constant"])
+def test_code_edits_change_the_version(edit):
+    assert _fingerprint(edit(BASE)) != _fingerprint(BASE)
+
+
+def test_what_is_kept_is_the_code_itself():
+    kept = behaviour_source(BASE)
+    assert "docstring" not in kept.replace("not a docstring", "")
+    assert "comment" not in kept.replace("# not a comment", "")
+    assert 'LABEL = "# not a comment"' in kept and "return math.pi * r * r\n" in kept
+
+
+def test_unparsable_source_is_hashed_as_it_is():
+    broken = "def f(:\n    # comment\n"
+    assert behaviour_source(broken) == broken
+
+
+def test_code_version_of_a_package_follows_its_behaviour(tmp_path, monkeypatch):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "a.py").write_text(BASE, encoding="utf-8")
+    monkeypatch.setattr(versioning, "_PROJECT_ROOT", tmp_path)
+
+    def version() -> str:
+        code_version.cache_clear()
+        return code_version("pkg")
+
+    first = version()
+    (package / "a.py").write_text(BASE.replace("A class docstring.", "Reworded."), encoding="utf-8")
+    assert version() == first
+    (package / "a.py").write_text(BASE.replace("sides = 0", "sides = 2"), encoding="utf-8")
+    assert version() != first
+    (package / "a.py").write_text(BASE, encoding="utf-8")
+    (package / "b.py").write_text("X = 1\n", encoding="utf-8")
+    assert version() != first
+    code_version.cache_clear()
