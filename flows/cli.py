@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("file", help="the DuckDB database file to write (replaced if it exists)")
     export.add_argument("--store", default=None, help="store URL (default: ./store)")
 
-    gc = commands.add_parser("gc", help="remove what no run will use: unpublished files of dead writers, abandoned extraction shards")
+    gc = commands.add_parser("gc", help="remove what no run will use: unpublished files of dead writers, abandoned extraction shards, report figures of older report code")
     gc.add_argument("--store", default=None, help="store URL (default: ./store)")
     gc.add_argument("--older-than-days", type=float, default=7.0,
                     help="shards of an unpublished version count as abandoned when the newest is this old (default 7)")
@@ -171,9 +171,11 @@ def _sql(args: argparse.Namespace) -> int:
 
 def _gc(args: argparse.Namespace) -> int:
     """Published data is never touched: only versions without a manifest whose writer died
-    (``Store.sweep_abandoned``) and shard folders no extraction will resume (``storage.shards``)."""
+    (``Store.sweep_abandoned``), shard folders no extraction will resume (``storage.shards``) and
+    report figures cached by other versions of the drawing code (``storage.figure_cache``)."""
     import math
 
+    from storage.figure_cache import remove_stale_namespaces
     from storage.runs import open_for_run
     from storage.shards import remove_stale_partials
     from storage.store import Store
@@ -184,11 +186,14 @@ def _gc(args: argparse.Namespace) -> int:
     crashed, swept = ([], []) if args.dry_run else open_for_run(store)  # as a run starts: dead runs, dead writers
     now = time.time()
     partials = remove_stale_partials(store, args.older_than_days * 86400.0, dry_run=args.dry_run)
+    figures = remove_stale_namespaces(store, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for entry in partials:
         why = ("its version is published" if entry["reason"] == "published"
                else f"unpublished, newest shard {(now - entry['newest']) / 86400.0:.1f} days old")
         print(f"{verb} {entry['version']}/_partial: {entry['shards']} shards, {entry['bytes'] / 1e6:.1f} MB ({why})")
+    for key in figures:
+        print(f"{verb} {key}: report figures drawn by another version of the report code")
     for run_id in crashed:
         print(f"marked run {run_id} CRASHED (its process is gone)")
     for version in swept:

@@ -52,10 +52,13 @@ def write_report(
 ) -> tuple[Path, "Report"]:
     """Build the report of ``run_id`` (default: latest completed run) and write it under ``out``:
     ``report.html`` (self-contained) and ``figures/<name>.png|svg``. Returns (page path, report)."""
+    from storage.figure_cache import StoreFigureCache
+    from storage.store import Store
     from tasks.report import build_report
     from tasks.report_source import load_report_input
 
-    report = build_report(load_report_input(store, run_id=run_id, pair=pair), formats=formats)
+    target = Store(store)
+    report = build_report(load_report_input(target, run_id=run_id, pair=pair), formats=formats, cache=StoreFigureCache(target))
     out = Path(out)
     for relative, content in report.files().items():
         target = out / relative
@@ -82,7 +85,8 @@ def publish_report_artifact(store: str, record: dict[str, Any]) -> str | None:
     """Build the report of the run described by ``record`` (the pipeline's run record: ``run_id``,
     ``alignment_versions``, ``feature_versions``, ``dataset_version``), store it under
     ``reports/<run_id>/report.html`` and publish the markdown artifact ``prh-report``: where the
-    report is, the first metric's model × model heatmap, and each metric's chance level.
+    report is, the first metric's model × model heatmap, and each metric's chance level. Figures
+    whose rows did not change since an earlier run are reused (``storage.figure_cache``).
 
     Returns the report's URL in the store. A report that cannot be built is logged as a warning
     and None is returned: the run's results are already published and stay valid.
@@ -90,6 +94,7 @@ def publish_report_artifact(store: str, record: dict[str, Any]) -> str | None:
     from prefect import get_run_logger
     from prefect.artifacts import create_markdown_artifact
 
+    from storage.figure_cache import StoreFigureCache
     from storage.store import Store, redact_url
     from tasks.report import build_report
     from tasks.report_source import load_report_input
@@ -97,8 +102,10 @@ def publish_report_artifact(store: str, record: dict[str, Any]) -> str | None:
     logger = get_run_logger()
     try:
         target = Store(store)
-        report = build_report(load_report_input(target, record=record), formats=("png",))
+        cache = StoreFigureCache(target)
+        report = build_report(load_report_input(target, record=record), formats=("png",), cache=cache)
         key = store_report(target, str(record["run_id"]), report)
+        logger.info("report figures: %d drawn, %d reused from earlier runs", cache.misses, cache.hits)
     except Exception as error:  # the report is a view of published results; never fail the run for it
         logger.warning("report not built: %s: %s", type(error).__name__, error)
         return None

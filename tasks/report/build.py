@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from matplotlib.figure import Figure
 
 from tasks.report import heatmaps, html, scaling
-from tasks.report.figures import RenderedFigure, render
+from tasks.report.figures import FigureCache, RenderedFigure, render_cached
 from tasks.report.tables import ReportInput, ci_columns, common_chance, metrics_of, model_grid, number, pairs_of, rows
 
 TITLE = "prh alignment report"
@@ -32,11 +36,14 @@ class Report:
         return next(f for f in self.figures if f.name == name)
 
 
-def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), pairs: list[tuple[str, str]] | None = None) -> Report:
+def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), pairs: list[tuple[str, str]] | None = None,
+                 cache: FigureCache | None = None) -> Report:
     """Every figure and the page for ``data``.
 
     ``formats``: file formats of the figures (PNG always; SVG for all but the layer × layer
-    figures); ``pairs``: the model pairs of the layer × layer section (default: every pair).
+    figures); ``pairs``: the model pairs of the layer × layer section (default: every pair);
+    ``cache``: figures already drawn from the same rows (a figure is keyed by the rows it shows:
+    one metric's best scores, one model pair's layer scores), so a rerun draws only what changed.
     """
     best, scores, models = rows(data.best), rows(data.scores), rows(data.models)
     metrics = metrics_of(best)
@@ -44,10 +51,17 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
     figures: list[RenderedFigure] = []
     sections = []
 
-    def add(name: str, caption: str, figure, only_png: bool = False) -> str:
-        rendered = render(name, caption, figure, ("png",) if only_png else formats)
+    def add(name: str, caption: str, draw: Callable[[], Figure], inputs: Any, only_png: bool = False) -> str:
+        rendered = render_cached(name, caption, draw, inputs, ("png",) if only_png else formats, cache)
         figures.append(rendered)
         return html.figure(rendered)
+
+    def of_metric(metric: str) -> list[dict[str, Any]]:
+        return [r for r in best if r["metric"] == metric]
+
+    by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in scores:
+        by_pair.setdefault((r["model_a"], r["model_b"]), []).append(r)
 
     run = data.run
     n_samples = sorted({int(r["n_samples"]) for r in best if r.get("n_samples") is not None})
@@ -63,25 +77,29 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
     parts = []
     for metric in metrics:
         chance = common_chance(best, metric)
+        grid = model_grid(best, metric, "score")
         parts.append(add(f"model-heatmap-{metric}", f"{metric}: best score per model pair, annotated with × chance"
                          + (f" (chance = {chance:.4f}, red line on the colour bar)" if chance is not None else ""),
-                         heatmaps.model_heatmap(model_grid(best, metric, "score"), metric, False, chance)))
+                         lambda grid=grid, metric=metric, chance=chance: heatmaps.model_heatmap(grid, metric, False, chance),
+                         [of_metric(metric), chance]))
         calibrated = model_grid(best, metric, "calibrated_score")
         if (calibrated.values == calibrated.values).any():
             parts.append(add(f"model-heatmap-{metric}-calibrated", f"{metric}: permutation-calibrated score and p-value "
-                             "(0 = not above the null's 1−α quantile)", heatmaps.model_heatmap(calibrated, metric, True)))
+                             "(0 = not above the null's 1−α quantile)",
+                             lambda calibrated=calibrated, metric=metric: heatmaps.model_heatmap(calibrated, metric, True),
+                             [of_metric(metric)]))
         else:
             notes.append(f"{metric}: no calibrated scores (the run used no permutations)")
     sections.append(html.section("Model × model", "model-heatmaps", html.figures(*parts)))
 
     parts = []
     for metric in metrics:
-        quality = scaling.alignment_vs_quality(best, models, metric)
-        if quality is not None:
-            parts.append(add(f"quality-{metric}", f"{metric} against language-model quality (1 − bits per byte)", quality))
-        size = scaling.alignment_vs_size(best, models, metric)
-        if size is not None:
-            parts.append(add(f"size-{metric}", f"{metric} against parameter count", size))
+        for kind, caption, points, draw in (
+                ("quality", "against language-model quality (1 − bits per byte)", scaling.quality_points, scaling.alignment_vs_quality),
+                ("size", "against parameter count", scaling.size_points, scaling.alignment_vs_size)):
+            if points(best, models, metric):
+                parts.append(add(f"{kind}-{metric}", f"{metric} {caption}",
+                                 lambda draw=draw, metric=metric: draw(best, models, metric), [of_metric(metric), models]))
     with_bpb = sorted(m["model"] for m in models if number(m.get("bits_per_byte")) is not None)
     if not with_bpb:
         notes.append("no language model has bits per byte (only causal LMs do): the quality figure is left out")
@@ -95,11 +113,13 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
 
     parts = []
     for model_a, model_b in pairs_of(best) if pairs is None else pairs:
-        figure = heatmaps.layer_heatmaps(scores, best, model_a, model_b, metrics)
-        if figure is not None:
+        pair_scores = by_pair.get((model_a, model_b), [])
+        pair_best = [r for r in best if r["model_a"] == model_a and r["model_b"] == model_b]
+        if any(r["metric"] in metrics for r in pair_scores):
             # PNG only: a layer matrix is a raster image, which SVG would only wrap (and slowly).
             parts.append(add(f"layers-{model_a}__{model_b}", f"{model_a} × {model_b}: every layer pair (red box: the best pair)",
-                             figure, only_png=True))
+                             lambda a=model_a, b=model_b, s=pair_scores, p=pair_best: heatmaps.layer_heatmaps(s, p, a, b, metrics),
+                             [pair_scores, pair_best, metrics], only_png=True))
     if not parts:
         notes.append("no layer × layer scores for the selected pairs")
     sections.append(html.section("Layer × layer", "layer-heatmaps", html.figures(*parts)))

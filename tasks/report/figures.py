@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -29,7 +33,7 @@ def to_png(figure: Figure, dpi: int = DPI) -> bytes:
 def to_svg(figure: Figure) -> bytes:
     """The figure as SVG (UTF-8 bytes); text stays text, so numbers are searchable."""
     buffer = io.BytesIO()
-    with rc_context({"svg.fonttype": "none"}):
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "prh"}):  # fixed ids: same figure, same bytes
         figure.savefig(buffer, format="svg", metadata={"Date": None})
     return buffer.getvalue()
 
@@ -53,3 +57,40 @@ def render(name: str, caption: str, figure: Figure, formats: tuple[str, ...] = (
     if "svg" in formats:
         files["svg"] = to_svg(figure)
     return RenderedFigure(name, caption, files)
+
+
+class FigureCache(Protocol):
+    """Encoded figures by content digest (``figure_digest``): a rerun whose figure inputs did not
+    change reuses the files instead of drawing them again. The owner of a cache namespaces it by
+    the drawing code's version, so a change to how a figure is drawn never reads a stale image."""
+
+    def get(self, digest: str, formats: tuple[str, ...]) -> dict[str, bytes] | None:
+        """Files of every one of ``formats`` for ``digest``, or None if any is missing."""
+
+    def put(self, digest: str, files: dict[str, bytes]) -> None:
+        """Keep ``files`` (format → bytes) under ``digest``; a cache that cannot write ignores it."""
+
+
+def figure_digest(name: str, inputs: Any) -> str:
+    """SHA-256 hex digest of a figure's name and everything it is drawn from (JSON-able
+    ``inputs``: rows, numbers, names; NaN and non-JSON values such as timestamps by their text)."""
+    encoded = json.dumps([name, inputs], sort_keys=True, separators=(",", ":"), default=str, allow_nan=True)
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
+def render_cached(name: str, caption: str, draw: Callable[[], Figure], inputs: Any,
+                  formats: tuple[str, ...] = ("png", "svg"), cache: FigureCache | None = None) -> RenderedFigure:
+    """``render(name, caption, draw(), formats)``, or the cached files of the same ``inputs``.
+
+    ``draw`` must depend on nothing but ``inputs`` (and the drawing code). PNG is always made.
+    """
+    wanted = ("png", *(f for f in formats if f != "png"))
+    digest = figure_digest(name, inputs) if cache is not None else ""
+    if cache is not None:
+        files = cache.get(digest, wanted)
+        if files is not None:
+            return RenderedFigure(name, caption, {f: files[f] for f in wanted})
+    rendered = render(name, caption, draw(), wanted)
+    if cache is not None:
+        cache.put(digest, rendered.files)
+    return rendered

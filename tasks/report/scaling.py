@@ -28,11 +28,33 @@ def cross_modal(best: list[dict[str, Any]], metric: str, modality: dict[str, str
             yield r["model_b"], r["model_a"], r
 
 
+Point = tuple[str, str, dict[str, Any]]  # (vision model, language model, alignment_best row)
+
+
+def _quality(models: list[dict[str, Any]]) -> dict[str, float]:
+    return {m["model"]: 1.0 - bpb for m in models if (bpb := number(m.get("bits_per_byte"))) is not None}
+
+
+def _size(models: list[dict[str, Any]]) -> dict[str, float]:
+    return {m["model"]: float(p) for m in models if (p := number(m.get("param_count"))) is not None and p > 0}
+
+
+def quality_points(best: list[dict[str, Any]], models: list[dict[str, Any]], metric: str) -> list[Point]:
+    """The vision–language pairs of ``metric`` whose language model has bits per byte."""
+    modality, quality = {m["model"]: m.get("modality") for m in models}, _quality(models)
+    return [(v, l, r) for v, l, r in cross_modal(best, metric, modality) if l in quality]
+
+
+def size_points(best: list[dict[str, Any]], models: list[dict[str, Any]], metric: str) -> list[Point]:
+    """The vision–language pairs of ``metric`` where both models have a parameter count."""
+    modality, size = {m["model"]: m.get("modality") for m in models}, _size(models)
+    return [(v, l, r) for v, l, r in cross_modal(best, metric, modality) if v in size and l in size]
+
+
 def alignment_vs_quality(best: list[dict[str, Any]], models: list[dict[str, Any]], metric: str) -> Figure | None:
     """Alignment to each vision model against the language model's 1 − bits per byte (None: no LM has it)."""
-    modality = {m["model"]: m.get("modality") for m in models}
-    quality = {m["model"]: 1.0 - bpb for m in models if (bpb := number(m.get("bits_per_byte"))) is not None}
-    points = [(v, l, r) for v, l, r in cross_modal(best, metric, modality) if l in quality]
+    quality = _quality(models)
+    points = quality_points(best, models, metric)
     if not points:
         return None
     figure = new_figure(5.6, 3.8)
@@ -48,9 +70,8 @@ def alignment_vs_quality(best: list[dict[str, Any]], models: list[dict[str, Any]
 
 def alignment_vs_size(best: list[dict[str, Any]], models: list[dict[str, Any]], metric: str) -> Figure | None:
     """Two panels: alignment against the language model's and the vision model's parameter count."""
-    modality = {m["model"]: m.get("modality") for m in models}
-    size = {m["model"]: float(p) for m in models if (p := number(m.get("param_count"))) is not None and p > 0}
-    points = [(v, l, r) for v, l, r in cross_modal(best, metric, modality) if v in size and l in size]
+    size = _size(models)
+    points = size_points(best, models, metric)
     if not points:
         return None
     figure = new_figure(9.6, 3.8)

@@ -62,6 +62,35 @@ def test_report_of_a_chosen_run_and_errors(store, tmp_path, capsys):
     assert "no completed run" in capsys.readouterr().err
 
 
+def test_a_second_report_reuses_the_stored_figures(store, report_dir, tmp_path):
+    """The first report stored its figures in the store's figure cache; the next one serves them
+    from there (shown by swapping one cached image) and draws nothing that did not change."""
+    import io
+
+    from PIL import Image
+
+    from storage.figure_cache import StoreFigureCache
+
+    cache = StoreFigureCache(Store(store[0]))
+    cached = sorted(Path(Store(store[0]).path(f"reports/figures/{cache.namespace}")).glob("*.png"))
+    assert len(cached) >= len(list((report_dir / "figures").glob("*.png")))
+    marker = io.BytesIO()
+    Image.new("RGB", (3, 2), (255, 0, 0)).save(marker, format="PNG")
+    by_content = {p.read_bytes(): p for p in cached}
+    swapped = by_content[(report_dir / "figures" / "model-heatmap-mutual_knn.png").read_bytes()]
+    original = swapped.read_bytes()
+    swapped.write_bytes(marker.getvalue())
+    try:
+        assert main(["report", "--store", store[0], "--out", str(tmp_path / "again")]) == 0
+    finally:
+        swapped.write_bytes(original)
+    again = tmp_path / "again" / "figures"
+    assert (again / "model-heatmap-mutual_knn.png").read_bytes() == marker.getvalue()
+    for figure in (report_dir / "figures").iterdir():
+        if figure.name != "model-heatmap-mutual_knn.png":
+            assert (again / figure.name).read_bytes() == figure.read_bytes(), figure.name
+
+
 def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--hide-scrollbars", f"--user-data-dir={tmp / 'chromium-profile'}"]

@@ -114,3 +114,64 @@ def test_figure_functions_on_their_own():
 def test_section_links_point_at_sections(report):
     anchors = re.findall(r'<a href="#([a-z-]+)">', report.html)
     assert anchors and all(f'<section id="{a}">' in report.html for a in anchors)
+
+
+class _DictCache:
+    """A FigureCache in memory that counts what it served and what it was given."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, dict[str, bytes]] = {}
+        self.served: list[str] = []
+        self.stored: list[str] = []
+
+    def get(self, digest, formats):
+        found = self.files.get(digest)
+        if found is None or any(f not in found for f in formats):
+            return None
+        self.served.append(digest)
+        return found
+
+    def put(self, digest, files):
+        self.stored.append(digest)
+        self.files[digest] = dict(files)
+
+
+def test_a_rerun_reuses_every_figure_and_redraws_only_what_changed(report):
+    cache = _DictCache()
+    first = build_report(_input(), formats=("png", "svg"), cache=cache)
+    assert not cache.served and len(cache.stored) == len(first.figures)
+    assert first.files() == report.files()  # drawing through a cache changes nothing
+
+    again = build_report(_input(), formats=("png", "svg"), cache=cache)
+    assert len(cache.served) == len(first.figures) and len(cache.stored) == len(first.figures)
+    assert again.html == first.html and again.files() == first.files()
+
+    # one layer score of one pair changes: that pair's layer figure is drawn again, nothing else
+    data = _input()
+    changed = score_rows()
+    target = next(r for r in changed if r["model_a"] == "vit-s" and r["model_b"] == "lm-b" and r["layer_a"] == 0)
+    target["score"] += 0.001
+    cache.served.clear(), cache.stored.clear()
+    build_report(ReportInput(data.run, data.best, table(changed), data.models, data.examples, data.notes), formats=("png", "svg"), cache=cache)
+    assert len(cache.stored) == 1 and len(cache.served) == len(first.figures) - 1
+
+    # one best score changes: that metric's heatmaps, scaling figures and that pair's layer figure
+    best = best_rows()
+    next(r for r in best if r["metric"] == "cka" and r["model_a"] == "vit-b" and r["model_b"] == "lm-a")["score"] += 0.001
+    cache.served.clear(), cache.stored.clear()
+    build_report(ReportInput(data.run, table(best), data.scores, data.models, data.examples, data.notes),
+                           formats=("png", "svg"), cache=cache)
+    assert len(cache.stored) == 5  # model-heatmap-cka, its calibrated twin, quality-cka, size-cka, layers-vit-b__lm-a
+    assert len(cache.served) == len(first.figures) - 5
+
+
+def test_a_cache_entry_without_every_format_is_drawn_again():
+    cache = _DictCache()
+    build_report(_input(examples=False), formats=("png",), cache=cache)
+    assert all(set(files) == {"png"} for files in cache.files.values())
+    cache.served.clear(), cache.stored.clear()
+    with_svg = build_report(_input(examples=False), formats=("png", "svg"), cache=cache)
+    layer_figures = [f for f in with_svg.figures if f.name.startswith("layers-")]
+    assert len(cache.served) == len(layer_figures)  # PNG only either way
+    assert len(cache.stored) == len(with_svg.figures) - len(layer_figures)
+    assert all("svg" in f.files for f in with_svg.figures if not f.name.startswith("layers-"))

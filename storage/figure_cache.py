@@ -1,0 +1,85 @@
+"""Rendered report figures kept in the store, so that a rerun draws only what changed.
+
+Layout: ``reports/figures/<drawing-code version>/<digest>.<format>``, where the digest is
+``tasks.report.figures.figure_digest`` of the rows a figure shows. The namespace is the version of
+the code that draws (``tasks/report``), so a changed drawing is never served from an older
+namespace; ``prh gc`` removes the namespaces of other code versions.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from storage.store import Store
+from storage.versioning import code_version
+
+FIGURES = "reports/figures"
+# Leading bytes of a complete file of each format (a file is written atomically, but a store may
+# still hold something else under the name).
+_SIGNATURES = {"png": (b"\x89PNG\r\n\x1a\n",), "svg": (b"<?xml", b"<svg")}
+
+log = logging.getLogger(__name__)
+
+
+def drawing_version() -> str:
+    """Version of the code that draws the report's figures."""
+    return code_version("tasks/report")
+
+
+class StoreFigureCache:
+    """A ``tasks.report.figures.FigureCache`` in ``store``. Reads that fail are misses; the first
+    write that fails (a read-only store) turns writing off for this cache, never the report."""
+
+    def __init__(self, store: Store, namespace: str | None = None) -> None:
+        self.store = store
+        self.namespace = namespace or drawing_version()
+        self.writable = True
+        self.hits = self.misses = 0
+
+    def _key(self, digest: str, fmt: str) -> str:
+        return Store.key(*FIGURES.split("/"), self.namespace, f"{digest}.{fmt}")
+
+    def get(self, digest: str, formats: tuple[str, ...]) -> dict[str, bytes] | None:
+        files = {}
+        for fmt in formats:
+            try:
+                data = self.store.read_bytes(self._key(digest, fmt))
+            except (OSError, ValueError):
+                data = b""
+            if not data.startswith(_SIGNATURES.get(fmt, (b"",))):
+                self.misses += 1
+                return None
+            files[fmt] = data
+        self.hits += 1
+        return files
+
+    def put(self, digest: str, files: dict[str, bytes]) -> None:
+        if not self.writable:
+            return
+        try:
+            for fmt, data in files.items():
+                self.store.write_bytes(self._key(digest, fmt), data)
+        except (OSError, ValueError) as error:
+            self.writable = False
+            log.info("figure cache in %s not written (%s: %s); figures are drawn every time",
+                     self.store.display_url, type(error).__name__, error)
+
+
+def stale_namespaces(store: Store, current: str | None = None) -> list[str]:
+    """Figure-cache namespaces other than the current drawing code's (``reports/figures/<ns>``)."""
+    current = current or drawing_version()
+    base = store.path(FIGURES)
+    if not store.fs.exists(base):
+        return []
+    store.fs.invalidate_cache(base)
+    found = [store.key_of(p) for p in store.fs.ls(base, detail=False)]
+    return sorted(key for key in found if key.rsplit("/", 1)[-1] != current)
+
+
+def remove_stale_namespaces(store: Store, current: str | None = None, dry_run: bool = False) -> list[str]:
+    """Remove (or with ``dry_run`` only list) the stale namespaces; returns their keys."""
+    stale = stale_namespaces(store, current)
+    if not dry_run:
+        for key in stale:
+            store.fs.rm(store.path(key), recursive=True)
+    return stale

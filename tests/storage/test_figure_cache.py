@@ -1,0 +1,76 @@
+"""Report figures cached in the store (local folder and S3): hits, misses, damaged entries, a
+store that refuses writes, and the namespaces `prh gc` removes."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.cli import main
+from storage.figure_cache import FIGURES, StoreFigureCache, drawing_version, remove_stale_namespaces, stale_namespaces
+from storage.store import Store
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"pixels"
+SVG = b"<?xml version='1.0'?><svg/>"
+
+
+def test_round_trip_and_misses(store_url):
+    store = Store(store_url)
+    cache = StoreFigureCache(store)
+    assert cache.namespace == drawing_version()
+    assert cache.get("d1", ("png",)) is None
+    cache.put("d1", {"png": PNG, "svg": SVG})
+    assert cache.get("d1", ("png", "svg")) == {"png": PNG, "svg": SVG}
+    assert cache.get("d1", ("png",)) == {"png": PNG}
+    cache.put("d2", {"png": PNG})
+    assert cache.get("d2", ("png", "svg")) is None  # one format missing: drawn again
+    assert (cache.hits, cache.misses) == (2, 2)
+    assert store.exists(f"{FIGURES}/{cache.namespace}/d1.png")
+    assert StoreFigureCache(store, namespace="other").get("d1", ("png",)) is None  # other drawing code, other entries
+
+
+def test_a_damaged_entry_is_a_miss(store_url):
+    store = Store(store_url)
+    cache = StoreFigureCache(store)
+    cache.put("d", {"png": PNG})
+    store.write_bytes(f"{FIGURES}/{cache.namespace}/d.png", b"<html>proxy error</html>")
+    assert cache.get("d", ("png",)) is None
+    store.write_bytes(f"{FIGURES}/{cache.namespace}/d.png", b"")
+    assert cache.get("d", ("png",)) is None
+
+
+def test_a_store_that_refuses_writes_turns_writing_off(tmp_path):
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / "reports").write_bytes(b"a file where the folder should be")  # every write below it fails
+    cache = StoreFigureCache(Store(str(root)))
+    cache.put("d", {"png": PNG})
+    assert cache.writable is False and cache.get("d", ("png",)) is None
+    cache.put("e", {"png": PNG})  # no second attempt, no error
+    assert (root / "reports").read_bytes().startswith(b"a file")
+
+
+def test_stale_namespaces_and_gc(store_url, capsys):
+    store = Store(store_url)
+    assert stale_namespaces(store) == []  # nothing cached yet
+    current = StoreFigureCache(store)
+    current.put("d", {"png": PNG})
+    StoreFigureCache(store, namespace="0123456789abcdef").put("d", {"png": PNG})
+    StoreFigureCache(store, namespace="fedcba9876543210").put("e", {"png": PNG, "svg": SVG})
+    old = [f"{FIGURES}/0123456789abcdef", f"{FIGURES}/fedcba9876543210"]
+    assert stale_namespaces(store) == old
+    assert remove_stale_namespaces(store, dry_run=True) == old and store.exists(f"{FIGURES}/fedcba9876543210/e.svg")
+    assert main(["gc", "--store", store_url]) == 0
+    out = capsys.readouterr().out
+    assert all(f"removed {key}: report figures drawn by another version of the report code" in out for key in old)
+    assert stale_namespaces(store) == [] and not store.exists(f"{FIGURES}/fedcba9876543210/e.svg")
+    assert current.get("d", ("png",)) == {"png": PNG}
+
+
+@pytest.mark.parametrize("namespace", ["../x", "a/b", ""])
+def test_namespaces_are_checked_like_any_key(tmp_path, namespace):
+    cache = StoreFigureCache(Store(str(tmp_path / "s")), namespace=namespace or None)
+    if namespace:
+        with pytest.raises(ValueError):
+            cache._key("d", "png")
+    else:
+        assert cache.namespace == drawing_version()
