@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
@@ -42,8 +42,11 @@ from storage.s3_options import describe_s3_error
 
 MANIFEST = "manifest.json"
 CLAIM = ".publishing"
-#: A writer rewrites its claim this often while it publishes (``heartbeat_at``), so that a claim
-#: whose writer died on another host (whose process cannot be checked) goes stale quickly.
+#: A writer's sign of life while it publishes: ``<version>/.publishing-alive-<owner id>``, its own
+#: file (``heartbeat_at``), so that renewing never writes the claim itself.
+HEARTBEAT_PREFIX = ".publishing-alive-"
+#: A writer renews its sign of life this often while it publishes, so that a claim whose writer
+#: died on another host (whose process cannot be checked) goes stale quickly.
 CLAIM_HEARTBEAT_SECONDS = 20.0
 #: A claim whose last heartbeat is older than this is taken over: 15 missed heartbeats, and room
 #: for minutes of clock skew between hosts.
@@ -302,8 +305,10 @@ class Store:
         ``<version_key>/.publishing`` exclusively. The one that gets it writes every file and
         the manifest, then drops the claim; the others wait for the manifest and return it
         (``written=False``). So the store ends with one complete copy, one writer's files and
-        its manifest, never a mix. The writer renews its claim every ``CLAIM_HEARTBEAT_SECONDS``
-        (at most ``stale_after_s / 4``) while it writes. A claim whose writer is known to be dead
+        its manifest, never a mix. The writer leaves a sign of life beside its claim every
+        ``CLAIM_HEARTBEAT_SECONDS`` (at most ``stale_after_s / 4``) while it writes, and checks
+        before each file that the claim is still its own (if not, it writes nothing more and
+        waits for the new writer's manifest). A claim whose writer is known to be dead
         (a process of this host that exited, see ``storage.owner``) or whose last heartbeat is
         older than ``stale_after_s`` (a writer on another host that died) is removed and the
         claim retried; the dead writer's files, never listed in a manifest, are overwritten by
@@ -330,12 +335,14 @@ class Store:
             token = _claim_token()
             if self.create_exclusive(claim_key, token) or self._claim_is(claim_key, token):
                 try:
-                    with _Heartbeat(self, claim_key, token, min(CLAIM_HEARTBEAT_SECONDS, stale_after_s / 4)):
+                    with _Heartbeat(self, claim_key, token, min(CLAIM_HEARTBEAT_SECONDS, stale_after_s / 4)) as beat:
                         existing = self._fresh_manifest(version_key)  # finished between our check and our claim
                         if existing is not None:
                             return Published(version_key, existing, written=False)
-                        return Published(version_key, self._write_version(version_key, files, manifest, row_group_size),
-                                         written=True)
+                        return Published(version_key, self._write_version(version_key, files, manifest, row_group_size,
+                                                                           beat.check), written=True)
+                except _ClaimLost:
+                    pass  # judged dead and taken over while stalled: wait for the new writer's manifest
                 finally:
                     self._release(claim_key, token)
             self._drop_if_stale(claim_key, stale_after_s)
@@ -360,16 +367,21 @@ class Store:
         return owner if isinstance(owner, str) else None
 
     def _release(self, claim_key: str, token: bytes) -> None:
-        """Drop our claim. If that fails (the endpoint is down), the claim stays behind: it is
-        remembered as abandoned by this process, so that this process's next publish of the version
-        takes it over at once (other processes: dead owner or ``stale_after_s``). Never raises, so
-        that the publish's own error, or its success, is what the caller sees."""
+        """Drop our claim and our sign of life. If that fails (the endpoint is down), the claim
+        stays behind: it is remembered as abandoned by this process, so that this process's next
+        publish of the version takes it over at once (other processes: dead owner or
+        ``stale_after_s``). Never raises, so that the publish's own error, or its success, is what
+        the caller sees."""
         owner = json.loads(token)["owner"]
         try:
             if self._claim_owner(claim_key) in (owner, None):  # not a claim another writer took over
                 self.delete(claim_key)
         except Exception:  # noqa: BLE001 - see the docstring
             _ABANDONED_CLAIMS.add(owner)
+        try:
+            self.delete(_heartbeat_key(claim_key, owner))
+        except Exception:  # noqa: BLE001 - a leftover sign of life is never read once its claim is gone
+            pass
 
     def _failure(self, action: str, error: BaseException) -> BaseException:
         """``error`` re-raised with a message naming the store (redacted), the action and the S3
@@ -400,15 +412,29 @@ class Store:
             alive_at = max(float(token["claimed_at"]), float(token.get("heartbeat_at") or 0.0))
         except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
             return False
-        abandoned = token.get("owner") in _ABANDONED_CLAIMS
+        owner = token.get("owner")
+        if isinstance(owner, str):
+            alive_at = max(alive_at, self._heartbeat_at(claim_key, owner))
+        abandoned = owner in _ABANDONED_CLAIMS
         if abandoned or owner_is_dead(token.get("process")) or time.time() - alive_at > stale_after_s:
             try:
                 if self.read_bytes(claim_key) == raw:  # still the same claim
                     self.delete(claim_key)
+                    if isinstance(owner, str):
+                        self.delete(_heartbeat_key(claim_key, owner))
                     return True
-            except FileNotFoundError:
+            except (FileNotFoundError, ValueError):
                 pass
         return False
+
+    def _heartbeat_at(self, claim_key: str, owner: str) -> float:
+        """Time of ``owner``'s last sign of life for this claim (0 when there is none)."""
+        try:
+            key = _heartbeat_key(claim_key, owner)
+            self.fs.invalidate_cache(self.path(key))
+            return float(json.loads(self.read_bytes(key))["heartbeat_at"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
+            return 0.0
 
     def sweep_abandoned(self, prefixes: tuple[str, ...] = ("datasets", "features", "alignment"),
                         stale_after_s: float = STALE_CLAIM_SECONDS) -> list[str]:
@@ -446,28 +472,43 @@ class Store:
         return swept
 
     def _write_version(
-        self, version_key: str, files: dict[str, pa.Table | bytes], manifest: dict[str, Any], row_group_size: int | None
+        self, version_key: str, files: dict[str, pa.Table | bytes], manifest: dict[str, Any], row_group_size: int | None,
+        still_ours: Callable[[], None] = lambda: None,
     ) -> dict[str, Any]:
+        """Every file, then the manifest; ``still_ours`` (raises ``_ClaimLost``) runs before each write."""
         listing = {}
         for name, content in files.items():
             data = table_to_parquet_bytes(content, row_group_size) if isinstance(content, pa.Table) else content
+            still_ours()
             self.write_bytes(f"{version_key}/{safe_component(name, 'file name')}", data)
             listing[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
             del data
         full = {**manifest, "key": version_key, "files": listing, "published_at": utc_now()}
+        still_ours()
         self.write_json(f"{version_key}/{MANIFEST}", full)
         return full
 
 
+class _ClaimLost(Exception):
+    """This writer's claim was taken over (it looked dead): it must not write another file."""
+
+
+def _heartbeat_key(claim_key: str, owner: str) -> str:
+    """Where the owner of ``claim_key`` leaves its sign of life: beside the claim."""
+    return f"{claim_key.rsplit('/', 1)[0]}/{HEARTBEAT_PREFIX}{owner}"
+
+
 class _Heartbeat:
-    """While its ``with`` block runs, rewrites the claim ``claim_key`` every ``interval`` s with a
-    fresh ``heartbeat_at`` (same owner id), as long as the claim is still this writer's; a
-    failed rewrite (endpoint trouble) is tried again at the next beat. Leaving the block stops
-    the beats before the claim is released, so a beat never re-creates a released claim."""
+    """While its ``with`` block runs, writes the owner's sign of life (``<version>/
+    .publishing-alive-<owner>``, a fresh ``heartbeat_at``) every ``interval`` s, as long as the
+    claim is still this writer's. It writes only its own file, never the claim, so a writer that
+    stalled and was taken over cannot undo the takeover; a failed write (endpoint trouble) is
+    tried again at the next beat. ``check`` raises ``_ClaimLost`` once the claim is another's."""
 
     def __init__(self, store: "Store", claim_key: str, token: bytes, interval: float) -> None:
-        self._store, self._key, self._token, self._interval = store, claim_key, json.loads(token), interval
+        self._store, self._key, self._owner, self._interval = store, claim_key, json.loads(token)["owner"], interval
         self._stop = threading.Event()
+        self._lost = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"claim-heartbeat {claim_key}", daemon=True)
 
     def __enter__(self) -> "_Heartbeat":
@@ -478,13 +519,20 @@ class _Heartbeat:
         self._stop.set()
         self._thread.join(60.0)
 
+    def check(self) -> None:
+        """Raise ``_ClaimLost`` if the claim is no longer this writer's (read afresh)."""
+        if self._lost.is_set() or self._store._claim_owner(self._key) != self._owner:
+            self._lost.set()
+            raise _ClaimLost(self._key)
+
     def _beat(self) -> None:
+        alive = _heartbeat_key(self._key, self._owner)
         while not self._stop.wait(self._interval):
             try:
-                if self._store._claim_owner(self._key) != self._token["owner"]:
-                    return  # taken over (this writer looked dead): never overwrite another's claim
-                if not self._stop.is_set():
-                    self._store.write_bytes(self._key, json.dumps({**self._token, "heartbeat_at": time.time()}).encode())
+                if self._store._claim_owner(self._key) != self._owner:
+                    self._lost.set()
+                    return  # taken over (this writer looked dead)
+                self._store.write_bytes(alive, json.dumps({"owner": self._owner, "heartbeat_at": time.time()}).encode())
             except Exception:  # noqa: BLE001 - the next beat tries again; the publish reports real failures
                 continue
 

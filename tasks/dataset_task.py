@@ -31,6 +31,15 @@ def build_table(params: DatasetParams) -> tuple[pa.Table, pa.Table | None, str, 
         table = openmoji.build_openmoji_pairs(n=params.n, seed=params.seed, image_size=params.image_size)
         source = {"kind": "openmoji", "n": params.n, "seed": params.seed, "image_size": params.image_size, **openmoji.describe()}
         return table, None, params.name or f"openmoji-{table.num_rows}", source
+    if params.kind == "huggingface":
+        from tasks.data.hf_datasets import read_hf_dataset
+        from tasks.data.tables import validate_records
+
+        records, root, provenance = read_hf_dataset(params.path, params.revision, params.split, params.image_column,
+                                                    params.text_column, params.captions, params.n)
+        result = validate_records(records, root, f"{params.path} ({params.split})")
+        default = "-".join(p for p in (params.path.rstrip("/").rsplit("/", 1)[-1], params.revision, params.split) if p)
+        return result.table, result.rejected, params.name or _safe_name(default), {"kind": "huggingface", **provenance}
     from tasks.data.tables import load_paired_dataset
 
     result = load_paired_dataset(params.path)
@@ -39,10 +48,14 @@ def build_table(params: DatasetParams) -> tuple[pa.Table, pa.Table | None, str, 
 
 
 def _stem(path: str) -> str:
+    """A table's or folder's name without its suffix, as a safe dataset name."""
+    return _safe_name(path.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0])
+
+
+def _safe_name(text: str) -> str:
     import re
 
-    stem = path.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    return re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip(".-") or "dataset"
+    return re.sub(r"[^A-Za-z0-9._-]", "-", text).strip(".-") or "dataset"
 
 
 @task(name="load-dataset", tags=["prh-data"], retries=3, retry_delay_seconds=backoff(2, 3, factor=3),

@@ -45,17 +45,32 @@ class DatasetParams(BaseModel):
     """Where the paired image–caption data comes from."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["openmoji", "path"] = Field("openmoji", description="'openmoji': the embedded demo; 'path': a table or folder")
+    kind: Literal["openmoji", "path", "huggingface"] = Field(
+        "openmoji", description="'openmoji': the embedded demo; 'path': a table or folder; 'huggingface': a Hugging Face dataset")
     name: str | None = Field(None, description="Dataset name (default: derived from the source)")
-    n: Int | None = Field(1024, ge=2, description="openmoji: number of pairs in the seeded sample (null: all)")
+    n: Int | None = Field(1024, ge=2, description="openmoji: number of pairs in the seeded sample; huggingface: the first n rows "
+                          "of the split (null: all)")
     seed: Int = Field(0, description="openmoji: sampling seed")
     image_size: Int = Field(224, ge=16, le=2048, description="openmoji: rendered image size in pixels")
-    path: str | None = Field(None, description="path: a Parquet/CSV table (image, text[, sample_id]) or a folder of images with .txt captions")
+    path: str | None = Field(None, description="path: a Parquet/CSV table (image, text[, sample_id]) or a folder of images with "
+                             ".txt captions; huggingface: a hub dataset id (e.g. minhuh/prh) or a local dataset folder")
+    revision: str | None = Field(None, description="huggingface: hub branch, tag or commit (the paper's data: wit_1024)")
+    split: str = Field("train", min_length=1, description="huggingface: split to read")
+    image_column: str = Field("image", min_length=1, description="huggingface: column of the images")
+    text_column: str = Field("text", min_length=1, description="huggingface: column of the caption(s)")
+    captions: Literal["first", "all"] = Field(
+        "first", description="huggingface, several captions per image: 'first' (the paper's) or 'all' (one row per caption)")
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DatasetParams":
-        if self.kind == "path" and not (self.path or "").strip():
-            raise FieldError("path", "dataset.kind 'path' needs dataset.path (a table or a folder)")
+        if self.kind in ("path", "huggingface") and not (self.path or "").strip():
+            what = "a table or a folder" if self.kind == "path" else "a hub dataset id or a dataset folder"
+            raise FieldError("path", f"dataset.kind {self.kind!r} needs dataset.path ({what})")
+        if self.kind != "huggingface":
+            defaults = {"revision": None, "split": "train", "image_column": "image", "text_column": "text", "captions": "first"}
+            for name, default in defaults.items():
+                if getattr(self, name) != default:
+                    raise FieldError(name, f"dataset.{name} applies to kind 'huggingface' only (kind is {self.kind!r})")
         return self
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "RawRecord",
     "read_records",
+    "records_from_table",
 ]
 
 REQUIRED_COLUMNS = ("image", "text")
@@ -131,15 +132,25 @@ def _read_parquet(path: Path) -> list[RawRecord]:
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"dataset table {str(path)!r} could not be read: {exc}") from exc
 
-    images = _parquet_images(path, table.column("image"))
-    texts = _as_bytes(path, "text", table.column("text"), allow_integers=False)
+    return records_from_table(table, str(path))
+
+
+def records_from_table(table: pa.Table, where: str) -> list[RawRecord]:
+    """One record per row of an Arrow table with the Parquet layout's columns (``image``, ``text``,
+    optional ``sample_id``, ``image_id``; types as above). ``where`` names the table in messages.
+
+    Raises:
+        ValueError: a column of a type this layout does not accept.
+    """
+    images = _parquet_images(where, table.column("image"))
+    texts = _as_bytes(where, "text", table.column("text"), allow_integers=False)
     sample_ids = (
-        [_decode_id(v) for v in _as_bytes(path, "sample_id", table.column("sample_id"))]
+        [_decode_id(v) for v in _as_bytes(where, "sample_id", table.column("sample_id"))]
         if "sample_id" in table.column_names
         else [None] * table.num_rows
     )
     image_ids = (
-        [_decode_id(v) or None for v in _as_bytes(path, "image_id", table.column("image_id"))]
+        [_decode_id(v) or None for v in _as_bytes(where, "image_id", table.column("image_id"))]
         if "image_id" in table.column_names
         else [None] * table.num_rows
     )
@@ -150,7 +161,7 @@ def _read_parquet(path: Path) -> list[RawRecord]:
 
 
 def _as_bytes(
-    path: Path, name: str, column: pa.ChunkedArray, allow_integers: bool = True
+    where: str, name: str, column: pa.ChunkedArray, allow_integers: bool = True
 ) -> list[bytes | None]:
     """A string/binary (or integer) column as raw bytes, nulls as ``None``."""
     kind = column.type
@@ -163,7 +174,7 @@ def _as_bytes(
         or pa.types.is_large_binary(kind)
     ):
         wanted = "string, binary or integer" if allow_integers else "string or binary"
-        raise ValueError(f"dataset table {str(path)!r}: column {name!r} has type {kind}, expected {wanted}")
+        raise ValueError(f"dataset table {where!r}: column {name!r} has type {kind}, expected {wanted}")
     # Casting string → binary never checks UTF-8, so undecodable values survive to be reported.
     return pc.cast(column, pa.large_binary()).to_pylist()
 
@@ -173,7 +184,7 @@ def _decode_id(value: bytes | None) -> str:
     return "" if value is None else value.decode("utf-8", errors="backslashreplace")
 
 
-def _parquet_images(path: Path, column: pa.ChunkedArray) -> list[bytes | str | None]:
+def _parquet_images(where: str, column: pa.ChunkedArray) -> list[bytes | str | None]:
     kind = column.type
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
         return column.to_pylist()
@@ -190,7 +201,7 @@ def _parquet_images(path: Path, column: pa.ChunkedArray) -> list[bytes | str | N
                 result.append(item["path"])
         return result
     raise ValueError(
-        f"dataset table {str(path)!r}: column 'image' has type {kind}, expected binary (image "
+        f"dataset table {where!r}: column 'image' has type {kind}, expected binary (image "
         "bytes), string (a path relative to the table) or struct<bytes, path>"
     )
 

@@ -261,6 +261,24 @@ def load_paired_dataset(
     """
     source = Path(path)
     records, root = read_records(source)
+    return validate_records(records, root, str(source), max_image_pixels=max_image_pixels, min_valid_rows=min_valid_rows)
+
+
+def validate_records(
+    records: list[RawRecord],
+    root: Path,
+    source: str,
+    *,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    min_valid_rows: int = 2,
+) -> LoadResult:
+    """Check raw records from any reader (a table, a folder, a Hugging Face dataset) by the rules
+    of the module docstring. ``root``: the folder that relative image paths are read from;
+    ``source``: how messages name the dataset.
+
+    Raises:
+        ValueError: fewer than ``min_valid_rows`` valid rows (counting the rejections per reason).
+    """
     files = _FileReader(root)
     prepared = [_prepare(index, record, files) for index, record in enumerate(records)]
     distinct = {c.image_digest: c.image for c in prepared if isinstance(c, _Candidate)}
@@ -306,12 +324,12 @@ def load_paired_dataset(
     result = LoadResult(
         table=table,
         rejected=pa.Table.from_pylist([item for _, item in rejected], schema=REJECTED_SCHEMA),
-        source=str(source),
+        source=source,
     )
     if result.n_valid < min_valid_rows:
         counts = ", ".join(f"{reason}: {count}" for reason, count in result.summary().items()) or "none"
         raise ValueError(
-            f"dataset {str(source)!r} has {result.n_valid} valid row(s), at least {min_valid_rows} "
+            f"dataset {source!r} has {result.n_valid} valid row(s), at least {min_valid_rows} "
             f"needed; rejected rows by reason: {counts}"
         )
     return result

@@ -8,7 +8,8 @@ import time
 import pyarrow as pa
 import pytest
 
-from storage.store import CLAIM, Store
+from storage import store as store_module
+from storage.store import CLAIM, HEARTBEAT_PREFIX, Store
 
 
 def _files(writer: int) -> dict[str, pa.Table | bytes]:
@@ -77,7 +78,7 @@ class _SlowStore(Store):
     pause = 0.6
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        if not key.endswith((CLAIM, "manifest.json")):
+        if not key.endswith((CLAIM, "manifest.json")) and HEARTBEAT_PREFIX not in key:  # data files only
             time.sleep(self.pause)
         super().write_bytes(key, data)
 
@@ -99,19 +100,57 @@ def test_a_slow_live_writer_keeps_its_claim_by_heartbeat(store_url):
     assert results["slow"].written and not results["other"].written
     assert other.manifest("x/v")["writer"] == 1 and results["other"].manifest["writer"] == 1
     assert "heartbeat_at" not in first and not other.exists(f"x/v/{CLAIM}")
+    assert not [p for p in other.fs.ls(other.path("x/v"), detail=False) if HEARTBEAT_PREFIX in p]  # removed with the claim
 
 
-def test_heartbeat_never_overwrites_a_claim_taken_over(tmp_path):
+def test_a_writer_taken_over_stops_and_returns_the_new_writers_version(tmp_path):
+    """A writer that stalled, was judged dead and taken over: its heartbeat never rewrites the new
+    claim, it writes no further file once it sees the takeover, and its publish returns the new
+    writer's manifest (``written=False``)."""
     store = _SlowStore(str(tmp_path / "store"))
-    thread = threading.Thread(target=store.publish, args=("x/v", {"a.bin": b"1", "b.bin": b"2"}, {}), kwargs={"stale_after_s": 0.4})
+    results: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: results.setdefault(
+        "stalled", store.publish("x/v", {"a.bin": b"1", "b.bin": b"1", "c.bin": b"1"}, {"writer": 1}, stale_after_s=0.4)))
     thread.start()
-    time.sleep(0.3)
+    time.sleep(0.3)  # inside the first file's (slow) write
     foreign = json.dumps({"owner": "someone-else", "claimed_at": time.time(), "process": {"host": "elsewhere", "pid": 1}}).encode()
-    store.write_bytes(f"x/v/{CLAIM}", foreign)  # as if another writer had judged this one dead
-    time.sleep(0.5)  # several heartbeat intervals (0.1 s)
-    assert store.read_bytes(f"x/v/{CLAIM}") == foreign
+    new_writer = Store(str(tmp_path / "store"))
+    new_writer.write_bytes(f"x/v/{CLAIM}", foreign)  # as if another writer had judged this one dead
+    for _ in range(10):  # the new writer is alive: its own heartbeat, several of the stalled writer's beats (0.1 s)
+        new_writer.write_bytes(f"x/v/{HEARTBEAT_PREFIX}someone-else", json.dumps({"heartbeat_at": time.time()}).encode())
+        time.sleep(0.1)
+        assert new_writer.read_bytes(f"x/v/{CLAIM}") == foreign
+    assert not new_writer.exists("x/v/b.bin") and not new_writer.exists("x/v/c.bin")  # nothing written after the takeover was seen
+    for name in ("a.bin", "b.bin", "c.bin"):
+        new_writer.write_bytes(f"x/v/{name}", b"2")
+    new_writer.write_json("x/v/manifest.json", {"writer": 2, "key": "x/v", "files": {}})
+    new_writer.delete(f"x/v/{CLAIM}")
     thread.join(30)
-    assert store.read_bytes(f"x/v/{CLAIM}") == foreign  # release leaves another writer's claim alone
+    assert results["stalled"].written is False and results["stalled"].manifest["writer"] == 2
+    assert [new_writer.read_bytes(f"x/v/{n}") for n in ("a.bin", "b.bin", "c.bin")] == [b"2"] * 3
+    assert not new_writer.exists(f"x/v/{CLAIM}")
+
+
+def test_release_leaves_a_claim_taken_over_alone(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    token = store_module._claim_token()
+    assert store.create_exclusive(f"x/v/{CLAIM}", token)
+    foreign = json.dumps({"owner": "someone-else", "claimed_at": time.time()}).encode()
+    store.write_bytes(f"x/v/{CLAIM}", foreign)
+    store._release(f"x/v/{CLAIM}", token)
+    assert store.read_bytes(f"x/v/{CLAIM}") == foreign
+
+
+def test_a_claim_is_alive_while_its_owner_beats(store_url):
+    store = Store(store_url)
+    claim = json.dumps({"owner": "w", "claimed_at": time.time() - 3600, "process": {"host": "elsewhere", "pid": 1}}).encode()
+    store.write_bytes(f"x/v/{CLAIM}", claim)
+    store.write_bytes(f"x/v/{HEARTBEAT_PREFIX}w", json.dumps({"heartbeat_at": time.time() - 5}).encode())
+    store.write_bytes(f"x/v/{HEARTBEAT_PREFIX}other", json.dumps({"heartbeat_at": time.time()}).encode())
+    assert not store._drop_if_stale(f"x/v/{CLAIM}", 60.0) and store.exists(f"x/v/{CLAIM}")
+    store.write_bytes(f"x/v/{HEARTBEAT_PREFIX}w", json.dumps({"heartbeat_at": time.time() - 120}).encode())
+    assert store._drop_if_stale(f"x/v/{CLAIM}", 60.0) and not store.exists(f"x/v/{CLAIM}")
+    assert not store.exists(f"x/v/{HEARTBEAT_PREFIX}w")  # the dead owner's sign of life goes with its claim
 
 
 def test_staleness_counts_from_the_last_heartbeat(store_url):

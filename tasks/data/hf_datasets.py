@@ -1,0 +1,265 @@
+"""Hugging Face datasets as paired image–caption data, read with pyarrow (no ``datasets`` package).
+
+Where the data comes from (``source``):
+
+- a hub dataset id (``minhuh/prh``, the paper's data, at ``revision`` ``wit_1024``): its Parquet
+  and Arrow files are fetched into the Hugging Face hub cache with ``huggingface_hub``, or taken
+  from that cache when the machine is offline (``HF_HUB_OFFLINE=1``, or the hub unreachable);
+- a local folder: a copy of a dataset repository (Parquet or Arrow data files, any depth), or a
+  folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``.
+
+Which files hold ``split``: a ``save_to_disk`` folder lists them (``state.json``; a
+``dataset_dict.json`` names the split folders). In a repository folder a data file belongs to a
+split when a folder name or a word of its file name (words split at ``-``, ``_``, ``.`` and
+spaces) is the split's name or a usual alias (``training``; ``valid``, ``val``, ``dev``;
+``testing``, ``eval``), so ``data/train-00000-of-00002.parquet`` and ``wit_1024/train/0.parquet``
+are ``train``. Files that name no split at all form the ``train`` split. Shards are read in path
+order and their rows kept in that order.
+
+Columns: ``image_column`` (default ``image``) holds the ``datasets`` Image layout
+(``struct<bytes, path>``), encoded bytes, or a path relative to the data file; ``text_column``
+(default ``text``) a caption, or a list of captions per image: ``captions="first"`` keeps the
+first (what the paper's code does), ``"all"`` makes one row per caption, all linked to their image.
+Optional ``sample_id`` and ``image_id`` columns are kept; without them ids are derived from the
+content (:mod:`tasks.data.tables`). ``n`` keeps the first ``n`` rows of the split (before
+captions are expanded). Every record then goes through the same checks as any other table.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tasks.data.sources import RawRecord, records_from_table
+
+__all__ = ["HubDataset", "read_hf_dataset", "resolve_source", "split_files"]
+
+DATA_SUFFIXES = (".parquet", ".arrow")
+# The files a dataset snapshot needs: data, and the JSON that describes a save_to_disk folder.
+HUB_PATTERNS = ["*.parquet", "*.arrow", "*.json"]
+SPLIT_ALIASES = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test", "testing", "eval", "evaluation"),
+}
+Captions = Literal["first", "all"]
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """A dataset's local folder and where it came from (recorded in the dataset manifest)."""
+
+    root: Path
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def _looks_like_hub_id(value: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?", value)) and ".." not in value
+
+
+def resolve_source(source: str, revision: str | None = None) -> HubDataset:
+    """The local folder of ``source``: an existing folder as it is, else a hub dataset id fetched
+    into (or found in) the hub cache at ``revision`` (a branch, tag or commit; default ``main``).
+
+    Raises:
+        ValueError: naming the source and revision: no such folder and not a valid hub id; the
+            dataset or revision does not exist; offline and not in the cache (with the cache path).
+    """
+    local = Path(source).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ValueError(f"Hugging Face dataset {source!r} is a file; expected a dataset folder or a hub id "
+                             "(a single Parquet/CSV table is dataset kind 'path')")
+        if revision:
+            raise ValueError(f"Hugging Face dataset {source!r} is a local folder: revision {revision!r} does not apply")
+        return HubDataset(local.resolve(), {"local_path": str(local.resolve())})
+    if not _looks_like_hub_id(source):
+        raise ValueError(f"Hugging Face dataset {source!r}: no such folder ({local.absolute()}) and not a hub id "
+                         "(expected 'name' or 'org/name')")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    where = f"Hugging Face dataset {source!r} at revision {revision or 'main'!r}"
+    nor_local = f"; nor is there a local folder {local.absolute()}"
+    try:
+        folder = snapshot_download(source, repo_type="dataset", revision=revision, allow_patterns=HUB_PATTERNS)
+    except GatedRepoError:
+        raise ValueError(f"{where}: the dataset is gated; accept its terms on the hub and log in (HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise ValueError(f"{where}: no such revision on the hub (a branch, tag or commit of the dataset)") from None
+    except RepositoryNotFoundError:
+        raise ValueError(f"{where}: no such dataset on the hub (or it is private: log in with HF_TOKEN){nor_local}") from None
+    except LocalEntryNotFoundError:
+        how = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
+        raise ValueError(f"{where}: {how} and it is not in the local hub cache ({constants.HF_HUB_CACHE}){nor_local}; "
+                         "fetch it on a connected machine, or copy the dataset folder here and give its path") from None
+    except HFValidationError as error:
+        raise ValueError(f"{where}: not a valid hub id or revision: {error}") from None
+    except (HfHubHTTPError, OSError) as error:
+        raise ValueError(f"{where}: could not be fetched: {type(error).__name__}: {error}") from None
+    root = Path(folder)
+    return HubDataset(root, {"hub_id": source, "revision": revision or "main", "commit": root.name})
+
+
+# ------------------------------------------------------------------------------------------ splits
+
+
+def _split_of(relative: Path) -> set[str]:
+    """The known splits a data file's relative path names (folders and file-name words)."""
+    words: set[str] = set()
+    for part in (*relative.parent.parts, relative.name.rsplit(".", 1)[0]):
+        words.update(w.lower() for w in re.split(r"[-_. ]+", part) if w)
+        words.add(part.lower())
+    return {split for split, aliases in SPLIT_ALIASES.items() if words & set(aliases)}
+
+
+def _saved_split_files(root: Path, split: str) -> list[Path] | None:
+    """Data files of ``split`` in a ``save_to_disk`` folder; None if ``root`` is not one."""
+    if (root / "dataset_dict.json").is_file():
+        splits = _json(root / "dataset_dict.json").get("splits") or sorted(p.name for p in root.iterdir() if (p / "state.json").is_file())
+        if split not in splits:
+            raise ValueError(f"Hugging Face dataset {str(root)!r} has no split {split!r}; its splits: {', '.join(map(str, splits))}")
+        return _saved_split_files(root / split, split)
+    if not (root / "state.json").is_file():
+        return None
+    names = [entry.get("filename") for entry in _json(root / "state.json").get("_data_files", [])]
+    if not names or not all(isinstance(n, str) and n and "/" not in n and "\\" not in n and n != ".." for n in names):
+        raise ValueError(f"Hugging Face dataset {str(root)!r}: state.json lists no usable data files (_data_files)")
+    files = [root / n for n in names]
+    missing = [n for n, f in zip(names, files) if not f.is_file()]
+    if missing:
+        raise ValueError(f"Hugging Face dataset {str(root)!r}: data file(s) listed in state.json are missing: {', '.join(missing)}")
+    return files
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"Hugging Face dataset file {str(path)!r} is not readable JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"Hugging Face dataset file {str(path)!r}: expected a JSON object")
+    return value
+
+
+def split_files(root: Path, split: str = "train") -> list[Path]:
+    """The data files (``.parquet``/``.arrow``) of ``split`` under ``root``, in path order.
+
+    Raises:
+        ValueError: no data files at all, or none of ``split`` (listing the splits present).
+    """
+    saved = _saved_split_files(root, split)
+    if saved is not None:
+        return saved
+    found = sorted(p for p in root.rglob("*") if p.suffix.lower() in DATA_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if not found:
+        raise ValueError(f"Hugging Face dataset {str(root)!r} holds no data files ({', '.join(DATA_SUFFIXES)}) "
+                         "and is not a save_to_disk folder")
+    named = {p: _split_of(p.relative_to(root)) for p in found}
+    if not any(named.values()):
+        named = {p: {"train"} for p in found}
+    chosen = [p for p in found if split in named[p]]
+    if not chosen:
+        present = sorted(set().union(*named.values()))
+        raise ValueError(f"Hugging Face dataset {str(root)!r} has no files of split {split!r}; splits found: "
+                         f"{', '.join(present)} (files are matched by folder or file name, e.g. data/train-00000-of-00001.parquet)")
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------- rows
+
+
+def _read_file(path: Path, columns: list[str]) -> tuple[pa.Table, list[str]]:
+    """One data file's ``columns`` (those it has) and the names of all its columns: Parquet, or
+    Arrow IPC (stream, as ``datasets`` writes it, or file format)."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            present = pq.read_schema(path).names
+            return pq.read_table(path, columns=[c for c in columns if c in present]), present
+        with pa.memory_map(str(path)) as source:
+            try:
+                table = pa.ipc.open_stream(source).read_all()
+            except pa.ArrowInvalid:
+                source.seek(0)
+                table = pa.ipc.open_file(source).read_all()
+        return table.select([c for c in columns if c in table.column_names]), table.column_names
+    except (pa.ArrowException, OSError) as error:
+        raise ValueError(f"Hugging Face dataset file {str(path)!r} could not be read: {error}") from None
+
+
+def read_hf_dataset(
+    source: str,
+    revision: str | None = None,
+    split: str = "train",
+    image_column: str = "image",
+    text_column: str = "text",
+    captions: Captions = "first",
+    n: int | None = None,
+) -> tuple[list[RawRecord], Path, dict[str, Any]]:
+    """Raw records of a Hugging Face dataset (rules: module docstring), the folder that relative
+    image paths are read from, and the provenance (hub id, revision, commit, split, files).
+
+    Raises:
+        ValueError: naming the dataset: it cannot be found or fetched, has no such split, lacks
+            ``image_column``/``text_column``, or a column has a type the table layout refuses.
+    """
+    if captions not in ("first", "all"):
+        raise ValueError(f"captions must be 'first' or 'all', got {captions!r}")
+    dataset = resolve_source(source, revision)
+    files = split_files(dataset.root, split)
+    wanted = [image_column, text_column, "sample_id", "image_id"]
+    tables = []
+    for path in files:
+        table, names = _read_file(path, wanted)
+        missing = [c for c in (image_column, text_column) if c not in names]
+        if missing:
+            raise ValueError(f"Hugging Face dataset {source!r}, split {split!r}: file {path.relative_to(dataset.root)} lacks "
+                             f"column(s) {missing}; it has {names} (set image_column / text_column)")
+        tables.append(table)
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except pa.ArrowException as error:
+        raise ValueError(f"Hugging Face dataset {source!r}, split {split!r}: its files' columns do not agree: {error}") from None
+    if n is not None:
+        table = table.slice(0, n)
+    table = table.rename_columns([{image_column: "image", text_column: "text"}.get(c, c) for c in table.column_names])
+    table, origins = _one_caption_per_row(table, captions)
+    records = records_from_table(table, f"{source} ({split})")
+    if origins is not None:  # name the dataset's row and caption, not the expanded position
+        records = [replace(r, row=row, origin=f"row {row}, caption {j}") for r, (row, j) in zip(records, origins)]
+    provenance = {**dataset.provenance, "split": split, "captions": captions, "n": n,
+                  "files": [p.relative_to(dataset.root).as_posix() for p in files]}
+    return records, files[0].parent, provenance
+
+
+def _one_caption_per_row(table: pa.Table, captions: Captions) -> tuple[pa.Table, list[tuple[int, int]] | None]:
+    """A list-valued ``text`` column as one caption per row (the first, or all of them), and for
+    ``all`` each new row's (dataset row, caption index). A row without captions stays, with no
+    caption, so that it is reported rather than dropped."""
+    kind = table.schema.field("text").type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+        return table, None
+    column = table.column_names.index("text")
+    texts = table.column("text").to_pylist()
+    if captions == "first":
+        return table.set_column(column, "text", pa.array([v[0] if v else None for v in texts], kind.value_type)), None
+    origins = [(row, j) for row, values in enumerate(texts) for j in range(max(len(values or ()), 1))]
+    flat = [(texts[row] or [None])[j] for row, j in origins]
+    expanded = table.take(pa.array([row for row, _ in origins], pa.int64())).set_column(column, "text", pa.array(flat, kind.value_type))
+    if "sample_id" in expanded.column_names:
+        ids = pc.cast(expanded.column("sample_id"), pa.string())
+        if "image_id" not in expanded.column_names:
+            expanded = expanded.append_column("image_id", ids)
+        suffixes = pa.array([str(j) for _, j in origins], pa.string())
+        expanded = expanded.set_column(expanded.column_names.index("sample_id"), "sample_id",
+                                       pc.binary_join_element_wise(ids, suffixes, "-"))
+    return expanded, origins

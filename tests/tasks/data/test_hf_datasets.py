@@ -1,0 +1,209 @@
+"""Hugging Face datasets read with pyarrow: a repository folder (sharded Parquet, splits by file
+name), save_to_disk folders (Arrow stream files), a hub id from the hub cache offline and with the
+hub unreachable, several captions per image, and the errors a user meets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from storage.store import Store
+from tasks.data.hf_datasets import read_hf_dataset, split_files
+from tasks.data.tables import validate_records
+from tasks.dataset_task import publish_dataset
+from tasks.params import DatasetParams
+from tests.tasks.data.sample_images import png_bytes, truncated_png
+
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
+
+
+def _rows(start: int, count: int) -> dict[str, list]:
+    """Rows ``start…start+count-1``: a distinct image each, two captions (row 5: none)."""
+    images = [{"bytes": png_bytes(COLOURS[i % len(COLOURS)], (8 + i, 8)), "path": f"img{i}.png"} for i in range(start, start + count)]
+    texts = [[] if i == 5 else [f"caption {i} a", f"caption {i} b"] for i in range(start, start + count)]
+    return {"image": images, "text": texts}
+
+
+def _table(start: int, count: int) -> pa.Table:
+    rows = _rows(start, count)
+    return pa.table({"image": pa.array(rows["image"], IMAGE), "text": pa.array(rows["text"], pa.list_(pa.string()))})
+
+
+def _repo(root: Path) -> Path:
+    """A dataset repository folder: train in two shards (rows 0-3, 4-6), test in one (rows 7-8)."""
+    (root / "data").mkdir(parents=True)
+    pq.write_table(_table(0, 4), root / "data" / "train-00000-of-00002.parquet")
+    pq.write_table(_table(4, 3), root / "data" / "train-00001-of-00002.parquet")
+    pq.write_table(_table(7, 2), root / "data" / "test-00000-of-00001.parquet")
+    (root / "README.md").write_text("---\nlicense: cc0\n---\n")
+    (root / ".cache").mkdir()
+    pq.write_table(_table(0, 1), root / ".cache" / "train-stale.parquet")  # hidden: never read
+    return root
+
+
+def _texts(records) -> list:
+    """Captions as text (a reader keeps them as bytes until the checks decode them)."""
+    return [r.text.decode() if isinstance(r.text, bytes) else r.text for r in records]
+
+
+def test_repository_folder_splits_shards_and_first_captions(tmp_path):
+    root = _repo(tmp_path / "repo")
+    assert [p.name for p in split_files(root, "train")] == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    records, _, provenance = read_hf_dataset(str(root))
+    assert _texts(records) == [f"caption {i} a" for i in range(5)] + [None, "caption 6 a"]  # shard order, the paper's caption 0
+    assert records[2].image == png_bytes("blue", (10, 8))
+    assert provenance["files"] == ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"]
+    test_records, _, _ = read_hf_dataset(str(root), split="test", n=1)
+    assert _texts(test_records) == ["caption 7 a"]
+    result = validate_records(records, root, "repo")
+    assert result.n_valid == 6 and [(r["row"], r["reason"]) for r in result.rejected.to_pylist()] == [(5, "text_empty")]
+
+
+def test_all_captions_one_row_each_linked_to_their_image(tmp_path):
+    root = _repo(tmp_path / "repo")
+    records, _, _ = read_hf_dataset(str(root), captions="all", n=6)
+    assert len(records) == 11  # rows 0-5: two captions each, row 5 none (kept, to be reported)
+    assert records[3].origin == "row 1, caption 1" and _texts(records)[3] == "caption 1 b" and records[10].origin == "row 5, caption 0"
+    result = validate_records(records, root, "repo")
+    assert result.n_valid == 10 and result.summary() == {"text_empty": 1}
+    by_image: dict[str, set[str]] = {}
+    for row in result.table.to_pylist():
+        by_image.setdefault(row["image_id"], set()).add(row["text"])
+    assert sorted(map(sorted, by_image.values())) == [[f"caption {i} a", f"caption {i} b"] for i in range(5)]
+
+
+def test_given_sample_ids_get_one_id_per_caption(tmp_path):
+    table = _table(0, 3).append_column("sample_id", pa.array(["x0", "x1", "x2"]))
+    (tmp_path / "d").mkdir()
+    pq.write_table(table, tmp_path / "d" / "train.parquet")
+    result = validate_records(*read_hf_dataset(str(tmp_path / "d"), captions="all")[:2], "d")
+    assert [(r["sample_id"], r["image_id"], r["text"]) for r in result.table.to_pylist()] == [
+        (f"x{i}-{j}", f"x{i}", f"caption {i} {'ab'[j]}") for i in range(3) for j in range(2)]
+
+
+def _save_to_disk(folder: Path, table: pa.Table, shards: int = 2) -> None:
+    """The layout ``Dataset.save_to_disk`` writes: Arrow IPC stream files listed in state.json."""
+    folder.mkdir(parents=True)
+    names = []
+    step = -(-table.num_rows // shards)
+    for k in range(shards):
+        name = f"data-{k:05d}-of-{shards:05d}.arrow"
+        with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table.slice(k * step, step))
+        names.append(name)
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": n} for n in names], "_split": None}))
+    (folder / "dataset_info.json").write_text("{}")
+
+
+def test_save_to_disk_folders(tmp_path):
+    table = _table(0, 5).rename_columns(["picture", "caption"])
+    _save_to_disk(tmp_path / "single", table)
+    records, _, _ = read_hf_dataset(str(tmp_path / "single"), image_column="picture", text_column="caption")
+    assert _texts(records) == [f"caption {i} a" for i in range(5)]
+    assert records[4].image == png_bytes("purple", (12, 8))
+
+    _save_to_disk(tmp_path / "dict" / "train", table, shards=1)
+    _save_to_disk(tmp_path / "dict" / "validation", table.slice(0, 2), shards=1)
+    (tmp_path / "dict" / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "validation"]}))
+    records, _, _ = read_hf_dataset(str(tmp_path / "dict"), split="validation", image_column="picture", text_column="caption")
+    assert _texts(records) == ["caption 0 a", "caption 1 a"]
+    with pytest.raises(ValueError, match="has no split 'test'; its splits: train, validation"):
+        read_hf_dataset(str(tmp_path / "dict"), split="test")
+
+
+def _hub_cache(cache: Path, repo_root: Path) -> None:
+    """A hub cache holding dataset ``org/pairs`` at branch ``wit_1024`` (as a download leaves it)."""
+    repo = cache / "datasets--org--pairs"
+    snapshot = repo / "snapshots" / COMMIT
+    for path in repo_root.rglob("*"):
+        if path.is_file() and ".cache" not in path.parts:
+            target = snapshot / path.relative_to(repo_root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "wit_1024").write_text(COMMIT)
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "hub-unreachable"])
+def test_hub_id_from_the_hub_cache(tmp_path, monkeypatch, offline):
+    import huggingface_hub.constants as hub
+
+    _hub_cache(tmp_path / "hub", _repo(tmp_path / "repo"))
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(hub, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: a machine without the hub
+    records, _, provenance = read_hf_dataset("org/pairs", revision="wit_1024", n=3)
+    assert _texts(records) == ["caption 0 a", "caption 1 a", "caption 2 a"]
+    assert provenance["hub_id"] == "org/pairs" and provenance["revision"] == "wit_1024" and provenance["commit"] == COMMIT
+    why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
+    with pytest.raises(ValueError, match=f"Hugging Face dataset 'org/pairs' at revision 'wit_2048': {why} and it is not in the local hub cache"):
+        read_hf_dataset("org/pairs", revision="wit_2048")
+    with pytest.raises(ValueError, match="'org/other' at revision 'main'"):
+        read_hf_dataset("org/other")
+
+
+def test_errors_name_the_dataset_and_the_problem(tmp_path):
+    root = _repo(tmp_path / "repo")
+    with pytest.raises(ValueError, match=r"no files of split 'validation'; splits found: test, train"):
+        read_hf_dataset(str(root), split="validation")
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['caption'\]; it has \['image', 'text'\] \(set image_column / text_column\)"):
+        read_hf_dataset(str(root), text_column="caption")
+    with pytest.raises(ValueError, match="no such folder .* and not a hub id"):
+        read_hf_dataset(str(tmp_path / "no" / "such" / "folder"))
+    with pytest.raises(ValueError, match="is a local folder: revision 'v1' does not apply"):
+        read_hf_dataset(str(root), revision="v1")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no data files"):
+        read_hf_dataset(str(tmp_path / "empty"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "train.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="train.parquet' could not be read"):
+        read_hf_dataset(str(tmp_path / "broken"))
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "state.json").write_text(json.dumps({"_data_files": [{"filename": "../escape.arrow"}]}))
+    with pytest.raises(ValueError, match="state.json lists no usable data files"):
+        read_hf_dataset(str(tmp_path / "saved"))
+    with pytest.raises(ValueError, match="captions must be 'first' or 'all'"):
+        read_hf_dataset(str(root), captions="some")
+
+
+def test_files_without_split_names_are_train(tmp_path):
+    (tmp_path / "d" / "shards").mkdir(parents=True)
+    pq.write_table(_table(0, 2), tmp_path / "d" / "shards" / "part-0.parquet")
+    pq.write_table(_table(2, 2), tmp_path / "d" / "shards" / "part-1.parquet")
+    assert len(read_hf_dataset(str(tmp_path / "d"))[0]) == 4
+    with pytest.raises(ValueError, match="no files of split 'test'; splits found: train"):
+        read_hf_dataset(str(tmp_path / "d"), split="test")
+
+
+def test_published_as_a_dataset_version(tmp_path):
+    """Kind 'huggingface' through the dataset task: bad rows reported and stored, provenance kept."""
+    root = _repo(tmp_path / "repo")
+    broken = _table(9, 1).set_column(0, "image", pa.array([{"bytes": truncated_png(), "path": None}], IMAGE))
+    pq.write_table(broken, root / "data" / "train-00002-of-00003.parquet")
+    params = DatasetParams(kind="huggingface", path=str(root), captions="all", n=None)
+    manifest = publish_dataset(params, str(tmp_path / "store"))
+    catalog = manifest["catalog"]
+    assert catalog["n_samples"] == 12 and catalog["n_rejected"] == 3 and catalog["name"] == "repo-train"
+    assert catalog["source"]["kind"] == "huggingface" and catalog["source"]["captions"] == "all"
+    assert len(catalog["source"]["files"]) == 3
+    stored = Store(str(tmp_path / "store")).read_table(f"{manifest['key']}/samples.parquet")
+    assert sorted(stored.column("text").to_pylist()) == sorted(f"caption {i} {c}" for i in range(7) if i != 5 for c in "ab")
+    rejected = Store(str(tmp_path / "store")).read_table(f"{manifest['key']}/rejected.parquet").to_pylist()
+    assert sorted(r["reason"] for r in rejected) == ["image_unreadable", "image_unreadable", "text_empty"]
+
+
+def test_dataset_params_for_hugging_face():
+    assert DatasetParams(kind="huggingface", path="minhuh/prh", revision="wit_1024").split == "train"
+    with pytest.raises(ValueError, match="needs dataset.path"):
+        DatasetParams(kind="huggingface")
+    with pytest.raises(ValueError, match="dataset.revision applies to kind 'huggingface' only"):
+        DatasetParams(kind="path", path="x.parquet", revision="v1")
+    with pytest.raises(ValueError, match="dataset.captions applies to kind 'huggingface' only"):
+        DatasetParams(captions="all")
