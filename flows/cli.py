@@ -9,9 +9,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from flows.omp_policy import choose_omp_wait_policy
+
+if TYPE_CHECKING:
+    from tasks.params import DatasetParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
@@ -41,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = commands.add_parser("run", help="run the full pipeline (dataset, features, alignment)")
     run.add_argument("--config", default=str(DEMO_CONFIG), help="pipeline YAML (default: the embedded demo)")
     run.add_argument("--store", default=None, help="store URL: a folder, file://..., s3://bucket/prefix (default: ./store)")
-    run.add_argument("--dataset", default=None, help="a paired Parquet/CSV table or a folder of images + .txt captions")
+    run.add_argument("--dataset", default=None, help="a paired Parquet/CSV table, a folder of images + .txt captions, or a "
+                     "Hugging Face dataset hf://datasets/ORG/NAME[@REVISION] (train split, first captions)")
     run.add_argument("--permutations", type=int, default=None, help="override alignment.permutations")
 
     sql = commands.add_parser("sql", help="query the catalog with DuckDB SQL (read-only)")
@@ -80,12 +84,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+HF_DATASET_URL = "hf://datasets/"
+
+
+def dataset_argument(value: str) -> DatasetParams:
+    """``--dataset``: ``hf://datasets/ORG/NAME[@REVISION]`` (the Hugging Face convention) is a hub
+    dataset (its train split, first captions, every row); anything else a local table or folder."""
+    from tasks.params import DatasetParams
+
+    if value.startswith(HF_DATASET_URL):
+        repo, _, revision = value[len(HF_DATASET_URL):].strip("/").partition("@")
+        if not repo or "/" in revision:
+            raise ValueError(f"--dataset {value!r}: expected {HF_DATASET_URL}ORG/NAME[@REVISION]")
+        return DatasetParams(kind="huggingface", path=repo, revision=revision or None, n=None)
+    return DatasetParams(kind="path", path=str(Path(value).resolve()))
+
+
 def _run(args: argparse.Namespace) -> int:
-    from tasks.params import DatasetParams, load_config
+    from tasks.params import load_config
 
     config = load_config(args.config)
     if args.dataset:
-        config = config.model_copy(update={"dataset": DatasetParams(kind="path", path=str(Path(args.dataset).resolve()))})
+        config = config.model_copy(update={"dataset": dataset_argument(args.dataset)})
     if args.permutations is not None:
         config = config.model_copy(update={"alignment": config.alignment.model_copy(update={"permutations": args.permutations})})
     store = args.store or default_store()

@@ -112,12 +112,18 @@ def resolve_source(source: str, revision: str | None = None) -> HubDataset:
 # ------------------------------------------------------------------------------------------ splits
 
 
-def _split_of(relative: Path) -> set[str]:
-    """The known splits a data file's relative path names (folders and file-name words)."""
+def _words(relative: Path) -> set[str]:
+    """Folder names, the file's stem, and their words (split at ``-``, ``_``, ``.``, spaces), lower case."""
     words: set[str] = set()
     for part in (*relative.parent.parts, relative.name.rsplit(".", 1)[0]):
         words.update(w.lower() for w in re.split(r"[-_. ]+", part) if w)
         words.add(part.lower())
+    return words
+
+
+def _split_of(relative: Path) -> set[str]:
+    """The usual splits a data file's relative path names."""
+    words = _words(relative)
     return {split for split, aliases in SPLIT_ALIASES.items() if words & set(aliases)}
 
 
@@ -167,9 +173,9 @@ def split_files(root: Path, split: str = "train") -> list[Path]:
     named = {p: _split_of(p.relative_to(root)) for p in found}
     if not any(named.values()):
         named = {p: {"train"} for p in found}
-    chosen = [p for p in found if split in named[p]]
+    chosen = [p for p in found if split in named[p] or split.lower() in _words(p.relative_to(root))]  # or a split of its own name
     if not chosen:
-        present = sorted(set().union(*named.values()))
+        present = sorted(set().union(*named.values()))  # the usual ones
         raise ValueError(f"Hugging Face dataset {str(root)!r} has no files of split {split!r}; splits found: "
                          f"{', '.join(present)} (files are matched by folder or file name, e.g. data/train-00000-of-00001.parquet)")
     return chosen

@@ -145,3 +145,17 @@ def test_gc_removes_only_shards_no_run_will_resume(tmp_path, capsys):
     assert not store.exists(shard_key("features/d/m/v3", 0)) and store.manifest(published) is not None
     assert main(["gc", "--store", store.url, "--older-than-days", "-1"]) == 2
     assert "--older-than-days must be a number >= 0, got -1.0" in capsys.readouterr().err
+
+
+def test_dataset_argument_reads_hugging_face_urls(tmp_path, monkeypatch):
+    from flows.cli import dataset_argument
+
+    paper = dataset_argument("hf://datasets/minhuh/prh@wit_1024")
+    assert (paper.kind, paper.path, paper.revision, paper.split, paper.captions, paper.n) == ("huggingface", "minhuh/prh", "wit_1024", "train", "first", None)
+    assert dataset_argument("hf://datasets/org/name/").revision is None
+    monkeypatch.chdir(tmp_path)
+    local = dataset_argument("pairs.parquet")
+    assert (local.kind, local.path) == ("path", str(tmp_path / "pairs.parquet"))
+    for bad in ("hf://datasets/", "hf://datasets/org/name@main/sub"):
+        with pytest.raises(ValueError, match="expected hf://datasets/ORG/NAME"):
+            dataset_argument(bad)

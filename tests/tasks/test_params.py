@@ -61,7 +61,11 @@ CASES = {
     "alignment as a list": (MODELS + "alignment: [cka]\n", r"^alignment \(line 4\): expected a mapping \(got a list\)$"),
     "alignment left empty": (MODELS + "alignment:\n", r"^alignment \(line 4\): expected a mapping \(got null\)$"),
     "path dataset without a path": (MODELS + "dataset: {kind: path}\n", r"^dataset\.path: dataset\.kind 'path' needs dataset\.path"),
-    "unknown dataset kind": (MODELS + "dataset: {kind: imagenet}\n", r"^dataset\.kind \(line 4\): Input should be 'openmoji' or 'path' \(got 'imagenet'\)$"),
+    "hub dataset without a path": (MODELS + "dataset: {kind: huggingface, revision: wit_1024}\n",
+                                   r"^dataset\.path: dataset\.kind 'huggingface' needs dataset\.path \(a hub dataset id or a dataset folder\)"),
+    "hub option on a table": (MODELS + "dataset: {kind: path, path: x.csv, split: test}\n",
+                              r"^dataset\.split \(line 4\): dataset\.split applies to kind 'huggingface' only \(kind is 'path'\)"),
+    "unknown dataset kind": (MODELS + "dataset: {kind: imagenet}\n", r"^dataset\.kind \(line 4\): Input should be 'openmoji', 'path' or 'huggingface' \(got 'imagenet'\)$"),
     # alignment parameters
     "unknown alignment key": (alignment("topkk: 3"), r"^alignment\.topkk \(line 5\): unknown key \(did you mean 'topk'\?\); valid keys here: metrics, topk,"),
     "alpha is not a parameter": (alignment("alpha: 1.5"), r"^alignment\.alpha \(line 5\): unknown key; valid keys here: "),

@@ -173,6 +173,14 @@ def test_errors_name_the_dataset_and_the_problem(tmp_path):
         read_hf_dataset(str(root), captions="some")
 
 
+def test_a_split_of_its_own_name(tmp_path):
+    (tmp_path / "d" / "validation_matched").mkdir(parents=True)
+    pq.write_table(_table(0, 2), tmp_path / "d" / "validation_matched" / "0000.parquet")
+    pq.write_table(_table(2, 3), tmp_path / "d" / "train-0000.parquet")
+    assert len(read_hf_dataset(str(tmp_path / "d"), split="validation_matched")[0]) == 2
+    assert len(read_hf_dataset(str(tmp_path / "d"))[0]) == 3
+
+
 def test_files_without_split_names_are_train(tmp_path):
     (tmp_path / "d" / "shards").mkdir(parents=True)
     pq.write_table(_table(0, 2), tmp_path / "d" / "shards" / "part-0.parquet")
