@@ -24,6 +24,13 @@ TINY_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, inte
                 patch_size=8)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _imports_done() -> None:
+    """The fail-fast bounds below time the refusal, not a cold interpreter's first imports of
+    transformers (seconds on a busy CI machine): import what a load touches first, untimed."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer  # noqa: F401
+
+
 def _hf(model_id: str, modality: str = "vision", **kw) -> ModelSpec:
     return ModelSpec(name="bad-one", loader="hf", id=model_id, modality=modality, **kw)
 
