@@ -90,14 +90,14 @@ def timed(data: ReportInput, cache: CountingCache | None) -> tuple[float, int, i
     return seconds, cache.misses - misses, cache.hits - hits
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vision", type=int, default=17)
     parser.add_argument("--language", type=int, default=12)
     parser.add_argument("--layers-a", type=int, default=25)
     parser.add_argument("--layers-b", type=int, default=33)
     parser.add_argument("--metrics", default="mutual_knn,cka,cknna")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     vision = [f"vit-{i:02d}" for i in range(args.vision)]
     language = [f"lm-{i:02d}" for i in range(args.language)]
     metrics = args.metrics.split(",")
@@ -111,10 +111,10 @@ def main() -> None:
     cold = timed(data, cache)
     warm = timed(data, cache)
     added = timed(grown, cache)
-    print(f"{'report build':<34} {'seconds':>8} {'drawn':>6} {'reused':>7} {'x cold':>7}")
+    print(f"{'report build':<38} {'seconds':>8} {'drawn':>6} {'reused':>7} {'x cold':>7}")
     for name, (seconds, drawn, reused) in (("no cache (every figure drawn)", cold), ("warm cache, same rows", warm),
                                            ("warm cache, one language model added", added)):
-        print(f"{name:<34} {seconds:8.1f} {drawn:6d} {reused:7d} {seconds / cold[0]:7.2f}")
+        print(f"{name:<38} {seconds:8.1f} {drawn:6d} {reused:7d} {seconds / cold[0]:7.2f}")
 
 
 if __name__ == "__main__":
