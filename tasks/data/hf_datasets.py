@@ -22,7 +22,7 @@ Columns: ``image_column`` (default ``image``) holds the ``datasets`` Image layou
 first (what the paper's code does), ``"all"`` makes one row per caption, all linked to their image.
 Optional ``sample_id`` and ``image_id`` columns are kept; without them ids are derived from the
 content (:mod:`tasks.data.tables`). ``n`` keeps the first ``n`` rows of the split (before
-captions are expanded). Every record then goes through the same checks as any other table.
+captions are expanded); reading stops there, so later shards are never opened. Every record then goes through the same checks as any other table.
 """
 
 from __future__ import annotations
@@ -184,19 +184,40 @@ def split_files(root: Path, split: str = "train") -> list[Path]:
 # ------------------------------------------------------------------------------------------- rows
 
 
-def _read_file(path: Path, columns: list[str]) -> tuple[pa.Table, list[str]]:
-    """One data file's ``columns`` (those it has) and the names of all its columns: Parquet, or
+def _read_file(path: Path, columns: list[str], limit: int | None = None) -> tuple[pa.Table, list[str]]:
+    """A data file's ``columns`` (those it has), at least its first ``limit`` rows (all when None;
+    reading stops at the batch that reaches it), and the names of all its columns. Parquet, or
     Arrow IPC (stream, as ``datasets`` writes it, or file format)."""
     try:
         if path.suffix.lower() == ".parquet":
-            present = pq.read_schema(path).names
-            return pq.read_table(path, columns=[c for c in columns if c in present]), present
+            with pq.ParquetFile(path) as parquet:
+                names = parquet.schema_arrow.names
+                present = [c for c in columns if c in names]
+                if limit is None:
+                    return parquet.read(columns=present), names
+                batches, rows = [], 0
+                for batch in parquet.iter_batches(batch_size=max(limit, 1), columns=present):
+                    batches.append(batch)
+                    rows += batch.num_rows
+                    if rows >= limit:
+                        break
+                return pa.Table.from_batches(batches, schema=pa.schema([parquet.schema_arrow.field(c) for c in present])), names
         with pa.memory_map(str(path)) as source:
             try:
-                table = pa.ipc.open_stream(source).read_all()
+                reader = pa.ipc.open_stream(source)
             except pa.ArrowInvalid:
                 source.seek(0)
-                table = pa.ipc.open_file(source).read_all()
+                file_reader = pa.ipc.open_file(source)
+                batches = [file_reader.get_batch(i) for i in range(file_reader.num_record_batches)]
+                table = pa.Table.from_batches(batches, schema=file_reader.schema)
+            else:
+                batches, rows = [], 0
+                for batch in reader:
+                    batches.append(batch)
+                    rows += batch.num_rows
+                    if limit is not None and rows >= limit:
+                        break
+                table = pa.Table.from_batches(batches, schema=reader.schema)
         return table.select([c for c in columns if c in table.column_names]), table.column_names
     except (pa.ArrowException, OSError) as error:
         raise ValueError(f"Hugging Face dataset file {str(path)!r} could not be read: {error}") from None
@@ -223,9 +244,12 @@ def read_hf_dataset(
     dataset = resolve_source(source, revision)
     files = split_files(dataset.root, split)
     wanted = [image_column, text_column, "sample_id", "image_id"]
-    tables = []
+    tables, rows = [], 0
     for path in files:
-        table, names = _read_file(path, wanted)
+        if n is not None and rows >= n:
+            break  # the first n rows are read: later shards are not opened
+        table, names = _read_file(path, wanted, None if n is None else n - rows)
+        rows += table.num_rows
         missing = [c for c in (image_column, text_column) if c not in names]
         if missing:
             raise ValueError(f"Hugging Face dataset {source!r}, split {split!r}: file {path.relative_to(dataset.root)} lacks "
@@ -243,7 +267,7 @@ def read_hf_dataset(
     if origins is not None:  # name the dataset's row and caption, not the expanded position
         records = [replace(r, row=row, origin=f"row {row}, caption {j}") for r, (row, j) in zip(records, origins)]
     provenance = {**dataset.provenance, "split": split, "captions": captions, "n": n,
-                  "files": [p.relative_to(dataset.root).as_posix() for p in files]}
+                  "files": [p.relative_to(dataset.root).as_posix() for p in files[:len(tables)]]}
     return records, files[0].parent, provenance
 
 

@@ -181,6 +181,20 @@ def test_a_split_of_its_own_name(tmp_path):
     assert len(read_hf_dataset(str(tmp_path / "d"))[0]) == 3
 
 
+def test_reading_stops_after_the_first_n_rows(tmp_path):
+    root = _repo(tmp_path / "repo")
+    (root / "data" / "train-00002-of-00003.parquet").write_bytes(b"never opened")  # a broken later shard
+    records, _, provenance = read_hf_dataset(str(root), n=3)
+    assert _texts(records) == ["caption 0 a", "caption 1 a", "caption 2 a"]
+    assert provenance["files"] == ["data/train-00000-of-00002.parquet"]  # the files actually read
+    assert len(read_hf_dataset(str(root), n=5)[0]) == 5  # across a shard boundary
+    with pytest.raises(ValueError, match="train-00002-of-00003.parquet' could not be read"):
+        read_hf_dataset(str(root), n=None)
+    _save_to_disk(tmp_path / "saved", _table(0, 6), shards=3)
+    records, _, provenance = read_hf_dataset(str(tmp_path / "saved"), n=3)
+    assert _texts(records) == ["caption 0 a", "caption 1 a", "caption 2 a"] and len(provenance["files"]) == 2
+
+
 def test_files_without_split_names_are_train(tmp_path):
     (tmp_path / "d" / "shards").mkdir(parents=True)
     pq.write_table(_table(0, 2), tmp_path / "d" / "shards" / "part-0.parquet")
