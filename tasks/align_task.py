@@ -39,6 +39,8 @@ def alignment_version(manifest_a: dict[str, Any], manifest_b: dict[str, Any], pa
             "features": [manifest_a["catalog"]["feature_version"], manifest_b["catalog"]["feature_version"]],
             "metrics": [[r.name, r.params] for r in metric_requests(params)],
             "outlier_quantile": params.outlier_quantile,
+            "outlier_scope": params.outlier_scope,
+            "outlier_exact": params.outlier_exact,
             "permutations": params.permutations,
             "bootstrap": params.bootstrap,
             "seed": params.seed,
@@ -233,8 +235,8 @@ def align_to_store(
         logger.warning("%s: in %d of its layers some samples share their exact vector with another (up to %d of %d samples, "
                        "layer %d, e.g. %s); k-NN ties among them are broken arbitrarily (expected when captions share an image)",
                        model, len(layers), worst["n_samples"], len(pair.sample_ids), worst["layer"], examples(worst["examples"]))
-    xs = prepare_layers(pair.xs, q=params.outlier_quantile)
-    ys = prepare_layers(pair.ys, q=params.outlier_quantile)
+    xs = prepare_layers(pair.xs, q=params.outlier_quantile, scope=params.outlier_scope, exact=params.outlier_exact)
+    ys = prepare_layers(pair.ys, q=params.outlier_quantile, scope=params.outlier_scope, exact=params.outlier_exact)
     results = align_layers(xs, ys, metric_requests(params), permutations=params.permutations, seed=params.seed,
                            bootstrap=params.bootstrap, names=(model_a, model_b))
     degenerate = excluded_layers(results, manifest_a, manifest_b)

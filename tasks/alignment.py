@@ -92,9 +92,21 @@ class PairAlignment:
     excluded_b: dict[int, str] = field(default_factory=dict)
 
 
-def prepare_layers(layers: Sequence[np.ndarray], q: float = 0.95) -> list[np.ndarray]:
-    """The paper's preprocessing of every layer: outlier clamp at quantile ``q``, then L2 rows."""
-    return [np.asarray(metrics.prepare(x, q=q)) for x in layers]
+def prepare_layers(layers: Sequence[np.ndarray], q: float = 0.95, scope: str = "model", exact: bool = False) -> list[np.ndarray]:
+    """The paper's preprocessing of a model's layers (``(N, D_l)`` each): outlier clamp at quantile
+    ``q``, then L2 rows (``metrics.prepare``).
+
+    ``scope="model"`` is what the paper's ``measure_alignment.py`` does with the features it stores:
+    layers of one width form an ``(N, L, D)`` tensor that gets ONE threshold (each sample's
+    quantile pools its values over every layer); a model whose layers differ in width is a list,
+    and each layer gets its own. ``scope="layer"``: one threshold per layer always. ``exact``: the
+    sorted-element threshold (the paper's ``--precise``) instead of the mean of per-sample quantiles.
+    """
+    if scope not in ("model", "layer"):
+        raise ValueError(f"outlier scope must be 'model' or 'layer', got {scope!r}")
+    if scope == "model" and len(layers) > 1 and len({x.shape for x in layers}) == 1:
+        return list(np.asarray(metrics.prepare(np.stack(layers), q=q, exact=exact)))  # (L, N, D): one threshold
+    return [np.asarray(metrics.prepare(x, q=q, exact=exact)) for x in layers]
 
 
 def degenerate_layers(layers: Sequence[np.ndarray], rtol: float = DEGENERATE_RTOL) -> dict[int, str]:

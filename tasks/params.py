@@ -87,6 +87,11 @@ class AlignmentParams(BaseModel):
         "exact", description="Neighbour search of the k-NN list metrics: exact fp32; bf16 (faster on GPUs, changes "
         "~10-25% of lists, see docs/metrics.md); bf16-refine (bf16 candidates re-ranked exactly, lists equal exact)")
     outlier_quantile: Float = Field(0.95, gt=0, le=1, description="Clamp features at this quantile of |x| before L2 normalisation")
+    outlier_scope: Literal["model", "layer"] = Field(
+        "model", description="'model': one clamp threshold for all of a model's layers when they share a width (the paper's "
+        "(N, L, D) feature tensor; layers of different widths get one each, as the paper's list of layers); 'layer': one per layer")
+    outlier_exact: bool = Field(False, description="Exact threshold: the sorted |x| element at the quantile (the paper's "
+                                "--precise) instead of the mean over samples of per-sample quantiles (the paper's default)")
     permutations: Int = Field(0, ge=0, le=100_000, description="Permutations for the calibrated score and p-value (0: off)")
     bootstrap: Int = Field(0, ge=0, le=100_000, description="Bootstrap resamples for a 95% CI of each best score (0: off): k-NN metrics resample samples, the others subsample half the rows; see docs/metrics.md")
     seed: Int = Field(0, description="Permutation and bootstrap seed")

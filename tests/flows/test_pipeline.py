@@ -34,12 +34,13 @@ def _config(models, permutations=9):
     })
 
 
-def _reference_prepare(x: np.ndarray, q: float = 0.95) -> np.ndarray:
-    """The paper's approximate clamp written out: mean over rows of each row's q-quantile of |x|."""
-    x = x.astype(np.float64)
-    t = np.quantile(np.abs(x), q, axis=1).mean()
-    x = np.clip(x, -t, t)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def _reference_prepare(layers: list[np.ndarray], q: float = 0.95) -> list[np.ndarray]:
+    """The paper's approximate clamp of a model's (N, L, D) features written out: ONE threshold,
+    the mean over samples of each sample's q-quantile of |x| over all its layers; then L2 rows."""
+    layers = [x.astype(np.float64) for x in layers]
+    t = np.quantile(np.abs(np.concatenate(layers, axis=1)), q, axis=1).mean()
+    clipped = [np.clip(x, -t, t) for x in layers]
+    return [x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in clipped]
 
 
 def _reference_mutual_knn(x: np.ndarray, y: np.ndarray, k: int) -> float:
@@ -92,8 +93,8 @@ def test_pipeline_end_to_end(store_url, monkeypatch):
     ids_a, xs = _stored_layers(store, manifests["tiny-vit"])
     ids_b, ys = _stored_layers(store, manifests["tiny-bert"])
     assert ids_a == ids_b and len(ids_a) == N
-    xs = [_reference_prepare(x) for x in xs]
-    ys = [_reference_prepare(y) for y in ys]
+    assert len({x.shape for x in xs}) == len({y.shape for y in ys}) == 1  # one width per model: one threshold each
+    xs, ys = _reference_prepare(xs), _reference_prepare(ys)
     rows = query(con, "select metric, layer_a, layer_b, score from alignment order by metric, layer_a, layer_b").to_pylist()
     assert len(rows) == 3 * 3 * 3
     for r in rows:

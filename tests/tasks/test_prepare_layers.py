@@ -1,0 +1,60 @@
+"""The pipeline's preprocessing of a model's layers (tasks.alignment.prepare_layers) against the
+paper's measure_alignment.py written out in numpy: one clamp threshold per model for an
+(N, L, D) tensor, one per layer for layers of different widths, or one per layer when asked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tasks.alignment import prepare_layers
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _approx_threshold(values: np.ndarray, q: float) -> float:
+    """Mean over samples (rows) of each row's linearly interpolated q-quantile of |values|."""
+    return float(np.quantile(np.abs(values), q, axis=1).mean())
+
+
+def _exact_threshold(values: np.ndarray, q: float) -> float:
+    flat = np.sort(np.abs(values).ravel())
+    return float(flat[int(q * flat.size)])
+
+
+@pytest.fixture
+def layers() -> list[np.ndarray]:
+    """Three layers of one width whose scale grows with depth (as a residual stream's does)."""
+    rng = np.random.default_rng(0)
+    return [(scale * rng.standard_normal((50, 16))).astype(np.float32) for scale in (0.1, 1.0, 10.0)]
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_one_threshold_for_a_model_of_one_width(layers, exact):
+    pooled = np.concatenate([x.astype(np.float64) for x in layers], axis=1)  # each sample's values over every layer
+    t = (_exact_threshold if exact else _approx_threshold)(pooled, 0.9)
+    expected = [_normalise(np.clip(x.astype(np.float64), -t, t)) for x in layers]
+    got = prepare_layers(layers, q=0.9, exact=exact)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+    per_layer = prepare_layers(layers, q=0.9, scope="layer", exact=exact)
+    assert not np.allclose(per_layer[2], got[2], atol=1e-3)  # the deep layer is clamped far harder by the shared threshold
+    np.testing.assert_allclose(got[0], _normalise(layers[0].astype(np.float64)), rtol=1e-5, atol=1e-6)  # the small layer is left as it was
+
+
+def test_layers_of_different_widths_or_scope_layer_get_one_threshold_each(layers):
+    ragged = [layers[0], layers[1][:, :8], layers[2]]
+    for given, scope in ((ragged, "model"), (layers, "layer")):
+        got = prepare_layers(given, q=0.9, scope=scope)
+        for g, x in zip(got, given):
+            t = _approx_threshold(x.astype(np.float64), 0.9)
+            np.testing.assert_allclose(g, _normalise(np.clip(x.astype(np.float64), -t, t)), rtol=1e-5, atol=1e-6)
+
+
+def test_one_layer_and_no_clamp(layers):
+    np.testing.assert_allclose(prepare_layers(layers[:1], q=0.9)[0], prepare_layers(layers[:1], q=0.9, scope="layer")[0])
+    np.testing.assert_allclose(prepare_layers(layers, q=1.0)[2], _normalise(layers[2].astype(np.float64)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="outlier scope must be 'model' or 'layer'"):
+        prepare_layers(layers, scope="sample")
