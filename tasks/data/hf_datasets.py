@@ -3,8 +3,9 @@
 Where the data comes from (``source``):
 
 - a hub dataset id (``minhuh/prh``, the paper's data, at ``revision`` ``wit_1024``): its Parquet
-  and Arrow files are fetched into the Hugging Face hub cache with ``huggingface_hub``, or taken
-  from that cache when the machine is offline (``HF_HUB_OFFLINE=1``, or the hub unreachable);
+  and Arrow files (every split's, once) are fetched into the Hugging Face hub cache with
+  ``huggingface_hub``, or taken from that cache when the machine is offline (``HF_HUB_OFFLINE=1``,
+  or the hub unreachable);
 - a local folder: a copy of a dataset repository (Parquet or Arrow data files, any depth), or a
   folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``.
 

@@ -195,6 +195,15 @@ def test_reading_stops_after_the_first_n_rows(tmp_path):
     assert _texts(records) == ["caption 0 a", "caption 1 a", "caption 2 a"] and len(provenance["files"]) == 2
 
 
+def test_arrow_files_in_either_ipc_format(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pa.OSFile(str(tmp_path / "d" / "train-0.arrow"), "wb") as sink, pa.ipc.new_file(sink, _table(0, 2).schema) as writer:
+        writer.write_table(_table(0, 2))  # the random-access file format
+    with pa.OSFile(str(tmp_path / "d" / "train-1.arrow"), "wb") as sink, pa.ipc.new_stream(sink, _table(2, 2).schema) as writer:
+        writer.write_table(_table(2, 2))  # the stream format datasets writes
+    assert _texts(read_hf_dataset(str(tmp_path / "d"))[0]) == [f"caption {i} a" for i in range(4)]
+
+
 def test_files_without_split_names_are_train(tmp_path):
     (tmp_path / "d" / "shards").mkdir(parents=True)
     pq.write_table(_table(0, 2), tmp_path / "d" / "shards" / "part-0.parquet")
