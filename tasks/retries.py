@@ -38,12 +38,17 @@ def model_load_timeout() -> float | None:
 
 
 def is_transient(error: BaseException | None) -> bool:
-    """True if ``error`` (or an exception it was raised from) is a storage or network hiccup."""
+    """True if ``error`` (or an exception it was raised from) is a storage or network hiccup.
+
+    The chain is followed through ``__cause__`` (``raise ... from cause``) and the implicit
+    ``__context__``, except where the raiser cut it (``raise ... from None``): an error that says
+    "offline and not cached" is final even though a connection error led to it.
+    """
     seen = 0
     while error is not None and seen < 8:
         if _transient_here(error):
             return True
-        error = error.__cause__ or error.__context__
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
         seen += 1
     return False
 

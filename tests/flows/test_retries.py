@@ -44,6 +44,25 @@ def test_transient_cause_chain():
         assert is_transient(error)
 
 
+def test_an_error_raised_from_none_is_final():
+    """"Offline and not cached" arises while handling a connection error; its raiser cut the chain
+    (``from None``): retrying cannot help, so it is not retried. An implicit context still counts."""
+    try:
+        try:
+            raise ConnectionError("connection refused")
+        except ConnectionError:
+            raise ValueError("dataset 'org/x': the hub cannot be reached and it is not in the local cache") from None
+    except ValueError as error:
+        assert error.__context__ is not None and not is_transient(error)
+    try:
+        try:
+            raise ConnectionError("reset")
+        except ConnectionError:
+            raise RuntimeError("upload failed")  # noqa: B904 - the implicit context is the point
+    except RuntimeError as error:
+        assert is_transient(error)
+
+
 def test_backoff():
     assert backoff(2, 3, factor=3) == [2, 6, 18]
     assert backoff(5, 3) == [5, 10, 20]
