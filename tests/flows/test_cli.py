@@ -159,3 +159,53 @@ def test_dataset_argument_reads_hugging_face_urls(tmp_path, monkeypatch):
     for bad in ("hf://datasets/", "hf://datasets/org/name@main/sub"):
         with pytest.raises(ValueError, match="expected hf://datasets/ORG/NAME"):
             dataset_argument(bad)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_on_a_hugging_face_dataset_from_the_hub_cache(tmp_path, monkeypatch, capsys):
+    """`prh run --dataset hf://datasets/ORG/NAME@REV` offline, the dataset in the hub cache as a
+    download leaves it; then a config asking for every caption: two rows per image, the vision
+    model run once per image (both captions' rows carry the same vector)."""
+    import io
+
+    import huggingface_hub.constants as hub
+    import pyarrow as pa
+
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+    snapshot = tmp_path / "hub" / "datasets--org--pairs" / "snapshots" / commit / "data"
+    snapshot.mkdir(parents=True)
+    images = []
+    for i in range(16):
+        buffer = io.BytesIO()
+        Image.new("RGB", (24, 24), (i * 37 % 256, i * 91 % 256, i * 53 % 256)).save(buffer, format="PNG")
+        images.append({"bytes": buffer.getvalue(), "path": f"{i}.png"})
+    table = pa.table({"image": pa.array(images, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                      "text": [[f"a square of colour {i}", f"colour number {i}"] for i in range(16)]})
+    pq.write_table(table, snapshot / "train-00000-of-00001.parquet")
+    (snapshot.parent.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent.parent / "refs" / "wit_1024").write_text(commit)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"models": [TINY_VIT, TINY_BERT], "alignment": {"metrics": ["mutual_knn"], "topk": 3}}))
+    store = str(tmp_path / "store")
+    assert main(["run", "--config", str(config), "--dataset", "hf://datasets/org/pairs@wit_1024", "--store", store]) == 0
+    capsys.readouterr()
+    assert main(["sql", "select n_samples, source from datasets", "--store", store, "--format", "json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    source = json.loads(row["source"])
+    assert row["n_samples"] == 16 and source["hub_id"] == "org/pairs" and source["commit"] == commit and source["captions"] == "first"
+
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "huggingface", "path": "org/pairs", "revision": "wit_1024", "captions": "all"},
+                                      "models": [TINY_VIT, TINY_BERT], "alignment": {"metrics": ["mutual_knn"], "topk": 3}}))
+    assert main(["run", "--config", str(config), "--store", store]) == 0
+    capsys.readouterr()
+    query = ("with d as (select dataset_version from datasets where n_samples = 32) "
+             "select s.image_id, count(*) n, count(distinct f.vector::varchar) vectors from features f "
+             "join models m using (model, feature_version) join samples s on s.sample_id = f.sample_id "
+             "and s.dataset_version = m.dataset_version where f.model = 'tiny-vit' and f.layer = 0 "
+             "and m.dataset_version = (select dataset_version from d) group by all")
+    assert main(["sql", query, "--store", store, "--format", "json"]) == 0
+    groups = json.loads(capsys.readouterr().out)
+    assert len(groups) == 16 and all(g["n"] == 2 and g["vectors"] == 1 for g in groups)
