@@ -379,7 +379,7 @@ class Store:
         except Exception:  # noqa: BLE001 - see the docstring
             _ABANDONED_CLAIMS.add(owner)
         try:
-            self.delete(_heartbeat_key(claim_key, owner))
+            self.delete(_heartbeat_key(claim_key, owner))  # our own id (a uuid): always a key
         except Exception:  # noqa: BLE001 - a leftover sign of life is never read once its claim is gone
             pass
 
@@ -413,26 +413,26 @@ class Store:
         except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
             return False
         owner = token.get("owner")
-        if isinstance(owner, str):
-            alive_at = max(alive_at, self._heartbeat_at(claim_key, owner))
+        alive_key = _heartbeat_key(claim_key, owner)
+        if alive_key is not None:
+            alive_at = max(alive_at, self._heartbeat_at(alive_key))
         abandoned = owner in _ABANDONED_CLAIMS
         if abandoned or owner_is_dead(token.get("process")) or time.time() - alive_at > stale_after_s:
             try:
                 if self.read_bytes(claim_key) == raw:  # still the same claim
                     self.delete(claim_key)
-                    if isinstance(owner, str):
-                        self.delete(_heartbeat_key(claim_key, owner))
+                    if alive_key is not None:
+                        self.delete(alive_key)
                     return True
-            except (FileNotFoundError, ValueError):
+            except FileNotFoundError:
                 pass
         return False
 
-    def _heartbeat_at(self, claim_key: str, owner: str) -> float:
-        """Time of ``owner``'s last sign of life for this claim (0 when there is none)."""
+    def _heartbeat_at(self, alive_key: str) -> float:
+        """Time of the last sign of life in ``alive_key`` (0 when there is none)."""
         try:
-            key = _heartbeat_key(claim_key, owner)
-            self.fs.invalidate_cache(self.path(key))
-            return float(json.loads(self.read_bytes(key))["heartbeat_at"])
+            self.fs.invalidate_cache(self.path(alive_key))
+            return float(json.loads(self.read_bytes(alive_key))["heartbeat_at"])
         except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
             return 0.0
 
@@ -493,9 +493,15 @@ class _ClaimLost(Exception):
     """This writer's claim was taken over (it looked dead): it must not write another file."""
 
 
-def _heartbeat_key(claim_key: str, owner: str) -> str:
-    """Where the owner of ``claim_key`` leaves its sign of life: beside the claim."""
-    return f"{claim_key.rsplit('/', 1)[0]}/{HEARTBEAT_PREFIX}{owner}"
+def _heartbeat_key(claim_key: str, owner: Any) -> str | None:
+    """Where the owner of ``claim_key`` leaves its sign of life: beside the claim. ``owner`` is read
+    from a claim file, so one that is not a plain id (``/``, ``..``, not text) has no such file."""
+    name = HEARTBEAT_PREFIX + owner if isinstance(owner, str) else ""
+    try:
+        safe_component(name.lstrip("."), "claim owner")
+    except ValueError:
+        return None
+    return f"{claim_key.rsplit('/', 1)[0]}/{name}"
 
 
 class _Heartbeat:
@@ -526,7 +532,7 @@ class _Heartbeat:
             raise _ClaimLost(self._key)
 
     def _beat(self) -> None:
-        alive = _heartbeat_key(self._key, self._owner)
+        alive = _heartbeat_key(self._key, self._owner)  # our own id (a uuid): always a key
         while not self._stop.wait(self._interval):
             try:
                 if self._store._claim_owner(self._key) != self._owner:

@@ -160,3 +160,13 @@ def test_staleness_counts_from_the_last_heartbeat(store_url):
     assert not store._drop_if_stale(f"x/v/{CLAIM}", 60.0) and store.exists(f"x/v/{CLAIM}")
     store.write_bytes(f"x/v/{CLAIM}", claim(claimed_at=time.time() - 3600, heartbeat_at=time.time() - 120))
     assert store._drop_if_stale(f"x/v/{CLAIM}", 60.0) and not store.exists(f"x/v/{CLAIM}")
+
+
+def test_an_owner_id_from_a_claim_file_never_names_another_path(tmp_path):
+    """A claim file is data from elsewhere: an owner id with '/' or '..' is not made into a key."""
+    store = Store(str(tmp_path / "store"))
+    store.write_bytes("x/keep.bin", b"keep")
+    claim = json.dumps({"owner": "../keep.bin", "claimed_at": time.time() - 3600, "process": {"host": "elsewhere", "pid": 1}}).encode()
+    store.write_bytes(f"x/v/{CLAIM}", claim)
+    assert store._drop_if_stale(f"x/v/{CLAIM}", 60.0) and not store.exists(f"x/v/{CLAIM}")  # stale: taken over
+    assert store.read_bytes("x/keep.bin") == b"keep"  # and nothing else removed
