@@ -18,7 +18,7 @@ from storage.catalog import connect
 from storage.features import vectors_from_arrow
 from storage.store import Store
 from tasks.report.neighbours import NeighbourExamples, Sample, select_examples
-from tasks.report.tables import ReportInput, metrics_of
+from tasks.report.tables import ReportInput, describe_dataset, metrics_of
 
 NEIGHBOUR_METRIC = "mutual_knn"
 
@@ -79,6 +79,10 @@ def load_report_input(
     con = connect(store)
     try:
         record = dict(record) if record is not None else select_run(con, run_id)
+        dataset = con.sql("select name, source from datasets where dataset_version = ?",
+                          params=[record.get("dataset_version")]).fetchall()
+        if dataset:
+            record.setdefault("dataset_description", describe_dataset(*dataset[0]))
         con.register("_report_alignments", alignment_selection(record))
         con.register("_report_features", feature_selection(record))
         join = "join _report_alignments s using (alignment_version, model_a, model_b)"

@@ -133,7 +133,8 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
         sections.append(html.section("Notes", "notes", html.notes(notes)))
 
     meta = {"run": run.get("run_id"), "status": run.get("status"), "started": run.get("started_at"), "store": run.get("store"),
-            "dataset": run.get("dataset_version"), "N": ", ".join(map(str, n_samples)), "metrics": ", ".join(metrics)}
+            "dataset": run.get("dataset_version"), "data": run.get("dataset_description"), "N": ", ".join(map(str, n_samples)),
+            "metrics": ", ".join(metrics)}
     toc = [("models", "Models"), ("best", "Best scores"), ("model-heatmaps", "Model × model"), ("scaling", "Quality and size"),
            ("layer-heatmaps", "Layer × layer"), ("neighbours", "Nearest neighbours"), ("notes", "Notes")]
     present = [(a, t) for a, t in toc if f'<section id="{a}">' in "".join(sections)]

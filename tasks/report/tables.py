@@ -7,6 +7,7 @@ only the columns named here are read, so extra columns are ignored and missing o
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,33 @@ class ReportInput:
     models: pa.Table
     examples: NeighbourExamples | None = None
     notes: list[str] = field(default_factory=list)
+
+
+def describe_dataset(name: Any, source: Any) -> str | None:
+    """One line on what a dataset is, from its ``datasets`` row (``source`` is JSON text or a dict):
+    ``minhuh/prh@wit_1024 (commit 89abcdef0123), split train, first captions``."""
+    if isinstance(source, str):
+        try:
+            source = json.loads(source)
+        except ValueError:
+            source = {"kind": source}
+    if not isinstance(source, dict):
+        return None if name is None else str(name)
+    kind = source.get("kind")
+    if kind == "huggingface":
+        where = source.get("hub_id") or source.get("local_path") or "?"
+        if source.get("hub_id"):
+            where += f"@{source.get('revision') or 'main'}"
+            if source.get("commit"):
+                where += f" (commit {str(source['commit'])[:12]})"
+        detail = f"{where}, split {source.get('split', 'train')}, {source.get('captions', 'first')} captions"
+    elif kind == "openmoji":
+        detail = f"OpenMoji, n={source.get('n')}, seed {source.get('seed')}, {source.get('image_size')} px"
+    elif kind == "path":
+        detail = str(source.get("path"))
+    else:
+        detail = str(kind) if kind else ""
+    return " · ".join(str(p) for p in (name, detail) if p)
 
 
 def rows(table: pa.Table | None) -> list[dict[str, Any]]:

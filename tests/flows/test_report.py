@@ -36,7 +36,7 @@ def report_dir(store, tmp_path_factory) -> Path:
 
 def test_report_of_the_latest_completed_run(store, report_dir, capsys):
     page = (report_dir / "report.html").read_text(encoding="utf-8")
-    assert f"<code>{LATEST_RUN}</code>" in page
+    assert f"<code>{LATEST_RUN}</code>" in page and "data: <code>synthetic · test</code>" in page
     for row in store[1][LATEST_RUN]:
         assert f"{row['score']:.4f}" in page
         assert f"{row['score'] / (TOPK / (N - 1)):.1f}× chance" in page

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -52,3 +53,18 @@ def test_layer_matrix_has_every_layer_pair_with_names():
     assert names_a == [f"block.{i}" for i in range(LAYERS["vit-b"])] and names_b[0] == "layer.0"
     assert matrix[-1, -1] == score_of("cka", 1, 1) and np.unravel_index(matrix.argmax(), matrix.shape) == (3, 2)
     assert layer_matrix(score_rows(), "cka", "nope", "lm-b")[2].size == 0
+
+
+def test_describe_dataset():
+    from tasks.report.tables import describe_dataset
+
+    hub = {"kind": "huggingface", "hub_id": "minhuh/prh", "revision": "wit_1024", "commit": "89abcdef0123456789ab", "split": "train",
+           "captions": "first", "files": ["data/train-00000-of-00001.parquet"]}
+    assert describe_dataset("prh-wit_1024-train", json.dumps(hub)) == \
+        "prh-wit_1024-train · minhuh/prh@wit_1024 (commit 89abcdef0123), split train, first captions"
+    assert describe_dataset("pairs", {"kind": "huggingface", "local_path": "/data/pairs", "split": "test", "captions": "all"}) == \
+        "pairs · /data/pairs, split test, all captions"
+    assert describe_dataset("openmoji-1024", {"kind": "openmoji", "n": 1024, "seed": 0, "image_size": 224}) == \
+        "openmoji-1024 · OpenMoji, n=1024, seed 0, 224 px"
+    assert describe_dataset("my-pairs", '{"kind": "path", "path": "/data/my-pairs.parquet"}') == "my-pairs · /data/my-pairs.parquet"
+    assert describe_dataset("synthetic", "test") == "synthetic · test" and describe_dataset(None, None) is None
