@@ -57,8 +57,8 @@ def write_report(
     from tasks.report import build_report
     from tasks.report_source import load_report_input
 
-    target = Store(store)
-    report = build_report(load_report_input(target, run_id=run_id, pair=pair), formats=formats, cache=StoreFigureCache(target))
+    results = Store(store)
+    report = build_report(load_report_input(results, run_id=run_id, pair=pair), formats=formats, cache=StoreFigureCache(results))
     out = Path(out)
     for relative, content in report.files().items():
         target = out / relative

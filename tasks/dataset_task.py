@@ -32,12 +32,10 @@ def build_table(params: DatasetParams) -> tuple[pa.Table, pa.Table | None, str, 
         source = {"kind": "openmoji", "n": params.n, "seed": params.seed, "image_size": params.image_size, **openmoji.describe()}
         return table, None, params.name or f"openmoji-{table.num_rows}", source
     if params.kind == "huggingface":
-        from tasks.data.hf_datasets import read_hf_dataset
-        from tasks.data.tables import validate_records
+        from tasks.data.hf_datasets import load_hf_dataset
 
-        records, root, provenance = read_hf_dataset(params.path, params.revision, params.split, params.image_column,
-                                                    params.text_column, params.captions, params.n)
-        result = validate_records(records, root, f"{params.path} ({params.split})")
+        result, provenance = load_hf_dataset(params.path, params.revision, params.split, params.image_column,
+                                             params.text_column, params.captions, params.n)
         default = "-".join(p for p in (params.path.rstrip("/").rsplit("/", 1)[-1], params.revision, params.split) if p)
         return result.table, result.rejected, params.name or _safe_name(default), {"kind": "huggingface", **provenance}
     from tasks.data.tables import load_paired_dataset

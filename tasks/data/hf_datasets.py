@@ -39,8 +39,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.data.sources import RawRecord, records_from_table
+from tasks.data.tables import LoadResult, validate_records
 
-__all__ = ["HubDataset", "read_hf_dataset", "resolve_source", "split_files"]
+__all__ = ["HubDataset", "load_hf_dataset", "read_hf_dataset", "resolve_source", "split_files"]
 
 DATA_SUFFIXES = (".parquet", ".arrow")
 # The files a dataset snapshot needs: data, and the JSON that describes a save_to_disk folder.
@@ -61,10 +62,6 @@ class HubDataset:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def _looks_like_hub_id(value: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?", value)) and ".." not in value
-
-
 def resolve_source(source: str, revision: str | None = None) -> HubDataset:
     """The local folder of ``source``: an existing folder as it is, else a hub dataset id fetched
     into (or found in) the hub cache at ``revision`` (a branch, tag or commit; default ``main``).
@@ -81,12 +78,16 @@ def resolve_source(source: str, revision: str | None = None) -> HubDataset:
         if revision:
             raise ValueError(f"Hugging Face dataset {source!r} is a local folder: revision {revision!r} does not apply")
         return HubDataset(local.resolve(), {"local_path": str(local.resolve())})
-    if not _looks_like_hub_id(source):
-        raise ValueError(f"Hugging Face dataset {source!r}: no such folder ({local.absolute()}) and not a hub id "
-                         "(expected 'name' or 'org/name')")
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        raise ValueError(f"Hugging Face dataset {source!r}: no such folder ({local.absolute()}) and not a hub id "
+                         "(expected 'name' or 'org/name')") from None
 
     where = f"Hugging Face dataset {source!r} at revision {revision or 'main'!r}"
     nor_local = f"; nor is there a local folder {local.absolute()}"
@@ -264,12 +265,31 @@ def read_hf_dataset(
         table = table.slice(0, n)
     table = table.rename_columns([{image_column: "image", text_column: "text"}.get(c, c) for c in table.column_names])
     table, origins = _one_caption_per_row(table, captions)
-    records = records_from_table(table, f"{source} ({split})")
+    records = records_from_table(table, f"{source} ({split})")  # as load_hf_dataset names it
     if origins is not None:  # name the dataset's row and caption, not the expanded position
         records = [replace(r, row=row, origin=f"row {row}, caption {j}") for r, (row, j) in zip(records, origins)]
     provenance = {**dataset.provenance, "split": split, "captions": captions, "n": n,
                   "files": [p.relative_to(dataset.root).as_posix() for p in files[:len(tables)]]}
     return records, files[0].parent, provenance
+
+
+def load_hf_dataset(
+    source: str,
+    revision: str | None = None,
+    split: str = "train",
+    image_column: str = "image",
+    text_column: str = "text",
+    captions: Captions = "first",
+    n: int | None = None,
+) -> tuple[LoadResult, dict[str, Any]]:
+    """``read_hf_dataset``'s records checked like any table (``tasks.data.tables``): the valid rows,
+    every refused one with its reason, and the provenance.
+
+    Raises:
+        ValueError: as ``read_hf_dataset``, or fewer than 2 valid rows.
+    """
+    records, root, provenance = read_hf_dataset(source, revision, split, image_column, text_column, captions, n)
+    return validate_records(records, root, f"{source} ({split})"), provenance
 
 
 def _one_caption_per_row(table: pa.Table, captions: Captions) -> tuple[pa.Table, list[tuple[int, int]] | None]:

@@ -56,12 +56,15 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
         figures.append(rendered)
         return html.figure(rendered)
 
-    def of_metric(metric: str) -> list[dict[str, Any]]:
-        return [r for r in best if r["metric"] == metric]
-
-    by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    # The rows each figure shows (and is cached by): grouped once, not filtered per figure.
+    best_of_metric: dict[str, list[dict[str, Any]]] = {}
+    best_of_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in best:
+        best_of_metric.setdefault(r["metric"], []).append(r)
+        best_of_pair.setdefault((r["model_a"], r["model_b"]), []).append(r)
+    scores_of_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in scores:
-        by_pair.setdefault((r["model_a"], r["model_b"]), []).append(r)
+        scores_of_pair.setdefault((r["model_a"], r["model_b"]), []).append(r)
 
     run = data.run
     n_samples = sorted({int(r["n_samples"]) for r in best if r.get("n_samples") is not None})
@@ -81,13 +84,13 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
         parts.append(add(f"model-heatmap-{metric}", f"{metric}: best score per model pair, annotated with × chance"
                          + (f" (chance = {chance:.4f}, red line on the colour bar)" if chance is not None else ""),
                          lambda grid=grid, metric=metric, chance=chance: heatmaps.model_heatmap(grid, metric, False, chance),
-                         [of_metric(metric), chance]))
+                         [best_of_metric[metric], chance]))
         calibrated = model_grid(best, metric, "calibrated_score")
         if (calibrated.values == calibrated.values).any():
             parts.append(add(f"model-heatmap-{metric}-calibrated", f"{metric}: permutation-calibrated score and p-value "
                              "(0 = not above the null's 1−α quantile)",
                              lambda calibrated=calibrated, metric=metric: heatmaps.model_heatmap(calibrated, metric, True),
-                             [of_metric(metric)]))
+                             [best_of_metric[metric]]))
         else:
             notes.append(f"{metric}: no calibrated scores (the run used no permutations)")
     sections.append(html.section("Model × model", "model-heatmaps", html.figures(*parts)))
@@ -99,7 +102,7 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
                 ("size", "against parameter count", scaling.size_points, scaling.alignment_vs_size)):
             if points(best, models, metric):
                 parts.append(add(f"{kind}-{metric}", f"{metric} {caption}",
-                                 lambda draw=draw, metric=metric: draw(best, models, metric), [of_metric(metric), models]))
+                                 lambda draw=draw, metric=metric: draw(best, models, metric), [best_of_metric[metric], models]))
     with_bpb = sorted(m["model"] for m in models if number(m.get("bits_per_byte")) is not None)
     if not with_bpb:
         notes.append("no language model has bits per byte (only causal LMs do): the quality figure is left out")
@@ -113,8 +116,8 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
 
     parts = []
     for model_a, model_b in pairs_of(best) if pairs is None else pairs:
-        pair_scores = by_pair.get((model_a, model_b), [])
-        pair_best = [r for r in best if r["model_a"] == model_a and r["model_b"] == model_b]
+        pair_scores = scores_of_pair.get((model_a, model_b), [])
+        pair_best = best_of_pair.get((model_a, model_b), [])
         if any(r["metric"] in metrics for r in pair_scores):
             # PNG only: a layer matrix is a raster image, which SVG would only wrap (and slowly).
             parts.append(add(f"layers-{model_a}__{model_b}", f"{model_a} × {model_b}: every layer pair (red box: the best pair)",

@@ -85,12 +85,12 @@ def render_cached(name: str, caption: str, draw: Callable[[], Figure], inputs: A
     ``draw`` must depend on nothing but ``inputs`` (and the drawing code). PNG is always made.
     """
     wanted = ("png", *(f for f in formats if f != "png"))
-    digest = figure_digest(name, inputs) if cache is not None else ""
-    if cache is not None:
-        files = cache.get(digest, wanted)
-        if files is not None:
-            return RenderedFigure(name, caption, {f: files[f] for f in wanted})
+    if cache is None:
+        return render(name, caption, draw(), wanted)
+    digest = figure_digest(name, inputs)
+    files = cache.get(digest, wanted)
+    if files is not None:
+        return RenderedFigure(name, caption, {f: files[f] for f in wanted})
     rendered = render(name, caption, draw(), wanted)
-    if cache is not None:
-        cache.put(digest, rendered.files)
+    cache.put(digest, rendered.files)
     return rendered
