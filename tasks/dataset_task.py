@@ -34,8 +34,8 @@ def build_table(params: DatasetParams) -> tuple[pa.Table, pa.Table | None, str, 
     if params.kind == "huggingface":
         from tasks.data.hf_datasets import load_hf_dataset
 
-        result, provenance = load_hf_dataset(params.path, params.revision, params.split, params.image_column,
-                                             params.text_column, params.captions, params.n)
+        result, provenance = load_hf_dataset(params.path, revision=params.revision, split=params.split, image_column=params.image_column,
+                                             text_column=params.text_column, captions=params.captions, n=params.n)
         default = "-".join(p for p in (params.path.rstrip("/").rsplit("/", 1)[-1], params.revision, params.split) if p)
         return result.table, result.rejected, params.name or _safe_name(default), {"kind": "huggingface", **provenance}
     from tasks.data.tables import load_paired_dataset

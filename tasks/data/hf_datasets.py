@@ -273,23 +273,15 @@ def read_hf_dataset(
     return records, files[0].parent, provenance
 
 
-def load_hf_dataset(
-    source: str,
-    revision: str | None = None,
-    split: str = "train",
-    image_column: str = "image",
-    text_column: str = "text",
-    captions: Captions = "first",
-    n: int | None = None,
-) -> tuple[LoadResult, dict[str, Any]]:
-    """``read_hf_dataset``'s records checked like any table (``tasks.data.tables``): the valid rows,
-    every refused one with its reason, and the provenance.
+def load_hf_dataset(source: str, **options: Any) -> tuple[LoadResult, dict[str, Any]]:
+    """``read_hf_dataset(source, **options)``'s records checked like any table
+    (``tasks.data.tables``): the valid rows, every refused one with its reason, and the provenance.
 
     Raises:
         ValueError: as ``read_hf_dataset``, or fewer than 2 valid rows.
     """
-    records, root, provenance = read_hf_dataset(source, revision, split, image_column, text_column, captions, n)
-    return validate_records(records, root, f"{source} ({split})"), provenance
+    records, root, provenance = read_hf_dataset(source, **options)
+    return validate_records(records, root, f"{source} ({provenance['split']})"), provenance
 
 
 def _one_caption_per_row(table: pa.Table, captions: Captions) -> tuple[pa.Table, list[tuple[int, int]] | None]:
