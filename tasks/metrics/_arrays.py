@@ -5,7 +5,7 @@ Nothing here computes a metric. The rules, used everywhere in ``tasks.metrics``:
 - inputs may be numpy arrays or torch tensors; they are converted without copying when possible;
 - the computation dtype is float64 when the input is float64 and float32 otherwise (float16 and
   bfloat16 inputs are upcast: neighbour counts and kernel sums are never accumulated in half
-  precision);
+  precision); a float32 side scored against a float64 side is computed in float64;
 - the device is the ``device=`` argument when given, else ``cuda`` when any input tensor lives on
   a CUDA device, else ``cpu``.
 """

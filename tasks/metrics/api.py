@@ -30,11 +30,22 @@ def representations(xs: Any, ys: Any, device: str | torch.device | None = None
         else:
             raw = [z for side in (xs, ys) for z in ([side] + list(split_layers(side)))]
             device = resolve_device(None, *raw)
-    ra = as_representation(xs, device)
-    rb = ra if ys is xs else as_representation(ys, device)
+    ra = _side("x", xs, device)
+    rb = ra if ys is xs else _side("y", ys, device)
+    if ra.dtype != rb.dtype:  # e.g. float32 against float64: the pair computes in float64
+        ra, rb = (Representation(r.layers, r.device, dtype=torch.float64) if r.dtype != torch.float64 else r
+                  for r in (ra, rb))
     if ra.n != rb.n:
         raise ValueError(f"x and y must have the same number of paired samples: {ra.n} != {rb.n}")
     return ra, rb
+
+
+def _side(name: str, xs: Any, device: str | torch.device | None) -> Representation:
+    """``as_representation(xs, device)`` with input errors prefixed by the side's name."""
+    try:
+        return as_representation(xs, device)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
 
 
 def encode_pair(spec: MetricSpec, xs: Any, ys: Any, params: dict[str, Any]
@@ -90,10 +101,14 @@ def score(metric: str | MetricSpec, x: Any, y: Any, **params: Any) -> float:
         >>> round(score("mutual_knn", x, x, topk=5), 6)
         1.0
     """
+    sides = []
     for name, z in (("x", x), ("y", y)):
+        if isinstance(z, (list, tuple)):  # nested Python lists: one (N, D) layer
+            z = np.asarray(z, dtype=np.float64)
         if not isinstance(z, Representation) and getattr(z, "ndim", 2) != 2:
             raise ValueError(f"{name} must be (N, D); use layer_matrix for stacks of layers")
-    m = layer_matrix(metric, x, y, **params)
+        sides.append(z)
+    m = layer_matrix(metric, *sides, **params)
     if m.shape != (1, 1):
         raise ValueError(f"score takes one layer per side, got a {m.shape} matrix")
     return float(m[0, 0])

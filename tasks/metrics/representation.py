@@ -36,14 +36,22 @@ class Representation:
             one ``(N, D)`` layer; numpy or torch. Used as given (no preprocessing).
         device: ``'cpu'``/``'cuda'``/torch.device; default: cuda when the input is on cuda.
         keep_gram_max_n: keep per-layer Gram matrices in memory when ``N`` is at most this.
+        dtype: computation dtype; default float64 when every layer is float64, else float32.
+
+    Raises:
+        ValueError: fewer than 2 samples, a layer of width 0, or a NaN/inf value (the error
+            names the layer and counts the bad rows): a metric of such features would be NaN or
+            silently wrong.
     """
 
     def __init__(self, xs: ArrayLike | Sequence[ArrayLike], device: str | torch.device | None = None,
-                 keep_gram_max_n: int = KEEP_GRAM_MAX_N) -> None:
+                 keep_gram_max_n: int = KEEP_GRAM_MAX_N, dtype: torch.dtype | None = None) -> None:
         layers = split_layers(xs)
         device = resolve_device(device, xs, *layers)
-        dtype = torch.float64 if all(_is_float64(x) for x in layers) else torch.float32
+        if dtype is None:
+            dtype = torch.float64 if all(_is_float64(x) for x in layers) else torch.float32
         tensors = [to_tensor(x, device, dtype) for x in layers]
+        check_values(tensors)
         n = int(tensors[0].shape[0])
         self._set(tensors, device, dtype, n, n <= keep_gram_max_n, [int(x.shape[1]) for x in tensors])
 
@@ -178,6 +186,21 @@ class Representation:
     def drop_grams(self) -> None:
         """Free the cached Gram matrices (encodings already built stay cached)."""
         self._grams.clear()
+
+
+def check_values(layers: Sequence[torch.Tensor]) -> None:
+    """Raise ``ValueError`` unless every ``(N, D_l)`` layer has ``N >= 2``, ``D_l >= 1`` and only
+    finite values."""
+    n = int(layers[0].shape[0])
+    if n < 2:
+        raise ValueError(f"need at least 2 paired samples, got N={n}")
+    for l, x in enumerate(layers):
+        if x.shape[1] == 0:
+            raise ValueError(f"layer {l} has width 0")
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            bad = int((~finite.all(dim=1)).sum())
+            raise ValueError(f"layer {l} has non-finite values (NaN or inf) in {bad} of its {n} rows")
 
 
 def _is_float64(x: ArrayLike) -> bool:

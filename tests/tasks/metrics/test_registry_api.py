@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -90,6 +91,39 @@ def test_mismatched_samples_and_bad_shapes() -> None:
         score("cka", x, y[:-1])
     with pytest.raises(ValueError):
         score("cka", np.stack([x, x]), np.stack([x, x]))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.nan, "non-finite values (NaN or inf) in 1 of its"), (np.inf, "non-finite"), (-np.inf, "non-finite")])
+def test_non_finite_features_are_refused_naming_side_and_layer(bad: float, message: str) -> None:
+    xs, ys = layers(seed=7), layers(seed=8)
+    ys[2] = ys[2].copy()
+    ys[2][4, 1] = bad
+    for metric in ("mutual_knn", "cka", "svcca"):
+        with pytest.raises(ValueError, match="^y: layer 2 has " + re.escape(message)):
+            layer_matrix(metric, xs, ys, topk=3, cca_dim=2)
+
+
+@pytest.mark.parametrize("n, width, message", [(1, 4, "need at least 2 paired samples, got N=1"),
+                                               (0, 4, "got N=0"), (10, 0, "layer 0 has width 0")])
+def test_degenerate_shapes_are_refused(n: int, width: int, message: str) -> None:
+    x = np.ones((n, width))
+    for metric in ("cka", "procrustes"):
+        with pytest.raises(ValueError, match="^x: .*" + message):
+            score(metric, x, np.ones((n, 3)))
+
+
+def test_mixed_dtypes_compute_in_float64() -> None:
+    """float32 against float64 (or integers, bools) is promoted, not a dtype error."""
+    x, y = paired()
+    want = score("cka", x.astype(np.float32).astype(np.float64), y)
+    assert score("cka", x.astype(np.float32), y) == pytest.approx(want, abs=1e-12)
+    x32 = x.astype(np.float32)
+    assert score("cka", y, x32) == pytest.approx(score("cka", y, x32.astype(np.float64)), abs=1e-12)
+    ints = np.round(x * 10).astype(np.int64)
+    np.testing.assert_allclose(layer_matrix("cka", [ints], [y]),
+                               layer_matrix("cka", [ints.astype(np.float64)], [y]), atol=1e-12)
+    assert score("mutual_knn", x.tolist(), y, topk=3) == score("mutual_knn", x, y, topk=3)
 
 
 def test_representation_reuses_work() -> None:
