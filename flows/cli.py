@@ -82,6 +82,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, PermissionError) as error:
         print(f"prh {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # noqa: BLE001 - only store failures are turned into one line
+        message = _store_failure(error, getattr(args, "store", None) or default_store())
+        if message is None:
+            raise
+        print(f"prh {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _store_failure(error: BaseException, store: str) -> str | None:
+    """One line for an object store that failed (down, unreachable, refusing), or None for any
+    other error (those keep their traceback)."""
+    from storage.s3_options import describe_s3_error
+    from storage.store import StoreIOError, redact_url
+
+    if isinstance(error, StoreIOError):
+        return str(error)
+    chain, found = [], error
+    while found is not None and len(chain) < 8:
+        chain.append(found)
+        found = found.__cause__ or found.__context__
+    if any(type(e).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp") for e in chain):
+        return f"store {redact_url(store)}: {describe_s3_error(error)}"
+    return None
 
 
 HF_DATASET_URL = "hf://datasets/"
@@ -109,6 +132,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.permutations is not None:
         config = config.model_copy(update={"alignment": config.alignment.model_copy(update={"permutations": args.permutations})})
     store = args.store or default_store()
+    from storage.store import Store
+
+    Store(store).check_writable()  # a store that cannot take writes fails here, before any server starts
 
     from flows.pipeline import ZooFailures, prh_pipeline
 

@@ -120,7 +120,12 @@ class Store:
                 endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
                 if endpoint:
                     options["endpoint_url"] = endpoint
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
+        except (ValueError, ImportError) as error:  # unknown protocol, its package not installed
+            raise ValueError(f"store {redact_url(self.url)}: cannot open it: {error}") from None
+        except OSError as error:  # a filesystem that connects as it opens (ftp, sftp...)
+            raise StoreIOError(f"store {redact_url(self.url)}: cannot reach it: {_describe(error)}") from error
         self.root = self.root.rstrip("/")
         self.is_local = "file" in _protocols(self.fs)
         if is_s3 and (fs_retries := s3fs_retries()) is not None:
@@ -193,13 +198,19 @@ class Store:
 
         Writes and removes a probe object under ``_probe/``; on a local disk also checks that at
         least ``min_free_mb`` MiB are free (default ``PRH_MIN_FREE_MB`` or 256). Raises
-        :class:`StoreNotWritable` naming the store and the problem.
+        :class:`StoreNotWritable` naming the store and the problem, or :class:`StoreIOError` when
+        an object store cannot be reached (after the client's retries).
         """
         key = f"_probe/.probe-{uuid.uuid4().hex}"
         try:
             self.write_bytes(key, b"probe")
             self.delete(key)
-        except OSError as error:
+        except Exception as error:
+            failure = self._failure("write a probe object", error)
+            if isinstance(failure, StoreIOError):  # an object store that is down or unreachable
+                raise failure from error
+            if not isinstance(error, OSError):
+                raise
             cause = error.__cause__ if isinstance(error, StoreNotWritable) and isinstance(error.__cause__, OSError) else error
             raise StoreNotWritable(f"store {self.display_url} is not writable: {_describe(cause)}") from error
         if self.is_local:

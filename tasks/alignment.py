@@ -105,7 +105,7 @@ def prepare_layers(layers: Sequence[np.ndarray], q: float = 0.95, scope: str = "
     if scope not in ("model", "layer"):
         raise ValueError(f"outlier scope must be 'model' or 'layer', got {scope!r}")
     if scope == "model" and len(layers) > 1 and len({x.shape for x in layers}) == 1:
-        return list(np.asarray(metrics.prepare(np.stack(layers), q=q, exact=exact)))  # (L, N, D): one threshold
+        return metrics.prepare([np.asarray(x) for x in layers], q=q, exact=exact, per_layer=False)  # one threshold
     return [np.asarray(metrics.prepare(x, q=q, exact=exact)) for x in layers]
 
 

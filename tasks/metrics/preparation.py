@@ -19,7 +19,8 @@ Scope of the threshold, as in the paper: a single ``(N, D)`` layer gets its own 
 of layers gets one threshold per layer (the paper's list branch); a 3-D ``(L, N, D)`` tensor gets
 ONE threshold over all its layers (the paper's tensor branch, whose per-sample quantile pools the
 sample's values over every layer). ``per_layer=True`` forces one threshold per layer for 3-D
-input too. Computation is float32 (float64 inputs stay float64); the result has the input's kind
+input too; ``per_layer=False`` gives a list one pooled threshold. The pooled threshold is found a
+block of samples at a time (``pooled_outlier_threshold``): no stacked copy of the model's layers. Computation is float32 (float64 inputs stay float64); the result has the input's kind
 (numpy in, numpy out; tensor in, tensor on the same device out; list in, list out).
 """
 
@@ -33,39 +34,69 @@ import torch
 from ._arrays import ArrayLike, to_tensor
 
 
+#: Rows of a model's layers pooled at once when a per-sample quantile spans every layer: blocks of
+#: at most this many values (64 MiB of float32), so no (N, L, D) copy is ever made.
+POOLED_BLOCK_VALUES = 1 << 24
+
+
 def outlier_threshold(x: torch.Tensor, q: float, exact: bool = False) -> torch.Tensor:
     """Clamp threshold of the paper for features ``x`` of shape ``(N, ...)``: a 0-d tensor.
 
     ``exact``: ``sort(|x|.flatten())[int(q * numel)]``. Otherwise the mean over dim 0 of the
     per-sample linearly interpolated ``q``-quantiles of ``|x|``.
     """
+    return pooled_outlier_threshold([x.reshape(x.shape[0], -1)], q, exact)
+
+
+def pooled_outlier_threshold(layers: Sequence[torch.Tensor], q: float, exact: bool = False,
+                             block_values: int = POOLED_BLOCK_VALUES) -> torch.Tensor:
+    """The paper's threshold for a sample's values pooled over several layers: a 0-d tensor.
+
+    ``layers``: ``(N, D_l)`` tensors, rows paired (one dtype and device). The result equals
+    ``outlier_threshold`` of the ``(N, sum D_l)`` concatenation (the paper's ``(N, L, D)`` tensor
+    flattened per sample), without building it: ``exact`` selects the order statistic from the
+    concatenated ``|x|`` values (one copy of them); otherwise the per-sample quantiles are found a
+    block of rows at a time (``block_values`` values per block).
+    """
     # Order statistics by selection (kthvalue), not a full sort: the same values, without the
     # sort's int64 index tensor and its O(M log M) work (an (N, L, D) model is ~10^8 values).
-    a = x.abs()
     if exact:
-        flat = a.reshape(-1)
+        flat = torch.cat([layer.abs().reshape(-1) for layer in layers])
         index = min(int(q * flat.numel()), flat.numel() - 1)
         return flat.kthvalue(index + 1).values
-    rows = a.reshape(a.shape[0], -1)  # (N, M)
-    pos = q * (rows.shape[1] - 1)
+    n, m = int(layers[0].shape[0]), sum(int(layer.shape[1]) for layer in layers)
+    pos = q * (m - 1)
     lo = int(np.floor(pos))
-    hi = min(lo + 1, rows.shape[1] - 1)
-    low = rows.kthvalue(lo + 1, dim=1).values
-    high = low if hi == lo else rows.kthvalue(hi + 1, dim=1).values
-    weight = torch.tensor(pos - lo, dtype=rows.dtype, device=rows.device)
-    return torch.lerp(low, high, weight).mean()
+    hi = min(lo + 1, m - 1)
+    per_sample = torch.empty(n, dtype=layers[0].dtype, device=layers[0].device)
+    step = max(1, block_values // max(m, 1))
+    for start in range(0, n, step):
+        rows = torch.cat([layer[start:start + step].abs() for layer in layers], dim=1)  # (b, M)
+        low = rows.kthvalue(lo + 1, dim=1).values
+        high = low if hi == lo else rows.kthvalue(hi + 1, dim=1).values
+        weight = torch.tensor(pos - lo, dtype=rows.dtype, device=rows.device)
+        per_sample[start:start + step] = torch.lerp(low, high, weight)
+    return per_sample.mean()
 
 
-def _prepare_tensor(t: torch.Tensor, q: float, exact: bool, normalize: bool,
-                    sample_dim_first: bool) -> torch.Tensor:
-    """Clamp + normalise one tensor. ``t``: ``(N, D)`` or ``(L, N, D)`` (then one threshold)."""
-    if q < 1:
-        pooled = t if sample_dim_first else t.transpose(0, 1)  # samples first, as in the paper
-        thr = outlier_threshold(pooled, q, exact)
-        t = t.clamp(-thr, thr)
+def _clamp_normalize(t: torch.Tensor, threshold: torch.Tensor | None, normalize: bool) -> torch.Tensor:
+    """``t`` clamped to ``[-threshold, threshold]`` (when given), rows L2-normalised (when asked)."""
+    if threshold is not None:
+        t = t.clamp(-threshold, threshold)
     if normalize:
         t = torch.nn.functional.normalize(t, p=2, dim=-1)
     return t
+
+
+def _prepare_layers(layers: Sequence[torch.Tensor], q: float, exact: bool, normalize: bool,
+                    pooled: bool) -> list[torch.Tensor]:
+    """Clamp + normalise ``(N, D_l)`` layers: one threshold for all (``pooled``) or one each."""
+    if q >= 1:
+        return [_clamp_normalize(t, None, normalize) for t in layers]
+    if pooled:
+        threshold = pooled_outlier_threshold(layers, q, exact)
+        return [_clamp_normalize(t, threshold, normalize) for t in layers]
+    return [_clamp_normalize(t, pooled_outlier_threshold([t], q, exact), normalize) for t in layers]
 
 
 def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = False,
@@ -79,7 +110,10 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
         exact: exact sorted-element threshold instead of the mean of per-sample quantiles.
         normalize: divide each row by its L2 norm afterwards.
         per_layer: for 3-D input, ``True`` gives each layer its own threshold; ``None``/``False``
-            keeps the paper's single threshold for the whole tensor. Lists are always per layer.
+            keeps the paper's single threshold for the whole tensor. For a list, ``None``/``True``
+            is the paper's list branch (one threshold per layer) and ``False`` one threshold for
+            all layers, each sample's quantile pooling its values in every layer (the tensor
+            branch's threshold without stacking the layers; widths may differ).
 
     Returns:
         The prepared features, same container kind and shape as ``x``; float32 (float64 stays
@@ -94,16 +128,22 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
     if not 0 < q <= 1:
         raise ValueError(f"q must be in (0, 1], got {q}")
     if isinstance(x, (list, tuple)):
-        return [prepare(layer, q=q, exact=exact, normalize=normalize) for layer in x]
+        tensors = [to_tensor(layer) for layer in x]
+        if any(t.ndim != 2 for t in tensors):
+            raise ValueError(f"each layer must be (N, D); got shapes {[tuple(t.shape) for t in tensors]}")
+        if len({int(t.shape[0]) for t in tensors}) > 1:
+            raise ValueError(f"layers disagree on the number of samples: {[int(t.shape[0]) for t in tensors]}")
+        pooled = per_layer is False
+        if pooled and len({(t.dtype, t.device) for t in tensors}) > 1:  # one computation for all
+            tensors = [t.to(device=tensors[0].device, dtype=torch.float32) for t in tensors]
+        out = _prepare_layers(tensors, q, exact, normalize, pooled)
+        return [o.cpu().numpy() if isinstance(layer, np.ndarray) else o for o, layer in zip(out, x)]
     is_numpy = isinstance(x, np.ndarray)
     t = to_tensor(x)
     if t.ndim == 2:
-        out = _prepare_tensor(t, q, exact, normalize, sample_dim_first=True)
+        out = _prepare_layers([t], q, exact, normalize, pooled=True)[0]
     elif t.ndim == 3:
-        if per_layer:
-            out = torch.stack([_prepare_tensor(layer, q, exact, normalize, True) for layer in t])
-        else:
-            out = _prepare_tensor(t, q, exact, normalize, sample_dim_first=False)
+        out = torch.stack(_prepare_layers(list(t), q, exact, normalize, pooled=not per_layer))
     else:
         raise ValueError(f"expected (N, D) or (L, N, D), got shape {tuple(t.shape)}")
     return out.cpu().numpy() if is_numpy else out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pyarrow.parquet as pq
 import pytest
@@ -84,6 +85,31 @@ def test_read_only_or_full_store_fails_before_any_work(tmp_path, capsys, monkeyp
         assert "prh run: error: store file://" in err and "is not writable: Read-only file system" in err
         assert time.time() - started < 30
         assert sorted(p.name for p in (disk / "store").rglob("*") if p.is_file()) == ["earlier.json"]
+
+
+def test_unusable_store_urls_are_one_clear_line(tmp_path, capsys, monkeypatch):
+    """An unknown protocol, a protocol whose package is missing, an S3 endpoint nobody answers:
+    exit 2 with the store named and the reason, before any Prefect server starts."""
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"models": [TINY_VIT, TINY_BERT]}))
+    assert main(["run", "--config", str(config), "--store", "nosuch://bucket/x"]) == 2
+    assert capsys.readouterr().err.strip() == "prh run: error: store nosuch://bucket/x: cannot open it: Protocol not known: nosuch"
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "test")
+    monkeypatch.setenv("PRH_S3_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("PRH_S3_FS_RETRIES", "1")
+    monkeypatch.setenv("PRH_S3_CONNECT_TIMEOUT", "1")
+    with socket.socket() as closed:  # a loopback port with nothing behind it
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    assert main(["run", "--config", str(config), "--store", "s3://bucket/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prh run: error: cannot write a probe object in store s3://bucket/x: "
+                          "could not reach the S3 endpoint")
+    assert main(["sql", "select * from alignment", "--store", "s3://bucket/x"]) == 2
+    assert capsys.readouterr().err.startswith("prh sql: error: store s3://bucket/x: could not reach the S3 endpoint")
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -33,3 +33,19 @@ def test_bench_small_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert {(r[0], r[2]) for r in err} == {(d, m) for d in ("gaussian", "lowrank")
                                            for m in ("exact", "bf16", "bf16-refine")}
     assert all(r[4] == "0.00%" for r in err if r[2] == "bf16-refine")
+
+
+def test_bench_prepare_small_gives_the_papers_clamp(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/bench_prepare.py at CI size: the pooled (blockwise) clamp gives the paper's output."""
+    path = BENCH.parent / "bench_prepare.py"
+    spec = importlib.util.spec_from_file_location("bench_prepare", path)
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    for extra in ([], ["--exact"]):
+        results = mod.main(["--layers", "3", "--n", "40", "--width", "16", *extra])
+        (_, _, paper), (_, _, pooled) = results["paper"], results["pooled"]
+        assert paper.shape == (3, 40, 8) and float(abs(paper).max()) > 0
+        assert float(abs(pooled - paper).max()) < 1e-6
+    rows = [l.split() for l in capsys.readouterr().out.splitlines() if l.startswith(("paper", "pooled"))]
+    assert [r[0] for r in rows] == ["paper", "pooled"] * 2 and all(float(r[-1]) < 1e-6 for r in rows)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tasks.metrics import prepare
-from tasks.metrics.preparation import outlier_threshold
+from tasks.metrics.preparation import outlier_threshold, pooled_outlier_threshold
 
 from . import reference as ref
 
@@ -58,6 +58,23 @@ def test_stack_uses_one_threshold_like_the_paper(heavy: np.ndarray) -> None:
     np.testing.assert_allclose(prepare(stack), expected.numpy(), atol=1e-12)
     per_layer = prepare(stack, per_layer=True)
     np.testing.assert_allclose(per_layer[1], prepare(3 * heavy), atol=1e-12)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_pooled_list_is_the_stack_threshold_without_stacking(heavy: np.ndarray, exact: bool) -> None:
+    """``per_layer=False`` on a list: the paper's tensor-branch threshold; ragged widths pool the
+    concatenation of a sample's values; row blocks of any size give the same threshold."""
+    layers = [heavy, 3 * heavy, -2 * heavy]
+    pooled = prepare(layers, q=0.9, exact=exact, per_layer=False)
+    assert isinstance(pooled, list) and len(pooled) == 3
+    np.testing.assert_array_equal(np.stack(pooled), prepare(np.stack(layers), q=0.9, exact=exact))
+    ragged = [torch.from_numpy(heavy), torch.from_numpy(5 * heavy[:, :4])]
+    concatenated = torch.cat(ragged, dim=1)
+    want = float(outlier_threshold(concatenated, 0.9, exact))
+    if not exact:  # the definition, from torch.quantile of each sample's pooled values
+        assert want == pytest.approx(float(torch.quantile(concatenated.abs(), 0.9, dim=1).mean()), abs=1e-12)
+    for block in (1, 7, 21, 10**6):  # values per block: 1 row, part rows, several rows, all rows
+        assert float(pooled_outlier_threshold(ragged, 0.9, exact, block_values=block)) == want
 
 
 def test_list_and_torch_kinds(heavy: np.ndarray) -> None:
