@@ -44,8 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = commands.add_parser("run", help="run the full pipeline (dataset, features, alignment)")
     run.add_argument("--config", default=str(DEMO_CONFIG), help="pipeline YAML (default: the embedded demo)")
     run.add_argument("--store", default=None, help="store URL: a folder, file://..., s3://bucket/prefix (default: ./store)")
-    run.add_argument("--dataset", default=None, help="a paired Parquet/CSV table, a folder of images + .txt captions, or a "
-                     "Hugging Face dataset hf://datasets/ORG/NAME[@REVISION] (train split, first captions)")
+    run.add_argument("--dataset", default=None, help="a paired Parquet/CSV/JSON Lines table, a folder of images + .txt captions "
+                     "or with a metadata.jsonl/.csv table, or a Hugging Face dataset hf://datasets/ORG/NAME[@REVISION] (train split)")
+    run.add_argument("--image-column", default=None, help="with --dataset: the table's image column (default: image)")
+    run.add_argument("--text-column", default=None, help="with --dataset: the table's caption column (default: text)")
+    run.add_argument("--captions", choices=["first", "all"], default=None,
+                     help="with --dataset, a list of captions per image: the first (default, the paper's) or one row per caption")
     run.add_argument("--permutations", type=int, default=None, help="override alignment.permutations")
 
     sql = commands.add_parser("sql", help="query the catalog with DuckDB SQL (read-only)")
@@ -110,25 +114,30 @@ def _store_failure(error: BaseException, store: str) -> str | None:
 HF_DATASET_URL = "hf://datasets/"
 
 
-def dataset_argument(value: str) -> DatasetParams:
+def dataset_argument(value: str, **columns: str | None) -> DatasetParams:
     """``--dataset``: ``hf://datasets/ORG/NAME[@REVISION]`` (the Hugging Face convention) is a hub
-    dataset (its train split, first captions, every row); anything else a local table or folder."""
+    dataset (its train split, every row); anything else a local table or folder. ``columns``:
+    ``image_column``, ``text_column``, ``captions`` where given (None: the default)."""
     from tasks.params import DatasetParams
 
+    given = {name: value for name, value in columns.items() if value is not None}
     if value.startswith(HF_DATASET_URL):
         repo, _, revision = value[len(HF_DATASET_URL):].strip("/").partition("@")
         if not repo or "/" in revision:
             raise ValueError(f"--dataset {value!r}: expected {HF_DATASET_URL}ORG/NAME[@REVISION]")
-        return DatasetParams(kind="huggingface", path=repo, revision=revision or None, n=None)
-    return DatasetParams(kind="path", path=str(Path(value).resolve()))
+        return DatasetParams(kind="huggingface", path=repo, revision=revision or None, n=None, **given)
+    return DatasetParams(kind="path", path=str(Path(value).resolve()), **given)
 
 
 def _run(args: argparse.Namespace) -> int:
     from tasks.params import load_config
 
     config = load_config(args.config)
+    columns = {"image_column": args.image_column, "text_column": args.text_column, "captions": args.captions}
     if args.dataset:
-        config = config.model_copy(update={"dataset": dataset_argument(args.dataset)})
+        config = config.model_copy(update={"dataset": dataset_argument(args.dataset, **columns)})
+    elif any(v is not None for v in columns.values()):
+        raise ValueError("--image-column, --text-column and --captions apply to --dataset")
     if args.permutations is not None:
         config = config.model_copy(update={"alignment": config.alignment.model_copy(update={"permutations": args.permutations})})
     store = args.store or default_store()

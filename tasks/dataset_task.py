@@ -40,9 +40,13 @@ def build_table(params: DatasetParams) -> tuple[pa.Table, pa.Table | None, str, 
         return result.table, result.rejected, params.name or _safe_name(default), {"kind": "huggingface", **provenance}
     from tasks.data.tables import load_paired_dataset
 
-    result = load_paired_dataset(params.path)
+    columns = params.columns()
+    result = load_paired_dataset(params.path, columns=columns)
     name = params.name or _stem(params.path)
-    return result.table, result.rejected, name, {"kind": "path", "path": params.path}
+    source = {"kind": "path", "path": params.path}
+    if columns != type(columns)():  # say which columns were read when they are not the defaults
+        source.update(image_column=columns.image, text_column=columns.text, captions=columns.captions)
+    return result.table, result.rejected, name, source
 
 
 def _stem(path: str) -> str:

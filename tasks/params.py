@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.extract.spec import FieldError, ModelSpec
+
+if TYPE_CHECKING:
+    from tasks.data.sources import ColumnMap
 
 # Which of the pipeline's metric parameters each metric takes (the paper's parameter names).
 METRIC_PARAMETERS: dict[str, tuple[str, ...]] = {
@@ -52,14 +55,16 @@ class DatasetParams(BaseModel):
                           "of the split (null: all)")
     seed: Int = Field(0, description="openmoji: sampling seed")
     image_size: Int = Field(224, ge=16, le=2048, description="openmoji: rendered image size in pixels")
-    path: str | None = Field(None, description="path: a Parquet/CSV table (image, text[, sample_id]) or a folder of images with "
-                             ".txt captions; huggingface: a hub dataset id (e.g. minhuh/prh) or a local dataset folder")
+    path: str | None = Field(None, description="path: a Parquet/CSV/JSON Lines table (image, text[, sample_id]), a folder of "
+                             "images with .txt captions, or a folder with a metadata.jsonl/.csv/.parquet table (Hugging Face "
+                             "ImageFolder); huggingface: a hub dataset id (e.g. minhuh/prh) or a local dataset folder")
     revision: str | None = Field(None, description="huggingface: hub branch, tag or commit (the paper's data: wit_1024)")
     split: str = Field("train", min_length=1, description="huggingface: split to read")
-    image_column: str = Field("image", min_length=1, description="huggingface: column of the images")
-    text_column: str = Field("text", min_length=1, description="huggingface: column of the caption(s)")
+    image_column: str = Field("image", min_length=1, description="path, huggingface: column of the images (an ImageFolder "
+                              "metadata table without an 'image' column: file_name)")
+    text_column: str = Field("text", min_length=1, description="path, huggingface: column of the caption(s)")
     captions: Literal["first", "all"] = Field(
-        "first", description="huggingface, several captions per image: 'first' (the paper's) or 'all' (one row per caption)")
+        "first", description="path, huggingface, a list of captions per image: 'first' (the paper's) or 'all' (one row per caption)")
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DatasetParams":
@@ -67,11 +72,22 @@ class DatasetParams(BaseModel):
             what = "a table or a folder" if self.kind == "path" else "a hub dataset id or a dataset folder"
             raise FieldError("path", f"dataset.kind {self.kind!r} needs dataset.path ({what})")
         if self.kind != "huggingface":
-            defaults = {"revision": None, "split": "train", "image_column": "image", "text_column": "text", "captions": "first"}
+            defaults: dict[str, Any] = {"revision": None, "split": "train"}
+            if self.kind == "openmoji":
+                defaults.update(image_column="image", text_column="text", captions="first")
             for name, default in defaults.items():
                 if getattr(self, name) != default:
-                    raise FieldError(name, f"dataset.{name} applies to kind 'huggingface' only (kind is {self.kind!r})")
+                    kinds = "'huggingface' only" if name in ("revision", "split") else "'path' and 'huggingface'"
+                    raise FieldError(name, f"dataset.{name} applies to kind {kinds} (kind is {self.kind!r})")
+        if self.image_column == self.text_column:
+            raise FieldError("text_column", f"dataset.image_column and dataset.text_column are both {self.text_column!r}")
         return self
+
+    def columns(self) -> "ColumnMap":
+        """The table column names and caption policy (``tasks.data.sources.ColumnMap``)."""
+        from tasks.data.sources import ColumnMap
+
+        return ColumnMap(self.image_column, self.text_column, self.captions)
 
 
 class AlignmentParams(BaseModel):

@@ -30,15 +30,14 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.data.sources import RawRecord, records_from_table
+from tasks.data.sources import Captions, ColumnMap, RawRecord, records_with_captions
 from tasks.data.tables import LoadResult, validate_records
 
 __all__ = ["HubDataset", "load_hf_dataset", "read_hf_dataset", "resolve_source", "split_files"]
@@ -51,7 +50,6 @@ SPLIT_ALIASES = {
     "validation": ("validation", "valid", "val", "dev"),
     "test": ("test", "testing", "eval", "evaluation"),
 }
-Captions = Literal["first", "all"]
 
 
 @dataclass(frozen=True)
@@ -241,11 +239,10 @@ def read_hf_dataset(
         ValueError: naming the dataset: it cannot be found or fetched, has no such split, lacks
             ``image_column``/``text_column``, or a column has a type the table layout refuses.
     """
-    if captions not in ("first", "all"):
-        raise ValueError(f"captions must be 'first' or 'all', got {captions!r}")
+    columns = ColumnMap(image_column, text_column, captions)
     dataset = resolve_source(source, revision)
     files = split_files(dataset.root, split)
-    wanted = [image_column, text_column, "sample_id", "image_id"]
+    wanted = columns.wanted()
     tables, rows = [], 0
     for path in files:
         if n is not None and rows >= n:
@@ -263,11 +260,7 @@ def read_hf_dataset(
         raise ValueError(f"Hugging Face dataset {source!r}, split {split!r}: its files' columns do not agree: {error}") from None
     if n is not None:
         table = table.slice(0, n)
-    table = table.rename_columns([{image_column: "image", text_column: "text"}.get(c, c) for c in table.column_names])
-    table, origins = _one_caption_per_row(table, captions)
-    records = records_from_table(table, f"{source} ({split})")  # as load_hf_dataset names it
-    if origins is not None:  # name the dataset's row and caption, not the expanded position
-        records = [replace(r, row=row, origin=f"row {row}, caption {j}") for r, (row, j) in zip(records, origins)]
+    records = records_with_captions(columns.canonical(table), f"{source} ({split})", captions)  # as load_hf_dataset names it
     provenance = {**dataset.provenance, "split": split, "captions": captions, "n": n,
                   "files": [p.relative_to(dataset.root).as_posix() for p in files[:len(tables)]]}
     return records, files[0].parent, provenance
@@ -282,27 +275,3 @@ def load_hf_dataset(source: str, **options: Any) -> tuple[LoadResult, dict[str, 
     """
     records, root, provenance = read_hf_dataset(source, **options)
     return validate_records(records, root, f"{source} ({provenance['split']})"), provenance
-
-
-def _one_caption_per_row(table: pa.Table, captions: Captions) -> tuple[pa.Table, list[tuple[int, int]] | None]:
-    """A list-valued ``text`` column as one caption per row (the first, or all of them), and for
-    ``all`` each new row's (dataset row, caption index). A row without captions stays, with no
-    caption, so that it is reported rather than dropped."""
-    kind = table.schema.field("text").type
-    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
-        return table, None
-    column = table.column_names.index("text")
-    texts = table.column("text").to_pylist()
-    if captions == "first":
-        return table.set_column(column, "text", pa.array([v[0] if v else None for v in texts], kind.value_type)), None
-    origins = [(row, j) for row, values in enumerate(texts) for j in range(max(len(values or ()), 1))]
-    flat = [(texts[row] or [None])[j] for row, j in origins]
-    expanded = table.take(pa.array([row for row, _ in origins], pa.int64())).set_column(column, "text", pa.array(flat, kind.value_type))
-    if "sample_id" in expanded.column_names:
-        ids = pc.cast(expanded.column("sample_id"), pa.string())
-        if "image_id" not in expanded.column_names:
-            expanded = expanded.append_column("image_id", ids)
-        suffixes = pa.array([str(j) for _, j in origins], pa.string())
-        expanded = expanded.set_column(expanded.column_names.index("sample_id"), "sample_id",
-                                       pc.binary_join_element_wise(ids, suffixes, "-"))
-    return expanded, origins

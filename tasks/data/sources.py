@@ -16,6 +16,14 @@ CSV table (``.csv``; ``.tsv`` with tabs)
     not rows. A field may be up to 64 MiB (Python's ``csv`` default of 128 KiB is raised, so
     that an over-long caption rejects its row, not the file); a longer one (usually an unclosed
     quote) makes the file unreadable, with the line number.
+JSON Lines table (``.jsonl``, ``.ndjson``)
+    One JSON object per line with the Parquet layout's fields (``image`` a path relative to the
+    table's folder); read with pyarrow, so every line must parse.
+Folder with a metadata table (the Hugging Face ImageFolder convention)
+    A folder holding ``metadata.jsonl``, ``metadata.csv`` or ``metadata.parquet`` (exactly one):
+    that table is read as above, image paths relative to the folder (subfolders allowed); its
+    image column defaults to ``file_name`` (the convention) when it has no ``image`` column. Image
+    files anywhere under the folder that the table does not name are reported (``text_missing``).
 Folder of images with captions
     ``NAME.<image suffix>`` with ``NAME.txt`` beside it, top level only, hidden files ignored.
     ``sample_id`` is ``NAME``. The ``.txt`` holds one caption per non-empty line: with one
@@ -25,6 +33,11 @@ Folder of images with captions
     a caption file without an image, and a second image with the same ``NAME`` are records
     carrying their problem, so they are reported.
 
+Column names: every table layout reads its image and caption columns under the names given
+by :class:`ColumnMap` (default ``image`` and ``text``). A caption column holding lists (Parquet,
+JSON Lines) gives one caption per image: the first (``captions="first"``, what the paper's code
+does) or one row per caption (``"all"``, rows linked to their image by ``image_id``).
+
 ``row`` numbers are 0-based positions among a table's data rows (the CSV header is not a row);
 a CSV record's ``origin`` also gives the line it starts on. Folder records have no row.
 """
@@ -33,20 +46,24 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 __all__ = [
+    "ColumnMap",
     "IMAGE_SUFFIXES",
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
     "RawRecord",
     "read_records",
     "records_from_table",
+    "records_with_captions",
 ]
 
 REQUIRED_COLUMNS = ("image", "text")
@@ -56,7 +73,37 @@ IMAGE_SUFFIXES = frozenset(
 )
 _PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 _CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+_JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
 _CSV_FIELD_LIMIT = 64 * 1024 * 1024  # characters
+#: Metadata tables of a Hugging Face ImageFolder, and the image column its convention uses.
+METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
+METADATA_IMAGE_COLUMN = "file_name"
+Captions = Literal["first", "all"]
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Where a table keeps its pairs: the ``image`` and ``text`` column names, and what to do
+    with a list of captions per image (``captions``: ``"first"`` or ``"all"``)."""
+
+    image: str = "image"
+    text: str = "text"
+    captions: Captions = "first"
+
+    def __post_init__(self) -> None:
+        if self.captions not in ("first", "all"):
+            raise ValueError(f"captions must be 'first' or 'all', got {self.captions!r}")
+        if not self.image or not self.text or self.image == self.text:
+            raise ValueError(f"image and text columns must be two different names, got {self.image!r}, {self.text!r}")
+
+    def wanted(self) -> list[str]:
+        """The source columns read: image, text, and the optional id columns."""
+        return [self.image, self.text, *(c for c in OPTIONAL_COLUMNS if c not in (self.image, self.text))]
+
+    def canonical(self, table: pa.Table) -> pa.Table:
+        """``table`` with its image and text columns renamed ``image`` and ``text``."""
+        rename = {self.image: "image", self.text: "text"}
+        return table.rename_columns([rename.get(c, c) for c in table.column_names])
 
 
 @dataclass(frozen=True)
@@ -83,56 +130,117 @@ class RawRecord:
     problem: tuple[str, str] | None = None
 
 
-def read_records(path: Path) -> tuple[list[RawRecord], Path]:
+def read_records(path: Path, columns: ColumnMap | None = None) -> tuple[list[RawRecord], Path]:
     """Read every record of the dataset at ``path``; also return the folder image paths are relative to.
+
+    ``columns``: the table layouts' column names and caption policy (default ``ColumnMap()``).
 
     Raises:
         ValueError: the path does not exist, has an unsupported suffix, cannot be parsed, or
             lacks a required column; a folder without any image or caption file.
     """
+    columns = columns or ColumnMap()
     if not path.exists():
         where = "" if path.is_absolute() else f" (relative paths are read from the working directory: {path.absolute()})"
         raise ValueError(f"dataset path {str(path)!r} does not exist{where}")
     if path.is_dir():
+        metadata = [path / name for name in METADATA_FILES if (path / name).is_file()]
+        if len(metadata) > 1:
+            raise ValueError(f"dataset folder {str(path)!r} has {len(metadata)} metadata tables "
+                             f"({', '.join(m.name for m in metadata)}); keep one")
+        if metadata:
+            return _read_image_folder(path, metadata[0], columns), path
         return _read_folder(path), path
+    return _read_table(path, columns), path.parent
+
+
+def _read_table(path: Path, columns: ColumnMap) -> list[RawRecord]:
     suffix = path.suffix.lower()
-    if suffix in _PARQUET_SUFFIXES:
-        return _read_parquet(path), path.parent
     if suffix in _CSV_DELIMITERS:
-        return _read_csv(path, _CSV_DELIMITERS[suffix]), path.parent
-    raise ValueError(
-        f"dataset path {str(path)!r}: unsupported file type {path.suffix!r} "
-        "(expected .parquet, .pq, .csv, .tsv, or a folder of images with .txt captions)"
-    )
-
-
-def _check_columns(path: Path, names: list[str]) -> None:
-    missing = [name for name in REQUIRED_COLUMNS if name not in names]
-    if missing:
+        return _read_csv(path, _CSV_DELIMITERS[suffix], columns)
+    if suffix in _PARQUET_SUFFIXES:
+        table = _read_parquet(path, columns)
+    elif suffix in _JSONL_SUFFIXES:
+        table = _read_jsonl(path, columns)
+    else:
         raise ValueError(
-            f"dataset table {str(path)!r} lacks required column(s) {missing}; it has {names}"
+            f"dataset path {str(path)!r}: unsupported file type {path.suffix!r} (expected .parquet, .pq, .csv, "
+            ".tsv, .jsonl, a folder of images with .txt captions, or one with a metadata.jsonl/.csv/.parquet table)"
+        )
+    return records_with_captions(table, str(path), columns.captions)
+
+
+def _check_columns(path: Path, names: list[str], columns: ColumnMap) -> None:
+    missing = [name for name in (columns.image, columns.text) if name not in names]
+    if missing:
+        hint = "" if (columns.image, columns.text) != REQUIRED_COLUMNS else " (name others with image_column / text_column)"
+        raise ValueError(
+            f"dataset table {str(path)!r} lacks required column(s) {missing}; it has {names}{hint}"
         )
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
         raise ValueError(f"dataset table {str(path)!r} has duplicated column(s) {duplicated}")
 
 
-# ---------------------------------------------------------------------------------------- Parquet
+# ------------------------------------------------------------------------------ Parquet, JSON Lines
 
 
-def _read_parquet(path: Path) -> list[RawRecord]:
+def _read_parquet(path: Path, columns: ColumnMap) -> pa.Table:
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"dataset table {str(path)!r} is not a readable Parquet file: {exc}") from exc
-    _check_columns(path, schema.names)
-    columns = [n for n in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if n in schema.names]
+    _check_columns(path, schema.names, columns)
     try:
-        table = pq.read_table(path, columns=columns)
+        table = pq.read_table(path, columns=[n for n in columns.wanted() if n in schema.names])
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"dataset table {str(path)!r} could not be read: {exc}") from exc
+    return columns.canonical(table)
 
-    return records_from_table(table, str(path))
+
+def _read_jsonl(path: Path, columns: ColumnMap) -> pa.Table:
+    try:
+        table = pj.read_json(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"dataset table {str(path)!r} is not readable JSON Lines (one object per line): {exc}") from exc
+    _check_columns(path, table.column_names, columns)
+    return columns.canonical(table.select([n for n in columns.wanted() if n in table.column_names]))
+
+
+def records_with_captions(table: pa.Table, where: str, captions: Captions = "first") -> list[RawRecord]:
+    """``records_from_table`` of a table whose ``text`` column may hold a list of captions per
+    row: one caption per record (``captions``: the first, or all; see the module docstring), a
+    record of an expanded row naming its table row and caption."""
+    table, origins = one_caption_per_row(table, captions)
+    records = records_from_table(table, where)
+    if origins is not None:  # name the table's row and caption, not the expanded position
+        records = [replace(r, row=row, origin=f"row {row}, caption {j}") for r, (row, j) in zip(records, origins)]
+    return records
+
+
+def one_caption_per_row(table: pa.Table, captions: Captions) -> tuple[pa.Table, list[tuple[int, int]] | None]:
+    """A list-valued ``text`` column as one caption per row (the first, or all of them), and for
+    ``all`` each new row's (table row, caption index); None when ``text`` holds single captions.
+    A row without captions stays, with no caption, so that it is reported rather than dropped.
+    Expanded rows get ``sample_id`` ``ID-j`` and ``image_id`` ``ID`` when the table gives ids."""
+    kind = table.schema.field("text").type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+        return table, None
+    column = table.column_names.index("text")
+    texts = table.column("text").to_pylist()
+    if captions == "first":
+        return table.set_column(column, "text", pa.array([v[0] if v else None for v in texts], kind.value_type)), None
+    origins = [(row, j) for row, values in enumerate(texts) for j in range(max(len(values or ()), 1))]
+    flat = [(texts[row] or [None])[j] for row, j in origins]
+    expanded = table.take(pa.array([row for row, _ in origins], pa.int64())).set_column(column, "text", pa.array(flat, kind.value_type))
+    if "sample_id" in expanded.column_names:
+        ids = pc.cast(expanded.column("sample_id"), pa.string())
+        if "image_id" not in expanded.column_names:
+            expanded = expanded.append_column("image_id", ids)
+        suffixes = pa.array([str(j) for _, j in origins], pa.string())
+        expanded = expanded.set_column(expanded.column_names.index("sample_id"), "sample_id",
+                                       pc.binary_join_element_wise(ids, suffixes, "-"))
+    return expanded, origins
 
 
 def records_from_table(table: pa.Table, where: str) -> list[RawRecord]:
@@ -213,7 +321,7 @@ def _decode_path(value: bytes | None) -> str | None:
 # -------------------------------------------------------------------------------------------- CSV
 
 
-def _read_csv(path: Path, delimiter: str) -> list[RawRecord]:
+def _read_csv(path: Path, delimiter: str, columns: ColumnMap) -> list[RawRecord]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -230,8 +338,9 @@ def _read_csv(path: Path, delimiter: str) -> list[RawRecord]:
     except csv.Error as exc:
         raise ValueError(f"dataset table {str(path)!r} is not valid CSV: {exc}") from exc
     names = [name.strip() for name in header]
-    _check_columns(path, names)
-    position = {name: names.index(name) for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if name in names}
+    _check_columns(path, names, columns)
+    canonical = {columns.image: "image", columns.text: "text"}
+    position = {canonical.get(name, name): names.index(name) for name in columns.wanted() if name in names}
 
     records: list[RawRecord] = []
     row = 0
@@ -273,6 +382,49 @@ def _clean_id(value: str | None) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------- folder
+
+
+def _read_image_folder(root: Path, metadata: Path, columns: ColumnMap) -> list[RawRecord]:
+    """Records of a folder whose metadata table pairs its images with captions, then one
+    ``text_missing`` record per image file under ``root`` that the table does not name."""
+    if columns.image == "image":
+        names = _column_names(metadata)
+        if "image" not in names and METADATA_IMAGE_COLUMN in names:
+            columns = replace(columns, image=METADATA_IMAGE_COLUMN)
+    records = _read_table(metadata, columns)
+    named = {_normalised(root, r.image) for r in records if isinstance(r.image, str)}
+    for image in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+        relative = image.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts) or relative.as_posix() in named:
+            continue
+        detail = f"image {relative.as_posix()} is not named in {metadata.name}"
+        records.append(_refused(relative.as_posix(), None, "text_missing", detail))
+    return records
+
+
+def _column_names(path: Path) -> list[str]:
+    """The column names of a table (its header, schema or first objects), [] if unreadable."""
+    try:
+        if path.suffix.lower() in _PARQUET_SUFFIXES:
+            return list(pq.read_schema(path).names)
+        if path.suffix.lower() in _JSONL_SUFFIXES:
+            return list(pj.read_json(path).column_names)
+        with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+            return [name.strip().removeprefix("\ufeff") for name in next(csv.reader(handle, delimiter=_CSV_DELIMITERS[path.suffix.lower()]), [])]
+    except (pa.ArrowException, OSError, csv.Error):
+        return []  # the table's reader reports it
+
+
+def _normalised(root: Path, image: str) -> str:
+    """An image path of a table as a POSIX path relative to ``root`` (``./a/../b.png`` → ``b.png``)."""
+    parts: list[str] = []
+    for part in Path(image.replace("\\", "/")).parts:
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part not in (".", "/"):
+            parts.append(part)
+    return "/".join(parts)
 
 
 def _read_folder(root: Path) -> list[RawRecord]:

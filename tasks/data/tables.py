@@ -1,7 +1,8 @@
 """Loading a user's paired dataset into the contract table, reporting every row it refuses.
 
-:func:`load_paired_dataset` reads a Parquet/CSV table or a folder of images with ``.txt``
-captions (layouts: :mod:`tasks.data.sources`), checks each record, and returns the valid rows
+:func:`load_paired_dataset` reads a Parquet/CSV/JSON Lines table, a folder of images with ``.txt``
+captions or a folder with a metadata table (layouts: :mod:`tasks.data.sources`), checks each
+record, and returns the valid rows
 as a :data:`~tasks.data.schema.DATASET_SCHEMA` table together with one rejection record per
 refused row. Nothing is dropped without a record.
 
@@ -61,7 +62,7 @@ import pyarrow as pa
 
 from tasks.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageProblem, check_image, read_image_file
 from tasks.data.schema import DATASET_SCHEMA, MAX_CAPTION_CHARS, caption_problem, id_problem, validate_table
-from tasks.data.sources import RawRecord, read_records
+from tasks.data.sources import ColumnMap, RawRecord, read_records
 
 __all__ = ["REJECTED_SCHEMA", "LoadResult", "Reason", "load_paired_dataset"]
 
@@ -244,13 +245,17 @@ def _printable(value: str | None) -> str | None:
 def load_paired_dataset(
     path: str | Path,
     *,
+    columns: ColumnMap | None = None,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     min_valid_rows: int = 2,
 ) -> LoadResult:
     """Load and validate a paired image–caption dataset (layouts and rules: module docstring).
 
     Args:
-        path: a ``.parquet``/``.pq``/``.csv``/``.tsv`` table or a folder of images + ``.txt``.
+        path: a ``.parquet``/``.pq``/``.csv``/``.tsv``/``.jsonl`` table, a folder of images +
+            ``.txt``, or a folder with a ``metadata.jsonl``/``.csv``/``.parquet`` table.
+        columns: the tables' image and caption column names and caption policy
+            (``tasks.data.sources.ColumnMap``; default ``image``, ``text``, first caption).
         max_image_pixels: images with more pixels are rejected as ``image_too_large``.
         min_valid_rows: fewer valid rows than this is an error (alignment needs pairs).
 
@@ -260,7 +265,7 @@ def load_paired_dataset(
             (the message then counts the rejections per reason).
     """
     source = Path(path)
-    records, root = read_records(source)
+    records, root = read_records(source, columns)
     return validate_records(records, root, str(source), max_image_pixels=max_image_pixels, min_valid_rows=min_valid_rows)
 
 

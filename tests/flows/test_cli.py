@@ -185,6 +185,14 @@ def test_dataset_argument_reads_hugging_face_urls(tmp_path, monkeypatch):
     for bad in ("hf://datasets/", "hf://datasets/org/name@main/sub"):
         with pytest.raises(ValueError, match="expected hf://datasets/ORG/NAME"):
             dataset_argument(bad)
+    named = dataset_argument("pairs.csv", image_column="file_name", text_column="caption", captions=None)
+    assert (named.image_column, named.text_column, named.captions) == ("file_name", "caption", "first")
+    assert dataset_argument("hf://datasets/org/name", text_column="sentences", captions="all").text_column == "sentences"
+
+
+def test_column_flags_need_a_dataset(capsys):
+    assert main(["run", "--text-column", "caption"]) == 2
+    assert capsys.readouterr().err.strip() == "prh run: error: --image-column, --text-column and --captions apply to --dataset"
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -236,5 +236,9 @@ def test_dataset_params_for_hugging_face():
         DatasetParams(kind="huggingface")
     with pytest.raises(ValueError, match="dataset.revision applies to kind 'huggingface' only"):
         DatasetParams(kind="path", path="x.parquet", revision="v1")
-    with pytest.raises(ValueError, match="dataset.captions applies to kind 'huggingface' only"):
+    with pytest.raises(ValueError, match="dataset.captions applies to kind 'path' and 'huggingface' \\(kind is 'openmoji'\\)"):
         DatasetParams(captions="all")
+    table = DatasetParams(kind="path", path="x.csv", image_column="file_name", text_column="caption", captions="all")
+    assert (table.columns().image, table.columns().text, table.columns().captions) == ("file_name", "caption", "all")
+    with pytest.raises(ValueError, match="dataset.image_column and dataset.text_column are both 'x'"):
+        DatasetParams(kind="path", path="x.csv", image_column="x", text_column="x")

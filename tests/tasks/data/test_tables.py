@@ -14,6 +14,7 @@ import pytest
 
 from tasks.data.openmoji import build_openmoji_pairs
 from tasks.data.schema import DATASET_SCHEMA, validate_table
+from tasks.data.sources import ColumnMap
 from tasks.data.tables import REJECTED_SCHEMA, LoadResult, load_paired_dataset
 from tests.tasks.data.sample_images import png_bytes, truncated_png
 
@@ -377,3 +378,73 @@ def test_openmoji_table_round_trips_through_parquet_csv_and_folder(tmp_path: Pat
         result = load_paired_dataset(path)
         assert result.n_rejected == 0
         assert result.table.equals(built), path
+
+
+# ------------------------------------------------------- other column names, JSON Lines, ImageFolder
+
+
+def test_tables_read_any_column_names(image_dir: Path) -> None:
+    """CSV, Parquet and JSON Lines with their own names for the image and caption columns."""
+    (image_dir / "named.csv").write_text("file_name,caption,sample_id\nimg/red.png,red,r\nimg/blue.png,blue,b\n")
+    write_parquet(image_dir / "named.parquet", {"file_name": ["img/red.png", "img/blue.png"], "caption": ["red", "blue"],
+                                                 "sample_id": ["r", "b"]},
+                  {"file_name": pa.string(), "caption": pa.string(), "sample_id": pa.string()})
+    (image_dir / "named.jsonl").write_text('{"file_name": "img/red.png", "caption": "red", "sample_id": "r"}\n'
+                                           '{"file_name": "img/blue.png", "caption": "blue", "sample_id": "b"}\n')
+    columns = ColumnMap(image="file_name", text="caption")
+    for name in ("named.csv", "named.parquet", "named.jsonl"):
+        result = load_paired_dataset(image_dir / name, columns=columns)
+        assert rows(result) == [("b", "blue", "b"), ("r", "red", "r")], name
+        assert result.table["image"].to_pylist() == [BLUE, RED]
+        with pytest.raises(ValueError, match=re.escape(f"{name}' lacks required column(s) ['image', 'text']; it has ")
+                           + r".*\(name others with image_column / text_column\)"):
+            load_paired_dataset(image_dir / name)
+    with pytest.raises(ValueError, match="two different names"):
+        ColumnMap(image="x", text="x")
+
+
+def test_jsonl_caption_lists_first_or_all(image_dir: Path) -> None:
+    """A list of captions per image: the first (the paper's), or one row per caption linked to
+    its image; an empty list is a reported row, not a dropped one; a bad line names the file."""
+    (image_dir / "caps.jsonl").write_text(
+        '{"image": "img/red.png", "text": ["a red square", "red"], "sample_id": "r"}\n'
+        '{"image": "img/blue.png", "text": ["a blue square"], "sample_id": "b"}\n'
+        '{"image": "img/green.png", "text": [], "sample_id": "g"}\n')
+    first = load_paired_dataset(image_dir / "caps.jsonl")
+    assert rows(first) == [("b", "a blue square", "b"), ("r", "a red square", "r")]
+    assert rejections(first) == [(2, "g", "text_empty")]
+    every = load_paired_dataset(image_dir / "caps.jsonl", columns=ColumnMap(captions="all"))
+    assert rows(every) == [("b-0", "a blue square", "b"), ("r-0", "a red square", "r"), ("r-1", "red", "r")]
+    assert rejections(every) == [(2, "g-0", "text_empty")]
+    (image_dir / "bad.jsonl").write_text('{"image": "img/red.png", "text": "red"}\n{"image": \n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl' is not readable JSON Lines"):
+        load_paired_dataset(image_dir / "bad.jsonl")
+
+
+@pytest.mark.parametrize("metadata", ["metadata.jsonl", "metadata.csv", "metadata.parquet"])
+def test_image_folder_with_a_metadata_table(tmp_path: Path, metadata: str) -> None:
+    """The Hugging Face ImageFolder layout: file_name + text in a metadata table, images in
+    subfolders; an image the table does not name is reported, never silently dropped."""
+    root = tmp_path / "pets"
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "red.png").write_bytes(RED)
+    (root / "train" / "blue.png").write_bytes(BLUE)
+    (root / "train" / "green.png").write_bytes(GREEN)  # not in the table
+    (root / ".cache").mkdir()
+    (root / ".cache" / "thumb.png").write_bytes(GREEN)  # hidden: ignored
+    entries = {"file_name": ["train/red.png", "train/blue.png", "../outside.png"], "text": ["red", "blue", "escape"]}
+    if metadata == "metadata.jsonl":
+        (root / metadata).write_text("".join(f'{{"file_name": "{f}", "text": "{t}"}}\n' for f, t in zip(*entries.values())))
+    elif metadata == "metadata.csv":
+        (root / metadata).write_text("file_name,text\n" + "".join(f"{f},{t}\n" for f, t in zip(*entries.values())))
+    else:
+        write_parquet(root / metadata, entries, {"file_name": pa.string(), "text": pa.string()})
+    result = load_paired_dataset(root)
+    assert sorted(r["text"] for r in result.table.to_pylist()) == ["blue", "red"]
+    assert sorted(r["reason"] for r in result.rejected.to_pylist()) == ["image_path_unsafe", "text_missing"]
+    missing, = [r for r in result.rejected.to_pylist() if r["reason"] == "text_missing"]
+    assert missing["detail"] == f"image train/green.png is not named in {metadata}"
+
+    (root / "metadata.csv" if metadata != "metadata.csv" else root / "metadata.jsonl").write_text("x")
+    with pytest.raises(ValueError, match="has 2 metadata tables"):
+        load_paired_dataset(root)

@@ -1,0 +1,35 @@
+"""publish_dataset on a user's table with its own column names: rows, version and source record."""
+
+from __future__ import annotations
+
+import json
+
+from storage.store import Store
+from tasks.dataset_task import publish_dataset
+from tasks.params import DatasetParams
+from tests.tasks.data.sample_images import png_bytes
+
+
+def test_image_folder_with_other_column_names_is_published_with_its_columns(tmp_path):
+    root = tmp_path / "pets"
+    root.mkdir()
+    colours = ["red", "blue", "green"]
+    for colour in colours:
+        (root / f"{colour}.png").write_bytes(png_bytes(colour))
+    (root / "metadata.jsonl").write_text("".join(json.dumps({"path": f"{c}.png", "sentences": [f"a {c} square", c]}) + "\n"
+                                                 for c in colours))
+    url = str(tmp_path / "store")
+    params = DatasetParams(kind="path", path=str(root), image_column="path", text_column="sentences", captions="all")
+    manifest = publish_dataset(params, url)
+    catalog = manifest["catalog"]
+    assert (catalog["name"], catalog["n_samples"], catalog["n_rejected"]) == ("pets", 6, 0)
+    assert catalog["source"] == {"kind": "path", "path": str(root), "image_column": "path", "text_column": "sentences",
+                                 "captions": "all"}
+    samples = Store(url).read_table(f"{manifest['key']}/samples.parquet").to_pylist()
+    by_image: dict[str, list[str]] = {}
+    for row in samples:
+        by_image.setdefault(row["image_id"], []).append(row["text"])
+    assert sorted(sorted(texts) for texts in by_image.values()) == sorted(sorted([f"a {c} square", c]) for c in colours)
+    # the same pairs under the default policy: the first caption of each image, another version
+    first = publish_dataset(DatasetParams(kind="path", path=str(root), image_column="path", text_column="sentences"), url)
+    assert first["catalog"]["n_samples"] == 3 and first["key"] != manifest["key"]
