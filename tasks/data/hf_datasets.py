@@ -37,7 +37,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.data.sources import Captions, ColumnMap, RawRecord, records_with_captions
+from tasks.data.sources import METADATA_FILES, Captions, ColumnMap, RawRecord, records_with_captions
 from tasks.data.tables import LoadResult, validate_records
 
 __all__ = ["HubDataset", "load_hf_dataset", "read_hf_dataset", "resolve_source", "split_files"]
@@ -168,8 +168,11 @@ def split_files(root: Path, split: str = "train") -> list[Path]:
     found = sorted(p for p in root.rglob("*") if p.suffix.lower() in DATA_SUFFIXES and p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not found:
+        hint = ""
+        if any((root / name).is_file() for name in METADATA_FILES):
+            hint = "; it is an ImageFolder (images and a metadata table): read it with dataset kind 'path'"
         raise ValueError(f"Hugging Face dataset {str(root)!r} holds no data files ({', '.join(DATA_SUFFIXES)}) "
-                         "and is not a save_to_disk folder")
+                         f"and is not a save_to_disk folder{hint}")
     named = {p: _split_of(p.relative_to(root)) for p in found}
     if not any(named.values()):
         named = {p: {"train"} for p in found}

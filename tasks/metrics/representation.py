@@ -197,10 +197,11 @@ def check_values(layers: Sequence[torch.Tensor]) -> None:
     for l, x in enumerate(layers):
         if x.shape[1] == 0:
             raise ValueError(f"layer {l} has width 0")
-        finite = torch.isfinite(x)
-        if not bool(finite.all()):
-            bad = int((~finite.all(dim=1)).sum())
-            raise ValueError(f"layer {l} has non-finite values (NaN or inf) in {bad} of its {n} rows")
+    finite = torch.stack([torch.isfinite(x).all() for x in layers])  # (L,): one device sync below
+    if not bool(finite.all()):
+        l = int((~finite).nonzero()[0, 0])
+        bad = int((~torch.isfinite(layers[l]).all(dim=1)).sum())
+        raise ValueError(f"layer {l} has non-finite values (NaN or inf) in {bad} of its {n} rows")
 
 
 def _is_float64(x: ArrayLike) -> bool:

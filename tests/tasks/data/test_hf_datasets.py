@@ -161,6 +161,9 @@ def test_errors_name_the_dataset_and_the_problem(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no data files"):
         read_hf_dataset(str(tmp_path / "empty"))
+    (tmp_path / "empty" / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "a"}\n')
+    with pytest.raises(ValueError, match="it is an ImageFolder .* read it with dataset kind 'path'"):
+        read_hf_dataset(str(tmp_path / "empty"))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "train.parquet").write_bytes(b"not parquet")
     with pytest.raises(ValueError, match="train.parquet' could not be read"):
