@@ -14,7 +14,8 @@ caption and a bad image is reported once, for the caption; the image is then not
 ``sample_id_empty``         a ``sample_id`` column value that is null or empty
 ``sample_id_unsafe``        characters outside ``[A-Za-z0-9._-]`` or longer than 128
 ``image_id_unsafe``         a given ``image_id`` with such characters (null/empty = not given)
-``text_missing``            (folder) an image without its ``.txt`` caption file
+``text_missing``            (folder) an image without its ``.txt`` caption file, or one the
+                            folder's metadata table does not name
 ``text_path_unsafe``        (folder) a caption file that links outside the folder
 ``text_not_utf8``           the caption bytes are not valid UTF-8
 ``text_empty``              null, empty or whitespace-only caption (after stripping)
