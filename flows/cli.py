@@ -50,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--text-column", default=None, help="with --dataset: the table's caption column (default: text)")
     run.add_argument("--captions", choices=["first", "all"], default=None,
                      help="with --dataset, a list of captions per image: the first (default, the paper's) or one row per caption")
+    run.add_argument("--n", type=int, default=None, help="with --dataset: only its first N rows (default: all)")
     run.add_argument("--permutations", type=int, default=None, help="override alignment.permutations")
 
     sql = commands.add_parser("sql", help="query the catalog with DuckDB SQL (read-only)")
@@ -114,30 +115,37 @@ def _store_failure(error: BaseException, store: str) -> str | None:
 HF_DATASET_URL = "hf://datasets/"
 
 
-def dataset_argument(value: str, **columns: str | None) -> DatasetParams:
+def dataset_argument(value: str, **options: Any) -> DatasetParams:
     """``--dataset``: ``hf://datasets/ORG/NAME[@REVISION]`` (the Hugging Face convention) is a hub
-    dataset (its train split, every row); anything else a local table or folder. ``columns``:
-    ``image_column``, ``text_column``, ``captions`` where given (None: the default)."""
-    from tasks.params import DatasetParams
+    dataset (its train split); anything else a local table or folder. ``options``:
+    ``image_column``, ``text_column``, ``captions``, ``n`` where given (None: the default; all rows)."""
+    from pydantic import ValidationError
 
-    given = {name: value for name, value in columns.items() if value is not None}
-    if value.startswith(HF_DATASET_URL):
-        repo, _, revision = value[len(HF_DATASET_URL):].strip("/").partition("@")
-        if not repo or "/" in revision:
-            raise ValueError(f"--dataset {value!r}: expected {HF_DATASET_URL}ORG/NAME[@REVISION]")
-        return DatasetParams(kind="huggingface", path=repo, revision=revision or None, n=None, **given)
-    return DatasetParams(kind="path", path=str(Path(value).resolve()), **given)
+    from tasks.params import DatasetParams, field_problems
+
+    given = {name: value for name, value in options.items() if value is not None}
+    try:
+        if value.startswith(HF_DATASET_URL):
+            repo, _, revision = value[len(HF_DATASET_URL):].strip("/").partition("@")
+            if not repo or "/" in revision:
+                raise ValueError(f"--dataset {value!r}: expected {HF_DATASET_URL}ORG/NAME[@REVISION]")
+            return DatasetParams(kind="huggingface", path=repo, revision=revision or None, **{"n": None, **given})
+        return DatasetParams(kind="path", path=str(Path(value).resolve()), **given)
+    except ValidationError as error:  # name the flags, as a user typed them
+        flags = {name: "--" + name.replace("_", "-") for name in options}
+        problems = [flags.get(p.split(":", 1)[0], p.split(":", 1)[0]) + ":" + p.split(":", 1)[1] for p in field_problems(error)]
+        raise ValueError(f"--dataset {value!r}: " + "; ".join(problems)) from None
 
 
 def _run(args: argparse.Namespace) -> int:
     from tasks.params import load_config
 
     config = load_config(args.config)
-    columns = {"image_column": args.image_column, "text_column": args.text_column, "captions": args.captions}
+    options = {"image_column": args.image_column, "text_column": args.text_column, "captions": args.captions, "n": args.n}
     if args.dataset:
-        config = config.model_copy(update={"dataset": dataset_argument(args.dataset, **columns)})
-    elif any(v is not None for v in columns.values()):
-        raise ValueError("--image-column, --text-column and --captions apply to --dataset")
+        config = config.model_copy(update={"dataset": dataset_argument(args.dataset, **options)})
+    elif any(v is not None for v in options.values()):
+        raise ValueError("--image-column, --text-column, --captions and --n apply to --dataset")
     if args.permutations is not None:
         config = config.model_copy(update={"alignment": config.alignment.model_copy(update={"permutations": args.permutations})})
     store = args.store or default_store()

@@ -41,9 +41,9 @@ def build_table(params: DatasetParams) -> tuple[pa.Table, pa.Table | None, str, 
     from tasks.data.tables import load_paired_dataset
 
     columns = params.columns()
-    result = load_paired_dataset(params.path, columns=columns)
+    result = load_paired_dataset(params.path, columns=columns, n=params.n)
     name = params.name or _stem(params.path)
-    source = {"kind": "path", "path": params.path}
+    source: dict[str, Any] = {"kind": "path", "path": params.path, "n": params.n}
     if columns != type(columns)():  # say which columns were read when they are not the defaults
         source.update(image_column=columns.image, text_column=columns.text, captions=columns.captions)
     return result.table, result.rejected, name, source
@@ -116,9 +116,10 @@ def publish_dataset(
         "code_version": code_version("tasks/data"),
     }
     published = store.publish(key, files, {"kind": "dataset", "catalog": catalog}, row_group_size=256)
+    cut = f" from its first {params.n} rows (dataset.n; null reads all)" if params.kind != "openmoji" and params.n else ""
     logger.info(
-        "dataset %s: %d pairs, version %s (%s)",
-        name, table.num_rows, version, "published" if published.written else "already stored",
+        "dataset %s: %d pairs%s, version %s (%s)",
+        name, table.num_rows, cut, version, "published" if published.written else "already stored",
     )
     return published.manifest
 

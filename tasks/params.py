@@ -52,7 +52,7 @@ class DatasetParams(BaseModel):
         "openmoji", description="'openmoji': the embedded demo; 'path': a table or folder; 'huggingface': a Hugging Face dataset")
     name: str | None = Field(None, description="Dataset name (default: derived from the source)")
     n: Int | None = Field(1024, ge=2, description="openmoji: number of pairs in the seeded sample; huggingface: the first n rows "
-                          "of the split (null: all)")
+                          "of the split (null: all); path: the first n rows of the table or images of the folder (not set: all)")
     seed: Int = Field(0, description="openmoji: sampling seed")
     image_size: Int = Field(224, ge=16, le=2048, description="openmoji: rendered image size in pixels")
     path: str | None = Field(None, description="path: a Parquet/CSV/JSON Lines table (image, text[, sample_id]), a folder of "
@@ -68,6 +68,8 @@ class DatasetParams(BaseModel):
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DatasetParams":
+        if self.kind == "path" and "n" not in self.model_fields_set:
+            self.n = None  # a user's table is read whole unless n is given (kept as null from here on)
         if self.kind in ("path", "huggingface") and not (self.path or "").strip():
             what = "a table or a folder" if self.kind == "path" else "a hub dataset id or a dataset folder"
             raise FieldError("path", f"dataset.kind {self.kind!r} needs dataset.path ({what})")
@@ -390,6 +392,11 @@ def _problem(error: dict[str, Any], raw: Any, root: yaml.Node | None) -> str:
     if line is not None and (complete or kind == "missing"):
         where += f" (line {line})"
     return f"{where}: {message}"
+
+
+def field_problems(error: ValidationError) -> list[str]:
+    """Every problem of a validation error as ``field.path: what is wrong (got VALUE)``."""
+    return [_problem(e, None, None) for e in error.errors(include_url=False)]
 
 
 def load_config(path: str | Path) -> PipelineConfig:

@@ -37,7 +37,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.data.sources import METADATA_FILES, Captions, ColumnMap, RawRecord, records_with_captions
+from tasks.data.sources import METADATA_FILES, Captions, ColumnMap, RawRecord, read_parquet_head, records_with_captions
 from tasks.data.tables import LoadResult, validate_records
 
 __all__ = ["HubDataset", "load_hf_dataset", "read_hf_dataset", "resolve_source", "split_files"]
@@ -193,18 +193,8 @@ def _read_file(path: Path, columns: list[str], limit: int | None = None) -> tupl
     Arrow IPC (stream, as ``datasets`` writes it, or file format)."""
     try:
         if path.suffix.lower() == ".parquet":
-            with pq.ParquetFile(path) as parquet:
-                names = parquet.schema_arrow.names
-                present = [c for c in columns if c in names]
-                if limit is None:
-                    return parquet.read(columns=present), names
-                batches, rows = [], 0
-                for batch in parquet.iter_batches(batch_size=max(limit, 1), columns=present):
-                    batches.append(batch)
-                    rows += batch.num_rows
-                    if rows >= limit:
-                        break
-                return pa.Table.from_batches(batches, schema=pa.schema([parquet.schema_arrow.field(c) for c in present])), names
+            names = pq.read_schema(path).names
+            return read_parquet_head(path, [c for c in columns if c in names], limit), names
         with pa.memory_map(str(path)) as source:
             try:
                 reader = pa.ipc.open_stream(source)

@@ -130,10 +130,14 @@ class RawRecord:
     problem: tuple[str, str] | None = None
 
 
-def read_records(path: Path, columns: ColumnMap | None = None) -> tuple[list[RawRecord], Path]:
+def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None = None
+                 ) -> tuple[list[RawRecord], Path]:
     """Read every record of the dataset at ``path``; also return the folder image paths are relative to.
 
     ``columns``: the table layouts' column names and caption policy (default ``ColumnMap()``).
+    ``limit``: read only the first ``limit`` rows of a table (before captions are expanded; a
+    Parquet table's later row groups are never read) or images of a folder (by name); the
+    images a metadata table leaves out are then not reported.
 
     Raises:
         ValueError: the path does not exist, has an unsupported suffix, cannot be parsed, or
@@ -149,19 +153,20 @@ def read_records(path: Path, columns: ColumnMap | None = None) -> tuple[list[Raw
             raise ValueError(f"dataset folder {str(path)!r} has {len(metadata)} metadata tables "
                              f"({', '.join(m.name for m in metadata)}); keep one")
         if metadata:
-            return _read_image_folder(path, metadata[0], columns), path
-        return _read_folder(path), path
-    return _read_table(path, columns), path.parent
+            return _read_image_folder(path, metadata[0], columns, limit), path
+        return _read_folder(path, limit), path
+    return _read_table(path, columns, limit), path.parent
 
 
-def _read_table(path: Path, columns: ColumnMap) -> list[RawRecord]:
+def _read_table(path: Path, columns: ColumnMap, limit: int | None = None) -> list[RawRecord]:
     suffix = path.suffix.lower()
     if suffix in _CSV_DELIMITERS:
-        return _read_csv(path, _CSV_DELIMITERS[suffix], columns)
+        return _read_csv(path, _CSV_DELIMITERS[suffix], columns, limit)
     if suffix in _PARQUET_SUFFIXES:
-        table = _read_parquet(path, columns)
+        table = _read_parquet(path, columns, limit)
     elif suffix in _JSONL_SUFFIXES:
         table = _read_jsonl(path, columns)
+        table = table if limit is None else table.slice(0, limit)
     else:
         raise ValueError(
             f"dataset path {str(path)!r}: unsupported file type {path.suffix!r} (expected .parquet, .pq, .csv, "
@@ -185,17 +190,33 @@ def _check_columns(path: Path, names: list[str], columns: ColumnMap) -> None:
 # ------------------------------------------------------------------------------ Parquet, JSON Lines
 
 
-def _read_parquet(path: Path, columns: ColumnMap) -> pa.Table:
+def _read_parquet(path: Path, columns: ColumnMap, limit: int | None = None) -> pa.Table:
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"dataset table {str(path)!r} is not a readable Parquet file: {exc}") from exc
     _check_columns(path, schema.names, columns)
     try:
-        table = pq.read_table(path, columns=[n for n in columns.wanted() if n in schema.names])
+        table = read_parquet_head(path, [n for n in columns.wanted() if n in schema.names], limit)
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"dataset table {str(path)!r} could not be read: {exc}") from exc
     return columns.canonical(table)
+
+
+def read_parquet_head(path: Path, columns: list[str], limit: int | None = None) -> pa.Table:
+    """``columns`` of a Parquet file, all rows (``limit`` None) or the first ``limit``: reading
+    stops at the batch that reaches it. Raises Arrow's or the OS's error."""
+    with pq.ParquetFile(path) as parquet:
+        if limit is None:
+            return parquet.read(columns=columns)
+        batches, rows = [], 0
+        for batch in parquet.iter_batches(batch_size=max(limit, 1), columns=columns):
+            batches.append(batch)
+            rows += batch.num_rows
+            if rows >= limit:
+                break
+        schema = pa.schema([parquet.schema_arrow.field(c) for c in columns])
+        return pa.Table.from_batches(batches, schema=schema).slice(0, limit)
 
 
 def _read_jsonl(path: Path, columns: ColumnMap) -> pa.Table:
@@ -321,7 +342,7 @@ def _decode_path(value: bytes | None) -> str | None:
 # -------------------------------------------------------------------------------------------- CSV
 
 
-def _read_csv(path: Path, delimiter: str, columns: ColumnMap) -> list[RawRecord]:
+def _read_csv(path: Path, delimiter: str, columns: ColumnMap, limit: int | None = None) -> list[RawRecord]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -350,6 +371,8 @@ def _read_csv(path: Path, delimiter: str, columns: ColumnMap) -> list[RawRecord]
             line, start = start, reader.line_num + 1
             if not fields:  # a blank line is not a row
                 continue
+            if limit is not None and row >= limit:
+                break
             origin = f"row {row} (line {line})"
             if len(fields) != len(names):
                 detail = f"{origin} has {len(fields)} fields, the header has {len(names)}"
@@ -384,14 +407,17 @@ def _clean_id(value: str | None) -> str | None:
 # ----------------------------------------------------------------------------------------- folder
 
 
-def _read_image_folder(root: Path, metadata: Path, columns: ColumnMap) -> list[RawRecord]:
-    """Records of a folder whose metadata table pairs its images with captions, then one
-    ``text_missing`` record per image file under ``root`` that the table does not name."""
+def _read_image_folder(root: Path, metadata: Path, columns: ColumnMap, limit: int | None = None) -> list[RawRecord]:
+    """Records of a folder whose metadata table pairs its images with captions, then (unless
+    ``limit`` cuts the table) one ``text_missing`` record per image file under ``root`` that the
+    table does not name."""
     if columns.image == "image":
         names = _column_names(metadata)
         if "image" not in names and METADATA_IMAGE_COLUMN in names:
             columns = replace(columns, image=METADATA_IMAGE_COLUMN)
-    records = _read_table(metadata, columns)
+    records = _read_table(metadata, columns, limit)
+    if limit is not None:
+        return records
     named = {_normalised(root, r.image) for r in records if isinstance(r.image, str)}
     for image in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
         relative = image.relative_to(root)
@@ -427,7 +453,7 @@ def _normalised(root: Path, image: str) -> str:
     return "/".join(parts)
 
 
-def _read_folder(root: Path) -> list[RawRecord]:
+def _read_folder(root: Path, limit: int | None = None) -> list[RawRecord]:
     images: dict[str, list[str]] = {}
     captions: dict[str, str] = {}
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
@@ -445,7 +471,7 @@ def _read_folder(root: Path) -> list[RawRecord]:
         )
 
     records: list[RawRecord] = []
-    for stem in sorted(images.keys() | captions.keys()):
+    for stem in sorted(images.keys() | captions.keys())[:limit]:
         names = images.get(stem, [])
         caption_name = captions.get(stem)
         for extra in names[1:]:

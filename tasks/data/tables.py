@@ -247,6 +247,7 @@ def load_paired_dataset(
     path: str | Path,
     *,
     columns: ColumnMap | None = None,
+    n: int | None = None,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     min_valid_rows: int = 2,
 ) -> LoadResult:
@@ -257,6 +258,8 @@ def load_paired_dataset(
             ``.txt``, or a folder with a ``metadata.jsonl``/``.csv``/``.parquet`` table.
         columns: the tables' image and caption column names and caption policy
             (``tasks.data.sources.ColumnMap``; default ``image``, ``text``, first caption).
+        n: only the first ``n`` rows of a table, or images of a folder by name (None: all);
+            taken before the checks, so rejected rows count among them.
         max_image_pixels: images with more pixels are rejected as ``image_too_large``.
         min_valid_rows: fewer valid rows than this is an error (alignment needs pairs).
 
@@ -266,7 +269,7 @@ def load_paired_dataset(
             (the message then counts the rejections per reason).
     """
     source = Path(path)
-    records, root = read_records(source, columns)
+    records, root = read_records(source, columns, n)
     return validate_records(records, root, str(source), max_image_pixels=max_image_pixels, min_valid_rows=min_valid_rows)
 
 

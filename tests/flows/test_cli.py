@@ -188,11 +188,15 @@ def test_dataset_argument_reads_hugging_face_urls(tmp_path, monkeypatch):
     named = dataset_argument("pairs.csv", image_column="file_name", text_column="caption", captions=None)
     assert (named.image_column, named.text_column, named.captions) == ("file_name", "caption", "first")
     assert dataset_argument("hf://datasets/org/name", text_column="sentences", captions="all").text_column == "sentences"
+    assert (dataset_argument("hf://datasets/org/name").n, dataset_argument("hf://datasets/org/name", n=64).n) == (None, 64)
+    assert (dataset_argument("pairs.csv").n, dataset_argument("pairs.csv", n=10).n) == (None, 10)
 
 
 def test_column_flags_need_a_dataset(capsys):
     assert main(["run", "--text-column", "caption"]) == 2
-    assert capsys.readouterr().err.strip() == "prh run: error: --image-column, --text-column and --captions apply to --dataset"
+    assert capsys.readouterr().err.strip() == "prh run: error: --image-column, --text-column, --captions and --n apply to --dataset"
+    assert main(["run", "--dataset", "x.csv", "--n", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "prh run: error: --dataset 'x.csv': --n: Input should be greater than or equal to 2 (got 1)"
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -23,7 +23,7 @@ def test_image_folder_with_other_column_names_is_published_with_its_columns(tmp_
     manifest = publish_dataset(params, url)
     catalog = manifest["catalog"]
     assert (catalog["name"], catalog["n_samples"], catalog["n_rejected"]) == ("pets", 6, 0)
-    assert catalog["source"] == {"kind": "path", "path": str(root), "image_column": "path", "text_column": "sentences",
+    assert catalog["source"] == {"kind": "path", "path": str(root), "n": None, "image_column": "path", "text_column": "sentences",
                                  "captions": "all"}
     samples = Store(url).read_table(f"{manifest['key']}/samples.parquet").to_pylist()
     by_image: dict[str, list[str]] = {}
@@ -33,3 +33,22 @@ def test_image_folder_with_other_column_names_is_published_with_its_columns(tmp_
     # the same pairs under the default policy: the first caption of each image, another version
     first = publish_dataset(DatasetParams(kind="path", path=str(root), image_column="path", text_column="sentences"), url)
     assert first["catalog"]["n_samples"] == 3 and first["key"] != manifest["key"]
+
+
+def test_n_of_a_table_is_honoured_and_recorded_and_unset_means_all(tmp_path, caplog):
+    root = tmp_path / "pairs"
+    root.mkdir()
+    lines = ["image,text"]
+    for colour in ("red", "blue", "green"):
+        (root / f"{colour}.png").write_bytes(png_bytes(colour))
+        lines.append(f"{colour}.png,a {colour} square")
+    (root / "pairs.csv").write_text("\n".join(lines) + "\n")
+    url = str(tmp_path / "store")
+    whole = publish_dataset(DatasetParams(kind="path", path=str(root / "pairs.csv")), url)
+    assert (whole["catalog"]["n_samples"], whole["catalog"]["source"]["n"]) == (3, None)
+    with caplog.at_level("INFO", logger="prh.dataset"):
+        head = publish_dataset(DatasetParams(kind="path", path=str(root / "pairs.csv"), n=2), url)
+    assert (head["catalog"]["n_samples"], head["catalog"]["source"]["n"]) == (2, 2)
+    assert "dataset pairs: 2 pairs from its first 2 rows (dataset.n; null reads all)" in caplog.text
+    texts = Store(url).read_table(f"{head['key']}/samples.parquet").column("text").to_pylist()
+    assert sorted(texts) == ["a blue square", "a red square"]

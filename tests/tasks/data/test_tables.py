@@ -448,3 +448,33 @@ def test_image_folder_with_a_metadata_table(tmp_path: Path, metadata: str) -> No
     (root / "metadata.csv" if metadata != "metadata.csv" else root / "metadata.jsonl").write_text("x")
     with pytest.raises(ValueError, match="has 2 metadata tables"):
         load_paired_dataset(root)
+
+
+def test_n_reads_only_the_first_rows_of_any_layout(tmp_path: Path, image_dir: Path) -> None:
+    """``n``: the first rows of a table (before captions are expanded, rejected rows included),
+    the first images of a folder by name; unnamed images of an ImageFolder are then not reported."""
+    csv_path = image_dir / "bad.csv"
+    csv_path.write_text(CSV_WITH_BAD_ROWS)
+    head = load_paired_dataset(csv_path, n=4)
+    assert [r[1] for r in rows(head)] == ["a blue square", "a red square"]
+    assert rejections(head) == [(2, "t1", "image_unreadable"), (3, "z1", "image_empty")]
+
+    parquet = tmp_path / "many.parquet"
+    pq.write_table(pa.table({"image": [RED, BLUE, GREEN] * 40, "text": [f"caption {i}" for i in range(120)]}), parquet,
+                   row_group_size=16)
+    assert sorted(r["text"] for r in load_paired_dataset(parquet, n=20).table.to_pylist()) == sorted(f"caption {i}" for i in range(20))
+
+    (image_dir / "caps.jsonl").write_text("".join(
+        f'{{"image": "img/{c}.png", "text": ["{c} one", "{c} two"], "sample_id": "{c}"}}\n' for c in ("red", "blue", "green")))
+    every = load_paired_dataset(image_dir / "caps.jsonl", columns=ColumnMap(captions="all"), n=2)
+    assert [r[0] for r in rows(every)] == ["blue-0", "blue-1", "red-0", "red-1"]
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name, png in (("a", RED), ("b", BLUE), ("c", GREEN)):
+        (folder / f"{name}.png").write_bytes(png)
+        (folder / f"{name}.txt").write_text(f"caption {name}\n")
+    assert [r[0] for r in rows(load_paired_dataset(folder, n=2))] == ["a", "b"]
+    (folder / "metadata.csv").write_text("file_name,text\na.png,first\nb.png,second\nc.png,third\n")
+    cut = load_paired_dataset(folder, n=2)
+    assert sorted(r[1] for r in rows(cut)) == ["first", "second"] and cut.n_rejected == 0
