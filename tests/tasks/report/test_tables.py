@@ -67,4 +67,6 @@ def test_describe_dataset():
     assert describe_dataset("openmoji-1024", {"kind": "openmoji", "n": 1024, "seed": 0, "image_size": 224}) == \
         "openmoji-1024 · OpenMoji, n=1024, seed 0, 224 px"
     assert describe_dataset("my-pairs", '{"kind": "path", "path": "/data/my-pairs.parquet"}') == "my-pairs · /data/my-pairs.parquet"
+    assert describe_dataset("pets", {"kind": "path", "path": "/data/pets", "n": 500, "captions": "all"}) == \
+        "pets · /data/pets, first 500 rows, all captions"
     assert describe_dataset("synthetic", "test") == "synthetic · test" and describe_dataset(None, None) is None
