@@ -40,11 +40,15 @@ def build_table(params: DatasetParams) -> tuple[pa.Table, pa.Table | None, str, 
         return result.table, result.rejected, params.name or _safe_name(default), {"kind": "huggingface", **provenance}
     from tasks.data.tables import load_paired_dataset
 
-    columns = params.columns()
-    result = load_paired_dataset(params.path, columns=columns, n=params.n)
+    from pathlib import Path
+
+    from tasks.data.sources import ColumnMap, effective_columns
+
+    result = load_paired_dataset(params.path, columns=params.columns(), n=params.n)
     name = params.name or _stem(params.path)
     source: dict[str, Any] = {"kind": "path", "path": params.path, "n": params.n}
-    if columns != type(columns)():  # say which columns were read when they are not the defaults
+    columns = effective_columns(Path(params.path), params.columns())
+    if columns != ColumnMap():  # say which columns were read when they are not the defaults
         source.update(image_column=columns.image, text_column=columns.text, captions=columns.captions)
     return result.table, result.rejected, name, source
 

@@ -57,6 +57,7 @@ import pyarrow.parquet as pq
 
 __all__ = [
     "ColumnMap",
+    "effective_columns",
     "IMAGE_SUFFIXES",
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
@@ -411,11 +412,7 @@ def _read_image_folder(root: Path, metadata: Path, columns: ColumnMap, limit: in
     """Records of a folder whose metadata table pairs its images with captions, then (unless
     ``limit`` cuts the table) one ``text_missing`` record per image file under ``root`` that the
     table does not name."""
-    if columns.image == "image":
-        names = _column_names(metadata)
-        if "image" not in names and METADATA_IMAGE_COLUMN in names:
-            columns = replace(columns, image=METADATA_IMAGE_COLUMN)
-    records = _read_table(metadata, columns, limit)
+    records = _read_table(metadata, effective_columns(metadata, columns), limit)
     if limit is not None:
         return records
     named = {_normalised(root, r.image) for r in records if isinstance(r.image, str)}
@@ -426,6 +423,20 @@ def _read_image_folder(root: Path, metadata: Path, columns: ColumnMap, limit: in
         detail = f"image {relative.as_posix()} is not named in {metadata.name}"
         records.append(_refused(relative.as_posix(), None, "text_missing", detail))
     return records
+
+
+def effective_columns(path: Path, columns: ColumnMap | None = None) -> ColumnMap:
+    """The columns read from the dataset at ``path``: ``columns`` (default ``ColumnMap()``), with
+    a metadata table's image column ``file_name`` when none is named and it has no ``image``."""
+    columns = columns or ColumnMap()
+    if path.is_dir():
+        found = [path / name for name in METADATA_FILES if (path / name).is_file()]
+        path = found[0] if found else path
+    if columns.image == "image" and path.name in METADATA_FILES:
+        names = _column_names(path)
+        if "image" not in names and METADATA_IMAGE_COLUMN in names:
+            return replace(columns, image=METADATA_IMAGE_COLUMN)
+    return columns
 
 
 def _column_names(path: Path) -> list[str]:

@@ -30,6 +30,13 @@ def test_image_folder_with_other_column_names_is_published_with_its_columns(tmp_
     for row in samples:
         by_image.setdefault(row["image_id"], []).append(row["text"])
     assert sorted(sorted(texts) for texts in by_image.values()) == sorted(sorted([f"a {c} square", c]) for c in colours)
+    # an ImageFolder read by the convention's file_name column says so
+    (root / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{c}.png", "text": c}) + "\n" for c in colours))
+    plain = publish_dataset(DatasetParams(kind="path", path=str(root)), url)
+    assert plain["catalog"]["source"] == {"kind": "path", "path": str(root), "n": None, "image_column": "file_name",
+                                          "text_column": "text", "captions": "first"}
+    (root / "metadata.jsonl").write_text("".join(json.dumps({"path": f"{c}.png", "sentences": [f"a {c} square", c]}) + "\n"
+                                                 for c in colours))
     # the same pairs under the default policy: the first caption of each image, another version
     first = publish_dataset(DatasetParams(kind="path", path=str(root), image_column="path", text_column="sentences"), url)
     assert first["catalog"]["n_samples"] == 3 and first["key"] != manifest["key"]
