@@ -149,14 +149,20 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
         where = "" if path.is_absolute() else f" (relative paths are read from the working directory: {path.absolute()})"
         raise ValueError(f"dataset path {str(path)!r} does not exist{where}")
     if path.is_dir():
-        metadata = [path / name for name in METADATA_FILES if (path / name).is_file()]
-        if len(metadata) > 1:
-            raise ValueError(f"dataset folder {str(path)!r} has {len(metadata)} metadata tables "
-                             f"({', '.join(m.name for m in metadata)}); keep one")
-        if metadata:
-            return _read_image_folder(path, metadata[0], columns, limit), path
+        metadata = _metadata_table(path)
+        if metadata is not None:
+            return _read_image_folder(path, metadata, columns, limit), path
         return _read_folder(path, limit), path
     return _read_table(path, columns, limit), path.parent
+
+
+def _metadata_table(folder: Path) -> Path | None:
+    """The folder's ImageFolder metadata table, None if it has none; more than one is an error."""
+    found = [folder / name for name in METADATA_FILES if (folder / name).is_file()]
+    if len(found) > 1:
+        raise ValueError(f"dataset folder {str(folder)!r} has {len(found)} metadata tables "
+                         f"({', '.join(m.name for m in found)}); keep one")
+    return found[0] if found else None
 
 
 def _read_table(path: Path, columns: ColumnMap, limit: int | None = None) -> list[RawRecord]:
@@ -430,8 +436,7 @@ def effective_columns(path: Path, columns: ColumnMap | None = None) -> ColumnMap
     a metadata table's image column ``file_name`` when none is named and it has no ``image``."""
     columns = columns or ColumnMap()
     if path.is_dir():
-        found = [path / name for name in METADATA_FILES if (path / name).is_file()]
-        path = found[0] if found else path
+        path = _metadata_table(path) or path
     if columns.image == "image" and path.name in METADATA_FILES:
         names = _column_names(path)
         if "image" not in names and METADATA_IMAGE_COLUMN in names:
