@@ -18,7 +18,8 @@ CSV table (``.csv``; ``.tsv`` with tabs)
     quote) makes the file unreadable, with the line number.
 JSON Lines table (``.jsonl``, ``.ndjson``)
     One JSON object per line with the Parquet layout's fields (``image`` a path relative to the
-    table's folder); read with pyarrow, so every line must parse.
+    table's folder); read with pyarrow, so every line read must parse (with ``limit``, reading
+    stops at the block that holds the first ``limit`` rows).
 Folder with a metadata table (the Hugging Face ImageFolder convention)
     A folder holding ``metadata.jsonl``, ``metadata.csv`` or ``metadata.parquet`` (exactly one):
     that table is read as above, image paths relative to the folder (subfolders allowed); its
@@ -172,8 +173,7 @@ def _read_table(path: Path, columns: ColumnMap, limit: int | None = None) -> lis
     if suffix in _PARQUET_SUFFIXES:
         table = _read_parquet(path, columns, limit)
     elif suffix in _JSONL_SUFFIXES:
-        table = _read_jsonl(path, columns)
-        table = table if limit is None else table.slice(0, limit)
+        table = _read_jsonl(path, columns, limit)
     else:
         raise ValueError(
             f"dataset path {str(path)!r}: unsupported file type {path.suffix!r} (expected .parquet, .pq, .csv, "
@@ -226,9 +226,19 @@ def read_parquet_head(path: Path, columns: list[str], limit: int | None = None) 
         return pa.Table.from_batches(batches, schema=schema).slice(0, limit)
 
 
-def _read_jsonl(path: Path, columns: ColumnMap) -> pa.Table:
+def _read_jsonl(path: Path, columns: ColumnMap, limit: int | None = None) -> pa.Table:
     try:
-        table = pj.read_json(path)
+        if limit is None:
+            table = pj.read_json(path)
+        else:  # stream blocks until the first limit rows are in
+            batches, rows = [], 0
+            with pj.open_json(path) as reader:
+                for batch in reader:
+                    batches.append(batch)
+                    rows += batch.num_rows
+                    if rows >= limit:
+                        break
+                table = pa.Table.from_batches(batches, schema=reader.schema).slice(0, limit)
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"dataset table {str(path)!r} is not readable JSON Lines (one object per line): {exc}") from exc
     _check_columns(path, table.column_names, columns)
