@@ -491,9 +491,12 @@ def _read_folder(root: Path, limit: int | None = None) -> list[RawRecord]:
         elif suffix == ".txt":
             captions[entry.stem] = entry.name
     if not images and not captions:
+        tables = sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
+                        and p.suffix.lower() in (*_PARQUET_SUFFIXES, *_CSV_DELIMITERS, *_JSONL_SUFFIXES))
+        hint = f"; to read a table in it, give the table's path (e.g. {str(root / tables[0])!r})" if tables else ""
         raise ValueError(
             f"dataset folder {str(root)!r} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
-            "or .txt caption files"
+            f"or .txt caption files at its top level, and no {' / '.join(METADATA_FILES)}{hint}"
         )
 
     records: list[RawRecord] = []

@@ -327,7 +327,10 @@ def test_errors_name_the_path_and_the_problem(image_dir: Path) -> None:
         load_paired_dataset(image_dir / "broken.parquet")
 
     (image_dir / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"empty.*no image files"):
+    with pytest.raises(ValueError, match=r"empty.*no image files .* and no metadata.jsonl / metadata.csv / metadata.parquet$"):
+        load_paired_dataset(image_dir / "empty")
+    (image_dir / "empty" / "captions.csv").write_text("image,text\n")
+    with pytest.raises(ValueError, match=r"to read a table in it, give the table's path \(e.g. '.*empty/captions.csv'\)"):
         load_paired_dataset(image_dir / "empty")
 
 
