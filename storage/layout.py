@@ -18,6 +18,11 @@ def dataset_key(dataset_version: str) -> str:
     return Store.key(DATASETS, dataset_version)
 
 
+def rendered_dataset_key(source_id: str) -> str:
+    """Where a generated dataset's source (the demo's rendering recipe) points to its version."""
+    return Store.key(DATASETS, "rendered", f"{source_id}.json")
+
+
 def features_key(dataset_version: str, model: str, feature_version: str) -> str:
     return Store.key(FEATURES, dataset_version, model, feature_version)
 

@@ -89,6 +89,14 @@ def publish_dataset(
             counts the rejected rows per reason). Nothing is written to the store then.
     """
     logger = logger or logging.getLogger("prh.dataset")
+    store = Store(store_url)
+    rendered = _rendered_before(params, store)
+    if rendered is not None:  # the demo's pairs from the same recipe: the stored version, not drawn again
+        catalog = rendered["catalog"]
+        _check_enough_rows(catalog["name"], catalog["n_samples"], {}, alignment)
+        logger.info("dataset %s: %d pairs, version %s (already stored; same rendering recipe, not drawn again)",
+                    catalog["name"], catalog["n_samples"], catalog["dataset_version"])
+        return rendered
     table, rejected, name, source = build_table(params)
     n_rejected = 0 if rejected is None else rejected.num_rows
     counts: dict[str, int] = {}
@@ -106,7 +114,6 @@ def publish_dataset(
     table = table.select(DATASET_COLUMNS).sort_by("sample_id")
     version = content_id({"samples": table_digest(table)})
     key = layout.dataset_key(version)
-    store = Store(store_url)
     samples = table.add_column(0, "dataset_version", pa.array([version] * table.num_rows).dictionary_encode())
     files: dict[str, Any] = {layout.SAMPLES_FILE: samples}
     if n_rejected:
@@ -120,12 +127,34 @@ def publish_dataset(
         "code_version": code_version("tasks/data"),
     }
     published = store.publish(key, files, {"kind": "dataset", "catalog": catalog}, row_group_size=256)
+    if params.kind == "openmoji":
+        store.write_json(layout.rendered_dataset_key(_recipe_id(params)), {"dataset_version": version, "source": source})
     cut = f" from its first {params.n} rows (dataset.n; null reads all)" if params.kind != "openmoji" and params.n else ""
     logger.info(
         "dataset %s: %d pairs%s, version %s (%s)",
         name, table.num_rows, cut, version, "published" if published.written else "already stored",
     )
     return published.manifest
+
+
+def _recipe_id(params: DatasetParams) -> str:
+    """Id of everything that decides the demo's rendered pairs: n, seed, size, the font, caption
+    and renderer versions (``openmoji.describe``) and the data code."""
+    from tasks.data import openmoji
+
+    recipe = {"n": params.n, "seed": params.seed, "image_size": params.image_size, **openmoji.describe()}
+    return content_id({"recipe": recipe, "code_version": code_version("tasks/data")})
+
+
+def _rendered_before(params: DatasetParams, store: Store) -> dict[str, Any] | None:
+    """The manifest of the demo dataset this recipe rendered before, if it is still stored."""
+    if params.kind != "openmoji":
+        return None
+    try:
+        known = store.read_json(layout.rendered_dataset_key(_recipe_id(params)))
+        return store.manifest(layout.dataset_key(str(known["dataset_version"])))
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None  # never rendered here, or its version was removed: render it
 
 
 def _check_enough_rows(name: str, n_valid: int, rejected: dict[str, int], alignment: AlignmentParams | None) -> None:

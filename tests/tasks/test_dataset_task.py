@@ -1,12 +1,15 @@
-"""publish_dataset on a user's table with its own column names: rows, version and source record."""
+"""publish_dataset: a user's table with its own column names (rows, version, source record), n, and
+the demo's pairs drawn once per rendering recipe."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from storage.store import Store
 from tasks.dataset_task import publish_dataset
-from tasks.params import DatasetParams
+from tasks.params import AlignmentParams, DatasetParams
 from tests.tasks.data.sample_images import png_bytes
 
 
@@ -59,3 +62,28 @@ def test_n_of_a_table_is_honoured_and_recorded_and_unset_means_all(tmp_path, cap
     assert "dataset pairs: 2 pairs from its first 2 rows (dataset.n; null reads all)" in caplog.text
     texts = Store(url).read_table(f"{head['key']}/samples.parquet").column("text").to_pylist()
     assert sorted(texts) == ["a blue square", "a red square"]
+
+
+def test_demo_pairs_are_drawn_once_per_recipe(tmp_path, monkeypatch, caplog):
+    """A rerun with the same OpenMoji recipe reuses the stored version without drawing a glyph;
+    another recipe, or a store that lost the version, draws again."""
+    from tasks.data import openmoji
+
+    url = str(tmp_path / "store")
+    params = DatasetParams(kind="openmoji", n=24, seed=3, image_size=32)
+    first = publish_dataset(params, url)
+    drawn = []
+    real = openmoji.build_openmoji_pairs
+    monkeypatch.setattr(openmoji, "build_openmoji_pairs", lambda **kw: drawn.append(kw) or real(**kw))
+    with caplog.at_level("INFO", logger="prh.dataset"):
+        again = publish_dataset(params, url)
+    assert again == first and drawn == []
+    assert "already stored; same rendering recipe, not drawn again" in caplog.text
+    other = publish_dataset(DatasetParams(kind="openmoji", n=24, seed=4, image_size=32), url)
+    assert drawn == [{"n": 24, "seed": 4, "image_size": 32}] and other["key"] != first["key"]
+    store = Store(url)
+    for path in store.fs.find(store.path(first["key"])):  # the version is gone (e.g. removed by hand)
+        store.fs.rm(path)
+    assert publish_dataset(params, url)["key"] == first["key"] and len(drawn) == 2
+    with pytest.raises(ValueError, match=r"24 sample\(s\), too few: alignment.topk=29"):  # the sample check still applies
+        publish_dataset(params, url, alignment=AlignmentParams(metrics=["mutual_knn"], topk=29))
