@@ -83,6 +83,9 @@ def publish_dataset(
 ) -> dict[str, Any]:
     """Load and validate the dataset, publish it as a content-addressed version; its manifest.
 
+    The demo's OpenMoji pairs are drawn once per rendering recipe: a rerun with the same recipe
+    (``_recipe_id``) returns the stored version's manifest without drawing a glyph.
+
     Raises:
         ValueError: the loader's errors (naming the path), or too few valid rows: fewer than 2,
             or fewer than ``alignment.min_samples()`` (the message names the parameter and
