@@ -51,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--captions", choices=["first", "all"], default=None,
                      help="with --dataset, a list of captions per image: the first (default, the paper's) or one row per caption")
     run.add_argument("--n", type=int, default=None, help="with --dataset: only its first N rows (default: all)")
+    run.add_argument("--image-root", default=None, help="with a --dataset table: the folder its image paths are read from "
+                     "(default: the table's folder)")
     run.add_argument("--permutations", type=int, default=None, help="override alignment.permutations")
 
     sql = commands.add_parser("sql", help="query the catalog with DuckDB SQL (read-only)")
@@ -141,11 +143,13 @@ def _run(args: argparse.Namespace) -> int:
     from tasks.params import load_config
 
     config = load_config(args.config)
-    options = {"image_column": args.image_column, "text_column": args.text_column, "captions": args.captions, "n": args.n}
+    image_root = str(Path(args.image_root).resolve()) if args.image_root else None
+    options = {"image_column": args.image_column, "text_column": args.text_column, "captions": args.captions, "n": args.n,
+               "image_root": image_root}
     if args.dataset:
         config = config.model_copy(update={"dataset": dataset_argument(args.dataset, **options)})
     elif any(v is not None for v in options.values()):
-        raise ValueError("--image-column, --text-column, --captions and --n apply to --dataset")
+        raise ValueError("--image-column, --text-column, --captions, --n and --image-root apply to --dataset")
     if args.permutations is not None:
         config = config.model_copy(update={"alignment": config.alignment.model_copy(update={"permutations": args.permutations})})
     store = args.store or default_store()

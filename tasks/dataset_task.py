@@ -44,9 +44,11 @@ def build_table(params: DatasetParams) -> tuple[pa.Table, pa.Table | None, str, 
 
     from tasks.data.sources import ColumnMap, effective_columns
 
-    result = load_paired_dataset(params.path, columns=params.columns(), n=params.n)
+    result = load_paired_dataset(params.path, columns=params.columns(), n=params.n, image_root=params.image_root)
     name = params.name or _stem(params.path)
     source: dict[str, Any] = {"kind": "path", "path": params.path, "n": params.n}
+    if params.image_root is not None:
+        source["image_root"] = params.image_root
     columns = effective_columns(Path(params.path), params.columns())
     if columns != ColumnMap():  # say which columns were read when they are not the defaults
         source.update(image_column=columns.image, text_column=columns.text, captions=columns.captions)

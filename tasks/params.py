@@ -63,6 +63,8 @@ class DatasetParams(BaseModel):
     image_column: str = Field("image", min_length=1, description="path, huggingface: column of the images (an ImageFolder "
                               "metadata table without an 'image' column: file_name)")
     text_column: str = Field("text", min_length=1, description="path, huggingface: column of the caption(s)")
+    image_root: str | None = Field(None, description="path, a table: the folder its relative image paths are read from "
+                                   "(default: the table's folder)")
     captions: Literal["first", "all"] = Field(
         "first", description="path, huggingface, a list of captions per image: 'first' (the paper's) or 'all' (one row per caption)")
 
@@ -75,12 +77,16 @@ class DatasetParams(BaseModel):
             raise FieldError("path", f"dataset.kind {self.kind!r} needs dataset.path ({what})")
         if self.kind != "huggingface":
             defaults: dict[str, Any] = {"revision": None, "split": "train"}
+            if self.kind == "openmoji" and self.image_root is not None:
+                raise FieldError("image_root", f"dataset.image_root applies to kind 'path' only (kind is {self.kind!r})")
             if self.kind == "openmoji":
                 defaults.update(image_column="image", text_column="text", captions="first")
             for name, default in defaults.items():
                 if getattr(self, name) != default:
                     kinds = "'huggingface' only" if name in ("revision", "split") else "'path' and 'huggingface'"
                     raise FieldError(name, f"dataset.{name} applies to kind {kinds} (kind is {self.kind!r})")
+        if self.kind == "huggingface" and self.image_root is not None:
+            raise FieldError("image_root", "dataset.image_root applies to kind 'path' only (kind is 'huggingface')")
         if self.image_column == self.text_column:
             raise FieldError("text_column", f"dataset.image_column and dataset.text_column are both {self.text_column!r}")
         return self

@@ -248,6 +248,7 @@ def load_paired_dataset(
     *,
     columns: ColumnMap | None = None,
     n: int | None = None,
+    image_root: str | Path | None = None,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     min_valid_rows: int = 2,
 ) -> LoadResult:
@@ -260,6 +261,9 @@ def load_paired_dataset(
             (``tasks.data.sources.ColumnMap``; default ``image``, ``text``, first caption).
         n: only the first ``n`` rows of a table, or images of a folder by name (None: all);
             taken before the checks, so rejected rows count among them.
+        image_root: the folder a table's relative image paths are read from, and that they may
+            not leave (default: the table's folder), e.g. COCO-style ``annotations/x.csv``
+            naming files of ``val2017/``. Tables only.
         max_image_pixels: images with more pixels are rejected as ``image_too_large``.
         min_valid_rows: fewer valid rows than this is an error (alignment needs pairs).
 
@@ -270,6 +274,13 @@ def load_paired_dataset(
     """
     source = Path(path)
     records, root = read_records(source, columns, n)
+    if image_root is not None:
+        if source.is_dir():
+            raise ValueError(f"dataset {str(source)!r} is a folder: image_root applies to a table, whose image paths "
+                             "it resolves")
+        root = Path(image_root).expanduser()
+        if not root.is_dir():
+            raise ValueError(f"image_root {str(image_root)!r} of dataset {str(source)!r} is not a folder")
     return validate_records(records, root, str(source), max_image_pixels=max_image_pixels, min_valid_rows=min_valid_rows)
 
 

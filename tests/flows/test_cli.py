@@ -194,7 +194,11 @@ def test_dataset_argument_reads_hugging_face_urls(tmp_path, monkeypatch):
 
 def test_column_flags_need_a_dataset(capsys):
     assert main(["run", "--text-column", "caption"]) == 2
-    assert capsys.readouterr().err.strip() == "prh run: error: --image-column, --text-column, --captions and --n apply to --dataset"
+    assert capsys.readouterr().err.strip() == \
+        "prh run: error: --image-column, --text-column, --captions, --n and --image-root apply to --dataset"
+    assert main(["run", "--dataset", "hf://datasets/org/name", "--image-root", "imgs"]) == 2
+    assert capsys.readouterr().err.strip() == ("prh run: error: --dataset 'hf://datasets/org/name': --image-root: "
+                                               "dataset.image_root applies to kind 'path' only (kind is 'huggingface')")
     assert main(["run", "--dataset", "x.csv", "--n", "1"]) == 2
     assert capsys.readouterr().err.strip() == "prh run: error: --dataset 'x.csv': --n: Input should be greater than or equal to 2 (got 1)"
 

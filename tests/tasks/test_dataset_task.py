@@ -87,3 +87,16 @@ def test_demo_pairs_are_drawn_once_per_recipe(tmp_path, monkeypatch, caplog):
     assert publish_dataset(params, url)["key"] == first["key"] and len(drawn) == 2
     with pytest.raises(ValueError, match=r"24 sample\(s\), too few: alignment.topk=29"):  # the sample check still applies
         publish_dataset(params, url, alignment=AlignmentParams(metrics=["mutual_knn"], topk=29))
+
+
+def test_image_root_is_used_and_recorded(tmp_path):
+    (tmp_path / "val").mkdir()
+    (tmp_path / "annotations").mkdir()
+    for colour in ("red", "blue"):
+        (tmp_path / "val" / f"{colour}.png").write_bytes(png_bytes(colour))
+    (tmp_path / "annotations" / "pairs.csv").write_text("image,text\nred.png,red\nblue.png,blue\n")
+    params = DatasetParams(kind="path", path=str(tmp_path / "annotations" / "pairs.csv"), image_root=str(tmp_path / "val"))
+    manifest = publish_dataset(params, str(tmp_path / "store"))
+    assert manifest["catalog"]["n_samples"] == 2 and manifest["catalog"]["source"]["image_root"] == str(tmp_path / "val")
+    with pytest.raises(ValueError, match="dataset.image_root applies to kind 'path' only"):
+        DatasetParams(image_root="val")

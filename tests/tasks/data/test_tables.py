@@ -481,3 +481,23 @@ def test_n_reads_only_the_first_rows_of_any_layout(tmp_path: Path, image_dir: Pa
     (folder / "metadata.csv").write_text("file_name,text\na.png,first\nb.png,second\nc.png,third\n")
     cut = load_paired_dataset(folder, n=2)
     assert sorted(r[1] for r in rows(cut)) == ["first", "second"] and cut.n_rejected == 0
+
+
+def test_image_root_reads_a_tables_images_from_another_folder(tmp_path: Path) -> None:
+    """COCO-style: annotations/pairs.csv names files of val/; paths still may not leave that folder."""
+    (tmp_path / "val").mkdir()
+    (tmp_path / "annotations").mkdir()
+    for name, png in (("red", RED), ("blue", BLUE)):
+        (tmp_path / "val" / f"{name}.png").write_bytes(png)
+    (tmp_path / "secret.png").write_bytes(GREEN)
+    table = tmp_path / "annotations" / "pairs.csv"
+    table.write_text("sample_id,image,text\nr,red.png,red\nb,blue.png,blue\ns,../secret.png,escape\n")
+    result = load_paired_dataset(table, image_root=tmp_path / "val")
+    assert rows(result) == [("b", "blue", "b"), ("r", "red", "r")]
+    assert rejections(result) == [(2, "s", "image_path_unsafe")]
+    assert rejections(load_paired_dataset(table, min_valid_rows=0)) == [(0, "r", "image_missing"), (1, "b", "image_missing"),
+                                                                       (2, "s", "image_path_unsafe")]
+    with pytest.raises(ValueError, match="image_root '.*nowhere' of dataset '.*pairs.csv' is not a folder"):
+        load_paired_dataset(table, image_root=tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="is a folder: image_root applies to a table"):
+        load_paired_dataset(tmp_path / "val", image_root=tmp_path / "val")
