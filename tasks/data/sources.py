@@ -460,7 +460,8 @@ def _column_names(path: Path) -> list[str]:
         if path.suffix.lower() in _PARQUET_SUFFIXES:
             return list(pq.read_schema(path).names)
         if path.suffix.lower() in _JSONL_SUFFIXES:
-            return list(pj.read_json(path).column_names)
+            with pj.open_json(path) as reader:  # the first block's fields, not the whole file
+                return list(reader.schema.names)
         with path.open(encoding="utf-8", errors="replace", newline="") as handle:
             return [name.strip().removeprefix("\ufeff") for name in next(csv.reader(handle, delimiter=_CSV_DELIMITERS[path.suffix.lower()]), [])]
     except (pa.ArrowException, OSError, csv.Error):
