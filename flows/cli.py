@@ -100,17 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _store_failure(error: BaseException, store: str) -> str | None:
     """One line for an object store that failed (down, unreachable, refusing), or None for any
     other error (those keep their traceback)."""
-    from storage.s3_options import describe_s3_error
+    from storage.s3_options import describe_s3_error, from_s3_client
     from storage.store import StoreIOError, redact_url
 
     if isinstance(error, StoreIOError):
         return str(error)
-    chain, found = [], error
-    while found is not None and len(chain) < 8:
-        chain.append(found)
-        found = found.__cause__ or found.__context__
-    if any(type(e).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp") for e in chain):
-        return f"store {redact_url(store)}: {describe_s3_error(error)}"
+    found, depth = error, 0
+    while found is not None and depth < 8:  # the error or one of its causes
+        if from_s3_client(found):
+            return f"store {redact_url(store)}: {describe_s3_error(error)}"
+        found, depth = found.__cause__ or found.__context__, depth + 1
     return None
 
 
@@ -119,8 +118,9 @@ HF_DATASET_URL = "hf://datasets/"
 
 def dataset_argument(value: str, **options: Any) -> DatasetParams:
     """``--dataset``: ``hf://datasets/ORG/NAME[@REVISION]`` (the Hugging Face convention) is a hub
-    dataset (its train split); anything else a local table or folder. ``options``:
-    ``image_column``, ``text_column``, ``captions``, ``n`` where given (None: the default; all rows)."""
+    dataset (its train split); anything else a local table or folder. ``options``: dataset fields
+    (``image_column``, ``text_column``, ``captions``, ``n``, ``image_root``) where given (None: the
+    default; all rows). Errors name the flags (``--image-root``), as a user typed them."""
     from pydantic import ValidationError
 
     from tasks.params import DatasetParams, field_problems
@@ -133,9 +133,11 @@ def dataset_argument(value: str, **options: Any) -> DatasetParams:
                 raise ValueError(f"--dataset {value!r}: expected {HF_DATASET_URL}ORG/NAME[@REVISION]")
             return DatasetParams(kind="huggingface", path=repo, revision=revision or None, **{"n": None, **given})
         return DatasetParams(kind="path", path=str(Path(value).resolve()), **given)
-    except ValidationError as error:  # name the flags, as a user typed them
-        flags = {name: "--" + name.replace("_", "-") for name in options}
-        problems = [flags.get(p.split(":", 1)[0], p.split(":", 1)[0]) + ":" + p.split(":", 1)[1] for p in field_problems(error)]
+    except ValidationError as error:
+        problems = []
+        for problem in field_problems(error):
+            field, rest = problem.split(":", 1)
+            problems.append(("--" + field.replace("_", "-") if field in options else field) + ":" + rest)
         raise ValueError(f"--dataset {value!r}: " + "; ".join(problems)) from None
 
 

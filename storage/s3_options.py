@@ -140,6 +140,11 @@ def redact_text(text: str) -> str:
     return _SIGNED_QUERY.sub(r"\1REDACTED", _USERINFO.sub("", text))
 
 
+def from_s3_client(error: BaseException) -> bool:
+    """True when ``error`` itself was raised by the S3 client stack (botocore, aiobotocore, aiohttp)."""
+    return type(error).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp")
+
+
 def describe_s3_error(error: BaseException) -> str:
     """One line saying what failed on S3, for error messages: the operation, the S3 error code,
     the HTTP status and the attempts made, or the endpoint that could not be reached.

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from storage.keys import safe_component
 from storage.owner import current_owner, owner_is_dead
-from storage.s3_options import describe_s3_error
+from storage.s3_options import describe_s3_error, from_s3_client
 
 MANIFEST = "manifest.json"
 CLAIM = ".publishing"
@@ -398,7 +398,7 @@ class Store:
         """``error`` re-raised with a message naming the store (redacted), the action and the S3
         cause; same classification (permanent or transient) as the original. Local stores and
         errors that are not I/O errors are returned unchanged."""
-        client_error = type(error).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp")
+        client_error = from_s3_client(error)
         if self.is_local or isinstance(error, (StoreIOError, StoreNotWritable)) or not (isinstance(error, OSError) or client_error):
             return error
         message = f"cannot {action} in store {self.display_url}: {describe_s3_error(error)}"

@@ -9,6 +9,7 @@ written, so a failed load leaves the store as it was.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -38,11 +39,8 @@ def build_table(params: DatasetParams) -> tuple[pa.Table, pa.Table | None, str, 
                                              text_column=params.text_column, captions=params.captions, n=params.n)
         default = "-".join(p for p in (params.path.rstrip("/").rsplit("/", 1)[-1], params.revision, params.split) if p)
         return result.table, result.rejected, params.name or _safe_name(default), {"kind": "huggingface", **provenance}
-    from tasks.data.tables import load_paired_dataset
-
-    from pathlib import Path
-
     from tasks.data.sources import ColumnMap, effective_columns
+    from tasks.data.tables import load_paired_dataset
 
     result = load_paired_dataset(params.path, columns=params.columns(), n=params.n, image_root=params.image_root)
     name = params.name or _stem(params.path)
@@ -95,7 +93,8 @@ def publish_dataset(
     """
     logger = logger or logging.getLogger("prh.dataset")
     store = Store(store_url)
-    rendered = _rendered_before(params, store)
+    recipe = _recipe_id(params) if params.kind == "openmoji" else None
+    rendered = None if recipe is None else _rendered_before(recipe, store)
     if rendered is not None:  # the demo's pairs from the same recipe: the stored version, not drawn again
         catalog = rendered["catalog"]
         _check_enough_rows(catalog["name"], catalog["n_samples"], {}, alignment)
@@ -132,8 +131,8 @@ def publish_dataset(
         "code_version": code_version("tasks/data"),
     }
     published = store.publish(key, files, {"kind": "dataset", "catalog": catalog}, row_group_size=256)
-    if params.kind == "openmoji":
-        store.write_json(layout.rendered_dataset_key(_recipe_id(params)), {"dataset_version": version, "source": source})
+    if recipe is not None:
+        store.write_json(layout.rendered_dataset_key(recipe), {"dataset_version": version, "source": source})
     cut = f" from its first {params.n} rows (dataset.n; null reads all)" if params.kind != "openmoji" and params.n else ""
     logger.info(
         "dataset %s: %d pairs%s, version %s (%s)",
@@ -151,12 +150,10 @@ def _recipe_id(params: DatasetParams) -> str:
     return content_id({"recipe": recipe, "code_version": code_version("tasks/data")})
 
 
-def _rendered_before(params: DatasetParams, store: Store) -> dict[str, Any] | None:
-    """The manifest of the demo dataset this recipe rendered before, if it is still stored."""
-    if params.kind != "openmoji":
-        return None
+def _rendered_before(recipe: str, store: Store) -> dict[str, Any] | None:
+    """The manifest of the demo dataset ``recipe`` rendered before, if it is still stored."""
     try:
-        known = store.read_json(layout.rendered_dataset_key(_recipe_id(params)))
+        known = store.read_json(layout.rendered_dataset_key(recipe))
         return store.manifest(layout.dataset_key(str(known["dataset_version"])))
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None  # never rendered here, or its version was removed: render it

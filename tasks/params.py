@@ -44,6 +44,13 @@ Int = Annotated[int, Field(strict=True)]
 Float = Annotated[float, Field(allow_inf_nan=False)]
 
 
+#: The dataset fields that apply to some kinds only (elsewhere they must keep their default).
+DATASET_FIELD_KINDS: dict[str, tuple[str, ...]] = {
+    "revision": ("huggingface",), "split": ("huggingface",), "image_root": ("path",),
+    "image_column": ("path", "huggingface"), "text_column": ("path", "huggingface"), "captions": ("path", "huggingface"),
+}
+
+
 class DatasetParams(BaseModel):
     """Where the paired image–caption data comes from."""
 
@@ -75,18 +82,10 @@ class DatasetParams(BaseModel):
         if self.kind in ("path", "huggingface") and not (self.path or "").strip():
             what = "a table or a folder" if self.kind == "path" else "a hub dataset id or a dataset folder"
             raise FieldError("path", f"dataset.kind {self.kind!r} needs dataset.path ({what})")
-        if self.kind != "huggingface":
-            defaults: dict[str, Any] = {"revision": None, "split": "train"}
-            if self.kind == "openmoji" and self.image_root is not None:
-                raise FieldError("image_root", f"dataset.image_root applies to kind 'path' only (kind is {self.kind!r})")
-            if self.kind == "openmoji":
-                defaults.update(image_column="image", text_column="text", captions="first")
-            for name, default in defaults.items():
-                if getattr(self, name) != default:
-                    kinds = "'huggingface' only" if name in ("revision", "split") else "'path' and 'huggingface'"
-                    raise FieldError(name, f"dataset.{name} applies to kind {kinds} (kind is {self.kind!r})")
-        if self.kind == "huggingface" and self.image_root is not None:
-            raise FieldError("image_root", "dataset.image_root applies to kind 'path' only (kind is 'huggingface')")
+        for name, kinds in DATASET_FIELD_KINDS.items():
+            if self.kind not in kinds and getattr(self, name) != type(self).model_fields[name].default:
+                which = " and ".join(repr(k) for k in kinds) + (" only" if len(kinds) == 1 else "")
+                raise FieldError(name, f"dataset.{name} applies to kind {which} (kind is {self.kind!r})")
         if self.image_column == self.text_column:
             raise FieldError("text_column", f"dataset.image_column and dataset.text_column are both {self.text_column!r}")
         return self

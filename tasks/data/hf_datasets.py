@@ -23,7 +23,8 @@ Columns: ``image_column`` (default ``image``) holds the ``datasets`` Image layou
 first (what the paper's code does), ``"all"`` makes one row per caption, all linked to their image.
 Optional ``sample_id`` and ``image_id`` columns are kept; without them ids are derived from the
 content (:mod:`tasks.data.tables`). ``n`` keeps the first ``n`` rows of the split (before
-captions are expanded); reading stops there, so later shards are never opened. Every record then goes through the same checks as any other table.
+captions are expanded); reading stops there, so later shards are never opened. Every record
+then goes through the same checks as any other table.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.data.sources import METADATA_FILES, Captions, ColumnMap, RawRecord, read_parquet_head, records_with_captions
+from tasks.data.sources import (METADATA_FILES, Captions, ColumnMap, RawRecord, head_of, read_parquet_head,
+                                records_with_captions)
 from tasks.data.tables import LoadResult, validate_records
 
 __all__ = ["HubDataset", "load_hf_dataset", "read_hf_dataset", "resolve_source", "split_files"]
@@ -188,8 +190,8 @@ def split_files(root: Path, split: str = "train") -> list[Path]:
 
 
 def _read_file(path: Path, columns: list[str], limit: int | None = None) -> tuple[pa.Table, list[str]]:
-    """A data file's ``columns`` (those it has), at least its first ``limit`` rows (all when None;
-    reading stops at the batch that reaches it), and the names of all its columns. Parquet, or
+    """A data file's ``columns`` (those it has), its first ``limit`` rows (all when None; reading
+    stops at the batch that reaches them), and the names of all its columns. Parquet, or
     Arrow IPC (stream, as ``datasets`` writes it, or file format)."""
     try:
         if path.suffix.lower() == ".parquet":
@@ -204,13 +206,7 @@ def _read_file(path: Path, columns: list[str], limit: int | None = None) -> tupl
                 batches = [file_reader.get_batch(i) for i in range(file_reader.num_record_batches)]
                 table = pa.Table.from_batches(batches, schema=file_reader.schema)
             else:
-                batches, rows = [], 0
-                for batch in reader:
-                    batches.append(batch)
-                    rows += batch.num_rows
-                    if limit is not None and rows >= limit:
-                        break
-                table = pa.Table.from_batches(batches, schema=reader.schema)
+                table = head_of(reader, reader.schema, limit)
         return table.select([c for c in columns if c in table.column_names]), table.column_names
     except (pa.ArrowException, OSError) as error:
         raise ValueError(f"Hugging Face dataset file {str(path)!r} could not be read: {error}") from None

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -59,6 +60,7 @@ import pyarrow.parquet as pq
 __all__ = [
     "ColumnMap",
     "effective_columns",
+    "head_of",
     "IMAGE_SUFFIXES",
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
@@ -216,14 +218,21 @@ def read_parquet_head(path: Path, columns: list[str], limit: int | None = None) 
     with pq.ParquetFile(path) as parquet:
         if limit is None:
             return parquet.read(columns=columns)
-        batches, rows = [], 0
-        for batch in parquet.iter_batches(batch_size=max(limit, 1), columns=columns):
-            batches.append(batch)
-            rows += batch.num_rows
-            if rows >= limit:
-                break
         schema = pa.schema([parquet.schema_arrow.field(c) for c in columns])
-        return pa.Table.from_batches(batches, schema=schema).slice(0, limit)
+        return head_of(parquet.iter_batches(batch_size=max(limit, 1), columns=columns), schema, limit)
+
+
+def head_of(batches: Iterable[pa.RecordBatch], schema: pa.Schema, limit: int | None) -> pa.Table:
+    """The first ``limit`` rows of a stream of record batches (all when None): batches are
+    pulled only until they hold that many, so the rest of the file is never read."""
+    taken, rows = [], 0
+    for batch in batches:
+        if limit is not None and rows >= limit:
+            break
+        taken.append(batch)
+        rows += batch.num_rows
+    table = pa.Table.from_batches(taken, schema=schema)
+    return table if limit is None else table.slice(0, limit)
 
 
 def _read_jsonl(path: Path, columns: ColumnMap, limit: int | None = None) -> pa.Table:
@@ -231,14 +240,8 @@ def _read_jsonl(path: Path, columns: ColumnMap, limit: int | None = None) -> pa.
         if limit is None:
             table = pj.read_json(path)
         else:  # stream blocks until the first limit rows are in
-            batches, rows = [], 0
             with pj.open_json(path) as reader:
-                for batch in reader:
-                    batches.append(batch)
-                    rows += batch.num_rows
-                    if rows >= limit:
-                        break
-                table = pa.Table.from_batches(batches, schema=reader.schema).slice(0, limit)
+                table = head_of(reader, reader.schema, limit)
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"dataset table {str(path)!r} is not readable JSON Lines (one object per line): {exc}") from exc
     _check_columns(path, table.column_names, columns)

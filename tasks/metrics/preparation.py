@@ -20,7 +20,8 @@ of layers gets one threshold per layer (the paper's list branch); a 3-D ``(L, N,
 ONE threshold over all its layers (the paper's tensor branch, whose per-sample quantile pools the
 sample's values over every layer). ``per_layer=True`` forces one threshold per layer for 3-D
 input too; ``per_layer=False`` gives a list one pooled threshold. The pooled threshold is found a
-block of samples at a time (``pooled_outlier_threshold``): no stacked copy of the model's layers. Computation is float32 (float64 inputs stay float64); the result has the input's kind
+block of samples at a time (``pooled_outlier_threshold``): no stacked copy of the model's layers.
+Computation is float32 (float64 inputs stay float64); the result has the input's kind
 (numpy in, numpy out; tensor in, tensor on the same device out; list in, list out).
 """
 
@@ -31,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._arrays import ArrayLike, to_tensor
+from ._arrays import ArrayLike, split_layers, to_tensor
 
 
 #: Rows of a model's layers pooled at once when a per-sample quantile spans every layer: blocks of
@@ -128,11 +129,7 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
     if not 0 < q <= 1:
         raise ValueError(f"q must be in (0, 1], got {q}")
     if isinstance(x, (list, tuple)):
-        tensors = [to_tensor(layer) for layer in x]
-        if any(t.ndim != 2 for t in tensors):
-            raise ValueError(f"each layer must be (N, D); got shapes {[tuple(t.shape) for t in tensors]}")
-        if len({int(t.shape[0]) for t in tensors}) > 1:
-            raise ValueError(f"layers disagree on the number of samples: {[int(t.shape[0]) for t in tensors]}")
+        tensors = [to_tensor(layer) for layer in split_layers(x)]  # (N, D_l) each, one N
         pooled = per_layer is False
         if pooled and len({(t.dtype, t.device) for t in tensors}) > 1:  # one computation for all
             tensors = [t.to(device=tensors[0].device, dtype=torch.float32) for t in tensors]
