@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = commands.add_parser("run", help="run the full pipeline (dataset, features, alignment)")
     run.add_argument("--config", default=str(DEMO_CONFIG), help="pipeline YAML (default: the embedded demo)")
     run.add_argument("--store", default=None, help="store URL: a folder, file://..., s3://bucket/prefix (default: ./store)")
-    run.add_argument("--dataset", default=None, help="a paired Parquet/CSV/JSON Lines table, a folder of images + .txt captions "
+    run.add_argument("--dataset", default=None, help="a paired Parquet/CSV/JSON Lines table, a COCO captions .json, a folder of images + .txt captions "
                      "or with a metadata.jsonl/.csv table, or a Hugging Face dataset hf://datasets/ORG/NAME[@REVISION] (train split)")
     run.add_argument("--image-column", default=None, help="with --dataset: the table's image column (default: image)")
     run.add_argument("--text-column", default=None, help="with --dataset: the table's caption column (default: text)")

@@ -62,7 +62,8 @@ class DatasetParams(BaseModel):
                           "of the split (null: all); path: the first n rows of the table or images of the folder (not set: all)")
     seed: Int = Field(0, description="openmoji: sampling seed")
     image_size: Int = Field(224, ge=16, le=2048, description="openmoji: rendered image size in pixels")
-    path: str | None = Field(None, description="path: a Parquet/CSV/JSON Lines table (image, text[, sample_id]), a folder of "
+    path: str | None = Field(None, description="path: a Parquet/CSV/JSON Lines table (image, text[, sample_id]), a COCO captions "
+                             ".json (images + annotations) or a JSON array of rows, a folder of "
                              "images with .txt captions, or a folder with a metadata.jsonl/.csv/.parquet table (Hugging Face "
                              "ImageFolder); huggingface: a hub dataset id (e.g. minhuh/prh) or a local dataset folder")
     revision: str | None = Field(None, description="huggingface: hub branch, tag or commit (the paper's data: wit_1024)")

@@ -146,7 +146,7 @@ def read_image_file(root: Path, relative: str) -> bytes | ImageProblem:
             "image_path_unsafe", f"image path {relative!r} leads outside the dataset folder {base}"
         )
     if not target.exists():
-        return ImageProblem("image_missing", f"image file {relative!r} does not exist")
+        return ImageProblem("image_missing", f"image file {relative!r} does not exist in {base}")
     if not target.is_file():
         return ImageProblem("image_missing", f"image path {relative!r} is not a regular file")
     try:

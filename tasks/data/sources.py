@@ -1,6 +1,6 @@
 """Reading paired datasets from disk into raw records, before any validation.
 
-Three layouts are understood (chosen by :func:`read_records` from the path):
+These layouts are understood (chosen by :func:`read_records` from the path):
 
 Parquet table (``.parquet``, ``.pq``)
     Columns ``image`` and ``text`` are required; ``sample_id`` and ``image_id`` are optional.
@@ -20,6 +20,10 @@ JSON Lines table (``.jsonl``, ``.ndjson``)
     One JSON object per line with the Parquet layout's fields (``image`` a path relative to the
     table's folder); read with pyarrow, so every line read must parse (with ``limit``, reading
     stops at the block that holds the first ``limit`` rows).
+JSON document (``.json``)
+    A COCO captions file (``images`` + ``annotations``, one row per image with its list of
+    captions, ``sample_id`` the image id) or an array of row objects with the table layout's
+    fields (:mod:`tasks.data.json_tables`).
 Folder with a metadata table (the Hugging Face ImageFolder convention)
     A folder holding ``metadata.jsonl``, ``metadata.csv`` or ``metadata.parquet`` (exactly one):
     that table is read as above, image paths relative to the folder (subfolders allowed); its
@@ -176,10 +180,14 @@ def _read_table(path: Path, columns: ColumnMap, limit: int | None = None) -> lis
         table = _read_parquet(path, columns, limit)
     elif suffix in _JSONL_SUFFIXES:
         table = _read_jsonl(path, columns, limit)
+    elif suffix == ".json":
+        from tasks.data.json_tables import read_json_table
+
+        table = read_json_table(path, columns, limit)
     else:
         raise ValueError(
             f"dataset path {str(path)!r}: unsupported file type {path.suffix!r} (expected .parquet, .pq, .csv, "
-            ".tsv, .jsonl, a folder of images with .txt captions, or one with a metadata.jsonl/.csv/.parquet table)"
+            ".tsv, .jsonl, .json (COCO captions or an array of rows), a folder of images with .txt captions, or one with a metadata.jsonl/.csv/.parquet table)"
         )
     return records_with_captions(table, str(path), columns.captions)
 

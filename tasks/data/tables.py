@@ -1,10 +1,9 @@
 """Loading a user's paired dataset into the contract table, reporting every row it refuses.
 
-:func:`load_paired_dataset` reads a Parquet/CSV/JSON Lines table, a folder of images with ``.txt``
-captions or a folder with a metadata table (layouts: :mod:`tasks.data.sources`), checks each
-record, and returns the valid rows
-as a :data:`~tasks.data.schema.DATASET_SCHEMA` table together with one rejection record per
-refused row. Nothing is dropped without a record.
+:func:`load_paired_dataset` reads a Parquet/CSV/JSON Lines table, a JSON document (COCO captions or
+an array of rows), a folder of images with ``.txt`` captions or a folder with a metadata table
+(layouts: :mod:`tasks.data.sources`), checks each record, and returns the valid rows as a
+:data:`~tasks.data.schema.DATASET_SCHEMA` table together with one rejection record per refused row. Nothing is dropped without a record.
 
 Checks, in this order; a record gets the first reason that applies (so a row with both a bad
 caption and a bad image is reported once, for the caption; the image is then not decoded):
@@ -255,7 +254,8 @@ def load_paired_dataset(
     """Load and validate a paired image–caption dataset (layouts and rules: module docstring).
 
     Args:
-        path: a ``.parquet``/``.pq``/``.csv``/``.tsv``/``.jsonl`` table, a folder of images +
+        path: a ``.parquet``/``.pq``/``.csv``/``.tsv``/``.jsonl`` table, a ``.json`` document (COCO
+            captions or an array of row objects), a folder of images +
             ``.txt``, or a folder with a ``metadata.jsonl``/``.csv``/``.parquet`` table.
         columns: the tables' image and caption column names and caption policy
             (``tasks.data.sources.ColumnMap``; default ``image``, ``text``, first caption).
@@ -348,9 +348,10 @@ def validate_records(
     )
     if result.n_valid < min_valid_rows:
         counts = ", ".join(f"{reason}: {count}" for reason, count in result.summary().items()) or "none"
+        first = f"; first: {rejected[0][1]['detail']}" if rejected else ""
         raise ValueError(
             f"dataset {source!r} has {result.n_valid} valid row(s), at least {min_valid_rows} "
-            f"needed; rejected rows by reason: {counts}"
+            f"needed; rejected rows by reason: {counts}{first}"
         )
     return result
 

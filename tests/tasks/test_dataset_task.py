@@ -100,3 +100,24 @@ def test_image_root_is_used_and_recorded(tmp_path):
     assert manifest["catalog"]["n_samples"] == 2 and manifest["catalog"]["source"]["image_root"] == str(tmp_path / "val")
     with pytest.raises(ValueError, match="dataset.image_root applies to kind 'path' only"):
         DatasetParams(image_root="val")
+
+
+def test_coco_captions_file_is_published_with_every_caption(tmp_path):
+    (tmp_path / "val2017").mkdir()
+    (tmp_path / "annotations").mkdir()
+    images = [{"id": 7 + i, "file_name": f"{colour}.png"} for i, colour in enumerate(("red", "blue", "green"))]
+    for image in images:
+        (tmp_path / "val2017" / image["file_name"]).write_bytes(png_bytes(image["file_name"][:-4]))
+    annotations = [{"id": 100 + j, "image_id": image["id"], "caption": f"{image['file_name'][:-4]} square {j}"}
+                   for j in range(2) for image in images]
+    path = tmp_path / "annotations" / "captions_val2017.json"
+    path.write_text(json.dumps({"info": {}, "images": images, "annotations": annotations}))
+    params = DatasetParams(kind="path", path=str(path), image_root=str(tmp_path / "val2017"), captions="all", n=2)
+    manifest = publish_dataset(params, str(tmp_path / "store"))
+    catalog = manifest["catalog"]
+    assert catalog["name"] == "captions_val2017" and catalog["n_samples"] == 4
+    assert catalog["source"]["captions"] == "all" and catalog["source"]["n"] == 2
+    store = Store(str(tmp_path / "store"))
+    rows = store.read_table(f"{manifest['key']}/samples.parquet").to_pylist()
+    assert [(r["sample_id"], r["text"], r["image_id"]) for r in rows] == [
+        ("7-0", "red square 0", "7"), ("7-1", "red square 1", "7"), ("8-0", "blue square 0", "8"), ("8-1", "blue square 1", "8")]

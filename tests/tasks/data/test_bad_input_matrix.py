@@ -368,7 +368,8 @@ def test_publish_stores_the_quarantine_report(tmp_path: Path) -> None:
         ("all_bad", None, r"has 0 valid row\(s\), at least 2 needed; rejected rows by reason: image_empty: 1, text_control_chars: 1, text_empty: 1"),
         ("few", AlignmentParams(topk=10), r"dataset 'few' has 3 sample\(s\), too few: alignment.topk=10 \(mutual_knn, cknna\) needs topk \+ 2 = 12; rejected rows by reason: image_unreadable: 1"),
         ("missing", None, r"missing\.csv' does not exist"),
-        ("unsupported", None, r"unsupported file type '\.json'"),
+        ("unsupported", None, r"unsupported file type '\.xml'"),
+        ("json_object", None, r"pairs\.json' is an object with keys \[\]; expected a COCO captions file"),
         ("no_text_column", None, r"lacks required column\(s\) \['text'\]"),
     ],
 )
@@ -388,6 +389,9 @@ def test_failed_publish_leaves_the_store_as_it_was(tmp_path: Path, setup: str, a
     elif setup == "missing":
         path = source / "missing.csv"
     elif setup == "unsupported":
+        path = source / "pairs.xml"
+        path.write_text("<pairs/>")
+    elif setup == "json_object":
         path = source / "pairs.json"
         path.write_text("{}")
     else:

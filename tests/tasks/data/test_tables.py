@@ -318,9 +318,9 @@ def test_errors_name_the_path_and_the_problem(image_dir: Path) -> None:
     with pytest.raises(ValueError, match=r"ints\.parquet.*'image' has type int64"):
         load_paired_dataset(wrong_type)
 
-    (image_dir / "notes.json").write_text("{}")
-    with pytest.raises(ValueError, match="unsupported file type '.json'"):
-        load_paired_dataset(image_dir / "notes.json")
+    (image_dir / "notes.yaml").write_text("{}")
+    with pytest.raises(ValueError, match=r"unsupported file type '\.yaml' \(expected .*\.json \(COCO captions"):
+        load_paired_dataset(image_dir / "notes.yaml")
 
     (image_dir / "broken.parquet").write_bytes(b"not parquet")
     with pytest.raises(ValueError, match=r"broken\.parquet.*not a readable Parquet"):
