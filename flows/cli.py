@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--image-root", default=None, help="with a --dataset table: the folder its image paths are read from "
                      "(default: the table's folder)")
     run.add_argument("--permutations", type=int, default=None, help="override alignment.permutations")
+    run.add_argument("--unit", choices=["sample", "image"], default=None,
+                     help="override alignment.unit: align one row per image-caption sample (the paper's) or per image "
+                          "(its captions' vectors averaged; with --captions all)")
 
     sql = commands.add_parser("sql", help="query the catalog with DuckDB SQL (read-only)")
     sql.add_argument("query", help="a SELECT query over datasets, samples, models, features, alignment, alignment_best, runs")
@@ -152,8 +155,9 @@ def _run(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"dataset": dataset_argument(args.dataset, **options)})
     elif any(v is not None for v in options.values()):
         raise ValueError("--image-column, --text-column, --captions, --n and --image-root apply to --dataset")
-    if args.permutations is not None:
-        config = config.model_copy(update={"alignment": config.alignment.model_copy(update={"permutations": args.permutations})})
+    overrides = {k: v for k, v in (("permutations", args.permutations), ("unit", args.unit)) if v is not None}
+    if overrides:
+        config = config.model_copy(update={"alignment": config.alignment.model_copy(update=overrides)})
     store = args.store or default_store()
     from storage.store import Store
 

@@ -45,19 +45,19 @@ _EMPTY_VIEWS = {
     "alignment": (
         "alignment_version VARCHAR, dataset_version VARCHAR, metric VARCHAR, params VARCHAR, model_a VARCHAR, "
         "model_b VARCHAR, layer_a INTEGER, layer_b INTEGER, layer_name_a VARCHAR, layer_name_b VARCHAR, "
-        "score DOUBLE, n_samples INTEGER"
+        "score DOUBLE, n_samples INTEGER, unit VARCHAR"
     ),
     "alignment_best": (
         "alignment_version VARCHAR, dataset_version VARCHAR, metric VARCHAR, params VARCHAR, model_a VARCHAR, "
         "model_b VARCHAR, modality_a VARCHAR, modality_b VARCHAR, layer_a INTEGER, layer_b INTEGER, "
         "layer_name_a VARCHAR, layer_name_b VARCHAR, score DOUBLE, chance_level DOUBLE, null_mean DOUBLE, "
         "null_std DOUBLE, tau DOUBLE, p_value DOUBLE, calibrated_score DOUBLE, permutations INTEGER, ci_low DOUBLE, ci_high DOUBLE, bootstrap INTEGER, "
-        "n_samples INTEGER"
+        "n_samples INTEGER, unit VARCHAR"
     ),
 }
 
 _META_COLUMNS = {
-    "datasets": ["dataset_version", "name", "n_samples", "n_rejected", "source", "code_version", "published_at"],
+    "datasets": ["dataset_version", "name", "n_samples", "n_images", "n_rejected", "source", "code_version", "published_at"],
     "models": [
         "model", "feature_version", "dataset_version", "modality", "loader", "model_id", "revision", "pooling",
         "dtype", "param_count", "n_layers", "layer_names", "layer_widths", "bits_per_byte", "n_samples",

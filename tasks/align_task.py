@@ -22,10 +22,11 @@ from storage.pairing import PairedFeatures, paired_features
 from storage.store import Store
 from storage.versioning import code_version, content_id
 from tasks.alignment import MetricRequest, PairAlignment, align_layers, prepare_layers
+from tasks.image_rows import image_rows, mean_rows
 from tasks.params import AlignmentParams
 from tasks.retries import backoff, retry_transient
 
-ALIGNMENT_CODE = ("tasks/metrics", "tasks/alignment.py", "storage/pairing.py")
+ALIGNMENT_CODE = ("tasks/metrics", "tasks/alignment.py", "tasks/image_rows.py", "storage/pairing.py")
 
 
 def metric_requests(params: AlignmentParams) -> list[MetricRequest]:
@@ -34,8 +35,10 @@ def metric_requests(params: AlignmentParams) -> list[MetricRequest]:
 
 def alignment_version(manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams) -> str:
     """Content id of a pair's alignment: both feature versions, metrics and parameters, code."""
+    unit = {} if params.unit == "sample" else {"unit": params.unit}  # the default keeps version ids as they were
     return content_id(
         {
+            **unit,
             "features": [manifest_a["catalog"]["feature_version"], manifest_b["catalog"]["feature_version"]],
             "metrics": [[r.name, r.params] for r in metric_requests(params)],
             "outlier_quantile": params.outlier_quantile,
@@ -59,9 +62,11 @@ def stored_alignment(store_url: str, manifest_a: dict[str, Any], manifest_b: dic
 
 
 def result_tables(
-    results: list[PairAlignment], manifest_a: dict[str, Any], manifest_b: dict[str, Any], version: str, n_samples: int
+    results: list[PairAlignment], manifest_a: dict[str, Any], manifest_b: dict[str, Any], version: str, n_samples: int,
+    unit: str = "sample",
 ) -> tuple[pa.Table, pa.Table]:
     """(scores: one row per metric × layer pair, best: one row per metric) as Arrow tables.
+    ``n_samples`` rows were aligned, each a ``unit`` (``sample`` or ``image``).
 
     A layer pair without a score (an excluded layer, see ``tasks.alignment``) gets a NULL
     ``score``, never NaN: DuckDB orders NaN above every number, so ``max(score)`` would be NaN.
@@ -77,7 +82,7 @@ def result_tables(
             for j in range(lb):
                 scores.append({**common, "metric": r.metric.name, "params": params, "layer_a": i, "layer_b": j,
                                "layer_name_a": a["layer_names"][i], "layer_name_b": b["layer_names"][j],
-                               "score": _finite_or_none(r.matrix[i, j]), "n_samples": n_samples})
+                               "score": _finite_or_none(r.matrix[i, j]), "n_samples": n_samples, "unit": unit})
         i, j = r.best_layers if min(r.best_layers) >= 0 else (None, None)
         best.append({**common, "metric": r.metric.name, "params": params, "modality_a": a["modality"], "modality_b": b["modality"],
                      "layer_a": i, "layer_b": j, "layer_name_a": None if i is None else a["layer_names"][i],
@@ -85,7 +90,7 @@ def result_tables(
                      "score": _finite_or_none(r.best), "chance_level": r.chance_level, "null_mean": r.null_mean, "null_std": r.null_std,
                      "tau": r.tau, "p_value": r.p_value, "calibrated_score": r.calibrated, "permutations": r.permutations,
                      "ci_low": r.ci_low, "ci_high": r.ci_high, "bootstrap": r.bootstrap,
-                     "n_samples": n_samples})
+                     "n_samples": n_samples, "unit": unit})
     schema_types = {"layer_a": pa.int32(), "layer_b": pa.int32(), "n_samples": pa.int32(), "permutations": pa.int32(),
                     "bootstrap": pa.int32(), "ci_low": pa.float64(), "ci_high": pa.float64(), "score": pa.float64(),
                     "layer_name_a": pa.string(), "layer_name_b": pa.string()}
@@ -167,6 +172,19 @@ def duplicate_vector_samples(layers: list[np.ndarray], sample_ids: list[str], ca
     return out
 
 
+def per_image(store: Store, pair: PairedFeatures, dataset_version: str) -> PairedFeatures:
+    """``pair`` with one row per image (``tasks.image_rows``): every layer's rows of an image's
+    samples averaged, rows in ``image_id`` order; ``sample_ids`` then holds the image ids."""
+    ids = store.read_table(f"{layout.dataset_key(dataset_version)}/{layout.SAMPLES_FILE}", columns=["sample_id", "image_id"])
+    image_of = dict(zip(ids.column("sample_id").to_pylist(), ids.column("image_id").to_pylist()))
+    try:
+        rows = image_rows(pair.sample_ids, image_of)
+    except ValueError as error:
+        raise ValueError(f"dataset version {dataset_version}: {error}") from None
+    return PairedFeatures(rows.image_ids, [mean_rows(x, rows) for x in pair.xs], [mean_rows(y, rows) for y in pair.ys],
+                          pair.only_a, pair.only_b, pair.examples_only_a, pair.examples_only_b)
+
+
 def check_pairable(manifest_a: dict[str, Any], manifest_b: dict[str, Any]) -> None:
     """Refuse two feature versions of different datasets: their sample ids need not mean the same samples."""
     a, b = manifest_a["catalog"], manifest_b["catalog"]
@@ -217,6 +235,11 @@ def align_to_store(
         return {**existing, "reused": True}
     started = time.perf_counter()
     pair = paired_features(store, manifest_a, manifest_b)
+    n_paired = len(pair.sample_ids)
+    if params.unit == "image":
+        pair = per_image(store, pair, manifest_a["catalog"]["dataset_version"])
+        logger.info("%s x %s: %d paired samples averaged into %d images (alignment.unit 'image')",
+                    model_a, model_b, n_paired, len(pair.sample_ids))
     check_common_samples(pair, model_a, model_b, params)
     if pair.only_a or pair.only_b:
         logger.warning("%s x %s: %d samples only in %s (e.g. %s), %d only in %s (e.g. %s); aligning the %d common samples",
@@ -233,7 +256,8 @@ def align_to_store(
         layers = [d for d in duplicates if d["model"] == model]
         worst = max(layers, key=lambda d: d["n_samples"])
         logger.warning("%s: in %d of its layers some samples share their exact vector with another (up to %d of %d samples, "
-                       "layer %d, e.g. %s); k-NN ties among them are broken arbitrarily (expected when captions share an image)",
+                       "layer %d, e.g. %s); k-NN ties among them are broken arbitrarily (expected when captions share an image: "
+                       "alignment.unit 'image' aligns one row per image)",
                        model, len(layers), worst["n_samples"], len(pair.sample_ids), worst["layer"], examples(worst["examples"]))
     xs = prepare_layers(pair.xs, q=params.outlier_quantile, scope=params.outlier_scope, exact=params.outlier_exact)
     ys = prepare_layers(pair.ys, q=params.outlier_quantile, scope=params.outlier_scope, exact=params.outlier_exact)
@@ -243,7 +267,7 @@ def align_to_store(
     for d in degenerate:
         logger.warning("%s layer %d (%s) left out of %s: %s", d["model"], d["layer"], d["layer_name"], ", ".join(d["metrics"]), d["problem"])
     version = key.rsplit("/", 1)[1]
-    scores, best = result_tables(results, manifest_a, manifest_b, version, len(pair.sample_ids))
+    scores, best = result_tables(results, manifest_a, manifest_b, version, len(pair.sample_ids), params.unit)
     seconds = time.perf_counter() - started
     manifest = {
         "kind": "alignment",
@@ -254,6 +278,8 @@ def align_to_store(
         },
         "params": params.model_dump(),
         "n_samples": len(pair.sample_ids),
+        "unit": params.unit,
+        "n_paired_samples": n_paired,
         "only_a": pair.only_a,
         "only_b": pair.only_b,
         "degenerate_layers": degenerate,

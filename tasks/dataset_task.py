@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import get_run_logger, task
 
 from storage import layout
@@ -97,7 +98,7 @@ def publish_dataset(
     rendered = None if recipe is None else _rendered_before(recipe, store)
     if rendered is not None:  # the demo's pairs from the same recipe: the stored version, not drawn again
         catalog = rendered["catalog"]
-        _check_enough_rows(catalog["name"], catalog["n_samples"], {}, alignment)
+        _check_enough_rows(catalog["name"], catalog["n_samples"], catalog.get("n_images", catalog["n_samples"]), {}, alignment)
         logger.info("dataset %s: %d pairs, version %s (already stored; same rendering recipe, not drawn again)",
                     catalog["name"], catalog["n_samples"], catalog["dataset_version"])
         return rendered
@@ -114,7 +115,8 @@ def publish_dataset(
             name, n_rejected, ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), shown,
             " ..." if n_rejected > 20 else "",
         )
-    _check_enough_rows(name, table.num_rows, counts, alignment)
+    n_images = len(pc.unique(table.column("image_id")))
+    _check_enough_rows(name, table.num_rows, n_images, counts, alignment)
     table = table.select(DATASET_COLUMNS).sort_by("sample_id")
     version = content_id({"samples": table_digest(table)})
     key = layout.dataset_key(version)
@@ -126,6 +128,7 @@ def publish_dataset(
         "dataset_version": version,
         "name": name,
         "n_samples": table.num_rows,
+        "n_images": n_images,
         "n_rejected": n_rejected,
         "source": source,
         "code_version": code_version("tasks/data"),
@@ -159,11 +162,12 @@ def _rendered_before(recipe: str, store: Store) -> dict[str, Any] | None:
         return None  # never rendered here, or its version was removed: render it
 
 
-def _check_enough_rows(name: str, n_valid: int, rejected: dict[str, int], alignment: AlignmentParams | None) -> None:
-    """Raise if ``n_valid`` rows cannot be aligned (at least 2; ``alignment.min_samples()`` if given)."""
+def _check_enough_rows(name: str, n_valid: int, n_images: int, rejected: dict[str, int], alignment: AlignmentParams | None) -> None:
+    """Raise if ``n_valid`` rows (``n_images`` images, for ``alignment.unit`` 'image') cannot be
+    aligned (at least 2; ``alignment.min_samples()`` if given)."""
     requirement = AlignmentParams.model_construct(metrics=[]) if alignment is None else alignment
     try:
-        requirement.check_sample_count(n_valid, f"dataset {name!r}")
+        requirement.check_sample_count(n_images if requirement.unit == "image" else n_valid, f"dataset {name!r}")
     except ValueError as error:
         counts = ", ".join(f"{reason}: {count}" for reason, count in sorted(rejected.items())) or "none"
         raise ValueError(f"{error}; rejected rows by reason: {counts}") from None

@@ -120,6 +120,9 @@ class AlignmentParams(BaseModel):
     bootstrap: Int = Field(0, ge=0, le=100_000, description="Bootstrap resamples for a 95% CI of each best score (0: off): k-NN metrics resample samples, the others subsample half the rows; see docs/metrics.md")
     seed: Int = Field(0, description="Permutation and bootstrap seed")
     pairs: Literal["cross_modal", "all"] = Field("cross_modal", description="vision × language pairs, or every pair of models")
+    unit: Literal["sample", "image"] = Field(
+        "sample", description="Rows aligned: 'sample', one per image–caption pair (the paper's); 'image', one per image, "
+        "the vectors of its captions' samples averaged per model and layer (several captions per image, e.g. COCO)")
 
     @field_validator("metrics")
     @classmethod
@@ -181,7 +184,8 @@ class AlignmentParams(BaseModel):
         needs = self.sample_requirements()
         binding = max(needs, key=lambda k: needs[k])
         if n_samples < needs[binding]:
-            raise ValueError(f"{what} has {n_samples} sample(s), too few: {binding} {needs[binding]}")
+            rows = "image(s) (alignment.unit 'image')" if self.unit == "image" else "sample(s)"
+            raise ValueError(f"{what} has {n_samples} {rows}, too few: {binding} {needs[binding]}")
 
 
 class PipelineConfig(BaseModel):

@@ -68,6 +68,10 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
 
     run = data.run
     n_samples = sorted({int(r["n_samples"]) for r in best if r.get("n_samples") is not None})
+    units = {r.get("unit") or "sample" for r in best}
+    per_image = {"image"}.issubset(units)
+    n_rows = ", ".join(map(str, n_samples)) + (" (one row per image: its captions' vectors averaged)" if units == {"image"}
+                                                 else " (some pairs one row per image)" if per_image else "")
     sections.append(html.section("Models", "models", html.models_table(models)))
     sections.append(html.section(
         "Best layer pair per metric", "best", html.best_table(best, metrics),
@@ -136,7 +140,7 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
         sections.append(html.section("Notes", "notes", html.notes(notes)))
 
     meta = {"run": run.get("run_id"), "status": run.get("status"), "started": run.get("started_at"), "store": run.get("store"),
-            "dataset": run.get("dataset_version"), "data": run.get("dataset_description"), "N": ", ".join(map(str, n_samples)),
+            "dataset": run.get("dataset_version"), "data": run.get("dataset_description"), "N": n_rows,
             "metrics": ", ".join(metrics)}
     toc = [("models", "Models"), ("best", "Best scores"), ("model-heatmaps", "Model × model"), ("scaling", "Quality and size"),
            ("layer-heatmaps", "Layer × layer"), ("neighbours", "Nearest neighbours"), ("notes", "Notes")]

@@ -38,7 +38,7 @@ def build_catalog_store(url: str) -> Store:
     samples = pa.table({"dataset_version": [DATASET] * len(ids), "sample_id": ids, "image_id": image_ids,
                         "text": CAPTIONS, "image": [bytes([i]) * (100 + i) for i in range(len(ids))]})
     store.publish(layout.dataset_key(DATASET), {layout.SAMPLES_FILE: samples},
-                  {"kind": "dataset", "catalog": {"dataset_version": DATASET, "name": "toy", "n_samples": len(ids), "n_rejected": 1,
+                  {"kind": "dataset", "catalog": {"dataset_version": DATASET, "name": "toy", "n_samples": len(ids), "n_images": 7, "n_rejected": 1,
                                                   "source": {"kind": "toy", "license": "CC0"}, "code_version": "c0",
                                                   "published_at": "2026-01-01T00:00:00+00:00"}})
     manifests = {}
@@ -80,7 +80,7 @@ def _alignment_rows(a: str, b: str, version: str, n: int) -> tuple[pa.Table, pa.
         for i in range(la):
             for j in range(lb):
                 scores.append([version, DATASET, metric, json.dumps(params), a, b, i, j, f"layer.{i:02d}", f"layer.{j:02d}",
-                               float(grid[i, j]), n])
+                               float(grid[i, j]), n, "sample"])
         i, j = np.unravel_index(int(grid.argmax()), grid.shape)
         null_mean = 0.1 if metric == "cka" else 0.3
         tau = null_mean + 0.02
@@ -89,7 +89,7 @@ def _alignment_rows(a: str, b: str, version: str, n: int) -> tuple[pa.Table, pa.
                      f"layer.{j:02d}", float(grid.max()), chance, null_mean, 0.01, tau, 1 / 21, calibrated, 20,
                      float(grid.max()) - 0.02 if metric == "mutual_knn" else None,
                      float(grid.max()) + 0.02 if metric == "mutual_knn" else None,
-                     50 if metric == "mutual_knn" else 0, n])
+                     50 if metric == "mutual_knn" else 0, n, "sample"])
     int_columns = {"layer_a", "layer_b", "n_samples", "permutations", "bootstrap"}
 
     def table(view: str, rows: list[list]) -> pa.Table:

@@ -115,7 +115,12 @@ def test_coco_captions_file_is_published_with_every_caption(tmp_path):
     params = DatasetParams(kind="path", path=str(path), image_root=str(tmp_path / "val2017"), captions="all", n=2)
     manifest = publish_dataset(params, str(tmp_path / "store"))
     catalog = manifest["catalog"]
-    assert catalog["name"] == "captions_val2017" and catalog["n_samples"] == 4
+    assert catalog["name"] == "captions_val2017" and (catalog["n_samples"], catalog["n_images"]) == (4, 2)
+    per_image = AlignmentParams(metrics=["mutual_knn"], topk=2, unit="image")
+    with pytest.raises(ValueError, match=r"dataset 'captions_val2017' has 2 image\(s\) \(alignment.unit 'image'\), too few: "
+                                         r"alignment.topk=2 \(mutual_knn\) needs topk \+ 2 = 4"):
+        publish_dataset(params, str(tmp_path / "store2"), alignment=per_image)
+    assert publish_dataset(params, str(tmp_path / "store2"), alignment=per_image.model_copy(update={"unit": "sample"}))
     assert catalog["source"]["captions"] == "all" and catalog["source"]["n"] == 2
     store = Store(str(tmp_path / "store"))
     rows = store.read_table(f"{manifest['key']}/samples.parquet").to_pylist()

@@ -1,0 +1,119 @@
+"""One row per image (tasks.image_rows): grouping, exact means, and the alignment stage's
+``alignment.unit: image`` end to end on stored features (DuckDB pairing, engine, published rows)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from storage import layout
+from storage.catalog import connect
+from storage.features import layer_tables
+from storage.store import Store
+from tasks import metrics
+from tasks.align_task import align_to_store, alignment_version
+from tasks.alignment import prepare_layers
+from tasks.image_rows import image_rows, mean_rows
+from tasks.params import AlignmentParams
+
+
+def test_rows_group_by_image_in_image_order_keeping_sample_order():
+    rows = image_rows(["s3", "s1", "s0", "s2", "s4"], {"s0": "b", "s1": "a", "s2": "b", "s3": "c", "s4": "a"})
+    assert rows.image_ids == ["a", "b", "c"]
+    assert rows.order.tolist() == [1, 4, 2, 3, 0] and rows.starts.tolist() == [0, 2, 4] and rows.counts.tolist() == [2, 2, 1]
+
+
+def test_means_are_float64_sums_and_identical_rows_stay_bit_identical():
+    rng = np.random.default_rng(0)
+    ids = [f"s{i}" for i in range(9)]
+    image_of = {s: f"i{i // 3}" for i, s in enumerate(ids)}  # three samples per image
+    x = rng.normal(size=(9, 600)).astype(np.float32) * 1e3  # more columns than one block
+    rows = image_rows(ids, image_of)
+    got = mean_rows(x, rows)
+    want = x.astype(np.float64).reshape(3, 3, 600).mean(axis=1)
+    assert got.dtype == np.float32 and got.shape == (3, 600)
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+    same = np.repeat(x[:3], 3, axis=0)  # a vision model: one image's samples hold one vector
+    np.testing.assert_array_equal(mean_rows(same, rows), x[:3])
+    single = image_rows(ids, {s: s for s in ids})
+    np.testing.assert_array_equal(mean_rows(x, single), x)
+
+
+def test_unknown_samples_and_wrong_row_counts_are_refused():
+    with pytest.raises(ValueError, match=r"2 sample\(s\) have no image_id in the dataset \(e.g. 'x', 'y'\)"):
+        image_rows(["a", "x", "y"], {"a": "i"})
+    with pytest.raises(ValueError, match="3 rows, but the grouping is of 2 samples"):
+        mean_rows(np.zeros((3, 2), np.float32), image_rows(["a", "b"], {"a": "i", "b": "i"}))
+
+
+# ------------------------------------------------------------------------ through the store
+
+N_IMAGES, CAPTIONS, TOPK = 24, 3, 4
+
+
+def _publish_pair(store: Store) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+    """A dataset of N_IMAGES images with CAPTIONS captions each, vision features (equal per image)
+    and language features (one per caption), published like the pipeline does."""
+    rng = np.random.default_rng(3)
+    ids = [f"im{i:02d}-{j}" for i in range(N_IMAGES) for j in range(CAPTIONS)]
+    image_ids = [f"im{i:02d}" for i in range(N_IMAGES) for _ in range(CAPTIONS)]
+    samples = pa.table({"dataset_version": ["dv"] * len(ids), "sample_id": ids, "image_id": image_ids,
+                        "text": ids, "image": [b"png"] * len(ids)})
+    store.publish(layout.dataset_key("dv"), {layout.SAMPLES_FILE: samples},
+                  {"kind": "dataset", "catalog": {"dataset_version": "dv", "name": "toy", "n_samples": len(ids)}})
+    latent = rng.normal(size=(N_IMAGES, 4))
+    vision = [np.repeat(latent @ rng.normal(size=(4, w)), CAPTIONS, axis=0).astype(np.float32) for w in (6, 8)]
+    language = [(np.repeat(latent, CAPTIONS, axis=0) @ rng.normal(size=(4, 5)) + rng.normal(size=(len(ids), 5))).astype(np.float32)]
+    manifests = []
+    for model, modality, layers in (("vit", "vision", vision), ("lm", "language", language)):
+        catalog = {"model": model, "feature_version": f"fv-{model}", "dataset_version": "dv", "modality": modality,
+                   "n_layers": len(layers), "layer_names": [f"{model}.l{i}" for i in range(len(layers))], "n_samples": len(ids)}
+        key = layout.features_key("dv", model, f"fv-{model}")
+        manifests.append(store.publish(key, layer_tables(model, f"fv-{model}", ids, layers), {"kind": "features", "catalog": catalog}).manifest)
+    return manifests[0], manifests[1], vision, language
+
+
+def test_unit_image_aligns_one_row_per_image_with_caption_vectors_averaged(tmp_path, caplog):
+    store = Store(str(tmp_path / "store"))
+    ma, mb, vision, language = _publish_pair(store)
+    names = ["mutual_knn", "cka", "cknna"]
+    per_sample = align_to_store(store.url, ma, mb, AlignmentParams(metrics=names, topk=TOPK))
+    params = AlignmentParams(metrics=names, topk=TOPK, unit="image")
+    with caplog.at_level(logging.INFO):
+        per_image = align_to_store(store.url, ma, mb, params, logging.getLogger("test"))
+    assert "72 paired samples averaged into 24 images" in caplog.text
+    assert per_image["key"] != per_sample["key"] and per_image["n_samples"] == N_IMAGES and per_image["n_paired_samples"] == 72
+    assert per_sample["duplicate_vectors"] and not per_image["duplicate_vectors"]  # the vision copies are gone
+
+    # independent of the pipeline: one row per image (vision: the image's vector; language: the
+    # mean of its captions' vectors in float64), prepared, scored pair by pair
+    xs = [v[::CAPTIONS] for v in vision]
+    ys = [lang.astype(np.float64).reshape(N_IMAGES, CAPTIONS, -1).mean(axis=1).astype(np.float32) for lang in language]
+    xs, ys = prepare_layers(xs), prepare_layers(ys)
+    scores = store.read_table(f"{per_image['key']}/{layout.SCORES_FILE}").to_pylist()
+    assert {r["unit"] for r in scores} == {"image"} and {r["n_samples"] for r in scores} == {N_IMAGES}
+    for r in scores:
+        want = metrics.score(r["metric"], xs[r["layer_a"]], ys[r["layer_b"]], **params.metric_params(r["metric"]))
+        assert r["score"] == pytest.approx(want, abs=1e-6), r
+    con = connect(store.url)
+    units = con.sql("select unit, n_samples, count(*) from alignment_best group by all order by unit").fetchall()
+    assert units == [("image", 24, 3), ("sample", 72, 3)]
+
+
+def test_unit_is_in_the_version_only_when_not_the_default(tmp_path):
+    manifest = {"catalog": {"feature_version": "f"}}
+    default = alignment_version(manifest, manifest, AlignmentParams())
+    assert alignment_version(manifest, manifest, AlignmentParams(unit="sample")) == default
+    assert alignment_version(manifest, manifest, AlignmentParams(unit="image")) != default
+
+
+def test_too_few_images_is_refused_counting_images(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    ma, mb, _, _ = _publish_pair(store)
+    with pytest.raises(ValueError, match=r"vit x lm: the pair has 24 image\(s\) \(alignment.unit 'image'\), too few: "
+                                         r"alignment.topk=30 \(mutual_knn\) needs topk \+ 2 = 32"):
+        align_to_store(store.url, ma, mb, AlignmentParams(metrics=["mutual_knn"], topk=30, unit="image"))
+    assert align_to_store(store.url, ma, mb, AlignmentParams(metrics=["mutual_knn"], topk=30))["n_samples"] == 72
