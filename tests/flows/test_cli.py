@@ -54,6 +54,30 @@ def test_run_on_a_folder_reports_bad_rows_and_sql_reads_results(tmp_path, capsys
     assert "read-only" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_on_a_coco_captions_file_one_row_per_image(tmp_path, capsys):
+    """COCO's layout (annotations/captions_*.json beside the image folder), every caption kept,
+    aligned one row per image: the flags reach the dataset and alignment stages."""
+    n = 16
+    (tmp_path / "val").mkdir()
+    (tmp_path / "annotations").mkdir()
+    for i in range(n):
+        Image.new("RGB", (24, 24), (i * 37 % 256, i * 91 % 256, i * 53 % 256)).save(tmp_path / "val" / f"{i:06d}.png")
+    document = {"images": [{"id": i, "file_name": f"{i:06d}.png"} for i in range(n)],
+                "annotations": [{"id": 100 * j + i, "image_id": i, "caption": f"colour {i}, caption {j}"} for j in range(2) for i in range(n)]}
+    (tmp_path / "annotations" / "captions_val.json").write_text(json.dumps(document))
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"models": [TINY_VIT, TINY_BERT], "alignment": {"metrics": ["mutual_knn"], "topk": 3}}))
+    store = str(tmp_path / "store")
+    assert main(["run", "--config", str(config), "--dataset", str(tmp_path / "annotations" / "captions_val.json"),
+                 "--image-root", str(tmp_path / "val"), "--captions", "all", "--unit", "image", "--store", store]) == 0
+    capsys.readouterr()
+    assert main(["sql", "select name, n_samples, n_images from datasets", "--store", store, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"name": "captions_val", "n_samples": 2 * n, "n_images": n}]
+    assert main(["sql", "select unit, n_samples, count(*) rows from alignment group by all", "--store", store, "--format", "csv"]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == ["unit,n_samples,rows", f"image,{n},9"]  # 3 x 3 layer pairs
+
+
 def test_bad_config_is_a_clear_error(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"models": [{**TINY_VIT, "pooling": "sideways"}]}))
