@@ -131,16 +131,22 @@ def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Imag
 def read_image_file(root: Path, relative: str) -> bytes | ImageProblem:
     """Read the file at ``relative`` (a path inside ``root``) or say why it cannot be used.
 
-    Reasons: ``image_path_unsafe`` (absolute, or resolving outside ``root`` — through ``..``
-    or a symbolic link), ``image_missing`` (empty path, no such file, not a regular file),
-    ``image_unreadable`` (the operating system refused to read it).
+    An absolute path is read when it lies inside ``root`` too (a table listing
+    ``/data/coco/val2017/x.jpg`` with ``image_root`` ``/data/coco``).
+
+    Reasons: ``image_path_unsafe`` (resolving outside ``root`` — absolute, through ``..`` or a
+    symbolic link — or starting with a backslash), ``image_missing`` (empty path, no such
+    file, not a regular file), ``image_unreadable`` (the operating system refused to read it).
     """
     if relative.strip() == "":
         return ImageProblem("image_missing", "image path is empty")
-    if os.path.isabs(relative) or relative.startswith(("/", "\\")):
-        return ImageProblem("image_path_unsafe", f"absolute image path {relative!r} is not allowed")
+    if relative.startswith("\\"):
+        return ImageProblem("image_path_unsafe", f"image path {relative!r} starts with a backslash")
     base = root.resolve()
-    target = (base / relative).resolve()
+    target = (base / relative).resolve()  # an absolute relative replaces base
+    if os.path.isabs(relative) and not target.is_relative_to(base):
+        return ImageProblem("image_path_unsafe", f"absolute image path {relative!r} lies outside the dataset folder {base} "
+                            "(an absolute path must lie inside it: set image_root to a folder that holds the images)")
     if not target.is_relative_to(base):
         return ImageProblem(
             "image_path_unsafe", f"image path {relative!r} leads outside the dataset folder {base}"

@@ -21,8 +21,8 @@ caption and a bad image is reported once, for the caption; the image is then not
 ``text_too_long``           more than ``MAX_CAPTION_CHARS`` (65,536) characters after stripping
 ``text_control_chars``      a NUL or other control character (tab, LF and CR are allowed)
 ``image_missing``           null image, empty path, no such file, a folder caption w/o image
-``image_path_unsafe``       absolute image path, or one that resolves outside the folder of
-                            the table (``../``, symbolic links)
+``image_path_unsafe``       an image path that resolves outside the folder of the table (or
+                            ``image_root``): ``../``, symbolic links, absolute paths elsewhere
 ``image_empty``             a 0-byte image
 ``image_too_large``         more pixels than ``max_image_pixels`` (decompression-bomb guard)
 ``image_unreadable``        Pillow cannot fully decode it (unknown format, truncated, corrupt),

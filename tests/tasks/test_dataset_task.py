@@ -98,6 +98,14 @@ def test_image_root_is_used_and_recorded(tmp_path):
     params = DatasetParams(kind="path", path=str(tmp_path / "annotations" / "pairs.csv"), image_root=str(tmp_path / "val"))
     manifest = publish_dataset(params, str(tmp_path / "store"))
     assert manifest["catalog"]["n_samples"] == 2 and manifest["catalog"]["source"]["image_root"] == str(tmp_path / "val")
+    # absolute paths: read when they lie inside image_root, refused (naming it) elsewhere
+    (tmp_path / "annotations" / "absolute.csv").write_text(f"image,text\n{tmp_path / 'val' / 'red.png'},red\n"
+                                                           f"{tmp_path / 'val' / 'blue.png'},blue\n{tmp_path / 'annotations' / 'absolute.csv'},x\n")
+    absolute = publish_dataset(DatasetParams(kind="path", path=str(tmp_path / "annotations" / "absolute.csv"),
+                                             image_root=str(tmp_path / "val")), str(tmp_path / "store2"))
+    assert absolute["catalog"]["n_samples"] == 2 and absolute["catalog"]["n_rejected"] == 1
+    rejected = Store(str(tmp_path / "store2")).read_table(f"{absolute['key']}/rejected.parquet").to_pylist()
+    assert rejected[0]["reason"] == "image_path_unsafe" and "lies outside the dataset folder" in rejected[0]["detail"]
     with pytest.raises(ValueError, match="dataset.image_root applies to kind 'path' only"):
         DatasetParams(image_root="val")
 

@@ -33,11 +33,15 @@ def test_read_image_file_stays_inside_the_folder(tmp_path: Path) -> None:
 
     assert read_image_file(root, "sub/a.png") == png_bytes()
     assert read_image_file(root, "sub/../sub/a.png") == png_bytes()  # stays inside: allowed
+    assert read_image_file(root, str(root / "sub" / "a.png")) == png_bytes()  # absolute, inside: allowed
     for path, reason in [
         ("../secret.png", "image_path_unsafe"),
         ("sub/../../secret.png", "image_path_unsafe"),
         (str(tmp_path / "secret.png"), "image_path_unsafe"),
         ("link.png", "image_path_unsafe"),
+        (str(root / "link.png"), "image_path_unsafe"),
+        ("\\sub\\a.png", "image_path_unsafe"),
+        (str(root / "nope.png"), "image_missing"),
         ("nope.png", "image_missing"),
         ("sub", "image_missing"),
         ("  ", "image_missing"),
