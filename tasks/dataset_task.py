@@ -30,8 +30,8 @@ def build_table(params: DatasetParams) -> tuple[pa.Table, pa.Table | None, str, 
     if params.kind == "openmoji":
         from tasks.data import openmoji
 
-        table = openmoji.build_openmoji_pairs(n=params.n, seed=params.seed, image_size=params.image_size)
-        source = {"kind": "openmoji", "n": params.n, "seed": params.seed, "image_size": params.image_size, **openmoji.describe()}
+        table = openmoji.build_openmoji_pairs(n=params.sample_n(), seed=params.seed, image_size=params.image_size)
+        source = {"kind": "openmoji", "n": params.sample_n(), "seed": params.seed, "image_size": params.image_size, **openmoji.describe()}
         return table, None, params.name or f"openmoji-{table.num_rows}", source
     if params.kind == "huggingface":
         from tasks.data.hf_datasets import load_hf_dataset
@@ -149,7 +149,7 @@ def _recipe_id(params: DatasetParams) -> str:
     and renderer versions (``openmoji.describe``) and the data code."""
     from tasks.data import openmoji
 
-    recipe = {"n": params.n, "seed": params.seed, "image_size": params.image_size, **openmoji.describe()}
+    recipe = {"n": params.sample_n(), "seed": params.seed, "image_size": params.image_size, **openmoji.describe()}
     return content_id({"recipe": recipe, "code_version": code_version("tasks/data")})
 
 

@@ -44,6 +44,9 @@ Int = Annotated[int, Field(strict=True)]
 Float = Annotated[float, Field(allow_inf_nan=False)]
 
 
+#: Pairs in the OpenMoji demo's seeded sample when ``dataset.n`` is null.
+OPENMOJI_N = 1024
+
 #: The dataset fields that apply to some kinds only (elsewhere they must keep their default).
 DATASET_FIELD_KINDS: dict[str, tuple[str, ...]] = {
     "revision": ("huggingface",), "split": ("huggingface",), "image_root": ("path",),
@@ -58,8 +61,9 @@ class DatasetParams(BaseModel):
     kind: Literal["openmoji", "path", "huggingface"] = Field(
         "openmoji", description="'openmoji': the embedded demo; 'path': a table or folder; 'huggingface': a Hugging Face dataset")
     name: str | None = Field(None, description="Dataset name (default: derived from the source)")
-    n: Int | None = Field(1024, ge=2, description="openmoji: number of pairs in the seeded sample; huggingface: the first n rows "
-                          "of the split (null: all); path: the first n rows of the table or images of the folder (not set: all)")
+    n: Int | None = Field(None, ge=2, description="openmoji: number of pairs in the seeded sample (null: 1024); huggingface: "
+                          "the first n rows of the split; path: the first n rows of the table or images of the folder "
+                          "(null: all of them)")
     seed: Int = Field(0, description="openmoji: sampling seed")
     image_size: Int = Field(224, ge=16, le=2048, description="openmoji: rendered image size in pixels")
     path: str | None = Field(None, description="path: a Parquet/CSV/JSON Lines table (image, text[, sample_id]), a COCO captions "
@@ -78,8 +82,6 @@ class DatasetParams(BaseModel):
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DatasetParams":
-        if self.kind == "path" and "n" not in self.model_fields_set:
-            self.n = None  # a user's table is read whole unless n is given (kept as null from here on)
         if self.kind in ("path", "huggingface") and not (self.path or "").strip():
             what = "a table or a folder" if self.kind == "path" else "a hub dataset id or a dataset folder"
             raise FieldError("path", f"dataset.kind {self.kind!r} needs dataset.path ({what})")
@@ -90,6 +92,12 @@ class DatasetParams(BaseModel):
         if self.image_column == self.text_column:
             raise FieldError("text_column", f"dataset.image_column and dataset.text_column are both {self.text_column!r}")
         return self
+
+    def sample_n(self) -> int | None:
+        """The rows to read: ``n``, or for the OpenMoji demo ``OPENMOJI_N`` when ``n`` is null
+        (null stays null in the parameters, so that a form pre-filled from the demo config
+        carries no row limit into a run switched to another kind)."""
+        return OPENMOJI_N if self.kind == "openmoji" and self.n is None else self.n
 
     def columns(self) -> "ColumnMap":
         """The table column names and caption policy (``tasks.data.sources.ColumnMap``)."""
@@ -209,7 +217,7 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _dataset_is_big_enough(self) -> "PipelineConfig":
-        n = self.dataset.n
+        n = self.dataset.sample_n()
         if self.dataset.kind == "openmoji" and n is not None:
             try:
                 self.alignment.check_sample_count(n, "the OpenMoji sample")

@@ -107,6 +107,10 @@ def test_deployments_from_prefect_yaml(server):
     alignment = schema["definitions"]["AlignmentParams"]["properties"]
     assert {"metrics", "topk", "permutations"} <= set(alignment) and alignment["topk"]["description"]
     assert len(nightly["parameters"]["config"]["models"]) == 6
+    # no row limit pre-filled: a run switched to a table or hub dataset in the form reads all of it
+    dataset = schema["definitions"]["DatasetParams"]["properties"]
+    assert "n" not in nightly["parameters"]["config"]["dataset"] and dataset["n"].get("default") is None
+    assert alignment["unit"]["default"] == "sample" and alignment["unit"]["enum"] == ["sample", "image"]
     limits = _call("POST", f"{api}/concurrency_limits/filter", json={})
     assert [(c["tag"], c["concurrency_limit"]) for c in limits] == [(serve.GPU_TAG, 1)]
 

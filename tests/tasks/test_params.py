@@ -150,7 +150,10 @@ def test_valid_configs_load(tmp_path: Path) -> None:
     edge = MODELS + "dataset: {n: 12}\nalignment: {topk: 10, metrics: [mutual_knn, cknna, svcca], cca_dim: 12, rbf_sigma: 2}\n"
     config = load_config(write(tmp_path, edge, "edge.yaml"))  # n == topk + 2 == cca_dim: exactly enough
     assert config.alignment.min_samples() == 12 and config.alignment.rbf_sigma == 2.0
-    assert load_config(write(tmp_path, MODELS + "dataset: {n: null}\nalignment: {topk: 5000}\n", "all.yaml")).dataset.n is None
+    unset = load_config(write(tmp_path, MODELS + "dataset: {n: null}\nalignment: {topk: 100}\n", "unset.yaml")).dataset
+    assert unset.n is None and unset.sample_n() == 1024  # null stays null; the demo draws its default sample
+    with pytest.raises(ConfigError, match=r"dataset.n \(line 4\): the OpenMoji sample has 1024 sample\(s\), too few"):
+        load_config(write(tmp_path, MODELS + "dataset: {n: null}\nalignment: {topk: 5000}\n", "all.yaml"))
     path = load_config(write(tmp_path, MODELS + "dataset: {kind: path, path: pairs.csv}\n", "path.yaml"))
     assert path.dataset.path == "pairs.csv"  # only the loader knows the size: checked at publish time
 
