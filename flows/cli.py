@@ -134,7 +134,7 @@ def dataset_argument(value: str, **options: Any) -> DatasetParams:
             repo, _, revision = value[len(HF_DATASET_URL):].strip("/").partition("@")
             if not repo or "/" in revision:
                 raise ValueError(f"--dataset {value!r}: expected {HF_DATASET_URL}ORG/NAME[@REVISION]")
-            return DatasetParams(kind="huggingface", path=repo, revision=revision or None, **{"n": None, **given})
+            return DatasetParams(kind="huggingface", path=repo, revision=revision or None, **given)
         return DatasetParams(kind="path", path=str(Path(value).resolve()), **given)
     except ValidationError as error:
         problems = []
