@@ -170,9 +170,10 @@ def plan_prepare(extractor: Extractor, n_items: int, mode: PrepareMode = "auto",
         return PreparePlan("processes", workers or max(1, image_pool.default_workers(accelerator, cpus)))
     if mode != "auto":
         raise ValueError(f"prepare mode must be auto, inline, threads or processes, got {mode!r}")
-    n_proc = image_pool.default_workers(accelerator, cpus) if workers is None else workers
-    if recipe is not None and n_proc >= 1 and n_items >= image_pool.PROCESS_MIN_ITEMS:
-        return PreparePlan("processes", n_proc)
+    if recipe is not None and n_items >= image_pool.PROCESS_MIN_ITEMS:  # PRH_DECODE_WORKERS is read only here
+        n_proc = image_pool.default_workers(accelerator, cpus) if workers is None else workers
+        if n_proc >= 1:
+            return PreparePlan("processes", n_proc)
     if accelerator:
         return PreparePlan("threads", max(1, min(extractor.max_prepare_threads, cpus)))
     return PreparePlan("inline")

@@ -1,6 +1,7 @@
 """Language feature extraction for Hugging Face encoders and causal LMs.
 
-Layers: every entry of ``hidden_states``: ``embeddings`` (token + position embedding output), then
+Layers: every entry of ``hidden_states``: ``embeddings`` (the embedding output: token embeddings,
+plus position embeddings where the model adds them; rotary models such as Llama add none), then
 ``layer.01`` .. ``layer.NN`` (one per transformer layer, as transformers returns them: for some
 causal LMs, e.g. Llama in transformers 5, the last one is after the final norm).
 
