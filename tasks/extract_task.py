@@ -208,11 +208,14 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
     shards: list[list[np.ndarray]] = []
     resumed = 0
     sums: dict[str, float] = {}
+    model: dict[str, Any] | None = None  # what the model says of itself, as the shards recorded it
     for index, (lo, hi) in enumerate(bounds):
         widths = list(extractor.layer_dims) if extractor is not None else None
         stored = read_shard(store, key, index, hi - lo, widths)
         if stored is not None:
             layers, loss = stored
+            loss = dict(loss)
+            model = loss.pop("model", None) or model
             resumed += 1
             logger.info("%s: shard %d/%d already stored (items %d-%d), resuming after it", spec.name, index + 1, len(bounds), lo, hi)
         else:
@@ -236,12 +239,15 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
             ids = item_ids[lo:hi] if item_ids is not None else [f"item {i}" for i in range(lo, hi)]
             check_finite(spec.name, features.layer_names, layers, ids)  # fail at the first bad shard, store nothing
             loss = {k: features.extras[k] for k in _SHARD_SUMS if k in features.extras}
-            write(index, layers, loss)
+            model = _model_facts(extractor)
+            write(index, layers, {**loss, "model": model})
         shards.append(layers)
         for name, value in loss.items():
             sums[name] = sums.get(name, 0) + value
-    if extractor is None:  # every shard was stored: names and counts still come from the model
-        extractor = _load_with_timeout(spec)
+    if model is None or len(model["layer_names"]) != len(shards[0] if shards else []):
+        # no shard (nothing to extract), or facts that do not fit the shards: ask the model itself
+        extractor = extractor or _load_with_timeout(spec)
+        model = _model_facts(extractor)
     extras: dict[str, Any] = {}
     if spec.modality == "language":
         extras["truncated_texts"] = int(sums.get("truncated_texts", 0))
@@ -249,12 +255,18 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
             logger.warning("%s: %d of %d captions are longer than max_length=%d tokens and were cut to it (raise max_length "
                            "to keep them whole)", spec.name, extras["truncated_texts"], total, spec.max_length)
     bpb = None
-    if extractor.is_causal_lm and sums.get("text_bytes"):
+    if model["is_causal_lm"] and sums.get("text_bytes"):
         from tasks.extract.bpb import bits_per_byte
 
         bpb = bits_per_byte(sums.get("nll_nats", 0.0), int(sums["text_bytes"]))
         extras.update(nll_nats=sums.get("nll_nats", 0.0), text_bytes=int(sums["text_bytes"]),
                       bpb_truncated_texts=int(sums.get("bpb_truncated_texts", 0)))
-    return _Extraction(shards, list(extractor.layer_names), int(extractor.param_count), bpb, extras,
-                       str(getattr(extractor, "device", "cpu")), resumed)
+    return _Extraction(shards, list(model["layer_names"]), int(model["param_count"]), bpb, extras, str(model["device"]), resumed)
+
+
+def _model_facts(extractor: Any) -> dict[str, Any]:
+    """What the features' manifest needs from the loaded model, kept in every shard it computes so
+    that a run finding every shard stored publishes without loading the model again."""
+    return {"layer_names": list(extractor.layer_names), "param_count": int(extractor.param_count),
+            "is_causal_lm": bool(extractor.is_causal_lm), "device": str(getattr(extractor, "device", "cpu"))}
 

@@ -120,3 +120,35 @@ def test_shards_are_written_behind_the_compute_and_a_write_error_surfaces(tmp_pa
     assert list(Store(store_url).manifests("features")) == []
     monkeypatch.setattr(et, "write_shard", real_write)
     assert extract_to_store(store_url, dataset, spec, shard_size=SHARD)["resumed_shards"] == 1
+
+
+def test_every_shard_stored_publishes_without_loading_the_model(tmp_path, monkeypatch):
+    """A run that stored every shard and died before publishing: the next run publishes what the
+    shards hold (layer names, parameter count, bits per byte from what each shard recorded)
+    without loading the model."""
+    import tasks.extract_task as et
+
+    params = DatasetParams(kind="openmoji", n=40, image_size=32)
+    spec = ModelSpec(**SPEC)
+    reference_store, store_url = str(tmp_path / "ref"), str(tmp_path / "store")
+    reference = extract_to_store(reference_store, publish_dataset(params, reference_store), spec, shard_size=SHARD)
+    dataset = publish_dataset(params, store_url)
+
+    def dies_before_publishing(*args, **kwargs):
+        raise OSError("killed before publishing")
+
+    monkeypatch.setattr(et, "layer_tables", dies_before_publishing)
+    with pytest.raises(OSError, match="killed before publishing"):
+        extract_to_store(store_url, dataset, spec, shard_size=SHARD)
+    monkeypatch.undo()
+
+    def no_loading(_spec):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(et, "_load_with_timeout", no_loading)
+    published = extract_to_store(store_url, dataset, spec, shard_size=SHARD)
+    assert published["resumed_shards"] == 3
+    for field in ("layer_names", "param_count", "n_layers", "layer_widths"):
+        assert published["catalog"][field] == reference["catalog"][field], field
+    assert published["catalog"]["bits_per_byte"] == pytest.approx(reference["catalog"]["bits_per_byte"], rel=1e-12)
+    assert published["extras"] == pytest.approx(reference["extras"], rel=1e-12)
