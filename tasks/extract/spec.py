@@ -131,6 +131,8 @@ class ModelSpec(BaseModel):
             for field in ("prompt", "tokenizer"):
                 if getattr(self, field) is not None:
                     raise FieldError(field, "applies to language models only")
+        elif self.image_size is not None:
+            raise FieldError("image_size", "applies to vision models only")
         if self.loader == "efficientnet_lite":
             if not _LITE.match(self.id):
                 raise FieldError("id", f"efficientnet_lite id must be 'efficientnet-lite0'..'-lite4', got {self.id!r}")

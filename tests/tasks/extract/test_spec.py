@@ -45,6 +45,7 @@ def test_unsafe_names_rejected(name):
         (dict(max_length=0), "max_length"),
         (dict(prompt="no placeholder"), "prompt"),
         (dict(modality="vision", tokenizer="x"), "tokenizer"),
+        (dict(image_size=224), "image_size"),  # a language model
         (dict(loader="efficientnet_lite", id="efficientnet-b0", modality="vision"), "id"),
         (dict(loader="efficientnet_lite", id="efficientnet-lite0", modality="vision", pooling="cls"), "pooling"),
         (dict(loader="random_hf", id="gpt2"), "id"),
