@@ -54,7 +54,7 @@ DEFAULT_SHARD_SIZE = 2048
 GPU_TAG = "prh-gpu"
 
 #: Per-shard measurements stored with each shard and summed over shards.
-_SHARD_SUMS = ("nll_nats", "text_bytes", "bpb_truncated_texts", "truncated_texts")
+_SHARD_SUMS = ("nll_nats", "predicted_tokens", "text_bytes", "bpb_truncated_texts", "truncated_texts")
 
 
 @task(name="extract-features", task_run_name="extract-{spec.name}", tags=[GPU_TAG], retries=2,
@@ -259,8 +259,8 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
         from tasks.extract.bpb import bits_per_byte
 
         bpb = bits_per_byte(sums.get("nll_nats", 0.0), int(sums["text_bytes"]))
-        extras.update(nll_nats=sums.get("nll_nats", 0.0), text_bytes=int(sums["text_bytes"]),
-                      bpb_truncated_texts=int(sums.get("bpb_truncated_texts", 0)))
+        extras.update(nll_nats=sums.get("nll_nats", 0.0), predicted_tokens=int(sums.get("predicted_tokens", 0)),
+                      text_bytes=int(sums["text_bytes"]), bpb_truncated_texts=int(sums.get("bpb_truncated_texts", 0)))
     return _Extraction(shards, list(model["layer_names"]), int(model["param_count"]), bpb, extras, str(model["device"]), resumed)
 
 

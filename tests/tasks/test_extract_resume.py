@@ -61,6 +61,8 @@ def test_killed_extraction_resumes_from_the_last_shard(tmp_path, caplog):
         reference = extract_to_store(reference_store, publish_dataset(params, reference_store), spec, shard_size=SHARD)
     truncated = reference["extras"]["truncated_texts"]  # counted in every shard, summed
     assert 0 < truncated < 40 and reference["extras"]["bpb_truncated_texts"] == truncated
+    # an untrained model is near uniform over MiniLM's 30,522 tokens: ~ln(30522) = 10.3 nats per scored token
+    assert 9.5 < reference["extras"]["nll_nats"] / reference["extras"]["predicted_tokens"] < 11.0
     assert f"tiny-gpt: {truncated} of 40 captions are longer than max_length=6 tokens and were cut to it" in caplog.text
     dataset = publish_dataset(params, killed_store)
 
