@@ -111,3 +111,22 @@ def refresh(store_url: str) -> None:
 
 if __name__ == "__main__":
     refresh(sys.argv[1])
+
+
+def test_the_one_run_filter_of_the_doc_keeps_that_runs_versions(tmp_path):
+    """The intro's query (one run's results among every stored version) on a store that also holds
+    an alignment version no run used."""
+    from storage import layout
+    from storage.store import Store
+    from tests.storage.catalog_store import DATASET, _alignment_rows
+
+    url = str(tmp_path / "store")
+    build_catalog_store(url)
+    scores, best = _alignment_rows("vit-small", "lm-small", "al-other", 8)
+    Store(url).publish(layout.alignment_key(DATASET, "vit-small", "lm-small", "al-other"),
+                       {layout.SCORES_FILE: scores, layout.BEST_FILE: best}, {"kind": "alignment"})
+    sql = re.search(r"to keep one run's results.*?```sql\n(.*?)```", DOC.read_text(), re.DOTALL).group(1)
+    con = connect(url)
+    assert query(con, "select count(distinct alignment_version) n from alignment_best").to_pylist() == [{"n": 5}]
+    kept = {r["alignment_version"] for r in query(con, sql).to_pylist()}
+    assert kept == {f"al-{a}-{b}" for a in ("vit-small", "vit-large") for b in ("lm-small", "lm-large")}
