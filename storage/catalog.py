@@ -59,7 +59,7 @@ _EMPTY_VIEWS = {
 _META_COLUMNS = {
     "datasets": ["dataset_version", "name", "n_samples", "n_images", "n_rejected", "source", "code_version", "published_at"],
     "models": [
-        "model", "feature_version", "dataset_version", "modality", "loader", "model_id", "revision", "pooling",
+        "model", "feature_version", "dataset_version", "modality", "loader", "model_id", "revision", "commit", "pooling",
         "dtype", "param_count", "n_layers", "layer_names", "layer_widths", "bits_per_byte", "n_samples",
         "code_version", "device", "seconds", "published_at",
     ],

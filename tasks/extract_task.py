@@ -135,6 +135,7 @@ def extract_to_store(
         "loader": spec.loader,
         "model_id": spec.id,
         "revision": spec.revision,
+        "commit": extracted.commit,
         "pooling": spec.pooling,
         "dtype": spec.dtype,
         "param_count": extracted.param_count,
@@ -164,6 +165,7 @@ class _Extraction:
     extras: dict[str, Any]
     device: str
     resumed: int
+    commit: str | None = None
 
 
 def _load_with_timeout(spec: ModelSpec) -> Any:
@@ -261,12 +263,14 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
         bpb = bits_per_byte(sums.get("nll_nats", 0.0), int(sums["text_bytes"]))
         extras.update(nll_nats=sums.get("nll_nats", 0.0), predicted_tokens=int(sums.get("predicted_tokens", 0)),
                       text_bytes=int(sums["text_bytes"]), bpb_truncated_texts=int(sums.get("bpb_truncated_texts", 0)))
-    return _Extraction(shards, list(model["layer_names"]), int(model["param_count"]), bpb, extras, str(model["device"]), resumed)
+    return _Extraction(shards, list(model["layer_names"]), int(model["param_count"]), bpb, extras, str(model["device"]), resumed,
+                       model.get("commit"))
 
 
 def _model_facts(extractor: Any) -> dict[str, Any]:
     """What the features' manifest needs from the loaded model, kept in every shard it computes so
     that a run finding every shard stored publishes without loading the model again."""
     return {"layer_names": list(extractor.layer_names), "param_count": int(extractor.param_count),
-            "is_causal_lm": bool(extractor.is_causal_lm), "device": str(getattr(extractor, "device", "cpu"))}
+            "is_causal_lm": bool(extractor.is_causal_lm), "device": str(getattr(extractor, "device", "cpu")),
+            "commit": getattr(extractor, "source_commit", None)}
 

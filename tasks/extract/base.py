@@ -52,6 +52,8 @@ class Extractor(ABC):
         device: where the model runs.
         is_causal_lm: True when the model can report next-token NLL (bits per byte).
         max_prepare_threads: concurrent `prepare` calls allowed (1 where it is not thread-safe).
+        source_commit: the Hugging Face hub commit of the weights (hub ids, resolved from
+            ``revision`` or ``main``), None for local, packaged and random models.
     """
 
     spec: ModelSpec
@@ -61,6 +63,7 @@ class Extractor(ABC):
     param_count: int
     device: torch.device
     is_causal_lm: bool = False
+    source_commit: str | None = None
     #: How many threads may run `prepare` at once on an accelerator (see `extract_all`).
     max_prepare_threads: int = 4
 

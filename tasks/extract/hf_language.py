@@ -54,6 +54,7 @@ class HFLanguageExtractor(Extractor):
         self.spec = spec
         self.device = device
         self.model = loaded.model
+        self.source_commit = loaded.commit
         self.lm = loaded.lm
         self.is_causal_lm = loaded.lm is not None
         self.tokenizer = tokenizer

@@ -57,11 +57,13 @@ class LoadedModel:
     """model: the module whose forward we call for features (the tower / encoder / base model).
     lm: the causal-LM module (logits) when there is one, else None.
     counted: the module whose parameters are counted.
+    commit: the hub commit the weights came from (a hub id, also from the local hub cache), else None.
     """
 
     model: torch.nn.Module
     lm: torch.nn.Module | None
     counted: torch.nn.Module
+    commit: str | None = None
 
 
 @contextlib.contextmanager
@@ -121,6 +123,18 @@ def _feature_overrides(config: Any, user: dict[str, Any]) -> None:
     """Config changes needed for deterministic features (applied unless the user set them)."""
     if getattr(config, "model_type", None) == "vit_mae" and "mask_ratio" not in user:
         config.mask_ratio = 0.0  # MAE masks 75% of patches at random in every forward otherwise
+
+
+def hub_commit(repo: str, revision: str | None) -> str | None:
+    """The commit a hub id's files were loaded from: ``revision`` (or ``main``) resolved through
+    the local hub cache that ``from_pretrained`` just filled; None when it cannot be told."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo, "config.json", revision=revision or "main")
+    if not isinstance(path, str):
+        return None
+    parts = Path(path).parts
+    return parts[-2] if len(parts) >= 3 and parts[-3] == "snapshots" else None
 
 
 def _finish(model: torch.nn.Module, modality: str, causal: bool, device: torch.device, dtype: torch.dtype,
@@ -270,7 +284,10 @@ def load_pretrained(spec: ModelSpec, device: torch.device, device_map: bool = Fa
             model = cls.from_pretrained(src, **kwargs)
     except OSError as exc:  # missing or unreadable weight files
         raise ModelInputError(spec.name, spec.id, f"cannot load its weights from {src!r}: {_first_line(exc)}") from exc
-    return _finish(model, spec.modality, checked.causal, device, TORCH_DTYPES[spec.dtype], device_map)
+    loaded = _finish(model, spec.modality, checked.causal, device, TORCH_DTYPES[spec.dtype], device_map)
+    if checked.access.kind == "hub":
+        loaded.commit = hub_commit(src, spec.revision)
+    return loaded
 
 
 def offload_dir() -> Path:

@@ -63,6 +63,7 @@ class HFVisionExtractor(Extractor):
         self.spec = spec
         self.device = device
         self.model = loaded.model
+        self.source_commit = loaded.commit
         self.processor = processor
         self.param_count = count_parameters(loaded.counted)
         self.dtype = TORCH_DTYPES[spec.dtype]

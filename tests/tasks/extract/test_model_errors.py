@@ -170,7 +170,7 @@ HUB_CHILD = textwrap.dedent("""
         try:
             ex = load_extractor(spec, device="cpu")
             feats = extract_all(ex, [Image.new("RGB", (40, 30), (200, 10, 10))])
-            out[label] = {"ok": True, "layers": len(feats.layers), "s": time.perf_counter() - t}
+            out[label] = {"ok": True, "layers": len(feats.layers), "s": time.perf_counter() - t, "commit": ex.source_commit}
         except ModelInputError as exc:
             out[label] = {"ok": False, "error": str(exc), "s": time.perf_counter() - t}
     import os
@@ -207,6 +207,9 @@ def test_hub_ids_from_the_cache(tmp_path, vit_dir, offline):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["cached"]["ok"] and out["cached"]["layers"] == 3, out
     assert out["cached-at-tag"]["ok"], out
+    # the commit the weights came from, resolved from the branch or tag (a local copy has none)
+    assert out["cached"]["commit"] == out["cached-at-tag"]["commit"] == "0123456789abcdef0123456789abcdef01234567"
+    assert out["warm-up"]["commit"] is None
     why = "offline" if offline else "cannot be reached"
     bad = out["bad-revision"]["error"]
     assert "revision 'v2' of 'prh-test/tiny-vit' is not in the local cache" in bad and "main, v1" in bad and why in bad
