@@ -121,7 +121,8 @@ HF_DATASET_URL = "hf://datasets/"
 
 def dataset_argument(value: str, **options: Any) -> DatasetParams:
     """``--dataset``: ``hf://datasets/ORG/NAME[@REVISION]`` (the Hugging Face convention) is a hub
-    dataset (its train split); anything else a local table or folder. ``options``: dataset fields
+    dataset (its train split); a revision with slashes is URL-encoded as in that convention
+    (``@refs%2Fconvert%2Fparquet``: the hub's Parquet conversion); anything else a local table or folder. ``options``: dataset fields
     (``image_column``, ``text_column``, ``captions``, ``n``, ``image_root``) where given (None: the
     default; all rows). Errors name the flags (``--image-root``), as a user typed them."""
     from pydantic import ValidationError
@@ -133,8 +134,11 @@ def dataset_argument(value: str, **options: Any) -> DatasetParams:
         if value.startswith(HF_DATASET_URL):
             repo, _, revision = value[len(HF_DATASET_URL):].strip("/").partition("@")
             if not repo or "/" in revision:
-                raise ValueError(f"--dataset {value!r}: expected {HF_DATASET_URL}ORG/NAME[@REVISION]")
-            return DatasetParams(kind="huggingface", path=repo, revision=revision or None, **given)
+                raise ValueError(f"--dataset {value!r}: expected {HF_DATASET_URL}ORG/NAME[@REVISION] (a revision with "
+                                 "slashes URL-encoded: @refs%2Fconvert%2Fparquet)")
+            from urllib.parse import unquote
+
+            return DatasetParams(kind="huggingface", path=repo, revision=unquote(revision) or None, **given)
         return DatasetParams(kind="path", path=str(Path(value).resolve()), **given)
     except ValidationError as error:
         problems = []

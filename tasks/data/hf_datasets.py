@@ -158,8 +158,15 @@ def _json(path: Path) -> dict[str, Any]:
     return value
 
 
-def split_files(root: Path, split: str = "train") -> list[Path]:
+#: What to do about a hub dataset without Parquet/Arrow files (ImageFolder, CSV, a loading script).
+CONVERTED_HINT = ("; the hub keeps a Parquet conversion of every public dataset: read revision 'refs/convert/parquet' "
+                  "(prh run --dataset hf://datasets/ORG/NAME@refs%2Fconvert%2Fparquet)")
+
+
+def split_files(root: Path, split: str = "train", hub: bool = False) -> list[Path]:
     """The data files (``.parquet``/``.arrow``) of ``split`` under ``root``, in path order.
+    ``hub``: ``root`` is a hub snapshot (an error without data files then names the hub's
+    Parquet conversion).
 
     Raises:
         ValueError: no data files at all, or none of ``split`` (listing the splits present).
@@ -170,7 +177,7 @@ def split_files(root: Path, split: str = "train") -> list[Path]:
     found = sorted(p for p in root.rglob("*") if p.suffix.lower() in DATA_SUFFIXES and p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not found:
-        hint = ""
+        hint = CONVERTED_HINT if hub else ""
         if any((root / name).is_file() for name in METADATA_FILES):
             hint = "; it is an ImageFolder (images and a metadata table): read it with dataset kind 'path'"
         raise ValueError(f"Hugging Face dataset {str(root)!r} holds no data files ({', '.join(DATA_SUFFIXES)}) "
@@ -230,7 +237,7 @@ def read_hf_dataset(
     """
     columns = ColumnMap(image_column, text_column, captions)
     dataset = resolve_source(source, revision)
-    files = split_files(dataset.root, split)
+    files = split_files(dataset.root, split, hub="hub_id" in dataset.provenance)
     wanted = columns.wanted()
     tables, rows = [], 0
     for path in files:

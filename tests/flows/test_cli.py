@@ -203,6 +203,7 @@ def test_dataset_argument_reads_hugging_face_urls(tmp_path, monkeypatch):
     paper = dataset_argument("hf://datasets/minhuh/prh@wit_1024")
     assert (paper.kind, paper.path, paper.revision, paper.split, paper.captions, paper.n) == ("huggingface", "minhuh/prh", "wit_1024", "train", "first", None)
     assert dataset_argument("hf://datasets/org/name/").revision is None
+    assert dataset_argument("hf://datasets/org/name@refs%2Fconvert%2Fparquet").revision == "refs/convert/parquet"
     monkeypatch.chdir(tmp_path)
     local = dataset_argument("pairs.parquet")
     assert (local.kind, local.path) == ("path", str(tmp_path / "pairs.parquet"))

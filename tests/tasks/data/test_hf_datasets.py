@@ -245,3 +245,30 @@ def test_dataset_params_for_hugging_face():
     assert (table.columns().image, table.columns().text, table.columns().captions) == ("file_name", "caption", "all")
     with pytest.raises(ValueError, match="dataset.image_column and dataset.text_column are both 'x'"):
         DatasetParams(kind="path", path="x.csv", image_column="x", text_column="x")
+
+
+def test_the_hubs_parquet_conversion_and_a_hub_dataset_without_parquet(tmp_path, monkeypatch):
+    """A hub repository kept as images + metadata (no Parquet of its own): the error points to the
+    hub's Parquet conversion, whose branch refs/convert/parquet (layout CONFIG/SPLIT/NNNN.parquet)
+    reads like any repository, here from the hub cache offline."""
+    import huggingface_hub.constants as hub
+
+    repo = tmp_path / "hub" / "datasets--org--images"
+    original = repo / "snapshots" / COMMIT
+    original.mkdir(parents=True)
+    (original / "README.md").write_text("---\nlicense: cc0\n---\n")
+    converted_commit = "fedcba9876543210fedcba9876543210fedcba98"
+    converted = repo / "snapshots" / converted_commit / "default" / "train"
+    converted.mkdir(parents=True)
+    pq.write_table(_table(0, 4), converted / "0000.parquet")
+    (repo / "refs" / "refs" / "convert").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    (repo / "refs" / "refs" / "convert" / "parquet").write_text(converted_commit)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match=r"holds no data files .*read revision 'refs/convert/parquet' "
+                                         r"\(prh run --dataset hf://datasets/ORG/NAME@refs%2Fconvert%2Fparquet\)"):
+        read_hf_dataset("org/images")
+    records, _, provenance = read_hf_dataset("org/images", revision="refs/convert/parquet")
+    assert _texts(records) == ["caption 0 a", "caption 1 a", "caption 2 a", "caption 3 a"]
+    assert provenance["commit"] == converted_commit and provenance["files"] == ["default/train/0000.parquet"]
