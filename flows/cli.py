@@ -215,7 +215,8 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 def _n(summary: dict[str, Any]) -> str:
     counts = {r["n_samples"] for r in summary["best"]}
-    return ", ".join(str(c) for c in sorted(counts)) or "?"
+    images = " images" if {r.get("unit") for r in summary["best"]} == {"image"} else ""
+    return (", ".join(str(c) for c in sorted(counts)) or "?") + images
 
 
 def _sql(args: argparse.Namespace) -> int:

@@ -71,7 +71,7 @@ def test_run_on_a_coco_captions_file_one_row_per_image(tmp_path, capsys):
     store = str(tmp_path / "store")
     assert main(["run", "--config", str(config), "--dataset", str(tmp_path / "annotations" / "captions_val.json"),
                  "--image-root", str(tmp_path / "val"), "--captions", "all", "--unit", "image", "--store", store]) == 0
-    capsys.readouterr()
+    assert f"N={n} images)" in capsys.readouterr().out
     assert main(["sql", "select name, n_samples, n_images from datasets", "--store", store, "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"name": "captions_val", "n_samples": 2 * n, "n_images": n}]
     assert main(["sql", "select unit, n_samples, count(*) rows from alignment group by all", "--store", store, "--format", "csv"]) == 0
