@@ -125,18 +125,6 @@ def _feature_overrides(config: Any, user: dict[str, Any]) -> None:
         config.mask_ratio = 0.0  # MAE masks 75% of patches at random in every forward otherwise
 
 
-def hub_commit(repo: str, revision: str | None) -> str | None:
-    """The commit a hub id's files were loaded from: ``revision`` (or ``main``) resolved through
-    the local hub cache that ``from_pretrained`` just filled; None when it cannot be told."""
-    from huggingface_hub import try_to_load_from_cache
-
-    path = try_to_load_from_cache(repo, "config.json", revision=revision or "main")
-    if not isinstance(path, str):
-        return None
-    parts = Path(path).parts
-    return parts[-2] if len(parts) >= 3 and parts[-3] == "snapshots" else None
-
-
 def _finish(model: torch.nn.Module, modality: str, causal: bool, device: torch.device, dtype: torch.dtype,
             device_map: bool) -> LoadedModel:
     model.eval()
@@ -285,8 +273,8 @@ def load_pretrained(spec: ModelSpec, device: torch.device, device_map: bool = Fa
     except OSError as exc:  # missing or unreadable weight files
         raise ModelInputError(spec.name, spec.id, f"cannot load its weights from {src!r}: {_first_line(exc)}") from exc
     loaded = _finish(model, spec.modality, checked.causal, device, TORCH_DTYPES[spec.dtype], device_map)
-    if checked.access.kind == "hub":
-        loaded.commit = hub_commit(src, spec.revision)
+    if checked.access.kind == "hub":  # the commit from_pretrained just read, through the hub cache
+        loaded.commit = preflight.cached_commit(src, spec.revision or "main")
     return loaded
 
 

@@ -168,9 +168,17 @@ def _brief(exc: BaseException) -> str:
 
 
 def _cached(repo: str, rev: str) -> bool:
+    return cached_commit(repo, rev) is not None
+
+
+def cached_commit(repo: str, rev: str) -> str | None:
+    """The commit whose files the local hub cache holds for ``repo`` at ``rev`` (a branch, tag or
+    commit), None when it holds none (its ``config.json`` is the witness)."""
     from huggingface_hub import try_to_load_from_cache
 
-    return isinstance(try_to_load_from_cache(repo, "config.json", revision=rev), str)
+    path = try_to_load_from_cache(repo, "config.json", revision=rev)
+    parts = Path(path).parts if isinstance(path, str) else ()
+    return parts[-2] if len(parts) >= 3 and parts[-3] == "snapshots" else None
 
 
 def cached_revisions(repo: str) -> list[str]:
