@@ -190,7 +190,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Best layer pair per metric (dataset {summary['dataset_version']}, N={_n(summary)})")
+    from tasks.report.tables import rows_aligned
+
+    table = Table(title=f"Best layer pair per metric (dataset {summary['dataset_version']}, N={rows_aligned(summary['best'])})")
     for column in ("vision", "language", "metric", "score", "95% CI", "layer A", "layer B", "chance", "null", "calib.", "p"):
         table.add_column(column, justify="left" if column in ("vision", "language", "metric", "layer A", "layer B") else "right", no_wrap=True)
     rows = sorted(summary["best"], key=lambda r: (r["metric"], r["model_b"], -r["score"]))
@@ -211,12 +213,6 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(f"features extracted: {', '.join(summary['extracted']) or 'none'}; reused: {', '.join(summary['reused']) or 'none'}")
     console.print(f"results stored in {summary['store']} (run {summary['run_id']})")
     console.print('query them: prh sql "select * from alignment_best"')
-
-
-def _n(summary: dict[str, Any]) -> str:
-    counts = {r["n_samples"] for r in summary["best"]}
-    images = " images" if {r.get("unit") for r in summary["best"]} == {"image"} else ""
-    return (", ".join(str(c) for c in sorted(counts)) or "?") + images
 
 
 def _sql(args: argparse.Namespace) -> int:

@@ -122,7 +122,7 @@ def extract_to_store(
     started = time.perf_counter()
     extracted = _extract_shards(store, key, spec, items, shard_size, logger, started, on_progress, item_ids)
     layers = [np.concatenate(parts) for parts in zip(*extracted.shards)]
-    check_finite(spec.name, extracted.layer_names, layers, item_ids)  # stored shards too: never publish NaN/Inf
+    check_finite(spec.name, extracted.model["layer_names"], layers, item_ids)  # stored shards too: never publish NaN/Inf
     if expand is not None:
         layers = [x[expand] for x in layers]
     seconds = time.perf_counter() - started
@@ -135,17 +135,17 @@ def extract_to_store(
         "loader": spec.loader,
         "model_id": spec.id,
         "revision": spec.revision,
-        "commit": extracted.commit,
+        "commit": extracted.model.get("commit"),
         "pooling": spec.pooling,
         "dtype": spec.dtype,
-        "param_count": extracted.param_count,
+        "param_count": extracted.model["param_count"],
         "n_layers": len(layers),
-        "layer_names": extracted.layer_names,
+        "layer_names": extracted.model["layer_names"],
         "layer_widths": [int(x.shape[1]) for x in layers],
         "bits_per_byte": extracted.bits_per_byte,
         "n_samples": len(sample_ids),
         "code_version": code_version(*FEATURE_CODE),
-        "device": extracted.device,
+        "device": extracted.model["device"],
         "seconds": round(seconds, 3),
     }
     manifest = {"kind": "features", "catalog": catalog, "spec": spec.fingerprint(),
@@ -158,14 +158,14 @@ def extract_to_store(
 
 @dataclass
 class _Extraction:
+    """Every shard's layers, what the model says of itself (``_model_facts``), bits per byte and the
+    summed shard measurements, and how many shards were read back instead of computed."""
+
     shards: list[list[np.ndarray]]
-    layer_names: list[str]
-    param_count: int
+    model: dict[str, Any]
     bits_per_byte: float | None
     extras: dict[str, Any]
-    device: str
     resumed: int
-    commit: str | None = None
 
 
 def _load_with_timeout(spec: ModelSpec) -> Any:
@@ -217,13 +217,16 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
         if stored is not None:
             layers, loss = stored
             loss = dict(loss)
-            model = loss.pop("model", None) or model
+            recorded = loss.pop("model", None)
+            if extractor is None:  # a loaded model speaks for itself
+                model = recorded or model
             resumed += 1
             logger.info("%s: shard %d/%d already stored (items %d-%d), resuming after it", spec.name, index + 1, len(bounds), lo, hi)
         else:
             if extractor is None:
                 logger.info("%s: loading %s (%s, %s)", spec.name, spec.id, spec.loader, spec.modality)
                 extractor = _load_with_timeout(spec)
+                model = _model_facts(extractor)
             n_batches = -(-total // spec.batch_size)
             last = [0.0]
 
@@ -241,7 +244,6 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
             ids = item_ids[lo:hi] if item_ids is not None else [f"item {i}" for i in range(lo, hi)]
             check_finite(spec.name, features.layer_names, layers, ids)  # fail at the first bad shard, store nothing
             loss = {k: features.extras[k] for k in _SHARD_SUMS if k in features.extras}
-            model = _model_facts(extractor)
             write(index, layers, {**loss, "model": model})
         shards.append(layers)
         for name, value in loss.items():
@@ -263,8 +265,7 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
         bpb = bits_per_byte(sums.get("nll_nats", 0.0), int(sums["text_bytes"]))
         extras.update(nll_nats=sums.get("nll_nats", 0.0), predicted_tokens=int(sums.get("predicted_tokens", 0)),
                       text_bytes=int(sums["text_bytes"]), bpb_truncated_texts=int(sums.get("bpb_truncated_texts", 0)))
-    return _Extraction(shards, list(model["layer_names"]), int(model["param_count"]), bpb, extras, str(model["device"]), resumed,
-                       model.get("commit"))
+    return _Extraction(shards, model, bpb, extras, resumed)
 
 
 def _model_facts(extractor: Any) -> dict[str, Any]:

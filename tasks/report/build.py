@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from tasks.report import heatmaps, html, scaling
 from tasks.report.figures import FigureCache, RenderedFigure, render_cached
-from tasks.report.tables import ReportInput, ci_columns, common_chance, metrics_of, model_grid, number, pairs_of, rows
+from tasks.report.tables import ReportInput, ci_columns, common_chance, metrics_of, model_grid, number, pairs_of, rows, rows_aligned
 
 TITLE = "prh alignment report"
 
@@ -67,11 +67,6 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
         scores_of_pair.setdefault((r["model_a"], r["model_b"]), []).append(r)
 
     run = data.run
-    n_samples = sorted({int(r["n_samples"]) for r in best if r.get("n_samples") is not None})
-    units = {r.get("unit") or "sample" for r in best}
-    per_image = {"image"}.issubset(units)
-    n_rows = ", ".join(map(str, n_samples)) + (" (one row per image: its captions' vectors averaged)" if units == {"image"}
-                                                 else " (some pairs one row per image)" if per_image else "")
     sections.append(html.section("Models", "models", html.models_table(models)))
     sections.append(html.section(
         "Best layer pair per metric", "best", html.best_table(best, metrics),
@@ -140,7 +135,7 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
         sections.append(html.section("Notes", "notes", html.notes(notes)))
 
     meta = {"run": run.get("run_id"), "status": run.get("status"), "started": run.get("started_at"), "store": run.get("store"),
-            "dataset": run.get("dataset_version"), "data": run.get("dataset_description"), "N": n_rows,
+            "dataset": run.get("dataset_version"), "data": run.get("dataset_description"), "N": rows_aligned(best),
             "metrics": ", ".join(metrics)}
     toc = [("models", "Models"), ("best", "Best scores"), ("model-heatmaps", "Model × model"), ("scaling", "Quality and size"),
            ("layer-heatmaps", "Layer × layer"), ("neighbours", "Nearest neighbours"), ("notes", "Notes")]

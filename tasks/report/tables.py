@@ -73,6 +73,14 @@ def describe_dataset(name: Any, source: Any) -> str | None:
     return " · ".join(str(p) for p in (name, detail) if p)
 
 
+def rows_aligned(best: list[dict[str, Any]]) -> str:
+    """How many rows the best-score rows were computed on: ``1024``, ``24 images`` (alignment.unit
+    image), ``72, 24 (some pairs one row per image)`` when the units differ."""
+    counts = ", ".join(str(n) for n in sorted({int(r["n_samples"]) for r in best if r.get("n_samples") is not None})) or "?"
+    units = {r.get("unit") or "sample" for r in best}
+    return counts + (" images" if units == {"image"} else " (some pairs one row per image)" if "image" in units else "")
+
+
 def rows(table: pa.Table | None) -> list[dict[str, Any]]:
     """Arrow rows as dicts (an absent table has none)."""
     return [] if table is None else table.to_pylist()

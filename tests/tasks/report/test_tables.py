@@ -70,3 +70,12 @@ def test_describe_dataset():
     assert describe_dataset("pets", {"kind": "path", "path": "/data/pets", "n": 500, "captions": "all"}) == \
         "pets · /data/pets, first 500 rows, all captions"
     assert describe_dataset("synthetic", "test") == "synthetic · test" and describe_dataset(None, None) is None
+
+
+def test_rows_aligned_says_what_n_counts():
+    from tasks.report.tables import rows_aligned
+
+    assert rows_aligned([{"n_samples": 1024, "unit": "sample"}, {"n_samples": 1024}]) == "1024"  # old rows: no unit
+    assert rows_aligned([{"n_samples": 24, "unit": "image"}]) == "24 images"
+    assert rows_aligned([{"n_samples": 72, "unit": "sample"}, {"n_samples": 24, "unit": "image"}]) == "24, 72 (some pairs one row per image)"
+    assert rows_aligned([]) == "?"
