@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = commands.add_parser("run", help="run the full pipeline (dataset, features, alignment)")
     run.add_argument("--config", default=str(DEMO_CONFIG), help="pipeline YAML (default: the embedded demo)")
     run.add_argument("--store", default=None, help="store URL: a folder, file://..., s3://bucket/prefix (default: ./store)")
-    run.add_argument("--dataset", default=None, help="a paired Parquet/CSV/JSON Lines table, a COCO captions .json, a folder of images + .txt captions "
+    run.add_argument("--dataset", default=None, help="a paired Parquet/CSV/JSON Lines table, a COCO captions or Karpathy split .json, a folder of images + .txt captions "
                      "or with a metadata.jsonl/.csv table, or a Hugging Face dataset hf://datasets/ORG/NAME[@REVISION] (train split)")
     run.add_argument("--image-column", default=None, help="with --dataset: the table's image column (default: image)")
     run.add_argument("--text-column", default=None, help="with --dataset: the table's caption column (default: text)")
@@ -53,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--n", type=int, default=None, help="with --dataset: only its first N rows (default: all)")
     run.add_argument("--image-root", default=None, help="with a --dataset table: the folder its image paths are read from "
                      "(default: the table's folder)")
+    run.add_argument("--split", default=None, help="with --dataset: the split read, of a hub dataset (default: train) or of a "
+                     "Karpathy split file such as dataset_coco.json (train, restval, val or test; default: all images)")
     run.add_argument("--permutations", type=int, default=None, help="override alignment.permutations")
     run.add_argument("--unit", choices=["sample", "image"], default=None,
                      help="override alignment.unit: align one row per image-caption sample (the paper's) or per image "
@@ -121,9 +123,9 @@ HF_DATASET_URL = "hf://datasets/"
 
 def dataset_argument(value: str, **options: Any) -> DatasetParams:
     """``--dataset``: ``hf://datasets/ORG/NAME[@REVISION]`` (the Hugging Face convention) is a hub
-    dataset (its train split); a revision with slashes is URL-encoded as in that convention
+    dataset (its train split unless ``split`` is given); a revision with slashes is URL-encoded as in that convention
     (``@refs%2Fconvert%2Fparquet``: the hub's Parquet conversion); anything else a local table or folder. ``options``: dataset fields
-    (``image_column``, ``text_column``, ``captions``, ``n``, ``image_root``) where given (None: the
+    (``image_column``, ``text_column``, ``captions``, ``n``, ``image_root``, ``split``) where given (None: the
     default; all rows). Errors name the flags (``--image-root``), as a user typed them."""
     from pydantic import ValidationError
 
@@ -154,11 +156,11 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     image_root = str(Path(args.image_root).resolve()) if args.image_root else None
     options = {"image_column": args.image_column, "text_column": args.text_column, "captions": args.captions, "n": args.n,
-               "image_root": image_root}
+               "image_root": image_root, "split": args.split}
     if args.dataset:
         config = config.model_copy(update={"dataset": dataset_argument(args.dataset, **options)})
     elif any(v is not None for v in options.values()):
-        raise ValueError("--image-column, --text-column, --captions, --n and --image-root apply to --dataset")
+        raise ValueError("--image-column, --text-column, --captions, --n, --image-root and --split apply to --dataset")
     overrides = {k: v for k, v in (("permutations", args.permutations), ("unit", args.unit)) if v is not None}
     if overrides:
         config = config.model_copy(update={"alignment": config.alignment.model_copy(update=overrides)})

@@ -36,18 +36,20 @@ def build_table(params: DatasetParams) -> tuple[pa.Table, pa.Table | None, str, 
     if params.kind == "huggingface":
         from tasks.data.hf_datasets import load_hf_dataset
 
-        result, provenance = load_hf_dataset(params.path, revision=params.revision, split=params.split, image_column=params.image_column,
+        result, provenance = load_hf_dataset(params.path, revision=params.revision, split=params.hub_split(), image_column=params.image_column,
                                              text_column=params.text_column, captions=params.captions, n=params.n)
-        default = "-".join(p for p in (params.path.rstrip("/").rsplit("/", 1)[-1], params.revision, params.split) if p)
+        default = "-".join(p for p in (params.path.rstrip("/").rsplit("/", 1)[-1], params.revision, params.hub_split()) if p)
         return result.table, result.rejected, params.name or _safe_name(default), {"kind": "huggingface", **provenance}
     from tasks.data.sources import ColumnMap, effective_columns
     from tasks.data.tables import load_paired_dataset
 
-    result = load_paired_dataset(params.path, columns=params.columns(), n=params.n, image_root=params.image_root)
-    name = params.name or _stem(params.path)
+    result = load_paired_dataset(params.path, columns=params.columns(), n=params.n, image_root=params.image_root,
+                                 split=params.split)
+    name = params.name or _stem(params.path) + (f"-{_safe_name(params.split)}" if params.split else "")
     source: dict[str, Any] = {"kind": "path", "path": params.path, "n": params.n}
-    if params.image_root is not None:
-        source["image_root"] = params.image_root
+    for field in ("image_root", "split"):
+        if getattr(params, field) is not None:
+            source[field] = getattr(params, field)
     columns = effective_columns(Path(params.path), params.columns())
     if columns != ColumnMap():  # say which columns were read when they are not the defaults
         source.update(image_column=columns.image, text_column=columns.text, captions=columns.captions)

@@ -49,7 +49,7 @@ OPENMOJI_N = 1024
 
 #: The dataset fields that apply to some kinds only (elsewhere they must keep their default).
 DATASET_FIELD_KINDS: dict[str, tuple[str, ...]] = {
-    "revision": ("huggingface",), "split": ("huggingface",), "image_root": ("path",),
+    "revision": ("huggingface",), "split": ("huggingface", "path"), "image_root": ("path",),
     "image_column": ("path", "huggingface"), "text_column": ("path", "huggingface"), "captions": ("path", "huggingface"),
 }
 
@@ -71,7 +71,9 @@ class DatasetParams(BaseModel):
                              "images with .txt captions, or a folder with a metadata.jsonl/.csv/.parquet table (Hugging Face "
                              "ImageFolder); huggingface: a hub dataset id (e.g. minhuh/prh) or a local dataset folder")
     revision: str | None = Field(None, description="huggingface: hub branch, tag or commit (the paper's data: wit_1024)")
-    split: str = Field("train", min_length=1, description="huggingface: split to read")
+    split: str | None = Field(None, min_length=1, description="huggingface: split to read (null: train); path: the images of "
+                              "this split of a Karpathy split file (dataset_coco.json: train, restval, val or test; "
+                              "null: all)")
     image_column: str = Field("image", min_length=1, description="path, huggingface: column of the images (an ImageFolder "
                               "metadata table without an 'image' column: file_name)")
     text_column: str = Field("text", min_length=1, description="path, huggingface: column of the caption(s)")
@@ -98,6 +100,10 @@ class DatasetParams(BaseModel):
         (null stays null in the parameters, so that a form pre-filled from the demo config
         carries no row limit into a run switched to another kind)."""
         return OPENMOJI_N if self.kind == "openmoji" and self.n is None else self.n
+
+    def hub_split(self) -> str:
+        """The split of a hub dataset that is read: ``split``, or ``train`` when unset."""
+        return self.split or "train"
 
     def columns(self) -> "ColumnMap":
         """The table column names and caption policy (``tasks.data.sources.ColumnMap``)."""

@@ -17,9 +17,18 @@ An array of objects (one per row)
     column names like any other table; keys other than the image, caption and id columns are
     ignored.
 
-A document that is neither, that is not valid UTF-8 JSON, or whose structure is broken (an image
+Karpathy's split file (an object with an ``images`` list whose entries have ``sentences``)
+    As ``dataset_coco.json`` / ``dataset_flickr30k.json`` of Karpathy & Fei-Fei's splits: each
+    image is an object with ``filename`` (under ``filepath`` when given: ``val2014/...``),
+    ``split`` (``train``, ``restval``, ``val`` or ``test``), ``sentences`` (objects whose ``raw``
+    is the caption) and ``cocoid`` (COCO) or ``imgid``. The table has one row per image of the
+    chosen ``split`` (all images when None) in the file's order: ``image`` = the path,
+    ``text`` = its captions, ``sample_id`` = ``cocoid``, else ``imgid``.
+
+A document that is none of these, that is not valid UTF-8 JSON, or whose structure is broken (an image
 without ``file_name``, two images with one ``id``, an annotation naming no image, a caption that
-is not a string) makes the file unreadable, with a message naming the file and the entry; the
+is not a string), or a ``split`` that the file does not have (or that a file without splits is
+given) makes the file unreadable, with a message naming the file and the entry; the
 usual row checks (missing or unreadable image files, empty captions ...) come later and reject
 single rows only.
 """
@@ -34,37 +43,61 @@ import pyarrow as pa
 
 from tasks.data.sources import ColumnMap
 
-__all__ = ["coco_captions_table", "read_json_table"]
+__all__ = ["coco_captions_table", "karpathy_split_table", "read_json_table"]
 
 _COCO_KEYS = ("images", "annotations")
 
 
-def read_json_table(path: Path, columns: ColumnMap, limit: int | None = None) -> pa.Table:
+def read_json_table(path: Path, columns: ColumnMap, limit: int | None = None, split: str | None = None) -> pa.Table:
     """The ``.json`` document at ``path`` as a table with columns ``image``, ``text`` (a string,
     or a list of strings) and, when given, ``sample_id`` / ``image_id``; the first ``limit`` rows
-    (images of a COCO file) or all.
+    (images of a COCO or Karpathy file) or all; ``split``: the images of that split of a
+    Karpathy file (None: all).
 
     Raises:
-        ValueError: naming the file: unreadable or invalid JSON, neither layout, a broken entry,
-            or column names set for a COCO file (its fields are fixed).
+        ValueError: naming the file: unreadable or invalid JSON, no known layout, a broken entry,
+            column names set for a COCO or Karpathy file (their fields are fixed), a split the
+            file does not have, or a split given for a file without splits.
     """
     where = str(path)
     try:
         document = json.loads(path.read_bytes().decode("utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"dataset file {where!r} is not readable JSON: {exc}") from exc
-    if isinstance(document, dict) and all(key in document for key in _COCO_KEYS):
+    karpathy = _is_karpathy(document)
+    if karpathy or (isinstance(document, dict) and all(key in document for key in _COCO_KEYS)):
+        kind, fields = ("a Karpathy split file", "images[].filename and images[].sentences[].raw") if karpathy else \
+            ("a COCO captions file", "images[].file_name and annotations[].caption")
         if (columns.image, columns.text) != ("image", "text"):
-            raise ValueError(f"dataset file {where!r} is a COCO captions file: its fields are images[].file_name and "
-                             "annotations[].caption, so image_column / text_column do not apply")
+            raise ValueError(f"dataset file {where!r} is {kind}: its fields are {fields}, so image_column / "
+                             "text_column do not apply")
+        if karpathy:
+            return karpathy_split_table(document, where, split, limit)
+        _no_split(split, where, kind)
         return coco_captions_table(document, where, limit)
     if isinstance(document, list):
+        _no_split(split, where, "an array of rows")
         return _records_table(document, where, columns, limit)
     found = f"an object with keys {sorted(document)[:12]}" if isinstance(document, dict) else f"a JSON {type(document).__name__}"
     raise ValueError(
         f"dataset file {where!r} is {found}; expected a COCO captions file (an object with 'images' and "
-        "'annotations' lists) or an array of objects, one per row (e.g. {\"image\": ..., \"text\": ...})"
+        "'annotations' lists), a Karpathy split file (an object with an 'images' list, each with 'filename', 'split' "
+        "and 'sentences') or an array of objects, one per row (e.g. {\"image\": ..., \"text\": ...})"
     )
+
+
+def _is_karpathy(document: Any) -> bool:
+    """Whether a parsed document is a Karpathy split file: an object with a non-empty ``images``
+    list whose first entry has ``sentences``, and no COCO ``annotations``."""
+    images = document.get("images") if isinstance(document, dict) and "annotations" not in document else None
+    return isinstance(images, list) and bool(images) and isinstance(images[0], dict) and "sentences" in images[0]
+
+
+def _no_split(split: str | None, where: str, kind: str) -> None:
+    """Refuse a split for a document that has none."""
+    if split is not None:
+        raise ValueError(f"dataset file {where!r} is {kind}, which has no splits: dataset.split {split!r} applies to "
+                         "Karpathy split files (dataset_coco.json) and hub datasets; leave it unset")
 
 
 def coco_captions_table(document: dict[str, Any], where: str, limit: int | None = None) -> pa.Table:
@@ -111,6 +144,66 @@ def coco_captions_table(document: dict[str, Any], where: str, limit: int | None 
         "text": pa.array([captions[i] for i in ids], pa.list_(pa.string())),
         "sample_id": pa.array(ids, pa.string()),
     })
+
+
+def karpathy_split_table(document: dict[str, Any], where: str, split: str | None = None,
+                         limit: int | None = None) -> pa.Table:
+    """A parsed Karpathy split document as the table layout (module docstring): one row per
+    image of ``split`` (all when None), the first ``limit`` of them or all, captions as a list.
+    ``where`` names the file.
+
+    Raises:
+        ValueError: naming the file and entry: ``images`` not a list, an image that is not an
+            object or lacks a string ``filename`` or id (or ``split``, when one is chosen), repeats an id, or has
+            ``sentences`` that are not a list of objects with a string ``raw``; a ``split`` no
+            image has (the message counts the file's images per split).
+    """
+    images = document["images"]
+    if not isinstance(images, list):
+        raise ValueError(f"dataset file {where!r}: 'images' is a JSON {type(images).__name__}, not a list")
+    per_split: dict[str, int] = {}
+    seen: set[str] = set()
+    rows: dict[str, list[Any]] = {"image": [], "text": [], "sample_id": []}
+    for index, image in enumerate(images):
+        what = f"images[{index}]"
+        image_id = _coco_id(image, "cocoid" if isinstance(image, dict) and "cocoid" in image else "imgid", what, where)
+        if image_id in seen:
+            raise ValueError(f"dataset file {where!r}: {what} repeats image id {image_id!r}")
+        seen.add(image_id)
+        name, folder, part = (image.get(key) for key in ("filename", "filepath", "split"))
+        for key, value, optional in (("filename", name, False), ("filepath", folder, True), ("split", part, split is None)):
+            if not isinstance(value, str) and not (optional and value is None):
+                raise ValueError(f"dataset file {where!r}: {what} (id {image_id!r}) '{key}' is "
+                                 f"{'missing' if value is None else 'a JSON ' + type(value).__name__}, not a string")
+        if part is not None:
+            per_split[part] = per_split.get(part, 0) + 1
+        if split is not None and part != split:
+            continue
+        rows["image"].append(f"{folder.rstrip('/')}/{name}" if folder else name)
+        rows["text"].append(_karpathy_captions(image.get("sentences"), f"{what} (id {image_id!r})", where))
+        rows["sample_id"].append(image_id)
+    if split is not None and split not in per_split:
+        counts = ", ".join(f"{name!r} ({count} images)" for name, count in sorted(per_split.items())) or "none"
+        raise ValueError(f"dataset file {where!r} has no image in split {split!r}; its splits: {counts}")
+    return pa.table({
+        "image": pa.array(rows["image"][:limit], pa.string()),
+        "text": pa.array(rows["text"][:limit], pa.list_(pa.string())),
+        "sample_id": pa.array(rows["sample_id"][:limit], pa.string()),
+    })
+
+
+def _karpathy_captions(sentences: Any, what: str, where: str) -> list[str]:
+    """The ``raw`` captions of a Karpathy image's ``sentences``, in order."""
+    if not isinstance(sentences, list):
+        raise ValueError(f"dataset file {where!r}: {what} 'sentences' is "
+                         f"{'missing' if sentences is None else 'a JSON ' + type(sentences).__name__}, not a list")
+    captions = []
+    for j, sentence in enumerate(sentences):
+        raw = sentence.get("raw") if isinstance(sentence, dict) else None
+        if not isinstance(raw, str):
+            raise ValueError(f"dataset file {where!r}: {what} sentences[{j}] has no string 'raw'")
+        captions.append(raw)
+    return captions
 
 
 def _coco_id(entry: Any, key: str, what: str, where: str) -> str:

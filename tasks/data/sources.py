@@ -22,7 +22,8 @@ JSON Lines table (``.jsonl``, ``.ndjson``)
     stops at the block that holds the first ``limit`` rows).
 JSON document (``.json``)
     A COCO captions file (``images`` + ``annotations``, one row per image with its list of
-    captions, ``sample_id`` the image id) or an array of row objects with the table layout's
+    captions, ``sample_id`` the image id), a Karpathy split file (``dataset_coco.json``: the
+    same, for the images of one ``split``) or an array of row objects with the table layout's
     fields (:mod:`tasks.data.json_tables`).
 Folder with a metadata table (the Hugging Face ImageFolder convention)
     A folder holding ``metadata.jsonl``, ``metadata.csv`` or ``metadata.parquet`` (exactly one):
@@ -138,29 +139,35 @@ class RawRecord:
     problem: tuple[str, str] | None = None
 
 
-def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None = None
+def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None = None, split: str | None = None
                  ) -> tuple[list[RawRecord], Path]:
     """Read every record of the dataset at ``path``; also return the folder image paths are relative to.
 
     ``columns``: the table layouts' column names and caption policy (default ``ColumnMap()``).
     ``limit``: read only the first ``limit`` rows of a table (before captions are expanded; a
     Parquet table's later row groups are never read) or images of a folder (by name); the
-    images a metadata table leaves out are then not reported.
+    images a metadata table leaves out are then not reported. ``split``: only the images of this
+    split of a Karpathy split ``.json`` (None: all rows); other layouts have no splits.
 
     Raises:
         ValueError: the path does not exist, has an unsupported suffix, cannot be parsed, or
-            lacks a required column; a folder without any image or caption file.
+            lacks a required column; a folder without any image or caption file; a split the
+            file does not have, or a split for a layout without splits.
     """
     columns = columns or ColumnMap()
     if not path.exists():
         where = "" if path.is_absolute() else f" (relative paths are read from the working directory: {path.absolute()})"
         raise ValueError(f"dataset path {str(path)!r} does not exist{where}")
+    if split is not None and not (path.is_file() and path.suffix.lower() == ".json"):
+        raise ValueError(f"dataset {str(path)!r} is {'a folder' if path.is_dir() else 'a ' + path.suffix + ' table'}, which has no "
+                         f"splits: dataset.split {split!r} applies to Karpathy split files (dataset_coco.json) and hub "
+                         "datasets; leave it unset")
     if path.is_dir():
         metadata = _metadata_table(path)
         if metadata is not None:
             return _read_image_folder(path, metadata, columns, limit), path
         return _read_folder(path, limit), path
-    return _read_table(path, columns, limit), path.parent
+    return _read_table(path, columns, limit, split), path.parent
 
 
 def _metadata_table(folder: Path) -> Path | None:
@@ -172,7 +179,7 @@ def _metadata_table(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _read_table(path: Path, columns: ColumnMap, limit: int | None = None) -> list[RawRecord]:
+def _read_table(path: Path, columns: ColumnMap, limit: int | None = None, split: str | None = None) -> list[RawRecord]:
     suffix = path.suffix.lower()
     if suffix in _CSV_DELIMITERS:
         return _read_csv(path, _CSV_DELIMITERS[suffix], columns, limit)
@@ -183,11 +190,11 @@ def _read_table(path: Path, columns: ColumnMap, limit: int | None = None) -> lis
     elif suffix == ".json":
         from tasks.data.json_tables import read_json_table
 
-        table = read_json_table(path, columns, limit)
+        table = read_json_table(path, columns, limit, split)
     else:
         raise ValueError(
             f"dataset path {str(path)!r}: unsupported file type {path.suffix!r} (expected .parquet, .pq, .csv, "
-            ".tsv, .jsonl, .json (COCO captions or an array of rows), a folder of images with .txt captions, or one with a metadata.jsonl/.csv/.parquet table)"
+            ".tsv, .jsonl, .json (COCO captions, a Karpathy split file or an array of rows), a folder of images with .txt captions, or one with a metadata.jsonl/.csv/.parquet table)"
         )
     return records_with_captions(table, str(path), columns.captions)
 

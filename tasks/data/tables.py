@@ -1,7 +1,7 @@
 """Loading a user's paired dataset into the contract table, reporting every row it refuses.
 
-:func:`load_paired_dataset` reads a Parquet/CSV/JSON Lines table, a JSON document (COCO captions or
-an array of rows), a folder of images with ``.txt`` captions or a folder with a metadata table
+:func:`load_paired_dataset` reads a Parquet/CSV/JSON Lines table, a JSON document (COCO captions, a
+Karpathy split file or an array of rows), a folder of images with ``.txt`` captions or a folder with a metadata table
 (layouts: :mod:`tasks.data.sources`), checks each record, and returns the valid rows as a
 :data:`~tasks.data.schema.DATASET_SCHEMA` table together with one rejection record per refused row. Nothing is dropped without a record.
 
@@ -248,6 +248,7 @@ def load_paired_dataset(
     columns: ColumnMap | None = None,
     n: int | None = None,
     image_root: str | Path | None = None,
+    split: str | None = None,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     min_valid_rows: int = 2,
 ) -> LoadResult:
@@ -255,7 +256,7 @@ def load_paired_dataset(
 
     Args:
         path: a ``.parquet``/``.pq``/``.csv``/``.tsv``/``.jsonl`` table, a ``.json`` document (COCO
-            captions or an array of row objects), a folder of images +
+            captions, a Karpathy split file or an array of row objects), a folder of images +
             ``.txt``, or a folder with a ``metadata.jsonl``/``.csv``/``.parquet`` table.
         columns: the tables' image and caption column names and caption policy
             (``tasks.data.sources.ColumnMap``; default ``image``, ``text``, first caption).
@@ -264,6 +265,8 @@ def load_paired_dataset(
         image_root: the folder a table's relative image paths are read from, and that they may
             not leave (default: the table's folder), e.g. COCO-style ``annotations/x.csv``
             naming files of ``val2017/``. Tables only.
+        split: a Karpathy split ``.json``'s images of this split only (``test``, ...; None:
+            all); other layouts have no splits (an error if given).
         max_image_pixels: images with more pixels are rejected as ``image_too_large``.
         min_valid_rows: fewer valid rows than this is an error (alignment needs pairs).
 
@@ -273,7 +276,7 @@ def load_paired_dataset(
             (the message then counts the rejections per reason).
     """
     source = Path(path)
-    records, root = read_records(source, columns, n)
+    records, root = read_records(source, columns, n, split)
     if image_root is not None:
         if source.is_dir():
             raise ValueError(f"dataset {str(source)!r} is a folder: image_root applies to a table, whose image paths "

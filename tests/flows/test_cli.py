@@ -201,7 +201,7 @@ def test_dataset_argument_reads_hugging_face_urls(tmp_path, monkeypatch):
     from flows.cli import dataset_argument
 
     paper = dataset_argument("hf://datasets/minhuh/prh@wit_1024")
-    assert (paper.kind, paper.path, paper.revision, paper.split, paper.captions, paper.n) == ("huggingface", "minhuh/prh", "wit_1024", "train", "first", None)
+    assert (paper.kind, paper.path, paper.revision, paper.hub_split(), paper.captions, paper.n) == ("huggingface", "minhuh/prh", "wit_1024", "train", "first", None)
     assert dataset_argument("hf://datasets/org/name/").revision is None
     assert dataset_argument("hf://datasets/org/name@refs%2Fconvert%2Fparquet").revision == "refs/convert/parquet"
     monkeypatch.chdir(tmp_path)
@@ -215,12 +215,14 @@ def test_dataset_argument_reads_hugging_face_urls(tmp_path, monkeypatch):
     assert dataset_argument("hf://datasets/org/name", text_column="sentences", captions="all").text_column == "sentences"
     assert (dataset_argument("hf://datasets/org/name").n, dataset_argument("hf://datasets/org/name", n=64).n) == (None, 64)
     assert (dataset_argument("pairs.csv").n, dataset_argument("pairs.csv", n=10).n) == (None, 10)
+    assert (dataset_argument("hf://datasets/org/name", split="validation").hub_split(), dataset_argument("coco.json", split="test").split) \
+        == ("validation", "test")
 
 
 def test_column_flags_need_a_dataset(capsys):
     assert main(["run", "--text-column", "caption"]) == 2
     assert capsys.readouterr().err.strip() == \
-        "prh run: error: --image-column, --text-column, --captions, --n and --image-root apply to --dataset"
+        "prh run: error: --image-column, --text-column, --captions, --n, --image-root and --split apply to --dataset"
     assert main(["run", "--dataset", "hf://datasets/org/name", "--image-root", "imgs"]) == 2
     assert capsys.readouterr().err.strip() == ("prh run: error: --dataset 'hf://datasets/org/name': --image-root: "
                                                "dataset.image_root applies to kind 'path' only (kind is 'huggingface')")

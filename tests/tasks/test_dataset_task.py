@@ -134,3 +134,21 @@ def test_coco_captions_file_is_published_with_every_caption(tmp_path):
     rows = store.read_table(f"{manifest['key']}/samples.parquet").to_pylist()
     assert [(r["sample_id"], r["text"], r["image_id"]) for r in rows] == [
         ("7-0", "red square 0", "7"), ("7-1", "red square 1", "7"), ("8-0", "blue square 0", "8"), ("8-1", "blue square 1", "8")]
+
+
+def test_karpathy_split_is_named_and_recorded(tmp_path):
+    images = [{"filepath": "val2014", "filename": f"{colour}.png", "imgid": i, "cocoid": 40 + i, "split": split,
+               "sentences": [{"raw": f"a {colour} square"}]}
+              for i, (colour, split) in enumerate((("red", "test"), ("blue", "val"), ("green", "test"), ("red", "test")))]
+    (tmp_path / "val2014").mkdir()
+    for colour in ("red", "blue", "green"):
+        (tmp_path / "val2014" / f"{colour}.png").write_bytes(png_bytes(colour))
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps({"images": images, "dataset": "coco"}))
+    manifest = publish_dataset(DatasetParams(kind="path", path=str(path), split="test"), str(tmp_path / "store"))
+    catalog = manifest["catalog"]
+    assert (catalog["name"], catalog["n_samples"], catalog["source"]["split"]) == ("dataset_coco-test", 3, "test")
+    rows = Store(str(tmp_path / "store")).read_table(f"{manifest['key']}/samples.parquet").to_pylist()
+    assert [(r["sample_id"], r["text"]) for r in rows] == [("40", "a red square"), ("42", "a green square"), ("43", "a red square")]
+    whole = publish_dataset(DatasetParams(kind="path", path=str(path)), str(tmp_path / "store"))["catalog"]
+    assert (whole["name"], whole["n_samples"], "split" in whole["source"]) == ("dataset_coco", 4, False)

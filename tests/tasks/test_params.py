@@ -63,8 +63,10 @@ CASES = {
     "path dataset without a path": (MODELS + "dataset: {kind: path}\n", r"^dataset\.path: dataset\.kind 'path' needs dataset\.path"),
     "hub dataset without a path": (MODELS + "dataset: {kind: huggingface, revision: wit_1024}\n",
                                    r"^dataset\.path: dataset\.kind 'huggingface' needs dataset\.path \(a hub dataset id or a dataset folder\)"),
-    "hub option on a table": (MODELS + "dataset: {kind: path, path: x.csv, split: test}\n",
-                              r"^dataset\.split \(line 4\): dataset\.split applies to kind 'huggingface' only \(kind is 'path'\)"),
+    "hub option on a table": (MODELS + "dataset: {kind: path, path: x.csv, revision: main}\n",
+                              r"^dataset\.revision \(line 4\): dataset\.revision applies to kind 'huggingface' only \(kind is 'path'\)"),
+    "split of the demo": (MODELS + "dataset: {split: test}\n",
+                          r"^dataset\.split \(line 4\): dataset\.split applies to kind 'huggingface' and 'path' \(kind is 'openmoji'\)"),
     "unknown dataset kind": (MODELS + "dataset: {kind: imagenet}\n", r"^dataset\.kind \(line 4\): Input should be 'openmoji', 'path' or 'huggingface' \(got 'imagenet'\)$"),
     # alignment parameters
     "unknown alignment key": (alignment("topkk: 3"), r"^alignment\.topkk \(line 5\): unknown key \(did you mean 'topk'\?\); valid keys here: metrics, topk,"),

@@ -186,3 +186,85 @@ def test_json_with_byte_order_mark(tmp_path: Path) -> None:
     path = write_rows(tmp_path, None)
     path.write_bytes("\ufeff".encode() + json.dumps([{"image": "red.png", "text": "red"}, {"image": "blue.png", "text": "blue"}]).encode())
     assert load_paired_dataset(path).n_valid == 2
+
+
+def karpathy_layout(tmp_path: Path, images: list[dict]) -> Path:
+    """Karpathy's COCO layout: dataset_coco.json beside val2014/ and train2014/ holding the images."""
+    for folder, name, data in (("val2014", "v1.png", RED), ("val2014", "v2.png", BLUE), ("train2014", "t1.png", GREEN)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / name).write_bytes(data)
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps({"images": images, "dataset": "coco"}), encoding="utf-8")
+    return path
+
+
+def sentences(*captions: str) -> list[dict]:
+    return [{"tokens": caption.lower().split(), "raw": caption, "imgid": 0, "sentid": j} for j, caption in enumerate(captions)]
+
+
+KARPATHY = [
+    {"filepath": "val2014", "filename": "v1.png", "imgid": 0, "split": "test", "cocoid": 11,
+     "sentences": sentences("A red square. ", "Red again"), "sentids": [0, 1]},
+    {"filepath": "train2014", "filename": "t1.png", "imgid": 1, "split": "train", "cocoid": 7,
+     "sentences": sentences("A green square")},
+    {"filepath": "val2014", "filename": "v2.png", "imgid": 2, "split": "test", "cocoid": 5,
+     "sentences": sentences("A blue square", "Blue again", "Blue, a third time")},
+]
+
+
+def test_karpathy_split_file_reads_the_images_of_one_split(tmp_path: Path) -> None:
+    path = karpathy_layout(tmp_path, KARPATHY)
+    test = load_paired_dataset(path, split="test")
+    assert table_rows(test) == [("11", "A red square.", "11"), ("5", "A blue square", "5")]
+    assert {r["sample_id"]: r["image"] for r in test.table.to_pylist()} == {"11": RED, "5": BLUE}
+    every = load_paired_dataset(path, split="test", columns=ColumnMap(captions="all"))
+    assert sorted(table_rows(every)) == [("11-0", "A red square.", "11"), ("11-1", "Red again", "11"), ("5-0", "A blue square", "5"),
+                                         ("5-1", "Blue again", "5"), ("5-2", "Blue, a third time", "5")]
+    assert [r[0] for r in table_rows(load_paired_dataset(path))] == ["11", "5", "7"]  # no split: every image
+    assert [r[0] for r in table_rows(load_paired_dataset(path, split="test", n=1, columns=ColumnMap(captions="all")))] == ["11-0", "11-1"]
+
+
+def test_karpathy_flickr_layout_is_named_by_imgid(tmp_path: Path) -> None:
+    images = [{"filename": name, "imgid": i, "split": "val", "sentences": sentences(f"caption {i}")}
+              for i, name in enumerate(["red.png", "blue.png", "green.png"])]
+    path = write_rows(tmp_path, {"images": images, "dataset": "flickr30k"}, name="dataset_flickr30k.json")
+    assert table_rows(load_paired_dataset(path, split="val")) == [("0", "caption 0", "0"), ("1", "caption 1", "1"), ("2", "caption 2", "2")]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.append({**d[0], "filename": "x.png"}), r"images\[3\] repeats image id '11'"),
+        (lambda d: d[1].pop("filename"), r"images\[1\] \(id '7'\) 'filename' is missing, not a string"),
+        (lambda d: d[1].update(filepath=["train2014"]), r"images\[1\] \(id '7'\) 'filepath' is a JSON list, not a string"),
+        (lambda d: d[2].pop("split"), r"images\[2\] \(id '5'\) 'split' is missing, not a string"),
+        (lambda d: d[0].update(sentences="A red square"), r"images\[0\] \(id '11'\) 'sentences' is a JSON str, not a list"),
+        (lambda d: d[2]["sentences"][1].pop("raw"), r"images\[2\] \(id '5'\) sentences\[1\] has no string 'raw'"),
+        (lambda d: d[1].pop("cocoid") and d[1].pop("imgid"), r"images\[1\] 'imgid' is missing; expected an integer"),
+    ],
+)
+def test_broken_karpathy_files_are_refused_naming_the_entry(tmp_path: Path, mutate, message: str) -> None:
+    images = json.loads(json.dumps(KARPATHY))
+    mutate(images)
+    with pytest.raises(ValueError, match=r"dataset_coco\.json'?: " + message):
+        load_paired_dataset(karpathy_layout(tmp_path, images), split="test")
+
+
+def test_a_split_must_exist_and_only_karpathy_files_have_splits(tmp_path: Path) -> None:
+    path = karpathy_layout(tmp_path, KARPATHY)
+    with pytest.raises(ValueError, match=r"dataset_coco\.json' has no image in split 'validation'; its splits: 'test' \(2 images\), 'train' \(1 images\)"):
+        load_paired_dataset(path, split="validation")
+    with pytest.raises(ValueError, match="is a Karpathy split file: its fields are images.*image_column / text_column do not apply"):
+        load_paired_dataset(path, split="test", columns=ColumnMap(text="caption"))
+    (tmp_path / "coco").mkdir()
+    coco, images = coco_layout(tmp_path / "coco", COCO)
+    with pytest.raises(ValueError, match=r"captions_val\.json' is a COCO captions file, which has no splits: dataset\.split 'test' applies to Karpathy"):
+        load_paired_dataset(coco, image_root=images, split="test")
+    rows = write_rows(tmp_path, [{"image": "red.png", "text": "red"}, {"image": "blue.png", "text": "blue"}])
+    with pytest.raises(ValueError, match=r"pairs\.json' is an array of rows, which has no splits"):
+        load_paired_dataset(rows, split="test")
+    (tmp_path / "pairs.csv").write_text("image,text\nred.png,red\nblue.png,blue\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"pairs\.csv' is a \.csv table, which has no splits: dataset\.split 'test' applies to Karpathy"):
+        load_paired_dataset(tmp_path / "pairs.csv", split="test")
+    with pytest.raises(ValueError, match=r"is a folder, which has no splits"):
+        load_paired_dataset(tmp_path / "val2014", split="test")
