@@ -64,6 +64,8 @@ def describe_dataset(name: Any, source: Any) -> str | None:
         detail = f"OpenMoji, n={source.get('n')}, seed {source.get('seed')}, {source.get('image_size')} px"
     elif kind == "path":
         detail = str(source.get("path"))
+        if source.get("split"):
+            detail += f", split {source['split']}"
         if source.get("n"):
             detail += f", first {source['n']} rows"
         if source.get("captions") == "all":

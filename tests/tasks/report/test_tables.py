@@ -69,6 +69,8 @@ def test_describe_dataset():
     assert describe_dataset("my-pairs", '{"kind": "path", "path": "/data/my-pairs.parquet"}') == "my-pairs · /data/my-pairs.parquet"
     assert describe_dataset("pets", {"kind": "path", "path": "/data/pets", "n": 500, "captions": "all"}) == \
         "pets · /data/pets, first 500 rows, all captions"
+    assert describe_dataset("dataset_coco-test", {"kind": "path", "path": "/coco/dataset_coco.json", "split": "test", "n": 1024}) == \
+        "dataset_coco-test · /coco/dataset_coco.json, split test, first 1024 rows"
     assert describe_dataset("synthetic", "test") == "synthetic · test" and describe_dataset(None, None) is None
 
 
