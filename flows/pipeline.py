@@ -119,7 +119,12 @@ def run_zoo(
     if context is not None and runs_in_parallel(context.task_runner):
         preload_libraries()
     # a model whose features are stored needs no check (and its libraries need not load)
-    failures = check_models([spec for spec in config.models if not _features_stored(store_url, dataset, spec)])
+    stored = {spec.name: _stored_manifest(store_url, dataset, spec) for spec in config.models}
+    failures = check_models([spec for spec in config.models if stored[spec.name] is None])
+    for spec in config.models:
+        moved = stored[spec.name] and moved_upstream(spec, stored[spec.name])
+        if moved:
+            logger.warning("model %s: %s", spec.name, moved)
     refused = {f["item"] for f in failures}
     extracting = {}
     for index, spec in enumerate(config.models, 1):
@@ -155,12 +160,31 @@ def run_zoo(
     return features, alignments, failures
 
 
-def _features_stored(store_url: str, dataset: dict[str, Any], spec: Any) -> bool:
-    """True if this model's features are already published (False when the store cannot say)."""
+def _stored_manifest(store_url: str, dataset: dict[str, Any], spec: Any) -> dict[str, Any] | None:
+    """The manifest of this model's features if already published (None when the store cannot say)."""
     try:
-        return stored_features(store_url, dataset, spec) is not None
+        return stored_features(store_url, dataset, spec)
     except Exception:  # noqa: BLE001 - then the model is checked, and its task reads the store again
-        return False
+        return None
+
+
+def moved_upstream(spec: Any, manifest: dict[str, Any]) -> str | None:
+    """Why the stored features of a hub model at a movable revision (``tasks.extract.preflight.
+    upstream_commit``) no longer match the hub: the revision points at another commit than the
+    one the features were extracted from (their manifest's ``commit``); None otherwise, also when
+    the hub cannot tell. The features are still reused: the feature version names the revision,
+    not the commit, so a run never re-extracts because the hub was reachable."""
+    stored = (manifest.get("catalog") or {}).get("commit")
+    if not stored:
+        return None
+    from tasks.extract.preflight import upstream_commit
+
+    now = upstream_commit(spec)
+    if now is None or now == stored:
+        return None
+    return (f"the hub's {spec.revision or 'main'} of {spec.id} is now commit {now[:12]}, but the stored features "
+            f"reused here (version {manifest['catalog'].get('feature_version')}) are of commit {stored[:12]}; set "
+            f"revision: {now} to extract the new weights (a new feature version)")
 
 
 def check_models(specs: list[Any]) -> list[dict[str, str]]:

@@ -15,6 +15,9 @@
     ``local_files_only=True`` — so ``from_pretrained`` never spends ~25 s in its retry loop —
     and a model that is not cached is a clear error.
 
+`upstream_commit(spec)` asks the hub where an unpinned revision points now (one metadata request,
+never an error), so that a run reusing stored features can say that the weights moved on.
+
 Every error is a `ModelInputError` naming the model (spec name and id) and the problem.
 No torch here; `huggingface_hub` is imported only for hub ids.
 """
@@ -22,6 +25,7 @@ No torch here; `huggingface_hub` is imported only for hub ids.
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,7 @@ from tasks.extract.spec import ModelSpec
 #: Seconds to wait for the hub's answer to the one metadata request (env ``PRH_HUB_TIMEOUT``).
 DEFAULT_HUB_TIMEOUT = 10.0
 _TRUE = {"1", "true", "yes", "on"}
+_COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,35 @@ def looks_like_path(model_id: str) -> bool:
     """Ids that can only mean a local path (never a hub id)."""
     return (model_id.startswith(("/", "./", "../", "~", ".\\")) or "\\" in model_id
             or model_id.count("/") > 1 or os.path.isabs(model_id) or model_id in (".", ".."))
+
+
+def is_pinned(revision: str | None) -> bool:
+    """Whether ``revision`` names one commit (40 hex digits); a branch or tag (or None: main) can move."""
+    return bool(revision) and _COMMIT_HASH.fullmatch(revision) is not None
+
+
+def is_hub_id(model_id: str) -> bool:
+    """Whether a model id means the Hugging Face hub (not a package directory, split zip or local path)."""
+    return not (sources.is_pkg_id(model_id) or split_zip.is_split_zip_id(model_id) or looks_like_path(model_id)
+                or Path(model_id).expanduser().exists())
+
+
+def upstream_commit(spec: ModelSpec) -> str | None:
+    """For an ``hf`` model read from the hub at a revision that can move (None: ``main``, a branch
+    or a tag; see `is_pinned`), the commit that revision points at on the hub now. None for any
+    other model, or when the hub cannot tell: offline (``HF_HUB_OFFLINE``), unreachable, an error
+    answer or no answer within ``PRH_HUB_TIMEOUT`` s. One metadata request; never raises."""
+    if spec.loader != "hf" or is_pinned(spec.revision) or not is_hub_id(spec.id):
+        return None
+    try:
+        if hub_offline():
+            return None
+        from huggingface_hub import HfApi
+
+        sha = HfApi().model_info(spec.id, revision=spec.revision, timeout=hub_timeout()).sha
+    except Exception:  # noqa: BLE001 - a hub that cannot tell is not an error here
+        return None
+    return sha if isinstance(sha, str) and _COMMIT_HASH.fullmatch(sha) else None
 
 
 def resolve_access(spec: ModelSpec, model_id: str, revision: str | None, what: str = "model") -> SourceAccess:
