@@ -14,8 +14,10 @@ CSV table (``.csv``; ``.tsv`` with tabs)
     is a path relative to the table's folder. Fields that are not valid UTF-8 are kept as bytes
     so that only their row is rejected. A UTF-8 byte-order mark is skipped; blank lines are
     not rows. A field may be up to 64 MiB (Python's ``csv`` default of 128 KiB is raised, so
-    that an over-long caption rejects its row, not the file); a longer one (usually an unclosed
-    quote) makes the file unreadable, with the line number.
+    that an over-long caption rejects its row, not the file); a longer one makes the file
+    unreadable, with the line number. Quotes are read strictly: a quoted field left open to the
+    end of the file, or text after a closing quote, makes the file unreadable (naming the line)
+    instead of swallowing the rows after it into one caption.
 JSON Lines table (``.jsonl``, ``.ndjson``)
     One JSON object per line with the Parquet layout's fields (``image`` a path relative to the
     table's folder); read with pyarrow, so every line read must parse (with ``limit``, reading
@@ -386,7 +388,9 @@ def _read_csv(path: Path, delimiter: str, columns: ColumnMap, limit: int | None 
     text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     # Process-wide setting; only ever raised, so concurrent readers see a limit at least this big.
     csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # strict: a quote left open (or text after a closing quote) is an error, not a field that
+    # silently swallows the rows after it
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -426,8 +430,12 @@ def _read_csv(path: Path, delimiter: str, columns: ColumnMap, limit: int | None 
                 )
             row += 1
     except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            raise ValueError(f"dataset table {str(path)!r} is not valid CSV: the quoted field of the record starting on line "
+                             f"{start} is never closed (a stray '\"'? a quote inside a quoted field is written '\"\"')") from exc
         raise ValueError(
-            f"dataset table {str(path)!r} is not valid CSV near line {reader.line_num}: {exc}"
+            f"dataset table {str(path)!r} is not valid CSV near line {reader.line_num}: {exc} (a quote inside a quoted "
+            "field is written '\"\"')"
         ) from exc
     return records
 

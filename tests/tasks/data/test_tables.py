@@ -109,6 +109,23 @@ def test_csv_reports_every_bad_row(image_dir: Path) -> None:
     validate_table(result.table)
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('img/red.png,"a red square\nimg/blue.png,a blue square\nimg/green.png,a green square\n',
+         r"quoted field of the record starting on line 3 is never closed"),
+        ('img/red.png,"a red square\nimg/blue.png,"a blue" square\nimg/green.png,a green square\n',
+         r"near line 4: ',' expected after '\"'"),
+    ],
+    ids=["open-to-the-end", "closed-by-a-later-quote"],
+)
+def test_csv_quote_left_open_refuses_the_file_instead_of_swallowing_rows(image_dir: Path, content: str, message: str) -> None:
+    path = image_dir / "pairs.csv"
+    path.write_text("image,text\nimg/green.png,first\n" + content, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"pairs\.csv' is not valid CSV.*" + message):
+        load_paired_dataset(path)
+
+
 def test_csv_non_utf8_caption_rejects_only_its_row(image_dir: Path) -> None:
     path = image_dir / "pairs.csv"
     path.write_bytes(
