@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from flows.omp_policy import choose_omp_wait_policy
 
 if TYPE_CHECKING:
+    from storage.store import Store
     from tasks.params import DatasetParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -217,10 +218,23 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print('query them: prh sql "select * from alignment_best"')
 
 
+def existing_store(url: str) -> Store:
+    """The store at ``url`` for a command that only reads it (``sql``, ``report``, ``catalog
+    export``, ``gc``); raises ValueError when nothing is there, so that a mistyped ``--store``
+    is not answered with an empty catalog (or a new empty folder)."""
+    from storage.store import Store
+
+    store = Store(url)
+    if not store.exists(""):
+        raise ValueError(f"store {store.display_url} does not exist: nothing was ever written there (check --store; "
+                         f"the default is {default_store()})")
+    return store
+
+
 def _sql(args: argparse.Namespace) -> int:
     from storage.catalog import connect, query
 
-    table = query(connect(args.store or default_store()), args.query)
+    table = query(connect(existing_store(args.store or default_store())), args.query)
     rows = table.to_pylist()
     if args.format == "json":
         print(json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows], indent=2, default=str))
@@ -254,11 +268,10 @@ def _gc(args: argparse.Namespace) -> int:
     from storage.figure_cache import remove_stale_namespaces
     from storage.runs import open_for_run
     from storage.shards import remove_stale_partials
-    from storage.store import Store
 
     if not (math.isfinite(args.older_than_days) and args.older_than_days >= 0):
         raise ValueError(f"--older-than-days must be a number >= 0, got {args.older_than_days}")
-    store = Store(args.store or default_store())
+    store = existing_store(args.store or default_store())
     crashed, swept = ([], []) if args.dry_run else open_for_run(store)  # as a run starts: dead runs, dead writers
     now = time.time()
     partials = remove_stale_partials(store, args.older_than_days * 86400.0, dry_run=args.dry_run)
@@ -282,7 +295,7 @@ def _gc(args: argparse.Namespace) -> int:
 def _catalog_export(args: argparse.Namespace) -> int:
     from storage.export import export_catalog
 
-    summary = export_catalog(args.store or default_store(), args.file)
+    summary = export_catalog(existing_store(args.store or default_store()), args.file)
     print(f"wrote {summary.path}: views {', '.join(summary.views)} over {summary.files} Parquet files of {summary.store}; "
           + ", ".join(f"{name} ({rows} rows)" for name, rows in summary.tables.items()))
     if summary.remote:

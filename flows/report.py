@@ -40,6 +40,9 @@ def run_report(args: argparse.Namespace, default_store: str) -> int:
             raise ValueError(f"--pair {args.pair!r}: expected MODEL_A:MODEL_B")
         model_a, model_b = args.pair.split(":", 1)
         pair = (model_a, model_b)
+    from flows.cli import existing_store
+
+    existing_store(args.store or default_store)
     path, report = write_report(args.store or default_store, args.out, run_id=args.run, pair=pair)
     print(f"report written to {path} ({len(report.figures)} figures in {path.parent / 'figures'})")
     for note in report.notes:

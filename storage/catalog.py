@@ -74,6 +74,11 @@ class ReadOnlyQueryError(ValueError):
     """Raised when an analyst's query would change something."""
 
 
+class QueryError(ValueError):
+    """Raised when DuckDB refuses or fails an analyst's read-only query (unknown column, wrong
+    types, ...); the message is DuckDB's. The DuckDB exception is the ``__cause__``."""
+
+
 @dataclass
 class CatalogSources:
     """What the views are made of: Parquet URIs per file view, Arrow tables per metadata view.
@@ -101,11 +106,16 @@ def catalog_sources(store: Store) -> CatalogSources:
     }
     runs = run_records(store)
     tables = {
-        "datasets": _meta_table("datasets", [m.get("catalog", {}) for _, m in manifests[layout.DATASETS]]),
-        "models": _meta_table("models", [m.get("catalog", {}) for _, m in manifests[layout.FEATURES]]),
+        "datasets": _meta_table("datasets", [_catalog_row(m) for _, m in manifests[layout.DATASETS]]),
+        "models": _meta_table("models", [_catalog_row(m) for _, m in manifests[layout.FEATURES]]),
         "runs": _meta_table("runs", runs),
     }
     return CatalogSources(files, tables)
+
+
+def _catalog_row(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A version's row of a metadata view: its manifest's ``catalog`` and when it was published."""
+    return {**manifest.get("catalog", {}), "published_at": manifest.get("published_at")}
 
 
 def connect(
@@ -193,7 +203,9 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     INSTALL, LOAD, CALL, ``EXPLAIN ANALYZE COPY ...``) is refused with
     :class:`ReadOnlyQueryError` before anything runs. On a connection from :func:`connect`
     (locked down), a SELECT that reaches outside the store or touches the configuration
-    (``read_text('/etc/passwd')``, ``enable_logging(...)``) fails with the same error.
+    (``read_text('/etc/passwd')``, ``enable_logging(...)``) fails with the same error. A query
+    DuckDB cannot run (an unknown column, a type error) raises :class:`QueryError` with
+    DuckDB's message; one it cannot parse, ``ValueError``.
     """
     try:
         statements = con.extract_statements(sql)
@@ -215,12 +227,12 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
             con.execute(statement.query).fetchall()
         result = con.sql(statements[-1].query)
         return result.to_arrow_table() if result is not None else pa.table({})
-    except (duckdb.PermissionException, duckdb.InvalidInputException) as error:
-        if any(marker in str(error) for marker in _LOCKED):
+    except duckdb.Error as error:
+        if isinstance(error, (duckdb.PermissionException, duckdb.InvalidInputException)) and any(marker in str(error) for marker in _LOCKED):
             raise ReadOnlyQueryError(
                 f"the catalog is read-only and reads only the store's files: {str(error).splitlines()[0]}"
             ) from None
-        raise
+        raise QueryError(f"the query failed: {error}") from error
 
 
 def _effective_type(con: duckdb.DuckDBPyConnection, statement: Any) -> duckdb.StatementType:

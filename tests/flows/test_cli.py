@@ -52,6 +52,13 @@ def test_run_on_a_folder_reports_bad_rows_and_sql_reads_results(tmp_path, capsys
 
     assert main(["sql", "copy (select 1) to 'x.csv'", "--store", store]) == 2
     assert "read-only" in capsys.readouterr().err
+    assert main(["sql", "select length(image) from samples", "--store", store]) == 2  # DuckDB's error, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("prh sql: error: the query failed: Binder Error: No function matches") and "Traceback" not in err
+    for command in (["sql", "select 1"], ["gc"], ["catalog", "export", str(tmp_path / "c.duckdb")], ["report", "--out", str(tmp_path / "r")]):
+        assert main([*command, "--store", str(tmp_path / "stroe")]) == 2
+        assert f"error: store file://{tmp_path / 'stroe'} does not exist: nothing was ever written there" in capsys.readouterr().err
+    assert not (tmp_path / "stroe").exists()
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -39,8 +39,7 @@ def build_catalog_store(url: str) -> Store:
                         "text": CAPTIONS, "image": [bytes([i]) * (100 + i) for i in range(len(ids))]})
     store.publish(layout.dataset_key(DATASET), {layout.SAMPLES_FILE: samples},
                   {"kind": "dataset", "catalog": {"dataset_version": DATASET, "name": "toy", "n_samples": len(ids), "n_images": 7, "n_rejected": 1,
-                                                  "source": {"kind": "toy", "license": "CC0"}, "code_version": "c0",
-                                                  "published_at": "2026-01-01T00:00:00+00:00"}})
+                                                  "source": {"kind": "toy", "license": "CC0"}, "code_version": "c0"}})
     manifests = {}
     for model, (modality, params, n_layers, width) in MODELS.items():
         version = f"fv-{model}"

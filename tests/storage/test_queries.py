@@ -63,6 +63,15 @@ def test_answers_make_sense(catalog_store):
     assert [r["captions_of_image"] for r in captions if r["caption"] == "cat face"] == [2]
 
 
+def test_versions_say_when_they_were_published(catalog_store):
+    from datetime import datetime, timedelta, timezone
+
+    con = connect(catalog_store)
+    for view in ("datasets", "models"):
+        stamps = [datetime.fromisoformat(r["published_at"]) for r in query(con, f"select published_at from {view}").to_pylist()]
+        assert stamps and all(timedelta(0) <= datetime.now(timezone.utc) - t < timedelta(hours=1) for t in stamps), (view, stamps)
+
+
 def test_exported_file_gives_the_same_answers(catalog_store, tmp_path):
     path = tmp_path / "catalog.duckdb"
     summary = export_catalog(catalog_store, path)
