@@ -129,6 +129,26 @@ def excluded_layers(results: list[PairAlignment], manifest_a: dict[str, Any], ma
     return list(entries.values())
 
 
+def out_of_bounds(results: list[PairAlignment]) -> list[dict[str, Any]]:
+    """The alignment manifest's ``out_of_bounds``: one entry per metric some of whose layer-pair
+    scores fall outside the metric's registered range (beyond float rounding), e.g. ``{"metric":
+    "cknna", "low": -1.0, "high": 1.0, "n_pairs": 116, "of": 126, "min": 0.41, "max": 3.36}``.
+    Unbiased estimators (``cknna``, ``unbiased_cka``) are not bounded by construction: at small N
+    next to ``topk`` they leave ``[-1, 1]``, and calibrated scores clamp at the upper bound."""
+    from tasks.metrics import get_metric
+
+    out = []
+    for r in results:
+        low, high = get_metric(r.metric.name).bounds_for(r.metric.params)
+        finite = r.matrix[np.isfinite(r.matrix)]
+        slack = 1e-9 * max(1.0, abs(low), abs(high))
+        beyond = int(np.count_nonzero((finite < low - slack) | (finite > high + slack)))
+        if beyond:
+            out.append({"metric": r.metric.name, "low": float(low), "high": float(high), "n_pairs": beyond, "of": int(finite.size),
+                        "min": float(finite.min()), "max": float(finite.max())})
+    return out
+
+
 def zero_vector_samples(layers: list[np.ndarray], sample_ids: list[str], catalog: dict[str, Any]) -> list[dict[str, Any]]:
     """Layers in which some (not all) samples are all-zero vectors: ``{"model", "layer", "layer_name",
     "n_samples", "examples"}``. Such a sample has inner product 0 with every other, so its k-NN list
@@ -266,6 +286,12 @@ def align_to_store(
     degenerate = excluded_layers(results, manifest_a, manifest_b)
     for d in degenerate:
         logger.warning("%s layer %d (%s) left out of %s: %s", d["model"], d["layer"], d["layer_name"], ", ".join(d["metrics"]), d["problem"])
+    beyond = out_of_bounds(results)
+    for b in beyond:
+        logger.warning("%s x %s: %s leaves its range [%g, %g] at %d of %d layer pairs (scores %.4g to %.4g): its estimate is "
+                       "unreliable at N=%d (more samples, or a smaller topk); calibrated scores clamp at %g",
+                       model_a, model_b, b["metric"], b["low"], b["high"], b["n_pairs"], b["of"], b["min"], b["max"],
+                       len(pair.sample_ids), b["high"])
     version = key.rsplit("/", 1)[1]
     scores, best = result_tables(results, manifest_a, manifest_b, version, len(pair.sample_ids), params.unit)
     seconds = time.perf_counter() - started
@@ -283,6 +309,7 @@ def align_to_store(
         "only_a": pair.only_a,
         "only_b": pair.only_b,
         "degenerate_layers": degenerate,
+        "out_of_bounds": beyond,
         "zero_vectors": zeros,
         "duplicate_vectors": duplicates,
         "seconds": round(seconds, 3),

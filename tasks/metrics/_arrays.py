@@ -49,7 +49,10 @@ def _is_cuda(x: object) -> bool:
 def resolve_device(device: torch.device | str | None, *arrays: object) -> torch.device:
     """``device`` if given; else cuda when any tensor in ``arrays`` (or nested lists) is on cuda."""
     if device is not None:
-        return torch.device(device)
+        try:
+            return torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from err
     for a in arrays:
         if _is_cuda(a):
             return a.device  # type: ignore[union-attr]

@@ -23,12 +23,14 @@ Features = "ArrayLike | Sequence[ArrayLike] | Representation"
 def representations(xs: Any, ys: Any, device: str | torch.device | None = None
                     ) -> tuple[Representation, Representation]:
     """Wrap both sides on one device (``device``, else cuda if any input is on cuda, else cpu)."""
-    if device is None:
+    if device is not None:
+        device = resolve_device(device)  # a bad device is the parameter's error, not a side's
+    else:
         held = [r.device for r in (xs, ys) if isinstance(r, Representation)]
         if held:
             device = held[0]
         else:
-            raw = [z for side in (xs, ys) for z in ([side] + list(split_layers(side)))]
+            raw = [z for name, side in (("x", xs), ("y", ys)) for z in ([side] + _layers(name, side))]
             device = resolve_device(None, *raw)
     ra = _side("x", xs, device)
     rb = ra if ys is xs else _side("y", ys, device)
@@ -38,6 +40,14 @@ def representations(xs: Any, ys: Any, device: str | torch.device | None = None
     if ra.n != rb.n:
         raise ValueError(f"x and y must have the same number of paired samples: {ra.n} != {rb.n}")
     return ra, rb
+
+
+def _layers(name: str, xs: Any) -> list[Any]:
+    """``split_layers(xs)`` with input errors prefixed by the side's name."""
+    try:
+        return list(split_layers(xs))
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
 
 
 def _side(name: str, xs: Any, device: str | torch.device | None) -> Representation:
@@ -55,9 +65,18 @@ def encode_pair(spec: MetricSpec, xs: Any, ys: Any, params: dict[str, Any]
     device = params.pop("device", None)
     p = spec.resolve(params)
     ra, rb = representations(xs, ys, device)
-    a = spec.engine.encode_cached(ra, p)
-    b = a if rb is ra else spec.engine.encode_cached(rb, p)
+    a = _encoded("x", spec, ra, p)
+    b = a if rb is ra else _encoded("y", spec, rb, p)
     return a, b, p, ra, rb
+
+
+def _encoded(name: str, spec: MetricSpec, rep: Representation, params: dict[str, Any]) -> Any:
+    """``spec.engine.encode_cached(rep, params)`` with input errors prefixed by the side's name
+    (``y: cca_dim must be in [1, min(N, D)] = [1, 3] for layer 0, got 5``)."""
+    try:
+        return spec.engine.encode_cached(rep, params)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
 
 
 def layer_matrix(metric: str | MetricSpec, xs: Any, ys: Any, **params: Any) -> np.ndarray:

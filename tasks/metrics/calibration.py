@@ -22,6 +22,7 @@ calibrated score is ``clamp((tau - observed) / (tau - min), 0, 1)``.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -88,8 +89,8 @@ def calibrate(metric: str | MetricSpec, xs: Any, ys: Any, permutations: int = 10
     Returns:
         ``CalibrationResult``.
     """
-    if int(permutations) < 1:
-        raise ValueError("permutations must be >= 1")
+    if isinstance(permutations, (bool, np.bool_)) or not isinstance(permutations, numbers.Integral) or permutations < 1:
+        raise ValueError(f"permutations must be an integer >= 1, got {permutations!r}")
     k_perm = int(permutations)
     spec = get_metric(metric)
     a, b, p, _, rb = encode_pair(spec, xs, ys, params)

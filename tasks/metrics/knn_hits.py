@@ -16,7 +16,11 @@ of testing all ``La * Lb * N * k`` (x-layer, y-entry) combinations this module
    and expands the few non-zero bitmasks into the hits ``(perm, x-layer, y-layer, i, j)``.
 
 Everything is integer work, so the hits are exactly the mask entries that recomputing the lists
-from permuted features gives (there is no tolerance involved). Layers are split into groups of at
+from permuted features gives (there is no tolerance involved) when no similarity ties at the
+k-th neighbour. With exact ties (duplicate rows: several captions of one image) the relabelled
+lists keep the tie order of the unpermuted rows, where recomputing would break the tie by the
+permuted row order: another, equally valid list, so such nulls can differ from recomputed ones
+by the tied entries (docs/metrics.md, "How all layer pairs share work"). Layers are split into groups of at
 most 63 (one int64 bitmask per group).
 """
 

@@ -9,9 +9,12 @@ function or from an ``Engine``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
 
 from .engine import Engine, FunctionEngine
 
@@ -62,15 +65,43 @@ class MetricSpec:
     def resolve(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults updated with ``params``; drops parameters that belong to other metrics.
 
-        Raises ``TypeError`` for a name no registered metric knows (a typo).
+        Raises ``TypeError`` for a name no registered metric knows (a typo), ``ValueError`` for a
+        value of the wrong kind for its default (`_checked`).
         """
         known = METRICS.param_names()
         unknown = sorted(set(params) - known - set(COMMON_PARAMS))
         if unknown:
             raise TypeError(f"unknown metric parameter(s) {unknown}; known: {sorted(known)}")
         out = dict(self.defaults)
-        out.update({k: v for k, v in params.items() if k in self.defaults})
+        for name, value in params.items():
+            if name in self.defaults:
+                out[name] = _checked(name, value, self.defaults[name])
         return out
+
+
+#: Integer parameters that may be None (``cknna``: ``topk=None`` masks nothing).
+_NULLABLE_INTS = frozenset({"topk"})
+
+
+def _checked(name: str, value: Any, default: Any) -> Any:
+    """``value`` if it is of the kind of ``default``: a bool for a bool (``'False'`` would read as
+    true), an integer for an integer (``2.7`` is not truncated), a number for a number (or a
+    string: ``rbf_sigma='median'``, checked by its engine). Raises ``ValueError`` naming it."""
+    if isinstance(default, bool):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+        return bool(value)
+    if isinstance(default, int):
+        if value is None and name in _NULLABLE_INTS:
+            return None
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(default, float) and not isinstance(value, str):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    return value
 
 
 class MetricRegistry(Mapping[str, MetricSpec]):

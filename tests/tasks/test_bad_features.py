@@ -325,3 +325,27 @@ def test_a_real_vit_with_cls_pooling_has_its_constant_embedding_layer_excluded(t
     best = _best(Store(url), manifest)
     assert all(row["layer_a"] != 0 and row["score"] is not None for row in best)
     assert all((row["score"] is None) == (row["layer_a"] == 0) for row in _scores(Store(url), manifest))
+
+
+def test_scores_outside_a_metrics_range_are_reported(tmp_path, caplog):
+    """CKNNA's unbiased estimate is not bounded: with topk close to N it leaves [-1, 1]. The
+    alignment manifest lists it (checked against the stored scores) and a warning says so;
+    metrics that stay in range are not listed."""
+    store = Store(str(tmp_path / "store"))
+    n, z, ids = 12, _signal(12, seed=4), _ids(12)
+
+    def relu_like(width: int, seed: int) -> np.ndarray:  # non-negative, with a large shared offset (pooled ReLU outputs)
+        return np.abs(_view(z, width, seed)) + 1.0
+
+    ma = _publish(store, "vit", ids, [relu_like(16, 1), relu_like(5, 2)])
+    mb = _publish(store, "lm", ids, [relu_like(8, 3), relu_like(7, 4)], modality="language")
+    params = AlignmentParams(metrics=["cknna", "mutual_knn", "cka"], topk=n - 2)
+    with caplog.at_level(logging.WARNING):
+        manifest = align_to_store(store.url, ma, mb, params, logging.getLogger("test"))
+    cknna = [r["score"] for r in _scores(store, manifest) if r["metric"] == "cknna"]
+    outside = [s for s in cknna if not -1 <= s <= 1]
+    assert outside, cknna  # the premise: this shape does push cknna out of range
+    assert manifest["out_of_bounds"] == [{"metric": "cknna", "low": -1.0, "high": 1.0, "n_pairs": len(outside), "of": 4,
+                                          "min": min(cknna), "max": max(cknna)}]
+    assert f"vit x lm: cknna leaves its range [-1, 1] at {len(outside)} of 4 layer pairs" in caplog.text
+    assert "unreliable at N=12" in caplog.text

@@ -47,6 +47,52 @@ def test_unknown_parameter_is_an_error_but_other_metrics_params_are_ignored() ->
     assert score("cka", x, y, topk=3) == score("cka", x, y)  # like the paper's loop passing topk
 
 
+@pytest.mark.parametrize(
+    ("metric", "params", "message"),
+    [
+        ("cka", {"unbiased": "False"}, "unbiased must be True or False, got 'False'"),  # a string would read as true
+        ("cknna", {"distance_agnostic": "no"}, "distance_agnostic must be True or False, got 'no'"),
+        ("svcca", {"cca_dim": 2.7}, "cca_dim must be an integer, got 2.7"),  # not truncated to 2
+        ("svcca", {"cca_dim": None}, "cca_dim must be an integer, got None"),
+        ("mutual_knn", {"topk": True}, "topk must be an integer, got True"),
+        ("cka", {"kernel_metric": "rbf", "rbf_sigma": None}, "rbf_sigma must be a number, got None"),
+        ("cka", {"device": "tpu"}, "device must be a torch device such as 'cpu' or 'cuda:0', got 'tpu'"),
+    ],
+)
+def test_parameter_values_of_the_wrong_kind_are_refused(metric: str, params: dict, message: str) -> None:
+    x, y = paired()
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        score(metric, x, y, **params)
+
+
+def test_accepted_parameter_forms() -> None:
+    x, y = paired()
+    assert score("cknna", x, y, topk=np.int64(5), unbiased=np.bool_(False)) == score("cknna", x, y, topk=5, unbiased=False)
+    assert score("cka", x, y, kernel_metric="rbf", rbf_sigma=np.float32(2)) == pytest.approx(score("cka", x, y, kernel_metric="rbf", rbf_sigma=2.0))
+    assert score("cka", x, y, kernel_metric="rbf", rbf_sigma="median") == score("cka_rbf_median", x, y)
+    assert np.isfinite(score("cknna", x, y, topk=None))  # cknna: no mask
+    with pytest.raises(ValueError, match=r"permutations must be an integer >= 1, got 2\.5"):
+        tm.calibrate("cka", x, y, permutations=2.5)
+
+
+@pytest.mark.parametrize(
+    ("xs", "ys", "message"),
+    [
+        ("x", lambda y: [y, y[:20]], r"^y: layers disagree on the number of samples: \[20, 30\]"),
+        ("x", lambda y: [], r"^y: no layers given"),
+        (lambda x: {"a": x}, "y", r"^x: unsupported feature container: dict"),
+    ],
+)
+def test_input_errors_name_the_side(xs, ys, message: str) -> None:
+    x, y = paired()
+    x, y = x[:30], y[:30]
+    side = {"x": x, "y": y}
+    with pytest.raises(ValueError, match=message):
+        layer_matrix("cka", side[xs] if isinstance(xs, str) else xs(x), side[ys] if isinstance(ys, str) else ys(y))
+    with pytest.raises(ValueError, match=r"^y: cca_dim must be in \[1, min\(N, D\)\] = \[1, 3\] for layer 0, got 5"):
+        score("svcca", x, y[:, :3], cca_dim=5)
+
+
 def test_register_user_metric_function_and_decorator() -> None:
     def mean_cos(x: torch.Tensor, y: torch.Tensor, shift: float = 0.0) -> float:
         return float((x[:, :3] * y[:, :3]).sum(1).mean()) + shift
