@@ -138,12 +138,26 @@ def publish_dataset(
     published = store.publish(key, files, {"kind": "dataset", "catalog": catalog}, row_group_size=256)
     if recipe is not None:
         store.write_json(layout.rendered_dataset_key(recipe), {"dataset_version": version, "source": source})
+    stored = published.manifest.get("catalog", {})
+    if not published.written and (stored.get("name"), _source_text(stored.get("source")), stored.get("n_rejected")) != (
+            name, _source_text(source), n_rejected):
+        logger.warning(
+            "dataset %s: its %d valid rows are already stored as dataset %r (version %s, published from %s with %s rejected "
+            "rows); a version is its valid rows, so that version is used and keeps its name, source and rejected rows",
+            name, table.num_rows, stored.get("name"), version, _source_text(stored.get("source")), stored.get("n_rejected"))
     cut = f" from its first {params.n} rows (dataset.n; null reads all)" if params.kind != "openmoji" and params.n else ""
     logger.info(
         "dataset %s: %d pairs%s, version %s (%s)",
         name, table.num_rows, cut, version, "published" if published.written else "already stored",
     )
     return published.manifest
+
+
+def _source_text(source: Any) -> str:
+    """Where a stored dataset came from, for a message: its path or hub id, else its kind."""
+    if not isinstance(source, dict):
+        return repr(source)
+    return str(source.get("path") or source.get("hub_id") or source.get("local_path") or source.get("kind"))
 
 
 def _recipe_id(params: DatasetParams) -> str:

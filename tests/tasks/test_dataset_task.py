@@ -152,3 +152,27 @@ def test_karpathy_split_is_named_and_recorded(tmp_path):
     assert [(r["sample_id"], r["text"]) for r in rows] == [("40", "a red square"), ("42", "a green square"), ("43", "a red square")]
     whole = publish_dataset(DatasetParams(kind="path", path=str(path)), str(tmp_path / "store"))["catalog"]
     assert (whole["name"], whole["n_samples"], "split" in whole["source"]) == ("dataset_coco", 4, False)
+
+
+def test_the_same_valid_rows_from_another_file_reuse_the_stored_version_and_say_so(tmp_path, caplog):
+    """A dataset version is its valid rows: another file (or name) holding them gets the stored
+    version, whose name, source and rejected rows stay those of its first publication; a
+    warning says which."""
+    root = tmp_path / "pairs"
+    root.mkdir()
+    for colour in ("red", "blue", "green"):
+        (root / f"{colour}.png").write_bytes(png_bytes(colour))
+    rows = "image,text\n" + "".join(f"{c}.png,a {c} square\n" for c in ("red", "blue", "green"))
+    (root / "first.csv").write_text(rows + "gone.png,missing\n")
+    (root / "second.csv").write_text(rows + "gone.png,missing\nlost.png,missing too\n")
+    url = str(tmp_path / "store")
+    first = publish_dataset(DatasetParams(kind="path", path=str(root / "first.csv")), url)
+    with caplog.at_level("WARNING", logger="prh.dataset"):
+        again = publish_dataset(DatasetParams(kind="path", path=str(root / "first.csv")), url)
+    assert again == first and "already stored as dataset" not in caplog.text  # a plain rerun: nothing to say
+    with caplog.at_level("WARNING", logger="prh.dataset"):
+        second = publish_dataset(DatasetParams(kind="path", path=str(root / "second.csv"), name="renamed"), url)
+    version = first["catalog"]["dataset_version"]
+    assert second["catalog"] == first["catalog"] and first["catalog"]["n_rejected"] == 1
+    assert (f"dataset renamed: its 3 valid rows are already stored as dataset 'first' (version {version}, published from "
+            f"{root / 'first.csv'} with 1 rejected rows)") in caplog.text
