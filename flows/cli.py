@@ -142,7 +142,9 @@ def dataset_argument(value: str, **options: Any) -> DatasetParams:
             from urllib.parse import unquote
 
             return DatasetParams(kind="huggingface", path=repo, revision=unquote(revision) or None, **given)
-        return DatasetParams(kind="path", path=str(Path(value).resolve()), **given)
+        if not value.strip():
+            raise ValueError("--dataset is empty: give a table, a folder or hf://datasets/ORG/NAME")
+        return DatasetParams(kind="path", path=str(Path(value).expanduser().resolve()), **given)
     except ValidationError as error:
         problems = []
         for problem in field_problems(error):
@@ -155,10 +157,10 @@ def _run(args: argparse.Namespace) -> int:
     from tasks.params import load_config
 
     config = load_config(args.config)
-    image_root = str(Path(args.image_root).resolve()) if args.image_root else None
+    image_root = str(Path(args.image_root).expanduser().resolve()) if args.image_root else None
     options = {"image_column": args.image_column, "text_column": args.text_column, "captions": args.captions, "n": args.n,
                "image_root": image_root, "split": args.split}
-    if args.dataset:
+    if args.dataset is not None:
         config = config.model_copy(update={"dataset": dataset_argument(args.dataset, **options)})
     elif any(v is not None for v in options.values()):
         raise ValueError("--image-column, --text-column, --captions, --n, --image-root and --split apply to --dataset")

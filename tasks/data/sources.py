@@ -168,6 +168,10 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
         metadata = _metadata_table(path)
         if metadata is not None:
             return _read_image_folder(path, metadata, columns, limit), path
+        if (columns.image, columns.text) != REQUIRED_COLUMNS:
+            raise ValueError(f"dataset {str(path)!r} is a folder of images with .txt captions, which has no columns: "
+                             f"image_column / text_column ({columns.image!r}, {columns.text!r}) apply to tables and to a "
+                             f"folder with a {' / '.join(METADATA_FILES)} table")
         return _read_folder(path, limit), path
     return _read_table(path, columns, limit, split), path.parent
 

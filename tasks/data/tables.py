@@ -168,8 +168,14 @@ class _FileReader:
     cache: dict[str, bytes | ImageProblem] = field(default_factory=dict)
 
     def read(self, relative: str) -> bytes | ImageProblem:
+        """The file's bytes or why not (``read_image_file``); backslashes separate folders when no
+        file has the name with them (``imgs\\x.png`` in a table written on Windows)."""
         if relative not in self.cache:
-            self.cache[relative] = read_image_file(self.root, relative)
+            found = read_image_file(self.root, relative)
+            if isinstance(found, ImageProblem) and found.reason == "image_missing" and "\\" in relative.lstrip("\\"):
+                posix = read_image_file(self.root, relative.replace("\\", "/"))
+                found = found if isinstance(posix, ImageProblem) and posix.reason == "image_missing" else posix
+            self.cache[relative] = found
         return self.cache[relative]
 
 
@@ -275,7 +281,7 @@ def load_paired_dataset(
             parsed, lacks ``image``/``text``, or yields fewer than ``min_valid_rows`` valid rows
             (the message then counts the rejections per reason).
     """
-    source = Path(path)
+    source = Path(path).expanduser()
     records, root = read_records(source, columns, n, split)
     if image_root is not None:
         if source.is_dir():

@@ -222,6 +222,10 @@ def test_dataset_argument_reads_hugging_face_urls(tmp_path, monkeypatch):
     assert dataset_argument("hf://datasets/org/name", text_column="sentences", captions="all").text_column == "sentences"
     assert (dataset_argument("hf://datasets/org/name").n, dataset_argument("hf://datasets/org/name", n=64).n) == (None, 64)
     assert (dataset_argument("pairs.csv").n, dataset_argument("pairs.csv", n=10).n) == (None, 10)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert dataset_argument("~/pairs.csv").path == str(tmp_path / "home" / "pairs.csv")
+    with pytest.raises(ValueError, match="--dataset is empty"):
+        dataset_argument(" ")
     assert (dataset_argument("hf://datasets/org/name", split="validation").hub_split(), dataset_argument("coco.json", split="test").split) \
         == ("validation", "test")
 

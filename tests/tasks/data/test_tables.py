@@ -126,6 +126,16 @@ def test_csv_quote_left_open_refuses_the_file_instead_of_swallowing_rows(image_d
         load_paired_dataset(path)
 
 
+def test_windows_separators_in_image_paths(image_dir: Path) -> None:
+    path = image_dir / "pairs.csv"
+    path.write_text("sample_id,image,text\na,img\\red.png,red\nb,img/blue.png,blue\nc,img\\none.png,none\nd,..\\img\\red.png,up\n",
+                    encoding="utf-8")
+    result = load_paired_dataset(path)
+    assert [(r["sample_id"], r["image"]) for r in result.table.to_pylist()] == [("a", RED), ("b", BLUE)]
+    assert rejections(result) == [(2, "c", "image_missing"), (3, "d", "image_path_unsafe")]
+    assert "image file 'img\\\\none.png' does not exist" in result.rejected.column("detail").to_pylist()[0]
+
+
 def test_csv_non_utf8_caption_rejects_only_its_row(image_dir: Path) -> None:
     path = image_dir / "pairs.csv"
     path.write_bytes(
@@ -306,6 +316,9 @@ def test_folder_of_images_and_captions(tmp_path: Path) -> None:
         (None, "zero", "image_empty"),
     ]
     assert "twin.png has the same name as twin.jpg" in result.rejected.column("detail").to_pylist()[7]
+    with pytest.raises(ValueError, match=r"is a folder of images with \.txt captions, which has no columns: image_column / "
+                                         r"text_column \('image', 'caption'\) apply to tables"):
+        load_paired_dataset(root, columns=ColumnMap(text="caption"))
 
 
 # ----------------------------------------------------------------------------------------- errors
