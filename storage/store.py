@@ -18,6 +18,7 @@ PUT on S3): one writes, the other waits for its manifest, so the store ends with
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -205,6 +206,9 @@ class Store:
         try:
             self.write_bytes(key, b"probe")
             self.delete(key)
+            if self.is_local:  # no empty _probe/ folder left in the store (another run's probe keeps it)
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.path("_probe"))
         except Exception as error:
             failure = self._failure("write a probe object", error)
             if isinstance(failure, StoreIOError):  # an object store that is down or unreachable

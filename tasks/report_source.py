@@ -79,7 +79,7 @@ def load_report_input(
     con = connect(store)
     try:
         record = dict(record) if record is not None else select_run(con, run_id)
-        dataset = con.sql("select name, source from datasets where dataset_version = ?",
+        dataset = con.sql("select name, source, n_rejected from datasets where dataset_version = ?",
                           params=[record.get("dataset_version")]).fetchall()
         if dataset:
             record.setdefault("dataset_description", describe_dataset(*dataset[0]))

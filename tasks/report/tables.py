@@ -42,9 +42,10 @@ class ReportInput:
     notes: list[str] = field(default_factory=list)
 
 
-def describe_dataset(name: Any, source: Any) -> str | None:
+def describe_dataset(name: Any, source: Any, n_rejected: Any = None) -> str | None:
     """One line on what a dataset is, from its ``datasets`` row (``source`` is JSON text or a dict):
-    ``minhuh/prh@wit_1024 (commit 89abcdef0123), split train, first captions``."""
+    ``minhuh/prh@wit_1024 (commit 89abcdef0123), split train, first captions``; with
+    ``n_rejected`` > 0, ``, 12 rows rejected`` (listed in the version's ``rejected.parquet``)."""
     if isinstance(source, str):
         try:
             source = json.loads(source)
@@ -72,6 +73,8 @@ def describe_dataset(name: Any, source: Any) -> str | None:
             detail += ", all captions"
     else:
         detail = str(kind) if kind else ""
+    if isinstance(n_rejected, int) and n_rejected > 0:
+        detail += f", {n_rejected} row{'s' if n_rejected > 1 else ''} rejected"
     return " · ".join(str(p) for p in (name, detail) if p)
 
 

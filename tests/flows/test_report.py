@@ -58,6 +58,9 @@ def test_report_of_a_chosen_run_and_errors(store, tmp_path, capsys):
     assert "written to" in capsys.readouterr().out
     assert main(["report", "--store", store[0], "--run", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "no run 'nope'" in capsys.readouterr().err
+    assert main(["report", "--store", str(tmp_path / "none"), "--out", str(tmp_path / "y")]) == 2
+    assert "none does not exist: nothing was ever written there" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
     assert main(["report", "--store", str(tmp_path / "empty"), "--out", str(tmp_path / "y")]) == 2
     assert "no completed run" in capsys.readouterr().err
 

@@ -48,6 +48,7 @@ def test_check_writable_wants_free_space(tmp_path, monkeypatch):
         monkeypatch.setenv("PRH_MIN_FREE_MB", "0.5")
         store.check_writable()  # 1 MiB free is enough now
         assert _files(disk) == []  # the probe is gone
+        assert sorted(p.name for p in (disk / "store").iterdir()) == []  # and its folder
 
 
 def test_read_only_store_fails_before_work_and_keeps_what_it_has(tmp_path):

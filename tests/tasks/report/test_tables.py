@@ -72,6 +72,9 @@ def test_describe_dataset():
     assert describe_dataset("dataset_coco-test", {"kind": "path", "path": "/coco/dataset_coco.json", "split": "test", "n": 1024}) == \
         "dataset_coco-test · /coco/dataset_coco.json, split test, first 1024 rows"
     assert describe_dataset("synthetic", "test") == "synthetic · test" and describe_dataset(None, None) is None
+    assert describe_dataset("pets", {"kind": "path", "path": "/data/pets"}, 12) == "pets · /data/pets, 12 rows rejected"
+    assert describe_dataset("pets", {"kind": "path", "path": "/data/pets"}, 1) == "pets · /data/pets, 1 row rejected"
+    assert describe_dataset("pets", {"kind": "path", "path": "/data/pets"}, 0) == "pets · /data/pets"
 
 
 def test_rows_aligned_says_what_n_counts():
