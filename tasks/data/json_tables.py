@@ -46,6 +46,7 @@ from tasks.data.sources import ColumnMap
 __all__ = ["coco_captions_table", "karpathy_split_table", "read_json_table"]
 
 _COCO_KEYS = ("images", "annotations")
+_JSON_KINDS = {str: "string", list: "array", dict: "object", int: "number", float: "number", bool: "boolean"}
 
 
 def read_json_table(path: Path, columns: ColumnMap, limit: int | None = None, split: str | None = None) -> pa.Table:
@@ -91,6 +92,20 @@ def _is_karpathy(document: Any) -> bool:
     list whose first entry has ``sentences``, and no COCO ``annotations``."""
     images = document.get("images") if isinstance(document, dict) and "annotations" not in document else None
     return isinstance(images, list) and bool(images) and isinstance(images[0], dict) and "sentences" in images[0]
+
+
+def _mixed_column(rows: list[dict[str, Any]], names: list[str]) -> str:
+    """Which key of the row objects Arrow could not read as one type, and where its kind changes."""
+    for name in names:
+        kinds: dict[str, int] = {}
+        for index, row in enumerate(rows):
+            value = row.get(name)
+            if value is not None:
+                kinds.setdefault(_JSON_KINDS.get(type(value), type(value).__name__), index)
+        if len(kinds) > 1:
+            (first, at_first), (second, at) = sorted(kinds.items(), key=lambda item: item[1])[:2]
+            return f"key {name!r} mixes JSON {first} (element {at_first}) and {second} (element {at}) values"
+    return "a key mixes value types"
 
 
 def _no_split(split: str | None, where: str, kind: str) -> None:
@@ -238,5 +253,5 @@ def _records_table(rows: list[Any], where: str, columns: ColumnMap, limit: int |
     try:
         table = pa.Table.from_pylist([{name: row.get(name) for name in names} for row in kept])
     except (pa.ArrowException, TypeError) as exc:
-        raise ValueError(f"dataset file {where!r}: a column mixes value types ({exc})") from exc
+        raise ValueError(f"dataset file {where!r}: {_mixed_column(kept, names)} ({exc})") from exc
     return columns.canonical(table)

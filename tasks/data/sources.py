@@ -388,6 +388,9 @@ def _read_csv(path: Path, delimiter: str, columns: ColumnMap, limit: int | None 
         raw = path.read_bytes()
     except OSError as exc:
         raise ValueError(f"dataset table {str(path)!r} cannot be read: {exc}") from exc
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 (and UTF-32 LE) byte-order marks
+        raise ValueError(f"dataset table {str(path)!r} is UTF-16 encoded (a spreadsheet's 'Unicode text' export); "
+                         "save it as UTF-8 CSV")
     # surrogateescape keeps bytes that are not UTF-8 so they can be reported row by row.
     text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     # Process-wide setting; only ever raised, so concurrent readers see a limit at least this big.
@@ -525,6 +528,9 @@ def _read_folder(root: Path, limit: int | None = None) -> list[RawRecord]:
         tables = sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
                         and p.suffix.lower() in (*_PARQUET_SUFFIXES, *_CSV_DELIMITERS, *_JSONL_SUFFIXES))
         hint = f"; to read a table in it, give the table's path (e.g. {str(root / tables[0])!r})" if tables else ""
+        splits = sorted(p.name for p in root.iterdir() if p.is_dir() and _metadata_table(p) is not None)
+        if splits and not tables:  # an ImageFolder with one subfolder per split (train/metadata.jsonl)
+            hint = f"; its subfolder(s) {', '.join(splits[:6])} hold a metadata table: give one as the dataset (e.g. {str(root / splits[0])!r})"
         raise ValueError(
             f"dataset folder {str(root)!r} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
             f"or .txt caption files at its top level, and no {' / '.join(METADATA_FILES)}{hint}"

@@ -171,7 +171,8 @@ def test_array_rows_missing_a_key_are_reported_not_dropped(tmp_path: Path) -> No
         ("{\"images\": []}", r"is an object with keys \['images'\]; expected a COCO captions file"),
         ("[{\"image\": \"red.png\", \"text\": \"red\"}, 3]", r"element 1 of the array is a JSON int, not an object"),
         ("[{\"picture\": \"red.png\", \"text\": \"red\"}]", r"no row has the required key\(s\) \['image'\]; keys read: \['picture', 'text'\]"),
-        ("[{\"image\": \"red.png\", \"text\": \"red\"}, {\"image\": \"blue.png\", \"text\": [\"a\"]}]", r"a column mixes value types"),
+        ("[{\"image\": \"red.png\", \"text\": \"red\"}, {\"image\": \"blue.png\", \"text\": [\"a\"]}]",
+         r"key 'text' mixes JSON string \(element 0\) and array \(element 1\) values"),
         ("[]", r"no row has the required key"),
     ],
 )

@@ -363,6 +363,17 @@ def test_errors_name_the_path_and_the_problem(image_dir: Path) -> None:
     with pytest.raises(ValueError, match=r"to read a table in it, give the table's path \(e.g. '.*empty/captions.csv'\)"):
         load_paired_dataset(image_dir / "empty")
 
+    for split in ("train", "test"):  # an ImageFolder with one subfolder per split
+        (image_dir / "splits" / split).mkdir(parents=True)
+        (image_dir / "splits" / split / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "a"}\n')
+    with pytest.raises(ValueError, match=r"its subfolder\(s\) test, train hold a metadata table: give one as the dataset "
+                                         r"\(e.g. '.*splits/test'\)"):
+        load_paired_dataset(image_dir / "splits")
+
+    (image_dir / "utf16.csv").write_bytes("image,text\nimg/red.png,red\n".encode("utf-16"))
+    with pytest.raises(ValueError, match=r"utf16\.csv' is UTF-16 encoded .*save it as UTF-8 CSV"):
+        load_paired_dataset(image_dir / "utf16.csv")
+
 
 def test_fewer_than_two_valid_rows_is_an_error(image_dir: Path) -> None:
     path = image_dir / "one.csv"
