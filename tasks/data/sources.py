@@ -34,7 +34,8 @@ Folder with a metadata table (the Hugging Face ImageFolder convention)
     files anywhere under the folder that the table does not name are reported (``text_missing``).
 Folder of images with captions
     ``NAME.<image suffix>`` with ``NAME.txt`` beside it, top level only, hidden files ignored.
-    ``sample_id`` is ``NAME``. The ``.txt`` holds one caption per non-empty line: with one
+    ``sample_id`` is ``NAME`` (a name with characters outside ``[A-Za-z0-9._-]``, e.g. spaces,
+    gets a safe id with a digest of the name: :func:`folder_id`). The ``.txt`` holds one caption per non-empty line: with one
     caption the row is ``NAME`` (its ``image_id`` is not given, so it is ``NAME`` unless
     another file has identical bytes, see :mod:`tasks.data.tables`); with k > 1 captions the
     rows are ``NAME-0`` … ``NAME-{k-1}``, all with ``image_id`` ``NAME``. An image without a caption file,
@@ -53,7 +54,9 @@ a CSV record's ``origin`` also gives the line it starts on. Folder records have 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,6 +66,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 import pyarrow.parquet as pq
+
+from tasks.data.schema import MAX_ID_LENGTH, id_problem
 
 __all__ = [
     "ColumnMap",
@@ -540,18 +545,31 @@ def _read_folder(root: Path, limit: int | None = None) -> list[RawRecord]:
     for stem in sorted(images.keys() | captions.keys())[:limit]:
         names = images.get(stem, [])
         caption_name = captions.get(stem)
+        name_id = folder_id(stem)
         for extra in names[1:]:
             detail = f"{extra} has the same name as {names[0]}"
-            records.append(_refused(extra, stem, "sample_id_duplicate", detail))
+            records.append(_refused(extra, name_id, "sample_id_duplicate", detail))
         if not names:
             detail = f"caption file {caption_name} has no image file named {stem}.*"
-            records.append(_refused(f"{caption_name}", stem, "image_missing", detail))
+            records.append(_refused(f"{caption_name}", name_id, "image_missing", detail))
         elif caption_name is None:
             detail = f"image {names[0]} has no caption file {stem}.txt"
-            records.append(_refused(names[0], stem, "text_missing", detail))
+            records.append(_refused(names[0], name_id, "text_missing", detail))
         else:
-            records.extend(_folder_records(root, stem, names[0], caption_name))
+            records.extend(_folder_records(root, name_id, names[0], caption_name))
     return records
+
+
+def folder_id(stem: str) -> str:
+    """The id of a folder's ``NAME.*`` files: ``NAME`` when it is a safe id (``[A-Za-z0-9._-]``,
+    at most 128 characters), else its safe characters (others as ``_``) and 8 hex digits of its
+    SHA-256, so that ``Screenshot 2024-05-01 at 10.00.png`` is the sample
+    ``Screenshot_2024-05-01_at_10.00-1a2b3c4d`` and two names never share an id."""
+    if id_problem(stem) is None:
+        return stem
+    digest = hashlib.sha256(stem.encode("utf-8", errors="surrogateescape")).hexdigest()[:8]
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_")[: MAX_ID_LENGTH - 24] or "file"
+    return f"{safe}-{digest}"
 
 
 def _folder_records(root: Path, stem: str, image_name: str, caption_name: str) -> list[RawRecord]:

@@ -14,7 +14,7 @@ import pytest
 
 from tasks.data.openmoji import build_openmoji_pairs
 from tasks.data.schema import DATASET_SCHEMA, validate_table
-from tasks.data.sources import ColumnMap
+from tasks.data.sources import ColumnMap, folder_id
 from tasks.data.tables import REJECTED_SCHEMA, LoadResult, load_paired_dataset
 from tests.tasks.data.sample_images import png_bytes, truncated_png
 
@@ -301,13 +301,14 @@ def test_folder_of_images_and_captions(tmp_path: Path) -> None:
         ("dog-0", "a dog", "dog"),
         ("dog-1", "a brown dog", "dog"),
         ("dog-2", "the dog", "dog"),
+        (folder_id("has space"), "space", "bom"),  # a safe id with a digest of the name; green.png's bytes, as bom.png
         ("twin", "twin", "cat"),  # twin.jpg has the same bytes as cat.png: one image
     ]
-    assert result.table.column("image").to_pylist() == [GREEN, RED, BLUE, BLUE, BLUE, RED]
+    assert folder_id("has space") == "has_space-" + hashlib.sha256(b"has space").hexdigest()[:8]
+    assert result.table.column("image").to_pylist() == [GREEN, RED, BLUE, BLUE, BLUE, GREEN, RED]
     assert rejections(result) == [
         (None, "blank", "text_empty"),
         (None, "broken", "image_unreadable"),
-        (None, "has space", "sample_id_unsafe"),
         (None, "latin", "text_not_utf8"),
         (None, "link", "image_path_unsafe"),
         (None, "lonely", "text_missing"),
@@ -315,7 +316,7 @@ def test_folder_of_images_and_captions(tmp_path: Path) -> None:
         (None, "twin", "sample_id_duplicate"),
         (None, "zero", "image_empty"),
     ]
-    assert "twin.png has the same name as twin.jpg" in result.rejected.column("detail").to_pylist()[7]
+    assert "twin.png has the same name as twin.jpg" in result.rejected.column("detail").to_pylist()[6]
     with pytest.raises(ValueError, match=r"is a folder of images with \.txt captions, which has no columns: image_column / "
                                          r"text_column \('image', 'caption'\) apply to tables"):
         load_paired_dataset(root, columns=ColumnMap(text="caption"))
