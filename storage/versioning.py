@@ -53,8 +53,9 @@ def table_digest(table: pa.Table, columns: list[str] | None = None) -> str:
 
 
 @lru_cache(maxsize=None)
-def code_version(*packages: str) -> str:
-    """Hash of the source of the given project packages (e.g. ``"tasks/extract"``).
+def code_version(*packages: str, exclude: tuple[str, ...] = ()) -> str:
+    """Hash of the source of the given project packages (e.g. ``"tasks/extract"``), less the
+    files in ``exclude`` (project-relative paths: modules that cannot change the numbers).
 
     A change to the code that computes a stage changes that stage's versions; edits elsewhere
     (the CLI, the README) do not, and neither do edits to comments, docstrings, blank lines or
@@ -66,6 +67,8 @@ def code_version(*packages: str) -> str:
         root = _PROJECT_ROOT / package
         files = [root] if root.is_file() else sorted(root.rglob("*.py"))
         for path in files:
+            if path.relative_to(_PROJECT_ROOT).as_posix() in exclude:
+                continue
             h.update(path.relative_to(_PROJECT_ROOT).as_posix().encode() + b"\0")
             h.update(behaviour_source(path.read_text(encoding="utf-8")).encode("utf-8") + b"\0")
     return h.hexdigest()[:ID_LENGTH]

@@ -26,6 +26,9 @@ FEATURE_SCHEMA_VERSION = 1
 #: The code a feature version depends on: the extractors, the pixel conversion they call
 #: (``tasks.data.images.to_rgb``) and the feature file schema.
 FEATURE_CODE = ("tasks/extract", "tasks/data/images.py", "storage/features.py")
+#: Modules of FEATURE_CODE that cannot change a feature: the checks that run before any model
+#: loads (where a model is read from is in the fingerprint) and the error type.
+FEATURE_CODE_EXCLUDED = ("tasks/extract/preflight.py", "tasks/extract/errors.py")
 
 
 def feature_version(dataset_version: str, spec: ModelSpec) -> str:
@@ -34,7 +37,7 @@ def feature_version(dataset_version: str, spec: ModelSpec) -> str:
         {
             "dataset_version": dataset_version,
             "model": spec.fingerprint(),
-            "code_version": code_version(*FEATURE_CODE),
+            "code_version": code_version(*FEATURE_CODE, exclude=FEATURE_CODE_EXCLUDED),
             "schema": FEATURE_SCHEMA_VERSION,
         }
     )
@@ -144,7 +147,7 @@ def extract_to_store(
         "layer_widths": [int(x.shape[1]) for x in layers],
         "bits_per_byte": extracted.bits_per_byte,
         "n_samples": len(sample_ids),
-        "code_version": code_version(*FEATURE_CODE),
+        "code_version": code_version(*FEATURE_CODE, exclude=FEATURE_CODE_EXCLUDED),
         "device": extracted.model["device"],
         "seconds": round(seconds, 3),
     }

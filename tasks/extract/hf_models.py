@@ -169,6 +169,8 @@ def check_model(spec: ModelSpec) -> CheckedModel:
         if not (spec.trust_remote_code and getattr(config, "auto_map", None)):
             check_modality(spec, type(config), causal)
         tokenizer = load_tokenizer(spec, access) if language else None
+        if tokenizer is not None:
+            _check_vocabulary(spec, tokenizer, config)
     else:
         access = None
         cls = _config_class(spec)
@@ -340,6 +342,23 @@ def load_tokenizer(spec: ModelSpec, access: SourceAccess | None = None) -> Any:
     return tok
 
 
+#: Fewer tokens than this is no tokenizer of a language (a byte-level one has 256 + specials).
+MIN_VOCABULARY = 100
+
+
+def _check_vocabulary(spec: ModelSpec, tokenizer: Any, config: Any) -> None:
+    """Refuse a tokenizer that cannot be the model's: a few tokens only (transformers builds an
+    almost empty one from a folder without tokenizer files, so every caption would read as
+    unknown tokens), or fewer than half the model's embedding rows (``vocab_size``)."""
+    size = len(tokenizer)
+    rows = getattr(config, "vocab_size", None)
+    source = spec.tokenizer or spec.id
+    if size < MIN_VOCABULARY or (isinstance(rows, int) and size < rows // 2):
+        raise ModelInputError(spec.name, spec.id, f"the tokenizer read from {source!r} has {size} tokens"
+                              f"{f' for a model with {rows} embedding rows' if isinstance(rows, int) else ''}: not this model's "
+                              "tokenizer (a folder without tokenizer files?); name one with 'tokenizer:' (a hub id or a folder)")
+
+
 def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAccess | None = None) -> Any:
     """Image processor (PIL backend) for a vision spec, resized to ``spec.image_size`` if set."""
     from transformers import AutoImageProcessor, ViTImageProcessorPil
@@ -361,13 +380,20 @@ def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAcces
 
 
 def _resize_processor(proc: Any, s: int) -> None:
-    """Make a processor output S x S images, keeping its resize/crop ratio when it centre-crops."""
-    size = dict(getattr(proc, "size", None) or {})
-    crop = dict(getattr(proc, "crop_size", None) or {})
+    """Make a processor output S x S images the way it resizes now: a centre-cropping processor
+    keeps its resize/crop ratio and its kind of resize (to a shortest edge, keeping the aspect, as
+    CLIP / DINOv2; or to a fixed height x width, squashing, as DeiT); one that resizes to a
+    shortest edge without a crop step (ConvNeXt: ``crop_pct``) gets that edge; any other S x S."""
+    size = {k: v for k, v in dict(getattr(proc, "size", None) or {}).items() if v is not None}
+    crop = {k: v for k, v in dict(getattr(proc, "crop_size", None) or {}).items() if v is not None}
     if getattr(proc, "do_center_crop", False) and crop:
-        crop_side = crop.get("height") or crop.get("width") or s
-        ratio = (size.get("shortest_edge") or size.get("height") or crop_side) / crop_side
+        crop_h, crop_w = crop.get("height") or crop.get("width") or s, crop.get("width") or crop.get("height") or s
         proc.crop_size = {"height": s, "width": s}
-        proc.size = {"shortest_edge": int(round(s * ratio))}
+        if "height" in size and "width" in size:
+            proc.size = {"height": int(round(s * size["height"] / crop_h)), "width": int(round(s * size["width"] / crop_w))}
+        else:
+            proc.size = {"shortest_edge": int(round(s * (size.get("shortest_edge") or crop_h) / crop_h))}
+    elif "shortest_edge" in size:
+        proc.size = {"shortest_edge": s}
     else:
         proc.size = {"height": s, "width": s}

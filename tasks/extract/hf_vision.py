@@ -32,6 +32,7 @@ from tasks.extract.base import (
     require_hidden_states,
     to_numpy_f32,
 )
+from tasks.extract.errors import ModelInputError
 from tasks.extract.hf_models import LoadedModel, input_device
 from tasks.extract.image_pool import ProcessorRecipe, apply_processor, processor_recipe
 from tasks.extract.images import ImageItem
@@ -69,6 +70,7 @@ class HFVisionExtractor(Extractor):
         self.dtype = TORCH_DTYPES[spec.dtype]
         self._input_device = input_device(self.model)
         self._extra_kwargs = self._forward_kwargs()
+        self._unshuffled = self._unshuffled_patches()
         self._recipe: ProcessorRecipe | None | bool = False  # False: not computed yet
         probe = [Image.new("RGB", (64, 48), (127, 127, 127))]
         self._finish_init(probe, lambda n: layer_names("embeddings", "layer", n - 1))
@@ -81,6 +83,21 @@ class HFVisionExtractor(Extractor):
         if "interpolate_pos_encoding" in params and want is not None and cfg_size not in (None, want):
             return {"interpolate_pos_encoding": True}
         return {}
+
+    def _unshuffled_patches(self) -> bool:
+        """MAE with masking off (``mask_ratio`` 0) still shuffles its patches with fresh random
+        noise in every forward (order-invariant only up to float rounding, and it advances the
+        global torch RNG): such a model gets noise that keeps the patches in order."""
+        config = self.model.config
+        return (getattr(config, "model_type", None) == "vit_mae" and not getattr(config, "mask_ratio", 0)
+                and "noise" in inspect.signature(self.model.forward).parameters)
+
+    def _patch_noise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, n_patches)`` increasing noise: MAE's argsort of it is the identity order."""
+        patch = getattr(self.model.config, "patch_size", 16)
+        ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+        n = (pixels.shape[-2] // ph) * (pixels.shape[-1] // pw)
+        return torch.arange(n, dtype=torch.float32, device=pixels.device).expand(pixels.shape[0], n)
 
     def image_recipe(self) -> ProcessorRecipe | None:
         if self._recipe is False:
@@ -101,7 +118,8 @@ class HFVisionExtractor(Extractor):
         if with_nll:
             raise ValueError("bits per byte applies to causal language models only")
         x = prepared.pixel_values.to(self._input_device, dtype=self.dtype, non_blocking=True)
-        out = self.model(pixel_values=x, output_hidden_states=True, return_dict=True, **self._extra_kwargs)
+        extra = {**self._extra_kwargs, "noise": self._patch_noise(x)} if self._unshuffled else self._extra_kwargs
+        out = self.model(pixel_values=x, output_hidden_states=True, return_dict=True, **extra)
         states = require_hidden_states(self.spec, self.model, out)
         if self.spec.pooling == "cls" and any(hs.dim() == 4 for hs in states):
             raise ValueError(f"{self.spec.name}: 'cls' pooling needs a token model; this one has CNN feature maps: use 'avg'")
@@ -109,5 +127,8 @@ class HFVisionExtractor(Extractor):
         layers = []
         for hs in states:
             prefix = num_prefix_tokens(self.model.config, hs.shape[1], h, w) if hs.dim() == 3 else 0
-            layers.append(to_numpy_f32(pool_vision(hs, self.spec.pooling, prefix)))
+            try:
+                layers.append(to_numpy_f32(pool_vision(hs, self.spec.pooling, prefix)))
+            except ValueError as err:  # e.g. 'cls' on a model without a CLS token (SigLIP)
+                raise ModelInputError(self.spec.name, self.spec.id, str(err)) from None
         return BatchOutput(layers)

@@ -151,6 +151,21 @@ def test_model_without_hidden_states(tmp_path):
     _raises(_hf(str(tmp_path)), "FlatModel returned no hidden_states")  # ...the probe forward is not
 
 
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_a_language_folder_without_tokenizer_files_is_refused(tmp_path, kind):
+    """transformers builds an almost empty tokenizer from a folder without tokenizer files (every
+    caption would read as unknown tokens): the check refuses it and says how to name one."""
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
+
+    model = (BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+             if kind == "bert" else GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=2)))
+    model.save_pretrained(tmp_path / kind)
+    error = _raises(_hf(str(tmp_path / kind), "language", pooling="avg"), f"{kind}' has ",
+                    f" tokens for a model with {model.config.vocab_size} embedding rows: not this model's tokenizer",
+                    "name one with 'tokenizer:'")
+    assert int(str(error).split("' has ")[1].split(" ")[0]) < 100
+
+
 def test_device_map_only_for_hf():
     with pytest.raises(ValidationError, match="device_map"):
         ModelSpec(name="r", loader="random_hf", id="ViTConfig", modality="vision", device_map="auto")

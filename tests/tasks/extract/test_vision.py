@@ -131,6 +131,29 @@ def test_mae_does_not_mask_patches_when_extracting(images):
     ex = load_extractor(spec, device="cpu")
     assert ex.model.config.mask_ratio == 0.0
     assert _hidden_states(ex, images[:1])[-1].shape[1] == 1 + 16
+    rng = torch.get_rng_state()
     first, second = ex.extract_batch(images[:2]), ex.extract_batch(images[:2])
-    for a, b in zip(first, second):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))  # patches kept in order: bit for bit
+    assert torch.equal(rng, torch.get_rng_state())  # no random shuffle drawn
+    shuffled = ex.model(pixel_values=ex.prepare(images[:2]).pixel_values, output_hidden_states=True).hidden_states
+    assert spec.pooling == "avg"  # the mean over patches does not depend on their order: MAE's own shuffle agrees
+    np.testing.assert_allclose(first[-1], shuffled[-1][:, 1:].mean(1).detach().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ConvNextImageProcessorPil", "DeiTImageProcessorPil", "CLIPImageProcessorPil",
+                                  "ViTImageProcessorPil", "BitImageProcessorPil"])
+def test_image_size_keeps_each_processors_own_resizing(name):
+    """``image_size`` at the processor's own output size changes no pixel (a squashing DeiT-style
+    resize stays squashing, a ConvNeXt shortest edge stays one), and any size gives S x S."""
+    import transformers
+
+    from tasks.extract.hf_models import _resize_processor
+
+    image = Image.fromarray((np.random.default_rng(0).random((30, 90, 3)) * 255).astype("uint8"))  # not square
+    cls = getattr(transformers, name)
+    native = cls()(image, return_tensors="np")["pixel_values"]
+    same, small = cls(), cls()
+    _resize_processor(same, native.shape[-1])
+    _resize_processor(small, 48)
+    assert np.array_equal(same(image, return_tensors="np")["pixel_values"], native)
+    assert small(image, return_tensors="np")["pixel_values"].shape == (1, 3, 48, 48)
