@@ -107,8 +107,8 @@ class Store:
     """
 
     def __init__(self, url: str = DEFAULT_STORE, storage_options: dict[str, Any] | None = None):
-        if "://" not in url:
-            url = Path(url).expanduser().resolve().as_uri()
+        if "://" not in url:  # a local path, used as written: no percent-encoding (fsspec does not decode it)
+            url = "file://" + Path(url).expanduser().resolve().as_posix()
         self.url = url.rstrip("/")
         options = dict(storage_options or {})
         is_s3 = self.url.startswith("s3://")

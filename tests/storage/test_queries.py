@@ -139,3 +139,13 @@ def test_the_one_run_filter_of_the_doc_keeps_that_runs_versions(tmp_path):
     assert query(con, "select count(distinct alignment_version) n from alignment_best").to_pylist() == [{"n": 5}]
     kept = {r["alignment_version"] for r in query(con, sql).to_pylist()}
     assert kept == {f"al-{a}-{b}" for a in ("vit-small", "vit-large") for b in ("lm-small", "lm-large")}
+
+
+def test_a_local_store_path_with_spaces_and_accents_is_used_as_written(tmp_path):
+    path = tmp_path / "my stores" / "prh ü"
+    store = build_catalog_store(str(path))
+    assert store.root == str(path) and (path / "datasets").is_dir()
+    assert not any("%" in p.name for p in tmp_path.rglob("*"))  # no percent-encoded twin folder
+    con = connect(str(path))
+    assert query(con, "select count(*) n from samples").to_pylist() == [{"n": 8}]
+    assert query(con, "select count(*) n from alignment_best").num_rows == 1
