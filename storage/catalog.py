@@ -171,10 +171,37 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
 
 
 def _meta_table(view: str, rows: list[dict[str, Any]]) -> pa.Table:
-    """One row per manifest / run record, columns ``_META_COLUMNS[view]`` (nested dicts as JSON)."""
+    """One row per manifest / run record, columns ``_META_COLUMNS[view]`` (nested dicts as JSON),
+    each of its fixed type (``_META_TYPES``; text otherwise), whatever the values: a column that
+    is null in every row (no causal LM: ``bits_per_byte``) or a view without rows keeps its
+    type, so that ``round(bits_per_byte, 2)`` works on any store. A value that does not fit
+    its type (a hand-edited manifest) is null."""
     columns = _META_COLUMNS[view]
     data = {c: [_json_cell(r.get(c), c in _JSON_COLUMNS) for r in rows] for c in columns}
-    return pa.table({c: pa.array(v) if any(x is not None for x in v) else pa.nulls(len(v), pa.string()) for c, v in data.items()})
+    return pa.table({c: _typed_column(v, _META_TYPES.get(c, pa.string())) for c, v in data.items()})
+
+
+#: Types of the metadata views' columns that are not text.
+_META_TYPES: dict[str, pa.DataType] = {
+    **dict.fromkeys(("n_samples", "n_images", "n_rejected", "param_count", "n_layers", "aligned"), pa.int64()),
+    **dict.fromkeys(("bits_per_byte", "seconds"), pa.float64()),
+    "layer_widths": pa.list_(pa.int64()),
+    **dict.fromkeys(("layer_names", "alignment_versions", "extracted", "reused"), pa.list_(pa.string())),
+}
+
+
+def _typed_column(values: list[Any], kind: pa.DataType) -> pa.Array:
+    """``values`` as an Arrow array of ``kind``, a value that does not convert as null."""
+    try:
+        return pa.array(values, kind)
+    except (pa.ArrowException, TypeError, ValueError):
+        cells = []
+        for value in values:
+            try:
+                cells.append(pa.scalar(value, kind))
+            except (pa.ArrowException, TypeError, ValueError):
+                cells.append(pa.scalar(None, kind))
+        return pa.array(cells, kind)
 
 
 #: Columns held as JSON text whatever their value (lists of records).

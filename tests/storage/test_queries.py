@@ -149,3 +149,20 @@ def test_a_local_store_path_with_spaces_and_accents_is_used_as_written(tmp_path)
     con = connect(str(path))
     assert query(con, "select count(*) n from samples").to_pylist() == [{"n": 8}]
     assert query(con, "select count(*) n from alignment_best").num_rows == 1
+
+
+def test_metadata_views_keep_their_types_when_a_column_is_all_null(tmp_path):
+    """No causal LM (bits_per_byte null everywhere), a dataset without n_images (older manifest)
+    and a store holding only a crashed run: numbers stay numbers, lists stay lists."""
+    from storage import layout
+    from storage.store import Store
+
+    store = Store(str(tmp_path / "store"))
+    store.write_json(layout.run_key("r1"), {"run_id": "r1", "status": "CRASHED", "started_at": "2026-01-01T00:00:00+00:00"})
+    con = connect(store)
+    types = {r["column_name"]: r["column_type"] for r in query(con, "select column_name, column_type from (describe runs)").to_pylist()}
+    assert (types["aligned"], types["alignment_versions"], types["failures"]) == ("BIGINT", "VARCHAR[]", "VARCHAR")
+    assert query(con, "select coalesce(aligned, 0) - 1 d, list_contains(alignment_versions, 'x') c from runs").to_pylist() == [{"d": -1, "c": None}]
+    empty = {r["column_name"]: r["column_type"] for r in query(con, "select column_name, column_type from (describe models)").to_pylist()}
+    assert (empty["bits_per_byte"], empty["param_count"], empty["layer_widths"]) == ("DOUBLE", "BIGINT", "BIGINT[]")
+    assert query(con, "select round(bits_per_byte, 2) b from models where bits_per_byte > 1.5").num_rows == 0
