@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -45,14 +45,14 @@ _EMPTY_VIEWS = {
     "alignment": (
         "alignment_version VARCHAR, dataset_version VARCHAR, metric VARCHAR, params VARCHAR, model_a VARCHAR, "
         "model_b VARCHAR, layer_a INTEGER, layer_b INTEGER, layer_name_a VARCHAR, layer_name_b VARCHAR, "
-        "score DOUBLE, n_samples INTEGER, unit VARCHAR"
+        "score DOUBLE, n_samples INTEGER, unit VARCHAR, feature_version_a VARCHAR, feature_version_b VARCHAR"
     ),
     "alignment_best": (
         "alignment_version VARCHAR, dataset_version VARCHAR, metric VARCHAR, params VARCHAR, model_a VARCHAR, "
         "model_b VARCHAR, modality_a VARCHAR, modality_b VARCHAR, layer_a INTEGER, layer_b INTEGER, "
         "layer_name_a VARCHAR, layer_name_b VARCHAR, score DOUBLE, chance_level DOUBLE, null_mean DOUBLE, "
         "null_std DOUBLE, tau DOUBLE, p_value DOUBLE, calibrated_score DOUBLE, permutations INTEGER, ci_low DOUBLE, ci_high DOUBLE, bootstrap INTEGER, "
-        "n_samples INTEGER, unit VARCHAR"
+        "n_samples INTEGER, unit VARCHAR, feature_version_a VARCHAR, feature_version_b VARCHAR"
     ),
 }
 
@@ -85,11 +85,14 @@ class CatalogSources:
 
     ``files[view]``: the data files of every published version (``samples``, ``features``,
     ``alignment``, ``alignment_best``); ``tables[view]``: one row per version or run
-    (``datasets``, ``models``, ``runs``).
+    (``datasets``, ``models``, ``runs``); ``lineage``: ``(alignment_version, model,
+    feature_version)`` of every alignment version's two models (its manifest's lineage), from
+    which the alignment views get ``feature_version_a`` / ``feature_version_b``.
     """
 
     files: dict[str, list[str]]
     tables: dict[str, pa.Table]
+    lineage: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def catalog_sources(store: Store) -> CatalogSources:
@@ -110,7 +113,10 @@ def catalog_sources(store: Store) -> CatalogSources:
         "models": _meta_table("models", [_catalog_row(m) for _, m in manifests[layout.FEATURES]]),
         "runs": _meta_table("runs", runs),
     }
-    return CatalogSources(files, tables)
+    lineage = [(key.rstrip("/").rsplit("/", 1)[-1], str(model), str(version))
+               for key, manifest in manifests[layout.ALIGNMENT]
+               for model, version in ((manifest.get("lineage") or {}).get("features") or {}).items()]
+    return CatalogSources(files, tables, lineage)
 
 
 def _catalog_row(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +141,7 @@ def connect(
         con.register_filesystem(store.fs)
     sources = catalog_sources(store)
     for view, files in sources.files.items():
-        _create_file_view(con, view, files)
+        _create_file_view(con, view, files, sources.lineage)
     for view, table in sources.tables.items():
         con.register(f"_{view}_table", table)
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM _{view}_table")
@@ -161,13 +167,36 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str]) -> None:
-    if files:
-        listing = ", ".join(_literal(f) for f in files)
-        con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{listing}], union_by_name = true)")
-    else:
+def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str],
+                      lineage: list[tuple[str, str, str]] | None = None) -> None:
+    """The view ``view`` over ``files`` (Parquet, columns united by name). The alignment views
+    also get ``feature_version_a`` / ``feature_version_b`` from ``lineage`` (written into the
+    view, so that an exported catalog file has them too): models are identified by name and
+    feature version, since one model name can have several feature versions (another pooling)."""
+    if not files:
         columns = ", ".join(f"NULL::{c.split(' ', 1)[1]} AS {c.split(' ', 1)[0]}" for c in _EMPTY_VIEWS[view].split(", "))
         con.execute(f"CREATE VIEW {view} AS SELECT {columns} WHERE false")
+        return
+    listing = ", ".join(_literal(f) for f in files)
+    source = f"read_parquet([{listing}], union_by_name = true)"
+    if view not in _LINEAGE_VIEWS:
+        con.execute(f"CREATE VIEW {view} AS SELECT * FROM {source}")
+        return
+    rows = ", ".join(f"({', '.join(_literal(v) for v in row)})" for row in lineage or [])
+    known = (f"SELECT * FROM (VALUES {rows}) t(alignment_version, model, feature_version)" if rows
+             else "SELECT NULL::VARCHAR AS alignment_version, NULL::VARCHAR AS model, NULL::VARCHAR AS feature_version WHERE false")
+    con.execute(
+        f"CREATE VIEW {view} AS WITH lineage AS ({known}) "
+        f"SELECT p.*, la.feature_version AS feature_version_a, lb.feature_version AS feature_version_b FROM {source} p "
+        "LEFT JOIN lineage la ON la.alignment_version = p.alignment_version AND la.model = p.model_a "
+        "LEFT JOIN lineage lb ON lb.alignment_version = p.alignment_version AND lb.model = p.model_b"
+    )
+
+
+#: File views that carry the feature versions of their two models (``CatalogSources.lineage``),
+#: and the columns they add to their Parquet files'.
+_LINEAGE_VIEWS = ("alignment", "alignment_best")
+LINEAGE_COLUMNS = ("feature_version_a", "feature_version_b")
 
 
 def _meta_table(view: str, rows: list[dict[str, Any]]) -> pa.Table:

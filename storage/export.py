@@ -54,7 +54,7 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
             if not store.is_local:
                 con.register_filesystem(store.fs)  # views are bound (their schema read) when created
             for view, files in sources.files.items():
-                _create_file_view(con, view, files)
+                _create_file_view(con, view, files, sources.lineage)
             for name, table in sources.tables.items():
                 con.register("_source", table)
                 con.execute(f"CREATE TABLE {name} AS SELECT * FROM _source")

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from storage import layout
-from storage.catalog import _EMPTY_VIEWS
+from storage.catalog import _EMPTY_VIEWS, LINEAGE_COLUMNS
 from storage.features import layer_tables
 from storage.store import Store
 
@@ -25,7 +25,8 @@ MODELS = {
 
 
 def _schema(view: str) -> list[str]:
-    return [c.split(" ", 1)[0] for c in _EMPTY_VIEWS[view].split(", ")]
+    """The columns of the view's Parquet files (the view adds the lineage columns)."""
+    return [c.split(" ", 1)[0] for c in _EMPTY_VIEWS[view].split(", ") if c.split(" ", 1)[0] not in LINEAGE_COLUMNS]
 
 
 def build_catalog_store(url: str) -> Store:
@@ -56,7 +57,8 @@ def build_catalog_store(url: str) -> Store:
             version = f"al-{a}-{b}"
             scores, best = _alignment_rows(a, b, version, len(ids))
             key = layout.alignment_key(DATASET, a, b, version)
-            store.publish(key, {layout.SCORES_FILE: scores, layout.BEST_FILE: best}, {"kind": "alignment"})
+            lineage = {"dataset_version": DATASET, "features": {a: f"fv-{a}", b: f"fv-{b}"}}
+            store.publish(key, {layout.SCORES_FILE: scores, layout.BEST_FILE: best}, {"kind": "alignment", "lineage": lineage})
             versions.append(key)
     feature_versions = {m: f"fv-{m}" for m in MODELS}
     for i, (extracted, reused, aligned) in enumerate([(list(MODELS), [], 4), ([], list(MODELS), 0)]):

@@ -166,3 +166,37 @@ def test_metadata_views_keep_their_types_when_a_column_is_all_null(tmp_path):
     empty = {r["column_name"]: r["column_type"] for r in query(con, "select column_name, column_type from (describe models)").to_pylist()}
     assert (empty["bits_per_byte"], empty["param_count"], empty["layer_widths"]) == ("DOUBLE", "BIGINT", "BIGINT[]")
     assert query(con, "select round(bits_per_byte, 2) b from models where bits_per_byte > 1.5").num_rows == 0
+    runs = query(con, dict(doc_queries())["5. Runs and their lineage"]).to_pylist()
+    assert [(r["run"], r["status"], r["model"]) for r in runs] == [("r1", "CRASHED", None)]  # a run without features is listed
+    for title, sql in doc_queries():  # every query of the doc runs on such a store
+        query(con, sql)
+
+
+def test_a_model_with_two_feature_versions_is_not_counted_twice(tmp_path):
+    """vit-small extracted again with another pooling (a second feature version) and aligned
+    again: the alignment views name each row's feature versions, so the doc's queries join
+    `models` on them and give one row per alignment row, not one per feature version."""
+    from storage import layout
+    from tests.storage.catalog_store import DATASET, _alignment_rows
+
+    url = str(tmp_path / "store")
+    store = build_catalog_store(url)
+    (key, manifest), = [(k, m) for k, m in store.manifests(layout.FEATURES) if m["catalog"]["model"] == "vit-small"]
+    files = {name: store.read_table(f"{key}/{name}") for name in manifest["files"] if name.endswith(".parquet")}
+    store.publish(layout.features_key(DATASET, "vit-small", "fv-vit-small-cls"), files,
+                  {"kind": "features", "catalog": {**manifest["catalog"], "feature_version": "fv-vit-small-cls", "pooling": "cls"}})
+    scores, best = _alignment_rows("vit-small", "lm-small", "al-cls", 8)
+    store.publish(layout.alignment_key(DATASET, "vit-small", "lm-small", "al-cls"), {layout.SCORES_FILE: scores, layout.BEST_FILE: best},
+                  {"kind": "alignment", "lineage": {"features": {"vit-small": "fv-vit-small-cls", "lm-small": "fv-lm-small"}}})
+    con = connect(url)
+    queries = dict(doc_queries())
+    lineage = query(con, "select alignment_version, feature_version_a, feature_version_b from alignment_best "
+                         "where model_a = 'vit-small' and model_b = 'lm-small' and metric = 'cka' order by 1").to_pylist()
+    assert lineage == [{"alignment_version": "al-cls", "feature_version_a": "fv-vit-small-cls", "feature_version_b": "fv-lm-small"},
+                       {"alignment_version": "al-vit-small-lm-small", "feature_version_a": "fv-vit-small", "feature_version_b": "fv-lm-small"}]
+    n_best = {m: query(con, f"select count(*) n from alignment_best where metric = '{m}'").to_pylist()[0]["n"] for m in ("mutual_knn", "cka")}
+    assert n_best == {"mutual_knn": 5, "cka": 5}
+    assert query(con, queries["2. How alignment grows with parameter count"]).num_rows == 5
+    assert query(con, queries["3. Which layers align best"]).num_rows == 5
+    datasets = query(con, queries["9. Datasets and rejected rows"]).to_pylist()
+    assert [(d["models"], d["model_names"]) for d in datasets] == [(4, "lm-large, lm-small, vit-large, vit-small")]
