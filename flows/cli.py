@@ -268,13 +268,15 @@ def _gc(args: argparse.Namespace) -> int:
     import math
 
     from storage.figure_cache import remove_stale_namespaces
-    from storage.runs import open_for_run
+    from storage.runs import mark_crashed_runs, open_for_run
     from storage.shards import remove_stale_partials
 
     if not (math.isfinite(args.older_than_days) and args.older_than_days >= 0):
         raise ValueError(f"--older-than-days must be a number >= 0, got {args.older_than_days}")
     store = existing_store(args.store or default_store())
-    crashed, swept = ([], []) if args.dry_run else open_for_run(store)  # as a run starts: dead runs, dead writers
+    # as a run starts: dead runs, dead writers (a dry run only lists them)
+    crashed, swept = (mark_crashed_runs(store, dry_run=True), store.sweep_abandoned(dry_run=True)) if args.dry_run \
+        else open_for_run(store)
     now = time.time()
     partials = remove_stale_partials(store, args.older_than_days * 86400.0, dry_run=args.dry_run)
     figures = remove_stale_namespaces(store, dry_run=args.dry_run)
@@ -286,9 +288,9 @@ def _gc(args: argparse.Namespace) -> int:
     for key in figures:
         print(f"{verb} {key}: report figures drawn by another version of the report code")
     for run_id in crashed:
-        print(f"marked run {run_id} CRASHED (its process is gone)")
+        print(f"{'would mark' if args.dry_run else 'marked'} run {run_id} CRASHED (its process is gone)")
     for version in swept:
-        print(f"removed the unpublished files of {version} (its writer died)")
+        print(f"{verb} the unpublished files of {version} (its writer died)")
     freed = sum(entry["bytes"] for entry in partials)
     print(f"{store.display_url}: {len(partials)} shard folder(s), {freed / 1e6:.1f} MB {'would be ' if args.dry_run else ''}freed")
     return 0

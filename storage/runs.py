@@ -34,18 +34,21 @@ def run_records(store: Store) -> list[dict[str, Any]]:
     return records
 
 
-def mark_crashed_runs(store: Store) -> list[str]:
+def mark_crashed_runs(store: Store, dry_run: bool = False) -> list[str]:
     """Mark ``CRASHED`` every ``RUNNING`` record whose process is known to have died; returns
-    their run ids. Records of live processes, or of other hosts, are left alone."""
+    their run ids (``dry_run``: only those ids). Records of live processes, or of other hosts,
+    are left alone."""
     crashed = []
     for record in run_records(store):
         if record.get("status") != RUNNING or not owner_is_dead(record.get("process")):
             continue
         run_id = str(record.get("run_id"))
+        crashed.append(run_id)
+        if dry_run:
+            continue
         record.update(status=CRASHED, error="the run's process ended without finishing it (killed or crashed)",
                       finished_at=None, marked_crashed_at=utc_now())
         store.write_json(layout.run_key(run_id), record)
-        crashed.append(run_id)
     return crashed
 
 

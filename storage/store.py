@@ -418,29 +418,39 @@ class Store:
         self.fs.invalidate_cache(self.path(version_key))
         return self.manifest(version_key)
 
-    def _drop_if_stale(self, claim_key: str, stale_after_s: float) -> bool:
-        """Remove a claim whose writer is dead or whose last sign of life (the claim or its
-        latest heartbeat) is more than ``stale_after_s`` s old; True if this call removed it."""
+    def _stale_claim(self, claim_key: str, stale_after_s: float) -> tuple[bytes, str | None] | None:
+        """``(the claim's bytes, its heartbeat key)`` when the claim's writer is dead or its last
+        sign of life (the claim or its latest heartbeat) is more than ``stale_after_s`` s old;
+        None for a live claim or none."""
         try:
             raw = self.read_bytes(claim_key)
             token = json.loads(raw)
             alive_at = max(float(token["claimed_at"]), float(token.get("heartbeat_at") or 0.0))
         except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
-            return False
+            return None
         owner = token.get("owner")
         alive_key = _heartbeat_key(claim_key, owner)
         if alive_key is not None:
             alive_at = max(alive_at, self._heartbeat_at(alive_key))
         abandoned = owner in _ABANDONED_CLAIMS
         if abandoned or owner_is_dead(token.get("process")) or time.time() - alive_at > stale_after_s:
-            try:
-                if self.read_bytes(claim_key) == raw:  # still the same claim
-                    self.delete(claim_key)
-                    if alive_key is not None:
-                        self.delete(alive_key)
-                    return True
-            except FileNotFoundError:
-                pass
+            return raw, alive_key
+        return None
+
+    def _drop_if_stale(self, claim_key: str, stale_after_s: float) -> bool:
+        """Remove a stale claim (`_stale_claim`); True if this call removed it."""
+        stale = self._stale_claim(claim_key, stale_after_s)
+        if stale is None:
+            return False
+        raw, alive_key = stale
+        try:
+            if self.read_bytes(claim_key) == raw:  # still the same claim
+                self.delete(claim_key)
+                if alive_key is not None:
+                    self.delete(alive_key)
+                return True
+        except FileNotFoundError:
+            pass
         return False
 
     def _heartbeat_at(self, alive_key: str) -> float:
@@ -452,7 +462,7 @@ class Store:
             return 0.0
 
     def sweep_abandoned(self, prefixes: tuple[str, ...] = ("datasets", "features", "alignment"),
-                        stale_after_s: float = STALE_CLAIM_SECONDS) -> list[str]:
+                        stale_after_s: float = STALE_CLAIM_SECONDS, dry_run: bool = False) -> list[str]:
         """Remove the files of versions whose writer died before publishing them; returns their keys.
 
         A writer killed mid-publish leaves its claim and some data files but no manifest, so
@@ -461,7 +471,8 @@ class Store:
         dead (or silent for more than ``stale_after_s``) this takes the claim over through the same
         exclusive protocol as :meth:`publish` (so no live writer can be working on it), removes
         the version's files (never a published version's, and never the resumable shards
-        under ``_partial/``), then drops the claim.
+        under ``_partial/``), then drops the claim and, on a local disk, the folder if that left
+        it empty. ``dry_run``: only list the versions that would be swept.
         """
         swept = []
         for prefix in prefixes:
@@ -471,6 +482,10 @@ class Store:
             for path in sorted(self.fs.glob(f"{base}/**/{CLAIM}")):
                 version_key = self.key_of(path).rsplit("/", 1)[0]
                 claim_key = f"{version_key}/{CLAIM}"
+                if dry_run:
+                    if self._stale_claim(claim_key, stale_after_s) is not None and self._fresh_manifest(version_key) is None:
+                        swept.append(version_key)
+                    continue
                 if not self._drop_if_stale(claim_key, stale_after_s):
                     continue
                 if not self.create_exclusive(claim_key, _claim_token()):
@@ -484,6 +499,9 @@ class Store:
                         swept.append(version_key)
                 finally:
                     self.delete(claim_key)
+                if self.is_local and version_key in swept:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(self.path(version_key))  # empty unless resumable shards (_partial/) remain
         return swept
 
     def _write_version(

@@ -193,6 +193,9 @@ def test_gc_removes_only_shards_no_run_will_resume(tmp_path, capsys):
     store.write_json("alignment/d/a__b/v9/.publishing", {"owner": "w", "claimed_at": time.time(),
                                                          "process": {**current_owner(), "pid": int(dead), "started": "0"}})
     store.write_bytes("alignment/d/a__b/v9/scores.parquet", b"half")
+    assert main(["gc", "--store", store.url, "--dry-run"]) == 0  # says what a real gc will do, does nothing
+    assert "would remove the unpublished files of alignment/d/a__b/v9 (its writer died)" in capsys.readouterr().out
+    assert store.exists("alignment/d/a__b/v9/scores.parquet")
     assert main(["gc", "--store", store.url]) == 0
     out = capsys.readouterr().out
     assert "removed features/d/m/v2/_partial" in out and "removed the unpublished files of alignment/d/a__b/v9 (its writer died)" in out

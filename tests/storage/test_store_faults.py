@@ -105,8 +105,12 @@ def test_sweep_removes_what_a_dead_writer_left_unpublished(tmp_path):
 
     store.write_bytes(f"features/d/m/v4/{CLAIM}", claim(current_owner()))
 
+    before = _files(Path(store.root))
+    assert store.sweep_abandoned(dry_run=True) == ["features/d/m/v3", "alignment/d/a__b/v2"]  # listed, not touched
+    assert _files(Path(store.root)) == before
     assert store.sweep_abandoned() == ["features/d/m/v3", "alignment/d/a__b/v2"]
     assert store.sweep_abandoned() == []
+    assert not (Path(store.root) / "alignment/d/a__b/v2").exists()  # no empty folder left
     assert _files(Path(store.root)) == [
         "alignment/d/a__b/v1/manifest.json", "alignment/d/a__b/v1/scores.parquet",
         "features/d/m/v3/_partial/shard-00000.parquet",
