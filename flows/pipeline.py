@@ -33,7 +33,8 @@ BEST_COLUMNS = ["model_a", "model_b", "metric", "score", "layer_a", "layer_b", "
     description="Measure representational alignment between every vision and language model.",
     task_runner=make_task_runner(),
 )
-def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: bool = True) -> dict[str, Any]:
+def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: bool = True,
+                 extract_missing: bool = True) -> dict[str, Any]:
     """Run the whole pipeline on ``config`` against the store at ``store`` (an fsspec URL).
 
     Extraction fans out one task per model, alignment one task per model pair (each pair starts
@@ -47,6 +48,9 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
             resolve against the worker's working directory).
         report: Also write the HTML report (reports/<run_id>/report.html in the store) and attach
             it to the run as the `prh-report` artifact.
+        extract_missing: Extract models whose features are not stored (True); False when an
+            extraction stage ran before (prh-staged): such a model is then a failure, not
+            extracted on this pool.
 
     Returns a summary: run id, store, dataset version, feature and alignment manifests, and the
     best layer pair per metric for every model pair.
@@ -68,7 +72,7 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     target.write_json(layout.run_key(run_id), record)
     try:
         dataset = load_dataset(config.dataset, store_url, alignment=config.alignment)
-        features, alignments, failures = run_zoo(config, store_url, dataset)
+        features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing)
         best = [row for manifest in alignments for row in target.read_table(f"{manifest['key']}/{layout.BEST_FILE}").to_pylist()]
         record.update(
             status=FAILED if failures else COMPLETED,
@@ -101,7 +105,7 @@ class ZooFailures(RuntimeError):
 
 
 def run_zoo(
-    config: PipelineConfig, store_url: str, dataset: dict[str, Any]
+    config: PipelineConfig, store_url: str, dataset: dict[str, Any], extract_missing: bool = True
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], list[dict[str, str]]]:
     """Extract every model and align every pair as submitted tasks.
 
@@ -112,25 +116,11 @@ def run_zoo(
     One model or pair that fails (after its retries) does not stop the others: returns the
     feature manifests of the models that succeeded, the alignment manifests of the pairs that
     succeeded, and one ``{"stage", "item", "error"}`` record per failure (a pair of a failed
-    model is recorded as skipped).
+    model is recorded as skipped). ``extract_missing`` False (the alignment stage of
+    ``prh-staged``): a model without stored features is a failure, not extracted here.
     """
     logger = get_run_logger()
-    context = FlowRunContext.get()
-    if context is not None and runs_in_parallel(context.task_runner):
-        preload_libraries()
-    # a model whose features are stored needs no check (and its libraries need not load)
-    stored = {spec.name: _stored_manifest(store_url, dataset, spec) for spec in config.models}
-    failures = check_models([spec for spec in config.models if stored[spec.name] is None])
-    for spec in config.models:
-        moved = stored[spec.name] and moved_upstream(spec, stored[spec.name])
-        if moved:
-            logger.warning("model %s: %s", spec.name, moved)
-    refused = {f["item"] for f in failures}
-    extracting = {}
-    for index, spec in enumerate(config.models, 1):
-        if spec.name not in refused:
-            logger.info("model %d/%d: %s", index, len(config.models), spec.name)
-            extracting[spec.name] = extract_features.submit(store_url, dataset, spec)
+    extracting, failures = submit_extractions(config, store_url, dataset, extract_missing)
     pairs = [(a.name, b.name) for a, b in config.model_pairs()]
     if not pairs:
         logger.warning("no model pairs to align (%d model(s), alignment.pairs=%s): features only",
@@ -138,12 +128,7 @@ def run_zoo(
     aligning = [align_pair.submit(store_url, extracting[a], extracting[b], config.alignment, a, b)
                 if a in extracting and b in extracting else None for a, b in pairs]
 
-    features = {}
-    for name, future in extracting.items():
-        try:
-            features[name] = future.result()
-        except Exception as error:  # noqa: BLE001 - recorded, reported and re-raised by the flow
-            failures.append({"stage": "extract", "item": name, "error": _one_line(error)})
+    features = collect_features(extracting, failures)
     alignments = []
     for (a, b), future in zip(pairs, aligning):
         missing = [name for name in (a, b) if name not in features]
@@ -158,6 +143,52 @@ def run_zoo(
     for failure in failures:
         logger.error("%s %s failed: %s", failure["stage"], failure["item"], failure["error"])
     return features, alignments, failures
+
+
+#: Why the alignment stage of ``prh-staged`` does not extract a model (``extract_missing`` False).
+NOT_EXTRACTED = "no stored features: the extraction stage did not publish them (see its flow run)"
+
+
+def submit_extractions(
+    config: PipelineConfig, store_url: str, dataset: dict[str, Any], extract_missing: bool = True
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Submit one extraction task per model of the zoo: (futures by model name, failures so far).
+
+    Models whose features are stored need no check (their libraries need not load; a hub model at
+    a movable revision is looked up for `moved_upstream`); the others are checked first
+    (`check_models`) and a refused one is a failure, not a task. With ``extract_missing`` False a
+    model without stored features is a failure too (``NOT_EXTRACTED``)."""
+    logger = get_run_logger()
+    context = FlowRunContext.get()
+    if context is not None and runs_in_parallel(context.task_runner):
+        preload_libraries()
+    stored = {spec.name: _stored_manifest(store_url, dataset, spec) for spec in config.models}
+    missing = [spec for spec in config.models if stored[spec.name] is None]
+    failures = check_models(missing) if extract_missing else \
+        [{"stage": "extract", "item": spec.name, "error": NOT_EXTRACTED} for spec in missing]
+    for spec in config.models:
+        moved = stored[spec.name] and moved_upstream(spec, stored[spec.name])
+        if moved:
+            logger.warning("model %s: %s", spec.name, moved)
+    refused = {f["item"] for f in failures}
+    extracting = {}
+    for index, spec in enumerate(config.models, 1):
+        if spec.name not in refused:
+            logger.info("model %d/%d: %s", index, len(config.models), spec.name)
+            extracting[spec.name] = extract_features.submit(store_url, dataset, spec)
+    return extracting, failures
+
+
+def collect_features(extracting: dict[str, Any], failures: list[dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """The feature manifests of the submitted extractions that succeeded; each one that failed
+    (after its retries) is appended to ``failures``."""
+    features = {}
+    for name, future in extracting.items():
+        try:
+            features[name] = future.result()
+        except Exception as error:  # noqa: BLE001 - recorded, reported and re-raised by the flow
+            failures.append({"stage": "extract", "item": name, "error": _one_line(error)})
+    return features
 
 
 def _stored_manifest(store_url: str, dataset: dict[str, Any], spec: Any) -> dict[str, Any] | None:

@@ -132,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = prefect_env(args.port, Path(args.home))
     api_url = env["PREFECT_API_URL"]
     children: list[subprocess.Popen[bytes]] = []
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` (systemd, docker stop) stops the children too, as Ctrl-C
     Path(args.home).mkdir(parents=True, exist_ok=True)
     try:
         print(f"starting the Prefect server on 127.0.0.1:{args.port} (PREFECT_HOME={args.home}) ...", flush=True)
@@ -162,6 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for child in reversed(children):
             stop(child)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: unwind through ``main``'s ``finally``, which stops the children."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -13,15 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
 
-from flows.pipeline import log_recovery
-from flows.runners import make_task_runner, preload_libraries, runs_in_parallel
+from flows.pipeline import ZooFailures, collect_features, log_recovery, submit_extractions
+from flows.runners import make_task_runner
 from storage.runs import open_for_run
 from storage.store import DEFAULT_STORE, Store
 from tasks.dataset_task import load_dataset
-from tasks.extract_task import extract_features
 from tasks.params import PipelineConfig
 
 
@@ -38,11 +36,8 @@ def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str,
     store_url = target.url
     log_recovery(*open_for_run(target))
     dataset = load_dataset(config.dataset, store_url, alignment=config.alignment)
-    context = FlowRunContext.get()
-    if context is not None and runs_in_parallel(context.task_runner):
-        preload_libraries()
-    futures = {spec.name: extract_features.submit(store_url, dataset, spec) for spec in config.models}
-    manifests = {name: future.result() for name, future in futures.items()}
+    extracting, failures = submit_extractions(config, store_url, dataset)
+    manifests = collect_features(extracting, failures)
     summary = {
         "dataset_version": dataset["catalog"]["dataset_version"],
         "feature_versions": {name: m["catalog"]["feature_version"] for name, m in manifests.items()},
@@ -50,6 +45,11 @@ def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str,
         "reused": sorted(name for name, m in manifests.items() if m.get("reused")),
     }
     logger.info("extracted: %s; reused: %s", ", ".join(summary["extracted"]) or "none", ", ".join(summary["reused"]) or "none")
+    if failures:  # the other models' features are published; the flow run fails naming these
+        for failure in failures:
+            logger.error("%s %s failed: %s", failure["stage"], failure["item"], failure["error"])
+        raise ZooFailures(f"{len(failures)} of {len(config.models)} models failed (the others' features are published): "
+                          + "; ".join(f"{f['item']}: {f['error']}" for f in failures))
     return summary
 
 
@@ -62,6 +62,10 @@ def prh_staged(
 ) -> dict[str, Any]:
     """Run ``extract_deployment`` then ``align_deployment`` with the same config and store.
 
+    The alignment stage runs even when some models failed in the extraction stage: it aligns the
+    models whose features are stored and records the others as failures (``extract_missing``
+    False: nothing is extracted on the CPU pool); the staged run then fails naming both stages.
+
     Args:
         config: The run: dataset, model zoo, metrics.
         store: A store every worker of both pools can reach (s3://... across machines).
@@ -69,11 +73,15 @@ def prh_staged(
         align_deployment: `flow-name/deployment-name` of the alignment stage (CPU pool).
     """
     parameters = {"config": config.model_dump(mode="json"), "store": store}
-    runs = {}
-    for stage, name in (("extract", extract_deployment), ("align", align_deployment)):
-        run = run_deployment(name, parameters=parameters, timeout=None, poll_interval=2, as_subflow=True)
+    runs, failed = {}, []
+    for stage, name, extra in (("extract", extract_deployment, {}), ("align", align_deployment, {"extract_missing": False})):
+        run = run_deployment(name, parameters={**parameters, **extra}, timeout=None, poll_interval=2, as_subflow=True)
         state = run.state
-        if state is None or not state.is_completed():
-            raise RuntimeError(f"{stage} stage ({name}) ended {state.name if state else 'without a state'}: flow run {run.id}")
         runs[stage] = str(run.id)
+        if state is None or not state.is_completed():
+            failed.append(f"{stage} stage ({name}) ended {state.name if state else 'without a state'}: flow run {run.id}")
+            if stage == "extract" and (state is None or state.type.value in ("CRASHED", "CANCELLED")):
+                break  # no model's fate is known: nothing to align
+    if failed:
+        raise RuntimeError("; ".join(failed))
     return {"flow_runs": runs, "store": Store(store).display_url}

@@ -5,6 +5,7 @@ harness of the other tests points elsewhere) and is stopped by PID."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -74,15 +75,15 @@ def _call(method: str, url: str, **kwargs: Any) -> Any:
     return response.json()
 
 
-def _run(api: str, deployment: str, parameters: dict, logs: Path) -> dict:
-    """Trigger a run like the UI's Run button does, wait for a final state, return the flow run."""
+def _run(api: str, deployment: str, parameters: dict, logs: Path, expect: str = "COMPLETED") -> dict:
+    """Trigger a run like the UI's Run button does, wait for a final state (``expect``), return the flow run."""
     found = _call("GET", f"{api}/deployments/name/{deployment}")
     run_id = _call("POST", f"{api}/deployments/{found['id']}/create_flow_run", json={"parameters": parameters})["id"]
     deadline = time.monotonic() + RUN_TIMEOUT
     while time.monotonic() < deadline:
         run = _call("GET", f"{api}/flow_runs/{run_id}")
         if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            assert run["state"]["type"] == "COMPLETED", (run["state"], (logs / "worker.log").read_text()[-4000:])
+            assert run["state"]["type"] == expect, (run["state"], (logs / "worker.log").read_text()[-4000:])
             return run
         time.sleep(1)
     pytest.fail(f"flow run {run_id} not finished after {RUN_TIMEOUT}s; worker log:\n{(logs / 'worker.log').read_text()[-4000:]}")
@@ -146,3 +147,68 @@ def test_run_from_the_ui_then_incremental(server, tmp_path):
     record = query(connect(store), f"select extracted, reused, aligned, status from runs where run_id = '{align_run['id']}'").to_pylist()
     assert record == [{"extracted": [], "reused": ["tiny-bert", "tiny-vit"], "aligned": 0, "status": "COMPLETED"}]
     assert time.monotonic() - started < 90
+
+    # A model that cannot be extracted does not stop the staged night: the extraction stage
+    # publishes the others and fails naming it; the alignment stage still runs, aligns what is
+    # stored, records the model as not extracted (never extracting on the CPU pool) and fails.
+    bad = {"name": "bad-vit", "loader": "hf", "id": "nonexistent-org/nonexistent-model", "modality": "vision"}
+    failed = _run(api, "prh-staged/nightly-staged", {"config": _config([TINY_VIT, bad, TINY_BERT]), "store": store}, logs, expect="FAILED")
+    children = _call("POST", f"{api}/flow_runs/filter", json={"flow_runs": {"parent_task_run_id": {"is_null_": False}}})
+    children = [r for r in children if r["id"] not in (staged["id"], failed["id"]) and r["id"] not in (extract_run["id"], align_run["id"])]
+    assert sorted((r["work_pool_name"], r["state"]["type"]) for r in children) == [(serve.CPU_POOL, "FAILED"), (serve.GPU_POOL, "FAILED")]
+    align_run = next(r for r in children if r["work_pool_name"] == serve.CPU_POOL)
+    record, = query(connect(store), f"select reused, status, failures from runs where run_id = '{align_run['id']}'").to_pylist()
+    assert (record["reused"], record["status"]) == (["tiny-bert", "tiny-vit"], "FAILED")
+    failures = {(f["stage"], f["item"]): f["error"] for f in json.loads(record["failures"])}
+    assert set(failures) == {("extract", "bad-vit"), ("align", "bad-vit x tiny-bert")}
+    assert "the extraction stage did not publish them" in failures["extract", "bad-vit"]
+
+
+def test_the_deployments_demo_config_is_configs_demo_yaml():
+    """The deployments' default zoo (`definitions.demo_config`) runs what `prh run` runs, so the
+    nightly and the CLI publish the same alignment versions into the same store."""
+    from pathlib import Path
+
+    import yaml
+
+    from tasks.params import PipelineConfig, load_config
+
+    root = Path(__file__).resolve().parents[2]
+    deployed = PipelineConfig.model_validate(yaml.safe_load((root / "prefect.yaml").read_text())["definitions"]["demo_config"])
+    demo = load_config(str(root / "configs" / "demo.yaml"))
+    assert deployed.dataset.sample_n() == demo.dataset.sample_n()  # n left empty in the UI form: the demo's 1,024
+    assert deployed.model_dump(exclude={"dataset": {"n"}}) == demo.model_dump(exclude={"dataset": {"n"}})
+
+
+SERVE_CHILD = """
+import subprocess, sys
+from flows import serve
+def sleeper(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+serve.start_server = serve.start_worker = sleeper
+serve.wait_healthy = serve.ensure_work_pool = serve.ensure_concurrency_limit = serve.deploy_all = lambda *a, **k: None
+raise SystemExit(serve.main(["--home", sys.argv[1], "--gpu-worker"]))
+"""
+
+
+def test_serve_stops_its_server_and_workers_on_sigterm(tmp_path):
+    """`kill PID` (systemd, docker stop) of `python -m flows.serve` stops what it started, as Ctrl-C
+    does (the server and workers were left running, reparented to init)."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import psutil
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_CHILD, str(tmp_path / "home")], cwd=root, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "Ctrl-C stops everything" in line:
+            break
+    children = psutil.Process(proc.pid).children()
+    assert len(children) == 3  # the server and two workers (sleepers here)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, alive
