@@ -112,11 +112,21 @@ class DatasetParams(BaseModel):
         return ColumnMap(self.image_column, self.text_column, self.captions)
 
 
+def _metric_choices(schema: dict[str, Any]) -> None:
+    """The UI form's metric list offers the registered names (the server refuses others before a
+    run is created): ``items.enum``, no repeats."""
+    from tasks.metrics import METRICS
+
+    schema.setdefault("items", {})["enum"] = sorted(METRICS)
+    schema["uniqueItems"] = True
+
+
 class AlignmentParams(BaseModel):
     """Which metrics to compute over every layer pair, and how to calibrate them."""
 
     model_config = ConfigDict(extra="forbid")
-    metrics: list[str] = Field(["mutual_knn", "cka", "cknna"], min_length=1, description="Registered metric names")
+    metrics: list[str] = Field(["mutual_knn", "cka", "cknna"], min_length=1, description="Registered metric names",
+                               json_schema_extra=lambda schema: _metric_choices(schema))
     topk: Int = Field(10, ge=1, description="Neighbours for k-NN metrics and CKNNA")
     kernel_metric: Literal["ip", "rbf"] = Field("ip", description="CKA kernel")
     rbf_sigma: Float = Field(1.0, gt=0, description="RBF kernel width")

@@ -112,6 +112,11 @@ def test_deployments_from_prefect_yaml(server):
     dataset = schema["definitions"]["DatasetParams"]["properties"]
     assert "n" not in nightly["parameters"]["config"]["dataset"] and dataset["n"].get("default") is None
     assert alignment["unit"]["default"] == "sample" and alignment["unit"]["enum"] == ["sample", "image"]
+    assert {"mutual_knn", "cka", "cknna", "svcca"} <= set(alignment["metrics"]["items"]["enum"])  # a choice list in the form
+    bad = _call("GET", f"{api}/deployments/name/prh-pipeline/cpu")
+    config = {**nightly["parameters"]["config"], "alignment": {"metrics": ["mutual_knnn"]}}
+    refused = httpx.post(f"{api}/deployments/{bad['id']}/create_flow_run", json={"parameters": {"config": config}}, timeout=30)
+    assert refused.status_code == 409 and "mutual_knnn" in refused.text, (refused.status_code, refused.text[:500])  # no run created
     limits = _call("POST", f"{api}/concurrency_limits/filter", json={})
     assert [(c["tag"], c["concurrency_limit"]) for c in limits] == [(serve.GPU_TAG, 1)]
 
