@@ -12,12 +12,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 
 from flows.runners import make_task_runner, preload_libraries, runs_in_parallel
 from storage import layout
 from storage.owner import current_owner
-from storage.runs import COMPLETED, FAILED, RUNNING, open_for_run
+from storage.runs import CANCELLED, COMPLETED, FAILED, RUNNING, open_for_run
 from storage.store import DEFAULT_STORE, Store, utc_now
 from storage.versioning import code_version
 from tasks.align_task import align_pair
@@ -92,8 +93,9 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
 
             publish_report_artifact(store_url, record)
         return {**record, "best": best}
-    except BaseException as error:
-        record.update(status=FAILED, error=_one_line(error))
+    except BaseException as error:  # stopped (Ctrl-C, cancelled from the UI: SIGTERM) or failed
+        stopped = isinstance(error, (KeyboardInterrupt, TerminationSignal))
+        record.update(status=CANCELLED if stopped else FAILED, error=_one_line(error))
         raise
     finally:
         record["finished_at"] = utc_now()

@@ -15,7 +15,7 @@ from storage import layout
 from storage.owner import owner_is_dead
 from storage.store import Store, utc_now
 
-RUNNING, COMPLETED, FAILED, CRASHED = "RUNNING", "COMPLETED", "FAILED", "CRASHED"
+RUNNING, COMPLETED, FAILED, CRASHED, CANCELLED = "RUNNING", "COMPLETED", "FAILED", "CRASHED", "CANCELLED"
 
 
 def run_records(store: Store) -> list[dict[str, Any]]:

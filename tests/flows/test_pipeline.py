@@ -197,3 +197,37 @@ def test_a_failing_model_does_not_stop_the_others(tmp_path):
         ("check", "bert-as-vision"), ("extract", "broken-vit"), ("align", "broken-vit x tiny-bert"), ("align", "bert-as-vision x tiny-bert")]
     assert "vision" in failures[0]["error"] and "negative dimension" in failures[1]["error"]
     assert run["error"].startswith("flows.pipeline.ZooFailures: 2 of 4 models")
+
+
+STOPPED_CHILD = """
+import signal, sys
+import flows.pipeline
+from prefect.exceptions import TerminationSignal
+from tasks.params import PipelineConfig
+def stopped(*args, **kwargs):
+    raise TerminationSignal(signal.SIGTERM)  # what a cancel from the UI raises in the flow (the worker's SIGTERM)
+flows.pipeline.load_dataset = stopped
+flows.pipeline.prh_pipeline(config=PipelineConfig.model_validate_json(sys.argv[2]), store=sys.argv[1], report=False)
+"""
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_stopped_run_is_recorded_cancelled(tmp_path):
+    """A run stopped from outside (a cancel from the UI reaches the flow as Prefect's
+    TerminationSignal; Ctrl-C as KeyboardInterrupt) is CANCELLED in the runs view, not FAILED.
+    In a child process: Prefect ends the process with the signal after the flow."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_API_URL
+
+    root = Path(__file__).resolve().parents[2]
+    store = str(tmp_path / "store")
+    env = {**os.environ, "PYTHONPATH": str(root), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    config = _config([TINY_VIT, TINY_BERT], permutations=0).model_dump_json()
+    done = subprocess.run([sys.executable, "-c", STOPPED_CHILD, store, config], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    run = query(connect(Store(store)), "select status, error from runs").to_pylist()
+    assert [r["status"] for r in run] == ["CANCELLED"] and "TerminationSignal" in run[0]["error"], (run, done.stderr[-2000:])
