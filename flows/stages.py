@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 
 from flows.pipeline import ZooFailures, collect_features, log_recovery, submit_extractions
 from flows.runners import make_task_runner
@@ -75,7 +76,11 @@ def prh_staged(
     parameters = {"config": config.model_dump(mode="json"), "store": store}
     runs, failed = {}, []
     for stage, name, extra in (("extract", extract_deployment, {}), ("align", align_deployment, {"extract_missing": False})):
-        run = run_deployment(name, parameters={**parameters, **extra}, timeout=None, poll_interval=2, as_subflow=True)
+        try:
+            run = run_deployment(name, parameters={**parameters, **extra}, timeout=None, poll_interval=2, as_subflow=True)
+        except ObjectNotFound:
+            raise ValueError(f"{stage} stage: no deployment {name!r} (flow-name/deployment-name, e.g. "
+                             f"{'prh-extract/gpu' if stage == 'extract' else 'prh-pipeline/cpu'}; see prefect.yaml)") from None
         state = run.state
         runs[stage] = str(run.id)
         if state is None or not state.is_completed():

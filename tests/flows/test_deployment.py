@@ -102,6 +102,8 @@ def test_deployments_from_prefect_yaml(server):
     assert by_name["gpu"]["work_pool_name"] == serve.GPU_POOL and by_name["cpu"]["work_pool_name"] == serve.CPU_POOL
     nightly = by_name["nightly"]
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"] and nightly["schedules"][0]["active"]
+    limits = [by_name[n]["global_concurrency_limit"] for n in ("nightly", "nightly-staged")]
+    assert [(limit or {}).get("limit") for limit in limits] == [1, 1]  # no overlapping nights, staged or not
     # The UI's form: typed, described, with the demo zoo as default.
     schema = nightly["parameter_openapi_schema"]
     assert schema["properties"]["config"]["description"] and schema["properties"]["store"]["description"]
@@ -167,6 +169,9 @@ def test_run_from_the_ui_then_incremental(server, tmp_path):
     failures = {(f["stage"], f["item"]): f["error"] for f in json.loads(record["failures"])}
     assert set(failures) == {("extract", "bad-vit"), ("align", "bad-vit x tiny-bert")}
     assert "the extraction stage did not publish them" in failures["extract", "bad-vit"]
+    wrong = _run(api, "prh-staged/nightly-staged", {"config": _config([TINY_VIT, TINY_BERT]), "store": store,
+                                                    "extract_deployment": "prh-extract/nope"}, logs, expect="FAILED")
+    assert "extract stage: no deployment 'prh-extract/nope'" in wrong["state"]["message"], wrong["state"]
 
 
 def test_the_deployments_demo_config_is_configs_demo_yaml():
