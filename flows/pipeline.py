@@ -142,9 +142,15 @@ def run_zoo(
             alignments.append(future.result())
         except Exception as error:  # noqa: BLE001
             failures.append(skipped if missing else {**skipped, "error": _one_line(error)})
+    log_failures(failures)
+    return features, alignments, failures
+
+
+def log_failures(failures: list[dict[str, str]]) -> None:
+    """One error line per ``{"stage", "item", "error"}`` failure record, in the flow run's log."""
+    logger = get_run_logger()
     for failure in failures:
         logger.error("%s %s failed: %s", failure["stage"], failure["item"], failure["error"])
-    return features, alignments, failures
 
 
 #: Why the alignment stage of ``prh-staged`` does not extract a model (``extract_missing`` False).

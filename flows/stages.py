@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
-from flows.pipeline import ZooFailures, collect_features, log_recovery, submit_extractions
+from flows.pipeline import ZooFailures, collect_features, log_failures, log_recovery, submit_extractions
 from flows.runners import make_task_runner
 from storage.runs import open_for_run
 from storage.store import DEFAULT_STORE, Store
@@ -47,8 +47,7 @@ def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str,
     }
     logger.info("extracted: %s; reused: %s", ", ".join(summary["extracted"]) or "none", ", ".join(summary["reused"]) or "none")
     if failures:  # the other models' features are published; the flow run fails naming these
-        for failure in failures:
-            logger.error("%s %s failed: %s", failure["stage"], failure["item"], failure["error"])
+        log_failures(failures)
         raise ZooFailures(f"{len(failures)} of {len(config.models)} models failed (the others' features are published): "
                           + "; ".join(f"{f['item']}: {f['error']}" for f in failures))
     return summary

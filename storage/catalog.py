@@ -45,14 +45,14 @@ _EMPTY_VIEWS = {
     "alignment": (
         "alignment_version VARCHAR, dataset_version VARCHAR, metric VARCHAR, params VARCHAR, model_a VARCHAR, "
         "model_b VARCHAR, layer_a INTEGER, layer_b INTEGER, layer_name_a VARCHAR, layer_name_b VARCHAR, "
-        "score DOUBLE, n_samples INTEGER, unit VARCHAR, feature_version_a VARCHAR, feature_version_b VARCHAR"
+        "score DOUBLE, n_samples INTEGER, unit VARCHAR"
     ),
     "alignment_best": (
         "alignment_version VARCHAR, dataset_version VARCHAR, metric VARCHAR, params VARCHAR, model_a VARCHAR, "
         "model_b VARCHAR, modality_a VARCHAR, modality_b VARCHAR, layer_a INTEGER, layer_b INTEGER, "
         "layer_name_a VARCHAR, layer_name_b VARCHAR, score DOUBLE, chance_level DOUBLE, null_mean DOUBLE, "
         "null_std DOUBLE, tau DOUBLE, p_value DOUBLE, calibrated_score DOUBLE, permutations INTEGER, ci_low DOUBLE, ci_high DOUBLE, bootstrap INTEGER, "
-        "n_samples INTEGER, unit VARCHAR, feature_version_a VARCHAR, feature_version_b VARCHAR"
+        "n_samples INTEGER, unit VARCHAR"
     ),
 }
 
@@ -174,7 +174,8 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
     view, so that an exported catalog file has them too): models are identified by name and
     feature version, since one model name can have several feature versions (another pooling)."""
     if not files:
-        columns = ", ".join(f"NULL::{c.split(' ', 1)[1]} AS {c.split(' ', 1)[0]}" for c in _EMPTY_VIEWS[view].split(", "))
+        declared = _EMPTY_VIEWS[view].split(", ") + [f"{c} VARCHAR" for c in LINEAGE_COLUMNS if view in _LINEAGE_VIEWS]
+        columns = ", ".join(f"NULL::{c.split(' ', 1)[1]} AS {c.split(' ', 1)[0]}" for c in declared)
         con.execute(f"CREATE VIEW {view} AS SELECT {columns} WHERE false")
         return
     listing = ", ".join(_literal(f) for f in files)
@@ -187,14 +188,14 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
              else "SELECT NULL::VARCHAR AS alignment_version, NULL::VARCHAR AS model, NULL::VARCHAR AS feature_version WHERE false")
     con.execute(
         f"CREATE VIEW {view} AS WITH lineage AS ({known}) "
-        f"SELECT p.*, la.feature_version AS feature_version_a, lb.feature_version AS feature_version_b FROM {source} p "
+        f"SELECT p.*, la.feature_version AS {LINEAGE_COLUMNS[0]}, lb.feature_version AS {LINEAGE_COLUMNS[1]} FROM {source} p "
         "LEFT JOIN lineage la ON la.alignment_version = p.alignment_version AND la.model = p.model_a "
         "LEFT JOIN lineage lb ON lb.alignment_version = p.alignment_version AND lb.model = p.model_b"
     )
 
 
 #: File views that carry the feature versions of their two models (``CatalogSources.lineage``),
-#: and the columns they add to their Parquet files'.
+#: and the columns they add to their Parquet files' (``_EMPTY_VIEWS``: the files' columns).
 _LINEAGE_VIEWS = ("alignment", "alignment_best")
 LINEAGE_COLUMNS = ("feature_version_a", "feature_version_b")
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tasks.data.sources import ColumnMap
+from tasks.data.sources import ColumnMap, refuse_split
 
 __all__ = ["coco_captions_table", "karpathy_split_table", "read_json_table"]
 
@@ -74,10 +74,10 @@ def read_json_table(path: Path, columns: ColumnMap, limit: int | None = None, sp
                              "text_column do not apply")
         if karpathy:
             return karpathy_split_table(document, where, split, limit)
-        _no_split(split, where, kind)
+        refuse_split(split, f"dataset file {where!r}", kind)
         return coco_captions_table(document, where, limit)
     if isinstance(document, list):
-        _no_split(split, where, "an array of rows")
+        refuse_split(split, f"dataset file {where!r}", "an array of rows")
         return _records_table(document, where, columns, limit)
     found = f"an object with keys {sorted(document)[:12]}" if isinstance(document, dict) else f"a JSON {type(document).__name__}"
     raise ValueError(
@@ -106,13 +106,6 @@ def _mixed_column(rows: list[dict[str, Any]], names: list[str]) -> str:
             (first, at_first), (second, at) = sorted(kinds.items(), key=lambda item: item[1])[:2]
             return f"key {name!r} mixes JSON {first} (element {at_first}) and {second} (element {at}) values"
     return "a key mixes value types"
-
-
-def _no_split(split: str | None, where: str, kind: str) -> None:
-    """Refuse a split for a document that has none."""
-    if split is not None:
-        raise ValueError(f"dataset file {where!r} is {kind}, which has no splits: dataset.split {split!r} applies to "
-                         "Karpathy split files (dataset_coco.json) and hub datasets; leave it unset")
 
 
 def coco_captions_table(document: dict[str, Any], where: str, limit: int | None = None) -> pa.Table:

@@ -165,10 +165,8 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
     if not path.exists():
         where = "" if path.is_absolute() else f" (relative paths are read from the working directory: {path.absolute()})"
         raise ValueError(f"dataset path {str(path)!r} does not exist{where}")
-    if split is not None and not (path.is_file() and path.suffix.lower() == ".json"):
-        raise ValueError(f"dataset {str(path)!r} is {'a folder' if path.is_dir() else 'a ' + path.suffix + ' table'}, which has no "
-                         f"splits: dataset.split {split!r} applies to Karpathy split files (dataset_coco.json) and hub "
-                         "datasets; leave it unset")
+    if not (path.is_file() and path.suffix.lower() == ".json"):  # a .json document tells (tasks.data.json_tables)
+        refuse_split(split, f"dataset {str(path)!r}", "a folder" if path.is_dir() else f"a {path.suffix} table")
     if path.is_dir():
         metadata = _metadata_table(path)
         if metadata is not None:
@@ -179,6 +177,14 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
                              f"folder with a {' / '.join(METADATA_FILES)} table")
         return _read_folder(path, limit), path
     return _read_table(path, columns, limit, split), path.parent
+
+
+def refuse_split(split: str | None, what: str, kind: str) -> None:
+    """Refuse ``dataset.split`` (when set) for ``what`` (the dataset, in a message), a ``kind`` of
+    source that has no splits; only Karpathy split files and hub datasets have them."""
+    if split is not None:
+        raise ValueError(f"{what} is {kind}, which has no splits: dataset.split {split!r} applies to Karpathy split "
+                         "files (dataset_coco.json) and hub datasets; leave it unset")
 
 
 def _metadata_table(folder: Path) -> Path | None:

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from storage import layout
-from storage.catalog import _EMPTY_VIEWS, LINEAGE_COLUMNS
+from storage.catalog import _EMPTY_VIEWS
 from storage.features import layer_tables
 from storage.store import Store
 
@@ -26,7 +26,7 @@ MODELS = {
 
 def _schema(view: str) -> list[str]:
     """The columns of the view's Parquet files (the view adds the lineage columns)."""
-    return [c.split(" ", 1)[0] for c in _EMPTY_VIEWS[view].split(", ") if c.split(" ", 1)[0] not in LINEAGE_COLUMNS]
+    return [c.split(" ", 1)[0] for c in _EMPTY_VIEWS[view].split(", ")]
 
 
 def build_catalog_store(url: str) -> Store:

@@ -166,6 +166,9 @@ def test_metadata_views_keep_their_types_when_a_column_is_all_null(tmp_path):
     empty = {r["column_name"]: r["column_type"] for r in query(con, "select column_name, column_type from (describe models)").to_pylist()}
     assert (empty["bits_per_byte"], empty["param_count"], empty["layer_widths"]) == ("DOUBLE", "BIGINT", "BIGINT[]")
     assert query(con, "select round(bits_per_byte, 2) b from models where bits_per_byte > 1.5").num_rows == 0
+    for view in ("alignment", "alignment_best"):  # no versions yet: the lineage columns are there all the same
+        names = {r["column_name"] for r in query(con, f"select column_name from (describe {view})").to_pylist()}
+        assert {"feature_version_a", "feature_version_b", "score", "unit"} <= names, (view, names)
     runs = query(con, dict(doc_queries())["5. Runs and their lineage"]).to_pylist()
     assert [(r["run"], r["status"], r["model"]) for r in runs] == [("r1", "CRASHED", None)]  # a run without features is listed
     for title, sql in doc_queries():  # every query of the doc runs on such a store
