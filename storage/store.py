@@ -163,17 +163,31 @@ class Store:
         return "/".join(safe_component(c, "storage key component") for c in components)
 
     # ----------------------------------------------------------------- reads
+    @contextlib.contextmanager
+    def _reading(self, key: str) -> Iterator[None]:
+        """Errors of an object store that is down or refusing, raised inside, re-raised naming
+        the store, the key read and the S3 cause (same classification, see :meth:`_failure`)."""
+        try:
+            yield
+        except Exception as error:
+            failure = self._failure(f"read {key or 'the root'}", error)
+            if failure is error:
+                raise
+            raise failure from error
+
     def exists(self, key: str) -> bool:
-        return self.fs.exists(self.path(key))
+        with self._reading(key):
+            return self.fs.exists(self.path(key))
 
     def read_bytes(self, key: str) -> bytes:
-        return self.fs.cat_file(self.path(key))
+        with self._reading(key):
+            return self.fs.cat_file(self.path(key))
 
     def read_json(self, key: str) -> Any:
         return json.loads(self.read_bytes(key))
 
     def read_table(self, key: str, columns: list[str] | None = None) -> pa.Table:
-        with self.fs.open(self.path(key), "rb") as handle:
+        with self._reading(key), self.fs.open(self.path(key), "rb") as handle:
             return pq.read_table(handle, columns=columns)
 
     def manifest(self, version_key: str) -> dict[str, Any] | None:
@@ -186,12 +200,15 @@ class Store:
     def manifests(self, prefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every published version under ``prefix`` as (version key, manifest), sorted by key."""
         base = self.path(prefix)
-        if not self.fs.exists(base):
-            return
-        found = self.fs.glob(f"{base}/**/{MANIFEST}")
+        with self._reading(prefix):
+            if not self.fs.exists(base):
+                return
+            found = self.fs.glob(f"{base}/**/{MANIFEST}")
         for path in sorted(found):
             version_key = self.key_of(path).rsplit("/", 1)[0]
-            yield version_key, json.loads(self.fs.cat_file(path))
+            with self._reading(f"{version_key}/{MANIFEST}"):
+                manifest = json.loads(self.fs.cat_file(path))
+            yield version_key, manifest
 
     # ---------------------------------------------------------------- writes
     def check_writable(self, min_free_mb: float | None = None) -> None:

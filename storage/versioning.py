@@ -10,6 +10,7 @@ import ast
 import hashlib
 import io
 import json
+import threading
 import tokenize
 from functools import lru_cache
 from pathlib import Path
@@ -52,6 +53,12 @@ def table_digest(table: pa.Table, columns: list[str] | None = None) -> str:
     return h.hexdigest()
 
 
+#: CPython 3.11 keeps the AST converter's recursion counter in interpreter-wide state: two threads
+#: parsing at once (tasks of one flow run computing their versions) can fail with "SystemError: AST
+#: constructor recursion depth mismatch". One parse at a time in this process.
+_AST_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=None)
 def code_version(*packages: str, exclude: tuple[str, ...] = ()) -> str:
     """Hash of the source of the given project packages (e.g. ``"tasks/extract"``), less the
@@ -82,7 +89,8 @@ def behaviour_source(source: str) -> str:
     Source that does not parse is returned unchanged (it is then hashed as it is).
     """
     try:
-        tree = ast.parse(source)
+        with _AST_LOCK:
+            tree = ast.parse(source)
         comments = [(t.start, t.end) for t in tokenize.generate_tokens(io.StringIO(source).readline)
                     if t.type == tokenize.COMMENT]
     except (SyntaxError, tokenize.TokenError, ValueError):

@@ -216,9 +216,10 @@ class PipelineConfig(BaseModel):
     """A whole run: dataset, model zoo, alignment."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset: DatasetParams = Field(default_factory=DatasetParams)
+    dataset: DatasetParams = Field(default_factory=DatasetParams, description="The paired image-caption data")
     models: list[ModelSpec] = Field(..., min_length=1, description="The model zoo")
-    alignment: AlignmentParams = Field(default_factory=AlignmentParams)
+    alignment: AlignmentParams = Field(default_factory=AlignmentParams, description="Metrics and their parameters, "
+                                       "calibration and which model pairs to compare")
 
     @field_validator("models")
     @classmethod

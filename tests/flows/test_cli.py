@@ -140,7 +140,15 @@ def test_unusable_store_urls_are_one_clear_line(tmp_path, capsys, monkeypatch):
     assert err.startswith("prh run: error: cannot write a probe object in store s3://bucket/x: "
                           "could not reach the S3 endpoint")
     assert main(["sql", "select * from alignment", "--store", "s3://bucket/x"]) == 2
-    assert capsys.readouterr().err.startswith("prh sql: error: store s3://bucket/x: could not reach the S3 endpoint")
+    assert capsys.readouterr().err.startswith("prh sql: error: cannot read the root in store s3://bucket/x: "
+                                              "could not reach the S3 endpoint")
+    # Python callers of the catalog get the same one-line error (an OSError that retries see as transient)
+    from storage.catalog import connect
+    from storage.store import StoreIOError
+
+    with pytest.raises(StoreIOError, match=r"^cannot read \S+ in store s3://bucket/x: could not reach the S3 endpoint") as raised:
+        connect("s3://bucket/x")
+    assert "\n" not in str(raised.value)
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -109,6 +109,9 @@ def test_deployments_from_prefect_yaml(server):
     assert schema["properties"]["config"]["description"] and schema["properties"]["store"]["description"]
     alignment = schema["definitions"]["AlignmentParams"]["properties"]
     assert {"metrics", "topk", "permutations"} <= set(alignment) and alignment["topk"]["description"]
+    undescribed = [f"{name}.{field}" for name, definition in schema["definitions"].items()
+                   for field, prop in definition.get("properties", {}).items() if not prop.get("description")]
+    assert not undescribed, undescribed  # every field of the form says what it holds (models' fields too)
     assert len(nightly["parameters"]["config"]["models"]) == 6
     # no row limit pre-filled: a run switched to a table or hub dataset in the form reads all of it
     dataset = schema["definitions"]["DatasetParams"]["properties"]

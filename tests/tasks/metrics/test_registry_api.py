@@ -159,6 +159,18 @@ def test_degenerate_shapes_are_refused(n: int, width: int, message: str) -> None
             score(metric, x, np.ones((n, 3)))
 
 
+def test_constant_layers_are_refused_by_every_metric() -> None:
+    """A layer whose rows are all equal has no geometry: CKA would be 0/0, k-NN lists ties only
+    (mutual k-NN then scored ~0.2 at N=50, CKNNA ~0.36 before this check)."""
+    xs, ys = layers(seed=3), layers(seed=4)
+    ys[1] = np.full_like(ys[1], 0.25)
+    for metric in METRICS:
+        with pytest.raises(ValueError, match=r"^y: layer 1 is constant \(all \d+ rows identical\)"):
+            layer_matrix(metric, xs, ys, topk=3, cca_dim=2)
+        with pytest.raises(ValueError, match=r"^x: layer 0 is constant"):
+            score(metric, ys[1], xs[0], topk=3, cca_dim=2)
+
+
 def test_mixed_dtypes_compute_in_float64() -> None:
     """float32 against float64 (or integers, bools) is promoted, not a dtype error."""
     x, y = paired()
