@@ -32,7 +32,12 @@ def configure_environment() -> None:
 
 
 def default_store() -> str:
+    """The store used without ``--store``: ``$PRH_STORE``, else ``store/`` of this checkout
+    (wherever the command runs from)."""
     return os.environ.get("PRH_STORE", str(PROJECT_ROOT / "store"))
+
+
+STORE_HELP = "store URL: a folder, file://..., s3://bucket/prefix (default: $PRH_STORE, else store/ of this checkout)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,13 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     run = commands.add_parser("run", help="run the full pipeline (dataset, features, alignment)")
     run.add_argument("--config", default=str(DEMO_CONFIG), help="pipeline YAML (default: the embedded demo)")
-    run.add_argument("--store", default=None, help="store URL: a folder, file://..., s3://bucket/prefix (default: ./store)")
+    run.add_argument("--store", default=None, help=STORE_HELP)
     run.add_argument("--dataset", default=None, help="a paired Parquet/CSV/JSON Lines table, a COCO captions or Karpathy split .json, a folder of images + .txt captions "
                      "or with a metadata.jsonl/.csv table, or a Hugging Face dataset hf://datasets/ORG/NAME[@REVISION] (train split)")
     run.add_argument("--image-column", default=None, help="with --dataset: the table's image column (default: image)")
     run.add_argument("--text-column", default=None, help="with --dataset: the table's caption column (default: text)")
     run.add_argument("--captions", choices=["first", "all"], default=None,
-                     help="with --dataset, a list of captions per image: the first (default, the paper's) or one row per caption")
+                     help="with --dataset, several captions per image (a list column, a .txt of several lines): the first "
+                     "(default, the paper's) or one row per caption")
     run.add_argument("--n", type=int, default=None, help="with --dataset: only its first N rows (default: all)")
     run.add_argument("--image-root", default=None, help="with a --dataset table: the folder its image paths are read from "
                      "(default: the table's folder)")
@@ -63,20 +69,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sql = commands.add_parser("sql", help="query the catalog with DuckDB SQL (read-only)")
     sql.add_argument("query", help="a SELECT query over datasets, samples, models, features, alignment, alignment_best, runs")
-    sql.add_argument("--store", default=None, help="store URL (default: ./store)")
+    sql.add_argument("--store", default=None, help=STORE_HELP)
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
     from flows.report import add_report_arguments, run_report
 
-    add_report_arguments(commands.add_parser("report", help="write a run's HTML report and figures"))
+    add_report_arguments(commands.add_parser("report", help="write a run's HTML report and figures"), STORE_HELP)
 
     catalog = commands.add_parser("catalog", help="the DuckDB catalog as a file").add_subparsers(dest="action", required=True)
     export = catalog.add_parser("export", help="write FILE.duckdb with the catalog's views (opens in the DuckDB CLI)")
     export.add_argument("file", help="the DuckDB database file to write (replaced if it exists)")
-    export.add_argument("--store", default=None, help="store URL (default: ./store)")
+    export.add_argument("--store", default=None, help=STORE_HELP)
 
     gc = commands.add_parser("gc", help="remove what no run will use: unpublished files of dead writers, abandoned extraction shards, report figures of older report code")
-    gc.add_argument("--store", default=None, help="store URL (default: ./store)")
+    gc.add_argument("--store", default=None, help=STORE_HELP)
     gc.add_argument("--older-than-days", type=float, default=7.0,
                     help="shards of an unpublished version count as abandoned when the newest is this old (default 7)")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
@@ -86,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "report":
-            return run_report(args, default_store())
+            return run_report(args, existing_store(args.store or default_store()).url)
         if args.command == "catalog":
             return _catalog_export(args)
         if args.command == "gc":

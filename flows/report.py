@@ -24,26 +24,24 @@ REPORT_FILE = "report.html"
 ARTIFACT_IMAGE_LIMIT = 200_000
 
 
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+def add_report_arguments(parser: argparse.ArgumentParser, store_help: str) -> None:
     """The options of ``prh report``."""
-    parser.add_argument("--store", default=None, help="store URL (default: ./store)")
+    parser.add_argument("--store", default=None, help=store_help)
     parser.add_argument("--run", default=None, help="run id (default: the latest COMPLETED run)")
     parser.add_argument("--out", required=True, help="folder for report.html and figures/")
     parser.add_argument("--pair", default=None, metavar="A:B", help="model pair of the nearest-neighbour examples (default: the best-aligned)")
 
 
-def run_report(args: argparse.Namespace, default_store: str) -> int:
-    """``prh report``: write the report of one run, print where it is."""
+def run_report(args: argparse.Namespace, store: str) -> int:
+    """``prh report``: write the report of one run of ``store`` (an existing store's URL), print
+    where it is."""
     pair = None
     if args.pair:
         if ":" not in args.pair:
             raise ValueError(f"--pair {args.pair!r}: expected MODEL_A:MODEL_B")
         model_a, model_b = args.pair.split(":", 1)
         pair = (model_a, model_b)
-    from flows.cli import existing_store
-
-    existing_store(args.store or default_store)
-    path, report = write_report(args.store or default_store, args.out, run_id=args.run, pair=pair)
+    path, report = write_report(store, args.out, run_id=args.run, pair=pair)
     print(f"report written to {path} ({len(report.figures)} figures in {path.parent / 'figures'})")
     for note in report.notes:
         print(f"note: {note}")

@@ -19,7 +19,10 @@ registered on the connection (DuckDB's httpfs extension is not needed).
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +161,10 @@ def lock_down(con: duckdb.DuckDBPyConnection, allowed_directories: list[str]) ->
     setting (``SELECT * FROM enable_logging(storage = 'file', ...)`` fails too).
     """
     listing = ", ".join(_literal(d) for d in allowed_directories)
+    # DuckDB also allows its temporary directory (default ``.tmp`` in the working directory, where
+    # anything may lie): a fresh private path instead, created only if a query spills to disk.
+    private = os.path.join(tempfile.gettempdir(), f"prh-duckdb-{uuid.uuid4().hex}")
+    con.execute(f"SET temp_directory = {_literal(private)}")
     con.execute(f"SET allowed_directories = [{listing}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

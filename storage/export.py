@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from storage.catalog import _create_file_view, catalog_sources, lock_down
+from storage.catalog import _create_file_view, _literal, catalog_sources, lock_down
 from storage.store import Store, utc_now
 
 INFO_TABLE = "prh_catalog"
@@ -85,8 +85,22 @@ def open_catalog(
     With ``read_only`` (the default) the connection is also locked down like
     :func:`storage.catalog.connect`: it reads only under the store's root and its configuration
     cannot change. Credentials and endpoint come from the AWS environment or ``storage_options``.
+
+    The file is attached (read-only) to a fresh in-memory database, so that each call gets its own
+    settings and filesystems: DuckDB shares one database per file within a process, and a lock or
+    an s3fs registration made on it would otherwise carry over to every later connection to the
+    file (a second ``open_catalog`` failed, a plain ``duckdb.connect(path)`` came back locked).
     """
-    con = duckdb.connect(str(path), read_only=True)
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"catalog file {str(path)!r} does not exist (write it with `prh catalog export FILE`)")
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH {_literal(str(path))} AS prh_export (READ_ONLY)")
+    except duckdb.Error as error:
+        con.close()
+        raise ValueError(f"catalog file {str(path)!r} is not a DuckDB database: {str(error).splitlines()[0]}") from None
+    con.execute("USE prh_export")
     root, remote = con.execute(f"SELECT store_root, remote FROM {INFO_TABLE}").fetchall()[0]
     if remote:
         store = Store(root, storage_options)

@@ -80,7 +80,8 @@ class DatasetParams(BaseModel):
     image_root: str | None = Field(None, description="path, a table: the folder its relative image paths are read from "
                                    "(default: the table's folder)")
     captions: Literal["first", "all"] = Field(
-        "first", description="path, huggingface, a list of captions per image: 'first' (the paper's) or 'all' (one row per caption)")
+        "first", description="path, huggingface, several captions per image (a list column, a .txt of several lines): "
+        "'first' (the paper's) or 'all' (one row per caption)")
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DatasetParams":

@@ -35,10 +35,11 @@ Folder with a metadata table (the Hugging Face ImageFolder convention)
 Folder of images with captions
     ``NAME.<image suffix>`` with ``NAME.txt`` beside it, top level only, hidden files ignored.
     ``sample_id`` is ``NAME`` (a name with characters outside ``[A-Za-z0-9._-]``, e.g. spaces,
-    gets a safe id with a digest of the name: :func:`folder_id`). The ``.txt`` holds one caption per non-empty line: with one
-    caption the row is ``NAME`` (its ``image_id`` is not given, so it is ``NAME`` unless
-    another file has identical bytes, see :mod:`tasks.data.tables`); with k > 1 captions the
-    rows are ``NAME-0`` … ``NAME-{k-1}``, all with ``image_id`` ``NAME``. An image without a caption file,
+    gets a safe id with a digest of the name: :func:`folder_id`). The ``.txt`` holds one caption per non-empty line,
+    read like a table's list of captions: the first (``captions="first"``) makes the row ``NAME``
+    (its ``image_id`` is not given, so it is ``NAME`` unless another file has identical bytes, see
+    :mod:`tasks.data.tables`); with ``"all"`` and k > 1 captions the rows are ``NAME-0`` …
+    ``NAME-{k-1}``, all with ``image_id`` ``NAME``. An image without a caption file,
     a caption file without an image, and a second image with the same ``NAME`` are records
     carrying their problem, so they are reported.
 
@@ -175,7 +176,7 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
             raise ValueError(f"dataset {str(path)!r} is a folder of images with .txt captions, which has no columns: "
                              f"image_column / text_column ({columns.image!r}, {columns.text!r}) apply to tables and to a "
                              f"folder with a {' / '.join(METADATA_FILES)} table")
-        return _read_folder(path, limit), path
+        return _read_folder(path, limit, columns.captions), path
     return _read_table(path, columns, limit, split), path.parent
 
 
@@ -524,7 +525,9 @@ def _normalised(root: Path, image: str) -> str:
     return "/".join(parts)
 
 
-def _read_folder(root: Path, limit: int | None = None) -> list[RawRecord]:
+def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first") -> list[RawRecord]:
+    """Records of a folder of images with same-named ``.txt`` captions (``policy``: the first
+    caption of each file, or all)."""
     images: dict[str, list[str]] = {}
     captions: dict[str, str] = {}
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
@@ -562,7 +565,7 @@ def _read_folder(root: Path, limit: int | None = None) -> list[RawRecord]:
             detail = f"image {names[0]} has no caption file {stem}.txt"
             records.append(_refused(names[0], name_id, "text_missing", detail))
         else:
-            records.extend(_folder_records(root, name_id, names[0], caption_name))
+            records.extend(_folder_records(root, name_id, names[0], caption_name, policy))
     return records
 
 
@@ -578,8 +581,9 @@ def folder_id(stem: str) -> str:
     return f"{safe}-{digest}"
 
 
-def _folder_records(root: Path, stem: str, image_name: str, caption_name: str) -> list[RawRecord]:
-    """The record(s) of one image and its caption file: one per non-empty line."""
+def _folder_records(root: Path, stem: str, image_name: str, caption_name: str, policy: Captions = "first") -> list[RawRecord]:
+    """The record(s) of one image and its caption file: its first non-empty line, or one per
+    non-empty line (``policy="all"``)."""
     origin = f"{image_name} + {caption_name}"
     if not (root / caption_name).resolve().is_relative_to(root.resolve()):
         detail = f"caption file {caption_name} links outside the dataset folder"
@@ -592,6 +596,8 @@ def _folder_records(root: Path, stem: str, image_name: str, caption_name: str) -
     except OSError as exc:
         return [_refused(origin, stem, "text_missing", f"cannot read {caption_name}: {exc}")]
     lines = [line.strip() for line in content.splitlines() if line.strip()]
+    if policy == "first":
+        lines = lines[:1]
     if len(lines) <= 1:
         text = lines[0] if lines else ""
         return [RawRecord(None, origin, sample_id=stem, image=image_name, text=text, image_id=None)]

@@ -70,6 +70,34 @@ def test_export_reopens_with_the_same_answers(built, tmp_path):
     assert out.stdout.strip() == json.dumps(expected, default=str)
 
 
+def test_open_catalog_twice_in_one_process(tmp_path, monkeypatch):
+    """DuckDB shares one database per file within a process: a lock made on it used to carry
+    over (a second open_catalog failed, a plain connect came back locked). And DuckDB allows its
+    spill folder (``.tmp`` in the working directory) besides the listed ones: no longer."""
+    url = tmp_path / "store"
+    build_catalog_store(str(url))
+    path = tmp_path / "prh.duckdb"
+    export_catalog(str(url), path)
+    elsewhere = tmp_path / "cwd"
+    (elsewhere / ".tmp").mkdir(parents=True)
+    (elsewhere / ".tmp" / "secret.txt").write_text("outside the store")
+    monkeypatch.chdir(elsewhere)
+    first, second = open_catalog(path), open_catalog(path)
+    assert query(first, CHECKS[4]).equals(query(second, CHECKS[4]))
+    for con in (first, second, connect(str(url))):
+        with pytest.raises(ReadOnlyQueryError):
+            query(con, "select content from read_text('.tmp/secret.txt')")
+        allowed = con.execute("select current_setting('allowed_directories')").fetchone()[0]
+        assert not any(d.startswith(str(elsewhere)) for d in allowed), allowed
+    plain = duckdb.connect(str(path), read_only=True)  # not locked by the catalogs opened before
+    assert plain.execute("select content from read_text('.tmp/secret.txt')").fetchone() == ("outside the store",)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        open_catalog(tmp_path / "nosuch.duckdb")
+    (tmp_path / "text.duckdb").write_text("not a database")
+    with pytest.raises(ValueError, match="is not a DuckDB database"):
+        open_catalog(tmp_path / "text.duckdb")
+
+
 def test_export_replaces_an_older_file(tmp_path):
     url = str(tmp_path / "store")
     build_catalog_store(url)

@@ -294,7 +294,9 @@ def test_folder_of_images_and_captions(tmp_path: Path) -> None:
     (root / "link.txt").write_bytes(b"link")
     (root / "subdir").mkdir()
 
-    result = load_paired_dataset(root)
+    # a .txt of several lines is a list of captions: the first by default, like a table's list
+    assert rows(load_paired_dataset(root))[2] == ("dog", "a dog", "dog")
+    result = load_paired_dataset(root, columns=ColumnMap(captions="all"))
     assert rows(result) == [
         ("bom", "with BOM", "bom"),
         ("cat", "a cat", "cat"),
@@ -304,6 +306,7 @@ def test_folder_of_images_and_captions(tmp_path: Path) -> None:
         (folder_id("has space"), "space", "bom"),  # a safe id with a digest of the name; green.png's bytes, as bom.png
         ("twin", "twin", "cat"),  # twin.jpg has the same bytes as cat.png: one image
     ]
+    assert rows(load_paired_dataset(root))[:2] + rows(load_paired_dataset(root))[3:] == rows(result)[:2] + rows(result)[5:]
     assert folder_id("has space") == "has_space-" + hashlib.sha256(b"has space").hexdigest()[:8]
     assert result.table.column("image").to_pylist() == [GREEN, RED, BLUE, BLUE, BLUE, GREEN, RED]
     assert rejections(result) == [
