@@ -206,10 +206,9 @@ def align_layers(
     rows paired; widths may differ between layers. With ``permutations > 0`` each metric's
     max-over-layer-pairs statistic is calibrated against a row-permutation null of ``ys`` (one
     permutation for all its layers). With ``bootstrap > 0`` every metric gets a 95% interval of the
-    max (``metrics.bootstrap_ci``): the k-NN metrics by resampling their per-sample terms, the
-    others by subsampling half the rows without replacement (resampling rows with replacement
-    would bias them upward: duplicated rows); none where N is too small for a half-size subsample
-    (logged). Degenerate layers, and layers a metric refuses, are excluded (see
+    max (``metrics.bootstrap_ci``: half the rows subsampled without replacement; resampling rows
+    with replacement would bias them upward: duplicated rows); none where N is too small for a
+    half-size subsample (logged). Degenerate layers, and layers a metric refuses, are excluded (see
     the module docstring); ``names`` (the two models) appear in errors.
 
     Raises ``DegenerateFeaturesError`` if, for some metric, every layer of one side is excluded.
@@ -256,7 +255,7 @@ def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutati
                                p_value=float(cal.p_value), calibrated=float(cal.calibrated), permutations=permutations)
     else:
         matrix = np.asarray(metrics.layer_matrix(request.name, rep_x, rep_y, **request.params), dtype=np.float64)
-        best, (i, j) = metrics.aggregate(matrix, "max")
+        best, (i, j) = metrics.aggregate(matrix, "max", metrics.get_metric(request.name).higher_is_better)
         result = PairAlignment(request, matrix, float(best), (int(i), int(j)), chance)
     if bootstrap > 0:
         try:

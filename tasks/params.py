@@ -142,7 +142,8 @@ class AlignmentParams(BaseModel):
     outlier_exact: bool = Field(False, description="Exact threshold: the sorted |x| element at the quantile (the paper's "
                                 "--precise) instead of the mean over samples of per-sample quantiles (the paper's default)")
     permutations: Int = Field(0, ge=0, le=100_000, description="Permutations for the calibrated score and p-value (0: off)")
-    bootstrap: Int = Field(0, ge=0, le=100_000, description="Bootstrap resamples for a 95% CI of each best score (0: off): k-NN metrics resample samples, the others subsample half the rows; see docs/metrics.md")
+    bootstrap: Int = Field(0, ge=0, le=100_000, description="Resamples for a 95% CI of each best score (0: off): each scores half the rows, drawn "
+                           "without replacement (m-out-of-n subsampling); see docs/metrics.md")
     seed: Int = Field(0, description="Permutation and bootstrap seed")
     pairs: Literal["cross_modal", "all"] = Field("cross_modal", description="vision × language pairs, or every pair of models")
     unit: Literal["sample", "image"] = Field(

@@ -17,7 +17,7 @@ See ``docs/metrics.md`` for the definitions and every difference from the paper'
 """
 
 from .api import layer_matrix, score
-from .bootstrap import BootstrapResult, bootstrap_ci, resamples_per_sample
+from .bootstrap import BootstrapResult, bootstrap_ci
 from .builtin import PAPER_METRICS, register_builtins
 from .calibration import CalibrationResult, calibrate, chance_level
 from .engine import Engine, FunctionEngine

@@ -15,14 +15,20 @@ With ``S = {observed} ∪ null`` (``K + 1`` values):
   bound (``0`` when ``max <= tau``), or ``max(observed - tau, 0)`` for unbounded metrics.
 
 For a metric registered with ``higher_is_better=False`` the roles flip (smaller is more aligned):
-``tau`` is the ``ceil((1-alpha)(K+1))``-th largest, ``p`` counts ``null <= observed`` and the
-calibrated score is ``clamp((tau - observed) / (tau - min), 0, 1)``.
+the aggregate ``'max'`` takes the best, i.e. smallest, layer pair; ``tau`` is the
+``ceil((1-alpha)(K+1))``-th largest, ``p`` counts ``null <= observed`` and the calibrated score is
+``clamp((tau - observed) / (tau - min), 0, 1)``.
+
+Ties: a null draw within ``TIE_RTOL`` of the computation dtype (relative to ``max(1,
+|observed|)``) of the observed value counts as reaching it, since one statistic computed on two
+row orders differs by rounding alone (R² of an exact fit came out 1.0000000000000002 observed and
+0.9999999999999993 permuted, which gave p = 1/(K+1) instead of 1). NaN null draws are left out
+(``K`` counts the others).
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,10 +38,14 @@ import torch
 from .api import encode_pair
 from .registry import MetricSpec, get_metric
 from .stats import aggregate as aggregate_matrix
-from .stats import order_statistic_rank
+from .stats import check_aggregate, check_count, check_seed, order_statistic_rank
 
 #: permutations drawn and handed to ``Engine.null_matrices`` at once (engines split further)
 PERMUTATION_BATCH = 64
+
+#: relative distance below which a null draw ties the observed value, per computation dtype
+#: (about 100 units in the last place of a sum of many terms)
+TIE_RTOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 
 @dataclass(frozen=True)
@@ -89,27 +99,28 @@ def calibrate(metric: str | MetricSpec, xs: Any, ys: Any, permutations: int = 10
     Returns:
         ``CalibrationResult``.
     """
-    if isinstance(permutations, (bool, np.bool_)) or not isinstance(permutations, numbers.Integral) or permutations < 1:
-        raise ValueError(f"permutations must be an integer >= 1, got {permutations!r}")
-    k_perm = int(permutations)
+    k_perm = check_count("permutations", permutations, 1)
+    gen = torch.Generator().manual_seed(check_seed(seed))
+    check_aggregate(aggregate)
+    order_statistic_rank(alpha, k_perm + 1)  # alpha checked before any work
     spec = get_metric(metric)
-    a, b, p, _, rb = encode_pair(spec, xs, ys, params)
+    better = spec.higher_is_better
+    a, b, p, ra, rb = encode_pair(spec, xs, ys, params)
     engine = spec.engine
     observed_matrix = engine.matrix(a, b, p).detach().cpu().numpy().astype(np.float64)
-    observed, argmax = aggregate_matrix(observed_matrix, aggregate)
+    observed, argmax = aggregate_matrix(observed_matrix, aggregate, better)
 
-    gen = torch.Generator().manual_seed(int(seed))
     null = np.empty(k_perm, dtype=np.float64)
     for t0 in range(0, k_perm, PERMUTATION_BATCH):
         count = min(PERMUTATION_BATCH, k_perm - t0)
         perms = torch.stack([torch.randperm(rb.n, generator=gen) for _ in range(count)])
         mats = engine.null_matrices(a, b, perms.to(rb.device), p).detach().cpu().numpy()
         for s in range(count):
-            null[t0 + s] = aggregate_matrix(mats[s], aggregate)[0]
+            null[t0 + s] = aggregate_matrix(mats[s], aggregate, better)[0]
 
     lo, hi = spec.bounds_for(p)
-    tau, p_value, calibrated = _calibration_numbers(observed, null, alpha, lo, hi,
-                                                    spec.higher_is_better)
+    tie = TIE_RTOL[torch.float64 if torch.float64 in (ra.dtype, rb.dtype) else torch.float32]
+    tau, p_value, calibrated = _calibration_numbers(observed, null, alpha, lo, hi, better, tie)
     return CalibrationResult(
         observed=observed, null_mean=float(np.nanmean(null)), null_std=float(np.nanstd(null)),
         tau=tau, p_value=p_value, calibrated=calibrated, argmax=argmax, permutations=k_perm,
@@ -117,17 +128,23 @@ def calibrate(metric: str | MetricSpec, xs: Any, ys: Any, permutations: int = 10
 
 
 def _calibration_numbers(observed: float, null: np.ndarray, alpha: float, lo: float, hi: float,
-                         higher_is_better: bool = True) -> tuple[float, float, float]:
-    """``(tau, p_value, calibrated)`` from the observed value and the null draws."""
-    if math.isnan(observed):
+                         higher_is_better: bool = True, tie_rtol: float = 0.0) -> tuple[float, float, float]:
+    """``(tau, p_value, calibrated)`` from the observed value and the null draws.
+
+    NaN draws (a metric undefined on some permutation) are left out of the null: ``K`` counts
+    the others; with none left every number is NaN. A draw within ``tie_rtol`` (relative to
+    ``max(1, |observed|)``) of the observed value counts as a tie, so as reaching it: the same
+    statistic computed on two row orders differs by rounding alone."""
+    valid = null[~np.isnan(null)]
+    if math.isnan(observed) or valid.size == 0:
         return math.nan, math.nan, math.nan
     sign = 1.0 if higher_is_better else -1.0
-    s = np.sort(sign * np.concatenate([[observed], null]))
-    s = s[~np.isnan(s)]
+    s = np.sort(sign * np.concatenate([[observed], valid]))
     rank = order_statistic_rank(alpha, s.size)
     tau = float(sign * s[rank - 1])
-    exceed = int(np.sum(sign * null >= sign * observed))
-    p_value = (1 + exceed) / (null.size + 1)
+    tolerance = tie_rtol * max(1.0, abs(observed))
+    exceed = int(np.sum(sign * (valid - observed) >= -tolerance))
+    p_value = (1 + exceed) / (valid.size + 1)
     top = hi if higher_is_better else lo
     if math.isinf(top):
         calibrated = max(sign * (observed - tau), 0.0)
@@ -153,12 +170,16 @@ def chance_level(metric: str | MetricSpec, n: int, topk: int | None = None,
       ``calibrate``.
     """
     spec = get_metric(metric)
+    n = check_count("n", n, 2)
     if spec.chance is None:
         return None
     p = dict(params)
     if topk is not None:
         p["topk"] = topk
-    return spec.chance(int(n), spec.resolve(p))
+    p = spec.resolve(p)
+    if "topk" in p and not 1 <= p["topk"] <= n - 1:
+        raise ValueError(f"{spec.name}: topk must be in [1, n - 1] = [1, {n - 1}], got {p['topk']}")
+    return spec.chance(n, p)
 
 
 def mutual_knn_chance(n: int, params: dict[str, Any]) -> float:

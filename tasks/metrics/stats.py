@@ -6,6 +6,7 @@ All functions are pure numpy.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Literal
@@ -13,28 +14,46 @@ from typing import Literal
 import numpy as np
 
 
-def aggregate(matrix: np.ndarray, how: Literal["max", "mean"] = "max") -> tuple[float, tuple[int, int]]:
+def aggregate(matrix: np.ndarray, how: Literal["max", "mean"] = "max",
+              higher_is_better: bool = True) -> tuple[float, tuple[int, int]]:
     """Model-pair score from a ``(La, Lb)`` layer matrix.
 
-    ``how='max'`` (the paper): the largest entry and its ``(layer_a, layer_b)``. ``how='mean'``: the
-    mean over all layer pairs, returned with the argmax location (for reference). NaN entries are
-    ignored; an all-NaN matrix gives ``(nan, (-1, -1))``.
+    ``how='max'`` (the paper): the best entry and its ``(layer_a, layer_b)``: the largest, or the
+    smallest for a metric where lower is better (``higher_is_better=False``). ``how='mean'``: the
+    mean over all layer pairs, returned with the best entry's location (for reference). NaN
+    entries are ignored; an all-NaN matrix gives ``(nan, (-1, -1))``.
     """
+    check_aggregate(how)
     m = np.asarray(matrix, dtype=np.float64)
     if m.ndim != 2 or m.size == 0:
         raise ValueError(f"expected a non-empty (La, Lb) matrix, got shape {m.shape}")
     finite = ~np.isnan(m)
     if not finite.any():
         return math.nan, (-1, -1)
-    flat = np.where(finite, m, -np.inf).argmax()
+    sign = 1.0 if higher_is_better else -1.0
+    flat = np.where(finite, sign * m, -np.inf).argmax()
     i, j = np.unravel_index(flat, m.shape)
-    if how == "max":
-        value = float(m[i, j])
-    elif how == "mean":
-        value = float(m[finite].mean())
-    else:
-        raise ValueError(f"aggregate must be 'max' or 'mean', got {how!r}")
+    value = float(m[i, j]) if how == "max" else float(m[finite].mean())
     return value, (int(i), int(j))
+
+
+def check_aggregate(how: str) -> None:
+    """Raise ``ValueError`` unless ``how`` is ``'max'`` or ``'mean'``."""
+    if how not in ("max", "mean"):
+        raise ValueError(f"aggregate must be 'max' or 'mean', got {how!r}")
+
+
+def check_count(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int if it is an integer (not a bool, not a float, not a string) of at least
+    ``minimum``; else ``ValueError`` naming ``name`` (``n_boot=2.7`` is not silently 2)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_seed(seed: object) -> int:
+    """``seed`` as an int if it is an integer >= 0; else ``ValueError`` (``seed=1.7`` is not 1)."""
+    return check_count("seed", seed, 0)
 
 
 def order_statistic_rank(alpha: float, count: int) -> int:

@@ -121,3 +121,59 @@ def test_unbounded_upper_bound_uses_difference() -> None:
     res = calibrate("lcs_knn", xs, xs, permutations=19, topk=5)
     assert res.observed == pytest.approx(5.0)
     assert res.calibrated == pytest.approx(1.0)
+
+
+def _msd(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean squared distance between paired rows (lower is more aligned)."""
+    return float(((x - y) ** 2).sum(1).mean())
+
+
+def test_lower_is_better_metric_takes_the_smallest_layer_pair() -> None:
+    """A metric registered with higher_is_better=False: the model-pair score is its best (smallest)
+    layer pair, in calibrate, bootstrap_ci and aggregate; before, the max took the worst pair."""
+    from tasks.metrics import bootstrap_ci, register_metric, unregister_metric
+
+    register_metric("msd_test", _msd, bounds=(0.0, math.inf), higher_is_better=False, overwrite=True)
+    try:
+        rng = np.random.default_rng(0)
+        z = rng.normal(size=(40, 2))
+        xs = [rng.normal(size=(40, 2)), z + 0.01 * rng.normal(size=(40, 2))]  # layer 1 is z, slightly noisy
+        res = calibrate("msd_test", xs, [z], permutations=49, seed=0)
+        assert res.argmax == (1, 0) and res.observed == pytest.approx(res.matrix[1, 0]) and res.observed < 1e-3
+        assert res.p_value == pytest.approx(1 / 50) and res.calibrated > 0.99
+        assert aggregate(res.matrix, "max", higher_is_better=False) == (res.observed, (1, 0))
+        assert bootstrap_ci("msd_test", xs, [z], n_boot=10).argmax == (1, 0)
+    finally:
+        unregister_metric("msd_test")
+
+
+def test_null_draws_that_are_nan_are_left_out() -> None:
+    """p and tau come from the valid draws only: an all-NaN null gave the smallest p before."""
+    assert all(math.isnan(v) for v in _calibration_numbers(0.3, np.full(19, np.nan), 0.05, 0.0, 1.0))
+    null = np.array([0.1, np.nan, 0.5, np.nan, 0.2])
+    tau, p, _ = _calibration_numbers(0.4, null, 0.05, 0.0, 1.0)
+    assert p == pytest.approx((1 + 1) / 4) and tau == 0.5
+
+
+def test_rounding_ties_count_as_reaching_the_observed_value() -> None:
+    """An exact fit's R^2 is 1 under every permutation; rounding made the observed value the
+    largest (1.0000000000000002) and p the smallest possible."""
+    rng = np.random.default_rng(24)
+    res = calibrate("linear_regression", [rng.normal(size=(30, 40))], [rng.normal(size=(30, 3))], permutations=19, seed=24)
+    assert np.all(np.abs(res.null - res.observed) < 1e-12) and res.p_value == 1.0
+    tau, p, _ = _calibration_numbers(0.5, np.array([0.5 - 1e-7, 0.2]), 0.05, 0.0, 1.0, tie_rtol=1e-5)
+    assert p == pytest.approx(2 / 3)
+    assert _calibration_numbers(0.5, np.array([0.5 - 1e-7, 0.2]), 0.05, 0.0, 1.0)[1] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: chance_level("mutual_knn", 3, topk=5), r"topk must be in \[1, n - 1\] = \[1, 2\], got 5"),
+    (lambda: chance_level("cycle_knn", 1, topk=1), r"n must be an integer >= 2, got 1"),
+    (lambda: chance_level("jaccard_knn", 10.5), r"n must be an integer >= 2, got 10.5"),
+    (lambda: calibrate("cka", layers(seed=1), layers(seed=2), permutations=3, seed=1.7), r"seed must be an integer >= 0, got 1.7"),
+    (lambda: calibrate("cka", layers(seed=1), layers(seed=2), permutations=3, alpha=1.5), r"alpha must be in \(0, 1\)"),
+    (lambda: calibrate("cka", layers(seed=1), layers(seed=2), permutations=3, aggregate="median"), r"aggregate must be 'max' or 'mean'"),
+])
+def test_bad_settings_are_refused(call, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()

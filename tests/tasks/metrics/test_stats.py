@@ -47,14 +47,19 @@ def test_bh_fdr_shape_nan_and_range() -> None:
         bh_fdr([1.5])
 
 
-def test_bootstrap_per_sample_for_knn_metrics() -> None:
+def test_bootstrap_subsamples_knn_metrics_too() -> None:
     xs, ys = layers(n=60, seed=1), layers(n=60, seed=2)
-    res = bootstrap_ci("mutual_knn", xs, ys, n_boot=300, seed=0, topk=5)
-    assert res.method == "per-sample" and res.resample_size == 60
+    res = bootstrap_ci("mutual_knn", xs, ys, n_boot=100, seed=0, topk=5)
+    assert res.method == "subsample" and res.resample_size == 30
     assert res.estimate == pytest.approx(layer_matrix("mutual_knn", xs, ys, topk=5).max())
     assert res.low <= res.estimate <= res.high + 1e-12 and res.std > 0
-    again = bootstrap_ci("mutual_knn", xs, ys, n_boot=300, seed=0, topk=5)
+    again = bootstrap_ci("mutual_knn", xs, ys, n_boot=100, seed=0, topk=5)
     assert (again.low, again.high) == (res.low, res.high)
+    for bad, message in ((dict(n_boot=2.7), "n_boot must be an integer >= 1, got 2.7"), (dict(n_boot="5"), "n_boot must be"),
+                         (dict(seed=1.7), "seed must be an integer >= 0"), (dict(level=1.0), r"level must be in \(0, 1\)"),
+                         (dict(aggregate="min"), "aggregate must be")):
+        with pytest.raises(ValueError, match=message):
+            bootstrap_ci("mutual_knn", xs, ys, topk=5, **{"n_boot": 3, **bad})
 
 
 def test_bootstrap_subsamples_global_metrics() -> None:
