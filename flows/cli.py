@@ -98,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "gc":
             return _gc(args)
         return _sql(args)
+    except BrokenPipeError:  # the reader went away (`prh sql ... | head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush of stdout at exit would raise again
+        return 1
     except (ValueError, FileNotFoundError, PermissionError) as error:
         print(f"prh {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -252,7 +256,7 @@ def _sql(args: argparse.Namespace) -> int:
         writer = csv.writer(sys.stdout)
         writer.writerow(table.column_names)
         for r in rows:
-            writer.writerow([_cell(v) for v in r.values()])
+            writer.writerow([_csv_cell(v) for v in r.values()])
     else:
         from rich.console import Console
         from rich.table import Table
@@ -321,7 +325,30 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _csv_cell(value: Any) -> str:
+    """A value as CSV holds it, whole: floats at full precision (``repr``), lists and structs as
+    JSON, bytes as base64 (as ``--format json``), NULL as an empty field."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(_jsonable_deep(value), default=str)
+    return str(value)
+
+
+def _jsonable_deep(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_jsonable_deep(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable_deep(v) for k, v in value.items()}
+    return _jsonable(value)
+
+
 def _cell(value: Any) -> str:
+    """A value as the terminal table shows it: short (6 significant digits, long lists cut)."""
     if value is None:
         return ""
     if isinstance(value, bytes):

@@ -8,7 +8,7 @@ around their own mean::
 
     d_r  = theta*_r - mean_r(theta*_r)                 (r = 1..B, aggregated replicates)
     c    = sqrt(m / (N - m))
-    [low, high] = estimate + c * quantile(d, [(1 - level)/2, (1 + level)/2])
+    [low, high] = estimate + c * quantile(d, [(1 - level)/2, (1 + level)/2])   (within the metric's range)
 
 ``c`` is the delete-d jackknife factor (Shao & Wu 1989): for an asymptotically linear statistic
 the variance of a size-``m`` subsample estimate around the full-sample one is ``(1/m - 1/N)
@@ -134,6 +134,9 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
     scale = math.sqrt(m / (n - m))
     dev = reps - np.nanmean(reps)
     lo_d, hi_d = np.nanquantile(dev, [tail, 1 - tail])
-    return BootstrapResult(float(estimate), float(estimate + scale * lo_d),
-                           float(estimate + scale * hi_d), float(scale * np.nanstd(reps)),
+    # within the metric's range (CKA's interval reached -0.026 near 0), never excluding the estimate
+    floor, ceiling = spec.bounds_for(p)
+    low = max(float(estimate + scale * lo_d), min(floor, estimate))
+    high = min(float(estimate + scale * hi_d), max(ceiling, estimate))
+    return BootstrapResult(float(estimate), low, high, float(scale * np.nanstd(reps)),
                            level, n_boot, "subsample", argmax, m)

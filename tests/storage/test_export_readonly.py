@@ -175,3 +175,29 @@ def test_prh_sql_and_catalog_export_commands(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "over 25 Parquet files" in out and "duckdb -readonly" in out
     assert duckdb.connect(str(tmp_path / "prh.duckdb"), read_only=True).sql("select count(*) from alignment_best").fetchall() == [(8,)]
+
+
+def test_prh_sql_csv_keeps_values_whole_and_a_closed_pipe_is_quiet(tmp_path, capsys):
+    """--format csv used the terminal table's cells: floats cut to 6 digits, lists past 8 items
+    elided. It holds what --format json holds; `prh sql ... | head` ends without a traceback."""
+    import csv as csv_module
+    import io
+
+    from flows.cli import main
+
+    url = str(tmp_path / "store")
+    build_catalog_store(url)
+    sql = "select model, layer_names, 1/3 third, [1.0/7, 2, 3, 4, 5, 6, 7, 8, 9] nine, NULL::DOUBLE nothing from models order by model"
+    assert main(["sql", sql, "--store", url, "--format", "json"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert main(["sql", sql, "--store", url, "--format", "csv"]) == 0
+    rows = list(csv_module.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == len(whole) == 4
+    for got, want in zip(rows, whole):
+        assert json.loads(got["layer_names"]) == want["layer_names"] and json.loads(got["nine"]) == want["nine"]
+        assert float(got["third"]) == want["third"] == 1 / 3 and got["nothing"] == ""
+    script = ("import sys; sys.argv = ['prh', 'sql', 'select range r from range(200000)', '--store', sys.argv[1]]; "
+              "from flows.cli import main; sys.exit(main())")
+    piped = subprocess.run(f"{sys.executable} -c \"{script}\" {url} | head -n 2", shell=True, capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parents[2])
+    assert piped.stdout.count("\n") == 2 and "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr

@@ -127,3 +127,18 @@ def test_subset_rows_without_enough_listed_members_are_searched_again(monkeypatc
     fv, fi = Representation([xs[0][rows.numpy()]]).knn(0, 6)
     assert torch.equal(i, fi)
     torch.testing.assert_close(v, fv)
+
+
+def test_interval_stays_within_the_metric_range() -> None:
+    """Near a bound the deviations can carry an interval past it (CKA's reached -0.026)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)), rng.normal(size=(40, 30))
+    free = bootstrap_ci("cka", x, y, n_boot=50, seed=1)
+    assert 0 < free.low < free.estimate < free.high < 1
+    spread = (free.low - free.estimate, free.high - free.estimate)
+    at_zero = bootstrap_ci("cka", x, y, n_boot=50, seed=1, observed=np.zeros((1, 1)))  # same replicates, estimate 0
+    assert (at_zero.low, at_zero.high) == (0.0, pytest.approx(spread[1]))
+    at_one = bootstrap_ci("cka", x, y, n_boot=50, seed=1, observed=np.ones((1, 1)))
+    assert (at_one.low, at_one.high) == (pytest.approx(1 + spread[0]), 1.0)
+    beyond = bootstrap_ci("cka", x, y, n_boot=50, seed=1, observed=np.full((1, 1), 1.5))  # never excludes the estimate
+    assert beyond.low == pytest.approx(1.5 + spread[0]) and beyond.high == 1.5
