@@ -190,14 +190,20 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
     if view not in _LINEAGE_VIEWS:
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM {source}")
         return
-    rows = ", ".join(f"({', '.join(_literal(v) for v in row)})" for row in lineage or [])
-    known = (f"SELECT * FROM (VALUES {rows}) t(alignment_version, model, feature_version)" if rows
-             else "SELECT NULL::VARCHAR AS alignment_version, NULL::VARCHAR AS model, NULL::VARCHAR AS feature_version WHERE false")
+    pairs: dict[str, list[tuple[str, str]]] = {}  # alignment version -> its two (model, feature version)
+    for version, model, feature_version in lineage or []:
+        pairs.setdefault(version, []).append((model, feature_version))
+    rows = ", ".join(f"({_literal(version)}, {', '.join(_literal(v) for m in (models + models)[:2] for v in m)})"
+                     for version, models in pairs.items())
+    known = (f"SELECT * FROM (VALUES {rows}) t(alignment_version, model_1, version_1, model_2, version_2)" if rows else
+             "SELECT NULL::VARCHAR AS alignment_version, NULL::VARCHAR AS model_1, NULL::VARCHAR AS version_1, "
+             "NULL::VARCHAR AS model_2, NULL::VARCHAR AS version_2 WHERE false")
+    # one join on the version (a version aligns one pair), the side picked by model name
     con.execute(
         f"CREATE VIEW {view} AS WITH lineage AS ({known}) "
-        f"SELECT p.*, la.feature_version AS {LINEAGE_COLUMNS[0]}, lb.feature_version AS {LINEAGE_COLUMNS[1]} FROM {source} p "
-        "LEFT JOIN lineage la ON la.alignment_version = p.alignment_version AND la.model = p.model_a "
-        "LEFT JOIN lineage lb ON lb.alignment_version = p.alignment_version AND lb.model = p.model_b"
+        f"SELECT p.*, CASE p.model_a WHEN l.model_1 THEN l.version_1 WHEN l.model_2 THEN l.version_2 END AS {LINEAGE_COLUMNS[0]}, "
+        f"CASE p.model_b WHEN l.model_2 THEN l.version_2 WHEN l.model_1 THEN l.version_1 END AS {LINEAGE_COLUMNS[1]} "
+        f"FROM {source} p LEFT JOIN lineage l ON l.alignment_version = p.alignment_version"
     )
 
 
