@@ -286,11 +286,15 @@ def _gc(args: argparse.Namespace) -> int:
     store = existing_store(args.store or default_store())
     # as a run starts: dead runs, dead writers (a dry run only lists them)
     crashed, swept = (mark_crashed_runs(store, dry_run=True), store.sweep_abandoned(dry_run=True)) if args.dry_run \
-        else open_for_run(store)
+        else open_for_run(store, min_free_mb=0)  # a nearly full disk is when gc is needed
     now = time.time()
     partials = remove_stale_partials(store, args.older_than_days * 86400.0, dry_run=args.dry_run)
     figures = remove_stale_namespaces(store, dry_run=args.dry_run)
+    uploads = store.abandoned_uploads(args.older_than_days * 86400.0, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
+    for upload in uploads:
+        print(f"{'would abort' if args.dry_run else 'aborted'} the incomplete upload of {upload['key']} "
+              f"(started {(now - upload['started']) / 86400.0:.1f} days ago; a writer killed mid-upload)")
     for entry in partials:
         why = ("its version is published" if entry["reason"] == "published"
                else f"unpublished, newest shard {(now - entry['newest']) / 86400.0:.1f} days old")

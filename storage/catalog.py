@@ -19,6 +19,7 @@ registered on the connection (DuckDB's httpfs extension is not needed).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -32,6 +33,8 @@ import pyarrow as pa
 from storage import layout
 from storage.runs import run_records
 from storage.store import Store
+
+log = logging.getLogger(__name__)
 
 _FILE_VIEWS: dict[str, tuple[str, str]] = {
     # view: (manifest prefix, file name in each version, or "*.parquet" for every listed file)
@@ -99,8 +102,15 @@ class CatalogSources:
 
 
 def catalog_sources(store: Store) -> CatalogSources:
-    """Read every manifest and run record of ``store`` into :class:`CatalogSources`."""
-    manifests = {prefix: list(store.manifests(prefix)) for prefix in (layout.DATASETS, layout.FEATURES, layout.ALIGNMENT)}
+    """Read every manifest and run record of ``store`` into :class:`CatalogSources`. A damaged
+    manifest (cut short, or a copy of another version's) is left out with a warning naming it:
+    one bad file must not hide the rest of the store, nor count another version twice."""
+
+    def left_out(damaged: Exception) -> None:
+        log.warning("%s; left out of the catalog", damaged)
+
+    manifests = {prefix: list(store.manifests(prefix, on_damaged=left_out))
+                 for prefix in (layout.DATASETS, layout.FEATURES, layout.ALIGNMENT)}
     files = {
         view: [
             store.uri(f"{key}/{name}")
@@ -185,11 +195,24 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
         columns = ", ".join(f"NULL::{c.split(' ', 1)[1]} AS {c.split(' ', 1)[0]}" for c in declared)
         con.execute(f"CREATE VIEW {view} AS SELECT {columns} WHERE false")
         return
+    try:
+        con.execute(_file_view_sql(view, files, lineage))  # binding reads every file's schema
+    except duckdb.Error:  # a damaged file (cut short, overwritten): find it, show the rest
+        damaged = _unreadable(con, files)
+        if not damaged:
+            raise
+        for file, reason in damaged.items():
+            log.warning("%s: %s; left out of the %s view (remove its version folder and run again to recompute it)",
+                        file, reason, view)
+        _create_file_view(con, view, [f for f in files if f not in damaged], lineage)
+
+
+def _file_view_sql(view: str, files: list[str], lineage: list[tuple[str, str, str]] | None) -> str:
+    """``CREATE VIEW`` of :func:`_create_file_view` over a non-empty list of files."""
     listing = ", ".join(_literal(f) for f in files)
     source = f"read_parquet([{listing}], union_by_name = true)"
     if view not in _LINEAGE_VIEWS:
-        con.execute(f"CREATE VIEW {view} AS SELECT * FROM {source}")
-        return
+        return f"CREATE VIEW {view} AS SELECT * FROM {source}"
     pairs: dict[str, list[tuple[str, str]]] = {}  # alignment version -> its two (model, feature version)
     for version, model, feature_version in lineage or []:
         pairs.setdefault(version, []).append((model, feature_version))
@@ -199,12 +222,28 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
              "SELECT NULL::VARCHAR AS alignment_version, NULL::VARCHAR AS model_1, NULL::VARCHAR AS version_1, "
              "NULL::VARCHAR AS model_2, NULL::VARCHAR AS version_2 WHERE false")
     # one join on the version (a version aligns one pair), the side picked by model name
-    con.execute(
+    return (
         f"CREATE VIEW {view} AS WITH lineage AS ({known}) "
         f"SELECT p.*, CASE p.model_a WHEN l.model_1 THEN l.version_1 WHEN l.model_2 THEN l.version_2 END AS {LINEAGE_COLUMNS[0]}, "
         f"CASE p.model_b WHEN l.model_2 THEN l.version_2 WHEN l.model_1 THEN l.version_1 END AS {LINEAGE_COLUMNS[1]} "
         f"FROM {source} p LEFT JOIN lineage l ON l.alignment_version = p.alignment_version"
     )
+
+
+def _unreadable(con: duckdb.DuckDBPyConnection, files: list[str]) -> dict[str, str]:
+    """The Parquet files among ``files`` that are damaged (not Parquet: cut short, overwritten) or,
+    on a local disk, missing, with the reason. An error that may pass (an object store that does
+    not answer) marks nothing: the caller then raises it."""
+    damaged = {}
+    for file in files:
+        try:
+            con.execute(f"SELECT count(*) FROM parquet_metadata({_literal(file)})").fetchall()
+        except duckdb.InvalidInputException as error:
+            damaged[file] = str(error).splitlines()[0]
+        except duckdb.IOException:
+            if "://" not in file and not os.path.exists(file):
+                damaged[file] = "the file is missing"
+    return damaged
 
 
 #: File views that carry the feature versions of their two models (``CatalogSources.lineage``),

@@ -52,9 +52,11 @@ def mark_crashed_runs(store: Store, dry_run: bool = False) -> list[str]:
     return crashed
 
 
-def open_for_run(store: Store) -> tuple[list[str], list[str]]:
+def open_for_run(store: Store, min_free_mb: float | None = None) -> tuple[list[str], list[str]]:
     """Get a store ready for a run: fail fast if it cannot take writes
-    (:meth:`Store.check_writable`), mark dead runs ``CRASHED`` and sweep versions their
-    writers left unpublished. Returns (crashed run ids, swept version keys)."""
-    store.check_writable()
+    (:meth:`Store.check_writable`; ``min_free_mb``: the free space wanted, default
+    ``PRH_MIN_FREE_MB``; ``prh gc`` wants none, since freeing space is its job), mark dead runs
+    ``CRASHED`` and sweep versions their writers left unpublished. Returns (crashed run ids,
+    swept version keys)."""
+    store.check_writable(min_free_mb)
     return mark_crashed_runs(store), store.sweep_abandoned()

@@ -9,6 +9,7 @@ folders that no extraction will come back to.
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from datetime import datetime
@@ -64,10 +65,21 @@ def read_shard(
 
 
 def remove_partial(store: Store, version_key: str) -> None:
-    """Delete the shards of a version once it is published."""
+    """Delete the shards of a version once it is published. Another extraction of the same
+    version may be removing them at the same moment (two runs finishing one model): files that
+    vanish, or appear, under this call are looked at again, up to a few times."""
     path = store.path(f"{version_key}/{PARTIAL}")
-    if store.fs.exists(path):
-        store.fs.rm(path, recursive=True)
+    for attempt in range(5):
+        try:
+            store.fs.invalidate_cache(path)
+            if store.fs.exists(path):
+                store.fs.rm(path, recursive=True)
+            return
+        except FileNotFoundError:
+            continue  # removed by the other process meanwhile
+        except OSError as error:
+            if error.errno != errno.ENOTEMPTY or attempt == 4:  # a shard written meanwhile: remove it too
+                raise
 
 
 #: default age after which an unpublished version's shards count as abandoned (``prh gc``)
@@ -103,17 +115,19 @@ def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, no
     base = store.path("features")
     if not store.fs.exists(base):
         return []
-    versions: dict[str, list[dict[str, Any]]] = {}  # version key -> its shards' listing entries
-    for path, info in store.fs.glob(f"{base}/**/{PARTIAL}/shard-*.parquet", detail=True).items():
-        versions.setdefault(store.key_of(path).rsplit("/", 2)[0], []).append(info)
+    versions: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # version key -> its files' (name, listing entry)
+    for path, info in store.fs.glob(f"{base}/**/{PARTIAL}/*", detail=True).items():
+        if info.get("type") == "file":  # shards, and the temporary file of a shard whose writer was killed
+            version_key, _, name = store.key_of(path).rsplit("/", 2)
+            versions.setdefault(version_key, []).append((name, info))
     out = []
-    for version_key, shards in sorted(versions.items()):
-        newest = max(_modified(info) for info in shards)
+    for version_key, files in sorted(versions.items()):
+        newest = max(_modified(info) for _, info in files)
         reason = "published" if store.manifest(version_key) is not None else (
             "abandoned" if now - newest > older_than_s else None)
         if reason:
-            out.append({"version": version_key, "shards": len(shards), "bytes": sum(int(i.get("size") or 0) for i in shards),
-                        "newest": newest, "reason": reason})
+            out.append({"version": version_key, "shards": sum(1 for name, _ in files if name.startswith("shard-")),
+                        "bytes": sum(int(info.get("size") or 0) for _, info in files), "newest": newest, "reason": reason})
     return out
 
 

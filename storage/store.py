@@ -46,6 +46,8 @@ CLAIM = ".publishing"
 #: A writer's sign of life while it publishes: ``<version>/.publishing-alive-<owner id>``, its own
 #: file (``heartbeat_at``), so that renewing never writes the claim itself.
 HEARTBEAT_PREFIX = ".publishing-alive-"
+#: Local disks write a file as ``.<name>.tmp-<uuid>`` beside it, then rename (or link) it.
+TEMP_INFIX = ".tmp-"
 #: A writer renews its sign of life this often while it publishes, so that a claim whose writer
 #: died on another host (whose process cannot be checked) goes stale quickly.
 CLAIM_HEARTBEAT_SECONDS = 20.0
@@ -79,6 +81,11 @@ DEFAULT_MIN_FREE_MB = 256
 
 class StoreNotWritable(PermissionError):
     """The store refuses writes (read-only, no permission, disk full, quota): retries cannot help."""
+
+
+class DamagedManifest(ValueError):
+    """A version's manifest that cannot be trusted: not JSON, or not the manifest of the version
+    whose folder holds it. The message names the file and what to do."""
 
 
 class StoreIOError(OSError):
@@ -191,14 +198,21 @@ class Store:
             return pq.read_table(handle, columns=columns)
 
     def manifest(self, version_key: str) -> dict[str, Any] | None:
-        """The manifest of a published version, or None if it is not (completely) published."""
+        """The manifest of a published version, or None if it is not (completely) published.
+
+        Raises :class:`DamagedManifest` naming the file when it is not a manifest (cut short,
+        edited, or copied here from another version)."""
         key = f"{version_key}/{MANIFEST}"
         if not self.exists(key):
             return None
-        return self.read_json(key)
+        return self._checked_manifest(version_key, self.read_bytes(key))
 
-    def manifests(self, prefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every published version under ``prefix`` as (version key, manifest), sorted by key."""
+    def manifests(self, prefix: str, on_damaged: Callable[[DamagedManifest], None] | None = None
+                  ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every published version under ``prefix`` as (version key, manifest), sorted by key.
+
+        A damaged manifest (see :meth:`manifest`) raises, or with ``on_damaged`` is handed to it
+        and skipped (the catalog warns and shows the rest)."""
         base = self.path(prefix)
         with self._reading(prefix):
             if not self.fs.exists(base):
@@ -207,8 +221,29 @@ class Store:
         for path in sorted(found):
             version_key = self.key_of(path).rsplit("/", 1)[0]
             with self._reading(f"{version_key}/{MANIFEST}"):
-                manifest = json.loads(self.fs.cat_file(path))
+                raw = self.fs.cat_file(path)
+            try:
+                manifest = self._checked_manifest(version_key, raw)
+            except DamagedManifest as damaged:
+                if on_damaged is None:
+                    raise
+                on_damaged(damaged)
+                continue
             yield version_key, manifest
+
+    def _checked_manifest(self, version_key: str, raw: bytes) -> dict[str, Any]:
+        """The manifest in ``raw``, which must be a JSON object naming ``version_key`` as its ``key``."""
+        where = f"manifest {version_key}/{MANIFEST} in store {self.display_url}"
+        try:
+            manifest = json.loads(raw)
+        except ValueError as error:
+            raise DamagedManifest(f"{where} is damaged (not JSON: {error}); remove the folder {version_key} "
+                                  "and run again to recompute it") from None
+        if not isinstance(manifest, dict) or manifest.get("key") != version_key:
+            found = manifest.get("key") if isinstance(manifest, dict) else None
+            raise DamagedManifest(f"{where} is not this version's: it names {found!r} (a copied or edited folder?); "
+                                  f"remove the folder {version_key}")
+        return manifest
 
     # ---------------------------------------------------------------- writes
     def check_writable(self, min_free_mb: float | None = None) -> None:
@@ -268,7 +303,7 @@ class Store:
         A disk that refuses the write (full, read-only, no permission) raises
         :class:`StoreNotWritable` naming the store and ``key``; nothing is left behind.
         """
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+        tmp = f"{parent}/.{key.rsplit('/', 1)[-1]}{TEMP_INFIX}{uuid.uuid4().hex}"  # .layer-000.parquet.tmp-<uuid>
         try:
             self.fs.makedirs(parent, exist_ok=True)
             with open(tmp, "wb") as handle:
@@ -371,8 +406,17 @@ class Store:
                         existing = self._fresh_manifest(version_key)  # finished between our check and our claim
                         if existing is not None:
                             return Published(version_key, existing, written=False)
-                        return Published(version_key, self._write_version(version_key, files, manifest, row_group_size,
-                                                                           beat.check), written=True)
+                        owner = json.loads(token)["owner"]
+                        self._remove_unpublished_files(version_key, owner)  # a dead writer's (its temporary files too)
+                        try:
+                            written = self._write_version(version_key, files, manifest, row_group_size, beat.check)
+                        except _ClaimLost:
+                            raise
+                        except BaseException:  # disk full, endpoint gone, interrupted: leave no data files
+                            with contextlib.suppress(Exception):  # down: the claim stays too, for sweep_abandoned
+                                self._remove_unpublished_files(version_key, owner)
+                            raise
+                        return Published(version_key, written, written=True)
                 except _ClaimLost:
                     pass  # judged dead and taken over while stalled: wait for the new writer's manifest
                 finally:
@@ -509,10 +553,7 @@ class Store:
                     continue  # a live writer claimed it in the meantime
                 try:
                     if self._fresh_manifest(version_key) is None:
-                        for entry in self.fs.ls(self.path(version_key), detail=True):
-                            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-                            if entry.get("type") == "file" and name != CLAIM:
-                                self.delete(f"{version_key}/{name}")
+                        self._remove_unpublished_files(version_key)
                         swept.append(version_key)
                 finally:
                     self.delete(claim_key)
@@ -520,6 +561,48 @@ class Store:
                     with contextlib.suppress(OSError):
                         os.rmdir(self.path(version_key))  # empty unless resumable shards (_partial/) remain
         return swept
+
+    def _remove_unpublished_files(self, version_key: str, owner: str | None = None) -> None:
+        """Delete the files directly in an unpublished version's folder (data files, temporary
+        files of a killed writer, dead writers' signs of life), keeping the claim, ``owner``'s
+        sign of life and the resumable shards under ``_partial/``. Only called while holding the
+        version's claim."""
+        keep = {CLAIM, HEARTBEAT_PREFIX + owner if owner else CLAIM}
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.invalidate_cache(self.path(version_key))
+            for entry in self.fs.ls(self.path(version_key), detail=True):
+                name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+                if entry.get("type") != "file" or name in keep or name.startswith("." + CLAIM):
+                    continue  # a claim attempt's or a sign of life's temporary file is another process's, in flight
+                self.delete(f"{version_key}/{name}")
+
+    def abandoned_uploads(self, older_than_s: float, dry_run: bool = False) -> list[dict[str, Any]]:
+        """Object stores: abort the multipart uploads under the store's root started more than
+        ``older_than_s`` seconds ago (nothing with ``dry_run``); returns ``{"key", "started"
+        (epoch seconds)}`` of each. s3fs uploads a file of 100 MiB or more (a large model's shard)
+        in parts; a process killed mid-upload leaves the parts stored, invisible to listings and
+        billed, until the upload is aborted. Local stores have none."""
+        if self.is_local:
+            return []
+        bucket, _, prefix = self.root.partition("/")
+        prefix = f"{prefix}/" if prefix else ""
+        found, markers = [], {}
+        with self._reading("its incomplete uploads"):
+            while True:
+                page = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **markers)
+                for upload in page.get("Uploads", []) or []:
+                    started = upload["Initiated"].timestamp()
+                    if time.time() - started > older_than_s:
+                        found.append({"key": self.key_of(f"{bucket}/{upload['Key']}"), "started": started,
+                                      "upload_id": upload["UploadId"], "s3_key": upload["Key"]})
+                if not page.get("IsTruncated"):
+                    break
+                markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+        if not dry_run:
+            for upload in found:
+                with self._reading(upload["key"]):
+                    self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["s3_key"], UploadId=upload["upload_id"])
+        return [{"key": u["key"], "started": u["started"]} for u in found]
 
     def _write_version(
         self, version_key: str, files: dict[str, pa.Table | bytes], manifest: dict[str, Any], row_group_size: int | None,

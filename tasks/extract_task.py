@@ -154,7 +154,11 @@ def extract_to_store(
     manifest = {"kind": "features", "catalog": catalog, "spec": spec.fingerprint(),
                 "extras": extracted.extras, "resumed_shards": extracted.resumed}
     published = store.publish(key, layer_tables(spec.name, version, sample_ids, layers), manifest)
-    remove_partial(store, key)
+    try:
+        remove_partial(store, key)
+    except Exception as error:  # noqa: BLE001 - the features are published; `prh gc` clears these shards later
+        logger.warning("%s: features published, but their shards under %s/_partial stay (%s); prh gc removes them",
+                       spec.name, key, error)
     logger.info("%s: %d layers x %d samples in %.1fs -> %s", spec.name, len(layers), len(sample_ids), seconds, key)
     return {**published.manifest, "reused": False}
 

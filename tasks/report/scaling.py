@@ -96,9 +96,9 @@ def _series(ax: Axes, points: list[tuple[str, str, dict[str, Any]]], key, x, lab
         xs = [x(p) for p in mine]
         ys = [float(p[2]["score"]) for p in mine]
         errors = None
-        if ci is not None:
-            low = [y - (number(p[2].get(ci[0])) if number(p[2].get(ci[0])) is not None else y) for y, p in zip(ys, mine)]
-            high = [(number(p[2].get(ci[1])) if number(p[2].get(ci[1])) is not None else y) - y for y, p in zip(ys, mine)]
+        if ci is not None:  # a percentile interval need not contain its estimate: no bar below 0
+            low = [max(0.0, y - (number(p[2].get(ci[0])) if number(p[2].get(ci[0])) is not None else y)) for y, p in zip(ys, mine)]
+            high = [max(0.0, (number(p[2].get(ci[1])) if number(p[2].get(ci[1])) is not None else y) - y) for y, p in zip(ys, mine)]
             errors = [low, high]
         ax.errorbar(xs, ys, yerr=errors, marker="o", markersize=5, capsize=3, linewidth=1, alpha=0.9, label=name)
     labels: dict[float, set[str]] = {}

@@ -165,7 +165,7 @@ def test_a_refused_model_exits_1_naming_it(tmp_path, capsys):
     assert capsys.readouterr().out.split() == ["model", "tiny-vit"]
 
 
-def test_gc_removes_only_shards_no_run_will_resume(tmp_path, capsys):
+def test_gc_removes_only_shards_no_run_will_resume(tmp_path, capsys, monkeypatch):
     """Published versions and fresh shards (a live or resumable extraction) stay; shards of a
     published version and old shards of an unpublished one go; --dry-run removes nothing."""
     import os
@@ -182,14 +182,16 @@ def test_gc_removes_only_shards_no_run_will_resume(tmp_path, capsys):
     write_shard(store, "features/d/m/v2", 0, layer)  # abandoned 9 days ago
     write_shard(store, "features/d/m/v2", 1, layer)
     write_shard(store, "features/d/m/v3", 0, layer)  # written just now: resumable
+    store.write_bytes("features/d/m/v5/_partial/.shard-00000.parquet.tmp-0123", b"killed mid-write")  # 9 days ago
     old = time.time() - 9 * 86400
-    for shard in (0, 1):
-        os.utime(store.path(shard_key("features/d/m/v2", shard)), (old, old))
+    for path in (shard_key("features/d/m/v2", 0), shard_key("features/d/m/v2", 1), "features/d/m/v5/_partial/.shard-00000.parquet.tmp-0123"):
+        os.utime(store.path(path), (old, old))
     assert main(["gc", "--store", store.url, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"would remove {published}/_partial: 1 shards" in out and "(its version is published)" in out
     assert "would remove features/d/m/v2/_partial: 2 shards" in out and "unpublished, newest shard 9.0 days old" in out
-    assert "v3" not in out and out.rstrip().endswith("2 shard folder(s), 0.0 MB would be freed")
+    assert "would remove features/d/m/v5/_partial: 0 shards" in out  # only the temporary file of a killed writer
+    assert "v3" not in out and out.rstrip().endswith("3 shard folder(s), 0.0 MB would be freed")
     assert store.exists(shard_key("features/d/m/v2", 0))
     # a writer that died mid-publish: its claim (a dead process of this host) and one data file
     import subprocess
@@ -204,6 +206,7 @@ def test_gc_removes_only_shards_no_run_will_resume(tmp_path, capsys):
     assert main(["gc", "--store", store.url, "--dry-run"]) == 0  # says what a real gc will do, does nothing
     assert "would remove the unpublished files of alignment/d/a__b/v9 (its writer died)" in capsys.readouterr().out
     assert store.exists("alignment/d/a__b/v9/scores.parquet")
+    monkeypatch.setenv("PRH_MIN_FREE_MB", "1e12")  # a nearly full disk: when gc is needed, it runs
     assert main(["gc", "--store", store.url]) == 0
     out = capsys.readouterr().out
     assert "removed features/d/m/v2/_partial" in out and "removed the unpublished files of alignment/d/a__b/v9 (its writer died)" in out

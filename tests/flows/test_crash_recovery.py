@@ -16,7 +16,7 @@ import pytest
 
 from flows.pipeline import prh_pipeline
 from storage.catalog import connect, query
-from storage.store import CLAIM, Store
+from storage.store import CLAIM, TEMP_INFIX, Store
 from tasks.params import PipelineConfig
 from tests.flows.test_pipeline import TINY_BERT, TINY_VIT
 
@@ -68,7 +68,7 @@ def _stray_files(store: str) -> list[str]:
     root = Path(target.root)
     found = {str(p.relative_to(root)) for prefix in ("features", "alignment") for p in (root / prefix).rglob("*") if p.is_file()}
     strays = sorted(f for f in found - listed if "/_partial/" not in f or f.split("/_partial/")[0] in published)
-    strays += sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name == CLAIM or p.name.startswith(".tmp-"))
+    strays += sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name == CLAIM or TEMP_INFIX in p.name)
     return strays
 
 

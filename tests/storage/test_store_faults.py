@@ -40,6 +40,37 @@ def test_disk_full_mid_publish_leaves_nothing_and_says_why(tmp_path):
         assert again.written and store.manifest("features/d/m/v2")["files"].keys() == {"a.parquet"}
 
 
+def test_a_publish_that_fails_after_some_files_removes_them(tmp_path):
+    """The first file fitted, the second did not: the first stayed (no claim, no manifest, so no
+    sweep and no gc ever found it: 58% of a small disk held by nothing)."""
+    with tmpfs(tmp_path / "disk", 512) as disk:
+        store = Store(str(disk / "store"))
+        with pytest.raises(StoreNotWritable, match="b.bin"):
+            store.publish("features/d/m/v1", {"a.bin": os.urandom(300_000), "b.bin": os.urandom(300_000)}, {"kind": "t"})
+        assert _files(disk) == []
+        assert store.publish("features/d/m/v1", {"a.bin": b"1", "b.bin": b"2"}, {"kind": "t"}).written
+
+
+def test_a_dead_writers_leftovers_go_when_the_version_is_published(tmp_path):
+    """A writer killed mid-file leaves ``.<file>.tmp-<uuid>`` (and files of an earlier attempt)
+    in the version folder; the next writer of the version removes them before writing, so the
+    published folder holds its manifest's files only."""
+    import subprocess
+    import sys
+    import time
+
+    store = Store(str(tmp_path / "store"))
+    code = "import json; from storage.owner import current_owner; print(json.dumps(current_owner()))"
+    dead = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                     cwd=Path(__file__).resolve().parents[2]).stdout)
+    store.write_bytes("x/v/.layer-000.parquet.tmp-0123", b"half a file")
+    store.write_bytes("x/v/layer-009.parquet", b"an earlier attempt's")
+    store.write_bytes("x/v/_partial/shard-00000.parquet", b"resumable")
+    store.write_bytes(f"x/v/{CLAIM}", json.dumps({"owner": "a", "claimed_at": time.time(), "process": dead}).encode())
+    assert store.publish("x/v", {"layer-000.parquet": b"whole"}, {}).written
+    assert _files(Path(store.path("x/v"))) == ["_partial/shard-00000.parquet", "layer-000.parquet", "manifest.json"]
+
+
 def test_check_writable_wants_free_space(tmp_path, monkeypatch):
     with tmpfs(tmp_path / "disk", 1024) as disk:
         store = Store(str(disk / "store"))

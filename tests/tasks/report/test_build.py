@@ -175,3 +175,12 @@ def test_a_cache_entry_without_every_format_is_drawn_again():
     assert len(cache.served) == len(layer_figures)  # PNG only either way
     assert len(cache.stored) == len(with_svg.figures) - len(layer_figures)
     assert all("svg" in f.files for f in with_svg.figures if not f.name.startswith("layers-"))
+
+
+def test_an_interval_that_excludes_its_estimate_still_draws():
+    """A percentile interval need not contain its estimate (3 bootstrap resamples did that in a
+    run): matplotlib refused the negative error bar and the whole report was lost."""
+    data = _input(ci=True, examples=False)
+    rows = [{**r, "ci_low": r["score"] + 0.01, "ci_high": r["score"] + 0.03} for r in best_rows(ci=True)]
+    report = build_report(ReportInput(data.run, table(rows), data.scores, data.models), formats=("png",), pairs=[])
+    assert {"size-mutual_knn", "quality-cka"} <= {f.name for f in report.figures}

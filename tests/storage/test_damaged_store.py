@@ -1,0 +1,67 @@
+"""A store with a damaged file: the catalog names it, leaves it out and shows the rest; a
+manifest cut short or copied into another version's folder never counts twice or silently."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from storage.catalog import connect, query
+from storage.store import DamagedManifest, Store
+from tests.storage.catalog_store import build_catalog_store
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return build_catalog_store(str(tmp_path / "store"))
+
+
+def _count(con, sql: str) -> int:
+    return query(con, sql).column(0)[0].as_py()
+
+
+def _alignment_folders(store: Store) -> list[Path]:
+    return sorted(p.parent for p in Path(store.root, "alignment").rglob("manifest.json"))
+
+
+def test_a_cut_short_parquet_file_is_named_and_left_out(store, caplog, capsys):
+    healthy = connect(store)
+    rows, best = _count(healthy, "select count(*) from alignment"), _count(healthy, "select count(*) from alignment_best")
+    damaged = _alignment_folders(store)[0] / "scores.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    with caplog.at_level(logging.WARNING, logger="storage.catalog"):
+        con = connect(store)
+    assert f"{damaged}: " in caplog.text and "left out of the alignment view" in caplog.text
+    assert 0 < _count(con, "select count(*) from alignment") < rows
+    assert _count(con, "select count(*) from alignment_best") == best  # the other views are whole
+    assert _count(con, "select count(*) from runs") == 2
+    assert main(["sql", "select count(*) n from runs", "--store", store.url, "--format", "csv"]) == 0
+    assert capsys.readouterr().out.split() == ["n", "2"]
+
+
+def test_a_damaged_or_copied_manifest_is_named_and_never_counted(store, caplog):
+    healthy = connect(store)
+    versions = _count(healthy, "select count(distinct alignment_version) from alignment_best")
+    first, second = _alignment_folders(store)[:2]
+    shutil.copytree(first, first.with_name(first.name + ".bak"))  # a copy beside the original
+    manifest = second / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes()[:150])  # cut short
+    with caplog.at_level(logging.WARNING, logger="storage.catalog"):
+        con = connect(store)
+    # the copy is not counted twice, the cut one is left out
+    assert _count(con, "select count(distinct alignment_version) from alignment_best") == versions - 1
+    assert _count(con, "select count(*) from alignment_best") == _count(con, "select count(distinct (alignment_version, metric)) from alignment_best")
+    assert "is not this version's" in caplog.text and f"{first.name}.bak/manifest.json" in caplog.text
+    assert "is damaged (not JSON" in caplog.text
+    key = store.key_of(str(second))
+    with pytest.raises(DamagedManifest, match=rf"manifest {key}/manifest.json in store .* is damaged .*remove the folder {key}"):
+        store.manifest(key)
+    stray = Path(store.root, "features", "stray", "manifest.json")
+    stray.parent.mkdir(parents=True)
+    stray.write_text(json.dumps({}))
+    assert _count(connect(store), "select count(*) from models where model is null") == 0

@@ -1,0 +1,59 @@
+"""Resumable shards: removing a published version's shards is safe when two extractions of the
+same model finish at once (both remove the folder)."""
+
+from __future__ import annotations
+
+import threading
+
+from storage.shards import PARTIAL, remove_partial
+from storage.store import Store
+
+
+def test_two_processes_removing_one_partial_folder_both_succeed(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    for round_ in range(3):
+        key = f"features/d/m/v{round_}"
+        for shard in range(200):
+            store.write_bytes(f"{key}/{PARTIAL}/shard-{shard:05d}.parquet", b"x")
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(3)
+
+        def remove() -> None:
+            try:
+                barrier.wait()
+                remove_partial(store, key)
+            except BaseException as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+
+        threads = [threading.Thread(target=remove) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        assert not store.exists(f"{key}/{PARTIAL}")
+
+
+def test_gc_aborts_uploads_a_killed_writer_left_on_s3(s3_store_url, capsys):
+    """s3fs uploads a file of 100 MiB or more in parts; a writer killed mid-upload leaves the parts
+    stored (invisible, billed) until the upload is aborted: gc lists and aborts old ones."""
+    from flows.cli import main
+
+    store = Store(s3_store_url)
+    store.write_bytes("features/d/m/v1/manifest-free.bin", b"x")  # the store exists
+    bucket, _, prefix = store.root.partition("/")
+    started = store.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=f"{prefix}/features/d/m/v2/_partial/shard-00000.parquet")
+    store.fs.call_s3("upload_part", Bucket=bucket, Key=started["Key"], UploadId=started["UploadId"], PartNumber=1, Body=b"p" * 1000)
+    elsewhere = store.fs.call_s3("create_multipart_upload", Bucket=bucket, Key="not-the-store/x.bin")  # outside the root
+
+    def pending() -> list[str]:
+        return sorted(u["Key"] for u in store.fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", []))
+
+    assert store.abandoned_uploads(1e12, dry_run=True) == []  # younger than the age asked: kept (could be live)
+    assert main(["gc", "--store", s3_store_url, "--older-than-days", "0", "--dry-run"]) == 0
+    assert "would abort the incomplete upload of features/d/m/v2/_partial/shard-00000.parquet" in capsys.readouterr().out
+    assert len(pending()) == 2
+    assert main(["gc", "--store", s3_store_url, "--older-than-days", "0"]) == 0
+    assert "aborted the incomplete upload of features/d/m/v2/_partial/shard-00000.parquet" in capsys.readouterr().out
+    assert pending() == [elsewhere["Key"]]
+    assert Store(str(s3_store_url)).abandoned_uploads(0) == []
