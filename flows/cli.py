@@ -6,6 +6,7 @@ import argparse
 import base64
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -184,14 +185,28 @@ def _run(args: argparse.Namespace) -> int:
 
     from flows.pipeline import ZooFailures, prh_pipeline
 
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         summary = prh_pipeline(config=config, store=store)
     except ZooFailures as error:  # the rest is published: say what failed, exit 1
         print(f"prh run: {error}\nThe results of the other models are in the store: prh sql \"select * from alignment_best\"",
               file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("prh run: stopped; what was published stays in the store (the run is recorded CANCELLED)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print_summary(summary)
     return 0
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """``kill``/SIGTERM stops ``prh run`` like Ctrl-C: Python unwinds and exits normally, so the
+    temporary Prefect server is stopped too. (Python's default ends the process at once, which
+    left the server running; during a flow Prefect turns the signal into ``TerminationSignal``,
+    records the run and then hands the signal back to this handler.)"""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -303,3 +303,36 @@ def test_run_on_a_hugging_face_dataset_from_the_hub_cache(tmp_path, monkeypatch,
     assert main(["sql", query, "--store", store, "--format", "json"]) == 0
     groups = json.loads(capsys.readouterr().out)
     assert len(groups) == 16 and all(g["n"] == 2 and g["vectors"] == 1 for g in groups)
+
+
+def test_sigterm_stops_prh_run_and_its_temporary_server(tmp_path):
+    """`kill` of `prh run` left Prefect's temporary API server (uvicorn) running: Python's default
+    SIGTERM ends the process without its exit handlers. Now it stops like Ctrl-C, and so does
+    the server."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32},
+                                      "models": [TINY_VIT, TINY_BERT], "alignment": {"permutations": 0}}))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "home")}
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--store", str(tmp_path / "store")],
+                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server, deadline = [], time.monotonic() + 240
+    while not server and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        server = [c for c in psutil.Process(proc.pid).children(recursive=True) if "uvicorn" in " ".join(c.cmdline())]
+    assert server, "no temporary Prefect server started"
+    time.sleep(3)  # let the flow begin (either way the server must go)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=240) == 130
+    assert "prh run: stopped" in proc.stderr.read()
+    _, alive = psutil.wait_procs(server, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
