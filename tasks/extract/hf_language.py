@@ -63,6 +63,10 @@ class HFLanguageExtractor(Extractor):
         self._lm_params = set(inspect.signature(self.lm.forward).parameters) if self.lm is not None else set()
         embeddings = getattr(self.model, "embeddings", None)
         self._own_positions = getattr(embeddings, "padding_idx", None) is not None
+        # Segment ids only for a model with a segment (token type) embedding: GPT-2's forward takes
+        # token_type_ids too, but adds wte(ids), the embedding of token 0, to every position
+        # (given a BERT tokenizer, which makes them, every feature was shifted).
+        self._token_types = (getattr(getattr(self.model, "config", None), "type_vocab_size", 0) or 0) > 0
         self._input_device = input_device(self.model, self.model.get_input_embeddings().weight)
         self._finish_init(["a"], lambda n: layer_names("embeddings", "layer", n - 1))
 
@@ -90,7 +94,7 @@ class HFLanguageExtractor(Extractor):
         )
         mask = enc["attention_mask"]
         extra: dict[str, torch.Tensor] = {}
-        if "token_type_ids" in enc and "token_type_ids" in self._params:
+        if "token_type_ids" in enc and "token_type_ids" in self._params and self._token_types:
             extra["token_type_ids"] = enc["token_type_ids"]
         left_padded = bool((mask[:, 0] == 0).any())
         if left_padded and "position_ids" in self._params and not self._own_positions:

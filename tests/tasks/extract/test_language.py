@@ -193,3 +193,19 @@ def test_prepared_batches_are_prefetched_in_order_on_accelerators():
         fake = SimpleNamespace(device=torch.device("cpu"), prepare=prepare)
         assert list(_prepared(fake, items, batches, plan)) == expected
         assert all(name.startswith("prh-prepare") == in_thread for name in threads) and len(threads) == 5
+
+
+def test_segment_ids_only_for_models_with_a_segment_embedding():
+    """A BERT tokenizer makes token_type_ids; GPT-2's forward takes them and adds wte(0) to every
+    position (no segment embedding), which shifted the demo's random GPT-2 features. Now GPT-2 gets
+    input ids and mask only (equal to a plain forward); BERT still gets its segment ids."""
+    gpt2 = _extractor("gpt2", "avg", tokenizer=MINILM)
+    caption = CAPTIONS[1]
+    enc = gpt2.tokenizer([caption], return_tensors="pt")
+    assert "token_type_ids" in enc and "token_type_ids" not in gpt2.prepare([caption]).extra
+    with torch.inference_mode():
+        states = gpt2.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True).hidden_states
+    for layer, h in zip(gpt2.extract_batch([caption]), states):
+        np.testing.assert_allclose(layer[0], h[0].mean(0).numpy(), atol=1e-5)
+    bert = _extractor("bert", "avg", tokenizer=MINILM)
+    assert "token_type_ids" in bert.prepare([caption]).extra
