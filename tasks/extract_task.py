@@ -269,7 +269,11 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
     if model["is_causal_lm"] and sums.get("text_bytes"):
         from tasks.extract.bpb import bits_per_byte
 
-        bpb = bits_per_byte(sums.get("nll_nats", 0.0), int(sums["text_bytes"]))
+        if sums.get("predicted_tokens"):
+            bpb = bits_per_byte(sums.get("nll_nats", 0.0), int(sums["text_bytes"]))
+        else:  # 0 would read as a perfect language model
+            logger.warning("%s: no caption token was scored (max_length=%d leaves no token after the first, or the "
+                           "captions are one token each): bits per byte left empty", spec.name, spec.max_length)
         extras.update(nll_nats=sums.get("nll_nats", 0.0), predicted_tokens=int(sums.get("predicted_tokens", 0)),
                       text_bytes=int(sums["text_bytes"]), bpb_truncated_texts=int(sums.get("bpb_truncated_texts", 0)))
     return _Extraction(shards, model, bpb, extras, resumed)

@@ -299,7 +299,7 @@ def extract_all(
         n_bytes = extractor.text_bytes(items)
         extras = {
             **extras,
-            "bits_per_byte": _bits_per_byte(nll, n_bytes),
+            "bits_per_byte": _bits_per_byte(nll, n_bytes) if targets else None,  # nothing scored: unknown, not 0
             "nll_nats": nll,
             "predicted_tokens": targets,
             "text_bytes": n_bytes,

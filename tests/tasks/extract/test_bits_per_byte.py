@@ -67,3 +67,31 @@ def test_next_token_nll_masks():
     assert bits_per_byte(math.log(2) * 8, 4) == pytest.approx(2.0)
     with pytest.raises(ValueError):
         bits_per_byte(1.0, 0)
+
+
+def test_nothing_scored_is_no_bits_per_byte_not_zero(tmp_path):
+    """max_length=1 keeps one token per caption, so no token is predicted: bits per byte is
+    unknown (None), not 0 (which read as a perfect language model in the report)."""
+    import logging
+
+    from storage.store import Store
+    from tasks.dataset_task import publish_dataset
+    from tasks.extract_task import extract_to_store
+    from tasks.params import DatasetParams
+
+    ex = load_extractor(tiny_language_spec("gpt2", max_length=1), device="cpu")
+    feats = extract_all(ex, CAPTIONS)
+    assert feats.extras["predicted_tokens"] == 0 and feats.extras["bits_per_byte"] is None
+    store = str(tmp_path / "store")
+    dataset = publish_dataset(DatasetParams(kind="openmoji", n=8, image_size=32), store)
+    logger = logging.getLogger("test.bits_per_byte")
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        manifest = extract_to_store(store, dataset, tiny_language_spec("gpt2", max_length=1), logger=logger)
+    finally:
+        logger.removeHandler(handler)
+    assert manifest["catalog"]["bits_per_byte"] is None and any("no caption token was scored" in m for m in messages)
+    assert Store(store).manifest(manifest["key"])["extras"]["predicted_tokens"] == 0
