@@ -114,7 +114,10 @@ def _select_tower(model: torch.nn.Module, modality: str) -> torch.nn.Module:
     tower = "vision_model" if modality == "vision" else "text_model"
     if hasattr(model, tower) and isinstance(getattr(model, tower), torch.nn.Module):
         return getattr(model, tower)
-    if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+    # an encoder-decoder, also when its config says otherwise (transformers 5 saves a T5EncoderModel's
+    # config with is_encoder_decoder false, and AutoModel then builds the whole T5Model)
+    two_parts = getattr(model.config, "is_encoder_decoder", False) or isinstance(getattr(model, "decoder", None), torch.nn.Module)
+    if two_parts and hasattr(model, "get_encoder"):
         return model.get_encoder()
     return model
 
@@ -171,6 +174,7 @@ def check_model(spec: ModelSpec) -> CheckedModel:
         tokenizer = load_tokenizer(spec, access) if language else None
         if tokenizer is not None:
             _check_vocabulary(spec, tokenizer, config)
+            _check_max_length(spec, tokenizer, config)
     else:
         access = None
         cls = _config_class(spec)
@@ -180,7 +184,15 @@ def check_model(spec: ModelSpec) -> CheckedModel:
         config = _build_config(spec, cls, tokenizer)
         causal = language and is_causal_config(config, from_architectures=False)
         _feature_overrides(config, spec.config)
+        if tokenizer is not None:
+            _check_vocabulary(spec, tokenizer, _text_config(config))
+            _check_max_length(spec, tokenizer, _text_config(config))
     return CheckedModel(config, causal, access, tokenizer)
+
+
+def _text_config(config: Any) -> Any:
+    """The config of the part that reads token ids: ``text_config`` of a two-tower model (CLIP, SigLIP)."""
+    return getattr(config, "text_config", None) or config
 
 
 def _read_config(spec: ModelSpec, access: SourceAccess) -> Any:
@@ -203,9 +215,12 @@ def _config_class(spec: ModelSpec) -> type:
 def _build_config(spec: ModelSpec, cls: type, tokenizer: Any | None) -> Any:
     kwargs = dict(spec.config)
     if tokenizer is not None:
-        kwargs.setdefault("vocab_size", len(tokenizer))
+        text = kwargs  # the vocabulary belongs to the text tower of a two-tower config (CLIPConfig)
+        if "text_config" in (getattr(cls, "sub_configs", None) or {}):
+            text = kwargs["text_config"] = dict(kwargs.get("text_config") or {})
+        text.setdefault("vocab_size", len(tokenizer))
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):  # None where the tokenizer has none
-            kwargs.setdefault(key, getattr(tokenizer, key, None))
+            text.setdefault(key, getattr(tokenizer, key, None))
     try:
         return cls(**kwargs)
     except (TypeError, ValueError, StrictDataclassError) as exc:
@@ -349,7 +364,8 @@ MIN_VOCABULARY = 100
 def _check_vocabulary(spec: ModelSpec, tokenizer: Any, config: Any) -> None:
     """Refuse a tokenizer that cannot be the model's: a few tokens only (transformers builds an
     almost empty one from a folder without tokenizer files, so every caption would read as
-    unknown tokens), or fewer than half the model's embedding rows (``vocab_size``)."""
+    unknown tokens), fewer than half the model's embedding rows (``vocab_size``), or more tokens
+    than rows (an id past the table fails inside the forward: ``index out of range``)."""
     size = len(tokenizer)
     rows = getattr(config, "vocab_size", None)
     source = spec.tokenizer or spec.id
@@ -357,14 +373,49 @@ def _check_vocabulary(spec: ModelSpec, tokenizer: Any, config: Any) -> None:
         raise ModelInputError(spec.name, spec.id, f"the tokenizer read from {source!r} has {size} tokens"
                               f"{f' for a model with {rows} embedding rows' if isinstance(rows, int) else ''}: not this model's "
                               "tokenizer (a folder without tokenizer files?); name one with 'tokenizer:' (a hub id or a folder)")
+    if isinstance(rows, int) and size > rows:
+        raise ModelInputError(spec.name, spec.id, f"the tokenizer read from {source!r} has {size} tokens for a model with "
+                              f"{rows} embedding rows: ids {rows}..{size - 1} would fail inside the model; use the model's "
+                              "own tokenizer" + (" or leave config.vocab_size to the tokenizer" if spec.loader == "random_hf" else ""))
+
+
+#: Model types whose positions start after the padding index (RoBERTa-style): usable = max - pad - 1.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "xlm-roberta-xl")
+
+
+def position_limit(config: Any) -> int | None:
+    """Tokens a language model can take (its position table), or None when it has no fixed limit
+    (relative or ALiBi positions: T5, BLOOM)."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            if getattr(config, "model_type", None) in _OFFSET_POSITIONS and isinstance(getattr(config, "pad_token_id", None), int):
+                value -= config.pad_token_id + 1
+            return value
+    return None
+
+
+def _check_max_length(spec: ModelSpec, tokenizer: Any, config: Any) -> None:
+    """``max_length`` must fit the model's positions (else the forward fails at the first long
+    caption, mid-run) and leave room for a caption token after the tokenizer's special tokens
+    (below that the tokenizer silently does not truncate)."""
+    limit = position_limit(config)
+    if limit is not None and spec.max_length > limit:
+        raise ModelInputError(spec.name, spec.id, f"max_length {spec.max_length} is more than the {limit} positions the "
+                              f"model takes: set max_length: {limit} or less")
+    special = int(tokenizer.num_special_tokens_to_add(pair=False))
+    if spec.max_length <= special:
+        raise ModelInputError(spec.name, spec.id, f"max_length {spec.max_length} leaves no caption token: the tokenizer "
+                              f"adds {special} special token(s) to each text; set max_length: {special + 1} or more")
 
 
 def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAccess | None = None) -> Any:
     """Image processor (PIL backend) for a vision spec, resized to ``spec.image_size`` if set."""
     from transformers import AutoImageProcessor, ViTImageProcessorPil
 
-    if spec.loader == "random_hf":
-        size = spec.image_size or getattr(model_config, "image_size", None) or 224
+    if spec.loader == "random_hf":  # a two-tower config (CLIPConfig) keeps the image size in vision_config
+        vision = getattr(model_config, "vision_config", None) or model_config
+        size = spec.image_size or getattr(vision, "image_size", None) or 224
         size = size if isinstance(size, int) else int(size[0])
         return ViTImageProcessorPil(size={"height": size, "width": size})
     access = access or preflight.resolve_access(spec, spec.id, spec.revision)

@@ -70,8 +70,9 @@ def test_next_token_nll_masks():
 
 
 def test_nothing_scored_is_no_bits_per_byte_not_zero(tmp_path):
-    """max_length=1 keeps one token per caption, so no token is predicted: bits per byte is
-    unknown (None), not 0 (which read as a perfect language model in the report)."""
+    """max_length=2 with the byte-level tokenizer keeps one byte and the end-of-text token (never
+    scored), so no token is predicted: bits per byte is unknown (None), not 0 (which read as a
+    perfect language model in the report)."""
     import logging
 
     from storage.store import Store
@@ -79,7 +80,7 @@ def test_nothing_scored_is_no_bits_per_byte_not_zero(tmp_path):
     from tasks.extract_task import extract_to_store
     from tasks.params import DatasetParams
 
-    ex = load_extractor(tiny_language_spec("gpt2", max_length=1), device="cpu")
+    ex = load_extractor(tiny_language_spec("gpt2", max_length=2), device="cpu")
     feats = extract_all(ex, CAPTIONS)
     assert feats.extras["predicted_tokens"] == 0 and feats.extras["bits_per_byte"] is None
     store = str(tmp_path / "store")
@@ -90,7 +91,7 @@ def test_nothing_scored_is_no_bits_per_byte_not_zero(tmp_path):
     handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
     logger.addHandler(handler)
     try:
-        manifest = extract_to_store(store, dataset, tiny_language_spec("gpt2", max_length=1), logger=logger)
+        manifest = extract_to_store(store, dataset, tiny_language_spec("gpt2", max_length=2), logger=logger)
     finally:
         logger.removeHandler(handler)
     assert manifest["catalog"]["bits_per_byte"] is None and any("no caption token was scored" in m for m in messages)

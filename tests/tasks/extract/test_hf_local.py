@@ -71,3 +71,76 @@ def test_local_causal_lm_is_detected_from_architectures(tmp_path):
     feats = extract_all(ex, CAPTIONS)
     assert feats.extras["bits_per_byte"] > 0
     assert spec.fingerprint()["source"]["local_digest"]
+
+
+def _with_minilm_tokenizer(path) -> None:
+    from transformers import AutoTokenizer
+
+    from tasks.extract.sources import resolve_source
+    from tests.tasks.extract.helpers import MINILM
+
+    AutoTokenizer.from_pretrained(resolve_source(MINILM)).save_pretrained(path)
+
+
+def test_t5_encoder_checkpoint_uses_its_encoder(tmp_path):
+    """transformers 5 saves a T5EncoderModel's config with is_encoder_decoder false; AutoModel then
+    built the whole T5Model, whose forward wants decoder inputs ("You must specify exactly one of
+    input_ids or inputs_embeds"). The encoder is used, as for every encoder-decoder."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    encoder = T5EncoderModel(T5Config(vocab_size=30522, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2)).eval()
+    encoder.save_pretrained(tmp_path)
+    _with_minilm_tokenizer(tmp_path)
+    ex = load_extractor(ModelSpec(name="t5-enc", loader="hf", id=str(tmp_path), modality="language"), device="cpu")
+    assert ex.layer_names == ["embeddings", "layer.01", "layer.02"] and not ex.is_causal_lm
+    enc = ex.tokenizer([CAPTIONS[1]], return_tensors="pt")
+    with torch.inference_mode():
+        states = encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True).hidden_states
+    for layer, h in zip(ex.extract_batch([CAPTIONS[1]]), states):
+        np.testing.assert_allclose(layer[0], h[0].mean(0).numpy(), atol=1e-5)
+
+
+def test_a_random_two_tower_config_reads_its_towers_settings(images):
+    """random_hf CLIPConfig: the image size is vision_config's (the processor made 224 px images
+    for a 32 px model), and the tokenizer's vocabulary sizes text_config (49,408 rows were kept)."""
+    tower = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    vision = load_extractor(ModelSpec(name="clip-v", loader="random_hf", id="CLIPConfig", modality="vision",
+                                      config={"vision_config": {**tower, "image_size": 32, "patch_size": 8}}), device="cpu")
+    assert vision.prepare(images[:1]).pixel_values.shape[-1] == 32
+    assert extract_all(vision, images).layers[-1].shape == (len(images), 32)
+    text = load_extractor(ModelSpec(name="clip-t", loader="random_hf", id="CLIPConfig", modality="language",
+                                    config={"text_config": tower}), device="cpu")
+    assert text.model.get_input_embeddings().weight.shape[0] == len(text.tokenizer)  # the byte-level tokenizer's 384
+    assert extract_all(text, CAPTIONS).layers[-1].shape == (len(CAPTIONS), 32)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("tokenizer larger than the embeddings", r"has 30522 tokens for a model with 512 embedding rows: ids 512..30521 would fail"),
+    ("random model smaller than its tokenizer", r"has 30522 tokens for a model with 512 embedding rows.*leave config.vocab_size"),
+    ("max_length past the positions", r"max_length 512 is more than the 128 positions the model takes"),
+    ("max_length without room", r"max_length 2 leaves no caption token: the tokenizer adds 2 special token\(s\)"),
+])
+def test_language_settings_that_fail_mid_run_are_refused_at_the_check(tmp_path, case, message):
+    """Each of these failed only inside the forward, at the first caption that reached the bad id or
+    position (index out of range, a size mismatch), or silently did not truncate."""
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
+
+    from tasks.extract.errors import ModelInputError
+    from tests.tasks.extract.helpers import MINILM
+
+    if case == "random model smaller than its tokenizer":
+        spec = ModelSpec(name="m", loader="random_hf", id="GPT2Config", modality="language", tokenizer=MINILM,
+                         config={"n_embd": 32, "n_layer": 2, "n_head": 2, "vocab_size": 512})
+    else:
+        torch.manual_seed(0)
+        if case == "tokenizer larger than the embeddings":
+            GPT2Model(GPT2Config(vocab_size=512, n_embd=32, n_layer=2, n_head=2, n_positions=128)).save_pretrained(tmp_path)
+        else:
+            BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                 max_position_embeddings=128)).save_pretrained(tmp_path)
+        _with_minilm_tokenizer(tmp_path)
+        spec = ModelSpec(name="m", loader="hf", id=str(tmp_path), modality="language",
+                         max_length={"max_length past the positions": 512, "max_length without room": 2}.get(case, 64))
+    with pytest.raises(ModelInputError, match=message):
+        load_extractor(spec, device="cpu")
