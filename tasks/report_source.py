@@ -17,6 +17,7 @@ import pyarrow as pa
 from storage.catalog import connect
 from storage.features import vectors_from_arrow
 from storage.store import Store
+from tasks.image_rows import image_rows, mean_rows
 from tasks.report.neighbours import NeighbourExamples, Sample, select_examples
 from tasks.report.tables import ReportInput, describe_dataset, metrics_of
 
@@ -130,12 +131,21 @@ def _examples(con: duckdb.DuckDBPyConnection, best: list[dict[str, Any]], models
         raise ValueError(f"{row['model_a']} × {row['model_b']}: fewer than 2 common samples with features")
     ids = table.column("sample_id").to_pylist()
     names = (row["model_a"], row["model_b"], str(row["layer_name_a"]), str(row["layer_name_b"]))
-    examples = select_examples(ids, vectors_from_arrow(table.column("va")), vectors_from_arrow(table.column("vb")), names, k, n_examples)
-    con.register("_report_samples", pa.table({"sample_id": pa.array(examples.sample_ids(), pa.string())}))
+    xa, xb = vectors_from_arrow(table.column("va")), vectors_from_arrow(table.column("vb"))
     dataset = row.get("dataset_version") or dataset_version
-    shown = con.sql(
-        "select s.sample_id, s.text, s.image from samples s join _report_samples using (sample_id) where s.dataset_version = ?",
+    unit = row.get("unit") or "sample"
+    if unit == "image":  # the rows the alignment scored: one per image, the mean of its captions' rows
+        image_of = dict(con.execute("select sample_id, image_id from samples where dataset_version = ?", [dataset]).fetchall())
+        rows = image_rows(ids, image_of)
+        ids, xa, xb = rows.image_ids, mean_rows(xa, rows), mean_rows(xb, rows)
+    examples = select_examples(ids, xa, xb, names, k, n_examples)
+    key = "image_id" if unit == "image" else "sample_id"
+    con.register("_report_samples", pa.table({key: pa.array(examples.sample_ids(), pa.string())}))
+    shown = con.sql(  # an image: its first caption (by sample id) and how many more it has
+        f"select s.{key} as id, first(s.text order by s.sample_id) as text, first(s.image order by s.sample_id) as image, "
+        f"count(*) as n from samples s join _report_samples using ({key}) where s.dataset_version = ? group by s.{key}",
         params=[dataset],
     ).to_arrow_table().to_pylist()
-    samples = {r["sample_id"]: Sample(r["text"] or "", r["image"]) for r in shown}
-    return NeighbourExamples(**{**examples.__dict__, "samples": samples})
+    samples = {r["id"]: Sample((r["text"] or "") + (f" (+{r['n'] - 1} more captions)" if unit == "image" and r["n"] > 1 else ""),
+                               r["image"]) for r in shown}
+    return NeighbourExamples(**{**examples.__dict__, "samples": samples, "unit": unit})

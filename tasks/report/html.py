@@ -136,7 +136,8 @@ def neighbours_section(examples: NeighbourExamples) -> str:
     parts = [
         f"<p>{escape(examples.model_a)} at layer <code>{escape(examples.layer_a)}</code> and {escape(examples.model_b)} at layer "
         f"<code>{escape(examples.layer_b)}</code> (the best layer pair); k = {examples.k}, cosine similarity of L2-normalised "
-        f"features. Over {examples.n_queries} of {examples.n_samples} samples the two lists share "
+        f"features. Over {examples.n_queries} of {examples.n_samples} "
+        f"{'images (each the mean of its captions’ rows, as aligned)' if examples.unit == 'image' else 'samples'} the two lists share "
         f"{examples.mean_overlap:.1%} of their members on average. Green: a neighbour in both lists.</p>"
     ]
     for example in examples.examples:

@@ -62,6 +62,7 @@ class NeighbourExamples:
     mean_overlap: float
     examples: list[Example]
     samples: dict[str, Sample] = field(default_factory=dict)
+    unit: str = "sample"  # "image": rows are images, each the mean of its captions' rows (alignment.unit)
 
     def sample_ids(self) -> list[str]:
         """Every id the examples show (queries and neighbours), in first-seen order."""

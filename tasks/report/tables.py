@@ -114,8 +114,13 @@ def ci_columns(columns: list[str]) -> tuple[str, str] | None:
 
 
 def chance_ratio(row: dict[str, Any]) -> tuple[float, str] | None:
-    """(score ÷ chance, basis): the analytical chance level, else the permutation null mean."""
+    """(score ÷ chance, basis): the analytical chance level, else the permutation null mean. None
+    for a metric whose chance level is 0 (``unbiased_cka``): its null mean is 0 plus noise, and a
+    ratio to it read 293× for a pair at chance and 11× for the best one."""
     score = number(row.get("score"))
+    analytical = number(row.get("chance_level"))
+    if analytical is not None and analytical <= 0:
+        return None
     for column, basis in (("chance_level", "chance"), ("null_mean", "null")):
         level = number(row.get(column))
         if score is not None and level is not None and level > 0:

@@ -38,6 +38,8 @@ def test_chance_ratio_prefers_the_analytical_level_then_the_null():
     ratio, basis = chance_ratio(cka)
     assert basis == "null" and math.isclose(ratio, cka["score"] / 0.02)
     assert chance_ratio({**cka, "null_mean": None}) is None
+    # unbiased CKA: chance 0, null mean 0 plus noise: no ratio (it read 293x for a pair at chance)
+    assert chance_ratio({**cka, "metric": "unbiased_cka", "score": 0.0157, "chance_level": 0.0, "null_mean": 0.0001}) is None
     assert common_chance(best_rows(), "mutual_knn") == round(TOPK / (N - 1), 12) and common_chance(best_rows(), "cka") is None
 
 

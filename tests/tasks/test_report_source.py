@@ -1,0 +1,60 @@
+"""What a run's report reads from the catalog: the nearest-neighbour examples follow the rows the
+alignment scored (one per image with ``alignment.unit: image``)."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from tasks.report_source import _examples
+
+IMAGES, CAPTIONS = 8, 3
+
+
+def _catalog() -> duckdb.DuckDBPyConnection:
+    """Views ``features`` and ``samples`` as the catalog has them: 8 images x 3 captions; the
+    vision model's vector is the image's (identical over its captions), the language model's
+    differs per caption."""
+    rng = np.random.default_rng(0)
+    ids = [f"i{i}-c{c}" for i in range(IMAGES) for c in range(CAPTIONS)]
+    images = [s.split("-")[0] for s in ids]
+    image_vectors = {i: rng.normal(size=6) for i in set(images)}
+    vision = [image_vectors[i] for i in images]
+    language = [image_vectors[i][:4] + 0.3 * rng.normal(size=4) for i in images]
+    con = duckdb.connect()
+    features = pa.table({
+        "model": ["vit"] * len(ids) + ["lm"] * len(ids), "feature_version": ["fv"] * (2 * len(ids)),
+        "layer": pa.array([1] * (2 * len(ids)), pa.int16()), "sample_id": ids + ids,
+        "vector": [list(map(float, v)) for v in vision + language]})
+    samples = pa.table({"dataset_version": ["ds"] * len(ids), "sample_id": ids, "image_id": images,
+                        "text": [f"caption {s}" for s in ids], "image": [i.encode() for i in images]})
+    con.register("features", features)
+    con.register("samples", samples)
+    return con
+
+
+def _best(unit: str) -> list[dict]:
+    return [{"metric": "mutual_knn", "model_a": "vit", "model_b": "lm", "layer_a": 1, "layer_b": 1, "layer_name_a": "layer.01",
+             "layer_name_b": "layer.01", "score": 0.5, "dataset_version": "ds", "unit": unit}]
+
+
+MODELS = [{"model": "vit", "feature_version": "fv"}, {"model": "lm", "feature_version": "fv"}]
+
+
+def test_examples_of_an_image_level_alignment_are_images():
+    """With unit: image the report showed caption rows: every vision list began with the query's
+    own other captions (cosine 1.000), which the alignment never compared."""
+    per_sample = _examples(_catalog(), _best("sample"), MODELS, "ds", None, k=3, n_examples=2)
+    assert per_sample.unit == "sample" and per_sample.n_samples == IMAGES * CAPTIONS
+    first = per_sample.examples[0]
+    assert first.neighbours_a[0].similarity > 0.9999 and first.neighbours_a[0].sample_id.split("-")[0] == first.sample_id.split("-")[0]
+
+    per_image = _examples(_catalog(), _best("image"), MODELS, "ds", None, k=3, n_examples=2)
+    assert per_image.unit == "image" and per_image.n_samples == IMAGES
+    for example in per_image.examples:
+        assert example.sample_id.startswith("i") and "-" not in example.sample_id
+        assert all(n.sample_id != example.sample_id and "-" not in n.sample_id for n in example.neighbours_a + example.neighbours_b)
+        assert all(n.similarity < 0.9999 for n in example.neighbours_a)
+    shown = per_image.samples[per_image.examples[0].sample_id]
+    assert shown.text.endswith("(+2 more captions)") and shown.text.startswith(f"caption {per_image.examples[0].sample_id}-c0")
