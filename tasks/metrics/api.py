@@ -35,8 +35,8 @@ def representations(xs: Any, ys: Any, device: str | torch.device | None = None
     ra = _side("x", xs, device)
     rb = ra if ys is xs else _side("y", ys, device)
     if ra.dtype != rb.dtype:  # e.g. float32 against float64: the pair computes in float64
-        ra, rb = (Representation(r.layers, r.device, dtype=torch.float64) if r.dtype != torch.float64 else r
-                  for r in (ra, rb))
+        ra, rb = (Representation(r.layers, r.device, keep_gram_max_n=r.n if r.keep_gram else r.n - 1, dtype=torch.float64)
+                  if r.dtype != torch.float64 else r for r in (ra, rb))  # same path (Gram or features) as asked
     if ra.n != rb.n:
         raise ValueError(f"x and y must have the same number of paired samples: {ra.n} != {rb.n}")
     return ra, rb

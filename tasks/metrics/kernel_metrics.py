@@ -193,8 +193,10 @@ def center_gram_(k: torch.Tensor) -> torch.Tensor:
 
 
 def _sq_norms(rows: torch.Tensor) -> torch.Tensor:
-    """Squared L2 norms of the rows, float64 (norm taken in the storage dtype, then squared)."""
-    return torch.linalg.vector_norm(rows, dim=1).to(torch.float64) ** 2
+    """Squared L2 norms of the rows, accumulated in float64 (a float32 norm over the N(N-1)/2
+    entries of a packed kernel drifted: -3.7e-4 relative at 8.4M entries, CKA off by 2.6e-4 at
+    N=4096)."""
+    return torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64) ** 2
 
 
 def encode_kernels(kernels: list[tuple[torch.Tensor, bool, bool]], unbiased: bool) -> GramState:

@@ -36,7 +36,8 @@ class Representation:
             one ``(N, D)`` layer; numpy or torch. Used as given (no preprocessing).
         device: ``'cpu'``/``'cuda'``/torch.device; default: cuda when the input is on cuda.
         keep_gram_max_n: keep per-layer Gram matrices in memory when ``N`` is at most this.
-        dtype: computation dtype; default float64 when every layer is float64, else float32.
+        dtype: computation dtype; default float64 when any layer is float64 (a float64 layer is
+            never rounded to float32), else float32.
 
     Raises:
         ValueError: fewer than 2 samples, a layer of width 0, a NaN/inf value (the error
@@ -49,7 +50,7 @@ class Representation:
         layers = split_layers(xs)
         device = resolve_device(device, xs, *layers)
         if dtype is None:
-            dtype = torch.float64 if all(_is_float64(x) for x in layers) else torch.float32
+            dtype = torch.float64 if any(_is_float64(x) for x in layers) else torch.float32
         tensors = [to_tensor(x, device, dtype) for x in layers]
         check_values(tensors)
         n = int(tensors[0].shape[0])

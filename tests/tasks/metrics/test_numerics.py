@@ -1,0 +1,76 @@
+"""Numerical accuracy where the fast path lost digits: float32 CKA at large N, Procrustes at
+rank deficiency, least squares on ill-conditioned layers, and sides that mix float32 and float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tasks.metrics import Representation, layer_matrix, score
+
+from . import reference as ref
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_float32_cka_at_large_n_matches_float64_on_both_paths() -> None:
+    """The Gram path's self-HSIC was a float32 norm over N(N-1)/2 packed entries: 2.6e-4 off at
+    N=4096 (the feature path, 2e-8). Accumulated in float64 now."""
+    rng = np.random.default_rng(0)
+    n = 4096
+    x = rng.normal(size=(n, 16)) + 2.0
+    x, y = _unit(x), _unit(x[:, :12] + rng.normal(size=(n, 12)))
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    want = layer_matrix("cka", x32.astype(np.float64), y32.astype(np.float64))[0, 0]
+    assert layer_matrix("cka", x32, y32)[0, 0] == pytest.approx(want, abs=1e-5)  # Gram path (N <= 4096)
+    features = layer_matrix("cka", Representation(x32, keep_gram_max_n=n - 1), Representation(y32, keep_gram_max_n=n - 1))
+    assert features[0, 0] == pytest.approx(want, abs=1e-6)
+
+
+def test_procrustes_of_a_low_rank_layer_with_itself_is_one() -> None:
+    """sqrt of the near-zero eigenvalues of m m^T (rounding noise) added ~1e-8 each: 1 + 7e-7."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 3)) @ rng.normal(size=(3, 800))
+    assert score("procrustes", x, x) == pytest.approx(1.0, abs=1e-12)
+    y = rng.normal(size=(1000, 3)) @ rng.normal(size=(3, 50)) + x[:, :50]
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    want = np.linalg.svd(xc.T @ yc, compute_uv=False).sum() / (np.linalg.norm(xc) * np.linalg.norm(yc))
+    assert score("procrustes", x, y) == pytest.approx(want, abs=1e-12)
+
+
+def test_linear_regression_is_least_squares_on_an_ill_conditioned_layer() -> None:
+    """The Gram eigenproblem squared the condition number and dropped directions below 1e-7 s_max:
+    R^2 0.004 where least squares gives 0.99."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=200), rng.normal(size=200)
+    x = np.stack([a, 1e-8 * b], 1)
+    y = b[:, None] + 0.1 * rng.normal(size=(200, 1))
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    coef = np.linalg.lstsq(xc, yc, rcond=None)[0]
+    want = 1 - ((yc - xc @ coef) ** 2).sum() / (yc ** 2).sum()
+    assert want > 0.99 and score("linear_regression", x, y, ridge=0.0) == pytest.approx(want, abs=1e-9)
+    spectrum = rng.normal(size=(300, 120)) * (np.arange(1, 121) ** -3.0)  # a power-law layer
+    target = rng.normal(size=(300, 5))
+    xs, ts = spectrum - spectrum.mean(0), target - target.mean(0)
+    fit = xs @ np.linalg.lstsq(xs, ts, rcond=None)[0]
+    assert score("linear_regression", spectrum, target) == pytest.approx(1 - ((ts - fit) ** 2).sum() / (ts ** 2).sum(), abs=1e-9)
+
+
+def test_a_side_mixing_float32_and_float64_layers_keeps_its_float64_layers() -> None:
+    """The side computed in float32 unless every layer was float64: a float64 layer was rounded
+    (mutual k-NN of near-duplicate rows 0.92 instead of 1.0), so layer_matrix[i, j] != score."""
+    rng = np.random.default_rng(0)
+    x1 = np.repeat(rng.normal(size=(50, 8)), 2, 0) + 1e-9 * rng.normal(size=(100, 8))
+    x0 = rng.normal(size=(100, 8)).astype(np.float32)
+    assert layer_matrix("mutual_knn", [x0, x1], [x1.copy()], topk=1)[1, 0] == score("mutual_knn", x1, x1.copy(), topk=1) == 1.0
+
+
+def test_a_float32_representation_against_a_float64_one_keeps_its_path() -> None:
+    """Upcast to the pair's float64, the float32 side lost its keep_gram_max_n: the two sides then
+    took different CKA paths ("both sides must use the same CKA path")."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(300, 8)).astype(np.float32), rng.normal(size=(300, 8))
+    got = layer_matrix("cka", Representation(x, keep_gram_max_n=100), Representation(y, keep_gram_max_n=100))[0, 0]
+    assert got == pytest.approx(ref.cka(x.astype(np.float64), y), abs=1e-12)
