@@ -63,6 +63,8 @@ def write_report(
     out = Path(out)
     for relative, content in report.files().items():
         target = out / relative
+        if not target.resolve().is_relative_to(out.resolve()):
+            raise ValueError(f"report file {relative!r} would be written outside {str(out)!r}")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
     return out / REPORT_FILE, report

@@ -45,6 +45,9 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
     if not isinstance(store, Store):
         store = Store(store, storage_options)
     path = Path(path).expanduser().resolve()
+    if store.is_local and path.is_relative_to(Path(store.root).resolve()):
+        raise ValueError(f"catalog file {str(path)!r} is inside the store {store.display_url}: write it elsewhere "
+                         "(it would replace or sit among the store's files)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     sources = catalog_sources(store)
@@ -102,9 +105,27 @@ def open_catalog(
         raise ValueError(f"catalog file {str(path)!r} is not a DuckDB database: {str(error).splitlines()[0]}") from None
     con.execute("USE prh_export")
     root, remote = con.execute(f"SELECT store_root, remote FROM {INFO_TABLE}").fetchall()[0]
+    if not remote and Path(root).is_absolute():
+        root = Path(root).resolve().as_posix()  # the folder the lock allows, without '..'
+    if read_only and not _looks_like_a_store(root, bool(remote), storage_options):
+        con.close()  # the lock would let the views read wherever the file says: '/' opened everything
+        raise ValueError(f"catalog file {str(path)!r} names {root!r} as its store, which is not a prh store "
+                         "(no datasets/, features/ or alignment/ under it); not opened")
     if remote:
         store = Store(root, storage_options)
         con.register_filesystem(store.fs)
     if read_only:
         lock_down(con, [root.rstrip("/") + "/"])
     return con
+
+
+def _looks_like_a_store(root: str, remote: bool, storage_options: dict[str, Any] | None) -> bool:
+    """Whether ``root`` (an exported file's ``store_root``) holds a prh store: a folder below the
+    filesystem's root with at least one of the store's top-level folders."""
+    if not [p for p in root.split("://", 1)[-1].split("/") if p] or (not remote and not Path(root).is_absolute()):
+        return False
+    try:
+        store = Store(root, storage_options)
+        return any(store.exists(prefix) for prefix in ("datasets", "features", "alignment"))
+    except Exception:  # noqa: BLE001 - unreachable or unreadable: not shown to be a store
+        return False

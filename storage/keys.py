@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: "$" would let a final newline through
 
 
 def safe_component(value: str, what: str = "name") -> str:
@@ -18,7 +18,7 @@ def safe_component(value: str, what: str = "name") -> str:
     Safe: 1-128 characters from ``[A-Za-z0-9._-]``, starting with a letter or digit, and not
     made only of dots. ``what`` names the input in the error message.
     """
-    if not isinstance(value, str) or not _SAFE.match(value) or set(value) <= {"."} or ".." in value:
+    if not isinstance(value, str) or not _SAFE.fullmatch(value) or set(value) <= {"."} or ".." in value:
         raise ValueError(
             f"{what} {value!r} is not a safe storage key: use 1-128 characters from "
             "[A-Za-z0-9._-], starting with a letter or digit, without '..'"

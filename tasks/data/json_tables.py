@@ -65,6 +65,8 @@ def read_json_table(path: Path, columns: ColumnMap, limit: int | None = None, sp
         document = json.loads(path.read_bytes().decode("utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"dataset file {where!r} is not readable JSON: {exc}") from exc
+    except RecursionError:
+        raise ValueError(f"dataset file {where!r} nests JSON arrays/objects too deeply to be a dataset") from None
     karpathy = _is_karpathy(document)
     if karpathy or (isinstance(document, dict) and all(key in document for key in _COCO_KEYS)):
         kind, fields = ("a Karpathy split file", "images[].filename and images[].sentences[].raw") if karpathy else \

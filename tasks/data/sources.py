@@ -63,6 +63,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
@@ -268,7 +269,33 @@ def head_of(batches: Iterable[pa.RecordBatch], schema: pa.Schema, limit: int | N
     return table if limit is None else table.slice(0, limit)
 
 
+#: Deepest nesting of ``[``/``{`` a JSON Lines row may have: pyarrow's reader crashes the process
+#: (a segfault, no error) on rows nested some ten thousand levels deep.
+MAX_JSON_DEPTH = 512
+
+
+def check_json_nesting(path: Path, limit: int = MAX_JSON_DEPTH, chunk_bytes: int = 1 << 22) -> None:
+    """Raise ``ValueError`` naming ``path`` and the line when a line nests ``[``/``{`` deeper than
+    ``limit``. Counts brackets per line, a chunk of the file at a time (brackets inside strings
+    count too: a caption would need hundreds of unclosed ones to trip it)."""
+    carry, lines = 0, 0  # the current line's depth at the end of the previous chunk; lines before this chunk
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            b = np.frombuffer(chunk, dtype=np.uint8)
+            step = ((b == 91) | (b == 123)).astype(np.int32) - ((b == 93) | (b == 125))  # [ { minus ] }
+            depth = np.cumsum(step, dtype=np.int64)
+            newline = b == 10
+            line = np.cumsum(newline)  # a line's index in the chunk (a newline starts the next)
+            rel = depth - np.concatenate(([-carry], depth[newline]))[line]
+            if int(rel.max()) > limit:
+                at = int(np.argmax(rel > limit))
+                raise ValueError(f"dataset table {str(path)!r}: line {lines + int(line[at]) + 1} nests JSON arrays/objects "
+                                 f"more than {limit} levels deep; not a table of image-caption rows")
+            carry, lines = int(rel[-1]), lines + int(newline.sum())
+
+
 def _read_jsonl(path: Path, columns: ColumnMap, limit: int | None = None) -> pa.Table:
+    check_json_nesting(path)
     try:
         if limit is None:
             table = pj.read_json(path)
@@ -505,6 +532,7 @@ def _column_names(path: Path) -> list[str]:
         if path.suffix.lower() in _PARQUET_SUFFIXES:
             return list(pq.read_schema(path).names)
         if path.suffix.lower() in _JSONL_SUFFIXES:
+            check_json_nesting(path)
             with pj.open_json(path) as reader:  # the first block's fields, not the whole file
                 return list(reader.schema.names)
         with path.open(encoding="utf-8", errors="replace", newline="") as handle:

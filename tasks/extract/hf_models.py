@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -289,6 +290,9 @@ def load_pretrained(spec: ModelSpec, device: torch.device, device_map: bool = Fa
             model = cls.from_pretrained(src, **kwargs)
     except OSError as exc:  # missing or unreadable weight files
         raise ModelInputError(spec.name, spec.id, f"cannot load its weights from {src!r}: {_first_line(exc)}") from exc
+    except pickle.UnpicklingError as exc:  # a pickle checkpoint holding more than tensors: never unpickled
+        raise ModelInputError(spec.name, spec.id, f"its weights in {src!r} are a pickle that holds more than tensors, which "
+                              "is not loaded (it could run code); use a safetensors checkpoint") from exc
     loaded = _finish(model, spec.modality, checked.causal, device, TORCH_DTYPES[spec.dtype], device_map)
     if checked.access.kind == "hub":  # the commit from_pretrained just read, through the hub cache
         loaded.commit = preflight.cached_commit(src, spec.revision or "main")

@@ -43,7 +43,7 @@ def parse_pkg_id(model_id: str) -> tuple[str, str]:
     if "\\" in rest or rest.startswith("/"):
         raise ValueError(f"{model_id!r}: use 'pkg:<package>/<subdir>' with forward slashes, relative")
     package, _, subdir = rest.partition("/")
-    if not _PKG_NAME.match(package):
+    if not _PKG_NAME.fullmatch(package):
         raise ValueError(f"{model_id!r}: {package!r} is not a Python package name")
     parts = [p for p in subdir.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):

@@ -95,7 +95,7 @@ class ModelSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, v: str) -> str:
-        if not _NAME.match(v):
+        if not _NAME.fullmatch(v):
             raise ValueError(
                 f"{v!r} is not a safe name: use letters, digits, '.', '_' or '-' "
                 "(at most 128 characters, not starting with '.', '_' or '-')"
@@ -120,7 +120,7 @@ class ModelSpec(BaseModel):
     def _check_revision(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        if not _REVISION.match(v) or ".." in v or "//" in v or v.endswith(("/", ".lock")):
+        if not _REVISION.fullmatch(v) or ".." in v or "//" in v or v.endswith(("/", ".lock")):
             raise ValueError(f"{v!r} is not a valid revision: a branch, tag or commit hash such as 'main', "
                              "'v1.0' or 'refs/pr/1' (letters, digits, '._/-')")
         return v
@@ -144,13 +144,13 @@ class ModelSpec(BaseModel):
         elif self.image_size is not None:
             raise FieldError("image_size", "applies to vision models only")
         if self.loader == "efficientnet_lite":
-            if not _LITE.match(self.id):
+            if not _LITE.fullmatch(self.id):
                 raise FieldError("id", f"efficientnet_lite id must be 'efficientnet-lite0'..'-lite4', got {self.id!r}")
             if self.modality != "vision":
                 raise FieldError("modality", "efficientnet_lite is a vision model")
             if self.pooling != "avg":
                 raise FieldError("pooling", "efficientnet_lite supports 'avg' (global average) pooling only")
-        if self.loader == "random_hf" and not _CONFIG_CLASS.match(self.id):
+        if self.loader == "random_hf" and not _CONFIG_CLASS.fullmatch(self.id):
             raise FieldError("id", f"random_hf id must be a transformers config class name like 'ViTConfig', got {self.id!r}")
         if self.loader != "hf" and self.revision is not None:
             raise FieldError("revision", f"applies to the 'hf' loader only (loader is {self.loader!r})")

@@ -46,7 +46,7 @@ def parse_split_zip_id(model_id: str) -> tuple[str, str]:
     if not is_split_zip_id(model_id):
         raise ValueError(f"not a pkgzip: id: {model_id!r}")
     prefix, _, subdir = model_id[len(PREFIX):].partition("/")
-    if not _DIST.match(prefix):
+    if not _DIST.fullmatch(prefix):
         raise ValueError(f"{model_id!r}: {prefix!r} is not a distribution name prefix")
     parts = [p for p in subdir.split("/") if p not in ("", ".")]
     if not parts or any(p == ".." or "\\" in p for p in parts) or subdir.startswith("/"):

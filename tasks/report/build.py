@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +27,14 @@ class Report:
     data: ReportInput
 
     def files(self) -> dict[str, bytes]:
-        """Relative path → content: ``report.html`` and ``figures/<name>.<png|svg>``."""
+        """Relative path → content: ``report.html`` and ``figures/<name>.<png|svg>``, each name
+        reduced to ``[A-Za-z0-9._-]`` (names come from the store's rows: a metric name with ``/``
+        and ``..`` wrote figures outside the report folder)."""
         out = {"report.html": self.html.encode("utf-8")}
         for f in self.figures:
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", f.name).lstrip(".") or "figure"
             for fmt, data in f.files.items():
-                out[f"figures/{f.name}.{fmt}"] = data
+                out[f"figures/{name}.{fmt}"] = data
         return out
 
     def figure(self, name: str) -> RenderedFigure:

@@ -293,3 +293,28 @@ def test_a_hub_tokenizer_at_a_revision_from_the_cache(tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["tag"] == out["branch-default"] == {"ok": True, "vocab": 30522, "layers": 2}, out
     assert not out["missing"]["ok"] and "tokenizer 'prh-test/tok'" in out["missing"]["error"] and "'v2'" in out["missing"]["error"], out
+
+
+class _Payload:
+    """Unpickling this runs ``os.system``: the marker file proves whether it ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_checkpoint_with_code_is_refused_clearly_and_never_run(tmp_path, vit_dir):
+    """torch.load(weights_only=True) refused the payload, but the error was torch's raw
+    UnpicklingError (whose text even suggests weights_only=False): now a ModelInputError."""
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(vit_dir, folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    marker = tmp_path / "PAYLOAD_RAN"
+    torch.save({"state": _Payload(marker)}, folder / "pytorch_model.bin")
+    _raises(_hf(str(folder)), "are a pickle that holds more than tensors, which is not loaded")
+    assert not marker.exists()
