@@ -14,12 +14,16 @@ Which files hold ``split``: a ``save_to_disk`` folder lists them (``state.json``
 split when a folder name or a word of its file name (words split at ``-``, ``_``, ``.`` and
 spaces) is the split's name or a usual alias (``training``; ``valid``, ``val``, ``dev``;
 ``testing``, ``eval``), so ``data/train-00000-of-00002.parquet`` and ``wit_1024/train/0.parquet``
-are ``train``. Files that name no split at all form the ``train`` split. Shards are read in path
-order and their rows kept in that order.
+are ``train``; files that carry the split's own name win over its aliases (``data/eval-*`` is not
+``test``'s when ``data/test-*`` exists). Files that name no split at all form the ``train`` split.
+The hub's Parquet conversion of a dataset with several configs (``<config>/<split>/NNNN.parquet``)
+is refused naming them: give one config's folder. A ``save_to_disk`` folder of one Dataset is
+read only as the split its ``state.json`` records. The README's ``configs:`` list is not read.
+Shards are read in path order and their rows kept in that order.
 
 Columns: ``image_column`` (default ``image``) holds the ``datasets`` Image layout
-(``struct<bytes, path>``), encoded bytes, or a path relative to the data file; ``text_column``
-(default ``text``) a caption, or a list of captions per image: ``captions="first"`` keeps the
+(``struct<bytes, path>``), encoded bytes, or a path relative to its own data file; ``text_column``
+(default ``text``) a caption, or a list of captions per image (also a fixed-length list): ``captions="first"`` keeps the
 first (what the paper's code does), ``"all"`` makes one row per caption, all linked to their image.
 Optional ``sample_id`` and ``image_id`` columns are kept; without them ids are derived from the
 content (:mod:`tasks.data.tables`). ``n`` keeps the first ``n`` rows of the split (before
@@ -30,6 +34,7 @@ then goes through the same checks as any other table.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,7 +143,12 @@ def _saved_split_files(root: Path, split: str) -> list[Path] | None:
         return _saved_split_files(root / split, split)
     if not (root / "state.json").is_file():
         return None
-    names = [entry.get("filename") for entry in _json(root / "state.json").get("_data_files", [])]
+    state = _json(root / "state.json")
+    recorded = state.get("_split")
+    if isinstance(recorded, str) and recorded and recorded != split:  # one Dataset, saved from one split
+        raise ValueError(f"Hugging Face dataset {str(root)!r} is one saved split, {recorded!r} (state.json), not {split!r}: "
+                         f"set split: {recorded}")
+    names = [entry.get("filename") for entry in state.get("_data_files", [])]
     if not names or not all(isinstance(n, str) and n and "/" not in n and "\\" not in n and n != ".." for n in names):
         raise ValueError(f"Hugging Face dataset {str(root)!r}: state.json lists no usable data files (_data_files)")
     files = [root / n for n in names]
@@ -185,7 +195,12 @@ def split_files(root: Path, split: str = "train", hub: bool = False) -> list[Pat
     named = {p: _split_of(p.relative_to(root)) for p in found}
     if not any(named.values()):
         named = {p: {"train"} for p in found}
-    chosen = [p for p in found if split in named[p] or split.lower() in _words(p.relative_to(root))]  # or a split of its own name
+    # a split's own name first (data/eval-*.parquet is not test's when test-*.parquet exists), then its aliases
+    chosen = [p for p in found if split.lower() in _words(p.relative_to(root))] or [p for p in found if split in named[p]]
+    configs = sorted({p.relative_to(root).parts[0] for p in chosen if len(p.relative_to(root).parts) >= 3})
+    if len(configs) > 1 and all(len(p.relative_to(root).parts) >= 3 for p in chosen):  # <config>/<split>/NNNN.parquet
+        raise ValueError(f"Hugging Face dataset {str(root)!r} holds several configs with a split {split!r}: "
+                         f"{', '.join(configs)}; give one config's folder as the dataset (e.g. {str(root / configs[0])!r})")
     if not chosen:
         present = sorted(set().union(*named.values()))  # the usual ones
         raise ValueError(f"Hugging Face dataset {str(root)!r} has no files of split {split!r}; splits found: "
@@ -250,16 +265,44 @@ def read_hf_dataset(
             raise ValueError(f"Hugging Face dataset {source!r}, split {split!r}: file {path.relative_to(dataset.root)} lacks "
                              f"column(s) {missing}; it has {names} (set image_column / text_column)")
         tables.append(table)
+    read = files[:len(tables)]
+    folder = Path(os.path.commonpath([str(p.parent) for p in read]))  # image paths are relative to their own file
+    tables = [_rebase_image_paths(t, image_column, p.parent.relative_to(folder)) for t, p in zip(tables, read)]
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except pa.ArrowException as error:
-        raise ValueError(f"Hugging Face dataset {source!r}, split {split!r}: its files' columns do not agree: {error}") from None
+        first = tables[0].schema
+        other = next((p for t, p in zip(tables, read) if not t.schema.equals(first)), read[-1])
+        raise ValueError(f"Hugging Face dataset {source!r}, split {split!r}: the columns of {other.relative_to(dataset.root)} "
+                         f"do not agree with those of {read[0].relative_to(dataset.root)}: {error}") from None
     if n is not None:
         table = table.slice(0, n)
     records = records_with_captions(columns.canonical(table), f"{source} ({split})", captions)  # as load_hf_dataset names it
     provenance = {**dataset.provenance, "split": split, "captions": captions, "n": n,
-                  "files": [p.relative_to(dataset.root).as_posix() for p in files[:len(tables)]]}
-    return records, files[0].parent, provenance
+                  "files": [p.relative_to(dataset.root).as_posix() for p in read]}
+    return records, folder, provenance
+
+
+def _rebase_image_paths(table: pa.Table, column: str, prefix: Path) -> pa.Table:
+    """``table`` with the relative image paths of ``column`` (a path string, or an image struct
+    whose ``bytes`` are null) prefixed by ``prefix``: the file's folder relative to the folder all
+    paths are read from. Absolute paths and embedded bytes stay as they are."""
+    if prefix == Path(".") or column not in table.column_names:
+        return table
+    kind = table.schema.field(column).type
+    values = table.column(column).to_pylist()
+
+    def rebased(path: Any) -> Any:
+        return (prefix / path).as_posix() if isinstance(path, str) and path and not Path(path).is_absolute() else path
+
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        new = pa.array([rebased(v) for v in values], kind)
+    elif pa.types.is_struct(kind) and "path" in [f.name for f in kind]:
+        new = pa.array([v if v is None or v.get("bytes") is not None else {**v, "path": rebased(v.get("path"))}
+                        for v in values], kind)
+    else:
+        return table
+    return table.set_column(table.column_names.index(column), column, new)
 
 
 def load_hf_dataset(source: str, **options: Any) -> tuple[LoadResult, dict[str, Any]]:

@@ -325,6 +325,9 @@ def one_caption_per_row(table: pa.Table, captions: Captions) -> tuple[pa.Table, 
     A row without captions stays, with no caption, so that it is reported rather than dropped.
     Expanded rows get ``sample_id`` ``ID-j`` and ``image_id`` ``ID`` when the table gives ids."""
     kind = table.schema.field("text").type
+    if pa.types.is_fixed_size_list(kind):  # datasets' Sequence(Value("string"), length=N)
+        kind = pa.list_(kind.value_type)
+        table = table.set_column(table.column_names.index("text"), "text", table.column("text").cast(kind))
     if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
         return table, None
     column = table.column_names.index("text")

@@ -272,3 +272,66 @@ def test_the_hubs_parquet_conversion_and_a_hub_dataset_without_parquet(tmp_path,
     records, _, provenance = read_hf_dataset("org/images", revision="refs/convert/parquet")
     assert _texts(records) == ["caption 0 a", "caption 1 a", "caption 2 a", "caption 3 a"]
     assert provenance["commit"] == converted_commit and provenance["files"] == ["default/train/0000.parquet"]
+
+
+# ------------------------------------------------------------- found by a hunt of local hub layouts
+def test_a_saved_split_is_read_only_as_that_split(tmp_path):
+    """A save_to_disk folder of one Dataset records its split in state.json: it was returned for
+    any split asked (and described as 'split train')."""
+    _save_to_disk(tmp_path / "saved", _table(0, 3))
+    state = json.loads((tmp_path / "saved" / "state.json").read_text())
+    (tmp_path / "saved" / "state.json").write_text(json.dumps({**state, "_split": "test"}))
+    with pytest.raises(ValueError, match=r"is one saved split, 'test' \(state.json\), not 'train': set split: test"):
+        read_hf_dataset(str(tmp_path / "saved"))
+    assert len(read_hf_dataset(str(tmp_path / "saved"), split="test")[0]) == 3
+
+
+def test_a_split_named_by_its_own_files_is_not_merged_with_an_alias(tmp_path):
+    """data/eval-*.parquet beside data/test-*.parquet: split 'test' read both (eval is an alias)."""
+    (tmp_path / "te" / "data").mkdir(parents=True)
+    for name, start in (("train", 0), ("test", 3), ("eval", 6)):
+        pq.write_table(_table(start, 2), tmp_path / "te" / "data" / f"{name}-00000-of-00001.parquet")
+    assert [p.name for p in split_files(tmp_path / "te", "test")] == ["test-00000-of-00001.parquet"]
+    assert [p.name for p in split_files(tmp_path / "te", "eval")] == ["eval-00000-of-00001.parquet"]
+
+
+def test_several_configs_are_not_merged(tmp_path):
+    """The hub's Parquet conversion has <config>/<split>/NNNN.parquet: two configs' train files were
+    read as one split."""
+    for config, start in (("default", 0), ("other", 50)):
+        (tmp_path / "conv" / config / "train").mkdir(parents=True)
+        pq.write_table(_table(start, 2), tmp_path / "conv" / config / "train" / "0000.parquet")
+    with pytest.raises(ValueError, match=r"holds several configs with a split 'train': default, other; give one config's folder"):
+        read_hf_dataset(str(tmp_path / "conv"))
+    assert _texts(read_hf_dataset(str(tmp_path / "conv" / "default"))[0]) == ["caption 0 a", "caption 1 a"]
+
+
+def test_image_paths_are_relative_to_their_own_file(tmp_path):
+    """Path-only images of a shard in a subfolder were looked up beside the first shard."""
+    root = tmp_path / "paths"
+    for folder, start in ((root / "data", 0), (root / "data" / "sub", 3)):
+        folder.mkdir(parents=True, exist_ok=True)
+        images = []
+        for i in range(start, start + 3):
+            (folder / f"p{i}.png").write_bytes(png_bytes(COLOURS[i], (8, 8)))
+            images.append({"bytes": None, "path": f"p{i}.png"})
+        pq.write_table(pa.table({"image": pa.array(images, IMAGE), "text": [f"c{i}" for i in range(start, start + 3)]}),
+                       folder / f"train-{start}.parquet")
+    records, folder, _ = read_hf_dataset(str(root))
+    result = validate_records(records, folder, "paths")
+    assert result.n_valid == 6 and result.rejected.num_rows == 0
+
+
+def test_fixed_length_caption_lists_and_disagreeing_shards(tmp_path):
+    """datasets' Sequence(Value('string'), length=3) is a fixed_size_list: it was refused. Shards whose
+    columns disagree are named."""
+    (tmp_path / "fixed").mkdir()
+    texts = pa.array([["a 0", "b 0", "c 0"], ["a 1", "b 1", "c 1"]], pa.list_(pa.string(), 3))
+    pq.write_table(pa.table({"image": pa.array(_rows(0, 2)["image"], IMAGE), "text": texts}), tmp_path / "fixed" / "train.parquet")
+    assert _texts(read_hf_dataset(str(tmp_path / "fixed"))[0]) == ["a 0", "a 1"]
+    assert len(read_hf_dataset(str(tmp_path / "fixed"), captions="all")[0]) == 6
+    (tmp_path / "mixed" / "data").mkdir(parents=True)
+    pq.write_table(_table(0, 2), tmp_path / "mixed" / "data" / "train-0.parquet")
+    pq.write_table(pa.table({"image": [png_bytes("red", (8, 8))], "text": [["x"]]}), tmp_path / "mixed" / "data" / "train-1.parquet")
+    with pytest.raises(ValueError, match=r"the columns of data/train-1.parquet do not agree with those of data/train-0.parquet"):
+        read_hf_dataset(str(tmp_path / "mixed"))
