@@ -576,6 +576,10 @@ def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first
         splits = sorted(p.name for p in root.iterdir() if p.is_dir() and _metadata_table(p) is not None)
         if splits and not tables:  # an ImageFolder with one subfolder per split (train/metadata.jsonl)
             hint = f"; its subfolder(s) {', '.join(splits[:6])} hold a metadata table: give one as the dataset (e.g. {str(root / splits[0])!r})"
+        elif not tables and ((root / "state.json").is_file() or (root / "dataset_dict.json").is_file()
+                             or any(root.rglob("*.parquet")) or any(root.rglob("*.arrow"))):
+            hint = ("; it looks like a Hugging Face dataset folder (data files in subfolders, or save_to_disk): read it "
+                    "with dataset kind 'huggingface' and this path in a config file (dataset: {kind: huggingface, path: ...})")
         raise ValueError(
             f"dataset folder {str(root)!r} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
             f"or .txt caption files at its top level, and no {' / '.join(METADATA_FILES)}{hint}"

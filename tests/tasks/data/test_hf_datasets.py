@@ -335,3 +335,11 @@ def test_fixed_length_caption_lists_and_disagreeing_shards(tmp_path):
     pq.write_table(pa.table({"image": [png_bytes("red", (8, 8))], "text": [["x"]]}), tmp_path / "mixed" / "data" / "train-1.parquet")
     with pytest.raises(ValueError, match=r"the columns of data/train-1.parquet do not agree with those of data/train-0.parquet"):
         read_hf_dataset(str(tmp_path / "mixed"))
+
+
+def test_a_hub_layout_folder_given_as_a_path_dataset_says_how_to_read_it(tmp_path):
+    from tasks.data.tables import load_paired_dataset
+
+    root = _repo(tmp_path / "repo")
+    with pytest.raises(ValueError, match="looks like a Hugging Face dataset folder .* dataset kind 'huggingface'"):
+        load_paired_dataset(root)
