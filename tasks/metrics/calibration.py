@@ -56,7 +56,8 @@ class CalibrationResult:
         observed: aggregate of the observed layer matrix.
         null_mean, null_std: mean and standard deviation (ddof=0) of the ``K`` null aggregates.
         tau: the ``(1 - alpha)`` order statistic of ``{observed} ∪ null``.
-        p_value: ``(1 + #{null >= observed}) / (K + 1)``.
+        p_value: ``(1 + #{null >= observed}) / (K + 1)`` over the valid (non-NaN) draws, a draw
+            within ``TIE_RTOL`` of the observed value counting as reaching it.
         calibrated: chance-corrected score in ``[0, 1]`` (bounded metrics).
         argmax: ``(layer_a, layer_b)`` of the best observed layer pair.
         permutations: ``K``.
