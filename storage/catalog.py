@@ -185,18 +185,20 @@ def _literal(text: str) -> str:
 
 
 def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str],
-                      lineage: list[tuple[str, str, str]] | None = None) -> None:
+                      lineage: list[tuple[str, str, str]] | None = None) -> list[str]:
     """The view ``view`` over ``files`` (Parquet, columns united by name). The alignment views
     also get ``feature_version_a`` / ``feature_version_b`` from ``lineage`` (written into the
     view, so that an exported catalog file has them too): models are identified by name and
-    feature version, since one model name can have several feature versions (another pooling)."""
+    feature version, since one model name can have several feature versions (another pooling).
+    Returns the files the view reads (a damaged one is left out, with a warning)."""
     if not files:
         declared = _EMPTY_VIEWS[view].split(", ") + [f"{c} VARCHAR" for c in LINEAGE_COLUMNS if view in _LINEAGE_VIEWS]
         columns = ", ".join(f"NULL::{c.split(' ', 1)[1]} AS {c.split(' ', 1)[0]}" for c in declared)
         con.execute(f"CREATE VIEW {view} AS SELECT {columns} WHERE false")
-        return
+        return []
     try:
         con.execute(_file_view_sql(view, files, lineage))  # binding reads every file's schema
+        return files
     except duckdb.Error:  # a damaged file (cut short, overwritten): find it, show the rest
         damaged = _unreadable(con, files)
         if not damaged:
@@ -204,7 +206,7 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
         for file, reason in damaged.items():
             log.warning("%s: %s; left out of the %s view (remove its version folder and run again to recompute it)",
                         file, reason, view)
-        _create_file_view(con, view, [f for f in files if f not in damaged], lineage)
+        return _create_file_view(con, view, [f for f in files if f not in damaged], lineage)
 
 
 def _file_view_sql(view: str, files: list[str], lineage: list[tuple[str, str, str]] | None) -> str:

@@ -56,13 +56,12 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
         try:
             if not store.is_local:
                 con.register_filesystem(store.fs)  # views are bound (their schema read) when created
-            for view, files in sources.files.items():
-                _create_file_view(con, view, files, sources.lineage)
+            read = {view: _create_file_view(con, view, files, sources.lineage) for view, files in sources.files.items()}
             for name, table in sources.tables.items():
                 con.register("_source", table)
                 con.execute(f"CREATE TABLE {name} AS SELECT * FROM _source")
                 con.unregister("_source")
-            n_files = sum(len(f) for f in sources.files.values())
+            n_files = sum(len(f) for f in read.values())  # a damaged file left out (warned) is not counted
             info = pa.table({"store": [store.display_url], "store_root": [store.uri("")], "remote": [not store.is_local],
                              "exported_at": [utc_now()], "parquet_files": [n_files]})
             con.register("_source", info)

@@ -42,6 +42,12 @@ def test_a_cut_short_parquet_file_is_named_and_left_out(store, caplog, capsys):
     assert _count(con, "select count(*) from runs") == 2
     assert main(["sql", "select count(*) n from runs", "--store", store.url, "--format", "csv"]) == 0
     assert capsys.readouterr().out.split() == ["n", "2"]
+    from storage.export import export_catalog, open_catalog
+
+    full = sum(1 for _ in Path(store.root).rglob("*.parquet"))
+    summary = export_catalog(store.url, Path(store.root).parent / "prh.duckdb")  # beside the store, not in it
+    assert summary.files == full - 1  # the damaged file is neither read nor counted
+    assert _count(open_catalog(summary.path), "select count(*) from alignment_best") == best
 
 
 def test_a_damaged_or_copied_manifest_is_named_and_never_counted(store, caplog):
