@@ -12,9 +12,6 @@ An ``Engine`` splits a metric into three steps so that work is shared:
   ``matrix`` per permutation; engines override it to batch permutations (CKA: one gather and one
   matrix product for several; CKNNA: sparse mutual-neighbour entries) with the same values.
 
-``per_sample`` (optional) returns the ``(La, Lb, N)`` per-sample terms whose mean is the score, for
-local metrics; bootstrap uses it.
-
 ``FunctionEngine`` turns a plain ``fn(x, y, **params) -> float`` into an engine (no sharing beyond
 holding the layers), which is what ``register_metric(name, fn)`` uses for user metrics.
 """
@@ -58,9 +55,6 @@ class Engine:
         ``perms`` ``(B, N)`` int64 (``b``'s rows permuted: the encoding of ``y[perm]``)."""
         return torch.stack([self.matrix(a, self.permute(b, perm, inverse_permutation(perm)), params)
                             .to(torch.float64) for perm in perms])
-
-    def per_sample(self, a: Any, b: Any, params: dict[str, Any]) -> torch.Tensor | None:
-        return None
 
 
 class FunctionEngine(Engine):
