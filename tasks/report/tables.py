@@ -44,7 +44,7 @@ class ReportInput:
 
 def describe_dataset(name: Any, source: Any, n_rejected: Any = None) -> str | None:
     """One line on what a dataset is, from its ``datasets`` row (``source`` is JSON text or a dict):
-    ``minhuh/prh@wit_1024 (commit 89abcdef0123), split train, first captions``; with
+    ``minhuh/prh@wit_1024 (commit 89abcdef0123), split train, first 1024 rows, first captions``; with
     ``n_rejected`` > 0, ``, 12 rows rejected`` (listed in the version's ``rejected.parquet``)."""
     if isinstance(source, str):
         try:
@@ -60,7 +60,10 @@ def describe_dataset(name: Any, source: Any, n_rejected: Any = None) -> str | No
             where += f"@{source.get('revision') or 'main'}"
             if source.get("commit"):
                 where += f" (commit {str(source['commit'])[:12]})"
-        detail = f"{where}, split {source.get('split', 'train')}, {source.get('captions', 'first')} captions"
+        detail = f"{where}, split {source.get('split', 'train')}"
+        if source.get("n"):
+            detail += f", first {source['n']} rows"
+        detail += f", {source.get('captions', 'first')} captions"
     elif kind == "openmoji":
         detail = f"OpenMoji, n={source.get('n')}, seed {source.get('seed')}, {source.get('image_size')} px"
     elif kind == "path":

@@ -201,3 +201,21 @@ def test_prh_sql_csv_keeps_values_whole_and_a_closed_pipe_is_quiet(tmp_path, cap
     piped = subprocess.run(f"{sys.executable} -c \"{script}\" {url} | head -n 2", shell=True, capture_output=True, text=True,
                            cwd=Path(__file__).resolve().parents[2])
     assert piped.stdout.count("\n") == 2 and "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
+
+
+def test_s3_catalog_reads_nothing_outside_its_prefix(s3_store_url):
+    """On S3 the allowed directory is the store's prefix: another prefix of the same bucket is
+    refused, and a ``..`` segment is a literal part of a key (S3 has no parent folders), so it
+    reaches nothing outside the store either."""
+    from storage.store import Store
+
+    store = Store(s3_store_url)
+    store.fs.pipe(f"{store.root}/inside.txt", b"inside")
+    outside = store.root.rsplit("/", 1)[0] + "/other/secret.txt"
+    store.fs.pipe(outside, b"SECRET")
+    con = connect(s3_store_url)
+    assert query(con, f"select content from read_text('{store.uri('inside.txt')}')").to_pylist() == [{"content": "inside"}]
+    with pytest.raises(ReadOnlyQueryError):
+        query(con, f"select content from read_text('s3://{outside}')")
+    for sneaky in (store.uri("../other/secret.txt"), store.uri("%2e%2e/other/secret.txt")):
+        assert query(con, f"select content from read_text('{sneaky}')").num_rows == 0

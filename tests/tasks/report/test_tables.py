@@ -66,6 +66,8 @@ def test_describe_dataset():
         "prh-wit_1024-train · minhuh/prh@wit_1024 (commit 89abcdef0123), split train, first captions"
     assert describe_dataset("pairs", {"kind": "huggingface", "local_path": "/data/pairs", "split": "test", "captions": "all"}) == \
         "pairs · /data/pairs, split test, all captions"
+    assert describe_dataset("pairs", {"kind": "huggingface", "local_path": "/data/pairs", "split": "test", "n": 64, "captions": "first"}) == \
+        "pairs · /data/pairs, split test, first 64 rows, first captions"
     assert describe_dataset("openmoji-1024", {"kind": "openmoji", "n": 1024, "seed": 0, "image_size": 224}) == \
         "openmoji-1024 · OpenMoji, n=1024, seed 0, 224 px"
     assert describe_dataset("my-pairs", '{"kind": "path", "path": "/data/my-pairs.parquet"}') == "my-pairs · /data/my-pairs.parquet"
