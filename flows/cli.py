@@ -88,6 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="shards of an unpublished version count as abandoned when the newest is this old (default 7)")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
 
+    verify = commands.add_parser("verify", help="check every published file against its manifest (size, SHA-256); "
+                                 "exit 1 when something was damaged after it was published")
+    verify.add_argument("--store", default=None, help=STORE_HELP)
+    verify.add_argument("--quick", action="store_true", help="check presence and sizes only (no file is read)")
+    verify.add_argument("--remove-damaged", action="store_true",
+                        help="delete each damaged version, so that the next run computes it again")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -98,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _catalog_export(args)
         if args.command == "gc":
             return _gc(args)
+        if args.command == "verify":
+            return _verify(args)
         return _sql(args)
     except BrokenPipeError:  # the reader went away (`prh sql ... | head`): stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -247,7 +256,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 def existing_store(url: str) -> Store:
     """The store at ``url`` for a command that only reads it (``sql``, ``report``, ``catalog
-    export``, ``gc``); raises ValueError when nothing is there, so that a mistyped ``--store``
+    export``, ``gc``, ``verify``); raises ValueError when nothing is there, so that a mistyped ``--store``
     is not answered with an empty catalog (or a new empty folder)."""
     from storage.store import Store
 
@@ -323,6 +332,36 @@ def _gc(args: argparse.Namespace) -> int:
     freed = sum(entry["bytes"] for entry in partials)
     print(f"{store.display_url}: {len(partials)} shard folder(s), {freed / 1e6:.1f} MB {'would be ' if args.dry_run else ''}freed")
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Exit 0 when every published version matches its manifest, 1 when one does not (each is
+    named with its problems; with ``--remove-damaged`` also deleted)."""
+    from storage.verify import remove_version, verify_store
+
+    store = existing_store(args.store or default_store())
+    damaged = []
+
+    def report(check: Any) -> None:
+        if not check.ok:
+            damaged.append(check)
+            print(f"DAMAGED {check.key}: " + "; ".join(check.problems))
+
+    checks = verify_store(store, quick=args.quick, on_check=report)
+    for check in damaged if args.remove_damaged else []:
+        remove_version(store, check.key)
+        print(f"removed {check.key}: the next run computes it again")
+    files, size = sum(c.files for c in checks), sum(c.bytes for c in checks)
+    how = "sizes" if args.quick else "sizes and SHA-256"
+    print(f"{store.display_url}: {_count(len(checks), 'published version')}, {_count(files, 'file')}, {size / 1e6:.1f} MB "
+          f"checked ({how}): "
+          + (f"{len(damaged)} damaged" + ("" if args.remove_damaged else " (remove them with --remove-damaged)")
+             if damaged else "all match their manifests"))
+    return 1 if damaged else 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _catalog_export(args: argparse.Namespace) -> int:

@@ -85,7 +85,12 @@ class StoreNotWritable(PermissionError):
 
 class DamagedManifest(ValueError):
     """A version's manifest that cannot be trusted: not JSON, or not the manifest of the version
-    whose folder holds it. The message names the file and what to do."""
+    whose folder holds it. The message names the file and what to do; ``version_key`` is the
+    version's folder."""
+
+    def __init__(self, message: str, version_key: str = "") -> None:
+        super().__init__(message)
+        self.version_key = version_key
 
 
 class StoreIOError(OSError):
@@ -238,11 +243,11 @@ class Store:
             manifest = json.loads(raw)
         except ValueError as error:
             raise DamagedManifest(f"{where} is damaged (not JSON: {error}); remove the folder {version_key} "
-                                  "and run again to recompute it") from None
+                                  "and run again to recompute it", version_key) from None
         if not isinstance(manifest, dict) or manifest.get("key") != version_key:
             found = manifest.get("key") if isinstance(manifest, dict) else None
             raise DamagedManifest(f"{where} is not this version's: it names {found!r} (a copied or edited folder?); "
-                                  f"remove the folder {version_key}")
+                                  f"remove the folder {version_key}", version_key)
         return manifest
 
     # ---------------------------------------------------------------- writes
