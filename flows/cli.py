@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import os
 import signal
 import sys
@@ -268,30 +266,16 @@ def existing_store(url: str) -> Store:
 
 
 def _sql(args: argparse.Namespace) -> int:
+    from flows.sql_output import print_table, write_csv, write_json
     from storage.catalog import connect, query
 
     table = query(connect(existing_store(args.store or default_store())), args.query)
-    rows = table.to_pylist()
     if args.format == "json":
-        print(json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows], indent=2, default=str))
+        write_json(table, sys.stdout)
     elif args.format == "csv":
-        import csv
-
-        writer = csv.writer(sys.stdout)
-        writer.writerow(table.column_names)
-        for r in rows:
-            writer.writerow([_csv_cell(v) for v in r.values()])
+        write_csv(table, sys.stdout)
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        out = Table(show_lines=False)
-        for name in table.column_names:
-            out.add_column(name)
-        for r in rows:
-            out.add_row(*[_cell(v) for v in r.values()])
-        Console(width=200).print(out)
-        print(f"{len(rows)} rows")
+        print_table(table)
     return 0
 
 
@@ -375,47 +359,6 @@ def _catalog_export(args: argparse.Namespace) -> int:
     else:
         print(f"open it with: duckdb -readonly {summary.path}   or   duckdb.connect({str(summary.path)!r}, read_only=True)")
     return 0
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    return value
-
-
-def _csv_cell(value: Any) -> str:
-    """A value as CSV holds it, whole: floats at full precision (``repr``), lists and structs as
-    JSON, bytes as base64 (as ``--format json``), NULL as an empty field."""
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (list, dict)):
-        return json.dumps(_jsonable_deep(value), default=str)
-    return str(value)
-
-
-def _jsonable_deep(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_jsonable_deep(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable_deep(v) for k, v in value.items()}
-    return _jsonable(value)
-
-
-def _cell(value: Any) -> str:
-    """A value as the terminal table shows it: short (6 significant digits, long lists cut)."""
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, list) and len(value) > 8:
-        return "[" + ", ".join(_cell(v) for v in value[:8]) + f", ... ({len(value)})]"
-    return str(value)
 
 
 if __name__ == "__main__":
