@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from storage import layout
 from storage.runs import run_records
-from storage.store import Store
+from storage.store import Store, escape_glob, unescape_glob
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def catalog_sources(store: Store) -> CatalogSources:
                  for prefix in (layout.DATASETS, layout.FEATURES, layout.ALIGNMENT)}
     files = {
         view: [
-            store.uri(f"{key}/{name}")
+            store.read_uri(f"{key}/{name}")
             for key, manifest in manifests[prefix]
             for name in sorted(manifest.get("files", {}))
             if name.endswith(".parquet") and (file_name == "*" or name == file_name)
@@ -154,7 +154,7 @@ def connect(
         con.register_filesystem(store.fs)
     sources = catalog_sources(store)
     for view, files in sources.files.items():
-        _create_file_view(con, view, files, sources.lineage)
+        _create_file_view(con, view, files, sources.lineage, store)
     for view, table in sources.tables.items():
         con.register(f"_{view}_table", table)
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM _{view}_table")
@@ -170,7 +170,10 @@ def lock_down(con: duckdb.DuckDBPyConnection, allowed_directories: list[str]) ->
     ``COPY ... TO '/tmp/x'``), attach databases, install or load extensions, or change any
     setting (``SELECT * FROM enable_logging(storage = 'file', ...)`` fails too).
     """
-    listing = ", ".join(_literal(d) for d in allowed_directories)
+    # DuckDB checks a path both as written (a pattern, the store's own glob characters escaped:
+    # ``Store.read_uri``) and as the files it matches: both spellings of each directory are allowed
+    listing = ", ".join(_literal(d) for d in dict.fromkeys(
+        spelling for d in allowed_directories for spelling in (d, escape_glob(d))))
     # DuckDB also allows its temporary directory (default ``.tmp`` in the working directory, where
     # anything may lie): a fresh private path instead, created only if a query spills to disk.
     private = os.path.join(tempfile.gettempdir(), f"prh-duckdb-{uuid.uuid4().hex}")
@@ -185,7 +188,7 @@ def _literal(text: str) -> str:
 
 
 def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str],
-                      lineage: list[tuple[str, str, str]] | None = None) -> list[str]:
+                      lineage: list[tuple[str, str, str]] | None, store: Store) -> list[str]:
     """The view ``view`` over ``files`` (Parquet, columns united by name). The alignment views
     also get ``feature_version_a`` / ``feature_version_b`` from ``lineage`` (written into the
     view, so that an exported catalog file has them too): models are identified by name and
@@ -200,13 +203,13 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
         con.execute(_file_view_sql(view, files, lineage))  # binding reads every file's schema
         return files
     except duckdb.Error:  # a damaged file (cut short, overwritten): find it, show the rest
-        damaged = _unreadable(con, files)
+        damaged = _unreadable(con, files, store)
         if not damaged:
             raise
         for file, reason in damaged.items():
             log.warning("%s: %s; left out of the %s view (remove its version folder and run again to recompute it)",
                         file, reason, view)
-        return _create_file_view(con, view, [f for f in files if f not in damaged], lineage)
+        return _create_file_view(con, view, [f for f in files if f not in damaged], lineage, store)
 
 
 def _file_view_sql(view: str, files: list[str], lineage: list[tuple[str, str, str]] | None) -> str:
@@ -232,10 +235,11 @@ def _file_view_sql(view: str, files: list[str], lineage: list[tuple[str, str, st
     )
 
 
-def _unreadable(con: duckdb.DuckDBPyConnection, files: list[str]) -> dict[str, str]:
-    """The Parquet files among ``files`` that are damaged (not Parquet: cut short, overwritten) or,
-    on a local disk, missing, with the reason. An error that may pass (an object store that does
-    not answer) marks nothing: the caller then raises it."""
+def _unreadable(con: duckdb.DuckDBPyConnection, files: list[str], store: Store) -> dict[str, str]:
+    """The Parquet files among ``files`` (``Store.read_uri`` of ``store``) that are damaged (not
+    Parquet: cut short, overwritten) or missing, with the reason. An error that may pass (an
+    object store that does not answer) marks nothing: the caller then raises it (or ``store``
+    raises ``StoreIOError`` while it looks for the file)."""
     damaged = {}
     for file in files:
         try:
@@ -243,7 +247,7 @@ def _unreadable(con: duckdb.DuckDBPyConnection, files: list[str]) -> dict[str, s
         except duckdb.InvalidInputException as error:
             damaged[file] = str(error).splitlines()[0]
         except duckdb.IOException:
-            if "://" not in file and not os.path.exists(file):
+            if not store.exists(store.key_of(unescape_glob(file))):
                 damaged[file] = "the file is missing"
     return damaged
 

@@ -56,7 +56,7 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
         try:
             if not store.is_local:
                 con.register_filesystem(store.fs)  # views are bound (their schema read) when created
-            read = {view: _create_file_view(con, view, files, sources.lineage) for view, files in sources.files.items()}
+            read = {view: _create_file_view(con, view, files, sources.lineage, store) for view, files in sources.files.items()}
             for name, table in sources.tables.items():
                 con.register("_source", table)
                 con.execute(f"CREATE TABLE {name} AS SELECT * FROM _source")

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from storage.features import FeatureError, examples, non_finite_rows
 from storage.layout import layer_file
-from storage.store import Store
+from storage.store import Store, escape_glob
 
 BATCH_ROWS = 8192
 
@@ -101,8 +101,9 @@ def paired_features(store: Store, manifest_a: dict, manifest_b: dict) -> PairedF
     files_a, files_b = _layer_uris(store, manifest_a), _layer_uris(store, manifest_b)
     uris = files_a + files_b
     labels = [f"{label} ({uri})" for label, uri in zip(layer_labels(manifest_a) + layer_labels(manifest_b), uris)]
-    if store.is_local:
-        return _pair(files_a, files_b, dict(zip(uris, labels)))
+    if store.is_local:  # DuckDB reads each path as a pattern: a store folder 'exp [1]' is escaped
+        read = [escape_glob(uri) for uri in uris]
+        return _pair(read[: len(files_a)], read[len(files_a) :], dict(zip(read, labels)))
     with tempfile.TemporaryDirectory(prefix="prh-pairing-") as tmp:
         remote = [uri.split("://", 1)[1] for uri in uris]
         local = [os.path.join(tmp, f"{i:04d}-{os.path.basename(path)}") for i, path in enumerate(remote)]

@@ -24,7 +24,7 @@ def run_records(store: Store) -> list[dict[str, Any]]:
     if not store.fs.exists(base):
         return []
     records = []
-    for path in sorted(store.fs.glob(f"{base}/*.json")):
+    for path in sorted(store.glob(layout.RUNS, "*.json")):
         try:
             record = json.loads(store.fs.cat_file(path))
         except (FileNotFoundError, ValueError):

@@ -116,7 +116,7 @@ def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, no
     if not store.fs.exists(base):
         return []
     versions: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # version key -> its files' (name, listing entry)
-    for path, info in store.fs.glob(f"{base}/**/{PARTIAL}/*", detail=True).items():
+    for path, info in store.glob("features", f"**/{PARTIAL}/*", detail=True).items():
         if info.get("type") == "file":  # shards, and the temporary file of a shard whose writer was killed
             version_key, _, name = store.key_of(path).rsplit("/", 2)
             versions.setdefault(version_key, []).append((name, info))

@@ -23,6 +23,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -66,6 +67,17 @@ def redact_url(url: str) -> str:
             host = f"{host}:{parts.port}"
         return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
     return url
+
+
+def escape_glob(text: str) -> str:
+    """``text`` with the glob characters ``*``, ``?`` and ``[`` bracketed (``[*]``), so that a
+    pattern matcher (fsspec's glob, DuckDB's readers) takes it literally."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def unescape_glob(text: str) -> str:
+    """The inverse of :func:`escape_glob`."""
+    return re.sub(r"\[([*?\[])\]", r"\1", text)
 
 
 def utc_now() -> str:
@@ -154,6 +166,11 @@ class Store:
         """Filesystem path of a key (``a/b/c``) under the root."""
         return f"{self.root}/{key}" if key else self.root
 
+    def glob(self, prefix: str, pattern: str, detail: bool = False) -> Any:
+        """``fs.glob`` of ``pattern`` (``**/manifest.json``) under the key ``prefix``. The store's
+        own path is escaped: a folder named ``results [v1]`` or ``exp*`` is matched literally."""
+        return self.fs.glob(f"{escape_glob(self.path(prefix))}/{pattern}", detail=detail)
+
     def key_of(self, path: str) -> str:
         """The key of a path this store's filesystem listed (``glob``/``ls``; with or without a
         protocol prefix): the inverse of :meth:`path`."""
@@ -168,6 +185,12 @@ class Store:
             return self.path(key)
         protocol = _protocols(self.fs)[0]
         return f"{protocol}://{self.path(key)}"
+
+    def read_uri(self, key: str) -> str:
+        """The URL for DuckDB's readers (``read_parquet``) of the one file at ``key``: :meth:`uri`
+        with glob characters escaped, since DuckDB takes every path as a pattern (a store folder
+        ``results [v1]`` would match ``results v`` or nothing)."""
+        return escape_glob(self.uri(key))
 
     @staticmethod
     def key(*components: str) -> str:
@@ -222,7 +245,7 @@ class Store:
         with self._reading(prefix):
             if not self.fs.exists(base):
                 return
-            found = self.fs.glob(f"{base}/**/{MANIFEST}")
+            found = self.glob(prefix, f"**/{MANIFEST}")
         for path in sorted(found):
             version_key = self.key_of(path).rsplit("/", 1)[0]
             with self._reading(f"{version_key}/{MANIFEST}"):
@@ -545,7 +568,7 @@ class Store:
             base = self.path(prefix)
             if not self.fs.exists(base):
                 continue
-            for path in sorted(self.fs.glob(f"{base}/**/{CLAIM}")):
+            for path in sorted(self.glob(prefix, f"**/{CLAIM}")):
                 version_key = self.key_of(path).rsplit("/", 1)[0]
                 claim_key = f"{version_key}/{CLAIM}"
                 if dry_run:

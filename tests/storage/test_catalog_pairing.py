@@ -1,11 +1,13 @@
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from storage import layout
 from storage.catalog import ReadOnlyQueryError, connect, query
 from storage.features import layer_tables
+from tests.storage.catalog_store import build_catalog_store
 from storage.pairing import paired_features
-from storage.store import Store
+from storage.store import Store, table_to_parquet_bytes
 
 
 def _publish_features(store, model, ids, layers, dataset="d1"):
@@ -51,3 +53,38 @@ def test_catalog_views_and_read_only(store_url):
             query(con, statement)
     with pytest.raises(ReadOnlyQueryError):
         query(con, "select 1; copy (select 1) to 'y.csv'")
+
+
+def test_a_store_folder_named_with_glob_characters_is_read_literally(store_url, tmp_path):
+    """A store at ``.../store [v1]*?`` showed an empty catalog (its path was a glob pattern to
+    fsspec: ``[v1]`` is a character class) and never found its runs; DuckDB's readers took the
+    layer files' paths as patterns too, so a sibling folder the pattern matches (``store v...``)
+    could be read instead, and on S3 no file was found at all."""
+    from storage.export import export_catalog, open_catalog
+    from storage.runs import run_records
+    from storage.verify import verify_store
+
+    url = store_url + " [v1]*?"
+    store = build_catalog_store(url)
+    decoy = Store(store_url + " v-decoy")  # what the unescaped pattern also matches, other numbers
+    for key, manifest in store.manifests("features"):
+        for name in manifest["files"]:
+            table = store.read_table(f"{key}/{name}")
+            vectors = pa.array([[v + 1.0 for v in row] for row in table.column("vector").to_pylist()], pa.list_(pa.float32()))
+            decoy.write_bytes(f"{key}/{name}", table_to_parquet_bytes(table.set_column(table.column_names.index("vector"), "vector", vectors)))
+    con = connect(url)
+    counts = query(con, "select (select count(*) from alignment_best) best, (select count(*) from runs) runs, "
+                        "(select count(*) from models) models").to_pylist()
+    assert counts == [{"best": 8, "runs": 2, "models": 4}]
+    assert len(run_records(store)) == 2 and len(verify_store(store)) == 9 and all(c.ok for c in verify_store(store))
+    manifests = dict(store.manifests("features"))
+    key = next(k for k in manifests if "vit-small" in k)
+    want = np.array(store.read_table(f"{key}/layer-000.parquet").column("vector").to_pylist(), dtype=np.float32)
+    shown = query(con, "select vector from features where model = 'vit-small' and layer = 0 order by sample_id").column(0).to_pylist()
+    np.testing.assert_array_equal(np.array(shown, dtype=np.float32), want)
+    lm = next(m for k, m in manifests.items() if "lm-small" in k)
+    paired = paired_features(store, manifests[key], lm)
+    np.testing.assert_array_equal(paired.xs[0], want)
+    exported = export_catalog(url, tmp_path / "prh.duckdb")
+    assert query(open_catalog(exported.path), "select count(*) n from features").to_pylist() == \
+        query(con, "select count(*) n from features").to_pylist()

@@ -71,3 +71,18 @@ def test_a_damaged_or_copied_manifest_is_named_and_never_counted(store, caplog):
     stray.parent.mkdir(parents=True)
     stray.write_text(json.dumps({}))
     assert _count(connect(store), "select count(*) from models where model is null") == 0
+
+
+def test_a_missing_file_is_named_and_left_out_on_s3_too(store_url, caplog):
+    """A file its manifest lists, deleted: left out with a warning locally; on S3 every view
+    failed (``No files found``) and `prh sql` ended in a traceback."""
+    store = build_catalog_store(store_url)
+    rows = _count(connect(store), "select count(*) from features")
+    [gone] = [key for key, manifest in store.manifests("features")][:1]
+    store.fs.rm_file(store.path(f"{gone}/layer-001.parquet"))
+    store.fs.invalidate_cache()
+    with caplog.at_level(logging.WARNING, logger="storage.catalog"):
+        con = connect(store)
+    assert "layer-001.parquet: the file is missing; left out of the features view" in caplog.text
+    assert 0 < _count(con, "select count(*) from features") < rows
+    assert _count(con, "select count(*) from runs") == 2 and _count(con, "select count(*) from alignment_best") == 8
