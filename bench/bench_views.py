@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from storage.catalog import _create_file_view  # noqa: E402
+from storage.store import Store  # noqa: E402
 
 QUERIES = {
     "mean score per metric": "SELECT metric, round(avg(score), 9) s, count(*) n FROM {view} GROUP BY metric ORDER BY metric",
@@ -46,9 +47,9 @@ QUERIES = {
 
 
 def write_files(root: Path, vision: int, language: int, layers_a: int, layers_b: int, metrics: int,
-                seed: int = 0) -> tuple[list[str], list[tuple[str, str, str]]]:
+                seed: int = 0) -> tuple[list[str], list[tuple[str, str, str, str, str]]]:
     """One alignment-scores file per model pair; returns the file paths and the lineage rows
-    ``(alignment_version, model, feature_version)``."""
+    (``storage.catalog.Lineage``: version, model_a, feature_version_a, model_b, feature_version_b)."""
     rng = np.random.default_rng(seed)
     files, lineage = [], []
     la, lb = np.meshgrid(np.arange(layers_a, dtype=np.int32), np.arange(layers_b, dtype=np.int32), indexing="ij")
@@ -70,7 +71,8 @@ def write_files(root: Path, vision: int, language: int, layers_a: int, layers_b:
             path = root / f"{version}.parquet"
             pq.write_table(table, path)
             files.append(str(path))
-            lineage += [(version, model_a, f"fa{v:014d}"), (version, model_b, f"fb{w:014d}")]
+            fa, fb = f"fa{v:014d}", f"fb{w:014d}"
+            lineage += [(version, model_a, fa, model_b, fb), (version, model_b, fb, model_a, fa)]
     return files, lineage
 
 
@@ -95,7 +97,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="prh-bench-views-") as tmp:
         files, lineage = write_files(Path(tmp), args.vision, args.language, args.layers_a, args.layers_b, args.metrics)
         con = duckdb.connect()
-        _create_file_view(con, "alignment", files, lineage)
+        _create_file_view(con, "alignment", files, lineage, Store(tmp))
         listing = ", ".join(f"'{f}'" for f in files)
         con.execute(f"CREATE VIEW plain AS SELECT * FROM read_parquet([{listing}], union_by_name = true)")
         rows = con.execute("SELECT count(*) FROM plain").fetchone()[0]

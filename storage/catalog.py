@@ -85,20 +85,26 @@ class QueryError(ValueError):
     types, ...); the message is DuckDB's. The DuckDB exception is the ``__cause__``."""
 
 
+#: ``(alignment_version, model_a, feature_version_a, model_b, feature_version_b)``
+Lineage = tuple[str, str, str, str, str]
+
+
 @dataclass
 class CatalogSources:
     """What the views are made of: Parquet URIs per file view, Arrow tables per metadata view.
 
     ``files[view]``: the data files of every published version (``samples``, ``features``,
     ``alignment``, ``alignment_best``); ``tables[view]``: one row per version or run
-    (``datasets``, ``models``, ``runs``); ``lineage``: ``(alignment_version, model,
-    feature_version)`` of every alignment version's two models (its manifest's lineage), from
-    which the alignment views get ``feature_version_a`` / ``feature_version_b``.
+    (``datasets``, ``models``, ``runs``); ``lineage``: ``(alignment_version, model_a,
+    feature_version_a, model_b, feature_version_b)`` for every alignment version and each order
+    of its two models (its manifest's lineage), from which the alignment views get
+    ``feature_version_a`` / ``feature_version_b``. Rows are told apart by version and both model
+    names: one version id can belong to two pair folders (a model renamed, same features).
     """
 
     files: dict[str, list[str]]
     tables: dict[str, pa.Table]
-    lineage: list[tuple[str, str, str]] = field(default_factory=list)
+    lineage: list[Lineage] = field(default_factory=list)
 
 
 def catalog_sources(store: Store) -> CatalogSources:
@@ -126,10 +132,16 @@ def catalog_sources(store: Store) -> CatalogSources:
         "models": _meta_table("models", [_catalog_row(m) for _, m in manifests[layout.FEATURES]]),
         "runs": _meta_table("runs", runs),
     }
-    lineage = [(key.rstrip("/").rsplit("/", 1)[-1], str(model), str(version))
-               for key, manifest in manifests[layout.ALIGNMENT]
-               for model, version in ((manifest.get("lineage") or {}).get("features") or {}).items()]
+    lineage = sorted({row for key, manifest in manifests[layout.ALIGNMENT] for row in _lineage_rows(key, manifest)})
     return CatalogSources(files, tables, lineage)
+
+
+def _lineage_rows(key: str, manifest: dict[str, Any]) -> list[Lineage]:
+    """The :data:`Lineage` rows of one alignment version: both orders of its two models (one row
+    when a model is aligned with itself)."""
+    version = key.rstrip("/").rsplit("/", 1)[-1]
+    features = [(str(m), str(v)) for m, v in ((manifest.get("lineage") or {}).get("features") or {}).items()]
+    return [(version, *a, *b) for a in features for b in features if len(features) == 1 or a != b]
 
 
 def _catalog_row(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +200,7 @@ def _literal(text: str) -> str:
 
 
 def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str],
-                      lineage: list[tuple[str, str, str]] | None, store: Store) -> list[str]:
+                      lineage: list[Lineage] | None, store: Store) -> list[str]:
     """The view ``view`` over ``files`` (Parquet, columns united by name). The alignment views
     also get ``feature_version_a`` / ``feature_version_b`` from ``lineage`` (written into the
     view, so that an exported catalog file has them too): models are identified by name and
@@ -212,26 +224,22 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
         return _create_file_view(con, view, [f for f in files if f not in damaged], lineage, store)
 
 
-def _file_view_sql(view: str, files: list[str], lineage: list[tuple[str, str, str]] | None) -> str:
+def _file_view_sql(view: str, files: list[str], lineage: list[Lineage] | None) -> str:
     """``CREATE VIEW`` of :func:`_create_file_view` over a non-empty list of files."""
     listing = ", ".join(_literal(f) for f in files)
     source = f"read_parquet([{listing}], union_by_name = true)"
     if view not in _LINEAGE_VIEWS:
         return f"CREATE VIEW {view} AS SELECT * FROM {source}"
-    pairs: dict[str, list[tuple[str, str]]] = {}  # alignment version -> its two (model, feature version)
-    for version, model, feature_version in lineage or []:
-        pairs.setdefault(version, []).append((model, feature_version))
-    rows = ", ".join(f"({_literal(version)}, {', '.join(_literal(v) for m in (models + models)[:2] for v in m)})"
-                     for version, models in pairs.items())
-    known = (f"SELECT * FROM (VALUES {rows}) t(alignment_version, model_1, version_1, model_2, version_2)" if rows else
-             "SELECT NULL::VARCHAR AS alignment_version, NULL::VARCHAR AS model_1, NULL::VARCHAR AS version_1, "
-             "NULL::VARCHAR AS model_2, NULL::VARCHAR AS version_2 WHERE false")
-    # one join on the version (a version aligns one pair), the side picked by model name
+    rows = ", ".join("(" + ", ".join(_literal(v) for v in row) + ")" for row in lineage or [])
+    known = (f"SELECT * FROM (VALUES {rows}) t(alignment_version, model_a, version_a, model_b, version_b)" if rows else
+             "SELECT NULL::VARCHAR AS alignment_version, NULL::VARCHAR AS model_a, NULL::VARCHAR AS version_a, "
+             "NULL::VARCHAR AS model_b, NULL::VARCHAR AS version_b WHERE false")
+    # one join on the version and both model names (a version id may serve two pair folders)
     return (
         f"CREATE VIEW {view} AS WITH lineage AS ({known}) "
-        f"SELECT p.*, CASE p.model_a WHEN l.model_1 THEN l.version_1 WHEN l.model_2 THEN l.version_2 END AS {LINEAGE_COLUMNS[0]}, "
-        f"CASE p.model_b WHEN l.model_2 THEN l.version_2 WHEN l.model_1 THEN l.version_1 END AS {LINEAGE_COLUMNS[1]} "
-        f"FROM {source} p LEFT JOIN lineage l ON l.alignment_version = p.alignment_version"
+        f"SELECT p.*, l.version_a AS {LINEAGE_COLUMNS[0]}, l.version_b AS {LINEAGE_COLUMNS[1]} "
+        f"FROM {source} p LEFT JOIN lineage l ON l.alignment_version = p.alignment_version "
+        f"AND l.model_a = p.model_a AND l.model_b = p.model_b"
     )
 
 

@@ -203,3 +203,38 @@ def test_a_model_with_two_feature_versions_is_not_counted_twice(tmp_path):
     assert query(con, queries["3. Which layers align best"]).num_rows == 5
     datasets = query(con, queries["9. Datasets and rejected rows"]).to_pylist()
     assert [(d["models"], d["model_names"]) for d in datasets] == [(4, "lm-large, lm-small, vit-large, vit-small")]
+
+
+def test_a_renamed_model_keeps_its_lineage_and_the_one_run_filter_tells_the_names_apart(tmp_path):
+    """lm-small renamed lm-renamed (same features, so the same alignment version id under another
+    pair folder): the lineage was keyed by version alone, so one of the two pairs got a NULL
+    feature version (and fell out of every join on models), and the doc's one-run filter kept
+    the old name's rows as part of the latest run."""
+    import json
+
+    from storage import layout
+    from storage.store import Store
+    from tests.storage.catalog_store import DATASET, _alignment_rows
+
+    url = str(tmp_path / "store")
+    store = build_catalog_store(url)
+    version = "al-vit-small-lm-small"
+    scores, best = _alignment_rows("vit-small", "lm-small", version, 8)
+    scores, best = (t.set_column(t.column_names.index("model_b"), "model_b", pa.array(["lm-renamed"] * t.num_rows))
+                    for t in (scores, best))
+    key = layout.alignment_key(DATASET, "vit-small", "lm-renamed", version)
+    store.publish(key, {layout.SCORES_FILE: scores, layout.BEST_FILE: best},
+                  {"kind": "alignment", "lineage": {"features": {"vit-small": "fv-vit-small", "lm-renamed": "fv-lm-small"}}})
+    record = {"run_id": "run-9", "status": "COMPLETED", "started_at": "2026-02-01T00:00:00+00:00", "alignment_versions": [key]}
+    Store(url).write_bytes(layout.run_key("run-9"), json.dumps(record).encode())
+    con = connect(url)
+    rows = query(con, f"select model_b, feature_version_a, feature_version_b from alignment_best where alignment_version = '{version}' "
+                      "and metric = 'cka' order by model_b").to_pylist()
+    assert rows == [{"model_b": "lm-renamed", "feature_version_a": "fv-vit-small", "feature_version_b": "fv-lm-small"},
+                    {"model_b": "lm-small", "feature_version_a": "fv-vit-small", "feature_version_b": "fv-lm-small"}]
+    assert query(con, "select count(*) n from alignment_best where feature_version_b is null").to_pylist() == [{"n": 0}]
+    assert query(con, "select count(*) n from alignment").to_pylist() == \
+        query(con, "select count(*) n from read_parquet(" + repr([store.read_uri(f"{k}/{layout.SCORES_FILE}") for k, _ in
+                                                                store.manifests(layout.ALIGNMENT)]) + ")").to_pylist()
+    sql = re.search(r"to keep one run's results.*?```sql\n(.*?)```", DOC.read_text(), re.DOTALL).group(1)
+    assert {r["model_b"] for r in query(con, sql).to_pylist()} == {"lm-renamed"}
