@@ -86,12 +86,12 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
             aligned=sum(1 for m in alignments if not m.get("reused")),
         )
         _publish_artifacts(best, record)
-        if failures:
-            raise ZooFailures(_failure_summary(failures, len(config.models), len(alignments)))
-        if report:
+        if report and (alignments or not failures):  # what was published, failures listed in its notes
             from flows.report import publish_report_artifact
 
             publish_report_artifact(store_url, record)
+        if failures:
+            raise ZooFailures(_failure_summary(failures, len(config.models), len(alignments)))
         return {**record, "best": best}
     except BaseException as error:  # stopped (Ctrl-C, cancelled from the UI: SIGTERM) or failed
         stopped = isinstance(error, (KeyboardInterrupt, TerminationSignal))

@@ -27,7 +27,8 @@ ARTIFACT_IMAGE_LIMIT = 200_000
 def add_report_arguments(parser: argparse.ArgumentParser, store_help: str) -> None:
     """The options of ``prh report``."""
     parser.add_argument("--store", default=None, help=store_help)
-    parser.add_argument("--run", default=None, help="run id (default: the latest COMPLETED run)")
+    parser.add_argument("--run", default=None, help="run id (default: the latest run that published results: COMPLETED, or FAILED "
+                        "for some models with the rest published)")
     parser.add_argument("--out", required=True, help="folder for report.html and figures/")
     parser.add_argument("--pair", default=None, metavar="A:B", help="model pair of the nearest-neighbour examples (default: the best-aligned)")
 
@@ -51,7 +52,7 @@ def run_report(args: argparse.Namespace, store: str) -> int:
 def write_report(
     store: str, out: str | Path, run_id: str | None = None, pair: tuple[str, str] | None = None, formats: tuple[str, ...] = ("png", "svg")
 ) -> tuple[Path, "Report"]:
-    """Build the report of ``run_id`` (default: latest completed run) and write it under ``out``:
+    """Build the report of ``run_id`` (default: latest run that published results) and write it under ``out``:
     ``report.html`` (self-contained) and ``figures/<name>.png|svg``. Returns (page path, report)."""
     from storage.figure_cache import StoreFigureCache
     from storage.store import Store

@@ -1,6 +1,6 @@
 """Read what a run's report shows from a store's DuckDB catalog.
 
-``load_report_input(store, run_id)`` selects the run (default: the latest COMPLETED one), takes
+``load_report_input(store, run_id)`` selects the run (default: the latest run that published results), takes
 exactly the alignment versions that run produced or reused, the models of its feature versions,
 and nearest-neighbour examples of one model pair at its best layers, and returns a
 :class:`tasks.report.ReportInput` for the pure report code.
@@ -25,7 +25,9 @@ NEIGHBOUR_METRIC = "mutual_knn"
 
 
 def select_run(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> dict[str, Any]:
-    """The run record ``run_id``, or the latest COMPLETED run; ValueError if there is none."""
+    """The run record ``run_id``, or the latest run that published results: COMPLETED, or FAILED
+    with some models or pairs failing and the rest published (its report lists the failures);
+    ValueError if there is none."""
     if run_id is not None:
         found = con.sql("select * from runs where run_id = ?", params=[run_id]).to_arrow_table().to_pylist()
         if not found:
@@ -33,11 +35,24 @@ def select_run(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> dic
             raise ValueError(f"no run {run_id!r} in the store (recent runs: {', '.join(known) or 'none'})")
         return found[0]
     found = con.sql(
-        "select * from runs where status = 'COMPLETED' order by coalesce(finished_at, started_at) desc, started_at desc limit 1"
+        "select * from runs where status = 'COMPLETED' or (status = 'FAILED' and len(coalesce(alignment_versions, [])) > 0) "
+        "order by coalesce(finished_at, started_at) desc, started_at desc limit 1"
     ).to_arrow_table().to_pylist()
     if not found:
-        raise ValueError("the store has no completed run: run `prh run` first, or pass --run ID")
+        raise ValueError("the store has no run that published results: run `prh run` first, or pass --run ID")
     return found[0]
+
+
+def run_failures(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The models and pairs that failed in the run (``stage``, ``item``, ``error``): the record's
+    ``failures``, a list in the pipeline's record and JSON text in the ``runs`` view."""
+    failures = record.get("failures")
+    if isinstance(failures, str):
+        try:
+            failures = json.loads(failures)
+        except ValueError:
+            return [{"stage": "?", "item": "?", "error": failures}]
+    return [f for f in failures or [] if isinstance(f, dict)]
 
 
 def alignment_selection(record: dict[str, Any]) -> pa.Table:
@@ -74,7 +89,7 @@ def load_report_input(
     """Everything the report of one run shows.
 
     ``record``: a run record given directly (the pipeline passes its own, before the run is
-    marked COMPLETED); otherwise ``run_id`` or the latest completed run. ``pair``: the model
+    marked COMPLETED); otherwise ``run_id`` or the latest run that published results. ``pair``: the model
     pair of the nearest-neighbour examples (default: the best-aligned pair under mutual k-NN).
     """
     con = connect(store)
@@ -90,7 +105,7 @@ def load_report_input(
         best = con.sql(f"select t.* from alignment_best t {join} order by metric, model_a, model_b").to_arrow_table()
         scores = con.sql(f"select t.* from alignment t {join} order by metric, model_a, model_b, layer_a, layer_b").to_arrow_table()
         models = con.sql("select m.* from models m join _report_features s using (model, feature_version) order by model").to_arrow_table()
-        notes = []
+        notes = [f"failed in this run ({f.get('stage')}): {f.get('item')}: {f.get('error')}" for f in run_failures(record)]
         if best.num_rows == 0:
             notes.append(f"run {record.get('run_id')} lists no published alignment")
         examples = None

@@ -183,7 +183,7 @@ def test_a_failing_model_does_not_stop_the_others(tmp_path):
     misdeclared = {**{k: v for k, v in TINY_BERT.items() if k != "tokenizer"}, "name": "bert-as-vision", "modality": "vision", "image_size": 32}
     store = str(tmp_path / "store")
     with pytest.raises(ZooFailures) as raised:
-        prh_pipeline(config=_config([TINY_VIT, broken, misdeclared, TINY_BERT], permutations=0), store=store, report=False)
+        prh_pipeline(config=_config([TINY_VIT, broken, misdeclared, TINY_BERT], permutations=0), store=store, report=True)
     message = str(raised.value)
     assert message.startswith("2 of 4 models and 2 of 3 model pairs failed (the rest is published)")
     assert "check bert-as-vision: " in message and "extract broken-vit: " in message
@@ -197,6 +197,16 @@ def test_a_failing_model_does_not_stop_the_others(tmp_path):
         ("check", "bert-as-vision"), ("extract", "broken-vit"), ("align", "broken-vit x tiny-bert"), ("align", "bert-as-vision x tiny-bert")]
     assert "vision" in failures[0]["error"] and "negative dimension" in failures[1]["error"]
     assert run["error"].startswith("flows.pipeline.ZooFailures: 2 of 4 models")
+    # the report of what was published was built before the run failed, and lists the failures
+    from tasks.report_source import load_report_input
+
+    run_id = query(con, "select run_id from runs").column(0)[0].as_py()
+    assert Store(store).exists(f"reports/{run_id}/report.html")
+    shown = load_report_input(Store(store))  # the default run: the latest that published results
+    assert shown.run["run_id"] == run_id and shown.best.num_rows > 0
+    assert [n.split(":")[0] for n in shown.notes[:4]] == ["failed in this run (check)", "failed in this run (extract)",
+                                                         "failed in this run (align)", "failed in this run (align)"]
+    assert "bert-as-vision" in shown.notes[0] and "negative dimension" in shown.notes[1]
 
 
 STOPPED_CHILD = """

@@ -62,7 +62,7 @@ def test_report_of_a_chosen_run_and_errors(store, tmp_path, capsys):
     assert "none does not exist: nothing was ever written there" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["report", "--store", str(tmp_path / "empty"), "--out", str(tmp_path / "y")]) == 2
-    assert "no completed run" in capsys.readouterr().err
+    assert "no run that published results" in capsys.readouterr().err
 
 
 def test_a_second_report_reuses_the_stored_figures(store, report_dir, tmp_path):
