@@ -26,11 +26,16 @@ from tasks.image_rows import image_rows, mean_rows
 from tasks.params import AlignmentParams
 from tasks.retries import backoff, retry_transient
 
-ALIGNMENT_CODE = ("tasks/metrics", "tasks/alignment.py", "tasks/image_rows.py", "storage/pairing.py")
+#: The code an alignment version depends on: the engine, the per-pair driver, the per-image rows,
+#: the pairing join and this stage (it prepares the layers and calls the driver).
+ALIGNMENT_CODE = ("tasks/metrics", "tasks/alignment.py", "tasks/image_rows.py", "storage/pairing.py", "tasks/align_task.py")
 
 
 def metric_requests(params: AlignmentParams) -> list[MetricRequest]:
-    return [MetricRequest(name, params.metric_params(name)) for name in params.metrics]
+    """The configured metrics with their parameters, in name order: each metric's numbers do not
+    depend on the others (each is seeded alone), so listing them in another order is the same
+    alignment (same version, computed in the same order)."""
+    return [MetricRequest(name, params.metric_params(name)) for name in sorted(params.metrics)]
 
 
 def alignment_version(manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams) -> str:

@@ -22,6 +22,9 @@ from tasks.extract.finite import check_finite
 from tasks.extract.spec import ModelSpec
 from tasks.retries import ModelLoadTimeout, backoff, model_load_timeout, retry_transient
 
+#: Part of every feature version. Raise it when this module changes what is stored (it is not
+#: hashed itself, so that a change to its orchestration does not re-extract every model): the
+#: rows written per image and caption, the order of layers, the shard layout.
 FEATURE_SCHEMA_VERSION = 1
 #: The code a feature version depends on: the extractors, the pixel conversion they call
 #: (``tasks.data.images.to_rgb``) and the feature file schema.

@@ -117,3 +117,17 @@ def test_too_few_images_is_refused_counting_images(tmp_path):
                                          r"alignment.topk=30 \(mutual_knn\) needs topk \+ 2 = 32"):
         align_to_store(store.url, ma, mb, AlignmentParams(metrics=["mutual_knn"], topk=30, unit="image"))
     assert align_to_store(store.url, ma, mb, AlignmentParams(metrics=["mutual_knn"], topk=30))["n_samples"] == 72
+
+
+def test_metrics_listed_in_another_order_are_the_same_alignment():
+    """Each metric is seeded alone, so [cka, mutual_knn] and [mutual_knn, cka] give the same
+    numbers: the same version (a reordered config re-scored every pair and stored a copy), computed
+    in the same (name) order; another metric set is another version."""
+    from tasks.align_task import metric_requests
+
+    manifest = {"catalog": {"feature_version": "f"}}
+    one = AlignmentParams(metrics=["mutual_knn", "cka", "cknna"])
+    other = AlignmentParams(metrics=["cknna", "mutual_knn", "cka"])
+    assert alignment_version(manifest, manifest, one) == alignment_version(manifest, manifest, other)
+    assert [r.name for r in metric_requests(one)] == [r.name for r in metric_requests(other)] == ["cka", "cknna", "mutual_knn"]
+    assert alignment_version(manifest, manifest, AlignmentParams(metrics=["mutual_knn", "cka"])) != alignment_version(manifest, manifest, one)
