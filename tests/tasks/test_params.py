@@ -54,6 +54,11 @@ CASES = {
                               r"^models \(line 2\): model names must be unique; repeated: 'vit' at models\[0, 2\]$"),
     "bad model field": (f"models:\n  - {VIT}\n  - {{name: bert, loader: random_hf, id: BertConfig, modality: language, pooling: cls}}\n",
                         r"^models\[1\] \(model 'bert'\)\.pooling \(line 3\): 'cls' is not valid for a language model"),
+    "'__' in a model name": (f"models:\n  - {VIT}\n  - {{name: bert__base, loader: random_hf, id: BertConfig, modality: language}}\n",
+                             r"^models\[1\] \(model 'bert__base'\)\.name \(line 3\): model name 'bert__base' contains '__', which "
+                             r"separates the two model names of a pair's alignment folder"),
+    "model name ending in '_'": (f"models:\n  - {{name: vit_, loader: random_hf, id: ViTConfig, modality: vision}}\n  - {BERT}\n",
+                                 r"^models\[0\] \(model 'vit_'\)\.name \(line 2\): model name 'vit_' ends with '_'"),
     "misspelt model key": ("models:\n  - name: vit\n    loader: random_hf\n    id: ViTConfig\n    modality: vision\n    poolng: avg\n",
                            r"^models\[0\] \(model 'vit'\)\.poolng \(line 6\): unknown key \(did you mean 'pooling'\?\); valid keys here: name, loader"),
     "unknown top-level key": (MODELS + "modles: 1\n", r"^modles \(line 4\): unknown key \(did you mean 'models'\?\); valid keys here: dataset, models, alignment$"),

@@ -36,6 +36,23 @@ def test_unsafe_names_rejected(name):
         _spec(name=name)
 
 
+@pytest.mark.parametrize(("name", "why"), [("vit__tiny", "contains '__'"), ("a___b", "contains '__'"), ("x__", "contains '__'"),
+                                           ("vit_", "ends with '_'")])
+def test_names_that_break_pair_folders_rejected(name, why):
+    # pair folders are '<model_a>__<model_b>': (x__y, z) and (x, y__z) would share 'x__y__z', and
+    # the report splits at the first '__' ('vit___m' would read as (vit, _m))
+    with pytest.raises(ValidationError, match=rf"model name '{name}' {why}") as caught:
+        _spec(name=name)
+    assert "<model_a>__<model_b>" in str(caught.value) or "alignment folder" in str(caught.value)
+    with pytest.raises(ZooError, match=rf"models\[0\] \(name '{name}'\): field 'name': model name '{name}' {why}"):
+        load_zoo({"models": [dict(name=name, loader="hf", id="org/a", modality="language")]})
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "a_b_c", "v1.0", "x-_-y", "m"])
+def test_single_underscores_allowed(name):
+    assert _spec(name=name).name == name
+
+
 @pytest.mark.parametrize(
     "kw, field",
     [
