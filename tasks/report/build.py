@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from tasks.report import heatmaps, html, scaling
 from tasks.report.figures import FigureCache, RenderedFigure, render_cached
-from tasks.report.tables import ReportInput, ci_columns, common_chance, metrics_of, model_grid, number, pairs_of, rows, rows_aligned
+from tasks.report.tables import ReportInput, ci_columns, common_chance, describe_metrics, metrics_of, model_grid, number, pairs_of, rows, rows_aligned
 
 TITLE = "prh alignment report"
 
@@ -141,7 +141,7 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
 
     meta = {"run": run.get("run_id"), "status": run.get("status"), "started": run.get("started_at"), "store": run.get("store"),
             "dataset": run.get("dataset_version"), "data": run.get("dataset_description"), "N": rows_aligned(best),
-            "metrics": ", ".join(metrics)}
+            "metrics": describe_metrics(best, metrics)}
     toc = [("models", "Models"), ("best", "Best scores"), ("model-heatmaps", "Model × model"), ("scaling", "Quality and size"),
            ("layer-heatmaps", "Layer × layer"), ("neighbours", "Nearest neighbours"), ("notes", "Notes")]
     present = [(a, t) for a, t in toc if f'<section id="{a}">' in "".join(sections)]

@@ -108,6 +108,33 @@ def metrics_of(best: list[dict[str, Any]]) -> list[str]:
     return [m for m in METRIC_ORDER if m in present] + sorted(present - set(METRIC_ORDER))
 
 
+def describe_metrics(best: list[dict[str, Any]], metrics: list[str]) -> str:
+    """The metrics with the parameters that produced the rows, and the null and bootstrap sizes:
+    ``mutual_knn (topk=10), cka (kernel_metric=ip); 50 permutations, 200 bootstrap resamples``.
+    A metric whose rows were computed with several settings lists each (``topk=5 | topk=10``)."""
+    parts = []
+    for metric in metrics:
+        settings = []
+        for r in best:
+            if r["metric"] != metric:
+                continue
+            try:
+                params = json.loads(r.get("params") or "{}")
+            except (TypeError, ValueError):
+                params = {"params": r.get("params")}
+            text = ", ".join(f"{k}={v}" for k, v in sorted(params.items())) if isinstance(params, dict) else str(params)
+            if text not in settings:
+                settings.append(text)
+        shown = " | ".join(s for s in settings if s)
+        parts.append(f"{metric} ({shown})" if shown else metric)
+    sizes = []
+    for column, noun in (("permutations", "permutations"), ("bootstrap", "bootstrap resamples")):
+        values = sorted({int(r[column]) for r in best if r.get(column) is not None})
+        if values:
+            sizes.append(f"{' | '.join(str(v) for v in values)} {noun}")
+    return ", ".join(parts) + ("; " + ", ".join(sizes) if sizes else "")
+
+
 def ci_columns(columns: list[str]) -> tuple[str, str] | None:
     """The (low, high) bootstrap-CI column names present among ``columns``, if any."""
     for low, high in CI_COLUMNS:

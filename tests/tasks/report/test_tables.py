@@ -88,3 +88,16 @@ def test_rows_aligned_says_what_n_counts():
     assert rows_aligned([{"n_samples": 24, "unit": "image"}]) == "24 images"
     assert rows_aligned([{"n_samples": 72, "unit": "sample"}, {"n_samples": 24, "unit": "image"}]) == "24, 72 (some pairs one row per image)"
     assert rows_aligned([]) == "?"
+
+
+def test_describe_metrics_names_the_parameters_behind_the_rows():
+    from tasks.report.tables import describe_metrics
+
+    best = [{"metric": "mutual_knn", "params": '{"topk": 10}', "permutations": 50, "bootstrap": 200},
+            {"metric": "mutual_knn", "params": '{"topk": 10}', "permutations": 50, "bootstrap": 200},
+            {"metric": "cka", "params": '{"kernel_metric": "ip"}', "permutations": 50, "bootstrap": 200},
+            {"metric": "svcca", "params": "{}", "permutations": 0, "bootstrap": None}]
+    assert describe_metrics(best, ["mutual_knn", "cka", "svcca"]) == \
+        "mutual_knn (topk=10), cka (kernel_metric=ip), svcca; 0 | 50 permutations, 200 bootstrap resamples"
+    mixed = best[:1] + [{**best[0], "params": '{"topk": 5}'}]
+    assert describe_metrics(mixed, ["mutual_knn"]) == "mutual_knn (topk=10 | topk=5); 50 permutations, 200 bootstrap resamples"
