@@ -355,7 +355,11 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
             raise ReadOnlyQueryError(
                 f"the catalog is read-only and reads only the store's files: {str(error).splitlines()[0]}"
             ) from None
-        raise QueryError(f"the query failed: {error}") from error
+        hint = ""
+        if type(error) is duckdb.Error or isinstance(error, duckdb.IOException) or (
+                isinstance(error, duckdb.InvalidInputException) and "parquet" in str(error).lower()):
+            hint = " (reading a stored file failed: if one was damaged after it was published, `prh verify` names it)"
+        raise QueryError(f"the query failed: {error}{hint}") from error
 
 
 def _effective_type(con: duckdb.DuckDBPyConnection, statement: Any) -> duckdb.StatementType:

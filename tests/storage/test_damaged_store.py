@@ -86,3 +86,39 @@ def test_a_missing_file_is_named_and_left_out_on_s3_too(store_url, caplog):
     assert "layer-001.parquet: the file is missing; left out of the features view" in caplog.text
     assert 0 < _count(con, "select count(*) from features") < rows
     assert _count(con, "select count(*) from runs") == 2 and _count(con, "select count(*) from alignment_best") == 8
+
+
+def test_a_damaged_page_behind_a_sound_footer_points_to_prh_verify(store):
+    """A scores file whose footer reads but whose data page does not: the view binds, the query
+    fails when it reads the page (DuckDB names no file); the error points to `prh verify`, which
+    names the file."""
+    from storage.catalog import QueryError
+    from storage.verify import verify_store
+
+    path = _alignment_folders(store)[1] / "scores.parquet"
+    original = path.read_bytes()
+    import duckdb
+
+    def footer_reads_but_data_does_not() -> bool:
+        try:
+            duckdb.sql(f"select * from parquet_metadata('{path}')").fetchall()
+        except duckdb.Error:
+            return False
+        try:
+            duckdb.sql(f"select * from read_parquet('{path}')").fetchall()
+        except duckdb.Error:
+            return True
+        return False
+
+    for offset in range(4, 400, 8):  # bytes of a data page
+        data = bytearray(original)
+        data[offset:offset + 8] = bytes(b ^ 0xFF for b in data[offset:offset + 8])
+        path.write_bytes(bytes(data))
+        if footer_reads_but_data_does_not():
+            break
+    else:
+        pytest.skip("no offset damages a page but not the footer")
+    with pytest.raises(QueryError, match="prh verify"):
+        query(connect(store), "select count(*) from alignment")
+    damaged = [c for c in verify_store(store) if not c.ok]
+    assert [c.key for c in damaged] == [str(path.parent.relative_to(store.root))] and "content changed" in damaged[0].problems[0]
