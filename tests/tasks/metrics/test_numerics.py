@@ -74,3 +74,46 @@ def test_a_float32_representation_against_a_float64_one_keeps_its_path() -> None
     x, y = rng.normal(size=(300, 8)).astype(np.float32), rng.normal(size=(300, 8))
     got = layer_matrix("cka", Representation(x, keep_gram_max_n=100), Representation(y, keep_gram_max_n=100))[0, 0]
     assert got == pytest.approx(ref.cka(x.astype(np.float64), y), abs=1e-12)
+
+
+def _lstsq_r2(x: np.ndarray, y: np.ndarray, eps: float) -> float:
+    """In-sample R^2 of float64 least squares with numpy's cutoff max(N, D) eps s_max."""
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    coef = np.linalg.lstsq(xc, yc, rcond=max(xc.shape) * eps)[0]
+    return float(1 - ((yc - xc @ coef) ** 2).sum() / (yc ** 2).sum())
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_linear_regression_of_a_float32_low_rank_layer_ignores_its_rounding_noise(offset: float) -> None:
+    """The rank cutoff used float64's eps on float32 values: the float32 rounding noise of a
+    rank-16 width-128 layer counted as 112 more regressors (R^2 0.31 against unrelated targets
+    instead of 0.04). The cutoff now uses the input's eps (float32's), also for a float32 side
+    upcast to pair with a float64 one."""
+    rng = np.random.default_rng(0)
+    n = 400
+    x = rng.normal(size=(n, 16)) @ rng.normal(size=(16, 128)) + offset  # rank 16 (+ an offset)
+    y = rng.normal(size=(n, 32))  # unrelated
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    exact = _lstsq_r2(x, y32.astype(np.float64), np.finfo(np.float64).eps)  # the unrounded layer
+    assert exact < 0.05
+    want = _lstsq_r2(x32.astype(np.float64), y32.astype(np.float64), np.finfo(np.float32).eps)
+    assert want == pytest.approx(exact, abs=1e-6)
+    assert score("linear_regression", x32, y32) == pytest.approx(want, abs=1e-9)
+    assert score("linear_regression", x32, y) == pytest.approx(_lstsq_r2(x32.astype(np.float64), y, np.finfo(np.float32).eps), abs=1e-9)
+    # a float64 layer keeps float64's cutoff (its rank-16 directions; with the offset, float64
+    # rounding noise near that cutoff moves R^2 by ~5e-8, as it does numpy's)
+    assert score("linear_regression", x, y32.astype(np.float64)) == pytest.approx(exact, abs=1e-6)
+
+
+def test_svcca_rank_of_a_float32_layer_ignores_its_rounding_noise() -> None:
+    """SVCCA's rank check (directions above 1e-7 s_max) counted float32 rounding noise of a
+    rank-4 layer with an offset of 100 as rank >= 10 and scored 0.124 where the float64 layer is
+    refused; the cutoff is now numpy's matrix_rank rule at the input's precision."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 4)) @ rng.normal(size=(4, 64)) + 100.0
+    y = rng.normal(size=(400, 32))
+    for dtype in (np.float64, np.float32):
+        with pytest.raises(ValueError, match="rank 4 < cca_dim=10"):
+            score("svcca", x.astype(dtype), y.astype(dtype), cca_dim=10)
+    got = score("svcca", x.astype(np.float32), y.astype(np.float32), cca_dim=4)
+    assert got == pytest.approx(ref.svcca(x, y, 4), abs=1e-4)
