@@ -64,6 +64,36 @@ def test_rsa_matches_scipy_spearman() -> None:
     assert score("rsa_spearman", x, y) == pytest.approx(expected, abs=1e-10)
 
 
+def _spearman_of_distances(x: np.ndarray, y: np.ndarray) -> float:
+    """Reference from the definition: Spearman (average ranks) of the exact float64 Euclidean
+    distances of the values as given, upper triangles."""
+    def dists(z):
+        z = np.asarray(z, dtype=np.float64)
+        d = np.sqrt(((z[:, None] - z[None]) ** 2).sum(-1))
+        return d[np.triu_indices(len(z), 1)]
+
+    return float(spearmanr(dists(x), dists(y)).statistic)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+@pytest.mark.parametrize("width", [32, 15])
+def test_rsa_of_float32_input_is_translation_invariant(offset: float, width: int) -> None:
+    """Distances came from a float32 Gram (|x|^2 + |y|^2 - 2 x.y), which cancels when the rows
+    share an offset: 0.4928 instead of 0.5241 at offset 1000, 0.064 instead of 0.327 at width 15.
+    Exact differences in float64 now (ties among duplicate rows kept exact)."""
+    rng = np.random.default_rng(0)
+    n = 200
+    x = rng.normal(size=(n, width))
+    x[1] = x[0]  # an exact tie (distance 0) and tied distances to every other row
+    y = x[:, : width // 2] + 0.5 * rng.normal(size=(n, width // 2))
+    x32, y32 = (x + offset).astype(np.float32), (y + offset).astype(np.float32)
+    want = _spearman_of_distances(x32, y32)
+    assert want == pytest.approx(_spearman_of_distances(x, y), abs=2e-4)  # float32 rounding only
+    assert score("rsa_spearman", x32, y32) == pytest.approx(want, abs=1e-10)
+    assert layer_matrix("rsa_spearman", [x32], [y32 - np.float32(offset)])[0, 0] == pytest.approx(
+        _spearman_of_distances(x32, y32 - np.float32(offset)), abs=1e-10)
+
+
 @pytest.mark.parametrize("metric", ["svcca", "procrustes", "linear_regression", "rsa_spearman"])
 def test_layer_matrix_equals_score(metric: str) -> None:
     xs, ys = layers(seed=8), layers(seed=9, widths=(6, 14))
