@@ -14,6 +14,11 @@ float32 cancels catastrophically when the rows share an offset (offset 1000: 0.4
 0.5241; width 15: 0.064 instead of 0.327), and even a float64 Gram of centred features breaks the
 exact ties that Spearman's average ranks depend on (one-hot rows). A difference of two float32
 values is exact in float64, so the score of float32 input is translation invariant.
+
+Spearman's correlation is undefined when one side's distances are all equal (its ranks are
+constant): ``N = 2`` (a single distance), or rows at equal mutual distances (one-hot rows, a
+regular simplex). Such a layer is refused with ``ValueError`` naming it, as other undefined inputs
+are (a constant layer, SVCCA's ``cca_dim`` above a layer's rank); it used to score 0.0.
 """
 
 from __future__ import annotations
@@ -62,8 +67,12 @@ class RsaEngine(Engine):
             # (the order of _triangle); squaring keeps the order and the ties of the distances
             d2 = pdist(x.detach().to(device="cpu", dtype=torch.float64).numpy(), "sqeuclidean")
             r = rankdata(d2, method="average")
+            if r.min() == r.max():  # average ranks of all-equal distances are all (M + 1) / 2
+                what = ("N=2 samples give a single pairwise distance" if n == 2 else
+                        f"all {d2.size} pairwise distances are equal ({float(d2[0]) ** 0.5:.6g})")
+                raise ValueError(f"layer {l}: {what}: their Spearman correlation is undefined")
             r = torch.from_numpy(r - r.mean()).to(rep.device)
-            rows.append(r / r.norm().clamp_min(1e-300))
+            rows.append(r / r.norm())
         return RankState(torch.stack(rows), n)
 
     def permute(self, state: RankState, perm: torch.Tensor, inv: torch.Tensor) -> RankState:

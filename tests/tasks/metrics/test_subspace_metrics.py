@@ -94,6 +94,25 @@ def test_rsa_of_float32_input_is_translation_invariant(offset: float, width: int
         _spearman_of_distances(x32, y32 - np.float32(offset)), abs=1e-10)
 
 
+def test_rsa_refuses_a_layer_whose_distances_are_all_equal() -> None:
+    """Spearman's correlation is undefined (NaN in scipy) when one side's distances are all equal;
+    the engine returned 0.0 (ranks divided by a clamped zero norm). Refused like other undefined
+    inputs: N=2 (one distance) and one-hot rows (every distance sqrt(2))."""
+    rng = np.random.default_rng(1)
+    onehot = np.eye(6)
+    y = rng.normal(size=(6, 4))
+    with pytest.warns(RuntimeWarning):  # scipy: "An input array is constant"
+        assert np.isnan(spearmanr(np.full(15, np.sqrt(2)), rng.normal(size=15)).statistic)
+    for dtype in (np.float64, np.float32):
+        with pytest.raises(ValueError, match=r"x: layer 0: all 15 pairwise distances are equal \(1.41421\): their Spearman correlation is undefined"):
+            score("rsa_spearman", (onehot + 7.0).astype(dtype), y.astype(dtype))
+    with pytest.raises(ValueError, match="y: layer 1: .*undefined"):
+        layer_matrix("rsa_spearman", [y], [y[:, :2], onehot])
+    with pytest.raises(ValueError, match="N=2 samples give a single pairwise distance"):
+        score("rsa_spearman", y[:2], y[:2, :3])
+    assert score("rsa_spearman", y[:3], y[:3, :2]) == pytest.approx(_spearman_of_distances(y[:3], y[:3, :2]), abs=1e-12)
+
+
 @pytest.mark.parametrize("metric", ["svcca", "procrustes", "linear_regression", "rsa_spearman"])
 def test_layer_matrix_equals_score(metric: str) -> None:
     xs, ys = layers(seed=8), layers(seed=9, widths=(6, 14))
