@@ -19,6 +19,12 @@ Differences from the paper's code (documented in ``docs/metrics.md``):
   ``N - 1``). Here ``topk=None`` means "all neighbours": the mask keeps every off-diagonal entry
   (unbiased) or every entry (biased), so CKNNA equals ``unbiased_cka`` / ``cka`` with the linear
   kernel, and that is how it is computed.
+- An integer ``topk`` must be in ``[2, N - 1]`` (unbiased: self excluded, ``N - 1`` candidates) or
+  ``[2, N]`` (biased: self is a candidate); the paper's ``torch.topk`` fails beyond that. At the
+  upper end every candidate is a neighbour, the mask is the full one and the value is that of
+  ``topk=None`` (computed the same way). A larger ``topk`` used to be read as "all neighbours"
+  silently, so a bootstrap subsample of ``m <= topk`` rows scored a different statistic
+  (``unbiased_cka``) where the k-NN metrics raise.
 - ``distance_agnostic=True``: the paper returns a matrix and then fails on ``.item()``. Here the
   kernel values are replaced by 1 on the mask (``sim = HSIC(M, M')``), i.e. only the mutual
   neighbourhood structure counts.
@@ -93,7 +99,8 @@ class FullMaskState:
 
 
 class CknnaEngine(Engine):
-    """Parameters ``topk`` (int >= 2, or None), ``distance_agnostic``, ``unbiased``."""
+    """Parameters ``topk`` (int in ``[2, N - 1]``, ``[2, N]`` biased, or None), ``distance_agnostic``,
+    ``unbiased``."""
 
     encode_params = ("topk", "distance_agnostic", "unbiased")
     variant = "cknna"
@@ -111,8 +118,14 @@ class CknnaEngine(Engine):
             raise ValueError(f"CKNNA requires topk >= 2 (or None for all neighbours), got {topk!r}")
         if unbiased and rep.n < 4:
             raise ValueError("unbiased CKNNA needs N >= 4")
+        # candidates per row: the other N - 1 samples (unbiased), or all N with self (biased)
         full_k = rep.n - 1 if unbiased else rep.n
-        if topk is None or topk >= full_k:
+        if topk is not None and topk > full_k:
+            bound = "N-1" if unbiased else "N"
+            raise ValueError(f"topk must be in [2, {bound}] = [2, {full_k}] "
+                             f"({'unbiased: self excluded' if unbiased else 'biased: self included'}; "
+                             f"None for all neighbours), got {int(topk)}")
+        if topk is None or topk == full_k:  # every candidate is a neighbour: the full mask
             if params.get("distance_agnostic"):
                 return FullMaskState(None, rep.n, len(rep))
             return FullMaskState(self._cka.encode_cached(rep, self._full(params)), rep.n, len(rep))

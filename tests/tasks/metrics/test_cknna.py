@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.metrics import Representation, layer_matrix, score
+from tasks.metrics import Representation, bootstrap_ci, layer_matrix, score
 
 from . import reference as ref
 from .conftest import layers, paired
@@ -51,6 +51,40 @@ def test_topk_none_means_all_neighbours(unbiased: bool) -> None:
     full = 19 if unbiased else 20
     assert score("cknna", x, y, topk=full - 1, unbiased=unbiased) == pytest.approx(
         ref.cknna(x, y, full - 1, unbiased), abs=1e-12)
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_topk_up_to_the_candidate_count_and_no_further(unbiased: bool) -> None:
+    """topk = N-1 (unbiased, self excluded) or N (biased, self a candidate) makes every candidate
+    a neighbour: the full mask, i.e. (unbiased) CKA. A larger topk (the paper's torch.topk fails)
+    was silently read as "all neighbours"; it is refused now, as by the k-NN metrics."""
+    x, y = paired(n=20, seed=24)
+    full = 19 if unbiased else 20
+    want = ref.cknna(x, y, full, unbiased)  # explicit top-k masks
+    assert want == pytest.approx(ref.cka(x, y, unbiased=unbiased), abs=1e-12)
+    assert score("cknna", x, y, topk=full, unbiased=unbiased) == pytest.approx(want, abs=1e-12)
+    bound = "N-1" if unbiased else "N"
+    for k in (full + 1, 1000):
+        with pytest.raises(ValueError, match=rf"topk must be in \[2, {bound}\] = \[2, {full}\].*got {k}"):
+            score("cknna", x, y, topk=k, unbiased=unbiased)
+        with pytest.raises(ValueError, match="topk must be in"):
+            layer_matrix("cknna", [x, y], [y], topk=k, unbiased=unbiased)
+
+
+def test_bootstrap_subsamples_too_small_for_topk_are_refused_as_for_knn_metrics() -> None:
+    """N=24, topk=12: a half-size subsample (12 rows) has 11 candidates per row. CKNNA scored it
+    as unbiased_cka (the full mask: 0.012 on one subsample, where cknna of all rows is 0.406)
+    and returned an interval built from that other statistic, while mutual_knn raised; the
+    pipeline relies on the ValueError to leave the interval empty with a warning."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(24, 2))
+    x, y = np.c_[z, rng.normal(size=(24, 6))], np.c_[z, rng.normal(size=(24, 6))]
+    for metric in ("mutual_knn", "cknna"):
+        with pytest.raises(ValueError, match=r"topk must be in \[\d, N-1\] = \[\d, 11\].*got 12"):
+            bootstrap_ci(metric, x, y, n_boot=5, seed=0, topk=12)
+    got = bootstrap_ci("cknna", x, y, n_boot=5, seed=0, topk=11)  # topk = m - 1: the full mask
+    assert got.resample_size == 12 and np.isfinite([got.low, got.high]).all()
+    assert got.estimate == pytest.approx(ref.cknna(x, y, 11), abs=1e-12)
 
 
 def test_requires_topk_at_least_two() -> None:
