@@ -51,11 +51,20 @@ def register_builtins() -> None:
                     chance=zero_chance,
                     description="CKA with the unbiased HSIC of Song et al. 2012 (paper)", **reg)
     # not symmetric: the unbiased HSIC's 1^T K' L' 1 term depends on the order for the
-    # non-symmetric masked kernels (the biased variant is symmetric)
+    # non-symmetric masked kernels (the biased variant is symmetric).
+    # Bounds (-1, 1) are NOMINAL, not a property of the estimator: the numerator's mask (mutual
+    # neighbours) differs from each self-similarity's (own neighbours), so Cauchy-Schwarz does
+    # not apply and the paper's value leaves [-1, 1] at small N next to topk (-2.64 at N=4,
+    # topk=2, unbiased; 1.046 at N=3, biased; up to 2.96 at N=12, topk=10 on prepared data).
+    # They are kept as the score of identical inputs (~1) and the usual range (checks found none
+    # outside at N >= 30), which calibrate uses as the maximum (clamping calibrated scores at 1),
+    # bootstrap_ci clips intervals to (never so as to exclude the estimate) and the alignment
+    # manifest's out_of_bounds reports scores beyond (docs/metrics.md, "cknna range").
     register_metric("cknna", engine=CknnaEngine(), bounds=(-1.0, 1.0), symmetric=False,
                     locality="local",
                     defaults={"topk": 10, "distance_agnostic": False, "unbiased": True},
-                    description="CKA on kernels masked to mutual k-NN pairs (paper)", **reg)
+                    description="CKA on kernels masked to mutual k-NN pairs (paper); nominal "
+                                "range [-1, 1], left at small N next to topk", **reg)
     register_metric("jaccard_knn", engine=KnnEngine("jaccard_knn"), bounds=(0.0, 1.0),
                     symmetric=True, locality="local", defaults=_KNN, chance=jaccard_knn_chance,
                     description="mean |kNN_x ∩ kNN_y| / |kNN_x ∪ kNN_y|", **reg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.metrics import Representation, bootstrap_ci, layer_matrix, score
+from tasks.metrics import METRICS, Representation, bootstrap_ci, calibrate, layer_matrix, score
 
 from . import reference as ref
 from .conftest import layers, paired
@@ -112,3 +112,22 @@ def test_binary_search_path_equals_slot_table(monkeypatch: pytest.MonkeyPatch) -
         x, y = xs[0], ys[1]
         assert score("cknna", x, y, topk=6, unbiased=unbiased) == pytest.approx(
             ref.cknna(x, y, 6, unbiased), abs=1e-12)
+
+
+def test_registered_range_is_nominal_and_the_paper_value_can_leave_it() -> None:
+    """(-1, 1) is a nominal range (identical inputs ~1), not a bound: the masks of the numerator
+    and of the self-similarities differ. Pinned here with the float64 reference, and what
+    calibrate makes of it: calibrated stays in [0, 1], and is 0 once tau >= 1."""
+    assert METRICS["cknna"].bounds_for({}) == (-1.0, 1.0)
+    r = np.random.default_rng(290)
+    n = int(r.integers(3, 9))
+    x, y = r.normal(size=(n, 3)), r.normal(size=(n, 3))
+    assert n == 4 and ref.cknna(x, y, 2, True) < -2.6
+    assert score("cknna", x, y, topk=2) == pytest.approx(ref.cknna(x, y, 2, True), abs=1e-12)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(30, 8))[:3], rng.normal(size=(30, 6))[:3]
+    assert ref.cknna(a, b, 2, unbiased=False) > 1.04
+    assert score("cknna", a, b, topk=2, unbiased=False) == pytest.approx(ref.cknna(a, b, 2, unbiased=False), abs=1e-12)
+    for u, v, p in ((x, y, {"topk": 2}), (a, b, {"topk": 2, "unbiased": False})):
+        cal = calibrate("cknna", u, v, permutations=50, seed=0, **p)
+        assert cal.tau >= 1.0 and cal.calibrated == 0.0  # the null reaches the nominal maximum
