@@ -131,3 +131,33 @@ def test_registered_range_is_nominal_and_the_paper_value_can_leave_it() -> None:
     for u, v, p in ((x, y, {"topk": 2}), (a, b, {"topk": 2, "unbiased": False})):
         cal = calibrate("cknna", u, v, permutations=50, seed=0, **p)
         assert cal.tau >= 1.0 and cal.calibrated == 0.0  # the null reaches the nominal maximum
+
+
+def test_isotropic_scaling_moves_unbiased_scores_only_through_the_epsilon() -> None:
+    """docs/metrics.md ("+1e-6 in CKA denominators"): unit-norm rows scaled by 0.1 move
+    unbiased_cka 0.413 -> 0.371 and cknna 0.197 -> 0.117; without the epsilon both are scale
+    invariant."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 16))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = x[:, :8] + 0.2 * rng.normal(size=(200, 8))
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+
+    def parts(a, b, k):  # (numerator, sqrt of the self-similarities) of the reference
+        ka, lb = ref.linear_kernel(a), ref.linear_kernel(b)
+
+        def sim(p, q):
+            if k is None:
+                return ref.hsic_unbiased(p, q)
+            m = ref.knn_mask(p, k, True) * ref.knn_mask(q, k, True)
+            return ref.hsic_unbiased(m * p, m * q)
+
+        return sim(ka, lb), np.sqrt(sim(ka, ka) * sim(lb, lb))
+
+    for metric, k, at_one, at_tenth in (("unbiased_cka", None, 0.4134, 0.3713), ("cknna", 10, 0.1973, 0.1175)):
+        (n1, d1), (n2, d2) = parts(x, y, k), parts(0.1 * x, 0.1 * y, k)
+        assert n1 / d1 == pytest.approx(n2 / d2, abs=1e-12)  # the ratio itself is invariant
+        assert score(metric, x, y, topk=k) == pytest.approx(n1 / (d1 + 1e-6), abs=1e-10)
+        assert score(metric, x, y, topk=k) == pytest.approx(at_one, abs=1e-4)
+        assert score(metric, 0.1 * x, 0.1 * y, topk=k) == pytest.approx(n2 / (d2 + 1e-6), abs=1e-10)
+        assert score(metric, 0.1 * x, 0.1 * y, topk=k) == pytest.approx(at_tenth, abs=1e-4)
