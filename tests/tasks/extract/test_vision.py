@@ -157,3 +157,94 @@ def test_image_size_keeps_each_processors_own_resizing(name):
     _resize_processor(small, 48)
     assert np.array_equal(same(image, return_tensors="np")["pixel_values"], native)
     assert small(image, return_tensors="np")["pixel_values"].shape == (1, 3, 48, 48)
+
+
+_SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+_DINO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32, patch_size=8)
+_HIERA = dict(embed_dim=16, image_size=[64, 64], patch_size=[7, 7], patch_stride=[4, 4], patch_padding=[3, 3],
+              depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], mlp_ratio=2.0, query_stride=[2, 2], masked_unit_size=[8, 8],
+              num_query_pool=2)
+
+# config class, config, input side, CLS/distillation/register tokens in front of the patches (known by hand)
+PREFIX_CASES = {
+    "vit": ("ViTConfig", dict(image_size=32, patch_size=8, **_SMALL), 32, 1),
+    "deit": ("DeiTConfig", dict(image_size=32, patch_size=8, **_SMALL), 32, 2),  # CLS + distillation token
+    "dinov2": ("Dinov2Config", _DINO, 32, 1),
+    "dinov2-registers": ("Dinov2WithRegistersConfig", dict(_DINO, num_register_tokens=4), 32, 5),
+    "clip": ("CLIPConfig", dict(vision_config=dict(image_size=32, patch_size=8, **_SMALL), text_config=_SMALL), 32, 1),
+    "siglip": ("SiglipVisionConfig", dict(image_size=32, patch_size=8, **_SMALL), 32, 0),
+    "mae": ("ViTMAEConfig", dict(image_size=32, patch_size=8, **_SMALL), 32, 1),
+    "beit": ("BeitConfig", dict(image_size=32, patch_size=8, **_SMALL), 32, 1),
+    "swin": ("SwinConfig", dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2),
+             32, 0),
+    # patch_size 7 is the kernel of an overlapping convolution; the stride is 4: (64/4)^2 = 256 patch tokens, no
+    # CLS (the count T - (64/7)^2 = 175 made 'avg' drop 175 of the 256 tokens of the first two layers)
+    "hiera": ("HieraConfig", _HIERA, 64, 0),
+}
+
+
+@pytest.mark.parametrize("case", list(PREFIX_CASES))
+def test_avg_pools_exactly_the_patch_tokens(case, images):
+    """'avg' = an independent mean over every token after the model's own CLS/distillation/register
+    tokens, in every layer (hierarchical models: every token of every stage)."""
+    cls_name, config, side, prefix = PREFIX_CASES[case]
+    spec = ModelSpec(name=f"tiny-{case}", loader="random_hf", id=cls_name, modality="vision", config=config,
+                     image_size=side)
+    ex = load_extractor(spec, device="cpu")
+    feats = ex.extract_batch(images[:2])
+    states = _hidden_states(ex, images[:2])
+    assert len(feats) == len(states)
+    for layer, h in enumerate(states):
+        assert h.dim() == 3 and h.shape[1] > prefix
+        want = h[:, prefix:].double().mean(dim=1).float().numpy()  # own mean, not the pooling code
+        np.testing.assert_allclose(feats[layer], want, atol=1e-5, err_msg=f"{case} layer {layer}")
+    if prefix == 0:  # no CLS token: 'cls' is refused, not token 0 of the patches
+        with pytest.raises(ValueError, match="CLS token"):
+            load_extractor(spec.model_copy(update={"pooling": "cls"}), device="cpu")
+
+
+def test_hiera_pretrained_folder_averages_every_token(tmp_path, images):
+    """The same through the ``hf`` loader (a saved checkpoint with its own image processor)."""
+    import transformers
+
+    transformers.HieraModel(transformers.HieraConfig(**_HIERA)).save_pretrained(tmp_path)
+    transformers.ViTImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(tmp_path)
+    ex = load_extractor(ModelSpec(name="hiera", loader="hf", id=str(tmp_path), modality="vision"), device="cpu")
+    states = _hidden_states(ex, images[:2])
+    assert [h.shape[1] for h in states[:2]] == [256, 256]
+    for got, h in zip(ex.extract_batch(images[:2]), states):
+        np.testing.assert_allclose(got, h.mean(dim=1).numpy(), atol=1e-5)
+
+
+def test_tokens_the_model_does_not_declare_are_refused(images):
+    """YOLOS appends detection tokens after the patches: no prefix count describes them, so the
+    model is refused (naming the model and the layer) instead of averaging them as patches."""
+    from tasks.extract.errors import ModelInputError
+
+    spec = ModelSpec(name="tiny-yolos", loader="random_hf", id="YolosConfig", modality="vision",
+                     config=dict(image_size=[32, 32], patch_size=8, num_detection_tokens=5, **_SMALL), image_size=32)
+    with pytest.raises(ModelInputError, match=r"tiny-yolos.*layer 'embeddings': 22 tokens: 5 more than its 1 "):
+        load_extractor(spec, device="cpu")
+
+
+def test_prefix_count_is_checked_against_the_patch_grid():
+    from types import SimpleNamespace
+
+    from tasks.extract.hf_vision import num_prefix_tokens
+
+    vit, hiera = SimpleNamespace(patch_size=8), SimpleNamespace(patch_size=[7, 7], patch_stride=[4, 4])
+    assert num_prefix_tokens(vit, 17, 32, 32, declared=1) == 1
+    assert num_prefix_tokens(vit, 10, 32, 32, declared=1) == 1  # fewer patches (MAE masking, merged stages): fine
+    assert num_prefix_tokens(hiera, 256, 64, 64, declared=0) == 0
+    assert num_prefix_tokens(hiera, 256, 64, 64, declared=None) == 0  # geometry alone uses the stride, not the kernel
+    assert num_prefix_tokens(vit, 17, 32, 32, declared=None) == 1  # no embeddings module: T less the grid
+    assert num_prefix_tokens(vit, 4, 32, 32, declared=None) == 0
+    assert num_prefix_tokens(SimpleNamespace(), 65, 64, 64, declared=None) == 0
+    with pytest.raises(ValueError, match="no patch token left"):
+        num_prefix_tokens(vit, 5, 32, 32, declared=5)
+    with pytest.raises(ValueError, match="1 more than its 1 CLS/register token"):
+        num_prefix_tokens(vit, 18, 32, 32, declared=1)  # an undeclared token (a CLS the code does not know)
+    with pytest.raises(ValueError, match="too many to be CLS/register tokens"):
+        num_prefix_tokens(SimpleNamespace(patch_size=7), 256, 64, 64, declared=None)  # the old Hiera count: 175
+    with pytest.raises(ValueError, match="cannot tell which hidden states"):
+        num_prefix_tokens(SimpleNamespace(), 65, 64, 64, declared=None, tokens_elsewhere=True)  # PVT
