@@ -28,7 +28,7 @@ import torch
 
 from tasks.extract.base import BatchOutput, Extractor, count_parameters, layer_names, require_hidden_states, to_numpy_f32
 from tasks.extract.bpb import next_token_nll
-from tasks.extract.hf_models import LoadedModel, input_device
+from tasks.extract.hf_models import LoadedModel, input_device, position_offset
 from tasks.extract.pooling import pool_tokens
 from tasks.extract.spec import ModelSpec
 
@@ -61,8 +61,9 @@ class HFLanguageExtractor(Extractor):
         self.param_count = count_parameters(loaded.counted)
         self._params = set(inspect.signature(self.model.forward).parameters)
         self._lm_params = set(inspect.signature(self.lm.forward).parameters) if self.lm is not None else set()
-        embeddings = getattr(self.model, "embeddings", None)
-        self._own_positions = getattr(embeddings, "padding_idx", None) is not None
+        # RoBERTa-style embeddings (a padding_idx) derive positions from input_ids themselves; the
+        # max_length pre-check takes the same offset off their position table (one rule: position_offset)
+        self._own_positions = position_offset(self.model) > 0
         # Segment ids only for a model with a segment (token type) embedding: GPT-2's forward takes
         # token_type_ids too, but adds wte(ids), the embedding of token 0, to every position
         # (given a BERT tokenizer, which makes them, every feature was shifted).

@@ -175,7 +175,7 @@ def check_model(spec: ModelSpec) -> CheckedModel:
         tokenizer = load_tokenizer(spec, access) if language else None
         if tokenizer is not None:
             _check_vocabulary(spec, tokenizer, config)
-            _check_max_length(spec, tokenizer, config)
+            _check_max_length(spec, tokenizer, config, probe_position_offset(spec, config, causal))
     else:
         access = None
         cls = _config_class(spec)
@@ -187,7 +187,7 @@ def check_model(spec: ModelSpec) -> CheckedModel:
         _feature_overrides(config, spec.config)
         if tokenizer is not None:
             _check_vocabulary(spec, tokenizer, _text_config(config))
-            _check_max_length(spec, tokenizer, _text_config(config))
+            _check_max_length(spec, tokenizer, _text_config(config), probe_position_offset(spec, config, causal))
     return CheckedModel(config, causal, access, tokenizer)
 
 
@@ -383,27 +383,61 @@ def _check_vocabulary(spec: ModelSpec, tokenizer: Any, config: Any) -> None:
                               "own tokenizer" + (" or leave config.vocab_size to the tokenizer" if spec.loader == "random_hf" else ""))
 
 
-#: Model types whose positions start after the padding index (RoBERTa-style): usable = max - pad - 1.
-_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "xlm-roberta-xl")
+def position_offset(model: torch.nn.Module) -> int:
+    """Position ids a language model skips before its first token: ``padding_idx + 1`` when its
+    ``embeddings`` have a ``padding_idx`` (RoBERTa, XLM-R, MPNet, Data2Vec-text, X-MOD, ...: they
+    compute positions from ``input_ids`` themselves, starting after the padding index), else 0.
+    `HFLanguageExtractor` leaves such models their own positions (offset > 0), and
+    `_check_max_length` takes the offset off the position table: one rule for both."""
+    pad = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+    return pad + 1 if isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0 else 0
 
 
-def position_limit(config: Any) -> int | None:
-    """Tokens a language model can take (its position table), or None when it has no fixed limit
-    (relative or ALiBi positions: T5, BLOOM)."""
+def probe_position_offset(spec: ModelSpec, config: Any, causal: bool) -> int | None:
+    """`position_offset` of the module a language spec will run (the base model of a causal LM, the
+    text tower or the encoder otherwise), built from the config on the ``meta`` device: no weights,
+    no memory, no random draws. None when it does not build there (then `position_limit` falls back
+    to a list of model types)."""
+    import copy
+
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    auto = AutoModelForCausalLM if causal else AutoModel
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = auto.from_config(copy.deepcopy(config), trust_remote_code=spec.trust_remote_code)
+    except Exception:  # noqa: BLE001 - a probe only: remote code or a class that needs real tensors
+        return None
+    body = model.base_model if causal else _select_tower(model, "language")
+    return position_offset(body)
+
+
+#: Fallback when the model cannot be built on the meta device (`probe_position_offset`): model types
+#: whose positions start after the padding index (RoBERTa style): usable = max - pad - 1.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "xlm-roberta-xl", "mpnet", "data2vec-text",
+                     "xmod", "roberta-prelayernorm", "ibert", "luke", "esm")
+
+
+def position_limit(config: Any, offset: int | None = None) -> int | None:
+    """Tokens a language model can take (its position table less ``offset``, the positions its
+    embeddings skip: `position_offset`), or None when it has no fixed limit (relative or ALiBi
+    positions: T5, BLOOM). ``offset`` None: from the model type (`_OFFSET_POSITIONS`) and
+    ``pad_token_id``."""
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
-            if getattr(config, "model_type", None) in _OFFSET_POSITIONS and isinstance(getattr(config, "pad_token_id", None), int):
-                value -= config.pad_token_id + 1
-            return value
+            if offset is None:
+                pad = getattr(config, "pad_token_id", None)
+                offset = pad + 1 if getattr(config, "model_type", None) in _OFFSET_POSITIONS and isinstance(pad, int) else 0
+            return value - offset
     return None
 
 
-def _check_max_length(spec: ModelSpec, tokenizer: Any, config: Any) -> None:
+def _check_max_length(spec: ModelSpec, tokenizer: Any, config: Any, offset: int | None = None) -> None:
     """``max_length`` must fit the model's positions (else the forward fails at the first long
     caption, mid-run) and leave room for a caption token after the tokenizer's special tokens
-    (below that the tokenizer silently does not truncate)."""
-    limit = position_limit(config)
+    (below that the tokenizer silently does not truncate). ``offset``: `position_limit`."""
+    limit = position_limit(config, offset)
     if limit is not None and spec.max_length > limit:
         raise ModelInputError(spec.name, spec.id, f"max_length {spec.max_length} is more than the {limit} positions the "
                               f"model takes: set max_length: {limit} or less")

@@ -144,3 +144,56 @@ def test_language_settings_that_fail_mid_run_are_refused_at_the_check(tmp_path, 
                          max_length={"max_length past the positions": 512, "max_length without room": 2}.get(case, 64))
     with pytest.raises(ModelInputError, match=message):
         load_extractor(spec, device="cpu")
+
+
+_OFFSET_MODELS = {  # RoBERTa-style positions: ids start after the padding index (MPNet's is fixed at 1)
+    "mpnet": ("MPNetConfig", "MPNetModel", {}, 18),
+    "data2vec-text": ("Data2VecTextConfig", "Data2VecTextModel", {}, 19),
+    "xmod": ("XmodConfig", "XmodModel", {"languages": ["en_XX"], "default_language": "en_XX"}, 19),
+    "roberta-prelayernorm": ("RobertaPreLayerNormConfig", "RobertaPreLayerNormModel", {}, 19),
+}
+
+
+@pytest.mark.parametrize("kind", list(_OFFSET_MODELS))
+def test_max_length_counts_the_padding_offset_of_every_roberta_style_model(tmp_path, kind):
+    """20 position rows; the embeddings' padding_idx (0 here, MPNet's own 1) takes padding_idx + 1 of
+    them. max_length past the usable positions passed the pre-check for these model types (only
+    RoBERTa, XLM-R, CamemBERT, Longformer were listed) and failed mid-run with 'index out of range'."""
+    import transformers
+
+    from tasks.extract.errors import ModelInputError
+
+    config_cls, model_cls, extra, limit = _OFFSET_MODELS[kind]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_cls)(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                               intermediate_size=64, max_position_embeddings=20, pad_token_id=0, **extra)
+    getattr(transformers, model_cls)(config).save_pretrained(tmp_path)
+    _with_minilm_tokenizer(tmp_path)
+    spec = ModelSpec(name=kind, loader="hf", id=str(tmp_path), modality="language", max_length=limit + 1)
+    with pytest.raises(ModelInputError, match=rf"max_length {limit + 1} is more than the {limit} positions the model "
+                                              rf"takes: set max_length: {limit} or less"):
+        load_extractor(spec, device="cpu")
+
+    ex = load_extractor(spec.model_copy(update={"max_length": limit}), device="cpu")
+    from tasks.extract.hf_models import position_offset
+
+    assert position_offset(ex.model) == 20 - limit and ex._own_positions  # one rule for the check and the extractor
+    long = " ".join(["a red apple on a table"] * 8)
+    feats = extract_all(ex, [long, "a cat"])
+    assert feats.extras["truncated_texts"] == 1 and np.isfinite(feats.layers[-1]).all()
+    ids = ex.tokenizer([long], truncation=True, max_length=limit + 1, return_tensors="pt")["input_ids"]
+    with pytest.raises((IndexError, RuntimeError)), torch.inference_mode():  # the limit is the real one: one more fails
+        ex.model(input_ids=ids)
+
+
+def test_max_length_falls_back_to_the_model_type_list_when_the_model_cannot_be_probed(monkeypatch):
+    from transformers import MPNetConfig, XLMRobertaConfig
+
+    from tasks.extract import hf_models
+
+    assert hf_models.position_limit(MPNetConfig(max_position_embeddings=514)) == 512  # pad_token_id 1
+    assert hf_models.position_limit(XLMRobertaConfig(max_position_embeddings=514), offset=2) == 512
+    spec = ModelSpec(name="m", loader="random_hf", id="MPNetConfig", modality="language", max_length=64)
+    assert hf_models.probe_position_offset(spec, MPNetConfig(), causal=False) == 2
+    monkeypatch.setattr("transformers.AutoModel.from_config", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
+    assert hf_models.probe_position_offset(spec, MPNetConfig(), causal=False) is None
