@@ -7,10 +7,12 @@ A batch goes through two steps so that `extract_all` can overlap them:
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +25,87 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
+
+
+#: (backend, op) keys of PyTorch's float32 precision settings (torch >= 2.9): a key set to "none"
+#: inherits (backend, "all"), which inherits ("generic", "all"). `exact_float32` saves them raw.
+_FP32_PARENTS = (("generic", "all"), ("cuda", "all"), ("mkldnn", "all"))
+_FP32_LEAVES = (("cuda", "matmul"), ("cuda", "conv"), ("cuda", "rnn"), ("mkldnn", "matmul"))
+
+
+def _fp32_api() -> tuple[Callable[[str, str], str], Callable[[str, str, str], None]] | None:
+    get = getattr(torch._C, "_get_fp32_precision_getter", None)
+    set_ = getattr(torch._C, "_set_fp32_precision_setter", None)
+    return (get, set_) if get is not None and set_ is not None else None
+
+
+def tf32_state() -> dict[Any, Any]:
+    """Every global setting `exact_float32` changes, exactly (restored by `set_tf32_state`).
+
+    The getters resolve inherited values and check the legacy flags against the new ones, so the
+    raw values are read parent first, with the parents set to "none" meanwhile; the legacy cuDNN
+    flag, which has no getter of its own, is read with the conv and RNN precisions at "tf32" (torch
+    raises there exactly when it is False). The settings are left changed: restore them."""
+    api = _fp32_api()
+    if api is None:  # torch < 2.9: the legacy flags only
+        return {"matmul": torch.get_float32_matmul_precision(), "cudnn": torch.backends.cudnn.allow_tf32}
+    get, set_ = api
+    state: dict[Any, Any] = {}
+    for key in _FP32_PARENTS:  # ("generic", "all") first: with it at "none", the others read raw
+        state[key] = get(*key)
+        set_(*key, "none")
+    for key in _FP32_LEAVES:
+        state[key] = get(*key)
+    set_("cuda", "matmul", "ieee")
+    set_("mkldnn", "matmul", "ieee")
+    state["matmul"] = torch.get_float32_matmul_precision()  # no check can fail with both matmuls at ieee
+    set_("cuda", "conv", "tf32")
+    set_("cuda", "rnn", "tf32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            state["cudnn"] = bool(torch._C._get_cudnn_allow_tf32())
+        except RuntimeError:  # "a mix of the legacy and new APIs": the legacy flag is False
+            state["cudnn"] = False
+    return state
+
+
+def set_tf32_state(state: dict[Any, Any]) -> None:
+    """Put back what `tf32_state` read: the legacy flags first (their setters also write the
+    precisions), then every precision raw, leaves before parents."""
+    torch.set_float32_matmul_precision(state["matmul"])
+    torch.backends.cudnn.allow_tf32 = state["cudnn"]
+    api = _fp32_api()
+    if api is None:
+        return
+    _, set_ = api
+    for key in _FP32_LEAVES + _FP32_PARENTS[::-1]:
+        set_(*key, state[key])
+
+
+@contextlib.contextmanager
+def exact_float32(active: bool = True) -> Iterator[None]:
+    """Float32 CUDA kernels in full float32 inside the block: TF32 off for cuBLAS matmuls and for
+    cuDNN convolutions and RNNs. PyTorch lets cuDNN convolutions use TF32 by default (10-bit
+    mantissa inputs: ~1e-3 relative error), and a user or a library may have enabled it for
+    matmuls. Legacy and new flags are set consistently (``allow_tf32`` False, precision "ieee"),
+    and every previous global setting comes back afterwards, also after an error. No effect on
+    bfloat16/float16 kernels; ``active=False`` changes nothing."""
+    if not active:
+        yield
+        return
+    saved = tf32_state()
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False  # legacy matmul precision "highest", cuda matmul "ieee"
+        torch.backends.cudnn.allow_tf32 = False  # legacy cuDNN flag off (conv and RNN precisions "none")
+        api = _fp32_api()
+        if api is not None:  # explicit, so that no "tf32" is inherited from ("cuda" | "generic", "all")
+            _, set_ = api
+            for key in (("cuda", "matmul"), ("cuda", "conv"), ("cuda", "rnn")):
+                set_(*key, "ieee")
+        yield
+    finally:
+        set_tf32_state(saved)
 
 
 @dataclass
@@ -83,6 +166,11 @@ class Extractor(ABC):
     def from_recipe_output(self, array: np.ndarray) -> Any:
         """The prepared batch from `image_pool.run_recipe(self.image_recipe(), items)`."""
         raise NotImplementedError(f"{type(self).__name__} has no image recipe")
+
+    def full_float32(self) -> contextlib.AbstractContextManager[None]:
+        """What every `forward` runs its model under: `exact_float32`, active when the model is
+        float32 on CUDA (a float32 model gets float32 arithmetic, not TF32)."""
+        return exact_float32(self.spec.dtype == "float32" and self.device.type == "cuda")
 
     def extract_batch(self, items: Sequence[Any]) -> list[np.ndarray]:
         """Pooled features of a batch: one `(B, D_l) float32` array per layer, rows in item order."""

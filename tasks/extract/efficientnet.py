@@ -166,7 +166,8 @@ class EfficientNetLiteExtractor(Extractor):
         x = prepared.pixel_values.to(self.device, dtype=self.dtype, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last)
         self._captured = []
-        self._logits = self.model(x)
+        with self.full_float32():
+            self._logits = self.model(x)
         layers, self._captured = self._captured, []
         return BatchOutput([to_numpy_f32(t) for t in layers])
 

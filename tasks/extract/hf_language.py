@@ -118,7 +118,8 @@ class HFLanguageExtractor(Extractor):
         module, params = (self.lm, self._lm_params) if with_logits else (self.model, self._params)
         if "use_cache" in params:
             inputs["use_cache"] = False
-        out = module(**inputs, output_hidden_states=True, return_dict=True)
+        with self.full_float32():
+            out = module(**inputs, output_hidden_states=True, return_dict=True)
         return require_hidden_states(self.spec, module, out), (out.logits if with_logits else None)
 
     @torch.inference_mode()

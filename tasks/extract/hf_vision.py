@@ -197,7 +197,8 @@ class HFVisionExtractor(Extractor):
             raise ValueError("bits per byte applies to causal language models only")
         x = prepared.pixel_values.to(self._input_device, dtype=self.dtype, non_blocking=True)
         extra = {**self._extra_kwargs, "noise": self._patch_noise(x)} if self._unshuffled else self._extra_kwargs
-        out = self.model(pixel_values=x, output_hidden_states=True, return_dict=True, **extra)
+        with self.full_float32():
+            out = self.model(pixel_values=x, output_hidden_states=True, return_dict=True, **extra)
         states = require_hidden_states(self.spec, self.model, out)
         if self.spec.pooling == "cls" and any(hs.dim() == 4 for hs in states):
             raise ValueError(f"{self.spec.name}: 'cls' pooling needs a token model; this one has CNN feature maps: use 'avg'")
