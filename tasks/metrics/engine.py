@@ -14,6 +14,16 @@ An ``Engine`` splits a metric into three steps so that work is shared:
 
 ``FunctionEngine`` turns a plain ``fn(x, y, **params) -> float`` into an engine (no sharing beyond
 holding the layers), which is what ``register_metric(name, fn)`` uses for user metrics.
+
+Encoding cache (``encode_cached``): an encoding is kept on the ``Representation`` under
+``encode_key(params)``. The default key is this engine *instance* (so two instances of one class
+built with different constructor settings never share an encoding) plus the values of
+``encode_params``, the parameters the encoding depends on; ``encode_params = None`` (the default)
+means every parameter of the metric (``params`` holds exactly the registered ``defaults``, updated
+by the caller), so a parameter read by ``encode`` can never be forgotten. An engine whose encoding
+does not depend on some parameters lists the ones it does depend on (``()``: none); engines whose
+instances encode identically (the built-in CKA and list engines) override ``encode_key`` to share
+one encoding across metrics.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._arrays import inverse_permutation
@@ -31,11 +42,15 @@ class Engine:
     """Base class; subclasses implement ``encode``, ``matrix`` and ``permute``."""
 
     #: parameters that change the per-layer encoding (memo key); others only affect ``matrix``.
-    encode_params: tuple[str, ...] = ()
+    #: ``None`` (default): every parameter of the metric, the safe choice.
+    encode_params: tuple[str, ...] | None = None
 
     def encode_key(self, params: dict[str, Any]) -> tuple:
-        return (type(self).__name__, getattr(self, "variant", None),
-                tuple((k, params.get(k)) for k in self.encode_params))
+        """Key of ``encode(rep, params)`` in the representation's cache: this instance and the
+        values of ``encode_params`` (all of ``params`` when ``None``). Two keys are equal only
+        when the encodings are: override to share encodings between instances."""
+        names = sorted(params) if self.encode_params is None else self.encode_params
+        return ("encoding", _Same(self), tuple((k, _frozen(params.get(k))) for k in names))
 
     def encode_cached(self, rep: Representation, params: dict[str, Any]) -> Any:
         return rep.memo(self.encode_key(params), lambda: self.encode(rep, params))
@@ -64,6 +79,8 @@ class FunctionEngine(Engine):
     parameters; it is called once per layer pair.
     """
 
+    encode_params = ()  # the encoding is the layers themselves, whatever the parameters
+
     def __init__(self, fn: Callable[..., float]) -> None:
         self.fn = fn
         self.variant = getattr(fn, "__qualname__", repr(fn))
@@ -82,3 +99,43 @@ class FunctionEngine(Engine):
     def permute(self, state: list[torch.Tensor], perm: torch.Tensor, inv: torch.Tensor
                 ) -> list[torch.Tensor]:
         return [x.index_select(0, perm) for x in state]
+
+
+class _Same:
+    """Wraps an object for a cache key: equal only to a wrapper of the same object (identity, so
+    an engine that defines ``__eq__``/``__hash__``, or none, still keys correctly). The key holds
+    the object, so its ``id`` cannot be reused while the entry exists."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __repr__(self) -> str:
+        return f"<{type(self.obj).__name__} at {id(self.obj):#x}>"
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for a parameter value, equal only for equal values: containers by
+    content, arrays/tensors by dtype, shape and bytes, anything else unhashable by identity."""
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_frozen(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted(((repr(k), _frozen(v)) for k, v in value.items()), key=lambda kv: kv[0])))
+    if isinstance(value, (set, frozenset)):
+        return ("set", frozenset(_frozen(v) for v in value))
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return ("array", value.dtype.str, value.shape, value.tobytes())
+    try:
+        hash(value)
+    except TypeError:
+        return ("object", _Same(value))
+    return (type(value).__name__, value)

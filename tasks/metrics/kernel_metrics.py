@@ -115,6 +115,9 @@ class CkaEngine(Engine):
         return self.variant == "unbiased_cka" or bool(params.get("unbiased", False))
 
     def encode_key(self, params: dict[str, Any]) -> tuple:
+        if type(self).encode is not CkaEngine.encode:  # a subclass encoding its own way
+            return super().encode_key(params)
+        # every CkaEngine encodes alike: cka, unbiased_cka, cka_rbf_median and cknna share it
         kernel = params.get("kernel_metric", "ip")
         sigma = params.get("rbf_sigma", 1.0) if kernel == "rbf" else None
         return ("cka", kernel, sigma, self.unbiased(params))

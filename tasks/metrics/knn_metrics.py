@@ -75,6 +75,8 @@ class KnnEngine(Engine):
         self.variant = variant
 
     def encode_key(self, params: dict[str, Any]) -> tuple:
+        if type(self).encode is not KnnEngine.encode:  # a subclass encoding its own way
+            return super().encode_key(params)
         # shared by all list metrics; lists of different precisions never share a cache entry
         return ("knn-lists", params.get("topk"),
                 check_knn_precision(params.get("knn_precision", "exact")))

@@ -207,6 +207,90 @@ def test_cached_grams_are_shared_and_give_the_same_numbers() -> None:
                                    layer_matrix(metric, xs, ys, topk=5), atol=1e-12)
 
 
+class _ProjectedCos(tm.Engine):
+    """Toy user engine: cosine of the first ``dims`` coordinates; ``dims`` from the constructor or,
+    when None, from the metric parameter ``dims``; counts its encodings."""
+
+    def __init__(self, dims: int | None = None, encode_params: tuple[str, ...] | None = None) -> None:
+        self.dims, self.calls = dims, 0
+        if encode_params is not None:
+            self.encode_params = encode_params
+
+    def encode(self, rep, params):
+        self.calls += 1
+        d = self.dims if self.dims is not None else params["dims"]
+        return [torch.nn.functional.normalize(x[:, :d], dim=1) for x in rep.layers]
+
+    def matrix(self, a, b, params):
+        return torch.tensor([[float((x * y).sum(1).mean()) for y in b] for x in a], dtype=torch.float64)
+
+    def permute(self, state, perm, inv):
+        return [x[perm] for x in state]
+
+
+def test_user_engines_never_share_an_encoding_they_should_not() -> None:
+    """Reusing a Representation gives the numbers raw arrays give. The cache key was the engine's
+    class name + ``variant`` + ``encode_params`` (default empty): two metrics from one Engine class
+    with different constructor settings, or an engine whose ``encode`` reads a parameter it did not
+    list, silently reused the first encoding (0.44 / 0.44 instead of 0.44 / 0.697)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 4))
+    y = x + 0.8 * rng.normal(size=(50, 4))
+    names = ("test_cos1", "test_cos3", "test_pcos", "test_pcos_shared")
+    try:
+        register_metric("test_cos1", engine=_ProjectedCos(1), bounds=(-1, 1), overwrite=True)
+        register_metric("test_cos3", engine=_ProjectedCos(3), bounds=(-1, 1), overwrite=True)
+        register_metric("test_pcos", engine=_ProjectedCos(), bounds=(-1, 1), defaults={"dims": 1},
+                        overwrite=True)
+        raw = {m: layer_matrix(m, x, y)[0, 0] for m in ("test_cos1", "test_cos3")}
+        raw.update({d: layer_matrix("test_pcos", x, y, dims=d)[0, 0] for d in (1, 3)})
+        assert raw["test_cos1"] != raw["test_cos3"] and raw[1] != raw[3]
+        a, b = tm.Representation(x), tm.Representation(y)
+        for m in ("test_cos1", "test_cos3"):
+            assert layer_matrix(m, a, b)[0, 0] == raw[m]
+        for d in (1, 3, 1):
+            assert layer_matrix("test_pcos", a, b, dims=d)[0, 0] == raw[d]
+        # calibration reuses the same cache: its observed value is the raw one too
+        assert tm.calibrate("test_pcos", a, b, permutations=3, dims=3).observed == raw[3]
+        # an engine may declare that its encoding ignores a parameter: then it is shared
+        eng = _ProjectedCos(2, encode_params=())
+        register_metric("test_pcos_shared", engine=eng, bounds=(-1, 1), defaults={"dims": 1},
+                        overwrite=True)
+        c, d = tm.Representation(x), tm.Representation(y)
+        first = layer_matrix("test_pcos_shared", c, d, dims=1)
+        np.testing.assert_array_equal(layer_matrix("test_pcos_shared", c, d, dims=3), first)
+        assert eng.calls == 2  # one encoding per side, whatever dims
+    finally:
+        for name in names:
+            if name in METRICS:
+                tm.unregister_metric(name)
+
+
+def test_builtin_metrics_still_share_encodings() -> None:
+    """The list metrics share one set of neighbour lists, the CKA family one kernel encoding
+    (keys independent of the engine instance), while a user engine gets its own."""
+    xs, ys = layers(seed=5), layers(seed=6)
+    ra, rb = tm.Representation(xs), tm.Representation(ys)
+    for metric in ("mutual_knn", "jaccard_knn", "cycle_knn", "lcs_knn", "edit_distance_knn"):
+        layer_matrix(metric, ra, rb, topk=5)
+    lists = [k for k in ra._memo if isinstance(k, tuple) and k[0] == "knn-lists"]
+    assert lists == [("knn-lists", 5, "exact")]
+    layer_matrix("cka", ra, rb)
+    layer_matrix("cka", ra, rb, unbiased=True)
+    layer_matrix("unbiased_cka", ra, rb)
+    layer_matrix("cknna", ra, rb, topk=None)  # all neighbours: the unbiased linear CKA encoding
+    kernels = [k for k in ra._memo if isinstance(k, tuple) and k[0] == "cka"]
+    assert sorted(kernels, key=repr) == [("cka", "ip", None, False), ("cka", "ip", None, True)]
+
+    class OwnCka(tm.kernel_metrics.CkaEngine):  # a subclass that encodes its own way
+        def encode(self, rep, params):
+            return super().encode(rep, params)
+
+    p = {"kernel_metric": "ip", "rbf_sigma": 1.0, "unbiased": False}
+    assert OwnCka().encode_key(p) != tm.kernel_metrics.CkaEngine().encode_key(p)
+    assert tm.kernel_metrics.CkaEngine("x").encode_key(p) == tm.kernel_metrics.CkaEngine().encode_key(p)
+
+
 def test_import_is_light() -> None:
     code = ("import sys, tasks.metrics; bad = [m for m in ('prefect', 'pyarrow', 'duckdb', "
             "'transformers', 'sklearn') if m in sys.modules]; print(bad); assert not bad")
