@@ -22,8 +22,13 @@ the aggregate ``'max'`` takes the best, i.e. smallest, layer pair; ``tau`` is th
 Ties: a null draw within ``TIE_RTOL`` of the computation dtype (relative to ``max(1,
 |observed|)``) of the observed value counts as reaching it, since one statistic computed on two
 row orders differs by rounding alone (R² of an exact fit came out 1.0000000000000002 observed and
-0.9999999999999993 permuted, which gave p = 1/(K+1) instead of 1). NaN null draws are left out
-(``K`` counts the others).
+0.9999999999999993 permuted, which gave p = 1/(K+1) instead of 1). An engine declares a different
+tolerance with ``Engine.tie_rtol``: 0 for metrics whose values are exact counts (``mutual_knn``,
+``cycle_knn``, ``lcs_knn``: the float32 tolerance exceeded ``mutual_knn``'s spacing ``1/(N k)``
+at N=12000, k=10 and counted strictly smaller draws as ties, p 0.7132 instead of 0.6908), the
+float64 one for ``jaccard_knn`` and ``edit_distance_knn`` (float64 sums); ``aggregate='mean'``
+adds float64 rounding, so the tolerance is then at least the float64 one. NaN null draws are left
+out (``K`` counts the others).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import numpy as np
 import torch
 
 from .api import encode_pair
+from .engine import TIE_RTOL
 from .registry import MetricSpec, get_metric
 from .stats import aggregate as aggregate_matrix
 from .stats import check_aggregate, check_count, check_seed, order_statistic_rank
@@ -43,9 +49,6 @@ from .stats import check_aggregate, check_count, check_seed, order_statistic_ran
 #: permutations drawn and handed to ``Engine.null_matrices`` at once (engines split further)
 PERMUTATION_BATCH = 64
 
-#: relative distance below which a null draw ties the observed value, per computation dtype
-#: (about 100 units in the last place of a sum of many terms)
-TIE_RTOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,8 @@ class CalibrationResult:
         null_mean, null_std: mean and standard deviation (ddof=0) of the ``K`` null aggregates.
         tau: the ``(1 - alpha)`` order statistic of ``{observed} ∪ null``.
         p_value: ``(1 + #{null >= observed}) / (K + 1)`` over the valid (non-NaN) draws, a draw
-            within ``TIE_RTOL`` of the observed value counting as reaching it.
+            within the tie tolerance of the observed value counting as reaching it
+            (``tie_tolerance``: 0 for exact counts, else ``TIE_RTOL`` of the dtype).
         calibrated: chance-corrected score in ``[0, 1]`` (bounded metrics).
         argmax: ``(layer_a, layer_b)`` of the best observed layer pair.
         permutations: ``K``.
@@ -120,12 +124,23 @@ def calibrate(metric: str | MetricSpec, xs: Any, ys: Any, permutations: int = 10
             null[t0 + s] = aggregate_matrix(mats[s], aggregate, better)[0]
 
     lo, hi = spec.bounds_for(p)
-    tie = TIE_RTOL[torch.float64 if torch.float64 in (ra.dtype, rb.dtype) else torch.float32]
+    tie = tie_tolerance(engine, p, ra.dtype, rb.dtype, aggregate)
     tau, p_value, calibrated = _calibration_numbers(observed, null, alpha, lo, hi, better, tie)
     return CalibrationResult(
         observed=observed, null_mean=float(np.nanmean(null)), null_std=float(np.nanstd(null)),
         tau=tau, p_value=p_value, calibrated=calibrated, argmax=argmax, permutations=k_perm,
         alpha=alpha, aggregate=aggregate, metric=spec.name, matrix=observed_matrix, null=null)
+
+
+def tie_tolerance(engine: Any, params: dict[str, Any], *dtypes: torch.dtype, aggregate: str = "max"
+                  ) -> float:
+    """Relative tie tolerance of ``calibrate``: the engine's declared ``tie_rtol`` if any, else
+    ``TIE_RTOL`` of the computation dtype (float64 if either side is); at least the float64 one
+    for ``aggregate='mean'`` (a float64 mean over layer pairs rounds)."""
+    declared = engine.tie_rtol(params) if hasattr(engine, "tie_rtol") else None
+    tie = (TIE_RTOL[torch.float64 if torch.float64 in dtypes else torch.float32]
+           if declared is None else float(declared))
+    return max(tie, TIE_RTOL[torch.float64]) if aggregate == "mean" else tie
 
 
 def _calibration_numbers(observed: float, null: np.ndarray, alpha: float, lo: float, hi: float,

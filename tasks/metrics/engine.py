@@ -38,6 +38,12 @@ from ._arrays import inverse_permutation
 from .representation import Representation
 
 
+#: relative distance below which ``calibrate`` counts a null draw as tying the observed value,
+#: per computation dtype (about 100 units in the last place of a sum of many terms): one statistic
+#: computed on two row orders differs by rounding alone
+TIE_RTOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+
 class Engine:
     """Base class; subclasses implement ``encode``, ``matrix`` and ``permute``."""
 
@@ -51,6 +57,17 @@ class Engine:
         when the encodings are: override to share encodings between instances."""
         names = sorted(params) if self.encode_params is None else self.encode_params
         return ("encoding", _Same(self), tuple((k, _frozen(params.get(k))) for k in names))
+
+    def tie_rtol(self, params: dict[str, Any]) -> float | None:
+        """How far apart (relative to ``max(1, |value|)``) two of this metric's values may be and
+        still be one value computed on two row orders: ``calibrate`` counts a null draw that close
+        to the observed value as reaching it. ``None`` (default): the rounding of the computation
+        dtype, ``TIE_RTOL[dtype]``. An engine whose values are exact (integer counts divided once:
+        equal counts give equal floats, and the nearest different value is a whole count away)
+        returns ``0.0``; one whose values are float64 sums whatever the features' dtype returns
+        ``TIE_RTOL[torch.float64]``. A tolerance wider than the spacing of the metric's values
+        counts strictly smaller draws as ties."""
+        return None
 
     def encode_cached(self, rep: Representation, params: dict[str, Any]) -> Any:
         return rep.memo(self.encode_key(params), lambda: self.encode(rep, params))

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from .bf16_neighbors import check_knn_precision
-from .engine import Engine
+from .engine import TIE_RTOL, Engine
 from .knn_hits import ListTable, build_list_table, inverse_permutations, permuted_hits
 from .neighbors import (adjacency, cycle_hits, edit_distances, is_member, lcs_lengths,
                         overlap_counts, permute_lists)
@@ -80,6 +80,17 @@ class KnnEngine(Engine):
         # shared by all list metrics; lists of different precisions never share a cache entry
         return ("knn-lists", params.get("topk"),
                 check_knn_precision(params.get("knn_precision", "exact")))
+
+    def tie_rtol(self, params: dict[str, Any]) -> float:
+        """``mutual_knn``, ``cycle_knn``, ``lcs_knn``: 0, their values are integer totals (overlaps,
+        hits, LCS lengths, exact in float64 in any order) divided once, so equal totals give equal
+        floats and the nearest other value is ``1/(N k)`` (``1/N``) away, closer than float32's
+        ``1e-5`` once ``N k > 1e5``. ``jaccard_knn``, ``edit_distance_knn``: float64 means of
+        rational per-sample terms, summed in different orders by ``matrix`` and
+        ``null_matrices``: float64 rounding, whatever the features' dtype."""
+        if self.variant in ("mutual_knn", "cycle_knn", "lcs_knn"):
+            return 0.0
+        return TIE_RTOL[torch.float64]
 
     def encode(self, rep: Representation, params: dict[str, Any]) -> KnnState:
         k = _check_topk(params.get("topk"), rep.n)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tasks.metrics import METRICS, aggregate, calibrate, chance_level, layer_matrix
-from tasks.metrics.calibration import _calibration_numbers
+from tasks.metrics.calibration import _calibration_numbers, tie_tolerance
+from tasks.metrics.engine import TIE_RTOL
 
 from .conftest import layers
 
@@ -164,6 +165,37 @@ def test_rounding_ties_count_as_reaching_the_observed_value() -> None:
     tau, p, _ = _calibration_numbers(0.5, np.array([0.5 - 1e-7, 0.2]), 0.05, 0.0, 1.0, tie_rtol=1e-5)
     assert p == pytest.approx(2 / 3)
     assert _calibration_numbers(0.5, np.array([0.5 - 1e-7, 0.2]), 0.05, 0.0, 1.0)[1] == pytest.approx(1 / 3)
+
+
+def test_exact_count_metrics_do_not_count_a_draw_one_count_below_as_a_tie() -> None:
+    """mutual_knn's values are overlap totals / (N k): spacing 1/(N k) = 8e-6 at N=5000, k=25,
+    below float32's tie tolerance 1e-5, so a draw one count below the observed value counted as
+    reaching it (p 0.96 here instead of the documented (1 + #{null >= obs})/(K+1) = 0.95; at
+    N=12000, k=10, 400 permutations: 0.7132 instead of 0.6908). A draw of the same count still
+    ties (it is the same float)."""
+    n, k = 5000, 25
+    rng = np.random.default_rng(0)
+    x, y = (rng.normal(size=(n, 8)).astype(np.float32) for _ in range(2))
+    res = calibrate("mutual_knn", x, y, permutations=99, seed=0, topk=k)
+    counts, observed = np.rint(res.null * n * k).astype(int), round(res.observed * n * k)
+    assert np.all(counts / (n * k) == res.null) and observed / (n * k) == res.observed  # exact
+    assert np.sum(counts == observed - 1) == 1 and np.sum(counts == observed) == 1  # the case
+    assert res.p_value == (1 + np.sum(counts >= observed)) / 100 == 0.95
+
+
+def test_tie_tolerance_per_metric() -> None:
+    """0 for exact counts; float64 rounding for the list metrics summed in float64 whatever the
+    features' dtype; the dtype's rounding for float metrics (one statistic on two row orders)."""
+    def tol(metric, dtype=torch.float32, how="max"):
+        spec = METRICS[metric]
+        return tie_tolerance(spec.engine, spec.resolve({}), dtype, dtype, aggregate=how)
+
+    for metric in ("mutual_knn", "cycle_knn", "lcs_knn"):
+        assert tol(metric) == 0.0 and tol(metric, how="mean") == TIE_RTOL[torch.float64]
+    for metric in ("jaccard_knn", "edit_distance_knn"):
+        assert tol(metric) == tol(metric, torch.float64) == TIE_RTOL[torch.float64]
+    for metric in ("cka", "unbiased_cka", "cknna", "svcca", "linear_regression"):
+        assert tol(metric) == TIE_RTOL[torch.float32] and tol(metric, torch.float64) == TIE_RTOL[torch.float64]
 
 
 @pytest.mark.parametrize("call, message", [
