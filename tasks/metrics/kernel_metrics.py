@@ -25,6 +25,7 @@ subtracted before it is stored in float32.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,9 +77,11 @@ class FeatureState:
 
 
 def rbf_from_gram(gram: torch.Tensor, sigma: float | str) -> torch.Tensor:
-    """RBF kernel ``(N, N)`` from an inner-product Gram; ``sigma`` a number or ``'median'``."""
+    """RBF kernel ``(N, N)`` from an inner-product Gram (not modified); ``sigma`` a number or
+    ``'median'``. One ``N x N`` buffer beside ``gram``: every step is in place (same operations,
+    in the same order, as ``exp((sq_i + sq_j - 2 g_ij).clamp(0) / (-2 sigma^2))``)."""
     sq = torch.diagonal(gram)
-    d2 = (sq[:, None] + sq[None, :] - 2.0 * gram).clamp_min_(0.0)
+    d2 = (sq[:, None] + sq[None, :]).sub_(gram, alpha=2.0).clamp_min_(0.0)  # 2 g is exact
     d2.fill_diagonal_(0.0)
     if isinstance(sigma, str):
         if sigma != "median":
@@ -91,7 +94,7 @@ def rbf_from_gram(gram: torch.Tensor, sigma: float | str) -> torch.Tensor:
         s = float(sigma)
         if not s > 0:
             raise ValueError(f"rbf_sigma must be positive, got {sigma}")
-    return torch.exp(d2 / (-2.0 * s * s))
+    return d2.div_(-2.0 * s * s).exp_()
 
 
 def _median(v: torch.Tensor) -> float:
@@ -131,21 +134,27 @@ class CkaEngine(Engine):
             raise ValueError("unbiased CKA needs N >= 4")
         if kernel == "ip" and not rep.keep_gram:
             return _encode_features(rep, unbiased)
-        kernels = []
+        # one layer's N x N kernel at a time, packed before the next is built (a list of every
+        # layer's kernel peaked at 4 GB for RBF CKA at N=5000, 12 x 12 layers)
+        return encode_kernels(self._kernels(rep, kernel, params.get("rbf_sigma", 1.0), unbiased),
+                              unbiased, count=len(rep))
+
+    @staticmethod
+    def _kernels(rep: Representation, kernel: str, sigma: float | str, unbiased: bool):
+        """``(kernel, already_centred, upper_only)`` of each layer, built when asked for."""
         for l in range(len(rep)):
-            centred, upper_only = False, False
             if kernel == "rbf":
-                k = rbf_from_gram(rep.gram(l), params.get("rbf_sigma", 1.0))
+                k = rbf_from_gram(rep.gram(l), sigma)  # a fresh matrix: centred in place
+                yield (k if unbiased else center_gram_(k)), not unbiased, False
+                del k
             elif rep.cached_gram(l) is not None:
                 # unbiased: HKH (the centred features' Gram) has the same unbiased HSIC as K, without
                 # the large common part whose cancellation cost float32 its digits
-                k = center_gram_(rep.cached_gram(l).clone()) if unbiased else rep.cached_gram(l)
+                g = rep.cached_gram(l)
+                yield (center_gram_(g.clone()) if unbiased else g), False, False
             else:  # H X X^T H = Xc Xc^T: centre the features, not the N x N kernel
                 x = rep.layers[l]
-                k = gram_upper(x - x.sum(0, keepdim=True) / x.shape[0])
-                centred, upper_only = True, True
-            kernels.append((k, centred, upper_only))
-        return encode_kernels(kernels, unbiased)
+                yield gram_upper(x - x.sum(0, keepdim=True) / x.shape[0]), True, True
 
     def permute(self, state: GramState | FeatureState, perm: torch.Tensor, inv: torch.Tensor):
         if isinstance(state, FeatureState):
@@ -198,39 +207,56 @@ def center_gram_(k: torch.Tensor) -> torch.Tensor:
 def _sq_norms(rows: torch.Tensor) -> torch.Tensor:
     """Squared L2 norms of the rows, accumulated in float64 (a float32 norm over the N(N-1)/2
     entries of a packed kernel drifted: -3.7e-4 relative at 8.4M entries, CKA off by 2.6e-4 at
-    N=4096)."""
-    return torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64) ** 2
+    N=4096). One row at a time: the float64 copy the reduction makes of a float32 input is then
+    one row, not all of them (1.1 GiB for 12 packed kernels at N=5000)."""
+    return torch.cat([torch.linalg.vector_norm(rows[l:l + 1], dim=1, dtype=torch.float64)
+                      for l in range(rows.shape[0])]) ** 2
 
 
-def encode_kernels(kernels: list[tuple[torch.Tensor, bool, bool]], unbiased: bool) -> GramState:
+def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased: bool,
+                   count: int | None = None) -> GramState:
     """``GramState`` of symmetric ``(N, N)`` kernels given as ``(kernel, already_centred,
     upper_only)`` (``upper_only``: only entries ``j >= i`` are valid, see ``gram.gram_upper``).
 
-    Kernels are not modified. Biased: centred (``H K H``) unless already centred, packed with
-    their diagonal. Unbiased: diagonal dropped, row sums of the zero-diagonal kernel kept.
+    ``kernels`` may be a generator of ``count`` kernels: each is packed before the next is asked
+    for, so memory is the packed triangles plus one kernel (and one centred copy). Kernels are
+    not modified. Biased: centred (``H K H``) unless already centred, packed with their
+    diagonal. Unbiased: diagonal dropped, row sums of the zero-diagonal kernel kept.
     """
-    n = int(kernels[0][0].shape[0])
-    dev, dtype = kernels[0][0].device, kernels[0][0].dtype
-    upper = torch.empty((len(kernels), n * (n - 1) // 2), dtype=dtype, device=dev)
-    if not unbiased:
-        diag = torch.empty((len(kernels), n), dtype=dtype, device=dev)
-        for l, (k, centred, upper_only) in enumerate(kernels):
+    if count is None:
+        kernels = list(kernels)
+        count = len(kernels)
+    upper = diag = rows = None
+    n = 0
+    for l, (k, centred, upper_only) in enumerate(kernels):
+        if upper is None:  # sizes from the first kernel
+            n, dev, dtype = int(k.shape[0]), k.device, k.dtype
+            upper = torch.empty((count, n * (n - 1) // 2), dtype=dtype, device=dev)
+            if unbiased:
+                rows = torch.zeros((count, n), dtype=torch.float64, device=dev)
+                i, j = triangle_pairs(n, dev)
+            else:
+                diag = torch.empty((count, n), dtype=dtype, device=dev)
+        if not unbiased:
             if not centred:
                 if upper_only:
                     raise ValueError("centring needs the full kernel")
                 k = center_gram_(k.clone())
             upper[l] = pack(k)
             diag[l] = torch.diagonal(k)
+        else:
+            u = pack(k).to(torch.float64)
+            u -= u.mean()  # the unbiased HSIC ignores a constant added to K~: keep float32 values small
+            upper[l] = u.to(dtype)
+            u = upper[l].to(torch.float64)
+            rows[l].index_add_(0, i, u).index_add_(0, j, u)  # K~ row sums from its upper triangle
+            del u
+        del k  # free this kernel before the next one is built
+    if upper is None or l + 1 != count:
+        raise ValueError(f"expected {count} kernels")
+    if not unbiased:
         self_hsic = 2.0 * _sq_norms(upper) + _sq_norms(diag)
         return GramState(upper, self_hsic, n, False, diag=diag)
-    rows = torch.zeros((len(kernels), n), dtype=torch.float64, device=dev)
-    i, j = triangle_pairs(n, dev)
-    for l, (k, _, _) in enumerate(kernels):
-        u = pack(k).to(torch.float64)
-        u -= u.mean()  # the unbiased HSIC ignores a constant added to K~: keep float32 values small
-        upper[l] = u.to(dtype)
-        u = upper[l].to(torch.float64)
-        rows[l].index_add_(0, i, u).index_add_(0, j, u)  # K~ row sums from its upper triangle
     tot = rows.sum(-1)
     tr = 2.0 * _sq_norms(upper)
     self_hsic = unbiased_from_parts(tr, tot, tot, (rows * rows).sum(-1), n)

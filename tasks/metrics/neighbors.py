@@ -175,9 +175,20 @@ def is_member(sorted_lists: torch.Tensor, queries: torch.Tensor) -> torch.Tensor
     return sorted_lists.gather(-1, pos) == queries
 
 
-def cycle_hits(idx_a: torch.Tensor, idx_b: torch.Tensor, adj_a: torch.Tensor | None = None
-               ) -> torch.Tensor:
+#: int64 elements of one block of queries in ``cycle_hits`` without an adjacency table
+CYCLE_BLOCK_ELEMENTS = 1 << 22
+
+
+def cycle_hits(idx_a: torch.Tensor, idx_b: torch.Tensor, adj_a: torch.Tensor | None = None,
+               block_elements: int = CYCLE_BLOCK_ELEMENTS) -> torch.Tensor:
     """Paper's ``cycle_knn`` per sample: is ``i`` among the A-neighbours of its B-neighbours?
+
+    With ``adj_a``: one gather of the entries ``(j, i)``, ``j = idx_b[i, t]``. Without: the A
+    side's ordered pairs ``(j, m)``, ``m`` in ``kNN_A(j)``, as sorted keys ``j*N + m`` (``N*k``
+    int64: each row sorted, rows in order), and the queries ``idx_b[i, t]*N + i`` looked up by
+    binary search, a block of B-layers and rows at a time: memory ``O(N k)`` plus a block of
+    ``block_elements`` queries (gathering each B-neighbour's whole A-list made an
+    ``(Lb, N*k, k)`` tensor: 1.7 GiB at N=3000, k=50, 12 layers).
 
     Args: idx_a ``(La, N, k)``, idx_b ``(Lb, N, k)`` int64; adj_a optional ``adjacency(idx_a)``.
     Returns: ``(La, Lb, N)`` bool.
@@ -188,12 +199,20 @@ def cycle_hits(idx_a: torch.Tensor, idx_b: torch.Tensor, adj_a: torch.Tensor | N
     if adj_a is not None:
         flat = (idx_b * n + ar).reshape(-1)  # entry (j=idx_b[i,t], i)
         return adj_a.index_select(1, flat).view(La, Lb, n, kb).any(-1)
-    sorted_a = idx_a.sort(dim=-1).values  # (La, N, k)
     out = torch.empty((La, Lb, n), dtype=torch.bool, device=idx_a.device)
-    targets = ar.expand(Lb, n, kb).reshape(Lb, n * kb, 1)
+    rows = max(1, min(n, block_elements // max(kb, 1)))  # rows of one B-layer per block
+    layers = max(1, min(Lb, block_elements // max(n * kb, 1)))  # whole B-layers per block
     for a in range(La):
-        lists = sorted_a[a][idx_b.reshape(Lb, -1)]  # (Lb, N*kb, k): A-lists of the B-neighbours
-        out[a] = is_member(lists, targets).view(Lb, n, kb).any(-1)
+        keys = (idx_a[a].sort(dim=-1).values + ar[0] * n).reshape(-1)  # (N*k,) ascending
+        last = keys.numel() - 1
+        for b0 in range(0, Lb, layers):
+            b1 = min(Lb, b0 + layers)
+            for r0 in range(0, n, rows):
+                r1 = min(n, r0 + rows)
+                q = idx_b[b0:b1, r0:r1] * n + ar[:, r0:r1]  # (B, R, kb): entry (j, i)
+                pos = torch.searchsorted(keys, q.reshape(-1)).clamp_(max=last)
+                hit = keys.index_select(0, pos).view_as(q) == q
+                out[a, b0:b1, r0:r1] = hit.any(-1)
     return out
 
 
