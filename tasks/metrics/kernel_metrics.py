@@ -15,6 +15,12 @@ Two exact evaluation paths:
 - Feature path (linear kernel, large ``N``): ``<Kc, Lc> = ||Xc^T Yc||_F^2`` and the unbiased terms
   from ``X^T 1`` and row norms, ``O(N D_a D_b)`` per pair and no ``N^2`` memory.
 
+Each side's path follows its own ``Representation`` (``keep_gram``). When a linear-kernel pair
+mixes them (a ``Representation`` with its own ``keep_gram_max_n`` against raw arrays or another
+one), the Gram-path side is also encoded on the feature path (kept with its Gram encoding, a few
+``(N, D)`` arrays) and the pair is computed there: exact, and no side gets ``N^2`` memory it
+was not given.
+
 Unbiased HSIC in float32: its three terms are each of order ``N^2`` times the kernel's mean and
 nearly cancel, so a kernel with a large common part (features all pointing one way: mean cosine
 0.99) lost 3 digits (1.2e-3 on scores, more on permutation nulls). The estimator is exactly
@@ -25,8 +31,8 @@ subtracted before it is stored in float32.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -59,6 +65,10 @@ class GramState:
     diag: torch.Tensor | None = None
     rows: torch.Tensor | None = None
     tot: torch.Tensor | None = None
+    #: linear kernel: the layers it encodes (unpermuted), so that the pair can move to the feature
+    #: path against a feature-path partner (``CkaEngine.same_path``), and that encoding once made
+    source: Any = field(default=None, repr=False, compare=False)
+    features: "FeatureState | None" = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -133,11 +143,38 @@ class CkaEngine(Engine):
         if unbiased and rep.n < 4:
             raise ValueError("unbiased CKA needs N >= 4")
         if kernel == "ip" and not rep.keep_gram:
-            return _encode_features(rep, unbiased)
+            return _encode_features(rep.layers, rep.n, unbiased)
         # one layer's N x N kernel at a time, packed before the next is built (a list of every
         # layer's kernel peaked at 4 GB for RBF CKA at N=5000, 12 x 12 layers)
-        return encode_kernels(self._kernels(rep, kernel, params.get("rbf_sigma", 1.0), unbiased),
-                              unbiased, count=len(rep))
+        state = encode_kernels(self._kernels(rep, kernel, params.get("rbf_sigma", 1.0), unbiased),
+                               unbiased, count=len(rep))
+        if kernel == "ip":
+            state.source = rep.layers  # the layers, not the representation: no reference cycle
+        return state
+
+    @staticmethod
+    def same_path(a: GramState | FeatureState, b: GramState | FeatureState
+                  ) -> tuple[GramState | FeatureState, GramState | FeatureState]:
+        """Both sides on one path: a Gram-path side against a feature-path side (two
+        representations with different ``keep_gram``, e.g. ``keep_gram_max_n=0`` against raw
+        arrays) is re-encoded on the feature path (exact for the linear kernel; kept with the Gram
+        encoding). Raises ``ValueError`` where that is impossible (no representation kept)."""
+        if isinstance(a, FeatureState) == isinstance(b, FeatureState):
+            return a, b
+
+        def features(state: GramState | FeatureState) -> FeatureState:
+            if isinstance(state, FeatureState):
+                return state
+            if state.features is None:
+                if state.source is None:
+                    raise ValueError(
+                    "the two sides use different CKA paths (one keeps N x N Gram matrices, the other "
+                    "works from features: their Representations have different keep_gram_max_n) and "
+                    "the Gram side cannot be re-encoded; give both the same keep_gram_max_n")
+                state.features = _encode_features(state.source, state.n, state.unbiased)
+            return state.features
+
+        return features(a), features(b)
 
     @staticmethod
     def _kernels(rep: Representation, kernel: str, sigma: float | str, unbiased: bool):
@@ -163,6 +200,7 @@ class CkaEngine(Engine):
                 state.unbiased,
                 None if state.sq is None else state.sq[:, perm],
                 None if state.rows is None else state.rows[:, perm], state.tot)
+        # no ``source``: the permuted state no longer encodes the representation's row order
         return GramState(state.upper.index_select(1, permuted_positions(perm)), state.self_hsic,
                          state.n, state.unbiased,
                          None if state.diag is None else state.diag[:, perm],
@@ -177,15 +215,15 @@ class CkaEngine(Engine):
         one product, accumulated in float64; the diagonal / row-sum terms are re-indexed. Same
         numbers as ``matrix(a, permute(b, perm))`` up to float32 summation order.
         """
+        a, b = self.same_path(a, b)
         if isinstance(a, FeatureState):
             return super().null_matrices(a, b, perms, params)
         hsic = permuted_hsic(a, b, perms)
         return hsic / (torch.sqrt(a.self_hsic[:, None] * b.self_hsic[None, :]) + EPS)
 
     def hsic(self, a: GramState | FeatureState, b: GramState | FeatureState) -> torch.Tensor:
-        """``(La, Lb)`` float64 HSIC of every layer pair."""
-        if isinstance(a, FeatureState) != isinstance(b, FeatureState):
-            raise ValueError("both sides must use the same CKA path (same N)")
+        """``(La, Lb)`` float64 HSIC of every layer pair (both sides on one path: ``same_path``)."""
+        a, b = self.same_path(a, b)
         if isinstance(a, FeatureState):
             return _feature_hsic(a, b)  # type: ignore[arg-type]
         tr = 2.0 * (a.upper @ b.upper.T).to(torch.float64)
@@ -194,6 +232,7 @@ class CkaEngine(Engine):
         return unbiased_from_parts(tr, a.tot[:, None], b.tot[None, :], a.rows @ b.rows.T, a.n)
 
     def matrix(self, a, b, params: dict[str, Any]) -> torch.Tensor:
+        a, b = self.same_path(a, b)
         return self.hsic(a, b) / (torch.sqrt(a.self_hsic[:, None] * b.self_hsic[None, :]) + EPS)
 
 
@@ -263,19 +302,20 @@ def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased:
     return GramState(upper, self_hsic, n, True, rows=rows, tot=tot)
 
 
-def _encode_features(rep: Representation, unbiased: bool) -> FeatureState:
+def _encode_features(layers: Sequence[torch.Tensor], n: int, unbiased: bool) -> FeatureState:
+    """Feature-path encoding (linear kernel) of ``layers`` ``(n, D_l)``."""
     feats: list[torch.Tensor] = []
     if not unbiased:
-        feats = [x - x.mean(0, keepdim=True) for x in rep.layers]
+        feats = [x - x.mean(0, keepdim=True) for x in layers]
         self_hsic = torch.stack([((x.T @ x).to(torch.float64) ** 2).sum() for x in feats])
-        return FeatureState(feats, self_hsic, rep.n, False)
-    feats = [x - x.mean(0, keepdim=True) for x in rep.layers]  # same unbiased HSIC, no common part to cancel
+        return FeatureState(feats, self_hsic, n, False)
+    feats = [x - x.mean(0, keepdim=True) for x in layers]  # same unbiased HSIC, no common part to cancel
     sq = torch.stack([(x.to(torch.float64) ** 2).sum(1) for x in feats])
     rows = torch.stack([(x @ x.sum(0)).to(torch.float64) for x in feats]) - sq
     tot = rows.sum(-1)
-    state = FeatureState(feats, torch.empty(0), rep.n, True, sq, rows, tot)
+    state = FeatureState(feats, torch.empty(0), n, True, sq, rows, tot)
     tr = torch.stack([((x.T @ x).to(torch.float64) ** 2).sum() for x in feats]) - (sq * sq).sum(-1)
-    state.self_hsic = unbiased_from_parts(tr, tot, tot, (rows * rows).sum(-1), rep.n)
+    state.self_hsic = unbiased_from_parts(tr, tot, tot, (rows * rows).sum(-1), n)
     return state
 
 

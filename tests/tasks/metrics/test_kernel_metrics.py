@@ -204,3 +204,41 @@ def test_rbf_encoding_memory_is_packed_triangles_plus_a_few_kernels() -> None:
     extra, packed = map(int, out.stdout.split())
     kernel = 2500 * 2500 * 4
     assert extra < packed + 12 * kernel, (extra / 2**20, packed / 2**20)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("metric,params", [("cka", {}), ("unbiased_cka", {}), ("cknna", {"topk": None})])
+def test_a_representation_with_its_own_keep_gram_max_n_pairs_with_raw_arrays(dtype, metric: str, params: dict) -> None:
+    """A Representation on the feature path (keep_gram_max_n below N) against raw arrays (Gram
+    path) raised "both sides must use the same CKA path (same N)" although N was the same: the
+    Gram side now moves to the feature path too, exact for the linear kernel (scores and nulls)."""
+    from tasks.metrics import calibrate
+
+    xs = [x.astype(dtype) for x in layers(n=90, seed=3)]
+    ys = [y.astype(dtype) for y in layers(n=90, widths=(6, 10), seed=4)]
+    features = layer_matrix(metric, Representation(xs, keep_gram_max_n=0), Representation(ys, keep_gram_max_n=0), **params)
+    gram = layer_matrix(metric, xs, ys, **params)
+    for x, y in ((Representation(xs, keep_gram_max_n=0), ys), (xs, Representation(ys, keep_gram_max_n=0)),
+                 (Representation(xs, keep_gram_max_n=0), Representation(ys).cache_grams())):
+        got = layer_matrix(metric, x, y, **params)
+        np.testing.assert_array_equal(got, features)
+        np.testing.assert_allclose(got, gram, atol=1e-6 if dtype == np.float32 else 1e-13)
+    null = calibrate(metric, Representation(xs, keep_gram_max_n=0), Representation(ys, keep_gram_max_n=0),
+                     permutations=5, **params).null
+    np.testing.assert_array_equal(calibrate(metric, xs, Representation(ys, keep_gram_max_n=0),
+                                            permutations=5, **params).null, null)
+
+
+def test_paths_that_cannot_be_matched_name_keep_gram_max_n() -> None:
+    """Where the Gram side cannot be re-encoded (an encoding of permuted rows), the error says what
+    differs (keep_gram_max_n), not "same N"."""
+    from tasks.metrics import METRICS
+
+    engine = METRICS["cka"].engine
+    p = METRICS["cka"].resolve({})
+    xs, ys = layers(n=30, seed=1), layers(n=30, seed=2)
+    a = engine.encode(Representation(xs, keep_gram_max_n=0), p)
+    perm = torch.randperm(30, generator=torch.Generator().manual_seed(0))
+    b = engine.permute(engine.encode(Representation(ys), p), perm, torch.argsort(perm))
+    with pytest.raises(ValueError, match="keep_gram_max_n"):
+        engine.matrix(a, b, p)
