@@ -155,6 +155,7 @@ class RegressionEngine(Engine):
     """``linear_regression`` with parameter ``ridge`` (default 0): R^2 of y predicted from x."""
 
     variant = "linear_regression"
+    encode_params = ()  # the bases do not depend on ``ridge``: shared by every ridge value
 
     def encode(self, rep: Representation, params: dict[str, Any]) -> BasisState:
         bases, extra = [], []
