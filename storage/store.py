@@ -91,6 +91,31 @@ _NOT_WRITABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, e
 DEFAULT_MIN_FREE_MB = 256
 
 
+def check_store_url(url: Any) -> None:
+    """Refuse a store URL that cannot mean what its writer meant (ValueError naming it): empty; a
+    known protocol with one slash or none (``s3:/bucket``, ``s3:bucket``: as a path it would be a
+    folder ``s3:`` in the working directory); a URL with nothing after ``://`` (``s3://`` names no
+    bucket; ``file:///`` is the filesystem's root)."""
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"store URL {url!r} is empty: give a folder, file://PATH or s3://BUCKET/PREFIX")
+    if url != url.strip():
+        raise ValueError(f"store URL {url!r} starts or ends with spaces")
+    scheme, sep, rest = url.partition(":")
+    if sep and "://" not in url and scheme.lower() in _known_protocols():
+        raise ValueError(f"store URL {url!r} looks like a {scheme} URL without '//': write {scheme}://{rest.lstrip('/')} "
+                         f"(or ./{url} for a local folder of that name)")
+    if "://" in url and not url.split("://", 1)[1].strip("/"):
+        if scheme.lower() in ("file", "local"):
+            raise ValueError(f"store URL {url!r} names the filesystem's root: add the folder, e.g. {scheme}:///data/prh")
+        raise ValueError(f"store URL {url!r} names no bucket or host: add them, e.g. {scheme}://bucket/prh")
+
+
+def _known_protocols() -> set[str]:
+    from fsspec.registry import known_implementations, registry
+
+    return {p.lower() for p in (*known_implementations, *registry)}
+
+
 class StoreNotWritable(PermissionError):
     """The store refuses writes (read-only, no permission, disk full, quota): retries cannot help."""
 
@@ -131,6 +156,7 @@ class Store:
     """
 
     def __init__(self, url: str = DEFAULT_STORE, storage_options: dict[str, Any] | None = None):
+        check_store_url(url)
         if "://" not in url:  # a local path, used as written: no percent-encoding (fsspec does not decode it)
             url = "file://" + Path(url).expanduser().resolve().as_posix()
         self.url = url.rstrip("/")

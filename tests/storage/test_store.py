@@ -1,3 +1,4 @@
+import re
 import json
 
 import numpy as np
@@ -100,3 +101,24 @@ def test_key_of_inverts_path(store_url):
     assert store.key_of(store.uri("runs/r.json")) == "runs/r.json"  # with a protocol prefix (s3://) too
     with pytest.raises(ValueError, match="is not under the store root"):
         store.key_of(store.root + "-sibling/x")
+
+
+@pytest.mark.parametrize("url, message", [
+    ("", "is empty"), ("   ", "is empty"), (" store", "starts or ends with spaces"),
+    ("s3:/my-bucket/prh", "looks like a s3 URL without '//': write s3://my-bucket/prh"),
+    ("s3:my-bucket", "write s3://my-bucket"), ("s3://", "names no bucket or host"), ("s3:///", "names no bucket or host"),
+    ("file:///", "names the filesystem's root"), ("file://", "names the filesystem's root"),
+])
+def test_store_urls_that_cannot_mean_what_was_meant_are_refused(url, message, tmp_path, monkeypatch):
+    """A one-slash 's3:/bucket' became a folder 's3:' in the working directory, 's3://' a folder
+    's3:', and '' or 'file:///' the working directory itself: a run 'to S3' COMPLETED locally."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Store(url)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_local_paths_with_colons_stay_local(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert Store("my:folder").root == str(tmp_path / "my:folder")
+    assert Store("./s3:/bucket").root == str(tmp_path / "s3:" / "bucket")
