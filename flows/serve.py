@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -96,6 +97,48 @@ def deploy_all(env: Mapping[str, str], timeout: float = 300) -> None:
         raise RuntimeError(f"prefect deploy --all failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
 
 
+def schedule_states(api_url: str) -> dict[str, list[bool]]:
+    """``{deployment id: [active flag of each schedule, in order]}`` of the deployments the server holds."""
+    response = httpx.post(f"{api_url}/deployments/filter", json={}, timeout=30)
+    response.raise_for_status()
+    return {d["id"]: [bool(s.get("active")) for s in d.get("schedules") or []] for d in response.json()}
+
+
+def restore_schedule_states(api_url: str, before: dict[str, list[bool]]) -> list[str]:
+    """Set the schedules of deployments that existed ``before`` a deploy back to the active flags
+    they had (switched in the UI): ``prefect deploy`` re-applies prefect.yaml's ``active:``.
+    Returns the ``flow/deployment`` names changed back."""
+    restored = []
+    response = httpx.post(f"{api_url}/deployments/filter", json={}, timeout=30)
+    response.raise_for_status()
+    for deployment in response.json():
+        flags = before.get(deployment["id"])
+        schedules = deployment.get("schedules") or []
+        if flags is None or len(flags) != len(schedules):
+            continue
+        for flag, schedule in zip(flags, schedules):
+            if bool(schedule.get("active")) != flag:
+                httpx.patch(f"{api_url}/deployments/{deployment['id']}/schedules/{schedule['id']}",
+                            json={"active": flag}, timeout=30).raise_for_status()
+                restored.append(deployment["name"])
+    return sorted(set(restored))
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens on ``host:port`` (another Prefect server?)."""
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex((host, port)) == 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (it is the number of extractions that may run at once "
+                                         f"on a worker machine; a CPU-only machine has 1), got {value}")
+    return value
+
+
 def start_worker(pool: str, env: Mapping[str, str], log: Any = None, limit: int | None = None) -> subprocess.Popen[bytes]:
     """A process worker polling ``pool`` (``limit``: at most that many flow runs at once)."""
     command = [*prefect_cli(), "worker", "start", "--pool", pool, "--type", "process"]
@@ -124,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PRH_SERVE_PORT", "4200")))
     parser.add_argument("--home", default=os.environ.get("PREFECT_HOME", str(PROJECT_ROOT / ".prefect")), help="PREFECT_HOME")
-    parser.add_argument("--gpus", type=int, default=1, help="concurrency limit of the prh-gpu tag (GPUs per worker machine)")
+    parser.add_argument("--gpus", type=_positive_int, default=1,
+                        help="concurrency limit of the prh-gpu tag: extractions at once (GPUs per worker machine; 1 on a CPU-only box)")
     parser.add_argument("--gpu-worker", action="store_true", help="also start a worker for the prh-gpu pool on this machine")
     parser.add_argument("--no-worker", action="store_true", help="server and deployments only")
     args = parser.parse_args(argv)
@@ -134,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     children: list[subprocess.Popen[bytes]] = []
     signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` (systemd, docker stop) stops the children too, as Ctrl-C
     Path(args.home).mkdir(parents=True, exist_ok=True)
+    if port_in_use(args.port):  # its /health would pass for ours, and we would redeploy onto it
+        print(f"port {args.port} on 127.0.0.1 is in use (another Prefect server?): stop it, or pick another port "
+              f"(make serve PORT=4300)", file=sys.stderr)
+        return 2
     try:
         print(f"starting the Prefect server on 127.0.0.1:{args.port} (PREFECT_HOME={args.home}) ...", flush=True)
         server_log = open(Path(args.home) / "server.log", "ab")
@@ -143,7 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ensure_work_pool(api_url, pool)
         ensure_concurrency_limit(api_url, GPU_TAG, args.gpus)
         print("deploying prefect.yaml ...", flush=True)
+        before = schedule_states(api_url)
         deploy_all(env)
+        for name in restore_schedule_states(api_url, before):
+            print(f"kept the schedule switch of {name} as it was set in the UI (prefect.yaml says otherwise)", flush=True)
         if not args.no_worker:
             children.append(start_worker(CPU_POOL, env, None))
             if args.gpu_worker:

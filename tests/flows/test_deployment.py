@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Any:
-    """(API URL, log folder): a Prefect server, pools, deployments and a prh-cpu worker."""
+    """(API URL, log folder, environment): a Prefect server, pools, deployments and workers."""
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
     env = serve.prefect_env(port, home)
@@ -48,7 +48,7 @@ def server(tmp_path_factory) -> Any:
         for pool in (serve.CPU_POOL, serve.GPU_POOL):  # the "GPU" worker runs on this CPU box
             with open(logs / "worker.log", "ab") as log:
                 started.append(serve.start_worker(pool, env, log))
-        yield api, logs
+        yield api, logs, env
     finally:
         for proc in reversed(started):
             serve.stop(proc)
@@ -95,7 +95,7 @@ def _task_runs(api: str, flow_run_id: str) -> list[dict]:
 
 
 def test_deployments_from_prefect_yaml(server):
-    api, _ = server
+    api, _, _ = server
     deployments = _call("POST", f"{api}/deployments/filter", json={})
     by_name = {d["name"]: d for d in deployments}
     assert set(by_name) == {"nightly", "cpu", "gpu", "nightly-staged"}
@@ -127,7 +127,7 @@ def test_deployments_from_prefect_yaml(server):
 
 
 def test_run_from_the_ui_then_incremental(server, tmp_path):
-    api, logs = server
+    api, logs, _ = server
     store = str(tmp_path / "store")
     run = _run(api, "prh-pipeline/cpu", {"config": _config([TINY_VIT, TINY_BERT]), "store": store}, logs)
 
@@ -200,6 +200,7 @@ def sleeper(*args, **kwargs):
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
 serve.start_server = serve.start_worker = sleeper
 serve.wait_healthy = serve.ensure_work_pool = serve.ensure_concurrency_limit = serve.deploy_all = lambda *a, **k: None
+serve.schedule_states, serve.restore_schedule_states, serve.port_in_use = (lambda *a, **k: {}), (lambda *a, **k: []), (lambda *a: False)
 raise SystemExit(serve.main(["--home", sys.argv[1], "--gpu-worker"]))
 """
 
@@ -225,3 +226,49 @@ def test_serve_stops_its_server_and_workers_on_sigterm(tmp_path):
     assert proc.wait(timeout=60) == 0
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, alive
+
+
+def test_a_schedule_switched_in_the_ui_survives_a_redeploy(server):
+    """The docs say to switch nightly-staged on and nightly off in the UI once GPU workers exist;
+    every `make serve` start ran `prefect deploy --all`, which put prefect.yaml's `active:` back."""
+    api, _, env = server
+    def switch(name: str, active: bool) -> None:
+        deployment = {d["name"]: d for d in _call("POST", f"{api}/deployments/filter", json={})}[name]
+        for schedule in deployment["schedules"]:
+            httpx.patch(f"{api}/deployments/{deployment['id']}/schedules/{schedule['id']}", json={"active": active},
+                        timeout=30).raise_for_status()
+
+    def states() -> dict[str, list[bool]]:
+        return {d["name"]: [s["active"] for s in d["schedules"]] for d in _call("POST", f"{api}/deployments/filter", json={})}
+
+    assert (states()["nightly"], states()["nightly-staged"]) == ([True], [False])
+    try:
+        switch("nightly", False)
+        switch("nightly-staged", True)
+        before = serve.schedule_states(api)
+        serve.deploy_all(env, timeout=180)
+        assert (states()["nightly"], states()["nightly-staged"]) == ([True], [False])  # what prefect deploy does
+        assert serve.restore_schedule_states(api, before) == ["nightly", "nightly-staged"]
+        assert (states()["nightly"], states()["nightly-staged"]) == ([False], [True])
+    finally:
+        switch("nightly", True)
+        switch("nightly-staged", False)
+
+
+def test_serve_refuses_a_port_already_in_use_and_a_gpu_limit_below_one(tmp_path, capsys):
+    """A second `make serve` on a taken port answered the other server's /health, redeployed its
+    deployments onto this checkout and reset its GPU limit; `--gpus 0` made every extraction
+    fail with a 422 from the concurrency limit."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert serve.main(["--port", str(port), "--home", str(tmp_path / "home"), "--no-worker"]) == 2
+    assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists() or not any((tmp_path / "home").iterdir())
+    for bad in ("0", "-1"):
+        with pytest.raises(SystemExit):
+            serve.main(["--gpus", bad, "--home", str(tmp_path / "home")])
+        assert "must be 1 or more" in capsys.readouterr().err
