@@ -114,15 +114,18 @@ def publish_report_artifact(store: str, record: dict[str, Any]) -> str | None:
         logger.warning("report not built: %s: %s", type(error).__name__, error)
         return None
     url = redact_url(target.uri(key) if not target.is_local else Path(target.path(key)).as_uri())
-    create_markdown_artifact(key=ARTIFACT_KEY, markdown=artifact_markdown(report, record, url),
-                             description=f"Alignment report of run {record['run_id']}")
     logger.info("report stored at %s", url)
+    try:
+        create_markdown_artifact(key=ARTIFACT_KEY, markdown=artifact_markdown(report, record, url),
+                                 description=f"Alignment report of run {record['run_id']}")
+    except Exception as error:  # the page is stored; only the artifact that links it is missing
+        logger.warning("report artifact not created: %s: %s", type(error).__name__, error)
     return url
 
 
 def artifact_markdown(report: "Report", record: dict[str, Any], url: str) -> str:
     """The artifact's text: a link to the stored page, a heatmap, the chance levels per metric."""
-    from tasks.report.tables import common_chance, metrics_of, rows
+    from tasks.report.tables import common_chance, metrics_of, number, rows
 
     best = rows(report.data.best)
     lines = [f"# prh report, run {record['run_id']}", "", f"Full report (self-contained HTML, every figure): [{url}]({url})", ""]
@@ -133,8 +136,12 @@ def artifact_markdown(report: "Report", record: dict[str, Any], url: str) -> str
             lines += [f"![{heatmaps[0].caption}](data:image/png;base64,{encoded})", ""]
     lines += ["| metric | chance level | best pair | score | × chance | calibrated | p |", "|---|---|---|---|---|---|---|"]
     for metric in metrics_of(best):
-        top = max((r for r in best if r["metric"] == metric), key=lambda r: r["score"])
         chance = common_chance(best, metric)
+        scored = [r for r in best if r["metric"] == metric and number(r.get("score")) is not None]
+        if not scored:  # every pair's score NULL (layers excluded): nothing to rank
+            lines.append(f"| {metric} | {'–' if chance is None else f'{chance:.4f}'} | – | – | – | – | – |")
+            continue
+        top = max(scored, key=lambda r: r["score"])
         ratio = f"{top['score'] / chance:.1f}×" if chance else "–"
         calibrated = "–" if top.get("calibrated_score") is None else f"{top['calibrated_score']:.3f}"
         p = "–" if top.get("p_value") is None else f"{top['p_value']:.3g}"

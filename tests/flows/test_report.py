@@ -149,3 +149,22 @@ def test_publish_report_artifact_stores_the_page_and_attaches_it(store):
     assert stored in markdown and "data:image/png;base64," in markdown
     top = max(store[1][LATEST_RUN], key=lambda r: r["score"])
     assert f"| mutual_knn | {TOPK / (N - 1):.4f} | {top['model_a']} × {top['model_b']} | {top['score']:.4f} |" in markdown
+
+
+def test_artifact_text_with_a_metric_whose_scores_are_all_null():
+    """A metric whose every best row has a NULL score (all its layers excluded) made max() compare
+    None with floats: the artifact, built after the page was stored, raised in a finished run."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from flows.report import artifact_markdown
+
+    best = pa.Table.from_pylist([
+        {"metric": "mutual_knn", "model_a": "v", "model_b": "l", "score": 0.2, "chance_level": 0.01, "calibrated_score": 0.19, "p_value": 0.02},
+        {"metric": "cka", "model_a": "v", "model_b": "l", "score": None, "chance_level": None, "calibrated_score": None, "p_value": None},
+    ])
+    report = SimpleNamespace(data=SimpleNamespace(best=best), figures=[], notes=["cka: every layer left out"])
+    text = artifact_markdown(report, {"run_id": "r1"}, "file:///x/report.html")
+    assert "| mutual_knn | 0.0100 | v × l | 0.2000 | 20.0× | 0.190 | 0.02 |" in text
+    assert "| cka | – | – | – | – | – | – |" in text and "- cka: every layer left out" in text
