@@ -38,18 +38,33 @@ def _start_time(pid: int) -> str | None:
     return fields[19] if fields and len(fields) > 19 else None
 
 
+@lru_cache(maxsize=1)
+def _pid_namespace() -> str | None:
+    """This process's pid namespace (``pid:[4026531836]``), or None where it cannot be read. Two
+    containers may share a host name (``--network host``) but not their pids: a pid is only
+    looked up in the namespace that numbered it."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def current_owner() -> dict[str, Any]:
-    """This process as an owner record: ``{"host": str, "pid": int, "started": str | None}``."""
+    """This process as an owner record: ``{"host": str, "pid": int, "started": str | None,
+    "pid_namespace": str | None}``."""
     pid = os.getpid()
-    return {"host": _host(), "pid": pid, "started": _start_time(pid)}
+    return {"host": _host(), "pid": pid, "started": _start_time(pid), "pid_namespace": _pid_namespace()}
 
 
 def owner_is_dead(owner: Any) -> bool:
     """True only when ``owner`` (a record from :func:`current_owner`) is known to have exited:
-    it ran on this host and its pid is gone or now belongs to a process started at another
-    time. False when alive or when it cannot be known (another host, malformed record)."""
+    it ran on this host, in this pid namespace, and its pid is gone or now belongs to a process
+    started at another time. False when alive or when it cannot be known (another host, another
+    container of this host, malformed record)."""
     if not isinstance(owner, dict) or owner.get("host") != _host():
         return False
+    if owner.get("pid_namespace") is not None and owner.get("pid_namespace") != _pid_namespace():
+        return False  # another container with this host name: its pids are not ours to look up
     try:
         pid = int(owner["pid"])
     except (KeyError, TypeError, ValueError):

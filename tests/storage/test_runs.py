@@ -23,3 +23,18 @@ def test_dead_runs_are_marked_crashed_and_a_dry_run_only_lists_them(tmp_path):
     records = {r["run_id"]: r for r in run_records(store)}
     assert records["dead"]["status"] == CRASHED and "killed or crashed" in records["dead"]["error"]
     assert records["alive"]["status"] == RUNNING and mark_crashed_runs(store) == []
+
+
+def test_an_owner_in_another_pid_namespace_is_never_judged_dead():
+    """Two containers sharing a host name (--network host) number their processes separately: a
+    pid of the other one, looked up here, is absent or another process, and its live runs were
+    marked CRASHED and its claims swept."""
+    from storage.owner import owner_is_dead
+
+    me = current_owner()
+    assert me["pid_namespace"] and me["pid_namespace"].startswith("pid:[")
+    gone = {**me, "pid": 2 ** 22 + 12345, "started": "0"}  # no such pid here
+    assert owner_is_dead(gone)
+    assert not owner_is_dead({**gone, "pid_namespace": "pid:[1]"})  # another container's process
+    assert owner_is_dead({k: v for k, v in gone.items() if k != "pid_namespace"})  # records of older versions: as before
+    assert not owner_is_dead(me)
