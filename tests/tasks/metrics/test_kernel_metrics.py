@@ -186,22 +186,14 @@ def test_rbf_encoding_memory_is_packed_triangles_plus_a_few_kernels() -> None:
     is a few N x N matrices: every layer's kernel was kept in a list before packing, and the
     float64 norms copied all packed rows at once (measured: 863 MiB extra for 143 MiB of
     triangles before, 315 MiB after; RBF CKA at N=5000, 12 x 12 layers: 4025 -> 1887 MiB RSS)."""
-    import subprocess
-    import sys
+    from tests.tasks.metrics.peak_memory import peak_growth
 
-    code = (
-        "import resource, torch\n"
-        "torch.set_num_threads(1)\n"
+    extra, packed = peak_growth(
         "from tasks.metrics import Representation, METRICS\n"
         "x = torch.nn.functional.normalize(torch.randn(12, 2500, 16, generator=torch.Generator().manual_seed(0)), dim=2)\n"
-        "rep = Representation(x, keep_gram_max_n=0)\n"
-        "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
-        "base = peak()\n"
+        "rep = Representation(x, keep_gram_max_n=0)",
         "s = METRICS['cka'].engine.encode(rep, METRICS['cka'].resolve({'kernel_metric': 'rbf'}))\n"
-        "print(peak() - base, s.upper.numel() * s.upper.element_size())\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    extra, packed = map(int, out.stdout.split())
+        "extra.append(s.upper.numel() * s.upper.element_size())")
     kernel = 2500 * 2500 * 4
     assert extra < packed + 12 * kernel, (extra / 2**20, packed / 2**20)
 

@@ -133,19 +133,11 @@ def test_cycle_knn_memory_without_adjacency_is_lists_plus_a_block() -> None:
     O(Lb N k^2) (N=3000, k=50, 12 x 12 layers: 1760 MiB peak RSS against 398 MiB for
     mutual_knn; now 398 MiB). Here N=2000, k=40, 12 layers: 600+ MiB extra before, now about
     the block of queries."""
-    import subprocess
-    import sys
+    from tests.tasks.metrics.peak_memory import peak_growth
 
-    code = (
-        "import resource, torch\n"
-        "torch.set_num_threads(1)\n"
+    [extra] = peak_growth(
         "from tasks.metrics.neighbors import cycle_hits\n"
         "g = torch.Generator().manual_seed(0)\n"
-        "idx = [torch.randint(0, 2000, (12, 2000, 40), generator=g) for _ in range(2)]\n"
-        "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
-        "base = peak()\n"
-        "cycle_hits(idx[0], idx[1])\n"
-        "print(peak() - base)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert int(out.stdout) < 160 * 2**20, int(out.stdout) / 2**20
+        "idx = [torch.randint(0, 2000, (12, 2000, 40), generator=g) for _ in range(2)]",
+        "cycle_hits(idx[0], idx[1])")
+    assert extra < 160 * 2**20, extra / 2**20
