@@ -22,7 +22,7 @@ from storage.runs import CANCELLED, COMPLETED, FAILED, RUNNING, open_for_run
 from storage.store import DEFAULT_STORE, Store, utc_now
 from storage.versioning import code_version
 from tasks.align_task import align_pair
-from tasks.dataset_task import load_dataset
+from tasks.dataset_task import load_dataset, stored_dataset
 from tasks.extract_task import extract_features, stored_features
 from tasks.params import PipelineConfig
 
@@ -35,7 +35,7 @@ BEST_COLUMNS = ["model_a", "model_b", "metric", "score", "layer_a", "layer_b", "
     task_runner=make_task_runner(),
 )
 def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: bool = True,
-                 extract_missing: bool = True) -> dict[str, Any]:
+                 extract_missing: bool = True, dataset_version: str | None = None) -> dict[str, Any]:
     """Run the whole pipeline on ``config`` against the store at ``store`` (an fsspec URL).
 
     Extraction fans out one task per model, alignment one task per model pair (each pair starts
@@ -52,6 +52,10 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
         extract_missing: Extract models whose features are not stored (True); False when an
             extraction stage ran before (prh-staged): such a model is then a failure, not
             extracted on this pool.
+        dataset_version: Use this dataset version, already published in the store (the one
+            the extraction stage of prh-staged published), instead of loading config.dataset from
+            its source, which then need not exist where this runs; the run fails if the store does
+            not hold it. Empty: load (or reuse) config.dataset as usual.
 
     Returns a summary: run id, store, dataset version, feature and alignment manifests, and the
     best layer pair per metric for every model pair.
@@ -72,7 +76,10 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     }
     target.write_json(layout.run_key(run_id), record)
     try:
-        dataset = load_dataset(config.dataset, store_url, alignment=config.alignment)
+        if dataset_version:  # published by an earlier stage: read from the store, not from the source
+            dataset = stored_dataset(dataset_version, store_url, config.dataset, alignment=config.alignment)
+        else:
+            dataset = load_dataset(config.dataset, store_url, alignment=config.alignment)
         features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing)
         best = [row for manifest in alignments for row in target.read_table(f"{manifest['key']}/{layout.BEST_FILE}").to_pylist()]
         record.update(

@@ -5,14 +5,21 @@
   feature version is already in the store, so it only aligns (and publishes the run record and
   the artifacts).
 - ``prh-staged``: runs the two deployments one after the other with ``run_deployment``; each is
-  its own flow run, on its own pool's workers, linked to this one as a sub-flow in the UI.
+  its own flow run, on its own pool's workers, linked to this one as a sub-flow in the UI. The
+  extraction stage records the dataset version it published (its ``prh-extract-versions``
+  artifact) and the alignment stage gets it as ``dataset_version``: it reads the dataset from the
+  store, so the CPU box needs only the store, not the dataset's source (a table, a folder, the
+  hub).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
@@ -23,10 +30,17 @@ from storage.store import DEFAULT_STORE, Store
 from tasks.dataset_task import load_dataset
 from tasks.params import PipelineConfig
 
+#: The extraction stage's table artifact: the dataset version and the feature versions it published.
+VERSIONS_ARTIFACT = "prh-extract-versions"
+
 
 @flow(name="prh-extract", description="Extract every model's features (the GPU stage).", task_runner=make_task_runner())
 def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str, Any]:
     """Publish the dataset and every model's features; reuse what is stored.
+
+    The versions are recorded in the run's ``prh-extract-versions`` table artifact (one row for
+    the dataset, one per model), also when some models fail: ``prh-staged`` passes the dataset
+    version on to the alignment stage from there.
 
     Args:
         config: The run (only its dataset and models matter here).
@@ -46,6 +60,7 @@ def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str,
         "reused": sorted(name for name, m in manifests.items() if m.get("reused")),
     }
     logger.info("extracted: %s; reused: %s", ", ".join(summary["extracted"]) or "none", ", ".join(summary["reused"]) or "none")
+    _publish_versions(dataset, manifests, [spec.name for spec in config.models])
     if failures:  # the other models' features are published; the flow run fails naming these
         log_failures(failures)
         raise ZooFailures(f"{len(failures)} of {len(config.models)} models failed (the others' features are published): "
@@ -62,9 +77,14 @@ def prh_staged(
 ) -> dict[str, Any]:
     """Run ``extract_deployment`` then ``align_deployment`` with the same config and store.
 
+    The alignment stage gets the dataset version the extraction stage published
+    (``dataset_version``): it reads the dataset from the store, never from its source, so the
+    table, folder or hub dataset need exist only where extraction runs.
+
     The alignment stage runs even when some models failed in the extraction stage: it aligns the
     models whose features are stored and records the others as failures (``extract_missing``
     False: nothing is extracted on the CPU pool); the staged run then fails naming both stages.
+    It does not run when the extraction stage published no dataset version (it failed before).
 
     Args:
         config: The run: dataset, model zoo, metrics.
@@ -72,9 +92,12 @@ def prh_staged(
         extract_deployment: `flow-name/deployment-name` of the extraction stage (GPU pool).
         align_deployment: `flow-name/deployment-name` of the alignment stage (CPU pool).
     """
+    logger = get_run_logger()
     parameters = {"config": config.model_dump(mode="json"), "store": store}
     runs, failed = {}, []
-    for stage, name, extra in (("extract", extract_deployment, {}), ("align", align_deployment, {"extract_missing": False})):
+    dataset_version = None
+    for stage, name in (("extract", extract_deployment), ("align", align_deployment)):
+        extra = {} if stage == "extract" else {"extract_missing": False, **({"dataset_version": dataset_version} if dataset_version else {})}
         try:
             run = run_deployment(name, parameters={**parameters, **extra}, timeout=None, poll_interval=2, as_subflow=True)
         except ObjectNotFound:
@@ -82,10 +105,57 @@ def prh_staged(
                              f"{'prh-extract/gpu' if stage == 'extract' else 'prh-pipeline/cpu'}; see prefect.yaml)") from None
         state = run.state
         runs[stage] = str(run.id)
-        if state is None or not state.is_completed():
+        completed = state is not None and state.is_completed()
+        if not completed:
             failed.append(f"{stage} stage ({name}) ended {state.name if state else 'without a state'}: flow run {run.id}")
             if stage == "extract" and (state is None or state.type.value in ("CRASHED", "CANCELLED")):
                 break  # no model's fate is known: nothing to align
+        if stage == "extract":
+            dataset_version = published_dataset_version(run.id)
+            if dataset_version is None and not completed:
+                failed.append("align stage not run: the extraction stage published no dataset version")
+                break
+            if dataset_version is None:  # an extraction flow that records no versions: load the dataset as before
+                logger.warning("the extraction stage (flow run %s) recorded no dataset version (artifact %s): the alignment "
+                               "stage loads config.dataset from its source", run.id, VERSIONS_ARTIFACT)
+            else:
+                logger.info("extraction stage: dataset version %s; the alignment stage reads it from the store", dataset_version)
     if failed:
         raise RuntimeError("; ".join(failed))
-    return {"flow_runs": runs, "store": Store(store).display_url}
+    return {"flow_runs": runs, "store": Store(store).display_url, "dataset_version": dataset_version}
+
+
+def _publish_versions(dataset: dict[str, Any], manifests: dict[str, dict[str, Any]], models: list[str]) -> None:
+    """The ``prh-extract-versions`` table artifact: the dataset version, then each model's
+    feature version and whether it was extracted, reused or failed."""
+    catalog = dataset["catalog"]
+    rows = [{"box": "dataset", "name": catalog["name"], "version": catalog["dataset_version"], "status": "stored"}]
+    for model in models:
+        manifest = manifests.get(model)
+        rows.append({"box": "features", "name": model,
+                     "version": manifest["catalog"]["feature_version"] if manifest else None,
+                     "status": "failed" if manifest is None else "reused" if manifest.get("reused") else "extracted"})
+    create_table_artifact(key=VERSIONS_ARTIFACT, table=rows,
+                          description=f"Dataset and feature versions published by this extraction stage "
+                                      f"(dataset {catalog['dataset_version']})")
+
+
+def published_dataset_version(flow_run_id: UUID | str) -> str | None:
+    """The dataset version an extraction flow run recorded (its ``prh-extract-versions``
+    artifact); None when it recorded none (it failed first) or the API cannot tell."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    try:
+        with get_client(sync_client=True) as client:
+            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[VERSIONS_ARTIFACT]), flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(str(flow_run_id))])))
+    except Exception as error:  # noqa: BLE001 - the caller decides what a missing version means
+        get_run_logger().warning("could not read the versions of extraction flow run %s: %s", flow_run_id, error)
+        return None
+    for artifact in artifacts:
+        rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+        for row in rows if isinstance(rows, list) else []:
+            if isinstance(row, dict) and row.get("box") == "dataset" and row.get("version"):
+                return str(row["version"])
+    return None

@@ -9,6 +9,7 @@ written, so a failed load leaves the store as it was.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from prefect import get_run_logger, task
 
 from storage import layout
 from storage.store import Store
-from storage.versioning import code_version, content_id, table_digest
+from storage.versioning import ID_LENGTH, code_version, content_id, table_digest
 from tasks.params import AlignmentParams, DatasetParams
 from tasks.retries import backoff, retry_transient
 
@@ -62,8 +63,6 @@ def _stem(path: str) -> str:
 
 
 def _safe_name(text: str) -> str:
-    import re
-
     return re.sub(r"[^A-Za-z0-9._-]", "-", text).strip(".-") or "dataset"
 
 
@@ -76,6 +75,80 @@ def load_dataset(params: DatasetParams, store_url: str, alignment: AlignmentPara
     here, before extraction, instead of after it.
     """
     return publish_dataset(params, store_url, get_run_logger(), alignment=alignment)
+
+
+class DatasetNotStored(LookupError):
+    """The dataset version a run was given is not (completely) published in its store."""
+
+
+@task(name="stored-dataset", tags=["prh-data"], retries=3, retry_delay_seconds=backoff(2, 3, factor=3),
+      retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
+def stored_dataset(dataset_version: str, store_url: str, params: DatasetParams | None = None,
+                   alignment: AlignmentParams | None = None) -> dict[str, Any]:
+    """The manifest of the published dataset ``dataset_version``, read from the store only.
+
+    What the alignment stage of ``prh-staged`` uses instead of :func:`load_dataset`: the
+    extraction stage published the dataset, so its source (a table, a folder, a hub dataset) need
+    not exist where this runs, and it is neither read nor hashed again.
+    """
+    return stored_dataset_manifest(dataset_version, store_url, params, get_run_logger(), alignment=alignment)
+
+
+def stored_dataset_manifest(
+    dataset_version: str,
+    store_url: str,
+    params: DatasetParams | None = None,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+    alignment: AlignmentParams | None = None,
+) -> dict[str, Any]:
+    """The manifest of the stored dataset version ``dataset_version`` (as :func:`publish_dataset`
+    returns it), without reading the dataset's source.
+
+    ``params`` (the run's ``config.dataset``) only serves a warning when the stored version was
+    published from another kind of source or another path; the stored version is used either way.
+
+    Raises:
+        DatasetNotStored: the version is not (completely) published in this store; the message
+            names the store and the version.
+        ValueError: not a dataset version id, or too few rows for ``alignment`` (as in
+            :func:`publish_dataset`).
+    """
+    logger = logger or logging.getLogger("prh.dataset")
+    store = Store(store_url)
+    if not (isinstance(dataset_version, str) and re.fullmatch(rf"[0-9a-f]{{{ID_LENGTH}}}", dataset_version)):
+        raise ValueError(f"dataset_version {dataset_version!r} is not a dataset version id ({ID_LENGTH} hex digits, "
+                         "as in the `datasets` view or the extraction stage's summary)")
+    key = layout.dataset_key(dataset_version)
+    manifest = store.manifest(key)
+    if manifest is None or manifest.get("kind") != "dataset":
+        raise DatasetNotStored(
+            f"dataset version {dataset_version} is not in the store {store.display_url} (no published {key}/): "
+            "run the extraction stage (prh-extract) against this store first, or leave dataset_version empty "
+            "to load config.dataset from its source")
+    catalog = manifest["catalog"]
+    _check_enough_rows(catalog["name"], catalog["n_samples"], catalog.get("n_images", catalog["n_samples"]), {}, alignment)
+    differs = _source_differs(params, catalog.get("source"))
+    if differs:
+        logger.warning("dataset version %s (dataset %r) was published from %s, but config.dataset is %s; the stored version "
+                       "is used (dataset_version decides)", dataset_version, catalog["name"],
+                       _source_text(catalog.get("source")), differs)
+    logger.info("dataset %s: %d pairs, version %s (from the store; its source is not read here)",
+                catalog["name"], catalog["n_samples"], dataset_version)
+    return manifest
+
+
+def _source_differs(params: DatasetParams | None, source: Any) -> str | None:
+    """How ``params`` names another source than the stored ``source`` (its kind, or its path or
+    hub id), for a warning; None when they agree or cannot be compared."""
+    if params is None or not isinstance(source, dict):
+        return None
+    if source.get("kind") != params.kind:
+        return f"kind {params.kind!r}"
+    stored = {source.get("path"), source.get("hub_id"), source.get("local_path")}
+    if params.kind != "openmoji" and params.path and params.path not in stored \
+            and str(Path(params.path).expanduser().resolve()) not in stored:
+        return repr(params.path)
+    return None
 
 
 def publish_dataset(

@@ -107,6 +107,8 @@ def test_deployments_from_prefect_yaml(server):
     # The UI's form: typed, described, with the demo zoo as default.
     schema = nightly["parameter_openapi_schema"]
     assert schema["properties"]["config"]["description"] and schema["properties"]["store"]["description"]
+    assert "published in the store" in schema["properties"]["dataset_version"]["description"]  # prh-staged's second stage
+    assert "dataset_version" not in nightly["parameters"]  # standalone: the dataset is loaded from its source
     alignment = schema["definitions"]["AlignmentParams"]["properties"]
     assert {"metrics", "topk", "permutations"} <= set(alignment) and alignment["topk"]["description"]
     undescribed = [f"{name}.{field}" for name, definition in schema["definitions"].items()
@@ -154,8 +156,14 @@ def test_run_from_the_ui_then_incremental(server, tmp_path):
     names = sorted(t["name"] for t in _task_runs(api, extract_run["id"]))
     assert names[:2] == ["extract-tiny-bert", "extract-tiny-vit"] and len(names) == 3 and names[2].startswith("load-dataset")
     align_run = next(r for r in children if r["work_pool_name"] == serve.CPU_POOL)
-    record = query(connect(store), f"select extracted, reused, aligned, status from runs where run_id = '{align_run['id']}'").to_pylist()
-    assert record == [{"extracted": [], "reused": ["tiny-bert", "tiny-vit"], "aligned": 0, "status": "COMPLETED"}]
+    record = query(connect(store), f"select extracted, reused, aligned, status, dataset_version from runs "
+                                   f"where run_id = '{align_run['id']}'").to_pylist()
+    assert [{k: v for k, v in r.items() if k != "dataset_version"} for r in record] == [
+        {"extracted": [], "reused": ["tiny-bert", "tiny-vit"], "aligned": 0, "status": "COMPLETED"}]
+    # the alignment stage got the extraction stage's dataset version and read it from the store, not the source
+    assert align_run["parameters"]["dataset_version"] == record[0]["dataset_version"]
+    assert sorted(t["name"].rsplit("-", 1)[0] for t in _task_runs(api, align_run["id"]))[-1] == "stored-dataset"
+    assert not [t for t in _task_runs(api, align_run["id"]) if t["name"].startswith("load-dataset")]
     assert time.monotonic() - started < 90
 
     # A model that cannot be extracted does not stop the staged night: the extraction stage

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from storage.store import Store
-from tasks.dataset_task import publish_dataset
+from tasks.dataset_task import DatasetNotStored, publish_dataset, stored_dataset_manifest
 from tasks.params import AlignmentParams, DatasetParams
 from tests.tasks.data.sample_images import png_bytes
 
@@ -176,3 +176,49 @@ def test_the_same_valid_rows_from_another_file_reuse_the_stored_version_and_say_
     assert second["catalog"] == first["catalog"] and first["catalog"]["n_rejected"] == 1
     assert (f"dataset renamed: its 3 valid rows are already stored as dataset 'first' (version {version}, published from "
             f"{root / 'first.csv'} with 1 rejected rows)") in caplog.text
+
+
+def _colour_table(root) -> str:
+    root.mkdir()
+    for colour in ("red", "blue", "green"):
+        (root / f"{colour}.png").write_bytes(png_bytes(colour))
+    (root / "pairs.csv").write_text("image,text\n" + "".join(f"{c}.png,a {c} square\n" for c in ("red", "blue", "green")))
+    return str(root / "pairs.csv")
+
+
+def test_a_stored_dataset_version_is_read_from_the_store_without_its_source(tmp_path, caplog):
+    """What the alignment stage of prh-staged uses: the manifest the extraction stage published,
+    equal to what loading the source returns, with the source gone; a config naming another source
+    only gets a warning (the version decides); too few rows for the alignment still fail."""
+    import shutil
+
+    path = _colour_table(tmp_path / "pairs")
+    url = str(tmp_path / "store")
+    published = publish_dataset(DatasetParams(kind="path", path=path), url)
+    version = published["catalog"]["dataset_version"]
+    shutil.rmtree(tmp_path / "pairs")  # the CPU box has no such folder
+    with caplog.at_level("INFO", logger="prh.dataset"):
+        assert stored_dataset_manifest(version, url, DatasetParams(kind="path", path=path)) == published
+    assert f"dataset pairs: 3 pairs, version {version} (from the store; its source is not read here)" in caplog.text
+    assert "was published from" not in caplog.text
+    with caplog.at_level("WARNING", logger="prh.dataset"):
+        assert stored_dataset_manifest(version, url, DatasetParams(kind="path", path=str(tmp_path / "other.csv"))) == published
+    assert f"dataset version {version} (dataset 'pairs') was published from {path}, but config.dataset is " in caplog.text
+    with pytest.raises(ValueError, match="topk"):
+        stored_dataset_manifest(version, url, alignment=AlignmentParams(metrics=["mutual_knn"], topk=5))
+
+
+def test_a_dataset_version_not_in_the_store_is_refused_naming_store_and_version(tmp_path):
+    path = _colour_table(tmp_path / "pairs")
+    url = str(tmp_path / "store")
+    publish_dataset(DatasetParams(kind="path", path=path), url)
+    with pytest.raises(DatasetNotStored) as refused:
+        stored_dataset_manifest("0123456789abcdef", url)
+    message = str(refused.value)
+    assert "dataset version 0123456789abcdef is not in the store " in message and Store(url).display_url in message
+    assert "prh-extract" in message
+    with pytest.raises(DatasetNotStored, match="not in the store"):  # an empty store: no datasets/ at all
+        stored_dataset_manifest("0123456789abcdef", str(tmp_path / "empty"))
+    for bad in ("rendered", "../x", "0123456789ABCDEF", ""):
+        with pytest.raises(ValueError, match="is not a dataset version id"):
+            stored_dataset_manifest(bad, url)

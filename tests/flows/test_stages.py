@@ -1,0 +1,111 @@
+"""The two stages of prh-staged in-process (Prefect's temporary API): the alignment stage needs
+only the store, not the dataset's source. The deployments themselves: test_deployment.py."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from uuid import uuid4
+
+import pyarrow.parquet as pq
+import pytest
+
+from flows.pipeline import prh_pipeline
+from flows.stages import prh_extract, prh_staged, published_dataset_version
+from storage.catalog import connect, query
+from tasks.dataset_task import DatasetNotStored
+from tests.flows.test_pipeline import N, TINY_BERT, TINY_VIT, _config
+
+
+def _path_config(path: str):
+    config = _config([TINY_VIT, TINY_BERT])
+    return config.model_copy(update={"dataset": config.dataset.model_validate({"kind": "path", "path": path})})
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_alignment_stage_reads_the_extracted_dataset_from_the_store_not_its_source(tmp_path):
+    """prh-extract on the "GPU box" publishes a table dataset and the features and records the
+    dataset version; the table then is gone (the "CPU box" has no such path); the alignment stage
+    with that dataset_version, as prh-staged runs it, completes with the numbers of a one-process
+    run. Without dataset_version it loads the source, as before (and fails: the path is gone)."""
+    from tasks.data import openmoji
+
+    data = tmp_path / "gpu-box"
+    data.mkdir()
+    table = openmoji.build_openmoji_pairs(n=N, seed=0, image_size=32).select(["sample_id", "text", "image"])
+    pq.write_table(table, data / "pairs.parquet")
+    config = _path_config(str(data / "pairs.parquet"))
+    store = str(tmp_path / "shared-store")
+
+    state = prh_extract(config=config, store=store, return_state=True)
+    summary = state.result()
+    version = published_dataset_version(state.state_details.flow_run_id)  # what prh-staged passes on
+    assert version == summary["dataset_version"] and summary["extracted"] == ["tiny-bert", "tiny-vit"]
+
+    data.rename(tmp_path / "elsewhere")  # the CPU box has no such file
+    staged = prh_pipeline(config=config, store=store, report=False, extract_missing=False, dataset_version=version)
+    assert staged["status"] == "COMPLETED" and staged["dataset_version"] == version
+    assert (staged["extracted"], staged["reused"], staged["aligned"]) == ([], ["tiny-bert", "tiny-vit"], 1)
+    with pytest.raises(ValueError, match="does not exist"):  # standalone: the source is read, as before
+        prh_pipeline(config=config, store=store, report=False, extract_missing=False)
+
+    (tmp_path / "elsewhere").rename(data)
+    whole = prh_pipeline(config=config, store=str(tmp_path / "one-process"), report=False)
+    assert whole["dataset_version"] == version and whole["feature_versions"] == staged["feature_versions"]
+    assert len(staged["best"]) == 3 and staged["best"] == whole["best"]  # every score, layer pair, chance level, p
+    scores = "select metric, layer_a, layer_b, score from alignment order by all"
+    assert query(connect(store), scores).to_pylist() == query(connect(str(tmp_path / "one-process")), scores).to_pylist()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_dataset_version_the_store_does_not_hold_fails_the_run_naming_it(tmp_path):
+    store = str(tmp_path / "store")
+    with pytest.raises(DatasetNotStored, match="dataset version 0123456789abcdef is not in the store "):
+        prh_pipeline(config=_path_config(str(tmp_path / "absent.parquet")), store=store, report=False,
+                     extract_missing=False, dataset_version="0123456789abcdef")
+    run, = query(connect(store), "select status, error from runs").to_pylist()
+    assert run["status"] == "FAILED" and "0123456789abcdef is not in the store" in run["error"] and str(tmp_path) in run["error"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_prh_staged_passes_the_extracted_dataset_version_to_the_alignment_stage(monkeypatch):
+    """The stage runs faked (run_deployment): what prh-staged asks of each deployment."""
+    import flows.stages
+
+    calls, published = [], {}
+
+    def fake_run_deployment(name, parameters, **kwargs):
+        calls.append((name, parameters))
+        run_id = uuid4()
+        published[run_id] = outcome[name][1]
+        return SimpleNamespace(id=run_id, state=SimpleNamespace(
+            name=outcome[name][0], is_completed=lambda: outcome[name][0] == "Completed", type=SimpleNamespace(value=outcome[name][0].upper())))
+
+    monkeypatch.setattr(flows.stages, "run_deployment", fake_run_deployment)
+    monkeypatch.setattr(flows.stages, "published_dataset_version", lambda run_id: published[run_id])
+    config = _config([TINY_VIT, TINY_BERT])
+
+    outcome = {"prh-extract/gpu": ("Completed", "00112233aabbccdd"), "prh-pipeline/cpu": ("Completed", None)}
+    result = prh_staged(config=config, store="s3://bucket/prh")
+    assert [name for name, _ in calls] == ["prh-extract/gpu", "prh-pipeline/cpu"] and result["dataset_version"] == "00112233aabbccdd"
+    assert "dataset_version" not in calls[0][1]
+    assert {k: v for k, v in calls[1][1].items() if k != "config"} == {
+        "store": "s3://bucket/prh", "extract_missing": False, "dataset_version": "00112233aabbccdd"}
+    json.dumps(calls[1][1])  # parameters a deployment run accepts
+
+    calls.clear()  # some models failed, the dataset was published: the alignment stage still runs, with it
+    outcome["prh-extract/gpu"] = ("Failed", "00112233aabbccdd")
+    with pytest.raises(RuntimeError, match=r"^extract stage \(prh-extract/gpu\) ended Failed"):
+        prh_staged(config=config, store="s3://bucket/prh")
+    assert calls[1][1]["dataset_version"] == "00112233aabbccdd"
+
+    calls.clear()  # failed before publishing the dataset: nothing to align
+    outcome["prh-extract/gpu"] = ("Failed", None)
+    with pytest.raises(RuntimeError, match="align stage not run: the extraction stage published no dataset version"):
+        prh_staged(config=config, store="s3://bucket/prh")
+    assert [name for name, _ in calls] == ["prh-extract/gpu"]
+
+    calls.clear()  # an extraction flow that records no version (completed): the alignment stage loads the dataset, as before
+    outcome["prh-extract/gpu"] = ("Completed", None)
+    prh_staged(config=config, store="s3://bucket/prh")
+    assert [name for name, _ in calls] == ["prh-extract/gpu", "prh-pipeline/cpu"] and "dataset_version" not in calls[1][1]
