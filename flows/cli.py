@@ -333,8 +333,11 @@ def _verify(args: argparse.Namespace) -> int:
 
     checks = verify_store(store, quick=args.quick, on_check=report)
     for check in damaged if args.remove_damaged else []:
-        remove_version(store, check.key)
-        print(f"removed {check.key}: the next run computes it again")
+        if check.removable:
+            remove_version(store, check.key)
+            print(f"removed {check.key}: the next run computes it again")
+        else:
+            print(f"left {check.key}/manifest.json in place: not a version folder (remove that file by hand)")
     files, size = sum(c.files for c in checks), sum(c.bytes for c in checks)
     how = "sizes" if args.quick else "sizes and SHA-256"
     print(f"{store.display_url}: {_count(len(checks), 'published version')}, {_count(files, 'file')}, {size / 1e6:.1f} MB "

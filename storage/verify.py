@@ -22,6 +22,16 @@ from storage.store import MANIFEST, DamagedManifest, Store
 
 #: The boxes whose versions have manifests, in the order runs produce them.
 BOXES = (DATASETS, FEATURES, ALIGNMENT)
+#: Components of a version's key in each box: ``datasets/<v>``, ``features/<dataset>/<model>/<v>``,
+#: ``alignment/<dataset>/<a>__<b>/<v>``. A manifest anywhere else is stray, never a version.
+VERSION_DEPTH = {DATASETS: 2, FEATURES: 4, ALIGNMENT: 4}
+STRAY = "a manifest outside any version folder (stray or copied there); not a version, never removed"
+
+
+def is_version_key(key: str) -> bool:
+    """Whether ``key`` has the layout of a version folder of its box (see ``VERSION_DEPTH``)."""
+    parts = key.split("/")
+    return VERSION_DEPTH.get(parts[0]) == len(parts) and all(parts)
 #: Bytes read at a time while hashing (memory stays at one chunk whatever the file size).
 CHUNK_BYTES = 8 << 20
 
@@ -36,6 +46,9 @@ class VersionCheck:
     files: int = 0
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
+    #: False for a stray manifest (not in a version folder): ``--remove-damaged`` leaves it, and
+    #: the folder holding it, alone.
+    removable: bool = True
 
     @property
     def ok(self) -> bool:
@@ -97,14 +110,23 @@ def _checks(store: Store, boxes: tuple[str, ...], quick: bool) -> Iterator[Versi
     for box in boxes:
         damaged: list[DamagedManifest] = []
         for version_key, manifest in store.manifests(box, on_damaged=damaged.append):
-            yield check_version(store, version_key, manifest, quick)
+            if is_version_key(version_key):
+                yield check_version(store, version_key, manifest, quick)
+            else:
+                yield VersionCheck(version_key, problems=[STRAY], removable=False)
         for error in damaged:
-            yield VersionCheck(error.version_key, problems=[str(error)])
+            if is_version_key(error.version_key):
+                yield VersionCheck(error.version_key, problems=[str(error)])
+            else:
+                yield VersionCheck(error.version_key, problems=[f"{STRAY}: {error}"], removable=False)
 
 
 def remove_version(store: Store, version_key: str) -> None:
     """Delete a published version: its manifest first (it is unpublished from then on, and a run
-    publishes it again), then the rest of its folder."""
+    publishes it again), then the rest of its folder. ValueError for a key that is not a version
+    folder's (``features/manifest.json`` would otherwise take every version of the box with it)."""
+    if not is_version_key(version_key):
+        raise ValueError(f"{version_key!r} is not a version folder of the store (see storage.verify.VERSION_DEPTH): not removed")
     store.delete(f"{version_key}/{MANIFEST}")
     path = store.path(version_key)
     with store._reading(version_key):

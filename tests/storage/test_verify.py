@@ -95,3 +95,24 @@ def test_a_manifest_without_a_file_listing_is_reported(tmp_path, files):
     store.write_json(f"features/d/m/v/{MANIFEST}", {"key": "features/d/m/v", "files": files})
     [check] = verify_store(store)
     assert check.problems == [f"{MANIFEST} lists no files (not written by prh's publish?)"]
+
+
+@pytest.mark.parametrize("stray", ["features/manifest.json", "features/d1/manifest.json", "features/d1/model-0/v0/x/manifest.json"])
+def test_a_stray_manifest_is_named_and_never_removes_a_folder(tmp_path, capsys, stray):
+    """A manifest.json outside any version folder (copied up to look at) was taken for a damaged
+    version whose folder was the whole box: --remove-damaged deleted every sound version with it."""
+    url = str(tmp_path / "store")
+    store = Store(url)
+    keys = [f"features/d1/model-{i}/v{i}" for i in range(3)]
+    for i, key in enumerate(keys):
+        _publish(store, key, i)
+    store.write_json(stray, {"note": "scratch"})
+    found = {c.key: c for c in verify_store(store)}
+    folder = stray.rsplit("/", 1)[0]
+    assert not found[folder].ok and not found[folder].removable and "outside any version folder" in found[folder].problems[0]
+    assert all(found[k].ok for k in keys)
+    assert main(["verify", "--store", url, "--remove-damaged"]) == 1
+    assert f"left {folder}/manifest.json in place" in capsys.readouterr().out
+    assert all(store.manifest(k) is not None for k in keys) and store.exists(stray)
+    with pytest.raises(ValueError, match="is not a version folder"):
+        remove_version(store, "features")
