@@ -25,7 +25,7 @@ import re
 import tempfile
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 import pyarrow as pa
@@ -171,12 +171,24 @@ def connect(
         con.register(f"_{view}_table", table)
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM _{view}_table")
     if read_only:
-        lock_down(con, [store.uri("").rstrip("/") + "/"])
+        lock_down(con, [store.uri("").rstrip("/") + "/"], _exists_in(store))
     return con
 
 
-def lock_down(con: duckdb.DuckDBPyConnection, allowed_directories: list[str]) -> None:
+def _exists_in(store: Store) -> Callable[[str], bool]:
+    """``exists`` for :func:`lock_down`: a URI of ``store``'s filesystem (``s3://...`` or a path)."""
+    return lambda uri: bool(store.fs.exists(uri.split("://", 1)[-1]))
+
+
+def lock_down(con: duckdb.DuckDBPyConnection, allowed_directories: list[str],
+              exists: Callable[[str], bool] | None = None) -> None:
     """Let ``con`` read only under ``allowed_directories`` and lock its configuration.
+
+    A directory whose path holds glob characters (``results [v1]``) is allowed in its escaped
+    spelling too (``results [[]v1]``: what ``Store.read_uri`` gives DuckDB). DuckDB also takes
+    that spelling literally, so ``exists`` (a path → bool of the store's filesystem; default:
+    the local disk) must show that no folder of that literal name exists: one would be readable.
+    Raises ValueError naming it.
 
     Afterwards the connection cannot read or write other files (``read_text('/etc/...')``,
     ``COPY ... TO '/tmp/x'``), attach databases, install or load extensions, or change any
@@ -184,6 +196,12 @@ def lock_down(con: duckdb.DuckDBPyConnection, allowed_directories: list[str]) ->
     """
     # DuckDB checks a path both as written (a pattern, the store's own glob characters escaped:
     # ``Store.read_uri``) and as the files it matches: both spellings of each directory are allowed
+    exists = exists or os.path.lexists
+    for d in allowed_directories:
+        escaped = escape_glob(d)
+        if escaped != d and exists(escaped.rstrip("/")):
+            raise ValueError(f"the store {d!r} has glob characters in its path and a folder {escaped!r} exists beside it: "
+                             "the read-only catalog could read that folder too; rename one of them")
     listing = ", ".join(_literal(d) for d in dict.fromkeys(
         spelling for d in allowed_directories for spelling in (d, escape_glob(d))))
     # DuckDB also allows its temporary directory (default ``.tmp`` in the working directory, where

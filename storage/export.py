@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from storage.catalog import _create_file_view, _literal, catalog_sources, lock_down
+from storage.catalog import _create_file_view, _exists_in, _literal, catalog_sources, lock_down
 from storage.store import Store, utc_now
 
 INFO_TABLE = "prh_catalog"
@@ -110,11 +110,17 @@ def open_catalog(
         con.close()  # the lock would let the views read wherever the file says: '/' opened everything
         raise ValueError(f"catalog file {str(path)!r} names {root!r} as its store, which is not a prh store "
                          "(no datasets/, features/ or alignment/ under it); not opened")
+    exists = None
     if remote:
         store = Store(root, storage_options)
         con.register_filesystem(store.fs)
+        exists = _exists_in(store)
     if read_only:
-        lock_down(con, [root.rstrip("/") + "/"])
+        try:
+            lock_down(con, [root.rstrip("/") + "/"], exists)
+        except ValueError:
+            con.close()
+            raise
     return con
 
 

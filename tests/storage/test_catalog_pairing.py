@@ -88,3 +88,17 @@ def test_a_store_folder_named_with_glob_characters_is_read_literally(store_url, 
     exported = export_catalog(url, tmp_path / "prh.duckdb")
     assert query(open_catalog(exported.path), "select count(*) n from features").to_pylist() == \
         query(con, "select count(*) n from features").to_pylist()
+
+
+def test_a_folder_named_like_the_escaped_store_path_is_refused_not_readable(store_url):
+    """The lock allows the store's escaped spelling (``store [[]v1]``, what DuckDB is given), which
+    DuckDB also opens literally: a folder of that name beside the store was readable."""
+    from storage.store import escape_glob
+
+    url = store_url + " [v1]"
+    store = build_catalog_store(url)
+    connect(url)  # no such folder: opens
+    twin = Store(escape_glob(url) if "://" in url else escape_glob(store.root))
+    twin.write_bytes("secret.parquet", table_to_parquet_bytes(pa.table({"secret": ["outside the store"]})))
+    with pytest.raises(ValueError, match=r"a folder .* exists beside it: the read-only catalog could read that folder too"):
+        connect(url)
