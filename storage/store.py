@@ -742,10 +742,31 @@ def _describe(error: OSError) -> str:
 
 
 def table_to_parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
-    """Serialise a table as Parquet (zstd) in memory."""
+    """Serialise a table as Parquet (zstd) in memory.
+
+    Float columns and lists of floats (feature vectors, scores) are written without a dictionary
+    and with ``BYTE_STREAM_SPLIT``: their values are nearly all distinct, so a dictionary stored
+    every float twice (a dictionary page plus indices: 1.04-1.48x the raw float32 size of a
+    layer file at N=1024); split bytes compress to about 0.85x. Other columns (names, ids,
+    versions) keep dictionaries. Values are unchanged, only the encoding."""
+    floats = [_leaf_path(field) for field in table.schema if _leaf_path(field) is not None]
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd", row_group_size=row_group_size)
+    pq.write_table(table, sink, compression="zstd", row_group_size=row_group_size,
+                   use_dictionary=[f.name for f in table.schema if _leaf_path(f) is None],
+                   column_encoding={path: "BYTE_STREAM_SPLIT" for path in floats} or None)
     return sink.getvalue().to_pybytes()
+
+
+def _leaf_path(field: pa.Field) -> str | None:
+    """The Parquet column path of a float column (``score``) or of the floats of a list column
+    (``vector.list.element``); None for any other column."""
+    kind = field.type
+    if pa.types.is_floating(kind):
+        return field.name
+    if (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)) \
+            and pa.types.is_floating(kind.value_type):
+        return f"{field.name}.list.element"
+    return None
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

@@ -122,3 +122,25 @@ def test_local_paths_with_colons_stay_local(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert Store("my:folder").root == str(tmp_path / "my:folder")
     assert Store("./s3:/bucket").root == str(tmp_path / "s3:" / "bucket")
+
+
+def test_float_columns_are_written_without_a_dictionary():
+    """Feature vectors were dictionary-encoded (nearly every float distinct: each stored twice),
+    1.04-1.48x their raw float32 size at N=1024; byte-stream-split floats compress below it."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from storage.store import table_to_parquet_bytes
+
+    x = np.random.default_rng(0).normal(size=(1024, 192)).astype(np.float32)
+    table = pa.table({"model": ["vit"] * 1024, "sample_id": [f"s{i:04d}" for i in range(1024)],
+                      "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 192),
+                      "score": x[:, 0].astype(np.float64)})
+    data = table_to_parquet_bytes(table)
+    assert pq.read_table(io.BytesIO(data)).equals(table)
+    meta = pq.ParquetFile(io.BytesIO(data)).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: set(meta.column(i).encodings) for i in range(meta.num_columns)}
+    assert "BYTE_STREAM_SPLIT" in encodings["vector.list.element"] and "RLE_DICTIONARY" not in encodings["vector.list.element"]
+    assert "BYTE_STREAM_SPLIT" in encodings["score"] and "RLE_DICTIONARY" in encodings["model"]
+    assert len(data) < x.nbytes  # was 1.48x at this width
