@@ -24,10 +24,11 @@ def run_records(store: Store) -> list[dict[str, Any]]:
     if not store.fs.exists(base):
         return []
     records = []
-    for path in sorted(store.glob(layout.RUNS, "*.json")):
+    paths = sorted(store.glob(layout.RUNS, "*.json"))
+    for raw in store.read_many(paths, layout.RUNS):
         try:
-            record = json.loads(store.fs.cat_file(path))
-        except (FileNotFoundError, ValueError):
+            record = json.loads(raw) if raw is not None else None
+        except ValueError:
             continue
         if isinstance(record, dict):
             records.append(record)

@@ -144,3 +144,12 @@ def test_float_columns_are_written_without_a_dictionary():
     assert "BYTE_STREAM_SPLIT" in encodings["vector.list.element"] and "RLE_DICTIONARY" not in encodings["vector.list.element"]
     assert "BYTE_STREAM_SPLIT" in encodings["score"] and "RLE_DICTIONARY" in encodings["model"]
     assert len(data) < x.nbytes  # was 1.48x at this width
+
+
+def test_read_many_fetches_files_and_skips_vanished_ones(store_url):
+    store = Store(store_url)
+    for i in range(5):
+        store.write_bytes(f"runs/r{i}.json", f'{{"run_id": "r{i}"}}'.encode())
+    paths = [store.path(f"runs/r{i}.json") for i in range(5)] + [store.path("runs/gone.json")]
+    assert store.read_many(paths, "runs") == [f'{{"run_id": "r{i}"}}'.encode() for i in range(5)] + [None]
+    assert store.read_many([], "runs") == []
