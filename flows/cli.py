@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.add_argument("--store", default=None, help=STORE_HELP)
     gc.add_argument("--older-than-days", type=float, default=7.0,
                     help="shards of an unpublished version count as abandoned when the newest is this old (default 7)")
+    gc.add_argument("--keep-reports", type=int, default=None, metavar="N",
+                    help="also remove the stored run reports (reports/<run_id>/) but the N newest; default: keep all "
+                    "(a report is a view of published results: `prh report --run ID` builds it again)")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
 
     verify = commands.add_parser("verify", help="check every published file against its manifest (size, SHA-256); "
@@ -286,11 +289,14 @@ def _gc(args: argparse.Namespace) -> int:
     import math
 
     from storage.figure_cache import remove_stale_namespaces
+    from storage.report_retention import remove_stale_reports
     from storage.runs import mark_crashed_runs, open_for_run
     from storage.shards import remove_stale_partials
 
     if not (math.isfinite(args.older_than_days) and args.older_than_days >= 0):
         raise ValueError(f"--older-than-days must be a number >= 0, got {args.older_than_days}")
+    if args.keep_reports is not None and args.keep_reports < 0:
+        raise ValueError(f"--keep-reports must be 0 or more, got {args.keep_reports}")
     store = existing_store(args.store or default_store())
     # as a run starts: dead runs, dead writers (a dry run only lists them)
     crashed, swept = (mark_crashed_runs(store, dry_run=True), store.sweep_abandoned(dry_run=True)) if args.dry_run \
@@ -298,6 +304,7 @@ def _gc(args: argparse.Namespace) -> int:
     now = time.time()
     partials = remove_stale_partials(store, args.older_than_days * 86400.0, dry_run=args.dry_run)
     figures = remove_stale_namespaces(store, dry_run=args.dry_run)
+    reports = [] if args.keep_reports is None else remove_stale_reports(store, args.keep_reports, dry_run=args.dry_run)
     uploads = store.abandoned_uploads(args.older_than_days * 86400.0, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for upload in uploads:
@@ -309,6 +316,8 @@ def _gc(args: argparse.Namespace) -> int:
         print(f"{verb} {entry['version']}/_partial: {entry['shards']} shards, {entry['bytes'] / 1e6:.1f} MB ({why})")
     for key in figures:
         print(f"{verb} {key}: report figures drawn by another version of the report code")
+    for key in reports:
+        print(f"{verb} {key}: a run report older than the {args.keep_reports} kept (`prh report --run ID` builds it again)")
     for run_id in crashed:
         print(f"{'would mark' if args.dry_run else 'marked'} run {run_id} CRASHED (its process is gone)")
     for version in swept:

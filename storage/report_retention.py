@@ -1,0 +1,42 @@
+"""Stored run reports kept by ``prh gc --keep-reports N``.
+
+Every run stores its self-contained page under ``reports/<run_id>/`` (about 1-2 MB for the demo,
+20 MB for a 30-model zoo: the figures are inlined), also a run that computed nothing. They are
+views of published results (``prh report --run ID`` builds any of them again), so ``prh gc`` may
+keep only the newest ones. The figure cache (``reports/figures/``) is not a report.
+"""
+
+from __future__ import annotations
+
+from storage.runs import run_records
+from storage.store import Store
+
+REPORTS = "reports"
+FIGURES = "figures"
+
+
+def stale_reports(store: Store, keep: int) -> list[str]:
+    """Keys of the ``reports/<run_id>`` folders beyond the ``keep`` newest (by their run's start
+    time; a folder whose run record is gone counts as oldest), oldest first."""
+    if keep < 0:
+        raise ValueError(f"keep must be 0 or more, got {keep}")
+    base = store.path(REPORTS)
+    with store._reading(REPORTS):
+        if not store.fs.exists(base):
+            return []
+        folders = [store.key_of(e["name"]) for e in store.fs.ls(base, detail=True) if e.get("type") == "directory"]
+    started = {str(r.get("run_id")): str(r.get("started_at") or "") for r in run_records(store)}
+    runs = sorted((key for key in folders if key.rsplit("/", 1)[-1] != FIGURES),
+                  key=lambda key: (started.get(key.rsplit("/", 1)[-1], ""), key))
+    return runs[: max(len(runs) - keep, 0)]
+
+
+def remove_stale_reports(store: Store, keep: int, dry_run: bool = False) -> list[str]:
+    """Remove (with ``dry_run`` only list) the reports beyond the ``keep`` newest; returns their keys."""
+    stale = stale_reports(store, keep)
+    if not dry_run:
+        for key in stale:
+            store.fs.rm(store.path(key), recursive=True)
+        if stale:
+            store.fs.invalidate_cache(store.path(REPORTS))
+    return stale

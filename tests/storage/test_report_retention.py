@@ -1,0 +1,35 @@
+"""`prh gc --keep-reports N`: stored run reports beyond the N newest removed, nothing else."""
+
+from __future__ import annotations
+
+import json
+
+from flows.cli import main
+from storage.figure_cache import drawing_version
+from storage.report_retention import stale_reports
+from storage.store import Store
+
+
+def test_gc_keeps_the_newest_reports_and_everything_else(tmp_path, capsys):
+    url = str(tmp_path / "store")
+    store = Store(url)
+    for i in range(5):
+        store.write_bytes(f"runs/run-{i}.json", json.dumps({"run_id": f"run-{i}", "status": "COMPLETED",
+                                                             "started_at": f"2026-01-0{i + 1}T00:00:00+00:00"}).encode())
+        store.write_bytes(f"reports/run-{i}/report.html", b"<html></html>")
+    store.write_bytes("reports/orphan/report.html", b"<html></html>")  # its run record is gone: oldest
+    figure = f"reports/figures/{drawing_version()}/abc.png"  # the current drawing code's cache
+    store.write_bytes(figure, b"\x89PNG\r\n\x1a\n")
+    store.publish("datasets/d1", {"samples.parquet": b"x"}, {"catalog": {}})
+    assert stale_reports(store, 2) == ["reports/orphan", "reports/run-0", "reports/run-1", "reports/run-2"]
+    assert main(["gc", "--store", url, "--keep-reports", "2", "--dry-run"]) == 0
+    assert "would remove reports/run-0: a run report older than the 2 kept" in capsys.readouterr().out
+    assert store.exists("reports/run-0/report.html")
+    assert main(["gc", "--store", url, "--keep-reports", "2"]) == 0
+    kept = sorted(p.name for p in (tmp_path / "store" / "reports").iterdir())
+    assert kept == ["figures", "run-3", "run-4"]
+    assert store.exists(figure) and store.manifest("datasets/d1") is not None
+    assert len(list((tmp_path / "store" / "runs").iterdir())) == 5
+    assert main(["gc", "--store", url, "--keep-reports", "-1"]) == 2
+    assert "--keep-reports must be 0 or more" in capsys.readouterr().err
+    assert main(["gc", "--store", url]) == 0 and sorted(p.name for p in (tmp_path / "store" / "reports").iterdir()) == kept
