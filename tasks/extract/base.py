@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -94,18 +95,35 @@ def exact_float32(active: bool = True) -> Iterator[None]:
     if not active:
         yield
         return
-    saved = tf32_state()
+    with _EXACT_LOCK:  # the flags are process-wide: the first block in saves them, the last out restores
+        if _EXACT_DEPTH[0] == 0:
+            _EXACT_SAVED[0] = tf32_state()
+            try:
+                torch.backends.cuda.matmul.allow_tf32 = False  # legacy matmul precision "highest", cuda matmul "ieee"
+                torch.backends.cudnn.allow_tf32 = False  # legacy cuDNN flag off (conv and RNN precisions "none")
+                api = _fp32_api()
+                if api is not None:  # explicit, so that no "tf32" is inherited from ("cuda" | "generic", "all")
+                    _, set_ = api
+                    for key in (("cuda", "matmul"), ("cuda", "conv"), ("cuda", "rnn")):
+                        set_(*key, "ieee")
+            except BaseException:
+                set_tf32_state(_EXACT_SAVED[0])
+                raise
+        _EXACT_DEPTH[0] += 1
     try:
-        torch.backends.cuda.matmul.allow_tf32 = False  # legacy matmul precision "highest", cuda matmul "ieee"
-        torch.backends.cudnn.allow_tf32 = False  # legacy cuDNN flag off (conv and RNN precisions "none")
-        api = _fp32_api()
-        if api is not None:  # explicit, so that no "tf32" is inherited from ("cuda" | "generic", "all")
-            _, set_ = api
-            for key in (("cuda", "matmul"), ("cuda", "conv"), ("cuda", "rnn")):
-                set_(*key, "ieee")
         yield
     finally:
-        set_tf32_state(saved)
+        with _EXACT_LOCK:
+            _EXACT_DEPTH[0] -= 1
+            if _EXACT_DEPTH[0] == 0:
+                set_tf32_state(_EXACT_SAVED[0])
+
+
+#: Blocks of :func:`exact_float32` open in this process (threads running float32 forwards at once:
+#: ``PRH_TASK_RUNNER=threads:N``), and the settings the first one saved.
+_EXACT_LOCK = threading.Lock()
+_EXACT_DEPTH = [0]
+_EXACT_SAVED: list[dict[Any, Any]] = [{}]
 
 
 @dataclass

@@ -188,3 +188,38 @@ def test_forward_runs_float32_cuda_models_without_tf32(kind, dtype, images):
     assert seen
     assert set(seen) == ({(False, False, "ieee")} if dtype == "float32" else {on})
     assert _probe() == before
+
+
+def test_overlapping_blocks_in_threads_keep_tf32_off_until_the_last_one_leaves():
+    """Two float32 forwards in threads (PRH_TASK_RUNNER=threads:N): A enters, B enters, A leaves
+    while B still runs. A's exit restored TF32 under B, and B's exit left the process with A's
+    'off' as its default."""
+    import threading
+
+    from tasks.extract.base import exact_float32
+
+    _defaults()
+    expected = _probe()
+    _defaults()
+    a_in, b_in, a_out, b_seen = threading.Event(), threading.Event(), threading.Event(), {}
+
+    def a() -> None:
+        with exact_float32():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b() -> None:
+        a_in.wait(10)
+        with exact_float32():
+            b_in.set()
+            a_out.wait(10)
+            b_seen.update(_observe())
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert b_seen["cudnn.allow_tf32"] is False and b_seen["cudnn.conv"] == "ieee"  # still off inside B after A left
+    assert _probe() == expected  # the defaults are back once both left
