@@ -221,65 +221,69 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
     resumed = 0
     sums: dict[str, float] = {}
     model: dict[str, Any] | None = None  # what the model says of itself, as the shards recorded it
-    for index, (lo, hi) in enumerate(bounds):
-        widths = list(extractor.layer_dims) if extractor is not None else None
-        stored = read_shard(store, key, index, hi - lo, widths)
-        if stored is not None:
-            layers, loss = stored
-            loss = dict(loss)
-            recorded = loss.pop("model", None)
-            if extractor is None:  # a loaded model speaks for itself
-                model = recorded or model
-            resumed += 1
-            logger.info("%s: shard %d/%d already stored (items %d-%d), resuming after it", spec.name, index + 1, len(bounds), lo, hi)
-        else:
-            if extractor is None:
-                logger.info("%s: loading %s (%s, %s)", spec.name, spec.id, spec.loader, spec.modality)
-                extractor = _load_with_timeout(spec)
-                model = _model_facts(extractor)
-            n_batches = -(-total // spec.batch_size)
-            last = [0.0]
+    try:
+        for index, (lo, hi) in enumerate(bounds):
+            widths = list(extractor.layer_dims) if extractor is not None else None
+            stored = read_shard(store, key, index, hi - lo, widths)
+            if stored is not None:
+                layers, loss = stored
+                loss = dict(loss)
+                recorded = loss.pop("model", None)
+                if extractor is None:  # a loaded model speaks for itself
+                    model = recorded or model
+                resumed += 1
+                logger.info("%s: shard %d/%d already stored (items %d-%d), resuming after it", spec.name, index + 1, len(bounds), lo, hi)
+            else:
+                if extractor is None:
+                    logger.info("%s: loading %s (%s, %s)", spec.name, spec.id, spec.loader, spec.modality)
+                    extractor = _load_with_timeout(spec)
+                    model = _model_facts(extractor)
+                n_batches = -(-total // spec.batch_size)
+                last = [0.0]
 
-            def progress(done: int, _n: int, lo: int = lo) -> None:
-                now = time.perf_counter()
-                overall = lo + done
-                if overall == total or now - last[0] > 5 or done <= spec.batch_size:
-                    last[0] = now
-                    logger.info("%s: batch %d/%d (%d/%d items, %.1fs)", spec.name, -(-overall // spec.batch_size), n_batches, overall, total, now - started)
-                    if on_progress is not None:
-                        on_progress(overall, total)
+                def progress(done: int, _n: int, lo: int = lo) -> None:
+                    now = time.perf_counter()
+                    overall = lo + done
+                    if overall == total or now - last[0] > 5 or done <= spec.batch_size:
+                        last[0] = now
+                        logger.info("%s: batch %d/%d (%d/%d items, %.1fs)", spec.name, -(-overall // spec.batch_size), n_batches, overall, total, now - started)
+                        if on_progress is not None:
+                            on_progress(overall, total)
 
-            features = extract_all(extractor, items[lo:hi], progress=progress)
-            layers = features.layers
-            ids = item_ids[lo:hi] if item_ids is not None else [f"item {i}" for i in range(lo, hi)]
-            check_finite(spec.name, features.layer_names, layers, ids)  # fail at the first bad shard, store nothing
-            loss = {k: features.extras[k] for k in _SHARD_SUMS if k in features.extras}
-            write(index, layers, {**loss, "model": model})
-        shards.append(layers)
-        for name, value in loss.items():
-            sums[name] = sums.get(name, 0) + value
-    if model is None or len(model["layer_names"]) != len(shards[0] if shards else []):
-        # no shard (nothing to extract), or facts that do not fit the shards: ask the model itself
-        extractor = extractor or _load_with_timeout(spec)
-        model = _model_facts(extractor)
-    extras: dict[str, Any] = {}
-    if spec.modality == "language":
-        extras["truncated_texts"] = int(sums.get("truncated_texts", 0))
-        if extras["truncated_texts"]:
-            logger.warning("%s: %d of %d captions are longer than max_length=%d tokens and were cut to it (raise max_length "
-                           "to keep them whole)", spec.name, extras["truncated_texts"], total, spec.max_length)
-    bpb = None
-    if model["is_causal_lm"] and sums.get("text_bytes"):
-        from tasks.extract.bpb import bits_per_byte
+                features = extract_all(extractor, items[lo:hi], progress=progress)
+                layers = features.layers
+                ids = item_ids[lo:hi] if item_ids is not None else [f"item {i}" for i in range(lo, hi)]
+                check_finite(spec.name, features.layer_names, layers, ids)  # fail at the first bad shard, store nothing
+                loss = {k: features.extras[k] for k in _SHARD_SUMS if k in features.extras}
+                write(index, layers, {**loss, "model": model})
+            shards.append(layers)
+            for name, value in loss.items():
+                sums[name] = sums.get(name, 0) + value
+        if model is None or len(model["layer_names"]) != len(shards[0] if shards else []):
+            # no shard (nothing to extract), or facts that do not fit the shards: ask the model itself
+            extractor = extractor or _load_with_timeout(spec)
+            model = _model_facts(extractor)
+        extras: dict[str, Any] = {}
+        if spec.modality == "language":
+            extras["truncated_texts"] = int(sums.get("truncated_texts", 0))
+            if extras["truncated_texts"]:
+                logger.warning("%s: %d of %d captions are longer than max_length=%d tokens and were cut to it (raise max_length "
+                               "to keep them whole)", spec.name, extras["truncated_texts"], total, spec.max_length)
+        bpb = None
+        if model["is_causal_lm"] and sums.get("text_bytes"):
+            from tasks.extract.bpb import bits_per_byte
 
-        if sums.get("predicted_tokens"):
-            bpb = bits_per_byte(sums.get("nll_nats", 0.0), int(sums["text_bytes"]))
-        else:  # 0 would read as a perfect language model
-            logger.warning("%s: no caption token was scored (max_length=%d leaves no token after the first, or the "
-                           "captions are one token each): bits per byte left empty", spec.name, spec.max_length)
-        extras.update(nll_nats=sums.get("nll_nats", 0.0), predicted_tokens=int(sums.get("predicted_tokens", 0)),
-                      text_bytes=int(sums["text_bytes"]), bpb_truncated_texts=int(sums.get("bpb_truncated_texts", 0)))
-    return _Extraction(shards, model, bpb, extras, resumed)
+            if sums.get("predicted_tokens"):
+                bpb = bits_per_byte(sums.get("nll_nats", 0.0), int(sums["text_bytes"]))
+            else:  # 0 would read as a perfect language model
+                logger.warning("%s: no caption token was scored (max_length=%d leaves no token after the first, or the "
+                               "captions are one token each): bits per byte left empty", spec.name, spec.max_length)
+            extras.update(nll_nats=sums.get("nll_nats", 0.0), predicted_tokens=int(sums.get("predicted_tokens", 0)),
+                          text_bytes=int(sums["text_bytes"]), bpb_truncated_texts=int(sums.get("bpb_truncated_texts", 0)))
+        return _Extraction(shards, model, bpb, extras, resumed)
+    finally:  # the next model of the zoo starts with the memory this one held (its facts are kept)
+        if extractor is not None:
+            extractor.release()
 
 
 def _model_facts(extractor: Any) -> dict[str, Any]:

@@ -207,6 +207,12 @@ class Extractor(ABC):
         from tasks.extract import image_pool
 
         image_pool.shutdown_pool()
+        self.release()
+
+    def release(self) -> None:
+        """Drop the model and free accelerator memory, leaving the shared decode workers to other
+        extractions (unusable afterwards): called when a model's extraction ends, so that the next
+        model of the zoo in this process starts with the GPU memory this one held."""
         for attr in ("model", "body", "lm"):
             if hasattr(self, attr):
                 setattr(self, attr, None)

@@ -154,3 +154,26 @@ def test_every_shard_stored_publishes_without_loading_the_model(tmp_path, monkey
         assert published["catalog"][field] == reference["catalog"][field], field
     assert published["catalog"]["bits_per_byte"] == pytest.approx(reference["catalog"]["bits_per_byte"], rel=1e-12)
     assert published["extras"] == pytest.approx(reference["extras"], rel=1e-12)
+
+
+def test_the_model_is_released_when_its_extraction_ends(tmp_path, monkeypatch):
+    """One process extracts a zoo model after model: each model's weights (and, on a GPU, its
+    cached memory) were freed only when nothing referenced the extractor any more; now released
+    as the extraction ends, also when it fails."""
+    from tasks.extract.base import Extractor
+
+    released = []
+    real = Extractor.release
+    monkeypatch.setattr(Extractor, "release", lambda self: (released.append(type(self).__name__), real(self)))
+    params = DatasetParams(kind="openmoji", n=24, image_size=32)
+    store_url = str(tmp_path / "store")
+    dataset = publish_dataset(params, store_url)
+    extract_to_store(store_url, dataset, ModelSpec(**SPEC), shard_size=SHARD)
+    assert len(released) == 1
+
+    import tasks.extract_task as et
+
+    monkeypatch.setattr(et, "check_finite", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad shard")))
+    with pytest.raises(ValueError, match="bad shard"):
+        extract_to_store(store_url, dataset, ModelSpec(**{**SPEC, "seed": 4}), shard_size=SHARD)
+    assert len(released) == 2
