@@ -97,10 +97,21 @@ def deploy_all(env: Mapping[str, str], timeout: float = 300) -> None:
         raise RuntimeError(f"prefect deploy --all failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
 
 
+def api_request(method: str, url: str, attempts: int = 10, **kwargs: Any) -> httpx.Response:
+    """One call to the Prefect API, retried like Prefect's own client while the server answers
+    429/503 (its SQLite database busy on a small machine); raises for any other error status."""
+    for attempt in range(attempts):
+        response = httpx.request(method, url, timeout=30, **kwargs)
+        if response.status_code not in (429, 503):
+            break
+        time.sleep(0.5 * (attempt + 1))
+    response.raise_for_status()
+    return response
+
+
 def schedule_states(api_url: str) -> dict[str, list[bool]]:
     """``{deployment id: [active flag of each schedule, in order]}`` of the deployments the server holds."""
-    response = httpx.post(f"{api_url}/deployments/filter", json={}, timeout=30)
-    response.raise_for_status()
+    response = api_request("POST", f"{api_url}/deployments/filter", json={})
     return {d["id"]: [bool(s.get("active")) for s in d.get("schedules") or []] for d in response.json()}
 
 
@@ -109,17 +120,15 @@ def restore_schedule_states(api_url: str, before: dict[str, list[bool]]) -> list
     they had (switched in the UI): ``prefect deploy`` re-applies prefect.yaml's ``active:``.
     Returns the ``flow/deployment`` names changed back."""
     restored = []
-    response = httpx.post(f"{api_url}/deployments/filter", json={}, timeout=30)
-    response.raise_for_status()
-    for deployment in response.json():
+    for deployment in api_request("POST", f"{api_url}/deployments/filter", json={}).json():
         flags = before.get(deployment["id"])
         schedules = deployment.get("schedules") or []
         if flags is None or len(flags) != len(schedules):
             continue
         for flag, schedule in zip(flags, schedules):
             if bool(schedule.get("active")) != flag:
-                httpx.patch(f"{api_url}/deployments/{deployment['id']}/schedules/{schedule['id']}",
-                            json={"active": flag}, timeout=30).raise_for_status()
+                api_request("PATCH", f"{api_url}/deployments/{deployment['id']}/schedules/{schedule['id']}",
+                            json={"active": flag})
                 restored.append(deployment["name"])
     return sorted(set(restored))
 

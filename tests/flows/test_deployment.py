@@ -66,13 +66,7 @@ def _config(models: list[dict]) -> dict:
 
 def _call(method: str, url: str, **kwargs: Any) -> Any:
     """One API call, retried like Prefect's own client on 503/429 (SQLite busy on a small box)."""
-    for attempt in range(10):
-        response = httpx.request(method, url, timeout=30, **kwargs)
-        if response.status_code not in (429, 503):
-            break
-        time.sleep(0.5 * (attempt + 1))
-    response.raise_for_status()
-    return response.json()
+    return serve.api_request(method, url, **kwargs).json()
 
 
 def _run(api: str, deployment: str, parameters: dict, logs: Path, expect: str = "COMPLETED") -> dict:
@@ -243,8 +237,7 @@ def test_a_schedule_switched_in_the_ui_survives_a_redeploy(server):
     def switch(name: str, active: bool) -> None:
         deployment = {d["name"]: d for d in _call("POST", f"{api}/deployments/filter", json={})}[name]
         for schedule in deployment["schedules"]:
-            httpx.patch(f"{api}/deployments/{deployment['id']}/schedules/{schedule['id']}", json={"active": active},
-                        timeout=30).raise_for_status()
+            serve.api_request("PATCH", f"{api}/deployments/{deployment['id']}/schedules/{schedule['id']}", json={"active": active})
 
     def states() -> dict[str, list[bool]]:
         return {d["name"]: [s["active"] for s in d["schedules"]] for d in _call("POST", f"{api}/deployments/filter", json={})}
