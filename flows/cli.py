@@ -235,13 +235,13 @@ def print_summary(summary: dict[str, Any]) -> None:
     table = Table(title=f"Best layer pair per metric (dataset {summary['dataset_version']}, N={rows_aligned(summary['best'])})")
     for column in ("vision", "language", "metric", "score", "95% CI", "layer A", "layer B", "chance", "null", "calib.", "p"):
         table.add_column(column, justify="left" if column in ("vision", "language", "metric", "layer A", "layer B") else "right", no_wrap=True)
-    rows = sorted(summary["best"], key=lambda r: (r["metric"], r["model_b"], -r["score"]))
+    rows = sorted(summary["best"], key=lambda r: (r["metric"], r["model_b"], r["score"] is None, -(r["score"] or 0.0)))
     for index, row in enumerate(rows):
         chance, null = row.get("chance_level"), row.get("null_mean")
         table.add_row(
-            row["model_a"], row["model_b"], row["metric"], f"{row['score']:.4f}",
+            row["model_a"], row["model_b"], row["metric"], "-" if row["score"] is None else f"{row['score']:.4f}",
             "-" if row.get("ci_low") is None else f"{row['ci_low']:.3f}-{row['ci_high']:.3f}",
-            row["layer_name_a"], row["layer_name_b"],
+            row.get("layer_name_a") or "-", row.get("layer_name_b") or "-",
             "-" if chance is None else f"{chance:.4f}",
             "-" if null is None else f"{null:.4f}",
             "-" if row.get("calibrated_score") is None else f"{row['calibrated_score']:.3f}",

@@ -336,3 +336,19 @@ def test_sigterm_stops_prh_run_and_its_temporary_server(tmp_path):
     assert "prh run: stopped" in proc.stderr.read()
     _, alive = psutil.wait_procs(server, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
+
+
+def test_the_run_summary_prints_a_best_row_without_a_score(capsys):
+    """A best row whose metric had no finite score (every layer excluded) has NULL score and
+    layers: the closing table of `prh run` raised a TypeError sorting and formatting it."""
+    from flows.cli import print_summary
+
+    row = {"model_a": "vit", "model_b": "lm", "metric": "cka", "score": 0.5, "layer_name_a": "l1", "layer_name_b": "l2",
+           "chance_level": None, "null_mean": 0.1, "calibrated_score": 0.4, "p_value": 0.02, "ci_low": 0.4, "ci_high": 0.6,
+           "n_samples": 24}
+    empty = {**row, "metric": "svcca", "score": None, "layer_name_a": None, "layer_name_b": None, "null_mean": None,
+             "calibrated_score": None, "p_value": None, "ci_low": None, "ci_high": None}
+    print_summary({"dataset_version": "d", "best": [empty, row], "extracted": ["vit"], "reused": ["lm"], "store": "file:///s",
+                   "run_id": "r1"})
+    shown = capsys.readouterr().out
+    assert "0.5000" in shown and "svcca" in shown and "features extracted: vit; reused: lm" in shown

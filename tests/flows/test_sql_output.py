@@ -48,3 +48,4 @@ def test_json_is_strict_and_keeps_numbers_numbers():
     write_csv(table, out)
     [header, values] = list(csv.reader(io.StringIO(out.getvalue())))
     assert dict(zip(header, values))["inf"] == "inf" and dict(zip(header, values))["big"] == "3"
+
