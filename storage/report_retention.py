@@ -20,11 +20,7 @@ def stale_reports(store: Store, keep: int) -> list[str]:
     time; a folder whose run record is gone counts as oldest), oldest first."""
     if keep < 0:
         raise ValueError(f"keep must be 0 or more, got {keep}")
-    base = store.path(REPORTS)
-    with store._reading(REPORTS):
-        if not store.fs.exists(base):
-            return []
-        folders = [store.key_of(e["name"]) for e in store.fs.ls(base, detail=True) if e.get("type") == "directory"]
+    folders = [e["key"] for e in store.entries(REPORTS) if e["type"] == "directory"]
     started = {str(r.get("run_id")): str(r.get("started_at") or "") for r in run_records(store)}
     runs = sorted((key for key in folders if key.rsplit("/", 1)[-1] != FIGURES),
                   key=lambda key: (started.get(key.rsplit("/", 1)[-1], ""), key))
@@ -36,7 +32,5 @@ def remove_stale_reports(store: Store, keep: int, dry_run: bool = False) -> list
     stale = stale_reports(store, keep)
     if not dry_run:
         for key in stale:
-            store.fs.rm(store.path(key), recursive=True)
-        if stale:
-            store.fs.invalidate_cache(store.path(REPORTS))
+            store.remove_tree(key)
     return stale

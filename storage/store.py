@@ -244,6 +244,36 @@ class Store:
         with self._reading(key):
             return self.fs.cat_file(self.path(key))
 
+    @contextlib.contextmanager
+    def open_read(self, key: str) -> Iterator[Any]:
+        """The file at ``key`` opened for streaming reads (binary); errors name the store and key."""
+        with self._reading(key), self.fs.open(self.path(key), "rb") as handle:
+            yield handle
+
+    def entries(self, key: str) -> list[dict[str, Any]]:
+        """What the folder ``key`` holds, one level: ``{"name", "key", "type" ('file' or
+        'directory'), "size"}`` each; empty when the folder does not exist."""
+        with self._reading(key):
+            path = self.path(key)
+            if not self.fs.exists(path):
+                return []
+            found = self.fs.ls(path, detail=True)
+        out = []
+        for entry in found:
+            entry_key = self.key_of(entry["name"])
+            if entry_key == key:
+                continue
+            out.append({"name": entry_key.rsplit("/", 1)[-1], "key": entry_key, "type": entry.get("type"), "size": entry.get("size")})
+        return out
+
+    def remove_tree(self, key: str) -> None:
+        """Remove the folder ``key`` and all it holds (nothing if it does not exist)."""
+        path = self.path(key)
+        with self._reading(key):
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+            self.fs.invalidate_cache(path)
+
     def read_many(self, paths: list[str], what: str = "") -> list[bytes | None]:
         """The content of each of ``paths`` (as this filesystem listed them), fetched concurrently
         on object stores (one request per file, in parallel batches: a catalog of thousands of

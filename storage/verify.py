@@ -58,7 +58,7 @@ class VersionCheck:
 def file_sha256(store: Store, key: str) -> tuple[int, str]:
     """(size in bytes, SHA-256 hex digest) of the file at ``key``, read in ``CHUNK_BYTES`` chunks."""
     digest, size = hashlib.sha256(), 0
-    with store._reading(key), store.fs.open(store.path(key), "rb") as handle:
+    with store.open_read(key) as handle:
         while chunk := handle.read(CHUNK_BYTES):
             digest.update(chunk)
             size += len(chunk)
@@ -72,9 +72,7 @@ def check_version(store: Store, version_key: str, manifest: dict[str, Any], quic
     if not isinstance(listing, dict):
         check.problems.append(f"{MANIFEST} lists no files (not written by prh's publish?)")
         return check
-    with store._reading(version_key):
-        found = {store.key_of(entry["name"]).rsplit("/", 1)[-1]: entry
-                 for entry in store.fs.ls(store.path(version_key), detail=True) if entry.get("type") != "directory"}
+    found = {entry["name"]: entry for entry in store.entries(version_key) if entry["type"] != "directory"}
     for name, expected in sorted(listing.items()):
         size, sha = (expected.get("bytes"), expected.get("sha256")) if isinstance(expected, dict) else (None, None)
         entry = found.get(name)
@@ -128,8 +126,4 @@ def remove_version(store: Store, version_key: str) -> None:
     if not is_version_key(version_key):
         raise ValueError(f"{version_key!r} is not a version folder of the store (see storage.verify.VERSION_DEPTH): not removed")
     store.delete(f"{version_key}/{MANIFEST}")
-    path = store.path(version_key)
-    with store._reading(version_key):
-        if store.fs.exists(path):
-            store.fs.rm(path, recursive=True)
-        store.fs.invalidate_cache(path)
+    store.remove_tree(version_key)
