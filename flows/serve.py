@@ -78,15 +78,16 @@ def wait_healthy(api_url: str, proc: subprocess.Popen[bytes] | None = None, time
 
 def ensure_work_pool(api_url: str, name: str, pool_type: str = "process") -> None:
     """Create the work pool (nothing if it exists)."""
-    response = httpx.post(f"{api_url}/work_pools/", json={"name": name, "type": pool_type}, timeout=30)
-    if response.status_code not in (200, 201, 409):
-        response.raise_for_status()
+    try:
+        api_request("POST", f"{api_url}/work_pools/", json={"name": name, "type": pool_type})
+    except httpx.HTTPStatusError as error:
+        if error.response.status_code != 409:  # 409: it exists
+            raise
 
 
 def ensure_concurrency_limit(api_url: str, tag: str, limit: int) -> None:
     """A tag-based concurrency limit (``prefect concurrency-limit create TAG LIMIT``)."""
-    response = httpx.post(f"{api_url}/concurrency_limits/", json={"tag": tag, "concurrency_limit": limit}, timeout=30)
-    response.raise_for_status()
+    api_request("POST", f"{api_url}/concurrency_limits/", json={"tag": tag, "concurrency_limit": limit})
 
 
 def deploy_all(env: Mapping[str, str], timeout: float = 300) -> None:
