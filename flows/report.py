@@ -13,12 +13,13 @@ import base64
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from storage.report_retention import REPORTS
+
 if TYPE_CHECKING:
     from storage.store import Store
     from tasks.report import Report
 
 ARTIFACT_KEY = "prh-report"
-REPORTS = "reports"
 REPORT_FILE = "report.html"
 # Largest heatmap (as base64) inlined into the markdown artifact; beyond it only the link is given.
 ARTIFACT_IMAGE_LIMIT = 200_000

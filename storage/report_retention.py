@@ -8,11 +8,12 @@ keep only the newest ones. The figure cache (``reports/figures/``) is not a repo
 
 from __future__ import annotations
 
+from storage.figure_cache import FIGURES
 from storage.runs import run_records
 from storage.store import Store
 
+#: Where each run's page is stored: ``reports/<run_id>/report.html`` (``flows.report.report_key``).
 REPORTS = "reports"
-FIGURES = "figures"
 
 
 def stale_reports(store: Store, keep: int) -> list[str]:
@@ -22,7 +23,7 @@ def stale_reports(store: Store, keep: int) -> list[str]:
         raise ValueError(f"keep must be 0 or more, got {keep}")
     folders = [e["key"] for e in store.entries(REPORTS) if e["type"] == "directory"]
     started = {str(r.get("run_id")): str(r.get("started_at") or "") for r in run_records(store)}
-    runs = sorted((key for key in folders if key.rsplit("/", 1)[-1] != FIGURES),
+    runs = sorted((key for key in folders if key != FIGURES),
                   key=lambda key: (started.get(key.rsplit("/", 1)[-1], ""), key))
     return runs[: max(len(runs) - keep, 0)]
 
