@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from flows.runners import make_task_runner, preload_libraries, runs_in_parallel
 from storage import layout
 from storage.owner import current_owner
-from storage.runs import CANCELLED, COMPLETED, FAILED, RUNNING, open_for_run
+from storage.runs import CANCELLED, COMPLETED, FAILED, RUN_HEARTBEAT_SECONDS, RUNNING, RunHeartbeat, open_for_run
 from storage.store import DEFAULT_STORE, Store, utc_now
 from storage.versioning import code_version
 from tasks.align_task import align_pair
@@ -73,8 +73,18 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
         "store": target.display_url,
         "config": config.model_dump(mode="json"),
         "code_version": code_version("tasks", "storage"),
+        "heartbeat_s": RUN_HEARTBEAT_SECONDS,
     }
     target.write_json(layout.run_key(run_id), record)
+    with RunHeartbeat(target, run_id):  # removed after the final record is written
+        return _run_recorded(config, target, record, report, extract_missing, dataset_version)
+
+
+def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any], report: bool,
+                  extract_missing: bool, dataset_version: str) -> dict[str, Any]:
+    """The body of :func:`pipeline`: ``record`` (the run's, ``RUNNING``) is written again with
+    its outcome whatever happens."""
+    store_url, run_id = target.url, record["run_id"]
     try:
         if dataset_version:  # published by an earlier stage: read from the store, not from the source
             dataset = stored_dataset(dataset_version, store_url, config.dataset, alignment=config.alignment)

@@ -31,7 +31,7 @@ import duckdb
 import pyarrow as pa
 
 from storage import layout
-from storage.runs import run_records
+from storage.runs import runs_as_known
 from storage.store import Store, escape_glob, unescape_glob
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def catalog_sources(store: Store) -> CatalogSources:
         ]
         for view, (prefix, file_name) in _FILE_VIEWS.items()
     }
-    runs = run_records(store)
+    runs = runs_as_known(store)
     tables = {
         "datasets": _meta_table("datasets", [_catalog_row(m) for _, m in manifests[layout.DATASETS]]),
         "models": _meta_table("models", [_catalog_row(m) for _, m in manifests[layout.FEATURES]]),

@@ -1,14 +1,20 @@
 """Run records (``runs/<run_id>.json``) and what a new run cleans up after killed ones.
 
-A run killed without a chance to write its end (kill -9, OOM killer) would stay ``RUNNING`` for
-ever in the catalog's ``runs`` view. The record names its process (``storage.owner``); the next
-run on the same host marks such records ``CRASHED``, and removes the files of versions that a
-dead writer left unpublished (``Store.sweep_abandoned``).
+A run killed without a chance to write its end (kill -9, OOM killer, a container or machine
+that stopped) would stay ``RUNNING`` for ever in the catalog's ``runs`` view. Two signs tell
+that it is gone: its process (``storage.owner``), when it ran on this host and in this pid
+namespace, no longer exists; or, wherever it ran, its sign of life (``runs/alive/<run_id>.json``,
+renewed every ``RUN_HEARTBEAT_SECONDS`` while it runs) is older than ``STALE_RUN_SECONDS``. The
+next run marks such records ``CRASHED`` and removes the files of versions that a dead writer left
+unpublished (``Store.sweep_abandoned``); the catalog shows them ``CRASHED`` at once.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
+from datetime import datetime, timezone
 from typing import Any
 
 from storage import layout
@@ -16,6 +22,85 @@ from storage.owner import owner_is_dead
 from storage.store import Store, utc_now
 
 RUNNING, COMPLETED, FAILED, CRASHED, CANCELLED = "RUNNING", "COMPLETED", "FAILED", "CRASHED", "CANCELLED"
+#: Folder of the runs' signs of life, beside their records (``*.json`` directly under ``runs/``).
+ALIVE = "alive"
+#: A running run renews its sign of life this often.
+RUN_HEARTBEAT_SECONDS = 60.0
+#: A ``RUNNING`` record whose last sign of life is older than this is a run that stopped without
+#: writing its end: 15 missed heartbeats, and room for minutes of clock skew between hosts.
+STALE_RUN_SECONDS = 900.0
+
+
+def alive_key(run_id: str) -> str:
+    """Where run ``run_id`` leaves its sign of life while it runs."""
+    return Store.key(layout.RUNS, ALIVE, f"{run_id}.json")
+
+
+class RunHeartbeat:
+    """While its ``with`` block runs, writes run ``run_id``'s sign of life (``{"run_id",
+    "heartbeat_at": epoch seconds}`` at :func:`alive_key`) at once and then every ``interval``
+    s; removes it at the end. A failed write (endpoint trouble) is tried again at the next beat:
+    a run is only judged gone after ``STALE_RUN_SECONDS`` without one."""
+
+    def __init__(self, store: Store, run_id: str, interval: float = RUN_HEARTBEAT_SECONDS) -> None:
+        self._store, self._key, self._run_id, self._interval = store, alive_key(run_id), run_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"run-heartbeat {run_id}", daemon=True)
+
+    def __enter__(self) -> "RunHeartbeat":
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60.0)
+        try:
+            self._store.delete(self._key)
+        except Exception:  # noqa: BLE001 - a leftover sign of life only delays nothing: the record is final
+            pass
+
+    def _write(self) -> None:
+        try:
+            self._store.write_json(self._key, {"run_id": self._run_id, "heartbeat_at": time.time()})
+        except Exception:  # noqa: BLE001 - the next beat tries again
+            pass
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._write()
+
+
+def _epoch(timestamp: Any) -> float | None:
+    """Seconds since the epoch of an ISO 8601 time (``utc_now``), or None if it is not one."""
+    try:
+        moment = datetime.fromisoformat(str(timestamp))
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def gone_reason(store: Store, record: dict[str, Any], now: float | None = None) -> str | None:
+    """Why the ``RUNNING`` run of ``record`` is known to have stopped without writing its end, or
+    None while it may still run (or the record is not ``RUNNING``). A record written before runs
+    had signs of life (no ``heartbeat_s``) is judged by its process only."""
+    if record.get("status") != RUNNING:
+        return None
+    if owner_is_dead(record.get("process")):
+        return "the run's process ended without finishing it (killed or crashed)"
+    if not record.get("heartbeat_s"):
+        return None
+    last = _epoch(record.get("started_at")) or 0.0
+    try:
+        last = max(last, float(store.read_json(alive_key(str(record.get("run_id"))))["heartbeat_at"]))
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        pass
+    silent = (time.time() if now is None else now) - last
+    if silent <= STALE_RUN_SECONDS:
+        return None
+    since = datetime.fromtimestamp(last, timezone.utc).replace(microsecond=0).isoformat() if last else "its start"
+    return (f"no sign of life from the run for {silent / 60:.0f} min (last at {since}): its process, "
+            "container or machine stopped without finishing it")
 
 
 def run_records(store: Store) -> list[dict[str, Any]]:
@@ -36,21 +121,34 @@ def run_records(store: Store) -> list[dict[str, Any]]:
 
 
 def mark_crashed_runs(store: Store, dry_run: bool = False) -> list[str]:
-    """Mark ``CRASHED`` every ``RUNNING`` record whose process is known to have died; returns
-    their run ids (``dry_run``: only those ids). Records of live processes, or of other hosts,
-    are left alone."""
+    """Mark ``CRASHED`` every ``RUNNING`` record of a run known to have stopped (:func:`gone_reason`:
+    its process died on this host, or it gave no sign of life for ``STALE_RUN_SECONDS``); returns
+    their run ids (``dry_run``: only those ids). Other records are left alone."""
     crashed = []
     for record in run_records(store):
-        if record.get("status") != RUNNING or not owner_is_dead(record.get("process")):
+        reason = gone_reason(store, record)
+        if reason is None:
             continue
         run_id = str(record.get("run_id"))
         crashed.append(run_id)
         if dry_run:
             continue
-        record.update(status=CRASHED, error="the run's process ended without finishing it (killed or crashed)",
-                      finished_at=None, marked_crashed_at=utc_now())
+        record.update(status=CRASHED, error=reason, finished_at=None, marked_crashed_at=utc_now())
         store.write_json(layout.run_key(run_id), record)
+        store.delete(alive_key(run_id))
     return crashed
+
+
+def runs_as_known(store: Store) -> list[dict[str, Any]]:
+    """:func:`run_records`, with every run known to have stopped shown ``CRASHED`` (its reason as
+    ``error``) though no run has marked it yet: what the catalog's ``runs`` view shows. Writes
+    nothing."""
+    records = run_records(store)
+    for record in records:
+        reason = gone_reason(store, record)
+        if reason is not None:
+            record.update(status=CRASHED, error=reason)
+    return records
 
 
 def open_for_run(store: Store, min_free_mb: float | None = None) -> tuple[list[str], list[str]]:

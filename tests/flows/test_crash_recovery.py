@@ -98,7 +98,9 @@ def test_killed_run_reruns_to_the_same_results(point, tmp_path, reference):
     models = query(con, "select model, n_layers from models order by model").to_pylist()
     assert models in ([], [{"model": "tiny-bert", "n_layers": 3}], [{"model": "tiny-bert", "n_layers": 3}, {"model": "tiny-vit", "n_layers": 3}])
     assert query(con, "select count(*) n from features").to_pylist() == [{"n": 40 * 3 * len(models)}]
-    assert query(con, "select status from runs").to_pylist() == [{"status": "RUNNING"}]
+    # the killed run is shown CRASHED at once (its process is gone), before any run marks it
+    assert [r["status"] for r in query(con, "select status from runs").to_pylist()] == ["CRASHED"]
+    assert [p.name for p in (Path(store) / "runs" / "alive").iterdir()] != []  # its sign of life, left behind
 
     rerun = prh_pipeline(config=PipelineConfig.model_validate(CONFIG), store=store, report=False)
     assert rerun["status"] == "COMPLETED"
@@ -106,6 +108,7 @@ def test_killed_run_reruns_to_the_same_results(point, tmp_path, reference):
     assert _stray_files(store) == []
     statuses = query(connect(Store(store)), "select status from runs order by status").to_pylist()
     assert statuses == [{"status": "COMPLETED"}, {"status": "CRASHED"}]
+    assert list((Path(store) / "runs" / "alive").iterdir()) == []  # both signs of life removed
 
 
 def test_two_runs_at_once_on_one_store(tmp_path, reference):

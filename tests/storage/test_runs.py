@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from datetime import datetime, timedelta, timezone
 
 from storage import layout
+from storage.catalog import connect, query
 from storage.owner import current_owner
-from storage.runs import CRASHED, RUNNING, mark_crashed_runs, run_records
+from storage.runs import (
+    CRASHED,
+    RUN_HEARTBEAT_SECONDS,
+    RUNNING,
+    STALE_RUN_SECONDS,
+    RunHeartbeat,
+    alive_key,
+    mark_crashed_runs,
+    run_records,
+    runs_as_known,
+)
 from storage.store import Store
 
 
@@ -38,3 +51,55 @@ def test_an_owner_in_another_pid_namespace_is_never_judged_dead():
     assert not owner_is_dead({**gone, "pid_namespace": "pid:[1]"})  # another container's process
     assert owner_is_dead({k: v for k, v in gone.items() if k != "pid_namespace"})  # records of older versions: as before
     assert not owner_is_dead(me)
+
+
+def _running(run_id: str, minutes_ago: float, heartbeat: bool = True, host: str = "another-host") -> dict:
+    """A RUNNING record of a run started ``minutes_ago`` on ``host`` (whose process cannot be checked)."""
+    started = datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)
+    record = {"run_id": run_id, "status": RUNNING, "started_at": started.replace(microsecond=0).isoformat(),
+              "process": {**current_owner(), "host": host}}
+    return {**record, "heartbeat_s": RUN_HEARTBEAT_SECONDS} if heartbeat else record
+
+
+def test_runs_silent_for_too_long_are_crashed_wherever_they_ran(tmp_path):
+    """A run on another host, or in a container that restarted (another pid namespace), cannot be
+    checked by its process: it is gone once its sign of life is older than STALE_RUN_SECONDS."""
+    store = Store(str(tmp_path / "store"))
+    stale_minutes = STALE_RUN_SECONDS / 60
+    store.write_json(layout.run_key("silent"), _running("silent", stale_minutes + 5))  # never beat
+    store.write_json(layout.run_key("beating"), _running("beating", stale_minutes * 4))
+    store.write_json(alive_key("beating"), {"run_id": "beating", "heartbeat_at": time.time() - 30})
+    store.write_json(layout.run_key("stopped"), _running("stopped", stale_minutes * 4))
+    store.write_json(alive_key("stopped"), {"run_id": "stopped", "heartbeat_at": time.time() - STALE_RUN_SECONDS - 60})
+    store.write_json(layout.run_key("young"), _running("young", 1))
+    store.write_json(layout.run_key("legacy"), _running("legacy", stale_minutes * 4, heartbeat=False))
+    restarted = _running("restarted", stale_minutes + 5, host=current_owner()["host"])
+    restarted["process"]["pid_namespace"] = "pid:[1]"
+    store.write_json(layout.run_key("restarted"), restarted)
+
+    # the catalog shows them CRASHED at once, writing nothing
+    shown = {r["run_id"]: r for r in runs_as_known(store)}
+    assert {k: r["status"] for k, r in shown.items()} == {
+        "beating": RUNNING, "legacy": RUNNING, "restarted": CRASHED, "silent": CRASHED, "stopped": CRASHED, "young": RUNNING}
+    assert "no sign of life from the run for" in shown["stopped"]["error"]
+    assert {r["run_id"]: r["status"] for r in run_records(store)}["stopped"] == RUNNING
+    view = query(connect(store), "select run_id, status from runs where status = 'CRASHED' order by run_id").to_pylist()
+    assert [r["run_id"] for r in view] == ["restarted", "silent", "stopped"]
+
+    assert mark_crashed_runs(store) == ["restarted", "silent", "stopped"]
+    records = {r["run_id"]: r for r in run_records(store)}
+    assert records["stopped"]["status"] == CRASHED and records["stopped"]["marked_crashed_at"]
+    assert not store.exists(alive_key("stopped")) and store.exists(alive_key("beating"))
+    assert mark_crashed_runs(store) == []
+
+
+def test_run_heartbeat_renews_its_sign_of_life_and_removes_it_at_the_end(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    with RunHeartbeat(store, "r1", interval=0.05):
+        first = store.read_json(alive_key("r1"))["heartbeat_at"]  # written at once
+        deadline = time.time() + 10
+        while store.read_json(alive_key("r1"))["heartbeat_at"] == first and time.time() < deadline:
+            time.sleep(0.02)
+        assert store.read_json(alive_key("r1"))["heartbeat_at"] > first
+    assert not store.exists(alive_key("r1"))
+    assert run_records(store) == []  # signs of life are not run records
