@@ -66,7 +66,7 @@ _META_COLUMNS = {
     "datasets": ["dataset_version", "name", "n_samples", "n_images", "n_rejected", "source", "code_version", "published_at"],
     "models": [
         "model", "feature_version", "dataset_version", "modality", "loader", "model_id", "revision", "commit", "pooling",
-        "dtype", "param_count", "n_layers", "layer_names", "layer_widths", "bits_per_byte", "n_samples",
+        "dtype", "param_count", "n_layers", "layer_names", "layer_widths", "bits_per_byte", "bits_per_byte_pooled", "n_samples",
         "code_version", "device", "seconds", "published_at",
     ],
     "runs": [
@@ -298,7 +298,7 @@ def _meta_table(view: str, rows: list[dict[str, Any]]) -> pa.Table:
 #: Types of the metadata views' columns that are not text.
 _META_TYPES: dict[str, pa.DataType] = {
     **dict.fromkeys(("n_samples", "n_images", "n_rejected", "param_count", "n_layers", "aligned"), pa.int64()),
-    **dict.fromkeys(("bits_per_byte", "seconds"), pa.float64()),
+    **dict.fromkeys(("bits_per_byte", "bits_per_byte_pooled", "seconds"), pa.float64()),
     "layer_widths": pa.list_(pa.int64()),
     **dict.fromkeys(("layer_names", "alignment_versions", "extracted", "reused"), pa.list_(pa.string())),
 }

@@ -60,7 +60,7 @@ DEFAULT_SHARD_SIZE = 2048
 GPU_TAG = "prh-gpu"
 
 #: Per-shard measurements stored with each shard and summed over shards.
-_SHARD_SUMS = ("nll_nats", "predicted_tokens", "text_bytes", "bpb_truncated_texts", "truncated_texts")
+_SHARD_SUMS = ("nll_nats", "predicted_tokens", "text_bytes", "bpb_sum", "bpb_texts", "bpb_truncated_texts", "truncated_texts")
 
 
 @task(name="extract-features", task_run_name="extract-{spec.name}", tags=[GPU_TAG], retries=2,
@@ -149,6 +149,7 @@ def extract_to_store(
         "layer_names": extracted.model["layer_names"],
         "layer_widths": [int(x.shape[1]) for x in layers],
         "bits_per_byte": extracted.bits_per_byte,
+        "bits_per_byte_pooled": extracted.extras.get("bits_per_byte_pooled"),
         "n_samples": len(sample_ids),
         "code_version": code_version(*FEATURE_CODE, exclude=FEATURE_CODE_EXCLUDED),
         "device": extracted.model["device"],
@@ -271,14 +272,17 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
                                "to keep them whole)", spec.name, extras["truncated_texts"], total, spec.max_length)
         bpb = None
         if model["is_causal_lm"] and sums.get("text_bytes"):
-            from tasks.extract.bpb import bits_per_byte
+            from tasks.extract.bpb import bits_per_byte, mean_bits_per_byte
 
-            if sums.get("predicted_tokens"):
-                bpb = bits_per_byte(sums.get("nll_nats", 0.0), int(sums["text_bytes"]))
+            pooled = None
+            if sums.get("predicted_tokens") and sums.get("bpb_texts"):
+                bpb = mean_bits_per_byte(sums.get("bpb_sum", 0.0), int(sums["bpb_texts"]))
+                pooled = bits_per_byte(sums.get("nll_nats", 0.0), int(sums["text_bytes"]))
             else:  # 0 would read as a perfect language model
                 logger.warning("%s: no caption token was scored (max_length=%d leaves no token after the first, or the "
                                "captions are one token each): bits per byte left empty", spec.name, spec.max_length)
-            extras.update(nll_nats=sums.get("nll_nats", 0.0), predicted_tokens=int(sums.get("predicted_tokens", 0)),
+            extras.update(bits_per_byte_pooled=pooled, bpb_sum=sums.get("bpb_sum", 0.0), bpb_texts=int(sums.get("bpb_texts", 0)),
+                          nll_nats=sums.get("nll_nats", 0.0), predicted_tokens=int(sums.get("predicted_tokens", 0)),
                           text_bytes=int(sums["text_bytes"]), bpb_truncated_texts=int(sums.get("bpb_truncated_texts", 0)))
         return _Extraction(shards, model, bpb, extras, resumed)
     finally:  # the next model of the zoo starts with the memory this one held (its facts are kept)

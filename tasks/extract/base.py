@@ -133,11 +133,14 @@ class BatchOutput:
     layers: one `(B, D_l) float32` array per layer, rows in the order of the batch's items.
     nll_nats / n_targets: summed next-token NLL and its number of predicted tokens (causal LMs
     asked for it; else 0.0 / 0).
+    row_nll: `(B,) float64` each item's summed next-token NLL in nats, batch order (causal LMs
+    asked for it; else None).
     """
 
     layers: list[np.ndarray]
     nll_nats: float = 0.0
     n_targets: int = 0
+    row_nll: np.ndarray | None = None
 
 
 class Extractor(ABC):
@@ -198,8 +201,8 @@ class Extractor(ABC):
         """Per-item lengths to sort batches by (language: tokens), or None to keep the order."""
         return None
 
-    def text_bytes(self, items: Sequence[Any]) -> int:
-        """UTF-8 bytes of the texts as fed to the model (bits-per-byte denominator)."""
+    def text_bytes(self, items: Sequence[Any]) -> list[int]:
+        """UTF-8 bytes of each text as fed to the model (bits-per-byte denominators), items' order."""
         raise NotImplementedError(f"{type(self).__name__} has no text")
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 
 from tasks.extract.base import Extractor, resolve_device
 from tasks.extract.bpb import bits_per_byte as _bits_per_byte
+from tasks.extract.bpb import mean_bits_per_byte, per_text_bits_per_byte
 from tasks.extract.errors import ModelInputError
 from tasks.extract.spec import ModelSpec
 
@@ -47,8 +48,10 @@ class ExtractedFeatures:
     layer_names: names of the layers, embedding/stem first.
     param_count: parameters of the model.
     extras: model-level measurements; language models: ``truncated_texts`` (captions longer
-        than ``max_length`` tokens, cut to it); causal LMs also ``bits_per_byte`` (float),
-        ``nll_nats``, ``predicted_tokens``, ``text_bytes``, ``bpb_truncated_texts``.
+        than ``max_length`` tokens, cut to it); causal LMs also ``bits_per_byte`` (the paper's:
+        mean over captions of each caption's bits per byte), ``bits_per_byte_pooled`` (all bits
+        over all bytes), ``bpb_sum`` / ``bpb_texts`` (the mean's sum and count), ``nll_nats``,
+        ``predicted_tokens``, ``text_bytes``, ``bpb_truncated_texts``.
     """
 
     layers: list[np.ndarray]
@@ -279,6 +282,7 @@ def extract_all(
     order = batch_order(extractor.sort_lengths(items) if n else None, n)
     batches = [order[i:i + bs] for i in range(0, n, bs)]
     nll, targets, truncated = 0.0, 0, 0
+    item_nll = np.zeros(n, dtype=np.float64)  # each item's summed NLL in nats (causal LMs)
 
     done = 0
     plan = plan_prepare(extractor, n, prepare, workers)
@@ -289,6 +293,8 @@ def extract_all(
                 layer[idx] = arr
             nll += result.nll_nats
             targets += result.n_targets
+            if result.row_nll is not None:
+                item_nll[idx] = result.row_nll
             truncated += getattr(prepared, "n_truncated", 0)
             done += len(idx)
             if progress is not None:
@@ -296,10 +302,16 @@ def extract_all(
 
     extras: dict[str, Any] = {"truncated_texts": truncated} if extractor.modality == "language" else {}
     if want_nll and n:
-        n_bytes = extractor.text_bytes(items)
+        item_bytes = extractor.text_bytes(items)
+        n_bytes = sum(item_bytes)
+        bpb_sum, bpb_texts = per_text_bits_per_byte(item_nll, item_bytes)
+        scored = bool(targets and bpb_texts)  # nothing scored: unknown, not 0
         extras = {
             **extras,
-            "bits_per_byte": _bits_per_byte(nll, n_bytes) if targets else None,  # nothing scored: unknown, not 0
+            "bits_per_byte": mean_bits_per_byte(bpb_sum, bpb_texts) if scored else None,
+            "bits_per_byte_pooled": _bits_per_byte(nll, n_bytes) if scored else None,
+            "bpb_sum": bpb_sum,
+            "bpb_texts": bpb_texts,
             "nll_nats": nll,
             "predicted_tokens": targets,
             "text_bytes": n_bytes,

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 
 from tasks.extract.base import BatchOutput, Extractor, count_parameters, layer_names, require_hidden_states, to_numpy_f32
-from tasks.extract.bpb import next_token_nll
+from tasks.extract.bpb import next_token_nll_rows
 from tasks.extract.hf_models import LoadedModel, input_device, position_offset
 from tasks.extract.pooling import pool_tokens
 from tasks.extract.spec import ModelSpec
@@ -84,8 +84,8 @@ class HFLanguageExtractor(Extractor):
         ids = self.tokenizer(self.texts(items), truncation=True, max_length=self.spec.max_length)["input_ids"]
         return [len(x) for x in ids]
 
-    def text_bytes(self, items: Sequence[str]) -> int:
-        return sum(len(t.encode("utf-8")) for t in self.texts(items))
+    def text_bytes(self, items: Sequence[str]) -> list[int]:
+        return [len(t.encode("utf-8")) for t in self.texts(items)]
 
     def prepare(self, items: Sequence[str]) -> PreparedText:
         texts = self.texts(items)
@@ -133,11 +133,11 @@ class HFLanguageExtractor(Extractor):
             return BatchOutput(layers)
         assert logits is not None
         dev = logits.device
-        nll, n = next_token_nll(
+        rows, counts = next_token_nll_rows(
             logits, prepared.input_ids.to(dev), prepared.attention_mask.to(dev),
             ~prepared.special_tokens_mask.to(dev).bool(),
         )
-        return BatchOutput(layers, nll_nats=nll, n_targets=n)
+        return BatchOutput(layers, nll_nats=float(rows.sum()), n_targets=int(counts.sum()), row_nll=rows.numpy())
 
 
 def _pinned(p: PreparedText) -> PreparedText:

@@ -63,6 +63,11 @@ def test_killed_extraction_resumes_from_the_last_shard(tmp_path, caplog):
     assert 0 < truncated < 40 and reference["extras"]["bpb_truncated_texts"] == truncated
     # an untrained model is near uniform over MiniLM's 30,522 tokens: ~ln(30522) = 10.3 nats per scored token
     assert 9.5 < reference["extras"]["nll_nats"] / reference["extras"]["predicted_tokens"] < 11.0
+    # bits per byte over three shards: the paper's mean over all 40 captions, and the pooled one
+    extras, catalog = reference["extras"], reference["catalog"]
+    assert extras["bpb_texts"] == 40
+    assert catalog["bits_per_byte"] == pytest.approx(extras["bpb_sum"] / 40, rel=1e-12)
+    assert catalog["bits_per_byte_pooled"] == pytest.approx(extras["nll_nats"] / np.log(2) / extras["text_bytes"], rel=1e-12)
     assert f"tiny-gpt: {truncated} of 40 captions are longer than max_length=6 tokens and were cut to it" in caplog.text
     dataset = publish_dataset(params, killed_store)
 

@@ -9,14 +9,17 @@ import pytest
 import torch
 
 from tasks.extract import extract_all, load_extractor
-from tasks.extract.bpb import bits_per_byte, next_token_nll
+from tasks.extract.bpb import bits_per_byte, mean_bits_per_byte, next_token_nll, next_token_nll_rows, per_text_bits_per_byte
 from tests.tasks.extract.helpers import CAPTIONS, tiny_language_spec
 
 
-def _hand_bpb(ex, captions: list[str]) -> float:
-    """Unpadded, one caption at a time: -sum log softmax(logits)[next token] over non-special targets."""
-    total_nats, total_bytes = 0.0, 0
+def _hand_bpb(ex, captions: list[str]) -> tuple[float, float]:
+    """Unpadded, one caption at a time: -sum log softmax(logits)[next token] over non-special
+    targets. Returns (the paper's mean over captions of each caption's bits / its bytes, all bits
+    over all bytes)."""
+    total_nats, total_bytes, per_caption = 0.0, 0, []
     for caption in captions:
+        before = total_nats
         enc = ex.tokenizer(caption, truncation=True, max_length=ex.spec.max_length, return_special_tokens_mask=True)
         ids = torch.tensor([enc["input_ids"]])
         special = enc["special_tokens_mask"]
@@ -27,7 +30,8 @@ def _hand_bpb(ex, captions: list[str]) -> float:
             if not special[t]:
                 total_nats -= float(logp[t - 1, ids[0, t]])
         total_bytes += len(caption.encode("utf-8"))
-    return total_nats / math.log(2) / total_bytes
+        per_caption.append((total_nats - before) / math.log(2) / len(caption.encode("utf-8")))
+    return sum(per_caption) / len(per_caption), total_nats / math.log(2) / total_bytes
 
 
 @pytest.mark.parametrize("kind, side", [("gpt2", "right"), ("llama", "left")])
@@ -38,7 +42,11 @@ def test_bits_per_byte_matches_hand_computation(kind, side):
     bpb = feats.extras["bits_per_byte"]
     assert math.isfinite(bpb) and bpb > 0
     assert feats.extras["text_bytes"] == sum(len(c.encode()) for c in CAPTIONS)
-    assert bpb == pytest.approx(_hand_bpb(ex, CAPTIONS), rel=1e-5)
+    paper, pooled = _hand_bpb(ex, CAPTIONS)
+    assert abs(paper - pooled) > 1e-3 * pooled  # captions of unequal length: the two definitions differ here
+    assert bpb == pytest.approx(paper, rel=1e-5)  # the paper's: mean over captions
+    assert feats.extras["bits_per_byte_pooled"] == pytest.approx(pooled, rel=1e-5)
+    assert feats.extras["bpb_texts"] == len(CAPTIONS)
     # An untrained byte-level model is near uniform over its 384 ids: ~log2(384) bits per byte.
     assert 6.0 < bpb < 12.0
 
@@ -64,7 +72,12 @@ def test_next_token_nll_masks():
     special = torch.tensor([[0, 0, 1, 0], [0, 0, 0, 0]]).bool()
     nll2, n2 = next_token_nll(logits, ids, mask, ~special)
     assert n2 == 3 and nll2 == pytest.approx(float(expected + logp[0, 1, 3]), rel=1e-6)
+    rows, counts = next_token_nll_rows(logits, ids, mask)
+    assert counts.tolist() == [2, 2] and rows.dtype == torch.float64
+    assert rows.tolist() == pytest.approx([float(-(logp[0, 0, 2] + logp[0, 1, 3])), float(-(logp[1, 1, 1] + logp[1, 2, 2]))], rel=1e-6)
     assert bits_per_byte(math.log(2) * 8, 4) == pytest.approx(2.0)
+    assert per_text_bits_per_byte([math.log(2) * 8, math.log(2) * 3, 5.0], [4, 1, 0]) == (pytest.approx(5.0), 2)  # 2 and 3 bits/byte; a text without bytes left out
+    assert mean_bits_per_byte(5.0, 2) == pytest.approx(2.5)
     with pytest.raises(ValueError):
         bits_per_byte(1.0, 0)
 
