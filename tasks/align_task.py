@@ -21,7 +21,7 @@ from storage.features import examples
 from storage.pairing import PairedFeatures, paired_features
 from storage.store import Store
 from storage.versioning import code_version, content_id
-from tasks.alignment import MetricRequest, PairAlignment, align_layers, prepare_layers
+from tasks.alignment import MetricRequest, PairAlignment, align_layers, prepare_layers, threshold_layers
 from tasks.image_rows import image_rows, mean_rows
 from tasks.params import AlignmentParams
 from tasks.retries import backoff, retry_transient
@@ -284,8 +284,9 @@ def align_to_store(
                        "layer %d, e.g. %s); k-NN ties among them are broken arbitrarily (expected when captions share an image: "
                        "alignment.unit 'image' aligns one row per image)",
                        model, len(layers), worst["n_samples"], len(pair.sample_ids), worst["layer"], examples(worst["examples"]))
-    xs = prepare_layers(pair.xs, q=params.outlier_quantile, scope=params.outlier_scope, exact=params.outlier_exact)
-    ys = prepare_layers(pair.ys, q=params.outlier_quantile, scope=params.outlier_scope, exact=params.outlier_exact)
+    xs, ys = (prepare_layers(layers, q=params.outlier_quantile, scope=params.outlier_scope, exact=params.outlier_exact,
+                             threshold_from=threshold_layers(catalog.get("modality", ""), len(layers)))
+              for layers, catalog in ((pair.xs, manifest_a["catalog"]), (pair.ys, manifest_b["catalog"])))
     results = align_layers(xs, ys, metric_requests(params), permutations=params.permutations, seed=params.seed,
                            bootstrap=params.bootstrap, names=(model_a, model_b))
     degenerate = excluded_layers(results, manifest_a, manifest_b)

@@ -92,21 +92,46 @@ class PairAlignment:
     excluded_b: dict[int, str] = field(default_factory=dict)
 
 
-def prepare_layers(layers: Sequence[np.ndarray], q: float = 0.95, scope: str = "model", exact: bool = False) -> list[np.ndarray]:
+def prepare_layers(layers: Sequence[np.ndarray], q: float = 0.95, scope: str = "model", exact: bool = False,
+                   threshold_from: Sequence[int] | None = None) -> list[np.ndarray]:
     """The paper's preprocessing of a model's layers (``(N, D_l)`` each): outlier clamp at quantile
     ``q``, then L2 rows (``metrics.prepare``).
 
     ``scope="model"`` is what the paper's ``measure_alignment.py`` does with the features it stores:
     layers of one width form an ``(N, L, D)`` tensor that gets ONE threshold (each sample's
     quantile pools its values over every layer); a model whose layers differ in width is a list,
-    and each layer gets its own. ``scope="layer"``: one threshold per layer always. ``exact``: the
-    sorted-element threshold (the paper's ``--precise``) instead of the mean of per-sample quantiles.
+    and each layer gets its own. ``threshold_from``: the indices of the layers whose values set that
+    one threshold (default: all; see :func:`threshold_layers`), which then clamps every layer.
+    ``scope="layer"``: one threshold per layer always. ``exact``: the sorted-element threshold
+    (the paper's ``--precise``) instead of the mean of per-sample quantiles.
     """
     if scope not in ("model", "layer"):
         raise ValueError(f"outlier scope must be 'model' or 'layer', got {scope!r}")
     if scope == "model" and len(layers) > 1 and len({x.shape for x in layers}) == 1:
-        return metrics.prepare([np.asarray(x) for x in layers], q=q, exact=exact, per_layer=False)  # one threshold
+        arrays = [np.asarray(x) for x in layers]
+        chosen = sorted(set(range(len(arrays)) if threshold_from is None else threshold_from))
+        if not chosen or chosen[0] < 0 or chosen[-1] >= len(arrays):
+            raise ValueError(f"threshold_from must name some of the {len(arrays)} layers, got {list(threshold_from or [])}")
+        if len(chosen) == len(arrays) or q >= 1:
+            return metrics.prepare(arrays, q=q, exact=exact, per_layer=False)  # one threshold
+        import torch
+
+        from tasks.metrics.preparation import pooled_outlier_threshold
+
+        dtype = torch.float64 if all(x.dtype == np.float64 for x in arrays) else torch.float32  # as metrics.prepare computes
+        t = float(pooled_outlier_threshold([torch.as_tensor(arrays[i], dtype=dtype) for i in chosen], q, exact))
+        return [np.asarray(metrics.prepare(np.clip(x, -t, t).astype(x.dtype, copy=False), q=1.0)) for x in arrays]
     return [np.asarray(metrics.prepare(x, q=q, exact=exact)) for x in layers]
+
+
+def threshold_layers(modality: str, n_layers: int) -> list[int] | None:
+    """The layers whose values set a model's one outlier threshold (:func:`prepare_layers`'s
+    ``threshold_from``): for a vision model every block but not layer 0, the embedding output,
+    which the paper's extraction (timm hooks on the blocks) does not store, so its threshold never
+    saw it (a ViT's CLS token there is one constant vector, which pulled the threshold down);
+    every layer otherwise (the paper's language features start with the embedding output, as
+    ours do). None: all layers."""
+    return list(range(1, n_layers)) if modality == "vision" and n_layers > 1 else None
 
 
 def degenerate_layers(layers: Sequence[np.ndarray], rtol: float = DEGENERATE_RTOL) -> dict[int, str]:

@@ -350,3 +350,37 @@ def test_scores_outside_a_metrics_range_are_reported(tmp_path, caplog):
                                           "min": min(cknna), "max": max(cknna)}]
     assert f"vit x lm: cknna leaves its range [-1, 1] at {len(outside)} of 4 layer pairs" in caplog.text
     assert "unreliable at N=12" in caplog.text
+
+
+def test_a_vision_models_threshold_comes_from_its_blocks_not_its_embedding_output(tmp_path):
+    """The paper's extraction stores a ViT's blocks, not its embedding output: the model's one
+    outlier threshold (layers of one width) is set by the blocks alone, then clamps them all. A
+    language model's embedding output is among the paper's features and sets its threshold too."""
+    store = Store(str(tmp_path / "store"))
+    z, ids = _signal(), _ids()
+    cls = np.tile(np.random.default_rng(5).normal(size=(1, 12)) * 0.01, (N, 1)).astype(np.float32)  # tiny constant CLS
+    xs = [cls, _view(z, 12, 1), 3 * _view(z, 12, 2)]
+    ys = [_view(z, 16, 3), 0.1 * _view(z, 16, 4), _view(z, 16, 5)]
+    params = AlignmentParams(metrics=["cka", "mutual_knn"], topk=TOPK, seed=3)
+    manifest = align_to_store(store.url, _publish(store, "vit", ids, xs), _publish(store, "lm", ids, ys, modality="language"),
+                              params, logging.getLogger("test"))
+
+    def reference(layers: list[np.ndarray], threshold_from: list[int]) -> list[np.ndarray]:
+        """The paper's clamp in float64: mean over samples of each sample's 0.95-quantile of |x| over the chosen layers."""
+        pooled = np.concatenate([layers[i].astype(np.float64) for i in threshold_from], axis=1)
+        t = float(np.quantile(np.abs(pooled), 0.95, axis=1).mean())
+        clipped = [np.clip(x.astype(np.float64), -t, t) for x in layers]
+        return [c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12) for c in clipped]
+
+    px, py = reference(xs, [1, 2]), reference(ys, [0, 1, 2])
+    px_all = reference(xs, [0, 1, 2])
+    moved = 0.0
+    for row in _scores(store, manifest):
+        if row["layer_a"] == 0:
+            assert row["score"] is None  # the constant CLS layer is still left out of scoring
+            continue
+        p = params.metric_params(row["metric"])
+        expected = metrics.score(row["metric"], px[row["layer_a"]], py[row["layer_b"]], **p)
+        assert row["score"] == pytest.approx(expected, abs=1e-5), row
+        moved = max(moved, abs(expected - metrics.score(row["metric"], px_all[row["layer_a"]], py[row["layer_b"]], **p)))
+    assert moved > 1e-4  # the embedding layer in the threshold would have moved the scores

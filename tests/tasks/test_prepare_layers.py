@@ -58,3 +58,27 @@ def test_one_layer_and_no_clamp(layers):
     np.testing.assert_allclose(prepare_layers(layers, q=1.0)[2], _normalise(layers[2].astype(np.float64)), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="outlier scope must be 'model' or 'layer'"):
         prepare_layers(layers, scope="sample")
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_a_threshold_from_some_layers_clamps_every_layer(layers, exact):
+    """A ViT's embedding output (layer 0) is not among the layers the paper's extraction stores:
+    the model's one threshold comes from its blocks only and clamps the embedding layer too."""
+    blocks = np.concatenate([x.astype(np.float64) for x in layers[1:]], axis=1)
+    t = (_exact_threshold if exact else _approx_threshold)(blocks, 0.9)
+    expected = [_normalise(np.clip(x.astype(np.float64), -t, t)) for x in layers]
+    got = prepare_layers(layers, q=0.9, exact=exact, threshold_from=[1, 2])
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got[2], prepare_layers(layers, q=0.9, exact=exact)[2], atol=1e-3)  # all three set another threshold
+    np.testing.assert_allclose(prepare_layers(layers, q=0.9, exact=exact, threshold_from=[0, 1, 2])[2],
+                               prepare_layers(layers, q=0.9, exact=exact)[2])
+    with pytest.raises(ValueError, match="threshold_from must name some of the 3 layers"):
+        prepare_layers(layers, threshold_from=[3])
+
+
+def test_vision_thresholds_leave_out_the_embedding_output():
+    from tasks.alignment import threshold_layers
+
+    assert threshold_layers("vision", 13) == list(range(1, 13))
+    assert threshold_layers("language", 13) is None and threshold_layers("vision", 1) is None
