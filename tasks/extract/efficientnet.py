@@ -16,7 +16,8 @@ For speed the module is rewritten for inference (BatchNorm folded into the convo
 Preprocessing (TensorFlow EfficientNet-Lite eval, ``efficientnet_lite_builder.py``): RGB, central
 crop of ``S/(S+32)`` of the shorter side resized to ``S x S`` with PIL bicubic (= resize shorter
 side to S+32 and centre-crop S), then ``(pixel - 127) / 128``; S = 224/240/260 for lite0/1/2
-(``image_size`` overrides it, and the model's static "same" padding is built for that size).
+(``image_size`` overrides it, and the model's static "same" padding is built for that size;
+``crop_pct`` replaces the fraction ``S/(S+32)`` of the shorter side that is kept).
 The 127/128 normalisation is the TF-Lite one, not the ImageNet mean/std in the package README's
 example: the stem BatchNorm's running means match those expected under 127/128 (corr. 0.97).
 """
@@ -148,7 +149,8 @@ class EfficientNetLiteExtractor(Extractor):
 
     def image_recipe(self) -> CropRecipe:
         s = self.image_size
-        return CropRecipe(s, s / (s + CROP_PADDING), int(Image.BICUBIC))
+        fraction = s / (s + CROP_PADDING) if self.spec.crop_pct is None else self.spec.crop_pct
+        return CropRecipe(s, fraction, int(Image.BICUBIC))
 
     def from_recipe_output(self, crops: np.ndarray) -> PreparedImages:
         pixels = to_batch_tensor(crops, MEAN, STD)

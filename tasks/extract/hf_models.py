@@ -10,7 +10,8 @@
   Language: tokenizer from ``spec.tokenizer``, or a file-free byte-level ``ByT5Tokenizer()`` when
   None; ``vocab_size`` and the pad/bos/eos ids default to the tokenizer's. Vision: a default
   ``ViTImageProcessorPil`` (resize to S x S bilinear, rescale 1/255, mean/std 0.5), S =
-  ``spec.image_size`` or the config's ``image_size`` (224 if it has none).
+  ``spec.image_size`` or the config's ``image_size`` (224 if it has none); with ``crop_pct``, the
+  shorter side resized to ``floor(S / crop_pct)`` (bilinear) and the central S x S kept.
 
 Before any weights load, `check_model` checks what it can and raises `ModelInputError` naming the
 model and the problem: the source (`tasks.extract.preflight`: package dir, local path, or hub id
@@ -46,6 +47,7 @@ from huggingface_hub.errors import StrictDataclassError
 
 from tasks.extract import preflight
 from tasks.extract.base import TORCH_DTYPES
+from tasks.extract.centre_crop import set_centre_crop
 from tasks.extract.errors import ModelInputError
 from tasks.extract.preflight import SourceAccess
 from tasks.extract.spec import ModelSpec
@@ -448,14 +450,18 @@ def _check_max_length(spec: ModelSpec, tokenizer: Any, config: Any, offset: int 
 
 
 def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAccess | None = None) -> Any:
-    """Image processor (PIL backend) for a vision spec, resized to ``spec.image_size`` if set."""
+    """Image processor (PIL backend) for a vision spec, resized to ``spec.image_size`` if set and
+    centre-cropping ``spec.crop_pct`` of the resized shorter side if set (`centre_crop`)."""
     from transformers import AutoImageProcessor, ViTImageProcessorPil
 
     if spec.loader == "random_hf":  # a two-tower config (CLIPConfig) keeps the image size in vision_config
         vision = getattr(model_config, "vision_config", None) or model_config
         size = spec.image_size or getattr(vision, "image_size", None) or 224
         size = size if isinstance(size, int) else int(size[0])
-        return ViTImageProcessorPil(size={"height": size, "width": size})
+        proc = ViTImageProcessorPil(size={"height": size, "width": size})
+        if spec.crop_pct is not None:
+            set_centre_crop(proc, spec.model_copy(update={"image_size": size}))
+        return proc
     access = access or preflight.resolve_access(spec, spec.id, spec.revision)
     try:
         proc = AutoImageProcessor.from_pretrained(access.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
@@ -463,7 +469,9 @@ def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAcces
     except (OSError, ValueError, KeyError) as exc:
         raise ModelInputError(spec.name, spec.id, f"no usable image processor config (preprocessor_config.json) in "
                               f"{access.source!r}: {_first_line(exc)}") from exc
-    if spec.image_size is not None:
+    if spec.crop_pct is not None:
+        set_centre_crop(proc, spec)
+    elif spec.image_size is not None:
         _resize_processor(proc, spec.image_size)
     return proc
 

@@ -13,7 +13,7 @@ A zoo file looks like::
 Optional fields: ``revision`` (hub ids only: a branch, tag or commit), ``dtype`` (float32 | bfloat16
 | float16), ``batch_size``, ``max_length``, ``prompt`` (with ``{text}``), ``tokenizer`` (and
 ``tokenizer_revision`` for a hub tokenizer),
-``image_size``, ``config`` (overrides of the model config), ``seed`` (random_hf),
+``image_size``, ``crop_pct`` (vision), ``config`` (overrides of the model config), ``seed`` (random_hf),
 ``trust_remote_code`` (false unless set), and ``device_map: auto`` for models too large for one
 GPU (``hf`` loader only): layers are spread over every visible GPU, then CPU memory, by
 `accelerate` (pinned in requirements.lock); features equal the single-device ones (tested on CPU).
@@ -90,6 +90,9 @@ class ModelSpec(BaseModel):
     tokenizer_revision: str | None = Field(None, description="Hub tokenizer: branch, tag or commit")
     image_size: int | None = Field(None, gt=0, strict=True, description="Vision: input size in pixels (null: the "
                                    "processor's own)")
+    crop_pct: float | None = Field(None, gt=0, le=1, strict=True, description="Vision: fraction of the resized "
+                                   "shorter side kept by the centre crop: shorter side resized to floor(S / crop_pct), "
+                                   "central S x S kept (timm's eval crop; null: the processor's own ratio)")
     device_map: Literal["auto"] | None = Field(None, description="auto: spread a model too large for one GPU over "
                                                "every GPU, then CPU memory (hf loader)")
 
@@ -154,8 +157,10 @@ class ModelSpec(BaseModel):
             for field in ("prompt", "tokenizer"):
                 if getattr(self, field) is not None:
                     raise FieldError(field, "applies to language models only")
-        elif self.image_size is not None:
-            raise FieldError("image_size", "applies to vision models only")
+        else:
+            for field in ("image_size", "crop_pct"):
+                if getattr(self, field) is not None:
+                    raise FieldError(field, "applies to vision models only")
         if self.loader == "efficientnet_lite":
             if not _LITE.fullmatch(self.id):
                 raise FieldError("id", f"efficientnet_lite id must be 'efficientnet-lite0'..'-lite4', got {self.id!r}")
@@ -228,6 +233,8 @@ class ModelSpec(BaseModel):
                 fp["tokenizer_revision"] = self.tokenizer_revision
         else:
             fp["image_size"] = self.image_size
+            if self.crop_pct is not None:  # only when set: versions of specs without it stay as they were
+                fp["crop_pct"] = self.crop_pct
         return fp
 
 
