@@ -3,13 +3,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Index torch is installed from. Empty: pip's own index and configuration decide the build (plain
+# PyPI on Linux: the CUDA 13 build, several GB of cuda-toolkit/nvidia-* packages; a pip configured
+# with a find-links folder holding torch-2.13.0+cpu: that CPU wheel). On a fresh .venv,
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu forces the CPU build (see README).
+TORCH_INDEX ?=
 
 .PHONY: run test install bench clean-store gpu-wheels
 
 $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# torch first, pinned: the CPU wheel (on a GPU box, see README for the CUDA build)
-	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
+	# torch first, pinned; its build follows TORCH_INDEX (above)
+	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0$(if $(TORCH_INDEX), --index-url $(TORCH_INDEX))
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements.lock
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
