@@ -238,3 +238,30 @@ def test_a_renamed_model_keeps_its_lineage_and_the_one_run_filter_tells_the_name
                                                                 store.manifests(layout.ALIGNMENT)]) + ")").to_pylist()
     sql = re.search(r"to keep one run's results.*?```sql\n(.*?)```", DOC.read_text(), re.DOTALL).group(1)
     assert {r["model_b"] for r in query(con, sql).to_pylist()} == {"lm-renamed"}
+
+
+def test_the_docs_latest_run_query_picks_the_run_prh_report_shows(tmp_path):
+    """A nightly run with one broken model ends FAILED but publishes every other pair: the docs'
+    one-run query took the last COMPLETED run (stale results shown as current); it now picks the
+    run `prh report` picks (select_run), and skips a FAILED run that published nothing."""
+    import json
+
+    from storage import layout
+    from storage.store import Store
+    from tasks.report_source import select_run
+    from tests.storage.catalog_store import DATASET
+
+    url = str(tmp_path / "store")
+    store = build_catalog_store(url)
+    keys = sorted(k for k, _ in store.manifests(layout.ALIGNMENT))
+    runs = [("old", "COMPLETED", "2026-01-01", keys[:1]), ("partly", "FAILED", "2026-01-02", keys[1:3]),
+            ("nothing", "FAILED", "2026-01-03", [])]
+    for run_id, status, day, versions in runs:
+        record = {"run_id": run_id, "status": status, "started_at": f"{day}T00:00:00+00:00",
+                  "finished_at": f"{day}T01:00:00+00:00", "alignment_versions": versions}
+        Store(url).write_bytes(layout.run_key(run_id), json.dumps(record).encode())
+    con = connect(url)
+    assert select_run(con)["run_id"] == "partly"
+    sql = re.search(r"to keep one run's results.*?```sql\n(.*?)```", DOC.read_text(), re.DOTALL).group(1)
+    shown = {(r["model_a"], r["model_b"], r["alignment_version"]) for r in query(con, sql).to_pylist()}
+    assert {"/".join(("alignment", DATASET, f"{a}__{b}", v)) for a, b, v in shown} == set(keys[1:3])
