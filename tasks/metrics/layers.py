@@ -10,19 +10,40 @@ import torch
 from ._arrays import ArrayLike, split_layers, to_tensor
 
 
-def with_concatenated(xs: ArrayLike | Sequence[ArrayLike], normalize: bool = True) -> list[ArrayLike]:
+def _l2_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with every row divided by ``max(||row||, 1e-12)`` (``F.normalize``)."""
+    return torch.nn.functional.normalize(x, p=2, dim=1)
+
+
+def with_concatenated(xs: ArrayLike | Sequence[ArrayLike], normalize: bool = True,
+                      normalize_layers: bool = False) -> list[ArrayLike]:
     """``xs``'s layers plus one extra layer: all layers concatenated along features.
 
     The extra candidate lets the model-pair max also consider the whole network at once.
     ``normalize`` L2-normalises the concatenated rows (for L2-normalised layers this is the
-    concatenation divided by ``sqrt(L)``). Layers keep their kind (numpy or torch).
+    concatenation divided by ``sqrt(L)``). ``normalize_layers`` also L2-normalises each of the
+    ``L`` single layers in the output; the concatenation is always built from the layers as
+    given. The paper's candidate set (``measure_alignment.compute_score``: every single layer
+    and the concatenation of the clamped layers, each normalised once) is
+    ``with_concatenated(prepare(xs, normalize=False), normalize_layers=True)``: there a layer
+    weighs in the concatenation by its norm. ``with_concatenated(prepare(xs))`` instead joins
+    normalised layers, so every layer weighs the same. Layers keep their kind (numpy or torch).
+
+    Args:
+        xs: ``L`` layers: a sequence of ``(N, D_l)`` arrays or an ``(L, N, D)`` array/tensor.
+        normalize: L2-normalise the rows of the concatenation.
+        normalize_layers: L2-normalise the rows of every single layer returned.
 
     Returns:
         A list of ``L + 1`` ``(N, D_l)`` arrays; the last is ``(N, sum D_l)``.
     """
     layers = split_layers(xs)
-    cat = torch.cat([to_tensor(x) for x in layers], dim=1)
+    tensors = [to_tensor(x) for x in layers]
+    cat = torch.cat(tensors, dim=1)
     if normalize:
-        cat = torch.nn.functional.normalize(cat, p=2, dim=1)
+        cat = _l2_rows(cat)
+    if normalize_layers:
+        layers = [_l2_rows(t).cpu().numpy() if isinstance(x, np.ndarray) else _l2_rows(t)
+                  for x, t in zip(layers, tensors)]
     extra: ArrayLike = cat.cpu().numpy() if isinstance(layers[0], np.ndarray) else cat
     return list(layers) + [extra]

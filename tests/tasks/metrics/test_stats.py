@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from tasks.metrics import aggregate, bh_fdr, bootstrap_ci, layer_matrix, with_concatenated
+from tasks.metrics import aggregate, bh_fdr, bootstrap_ci, layer_matrix, prepare, with_concatenated
 
+from . import reference as ref
 from .conftest import layers, paired
 
 
@@ -75,3 +76,33 @@ def test_with_concatenated() -> None:
     out = with_concatenated(xs)
     assert len(out) == 4 and out[-1].shape == (40, sum(x.shape[1] for x in xs))
     np.testing.assert_allclose(out[-1], np.hstack(xs) / np.sqrt(3), atol=1e-12)
+
+
+def _paper_candidates(layers_: list[np.ndarray], q: float = 0.95) -> list[np.ndarray]:
+    """The paper's candidate set (``measure_alignment.compute_score`` with the whole-network
+    candidate), float64 numpy: clamp each layer (one threshold per layer, the list branch), then
+    every clamped layer L2-normalised, and the clamped layers concatenated and normalised once."""
+    clamped = [ref.prepare(x, q=q, normalize=False) for x in layers_]
+    return [ref.normalize_rows(x) for x in clamped] + [ref.normalize_rows(np.hstack(clamped))]
+
+
+def test_with_concatenated_gives_the_papers_candidates() -> None:
+    """Rows and layers of unequal norm: the documented recipe equals the paper's candidates, and
+    mutual k-NN over them equals scoring each candidate pair alone."""
+    rng = np.random.default_rng(11)
+    scale = lambda xs: [x * rng.uniform(0.2, 5.0, size=(len(x), 1)) * (3.0 ** i) for i, x in enumerate(xs)]  # noqa: E731
+    xs = scale([x * 7 for x in layers(n=30, seed=5)])
+    ys = scale(layers(n=30, widths=(9, 14), seed=6))
+    xs_c = with_concatenated(prepare(xs, normalize=False), normalize_layers=True)
+    ys_c = with_concatenated(prepare(ys, normalize=False), normalize_layers=True)
+    for got, want in ((xs_c, _paper_candidates(xs)), (ys_c, _paper_candidates(ys))):
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=1e-12)
+    # the recipe documented before: single layers clamped but not normalised, another candidate set
+    old = with_concatenated(prepare(xs, normalize=False))
+    assert not np.allclose(old[0], xs_c[0])
+    m = layer_matrix("mutual_knn", xs_c, ys_c, topk=5)
+    loop = np.array([[ref.mutual_knn(x, y, 5) for y in _paper_candidates(ys)] for x in _paper_candidates(xs)])
+    np.testing.assert_allclose(m, loop, atol=1e-12)
+    assert m.shape == (4, 3)
