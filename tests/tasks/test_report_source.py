@@ -6,6 +6,7 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from tasks.report_source import _examples
 
@@ -58,3 +59,25 @@ def test_examples_of_an_image_level_alignment_are_images():
         assert all(n.similarity < 0.9999 for n in example.neighbours_a)
     shown = per_image.samples[per_image.examples[0].sample_id]
     assert shown.text.endswith("(+2 more captions)") and shown.text.startswith(f"caption {per_image.examples[0].sample_id}-c0")
+
+
+def test_default_run_is_the_latest_that_published_results() -> None:
+    """``prh report`` without ``--run`` (docs/report.md, "Which rows"): the latest run by finish
+    time that is COMPLETED, or FAILED with alignment results; not a FAILED run that published
+    none, not a RUNNING one."""
+    from tasks.report_source import select_run
+
+    con = duckdb.connect()
+    runs = pa.table({
+        "run_id": ["done", "partly-failed", "failed-empty", "running"],
+        "status": ["COMPLETED", "FAILED", "FAILED", "RUNNING"],
+        "alignment_versions": pa.array([["a/1"], ["a/2"], [], ["a/3"]], pa.list_(pa.string())),
+        "started_at": ["2026-01-01T00:00", "2026-01-02T00:00", "2026-01-03T00:00", "2026-01-04T00:00"],
+        "finished_at": ["2026-01-01T01:00", "2026-01-02T01:00", "2026-01-03T01:00", None],
+    })
+    con.register("runs", runs)
+    assert select_run(con)["run_id"] == "partly-failed"
+    con.unregister("runs")
+    con.register("runs", runs.slice(2))  # a FAILED run without results, a RUNNING one
+    with pytest.raises(ValueError, match="no run that published results"):
+        select_run(con)
