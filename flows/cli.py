@@ -284,8 +284,11 @@ def _sql(args: argparse.Namespace) -> int:
 
 def _gc(args: argparse.Namespace) -> int:
     """Published data is never touched: only versions without a manifest whose writer died
-    (``Store.sweep_abandoned``), shard folders no extraction will resume (``storage.shards``) and
-    report figures cached by other versions of the drawing code (``storage.figure_cache``)."""
+    (``Store.sweep_abandoned``), shard folders no extraction will resume (``storage.shards``),
+    report figures cached by other versions of the drawing code (``storage.figure_cache``), with
+    ``--keep-reports`` the older run reports (``storage.report_retention``) and, on S3, old
+    incomplete uploads. Every item is printed with its size, the last line sums them by kind:
+    the bytes removed (with ``--dry-run``, that would be), each measured before its removal."""
     import math
 
     from storage.figure_cache import remove_stale_namespaces
@@ -298,33 +301,51 @@ def _gc(args: argparse.Namespace) -> int:
     if args.keep_reports is not None and args.keep_reports < 0:
         raise ValueError(f"--keep-reports must be 0 or more, got {args.keep_reports}")
     store = existing_store(args.store or default_store())
+    swept_bytes: dict[str, int] = {}
     # as a run starts: dead runs, dead writers (a dry run only lists them)
-    crashed, swept = (mark_crashed_runs(store, dry_run=True), store.sweep_abandoned(dry_run=True)) if args.dry_run \
-        else open_for_run(store, min_free_mb=0)  # a nearly full disk is when gc is needed
+    crashed, swept = (mark_crashed_runs(store, dry_run=True), store.sweep_abandoned(dry_run=True, sizes=swept_bytes)) \
+        if args.dry_run else open_for_run(store, min_free_mb=0, swept_sizes=swept_bytes)  # a nearly full disk is when gc is needed
     now = time.time()
     partials = remove_stale_partials(store, args.older_than_days * 86400.0, dry_run=args.dry_run)
-    figures = remove_stale_namespaces(store, dry_run=args.dry_run)
-    reports = [] if args.keep_reports is None else remove_stale_reports(store, args.keep_reports, dry_run=args.dry_run)
+    figure_bytes: dict[str, int] = {}
+    figures = remove_stale_namespaces(store, dry_run=args.dry_run, sizes=figure_bytes)
+    report_bytes: dict[str, int] = {}
+    reports = [] if args.keep_reports is None else \
+        remove_stale_reports(store, args.keep_reports, dry_run=args.dry_run, sizes=report_bytes)
     uploads = store.abandoned_uploads(args.older_than_days * 86400.0, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for upload in uploads:
         print(f"{'would abort' if args.dry_run else 'aborted'} the incomplete upload of {upload['key']} "
-              f"(started {(now - upload['started']) / 86400.0:.1f} days ago; a writer killed mid-upload)")
+              f"({_megabytes(upload['bytes'])} of parts, started {(now - upload['started']) / 86400.0:.1f} days ago; "
+              "a writer killed mid-upload)")
     for entry in partials:
         why = ("its version is published" if entry["reason"] == "published"
                else f"unpublished, newest shard {(now - entry['newest']) / 86400.0:.1f} days old")
-        print(f"{verb} {entry['version']}/_partial: {entry['shards']} shards, {entry['bytes'] / 1e6:.1f} MB ({why})")
+        print(f"{verb} {entry['version']}/_partial: {entry['shards']} shards, {_megabytes(entry['bytes'])} ({why})")
     for key in figures:
-        print(f"{verb} {key}: report figures drawn by another version of the report code")
+        print(f"{verb} {key}: report figures drawn by another version of the report code, {_megabytes(figure_bytes[key])}")
     for key in reports:
-        print(f"{verb} {key}: a run report older than the {args.keep_reports} kept (`prh report --run ID` builds it again)")
+        print(f"{verb} {key}: a run report older than the {args.keep_reports} kept, {_megabytes(report_bytes[key])} "
+              "(`prh report --run ID` builds it again)")
     for run_id in crashed:
         print(f"{'would mark' if args.dry_run else 'marked'} run {run_id} CRASHED (its process is gone)")
     for version in swept:
-        print(f"{verb} the unpublished files of {version} (its writer died)")
-    freed = sum(entry["bytes"] for entry in partials)
-    print(f"{store.display_url}: {len(partials)} shard folder(s), {freed / 1e6:.1f} MB {'would be ' if args.dry_run else ''}freed")
+        print(f"{verb} the unpublished files of {version} (its writer died), {_megabytes(swept_bytes.get(version, 0))}")
+    parts = [(len(partials), "shard folder(s)", sum(entry["bytes"] for entry in partials)),
+             (len(figures), "figure cache namespace(s) of older report code", sum(figure_bytes.values())),
+             (len(reports), "run report(s)", sum(report_bytes.values())),
+             (len(swept), "unpublished version(s) of dead writers", sum(swept_bytes.get(v, 0) for v in swept)),
+             (len(uploads), "incomplete upload(s)", sum(upload["bytes"] for upload in uploads))]
+    freed = sum(size for _, _, size in parts)
+    listed = "; ".join(f"{count} {what} {size:,} bytes" for count, what, size in parts if count)
+    print(f"{store.display_url}: {_megabytes(freed)} ({freed:,} bytes) {'would be ' if args.dry_run else ''}freed"
+          + (f": {listed}" if listed else ", nothing to remove"))
     return 0
+
+
+def _megabytes(size: int) -> str:
+    """``size`` bytes in MB with one decimal (``0.0 MB`` up to 49,999 bytes)."""
+    return f"{size / 1e6:.1f} MB"
 
 
 def _verify(args: argparse.Namespace) -> int:

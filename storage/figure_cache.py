@@ -76,10 +76,15 @@ def stale_namespaces(store: Store, current: str | None = None) -> list[str]:
     return sorted(key for key in found if key.rsplit("/", 1)[-1] != current)
 
 
-def remove_stale_namespaces(store: Store, current: str | None = None, dry_run: bool = False) -> list[str]:
-    """Remove (or with ``dry_run`` only list) the stale namespaces; returns their keys."""
+def remove_stale_namespaces(store: Store, current: str | None = None, dry_run: bool = False,
+                            sizes: dict[str, int] | None = None) -> list[str]:
+    """Remove (or with ``dry_run`` only list) the stale namespaces; returns their keys.
+    ``sizes``, when given, receives ``key -> bytes`` of each namespace's files, measured before
+    removing it."""
     stale = stale_namespaces(store, current)
-    if not dry_run:
-        for key in stale:
+    for key in stale:
+        if sizes is not None:
+            sizes[key] = store.tree_bytes(key)
+        if not dry_run:
             store.fs.rm(store.path(key), recursive=True)
     return stale

@@ -28,10 +28,15 @@ def stale_reports(store: Store, keep: int) -> list[str]:
     return runs[: max(len(runs) - keep, 0)]
 
 
-def remove_stale_reports(store: Store, keep: int, dry_run: bool = False) -> list[str]:
-    """Remove (with ``dry_run`` only list) the reports beyond the ``keep`` newest; returns their keys."""
+def remove_stale_reports(store: Store, keep: int, dry_run: bool = False,
+                         sizes: dict[str, int] | None = None) -> list[str]:
+    """Remove (with ``dry_run`` only list) the reports beyond the ``keep`` newest; returns their keys.
+    ``sizes``, when given, receives ``key -> bytes`` of each report folder, measured before
+    removing it."""
     stale = stale_reports(store, keep)
-    if not dry_run:
-        for key in stale:
+    for key in stale:
+        if sizes is not None:
+            sizes[key] = store.tree_bytes(key)
+        if not dry_run:
             store.remove_tree(key)
     return stale

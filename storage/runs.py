@@ -151,11 +151,12 @@ def runs_as_known(store: Store) -> list[dict[str, Any]]:
     return records
 
 
-def open_for_run(store: Store, min_free_mb: float | None = None) -> tuple[list[str], list[str]]:
+def open_for_run(store: Store, min_free_mb: float | None = None, swept_sizes: dict[str, int] | None = None
+                 ) -> tuple[list[str], list[str]]:
     """Get a store ready for a run: fail fast if it cannot take writes
     (:meth:`Store.check_writable`; ``min_free_mb``: the free space wanted, default
     ``PRH_MIN_FREE_MB``; ``prh gc`` wants none, since freeing space is its job), mark dead runs
     ``CRASHED`` and sweep versions their writers left unpublished. Returns (crashed run ids,
-    swept version keys)."""
+    swept version keys); ``swept_sizes`` receives the bytes removed from each swept version."""
     store.check_writable(min_free_mb)
-    return mark_crashed_runs(store), store.sweep_abandoned()
+    return mark_crashed_runs(store), store.sweep_abandoned(sizes=swept_sizes)

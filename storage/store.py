@@ -266,6 +266,17 @@ class Store:
             out.append({"name": entry_key.rsplit("/", 1)[-1], "key": entry_key, "type": entry.get("type"), "size": entry.get("size")})
         return out
 
+    def tree_bytes(self, key: str) -> int:
+        """Total size in bytes of the files under the folder ``key`` (all depths; 0 when it does
+        not exist): what removing it frees."""
+        path = self.path(key)
+        with self._reading(key):
+            self.fs.invalidate_cache(path)
+            if not self.fs.exists(path):
+                return 0
+            found = self.fs.find(path, detail=True)
+        return sum(int(info.get("size") or 0) for info in found.values() if info.get("type", "file") == "file")
+
     def remove_tree(self, key: str) -> None:
         """Remove the folder ``key`` and all it holds (nothing if it does not exist)."""
         path = self.path(key)
@@ -628,7 +639,8 @@ class Store:
             return 0.0
 
     def sweep_abandoned(self, prefixes: tuple[str, ...] = ("datasets", "features", "alignment"),
-                        stale_after_s: float = STALE_CLAIM_SECONDS, dry_run: bool = False) -> list[str]:
+                        stale_after_s: float = STALE_CLAIM_SECONDS, dry_run: bool = False,
+                        sizes: dict[str, int] | None = None) -> list[str]:
         """Remove the files of versions whose writer died before publishing them; returns their keys.
 
         A writer killed mid-publish leaves its claim and some data files but no manifest, so
@@ -638,7 +650,10 @@ class Store:
         exclusive protocol as :meth:`publish` (so no live writer can be working on it), removes
         the version's files (never a published version's, and never the resumable shards
         under ``_partial/``), then drops the claim and, on a local disk, the folder if that left
-        it empty. ``dry_run``: only list the versions that would be swept.
+        it empty. ``dry_run``: only list the versions that would be swept. ``sizes``, when
+        given, receives ``version key -> bytes`` of the files removed (or, with ``dry_run``, to be
+        removed) from each swept version: its data and temporary files, the dead writer's claim
+        and signs of life.
         """
         swept = []
         for prefix in prefixes:
@@ -651,7 +666,10 @@ class Store:
                 if dry_run:
                     if self._stale_claim(claim_key, stale_after_s) is not None and self._fresh_manifest(version_key) is None:
                         swept.append(version_key)
+                        if sizes is not None:
+                            sizes[version_key] = self._sweepable_bytes(version_key)
                     continue
+                before = self._sweepable_bytes(version_key) if sizes is not None else 0  # the claim included
                 if not self._drop_if_stale(claim_key, stale_after_s):
                     continue
                 if not self.create_exclusive(claim_key, _claim_token()):
@@ -660,12 +678,27 @@ class Store:
                     if self._fresh_manifest(version_key) is None:
                         self._remove_unpublished_files(version_key)
                         swept.append(version_key)
+                        if sizes is not None:
+                            sizes[version_key] = before
                 finally:
                     self.delete(claim_key)
                 if self.is_local and version_key in swept:
                     with contextlib.suppress(OSError):
                         os.rmdir(self.path(version_key))  # empty unless resumable shards (_partial/) remain
         return swept
+
+    def _sweepable_bytes(self, version_key: str) -> int:
+        """Bytes of the files a sweep of ``version_key`` removes: every file directly in its folder
+        (the dead writer's claim and signs of life included) but another process's claim attempt
+        in flight; the resumable shards under ``_partial/`` stay."""
+        total = 0
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.invalidate_cache(self.path(version_key))
+            for entry in self.fs.ls(self.path(version_key), detail=True):
+                name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+                if entry.get("type") == "file" and not name.startswith("." + CLAIM):
+                    total += int(entry.get("size") or 0)
+        return total
 
     def _remove_unpublished_files(self, version_key: str, owner: str | None = None) -> None:
         """Delete the files directly in an unpublished version's folder (data files, temporary
@@ -684,7 +717,7 @@ class Store:
     def abandoned_uploads(self, older_than_s: float, dry_run: bool = False) -> list[dict[str, Any]]:
         """Object stores: abort the multipart uploads under the store's root started more than
         ``older_than_s`` seconds ago (nothing with ``dry_run``); returns ``{"key", "started"
-        (epoch seconds)}`` of each. s3fs uploads a file of 100 MiB or more (a large model's shard)
+        (epoch seconds), "bytes" (the parts uploaded so far)}`` of each. s3fs uploads a file of 100 MiB or more (a large model's shard)
         in parts; a process killed mid-upload leaves the parts stored, invisible to listings and
         billed, until the upload is aborted. Local stores have none."""
         if self.is_local:
@@ -703,11 +736,22 @@ class Store:
                 if not page.get("IsTruncated"):
                     break
                 markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
-        if not dry_run:
-            for upload in found:
-                with self._reading(upload["key"]):
+        for upload in found:
+            with self._reading(upload["key"]):
+                upload["bytes"] = self._upload_bytes(bucket, upload["s3_key"], upload["upload_id"])
+                if not dry_run:
                     self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["s3_key"], UploadId=upload["upload_id"])
-        return [{"key": u["key"], "started": u["started"]} for u in found]
+        return [{"key": u["key"], "started": u["started"], "bytes": u["bytes"]} for u in found]
+
+    def _upload_bytes(self, bucket: str, s3_key: str, upload_id: str) -> int:
+        """Bytes of the parts an incomplete multipart upload holds (what aborting it frees)."""
+        total, marker = 0, {}
+        while True:
+            page = self.fs.call_s3("list_parts", Bucket=bucket, Key=s3_key, UploadId=upload_id, **marker)
+            total += sum(int(part.get("Size") or 0) for part in page.get("Parts", []) or [])
+            if not page.get("IsTruncated"):
+                return total
+            marker = {"PartNumberMarker": page["NextPartNumberMarker"]}
 
     def _write_version(
         self, version_key: str, files: dict[str, pa.Table | bytes], manifest: dict[str, Any], row_group_size: int | None,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -191,7 +193,7 @@ def test_gc_removes_only_shards_no_run_will_resume(tmp_path, capsys, monkeypatch
     assert f"would remove {published}/_partial: 1 shards" in out and "(its version is published)" in out
     assert "would remove features/d/m/v2/_partial: 2 shards" in out and "unpublished, newest shard 9.0 days old" in out
     assert "would remove features/d/m/v5/_partial: 0 shards" in out  # only the temporary file of a killed writer
-    assert "v3" not in out and out.rstrip().endswith("3 shard folder(s), 0.0 MB would be freed")
+    assert "v3" not in out and re.search(r"would be freed: 3 shard folder\(s\) [\d,]+ bytes$", out.rstrip())
     assert store.exists(shard_key("features/d/m/v2", 0))
     # a writer that died mid-publish: its claim (a dead process of this host) and one data file
     import subprocess
@@ -352,3 +354,69 @@ def test_the_run_summary_prints_a_best_row_without_a_score(capsys):
                    "run_id": "r1"})
     shown = capsys.readouterr().out
     assert "0.5000" in shown and "svcca" in shown and "features extracted: vit; reused: lm" in shown
+
+
+def _files(root: Path) -> dict[str, int]:
+    """Every file under ``root``: relative path -> size in bytes."""
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+def _freed(out: str) -> tuple[int, dict[str, int]]:
+    """The total and the bytes per kind from gc's last line."""
+    last = out.rstrip().splitlines()[-1]
+    total = int(re.search(r"\(([\d,]+) bytes\) (?:would be )?freed", last).group(1).replace(",", ""))
+    parts = {what: int(size.replace(",", "")) for what, size in re.findall(r"\d+ ([^;:]+?) ([\d,]+) bytes", last.split("freed: ", 1)[1])}
+    return total, parts
+
+
+def test_gc_counts_the_bytes_of_everything_it_removes(tmp_path, capsys):
+    """The summary's bytes (dry run and real) equal the bytes of the files that gc removes,
+    measured by walking the store before and after, in total and per kind: shard folders, stale
+    figure namespaces, reports beyond --keep-reports and a dead writer's unpublished files."""
+    import subprocess
+    import sys
+    import time
+
+    from storage.figure_cache import drawing_version
+    from storage.owner import current_owner
+
+    root = tmp_path / "store"
+    store = Store(str(root))
+    published = store.publish("features/d/m/v1", {"layer-000.parquet": b"x" * 10}, {"kind": "features"}).manifest["key"]
+    store.write_bytes(f"{published}/_partial/shard-00000.parquet", b"s" * 3000)  # shards of a published version
+    store.write_bytes(f"{published}/_partial/shard-00001.parquet", b"s" * 1234)
+    store.write_bytes("reports/figures/0123456789abcdef/a.png", b"\x89PNG\r\n\x1a\n" + b"p" * 5000)  # older drawing code
+    store.write_bytes("reports/figures/0123456789abcdef/a.svg", b"<svg" + b"v" * 700)
+    store.write_bytes(f"reports/figures/{drawing_version()}/b.png", b"\x89PNG\r\n\x1a\n" + b"k" * 99)  # kept
+    for i in range(3):
+        store.write_bytes(f"runs/run-{i}.json", json.dumps({"run_id": f"run-{i}", "status": "COMPLETED",
+                                                             "started_at": f"2026-01-0{i + 1}T00:00:00+00:00"}).encode())
+        store.write_bytes(f"reports/run-{i}/report.html", b"<html>" + b"r" * (10_000 * (i + 1)))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    store.write_json("alignment/d/a__b/v9/.publishing", {"owner": "w", "claimed_at": time.time(),
+                                                         "process": {**current_owner(), "pid": int(dead), "started": "0"}})
+    store.write_bytes("alignment/d/a__b/v9/scores.parquet", b"h" * 4321)
+
+    def removed(before: dict[str, int], after: dict[str, int], prefix: str = "") -> int:
+        return sum(size for path, size in before.items() if path not in after and path.startswith(prefix))
+
+    before = _files(root)
+    assert main(["gc", "--store", store.url, "--keep-reports", "1", "--dry-run"]) == 0
+    planned = _freed(capsys.readouterr().out)
+    assert _files(root) == before
+    assert main(["gc", "--store", store.url, "--keep-reports", "1"]) == 0
+    out = capsys.readouterr().out
+    after = _files(root)
+    total, parts = _freed(out)
+    assert total == removed(before, after) > 40_000 and planned == (total, parts)
+    assert parts == {
+        "shard folder(s)": removed(before, after, f"{published}/_partial/"),
+        "figure cache namespace(s) of older report code": removed(before, after, "reports/figures/"),
+        "run report(s)": removed(before, after, "reports/run-"),
+        "unpublished version(s) of dead writers": removed(before, after, "alignment/d/a__b/v9/"),
+    }
+    assert all(parts.values()) and "reports/run-2/report.html" in after and f"reports/figures/{drawing_version()}/b.png" in after
+    assert "removed reports/run-0: a run report older than the 1 kept, 0.0 MB" in out
+    assert "removed the unpublished files of alignment/d/a__b/v9 (its writer died), 0.0 MB" in out
+    assert main(["gc", "--store", store.url]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("0.0 MB (0 bytes) freed, nothing to remove")

@@ -50,8 +50,11 @@ def test_gc_aborts_uploads_a_killed_writer_left_on_s3(s3_store_url, capsys):
         return sorted(u["Key"] for u in store.fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", []))
 
     assert store.abandoned_uploads(1e12, dry_run=True) == []  # younger than the age asked: kept (could be live)
+    assert [u["bytes"] for u in store.abandoned_uploads(0, dry_run=True)] == [1000]  # its one part
     assert main(["gc", "--store", s3_store_url, "--older-than-days", "0", "--dry-run"]) == 0
-    assert "would abort the incomplete upload of features/d/m/v2/_partial/shard-00000.parquet" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "would abort the incomplete upload of features/d/m/v2/_partial/shard-00000.parquet" in out
+    assert out.rstrip().endswith("would be freed: 1 incomplete upload(s) 1,000 bytes")
     assert len(pending()) == 2
     assert main(["gc", "--store", s3_store_url, "--older-than-days", "0"]) == 0
     assert "aborted the incomplete upload of features/d/m/v2/_partial/shard-00000.parquet" in capsys.readouterr().out
