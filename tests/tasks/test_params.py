@@ -224,3 +224,53 @@ def test_cross_modal_error_names_the_field_in_a_yaml_config(tmp_path):
                       "  - {name: b, loader: random_hf, id: GPT2Config, modality: language}\n")
     with pytest.raises(ConfigError, match=r"alignment\.pairs.*all 2 models are language models"):
         load_config(config)
+
+
+def _documented_defaults(page: Path, heading: str) -> dict[str, str]:
+    """``field -> default cell`` of the table under ``heading`` in ``page`` (backticks removed)."""
+    section = page.read_text(encoding="utf-8").split(heading, 1)[1].split("\n## ", 1)[0]
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in section.splitlines() if line.startswith("|")]
+    header = next(row for row in cells if row[0] == "field")
+    column = header.index("default")
+    rows = {row[0].strip("`"): row[column].replace("`", "") for row in cells if row[0].startswith("`")}
+    assert rows, f"no field table under {heading} in {page.name}"
+    return rows
+
+
+def _as_yaml(field) -> str:
+    """A pydantic field's default as the reference writes it: YAML words, ``required`` if none."""
+    from pydantic_core import PydanticUndefined
+
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if value is PydanticUndefined:
+        return "required"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return "{}" if value == {} else str(value)
+
+
+@pytest.mark.parametrize("page, heading, model", [
+    ("config.md", "## `dataset:`", "DatasetParams"),
+    ("config.md", "## `alignment:`", "AlignmentParams"),
+    ("extraction.md", "## 2. The zoo: model entries", "ModelSpec"),
+])
+def test_config_reference_lists_every_field_with_its_default(page, heading, model) -> None:
+    """docs/config.md (dataset, alignment) and docs/extraction.md (model entries) name every field
+    of the pydantic models with the default the code has, so the reference cannot go stale."""
+    import tasks.params as params
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    documented = _documented_defaults(docs / page, heading)
+    fields = getattr(params, model).model_fields
+    assert sorted(documented) == sorted(fields)
+    assert {name: documented[name] for name in fields} == {name: _as_yaml(f) for name, f in fields.items()}
+
+
+def test_config_reference_lists_every_prh_run_flag() -> None:
+    """Every option of ``prh run`` is in docs/config.md's flag table."""
+    root = Path(__file__).resolve().parents[2]
+    flags = re.findall(r'run\.add_argument\("(--[\w-]+)"', (root / "flows" / "cli.py").read_text(encoding="utf-8"))
+    table = (root / "docs" / "config.md").read_text(encoding="utf-8").split("## `prh run` flags", 1)[1]
+    assert len(flags) >= 10 and [f for f in flags if f"`{f}" not in table] == []
