@@ -153,8 +153,31 @@ def unregister_metric(name: str) -> MetricSpec:
     return spec
 
 
-def register_metric(name: str, fn: Callable[..., float] | None = None, *,
-                    engine: Engine | None = None,
+def _as_engine(obj: Any, what: str) -> Engine:
+    """The engine that computes a metric given as ``obj``: an ``Engine`` instance as it is, an
+    ``Engine`` subclass instantiated without arguments, a plain callable wrapped in a
+    ``FunctionEngine``. Anything else, or a subclass whose constructor needs arguments, raises
+    ``TypeError`` saying which forms work."""
+    forms = ("a function fn(x, y, **params) -> float, an Engine instance (engine=MyEngine(...)) "
+             "or an Engine subclass that takes no constructor arguments")
+    if isinstance(obj, Engine):
+        return obj
+    if isinstance(obj, type):
+        if not issubclass(obj, Engine):
+            raise TypeError(f"register_metric: {what} is the class {obj.__name__}, not an Engine subclass; "
+                            f"give {forms}")
+        try:
+            return obj()
+        except TypeError as error:
+            raise TypeError(f"register_metric: the Engine subclass {obj.__name__} cannot be built without "
+                            f"arguments ({error}); pass an instance: engine={obj.__name__}(...)") from None
+    if what == "fn" and callable(obj):
+        return FunctionEngine(obj)
+    raise TypeError(f"register_metric: {what} must be {forms}; got {type(obj).__name__}")
+
+
+def register_metric(name: str, fn: Callable[..., float] | type[Engine] | Engine | None = None, *,
+                    engine: Engine | type[Engine] | None = None,
                     bounds: Bounds | Callable[[dict[str, Any]], Bounds] = (-math.inf, math.inf),
                     symmetric: bool = False, locality: Literal["local", "global"] = "global",
                     higher_is_better: bool = True, defaults: Mapping[str, Any] | None = None,
@@ -165,15 +188,20 @@ def register_metric(name: str, fn: Callable[..., float] | None = None, *,
     Args:
         name: registry name.
         fn: ``fn(x, y, **params) -> float`` on ``(N, D)`` torch tensors, called per layer pair;
-            or give ``engine`` (an ``Engine`` subclass instance) to share work across layers.
+            or an ``Engine`` (an instance, or a subclass built without arguments) to share work
+            across layers.
+        engine: an ``Engine`` given by keyword (same forms); not together with ``fn``.
         bounds, symmetric, locality, higher_is_better, description, chance: metadata
             (see ``MetricSpec``); calibration uses ``bounds[1]`` as the maximum.
         defaults: the metric's parameter names and default values (only these are forwarded).
         overwrite: replace an existing registration.
 
     Returns:
-        The ``MetricSpec`` (or, used as ``@register_metric(name, ...)``, a decorator returning
-        ``fn`` unchanged).
+        The ``MetricSpec`` (or, used as ``@register_metric(name, ...)`` on a function or an
+        ``Engine`` subclass, a decorator returning it unchanged).
+
+    Raises:
+        TypeError: ``fn`` and ``engine`` both given, or an object of none of these forms.
 
     Example:
         >>> import torch
@@ -184,9 +212,12 @@ def register_metric(name: str, fn: Callable[..., float] | None = None, *,
     """
     if locality not in ("local", "global"):
         raise ValueError("locality must be 'local' or 'global'")
+    if fn is not None and engine is not None:
+        raise TypeError("register_metric: give fn or engine, not both")
+    given_engine = _as_engine(engine, "engine") if engine is not None else None
 
-    def build(f: Callable[..., float] | None) -> MetricSpec:
-        eng = engine if engine is not None else FunctionEngine(f)  # type: ignore[arg-type]
+    def build(f: Any) -> MetricSpec:
+        eng = given_engine if given_engine is not None else _as_engine(f, "fn")
         spec = MetricSpec(name=name, engine=eng, bounds=bounds, symmetric=symmetric,
                           locality=locality, higher_is_better=higher_is_better,
                           defaults=dict(defaults or {}), description=description, chance=chance)
@@ -194,7 +225,7 @@ def register_metric(name: str, fn: Callable[..., float] | None = None, *,
         return spec
 
     if fn is None and engine is None:
-        def decorator(f: Callable[..., float]) -> Callable[..., float]:
+        def decorator(f: Any) -> Any:
             build(f)
             return f
         return decorator

@@ -13,6 +13,7 @@ import torch
 import tasks.metrics as tm
 from tasks.metrics import METRICS, PAPER_METRICS, get_metric, layer_matrix, register_metric, score
 
+from . import reference as ref
 from .conftest import layers, paired
 
 
@@ -296,3 +297,63 @@ def test_import_is_light() -> None:
             "'transformers', 'sklearn') if m in sys.modules]; print(bad); assert not bad")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+class _MeanCos(tm.Engine):
+    """Toy user engine built without arguments: mean cosine of paired rows."""
+
+    encode_params = ()
+
+    def encode(self, rep, params):
+        return [torch.nn.functional.normalize(x, dim=1) for x in rep.layers]
+
+    def matrix(self, a, b, params):
+        return torch.tensor([[float((x * y).sum(1).mean()) for y in b] for x in a], dtype=torch.float64)
+
+    def permute(self, state, perm, inv):
+        return [x[perm] for x in state]
+
+
+def test_register_metric_takes_an_engine_in_every_documented_form() -> None:
+    """docs/metrics.md: ``register_metric`` takes a plain ``fn`` or an Engine, also as a decorator.
+    An Engine subclass given as ``fn`` used to fail with a TypeError from its constructor and an
+    instance with "'...' object is not callable"; only ``engine=<instance>`` worked."""
+    from tasks.metrics.kernel_metrics import CkaEngine
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(30, 5)), rng.normal(size=(30, 5))
+    want = float(np.mean(np.sum(ref.normalize_rows(x) * ref.normalize_rows(y), axis=1)))
+    forms = {"test_class_fn": dict(fn=_MeanCos), "test_instance_fn": dict(fn=_MeanCos()),
+             "test_class_engine": dict(engine=_MeanCos), "test_instance_engine": dict(engine=_MeanCos())}
+    try:
+        for name, form in forms.items():
+            spec = register_metric(name, **form, bounds=(-1.0, 1.0), symmetric=True, overwrite=True)
+            assert isinstance(spec.engine, _MeanCos)
+            assert score(name, x, y) == pytest.approx(want, abs=1e-6)
+
+        @register_metric("test_decorated_engine", bounds=(-1.0, 1.0), overwrite=True)
+        class Decorated(_MeanCos):
+            pass
+
+        assert isinstance(Decorated, type) and isinstance(METRICS["test_decorated_engine"].engine, Decorated)
+        assert score("test_decorated_engine", x, y) == pytest.approx(want, abs=1e-6)
+        register_metric("test_cka_class", CkaEngine, bounds=(0.0, 1.0), overwrite=True)  # CkaEngine(): linear CKA
+        assert score("test_cka_class", x, y) == pytest.approx(ref.cka(x, y), abs=1e-6)
+    finally:
+        for name in [*forms, "test_decorated_engine", "test_cka_class"]:
+            if name in METRICS:
+                tm.unregister_metric(name)
+
+
+def test_register_metric_refuses_other_forms_saying_which_work() -> None:
+    with pytest.raises(TypeError, match=r"cannot be built without arguments.*engine=_ProjectedCos\(\.\.\.\)"):
+        register_metric("test_bad", engine=type("_ProjectedCos", (_ProjectedCos,), {"__init__": lambda self, dims: None}))
+    with pytest.raises(TypeError, match="not both"):
+        register_metric("test_bad", lambda x, y: 0.0, engine=_MeanCos())
+    with pytest.raises(TypeError, match="engine must be a function fn.*an Engine instance"):
+        register_metric("test_bad", engine=lambda x, y: 0.0)
+    with pytest.raises(TypeError, match="fn must be .*got int"):
+        register_metric("test_bad", 42)
+    with pytest.raises(TypeError, match="not an Engine subclass"):
+        register_metric("test_bad", dict)
+    assert "test_bad" not in METRICS
