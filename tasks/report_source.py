@@ -25,11 +25,18 @@ NEIGHBOUR_METRIC = "mutual_knn"
 
 
 def select_run(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> dict[str, Any]:
-    """The run record ``run_id``, or the latest run that published results: COMPLETED, or FAILED
+    """The run record ``run_id`` (or the one run whose id starts with it), or the latest run that
+    published results: COMPLETED, or FAILED
     with some models or pairs failing and the rest published (its report lists the failures);
     ValueError if there is none."""
     if run_id is not None:
         found = con.sql("select * from runs where run_id = ?", params=[run_id]).to_arrow_table().to_pylist()
+        if not found and run_id:  # a unique prefix (the queries of docs/queries.md show 8 characters)
+            found = con.sql("select * from runs where starts_with(run_id, ?) order by started_at desc",
+                            params=[run_id]).to_arrow_table().to_pylist()
+            if len(found) > 1:
+                raise ValueError(f"run id {run_id!r} is the start of {len(found)} runs' ids "
+                                 f"({', '.join(str(r['run_id']) for r in found[:10])}): give more of it")
         if not found:
             known = [r[0] for r in con.execute("select run_id from runs order by started_at desc limit 10").fetchall()]
             raise ValueError(f"no run {run_id!r} in the store (recent runs: {', '.join(known) or 'none'})")

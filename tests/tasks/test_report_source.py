@@ -81,3 +81,20 @@ def test_default_run_is_the_latest_that_published_results() -> None:
     con.register("runs", runs.slice(2))  # a FAILED run without results, a RUNNING one
     with pytest.raises(ValueError, match="no run that published results"):
         select_run(con)
+
+
+def test_a_run_is_found_by_a_unique_start_of_its_id() -> None:
+    """The docs' queries show 8 characters of a run id: ``prh report --run`` takes them."""
+    from tasks.report_source import select_run
+
+    con = duckdb.connect()
+    con.register("runs", pa.table({
+        "run_id": ["69166179-aaaa", "69166179-bbbb", "cbe3b95e-cccc"],
+        "started_at": ["2026-01-01T00:00", "2026-01-02T00:00", "2026-01-03T00:00"],
+    }))
+    assert select_run(con, "cbe3b95e")["run_id"] == "cbe3b95e-cccc"
+    assert select_run(con, "69166179-aaaa")["run_id"] == "69166179-aaaa"
+    with pytest.raises(ValueError, match=r"'69166179' is the start of 2 runs' ids \(69166179-bbbb, 69166179-aaaa\)"):
+        select_run(con, "69166179")
+    with pytest.raises(ValueError, match="no run 'zzz' in the store"):
+        select_run(con, "zzz")
