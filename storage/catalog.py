@@ -65,7 +65,7 @@ _EMPTY_VIEWS = {
 _META_COLUMNS = {
     "datasets": ["dataset_version", "name", "n_samples", "n_images", "n_rejected", "source", "code_version", "published_at"],
     "models": [
-        "model", "feature_version", "dataset_version", "modality", "loader", "model_id", "revision", "commit", "pooling",
+        "model", "feature_version", "dataset_version", "modality", "loader", "model_id", "revision", "commit", "source_digest", "pooling",
         "dtype", "param_count", "n_layers", "layer_names", "layer_widths", "bits_per_byte", "bits_per_byte_pooled", "n_samples",
         "code_version", "device", "seconds", "published_at",
     ],

@@ -133,6 +133,7 @@ def extract_to_store(
         layers = [x[expand] for x in layers]
     seconds = time.perf_counter() - started
 
+    fingerprint = spec.fingerprint()
     catalog = {
         "model": spec.name,
         "feature_version": version,
@@ -142,6 +143,7 @@ def extract_to_store(
         "model_id": spec.id,
         "revision": spec.revision,
         "commit": extracted.model.get("commit"),
+        "source_digest": source_digest(fingerprint),
         "pooling": spec.pooling,
         "dtype": spec.dtype,
         "param_count": extracted.model["param_count"],
@@ -155,7 +157,7 @@ def extract_to_store(
         "device": extracted.model["device"],
         "seconds": round(seconds, 3),
     }
-    manifest = {"kind": "features", "catalog": catalog, "spec": spec.fingerprint(),
+    manifest = {"kind": "features", "catalog": catalog, "spec": fingerprint,
                 "extras": extracted.extras, "resumed_shards": extracted.resumed}
     published = store.publish(key, layer_tables(spec.name, version, sample_ids, layers), manifest)
     try:
@@ -165,6 +167,15 @@ def extract_to_store(
                        spec.name, key, error)
     logger.info("%s: %d layers x %d samples in %.1fs -> %s", spec.name, len(layers), len(sample_ids), seconds, key)
     return {**published.manifest, "reused": False}
+
+
+def source_digest(fingerprint: dict[str, Any]) -> str | None:
+    """What pins the weights' content, from a spec's fingerprint: ``sha256:<hex>`` of a local
+    checkpoint folder or of a split-zip's parts; None for hub ids (``commit`` pins those),
+    packaged and random models."""
+    source = fingerprint.get("source") or {}
+    digest = source.get("local_digest") or source.get("digest")
+    return f"sha256:{digest}" if isinstance(digest, str) else None
 
 
 @dataclass

@@ -38,6 +38,27 @@ def test_local_vit_directory(vit_dir, images):
     assert np.isfinite(big.extract_batch(images[:1])[-1]).all()
 
 
+def test_the_models_view_names_the_content_of_a_local_checkpoint(vit_dir, tmp_path):
+    """A local folder has no hub commit: the catalog's ``source_digest`` pins its weights (the
+    digest its feature version hashes), so lineage tells two contents of one folder apart."""
+    from storage.catalog import connect, query
+    from tasks.dataset_task import publish_dataset
+    from tasks.extract import sources
+    from tasks.extract_task import extract_to_store
+    from tasks.params import DatasetParams
+
+    store = str(tmp_path / "store")
+    dataset = publish_dataset(DatasetParams(kind="openmoji", n=6, image_size=32), store)
+    local = ModelSpec(name="vit-local", loader="hf", id=str(vit_dir), modality="vision", pooling="cls")
+    extract_to_store(store, dataset, local)
+    extract_to_store(store, dataset, ModelSpec(name="vit-random", loader="random_hf", id="ViTConfig", modality="vision",
+                                               config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                       "intermediate_size": 64, "image_size": 32, "patch_size": 8}))
+    rows = query(connect(store), "select model, commit, source_digest from models order by model").to_pylist()
+    assert rows == [{"model": "vit-local", "commit": None, "source_digest": "sha256:" + sources.directory_digest(vit_dir)},
+                    {"model": "vit-random", "commit": None, "source_digest": None}]
+
+
 def test_dual_tower_checkpoint_uses_the_vision_tower(tmp_path, images):
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
