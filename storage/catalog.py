@@ -13,7 +13,8 @@
 - ``runs``: one row per pipeline run, with its lineage.
 
 Only published versions (those with a manifest) appear. For S3 stores the s3fs filesystem is
-registered on the connection (DuckDB's httpfs extension is not needed).
+registered on the connection (DuckDB's httpfs extension is not needed), and the files of one
+schema are read without binding each one's footer (``storage.stored_files``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import pyarrow as pa
 from storage import layout
 from storage.runs import runs_as_known
 from storage.store import Store, escape_glob, unescape_glob
+from storage.stored_files import FileGroup, ListedFile, StoredFiles
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +102,14 @@ class CatalogSources:
     of its two models (its manifest's lineage), from which the alignment views get
     ``feature_version_a`` / ``feature_version_b``. Rows are told apart by version and both model
     names: one version id can belong to two pair folders (a model renamed, same features).
+    ``listed``: every file of ``files`` (its URI) as its manifest lists it (key, bytes, schema
+    fingerprint).
     """
 
     files: dict[str, list[str]]
     tables: dict[str, pa.Table]
     lineage: list[Lineage] = field(default_factory=list)
+    listed: dict[str, ListedFile] = field(default_factory=dict)
 
 
 def catalog_sources(store: Store) -> CatalogSources:
@@ -117,6 +122,13 @@ def catalog_sources(store: Store) -> CatalogSources:
 
     manifests = {prefix: list(store.manifests(prefix, on_damaged=left_out))
                  for prefix in (layout.DATASETS, layout.FEATURES, layout.ALIGNMENT)}
+    listed = {
+        store.read_uri(f"{key}/{name}"): ListedFile.from_manifest(f"{key}/{name}", entry)
+        for prefix, _ in _FILE_VIEWS.values()
+        for key, manifest in manifests[prefix]
+        for name, entry in sorted(_entries(manifest).items())
+        if name.endswith(".parquet")
+    }
     files = {
         view: [
             store.read_uri(f"{key}/{name}")
@@ -133,7 +145,24 @@ def catalog_sources(store: Store) -> CatalogSources:
         "runs": _meta_table("runs", runs),
     }
     lineage = sorted({row for key, manifest in manifests[layout.ALIGNMENT] for row in _lineage_rows(key, manifest)})
-    return CatalogSources(files, tables, lineage)
+    return CatalogSources(files, tables, lineage, listed)
+
+
+def stored_files(store: Store, sources: CatalogSources) -> StoredFiles | None:
+    """For an object store, :class:`StoredFiles` of ``sources``: one recursive listing of each
+    box that has files (a few LIST requests); None for a local store (its views bind every footer)."""
+    if store.is_local:
+        return None
+    sizes: dict[str, int] = {}
+    for prefix in sorted({_FILE_VIEWS[view][0] for view, files in sources.files.items() if files}):
+        sizes.update(store.sizes(prefix))
+    return StoredFiles(sources.listed, sizes)
+
+
+def _entries(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's ``files`` (name → entry); a hand-edited list of names gives entries of None."""
+    files = manifest.get("files") or {}
+    return dict(files) if isinstance(files, dict) else dict.fromkeys(str(name) for name in files)
 
 
 def _lineage_rows(key: str, manifest: dict[str, Any]) -> list[Lineage]:
@@ -165,8 +194,9 @@ def connect(
     if not store.is_local:
         con.register_filesystem(store.fs)
     sources = catalog_sources(store)
+    stored = stored_files(store, sources)
     for view, files in sources.files.items():
-        _create_file_view(con, view, files, sources.lineage, store)
+        _create_file_view(con, view, files, sources.lineage, store, stored)
     for view, table in sources.tables.items():
         con.register(f"_{view}_table", table)
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM _{view}_table")
@@ -218,34 +248,61 @@ def _literal(text: str) -> str:
 
 
 def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str],
-                      lineage: list[Lineage] | None, store: Store) -> list[str]:
+                      lineage: list[Lineage] | None, store: Store, stored: StoredFiles | None = None) -> list[str]:
     """The view ``view`` over ``files`` (Parquet, columns united by name). The alignment views
     also get ``feature_version_a`` / ``feature_version_b`` from ``lineage`` (written into the
     view, so that an exported catalog file has them too): models are identified by name and
     feature version, since one model name can have several feature versions (another pooling).
-    Returns the files the view reads (a damaged one is left out, with a warning)."""
+    Returns the files the view reads (a damaged one is left out, with a warning).
+
+    Without ``stored`` (local stores) binding the view reads every file's footer, which finds a
+    damaged file at once. With it (object stores, :func:`stored_files`), a file missing from the
+    listing or of another size than its manifest's is left out first, and files of one schema
+    fingerprint are bound from their first file only (``storage.stored_files``); damage that
+    keeps the size shows when a query reads the file (the error then points to `prh verify`)."""
     if not files:
         declared = _EMPTY_VIEWS[view].split(", ") + [f"{c} VARCHAR" for c in LINEAGE_COLUMNS if view in _LINEAGE_VIEWS]
         columns = ", ".join(f"NULL::{c.split(' ', 1)[1]} AS {c.split(' ', 1)[0]}" for c in declared)
         con.execute(f"CREATE VIEW {view} AS SELECT {columns} WHERE false")
         return []
+    groups = [FileGroup(files, union_by_name=True)]
+    if stored is not None:
+        misfits = stored.misfits(files)
+        if misfits:
+            _left_out(view, misfits)
+            return _create_file_view(con, view, [f for f in files if f not in misfits], lineage, store, stored)
+        groups = stored.groups(files)
     try:
-        con.execute(_file_view_sql(view, files, lineage))  # binding reads every file's schema
+        con.execute(_file_view_sql(view, groups, lineage))  # binding reads each union_by_name file's schema
         return files
     except duckdb.Error:  # a damaged file (cut short, overwritten): find it, show the rest
         damaged = _unreadable(con, files, store)
         if not damaged:
             raise
-        for file, reason in damaged.items():
-            log.warning("%s: %s; left out of the %s view (remove its version folder and run again to recompute it)",
-                        file, reason, view)
-        return _create_file_view(con, view, [f for f in files if f not in damaged], lineage, store)
+        _left_out(view, damaged)
+        return _create_file_view(con, view, [f for f in files if f not in damaged], lineage, store, stored)
 
 
-def _file_view_sql(view: str, files: list[str], lineage: list[Lineage] | None) -> str:
-    """``CREATE VIEW`` of :func:`_create_file_view` over a non-empty list of files."""
-    listing = ", ".join(_literal(f) for f in files)
-    source = f"read_parquet([{listing}], union_by_name = true)"
+def _left_out(view: str, damaged: dict[str, str]) -> None:
+    """Warn about each damaged file (URI → reason) that the view ``view`` leaves out."""
+    for file, reason in damaged.items():
+        log.warning("%s: %s; left out of the %s view (remove its version folder and run again to recompute it)",
+                    file, reason, view)
+
+
+def _source_sql(groups: list[FileGroup]) -> str:
+    """What a file view selects from: one ``read_parquet`` per group (non-empty groups), the
+    groups combined ``UNION ALL BY NAME`` (columns by name, each of the type that holds all)."""
+    reads = [f"read_parquet([{', '.join(_literal(f) for f in group.files)}], "
+             f"union_by_name = {'true' if group.union_by_name else 'false'})" for group in groups]
+    if len(reads) == 1:
+        return reads[0]
+    return "(" + " UNION ALL BY NAME ".join(f"SELECT * FROM {read}" for read in reads) + ")"
+
+
+def _file_view_sql(view: str, groups: list[FileGroup], lineage: list[Lineage] | None) -> str:
+    """``CREATE VIEW`` of :func:`_create_file_view` over non-empty groups of files."""
+    source = _source_sql(groups)
     if view not in _LINEAGE_VIEWS:
         return f"CREATE VIEW {view} AS SELECT * FROM {source}"
     rows = ", ".join("(" + ", ".join(_literal(v) for v in row) + ")" for row in lineage or [])

@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from storage.catalog import _create_file_view, _exists_in, _literal, catalog_sources, lock_down
+from storage.catalog import _create_file_view, _exists_in, _literal, catalog_sources, lock_down, stored_files
 from storage.store import Store, utc_now
 
 INFO_TABLE = "prh_catalog"
@@ -56,7 +56,9 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
         try:
             if not store.is_local:
                 con.register_filesystem(store.fs)  # views are bound (their schema read) when created
-            read = {view: _create_file_view(con, view, files, sources.lineage, store) for view, files in sources.files.items()}
+            stored = stored_files(store, sources)
+            read = {view: _create_file_view(con, view, files, sources.lineage, store, stored)
+                    for view, files in sources.files.items()}
             for name, table in sources.tables.items():
                 con.register("_source", table)
                 con.execute(f"CREATE TABLE {name} AS SELECT * FROM _source")

@@ -9,7 +9,8 @@ Layout under the store root (see docs/storage.md)::
     runs/<run_id>.json
 
 A version is visible to readers only once its ``manifest.json`` exists; the manifest is written
-last and lists every data file with its size and SHA-256. Each file is written atomically
+last and lists every data file with its size and SHA-256 (and a Parquet file's schema
+fingerprint, ``storage.parquet_schema``). Each file is written atomically
 (temporary name + rename on local disks; a single PUT on object stores), so a reader never sees
 a half-written file. Two writers publishing the same version at once are serialised by an
 exclusive claim file (``<version>/.publishing``, created with ``link`` locally and a conditional
@@ -40,6 +41,7 @@ import pyarrow.parquet as pq
 
 from storage.keys import safe_component
 from storage.owner import current_owner, owner_is_dead
+from storage.parquet_schema import schema_fingerprint
 from storage.s3_options import describe_s3_error, from_s3_client
 
 MANIFEST = "manifest.json"
@@ -266,16 +268,23 @@ class Store:
             out.append({"name": entry_key.rsplit("/", 1)[-1], "key": entry_key, "type": entry.get("type"), "size": entry.get("size")})
         return out
 
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Every file under the folder ``prefix``, at any depth, as key → size in bytes, from one
+        recursive listing read afresh (on S3 one LIST request per 1,000 objects, no request per
+        file); empty when the folder does not exist."""
+        path = self.path(prefix)
+        with self._reading(prefix):
+            self.fs.invalidate_cache(path)
+            if not self.fs.exists(path):
+                return {}
+            found = self.fs.find(path, detail=True)
+        return {self.key_of(name): int(info["size"]) for name, info in found.items()
+                if info.get("type", "file") != "directory" and info.get("size") is not None}
+
     def tree_bytes(self, key: str) -> int:
         """Total size in bytes of the files under the folder ``key`` (all depths; 0 when it does
         not exist): what removing it frees."""
-        path = self.path(key)
-        with self._reading(key):
-            self.fs.invalidate_cache(path)
-            if not self.fs.exists(path):
-                return 0
-            found = self.fs.find(path, detail=True)
-        return sum(int(info.get("size") or 0) for info in found.values() if info.get("type", "file") == "file")
+        return sum(self.sizes(key).values())
 
     def remove_tree(self, key: str) -> None:
         """Remove the folder ``key`` and all it holds (nothing if it does not exist)."""
@@ -482,7 +491,9 @@ class Store:
         """Publish an immutable version: every data file, then the manifest.
 
         If the version is already published, nothing is written and its manifest is returned.
-        The manifest gains ``files`` (name → size, sha256), ``published_at`` and ``key``.
+        The manifest gains ``files`` (name → ``bytes``, ``sha256`` and, for a Parquet file,
+        ``schema``: its :func:`storage.parquet_schema.schema_fingerprint`), ``published_at`` and
+        ``key``. None of it enters a version id (ids come from the inputs, before publishing).
 
         Concurrent publishers of one version: each first tries to create the claim
         ``<version_key>/.publishing`` exclusively. The one that gets it writes every file and
@@ -764,6 +775,8 @@ class Store:
             still_ours()
             self.write_bytes(f"{version_key}/{safe_component(name, 'file name')}", data)
             listing[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            if name.endswith(".parquet") and (fingerprint := schema_fingerprint(data)) is not None:
+                listing[name]["schema"] = fingerprint  # lets the catalog skip the footers of like files
             del data
         full = {**manifest, "key": version_key, "files": listing, "published_at": utc_now()}
         still_ours()

@@ -1,0 +1,211 @@
+"""The catalog over S3 reads the files of one schema together (``union_by_name = false``, one
+footer bound per schema fingerprint) and finds damaged files from one listing: same answers as
+binding every footer, fewer requests, the same warnings.
+
+The reference for the answers is the same store copied to a local folder, whose catalog still
+binds every footer (``union_by_name = true`` over all files)."""
+
+from __future__ import annotations
+
+import logging
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from storage import layout
+from storage.catalog import connect, query
+from storage.features import layer_table, layer_tables
+from storage.parquet_schema import schema_fingerprint
+from storage.store import MANIFEST, Store, table_to_parquet_bytes
+from storage.verify import verify_store
+from tests.storage.catalog_store import DATASET, build_catalog_store
+from tests.storage.s3_fault_proxy import FaultProxy
+
+VIEWS = ("samples", "features", "alignment", "alignment_best", "datasets", "models", "runs")
+OLD_COLUMNS = ("ci_low", "ci_high", "bootstrap")  # best.parquet gained them later
+
+
+@pytest.fixture(scope="module")
+def proxy(s3_endpoint):
+    """A proxy in front of the moto server, without faults: it counts the requests."""
+    with FaultProxy(s3_endpoint) as p:
+        yield p
+
+
+def _through(proxy: FaultProxy, url: str) -> Store:
+    """The store at ``url`` reached through ``proxy`` (its own client, nothing cached)."""
+    return Store(url, {"endpoint_url": proxy.url, "skip_instance_cache": True})
+
+
+def _rows(con, view: str) -> list[dict]:
+    return query(con, f"select * from {view} order by all").to_pylist()
+
+
+def _describe(con, view: str) -> list[tuple]:
+    return [(r["column_name"], r["column_type"]) for r in query(con, f"describe {view}").to_pylist()]
+
+
+def _local_copy(store: Store, tmp_path) -> Store:
+    """The S3 store copied to a local folder (the catalog there binds every footer)."""
+    target = tmp_path / "copy"
+    store.fs.get(store.root + "/", str(target), recursive=True)
+    return Store(str(target))
+
+
+def _strip_fingerprints(store: Store, version_key: str) -> None:
+    """Rewrite a version's manifest as it was before fingerprints (a store published earlier)."""
+    manifest = store.manifest(version_key)
+    for entry in manifest["files"].values():
+        entry.pop("schema", None)
+    store.write_json(f"{version_key}/{MANIFEST}", manifest)
+
+
+def _mixed_store(url: str) -> tuple[Store, dict[str, str]]:
+    """The catalog test store plus files of other schemas: an old ``best.parquet`` without the
+    bootstrap columns and without fingerprints, and a features version whose ``layer`` is int32
+    (fingerprinted: a second schema group). Returns the store and the added versions' keys."""
+    store = build_catalog_store(url)
+    [(old_key, _)] = list(store.manifests(layout.ALIGNMENT))[:1]
+    best = store.read_table(f"{old_key}/{layout.BEST_FILE}")
+    version = "al-old-schema"
+    key = layout.alignment_key(DATASET, "vit-small", "lm-old", version)
+    best = best.drop_columns(list(OLD_COLUMNS))
+    for column, value in (("alignment_version", version), ("model_a", "vit-small"), ("model_b", "lm-old")):
+        best = best.set_column(best.schema.get_field_index(column), column, pa.array([value] * best.num_rows))
+    lineage = {"features": {"vit-small": "fv-vit-small", "lm-old": "fv-lm-old"}}
+    store.publish(key, {layout.BEST_FILE: best}, {"kind": "alignment", "lineage": lineage})
+    _strip_fingerprints(store, key)
+    rng = np.random.default_rng(3)
+    ids = [f"s{i:02d}" for i in range(8)]
+    layers = [rng.normal(size=(8, d)).astype(np.float32) for d in (7, 9)]
+    wide = {}
+    for name, table in layer_tables("lm-int32", "fv-lm-int32", ids, layers).items():
+        wide[name] = table.set_column(2, "layer", table.column("layer").cast(pa.int32()))
+    int32_key = layout.features_key(DATASET, "lm-int32", "fv-lm-int32")
+    store.publish(int32_key, wide, {"kind": "features", "catalog": {"model": "lm-int32", "feature_version": "fv-lm-int32"}})
+    return store, {"old_best": key, "int32_features": int32_key}
+
+
+def test_schema_groups_give_the_answers_of_binding_every_footer(s3_store_url, proxy, tmp_path):
+    store, added = _mixed_store(s3_store_url)
+    # the set-up holds what the test is about: two schema groups in features, old best files without fingerprints
+    features = {e.get("schema") for _, m in store.manifests(layout.FEATURES) for e in m["files"].values()}
+    assert len(features) == 2 and None not in features  # widths 6..12 share one; int32 layer is another
+    assert all("schema" not in e for e in store.manifest(added["old_best"])["files"].values())
+    reference = connect(_local_copy(store, tmp_path))
+    con = connect(_through(proxy, s3_store_url))
+    for view in VIEWS:
+        assert _describe(con, view) == _describe(reference, view), view
+        assert _rows(con, view) == _rows(reference, view), view
+    sql = dict(con.execute("select view_name, sql from duckdb_views() where not internal").fetchall())
+    assert "union_by_name = false" in sql["features"] and "UNION ALL BY NAME" in sql["alignment_best"]
+    old = query(con, "select count(*) n, count(ci_low) c, count(feature_version_a) f from alignment_best "
+                     "where alignment_version = 'al-old-schema'").to_pylist()
+    assert old == [{"n": 2, "c": 0, "f": 2}]  # read, the columns it lacks null, its lineage joined
+    assert all(check.ok for check in verify_store(store))  # old and new manifests both verify
+
+
+def _cut(store: Store, key: str, keep: int) -> None:
+    store.fs.pipe_file(store.path(key), store.read_bytes(key)[:keep])
+
+
+def test_damaged_files_are_left_out_with_a_warning_from_the_listing(s3_store_url, proxy, tmp_path, caplog):
+    store = build_catalog_store(s3_store_url)
+    reference = connect(_local_copy(store, tmp_path))
+    keys = {m["catalog"]["model"]: k for k, m in store.manifests(layout.FEATURES)}
+    cut = f"{keys['lm-large']}/layer-002.parquet"
+    _cut(store, cut, 300)  # cut short: the listing shows another size than the manifest's
+    gone = f"{keys['vit-small']}/layer-001.parquet"
+    store.fs.rm_file(store.path(gone))
+    # the first file of its schema group overwritten by garbage of its own size: the listing
+    # cannot tell, binding fails, and the old fallback names it
+    [first_best, *_] = [f"{k}/{layout.BEST_FILE}" for k, _ in store.manifests(layout.ALIGNMENT)]
+    size = len(store.read_bytes(first_best))
+    store.fs.pipe_file(store.path(first_best), b"\0" * size)
+    with caplog.at_level(logging.WARNING, logger="storage.catalog"):
+        con = connect(_through(proxy, s3_store_url))
+    assert f"{store.read_uri(gone)}: the file is missing; left out of the features view" in caplog.text
+    assert f"{store.read_uri(cut)}: 300 bytes, the manifest says" in caplog.text
+    assert f"{store.read_uri(first_best)}: " in caplog.text and "left out of the alignment_best view" in caplog.text
+    left = query(reference, "select count(*) from features where not ((model = 'lm-large' and layer = 2) "
+                            "or (model = 'vit-small' and layer = 1))").column(0)[0].as_py()
+    assert query(con, "select count(*) from features").column(0)[0].as_py() == left
+    assert _rows(con, "features") == query(reference, "select * from features where not ((model = 'lm-large' and layer = 2) "
+                                                      "or (model = 'vit-small' and layer = 1)) order by all").to_pylist()
+    version = first_best.split("/")[-2]
+    assert _rows(con, "alignment_best") == query(
+        reference, f"select * from alignment_best where alignment_version <> '{version}' order by all").to_pylist()
+    assert _rows(con, "alignment") == _rows(reference, "alignment")  # the other views are whole
+
+
+def _features_store(url: str, layers: int) -> Store:
+    """Two models' features, ``layers`` layer files each (widths 4, 5, ...), nothing else."""
+    store = Store(url)
+    rng = np.random.default_rng(5)
+    ids = [f"s{i}" for i in range(4)]
+    for model in ("a", "b"):
+        vectors = [rng.normal(size=(len(ids), 4 + i)).astype(np.float32) for i in range(layers)]
+        store.publish(layout.features_key(DATASET, model, f"fv-{model}"), layer_tables(model, f"fv-{model}", ids, vectors),
+                      {"kind": "features", "catalog": {"model": model, "feature_version": f"fv-{model}"}})
+    return store
+
+
+def _connect_requests(proxy: FaultProxy, url: str) -> tuple[int, int]:
+    """(requests that ``connect`` sent, rows of the features view)."""
+    store = _through(proxy, url)
+    before = proxy.counts["requests"]
+    con = connect(store)
+    sent = proxy.counts["requests"] - before
+    return sent, query(con, "select count(*) from features").column(0)[0].as_py()
+
+
+def test_connect_requests_do_not_grow_with_the_number_of_files(s3_endpoint, proxy):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    urls = {}
+    for layers in (4, 8):
+        fs.mkdir(bucket := f"prh-requests-{layers}")
+        urls[layers] = f"s3://{bucket}/store"
+        _features_store(urls[layers], layers)
+    few, rows_few = _connect_requests(proxy, urls[4])
+    many, rows_many = _connect_requests(proxy, urls[8])
+    assert (rows_few, rows_many) == (2 * 4 * 4, 2 * 8 * 4)  # every file is in the view
+    # twice the files, the same requests (binding every footer cost at least one more per file)
+    assert many - few <= 1, (few, many)
+
+
+def _describe_file(path: str) -> list[tuple]:
+    return duckdb.sql(f"describe select * from read_parquet('{path}')").fetchall()
+
+
+def test_equal_fingerprints_are_files_duckdb_binds_alike(tmp_path):
+    """Variants of a layer file: DuckDB binds two files to the same columns exactly when their
+    fingerprints are equal (widths, dictionary encoding and list kinds are invisible to it)."""
+    ids = ["a", "b", "c"]
+    base = layer_table("m", "v", 0, ids, np.ones((3, 4), np.float32))
+    vector = base.column("vector").combine_chunks()
+    variants = {
+        "width 4": base,
+        "width 9": layer_table("m", "v", 3, ids, np.ones((3, 9), np.float32)),
+        "plain strings": base.set_column(0, "model", base.column("model").cast(pa.string())),
+        "large strings": base.set_column(3, "sample_id", base.column("sample_id").cast(pa.large_string())),
+        "variable list": base.set_column(4, "vector", pa.array(vector.to_pylist(), pa.list_(pa.float32()))),
+        "int32 layer": base.set_column(2, "layer", base.column("layer").cast(pa.int32())),
+        "double vector": base.set_column(4, "vector", pa.array(vector.to_pylist(), pa.list_(pa.float64()))),
+        "no sample_id": base.drop_columns(["sample_id"]),
+        "columns reordered": base.select(["sample_id", "model", "feature_version", "layer", "vector"]),
+    }
+    bound, fingerprints = {}, {}
+    for name, table in variants.items():
+        data = table_to_parquet_bytes(table)
+        path = tmp_path / f"{name.replace(' ', '_')}.parquet"
+        path.write_bytes(data)
+        bound[name], fingerprints[name] = _describe_file(str(path)), schema_fingerprint(data)
+    for a in variants:
+        for b in variants:
+            assert (fingerprints[a] == fingerprints[b]) == (bound[a] == bound[b]), (a, b)
+    assert len(set(fingerprints.values())) == 5  # the widths, string and list kinds share one
+    assert schema_fingerprint(b"not parquet") is None
