@@ -293,7 +293,7 @@ def _gc(args: argparse.Namespace) -> int:
 
     from storage.figure_cache import remove_stale_namespaces
     from storage.report_retention import remove_stale_reports
-    from storage.runs import mark_crashed_runs, open_for_run
+    from storage.runs import live_runs_since, mark_crashed_runs, open_for_run
     from storage.shards import remove_stale_partials
 
     if not (math.isfinite(args.older_than_days) and args.older_than_days >= 0):
@@ -306,7 +306,8 @@ def _gc(args: argparse.Namespace) -> int:
     crashed, swept = (mark_crashed_runs(store, dry_run=True), store.sweep_abandoned(dry_run=True, sizes=swept_bytes)) \
         if args.dry_run else open_for_run(store, min_free_mb=0, swept_sizes=swept_bytes)  # a nearly full disk is when gc is needed
     now = time.time()
-    partials = remove_stale_partials(store, args.older_than_days * 86400.0, dry_run=args.dry_run)
+    live_since = live_runs_since(store)  # shards a live run may be writing are kept, whatever their age
+    partials = remove_stale_partials(store, args.older_than_days * 86400.0, dry_run=args.dry_run, live_since=live_since)
     figure_bytes: dict[str, int] = {}
     figures = remove_stale_namespaces(store, dry_run=args.dry_run, sizes=figure_bytes)
     report_bytes: dict[str, int] = {}
@@ -328,7 +329,7 @@ def _gc(args: argparse.Namespace) -> int:
         print(f"{verb} {key}: a run report older than the {args.keep_reports} kept, {_megabytes(report_bytes[key])} "
               "(`prh report --run ID` builds it again)")
     for run_id in crashed:
-        print(f"{'would mark' if args.dry_run else 'marked'} run {run_id} CRASHED (its process is gone)")
+        print(f"{'would mark' if args.dry_run else 'marked'} run {run_id} CRASHED (its process is gone, or it gave no sign of life for 15 minutes)")
     for version in swept:
         print(f"{verb} the unpublished files of {version} (its writer died), {_megabytes(swept_bytes.get(version, 0))}")
     parts = [(len(partials), "shard folder(s)", sum(entry["bytes"] for entry in partials)),

@@ -139,6 +139,15 @@ def mark_crashed_runs(store: Store, dry_run: bool = False) -> list[str]:
     return crashed
 
 
+def live_runs_since(store: Store) -> float | None:
+    """The start (epoch seconds) of the earliest ``RUNNING`` run not known to have stopped
+    (:func:`gone_reason`), or None when no run is alive: what such a run may still be writing
+    (its extraction shards) is not to be cleaned up."""
+    starts = [_epoch(r.get("started_at")) for r in run_records(store) if r.get("status") == RUNNING and gone_reason(store, r) is None]
+    known = [t for t in starts if t is not None]
+    return min(known) if known else (time.time() if starts else None)
+
+
 def runs_as_known(store: Store) -> list[dict[str, Any]]:
     """:func:`run_records`, with every run known to have stopped shown ``CRASHED`` (its reason as
     ``error``) though no run has marked it yet: what the catalog's ``runs`` view shows. Writes

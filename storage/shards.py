@@ -98,8 +98,8 @@ def _modified(info: dict[str, Any]) -> float:
         return 0.0
 
 
-def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, now: float | None = None
-                   ) -> list[dict[str, Any]]:
+def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, now: float | None = None,
+                   live_since: float | None = None) -> list[dict[str, Any]]:
     """Shard folders of feature versions that no extraction will resume.
 
     A version's ``_partial/`` folder is listed when the version is published (a run that died
@@ -107,6 +107,10 @@ def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, no
     ``older_than_s`` (an extraction that died, after which its model, dataset or code changed,
     so no rerun asks for that version again). A live extraction writes a shard every 2,048
     items, so its folder is never that old; a rerun of a listed version just recomputes.
+
+    ``live_since`` (epoch seconds: the start of the earliest run still alive, see
+    ``storage.runs.live_runs_since``): an unpublished folder written since then is never listed,
+    whatever ``older_than_s`` says, since a live run may be extracting into it.
 
     Returns ``{"version": key, "shards": count, "bytes": total, "newest": epoch seconds,
     "reason": "published" | "abandoned"}`` per folder, sorted by version key.
@@ -123,18 +127,19 @@ def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, no
     out = []
     for version_key, files in sorted(versions.items()):
         newest = max(_modified(info) for _, info in files)
+        in_use = live_since is not None and newest >= live_since
         reason = "published" if store.manifest(version_key) is not None else (
-            "abandoned" if now - newest > older_than_s else None)
+            "abandoned" if now - newest > older_than_s and not in_use else None)
         if reason:
             out.append({"version": version_key, "shards": sum(1 for name, _ in files if name.startswith("shard-")),
                         "bytes": sum(int(info.get("size") or 0) for _, info in files), "newest": newest, "reason": reason})
     return out
 
 
-def remove_stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, dry_run: bool = False
-                          ) -> list[dict[str, Any]]:
+def remove_stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, dry_run: bool = False,
+                          live_since: float | None = None) -> list[dict[str, Any]]:
     """Remove the folders :func:`stale_partials` lists (nothing with ``dry_run``); returns them."""
-    stale = stale_partials(store, older_than_s)
+    stale = stale_partials(store, older_than_s, live_since=live_since)
     if not dry_run:
         for entry in stale:
             remove_partial(store, entry["version"])

@@ -420,3 +420,34 @@ def test_gc_counts_the_bytes_of_everything_it_removes(tmp_path, capsys):
     assert "removed the unpublished files of alignment/d/a__b/v9 (its writer died), 0.0 MB" in out
     assert main(["gc", "--store", store.url]) == 0
     assert capsys.readouterr().out.rstrip().endswith("0.0 MB (0 bytes) freed, nothing to remove")
+
+
+def test_gc_keeps_the_shards_a_live_run_may_be_writing(tmp_path, capsys):
+    """`--older-than-days 0` removed the shards of an extraction in flight (its run alive): shards
+    written since the earliest live run started are kept; once that run is known gone they go."""
+    import time
+
+    import numpy as np
+
+    from storage import layout
+    from storage.owner import current_owner
+    from storage.runs import RUN_HEARTBEAT_SECONDS, RUNNING, alive_key
+    from storage.shards import shard_key, write_shard
+
+    store = Store(str(tmp_path / "store"))
+    started = time.time() - 60
+    record = {"run_id": "live", "status": RUNNING, "process": current_owner(), "heartbeat_s": RUN_HEARTBEAT_SECONDS,
+              "started_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(started))}
+    store.write_json(layout.run_key("live"), record)
+    store.write_json(alive_key("live"), {"run_id": "live", "heartbeat_at": time.time()})
+    write_shard(store, "features/d/m/v1", 0, [np.ones((4, 3), np.float32)])  # the live run's extraction
+    time.sleep(0.05)
+    assert main(["gc", "--store", store.url, "--older-than-days", "0"]) == 0
+    assert "features/d/m/v1/_partial" not in capsys.readouterr().out and store.exists(shard_key("features/d/m/v1", 0))
+
+    store.write_json(layout.run_key("live"), {**record, "process": {**current_owner(), "host": "elsewhere"},
+                                              "started_at": "2026-01-01T00:00:00+00:00"})
+    store.delete(alive_key("live"))  # silent since January, on another host: gone
+    assert main(["gc", "--store", store.url, "--older-than-days", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "removed features/d/m/v1/_partial: 1 shards" in out and "marked run live CRASHED" in out
