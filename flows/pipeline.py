@@ -180,14 +180,18 @@ def submit_extractions(
     """Submit one extraction task per model of the zoo: (futures by model name, failures so far).
 
     Models whose features are stored need no check (their libraries need not load; a hub model at
-    a movable revision is looked up for `moved_upstream`); the others are checked first
-    (`check_models`) and a refused one is a failure, not a task. With ``extract_missing`` False a
-    model without stored features is a failure too (``NOT_EXTRACTED``)."""
+    a movable revision is looked up for `moved_upstream`), nor do those whose feature version is
+    stored under another model name (a renamed model: its task copies it, ``tasks.feature_copy``);
+    the others are checked first (`check_models`) and a refused one is a failure, not a task. With
+    ``extract_missing`` False a model without features stored under its name is a failure too
+    (``NOT_EXTRACTED``)."""
     logger = get_run_logger()
     context = FlowRunContext.get()
     if context is not None and runs_in_parallel(context.task_runner):
         preload_libraries()
-    stored = {spec.name: _stored_manifest(store_url, dataset, spec) for spec in config.models}
+    # a version stored under another name (a renamed model) is copied by its task, no model loaded:
+    # no pre-check either (except when nothing may be extracted here, where it must be stored as named)
+    stored = {spec.name: _stored_manifest(store_url, dataset, spec, renamed=extract_missing) for spec in config.models}
     missing = [spec for spec in config.models if stored[spec.name] is None]
     failures = check_models(missing) if extract_missing else \
         [{"stage": "extract", "item": spec.name, "error": NOT_EXTRACTED} for spec in missing]
@@ -216,10 +220,11 @@ def collect_features(extracting: dict[str, Any], failures: list[dict[str, str]])
     return features
 
 
-def _stored_manifest(store_url: str, dataset: dict[str, Any], spec: Any) -> dict[str, Any] | None:
-    """The manifest of this model's features if already published (None when the store cannot say)."""
+def _stored_manifest(store_url: str, dataset: dict[str, Any], spec: Any, renamed: bool = False) -> dict[str, Any] | None:
+    """The manifest of this model's features if already published (``renamed``: also under another
+    model name; see ``stored_features``), None when not or when the store cannot say."""
     try:
-        return stored_features(store_url, dataset, spec)
+        return stored_features(store_url, dataset, spec, renamed=renamed)
     except Exception:  # noqa: BLE001 - then the model is checked, and its task reads the store again
         return None
 

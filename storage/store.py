@@ -194,10 +194,13 @@ class Store:
         """Filesystem path of a key (``a/b/c``) under the root."""
         return f"{self.root}/{key}" if key else self.root
 
-    def glob(self, prefix: str, pattern: str, detail: bool = False) -> Any:
+    def glob(self, prefix: str, pattern: str, detail: bool = False, refresh: bool = False) -> Any:
         """``fs.glob`` of ``pattern`` (``**/manifest.json``) under the key ``prefix``. The store's
-        own path is escaped: a folder named ``results [v1]`` or ``exp*`` is matched literally."""
-        return self.fs.glob(f"{escape_glob(self.path(prefix))}/{pattern}", detail=detail)
+        own path is escaped: a folder named ``results [v1]`` or ``exp*`` is matched literally.
+        ``refresh``: list every folder afresh (s3fs otherwise answers a pattern with a wildcard
+        folder, ``*/v/manifest.json``, from listings it cached earlier, which can lack folders)."""
+        fresh = {"refresh": True} if refresh else {}  # passed down to every ls
+        return self.fs.glob(f"{escape_glob(self.path(prefix))}/{pattern}", detail=detail, **fresh)
 
     def key_of(self, path: str) -> str:
         """The key of a path this store's filesystem listed (``glob``/``ls``; with or without a
@@ -331,17 +334,19 @@ class Store:
             return None
         return self._checked_manifest(version_key, self.read_bytes(key))
 
-    def manifests(self, prefix: str, on_damaged: Callable[[DamagedManifest], None] | None = None
-                  ) -> Iterator[tuple[str, dict[str, Any]]]:
+    def manifests(self, prefix: str, on_damaged: Callable[[DamagedManifest], None] | None = None,
+                  folders: str = "**") -> Iterator[tuple[str, dict[str, Any]]]:
         """Every published version under ``prefix`` as (version key, manifest), sorted by key.
 
-        A damaged manifest (see :meth:`manifest`) raises, or with ``on_damaged`` is handed to it
-        and skipped (the catalog warns and shows the rest)."""
+        ``folders``: a glob of the version folders under ``prefix`` (default every depth;
+        ``"*/<version>"`` is one folder per model), its literal parts escaped by the caller
+        (:func:`escape_glob`). A damaged manifest (see :meth:`manifest`) raises, or with
+        ``on_damaged`` is handed to it and skipped (the catalog warns and shows the rest)."""
         base = self.path(prefix)
         with self._reading(prefix):
             if not self.fs.exists(base):
                 return
-            found = self.glob(prefix, f"**/{MANIFEST}")
+            found = self.glob(prefix, f"{folders}/{MANIFEST}", refresh=folders != "**")
         paths = sorted(found)
         for path, raw in zip(paths, self.read_many(paths, prefix)):
             version_key = self.key_of(path).rsplit("/", 1)[0]

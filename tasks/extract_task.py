@@ -20,6 +20,7 @@ from storage.store import Store
 from storage.versioning import code_version, content_id
 from tasks.extract.finite import check_finite
 from tasks.extract.spec import ModelSpec
+from tasks.feature_copy import published_elsewhere, reuse_renamed
 from tasks.retries import ModelLoadTimeout, backoff, model_load_timeout, retry_transient
 
 #: Part of every feature version. Raise it when this module changes what is stored (it is not
@@ -46,11 +47,19 @@ def feature_version(dataset_version: str, spec: ModelSpec) -> str:
     )
 
 
-def stored_features(store_url: str, dataset_manifest: dict[str, Any], spec: ModelSpec) -> dict[str, Any] | None:
-    """Manifest of this model's features if already published, else None."""
+def stored_features(store_url: str, dataset_manifest: dict[str, Any], spec: ModelSpec,
+                    renamed: bool = False) -> dict[str, Any] | None:
+    """Manifest of this model's features if already published, else None. ``renamed``: else the
+    manifest of the same version published under another model name (a model renamed in the zoo),
+    which ``extract_to_store`` copies instead of extracting (unless its files prove damaged)."""
     dataset_version = dataset_manifest["catalog"]["dataset_version"]
-    key = layout.features_key(dataset_version, spec.name, feature_version(dataset_version, spec))
-    return Store(store_url).manifest(key)
+    version = feature_version(dataset_version, spec)
+    store = Store(store_url)
+    manifest = store.manifest(layout.features_key(dataset_version, spec.name, version))
+    if manifest is None and renamed:
+        found = published_elsewhere(store, dataset_version, spec.name, version, logging.getLogger("prh.extract"))
+        manifest = found[0][1] if found else None
+    return manifest
 
 
 DEFAULT_SHARD_SIZE = 2048
@@ -93,6 +102,10 @@ def extract_to_store(
 ) -> dict[str, Any]:
     """Extract ``spec``'s features shard by shard, resuming from stored shards, then publish.
 
+    A version already published under this name is returned as it is; one published under
+    another model name (the model was renamed) is copied under this name without loading the
+    model (``tasks.feature_copy``); both come back with ``reused: True``.
+
     Vision models run once per distinct image (rows of captions of the same image share it);
     language models once per caption. Each shard of ``shard_size`` items is stored atomically
     as soon as it is done, so a run killed mid-model continues from the last complete shard.
@@ -107,6 +120,9 @@ def extract_to_store(
     if existing is not None:
         logger.info("%s: features %s already stored, nothing to extract", spec.name, version)
         return {**existing, "reused": True}
+    copied = reuse_renamed(store, dataset_version, spec.name, version, key, logger)
+    if copied is not None:  # the same version under another name (the model was renamed): nothing computed
+        return {**copied, "reused": True}
 
     columns = ["sample_id", "image_id", "text"] + (["image"] if spec.modality == "vision" else [])
     samples = store.read_table(f"{dataset_manifest['key']}/{layout.SAMPLES_FILE}", columns=columns)

@@ -142,8 +142,16 @@ def test_pipeline_end_to_end(store_url, monkeypatch):
     assert third["extracted"] == ["tiny-gpt"] and third["aligned"] == 1
     assert checked == ["tiny-gpt"]
     _assert_no_secrets(store, third)
+    # Renaming a model (same feature version) loads no model and checks none: its stored features
+    # are published under the new name, the run lists it as reused, only its pair is aligned anew.
+    import tasks.extract_task
+
+    monkeypatch.setattr(tasks.extract_task, "_load_with_timeout", lambda spec: pytest.fail(f"{spec.name} loaded"))
+    fourth = prh_pipeline(config=_config([TINY_VIT, {**TINY_BERT, "name": "bert-renamed"}]), store=store_url)
+    assert fourth["extracted"] == [] and fourth["reused"] == ["bert-renamed", "tiny-vit"] and fourth["aligned"] == 1
+    assert checked == ["tiny-gpt"] and fourth["feature_versions"]["bert-renamed"] == first["feature_versions"]["tiny-bert"]
     runs = query(connect(store), "select status, count(*) n from runs group by status").to_pylist()
-    assert runs == [{"status": "COMPLETED", "n": 3}]
+    assert runs == [{"status": "COMPLETED", "n": 4}]
     gpt = query(connect(store), "select bits_per_byte, param_count from models where model = 'tiny-gpt'").to_pylist()[0]
     assert gpt["bits_per_byte"] > 0 and gpt["param_count"] > 0
 
