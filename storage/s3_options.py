@@ -58,7 +58,8 @@ def with_s3_defaults(storage_options: Mapping[str, Any] | None, env: Mapping[str
 
     The user's ``config_kwargs`` keys win; inside ``retries`` a user's ``max_attempts`` or
     ``total_max_attempts`` replaces ours (botocore reads ``max_attempts`` as retries after the
-    first try), and a user's ``mode`` replaces ours. The input is not modified.
+    first try), and a user's ``mode`` replaces ours. ``use_listings_cache`` defaults to False
+    (every listing afresh). The input is not modified.
     """
     options = dict(storage_options or {})
     user = options.get("config_kwargs") or {}
@@ -76,6 +77,10 @@ def with_s3_defaults(storage_options: Mapping[str, Any] | None, env: Mapping[str
         retries.update(user_retries)
         merged["retries"] = retries
     options["config_kwargs"] = merged
+    # Listings read afresh: a store is written by other processes and hosts (workers, stages,
+    # concurrent runs), and s3fs answers a later listing, or a glob through a folder it listed
+    # once, from its cache, which then lacks their new folders. The user may turn it back on.
+    options.setdefault("use_listings_cache", False)
     return options
 
 
