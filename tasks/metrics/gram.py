@@ -4,6 +4,7 @@ Row block ``I`` is multiplied only against columns ``I0:`` (the blocks on and ab
 diagonal): about 60% of the multiply-adds of a plain ``x @ x.T`` at ``N = 1024``. ``gram_upper``
 stops there (the blocks below the diagonal are left uninitialised: callers that read only the
 upper triangle, like the packed CKA kernels, need nothing more); ``gram_full`` mirrors them.
+``center_gram_`` centres a symmetric kernel in place (``H K H``).
 """
 
 from __future__ import annotations
@@ -41,3 +42,10 @@ def gram_full(x: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
         if i1 < n:
             out[i1:, i0:i1] = out[i0:i1, i1:].T
     return out
+
+
+def center_gram_(k: torch.Tensor) -> torch.Tensor:
+    """``H K H`` in place for a symmetric ``(N, N)`` kernel (``H = I - 11^T/N``); returns ``k``."""
+    row = k.mean(dim=1)
+    k.sub_(row[:, None]).sub_(row[None, :]).add_(row.mean())
+    return k

@@ -11,6 +11,12 @@ Gram when there is one, else found blockwise straight from the features (Gram ro
 block at a time and reduced to their top-k at once, never stored), so memory for kNN metrics is
 ``O(L*N*k)`` plus one block. To share one Gram per layer between kNN and kernel metrics, call
 ``cache_grams()`` first.
+
+Kernel metrics (CKA's centred kernels, RBF distances) need the Gram of the column-centred
+features (``centred_gram``): translation invariant, so a common offset of the rows costs no
+digits. ``H G H`` of a cached Gram is used for it only while the offset is small against the
+spread (``CENTRED_FROM_GRAM_MAX_RATIO``); otherwise it is computed from the centred features
+(``|x_i|^2 + |x_j|^2 - 2 x_i.x_j`` in float32 at offset 1e4 and spread ~4 lost every digit).
 """
 
 from __future__ import annotations
@@ -22,10 +28,15 @@ import numpy as np
 import torch
 
 from ._arrays import ArrayLike, resolve_device, split_layers, to_tensor
-from .gram import gram_full
+from .gram import center_gram_, gram_full, gram_upper
 from .neighbors import candidate_depth, restrict_lists, topk_neighbors
 
 KEEP_GRAM_MAX_N = 4096
+#: ``centred_gram`` takes ``H G H`` of a cached Gram only while the layer's squared mean row
+#: ``|m|^2`` is at most this many times its mean squared centred row ``mean_i |x_i - m|^2``: the
+#: Gram's rounding (relative to ``|x_i||x_j|``) then grows by at most this factor against the
+#: centred entries; beyond it the centred Gram is multiplied from the centred features
+CENTRED_FROM_GRAM_MAX_RATIO = 64.0
 
 
 class Representation:
@@ -82,6 +93,21 @@ class Representation:
             if self.keep_gram:
                 self._grams[layer] = g
         return g
+
+    def centred_gram(self, layer: int, upper_only: bool = False) -> torch.Tensor:
+        """``(N, N)`` Gram ``Xc Xc^T`` of the column-centred layer (``Xc = X - 1 m^T``, ``m`` the
+        mean row), a fresh matrix the caller may modify; never cached. From the cached Gram
+        (``H G H``, no product) when there is one and the layer's offset is small
+        (``CENTRED_FROM_GRAM_MAX_RATIO``), else multiplied from the centred features; with
+        ``upper_only`` that product may leave the blocks below the diagonal undefined
+        (``gram.gram_upper``). Translation invariant up to rounding of the spread, not of the
+        offset: the kernel metrics' distances and centred kernels come from it."""
+        g = self.cached_gram(layer)
+        if g is not None and offset_is_small(g):
+            return center_gram_(g.clone())
+        x = self.layers[layer]
+        xc = x - x.sum(0, keepdim=True) / x.shape[0]
+        return gram_upper(xc) if upper_only else gram_full(xc)
 
     def cached_gram(self, layer: int) -> torch.Tensor | None:
         """The cached Gram of ``layer`` or ``None`` (never multiplies; a subset takes its rows of
@@ -208,6 +234,16 @@ def check_values(layers: Sequence[torch.Tensor]) -> None:
         l = int(constant.nonzero()[0, 0])
         raise ValueError(f"layer {l} is constant (all {n} rows identical): every metric of it is 0/0 or ties only, "
                          "a meaningless number; leave the layer out")
+
+
+def offset_is_small(gram: torch.Tensor, ratio: float = CENTRED_FROM_GRAM_MAX_RATIO) -> bool:
+    """Whether the rows whose ``(N, N)`` Gram is ``gram`` have ``|m|^2 <= ratio * mean_i |x_i - m|^2``
+    (``m`` the mean row): ``|m|^2 = sum(G) / N^2`` and ``mean_i |x_i|^2 = trace(G) / N``, summed
+    in float64. A spread lost to rounding (zero or negative) is not small."""
+    n = gram.shape[0]
+    mean_sq = float(gram.sum(dim=1).to(torch.float64).sum()) / (n * n)
+    spread = float(torch.diagonal(gram).to(torch.float64).sum()) / n - mean_sq
+    return spread > 0 and mean_sq <= ratio * spread
 
 
 def _is_float64(x: ArrayLike) -> bool:

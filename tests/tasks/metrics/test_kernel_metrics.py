@@ -114,12 +114,12 @@ def test_unbiased_cka_in_float32_on_features_that_point_one_way(n: int) -> None:
     assert null[0] == pytest.approx(ref.cka(x.astype(np.float64), y[first].astype(np.float64), unbiased=True), abs=1e-5)
 
 
-def _previous_rbf_encoding(xs: list[torch.Tensor], sigma, unbiased: bool):
+def _previous_rbf_encoding(grams: list[torch.Tensor], sigma, unbiased: bool):
     """The kernel encoding as it was before kernels were packed one at a time (every layer's
-    N x N kernel in a list, then packed; float64 norms of all rows at once), for bitwise checks."""
+    N x N kernel in a list, then packed; float64 norms of all rows at once), for bitwise checks,
+    from the Grams (of the centred features) the kernels' distances are taken from."""
     from tasks.metrics.hsic import unbiased_from_parts
     from tasks.metrics.kernel_metrics import _median, center_gram_
-    from tasks.metrics.gram import gram_full
     from tasks.metrics.triangle import pack, triangle_pairs
 
     def rbf(gram):
@@ -136,7 +136,7 @@ def _previous_rbf_encoding(xs: list[torch.Tensor], sigma, unbiased: bool):
     def sq_norms(rows):
         return torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64) ** 2
 
-    kernels = [rbf(gram_full(x)) for x in xs]
+    kernels = [rbf(g) for g in grams]
     n, dtype = kernels[0].shape[0], kernels[0].dtype
     upper = torch.empty((len(kernels), n * (n - 1) // 2), dtype=dtype)
     if not unbiased:
@@ -162,15 +162,20 @@ def _previous_rbf_encoding(xs: list[torch.Tensor], sigma, unbiased: bool):
 @pytest.mark.parametrize("sigma", [0.8, "median"])
 def test_rbf_encoding_packed_layer_by_layer_is_bit_identical(dtype, unbiased: bool, sigma) -> None:
     """Packing each kernel as soon as it is built changes no bit of the encoding (against the
-    previous list-then-pack code) and matches the dense float64 reference."""
+    previous list-then-pack code) and matches the dense float64 reference. Distances come from
+    the centred features' Gram: multiplied from them without a cached Gram, ``H G H`` of the
+    cached one (these rows' offset is small)."""
     from tasks.metrics import METRICS
+    from tasks.metrics.gram import center_gram_, gram_full
 
     xs = [torch.from_numpy(x).to(dtype) for x in layers(n=53, seed=7)]
-    for keep in (0, 4096):  # kernels from fresh Grams, and from cached ones
+    fresh = [gram_full(x - x.sum(0, keepdim=True) / x.shape[0]) for x in xs]
+    cached = [center_gram_(gram_full(x)) for x in xs]
+    for keep, grams in ((0, fresh), (4096, cached)):  # kernels from fresh Grams, and from cached ones
         rep = Representation(xs, keep_gram_max_n=keep).cache_grams()
         p = {"kernel_metric": "rbf", "rbf_sigma": sigma, "unbiased": unbiased}
         state = METRICS["cka"].engine.encode(rep, p)
-        upper, extra, self_hsic = _previous_rbf_encoding(xs, sigma, unbiased)
+        upper, extra, self_hsic = _previous_rbf_encoding(grams, sigma, unbiased)
         assert torch.equal(state.upper, upper) and torch.equal(state.self_hsic, self_hsic)
         assert torch.equal(state.rows if unbiased else state.diag, extra)
     if sigma != "median":

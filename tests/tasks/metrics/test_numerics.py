@@ -117,3 +117,68 @@ def test_svcca_rank_of_a_float32_layer_ignores_its_rounding_noise() -> None:
             score("svcca", x.astype(dtype), y.astype(dtype), cca_dim=10)
     got = score("svcca", x.astype(np.float32), y.astype(np.float32), cca_dim=4)
     assert got == pytest.approx(ref.svcca(x, y, 4), abs=1e-4)
+
+
+def _rbf_cka_cdist(x: np.ndarray, y: np.ndarray, sigma, unbiased: bool) -> float:
+    """RBF CKA in float64 with exact pairwise distances (``scipy.spatial.distance.cdist``)."""
+    from scipy.spatial.distance import cdist
+
+    def kernel(z: np.ndarray) -> np.ndarray:
+        d = cdist(z, z)
+        s = np.median(d[np.triu_indices(len(z), 1)]) if sigma == "median" else sigma
+        return np.exp(-d ** 2 / (2 * s * s))
+
+    k, l = kernel(x.astype(np.float64)), kernel(y.astype(np.float64))
+    hsic = ref.hsic_unbiased if unbiased else ref.hsic_biased
+    return float(hsic(k, l) / (np.sqrt(hsic(k, k) * hsic(l, l)) + 1e-6))
+
+
+@pytest.mark.parametrize("offset,dtype", [(0.0, np.float32), (1e2, np.float32), (1e4, np.float32), (1e6, np.float64)])
+def test_kernel_cka_is_translation_invariant_under_a_shared_offset(offset: float, dtype) -> None:
+    """RBF distances were ``|x_i|^2 + |x_j|^2 - 2 x_i.x_j`` of the uncentred Gram: float32 rows
+    sharing an offset of 1e4 (spread ~4) gave 0.0395 instead of 0.7721 at sigma=4 and 'median'
+    refused ("median pairwise distance is 0"); float64 at offset 1e6 was 3e-6 off. Linear CKA
+    from a cached Gram (``cache_grams``, as the pipeline does) had the same cancellation in
+    ``H G H``: -0.146 instead of 0.702. Every route now matches exact distances, and the value at
+    offset 0."""
+    rng = np.random.default_rng(0)
+    n, d = 120, 16
+    z = rng.normal(size=(n, 4))
+    x0 = z @ rng.normal(size=(4, d)) + 0.5 * rng.normal(size=(n, d))
+    y0 = z @ rng.normal(size=(4, d)) + 0.5 * rng.normal(size=(n, d))
+    x, y = (x0 + offset).astype(dtype), (y0 - offset / 2).astype(dtype)
+    tol = 2e-5 if dtype == np.float32 else 1e-9
+    for sigma in (4.0, "median"):
+        for unbiased in (False, True):
+            want = _rbf_cka_cdist(x, y, sigma, unbiased)
+            assert want == pytest.approx(_rbf_cka_cdist(x0, y0, sigma, unbiased), abs=1e-4)  # float32 rounding of the values
+            params = {"kernel_metric": "rbf", "rbf_sigma": sigma, "unbiased": unbiased}
+            assert score("cka", x, y, **params) == pytest.approx(want, abs=tol)
+            cached = layer_matrix("cka", Representation(x).cache_grams(), Representation(y).cache_grams(), **params)
+            assert cached[0, 0] == pytest.approx(want, abs=tol)
+    assert score("cka_rbf_median", x, y) == pytest.approx(_rbf_cka_cdist(x, y, "median", False), abs=tol)
+    xc, yc = (v.astype(np.float64) - v.astype(np.float64).mean(0) for v in (x, y))
+    for unbiased in (False, True):  # linear HSIC is translation invariant: the centred values' CKA
+        want = ref.cka(xc, yc, unbiased=unbiased)
+        cached = layer_matrix("cka", Representation(x).cache_grams(), Representation(y).cache_grams(), unbiased=unbiased)
+        assert cached[0, 0] == pytest.approx(want, abs=tol)
+        assert score("cka", x, y, unbiased=unbiased) == pytest.approx(want, abs=tol)
+
+
+def test_centred_gram_reuses_a_cached_gram_only_while_the_offset_is_small() -> None:
+    """``H G H`` of a cached Gram (no product) while ``|m|^2 <= 64 mean |x_i - m|^2``; beyond
+    it, the Gram of the centred features. Both equal the float64 centred Gram."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    x0 = rng.normal(size=(50, 6))
+    for offset, reused in ((0.0, True), (2.0, True), (30.0, False)):
+        x = (x0 + offset).astype(np.float32)
+        rep = Representation(x).cache_grams()
+        xc = x.astype(np.float64) - x.astype(np.float64).mean(0)
+        got = rep.centred_gram(0)
+        np.testing.assert_allclose(got.numpy(), xc @ xc.T, atol=2e-5 * max(1.0, offset))
+        cached = torch.from_numpy(x @ x.T)
+        from tasks.metrics.gram import center_gram_
+        assert torch.equal(got, center_gram_(rep.cached_gram(0).clone())) == reused
+        assert torch.allclose(cached, rep.cached_gram(0), atol=1e-2 * (1 + offset ** 2))  # cache untouched
