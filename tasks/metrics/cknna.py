@@ -28,8 +28,10 @@ Differences from the paper's code (documented in ``docs/metrics.md``):
 - ``distance_agnostic=True``: the paper returns a matrix and then fails on ``.item()``. Here the
   kernel values are replaced by 1 on the mask (``sim = HSIC(M, M')``), i.e. only the mutual
   neighbourhood structure counts.
-- The ``sqrt`` of a negative product (possible for masked unbiased HSIC) gives ``nan`` as in the
-  paper.
+- A layer whose masked self-similarity ``sim(K, K)`` is not above 0 beyond rounding (it can be
+  negative: the masked kernels are not symmetric) is refused (``ValueError`` naming the layer,
+  ``hsic.check_self_hsic``), as the CKA family refuses a zero unbiased self-HSIC: the paper's
+  ``sqrt`` of a negative product gives ``nan`` there.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import Any
 import torch
 
 from .engine import Engine
-from .hsic import unbiased_from_parts
+from .hsic import check_self_hsic, unbiased_from_parts, unbiased_terms_size
 from .kernel_metrics import EPS, CkaEngine
 from .knn_hits import Hits, ListTable, build_list_table, inverse_permutations, permuted_hits
 from .neighbors import is_member, permute_lists
@@ -143,7 +145,9 @@ class CknnaEngine(Engine):
         state = CknnaState(idx_t, vals_t, sorted_idx, order, torch.empty(0), torch.empty(0))
         state.with_slots()
         state.rev = _reverse_membership(state)
-        state.self_sim = self_sims(state, unbiased)
+        state.self_sim, size = self_sims(state, unbiased)
+        check_self_hsic(state.self_sim, size, rep.n, rep.dtype,
+                        ("unbiased" if unbiased else "biased") + " masked self-similarity sim(K, K)")
         return state
 
     def permute(self, state, perm: torch.Tensor, inv: torch.Tensor):
@@ -195,12 +199,14 @@ class CknnaEngine(Engine):
         return sim / (torch.sqrt(a.self_sim[:, None] * b.self_sim[None, :]) + EPS)
 
 
-def self_sims(state: CknnaState, unbiased: bool) -> torch.Tensor:
-    """``(L,)`` float64 ``sim(K, K)`` of every layer (its own mask), a chunk of layers at a time."""
+def self_sims(state: CknnaState, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(L,)`` float64 ``sim(K, K)`` of every layer (its own mask), a chunk of layers at a time,
+    and ``(L,)`` the size of its terms (``masked_sim``'s ``with_size``)."""
     L, n, k = state.idx.shape
     step = max(1, CHUNK_ELEMENTS // (n * k))
-    return torch.cat([masked_sim(state, slice(l0, l0 + step), state, slice(l0, l0 + step), unbiased, paired=True)[:, 0]
-                      for l0 in range(0, L, step)])
+    parts = [masked_sim(state, slice(l0, l0 + step), state, slice(l0, l0 + step), unbiased, paired=True,
+                        with_size=True) for l0 in range(0, L, step)]
+    return torch.cat([v[:, 0] for v, _ in parts]), torch.cat([z[:, 0] for _, z in parts])
 
 
 def _reverse_membership(state: CknnaState) -> torch.Tensor:
@@ -216,14 +222,16 @@ def _reverse_membership(state: CknnaState) -> torch.Tensor:
 
 
 def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: bool,
-               paired: bool = False) -> torch.Tensor:
+               paired: bool = False, with_size: bool = False
+               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``HSIC(M*K, M*L)`` for the x-layers ``la`` of ``a`` against the y-layers ``lb`` of ``b``.
 
     Works on ``(A, B, N, k)`` tensors only: each x-neighbour ``j = idx_a[i, t]`` is looked up in
     the sorted y-list of ``i`` (binary search), giving whether ``(i, j)`` is in the mask, the
     kernel value ``L[i, j]`` and whether ``i`` is also a y-neighbour of ``j`` (the y-layer's
     ``rev`` at that slot). Returns ``(A, B)`` float64; with ``paired`` (``la`` and ``lb`` of one
-    length ``A``) only the pairs ``(la[t], lb[t])``, as ``(A, 1)``.
+    length ``A``) only the pairs ``(la[t], lb[t])``, as ``(A, 1)``. ``with_size``: also the size of
+    the estimator's terms, same shape (absolute values; ``hsic.unbiased_terms_size``).
     """
     idx_a, val_a, rev_a = a.idx[la][:, None], a.vals[la][:, None], a.rev[la][:, None]
 
@@ -260,9 +268,14 @@ def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: boo
     tot_k, tot_l = row_k.sum(-1), row_l.sum(-1)
     trace = (kv * lv * mutual).sum((-1, -2), dtype=torch.float64)
     if unbiased:
-        return unbiased_from_parts(trace, tot_k, tot_l, (col_k * row_l).sum(-1), n)
-    cross = ((col_l * row_k).sum(-1) + (col_k * row_l).sum(-1)) / n
-    return trace - cross + tot_k * tot_l / (n * n)
+        rows_dot = (col_k * row_l).sum(-1)
+        value = unbiased_from_parts(trace, tot_k, tot_l, rows_dot, n)
+        size = unbiased_terms_size(trace, tot_k, tot_l, rows_dot, n) if with_size else None
+    else:
+        cross = ((col_l * row_k).sum(-1) + (col_k * row_l).sum(-1)) / n
+        value = trace - cross + tot_k * tot_l / (n * n)
+        size = trace.abs() + cross.abs() + (tot_k * tot_l).abs() / (n * n) if with_size else None
+    return (value, size) if with_size else value
 
 
 def hit_sim(a: CknnaState, b: CknnaState, hits: Hits, batch: int, unbiased: bool) -> torch.Tensor:

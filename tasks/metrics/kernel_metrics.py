@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from .engine import Engine
-from .hsic import unbiased_from_parts
+from .hsic import check_self_hsic, unbiased_from_parts, unbiased_terms_size
 from .representation import Representation
 from .gram import center_gram_
 from .triangle import index_dtype, pack, permuted_positions, source_positions, triangle_pairs
@@ -49,6 +49,8 @@ EPS = 1e-6  # the paper's denominator epsilon
 NULL_BLOCK_ELEMENTS = 1 << 21
 #: permutations gathered together in ``permuted_hsic``
 NULL_PERMUTATIONS = 8
+#: entries of a packed row squared and summed at once in ``_sq_norms`` (one float64 copy)
+SQ_NORM_CHUNK = 1 << 20
 
 
 @dataclass
@@ -57,7 +59,8 @@ class GramState:
     (``triangle.pack``) of the centred kernels (biased) or kernels (unbiased); ``diag`` ``(L, N)``
     their diagonals (biased only; the unbiased estimator zeroes them); ``rows`` ``(L, N)`` /
     ``tot`` ``(L,)`` float64 row sums and total of the zero-diagonal kernels (unbiased only);
-    ``self_hsic`` ``(L,)`` float64."""
+    ``self_hsic`` ``(L,)`` float64; ``self_size`` ``(L,)`` the size of its terms (unbiased only,
+    ``hsic.unbiased_terms_size``; unset on permuted states)."""
 
     upper: torch.Tensor
     self_hsic: torch.Tensor
@@ -66,6 +69,7 @@ class GramState:
     diag: torch.Tensor | None = None
     rows: torch.Tensor | None = None
     tot: torch.Tensor | None = None
+    self_size: torch.Tensor | None = None
     #: linear kernel: the layers it encodes (unpermuted), so that the pair can move to the feature
     #: path against a feature-path partner (``CkaEngine.same_path``), and that encoding once made
     source: Any = field(default=None, repr=False, compare=False)
@@ -76,7 +80,8 @@ class GramState:
 class FeatureState:
     """Linear-kernel layers as features. ``feats``: ``(N, D_l)`` each (centred when biased);
     ``sq`` ``(L, N)`` squared row norms, ``rows`` ``(L, N)`` kernel row sums without diagonal,
-    ``tot`` ``(L,)`` (unbiased only); ``self_hsic`` ``(L,)`` float64."""
+    ``tot`` ``(L,)`` (unbiased only); ``self_hsic`` ``(L,)`` float64; ``self_size`` as
+    ``GramState``'s."""
 
     feats: list[torch.Tensor]
     self_hsic: torch.Tensor
@@ -85,6 +90,7 @@ class FeatureState:
     sq: torch.Tensor | None = None
     rows: torch.Tensor | None = None
     tot: torch.Tensor | None = None
+    self_size: torch.Tensor | None = None
 
 
 def rbf_from_gram(gram: torch.Tensor, sigma: float | str) -> torch.Tensor:
@@ -149,13 +155,16 @@ class CkaEngine(Engine):
         if unbiased and rep.n < 4:
             raise ValueError("unbiased CKA needs N >= 4")
         if kernel == "ip" and not rep.keep_gram:
-            return _encode_features(rep.layers, rep.n, unbiased)
-        # one layer's N x N kernel at a time, packed before the next is built (a list of every
-        # layer's kernel peaked at 4 GB for RBF CKA at N=5000, 12 x 12 layers)
-        state = encode_kernels(self._kernels(rep, kernel, params.get("rbf_sigma", 1.0), unbiased),
-                               unbiased, count=len(rep))
-        if kernel == "ip":
-            state.source = rep.layers  # the layers, not the representation: no reference cycle
+            state: GramState | FeatureState = _encode_features(rep.layers, rep.n, unbiased)
+        else:
+            # one layer's N x N kernel at a time, packed before the next is built (a list of every
+            # layer's kernel peaked at 4 GB for RBF CKA at N=5000, 12 x 12 layers)
+            state = encode_kernels(self._kernels(rep, kernel, params.get("rbf_sigma", 1.0), unbiased),
+                                   unbiased, count=len(rep))
+            if kernel == "ip":
+                state.source = rep.layers  # the layers, not the representation: no reference cycle
+        if unbiased:  # a self-HSIC of 0 (up to rounding) or below: 0/0, refused like a constant layer
+            check_self_hsic(state.self_hsic, state.self_size, rep.n, rep.dtype)
         return state
 
     @staticmethod
@@ -240,13 +249,19 @@ class CkaEngine(Engine):
         return self.hsic(a, b) / (torch.sqrt(a.self_hsic[:, None] * b.self_hsic[None, :]) + EPS)
 
 
-def _sq_norms(rows: torch.Tensor) -> torch.Tensor:
-    """Squared L2 norms of the rows, accumulated in float64 (a float32 norm over the N(N-1)/2
-    entries of a packed kernel drifted: -3.7e-4 relative at 8.4M entries, CKA off by 2.6e-4 at
-    N=4096). One row at a time: the float64 copy the reduction makes of a float32 input is then
-    one row, not all of them (1.1 GiB for 12 packed kernels at N=5000)."""
-    return torch.cat([torch.linalg.vector_norm(rows[l:l + 1], dim=1, dtype=torch.float64)
-                      for l in range(rows.shape[0])]) ** 2
+def _sq_norms(rows: torch.Tensor, chunk: int = SQ_NORM_CHUNK) -> torch.Tensor:
+    """Squared L2 norms ``(L,)`` of the rows of ``rows`` ``(L, M)``, accumulated in float64 (a
+    float32 norm over the N(N-1)/2 entries of a packed kernel drifted: -3.7e-4 relative at 8.4M
+    entries, CKA off by 2.6e-4 at N=4096). ``chunk`` entries at a time: each chunk's squares are
+    a float64 copy summed pairwise, then the chunks' sums are added; the float64 copy is one
+    chunk, not a whole row (1.1 GiB for 12 packed kernels at N=5000). ``linalg.vector_norm`` in
+    float64 lost 4,400 units in the last place over the 500k entries of N=1000, enough to turn
+    an unbiased self-HSIC of exactly 0 into -2,200 units of its terms' size."""
+    out = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
+    for c0 in range(0, rows.shape[1], chunk):
+        c = rows[:, c0:c0 + chunk].to(torch.float64)
+        out += (c * c).sum(dim=1)
+    return out
 
 
 def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased: bool,
@@ -295,8 +310,9 @@ def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased:
         return GramState(upper, self_hsic, n, False, diag=diag)
     tot = rows.sum(-1)
     tr = 2.0 * _sq_norms(upper)
-    self_hsic = unbiased_from_parts(tr, tot, tot, (rows * rows).sum(-1), n)
-    return GramState(upper, self_hsic, n, True, rows=rows, tot=tot)
+    rows_dot = (rows * rows).sum(-1)
+    return GramState(upper, unbiased_from_parts(tr, tot, tot, rows_dot, n), n, True, rows=rows, tot=tot,
+                     self_size=unbiased_terms_size(tr, tot, tot, rows_dot, n))
 
 
 def _encode_features(layers: Sequence[torch.Tensor], n: int, unbiased: bool) -> FeatureState:
@@ -311,8 +327,11 @@ def _encode_features(layers: Sequence[torch.Tensor], n: int, unbiased: bool) -> 
     rows = torch.stack([(x @ x.sum(0)).to(torch.float64) for x in feats]) - sq
     tot = rows.sum(-1)
     state = FeatureState(feats, torch.empty(0), n, True, sq, rows, tot)
-    tr = torch.stack([((x.T @ x).to(torch.float64) ** 2).sum() for x in feats]) - (sq * sq).sum(-1)
-    state.self_hsic = unbiased_from_parts(tr, tot, tot, (rows * rows).sum(-1), n)
+    full = torch.stack([((x.T @ x).to(torch.float64) ** 2).sum() for x in feats])
+    diag = (sq * sq).sum(-1)
+    rows_dot = (rows * rows).sum(-1)
+    state.self_hsic = unbiased_from_parts(full - diag, tot, tot, rows_dot, n)
+    state.self_size = unbiased_terms_size(full + diag, tot, tot, rows_dot, n)
     return state
 
 

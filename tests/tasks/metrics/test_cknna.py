@@ -161,3 +161,22 @@ def test_isotropic_scaling_moves_unbiased_scores_only_through_the_epsilon() -> N
         assert score(metric, x, y, topk=k) == pytest.approx(at_one, abs=1e-4)
         assert score(metric, 0.1 * x, 0.1 * y, topk=k) == pytest.approx(n2 / (d2 + 1e-6), abs=1e-10)
         assert score(metric, 0.1 * x, 0.1 * y, topk=k) == pytest.approx(at_tenth, abs=1e-4)
+
+
+def test_a_layer_whose_masked_self_similarity_is_negative_is_refused() -> None:
+    """Masked kernels are not symmetric, so ``sim(K, K)`` can be negative: the paper's sqrt gave
+    NaN. Refused (naming side and layer) like a zero unbiased self-HSIC. The value is checked
+    with the reference HSIC on the engine's own (tied, equally valid) neighbour lists."""
+    from tasks.metrics import Representation
+
+    x = np.array([[-1.0], [-1.0], [-1.0], [-1.0], [1.0]])
+    y = np.random.default_rng(1).normal(size=(5, 3))
+    idx = Representation(x).knn(0, 2)[1].numpy()
+    mask = np.zeros((5, 5))
+    mask[np.arange(5)[:, None], idx] = 1.0
+    k = x @ x.T
+    assert ref.hsic_unbiased(mask * k, mask * k) < 0
+    assert ref.hsic_unbiased(mask, mask) < 0
+    for params in ({}, {"distance_agnostic": True}):
+        with pytest.raises(ValueError, match=r"^x: layer 0 has an unbiased masked self-similarity"):
+            score("cknna", x, y, topk=2, **params)

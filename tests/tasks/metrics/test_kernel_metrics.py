@@ -133,8 +133,7 @@ def _previous_rbf_encoding(grams: list[torch.Tensor], sigma, unbiased: bool):
             s = float(sigma)
         return torch.exp(d2 / (-2.0 * s * s))
 
-    def sq_norms(rows):
-        return torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64) ** 2
+    from tasks.metrics.kernel_metrics import _sq_norms as sq_norms  # float64 sums (test_sq_norms_...)
 
     kernels = [rbf(g) for g in grams]
     n, dtype = kernels[0].shape[0], kernels[0].dtype
@@ -239,3 +238,65 @@ def test_paths_that_cannot_be_matched_name_keep_gram_max_n() -> None:
     b = engine.permute(engine.encode(Representation(ys), p), perm, torch.argsort(perm))
     with pytest.raises(ValueError, match="keep_gram_max_n"):
         engine.matrix(a, b, p)
+
+
+def test_sq_norms_of_packed_rows_are_float64_sums_to_a_few_ulps() -> None:
+    """``linalg.vector_norm`` in float64 lost 4,400 ulps over the 500k entries of a packed N=1000
+    kernel (an exact-zero unbiased self-HSIC came out -2,200 units of its terms' size); chunked
+    pairwise sums against ``math.fsum``, in float32 and float64, across chunk boundaries."""
+    import math
+
+    from tasks.metrics.kernel_metrics import _sq_norms
+
+    rows = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 499500)) * [[1.0], [1e-3]])
+    for dtype in (torch.float64, torch.float32):
+        r = rows.to(dtype)
+        want = [math.fsum(v * v for v in row.double().tolist()) for row in r]
+        for chunk in (1 << 20, 4096, 1000):
+            got = _sq_norms(r, chunk=chunk)
+            assert got.dtype == torch.float64
+            np.testing.assert_allclose(got.numpy(), want, rtol=8 * np.finfo(np.float64).eps)
+
+
+def _exact_unbiased_self_hsic(x: np.ndarray) -> "Fraction":
+    """The paper's ``hsic_unbiased(K, K)``, ``K = x x^T``, in exact rational arithmetic."""
+    from fractions import Fraction
+
+    rows = [[Fraction(float(v)) for v in r] for r in x]
+    m = len(rows)
+    k = [[Fraction(0) if i == j else sum(a * b for a, b in zip(rows[i], rows[j])) for j in range(m)] for i in range(m)]
+    tr = sum(k[i][j] * k[j][i] for i in range(m) for j in range(m))
+    tot = sum(sum(r) for r in k)
+    sums = [sum(r) for r in k]
+    return (tr + tot * tot / ((m - 1) * (m - 2)) - 2 * sum(s * s for s in sums) / (m - 2)) / (m * (m - 3))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_layer_whose_unbiased_self_hsic_is_zero_is_refused(dtype) -> None:
+    """All rows but one identical: the unbiased self-HSIC is exactly 0 (rational arithmetic),
+    rounding made it -4e-17 and unbiased CKA NaN (sqrt of a negative), or a tiny positive value
+    and a quotient of rounding errors (1.4e-13 at N=50). Refused like a constant layer, naming
+    the side and layer, on every path and for every metric that divides by it; a nearby layer
+    that is not degenerate still matches the reference."""
+    from tasks.metrics import calibrate
+
+    rng = np.random.default_rng(1)
+    small = np.array([[-1.0], [-1.0], [-1.0], [-1.0], [1.0]])
+    big = np.vstack([np.tile([[0.6, 0.8]], (49, 1)), [[1.0, 0.0]]])[rng.permutation(50)]
+    for x in (small, big):
+        assert _exact_unbiased_self_hsic(x) == 0
+        x = x.astype(dtype)
+        y = rng.normal(size=(len(x), 3)).astype(dtype)
+        for metric, params in (("unbiased_cka", {}), ("cka", {"unbiased": True}), ("cknna", {"topk": None})):
+            for keep in (4096, 0):  # Gram path, feature path
+                with pytest.raises(ValueError, match=r"^x: layer 0 has an unbiased self-HSIC"):
+                    layer_matrix(metric, Representation(x, keep_gram_max_n=keep), y, **params)
+                with pytest.raises(ValueError, match=r"^y: layer 1 has an unbiased self-HSIC"):
+                    layer_matrix(metric, y, Representation([y, x], keep_gram_max_n=keep), **params)
+        with pytest.raises(ValueError, match="self-HSIC"):
+            calibrate("unbiased_cka", x, y, permutations=3)
+        assert np.isfinite(score("cka", x, y))  # the biased self-HSIC is a squared norm: > 0
+    near = np.array([[-1.0], [-1.0], [-1.0], [-0.5], [1.0]])
+    y = rng.normal(size=(5, 3))
+    assert _exact_unbiased_self_hsic(near) > 0
+    assert score("unbiased_cka", near, y) == pytest.approx(ref.cka(near, y, unbiased=True), abs=1e-12)
