@@ -3,6 +3,9 @@
 Nothing here computes a metric. The rules, used everywhere in ``tasks.metrics``:
 
 - inputs may be numpy arrays or torch tensors; they are converted without copying when possible;
+  a layer may also be nested Python lists of numbers (``from_nested``: float64, as numpy reads
+  them); complex inputs are refused (``TypeError``: the metrics are defined on real features,
+  and dropping the imaginary part silently would score something else);
 - the computation dtype is float64 when the input is float64 and float32 otherwise (float16 and
   bfloat16 inputs are upcast: neighbour counts and kernel sums are never accumulated in half
   precision); a float32 side scored against a float64 side is computed in float64;
@@ -21,9 +24,44 @@ import torch
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
+def check_real(x: object) -> None:
+    """Raise ``TypeError`` when ``x`` (numpy array or torch tensor) holds complex numbers."""
+    dtype = getattr(x, "dtype", None)
+    if isinstance(x, torch.Tensor) and x.is_complex() or isinstance(x, np.ndarray) and np.iscomplexobj(x):
+        raise TypeError(f"complex features (dtype {dtype}) are not supported: the metrics are defined on "
+                        "real features; pass the part you mean explicitly (x.real, abs(x), or both "
+                        "concatenated as columns)")
+
+
+def from_nested(rows: Sequence) -> np.ndarray:
+    """One layer given as nested Python lists/tuples of numbers, as a float64 numpy array
+    (``ValueError`` naming what is wrong when the lists are ragged or not numbers, ``TypeError``
+    for complex numbers)."""
+    try:
+        a = np.asarray(rows)
+    except ValueError as err:  # ragged lists
+        raise ValueError(f"nested lists that do not form an array: {err}") from None
+    check_real(a)
+    try:
+        return a.astype(np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"nested lists that are not all numbers ({err})") from None
+
+
+def _describe(x: object) -> str:
+    """``x`` in words for an error: ``'an array of shape (5,)'``, ``'a float'``."""
+    shape = getattr(x, "shape", None)
+    if shape is not None:
+        return f"{'a tensor' if isinstance(x, torch.Tensor) else 'an array'} of shape {tuple(shape)}"
+    name = type(x).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
 def to_tensor(x: ArrayLike, device: torch.device | str | None = None,
               dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Convert ``x`` to a torch tensor (no copy when dtype and device already match)."""
+    """Convert ``x`` to a torch tensor (no copy when dtype and device already match); complex
+    input raises ``TypeError``."""
+    check_real(x)
     if isinstance(x, np.ndarray):
         x = np.ascontiguousarray(x)
         # Read-only arrays (e.g. views of Arrow buffers) are copied: torch tensors are writable.
@@ -31,7 +69,9 @@ def to_tensor(x: ArrayLike, device: torch.device | str | None = None,
     elif isinstance(x, torch.Tensor):
         t = x.detach()
     else:
-        t = torch.as_tensor(np.asarray(x))
+        a = np.asarray(x)
+        check_real(a)
+        t = torch.as_tensor(a)
     if dtype is None:
         dtype = compute_dtype(t.dtype)
     return t.to(device=device if device is not None else t.device, dtype=dtype)
@@ -65,9 +105,12 @@ def split_layers(xs: ArrayLike | Sequence[ArrayLike]) -> list[ArrayLike]:
     """Return the layers of ``xs`` as a list of ``(N, D_l)`` arrays.
 
     Accepts a sequence of 2-D arrays (widths may differ), a 3-D ``(L, N, D)`` array or tensor, or a
-    single 2-D ``(N, D)`` array (one layer). Raises ``ValueError`` on anything else or when the
-    layers do not share ``N``.
+    single 2-D ``(N, D)`` array (one layer). A layer in the sequence may be nested Python lists
+    (``from_nested``), and a sequence of Python lists of numbers is one layer given as its rows
+    (as ``score`` reads nested lists). Raises ``ValueError`` on anything else, saying what was
+    given, or when the layers do not share ``N``.
     """
+    nested: list[int] = []
     if isinstance(xs, (np.ndarray, torch.Tensor)):
         if xs.ndim == 3:
             layers: list[ArrayLike] = [xs[i] for i in range(xs.shape[0])]
@@ -77,13 +120,24 @@ def split_layers(xs: ArrayLike | Sequence[ArrayLike]) -> list[ArrayLike]:
             raise ValueError(f"expected (N, D) or (L, N, D) features, got shape {tuple(xs.shape)}")
     elif isinstance(xs, Sequence) and not isinstance(xs, (str, bytes)):
         layers = list(xs)
+        nested = [i for i, layer in enumerate(layers) if isinstance(layer, (list, tuple))]
+        for i in nested:
+            try:
+                layers[i] = from_nested(layers[i])
+            except ValueError as err:
+                raise ValueError(f"layer {i} is {err}") from None
+        if layers and len(nested) == len(layers) and all(layer.ndim == 1 for layer in layers):
+            layers = [from_nested(xs)]  # Python lists of numbers: the rows of one (N, D) layer
     else:
-        raise ValueError(f"unsupported feature container: {type(xs).__name__}")
+        raise ValueError(f"unsupported feature container: {type(xs).__name__}; expected (N, D) or "
+                         "(L, N, D) arrays/tensors or a sequence of (N, D) layers")
     if not layers:
         raise ValueError("no layers given")
-    for layer in layers:
+    for i, layer in enumerate(layers):
         if getattr(layer, "ndim", None) != 2:
-            raise ValueError(f"each layer must be (N, D); got shape {getattr(layer, 'shape', None)}")
+            given = f"nested lists of shape {tuple(layer.shape)}" if i in nested else _describe(layer)
+            raise ValueError(f"each layer must be an (N, D) array, tensor or nested list of rows; layer {i} is "
+                             f"{given}")
     n = {int(layer.shape[0]) for layer in layers}
     if len(n) != 1:
         raise ValueError(f"layers disagree on the number of samples: {sorted(n)}")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._arrays import ArrayLike, resolve_device, split_layers
+from ._arrays import ArrayLike, from_nested, resolve_device, split_layers
 from .registry import MetricSpec, get_metric
 from .representation import Representation, as_representation
 
@@ -46,16 +46,17 @@ def _layers(name: str, xs: Any) -> list[Any]:
     """``split_layers(xs)`` with input errors prefixed by the side's name."""
     try:
         return list(split_layers(xs))
-    except ValueError as err:
-        raise ValueError(f"{name}: {err}") from None
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{name}: {err}") from None
 
 
 def _side(name: str, xs: Any, device: str | torch.device | None) -> Representation:
-    """``as_representation(xs, device)`` with input errors prefixed by the side's name."""
+    """``as_representation(xs, device)`` with input errors (``ValueError``, and ``TypeError`` for
+    complex or object arrays) prefixed by the side's name."""
     try:
         return as_representation(xs, device)
-    except ValueError as err:
-        raise ValueError(f"{name}: {err}") from None
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{name}: {err}") from None
 
 
 def encode_pair(spec: MetricSpec, xs: Any, ys: Any, params: dict[str, Any]
@@ -123,7 +124,10 @@ def score(metric: str | MetricSpec, x: Any, y: Any, **params: Any) -> float:
     sides = []
     for name, z in (("x", x), ("y", y)):
         if isinstance(z, (list, tuple)):  # nested Python lists: one (N, D) layer
-            z = np.asarray(z, dtype=np.float64)
+            try:
+                z = from_nested(z)
+            except (ValueError, TypeError) as err:
+                raise type(err)(f"{name}: {err}") from None
         if not isinstance(z, Representation) and getattr(z, "ndim", 2) != 2:
             raise ValueError(f"{name} must be (N, D); use layer_matrix for stacks of layers")
         sides.append(z)

@@ -82,6 +82,12 @@ def test_accepted_parameter_forms() -> None:
         ("x", lambda y: [y, y[:20]], r"^y: layers disagree on the number of samples: \[20, 30\]"),
         ("x", lambda y: [], r"^y: no layers given"),
         (lambda x: {"a": x}, "y", r"^x: unsupported feature container: dict"),
+        # a layer that is not (N, D) says what it is (it said "got shape None" for lists)
+        (lambda x: [x, [1.0, 2.0]], "y", r"^x: each layer must be an \(N, D\) array, tensor or nested list of rows; "
+                                         r"layer 1 is nested lists of shape \(2,\)$"),
+        ("x", lambda y: [y, 3.0], r"^y: each layer must be .*; layer 1 is a float$"),
+        ("x", lambda y: [y[0]], r"^y: each layer must be .*; layer 0 is an array of shape \(9,\)$"),
+        ("x", lambda y: [[[1.0, 2.0], [3.0]]], r"^y: layer 0 is nested lists that do not form an array"),
     ],
 )
 def test_input_errors_name_the_side(xs, ys, message: str) -> None:
@@ -357,3 +363,32 @@ def test_register_metric_refuses_other_forms_saying_which_work() -> None:
     with pytest.raises(TypeError, match="not an Engine subclass"):
         register_metric("test_bad", dict)
     assert "test_bad" not in METRICS
+
+
+def test_nested_lists_are_read_by_layer_matrix_as_score_reads_them() -> None:
+    """``score`` reads nested lists as one (N, D) layer; ``layer_matrix`` said "each layer must be
+    (N, D); got shape None" for the same lists. Now a layer may be nested lists, and Python lists
+    of numbers are the rows of one layer, on either side."""
+    x, y = paired()
+    want = layer_matrix("cka", [x, y], y)
+    np.testing.assert_array_equal(layer_matrix("cka", [x.tolist(), y.tolist()], y), want)
+    np.testing.assert_array_equal(layer_matrix("cka", [x, tuple(map(tuple, y.tolist()))], y.tolist()), want)
+    assert layer_matrix("cka", x.tolist(), y)[0, 0] == score("cka", x.tolist(), y) == want[0, 0]
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch", "list"])
+def test_complex_features_are_refused_not_cut_to_their_real_part(kind: str) -> None:
+    """Complex inputs were accepted with the imaginary part dropped (a ComplexWarning at most):
+    now a ``TypeError`` naming the side, as for object arrays, and in ``prepare``."""
+    x, y = paired()
+    z = x + 1j * np.random.default_rng(0).normal(size=x.shape)
+    z = {"numpy": z, "torch": torch.from_numpy(z), "list": z.tolist()}[kind]
+    with pytest.raises(TypeError, match=r"^x: complex features \(dtype .*complex128\) are not supported"):
+        score("cka", z, y)
+    with pytest.raises(TypeError, match=r"^y: complex features"):
+        layer_matrix("mutual_knn", [x], [y, z], topk=3)
+    if kind != "list":
+        with pytest.raises(TypeError, match=r"^complex features"):
+            tm.prepare(z)
+    with pytest.raises(TypeError, match=r"^x: can't convert np.ndarray of type numpy.object_"):
+        score("cka", x.astype(object), y)
