@@ -20,8 +20,9 @@ of layers gets one threshold per layer (the paper's list branch); a 3-D ``(L, N,
 ONE threshold over all its layers (the paper's tensor branch, whose per-sample quantile pools the
 sample's values over every layer). ``per_layer=True`` forces one threshold per layer for 3-D
 input too; ``per_layer=False`` gives a list one pooled threshold. The pooled threshold is found a
-block of samples at a time (``pooled_outlier_threshold``): no stacked copy of the model's layers.
-Computation is float32 (float64 inputs stay float64); the result has the input's kind
+block of samples at a time (``pooled_outlier_threshold``): no stacked copy of the model's layers;
+for a list mixing float32 and float64 layers it is found in float64, and each layer keeps its own
+dtype. Computation is float32 (float64 inputs stay float64); the result has the input's kind
 (numpy in, numpy out; tensor in, tensor on the same device out; list in, list out).
 """
 
@@ -89,14 +90,21 @@ def _clamp_normalize(t: torch.Tensor, threshold: torch.Tensor | None, normalize:
     return t
 
 
+def _common(layers: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The layers in one dtype (float64 when any is float64, else float32) on the first layer's
+    device, for one pooled threshold; unchanged (no copy) when they already share both."""
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in layers) else torch.float32
+    return [t.to(device=layers[0].device, dtype=dtype) for t in layers]
+
+
 def _prepare_layers(layers: Sequence[torch.Tensor], q: float, exact: bool, normalize: bool,
                     pooled: bool) -> list[torch.Tensor]:
     """Clamp + normalise ``(N, D_l)`` layers: one threshold for all (``pooled``) or one each."""
     if q >= 1:
         return [_clamp_normalize(t, None, normalize) for t in layers]
     if pooled:
-        threshold = pooled_outlier_threshold(layers, q, exact)
-        return [_clamp_normalize(t, threshold, normalize) for t in layers]
+        threshold = pooled_outlier_threshold(_common(layers), q, exact)
+        return [_clamp_normalize(t, threshold.to(device=t.device, dtype=t.dtype), normalize) for t in layers]
     return [_clamp_normalize(t, pooled_outlier_threshold([t], q, exact), normalize) for t in layers]
 
 
@@ -130,10 +138,9 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
         raise ValueError(f"q must be in (0, 1], got {q}")
     if isinstance(x, (list, tuple)):
         tensors = [to_tensor(layer) for layer in split_layers(x)]  # (N, D_l) each, one N
-        pooled = per_layer is False
-        if pooled and len({(t.dtype, t.device) for t in tensors}) > 1:  # one computation for all
-            tensors = [t.to(device=tensors[0].device, dtype=torch.float32) for t in tensors]
-        out = _prepare_layers(tensors, q, exact, normalize, pooled)
+        # pooled: one threshold, found in float64 when any layer is float64 (``_common``); each
+        # layer is clamped and returned in its own dtype, on its own device
+        out = _prepare_layers(tensors, q, exact, normalize, pooled=per_layer is False)
         return [o.cpu().numpy() if isinstance(layer, np.ndarray) else o for o, layer in zip(out, x)]
     is_numpy = isinstance(x, np.ndarray)
     t = to_tensor(x)

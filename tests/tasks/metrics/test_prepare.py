@@ -88,3 +88,22 @@ def test_list_and_torch_kinds(heavy: np.ndarray) -> None:
 def test_rejects_bad_q(heavy: np.ndarray) -> None:
     with pytest.raises(ValueError):
         prepare(heavy, q=0.0)
+
+
+def test_pooled_list_mixing_dtypes_keeps_each_layer_dtype(heavy: np.ndarray) -> None:
+    """``prepare([float64, float32], per_layer=False)`` returned both layers in float32 (the
+    pooled threshold was computed on float32 copies). Now the threshold is found in float64 and
+    every layer keeps its dtype: against the float64 reference with the pooled threshold of the
+    concatenated rows (the paper's tensor branch)."""
+    a, b = heavy, (2 * heavy[:, :9]).astype(np.float32)
+    for exact in (False, True):
+        out = prepare([a, b], q=0.9, exact=exact, per_layer=False, normalize=False)
+        assert [o.dtype for o in out] == [np.float64, np.float32]
+        both = np.concatenate([a, b.astype(np.float64)], axis=1)
+        flat = np.sort(np.abs(both).ravel())
+        t = flat[int(0.9 * flat.size)] if exact else np.quantile(np.abs(both), 0.9, axis=1).mean()
+        np.testing.assert_allclose(out[0], np.clip(a, -t, t), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(out[1], np.clip(b, -t, t), rtol=1e-6)
+    t64 = prepare([torch.from_numpy(a), torch.from_numpy(b)], q=0.9, per_layer=False)
+    assert [o.dtype for o in t64] == [torch.float64, torch.float32]
+    np.testing.assert_allclose(t64[0].numpy(), prepare([a, b.astype(np.float64)], q=0.9, per_layer=False)[0], atol=1e-12)
