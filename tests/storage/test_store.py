@@ -153,3 +153,21 @@ def test_read_many_fetches_files_and_skips_vanished_ones(store_url):
     paths = [store.path(f"runs/r{i}.json") for i in range(5)] + [store.path("runs/gone.json")]
     assert store.read_many(paths, "runs") == [f'{{"run_id": "r{i}"}}'.encode() for i in range(5)] + [None]
     assert store.read_many([], "runs") == []
+
+
+def test_s3_listings_see_what_other_writers_published_since(s3_store_url):
+    """A long-lived process (a Dask worker, a served flow) lists the store, another process or
+    host publishes a version, and the next listing must see it: s3fs's listings cache (on by
+    default in s3fs) answered from the earlier listing and missed it."""
+    import s3fs
+
+    reader = Store(s3_store_url)
+    reader.publish("features/d/a/v1", {"layer-000.parquet": b"a"}, {"kind": "features"})
+    assert [k for k, _ in reader.manifests("features")] == ["features/d/a/v1"]
+    assert len(reader.glob("features", "*/*/*/manifest.json")) == 1
+    other = s3fs.S3FileSystem(endpoint_url=reader.fs.endpoint_url, skip_instance_cache=True)  # another process
+    bucket_path = reader.path("features/d/b/v2")
+    other.pipe_file(f"{bucket_path}/layer-000.parquet", b"b")
+    other.pipe_file(f"{bucket_path}/manifest.json", json.dumps({"kind": "features", "files": {}}).encode())
+    assert len(reader.glob("features", "*/*/*/manifest.json")) == 2
+    assert reader.exists("features/d/b/v2/manifest.json")
