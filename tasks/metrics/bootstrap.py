@@ -125,12 +125,18 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
     tail = (1 - level) / 2
     reps = np.empty(n_boot)
     m = subsample_size(n, subsample)
+    refused: ValueError | None = None
     for r in range(n_boot):
         idx = torch.as_tensor(np.sort(rng.choice(n, m, replace=False)), device=ra.device)
         sa = ra.subset(idx)
         sb = sa if rb is ra else rb.subset(idx)
-        reps[r] = aggregate_matrix(engine.matrix(engine.encode(sa, p), engine.encode(sb, p), p)
-                                   .detach().cpu().numpy(), aggregate, better)[0]
+        try:
+            reps[r] = aggregate_matrix(engine.matrix(engine.encode(sa, p), engine.encode(sb, p), p)
+                                       .detach().cpu().numpy(), aggregate, better)[0]
+        except ValueError as error:  # this subsample is degenerate (e.g. a layer of few distinct rows): skipped
+            reps[r], refused = np.nan, error
+    if np.isnan(reps).all():
+        raise ValueError(f"every one of the {n_boot} bootstrap subsamples of {m} rows was refused: {refused}")
     scale = math.sqrt(m / (n - m))
     dev = reps - np.nanmean(reps)
     lo_d, hi_d = np.nanquantile(dev, [tail, 1 - tail])

@@ -3,6 +3,8 @@ observed matrix and of cached Grams."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -142,3 +144,18 @@ def test_interval_stays_within_the_metric_range() -> None:
     assert (at_one.low, at_one.high) == (pytest.approx(1 + spread[0]), 1.0)
     beyond = bootstrap_ci("cka", x, y, n_boot=50, seed=1, observed=np.full((1, 1), 1.5))  # never excludes the estimate
     assert beyond.low == pytest.approx(1.5 + spread[0]) and beyond.high == 1.5
+
+
+def test_degenerate_subsamples_are_skipped_not_fatal() -> None:
+    """A width-1 layer of +-1 rows with 2 odd rows in 12: a half subsample holding fewer than 2 of
+    them is refused by unbiased_cka (constant, or an unbiased self-HSIC of exactly 0); those
+    replicates are skipped and the interval comes from the others. When every subsample is
+    refused (3 rows: the unbiased estimator needs 4), a clear error."""
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(12, 3))
+    x = -np.ones((12, 1))
+    x[[2, 7]] = 1.0
+    result = bootstrap_ci("unbiased_cka", [x], [y], n_boot=40, seed=1)
+    assert math.isfinite(result.low) and math.isfinite(result.high) and result.low <= result.estimate <= result.high
+    with pytest.raises(ValueError, match="every one of the 40 bootstrap subsamples of 3 rows was refused"):
+        bootstrap_ci("unbiased_cka", [x], [y], n_boot=40, seed=1, subsample=3)
