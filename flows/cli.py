@@ -80,13 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("file", help="the DuckDB database file to write (replaced if it exists)")
     export.add_argument("--store", default=None, help=STORE_HELP)
 
-    gc = commands.add_parser("gc", help="remove what no run will use: unpublished files of dead writers, abandoned extraction shards, report figures of older report code")
+    gc = commands.add_parser("gc", help="remove what no run will use: unpublished files of dead writers, abandoned extraction shards, report figures of older report code; with --keep-runs, old published versions")
     gc.add_argument("--store", default=None, help=STORE_HELP)
     gc.add_argument("--older-than-days", type=float, default=7.0,
                     help="shards of an unpublished version count as abandoned when the newest is this old (default 7)")
     gc.add_argument("--keep-reports", type=int, default=None, metavar="N",
                     help="also remove the stored run reports (reports/<run_id>/) but the N newest; default: keep all "
                     "(a report is a view of published results: `prh report --run ID` builds it again)")
+    gc.add_argument("--keep-runs", type=int, default=None, metavar="N",
+                    help="also remove the published versions (datasets, features, alignments) that none of the N newest "
+                    "runs with results uses, nor their inputs; default: keep all (see docs/storage.md, \"Retention\")")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
 
     verify = commands.add_parser("verify", help="check every published file against its manifest (size, SHA-256); "
@@ -283,12 +286,14 @@ def _sql(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    """Published data is never touched: only versions without a manifest whose writer died
-    (``Store.sweep_abandoned``), shard folders no extraction will resume (``storage.shards``),
-    report figures cached by other versions of the drawing code (``storage.figure_cache``), with
-    ``--keep-reports`` the older run reports (``storage.report_retention``) and, on S3, old
-    incomplete uploads. Every item is printed with its size, the last line sums them by kind:
-    the bytes removed (with ``--dry-run``, that would be), each measured before its removal."""
+    """Removes versions without a manifest whose writer died (``Store.sweep_abandoned``), shard
+    folders no extraction will resume (``storage.shards``), report figures cached by other
+    versions of the drawing code (``storage.figure_cache``), with ``--keep-reports`` the older
+    run reports (``storage.report_retention``), with ``--keep-runs`` the published versions that
+    none of the newest runs with results uses (``storage.run_retention``; published data is
+    never touched otherwise) and, on S3, old incomplete uploads. Every item is printed with its
+    size, the last line sums them by kind: the bytes removed (with ``--dry-run``, that would
+    be), each measured before its removal."""
     import math
 
     from storage.figure_cache import remove_stale_namespaces
@@ -300,6 +305,8 @@ def _gc(args: argparse.Namespace) -> int:
         raise ValueError(f"--older-than-days must be a number >= 0, got {args.older_than_days}")
     if args.keep_reports is not None and args.keep_reports < 0:
         raise ValueError(f"--keep-reports must be 0 or more, got {args.keep_reports}")
+    if args.keep_runs is not None and args.keep_runs < 1:
+        raise ValueError(f"--keep-runs must be 1 or more (0 would remove every published version), got {args.keep_runs}")
     store = existing_store(args.store or default_store())
     swept_bytes: dict[str, int] = {}
     # as a run starts: dead runs, dead writers (a dry run only lists them)
@@ -315,6 +322,10 @@ def _gc(args: argparse.Namespace) -> int:
         remove_stale_reports(store, args.keep_reports, dry_run=args.dry_run, sizes=report_bytes)
     uploads = store.abandoned_uploads(args.older_than_days * 86400.0, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
+    version_bytes: dict[str, int] = {}
+    retained = [] if args.keep_runs is None else _keep_runs(store, args.keep_runs, args.dry_run, verb, version_bytes)
+    versions = [key for key in retained if not key.startswith(RENDERED)]
+    pointers = [key for key in retained if key.startswith(RENDERED)]
     for upload in uploads:
         print(f"{'would abort' if args.dry_run else 'aborted'} the incomplete upload of {upload['key']} "
               f"({_megabytes(upload['bytes'])} of parts, started {(now - upload['started']) / 86400.0:.1f} days ago; "
@@ -336,12 +347,43 @@ def _gc(args: argparse.Namespace) -> int:
              (len(figures), "figure cache namespace(s) of older report code", sum(figure_bytes.values())),
              (len(reports), "run report(s)", sum(report_bytes.values())),
              (len(swept), "unpublished version(s) of dead writers", sum(swept_bytes.get(v, 0) for v in swept)),
-             (len(uploads), "incomplete upload(s)", sum(upload["bytes"] for upload in uploads))]
+             (len(uploads), "incomplete upload(s)", sum(upload["bytes"] for upload in uploads)),
+             (len(versions), "published version(s) no kept run uses", sum(version_bytes[k] for k in versions)),
+             (len(pointers), "rendered-dataset pointer(s) to removed datasets", sum(version_bytes[k] for k in pointers))]
     freed = sum(size for _, _, size in parts)
     listed = "; ".join(f"{count} {what} {size:,} bytes" for count, what, size in parts if count)
     print(f"{store.display_url}: {_megabytes(freed)} ({freed:,} bytes) {'would be ' if args.dry_run else ''}freed"
           + (f": {listed}" if listed else ", nothing to remove"))
     return 0
+
+
+#: Where the demo's rendered-dataset pointers live (``storage.layout.rendered_dataset_key``).
+RENDERED = "datasets/rendered/"
+
+
+def _keep_runs(store: Store, keep: int, dry_run: bool, verb: str, sizes: dict[str, int]) -> list[str]:
+    """``--keep-runs``: remove (``dry_run``: list) the published versions and rendered-dataset
+    pointers that ``storage.run_retention`` does not keep, printing each with its size as it goes;
+    returns their keys (``sizes``: key -> bytes)."""
+    from storage.run_retention import apply_retention, plan_retention
+
+    plan = plan_retention(store, keep)
+    if not plan.blocked:
+        since = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(plan.since or 0.0))
+        print(f"--keep-runs {keep}: keeping {len(plan.keep)} published version(s): those of run(s) {', '.join(plan.kept_runs)}, "
+              f"their inputs and every version published since {since}")
+
+    def show(key: str) -> None:
+        if key in plan.pointers:
+            print(f"{verb} {key}: the demo's pointer to {plan.pointers[key]}, removed above, {_megabytes(sizes[key])}")
+        else:
+            print(f"{verb} {key}: a published version that none of the {keep} newest run(s) with results uses, "
+                  f"{_megabytes(sizes[key])}")
+
+    removed = apply_retention(store, plan, dry_run=dry_run, sizes=sizes, on_removed=show)
+    if plan.blocked:
+        print(f"--keep-runs {keep}: {'no more ' if removed else 'no '}published versions removed: {plan.blocked}")
+    return removed
 
 
 def _megabytes(size: int) -> str:

@@ -277,12 +277,23 @@ class Store:
         file); empty when the folder does not exist."""
         path = self.path(prefix)
         with self._reading(prefix):
-            self.fs.invalidate_cache(path)
+            self._forget_listings(path)
             if not self.fs.exists(path):
                 return {}
             found = self.fs.find(path, detail=True)
         return {self.key_of(name): int(info["size"]) for name, info in found.items()
                 if info.get("type", "file") != "directory" and info.get("size") is not None}
+
+    def _forget_listings(self, path: str) -> None:
+        """Drop the filesystem's cached listings of ``path``, its parents and every folder under
+        it. (s3fs's recursive listing fills the cache of a folder from the objects under it but
+        stops at a folder whose listing is cached: a parent dropped alone came back without that
+        child, so the folder looked gone to ``exists``.)"""
+        self.fs.invalidate_cache(path)
+        cache = getattr(self.fs, "dircache", None)
+        if cache is not None:
+            for cached in [name for name in cache if str(name).startswith(path + "/")]:
+                cache.pop(cached, None)
 
     def tree_bytes(self, key: str) -> int:
         """Total size in bytes of the files under the folder ``key`` (all depths; 0 when it does
@@ -296,6 +307,34 @@ class Store:
             if self.fs.exists(path):
                 self.fs.rm(path, recursive=True)
             self.fs.invalidate_cache(path)
+
+    def unpublish(self, version_key: str, stale_after_s: float = STALE_CLAIM_SECONDS) -> bool:
+        """Remove the published version ``version_key`` and everything in its folder (shards
+        under ``_partial/`` too); True if this call removed it, False when another writer holds
+        its claim (it is publishing the version again right now: left alone).
+
+        Under the version's claim (the exclusive protocol of :meth:`publish`, a stale claim taken
+        over), the manifest goes first, so that readers see the version whole until it is
+        unpublished; a run that wants it meanwhile waits for the claim and then publishes it
+        again, into an empty folder. Local disks: the folder, and parents that this left empty,
+        are removed too."""
+        claim_key = f"{version_key}/{CLAIM}"
+        if not self.create_exclusive(claim_key, _claim_token()):
+            self._drop_if_stale(claim_key, stale_after_s)
+            if not self.create_exclusive(claim_key, _claim_token()):
+                return False
+        try:
+            self.delete(f"{version_key}/{MANIFEST}")
+            rest = [self.path(key) for key in self.sizes(version_key) if key != claim_key]
+            if rest:
+                with self._reading(version_key):
+                    self.fs.rm(rest)  # one request per 1,000 objects on S3
+        finally:
+            self.delete(claim_key)
+            self._forget_listings(self.path(version_key))
+        if self.is_local:
+            _remove_empty_folders(self.path(version_key), self.root)
+        return True
 
     def read_many(self, paths: list[str], what: str = "") -> list[bytes | None]:
         """The content of each of ``paths`` (as this filesystem listed them), fetched concurrently
@@ -841,6 +880,22 @@ class _Heartbeat:
                 self._store.write_bytes(alive, json.dumps({"owner": self._owner, "heartbeat_at": time.time()}).encode())
             except Exception:  # noqa: BLE001 - the next beat tries again; the publish reports real failures
                 continue
+
+
+def _remove_empty_folders(path: str, root: str) -> None:
+    """Local disks: remove the folder ``path`` if nothing but empty folders is left in it, then
+    each parent below ``root`` that this leaves empty (a folder that holds a file, or that
+    another process fills meanwhile, stays)."""
+    try:
+        for folder, _, files in os.walk(path, topdown=False):
+            if not files:
+                os.rmdir(folder)
+        path = path.rsplit("/", 1)[0]
+        while path.startswith(root + "/"):
+            os.rmdir(path)  # OSError once a folder is not empty
+            path = path.rsplit("/", 1)[0]
+    except OSError:
+        return
 
 
 def _claim_token() -> bytes:

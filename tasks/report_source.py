@@ -50,6 +50,28 @@ def select_run(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> dic
     return found[0]
 
 
+def named_versions(record: dict[str, Any]) -> set[str]:
+    """Keys of the versions a run record names: its dataset, its feature versions
+    (``features/<dataset>/<model>/<version>``) and its alignment versions."""
+    dataset = record.get("dataset_version")
+    keys = {f"datasets/{dataset}"} if dataset else set()
+    selection = feature_selection(record).to_pydict()
+    keys |= {f"features/{dataset}/{m}/{v}" for m, v in zip(selection["model"], selection["feature_version"])}
+    return keys | {str(key) for key in record.get("alignment_versions") or []}
+
+
+def missing_versions(con: duckdb.DuckDBPyConnection, record: dict[str, Any]) -> list[str]:
+    """Keys of the versions the run record names (:func:`named_versions`) that the catalog does
+    not hold: removed since (``prh gc --keep-runs``, ``prh verify --remove-damaged``) or left out
+    as damaged."""
+    held = {row[0] for row in con.sql(
+        "select 'datasets/' || dataset_version from datasets union all "
+        "select concat_ws('/', 'features', dataset_version, model, feature_version) from models union all "
+        "select distinct concat_ws('/', 'alignment', dataset_version, model_a || '__' || model_b, alignment_version) "
+        "from alignment_best").fetchall()}
+    return sorted(named_versions(record) - held)
+
+
 def run_failures(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The models and pairs that failed in the run (``stage``, ``item``, ``error``): the record's
     ``failures``, a list in the pipeline's record and JSON text in the ``runs`` view."""
@@ -101,7 +123,17 @@ def load_report_input(
     """
     con = connect(store)
     try:
-        record = dict(record) if record is not None else select_run(con, run_id)
+        if record is None:
+            record = select_run(con, run_id)
+            missing = missing_versions(con, record)
+            if missing:
+                raise ValueError(
+                    f"run {record.get('run_id')}'s results are no longer all in the store: {len(missing)} of the "
+                    f"{len(named_versions(record))} versions it "
+                    f"names are gone ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): removed by `prh gc --keep-runs` "
+                    "(which keeps the versions of the newest runs only) or, if `prh verify` names them, damaged; `prh run` with the "
+                    "run's config computes them again")
+        record = dict(record)
         dataset = con.sql("select name, source, n_rejected from datasets where dataset_version = ?",
                           params=[record.get("dataset_version")]).fetchall()
         if dataset:

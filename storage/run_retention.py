@@ -1,0 +1,234 @@
+"""Published versions kept by ``prh gc --keep-runs N``; the others are removed.
+
+Published versions are immutable and runs never remove them, so a store that lives for months
+keeps every superseded one: a checkpoint updated in place adds a feature version every night,
+and with it new alignment versions. ``--keep-runs N`` keeps what the N newest runs that
+published results (``COMPLETED``, or ``FAILED`` with alignment versions: the runs ``prh report``
+picks from, ``tasks.report_source.select_run``) name, with what those versions were computed
+from, and removes every other published version:
+
+- kept: every version those runs' records name (``dataset_version``; ``feature_versions``, as
+  ``features/<dataset_version>/<model>/<feature_version>``; ``alignment_versions``, keys), then
+  the inputs of every kept version: an alignment version's dataset and its two feature versions
+  (its manifest's ``lineage``, as the catalog reads it), a feature version's dataset;
+- kept: every version published after the oldest kept run started, less ``CLOCK_SKEW_SECONDS``
+  (a run on another host may have published it and not yet recorded it), with its inputs;
+- kept: a version whose manifest is damaged (``prh verify`` deals with it) and a manifest outside
+  any version folder;
+- nothing is removed while a run is alive (``RUNNING`` and not known gone,
+  ``storage.runs.gone_reason``): its record names its versions only when it ends, and it may be
+  reusing any version stored; nor when no run published results (nothing to keep by).
+
+A demo's rendered-dataset pointer (``datasets/rendered/<recipe>.json``) whose dataset is removed
+is removed after it (a rerun of that recipe draws the pairs again); the others stay. Run records
+(``runs/``), run reports and the figure cache (``reports/``, see ``--keep-reports``) are not
+versions and stay.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from storage import layout
+from storage.runs import ALIVE, COMPLETED, FAILED, RUNNING, _epoch, gone_reason, run_records
+from storage.store import DamagedManifest, Store
+from storage.verify import is_version_key
+
+#: Versions published this long before the oldest kept run started are kept too: room for
+#: clock skew between the hosts that start runs and publish versions (as ``STALE_RUN_SECONDS``).
+CLOCK_SKEW_SECONDS = 900.0
+#: Boxes in the order their versions are removed: a version before the versions it was computed
+#: from, so that an interrupted gc never leaves a version whose inputs are gone.
+REMOVAL_ORDER = (layout.ALIGNMENT, layout.FEATURES, layout.DATASETS)
+
+
+@dataclass
+class RetentionPlan:
+    """What ``--keep-runs`` keeps and removes in a store.
+
+    ``kept_runs``: ids of the kept runs, newest first; ``since``: the epoch seconds from which
+    every published version is kept (None when nothing is removed); ``keep``: keys of the kept
+    published versions; ``remove``: keys of the published versions to remove, in
+    :data:`REMOVAL_ORDER`; ``pointers``: rendered-dataset pointers (key -> dataset version key)
+    whose dataset is removed; ``blocked``: why nothing is removed (a live run, no run with
+    results), else None; ``alive_signs``: the runs' signs of life when the plan was made (a new
+    one means a run started since)."""
+
+    kept_runs: list[str] = field(default_factory=list)
+    since: float | None = None
+    keep: set[str] = field(default_factory=set)
+    remove: list[str] = field(default_factory=list)
+    pointers: dict[str, str] = field(default_factory=dict)
+    blocked: str | None = None
+    alive_signs: set[str] = field(default_factory=set)
+
+
+def published_results(record: dict[str, Any]) -> bool:
+    """Whether the run of ``record`` published results: ``COMPLETED``, or ``FAILED`` with some
+    alignment versions (the predicate of ``tasks.report_source.select_run``)."""
+    return record.get("status") == COMPLETED or (record.get("status") == FAILED and bool(record.get("alignment_versions")))
+
+
+def newest_runs(records: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The ``n`` newest runs that published results, newest first, in ``select_run``'s order:
+    finish time (start time when there is none), then start time."""
+    def moment(record: dict[str, Any]) -> tuple[float, float]:
+        started = _epoch(record.get("started_at")) or 0.0
+        return (_epoch(record.get("finished_at")) or started, started)
+
+    return sorted((r for r in records if published_results(r)), key=moment, reverse=True)[:n]
+
+
+def run_versions(record: dict[str, Any]) -> set[str]:
+    """Keys of the versions a run record names. ValueError when it does not name them readably
+    (what such a run uses cannot be kept)."""
+    dataset, features, alignments = record.get("dataset_version"), record.get("feature_versions"), record.get("alignment_versions")
+    if isinstance(features, str):
+        features = json.loads(features)
+    if not isinstance(dataset, str) or not isinstance(features, dict) or not isinstance(alignments, list):
+        raise ValueError(f"run {record.get('run_id')}'s record does not name its dataset, feature and alignment versions")
+    keys = {layout.dataset_key(dataset)}
+    keys.update(layout.features_key(dataset, str(model), str(version)) for model, version in features.items())
+    keys.update(str(key) for key in alignments)
+    return keys
+
+
+def inputs(key: str, manifest: dict[str, Any]) -> set[str]:
+    """Keys of the versions the published version ``key`` was computed from: an alignment
+    version's dataset and feature versions (its manifest's ``lineage``), a feature version's
+    dataset (its key's), none for a dataset."""
+    box, dataset = key.split("/")[:2]
+    if box == layout.DATASETS:
+        return set()
+    needed = {layout.dataset_key(dataset)}
+    if box == layout.ALIGNMENT:
+        lineage = manifest.get("lineage") or {}
+        source = str(lineage.get("dataset_version") or dataset)
+        needed.add(layout.dataset_key(source))
+        needed.update(layout.features_key(source, str(model), str(version))
+                      for model, version in (lineage.get("features") or {}).items())
+    return needed
+
+
+def published_versions(store: Store) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """(version key -> manifest of every published version, keys of versions with a damaged
+    manifest). A manifest outside any version folder is neither."""
+    versions: dict[str, dict[str, Any]] = {}
+    damaged: list[DamagedManifest] = []
+    for box in REMOVAL_ORDER:
+        for key, manifest in store.manifests(box, on_damaged=damaged.append):
+            if is_version_key(key):
+                versions[key] = manifest
+    return versions, {d.version_key for d in damaged}
+
+
+def live_runs(store: Store, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of runs that may still be running (``RUNNING``, not known gone)."""
+    return [r for r in records if r.get("status") == RUNNING and gone_reason(store, r) is None]
+
+
+def plan_retention(store: Store, keep_runs: int) -> RetentionPlan:
+    """What ``prh gc --keep-runs keep_runs`` keeps and removes (see the module's docstring)."""
+    if keep_runs < 1:
+        raise ValueError(f"--keep-runs must be 1 or more (0 would remove every published version), got {keep_runs}")
+    signs = alive_signs(store)  # before the records: a run that starts later shows up against it
+    records = run_records(store)
+    alive = live_runs(store, records)
+    if alive:
+        names = ", ".join(f"{r.get('run_id')} (started {r.get('started_at')})" for r in alive)
+        return RetentionPlan(blocked=f"run {names} is still running; what it reuses is recorded only when it ends "
+                                     "(run prh gc --keep-runs again after it)")
+    kept = newest_runs(records, keep_runs)
+    if not kept:
+        return RetentionPlan(blocked="no run published results, so none tells which versions to keep")
+    plan = RetentionPlan(kept_runs=[str(r.get("run_id")) for r in kept], alive_signs=signs)
+    starts = [_epoch(r.get("started_at")) for r in kept]
+    try:
+        named = set().union(*(run_versions(r) for r in kept))
+        if None in starts:
+            raise ValueError(f"run {plan.kept_runs[starts.index(None)]}'s record has no start time")
+    except ValueError as error:
+        plan.blocked = str(error)
+        return plan
+    plan.since = min(s for s in starts if s is not None) - CLOCK_SKEW_SECONDS
+    versions, damaged = published_versions(store)
+    recent = {key for key, manifest in versions.items() if _published_since(manifest, plan.since)}
+    plan.keep = _closure(named | recent | damaged, versions)
+    plan.remove = [key for box in REMOVAL_ORDER for key in sorted(versions) if key.startswith(box + "/") and key not in plan.keep]
+    removed = set(plan.remove)
+    for pointer, target in rendered_pointers(store).items():
+        if target in removed:
+            plan.pointers[pointer] = target
+    return plan
+
+
+def _published_since(manifest: dict[str, Any], since: float) -> bool:
+    """Whether the version was published at or after ``since``; a version without a readable
+    ``published_at`` counts as recent (kept)."""
+    published = _epoch(manifest.get("published_at")) if manifest.get("published_at") else None
+    return published is None or published >= since
+
+
+def _closure(keys: set[str], versions: dict[str, dict[str, Any]]) -> set[str]:
+    """``keys`` with the inputs of every published one among them, recursively."""
+    kept, todo = set(keys), list(keys)
+    while todo:
+        key = todo.pop()
+        for needed in inputs(key, versions[key]) if key in versions else ():
+            if needed not in kept:
+                kept.add(needed)
+                todo.append(needed)
+    return kept
+
+
+def rendered_pointers(store: Store) -> dict[str, str]:
+    """Every readable ``datasets/rendered/<recipe>.json``: its key -> the key of the dataset
+    version it points to."""
+    paths = sorted(store.glob(f"{layout.DATASETS}/rendered", "*.json")) if store.exists(f"{layout.DATASETS}/rendered") else []
+    pointers = {}
+    for path, raw in zip(paths, store.read_many(paths, f"{layout.DATASETS}/rendered")):
+        try:
+            pointers[store.key_of(path)] = layout.dataset_key(str(json.loads(raw or b"")["dataset_version"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # not one of prh's pointers: left alone
+    return pointers
+
+
+def alive_signs(store: Store) -> set[str]:
+    """Keys of the runs' signs of life (``runs/alive/*.json``): a run writes its own before it
+    reads any version and removes it when it ends."""
+    folder = Store.key(layout.RUNS, ALIVE)
+    return {store.key_of(p) for p in store.glob(folder, "*.json")} if store.exists(folder) else set()
+
+
+def apply_retention(store: Store, plan: RetentionPlan, dry_run: bool = False, sizes: dict[str, int] | None = None,
+                    on_removed: Callable[[str], None] | None = None) -> list[str]:
+    """Remove (``dry_run``: only list) ``plan``'s versions and then its pointers; returns the keys
+    removed. ``sizes`` receives key -> bytes of each, measured before its removal. A run that
+    starts meanwhile (a new sign of life) stops the removal: what it reuses is unknown. A version
+    that a writer is publishing again (its claim held) is left alone."""
+    removed: list[str] = []
+    if plan.blocked:
+        return removed
+    for key in [*plan.remove, *plan.pointers]:
+        try:
+            size = store.tree_bytes(key) if key in plan.remove else len(store.read_bytes(key))
+        except FileNotFoundError:
+            continue  # a pointer removed meanwhile
+        if not dry_run:
+            if alive_signs(store) - plan.alive_signs:
+                plan.blocked = "a run started during gc: the other versions stay (run prh gc --keep-runs again after it)"
+                break
+            if key in plan.remove:
+                if not store.unpublish(key):
+                    continue
+            else:
+                store.delete(key)
+        if sizes is not None:
+            sizes[key] = size
+        removed.append(key)
+        if on_removed is not None:
+            on_removed(key)
+    return removed

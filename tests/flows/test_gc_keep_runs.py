@@ -1,0 +1,284 @@
+"""`prh gc --keep-runs N`: the published versions that none of the N newest runs with results
+uses, nor their inputs, are removed; the catalog afterwards is the catalog of the kept versions.
+
+The store is built with the real store API (tiny Parquet files, no model runs) as a store looks
+after months of nightly runs: two dataset versions, a vision model whose checkpoint changed every
+night (superseded feature versions), alignment versions of old parameters. What must stay is
+written out by hand below, from the story, not computed by the code under test."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from flows.cli import main
+from storage import layout
+from storage.catalog import connect
+from storage.features import layer_tables
+from storage.owner import current_owner
+from storage.runs import RUN_HEARTBEAT_SECONDS, RUNNING, alive_key
+from storage.store import Store
+from tests.storage.catalog_store import _alignment_rows
+
+D1, D2 = "d1d1d1d1d1d1d1d1", "d2d2d2d2d2d2d2d2"
+IDS = [f"s{i}" for i in range(6)]
+
+
+def _day(day: int, hour: int, minute: int = 0) -> str:
+    return f"2026-03-{day:02d}T{hour:02d}:{minute:02d}:00+00:00"
+
+
+def _published_at(store: Store, key: str, when: str) -> None:
+    """Date the published version ``key`` back to ``when`` (its manifest's ``published_at``)."""
+    manifest = store.manifest(key)
+    store.write_json(f"{key}/manifest.json", {**manifest, "published_at": when})
+
+
+def _dataset(store: Store, version: str, when: str) -> str:
+    samples = pa.table({"dataset_version": [version] * len(IDS), "sample_id": IDS, "image_id": IDS,
+                        "text": [f"caption {i} of {version}" for i in IDS], "image": [i.encode() * 50 for i in IDS]})
+    key = layout.dataset_key(version)
+    store.publish(key, {layout.SAMPLES_FILE: samples},
+                  {"kind": "dataset", "catalog": {"dataset_version": version, "name": version[:2], "n_samples": len(IDS)}})
+    _published_at(store, key, when)
+    return key
+
+
+def _features(store: Store, dataset: str, model: str, version: str, when: str) -> str:
+    rng = np.random.default_rng(abs(hash(version)) % 2**32)
+    layers = [rng.normal(size=(len(IDS), 4)).astype(np.float32) for _ in range(2)]
+    key = layout.features_key(dataset, model, version)
+    catalog = {"model": model, "feature_version": version, "dataset_version": dataset, "n_layers": 2}
+    store.publish(key, layer_tables(model, version, IDS, layers), {"kind": "features", "catalog": catalog})
+    _published_at(store, key, when)
+    return key
+
+
+def _alignment(store: Store, dataset: str, vit: str, lm: str, version: str, when: str) -> str:
+    scores, best = _alignment_rows("vit-small", "lm-small", version, len(IDS))
+    scores, best = (t.set_column(t.schema.get_field_index("dataset_version"), "dataset_version", pa.array([dataset] * t.num_rows))
+                    .set_column(t.schema.get_field_index("model_a"), "model_a", pa.array(["vit"] * t.num_rows))
+                    .set_column(t.schema.get_field_index("model_b"), "model_b", pa.array(["lm"] * t.num_rows)) for t in (scores, best))
+    key = layout.alignment_key(dataset, "vit", "lm", version)
+    store.publish(key, {layout.SCORES_FILE: scores, layout.BEST_FILE: best},
+                  {"kind": "alignment", "lineage": {"dataset_version": dataset, "features": {"vit": vit, "lm": lm}}})
+    _published_at(store, key, when)
+    return key
+
+
+def _run(store: Store, run_id: str, status: str, started: str, finished: str | None, dataset: str | None = None,
+         features: dict[str, str] | None = None, alignments: list[str] | None = None, **more) -> None:
+    store.write_json(layout.run_key(run_id), {"run_id": run_id, "status": status, "started_at": started, "finished_at": finished,
+                                              "dataset_version": dataset, "feature_versions": features or {},
+                                              "alignment_versions": alignments or [], **more})
+
+
+def _nightly_store(url: str) -> tuple[Store, set[str]]:
+    """Five nights of runs; returns the store and every key --keep-runs 1 must keep."""
+    store = Store(url)
+    d1, d2 = _dataset(store, D1, _day(1, 2)), _dataset(store, D2, _day(2, 2))
+    # night 1, dataset D1
+    f1, l1 = _features(store, D1, "vit", "fv1", _day(1, 2)), _features(store, D1, "lm", "fl1", _day(1, 2))
+    a1 = _alignment(store, D1, "fv1", "fl1", "al1", _day(1, 3))
+    _run(store, "run-1", "COMPLETED", _day(1, 1), _day(1, 4), D1, {"vit": "fv1", "lm": "fl1"}, [a1])
+    # night 2, dataset D2; a second alignment of other parameters
+    f2, l2 = _features(store, D2, "vit", "fv2", _day(2, 2)), _features(store, D2, "lm", "fl2", _day(2, 2))
+    a2, a2b = _alignment(store, D2, "fv2", "fl2", "al2", _day(2, 3)), _alignment(store, D2, "fv2", "fl2", "al2b", _day(2, 3))
+    _run(store, "run-2", "COMPLETED", _day(2, 1), _day(2, 4), D2, {"vit": "fv2", "lm": "fl2"}, [a2, a2b])
+    # night 3: the vision checkpoint changed (fv3), the language features reused; one pair failed
+    f3 = _features(store, D2, "vit", "fv3", _day(3, 2))
+    a3 = _alignment(store, D2, "fv3", "fl2", "al3", _day(3, 3))
+    _run(store, "run-3", "FAILED", _day(3, 1), _day(3, 4), D2, {"vit": "fv3", "lm": "fl2"}, [a3])
+    # night 4 (the newest run with results): fv4; an alignment of other parameters published 10
+    # minutes before it started (within the clock-skew margin) and one 30 minutes before (not)
+    f4 = _features(store, D2, "vit", "fv4", _day(4, 2))
+    a4 = _alignment(store, D2, "fv4", "fl2", "al4", _day(4, 3))
+    a4s = _alignment(store, D2, "fv3", "fl2", "al4s", _day(4, 0, 50))
+    _alignment(store, D2, "fv3", "fl2", "al4old", _day(4, 0, 30))
+    _run(store, "run-4", "COMPLETED", _day(4, 1), _day(4, 4), D2, {"vit": "fv4", "lm": "fl2"}, [a4])
+    # published after run-4 started by another run that recorded nothing yet: a new language
+    # model version aligned with the old fv2 (which it needs)
+    l9 = _features(store, D2, "lm", "fl9", _day(4, 5))
+    a9 = _alignment(store, D2, "fv2", "fl9", "al9", _day(4, 6))
+    # night 5: failed before publishing any alignment, cancelled night 6: neither published results
+    _run(store, "run-5", "FAILED", _day(5, 1), _day(5, 2), D1, {"vit": "fv1", "lm": "fl1"}, [])
+    _run(store, "run-6", "CANCELLED", _day(6, 1), _day(6, 2), D1, {"vit": "fv1"}, [a1])
+    store.write_json(layout.rendered_dataset_key("recipe1"), {"dataset_version": D1, "source": {"kind": "openmoji"}})
+    store.write_json(layout.rendered_dataset_key("recipe2"), {"dataset_version": D2, "source": {"kind": "openmoji"}})
+    # kept: run-4's versions (d2, f4, l2, a4); al4s (skew margin) and its inputs (f3); the recent
+    # l9 and a9 with a9's input f2; the pointer to d2. Removed: d1 with f1, l1, a1 and its
+    # pointer, a2, a2b, a3, al4old
+    keep = {d2, f4, l2, a4, a4s, f3, l9, a9, f2, layout.rendered_dataset_key("recipe2")}
+    assert {d1, f1, l1, a1, a2, a2b, a3} & keep == set()
+    return store, keep
+
+
+def _versions(store: Store) -> set[str]:
+    """Keys of every published version and rendered pointer in the store, from a fresh listing."""
+    files = store.sizes("")
+    found = {key.rsplit("/", 1)[0] for key in files if key.endswith("/manifest.json")}
+    return found | {key for key in files if key.startswith("datasets/rendered/")}
+
+
+def _freed(out: str) -> tuple[int, dict[str, int]]:
+    """The total and the bytes per kind from gc's last line."""
+    last = out.rstrip().splitlines()[-1]
+    total = int(re.search(r"\(([\d,]+) bytes\) (?:would be )?freed", last).group(1).replace(",", ""))
+    parts = {what: int(size.replace(",", "")) for what, size in re.findall(r"\d+ ([^;:]+?) ([\d,]+) bytes", last.split("freed: ", 1)[-1])}
+    return total, parts
+
+
+def _catalog(store: Store) -> dict[str, list[tuple]]:
+    """Every row of every view, with the key of the version it comes from as its first value."""
+    con = connect(store)
+    views = {
+        "datasets": "select 'datasets/' || dataset_version, * from datasets",
+        "samples": "select 'datasets/' || dataset_version, * exclude (image) from samples",
+        "models": "select concat_ws('/', 'features', dataset_version, model, feature_version), * from models",
+        "features": "select concat_ws('/', 'features', m.dataset_version, f.model, f.feature_version), f.layer, f.sample_id, "
+                    "f.vector from features f join models m using (model, feature_version)",
+        "alignment": "select concat_ws('/', 'alignment', dataset_version, model_a || '__' || model_b, alignment_version), * from alignment",
+        "alignment_best": "select concat_ws('/', 'alignment', dataset_version, model_a || '__' || model_b, alignment_version), * "
+                          "from alignment_best",
+        "runs": "select 'runs', run_id, status, dataset_version, alignment_versions from runs",
+    }
+    return {view: sorted(con.sql(sql).fetchall(), key=repr) for view, sql in views.items()}
+
+
+def test_keep_runs_keeps_the_newest_runs_versions_and_their_inputs(store_url, capsys):
+    store, keep = _nightly_store(store_url)
+    before_files, before_versions, before_catalog = store.sizes(""), _versions(store), _catalog(store)
+    removed = before_versions - keep
+    assert len(removed) == 9 and keep <= before_versions
+
+    assert main(["gc", "--store", store.url, "--keep-runs", "1", "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert store.sizes("") == before_files  # a dry run removes nothing
+    assert {key for key in removed if f"would remove {key}: " in dry} == removed
+    assert not any(f"would remove {key}:" in dry for key in keep)
+
+    assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert _versions(store) == keep
+    after_files = store.sizes("")
+    gone = {key: size for key, size in before_files.items() if key not in after_files}
+    assert set(after_files) <= set(before_files) and all(any(k == v or k.startswith(v + "/") for v in removed) for k in gone)
+    total, parts = _freed(out)
+    assert total == sum(gone.values()) and _freed(dry) == (total, parts)
+    pointer = layout.rendered_dataset_key("recipe1")
+    assert parts == {"published version(s) no kept run uses": total - before_files[pointer],
+                     "rendered-dataset pointer(s) to removed datasets": before_files[pointer]}
+    for key in removed - {pointer}:  # each printed with its size
+        size = sum(s for k, s in gone.items() if k.startswith(key + "/"))
+        assert f"removed {key}: a published version that none of the 1 newest run(s) with results uses, {size / 1e6:.1f} MB" in out
+    assert f"removed {pointer}: the demo's pointer to datasets/{D1}, removed above" in out
+    assert "keeping 9 published version(s): those of run(s) run-4, their inputs and every version published since " \
+           "2026-03-04T00:45:00+00:00" in out
+
+    # the catalog opens and is the old catalog restricted to the kept versions; the runs stay
+    expected = {view: [row for row in rows if row[0] == "runs" or row[0] in keep] for view, rows in before_catalog.items()}
+    assert _catalog(store) == expected and len(expected["runs"]) == 6 and expected["alignment_best"]
+    if store.is_local:  # no empty folders left behind
+        assert not any(p.is_dir() and not any(p.iterdir()) for p in __import__("pathlib").Path(store.root).rglob("*"))
+    assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0  # nothing more to remove
+    assert capsys.readouterr().out.rstrip().endswith("nothing to remove")
+
+
+def test_a_removed_runs_report_says_so(tmp_path, capsys):
+    """`prh report --run OLD` after its versions were removed: a clear error, not a partial page."""
+    store, _ = _nightly_store(str(tmp_path / "store"))
+    assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0
+    capsys.readouterr()
+    assert main(["report", "--store", store.url, "--run", "run-2", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "run run-2's results are no longer all in the store: 2 of the 5 versions it names are gone" in err
+    assert "prh gc --keep-runs" in err and not (tmp_path / "r").exists()
+
+
+def test_nothing_published_is_removed_while_a_run_is_alive(tmp_path, capsys):
+    """A live run records what it reuses only when it ends: until then no version goes. Once it
+    has ended, its versions are the newest run's and stay."""
+    store, _ = _nightly_store(str(tmp_path / "store"))
+    before = store.sizes("")
+    started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - 60))
+    record = {"process": current_owner(), "heartbeat_s": RUN_HEARTBEAT_SECONDS}
+    _run(store, "live", RUNNING, started, None, **record)
+    store.write_json(alive_key("live"), {"run_id": "live", "heartbeat_at": time.time()})
+    assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"--keep-runs 1: no published versions removed: run live (started {started}) is still running" in out
+    assert {k: v for k, v in store.sizes("").items() if not k.startswith("runs/")} == \
+           {k: v for k, v in before.items() if not k.startswith("runs/")}
+
+    # it ended, having reused night 1's versions: those stay now, night 4's go
+    store.delete(alive_key("live"))
+    a1 = layout.alignment_key(D1, "vit", "lm", "al1")
+    _run(store, "live", "COMPLETED", started, started, D1, {"vit": "fv1", "lm": "fl1"}, [a1])
+    assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0
+    capsys.readouterr()
+    assert store.manifest(a1) is not None and store.manifest(layout.features_key(D1, "vit", "fv1")) is not None
+    assert store.exists(layout.rendered_dataset_key("recipe1")) and store.manifest(layout.alignment_key(D2, "vit", "lm", "al4")) is None
+
+
+def test_keep_runs_needs_one_run(tmp_path, capsys):
+    store, _ = _nightly_store(str(tmp_path / "store"))
+    before = store.sizes("")
+    assert main(["gc", "--store", store.url, "--keep-runs", "0"]) == 2
+    assert "--keep-runs must be 1 or more (0 would remove every published version), got 0" in capsys.readouterr().err
+    assert main(["gc", "--store", store.url]) == 0  # without the option: no retention
+    assert store.sizes("") == before and "nothing to remove" in capsys.readouterr().out
+
+
+def test_a_store_without_runs_with_results_keeps_everything(tmp_path, capsys):
+    store = Store(str(tmp_path / "store"))
+    _dataset(store, D1, _day(1, 2))
+    _run(store, "run-1", "FAILED", _day(1, 1), _day(1, 2), D1, {}, [])
+    assert main(["gc", "--store", store.url, "--keep-runs", "3"]) == 0
+    assert "no published versions removed: no run published results" in capsys.readouterr().out
+    assert store.manifest(layout.dataset_key(D1)) is not None
+
+
+def test_unpublish_leaves_a_version_that_is_being_published(tmp_path):
+    """A writer holding the version's claim (publishing it again) keeps it; a stale claim is
+    taken over."""
+    store = Store(str(tmp_path / "store"))
+    key = _dataset(store, D1, _day(1, 2))
+    store.write_json(f"{key}/.publishing", {"owner": "w", "claimed_at": time.time(), "process": current_owner()})
+    assert store.unpublish(key) is False and store.manifest(key) is not None
+    store.write_json(f"{key}/.publishing", {"owner": "w", "claimed_at": time.time() - 3600, "process": None})
+    assert store.unpublish(key) is True and not store.exists(key) and not store.exists("datasets")
+
+
+@pytest.mark.parametrize("keep", [2, 10])
+def test_more_runs_kept_keep_more(tmp_path, capsys, keep):
+    """--keep-runs 2 keeps run-3's versions too (a FAILED run with results); 10 keeps every run's."""
+    store, kept = _nightly_store(str(tmp_path / "store"))
+    assert main(["gc", "--store", store.url, "--keep-runs", str(keep)]) == 0
+    capsys.readouterr()
+    a3 = layout.alignment_key(D2, "vit", "lm", "al3")
+    a4old = layout.alignment_key(D2, "vit", "lm", "al4old")  # published after run-3 started
+    extra = {a3, a4old} if keep == 2 else {a3, a4old} | {layout.alignment_key(D2, "vit", "lm", v) for v in ("al2", "al2b")} | {
+        layout.dataset_key(D1), layout.features_key(D1, "vit", "fv1"), layout.features_key(D1, "lm", "fl1"),
+        layout.alignment_key(D1, "vit", "lm", "al1"), layout.rendered_dataset_key("recipe1")}
+    assert _versions(store) == kept | extra
+
+
+def test_a_run_that_starts_during_gc_stops_the_removal(tmp_path):
+    """A run's sign of life that appears while gc removes versions stops it: what that run
+    reuses is unknown."""
+    from storage.run_retention import apply_retention, plan_retention
+
+    store, _ = _nightly_store(str(tmp_path / "store"))
+    plan = plan_retention(store, 1)
+
+    def a_run_starts(key: str) -> None:
+        store.write_json(alive_key("new"), {"run_id": "new", "heartbeat_at": time.time()})
+
+    assert apply_retention(store, plan, on_removed=a_run_starts) == plan.remove[:1]
+    assert plan.blocked.startswith("a run started during gc") and len(plan.remove) == 8
+    assert store.manifest(plan.remove[0]) is None and all(store.manifest(key) is not None for key in plan.remove[1:])
