@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from storage import layout
-from storage.runs import ALIVE, COMPLETED, FAILED, RUNNING, _epoch, gone_reason, run_records
+from storage.runs import ALIVE, COMPLETED, FAILED, RUNNING, epoch_seconds, gone_reason, run_records
 from storage.store import DamagedManifest, Store
 from storage.verify import is_version_key
 
@@ -75,8 +75,8 @@ def newest_runs(records: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any
     """The ``n`` newest runs that published results, newest first, in ``select_run``'s order:
     finish time (start time when there is none), then start time."""
     def moment(record: dict[str, Any]) -> tuple[float, float]:
-        started = _epoch(record.get("started_at")) or 0.0
-        return (_epoch(record.get("finished_at")) or started, started)
+        started = epoch_seconds(record.get("started_at")) or 0.0
+        return (epoch_seconds(record.get("finished_at")) or started, started)
 
     return sorted((r for r in records if published_results(r)), key=moment, reverse=True)[:n]
 
@@ -144,7 +144,7 @@ def plan_retention(store: Store, keep_runs: int) -> RetentionPlan:
     if not kept:
         return RetentionPlan(blocked="no run published results, so none tells which versions to keep")
     plan = RetentionPlan(kept_runs=[str(r.get("run_id")) for r in kept], alive_signs=signs)
-    starts = [_epoch(r.get("started_at")) for r in kept]
+    starts = [epoch_seconds(r.get("started_at")) for r in kept]
     try:
         named = set().union(*(run_versions(r) for r in kept))
         if None in starts:
@@ -167,7 +167,7 @@ def plan_retention(store: Store, keep_runs: int) -> RetentionPlan:
 def _published_since(manifest: dict[str, Any], since: float) -> bool:
     """Whether the version was published at or after ``since``; a version without a readable
     ``published_at`` counts as recent (kept)."""
-    published = _epoch(manifest.get("published_at")) if manifest.get("published_at") else None
+    published = epoch_seconds(manifest.get("published_at")) if manifest.get("published_at") else None
     return published is None or published >= since
 
 

@@ -71,7 +71,7 @@ class RunHeartbeat:
             self._write()
 
 
-def _epoch(timestamp: Any) -> float | None:
+def epoch_seconds(timestamp: Any) -> float | None:
     """Seconds since the epoch of an ISO 8601 time (``utc_now``), or None if it is not one."""
     try:
         moment = datetime.fromisoformat(str(timestamp))
@@ -90,7 +90,7 @@ def gone_reason(store: Store, record: dict[str, Any], now: float | None = None) 
         return "the run's process ended without finishing it (killed or crashed)"
     if not record.get("heartbeat_s"):
         return None
-    last = _epoch(record.get("started_at")) or 0.0
+    last = epoch_seconds(record.get("started_at")) or 0.0
     try:
         last = max(last, float(store.read_json(alive_key(str(record.get("run_id"))))["heartbeat_at"]))
     except (FileNotFoundError, ValueError, KeyError, TypeError):
@@ -143,7 +143,7 @@ def live_runs_since(store: Store) -> float | None:
     """The start (epoch seconds) of the earliest ``RUNNING`` run not known to have stopped
     (:func:`gone_reason`), or None when no run is alive: what such a run may still be writing
     (its extraction shards) is not to be cleaned up."""
-    starts = [_epoch(r.get("started_at")) for r in run_records(store) if r.get("status") == RUNNING and gone_reason(store, r) is None]
+    starts = [epoch_seconds(r.get("started_at")) for r in run_records(store) if r.get("status") == RUNNING and gone_reason(store, r) is None]
     known = [t for t in starts if t is not None]
     return min(known) if known else (time.time() if starts else None)
 
