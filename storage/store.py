@@ -457,12 +457,17 @@ class Store:
         path = self.path(key)
         parent = path.rsplit("/", 1)[0]
         if self.is_local:
-            tmp = self._durable_temp(parent, data, key)
-            try:
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            for attempt in range(3):  # another process may remove the folder meanwhile (a shard folder it cleared)
+                tmp = self._durable_temp(parent, data, key)
+                try:
+                    os.replace(tmp, path)
+                    return
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
         else:
             self.fs.pipe_file(path, data)
 

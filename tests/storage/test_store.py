@@ -171,3 +171,26 @@ def test_s3_listings_see_what_other_writers_published_since(s3_store_url):
     other.pipe_file(f"{bucket_path}/manifest.json", json.dumps({"kind": "features", "files": {}}).encode())
     assert len(reader.glob("features", "*/*/*/manifest.json")) == 2
     assert reader.exists("features/d/b/v2/manifest.json")
+
+
+def test_a_local_write_survives_its_folder_removed_meanwhile(tmp_path, monkeypatch):
+    """Two runs extract one version: the first publishes and clears `_partial/` while the second
+    renames its shard there; the rename failed with FileNotFoundError and the second run's model
+    failed. The write now makes the folder again and retries."""
+    import os as os_module
+    import shutil
+
+    store = Store(str(tmp_path / "store"))
+    real = os_module.replace
+    calls = []
+
+    def replace_after_removal(src, dst):
+        if not calls:
+            calls.append(dst)
+            shutil.rmtree(os_module.path.dirname(dst))  # the other run's remove_partial
+        return real(src, dst)
+
+    monkeypatch.setattr("storage.store.os.replace", replace_after_removal)
+    store.write_bytes("features/d/m/v/_partial/shard-00000.parquet", b"shard")
+    assert store.read_bytes("features/d/m/v/_partial/shard-00000.parquet") == b"shard" and calls
+    assert sorted(p.name for p in (tmp_path / "store/features/d/m/v/_partial").iterdir()) == ["shard-00000.parquet"]
