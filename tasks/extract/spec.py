@@ -90,9 +90,11 @@ class ModelSpec(BaseModel):
     tokenizer_revision: str | None = Field(None, description="Hub tokenizer: branch, tag or commit")
     image_size: int | None = Field(None, gt=0, strict=True, description="Vision: input size in pixels (null: the "
                                    "processor's own)")
-    crop_pct: float | None = Field(None, gt=0, le=1, strict=True, description="Vision: fraction of the resized "
-                                   "shorter side kept by the centre crop: shorter side resized to floor(S / crop_pct), "
-                                   "central S x S kept (timm's eval crop; null: the processor's own ratio)")
+    crop_pct: float | None = Field(None, ge=0.5, le=1, strict=True, description="Vision: fraction of the resized "
+                                   "shorter side kept by the centre crop, in [0.5, 1] (below 0.5 most of each image "
+                                   "would be thrown away and the resize grows without bound): shorter side resized to "
+                                   "floor(S / crop_pct), central S x S kept (timm's eval crop; null: the processor's "
+                                   "own ratio)")
     device_map: Literal["auto"] | None = Field(None, description="auto: spread a model too large for one GPU over "
                                                "every GPU, then CPU memory (hf loader)")
 

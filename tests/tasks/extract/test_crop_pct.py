@@ -120,9 +120,9 @@ def test_crop_pct_validation_and_fingerprint():
     assert "crop_pct" not in plain.fingerprint()  # specs without it keep their feature versions
     assert ModelSpec(**base, crop_pct=None).fingerprint() == plain.fingerprint()
     assert ModelSpec(**base, crop_pct=1).fingerprint() == {**plain.fingerprint(), "crop_pct": 1.0}
-    versions = {feature_version("d1", ModelSpec(**base, crop_pct=c)) for c in (None, 1.0, 0.875)}
-    assert len(versions) == 3 and feature_version("d1", plain) in versions
-    for bad, field in [(dict(crop_pct=0), "crop_pct"), (dict(crop_pct=1.5), "crop_pct"), (dict(crop_pct=True), "crop_pct"),
+    versions = {feature_version("d1", ModelSpec(**base, crop_pct=c)) for c in (None, 1.0, 0.875, 0.5)}
+    assert len(versions) == 4 and feature_version("d1", plain) in versions
+    for bad, field in [(dict(crop_pct=0), "crop_pct"), (dict(crop_pct=0.49), "crop_pct"), (dict(crop_pct=1e-6), "crop_pct"), (dict(crop_pct=1.5), "crop_pct"), (dict(crop_pct=True), "crop_pct"),
                        (dict(crop_pct="0.9"), "crop_pct"), (dict(crop_pct=float("nan")), "crop_pct"),
                        (dict(modality="language", pooling="avg", image_size=None, crop_pct=1.0), "crop_pct")]:
         with pytest.raises(ZooError, match=rf"models\[0\] \(name 'dino'\): field '{field}'"):
