@@ -6,21 +6,18 @@ store, so a rerun with unchanged inputs computes nothing and a new model adds on
 
 from __future__ import annotations
 
-import traceback
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
-from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 
+from flows.run_record import new_record, one_line, recorded
 from flows.runners import make_task_runner, preload_libraries, runs_in_parallel
 from storage import layout
-from storage.owner import current_owner
-from storage.runs import CANCELLED, COMPLETED, FAILED, RUN_HEARTBEAT_SECONDS, RUNNING, RunHeartbeat, open_for_run
-from storage.store import DEFAULT_STORE, Store, utc_now
-from storage.versioning import code_version
+from storage.runs import COMPLETED, FAILED, open_for_run
+from storage.store import DEFAULT_STORE, Store
 from tasks.align_task import align_pair
 from tasks.dataset_task import load_dataset, stored_dataset
 from tasks.extract_task import extract_features, stored_features
@@ -64,59 +61,39 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     store_url = target.url
     log_recovery(*open_for_run(target))
     run_id = str(flow_run.get_id() or "local")
-    record: dict[str, Any] = {
-        "run_id": run_id,
-        "flow_run_id": run_id,
-        "status": RUNNING,
-        "process": current_owner(),
-        "started_at": utc_now(),
-        "store": target.display_url,
-        "config": config.model_dump(mode="json"),
-        "code_version": code_version("tasks", "storage"),
-        "heartbeat_s": RUN_HEARTBEAT_SECONDS,
-    }
-    target.write_json(layout.run_key(run_id), record)
-    with RunHeartbeat(target, run_id):  # removed after the final record is written
+    with recorded(target, layout.run_key(run_id), new_record(target, config, run_id, "prh-pipeline")) as record:
         return _run_recorded(config, target, record, report, extract_missing, dataset_version)
 
 
 def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any], report: bool,
                   extract_missing: bool, dataset_version: str) -> dict[str, Any]:
-    """The body of :func:`pipeline`: ``record`` (the run's, ``RUNNING``) is written again with
-    its outcome whatever happens."""
-    store_url, run_id = target.url, record["run_id"]
-    try:
-        if dataset_version:  # published by an earlier stage: read from the store, not from the source
-            dataset = stored_dataset(dataset_version, store_url, config.dataset, alignment=config.alignment)
-        else:
-            dataset = load_dataset(config.dataset, store_url, alignment=config.alignment)
-        features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing)
-        best = [row for manifest in alignments for row in target.read_table(f"{manifest['key']}/{layout.BEST_FILE}").to_pylist()]
-        record.update(
-            status=FAILED if failures else COMPLETED,
-            failures=failures,
-            dataset_version=dataset["catalog"]["dataset_version"],
-            feature_versions={name: m["catalog"]["feature_version"] for name, m in features.items()},
-            alignment_versions=[m["key"] for m in alignments],
-            extracted=sorted(name for name, m in features.items() if not m.get("reused")),
-            reused=sorted(name for name, m in features.items() if m.get("reused")),
-            aligned=sum(1 for m in alignments if not m.get("reused")),
-        )
-        _publish_artifacts(best, record)
-        if report and (alignments or not failures):  # what was published, failures listed in its notes
-            from flows.report import publish_report_artifact
+    """The body of :func:`pipeline`: sets the outcome of ``record`` (the run's, ``RUNNING``);
+    :func:`flows.run_record.recorded` writes it whatever happens."""
+    store_url = target.url
+    if dataset_version:  # published by an earlier stage: read from the store, not from the source
+        dataset = stored_dataset(dataset_version, store_url, config.dataset, alignment=config.alignment)
+    else:
+        dataset = load_dataset(config.dataset, store_url, alignment=config.alignment)
+    features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing)
+    best = [row for manifest in alignments for row in target.read_table(f"{manifest['key']}/{layout.BEST_FILE}").to_pylist()]
+    record.update(
+        status=FAILED if failures else COMPLETED,
+        failures=failures,
+        dataset_version=dataset["catalog"]["dataset_version"],
+        feature_versions={name: m["catalog"]["feature_version"] for name, m in features.items()},
+        alignment_versions=[m["key"] for m in alignments],
+        extracted=sorted(name for name, m in features.items() if not m.get("reused")),
+        reused=sorted(name for name, m in features.items() if m.get("reused")),
+        aligned=sum(1 for m in alignments if not m.get("reused")),
+    )
+    _publish_artifacts(best, record)
+    if report and (alignments or not failures):  # what was published, failures listed in its notes
+        from flows.report import publish_report_artifact
 
-            publish_report_artifact(store_url, record)
-        if failures:
-            raise ZooFailures(_failure_summary(failures, len(config.models), len(alignments)))
-        return {**record, "best": best}
-    except BaseException as error:  # stopped (Ctrl-C, cancelled from the UI: SIGTERM) or failed
-        stopped = isinstance(error, (KeyboardInterrupt, TerminationSignal))
-        record.update(status=CANCELLED if stopped else FAILED, error=_one_line(error))
-        raise
-    finally:
-        record["finished_at"] = utc_now()
-        target.write_json(layout.run_key(run_id), record)
+        publish_report_artifact(store_url, record)
+    if failures:
+        raise ZooFailures(_failure_summary(failures, len(config.models), len(alignments)))
+    return {**record, "best": best}
 
 
 class ZooFailures(RuntimeError):
@@ -158,7 +135,7 @@ def run_zoo(
         try:
             alignments.append(future.result())
         except Exception as error:  # noqa: BLE001
-            failures.append(skipped if missing else {**skipped, "error": _one_line(error)})
+            failures.append(skipped if missing else {**skipped, "error": one_line(error)})
     log_failures(failures)
     return features, alignments, failures
 
@@ -216,7 +193,7 @@ def collect_features(extracting: dict[str, Any], failures: list[dict[str, str]])
         try:
             features[name] = future.result()
         except Exception as error:  # noqa: BLE001 - recorded, reported and re-raised by the flow
-            failures.append({"stage": "extract", "item": name, "error": _one_line(error)})
+            failures.append({"stage": "extract", "item": name, "error": one_line(error)})
     return features
 
 
@@ -265,9 +242,9 @@ def check_models(specs: list[Any]) -> list[dict[str, str]]:
             check_model(spec)
         except ModelInputError as error:
             logger.error("model %s refused: %s", spec.name, error)
-            refused.append({"stage": "check", "item": spec.name, "error": _one_line(error)})
+            refused.append({"stage": "check", "item": spec.name, "error": one_line(error)})
         except Exception as error:  # noqa: BLE001 - see the docstring
-            logger.warning("model %s could not be checked ahead (%s); its extraction will tell", spec.name, _one_line(error))
+            logger.warning("model %s could not be checked ahead (%s); its extraction will tell", spec.name, one_line(error))
     return refused
 
 
@@ -277,10 +254,6 @@ def _failure_summary(failures: list[dict[str, str]], n_models: int, n_aligned: i
     pairs = sum(f["stage"] == "align" for f in failures)
     items = "; ".join(f"{f['stage']} {f['item']}: {f['error']}" for f in failures)
     return f"{models} of {n_models} models and {pairs} of {pairs + n_aligned} model pairs failed (the rest is published): {items}"
-
-
-def _one_line(error: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(error), error)).strip()
 
 
 def log_recovery(crashed: list[str], swept: list[str]) -> None:

@@ -22,10 +22,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
+from prefect.runtime import flow_run
 
 from flows.pipeline import ZooFailures, collect_features, log_failures, log_recovery, submit_extractions
+from flows.run_record import new_record, recorded
 from flows.runners import make_task_runner
-from storage.runs import open_for_run
+from storage import layout
+from storage.runs import COMPLETED, FAILED, open_for_run
 from storage.store import DEFAULT_STORE, Store
 from tasks.dataset_task import load_dataset
 from tasks.params import PipelineConfig
@@ -40,18 +43,28 @@ def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str,
 
     The versions are recorded in the run's ``prh-extract-versions`` table artifact (one row for
     the dataset, one per model), also when some models fail: ``prh-staged`` passes the dataset
-    version on to the alignment stage from there.
+    version on to the alignment stage from there. The stage keeps its record at
+    ``runs/extractions/<run_id>.json`` (``RUNNING`` with a sign of life while it runs, then the
+    outcome with the dataset and feature versions): ``prh gc`` waits for a live extraction and
+    keeps what it published or reused for the alignment stage.
 
     Args:
         config: The run (only its dataset and models matter here).
         store: Where results go: a folder, file://..., or s3://bucket/prefix.
     """
-    logger = get_run_logger()
     target = Store(store)
-    store_url = target.url
     log_recovery(*open_for_run(target))
-    dataset = load_dataset(config.dataset, store_url, alignment=config.alignment)
-    extracting, failures = submit_extractions(config, store_url, dataset)
+    run_id = str(flow_run.get_id() or "local")
+    with recorded(target, layout.extraction_key(run_id), new_record(target, config, run_id, "prh-extract")) as record:
+        return _extract_recorded(config, target, record)
+
+
+def _extract_recorded(config: PipelineConfig, target: Store, record: dict[str, Any]) -> dict[str, Any]:
+    """The body of :func:`prh_extract`: sets the outcome of ``record`` (the stage's, ``RUNNING``);
+    :func:`flows.run_record.recorded` writes it whatever happens."""
+    logger = get_run_logger()
+    dataset = load_dataset(config.dataset, target.url, alignment=config.alignment)
+    extracting, failures = submit_extractions(config, target.url, dataset)
     manifests = collect_features(extracting, failures)
     summary = {
         "dataset_version": dataset["catalog"]["dataset_version"],
@@ -59,6 +72,7 @@ def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str,
         "extracted": sorted(name for name, m in manifests.items() if not m.get("reused")),
         "reused": sorted(name for name, m in manifests.items() if m.get("reused")),
     }
+    record.update(summary, status=FAILED if failures else COMPLETED, failures=failures)
     logger.info("extracted: %s; reused: %s", ", ".join(summary["extracted"]) or "none", ", ".join(summary["reused"]) or "none")
     _publish_versions(dataset, manifests, [spec.name for spec in config.models])
     if failures:  # the other models' features are published; the flow run fails naming these

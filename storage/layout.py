@@ -38,3 +38,12 @@ def alignment_key(dataset_version: str, model_a: str, model_b: str, alignment_ve
 
 def run_key(run_id: str) -> str:
     return Store.key(RUNS, f"{run_id}.json")
+
+
+#: Folder under ``runs/`` of the extraction stage's records (``prh-extract``): liveness and the
+#: versions it published or reused, kept apart from the pipeline runs of the ``runs`` view.
+EXTRACTIONS = "extractions"
+
+
+def extraction_key(run_id: str) -> str:
+    return Store.key(RUNS, EXTRACTIONS, f"{run_id}.json")

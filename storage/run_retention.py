@@ -13,9 +13,12 @@ from, and removes every other published version:
   (its manifest's ``lineage``, as the catalog reads it), a feature version's dataset;
 - kept: every version published after the oldest kept run started, less ``CLOCK_SKEW_SECONDS``
   (a run on another host may have published it and not yet recorded it), with its inputs;
+- kept: the dataset and feature versions named by every extraction stage (``prh-extract``, its
+  record in ``runs/extractions/``) that started since then, published or reused: its alignment
+  stage may not have run yet;
 - kept: a version whose manifest is damaged (``prh verify`` deals with it) and a manifest outside
   any version folder;
-- nothing is removed while a run is alive (``RUNNING`` and not known gone,
+- nothing is removed while a run or an extraction stage is alive (``RUNNING`` and not known gone,
   ``storage.runs.gone_reason``): its record names its versions only when it ends, and it may be
   reusing any version stored; nor when no run published results (nothing to keep by).
 
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from storage import layout
-from storage.runs import ALIVE, COMPLETED, FAILED, RUNNING, epoch_seconds, gone_reason, run_records
+from storage.runs import ALIVE, COMPLETED, FAILED, epoch_seconds, extraction_records, live_records, run_records
 from storage.store import DamagedManifest, Store
 from storage.verify import is_version_key
 
@@ -124,9 +127,21 @@ def published_versions(store: Store) -> tuple[dict[str, dict[str, Any]], set[str
     return versions, {d.version_key for d in damaged}
 
 
-def live_runs(store: Store, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records of runs that may still be running (``RUNNING``, not known gone)."""
-    return [r for r in records if r.get("status") == RUNNING and gone_reason(store, r) is None]
+def extraction_versions(record: dict[str, Any]) -> set[str]:
+    """Keys of the versions an extraction stage's record names (its dataset and feature versions,
+    as far as it got); none when it names none readably."""
+    dataset, features = record.get("dataset_version"), record.get("feature_versions")
+    if not isinstance(dataset, str) or not dataset:
+        return set()
+    if isinstance(features, str):
+        try:
+            features = json.loads(features)
+        except ValueError:
+            features = None
+    keys = {layout.dataset_key(dataset)}
+    if isinstance(features, dict):
+        keys.update(layout.features_key(dataset, str(model), str(version)) for model, version in features.items())
+    return keys
 
 
 def plan_retention(store: Store, keep_runs: int) -> RetentionPlan:
@@ -134,8 +149,8 @@ def plan_retention(store: Store, keep_runs: int) -> RetentionPlan:
     if keep_runs < 1:
         raise ValueError(f"--keep-runs must be 1 or more (0 would remove every published version), got {keep_runs}")
     signs = alive_signs(store)  # before the records: a run that starts later shows up against it
-    records = run_records(store)
-    alive = live_runs(store, records)
+    records, extractions = run_records(store), extraction_records(store)
+    alive = live_records(store, records + extractions)
     if alive:
         names = ", ".join(f"{r.get('run_id')} (started {r.get('started_at')})" for r in alive)
         return RetentionPlan(blocked=f"run {names} is still running; what it reuses is recorded only when it ends "
@@ -155,6 +170,10 @@ def plan_retention(store: Store, keep_runs: int) -> RetentionPlan:
     plan.since = min(s for s in starts if s is not None) - CLOCK_SKEW_SECONDS
     versions, damaged = published_versions(store)
     recent = {key for key, manifest in versions.items() if _published_since(manifest, plan.since)}
+    for record in extractions:  # published or reused for an alignment stage that may not have run yet
+        started = epoch_seconds(record.get("started_at"))
+        if started is None or started >= plan.since:
+            recent |= extraction_versions(record)
     plan.keep = _closure(named | recent | damaged, versions)
     plan.remove = [key for box in REMOVAL_ORDER for key in sorted(versions) if key.startswith(box + "/") and key not in plan.keep]
     removed = set(plan.remove)

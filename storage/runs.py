@@ -1,4 +1,5 @@
-"""Run records (``runs/<run_id>.json``) and what a new run cleans up after killed ones.
+"""Run records (``runs/<run_id>.json``; the extraction stage's: ``runs/extractions/<run_id>.json``)
+and what a new run cleans up after killed ones.
 
 A run killed without a chance to write its end (kill -9, OOM killer, a container or machine
 that stopped) would stay ``RUNNING`` for ever in the catalog's ``runs`` view. Two signs tell
@@ -29,6 +30,10 @@ RUN_HEARTBEAT_SECONDS = 60.0
 #: A ``RUNNING`` record whose last sign of life is older than this is a run that stopped without
 #: writing its end: 15 missed heartbeats, and room for minutes of clock skew between hosts.
 STALE_RUN_SECONDS = 900.0
+#: A ``RUNNING`` record without signs of life (written by a prh before they existed) that its
+#: process cannot judge (another host, another container) is gone once started this long ago:
+#: no run of the pipeline takes days, and until then it holds back ``prh gc``.
+LEGACY_RUN_SECONDS = 3 * 86400.0
 
 
 def alive_key(run_id: str) -> str:
@@ -83,19 +88,25 @@ def epoch_seconds(timestamp: Any) -> float | None:
 def gone_reason(store: Store, record: dict[str, Any], now: float | None = None) -> str | None:
     """Why the ``RUNNING`` run of ``record`` is known to have stopped without writing its end, or
     None while it may still run (or the record is not ``RUNNING``). A record written before runs
-    had signs of life (no ``heartbeat_s``) is judged by its process only."""
+    had signs of life (no ``heartbeat_s``) is judged by its process, and on another host by its
+    age: gone once started more than ``LEGACY_RUN_SECONDS`` ago."""
     if record.get("status") != RUNNING:
         return None
     if owner_is_dead(record.get("process")):
         return "the run's process ended without finishing it (killed or crashed)"
+    now = time.time() if now is None else now
     if not record.get("heartbeat_s"):
-        return None
+        started = epoch_seconds(record.get("started_at"))
+        if started is None or now - started <= LEGACY_RUN_SECONDS:
+            return None
+        return (f"started {(now - started) / 86400:.0f} days ago by a prh that left no signs of life, and never "
+                "finished: its process, container or machine stopped without finishing it")
     last = epoch_seconds(record.get("started_at")) or 0.0
     try:
         last = max(last, float(store.read_json(alive_key(str(record.get("run_id"))))["heartbeat_at"]))
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         pass
-    silent = (time.time() if now is None else now) - last
+    silent = now - last
     if silent <= STALE_RUN_SECONDS:
         return None
     since = datetime.fromtimestamp(last, timezone.utc).replace(microsecond=0).isoformat() if last else "its start"
@@ -103,14 +114,15 @@ def gone_reason(store: Store, record: dict[str, Any], now: float | None = None) 
             "container or machine stopped without finishing it")
 
 
-def run_records(store: Store) -> list[dict[str, Any]]:
-    """Every readable run record in the store, sorted by run id."""
-    base = store.path(layout.RUNS)
+def run_records(store: Store, folder: str = layout.RUNS) -> list[dict[str, Any]]:
+    """Every readable run record directly in ``folder`` (the pipeline runs'; the extraction
+    stage's: :func:`extraction_records`), sorted by run id."""
+    base = store.path(folder)
     if not store.fs.exists(base):
         return []
     records = []
-    paths = sorted(store.glob(layout.RUNS, "*.json"))
-    for raw in store.read_many(paths, layout.RUNS):
+    paths = sorted(store.glob(folder, "*.json"))
+    for raw in store.read_many(paths, folder):
         try:
             record = json.loads(raw) if raw is not None else None
         except ValueError:
@@ -120,30 +132,45 @@ def run_records(store: Store) -> list[dict[str, Any]]:
     return records
 
 
+def extraction_records(store: Store) -> list[dict[str, Any]]:
+    """Every readable record of the extraction stage (``prh-extract``, ``runs/extractions/``)."""
+    return run_records(store, Store.key(layout.RUNS, layout.EXTRACTIONS))
+
+
 def mark_crashed_runs(store: Store, dry_run: bool = False) -> list[str]:
-    """Mark ``CRASHED`` every ``RUNNING`` record of a run known to have stopped (:func:`gone_reason`:
-    its process died on this host, or it gave no sign of life for ``STALE_RUN_SECONDS``); returns
-    their run ids (``dry_run``: only those ids). Other records are left alone."""
+    """Mark ``CRASHED`` every ``RUNNING`` record (of a pipeline run or an extraction stage) of a
+    run known to have stopped (:func:`gone_reason`: its process died on this host, or it gave no
+    sign of life for ``STALE_RUN_SECONDS``); returns their run ids (``dry_run``: only those ids).
+    Other records are left alone."""
     crashed = []
-    for record in run_records(store):
-        reason = gone_reason(store, record)
-        if reason is None:
-            continue
-        run_id = str(record.get("run_id"))
-        crashed.append(run_id)
-        if dry_run:
-            continue
-        record.update(status=CRASHED, error=reason, finished_at=None, marked_crashed_at=utc_now())
-        store.write_json(layout.run_key(run_id), record)
-        store.delete(alive_key(run_id))
+    for records, key_of in ((run_records(store), layout.run_key), (extraction_records(store), layout.extraction_key)):
+        for record in records:
+            reason = gone_reason(store, record)
+            if reason is None:
+                continue
+            run_id = str(record.get("run_id"))
+            crashed.append(run_id)
+            if dry_run:
+                continue
+            record.update(status=CRASHED, error=reason, finished_at=None, marked_crashed_at=utc_now())
+            store.write_json(key_of(run_id), record)
+            store.delete(alive_key(run_id))
     return crashed
 
 
+def live_records(store: Store, records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The records of the runs that may still be running (``RUNNING``, not known gone:
+    :func:`gone_reason`) among ``records`` (default: every pipeline run and extraction stage)."""
+    if records is None:
+        records = run_records(store) + extraction_records(store)
+    return [r for r in records if r.get("status") == RUNNING and gone_reason(store, r) is None]
+
+
 def live_runs_since(store: Store) -> float | None:
-    """The start (epoch seconds) of the earliest ``RUNNING`` run not known to have stopped
-    (:func:`gone_reason`), or None when no run is alive: what such a run may still be writing
-    (its extraction shards) is not to be cleaned up."""
-    starts = [epoch_seconds(r.get("started_at")) for r in run_records(store) if r.get("status") == RUNNING and gone_reason(store, r) is None]
+    """The start (epoch seconds) of the earliest run (pipeline or extraction stage) not known to
+    have stopped (:func:`live_records`), or None when no run is alive: what such a run may still
+    be writing (its extraction shards) is not to be cleaned up."""
+    starts = [epoch_seconds(r.get("started_at")) for r in live_records(store)]
     known = [t for t in starts if t is not None]
     return min(known) if known else (time.time() if starts else None)
 

@@ -282,3 +282,37 @@ def test_a_run_that_starts_during_gc_stops_the_removal(tmp_path):
     assert apply_retention(store, plan, on_removed=a_run_starts) == plan.remove[:1]
     assert plan.blocked.startswith("a run started during gc") and len(plan.remove) == 8
     assert store.manifest(plan.remove[0]) is None and all(store.manifest(key) is not None for key in plan.remove[1:])
+
+
+def _extraction(store: Store, run_id: str, status: str, started: str, dataset: str | None = None,
+                features: dict[str, str] | None = None, **more) -> None:
+    store.write_json(layout.extraction_key(run_id), {"run_id": run_id, "flow": "prh-extract", "status": status,
+                                                     "started_at": started, "dataset_version": dataset,
+                                                     "feature_versions": features or {}, **more})
+
+
+def test_an_extraction_stage_holds_back_gc_and_keeps_what_it_reused(tmp_path, capsys):
+    """prh-extract records no alignment: while it runs nothing goes; once it has ended, the dataset
+    and feature versions it published or reused stay for its alignment stage (which has not
+    recorded them yet) when it started after the oldest kept run; an older stage keeps nothing."""
+    store, keep = _nightly_store(str(tmp_path / "store"))
+    before = store.sizes("")
+    started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - 60))
+    _extraction(store, "gpu-live", RUNNING, started, process=current_owner(), heartbeat_s=RUN_HEARTBEAT_SECONDS)
+    store.write_json(alive_key("gpu-live"), {"run_id": "gpu-live", "heartbeat_at": time.time()})
+    assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0
+    assert f"no published versions removed: run gpu-live (started {started}) is still running" in capsys.readouterr().out
+    assert {k: v for k, v in store.sizes("").items() if not k.startswith("runs/")} == \
+           {k: v for k, v in before.items() if not k.startswith("runs/")}
+
+    # it ended having reused night 1's dataset and features; a stage of night 2 (before run-4) names a2's inputs
+    store.delete(alive_key("gpu-live"))
+    _extraction(store, "gpu-live", "COMPLETED", started, D1, {"vit": "fv1", "lm": "fl1"})
+    _extraction(store, "gpu-old", "COMPLETED", _day(2, 1), D2, {"vit": "fv2", "lm": "fl2"})
+    _extraction(store, "gpu-early-failure", "FAILED", started, None, error="the dataset could not be read")
+    night1 = {layout.dataset_key(D1), layout.features_key(D1, "vit", "fv1"), layout.features_key(D1, "lm", "fl1"),
+              layout.rendered_dataset_key("recipe1")}
+    assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0
+    capsys.readouterr()
+    assert _versions(store) == keep | night1  # fv2 stays as a9's input only; al1 goes (no stage names it)
+    assert store.read_json(layout.extraction_key("gpu-live"))["status"] == "COMPLETED"  # records stay

@@ -12,7 +12,10 @@ import pytest
 
 from flows.pipeline import prh_pipeline
 from flows.stages import prh_extract, prh_staged, published_dataset_version
+from storage import layout
 from storage.catalog import connect, query
+from storage.runs import alive_key
+from storage.store import Store
 from tasks.dataset_task import DatasetNotStored
 from tests.flows.test_pipeline import N, TINY_BERT, TINY_VIT, _config
 
@@ -41,6 +44,12 @@ def test_the_alignment_stage_reads_the_extracted_dataset_from_the_store_not_its_
     summary = state.result()
     version = published_dataset_version(state.state_details.flow_run_id)  # what prh-staged passes on
     assert version == summary["dataset_version"] and summary["extracted"] == ["tiny-bert", "tiny-vit"]
+    run_id = str(state.state_details.flow_run_id)  # its record: what prh gc waits for and keeps
+    record = Store(store).read_json(layout.extraction_key(run_id))
+    assert (record["flow"], record["status"], record["dataset_version"], record["feature_versions"], record["failures"]) == \
+           ("prh-extract", "COMPLETED", version, summary["feature_versions"], [])
+    assert record["started_at"] <= record["finished_at"] and not Store(store).exists(alive_key(run_id))
+    assert not Store(store).exists(layout.run_key(run_id))  # not a pipeline run: the runs view lists none
 
     data.rename(tmp_path / "elsewhere")  # the CPU box has no such file
     staged = prh_pipeline(config=config, store=store, report=False, extract_missing=False, dataset_version=version)
@@ -65,6 +74,16 @@ def test_a_dataset_version_the_store_does_not_hold_fails_the_run_naming_it(tmp_p
                      extract_missing=False, dataset_version="0123456789abcdef")
     run, = query(connect(store), "select status, error from runs").to_pylist()
     assert run["status"] == "FAILED" and "0123456789abcdef is not in the store" in run["error"] and str(tmp_path) in run["error"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_extraction_stage_that_fails_records_why(tmp_path):
+    store = str(tmp_path / "store")
+    state = prh_extract(config=_path_config(str(tmp_path / "absent.parquet")), store=store, return_state=True)
+    assert state.is_failed()
+    record = Store(store).read_json(layout.extraction_key(str(state.state_details.flow_run_id)))
+    assert record["status"] == "FAILED" and "absent.parquet" in record["error"] and record["finished_at"]
+    assert "dataset_version" not in record
 
 
 @pytest.mark.usefixtures("prefect_harness")

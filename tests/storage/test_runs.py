@@ -12,11 +12,15 @@ from storage.catalog import connect, query
 from storage.owner import current_owner
 from storage.runs import (
     CRASHED,
+    LEGACY_RUN_SECONDS,
     RUN_HEARTBEAT_SECONDS,
     RUNNING,
     STALE_RUN_SECONDS,
     RunHeartbeat,
     alive_key,
+    extraction_records,
+    live_records,
+    live_runs_since,
     mark_crashed_runs,
     run_records,
     runs_as_known,
@@ -73,6 +77,7 @@ def test_runs_silent_for_too_long_are_crashed_wherever_they_ran(tmp_path):
     store.write_json(alive_key("stopped"), {"run_id": "stopped", "heartbeat_at": time.time() - STALE_RUN_SECONDS - 60})
     store.write_json(layout.run_key("young"), _running("young", 1))
     store.write_json(layout.run_key("legacy"), _running("legacy", stale_minutes * 4, heartbeat=False))
+    store.write_json(layout.run_key("legacy-old"), _running("legacy-old", LEGACY_RUN_SECONDS / 60 + 60, heartbeat=False))
     restarted = _running("restarted", stale_minutes + 5, host=current_owner()["host"])
     restarted["process"]["pid_namespace"] = "pid:[1]"
     store.write_json(layout.run_key("restarted"), restarted)
@@ -80,13 +85,15 @@ def test_runs_silent_for_too_long_are_crashed_wherever_they_ran(tmp_path):
     # the catalog shows them CRASHED at once, writing nothing
     shown = {r["run_id"]: r for r in runs_as_known(store)}
     assert {k: r["status"] for k, r in shown.items()} == {
-        "beating": RUNNING, "legacy": RUNNING, "restarted": CRASHED, "silent": CRASHED, "stopped": CRASHED, "young": RUNNING}
+        "beating": RUNNING, "legacy": RUNNING, "legacy-old": CRASHED, "restarted": CRASHED, "silent": CRASHED, "stopped": CRASHED,
+        "young": RUNNING}
     assert "no sign of life from the run for" in shown["stopped"]["error"]
+    assert "started 3 days ago by a prh that left no signs of life" in shown["legacy-old"]["error"]
     assert {r["run_id"]: r["status"] for r in run_records(store)}["stopped"] == RUNNING
     view = query(connect(store), "select run_id, status from runs where status = 'CRASHED' order by run_id").to_pylist()
-    assert [r["run_id"] for r in view] == ["restarted", "silent", "stopped"]
+    assert [r["run_id"] for r in view] == ["legacy-old", "restarted", "silent", "stopped"]
 
-    assert mark_crashed_runs(store) == ["restarted", "silent", "stopped"]
+    assert mark_crashed_runs(store) == ["legacy-old", "restarted", "silent", "stopped"]
     records = {r["run_id"]: r for r in run_records(store)}
     assert records["stopped"]["status"] == CRASHED and records["stopped"]["marked_crashed_at"]
     assert not store.exists(alive_key("stopped")) and store.exists(alive_key("beating"))
@@ -103,3 +110,24 @@ def test_run_heartbeat_renews_its_sign_of_life_and_removes_it_at_the_end(tmp_pat
         assert store.read_json(alive_key("r1"))["heartbeat_at"] > first
     assert not store.exists(alive_key("r1"))
     assert run_records(store) == []  # signs of life are not run records
+
+
+def test_extraction_stage_records_count_as_runs_but_stay_out_of_the_runs_view(tmp_path):
+    """prh-extract's records (runs/extractions/): a dead one is marked CRASHED in its own folder, a
+    live one holds back the cleanup of shards from its start (live_runs_since); the catalog's
+    runs view lists pipeline runs only."""
+    store = Store(str(tmp_path / "store"))
+    stale_minutes = STALE_RUN_SECONDS / 60
+    store.write_json(layout.extraction_key("extract-dead"), _running("extract-dead", stale_minutes + 5))
+    store.write_json(layout.run_key("pipeline-done"), {"run_id": "pipeline-done", "status": "COMPLETED"})
+    assert live_runs_since(store) is None and mark_crashed_runs(store) == ["extract-dead"]
+    dead = store.read_json(layout.extraction_key("extract-dead"))
+    assert dead["status"] == CRASHED and "no sign of life" in dead["error"] and not store.exists(layout.run_key("extract-dead"))
+
+    live = _running("extract-live", 3)
+    store.write_json(layout.extraction_key("extract-live"), live)
+    assert abs(live_runs_since(store) - datetime.fromisoformat(live["started_at"]).timestamp()) < 1
+    assert [r["run_id"] for r in live_records(store)] == ["extract-live"]
+    assert [r["run_id"] for r in extraction_records(store)] == ["extract-dead", "extract-live"]
+    assert [r["run_id"] for r in run_records(store)] == ["pipeline-done"]
+    assert query(connect(store), "select run_id from runs").to_pylist() == [{"run_id": "pipeline-done"}]
