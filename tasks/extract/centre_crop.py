@@ -1,4 +1,5 @@
-"""``crop_pct``: the share of the resized shorter side an image processor keeps (timm's eval crop).
+"""``crop_pct``: the share of the resized shorter side an image processor keeps (timm's eval crop);
+``resample``: the filter it resizes with.
 
 timm evaluates at input side S by resizing the shorter side to ``floor(S / crop_pct)`` (keeping
 the aspect ratio) and keeping the central S x S. `set_centre_crop` makes a Hugging Face image
@@ -62,3 +63,22 @@ def set_centre_crop(proc: Any, spec: ModelSpec) -> None:
     if shape != (side, side):
         raise ModelInputError(spec.name, spec.id, f"crop_pct: the image processor {cls.__name__} gave {shape} pixels "
                               f"instead of the {side} x {side} centre crop: remove crop_pct")
+
+
+def pil_filter(name: str) -> int:
+    """The PIL resampling filter named ``name`` (``bicubic``, ``bilinear``, ...: ``ModelSpec.resample``)."""
+    return int(Image.Resampling[name.upper()])
+
+
+def set_resample(proc: Any, spec: ModelSpec) -> None:
+    """Make ``proc`` resize with the PIL filter ``spec.resample``. Raises `ModelInputError` naming
+    the model when the processor is not a PIL backend processor that resizes with a ``resample``
+    filter of its own (then the setting would be silently ignored)."""
+    from transformers.image_processing_backends import PilBackend
+    from transformers.image_utils import PILImageResampling
+
+    cls = type(proc)
+    if not (isinstance(proc, PilBackend) and cls.resize is PilBackend.resize and getattr(proc, "resample", None) is not None):
+        raise ModelInputError(spec.name, spec.id, f"resample needs an image processor that resizes with a PIL filter of its "
+                              f"own; {cls.__name__} resizes its own way: remove resample")
+    proc.resample = PILImageResampling(pil_filter(str(spec.resample)))

@@ -34,6 +34,7 @@ from PIL import Image
 from torch import nn
 
 from tasks.extract.base import TORCH_DTYPES, BatchOutput, Extractor, count_parameters, layer_names, to_numpy_f32
+from tasks.extract.centre_crop import pil_filter
 from tasks.extract.image_pool import CropRecipe, run_recipe
 from tasks.extract.images import ImageItem, to_batch_tensor
 from tasks.extract.pooling import spatial_mean
@@ -150,7 +151,7 @@ class EfficientNetLiteExtractor(Extractor):
     def image_recipe(self) -> CropRecipe:
         s = self.image_size
         fraction = s / (s + CROP_PADDING) if self.spec.crop_pct is None else self.spec.crop_pct
-        return CropRecipe(s, fraction, int(Image.BICUBIC))
+        return CropRecipe(s, fraction, int(Image.BICUBIC) if self.spec.resample is None else pil_filter(self.spec.resample))
 
     def from_recipe_output(self, crops: np.ndarray) -> PreparedImages:
         pixels = to_batch_tensor(crops, MEAN, STD)

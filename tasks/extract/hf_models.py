@@ -47,7 +47,7 @@ from huggingface_hub.errors import StrictDataclassError
 
 from tasks.extract import preflight
 from tasks.extract.base import TORCH_DTYPES
-from tasks.extract.centre_crop import set_centre_crop
+from tasks.extract.centre_crop import set_centre_crop, set_resample
 from tasks.extract.errors import ModelInputError
 from tasks.extract.preflight import SourceAccess
 from tasks.extract.spec import ModelSpec
@@ -461,6 +461,8 @@ def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAcces
         proc = ViTImageProcessorPil(size={"height": size, "width": size})
         if spec.crop_pct is not None:
             set_centre_crop(proc, spec.model_copy(update={"image_size": size}))
+        if spec.resample is not None:
+            set_resample(proc, spec)
         return proc
     access = access or preflight.resolve_access(spec, spec.id, spec.revision)
     try:
@@ -473,6 +475,8 @@ def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAcces
         set_centre_crop(proc, spec)
     elif spec.image_size is not None:
         _resize_processor(proc, spec.image_size)
+    if spec.resample is not None:
+        set_resample(proc, spec)
     return proc
 
 

@@ -13,7 +13,7 @@ A zoo file looks like::
 Optional fields: ``revision`` (hub ids only: a branch, tag or commit), ``dtype`` (float32 | bfloat16
 | float16), ``batch_size``, ``max_length``, ``prompt`` (with ``{text}``), ``tokenizer`` (and
 ``tokenizer_revision`` for a hub tokenizer),
-``image_size``, ``crop_pct`` (vision), ``config`` (overrides of the model config), ``seed`` (random_hf),
+``image_size``, ``crop_pct``, ``resample`` (vision), ``config`` (overrides of the model config), ``seed`` (random_hf),
 ``trust_remote_code`` (false unless set), and ``device_map: auto`` for models too large for one
 GPU (``hf`` loader only): layers are spread over every visible GPU, then CPU memory, by
 `accelerate` (pinned in requirements.lock); features equal the single-device ones (tested on CPU).
@@ -95,6 +95,9 @@ class ModelSpec(BaseModel):
                                    "would be thrown away and the resize grows without bound): shorter side resized to "
                                    "floor(S / crop_pct), central S x S kept (timm's eval crop; null: the processor's "
                                    "own ratio)")
+    resample: Literal["nearest", "box", "bilinear", "hamming", "bicubic", "lanczos"] | None = Field(
+        None, description="Vision: the PIL filter the image is resized with (timm's ViTs: bicubic; null: the "
+                          "processor's own)")
     device_map: Literal["auto"] | None = Field(None, description="auto: spread a model too large for one GPU over "
                                                "every GPU, then CPU memory (hf loader)")
 
@@ -160,7 +163,7 @@ class ModelSpec(BaseModel):
                 if getattr(self, field) is not None:
                     raise FieldError(field, "applies to language models only")
         else:
-            for field in ("image_size", "crop_pct"):
+            for field in ("image_size", "crop_pct", "resample"):
                 if getattr(self, field) is not None:
                     raise FieldError(field, "applies to vision models only")
         if self.loader == "efficientnet_lite":
@@ -235,8 +238,9 @@ class ModelSpec(BaseModel):
                 fp["tokenizer_revision"] = self.tokenizer_revision
         else:
             fp["image_size"] = self.image_size
-            if self.crop_pct is not None:  # only when set: versions of specs without it stay as they were
-                fp["crop_pct"] = self.crop_pct
+            for field in ("crop_pct", "resample"):  # only when set: versions of specs without them stay as they were
+                if getattr(self, field) is not None:
+                    fp[field] = getattr(self, field)
         return fp
 
 

@@ -149,3 +149,60 @@ def test_efficientnet_lite_keeps_crop_pct_of_the_shorter_side(images):
         crop = np.asarray(img.resize((64, 64), resample=Image.BICUBIC, box=box), dtype=np.float32)
         want.append(((crop - 127.0) / 128.0).transpose(2, 0, 1))
     np.testing.assert_allclose(ex.prepare(images[:2]).pixel_values.numpy(), np.stack(want), rtol=0, atol=1e-6)
+
+
+def test_timm_vit_recipe_crop_pct_09_bicubic(images, dinov2_dir):
+    """``crop_pct: 0.9, resample: bicubic``: timm's eval transform of its ViTs (the paper's
+    in21k and MAE inputs): shorter side to floor(32 / 0.9) = 35 bicubic, central 32 x 32. The
+    filter alone can be changed too (DINOv2's bicubic to bilinear)."""
+    spec = ModelSpec(name="tiny-vit", loader="random_hf", id="ViTConfig", modality="vision", crop_pct=0.9, resample="bicubic",
+                     config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                 image_size=32, patch_size=8))
+    ex = load_extractor(spec, device="cpu")
+    want = np.stack([_reference(it, 32, Image.BICUBIC, (0.5,) * 3, (0.5,) * 3, edge=35) for it in images[:3]])
+    np.testing.assert_allclose(ex.prepare(images[:3]).pixel_values.numpy(), want, rtol=0, atol=1e-5)
+    bilinear = np.stack([_reference(it, 32, Image.BILINEAR, (0.5,) * 3, (0.5,) * 3, edge=35) for it in images[:3]])
+    assert np.abs(want - bilinear).max() > 0.05  # the filter shows in the pixels
+
+    dino = ModelSpec(name="dino-local", loader="hf", id=str(dinov2_dir), modality="vision", pooling="cls", image_size=40,
+                     crop_pct=1.0, resample="bilinear")
+    got = load_extractor(dino, device="cpu").prepare(images[:1]).pixel_values.numpy()[0]
+    np.testing.assert_allclose(got, _reference(images[0], 40, Image.BILINEAR, IMAGENET_MEAN, IMAGENET_STD), rtol=0, atol=1e-5)
+
+
+def test_efficientnet_lite_resample(images):
+    spec = ModelSpec(name="lite0", loader="efficientnet_lite", id="efficientnet-lite0", modality="vision", image_size=64,
+                     crop_pct=0.5, resample="bilinear")
+    item = images[0]
+    img = Image.open(io.BytesIO(item)).convert("RGB")
+    w, h = img.size
+    side = min(w, h) * 0.5
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    crop = np.asarray(img.resize((64, 64), resample=Image.BILINEAR, box=box), dtype=np.float32)
+    got = load_extractor(spec, device="cpu").prepare([item]).pixel_values.numpy()[0]
+    np.testing.assert_allclose(got, ((crop - 127.0) / 128.0).transpose(2, 0, 1), rtol=0, atol=1e-6)
+
+
+def test_resample_validation_fingerprint_and_refusal():
+    from transformers import ConvNextImageProcessorPil
+
+    from tasks.extract.centre_crop import set_resample
+
+    base = dict(name="vit", loader="hf", id="google/vit-base-patch16-224-in21k", modality="vision", pooling="cls")
+    plain = ModelSpec(**base)
+    assert "resample" not in plain.fingerprint()
+    assert ModelSpec(**base, resample="bicubic").fingerprint() == {**plain.fingerprint(), "resample": "bicubic"}
+    assert len({feature_version("d1", ModelSpec(**base, resample=r)) for r in (None, "bicubic", "bilinear")}) == 3
+    for bad in [dict(resample="cubic"), dict(resample=3), dict(modality="language", pooling="avg", resample="bicubic")]:
+        with pytest.raises(ZooError, match=r"models\[0\] \(name 'vit'\): field 'resample'"):
+            load_zoo({"models": [{**base, **bad}]})
+    with pytest.raises(ModelInputError, match=r"model 'vit' .*resample needs .*ConvNextImageProcessorPil"):
+        set_resample(ConvNextImageProcessorPil(), ModelSpec(**base, resample="bicubic"))
+
+
+def test_the_paper_zoo_gives_timm_vits_timms_inputs():
+    """The paper's timm ViTs (augreg/orig in21k, MAE) evaluate at crop_pct 0.9, bicubic; their
+    transformers checkpoints' processors squash the image to 224 x 224 bilinear."""
+    zoo = {s.name: s for s in load_zoo(ROOT / "configs" / "prh-val.yaml")}
+    vits = [s for name, s in zoo.items() if name.startswith(("vit-", "vit-mae-"))]
+    assert len(vits) == 6 and all((s.crop_pct, s.resample) == (0.9, "bicubic") for s in vits)
