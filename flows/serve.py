@@ -24,10 +24,16 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CPU_POOL = "prh-cpu"
 GPU_POOL = "prh-gpu"
 GPU_TAG = "prh-gpu"  # tasks.extract_task.GPU_TAG (not imported: keeps this module light)
+#: Days the server keeps a finished flow run, with its task runs, logs and artifacts
+#: (``--history-days``; Prefect's ``db_vacuum`` service deletes older ones every hour). The store
+#: keeps every result and run record; without this the server's database grows every night.
+HISTORY_DAYS = 90
 
 
-def prefect_env(port: int, home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for Prefect processes talking to the server on 127.0.0.1:``port``."""
+def prefect_env(port: int, home: Path, base: Mapping[str, str] | None = None,
+                history_days: int = HISTORY_DAYS) -> dict[str, str]:
+    """Environment for Prefect processes talking to the server on 127.0.0.1:``port``; the server
+    deletes flow runs finished more than ``history_days`` days ago (0: keeps them all)."""
     env = dict(os.environ if base is None else base)
     for key in [k for k in env if k.startswith("PREFECT_")]:
         env.pop(key)  # nothing inherited may point the processes at another API
@@ -44,6 +50,9 @@ def prefect_env(port: int, home: Path, base: Mapping[str, str] | None = None) ->
         TOKENIZERS_PARALLELISM="false",
         PYTHONUNBUFFERED="1",
     )
+    if history_days > 0:  # events are vacuumed by default; flow runs only when asked
+        env.update(PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED="events,flow_runs",
+                   PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD=str(history_days * 86400))
     return env
 
 
@@ -149,6 +158,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _days(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (keep every flow run) or more days, got {value}")
+    return value
+
+
 def start_worker(pool: str, env: Mapping[str, str], log: Any = None, limit: int | None = None) -> subprocess.Popen[bytes]:
     """A process worker polling ``pool`` (``limit``: at most that many flow runs at once)."""
     command = [*prefect_cli(), "worker", "start", "--pool", pool, "--type", "process"]
@@ -181,9 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="concurrency limit of the prh-gpu tag: extractions at once (GPUs per worker machine; 1 on a CPU-only box)")
     parser.add_argument("--gpu-worker", action="store_true", help="also start a worker for the prh-gpu pool on this machine")
     parser.add_argument("--no-worker", action="store_true", help="server and deployments only")
+    parser.add_argument("--history-days", type=_days, default=HISTORY_DAYS,
+                        help=f"the server deletes flow runs (with their logs and artifacts) finished more than this many "
+                             f"days ago; the store keeps every result (default {HISTORY_DAYS}; 0: keep them all)")
     args = parser.parse_args(argv)
 
-    env = prefect_env(args.port, Path(args.home))
+    env = prefect_env(args.port, Path(args.home), history_days=args.history_days)
     api_url = env["PREFECT_API_URL"]
     children: list[subprocess.Popen[bytes]] = []
     signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` (systemd, docker stop) stops the children too, as Ctrl-C

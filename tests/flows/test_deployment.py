@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -273,3 +275,22 @@ def test_serve_refuses_a_port_already_in_use_and_a_gpu_limit_below_one(tmp_path,
         with pytest.raises(SystemExit):
             serve.main(["--gpus", bad, "--home", str(tmp_path / "home")])
         assert "must be 1 or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        serve.main(["--history-days", "-3", "--home", str(tmp_path / "home")])
+    assert "must be 0 (keep every flow run) or more days, got -3" in capsys.readouterr().err
+
+
+def test_the_server_keeps_flow_runs_history_days(tmp_path):
+    """The nightly runs' flow runs, logs and artifacts would fill the server's database for ever:
+    Prefect's own settings, read from the environment make serve gives the server, vacuum them
+    after --history-days (0: Prefect's default, events only)."""
+    read = ("from prefect.settings import get_current_settings as g; v = g().server.services.db_vacuum; "
+            "print(sorted(v.enabled), v.retention_period.total_seconds())")
+
+    def settings(days: int) -> str:
+        env = serve.prefect_env(_free_port(), tmp_path / "home", history_days=days)
+        return subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+    assert settings(30) == f"['events', 'flow_runs'] {30 * 86400.0}"
+    assert settings(serve.HISTORY_DAYS) == f"['events', 'flow_runs'] {serve.HISTORY_DAYS * 86400.0}"
+    assert settings(0).startswith("['events'] ")
