@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +13,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "ImageProblem", "check_image", "read_image_file", "to_rgb"]
+__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "MAX_IMAGE_ASPECT", "ImageProblem", "check_image", "read_image_file", "to_rgb"]
 
 DEFAULT_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 """Largest width × height accepted by default: Pillow's own decompression-bomb limit."""
+
+MAX_IMAGE_ASPECT: int = 32
+"""Largest ratio of the longer to the shorter side accepted: a model whose processor resizes the
+shorter side to S (and then crops) makes the longer one ``S × ratio`` pixels, so a 90-byte 1 × 3000
+strip would cost gigabytes at 224 px (and five times that at 518); a 32:1 banner costs ~100 MB."""
 
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
@@ -28,12 +34,14 @@ _PLAIN_MODES = frozenset({"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any decoded Pillow image as an 8-bit RGB image, as a person would see it.
 
-    - EXIF orientation is applied (a phone photo stored sideways comes out upright).
+    - EXIF orientation is applied (a phone photo stored sideways comes out upright); EXIF data
+      that does not parse is ignored (the image as stored).
     - Transparency (RGBA, LA, PA, a palette or greyscale/RGB image with a transparent colour)
       is composited over white.
     - 1-bit, greyscale, palette, CMYK, YCbCr, LAB, HSV: Pillow's conversion (CMYK without an
       ICC profile, i.e. the naive formula; embedded ICC profiles are not applied to any mode).
-    - 16-bit greyscale (``I;16*``): ``round(v / 257)``, the full 0–65535 range onto 0–255.
+    - 16-bit greyscale (``I;16*``): ``round(v / 257)``, the full 0–65535 range onto 0–255; a
+      transparent value (PNG ``tRNS``) becomes white, as in 8 bits.
     - 32-bit integer (``I``): values within 0–65535 are read as 16-bit (as above, this is how
       some 16-bit PGM/PNG files open); otherwise the image's own min–max range onto 0–255.
     - 32-bit float (``F``): values within 0–1 are scaled by 255; otherwise the image's own
@@ -45,11 +53,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     images white and 0–1 float images black; that is why those modes are handled here.)
     """
     image.load()
-    if image.getexif().get(0x0112, 1) != 1:  # Orientation tag
-        image = ImageOps.exif_transpose(image)
+    image = _upright(image)
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
-        return Image.fromarray(_to_uint8(image), mode="L").convert("RGB")
+        grey = _to_uint8(image)
+        transparent = image.info.get("transparency")
+        if isinstance(transparent, int) and not isinstance(transparent, bool) and mode != "F":
+            grey[np.asarray(image) == transparent] = 255  # over white
+        return Image.fromarray(grey, mode="L").convert("RGB")
     if mode in ("P", "L", "RGB") and "transparency" in image.info:
         image = image.convert("RGBA")
     elif mode == "RGB":
@@ -59,6 +70,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned by its EXIF orientation; as it is when it has none, or when its EXIF data
+    does not parse (a PNG ``eXIf`` chunk that is not TIFF data): such metadata cannot say how to
+    turn it."""
+    try:
+        if image.getexif().get(0x0112, 1) == 1:  # Orientation tag
+            return image
+        return ImageOps.exif_transpose(image)
+    except (SyntaxError, ValueError, TypeError, OSError, struct.error):
+        return image
 
 
 def _to_uint8(image: Image.Image) -> np.ndarray:
@@ -95,7 +118,8 @@ def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Imag
 
     Reasons: ``image_empty`` (0 bytes), ``image_too_large`` (more than ``max_pixels`` pixels,
     checked from the header before any pixel is decoded, and Pillow's own decompression-bomb
-    error), ``image_unreadable`` (not an image Pillow knows, truncated or corrupt data, or
+    error), ``image_aspect`` (one side more than ``MAX_IMAGE_ASPECT`` times the other, from the
+    header: what a shorter-side resize would blow up), ``image_unreadable`` (not an image Pillow knows, truncated or corrupt data, or
     pixels that cannot become RGB).
     Pillow's global ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left as it is (off by default, so
     truncated files fail to load).
@@ -113,6 +137,13 @@ def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Imag
                     return ImageProblem(
                         "image_too_large",
                         f"{width}x{height} = {width * height} pixels is more than {max_pixels}",
+                    )
+                if width >= 1 and height >= 1 and max(width, height) > MAX_IMAGE_ASPECT * min(width, height):
+                    return ImageProblem(
+                        "image_aspect",
+                        f"{width}x{height} pixels: one side is {max(width, height) / min(width, height):.0f} times the "
+                        f"other, more than {MAX_IMAGE_ASPECT} (resizing its shorter side to a model's input would "
+                        f"make the longer one that many times larger)",
                     )
                 image.load()
                 if width < 1 or height < 1:

@@ -630,7 +630,9 @@ def _folder_records(root: Path, stem: str, image_name: str, caption_name: str, p
         return [_refused(origin, stem, "text_not_utf8", detail)]
     except OSError as exc:
         return [_refused(origin, stem, "text_missing", f"cannot read {caption_name}: {exc}")]
-    lines = [line.strip() for line in content.splitlines() if line.strip()]
+    # lines end at LF, CRLF or CR only: str.splitlines would also cut a caption at U+2028, U+0085,
+    # form feed or group separator, which the caption rules judge as in a table
+    lines = [line.strip() for line in re.split(r"\r\n|\n|\r", content) if line.strip()]
     if policy == "first":
         lines = lines[:1]
     if len(lines) <= 1:

@@ -17,7 +17,8 @@ caption and a bad image is reported once, for the caption; the image is then not
                             folder's metadata table does not name
 ``text_path_unsafe``        (folder) a caption file that links outside the folder
 ``text_not_utf8``           the caption bytes are not valid UTF-8
-``text_empty``              null, empty or whitespace-only caption (after stripping)
+``text_empty``              null, empty or whitespace-only caption (after stripping), or one made
+                            only of invisible format characters (zero-width space, BOM, joiners)
 ``text_too_long``           more than ``MAX_CAPTION_CHARS`` (65,536) characters after stripping
 ``text_control_chars``      a NUL or other control character (tab, LF and CR are allowed)
 ``image_missing``           null image, empty path, no such file, a folder caption w/o image
@@ -25,6 +26,8 @@ caption and a bad image is reported once, for the caption; the image is then not
                             ``image_root``): ``../``, symbolic links, absolute paths elsewhere
 ``image_empty``             a 0-byte image
 ``image_too_large``         more pixels than ``max_image_pixels`` (decompression-bomb guard)
+``image_aspect``            one side more than ``MAX_IMAGE_ASPECT`` (32) times the other (a
+                            shorter-side resize would blow a thin strip up to gigabytes)
 ``image_unreadable``        Pillow cannot fully decode it (unknown format, truncated, corrupt),
                             or it cannot be turned into RGB (a float image with NaN pixels)
 ``sample_id_duplicate``     the ``sample_id`` of an earlier accepted row (input order)
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -67,6 +71,12 @@ from tasks.data.sources import ColumnMap, RawRecord, read_records
 __all__ = ["REJECTED_SCHEMA", "LoadResult", "Reason", "load_paired_dataset"]
 
 _DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
+
+
+def _invisible(text: str) -> bool:
+    """Whether ``text`` is made only of whitespace and format characters (Unicode category Cf:
+    zero-width space and joiners, BOM, word joiner): empty to a reader, not to ``str.strip``."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
 
 
 class Reason(StrEnum):
@@ -86,6 +96,7 @@ class Reason(StrEnum):
     IMAGE_PATH_UNSAFE = "image_path_unsafe"
     IMAGE_EMPTY = "image_empty"
     IMAGE_TOO_LARGE = "image_too_large"
+    IMAGE_ASPECT = "image_aspect"
     IMAGE_UNREADABLE = "image_unreadable"
     SAMPLE_ID_DUPLICATE = "sample_id_duplicate"
     IMAGE_ID_CONFLICT = "image_id_conflict"
@@ -203,6 +214,9 @@ def _prepare(index: int, record: RawRecord, files: _FileReader) -> _Candidate | 
             return Reason.TEXT_NOT_UTF8, detail
     if text is None or text.strip() == "":
         return Reason.TEXT_EMPTY, f"{where}: caption is {'null' if text is None else 'empty'}"
+    if _invisible(text):
+        codes = ", ".join(f"U+{ord(c):04X}" for c in dict.fromkeys(text.strip()))
+        return Reason.TEXT_EMPTY, f"{where}: caption has only invisible characters ({codes[:80]})"
     text = text.strip()
     problem = caption_problem(text)
     if problem is not None:

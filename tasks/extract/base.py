@@ -135,12 +135,14 @@ class BatchOutput:
     asked for it; else 0.0 / 0).
     row_nll: `(B,) float64` each item's summed next-token NLL in nats, batch order (causal LMs
     asked for it; else None).
+    row_targets: `(B,) int64` each item's number of predicted tokens, batch order (with row_nll).
     """
 
     layers: list[np.ndarray]
     nll_nats: float = 0.0
     n_targets: int = 0
     row_nll: np.ndarray | None = None
+    row_targets: np.ndarray | None = None
 
 
 class Extractor(ABC):

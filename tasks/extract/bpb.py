@@ -65,13 +65,16 @@ def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
     return nll_nats / math.log(2) / n_bytes
 
 
-def per_text_bits_per_byte(nll_nats: Sequence[float], n_bytes: Sequence[int]) -> tuple[float, int]:
+def per_text_bits_per_byte(nll_nats: Sequence[float], n_bytes: Sequence[int],
+                           n_targets: Sequence[int]) -> tuple[float, int]:
     """``(sum over texts of nll_i / ln 2 / bytes_i, number of texts)`` over the texts with at least
-    one byte: the parts of :func:`mean_bits_per_byte` that add up over batches and shards.
-    ``nll_nats``: each text's summed NLL in nats; ``n_bytes``: each text's UTF-8 bytes."""
+    one byte and one predicted token: the parts of :func:`mean_bits_per_byte` that add up over
+    batches and shards. ``nll_nats``: each text's summed NLL in nats; ``n_bytes``: each text's
+    UTF-8 bytes; ``n_targets``: each text's predicted tokens. A text with none (one token and no
+    BOS before it) says nothing of the model: left out, not counted as 0 bits."""
     total, count = 0.0, 0
-    for nll, size in zip(nll_nats, n_bytes):
-        if size > 0:
+    for nll, size, scored in zip(nll_nats, n_bytes, n_targets, strict=True):
+        if size > 0 and scored > 0:
             total += float(nll) / math.log(2) / size
             count += 1
     return total, count

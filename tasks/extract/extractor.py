@@ -283,6 +283,7 @@ def extract_all(
     batches = [order[i:i + bs] for i in range(0, n, bs)]
     nll, targets, truncated = 0.0, 0, 0
     item_nll = np.zeros(n, dtype=np.float64)  # each item's summed NLL in nats (causal LMs)
+    item_targets = np.zeros(n, dtype=np.int64)  # and its number of predicted tokens
 
     done = 0
     plan = plan_prepare(extractor, n, prepare, workers)
@@ -295,6 +296,8 @@ def extract_all(
             targets += result.n_targets
             if result.row_nll is not None:
                 item_nll[idx] = result.row_nll
+            if result.row_targets is not None:
+                item_targets[idx] = result.row_targets
             truncated += getattr(prepared, "n_truncated", 0)
             done += len(idx)
             if progress is not None:
@@ -304,7 +307,7 @@ def extract_all(
     if want_nll and n:
         item_bytes = extractor.text_bytes(items)
         n_bytes = sum(item_bytes)
-        bpb_sum, bpb_texts = per_text_bits_per_byte(item_nll, item_bytes)
+        bpb_sum, bpb_texts = per_text_bits_per_byte(item_nll, item_bytes, item_targets)
         scored = bool(targets and bpb_texts)  # nothing scored: unknown, not 0
         extras = {
             **extras,

@@ -24,6 +24,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from tasks.extract.base import BatchOutput, Extractor, count_parameters, layer_names, require_hidden_states, to_numpy_f32
@@ -137,7 +138,8 @@ class HFLanguageExtractor(Extractor):
             logits, prepared.input_ids.to(dev), prepared.attention_mask.to(dev),
             ~prepared.special_tokens_mask.to(dev).bool(),
         )
-        return BatchOutput(layers, nll_nats=float(rows.sum()), n_targets=int(counts.sum()), row_nll=rows.numpy())
+        return BatchOutput(layers, nll_nats=float(rows.sum()), n_targets=int(counts.sum()), row_nll=rows.numpy(),
+                           row_targets=counts.numpy().astype(np.int64))
 
 
 def _pinned(p: PreparedText) -> PreparedText:

@@ -64,6 +64,27 @@ def float_tiff(values: np.ndarray) -> bytes:
     return encode(Image.fromarray(values.astype(np.float32), mode="F"), "TIFF")
 
 
+def png_with_garbage_exif() -> bytes:
+    """A 16x12 noise PNG whose eXIf chunk is not TIFF data (Pillow's EXIF parser raises on it)."""
+    return encode(noise(), exif=b"Exif\x00\x00" + b"\xff" * 20)
+
+
+def gray16_with_transparent_value() -> bytes:
+    """A 16-bit greyscale PNG (I;16) of :func:`gray16` whose value 0 is transparent (tRNS),
+    written chunk by chunk (Pillow does not save tRNS for 16-bit)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    values = gray16()
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in values)
+    header = struct.pack(">IIBBBBB", values.shape[1], values.shape[0], 16, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tRNS", struct.pack(">H", 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
 def exif_rotated_jpeg() -> bytes:
     """A 16x8 JPEG, left half red, right half blue, tagged Orientation 6 (rotate 90° clockwise)."""
     pixels = np.zeros((8, 16, 3), np.uint8)
@@ -171,6 +192,11 @@ IMAGE_CASES = [
     Case("float TIFF (F)", float_tiff(np.linspace(0, 1, 192).reshape(12, 16)), b"float", None, suffix=".tif"),
     Case("animated GIF", animated_gif(), b"two frames", None, suffix=".gif"),
     Case("EXIF-rotated JPEG", exif_rotated_jpeg(), b"sideways", None, suffix=".jpg"),
+    Case("EXIF that does not parse", png_with_garbage_exif(), b"garbage exif", None),
+    Case("16-bit PNG with a transparent value", gray16_with_transparent_value(), b"sixteen bits, one transparent", None),
+    Case("strip 1x100", png_bytes(size=(1, 100)), b"a thin strip", "image_aspect", "one side is 100 times the other, more than 32"),
+    Case("strip 3000x2", png_bytes(size=(3000, 2)), b"a banner", "image_aspect", "1500 times"),
+    Case("banner 320x10 (32:1)", png_bytes(size=(320, 10)), b"a wide banner", None),
 ]
 
 LONG = "word " * (MAX_CAPTION_CHARS // 5)  # ends with a space: stripped, it is MAX - 1 characters
@@ -188,6 +214,11 @@ CAPTION_CASES = [
     Case("long caption of words", png_bytes("gray"), LONG.encode(), None),
     Case("tab and newline inside", png_bytes("gray"), b"a\tcat\r\non a mat", None, layouts=("parquet", "csv")),
     Case("C1 control and U+FFFD kept", png_bytes("gray"), "a\u0085b\ufffd".encode(), None, layouts=("parquet", "csv")),
+    Case("line and paragraph separators kept", png_bytes("gray"), "a cat\u2028on a\u2029red mat\u0085".encode(), None),
+    Case("form feed inside", png_bytes("gray"), b"a cat\x0con a mat", "text_control_chars", "U+000C"),
+    Case("zero-width characters only", png_bytes("gray"), "\u200b\u200c\u200d\u2060".encode(), "text_empty",
+         "only invisible characters (U+200B, U+200C, U+200D, U+2060)"),
+    Case("zero-width joiner inside an emoji kept", png_bytes("gray"), "a family \U0001F468\u200d\U0001F469".encode(), None),
 ]
 
 
@@ -281,6 +312,13 @@ def expected_rgb(name: str, data: bytes) -> np.ndarray:
         return np.asarray(source.convert("RGB"), dtype=np.float64)  # frame 0
     if name == "EXIF-rotated JPEG":
         return np.rot90(np.asarray(source.convert("RGB"), dtype=np.float64), k=-1)  # 90° clockwise
+    if name == "EXIF that does not parse":
+        return np.asarray(noise(), dtype=np.float64)  # as stored
+    if name == "16-bit PNG with a transparent value":
+        grey = np.where(gray16() == 0, 255.0, gray16() / 257.0)  # the transparent value over white
+        return np.repeat(grey[..., None], 3, axis=2)
+    if name.startswith("banner"):
+        return np.asarray(source.convert("RGB"), dtype=np.float64)
     raise AssertionError(name)
 
 

@@ -16,10 +16,11 @@ from tests.tasks.extract.helpers import CAPTIONS, tiny_language_spec
 def _hand_bpb(ex, captions: list[str]) -> tuple[float, float]:
     """Unpadded, one caption at a time: -sum log softmax(logits)[next token] over non-special
     targets. Returns (the paper's mean over captions of each caption's bits / its bytes, all bits
-    over all bytes)."""
+    over all bytes). A caption with no scored token is left out of the mean (its bytes count in
+    the pooled figure)."""
     total_nats, total_bytes, per_caption = 0.0, 0, []
     for caption in captions:
-        before = total_nats
+        before, scored = total_nats, 0
         enc = ex.tokenizer(caption, truncation=True, max_length=ex.spec.max_length, return_special_tokens_mask=True)
         ids = torch.tensor([enc["input_ids"]])
         special = enc["special_tokens_mask"]
@@ -29,8 +30,10 @@ def _hand_bpb(ex, captions: list[str]) -> tuple[float, float]:
         for t in range(1, ids.shape[1]):
             if not special[t]:
                 total_nats -= float(logp[t - 1, ids[0, t]])
+                scored += 1
         total_bytes += len(caption.encode("utf-8"))
-        per_caption.append((total_nats - before) / math.log(2) / len(caption.encode("utf-8")))
+        if scored:
+            per_caption.append((total_nats - before) / math.log(2) / len(caption.encode("utf-8")))
     return sum(per_caption) / len(per_caption), total_nats / math.log(2) / total_bytes
 
 
@@ -76,7 +79,10 @@ def test_next_token_nll_masks():
     assert counts.tolist() == [2, 2] and rows.dtype == torch.float64
     assert rows.tolist() == pytest.approx([float(-(logp[0, 0, 2] + logp[0, 1, 3])), float(-(logp[1, 1, 1] + logp[1, 2, 2]))], rel=1e-6)
     assert bits_per_byte(math.log(2) * 8, 4) == pytest.approx(2.0)
-    assert per_text_bits_per_byte([math.log(2) * 8, math.log(2) * 3, 5.0], [4, 1, 0]) == (pytest.approx(5.0), 2)  # 2 and 3 bits/byte; a text without bytes left out
+    assert per_text_bits_per_byte([math.log(2) * 8, math.log(2) * 3, 5.0], [4, 1, 0], [3, 1, 2]) == (pytest.approx(5.0), 2)  # 2 and 3 bits/byte; a text without bytes left out
+    assert per_text_bits_per_byte([math.log(2) * 8, 0.0], [4, 1], [3, 0]) == (pytest.approx(2.0), 1)  # nothing predicted: left out
+    with pytest.raises(ValueError):
+        per_text_bits_per_byte([1.0, 2.0], [1, 1], [1])
     assert mean_bits_per_byte(5.0, 2) == pytest.approx(2.5)
     with pytest.raises(ValueError):
         bits_per_byte(1.0, 0)
@@ -109,3 +115,19 @@ def test_nothing_scored_is_no_bits_per_byte_not_zero(tmp_path):
         logger.removeHandler(handler)
     assert manifest["catalog"]["bits_per_byte"] is None and any("no caption token was scored" in m for m in messages)
     assert Store(store).manifest(manifest["key"])["extras"]["predicted_tokens"] == 0
+
+
+def test_a_caption_with_no_predicted_token_is_left_out_of_the_mean():
+    """GPT-2's byte-level tokenizer puts no BOS in front: a one-byte caption has no predicted
+    token. It says nothing of the model, so it does not enter the mean as 0 bits per byte (which
+    halved the figure with two such captions out of four)."""
+    ex = load_extractor(tiny_language_spec("gpt2", max_length=128), device="cpu")
+    captions = [*CAPTIONS, "x", "y"]
+    feats = extract_all(ex, captions, batch_size=3)
+    alone = extract_all(ex, CAPTIONS, batch_size=3)
+    paper, pooled = _hand_bpb(ex, captions)
+    assert feats.extras["bpb_texts"] == len(CAPTIONS)
+    assert feats.extras["bits_per_byte"] == pytest.approx(paper, rel=1e-5)
+    assert feats.extras["bits_per_byte"] == pytest.approx(alone.extras["bits_per_byte"], rel=1e-5)
+    assert feats.extras["bits_per_byte_pooled"] == pytest.approx(pooled, rel=1e-5)
+    assert extract_all(ex, ["x", "y"]).extras["bits_per_byte"] is None  # nothing scored: unknown
