@@ -8,7 +8,9 @@ around their own mean::
 
     d_r  = theta*_r - mean_r(theta*_r)                 (r = 1..B, aggregated replicates)
     c    = sqrt(m / (N - m))
-    [low, high] = estimate + c * quantile(d, [(1 - level)/2, (1 + level)/2])   (within the metric's range)
+    [low, high] = estimate + c * quantile(d, [(1 - level)/2, (1 + level)/2])
+    low  = min(max(low, min(floor, estimate)), estimate)       (floor, ceiling: the metric's range)
+    high = max(min(high, max(ceiling, estimate)), estimate)
 
 ``c`` is the delete-d jackknife factor (Shao & Wu 1989): for an asymptotically linear statistic
 the variance of a size-``m`` subsample estimate around the full-sample one is ``(1/m - 1/N)
@@ -21,6 +23,15 @@ bias, so the interval describes the sampling spread of the size-``N`` estimate a
 expectation. ``std`` is ``c`` times the replicates' standard deviation. Replicates reuse the
 cached Gram matrices and neighbour lists (``Representation.subset``).
 
+The limits keep ``low <= estimate <= high`` inside the metric's range (widened to the estimate
+where a metric with nominal bounds, ``cknna``, leaves it). When the size-``m`` subsamples pile up
+on a bound (``cycle_knn`` at N=40, topk=10: a subsample of 20 rows with 10 neighbours each scores
+1 almost always) the replicates' spread no longer measures the full sample's (their deviations'
+quantiles could both lie above 0, and the interval [1.001, 1.0] missed its estimate 1.0): the
+interval then only brackets the estimate, possibly with zero width, and is flagged
+``degenerate`` with a ``RuntimeWarning`` (at least half the replicates on a bound, or the interval
+before the limits missing the estimate); its width says nothing about the sampling spread.
+
 The k-NN metrics' scores are means of per-sample terms, but reweighting those terms with the
 neighbour lists held fixed (an earlier method) ignores that every term depends on the other
 samples through the neighbour graph: its 95% intervals covered 70% (``mutual_knn``,
@@ -31,6 +42,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -44,6 +56,11 @@ from .stats import check_aggregate, check_count, check_seed
 
 #: default share of the rows in one subsample (m = N/2)
 DEFAULT_SUBSAMPLE = 0.5
+#: two scores this close (relative to ``max(1, |score|)``) are one value up to float32 rounding:
+#: a replicate that close to a bound of the metric is on it (k-NN scores are exact)
+ROUNDING_RTOL = 1e-5
+#: share of the replicates on a bound from which the interval is flagged ``degenerate``
+DEGENERATE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -51,7 +68,10 @@ class BootstrapResult:
     """``estimate`` (on all samples), interval ``[low, high]`` at ``level``, standard error
     ``std`` of the estimate, ``n_boot`` replicates, ``method`` (``'subsample'``: m-out-of-n
     subsampling without replacement, see the module docstring), the argmax layer pair of the
-    estimate and ``resample_size``, the rows ``m`` per replicate."""
+    estimate, ``resample_size``, the rows ``m`` per replicate, and ``degenerate``: the
+    subsamples piled up on a bound of the metric (or on one value away from the estimate), so
+    ``[low, high]`` only brackets the estimate and does not measure its sampling spread (see
+    the module docstring)."""
 
     estimate: float
     low: float
@@ -62,19 +82,23 @@ class BootstrapResult:
     method: str
     argmax: tuple[int, int]
     resample_size: int | None = None
+    degenerate: bool = False
 
 
 def subsample_size(n: int, subsample: float | int) -> int:
     """Rows per subsample: ``round(subsample * n)`` for a fraction in ``(0, 1)``, else the
-    integer itself; must leave ``2 <= m <= n - 1``."""
-    if isinstance(subsample, bool):
-        raise ValueError(f"subsample must be a fraction in (0, 1) or a row count, got {subsample!r}")
-    if isinstance(subsample, float) and 0 < subsample < 1:
-        m = int(round(subsample * n))
-    elif float(subsample) == int(subsample) and subsample >= 1:
-        m = int(subsample)
+    integer itself (any real number type: ``0.5``, ``np.float32(0.5)``, ``30``, ``np.int64(30)``;
+    not a bool); must leave ``2 <= m <= n - 1``."""
+    bad = f"subsample must be a fraction in (0, 1) or a row count, got {subsample!r}"
+    if isinstance(subsample, bool) or not isinstance(subsample, numbers.Real):
+        raise ValueError(bad)
+    value = float(subsample)
+    if 0 < value < 1:
+        m = int(round(value * n))
+    elif math.isfinite(value) and value >= 1 and value == int(value):
+        m = int(value)
     else:
-        raise ValueError(f"subsample must be a fraction in (0, 1) or a row count, got {subsample!r}")
+        raise ValueError(bad)
     if not 2 <= m <= n - 1:
         raise ValueError(f"subsample gives m = {m} rows of N = {n}; need 2 <= m <= N - 1")
     return m
@@ -98,11 +122,15 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
             (``layer_matrix(...)`` or ``CalibrationResult.matrix``, same metric and parameters):
             the estimate is taken from it instead of being recomputed.
         subsample: rows per replicate, a fraction of ``N`` in ``(0, 1)`` or a count (default
-            ``N/2``).
+            ``N/2``), any real number type (not a bool).
         **params: metric parameters and ``device``.
 
     Returns:
-        ``BootstrapResult``.
+        ``BootstrapResult``, always with ``low <= estimate <= high`` inside the metric's range
+        (widened to the estimate where a nominal range leaves it).
+
+    Warns:
+        RuntimeWarning: the interval is ``degenerate`` (``BootstrapResult.degenerate``).
     """
     n_boot = check_count("n_boot", n_boot, 1)
     rng = np.random.default_rng(check_seed(seed))
@@ -122,7 +150,6 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
             raise ValueError(f"observed must be the {shape} layer matrix, got shape {matrix.shape}")
     estimate, argmax = aggregate_matrix(matrix, aggregate, better)
     n = ra.n
-    tail = (1 - level) / 2
     reps = np.empty(n_boot)
     m = subsample_size(n, subsample)
     refused: ValueError | None = None
@@ -138,11 +165,46 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
     if np.isnan(reps).all():
         raise ValueError(f"every one of the {n_boot} bootstrap subsamples of {m} rows was refused: {refused}")
     scale = math.sqrt(m / (n - m))
+    low, high, degenerate, share = subsample_interval(float(estimate), reps, scale, level,
+                                                      spec.bounds_for(p))
+    if degenerate:
+        why = (f"{share:.0%} of the subsamples of {m} rows (of N = {n}) score on a bound of the "
+               "metric" if share >= DEGENERATE_SHARE else
+               f"the subsamples of {m} rows (of N = {n}) pile up on one value away from the estimate")
+        warnings.warn(f"bootstrap_ci({spec.name}): {why}; the interval [{low:.4g}, {high:.4g}] "
+                      f"around {float(estimate):.4g} does not measure its sampling spread "
+                      "(BootstrapResult.degenerate; see docs/metrics.md)", RuntimeWarning, stacklevel=2)
+    return BootstrapResult(float(estimate), low, high, float(scale * np.nanstd(reps)),
+                           level, n_boot, "subsample", argmax, m, degenerate)
+
+
+def subsample_interval(estimate: float, reps: np.ndarray, scale: float, level: float,
+                       bounds: tuple[float, float]) -> tuple[float, float, bool, float]:
+    """``(low, high, degenerate, share)`` from the aggregated replicates ``reps`` ``(B,)`` (NaN
+    for refused subsamples, at least one finite).
+
+    ``[low, high] = estimate + scale * quantile(reps - mean(reps), [(1-level)/2, (1+level)/2])``,
+    then limited so that ``min(floor, estimate) <= low <= estimate <= high <=
+    max(ceiling, estimate)`` (the metric's range, widened to the estimate where a metric with
+    nominal bounds leaves it). ``share``: the fraction of the replicates on a bound (within
+    ``ROUNDING_RTOL``); ``degenerate``: at least ``DEGENERATE_SHARE`` of them are, or the
+    unlimited interval missed the estimate by more than ``ROUNDING_RTOL`` (both quantiles of the
+    deviations on one side of 0: most replicates on one value, away from the estimate), so the
+    interval does not measure the estimate's sampling spread.
+    """
+    tail = (1 - level) / 2
     dev = reps - np.nanmean(reps)
     lo_d, hi_d = np.nanquantile(dev, [tail, 1 - tail])
-    # within the metric's range (CKA's interval reached -0.026 near 0), never excluding the estimate
-    floor, ceiling = spec.bounds_for(p)
-    low = max(float(estimate + scale * lo_d), min(floor, estimate))
-    high = min(float(estimate + scale * hi_d), max(ceiling, estimate))
-    return BootstrapResult(float(estimate), low, high, float(scale * np.nanstd(reps)),
-                           level, n_boot, "subsample", argmax, m)
+    raw_low, raw_high = estimate + scale * float(lo_d), estimate + scale * float(hi_d)
+    floor, ceiling = bounds
+    low = min(max(raw_low, min(floor, estimate)), estimate)
+    high = max(min(raw_high, max(ceiling, estimate)), estimate)
+    valid = reps[~np.isnan(reps)]
+    on_bound = np.zeros(valid.shape, dtype=bool)
+    for bound in bounds:
+        if math.isfinite(bound):
+            on_bound |= np.abs(valid - bound) <= ROUNDING_RTOL * max(1.0, abs(bound))
+    share = float(on_bound.mean())
+    slack = ROUNDING_RTOL * max(1.0, abs(estimate))
+    degenerate = share >= DEGENERATE_SHARE or not raw_low - slack <= estimate <= raw_high + slack
+    return low, high, bool(degenerate), share

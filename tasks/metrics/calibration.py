@@ -26,7 +26,9 @@ row orders differs by rounding alone (R² of an exact fit came out 1.00000000000
 tolerance with ``Engine.tie_rtol``: 0 for metrics whose values are exact counts (``mutual_knn``,
 ``cycle_knn``, ``lcs_knn``: the float32 tolerance exceeded ``mutual_knn``'s spacing ``1/(N k)``
 at N=12000, k=10 and counted strictly smaller draws as ties, p 0.7132 instead of 0.6908), the
-float64 one for ``jaccard_knn`` and ``edit_distance_knn`` (float64 sums); ``aggregate='mean'``
+float64 one for ``jaccard_knn`` and ``edit_distance_knn`` (float64 sums) and for ``svcca``,
+``procrustes``, ``linear_regression`` and ``rsa_spearman`` (computed in float64 whatever the
+features' dtype: float32's tolerance gave p 0.7702 instead of 0.7552); ``aggregate='mean'``
 adds float64 rounding, so the tolerance is then at least the float64 one. NaN null draws are left
 out (``K`` counts the others).
 """
@@ -61,7 +63,8 @@ class CalibrationResult:
         tau: the ``(1 - alpha)`` order statistic of ``{observed} ∪ null``.
         p_value: ``(1 + #{null >= observed}) / (K + 1)`` over the valid (non-NaN) draws, a draw
             within the tie tolerance of the observed value counting as reaching it
-            (``tie_tolerance``: 0 for exact counts, else ``TIE_RTOL`` of the dtype).
+            (``tie_tolerance``: 0 for exact counts, float64's for metrics computed in float64,
+            else ``TIE_RTOL`` of the dtype).
         calibrated: chance-corrected score in ``[0, 1]`` (bounded metrics).
         argmax: ``(layer_a, layer_b)`` of the best observed layer pair.
         permutations: ``K``.

@@ -97,9 +97,19 @@ def _common(layers: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [t.to(device=layers[0].device, dtype=dtype) for t in layers]
 
 
+def _check_not_empty(layers: Sequence[torch.Tensor]) -> None:
+    """``ValueError`` naming the first ``(N, D_l)`` layer with no samples or width 0: its
+    threshold would be an order statistic of no values (``kthvalue`` raised ``IndexError``)."""
+    for l, t in enumerate(layers):
+        if t.shape[0] == 0 or t.shape[1] == 0:
+            what = "width 0" if t.shape[1] == 0 else "no samples"
+            raise ValueError(f"layer {l} has {what} (shape {tuple(t.shape)}): nothing to prepare")
+
+
 def _prepare_layers(layers: Sequence[torch.Tensor], q: float, exact: bool, normalize: bool,
                     pooled: bool) -> list[torch.Tensor]:
     """Clamp + normalise ``(N, D_l)`` layers: one threshold for all (``pooled``) or one each."""
+    _check_not_empty(layers)
     if q >= 1:
         return [_clamp_normalize(t, None, normalize) for t in layers]
     if pooled:
@@ -127,6 +137,10 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
     Returns:
         The prepared features, same container kind and shape as ``x``; float32 (float64 stays
         float64).
+
+    Raises:
+        ValueError: ``q`` outside ``(0, 1]``, a shape other than ``(N, D)``/``(L, N, D)``, or a
+            layer with width 0 or no samples (named by its index).
 
     Example:
         >>> import numpy as np

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .engine import Engine
+from .engine import TIE_RTOL, Engine
 from .representation import Representation
 
 
@@ -74,6 +74,11 @@ class RsaEngine(Engine):
             r = torch.from_numpy(r - r.mean()).to(rep.device)
             rows.append(r / r.norm())
         return RankState(torch.stack(rows), n)
+
+    def tie_rtol(self, params: dict[str, Any]) -> float:
+        """``TIE_RTOL[torch.float64]``: the ranks and their products are float64 whatever the
+        features' dtype (float32's ``1e-5`` would count near-miss null draws as ties)."""
+        return TIE_RTOL[torch.float64]
 
     def permute(self, state: RankState, perm: torch.Tensor, inv: torch.Tensor) -> RankState:
         iu, ju = _triangle(state.n, state.ranks.device)

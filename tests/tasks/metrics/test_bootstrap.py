@@ -4,13 +4,16 @@ observed matrix and of cached Grams."""
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 
 from tasks.metrics import Representation, aggregate, bootstrap_ci, layer_matrix
+from tasks.metrics.bootstrap import subsample_interval, subsample_size
 
+from . import reference
 from .conftest import layers, paired
 
 N = 60
@@ -159,3 +162,73 @@ def test_degenerate_subsamples_are_skipped_not_fatal() -> None:
     assert math.isfinite(result.low) and math.isfinite(result.high) and result.low <= result.estimate <= result.high
     with pytest.raises(ValueError, match="every one of the 40 bootstrap subsamples of 3 rows was refused"):
         bootstrap_ci("unbiased_cka", [x], [y], n_boot=40, seed=1, subsample=3)
+
+
+def test_saturated_subsamples_give_an_interval_around_the_estimate_flagged_degenerate() -> None:
+    """cycle_knn at N=40, topk=10: a half subsample (20 rows, 10 neighbours each) almost always
+    scores 1, so the deviations' quantiles both lay above 0 and the interval missed its own
+    estimate ([1.001, 1.0] around 1.0; [0.951, 0.951] around 0.95). Now low <= estimate <= high
+    within [0, 1], flagged degenerate with a warning. Reference: the replicates recomputed
+    from the definition (numpy k-NN lists) on the same subsamples, then the documented formula."""
+    rng = np.random.default_rng(14)
+    level, tail, n, m, k = 0.95, 0.025, 40, 20, 10
+    for seed in range(6):
+        x, y = rng.normal(size=(n, 16)), rng.normal(size=(n, 16))
+        warning = r"bootstrap_ci\(cycle_knn\): .* does not measure its sampling spread"
+        with pytest.warns(RuntimeWarning, match=warning):
+            res = bootstrap_ci("cycle_knn", x, y, n_boot=100, seed=seed, level=level, topk=k)
+        estimate = reference.cycle_knn(x, y, k)
+        draws = np.random.default_rng(seed)
+        reps = []
+        for _ in range(100):
+            idx = np.sort(draws.choice(n, m, replace=False))
+            reps.append(reference.cycle_knn(x[idx], y[idx], k))
+        reps = np.array(reps)
+        c = math.sqrt(m / (n - m))
+        raw = estimate + c * np.quantile(reps - reps.mean(), [tail, 1 - tail])
+        assert res.estimate == pytest.approx(estimate, abs=1e-12)
+        assert res.low == pytest.approx(min(max(raw[0], 0.0), estimate), abs=1e-12)
+        assert res.high == pytest.approx(max(min(raw[1], 1.0), estimate), abs=1e-12)
+        assert 0.0 <= res.low <= res.estimate <= res.high <= 1.0
+        assert np.mean(reps == 1.0) >= 0.5 and res.degenerate
+
+
+def test_degenerate_flag_is_not_raised_for_spread_replicates(recwarn) -> None:
+    """Replicates spread inside the range (no share of them on a bound, an interval around the
+    estimate before any limit) are not flagged and warn nothing."""
+    xs, ys = draw(3)
+    for metric in ("cka", "mutual_knn", "cycle_knn"):
+        res = bootstrap_ci(metric, xs, ys, n_boot=40, seed=1, topk=5)
+        assert not res.degenerate and res.low < res.estimate < res.high
+    assert not [w for w in recwarn if "bootstrap_ci" in str(w.message)]
+
+
+def test_interval_limits_keep_the_estimate_inside() -> None:
+    """The formula with its limits, on replicates given directly: both ends stay within the
+    range widened to the estimate and on either side of it."""
+    reps = np.array([1.0] * 98 + [0.9, 0.95])  # a point mass on the upper bound
+    low, high, degenerate, share = subsample_interval(0.95, reps, 1.0, 0.95, (0.0, 1.0))
+    assert (low, high, degenerate, share) == (0.95, pytest.approx(0.95 + 1.0 - reps.mean()), True, 0.98)
+    low, high, degenerate, _ = subsample_interval(1.0, reps, 1.0, 0.95, (0.0, 1.0))
+    assert (low, high, degenerate) == (1.0, 1.0, True)
+    spread = np.linspace(0.2, 0.4, 101)  # symmetric around 0.3: quantiles 0.205 and 0.395
+    low, high, degenerate, share = subsample_interval(0.3, spread, 1.0, 0.95, (0.0, 1.0))
+    assert (low, high, degenerate, share) == (pytest.approx(0.205), pytest.approx(0.395), False, 0.0)
+    low, high, _, _ = subsample_interval(0.3, spread, 2.0, 0.95, (0.25, 0.33))  # clipped to the range
+    assert (low, high) == (0.25, 0.33)
+    low, high, _, _ = subsample_interval(1.2, spread, 1.0, 0.95, (-1.0, 1.0))  # nominal bounds left
+    assert (low, high) == (pytest.approx(1.105), 1.2)
+    nan = np.concatenate([spread, [np.nan] * 5])  # refused subsamples are left out
+    assert subsample_interval(0.3, nan, 1.0, 0.95, (0.0, 1.0))[:2] == (pytest.approx(0.205), pytest.approx(0.395))
+
+
+@pytest.mark.parametrize("fraction", [np.float32(0.5), np.float64(0.5), Fraction(1, 2), 0.5])
+def test_subsample_fraction_of_any_real_type(fraction) -> None:
+    """np.float32(0.5) was refused for its type alone."""
+    x, y = paired(n=40, seed=8)
+    assert subsample_size(40, fraction) == 20
+    assert bootstrap_ci("cka", x, y, n_boot=5, subsample=fraction).resample_size == 20
+    assert subsample_size(40, np.int64(30)) == subsample_size(40, 30.0) == 30
+    for bad in (True, np.float32(np.nan), float("inf"), "0.5", None, 1.5, np.float32(-0.5)):
+        with pytest.raises(ValueError, match="subsample must be a fraction in"):
+            subsample_size(40, bad)

@@ -192,10 +192,37 @@ def test_tie_tolerance_per_metric() -> None:
 
     for metric in ("mutual_knn", "cycle_knn", "lcs_knn"):
         assert tol(metric) == 0.0 and tol(metric, how="mean") == TIE_RTOL[torch.float64]
-    for metric in ("jaccard_knn", "edit_distance_knn"):
+    # list metrics summed in float64; subspace metrics and RSA cast every layer to float64 first
+    for metric in ("jaccard_knn", "edit_distance_knn", "svcca", "procrustes", "linear_regression",
+                   "rsa_spearman"):
         assert tol(metric) == tol(metric, torch.float64) == TIE_RTOL[torch.float64]
-    for metric in ("cka", "unbiased_cka", "cknna", "svcca", "linear_regression"):
+    for metric in ("cka", "unbiased_cka", "cknna"):
         assert tol(metric) == TIE_RTOL[torch.float32] and tol(metric, torch.float64) == TIE_RTOL[torch.float64]
+
+
+def test_float64_metric_of_float32_features_counts_only_float64_ties() -> None:
+    """linear_regression computes in float64 whatever the input dtype; float32 features got
+    float32's tie tolerance 1e-5, which counted 15 null draws strictly below the observed R^2 as
+    reaching it (p 0.7702 instead of 0.7552). Reference: R^2 = ||Q^T y_c||^2 / ||y_c||^2 from a
+    QR of the centred x in numpy float64, on the same permutations of y's rows."""
+    n, k = 6000, 1000
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    y = rng.normal(size=(n, 1)).astype(np.float32)
+    res = calibrate("linear_regression", x, y, permutations=k, seed=0)
+
+    q, _ = np.linalg.qr(x.astype(np.float64) - x.astype(np.float64).mean(0))
+    yc = y.astype(np.float64)[:, 0] - y.astype(np.float64)[:, 0].mean()
+    r2 = lambda v: float(np.sum((q.T @ v) ** 2) / np.sum(v ** 2))
+    observed = r2(yc)
+    null = np.array([r2(yc[perm]) for perm in _perms(n, k, 0)])
+    assert res.observed == pytest.approx(observed, abs=1e-12)
+    np.testing.assert_allclose(res.null, null, rtol=0, atol=1e-12)
+    assert np.sum((null < observed) & (null >= observed - 1e-5)) > 0  # near misses: the case
+    expected = (1 + np.sum(null >= observed - 1e-12 * max(1.0, observed))) / (k + 1)
+    assert res.p_value == pytest.approx(expected, abs=1e-12)
+    assert res.p_value == calibrate("linear_regression", x.astype(np.float64), y.astype(np.float64),
+                                    permutations=k, seed=0).p_value
 
 
 @pytest.mark.parametrize("call, message", [

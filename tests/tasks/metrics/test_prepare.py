@@ -107,3 +107,16 @@ def test_pooled_list_mixing_dtypes_keeps_each_layer_dtype(heavy: np.ndarray) -> 
     t64 = prepare([torch.from_numpy(a), torch.from_numpy(b)], q=0.9, per_layer=False)
     assert [o.dtype for o in t64] == [torch.float64, torch.float32]
     np.testing.assert_allclose(t64[0].numpy(), prepare([a, b.astype(np.float64)], q=0.9, per_layer=False)[0], atol=1e-12)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("x, message", [
+    (np.ones((4, 0)), r"layer 0 has width 0 \(shape \(4, 0\)\)"),
+    (np.ones((2, 4, 0)), r"layer 0 has width 0 \(shape \(4, 0\)\)"),
+    ([np.ones((4, 3)), np.ones((4, 0))], r"layer 1 has width 0 \(shape \(4, 0\)\)"),
+    (np.ones((0, 3)), r"layer 0 has no samples \(shape \(0, 3\)\)"),
+])
+def test_empty_layer_is_refused_by_name(x, message: str, exact: bool) -> None:
+    """A width-0 layer raised IndexError from kthvalue; now a ValueError naming the layer."""
+    with pytest.raises(ValueError, match=message):
+        prepare(x, exact=exact)

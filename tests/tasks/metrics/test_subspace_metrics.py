@@ -53,6 +53,15 @@ def test_linear_regression_matches_least_squares(ridge: float) -> None:
     assert score("linear_regression", x, y) != pytest.approx(score("linear_regression", y, x))
 
 
+@pytest.mark.parametrize("ridge", [float("nan"), float("inf"), -0.5, True, "1"])
+def test_linear_regression_refuses_a_ridge_that_is_not_a_finite_number_at_least_0(ridge) -> None:
+    """ridge=NaN passed the old ``ridge < 0`` check and gave a NaN score."""
+    x, y = paired(n=20, seed=6)
+    with pytest.raises(ValueError, match=r"ridge must be a (finite )?number"):  # True: by the registry
+        score("linear_regression", x, y, ridge=ridge)
+    assert 0 <= score("linear_regression", x, y, ridge=np.float32(0.5)) <= 1  # numpy numbers accepted
+
+
 def test_rsa_matches_scipy_spearman() -> None:
     x, y = paired(n=30, seed=7)
 
