@@ -14,6 +14,7 @@ from flows.omp_policy import choose_omp_wait_policy
 
 if TYPE_CHECKING:
     from storage.store import Store
+    from tasks.params import PipelineConfig
     from tasks.params import DatasetParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,14 @@ def default_store() -> str:
     """The store used without ``--store``: ``$PRH_STORE``, else ``store/`` of this checkout
     (wherever the command runs from)."""
     return os.environ.get("PRH_STORE", str(PROJECT_ROOT / "store"))
+
+
+def store_argument(args: argparse.Namespace) -> str:
+    """The store a command uses: ``--store`` as given, else :func:`default_store`. An empty
+    ``--store ""`` (``--store "$UNSET"``) stays empty, so that ``Store`` refuses it as it refuses
+    an empty ``$PRH_STORE``, instead of falling back to the default store."""
+    store = getattr(args, "store", None)
+    return default_store() if store is None else store
 
 
 STORE_HELP = "store URL: a folder, file://..., s3://bucket/prefix (default: $PRH_STORE, else store/ of this checkout)"
@@ -104,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "report":
-            return run_report(args, existing_store(args.store or default_store()).url)
+            return run_report(args, existing_store(store_argument(args)).url)
         if args.command == "catalog":
             return _catalog_export(args)
         if args.command == "gc":
@@ -120,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prh {args.command}: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - only store failures are turned into one line
-        message = _store_failure(error, getattr(args, "store", None) or default_store())
+        message = _store_failure(error, store_argument(args))
         if message is None:
             raise
         print(f"prh {args.command}: error: {message}", file=sys.stderr)
@@ -178,20 +187,8 @@ def dataset_argument(value: str, **options: Any) -> DatasetParams:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tasks.params import load_config
-
-    config = load_config(args.config)
-    image_root = str(Path(args.image_root).expanduser().resolve()) if args.image_root else None
-    options = {"image_column": args.image_column, "text_column": args.text_column, "captions": args.captions, "n": args.n,
-               "image_root": image_root, "split": args.split}
-    if args.dataset is not None:
-        config = config.model_copy(update={"dataset": dataset_argument(args.dataset, **options)})
-    elif any(v is not None for v in options.values()):
-        raise ValueError("--image-column, --text-column, --captions, --n, --image-root and --split apply to --dataset")
-    overrides = {k: v for k, v in (("permutations", args.permutations), ("unit", args.unit)) if v is not None}
-    if overrides:
-        config = config.model_copy(update={"alignment": config.alignment.model_copy(update=overrides)})
-    store = args.store or default_store()
+    config = config_with_flags(args)
+    store = store_argument(args)
     from storage.store import Store
 
     Store(store).check_writable()  # a store that cannot take writes fails here, before any server starts
@@ -214,6 +211,30 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_with_flags(args: argparse.Namespace) -> PipelineConfig:
+    """``--config`` with the flags of ``prh run`` applied (``--dataset`` and its options,
+    ``--permutations``, ``--unit``), validated as a whole like a config file, so that a flag
+    cannot set what the file may not (``--permutations -1``): ``ConfigError`` naming the file, the
+    flags and the field."""
+    from tasks.params import load_config, validate_config
+
+    config = load_config(args.config)
+    image_root = str(Path(args.image_root).expanduser().resolve()) if args.image_root else None
+    options = {"image_column": args.image_column, "text_column": args.text_column, "captions": args.captions, "n": args.n,
+               "image_root": image_root, "split": args.split}
+    data, flags = config.model_dump(), []
+    if args.dataset is not None:
+        data["dataset"] = dataset_argument(args.dataset, **options).model_dump()
+        flags.append(f"--dataset {args.dataset}")
+    elif any(v is not None for v in options.values()):
+        raise ValueError("--image-column, --text-column, --captions, --n, --image-root and --split apply to --dataset")
+    for field in ("permutations", "unit"):
+        if getattr(args, field) is not None:
+            data["alignment"][field] = getattr(args, field)
+            flags.append(f"--{field} {getattr(args, field)}")
+    return validate_config(data, f"config {args.config} with {' '.join(flags)}") if flags else config
+
+
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     """``kill``/SIGTERM stops ``prh run`` like Ctrl-C: Python unwinds and exits normally, so the
     temporary Prefect server is stopped too. (Python's default ends the process at once, which
@@ -226,7 +247,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     """The closing table: best layer pair per metric for every model pair, with chance levels.
 
     ``chance`` is the analytical chance level where one exists (mutual k-NN: k/(N-1));
-    ``95% CI`` a bootstrap interval of the best score (when requested);
+    ``95% CI`` a bootstrap interval of the best score (when requested; ``*``: degenerate, see
+    ``metrics.bootstrap_ci``);
     ``null`` is the mean of the permutation null of the max over layer pairs (what unrelated
     data scores after the same max), ``calib.`` the calibrated score and ``p`` its p-value.
     """
@@ -243,7 +265,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         chance, null = row.get("chance_level"), row.get("null_mean")
         table.add_row(
             row["model_a"], row["model_b"], row["metric"], "-" if row["score"] is None else f"{row['score']:.4f}",
-            "-" if row.get("ci_low") is None else f"{row['ci_low']:.3f}-{row['ci_high']:.3f}",
+            "-" if row.get("ci_low") is None else f"{row['ci_low']:.3f}-{row['ci_high']:.3f}{'*' if row.get('ci_degenerate') else ''}",
             row.get("layer_name_a") or "-", row.get("layer_name_b") or "-",
             "-" if chance is None else f"{chance:.4f}",
             "-" if null is None else f"{null:.4f}",
@@ -253,21 +275,34 @@ def print_summary(summary: dict[str, Any]) -> None:
         )
     console = Console(width=160)
     console.print(table)
+    if any(row.get("ci_degenerate") for row in rows):
+        console.print("* degenerate interval: the bootstrap subsamples piled up on a bound of the metric; it brackets the "
+                      "score but does not measure its spread (ci_degenerate, docs/metrics.md)")
     console.print(f"features extracted: {', '.join(summary['extracted']) or 'none'}; reused: {', '.join(summary['reused']) or 'none'}")
     console.print(f"results stored in {summary['store']} (run {summary['run_id']})")
     console.print('query them: prh sql "select * from alignment_best"')
 
 
+#: The top-level folders of a store (``storage.layout``, reports): one of them marks a prh store.
+STORE_FOLDERS = ("runs", "datasets", "features", "alignment", "reports")
+
+
 def existing_store(url: str) -> Store:
     """The store at ``url`` for a command that only reads it (``sql``, ``report``, ``catalog
-    export``, ``gc``, ``verify``); raises ValueError when nothing is there, so that a mistyped ``--store``
-    is not answered with an empty catalog (or a new empty folder)."""
+    export``, ``gc``, ``verify``); raises ValueError when nothing is there, or when what is there
+    is no prh store (a file; a folder with none of ``STORE_FOLDERS``), so that a mistyped
+    ``--store`` is not answered with an empty catalog (or a new empty folder). A store holds
+    ``runs/`` from the moment a run records its start."""
     from storage.store import Store
 
     store = Store(url)
     if not store.exists(""):
         raise ValueError(f"store {store.display_url} does not exist: nothing was ever written there (check --store; "
                          f"the default is {default_store()})")
+    if not any(store.exists(folder) for folder in STORE_FOLDERS):
+        what = "it is a file" if store.is_local and Path(store.root).is_file() else \
+            f"it holds none of {', '.join(f + '/' for f in STORE_FOLDERS)}"
+        raise ValueError(f"store {store.display_url} is not a prh store: {what} (check --store; the default is {default_store()})")
     return store
 
 
@@ -275,7 +310,7 @@ def _sql(args: argparse.Namespace) -> int:
     from flows.sql_output import print_table, write_csv, write_json
     from storage.catalog import connect, query
 
-    table = query(connect(existing_store(args.store or default_store())), args.query)
+    table = query(connect(existing_store(store_argument(args))), args.query)
     if args.format == "json":
         write_json(table, sys.stdout)
     elif args.format == "csv":
@@ -307,7 +342,7 @@ def _gc(args: argparse.Namespace) -> int:
         raise ValueError(f"--keep-reports must be 0 or more, got {args.keep_reports}")
     if args.keep_runs is not None and args.keep_runs < 1:
         raise ValueError(f"--keep-runs must be 1 or more (0 would remove every published version), got {args.keep_runs}")
-    store = existing_store(args.store or default_store())
+    store = existing_store(store_argument(args))
     swept_bytes: dict[str, int] = {}
     # as a run starts: dead runs, dead writers (a dry run only lists them)
     crashed, swept = (mark_crashed_runs(store, dry_run=True), store.sweep_abandoned(dry_run=True, sizes=swept_bytes)) \
@@ -396,7 +431,7 @@ def _verify(args: argparse.Namespace) -> int:
     named with its problems; with ``--remove-damaged`` also deleted)."""
     from storage.verify import remove_version, verify_store
 
-    store = existing_store(args.store or default_store())
+    store = existing_store(store_argument(args))
     damaged = []
 
     def report(check: Any) -> None:
@@ -427,7 +462,7 @@ def _count(n: int, noun: str) -> str:
 def _catalog_export(args: argparse.Namespace) -> int:
     from storage.export import export_catalog
 
-    summary = export_catalog(existing_store(args.store or default_store()), args.file)
+    summary = export_catalog(existing_store(store_argument(args)), args.file)
     print(f"wrote {summary.path}: views {', '.join(summary.views)} over {summary.files} Parquet files of {summary.store}; "
           + ", ".join(f"{name} ({rows} rows)" for name, rows in summary.tables.items()))
     if summary.remote:

@@ -60,16 +60,50 @@ def write_report(
     from tasks.report import build_report
     from tasks.report_source import load_report_input
 
+    out = check_report_folder(out)  # before the report is built: a bad --out fails at once
     results = Store(store)
-    report = build_report(load_report_input(results, run_id=run_id, pair=pair), formats=formats, cache=StoreFigureCache(results))
-    out = Path(out)
+    data = load_report_input(results, run_id=run_id, pair=pair)
+    if pair is not None:
+        check_pair(data.best.to_pylist(), pair, str(data.run.get("run_id")))
+    report = build_report(data, formats=formats, cache=StoreFigureCache(results))
     for relative, content in report.files().items():
         target = out / relative
         if not target.resolve().is_relative_to(out.resolve()):
             raise ValueError(f"report file {relative!r} would be written outside {str(out)!r}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        except OSError as error:  # a disk that is full or read-only, a folder that changed meanwhile
+            raise ValueError(f"report folder {str(out)!r}: cannot write {relative}: {error.strerror or error}") from None
     return out / REPORT_FILE, report
+
+
+def check_report_folder(out: str | Path) -> Path:
+    """``out`` as a Path if it can be the report's folder: an existing folder, or a path whose
+    nearest existing ancestor is a folder (it is created). Else ``ValueError`` naming it: empty,
+    a file, or under a file."""
+    if not str(out).strip():
+        raise ValueError(f"report folder {str(out)!r} is empty: give the folder to write report.html and figures/ to (--out)")
+    out = Path(out).expanduser()
+    for place in (out, *out.parents):
+        if place.is_dir():
+            return out
+        if place.exists() or place.is_symlink():  # a file, or a link to nothing
+            kind = "a file" if place.is_file() else "not a folder"
+            what = f"is {kind}" if place == out else f"is under {str(place)!r}, which is {kind}"
+            raise ValueError(f"report folder {str(out)!r} {what}: give a folder (--out)")
+    return out
+
+
+def check_pair(best: list[dict[str, Any]], pair: tuple[str, str], run_id: str) -> None:
+    """``ValueError`` unless ``pair`` (``--pair A:B``, either order) is one of the model pairs of
+    ``best`` (the run's best rows), listing the run's pairs."""
+    from tasks.report.tables import pairs_of
+
+    pairs = pairs_of(best)
+    if pair not in pairs and pair[::-1] not in pairs:
+        listed = ", ".join(f"{a}:{b}" for a, b in pairs) or "none (it published no alignment)"
+        raise ValueError(f"--pair {pair[0]}:{pair[1]}: run {run_id} has no such model pair; its pairs: {listed}")
 
 
 def report_key(run_id: str) -> str:

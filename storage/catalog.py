@@ -59,7 +59,7 @@ _EMPTY_VIEWS = {
         "alignment_version VARCHAR, dataset_version VARCHAR, metric VARCHAR, params VARCHAR, model_a VARCHAR, "
         "model_b VARCHAR, modality_a VARCHAR, modality_b VARCHAR, layer_a INTEGER, layer_b INTEGER, "
         "layer_name_a VARCHAR, layer_name_b VARCHAR, score DOUBLE, chance_level DOUBLE, null_mean DOUBLE, "
-        "null_std DOUBLE, tau DOUBLE, p_value DOUBLE, calibrated_score DOUBLE, permutations INTEGER, ci_low DOUBLE, ci_high DOUBLE, bootstrap INTEGER, "
+        "null_std DOUBLE, tau DOUBLE, p_value DOUBLE, calibrated_score DOUBLE, permutations INTEGER, ci_low DOUBLE, ci_high DOUBLE, ci_degenerate BOOLEAN, bootstrap INTEGER, "
         "n_samples INTEGER, unit VARCHAR"
     ),
 }

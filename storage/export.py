@@ -41,18 +41,27 @@ class ExportSummary:
 
 
 def export_catalog(store: Store | str, path: str | Path, storage_options: dict[str, Any] | None = None) -> ExportSummary:
-    """Write the catalog of ``store`` to the DuckDB file ``path`` (replaced if it exists)."""
+    """Write the catalog of ``store`` to the DuckDB file ``path`` (replaced if it exists).
+
+    Raises ValueError naming ``path`` when it cannot be that file: empty, a folder, under a file,
+    inside the store."""
     if not isinstance(store, Store):
         store = Store(store, storage_options)
-    path = Path(path).expanduser().resolve()
+    path = _checked_file(path)
     if store.is_local and path.is_relative_to(Path(store.root).resolve()):
         raise ValueError(f"catalog file {str(path)!r} is inside the store {store.display_url}: write it elsewhere "
                          "(it would replace or sit among the store's files)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # raced by a file of that name, or no permission
+        raise ValueError(f"catalog file {str(path)!r}: cannot create its folder: {error.strerror or error}") from None
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     sources = catalog_sources(store)
     try:
-        con = duckdb.connect(str(tmp))
+        try:
+            con = duckdb.connect(str(tmp))
+        except duckdb.Error as error:  # a folder without write permission, a full disk
+            raise ValueError(f"catalog file {str(path)!r}: cannot write it: {str(error).splitlines()[0]}") from None
         try:
             if not store.is_local:
                 con.register_filesystem(store.fs)  # views are bound (their schema read) when created
@@ -79,6 +88,22 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
                 leftover.unlink()
     return ExportSummary(path, store.display_url, not store.is_local, n_files, sorted(sources.files),
                          {name: table.num_rows for name, table in sources.tables.items()})
+
+
+def _checked_file(path: str | Path) -> Path:
+    """``path`` resolved, if a file can be written there: not empty, not a folder, and its
+    nearest existing ancestor a folder. Else ValueError naming it."""
+    if not str(path).strip():
+        raise ValueError(f"catalog file {str(path)!r} is empty: give the .duckdb file to write, e.g. prh.duckdb")
+    path = Path(path).expanduser().resolve()
+    if path.is_dir():
+        raise ValueError(f"catalog file {str(path)!r} is a folder: give a file name, e.g. {str(path / 'prh.duckdb')!r}")
+    for place in path.parents:
+        if place.is_dir():
+            break
+        if place.exists():
+            raise ValueError(f"catalog file {str(path)!r} is under {str(place)!r}, which is not a folder")
+    return path
 
 
 def open_catalog(

@@ -94,10 +94,11 @@ def result_tables(
                      "layer_name_b": None if j is None else b["layer_names"][j],
                      "score": _finite_or_none(r.best), "chance_level": r.chance_level, "null_mean": r.null_mean, "null_std": r.null_std,
                      "tau": r.tau, "p_value": r.p_value, "calibrated_score": r.calibrated, "permutations": r.permutations,
-                     "ci_low": r.ci_low, "ci_high": r.ci_high, "bootstrap": r.bootstrap,
+                     "ci_low": r.ci_low, "ci_high": r.ci_high, "ci_degenerate": r.ci_degenerate, "bootstrap": r.bootstrap,
                      "n_samples": n_samples, "unit": unit})
     schema_types = {"layer_a": pa.int32(), "layer_b": pa.int32(), "n_samples": pa.int32(), "permutations": pa.int32(),
-                    "bootstrap": pa.int32(), "ci_low": pa.float64(), "ci_high": pa.float64(), "score": pa.float64(),
+                    "bootstrap": pa.int32(), "ci_low": pa.float64(), "ci_high": pa.float64(), "ci_degenerate": pa.bool_(),
+                    "score": pa.float64(),
                     "layer_name_a": pa.string(), "layer_name_b": pa.string()}
     return _table(scores, schema_types), _table(best, schema_types)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -87,6 +88,7 @@ class PairAlignment:
     permutations: int = 0
     ci_low: float | None = None
     ci_high: float | None = None
+    ci_degenerate: bool | None = None
     bootstrap: int = 0
     excluded_a: dict[int, str] = field(default_factory=dict)
     excluded_b: dict[int, str] = field(default_factory=dict)
@@ -284,12 +286,20 @@ def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutati
         result = PairAlignment(request, matrix, float(best), (int(i), int(j)), chance)
     if bootstrap > 0:
         try:
-            ci = metrics.bootstrap_ci(request.name, rep_x, rep_y, n_boot=bootstrap, level=0.95, seed=seed, aggregate="max",
-                                      observed=matrix, **request.params)
+            with warnings.catch_warnings():  # a degenerate interval is stored flagged and logged once, below
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ci = metrics.bootstrap_ci(request.name, rep_x, rep_y, n_boot=bootstrap, level=0.95, seed=seed, aggregate="max",
+                                          observed=matrix, **request.params)
         except ValueError as error:  # too few samples for a half-size subsample of this metric
             logger.warning("%s: no bootstrap interval at N=%d: %s", request.label(), n, error)
         else:
             result.ci_low, result.ci_high, result.bootstrap = float(ci.low), float(ci.high), bootstrap
+            result.ci_degenerate = bool(ci.degenerate)
+            if ci.degenerate:
+                logger.warning("%s: the bootstrap interval [%.4g, %.4g] is degenerate (the subsamples of %s rows pile up on "
+                               "a bound of the metric): it brackets the score %.4g but does not measure its spread "
+                               "(ci_degenerate; docs/metrics.md)", request.label(), ci.low, ci.high, ci.resample_size,
+                               ci.estimate)
     return result
 
 

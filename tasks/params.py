@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.extract.spec import FieldError, ModelSpec
+from tasks.extract.spec import SEED_MAX, FieldError, ModelSpec
 
 if TYPE_CHECKING:
     from tasks.data.sources import ColumnMap
@@ -144,7 +144,8 @@ class AlignmentParams(BaseModel):
     permutations: Int = Field(0, ge=0, le=100_000, description="Permutations for the calibrated score and p-value (0: off)")
     bootstrap: Int = Field(0, ge=0, le=100_000, description="Resamples for a 95% CI of each best score (0: off): each scores half the rows, drawn "
                            "without replacement (m-out-of-n subsampling); see docs/metrics.md")
-    seed: Int = Field(0, description="Permutation and bootstrap seed")
+    seed: Int = Field(0, ge=0, le=SEED_MAX, description="Permutation and bootstrap seed, 0 to 2**64 - 1 (what torch's "
+                      "generator takes)")
     pairs: Literal["cross_modal", "all"] = Field("cross_modal", description="vision × language pairs, or every pair of models")
     unit: Literal["sample", "image"] = Field(
         "sample", description="Rows aligned: 'sample', one per image–caption pair (the paper's); 'image', one per image, "
@@ -313,30 +314,35 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     return memo[id(node)]
 
 
-def _parse_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
-    """The parsed document and its node tree (for line numbers); ``ConfigError`` naming ``path``."""
+def parse_yaml_file(path: Path, what: str = "config") -> tuple[Any, yaml.Node | None]:
+    """The parsed document of the YAML file ``path`` and its node tree (for line numbers).
+
+    A safe loader that also refuses a key repeated in one mapping and documents of more than
+    ``MAX_YAML_NODES`` nodes once aliases are expanded (alias bombs). Raises ``ConfigError``
+    starting ``"{what} {path}: "`` (``what``: ``config``, ``zoo file``)."""
+    where = f"{what} {path}"
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"config {path}: file not found") from None
+        raise ConfigError(f"{where}: file not found") from None
     except OSError as error:
-        raise ConfigError(f"config {path}: cannot be read: {error.strerror or error}") from None
+        raise ConfigError(f"{where}: cannot be read: {error.strerror or error}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
-        raise ConfigError(f"config {path}: not UTF-8 text (byte {error.start}, line {line}: {error.reason})") from None
+        raise ConfigError(f"{where}: not UTF-8 text (byte {error.start}, line {line}: {error.reason})") from None
     loader = _StrictLoader(text)
     loader.name = str(path)
     try:
         node = loader.get_single_node()
         if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
-            raise ConfigError(f"config {path}: more than {MAX_YAML_NODES:,} YAML nodes once aliases are expanded")
+            raise ConfigError(f"{where}: more than {MAX_YAML_NODES:,} YAML nodes once aliases are expanded")
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as error:
-        raise ConfigError(f"config {path}: not valid YAML: {_yaml_message(error)}") from None
+        raise ConfigError(f"{where}: not valid YAML: {_yaml_message(error)}") from None
     except RecursionError:
-        raise ConfigError(f"config {path}: YAML nested too deeply") from None
+        raise ConfigError(f"{where}: YAML nested too deeply") from None
     finally:
         loader.dispose()
     return data, node
@@ -446,15 +452,27 @@ def load_config(path: str | Path) -> PipelineConfig:
         ConfigError: (a ``ValueError``) naming the file and every bad field.
     """
     path = Path(path)
-    raw, root = _parse_yaml(path)
+    raw, root = parse_yaml_file(path)
     if not isinstance(raw, dict):
         got = "empty" if raw is None else f"{_shown(raw)} at the top level"
         raise ConfigError(f"config {path}: is {got}; expected a mapping with keys dataset, models, alignment")
+    return validate_config(raw, f"config {path}", root)
+
+
+def validate_config(raw: dict[str, Any], where: str, root: yaml.Node | None = None) -> PipelineConfig:
+    """``raw`` (a config as plain data) validated as a whole, every problem reported as
+    :func:`load_config` reports it, after ``where`` (``config FILE``; ``config FILE with
+    --permutations -1`` for a config changed by command-line flags). ``root``: the YAML node
+    tree the data came from, for line numbers (None: none given).
+
+    Raises:
+        ConfigError: naming ``where`` and every bad field.
+    """
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as error:
         problems = [_problem(e, raw, root) for e in error.errors(include_url=False)]
         if len(problems) == 1:
-            raise ConfigError(f"config {path}: {problems[0]}") from None
+            raise ConfigError(f"{where}: {problems[0]}") from None
         listing = "\n".join(f"  - {p}" for p in problems)
-        raise ConfigError(f"config {path}: {len(problems)} problems:\n{listing}") from None
+        raise ConfigError(f"{where}: {len(problems)} problems:\n{listing}") from None

@@ -27,7 +27,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.extract import sources, split_zip
@@ -47,6 +46,10 @@ Pooling = Literal["avg", "cls", "last"]
 DType = Literal["float32", "bfloat16", "float16"]
 
 _POOLINGS: dict[str, tuple[str, ...]] = {"vision": ("avg", "cls"), "language": ("avg", "last")}
+
+#: Largest seed: ``torch.manual_seed`` and ``torch.Generator.manual_seed`` take 0 .. 2**64 - 1
+#: (a larger one fails with "Overflow when unpacking long long"; numpy takes any size).
+SEED_MAX = 2**64 - 1
 
 
 class FieldError(ValueError):
@@ -84,7 +87,8 @@ class ModelSpec(BaseModel):
                                     "(off: only transformers' classes; turn on only for a repository you trust)")
     config: dict[str, Any] = Field(default_factory=dict, description="hf: overrides of the checkpoint's config; random_hf: arguments of the config "
                                     "class (its shape); efficientnet_lite: overrides of its parameters")
-    seed: int = Field(0, ge=0, strict=True, description="random_hf: initialisation seed")
+    seed: int = Field(0, ge=0, le=SEED_MAX, strict=True, description="random_hf: initialisation seed, 0 to 2**64 - 1 "
+                      "(what torch.manual_seed takes)")
     tokenizer: str | None = Field(None, description="Language: a tokenizer (same id forms) replacing the model's own; random_hf default: "
                                    "byte-level")
     tokenizer_revision: str | None = Field(None, description="Hub tokenizer: branch, tag or commit")
@@ -266,20 +270,20 @@ def load_zoo(path_or_dict: str | Path | Mapping[str, Any]) -> list[ModelSpec]:
 
     Raises `ZooError` naming the file, the entry (index and name) and every bad field, e.g.
     ``configs/demo.yaml: models[2] (name 'vit'): field 'pooling': Input should be 'avg', ...``.
-    Names must be unique. Uses `yaml.safe_load` only.
+    Names must be unique. The file is read as :func:`tasks.params.load_config` reads a config
+    (``tasks.params.parse_yaml_file``): a safe loader that refuses a key repeated in one mapping
+    and alias bombs.
     """
     if isinstance(path_or_dict, Mapping):
         where, doc = "<zoo mapping>", path_or_dict
     else:
+        from tasks.params import ConfigError, parse_yaml_file  # tasks.params imports this module
+
         where = str(path_or_dict)
         try:
-            text = Path(path_or_dict).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ZooError(f"{where}: cannot read zoo file: {exc}") from exc
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ZooError(f"{where}: not valid YAML: {exc}") from exc
+            doc, _ = parse_yaml_file(Path(path_or_dict), what="zoo file")
+        except ConfigError as exc:
+            raise ZooError(str(exc)) from None
     if not isinstance(doc, Mapping) or "models" not in doc:
         raise ZooError(f"{where}: expected a mapping with a 'models' list at the top level")
     entries = doc["models"]

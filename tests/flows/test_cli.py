@@ -354,6 +354,11 @@ def test_the_run_summary_prints_a_best_row_without_a_score(capsys):
                    "run_id": "r1"})
     shown = capsys.readouterr().out
     assert "0.5000" in shown and "svcca" in shown and "features extracted: vit; reused: lm" in shown
+    assert "0.400-0.600 " in shown and "degenerate interval" not in shown
+    flagged = {**row, "metric": "cycle_knn", "ci_low": 0.5, "ci_high": 0.5, "ci_degenerate": True}
+    print_summary({"dataset_version": "d", "best": [row, flagged], "extracted": [], "reused": [], "store": "s", "run_id": "r2"})
+    shown = capsys.readouterr().out
+    assert "0.500-0.500*" in shown and "* degenerate interval: the bootstrap subsamples piled up" in shown
 
 
 def _files(root: Path) -> dict[str, int]:
@@ -451,3 +456,112 @@ def test_gc_keeps_the_shards_a_live_run_may_be_writing(tmp_path, capsys):
     assert main(["gc", "--store", store.url, "--older-than-days", "0"]) == 0
     out = capsys.readouterr().out
     assert "removed features/d/m/v1/_partial: 1 shards" in out and "marked run live CRASHED" in out
+
+
+def _tiny_config(tmp_path) -> Path:
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32}, "models": [TINY_VIT, TINY_BERT],
+                                      "alignment": {"metrics": ["mutual_knn"], "topk": 5, "permutations": 3}}))
+    return config
+
+
+def _no_pipeline(monkeypatch) -> None:
+    """Make any start of the pipeline fail the test (a check that should stop `prh run` first)."""
+    import flows.pipeline
+
+    def refuse(**kwargs):
+        raise AssertionError(f"the pipeline started: {kwargs}")
+
+    monkeypatch.setattr(flows.pipeline, "prh_pipeline", refuse)
+
+
+def test_run_flags_are_checked_like_the_config_file(tmp_path, capsys, monkeypatch):
+    """`--permutations -1` (and 1,000,000, over the limit of 100,000) were applied with
+    `model_copy(update=...)`, which pydantic does not validate: the run went ahead. The config
+    with its flags is validated as a whole: the file's error, exit 2, before the store is touched."""
+    _no_pipeline(monkeypatch)
+    config, store = _tiny_config(tmp_path), tmp_path / "store"
+    for value, problem in (("-1", "Input should be greater than or equal to 0 (got -1)"),
+                           ("1000000", "Input should be less than or equal to 100000 (got 1000000)")):
+        assert main(["run", "--config", str(config), "--store", str(store), "--permutations", value]) == 2
+        assert capsys.readouterr().err.strip() == \
+            f"prh run: error: config {config} with --permutations {value}: alignment.permutations: {problem}"
+    assert main(["run", "--config", str(config), "--store", str(store), "--unit", "image", "--permutations", "-5"]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"prh run: error: config {config} with --permutations -5 --unit image: ")
+    assert not store.exists()
+
+    from flows.cli import config_with_flags
+
+    def flags(*argv: str):
+        import argparse
+
+        namespace = argparse.Namespace(config=str(config), dataset=None, image_column=None, text_column=None, captions=None,
+                                       n=None, image_root=None, split=None, permutations=None, unit=None)
+        for name, value in zip(argv[::2], argv[1::2]):
+            setattr(namespace, name, value)
+        return config_with_flags(namespace)
+
+    assert flags().alignment.permutations == 3
+    changed = flags("permutations", 100_000, "unit", "image", "dataset", str(tmp_path / "t.csv"))
+    assert (changed.alignment.permutations, changed.alignment.unit) == (100_000, "image")
+    assert (changed.dataset.kind, changed.dataset.path) == ("path", str(tmp_path / "t.csv"))
+    assert changed.models == flags().models
+
+
+def test_an_empty_store_flag_is_refused_not_the_default_store(tmp_path, capsys, monkeypatch):
+    """`--store ""` (as `--store "$UNSET"` gives) meant the default store (`args.store or
+    default_store()`): every command refuses it as it refuses an empty $PRH_STORE."""
+    from tests.storage.catalog_store import build_catalog_store
+
+    _no_pipeline(monkeypatch)
+    default = str(tmp_path / "default")
+    build_catalog_store(default)
+    monkeypatch.setenv("PRH_STORE", default)
+    assert main(["sql", "select count(*) n from runs", "--format", "csv"]) == 0  # the default store works
+    assert capsys.readouterr().out.split() == ["n", "2"]
+    empty = "error: store URL '' is empty: give a folder, file://PATH or s3://BUCKET/PREFIX"
+    for command in (["run", "--config", str(_tiny_config(tmp_path))], ["sql", "select 1"], ["gc", "--dry-run"], ["verify"],
+                    ["catalog", "export", str(tmp_path / "c.duckdb")], ["report", "--out", str(tmp_path / "r")]):
+        assert main([*command, "--store", ""]) == 2, command
+        assert capsys.readouterr().err.strip() == f"prh {command[0]}: {empty}"
+    monkeypatch.setenv("PRH_STORE", "")
+    assert main(["sql", "select 1"]) == 2 and capsys.readouterr().err.strip() == f"prh sql: {empty}"
+    assert not (tmp_path / "c.duckdb").exists() and not (tmp_path / "r").exists()
+
+
+def test_a_path_that_holds_no_store_is_refused(tmp_path, capsys):
+    """A --store that is a plain file or a folder without any of the store's folders was read as
+    an empty store (`prh sql` counted 0 runs, `prh verify` found all well): an error naming it."""
+    plain = tmp_path / "notes.txt"
+    plain.write_text("not a store\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "photos").mkdir()
+    commands = (["sql", "select count(*) from runs"], ["verify"], ["gc", "--dry-run"], ["catalog", "export", str(tmp_path / "c.duckdb")],
+                ["report", "--out", str(tmp_path / "r")])
+    for path, what in ((plain, "it is a file"),
+                       (tmp_path / "empty", "it holds none of runs/, datasets/, features/, alignment/, reports/"),
+                       (tmp_path / "other", "it holds none of runs/, datasets/, features/, alignment/, reports/")):
+        for command in commands:
+            assert main([*command, "--store", str(path)]) == 2, (path, command)
+            err = capsys.readouterr().err.strip()
+            assert err.startswith(f"prh {command[0]}: error: store file://{path} is not a prh store: {what} (check --store"), err
+    assert plain.read_text() == "not a store\n" and not (tmp_path / "c.duckdb").exists() and not (tmp_path / "r").exists()
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["photos"]
+
+
+def test_a_store_whose_first_run_has_just_started_is_a_store(tmp_path, capsys):
+    """What `prh run` writes before any result (the probe of `check_writable`, then its RUNNING
+    record under runs/) is enough for the read-only commands: they see the running run."""
+    from flows.run_record import new_record, recorded
+    from storage import layout
+    from storage.runs import open_for_run
+    from tasks.params import load_config
+
+    store = Store(str(tmp_path / "fresh"))
+    open_for_run(store)
+    with recorded(store, layout.run_key("first"), new_record(store, load_config(_tiny_config(tmp_path)), "first", "prh-pipeline")):
+        assert main(["sql", "select run_id, status from runs", "--store", store.url, "--format", "csv"]) == 0
+        assert capsys.readouterr().out.split() == ["run_id,status", "first,RUNNING"]
+        assert main(["verify", "--store", store.url]) == 0
+        assert "0 published versions" in capsys.readouterr().out

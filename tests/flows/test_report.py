@@ -60,9 +60,40 @@ def test_report_of_a_chosen_run_and_errors(store, tmp_path, capsys):
     assert "no run 'nope'" in capsys.readouterr().err
     assert main(["report", "--store", str(tmp_path / "none"), "--out", str(tmp_path / "y")]) == 2
     assert "none does not exist: nothing was ever written there" in capsys.readouterr().err
-    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty").mkdir()  # no store: none of its folders
     assert main(["report", "--store", str(tmp_path / "empty"), "--out", str(tmp_path / "y")]) == 2
+    assert "empty is not a prh store: it holds none of runs/" in capsys.readouterr().err
+    (tmp_path / "no-results" / "runs").mkdir(parents=True)  # a store without a run that published results
+    assert main(["report", "--store", str(tmp_path / "no-results"), "--out", str(tmp_path / "y")]) == 2
     assert "no run that published results" in capsys.readouterr().err
+
+
+def test_bad_out_folders_are_one_line_errors(store, tmp_path, capsys):
+    """`--out` naming a file, a path under a file, or nothing raised FileExistsError and
+    NotADirectoryError tracebacks (or wrote into the working directory): one line naming it, exit 2,
+    before the report is built; nothing is written."""
+    plain = tmp_path / "afile"
+    plain.write_text("keep me\n")
+    for out, message in ((plain, f"report folder '{plain}' is a file: give a folder (--out)"),
+                         (plain / "sub", f"report folder '{plain / 'sub'}' is under '{plain}', which is a file: give a folder (--out)"),
+                         ("", "report folder '' is empty: give the folder to write report.html and figures/ to (--out)")):
+        assert main(["report", "--store", store[0], "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == f"prh report: error: {message}"
+    assert plain.read_text() == "keep me\n" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_pair_the_run_does_not_have_is_an_error_listing_its_pairs(store, tmp_path, capsys):
+    """`--pair A:B` of no pair of the run wrote the report with the note "no nearest-neighbour
+    examples (features not available)" and exit 0: an error listing the run's pairs."""
+    listed = ", ".join(f"{a}:{b}" for a, b in sorted(PAIRS))
+    for pair in ("vit-small:nope", "nope:gpt-tiny", "vit-small:vit-small"):
+        assert main(["report", "--store", store[0], "--run", LATEST_RUN, "--out", str(tmp_path / "r"), "--pair", pair]) == 2
+        assert capsys.readouterr().err.strip() == \
+            f"prh report: error: --pair {pair}: run {LATEST_RUN} has no such model pair; its pairs: {listed}"
+    assert not (tmp_path / "r").exists()
+    a, b = sorted(PAIRS)[0]
+    assert main(["report", "--store", store[0], "--run", LATEST_RUN, "--out", str(tmp_path / "r"), "--pair", f"{b}:{a}"]) == 0
+    assert f"{a} at layer" in (tmp_path / "r" / "report.html").read_text(encoding="utf-8")  # either order names the pair
 
 
 def test_a_second_report_reuses_the_stored_figures(store, report_dir, tmp_path):

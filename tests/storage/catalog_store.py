@@ -90,6 +90,7 @@ def _alignment_rows(a: str, b: str, version: str, n: int) -> tuple[pa.Table, pa.
                      f"layer.{j:02d}", float(grid.max()), chance, null_mean, 0.01, tau, 1 / 21, calibrated, 20,
                      float(grid.max()) - 0.02 if metric == "mutual_knn" else None,
                      float(grid.max()) + 0.02 if metric == "mutual_knn" else None,
+                     False if metric == "mutual_knn" else None,
                      50 if metric == "mutual_knn" else 0, n, "sample"])
     int_columns = {"layer_a", "layer_b", "n_samples", "permutations", "bootstrap"}
 

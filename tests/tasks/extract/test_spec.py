@@ -111,7 +111,7 @@ def test_zoo_structure_errors(tmp_path):
     bad.write_text("models: [unclosed")
     with pytest.raises(ZooError, match="not valid YAML"):
         load_zoo(bad)
-    with pytest.raises(ZooError, match="cannot read"):
+    with pytest.raises(ZooError, match=r"missing\.yaml: file not found"):
         load_zoo(tmp_path / "missing.yaml")
 
 
@@ -120,6 +120,38 @@ def test_zoo_yaml_is_safe_loaded(tmp_path):
     path.write_text("models: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ZooError, match="not valid YAML"):
         load_zoo(path)
+
+
+def test_zoo_yaml_is_read_as_strictly_as_a_config(tmp_path):
+    """load_zoo used yaml.safe_load, which keeps the last of a repeated key (a model silently
+    renamed) and expands alias bombs; it reads the file as load_config does."""
+    repeated = tmp_path / "repeated.yaml"
+    repeated.write_text("models:\n  - {name: a, loader: random_hf, id: ViTConfig, modality: vision}\n"
+                        "  - {name: a, loader: random_hf, id: ViTConfig, modality: vision, name: b}\n")
+    with pytest.raises(ZooError, match=rf"^zoo file {repeated}: not valid YAML: line 3, column 67: found duplicate key 'name'"):
+        load_zoo(repeated)
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                    + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcd", "bcde"))
+                    + "models: [{name: m, loader: random_hf, id: ViTConfig, modality: vision}]\n")
+    with pytest.raises(ZooError, match="more than 100,000 YAML nodes once aliases are expanded"):
+        load_zoo(bomb)
+    merged = tmp_path / "merged.yaml"  # merge keys are not repeats
+    merged.write_text("models:\n  - &v {name: a, loader: random_hf, id: ViTConfig, modality: vision}\n  - {<<: *v, name: b, seed: 3}\n")
+    assert [(s.name, s.seed) for s in load_zoo(merged)] == [("a", 0), ("b", 3)]
+
+
+def test_seed_is_what_torch_takes():
+    """A seed of 2**64 passed the spec and failed at extraction ("Overflow when unpacking long
+    long"): 0 to 2**64 - 1, what torch.manual_seed takes."""
+    import torch
+
+    assert _spec(loader="random_hf", id="BertConfig", seed=2**64 - 1).seed == 2**64 - 1
+    for bad in (2**64, -1):
+        with pytest.raises(ValidationError, match="seed"):
+            _spec(loader="random_hf", id="BertConfig", seed=bad)
+    with pytest.raises(ValueError, match="Overflow"):
+        torch.Generator().manual_seed(2**64)
 
 
 def test_demo_zoo_parses():

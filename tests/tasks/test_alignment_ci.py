@@ -1,0 +1,35 @@
+"""The pipeline's bootstrap interval of the best score (tasks.alignment.align_layers): always
+around the score, and flagged ``ci_degenerate`` when the half-size subsamples pile up on a bound
+of the metric (cycle_knn at N=40, topk=10: a subsample of 20 rows almost always scores 1)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+
+from tasks.alignment import MetricRequest, align_layers
+
+
+def test_a_saturated_interval_is_flagged_and_logged_not_warned(caplog):
+    rng = np.random.default_rng(14)
+    x, y = rng.normal(size=(40, 16)).astype(np.float32), rng.normal(size=(40, 16)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the pipeline logs it instead of a Python warning
+        with caplog.at_level(logging.WARNING, logger="tasks.alignment"):
+            cycle, = align_layers([x], [y], [MetricRequest("cycle_knn", {"topk": 10})], bootstrap=50, seed=0)
+    assert cycle.ci_degenerate is True and cycle.ci_low <= cycle.best <= cycle.ci_high <= 1.0
+    assert "cycle_knn(topk=10): the bootstrap interval" in caplog.text and "degenerate" in caplog.text
+
+
+def test_a_spread_interval_is_not_flagged():
+    rng = np.random.default_rng(3)
+    shared = rng.normal(size=(120, 6))
+    x = (shared @ rng.normal(size=(6, 24)) + 0.5 * rng.normal(size=(120, 24))).astype(np.float32)
+    y = (shared @ rng.normal(size=(6, 20)) + 0.5 * rng.normal(size=(120, 20))).astype(np.float32)
+    knn, cka = align_layers([x], [y], [MetricRequest("mutual_knn", {"topk": 5}), MetricRequest("cka")], bootstrap=40, seed=1)
+    for result in (knn, cka):
+        assert result.ci_degenerate is False and result.ci_low < result.best < result.ci_high
+    none, = align_layers([x], [y], [MetricRequest("cka")])
+    assert none.ci_degenerate is None and none.ci_low is None  # no interval asked for
