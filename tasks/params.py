@@ -233,6 +233,9 @@ class PipelineConfig(BaseModel):
             where = {n: [i for i, m in enumerate(names) if m == n] for n in dupes}
             shown = "; ".join(f"{n!r} at models[{', '.join(map(str, idx))}]" for n, idx in where.items())
             raise ValueError(f"model names must be unique; repeated: {shown}")
+        clash = _case_clash(names)
+        if clash:
+            raise ValueError(clash)
         return models
 
     @model_validator(mode="after")
@@ -269,6 +272,20 @@ MAX_YAML_NODES = 100_000
 """Largest config accepted, in YAML nodes after expanding aliases (a guard against alias bombs)."""
 
 # The pydantic model that a location (field path) in a config points into, for "valid keys".
+def _case_clash(names: list[str]) -> str | None:
+    """Why model names that differ only in case cannot live in one store (their folders are one
+    on the case-insensitive file systems of macOS and Windows, and on such mounts), or None."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name.casefold(), []).append(i)
+    clashes = [idx for idx in groups.values() if len({names[i] for i in idx}) > 1]
+    if not clashes:
+        return None
+    shown = "; ".join(" and ".join(f"{names[i]!r} (models[{i}])" for i in idx) for idx in clashes)
+    return (f"model names must differ in more than case (each names a folder of the store, and case-insensitive "
+            f"file systems, macOS's and Windows' defaults, would mix them): {shown}")
+
+
 _SECTIONS: dict[str, type[BaseModel]] = {"dataset": DatasetParams, "alignment": AlignmentParams, "models": ModelSpec}
 
 

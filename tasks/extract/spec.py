@@ -304,6 +304,10 @@ def load_zoo(path_or_dict: str | Path | Mapping[str, Any]) -> list[ModelSpec]:
             raise ZooError(_describe(label, exc)) from None
         if spec.name in seen:
             raise ZooError(f"{label}: field 'name': duplicate of models[{seen[spec.name]}]")
+        same = next((j for name, j in seen.items() if name.casefold() == spec.name.casefold()), None)
+        if same is not None:
+            raise ZooError(f"{label}: field 'name': differs only in case from models[{same}] ({specs[same].name!r}): "
+                           "each name is a folder of the store, and case-insensitive file systems would mix them")
         seen[spec.name] = i
         specs.append(spec)
     return specs

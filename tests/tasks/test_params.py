@@ -52,6 +52,9 @@ CASES = {
     "model as a list": ("models:\n  - [vit, ViTConfig]\n", r"^models\[0\] \(line 2\): expected a mapping \(got a list\)$"),
     "duplicate model names": (f"models:\n  - {VIT}\n  - {BERT}\n  - {VIT}\n",
                               r"^models \(line 2\): model names must be unique; repeated: 'vit' at models\[0, 2\]$"),
+    "model names differing only in case": (f"models:\n  - {VIT}\n  - {BERT}\n  - {VIT.replace('name: vit', 'name: ViT')}\n",
+                                           r"^models \(line 2\): model names must differ in more than case .*'vit' \(models\[0\]\) and "
+                                           r"'ViT' \(models\[2\]\)$"),
     "bad model field": (f"models:\n  - {VIT}\n  - {{name: bert, loader: random_hf, id: BertConfig, modality: language, pooling: cls}}\n",
                         r"^models\[1\] \(model 'bert'\)\.pooling \(line 3\): 'cls' is not valid for a language model"),
     "'__' in a model name": (f"models:\n  - {VIT}\n  - {{name: bert__base, loader: random_hf, id: BertConfig, modality: language}}\n",

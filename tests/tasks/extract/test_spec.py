@@ -107,6 +107,8 @@ def test_zoo_structure_errors(tmp_path):
     dup = dict(name="a", loader="hf", id="x", modality="language")
     with pytest.raises(ZooError, match=r"models\[1\] \(name 'a'\): field 'name': duplicate of models\[0\]"):
         load_zoo({"models": [dup, dup]})
+    with pytest.raises(ZooError, match=r"models\[1\] \(name 'A'\): field 'name': differs only in case from models\[0\] \('a'\)"):
+        load_zoo({"models": [dup, {**dup, "name": "A"}]})
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: [unclosed")
     with pytest.raises(ZooError, match="not valid YAML"):
