@@ -257,6 +257,16 @@ class PipelineConfig(BaseModel):
                              "to compare every pair of models")
         return self
 
+    @model_validator(mode="after")
+    def _pair_folders_fit(self) -> "PipelineConfig":
+        too_long = [(a.name, b.name) for a, b in self.model_pairs() if len(a.name) + 2 + len(b.name) > MAX_PAIR_FOLDER_CHARS]
+        if too_long:
+            a, b = too_long[0]
+            raise FieldError("models", f"{len(too_long)} model pair(s) would get an alignment folder name longer than "
+                             f"{MAX_PAIR_FOLDER_CHARS} characters ('<model_a>__<model_b>'), e.g. {a!r} with {b!r} "
+                             f"({len(a) + 2 + len(b)}): shorten the names (the alignment would fail after extraction)")
+        return self
+
     def model_pairs(self) -> list[tuple[ModelSpec, ModelSpec]]:
         """Pairs to align: (vision, language) for 'cross_modal', else every unordered pair."""
         if self.alignment.pairs == "cross_modal":
@@ -266,12 +276,6 @@ class PipelineConfig(BaseModel):
         return [(a, b) for i, a in enumerate(self.models) for b in self.models[i + 1 :]]
 
 
-# ------------------------------------------------------------------------------ reading YAML
-
-MAX_YAML_NODES = 100_000
-"""Largest config accepted, in YAML nodes after expanding aliases (a guard against alias bombs)."""
-
-# The pydantic model that a location (field path) in a config points into, for "valid keys".
 def _case_clash(names: list[str]) -> str | None:
     """Why model names that differ only in case cannot live in one store (their folders are one
     on the case-insensitive file systems of macOS and Windows, and on such mounts), or None."""
@@ -286,6 +290,17 @@ def _case_clash(names: list[str]) -> str | None:
             f"file systems, macOS's and Windows' defaults, would mix them): {shown}")
 
 
+#: Longest folder name of a model pair's alignments, ``<model_a>__<model_b>`` (a store key
+#: component, ``storage.keys.safe_component``).
+MAX_PAIR_FOLDER_CHARS = 128
+
+
+# ------------------------------------------------------------------------------ reading YAML
+
+MAX_YAML_NODES = 100_000
+"""Largest config accepted, in YAML nodes after expanding aliases (a guard against alias bombs)."""
+
+# The pydantic model that a location (field path) in a config points into, for "valid keys".
 _SECTIONS: dict[str, type[BaseModel]] = {"dataset": DatasetParams, "alignment": AlignmentParams, "models": ModelSpec}
 
 

@@ -55,6 +55,9 @@ CASES = {
     "model names differing only in case": (f"models:\n  - {VIT}\n  - {BERT}\n  - {VIT.replace('name: vit', 'name: ViT')}\n",
                                            r"^models \(line 2\): model names must differ in more than case .*'vit' \(models\[0\]\) and "
                                            r"'ViT' \(models\[2\]\)$"),
+    "pair folder name too long": (f"models:\n  - {VIT.replace('name: vit', 'name: ' + 'v' * 70)}\n  - {BERT.replace('name: bert', 'name: ' + 'b' * 70)}\n",
+                                  r"^models \(line 2\): 1 model pair\(s\) would get an alignment folder name longer than 128 "
+                                  r"characters .*\(142\): shorten the names"),
     "bad model field": (f"models:\n  - {VIT}\n  - {{name: bert, loader: random_hf, id: BertConfig, modality: language, pooling: cls}}\n",
                         r"^models\[1\] \(model 'bert'\)\.pooling \(line 3\): 'cls' is not valid for a language model"),
     "'__' in a model name": (f"models:\n  - {VIT}\n  - {{name: bert__base, loader: random_hf, id: BertConfig, modality: language}}\n",
