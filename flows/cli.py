@@ -335,6 +335,7 @@ def _gc(args: argparse.Namespace) -> int:
     from storage.report_retention import remove_stale_reports
     from storage.runs import live_runs_since, mark_crashed_runs, open_for_run
     from storage.shards import remove_stale_partials
+    from storage.store import DamagedManifest
 
     if not (math.isfinite(args.older_than_days) and args.older_than_days >= 0):
         raise ValueError(f"--older-than-days must be a number >= 0, got {args.older_than_days}")
@@ -349,7 +350,9 @@ def _gc(args: argparse.Namespace) -> int:
         if args.dry_run else open_for_run(store, min_free_mb=0, swept_sizes=swept_bytes)  # a nearly full disk is when gc is needed
     now = time.time()
     live_since = live_runs_since(store)  # shards a live run may be writing are kept, whatever their age
-    partials = remove_stale_partials(store, args.older_than_days * 86400.0, dry_run=args.dry_run, live_since=live_since)
+    damaged: list[DamagedManifest] = []  # versions whose shards stay: their manifest is damaged (prh verify's business)
+    partials = remove_stale_partials(store, args.older_than_days * 86400.0, dry_run=args.dry_run, live_since=live_since,
+                                     damaged=damaged)
     figure_bytes: dict[str, int] = {}
     figures = remove_stale_namespaces(store, dry_run=args.dry_run, sizes=figure_bytes)
     report_bytes: dict[str, int] = {}
@@ -369,6 +372,9 @@ def _gc(args: argparse.Namespace) -> int:
         why = ("its version is published" if entry["reason"] == "published"
                else f"unpublished, newest shard {(now - entry['newest']) / 86400.0:.1f} days old")
         print(f"{verb} {entry['version']}/_partial: {entry['shards']} shards, {_megabytes(entry['bytes'])} ({why})")
+    for error in damaged:
+        print(f"left {error.version_key}/_partial in place: {error} "
+              "(`prh verify --remove-damaged` removes the version with its shards)")
     for key in figures:
         print(f"{verb} {key}: report figures drawn by another version of the report code, {_megabytes(figure_bytes[key])}")
     for key in reports:
@@ -428,7 +434,8 @@ def _megabytes(size: int) -> str:
 
 def _verify(args: argparse.Namespace) -> int:
     """Exit 0 when every published version matches its manifest, 1 when one does not (each is
-    named with its problems; with ``--remove-damaged`` also deleted)."""
+    named with its problems; with ``--remove-damaged`` also deleted, under its publishing claim
+    as ``prh gc`` does: one that a run is publishing again right now is left to it)."""
     from storage.verify import remove_version, verify_store
 
     store = existing_store(store_argument(args))
@@ -442,8 +449,11 @@ def _verify(args: argparse.Namespace) -> int:
     checks = verify_store(store, quick=args.quick, on_check=report)
     for check in damaged if args.remove_damaged else []:
         if check.removable:
-            remove_version(store, check.key)
-            print(f"removed {check.key}: the next run computes it again")
+            if remove_version(store, check.key):
+                print(f"removed {check.key}: the next run computes it again")
+            else:
+                print(f"left {check.key} in place: a run is publishing it again right now (it holds its claim); "
+                      "run prh verify again after it")
         else:
             print(f"left {check.key}/manifest.json in place: not a version folder (remove that file by hand)")
     files, size = sum(c.files for c in checks), sum(c.bytes for c in checks)

@@ -54,7 +54,8 @@ def write_report(
     store: str, out: str | Path, run_id: str | None = None, pair: tuple[str, str] | None = None, formats: tuple[str, ...] = ("png", "svg")
 ) -> tuple[Path, "Report"]:
     """Build the report of ``run_id`` (default: latest run that published results) and write it under ``out``:
-    ``report.html`` (self-contained) and ``figures/<name>.png|svg``. Returns (page path, report)."""
+    ``report.html`` (self-contained) and ``figures/<name>.png|svg``, then remove the figures an
+    earlier report left there (:func:`remove_stale_figures`). Returns (page path, report)."""
     from storage.figure_cache import StoreFigureCache
     from storage.store import Store
     from tasks.report import build_report
@@ -66,7 +67,8 @@ def write_report(
     if pair is not None:
         check_pair(data.best.to_pylist(), pair, str(data.run.get("run_id")))
     report = build_report(data, formats=formats, cache=StoreFigureCache(results))
-    for relative, content in report.files().items():
+    files = report.files()
+    for relative, content in files.items():
         target = out / relative
         if not target.resolve().is_relative_to(out.resolve()):
             raise ValueError(f"report file {relative!r} would be written outside {str(out)!r}")
@@ -75,7 +77,30 @@ def write_report(
             target.write_bytes(content)
         except OSError as error:  # a disk that is full or read-only, a folder that changed meanwhile
             raise ValueError(f"report folder {str(out)!r}: cannot write {relative}: {error.strerror or error}") from None
+    remove_stale_figures(out, set(files))
     return out / REPORT_FILE, report
+
+
+def remove_stale_figures(out: Path, written: set[str]) -> list[str]:
+    """Remove the figures an earlier report left in ``out/figures/`` that this one did not write
+    (``written``: the paths relative to ``out``), so that the folder shows one report. Only plain
+    files named as a report names its figures (``tasks.report.build.FIGURE_FILE``:
+    ``model-heatmap-*``, ``quality-*``, ``size-*``, ``layers-*`` ``.png|.svg``) are removed; any other
+    file, folder or link is left alone. Returns the names removed."""
+    from tasks.report.build import FIGURE_FILE
+
+    folder = out / "figures"
+    removed = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if (FIGURE_FILE.fullmatch(path.name) and f"figures/{path.name}" not in written
+                and path.is_file() and not path.is_symlink()):
+            try:
+                path.unlink()
+            except OSError as error:
+                raise ValueError(f"report folder {str(out)!r}: cannot remove the earlier report's figures/{path.name}: "
+                                 f"{error.strerror or error}") from None
+            removed.append(path.name)
+    return removed
 
 
 def check_report_folder(out: str | Path) -> Path:

@@ -26,15 +26,16 @@ import re
 import tempfile
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import duckdb
 import pyarrow as pa
 
 from storage import layout
 from storage.runs import runs_as_known
-from storage.store import Store, escape_glob, unescape_glob
+from storage.store import MANIFEST, Store, escape_glob, unescape_glob
 from storage.stored_files import FileGroup, ListedFile, StoredFiles
+from storage.verify import manifest_problems
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +115,14 @@ class CatalogSources:
 
 def catalog_sources(store: Store) -> CatalogSources:
     """Read every manifest and run record of ``store`` into :class:`CatalogSources`. A damaged
-    manifest (cut short, or a copy of another version's) is left out with a warning naming it:
-    one bad file must not hide the rest of the store, nor count another version twice."""
+    manifest (cut short, a copy of another version's, or a field of the wrong type:
+    ``storage.verify.manifest_problems``) is left out with a warning naming it: one bad file must
+    not hide the rest of the store, nor count another version twice."""
 
     def left_out(damaged: Exception) -> None:
         log.warning("%s; left out of the catalog", damaged)
 
-    manifests = {prefix: list(store.manifests(prefix, on_damaged=left_out))
+    manifests = {prefix: _usable(store, store.manifests(prefix, on_damaged=left_out))
                  for prefix in (layout.DATASETS, layout.FEATURES, layout.ALIGNMENT)}
     listed = {
         store.read_uri(f"{key}/{name}"): ListedFile.from_manifest(f"{key}/{name}", entry)
@@ -133,7 +135,7 @@ def catalog_sources(store: Store) -> CatalogSources:
         view: [
             store.read_uri(f"{key}/{name}")
             for key, manifest in manifests[prefix]
-            for name in sorted(manifest.get("files", {}))
+            for name in sorted(manifest["files"])
             if name.endswith(".parquet") and (file_name == "*" or name == file_name)
         ]
         for view, (prefix, file_name) in _FILE_VIEWS.items()
@@ -159,23 +161,37 @@ def stored_files(store: Store, sources: CatalogSources) -> StoredFiles | None:
     return StoredFiles(sources.listed, sizes)
 
 
+def _usable(store: Store, manifests: Iterable[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """``manifests`` (version key, manifest) less those with a field of the wrong type
+    (``storage.verify.manifest_problems``: ``files`` null, a ``lineage`` that is text...), each
+    left out with a warning naming it, as a manifest that is not JSON is."""
+    usable = []
+    for key, manifest in manifests:
+        problems = manifest_problems(manifest)
+        if problems:
+            log.warning("manifest %s/%s in store %s is damaged (%s); left out of the catalog (prh verify names it, "
+                        "--remove-damaged removes it)", key, MANIFEST, store.display_url, "; ".join(problems))
+            continue
+        usable.append((key, manifest))
+    return usable
+
+
 def _entries(manifest: dict[str, Any]) -> dict[str, Any]:
-    """A manifest's ``files`` (name → entry); a hand-edited list of names gives entries of None."""
-    files = manifest.get("files") or {}
-    return dict(files) if isinstance(files, dict) else dict.fromkeys(str(name) for name in files)
+    """A usable manifest's ``files`` (name → entry, see :func:`_usable`)."""
+    return dict(manifest["files"])
 
 
 def _lineage_rows(key: str, manifest: dict[str, Any]) -> list[Lineage]:
     """The :data:`Lineage` rows of one alignment version: both orders of its two models (one row
     when a model is aligned with itself)."""
     version = key.rstrip("/").rsplit("/", 1)[-1]
-    features = [(str(m), str(v)) for m, v in ((manifest.get("lineage") or {}).get("features") or {}).items()]
+    features = [(str(m), str(v)) for m, v in manifest.get("lineage", {}).get("features", {}).items()]
     return [(version, *a, *b) for a in features for b in features if len(features) == 1 or a != b]
 
 
 def _catalog_row(manifest: dict[str, Any]) -> dict[str, Any]:
     """A version's row of a metadata view: its manifest's ``catalog`` and when it was published."""
-    return {**manifest.get("catalog", {}), "published_at": manifest.get("published_at")}
+    return {**manifest.get("catalog", {}), "published_at": manifest.get("published_at")}  # an object (see _usable)
 
 
 def connect(

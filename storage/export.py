@@ -8,12 +8,18 @@ The file holds the same names as :func:`storage.catalog.connect`:
 - table ``prh_catalog``: one row (store URL without credentials, exported_at, file count).
 
 It is a snapshot: versions published later appear after the next export. Writing is atomic
-(a temporary file in the same folder, checkpointed, then renamed).
+(a temporary file in the same folder, checkpointed, then renamed). DuckDB reads a ``?`` in a
+database path as the start of options (its write-ahead log went to ``q.wal?m/...``): a catalog
+file whose path holds one is built in a fresh temporary folder, then copied beside the file and
+renamed. It reads ``\\`` as ``/`` on every system, so no DuckDB could open a file whose POSIX
+path holds one: such a path is refused.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +50,7 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
     """Write the catalog of ``store`` to the DuckDB file ``path`` (replaced if it exists).
 
     Raises ValueError naming ``path`` when it cannot be that file: empty, a folder, under a file,
-    inside the store."""
+    inside the store, a ``\\`` in its POSIX path (see the module's docstring)."""
     if not isinstance(store, Store):
         store = Store(store, storage_options)
     path = _checked_file(path)
@@ -57,9 +63,10 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
         raise ValueError(f"catalog file {str(path)!r}: cannot create its folder: {error.strerror or error}") from None
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     sources = catalog_sources(store)
+    build = tmp if _duckdb_can_write(tmp) else Path(tempfile.mkdtemp(prefix="prh-export-")) / "catalog.duckdb"
     try:
         try:
-            con = duckdb.connect(str(tmp))
+            con = duckdb.connect(str(build))
         except duckdb.Error as error:  # a folder without write permission, a full disk
             raise ValueError(f"catalog file {str(path)!r}: cannot write it: {str(error).splitlines()[0]}") from None
         try:
@@ -81,21 +88,50 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
             con.execute("CHECKPOINT")
         finally:
             con.close()
+        if build != tmp:
+            _copy_beside(build, tmp, path)
         os.replace(tmp, path)
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
             if leftover.exists():
                 leftover.unlink()
+        if build != tmp:
+            shutil.rmtree(build.parent, ignore_errors=True)
     return ExportSummary(path, store.display_url, not store.is_local, n_files, sorted(sources.files),
                          {name: table.num_rows for name, table in sources.tables.items()})
 
 
+def _duckdb_can_write(path: Path) -> bool:
+    """Whether DuckDB writes a database at ``path`` where it says: not when the path holds ``?``
+    (DuckDB takes what follows as options, and its write-ahead log went to a mangled path)."""
+    return "?" not in str(path)
+
+
+def _copy_beside(built: Path, tmp: Path, path: Path) -> None:
+    """Copy the database ``built`` elsewhere to ``tmp`` (beside ``path``, for an atomic rename);
+    ValueError naming ``path`` when it cannot be written there."""
+    try:
+        shutil.copyfile(built, tmp)
+    except OSError as error:  # no write permission, a full disk
+        raise ValueError(f"catalog file {str(path)!r}: cannot write it: {error.strerror or error}") from None
+
+
+def _refuse_backslash(path: Path) -> None:
+    """ValueError naming ``path`` when its POSIX path holds ``\\``: DuckDB reads it as ``/`` on
+    every system, so it would write (and later look for) another file than the one named."""
+    if os.sep == "/" and "\\" in str(path):
+        raise ValueError(f"catalog file {str(path)!r} has a backslash in its path, which DuckDB reads as '/' "
+                         "(it could not open the file by this name): choose a path without '\\'")
+
+
 def _checked_file(path: str | Path) -> Path:
-    """``path`` resolved, if a file can be written there: not empty, not a folder, and its
-    nearest existing ancestor a folder. Else ValueError naming it."""
+    """``path`` resolved, if a file can be written there: not empty, not a folder, its nearest
+    existing ancestor a folder, and no ``\\`` in it (:func:`_refuse_backslash`). Else
+    ValueError naming it."""
     if not str(path).strip():
         raise ValueError(f"catalog file {str(path)!r} is empty: give the .duckdb file to write, e.g. prh.duckdb")
     path = Path(path).expanduser().resolve()
+    _refuse_backslash(path)
     if path.is_dir():
         raise ValueError(f"catalog file {str(path)!r} is a folder: give a file name, e.g. {str(path / 'prh.duckdb')!r}")
     for place in path.parents:
@@ -121,6 +157,7 @@ def open_catalog(
     file (a second ``open_catalog`` failed, a plain ``duckdb.connect(path)`` came back locked).
     """
     path = Path(path).expanduser().resolve()
+    _refuse_backslash(path)
     if not path.is_file():
         raise FileNotFoundError(f"catalog file {str(path)!r} does not exist (write it with `prh catalog export FILE`)")
     con = duckdb.connect(":memory:")

@@ -16,8 +16,8 @@ from, and removes every other published version:
 - kept: the dataset and feature versions named by every extraction stage (``prh-extract``, its
   record in ``runs/extractions/``) that started since then, published or reused: its alignment
   stage may not have run yet;
-- kept: a version whose manifest is damaged (``prh verify`` deals with it) and a manifest outside
-  any version folder;
+- kept: a version whose manifest is damaged (not JSON, another version's, or a field of the
+  wrong type: ``prh verify`` deals with it) and a manifest outside any version folder;
 - nothing is removed while a run or an extraction stage is alive (``RUNNING`` and not known gone,
   ``storage.runs.gone_reason``): its record names its versions only when it ends, and it may be
   reusing any version stored; nor when no run published results (nothing to keep by).
@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable
 from storage import layout
 from storage.runs import ALIVE, COMPLETED, FAILED, epoch_seconds, extraction_records, live_records, run_records
 from storage.store import DamagedManifest, Store
-from storage.verify import is_version_key
+from storage.verify import is_version_key, manifest_problems
 
 #: Versions published this long before the oldest kept run started are kept too: room for
 #: clock skew between the hosts that start runs and publish versions (as ``STALE_RUN_SECONDS``).
@@ -117,14 +117,19 @@ def inputs(key: str, manifest: dict[str, Any]) -> set[str]:
 
 def published_versions(store: Store) -> tuple[dict[str, dict[str, Any]], set[str]]:
     """(version key -> manifest of every published version, keys of versions with a damaged
-    manifest). A manifest outside any version folder is neither."""
+    manifest: not JSON, another version's, or a field of the wrong type, see
+    ``storage.verify.manifest_problems``). A manifest outside any version folder is neither."""
     versions: dict[str, dict[str, Any]] = {}
     damaged: list[DamagedManifest] = []
+    odd: set[str] = set()
     for box in REMOVAL_ORDER:
         for key, manifest in store.manifests(box, on_damaged=damaged.append):
             if is_version_key(key):
-                versions[key] = manifest
-    return versions, {d.version_key for d in damaged}
+                if manifest_problems(manifest):
+                    odd.add(key)
+                else:
+                    versions[key] = manifest
+    return versions, odd | {d.version_key for d in damaged}
 
 
 def extraction_versions(record: dict[str, Any]) -> set[str]:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.features import vectors_from_arrow
-from storage.store import Store, table_to_parquet_bytes
+from storage.store import DamagedManifest, Store, table_to_parquet_bytes
 
 PARTIAL = "_partial"
 
@@ -99,7 +99,7 @@ def _modified(info: dict[str, Any]) -> float:
 
 
 def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, now: float | None = None,
-                   live_since: float | None = None) -> list[dict[str, Any]]:
+                   live_since: float | None = None, damaged: list[DamagedManifest] | None = None) -> list[dict[str, Any]]:
     """Shard folders of feature versions that no extraction will resume.
 
     A version's ``_partial/`` folder is listed when the version is published (a run that died
@@ -111,6 +111,10 @@ def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, no
     ``live_since`` (epoch seconds: the start of the earliest run still alive, see
     ``storage.runs.live_runs_since``): an unpublished folder written since then is never listed,
     whatever ``older_than_s`` says, since a live run may be extracting into it.
+
+    A version whose manifest is damaged (:class:`storage.store.DamagedManifest`) is neither
+    published nor unpublished: its shards are never listed (``prh verify --remove-damaged``
+    removes the version with them); the error is appended to ``damaged`` when given.
 
     Returns ``{"version": key, "shards": count, "bytes": total, "newest": epoch seconds,
     "reason": "published" | "abandoned"}`` per folder, sorted by version key.
@@ -128,8 +132,13 @@ def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, no
     for version_key, files in sorted(versions.items()):
         newest = max(_modified(info) for _, info in files)
         in_use = live_since is not None and newest >= live_since
-        reason = "published" if store.manifest(version_key) is not None else (
-            "abandoned" if now - newest > older_than_s and not in_use else None)
+        try:
+            published = store.manifest(version_key) is not None
+        except DamagedManifest as error:  # prh verify's business: its shards stay
+            if damaged is not None:
+                damaged.append(error)
+            continue
+        reason = "published" if published else ("abandoned" if now - newest > older_than_s and not in_use else None)
         if reason:
             out.append({"version": version_key, "shards": sum(1 for name, _ in files if name.startswith("shard-")),
                         "bytes": sum(int(info.get("size") or 0) for _, info in files), "newest": newest, "reason": reason})
@@ -137,9 +146,10 @@ def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, no
 
 
 def remove_stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, dry_run: bool = False,
-                          live_since: float | None = None) -> list[dict[str, Any]]:
-    """Remove the folders :func:`stale_partials` lists (nothing with ``dry_run``); returns them."""
-    stale = stale_partials(store, older_than_s, live_since=live_since)
+                          live_since: float | None = None, damaged: list[DamagedManifest] | None = None) -> list[dict[str, Any]]:
+    """Remove the folders :func:`stale_partials` lists (nothing with ``dry_run``); returns them.
+    ``damaged`` receives the errors of versions left alone because their manifest is damaged."""
+    stale = stale_partials(store, older_than_s, live_since=live_since, damaged=damaged)
     if not dry_run:
         for entry in stale:
             remove_partial(store, entry["version"])

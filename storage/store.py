@@ -317,20 +317,36 @@ class Store:
         over), the manifest goes first, so that readers see the version whole until it is
         unpublished; a run that wants it meanwhile waits for the claim and then publishes it
         again, into an empty folder. Local disks: the folder, and parents that this left empty,
-        are removed too."""
+        are removed too. The manifest is never read, so a damaged one goes the same way.
+
+        A failure after the manifest is gone (the endpoint down, a file that cannot be removed)
+        leaves the claim, marked abandoned by this process, as a killed process leaves it: the
+        files without a manifest are then :meth:`sweep_abandoned`'s (this process's at once,
+        others' once this process is gone or the claim is stale), and a run that publishes the
+        version meanwhile takes the claim over as from a dead writer."""
         claim_key = f"{version_key}/{CLAIM}"
-        if not self.create_exclusive(claim_key, _claim_token()):
+        token = _claim_token()
+        if not self.create_exclusive(claim_key, token):
             self._drop_if_stale(claim_key, stale_after_s)
-            if not self.create_exclusive(claim_key, _claim_token()):
+            if not self.create_exclusive(claim_key, token):
                 return False
+        unpublished = False
         try:
             self.delete(f"{version_key}/{MANIFEST}")
+            unpublished = True
             rest = [self.path(key) for key in self.sizes(version_key) if key != claim_key]
             if rest:
                 with self._reading(version_key):
                     self.fs.rm(rest)  # one request per 1,000 objects on S3
-        finally:
+        except BaseException:
+            if unpublished:
+                _ABANDONED_CLAIMS.add(json.loads(token)["owner"])
+            else:
+                self.delete(claim_key)
+            raise
+        else:
             self.delete(claim_key)
+        finally:
             self._forget_listings(self.path(version_key))
         if self.is_local:
             _remove_empty_folders(self.path(version_key), self.root)

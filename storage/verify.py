@@ -4,11 +4,17 @@ Every published version's manifest lists its files with their size in bytes and 
 (:meth:`storage.store.Store.publish`). Runs trust a published version and never write it again,
 so a file damaged afterwards (a disk fault, a partial copy or sync, someone's edit) would be read
 as it is by every later run and query. This module finds such versions: every listed file must be
-present, of its size and, unless ``quick``, of its SHA-256 (read in chunks, never whole).
+present, of its size and, unless ``quick``, of its SHA-256 (read in chunks, never whole). A
+manifest whose fields are not of their types (:func:`manifest_problems`: a hand edit, another
+program's file) is a damaged version too; the catalog and ``prh gc --keep-runs`` use the same
+test to leave such a version out (or keep it) rather than fail on it.
 
-:func:`remove_version` deletes a damaged version, manifest first (so that it is unpublished at
-once and the next run computes it again: versions are content-addressed by their inputs, so the
-recomputed one takes the same key, and results that were computed from it stay valid).
+:func:`remove_version` deletes a damaged version the way ``prh gc`` removes one
+(:meth:`storage.store.Store.unpublish`): under the version's publishing claim, manifest first (so
+that it is unpublished at once and the next run computes it again: versions are
+content-addressed by their inputs, so the recomputed one takes the same key, and results that
+were computed from it stay valid). A run publishing the version again at that moment holds the
+claim: the version is then left to it.
 """
 
 from __future__ import annotations
@@ -65,13 +71,48 @@ def file_sha256(store: Store, key: str) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+#: What :func:`manifest_problems` says of a manifest whose ``files`` is not a listing.
+NO_LISTING = f"{MANIFEST} lists no files (not written by prh's publish?)"
+
+
+def manifest_problems(manifest: dict[str, Any]) -> list[str]:
+    """What makes a manifest (a JSON object naming its version, as
+    :meth:`storage.store.Store.manifests` yields it) unusable, empty when nothing does: ``files``
+    must be an object (name → entry); ``catalog``, ``lineage`` and ``lineage.features``, where
+    present, objects too (null included: prh's publish writes none of them null), and
+    ``lineage.dataset_version`` text. Readers that would fail on such a field (the catalog,
+    ``prh gc --keep-runs``) treat the version as damaged."""
+    if not isinstance(manifest.get("files"), dict):
+        return [NO_LISTING]
+    problems = [f"{MANIFEST}: its {name!r} is {_json_type(manifest[name])}, not an object (edited, or written by another program?)"
+                for name in ("catalog", "lineage") if name in manifest and not isinstance(manifest[name], dict)]
+    lineage = manifest.get("lineage")
+    if isinstance(lineage, dict):
+        if "features" in lineage and not isinstance(lineage["features"], dict):
+            problems.append(f"{MANIFEST}: its lineage's 'features' is {_json_type(lineage['features'])}, not an object "
+                            "(model → feature version)")
+        if "dataset_version" in lineage and not isinstance(lineage["dataset_version"], str):
+            problems.append(f"{MANIFEST}: its lineage's 'dataset_version' is {_json_type(lineage['dataset_version'])}, not text")
+    return problems
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages (``null``, ``a list``, ``text``...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "a list", str: "text", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
 def check_version(store: Store, version_key: str, manifest: dict[str, Any], quick: bool = False) -> VersionCheck:
-    """Every file the manifest lists: present, of its size and (unless ``quick``) of its SHA-256."""
+    """Every file the manifest lists: present, of its size and (unless ``quick``) of its SHA-256.
+    A manifest with :func:`manifest_problems` is damaged, no file checked."""
     check = VersionCheck(version_key)
-    listing = manifest.get("files")
-    if not isinstance(listing, dict):
-        check.problems.append(f"{MANIFEST} lists no files (not written by prh's publish?)")
+    check.problems.extend(manifest_problems(manifest))
+    if check.problems:
         return check
+    listing = manifest["files"]
     found = {entry["name"]: entry for entry in store.entries(version_key) if entry["type"] != "directory"}
     for name, expected in sorted(listing.items()):
         size, sha = (expected.get("bytes"), expected.get("sha256")) if isinstance(expected, dict) else (None, None)
@@ -119,11 +160,17 @@ def _checks(store: Store, boxes: tuple[str, ...], quick: bool) -> Iterator[Versi
                 yield VersionCheck(error.version_key, problems=[f"{STRAY}: {error}"], removable=False)
 
 
-def remove_version(store: Store, version_key: str) -> None:
-    """Delete a published version: its manifest first (it is unpublished from then on, and a run
-    publishes it again), then the rest of its folder. ValueError for a key that is not a version
-    folder's (``features/manifest.json`` would otherwise take every version of the box with it)."""
+def remove_version(store: Store, version_key: str) -> bool:
+    """Delete a published version with :meth:`storage.store.Store.unpublish`, as ``prh gc`` does:
+    under its publishing claim (a stale one taken over), its manifest first (it is unpublished
+    from then on, and a run publishes it again), then the rest of its folder, shards under
+    ``_partial/`` too. The manifest is never parsed, so a damaged one is removed the same way.
+    Returns True if this call removed it, False when a writer holds the claim (a run is
+    publishing the version again right now: left to it). A crash or failure midway leaves the
+    claim, so ``prh gc`` (``Store.sweep_abandoned``) removes the files left without a manifest
+    (shards under ``_partial/`` once they count as abandoned). ValueError for a key that is not a
+    version folder's (``features/manifest.json`` would otherwise take every version of the box
+    with it)."""
     if not is_version_key(version_key):
         raise ValueError(f"{version_key!r} is not a version folder of the store (see storage.verify.VERSION_DEPTH): not removed")
-    store.delete(f"{version_key}/{MANIFEST}")
-    store.remove_tree(version_key)
+    return store.unpublish(version_key)

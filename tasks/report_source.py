@@ -19,7 +19,7 @@ from storage.features import vectors_from_arrow
 from storage.store import Store
 from tasks.image_rows import image_rows, mean_rows
 from tasks.report.neighbours import NeighbourExamples, Sample, select_examples
-from tasks.report.tables import ReportInput, describe_dataset, metrics_of
+from tasks.report.tables import ReportInput, describe_dataset, metrics_of, scored
 
 NEIGHBOUR_METRIC = "mutual_knn"
 
@@ -159,17 +159,23 @@ def load_report_input(
 
 def _examples(con: duckdb.DuckDBPyConnection, best: list[dict[str, Any]], models: list[dict[str, Any]], dataset_version: str | None,
               pair: tuple[str, str] | None, k: int, n_examples: int) -> NeighbourExamples | None:
-    """Neighbour examples of ``pair`` (or the best-aligned pair) at its best layers."""
+    """Neighbour examples of ``pair`` (or the best-aligned pair) at its best layers: under
+    ``mutual_knn`` where it has a finite score, else the first metric that does (rows without a
+    finite score have no best layers and are skipped)."""
     if not best:
         return None
-    metrics = metrics_of(best)
-    metric = NEIGHBOUR_METRIC if NEIGHBOUR_METRIC in metrics else metrics[0]
-    candidates = [r for r in best if r["metric"] == metric]
+    candidates = best
     if pair is not None:
-        candidates = [r for r in candidates if (r["model_a"], r["model_b"]) in (pair, pair[::-1])]
+        candidates = [r for r in best if (r["model_a"], r["model_b"]) in (pair, pair[::-1])]
         if not candidates:
             raise ValueError(f"the run has no pair {pair[0]} × {pair[1]}")
-    row = max(candidates, key=lambda r: r["score"])
+    candidates = [r for r in candidates if scored(r)]
+    if not candidates:
+        what = f"{pair[0]} × {pair[1]} has no" if pair is not None else "no model pair has a"
+        raise ValueError(f"{what} finite best score under any metric (no best layers to show)")
+    metrics = metrics_of(candidates)
+    metric = NEIGHBOUR_METRIC if NEIGHBOUR_METRIC in metrics else metrics[0]
+    row = max((r for r in candidates if r["metric"] == metric), key=lambda r: float(r["score"]))
     versions = {m["model"]: m["feature_version"] for m in models}
     if row["model_a"] not in versions or row["model_b"] not in versions:
         raise ValueError(f"no feature version recorded for {row['model_a']} or {row['model_b']}")

@@ -12,7 +12,8 @@ from matplotlib.figure import Figure
 
 from tasks.report import heatmaps, html, scaling
 from tasks.report.figures import FigureCache, RenderedFigure, render_cached
-from tasks.report.tables import ReportInput, ci_columns, common_chance, describe_metrics, metrics_of, model_grid, number, pairs_of, rows, rows_aligned
+from tasks.report.tables import (ReportInput, common_chance, degenerate, describe_metrics, interval, interval_columns, metrics_of, model_grid,
+                                 number, pairs_of, rows, rows_aligned, scored)
 
 TITLE = "prh alignment report"
 
@@ -71,6 +72,7 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
     for r in scores:
         scores_of_pair.setdefault((r["model_a"], r["model_b"]), []).append(r)
 
+    notes += unscored_notes(best, metrics)
     run = data.run
     sections.append(html.section("Models", "models", html.models_table(models)))
     sections.append(html.section(
@@ -113,8 +115,7 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
     elif len(with_bpb) < 3:
         notes.append(f"only {', '.join(with_bpb)} {'has' if len(with_bpb) == 1 else 'have'} bits per byte: "
                      "the quality figure has too few points to show a trend")
-    if ci_columns(sorted({c for r in best for c in r})) is None:
-        notes.append("the store has no bootstrap confidence intervals for the best scores: the scaling figures have no error bars")
+    notes += interval_notes(best)
     sections.append(html.section("Alignment against model quality and size", "scaling", html.figures(*parts),
                                  intro="The paper's headline figure: does alignment grow with model quality and scale?"))
 
@@ -127,7 +128,11 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
             parts.append(add(f"layers-{model_a}__{model_b}", f"{model_a} × {model_b}: every layer pair (red box: the best pair)",
                              lambda a=model_a, b=model_b, s=pair_scores, p=pair_best: heatmaps.layer_heatmaps(s, p, a, b, metrics),
                              [pair_scores, pair_best, metrics], only_png=True))
-    if not parts:
+    missing = [pair for pair in (pairs_of(best) if pairs is None else pairs)
+               if not any(r["metric"] in metrics for r in scores_of_pair.get(pair, []))]
+    if missing:
+        notes.append(missing_layers_note(missing))
+    elif not parts:
         notes.append("no layer × layer scores for the selected pairs")
     sections.append(html.section("Layer × layer", "layer-heatmaps", html.figures(*parts)))
 
@@ -146,3 +151,50 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
            ("layer-heatmaps", "Layer × layer"), ("neighbours", "Nearest neighbours"), ("notes", "Notes")]
     present = [(a, t) for a, t in toc if f'<section id="{a}">' in "".join(sections)]
     return Report(html.page(TITLE, meta, [html.contents(present), *sections]), figures, notes, data)
+
+
+#: Names of the figure files a report writes (``Report.files``: ``figures/<name>.<png|svg>``); a
+#: report written into a folder that holds an older one removes the older figures of these names.
+FIGURE_FILE = re.compile(r"(?:model-heatmap|quality|size|layers)-[A-Za-z0-9._-]+\.(?:png|svg)")
+
+#: Pairs named in a note before the rest are counted.
+NAMED_PAIRS = 10
+
+
+def _pair_list(pairs: list[tuple[str, str]]) -> str:
+    named = ", ".join(f"{a} × {b}" for a, b in pairs[:NAMED_PAIRS])
+    return named + (f" and {len(pairs) - NAMED_PAIRS} more" if len(pairs) > NAMED_PAIRS else "")
+
+
+def unscored_notes(best: list[dict[str, Any]], metrics: list[str]) -> list[str]:
+    """One note per metric with best rows without a finite score (NULL score and layers: the
+    engine returned none, e.g. every layer pair excluded): shown as – and left out of the figures."""
+    notes = []
+    for metric in metrics:
+        unscored = sorted((r["model_a"], r["model_b"]) for r in best if r["metric"] == metric and not scored(r))
+        if unscored:
+            notes.append(f"{metric}: no finite best score for {_pair_list(unscored)} (no layer pair gave one): "
+                         "shown as – in the table and left out of the figures")
+    return notes
+
+
+def interval_notes(best: list[dict[str, Any]]) -> list[str]:
+    """What the bootstrap intervals of ``best`` leave out: none at all (a run without bootstrap:
+    the columns exist, every value NULL), or some degenerate (``ci_degenerate``)."""
+    ci = interval_columns(best)
+    if ci is None:
+        return ["the store has no bootstrap confidence intervals for the best scores: the scaling figures have no error bars"]
+    flagged = sum(1 for r in best if interval(r, ci) is not None and degenerate(r))
+    if not flagged:
+        return []
+    return [f"{flagged} bootstrap interval{'s are' if flagged > 1 else ' is'} degenerate (ci_degenerate, marked * in the best-scores "
+            "table): the subsamples piled up on a bound of the metric, so the interval brackets the score but does not measure its "
+            "spread; the scaling figures draw no error bar for it"]
+
+
+def missing_layers_note(missing: list[tuple[str, str]]) -> str:
+    """The note on pairs whose layer × layer figure is left out: the store has none of their
+    ``alignment`` rows (a missing or unreadable ``scores.parquet``)."""
+    return (f"no layer × layer scores for {_pair_list(missing)}: {'its' if len(missing) == 1 else 'their'} layer figure"
+            f"{'' if len(missing) == 1 else 's'} left out (the alignment rows are missing or unreadable in the store; "
+            "`prh verify` checks its files)")

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from tasks.report.figures import new_figure
-from tasks.report.tables import Grid, chance_ratio, common_chance, layer_matrix, number
+from tasks.report.tables import Grid, chance_ratio, common_chance, layer_matrix, number, scored
 
 CMAP = "viridis"
 MAX_TICK_LABELS = 24
@@ -49,7 +49,8 @@ def model_heatmap(grid: Grid, metric: str, calibrated: bool = False, chance: flo
 
 
 def layer_heatmaps(scores: list[dict[str, Any]], best: list[dict[str, Any]], model_a: str, model_b: str, metrics: list[str]) -> Figure | None:
-    """Every layer pair of one model pair, one panel per metric; the best pair is outlined."""
+    """Every layer pair of one model pair, one panel per metric; the best pair is outlined (none
+    for a metric whose best row has no finite score)."""
     panels = [(m, *layer_matrix(scores, m, model_a, model_b)) for m in metrics]
     panels = [p for p in panels if p[3].size]
     if not panels:
@@ -67,7 +68,9 @@ def layer_heatmaps(scores: list[dict[str, Any]], best: list[dict[str, Any]], mod
         ax.set_ylabel(model_a, fontsize=8)
         row = next((r for r in best if r["metric"] == metric and r["model_a"] == model_a and r["model_b"] == model_b), None)
         title = metric
-        if row is not None:
+        if row is not None and not scored(row):  # NULL score and layers: nothing to box
+            title = f"{metric}: no finite best score"
+        elif row is not None:
             i, j = int(row["layer_a"]), int(row["layer_b"])
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#ff3030", linewidth=2))
             title = f"{metric}: best {row['score']:.3f}\nat ({names_a[i]}, {names_b[j]})"
@@ -75,7 +78,8 @@ def layer_heatmaps(scores: list[dict[str, Any]], best: list[dict[str, Any]], mod
         bar = figure.colorbar(image, ax=ax, shrink=0.85)
         bar.ax.tick_params(labelsize=7)
         chance = common_chance(best, metric)
-        if chance is not None and np.nanmin(matrix) <= chance <= np.nanmax(matrix):
+        finite = matrix[np.isfinite(matrix)]
+        if chance is not None and finite.size and finite.min() <= chance <= finite.max():
             _mark_chance(bar.ax, chance)
     return figure
 
@@ -88,7 +92,10 @@ def _cell_text(row: dict[str, Any] | None, calibrated: bool) -> str:
         if value is None:
             return "–"
         return f"{value:.3f}" + (f"\np={p:.3g}" if p is not None else "")
-    text = f"{row['score']:.3f}"
+    score = number(row.get("score"))
+    if score is None:  # a pair without a finite score (NULL score and layers)
+        return "–"
+    text = f"{score:.3f}"
     ratio = chance_ratio(row)
     if ratio is not None:
         text += f"\n{ratio[0]:.1f}× {ratio[1]}"

@@ -12,7 +12,7 @@ from typing import Any
 from tasks.report.figures import RenderedFigure
 from tasks.report.images import data_uri, thumbnail_png
 from tasks.report.neighbours import Example, Neighbour, NeighbourExamples
-from tasks.report.tables import chance_ratio, ci_columns, number
+from tasks.report.tables import chance_ratio, degenerate, interval, interval_columns, number
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
@@ -24,7 +24,7 @@ th{background:#f6f6f6;text-align:left}td.num{text-align:right;font-variant-numer
 figure{display:table;margin:4px 0 12px 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{display:table-caption;caption-side:bottom;font-size:.8em;color:#555}
 nav a{margin-right:1em}
-.notes li{color:#7a4b00}
+.notes li{color:#7a4b00}.footnote{font-size:.8em;color:#555}
 .example{border:1px solid #e2e2e2;border-radius:6px;padding:8px;margin:10px 0}
 .example .query{display:flex;align-items:center;gap:10px;font-weight:600}
 .row{display:flex;gap:6px;align-items:flex-start;margin-top:6px}.row .label{width:150px;font-size:.8em;color:#555}
@@ -101,24 +101,52 @@ def _fmt(value: Any, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
+DEGENERATE_FOOTNOTE = ("* degenerate interval: the bootstrap subsamples piled up on a bound of the metric; it brackets the score "
+                      "but does not measure its spread (ci_degenerate, docs/metrics.md). The scaling figures draw no error bar for it.")
+
+
 def best_table(best: list[dict[str, Any]], metrics: list[str]) -> str:
-    """One row per metric × model pair: score, layers, chance, ×chance, null, calibrated, p (and CI)."""
-    ci = ci_columns(sorted({c for r in best for c in r}))
+    """One row per metric × model pair: score, layers, chance, ×chance, null, calibrated, p (and CI).
+
+    Rows are sorted by score, rows without a finite score (NULL score and layers) last, shown as
+    ``–``. The CI column appears when some row has a bootstrap interval; a degenerate interval
+    (``ci_degenerate``) is marked ``*`` and explained in a footnote under the table.
+    """
+    ci = interval_columns(best)
     header = ["metric", "model A", "model B", "score", "layer A", "layer B", "chance", "× chance", "null mean", "calibrated", "p"]
     if ci:
         header.append("CI")
     body = []
+    marked = False
     for metric in metrics:
-        for r in sorted((r for r in best if r["metric"] == metric), key=lambda r: -r["score"]):
+        for r in sorted((r for r in best if r["metric"] == metric), key=_score_order):
             ratio = chance_ratio(r)
-            line = [metric, r["model_a"], r["model_b"], _fmt(r["score"], ".4f"), str(r.get("layer_name_a") or r.get("layer_a")),
-                    str(r.get("layer_name_b") or r.get("layer_b")), _fmt(r.get("chance_level"), ".4f"),
+            line = [metric, r["model_a"], r["model_b"], _fmt(r["score"], ".4f"), _layer(r, "a"), _layer(r, "b"),
+                    _fmt(r.get("chance_level"), ".4f"),
                     "–" if ratio is None else f"{ratio[0]:.1f}× {ratio[1]}", _fmt(r.get("null_mean"), ".4f"),
                     _fmt(r.get("calibrated_score"), ".3f"), _fmt(r.get("p_value"), ".3g")]
             if ci:
-                line.append(f"[{_fmt(r.get(ci[0]), '.4f')}, {_fmt(r.get(ci[1]), '.4f')}]")
+                bounds = interval(r, ci)
+                flag = bounds is not None and degenerate(r)
+                marked = marked or flag
+                line.append("–" if bounds is None else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]" + ("*" if flag else ""))
             body.append(line)
-    return table(header, body, numeric={3, 6, 7, 8, 9, 10, 11}, css_class="best")
+    footnote = f"<p class=\"footnote\">{escape(DEGENERATE_FOOTNOTE)}</p>" if marked else ""
+    return table(header, body, numeric={3, 6, 7, 8, 9, 10, 11}, css_class="best") + footnote
+
+
+def _score_order(row: dict[str, Any]) -> tuple[bool, float]:
+    """Sort key: highest score first, rows without a finite score last."""
+    score = number(row.get("score"))
+    return (score is None, -(score or 0.0))
+
+
+def _layer(row: dict[str, Any], side: str) -> str:
+    """The best layer's name (or index) on ``side`` ``a``/``b``; ``–`` for a row without best layers."""
+    name, index = row.get(f"layer_name_{side}"), row.get(f"layer_{side}")
+    if name:
+        return str(name)
+    return "–" if index is None else str(index)
 
 
 def models_table(models: list[dict[str, Any]]) -> str:

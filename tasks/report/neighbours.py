@@ -84,8 +84,10 @@ def normalise(x: np.ndarray) -> np.ndarray:
 def nearest(x: np.ndarray, queries: np.ndarray, k: int, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Indices and cosine similarities ``(Q, k)`` of each query row's k nearest rows of ``x``.
 
-    ``x`` must be L2-normalised; the query itself is excluded; ties go to the lower index. Work
-    is done ``block`` queries at a time, so memory is ``block × N``, never ``N × N``.
+    ``x`` must be L2-normalised; the query itself is excluded; ties go to the lower index (also
+    at the k-th place: of rows tied there, the lowest indices are taken). Work is done ``block``
+    queries at a time, so memory is ``block × N``, never ``N × N``; the selection is ``O(N)`` per
+    query (a partition for the k-th similarity, then every row above it and the lowest tied ones).
     """
     n = x.shape[0]
     if not 1 <= k < n:
@@ -95,13 +97,23 @@ def nearest(x: np.ndarray, queries: np.ndarray, k: int, block: int = 256) -> tup
     for start in range(0, len(queries), block):
         rows = np.asarray(queries[start : start + block])
         sims = x[rows] @ x.T
+        sims[np.isnan(sims)] = -np.inf  # a NaN compares with nothing: it would leave a row short of k
         sims[np.arange(len(rows)), rows] = -np.inf
-        candidates = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < n - 1 else np.argsort(-sims, axis=1)[:, :k]
+        kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]  # (B,) the k-th largest similarity of each query
         for r in range(len(rows)):
-            chosen = sorted(candidates[r], key=lambda j: (-sims[r, j], j))
+            chosen = _top_k(sims[r], kth[r], k)
             indices[start + r] = chosen
             similarities[start + r] = sims[r, chosen]
     return indices, similarities
+
+
+def _top_k(sims: np.ndarray, kth: float, k: int) -> np.ndarray:
+    """The k indices of the largest ``sims`` ``(N,)``, given the k-th largest value ``kth``: every
+    index above it, then the lowest tied at it; ordered by similarity, then index."""
+    above = np.flatnonzero(sims > kth)
+    tied = np.flatnonzero(sims == kth)[: k - above.size]
+    chosen = np.concatenate([above, tied])
+    return chosen[np.lexsort((chosen, -sims[chosen]))]
 
 
 def select_examples(

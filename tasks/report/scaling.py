@@ -2,24 +2,27 @@
 
 Quality is ``1 − bits_per_byte`` of the language model (only models with bits per byte: causal
 LMs). Each line is one vision model's alignment to the language models; error bars are the
-bootstrap confidence interval where ``alignment_best`` has one (see ``tables.CI_COLUMNS``).
+bootstrap confidence interval where ``alignment_best`` has one (see ``tables.CI_COLUMNS``), except
+a degenerate one (``ci_degenerate``: it brackets the score but does not measure its spread), which
+gets no bar. Pairs without a finite score (NULL score and layers) are left out.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from tasks.report.figures import new_figure
-from tasks.report.tables import ci_columns, common_chance, number
+from tasks.report.tables import common_chance, degenerate, interval, interval_columns, number
 
 
 def cross_modal(best: list[dict[str, Any]], metric: str, modality: dict[str, str]) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(vision model, language model, row) for every vision–language pair scored with ``metric``."""
+    """(vision model, language model, row) for every vision–language pair with a finite ``metric`` score."""
     for r in best:
-        if r["metric"] != metric:
+        if r["metric"] != metric or number(r.get("score")) is None:
             continue
         kinds = (modality.get(r["model_a"]), modality.get(r["model_b"]))
         if kinds == ("vision", "language"):
@@ -89,17 +92,17 @@ def alignment_vs_size(best: list[dict[str, Any]], models: list[dict[str, Any]], 
 
 
 def _series(ax: Axes, points: list[tuple[str, str, dict[str, Any]]], key, x, label_of) -> None:
-    """One line per series key, points sorted by x, with CI error bars where the rows have them."""
-    ci = ci_columns(sorted({c for _, _, r in points for c in r}))
+    """One line per series key, points sorted by x, with CI error bars where the rows have them
+    (none for a missing or degenerate interval)."""
+    ci = interval_columns([p[2] for p in points])
     for name in sorted({key(p) for p in points}):
         mine = sorted((p for p in points if key(p) == name), key=x)
         xs = [x(p) for p in mine]
         ys = [float(p[2]["score"]) for p in mine]
         errors = None
-        if ci is not None:  # a percentile interval need not contain its estimate: no bar below 0
-            low = [max(0.0, y - (number(p[2].get(ci[0])) if number(p[2].get(ci[0])) is not None else y)) for y, p in zip(ys, mine)]
-            high = [max(0.0, (number(p[2].get(ci[1])) if number(p[2].get(ci[1])) is not None else y) - y) for y, p in zip(ys, mine)]
-            errors = [low, high]
+        if ci is not None:
+            bars = [_error_bar(y, p[2], ci) for y, p in zip(ys, mine)]
+            errors = [[low for low, _ in bars], [high for _, high in bars]]
         ax.errorbar(xs, ys, yerr=errors, marker="o", markersize=5, capsize=3, linewidth=1, alpha=0.9, label=name)
     labels: dict[float, set[str]] = {}
     for p in points:
@@ -108,6 +111,15 @@ def _series(ax: Axes, points: list[tuple[str, str, dict[str, Any]]], key, x, lab
     ax.set_xticks(ticks, [f"{', '.join(sorted(labels[t]))}\n{_short(t)}" for t in ticks], fontsize=6, rotation=30, ha="right")
     ax.minorticks_off()
     ax.set_ylim(bottom=0)
+
+
+def _error_bar(y: float, row: dict[str, Any], ci: tuple[str, str]) -> tuple[float, float]:
+    """(below, above) ``y`` of ``row``'s interval; NaN (no bar) for a missing or degenerate one. A
+    percentile interval need not contain its estimate: no bar below 0."""
+    bounds = interval(row, ci)
+    if bounds is None or degenerate(row):
+        return math.nan, math.nan
+    return max(0.0, y - bounds[0]), max(0.0, bounds[1] - y)
 
 
 def _short(value: float) -> str:

@@ -143,6 +143,38 @@ def ci_columns(columns: list[str]) -> tuple[str, str] | None:
     return None
 
 
+def interval_columns(best: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The (low, high) bootstrap-CI columns of ``best`` if at least one row has both bounds
+    finite, else None: a run without bootstrap has the columns (the catalog view always does),
+    every value NULL, and shows no intervals."""
+    ci = ci_columns(sorted({c for r in best for c in r}))
+    if ci is not None and any(interval(r, ci) is not None for r in best):
+        return ci
+    return None
+
+
+def interval(row: dict[str, Any], ci: tuple[str, str] | None) -> tuple[float, float] | None:
+    """(low, high) of ``row``'s bootstrap interval in columns ``ci``, or None if either bound is missing."""
+    if ci is None:
+        return None
+    low, high = number(row.get(ci[0])), number(row.get(ci[1]))
+    return None if low is None or high is None else (low, high)
+
+
+def degenerate(row: dict[str, Any]) -> bool:
+    """``alignment_best.ci_degenerate``: the bootstrap subsamples piled up on a bound of the metric,
+    so the interval brackets the score but does not measure its spread (docs/metrics.md). NULL
+    (older files, or no interval) reads as not flagged."""
+    flag = row.get("ci_degenerate")
+    return flag is not None and bool(flag)
+
+
+def scored(row: dict[str, Any]) -> bool:
+    """Whether a best row has a finite score and its best layers (a row without a finite score has
+    NULL score and layers: ``tasks/align_task.py``)."""
+    return number(row.get("score")) is not None and row.get("layer_a") is not None and row.get("layer_b") is not None
+
+
 def chance_ratio(row: dict[str, Any]) -> tuple[float, str] | None:
     """(score ÷ chance, basis): the analytical chance level, else the permutation null mean. None
     for a metric whose chance level is 0 (``unbiased_cka``): its null mean is 0 plus noise, and a

@@ -565,3 +565,31 @@ def test_a_store_whose_first_run_has_just_started_is_a_store(tmp_path, capsys):
         assert capsys.readouterr().out.split() == ["run_id,status", "first,RUNNING"]
         assert main(["verify", "--store", store.url]) == 0
         assert "0 published versions" in capsys.readouterr().out
+
+
+def test_gc_leaves_the_shards_of_a_version_with_a_damaged_manifest(tmp_path, capsys):
+    """A feature version whose manifest is cut short and that still holds _partial/ shards: gc and
+    gc --dry-run stopped whole (exit 2, DamagedManifest from stale_partials). Its shards are now
+    left to prh verify, named in gc's output, and the rest of gc goes on."""
+    import numpy as np
+
+    from storage.shards import shard_key, write_shard
+
+    store = Store(str(tmp_path / "store"))
+    layer = [np.ones((4, 3), np.float32)]
+    damaged = store.publish("features/d/m/v1", {"layer-000.parquet": b"x"}, {"kind": "features"}).manifest["key"]
+    sound = store.publish("features/d/m/v2", {"layer-000.parquet": b"y"}, {"kind": "features"}).manifest["key"]
+    for key in (damaged, sound):
+        write_shard(store, key, 0, layer)  # left behind by crashes after publishing
+    manifest = store.path(f"{damaged}/manifest.json")
+    store.fs.pipe(manifest, store.read_bytes(f"{damaged}/manifest.json")[:40])
+    for args, verb in ((["--dry-run"], "would remove"), ([], "removed")):
+        assert main(["gc", "--store", store.url, *args]) == 0
+        out = capsys.readouterr().out
+        assert f"left {damaged}/_partial in place: manifest {damaged}/manifest.json in store {store.display_url} is damaged" in out
+        assert "`prh verify --remove-damaged` removes the version with its shards" in out
+        assert f"{verb} {sound}/_partial: 1 shards" in out and f"{verb} {damaged}/_partial" not in out
+        assert re.search(r"freed: 1 shard folder\(s\) [\d,]+ bytes$", out.rstrip())
+    assert store.exists(shard_key(damaged, 0)) and not store.exists(shard_key(sound, 0))
+    assert main(["verify", "--store", store.url, "--remove-damaged"]) == 1
+    assert not store.exists(damaged) and store.manifest(sound) is not None

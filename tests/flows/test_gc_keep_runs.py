@@ -316,3 +316,21 @@ def test_an_extraction_stage_holds_back_gc_and_keeps_what_it_reused(tmp_path, ca
     capsys.readouterr()
     assert _versions(store) == keep | night1  # fv2 stays as a9's input only; al1 goes (no stage names it)
     assert store.read_json(layout.extraction_key("gpu-live"))["status"] == "COMPLETED"  # records stay
+
+
+@pytest.mark.parametrize("lineage", ["x", {"dataset_version": D2, "features": ["vit", "lm"]}])
+def test_a_manifest_whose_lineage_is_not_an_object_is_kept_as_damaged(tmp_path, capsys, lineage):
+    """An alignment manifest whose `lineage` (or its `features`) is not an object (a hand edit):
+    plan_retention failed with AttributeError and gc with a traceback. It is a damaged manifest
+    now (prh verify's business): kept, as one that is not JSON is, and the rest is planned as before."""
+    store, keep = _nightly_store(str(tmp_path / "store"))
+    odd = layout.alignment_key(D2, "vit", "lm", "al2")  # removed when sound (no kept run uses it)
+    assert odd not in keep
+    manifest = store.manifest(odd)
+    store.write_json(f"{odd}/manifest.json", {**manifest, "lineage": lineage})
+    assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"removed {odd}:" not in out
+    assert _versions(store) == keep | {odd}
+    assert main(["verify", "--store", store.url]) == 1
+    assert f"DAMAGED {odd}: manifest.json: its " in capsys.readouterr().out

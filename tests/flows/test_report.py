@@ -199,3 +199,22 @@ def test_artifact_text_with_a_metric_whose_scores_are_all_null():
     text = artifact_markdown(report, {"run_id": "r1"}, "file:///x/report.html")
     assert "| mutual_knn | 0.0100 | v × l | 0.2000 | 20.0× | 0.190 | 0.02 |" in text
     assert "| cka | – | – | – | – | – | – |" in text and "- cka: every layer left out" in text
+
+
+def test_a_report_over_an_earlier_one_removes_its_figures_only(store, tmp_path, capsys):
+    """`--out` holding an earlier report kept that report's figures beside the new ones (another
+    run's pairs in figures/); the report's own figure names are removed, anything else is kept."""
+    out = tmp_path / "out"
+    assert main(["report", "--store", store[0], "--out", str(out)]) == 0
+    figures = out / "figures"
+    written = sorted(p.name for p in figures.iterdir())
+    stale = ["layers-gone__pair.png", "size-old_metric.svg", "model-heatmap-old.png", "quality-x.png"]
+    kept = ["holiday.png", "notes.txt", "layers-notes.md", "sizes.png"]
+    for name in stale + kept:
+        (figures / name).write_bytes(b"x")
+    (figures / "layers-folder.png").mkdir()
+    (figures / "layers-link.png").symlink_to(tmp_path / "elsewhere.png")
+    (tmp_path / "elsewhere.png").write_bytes(b"keep")
+    assert main(["report", "--store", store[0], "--out", str(out)]) == 0
+    assert sorted(p.name for p in figures.iterdir()) == sorted(written + kept + ["layers-folder.png", "layers-link.png"])
+    assert (tmp_path / "elsewhere.png").read_bytes() == b"keep"

@@ -122,3 +122,42 @@ def test_a_damaged_page_behind_a_sound_footer_points_to_prh_verify(store):
         query(connect(store), "select count(*) from alignment")
     damaged = [c for c in verify_store(store) if not c.ok]
     assert [c.key for c in damaged] == [str(path.parent.relative_to(store.root))] and "content changed" in damaged[0].problems[0]
+
+
+_ODD_FIELDS = {  # box: the first version's manifest edited by hand, valid JSON naming its version
+    "features files null": ("features", lambda m: m.update(files=None), "lists no files"),
+    "features catalog null": ("features", lambda m: m.update(catalog=None), "its 'catalog' is null"),
+    "dataset catalog a list": ("datasets", lambda m: m.update(catalog=[1]), "its 'catalog' is a list"),
+    "alignment lineage text": ("alignment", lambda m: m.update(lineage="x"), "its 'lineage' is text"),
+    "alignment lineage.features a list": ("alignment", lambda m: m["lineage"].update(features=["a", "b"]),
+                                          "its lineage's 'features' is a list"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_ODD_FIELDS))
+def test_a_manifest_field_of_the_wrong_type_leaves_only_its_version_out(store, caplog, case):
+    """`files: null`, a `catalog` that is a list, a `lineage` that is text: connect() failed whole
+    (TypeError, AttributeError). The version is left out with a warning naming it; the rest shows."""
+    box, edit, problem = _ODD_FIELDS[case]
+    healthy = connect(store)
+    counts = {view: _count(healthy, f"select count(*) from {view}") for view in ("datasets", "models", "features", "alignment_best", "runs")}
+    key, manifest = next(iter(store.manifests(box)))
+    edit(manifest)
+    store.write_json(f"{key}/manifest.json", manifest)
+    with caplog.at_level(logging.WARNING, logger="storage.catalog"):
+        con = connect(store)
+    assert f"manifest {key}/manifest.json in store {store.display_url} is damaged" in caplog.text and problem in caplog.text
+    assert "left out of the catalog" in caplog.text
+    got = {view: _count(con, f"select count(*) from {view}") for view in counts}
+    version = key.rsplit("/", 1)[-1]
+    if box == "datasets":
+        expected = {**counts, "datasets": counts["datasets"] - 1}
+        assert _count(con, "select count(*) from samples") == 0
+    elif box == "features":
+        rows = _count(healthy, f"select count(*) from features where feature_version = '{version}'")
+        expected = {**counts, "models": counts["models"] - 1, "features": counts["features"] - rows}
+        assert rows > 0
+    else:
+        per_version = _count(healthy, f"select count(*) from alignment_best where alignment_version = '{version}'")
+        expected = {**counts, "alignment_best": counts["alignment_best"] - per_version}
+    assert got == expected

@@ -43,3 +43,42 @@ def test_a_file_in_a_new_folder_is_written(store_url, tmp_path, capsys):
     assert main(["catalog", "export", str(target), "--store", store_url]) == 0
     with duckdb.connect(str(target), read_only=True) as con:
         assert con.sql("select count(*) from runs").fetchall() == [(2,)]
+
+
+@pytest.mark.parametrize("folder, name", [("q?m", "prh.duckdb"), ("plain", "cat?v1.duckdb"), ("a?b=c&d", "x?y.duckdb")])
+def test_a_question_mark_in_the_path_is_written_where_named(store_url, tmp_path, capsys, monkeypatch, folder, name):
+    """DuckDB reads '?' in a database path as options: its write-ahead log went to `q.wal?m/...`
+    and the export ended in a TransactionException traceback. The file is now built elsewhere and
+    renamed into place: it opens by its name, nothing else is left in its folder or the temp folder."""
+    from storage.export import open_catalog
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    target = tmp_path / folder / name
+    assert main(["catalog", "export", str(target), "--store", store_url]) == 0
+    assert f"wrote {target}:" in capsys.readouterr().out
+    assert sorted(p.name for p in target.parent.iterdir()) == [name] and list(scratch.iterdir()) == []
+    with duckdb.connect(str(target), read_only=True) as con:
+        assert con.sql("select count(*) from runs").fetchall() == [(2,)]
+    assert open_catalog(target).sql("select count(*) from alignment_best").fetchall() == [(8,)]
+    assert not (tmp_path / "q.wal?m").exists()
+    assert main(["catalog", "export", str(target), "--store", store_url]) == 0  # replaced, as any file is
+    assert sorted(p.name for p in target.parent.iterdir()) == [name]
+
+
+def test_a_backslash_in_the_path_is_refused(store_url, tmp_path, capsys):
+    """DuckDB reads '\\' as '/' on every system: the export failed writing `back/slash/...`, and no
+    DuckDB could open such a file by its name. Refused in one line, nothing written."""
+    from storage.export import open_catalog
+
+    folder = tmp_path / "back\\slash"
+    folder.mkdir()
+    target = folder / "prh.duckdb"
+    assert main(["catalog", "export", str(target), "--store", store_url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"prh catalog: error: catalog file {str(target)!r} has a backslash in its path") and "\n" not in err
+    assert list(folder.iterdir()) == [] and not (tmp_path / "back").exists()
+    target.write_bytes(b"")
+    with pytest.raises(ValueError, match="has a backslash in its path"):
+        open_catalog(target)

@@ -60,3 +60,23 @@ def test_gc_aborts_uploads_a_killed_writer_left_on_s3(s3_store_url, capsys):
     assert "aborted the incomplete upload of features/d/m/v2/_partial/shard-00000.parquet" in capsys.readouterr().out
     assert pending() == [elsewhere["Key"]]
     assert Store(str(s3_store_url)).abandoned_uploads(0) == []
+
+
+def test_stale_partials_skips_a_version_whose_manifest_is_damaged(tmp_path):
+    """store.manifest() raised DamagedManifest out of stale_partials; that version is skipped now
+    (its error handed to ``damaged``), the others listed as before."""
+    import numpy as np
+
+    from storage.shards import stale_partials, write_shard
+    from storage.store import DamagedManifest
+
+    store = Store(str(tmp_path / "store"))
+    keys = [store.publish(f"features/d/m/v{i}", {"layer-000.parquet": b"x"}, {"kind": "features"}).manifest["key"] for i in range(3)]
+    for key in keys:
+        write_shard(store, key, 0, [np.zeros((2, 3), np.float32)])
+    store.write_bytes(f"{keys[1]}/manifest.json", b"{not json")
+    damaged: list[DamagedManifest] = []
+    found = stale_partials(store, damaged=damaged)
+    assert [(e["version"], e["reason"]) for e in found] == [(keys[0], "published"), (keys[2], "published")]
+    assert [e.version_key for e in damaged] == [keys[1]]
+    assert [e["version"] for e in stale_partials(store)] == [keys[0], keys[2]]  # without a collector too

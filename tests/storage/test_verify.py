@@ -116,3 +116,148 @@ def test_a_stray_manifest_is_named_and_never_removes_a_folder(tmp_path, capsys, 
     assert all(store.manifest(k) is not None for k in keys) and store.exists(stray)
     with pytest.raises(ValueError, match="is not a version folder"):
         remove_version(store, "features")
+
+
+def test_remove_version_leaves_a_version_a_live_writer_is_publishing(tmp_path, capsys):
+    """--remove-damaged deleted the manifest and then the whole folder without the version's
+    claim: a live writer's `.publishing` claim went with it. Now the removal takes the claim (as
+    gc's Store.unpublish does) and leaves a version whose claim a live writer holds."""
+    import json
+    import time
+
+    from storage.owner import current_owner
+
+    url = str(tmp_path / "store")
+    store = Store(url)
+    key = "features/d1/model-0/v0"
+    _publish(store, key, 0)
+    _damage(store, f"{key}/b.bin", "truncate")
+    claim = {"owner": "live-writer", "claimed_at": time.time(), "process": current_owner()}  # this process: alive
+    store.write_json(f"{key}/.publishing", claim)
+    assert remove_version(store, key) is False
+    assert json.loads(store.read_bytes(f"{key}/.publishing")) == claim
+    assert store.exists(f"{key}/{MANIFEST}") and store.exists(f"{key}/a.parquet")
+    assert main(["verify", "--store", url, "--remove-damaged"]) == 1
+    out = capsys.readouterr().out
+    assert f"left {key} in place: a run is publishing it again right now (it holds its claim)" in out
+    assert f"removed {key}" not in out and store.exists(f"{key}/.publishing")
+    store.delete(f"{key}/.publishing")  # the writer finished
+    assert main(["verify", "--store", url, "--remove-damaged"]) == 1
+    assert f"removed {key}: the next run computes it again" in capsys.readouterr().out
+    assert not store.exists(key)
+
+
+def test_a_run_republishing_during_remove_version_keeps_its_files(tmp_path, monkeypatch):
+    """The interleaving of the bug hunt: a run publishes the version while --remove-damaged
+    removes it (here: at the moment the run writes its manifest). Without the claim the removal
+    took the run's data files and the run then wrote its manifest: a published version whose
+    files were gone. With it the removal is refused and the republished version is whole."""
+    store = Store(str(tmp_path / "store"))
+    key = "datasets/d1"
+    table = pa.table({"sample_id": ["a", "b"], "text": ["x", "y"]})
+    original, outcomes = Store.write_bytes, []
+
+    def write_bytes(self, k, data):
+        if k == f"{key}/{MANIFEST}":
+            outcomes.append(remove_version(Store(store.url), key))
+        return original(self, k, data)
+
+    monkeypatch.setattr(Store, "write_bytes", write_bytes)
+    assert store.publish(key, {"samples.parquet": table}, {"kind": "dataset"}).written
+    monkeypatch.setattr(Store, "write_bytes", original)
+    assert outcomes == [False]
+    [check] = verify_store(store)
+    assert check.ok and check.files == 1 and not store.exists(f"{key}/.publishing")
+
+
+def test_a_removal_killed_midway_leaves_its_claim_for_gc(tmp_path):
+    """A process killed after deleting the manifest and before the files left files with no
+    manifest and no claim: Store.sweep_abandoned (prh gc) never found them. The claim is taken
+    first now, so the dead remover's claim leads gc to them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    url = str(tmp_path / "store")
+    store = Store(url)
+    key = "features/d1/model-0/v0"
+    _publish(store, key, 0)
+    _damage(store, f"{key}/a.parquet", "flip")
+    child = ("import os, sys\n"
+             "from storage.store import Store\n"
+             "from storage.verify import remove_version\n"
+             f"store = Store({url!r})\n"
+             "store.fs.rm = lambda *a, **k: os._exit(9)  # killed once the manifest is gone\n"
+             f"remove_version(store, {key!r})\n")
+    done = subprocess.run([sys.executable, "-c", child], cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True)
+    assert done.returncode == 9, done.stderr
+    assert not store.exists(f"{key}/{MANIFEST}") and store.exists(f"{key}/a.parquet")
+    assert store.sweep_abandoned() == [key]
+    assert not store.exists(f"{key}/a.parquet") and not store.exists(f"{key}/b.bin") and verify_store(store) == []
+
+
+def test_a_removal_that_fails_midway_keeps_its_claim_for_gc(tmp_path, monkeypatch):
+    """A removal that raises after the manifest is gone (a file that cannot be removed, the
+    endpoint down) no longer drops its claim: gc sweeps the files left without a manifest."""
+    store = Store(str(tmp_path / "store"))
+    key = "features/d1/model-0/v0"
+    _publish(store, key, 0)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("cannot remove")
+
+    monkeypatch.setattr(store.fs, "rm", refuse)
+    with pytest.raises(PermissionError):
+        remove_version(store, key)
+    monkeypatch.undo()
+    assert not store.exists(f"{key}/{MANIFEST}") and store.exists(f"{key}/.publishing")
+    assert store.sweep_abandoned() == [key]  # this process's own abandoned claim: taken over at once
+    assert not store.exists(f"{key}/a.parquet") and not store.exists(f"{key}/.publishing")
+
+
+def test_a_damaged_manifest_is_removed_under_the_claim_with_its_shards(tmp_path, monkeypatch):
+    """The manifest --remove-damaged removes may not parse: the claim-taking removal never reads
+    it, and takes the resumable shards under _partial/ too."""
+    store = Store(str(tmp_path / "store"))
+    key = "features/d1/model-0/v0"
+    _publish(store, key, 0)
+    store.write_bytes(f"{key}/_partial/shard-00000.parquet", b"shard")
+    _damage(store, f"{key}/{MANIFEST}", "not-json")
+    claimed = []
+    original = Store.create_exclusive
+    monkeypatch.setattr(Store, "create_exclusive", lambda self, k, data: claimed.append(k) or original(self, k, data))
+    assert [c.key for c in verify_store(store) if not c.ok] == [key]
+    assert remove_version(store, key) is True
+    assert claimed == [f"{key}/.publishing"] and not store.exists(key) and not store.exists("features")
+
+
+_BAD_FIELDS = {
+    "files null": (lambda m: m.update(files=None), "manifest.json lists no files (not written by prh's publish?)"),
+    "catalog null": (lambda m: m.update(catalog=None), "manifest.json: its 'catalog' is null, not an object"),
+    "catalog a list": (lambda m: m.update(catalog=[1]), "manifest.json: its 'catalog' is a list, not an object"),
+    "lineage text": (lambda m: m.update(lineage="x"), "manifest.json: its 'lineage' is text, not an object"),
+    "lineage.features a list": (lambda m: m.update(lineage={"features": ["a", "b"]}),
+                                "manifest.json: its lineage's 'features' is a list, not an object"),
+    "lineage.dataset_version a number": (lambda m: m.update(lineage={"dataset_version": 3, "features": {}}),
+                                         "manifest.json: its lineage's 'dataset_version' is a number, not text"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_FIELDS))
+def test_a_manifest_with_a_field_of_the_wrong_type_is_damaged(tmp_path, capsys, case):
+    """Valid JSON naming its version, a field of another type (a hand edit): damaged, removable."""
+    edit, problem = _BAD_FIELDS[case]
+    url = str(tmp_path / "store")
+    store = Store(url)
+    key, sound = "alignment/d1/a__b/v1", "alignment/d1/a__b/v2"
+    for seed, k in enumerate((key, sound)):
+        _publish(store, k, seed)
+    manifest = store.manifest(key)
+    edit(manifest)
+    store.write_json(f"{key}/{MANIFEST}", manifest)
+    found = {c.key: c.problems for c in verify_store(store)}
+    assert len(found[key]) == 1 and found[key][0].startswith(problem) and found[sound] == []
+    assert main(["verify", "--store", url, "--remove-damaged"]) == 1
+    out = capsys.readouterr().out
+    assert f"DAMAGED {key}: {problem}" in out and f"removed {key}: the next run computes it again" in out
+    assert not store.exists(key) and [c.key for c in verify_store(store)] == [sound]

@@ -98,3 +98,25 @@ def test_a_run_is_found_by_a_unique_start_of_its_id() -> None:
         select_run(con, "69166179")
     with pytest.raises(ValueError, match="no run 'zzz' in the store"):
         select_run(con, "zzz")
+
+
+def _unscored(row: dict, **changes) -> dict:
+    return {**row, "score": None, "layer_a": None, "layer_b": None, "layer_name_a": None, "layer_name_b": None, **changes}
+
+
+def test_examples_skip_best_rows_without_a_finite_score() -> None:
+    """A best row with NULL score and layers (tasks/align_task.py) crashed the choice of the
+    neighbour pair (max over scores with a None); such rows are skipped, and a pair or run with
+    none left is a note-worthy ValueError, not a TypeError."""
+    knn = _best("sample")[0]
+    cka = {**knn, "metric": "cka", "score": 0.8}
+    other = _unscored(knn, model_b="lm2")  # another pair's mutual_knn row, NULL
+    examples = _examples(_catalog(), [other, knn], MODELS, "ds", None, k=3, n_examples=2)
+    assert (examples.model_a, examples.model_b, examples.layer_a) == ("vit", "lm", "layer.01")
+    # the pair's mutual_knn row is NULL: its cka row's layers are used
+    examples = _examples(_catalog(), [_unscored(knn), cka], MODELS, "ds", ("lm", "vit"), k=3, n_examples=2)
+    assert (examples.model_a, examples.model_b, examples.layer_a) == ("vit", "lm", "layer.01")
+    with pytest.raises(ValueError, match="vit × lm has no finite best score under any metric"):
+        _examples(_catalog(), [_unscored(knn), _unscored(cka), {**knn, "model_b": "lm2"}], MODELS, "ds", ("vit", "lm"), 3, 2)
+    with pytest.raises(ValueError, match="no model pair has a finite best score"):
+        _examples(_catalog(), [_unscored(knn), other], MODELS, "ds", None, 3, 2)

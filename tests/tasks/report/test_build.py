@@ -184,3 +184,124 @@ def test_an_interval_that_excludes_its_estimate_still_draws():
     rows = [{**r, "ci_low": r["score"] + 0.01, "ci_high": r["score"] + 0.03} for r in best_rows(ci=True)]
     report = build_report(ReportInput(data.run, table(rows), data.scores, data.models), formats=("png",), pairs=[])
     assert {"size-mutual_knn", "quality-cka"} <= {f.name for f in report.figures}
+
+
+def _with(rows: list[dict], scores: list[dict] | None = None) -> ReportInput:
+    data = _input(examples=False)
+    return ReportInput(data.run, table(rows), table(score_rows() if scores is None else scores), data.models)
+
+
+def _points(figure) -> list[tuple[float, float]]:
+    """(x, y) of every point of the errorbar series of a figure's axes."""
+    return [(float(x), float(y)) for ax in figure.axes for c in ax.containers for x, y in zip(*c.lines[0].get_data())]
+
+
+def test_a_pair_without_a_finite_score_is_a_dash_and_left_out_of_the_figures():
+    """A best row with NULL score and layers (tasks/align_task.py: the engine returned no finite
+    score) crashed the table's sort, the heatmap text, the layer figure's box and the scaling
+    figures; it is shown as – and skipped."""
+    rows = best_rows(ci=True)
+    hole = next(r for r in rows if r["metric"] == "cka" and r["model_a"] == "vit-b" and r["model_b"] == "lm-a")
+    hole.update(score=None, layer_a=None, layer_b=None, layer_name_a=None, layer_name_b=None, calibrated_score=None,
+                p_value=None, ci_low=None, ci_high=None)
+    report = build_report(_with(rows), formats=("png",))
+    body = re.findall(r'<table class="best">.*?</table>', report.html, re.S)[0]
+    cka_rows = [re.findall(r"<td[^>]*>(.*?)</td>", tr) for tr in body.split("<tr>") if tr.startswith("<td>cka")]
+    assert cka_rows[-1][:6] == ["cka", "vit-b", "lm-a", "–", "–", "–"]  # last, every number a dash
+    scores = [float(r[3]) for r in cka_rows[:-1]]
+    assert scores == sorted(scores, reverse=True) and len(scores) == len(VISION) * len(LANGUAGE) - 1
+    assert any("cka: no finite best score for vit-b × lm-a" in n for n in report.notes)
+    heatmap = model_heatmap(model_grid(rows, "cka"), "cka")
+    assert sorted(t.get_text() for t in heatmap.axes[0].texts).count("–") == 1
+    layers = layer_heatmaps(score_rows(), rows, "vit-b", "lm-a", METRICS)
+    titles = [ax.get_title() for ax in layers.axes if ax.get_title()]
+    assert "cka: no finite best score" in titles and not any(ax.patches for ax in layers.axes if ax.get_title().startswith("cka"))
+    finite = [r for r in rows if r["metric"] == "cka" and r["score"] is not None]
+    size = report.figure("size-cka")
+    assert sorted(y for _, y in _points(alignment_vs_size(rows, model_rows(), "cka"))) == sorted(2 * [r["score"] for r in finite])
+    assert size.png.startswith(PNG)
+
+
+def test_confidence_intervals_are_decided_on_values_not_columns():
+    """A run without bootstrap has the CI columns, every value NULL: the table showed a column of
+    `[–, –]` and the page never said there were no intervals."""
+    empty = [{**r, "ci_low": None, "ci_high": None, "ci_degenerate": None} for r in best_rows()]
+    report = build_report(_with(empty), formats=("png",), pairs=[])
+    assert "<th>CI</th>" not in report.html and "[–, –]" not in report.html
+    assert any("no bootstrap confidence intervals" in n for n in report.notes)
+
+    some = best_rows(ci=True)
+    for r in some[1:]:
+        r.update(ci_low=None, ci_high=None)
+    report = build_report(_with(some), formats=("png",), pairs=[])
+    assert "<th>CI</th>" in report.html and f"[{some[0]['ci_low']:.4f}, {some[0]['ci_high']:.4f}]" in report.html
+    assert "[–, –]" not in report.html and not any("confidence" in n for n in report.notes)
+
+
+def _bars(figure) -> dict[tuple[float, float], tuple[float, float]]:
+    """(x, y) → (bottom, top) of every error bar of a figure (NaN: no bar)."""
+    out = {}
+    for ax in figure.axes:
+        for c in ax.containers:
+            xs, ys = c.lines[0].get_data()
+            segments = c.lines[2][0].get_segments() if c.lines[2] else [np.full((2, 2), np.nan)] * len(xs)
+            for x, y, seg in zip(xs, ys, segments):
+                out[(float(x), float(y))] = (float(seg[0][1]), float(seg[1][1])) if len(seg) else (np.nan, np.nan)
+    return out
+
+
+def test_a_degenerate_interval_is_marked_and_draws_no_error_bar():
+    """alignment_best.ci_degenerate (the interval brackets the score but does not measure its
+    spread, docs/metrics.md) was neither marked in the table nor kept out of the error bars."""
+    rows = best_rows(ci=True)
+    flagged = next(r for r in rows if r["metric"] == "mutual_knn" and r["model_a"] == "vit-s" and r["model_b"] == "lm-a")
+    flagged.update(ci_low=flagged["score"], ci_high=flagged["score"] + 0.0005, ci_degenerate=True)
+    for r in rows:
+        r.setdefault("ci_degenerate", False)
+    report = build_report(_with(rows), formats=("png",), pairs=[])
+    assert f"[{flagged['ci_low']:.4f}, {flagged['ci_high']:.4f}]*" in report.html
+    assert report.html.count("]*</td>") == 1 and "degenerate interval" in report.html
+    assert any("1 bootstrap interval is degenerate" in n for n in report.notes)
+
+    bars = _bars(alignment_vs_quality(rows, model_rows(), "mutual_knn"))
+    quality = {m["model"]: 1 - m["bits_per_byte"] for m in model_rows() if m["bits_per_byte"] is not None}
+    for r in rows:
+        if r["metric"] != "mutual_knn" or r["model_b"] not in quality:
+            continue
+        bottom, top = bars[(quality[r["model_b"]], r["score"])]
+        if r is flagged:
+            assert np.isnan(bottom) and np.isnan(top)
+        else:
+            assert (bottom, top) == pytest.approx((r["ci_low"], r["ci_high"]))
+
+
+def test_the_degenerate_flag_changes_the_cached_figures():
+    """The figure cache's digest covers the flag: flipping it redraws the scaling figures of that
+    metric (which now differ), not another metric's."""
+    cache = _DictCache()
+    rows = [{**r, "ci_degenerate": False} for r in best_rows(ci=True)]
+    first = build_report(_with(rows), formats=("png",), cache=cache, pairs=[])
+    next(r for r in rows if r["metric"] == "mutual_knn" and r["model_a"] == "vit-s" and r["model_b"] == "lm-a")["ci_degenerate"] = True
+    cache.served.clear(), cache.stored.clear()
+    second = build_report(_with(rows), formats=("png",), cache=cache, pairs=[])
+    assert len(cache.stored) == 4  # model-heatmap-mutual_knn, its calibrated twin, quality-mutual_knn, size-mutual_knn
+    for name in ("quality-mutual_knn", "size-mutual_knn"):
+        redrawn = first.figure(name).png != second.figure(name).png
+        assert redrawn, f"{name} drew the degenerate interval's error bar"
+    for name in ("quality-cka", "size-cka"):
+        kept = first.figure(name).png == second.figure(name).png
+        assert kept, name
+
+
+def test_pairs_whose_layer_scores_are_missing_are_named_in_a_note():
+    """A damaged scores.parquet (the catalog leaves it out) dropped one pair's layer figure with
+    no word on the page."""
+    scores = [r for r in score_rows() if (r["model_a"], r["model_b"]) not in {("vit-s", "lm-b"), ("vit-b", "lm-c")}]
+    report = build_report(_with(best_rows(), scores), formats=("png",))
+    names = {f.name for f in report.figures if f.name.startswith("layers-")}
+    assert names == {f"layers-{a}__{b}" for a in VISION for b in LANGUAGE} - {"layers-vit-s__lm-b", "layers-vit-b__lm-c"}
+    note = next(n for n in report.notes if n.startswith("no layer × layer scores"))
+    assert "vit-b × lm-c, vit-s × lm-b: their layer figures left out" in note
+    assert "vit-s × lm-b" in report.html
+    complete = build_report(_with(best_rows()), formats=("png",), pairs=[("vit-s", "lm-a")])
+    assert not any(n.startswith("no layer × layer scores") for n in complete.notes)

@@ -58,3 +58,32 @@ def test_many_samples_evaluate_a_seeded_subset_of_queries():
     first = select_examples(ids, x, x[::-1].copy(), ("A", "B", "a", "b"), k=3, max_queries=50, seed=7)
     again = select_examples(ids, x, x[::-1].copy(), ("A", "B", "a", "b"), k=3, max_queries=50, seed=7)
     assert first.n_queries == 50 and first == again
+
+
+def _tied_rows() -> np.ndarray:
+    """Row 0 = e0; rows 1..40 identical at cosine 1/√2 to it; row 50 closer (2/√5); the rest
+    orthogonal to e0. The tied similarities are exact in float32 (one non-zero product each)."""
+    rng = np.random.default_rng(4)
+    x = np.zeros((240, 8))
+    x[0, 0] = 1.0
+    x[1:41, :2] = 1.0
+    x[41:] = np.hstack([np.zeros((199, 2)), rng.normal(size=(199, 6))])
+    x[50] = 0.0
+    x[50, :2] = (2.0, 1.0)
+    return normalise(x)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 12])
+@pytest.mark.parametrize("block", [1, 256])
+def test_ties_at_the_kth_place_go_to_the_lower_index(k, block):
+    """argpartition picked arbitrarily among rows tied at the k-th place ([1, 2, 3, 4, 6] for
+    [1, 2, 3, 4, 5]); the docstring promises the lower index."""
+    x = _tied_rows()
+    queries = np.array([0, 1, 7, 50])
+    idx, sims = nearest(x, queries, k, block=block)
+    reference = x.astype(np.float64) @ x.astype(np.float64).T
+    for q, row in zip(queries, idx.tolist()):
+        expected = sorted((j for j in range(len(x)) if j != q), key=lambda j: (-reference[q, j], j))[:k]
+        assert row == expected
+    assert idx[0].tolist() == [50, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11][:k]
+    assert idx[1].tolist() == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13][:k]
