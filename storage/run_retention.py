@@ -87,14 +87,30 @@ def newest_runs(records: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any
 def run_versions(record: dict[str, Any]) -> set[str]:
     """Keys of the versions a run record names. ValueError when it does not name them readably
     (what such a run uses cannot be kept)."""
-    dataset, features, alignments = record.get("dataset_version"), record.get("feature_versions"), record.get("alignment_versions")
-    if isinstance(features, str):
-        features = json.loads(features)
-    if not isinstance(dataset, str) or not isinstance(features, dict) or not isinstance(alignments, list):
+    dataset, features = _named_inputs(record)
+    alignments = record.get("alignment_versions")
+    if dataset is None or features is None or not isinstance(alignments, list):
         raise ValueError(f"run {record.get('run_id')}'s record does not name its dataset, feature and alignment versions")
+    return _input_keys(dataset, features) | {str(key) for key in alignments}
+
+
+def _named_inputs(record: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    """(``dataset_version``, ``feature_versions``) as a run or extraction record names them (the
+    catalog's ``runs`` view holds the latter as JSON text); None for either when not readable."""
+    dataset, features = record.get("dataset_version"), record.get("feature_versions")
+    if isinstance(features, str):
+        try:
+            features = json.loads(features)
+        except ValueError:
+            features = None
+    return (dataset if isinstance(dataset, str) and dataset else None,
+            features if isinstance(features, dict) else None)
+
+
+def _input_keys(dataset: str, features: dict[str, Any]) -> set[str]:
+    """Keys of dataset version ``dataset`` and of its feature versions ``features`` (model -> version)."""
     keys = {layout.dataset_key(dataset)}
     keys.update(layout.features_key(dataset, str(model), str(version)) for model, version in features.items())
-    keys.update(str(key) for key in alignments)
     return keys
 
 
@@ -109,9 +125,7 @@ def inputs(key: str, manifest: dict[str, Any]) -> set[str]:
     if box == layout.ALIGNMENT:
         lineage = manifest.get("lineage") or {}
         source = str(lineage.get("dataset_version") or dataset)
-        needed.add(layout.dataset_key(source))
-        needed.update(layout.features_key(source, str(model), str(version))
-                      for model, version in (lineage.get("features") or {}).items())
+        needed |= _input_keys(source, lineage.get("features") or {})
     return needed
 
 
@@ -134,19 +148,9 @@ def published_versions(store: Store) -> tuple[dict[str, dict[str, Any]], set[str
 
 def extraction_versions(record: dict[str, Any]) -> set[str]:
     """Keys of the versions an extraction stage's record names (its dataset and feature versions,
-    as far as it got); none when it names none readably."""
-    dataset, features = record.get("dataset_version"), record.get("feature_versions")
-    if not isinstance(dataset, str) or not dataset:
-        return set()
-    if isinstance(features, str):
-        try:
-            features = json.loads(features)
-        except ValueError:
-            features = None
-    keys = {layout.dataset_key(dataset)}
-    if isinstance(features, dict):
-        keys.update(layout.features_key(dataset, str(model), str(version)) for model, version in features.items())
-    return keys
+    as far as it got); none when it names no dataset readably."""
+    dataset, features = _named_inputs(record)
+    return set() if dataset is None else _input_keys(dataset, features or {})
 
 
 def plan_retention(store: Store, keep_runs: int) -> RetentionPlan:

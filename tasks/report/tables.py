@@ -165,8 +165,7 @@ def degenerate(row: dict[str, Any]) -> bool:
     """``alignment_best.ci_degenerate``: the bootstrap subsamples piled up on a bound of the metric,
     so the interval brackets the score but does not measure its spread (docs/metrics.md). NULL
     (older files, or no interval) reads as not flagged."""
-    flag = row.get("ci_degenerate")
-    return flag is not None and bool(flag)
+    return bool(row.get("ci_degenerate"))
 
 
 def scored(row: dict[str, Any]) -> bool:
