@@ -671,6 +671,12 @@ class Store:
         self.fs.invalidate_cache(self.path(version_key))
         return self.manifest(version_key)
 
+    def _has_manifest_file(self, version_key: str) -> bool:
+        """True when ``version_key`` has a manifest file, readable or damaged: a sweep never
+        removes such a version's files (a damaged one is `prh verify --remove-damaged`'s to judge)."""
+        self.fs.invalidate_cache(self.path(version_key))
+        return self.exists(f"{version_key}/{MANIFEST}")
+
     def _stale_claim(self, claim_key: str, stale_after_s: float) -> tuple[bytes, str | None] | None:
         """``(the claim's bytes, its heartbeat key)`` when the claim's writer is dead or its last
         sign of life (the claim or its latest heartbeat) is more than ``stale_after_s`` s old;
@@ -724,7 +730,7 @@ class Store:
         them, but after a code or config change nothing would. For every claim whose writer is
         dead (or silent for more than ``stale_after_s``) this takes the claim over through the same
         exclusive protocol as :meth:`publish` (so no live writer can be working on it), removes
-        the version's files (never a published version's, and never the resumable shards
+        the version's files (never those of a version with a manifest, even a damaged one, and never the resumable shards
         under ``_partial/``), then drops the claim and, on a local disk, the folder if that left
         it empty. ``dry_run``: only list the versions that would be swept. ``sizes``, when
         given, receives ``version key -> bytes`` of the files removed (or, with ``dry_run``, to be
@@ -740,7 +746,7 @@ class Store:
                 version_key = self.key_of(path).rsplit("/", 1)[0]
                 claim_key = f"{version_key}/{CLAIM}"
                 if dry_run:
-                    if self._stale_claim(claim_key, stale_after_s) is not None and self._fresh_manifest(version_key) is None:
+                    if self._stale_claim(claim_key, stale_after_s) is not None and not self._has_manifest_file(version_key):
                         swept.append(version_key)
                         if sizes is not None:
                             sizes[version_key] = self._sweepable_bytes(version_key)
@@ -751,7 +757,7 @@ class Store:
                 if not self.create_exclusive(claim_key, _claim_token()):
                     continue  # a live writer claimed it in the meantime
                 try:
-                    if self._fresh_manifest(version_key) is None:
+                    if not self._has_manifest_file(version_key):
                         self._remove_unpublished_files(version_key)
                         swept.append(version_key)
                         if sizes is not None:

@@ -147,3 +147,22 @@ def test_sweep_removes_what_a_dead_writer_left_unpublished(tmp_path):
         "features/d/m/v3/_partial/shard-00000.parquet",
         f"features/d/m/v4/{CLAIM}", "features/d/m/v4/layer-000.parquet",
     ]
+
+
+def test_sweep_keeps_a_version_with_a_damaged_manifest_and_goes_on(tmp_path):
+    """A dead writer's claim left beside a manifest that is damaged (cut short, edited): the sweep
+    neither stops on it nor removes the version's files (`prh verify --remove-damaged` judges it);
+    the other abandoned versions are still swept."""
+    import time
+
+    store = Store(str(tmp_path / "store"))
+    old = json.dumps({"owner": "x", "claimed_at": time.time() - 10_000}).encode()  # silent for hours
+    store.write_bytes("features/d/m/v1/layer-000.parquet", b"data")
+    store.write_bytes("features/d/m/v1/manifest.json", b'{"cut sh')
+    store.write_bytes(f"features/d/m/v1/{CLAIM}", old)
+    store.write_bytes("features/d/m/v2/layer-000.parquet", b"orphan")
+    store.write_bytes(f"features/d/m/v2/{CLAIM}", old)
+
+    assert store.sweep_abandoned(dry_run=True, stale_after_s=60) == ["features/d/m/v2"]
+    assert store.sweep_abandoned(stale_after_s=60) == ["features/d/m/v2"]
+    assert _files(Path(store.root)) == ["features/d/m/v1/layer-000.parquet", "features/d/m/v1/manifest.json"]
