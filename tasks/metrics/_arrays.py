@@ -149,3 +149,13 @@ def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(perm.numel(), device=perm.device)
     return inv
+
+
+def check_finite(layers: Sequence[torch.Tensor]) -> None:
+    """Raise ``ValueError`` naming the first ``(N, D_l)`` layer with a NaN or inf value and how
+    many of its rows hold one (one device sync when all are finite)."""
+    finite = torch.stack([torch.isfinite(x).all() for x in layers])  # (L,)
+    if not bool(finite.all()):
+        l = int((~finite).nonzero()[0, 0])
+        bad = int((~torch.isfinite(layers[l]).all(dim=1)).sum())
+        raise ValueError(f"layer {l} has non-finite values (NaN or inf) in {bad} of its {int(layers[l].shape[0])} rows")

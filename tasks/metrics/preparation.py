@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._arrays import ArrayLike, split_layers, to_tensor
+from ._arrays import ArrayLike, check_finite, split_layers, to_tensor
 
 
 #: Rows of a model's layers pooled at once when a per-sample quantile spans every layer: blocks of
@@ -110,6 +110,7 @@ def _prepare_layers(layers: Sequence[torch.Tensor], q: float, exact: bool, norma
                     pooled: bool) -> list[torch.Tensor]:
     """Clamp + normalise ``(N, D_l)`` layers: one threshold for all (``pooled``) or one each."""
     _check_not_empty(layers)
+    check_finite(layers)  # one NaN would make the threshold NaN and every value of the layer NaN
     if q >= 1:
         return [_clamp_normalize(t, None, normalize) for t in layers]
     if pooled:
@@ -140,7 +141,7 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
 
     Raises:
         ValueError: ``q`` outside ``(0, 1]``, a shape other than ``(N, D)``/``(L, N, D)``, or a
-            layer with width 0 or no samples (named by its index).
+            layer with width 0, no samples, or a NaN or inf value (named by its index).
 
     Example:
         >>> import numpy as np

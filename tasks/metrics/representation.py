@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._arrays import ArrayLike, resolve_device, split_layers, to_tensor
+from ._arrays import ArrayLike, check_finite, resolve_device, split_layers, to_tensor
 from .gram import center_gram_, gram_full, gram_upper
 from .neighbors import candidate_depth, restrict_lists, topk_neighbors
 
@@ -224,11 +224,7 @@ def check_values(layers: Sequence[torch.Tensor]) -> None:
     for l, x in enumerate(layers):
         if x.shape[1] == 0:
             raise ValueError(f"layer {l} has width 0")
-    finite = torch.stack([torch.isfinite(x).all() for x in layers])  # (L,): one device sync below
-    if not bool(finite.all()):
-        l = int((~finite).nonzero()[0, 0])
-        bad = int((~torch.isfinite(layers[l]).all(dim=1)).sum())
-        raise ValueError(f"layer {l} has non-finite values (NaN or inf) in {bad} of its {n} rows")
+    check_finite(layers)
     constant = torch.stack([(x == x[:1]).all() for x in layers])  # (L,): every row equal to the first
     if bool(constant.any()):
         l = int(constant.nonzero()[0, 0])

@@ -120,3 +120,22 @@ def test_empty_layer_is_refused_by_name(x, message: str, exact: bool) -> None:
     """A width-0 layer raised IndexError from kthvalue; now a ValueError naming the layer."""
     with pytest.raises(ValueError, match=message):
         prepare(x, exact=exact)
+
+
+def _with(value: float, shape: tuple[int, ...], at: tuple[int, ...]) -> np.ndarray:
+    x = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    x[at] = value
+    return x
+
+
+@pytest.mark.parametrize("q", [0.95, 1.0])
+@pytest.mark.parametrize("x, message", [
+    (_with(np.nan, (6, 4), (2, 1)), r"layer 0 has non-finite values \(NaN or inf\) in 1 of its 6 rows"),
+    (_with(np.inf, (3, 6, 4), (1, 4, 0)), r"layer 1 has non-finite values \(NaN or inf\) in 1 of its 6 rows"),
+    ([np.ones((6, 3)), _with(-np.inf, (6, 2), (5, 1))], r"layer 1 has non-finite values"),
+])
+def test_non_finite_values_are_refused_by_layer(x, message: str, q: float) -> None:
+    """One NaN made the (pooled) clamp threshold NaN and so every value it clamped NaN; the
+    layer is now named instead."""
+    with pytest.raises(ValueError, match=message):
+        prepare(x, q=q)
