@@ -51,6 +51,8 @@ NULL_BLOCK_ELEMENTS = 1 << 21
 NULL_PERMUTATIONS = 8
 #: entries of a packed row squared and summed at once in ``_sq_norms`` (one float64 copy)
 SQ_NORM_CHUNK = 1 << 20
+#: packed-kernel positions per float64 chunk of the cross-HSIC products (``_cross_dots``)
+CROSS_DOT_CHUNK = 1 << 16
 
 
 @dataclass
@@ -116,7 +118,12 @@ def rbf_from_gram(gram: torch.Tensor, sigma: float | str) -> torch.Tensor:
         s = float(sigma)
         if not s > 0:
             raise ValueError(f"rbf_sigma must be positive, got {sigma}")
-    return d2.div_(-2.0 * s * s).exp_()
+    scale = 2.0 * s * s
+    if not torch.finfo(d2.dtype).tiny <= scale <= torch.finfo(d2.dtype).max:
+        # 2 s^2 underflows (or overflows) in the kernel's dtype: divide by s twice, so that a
+        # distance of 0 stays 0 (K = 1) instead of 0/0 (the limit K -> I, or K -> all ones)
+        return d2.div_(s).div_(s).mul_(-0.5).exp_()
+    return d2.div_(-scale).exp_()
 
 
 def _median(v: torch.Tensor) -> float:
@@ -239,14 +246,26 @@ class CkaEngine(Engine):
         a, b = self.same_path(a, b)
         if isinstance(a, FeatureState):
             return _feature_hsic(a, b)  # type: ignore[arg-type]
-        tr = 2.0 * (a.upper @ b.upper.T).to(torch.float64)
+        tr = 2.0 * _cross_dots(a.upper, b.upper)
         if not a.unbiased:
-            return tr + (a.diag @ b.diag.T).to(torch.float64)
+            return tr + _cross_dots(a.diag, b.diag)
         return unbiased_from_parts(tr, a.tot[:, None], b.tot[None, :], a.rows @ b.rows.T, a.n)
 
     def matrix(self, a, b, params: dict[str, Any]) -> torch.Tensor:
         a, b = self.same_path(a, b)
         return self.hsic(a, b) / (torch.sqrt(a.self_hsic[:, None] * b.self_hsic[None, :]) + EPS)
+
+
+def _cross_dots(a: torch.Tensor, b: torch.Tensor, chunk: int = CROSS_DOT_CHUNK) -> torch.Tensor:
+    """``(La, Lb)`` float64 inner products of the rows of ``a`` ``(La, M)`` with those of ``b``
+    ``(Lb, M)``, ``chunk`` columns at a time, each chunk's product in float64 (the product of two
+    float32 values is exact in float64). One float32 product over the N(N-1)/2 entries of packed
+    kernels drifted: CKA of a layer with itself 0.99945 at N=4096 (-5e-4), and the error grew
+    with N; the self terms were already float64 sums (``_sq_norms``)."""
+    out = torch.zeros((a.shape[0], b.shape[0]), dtype=torch.float64, device=a.device)
+    for c0 in range(0, a.shape[1], chunk):
+        out += a[:, c0:c0 + chunk].to(torch.float64) @ b[:, c0:c0 + chunk].to(torch.float64).T
+    return out
 
 
 def _sq_norms(rows: torch.Tensor, chunk: int = SQ_NORM_CHUNK) -> torch.Tensor:

@@ -300,3 +300,35 @@ def test_a_layer_whose_unbiased_self_hsic_is_zero_is_refused(dtype) -> None:
     y = rng.normal(size=(5, 3))
     assert _exact_unbiased_self_hsic(near) > 0
     assert score("unbiased_cka", near, y) == pytest.approx(ref.cka(near, y, unbiased=True), abs=1e-12)
+
+
+@pytest.mark.parametrize("metric, params", [("cka", {}), ("unbiased_cka", {}), ("cka", {"kernel_metric": "rbf"})])
+def test_float32_cka_of_a_layer_with_itself_is_one_at_large_n(metric: str, params: dict) -> None:
+    """The cross HSIC was one float32 product over the N(N-1)/2 packed kernel entries: CKA of a
+    layer with itself drifted to 1 - 2.5e-4 at N=3000 while the float64 self terms did not.
+    Now it equals the float64 score of the same values to ~1e-9 (not exactly 1: the paper's
+    +1e-6 in the denominator)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3000, 32)).astype(np.float32) + 1.0
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    got = score(metric, x, x, **params)
+    assert got == pytest.approx(score(metric, x.astype(np.float64), x.astype(np.float64), **params), abs=1e-9)
+    assert layer_matrix(metric, [x], [x, x[::-1].copy()], **params)[0, 0] == pytest.approx(got, abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype, tiny", [(np.float64, 1e-170), (np.float64, 1e-300), (np.float32, 1e-23)])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_a_tiny_rbf_sigma_gives_the_identity_kernel_limit_not_nan(dtype, tiny: float, unbiased: bool) -> None:
+    """2 sigma^2 underflowed to -0 in the kernel's dtype and the diagonal became 0/0 = NaN. The
+    limit is K = I, which sigma = 1e-3 already reaches for these (well separated) rows; its
+    unbiased self-HSIC is 0 (zero diagonal, nothing else), refused as for sigma = 1e-3."""
+    x, y = paired(n=40, seed=11)
+    x, y = x.astype(dtype), y.astype(dtype)
+    if unbiased:
+        for sigma in (1e-3, tiny):
+            with pytest.raises(ValueError, match="unbiased self-HSIC of 0"):
+                score("cka", x, y, kernel_metric="rbf", rbf_sigma=sigma, unbiased=True)
+        return
+    limit = score("cka", x, y, kernel_metric="rbf", rbf_sigma=1e-3, unbiased=unbiased)
+    got = score("cka", x, y, kernel_metric="rbf", rbf_sigma=tiny, unbiased=unbiased)
+    assert np.isfinite(got) and got == pytest.approx(limit, abs=1e-12)
