@@ -268,12 +268,25 @@ class PipelineConfig(BaseModel):
         return self
 
     def model_pairs(self) -> list[tuple[ModelSpec, ModelSpec]]:
-        """Pairs to align: (vision, language) for 'cross_modal', else every unordered pair."""
+        """Pairs to align, each as ``(model_a, model_b)``: (vision, language) for 'cross_modal';
+        for 'all' every unordered pair once, oriented by :func:`pair_order` (not by the models'
+        order in the file, so reordering a zoo scores nothing again, and a vision–language pair
+        is the same result under either setting)."""
         if self.alignment.pairs == "cross_modal":
             vision = [m for m in self.models if m.modality == "vision"]
             language = [m for m in self.models if m.modality == "language"]
             return [(v, l) for v in vision for l in language]
-        return [(a, b) for i, a in enumerate(self.models) for b in self.models[i + 1 :]]
+        return [pair_order(a, b) for i, a in enumerate(self.models) for b in self.models[i + 1 :]]
+
+
+def pair_order(a: ModelSpec, b: ModelSpec) -> tuple[ModelSpec, ModelSpec]:
+    """``a`` and ``b`` as ``(model_a, model_b)`` of their stored pair: the vision model first
+    (as 'cross_modal' pairs are), else the name first in case-insensitive order (names differ
+    in more than case). Some metrics are not symmetric (``cycle_knn``, ``cknna`` by a little),
+    so the direction is part of a result and must not depend on where a model sits in the zoo."""
+    def rank(m: ModelSpec) -> tuple[int, str, str]:
+        return (0 if m.modality == "vision" else 1, m.name.casefold(), m.name)
+    return (a, b) if rank(a) <= rank(b) else (b, a)
 
 
 def _case_clash(names: list[str]) -> str | None:
