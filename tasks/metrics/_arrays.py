@@ -5,12 +5,15 @@ Nothing here computes a metric. The rules, used everywhere in ``tasks.metrics``:
 - inputs may be numpy arrays or torch tensors; they are converted without copying when possible;
   a layer may also be nested Python lists of numbers (``from_nested``: float64, as numpy reads
   them); complex inputs are refused (``TypeError``: the metrics are defined on real features,
-  and dropping the imaginary part silently would score something else);
+  and dropping the imaginary part silently would score something else); numpy arrays in
+  non-native byte order (``x.astype('>f8')`` on a little-endian machine) are converted to native
+  order (a copy: torch takes native order only) and scored like any other;
 - the computation dtype is float64 when the input is float64 and float32 otherwise (float16 and
   bfloat16 inputs are upcast: neighbour counts and kernel sums are never accumulated in half
   precision); a float32 side scored against a float64 side is computed in float64;
 - the device is the ``device=`` argument when given, else ``cuda`` when any input tensor lives on
-  a CUDA device, else ``cpu``.
+  a CUDA device, else ``cpu``; a ``device=`` this machine does not have (``'cuda'`` without a usable
+  GPU, ``'cuda:3'`` with 2 GPUs, ``'mps'`` off Apple silicon) is a ``ValueError`` naming it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,24 @@ def check_real(x: object) -> None:
         raise TypeError(f"complex features (dtype {dtype}) are not supported: the metrics are defined on "
                         "real features; pass the part you mean explicitly (x.real, abs(x), or both "
                         "concatenated as columns)")
+
+
+def native_byte_order(a: np.ndarray) -> np.ndarray:
+    """``a`` itself when its dtype is in the machine's byte order, else a copy converted to it
+    (same values and dtype kind): ``torch.from_numpy`` refuses non-native byte order."""
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+
+
+def _is_row(v: object) -> bool:
+    """``v`` is a Python list/tuple of scalars (one row of numbers, not a nested layer)."""
+    return isinstance(v, (list, tuple)) and all(not isinstance(e, (list, tuple)) and getattr(e, "ndim", 0) == 0 for e in v)
+
+
+def is_nested_layer(xs: object) -> bool:
+    """``xs`` is ONE ``(N, D)`` layer given as its rows: a non-empty Python list/tuple whose items
+    are all lists/tuples of numbers. How ``split_layers``, ``score`` and ``prepare`` read nested
+    lists; a list of 2-D nested lists (or of arrays) is a list of layers instead."""
+    return isinstance(xs, (list, tuple)) and len(xs) > 0 and all(_is_row(v) for v in xs)
 
 
 def from_nested(rows: Sequence) -> np.ndarray:
@@ -59,17 +80,17 @@ def _describe(x: object) -> str:
 
 def to_tensor(x: ArrayLike, device: torch.device | str | None = None,
               dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Convert ``x`` to a torch tensor (no copy when dtype and device already match); complex
-    input raises ``TypeError``."""
+    """Convert ``x`` to a torch tensor (no copy when dtype and device already match; numpy arrays
+    in non-native byte order are converted to native order); complex input raises ``TypeError``."""
     check_real(x)
     if isinstance(x, np.ndarray):
-        x = np.ascontiguousarray(x)
+        x = np.ascontiguousarray(native_byte_order(x))
         # Read-only arrays (e.g. views of Arrow buffers) are copied: torch tensors are writable.
         t = torch.from_numpy(x if x.flags.writeable else x.copy())
     elif isinstance(x, torch.Tensor):
         t = x.detach()
     else:
-        a = np.asarray(x)
+        a = native_byte_order(np.asarray(x))
         check_real(a)
         t = torch.as_tensor(a)
     if dtype is None:
@@ -86,13 +107,40 @@ def _is_cuda(x: object) -> bool:
     return isinstance(x, torch.Tensor) and x.device.type == "cuda"
 
 
+def _unavailable(dev: torch.device) -> str | None:
+    """Why ``dev`` cannot be used on this machine, or ``None`` when it can (cpu always can)."""
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return "this torch sees no usable CUDA GPU (torch.cuda.is_available() is False)"
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            return f"this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        return "the Apple MPS backend is not available (torch.backends.mps.is_available() is False)"
+    elif dev.type not in ("cpu", "cuda", "mps", "meta"):
+        try:
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError) as err:
+            return f"torch cannot allocate on it ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    return None
+
+
 def resolve_device(device: torch.device | str | None, *arrays: object) -> torch.device:
-    """``device`` if given; else cuda when any tensor in ``arrays`` (or nested lists) is on cuda."""
+    """``device`` if given; else cuda when any tensor in ``arrays`` (or nested lists) is on cuda.
+
+    Raises ``ValueError`` (naming ``device``) for a string that is no torch device and for a
+    device this machine does not have (``'cuda'`` without a GPU, ``'cuda:3'`` with 2 GPUs,
+    ``'mps'`` off Apple silicon), instead of torch's ``AssertionError`` on first use."""
     if device is not None:
         try:
-            return torch.device(device)
+            dev = torch.device(device)
         except (RuntimeError, TypeError) as err:
             raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from err
+        why = _unavailable(dev)
+        if why is not None:
+            raise ValueError(f"device {device!r} is not available here: {why}; use device='cpu' or leave "
+                             "device unset (cuda is then used when the inputs are cuda tensors)")
+        return dev
     for a in arrays:
         if _is_cuda(a):
             return a.device  # type: ignore[union-attr]
@@ -107,10 +155,13 @@ def split_layers(xs: ArrayLike | Sequence[ArrayLike]) -> list[ArrayLike]:
     Accepts a sequence of 2-D arrays (widths may differ), a 3-D ``(L, N, D)`` array or tensor, or a
     single 2-D ``(N, D)`` array (one layer). A layer in the sequence may be nested Python lists
     (``from_nested``), and a sequence of Python lists of numbers is one layer given as its rows
-    (as ``score`` reads nested lists). Raises ``ValueError`` on anything else, saying what was
+    (``is_nested_layer``, as ``score`` reads nested lists). numpy layers come back in native
+    byte order (``native_byte_order``). Raises ``ValueError`` on anything else, saying what was
     given, or when the layers do not share ``N``.
     """
     nested: list[int] = []
+    if isinstance(xs, np.ndarray):
+        xs = native_byte_order(xs)
     if isinstance(xs, (np.ndarray, torch.Tensor)):
         if xs.ndim == 3:
             layers: list[ArrayLike] = [xs[i] for i in range(xs.shape[0])]
@@ -119,14 +170,14 @@ def split_layers(xs: ArrayLike | Sequence[ArrayLike]) -> list[ArrayLike]:
         else:
             raise ValueError(f"expected (N, D) or (L, N, D) features, got shape {tuple(xs.shape)}")
     elif isinstance(xs, Sequence) and not isinstance(xs, (str, bytes)):
-        layers = list(xs)
+        layers = [native_byte_order(layer) if isinstance(layer, np.ndarray) else layer for layer in xs]
         nested = [i for i, layer in enumerate(layers) if isinstance(layer, (list, tuple))]
         for i in nested:
             try:
                 layers[i] = from_nested(layers[i])
             except ValueError as err:
                 raise ValueError(f"layer {i} is {err}") from None
-        if layers and len(nested) == len(layers) and all(layer.ndim == 1 for layer in layers):
+        if is_nested_layer(xs):
             layers = [from_nested(xs)]  # Python lists of numbers: the rows of one (N, D) layer
     else:
         raise ValueError(f"unsupported feature container: {type(xs).__name__}; expected (N, D) or "

@@ -23,7 +23,10 @@ input too; ``per_layer=False`` gives a list one pooled threshold. The pooled thr
 block of samples at a time (``pooled_outlier_threshold``): no stacked copy of the model's layers;
 for a list mixing float32 and float64 layers it is found in float64, and each layer keeps its own
 dtype. Computation is float32 (float64 inputs stay float64); the result has the input's kind
-(numpy in, numpy out; tensor in, tensor on the same device out; list in, list out).
+(numpy in, numpy out; tensor in, tensor on the same device out; list in, list out). Nested
+Python lists are read as ``score`` and ``split_layers`` read them: lists of numbers are the rows
+of ONE ``(N, D)`` layer, returned as a numpy array (plain Python data in, numpy out), and a
+nested-list layer inside a list of layers comes back as a numpy array too.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._arrays import ArrayLike, check_finite, split_layers, to_tensor
+from ._arrays import ArrayLike, check_finite, from_nested, is_nested_layer, split_layers, to_tensor
 
 
 #: Rows of a model's layers pooled at once when a per-sample quantile spans every layer: blocks of
@@ -125,7 +128,9 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
 
     Args:
         x: one layer ``(N, D)``, a ``(L, N, D)`` array/tensor, or a list of ``(N, D_l)`` layers
-            (numpy or torch; any float dtype).
+            (numpy or torch; any float dtype). Nested Python lists are read as ``score`` reads
+            them: a list of lists of numbers is ONE ``(N, D)`` layer given as its rows (float64),
+            not a list of 1-D layers; a layer inside a list may also be nested lists of rows.
         q: quantile of ``|x|`` used as clamp threshold; ``q == 1`` disables the clamp.
         exact: exact sorted-element threshold instead of the mean of per-sample quantiles.
         normalize: divide each row by its L2 norm afterwards.
@@ -137,7 +142,9 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
 
     Returns:
         The prepared features, same container kind and shape as ``x``; float32 (float64 stays
-        float64).
+        float64). Plain Python data comes back as numpy: one nested-list layer gives an
+        ``(N, D)`` float64 numpy array, and a nested-list layer in a list a numpy array in the
+        returned list (numpy layers stay numpy, tensors stay tensors on their device).
 
     Raises:
         ValueError: ``q`` outside ``(0, 1]``, a shape other than ``(N, D)``/``(L, N, D)``, or a
@@ -151,12 +158,14 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
     """
     if not 0 < q <= 1:
         raise ValueError(f"q must be in (0, 1], got {q}")
+    if is_nested_layer(x):  # Python lists of numbers: the rows of one (N, D) layer, as score reads them
+        x = from_nested(x)  # (N, D) float64 numpy: prepared below and returned as numpy
     if isinstance(x, (list, tuple)):
         tensors = [to_tensor(layer) for layer in split_layers(x)]  # (N, D_l) each, one N
         # pooled: one threshold, found in float64 when any layer is float64 (``_common``); each
         # layer is clamped and returned in its own dtype, on its own device
         out = _prepare_layers(tensors, q, exact, normalize, pooled=per_layer is False)
-        return [o.cpu().numpy() if isinstance(layer, np.ndarray) else o for o, layer in zip(out, x)]
+        return [o if isinstance(layer, torch.Tensor) else o.cpu().numpy() for o, layer in zip(out, x)]
     is_numpy = isinstance(x, np.ndarray)
     t = to_tensor(x)
     if t.ndim == 2:

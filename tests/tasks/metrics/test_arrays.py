@@ -1,0 +1,162 @@
+"""Input plumbing of ``tasks.metrics`` (``_arrays``): byte order, devices, nested Python lists.
+
+Scores are checked against the independent float64 reference (``reference.py``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.metrics import Representation, layer_matrix, prepare, score
+from tasks.metrics._arrays import is_nested_layer, resolve_device, split_layers, to_tensor
+
+from . import reference as ref
+from .conftest import layers, paired
+
+
+# --- (a) numpy arrays in non-native byte order -------------------------------------------------
+
+def _swapped(a: np.ndarray) -> np.ndarray:
+    """``a`` with the same values in the other byte order (big-endian on x86/ARM)."""
+    out = a.astype(a.dtype.newbyteorder("S"))
+    assert not out.dtype.isnative and np.array_equal(out, a)
+    return out
+
+
+def test_non_native_byte_order_scores_like_native() -> None:
+    """torch refused ``x.astype('>f8')`` ("byte order different from the native byte order");
+    the value must be the float64 score (not a float32 one: the dtype check must see float64)."""
+    x, y = paired(n=40, dx=12, dy=9)
+    assert score("cka", _swapped(x), y) == pytest.approx(ref.cka(x, y), abs=1e-12)
+    assert score("cka", x, _swapped(y)) == pytest.approx(ref.cka(x, y), abs=1e-12)
+    assert score("mutual_knn", _swapped(x), _swapped(y), topk=5) == pytest.approx(ref.mutual_knn(x, y, 5), abs=1e-12)
+
+
+def test_non_native_byte_order_in_layer_lists_and_stacks() -> None:
+    xs = layers(n=40, widths=(12, 7))
+    ys = layers(n=40, widths=(5,), seed=1)
+    expected = np.array([[ref.cka(a, b) for b in ys] for a in xs])
+    np.testing.assert_allclose(layer_matrix("cka", [_swapped(a) for a in xs], ys), expected, atol=1e-12)
+    stack = _swapped(np.stack([xs[0], xs[0][:, ::-1]]))  # (2, N, 12) big-endian
+    expected = np.array([[ref.cka(a, ys[0])] for a in (xs[0], xs[0][:, ::-1])])
+    np.testing.assert_allclose(layer_matrix("cka", stack, ys), expected, atol=1e-12)
+
+
+def test_non_native_byte_order_float32_computes_in_float32() -> None:
+    x, _ = paired()
+    t = to_tensor(_swapped(x.astype(np.float32)))
+    assert t.dtype == torch.float32 and torch.equal(t, torch.from_numpy(x.astype(np.float32)))
+    assert all(layer.dtype.isnative for layer in split_layers([_swapped(x), _swapped(x[:, :3])]))
+
+
+def test_prepare_non_native_byte_order() -> None:
+    x, _ = paired(normalize=False)
+    got = prepare(_swapped(x), q=0.9)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64
+    np.testing.assert_allclose(got, ref.prepare(x, q=0.9), atol=1e-12)
+    out = prepare([_swapped(x), x[:, :5]], q=0.9)
+    np.testing.assert_allclose(out[0], ref.prepare(x, q=0.9), atol=1e-12)
+    np.testing.assert_allclose(out[1], ref.prepare(x[:, :5], q=0.9), atol=1e-12)
+
+
+# --- (b) a device this machine does not have ----------------------------------------------------
+
+@pytest.fixture
+def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend this machine has no CUDA (also on a GPU machine)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", torch.device("cuda")])
+def test_unavailable_cuda_is_a_value_error(no_cuda: None, device: object) -> None:
+    """It was torch's ``AssertionError: Torch not compiled with CUDA enabled``."""
+    x, y = paired()
+    with pytest.raises(ValueError, match=r"^device .*cuda.* is not available here: .*no usable CUDA GPU"):
+        score("cka", x, y, device=device)
+    with pytest.raises(ValueError, match=r"^device .*cuda.* is not available here"):
+        layer_matrix("mutual_knn", [x], [y], device=device, topk=5)
+    with pytest.raises(ValueError, match=r"^device .*cuda.* is not available here"):
+        Representation(x, device=device)
+
+
+def test_cuda_index_past_the_devices_is_a_value_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"^device 'cuda:3' is not available here: this machine has 2 CUDA"):
+        resolve_device("cuda:3")
+
+
+def test_unavailable_mps_is_a_value_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    x, y = paired()
+    with pytest.raises(ValueError, match=r"^device 'mps' is not available here: .*MPS"):
+        score("cka", x, y, device="mps")
+
+
+def test_real_machine_cuda_without_gpu() -> None:
+    """No patching: on a machine without CUDA the plain call is the same ``ValueError``."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    x, y = paired()
+    with pytest.raises(ValueError, match=r"^device 'cuda' is not available here"):
+        score("cka", x, y, device="cuda")
+
+
+def test_cpu_device_and_bad_strings_unchanged() -> None:
+    x, y = paired()
+    assert score("cka", x, y, device="cpu") == pytest.approx(ref.cka(x, y), abs=1e-12)
+    assert resolve_device(None, torch.from_numpy(x)) == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device must be a torch device such as 'cpu' or 'cuda:0', got 'tpu'"):
+        resolve_device("tpu")
+
+
+# --- (c) one layer as nested Python lists --------------------------------------------------------
+
+def test_prepare_one_nested_list_layer_is_one_numpy_layer() -> None:
+    """``prepare(x.tolist())`` returned ``[tensor]`` (its rows read as a list of one layer)."""
+    x, y = paired(normalize=False)
+    got = prepare(x.tolist(), q=0.9)
+    assert isinstance(got, np.ndarray) and got.shape == x.shape and got.dtype == np.float64
+    np.testing.assert_allclose(got, ref.prepare(x, q=0.9), atol=1e-12)
+    as_tuples = prepare(tuple(tuple(row) for row in x.tolist()), q=0.9)
+    np.testing.assert_array_equal(as_tuples, got)
+    assert score("cka", prepare(x.tolist()), y) == pytest.approx(ref.cka(ref.prepare(x), y), abs=1e-12)
+
+
+def test_prepare_nested_list_layer_inside_a_list_comes_back_numpy() -> None:
+    x, _ = paired(normalize=False)
+    out = prepare([x.tolist(), torch.from_numpy(x[:, :4]), x[:, 4:]], q=0.9)
+    assert [type(o) for o in out] == [np.ndarray, torch.Tensor, np.ndarray]
+    for got, layer in zip(out, (x, x[:, :4], x[:, 4:])):
+        np.testing.assert_allclose(np.asarray(got), ref.prepare(layer, q=0.9), atol=1e-12)
+
+
+def test_nested_layer_rule_matches_split_layers() -> None:
+    x, _ = paired()
+    assert is_nested_layer(x.tolist()) and len(split_layers(x.tolist())) == 1
+    assert not is_nested_layer([x.tolist(), x.tolist()]) and len(split_layers([x.tolist(), x.tolist()])) == 2
+    assert not is_nested_layer([x, x]) and not is_nested_layer([]) and not is_nested_layer(x)
+    with pytest.raises(ValueError, match="nested lists that do not form an array"):
+        prepare([[1.0, 2.0], [3.0]])
+
+
+# --- (d) the documented exception to "entry [i, j] equals score(xs[i], ys[j])" -------------------
+
+def test_mixed_dtype_side_computes_every_pair_in_float64() -> None:
+    """docs/metrics.md: when any layer is float64 every pair is computed in float64, so an entry of
+    two float32 layers is their float64 score; the float64 layer's entry is its score."""
+    rng = np.random.default_rng(15)
+    x32 = rng.normal(size=(60, 16)).astype(np.float32)
+    y32 = (x32[:, :8] + rng.normal(size=(60, 8))).astype(np.float32)
+    x64 = rng.normal(size=(60, 3))
+    x32d, y32d = x32.astype(np.float64), y32.astype(np.float64)
+    a = layer_matrix("cka", [x32, x64], [y32])  # the float64 layer on the x side
+    b = layer_matrix("cka", [x32], [y32, x64])  # on the y side: the pair (x32, y32) again
+    for entry in (a[0, 0], b[0, 0]):
+        assert entry == pytest.approx(ref.cka(x32d, y32d), abs=1e-12)
+        assert entry == pytest.approx(score("cka", x32d, y32d), abs=1e-12)
+    assert a[1, 0] == pytest.approx(ref.cka(x64, y32d), abs=1e-12)
+    assert a[1, 0] == pytest.approx(score("cka", x64, y32), abs=1e-12)
+    assert b[0, 1] == pytest.approx(score("cka", x32, x64), abs=1e-12)
+    assert layer_matrix("cka", [x32], [y32])[0, 0] == pytest.approx(score("cka", x32, y32), abs=1e-12)
