@@ -127,7 +127,7 @@ def calibrate(metric: str | MetricSpec, xs: Any, ys: Any, permutations: int = 10
             null[t0 + s] = aggregate_matrix(mats[s], aggregate, better)[0]
 
     lo, hi = spec.bounds_for(p)
-    tie = tie_tolerance(engine, p, ra.dtype, rb.dtype, aggregate)
+    tie = tie_tolerance(engine, p, ra.dtype, rb.dtype, aggregate=aggregate)
     tau, p_value, calibrated = _calibration_numbers(observed, null, alpha, lo, hi, better, tie)
     return CalibrationResult(
         observed=observed, null_mean=float(np.nanmean(null)), null_std=float(np.nanstd(null)),

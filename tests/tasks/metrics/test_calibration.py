@@ -236,3 +236,20 @@ def test_float64_metric_of_float32_features_counts_only_float64_ties() -> None:
 def test_bad_settings_are_refused(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_mean_aggregate_of_exact_counts_counts_rounding_ties() -> None:
+    """``aggregate='mean'`` reached ``tie_tolerance`` as a dtype, so the exact-count metrics kept
+    a tolerance of 0 and a null mean equal to the observed one up to summation order (e.g.
+    0.0925925925925926 against 0.09259259259259259) was not counted: p too small. The p-value
+    must equal the documented rule with the float64 tolerance."""
+    rng = np.random.default_rng(1)
+    differ = 0
+    for s in range(30):
+        xs = [rng.normal(size=(30, 4)) for _ in range(3)]
+        ys = [rng.normal(size=(30, 4)) for _ in range(3)]
+        r = calibrate("mutual_knn", xs, ys, permutations=200, seed=s, aggregate="mean", topk=3)
+        tol = TIE_RTOL[torch.float64] * max(1.0, abs(r.observed))
+        expected = (1 + np.sum(r.null - r.observed >= -tol)) / (r.null.size + 1)
+        differ += r.p_value != pytest.approx(expected, abs=1e-15)
+    assert differ == 0
