@@ -250,7 +250,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     ``95% CI`` a bootstrap interval of the best score (when requested; ``*``: degenerate, see
     ``metrics.bootstrap_ci``);
     ``null`` is the mean of the permutation null of the max over layer pairs (what unrelated
-    data scores after the same max), ``calib.`` the calibrated score and ``p`` its p-value.
+    data scores after the same max), ``calib.`` the calibrated score, ``p`` its p-value and
+    ``q`` the Benjamini–Hochberg q-value among the run's pairs of that metric (``tasks.grid_fdr``).
     """
     from rich.console import Console
     from rich.table import Table
@@ -258,7 +259,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     from tasks.report.tables import rows_aligned
 
     table = Table(title=f"Best layer pair per metric (dataset {summary['dataset_version']}, N={rows_aligned(summary['best'])})")
-    for column in ("vision", "language", "metric", "score", "95% CI", "layer A", "layer B", "chance", "null", "calib.", "p"):
+    for column in ("vision", "language", "metric", "score", "95% CI", "layer A", "layer B", "chance", "null", "calib.", "p", "q"):
         table.add_column(column, justify="left" if column in ("vision", "language", "metric", "layer A", "layer B") else "right", no_wrap=True)
     rows = sorted(summary["best"], key=lambda r: (r["metric"], r["model_b"], r["score"] is None, -(r["score"] or 0.0)))
     for index, row in enumerate(rows):
@@ -271,6 +272,7 @@ def print_summary(summary: dict[str, Any]) -> None:
             "-" if null is None else f"{null:.4f}",
             "-" if row.get("calibrated_score") is None else f"{row['calibrated_score']:.3f}",
             "-" if row.get("p_value") is None else f"{row['p_value']:.3g}",
+            "-" if row.get("q_value") is None else f"{row['q_value']:.3g}",
             end_section=index + 1 < len(rows) and rows[index + 1]["metric"] != row["metric"],
         )
     console = Console(width=160)

@@ -21,9 +21,11 @@ from storage.store import DEFAULT_STORE, Store
 from tasks.align_task import align_pair, few_permutations_warning
 from tasks.dataset_task import load_dataset, stored_dataset
 from tasks.extract_task import extract_features, stored_features
+from tasks.grid_fdr import add_q_values
 from tasks.params import PipelineConfig
 
-BEST_COLUMNS = ["model_a", "model_b", "metric", "score", "layer_a", "layer_b", "chance_level", "calibrated_score", "p_value"]
+BEST_COLUMNS = ["model_a", "model_b", "metric", "score", "layer_a", "layer_b", "chance_level", "calibrated_score", "p_value",
+                "q_value"]
 
 
 @flow(
@@ -75,7 +77,8 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
     else:
         dataset = load_dataset(config.dataset, store_url, alignment=config.alignment)
     features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing)
-    best = [row for manifest in alignments for row in target.read_table(f"{manifest['key']}/{layout.BEST_FILE}").to_pylist()]
+    best = add_q_values([row for manifest in alignments
+                         for row in target.read_table(f"{manifest['key']}/{layout.BEST_FILE}").to_pylist()])
     record.update(
         status=FAILED if failures else COMPLETED,
         failures=failures,

@@ -11,6 +11,8 @@
 - ``alignment_best``: one row per metric × model pair: best layer pair, chance level,
   calibrated score and p-value.
 - ``runs``: one row per pipeline run, with its lineage.
+- ``alignment_fdr``: one row per run × metric × model pair with a p-value: the run's
+  Benjamini–Hochberg q-value over its model grid (``q_value``, one family per run and metric).
 
 Only published versions (those with a manifest) appear. For S3 stores the s3fs filesystem is
 registered on the connection (DuckDB's httpfs extension is not needed), and the files of one
@@ -216,9 +218,50 @@ def connect(
     for view, table in sources.tables.items():
         con.register(f"_{view}_table", table)
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM _{view}_table")
+    create_derived_views(con)
     if read_only:
         lock_down(con, [store.uri("").rstrip("/") + "/"], _exists_in(store))
     return con
+
+
+#: Views computed from the others (after them), in creation order: name -> ``SELECT``.
+DERIVED_VIEWS: dict[str, str] = {
+    # Benjamini–Hochberg over one run's model grid, per metric (and its parameters): the run's
+    # alignment versions (``runs.alignment_versions``, store keys) joined to their best rows; p
+    # sorted ascending (ties in a fixed order: they get one q-value anyway), q_(i) = min over
+    # j >= i of p_(j) * m / j, at most 1 (``tasks.metrics.bh_fdr``). Rows without a p-value
+    # (no permutations) are not tests and do not count in m.
+    "alignment_fdr": """
+        WITH members AS (
+            SELECT run_id, status AS run_status, unnest(alignment_versions) AS alignment_key FROM runs
+        ), tested AS (
+            SELECT m.run_id, m.run_status, b.alignment_version, b.dataset_version, b.metric, b.params,
+                   b.model_a, b.model_b, b.score, b.calibrated_score, b.p_value, b.permutations
+            FROM members AS m JOIN alignment_best AS b
+              ON m.alignment_key = concat_ws('/', 'alignment', b.dataset_version, b.model_a || '__' || b.model_b,
+                                             b.alignment_version)
+            WHERE b.p_value IS NOT NULL AND NOT isnan(b.p_value)
+        ), ranked AS (
+            SELECT *,
+                   row_number() OVER (PARTITION BY run_id, metric, params ORDER BY p_value, model_a, model_b) AS p_rank,
+                   count(*) OVER (PARTITION BY run_id, metric, params) AS n_tests
+            FROM tested
+        )
+        SELECT run_id, run_status, alignment_version, dataset_version, metric, params, model_a, model_b, score,
+               calibrated_score, p_value, permutations, p_rank::INTEGER AS p_rank, n_tests::INTEGER AS n_tests,
+               least(1.0, min(p_value * n_tests / p_rank) OVER (
+                   PARTITION BY run_id, metric, params ORDER BY p_rank DESC
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) AS q_value
+        FROM ranked""",
+}
+
+
+def create_derived_views(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Create :data:`DERIVED_VIEWS` on ``con``, which already has the file views and tables;
+    returns their names."""
+    for name, select in DERIVED_VIEWS.items():
+        con.execute(f"CREATE VIEW {name} AS {select}")
+    return list(DERIVED_VIEWS)
 
 
 def _exists_in(store: Store) -> Callable[[str], bool]:

@@ -5,6 +5,7 @@ The file holds the same names as :func:`storage.catalog.connect`:
 - views ``samples``, ``features``, ``alignment``, ``alignment_best``: ``read_parquet`` over the
   absolute paths (or ``s3://`` URLs) of every published file: they only read the store;
 - tables ``datasets``, ``models``, ``runs``: the manifests' and run records' rows, copied in;
+- view ``alignment_fdr`` over those (``storage.catalog.DERIVED_VIEWS``);
 - table ``prh_catalog``: one row (store URL without credentials, exported_at, file count).
 
 It is a snapshot: versions published later appear after the next export. Writing is atomic
@@ -28,7 +29,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from storage.catalog import _create_file_view, _exists_in, _literal, catalog_sources, lock_down, stored_files
+from storage.catalog import _create_file_view, _exists_in, _literal, catalog_sources, create_derived_views, lock_down, stored_files
 from storage.store import Store, utc_now
 
 INFO_TABLE = "prh_catalog"
@@ -79,6 +80,7 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
                 con.register("_source", table)
                 con.execute(f"CREATE TABLE {name} AS SELECT * FROM _source")
                 con.unregister("_source")
+            derived = create_derived_views(con)
             n_files = sum(len(f) for f in read.values())  # a damaged file left out (warned) is not counted
             info = pa.table({"store": [store.display_url], "store_root": [store.uri("")], "remote": [not store.is_local],
                              "exported_at": [utc_now()], "parquet_files": [n_files]})
@@ -97,7 +99,7 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
                 leftover.unlink()
         if build != tmp:
             shutil.rmtree(build.parent, ignore_errors=True)
-    return ExportSummary(path, store.display_url, not store.is_local, n_files, sorted(sources.files),
+    return ExportSummary(path, store.display_url, not store.is_local, n_files, sorted([*sources.files, *derived]),
                          {name: table.num_rows for name, table in sources.tables.items()})
 
 

@@ -346,15 +346,15 @@ def test_the_run_summary_prints_a_best_row_without_a_score(capsys):
     from flows.cli import print_summary
 
     row = {"model_a": "vit", "model_b": "lm", "metric": "cka", "score": 0.5, "layer_name_a": "l1", "layer_name_b": "l2",
-           "chance_level": None, "null_mean": 0.1, "calibrated_score": 0.4, "p_value": 0.02, "ci_low": 0.4, "ci_high": 0.6,
-           "n_samples": 24}
+           "chance_level": None, "null_mean": 0.1, "calibrated_score": 0.4, "p_value": 0.02, "q_value": 0.0375, "ci_low": 0.4,
+           "ci_high": 0.6, "n_samples": 24}
     empty = {**row, "metric": "svcca", "score": None, "layer_name_a": None, "layer_name_b": None, "null_mean": None,
              "calibrated_score": None, "p_value": None, "ci_low": None, "ci_high": None}
     print_summary({"dataset_version": "d", "best": [empty, row], "extracted": ["vit"], "reused": ["lm"], "store": "file:///s",
                    "run_id": "r1"})
     shown = capsys.readouterr().out
     assert "0.5000" in shown and "svcca" in shown and "features extracted: vit; reused: lm" in shown
-    assert "0.400-0.600 " in shown and "degenerate interval" not in shown
+    assert "0.400-0.600 " in shown and "degenerate interval" not in shown and "0.0375" in shown
     flagged = {**row, "metric": "cycle_knn", "ci_low": 0.5, "ci_high": 0.5, "ci_degenerate": True}
     print_summary({"dataset_version": "d", "best": [row, flagged], "extracted": [], "reused": [], "store": "s", "run_id": "r2"})
     shown = capsys.readouterr().out

@@ -128,6 +128,13 @@ def test_pipeline_end_to_end(store_url, monkeypatch):
     table = [a for a in artifacts if str(a.flow_run_id) == first["run_id"]][0]
     rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
     assert {(r["metric"], round(r["score"], 4)) for r in rows} == {(r["metric"], round(r["score"], 4)) for r in first["best"]}
+    # q-values over the run's grid (one pair: q = p), the same in the run summary, the artifact and the catalog view
+    fdr = {r["metric"]: r for r in query(con, f"select * from alignment_fdr where run_id = '{first['run_id']}'").to_pylist()}
+    assert set(fdr) == {"mutual_knn", "cka", "cknna"}
+    for r in first["best"]:
+        assert r["q_value"] == pytest.approx(r["p_value"]) == pytest.approx(fdr[r["metric"]]["q_value"])
+        assert fdr[r["metric"]]["n_tests"] == 1
+    assert all(r["q_value"] == round(r["p_value"], 4) for r in rows)
 
     # A rerun computes nothing (nor checks stored models ahead); adding a model extracts only it
     # and scores only its new pair.

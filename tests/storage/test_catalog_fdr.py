@@ -1,0 +1,84 @@
+"""The ``alignment_fdr`` view: Benjamini–Hochberg q-values over each run's model grid, per
+metric, checked against a brute-force BH from its definition."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from storage import layout
+from storage.catalog import connect
+from storage.store import Store
+from tests.storage.catalog_store import DATASET, _schema
+
+
+def _best_table(version: str, a: str, b: str, p_values: dict[str, float | None]) -> pa.Table:
+    rows = []
+    for metric, p in p_values.items():
+        row = {c: None for c in _schema("alignment_best")}
+        row.update(alignment_version=version, dataset_version=DATASET, metric=metric, params=json.dumps({"topk": 3}),
+                   model_a=a, model_b=b, score=0.5, p_value=p, permutations=None if p is None else 99)
+        rows.append(row)
+    types = {"layer_a": pa.int32(), "layer_b": pa.int32(), "permutations": pa.int32(), "bootstrap": pa.int32(),
+             "n_samples": pa.int32(), "ci_degenerate": pa.bool_()}
+    float_columns = {"score", "chance_level", "null_mean", "null_std", "tau", "p_value", "calibrated_score", "ci_low", "ci_high"}
+    return pa.table({c: pa.array([r[c] for r in rows], types.get(c, pa.float64() if c in float_columns else pa.string()))
+                     for c in _schema("alignment_best")})
+
+
+def _brute_force_bh(p: list[float]) -> list[float]:
+    """q_i = min over every j whose p_j >= p_i of m * p_j / rank_j (rank among the sorted p,
+    ties in any order), capped at 1: the step-up procedure's adjusted p-values."""
+    m = len(p)
+    ranked = sorted(p)
+    return [min(1.0, min(m * ranked[j] / (j + 1) for j in range(m) if ranked[j] >= pi)) for pi in p]
+
+
+def test_q_values_are_benjamini_hochberg_over_each_run_and_metric(tmp_path) -> None:
+    store = Store(str(tmp_path / "store"))
+    rng = np.random.default_rng(4)
+    pairs = [(f"vis{i}", f"lang{j}") for i in range(3) for j in range(4)]  # 12 pairs
+    p_knn = [float(v) for v in np.round(rng.uniform(0, 0.2, size=len(pairs)), 2)]  # rounded: ties
+    p_knn[5] = float("nan")  # not a test (a custom metric's undefined null)
+    p_cka = [float(v) for v in rng.uniform(0, 1, size=len(pairs))]
+    keys = []
+    for (a, b), pk, pc in zip(pairs, p_knn, p_cka):
+        version = f"al-{a}-{b}"
+        key = layout.alignment_key(DATASET, a, b, version)
+        best = _best_table(version, a, b, {"mutual_knn": pk, "cka": pc, "svcca": None})
+        store.publish(key, {layout.BEST_FILE: best}, {"kind": "alignment"})
+        keys.append(key)
+    runs = {"run-all": keys, "run-part": keys[:5], "run-none": None}
+    for run_id, versions in runs.items():
+        store.write_json(layout.run_key(run_id), {"run_id": run_id, "status": "COMPLETED", "alignment_versions": versions})
+
+    con = connect(store)
+    for run_id, versions in runs.items():
+        members = [keys.index(k) for k in versions or []]
+        for metric, p in (("mutual_knn", p_knn), ("cka", p_cka)):
+            tested = [i for i in members if not math.isnan(p[i])]
+            rows = con.execute("select model_a, model_b, p_value, n_tests, q_value from alignment_fdr "
+                               "where run_id = ? and metric = ?", [run_id, metric]).fetchall()
+            expected = dict(zip(tested, _brute_force_bh([p[i] for i in tested])))
+            assert len(rows) == len(tested)
+            for a, b, p_value, n_tests, q in rows:
+                i = pairs.index((a, b))
+                assert p_value == p[i] and n_tests == len(tested)
+                assert q == pytest.approx(expected[i], rel=1e-12, abs=0)
+        assert con.execute("select count(*) from alignment_fdr where run_id = ? and metric = 'svcca'",
+                           [run_id]).fetchone() == (0,)  # no p-value: not a test
+    # BH is monotone in p within a family, and never below p
+    rows = con.execute("select p_value, q_value from alignment_fdr where run_id = 'run-all' and metric = 'cka' "
+                       "order by p_value").fetchall()
+    assert all(q >= p for p, q in rows) and [q for _, q in rows] == sorted(q for _, q in rows)
+
+
+def test_an_empty_store_has_the_view_with_its_columns(tmp_path) -> None:
+    con = connect(Store(str(tmp_path / "empty")))
+    columns = [r[0] for r in con.execute("describe alignment_fdr").fetchall()]
+    assert {"run_id", "metric", "model_a", "model_b", "p_value", "q_value", "n_tests"} <= set(columns)
+    assert con.execute("select count(*) from alignment_fdr").fetchone() == (0,)
