@@ -144,8 +144,8 @@ class AlignmentParams(BaseModel):
     permutations: Int = Field(0, ge=0, le=100_000, description="Permutations for the calibrated score and p-value (0: off)")
     bootstrap: Int = Field(0, ge=0, le=100_000, description="Resamples for a 95% CI of each best score (0: off): each scores half the rows, drawn "
                            "without replacement (m-out-of-n subsampling); see docs/metrics.md")
-    seed: Int = Field(0, ge=0, le=SEED_MAX, description="Permutation and bootstrap seed, 0 to 2**64 - 1 (what torch's "
-                      "generator takes)")
+    seed: Int = Field(0, ge=0, le=SEED_MAX, description="Permutation and bootstrap seed, 0 to 2**32 - 1 (torch's "
+                      "generator keeps 32 bits of a seed)")
     pairs: Literal["cross_modal", "all"] = Field("cross_modal", description="vision × language pairs, or every pair of models")
     unit: Literal["sample", "image"] = Field(
         "sample", description="Rows aligned: 'sample', one per image–caption pair (the paper's); 'image', one per image, "

@@ -47,9 +47,10 @@ DType = Literal["float32", "bfloat16", "float16"]
 
 _POOLINGS: dict[str, tuple[str, ...]] = {"vision": ("avg", "cls"), "language": ("avg", "last")}
 
-#: Largest seed: ``torch.manual_seed`` and ``torch.Generator.manual_seed`` take 0 .. 2**64 - 1
-#: (a larger one fails with "Overflow when unpacking long long"; numpy takes any size).
-SEED_MAX = 2**64 - 1
+#: Largest seed: ``torch.manual_seed`` takes 0 .. 2**64 - 1, but its CPU generator (mt19937)
+#: keeps only the low 32 bits, so 2**32 would give seed 0's weights and permutations
+#: (``tasks.metrics.stats.TORCH_SEED_MAX``, the same bound).
+SEED_MAX = 2**32 - 1
 
 
 class FieldError(ValueError):
@@ -87,8 +88,8 @@ class ModelSpec(BaseModel):
                                     "(off: only transformers' classes; turn on only for a repository you trust)")
     config: dict[str, Any] = Field(default_factory=dict, description="hf: overrides of the checkpoint's config; random_hf: arguments of the config "
                                     "class (its shape); efficientnet_lite: overrides of its parameters")
-    seed: int = Field(0, ge=0, le=SEED_MAX, strict=True, description="random_hf: initialisation seed, 0 to 2**64 - 1 "
-                      "(what torch.manual_seed takes)")
+    seed: int = Field(0, ge=0, le=SEED_MAX, strict=True, description="random_hf: initialisation seed, 0 to 2**32 - 1 "
+                      "(torch's generator keeps 32 bits of a seed)")
     tokenizer: str | None = Field(None, description="Language: a tokenizer (same id forms) replacing the model's own; random_hf default: "
                                    "byte-level")
     tokenizer_revision: str | None = Field(None, description="Hub tokenizer: branch, tag or commit")

@@ -46,7 +46,7 @@ from .api import encode_pair
 from .engine import TIE_RTOL
 from .registry import MetricSpec, get_metric
 from .stats import aggregate as aggregate_matrix
-from .stats import check_aggregate, check_count, check_seed, order_statistic_rank
+from .stats import TORCH_SEED_MAX, check_aggregate, check_count, check_seed, order_statistic_rank
 
 #: permutations drawn and handed to ``Engine.null_matrices`` at once (engines split further)
 PERMUTATION_BATCH = 64
@@ -100,7 +100,7 @@ def calibrate(metric: str | MetricSpec, xs: Any, ys: Any, permutations: int = 10
             ys' layers).
         alpha: level of the threshold ``tau``.
         seed: seed of the permutation stream (``torch.Generator`` on the CPU), so results do not
-            depend on the device.
+            depend on the device; 0 to 2**32 - 1 (the generator keeps 32 bits of a seed).
         aggregate: ``'max'`` over layer pairs (the paper) or ``'mean'``.
         **params: metric parameters and ``device``.
 
@@ -108,7 +108,7 @@ def calibrate(metric: str | MetricSpec, xs: Any, ys: Any, permutations: int = 10
         ``CalibrationResult``.
     """
     k_perm = check_count("permutations", permutations, 1)
-    gen = torch.Generator().manual_seed(check_seed(seed))
+    gen = torch.Generator().manual_seed(check_seed(seed, TORCH_SEED_MAX))
     check_aggregate(aggregate)
     order_statistic_rank(alpha, k_perm + 1)  # alpha checked before any work
     spec = get_metric(metric)

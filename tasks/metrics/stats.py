@@ -51,9 +51,21 @@ def check_count(name: str, value: object, minimum: int) -> int:
     return int(value)
 
 
-def check_seed(seed: object) -> int:
-    """``seed`` as an int if it is an integer >= 0; else ``ValueError`` (``seed=1.7`` is not 1)."""
-    return check_count("seed", seed, 0)
+#: Largest seed of a torch generator that is its own stream: torch's CPU generator (mt19937)
+#: keeps the low 32 bits of a seed, so 2**32 draws what 0 draws.
+TORCH_SEED_MAX = 2**32 - 1
+
+
+def check_seed(seed: object, maximum: int | None = None) -> int:
+    """``seed`` as an int if it is an integer >= 0 (and <= ``maximum`` when given); else
+    ``ValueError`` (``seed=1.7`` is not 1)."""
+    value = check_count("seed", seed, 0)
+    if maximum == TORCH_SEED_MAX and value > maximum:
+        raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {value}: torch's generator keeps only the low "
+                         f"32 bits of a seed, so it would draw what seed {value & TORCH_SEED_MAX} draws")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"seed must be an integer from 0 to {maximum}, got {value}")
+    return value
 
 
 def order_statistic_rank(alpha: float, count: int) -> int:
