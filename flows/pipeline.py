@@ -18,7 +18,7 @@ from flows.runners import make_task_runner, preload_libraries, runs_in_parallel
 from storage import layout
 from storage.runs import COMPLETED, FAILED, open_for_run
 from storage.store import DEFAULT_STORE, Store
-from tasks.align_task import align_pair, few_permutations_warning
+from tasks.align_task import align_pair, few_bootstrap_warning, few_permutations_warning
 from tasks.dataset_task import load_dataset, stored_dataset
 from tasks.extract_task import extract_features, stored_features
 from tasks.grid_fdr import add_q_values
@@ -124,8 +124,10 @@ def run_zoo(
     if not pairs:
         logger.warning("no model pairs to align (%d model(s), alignment.pairs=%s): features only",
                        len(config.models), config.alignment.pairs)
-    elif few_permutations := few_permutations_warning(config.alignment):
-        logger.warning("%s", few_permutations)
+    else:
+        for few in (few_permutations_warning(config.alignment), few_bootstrap_warning(config.alignment)):
+            if few:
+                logger.warning("%s", few)
     aligning = [align_pair.submit(store_url, extracting[a], extracting[b], config.alignment, a, b)
                 if a in extracting and b in extracting else None for a, b in pairs]
 

@@ -66,6 +66,22 @@ def few_permutations_warning(params: AlignmentParams, alpha: float = CALIBRATION
             f"{alpha:g} (the smallest is 1/(K+1) = {1 / (k + 1):.3g}); set alignment.permutations >= {needed} for calibrated scores")
 
 
+#: Fewest bootstrap resamples whose 95% interval has at least one resample beyond each bound
+#: (2 / (1 - 0.95)); with fewer the bounds are the most extreme resamples, interpolated.
+MIN_STABLE_BOOTSTRAP = 40
+
+
+def few_bootstrap_warning(params: AlignmentParams) -> str | None:
+    """A warning when ``0 < params.bootstrap < MIN_STABLE_BOOTSTRAP``; else None (such a config
+    is allowed: quick test runs use 20)."""
+    n_boot = params.bootstrap
+    if not 0 < n_boot < MIN_STABLE_BOOTSTRAP:
+        return None
+    return (f"alignment.bootstrap={n_boot} is below {MIN_STABLE_BOOTSTRAP}: each 2.5% tail of the 95% interval holds less "
+            f"than one of the {n_boot} resamples, so ci_low and ci_high are the most extreme resamples (interpolated) and "
+            "the interval is narrower than it should be; use a few hundred for stable bounds")
+
+
 def metric_requests(params: AlignmentParams) -> list[MetricRequest]:
     """The configured metrics with their parameters, in name order: each metric's numbers do not
     depend on the others (each is seeded alone), so listing them in another order is the same

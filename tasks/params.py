@@ -167,6 +167,14 @@ class AlignmentParams(BaseModel):
             raise ValueError(f"metrics listed more than once: {repeated}")
         return names
 
+    @field_validator("bootstrap")
+    @classmethod
+    def _bootstrap_has_a_spread(cls, n_boot: int) -> int:
+        if n_boot == 1:
+            raise ValueError("1 resample gives an interval of width 0 (no spread to measure); use 0 (no interval) or at "
+                             "least 2 (a few hundred for stable 95% bounds)")
+        return n_boot
+
     @model_validator(mode="after")
     def _parameters_fit_the_metrics(self) -> "AlignmentParams":
         if "cknna" in self.metrics and self.topk < 2:

@@ -114,7 +114,7 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
         metric: registered name or ``MetricSpec``.
         xs, ys: the two models' layers (any form ``layer_matrix`` takes; pass the same
             ``Representation`` objects as to ``layer_matrix``/``calibrate`` to reuse their caches).
-        n_boot: replicates ``B >= 1`` (a few hundred for stable 95% bounds).
+        n_boot: replicates ``B >= 2`` (a few hundred for stable 95% bounds).
         level: coverage of the interval, in ``(0, 1)``.
         seed: seed of the numpy generator drawing the replicates.
         aggregate: ``'max'`` (the paper's model-pair score) or ``'mean'``.
@@ -132,7 +132,7 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
     Warns:
         RuntimeWarning: the interval is ``degenerate`` (``BootstrapResult.degenerate``).
     """
-    n_boot = check_count("n_boot", n_boot, 1)
+    n_boot = check_count("n_boot", n_boot, 2)  # one replicate has no spread: an interval of width 0
     rng = np.random.default_rng(check_seed(seed))
     if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}")

@@ -17,7 +17,7 @@ from storage import layout
 from storage.features import layer_tables
 from storage.store import Store
 from tasks import metrics
-from tasks.align_task import align_to_store, few_permutations_warning, min_calibrating_permutations
+from tasks.align_task import MIN_STABLE_BOOTSTRAP, align_to_store, few_bootstrap_warning, few_permutations_warning, min_calibrating_permutations
 from tasks.params import AlignmentParams, PipelineConfig
 
 N, TOPK = 48, 4
@@ -138,7 +138,7 @@ def test_no_warning_when_calibration_is_off_or_has_enough_permutations(permutati
     assert few_permutations_warning(AlignmentParams(permutations=permutations)) is None
 
 
-def _zoo(permutations: int) -> PipelineConfig:
+def _zoo(permutations: int, bootstrap: int = 0) -> PipelineConfig:
     vit = {"name": "vit", "loader": "random_hf", "id": "ViTConfig", "modality": "vision", "seed": 1, "image_size": 32,
            "config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
                       "image_size": 32, "patch_size": 8}}
@@ -147,7 +147,8 @@ def _zoo(permutations: int) -> PipelineConfig:
             "config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}}
            for name, seed in (("lm-a", 2), ("lm-b", 3))]
     return PipelineConfig.model_validate({"dataset": {"kind": "openmoji", "n": 40, "seed": 0, "image_size": 32},
-                                          "models": [vit, *lms], "alignment": {"topk": 5, "permutations": permutations}})
+                                          "models": [vit, *lms],
+                                          "alignment": {"topk": 5, "permutations": permutations, "bootstrap": bootstrap}})
 
 
 @pytest.mark.parametrize("permutations", [9, 19])
@@ -164,3 +165,22 @@ def test_the_run_warns_once_not_per_pair(monkeypatch, caplog, permutations):
     assert len(warned) == (1 if permutations < 19 else 0)
     if warned:
         assert warned[0].levelno == logging.WARNING and "alignment.permutations=9 is below 19" in warned[0].getMessage()
+
+
+def test_bootstrap_of_one_resample_is_refused_and_few_resamples_warned_once(monkeypatch, caplog):
+    """`bootstrap: 1` gave an interval of width 0 (std 0, not flagged); it is refused when the
+    config is read (the API refuses n_boot=1 too). 2..39 resamples put less than one resample in
+    each 2.5% tail: allowed, with one warning per run."""
+    with pytest.raises(ValueError, match="1 resample gives an interval of width 0"):
+        AlignmentParams(bootstrap=1)
+    with pytest.raises(ValueError, match="n_boot must be an integer >= 2"):
+        metrics.bootstrap_ci("cka", np.eye(6), np.eye(6), n_boot=1)
+    assert MIN_STABLE_BOOTSTRAP == math.ceil(2 / (1 - 0.95) - 1e-9)
+    assert few_bootstrap_warning(AlignmentParams(bootstrap=0)) is None
+    assert few_bootstrap_warning(AlignmentParams(bootstrap=40)) is None
+    assert few_bootstrap_warning(AlignmentParams(bootstrap=39)).startswith("alignment.bootstrap=39 is below 40")
+    monkeypatch.setattr(pipeline, "get_run_logger", lambda: logging.getLogger("test-run"))
+    monkeypatch.setattr(pipeline, "submit_extractions", lambda *args: ({}, []))
+    with caplog.at_level(logging.WARNING, logger="test-run"):
+        pipeline.run_zoo(_zoo(19, bootstrap=20), "file:///unused", {})
+    assert [r.getMessage()[:34] for r in caplog.records if "alignment." in r.getMessage()] == ["alignment.bootstrap=20 is below 40"]
