@@ -279,7 +279,7 @@ def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutati
         i, j = cal.argmax
         result = PairAlignment(request, matrix, float(cal.observed), (int(i), int(j)), chance,
                                null_mean=float(cal.null_mean), null_std=float(cal.null_std), tau=float(cal.tau),
-                               p_value=float(cal.p_value), calibrated=float(cal.calibrated), permutations=permutations)
+                               p_value=float(cal.p_value), calibrated=float(cal.calibrated), permutations=cal.permutations)
     else:
         matrix = np.asarray(metrics.layer_matrix(request.name, rep_x, rep_y, **request.params), dtype=np.float64)
         best, (i, j) = metrics.aggregate(matrix, "max", metrics.get_metric(request.name).higher_is_better)

@@ -67,7 +67,8 @@ class CalibrationResult:
             else ``TIE_RTOL`` of the dtype).
         calibrated: chance-corrected score in ``[0, 1]`` (bounded metrics).
         argmax: ``(layer_a, layer_b)`` of the best observed layer pair.
-        permutations: ``K``.
+        permutations: ``K``, the valid (non-NaN) null draws the numbers rest on (fewer than
+            requested when the metric was undefined on some permutations).
         alpha, aggregate, metric: the settings used.
         matrix: the observed ``(La, Lb)`` layer matrix.
         null: the ``K`` null aggregates, in permutation order.
@@ -131,7 +132,7 @@ def calibrate(metric: str | MetricSpec, xs: Any, ys: Any, permutations: int = 10
     tau, p_value, calibrated = _calibration_numbers(observed, null, alpha, lo, hi, better, tie)
     return CalibrationResult(
         observed=observed, null_mean=float(np.nanmean(null)), null_std=float(np.nanstd(null)),
-        tau=tau, p_value=p_value, calibrated=calibrated, argmax=argmax, permutations=k_perm,
+        tau=tau, p_value=p_value, calibrated=calibrated, argmax=argmax, permutations=int(np.sum(~np.isnan(null))),
         alpha=alpha, aggregate=aggregate, metric=spec.name, matrix=observed_matrix, null=null)
 
 

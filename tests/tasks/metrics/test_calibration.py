@@ -253,3 +253,25 @@ def test_mean_aggregate_of_exact_counts_counts_rounding_ties() -> None:
         expected = (1 + np.sum(r.null - r.observed >= -tol)) / (r.null.size + 1)
         differ += r.p_value != pytest.approx(expected, abs=1e-15)
     assert differ == 0
+
+
+def test_permutations_counts_the_valid_null_draws() -> None:
+    """A user metric undefined (NaN) on some permutations: ``permutations`` said the requested
+    K while p rested on fewer draws; it is now the count p and tau are computed from."""
+    from tasks.metrics import register_metric
+    from tasks.metrics.registry import unregister_metric
+
+    def first_column_product(x, y, **params):  # NaN whenever the permutation puts a negative first
+        return float("nan") if float(y[0, 0]) < 0 else float((x[:, 0] * y[:, 0]).mean())
+
+    register_metric("test_half_nan", first_column_product, bounds=(-1.0, 1.0), symmetric=False, overwrite=True)
+    try:
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(50, 2))
+        y = x + 0.1 * rng.normal(size=(50, 2))
+        r = calibrate("test_half_nan", [x], [y], permutations=40, seed=0)
+    finally:
+        unregister_metric("test_half_nan")
+    valid = int(np.sum(~np.isnan(r.null)))
+    assert 0 < valid < 40 and r.null.size == 40
+    assert r.permutations == valid and r.p_value == pytest.approx(1 / (valid + 1))
