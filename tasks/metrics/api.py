@@ -97,7 +97,9 @@ def layer_matrix(metric: str | MetricSpec, xs: Any, ys: Any, **params: Any) -> n
             ``'bf16-refine'`` (bfloat16 search certified to give the exact lists).
 
     Returns:
-        ``(La, Lb)`` float64 numpy array; entry ``[i, j]`` equals ``score(metric, xs[i], ys[j])``.
+        ``(La, Lb)`` float64 numpy array; entry ``[i, j]`` equals ``score(metric, xs[i], ys[j])``,
+        except that a pair computes in float64 when any layer of either side is float64 (then a
+        float32 pair equals the score of its layers cast to float64, not the float32 score).
 
     Example:
         >>> import numpy as np
