@@ -89,10 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("file", help="the DuckDB database file to write (replaced if it exists)")
     export.add_argument("--store", default=None, help=STORE_HELP)
 
-    gc = commands.add_parser("gc", help="remove what no run will use: unpublished files of dead writers, abandoned extraction shards, report figures of older report code; with --keep-runs, old published versions")
+    gc = commands.add_parser("gc", help="remove what no run will use: unpublished files of dead writers, abandoned extraction shards, report figures of older report code or not written for --older-than-days; with --keep-runs, old published versions")
     gc.add_argument("--store", default=None, help=STORE_HELP)
     gc.add_argument("--older-than-days", type=float, default=7.0,
-                    help="shards of an unpublished version count as abandoned when the newest is this old (default 7)")
+                    help="shards of an unpublished version count as abandoned when the newest is this old, and cached report "
+                    "figures are removed when written this long ago (default 7)")
     gc.add_argument("--keep-reports", type=int, default=None, metavar="N",
                     help="also remove the stored run reports (reports/<run_id>/) but the N newest; default: keep all "
                     "(a report is a view of published results: `prh report --run ID` builds it again)")
@@ -325,7 +326,8 @@ def _sql(args: argparse.Namespace) -> int:
 def _gc(args: argparse.Namespace) -> int:
     """Removes versions without a manifest whose writer died (``Store.sweep_abandoned``), shard
     folders no extraction will resume (``storage.shards``), report figures cached by other
-    versions of the drawing code (``storage.figure_cache``), with ``--keep-reports`` the older
+    versions of the drawing code or written more than ``--older-than-days`` ago
+    (``storage.figure_cache``), with ``--keep-reports`` the older
     run reports (``storage.report_retention``), with ``--keep-runs`` the published versions that
     none of the newest runs with results uses (``storage.run_retention``; published data is
     never touched otherwise) and, on S3, old incomplete uploads. Every item is printed with its
@@ -333,7 +335,7 @@ def _gc(args: argparse.Namespace) -> int:
     be), each measured before its removal."""
     import math
 
-    from storage.figure_cache import remove_stale_namespaces
+    from storage.figure_cache import remove_old_figures, remove_stale_namespaces
     from storage.report_retention import remove_stale_reports
     from storage.runs import live_runs_since, mark_crashed_runs, open_for_run
     from storage.shards import remove_stale_partials
@@ -357,6 +359,7 @@ def _gc(args: argparse.Namespace) -> int:
                                      damaged=damaged)
     figure_bytes: dict[str, int] = {}
     figures = remove_stale_namespaces(store, dry_run=args.dry_run, sizes=figure_bytes)
+    old_figures = remove_old_figures(store, args.older_than_days * 86400.0, dry_run=args.dry_run)
     report_bytes: dict[str, int] = {}
     reports = [] if args.keep_reports is None else \
         remove_stale_reports(store, args.keep_reports, dry_run=args.dry_run, sizes=report_bytes)
@@ -379,6 +382,9 @@ def _gc(args: argparse.Namespace) -> int:
               "(`prh verify --remove-damaged` removes the version with its shards)")
     for key in figures:
         print(f"{verb} {key}: report figures drawn by another version of the report code, {_megabytes(figure_bytes[key])}")
+    if old_figures:
+        print(f"{verb} {len(old_figures)} cached report figure(s) written more than {args.older_than_days:g} days ago, "
+              f"{_megabytes(sum(old_figures.values()))} (a report that shows one draws it again)")
     for key in reports:
         print(f"{verb} {key}: a run report older than the {args.keep_reports} kept, {_megabytes(report_bytes[key])} "
               "(`prh report --run ID` builds it again)")
@@ -388,6 +394,7 @@ def _gc(args: argparse.Namespace) -> int:
         print(f"{verb} the unpublished files of {version} (its writer died), {_megabytes(swept_bytes.get(version, 0))}")
     parts = [(len(partials), "shard folder(s)", sum(entry["bytes"] for entry in partials)),
              (len(figures), "figure cache namespace(s) of older report code", sum(figure_bytes.values())),
+             (len(old_figures), "cached report figure(s) older than --older-than-days", sum(old_figures.values())),
              (len(reports), "run report(s)", sum(report_bytes.values())),
              (len(swept), "unpublished version(s) of dead writers", sum(swept_bytes.get(v, 0) for v in swept)),
              (len(uploads), "incomplete upload(s)", sum(upload["bytes"] for upload in uploads)),

@@ -3,14 +3,18 @@
 Layout: ``reports/figures/<drawing-code version>/<digest>.<format>``, where the digest is
 ``tasks.report.figures.figure_digest`` of the rows a figure shows. The namespace is the version of
 the code that draws (``tasks/report``), so a changed drawing is never served from an older
-namespace; ``prh gc`` removes the namespaces of other code versions.
+namespace; ``prh gc`` removes the namespaces of other code versions, and in the current one the
+figures written more than ``--older-than-days`` ago (a hit does not renew a file, so a figure
+still shown is drawn again once after that: a cache, never a report, loses it).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
-from storage.store import Store
+from storage.store import Store, modified_at
 from storage.versioning import code_version
 
 FIGURES = "reports/figures"
@@ -88,3 +92,30 @@ def remove_stale_namespaces(store: Store, current: str | None = None, dry_run: b
         if not dry_run:
             store.fs.rm(store.path(key), recursive=True)
     return stale
+
+
+def old_figures(store: Store, older_than_s: float, current: str | None = None,
+                now: float | None = None) -> dict[str, int]:
+    """Files of the current namespace written more than ``older_than_s`` seconds before ``now``:
+    ``key -> bytes``, sorted by key. Digests of superseded rows (a model added, a rerun with
+    other scores) are never asked for again and would otherwise stay forever."""
+    now = time.time() if now is None else now
+    base = f"{FIGURES}/{current or drawing_version()}"
+    if not store.fs.exists(store.path(base)):
+        return {}
+    store.fs.invalidate_cache(store.path(base))
+    entries: list[dict[str, Any]] = store.fs.ls(store.path(base), detail=True)
+    old = {store.key_of(e["name"]): int(e.get("size") or 0) for e in entries
+           if e.get("type") == "file" and now - modified_at(e) > older_than_s}
+    return dict(sorted(old.items()))
+
+
+def remove_old_figures(store: Store, older_than_s: float, dry_run: bool = False, current: str | None = None
+                       ) -> dict[str, int]:
+    """Remove (or with ``dry_run`` only list) :func:`old_figures`; returns them (key -> bytes).
+    A report drawing meanwhile finds a miss and draws the figure again."""
+    old = old_figures(store, older_than_s, current)
+    if not dry_run:
+        for key in old:
+            store.delete(key)
+    return old

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import json
 import time
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.features import vectors_from_arrow
-from storage.store import DamagedManifest, Store, table_to_parquet_bytes
+from storage.store import DamagedManifest, Store, modified_at, table_to_parquet_bytes
 
 PARTIAL = "_partial"
 
@@ -86,18 +85,6 @@ def remove_partial(store: Store, version_key: str) -> None:
 STALE_PARTIAL_SECONDS = 7 * 24 * 3600.0
 
 
-def _modified(info: dict[str, Any]) -> float:
-    """Modification time (epoch seconds) from an fsspec listing entry (local ``mtime``, S3
-    ``LastModified``); 0 when the listing has neither (counted as old)."""
-    value = info.get("mtime", info.get("LastModified"))
-    if isinstance(value, datetime):
-        return value.timestamp()
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return 0.0
-
-
 def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, now: float | None = None,
                    live_since: float | None = None, damaged: list[DamagedManifest] | None = None) -> list[dict[str, Any]]:
     """Shard folders of feature versions that no extraction will resume.
@@ -130,7 +117,7 @@ def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, no
             versions.setdefault(version_key, []).append((name, info))
     out = []
     for version_key, files in sorted(versions.items()):
-        newest = max(_modified(info) for _, info in files)
+        newest = max(modified_at(info) for _, info in files)
         in_use = live_since is not None and newest >= live_since
         try:
             published = store.manifest(version_key) is not None

@@ -82,6 +82,18 @@ def unescape_glob(text: str) -> str:
     return re.sub(r"\[([*?\[])\]", r"\1", text)
 
 
+def modified_at(info: dict[str, Any]) -> float:
+    """Modification time (epoch seconds) from an fsspec listing entry (local ``mtime``, S3
+    ``LastModified``); 0 when the listing has neither (counted as old)."""
+    value = info.get("mtime", info.get("LastModified"))
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def utc_now() -> str:
     """Current UTC time as ISO 8601 with seconds precision."""
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()

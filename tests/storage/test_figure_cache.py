@@ -74,3 +74,27 @@ def test_namespaces_are_checked_like_any_key(tmp_path, namespace):
             cache._key("d", "png")
     else:
         assert cache.namespace == drawing_version()
+
+
+def test_gc_removes_cached_figures_older_than_the_limit(tmp_path, capsys):
+    """Digests of superseded rows stayed forever in the current namespace; gc removes the files
+    written more than --older-than-days ago (a still-shown figure is then drawn once more)."""
+    import os
+    import time
+
+    store = Store(str(tmp_path / "store"))
+    cache = StoreFigureCache(store)
+    cache.put("old", {"png": PNG, "svg": SVG})
+    cache.put("new", {"png": PNG})
+    week_ago = time.time() - 8 * 86400
+    for fmt in ("png", "svg"):
+        os.utime(store.path(f"{FIGURES}/{cache.namespace}/old.{fmt}"), (week_ago, week_ago))
+    assert main(["gc", "--store", store.url, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would remove 2 cached report figure(s) written more than 7 days ago" in out
+    assert f"2 cached report figure(s) older than --older-than-days {len(PNG) + len(SVG):,} bytes" in out
+    assert cache.get("old", ("png", "svg")) is not None  # a dry run removes nothing
+    assert main(["gc", "--store", store.url]) == 0
+    assert cache.get("old", ("png",)) is None and cache.get("new", ("png",)) == {"png": PNG}
+    assert main(["gc", "--store", store.url, "--older-than-days", "0"]) == 0
+    assert cache.get("new", ("png",)) is None
