@@ -56,7 +56,7 @@ def test_bootstrap_subsamples_knn_metrics_too() -> None:
     assert res.low <= res.estimate <= res.high + 1e-12 and res.std > 0
     again = bootstrap_ci("mutual_knn", xs, ys, n_boot=100, seed=0, topk=5)
     assert (again.low, again.high) == (res.low, res.high)
-    for bad, message in ((dict(n_boot=2.7), "n_boot must be an integer >= 1, got 2.7"), (dict(n_boot="5"), "n_boot must be"),
+    for bad, message in ((dict(n_boot=2.7), "n_boot must be an integer >= 2, got 2.7"), (dict(n_boot="5"), "n_boot must be"),
                          (dict(seed=1.7), "seed must be an integer >= 0"), (dict(level=1.0), r"level must be in \(0, 1\)"),
                          (dict(aggregate="min"), "aggregate must be")):
         with pytest.raises(ValueError, match=message):
