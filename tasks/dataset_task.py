@@ -160,7 +160,8 @@ def publish_dataset(
     """Load and validate the dataset, publish it as a content-addressed version; its manifest.
 
     The demo's OpenMoji pairs are drawn once per rendering recipe: a rerun with the same recipe
-    (``_recipe_id``) returns the stored version's manifest without drawing a glyph.
+    (``_recipe_id``) returns the stored version's manifest without drawing a glyph; it keeps the
+    name it was stored under (a warning says so when ``params.name`` differs), as any version does.
 
     Raises:
         ValueError: the loader's errors (naming the path), or too few valid rows: fewer than 2,
@@ -174,6 +175,9 @@ def publish_dataset(
     if rendered is not None:  # the demo's pairs from the same recipe: the stored version, not drawn again
         catalog = rendered["catalog"]
         _check_enough_rows(catalog["name"], catalog["n_samples"], catalog.get("n_images", catalog["n_samples"]), {}, alignment)
+        name = params.name or f"openmoji-{catalog['n_samples']}"  # as build_table would name it
+        if name != catalog["name"]:
+            _warn_stored_as(logger, name, catalog["n_samples"], catalog)
         logger.info("dataset %s: %d pairs, version %s (already stored; same rendering recipe, not drawn again)",
                     catalog["name"], catalog["n_samples"], catalog["dataset_version"])
         return rendered
@@ -214,16 +218,23 @@ def publish_dataset(
     stored = published.manifest.get("catalog", {})
     if not published.written and (stored.get("name"), _source_text(stored.get("source")), stored.get("n_rejected")) != (
             name, _source_text(source), n_rejected):
-        logger.warning(
-            "dataset %s: its %d valid rows are already stored as dataset %r (version %s, published from %s with %s rejected "
-            "rows); a version is its valid rows, so that version is used and keeps its name, source and rejected rows",
-            name, table.num_rows, stored.get("name"), version, _source_text(stored.get("source")), stored.get("n_rejected"))
+        _warn_stored_as(logger, name, table.num_rows, {**stored, "dataset_version": version})
     cut = f" from its first {params.n} rows (dataset.n; null reads all)" if params.kind != "openmoji" and params.n else ""
     logger.info(
         "dataset %s: %d pairs%s, version %s (%s)",
         name, table.num_rows, cut, version, "published" if published.written else "already stored",
     )
     return published.manifest
+
+
+def _warn_stored_as(logger: logging.Logger | logging.LoggerAdapter, name: str, n_rows: int, stored: dict[str, Any]) -> None:
+    """Warn that the dataset ``name`` (its ``n_rows`` valid rows) is the stored version whose catalog
+    entry is ``stored`` under another name, source or rejected-row count, which it keeps."""
+    logger.warning(
+        "dataset %s: its %d valid rows are already stored as dataset %r (version %s, published from %s with %s rejected "
+        "rows); a version is its valid rows, so that version is used and keeps its name, source and rejected rows",
+        name, n_rows, stored.get("name"), stored.get("dataset_version"), _source_text(stored.get("source")),
+        stored.get("n_rejected"))
 
 
 def _source_text(source: Any) -> str:

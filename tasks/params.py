@@ -49,6 +49,7 @@ OPENMOJI_N = 1024
 
 #: The dataset fields that apply to some kinds only (elsewhere they must keep their default).
 DATASET_FIELD_KINDS: dict[str, tuple[str, ...]] = {
+    "seed": ("openmoji",), "image_size": ("openmoji",),
     "revision": ("huggingface",), "split": ("huggingface", "path"), "image_root": ("path",),
     "image_column": ("path", "huggingface"), "text_column": ("path", "huggingface"), "captions": ("path", "huggingface"),
 }

@@ -43,7 +43,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.data.sources import (METADATA_FILES, Captions, ColumnMap, RawRecord, head_of, read_parquet_head,
+from tasks.data.sources import (METADATA_FILES, Captions, ColumnMap, RawRecord, head_of, plain_encodings, read_parquet_head,
                                 records_with_captions)
 from tasks.data.tables import LoadResult, validate_records
 
@@ -264,7 +264,7 @@ def read_hf_dataset(
         if missing:
             raise ValueError(f"Hugging Face dataset {source!r}, split {split!r}: file {path.relative_to(dataset.root)} lacks "
                              f"column(s) {missing}; it has {names} (set image_column / text_column)")
-        tables.append(table)
+        tables.append(plain_encodings(table))  # dictionary/view encodings as values: shards then agree, paths rebase
     read = files[:len(tables)]
     folder = Path(os.path.commonpath([str(p.parent) for p in read]))  # image paths are relative to their own file
     tables = [_rebase_image_paths(t, image_column, p.parent.relative_to(folder)) for t, p in zip(tables, read)]

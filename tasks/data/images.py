@@ -3,6 +3,7 @@ inside a dataset folder."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import struct
@@ -167,26 +168,81 @@ def read_image_file(root: Path, relative: str) -> bytes | ImageProblem:
 
     Reasons: ``image_path_unsafe`` (resolving outside ``root`` — absolute, through ``..`` or a
     symbolic link — or starting with a backslash), ``image_missing`` (empty path, no such
-    file, not a regular file), ``image_unreadable`` (the operating system refused to read it).
+    file, not a regular file, or a path that cannot name a file: one holding a NUL character or
+    a character that cannot be encoded as a file name, a name longer than the file system allows
+    (255 bytes), a symbolic-link loop), ``image_unreadable`` (the operating system refused to read
+    it, or to look it up). A path the operating system fails to look up for another reason (an
+    I/O error of the disk or the network file system) raises its ``OSError``: that is not the
+    row's fault.
     """
     if relative.strip() == "":
         return ImageProblem("image_missing", "image path is empty")
+    shown = _shown(relative)
     if relative.startswith("\\"):
-        return ImageProblem("image_path_unsafe", f"image path {relative!r} starts with a backslash")
+        return ImageProblem("image_path_unsafe", f"image path {shown} starts with a backslash")
     base = root.resolve()
-    target = (base / relative).resolve()  # an absolute relative replaces base
-    if os.path.isabs(relative) and not target.is_relative_to(base):
-        return ImageProblem("image_path_unsafe", f"absolute image path {relative!r} lies outside the dataset folder {base} "
-                            "(an absolute path must lie inside it: set image_root to a folder that holds the images)")
-    if not target.is_relative_to(base):
-        return ImageProblem(
-            "image_path_unsafe", f"image path {relative!r} leads outside the dataset folder {base}"
-        )
-    if not target.exists():
-        return ImageProblem("image_missing", f"image file {relative!r} does not exist in {base}")
-    if not target.is_file():
-        return ImageProblem("image_missing", f"image path {relative!r} is not a regular file")
+    try:
+        target = (base / relative).resolve()  # an absolute relative replaces base
+        if os.path.isabs(relative) and not target.is_relative_to(base):
+            return ImageProblem("image_path_unsafe", f"absolute image path {shown} lies outside the dataset folder {base} "
+                                "(an absolute path must lie inside it: set image_root to a folder that holds the images)")
+        if not target.is_relative_to(base):
+            return ImageProblem("image_path_unsafe", f"image path {shown} leads outside the dataset folder {base}")
+        if not target.exists():
+            return ImageProblem("image_missing", f"image file {shown} does not exist in {base}")
+        if not target.is_file():
+            return ImageProblem("image_missing", f"image path {shown} is not a regular file")
+    except (ValueError, RuntimeError, OSError) as exc:
+        problem = _lookup_problem(relative, exc)
+        if problem is None:
+            raise  # an I/O error of the file system, not of the path: the load fails (and may be retried)
+        return problem
     try:
         return target.read_bytes()
     except OSError as exc:
-        return ImageProblem("image_unreadable", f"cannot read {relative!r}: {exc}")
+        return ImageProblem("image_unreadable", f"cannot read {shown}: {exc}")
+
+
+#: Longest image path shown whole in a rejection's detail (a caption read as a path by a swapped
+#: column can be thousands of characters long).
+_SHOWN_PATH_CHARS = 160
+
+
+def _shown(relative: str) -> str:
+    """``relative`` quoted for a message, its middle cut out when it is longer than ``_SHOWN_PATH_CHARS``."""
+    if len(relative) <= _SHOWN_PATH_CHARS:
+        return repr(relative)
+    half = _SHOWN_PATH_CHARS // 2
+    return f"{relative[:half]!r}...{relative[-half:]!r} ({len(relative)} characters)"
+
+
+def _lookup_problem(relative: str, error: BaseException) -> ImageProblem | None:
+    """Why looking up the image path ``relative`` failed with ``error``, as the row's problem; None
+    when the error is not the path's (a disk or network I/O error).
+
+    Paths that cannot name any file are ``image_missing`` (no such file can exist, so nothing is
+    read and nothing outside the folder is reached): a NUL character or one that cannot be encoded
+    (``ValueError``), a name longer than the file system allows (``ENAMETOOLONG``), a symbolic-link
+    loop (``RuntimeError`` from ``Path.resolve`` before Python 3.13, ``ELOOP`` after). A lookup the
+    operating system refuses (``EACCES``, ``EPERM``: a folder on the way that may not be searched)
+    is ``image_unreadable``.
+    """
+    shown = _shown(relative)
+    if isinstance(error, ValueError):
+        what = "holds a NUL character" if "\x00" in relative else "holds characters that cannot be encoded as a file name"
+        return ImageProblem("image_missing", f"image path {shown} {what}, so it names no file")
+    if isinstance(error, RuntimeError) or getattr(error, "errno", None) == errno.ELOOP:
+        return ImageProblem("image_missing", f"image path {shown} is a symbolic-link loop: it leads to no file")
+    code = getattr(error, "errno", None)
+    if code == errno.ENAMETOOLONG:
+        longest = max(len(os.fsencode(part)) for part in relative.split("/"))
+        what = (f"has a name of {longest} bytes, more than a file name may have (255 on most file systems)" if longest > 255
+                else f"is {len(os.fsencode(relative))} bytes long: with the dataset folder, more than a path may be "
+                     "(4096 bytes on Linux)")
+        return ImageProblem("image_missing", f"image path {shown} {what}, so it names no file (is the image column "
+                            "holding captions?)")
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return ImageProblem("image_missing", f"image file {shown} does not exist")
+    if code in (errno.EACCES, errno.EPERM):
+        return ImageProblem("image_unreadable", f"cannot look up {shown}: {error}")
+    return None

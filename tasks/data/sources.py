@@ -8,7 +8,9 @@ Parquet table (``.parquet``, ``.pq``)
     or a struct with ``bytes`` and ``path`` fields (the Hugging Face ``datasets`` image layout;
     the bytes are used when present, else the path). ``text`` is string or binary (binary is
     decoded as UTF-8 later, so bad bytes reject the row rather than the file). ``sample_id``
-    and ``image_id`` are strings or integers.
+    and ``image_id`` are strings, binary (an id that is not UTF-8 rejects its row) or integers.
+    Dictionary-encoded and ``string_view``/``binary_view`` columns are read as their values
+    (:func:`plain_encodings`): the dataset version does not depend on the encoding.
 CSV table (``.csv``; ``.tsv`` with tabs)
     A header row naming ``image`` and ``text`` (optionally ``sample_id``, ``image_id``); ``image``
     is a path relative to the table's folder. Fields that are not valid UTF-8 are kept as bytes
@@ -31,7 +33,8 @@ Folder with a metadata table (the Hugging Face ImageFolder convention)
     A folder holding ``metadata.jsonl``, ``metadata.csv`` or ``metadata.parquet`` (exactly one):
     that table is read as above, image paths relative to the folder (subfolders allowed); its
     image column defaults to ``file_name`` (the convention) when it has no ``image`` column. Image
-    files anywhere under the folder that the table does not name are reported (``text_missing``).
+    files anywhere under the folder that the table does not name are reported (``text_missing``);
+    the table may name them by absolute paths inside the folder.
 Folder of images with captions
     ``NAME.<image suffix>`` with ``NAME.txt`` beside it, top level only, hidden files ignored.
     ``sample_id`` is ``NAME`` (a name with characters outside ``[A-Za-z0-9._-]``, e.g. spaces,
@@ -55,8 +58,10 @@ a CSV record's ``origin`` also gives the line it starts on. Folder records have 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -77,6 +82,7 @@ __all__ = [
     "head_of",
     "IMAGE_SUFFIXES",
     "OPTIONAL_COLUMNS",
+    "plain_encodings",
     "REQUIRED_COLUMNS",
     "RawRecord",
     "read_records",
@@ -164,7 +170,7 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
             file does not have, or a split for a layout without splits.
     """
     columns = columns or ColumnMap()
-    if not path.exists():
+    if not path_exists(path, "dataset path"):
         where = "" if path.is_absolute() else f" (relative paths are read from the working directory: {path.absolute()})"
         raise ValueError(f"dataset path {str(path)!r} does not exist{where}")
     if not (path.is_file() and path.suffix.lower() == ".json"):  # a .json document tells (tasks.data.json_tables)
@@ -179,6 +185,20 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
                              f"folder with a {' / '.join(METADATA_FILES)} table")
         return _read_folder(path, limit, columns.captions), path
     return _read_table(path, columns, limit, split), path.parent
+
+
+def path_exists(path: Path, what: str) -> bool:
+    """Whether ``path`` exists; a path that cannot name a file (a NUL character, a name longer than
+    the file system allows) does not. Raises ``ValueError`` naming ``what`` (``dataset path``) for a
+    name that is too long, rather than the ``OSError`` a task's retry policy takes for a storage
+    hiccup; other ``OSError`` s (disk or network I/O errors) propagate."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        raise ValueError(f"{what} {str(path)[:200]!r}{'...' if len(str(path)) > 200 else ''} is too long to name a file "
+                         f"({exc.strerror})") from None
 
 
 def refuse_split(split: str | None, what: str, kind: str) -> None:
@@ -312,11 +332,42 @@ def records_with_captions(table: pa.Table, where: str, captions: Captions = "fir
     """``records_from_table`` of a table whose ``text`` column may hold a list of captions per
     row: one caption per record (``captions``: the first, or all; see the module docstring), a
     record of an expanded row naming its table row and caption."""
-    table, origins = one_caption_per_row(table, captions)
+    table, origins = one_caption_per_row(plain_encodings(table), captions)
     records = records_from_table(table, where)
     if origins is not None:  # name the table's row and caption, not the expanded position
         records = [replace(r, row=row, origin=f"row {row}, caption {j}") for r, (row, j) in zip(records, origins)]
     return records
+
+
+def plain_encodings(table: pa.Table) -> pa.Table:
+    """``table`` with its columns' storage encodings undone, the values unchanged: a dictionary-
+    encoded column as its values (``dictionary<values=string>`` → ``string``), a ``string_view`` /
+    ``binary_view`` column as ``large_string`` / ``large_binary``, also inside lists and structs (a
+    list of dictionary-encoded captions, a ``struct<bytes, path>`` image). What a column holds,
+    and so the dataset version, does not depend on how its writer chose to encode it."""
+    for index, field in enumerate(table.schema):
+        plain = _plain_type(field.type)
+        if plain != field.type:
+            table = table.set_column(index, field.name, table.column(index).cast(plain))
+    return table
+
+
+def _plain_type(kind: pa.DataType) -> pa.DataType:
+    """The type that holds ``kind``'s values without its encoding (see :func:`plain_encodings`)."""
+    if pa.types.is_dictionary(kind):
+        return _plain_type(kind.value_type)
+    if pa.types.is_string_view(kind):
+        return pa.large_string()
+    if pa.types.is_binary_view(kind):
+        return pa.large_binary()
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        item = kind.value_field.with_type(_plain_type(kind.value_type))
+        if pa.types.is_fixed_size_list(kind):
+            return pa.list_(item, kind.list_size)
+        return pa.large_list(item) if pa.types.is_large_list(kind) else pa.list_(item)
+    if pa.types.is_struct(kind):
+        return pa.struct([kind.field(i).with_type(_plain_type(kind.field(i).type)) for i in range(kind.num_fields)])
+    return kind
 
 
 def one_caption_per_row(table: pa.Table, captions: Captions) -> tuple[pa.Table, list[tuple[int, int]] | None]:
@@ -338,12 +389,16 @@ def one_caption_per_row(table: pa.Table, captions: Captions) -> tuple[pa.Table, 
     flat = [(texts[row] or [None])[j] for row, j in origins]
     expanded = table.take(pa.array([row for row, _ in origins], pa.int64())).set_column(column, "text", pa.array(flat, kind.value_type))
     if "sample_id" in expanded.column_names:
-        ids = pc.cast(expanded.column("sample_id"), pa.string())
+        ids = expanded.column("sample_id")
+        # binary ids stay bytes (an id that is not UTF-8 is then rejected as unsafe, row by row,
+        # as with captions "first"); others are joined as text
+        kind = pa.large_binary() if pa.types.is_binary(ids.type) or pa.types.is_large_binary(ids.type) else pa.string()
+        ids = pc.cast(ids, kind)
         if "image_id" not in expanded.column_names:
             expanded = expanded.append_column("image_id", ids)
-        suffixes = pa.array([str(j) for _, j in origins], pa.string())
+        suffixes = pa.array([str(j).encode() for _, j in origins], kind)
         expanded = expanded.set_column(expanded.column_names.index("sample_id"), "sample_id",
-                                       pc.binary_join_element_wise(ids, suffixes, "-"))
+                                       pc.binary_join_element_wise(ids, suffixes, pa.scalar(b"-", kind)))
     return expanded, origins
 
 
@@ -351,9 +406,12 @@ def records_from_table(table: pa.Table, where: str) -> list[RawRecord]:
     """One record per row of an Arrow table with the Parquet layout's columns (``image``, ``text``,
     optional ``sample_id``, ``image_id``; types as above). ``where`` names the table in messages.
 
+    Dictionary-encoded and view-typed columns are read as their values (:func:`plain_encodings`).
+
     Raises:
         ValueError: a column of a type this layout does not accept.
     """
+    table = plain_encodings(table)
     images = _parquet_images(where, table.column("image"))
     texts = _as_bytes(where, "text", table.column("text"), allow_integers=False)
     sample_ids = (
@@ -545,7 +603,16 @@ def _column_names(path: Path) -> list[str]:
 
 
 def _normalised(root: Path, image: str) -> str:
-    """An image path of a table as a POSIX path relative to ``root`` (``./a/../b.png`` → ``b.png``)."""
+    """An image path of a table as a POSIX path relative to ``root`` (``./a/../b.png`` → ``b.png``;
+    an absolute path inside ``root``, ``/data/ds/a/b.png`` of the folder ``/data/ds``, → ``a/b.png``,
+    whether ``root`` is named through a symbolic link or not). Lexical: links inside are not followed.
+    An absolute path outside ``root`` stays absolute (it names no image of the folder)."""
+    if image.startswith("/"):
+        absolute = _absolute_name(image)
+        for base in _folder_names(root):
+            if absolute == base or absolute.startswith(base.rstrip("/") + "/"):
+                return absolute[len(base.rstrip("/")) + 1:]
+        return absolute
     parts: list[str] = []
     for part in Path(image.replace("\\", "/")).parts:
         if part == "..":
@@ -554,6 +621,22 @@ def _normalised(root: Path, image: str) -> str:
         elif part not in (".", "/"):
             parts.append(part)
     return "/".join(parts)
+
+
+def _absolute_name(path: str) -> str:
+    """An absolute POSIX path with ``.``, ``..`` and repeated slashes taken out (lexically)."""
+    return "/" + os.path.normpath(path).lstrip("/")
+
+
+def _folder_names(root: Path) -> list[str]:
+    """The absolute names of the folder ``root``: as given (made absolute) and with its symbolic
+    links resolved (a table written on the machine may use either)."""
+    names = [_absolute_name(str(root.absolute()))]
+    try:
+        names.append(str(root.resolve()))
+    except (OSError, RuntimeError):
+        pass  # the folder was read a moment ago; its plain name is enough
+    return list(dict.fromkeys(names))
 
 
 def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first") -> list[RawRecord]:
@@ -620,7 +703,14 @@ def _folder_records(root: Path, stem: str, image_name: str, caption_name: str, p
     """The record(s) of one image and its caption file: its first non-empty line, or one per
     non-empty line (``policy="all"``)."""
     origin = f"{image_name} + {caption_name}"
-    if not (root / caption_name).resolve().is_relative_to(root.resolve()):
+    try:
+        inside = (root / caption_name).resolve().is_relative_to(root.resolve())
+    except (RuntimeError, OSError) as exc:  # RuntimeError: a symbolic-link loop (ELOOP from Python 3.13)
+        if isinstance(exc, OSError) and exc.errno != errno.ELOOP:
+            raise  # an I/O error of the file system, not of the file: the load fails (and may be retried)
+        detail = f"caption file {caption_name} is a symbolic-link loop: it leads to no file"
+        return [_refused(origin, stem, "text_missing", detail)]
+    if not inside:
         detail = f"caption file {caption_name} links outside the dataset folder"
         return [_refused(origin, stem, "text_path_unsafe", detail)]
     try:

@@ -13,15 +13,17 @@ caption and a bad image is reported once, for the caption; the image is then not
 ``sample_id_empty``         a ``sample_id`` column value that is null or empty
 ``sample_id_unsafe``        characters outside ``[A-Za-z0-9._-]`` or longer than 128
 ``image_id_unsafe``         a given ``image_id`` with such characters (null/empty = not given)
-``text_missing``            (folder) an image without its ``.txt`` caption file, or one the
-                            folder's metadata table does not name
+``text_missing``            (folder) an image without its ``.txt`` caption file (or with one
+                            that is a symbolic-link loop), or one the folder's metadata table
+                            does not name
 ``text_path_unsafe``        (folder) a caption file that links outside the folder
 ``text_not_utf8``           the caption bytes are not valid UTF-8
 ``text_empty``              null, empty or whitespace-only caption (after stripping), or one made
                             only of invisible format characters (zero-width space, BOM, joiners)
 ``text_too_long``           more than ``MAX_CAPTION_CHARS`` (65,536) characters after stripping
 ``text_control_chars``      a NUL or other control character (tab, LF and CR are allowed)
-``image_missing``           null image, empty path, no such file, a folder caption w/o image
+``image_missing``           null image, empty path, no such file, a folder caption w/o image, a
+                            path that names no file (a NUL, a name over 255 bytes, a link loop)
 ``image_path_unsafe``       an image path that resolves outside the folder of the table (or
                             ``image_root``): ``../``, symbolic links, absolute paths elsewhere
 ``image_empty``             a 0-byte image
@@ -66,7 +68,7 @@ import pyarrow as pa
 
 from tasks.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageProblem, check_image, read_image_file
 from tasks.data.schema import DATASET_SCHEMA, MAX_CAPTION_CHARS, caption_problem, id_problem, validate_table
-from tasks.data.sources import ColumnMap, RawRecord, read_records
+from tasks.data.sources import ColumnMap, RawRecord, path_exists, read_records
 
 __all__ = ["REJECTED_SCHEMA", "LoadResult", "Reason", "load_paired_dataset"]
 
@@ -302,7 +304,7 @@ def load_paired_dataset(
             raise ValueError(f"dataset {str(source)!r} is a folder: image_root applies to a table, whose image paths "
                              "it resolves")
         root = Path(image_root).expanduser()
-        if not root.is_dir():
+        if not (path_exists(root, "image_root") and root.is_dir()):
             raise ValueError(f"image_root {str(image_root)!r} of dataset {str(source)!r} is not a folder")
     return validate_records(records, root, str(source), max_image_pixels=max_image_pixels, min_valid_rows=min_valid_rows)
 
