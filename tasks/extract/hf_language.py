@@ -9,11 +9,20 @@ Pooling per layer (`(B, D) float32`), over the tokens the model sees, special to
 ([CLS]/[SEP], BOS/EOS — as sentence-transformers' mean pooling does):
 - ``avg``: mean over valid tokens (attention mask);
 - ``last``: the last valid token.
-Both are exact under left or right padding: pads are masked, and for left-padded batches the
-position ids are computed from the attention mask (``cumsum - 1``) so that a caption's positions
-do not depend on how much padding it gets. Models whose embeddings derive positions from
-``input_ids`` themselves (RoBERTa family: ``embeddings.padding_idx``) are left to do so.
-The padding side is the tokenizer's own; set ``extractor.tokenizer.padding_side`` to change it.
+Both are exact under left or right padding: pads are masked, and a caption's positions do not
+depend on how much padding it gets. A left-padded batch gets position ids computed from the
+attention mask (``cumsum - 1``) when the model's forward takes ``position_ids`` and its embeddings
+do not derive positions themselves; any other model is padded on the RIGHT instead, whatever the
+tokenizer says: one whose forward takes no ``position_ids`` (BART's encoder counts positions from
+the first token, pads included) or whose embeddings derive positions from ``input_ids`` and a
+``padding_idx`` (RoBERTa family, MPNet: a tokenizer whose pad id is not that ``padding_idx`` would
+shift them). Right padding needs no position ids: real tokens come first.
+The padding side is otherwise the tokenizer's own; set ``extractor.tokenizer.padding_side`` to
+change it (`padding_side` says which side a batch gets).
+
+With a prompt, a caption must keep a token of its own after truncation: the pre-check
+(`hf_models._check_prompt_room`) refuses a ``max_length`` that the prompt fills, and `prepare`
+raises `ModelInputError` for a cut caption that kept nothing but prompt tokens (never pooled).
 
 Causal LMs also report next-token NLL for bits per byte (see `tasks.extract.bpb`).
 """
@@ -29,7 +38,8 @@ import torch
 
 from tasks.extract.base import BatchOutput, Extractor, count_parameters, layer_names, require_hidden_states, to_numpy_f32
 from tasks.extract.bpb import next_token_nll_rows
-from tasks.extract.hf_models import LoadedModel, input_device, position_offset
+from tasks.extract.errors import ModelInputError
+from tasks.extract.hf_models import LoadedModel, input_device, piece_ids, position_offset, prompt_pieces
 from tasks.extract.pooling import pool_tokens
 from tasks.extract.spec import ModelSpec
 
@@ -65,6 +75,8 @@ class HFLanguageExtractor(Extractor):
         # RoBERTa-style embeddings (a padding_idx) derive positions from input_ids themselves; the
         # max_length pre-check takes the same offset off their position table (one rule: position_offset)
         self._own_positions = position_offset(self.model) > 0
+        # left padding is exact only with explicit position ids (see module docstring)
+        self._left_padding_ok = "position_ids" in self._params and not self._own_positions
         # Segment ids only for a model with a segment (token type) embedding: GPT-2's forward takes
         # token_type_ids too, but adds wte(ids), the embedding of token 0, to every position
         # (given a BERT tokenizer, which makes them, every feature was shifted).
@@ -88,27 +100,56 @@ class HFLanguageExtractor(Extractor):
     def text_bytes(self, items: Sequence[str]) -> list[int]:
         return [len(t.encode("utf-8")) for t in self.texts(items)]
 
+    @property
+    def padding_side(self) -> str:
+        """The side batches are padded on: the tokenizer's, but ``right`` where left padding would
+        move a caption's positions (no ``position_ids`` input, or positions from a ``padding_idx``)."""
+        side = getattr(self.tokenizer, "padding_side", "right")
+        return side if side != "left" or self._left_padding_ok else "right"
+
     def prepare(self, items: Sequence[str]) -> PreparedText:
         texts = self.texts(items)
+        side = self.padding_side  # passed only when it overrides the tokenizer's own
+        own = {} if side == getattr(self.tokenizer, "padding_side", "right") else {"padding_side": side}
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.spec.max_length,
-            return_tensors="pt", return_special_tokens_mask=True,
+            return_tensors="pt", return_special_tokens_mask=True, **own,
         )
         mask = enc["attention_mask"]
         extra: dict[str, torch.Tensor] = {}
         if "token_type_ids" in enc and "token_type_ids" in self._params and self._token_types:
             extra["token_type_ids"] = enc["token_type_ids"]
         left_padded = bool((mask[:, 0] == 0).any())
-        if left_padded and "position_ids" in self._params and not self._own_positions:
+        if left_padded and self._left_padding_ok:
             extra["position_ids"] = (mask.long().cumsum(dim=1) - 1).clamp_min(0)
         n_truncated = 0
         if mask.shape[1] >= self.spec.max_length:
             full = self.tokenizer(texts, truncation=False)["input_ids"]
-            n_truncated = sum(len(x) > self.spec.max_length for x in full)
+            cut = [i for i, x in enumerate(full) if len(x) > self.spec.max_length]
+            n_truncated = len(cut)
+            self._refuse_captions_cut_away(items, enc, cut)
         prepared = PreparedText(enc["input_ids"], mask, enc["special_tokens_mask"], extra, n_truncated)
         if self.device.type == "cuda":
             prepared = _pinned(prepared)
         return prepared
+
+    def _refuse_captions_cut_away(self, items: Sequence[str], enc: Any, cut: list[int]) -> None:
+        """Raise `ModelInputError` when a cut caption (row index in ``cut``) kept no token of its own:
+        its kept non-special tokens are the prompt's text before ``{text}`` tokenized alone (or, with
+        ``truncation_side='left'``, the text after it), so its features would be the prompt's."""
+        if self.spec.prompt is None or not cut:
+            return
+        pieces = prompt_pieces(self.spec.prompt)
+        left = getattr(self.tokenizer, "truncation_side", "right") == "left"
+        prompt_ids = piece_ids(self.tokenizer, pieces[-1] if left else pieces[0])
+        keep = enc["attention_mask"].bool() & ~enc["special_tokens_mask"].bool()
+        for i in cut:
+            kept = enc["input_ids"][i][keep[i]].tolist()
+            n = len(kept)
+            if n <= len(prompt_ids) and kept == (prompt_ids[len(prompt_ids) - n:] if left else prompt_ids[:n]):
+                raise ModelInputError(self.spec.name, self.spec.id, f"caption {items[i]!r} keeps no token of its own: "
+                                      f"max_length {self.spec.max_length} is filled by the prompt {self.spec.prompt!r} "
+                                      "(its features would be the prompt's); raise max_length or shorten the prompt")
 
     @torch.inference_mode()
     def _run(self, p: PreparedText, with_logits: bool) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:

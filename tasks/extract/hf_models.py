@@ -27,8 +27,10 @@ the single-device ones (tested on a CPU, with part of a model offloaded to disk)
 
 Which model class: language models whose config names a causal-LM architecture (``*ForCausalLM``,
 ``*LMHeadModel``) — or, for random configs, whose type has a causal-LM class and no masked-LM class
-(GPT-2, Llama yes; BERT no) — load with ``AutoModelForCausalLM`` (logits for bits per byte);
-everything else with ``AutoModel``. Dual-tower checkpoints (CLIP, SigLIP) use their
+(GPT-2, Llama yes; BERT no), or is flagged as a decoder — load with ``AutoModelForCausalLM`` (logits
+for bits per byte); everything else with ``AutoModel``. Never a model whose LM head sees later
+tokens (`left_to_right`): XLNet, CPM-Ant, XLM unless ``causal``, BERT-like types unless
+``is_decoder``. Dual-tower checkpoints (CLIP, SigLIP) use their
 ``vision_model``/``text_model``; encoder-decoders use their encoder.
 """
 
@@ -101,15 +103,48 @@ def is_causal_config(config: Any, from_architectures: bool) -> bool:
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
-    if getattr(config, "is_encoder_decoder", False):
+    if getattr(config, "is_encoder_decoder", False) or not left_to_right(config):
         return False
     archs = getattr(config, "architectures", None) or []
     if from_architectures and archs:
         return any(a.endswith(_CAUSAL_SUFFIXES) for a in archs)
     model_type = getattr(config, "model_type", None)
-    if getattr(config, "is_decoder", False):
+    if _decoder_flag(config):
         return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+#: Model types whose "causal LM" class is not left to right in the forward we call: XLNet (a
+#: permutation LM: without a ``perm_mask`` every position sees every other), CPM-Ant (its causal-LM
+#: forward marks the whole input as context, attended both ways).
+_NEVER_LEFT_TO_RIGHT = ("xlnet", "cpmant")
+#: Model types whose causal-LM class is left to right only when the config says it is a decoder
+#: (``is_decoder``; XLM: ``causal``), besides the types with a masked-LM class (BERT, RoBERTa, ...).
+_DECODER_IF_FLAGGED = ("bert-generation",)
+
+
+def _decoder_flag(config: Any) -> bool:
+    """The config's own "attend left to right" switch: ``causal`` for XLM, else ``is_decoder``."""
+    if getattr(config, "model_type", None) == "xlm":
+        return bool(getattr(config, "causal", False))
+    return bool(getattr(config, "is_decoder", False))
+
+
+def left_to_right(config: Any) -> bool:
+    """False for a language config whose LM head's logits at position i can see later tokens, so
+    that a next-token NLL from them is no language-model score: XLNet and CPM-Ant always; a model
+    type that has a masked-LM class (BERT, RoBERTa, ELECTRA, XLM, ...) or BertGeneration unless its
+    config is flagged as a decoder (`_decoder_flag`: their ``*LMHeadModel`` / ``*ForCausalLM``
+    class attends both ways otherwise). True otherwise (checked for every causal-LM type of
+    transformers that builds tiny: a later token never changes an earlier position's logits)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", None)
+    if model_type in _NEVER_LEFT_TO_RIGHT:
+        return False
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES or model_type in _DECODER_IF_FLAGGED:
+        return _decoder_flag(config)
+    return True
 
 
 def _select_tower(model: torch.nn.Module, modality: str) -> torch.nn.Module:
@@ -438,7 +473,8 @@ def position_limit(config: Any, offset: int | None = None) -> int | None:
 def _check_max_length(spec: ModelSpec, tokenizer: Any, config: Any, offset: int | None = None) -> None:
     """``max_length`` must fit the model's positions (else the forward fails at the first long
     caption, mid-run) and leave room for a caption token after the tokenizer's special tokens
-    (below that the tokenizer silently does not truncate). ``offset``: `position_limit`."""
+    (below that the tokenizer silently does not truncate) and the prompt's own tokens
+    (`_check_prompt_room`). ``offset``: `position_limit`."""
     limit = position_limit(config, offset)
     if limit is not None and spec.max_length > limit:
         raise ModelInputError(spec.name, spec.id, f"max_length {spec.max_length} is more than the {limit} positions the "
@@ -447,6 +483,36 @@ def _check_max_length(spec: ModelSpec, tokenizer: Any, config: Any, offset: int 
     if spec.max_length <= special:
         raise ModelInputError(spec.name, spec.id, f"max_length {spec.max_length} leaves no caption token: the tokenizer "
                               f"adds {special} special token(s) to each text; set max_length: {special + 1} or more")
+    if spec.prompt is not None:
+        _check_prompt_room(spec, tokenizer, special, limit)
+
+
+def prompt_pieces(prompt: str) -> list[str]:
+    """The prompt's own text around its ``{text}`` placeholders (first = before the first caption,
+    last = after the last one)."""
+    return prompt.split("{text}")
+
+
+def piece_ids(tokenizer: Any, piece: str) -> list[int]:
+    """Token ids of a piece of prompt tokenized alone, without special tokens."""
+    return list(tokenizer(piece, add_special_tokens=False)["input_ids"]) if piece else []
+
+
+def _check_prompt_room(spec: ModelSpec, tokenizer: Any, special: int, limit: int | None) -> None:
+    """The prompt's own tokens (each piece around ``{text}`` tokenized alone) plus the special tokens
+    must leave a caption token within ``max_length``. Truncation keeps the first ``max_length``
+    tokens (or the last, with ``truncation_side='left'``): past that, every caption is cut to the
+    prompt alone (identical features, bits per byte of the prompt), or the prompt loses its end."""
+    assert spec.prompt is not None
+    n_prompt = sum(len(piece_ids(tokenizer, piece)) for piece in prompt_pieces(spec.prompt))
+    need = n_prompt + special + 1
+    if spec.max_length >= need:
+        return
+    fix = "shorten the prompt" if limit is not None and need > limit else f"set max_length: {need} or more, or shorten the prompt"
+    raise ModelInputError(spec.name, spec.id, f"the prompt {spec.prompt!r} takes {n_prompt} tokens and the tokenizer adds "
+                          f"{special} special token(s): max_length {spec.max_length} leaves no room for a caption token beside "
+                          f"them (truncation would cut captions to the prompt alone, or cut the prompt); {fix}"
+                          + (f" (the model takes {limit} positions)" if limit is not None else ""))
 
 
 def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAccess | None = None) -> Any:
