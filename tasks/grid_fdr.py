@@ -1,4 +1,5 @@
-"""Benjamini–Hochberg q-values over a run's grid of model pairs (pure; no Prefect, no storage).
+"""Benjamini–Hochberg q-values over a run's grid of model pairs (pure numpy: no torch, Prefect or
+storage, so the report uses it too; ``tasks.metrics.bh_fdr`` is this module's ``bh_fdr``).
 
 A run tests every model pair once per metric; the q-value of a pair's p-value is its
 Benjamini–Hochberg adjusted p-value among the run's pairs of that metric and parameters (one
@@ -7,11 +8,40 @@ family each), as the catalog view ``alignment_fdr`` computes it in SQL.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from tasks.metrics import bh_fdr
+
+def bh_fdr(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (q-values), same shape as ``pvalues``.
+
+    ``q_(i) = min_{j >= i} min(1, m p_(j) / j)`` over the ascending order; NaNs stay NaN and are
+    not counted in ``m``. Reject at FDR level ``a`` where ``q <= a``.
+
+    Example:
+        >>> bh_fdr([0.01, 0.04, 0.03, 0.5]).round(3).tolist()
+        [0.04, 0.053, 0.053, 0.5]
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    flat = p.reshape(-1)
+    ok = ~np.isnan(flat)
+    vals = flat[ok]
+    if vals.size:
+        if (vals < 0).any() or (vals > 1).any():
+            raise ValueError("p-values must lie in [0, 1]")
+        order = np.argsort(vals, kind="mergesort")
+        m = vals.size
+        ranked = vals[order] * m / np.arange(1, m + 1)
+        q = np.minimum.accumulate(ranked[::-1])[::-1].clip(max=1.0)
+        res = np.empty(m)
+        res[order] = q
+        o = out.reshape(-1)
+        o[ok] = res
+        out = o.reshape(p.shape)
+    return out
 
 
 def add_q_values(best: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Small statistics helpers: layer-pair aggregation, order statistics, Benjamini–Hochberg.
+"""Small statistics helpers: layer-pair aggregation, order statistics (Benjamini–Hochberg: ``tasks.grid_fdr``).
 
 All functions are pure numpy.
 """
@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
 from fractions import Fraction
 from typing import Literal
 
 import numpy as np
+
+from ..grid_fdr import bh_fdr  # noqa: F401 - public here too (tasks.metrics.bh_fdr); numpy only, shared with the report
 
 
 def aggregate(matrix: np.ndarray, how: Literal["max", "mean"] = "max",
@@ -74,33 +75,3 @@ def order_statistic_rank(alpha: float, count: int) -> int:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     a = Fraction(repr(float(alpha)))
     return max(1, math.ceil((1 - a) * count))
-
-
-def bh_fdr(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Benjamini–Hochberg adjusted p-values (q-values), same shape as ``pvalues``.
-
-    ``q_(i) = min_{j >= i} min(1, m p_(j) / j)`` over the ascending order; NaNs stay NaN and are
-    not counted in ``m``. Reject at FDR level ``a`` where ``q <= a``.
-
-    Example:
-        >>> bh_fdr([0.01, 0.04, 0.03, 0.5]).round(3).tolist()
-        [0.04, 0.053, 0.053, 0.5]
-    """
-    p = np.asarray(pvalues, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    flat = p.reshape(-1)
-    ok = ~np.isnan(flat)
-    vals = flat[ok]
-    if vals.size:
-        if (vals < 0).any() or (vals > 1).any():
-            raise ValueError("p-values must lie in [0, 1]")
-        order = np.argsort(vals, kind="mergesort")
-        m = vals.size
-        ranked = vals[order] * m / np.arange(1, m + 1)
-        q = np.minimum.accumulate(ranked[::-1])[::-1].clip(max=1.0)
-        res = np.empty(m)
-        res[order] = q
-        o = out.reshape(-1)
-        o[ok] = res
-        out = o.reshape(p.shape)
-    return out

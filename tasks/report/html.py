@@ -9,6 +9,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from tasks.grid_fdr import add_q_values
 from tasks.report.figures import RenderedFigure
 from tasks.report.images import data_uri, thumbnail_png
 from tasks.report.neighbours import Example, Neighbour, NeighbourExamples
@@ -106,14 +107,18 @@ DEGENERATE_FOOTNOTE = ("* degenerate interval: the bootstrap subsamples piled up
 
 
 def best_table(best: list[dict[str, Any]], metrics: list[str]) -> str:
-    """One row per metric × model pair: score, layers, chance, ×chance, null, calibrated, p (and CI).
+    """One row per metric × model pair: score, layers, chance, ×chance, null, calibrated, p, q (and
+    CI). ``q``: the Benjamini–Hochberg q-value of ``p`` among ``best``'s rows of that metric (the
+    run's grid, ``tasks.grid_fdr``; the catalog's ``alignment_fdr``).
 
     Rows are sorted by score, rows without a finite score (NULL score and layers) last, shown as
     ``–``. The CI column appears when some row has a bootstrap interval; a degenerate interval
     (``ci_degenerate``) is marked ``*`` and explained in a footnote under the table.
     """
     ci = interval_columns(best)
-    header = ["metric", "model A", "model B", "score", "layer A", "layer B", "chance", "× chance", "null mean", "calibrated", "p"]
+    best = add_q_values(best)
+    header = ["metric", "model A", "model B", "score", "layer A", "layer B", "chance", "× chance", "null mean", "calibrated", "p",
+              "q"]
     if ci:
         header.append("CI")
     body = []
@@ -124,7 +129,7 @@ def best_table(best: list[dict[str, Any]], metrics: list[str]) -> str:
             line = [metric, r["model_a"], r["model_b"], _fmt(r["score"], ".4f"), _layer(r, "a"), _layer(r, "b"),
                     _fmt(r.get("chance_level"), ".4f"),
                     "–" if ratio is None else f"{ratio[0]:.1f}× {ratio[1]}", _fmt(r.get("null_mean"), ".4f"),
-                    _fmt(r.get("calibrated_score"), ".3f"), _fmt(r.get("p_value"), ".3g")]
+                    _fmt(r.get("calibrated_score"), ".3f"), _fmt(r.get("p_value"), ".3g"), _fmt(r.get("q_value"), ".3g")]
             if ci:
                 bounds = interval(r, ci)
                 flag = bounds is not None and degenerate(r)
@@ -132,7 +137,7 @@ def best_table(best: list[dict[str, Any]], metrics: list[str]) -> str:
                 line.append("–" if bounds is None else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]" + ("*" if flag else ""))
             body.append(line)
     footnote = f"<p class=\"footnote\">{escape(DEGENERATE_FOOTNOTE)}</p>" if marked else ""
-    return table(header, body, numeric={3, 6, 7, 8, 9, 10, 11}, css_class="best") + footnote
+    return table(header, body, numeric={3, 6, 7, 8, 9, 10, 11, 12}, css_class="best") + footnote
 
 
 def _score_order(row: dict[str, Any]) -> tuple[bool, float]:
