@@ -76,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "(its captions' vectors averaged; with --captions all)")
 
     sql = commands.add_parser("sql", help="query the catalog with DuckDB SQL (read-only)")
-    sql.add_argument("query", help="a SELECT query over datasets, samples, models, features, alignment, alignment_best, runs")
+    sql.add_argument("query", help="a SELECT query over datasets, samples, models, features, alignment, alignment_best, runs, "
+                                          "alignment_fdr")
     sql.add_argument("--store", default=None, help=STORE_HELP)
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
@@ -253,6 +254,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     ``null`` is the mean of the permutation null of the max over layer pairs (what unrelated
     data scores after the same max), ``calib.`` the calibrated score, ``p`` its p-value and
     ``q`` the Benjamini–Hochberg q-value among the run's pairs of that metric (``tasks.grid_fdr``).
+    The first two columns are headed ``vision`` / ``language`` when every pair is one of each
+    (``pairs: cross_modal``), else ``model A`` / ``model B``.
     """
     from rich.console import Console
     from rich.table import Table
@@ -260,8 +263,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     from tasks.report.tables import rows_aligned
 
     table = Table(title=f"Best layer pair per metric (dataset {summary['dataset_version']}, N={rows_aligned(summary['best'])})")
-    for column in ("vision", "language", "metric", "score", "95% CI", "layer A", "layer B", "chance", "null", "calib.", "p", "q"):
-        table.add_column(column, justify="left" if column in ("vision", "language", "metric", "layer A", "layer B") else "right", no_wrap=True)
+    cross_modal = all((r.get("modality_a"), r.get("modality_b")) == ("vision", "language") for r in summary["best"])
+    sides = ("vision", "language") if cross_modal else ("model A", "model B")  # pairs: all mixes modalities
+    for column in (*sides, "metric", "score", "95% CI", "layer A", "layer B", "chance", "null", "calib.", "p", "q"):
+        table.add_column(column, justify="left" if column in (*sides, "metric", "layer A", "layer B") else "right", no_wrap=True)
     rows = sorted(summary["best"], key=lambda r: (r["metric"], r["model_b"], r["score"] is None, -(r["score"] or 0.0)))
     for index, row in enumerate(rows):
         chance, null = row.get("chance_level"), row.get("null_mean")

@@ -241,7 +241,7 @@ def _records_table(rows: list[Any], where: str, columns: ColumnMap, limit: int |
         present.extend(name for name in kept[-1] if name not in present)
     missing = [name for name in (columns.image, columns.text) if name not in present]
     if missing:
-        hint = "" if (columns.image, columns.text) != ("image", "text") else " (name others with image_column / text_column)"
+        hint = "" if (columns.image, columns.text) != ("image", "text") else " (name others with image_column / text_column; --image-column / --text-column on the command line)"
         raise ValueError(f"dataset file {where!r}: no row has the required key(s) {missing}; keys read: "
                          f"{sorted({k for row in rows[:100] if isinstance(row, dict) for k in row})[:20]}{hint}")
     names = [name for name in wanted if name in present]

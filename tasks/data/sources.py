@@ -241,7 +241,7 @@ def _read_table(path: Path, columns: ColumnMap, limit: int | None = None, split:
 def _check_columns(path: Path, names: list[str], columns: ColumnMap) -> None:
     missing = [name for name in (columns.image, columns.text) if name not in names]
     if missing:
-        hint = "" if (columns.image, columns.text) != REQUIRED_COLUMNS else " (name others with image_column / text_column)"
+        hint = "" if (columns.image, columns.text) != REQUIRED_COLUMNS else " (name others with image_column / text_column; --image-column / --text-column on the command line)"
         raise ValueError(
             f"dataset table {str(path)!r} lacks required column(s) {missing}; it has {names}{hint}"
         )

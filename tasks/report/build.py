@@ -81,7 +81,9 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
                "(mutual k-NN: k/(N−1)); <b>× chance</b> the score divided by it (or by the permutation null mean, "
                "marked ×null, where no analytical level exists); <b>null mean</b> is what row-permuted data scores after "
                "the same max over layer pairs; <b>calibrated</b> = (score − τ)/(max − τ), clamped to [0, 1], with τ the "
-               "null's 1−α quantile, and <b>p</b> its permutation p-value.")))
+               "null's 1−α quantile, <b>p</b> its permutation p-value and <b>q</b> the Benjamini–Hochberg q-value of p "
+               "among this run's model pairs of the metric (pairs with q ≤ 0.05 are discoveries at a 5% false "
+               "discovery rate).")))
 
     parts = []
     for metric in metrics:

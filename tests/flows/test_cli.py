@@ -593,3 +593,20 @@ def test_gc_leaves_the_shards_of_a_version_with_a_damaged_manifest(tmp_path, cap
     assert store.exists(shard_key(damaged, 0)) and not store.exists(shard_key(sound, 0))
     assert main(["verify", "--store", store.url, "--remove-damaged"]) == 1
     assert not store.exists(damaged) and store.manifest(sound) is not None
+
+
+def test_the_run_summary_names_its_model_columns_by_what_the_pairs_are(capsys):
+    """With `pairs: all` a row can pair two language models: the columns were still headed
+    vision / language."""
+    from flows.cli import print_summary
+
+    base = {"metric": "cka", "score": 0.5, "layer_name_a": "l1", "layer_name_b": "l2", "n_samples": 24}
+    cross = {**base, "model_a": "vit", "model_b": "lm", "modality_a": "vision", "modality_b": "language"}
+    same = {**base, "model_a": "lm", "model_b": "lm2", "modality_a": "language", "modality_b": "language"}
+    header = lambda out: next(line for line in out.splitlines() if "metric" in line and "score" in line)  # noqa: E731
+    print_summary({"dataset_version": "d", "best": [cross], "extracted": [], "reused": [], "store": "s", "run_id": "r"})
+    shown = header(capsys.readouterr().out)
+    assert "vision" in shown and "language" in shown and "model A" not in shown
+    print_summary({"dataset_version": "d", "best": [cross, same], "extracted": [], "reused": [], "store": "s", "run_id": "r"})
+    shown = header(capsys.readouterr().out)
+    assert "model A" in shown and "model B" in shown and "vision" not in shown

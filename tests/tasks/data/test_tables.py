@@ -445,7 +445,7 @@ def test_tables_read_any_column_names(image_dir: Path) -> None:
         assert rows(result) == [("b", "blue", "b"), ("r", "red", "r")], name
         assert result.table["image"].to_pylist() == [BLUE, RED]
         with pytest.raises(ValueError, match=re.escape(f"{name}' lacks required column(s) ['image', 'text']; it has ")
-                           + r".*\(name others with image_column / text_column\)"):
+                           + r".*\(name others with image_column / text_column; --image-column / --text-column on the command line\)"):
             load_paired_dataset(image_dir / name)
     with pytest.raises(ValueError, match="two different names"):
         ColumnMap(image="x", text="x")
