@@ -233,7 +233,7 @@ DERIVED_VIEWS: dict[str, str] = {
     # (no permutations) are not tests and do not count in m.
     "alignment_fdr": """
         WITH members AS (
-            SELECT run_id, status AS run_status, unnest(alignment_versions) AS alignment_key FROM runs
+            SELECT DISTINCT run_id, status AS run_status, unnest(alignment_versions) AS alignment_key FROM runs
         ), tested AS (
             SELECT m.run_id, m.run_status, b.alignment_version, b.dataset_version, b.metric, b.params,
                    b.model_a, b.model_b, b.score, b.calibrated_score, b.p_value, b.permutations

@@ -85,9 +85,10 @@ def run_failures(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def alignment_selection(record: dict[str, Any]) -> pa.Table:
-    """(alignment_version, model_a, model_b) of every alignment key the run lists."""
+    """(alignment_version, model_a, model_b) of every alignment key the run lists, each once (a
+    hand-edited or merged record listing one twice would show its rows twice)."""
     versions, models_a, models_b = [], [], []
-    for key in record.get("alignment_versions") or []:
+    for key in dict.fromkeys(record.get("alignment_versions") or []):
         parts = key.split("/")
         if len(parts) < 4 or "__" not in parts[-2]:
             raise ValueError(f"run {record.get('run_id')}: unexpected alignment key {key!r}")

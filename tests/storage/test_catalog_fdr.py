@@ -82,3 +82,18 @@ def test_an_empty_store_has_the_view_with_its_columns(tmp_path) -> None:
     columns = [r[0] for r in con.execute("describe alignment_fdr").fetchall()]
     assert {"run_id", "metric", "model_a", "model_b", "p_value", "q_value", "n_tests"} <= set(columns)
     assert con.execute("select count(*) from alignment_fdr").fetchone() == (0,)
+
+
+def test_a_run_that_lists_a_version_twice_counts_it_once(tmp_path) -> None:
+    """A hand-edited or merged run record listing one key twice made that pair two tests."""
+    store = Store(str(tmp_path / "store"))
+    keys = []
+    for i, p in enumerate([0.01, 0.02, 0.03, 0.04]):
+        a, b = f"vis{i}", "lang"
+        key = layout.alignment_key(DATASET, a, b, f"al-{i}")
+        store.publish(key, {layout.BEST_FILE: _best_table(f"al-{i}", a, b, {"cka": p})}, {"kind": "alignment"})
+        keys.append(key)
+    store.write_json(layout.run_key("r"), {"run_id": "r", "status": "COMPLETED", "alignment_versions": [keys[0], *keys]})
+    rows = connect(store).execute("select model_a, n_tests, q_value from alignment_fdr order by p_rank").fetchall()
+    assert [(a, n) for a, n, _ in rows] == [("vis0", 4), ("vis1", 4), ("vis2", 4), ("vis3", 4)]
+    assert [q for _, _, q in rows] == pytest.approx(_brute_force_bh([0.01, 0.02, 0.03, 0.04]))

@@ -316,7 +316,8 @@ def test_float32_cka_of_a_layer_with_itself_is_one_at_large_n(metric: str, param
     assert layer_matrix(metric, [x], [x, x[::-1].copy()], **params)[0, 0] == pytest.approx(got, abs=1e-12)
 
 
-@pytest.mark.parametrize("dtype, tiny", [(np.float64, 1e-170), (np.float64, 1e-300), (np.float32, 1e-23)])
+@pytest.mark.parametrize("dtype, tiny", [(np.float64, 1e-170), (np.float64, 1e-300), (np.float64, 5e-324),
+                                         (np.float32, 1e-23), (np.float32, 1e-46), (np.float32, 1e-200)])
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_a_tiny_rbf_sigma_gives_the_identity_kernel_limit_not_nan(dtype, tiny: float, unbiased: bool) -> None:
     """2 sigma^2 underflowed to -0 in the kernel's dtype and the diagonal became 0/0 = NaN. The
