@@ -20,7 +20,7 @@ from storage.runs import COMPLETED, FAILED, open_for_run
 from storage.store import DEFAULT_STORE, Store
 from tasks.align_task import align_pair, few_bootstrap_warning, few_permutations_warning
 from tasks.dataset_task import load_dataset, stored_dataset
-from tasks.extract_task import extract_features, stored_features
+from tasks.extract_task import extract_features, reuse_features, stored_features
 from tasks.grid_fdr import add_q_values
 from tasks.params import PipelineConfig
 
@@ -166,7 +166,9 @@ def submit_extractions(
     Models whose features are stored need no check (their libraries need not load; a hub model at
     a movable revision is looked up for `moved_upstream`), nor do those whose feature version is
     stored under another model name (a renamed model: its task copies it, ``tasks.feature_copy``);
-    the others are checked first (`check_models`) and a refused one is a failure, not a task. With
+    the others are checked first (`check_models`) and a refused one is a failure, not a task.
+    A model stored under its own name gets the untagged ``reuse-features`` task, the others
+    ``extract-features``, which holds a ``prh-gpu`` concurrency slot. With
     ``extract_missing`` False a model without features stored under its name is a failure too
     (``NOT_EXTRACTED``)."""
     logger = get_run_logger()
@@ -188,7 +190,11 @@ def submit_extractions(
     for index, spec in enumerate(config.models, 1):
         if spec.name not in refused:
             logger.info("model %d/%d: %s", index, len(config.models), spec.name)
-            extracting[spec.name] = extract_features.submit(store_url, dataset, spec)
+            manifest = stored[spec.name]
+            own = manifest is not None and (manifest.get("catalog") or {}).get("model") == spec.name
+            # stored under its own name: an untagged task (no GPU slot to wait for); a renamed
+            # model's copy, or an extraction, holds the slot
+            extracting[spec.name] = (reuse_features if own else extract_features).submit(store_url, dataset, spec)
     return extracting, failures
 
 

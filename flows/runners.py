@@ -32,7 +32,10 @@ def make_task_runner(spec: str | None = None) -> TaskRunner[Any]:
     if kind == "sequential" and not arg:
         return ThreadPoolTaskRunner(max_workers=1)
     if kind == "threads":
-        workers = int(arg) if arg else 4
+        try:
+            workers = int(arg) if arg else 4
+        except ValueError:
+            raise ValueError(f"{ENV}={spec!r}: the number of threads must be a whole number (threads:4)") from None
         if workers < 1:
             raise ValueError(f"{ENV}={spec!r}: the number of threads must be at least 1")
         return ThreadPoolTaskRunner(max_workers=workers)

@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PRH_SERVE_PORT", "4200")))
     parser.add_argument("--home", default=os.environ.get("PREFECT_HOME", str(PROJECT_ROOT / ".prefect")), help="PREFECT_HOME")
     parser.add_argument("--gpus", type=_positive_int, default=1,
-                        help="concurrency limit of the prh-gpu tag: extractions at once (GPUs per worker machine; 1 on a CPU-only box)")
+                        help="concurrency limit of the prh-gpu tag: extractions at once across the server (the GPUs of all GPU workers together; 1 on a CPU-only box)")
     parser.add_argument("--gpu-worker", action="store_true", help="also start a worker for the prh-gpu pool on this machine")
     parser.add_argument("--no-worker", action="store_true", help="server and deployments only")
     parser.add_argument("--history-days", type=_days, default=HISTORY_DAYS,

@@ -92,6 +92,16 @@ def extract_features(store_url: str, dataset_manifest: dict[str, Any], spec: Mod
     return extract_to_store(store_url, dataset_manifest, spec, get_run_logger(), on_progress=report)
 
 
+@task(name="reuse-features", task_run_name="reuse-{spec.name}", retries=2,
+      retry_delay_seconds=backoff(10, 2, factor=3), retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
+def reuse_features(store_url: str, dataset_manifest: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
+    """The stored feature manifest of a model whose features are published under its own name,
+    with ``reused: True``. Not tagged ``prh-gpu``: it reads one manifest, so a run whose models
+    are all stored (a nightly with an unchanged zoo, the alignment stage on the CPU pool) never
+    queues behind other runs' extractions for a GPU slot."""
+    return extract_to_store(store_url, dataset_manifest, spec, get_run_logger())
+
+
 def extract_to_store(
     store_url: str,
     dataset_manifest: dict[str, Any],

@@ -26,7 +26,7 @@ def test_runner_names(monkeypatch):
     monkeypatch.setenv("PRH_DASK_CLUSTER_KWARGS", "[1]")
     with pytest.raises(ValueError, match="JSON object"):
         make_task_runner("dask")
-    for bad in ("spark", "threads:0", "sequential:2"):
+    for bad in ("spark", "threads:0", "sequential:2", "threads:abc", "threads:2.5"):
         with pytest.raises(ValueError, match="PRH_TASK_RUNNER"):
             make_task_runner(bad)
 

@@ -149,8 +149,10 @@ def test_run_from_the_ui_then_incremental(server, tmp_path):
     pools = sorted(r["work_pool_name"] for r in children)
     assert pools == [serve.CPU_POOL, serve.GPU_POOL] and all(r["state"]["type"] == "COMPLETED" for r in children)
     extract_run = next(r for r in children if r["work_pool_name"] == serve.GPU_POOL)
-    names = sorted(t["name"] for t in _task_runs(api, extract_run["id"]))
-    assert names[:2] == ["extract-tiny-bert", "extract-tiny-vit"] and len(names) == 3 and names[2].startswith("load-dataset")
+    extract_tasks = _task_runs(api, extract_run["id"])
+    names = sorted(t["name"] for t in extract_tasks)
+    assert names[0].startswith("load-dataset") and names[1:] == ["reuse-tiny-bert", "reuse-tiny-vit"] and len(names) == 3
+    assert not any("prh-gpu" in t["tags"] for t in extract_tasks)  # stored: no GPU slot held or waited for
     align_run = next(r for r in children if r["work_pool_name"] == serve.CPU_POOL)
     record = query(connect(store), f"select extracted, reused, aligned, status, dataset_version from runs "
                                    f"where run_id = '{align_run['id']}'").to_pylist()
