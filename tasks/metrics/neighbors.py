@@ -75,6 +75,7 @@ def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
         v, i = torch.topk(block, k, dim=1, largest=True, sorted=True)
         values[start:stop] = v
         indices[start:stop] = i
+        del block, v, i  # one block alive at a time: the next product is allocated after this one is freed
     return values, indices
 
 

@@ -141,3 +141,15 @@ def test_cycle_knn_memory_without_adjacency_is_lists_plus_a_block() -> None:
         "idx = [torch.randint(0, 2000, (12, 2000, 40), generator=g) for _ in range(2)]",
         "cycle_hits(idx[0], idx[1])")
     assert extra < 160 * 2**20, extra / 2**20
+
+
+def test_blockwise_search_holds_one_similarity_block_at_a_time() -> None:
+    """The loop kept the previous block alive while the next product was allocated: two blocks
+    at the peak (260 MiB growth for 128 MiB blocks at N=12000). Here 32 MiB blocks, N=6000."""
+    from tests.tasks.metrics.peak_memory import peak_growth
+
+    [extra] = peak_growth(
+        "from tasks.metrics.neighbors import topk_neighbors\n"
+        "x = torch.nn.functional.normalize(torch.randn(6000, 16, generator=torch.Generator().manual_seed(0)), dim=1)",
+        "topk_neighbors(x, 10, block_elements=1 << 23)")
+    assert extra < 1.5 * 32 * 2**20, extra / 2**20
