@@ -49,18 +49,19 @@ _FILE_VIEWS: dict[str, tuple[str, str]] = {
     "alignment_best": (layout.ALIGNMENT, layout.BEST_FILE),
 }
 
-# Column types of each file view when the store holds no version of it yet.
+# Column types of each file view when the store holds no version of it yet, in the order of the
+# pipeline's files (``tasks.align_task.result_tables``), so ``SELECT *`` keeps its column order.
 _EMPTY_VIEWS = {
     "samples": "dataset_version VARCHAR, sample_id VARCHAR, image_id VARCHAR, text VARCHAR, image BLOB",
     "features": "model VARCHAR, feature_version VARCHAR, layer SMALLINT, sample_id VARCHAR, vector FLOAT[]",
     "alignment": (
-        "alignment_version VARCHAR, dataset_version VARCHAR, metric VARCHAR, params VARCHAR, model_a VARCHAR, "
-        "model_b VARCHAR, layer_a INTEGER, layer_b INTEGER, layer_name_a VARCHAR, layer_name_b VARCHAR, "
+        "alignment_version VARCHAR, dataset_version VARCHAR, model_a VARCHAR, model_b VARCHAR, metric VARCHAR, "
+        "params VARCHAR, layer_a INTEGER, layer_b INTEGER, layer_name_a VARCHAR, layer_name_b VARCHAR, "
         "score DOUBLE, n_samples INTEGER, unit VARCHAR"
     ),
     "alignment_best": (
-        "alignment_version VARCHAR, dataset_version VARCHAR, metric VARCHAR, params VARCHAR, model_a VARCHAR, "
-        "model_b VARCHAR, modality_a VARCHAR, modality_b VARCHAR, layer_a INTEGER, layer_b INTEGER, "
+        "alignment_version VARCHAR, dataset_version VARCHAR, model_a VARCHAR, model_b VARCHAR, metric VARCHAR, "
+        "params VARCHAR, modality_a VARCHAR, modality_b VARCHAR, layer_a INTEGER, layer_b INTEGER, "
         "layer_name_a VARCHAR, layer_name_b VARCHAR, score DOUBLE, chance_level DOUBLE, null_mean DOUBLE, "
         "null_std DOUBLE, tau DOUBLE, p_value DOUBLE, calibrated_score DOUBLE, permutations INTEGER, ci_low DOUBLE, ci_high DOUBLE, ci_degenerate BOOLEAN, bootstrap INTEGER, "
         "n_samples INTEGER, unit VARCHAR"

@@ -29,6 +29,16 @@ def _schema(view: str) -> list[str]:
     return [c.split(" ", 1)[0] for c in _EMPTY_VIEWS[view].split(", ")]
 
 
+def _positional(view: str) -> list[str]:
+    """The file columns in the order :func:`_alignment_rows` writes each row (metric and params
+    before the models; the views unite files by name, so the order is the test's own)."""
+    names = _schema(view)
+    moved = [c for c in ("metric", "params") if c in names]
+    rest = [c for c in names if c not in moved]
+    at = rest.index("model_a")
+    return rest[:at] + moved + rest[at:]
+
+
 def build_catalog_store(url: str) -> Store:
     """Publish a dataset of 8 samples (two captions share an image), four models' features, the
     four vision × language alignments (mutual_knn, cka) and two run records."""
@@ -95,7 +105,7 @@ def _alignment_rows(a: str, b: str, version: str, n: int) -> tuple[pa.Table, pa.
     int_columns = {"layer_a", "layer_b", "n_samples", "permutations", "bootstrap"}
 
     def table(view: str, rows: list[list]) -> pa.Table:
-        names = _schema(view)
+        names = _positional(view)
         return pa.table({c: pa.array([r[k] for r in rows], pa.int32() if c in int_columns else None) for k, c in enumerate(names)})
 
     return table("alignment", scores), table("alignment_best", best)

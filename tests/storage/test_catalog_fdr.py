@@ -97,3 +97,22 @@ def test_a_run_that_lists_a_version_twice_counts_it_once(tmp_path) -> None:
     rows = connect(store).execute("select model_a, n_tests, q_value from alignment_fdr order by p_rank").fetchall()
     assert [(a, n) for a, n, _ in rows] == [("vis0", 4), ("vis1", 4), ("vis2", 4), ("vis3", 4)]
     assert [q for _, _, q in rows] == pytest.approx(_brute_force_bh([0.01, 0.02, 0.03, 0.04]))
+
+
+def test_an_empty_store_lists_the_alignment_columns_in_the_pipelines_order(tmp_path) -> None:
+    """`SELECT *` on an empty store put metric and params before model_a / model_b, on a
+    populated one after them (the order of the pipeline's files)."""
+    from storage.catalog import _EMPTY_VIEWS
+    from tasks.align_task import result_tables
+    from tasks.alignment import MetricRequest, PairAlignment
+
+    catalog = {"dataset_version": DATASET, "layer_names": ["l0", "l1"]}
+    manifest_a = {"catalog": {**catalog, "model": "vit", "modality": "vision"}}
+    manifest_b = {"catalog": {**catalog, "model": "lm", "modality": "language"}}
+    result = PairAlignment(MetricRequest("cka"), np.eye(2), 1.0, (0, 0), None)
+    scores, best = result_tables([result], manifest_a, manifest_b, "v1", 10)
+    for view, table in (("alignment", scores), ("alignment_best", best)):
+        assert [c.split(" ", 1)[0] for c in _EMPTY_VIEWS[view].split(", ")] == table.column_names, view
+    con = connect(Store(str(tmp_path / "empty")))
+    assert [r[0] for r in con.execute("describe alignment").fetchall()][:6] == [
+        "alignment_version", "dataset_version", "model_a", "model_b", "metric", "params"]
