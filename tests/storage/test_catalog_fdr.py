@@ -14,6 +14,7 @@ from storage import layout
 from storage.catalog import connect
 from storage.store import Store
 from tests.storage.catalog_store import DATASET, _schema
+from tests.bh_reference import brute_force_bh
 
 
 def _best_table(version: str, a: str, b: str, p_values: dict[str, float | None]) -> pa.Table:
@@ -29,13 +30,6 @@ def _best_table(version: str, a: str, b: str, p_values: dict[str, float | None])
     return pa.table({c: pa.array([r[c] for r in rows], types.get(c, pa.float64() if c in float_columns else pa.string()))
                      for c in _schema("alignment_best")})
 
-
-def _brute_force_bh(p: list[float]) -> list[float]:
-    """q_i = min over every j whose p_j >= p_i of m * p_j / rank_j (rank among the sorted p,
-    ties in any order), capped at 1: the step-up procedure's adjusted p-values."""
-    m = len(p)
-    ranked = sorted(p)
-    return [min(1.0, min(m * ranked[j] / (j + 1) for j in range(m) if ranked[j] >= pi)) for pi in p]
 
 
 def test_q_values_are_benjamini_hochberg_over_each_run_and_metric(tmp_path) -> None:
@@ -63,7 +57,7 @@ def test_q_values_are_benjamini_hochberg_over_each_run_and_metric(tmp_path) -> N
             tested = [i for i in members if not math.isnan(p[i])]
             rows = con.execute("select model_a, model_b, p_value, n_tests, q_value from alignment_fdr "
                                "where run_id = ? and metric = ?", [run_id, metric]).fetchall()
-            expected = dict(zip(tested, _brute_force_bh([p[i] for i in tested])))
+            expected = dict(zip(tested, brute_force_bh([p[i] for i in tested])))
             assert len(rows) == len(tested)
             for a, b, p_value, n_tests, q in rows:
                 i = pairs.index((a, b))
@@ -96,7 +90,7 @@ def test_a_run_that_lists_a_version_twice_counts_it_once(tmp_path) -> None:
     store.write_json(layout.run_key("r"), {"run_id": "r", "status": "COMPLETED", "alignment_versions": [keys[0], *keys]})
     rows = connect(store).execute("select model_a, n_tests, q_value from alignment_fdr order by p_rank").fetchall()
     assert [(a, n) for a, n, _ in rows] == [("vis0", 4), ("vis1", 4), ("vis2", 4), ("vis3", 4)]
-    assert [q for _, _, q in rows] == pytest.approx(_brute_force_bh([0.01, 0.02, 0.03, 0.04]))
+    assert [q for _, _, q in rows] == pytest.approx(brute_force_bh([0.01, 0.02, 0.03, 0.04]))
 
 
 def test_an_empty_store_lists_the_alignment_columns_in_the_pipelines_order(tmp_path) -> None:

@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 
 from tasks.grid_fdr import add_q_values
+from tests.bh_reference import brute_force_bh
 
-
-def _brute_force_bh(p: list[float]) -> list[float]:
-    m, ranked = len(p), sorted(p)
-    return [min(1.0, min(m * ranked[j] / (j + 1) for j in range(m) if ranked[j] >= pi)) for pi in p]
 
 
 def test_one_family_per_metric_and_params_and_untested_rows_left_out() -> None:
@@ -26,6 +23,6 @@ def test_one_family_per_metric_and_params_and_untested_rows_left_out() -> None:
     assert [r["model_a"] for r in got] == [r["model_a"] for r in best] and "q_value" not in best[0]
     for metric, params in (("mutual_knn", '{"topk": 10}'), ("mutual_knn", '{"topk": 5}'), ("cka", "{}")):
         rows = [r for r in got if (r["metric"], r["params"]) == (metric, params) and r["model_a"] not in ("none", "nan")]
-        expected = _brute_force_bh([r["p_value"] for r in rows])
+        expected = brute_force_bh([r["p_value"] for r in rows])
         assert [r["q_value"] for r in rows] == pytest.approx(expected, rel=1e-12)
     assert got[-2]["q_value"] is None and got[-1]["q_value"] is None

@@ -8,11 +8,8 @@ import re
 import pytest
 
 from tasks.report.html import best_table
+from tests.bh_reference import brute_force_bh
 
-
-def _brute_force_bh(p: list[float]) -> list[float]:
-    m, ranked = len(p), sorted(p)
-    return [min(1.0, min(m * ranked[j] / (j + 1) for j in range(m) if ranked[j] >= pi)) for pi in p]
 
 
 def test_q_column_is_benjamini_hochberg_per_metric() -> None:
@@ -27,6 +24,6 @@ def test_q_column_is_benjamini_hochberg_per_metric() -> None:
     shown = {(c[0], c[1]): c[11] for c in cells}
     for metric, values in p.items():
         tested = [(i, v) for i, v in enumerate(values) if v is not None]
-        for (i, _), q in zip(tested, _brute_force_bh([v for _, v in tested])):
+        for (i, _), q in zip(tested, brute_force_bh([v for _, v in tested])):
             assert float(shown[(metric, f"v{i}")]) == pytest.approx(q, rel=1e-3)
     assert shown[("cka", "v2")] == "–"
