@@ -45,6 +45,9 @@ def store_argument(args: argparse.Namespace) -> str:
     return default_store() if store is None else store
 
 
+# Errors every command reports as one line (``prh CMD: error: ...``, exit 2): bad input.
+ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError)
+
 STORE_HELP = "store URL: a folder, file://..., s3://bucket/prefix (default: $PRH_STORE, else store/ of this checkout)"
 
 
@@ -127,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's flush of stdout at exit would raise again
         return 1
-    except (ValueError, FileNotFoundError, PermissionError) as error:
+    except ONE_LINE_ERRORS as error:
         print(f"prh {args.command}: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - only store failures are turned into one line
@@ -196,10 +199,12 @@ def _run(args: argparse.Namespace) -> int:
     Store(store).check_writable()  # a store that cannot take writes fails here, before any server starts
 
     from flows.pipeline import ZooFailures, prh_pipeline
+    from flows.quiet_errors import quiet_known_errors
 
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        summary = prh_pipeline(config=config, store=store)
+        with quiet_known_errors((*ONE_LINE_ERRORS, ZooFailures)):  # stated below in one line
+            summary = prh_pipeline(config=config, store=store)
     except ZooFailures as error:  # the rest is published: say what failed, exit 1
         print(f"prh run: {error}\nThe results of the other models are in the store: prh sql \"select * from alignment_best\"",
               file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 from pathlib import Path
@@ -15,6 +16,7 @@ from PIL import Image
 from flows.cli import main
 from storage.store import Store
 from tests.flows.test_pipeline import TINY_BERT, TINY_VIT
+from tests.flows.test_quiet_errors import Collect
 
 
 def _folder_dataset(root, n=24):
@@ -160,9 +162,17 @@ def test_a_refused_model_exits_1_naming_it(tmp_path, capsys):
     config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32}, "models": [TINY_VIT, misdeclared],
                                       "alignment": {"metrics": ["cka"], "permutations": 0, "pairs": "all"}}))
     store = str(tmp_path / "store")
-    assert main(["run", "--config", str(config), "--store", store]) == 1
+    flow_log = Collect()
+    logging.getLogger("prefect.flow_runs").addHandler(flow_log)
+    try:
+        assert main(["run", "--config", str(config), "--store", store]) == 1
+    finally:
+        logging.getLogger("prefect.flow_runs").removeHandler(flow_log)
     err = capsys.readouterr().err
     assert err.startswith("prh run: 1 of 2 models and 1 of 1 model pairs failed") and "check bert-as-vision: " in err
+    # the flow engine's "Encountered exception" record keeps its message, not its ~50-line traceback
+    engine = [r for r in flow_log.records if r.getMessage().startswith("Encountered exception during execution: ZooFailures")]
+    assert len(engine) == 1 and engine[0].exc_info is None
     assert main(["sql", "select model from models", "--store", store, "--format", "csv"]) == 0
     assert capsys.readouterr().out.split() == ["model", "tiny-vit"]
 
