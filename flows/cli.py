@@ -200,9 +200,11 @@ def _run(args: argparse.Namespace) -> int:
 
     from flows.pipeline import ZooFailures, prh_pipeline
     from flows.quiet_errors import quiet_known_errors
+    from flows.server_watchdog import guard_temporary_server
 
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
+        guard_temporary_server()  # a `kill -9` of this process no longer leaves Prefect's temporary server running
         with quiet_known_errors((*ONE_LINE_ERRORS, ZooFailures)):  # stated below in one line
             summary = prh_pipeline(config=config, store=store)
     except ZooFailures as error:  # the rest is published: say what failed, exit 1

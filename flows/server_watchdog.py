@@ -1,0 +1,118 @@
+"""Stop Prefect's temporary API server when ``prh run`` dies without a chance to stop it.
+
+Without ``PREFECT_API_URL``, Prefect starts a temporary API server (a uvicorn child process,
+~220 MB, a port, a SQLite database) and stops it at interpreter exit. ``kill -9``, the OOM
+killer or a batch scheduler's hard kill skip that exit, and the server ran on forever, re-parented
+to init. :func:`guard_temporary_server` starts that server itself (Prefect's own singleton, so
+the flow uses the same one) and a small watchdog process that polls, twice a second, whether
+``prh run`` still lives: once it is gone, the watchdog terminates the server (SIGTERM, then
+SIGKILL after 5 s) and exits; once the server is gone (a normal stop), the watchdog just exits.
+Processes are identified by pid and start time, so a reused pid is never signalled.
+
+    python -m flows.server_watchdog OWNER_PID OWNER_ID SERVER_PID SERVER_ID
+
+(the ids are :func:`process_identity` tokens, taken by the owner before the watchdog starts, so
+an owner killed while the watchdog was still starting is noticed too).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POLL_SECONDS = 0.5
+GRACE_SECONDS = 5.0
+_WATCHDOGS: list[subprocess.Popen[bytes]] = []  # kept, so that no Popen is collected while it runs
+
+
+def process_identity(pid: int) -> str | None:
+    """A token naming process ``pid`` for as long as it lives: its start time (Linux: field 22
+    of ``/proc/PID/stat``, clock ticks since boot), ``"alive"`` where ``/proc`` is missing; None
+    when no such process exists (or it is a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "alive"
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def watch(owner_pid: int, owner_id: str, server_pid: int, server_id: str) -> str:
+    """Poll until the owner or the server is gone; terminate the server if the owner went first.
+
+    Returns what happened: ``"server stopped"`` (the owner stopped it, or it died) or
+    ``"owner gone"`` (the server was then terminated)."""
+    while True:
+        if process_identity(server_pid) != server_id:
+            return "server stopped"
+        if process_identity(owner_pid) != owner_id:
+            _terminate(server_pid, server_id)
+            return "owner gone"
+        time.sleep(POLL_SECONDS)
+
+
+def _terminate(pid: int, identity: str) -> None:
+    for sig, wait in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, GRACE_SECONDS)):
+        if process_identity(pid) != identity:
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and process_identity(pid) == identity:
+            time.sleep(0.05)
+
+
+def start_watchdog(server_pid: int) -> subprocess.Popen[bytes]:
+    """Start the watchdog of ``server_pid`` for this process (its owner). The watchdog runs in
+    its own session, so a Ctrl-C in the terminal does not stop it before it has done its job."""
+    owner, server = os.getpid(), server_pid
+    ids = [str(owner), str(process_identity(owner)), str(server), str(process_identity(server))]
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, "-m", "flows.server_watchdog", *ids],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env=env, cwd=root)
+
+
+def guard_temporary_server() -> int | None:
+    """Start Prefect's temporary API server now, watched, when the flow would start one (no
+    ``PREFECT_API_URL``). Returns the server's pid, else None (a real server is configured:
+    nothing to guard)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the singleton the flow's client will use
+    server.start()
+    if server.server_process is None:
+        return None
+    _WATCHDOGS.append(start_watchdog(server.server_process.pid))
+    return server.server_process.pid
+
+
+def main(argv: list[str]) -> int:
+    owner_pid, owner_id, server_pid, server_id = argv
+    watch(int(owner_pid), owner_id, int(server_pid), server_id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,118 @@
+"""A `kill -9` of `prh run` no longer leaves Prefect's temporary API server running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.server_watchdog import process_identity
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process_identity(pid) is None:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _owner(code: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A Python child that runs ``code``, which prints one line (a pid) and then sleeps."""
+    return subprocess.Popen([sys.executable, "-c", code + "\nimport time\ntime.sleep(600)"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_process_identity_names_a_live_process_and_only_it():
+    assert process_identity(os.getpid()) == process_identity(os.getpid()) is not None
+    done = subprocess.Popen(["true"])
+    done.wait()
+    assert process_identity(done.pid) is None
+    zombie = subprocess.Popen(["true"])  # exited, not reaped yet
+    deadline = time.monotonic() + 10
+    while process_identity(zombie.pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_identity(zombie.pid) is None
+    zombie.wait()
+
+
+def test_the_server_is_terminated_when_its_owner_is_killed():
+    server = subprocess.Popen(["sleep", "600"])
+    owner = _owner(f"from flows.server_watchdog import start_watchdog\nw = start_watchdog({server.pid})\nprint(w.pid, flush=True)")
+    try:
+        watchdog_pid = int(owner.stdout.readline())
+        time.sleep(1.0)
+        assert server.poll() is None  # the owner lives: the server is left alone
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait()
+        server.wait(timeout=10)
+        assert server.returncode == -signal.SIGTERM
+        assert _gone_within(watchdog_pid, 5)
+    finally:
+        for process in (server, owner):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_an_owner_killed_before_its_watchdog_started_is_noticed():
+    server = subprocess.Popen(["sleep", "600"])
+    owner = _owner(f"from flows.server_watchdog import start_watchdog\nw = start_watchdog({server.pid})\nprint(w.pid, flush=True)")
+    try:
+        watchdog_pid = int(owner.stdout.readline())
+        os.kill(owner.pid, signal.SIGKILL)  # at once: the watchdog is most likely still importing
+        owner.wait()
+        server.wait(timeout=10)
+        assert _gone_within(watchdog_pid, 5)
+    finally:
+        for process in (server, owner):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_the_watchdog_exits_when_the_server_stops_first():
+    server = subprocess.Popen(["sleep", "600"])
+    ids = [str(v) for pid in (os.getpid(), server.pid) for v in (pid, process_identity(pid))]
+    watchdog = subprocess.Popen([sys.executable, "-m", "flows.server_watchdog", *ids], cwd=ROOT)
+    try:
+        time.sleep(1.0)
+        assert watchdog.poll() is None
+        server.terminate()
+        server.wait()
+        assert watchdog.wait(timeout=5) == 0
+        assert process_identity(os.getpid()) is not None  # its owner (this process) was left alone
+    finally:
+        for process in (server, watchdog):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+@pytest.mark.slow
+def test_prefects_real_temporary_server_goes_with_a_killed_owner(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PYTHONPATH=str(ROOT))
+    owner = _owner("from flows.cli import configure_environment\nconfigure_environment()\n"
+                   "from flows.server_watchdog import guard_temporary_server\nprint(guard_temporary_server(), flush=True)", env)
+    server_pid = None
+    try:
+        server_pid = int(owner.stdout.readline())
+        assert process_identity(server_pid) is not None and "uvicorn" in Path(f"/proc/{server_pid}/cmdline").read_text()
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait()
+        assert _gone_within(server_pid, 15)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if server_pid and process_identity(server_pid) is not None:
+            os.kill(server_pid, signal.SIGKILL)
