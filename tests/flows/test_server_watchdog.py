@@ -44,33 +44,19 @@ def test_process_identity_names_a_live_process_and_only_it():
     zombie.wait()
 
 
-def test_the_server_is_terminated_when_its_owner_is_killed():
+@pytest.mark.parametrize("wait_before_kill", [1.0, 0.0], ids=["watchdog-running", "watchdog-starting"])
+def test_the_server_is_terminated_when_its_owner_is_killed(wait_before_kill):
+    """Also when the owner dies at once, while its watchdog is most likely still importing."""
     server = subprocess.Popen(["sleep", "600"])
     owner = _owner(f"from flows.server_watchdog import start_watchdog\nw = start_watchdog({server.pid})\nprint(w.pid, flush=True)")
     try:
         watchdog_pid = int(owner.stdout.readline())
-        time.sleep(1.0)
+        time.sleep(wait_before_kill)
         assert server.poll() is None  # the owner lives: the server is left alone
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait()
         server.wait(timeout=10)
         assert server.returncode == -signal.SIGTERM
-        assert _gone_within(watchdog_pid, 5)
-    finally:
-        for process in (server, owner):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-
-def test_an_owner_killed_before_its_watchdog_started_is_noticed():
-    server = subprocess.Popen(["sleep", "600"])
-    owner = _owner(f"from flows.server_watchdog import start_watchdog\nw = start_watchdog({server.pid})\nprint(w.pid, flush=True)")
-    try:
-        watchdog_pid = int(owner.stdout.readline())
-        os.kill(owner.pid, signal.SIGKILL)  # at once: the watchdog is most likely still importing
-        owner.wait()
-        server.wait(timeout=10)
         assert _gone_within(watchdog_pid, 5)
     finally:
         for process in (server, owner):
