@@ -23,6 +23,17 @@ def _lcs_bounds(params: dict[str, Any]) -> tuple[float, float]:
     return (0.0, float(params["topk"]))
 
 
+def _cka_bounds(params: dict[str, Any]) -> tuple[float, float]:
+    """``cka`` with ``unbiased=True`` is ``unbiased_cka``: its estimate goes below 0."""
+    return (-1.0, 1.0) if params.get("unbiased") else (0.0, 1.0)
+
+
+def _cka_chance(n: int, params: dict[str, Any]) -> float | None:
+    """0 for the unbiased estimator (as ``unbiased_cka``); the biased one's chance level depends
+    on the data (d/(d+N) for independent Gaussians of width d), so none is given."""
+    return zero_chance(n, params) if params.get("unbiased") else None
+
+
 def register_builtins() -> None:
     """Register every built-in metric (idempotent)."""
     reg = dict(overwrite=True)
@@ -40,8 +51,8 @@ def register_builtins() -> None:
     register_metric("edit_distance_knn", engine=KnnEngine("edit_distance_knn"), bounds=(0.0, 1.0),
                     symmetric=True, locality="local", defaults=_KNN,
                     description="1 - mean edit distance of ordered kNN lists / k (paper)", **reg)
-    register_metric("cka", engine=CkaEngine("cka"), bounds=(0.0, 1.0), symmetric=True,
-                    locality="global",
+    register_metric("cka", engine=CkaEngine("cka"), bounds=_cka_bounds, symmetric=True,
+                    locality="global", chance=_cka_chance,
                     defaults={"kernel_metric": "ip", "rbf_sigma": 1.0, "unbiased": False},
                     description="centred kernel alignment, biased HSIC, ip or rbf kernel (paper)",
                     **reg)

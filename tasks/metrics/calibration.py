@@ -183,8 +183,8 @@ def chance_level(metric: str | MetricSpec, n: int, topk: int | None = None,
     - ``jaccard_knn``: ``E[c / (2k - c)]``, ``c ~ Hypergeom(n - 1, k, k)`` (independent uniformly
       random neighbour sets);
     - ``cycle_knn``: ``1 - (1 - k/(n-1))^k`` (independent uniformly random neighbour sets);
-    - ``unbiased_cka``: ``0`` (the unbiased HSIC has mean exactly 0 under the permutation null,
-      and its CKA denominator is permutation invariant);
+    - ``unbiased_cka`` and ``cka`` with ``unbiased=True``: ``0`` (the unbiased HSIC has mean
+      exactly 0 under the permutation null, and its CKA denominator is permutation invariant);
     - others (``cka``, ``cknna``, ``svcca``, ...): ``None`` — they depend on widths and spectra
       (e.g. linear CKA of independent isotropic Gaussians is about ``d / (d + n)``); use
       ``calibrate``.

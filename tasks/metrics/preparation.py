@@ -70,16 +70,18 @@ def pooled_outlier_threshold(layers: Sequence[torch.Tensor], q: float, exact: bo
         index = min(int(q * flat.numel()), flat.numel() - 1)
         return flat.kthvalue(index + 1).values
     n, m = int(layers[0].shape[0]), sum(int(layer.shape[1]) for layer in layers)
-    pos = q * (m - 1)
-    lo = int(np.floor(pos))
-    hi = min(lo + 1, m - 1)
-    per_sample = torch.empty(n, dtype=layers[0].dtype, device=layers[0].device)
+    dtype, device = layers[0].dtype, layers[0].device
+    # The rank q (m - 1) and its fraction in the values' dtype, as torch.quantile computes them:
+    # a float64 rank moved float32 thresholds by up to ~1e-6 relative (3e-5 at q = 0.999).
+    rank = torch.tensor(q, dtype=dtype) * (m - 1)
+    lo, hi = int(rank.floor()), min(int(rank.ceil()), m - 1)
+    weight = (rank - lo).to(device)
+    per_sample = torch.empty(n, dtype=dtype, device=device)
     step = max(1, block_values // max(m, 1))
     for start in range(0, n, step):
         rows = torch.cat([layer[start:start + step].abs() for layer in layers], dim=1)  # (b, M)
         low = rows.kthvalue(lo + 1, dim=1).values
         high = low if hi == lo else rows.kthvalue(hi + 1, dim=1).values
-        weight = torch.tensor(pos - lo, dtype=rows.dtype, device=rows.device)
         per_sample[start:start + step] = torch.lerp(low, high, weight)
     return per_sample.mean()
 

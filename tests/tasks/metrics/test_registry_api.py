@@ -31,6 +31,20 @@ def test_paper_metrics_registered_with_metadata() -> None:
         assert extra in METRICS
 
 
+def test_cka_with_unbiased_true_has_the_unbiased_estimators_range_and_chance() -> None:
+    """``cka(unbiased=True)`` is ``unbiased_cka``, whose estimate goes below 0: its interval was
+    clipped at 0 and its chance level unknown."""
+    assert METRICS["cka"].bounds_for({"unbiased": True}) == METRICS["unbiased_cka"].bounds_for({}) == (-1.0, 1.0)
+    assert METRICS["cka"].bounds_for({}) == (0.0, 1.0)
+    assert tm.chance_level("cka", 50, unbiased=True) == 0.0 and tm.chance_level("cka", 50) is None
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 8)), rng.normal(size=(60, 8))
+    as_cka = tm.bootstrap_ci("cka", x, y, n_boot=60, seed=1, unbiased=True)
+    as_unbiased = tm.bootstrap_ci("unbiased_cka", x, y, n_boot=60, seed=1)
+    assert as_cka.low == pytest.approx(as_unbiased.low, abs=1e-12) and as_cka.low < 0
+    assert as_cka.high == pytest.approx(as_unbiased.high, abs=1e-12)
+
+
 def test_unknown_metric_lists_valid_names() -> None:
     x, y = paired()
     with pytest.raises(ValueError, match="mutual_knn") as err:
