@@ -36,7 +36,7 @@ gpu-wheels:
 	mkdir -p .whl
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-	  $$(grep -i -E '^(pydantic|pydantic_core|annotated-types|typing-inspection)==' requirements.lock)
+	  $$(grep -i -E '^(pydantic|pydantic_core|annotated-types|typing-inspection|typing_extensions)==' requirements.lock)
 
 clean-store:
 	rm -rf store .prefect

@@ -196,6 +196,7 @@ def bench_shapes(args: argparse.Namespace) -> list[dict[str, Any]]:
     from PIL import Image
 
     from tasks.extract import ModelSpec, extract_all
+    from tasks.extract.extractor import plan_prepare
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = "bfloat16" if device.startswith("cuda") else "float32"
@@ -228,8 +229,11 @@ def bench_shapes(args: argparse.Namespace) -> list[dict[str, Any]]:
                          pooling="cls", config=cfg, dtype=dtype, batch_size=args.vit_batch)
         images = [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(args.n)]
         ex = _fast_random(spec, device)
-        extract_all(ex, images[: spec.batch_size])  # warm-up
-        feats, wall, _ = timed(lambda: extract_all(ex, images))
+        # warm-up in the timed run's prepare mode: the decode worker processes it starts (>= 512
+        # items) are then running before the clock starts, as in a pipeline's second shard
+        plan = plan_prepare(ex, len(images))
+        extract_all(ex, images[: spec.batch_size], prepare=plan.mode, workers=plan.workers or None)
+        feats, wall, _ = timed(lambda: extract_all(ex, images, prepare=plan.mode, workers=plan.workers or None))
         seq = 1 + (size // cfg["patch_size"]) ** 2
         non_emb = ex.param_count
         flops = _flops(cfg, seq * args.n, seq, args.n, non_emb)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements of issues 3 and 4 as one prepared run (about 5 minutes on one H200).
 #
-# On a lent device machine (its python3 holds CUDA torch and transformers, not pydantic): first,
+# On a lent device machine (its python3 holds CUDA torch and transformers, not pydantic, nor the
+# pipeline's prefect, duckdb, s3fs or the demo's emoji/openmoji packages, which these checks never
+# import: tests/test_gpu_checks.py runs them with those imports failing): first,
 # here, `make gpu-wheels` (pydantic's wheels for that Python into .whl/, ignored by git), then with
 # the `device` tool:  run  command="bash bench/gpu_checks.sh"  carry=[".whl"]  timeout_s=540
 # Logs and tables land in $OUT (the tool brings them back). SMALL=1 DEVICE=cpu runs the same
