@@ -364,6 +364,7 @@ def _gc(args: argparse.Namespace) -> int:
     # as a run starts: dead runs, dead writers (a dry run only lists them)
     crashed, swept = (mark_crashed_runs(store, dry_run=True), store.sweep_abandoned(dry_run=True, sizes=swept_bytes)) \
         if args.dry_run else open_for_run(store, min_free_mb=0, swept_sizes=swept_bytes)  # a nearly full disk is when gc is needed
+    attempts = store.remove_dead_claim_attempts(dry_run=args.dry_run)
     now = time.time()
     live_since = live_runs_since(store)  # shards a live run may be writing are kept, whatever their age
     damaged: list[DamagedManifest] = []  # versions whose shards stay: their manifest is damaged (prh verify's business)
@@ -404,11 +405,14 @@ def _gc(args: argparse.Namespace) -> int:
         print(f"{'would mark' if args.dry_run else 'marked'} run {run_id} CRASHED (its process is gone, or it gave no sign of life for 15 minutes)")
     for version in swept:
         print(f"{verb} the unpublished files of {version} (its writer died), {_megabytes(swept_bytes.get(version, 0))}")
+    for key, size in attempts.items():
+        print(f"{verb} {key}: a claim attempt's temporary file (its writer was killed taking the claim), {size:,} bytes")
     parts = [(len(partials), "shard folder(s)", sum(entry["bytes"] for entry in partials)),
              (len(figures), "figure cache namespace(s) of older report code", sum(figure_bytes.values())),
              (len(old_figures), "cached report figure(s) older than --older-than-days", sum(old_figures.values())),
              (len(reports), "run report(s)", sum(report_bytes.values())),
              (len(swept), "unpublished version(s) of dead writers", sum(swept_bytes.get(v, 0) for v in swept)),
+             (len(attempts), "claim attempt file(s) of dead writers", sum(attempts.values())),
              (len(uploads), "incomplete upload(s)", sum(upload["bytes"] for upload in uploads)),
              (len(versions), "published version(s) no kept run uses", sum(version_bytes[k] for k in versions)),
              (len(pointers), "rendered-dataset pointer(s) to removed datasets", sum(version_bytes[k] for k in pointers))]

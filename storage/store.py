@@ -94,6 +94,14 @@ def modified_at(info: dict[str, Any]) -> float:
         return 0.0
 
 
+def _claim_attempt_in_flight(entry: dict[str, Any], stale_after_s: float = STALE_CLAIM_SECONDS) -> bool:
+    """Whether a listing entry is the temporary file of a claim attempt (``..publishing.tmp-*``,
+    another process's, to be left alone) written within ``stale_after_s``; an older one is a
+    killed writer's leftover."""
+    name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+    return name.startswith("." + CLAIM) and time.time() - modified_at(entry) <= stale_after_s
+
+
 def utc_now() -> str:
     """Current UTC time as ISO 8601 with seconds precision."""
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
@@ -789,10 +797,31 @@ class Store:
         with contextlib.suppress(FileNotFoundError):
             self.fs.invalidate_cache(self.path(version_key))
             for entry in self.fs.ls(self.path(version_key), detail=True):
-                name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-                if entry.get("type") == "file" and not name.startswith("." + CLAIM):
+                if entry.get("type") == "file" and not _claim_attempt_in_flight(entry):
                     total += int(entry.get("size") or 0)
         return total
+
+    def remove_dead_claim_attempts(self, prefixes: tuple[str, ...] = ("datasets", "features", "alignment"),
+                                   stale_after_s: float = STALE_CLAIM_SECONDS, dry_run: bool = False) -> dict[str, int]:
+        """Remove the temporary files of claim attempts (``..publishing.tmp-<uuid>``, local disks:
+        :meth:`create_exclusive` links one to the claim, then unlinks it) written more than
+        ``stale_after_s`` ago, published versions' folders included: a writer killed between
+        writing and unlinking one left it for good (an attempt in flight lives milliseconds).
+        Returns ``key -> bytes`` of each (with ``dry_run``: that would be removed)."""
+        found: dict[str, int] = {}
+        if not self.is_local:
+            return found  # a conditional PUT: no temporary file
+        for prefix in prefixes:
+            if not self.fs.exists(self.path(prefix)):
+                continue
+            for path, entry in sorted(self.glob(prefix, f"**/.{CLAIM}.tmp-*", detail=True).items()):
+                if entry.get("type") != "file" or time.time() - modified_at(entry) <= stale_after_s:
+                    continue
+                key = self.key_of(path)
+                found[key] = int(entry.get("size") or 0)
+                if not dry_run:
+                    self.delete(key)
+        return found
 
     def _remove_unpublished_files(self, version_key: str, owner: str | None = None) -> None:
         """Delete the files directly in an unpublished version's folder (data files, temporary
@@ -804,8 +833,8 @@ class Store:
             self.fs.invalidate_cache(self.path(version_key))
             for entry in self.fs.ls(self.path(version_key), detail=True):
                 name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-                if entry.get("type") != "file" or name in keep or name.startswith("." + CLAIM):
-                    continue  # a claim attempt's or a sign of life's temporary file is another process's, in flight
+                if entry.get("type") != "file" or name in keep or _claim_attempt_in_flight(entry):
+                    continue  # another process's claim attempt, in flight
                 self.delete(f"{version_key}/{name}")
 
     def abandoned_uploads(self, older_than_s: float, dry_run: bool = False) -> list[dict[str, Any]]:

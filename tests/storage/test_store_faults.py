@@ -166,3 +166,40 @@ def test_sweep_keeps_a_version_with_a_damaged_manifest_and_goes_on(tmp_path):
     assert store.sweep_abandoned(dry_run=True, stale_after_s=60) == ["features/d/m/v2"]
     assert store.sweep_abandoned(stale_after_s=60) == ["features/d/m/v2"]
     assert _files(Path(store.root)) == ["features/d/m/v1/layer-000.parquet", "features/d/m/v1/manifest.json"]
+
+
+def test_a_claim_attempt_left_by_a_killed_writer_is_removed_once_stale(tmp_path):
+    """A writer killed inside ``create_exclusive`` (claim temp file written and linked, not yet
+    unlinked) left ``..publishing.tmp-<uuid>`` in the version folder for good, even after the
+    version was published; gc and the next writer remove it once it is older than a claim
+    attempt can live, and never a fresh one (another process's attempt in flight)."""
+    import subprocess
+    import sys
+    import time
+
+    store = Store(str(tmp_path / "store"))
+    kill_after_link = (
+        "import os, sys\nfrom storage.store import Store\nreal = os.link\n"
+        "def link(a, b):\n    real(a, b)\n    os._exit(9)\nos.link = link\n"
+        "Store(sys.argv[1]).publish('alignment/d/a__b/v1', {'scores.parquet': b'x'}, {})\n")
+    done = subprocess.run([sys.executable, "-c", kill_after_link, store.url], cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 9
+    folder = Path(store.path("alignment/d/a__b/v1"))
+    leftover = [name for name in os.listdir(folder) if name.startswith(f".{CLAIM}.tmp-")]
+    assert len(leftover) == 1
+    assert store.publish("alignment/d/a__b/v1", {"scores.parquet": b"x"}, {}).written  # the dead claim is taken over
+    assert store.remove_dead_claim_attempts() == {}  # fresh: could be an attempt in flight
+    old = time.time() - 3600
+    os.utime(folder / leftover[0], (old, old))
+    key = f"alignment/d/a__b/v1/{leftover[0]}"
+    assert store.remove_dead_claim_attempts(dry_run=True) == {key: (folder / leftover[0]).stat().st_size}
+    assert (folder / leftover[0]).exists()
+    assert list(store.remove_dead_claim_attempts()) == [key]
+    assert sorted(os.listdir(folder)) == ["manifest.json", "scores.parquet"]
+
+    # the next writer of an unpublished version removes a stale one with the dead writer's files
+    stale = Path(store.path(f"features/d/m/v2/.{CLAIM}.tmp-0123"))
+    store.write_bytes(f"features/d/m/v2/.{CLAIM}.tmp-0123", b"{}")
+    os.utime(stale, (old, old))
+    assert store.publish("features/d/m/v2", {"layer-000.parquet": b"whole"}, {}).written
+    assert sorted(os.listdir(stale.parent)) == ["layer-000.parquet", "manifest.json"]
