@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 
 from tasks.report import heatmaps, html, scaling
 from tasks.report.figures import FigureCache, RenderedFigure, render_cached
-from tasks.report.tables import (ReportInput, common_chance, degenerate, describe_metrics, interval, interval_columns, metrics_of, model_grid,
-                                 number, pairs_of, rows, rows_aligned, scored)
+from tasks.report.tables import (CROSS_MODAL, ReportInput, common_chance, degenerate, describe_metrics, grid_blocks, interval,
+                                 interval_columns, metrics_of, model_grid, number, pairs_of, rows, rows_aligned, scored)
 
 TITLE = "prh alignment report"
 
@@ -88,38 +88,31 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
     parts = []
     for metric in metrics:
         chance = common_chance(best, metric)
-        grid = model_grid(best, metric, "score")
-        parts.append(add(f"model-heatmap-{metric}", f"{metric}: best score per model pair, annotated with × chance"
-                         + (f" (chance = {chance:.4f}, red line on the colour bar)" if chance is not None else ""),
-                         lambda grid=grid, metric=metric, chance=chance: heatmaps.model_heatmap(grid, metric, False, chance),
-                         [best_of_metric[metric], chance]))
-        calibrated = model_grid(best, metric, "calibrated_score")
-        if (calibrated.values == calibrated.values).any():
-            parts.append(add(f"model-heatmap-{metric}-calibrated", f"{metric}: permutation-calibrated score and p-value "
-                             "(0 = not above the null's 1−α quantile)",
-                             lambda calibrated=calibrated, metric=metric: heatmaps.model_heatmap(calibrated, metric, True),
-                             [best_of_metric[metric]]))
-        else:
-            notes.append(f"{metric}: no calibrated scores (the run used no permutations)")
+        blocks = grid_blocks(best, metric)
+        for block in blocks:
+            parts += model_heatmaps(add, best, best_of_metric[metric], metric, block, chance, notes, block == blocks[0])
     sections.append(html.section("Model × model", "model-heatmaps", html.figures(*parts)))
 
-    parts = []
-    for metric in metrics:
-        for kind, caption, points, draw in (
-                ("quality", "against language-model quality (1 − bits per byte)", scaling.quality_points, scaling.alignment_vs_quality),
-                ("size", "against parameter count", scaling.size_points, scaling.alignment_vs_size)):
-            if points(best, models, metric):
-                parts.append(add(f"{kind}-{metric}", f"{metric} {caption}",
-                                 lambda draw=draw, metric=metric: draw(best, models, metric), [best_of_metric[metric], models]))
-    with_bpb = sorted(m["model"] for m in models if number(m.get("bits_per_byte")) is not None)
-    if not with_bpb:
-        notes.append("no language model has bits per byte (only causal LMs do): the quality figure is left out")
-    elif len(with_bpb) < 3:
-        notes.append(f"only {', '.join(with_bpb)} {'has' if len(with_bpb) == 1 else 'have'} bits per byte: "
-                     "the quality figure has too few points to show a trend")
-    notes += interval_notes(best)
-    sections.append(html.section("Alignment against model quality and size", "scaling", html.figures(*parts),
-                                 intro="The paper's headline figure: does alignment grow with model quality and scale?"))
+    cross_modal = any(grid_blocks(best, metric)[:1] == [CROSS_MODAL] for metric in metrics)
+    if cross_modal:
+        parts = []
+        for metric in metrics:
+            for kind, caption, points, draw in (
+                    ("quality", "against language-model quality (1 − bits per byte)", scaling.quality_points, scaling.alignment_vs_quality),
+                    ("size", "against parameter count", scaling.size_points, scaling.alignment_vs_size)):
+                if points(best, models, metric):
+                    parts.append(add(f"{kind}-{metric}", f"{metric} {caption}",
+                                     lambda draw=draw, metric=metric: draw(best, models, metric), [best_of_metric[metric], models]))
+        notes += bits_per_byte_notes(models)
+        sections.append(html.section("Alignment against model quality and size", "scaling", html.figures(*parts),
+                                     intro="The paper's headline figure: does alignment grow with model quality and scale?"))
+    elif best:
+        notes.append("no vision–language model pairs: the scaling figures (alignment against language-model quality and size) "
+                     "are left out")
+    if best:
+        notes += interval_notes(best, cross_modal)
+    else:
+        notes.append("no alignment scores in this run: no figures")
 
     parts = []
     for model_a, model_b in pairs_of(best) if pairs is None else pairs:
@@ -134,7 +127,7 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
                if not any(r["metric"] in metrics for r in scores_of_pair.get(pair, []))]
     if missing:
         notes.append(missing_layers_note(missing))
-    elif not parts:
+    elif not parts and best:
         notes.append("no layer × layer scores for the selected pairs")
     sections.append(html.section("Layer × layer", "layer-heatmaps", html.figures(*parts)))
 
@@ -153,6 +146,44 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
            ("layer-heatmaps", "Layer × layer"), ("neighbours", "Nearest neighbours"), ("notes", "Notes")]
     present = [(a, t) for a, t in toc if f'<section id="{a}">' in "".join(sections)]
     return Report(html.page(TITLE, meta, [html.contents(present), *sections]), figures, notes, data)
+
+
+def model_heatmaps(add: Callable[..., str], best: list[dict[str, Any]], rows_of_metric: list[dict[str, Any]], metric: str,
+                   block: tuple[str | None, str | None], chance: float | None, notes: list[str], first: bool) -> list[str]:
+    """The raw and calibrated model × model heatmaps of ``metric`` in one ``block`` of modalities
+    (``tables.grid_blocks``): the first block's figures are ``model-heatmap-<metric>[-calibrated]``,
+    a same-modality block of a run that has another adds ``-<modality>`` (``pairs: all``). Appends
+    to ``notes`` when the first block has no calibrated scores. Returns the figures' HTML."""
+    grid = model_grid(best, metric, "score", block)
+    suffix = "" if first else f"-{block[0] or 'other'}" + ("" if block[0] == block[1] else f"-{block[1] or 'other'}")
+    where = "" if first and block == CROSS_MODAL else f" ({_block_words(block)})"
+    parts = [add(f"model-heatmap-{metric}{suffix}", f"{metric}: best score per model pair{where}, {heatmaps.ratio_caption(grid)}"
+                 + (f" (chance = {chance:.4f}, red line on the colour bar)" if chance is not None else ""),
+                 lambda: heatmaps.model_heatmap(grid, metric, False, chance), [rows_of_metric, chance, list(block)])]
+    calibrated = model_grid(best, metric, "calibrated_score", block)
+    if (calibrated.values == calibrated.values).any():
+        parts.append(add(f"model-heatmap-{metric}{suffix}-calibrated", f"{metric}: permutation-calibrated score and p-value{where} "
+                         "(0 = not above the null's 1−α quantile)",
+                         lambda: heatmaps.model_heatmap(calibrated, metric, True), [rows_of_metric, list(block)]))
+    elif first:
+        notes.append(f"{metric}: no calibrated scores (the run used no permutations)")
+    return parts
+
+
+def _block_words(block: tuple[str | None, str | None]) -> str:
+    """``vision × language``, ``language × language`` (``model`` where the modality is not recorded)."""
+    return " × ".join(kind or "model" for kind in block)
+
+
+def bits_per_byte_notes(models: list[dict[str, Any]]) -> list[str]:
+    """The note on the quality figure when fewer than 3 language models have bits per byte."""
+    with_bpb = sorted(m["model"] for m in models if number(m.get("bits_per_byte")) is not None)
+    if not with_bpb:
+        return ["no language model has bits per byte (only causal LMs do): the quality figure is left out"]
+    if len(with_bpb) < 3:
+        return [f"only {', '.join(with_bpb)} {'has' if len(with_bpb) == 1 else 'have'} bits per byte: "
+                "the quality figure has too few points to show a trend"]
+    return []
 
 
 #: Names of the figure files a report writes (``Report.files``: ``figures/<name>.<png|svg>``); a
@@ -180,18 +211,20 @@ def unscored_notes(best: list[dict[str, Any]], metrics: list[str]) -> list[str]:
     return notes
 
 
-def interval_notes(best: list[dict[str, Any]]) -> list[str]:
+def interval_notes(best: list[dict[str, Any]], scaling_figures: bool = True) -> list[str]:
     """What the bootstrap intervals of ``best`` leave out: none at all (a run without bootstrap:
-    the columns exist, every value NULL), or some degenerate (``ci_degenerate``)."""
+    the columns exist, every value NULL), or some degenerate (``ci_degenerate``). ``scaling_figures``:
+    whether the report draws them (only with vision–language pairs), so the notes name no absent figure."""
     ci = interval_columns(best)
     if ci is None:
-        return ["the store has no bootstrap confidence intervals for the best scores: the scaling figures have no error bars"]
+        return ["the store has no bootstrap confidence intervals for the best scores"
+                + (": the scaling figures have no error bars" if scaling_figures else "")]
     flagged = sum(1 for r in best if interval(r, ci) is not None and degenerate(r))
     if not flagged:
         return []
     return [f"{flagged} bootstrap interval{'s are' if flagged > 1 else ' is'} degenerate (ci_degenerate, marked * in the best-scores "
             "table): the subsamples piled up on a bound of the metric, so the interval brackets the score but does not measure its "
-            "spread; the scaling figures draw no error bar for it"]
+            "spread" + ("; the scaling figures draw no error bar for it" if scaling_figures else "")]
 
 
 def missing_layers_note(missing: list[tuple[str, str]]) -> str:

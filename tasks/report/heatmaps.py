@@ -22,30 +22,61 @@ def model_heatmap(grid: Grid, metric: str, calibrated: bool = False, chance: flo
     """One metric's best score for every model pair: ``grid.rows`` × ``grid.columns``.
 
     Raw cells read ``score`` and ``×`` its chance level (the analytical chance where one exists,
-    else the permutation null mean, marked ``×null``); the colour bar marks ``chance``.
+    else the permutation null mean, marked ``×null``; no ratio where the chance level is 0); the
+    colour bar marks ``chance`` and reaches below 0 when a score does (``colour_norm``).
     Calibrated cells read the calibrated score and its p-value (0 is the null's 1−α quantile).
     """
     values = grid.values
     n_rows, n_cols = values.shape
     figure = new_figure(2.2 + 1.45 * n_cols, 1.3 + 0.62 * n_rows)
     ax = figure.add_subplot()
-    finite = values[np.isfinite(values)]
-    top = float(finite.max()) if finite.size else 1.0
-    norm = Normalize(vmin=0.0, vmax=max(top, chance or 0.0, 1e-9))
+    norm = colour_norm(values, calibrated, chance)
     image = ax.imshow(np.ma.masked_invalid(values), cmap=colormaps[CMAP].with_extremes(bad="#dddddd"), norm=norm, aspect="auto")
     for i in range(n_rows):
         for j in range(n_cols):
             ax.text(j, i, _cell_text(grid.cells[i][j], calibrated), ha="center", va="center", fontsize=8,
                     color=_text_colour(norm(values[i, j])) if np.isfinite(values[i, j]) else "#555555")
     _label_axes(ax, grid.columns, grid.rows)
-    ax.set_xlabel(f"{grid.column_kind} model")
-    ax.set_ylabel(f"{grid.row_kind} model")
+    ax.set_xlabel(_axis_label(grid.column_kind))
+    ax.set_ylabel(_axis_label(grid.row_kind))
     kind = "calibrated score" if calibrated else "score (best layer pair)"
     ax.set_title(f"{metric}: {kind}", fontsize=10)
     bar = figure.colorbar(image, ax=ax, shrink=0.9)
     if chance is not None and not calibrated:
         _mark_chance(bar.ax, chance)
     return figure
+
+
+def colour_norm(values: np.ndarray, calibrated: bool, chance: float | None = None) -> Normalize:
+    """The colour scale of a model heatmap. Calibrated scores lie in [0, 1]: that scale, fixed. Raw
+    scores: from min(0, lowest finite score) (``unbiased_cka``, ``rsa_spearman``, ``cknna`` go
+    below 0) to max(highest, ``chance``, 0); a scale of no width (every score equal) is one unit wide."""
+    if calibrated:
+        return Normalize(vmin=0.0, vmax=1.0)
+    finite = values[np.isfinite(values)]
+    low = min(0.0, float(finite.min())) if finite.size else 0.0
+    high = max(float(finite.max()) if finite.size else 1.0, chance or 0.0, 0.0)
+    return Normalize(vmin=low, vmax=high if high > low else low + 1.0)
+
+
+def ratio_caption(grid: Grid) -> str:
+    """What the raw cells of ``grid`` show beside the score (``chance_ratio``), for the caption:
+    ``annotated with × chance``, ``× null`` (score ÷ permutation null mean: no analytical chance
+    level), both, or ``no ratio to chance`` (chance level 0, or neither level known)."""
+    bases = sorted({ratio[1] for line in grid.cells for row in line if row is not None and (ratio := chance_ratio(row)) is not None})
+    if not bases:
+        return "no ratio to chance" + (" (its chance level is 0)" if _zero_chance(grid) else "")
+    shown = " or ".join(f"× {b}" for b in bases)
+    return f"annotated with {shown}" + (" (score ÷ permutation null mean)" if "null" in bases else "")
+
+
+def _zero_chance(grid: Grid) -> bool:
+    return any(row is not None and number(row.get("chance_level")) == 0.0 for line in grid.cells for row in line)
+
+
+def _axis_label(kind: str | None) -> str:
+    """``vision model``, ``language model``; ``model`` where the modality is not recorded."""
+    return f"{kind} model" if kind else "model"
 
 
 def layer_heatmaps(scores: list[dict[str, Any]], best: list[dict[str, Any]], model_a: str, model_b: str, metrics: list[str]) -> Figure | None:

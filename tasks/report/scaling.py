@@ -4,7 +4,9 @@ Quality is ``1 − bits_per_byte`` of the language model (only models with bits 
 LMs). Each line is one vision model's alignment to the language models; error bars are the
 bootstrap confidence interval where ``alignment_best`` has one (see ``tables.CI_COLUMNS``), except
 a degenerate one (``ci_degenerate``: it brackets the score but does not measure its spread), which
-gets no bar. Pairs without a finite score (NULL score and layers) are left out.
+gets no bar. Pairs without a finite score (NULL score and layers) are left out. The y axis starts
+at 0, or lower where a score or its error bar is below 0 (``unbiased_cka``, ``rsa_spearman``,
+``cknna`` can be), so every finite score is drawn.
 """
 
 from __future__ import annotations
@@ -62,11 +64,13 @@ def alignment_vs_quality(best: list[dict[str, Any]], models: list[dict[str, Any]
         return None
     figure = new_figure(5.6, 3.8)
     ax = figure.add_subplot()
-    _series(ax, points, key=lambda p: p[0], x=lambda p: quality[p[1]], label_of=lambda p: p[1])
+    drawn = _series(ax, points, key=lambda p: p[0], x=lambda p: quality[p[1]], label_of=lambda p: p[1])
     ax.set_xlabel("language-model quality: 1 − bits per byte")
     ax.set_ylabel(f"{metric} (best layer pair)")
     ax.set_title(f"{metric} against language-model quality", fontsize=10)
-    _chance_line(ax, common_chance(best, metric))
+    chance = common_chance(best, metric)
+    _chance_line(ax, chance)
+    ax.set_ylim(*y_limits(drawn, chance))
     ax.legend(title="vision model", fontsize=7, title_fontsize=7, loc="best")
     return figure
 
@@ -82,19 +86,23 @@ def alignment_vs_size(best: list[dict[str, Any]], models: list[dict[str, Any]], 
     for index, (axis_model, series_model, kind, other) in enumerate(((1, 0, "language", "vision"), (0, 1, "vision", "language"))):
         ax = figure.add_subplot(1, 2, index + 1)
         ax.set_xscale("log")
-        _series(ax, points, key=lambda p, s=series_model: p[s], x=lambda p, a=axis_model: size[p[a]], label_of=lambda p, a=axis_model: p[a])
+        drawn = _series(ax, points, key=lambda p, s=series_model: p[s], x=lambda p, a=axis_model: size[p[a]],
+                        label_of=lambda p, a=axis_model: p[a])
         ax.set_xlabel(f"{kind}-model parameters")
         ax.set_ylabel(f"{metric} (best layer pair)")
         ax.set_title(f"{metric} against {kind}-model size", fontsize=10)
         _chance_line(ax, chance)
+        ax.set_ylim(*y_limits(drawn, chance))
         ax.legend(title=f"{other} model", fontsize=7, title_fontsize=7, loc="best")
     return figure
 
 
-def _series(ax: Axes, points: list[tuple[str, str, dict[str, Any]]], key, x, label_of) -> None:
+def _series(ax: Axes, points: list[tuple[str, str, dict[str, Any]]], key, x, label_of) -> list[float]:
     """One line per series key, points sorted by x, with CI error bars where the rows have them
-    (none for a missing or degenerate interval)."""
+    (none for a missing or degenerate interval). Returns every y drawn: the scores and the ends of
+    their error bars."""
     ci = interval_columns([p[2] for p in points])
+    drawn: list[float] = []
     for name in sorted({key(p) for p in points}):
         mine = sorted((p for p in points if key(p) == name), key=x)
         xs = [x(p) for p in mine]
@@ -103,6 +111,8 @@ def _series(ax: Axes, points: list[tuple[str, str, dict[str, Any]]], key, x, lab
         if ci is not None:
             bars = [_error_bar(y, p[2], ci) for y, p in zip(ys, mine)]
             errors = [[low for low, _ in bars], [high for _, high in bars]]
+            drawn += [y + sign * bar for y, pair in zip(ys, bars) for sign, bar in zip((-1, 1), pair) if not math.isnan(bar)]
+        drawn += ys
         ax.errorbar(xs, ys, yerr=errors, marker="o", markersize=5, capsize=3, linewidth=1, alpha=0.9, label=name)
     labels: dict[float, set[str]] = {}
     for p in points:
@@ -110,7 +120,17 @@ def _series(ax: Axes, points: list[tuple[str, str, dict[str, Any]]], key, x, lab
     ticks = sorted(labels)
     ax.set_xticks(ticks, [f"{', '.join(sorted(labels[t]))}\n{_short(t)}" for t in ticks], fontsize=6, rotation=30, ha="right")
     ax.minorticks_off()
-    ax.set_ylim(bottom=0)
+    return drawn
+
+
+def y_limits(drawn: list[float], chance: float | None, margin: float = 0.05) -> tuple[float, float]:
+    """(bottom, top) of a scaling panel: from min(0, lowest of ``drawn``) to the highest of
+    ``drawn`` and ``chance``, widened by ``margin`` of the span where a limit is a data value (the
+    bottom stays exactly 0 when nothing is below it). An empty or flat span is one unit wide."""
+    values = [*drawn, *([] if chance is None else [chance])]
+    low, high = min([0.0, *values]), max([0.0, *values])
+    span = high - low if high > low else 1.0
+    return (low - margin * span if low < 0 else 0.0), high + margin * span
 
 
 def _error_bar(y: float, row: dict[str, Any], ci: tuple[str, str]) -> tuple[float, float]:

@@ -192,32 +192,57 @@ def chance_ratio(row: dict[str, Any]) -> tuple[float, str] | None:
 @dataclass(frozen=True)
 class Grid:
     """One metric's model × model table: ``values[i, j]`` for ``rows[i]`` × ``columns[j]`` (NaN: not
-    aligned); ``cells[i][j]`` is the source row (or None); ``row_kind``/``column_kind`` the modalities."""
+    aligned); ``cells[i][j]`` is the source row (or None); ``row_kind``/``column_kind`` the modalities
+    of the rows and columns (None: not recorded)."""
 
     rows: list[str]
     columns: list[str]
     values: np.ndarray
     cells: list[list[dict[str, Any] | None]]
-    row_kind: str
-    column_kind: str
+    row_kind: str | None
+    column_kind: str | None
 
 
-def model_grid(best: list[dict[str, Any]], metric: str, value: str = "score") -> Grid:
-    """Pivot ``alignment_best`` rows of ``metric``: model_a as rows, model_b as columns."""
-    chosen = [r for r in best if r["metric"] == metric]
-    row_names = sorted({r["model_a"] for r in chosen})
-    column_names = sorted({r["model_b"] for r in chosen})
+Block = tuple[str | None, str | None]  # (modality of the rows, of the columns) of one model × model grid
+CROSS_MODAL: Block = ("vision", "language")
+
+
+def _oriented(row: dict[str, Any]) -> tuple[str, str, Block]:
+    """(row model, column model, block) of a best row: a vision–language pair has its vision model
+    as the row (in either order of model_a and model_b), any other pair model_a as the row."""
+    kinds = (row.get("modality_a"), row.get("modality_b"))
+    if kinds == ("language", "vision"):
+        return row["model_b"], row["model_a"], CROSS_MODAL
+    return row["model_a"], row["model_b"], kinds
+
+
+def grid_blocks(best: list[dict[str, Any]], metric: str) -> list[Block]:
+    """The model × model grids ``metric``'s rows make, one per pair of modalities: vision × language
+    first (the cross-modal pairs), then same-modality blocks (``pairs: all``) by name. A run with
+    both kinds draws them apart, so a model is never both a row and a column of one grid beside
+    pairs of another kind, and same-modality scores do not share a colour scale with cross-modal ones."""
+    present = {_oriented(r)[2] for r in best if r["metric"] == metric}
+    return sorted(present, key=lambda b: (b != CROSS_MODAL, b[0] or "", b[1] or ""))
+
+
+def model_grid(best: list[dict[str, Any]], metric: str, value: str = "score", block: Block | None = None) -> Grid:
+    """Pivot ``alignment_best`` rows of ``metric`` in one ``block`` of modalities (default: the first
+    of ``grid_blocks``: vision × language where the run has such pairs): vision models as rows and
+    language models as columns; in a same-modality block, model_a as rows and model_b as columns."""
+    if block is None:
+        blocks = grid_blocks(best, metric)
+        block = blocks[0] if blocks else (None, None)
+    chosen = [(a, b, r) for r in best if r["metric"] == metric for a, b, kinds in [_oriented(r)] if kinds == block]
+    row_names = sorted({a for a, _, _ in chosen})
+    column_names = sorted({b for _, b, _ in chosen})
     values = np.full((len(row_names), len(column_names)), np.nan)
     cells: list[list[dict[str, Any] | None]] = [[None] * len(column_names) for _ in row_names]
-    for r in chosen:
-        i, j = row_names.index(r["model_a"]), column_names.index(r["model_b"])
+    for a, b, r in chosen:
+        i, j = row_names.index(a), column_names.index(b)
         cells[i][j] = r
         v = number(r.get(value))
         values[i, j] = np.nan if v is None else v
-    kinds_a = {r.get("modality_a") for r in chosen} - {None}
-    kinds_b = {r.get("modality_b") for r in chosen} - {None}
-    return Grid(row_names, column_names, values, cells,
-                kinds_a.pop() if len(kinds_a) == 1 else "model A", kinds_b.pop() if len(kinds_b) == 1 else "model B")
+    return Grid(row_names, column_names, values, cells, block[0], block[1])
 
 
 def common_chance(best: list[dict[str, Any]], metric: str) -> float | None:

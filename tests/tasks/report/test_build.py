@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from tasks.report import ReportInput, build_report
@@ -305,3 +306,94 @@ def test_pairs_whose_layer_scores_are_missing_are_named_in_a_note():
     assert "vit-s × lm-b" in report.html
     complete = build_report(_with(best_rows()), formats=("png",), pairs=[("vit-s", "lm-a")])
     assert not any(n.startswith("no layer × layer scores") for n in complete.notes)
+
+
+def _pairs_all(kinds: tuple[str, ...] = ("vision", "language")) -> list[dict]:
+    """Best rows of a ``pairs: all`` run over the synthetic zoo's models of ``kinds``: the
+    cross-modal rows (both kinds) plus each same-modality pair once, scored 0.85 and up."""
+    rows = best_rows(ci=True) if kinds == ("vision", "language") else []
+    base = best_rows(ci=True)[0]
+    for kind in kinds:
+        names = sorted(VISION if kind == "vision" else LANGUAGE)
+        for x, a in enumerate(names):
+            for b in names[x + 1:]:
+                for metric in METRICS:
+                    score = round(0.85 + 0.001 * len(rows), 6)
+                    rows.append({**base, "metric": metric, "model_a": a, "model_b": b, "modality_a": kind, "modality_b": kind,
+                                 "score": score, "ci_low": score - 0.01, "ci_high": score + 0.01, "calibrated_score": 0.8})
+    return rows
+
+
+def _svg_text(rendered) -> str:
+    return rendered.files["svg"].decode()
+
+
+def test_pairs_all_draws_vision_by_language_and_each_modality_apart():
+    """pairs: all with both modalities drew one grid with a language model among the rows and a
+    vision model among the columns (axes 'model A model'), same-modality scores (~0.9) on the
+    colour scale of the cross-modal ones (~0.13)."""
+    rows = _pairs_all()
+    report = build_report(_with(rows), formats=("png", "svg"), pairs=[])
+    names = {f.name for f in report.figures if f.name.startswith("model-heatmap-")}
+    assert names == {f"model-heatmap-{m}{s}{c}" for m in METRICS for s in ("", "-vision", "-language") for c in ("", "-calibrated")}
+    for metric in METRICS:
+        cross = _svg_text(report.figure(f"model-heatmap-{metric}"))
+        assert "vision model" in cross and "language model" in cross and "model A" not in cross
+        for r in rows:
+            if r["metric"] == metric:
+                shown = f"{r['score']:.3f}" in cross
+                assert shown == (r["modality_a"] != r["modality_b"]), (r["model_a"], r["model_b"], r["score"])
+        for kind in ("vision", "language"):
+            figure = report.figure(f"model-heatmap-{metric}-{kind}")
+            text = _svg_text(figure)
+            assert f"{kind} model" in text and f"({kind} × {kind})" in figure.caption
+            mine = [r for r in rows if r["metric"] == metric and r["modality_a"] == r["modality_b"] == kind]
+            assert mine and all(f"{r['score']:.3f}" in text for r in mine)
+    # the scaling figures stay those of the cross-modal pairs
+    assert sorted(y for _, y in _points(alignment_vs_size(rows, model_rows(), "cka"))) == \
+        sorted(2 * [r["score"] for r in rows if r["metric"] == "cka" and r["modality_a"] != r["modality_b"]])
+    assert report.figure("size-cka") and not any("vision–language" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("kind", ["language", "vision"])
+def test_a_single_modality_zoo_has_no_scaling_figures_and_says_why(kind):
+    """A language-only (or vision-only) zoo showed an empty scaling section, and the notes said
+    the quality figure 'has too few points' though no quality figure could be drawn."""
+    rows = _pairs_all((kind,))
+    data = _input(examples=False)
+    names = VISION if kind == "vision" else LANGUAGE
+    models = table([m for m in model_rows() if m["model"] in names])
+    report = build_report(ReportInput(data.run, table(rows), table([]), models), formats=("png", "svg"))
+    assert '<section id="scaling">' not in report.html and 'href="#scaling"' not in report.html
+    assert not any(f.name.startswith(("quality-", "size-")) for f in report.figures)
+    assert [n for n in report.notes if "scaling" in n or "bits per byte" in n] == [
+        "no vision–language model pairs: the scaling figures (alignment against language-model quality and size) are left out"]
+    assert {f.name for f in report.figures} >= {f"model-heatmap-{m}" for m in METRICS}
+    text = _svg_text(report.figure("model-heatmap-cka"))
+    assert f"{kind} model" in text and "model A" not in text
+    assert f"({kind} × {kind})" in report.figure("model-heatmap-cka").caption
+
+
+def test_a_run_without_results_has_no_notes_on_absent_figures():
+    """A FAILED run that published nothing said 'no language model has bits per byte' (it has no
+    models), 'the scaling figures have no error bars' and 'no layer × layer scores'."""
+    data = _input(examples=False)
+    empty = pa.table({"metric": pa.array([], pa.string()), "model_a": pa.array([], pa.string()), "model_b": pa.array([], pa.string())})
+    report = build_report(ReportInput(data.run, empty, empty, table([]), None, ["run run-1 lists no published alignment"]), formats=("png",))
+    assert not report.figures
+    assert report.notes == ["run run-1 lists no published alignment", "no alignment scores in this run: no figures",
+                            "no nearest-neighbour examples (features not available)"]
+
+
+def test_each_heatmap_caption_says_what_its_cells_show(report):
+    """Every raw heatmap's caption said 'annotated with × chance', also where the cells read
+    '× null' (cka, cknna) or show no ratio (unbiased_cka, chance level 0)."""
+    for metric in METRICS:
+        figure = report.figure(f"model-heatmap-{metric}")
+        cells = _svg_text(figure)
+        for basis in ("chance", "null"):
+            assert (f"× {basis}" in figure.caption) == (f"× {basis}" in cells), (metric, basis)
+    rows = [{**r, "metric": "unbiased_cka", "chance_level": 0.0} for r in best_rows() if r["metric"] == "cka"]
+    ucka = build_report(_with(rows), formats=("png", "svg"), pairs=[]).figure("model-heatmap-unbiased_cka")
+    assert "× chance" not in ucka.caption and "× null" not in ucka.caption and "no ratio to chance" in ucka.caption
+    assert "× chance" not in _svg_text(ucka) and "× null" not in _svg_text(ucka)

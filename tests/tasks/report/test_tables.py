@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from tasks.report.tables import chance_ratio, ci_columns, common_chance, layer_matrix, metrics_of, model_grid
+from tasks.report.tables import chance_ratio, ci_columns, common_chance, grid_blocks, layer_matrix, metrics_of, model_grid
 from tests.tasks.report.synthetic import LANGUAGE, LAYERS, N, TOPK, VISION, best_rows, score_of, score_rows
 
 
@@ -101,3 +101,54 @@ def test_describe_metrics_names_the_parameters_behind_the_rows():
         "mutual_knn (topk=10), cka (kernel_metric=ip), svcca; 0 | 50 permutations, 200 bootstrap resamples"
     mixed = best[:1] + [{**best[0], "params": '{"topk": 5}'}]
     assert describe_metrics(mixed, ["mutual_knn"]) == "mutual_knn (topk=10 | topk=5); 50 permutations, 200 bootstrap resamples"
+
+
+def _all_pairs() -> list[dict]:
+    """A ``pairs: all`` run: the cross-modal rows plus every vision–vision and language–language
+    pair once (model_a first by name, as the pipeline orders them: docs/config.md)."""
+    best = best_rows()
+    for kind, names in (("vision", VISION), ("language", LANGUAGE)):
+        for x, a in enumerate(sorted(names)):
+            for b in sorted(names)[x + 1:]:
+                for metric in ("mutual_knn", "cka"):
+                    best.append({**best[0], "metric": metric, "model_a": a, "model_b": b, "modality_a": kind, "modality_b": kind,
+                                 "score": 0.9 - 0.01 * len(best)})
+    return best
+
+
+def test_pairs_all_keeps_the_grid_vision_by_language_and_gives_each_modality_its_own():
+    """pairs: all mixed modalities in one grid: a language model among the rows, a vision model
+    among the columns, axes 'model A' / 'model B', same-modality scores beside cross-modal ones."""
+    best = _all_pairs()
+    assert grid_blocks(best, "cka") == [("vision", "language"), ("language", "language"), ("vision", "vision")]
+    grid = model_grid(best, "cka")
+    assert grid.rows == sorted(VISION) and grid.columns == sorted(LANGUAGE)
+    assert (grid.row_kind, grid.column_kind) == ("vision", "language")
+    assert np.isfinite(grid.values).all()
+    for i, a in enumerate(grid.rows):
+        for j, b in enumerate(grid.columns):
+            assert grid.values[i, j] == score_of("cka", VISION.index(a), LANGUAGE.index(b))
+    for kind, names in (("vision", VISION), ("language", LANGUAGE)):
+        same = model_grid(best, "cka", block=(kind, kind))
+        assert (same.row_kind, same.column_kind) == (kind, kind)
+        pairs = {(r["model_a"], r["model_b"]): r["score"] for r in best if r["metric"] == "cka" and r["modality_a"] == r["modality_b"] == kind}
+        assert set(same.rows) | set(same.columns) == set(names)
+        shown = {(a, b): same.values[i, j] for i, a in enumerate(same.rows) for j, b in enumerate(same.columns) if np.isfinite(same.values[i, j])}
+        assert shown == pairs
+
+
+def test_a_language_vision_row_is_drawn_with_its_vision_model_as_the_row():
+    row = {**best_rows()[0], "model_a": "lm-a", "model_b": "vit-s", "modality_a": "language", "modality_b": "vision"}
+    assert grid_blocks([row], row["metric"]) == [("vision", "language")]
+    grid = model_grid([row], row["metric"])
+    assert (grid.rows, grid.columns, grid.values.tolist()) == (["vit-s"], ["lm-a"], [[row["score"]]])
+
+
+def test_a_single_modality_zoo_has_one_grid_of_that_modality():
+    best = [r for r in _all_pairs() if r["modality_a"] == r["modality_b"] == "language"]
+    assert grid_blocks(best, "mutual_knn") == [("language", "language")]
+    grid = model_grid(best, "mutual_knn")
+    assert (grid.row_kind, grid.column_kind) == ("language", "language")
+    assert grid.rows == sorted(LANGUAGE)[:-1] and grid.columns == sorted(LANGUAGE)[1:]
+    unknown = [{**r, "modality_a": None, "modality_b": None} for r in best]
+    assert (model_grid(unknown, "mutual_knn").row_kind, model_grid(unknown, "mutual_knn").column_kind) == (None, None)

@@ -1,0 +1,81 @@
+"""Model heatmaps: the colour scale covers negative scores, a calibrated grid has the fixed
+[0, 1] scale, axes name the modalities, and captions say what the cells show."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tasks.report.heatmaps import colour_norm, model_heatmap, ratio_caption
+from tasks.report.tables import model_grid
+from tests.tasks.report.synthetic import best_rows
+
+
+def _rows(metric: str, scores: dict[tuple[str, str], float], **extra) -> list[dict]:
+    return [{"metric": metric, "model_a": a, "model_b": b, "modality_a": "vision", "modality_b": "language", "score": s,
+             "layer_a": 0, "layer_b": 0, **extra} for (a, b), s in scores.items()]
+
+
+def _colours(figure, values: list[float]) -> list[tuple]:
+    image = figure.axes[0].images[0]
+    return [tuple(image.cmap(image.norm(v))) for v in values]
+
+
+def test_negative_scores_get_distinct_colours_on_a_scale_that_holds_them():
+    scores = {("vit-a", "gpt-a"): -0.0059, ("vit-b", "gpt-a"): -0.0042, ("vit-c", "gpt-a"): 0.0}
+    figure = model_heatmap(model_grid(_rows("unbiased_cka", scores, chance_level=0.0), "unbiased_cka"), "unbiased_cka", False, 0.0)
+    norm = figure.axes[0].images[0].norm
+    assert norm.vmin <= -0.0059 and norm.vmax >= 0.0
+    colours = _colours(figure, list(scores.values()))
+    assert len(set(colours)) == 3, "distinct scores drawn in one colour"
+    colour_bar = figure.axes[1]
+    assert colour_bar.get_ylim()[0] <= -0.0059  # the colour bar reads the negative scores
+
+
+def test_mixed_signs_span_the_lowest_to_the_highest_score():
+    values = np.array([[-0.4, 0.2], [np.nan, 0.9]])
+    norm = colour_norm(values, calibrated=False, chance=0.1)
+    assert (norm.vmin, norm.vmax) == (-0.4, 0.9)
+    norm = colour_norm(np.array([[0.2, 0.3]]), calibrated=False, chance=0.5)
+    assert (norm.vmin, norm.vmax) == (0.0, 0.5)  # from 0, up to the chance level
+    norm = colour_norm(np.zeros((2, 2)), calibrated=False)
+    assert norm.vmax - norm.vmin == 1.0  # all equal: not a 0..1e-9 scale
+
+
+def test_a_calibrated_grid_uses_the_fixed_unit_scale():
+    rows = _rows("cka", {("vit-a", "gpt-a"): 0.3, ("vit-b", "gpt-a"): 0.4}, calibrated_score=0.0, p_value=0.5)
+    figure = model_heatmap(model_grid(rows, "cka", "calibrated_score"), "cka", True)
+    norm = figure.axes[0].images[0].norm
+    assert (norm.vmin, norm.vmax) == (0.0, 1.0)
+    assert _colours(figure, [0.0])[0] == tuple(figure.axes[0].images[0].cmap(0.0))
+    higher = [{**r, "calibrated_score": c} for r, c in zip(rows, (0.2, 0.6))]
+    norm = model_heatmap(model_grid(higher, "cka", "calibrated_score"), "cka", True).axes[0].images[0].norm
+    assert (norm.vmin, norm.vmax) == (0.0, 1.0)  # the same scale whatever the values
+
+
+def test_the_caption_says_what_the_cells_show():
+    knn = model_grid(best_rows(), "mutual_knn")  # analytical chance level
+    cka = model_grid(best_rows(), "cka")  # no analytical level: ÷ the null mean
+    ucka = model_grid(_rows("unbiased_cka", {("vit-a", "gpt-a"): 0.01}, chance_level=0.0, null_mean=0.0001), "unbiased_cka")
+    bare = model_grid(_rows("svcca", {("vit-a", "gpt-a"): 0.5}), "svcca")  # no chance level, no permutations
+    for grid, metric in ((knn, "mutual_knn"), (cka, "cka"), (ucka, "unbiased_cka"), (bare, "svcca")):
+        caption = ratio_caption(grid)
+        cells = [t.get_text() for t in model_heatmap(grid, metric).axes[0].texts]
+        for basis in ("chance", "null"):
+            assert (f"× {basis}" in caption) == any(f"× {basis}" in c for c in cells), (metric, caption, cells)
+    assert ratio_caption(knn) == "annotated with × chance"
+    assert ratio_caption(cka).startswith("annotated with × null")
+    assert ratio_caption(ucka) == "no ratio to chance (its chance level is 0)"
+    assert ratio_caption(bare) == "no ratio to chance"
+
+
+def test_axes_name_the_modality_of_rows_and_columns():
+    cross = model_grid(best_rows(), "cka")
+    ax = model_heatmap(cross, "cka").axes[0]
+    assert (ax.get_ylabel(), ax.get_xlabel()) == ("vision model", "language model")
+    same = [{**r, "model_a": a, "model_b": b, "modality_a": "language", "modality_b": "language"}
+            for r, (a, b) in zip(best_rows()[:3], (("lm-a", "lm-b"), ("lm-a", "lm-c"), ("lm-b", "lm-c")))]
+    ax = model_heatmap(model_grid(same, "mutual_knn"), "mutual_knn").axes[0]
+    assert (ax.get_ylabel(), ax.get_xlabel()) == ("language model", "language model")
+    unknown = [{**r, "modality_a": None, "modality_b": None} for r in same]
+    ax = model_heatmap(model_grid(unknown, "mutual_knn"), "mutual_knn").axes[0]
+    assert (ax.get_ylabel(), ax.get_xlabel()) == ("model", "model")  # not "model A model"

@@ -1,0 +1,82 @@
+"""The scaling figures draw every finite score, also below 0 (unbiased_cka, rsa_spearman and cknna
+can be negative): the y axis started at 0, so negative points were cut off, and with every score
+negative the axis was inverted and empty."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tasks.report.scaling import alignment_vs_quality, alignment_vs_size, y_limits
+
+MODELS = [{"model": "vit-a", "modality": "vision", "param_count": 25_000},
+          {"model": "vit-b", "modality": "vision", "param_count": 33_500},
+          {"model": "gpt-a", "modality": "language", "param_count": 70_500, "bits_per_byte": 8.37},
+          {"model": "gpt-b", "modality": "language", "param_count": 90_000, "bits_per_byte": 8.10}]
+
+
+def _best(scores: dict[tuple[str, str], float], ci: float | None = None, metric: str = "unbiased_cka") -> list[dict]:
+    """Best rows of ``metric`` (chance 0) with the given scores; ``ci``: a symmetric interval half-width."""
+    rows = []
+    for (a, b), score in scores.items():
+        row = {"metric": metric, "model_a": a, "model_b": b, "modality_a": "vision", "modality_b": "language", "score": score,
+               "layer_a": 2, "layer_b": 2, "chance_level": 0.0}
+        if ci is not None:
+            row.update(ci_low=score - ci, ci_high=score + ci)
+        rows.append(row)
+    return rows
+
+
+def _drawn(figure) -> list[float]:
+    """Every y of the figure's series and of their error-bar ends."""
+    ys = []
+    for ax in figure.axes:
+        for container in ax.containers:
+            ys += [float(y) for y in container.lines[0].get_ydata()]
+            for bars in container.lines[2]:
+                ys += [float(point[1]) for segment in bars.get_segments() for point in segment]
+    return ys
+
+
+def _assert_all_inside(figure, expected: list[float]) -> None:
+    drawn = _drawn(figure)
+    for value in expected:
+        assert any(np.isclose(value, y) for y in drawn), f"{value} is not drawn"
+    for ax in figure.axes:
+        low, high = ax.get_ylim()
+        assert low < high, "inverted or empty y axis"
+        assert low <= 0.0 <= high  # the chance level (0) and the zero line stay in view
+        outside = [y for y in drawn if not low <= y <= high]
+        assert not outside, f"{ax.get_title()}: {outside} outside ylim {(low, high)}"
+
+
+@pytest.mark.parametrize("scores", [
+    {("vit-a", "gpt-a"): -0.0059, ("vit-b", "gpt-a"): -0.0042},  # every score below 0
+    {("vit-a", "gpt-a"): 0.012, ("vit-b", "gpt-a"): -0.003, ("vit-a", "gpt-b"): 0.02, ("vit-b", "gpt-b"): -0.4},  # mixed signs
+])
+def test_negative_scores_are_drawn_inside_the_axes(scores):
+    best = _best(scores)
+    _assert_all_inside(alignment_vs_size(best, MODELS, "unbiased_cka"), list(scores.values()))
+    _assert_all_inside(alignment_vs_quality(best, MODELS, "unbiased_cka"), list(scores.values()))
+
+
+def test_error_bars_below_zero_are_inside_the_axes():
+    scores = {("vit-a", "gpt-a"): 0.01, ("vit-b", "gpt-a"): 0.02, ("vit-a", "gpt-b"): 0.03}
+    best = _best(scores, ci=0.05)  # every lower bound below 0
+    lows = [s - 0.05 for s in scores.values()]
+    _assert_all_inside(alignment_vs_size(best, MODELS, "unbiased_cka"), lows)
+    _assert_all_inside(alignment_vs_quality(best, MODELS, "unbiased_cka"), lows)
+
+
+def test_positive_scores_keep_the_axis_at_zero():
+    best = _best({("vit-a", "gpt-a"): 0.3, ("vit-b", "gpt-b"): 0.5}, metric="cka")
+    for ax in alignment_vs_size(best, MODELS, "cka").axes:
+        assert ax.get_ylim()[0] == 0.0 and ax.get_ylim()[1] >= 0.5
+
+
+def test_y_limits():
+    assert y_limits([0.2, 0.4], None) == pytest.approx((0.0, 0.42))
+    assert y_limits([-0.2, 0.2], None) == pytest.approx((-0.22, 0.22))
+    assert y_limits([-0.3, -0.1], 0.0) == pytest.approx((-0.315, 0.015))
+    assert y_limits([0.1], 0.5) == pytest.approx((0.0, 0.525))  # the chance line stays in view
+    assert y_limits([0.0, 0.0], 0.0) == pytest.approx((0.0, 0.05))  # a flat span is one unit wide
