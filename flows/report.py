@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,8 @@ def write_report(
     out = check_report_folder(out)  # before the report is built: a bad --out fails at once
     results = Store(store)
     data = load_report_input(results, run_id=run_id, pair=pair)
+    if data.run.get("store") != results.display_url:  # a copied or moved store: say where it was read
+        data = dataclasses.replace(data, run={**data.run, "store": results.display_url, "run's store": data.run.get("store")})
     if pair is not None:
         check_pair(data.best.to_pylist(), pair, str(data.run.get("run_id")))
     report = build_report(data, formats=formats, cache=StoreFigureCache(results))

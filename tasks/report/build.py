@@ -140,6 +140,7 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
         sections.append(html.section("Notes", "notes", html.notes(notes)))
 
     meta = {"run": run.get("run_id"), "status": run.get("status"), "started": run.get("started_at"), "store": run.get("store"),
+            **({"run's store": run["run's store"]} if run.get("run's store") else {}),
             "dataset": run.get("dataset_version"), "data": run.get("dataset_description"), "N": rows_aligned(best),
             "metrics": describe_metrics(best, metrics)}
     toc = [("models", "Models"), ("best", "Best scores"), ("model-heatmaps", "Model × model"), ("scaling", "Quality and size"),

@@ -218,3 +218,14 @@ def test_a_report_over_an_earlier_one_removes_its_figures_only(store, tmp_path, 
     assert main(["report", "--store", store[0], "--out", str(out)]) == 0
     assert sorted(p.name for p in figures.iterdir()) == sorted(written + kept + ["layers-folder.png", "layers-link.png"])
     assert (tmp_path / "elsewhere.png").read_bytes() == b"keep"
+
+
+def test_a_report_of_a_copied_store_names_the_store_it_read(store, tmp_path):
+    """The header named the run record's store (where the run wrote), not the copy the report
+    was built from."""
+    copy = tmp_path / "copy"
+    shutil.copytree(Path(store[0]), copy)
+    assert main(["report", "--store", str(copy), "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert f"store: <code>{Store(str(copy)).display_url}</code>" in page
+    assert f"run&#x27;s store: <code>{Store(store[0]).display_url}</code>" in page
