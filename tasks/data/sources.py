@@ -160,7 +160,9 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
 
     ``columns``: the table layouts' column names and caption policy (default ``ColumnMap()``).
     ``limit``: read only the first ``limit`` rows of a table (before captions are expanded; a
-    Parquet table's later row groups are never read) or images of a folder (by name); the
+    Parquet table's later row groups are never read) or images of a folder (by name), or samples
+    of WebDataset tar shards (a ``.tar``/``.tar.gz`` file, or a folder of them without images of
+    its own: ``tasks.data.webdataset``); the
     images a metadata table leaves out are then not reported. ``split``: only the images of this
     split of a Karpathy split ``.json`` (None: all rows); other layouts have no splits.
 
@@ -175,10 +177,17 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
         raise ValueError(f"dataset path {str(path)!r} does not exist{where}")
     if not (path.is_file() and path.suffix.lower() == ".json"):  # a .json document tells (tasks.data.json_tables)
         refuse_split(split, f"dataset {str(path)!r}", "a folder" if path.is_dir() else f"a {path.suffix} table")
+    from tasks.data.webdataset import is_shard, read_shards, shards_in
+
+    if path.is_file() and is_shard(path):
+        return read_shards([path], columns, limit), path.parent
     if path.is_dir():
         metadata = _metadata_table(path)
         if metadata is not None:
             return _read_image_folder(path, metadata, columns, limit), path
+        shards = shards_in(path)
+        if shards and not _has_folder_pairs(path):
+            return read_shards(shards, columns, limit), path
         if (columns.image, columns.text) != REQUIRED_COLUMNS:
             raise ValueError(f"dataset {str(path)!r} is a folder of images with .txt captions, which has no columns: "
                              f"image_column / text_column ({columns.image!r}, {columns.text!r}) apply to tables and to a "
@@ -637,6 +646,12 @@ def _folder_names(root: Path) -> list[str]:
     except (OSError, RuntimeError):
         pass  # the folder was read a moment ago; its plain name is enough
     return list(dict.fromkeys(names))
+
+
+def _has_folder_pairs(root: Path) -> bool:
+    """Whether ``root`` holds image or ``.txt`` caption files at its top level."""
+    return any(entry.is_file() and not entry.name.startswith(".") and entry.suffix.lower() in (*IMAGE_SUFFIXES, ".txt")
+               for entry in root.iterdir())
 
 
 def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first") -> list[RawRecord]:

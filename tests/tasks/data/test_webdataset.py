@@ -1,0 +1,138 @@
+"""WebDataset tar shards (img2dataset's layout) read as paired datasets, straight from the archives."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tasks.data import webdataset
+from tasks.data.sources import ColumnMap
+from tasks.data.tables import load_paired_dataset
+from tests.tasks.data.sample_images import png_bytes
+
+COLOURS = ["red", "green", "blue", "yellow", "cyan", "magenta"]
+
+
+def _shard(path: Path, samples: list[dict[str, bytes]], mode: str = "w") -> Path:
+    """A tar shard: each sample a ``{suffix: content}`` under its key, members in sample order."""
+    with tarfile.open(path, mode) as archive:
+        for sample in samples:
+            key = sample.pop("__key__")
+            for suffix, content in sample.items():
+                info = tarfile.TarInfo(key + suffix)
+                info.size = len(content)
+                archive.addfile(info, io.BytesIO(content))
+    return path
+
+
+def _coloured(key: str, colour: str, **members: bytes) -> dict[str, bytes]:
+    return {"__key__": key, ".png": png_bytes(colour), **members}
+
+
+@pytest.fixture
+def shards(tmp_path: Path) -> Path:
+    """Two shards of three samples: captions in .txt (two lines each), the last also in .json."""
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for s in range(2):
+        _shard(folder / f"{s:05d}.tar", [
+            _coloured(f"{s:05d}{i:04d}", colour, **{".txt": f"a {colour} square\n\nanother {colour} one\n".encode(),
+                                                     ".json": json.dumps({"caption": f"json {colour}"}).encode()})
+            for i, colour in enumerate(COLOURS[3 * s: 3 * s + 3])])
+    return folder
+
+
+def _colour_of(image: bytes) -> tuple[int, int, int]:
+    return Image.open(io.BytesIO(image)).convert("RGB").getpixel((4, 4))
+
+
+def test_a_folder_of_shards_reads_every_sample_in_shard_order(shards: Path) -> None:
+    result = load_paired_dataset(shards)
+    table = result.table
+    assert table.column("sample_id").to_pylist() == [f"{s:05d}{i:04d}" for s in range(2) for i in range(3)]
+    assert table.column("text").to_pylist() == [f"a {c} square" for c in COLOURS]  # .txt first, its first line
+    assert [_colour_of(image) for image in table.column("image").to_pylist()] == [Image.new("RGB", (1, 1), c).getpixel((0, 0)) for c in COLOURS]
+    assert result.rejected.num_rows == 0
+
+
+def test_all_captions_become_samples_of_one_image(shards: Path) -> None:
+    table = load_paired_dataset(shards / "00000.tar", columns=ColumnMap(captions="all")).table
+    assert table.column("text").to_pylist()[:2] == ["a red square", "another red one"]
+    assert table.column("sample_id").to_pylist()[:2] == ["000000000-0", "000000000-1"]
+    assert table.column("image_id").to_pylist()[:2] == ["000000000", "000000000"]
+
+
+def test_json_captions_and_a_named_caption_field(tmp_path: Path) -> None:
+    shard = _shard(tmp_path / "s.tar.gz", [
+        _coloured("a", "red", **{".json": json.dumps({"caption": "a red thing", "alt": "red alt"}).encode()}),
+        _coloured("b", "blue", **{".json": json.dumps({"caption": ["blue one", "blue two"], "alt": "blue alt"}).encode()}),
+    ], mode="w:gz")
+    assert load_paired_dataset(shard).table.column("text").to_pylist() == ["a red thing", "blue one"]
+    assert load_paired_dataset(shard, columns=ColumnMap(text="alt")).table.column("text").to_pylist() == ["red alt", "blue alt"]
+    everything = load_paired_dataset(shard, columns=ColumnMap(captions="all")).table
+    assert everything.column("text").to_pylist() == ["a red thing", "blue one", "blue two"]
+
+
+def test_n_reads_only_the_first_samples(shards: Path) -> None:
+    (shards / "00001.tar").write_bytes(b"not a tar archive")  # never opened: the first shard has enough
+    table = load_paired_dataset(shards, n=2).table
+    assert table.column("sample_id").to_pylist() == ["000000000", "000000001"]
+
+
+def test_incomplete_samples_are_rejected_naming_what_they_lack(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(webdataset, "MAX_MEMBER_BYTES", 4096)
+    shard = _shard(tmp_path / "s.tar", [
+        _coloured("ok1", "red", **{".txt": b"red"}),
+        {"__key__": "noimage", ".txt": b"a caption alone"},
+        _coloured("nocaption", "blue", **{".cls": b"3"}),
+        {"__key__": "huge", ".png": b"\0" * 5000, ".txt": b"too big"},
+        _coloured("badjson", "green", **{".json": b"{not json"}),
+        _coloured("ok2", "cyan", **{".txt": b"cyan"}),
+    ])
+    result = load_paired_dataset(shard)
+    assert result.table.column("sample_id").to_pylist() == ["ok1", "ok2"]
+    reasons = dict(zip(result.rejected.column("sample_id").to_pylist(), result.rejected.column("reason").to_pylist()))
+    assert reasons == {"noimage": "image_missing", "nocaption": "text_missing", "huge": "image_too_large", "badjson": "row_malformed"}
+    assert "5,000 bytes" in result.rejected.column("detail").to_pylist()[2]
+
+
+def test_links_in_a_shard_are_never_followed(tmp_path: Path) -> None:
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as archive:
+        for key, colour in (("a", "red"), ("b", "blue")):
+            for suffix, content in ((".png", png_bytes(colour)), (".txt", colour.encode())):
+                info = tarfile.TarInfo(key + suffix)
+                info.size = len(content)
+                archive.addfile(info, io.BytesIO(content))
+        link = tarfile.TarInfo("c.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(link)
+        text = tarfile.TarInfo("c.txt")
+        text.size = 4
+        archive.addfile(text, io.BytesIO(b"pass"))
+    result = load_paired_dataset(shard)
+    assert result.table.column("sample_id").to_pylist() == ["a", "b"]
+    assert result.rejected.column("reason").to_pylist() == ["image_missing"]
+
+
+def test_a_damaged_shard_is_a_clear_error_naming_it(tmp_path: Path) -> None:
+    shard = tmp_path / "bad.tar"
+    shard.write_bytes(b"\x00" * 10 + b"garbage" * 100)
+    with pytest.raises(ValueError, match=r"WebDataset shard '.*bad\.tar' is not a readable tar archive"):
+        load_paired_dataset(shard)
+    good = _shard(tmp_path / "cut.tar", [_coloured(f"k{i}", "red", **{".txt": b"red"}) for i in range(4)])
+    good.write_bytes(good.read_bytes()[:1800])  # cut inside the second sample's image
+    with pytest.raises(ValueError, match=r"WebDataset shard '.*cut\.tar' is damaged after 'k\d'"):
+        load_paired_dataset(good)
+
+
+def test_a_folder_with_images_of_its_own_is_still_an_image_folder(shards: Path) -> None:
+    (shards / "extra.png").write_bytes(png_bytes("red"))
+    (shards / "extra.txt").write_text("a red square")
+    with pytest.raises(ValueError, match="at least 2 needed"):  # one folder pair; the shards are not read
+        load_paired_dataset(shards)
