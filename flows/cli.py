@@ -205,7 +205,7 @@ def _run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         guard_temporary_server()  # a `kill -9` of this process no longer leaves Prefect's temporary server running
-        with quiet_known_errors((*ONE_LINE_ERRORS, ZooFailures)):  # stated below in one line
+        with quiet_known_errors((*ONE_LINE_ERRORS, ZooFailures)):  # stated below in one line (when prh raised them)
             summary = prh_pipeline(config=config, store=store)
     except ZooFailures as error:  # the rest is published: say what failed, exit 1
         print(f"prh run: {error}\nThe results of the other models are in the store: prh sql \"select * from alignment_best\"",
@@ -364,7 +364,8 @@ def _gc(args: argparse.Namespace) -> int:
     # as a run starts: dead runs, dead writers (a dry run only lists them)
     crashed, swept = (mark_crashed_runs(store, dry_run=True), store.sweep_abandoned(dry_run=True, sizes=swept_bytes)) \
         if args.dry_run else open_for_run(store, min_free_mb=0, swept_sizes=swept_bytes)  # a nearly full disk is when gc is needed
-    attempts = store.remove_dead_claim_attempts(dry_run=args.dry_run)
+    attempts = {key: size for key, size in store.remove_dead_claim_attempts(dry_run=args.dry_run).items()
+                if key.rsplit("/", 1)[0] not in swept}  # a dry run counts a swept version's with its files
     now = time.time()
     live_since = live_runs_since(store)  # shards a live run may be writing are kept, whatever their age
     damaged: list[DamagedManifest] = []  # versions whose shards stay: their manifest is damaged (prh verify's business)

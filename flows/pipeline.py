@@ -143,6 +143,7 @@ def run_zoo(
             alignments.append(future.result())
         except Exception as error:  # noqa: BLE001
             failures.append(skipped if missing else {**skipped, "error": one_line(error)})
+            log_unexpected(error, f"align {a} x {b}")
     log_failures(failures)
     return features, alignments, failures
 
@@ -207,7 +208,17 @@ def collect_features(extracting: dict[str, Any], failures: list[dict[str, str]])
             features[name] = future.result()
         except Exception as error:  # noqa: BLE001 - recorded, reported and re-raised by the flow
             failures.append({"stage": "extract", "item": name, "error": one_line(error)})
+            log_unexpected(error, f"extract {name}")
     return features
+
+
+def log_unexpected(error: BaseException, what: str) -> None:
+    """Log ``error``'s traceback when prh did not raise it on purpose (a bug, a library's error:
+    ``flows.quiet_errors.stated_by_prh``); its one-line record is logged with the other failures."""
+    from flows.quiet_errors import stated_by_prh
+
+    if not stated_by_prh(error):
+        get_run_logger().error("%s failed with an unexpected error; its traceback:", what, exc_info=error)
 
 
 def _stored_manifest(store_url: str, dataset: dict[str, Any], spec: Any, renamed: bool = False) -> dict[str, Any] | None:

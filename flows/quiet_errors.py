@@ -1,13 +1,13 @@
 """Keep Prefect's engine tracebacks out of ``prh run``'s output for errors prh states itself.
 
 When a flow raises, Prefect's flow engine logs "Encountered exception during execution" with the
-whole traceback (~50 lines of engine frames) before ``prh run`` prints its one-line error. For
-the errors that ``prh run`` reports in one line (bad input: ``ValueError``, ``FileNotFoundError``,
-``PermissionError``, and ``ZooFailures``, the summary of models and pairs that failed, each
-already logged), the traceback only buries that line. :func:`quiet_known_errors` drops the
-traceback from those records (the message, which names the exception, stays); every other
-exception keeps its traceback. ``PRH_TRACEBACKS=1`` keeps them all. Only ``prh run`` installs
-it: a worker running a deployment logs everything, as Prefect does.
+whole traceback (~50 lines of engine frames) before ``prh run`` prints its one-line error. For an
+error prh raised on purpose (:func:`stated_by_prh`: bad input, or ``ZooFailures``, the summary of
+models and pairs that failed, each already logged) the traceback only buries that line.
+:func:`quiet_known_errors` drops the traceback from those records (the message, which names the
+exception, stays). Every other exception keeps its traceback, a ``ValueError`` raised inside a
+library (numpy, pyarrow: maybe a bug) included. ``PRH_TRACEBACKS=1`` keeps them all. Only
+``prh run`` installs it: a worker running a deployment logs everything, as Prefect does.
 """
 
 from __future__ import annotations
@@ -15,15 +15,34 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from pathlib import Path
 from typing import Iterator
 
 ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 TRACEBACKS_ENV = "PRH_TRACEBACKS"
+PROJECT_PACKAGES = ("flows", "tasks", "storage")
+_PROJECT_DIRS = tuple(str(Path(__file__).resolve().parent.parent / package) + os.sep for package in PROJECT_PACKAGES)
+
+
+def stated_by_prh(error: BaseException, plain: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError,
+                                                                                   PermissionError)) -> bool:
+    """Whether ``error`` is one prh raised on purpose: an exception class of prh's own packages
+    (``ConfigError``, ``ModelInputError``, ``ZooFailures``...), or a ``plain`` one (``ValueError``...)
+    raised by prh's own code (the innermost frame of its traceback lies in ``flows/``, ``tasks/``
+    or ``storage/``), not inside a library."""
+    if type(error).__module__.split(".", 1)[0] in PROJECT_PACKAGES:
+        return True
+    if not isinstance(error, plain) or error.__traceback__ is None:
+        return False
+    frame = error.__traceback__
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    return os.path.abspath(frame.tb_frame.f_code.co_filename).startswith(_PROJECT_DIRS)
 
 
 class DropStatedTracebacks(logging.Filter):
     """A filter that removes ``exc_info`` from records whose exception is an instance of
-    ``stated`` (the record itself is kept)."""
+    ``stated`` that :func:`stated_by_prh` (the record itself is kept)."""
 
     def __init__(self, stated: tuple[type[BaseException], ...]) -> None:
         super().__init__()
@@ -31,7 +50,7 @@ class DropStatedTracebacks(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, self.stated):
+        if isinstance(error, self.stated) and stated_by_prh(error):
             record.exc_info = None
             record.exc_text = None
         return True
@@ -39,8 +58,9 @@ class DropStatedTracebacks(logging.Filter):
 
 @contextlib.contextmanager
 def quiet_known_errors(stated: tuple[type[BaseException], ...]) -> Iterator[None]:
-    """While the block runs, Prefect's flow and task run loggers log ``stated`` exceptions
-    without their traceback (unless ``$PRH_TRACEBACKS`` is 1/true/yes)."""
+    """While the block runs, Prefect's flow and task run loggers log ``stated`` exceptions that
+    prh raised (:func:`stated_by_prh`) without their traceback (unless ``$PRH_TRACEBACKS`` is
+    1/true/yes)."""
     if os.environ.get(TRACEBACKS_ENV, "").strip().lower() in ("1", "true", "yes"):
         yield
         return

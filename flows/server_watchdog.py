@@ -4,10 +4,12 @@ Without ``PREFECT_API_URL``, Prefect starts a temporary API server (a uvicorn ch
 ~220 MB, a port, a SQLite database) and stops it at interpreter exit. ``kill -9``, the OOM
 killer or a batch scheduler's hard kill skip that exit, and the server ran on forever, re-parented
 to init. :func:`guard_temporary_server` starts that server itself (Prefect's own singleton, so
-the flow uses the same one) and a small watchdog process that polls, twice a second, whether
-``prh run`` still lives: once it is gone, the watchdog terminates the server (SIGTERM, then
-SIGKILL after 5 s) and exits; once the server is gone (a normal stop), the watchdog just exits.
-Processes are identified by pid and start time, so a reused pid is never signalled.
+the flow uses the same one) and, as soon as the server's process exists (before Prefect has
+waited for it to answer, which takes seconds), a small watchdog process that polls, twice a
+second, whether ``prh run`` still lives: once it is gone, the watchdog terminates the server
+(SIGTERM, then SIGKILL after 5 s) and exits; once the server is gone (a normal stop), the
+watchdog just exits. Processes are identified by pid and start time (``/proc``), so a reused pid
+is never signalled; where ``/proc`` is missing (macOS, Windows) no watchdog is started.
 
     python -m flows.server_watchdog OWNER_PID OWNER_ID SERVER_PID SERVER_ID
 
@@ -23,32 +25,38 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 POLL_SECONDS = 0.5
 GRACE_SECONDS = 5.0
-_WATCHDOGS: list[subprocess.Popen[bytes]] = []  # kept, so that no Popen is collected while it runs
+#: What :func:`process_identity` answers when ``/proc`` could not be read this time.
+UNKNOWN = "unknown"
+_WATCHDOGS: dict[int, subprocess.Popen[bytes]] = {}  # server pid -> its watchdog (kept: never collected while it runs)
+
+
+def supported() -> bool:
+    """Whether processes can be identified by pid and start time here (Linux ``/proc``)."""
+    return Path("/proc/self/stat").exists()
 
 
 def process_identity(pid: int) -> str | None:
-    """A token naming process ``pid`` for as long as it lives: its start time (Linux: field 22
-    of ``/proc/PID/stat``, clock ticks since boot), ``"alive"`` where ``/proc`` is missing; None
-    when no such process exists (or it is a zombie)."""
+    """A token naming process ``pid`` for as long as it lives: its start time (field 22 of
+    ``/proc/PID/stat``, clock ticks since boot); None when no such process exists or it is a
+    zombie; :data:`UNKNOWN` when ``/proc`` could not be read (no decision)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
-        if Path("/proc/self/stat").exists():
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return "alive"
-    except OSError:
         return None
+    except OSError:
+        return UNKNOWN
     fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3
     return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _gone(pid: int, identity: str) -> bool:
+    """Whether the process ``identity`` named has ended (a read error decides nothing)."""
+    now = process_identity(pid)
+    return now != identity and now != UNKNOWN
 
 
 def watch(owner_pid: int, owner_id: str, server_pid: int, server_id: str) -> str:
@@ -57,9 +65,9 @@ def watch(owner_pid: int, owner_id: str, server_pid: int, server_id: str) -> str
     Returns what happened: ``"server stopped"`` (the owner stopped it, or it died) or
     ``"owner gone"`` (the server was then terminated)."""
     while True:
-        if process_identity(server_pid) != server_id:
+        if _gone(server_pid, server_id):
             return "server stopped"
-        if process_identity(owner_pid) != owner_id:
+        if _gone(owner_pid, owner_id):
             _terminate(server_pid, server_id)
             return "owner gone"
         time.sleep(POLL_SECONDS)
@@ -90,21 +98,40 @@ def start_watchdog(server_pid: int) -> subprocess.Popen[bytes]:
                             start_new_session=True, env=env, cwd=root)
 
 
+def _watch_new_server(process: Any) -> None:
+    """Start a watchdog for a server process Prefect just launched (once per process)."""
+    pid = getattr(process, "pid", None)
+    if isinstance(pid, int) and pid not in _WATCHDOGS:
+        _WATCHDOGS[pid] = start_watchdog(pid)
+
+
 def guard_temporary_server() -> int | None:
     """Start Prefect's temporary API server now, watched, when the flow would start one (no
-    ``PREFECT_API_URL``). Returns the server's pid, else None (a real server is configured:
-    nothing to guard)."""
+    ``PREFECT_API_URL``) and ``/proc`` identifies processes. Returns the server's pid, else None
+    (a real server is configured, or no ``/proc``: nothing is guarded)."""
     from prefect.settings import PREFECT_API_URL
 
-    if PREFECT_API_URL.value():
+    if PREFECT_API_URL.value() or not supported():
         return None
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()  # the singleton the flow's client will use
-    server.start()
+    launch = getattr(server, "_run_uvicorn_command", None)
+    if callable(launch) and not server.running:
+        def launch_watched() -> Any:  # the watchdog starts with the process, before the health check
+            process = launch()
+            _watch_new_server(process)
+            return process
+
+        server._run_uvicorn_command = launch_watched  # this instance only (Prefect relaunches on a taken port)
+    try:
+        server.start()
+    finally:
+        if callable(launch):
+            server.__dict__.pop("_run_uvicorn_command", None)
     if server.server_process is None:
         return None
-    _WATCHDOGS.append(start_watchdog(server.server_process.pid))
+    _watch_new_server(server.server_process)
     return server.server_process.pid
 
 

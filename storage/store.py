@@ -554,7 +554,8 @@ class Store:
                 return False
             return True
         finally:
-            os.unlink(tmp)
+            with contextlib.suppress(FileNotFoundError):  # gc took a stalled attempt's file for a dead one's
+                os.unlink(tmp)
 
     def delete(self, key: str) -> None:
         """Remove one file if it exists."""
@@ -804,9 +805,10 @@ class Store:
     def remove_dead_claim_attempts(self, prefixes: tuple[str, ...] = ("datasets", "features", "alignment"),
                                    stale_after_s: float = STALE_CLAIM_SECONDS, dry_run: bool = False) -> dict[str, int]:
         """Remove the temporary files of claim attempts (``..publishing.tmp-<uuid>``, local disks:
-        :meth:`create_exclusive` links one to the claim, then unlinks it) written more than
+        :meth:`create_exclusive` links one to the claim, then unlinks it) and of claim heartbeats
+        (``..publishing-alive-<owner>.tmp-<uuid>``, renamed over the sign of life) written more than
         ``stale_after_s`` ago, published versions' folders included: a writer killed between
-        writing and unlinking one left it for good (an attempt in flight lives milliseconds).
+        writing and unlinking or renaming one left it for good (one in flight lives milliseconds).
         Returns ``key -> bytes`` of each (with ``dry_run``: that would be removed)."""
         found: dict[str, int] = {}
         if not self.is_local:
@@ -814,7 +816,7 @@ class Store:
         for prefix in prefixes:
             if not self.fs.exists(self.path(prefix)):
                 continue
-            for path, entry in sorted(self.glob(prefix, f"**/.{CLAIM}.tmp-*", detail=True).items()):
+            for path, entry in sorted(self.glob(prefix, f"**/.{CLAIM}*.tmp-*", detail=True).items()):
                 if entry.get("type") != "file" or time.time() - modified_at(entry) <= stale_after_s:
                     continue
                 key = self.key_of(path)

@@ -79,8 +79,8 @@ def register_builtins() -> None:
     register_metric("jaccard_knn", engine=KnnEngine("jaccard_knn"), bounds=(0.0, 1.0),
                     symmetric=True, locality="local", defaults=_KNN, chance=jaccard_knn_chance,
                     description="mean |kNN_x ∩ kNN_y| / |kNN_x ∪ kNN_y|", **reg)
-    register_metric("cka_rbf_median", engine=CkaEngine("cka_rbf_median"), bounds=(0.0, 1.0),
-                    symmetric=True, locality="global",
+    register_metric("cka_rbf_median", engine=CkaEngine("cka_rbf_median"), bounds=_cka_bounds,
+                    symmetric=True, locality="global", chance=_cka_chance,
                     defaults={"kernel_metric": "rbf", "rbf_sigma": "median", "unbiased": False},
                     description="RBF CKA, bandwidth = median pairwise distance per layer", **reg)
     _register_subspace_metrics()

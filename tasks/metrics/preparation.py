@@ -73,9 +73,11 @@ def pooled_outlier_threshold(layers: Sequence[torch.Tensor], q: float, exact: bo
     dtype, device = layers[0].dtype, layers[0].device
     # The rank q (m - 1) and its fraction in the values' dtype, as torch.quantile computes them:
     # a float64 rank moved float32 thresholds by up to ~1e-6 relative (3e-5 at q = 0.999).
-    rank = torch.tensor(q, dtype=dtype) * (m - 1)
-    lo, hi = int(rank.floor()), min(int(rank.ceil()), m - 1)
-    weight = (rank - lo).to(device)
+    # (half precision, which torch.quantile refuses, takes float32: its rank is too coarse)
+    rank = torch.tensor(q, dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float32) * (m - 1)
+    lo = min(int(rank.floor()), m - 1)
+    hi = min(int(rank.ceil()), m - 1)
+    weight = (rank - lo).to(device=device, dtype=dtype)
     per_sample = torch.empty(n, dtype=dtype, device=device)
     step = max(1, block_values // max(m, 1))
     for start in range(0, n, step):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 import re
 import socket
@@ -620,3 +621,30 @@ def test_the_run_summary_names_its_model_columns_by_what_the_pairs_are(capsys):
     print_summary({"dataset_version": "d", "best": [cross, same], "extracted": [], "reused": [], "store": "s", "run_id": "r"})
     shown = header(capsys.readouterr().out)
     assert "model A" in shown and "model B" in shown and "vision" not in shown
+
+
+def test_gc_dry_run_counts_a_dead_claim_attempt_once(tmp_path, capsys):
+    """A stale claim attempt's temporary file in a version that gc also sweeps (its writer died)
+    was counted twice by the dry run: with the version's files and on its own."""
+    import subprocess
+    import sys
+    import time
+
+    from storage.store import CLAIM
+
+    store = Store(str(tmp_path / "store"))
+    code = "import json; from storage.owner import current_owner; print(json.dumps(current_owner()))"
+    dead = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                     cwd=Path(__file__).resolve().parents[2]).stdout)
+    store.write_bytes("alignment/d/a__b/v2/scores.parquet", b"orphan" * 30)
+    store.write_bytes(f"alignment/d/a__b/v2/{CLAIM}", json.dumps({"owner": "x", "claimed_at": time.time(), "process": dead}).encode())
+    attempt = Path(store.path(f"alignment/d/a__b/v2/.{CLAIM}.tmp-0123"))
+    attempt.write_bytes(b"{}" * 40)
+    old = time.time() - 3600
+    os.utime(attempt, (old, old))
+    freed = re.compile(r"\(([\d,]+) bytes\) (?:would be )?freed")
+    assert main(["gc", "--store", store.url, "--dry-run"]) == 0
+    would = int(freed.search(capsys.readouterr().out).group(1).replace(",", ""))
+    assert main(["gc", "--store", store.url]) == 0
+    did = int(freed.search(capsys.readouterr().out).group(1).replace(",", ""))
+    assert would == did > 0 and not attempt.parent.exists()

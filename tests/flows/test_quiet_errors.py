@@ -4,7 +4,11 @@ import logging
 
 import pytest
 
-from flows.quiet_errors import ENGINE_LOGGERS, DropStatedTracebacks, quiet_known_errors
+import numpy as np
+
+from flows.quiet_errors import ENGINE_LOGGERS, DropStatedTracebacks, quiet_known_errors, stated_by_prh
+from tasks.data.tables import load_paired_dataset
+from tasks.params import ConfigError
 
 
 class Collect(logging.Handler):
@@ -34,15 +38,34 @@ def _log_exception(logger, error):
         logger.exception("Encountered exception during execution: %r", error)
 
 
-def test_stated_errors_lose_only_their_traceback(flow_logger):
+def _raised_by(call):
+    try:
+        call()
+    except Exception as error:  # noqa: BLE001
+        return error
+    raise AssertionError("no error")
+
+
+def test_stated_errors_lose_only_their_traceback(flow_logger, tmp_path):
+    """prh's own input errors lose the engine traceback; a ValueError raised inside a library (a
+    possible bug) and any other exception keep it."""
     logger, records = flow_logger
+    bad_table = _raised_by(lambda: load_paired_dataset(tmp_path / "x.csv"))  # prh's own ValueError
+    library = _raised_by(lambda: np.zeros(3) + np.zeros(4))  # numpy's ValueError
     with quiet_known_errors((ValueError,)):
-        _log_exception(logger, ValueError("dataset 'x.csv' has 0 valid rows"))
-        _log_exception(logger, KeyError("a bug"))
-    stated, other = records
-    assert stated.exc_info is None and "dataset 'x.csv' has 0 valid rows" in stated.getMessage()
-    assert other.exc_info is not None and isinstance(other.exc_info[1], KeyError)
-    assert "Traceback" in logging.Formatter().format(other)
+        for error in (bad_table, ConfigError("config z.yaml: bad"), library, KeyError("a bug")):
+            logger.error("Encountered exception during execution: %r", error, exc_info=error)
+    stated, own_class, from_numpy, other = records
+    assert stated.exc_info is None and "x.csv" in stated.getMessage() and own_class.exc_info is None
+    assert from_numpy.exc_info is not None and other.exc_info is not None
+    assert "Traceback" in logging.Formatter().format(from_numpy)
+
+
+def test_stated_by_prh_looks_at_where_a_plain_error_was_raised():
+    assert stated_by_prh(_raised_by(lambda: load_paired_dataset("/nonexistent/x.csv")))
+    assert not stated_by_prh(_raised_by(lambda: int("abc")))  # raised here, in a test, not in prh's packages
+    assert stated_by_prh(ConfigError("no traceback needed"))  # a class of prh's own
+    assert not stated_by_prh(ValueError("never raised"))
 
 
 def test_the_filter_is_removed_after_the_block(flow_logger):
@@ -58,5 +81,31 @@ def test_prh_tracebacks_keeps_every_traceback(flow_logger, monkeypatch):
     logger, records = flow_logger
     monkeypatch.setenv("PRH_TRACEBACKS", "1")
     with quiet_known_errors((ValueError,)):
-        _log_exception(logger, ValueError("kept"))
+        _log_exception(logger, ConfigError("kept"))
     assert records[0].exc_info is not None
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_task_failing_unexpectedly_logs_its_traceback():
+    """A model or pair that fails with an error prh did not raise (a bug, a library's error) logs
+    its traceback in the flow run's log; prh's own input errors stay one line."""
+    from prefect import flow
+
+    from flows.pipeline import log_unexpected
+
+    library = _raised_by(lambda: np.zeros(3) + np.zeros(4))
+    collect = Collect()
+
+    @flow
+    def failing() -> None:
+        logging.getLogger(ENGINE_LOGGERS[0]).addHandler(collect)  # after Prefect's logging set-up
+        try:
+            log_unexpected(library, "align a x b")
+            log_unexpected(ConfigError("bad input"), "align a x c")
+        finally:
+            logging.getLogger(ENGINE_LOGGERS[0]).removeHandler(collect)
+
+    failing()
+    records = collect.records
+    logged = [r for r in records if "unexpected error" in r.getMessage()]
+    assert len(logged) == 1 and "align a x b" in logged[0].getMessage() and logged[0].exc_info[1] is library

@@ -84,21 +84,42 @@ def test_the_watchdog_exits_when_the_server_stops_first():
 
 
 @pytest.mark.slow
-def test_prefects_real_temporary_server_goes_with_a_killed_owner(tmp_path):
+def test_prefects_real_temporary_server_goes_with_an_owner_killed_while_it_starts(tmp_path):
+    """The owner is killed as soon as uvicorn is launched, seconds before the server answers its
+    health check (the watchdog used to start only after that, leaving this window unguarded)."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), PYTHONPATH=str(ROOT))
     owner = _owner("from flows.cli import configure_environment\nconfigure_environment()\n"
-                   "from flows.server_watchdog import guard_temporary_server\nprint(guard_temporary_server(), flush=True)", env)
+                   "import flows.server_watchdog as w\nreal = w._watch_new_server\n"
+                   "def announce(process):\n    real(process)\n    print(process.pid, flush=True)\n"
+                   "w._watch_new_server = announce\nw.guard_temporary_server()", env)
     server_pid = None
     try:
         server_pid = int(owner.stdout.readline())
         assert process_identity(server_pid) is not None and "uvicorn" in Path(f"/proc/{server_pid}/cmdline").read_text()
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait()
-        assert _gone_within(server_pid, 15)
+        assert _gone_within(server_pid, 20)
     finally:
         if owner.poll() is None:
             owner.kill()
             owner.wait()
         if server_pid and process_identity(server_pid) is not None:
             os.kill(server_pid, signal.SIGKILL)
+
+
+def test_a_proc_read_error_decides_nothing(monkeypatch):
+    """An unreadable /proc entry (hidepid, a transient error) is not taken for a dead owner."""
+    import flows.server_watchdog as w
+
+    real = Path.read_text
+
+    def flaky(self, *args, **kwargs):
+        if str(self) == f"/proc/{os.getpid()}/stat":
+            raise PermissionError("hidden")
+        return real(self, *args, **kwargs)
+
+    identity = process_identity(os.getpid())
+    monkeypatch.setattr(Path, "read_text", flaky)
+    assert process_identity(os.getpid()) == w.UNKNOWN and not w._gone(os.getpid(), identity)
+

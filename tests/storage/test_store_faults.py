@@ -197,9 +197,32 @@ def test_a_claim_attempt_left_by_a_killed_writer_is_removed_once_stale(tmp_path)
     assert list(store.remove_dead_claim_attempts()) == [key]
     assert sorted(os.listdir(folder)) == ["manifest.json", "scores.parquet"]
 
+    # a heartbeat's temporary file (written, not yet renamed over the sign of life) goes the same way
+    beat = folder / f".{CLAIM}-alive-someone.tmp-0456"
+    beat.write_bytes(b"{}")
+    assert store.remove_dead_claim_attempts() == {}
+    os.utime(beat, (old, old))
+    assert list(store.remove_dead_claim_attempts()) == [f"alignment/d/a__b/v1/{beat.name}"] and not beat.exists()
+
     # the next writer of an unpublished version removes a stale one with the dead writer's files
     stale = Path(store.path(f"features/d/m/v2/.{CLAIM}.tmp-0123"))
     store.write_bytes(f"features/d/m/v2/.{CLAIM}.tmp-0123", b"{}")
     os.utime(stale, (old, old))
     assert store.publish("features/d/m/v2", {"layer-000.parquet": b"whole"}, {}).written
     assert sorted(os.listdir(stale.parent)) == ["layer-000.parquet", "manifest.json"]
+
+
+def test_a_claim_whose_temporary_file_vanished_is_still_taken(tmp_path, monkeypatch):
+    """A writer stalled between linking its claim and unlinking the temporary file, whose file gc
+    removed meanwhile (taking it for a dead writer's), still holds its claim and publishes."""
+    store = Store(str(tmp_path / "store"))
+    real_link = os.link
+
+    def link_then_lose_the_temp(source, target):
+        real_link(source, target)
+        os.unlink(source)  # as gc would
+
+    monkeypatch.setattr(os, "link", link_then_lose_the_temp)
+    assert store.create_exclusive("x/v/.publishing", b"{}")
+    monkeypatch.setattr(os, "link", real_link)
+    assert sorted(os.listdir(store.path("x/v"))) == [".publishing"]

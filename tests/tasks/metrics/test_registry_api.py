@@ -36,6 +36,8 @@ def test_cka_with_unbiased_true_has_the_unbiased_estimators_range_and_chance() -
     clipped at 0 and its chance level unknown."""
     assert METRICS["cka"].bounds_for({"unbiased": True}) == METRICS["unbiased_cka"].bounds_for({}) == (-1.0, 1.0)
     assert METRICS["cka"].bounds_for({}) == (0.0, 1.0)
+    assert METRICS["cka_rbf_median"].bounds_for({"unbiased": True}) == (-1.0, 1.0)
+    assert tm.chance_level("cka_rbf_median", 50, unbiased=True) == 0.0
     assert tm.chance_level("cka", 50, unbiased=True) == 0.0 and tm.chance_level("cka", 50) is None
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(60, 8)), rng.normal(size=(60, 8))
