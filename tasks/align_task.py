@@ -24,6 +24,7 @@ from storage.features import examples
 from storage.pairing import PairedFeatures, paired_features
 from storage.store import Store
 from storage.versioning import code_version, content_id
+from tasks.metric_plugins import load_metric_modules, metric_source
 from tasks import metrics
 from tasks.alignment import MetricRequest, PairAlignment, align_layers, prepare_layers, threshold_layers
 from tasks.image_rows import image_rows, mean_rows
@@ -92,9 +93,11 @@ def metric_requests(params: AlignmentParams) -> list[MetricRequest]:
 def alignment_version(manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams) -> str:
     """Content id of a pair's alignment: both feature versions, metrics and parameters, code."""
     unit = {} if params.unit == "sample" else {"unit": params.unit}  # the default keeps version ids as they were
+    sources = {name: source for name in sorted(params.metrics) if (source := metric_source(name)) is not None}
     return content_id(
         {
             **unit,
+            **({"metric_sources": sources} if sources else {}),  # user metrics' code (built-ins: code_version)
             "features": [manifest_a["catalog"]["feature_version"], manifest_b["catalog"]["feature_version"]],
             "metrics": [[r.name, r.params] for r in metric_requests(params)],
             "outlier_quantile": params.outlier_quantile,
@@ -329,6 +332,7 @@ def align_to_store(
     dropped and counted (``only_a``/``only_b``).
     """
     logger = logger or logging.getLogger(__name__)
+    load_metric_modules()  # a worker process (Dask) gets the config unpickled, never validated
     model_a, model_b = manifest_a["catalog"]["model"], manifest_b["catalog"]["model"]
     check_pairable(manifest_a, manifest_b)
     store = Store(store_url)

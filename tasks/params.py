@@ -10,6 +10,8 @@ needs ``topk >= 2``; an OpenMoji sample of ``n`` pairs must hold ``alignment.min
 
 from __future__ import annotations
 
+import contextlib
+
 import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -34,6 +36,17 @@ METRIC_PARAMETERS: dict[str, tuple[str, ...]] = {
     "cknna": ("topk",),
     "svcca": ("cca_dim",),
 }
+
+def parameters_of(metric: str) -> tuple[str, ...]:
+    """The pipeline parameters ``metric`` takes: the built-ins' from ``METRIC_PARAMETERS``, a
+    user metric's (``tasks.metric_plugins``) those named in its defaults."""
+    if metric in METRIC_PARAMETERS:
+        return METRIC_PARAMETERS[metric]
+    from tasks.metric_plugins import metric_parameters
+    from tasks.metrics import METRICS
+
+    return metric_parameters(metric) if metric in METRICS else ()
+
 
 # Metrics built on the unbiased HSIC estimator, which needs at least 4 samples.
 _UNBIASED_METRICS = frozenset({"unbiased_cka", "cknna"})
@@ -119,6 +132,10 @@ def _metric_choices(schema: dict[str, Any]) -> None:
     run is created): ``items.enum``, no repeats."""
     from tasks.metrics import METRICS
 
+    from tasks.metric_plugins import load_metric_modules
+
+    with contextlib.suppress(ValueError):  # a module that cannot be imported fails the run that names its metric
+        load_metric_modules()
     schema.setdefault("items", {})["enum"] = sorted(METRICS)
     schema["uniqueItems"] = True
 
@@ -155,7 +172,10 @@ class AlignmentParams(BaseModel):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, names: list[str]) -> list[str]:
+        from tasks.metric_plugins import load_metric_modules
         from tasks.metrics import METRICS
+
+        load_metric_modules()  # $PRH_METRIC_MODULES: the user's own metrics
 
         registered = sorted(METRICS)
         for name in names:
@@ -184,7 +204,7 @@ class AlignmentParams(BaseModel):
 
     def metric_params(self, name: str) -> dict[str, Any]:
         """The parameters this metric takes, from the pipeline-wide values."""
-        params = {p: getattr(self, p) for p in METRIC_PARAMETERS.get(name, ())}
+        params = {p: getattr(self, p) for p in parameters_of(name)}
         if params.get("kernel_metric") == "ip":
             params.pop("rbf_sigma", None)
         if params.get("knn_precision") == "exact":  # the default: keeps labels and version ids as they were
@@ -199,7 +219,7 @@ class AlignmentParams(BaseModel):
         SVCCA, 4 for the unbiased HSIC (``unbiased_cka``, ``cknna``), and 2 always.
         """
         needs = {"alignment needs at least": 2}
-        knn = [m for m in self.metrics if "topk" in METRIC_PARAMETERS.get(m, ())]
+        knn = [m for m in self.metrics if "topk" in parameters_of(m)]
         if knn:
             needs[f"alignment.topk={self.topk} ({', '.join(knn)}) needs topk + 2 ="] = self.topk + 2
         if "svcca" in self.metrics:

@@ -1,0 +1,121 @@
+"""A user's own metric in the pipeline: registered by a module named in $PRH_METRIC_MODULES."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.align_task import alignment_version
+from tasks.metric_plugins import METRIC_MODULES_ENV, load_metric_modules, metric_module_names, metric_source
+from tasks.metrics import METRICS
+from tasks.params import AlignmentParams, ConfigError, PipelineConfig
+
+PLUGIN = '''
+import torch
+from tasks.metrics import register_metric
+
+
+def {name}(x, y, topk=3):
+    """The mean inner product of paired rows, times topk (to see the parameter arrive)."""
+    return float((x * y).sum(dim=1).mean()) * topk
+
+
+register_metric("{name}", {name}, bounds=(-100.0, 100.0), symmetric=True, defaults={{"topk": 3}}, overwrite=True)
+'''
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """A plugin module on sys.path registering a metric of a fresh name; yields (module, metric, file)."""
+    metric = f"user_metric_{uuid.uuid4().hex[:8]}"
+    module = f"prh_test_plugin_{uuid.uuid4().hex[:8]}"
+    source = tmp_path / f"{module}.py"
+    source.write_text(PLUGIN.format(name=metric))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield module, metric, source
+    METRICS._specs.pop(metric, None)
+    sys.modules.pop(module, None)
+
+
+def test_a_config_names_a_metric_its_module_registers(plugin, monkeypatch):
+    module, metric, _ = plugin
+    with pytest.raises(ValueError, match=f"unknown metric '{metric}'"):
+        AlignmentParams(metrics=[metric])
+    monkeypatch.setenv(METRIC_MODULES_ENV, f" {module}, ")
+    assert metric_module_names() == (module,)
+    params = AlignmentParams(metrics=[metric, "mutual_knn"], topk=7)
+    assert params.metric_params(metric) == {"topk": 7}  # the pipeline parameters its defaults name
+    assert params.sample_requirements()[f"alignment.topk=7 ({metric}, mutual_knn) needs topk + 2 ="] == 9
+
+
+def test_its_alignment_version_follows_its_source(plugin, monkeypatch):
+    module, metric, source = plugin
+    monkeypatch.setenv(METRIC_MODULES_ENV, module)
+    params, builtin = AlignmentParams(metrics=[metric]), AlignmentParams(metrics=["mutual_knn"])
+    manifest = {"catalog": {"feature_version": "f1"}}
+    first, builtin_first = alignment_version(manifest, manifest, params), alignment_version(manifest, manifest, builtin)
+    assert metric_source(metric).startswith("sha256:") and metric_source("mutual_knn") is None
+    assert alignment_version(manifest, manifest, params) == first
+    source.write_text(source.read_text() + "\n# changed\n")
+    assert alignment_version(manifest, manifest, params) != first
+    assert alignment_version(manifest, manifest, builtin) == builtin_first  # only the user metric's versions move
+
+
+def test_the_ui_form_offers_user_metrics(plugin, monkeypatch):
+    module, metric, _ = plugin
+    monkeypatch.setenv(METRIC_MODULES_ENV, module)
+    schema = PipelineConfig.model_json_schema()
+    enum = schema["$defs"]["AlignmentParams"]["properties"]["metrics"]["items"]["enum"]
+    assert metric in enum and "mutual_knn" in enum
+
+
+def test_a_module_that_cannot_be_imported_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv(METRIC_MODULES_ENV, "no_such_prh_module_xyz")
+    with pytest.raises(ValueError, match=rf"\${METRIC_MODULES_ENV}: cannot import 'no_such_prh_module_xyz' \(ModuleNotFoundError"):
+        load_metric_modules()
+    config = tmp_path / "zoo.yaml"
+    config.write_text("alignment: {metrics: [mutual_knn]}\n")
+    with pytest.raises(ConfigError, match="no_such_prh_module_xyz"):
+        from tasks.params import load_config
+
+        load_config(config)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_pipeline_scores_a_user_metric(plugin, monkeypatch, tmp_path):
+    from flows.pipeline import prh_pipeline
+    from storage.catalog import connect, query
+    from tests.flows.test_pipeline import TINY_BERT, TINY_VIT, _stored_layers
+    from storage.store import Store
+
+    module, metric, _ = plugin
+    monkeypatch.setenv(METRIC_MODULES_ENV, module)
+    config = PipelineConfig.model_validate({
+        "dataset": {"kind": "openmoji", "n": 24, "seed": 0, "image_size": 32}, "models": [TINY_VIT, TINY_BERT],
+        "alignment": {"metrics": [metric], "topk": 4, "permutations": 0, "outlier_quantile": 1.0}})
+    store = str(tmp_path / "store")
+    summary = prh_pipeline(config=config, store=store, report=False)
+    assert summary["status"] == "COMPLETED"
+    target = Store(store)
+    ids_a, xs = _stored_layers(target, target.manifest(_feature_key(target, "tiny-vit")))
+    ids_b, ys = _stored_layers(target, target.manifest(_feature_key(target, "tiny-bert")))
+    assert ids_a == ids_b
+    with connect(store) as con:
+        rows = query(con, f"select layer_a, layer_b, score from alignment where metric = '{metric}'").to_pylist()
+    assert len(rows) == len(xs) * len(ys)
+    for row in rows:  # q = 1: no clamp; rows L2-normalised; the metric is 4 x mean paired inner product
+        x = xs[row["layer_a"]].astype(np.float64)
+        y = ys[row["layer_b"]].astype(np.float64)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        y /= np.linalg.norm(y, axis=1, keepdims=True)
+        assert row["score"] == pytest.approx(4 * float((x * y).sum(axis=1).mean()), abs=1e-5)
+
+
+def _feature_key(store, model: str) -> str:
+    keys = [k for k in (p.rsplit("/", 1)[0] for p in store.glob("features", "**/manifest.json")) if f"/{model}/" in store.key_of(k) + "/"]
+    assert len(keys) == 1
+    return store.key_of(keys[0])
