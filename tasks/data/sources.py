@@ -175,9 +175,11 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
     if not path_exists(path, "dataset path"):
         where = "" if path.is_absolute() else f" (relative paths are read from the working directory: {path.absolute()})"
         raise ValueError(f"dataset path {str(path)!r} does not exist{where}")
-    if not (path.is_file() and path.suffix.lower() == ".json"):  # a .json document tells (tasks.data.json_tables)
-        refuse_split(split, f"dataset {str(path)!r}", "a folder" if path.is_dir() else f"a {path.suffix} table")
     from tasks.data.webdataset import is_shard, read_shards, shards_in
+
+    if not (path.is_file() and path.suffix.lower() == ".json"):  # a .json document tells (tasks.data.json_tables)
+        kind = "a folder" if path.is_dir() else "a WebDataset shard" if is_shard(path) else f"a {path.suffix} table"
+        refuse_split(split, f"dataset {str(path)!r}", kind)
 
     if path.is_file() and is_shard(path):
         return read_shards([path], columns, limit), path.parent
@@ -242,7 +244,7 @@ def _read_table(path: Path, columns: ColumnMap, limit: int | None = None, split:
     else:
         raise ValueError(
             f"dataset path {str(path)!r}: unsupported file type {path.suffix!r} (expected .parquet, .pq, .csv, "
-            ".tsv, .jsonl, .json (COCO captions, a Karpathy split file or an array of rows), a folder of images with .txt captions, or one with a metadata.jsonl/.csv/.parquet table)"
+            ".tsv, .jsonl, .json (COCO captions, a Karpathy split file or an array of rows), WebDataset shards (.tar, .tar.gz, .tgz), a folder of images with .txt captions, or one with a metadata.jsonl/.csv/.parquet table)"
         )
     return records_with_captions(table, str(path), columns.captions)
 
@@ -649,8 +651,9 @@ def _folder_names(root: Path) -> list[str]:
 
 
 def _has_folder_pairs(root: Path) -> bool:
-    """Whether ``root`` holds image or ``.txt`` caption files at its top level."""
-    return any(entry.is_file() and not entry.name.startswith(".") and entry.suffix.lower() in (*IMAGE_SUFFIXES, ".txt")
+    """Whether ``root`` holds image files at its top level (a stray ``urls.txt`` beside WebDataset
+    shards does not make it an image folder)."""
+    return any(entry.is_file() and not entry.name.startswith(".") and entry.suffix.lower() in IMAGE_SUFFIXES
                for entry in root.iterdir())
 
 
@@ -680,7 +683,7 @@ def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first
                     "with dataset kind 'huggingface' and this path in a config file (dataset: {kind: huggingface, path: ...})")
         raise ValueError(
             f"dataset folder {str(root)!r} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
-            f"or .txt caption files at its top level, and no {' / '.join(METADATA_FILES)}{hint}"
+            f"or .txt caption files at its top level, no WebDataset shards (.tar, .tar.gz) and no {' / '.join(METADATA_FILES)}{hint}"
         )
 
     records: list[RawRecord] = []

@@ -1,14 +1,24 @@
 """WebDataset tar shards: the layout of img2dataset, CC3M/CC12M, LAION and DataComp downloads.
 
 A shard is a tar archive whose members are grouped by key: ``KEY.jpg`` (or any image suffix of
-:data:`tasks.data.sources.IMAGE_SUFFIXES`) beside ``KEY.txt`` (the caption) and/or ``KEY.json`` (a
-caption field: the text column, ``text`` by default, else ``caption``; a list of captions is read
-as a table's list is, by ``captions``). The key is the member's path up to the first dot of its
-file name; a sample's members follow each other in the archive. Shards are read in name order
-(``shards/00000.tar`` ... or one ``.tar``), ``.tar.gz``/``.tgz`` too, straight from the archive:
-nothing is extracted to disk, links and other non-file members are skipped, and a member larger
-than :data:`MAX_MEMBER_BYTES` is refused without being read. With ``limit`` the reading stops
-after that many samples.
+:data:`tasks.data.sources.IMAGE_SUFFIXES`) beside ``KEY.txt`` (the caption, whole, as WebDataset
+readers take it: a newline inside it stays) and/or ``KEY.json``. The key is the member's path up
+to the first dot of its file name; a sample's members follow each other in the archive.
+
+Captions: ``KEY.txt`` (also ``.text``, ``.caption``), else the ``text`` or ``caption`` field of
+``KEY.json`` (a list of captions is read as a table's list is, by ``captions``). A text column
+other than ``text`` names the JSON field to read instead (img2dataset's ``.txt`` is then not
+used). An image column other than ``image`` names the image suffix to read (``png`` when a
+sample has ``KEY.jpg`` and ``KEY.png``); else the first image member is read, and a second one
+is reported.
+
+Shards are read in name order (``shards/00000.tar`` ... or one ``.tar``; ``.tar.gz``/``.tgz``
+too) straight from the archive: nothing is extracted to disk; links, devices and sparse members
+are skipped; members prh does not read (other suffixes) are never decompressed into memory; a
+member larger than :data:`MAX_MEMBER_BYTES` is refused unread; a shard that expands to more than
+:data:`MAX_EXPANSION` times its size (a compression bomb) is refused. A shard is read to its end
+(a damaged header, or a cut inside one, would otherwise end it silently); with ``limit`` the
+reading stops after that many samples.
 """
 
 from __future__ import annotations
@@ -16,21 +26,31 @@ from __future__ import annotations
 import json
 import re
 import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from tasks.data.sources import IMAGE_SUFFIXES, ColumnMap, RawRecord, folder_id
 
-#: Suffixes of a WebDataset shard.
-SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+#: Suffixes of a WebDataset shard, and the tarfile mode that reads each.
+SHARD_MODES = {".tar": "r:", ".tar.gz": "r:gz", ".tgz": "r:gz"}
 #: Largest member read (an image or a caption file): bigger ones are refused unread.
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
+#: Most bytes read from a shard per byte of its file (plus one member): images are compressed
+#: already, so a real shard expands ~1x; a compression bomb far more.
+MAX_EXPANSION = 100
 _TEXT_SUFFIXES = (".txt", ".text", ".caption")
+_CHUNK = 1 << 20
 
 
 def is_shard(path: Path) -> bool:
     """Whether ``path``'s name ends like a WebDataset shard."""
-    return path.name.lower().endswith(SHARD_SUFFIXES)
+    return _suffix(path) is not None
+
+
+def _suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((s for s in SHARD_MODES if name.endswith(s)), None)
 
 
 def shards_in(folder: Path) -> list[Path]:
@@ -41,89 +61,147 @@ def shards_in(folder: Path) -> list[Path]:
 
 def read_shards(shards: list[Path], columns: ColumnMap | None = None, limit: int | None = None) -> list[RawRecord]:
     """The records of WebDataset ``shards`` (read in the given order): one per sample, or one per
-    caption (``columns.captions == "all"``; their ``image_id`` is the sample's id). A sample
-    without an image or a caption is a refused record naming what it lacks.
+    caption of a JSON list (``columns.captions == "all"``; their ``image_id`` is the sample's id).
+    A sample without an image or a caption is a refused record naming what it lacks.
 
     Raises:
-        ValueError: a shard that is not a readable tar archive (naming it).
+        ValueError: a shard that is not a readable tar archive, is damaged, or expands like a
+            compression bomb (naming it).
     """
     columns = columns or ColumnMap()
     records: list[RawRecord] = []
+    if limit is not None and limit <= 0:
+        return records
     samples = 0
     for shard in shards:
-        for key, members in _samples(shard):
+        for sample in _samples(shard, _wanted(columns)):
+            records.extend(_records(shard, sample, columns))
+            samples += 1
             if limit is not None and samples >= limit:
                 return records
-            records.extend(_records(shard, key, members, columns))
-            samples += 1
     return records
 
 
-def _samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes | str]]]:
-    """``(key, {suffix: content})`` of each sample of ``shard`` in archive order; an oversized
-    member's content is a ``str`` saying so."""
+def _wanted(columns: ColumnMap) -> frozenset[str]:
+    """The member suffixes worth reading: images (or the named one), captions and JSON."""
+    images = IMAGE_SUFFIXES if columns.image == "image" else frozenset({"." + columns.image.lower().lstrip(".")})
+    return frozenset({*images, *_TEXT_SUFFIXES, ".json"})
+
+
+@dataclass
+class _Sample:
+    key: str
+    members: dict[str, bytes | str] = field(default_factory=dict)  # suffix -> content (str: why it was not read)
+    repeated: list[str] = field(default_factory=list)  # member names seen twice in this sample
+
+
+def _open(shard: Path) -> tarfile.TarFile:
     try:
-        archive = tarfile.open(shard, mode="r:*")
-    except (tarfile.TarError, OSError) as error:
-        raise ValueError(f"WebDataset shard {str(shard)!r} is not a readable tar archive: {error}") from None
-    key: str | None = None
-    members: dict[str, bytes | str] = {}
+        return tarfile.open(shard, mode=SHARD_MODES[_suffix(shard) or ".tar"])
+    except (tarfile.TarError, OSError, EOFError) as error:
+        kind = "gzip-compressed tar" if (_suffix(shard) or "").endswith(("gz", "tgz")) else "tar"
+        raise ValueError(f"WebDataset shard {str(shard)!r} is not a readable {kind} archive: {error}") from None
+
+
+def _samples(shard: Path, wanted: frozenset[str]) -> Iterator[_Sample]:
+    """Each sample of ``shard`` in archive order, reading only the ``wanted`` suffixes' members."""
+    archive = _open(shard)
+    budget = MAX_EXPANSION * max(shard.stat().st_size, 1) + MAX_MEMBER_BYTES
+    current: _Sample | None = None
     with archive:
         try:
-            for member in archive:
-                if not member.isfile():
-                    continue  # folders, links, devices: never followed
+            while (member := archive.next()) is not None:
+                archive.members.clear()  # read once, in order: tarfile need not keep every header
+                if not member.isfile() or member.issparse():
+                    continue  # folders, links, devices: never followed; sparse: zeros made up
                 path = PurePosixPath(member.name)
                 if path.name.startswith("."):
                     continue
-                stem, dot, suffix = path.name.partition(".")
-                member_key = str(path.with_name(stem))
-                if member_key != key:
-                    if key is not None:
-                        yield key, members
-                    key, members = member_key, {}
-                suffix = "." + suffix.lower() if dot else ""
-                if member.size > MAX_MEMBER_BYTES:
-                    members[suffix] = f"{member.name} is {member.size:,} bytes, more than the {MAX_MEMBER_BYTES:,} read"
+                stem, dot, rest = path.name.partition(".")
+                key = str(path.with_name(stem))
+                if current is None or key != current.key:
+                    if current is not None:
+                        yield current
+                    current = _Sample(key)
+                suffix = "." + rest.lower() if dot else ""
+                if suffix not in wanted:
                     continue
+                if suffix in current.members:
+                    current.repeated.append(member.name)
+                    continue
+                if member.size > MAX_MEMBER_BYTES:
+                    current.members[suffix] = f"{member.name} is {member.size:,} bytes, more than the {MAX_MEMBER_BYTES:,} read"
+                    continue
+                budget -= member.size
+                if budget < 0:
+                    raise ValueError(f"WebDataset shard {str(shard)!r} expands to more than {MAX_EXPANSION} times its "
+                                     f"{shard.stat().st_size:,} bytes (a compression bomb?): refused at {member.name!r}")
                 handle = archive.extractfile(member)
-                members[suffix] = handle.read() if handle is not None else b""
-        except (tarfile.TarError, OSError, EOFError) as error:
-            raise ValueError(f"WebDataset shard {str(shard)!r} is damaged after {key!r}: {error}") from None
-    if key is not None:
-        yield key, members
+                current.members[suffix] = handle.read() if handle is not None else b""
+            _check_end(archive)
+        except (tarfile.TarError, OSError, EOFError, ValueError) as error:
+            if isinstance(error, ValueError) and str(error).startswith("WebDataset shard"):
+                raise
+            after = f"after {current.key!r}" if current is not None else "at its start"
+            raise ValueError(f"WebDataset shard {str(shard)!r} is damaged {after}: {error}") from None
+    if current is not None:
+        yield current
 
 
-def _records(shard: Path, key: str, members: dict[str, bytes | str], columns: ColumnMap) -> list[RawRecord]:
-    sample_id = folder_id(re.sub(r"[/\\]+", "_", key))
+def _check_end(archive: tarfile.TarFile) -> None:
+    """Raise unless the archive's stream ends in zero blocks (at least one) after its last
+    header: tarfile ends its iteration silently at a damaged header, or where the file was cut,
+    past the first member. Reading to the end also checks a gzip stream's CRC."""
+    stream = archive.fileobj
+    stream.seek(archive.offset)
+    zeros = 0
+    while chunk := stream.read(_CHUNK):
+        if chunk.strip(b"\0"):
+            raise tarfile.ReadError(f"a damaged header at byte {archive.offset:,} (the samples after it would be lost)")
+        zeros += len(chunk)
+    if zeros < tarfile.BLOCKSIZE:
+        raise tarfile.ReadError(f"it ends at byte {archive.offset:,} without the end-of-archive blocks (cut short?)")
+
+
+def _records(shard: Path, sample: _Sample, columns: ColumnMap) -> list[RawRecord]:
+    key, members = sample.key, sample.members
+    sample_id = folder_id(key)
     origin = f"{shard.name}:{key}"
-    images = [s for s in members if s in IMAGE_SUFFIXES]
+    if sample.repeated:
+        return [_refused(origin, sample_id, "sample_id_duplicate",
+                         f"{shard.name}: member {sample.repeated[0]} appears twice in sample {key}")]
+    images = [s for s in members if s in IMAGE_SUFFIXES or (columns.image != "image" and s == "." + columns.image.lower().lstrip("."))]
     if not images:
-        return [_refused(origin, sample_id, "image_missing", f"sample {key} has no image member ({', '.join(sorted(members)) or 'none'})")]
+        wanted = "image member" if columns.image == "image" else f"{columns.image!r} member (image column)"
+        return [_refused(origin, sample_id, "image_missing", f"{shard.name}: sample {key} has no {wanted}")]
     image = members[images[0]]
     if isinstance(image, str):
-        return [_refused(origin, sample_id, "image_too_large", image)]
+        return [_refused(origin, sample_id, "image_too_large", f"{shard.name}: {image}")]
+    extra = [_refused(origin, sample_id, "sample_id_duplicate",
+                      f"{shard.name}: {key}{s} is a second image of sample {key} ({key}{images[0]} is read)") for s in images[1:]]
     captions, problem = _captions(key, members, columns)
     if problem is not None:
-        return [_refused(origin, sample_id, *problem)]
+        return [_refused(origin, sample_id, problem[0], f"{shard.name}: {problem[1]}"), *extra]
     if columns.captions == "first" or len(captions) <= 1:
-        return [RawRecord(None, origin, sample_id, image, captions[0] if captions else "", None)]
+        return [RawRecord(None, origin, sample_id, image, captions[0] if captions else "", None), *extra]
     return [RawRecord(None, f"{origin} caption {i}", f"{sample_id}-{i}", image, text, sample_id)
-            for i, text in enumerate(captions)]
+            for i, text in enumerate(captions)] + extra
 
 
 def _captions(key: str, members: dict[str, bytes | str], columns: ColumnMap) -> tuple[list[bytes | str], tuple[str, str] | None]:
-    """The sample's caption(s): the lines of its text member, else its JSON's caption field."""
-    for suffix in _TEXT_SUFFIXES:
-        if suffix in members:
-            content = members[suffix]
-            if isinstance(content, str):
-                return [], ("text_too_long", content)
-            lines = [line.strip() for line in re.split(rb"\r\n|\n|\r", content.removeprefix(b"\xef\xbb\xbf")) if line.strip()]
-            return (lines if columns.captions == "all" else lines[:1]), None
+    """The sample's caption(s): its text member whole (unless a text column names a JSON field),
+    else its JSON's caption field."""
+    if columns.text == "text":
+        for suffix in _TEXT_SUFFIXES:
+            if suffix in members:
+                content = members[suffix]
+                if isinstance(content, str):
+                    return [], ("text_too_long", content)
+                return [content.removeprefix(b"\xef\xbb\xbf").strip()], None
     if ".json" in members:
         return _json_captions(key, members[".json"], columns)
-    return [], ("text_missing", f"sample {key} has no caption member ({', '.join(_TEXT_SUFFIXES)} or .json)")
+    sources = f"{', '.join(_TEXT_SUFFIXES)} or .json" if columns.text == "text" else f".json with a {columns.text!r} field"
+    return [], ("text_missing", f"sample {key} has no caption member ({sources})")
 
 
 def _json_captions(key: str, content: bytes | str, columns: ColumnMap) -> tuple[list[bytes | str], tuple[str, str] | None]:
@@ -146,4 +224,3 @@ def _json_captions(key: str, content: bytes | str, columns: ColumnMap) -> tuple[
 
 def _refused(origin: str, sample_id: str, reason: str, detail: str) -> RawRecord:
     return RawRecord(None, origin, sample_id, None, None, None, problem=(reason, detail))
-

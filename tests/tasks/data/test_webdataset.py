@@ -36,14 +36,17 @@ def _coloured(key: str, colour: str, **members: bytes) -> dict[str, bytes]:
 
 @pytest.fixture
 def shards(tmp_path: Path) -> Path:
-    """Two shards of three samples: captions in .txt (two lines each), the last also in .json."""
+    """Two shards of three samples (img2dataset's layout: .png, .txt, .json with caption and url,
+    a .parquet and _stats.json beside the shards)."""
     folder = tmp_path / "shards"
     folder.mkdir()
     for s in range(2):
         _shard(folder / f"{s:05d}.tar", [
-            _coloured(f"{s:05d}{i:04d}", colour, **{".txt": f"a {colour} square\n\nanother {colour} one\n".encode(),
-                                                     ".json": json.dumps({"caption": f"json {colour}"}).encode()})
+            _coloured(f"{s:05d}{i:04d}", colour, **{".txt": f"a {colour} square\n".encode(),
+                                                     ".json": json.dumps({"caption": f"json {colour}", "url": f"http://x/{colour}"}).encode()})
             for i, colour in enumerate(COLOURS[3 * s: 3 * s + 3])])
+        (folder / f"{s:05d}.parquet").write_bytes(b"PAR1")
+        (folder / f"{s:05d}_stats.json").write_text("{}")
     return folder
 
 
@@ -60,11 +63,29 @@ def test_a_folder_of_shards_reads_every_sample_in_shard_order(shards: Path) -> N
     assert result.rejected.num_rows == 0
 
 
-def test_all_captions_become_samples_of_one_image(shards: Path) -> None:
-    table = load_paired_dataset(shards / "00000.tar", columns=ColumnMap(captions="all")).table
-    assert table.column("text").to_pylist()[:2] == ["a red square", "another red one"]
-    assert table.column("sample_id").to_pylist()[:2] == ["000000000-0", "000000000-1"]
-    assert table.column("image_id").to_pylist()[:2] == ["000000000", "000000000"]
+def test_a_txt_caption_is_read_whole_and_a_text_column_names_a_json_field(tmp_path: Path) -> None:
+    """WebDataset readers take KEY.txt whole (LAION alt text has newlines); a text column other
+    than `text` reads that JSON field even beside a .txt (img2dataset writes one for every sample)."""
+    shard = _shard(tmp_path / "s.tar", [
+        _coloured("a", "red", **{".txt": b"Vintage poster\nParis 1920\n", ".json": json.dumps({"url": "http://x/a"}).encode()}),
+        _coloured("b", "blue", **{".txt": b"blue", ".json": json.dumps({"url": "http://x/b"}).encode()}),
+    ])
+    assert load_paired_dataset(shard).table.column("text").to_pylist() == ["Vintage poster\nParis 1920", "blue"]
+    assert load_paired_dataset(shard, columns=ColumnMap(captions="all")).table.num_rows == 2
+    urls = load_paired_dataset(shard, columns=ColumnMap(text="url")).table.column("text").to_pylist()
+    assert urls == ["http://x/a", "http://x/b"]
+
+
+def test_an_image_column_names_the_image_suffix(tmp_path: Path) -> None:
+    two = {"__key__": "k", ".jpg": png_bytes("red"), ".png": png_bytes("blue"), ".txt": b"two images"}
+    one = {"__key__": "m", ".jpg": png_bytes("green"), ".png": png_bytes("cyan"), ".txt": b"two more"}
+    shard = _shard(tmp_path / "s.tar", [two, one])
+    chosen = load_paired_dataset(shard, columns=ColumnMap(image="png"))
+    assert [_colour_of(i) for i in chosen.table.column("image").to_pylist()] == [(0, 0, 255), (0, 255, 255)]
+    assert chosen.rejected.num_rows == 0
+    first = load_paired_dataset(_shard(tmp_path / "t.tar", [dict(two, __key__="k"), dict(one, __key__="m")]))
+    assert first.table.num_rows == 2 and set(first.rejected.column("reason").to_pylist()) == {"sample_id_duplicate"}
+    assert "second image" in first.rejected.column("detail").to_pylist()[0]
 
 
 def test_json_captions_and_a_named_caption_field(tmp_path: Path) -> None:
@@ -80,8 +101,8 @@ def test_json_captions_and_a_named_caption_field(tmp_path: Path) -> None:
 
 def test_n_reads_only_the_first_samples(shards: Path) -> None:
     (shards / "00001.tar").write_bytes(b"not a tar archive")  # never opened: the first shard has enough
-    table = load_paired_dataset(shards, n=2).table
-    assert table.column("sample_id").to_pylist() == ["000000000", "000000001"]
+    assert load_paired_dataset(shards, n=3).table.column("sample_id").to_pylist() == ["000000000", "000000001", "000000002"]
+    assert load_paired_dataset(shards, n=2).table.column("sample_id").to_pylist() == ["000000000", "000000001"]
 
 
 def test_incomplete_samples_are_rejected_naming_what_they_lack(tmp_path: Path, monkeypatch) -> None:
@@ -126,9 +147,44 @@ def test_a_damaged_shard_is_a_clear_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"WebDataset shard '.*bad\.tar' is not a readable tar archive"):
         load_paired_dataset(shard)
     good = _shard(tmp_path / "cut.tar", [_coloured(f"k{i}", "red", **{".txt": b"red"}) for i in range(4)])
-    good.write_bytes(good.read_bytes()[:1800])  # cut inside the second sample's image
+    whole = good.read_bytes()
+    good.write_bytes(whole[:1800])  # cut inside the second sample's image
     with pytest.raises(ValueError, match=r"WebDataset shard '.*cut\.tar' is damaged after 'k\d'"):
         load_paired_dataset(good)
+    headers = [i for i in range(512, len(whole), 512) if whole[i:i + 2] == b"k2"]  # the third sample's first header
+    for broken in (whole[:headers[0] + 100],  # cut inside a header: tarfile alone stopped there silently
+                   whole[:headers[0]] + b"\xff" * 512 + whole[headers[0] + 512:],  # a garbled header
+                   whole[:headers[0]]):  # cut at a header: no end-of-archive blocks
+        good.write_bytes(broken)
+        with pytest.raises(ValueError, match=r"is damaged after 'k1'"):
+            load_paired_dataset(good)
+    gz = _shard(tmp_path / "cut.tar.gz", [_coloured(f"k{i}", "red", **{".txt": b"red"}) for i in range(4)], mode="w:gz")
+    gz.write_bytes(gz.read_bytes()[:2])
+    with pytest.raises(ValueError, match=r"'.*cut\.tar\.gz' is not a readable gzip-compressed tar archive"):
+        load_paired_dataset(gz)
+
+
+def test_a_compression_bomb_is_refused_and_unread_members_cost_nothing(tmp_path: Path, monkeypatch) -> None:
+    bomb = _shard(tmp_path / "bomb.tar.gz", [{"__key__": f"k{i}", ".png": b"\0" * 2_000_000, ".txt": b"x"} for i in range(5)],
+                  mode="w:gz")
+    assert bomb.stat().st_size < 100_000
+    monkeypatch.setattr(webdataset, "MAX_MEMBER_BYTES", 3_000_000)
+    with pytest.raises(ValueError, match=r"bomb\.tar\.gz' expands to more than 100 times"):
+        load_paired_dataset(bomb)
+    other = _shard(tmp_path / "other.tar.gz", [_coloured(f"k{i}", "red", **{".txt": b"red", ".npy": b"\0" * 2_000_000})
+                                               for i in range(3)], mode="w:gz")
+    assert load_paired_dataset(other).table.num_rows == 3  # .npy members are skipped, not read
+
+
+def test_keys_that_differ_only_by_a_slash_keep_distinct_ids(tmp_path: Path) -> None:
+    shard = _shard(tmp_path / "s.tar", [_coloured("sub/k1", "red", **{".txt": b"a"}), _coloured("sub_k1", "blue", **{".txt": b"b"})])
+    ids = load_paired_dataset(shard).table.column("sample_id").to_pylist()
+    assert len(set(ids)) == 2 and "sub_k1" in ids
+
+
+def test_a_stray_text_file_beside_the_shards_does_not_hide_them(shards: Path) -> None:
+    (shards / "urls.txt").write_text("http://x/a\n")
+    assert load_paired_dataset(shards).table.num_rows == 6
 
 
 def test_a_folder_with_images_of_its_own_is_still_an_image_folder(shards: Path) -> None:
