@@ -13,6 +13,7 @@ library (numpy, pyarrow: maybe a bug) included. ``PRH_TRACEBACKS=1`` keeps them 
 from __future__ import annotations
 
 import contextlib
+import dis
 import logging
 import os
 from pathlib import Path
@@ -28,8 +29,9 @@ def stated_by_prh(error: BaseException, plain: tuple[type[BaseException], ...] =
                                                                                    PermissionError)) -> bool:
     """Whether ``error`` is one prh raised on purpose: an exception class of prh's own packages
     (``ConfigError``, ``ModelInputError``, ``ZooFailures``...), or a ``plain`` one (``ValueError``...)
-    raised by prh's own code (the innermost frame of its traceback lies in ``flows/``, ``tasks/``
-    or ``storage/``), not inside a library."""
+    raised by a ``raise`` statement of prh's own code (the innermost frame of its traceback lies in
+    ``flows/``, ``tasks/`` or ``storage/`` and stopped at a ``raise``), not inside a library nor by a
+    built-in operation failing in prh's code (``int('12px')``, an unpacking: maybe a bug)."""
     if type(error).__module__.split(".", 1)[0] in PROJECT_PACKAGES:
         return True
     if not isinstance(error, plain) or error.__traceback__ is None:
@@ -37,7 +39,10 @@ def stated_by_prh(error: BaseException, plain: tuple[type[BaseException], ...] =
     frame = error.__traceback__
     while frame.tb_next is not None:
         frame = frame.tb_next
-    return os.path.abspath(frame.tb_frame.f_code.co_filename).startswith(_PROJECT_DIRS)
+    code = frame.tb_frame.f_code
+    if not os.path.abspath(code.co_filename).startswith(_PROJECT_DIRS):
+        return False
+    return dis.opname[code.co_code[frame.tb_lasti]] == "RAISE_VARARGS"
 
 
 class DropStatedTracebacks(logging.Filter):

@@ -107,8 +107,9 @@ def _watch_new_server(process: Any) -> None:
 
 def guard_temporary_server() -> int | None:
     """Start Prefect's temporary API server now, watched, when the flow would start one (no
-    ``PREFECT_API_URL``) and ``/proc`` identifies processes. Returns the server's pid, else None
-    (a real server is configured, or no ``/proc``: nothing is guarded)."""
+    ``PREFECT_API_URL``) and ``/proc`` identifies processes, and point ``$PREFECT_API_URL`` of
+    the processes started afterwards (Dask workers) at it. Returns the server's pid, else None (a
+    real server is configured, or no ``/proc``: nothing is guarded)."""
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value() or not supported():
@@ -132,6 +133,9 @@ def guard_temporary_server() -> int | None:
     if server.server_process is None:
         return None
     _watch_new_server(server.server_process)
+    # processes started from here on (Dask workers) use this server instead of each starting its own
+    # temporary one, which no watchdog guards and which keeps their task runs out of the run's server
+    os.environ.setdefault("PREFECT_API_URL", server.api_url)
     return server.server_process.pid
 
 

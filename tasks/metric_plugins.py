@@ -8,25 +8,33 @@ alignment task computes, so a config can name ``metrics: [my_metric]``. Importin
 its code: the variable belongs to whoever runs the process (never to a config or the UI form),
 like ``trust_remote_code``.
 
-A user metric's alignment version includes the SHA-256 of the source file of the module that
-defines it (:func:`metric_source`): editing that file gives new versions, so stored scores of
-the old code are never reused. It takes the pipeline's parameters named in its ``defaults``
-(``topk``, ``kernel_metric``, ``rbf_sigma``, ``cca_dim``, ``knn_precision``).
+A user metric (any registration that is not the shipped built-in one, also one under a built-in
+name) has a source digest (:func:`metric_source`) in the alignment versions of the pairs it
+scores: the SHA-256 of the source files of the modules named in ``$PRH_METRIC_MODULES`` and of
+the module defining its function or Engine, **as they were when imported** (a long-lived process,
+a Dask worker, that imported an older file never stores its numbers under the new file's
+version), and of its registration (defaults, bounds, symmetry, direction, the engine's settings).
+Editing any of them gives new versions. It takes the pipeline's parameters named in its
+``defaults`` (``topk``, ``kernel_metric``, ``rbf_sigma``, ``cca_dim``, ``knn_precision``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
 import os
 import re
+import sys
+import traceback
 from typing import Any
 
 METRIC_MODULES_ENV = "PRH_METRIC_MODULES"
 #: Pipeline-wide metric parameters (``AlignmentParams`` fields) a metric may take.
 PIPELINE_METRIC_PARAMETERS = ("topk", "knn_precision", "kernel_metric", "rbf_sigma", "cca_dim")
-_BUILTIN_PREFIX = "tasks.metrics"
+#: Module name -> digest of its source file when this process first saw it imported.
+_IMPORTED: dict[str, str] = {}
 
 
 def metric_module_names(environ: Any = None) -> tuple[str, ...]:
@@ -36,45 +44,99 @@ def metric_module_names(environ: Any = None) -> tuple[str, ...]:
 
 
 def load_metric_modules(environ: Any = None) -> tuple[str, ...]:
-    """Import every module of ``$PRH_METRIC_MODULES`` (once: Python caches modules); returns
-    their names. Raises ValueError naming the variable and the module that cannot be imported."""
+    """Import every module of ``$PRH_METRIC_MODULES`` (once: Python caches modules) and note its
+    source digest as imported; returns their names. A module that fails is named with the file
+    and line of the failure (ValueError), and the metrics it registered before failing are
+    removed again (a retry then reports the same failure)."""
+    from tasks.metrics import METRICS
+
     names = metric_module_names(environ)
     for name in names:
+        before = set(METRICS)
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
         except Exception as error:  # noqa: BLE001 - any failure of the user's module, named
-            raise ValueError(f"${METRIC_MODULES_ENV}: cannot import {name!r} ({type(error).__name__}: {error}); "
-                             "it names the modules that register your metrics (importable from this process)") from None
+            for added in set(METRICS) - before:
+                METRICS._specs.pop(added, None)
+            where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+            at = f" at {where.filename}:{where.lineno}" if where is not None else ""
+            raise ValueError(f"${METRIC_MODULES_ENV}: cannot import {name!r} ({type(error).__name__}: {error}){at}; "
+                             "it names the modules that register your metrics (importable from this process)") from error
+        _IMPORTED.setdefault(name, _file_digest(module))
     return names
 
 
-def _defined_by(name: str) -> Any:
-    """The function or Engine class that implements registered metric ``name``."""
-    from tasks.metrics import METRICS
-    from tasks.metrics.engine import FunctionEngine
+def _file_digest(module: Any) -> str:
+    """SHA-256 of a module's source file (its name where it has none)."""
+    try:
+        path = inspect.getsourcefile(module)
+        if path:
+            with open(path, "rb") as handle:
+                return hashlib.sha256(handle.read()).hexdigest()
+    except (OSError, TypeError):
+        pass
+    return f"no source: {getattr(module, '__name__', module)!r}"
 
-    engine = METRICS[name].engine
-    return engine.fn if isinstance(engine, FunctionEngine) else type(engine)
+
+def is_builtin(name: str) -> bool:
+    """Whether registered metric ``name`` is the shipped built-in registration."""
+    from tasks.metrics import BUILTIN_SPECS, METRICS
+
+    return name in BUILTIN_SPECS and METRICS[name] is BUILTIN_SPECS[name]
 
 
 def metric_source(name: str) -> str | None:
-    """``sha256:<hex>`` of the source file of the module defining registered metric ``name``;
-    None for a built-in metric (``tasks.metrics``: its code is in every alignment version). A
-    metric defined where no source file exists (an interactive session) is named by its module
-    and qualified name instead (a changed definition is then not noticed)."""
-    target = _defined_by(name)
-    module = inspect.getmodule(target)
-    module_name = module.__name__ if module is not None else str(getattr(target, "__module__", ""))
-    if module_name == _BUILTIN_PREFIX or module_name.startswith(_BUILTIN_PREFIX + "."):
+    """``sha256:<hex>`` naming the code and registration of user metric ``name`` (see the module
+    docstring); None for a built-in (its code is in every alignment version's ``code_version``)."""
+    if is_builtin(name):
         return None
-    try:
-        path = inspect.getsourcefile(module) if module is not None else None
-        if path:
-            with open(path, "rb") as handle:
-                return "sha256:" + hashlib.sha256(handle.read()).hexdigest()
-    except (OSError, TypeError):
-        pass
-    return f"{module_name}:{getattr(target, '__qualname__', repr(target))}"
+    from tasks.metrics import METRICS
+    from tasks.metrics.engine import FunctionEngine
+
+    spec = METRICS[name]
+    target = spec.engine.fn if isinstance(spec.engine, FunctionEngine) else type(spec.engine)
+    if isinstance(target, functools.partial):  # its settings are part of what it computes
+        settings = (_plain(target.args), sorted((k, _plain(v)) for k, v in target.keywords.items()))
+        target = target.func
+    else:
+        settings = ()
+    parts = {f"plugin {module}": _IMPORTED.get(module) or _digest_of(module) for module in metric_module_names()}
+    defining = inspect.getmodule(target)
+    if defining is not None:
+        parts[f"defined in {defining.__name__}"] = _IMPORTED.get(defining.__name__) or _remember(defining)
+    parts["registration"] = repr((
+        getattr(target, "__module__", None), getattr(target, "__qualname__", type(target).__qualname__), settings,
+        _describe(spec.bounds), spec.symmetric, spec.locality, spec.higher_is_better,
+        sorted((k, _plain(v)) for k, v in spec.defaults.items()), _describe(spec.chance),
+        sorted((k, _plain(v)) for k, v in vars(spec.engine).items() if k not in ("fn", "variant")),
+    ))
+    return "sha256:" + hashlib.sha256(repr(sorted(parts.items())).encode()).hexdigest()
+
+
+def _remember(module: Any) -> str:
+    return _IMPORTED.setdefault(module.__name__, _file_digest(module))
+
+
+def _digest_of(name: str) -> str:
+    module = sys.modules.get(name)
+    return _remember(module) if module is not None else f"not imported: {name}"
+
+
+def _plain(value: Any) -> str:
+    """``repr`` of plain values (numbers, text, None, tuples and lists of them); the type name of
+    anything else (an object's repr may hold its address, which would change every process)."""
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return repr([_plain(v) for v in value])
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def _describe(value: Any) -> str:
+    """A stable description of a bounds pair or a callable (its module and qualified name)."""
+    if callable(value):
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+    return _plain(value)
 
 
 def metric_parameters(name: str) -> tuple[str, ...]:

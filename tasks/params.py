@@ -40,12 +40,12 @@ METRIC_PARAMETERS: dict[str, tuple[str, ...]] = {
 def parameters_of(metric: str) -> tuple[str, ...]:
     """The pipeline parameters ``metric`` takes: the built-ins' from ``METRIC_PARAMETERS``, a
     user metric's (``tasks.metric_plugins``) those named in its defaults."""
-    if metric in METRIC_PARAMETERS:
-        return METRIC_PARAMETERS[metric]
-    from tasks.metric_plugins import metric_parameters
+    from tasks.metric_plugins import is_builtin, metric_parameters
     from tasks.metrics import METRICS
 
-    return metric_parameters(metric) if metric in METRICS else ()
+    if metric not in METRICS:
+        return METRIC_PARAMETERS.get(metric, ())
+    return METRIC_PARAMETERS.get(metric, ()) if is_builtin(metric) else metric_parameters(metric)
 
 
 # Metrics built on the unbiased HSIC estimator, which needs at least 4 samples.
@@ -182,7 +182,8 @@ class AlignmentParams(BaseModel):
             if name not in METRICS:
                 close = difflib.get_close_matches(name, registered, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"unknown metric {name!r}{hint}; registered: {', '.join(registered)}")
+                raise ValueError(f"unknown metric {name!r}{hint}; registered: {', '.join(registered)} (your own metrics: "
+                                 "register them in a module named in $PRH_METRIC_MODULES)")
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"metrics listed more than once: {repeated}")

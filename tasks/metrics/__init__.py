@@ -29,6 +29,9 @@ from .representation import Representation
 from .stats import aggregate, bh_fdr
 
 register_builtins()
+#: The built-in registrations as shipped (``tasks.metric_plugins`` tells a user's metric from them,
+#: also one registered under a built-in's name).
+BUILTIN_SPECS: dict[str, MetricSpec] = dict(METRICS)
 
 __all__ = [
     "METRICS", "PAPER_METRICS", "BootstrapResult", "CalibrationResult", "Engine",

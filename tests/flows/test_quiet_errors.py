@@ -1,6 +1,7 @@
 """``prh run`` logs the errors it states in one line without Prefect's engine traceback."""
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -66,6 +67,18 @@ def test_stated_by_prh_looks_at_where_a_plain_error_was_raised():
     assert not stated_by_prh(_raised_by(lambda: int("abc")))  # raised here, in a test, not in prh's packages
     assert stated_by_prh(ConfigError("no traceback needed"))  # a class of prh's own
     assert not stated_by_prh(ValueError("never raised"))
+
+
+def test_a_builtin_failing_in_prhs_own_code_keeps_its_traceback():
+    """``int('12px')`` or an unpacking failing inside prh's packages is maybe a bug: only a
+    ``raise`` statement there counts as prh stating the error."""
+    fake = str(Path(__file__).resolve().parents[2] / "tasks" / "not_a_module.py")
+    scope: dict = {}
+    exec(compile("def implicit(v):\n    return int(v)\n\ndef unpack(v):\n    a, b = v\n    return a\n\n"
+                 "def explicit(v):\n    raise ValueError(f'bad value {v!r}')\n", fake, "exec"), scope)
+    assert not stated_by_prh(_raised_by(lambda: scope["implicit"]("12px")))
+    assert not stated_by_prh(_raised_by(lambda: scope["unpack"]((1, 2, 3))))
+    assert stated_by_prh(_raised_by(lambda: scope["explicit"]("12px")))
 
 
 def test_the_filter_is_removed_after_the_block(flow_logger):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from tasks.align_task import alignment_version
+import tasks.metric_plugins as plugin_state
 from tasks.metric_plugins import METRIC_MODULES_ENV, load_metric_modules, metric_module_names, metric_source
-from tasks.metrics import METRICS
+from tasks.metrics import METRICS, register_metric
 from tasks.params import AlignmentParams, ConfigError, PipelineConfig
 
 PLUGIN = '''
@@ -39,6 +40,7 @@ def plugin(tmp_path, monkeypatch):
     yield module, metric, source
     METRICS._specs.pop(metric, None)
     sys.modules.pop(module, None)
+    plugin_state._IMPORTED.pop(module, None)
 
 
 def test_a_config_names_a_metric_its_module_registers(plugin, monkeypatch):
@@ -60,9 +62,48 @@ def test_its_alignment_version_follows_its_source(plugin, monkeypatch):
     first, builtin_first = alignment_version(manifest, manifest, params), alignment_version(manifest, manifest, builtin)
     assert metric_source(metric).startswith("sha256:") and metric_source("mutual_knn") is None
     assert alignment_version(manifest, manifest, params) == first
-    source.write_text(source.read_text() + "\n# changed\n")
-    assert alignment_version(manifest, manifest, params) != first
-    assert alignment_version(manifest, manifest, builtin) == builtin_first  # only the user metric's versions move
+    source.write_text(source.read_text().replace("* topk", "* topk * 2"))
+    # this process still computes with the code it imported: its numbers keep that code's version
+    assert alignment_version(manifest, manifest, params) == first
+    sys.modules.pop(module)  # a new process imports the edited file
+    plugin_state._IMPORTED.pop(module)
+    load_metric_modules()
+    second = alignment_version(manifest, manifest, params)
+    assert second != first
+    assert alignment_version(manifest, manifest, builtin) == builtin_first  # pairs without the user metric keep theirs
+    # the registration counts too: other defaults (or bounds) are another computation
+    spec = METRICS[metric]
+    register_metric(metric, spec.engine.fn, bounds=(-1.0, 1.0), symmetric=True, defaults={"topk": 3}, overwrite=True)
+    assert alignment_version(manifest, manifest, params) != second
+
+
+def test_a_builtin_name_registered_again_is_a_user_metric(monkeypatch):
+    """A registration under a built-in's name (the built-in engine with other settings, or another
+    function) is not the built-in: it gets a source digest and its defaults' parameters."""
+    from tasks.metrics import BUILTIN_SPECS
+
+    original = METRICS["cka"]
+    try:
+        register_metric("cka", original.engine, bounds=(-1.0, 1.0), symmetric=True,
+                        defaults={**original.defaults, "unbiased": True}, overwrite=True)
+        assert metric_source("cka") is not None
+        assert AlignmentParams(metrics=["cka"]).metric_params("cka") == {"kernel_metric": "ip"}
+    finally:
+        METRICS._specs["cka"] = BUILTIN_SPECS["cka"]
+    assert metric_source("cka") is None
+
+
+def test_a_module_failing_halfway_reports_the_same_failure_again(tmp_path, monkeypatch):
+    name = f"prh_test_half_{uuid.uuid4().hex[:8]}"
+    metric = f"half_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(
+        f"from tasks.metrics import register_metric\nregister_metric({metric!r}, lambda x, y: 0.0)\nimport no_such_module_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(METRIC_MODULES_ENV, name)
+    for _ in range(2):
+        with pytest.raises(ValueError, match=rf"ModuleNotFoundError.*at .*{name}\.py:3"):
+            load_metric_modules()
+        assert metric not in METRICS
 
 
 def test_the_ui_form_offers_user_metrics(plugin, monkeypatch):

@@ -134,7 +134,8 @@ def test_every_problem_is_listed(tmp_path: Path) -> None:
     assert sorted(lines[1:]) == sorted([
         "  - models[0] (model 'vit').batch_size (line 2): Input should be greater than 0 (got 0)",
         "  - alignment.topk (line 4): Input should be greater than or equal to 1 (got 0)",
-        "  - alignment.metrics (line 5): unknown metric 'nope'; registered: " + ", ".join(sorted(METRICS)),
+        "  - alignment.metrics (line 5): unknown metric 'nope'; registered: " + ", ".join(sorted(METRICS))
+        + " (your own metrics: register them in a module named in $PRH_METRIC_MODULES)",
     ])
 
 
