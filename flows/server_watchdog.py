@@ -141,6 +141,8 @@ def guard_temporary_server() -> int | None:
 
 def main(argv: list[str]) -> int:
     owner_pid, owner_id, server_pid, server_id = argv
+    if UNKNOWN in (owner_id, server_id) or "None" in (owner_id, server_id):
+        return 0  # an identity that could not be read: nothing can be watched safely
     watch(int(owner_pid), owner_id, int(server_pid), server_id)
     return 0
 

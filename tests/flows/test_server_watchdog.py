@@ -108,6 +108,26 @@ def test_prefects_real_temporary_server_goes_with_an_owner_killed_while_it_start
             os.kill(server_pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
+def test_processes_started_after_the_guard_use_its_server(tmp_path):
+    """Dask workers started by prh run inherit $PREFECT_API_URL of the watched server (each
+    started its own temporary server before, unguarded)."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PYTHONPATH=str(ROOT))
+    code = ("from flows.cli import configure_environment\nconfigure_environment()\nimport os, subprocess, sys\n"
+            "from prefect.server.api.server import SubprocessASGIServer\nfrom flows.server_watchdog import guard_temporary_server\n"
+            "guard_temporary_server()\nchild = subprocess.run([sys.executable, '-c', 'import os; print(os.environ[\"PREFECT_API_URL\"])'],"
+            " capture_output=True, text=True).stdout.strip()\nprint(child == SubprocessASGIServer().api_url, child)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.stdout.startswith("True http://127.0.0.1:"), done.stdout + done.stderr[-2000:]
+
+
+def test_an_identity_that_could_not_be_read_starts_no_watch():
+    import flows.server_watchdog as w
+
+    assert w.main([str(os.getpid()), w.UNKNOWN, "1", "123"]) == 0  # returns at once, signals nothing
+
+
 def test_a_proc_read_error_decides_nothing(monkeypatch):
     """An unreadable /proc entry (hidepid, a transient error) is not taken for a dead owner."""
     import flows.server_watchdog as w
