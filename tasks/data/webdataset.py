@@ -88,6 +88,10 @@ def _wanted(columns: ColumnMap) -> frozenset[str]:
     return frozenset({*images, *_TEXT_SUFFIXES, ".json"})
 
 
+class ShardRefused(ValueError):
+    """A shard refused whole (a compression bomb): its message names it."""
+
+
 @dataclass
 class _Sample:
     key: str
@@ -134,14 +138,14 @@ def _samples(shard: Path, wanted: frozenset[str]) -> Iterator[_Sample]:
                     continue
                 budget -= member.size
                 if budget < 0:
-                    raise ValueError(f"WebDataset shard {str(shard)!r} expands to more than {MAX_EXPANSION} times its "
+                    raise ShardRefused(f"WebDataset shard {str(shard)!r} expands to more than {MAX_EXPANSION} times its "
                                      f"{shard.stat().st_size:,} bytes (a compression bomb?): refused at {member.name!r}")
                 handle = archive.extractfile(member)
                 current.members[suffix] = handle.read() if handle is not None else b""
             _check_end(archive)
+        except ShardRefused:
+            raise
         except (tarfile.TarError, OSError, EOFError, ValueError) as error:
-            if isinstance(error, ValueError) and str(error).startswith("WebDataset shard"):
-                raise
             after = f"after {current.key!r}" if current is not None else "at its start"
             raise ValueError(f"WebDataset shard {str(shard)!r} is damaged {after}: {error}") from None
     if current is not None:
