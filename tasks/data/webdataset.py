@@ -36,6 +36,9 @@ from tasks.data.sources import IMAGE_SUFFIXES, ColumnMap, RawRecord, folder_id
 SHARD_MODES = {".tar": "r:", ".tar.gz": "r:gz", ".tgz": "r:gz"}
 #: Largest member read (an image or a caption file): bigger ones are refused unread.
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
+#: Largest extended header (a GNU long name, a pax record) read: tarfile reads one whole before
+#: the member it describes, so a crafted size would be allocated before any other check.
+MAX_HEADER_BYTES = 1 << 20
 #: Most bytes read from a shard per byte of its file (plus one member): images are compressed
 #: already, so a real shard expands ~1x; a compression bomb far more.
 MAX_EXPANSION = 100
@@ -99,9 +102,22 @@ class _Sample:
     repeated: list[str] = field(default_factory=list)  # member names seen twice in this sample
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses an extended header (GNU long name or link, pax) larger than
+    :data:`MAX_HEADER_BYTES` before tarfile reads it into memory."""
+
+    _EXTENDED = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                 tarfile.SOLARIS_XHDTYPE)
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in self._EXTENDED and self.size > MAX_HEADER_BYTES:
+            raise tarfile.HeaderError(f"an extended header of {self.size:,} bytes (more than the {MAX_HEADER_BYTES:,} read)")
+        return super()._proc_member(archive)
+
+
 def _open(shard: Path) -> tarfile.TarFile:
     try:
-        return tarfile.open(shard, mode=SHARD_MODES[_suffix(shard) or ".tar"])
+        return tarfile.open(shard, mode=SHARD_MODES[_suffix(shard) or ".tar"], tarinfo=_BoundedTarInfo)
     except (tarfile.TarError, OSError, EOFError) as error:
         kind = "gzip-compressed tar" if (_suffix(shard) or "").endswith(("gz", "tgz")) else "tar"
         raise ValueError(f"WebDataset shard {str(shard)!r} is not a readable {kind} archive: {error}") from None

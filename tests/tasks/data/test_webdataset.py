@@ -176,6 +176,23 @@ def test_a_compression_bomb_is_refused_and_unread_members_cost_nothing(tmp_path:
     assert load_paired_dataset(other).table.num_rows == 3  # .npy members are skipped, not read
 
 
+def test_a_huge_extended_header_is_refused_before_it_is_read(tmp_path: Path, monkeypatch) -> None:
+    """tarfile reads a GNU long name whole before its member: a crafted size was allocated first
+    (400 MiB from a 400 KB .tar.gz)."""
+    monkeypatch.setattr(webdataset, "MAX_HEADER_BYTES", 1000)
+    shard = tmp_path / "long.tar"
+    with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT) as archive:
+        for key in ("a", "b" * 3000):  # the second name needs a GNU long-name record of ~3 kB
+            for suffix, content in ((".png", png_bytes("red")), (".txt", b"red")):
+                info = tarfile.TarInfo(key + suffix)
+                info.size = len(content)
+                archive.addfile(info, io.BytesIO(content))
+    with pytest.raises(ValueError, match=r"long\.tar' is damaged after 'a': .*extended header of 3,00\d bytes"):
+        load_paired_dataset(shard)
+    monkeypatch.setattr(webdataset, "MAX_HEADER_BYTES", 1 << 20)
+    assert load_paired_dataset(shard).table.num_rows == 2
+
+
 def test_keys_that_differ_only_by_a_slash_keep_distinct_ids(tmp_path: Path) -> None:
     shard = _shard(tmp_path / "s.tar", [_coloured("sub/k1", "red", **{".txt": b"a"}), _coloured("sub_k1", "blue", **{".txt": b"b"})])
     ids = load_paired_dataset(shard).table.column("sample_id").to_pylist()
