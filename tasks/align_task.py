@@ -24,10 +24,10 @@ from storage.features import examples
 from storage.pairing import PairedFeatures, paired_features
 from storage.store import Store
 from storage.versioning import code_version, content_id
-from tasks.metric_plugins import load_metric_modules, metric_source
 from tasks import metrics
 from tasks.alignment import MetricRequest, PairAlignment, align_layers, prepare_layers, threshold_layers
 from tasks.image_rows import image_rows, mean_rows
+from tasks.metric_plugins import load_metric_modules, metric_source
 from tasks.params import AlignmentParams
 from tasks.retries import backoff, retry_transient
 

@@ -11,7 +11,6 @@ needs ``topk >= 2``; an OpenMoji sample of ``n`` pairs must hold ``alignment.min
 from __future__ import annotations
 
 import contextlib
-
 import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -36,6 +35,7 @@ METRIC_PARAMETERS: dict[str, tuple[str, ...]] = {
     "cknna": ("topk",),
     "svcca": ("cca_dim",),
 }
+
 
 def parameters_of(metric: str) -> tuple[str, ...]:
     """The pipeline parameters ``metric`` takes: the built-ins' from ``METRIC_PARAMETERS``, a
@@ -130,9 +130,8 @@ class DatasetParams(BaseModel):
 def _metric_choices(schema: dict[str, Any]) -> None:
     """The UI form's metric list offers the registered names (the server refuses others before a
     run is created): ``items.enum``, no repeats."""
-    from tasks.metrics import METRICS
-
     from tasks.metric_plugins import load_metric_modules
+    from tasks.metrics import METRICS
 
     with contextlib.suppress(ValueError):  # a module that cannot be imported fails the run that names its metric
         load_metric_modules()
