@@ -817,7 +817,7 @@ class Store:
             if not self.fs.exists(self.path(prefix)):
                 continue
             for path, entry in sorted(self.glob(prefix, f"**/.{CLAIM}*.tmp-*", detail=True).items()):
-                if entry.get("type") != "file" or time.time() - modified_at(entry) <= stale_after_s:
+                if entry.get("type") != "file" or _claim_attempt_in_flight(entry, stale_after_s):
                     continue
                 key = self.key_of(path)
                 found[key] = int(entry.get("size") or 0)

@@ -86,14 +86,14 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
                "discovery rate).")))
 
     parts = []
-    for metric in metrics:
+    blocks_of = {metric: grid_blocks(best, metric) for metric in metrics}
+    for metric, blocks in blocks_of.items():
         chance = common_chance(best, metric)
-        blocks = grid_blocks(best, metric)
         for block in blocks:
             parts += model_heatmaps(add, best, best_of_metric[metric], metric, block, chance, notes, block == blocks[0])
     sections.append(html.section("Model × model", "model-heatmaps", html.figures(*parts)))
 
-    cross_modal = any(grid_blocks(best, metric)[:1] == [CROSS_MODAL] for metric in metrics)
+    cross_modal = any(CROSS_MODAL in blocks for blocks in blocks_of.values())
     if cross_modal:
         parts = []
         for metric in metrics:

@@ -123,9 +123,17 @@ def test_processes_started_after_the_guard_use_its_server(tmp_path):
 
 
 def test_an_identity_that_could_not_be_read_starts_no_watch():
+    """An owner identity read as UNKNOWN never equals the owner's later reads: watching it would
+    take the live owner for gone and terminate its server at once."""
     import flows.server_watchdog as w
 
-    assert w.main([str(os.getpid()), w.UNKNOWN, "1", "123"]) == 0  # returns at once, signals nothing
+    server = subprocess.Popen(["sleep", "600"])
+    try:
+        assert w.main([str(os.getpid()), w.UNKNOWN, str(server.pid), str(process_identity(server.pid))]) == 0
+        assert server.poll() is None  # left alone
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_a_proc_read_error_decides_nothing(monkeypatch):

@@ -129,6 +129,7 @@ def test_a_module_that_cannot_be_imported_is_named(monkeypatch, tmp_path):
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_pipeline_scores_a_user_metric(plugin, monkeypatch, tmp_path):
     from flows.pipeline import prh_pipeline
+    from storage import layout
     from storage.catalog import connect, query
     from tests.flows.test_pipeline import TINY_BERT, TINY_VIT, _stored_layers
     from storage.store import Store
@@ -142,8 +143,9 @@ def test_the_pipeline_scores_a_user_metric(plugin, monkeypatch, tmp_path):
     summary = prh_pipeline(config=config, store=store, report=False)
     assert summary["status"] == "COMPLETED"
     target = Store(store)
-    ids_a, xs = _stored_layers(target, target.manifest(_feature_key(target, "tiny-vit")))
-    ids_b, ys = _stored_layers(target, target.manifest(_feature_key(target, "tiny-bert")))
+    key = lambda model: layout.features_key(summary["dataset_version"], model, summary["feature_versions"][model])  # noqa: E731
+    ids_a, xs = _stored_layers(target, target.manifest(key("tiny-vit")))
+    ids_b, ys = _stored_layers(target, target.manifest(key("tiny-bert")))
     assert ids_a == ids_b
     with connect(store) as con:
         rows = query(con, f"select layer_a, layer_b, score from alignment where metric = '{metric}'").to_pylist()
@@ -155,8 +157,3 @@ def test_the_pipeline_scores_a_user_metric(plugin, monkeypatch, tmp_path):
         y /= np.linalg.norm(y, axis=1, keepdims=True)
         assert row["score"] == pytest.approx(4 * float((x * y).sum(axis=1).mean()), abs=1e-5)
 
-
-def _feature_key(store, model: str) -> str:
-    keys = [k for k in (p.rsplit("/", 1)[0] for p in store.glob("features", "**/manifest.json")) if f"/{model}/" in store.key_of(k) + "/"]
-    assert len(keys) == 1
-    return store.key_of(keys[0])
