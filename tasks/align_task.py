@@ -129,7 +129,8 @@ def result_tables(
 
     A layer pair without a score (an excluded layer, see ``tasks.alignment``) gets a NULL
     ``score``, never NaN: DuckDB orders NaN above every number, so ``max(score)`` would be NaN.
-    A best row without a finite score (the engine returned none) has NULL layers and score.
+    A best row without a finite score (the engine returned none) has NULL layers and score, and a
+    statistic that is NaN (no null, threshold or interval without scores) is NULL too.
     """
     a, b = manifest_a["catalog"], manifest_b["catalog"]
     common = {"alignment_version": version, "dataset_version": a["dataset_version"], "model_a": a["model"], "model_b": b["model"]}
@@ -146,10 +147,11 @@ def result_tables(
         best.append({**common, "metric": r.metric.name, "params": params, "modality_a": a["modality"], "modality_b": b["modality"],
                      "layer_a": i, "layer_b": j, "layer_name_a": None if i is None else a["layer_names"][i],
                      "layer_name_b": None if j is None else b["layer_names"][j],
-                     "score": _finite_or_none(r.best), "chance_level": r.chance_level, "null_mean": r.null_mean, "null_std": r.null_std,
-                     "tau": r.tau, "p_value": r.p_value, "calibrated_score": r.calibrated, "permutations": r.permutations,
-                     "ci_low": r.ci_low, "ci_high": r.ci_high, "ci_degenerate": r.ci_degenerate, "bootstrap": r.bootstrap,
-                     "n_samples": n_samples, "unit": unit})
+                     "score": _finite_or_none(r.best), "chance_level": _nan_to_none(r.chance_level),
+                     "null_mean": _nan_to_none(r.null_mean), "null_std": _nan_to_none(r.null_std), "tau": _nan_to_none(r.tau),
+                     "p_value": _nan_to_none(r.p_value), "calibrated_score": _nan_to_none(r.calibrated),
+                     "permutations": r.permutations, "ci_low": _nan_to_none(r.ci_low), "ci_high": _nan_to_none(r.ci_high),
+                     "ci_degenerate": r.ci_degenerate, "bootstrap": r.bootstrap, "n_samples": n_samples, "unit": unit})
     schema_types = {"layer_a": pa.int32(), "layer_b": pa.int32(), "n_samples": pa.int32(), "permutations": pa.int32(),
                     "bootstrap": pa.int32(), "ci_low": pa.float64(), "ci_high": pa.float64(), "ci_degenerate": pa.bool_(),
                     "score": pa.float64(),
@@ -160,6 +162,12 @@ def result_tables(
 def _finite_or_none(value: float) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def _nan_to_none(value: float | None) -> float | None:
+    """NULL for a statistic that is NaN (a metric without a single finite layer-pair score has no
+    null, threshold or interval): DuckDB orders NaN above every number."""
+    return None if value is None or math.isnan(value) else float(value)
 
 
 def _table(rows: list[dict[str, Any]], types: dict[str, pa.DataType]) -> pa.Table:

@@ -203,8 +203,15 @@ class AlignmentParams(BaseModel):
         return self
 
     def metric_params(self, name: str) -> dict[str, Any]:
-        """The parameters this metric takes, from the pipeline-wide values."""
+        """The parameters this metric takes, from the pipeline-wide values. A built-in's unused or
+        default values are left out (labels and version ids stay as they were); a user metric gets
+        every parameter its defaults name, so none of its own defaults overrides the config."""
+        from tasks.metric_plugins import is_builtin
+        from tasks.metrics import METRICS
+
         params = {p: getattr(self, p) for p in parameters_of(name)}
+        if name in METRICS and not is_builtin(name):
+            return params
         if params.get("kernel_metric") == "ip":
             params.pop("rbf_sigma", None)
         if params.get("knn_precision") == "exact":  # the default: keeps labels and version ids as they were

@@ -28,13 +28,14 @@ def aggregate(matrix: np.ndarray, how: Literal["max", "mean"] = "max",
     m = np.asarray(matrix, dtype=np.float64)
     if m.ndim != 2 or m.size == 0:
         raise ValueError(f"expected a non-empty (La, Lb) matrix, got shape {m.shape}")
-    finite = ~np.isnan(m)
-    if not finite.any():
+    present = ~np.isnan(m)
+    if not present.any():
         return math.nan, (-1, -1)
     sign = 1.0 if higher_is_better else -1.0
-    flat = np.where(finite, sign * m, -np.inf).argmax()
+    scored = np.flatnonzero(present)  # -inf (+inf when lower is better) is still a score and can be the best; NaN is not
+    flat = scored[np.argmax(sign * m.ravel()[scored])]
     i, j = np.unravel_index(flat, m.shape)
-    value = float(m[i, j]) if how == "max" else float(m[finite].mean())
+    value = float(m[i, j]) if how == "max" else float(m[present].mean())
     return value, (int(i), int(j))
 
 

@@ -216,6 +216,32 @@ def test_knn_precision_reaches_the_list_metrics_only():
     np.testing.assert_array_equal(refined.matrix, exact.matrix)
 
 
+def test_a_user_metric_gets_the_configured_values_not_its_own_defaults():
+    """A user metric whose defaults differ from the pipeline's defaults: the config's value arrives
+    even where it equals the pipeline default (a built-in leaves those out of its label)."""
+    from tasks.alignment import MetricRequest, align_layers
+    from tasks.metrics import register_metric, unregister_metric
+    from tasks.params import AlignmentParams
+
+    seen: dict = {}
+
+    def probe(x, y, topk=3, knn_precision="bf16", kernel_metric="rbf", rbf_sigma=2.0):
+        seen.update(topk=topk, knn_precision=knn_precision, kernel_metric=kernel_metric, rbf_sigma=rbf_sigma)
+        return 0.0
+
+    name = "prh_test_params_probe"
+    register_metric(name, probe, defaults={"topk": 3, "knn_precision": "bf16", "kernel_metric": "rbf", "rbf_sigma": 2.0})
+    try:
+        params = AlignmentParams(metrics=[name], knn_precision="exact", kernel_metric="ip")
+        sent = params.metric_params(name)
+        assert sent == {"topk": 10, "knn_precision": "exact", "kernel_metric": "ip", "rbf_sigma": 1.0}
+        x = np.random.default_rng(0).standard_normal((12, 3)).astype(np.float32)
+        align_layers([x], [x], [MetricRequest(name, sent)])  # the pipeline's driver
+        assert seen == sent
+    finally:
+        unregister_metric(name)
+
+
 def test_cross_modal_pairs_need_both_modalities():
     vision = [{"name": n, "loader": "random_hf", "id": "ViTConfig", "modality": "vision"} for n in ("vit-a", "vit-b")]
     with pytest.raises(ValueError, match=r"all 2 models are vision models, so nothing would be compared; set alignment\.pairs: all"):

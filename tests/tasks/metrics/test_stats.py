@@ -24,6 +24,14 @@ def test_aggregate_max_mean_and_nan() -> None:
         aggregate(m, "median")
 
 
+def test_aggregate_ignores_nan_but_not_infinite_scores() -> None:
+    """An infinite entry is a score (a log-likelihood of -inf); NaN is not and is never the best."""
+    assert aggregate(np.array([[np.nan, -np.inf]])) == (-math.inf, (0, 1))
+    assert aggregate(np.array([[np.nan, np.inf]]), higher_is_better=False) == (math.inf, (0, 1))
+    assert aggregate(np.array([[np.nan, -np.inf], [-np.inf, np.nan]])) == (-math.inf, (0, 1))
+    assert aggregate(np.array([[np.nan, 2.0], [np.inf, np.nan]]), higher_is_better=False) == (2.0, (0, 1))
+
+
 def test_bh_fdr_against_brute_force() -> None:
     rng = np.random.default_rng(0)
     p = np.concatenate([rng.uniform(size=30), rng.uniform(0, 0.01, size=10)])

@@ -1,0 +1,34 @@
+"""The pipeline's alignment tables (tasks/align_task.py result_tables)."""
+
+from __future__ import annotations
+
+import math
+
+import duckdb
+import numpy as np
+
+from tasks.align_task import result_tables
+from tasks.alignment import MetricRequest, PairAlignment
+
+CATALOG = {"dataset_version": "d1", "layer_names": ["l0", "l1"]}
+MANIFEST_A = {"catalog": {**CATALOG, "model": "vit", "modality": "vision"}}
+MANIFEST_B = {"catalog": {**CATALOG, "model": "lm", "modality": "language"}}
+
+
+def test_a_metric_without_any_score_stores_null_statistics_never_nan() -> None:
+    """A metric NaN on every layer pair has no null, threshold, p or interval: NaN there sorted
+    first in `order by calibrated_score desc` (DuckDB orders NaN above every number)."""
+    nan = math.nan
+    empty = PairAlignment(MetricRequest("mutual_knn", {"topk": 3}), np.full((2, 2), nan), nan, (-1, -1), nan,
+                          null_mean=nan, null_std=nan, tau=nan, p_value=nan, calibrated=nan, permutations=0,
+                          ci_low=nan, ci_high=nan, ci_degenerate=None, bootstrap=0)
+    scored = PairAlignment(MetricRequest("cka", {"kernel_metric": "ip"}), np.array([[0.2, 0.4], [0.1, nan]]), 0.4, (0, 1),
+                           None, null_mean=0.05, null_std=0.01, tau=0.07, p_value=0.02, calibrated=0.35, permutations=49,
+                           ci_low=0.3, ci_high=0.5, ci_degenerate=False, bootstrap=100)
+    scores, best = result_tables([empty, scored], MANIFEST_A, MANIFEST_B, "v1", 10)
+    stats = ["score", "chance_level", "null_mean", "null_std", "tau", "p_value", "calibrated_score", "ci_low", "ci_high"]
+    rows = {r["metric"]: r for r in best.to_pylist()}
+    assert all(rows["mutual_knn"][c] is None for c in stats), rows["mutual_knn"]
+    assert [rows["cka"][c] for c in stats] == [0.4, None, 0.05, 0.01, 0.07, 0.02, 0.35, 0.3, 0.5]
+    assert duckdb.sql("select metric from best order by calibrated_score desc limit 1").fetchall() == [("cka",)]
+    assert [r["score"] for r in scores.to_pylist() if r["metric"] == "cka"] == [0.2, 0.4, 0.1, None]
