@@ -267,14 +267,15 @@ def print_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tasks.report.tables import rows_aligned
+    from tasks.report.tables import best_first, higher_is_better, rows_aligned
 
     table = Table(title=f"Best layer pair per metric (dataset {summary['dataset_version']}, N={rows_aligned(summary['best'])})")
     cross_modal = all((r.get("modality_a"), r.get("modality_b")) == ("vision", "language") for r in summary["best"])
     sides = ("vision", "language") if cross_modal else ("model A", "model B")  # pairs: all mixes modalities
     for column in (*sides, "metric", "score", "95% CI", "layer A", "layer B", "chance", "null", "calib.", "p", "q"):
         table.add_column(column, justify="left" if column in (*sides, "metric", "layer A", "layer B") else "right", no_wrap=True)
-    rows = sorted(summary["best"], key=lambda r: (r["metric"], r["model_b"], r["score"] is None, -(r["score"] or 0.0)))
+    keys = {metric: best_first(higher_is_better(metric)) for metric in {r["metric"] for r in summary["best"]}}
+    rows = sorted(summary["best"], key=lambda r: (r["metric"], r["model_b"], *keys[r["metric"]](r)))  # most aligned first
     for index, row in enumerate(rows):
         chance, null = row.get("chance_level"), row.get("null_mean")
         table.add_row(

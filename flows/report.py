@@ -187,8 +187,10 @@ def publish_report_artifact(store: str, record: dict[str, Any]) -> str | None:
 
 
 def artifact_markdown(report: "Report", record: dict[str, Any], url: str) -> str:
-    """The artifact's text: a link to the stored page, a heatmap, the chance levels per metric."""
-    from tasks.report.tables import common_chance, metrics_of, number, rows
+    """The artifact's text: a link to the stored page, a heatmap, the chance levels per metric and
+    each metric's best pair (the largest score, the smallest where lower is better:
+    ``tasks.report.tables.best_row``)."""
+    from tasks.report.tables import best_row, common_chance, metrics_of, rows
 
     best = rows(report.data.best)
     lines = [f"# prh report, run {record['run_id']}", "", f"Full report (self-contained HTML, every figure): [{url}]({url})", ""]
@@ -200,11 +202,10 @@ def artifact_markdown(report: "Report", record: dict[str, Any], url: str) -> str
     lines += ["| metric | chance level | best pair | score | × chance | calibrated | p |", "|---|---|---|---|---|---|---|"]
     for metric in metrics_of(best):
         chance = common_chance(best, metric)
-        scored = [r for r in best if r["metric"] == metric and number(r.get("score")) is not None]
-        if not scored:  # every pair's score NULL (layers excluded): nothing to rank
+        top = best_row(best, metric)
+        if top is None:  # every pair's score NULL (layers excluded): nothing to rank
             lines.append(f"| {metric} | {'–' if chance is None else f'{chance:.4f}'} | – | – | – | – | – |")
             continue
-        top = max(scored, key=lambda r: r["score"])
         ratio = f"{top['score'] / chance:.1f}×" if chance else "–"
         calibrated = "–" if top.get("calibrated_score") is None else f"{top['calibrated_score']:.3f}"
         p = "–" if top.get("p_value") is None else f"{top['p_value']:.3g}"

@@ -19,7 +19,7 @@ from storage.features import vectors_from_arrow
 from storage.store import Store
 from tasks.image_rows import image_rows, mean_rows
 from tasks.report.neighbours import NeighbourExamples, Sample, select_examples
-from tasks.report.tables import ReportInput, describe_dataset, metrics_of, scored
+from tasks.report.tables import ReportInput, best_row, describe_dataset, metrics_of, scored
 
 NEIGHBOUR_METRIC = "mutual_knn"
 
@@ -121,7 +121,11 @@ def load_report_input(
     ``record``: a run record given directly (the pipeline passes its own, before the run is
     marked COMPLETED); otherwise ``run_id`` or the latest run that published results. ``pair``: the model
     pair of the nearest-neighbour examples (default: the best-aligned pair under mutual k-NN).
+
+    The modules of ``$PRH_METRIC_MODULES`` are imported first (:func:`load_metric_plugins`), so
+    that the report knows the direction of the user metrics they register.
     """
+    plugin_notes = load_metric_plugins()
     con = connect(store)
     try:
         if record is None:
@@ -146,6 +150,7 @@ def load_report_input(
         scores = con.sql(f"select t.* from alignment t {join} order by metric, model_a, model_b, layer_a, layer_b").to_arrow_table()
         models = con.sql("select m.* from models m join _report_features s using (model, feature_version) order by model").to_arrow_table()
         notes = [f"failed in this run ({f.get('stage')}): {f.get('item')}: {f.get('error')}" for f in run_failures(record)]
+        notes += plugin_notes
         if best.num_rows == 0:
             notes.append(f"run {record.get('run_id')} lists no published alignment")
         examples = None
@@ -158,9 +163,24 @@ def load_report_input(
         con.close()
 
 
+def load_metric_plugins() -> list[str]:
+    """Import the modules of ``$PRH_METRIC_MODULES`` (``tasks.metric_plugins``; a no-op for those
+    already imported, as in the pipeline's process), so that their metrics' directions
+    (``higher_is_better``) are known. A module that fails to import does not stop the report (a
+    view of published results): returns a note naming the failure, else no note."""
+    from tasks.metric_plugins import load_metric_modules
+
+    try:
+        load_metric_modules()
+    except ValueError as error:
+        return [f"{error} (the report goes on without it: the metrics it registers count as not registered)"]
+    return []
+
+
 def _examples(con: duckdb.DuckDBPyConnection, best: list[dict[str, Any]], models: list[dict[str, Any]], dataset_version: str | None,
               pair: tuple[str, str] | None, k: int, n_examples: int) -> NeighbourExamples | None:
-    """Neighbour examples of ``pair`` (or the best-aligned pair) at its best layers: under
+    """Neighbour examples of ``pair`` (or the best-aligned pair: the largest score, the smallest
+    for a metric where lower is better, ``tables.best_row``) at its best layers: under
     ``mutual_knn`` where it has a finite score, else the first metric that does (rows without a
     finite score have no best layers and are skipped)."""
     if not best:
@@ -176,7 +196,9 @@ def _examples(con: duckdb.DuckDBPyConnection, best: list[dict[str, Any]], models
         raise ValueError(f"{what} finite best score under any metric (no best layers to show)")
     metrics = metrics_of(candidates)
     metric = NEIGHBOUR_METRIC if NEIGHBOUR_METRIC in metrics else metrics[0]
-    row = max((r for r in candidates if r["metric"] == metric), key=lambda r: float(r["score"]))
+    row = best_row(candidates, metric)  # the largest score, the smallest where lower is better
+    if row is None:  # not reached: every candidate has a finite score
+        raise ValueError(f"no model pair has a finite best score under {metric}")
     versions = {m["model"]: m["feature_version"] for m in models}
     if row["model_a"] not in versions or row["model_b"] not in versions:
         raise ValueError(f"no feature version recorded for {row['model_a']} or {row['model_b']}")

@@ -12,8 +12,9 @@ from matplotlib.figure import Figure
 
 from tasks.report import heatmaps, html, scaling
 from tasks.report.figures import FigureCache, RenderedFigure, render_cached
-from tasks.report.tables import (CROSS_MODAL, ReportInput, common_chance, degenerate, describe_metrics, grid_blocks, interval,
-                                 interval_columns, metrics_of, model_grid, number, pairs_of, rows, rows_aligned, scored)
+from tasks.report.tables import (CROSS_MODAL, ReportInput, common_chance, degenerate, describe_metrics, direction_notes, grid_blocks,
+                                 higher_is_better, interval, interval_columns, metrics_of, model_grid, number, pairs_of, rows,
+                                 rows_aligned, scored)
 
 TITLE = "prh alignment report"
 
@@ -50,10 +51,16 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
     figures); ``pairs``: the model pairs of the layer × layer section (default: every pair);
     ``cache``: figures already drawn from the same rows (a figure is keyed by the rows it shows:
     one metric's best scores, one model pair's layer scores), so a rerun draws only what changed.
+
+    A metric's direction is its registration in this process (``tables.higher_is_better``: where
+    lower is better, the best pair is the smallest score, listed first, and its raw colour scales
+    are reversed); an unregistered metric is taken as higher is better, and the notes say so.
     """
     best, scores, models = rows(data.best), rows(data.scores), rows(data.models)
     metrics = metrics_of(best)
     notes = list(data.notes)
+    higher = {metric: higher_is_better(metric) for metric in metrics}
+    lower = [metric for metric in metrics if not higher[metric]]
     figures: list[RenderedFigure] = []
     sections = []
 
@@ -72,16 +79,19 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
     for r in scores:
         scores_of_pair.setdefault((r["model_a"], r["model_b"]), []).append(r)
 
+    notes += direction_notes(metrics)
     notes += unscored_notes(best, metrics)
     run = data.run
     sections.append(html.section("Models", "models", html.models_table(models)))
     sections.append(html.section(
         "Best layer pair per metric", "best", html.best_table(best, metrics),
-        intro=("Each model pair's score is the maximum over all layer pairs. <b>chance</b> is the analytical chance level "
-               "(mutual k-NN: k/(N−1)); <b>× chance</b> the score divided by it (or by the permutation null mean, "
-               "marked ×null, where no analytical level exists); <b>null mean</b> is what row-permuted data scores after "
-               "the same max over layer pairs; <b>calibrated</b> = (score − τ)/(max − τ), clamped to [0, 1], with τ the "
-               "null's 1−α quantile, <b>p</b> its permutation p-value and <b>q</b> the Benjamini–Hochberg q-value of p "
+        intro=("Each model pair's score is its best over all layer pairs: the maximum, or the minimum for a metric where lower "
+               "is better (named in the notes); each metric's pairs are listed most aligned first. <b>chance</b> is the "
+               "analytical chance level (mutual k-NN: k/(N−1)); <b>× chance</b> the score divided by it (or by the "
+               "permutation null mean, marked ×null, where no analytical level exists); <b>null mean</b> is what "
+               "row-permuted data scores after the same best over layer pairs; <b>calibrated</b> = (score − τ)/(max − τ), clamped to [0, 1], with τ the "
+               "null's 1−α quantile (where lower is better: (τ − score)/(τ − min), τ its α quantile; 1 is the most aligned "
+               "for every metric), <b>p</b> its permutation p-value and <b>q</b> the Benjamini–Hochberg q-value of p "
                "among this run's model pairs of the metric (pairs with q ≤ 0.05 are discoveries at a 5% false "
                "discovery rate).")))
 
@@ -90,7 +100,8 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
     for metric, blocks in blocks_of.items():
         chance = common_chance(best, metric)
         for block in blocks:
-            parts += model_heatmaps(add, best, best_of_metric[metric], metric, block, chance, notes, block == blocks[0])
+            parts += model_heatmaps(add, best, best_of_metric[metric], metric, block, chance, notes, block == blocks[0],
+                                    higher[metric])
     sections.append(html.section("Model × model", "model-heatmaps", html.figures(*parts)))
 
     cross_modal = any(CROSS_MODAL in blocks for blocks in blocks_of.values())
@@ -101,8 +112,9 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
                     ("quality", "against language-model quality (1 − bits per byte)", scaling.quality_points, scaling.alignment_vs_quality),
                     ("size", "against parameter count", scaling.size_points, scaling.alignment_vs_size)):
                 if points(best, models, metric):
-                    parts.append(add(f"{kind}-{metric}", f"{metric} {caption}",
-                                     lambda draw=draw, metric=metric: draw(best, models, metric), [best_of_metric[metric], models]))
+                    parts.append(add(f"{kind}-{metric}", f"{metric} {caption}{_direction_words(higher[metric])}",
+                                     lambda draw=draw, metric=metric: draw(best, models, metric, higher[metric]),
+                                     [best_of_metric[metric], models, higher[metric]]))
         notes += bits_per_byte_notes(models)
         sections.append(html.section("Alignment against model quality and size", "scaling", html.figures(*parts),
                                      intro="The paper's headline figure: does alignment grow with model quality and scale?"))
@@ -121,8 +133,9 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
         if any(r["metric"] in metrics for r in pair_scores):
             # PNG only: a layer matrix is a raster image, which SVG would only wrap (and slowly).
             parts.append(add(f"layers-{model_a}__{model_b}", f"{model_a} × {model_b}: every layer pair (red box: the best pair)",
-                             lambda a=model_a, b=model_b, s=pair_scores, p=pair_best: heatmaps.layer_heatmaps(s, p, a, b, metrics),
-                             [pair_scores, pair_best, metrics], only_png=True))
+                             lambda a=model_a, b=model_b, s=pair_scores, p=pair_best:
+                                 heatmaps.layer_heatmaps(s, p, a, b, metrics, lower),
+                             [pair_scores, pair_best, metrics, lower], only_png=True))
     missing = [pair for pair in (pairs_of(best) if pairs is None else pairs)
                if not any(r["metric"] in metrics for r in scores_of_pair.get(pair, []))]
     if missing:
@@ -150,17 +163,19 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
 
 
 def model_heatmaps(add: Callable[..., str], best: list[dict[str, Any]], rows_of_metric: list[dict[str, Any]], metric: str,
-                   block: tuple[str | None, str | None], chance: float | None, notes: list[str], first: bool) -> list[str]:
+                   block: tuple[str | None, str | None], chance: float | None, notes: list[str], first: bool,
+                   higher: bool = True) -> list[str]:
     """The raw and calibrated model × model heatmaps of ``metric`` in one ``block`` of modalities
     (``tables.grid_blocks``): the first block's figures are ``model-heatmap-<metric>[-calibrated]``,
     a same-modality block of a run that has another adds ``-<modality>`` (``pairs: all``). Appends
-    to ``notes`` when the first block has no calibrated scores. Returns the figures' HTML."""
+    to ``notes`` when the first block has no calibrated scores. ``higher``: the metric's direction
+    (the raw figure's colour scale and caption). Returns the figures' HTML."""
     grid = model_grid(best, metric, "score", block)
     suffix = "" if first else f"-{block[0] or 'other'}" + ("" if block[0] == block[1] else f"-{block[1] or 'other'}")
     where = "" if first and block == CROSS_MODAL else f" ({_block_words(block)})"
     parts = [add(f"model-heatmap-{metric}{suffix}", f"{metric}: best score per model pair{where}, {heatmaps.ratio_caption(grid)}"
-                 + (f" (chance = {chance:.4f}, red line on the colour bar)" if chance is not None else ""),
-                 lambda: heatmaps.model_heatmap(grid, metric, False, chance), [rows_of_metric, chance, list(block)])]
+                 + (f" (chance = {chance:.4f}, red line on the colour bar)" if chance is not None else "") + _direction_words(higher),
+                 lambda: heatmaps.model_heatmap(grid, metric, False, chance, higher), [rows_of_metric, chance, list(block), higher])]
     calibrated = model_grid(best, metric, "calibrated_score", block)
     if (calibrated.values == calibrated.values).any():
         parts.append(add(f"model-heatmap-{metric}{suffix}-calibrated", f"{metric}: permutation-calibrated score and p-value{where} "
@@ -169,6 +184,11 @@ def model_heatmaps(add: Callable[..., str], best: list[dict[str, Any]], rows_of_
     elif first:
         notes.append(f"{metric}: no calibrated scores (the run used no permutations)")
     return parts
+
+
+def _direction_words(higher: bool) -> str:
+    """What a raw figure's caption adds for a metric where lower is better: ``; lower is better``."""
+    return "" if higher else "; lower is better"
 
 
 def _block_words(block: tuple[str | None, str | None]) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.colors import Normalize
+from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -18,33 +19,50 @@ CMAP = "viridis"
 MAX_TICK_LABELS = 24
 
 
-def model_heatmap(grid: Grid, metric: str, calibrated: bool = False, chance: float | None = None) -> Figure:
+def model_heatmap(grid: Grid, metric: str, calibrated: bool = False, chance: float | None = None,
+                  higher_is_better: bool = True) -> Figure:
     """One metric's best score for every model pair: ``grid.rows`` × ``grid.columns``.
 
     Raw cells read ``score`` and ``×`` its chance level (the analytical chance where one exists,
     else the permutation null mean, marked ``×null``; no ratio where the chance level is 0); the
-    colour bar marks ``chance`` and reaches below 0 when a score does (``colour_norm``).
-    Calibrated cells read the calibrated score and its p-value (0 is the null's 1−α quantile).
+    colour bar marks ``chance`` and reaches below 0 when a score does (``colour_norm``). For a
+    metric where lower is better (``higher_is_better=False``) the raw colour scale is reversed, so
+    that brighter is more aligned as for every other metric, and the colour bar says so.
+    Calibrated cells read the calibrated score and its p-value (0 is the null's 1−α quantile;
+    higher is more aligned for every metric).
     """
     values = grid.values
     n_rows, n_cols = values.shape
     figure = new_figure(2.2 + 1.45 * n_cols, 1.3 + 0.62 * n_rows)
     ax = figure.add_subplot()
     norm = colour_norm(values, calibrated, chance)
-    image = ax.imshow(np.ma.masked_invalid(values), cmap=colormaps[CMAP].with_extremes(bad="#dddddd"), norm=norm, aspect="auto")
+    reverse = not calibrated and not higher_is_better
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=colour_map(reverse).with_extremes(bad="#dddddd"), norm=norm, aspect="auto")
     for i in range(n_rows):
         for j in range(n_cols):
             ax.text(j, i, _cell_text(grid.cells[i][j], calibrated), ha="center", va="center", fontsize=8,
-                    color=_text_colour(norm(values[i, j])) if np.isfinite(values[i, j]) else "#555555")
+                    color=_text_colour(norm(values[i, j]), reverse) if np.isfinite(values[i, j]) else "#555555")
     _label_axes(ax, grid.columns, grid.rows)
     ax.set_xlabel(_axis_label(grid.column_kind))
     ax.set_ylabel(_axis_label(grid.row_kind))
     kind = "calibrated score" if calibrated else "score (best layer pair)"
     ax.set_title(f"{metric}: {kind}", fontsize=10)
     bar = figure.colorbar(image, ax=ax, shrink=0.9)
+    if reverse:
+        bar.set_label(LOWER_IS_BETTER, fontsize=8)
     if chance is not None and not calibrated:
         _mark_chance(bar.ax, chance)
     return figure
+
+
+#: The colour bar's label of a metric where lower is better (its colour map reversed: brighter = more aligned).
+LOWER_IS_BETTER = "lower is better"
+
+
+def colour_map(reverse: bool = False) -> Colormap:
+    """The heatmaps' colour map (viridis: dark to bright); reversed (bright at the low end) for
+    a metric where lower is better, so that brighter is more aligned for every metric."""
+    return colormaps[CMAP].reversed() if reverse else colormaps[CMAP]
 
 
 def colour_norm(values: np.ndarray, calibrated: bool, chance: float | None = None) -> Normalize:
@@ -79,9 +97,11 @@ def _axis_label(kind: str | None) -> str:
     return f"{kind} model" if kind else "model"
 
 
-def layer_heatmaps(scores: list[dict[str, Any]], best: list[dict[str, Any]], model_a: str, model_b: str, metrics: list[str]) -> Figure | None:
+def layer_heatmaps(scores: list[dict[str, Any]], best: list[dict[str, Any]], model_a: str, model_b: str, metrics: list[str],
+                   lower_is_better: Collection[str] = ()) -> Figure | None:
     """Every layer pair of one model pair, one panel per metric; the best pair is outlined (none
-    for a metric whose best row has no finite score)."""
+    for a metric whose best row has no finite score). The metrics named in ``lower_is_better``
+    get the reversed colour map (brighter = more aligned) and a colour bar that says so."""
     panels = [(m, *layer_matrix(scores, m, model_a, model_b)) for m in metrics]
     panels = [p for p in panels if p[3].size]
     if not panels:
@@ -93,7 +113,8 @@ def layer_heatmaps(scores: list[dict[str, Any]], best: list[dict[str, Any]], mod
     figure.suptitle(f"{model_a} × {model_b}: every layer pair", fontsize=10)
     for index, (metric, names_a, names_b, matrix) in enumerate(panels):
         ax = figure.add_subplot(1, len(panels), index + 1)
-        image = ax.imshow(np.ma.masked_invalid(matrix), cmap=CMAP, aspect="auto", origin="lower")
+        reverse = metric in lower_is_better
+        image = ax.imshow(np.ma.masked_invalid(matrix), cmap=colour_map(reverse), aspect="auto", origin="lower")
         _label_axes(ax, names_b, names_a, fontsize=6)
         ax.set_xlabel(model_b, fontsize=8)
         ax.set_ylabel(model_a, fontsize=8)
@@ -108,6 +129,8 @@ def layer_heatmaps(scores: list[dict[str, Any]], best: list[dict[str, Any]], mod
         ax.set_title(title, fontsize=8)
         bar = figure.colorbar(image, ax=ax, shrink=0.85)
         bar.ax.tick_params(labelsize=7)
+        if reverse:
+            bar.set_label(LOWER_IS_BETTER, fontsize=7)
         chance = common_chance(best, metric)
         finite = matrix[np.isfinite(matrix)]
         if chance is not None and finite.size and finite.min() <= chance <= finite.max():
@@ -133,9 +156,10 @@ def _cell_text(row: dict[str, Any] | None, calibrated: bool) -> str:
     return text
 
 
-def _text_colour(level: float) -> str:
-    """White on the dark end of viridis, black on the light end."""
-    return "white" if level < 0.6 else "black"
+def _text_colour(level: float, reverse: bool = False) -> str:
+    """White on the dark end of viridis, black on the light end; ``level`` in [0, 1] along the
+    norm, whose dark end is at 1 when the map is ``reverse``d."""
+    return "white" if (1.0 - level if reverse else level) < 0.6 else "black"
 
 
 def _label_axes(ax: Axes, x_labels: list[str], y_labels: list[str], fontsize: int = 8) -> None:

@@ -13,7 +13,7 @@ from tasks.grid_fdr import add_q_values
 from tasks.report.figures import RenderedFigure
 from tasks.report.images import data_uri, thumbnail_png
 from tasks.report.neighbours import Example, Neighbour, NeighbourExamples
-from tasks.report.tables import chance_ratio, degenerate, interval, interval_columns, number
+from tasks.report.tables import best_first, chance_ratio, degenerate, higher_is_better, interval, interval_columns, number
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
@@ -111,9 +111,11 @@ def best_table(best: list[dict[str, Any]], metrics: list[str]) -> str:
     CI). ``q``: the Benjamini–Hochberg q-value of ``p`` among ``best``'s rows of that metric (the
     run's grid, ``tasks.grid_fdr``; the catalog's ``alignment_fdr``).
 
-    Rows are sorted by score, rows without a finite score (NULL score and layers) last, shown as
-    ``–``. The CI column appears when some row has a bootstrap interval; a degenerate interval
-    (``ci_degenerate``) is marked ``*`` and explained in a footnote under the table.
+    Rows of each metric are sorted most aligned first (``tables.best_first``: the highest score, the
+    lowest for a metric where lower is better, ``tables.higher_is_better``), rows without a finite
+    score (NULL score and layers) last, shown as ``–``. The CI column appears when some row has a
+    bootstrap interval; a degenerate interval (``ci_degenerate``) is marked ``*`` and explained in
+    a footnote under the table.
     """
     ci = interval_columns(best)
     best = add_q_values(best)
@@ -124,7 +126,7 @@ def best_table(best: list[dict[str, Any]], metrics: list[str]) -> str:
     body = []
     marked = False
     for metric in metrics:
-        for r in sorted((r for r in best if r["metric"] == metric), key=_score_order):
+        for r in sorted((r for r in best if r["metric"] == metric), key=best_first(higher_is_better(metric))):
             ratio = chance_ratio(r)
             line = [metric, r["model_a"], r["model_b"], _fmt(r["score"], ".4f"), _layer(r, "a"), _layer(r, "b"),
                     _fmt(r.get("chance_level"), ".4f"),
@@ -138,12 +140,6 @@ def best_table(best: list[dict[str, Any]], metrics: list[str]) -> str:
             body.append(line)
     footnote = f"<p class=\"footnote\">{escape(DEGENERATE_FOOTNOTE)}</p>" if marked else ""
     return table(header, body, numeric={3, 6, 7, 8, 9, 10, 11, 12}, css_class="best") + footnote
-
-
-def _score_order(row: dict[str, Any]) -> tuple[bool, float]:
-    """Sort key: highest score first, rows without a finite score last."""
-    score = number(row.get("score"))
-    return (score is None, -(score or 0.0))
 
 
 def _layer(row: dict[str, Any], side: str) -> str:

@@ -56,8 +56,16 @@ def size_points(best: list[dict[str, Any]], models: list[dict[str, Any]], metric
     return [(v, l, r) for v, l, r in cross_modal(best, metric, modality) if v in size and l in size]
 
 
-def alignment_vs_quality(best: list[dict[str, Any]], models: list[dict[str, Any]], metric: str) -> Figure | None:
-    """Alignment to each vision model against the language model's 1 − bits per byte (None: no LM has it)."""
+def y_label(metric: str, higher_is_better: bool = True) -> str:
+    """The y axis of a scaling panel: ``mutual_knn (best layer pair)``; ``..., lower is better``
+    for a metric where lower is better (its best layer pair is the smallest score)."""
+    return f"{metric} (best layer pair{'' if higher_is_better else ', lower is better'})"
+
+
+def alignment_vs_quality(best: list[dict[str, Any]], models: list[dict[str, Any]], metric: str,
+                         higher_is_better: bool = True) -> Figure | None:
+    """Alignment to each vision model against the language model's 1 − bits per byte (None: no LM
+    has it); the y axis says when lower is better (``y_label``)."""
     quality = _quality(models)
     points = quality_points(best, models, metric)
     if not points:
@@ -66,7 +74,7 @@ def alignment_vs_quality(best: list[dict[str, Any]], models: list[dict[str, Any]
     ax = figure.add_subplot()
     drawn = _series(ax, points, key=lambda p: p[0], x=lambda p: quality[p[1]], label_of=lambda p: p[1])
     ax.set_xlabel("language-model quality: 1 − bits per byte")
-    ax.set_ylabel(f"{metric} (best layer pair)")
+    ax.set_ylabel(y_label(metric, higher_is_better))
     ax.set_title(f"{metric} against language-model quality", fontsize=10)
     chance = common_chance(best, metric)
     _chance_line(ax, chance)
@@ -75,8 +83,10 @@ def alignment_vs_quality(best: list[dict[str, Any]], models: list[dict[str, Any]
     return figure
 
 
-def alignment_vs_size(best: list[dict[str, Any]], models: list[dict[str, Any]], metric: str) -> Figure | None:
-    """Two panels: alignment against the language model's and the vision model's parameter count."""
+def alignment_vs_size(best: list[dict[str, Any]], models: list[dict[str, Any]], metric: str,
+                      higher_is_better: bool = True) -> Figure | None:
+    """Two panels: alignment against the language model's and the vision model's parameter count;
+    the y axes say when lower is better (``y_label``)."""
     size = _size(models)
     points = size_points(best, models, metric)
     if not points:
@@ -89,7 +99,7 @@ def alignment_vs_size(best: list[dict[str, Any]], models: list[dict[str, Any]], 
         drawn = _series(ax, points, key=lambda p, s=series_model: p[s], x=lambda p, a=axis_model: size[p[a]],
                         label_of=lambda p, a=axis_model: p[a])
         ax.set_xlabel(f"{kind}-model parameters")
-        ax.set_ylabel(f"{metric} (best layer pair)")
+        ax.set_ylabel(y_label(metric, higher_is_better))
         ax.set_title(f"{metric} against {kind}-model size", fontsize=10)
         _chance_line(ax, chance)
         ax.set_ylim(*y_limits(drawn, chance))

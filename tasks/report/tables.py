@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +173,59 @@ def scored(row: dict[str, Any]) -> bool:
     """Whether a best row has a finite score and its best layers (a row without a finite score has
     NULL score and layers: ``tasks/align_task.py``)."""
     return number(row.get("score")) is not None and row.get("layer_a") is not None and row.get("layer_b") is not None
+
+
+def registered_direction(metric: str) -> bool | None:
+    """``MetricSpec.higher_is_better`` of ``metric`` as registered in this process
+    (``tasks.metrics.METRICS``: the built-ins, and the user metrics of ``$PRH_METRIC_MODULES`` once
+    loaded); None for a name not registered here. The store does not record a metric's direction."""
+    from tasks.metrics import METRICS  # here, not at import: the engine imports torch
+
+    return METRICS[metric].higher_is_better if metric in METRICS else None
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger score of ``metric`` is more aligned: its registered direction; an
+    unregistered name is taken as higher is better (``direction_notes`` says so in the report)."""
+    return registered_direction(metric) is not False
+
+
+def best_first(higher: bool) -> Callable[[dict[str, Any]], tuple[bool, float]]:
+    """Sort key of best rows, most aligned first: the highest score first (the lowest when not
+    ``higher``), rows without a finite score last."""
+    sign = -1.0 if higher else 1.0
+
+    def key(row: dict[str, Any]) -> tuple[bool, float]:
+        score = number(row.get("score"))
+        return score is None, sign * (score or 0.0)
+
+    return key
+
+
+def best_row(best: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """The most aligned of ``metric``'s rows with a finite score: the largest score, or the
+    smallest for a metric where lower is better (:func:`higher_is_better`); the first in
+    ``best``'s order among equal scores; None when no row of ``metric`` has one."""
+    candidates = [r for r in best if r["metric"] == metric and number(r.get("score")) is not None]
+    return min(candidates, key=best_first(higher_is_better(metric))) if candidates else None
+
+
+def direction_notes(metrics: list[str]) -> list[str]:
+    """The report's notes on directions: one naming the metrics where lower is better, one naming
+    the metrics not registered in this process (taken as higher is better); none for the rest."""
+    directions = {metric: registered_direction(metric) for metric in metrics}
+    lower = [m for m in metrics if directions[m] is False]
+    unknown = [m for m in metrics if directions[m] is None]
+    notes = []
+    if lower:
+        notes.append(f"{', '.join(lower)}: lower is better (registered with higher_is_better=False): the best pair is the "
+                     "smallest score, listed first in the best-scores table, and the raw heatmaps' colour scales are reversed "
+                     "(brighter = more aligned)")
+    if unknown:
+        notes.append(f"{', '.join(unknown)}: not registered in this process (a user metric: set $PRH_METRIC_MODULES to the "
+                     "module that registers it), so the direction is unknown and taken as higher is better (the largest score "
+                     "is the best pair, listed first, brightest in the heatmaps); the best layer pairs are those the run stored")
+    return notes
 
 
 def chance_ratio(row: dict[str, Any]) -> tuple[float, str] | None:

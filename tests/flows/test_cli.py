@@ -372,6 +372,24 @@ def test_the_run_summary_prints_a_best_row_without_a_score(capsys):
     assert "0.500-0.500*" in shown and "* degenerate interval: the bootstrap subsamples piled up" in shown
 
 
+def test_the_run_summary_lists_a_lower_is_better_metric_most_aligned_first(capsys):
+    """A user metric registered with higher_is_better=False: its smallest score is its best pair
+    and comes first (the closing table sorted every metric by descending score)."""
+    from flows.cli import print_summary
+    from tasks.metrics import register_metric, unregister_metric
+
+    register_metric("prh_test_cli_distance", lambda x, y: 0.0, higher_is_better=False)
+    try:
+        rows = [{"model_a": a, "model_b": "lm", "metric": m, "score": s, "layer_name_a": "l1", "layer_name_b": "l2"}
+                for m in ("prh_test_cli_distance", "cka") for a, s in (("far", 0.9), ("near", 0.2))]
+        print_summary({"dataset_version": "d", "best": rows, "extracted": [], "reused": [], "store": "s", "run_id": "r"})
+    finally:
+        unregister_metric("prh_test_cli_distance")
+    lines = [line for line in capsys.readouterr().out.splitlines() if " lm " in line]
+    order = [(line.split()[5], line.split()[1]) for line in lines]
+    assert order == [("cka", "far"), ("cka", "near"), ("prh_test_cli_distance", "near"), ("prh_test_cli_distance", "far")]
+
+
 def _files(root: Path) -> dict[str, int]:
     """Every file under ``root``: relative path -> size in bytes."""
     return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}

@@ -201,6 +201,43 @@ def test_artifact_text_with_a_metric_whose_scores_are_all_null():
     assert "| cka | – | – | – | – | – | – |" in text and "- cka: every layer left out" in text
 
 
+def test_artifact_best_pair_of_a_lower_is_better_metric_is_the_smallest_score():
+    """The artifact named the largest score the best pair of every metric; for a metric registered
+    with higher_is_better=False (a distance) that is the least aligned pair."""
+    import uuid
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from flows.report import artifact_markdown
+    from tasks.metrics import METRICS, register_metric
+
+    metric = f"test_report_dist_{uuid.uuid4().hex[:8]}"
+    register_metric(metric, lambda x, y: float(((x - y) ** 2).sum(dim=1).mean()), bounds=(0.0, float("inf")),
+                    higher_is_better=False, symmetric=True)
+    try:
+        rows = [{"metric": metric, "model_a": "v", "model_b": b, "score": s, "chance_level": None, "calibrated_score": c,
+                 "p_value": p} for b, s, c, p in (("far", 2.5, 0.0, 0.9), ("near", 0.75, 0.4, 0.05), ("mid", 1.5, 0.1, 0.3))]
+        rows += [{**r, "metric": "cka"} for r in rows]  # a built-in, higher is better: the largest
+        report = SimpleNamespace(data=SimpleNamespace(best=pa.Table.from_pylist(rows)), figures=[], notes=[])
+        text = artifact_markdown(report, {"run_id": "r1"}, "file:///x/report.html")
+        assert f"| {metric} | – | v × near | 0.7500 | – | 0.400 | 0.05 |" in text
+        assert "| cka | – | v × far | 2.5000 | – | 0.000 | 0.9 |" in text
+    finally:
+        METRICS._specs.pop(metric, None)
+
+
+def test_the_report_notes_a_metric_module_that_does_not_import(store, monkeypatch):
+    """``load_report_input`` imports ``$PRH_METRIC_MODULES`` (the directions of the user metrics);
+    one that fails is a note on the page, not a failed report."""
+    from tasks.report_source import load_report_input
+
+    monkeypatch.setenv("PRH_METRIC_MODULES", "no_such_prh_report_module_xyz")
+    data = load_report_input(Store(store[0]), run_id=LATEST_RUN)
+    assert any(n.startswith("$PRH_METRIC_MODULES: cannot import 'no_such_prh_report_module_xyz'") for n in data.notes)
+    assert data.best.num_rows == len(PAIRS)
+
+
 def test_a_report_over_an_earlier_one_removes_its_figures_only(store, tmp_path, capsys):
     """`--out` holding an earlier report kept that report's figures beside the new ones (another
     run's pairs in figures/); the report's own figure names are removed, anything else is kept."""

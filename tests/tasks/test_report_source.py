@@ -120,3 +120,75 @@ def test_examples_skip_best_rows_without_a_finite_score() -> None:
         _examples(_catalog(), [_unscored(knn), _unscored(cka), {**knn, "model_b": "lm2"}], MODELS, "ds", ("vit", "lm"), 3, 2)
     with pytest.raises(ValueError, match="no model pair has a finite best score"):
         _examples(_catalog(), [_unscored(knn), other], MODELS, "ds", None, 3, 2)
+
+
+def _distance(x, y) -> float:
+    """Mean squared distance of paired rows: lower is more aligned."""
+    return float(((x - y) ** 2).sum(dim=1).mean())
+
+
+@pytest.fixture
+def lower_metric():
+    """A fresh metric name registered with higher_is_better=False (removed afterwards)."""
+    import uuid
+
+    from tasks.metrics import METRICS, register_metric
+
+    name = f"test_report_dist_{uuid.uuid4().hex[:8]}"
+    register_metric(name, _distance, bounds=(0.0, float("inf")), higher_is_better=False, symmetric=True)
+    yield name
+    METRICS._specs.pop(name, None)
+
+
+def test_the_neighbour_pair_of_a_lower_is_better_metric_has_the_smallest_score(lower_metric) -> None:
+    """Without mutual_knn the examples follow the first metric's best pair; for a metric where lower
+    is better that is the smallest score (the largest was taken: the least aligned pair)."""
+    knn = _best("sample")[0]
+    near = {**knn, "metric": lower_metric, "score": 0.3}
+    far = {**knn, "metric": lower_metric, "model_a": "lm", "model_b": "vit", "score": 0.9}
+    for rows in ([near, far], [far, near]):
+        examples = _examples(_catalog(), rows, MODELS, "ds", None, k=3, n_examples=2)
+        assert (examples.model_a, examples.model_b) == ("vit", "lm")
+    higher = [{**r, "metric": "cka"} for r in (near, far)]  # a built-in, higher is better: the largest
+    assert _examples(_catalog(), higher, MODELS, "ds", None, k=3, n_examples=2).model_a == "lm"
+
+
+PLUGIN = '''
+from tasks.metrics import register_metric
+
+
+def {name}(x, y):
+    return float(((x - y) ** 2).sum(dim=1).mean())
+
+
+register_metric("{name}", {name}, bounds=(0.0, float("inf")), higher_is_better=False, symmetric=True, overwrite=True)
+'''
+
+
+def test_the_report_loads_the_metric_modules_and_notes_one_that_fails(tmp_path, monkeypatch) -> None:
+    """`prh report` in a process where the plugin was never imported: ``load_report_input`` imports
+    ``$PRH_METRIC_MODULES`` first, so the user metric's direction is known; a module that does not
+    import is a note, not a failure of the report."""
+    import sys
+    import uuid
+
+    import tasks.metric_plugins as plugin_state
+    from tasks.metrics import METRICS
+    from tasks.report.tables import higher_is_better
+    from tasks.report_source import load_metric_plugins
+
+    metric, module = f"user_dist_{uuid.uuid4().hex[:8]}", f"prh_test_report_plugin_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(PLUGIN.format(name=metric))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        monkeypatch.setenv("PRH_METRIC_MODULES", module)
+        assert higher_is_better(metric) is True  # not registered yet: taken as higher is better
+        assert load_metric_plugins() == []
+        assert higher_is_better(metric) is False
+        monkeypatch.setenv("PRH_METRIC_MODULES", "no_such_prh_report_module_xyz")
+        notes = load_metric_plugins()
+        assert len(notes) == 1 and "no_such_prh_report_module_xyz" in notes[0] and "the report goes on" in notes[0]
+    finally:
+        METRICS._specs.pop(metric, None)
+        sys.modules.pop(module, None)
+        plugin_state._IMPORTED.pop(module, None)
