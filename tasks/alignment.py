@@ -290,6 +290,8 @@ def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutati
                 warnings.simplefilter("ignore", RuntimeWarning)
                 ci = metrics.bootstrap_ci(request.name, rep_x, rep_y, n_boot=bootstrap, level=0.95, seed=seed, aggregate="max",
                                           observed=matrix, **request.params)
+        except metrics.MetricFunctionError:  # a user metric failing on a subsample fails the pair, as on the full data
+            raise
         except ValueError as error:  # too few samples for a half-size subsample of this metric
             logger.warning("%s: no bootstrap interval at N=%d: %s", request.label(), n, error)
         else:

@@ -13,9 +13,13 @@ name) has a source digest (:func:`metric_source`) in the alignment versions of t
 scores: the SHA-256 of the source files of the modules named in ``$PRH_METRIC_MODULES`` and of
 the module defining its function or Engine, **as they were when imported** (a long-lived process,
 a Dask worker, that imported an older file never stores its numbers under the new file's
-version), and of its registration (defaults, bounds, symmetry, direction, the engine's settings).
-Editing any of them gives new versions. It takes the pipeline's parameters named in its
-``defaults`` (``topk``, ``kernel_metric``, ``rbf_sigma``, ``cca_dim``, ``knn_precision``).
+version; a module reloaded with ``importlib.reload`` or IPython's autoreload is read again), and
+of its registration (defaults, bounds, symmetry, direction, the engine's settings). Where the
+defining module has no readable source file (a function defined in ``__main__`` of a REPL or a
+notebook, a ``.pyc``-only or extension module) the digest also covers the function's (or the
+Engine class's) compiled code: :func:`code_digest`. Editing any of them gives new versions. It
+takes the pipeline's parameters named in its ``defaults`` (``topk``, ``kernel_metric``,
+``rbf_sigma``, ``cca_dim``, ``knn_precision``).
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from typing import Any
 METRIC_MODULES_ENV = "PRH_METRIC_MODULES"
 #: Pipeline-wide metric parameters (``AlignmentParams`` fields) a metric may take.
 PIPELINE_METRIC_PARAMETERS = ("topk", "knn_precision", "kernel_metric", "rbf_sigma", "cca_dim")
-#: Module name -> digest of its source file when this process first saw it imported.
-_IMPORTED: dict[str, str] = {}
+#: Module name -> (its ``__spec__`` then, digest of its file) when this process first saw it
+#: imported; a reload gives the module a new ``__spec__`` object, and so a new digest.
+_IMPORTED: dict[str, tuple[Any, str]] = {}
 
 
 def metric_module_names(environ: Any = None) -> tuple[str, ...]:
@@ -46,36 +51,84 @@ def metric_module_names(environ: Any = None) -> tuple[str, ...]:
 def load_metric_modules(environ: Any = None) -> tuple[str, ...]:
     """Import every module of ``$PRH_METRIC_MODULES`` (once: Python caches modules) and note its
     source digest as imported; returns their names. A module that fails is named with the file
-    and line of the failure (ValueError), and the metrics it registered before failing are
-    removed again (a retry then reports the same failure)."""
+    and line of the failure in its own code (ValueError), and the registrations it made before
+    failing are undone: metrics it added are removed, built-in or other metrics it overwrote are
+    restored (a retry then reports the same failure)."""
     from tasks.metrics import METRICS
 
     names = metric_module_names(environ)
     for name in names:
-        before = set(METRICS)
+        before = dict(METRICS._specs)
         try:
             module = importlib.import_module(name)
         except Exception as error:  # noqa: BLE001 - any failure of the user's module, named
-            for added in set(METRICS) - before:
-                METRICS._specs.pop(added, None)
-            where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
-            at = f" at {where.filename}:{where.lineno}" if where is not None else ""
-            raise ValueError(f"${METRIC_MODULES_ENV}: cannot import {name!r} ({type(error).__name__}: {error}){at}; "
-                             "it names the modules that register your metrics (importable from this process)") from error
-        _IMPORTED.setdefault(name, _file_digest(module))
+            _restore(METRICS._specs, before)
+            raise ValueError(f"${METRIC_MODULES_ENV}: cannot import {name!r} ({type(error).__name__}: {error})"
+                             f"{_failure_location(name, error)}; it names the modules that register your metrics "
+                             "(importable from this process)") from error
+        _module_digest(module)
     return names
 
 
-def _file_digest(module: Any) -> str:
-    """SHA-256 of a module's source file (its name where it has none)."""
+def _restore(specs: dict[str, Any], before: dict[str, Any]) -> None:
+    """Put the registry's ``specs`` back to ``before``: names added since are removed, names
+    overwritten or removed since get their former spec back (in place, never emptied meanwhile)."""
+    for name in [name for name in specs if name not in before]:
+        del specs[name]
+    for name, spec in before.items():
+        if specs.get(name) is not spec:
+            specs[name] = spec
+
+
+def _failure_location(name: str, error: BaseException) -> str:
+    """`` at FILE:LINE`` of ``error`` in module ``name``'s own code: a ``SyntaxError``'s position,
+    else the deepest traceback frame run by the module (or by a package above it), not the frames
+    of prh or importlib it called; ``''`` when no frame is its own (the module does not exist)."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f" at {error.filename}:{error.lineno}"
+    owners = [name] + [name.rsplit(".", depth)[0] for depth in range(1, name.count(".") + 1)]
+    frames = list(traceback.walk_tb(error.__traceback__))
+    for owner in owners:
+        own = [(frame, line) for frame, line in frames if frame.f_globals.get("__name__") == owner]
+        if own:
+            frame, line = own[-1]
+            return f" at {frame.f_code.co_filename}:{line}"
+    return ""
+
+
+def _file_digest(module: Any) -> str | None:
+    """SHA-256 of a module's source file; of its compiled file (``.pyc``, extension) where it has
+    no source (prefixed ``compiled:``); None where neither can be read."""
     try:
         path = inspect.getsourcefile(module)
-        if path:
-            with open(path, "rb") as handle:
-                return hashlib.sha256(handle.read()).hexdigest()
-    except (OSError, TypeError):
-        pass
-    return f"no source: {getattr(module, '__name__', module)!r}"
+    except TypeError:  # a module without a file: __main__ of a REPL or notebook, a built-in
+        path = None
+    prefix = ""
+    if not path:
+        path, prefix = getattr(module, "__file__", None), "compiled:"
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            return prefix + hashlib.sha256(handle.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def _module_digest(module: Any) -> str:
+    """The digest of ``module``'s file as first seen since it was (re)imported (``_IMPORTED``,
+    keyed by its ``__spec__`` object, which a reload replaces); ``no source: NAME`` without one."""
+    name, marker = module.__name__, getattr(module, "__spec__", None)
+    seen = _IMPORTED.get(name)
+    if seen is None or seen[0] is not marker:
+        seen = _IMPORTED[name] = (marker, _file_digest(module) or f"no source: {name!r}")
+    return seen[1]
+
+
+def _has_source(module: Any) -> bool:
+    """Whether ``module``'s digest is its source file's."""
+    digest = _module_digest(module)
+    return not digest.startswith(("no source:", "compiled:"))
 
 
 def is_builtin(name: str) -> bool:
@@ -100,10 +153,12 @@ def metric_source(name: str) -> str | None:
         target = target.func
     else:
         settings = ()
-    parts = {f"plugin {module}": _IMPORTED.get(module) or _digest_of(module) for module in metric_module_names()}
+    parts = {f"plugin {module}": _digest_of(module) for module in metric_module_names()}
     defining = inspect.getmodule(target)
     if defining is not None:
-        parts[f"defined in {defining.__name__}"] = _IMPORTED.get(defining.__name__) or _remember(defining)
+        parts[f"defined in {defining.__name__}"] = _module_digest(defining)
+    if defining is None or not _has_source(defining):  # no file to hash: what runs is the code
+        parts["code"] = code_digest(target)
     parts["registration"] = repr((
         getattr(target, "__module__", None), getattr(target, "__qualname__", type(target).__qualname__), settings,
         _describe(spec.bounds), spec.symmetric, spec.locality, spec.higher_is_better,
@@ -113,13 +168,96 @@ def metric_source(name: str) -> str | None:
     return "sha256:" + hashlib.sha256(repr(sorted(parts.items())).encode()).hexdigest()
 
 
-def _remember(module: Any) -> str:
-    return _IMPORTED.setdefault(module.__name__, _file_digest(module))
-
-
 def _digest_of(name: str) -> str:
     module = sys.modules.get(name)
-    return _remember(module) if module is not None else f"not imported: {name}"
+    return _module_digest(module) if module is not None else f"not imported: {name}"
+
+
+def code_digest(target: Any) -> str:
+    """SHA-256 of the compiled code of a metric's function or Engine class, for a metric whose
+    module has no readable source file.
+
+    Hashed: each function's bytecode (``co_code``), constants (nested functions, lambdas and
+    comprehensions recursively), names, argument names and flags; its defaults and keyword
+    defaults; its closure's values; and the module-level values it names (``co_names``) that are
+    plain values (numbers, text, tuples and lists of them) or functions and classes of its own
+    module (hashed the same way, recursively). For a class: the functions, static and class
+    methods and properties of it and of its bases from the same module. Not hashed: line numbers
+    and file names (moving code does not change what it computes), code of other modules it
+    calls (``torch``, a helper package: their versions are not the metric's), and module-level
+    objects other than plain values (an array, a model: only their type). The bytecode is the
+    interpreter's: another Python version gives another digest.
+    """
+    return hashlib.sha256(repr(_code_of(target, getattr(target, "__module__", None), set())).encode()).hexdigest()
+
+
+def _code_of(obj: Any, module: str | None, seen: set[int]) -> Any:
+    """A plain, process-independent description of what ``obj`` (a function, a class, a method)
+    runs; see :func:`code_digest`."""
+    if isinstance(obj, (staticmethod, classmethod)):
+        obj = obj.__func__
+    if isinstance(obj, property):
+        return ("property", [_code_of(f, module, seen) for f in (obj.fget, obj.fset, obj.fdel) if f is not None])
+    if inspect.ismethod(obj):
+        obj = obj.__func__
+    name = getattr(obj, "__qualname__", type(obj).__qualname__)
+    if id(obj) in seen:
+        return ("again", name)
+    seen.add(id(obj))
+    if isinstance(obj, type):
+        members = [(klass.__qualname__, key, _code_of(value, module, seen))
+                   for klass in obj.__mro__ if klass.__module__ == module
+                   for key, value in sorted(vars(klass).items())
+                   if inspect.isfunction(value) or isinstance(value, (staticmethod, classmethod, property))]
+        return ("class", name, members)
+    code = getattr(obj, "__code__", None)
+    if code is None:  # a built-in or an extension's function: its module's file covers it
+        return ("object", _describe(obj))
+    cells = []
+    for cell in obj.__closure__ or ():
+        try:
+            cells.append(_value_of(cell.cell_contents, module, seen))
+        except ValueError:  # an empty cell
+            cells.append("<empty>")
+    namespace = getattr(obj, "__globals__", {})
+    names = sorted(_names_of(code))
+    return ("function", name, _code_parts(code), _value_of(obj.__defaults__, module, seen),
+            sorted((k, _value_of(v, module, seen)) for k, v in (obj.__kwdefaults__ or {}).items()), cells,
+            [(n, _value_of(namespace[n], module, seen)) for n in names if n in namespace])
+
+
+def _code_parts(code: Any) -> tuple:
+    """A code object's bytecode, constants (nested code objects recursively) and names; no lines."""
+    consts = []
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            consts.append(_code_parts(const))
+        elif isinstance(const, frozenset):  # iteration order follows the process's hash seed
+            consts.append(("frozenset", sorted(repr(c) for c in const)))
+        else:
+            consts.append(repr(const))
+    return (code.co_name, code.co_code.hex(), getattr(code, "co_exceptiontable", b"").hex(), consts,
+            code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars, code.co_argcount,
+            code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags)
+
+
+def _names_of(code: Any) -> set[str]:
+    """The global and attribute names a code object and the code nested in it read."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            names |= _names_of(const)
+    return names
+
+
+def _value_of(value: Any, module: str | None, seen: set[int]) -> Any:
+    """A value a function reads (a default, a closure cell, a module-level name): plain values by
+    ``repr``, functions and classes of ``module`` by their code, anything else by its type."""
+    if isinstance(value, (tuple, list)):
+        return [_value_of(v, module, seen) for v in value]
+    if (inspect.isfunction(value) or isinstance(value, type)) and getattr(value, "__module__", None) == module:
+        return _code_of(value, module, seen)
+    return _plain(value)
 
 
 def _plain(value: Any) -> str:

@@ -12,6 +12,8 @@ Public API:
 - ``Representation``: wrap one model's layers to reuse Grams / neighbour lists across calls.
 - ``calibrate(...) -> CalibrationResult``: permutation-calibrated model-pair score.
 - ``aggregate``, ``chance_level``, ``bootstrap_ci``, ``bh_fdr``, ``with_concatenated``.
+- ``MetricFunctionError`` (a user function raised or returned no single number) and
+  ``MissingEngineMethod`` (an ``Engine`` subclass lacks a method): both name the metric.
 
 See ``docs/metrics.md`` for the definitions and every difference from the paper's code.
 """
@@ -20,7 +22,7 @@ from .api import layer_matrix, score
 from .bootstrap import BootstrapResult, bootstrap_ci
 from .builtin import PAPER_METRICS, register_builtins
 from .calibration import CalibrationResult, calibrate, chance_level
-from .engine import Engine, FunctionEngine
+from .engine import Engine, FunctionEngine, MetricFunctionError, MissingEngineMethod
 from .layers import with_concatenated
 from .preparation import prepare
 from .registry import (METRICS, MetricSpec, UnknownMetricError, get_metric, register_metric,
@@ -30,12 +32,13 @@ from .stats import aggregate, bh_fdr
 
 register_builtins()
 #: The built-in registrations as shipped (``tasks.metric_plugins`` tells a user's metric from them,
-#: also one registered under a built-in's name).
+#: also one registered under a built-in's name); ``register_builtins()`` installs these same objects.
 BUILTIN_SPECS: dict[str, MetricSpec] = dict(METRICS)
 
 __all__ = [
     "METRICS", "PAPER_METRICS", "BootstrapResult", "CalibrationResult", "Engine",
-    "FunctionEngine", "MetricSpec", "Representation", "UnknownMetricError", "aggregate",
-    "bh_fdr", "bootstrap_ci", "calibrate", "chance_level", "get_metric", "layer_matrix",
-    "prepare", "register_metric", "score", "unregister_metric", "with_concatenated",
+    "FunctionEngine", "MetricFunctionError", "MetricSpec", "MissingEngineMethod", "Representation",
+    "UnknownMetricError", "aggregate", "bh_fdr", "bootstrap_ci", "calibrate", "chance_level",
+    "get_metric", "layer_matrix", "prepare", "register_metric", "score", "unregister_metric",
+    "with_concatenated",
 ]

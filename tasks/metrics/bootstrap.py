@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from .api import encode_pair
+from .engine import MetricFunctionError
 from .registry import MetricSpec, get_metric
 from .stats import aggregate as aggregate_matrix
 from .stats import check_aggregate, check_count, check_seed
@@ -161,6 +162,8 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
             reps[r] = aggregate_matrix(engine.matrix(engine.encode(sa, p), engine.encode(sb, p), p)
                                        .detach().cpu().numpy(), aggregate, better)[0]
         except ValueError as error:  # this subsample is degenerate (e.g. a layer of few distinct rows): skipped
+            if isinstance(error, MetricFunctionError) and not isinstance(error.__cause__, ValueError):
+                raise  # a user function that crashed or returned no number: its own ValueError alone means "undefined here"
             reps[r], refused = np.nan, error
     if np.isnan(reps).all():
         raise ValueError(f"every one of the {n_boot} bootstrap subsamples of {m} rows was refused: {refused}")

@@ -8,7 +8,7 @@ from .calibration import cycle_knn_chance, jaccard_knn_chance, mutual_knn_chance
 from .cknna import CknnaEngine
 from .kernel_metrics import CkaEngine
 from .knn_metrics import KnnEngine
-from .registry import register_metric
+from .registry import METRICS, MetricSpec, register_metric
 from .rsa import register as register_rsa
 from .subspace_metrics import register as register_subspace
 
@@ -34,8 +34,28 @@ def _cka_chance(n: int, params: dict[str, Any]) -> float | None:
     return zero_chance(n, params) if params.get("unbiased") else None
 
 
+#: The shipped registrations (name -> ``MetricSpec``), built once by the first ``register_builtins``.
+_SHIPPED: dict[str, MetricSpec] = {}
+
+
 def register_builtins() -> None:
-    """Register every built-in metric (idempotent)."""
+    """Register every built-in metric (idempotent).
+
+    The first call builds the registrations; every call installs those same ``MetricSpec``
+    objects, so built-ins stay the shipped ones (``tasks.metric_plugins.is_builtin``: no source
+    digest, unchanged alignment versions). A call after a user metric overwrote a built-in name
+    puts the built-in back.
+    """
+    if not _SHIPPED:
+        before = dict(METRICS._specs)
+        _register_all()
+        _SHIPPED.update({name: spec for name, spec in METRICS._specs.items() if before.get(name) is not spec})
+    for name, spec in _SHIPPED.items():
+        METRICS._specs[name] = spec
+
+
+def _register_all() -> None:
+    """Build and register every built-in metric (new ``MetricSpec`` objects at each call)."""
     reg = dict(overwrite=True)
     register_metric("mutual_knn", engine=KnnEngine("mutual_knn"), bounds=(0.0, 1.0),
                     symmetric=True, locality="local", defaults=_KNN, chance=mutual_knn_chance,

@@ -13,7 +13,11 @@ An ``Engine`` splits a metric into three steps so that work is shared:
   matrix product for several; CKNNA: sparse mutual-neighbour entries) with the same values.
 
 ``FunctionEngine`` turns a plain ``fn(x, y, **params) -> float`` into an engine (no sharing beyond
-holding the layers), which is what ``register_metric(name, fn)`` uses for user metrics.
+holding the layers), which is what ``register_metric(name, fn)`` uses for user metrics. When ``fn``
+raises, or returns something that is not one number, ``MetricFunctionError`` (a ``ValueError``)
+names the metric, the layer pair and what it raised or returned, the original chained. A subclass
+that lacks a method a computation calls raises ``MissingEngineMethod`` (a ``NotImplementedError``)
+naming the metric, the class and the method (e.g. ``permute``, which ``calibrate`` needs).
 
 Encoding cache (``encode_cached``): an encoding is kept on the ``Representation`` under
 ``encode_key(params)``. The default key is this engine *instance* (so two instances of one class
@@ -28,6 +32,8 @@ one encoding across metrics.
 
 from __future__ import annotations
 
+import reprlib
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +48,27 @@ from .representation import Representation
 #: per computation dtype (about 100 units in the last place of a sum of many terms): one statistic
 #: computed on two row orders differs by rounding alone
 TIE_RTOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+class MissingEngineMethod(NotImplementedError):
+    """An ``Engine`` subclass lacks a method that a computation needs; the message names the
+    metric(s) registered with it, the class and the method."""
+
+
+class MetricFunctionError(ValueError):
+    """A user metric's function (``FunctionEngine``) raised, or returned something that is not one
+    number; the message names the metric and the layer pair, and ``__cause__`` is the original."""
+
+
+def _registered_as(engine: Engine) -> str:
+    """``metric 'name'`` (or ``metrics 'a', 'b'``) of the registrations computed by ``engine``;
+    an unregistered engine is named by its class."""
+    from .registry import METRICS  # the registry imports this module
+
+    names = [name for name, spec in METRICS.items() if spec.engine is engine]
+    if names:
+        return ("metric " if len(names) == 1 else "metrics ") + ", ".join(repr(name) for name in names)
+    return f"an unregistered {type(engine).__qualname__}"
 
 
 class Engine:
@@ -73,13 +100,20 @@ class Engine:
         return rep.memo(self.encode_key(params), lambda: self.encode(rep, params))
 
     def encode(self, rep: Representation, params: dict[str, Any]) -> Any:
-        raise NotImplementedError
+        raise self._missing("encode(rep, params)", "every computation needs it (the per-layer work of one side)")
 
     def matrix(self, a: Any, b: Any, params: dict[str, Any]) -> torch.Tensor:
-        raise NotImplementedError
+        raise self._missing("matrix(a, b, params)", "every computation needs it (the (La, Lb) scores of two encodings)")
 
     def permute(self, state: Any, perm: torch.Tensor, inv: torch.Tensor) -> Any:
-        raise NotImplementedError
+        raise self._missing("permute(state, perm, inv)",
+                            "calibrate needs it for its permutation null (the encoding of x[perm] from the "
+                            "encoding of x), unless the engine overrides null_matrices")
+
+    def _missing(self, method: str, why: str) -> MissingEngineMethod:
+        """The error for a method this subclass does not implement, naming its metric(s)."""
+        return MissingEngineMethod(f"{_registered_as(self)}: the Engine subclass {type(self).__qualname__} does not "
+                                   f"implement {method}: {why} (docs/metrics.md, 'Custom engines')")
 
     def null_matrices(self, a: Any, b: Any, perms: torch.Tensor, params: dict[str, Any]
                       ) -> torch.Tensor:
@@ -107,11 +141,41 @@ class FunctionEngine(Engine):
 
     def matrix(self, a: list[torch.Tensor], b: list[torch.Tensor], params: dict[str, Any]
                ) -> torch.Tensor:
+        """``(len(a), len(b))`` float64: ``fn`` on every layer pair. Raises ``MetricFunctionError``
+        (the function's own error chained) when ``fn`` raises or returns something that is not
+        one number, naming the metric and the layer pair."""
         out = torch.empty((len(a), len(b)), dtype=torch.float64)
         for i, x in enumerate(a):
             for j, y in enumerate(b):
-                out[i, j] = float(self.fn(x, y, **params))
+                try:
+                    value = self.fn(x, y, **params)
+                except Exception as error:  # noqa: BLE001 - the user's function: named, chained
+                    raise self._raised(i, j, error) from error
+                try:
+                    out[i, j] = float(value)
+                except Exception as error:  # noqa: BLE001 - float() of whatever it returned
+                    raise self._not_a_number(i, j, value) from error
         return out
+
+    def _raised(self, i: int, j: int, error: Exception) -> MetricFunctionError:
+        """The error for ``fn`` raising on layer pair ``(i, j)``, with the line of ``fn``'s file."""
+        code = getattr(self.fn, "__code__", None)
+        lines = [line for frame, line in traceback.walk_tb(error.__traceback__)
+                 if code is not None and frame.f_code.co_filename == code.co_filename]
+        at = f" at {code.co_filename}:{lines[-1]}" if lines else ""
+        return MetricFunctionError(f"{_registered_as(self)}: its function {self.variant} raised "
+                                   f"{type(error).__name__}: {error}{at} (layer pair ({i}, {j}): layer {i} of x, "
+                                   f"layer {j} of y)")
+
+    def _not_a_number(self, i: int, j: int, value: Any) -> MetricFunctionError:
+        """The error for ``fn`` returning ``value``, which ``float()`` refused, on layer pair ``(i, j)``."""
+        if isinstance(value, (torch.Tensor, np.ndarray)):
+            what = f"a {type(value).__module__}.{type(value).__name__} of shape {tuple(value.shape)}"
+        else:
+            what = f"{reprlib.repr(value)} ({type(value).__name__})"
+        return MetricFunctionError(f"{_registered_as(self)}: its function {self.variant} returned {what} on layer "
+                                   f"pair ({i}, {j}) (layer {i} of x, layer {j} of y); it must return one number: "
+                                   "a float, or a tensor or array of one element (e.g. a per-sample vector's .mean())")
 
     def permute(self, state: list[torch.Tensor], perm: torch.Tensor, inv: torch.Tensor
                 ) -> list[torch.Tensor]:

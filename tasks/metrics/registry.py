@@ -187,7 +187,9 @@ def register_metric(name: str, fn: Callable[..., float] | type[Engine] | Engine 
 
     Args:
         name: registry name.
-        fn: ``fn(x, y, **params) -> float`` on ``(N, D)`` torch tensors, called per layer pair;
+        fn: ``fn(x, y, **params) -> float`` on ``(N, D)`` torch tensors, called per layer pair
+            (one number: a float, or a one-element tensor or array; anything else, or an error
+            it raises, is a ``MetricFunctionError`` naming the metric and the layer pair);
             or an ``Engine`` (an instance, or a subclass built without arguments) to share work
             across layers.
         engine: an ``Engine`` given by keyword (same forms); not together with ``fn``.

@@ -33,3 +33,39 @@ def test_a_spread_interval_is_not_flagged():
         assert result.ci_degenerate is False and result.ci_low < result.best < result.ci_high
     none, = align_layers([x], [y], [MetricRequest("cka")])
     assert none.ci_degenerate is None and none.ci_low is None  # no interval asked for
+
+
+def test_a_user_metric_failing_on_a_subsample_fails_the_pair():
+    """A user function that breaks on the bootstrap's half-size subsamples (here: it needs more
+    than 30 rows) is a failure of the metric, not 'too few samples for an interval'; one that
+    raises ValueError there says the metric is undefined on them: no interval, a warning."""
+    import pytest
+
+    from tasks.metrics import MetricFunctionError, register_metric, unregister_metric
+
+    def picky(x, y):
+        if x.shape[0] < 30:
+            raise RuntimeError("needs 30 rows")
+        return float((x * y).sum(dim=1).mean())
+
+    def undefined_below_30(x, y):
+        if x.shape[0] < 30:
+            raise ValueError("undefined below 30 rows")
+        return float((x * y).sum(dim=1).mean())
+
+    register_metric("prh_test_picky", picky)
+    register_metric("prh_test_undefined", undefined_below_30)
+    try:
+        rng = np.random.default_rng(5)
+        x, y = rng.normal(size=(40, 8)).astype(np.float32), rng.normal(size=(40, 8)).astype(np.float32)
+        quiet, = align_layers([x], [y], [MetricRequest("prh_test_undefined")], bootstrap=20, seed=0)
+        assert np.isfinite(quiet.best) and quiet.ci_low is None
+        rng = np.random.default_rng(5)
+        x, y = rng.normal(size=(40, 8)).astype(np.float32), rng.normal(size=(40, 8)).astype(np.float32)
+        plain, = align_layers([x], [y], [MetricRequest("prh_test_picky")])
+        assert np.isfinite(plain.best)
+        with pytest.raises(MetricFunctionError, match="prh_test_picky"):
+            align_layers([x], [y], [MetricRequest("prh_test_picky")], bootstrap=20, seed=0)
+    finally:
+        unregister_metric("prh_test_picky")
+        unregister_metric("prh_test_undefined")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import py_compile
+import subprocess
 import sys
+import types
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tasks.align_task import alignment_version
 import tasks.metric_plugins as plugin_state
@@ -87,7 +93,8 @@ def test_a_builtin_name_registered_again_is_a_user_metric(monkeypatch):
         register_metric("cka", original.engine, bounds=(-1.0, 1.0), symmetric=True,
                         defaults={**original.defaults, "unbiased": True}, overwrite=True)
         assert metric_source("cka") is not None
-        assert AlignmentParams(metrics=["cka"]).metric_params("cka") == {"kernel_metric": "ip"}
+        # a user metric takes every pipeline parameter its defaults name (fea241f)
+        assert AlignmentParams(metrics=["cka"]).metric_params("cka") == {"kernel_metric": "ip", "rbf_sigma": 1.0}
     finally:
         METRICS._specs["cka"] = BUILTIN_SPECS["cka"]
     assert metric_source("cka") is None
@@ -157,3 +164,172 @@ def test_the_pipeline_scores_a_user_metric(plugin, monkeypatch, tmp_path):
         y /= np.linalg.norm(y, axis=1, keepdims=True)
         assert row["score"] == pytest.approx(4 * float((x * y).sum(axis=1).mean()), abs=1e-5)
 
+
+
+MANIFEST = {"catalog": {"feature_version": "f1"}}
+
+
+def test_a_reloaded_module_gives_the_version_of_its_new_code(plugin, monkeypatch):
+    """``importlib.reload`` (IPython's autoreload) runs the edited file in this process: its
+    numbers get the new file's version (the first import's digest was kept)."""
+    module, metric, source = plugin
+    monkeypatch.setenv(METRIC_MODULES_ENV, module)
+    load_metric_modules()
+    params = AlignmentParams(metrics=[metric])
+    first = alignment_version(MANIFEST, MANIFEST, params)
+    importlib.reload(sys.modules[module])  # the same file again: the same version
+    load_metric_modules()
+    assert alignment_version(MANIFEST, MANIFEST, params) == first
+    source.write_text(source.read_text().replace("* topk", "* topk * 1000"))
+    importlib.reload(sys.modules[module])
+    assert METRICS[metric].engine.fn(torch.ones(2, 1), torch.ones(2, 1)) == 3000.0  # it computes the new code
+    assert alignment_version(MANIFEST, MANIFEST, params) != first  # without load_metric_modules too
+    load_metric_modules()
+    assert alignment_version(MANIFEST, MANIFEST, params) != first
+
+
+NOTEBOOK = """
+import numpy as np
+from tasks.metrics import register_metric
+from tasks.metric_plugins import metric_source
+FACTOR = 1
+def helper(x, y):
+    return float((x * y).sum(1).mean())
+def nb_metric(x, y):
+    return helper(x, y) * FACTOR
+register_metric("nb_metric", nb_metric, overwrite=True)
+print(metric_source("nb_metric"))
+def nb_metric(x, y):          # the cell edited and run again
+    return helper(x, y) * FACTOR * 100
+register_metric("nb_metric", nb_metric, overwrite=True)
+print(metric_source("nb_metric"))
+FACTOR = 2                    # a module-level value it reads
+print(metric_source("nb_metric"))
+def helper(x, y):             # a function of the notebook it calls
+    return float((x - y).sum(1).mean())
+print(metric_source("nb_metric"))
+register_metric("nb_metric", lambda x, y: 0.0, overwrite=True)
+print(metric_source("nb_metric"))
+register_metric("nb_metric", lambda x, y: 1.0, overwrite=True)
+print(metric_source("nb_metric"))
+"""
+
+
+def test_a_metric_of_a_notebook_has_the_digest_of_its_code():
+    """In ``__main__`` without a source file (a REPL, a notebook, ``python -``) the digest covers
+    the function's code: each edit gives another digest, the same code the same digest in any
+    process (hash seeds differ)."""
+    runs = []
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        env.pop(METRIC_MODULES_ENV, None)
+        done = subprocess.run([sys.executable, "-"], input=NOTEBOOK, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        runs.append(done.stdout.split())
+    assert runs[0] == runs[1]
+    digests = runs[0]
+    assert len(digests) == 6 and all(d.startswith("sha256:") for d in digests)
+    assert len(set(digests)) == 6, digests
+
+
+def test_a_metric_defined_without_a_source_file_follows_its_code(monkeypatch):
+    """The same, in this process: a module object without a file (what ``__main__`` of a notebook is)."""
+    name = f"prh_test_nofile_{uuid.uuid4().hex[:8]}"
+    metric = f"nofile_{uuid.uuid4().hex[:8]}"
+    module = types.ModuleType(name)
+    monkeypatch.setitem(sys.modules, name, module)
+    code = ("from tasks.metrics import register_metric\n"
+            "def m(x, y, topk=3):\n    return float((x * y).sum(1).mean()) * {factor}\n"
+            f"register_metric({metric!r}, m, overwrite=True)\n")
+    digests = []
+    try:
+        for factor in (1, 1000, 1):
+            exec(code.format(factor=factor), module.__dict__)
+            digests.append(metric_source(metric))
+    finally:
+        METRICS._specs.pop(metric, None)
+        plugin_state._IMPORTED.pop(name, None)
+    assert digests[0] != digests[1] and digests[0] == digests[2]
+
+
+def test_a_sourceless_module_follows_its_compiled_code(tmp_path, monkeypatch):
+    """A plugin installed as ``.pyc`` only: another build of it gives another version."""
+    name = f"prh_test_pyc_{uuid.uuid4().hex[:8]}"
+    metric = f"pyc_{uuid.uuid4().hex[:8]}"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(METRIC_MODULES_ENV, name)
+    versions = []
+    try:
+        for factor in (1, 1000):
+            source = tmp_path / f"{name}.py"
+            source.write_text(PLUGIN.format(name=metric).replace("* topk", f"* topk * {factor}"))
+            py_compile.compile(str(source), cfile=str(tmp_path / f"{name}.pyc"))
+            source.unlink()
+            importlib.invalidate_caches()
+            sys.modules.pop(name, None)  # a new process
+            plugin_state._IMPORTED.pop(name, None)
+            load_metric_modules()
+            assert METRICS[metric].engine.fn(torch.ones(2, 1), torch.ones(2, 1)) == 3.0 * factor
+            versions.append(alignment_version(MANIFEST, MANIFEST, AlignmentParams(metrics=[metric])))
+    finally:
+        METRICS._specs.pop(metric, None)
+        sys.modules.pop(name, None)
+        plugin_state._IMPORTED.pop(name, None)
+    assert versions[0] != versions[1]
+
+
+def test_builtin_versions_do_not_move():
+    """Built-ins have no source digest, whatever ran before (reloads, register_builtins again)."""
+    from tasks.metrics import BUILTIN_SPECS, register_builtins
+
+    params = AlignmentParams(metrics=["mutual_knn", "cka"])
+    before = alignment_version(MANIFEST, MANIFEST, params)
+    register_builtins()
+    assert all(metric_source(name) is None for name in BUILTIN_SPECS)
+    assert alignment_version(MANIFEST, MANIFEST, params) == before
+
+
+def test_a_module_failing_after_overwriting_a_builtin_puts_the_builtin_back(tmp_path, monkeypatch):
+    from tasks.metrics import BUILTIN_SPECS
+
+    name = f"prh_test_halfbuiltin_{uuid.uuid4().hex[:8]}"
+    added = f"half_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(
+        "from tasks.metrics import register_metric\n"
+        "register_metric('cka', lambda x, y: 42.0, overwrite=True)\n"
+        f"register_metric({added!r}, lambda x, y: 0.0)\n"
+        "raise RuntimeError('half-way failure')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(METRIC_MODULES_ENV, name)
+    order = list(METRICS)
+    try:
+        with pytest.raises(ValueError, match=rf"RuntimeError: half-way failure\) at .*{name}\.py:4"):
+            load_metric_modules()
+    finally:
+        restored = METRICS["cka"] is BUILTIN_SPECS["cka"]
+        METRICS._specs["cka"] = BUILTIN_SPECS["cka"]
+        METRICS._specs.pop(added, None)
+    assert restored and list(METRICS) == order and metric_source("cka") is None
+
+
+@pytest.mark.parametrize("body, line, error", [
+    ("from tasks.metrics import register_metric\nregister_metric('mutual_knn', lambda x, y: 2.0)\n", 2,
+     "already registered"),
+    ("from tasks.metrics import register_metric\n\nregister_metric('syntax', lambda x, y: 0.0\n", 3, "SyntaxError"),
+    ("import numpy as np\n\nSCALE = np.float64('not a number')\n", 3, "ValueError"),
+])
+def test_an_import_failure_is_located_in_the_module_itself(tmp_path, monkeypatch, body, line, error):
+    """The file and line are the plugin's own (not prh's registry nor importlib's frames)."""
+    name = f"prh_test_where_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(METRIC_MODULES_ENV, name)
+    with pytest.raises(ValueError, match=error) as caught:
+        load_metric_modules()
+    message = str(caught.value)
+    assert f") at {tmp_path / name}.py:{line}; it names" in message and message.count(" at /") == 1, message
+    monkeypatch.setenv(METRIC_MODULES_ENV, "no_such_prh_module_xyz")
+    with pytest.raises(ValueError) as caught:
+        load_metric_modules()
+    assert " at " not in str(caught.value) and "frozen" not in str(caught.value)

@@ -408,3 +408,22 @@ def test_complex_features_are_refused_not_cut_to_their_real_part(kind: str) -> N
             tm.prepare(z)
     with pytest.raises(TypeError, match=r"^x: can't convert np.ndarray of type numpy.object_"):
         score("cka", x.astype(object), y)
+
+
+def test_register_builtins_again_keeps_the_shipped_registrations() -> None:
+    """``register_builtins()`` is idempotent: a second call installs the very objects of
+    ``BUILTIN_SPECS`` (it built new ones, which then counted as user metrics), and it puts a
+    built-in back where a user metric had taken its name."""
+    from tasks.metrics import BUILTIN_SPECS, register_builtins
+
+    order = list(METRICS)
+    register_metric("cka", lambda x, y: 0.0, overwrite=True)
+    try:
+        register_builtins()
+        register_builtins()
+    finally:
+        METRICS._specs["cka"] = BUILTIN_SPECS["cka"]
+    assert set(BUILTIN_SPECS) <= set(METRICS) and list(METRICS) == order
+    assert all(METRICS[name] is spec for name, spec in BUILTIN_SPECS.items())
+    x, y = paired(seed=3)
+    assert score("cka", x, y) == pytest.approx(ref.cka(x, y), abs=1e-10)
