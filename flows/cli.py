@@ -208,8 +208,9 @@ def _run(args: argparse.Namespace) -> int:
         with quiet_known_errors((*ONE_LINE_ERRORS, ZooFailures)):  # stated below in one line (when prh raised them)
             summary = prh_pipeline(config=config, store=store)
     except ZooFailures as error:  # the rest is published: say what failed, exit 1
-        print(f"prh run: {error}\nThe results of the other models are in the store: prh sql \"select * from alignment_best\"",
-              file=sys.stderr)
+        where = {"features": "\nTheir features are in the store: prh sql \"select * from models\"", "nothing": ""}.get(
+            error.published or "", "\nThe results of the other models are in the store: prh sql \"select * from alignment_best\"")
+        print(f"prh run: {error}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("prh run: stopped; what was published stays in the store (the run is recorded CANCELLED)", file=sys.stderr)

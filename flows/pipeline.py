@@ -6,7 +6,7 @@ store, so a rerun with unchanged inputs computes nothing and a new model adds on
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -95,12 +95,19 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
 
         publish_report_artifact(store_url, record)
     if failures:
-        raise ZooFailures(_failure_summary(failures, len(config.models), len(alignments)))
+        message, published = _failure_summary(failures, len(config.models), len(alignments))
+        raise ZooFailures(message, published)
     return {**record, "best": best}
 
 
 class ZooFailures(RuntimeError):
-    """Some models or model pairs failed; everything else was extracted, aligned and published."""
+    """Some models or model pairs failed; everything else was extracted, aligned and published.
+    ``published``: what the store holds from this run: ``alignments`` (some pairs aligned, new or
+    reused), ``features`` (no pair aligned), ``nothing``; None where not told."""
+
+    def __init__(self, message: str, published: Literal["alignments", "features", "nothing"] | None = None) -> None:
+        super().__init__(message)
+        self.published = published
 
 
 def run_zoo(
@@ -272,12 +279,18 @@ def check_models(specs: list[Any]) -> list[dict[str, str]]:
     return refused
 
 
-def _failure_summary(failures: list[dict[str, str]], n_models: int, n_aligned: int) -> str:
-    """``2 of 5 models and 4 of 10 model pairs failed (the rest is published): ...``."""
+def _failure_summary(failures: list[dict[str, str]], n_models: int, n_aligned: int
+                     ) -> tuple[str, Literal["alignments", "features", "nothing"]]:
+    """(``2 of 5 models and 4 of 10 model pairs failed (the rest is published): ...``, what is
+    published: ``alignments``; ``features`` when no pair was aligned, ``nothing`` when no model
+    was extracted either)."""
     models = sum(f["stage"] in ("check", "extract") for f in failures)
     pairs = sum(f["stage"] == "align" for f in failures)
     items = "; ".join(f"{f['stage']} {f['item']}: {f['error']}" for f in failures)
-    return f"{models} of {n_models} models and {pairs} of {pairs + n_aligned} model pairs failed (the rest is published): {items}"
+    published = "alignments" if n_aligned else "features" if models < n_models else "nothing"
+    rest = {"alignments": "the rest is published", "features": "no model pair aligned: only the other models' features "
+            "are published", "nothing": "nothing is published"}[published]
+    return f"{models} of {n_models} models and {pairs} of {pairs + n_aligned} model pairs failed ({rest}): {items}", published
 
 
 def log_recovery(crashed: list[str], swept: list[str]) -> None:

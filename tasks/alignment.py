@@ -37,12 +37,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from tasks import metrics
+from tasks.metrics.representation import KEEP_GRAM_MAX_N
 
 logger = logging.getLogger(__name__)
 
 #: Relative tolerance of the degenerate-layer test (see the module docstring).
 DEGENERATE_RTOL = 1e-4
 _BLOCK = 4096
+#: The most bytes a pair's cached Gram matrices may take (``gram_cache_limit``): 13 + 13 layers
+#: at N = 4096 (1.6 GiB) keep theirs; 33 + 25 layers at N = 4096 (3.6 GiB) do not.
+GRAM_CACHE_MAX_BYTES = 2 << 30
 _SCREEN_ROWS = 256
 
 
@@ -218,6 +222,16 @@ def _degeneracy_of_rows(x: np.ndarray, rtol: float) -> str | None:
     return None
 
 
+def gram_cache_limit(layers: Sequence[np.ndarray], n: int, budget: int | None = None) -> int:
+    """``keep_gram_max_n`` for both sides of a pair: the engine's default (Grams kept up to
+    ``N = 4096``) while the ``(N, N)`` Grams of all ``layers`` together take at most ``budget``
+    bytes (``GRAM_CACHE_MAX_BYTES``), else 0: no Gram is kept, neighbour lists are found blockwise
+    and linear CKA takes its feature-space path (same scores; both sides on one path)."""
+    budget = GRAM_CACHE_MAX_BYTES if budget is None else budget
+    itemsize = 8 if any(np.asarray(x).dtype == np.float64 for x in layers) else 4
+    return KEEP_GRAM_MAX_N if len(layers) * n * n * itemsize <= budget else 0
+
+
 def align_layers(
     xs: Sequence[np.ndarray],
     ys: Sequence[np.ndarray],
@@ -249,9 +263,10 @@ def align_layers(
     keep_x = [i for i in range(len(xs)) if i not in bad_x]
     keep_y = [i for i in range(len(ys)) if i not in bad_y]
     # One cache per model: each layer's Gram matrix and neighbour lists are computed once and
-    # shared by every metric and every permutation.
-    rep_x = metrics.Representation([xs[i] for i in keep_x]).cache_grams()
-    rep_y = metrics.Representation([ys[i] for i in keep_y]).cache_grams()
+    # shared by every metric and every permutation, while the pair's Grams fit GRAM_CACHE_MAX_BYTES.
+    keep_gram_max_n = gram_cache_limit([xs[i] for i in keep_x] + [ys[i] for i in keep_y], n)
+    rep_x = metrics.Representation([xs[i] for i in keep_x], keep_gram_max_n=keep_gram_max_n).cache_grams()
+    rep_y = metrics.Representation([ys[i] for i in keep_y], keep_gram_max_n=keep_gram_max_n).cache_grams()
     results = []
     for request in requests:
         refused_x, refused_y = _refused_layers(request, rep_x, rep_y)

@@ -52,7 +52,8 @@ from .representation import Representation
 CHUNK_ELEMENTS = 1 << 23
 #: build a dense (L, N*N) uint8 slot table per side when it has at most this many entries
 SLOT_TABLE_MAX_ELEMENTS = 1 << 26
-#: (permutations x layer pairs x N) of one null batch; above it per-row sums go sparse
+#: (permutations x layer pairs x N), and (permutations x Lb x N x k), of one null batch; above
+#: it per-row sums go sparse
 NULL_ROW_ELEMENTS = 1 << 21
 
 
@@ -171,9 +172,9 @@ class CknnaEngine(Engine):
                 return torch.zeros((perms.shape[0], a.layers, b.layers), dtype=torch.float64)
             return self._cka.null_matrices(a.inner, b.inner, perms, self._full(params))
         unbiased = bool(params.get("unbiased", True))
-        La, n, _ = a.idx.shape
+        La, n, k = a.idx.shape
         Lb = b.idx.shape[0]
-        step = max(1, NULL_ROW_ELEMENTS // (La * Lb * n))
+        step = max(1, NULL_ROW_ELEMENTS // (n * max(La * Lb, Lb * k)))  # row sums and (B, Lb, N, k) hit keys
         invs = inverse_permutations(perms)
         table = a.list_table()
         out = []

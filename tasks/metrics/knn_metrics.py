@@ -40,7 +40,8 @@ from .representation import Representation
 ADJACENCY_MAX_ELEMENTS = 1 << 26
 #: elements of the (Lb, N, k, k) equality tensor processed at once by the sequence metrics
 SEQUENCE_CHUNK_ELEMENTS = 1 << 24
-#: (permutations x layer pairs x N) of one null batch of ``mutual_knn``/``jaccard_knn``
+#: (permutations x layer pairs x N), and (permutations x Lb x N x k), of one null batch of
+#: ``mutual_knn``/``jaccard_knn``
 NULL_COUNT_ELEMENTS = 1 << 22
 
 
@@ -123,7 +124,7 @@ class KnnEngine(Engine):
         La, n, k = a.idx.shape
         Lb = b.idx.shape[0]
         pairs = La * Lb
-        step = max(1, NULL_COUNT_ELEMENTS // (pairs * n))
+        step = max(1, NULL_COUNT_ELEMENTS // (n * max(pairs, Lb * k)))  # counts and (B, Lb, N, k) hit keys
         invs = inverse_permutations(perms)
         out = []
         for s0 in range(0, perms.shape[0], step):

@@ -171,6 +171,9 @@ def test_a_refused_model_exits_1_naming_it(tmp_path, capsys):
         logging.getLogger("prefect.flow_runs").removeHandler(flow_log)
     err = capsys.readouterr().err
     assert err.startswith("prh run: 1 of 2 models and 1 of 1 model pairs failed") and "check bert-as-vision: " in err
+    # no pair was aligned: not "the rest is published" pointing at an empty alignment_best
+    assert "(no model pair aligned: only the other models' features are published)" in err
+    assert "alignment_best" not in err and 'Their features are in the store: prh sql "select * from models"' in err
     # the flow engine's "Encountered exception" record keeps its message, not its ~50-line traceback
     engine = [r for r in flow_log.records if r.getMessage().startswith("Encountered exception during execution: ZooFailures")]
     assert len(engine) == 1 and engine[0].exc_info is None

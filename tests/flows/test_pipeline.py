@@ -188,6 +188,20 @@ def _assert_no_secrets(store: Store, summary: dict) -> None:
     assert len(logs) > 20 and not any(secret.decode() in message for message in logs for secret in secrets)
 
 
+def test_the_failure_summary_says_what_was_published():
+    from flows.pipeline import _failure_summary
+
+    check = {"stage": "check", "item": "vit", "error": "bad id"}
+    pair = {"stage": "align", "item": "vit x lm", "error": "skipped: vit failed"}
+    assert _failure_summary([check, pair], 3, 1) == (
+        "1 of 3 models and 1 of 2 model pairs failed (the rest is published): check vit: bad id; align vit x lm: skipped: "
+        "vit failed", "alignments")
+    message, published = _failure_summary([check, pair], 2, 0)
+    assert published == "features" and "(no model pair aligned: only the other models' features are published)" in message
+    message, published = _failure_summary([check, {**check, "item": "lm"}, pair], 2, 0)
+    assert published == "nothing" and "(nothing is published)" in message
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_failing_model_does_not_stop_the_others(tmp_path):
     """A model refused by the up-front check (wrong modality) is reported before any extraction;

@@ -167,3 +167,27 @@ def test_float32_matches_the_per_permutation_path(metric: str, params: dict) -> 
     got = spec.engine.null_matrices(a, b, perms, p)
     want = Engine.null_matrices(spec.engine, a, b, perms, p)
     torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("metric", ["mutual_knn", "cknna"])
+def test_a_null_batch_is_bounded_with_topk_too(monkeypatch, metric):
+    """The looked-up y-entries of a null batch, (permutations, Lb, N, k), stay within the batch
+    budget: it counted permutations x layer pairs x N only, so one layer pair with a large topk
+    took a whole batch of 64 permutations (N=5,000, topk=150: 1.4 GB)."""
+    budget = 4 * 60 * 30  # elements: 4 permutations of (Lb=1, N=60, k=30) y-entries
+    module, name = (knn_mod, "NULL_COUNT_ELEMENTS") if metric == "mutual_knn" else (cknna_mod, "NULL_ROW_ELEMENTS")
+    monkeypatch.setattr(module, name, budget)
+    sizes = []
+    original = permuted_hits
+
+    def spy(table, idx_b, invs):
+        sizes.append(invs.shape[0] * idx_b.numel())
+        return original(table, idx_b, invs)
+
+    monkeypatch.setattr(module, "permuted_hits", spy)
+    x, y = layers(60, [8], seed=1), layers(60, [8], seed=2)
+    res = calibrate(metric, x, y, permutations=40, seed=0, topk=30)
+    assert sizes and max(sizes) <= budget, sizes
+    monkeypatch.undo()
+    again = calibrate(metric, x, y, permutations=40, seed=0, topk=30)
+    np.testing.assert_array_equal(res.null, again.null)  # the batch size changes no count
