@@ -43,7 +43,7 @@ def select_run(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> dic
         return found[0]
     found = con.sql(
         "select * from runs where status = 'COMPLETED' or (status = 'FAILED' and len(coalesce(alignment_versions, [])) > 0) "
-        "order by coalesce(finished_at, started_at) desc, started_at desc limit 1"
+        "order by coalesce(finished_at, started_at) desc, started_at desc, run_id desc limit 1"
     ).to_arrow_table().to_pylist()
     if not found:
         raise ValueError("the store has no run that published results: run `prh run` first, or pass --run ID")

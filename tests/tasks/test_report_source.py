@@ -192,3 +192,17 @@ def test_the_report_loads_the_metric_modules_and_notes_one_that_fails(tmp_path, 
         METRICS._specs.pop(metric, None)
         sys.modules.pop(module, None)
         plugin_state._IMPORTED.pop(module, None)
+
+
+def test_runs_of_the_same_second_are_ordered_alike_by_report_and_gc() -> None:
+    """Run times are whole seconds: `prh report`'s latest run and `prh gc --keep-runs 1`'s newest
+    run must be the same run when two finish in the same second (the last tie-breaker: run id)."""
+    from storage.run_retention import newest_runs
+    from tasks.report_source import select_run
+
+    same = {"status": "COMPLETED", "started_at": "2026-01-01T00:00:00", "finished_at": "2026-01-01T00:00:05"}
+    records = [{**same, "run_id": rid, "alignment_versions": [f"a/{rid}"]} for rid in ("b-run", "c-run", "a-run")]
+    for order in (records, records[::-1]):
+        con = duckdb.connect()
+        con.register("runs", pa.Table.from_pylist(order))
+        assert select_run(con)["run_id"] == newest_runs(order, 1)[0]["run_id"] == "c-run"
