@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import threading
+import traceback
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -226,13 +228,37 @@ class Extractor(ABC):
             torch.cuda.empty_cache()
 
     def _finish_init(self, probe_items: Sequence[Any], names_for: Callable[[int], list[str]]) -> None:
-        """Set `layer_names`/`layer_dims` from one probe forward pass; `names_for(n_layers)` names them."""
-        layers = self.extract_batch(probe_items)
+        """Set `layer_names`/`layer_dims` from one probe forward pass; `names_for(n_layers)` names them.
+        An error the model raises in it is a `ModelInputError` (`probe_errors`)."""
+        with probe_errors(self.spec, "the probe forward pass"):
+            layers = self.extract_batch(probe_items)
         names = names_for(len(layers))
         if len(names) != len(layers):
             raise RuntimeError(f"{len(names)} layer names for {len(layers)} layers")
         self.layer_names = names
         self.layer_dims = [int(a.shape[1]) for a in layers]
+
+
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # tasks/: prh's own code
+
+
+@contextlib.contextmanager
+def probe_errors(spec: ModelSpec, what: str) -> Iterator[None]:
+    """Turn an error raised inside the model (transformers, torch or remote code) during a load-time
+    probe into a `ModelInputError` naming the model, ``what`` failed and the cause (chained): e.g.
+    X-MOD without a default language. Errors raised in prh's own code (its last frame under
+    ``tasks/``), `ModelInputError` and out-of-memory errors pass unchanged."""
+    try:
+        yield
+    except (ModelInputError, MemoryError, torch.cuda.OutOfMemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - narrowed below: only errors raised inside the model
+        frames = traceback.extract_tb(exc.__traceback__)
+        if frames and Path(frames[-1].filename).resolve().is_relative_to(_PACKAGE_ROOT):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelInputError(spec.name, spec.id, f"{what} failed inside the model: {type(exc).__name__}: {first}"
+                              " (the model cannot run as the spec configures it)") from exc
 
 
 def require_hidden_states(spec: ModelSpec, module: torch.nn.Module, out: Any) -> tuple[torch.Tensor, ...]:

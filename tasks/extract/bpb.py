@@ -7,8 +7,9 @@ Bits per byte of one text = (sum over its predicted tokens of -ln p(token | pref
 kept beside it. A token is predicted when it and the token before it are both real (attention
 mask) and it is not a special token (BOS, EOS, [SEP], ...): so the first token of a text is
 predicted only when the tokenizer adds a BOS/[CLS] in front of it (Llama does, GPT-2 does not), and
-end-of-text markers are never scored. Texts cut by `max_length` lose their tail from the numerator
-only (counted in ``bpb_truncated_texts``).
+end-of-text markers are never scored. A text cut by `max_length` counts, in both numerator and
+denominator, only what was fed: its NLL over the kept tokens, divided by the UTF-8 bytes of the
+prompt and the kept caption (`HFLanguageExtractor.text_bytes`; counted in ``bpb_truncated_texts``).
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ else, on an accelerator, in background threads), and returns rows in the input o
 LMs it also computes bits per byte on the captions by default (`bits_per_byte=None` means "if the
 model is a causal LM").
 
-Bad model input (unknown id or path, bad revision, wrong modality, no hidden states) raises
-`ModelInputError` from `check_model` / `load_extractor` before any extraction.
+Bad model input (unknown id or path, bad revision, wrong modality, no hidden states, a model that
+fails in the load-time probe forward) raises `ModelInputError` from `check_model` /
+`load_extractor` before any extraction.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class ExtractedFeatures:
     layer_names: names of the layers, embedding/stem first.
     param_count: parameters of the model.
     extras: model-level measurements; language models: ``truncated_texts`` (captions longer
-        than ``max_length`` tokens, cut to it); causal LMs also ``bits_per_byte`` (the paper's:
+        than ``max_length`` tokens: cut to it, or with a prompt shortened by characters to fit
+        beside the whole prompt); causal LMs also ``bits_per_byte`` (the paper's:
         mean over captions of each caption's bits per byte), ``bits_per_byte_pooled`` (all bits
         over all bytes), ``bpb_sum`` / ``bpb_texts`` (the mean's sum and count), ``nll_nats``,
         ``predicted_tokens``, ``text_bytes``, ``bpb_truncated_texts``.
@@ -68,7 +70,8 @@ def load_extractor(spec: ModelSpec, device: str | None = None) -> Extractor:
     GPU are spread over the visible GPUs, then CPU memory, by `accelerate`.
     Everything that can be checked without weights is checked first (`check_model`): a bad id,
     path, revision or modality fails fast with a `ModelInputError`. A model whose forward returns
-    no hidden states fails at the probe forward pass, before any extraction.
+    no hidden states, or raises (X-MOD without a default language), fails at the probe forward
+    pass, before any extraction: a `ModelInputError` naming the cause (chained).
     Nothing is downloaded unless the spec names a hub id that is not cached and the hub is reachable.
     """
     device_map = device == "auto" or spec.device_map == "auto"

@@ -3,7 +3,11 @@
 Layers: every entry of ``hidden_states``: ``embeddings`` (the embedding output: token embeddings,
 plus position embeddings where the model adds them; rotary models such as Llama add none), then
 ``layer.01`` .. ``layer.NN`` (one per transformer layer, as transformers returns them: for some
-causal LMs, e.g. Llama in transformers 5, the last one is after the final norm).
+causal LMs, e.g. Llama in transformers 5, the last one is after the final norm). Mamba, Mamba2,
+FalconMamba and RWKV return [block 1 .. block N, final norm(block N)], with no embedding output:
+prh puts the first block's input (their embedding output) in front and drops the un-normed last
+block (`EmbeddingState`; found by a load-time probe, `_probe_embedding_state`), N + 1 layers as for
+Llama.
 
 Pooling per layer (`(B, D) float32`), over the tokens the model sees, special tokens included
 ([CLS]/[SEP], BOS/EOS — as sentence-transformers' mean pooling does):
@@ -20,9 +24,25 @@ shift them). Right padding needs no position ids: real tokens come first.
 The padding side is otherwise the tokenizer's own; set ``extractor.tokenizer.padding_side`` to
 change it (`padding_side` says which side a batch gets).
 
-With a prompt, a caption must keep a token of its own after truncation: the pre-check
-(`hf_models._check_prompt_room`) refuses a ``max_length`` that the prompt fills, and `prepare`
-raises `ModelInputError` for a cut caption that kept nothing but prompt tokens (never pooled).
+Some models do not mask their pads: a forward that takes no ``attention_mask`` (FNet, CPM-Ant:
+pads read as tokens), model types known to read pad positions (`PADDING_DEPENDENT`: ConvBERT,
+Nystromformer, YOSO; MRA with left padding), and any model for which a load-time probe finds a
+short caption's features alone differ from the same caption padded in a batch with a longer one
+(`_measure_padding`; the side in use at load, another at its first batch). Where left padding
+does so and right padding does not, batches are padded on the right instead (MRA);
+otherwise such batches run pad-free: each group of equal-length captions is its own forward,
+without pad columns, rows put back in batch order (exact, slower; logged once, and named by
+`pad_free_reason`). A caption that tokenizes to no token at all (an empty caption with a
+tokenizer that adds no special tokens) raises `ModelInputError` in `prepare`: nothing to pool.
+
+Truncation (`fitted`): without a prompt, the tokenizer keeps the first ``max_length`` tokens (the
+last, with ``truncation_side='left'``). With a prompt, a text too long has its CAPTION shortened
+by characters (its start kept, or its end with ``truncation_side='left'``) to the longest that
+fits beside the whole prompt, so the text after ``{text}`` stays and ``last`` pools the prompt's
+end. The pre-check (`hf_models._check_prompt_room`) refuses a ``max_length`` that the prompt
+fills, and `prepare` raises `ModelInputError` for a caption that keeps no character (never
+pooled). Bits-per-byte denominators (`text_bytes`) count the bytes actually fed: prompt and kept
+caption, or the text the kept tokens cover.
 
 Causal LMs also report next-token NLL for bits per byte (see `tasks.extract.bpb`).
 """
@@ -30,16 +50,18 @@ Causal LMs also report next-token NLL for bits per byte (see `tasks.extract.bpb`
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from tasks.extract.base import BatchOutput, Extractor, count_parameters, layer_names, require_hidden_states, to_numpy_f32
+from tasks.extract.base import (BatchOutput, Extractor, count_parameters, layer_names, probe_errors, require_hidden_states,
+                                to_numpy_f32)
 from tasks.extract.bpb import next_token_nll_rows
 from tasks.extract.errors import ModelInputError
-from tasks.extract.hf_models import LoadedModel, input_device, piece_ids, position_offset, prompt_pieces
+from tasks.extract.hf_models import LoadedModel, input_device, position_offset
 from tasks.extract.pooling import pool_tokens
 from tasks.extract.spec import ModelSpec
 
@@ -60,6 +82,9 @@ class HFLanguageExtractor(Extractor):
 
     modality = "language"
     max_prepare_threads = 1  # a fast tokenizer called from two threads can fail ("Already borrowed")
+    #: padding side -> why batches padded on that side run pad-free, or None (padded); the side in use
+    #: is probed at load (`_padding_probe`), another at its first batch. None before the load probe.
+    _pad_free_reasons: dict[str, str | None] | None = None
 
     def __init__(self, spec: ModelSpec, loaded: LoadedModel, tokenizer: Any, device: torch.device) -> None:
         self.spec = spec
@@ -81,8 +106,47 @@ class HFLanguageExtractor(Extractor):
         # token_type_ids too, but adds wte(ids), the embedding of token 0, to every position
         # (given a BERT tokenizer, which makes them, every feature was shifted).
         self._token_types = (getattr(getattr(self.model, "config", None), "type_vocab_size", 0) or 0) > 0
-        self._input_device = input_device(self.model, self.model.get_input_embeddings().weight)
+        self._input_device = input_device(self.model, _input_embedding_weight(spec, self.model))
+        self._embedding_state: EmbeddingState | None = None
+        self._embedding_state = self._probe_embedding_state()
         self._finish_init(["a"], lambda n: layer_names("embeddings", "layer", n - 1))
+        self._pad_free_reasons = self._padding_probe()  # after the layer probe: its forward is always padded
+
+    def _probe_embedding_state(self) -> EmbeddingState | None:
+        """An `EmbeddingState` (the embedding output put in front) when the model's hidden_states do
+        not start with it: in a probe forward on "a", their first entry equals the first block's
+        output but not its input (blocks: `block_list`), or the model type is one of
+        `NO_EMBEDDING_STATE`; else None."""
+        blocks = block_list(self.model)
+        seen: dict[str, torch.Tensor | None] = {}
+
+        def keep_input(module: torch.nn.Module, args: Any, kwargs: Any) -> None:
+            first = args[0] if args else kwargs.get("hidden_states")
+            if isinstance(first, torch.Tensor):  # a copy: a block may change its input in place
+                seen.setdefault("input", first.detach().clone())
+
+        def keep_output(module: torch.nn.Module, args: Any, output: Any) -> None:
+            seen.setdefault("output", _first_tensor(output))
+
+        hooks = [] if blocks is None else [blocks[0].register_forward_pre_hook(keep_input, with_kwargs=True),
+                                           blocks[0].register_forward_hook(keep_output)]
+        try:
+            with probe_errors(self.spec, "the probe forward pass"):
+                states, _ = self._run(self.prepare(["a"]), with_logits=False)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        config = getattr(self.model, "config", None)
+        if not (_first_state_is_a_block(states[0], seen.get("input"), seen.get("output"))
+                or getattr(config, "model_type", None) in NO_EMBEDDING_STATE):
+            return None
+        n = len(blocks) if blocks is not None else getattr(config, "num_hidden_layers", None)
+        if n not in (len(states), len(states) - 1):
+            raise ModelInputError(self.spec.name, self.spec.id, f"{type(self.model).__name__} returned {len(states)} "
+                                  f"hidden_states for {n} blocks, none of them the embedding output: prh cannot "
+                                  "tell which is which")
+        module = blocks[0] if blocks is not None else self.model.get_input_embeddings()
+        return EmbeddingState(module, first_block=blocks is not None, drop_unnormed=len(states) == n + 1)
 
     def texts(self, items: Sequence[str]) -> list[str]:
         """Captions as fed to the model (prompt template applied)."""
@@ -93,12 +157,40 @@ class HFLanguageExtractor(Extractor):
             out.append(self.spec.format_text(it))
         return out
 
+    def fitted(self, items: Sequence[str]) -> FittedTexts:
+        """The texts fed to the model. A prompted text longer than ``max_length`` tokens gets its
+        caption shortened by characters (`shortened_caption`, the tokenizer's truncation side) so
+        that the whole prompt fits (its end stays where ``last`` pools); a caption that keeps no
+        character raises `ModelInputError`. Without a prompt, the tokenizer truncates the tokens."""
+        texts = self.texts(items)
+        if not texts:
+            return FittedTexts([], [], [])
+        lengths = [len(x) for x in self.tokenizer(texts, truncation=False)["input_ids"]]
+        cut = [i for i, n in enumerate(lengths) if n > self.spec.max_length]
+        for i in cut:
+            fit = None if self.spec.prompt is None else shortened_caption(self.tokenizer, self.spec, items[i])
+            if self.spec.prompt is None:
+                lengths[i] = self.spec.max_length
+            elif fit is None:
+                raise ModelInputError(self.spec.name, self.spec.id, f"caption {items[i]!r} keeps no token of its own: "
+                                      f"max_length {self.spec.max_length} is filled by the prompt {self.spec.prompt!r} "
+                                      "(its features would be the prompt's); raise max_length or shorten the prompt")
+            else:
+                texts[i], lengths[i] = fit
+        return FittedTexts(texts, lengths, cut)
+
     def sort_lengths(self, items: Sequence[str]) -> list[int]:
-        ids = self.tokenizer(self.texts(items), truncation=True, max_length=self.spec.max_length)["input_ids"]
-        return [len(x) for x in ids]
+        return self.fitted(items).lengths
 
     def text_bytes(self, items: Sequence[str]) -> list[int]:
-        return [len(t.encode("utf-8")) for t in self.texts(items)]
+        """UTF-8 bytes of the text each caption is fed as: the prompt and the caption's kept text
+        (`fitted`; a caption truncated without a prompt: the bytes its kept tokens cover, `kept_bytes`)."""
+        fitted = self.fitted(items)
+        sizes = [len(t.encode("utf-8")) for t in fitted.texts]
+        if self.spec.prompt is None:
+            for i in fitted.cut:
+                sizes[i] = kept_bytes(self.tokenizer, fitted.texts[i], self.spec.max_length)
+        return sizes
 
     @property
     def padding_side(self) -> str:
@@ -107,8 +199,83 @@ class HFLanguageExtractor(Extractor):
         side = getattr(self.tokenizer, "padding_side", "right")
         return side if side != "left" or self._left_padding_ok else "right"
 
+    @property
+    def pad_free_reason(self) -> str | None:
+        """Why this model's batches run pad-free (each group of equal-length captions as its own
+        forward, no pad column at all) on the current `padding_side`, or None when they are padded
+        (also for a side not probed yet: the tokenizer's side changed after load, before a batch)."""
+        return (self._pad_free_reasons or {}).get(self.padding_side)
+
+    def _padding_probe(self) -> dict[str, str | None]:
+        """Why padding on the side in use would change a caption's features, if it would
+        (`_why_pad_free`). Where left padding would and right padding would not (MRA: its own
+        positions start at 2, not at the mask's ``cumsum - 1``), batches are padded on the right
+        instead; else that side runs pad-free (logged)."""
+        side = self.padding_side
+        reasons = {side: self._why_pad_free(side)}
+        if side == "left" and reasons["left"] is not None:
+            reasons["right"] = self._why_pad_free("right")
+            if reasons["right"] is None:
+                _LOG.warning("%s: padded on the right, whatever the tokenizer says: %s", self.spec.name, reasons["left"])
+                self._left_padding_ok = False
+        why = reasons.get(self.padding_side)
+        if why is not None:
+            self._announce(self.padding_side, why)
+        return reasons
+
+    def _announce(self, side: str, why: str) -> None:
+        """Log, once per padding side, that batches run pad-free and why."""
+        announced = self.__dict__.setdefault("_announced", set())
+        if side not in announced:
+            announced.add(side)
+            _LOG.warning("%s: batches padded on the %s run pad-free (one forward per caption length, slower): %s",
+                         self.spec.name, side, why)
+
+    def _why_pad_free(self, side: str) -> str | None:
+        """Why pads would change features on ``side``: a forward that takes no ``attention_mask``
+        (pads read as tokens: FNet, CPM-Ant), a model type known to depend on padding
+        (`PADDING_DEPENDENT`), or the load-time measurement (`_measure_padding`)."""
+        if "attention_mask" not in self._params or (self.lm is not None and "attention_mask" not in self._lm_params):
+            return f"{type(self.model).__name__}'s forward takes no attention_mask (pads would be read as tokens)"
+        model_type = getattr(getattr(self.model, "config", None), "model_type", None)
+        if side in PADDING_DEPENDENT.get(str(model_type), ()):
+            return f"model type {model_type!r} is known to change a caption's features with {side} padding"
+        return self._measure_padding(side)
+
+    def _measure_padding(self, side: str) -> str | None:
+        """Compare, every layer, a short probe caption's features alone (no pad) with the same caption
+        padded on ``side`` in a batch with a longer one (tolerance `PAD_PROBE_RTOL`, relative to the
+        layer's largest feature: float rounding of other shapes). Half precision rounds too coarsely
+        for a tight tolerance there, so its pad tokens are also swapped for a real token (same
+        shapes, so no rounding difference: `PAD_SWAP_RTOL`; this also flags a model whose pads only
+        do not matter because their embedding is zero, as MobileBERT's). A difference: why."""
+        half = self.spec.dtype != "float32"
+        saved = getattr(self.tokenizer, "padding_side", "right")
+        if side != self.padding_side:  # at load only (`_padding_probe`): no prepare thread runs yet
+            self.tokenizer.padding_side = side
+        try:
+            with probe_errors(self.spec, f"the padding probe ({side} padding)"):
+                pair = self.prepare(list(_PROBE_CAPTIONS))
+                if not bool((pair.attention_mask[0] == 0).any()):
+                    return None  # both captions fill max_length: nothing to compare
+                padded = self._forward_padded(pair, with_nll=False).layers
+                alone = self._forward_padded(self.prepare(list(_PROBE_CAPTIONS[:1])), with_nll=False).layers
+                swapped = self._forward_padded(_pads_swapped(pair), with_nll=False).layers if half else padded
+        finally:
+            if self.tokenizer.padding_side != saved:
+                self.tokenizer.padding_side = saved
+        for name, p, a, w in zip(self.layer_names, padded, alone, swapped):
+            scale = max(float(np.abs(a[0]).max()), 1e-6)
+            d_len, d_swap = float(np.abs(p[0] - a[0]).max()) / scale, float(np.abs(w[0] - p[0]).max()) / scale
+            if d_len > PAD_PROBE_RTOL[half] or d_swap > PAD_SWAP_RTOL:
+                swap = f" (pad tokens swapped for a real one: {d_swap:.2g})" if half else ""
+                return (f"at load, a caption padded on the {side} changed its {name!r} features by {d_len:.2g} of "
+                        f"their largest value{swap}")
+        return None
+
     def prepare(self, items: Sequence[str]) -> PreparedText:
-        texts = self.texts(items)
+        fitted = self.fitted(items)
+        texts = fitted.texts
         side = self.padding_side  # passed only when it overrides the tokenizer's own
         own = {} if side == getattr(self.tokenizer, "padding_side", "right") else {"padding_side": side}
         enc = self.tokenizer(
@@ -116,58 +283,55 @@ class HFLanguageExtractor(Extractor):
             return_tensors="pt", return_special_tokens_mask=True, **own,
         )
         mask = enc["attention_mask"]
+        _refuse_empty(self.spec, items, mask)
         extra: dict[str, torch.Tensor] = {}
         if "token_type_ids" in enc and "token_type_ids" in self._params and self._token_types:
             extra["token_type_ids"] = enc["token_type_ids"]
         left_padded = bool((mask[:, 0] == 0).any())
         if left_padded and self._left_padding_ok:
             extra["position_ids"] = (mask.long().cumsum(dim=1) - 1).clamp_min(0)
-        n_truncated = 0
-        if mask.shape[1] >= self.spec.max_length:
-            full = self.tokenizer(texts, truncation=False)["input_ids"]
-            cut = [i for i, x in enumerate(full) if len(x) > self.spec.max_length]
-            n_truncated = len(cut)
-            self._refuse_captions_cut_away(items, enc, cut)
-        prepared = PreparedText(enc["input_ids"], mask, enc["special_tokens_mask"], extra, n_truncated)
+        prepared = PreparedText(enc["input_ids"], mask, enc["special_tokens_mask"], extra, len(fitted.cut))
         if self.device.type == "cuda":
             prepared = _pinned(prepared)
         return prepared
 
-    def _refuse_captions_cut_away(self, items: Sequence[str], enc: Any, cut: list[int]) -> None:
-        """Raise `ModelInputError` when a cut caption (row index in ``cut``) kept no token of its own:
-        its kept non-special tokens are the prompt's text before ``{text}`` tokenized alone (or, with
-        ``truncation_side='left'``, the text after it), so its features would be the prompt's."""
-        if self.spec.prompt is None or not cut:
-            return
-        pieces = prompt_pieces(self.spec.prompt)
-        left = getattr(self.tokenizer, "truncation_side", "right") == "left"
-        prompt_ids = piece_ids(self.tokenizer, pieces[-1] if left else pieces[0])
-        keep = enc["attention_mask"].bool() & ~enc["special_tokens_mask"].bool()
-        for i in cut:
-            kept = enc["input_ids"][i][keep[i]].tolist()
-            n = len(kept)
-            if n <= len(prompt_ids) and kept == (prompt_ids[len(prompt_ids) - n:] if left else prompt_ids[:n]):
-                raise ModelInputError(self.spec.name, self.spec.id, f"caption {items[i]!r} keeps no token of its own: "
-                                      f"max_length {self.spec.max_length} is filled by the prompt {self.spec.prompt!r} "
-                                      "(its features would be the prompt's); raise max_length or shorten the prompt")
-
     @torch.inference_mode()
     def _run(self, p: PreparedText, with_logits: bool) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
         dev = self._input_device
-        inputs = {"input_ids": p.input_ids.to(dev, non_blocking=True),
-                  "attention_mask": p.attention_mask.to(dev, non_blocking=True)}
-        inputs.update({k: v.to(dev, non_blocking=True) for k, v in p.extra.items()})
         module, params = (self.lm, self._lm_params) if with_logits else (self.model, self._params)
+        inputs = {"input_ids": p.input_ids.to(dev, non_blocking=True)}
+        if "attention_mask" in params:  # else the model runs pad-free: nothing to mask
+            inputs["attention_mask"] = p.attention_mask.to(dev, non_blocking=True)
+        inputs.update({k: v.to(dev, non_blocking=True) for k, v in p.extra.items()})
         if "use_cache" in params:
             inputs["use_cache"] = False
         with self.full_float32():
             out = module(**inputs, output_hidden_states=True, return_dict=True)
-        return require_hidden_states(self.spec, module, out), (out.logits if with_logits else None)
+        states = require_hidden_states(self.spec, module, out)
+        if self._embedding_state is not None:  # Mamba, RWKV: hidden_states lack the embedding output
+            states = self._embedding_state.restore(states)
+        return states, (out.logits if with_logits else None)
 
     @torch.inference_mode()
     def forward(self, prepared: PreparedText, with_nll: bool = False) -> BatchOutput:
+        """Pooled features (and NLL): one padded forward, or pad-free (`pad_free_reason`): one forward
+        per group of equal-length captions, without pad columns, rows put back in batch order."""
         if with_nll and not self.is_causal_lm:
             raise ValueError(f"{self.spec.name} is not a causal LM: no bits per byte")
+        side = self.padding_side
+        if self._pad_free_reasons is not None and side not in self._pad_free_reasons:  # side changed after load
+            self._pad_free_reasons[side] = self._why_pad_free(side)
+        why = self.pad_free_reason
+        if why is None:
+            return self._forward_padded(prepared, with_nll)
+        self._announce(side, why)
+        lengths = prepared.attention_mask.sum(dim=1)
+        groups = [(lengths == n).nonzero().flatten() for n in lengths.unique().tolist()]
+        return _merged([(rows, self._forward_padded(_unpadded(prepared, rows), with_nll)) for rows in groups],
+                       len(lengths))
+
+    def _forward_padded(self, prepared: PreparedText, with_nll: bool) -> BatchOutput:
+        """One forward of the batch as prepared (pads masked), pooled."""
         states, logits = self._run(prepared, with_logits=with_nll)
         mask = prepared.attention_mask.to(states[0].device)
         layers = [to_numpy_f32(pool_tokens(h, mask.to(h.device), self.spec.pooling)) for h in states]
@@ -188,3 +352,206 @@ def _pinned(p: PreparedText) -> PreparedText:
         p.input_ids.pin_memory(), p.attention_mask.pin_memory(), p.special_tokens_mask.pin_memory(),
         {k: v.pin_memory() for k, v in p.extra.items()}, p.n_truncated,
     )
+
+
+#: Model types whose features change with padding although their forward takes an attention mask
+#: (tiny random models, transformers 5; a float32 probe also finds them, a half-precision one may
+#: not): the padding sides affected. ConvBERT's convolutions and Nystromformer's landmarks read the
+#: pad positions, YOSO hashes them, MRA's blocks shift with left padding.
+PADDING_DEPENDENT: dict[str, tuple[str, ...]] = {
+    "fnet": ("left", "right"), "cpmant": ("left", "right"), "convbert": ("left", "right"),
+    "nystromformer": ("left", "right"), "yoso": ("left", "right"), "mra": ("left",),
+}
+#: `_measure_padding` tolerances, relative to a layer's largest feature: padded vs alone (float32,
+#: half precision), and pads swapped for a real token (half precision only).
+PAD_PROBE_RTOL = (1e-4, 5e-2)
+PAD_SWAP_RTOL = 1e-3
+_PROBE_CAPTIONS = ("a", "two cats sleeping on a long sofa in the sun")
+_LOG = logging.getLogger("prh.extract")
+
+
+def _input_embedding_weight(spec: ModelSpec, model: torch.nn.Module) -> torch.Tensor:
+    """The token embedding matrix (its device is where the token ids go), or a `ModelInputError`
+    for a module without ``get_input_embeddings`` (FSMT's encoder)."""
+    try:
+        return model.get_input_embeddings().weight
+    except (AttributeError, NotImplementedError) as exc:
+        raise ModelInputError(spec.name, spec.id, f"{type(model).__name__} has no input token embeddings "
+                              f"(get_input_embeddings: {type(exc).__name__}: {exc}): not usable as a language "
+                              "model here") from exc
+
+
+def _refuse_empty(spec: ModelSpec, items: Sequence[str], mask: torch.Tensor) -> None:
+    """`ModelInputError` naming the first caption that tokenizes to no token at all (mask `(B, T)`
+    row of zeros: an empty caption with a tokenizer that adds no special tokens): nothing to pool."""
+    empty = (mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+    if empty:
+        more = f" ({len(empty)} such captions in this batch)" if len(empty) > 1 else ""
+        raise ModelInputError(spec.name, spec.id, f"caption {items[empty[0]]!r} tokenizes to no token (its tokenizer "
+                              f"adds no special tokens): nothing to pool{more}; drop or fill such captions")
+
+
+def _unpadded(p: PreparedText, rows: torch.Tensor) -> PreparedText:
+    """Rows ``rows`` of a padded batch, all of one token length n, without their pad columns: `(g, n)`
+    tensors, real tokens in order (either padding side), without position ids (none are passed
+    without pads: the model's own, as for a caption alone)."""
+    keep = p.attention_mask[rows].bool()
+    n = int(keep[0].sum())
+
+    def cut(t: torch.Tensor) -> torch.Tensor:
+        return t[rows][keep].view(len(rows), n)
+
+    return PreparedText(cut(p.input_ids), cut(p.attention_mask), cut(p.special_tokens_mask),
+                        {k: cut(v) for k, v in p.extra.items() if k != "position_ids"}, 0)
+
+
+def _merged(parts: list[tuple[torch.Tensor, BatchOutput]], n: int) -> BatchOutput:
+    """One `BatchOutput` of ``n`` rows from outputs of row subsets (``rows``, output) of a batch."""
+    first = parts[0][1]
+    layers = [np.empty((n, a.shape[1]), dtype=np.float32) for a in first.layers]
+    row_nll = np.zeros(n, dtype=np.float64) if first.row_nll is not None else None
+    row_targets = np.zeros(n, dtype=np.int64) if first.row_targets is not None else None
+    for rows, out in parts:
+        idx = rows.numpy()
+        for layer, a in zip(layers, out.layers):
+            layer[idx] = a
+        if row_nll is not None and out.row_nll is not None:
+            row_nll[idx] = out.row_nll
+        if row_targets is not None and out.row_targets is not None:
+            row_targets[idx] = out.row_targets
+    return BatchOutput(layers, nll_nats=sum(out.nll_nats for _, out in parts),
+                       n_targets=sum(out.n_targets for _, out in parts), row_nll=row_nll, row_targets=row_targets)
+
+
+def _pads_swapped(p: PreparedText) -> PreparedText:
+    """The batch with every pad token id replaced by the first real, non-special token of the last
+    row (attention mask unchanged): a model that masks its pads gives the same features."""
+    real = p.attention_mask.bool() & ~p.special_tokens_mask.bool()
+    token = p.input_ids[-1][real[-1]][:1]
+    if token.numel() == 0:
+        return p
+    ids = torch.where(p.attention_mask.bool(), p.input_ids, token)
+    return PreparedText(ids, p.attention_mask, p.special_tokens_mask, p.extra, p.n_truncated)
+
+
+
+#: Model types whose ``hidden_states`` hold no embedding output but [block 1 .. block N, final
+#: norm(block N)] (transformers 5's Mamba, Mamba2, FalconMamba, RWKV); `_first_state_is_a_block`
+#: finds the layout on other models too.
+NO_EMBEDDING_STATE = frozenset({"mamba", "mamba2", "falcon_mamba", "rwkv"})
+
+
+class EmbeddingState:
+    """The embedding output put back in front of a model's ``hidden_states`` that lack it.
+
+    A hook keeps, each forward, the input of the first block `(B, T, D)` (what ``hidden_states[0]``
+    is in every other model: the embedding output), or, with no block list found, the output of the
+    input embedding module. `restore` turns [block 1 .. block N, final norm(block N)] into
+    [embedding, block 1 .. block N-1, final norm(block N)]: N + 1 states, the last block after the
+    final norm, as Llama's hidden_states are (``drop_unnormed=False``: a tuple of the N blocks alone
+    gets the embedding in front only)."""
+
+    def __init__(self, module: torch.nn.Module, first_block: bool, drop_unnormed: bool) -> None:
+        self.drop_unnormed = drop_unnormed
+        self._output: torch.Tensor | None = None
+        if first_block:
+            self._handle = module.register_forward_pre_hook(self._keep_input, with_kwargs=True)
+        else:
+            self._handle = module.register_forward_hook(self._keep_output)
+
+    def _keep_input(self, module: torch.nn.Module, args: Any, kwargs: Any) -> None:
+        first = args[0] if args else kwargs.get("hidden_states")
+        self._output = first.clone() if isinstance(first, torch.Tensor) else None  # a block may change it in place
+
+    def _keep_output(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self._output = _first_tensor(output)
+
+    def restore(self, states: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """``states`` as returned by the model -> embedding output first, N + 1 states."""
+        embedded, self._output = self._output, None
+        if embedded is None:
+            raise RuntimeError("the first block (or the input embedding module) did not run in this forward pass")
+        blocks = states[:-2] + states[-1:] if self.drop_unnormed else states
+        return (embedded, *blocks)
+
+
+def block_list(model: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The model's list of blocks: its first ``ModuleList`` with ``config.num_hidden_layers``
+    modules, or None (no such count, or no such list)."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if not isinstance(n, int) or n <= 0:
+        return None
+    return next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n), None)
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    """A module's output tensor (the first of a tuple, or ``last_hidden_state``/``[0]`` of an output object)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+def _first_state_is_a_block(first_state: torch.Tensor, block_input: torch.Tensor | None,
+                            block_output: torch.Tensor | None) -> bool:
+    """Whether ``hidden_states[0]`` `(B, T, D)` is the first block's output rather than its input
+    (the embedding output). Equal to both (a block that is the identity at random initialisation,
+    e.g. zero-initialised output projections as NeoMME's): the usual layout, its input."""
+
+    def same(t: torch.Tensor | None) -> bool:
+        return t is not None and t.shape == first_state.shape and torch.equal(t.to(first_state.device), first_state)
+
+    return same(block_output) and not same(block_input)
+
+
+@dataclass
+class FittedTexts:
+    """Captions as fed to the model, fitted to ``max_length`` (`HFLanguageExtractor.fitted`)."""
+
+    texts: list[str]  # prompt applied; a prompted caption too long for max_length shortened, the prompt whole
+    lengths: list[int]  # tokens each text is fed as, special tokens included (<= max_length)
+    cut: list[int]  # rows whose caption lost text: shortened (prompt), or its tokens truncated (no prompt)
+
+
+def shortened_caption(tokenizer: Any, spec: ModelSpec, caption: str) -> tuple[str, int] | None:
+    """The prompted text of the longest cut of ``caption`` (its first characters, or its last with
+    ``truncation_side='left'``) whose tokens, special ones included, fit ``spec.max_length``, and
+    their number; None when no character fits beside the prompt. Binary search over the number of
+    characters kept (a caption's token count grows with it; a cut at a character never splits UTF-8)."""
+    from_end = getattr(tokenizer, "truncation_side", "right") == "left"
+
+    def tokens(k: int) -> tuple[str, int]:
+        text = spec.format_text(caption[len(caption) - k:] if from_end else caption[:k])
+        return text, len(tokenizer(text, truncation=False)["input_ids"])
+
+    best: tuple[str, int] | None = None
+    lo, hi = 0, len(caption)  # caption[:hi] is known not to fit; caption[:lo] fits or lo == 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        text, n = tokens(mid)
+        if n <= spec.max_length:
+            lo, best = mid, (text, n)
+        else:
+            hi = mid
+    return best
+
+
+def kept_bytes(tokenizer: Any, text: str, max_length: int) -> int:
+    """UTF-8 bytes of the part of ``text`` that its first ``max_length`` tokens (its last, with
+    ``truncation_side='left'``) cover, special tokens aside: from the tokenizer's character offsets
+    (a fast tokenizer), else the bytes of those tokens decoded (byte-level ByT5: one per token, less
+    the bytes of a character cut in two)."""
+    fast = bool(getattr(tokenizer, "is_fast", False))
+    enc = tokenizer(text, truncation=True, max_length=max_length, return_special_tokens_mask=True,
+                    **({"return_offsets_mapping": True} if fast else {}))
+    real = [i for i, special in enumerate(enc["special_tokens_mask"]) if not special]
+    if not real:
+        return 0
+    if fast:
+        spans = [enc["offset_mapping"][i] for i in real]
+        from_end = getattr(tokenizer, "truncation_side", "right") == "left"
+        kept = text[spans[0][0]:] if from_end else text[:spans[-1][1]]
+    else:
+        kept = tokenizer.decode([enc["input_ids"][i] for i in real], skip_special_tokens=True)
+    return len(kept.encode("utf-8"))

@@ -500,9 +500,9 @@ def piece_ids(tokenizer: Any, piece: str) -> list[int]:
 
 def _check_prompt_room(spec: ModelSpec, tokenizer: Any, special: int, limit: int | None) -> None:
     """The prompt's own tokens (each piece around ``{text}`` tokenized alone) plus the special tokens
-    must leave a caption token within ``max_length``. Truncation keeps the first ``max_length``
-    tokens (or the last, with ``truncation_side='left'``): past that, every caption is cut to the
-    prompt alone (identical features, bits per byte of the prompt), or the prompt loses its end."""
+    must leave a caption token within ``max_length``. A prompted caption too long is shortened to
+    fit beside the whole prompt (`HFLanguageExtractor.fitted`): with no room, every caption would be
+    cut away (refused at run time, caption by caption)."""
     assert spec.prompt is not None
     n_prompt = sum(len(piece_ids(tokenizer, piece)) for piece in prompt_pieces(spec.prompt))
     need = n_prompt + special + 1
@@ -511,7 +511,7 @@ def _check_prompt_room(spec: ModelSpec, tokenizer: Any, special: int, limit: int
     fix = "shorten the prompt" if limit is not None and need > limit else f"set max_length: {need} or more, or shorten the prompt"
     raise ModelInputError(spec.name, spec.id, f"the prompt {spec.prompt!r} takes {n_prompt} tokens and the tokenizer adds "
                           f"{special} special token(s): max_length {spec.max_length} leaves no room for a caption token beside "
-                          f"them (truncation would cut captions to the prompt alone, or cut the prompt); {fix}"
+                          f"them (every caption would be cut away); {fix}"
                           + (f" (the model takes {limit} positions)" if limit is not None else ""))
 
 

@@ -12,7 +12,8 @@ import torch
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over valid tokens. hidden `(B, T, D)`, mask `(B, T)` (1 = valid) -> `(B, D)` float32.
 
-    Works for any padding side. Every row must have at least one valid token.
+    Works for any padding side. Every row must have at least one valid token (a row without
+    one would give zeros: `hf_language` refuses such a caption before any forward).
     """
     valid = mask.to(torch.bool).unsqueeze(-1)
     h = torch.where(valid, hidden.float(), 0.0)
