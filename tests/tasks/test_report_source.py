@@ -122,24 +122,6 @@ def test_examples_skip_best_rows_without_a_finite_score() -> None:
         _examples(_catalog(), [_unscored(knn), other], MODELS, "ds", None, 3, 2)
 
 
-def _distance(x, y) -> float:
-    """Mean squared distance of paired rows: lower is more aligned."""
-    return float(((x - y) ** 2).sum(dim=1).mean())
-
-
-@pytest.fixture
-def lower_metric():
-    """A fresh metric name registered with higher_is_better=False (removed afterwards)."""
-    import uuid
-
-    from tasks.metrics import METRICS, register_metric
-
-    name = f"test_report_dist_{uuid.uuid4().hex[:8]}"
-    register_metric(name, _distance, bounds=(0.0, float("inf")), higher_is_better=False, symmetric=True)
-    yield name
-    METRICS._specs.pop(name, None)
-
-
 def test_the_neighbour_pair_of_a_lower_is_better_metric_has_the_smallest_score(lower_metric) -> None:
     """Without mutual_knn the examples follow the first metric's best pair; for a metric where lower
     is better that is the smallest score (the largest was taken: the least aligned pair)."""

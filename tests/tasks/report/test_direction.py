@@ -17,21 +17,8 @@ from tasks.report.heatmaps import CMAP, layer_heatmaps, model_heatmap
 from tasks.report.html import best_table
 from tasks.report.scaling import alignment_vs_quality
 from tasks.report.tables import best_row, direction_notes, higher_is_better, model_grid
+from tests.tasks.conftest import paired_distance
 from tests.tasks.report.synthetic import LANGUAGE, VISION, best_rows, model_rows, score_rows, table
-
-
-def _distance(x, y) -> float:
-    """Mean squared distance of paired rows: lower is more aligned."""
-    return float(((x - y) ** 2).sum(dim=1).mean())
-
-
-@pytest.fixture
-def lower_metric():
-    """A fresh metric name registered with higher_is_better=False (removed afterwards)."""
-    name = f"test_report_dist_{uuid.uuid4().hex[:8]}"
-    register_metric(name, _distance, bounds=(0.0, float("inf")), higher_is_better=False, symmetric=True)
-    yield name
-    METRICS._specs.pop(name, None)
 
 
 def _rows(metric: str) -> list[dict]:
@@ -136,7 +123,7 @@ def test_the_report_of_a_lower_is_better_metric(lower_metric):
     assert not report.figure(f"model-heatmap-{lower_metric}-calibrated").caption.endswith("lower is better")
 
     METRICS._specs.pop(lower_metric)
-    register_metric(lower_metric, _distance, bounds=(0.0, float("inf")), higher_is_better=True, symmetric=True)
+    register_metric(lower_metric, paired_distance, bounds=(0.0, float("inf")), higher_is_better=True, symmetric=True)
     cache.hits = 0
     again = build_report(_input(lower_metric), formats=("png",), cache=cache)
     assert _table_pairs(again.html, lower_metric) == expected[::-1]
