@@ -229,9 +229,11 @@ class Extractor(ABC):
 
     def _finish_init(self, probe_items: Sequence[Any], names_for: Callable[[int], list[str]]) -> None:
         """Set `layer_names`/`layer_dims` from one probe forward pass; `names_for(n_layers)` names them.
-        An error the model raises in it is a `ModelInputError` (`probe_errors`)."""
+        An error the model raises in it is a `ModelInputError` (`probe_errors`), as is a layer without
+        one row per probe item (`check_rows`)."""
         with probe_errors(self.spec, "the probe forward pass"):
             layers = self.extract_batch(probe_items)
+        check_rows(self.spec, layers, len(probe_items))
         names = names_for(len(layers))
         if len(names) != len(layers):
             raise RuntimeError(f"{len(names)} layer names for {len(layers)} layers")
@@ -239,7 +241,29 @@ class Extractor(ABC):
         self.layer_dims = [int(a.shape[1]) for a in layers]
 
 
+def check_rows(spec: ModelSpec, layers: Sequence[np.ndarray], batch: int, dims: Sequence[int] | None = None) -> None:
+    """Every layer of a forward on ``batch`` items must be `(batch, D_l)`, ``D_l`` = ``dims[l]`` (the
+    widths found at load) when given: else a `ModelInputError` naming the layer. A model that packs
+    a batch into one sequence (Pixtral) gives one row for the batch, which would otherwise be
+    copied into every item's row."""
+    if dims is not None and len(layers) != len(dims):
+        raise ModelInputError(spec.name, spec.id, f"a forward gave {len(layers)} layers; the model had {len(dims)} at load")
+    for i, arr in enumerate(layers):
+        if arr.ndim != 2 or arr.shape[0] != batch:
+            raise ModelInputError(spec.name, spec.id, f"layer {i} has shape {tuple(arr.shape)} for a batch of {batch} "
+                                  "item(s): the model does not give one row per item")
+        if dims is not None and arr.shape[1] != dims[i]:
+            raise ModelInputError(spec.name, spec.id, f"layer {i} has width {arr.shape[1]} in this batch, {dims[i]} at load")
+
+
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # tasks/: prh's own code
+
+
+def raised_by_prh(exc: BaseException) -> bool:
+    """Whether an exception was raised in prh's own code (its last traceback frame under ``tasks/``):
+    a bug to report as it is, not a problem of the model."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(_PACKAGE_ROOT)
 
 
 @contextlib.contextmanager
@@ -253,8 +277,7 @@ def probe_errors(spec: ModelSpec, what: str) -> Iterator[None]:
     except (ModelInputError, MemoryError, torch.cuda.OutOfMemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - narrowed below: only errors raised inside the model
-        frames = traceback.extract_tb(exc.__traceback__)
-        if frames and Path(frames[-1].filename).resolve().is_relative_to(_PACKAGE_ROOT):
+        if raised_by_prh(exc):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ModelInputError(spec.name, spec.id, f"{what} failed inside the model: {type(exc).__name__}: {first}"

@@ -14,9 +14,10 @@ else, on an accelerator, in background threads), and returns rows in the input o
 LMs it also computes bits per byte on the captions by default (`bits_per_byte=None` means "if the
 model is a causal LM").
 
-Bad model input (unknown id or path, bad revision, wrong modality, no hidden states, a model that
-fails in the load-time probe forward) raises `ModelInputError` from `check_model` /
-`load_extractor` before any extraction.
+Bad model input (unknown id or path, bad revision, wrong modality, a missing library, no hidden
+states, a model that fails in the load-time probe forward or does not give one row per item)
+raises `ModelInputError` from `check_model` / `load_extractor` before any extraction; a batch
+whose layers are not `(B, D_l)` raises it in `extract_all` (a row is never copied into others).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from tasks.extract.base import Extractor, resolve_device
+from tasks.extract.base import Extractor, check_rows, resolve_device
 from tasks.extract.bpb import bits_per_byte as _bits_per_byte
 from tasks.extract.bpb import mean_bits_per_byte, per_text_bits_per_byte
 from tasks.extract.errors import ModelInputError
@@ -293,6 +294,7 @@ def extract_all(
     with contextlib.closing(_prepared(extractor, items, batches, plan)) as prepared_batches:
         for idx, prepared in zip(batches, prepared_batches):
             result = extractor.forward(prepared, with_nll=want_nll)
+            check_rows(extractor.spec, result.layers, len(idx), extractor.layer_dims)  # never broadcast one row into many
             for layer, arr in zip(out, result.layers):
                 layer[idx] = arr
             nll += result.nll_nats

@@ -15,8 +15,10 @@
 
 Before any weights load, `check_model` checks what it can and raises `ModelInputError` naming the
 model and the problem: the source (`tasks.extract.preflight`: package dir, local path, or hub id
-and revision, offline-aware), the config, the class transformers would build and whether it
-takes the declared modality's input, and the tokenizer. Hub ids read from the local cache only
+and revision, offline-aware), the config, the class transformers would build, whether it
+takes the declared modality's input and builds without a library that is not installed (built on
+the ``meta`` device: `meta_model`), and the tokenizer. A model that does not build at load
+(`build_errors`) is a `ModelInputError` too. Hub ids read from the local cache only
 (``local_files_only``) when the hub is offline or unreachable.
 
 Large models: ``spec.device_map: auto`` (or ``load_extractor(spec, device='auto')``) loads with
@@ -48,7 +50,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 
 from tasks.extract import preflight
-from tasks.extract.base import TORCH_DTYPES
+from tasks.extract.base import TORCH_DTYPES, raised_by_prh
 from tasks.extract.centre_crop import set_centre_crop, set_resample
 from tasks.extract.errors import ModelInputError
 from tasks.extract.preflight import SourceAccess
@@ -198,8 +200,9 @@ def check_model(spec: ModelSpec) -> CheckedModel:
     ``hf``: the source exists (package dir, local path, or hub id at that revision: see
     `tasks.extract.preflight`), its config reads, transformers has a class for it, the class takes
     the spec's modality (vision: ``pixel_values``, language: ``input_ids``). ``random_hf``: the
-    config class exists and builds from ``spec.config``, same modality check. Language: the tokenizer
-    loads.
+    config class exists and builds from ``spec.config``, same modality check. The model class is
+    built on the ``meta`` device (`meta_model`: no weights), which refuses a class that needs a
+    library that is not installed (timm, natten). Language: the tokenizer loads.
     """
     language = spec.modality == "language"
     if spec.loader == "hf":
@@ -209,6 +212,8 @@ def check_model(spec: ModelSpec) -> CheckedModel:
         _feature_overrides(config, spec.config)
         if not (spec.trust_remote_code and getattr(config, "auto_map", None)):
             check_modality(spec, type(config), causal)
+            if not language:  # language: probe_position_offset builds it below
+                meta_model(spec, config, causal)
         tokenizer = load_tokenizer(spec, access) if language else None
         if tokenizer is not None:
             _check_vocabulary(spec, tokenizer, config)
@@ -222,6 +227,8 @@ def check_model(spec: ModelSpec) -> CheckedModel:
         config = _build_config(spec, cls, tokenizer)
         causal = language and is_causal_config(config, from_architectures=False)
         _feature_overrides(config, spec.config)
+        if not language:
+            meta_model(spec, config, causal)
         if tokenizer is not None:
             _check_vocabulary(spec, tokenizer, _text_config(config))
             _check_max_length(spec, tokenizer, _text_config(config), probe_position_offset(spec, config, causal))
@@ -325,6 +332,8 @@ def load_pretrained(spec: ModelSpec, device: torch.device, device_map: bool = Fa
     try:
         with quiet_loading():
             model = cls.from_pretrained(src, **kwargs)
+    except ImportError as exc:  # a class that needs a library that is not installed (remote code, or not pre-checked)
+        raise ModelInputError(spec.name, spec.id, missing_library(exc)) from exc
     except OSError as exc:  # missing or unreadable weight files
         raise ModelInputError(spec.name, spec.id, f"cannot load its weights from {src!r}: {_first_line(exc)}") from exc
     except pickle.UnpicklingError as exc:  # a pickle checkpoint holding more than tensors: never unpickled
@@ -361,12 +370,33 @@ def load_random(spec: ModelSpec, device: torch.device, checked: CheckedModel | N
     cls = AutoModelForCausalLM if checked.causal else AutoModel
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        try:
+        with build_errors(spec):
             model = cls.from_config(checked.config, dtype=torch.float32)
-        except (ValueError, TypeError, RuntimeError) as exc:  # e.g. widths that do not divide, negative sizes
-            raise ModelInputError(spec.name, spec.id, f"cannot build the model from config {spec.config}: "
-                                  f"{_first_line(exc)}") from exc
     return _finish(model, spec.modality, checked.causal, device, TORCH_DTYPES[spec.dtype], False)
+
+
+def missing_library(exc: ImportError) -> str:
+    """The `ModelInputError` text for a model class that needs a library that is not installed."""
+    return f"its model class needs a library that is not installed: {_first_line(exc)}"
+
+
+@contextlib.contextmanager
+def build_errors(spec: ModelSpec) -> Iterator[None]:
+    """Building a model from its config (``from_config``): an error raised inside transformers
+    (widths that do not divide, negative sizes, CvT's ``IndexError`` for lists of the wrong length,
+    a missing library) is a `ModelInputError` naming the model and the cause, chained. Errors raised
+    in prh's own code and out-of-memory errors pass unchanged."""
+    try:
+        yield
+    except (ModelInputError, MemoryError, torch.cuda.OutOfMemoryError):
+        raise
+    except ImportError as exc:
+        raise ModelInputError(spec.name, spec.id, missing_library(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - narrowed: only errors raised outside prh's code
+        if raised_by_prh(exc):
+            raise
+        raise ModelInputError(spec.name, spec.id, f"cannot build the model from config {spec.config}: "
+                              f"{type(exc).__name__}: {_first_line(exc)}") from exc
 
 
 def load_tokenizer(spec: ModelSpec, access: SourceAccess | None = None) -> Any:
@@ -430,11 +460,12 @@ def position_offset(model: torch.nn.Module) -> int:
     return pad + 1 if isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0 else 0
 
 
-def probe_position_offset(spec: ModelSpec, config: Any, causal: bool) -> int | None:
-    """`position_offset` of the module a language spec will run (the base model of a causal LM, the
-    text tower or the encoder otherwise), built from the config on the ``meta`` device: no weights,
-    no memory, no random draws. None when it does not build there (then `position_limit` falls back
-    to a list of model types)."""
+def meta_model(spec: ModelSpec, config: Any, causal: bool) -> torch.nn.Module | None:
+    """The model class built from the config on the ``meta`` device: no weights, no memory, no
+    random draws. None when it does not build there (remote code or a class that needs real
+    tensors: the real build reports its own errors, `build_errors`); a class that needs a library
+    that is not installed (transformers' ``requires_backends``: TimmWrapper needs timm, DINAT
+    natten) is a `ModelInputError`."""
     import copy
 
     from transformers import AutoModel, AutoModelForCausalLM
@@ -442,8 +473,19 @@ def probe_position_offset(spec: ModelSpec, config: Any, causal: bool) -> int | N
     auto = AutoModelForCausalLM if causal else AutoModel
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            model = auto.from_config(copy.deepcopy(config), trust_remote_code=spec.trust_remote_code)
-    except Exception:  # noqa: BLE001 - a probe only: remote code or a class that needs real tensors
+            return auto.from_config(copy.deepcopy(config), trust_remote_code=spec.trust_remote_code)
+    except ImportError as exc:
+        raise ModelInputError(spec.name, spec.id, missing_library(exc)) from exc
+    except Exception:  # noqa: BLE001 - a probe only: the real build reports its own errors
+        return None
+
+
+def probe_position_offset(spec: ModelSpec, config: Any, causal: bool) -> int | None:
+    """`position_offset` of the module a language spec will run (the base model of a causal LM, the
+    text tower or the encoder otherwise), built from the config on the ``meta`` device (`meta_model`).
+    None when it does not build there (then `position_limit` falls back to a list of model types)."""
+    model = meta_model(spec, config, causal)
+    if model is None:
         return None
     body = model.base_model if causal else _select_tower(model, "language")
     return position_offset(body)

@@ -8,15 +8,23 @@ is not a separate layer: ``hidden_states`` are taken as transformers returns the
 Pooling per hidden state (`(B, D) float32`):
 - token sequences `(B, T, D)`: ``cls`` = token 0; ``avg`` = mean over patch tokens, CLS and
   register tokens excluded. The number P of such prefix tokens is what the model declares: the
-  token parameters of its ``embeddings`` (``cls_token`` / ``class_embedding`` 1, DeiT's
-  ``distillation_token`` 1, ``register_tokens`` R, else the config's ``num_register_tokens``); 0
-  for models with none (SigLIP, Swin, Hiera). It is checked against the patch grid at the
-  config's stride (``patch_stride``, else ``patch_size``; Hiera's ``patch_size`` is the kernel of
-  an overlapping convolution): a layer with no patch token left, or with more tokens than P plus
-  the grid, is refused (`ModelInputError` naming the layer) rather than averaged over guessed
-  tokens. A model without an ``embeddings`` module gets ``T`` less the grid (0 when T is smaller:
-  merged stages; refused above `MAX_GEOMETRY_PREFIX`).
-- CNN maps `(B, C, H, W)`: global average pooling (``cls`` is refused at load time).
+  token parameters of its ``embeddings`` (``cls_token`` / ``class_embedding`` / DeiT's
+  ``distillation_token`` / ``register_tokens``, ``shape[-2]`` tokens each: ViT 1, DeiT 2, Pixio 8,
+  DINOv2 with R registers 1 + R; else the config's ``num_register_tokens``); 0 for models with
+  none (SigLIP, Swin, Hiera). It is checked against the patch grid: the positions the patch
+  convolution (the ``Conv2d`` at the config's stride, ``patch_stride`` else ``patch_size``: Hiera's
+  ``patch_size`` is the kernel of an overlapping convolution) output in that forward, measured by a
+  hook (Swin pads the image: ``ceil(H/s)``; ViT: ``floor(H/s)``), else ``floor(H/s) * floor(W/s)``.
+  A layer with no patch token left, or with more tokens than P plus the grid, is refused
+  (`ModelInputError` naming the layer) rather than averaged over guessed tokens. A model without an
+  ``embeddings`` module gets ``T`` less the grid (0 when T is smaller: merged stages; refused above
+  `MAX_GEOMETRY_PREFIX`, and when the grid is not measured and the side not a multiple of s).
+- 4-D feature maps: global average pooling over H x W, of `(B, C, H, W)` (CNN stages) or
+  `(B, H, W, C)` (SAM's vision encoder, DINAT), told at load from the probe (`map_layout`, else a
+  second forward at another size: `layout_from_resize`; refused when neither tells). ``cls`` is
+  refused at load time.
+Every layer must have one row per image (Pixtral packs a batch into one sequence: refused at the
+two-image probe).
 """
 
 from __future__ import annotations
@@ -51,24 +59,33 @@ class PreparedPixels:
     pixel_values: torch.Tensor  # (B, 3, H, W) float32
 
 
-#: Parameters of a vision model's ``embeddings`` that are one token each, put in front of the
-#: patch tokens: the CLS token (ViT, DINOv2, MAE, BEiT: ``cls_token``; CLIP: ``class_embedding``)
-#: and DeiT's distillation token. Register tokens (``register_tokens``, ``(1, R, D)``) are R tokens.
+#: Token parameters of a vision model's ``embeddings`` put in front of the patch tokens: the CLS
+#: token (ViT, DINOv2, MAE, BEiT: ``cls_token``, ``(1, 1, D)``; Pixio: ``(1, 8, D)``, 8 CLS tokens;
+#: CLIP: ``class_embedding``, ``(D,)``) and DeiT's distillation token; register tokens
+#: (``register_tokens``, ``(1, R, D)``) come after them. Each counts ``shape[-2]`` tokens (1 for a vector).
 _ONE_TOKEN_PARAMS = ("cls_token", "class_embedding", "distillation_token")
+
+
+def tokens_in(param: Any) -> int:
+    """Tokens a CLS/distillation/register parameter holds: ``shape[-2]`` of a `(..., N, D)` tensor,
+    1 for a `(D,)` vector, 0 for anything that is not a tensor."""
+    if not isinstance(param, torch.Tensor) or param.dim() == 0:
+        return 0
+    return int(param.shape[-2]) if param.dim() >= 2 else 1
 
 
 def declared_prefix_tokens(model: torch.nn.Module) -> int | None:
     """CLS, distillation and register tokens the model puts in front of its patch tokens, read
-    from the parameters of its ``embeddings`` module (ViT 1, DeiT 2, DINOv2 with R registers
-    1 + R, SigLIP / Swin / Hiera 0); registers without a parameter come from the config's
-    ``num_register_tokens``. None when the model has no ``embeddings`` module to read."""
+    from the parameters of its ``embeddings`` module (`tokens_in` each: ViT 1, DeiT 2, Pixio 8,
+    DINOv2 with R registers 1 + R, SigLIP / Swin / Hiera 0); registers without a parameter come
+    from the config's ``num_register_tokens``. None when the model has no ``embeddings`` module to read."""
     emb = getattr(model, "embeddings", None)
     if not isinstance(emb, torch.nn.Module):
         return None
-    count = sum(isinstance(getattr(emb, name, None), torch.Tensor) for name in _ONE_TOKEN_PARAMS)
+    count = sum(tokens_in(getattr(emb, name, None)) for name in _ONE_TOKEN_PARAMS)
     registers = getattr(emb, "register_tokens", None)
     if isinstance(registers, torch.Tensor) and registers.dim() >= 2:
-        count += int(registers.shape[-2])
+        count += tokens_in(registers)
     else:
         count += int(getattr(getattr(model, "config", None), "num_register_tokens", 0) or 0)
     return count
@@ -93,42 +110,131 @@ def patch_stride(config: Any) -> tuple[int, int] | None:
     return None
 
 
+def patch_conv(model: torch.nn.Module, stride: tuple[int, int] | None) -> torch.nn.Conv2d | None:
+    """The convolution that cuts the image into patch tokens: the first ``Conv2d`` of the model's
+    ``embeddings`` (of the whole model without one) whose stride is the config's patch stride.
+    None when there is none (no patch size, a linear patch embedding)."""
+    if stride is None:
+        return None
+    emb = getattr(model, "embeddings", None)
+    root = emb if isinstance(emb, torch.nn.Module) else model
+    return next((m for m in root.modules() if isinstance(m, torch.nn.Conv2d) and tuple(m.stride) == stride), None)
+
+
+class GridMeter:
+    """Forward hook on the patch convolution (`patch_conv`): ``grid`` is the number of positions
+    (h x w) of its first output since the last `reset`, the patch tokens the model made (Swin pads
+    the image to a multiple of the patch first: ``ceil``; ViT's unpadded convolution: ``floor``)."""
+
+    def __init__(self) -> None:
+        self.grid: int | None = None
+
+    def reset(self) -> None:
+        self.grid = None
+
+    def __call__(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        if self.grid is None and isinstance(output, torch.Tensor) and output.dim() == 4:
+            self.grid = int(output.shape[-2] * output.shape[-1])
+
+
 #: Most prefix tokens told by geometry alone (a model without ``embeddings``): CLS, distillation
 #: and a few registers. More than this is not a prefix but a count that cannot be explained.
 MAX_GEOMETRY_PREFIX = 8
 
 
 def num_prefix_tokens(config: Any, seq_len: int, height: int, width: int, declared: int | None,
-                      tokens_elsewhere: bool = False) -> int:
+                      tokens_elsewhere: bool = False, grid: int | None = None) -> int:
     """CLS + register tokens in front of the patch tokens of one ``(B, seq_len, D)`` hidden state.
 
-    ``declared`` (`declared_prefix_tokens`) is used when known; the geometry (``seq_len`` against
-    the patch grid at the config's stride, rounded up) only checks it. Without it the count is
-    ``seq_len`` less the patch grid (0 for fewer tokens than the grid: merged stages), and 0 when
-    there is no grid either, unless the model holds token parameters somewhere
-    (``tokens_elsewhere``, `has_token_params`). Raises ``ValueError`` when the count is not
-    plausible: no patch token left, more tokens than the prefix plus the patch grid (tokens the
-    model does not declare), or token parameters that cannot be placed."""
+    ``grid``: the patch tokens the model made (`GridMeter`); without it, the patch grid of the
+    input at the config's stride s, ``floor(height / s) * floor(width / s)`` (an unpadded patch
+    convolution, ViT's). ``declared`` (`declared_prefix_tokens`) is used when known; the grid only
+    checks it. Without it the count is ``seq_len`` less the grid (0 for fewer tokens than the grid:
+    merged stages), and 0 when there is no grid either, unless the model holds token parameters
+    somewhere (``tokens_elsewhere``, `has_token_params`). Raises ``ValueError`` when the count is not
+    plausible: no patch token left, more tokens than the prefix plus the grid (tokens the model does
+    not declare), token parameters that cannot be placed, or (no declared count, no measured grid)
+    more tokens than the floor grid at a side that is not a multiple of s, where a padded patch
+    embedding's ``ceil`` grid would explain them too."""
     stride = patch_stride(config)
-    grid = -(-height // stride[0]) * -(-width // stride[1]) if stride else None
+    ceil_grid = None
+    if grid is None and stride:
+        grid = (height // stride[0]) * (width // stride[1])
+        ceil_grid = -(-height // stride[0]) * -(-width // stride[1])
+    at = f"a {height}x{width} input at patch stride {stride}"
     if declared is None:
         if grid is None:
             if tokens_elsewhere:
                 raise ValueError("the model has a CLS/register token parameter outside an 'embeddings' module and no "
                                  "patch size in its config: cannot tell which hidden states carry it")
             return 0
-        extra = seq_len - grid
-        if extra > MAX_GEOMETRY_PREFIX:
-            raise ValueError(f"{seq_len} tokens for a {height}x{width} input at patch stride {stride}: {extra} more than "
-                             f"the {grid} patches, too many to be CLS/register tokens; cannot tell the patch tokens")
+        extra, most_patches = seq_len - grid, max(grid, ceil_grid or 0)
+        if seq_len - most_patches > MAX_GEOMETRY_PREFIX:
+            raise ValueError(f"{seq_len} tokens for {at}: {seq_len - most_patches} more than the {most_patches} patches, "
+                             "too many to be CLS/register tokens; cannot tell the patch tokens")
+        if extra > 0 and most_patches != grid:
+            raise ValueError(f"{seq_len} tokens for {at}, a side that is not a multiple of the patch stride: "
+                             f"{grid} patches (unpadded) or {ceil_grid} (padded) cannot be told from CLS/register tokens; "
+                             "use an image_size that is a multiple of the patch stride")
         return max(extra, 0)
     if seq_len - declared < 1:
         raise ValueError(f"{seq_len} tokens, but the model declares {declared} CLS/register token(s): no patch token left")
     if grid is not None and seq_len - declared > grid:
         raise ValueError(f"{seq_len} tokens: {seq_len - declared - grid} more than its {declared} CLS/register token(s) "
-                         f"and the {grid} patches of a {height}x{width} input at patch stride {stride} (tokens this "
-                         "code does not know, e.g. detection tokens); cannot tell the patch tokens")
+                         f"and the {grid} patches of {at} (tokens this code does not know, e.g. detection tokens); "
+                         "cannot tell the patch tokens")
     return declared
+
+
+def module_widths(model: torch.nn.Module) -> frozenset[int]:
+    """Channel widths the model's layers produce: ``out_channels`` of convolutions, ``out_features``
+    of linear layers, the widths of its norms (``num_features``, ``num_channels``, the last
+    ``normalized_shape``)."""
+    widths: set[int] = set()
+    for m in model.modules():
+        for attr in ("out_channels", "out_features", "num_features", "num_channels"):
+            value = getattr(m, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                widths.add(value)
+        shape = getattr(m, "normalized_shape", None)
+        if isinstance(shape, tuple) and shape and isinstance(shape[-1], int):
+            widths.add(shape[-1])
+    return frozenset(widths)
+
+
+def fits_input(rows: int, cols: int, height: int, width: int) -> bool:
+    """Whether a ``rows x cols`` map can be an ``height x width`` input downsampled by one stride s
+    (each side within 1 of the input's side / s, for floor, ceil or padding): some s > 0 with
+    ``|rows - height / s| < 1`` and ``|cols - width / s| < 1``."""
+    def stride_range(n: int, side: int) -> tuple[float, float]:
+        return side / (n + 1), (side / (n - 1) if n > 1 else float("inf"))
+
+    (lo_r, hi_r), (lo_c, hi_c) = stride_range(rows, height), stride_range(cols, width)
+    return rows >= 1 and cols >= 1 and max(lo_r, lo_c) < min(hi_r, hi_c)
+
+
+def map_layout(shape: Sequence[int], height: int, width: int, widths: frozenset[int]) -> bool | None:
+    """Whether a 4-D hidden state of ``shape`` from an ``height x width`` input is channels-last
+    `(B, H, W, C)` (True) or channels-first `(B, C, H, W)` (False); None when its shape cannot tell.
+
+    A layout is possible when its two spatial sizes fit the input (`fits_input`); of two possible
+    ones, the one whose channel size is a width of the model's layers (``widths``, `module_widths`)
+    and the other's is not. ``(B, 4, 4, 32)`` from 64 x 64 is channels-last (32 cannot be a side
+    of a 64 x 64 image downsampled to 4 rows); ``(B, 8, 8, 8)`` cannot be told."""
+    _, d1, d2, d3 = (int(v) for v in shape)
+    possible = {last for last, (r, c) in ((False, (d2, d3)), (True, (d1, d2))) if fits_input(r, c, height, width)}
+    if len(possible) == 2:
+        possible = {last for last, channels in ((False, d1), (True, d3)) if channels in widths}
+    return possible.pop() if len(possible) == 1 else None
+
+
+def layout_from_resize(small: Sequence[int], large: Sequence[int]) -> bool | None:
+    """Channels-last (True) or first (False) from the shapes of one 4-D hidden state at two input
+    sizes: the channel size stays, the spatial sizes change. None when that does not tell."""
+    first_stays, last_stays = small[1] == large[1], small[3] == large[3]
+    if first_stays != last_stays:
+        return last_stays
+    return None
 
 
 class HFVisionExtractor(Extractor):
@@ -149,8 +255,14 @@ class HFVisionExtractor(Extractor):
         self._unshuffled = self._unshuffled_patches()
         self._declared_prefix = declared_prefix_tokens(self.model)
         self._tokens_elsewhere = self._declared_prefix is None and has_token_params(self.model)
+        self._grid = GridMeter()
+        conv = patch_conv(self.model, patch_stride(self.model.config))
+        if conv is not None:
+            conv.register_forward_hook(self._grid)
+        self._channels_last: bool | None = None  # layout of 4-D hidden states, from the probe (`_map_layout`)
         self._recipe: ProcessorRecipe | None | bool = False  # False: not computed yet
-        probe = [Image.new("RGB", (64, 48), (127, 127, 127))]
+        # two images: a model that packs a batch into one sequence (Pixtral) is refused here
+        probe = [Image.new("RGB", (64, 48), (127, 127, 127)), Image.new("RGB", (64, 48), (30, 160, 60))]
         self._finish_init(probe, lambda n: layer_names("embeddings", "layer", n - 1))
 
     def _forward_kwargs(self) -> dict[str, Any]:
@@ -191,28 +303,79 @@ class HFVisionExtractor(Extractor):
     def prepare(self, items: Sequence[ImageItem]) -> PreparedPixels:
         return self.from_recipe_output(apply_processor(self.processor, items))
 
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The model's hidden states for pixels ``x`` (on the input device, in the model's dtype)."""
+        extra = {**self._extra_kwargs, "noise": self._patch_noise(x)} if self._unshuffled else self._extra_kwargs
+        self._grid.reset()
+        with self.full_float32():
+            out = self.model(pixel_values=x, output_hidden_states=True, return_dict=True, **extra)
+        return require_hidden_states(self.spec, self.model, out)
+
+    def _map_layout(self, states: Sequence[torch.Tensor], x: torch.Tensor) -> bool:
+        """Whether the model's 4-D hidden states are channels-last `(B, H, W, C)` (SAM, DINAT) or
+        `(B, C, H, W)` (CNNs): from their shapes against the input (`map_layout`), else from a second
+        forward at 1.5 times the input's sides (`layout_from_resize`). Every 4-D layer that tells
+        must agree; a `ModelInputError` when none tells or they disagree."""
+        h, w = x.shape[-2:]
+        widths = module_widths(self.model)
+        maps = [(i, hs) for i, hs in enumerate(states) if hs.dim() == 4]
+        told = {map_layout(hs.shape, h, w, widths) for _, hs in maps} - {None}
+        if not told:
+            told = self._layout_by_resize(maps, x)
+        if len(told) != 1:
+            shapes = ", ".join(str(tuple(hs.shape)) for _, hs in maps[:3])
+            why = "its layers disagree" if told else "the shapes cannot tell, and the model does not run at a second size"
+            raise ModelInputError(self.spec.name, self.spec.id, f"cannot tell whether its 4-D hidden states ({shapes} for a "
+                                  f"{h}x{w} input) are (B, C, H, W) or (B, H, W, C): {why}; try another image_size")
+        return told.pop()
+
+    def _layout_by_resize(self, maps: list[tuple[int, torch.Tensor]], x: torch.Tensor) -> set[bool]:
+        """Layouts told by comparing each 4-D layer with the same layer at a 1.5x larger input; empty
+        when the model does not run at that size (fixed position embeddings: SAM)."""
+        h, w = x.shape[-2:]
+        bigger = torch.nn.functional.interpolate(x[:1].float(), size=(h + h // 2, w + w // 2), mode="nearest")
+        try:
+            other = self._run(bigger.to(x.dtype))
+        except (MemoryError, torch.cuda.OutOfMemoryError):
+            raise
+        except Exception:  # noqa: BLE001 - the model refuses another size (SAM checks it): nothing told
+            return set()
+        if len(other) <= max(i for i, _ in maps):
+            return set()
+        return {layout_from_resize(hs.shape, other[i].shape) for i, hs in maps if other[i].dim() == 4} - {None}
+
+    def _check_rows(self, name: str, hs: torch.Tensor, batch: int) -> None:
+        """One row per image: a model that packs the batch into one sequence (Pixtral: `(1, B*N, D)`)
+        gives no per-image features."""
+        if hs.shape[0] != batch:
+            raise ModelInputError(self.spec.name, self.spec.id, f"layer {name!r} has {hs.shape[0]} row(s) for a batch of "
+                                  f"{batch} images (shape {tuple(hs.shape)}): the model does not keep one row per image "
+                                  "(it packs the batch into one sequence, as Pixtral does); it cannot give per-image features")
+
     @torch.inference_mode()
     def forward(self, prepared: PreparedPixels, with_nll: bool = False) -> BatchOutput:
         if with_nll:
             raise ValueError("bits per byte applies to causal language models only")
         x = prepared.pixel_values.to(self._input_device, dtype=self.dtype, non_blocking=True)
-        extra = {**self._extra_kwargs, "noise": self._patch_noise(x)} if self._unshuffled else self._extra_kwargs
-        with self.full_float32():
-            out = self.model(pixel_values=x, output_hidden_states=True, return_dict=True, **extra)
-        states = require_hidden_states(self.spec, self.model, out)
+        states = self._run(x)
+        grid = self._grid.grid
         if self.spec.pooling == "cls" and any(hs.dim() == 4 for hs in states):
             raise ValueError(f"{self.spec.name}: 'cls' pooling needs a token model; this one has CNN feature maps: use 'avg'")
         h, w = prepared.pixel_values.shape[-2:]
         names = layer_names("embeddings", "layer", len(states) - 1)
+        for name, hs in zip(names, states):
+            self._check_rows(name, hs, x.shape[0])
+        if self._channels_last is None and any(hs.dim() == 4 for hs in states):
+            self._channels_last = self._map_layout(states, x)
         layers = []
         for name, hs in zip(names, states):
             try:
-                prefix = (num_prefix_tokens(self.model.config, hs.shape[1], h, w, self._declared_prefix, self._tokens_elsewhere)
-                          if hs.dim() == 3 else 0)
+                prefix = (num_prefix_tokens(self.model.config, hs.shape[1], h, w, self._declared_prefix, self._tokens_elsewhere,
+                                            grid) if hs.dim() == 3 else 0)
             except ValueError as err:  # an implausible prefix count: refuse rather than average the wrong tokens
                 raise ModelInputError(self.spec.name, self.spec.id, f"layer {name!r}: {err}") from None
             try:
-                layers.append(to_numpy_f32(pool_vision(hs, self.spec.pooling, prefix)))
+                layers.append(to_numpy_f32(pool_vision(hs, self.spec.pooling, prefix, bool(self._channels_last))))
             except ValueError as err:  # e.g. 'cls' on a model without a CLS token (SigLIP)
                 raise ModelInputError(self.spec.name, self.spec.id, str(err)) from None
         return BatchOutput(layers)

@@ -47,22 +47,26 @@ def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Ten
     raise ValueError(f"unknown language pooling {how!r}: use 'avg' or 'last'")
 
 
-def spatial_mean(feature_map: torch.Tensor) -> torch.Tensor:
-    """Global average pooling of a CNN map. `(B, C, H, W)` -> `(B, C)` float32."""
-    return feature_map.float().mean(dim=(2, 3))
+def spatial_mean(feature_map: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """Global average pooling of a feature map over its H x W positions -> `(B, C)` float32.
+
+    `(B, C, H, W)` (CNN stages, the default) or, with ``channels_last``, `(B, H, W, C)` (SAM's
+    vision encoder, DINAT: transformers returns their hidden states that way)."""
+    return feature_map.float().mean(dim=(1, 2) if channels_last else (2, 3))
 
 
-def pool_vision(hidden: torch.Tensor, how: str, num_prefix_tokens: int) -> torch.Tensor:
+def pool_vision(hidden: torch.Tensor, how: str, num_prefix_tokens: int, channels_last: bool = False) -> torch.Tensor:
     """Vision pooling of one hidden state -> `(B, D)` float32.
 
-    - `(B, C, H, W)` maps (CNN stages): global average pooling, whatever `how` is
-      (`'cls'` is rejected earlier, at load time, for such models).
+    - 4-D feature maps, `(B, C, H, W)` (CNN stages) or `(B, H, W, C)` with ``channels_last``:
+      global average pooling over H x W, whatever `how` is (`'cls'` is rejected earlier, at load
+      time, for such models).
     - `(B, T, D)` token sequences whose first `num_prefix_tokens` are CLS/register tokens:
       ``'cls'`` takes token 0; ``'avg'`` averages the patch tokens only (prefix tokens excluded,
       as timm's ``global_pool='avg'``).
     """
     if hidden.dim() == 4:
-        return spatial_mean(hidden)
+        return spatial_mean(hidden, channels_last)
     if hidden.dim() != 3:
         raise ValueError(f"cannot pool a vision hidden state of shape {tuple(hidden.shape)}")
     if how == "cls":
