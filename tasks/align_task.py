@@ -143,7 +143,7 @@ def result_tables(
                 scores.append({**common, "metric": r.metric.name, "params": params, "layer_a": i, "layer_b": j,
                                "layer_name_a": a["layer_names"][i], "layer_name_b": b["layer_names"][j],
                                "score": _finite_or_none(r.matrix[i, j]), "n_samples": n_samples, "unit": unit})
-        i, j = r.best_layers if min(r.best_layers) >= 0 else (None, None)
+        i, j = r.best_layers if min(r.best_layers) >= 0 and math.isfinite(r.best) else (None, None)  # as the NULL score
         best.append({**common, "metric": r.metric.name, "params": params, "modality_a": a["modality"], "modality_b": b["modality"],
                      "layer_a": i, "layer_b": j, "layer_name_a": None if i is None else a["layer_names"][i],
                      "layer_name_b": None if j is None else b["layer_names"][j],

@@ -355,7 +355,7 @@ def _subset(rep: Any, keep: list[int], refused: dict[int, str]) -> tuple[Any, li
     if not refused:
         return rep, keep
     remaining = [i for i in range(len(rep.layers)) if i not in refused]
-    return metrics.Representation([rep.layers[i] for i in remaining]), [keep[i] for i in remaining]
+    return rep.select_layers(remaining), [keep[i] for i in remaining]  # its Gram policy and cached Grams
 
 
 def _embed(matrix: np.ndarray, rows: list[int], cols: list[int], shape: tuple[int, int]) -> np.ndarray:

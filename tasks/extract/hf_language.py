@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -107,6 +108,12 @@ class HFLanguageExtractor(Extractor):
         # (given a BERT tokenizer, which makes them, every feature was shifted).
         self._token_types = (getattr(getattr(self.model, "config", None), "type_vocab_size", 0) or 0) > 0
         self._input_device = input_device(self.model, _input_embedding_weight(spec, self.model))
+        # captions fitted to max_length (`fitted`), by (caption, truncation side): sorting, preparing
+        # and counting bytes fit each caption once
+        self._fits: dict[tuple[str, str], tuple[str, int, bool]] = {}
+        # the tokenizer is used by one prepare thread; a padding probe from the forward thread (a side
+        # changed after load) takes this lock too, so they never tokenize at once
+        self._tokenizing = threading.RLock()
         self._embedding_state: EmbeddingState | None = None
         self._embedding_state = self._probe_embedding_state()
         self._finish_init(["a"], lambda n: layer_names("embeddings", "layer", n - 1))
@@ -118,26 +125,18 @@ class HFLanguageExtractor(Extractor):
         output but not its input (blocks: `block_list`), or the model type is one of
         `NO_EMBEDDING_STATE`; else None."""
         blocks = block_list(self.model)
-        seen: dict[str, torch.Tensor | None] = {}
-
-        def keep_input(module: torch.nn.Module, args: Any, kwargs: Any) -> None:
-            first = args[0] if args else kwargs.get("hidden_states")
-            if isinstance(first, torch.Tensor):  # a copy: a block may change its input in place
-                seen.setdefault("input", first.detach().clone())
-
-        def keep_output(module: torch.nn.Module, args: Any, output: Any) -> None:
-            seen.setdefault("output", _first_tensor(output))
-
-        hooks = [] if blocks is None else [blocks[0].register_forward_pre_hook(keep_input, with_kwargs=True),
-                                           blocks[0].register_forward_hook(keep_output)]
+        # the first block's input and output in a probe forward (hooks removed afterwards)
+        taps = [] if blocks is None else [EmbeddingState(blocks[0], first_block=first, drop_unnormed=False)
+                                          for first in (True, False)]
         try:
             with probe_errors(self.spec, "the probe forward pass"):
                 states, _ = self._run(self.prepare(["a"]), with_logits=False)
         finally:
-            for hook in hooks:
-                hook.remove()
+            for tap in taps:
+                tap.remove()
         config = getattr(self.model, "config", None)
-        if not (_first_state_is_a_block(states[0], seen.get("input"), seen.get("output"))
+        block_input, block_output = (taps[0].kept, taps[1].kept) if taps else (None, None)
+        if not (_first_state_is_a_block(states[0], block_input, block_output)
                 or getattr(config, "model_type", None) in NO_EMBEDDING_STATE):
             return None
         n = len(blocks) if blocks is not None else getattr(config, "num_hidden_layers", None)
@@ -161,23 +160,32 @@ class HFLanguageExtractor(Extractor):
         """The texts fed to the model. A prompted text longer than ``max_length`` tokens gets its
         caption shortened by characters (`shortened_caption`, the tokenizer's truncation side) so
         that the whole prompt fits (its end stays where ``last`` pools); a caption that keeps no
-        character raises `ModelInputError`. Without a prompt, the tokenizer truncates the tokens."""
+        character raises `ModelInputError`. Without a prompt, the tokenizer truncates the tokens.
+        Each caption is fitted once per truncation side (kept for later calls)."""
         texts = self.texts(items)
-        if not texts:
-            return FittedTexts([], [], [])
-        lengths = [len(x) for x in self.tokenizer(texts, truncation=False)["input_ids"]]
-        cut = [i for i, n in enumerate(lengths) if n > self.spec.max_length]
-        for i in cut:
-            fit = None if self.spec.prompt is None else shortened_caption(self.tokenizer, self.spec, items[i])
-            if self.spec.prompt is None:
-                lengths[i] = self.spec.max_length
-            elif fit is None:
-                raise ModelInputError(self.spec.name, self.spec.id, f"caption {items[i]!r} keeps no token of its own: "
-                                      f"max_length {self.spec.max_length} is filled by the prompt {self.spec.prompt!r} "
-                                      "(its features would be the prompt's); raise max_length or shorten the prompt")
-            else:
-                texts[i], lengths[i] = fit
-        return FittedTexts(texts, lengths, cut)
+        side = str(getattr(self.tokenizer, "truncation_side", "right"))
+        with self._tokenizing:
+            new = {i: t for i, t in enumerate(texts) if (items[i], side) not in self._fits}
+            if new:
+                counts = self.tokenizer(list(new.values()), truncation=False)["input_ids"]
+                for i, ids in zip(new, counts):
+                    self._fits[(items[i], side)] = self._fit(items[i], new[i], len(ids))
+        fits = [self._fits[(item, side)] for item in items]
+        return FittedTexts([f[0] for f in fits], [f[1] for f in fits], [i for i, f in enumerate(fits) if f[2]])
+
+    def _fit(self, caption: str, text: str, n_tokens: int) -> tuple[str, int, bool]:
+        """(text fed, its token count, whether the caption lost text) of one caption whose prompted
+        ``text`` is ``n_tokens`` long untruncated (see `fitted`)."""
+        if n_tokens <= self.spec.max_length:
+            return text, n_tokens, False
+        if self.spec.prompt is None:
+            return text, self.spec.max_length, True
+        fit = shortened_caption(self.tokenizer, self.spec, caption)
+        if fit is None:
+            raise ModelInputError(self.spec.name, self.spec.id, f"caption {caption!r} keeps no token of its own: "
+                                  f"max_length {self.spec.max_length} is filled by the prompt {self.spec.prompt!r} "
+                                  "(its features would be the prompt's); raise max_length or shorten the prompt")
+        return fit[0], fit[1], True
 
     def sort_lengths(self, items: Sequence[str]) -> list[int]:
         return self.fitted(items).lengths
@@ -188,8 +196,9 @@ class HFLanguageExtractor(Extractor):
         fitted = self.fitted(items)
         sizes = [len(t.encode("utf-8")) for t in fitted.texts]
         if self.spec.prompt is None:
-            for i in fitted.cut:
-                sizes[i] = kept_bytes(self.tokenizer, fitted.texts[i], self.spec.max_length)
+            with self._tokenizing:
+                for i in fitted.cut:
+                    sizes[i] = kept_bytes(self.tokenizer, fitted.texts[i], self.spec.max_length)
         return sizes
 
     @property
@@ -278,10 +287,11 @@ class HFLanguageExtractor(Extractor):
         texts = fitted.texts
         side = self.padding_side  # passed only when it overrides the tokenizer's own
         own = {} if side == getattr(self.tokenizer, "padding_side", "right") else {"padding_side": side}
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.spec.max_length,
-            return_tensors="pt", return_special_tokens_mask=True, **own,
-        )
+        with self._tokenizing:
+            enc = self.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.spec.max_length,
+                return_tensors="pt", return_special_tokens_mask=True, **own,
+            )
         mask = enc["attention_mask"]
         _refuse_empty(self.spec, items, mask)
         extra: dict[str, torch.Tensor] = {}
@@ -305,6 +315,8 @@ class HFLanguageExtractor(Extractor):
         inputs.update({k: v.to(dev, non_blocking=True) for k, v in p.extra.items()})
         if "use_cache" in params:
             inputs["use_cache"] = False
+        if self._embedding_state is not None:
+            self._embedding_state.clear()
         with self.full_float32():
             out = module(**inputs, output_hidden_states=True, return_dict=True)
         states = require_hidden_states(self.spec, module, out)
@@ -460,11 +472,28 @@ class EmbeddingState:
             self._handle = module.register_forward_hook(self._keep_output)
 
     def _keep_input(self, module: torch.nn.Module, args: Any, kwargs: Any) -> None:
+        """Pre-hook: the first call's input in this forward (a copy: a block may change it in place)."""
         first = args[0] if args else kwargs.get("hidden_states")
-        self._output = first.clone() if isinstance(first, torch.Tensor) else None  # a block may change it in place
+        if self._output is None and isinstance(first, torch.Tensor):
+            self._output = first.detach().clone()
 
     def _keep_output(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        self._output = _first_tensor(output)
+        """Hook: the first call's output in this forward."""
+        if self._output is None:
+            self._output = _first_tensor(output)
+
+    @property
+    def kept(self) -> torch.Tensor | None:
+        """What the hook kept in the last forward (None before one)."""
+        return self._output
+
+    def clear(self) -> None:
+        """Forget what was kept (before a forward: a failed one may have left a tensor)."""
+        self._output = None
+
+    def remove(self) -> None:
+        """Remove the hook from the module."""
+        self._handle.remove()
 
     def restore(self, states: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """``states`` as returned by the model -> embedding output first, N + 1 states."""
@@ -540,8 +569,10 @@ def shortened_caption(tokenizer: Any, spec: ModelSpec, caption: str) -> tuple[st
 def kept_bytes(tokenizer: Any, text: str, max_length: int) -> int:
     """UTF-8 bytes of the part of ``text`` that its first ``max_length`` tokens (its last, with
     ``truncation_side='left'``) cover, special tokens aside: from the tokenizer's character offsets
-    (a fast tokenizer), else the bytes of those tokens decoded (byte-level ByT5: one per token, less
-    the bytes of a character cut in two)."""
+    (a fast tokenizer), else the bytes of those tokens decoded (byte-level ByT5: one per token).
+    Where the cut falls inside a multi-byte character, the two err in opposite directions by at
+    most that character's other bytes (3): offsets count the whole character, decoding drops its
+    kept part (about 1% of such a caption's bits per byte)."""
     fast = bool(getattr(tokenizer, "is_fast", False))
     enc = tokenizer(text, truncation=True, max_length=max_length, return_special_tokens_mask=True,
                     **({"return_offsets_mapping": True} if fast else {}))

@@ -176,6 +176,18 @@ class Representation:
                  self._widths, parent=self, rows=rows)
         return sub
 
+    def select_layers(self, indices: Sequence[int]) -> "Representation":
+        """The layers ``indices`` of this representation (same samples, device, dtype and Gram
+        policy), holding the Grams this one has cached for them (shared, not copied); neighbour
+        lists and encodings start empty. On a sample subset (``subset``): the layers without the
+        link to the full sample's caches (computed anew when asked for)."""
+        sub = Representation.__new__(Representation)
+        layers = [self.layers[i] for i in indices]
+        sub._set(layers, self.device, self.dtype, self.n, self.keep_gram, [self._widths[i] for i in indices])
+        if self._parent is None:
+            sub._grams = {j: self._grams[i] for j, i in enumerate(indices) if i in self._grams}
+        return sub
+
     def _knn_from_parent(self, layer: int, k: int, exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-``k`` lists of a subset from its parent's deeper lists (``subset``), found for
         every layer at once (the other layers' are kept for their turn)."""

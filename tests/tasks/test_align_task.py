@@ -32,3 +32,13 @@ def test_a_metric_without_any_score_stores_null_statistics_never_nan() -> None:
     assert [rows["cka"][c] for c in stats] == [0.4, None, 0.05, 0.01, 0.07, 0.02, 0.35, 0.3, 0.5]
     assert duckdb.sql("select metric from best order by calibrated_score desc limit 1").fetchall() == [("cka",)]
     assert [r["score"] for r in scores.to_pylist() if r["metric"] == "cka"] == [0.2, 0.4, 0.1, None]
+
+
+def test_an_infinite_best_score_is_stored_without_its_layers() -> None:
+    """A user metric may score -inf (aggregate keeps it as a score); stored, the score is NULL, and
+    its layers are NULL too, as for a best row without a finite score (not a NULL score at layers)."""
+    inf = PairAlignment(MetricRequest("cka", {"kernel_metric": "ip"}), np.array([[-math.inf, -math.inf]]), -math.inf, (0, 1),
+                        None)
+    _, best = result_tables([inf], MANIFEST_A, MANIFEST_B, "v1", 10)
+    row = best.to_pylist()[0]
+    assert (row["score"], row["layer_a"], row["layer_b"], row["layer_name_a"], row["layer_name_b"]) == (None,) * 5

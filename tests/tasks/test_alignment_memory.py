@@ -46,3 +46,48 @@ def test_without_cached_grams_the_scores_are_the_same(monkeypatch) -> None:
         np.testing.assert_allclose(b.matrix, a.matrix, rtol=0, atol=0 if exact else 1e-6)
         assert b.best_layers == a.best_layers
         assert b.p_value == a.p_value and b.null_mean == pytest.approx(a.null_mean, abs=0 if exact else 1e-6)
+
+
+def test_a_metric_refusing_layers_keeps_the_pairs_gram_policy(monkeypatch) -> None:
+    """SVCCA refuses a layer narrower than cca_dim: the remaining layers were a new Representation
+    with the default Gram policy, so over budget one side kept Grams again (and within budget the
+    cached Grams were computed a second time)."""
+    rng = np.random.default_rng(1)
+    xs = prepare_layers([rng.standard_normal((80, w)).astype(np.float32) for w in (4, 16, 12)])
+    ys = prepare_layers([rng.standard_normal((80, w)).astype(np.float32) for w in (16, 12)])
+    built = []
+    original = alignment.metrics.Representation
+
+    def spy(*args, **kwargs):
+        rep = original(*args, **kwargs)
+        built.append(rep)
+        return rep
+
+    monkeypatch.setattr(alignment.metrics, "Representation", spy)
+    monkeypatch.setattr(alignment, "GRAM_CACHE_MAX_BYTES", 0)
+    requests = [MetricRequest("svcca", {"cca_dim": 8}), MetricRequest("mutual_knn", {"topk": 5})]
+    svcca, knn = align_layers(xs, ys, requests)
+    assert 0 in svcca.excluded_a and np.isnan(svcca.matrix[0]).all() and np.isfinite(svcca.matrix[1:]).all()
+    top = built[:2]
+    assert not any(rep.keep_gram for rep in top)
+    monkeypatch.setattr(alignment, "GRAM_CACHE_MAX_BYTES", 2 << 30)
+    built.clear()
+    align_layers(xs, ys, requests)
+    rep_x = built[0]
+    sub = rep_x.select_layers([1, 2])
+    assert sub.keep_gram and sub.cached_gram(0) is rep_x.cached_gram(1) and sub.cached_gram(1) is rep_x.cached_gram(2)
+
+
+def test_select_layers_shares_grams_and_scores_like_a_fresh_representation() -> None:
+    from tasks import metrics
+
+    rng = np.random.default_rng(2)
+    layers = [rng.standard_normal((50, w)).astype(np.float32) for w in (6, 9, 7)]
+    rep = metrics.Representation(layers).cache_grams()
+    sub = rep.select_layers([2, 0])
+    assert sub.widths == [7, 6] and sub.n == 50 and sub.cached_gram(0) is rep.cached_gram(2)
+    other = metrics.Representation([layers[1]])
+    np.testing.assert_array_equal(metrics.layer_matrix("cka", sub, other), metrics.layer_matrix(
+        "cka", metrics.Representation([layers[2], layers[0]]).cache_grams(), other))
+    no_grams = metrics.Representation(layers, keep_gram_max_n=0).select_layers([1])
+    assert not no_grams.keep_gram and no_grams.cached_gram(0) is None

@@ -97,3 +97,27 @@ def test_without_a_prompt_a_fast_tokenizer_counts_the_bytes_its_kept_tokens_cove
     ex = load_extractor(_spec(None, pooling="avg", tokenizer=MINILM), device="cpu")
     assert len(ex.tokenizer(caption)["input_ids"]) == len(words) + 2 > MAX  # one token per word
     assert ex.text_bytes([caption, "the cat"]) == [len(" ".join(words[:MAX - 2]).encode("utf-8")), 7]
+
+
+def test_each_caption_is_fitted_once_per_truncation_side(monkeypatch):
+    """Sorting, preparing and counting bytes each fitted every caption again: the shortening search
+    (a tokenizer call per step) ran three times per long caption."""
+    import tasks.extract.hf_language as hf_language
+
+    calls = []
+    original = hf_language.shortened_caption
+
+    def counted(tokenizer, spec, caption):
+        if caption.startswith(LONG):  # not the load probe's captions
+            calls.append(caption)
+        return original(tokenizer, spec, caption)
+
+    monkeypatch.setattr(hf_language, "shortened_caption", counted)
+    ex = load_extractor(_spec(PROMPT), device="cpu")
+    first = extract_all(ex, [SHORT, LONG, LONG + " again"], batch_size=2)
+    assert sorted(calls) == sorted([LONG, LONG + " again"])
+    again = extract_all(ex, [LONG, SHORT], batch_size=2)
+    assert len(calls) == 2 and np.array_equal(again.layers[-1][0], first.layers[-1][1])
+    ex.tokenizer.truncation_side = "left"
+    extract_all(ex, [LONG], batch_size=1)
+    assert calls[2:] == [LONG]  # the other side keeps another cut
