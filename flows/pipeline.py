@@ -14,7 +14,7 @@ from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from flows.run_record import new_record, one_line, recorded
-from flows.runners import make_task_runner, preload_libraries, runs_in_parallel
+from flows.runners import check_task_runner, flow_task_runner, preload_libraries, runs_in_parallel
 from storage import layout
 from storage.runs import COMPLETED, FAILED, open_for_run
 from storage.store import DEFAULT_STORE, Store
@@ -31,7 +31,7 @@ BEST_COLUMNS = ["model_a", "model_b", "metric", "score", "layer_a", "layer_b", "
 @flow(
     name="prh-pipeline",
     description="Measure representational alignment between every vision and language model.",
-    task_runner=make_task_runner(),
+    task_runner=flow_task_runner(),
 )
 def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: bool = True,
                  extract_missing: bool = True, dataset_version: str | None = None) -> dict[str, Any]:
@@ -59,6 +59,7 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     Returns a summary: run id, store, dataset version, feature and alignment manifests, and the
     best layer pair per metric for every model pair.
     """
+    check_task_runner()  # a bad $PRH_TASK_RUNNER fails the run naming it (see flow_task_runner)
     target = Store(store)
     store_url = target.url
     log_recovery(*open_for_run(target))

@@ -44,6 +44,22 @@ def make_task_runner(spec: str | None = None) -> TaskRunner[Any]:
     raise ValueError(f"{ENV}={spec!r}: expected one of 'sequential', 'threads[:N]', 'dask', 'dask:<scheduler address>'")
 
 
+def flow_task_runner() -> TaskRunner[Any]:
+    """The runner for a ``@flow`` decorator: :func:`make_task_runner`, or the sequential runner when
+    ``$PRH_TASK_RUNNER`` is not valid. The decorator runs when a worker imports the flow's module:
+    an error there crashed the run with no reason in its Prefect state ("Process exited with
+    status code: 1"); the flow's first step, :func:`check_task_runner`, fails it with the reason."""
+    try:
+        return make_task_runner()
+    except ValueError:
+        return ThreadPoolTaskRunner(max_workers=1)
+
+
+def check_task_runner() -> None:
+    """Raise ``ValueError`` naming ``$PRH_TASK_RUNNER`` and what is wrong with it, if anything."""
+    make_task_runner()
+
+
 def _dask_runner(address: str) -> TaskRunner[Any]:
     try:
         from prefect_dask import DaskTaskRunner

@@ -26,7 +26,7 @@ from prefect.runtime import flow_run
 
 from flows.pipeline import ZooFailures, collect_features, log_failures, log_recovery, submit_extractions
 from flows.run_record import new_record, recorded
-from flows.runners import make_task_runner
+from flows.runners import check_task_runner, flow_task_runner
 from storage import layout
 from storage.runs import COMPLETED, FAILED, open_for_run
 from storage.store import DEFAULT_STORE, Store
@@ -37,7 +37,7 @@ from tasks.params import PipelineConfig
 VERSIONS_ARTIFACT = "prh-extract-versions"
 
 
-@flow(name="prh-extract", description="Extract every model's features (the GPU stage).", task_runner=make_task_runner())
+@flow(name="prh-extract", description="Extract every model's features (the GPU stage).", task_runner=flow_task_runner())
 def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str, Any]:
     """Publish the dataset and every model's features; reuse what is stored.
 
@@ -52,6 +52,7 @@ def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str,
         config: The run (only its dataset and models matter here).
         store: Where results go: a folder, file://..., or s3://bucket/prefix.
     """
+    check_task_runner()  # a bad $PRH_TASK_RUNNER fails the run naming it (see flow_task_runner)
     target = Store(store)
     log_recovery(*open_for_run(target))
     run_id = str(flow_run.get_id() or "local")
@@ -121,7 +122,9 @@ def prh_staged(
         runs[stage] = str(run.id)
         completed = state is not None and state.is_completed()
         if not completed:
-            failed.append(f"{stage} stage ({name}) ended {state.name if state else 'without a state'}: flow run {run.id}")
+            message = getattr(state, "message", None)  # the child run's reason, so the staged run shows it
+            why = f" ({' '.join(message.split())})" if message else ""
+            failed.append(f"{stage} stage ({name}) ended {state.name if state else 'without a state'}{why}: flow run {run.id}")
             if stage == "extract" and (state is None or state.type.value in ("CRASHED", "CANCELLED")):
                 break  # no model's fate is known: nothing to align
         if stage == "extract":

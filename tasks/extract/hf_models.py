@@ -244,10 +244,13 @@ def _read_config(spec: ModelSpec, access: SourceAccess) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(access.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
-                                          local_files_only=access.local_files_only, **spec.config)
+        config = AutoConfig.from_pretrained(access.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+                                            local_files_only=access.local_files_only, **spec.config)
     except (OSError, ValueError, KeyError, StrictDataclassError) as exc:
         raise ModelInputError(spec.name, spec.id, f"cannot read its config from {access.source!r}: {_first_line(exc)}") from exc
+    if spec.config:
+        _refuse_unknown_keys(spec, type(config))
+    return config
 
 
 def _config_class(spec: ModelSpec) -> type:
@@ -266,10 +269,31 @@ def _build_config(spec: ModelSpec, cls: type, tokenizer: Any | None) -> Any:
         text.setdefault("vocab_size", len(tokenizer))
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):  # None where the tokenizer has none
             text.setdefault(key, getattr(tokenizer, key, None))
+    _refuse_unknown_keys(spec, cls)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError, StrictDataclassError) as exc:
         raise ModelInputError(spec.name, spec.id, f"config {spec.config} is not valid for {spec.id}: {_first_line(exc)}") from exc
+
+
+def _refuse_unknown_keys(spec: ModelSpec, cls: type) -> None:
+    """`ModelInputError` for a key of ``spec.config`` that ``cls`` (a config class) does not have: a
+    config class keeps any keyword as an attribute, so ``hidden_sizee: 64`` changed nothing but the
+    feature version. Known: the attributes of ``cls()`` (its defaults, ``attribute_map`` aliases and
+    the common ``PretrainedConfig`` fields); no check where ``cls()`` cannot be built."""
+    try:
+        default = cls()
+    except Exception:  # noqa: BLE001 - a config class that needs arguments: nothing to compare with
+        return
+    unknown = sorted(key for key in spec.config if not hasattr(default, key))
+    if unknown:
+        import difflib
+
+        known = sorted(k for k in vars(default) if not k.startswith("_")) + sorted(getattr(cls, "attribute_map", {}) or {})
+        hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, known, n=1)) else "")
+                 for key in unknown]
+        raise ModelInputError(spec.name, spec.id, f"config key(s) {', '.join(hints)} not known to {cls.__name__} (a config "
+                              "class keeps any key without using it)")
 
 
 def model_class(spec: ModelSpec, config_cls: type, causal: bool) -> type:

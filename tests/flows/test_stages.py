@@ -91,14 +91,15 @@ def test_prh_staged_passes_the_extracted_dataset_version_to_the_alignment_stage(
     """The stage runs faked (run_deployment): what prh-staged asks of each deployment."""
     import flows.stages
 
-    calls, published = [], {}
+    calls, published, messages = [], {}, {}
 
     def fake_run_deployment(name, parameters, **kwargs):
         calls.append((name, parameters))
         run_id = uuid4()
         published[run_id] = outcome[name][1]
         return SimpleNamespace(id=run_id, state=SimpleNamespace(
-            name=outcome[name][0], is_completed=lambda: outcome[name][0] == "Completed", type=SimpleNamespace(value=outcome[name][0].upper())))
+            name=outcome[name][0], is_completed=lambda: outcome[name][0] == "Completed", type=SimpleNamespace(value=outcome[name][0].upper()),
+            message=messages.get(name)))
 
     monkeypatch.setattr(flows.stages, "run_deployment", fake_run_deployment)
     monkeypatch.setattr(flows.stages, "published_dataset_version", lambda run_id: published[run_id])
@@ -118,10 +119,14 @@ def test_prh_staged_passes_the_extracted_dataset_version_to_the_alignment_stage(
         prh_staged(config=config, store="s3://bucket/prh")
     assert calls[1][1]["dataset_version"] == "00112233aabbccdd"
 
-    calls.clear()  # failed before publishing the dataset: nothing to align
+    calls.clear()  # failed before publishing the dataset: nothing to align; the child's reason is in the message
     outcome["prh-extract/gpu"] = ("Failed", None)
-    with pytest.raises(RuntimeError, match="align stage not run: the extraction stage published no dataset version"):
+    messages["prh-extract/gpu"] = "Flow run encountered an exception: ValueError: dataset path\n'/data/nope.parquet' does not exist"
+    with pytest.raises(RuntimeError, match="align stage not run: the extraction stage published no dataset version") as raised:
         prh_staged(config=config, store="s3://bucket/prh")
+    assert str(raised.value).startswith("extract stage (prh-extract/gpu) ended Failed (Flow run encountered an exception: "
+                                        "ValueError: dataset path '/data/nope.parquet' does not exist): flow run ")
+    messages.clear()
     assert [name for name, _ in calls] == ["prh-extract/gpu"]
 
     calls.clear()  # an extraction flow that records no version (completed): the alignment stage loads the dataset, as before

@@ -106,9 +106,20 @@ def test_revision_errors(vit_dir):
                config=dict(layer_norm_eps="tiny")), "not valid for ViTConfig"),
     (ModelSpec(name="bad-shape", loader="random_hf", id="ViTConfig", modality="vision",
                config=dict(TINY_VIT, hidden_size=-4)), "cannot build the model"),
+    # a config class keeps any keyword: a misspelt key changed only the feature version
+    (ModelSpec(name="typo", loader="random_hf", id="ViTConfig", modality="vision", config=dict(TINY_VIT, hidden_sizee=3)),
+     "config key(s) 'hidden_sizee' (did you mean 'hidden_size'?) not known to ViTConfig"),
+    (ModelSpec(name="no-heads", loader="random_hf", id="FNetConfig", modality="language",
+               config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)),
+     "config key(s) 'num_attention_heads' not known to FNetConfig"),
 ])
 def test_wrong_modality_and_bad_configs(spec, needle):
     _raises(spec, needle)
+
+
+def test_a_misspelt_config_override_of_a_checkpoint_is_refused(vit_dir):
+    _raises(_hf(str(vit_dir), config={"hidden_dropout_probb": 0.0}), "config key(s) 'hidden_dropout_probb' (did you mean "
+            "'hidden_dropout_prob'?) not known to ViTConfig", call=check_model)
 
 
 def test_wrong_modality_of_a_checkpoint(vit_dir):

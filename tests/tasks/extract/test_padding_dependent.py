@@ -24,7 +24,7 @@ from tasks.extract.spec import ModelSpec
 CAPTIONS = ["ok go", "two cats sleeping on a very long sofa in the sun", "a dog", "a red apple"]
 E = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=256)
 PAD_DEPENDENT = {
-    "FNetConfig": E,
+    "FNetConfig": {k: v for k, v in E.items() if k != "num_attention_heads"},  # Fourier mixing: no heads
     "CpmAntConfig": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, dim_head=8, dim_ff=64, prompt_length=4),
     "ConvBertConfig": E,
     "NystromformerConfig": E,

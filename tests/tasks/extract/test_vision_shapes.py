@@ -18,6 +18,7 @@ from tasks.extract.hf_vision import layout_from_resize, map_layout, num_prefix_t
 from tasks.extract.spec import ModelSpec
 
 _SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+_PIXIO = {k: v for k, v in _SMALL.items() if k != "intermediate_size"}  # its MLP width is mlp_ratio x hidden
 _SAM = dict(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2, image_size=64,
             patch_size=16, mlp_dim=64, window_size=2, global_attn_indexes=[1])
 
@@ -103,8 +104,8 @@ def test_detection_tokens_are_refused_at_every_side(side):
 
 
 @pytest.mark.parametrize("case,cls,config,side,prefix", [
-    ("pixio", "PixioConfig", dict(_SMALL, image_size=32, patch_size=8), 32, 8),  # 8 CLS tokens: cls_token (1, 8, D)
-    ("pixio-36", "PixioConfig", dict(_SMALL, image_size=32, patch_size=8), 36, 8),
+    ("pixio", "PixioConfig", dict(_PIXIO, image_size=32, patch_size=8), 32, 8),  # 8 CLS tokens: cls_token (1, 8, D)
+    ("pixio-36", "PixioConfig", dict(_PIXIO, image_size=32, patch_size=8), 36, 8),
     ("vit-36", "ViTConfig", dict(_SMALL, image_size=32, patch_size=8), 36, 1),  # floor: 4 x 4 patches + CLS
     ("swin-34", "SwinConfig", dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
                                    window_size=2), 34, 0),  # Swin pads 34 to 36: 9 x 9 patches (ceil)
