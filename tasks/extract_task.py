@@ -304,9 +304,11 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
         extras: dict[str, Any] = {}
         if spec.modality == "language":
             extras["truncated_texts"] = int(sums.get("truncated_texts", 0))
+            if model.get("pad_free"):
+                extras["pad_free"] = model["pad_free"]
             if extras["truncated_texts"]:
-                logger.warning("%s: %d of %d captions are longer than max_length=%d tokens and were cut to it (raise max_length "
-                               "to keep them whole)", spec.name, extras["truncated_texts"], total, spec.max_length)
+                logger.warning("%s: %d of %d captions are longer than max_length=%d tokens and were cut to fit it (raise "
+                               "max_length to keep them whole)", spec.name, extras["truncated_texts"], total, spec.max_length)
         bpb = None
         if model["is_causal_lm"] and sums.get("text_bytes"):
             from tasks.extract.bpb import bits_per_byte, mean_bits_per_byte
@@ -330,7 +332,9 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
 def _model_facts(extractor: Any) -> dict[str, Any]:
     """What the features' manifest needs from the loaded model, kept in every shard it computes so
     that a run finding every shard stored publishes without loading the model again."""
-    return {"layer_names": list(extractor.layer_names), "param_count": int(extractor.param_count),
-            "is_causal_lm": bool(extractor.is_causal_lm), "device": str(getattr(extractor, "device", "cpu")),
-            "commit": getattr(extractor, "source_commit", None)}
+    facts = {"layer_names": list(extractor.layer_names), "param_count": int(extractor.param_count),
+             "is_causal_lm": bool(extractor.is_causal_lm), "device": str(getattr(extractor, "device", "cpu")),
+             "commit": getattr(extractor, "source_commit", None)}
+    pad_free = getattr(extractor, "pad_free_reason", None)  # a language model that reads its pads: why it ran pad-free
+    return {**facts, "pad_free": pad_free} if pad_free else facts
 

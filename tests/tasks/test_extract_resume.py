@@ -68,7 +68,7 @@ def test_killed_extraction_resumes_from_the_last_shard(tmp_path, caplog):
     assert extras["bpb_texts"] == 40
     assert catalog["bits_per_byte"] == pytest.approx(extras["bpb_sum"] / 40, rel=1e-12)
     assert catalog["bits_per_byte_pooled"] == pytest.approx(extras["nll_nats"] / np.log(2) / extras["text_bytes"], rel=1e-12)
-    assert f"tiny-gpt: {truncated} of 40 captions are longer than max_length=6 tokens and were cut to it" in caplog.text
+    assert f"tiny-gpt: {truncated} of 40 captions are longer than max_length=6 tokens and were cut to fit it" in caplog.text
     dataset = publish_dataset(params, killed_store)
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -182,3 +182,16 @@ def test_the_model_is_released_when_its_extraction_ends(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="bad shard"):
         extract_to_store(store_url, dataset, ModelSpec(**{**SPEC, "seed": 4}), shard_size=SHARD)
     assert len(released) == 2
+
+
+def test_a_model_run_pad_free_says_so_in_its_manifest(tmp_path):
+    """FNet takes no attention mask: its batches run pad-free (one forward per caption length);
+    the features' manifest records why (extras.pad_free), a padded model's has no such entry."""
+    params = DatasetParams(kind="openmoji", n=24, image_size=32)
+    store_url = str(tmp_path / "store")
+    dataset = publish_dataset(params, store_url)
+    fnet = ModelSpec(**{**SPEC, "name": "tiny-fnet", "id": "FNetConfig",
+                        "config": {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64}})
+    published = extract_to_store(store_url, dataset, fnet, shard_size=SHARD)
+    assert "takes no attention_mask" in published["extras"]["pad_free"]
+    assert "pad_free" not in extract_to_store(store_url, dataset, ModelSpec(**SPEC), shard_size=SHARD)["extras"]
