@@ -244,13 +244,24 @@ def _read_config(spec: ModelSpec, access: SourceAccess) -> Any:
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(access.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
-                                            local_files_only=access.local_files_only, **spec.config)
+        config, unused = AutoConfig.from_pretrained(access.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+                                                    local_files_only=access.local_files_only, return_unused_kwargs=True,
+                                                    **spec.config)
     except (OSError, ValueError, KeyError, StrictDataclassError) as exc:
         raise ModelInputError(spec.name, spec.id, f"cannot read its config from {access.source!r}: {_first_line(exc)}") from exc
-    if spec.config:
-        _refuse_unknown_keys(spec, type(config))
+    if unused:  # from_pretrained sets only attributes the checkpoint's config has: the rest did nothing
+        raise ModelInputError(spec.name, spec.id, f"config override key(s) {', '.join(repr(k) for k in sorted(unused))} not "
+                              f"applied: not fields of its {type(config).__name__}{_close_fields(config, unused)}")
     return config
+
+
+def _close_fields(config: Any, keys: Any) -> str:
+    """`` (did you mean 'hidden_size' for 'hidden_sizee'?)`` for keys close to a field of ``config``."""
+    import difflib
+
+    fields = sorted(k for k in vars(config) if not k.startswith("_"))
+    close = [f"{c[0]!r} for {k!r}" for k in sorted(keys) if (c := difflib.get_close_matches(k, fields, n=1))]
+    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def _config_class(spec: ModelSpec) -> type:
@@ -269,31 +280,36 @@ def _build_config(spec: ModelSpec, cls: type, tokenizer: Any | None) -> Any:
         text.setdefault("vocab_size", len(tokenizer))
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):  # None where the tokenizer has none
             text.setdefault(key, getattr(tokenizer, key, None))
-    _refuse_unknown_keys(spec, cls)
     try:
-        return cls(**kwargs)
+        config = cls(**kwargs)
     except (TypeError, ValueError, StrictDataclassError) as exc:
         raise ModelInputError(spec.name, spec.id, f"config {spec.config} is not valid for {spec.id}: {_first_line(exc)}") from exc
+    _refuse_unknown_keys(spec, config)
+    return config
 
 
-def _refuse_unknown_keys(spec: ModelSpec, cls: type) -> None:
-    """`ModelInputError` for a key of ``spec.config`` that ``cls`` (a config class) does not have: a
-    config class keeps any keyword as an attribute, so ``hidden_sizee: 64`` changed nothing but the
-    feature version. Known: the attributes of ``cls()`` (its defaults, ``attribute_map`` aliases and
-    the common ``PretrainedConfig`` fields); no check where ``cls()`` cannot be built."""
+def _refuse_unknown_keys(spec: ModelSpec, config: Any) -> None:
+    """`ModelInputError` for a key of ``spec.config`` that ``config`` (built with it) merely kept: a
+    config class stores any keyword it does not know as an attribute, unused, so ``hidden_sizee: 64``
+    changed nothing but the feature version. Unknown: stored on ``config`` but not an attribute of
+    the class's default instance. A keyword ``__init__`` turns into other fields (``rope_theta`` ->
+    ``rope_parameters``, Bloom's ``n_embed``, ``attn_implementation``) is not stored, so it passes;
+    keys inside sub-config dicts (``vision_config``) are not checked. No check where the class's
+    default instance cannot be built."""
     try:
-        default = cls()
+        default = type(config)()
     except Exception:  # noqa: BLE001 - a config class that needs arguments: nothing to compare with
         return
-    unknown = sorted(key for key in spec.config if not hasattr(default, key))
+    stored = vars(config)
+    unknown = sorted(key for key in spec.config if key in stored and not hasattr(default, key))
     if unknown:
         import difflib
 
-        known = sorted(k for k in vars(default) if not k.startswith("_")) + sorted(getattr(cls, "attribute_map", {}) or {})
+        known = sorted(k for k in vars(default) if not k.startswith("_")) + sorted(getattr(type(config), "attribute_map", {}) or {})
         hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, known, n=1)) else "")
                  for key in unknown]
-        raise ModelInputError(spec.name, spec.id, f"config key(s) {', '.join(hints)} not known to {cls.__name__} (a config "
-                              "class keeps any key without using it)")
+        raise ModelInputError(spec.name, spec.id, f"config key(s) {', '.join(hints)} not known to {type(config).__name__} (a "
+                              "config class keeps any key without using it)")
 
 
 def model_class(spec: ModelSpec, config_cls: type, causal: bool) -> type:

@@ -12,7 +12,7 @@ Pooling per hidden state (`(B, D) float32`):
   ``distillation_token`` / ``register_tokens``, ``shape[-2]`` tokens each: ViT 1, DeiT 2, Pixio 8,
   DINOv2 with R registers 1 + R; else the config's ``num_register_tokens``); 0 for models with
   none (SigLIP, Swin, Hiera). It is checked against the patch grid: the positions the patch
-  convolution (the ``Conv2d`` at the config's stride, ``patch_stride`` else ``patch_size``: Hiera's
+  convolution (the ``Conv2d`` of ``embeddings`` at the config's stride, ``patch_stride`` else ``patch_size``: Hiera's
   ``patch_size`` is the kernel of an overlapping convolution) output in that forward, measured by a
   hook (Swin pads the image: ``ceil(H/s)``; ViT: ``floor(H/s)``), else ``floor(H/s) * floor(W/s)``.
   A layer with no patch token left, or with more tokens than P plus the grid, is refused
@@ -112,13 +112,13 @@ def patch_stride(config: Any) -> tuple[int, int] | None:
 
 def patch_conv(model: torch.nn.Module, stride: tuple[int, int] | None) -> torch.nn.Conv2d | None:
     """The convolution that cuts the image into patch tokens: the first ``Conv2d`` of the model's
-    ``embeddings`` (of the whole model without one) whose stride is the config's patch stride.
-    None when there is none (no patch size, a linear patch embedding)."""
-    if stride is None:
-        return None
+    ``embeddings`` whose stride is the config's patch stride. None when there is none (no patch
+    size, a linear patch embedding, no ``embeddings`` module: elsewhere a convolution of that stride
+    may be a stem, not the patch step, e.g. MobileViT's)."""
     emb = getattr(model, "embeddings", None)
-    root = emb if isinstance(emb, torch.nn.Module) else model
-    return next((m for m in root.modules() if isinstance(m, torch.nn.Conv2d) and tuple(m.stride) == stride), None)
+    if stride is None or not isinstance(emb, torch.nn.Module):
+        return None
+    return next((m for m in emb.modules() if isinstance(m, torch.nn.Conv2d) and tuple(m.stride) == stride), None)
 
 
 class GridMeter:

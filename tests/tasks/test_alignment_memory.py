@@ -66,15 +66,27 @@ def test_a_metric_refusing_layers_keeps_the_pairs_gram_policy(monkeypatch) -> No
     monkeypatch.setattr(alignment.metrics, "Representation", spy)
     monkeypatch.setattr(alignment, "GRAM_CACHE_MAX_BYTES", 0)
     requests = [MetricRequest("svcca", {"cca_dim": 8}), MetricRequest("mutual_knn", {"topk": 5})]
+    selected = []
+    from tasks.metrics.representation import Representation
+
+    original_select = Representation.select_layers
+
+    def select_spy(self, indices):
+        sub = original_select(self, indices)
+        selected.append((self, sub))
+        return sub
+
+    monkeypatch.setattr(Representation, "select_layers", select_spy)
     svcca, knn = align_layers(xs, ys, requests)
     assert 0 in svcca.excluded_a and np.isnan(svcca.matrix[0]).all() and np.isfinite(svcca.matrix[1:]).all()
-    top = built[:2]
-    assert not any(rep.keep_gram for rep in top)
+    # every representation the metrics see (the pair's, and the one without the refused layer) keeps no Gram
+    subsets = [sub for _, sub in selected]
+    assert subsets and not any(rep.keep_gram for rep in built[:2] + subsets)
     monkeypatch.setattr(alignment, "GRAM_CACHE_MAX_BYTES", 2 << 30)
     built.clear()
+    selected.clear()
     align_layers(xs, ys, requests)
-    rep_x = built[0]
-    sub = rep_x.select_layers([1, 2])
+    (rep_x, sub), = selected  # the Grams cached for the pair are shared, not computed again
     assert sub.keep_gram and sub.cached_gram(0) is rep_x.cached_gram(1) and sub.cached_gram(1) is rep_x.cached_gram(2)
 
 

