@@ -12,6 +12,20 @@ from tasks.alignment import MetricRequest, align_layers, gram_cache_limit, prepa
 from tasks.metrics.representation import KEEP_GRAM_MAX_N
 
 
+def built_representations(monkeypatch) -> list:
+    """The Representations the alignment builds from now on (tasks.alignment's metrics.Representation spied)."""
+    built = []
+    original = alignment.metrics.Representation
+
+    def spy(*args, **kwargs):
+        rep = original(*args, **kwargs)
+        built.append(rep)
+        return rep
+
+    monkeypatch.setattr(alignment.metrics, "Representation", spy)
+    return built
+
+
 def test_the_limit_counts_every_layer_of_both_sides() -> None:
     f32 = [np.zeros((2, 3), np.float32)]
     assert gram_cache_limit(f32 * 26, 4096) == KEEP_GRAM_MAX_N  # the default zoo: 1.6 GiB of Grams
@@ -29,16 +43,8 @@ def test_without_cached_grams_the_scores_are_the_same(monkeypatch) -> None:
     ys = prepare_layers([base @ rng.standard_normal((6, w)) + 0.3 * rng.standard_normal((300, w)) for w in (8, 12, 20)])
     requests = [MetricRequest("mutual_knn", {"topk": 5}), MetricRequest("cka"), MetricRequest("cknna", {"topk": 5})]
     kept = align_layers(xs, ys, requests, permutations=9, seed=3)
-    built = []
-    original = alignment.metrics.Representation
-
-    def spy(*args, **kwargs):
-        rep = original(*args, **kwargs)
-        built.append(rep)
-        return rep
-
     monkeypatch.setattr(alignment, "GRAM_CACHE_MAX_BYTES", 0)
-    monkeypatch.setattr(alignment.metrics, "Representation", spy)
+    built = built_representations(monkeypatch)
     dropped = align_layers(xs, ys, requests, permutations=9, seed=3)
     assert built and not any(rep.keep_gram for rep in built)
     for a, b in zip(kept, dropped):
@@ -55,15 +61,7 @@ def test_a_metric_refusing_layers_keeps_the_pairs_gram_policy(monkeypatch) -> No
     rng = np.random.default_rng(1)
     xs = prepare_layers([rng.standard_normal((80, w)).astype(np.float32) for w in (4, 16, 12)])
     ys = prepare_layers([rng.standard_normal((80, w)).astype(np.float32) for w in (16, 12)])
-    built = []
-    original = alignment.metrics.Representation
-
-    def spy(*args, **kwargs):
-        rep = original(*args, **kwargs)
-        built.append(rep)
-        return rep
-
-    monkeypatch.setattr(alignment.metrics, "Representation", spy)
+    built = built_representations(monkeypatch)
     monkeypatch.setattr(alignment, "GRAM_CACHE_MAX_BYTES", 0)
     requests = [MetricRequest("svcca", {"cca_dim": 8}), MetricRequest("mutual_knn", {"topk": 5})]
     selected = []
