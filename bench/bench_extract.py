@@ -219,7 +219,8 @@ def bench_shapes(args: argparse.Namespace) -> list[dict[str, Any]]:
         flops = _flops(cfg, tokens, 48, args.n, non_emb) + 2 * emb * tokens
         rows.append({"bench": "llm", "scale": args.scale, "device": device, "dtype": dtype, "n": args.n,
                      "tokens": tokens, "seconds": round(wall, 3), "tflops": round(flops / wall / 1e12, 2),
-                     "layers": len(feats.layer_names), "bits_per_byte": round(feats.extras["bits_per_byte"], 3)})
+                     "layers": len(feats.layer_names), "bits_per_byte": round(feats.extras["bits_per_byte"], 3),
+                     "pad_free": ex.pad_free_reason})  # None: padded batches (a load probe would say why otherwise)
         print(json.dumps(rows[-1]), flush=True)
         ex.close()
     if "vit" in args.which:
