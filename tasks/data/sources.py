@@ -661,7 +661,7 @@ def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first
     """Records of a folder of images with same-named ``.txt`` captions (``policy``: the first
     caption of each file, or all)."""
     images: dict[str, list[str]] = {}
-    captions: dict[str, str] = {}
+    captions: dict[str, list[str]] = {}  # cat.txt and cat.TXT: one stem, two files
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
         if entry.name.startswith(".") or entry.is_dir():
             continue
@@ -669,7 +669,7 @@ def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first
         if suffix in IMAGE_SUFFIXES:
             images.setdefault(entry.stem, []).append(entry.name)
         elif suffix == ".txt":
-            captions[entry.stem] = entry.name
+            captions.setdefault(entry.stem, []).append(entry.name)
     if not images and not captions:
         tables = sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
                         and p.suffix.lower() in (*_PARQUET_SUFFIXES, *_CSV_DELIMITERS, *_JSONL_SUFFIXES))
@@ -689,11 +689,13 @@ def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first
     records: list[RawRecord] = []
     for stem in sorted(images.keys() | captions.keys())[:limit]:
         names = images.get(stem, [])
-        caption_name = captions.get(stem)
+        caption_names = captions.get(stem, [])
+        caption_name = caption_names[0] if caption_names else None
         name_id = folder_id(stem)
-        for extra in names[1:]:
-            detail = f"{extra} has the same name as {names[0]}"
-            records.append(_refused(extra, name_id, "sample_id_duplicate", detail))
+        for group in (names, caption_names):
+            for extra in group[1:]:
+                detail = f"{extra} has the same name as {group[0]}"
+                records.append(_refused(extra, name_id, "sample_id_duplicate", detail))
         if not names:
             detail = f"caption file {caption_name} has no image file named {stem}.*"
             records.append(_refused(f"{caption_name}", name_id, "image_missing", detail))

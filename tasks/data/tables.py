@@ -384,18 +384,25 @@ def validate_records(
 def _assign_image_ids(
     accepted: list[_Candidate], rejected: list[tuple[int, dict]]
 ) -> list[tuple[_Candidate, str]]:
-    """Give every accepted row its ``image_id``; reject rows whose ``image_id`` names other bytes."""
+    """Give every accepted row its ``image_id``; reject rows whose ``image_id`` names other bytes.
+
+    A row without one takes the id given to its image's bytes by other rows (the smallest, if they
+    give several), else the smallest ``sample_id`` among the rows of those bytes: a partly filled
+    ``image_id`` column no longer splits one picture into two images. Rows that give two different
+    ids to identical bytes keep them (the ids are the user's: two images)."""
+    given_by_digest: dict[bytes, str] = {}
     smallest_by_digest: dict[bytes, str] = {}
     for row in accepted:
-        if row.given_image_id is None:
-            current = smallest_by_digest.get(row.image_digest)
-            if current is None or row.sample_id < current:
-                smallest_by_digest[row.image_digest] = row.sample_id
+        ids = given_by_digest if row.given_image_id is not None else smallest_by_digest
+        candidate = row.given_image_id if row.given_image_id is not None else row.sample_id
+        current = ids.get(row.image_digest)
+        if current is None or candidate < current:
+            ids[row.image_digest] = candidate
 
     first_with_image_id: dict[str, _Candidate] = {}
     kept: list[tuple[_Candidate, str]] = []
     for row in accepted:
-        image_id = row.given_image_id or smallest_by_digest[row.image_digest]
+        image_id = row.given_image_id or given_by_digest.get(row.image_digest) or smallest_by_digest[row.image_digest]
         first = first_with_image_id.setdefault(image_id, row)
         if first.image_digest != row.image_digest:
             rejected.append(

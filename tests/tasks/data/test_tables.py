@@ -267,6 +267,38 @@ def test_given_image_ids_must_name_one_image(tmp_path: Path) -> None:
     assert rejections(result) == [(2, "c3", "image_id_conflict")]
 
 
+def test_two_caption_files_of_one_name_are_reported_not_dropped(tmp_path: Path) -> None:
+    """cat.txt beside cat.TXT (a case-sensitive file system): the second was silently ignored."""
+    root = tmp_path / "folder"
+    root.mkdir()
+    for name, data in {"cat.png": RED, "cat.TXT": b"UPPER caption", "cat.txt": b"a cat", "dog.png": BLUE,
+                       "dog.txt": b"a dog"}.items():
+        (root / name).write_bytes(data)
+    result = load_paired_dataset(root)
+    assert rows(result) == [("cat", "UPPER caption", "cat"), ("dog", "a dog", "dog")]  # the first by name
+    assert rejections(result) == [(None, "cat", "sample_id_duplicate")]
+    assert result.rejected.column("detail").to_pylist()[0].endswith("cat.txt has the same name as cat.TXT")
+
+
+def test_a_partly_filled_image_id_column_keeps_one_id_per_image(tmp_path: Path) -> None:
+    """Rows without an image_id take the id other rows give the same bytes: one picture was two
+    images (its own sample id beside the given id), doubling its vision rows under unit: image."""
+    path = write_parquet(
+        tmp_path / "p.parquet",
+        {
+            "sample_id": ["a1", "a2", "b1", "b2", "c1"],
+            "image": [RED, RED, BLUE, BLUE, GREEN],
+            "text": ["cat", "dog", "one", "two", "three"],
+            "image_id": ["img0", None, "", "zeta", None],
+        },
+        {"sample_id": pa.string(), "image": pa.binary(), "text": pa.string(), "image_id": pa.string()},
+    )
+    result = load_paired_dataset(path)
+    assert rows(result) == [("a1", "cat", "img0"), ("a2", "dog", "img0"), ("b1", "one", "zeta"), ("b2", "two", "zeta"),
+                            ("c1", "three", "c1")]
+    assert rejections(result) == []
+
+
 # ----------------------------------------------------------------------------------------- folder
 
 
