@@ -321,6 +321,17 @@ def test_run_on_a_hugging_face_dataset_from_the_hub_cache(tmp_path, monkeypatch,
     assert len(groups) == 16 and all(g["n"] == 2 and g["vectors"] == 1 for g in groups)
 
 
+def _command_line(process) -> str:
+    """A process's command line, or "" for one that ended meanwhile (a short-lived child listed by
+    children() may be gone before its cmdline is read: psutil.NoSuchProcess failed the test)."""
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def test_sigterm_stops_prh_run_and_its_temporary_server(tmp_path):
     """`kill` of `prh run` left Prefect's temporary API server (uvicorn) running: Python's default
     SIGTERM ends the process without its exit handlers. Now it stops like Ctrl-C, and so does
@@ -344,14 +355,14 @@ def test_sigterm_stops_prh_run_and_its_temporary_server(tmp_path):
     server, deadline = [], time.monotonic() + 240
     while not server and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
-        server = [c for c in psutil.Process(proc.pid).children(recursive=True) if "uvicorn" in " ".join(c.cmdline())]
+        server = [c for c in psutil.Process(proc.pid).children(recursive=True) if "uvicorn" in _command_line(c)]
     assert server, "no temporary Prefect server started"
     time.sleep(3)  # let the flow begin (either way the server must go)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=240) == 130
     assert "prh run: stopped" in proc.stderr.read()
     _, alive = psutil.wait_procs(server, timeout=30)
-    assert not alive, [p.cmdline() for p in alive]
+    assert not alive, [_command_line(p) for p in alive]
 
 
 def test_the_run_summary_prints_a_best_row_without_a_score(capsys):
