@@ -267,11 +267,11 @@ def raised_by_prh(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def probe_errors(spec: ModelSpec, what: str) -> Iterator[None]:
-    """Turn an error raised inside the model (transformers, torch or remote code) during a load-time
-    probe into a `ModelInputError` naming the model, ``what`` failed and the cause (chained): e.g.
-    X-MOD without a default language. Errors raised in prh's own code (its last frame under
-    ``tasks/``), `ModelInputError` and out-of-memory errors pass unchanged."""
+def model_errors(spec: ModelSpec, describe: Callable[[Exception], str]) -> Iterator[None]:
+    """Turn an error raised inside the model (transformers, torch or remote code) into a
+    `ModelInputError` naming the model, with ``describe(error)`` as its text (the error chained).
+    Errors raised in prh's own code (its last frame under ``tasks/``: a bug, reported as it is),
+    `ModelInputError` and out-of-memory errors pass unchanged."""
     try:
         yield
     except (ModelInputError, MemoryError, torch.cuda.OutOfMemoryError):
@@ -279,9 +279,17 @@ def probe_errors(spec: ModelSpec, what: str) -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - narrowed below: only errors raised inside the model
         if raised_by_prh(exc):
             raise
+        raise ModelInputError(spec.name, spec.id, describe(exc)) from exc
+
+
+def probe_errors(spec: ModelSpec, what: str) -> contextlib.AbstractContextManager[None]:
+    """`model_errors` of a load-time probe: ``what`` failed and the cause (e.g. X-MOD without a
+    default language)."""
+    def describe(exc: Exception) -> str:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ModelInputError(spec.name, spec.id, f"{what} failed inside the model: {type(exc).__name__}: {first}"
-                              " (the model cannot run as the spec configures it)") from exc
+        return f"{what} failed inside the model: {type(exc).__name__}: {first} (the model cannot run as the spec configures it)"
+
+    return model_errors(spec, describe)
 
 
 def require_hidden_states(spec: ModelSpec, module: torch.nn.Module, out: Any) -> tuple[torch.Tensor, ...]:

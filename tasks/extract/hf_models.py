@@ -50,7 +50,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 
 from tasks.extract import preflight
-from tasks.extract.base import TORCH_DTYPES, raised_by_prh
+from tasks.extract.base import TORCH_DTYPES, model_errors
 from tasks.extract.centre_crop import set_centre_crop, set_resample
 from tasks.extract.errors import ModelInputError
 from tasks.extract.preflight import SourceAccess
@@ -250,18 +250,19 @@ def _read_config(spec: ModelSpec, access: SourceAccess) -> Any:
     except (OSError, ValueError, KeyError, StrictDataclassError) as exc:
         raise ModelInputError(spec.name, spec.id, f"cannot read its config from {access.source!r}: {_first_line(exc)}") from exc
     if unused:  # from_pretrained sets only attributes the checkpoint's config has: the rest did nothing
-        raise ModelInputError(spec.name, spec.id, f"config override key(s) {', '.join(repr(k) for k in sorted(unused))} not "
-                              f"applied: not fields of its {type(config).__name__}{_close_fields(config, unused)}")
+        raise ModelInputError(spec.name, spec.id, f"config override key(s) {_with_hints(unused, config)} not applied: "
+                              f"not fields of its {type(config).__name__}")
     return config
 
 
-def _close_fields(config: Any, keys: Any) -> str:
-    """`` (did you mean 'hidden_size' for 'hidden_sizee'?)`` for keys close to a field of ``config``."""
+def _with_hints(keys: Any, config: Any) -> str:
+    """``'hidden_sizee' (did you mean 'hidden_size'?), 'x'``: each key, with the closest field of
+    ``config`` (its attributes and ``attribute_map`` aliases) where one is close."""
     import difflib
 
-    fields = sorted(k for k in vars(config) if not k.startswith("_"))
-    close = [f"{c[0]!r} for {k!r}" for k in sorted(keys) if (c := difflib.get_close_matches(k, fields, n=1))]
-    return f" (did you mean {', '.join(close)}?)" if close else ""
+    fields = sorted(k for k in vars(config) if not k.startswith("_")) + sorted(getattr(type(config), "attribute_map", {}) or {})
+    return ", ".join(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, fields, n=1)) else "")
+                     for key in sorted(keys))
 
 
 def _config_class(spec: ModelSpec) -> type:
@@ -303,13 +304,8 @@ def _refuse_unknown_keys(spec: ModelSpec, config: Any) -> None:
     stored = vars(config)
     unknown = sorted(key for key in spec.config if key in stored and not hasattr(default, key))
     if unknown:
-        import difflib
-
-        known = sorted(k for k in vars(default) if not k.startswith("_")) + sorted(getattr(type(config), "attribute_map", {}) or {})
-        hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, known, n=1)) else "")
-                 for key in unknown]
-        raise ModelInputError(spec.name, spec.id, f"config key(s) {', '.join(hints)} not known to {type(config).__name__} (a "
-                              "config class keeps any key without using it)")
+        raise ModelInputError(spec.name, spec.id, f"config key(s) {_with_hints(unknown, default)} not known to "
+                              f"{type(config).__name__} (a config class keeps any key without using it)")
 
 
 def model_class(spec: ModelSpec, config_cls: type, causal: bool) -> type:
@@ -420,23 +416,11 @@ def missing_library(exc: ImportError) -> str:
     return f"its model class needs a library that is not installed: {_first_line(exc)}"
 
 
-@contextlib.contextmanager
-def build_errors(spec: ModelSpec) -> Iterator[None]:
-    """Building a model from its config (``from_config``): an error raised inside transformers
-    (widths that do not divide, negative sizes, CvT's ``IndexError`` for lists of the wrong length,
-    a missing library) is a `ModelInputError` naming the model and the cause, chained. Errors raised
-    in prh's own code and out-of-memory errors pass unchanged."""
-    try:
-        yield
-    except (ModelInputError, MemoryError, torch.cuda.OutOfMemoryError):
-        raise
-    except ImportError as exc:
-        raise ModelInputError(spec.name, spec.id, missing_library(exc)) from exc
-    except Exception as exc:  # noqa: BLE001 - narrowed: only errors raised outside prh's code
-        if raised_by_prh(exc):
-            raise
-        raise ModelInputError(spec.name, spec.id, f"cannot build the model from config {spec.config}: "
-                              f"{type(exc).__name__}: {_first_line(exc)}") from exc
+def build_errors(spec: ModelSpec) -> contextlib.AbstractContextManager[None]:
+    """`model_errors` of building a model from its config (``from_config``): widths that do not
+    divide, negative sizes, CvT's ``IndexError`` for lists of the wrong length, a missing library."""
+    return model_errors(spec, lambda exc: missing_library(exc) if isinstance(exc, ImportError) else
+                        f"cannot build the model from config {spec.config}: {type(exc).__name__}: {_first_line(exc)}")
 
 
 def load_tokenizer(spec: ModelSpec, access: SourceAccess | None = None) -> Any:
