@@ -24,7 +24,7 @@ from storage.features import examples
 from storage.pairing import PairedFeatures, paired_features
 from storage.store import Store
 from storage.versioning import code_version, content_id
-from tasks import metrics
+from tasks import metrics, reused_metrics
 from tasks.alignment import MetricRequest, PairAlignment, align_layers, prepare_layers, threshold_layers
 from tasks.image_rows import image_rows, mean_rows
 from tasks.metric_plugins import load_metric_modules, metric_source
@@ -32,8 +32,10 @@ from tasks.params import AlignmentParams
 from tasks.retries import backoff, retry_transient
 
 #: The code an alignment version depends on: the engine, the per-pair driver, the per-image rows,
-#: the pairing join and this stage (it prepares the layers and calls the driver).
-ALIGNMENT_CODE = ("tasks/metrics", "tasks/alignment.py", "tasks/image_rows.py", "storage/pairing.py", "tasks/align_task.py")
+#: the pairing join, this stage (it prepares the layers and calls the driver) and the reading of
+#: reused metric results.
+ALIGNMENT_CODE = ("tasks/metrics", "tasks/alignment.py", "tasks/image_rows.py", "storage/pairing.py", "tasks/align_task.py",
+                  "tasks/reused_metrics.py")
 
 
 #: The level ``alpha`` of the calibration threshold ``tau``: ``tasks.alignment`` calls
@@ -90,25 +92,45 @@ def metric_requests(params: AlignmentParams) -> list[MetricRequest]:
     return [MetricRequest(name, params.metric_params(name)) for name in sorted(params.metrics)]
 
 
+def _version_inputs(manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams) -> dict[str, Any]:
+    """What every metric's numbers of a pair depend on besides the metric itself."""
+    unit = {} if params.unit == "sample" else {"unit": params.unit}  # the default keeps version ids as they were
+    return {
+        **unit,
+        "features": [manifest_a["catalog"]["feature_version"], manifest_b["catalog"]["feature_version"]],
+        "outlier_quantile": params.outlier_quantile,
+        "outlier_scope": params.outlier_scope,
+        "outlier_exact": params.outlier_exact,
+        "permutations": params.permutations,
+        "bootstrap": params.bootstrap,
+        "seed": params.seed,
+        "code_version": code_version(*ALIGNMENT_CODE),
+    }
+
+
 def alignment_version(manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams) -> str:
     """Content id of a pair's alignment: both feature versions, metrics and parameters, code."""
-    unit = {} if params.unit == "sample" else {"unit": params.unit}  # the default keeps version ids as they were
     sources = {name: source for name in sorted(params.metrics) if (source := metric_source(name)) is not None}
     return content_id(
         {
-            **unit,
+            **_version_inputs(manifest_a, manifest_b, params),
             **({"metric_sources": sources} if sources else {}),  # user metrics' code (built-ins: code_version)
-            "features": [manifest_a["catalog"]["feature_version"], manifest_b["catalog"]["feature_version"]],
             "metrics": [[r.name, r.params] for r in metric_requests(params)],
-            "outlier_quantile": params.outlier_quantile,
-            "outlier_scope": params.outlier_scope,
-            "outlier_exact": params.outlier_exact,
-            "permutations": params.permutations,
-            "bootstrap": params.bootstrap,
-            "seed": params.seed,
-            "code_version": code_version(*ALIGNMENT_CODE),
         }
     )
+
+
+def metric_versions(manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams) -> dict[str, str]:
+    """Metric name -> content id of that metric's results on the pair (``tasks.reused_metrics``):
+    what the alignment version names, less the other metrics. Each metric is seeded alone, so its
+    numbers do not depend on which other metrics are computed beside it."""
+    inputs = _version_inputs(manifest_a, manifest_b, params)
+    out = {}
+    for request in metric_requests(params):
+        source = metric_source(request.name)
+        out[request.name] = content_id({**inputs, "metric": [request.name, request.params],
+                                        **({"metric_source": source} if source is not None else {})})
+    return out
 
 
 def _alignment_key(manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams) -> str:
@@ -369,8 +391,14 @@ def align_to_store(
     xs, ys = (prepare_layers(layers, q=params.outlier_quantile, scope=params.outlier_scope, exact=params.outlier_exact,
                              threshold_from=threshold_layers(catalog.get("modality", ""), len(layers)))
               for layers, catalog in ((pair.xs, manifest_a["catalog"]), (pair.ys, manifest_b["catalog"])))
-    results = align_layers(xs, ys, metric_requests(params), permutations=params.permutations, seed=params.seed,
-                           bootstrap=params.bootstrap, names=(model_a, model_b))
+    requests, versions = metric_requests(params), metric_versions(manifest_a, manifest_b, params)
+    shape = (len(pair.xs), len(pair.ys))
+    reused, reused_from = reusable_results(store, key, requests, versions, shape, (model_a, model_b), logger)
+    to_compute = [r for r in requests if r.name not in reused]
+    computed = align_layers(xs, ys, to_compute, permutations=params.permutations, seed=params.seed,
+                            bootstrap=params.bootstrap, names=(model_a, model_b)) if to_compute else []
+    by_name = {**reused, **{r.metric.name: r for r in computed}}
+    results = [by_name[r.name] for r in requests]
     degenerate = excluded_layers(results, manifest_a, manifest_b)
     for d in degenerate:
         logger.warning("%s layer %d (%s) left out of %s: %s", d["model"], d["layer"], d["layer_name"], ", ".join(d["metrics"]), d["problem"])
@@ -404,6 +432,8 @@ def align_to_store(
         "out_of_bounds": beyond,
         "zero_vectors": zeros,
         "duplicate_vectors": duplicates,
+        reused_metrics.FIELD: {r.metric.name: reused_metrics.manifest_entry(r, versions[r.metric.name]) for r in results},
+        "reused_metrics": reused_from,
         "seconds": round(seconds, 3),
     }
     published = store.publish(key, {layout.SCORES_FILE: scores, layout.BEST_FILE: best}, manifest)
@@ -411,6 +441,33 @@ def align_to_store(
         logger.info("%s x %s: %s best %.4f at layers (%d, %d)%s", model_a, model_b, r.metric.label(), r.best, *r.best_layers,
                     f", chance {r.chance_level:.4f}" if r.chance_level is not None else "")
     return {**published.manifest, "reused": False}
+
+
+def reusable_results(store: Store, key: str, requests: list[MetricRequest], versions: dict[str, str], shape: tuple[int, int],
+                     names: tuple[str, str], logger: logging.Logger | logging.LoggerAdapter) -> tuple[dict[str, PairAlignment], dict[str, str]]:
+    """(metric name -> its stored results, metric name -> the alignment version they come from) for
+    every metric of ``requests`` that another stored alignment of the pair holds at the same metric
+    version (``tasks.reused_metrics``). A stored version that cannot be read (removed meanwhile,
+    rows not as expected) is logged and its metrics are computed."""
+    pair_prefix = key.rsplit("/", 1)[0]
+    found = reused_metrics.find_stored(store, pair_prefix, versions)
+    reused: dict[str, PairAlignment] = {}
+    sources: dict[str, str] = {}
+    for source_key in dict.fromkeys(k for k, _ in found.values()):
+        wanted = [r for r in requests if r.name in found and found[r.name][0] == source_key]
+        try:
+            results = reused_metrics.stored_results(store, source_key, found[wanted[0].name][1], wanted, shape)
+        except (OSError, ValueError, KeyError) as error:
+            logger.warning("%s x %s: computing %s again: the stored alignment %s cannot be reused (%s)", *names,
+                           ", ".join(r.name for r in wanted), source_key, error)
+            continue
+        version = source_key.rsplit("/", 1)[1]
+        for result in results:
+            reused[result.metric.name] = result
+            sources[result.metric.name] = version
+        logger.info("%s x %s: %s reused from alignment %s (same features, parameters, seed and code)", *names,
+                    ", ".join(r.name for r in wanted), version)
+    return reused, sources
 
 
 @task(name="align-pair", task_run_name="align-{model_a}-{model_b}", tags=["prh-align"], retries=3,
