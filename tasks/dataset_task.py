@@ -126,7 +126,7 @@ def stored_dataset_manifest(
             "run the extraction stage (prh-extract) against this store first, or leave dataset_version empty "
             "to load config.dataset from its source")
     catalog = manifest["catalog"]
-    _check_enough_rows(catalog["name"], catalog["n_samples"], catalog.get("n_images", catalog["n_samples"]), {}, alignment)
+    _check_enough_rows(catalog["name"], catalog["n_samples"], stored_image_count(store, key, catalog), {}, alignment)
     differs = _source_differs(params, catalog.get("source"))
     if differs:
         logger.warning("dataset version %s (dataset %r) was published from %s, but config.dataset is %s; the stored version "
@@ -135,6 +135,20 @@ def stored_dataset_manifest(
     logger.info("dataset %s: %d pairs, version %s (from the store; its source is not read here)",
                 catalog["name"], catalog["n_samples"], dataset_version)
     return manifest
+
+
+def stored_image_count(store: Store, key: str, catalog: dict[str, Any]) -> int:
+    """The number of distinct images of the stored dataset version at ``key``: its manifest's
+    ``n_images``, or, for a version published before prh recorded it, the distinct ``image_id``
+    values of its samples (the caption count would pass a unit 'image' run that has too few
+    images, failing it only after extraction)."""
+    if "n_images" in catalog:
+        return int(catalog["n_images"])
+    try:
+        ids = store.read_table(f"{key}/{layout.SAMPLES_FILE}", columns=["image_id"]).column("image_id")
+    except (KeyError, pa.ArrowInvalid):  # no image_id column: every sample its own image
+        return int(catalog["n_samples"])
+    return len(pc.unique(ids))
 
 
 def _source_differs(params: DatasetParams | None, source: Any) -> str | None:
@@ -174,7 +188,8 @@ def publish_dataset(
     rendered = None if recipe is None else _rendered_before(recipe, store)
     if rendered is not None:  # the demo's pairs from the same recipe: the stored version, not drawn again
         catalog = rendered["catalog"]
-        _check_enough_rows(catalog["name"], catalog["n_samples"], catalog.get("n_images", catalog["n_samples"]), {}, alignment)
+        _check_enough_rows(catalog["name"], catalog["n_samples"], stored_image_count(store, layout.dataset_key(catalog["dataset_version"]),
+                                                                                     catalog), {}, alignment)
         name = params.name or f"openmoji-{catalog['n_samples']}"  # as build_table would name it
         if name != catalog["name"]:
             _warn_stored_as(logger, name, catalog["n_samples"], catalog)

@@ -110,7 +110,8 @@ def test_image_root_is_used_and_recorded(tmp_path):
         DatasetParams(image_root="val")
 
 
-def test_coco_captions_file_is_published_with_every_caption(tmp_path):
+def _coco_params(tmp_path) -> DatasetParams:
+    """A COCO captions file of 3 images with 2 captions each; the params draw 2 images (4 pairs)."""
     (tmp_path / "val2017").mkdir()
     (tmp_path / "annotations").mkdir()
     images = [{"id": 7 + i, "file_name": f"{colour}.png"} for i, colour in enumerate(("red", "blue", "green"))]
@@ -120,7 +121,11 @@ def test_coco_captions_file_is_published_with_every_caption(tmp_path):
                    for j in range(2) for image in images]
     path = tmp_path / "annotations" / "captions_val2017.json"
     path.write_text(json.dumps({"info": {}, "images": images, "annotations": annotations}))
-    params = DatasetParams(kind="path", path=str(path), image_root=str(tmp_path / "val2017"), captions="all", n=2)
+    return DatasetParams(kind="path", path=str(path), image_root=str(tmp_path / "val2017"), captions="all", n=2)
+
+
+def test_coco_captions_file_is_published_with_every_caption(tmp_path):
+    params = _coco_params(tmp_path)
     manifest = publish_dataset(params, str(tmp_path / "store"))
     catalog = manifest["catalog"]
     assert catalog["name"] == "captions_val2017" and (catalog["n_samples"], catalog["n_images"]) == (4, 2)
@@ -206,6 +211,20 @@ def test_a_stored_dataset_version_is_read_from_the_store_without_its_source(tmp_
     assert f"dataset version {version} (dataset 'pairs') was published from {path}, but config.dataset is " in caplog.text
     with pytest.raises(ValueError, match="topk"):
         stored_dataset_manifest(version, url, alignment=AlignmentParams(metrics=["mutual_knn"], topk=5))
+
+
+def test_a_version_stored_without_its_image_count_is_counted_from_its_samples(tmp_path):
+    """A dataset published before prh recorded ``n_images``: a unit 'image' run with too few
+    images was checked against the caption count, passed, and failed only after extraction."""
+    url = str(tmp_path / "store")
+    published = publish_dataset(_coco_params(tmp_path), url)
+    older = {**published, "catalog": {k: v for k, v in published["catalog"].items() if k != "n_images"}}
+    Store(url).write_json(f"{published['key']}/manifest.json", older)
+    version = published["catalog"]["dataset_version"]
+    per_image = AlignmentParams(metrics=["mutual_knn"], topk=2, unit="image")
+    with pytest.raises(ValueError, match=r"has 2 image\(s\) \(alignment.unit 'image'\), too few"):
+        stored_dataset_manifest(version, url, alignment=per_image)
+    assert stored_dataset_manifest(version, url, alignment=AlignmentParams(metrics=["mutual_knn"], topk=2))["catalog"] == older["catalog"]
 
 
 def test_a_dataset_version_not_in_the_store_is_refused_naming_store_and_version(tmp_path):
