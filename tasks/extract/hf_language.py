@@ -52,6 +52,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -65,6 +66,11 @@ from tasks.extract.errors import ModelInputError
 from tasks.extract.hf_models import LoadedModel, input_device, position_offset
 from tasks.extract.pooling import pool_tokens
 from tasks.extract.spec import ModelSpec
+
+
+#: Fitted captions an extractor keeps (`HFLanguageExtractor.fit_cache_size`): four shards of a
+#: run (`tasks.extract_task.DEFAULT_SHARD_SIZE`, 2048), a few MB.
+FIT_CACHE_SIZE = 8192
 
 
 @dataclass
@@ -83,6 +89,8 @@ class HFLanguageExtractor(Extractor):
 
     modality = "language"
     max_prepare_threads = 1  # a fast tokenizer called from two threads can fail ("Already borrowed")
+    #: Fitted captions kept for later calls (`fitted`), at most (more while one call needs more)
+    fit_cache_size: int = FIT_CACHE_SIZE
     #: padding side -> why batches padded on that side run pad-free, or None (padded); the side in use
     #: is probed at load (`_padding_probe`), another at its first batch. None before the load probe.
     _pad_free_reasons: dict[str, str | None] | None = None
@@ -108,9 +116,9 @@ class HFLanguageExtractor(Extractor):
         # (given a BERT tokenizer, which makes them, every feature was shifted).
         self._token_types = (getattr(getattr(self.model, "config", None), "type_vocab_size", 0) or 0) > 0
         self._input_device = input_device(self.model, _input_embedding_weight(spec, self.model))
-        # captions fitted to max_length (`fitted`), by (caption, truncation side): sorting, preparing
-        # and counting bytes fit each caption once
-        self._fits: dict[tuple[str, str], tuple[str, int, bool]] = {}
+        # captions fitted to max_length (`fitted`), by (caption, truncation side), least recently used
+        # first: sorting, preparing and counting bytes fit each caption once; bounded (`fit_cache_size`)
+        self._fits: OrderedDict[tuple[str, str], tuple[str, int, bool]] = OrderedDict()
         # the tokenizer is used by one prepare thread; a padding probe from the forward thread (a side
         # changed after load) takes this lock too, so they never tokenize at once
         self._tokenizing = threading.RLock()
@@ -161,17 +169,37 @@ class HFLanguageExtractor(Extractor):
         caption shortened by characters (`shortened_caption`, the tokenizer's truncation side) so
         that the whole prompt fits (its end stays where ``last`` pools); a caption that keeps no
         character raises `ModelInputError`. Without a prompt, the tokenizer truncates the tokens.
-        Each caption is fitted once per truncation side (kept for later calls)."""
+        Each caption is fitted once per truncation side and kept for later calls (`extract_all` sorts
+        by length, prepares batches and counts bytes: one fit); the fits kept are bounded
+        (`_forget_fits`)."""
         texts = self.texts(items)
         side = str(getattr(self.tokenizer, "truncation_side", "right"))
-        with self._tokenizing:
-            new = {i: t for i, t in enumerate(texts) if (items[i], side) not in self._fits}
+        keys = [(item, side) for item in items]
+        with self._tokenizing:  # a fit is read where it is kept: another thread may forget old ones
+            new: dict[tuple[str, str], int] = {}  # caption not kept yet -> its first row
+            for i, key in enumerate(keys):
+                if key in self._fits:
+                    self._fits.move_to_end(key)
+                else:
+                    new.setdefault(key, i)
             if new:
-                counts = self.tokenizer(list(new.values()), truncation=False)["input_ids"]
-                for i, ids in zip(new, counts):
-                    self._fits[(items[i], side)] = self._fit(items[i], new[i], len(ids))
-        fits = [self._fits[(item, side)] for item in items]
+                counts = self.tokenizer([texts[i] for i in new.values()], truncation=False)["input_ids"]
+                for (key, i), ids in zip(new.items(), counts):
+                    self._fits[key] = self._fit(items[i], texts[i], len(ids))
+            fits = [self._fits[key] for key in keys]
+            if new:
+                self._forget_fits(keep=len(set(keys)))
         return FittedTexts([f[0] for f in fits], [f[1] for f in fits], [i for i, f in enumerate(fits) if f[2]])
+
+    def _forget_fits(self, keep: int) -> None:
+        """Drop the least recently used fits beyond ``max(fit_cache_size, keep)``: ``keep`` = the
+        captions of the call that just fitted new ones (all most recent), so a call never forgets
+        its own and an `extract_all` call fits each of its captions once, however many. The fits
+        kept (a few hundred bytes each) stay at ``fit_cache_size`` over a run of many calls (one
+        per shard of `tasks.extract_task`), at most the captions of the largest call until the next
+        call fits new ones."""
+        while len(self._fits) > max(self.fit_cache_size, keep):
+            self._fits.popitem(last=False)
 
     def _fit(self, caption: str, text: str, n_tokens: int) -> tuple[str, int, bool]:
         """(text fed, its token count, whether the caption lost text) of one caption whose prompted

@@ -198,9 +198,11 @@ def check_model(spec: ModelSpec) -> CheckedModel:
     """Everything that can be checked without weights; raises `ModelInputError` naming the problem.
 
     ``hf``: the source exists (package dir, local path, or hub id at that revision: see
-    `tasks.extract.preflight`), its config reads, transformers has a class for it, the class takes
-    the spec's modality (vision: ``pixel_values``, language: ``input_ids``). ``random_hf``: the
-    config class exists and builds from ``spec.config``, same modality check. The model class is
+    `tasks.extract.preflight`), its config reads, every ``spec.config`` override is a field of it (in
+    sub-config dicts too), transformers has a class for it, the class takes the spec's modality
+    (vision: ``pixel_values``, language: ``input_ids``). ``random_hf``: the config class exists and
+    builds from ``spec.config``, every key of which (sub-config dicts included, recursively) it knows
+    (`_refuse_unknown_keys`), same modality check. The model class is
     built on the ``meta`` device (`meta_model`: no weights), which refuses a class that needs a
     library that is not installed (timm, natten). Language: the tokenizer loads.
     """
@@ -252,16 +254,20 @@ def _read_config(spec: ModelSpec, access: SourceAccess) -> Any:
     if unused:  # from_pretrained sets only attributes the checkpoint's config has: the rest did nothing
         raise ModelInputError(spec.name, spec.id, f"config override key(s) {_with_hints(unused, config)} not applied: "
                               f"not fields of its {type(config).__name__}")
+    nested = _unknown_sub_keys(spec.config, config, "")  # a sub-config override dict is merged in, typos kept
+    if nested:
+        raise ModelInputError(spec.name, spec.id, "; ".join(nested) + " (a config class keeps any key without using it)")
     return config
 
 
-def _with_hints(keys: Any, config: Any) -> str:
-    """``'hidden_sizee' (did you mean 'hidden_size'?), 'x'``: each key, with the closest field of
-    ``config`` (its attributes and ``attribute_map`` aliases) where one is close."""
+def _with_hints(keys: Any, config: Any, path: str = "") -> str:
+    """``'hidden_sizee' (did you mean 'hidden_size'?), 'x'``: each key (after ``path``, e.g.
+    ``'config.vision_config.'``), with the closest field of ``config`` (its attributes and
+    ``attribute_map`` aliases) where one is close."""
     import difflib
 
     fields = sorted(k for k in vars(config) if not k.startswith("_")) + sorted(getattr(type(config), "attribute_map", {}) or {})
-    return ", ".join(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, fields, n=1)) else "")
+    return ", ".join(f"{path + key!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, fields, n=1)) else "")
                      for key in sorted(keys))
 
 
@@ -292,20 +298,67 @@ def _build_config(spec: ModelSpec, cls: type, tokenizer: Any | None) -> Any:
 def _refuse_unknown_keys(spec: ModelSpec, config: Any) -> None:
     """`ModelInputError` for a key of ``spec.config`` that ``config`` (built with it) merely kept: a
     config class stores any keyword it does not know as an attribute, unused, so ``hidden_sizee: 64``
-    changed nothing but the feature version. Unknown: stored on ``config`` but not an attribute of
-    the class's default instance. A keyword ``__init__`` turns into other fields (``rope_theta`` ->
-    ``rope_parameters``, Bloom's ``n_embed``, ``attn_implementation``) is not stored, so it passes;
-    keys inside sub-config dicts (``vision_config``) are not checked. No check where the class's
-    default instance cannot be built."""
-    try:
-        default = type(config)()
-    except Exception:  # noqa: BLE001 - a config class that needs arguments: nothing to compare with
-        return
+    changed nothing but the feature version. Checked at the top level and in every sub-config given
+    as a dict (``vision_config``/``text_config`` of CLIP or SigLIP, an encoder's config, ...),
+    recursively: `_unknown_keys`."""
+    problems = _unknown_keys(spec.config, config, "")
+    if problems:
+        raise ModelInputError(spec.name, spec.id, "; ".join(problems) + " (a config class keeps any key without using it)")
+
+
+def _unknown_keys(overrides: dict[str, Any], config: Any, path: str, placed: tuple[Any, ...] = ()) -> list[str]:
+    """What is wrong with ``overrides`` applied to ``config`` (built or updated with them), one text per
+    config class: keys stored on ``config`` but unknown (named ``path + key``, with a did-you-mean
+    hint), then the same in its sub-configs (`_unknown_sub_keys`). Known: an attribute of the class's
+    default instance, or (a sub-config) a key that a parent's default instance puts on its own
+    sub-config of this class at this place, ``placed`` (Llava gives its ``vision_config`` a
+    ``vocab_size``, T5Gemma its decoder a ``cross_attention_hidden_size``). A keyword ``__init__``
+    turns into other fields (``rope_theta`` -> ``rope_parameters``, Bloom's ``n_embed``,
+    ``attn_implementation``) is not stored, so it passes. A level whose class's default instance
+    cannot be built is not checked (its sub-configs are)."""
+    default = _default_config(type(config))
     stored = vars(config)
-    unknown = sorted(key for key in spec.config if key in stored and not hasattr(default, key))
-    if unknown:
-        raise ModelInputError(spec.name, spec.id, f"config key(s) {_with_hints(unknown, default)} not known to "
-                              f"{type(config).__name__} (a config class keeps any key without using it)")
+    extra = {key for p in placed if type(p) is type(config) for key in vars(p)}
+    unknown = sorted(key for key in overrides
+                     if key in stored and default is not None and key not in extra and not _has_field(default, key))
+    here = [f"config key(s) {_with_hints(unknown, default, path)} not known to {type(config).__name__}"] if unknown else []
+    return here + _unknown_sub_keys(overrides, config, path, (*placed, default) if default is not None else placed)
+
+
+def _unknown_sub_keys(overrides: dict[str, Any], config: Any, path: str, defaults: tuple[Any, ...] | None = None) -> list[str]:
+    """`_unknown_keys` of each override whose value is a dict and whose attribute on ``config`` is a
+    sub-config (``vision_config`` -> ``CLIPVisionConfig``), named ``config.vision_config.<key>``.
+    defaults: configs standing where ``config`` stands in default instances (its class's default,
+    its parents' defaults' sub-configs); None: its class's default instance."""
+    from transformers import PretrainedConfig
+
+    if defaults is None:
+        default = _default_config(type(config))
+        defaults = (default,) if default is not None else ()
+    problems = []
+    for key, value in overrides.items():
+        sub = vars(config).get(key) if isinstance(value, dict) else None
+        if isinstance(sub, PretrainedConfig):
+            placed = tuple(p for d in defaults if isinstance(p := vars(d).get(key), PretrainedConfig))
+            problems += _unknown_keys(value, sub, f"{path or 'config.'}{key}.", placed)
+    return problems
+
+
+def _has_field(config: Any, key: str) -> bool:
+    """Whether a (default) config has attribute ``key``; one whose reading raises (a per-layer field
+    of a heterogeneous config: ``AmbiguousGlobalPerLayerAttributeError``) is a field."""
+    try:
+        return hasattr(config, key)
+    except Exception:  # noqa: BLE001 - the class knows the key, it only guards reading it
+        return True
+
+
+def _default_config(cls: type) -> Any | None:
+    """``cls()``, or None for a config class that cannot be built without arguments."""
+    try:
+        return cls()
+    except Exception:  # noqa: BLE001 - a config class that needs arguments: nothing to compare with
+        return None
 
 
 def model_class(spec: ModelSpec, config_cls: type, causal: bool) -> type:

@@ -139,6 +139,72 @@ def test_config_keys_a_class_turns_into_other_fields_are_not_refused(config_id, 
         assert built.rope_parameters["rope_theta"] == 5e5
 
 
+#: Tiny towers of a two-tower config (CLIP, SigLIP), built offline from dicts.
+TINY_TOWER = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
+TINY_VISION_TOWER = dict(TINY_TOWER, image_size=30, patch_size=10)
+
+
+def _two_tower(config_id: str, vision: dict | None = None, text: dict | None = None, **top) -> ModelSpec:
+    return ModelSpec(name="towers", loader="random_hf", id=config_id, modality="vision",
+                     config={"vision_config": {**TINY_VISION_TOWER, **(vision or {})},
+                             "text_config": {**TINY_TOWER, **(text or {})}, **top})
+
+
+@pytest.mark.parametrize("spec, needles", [
+    (_two_tower("CLIPConfig", vision={"hidden_sizee": 3}),
+     ["config key(s) 'config.vision_config.hidden_sizee' (did you mean 'hidden_size'?) not known to CLIPVisionConfig"]),
+    (_two_tower("SiglipConfig", text={"num_hiden_layers": 3}),
+     ["'config.text_config.num_hiden_layers' (did you mean 'num_hidden_layers'?) not known to SiglipTextConfig"]),
+    # SigLIP's text tower has no rotary positions: rope_theta is merely kept there
+    (_two_tower("SiglipConfig", vision={"patch_sise": 4}, text={"rope_theta": 1.0}, initializer_factorr=1.0),
+     ["config key(s) 'initializer_factorr' (did you mean 'initializer_factor'?) not known to SiglipConfig",
+      "'config.vision_config.patch_sise' (did you mean 'patch_size'?) not known to SiglipVisionConfig",
+      "'config.text_config.rope_theta' not known to SiglipTextConfig"]),
+    # two levels down: a CLIP config as the vision side of a dual encoder
+    (ModelSpec(name="towers", loader="random_hf", id="VisionTextDualEncoderConfig", modality="vision",
+               config={"vision_config": {"model_type": "clip", "vision_config": dict(TINY_VISION_TOWER, layer_norm_epss=1e-3)},
+                       "text_config": {"model_type": "bert", **TINY_TOWER}}),
+     ["'config.vision_config.vision_config.layer_norm_epss' (did you mean 'layer_norm_eps'?) not known to CLIPVisionConfig"]),
+])
+def test_a_misspelt_key_of_a_sub_config_is_refused(spec, needles):
+    """A config class keeps any key, also one inside a sub-config dict (``vision_config``): a typo
+    there changed only the feature version. Refused before any weights, named by its full path."""
+    _raises(spec, *needles, "(a config class keeps any key without using it)", call=check_model)
+
+
+@pytest.mark.parametrize("spec, check", [
+    (_two_tower("SiglipConfig", vision={"attn_implementation": "eager"}), None),
+    (_two_tower("CLIPConfig", vision={"layer_norm_eps": 1e-3}, text={"max_position_embeddings": 40}),
+     lambda c: c.vision_config.layer_norm_eps == 1e-3 and c.text_config.max_position_embeddings == 40),
+    # a Llama text tower turns rope_theta into rope_parameters; Llava's own default puts a vocab_size
+    # on its CLIP vision config (a key that class alone does not have)
+    (ModelSpec(name="llava", loader="random_hf", id="LlavaConfig", modality="vision",
+               config={"vision_config": {"model_type": "clip_vision_model", "vocab_size": 100, **TINY_VISION_TOWER},
+                       "text_config": {"model_type": "llama", "num_key_value_heads": 2, "rope_theta": 5e5, **TINY_TOWER}}),
+     lambda c: c.text_config.rope_parameters["rope_theta"] == 5e5),
+])
+def test_sub_config_keys_transformers_uses_are_not_refused(spec, check):
+    from tasks.extract.hf_models import check_model as checked_model
+
+    built = checked_model(spec).config
+    assert check is None or check(built)
+
+
+def test_a_misspelt_sub_config_override_of_a_checkpoint_is_refused(tmp_path):
+    """``from_pretrained`` merges an override dict into the checkpoint's sub-config, typos included."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(vision_config=TINY_VISION_TOWER, text_config=TINY_TOWER)).save_pretrained(tmp_path)
+    _raises(_hf(str(tmp_path), config={"vision_config": {"hidden_sizee": 3}}),
+            "config key(s) 'config.vision_config.hidden_sizee' (did you mean 'hidden_size'?) not known to CLIPVisionConfig",
+            call=check_model)
+    from tasks.extract.hf_models import check_model as checked_model
+
+    built = checked_model(_hf(str(tmp_path), config={"vision_config": {"layer_norm_eps": 1e-3}})).config
+    assert built.vision_config.layer_norm_eps == 1e-3 and built.vision_config.image_size == 30  # merged, not replaced
+
+
 def test_a_misspelt_config_override_of_a_checkpoint_is_refused(vit_dir):
     _raises(_hf(str(vit_dir), config={"hidden_dropout_probb": 0.0}), "config override key(s) 'hidden_dropout_probb' (did "
             "you mean 'hidden_dropout_prob'?) not applied: not fields of its ViTConfig", call=check_model)

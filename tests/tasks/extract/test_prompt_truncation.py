@@ -121,3 +121,47 @@ def test_each_caption_is_fitted_once_per_truncation_side(monkeypatch):
     ex.tokenizer.truncation_side = "left"
     extract_all(ex, [LONG], batch_size=1)
     assert calls[2:] == [LONG]  # the other side keeps another cut
+
+
+def test_the_fits_kept_are_bounded_and_change_no_result(monkeypatch):
+    """Every fitted caption was kept for the extractor's life: memory grew with each caption of a
+    run (one `extract_all` call per shard). Now at most ``fit_cache_size`` (least recently used
+    dropped), more only while one call needs its own: each caption is still fitted once per call,
+    and a caption fitted again after it was dropped gives the same features."""
+    import tasks.extract.hf_language as hf_language
+
+    calls = []
+    original = hf_language.shortened_caption
+
+    def counted(tokenizer, spec, caption):
+        calls.append(caption)
+        return original(tokenizer, spec, caption)
+
+    monkeypatch.setattr(hf_language, "shortened_caption", counted)
+    ex = load_extractor(_spec(PROMPT), device="cpu")
+    ex.fit_cache_size = 4
+    captions = [f"{LONG} {i}" if i % 2 else f"{SHORT} {i}" for i in range(14)]  # odd rows are cut
+    shards = [captions[:6], captions[6:9], captions[9:14]]
+    outs = []
+    for shard in shards:
+        calls.clear()
+        outs.append(extract_all(ex, shard, batch_size=2))
+        assert sorted(calls) == sorted(c for c in shard if c.startswith(LONG))  # once each, also in a call of 6 > 4
+        assert len(ex._fits) <= max(4, len(shard))
+    extract_all(ex, [SHORT], batch_size=1)
+    assert len(ex._fits) == 4  # trimmed at the next call that fits a new caption
+    calls.clear()
+    again = extract_all(ex, shards[0], batch_size=2)  # dropped long ago: fitted again, same result
+    assert sorted(calls) == sorted(c for c in shards[0] if c.startswith(LONG))
+    for a, b in zip(again.layers, outs[0].layers):
+        np.testing.assert_array_equal(a, b)
+    assert again.extras == outs[0].extras
+
+    ex.fit_cache_size = 10**6  # everything kept: the same features and byte counts in one call
+    ex._fits.clear()
+    whole = extract_all(ex, captions, batch_size=2)
+    for i, layer in enumerate(whole.layers):
+        np.testing.assert_allclose(np.concatenate([o.layers[i] for o in outs]), layer, rtol=0, atol=1e-6)
+    for key in ("text_bytes", "truncated_texts", "predicted_tokens"):
+        assert whole.extras[key] == sum(o.extras[key] for o in outs)
+    assert whole.extras["text_bytes"] == sum(len(t.encode("utf-8")) for t in ex.fitted(captions).texts)
