@@ -71,6 +71,24 @@ def file_sha256(store: Store, key: str) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+class NotAsListed(ValueError):
+    """A file of a published version is not the one its manifest lists (size or SHA-256)."""
+
+
+def listed_bytes(store: Store, version_key: str, name: str, manifest: dict[str, Any]) -> bytes:
+    """The bytes of file ``name`` of the published version at ``version_key``, checked against the
+    listing of its ``manifest`` (size and SHA-256): what a run copies from a stored version into a
+    new one must be what was published, or a damaged file would be published again under a fresh,
+    valid checksum. Raises ``FileNotFoundError`` (missing) or :class:`NotAsListed`."""
+    data = store.read_bytes(f"{version_key}/{name}")
+    listing = manifest.get("files")
+    entry = listing.get(name) if isinstance(listing, dict) else None
+    entry = entry if isinstance(entry, dict) else {}
+    if len(data) != entry.get("bytes") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise NotAsListed(f"{version_key}/{name} is not the file its manifest lists")
+    return data
+
+
 #: What :func:`manifest_problems` says of a manifest whose ``files`` is not a listing.
 NO_LISTING = f"{MANIFEST} lists no files (not written by prh's publish?)"
 

@@ -394,6 +394,8 @@ def align_to_store(
     requests, versions = metric_requests(params), metric_versions(manifest_a, manifest_b, params)
     shape = (len(pair.xs), len(pair.ys))
     reused, reused_from = reusable_results(store, key, requests, versions, shape, (model_a, model_b), logger)
+    for result in reused.values():
+        log_interval_notes(result, params.bootstrap, logger)
     to_compute = [r for r in requests if r.name not in reused]
     computed = align_layers(xs, ys, to_compute, permutations=params.permutations, seed=params.seed,
                             bootstrap=params.bootstrap, names=(model_a, model_b)) if to_compute else []
@@ -443,22 +445,36 @@ def align_to_store(
     return {**published.manifest, "reused": False}
 
 
+def log_interval_notes(result: PairAlignment, bootstrap: int, logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """The warnings computing ``result`` logged about its bootstrap interval (``tasks.alignment``),
+    for a reused result: a degenerate interval, or none at all (too few samples for a half-size
+    subsample) although ``bootstrap`` resamples were asked for."""
+    label = result.metric.label()
+    if result.ci_degenerate:
+        logger.warning("%s: the bootstrap interval [%.4g, %.4g] is degenerate (its subsamples pile up on a bound of the metric): "
+                       "it brackets the score %.4g but does not measure its spread (ci_degenerate; docs/metrics.md; reused)",
+                       label, result.ci_low, result.ci_high, result.best)
+    elif bootstrap > 0 and result.bootstrap == 0:
+        logger.warning("%s: no bootstrap interval (too few samples for a half-size subsample; reused)", label)
+
+
 def reusable_results(store: Store, key: str, requests: list[MetricRequest], versions: dict[str, str], shape: tuple[int, int],
                      names: tuple[str, str], logger: logging.Logger | logging.LoggerAdapter) -> tuple[dict[str, PairAlignment], dict[str, str]]:
     """(metric name -> its stored results, metric name -> the alignment version they come from) for
     every metric of ``requests`` that another stored alignment of the pair holds at the same metric
-    version (``tasks.reused_metrics``). A stored version that cannot be read (removed meanwhile,
-    rows not as expected) is logged and its metrics are computed."""
-    pair_prefix = key.rsplit("/", 1)[0]
-    found = reused_metrics.find_stored(store, pair_prefix, versions)
+    version (``tasks.reused_metrics``), from the newest such version. A version that cannot be read
+    (removed meanwhile, a file not the one its manifest lists, rows not as expected) is logged and
+    passed over; a metric no readable version holds is computed."""
     reused: dict[str, PairAlignment] = {}
     sources: dict[str, str] = {}
-    for source_key in dict.fromkeys(k for k, _ in found.values()):
-        wanted = [r for r in requests if r.name in found and found[r.name][0] == source_key]
+    for source_key, manifest, held in reused_metrics.stored_versions(store, key.rsplit("/", 1)[0], versions):
+        wanted = [r for r in requests if r.name in held and r.name not in reused]
+        if not wanted:
+            continue
         try:
-            results = reused_metrics.stored_results(store, source_key, found[wanted[0].name][1], wanted, shape)
+            results = reused_metrics.stored_results(store, source_key, manifest, wanted, shape)
         except (OSError, ValueError, KeyError) as error:
-            logger.warning("%s x %s: computing %s again: the stored alignment %s cannot be reused (%s)", *names,
+            logger.warning("%s x %s: not reusing %s from the stored alignment %s (%s)", *names,
                            ", ".join(r.name for r in wanted), source_key, error)
             continue
         version = source_key.rsplit("/", 1)[1]

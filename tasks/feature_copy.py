@@ -13,7 +13,6 @@ Not in ``FEATURE_CODE`` (``tasks/extract_task.py``): the copy does not change wh
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 from storage import layout
 from storage.shards import remove_partial
 from storage.store import DamagedManifest, Store, escape_glob
+from storage.verify import NotAsListed, listed_bytes
 
 #: The columns of a layer file (``storage.features.layer_table``); ``model`` is the one naming the model.
 LAYER_COLUMNS = ["model", "feature_version", "layer", "sample_id", "vector"]
@@ -89,13 +89,11 @@ def renamed_layers(store: Store, source_key: str, source: dict[str, Any], model:
     tables = {}
     for name in expected:
         try:
-            data = store.read_bytes(f"{source_key}/{name}")
-        except FileNotFoundError:
-            data = None
-        entry = listing[name] if isinstance(listing[name], dict) else {}
-        if data is None or len(data) != entry.get("bytes") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            data = listed_bytes(store, source_key, name, source)
+        except (FileNotFoundError, NotAsListed) as error:
             logger.warning("%s: %s of the features stored as %r (%s) is %s; not reused (`prh verify` checks the store)",
-                           model, name, old, source_key, "missing" if data is None else "not the file its manifest lists")
+                           model, name, old, source_key,
+                           "missing" if isinstance(error, FileNotFoundError) else "not the file its manifest lists")
             return None
         table = pq.read_table(pa.BufferReader(data))
         del data

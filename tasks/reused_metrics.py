@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from storage import layout
 from storage.store import DamagedManifest, Store
+from storage.verify import listed_bytes
 from tasks.alignment import MetricRequest, PairAlignment
 
 logger = logging.getLogger(__name__)
@@ -38,22 +40,21 @@ def manifest_entry(result: PairAlignment, version: str) -> dict[str, Any]:
             "excluded_b": {str(k): v for k, v in result.excluded_b.items()}}
 
 
-def find_stored(store: Store, pair_prefix: str, wanted: dict[str, str]) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Metric name -> (version key, manifest) of a published alignment under ``pair_prefix`` (one
-    model pair's folder) holding that metric at the metric version ``wanted[name]``; the newest
-    such version (by publication time) when several do. Damaged manifests are skipped."""
-    candidates = []
+def stored_versions(store: Store, pair_prefix: str, wanted: dict[str, str]) -> list[tuple[str, dict[str, Any], list[str]]]:
+    """The published alignments under ``pair_prefix`` (one model pair's folder) that hold some
+    metric at the metric version ``wanted[name]``, newest (by publication time) first, each as
+    (version key, manifest, the names of those metrics). Damaged manifests are skipped."""
+    found = []
     for key, manifest in store.manifests(pair_prefix, on_damaged=_skip_damaged, folders="*"):
         entries = manifest.get(FIELD)
-        if isinstance(entries, dict):
-            candidates.append((str(manifest.get("published_at") or ""), key, manifest))
-    found: dict[str, tuple[str, dict[str, Any]]] = {}
-    for _, key, manifest in sorted(candidates, key=lambda c: (c[0], c[1]), reverse=True):
-        for name, version in wanted.items():
-            entry = manifest[FIELD].get(name)
-            if name not in found and isinstance(entry, dict) and entry.get("version") == version:
-                found[name] = (key, manifest)
-    return found
+        if not isinstance(entries, dict):
+            continue
+        names = [name for name, version in wanted.items()
+                 if isinstance(entries.get(name), dict) and entries[name].get("version") == version]
+        if names:
+            found.append((str(manifest.get("published_at") or ""), key, manifest, names))
+    found.sort(key=lambda f: (f[0], f[1]), reverse=True)
+    return [(key, manifest, names) for _, key, manifest, names in found]
 
 
 def _skip_damaged(error: DamagedManifest) -> None:
@@ -66,11 +67,12 @@ def stored_results(store: Store, key: str, manifest: dict[str, Any], requests: l
     :class:`PairAlignment` objects equal to those that computed them: the ``(La, Lb) = shape``
     matrix (NULL scores as NaN), the best row's statistics, the excluded layers.
 
-    Raises ``ValueError`` when the stored rows do not hold exactly one score per layer pair and
-    one best row for a metric (the caller then computes it)."""
+    Raises ``FileNotFoundError`` (a file missing), ``storage.verify.NotAsListed`` (a file is not
+    the one the manifest lists: its size or SHA-256 differ) or ``ValueError`` (the rows do not hold
+    exactly one score per layer pair and one best row per metric); the caller then computes them."""
     names = [r.name for r in requests]
-    scores = _rows(store.read_table(f"{key}/{layout.SCORES_FILE}"), names)
-    best = _rows(store.read_table(f"{key}/{layout.BEST_FILE}"), names)
+    scores, best = (_rows(pq.read_table(pa.BufferReader(listed_bytes(store, key, name, manifest))), names)
+                    for name in (layout.SCORES_FILE, layout.BEST_FILE))
     out = []
     for request in requests:
         entry = manifest[FIELD][request.name]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import tasks.align_task as align_task
@@ -117,6 +119,52 @@ def test_a_stored_version_that_cannot_be_read_is_computed_again(tmp_path, monkey
     with caplog.at_level(logging.WARNING):
         second = _align(store, ma, mb, ["cka", "mutual_knn"])
     assert calls == [["cka", "mutual_knn"]] and second["reused_metrics"] == {}
-    assert f"computing mutual_knn again: the stored alignment {first['key']} cannot be reused" in caplog.text
+    assert f"not reusing mutual_knn from the stored alignment {first['key']} (" in caplog.text
     scratch, fresh = _from_scratch(tmp_path, ["cka", "mutual_knn"])
     _assert_same_as_scratch(store, second, scratch, fresh)
+
+
+def test_a_stored_file_edited_after_publishing_is_not_copied(tmp_path, monkeypatch, caplog) -> None:
+    """A valid Parquet file with one score changed: copied, the damage would be published again
+    under a fresh checksum that `prh verify` passes."""
+    store = Store(str(tmp_path / "store"))
+    ma, mb = _models(store)
+    first = _align(store, ma, mb, ["cka", "mutual_knn"])
+    scores = store.read_table(f"{first['key']}/{layout.SCORES_FILE}")
+    edited = scores.set_column(scores.column_names.index("score"), "score",
+                               pa.array([0.999] + scores.column("score").to_pylist()[1:], pa.float64()))
+    buffer = pa.BufferOutputStream()
+    pq.write_table(edited, buffer)
+    store.write_bytes(f"{first['key']}/{layout.SCORES_FILE}", buffer.getvalue().to_pybytes())
+    calls = _spy(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        second = _align(store, ma, mb, ["cka"])
+    assert calls == [["cka"]] and second["reused_metrics"] == {}
+    assert "is not the file its manifest lists" in caplog.text
+    scratch, fresh = _from_scratch(tmp_path, ["cka"])
+    _assert_same_as_scratch(store, second, scratch, fresh)
+
+
+def test_an_older_intact_version_is_used_when_the_newest_cannot_be_read(tmp_path, monkeypatch) -> None:
+    store = Store(str(tmp_path / "store"))
+    ma, mb = _models(store)
+    older = _align(store, ma, mb, ["mutual_knn"])
+    newer = _align(store, ma, mb, ["cka", "mutual_knn"])
+    store.delete(f"{newer['key']}/{layout.BEST_FILE}")
+    calls = _spy(monkeypatch)
+    third = _align(store, ma, mb, ["mutual_knn", "svcca"])
+    assert calls == [["svcca"]] and third["reused_metrics"] == {"mutual_knn": older["key"].rsplit("/", 1)[1]}
+
+
+def test_a_reused_degenerate_interval_is_warned_about_again(tmp_path, caplog) -> None:
+    """Identical features on both sides: every CKA subsample scores 1, a degenerate interval,
+    which computing it logged; copying it logs it too."""
+    store = Store(str(tmp_path / "store"))
+    layers = [_view(1, 6), _view(2, 12)]
+    ma = _publish(store, "vit", layers)
+    mb = _publish(store, "lm", layers, modality="language")
+    _align(store, ma, mb, ["cka"])
+    with caplog.at_level(logging.WARNING):
+        again = _align(store, ma, mb, ["cka", "mutual_knn"])
+    assert again["reused_metrics"].keys() == {"cka"}
+    assert "cka(kernel_metric=ip): the bootstrap interval [1, 1] is degenerate" in caplog.text
