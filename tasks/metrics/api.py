@@ -7,6 +7,7 @@ reused across calls, metrics and partner models.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,14 +16,16 @@ import torch
 
 from ._arrays import ArrayLike, from_nested, resolve_device, split_layers
 from .registry import MetricSpec, get_metric
-from .representation import Representation, as_representation
+from .representation import Representation, _is_float64, as_representation
 
 Features = "ArrayLike | Sequence[ArrayLike] | Representation"
 
 
 def representations(xs: Any, ys: Any, device: str | torch.device | None = None
                     ) -> tuple[Representation, Representation]:
-    """Wrap both sides on one device (``device``, else cuda if any input is on cuda, else cpu)."""
+    """Wrap both sides on one device (``device``, else cuda if any input is on cuda, else cpu), raw
+    features directly in the pair's dtype (float64 when either side has a float64 layer)."""
+    raw = {name: _layers(name, side) for name, side in (("x", xs), ("y", ys)) if not isinstance(side, Representation)}
     if device is not None:
         device = resolve_device(device)  # a bad device is the parameter's error, not a side's
     else:
@@ -30,10 +33,10 @@ def representations(xs: Any, ys: Any, device: str | torch.device | None = None
         if held:
             device = held[0]
         else:
-            raw = [z for name, side in (("x", xs), ("y", ys)) for z in ([side] + _layers(name, side))]
-            device = resolve_device(None, *raw)
-    ra = _side("x", xs, device)
-    rb = ra if ys is xs else _side("y", ys, device)
+            device = resolve_device(None, xs, ys, *raw["x"], *raw["y"])
+    dtype = _pair_dtype((xs, ys), [z for layers in raw.values() for z in layers])
+    ra = _side("x", xs, device, dtype)
+    rb = ra if ys is xs else _side("y", ys, device, dtype)
     if ra.dtype != rb.dtype:  # e.g. float32 against float64: the pair computes in float64
         ra, rb = (Representation(r.layers, r.device, keep_gram_max_n=r.n if r.keep_gram else r.n - 1, dtype=torch.float64)
                   if r.dtype != torch.float64 else r for r in (ra, rb))  # same path (Gram or features) as asked
@@ -50,11 +53,23 @@ def _layers(name: str, xs: Any) -> list[Any]:
         raise type(err)(f"{name}: {err}") from None
 
 
-def _side(name: str, xs: Any, device: str | torch.device | None) -> Representation:
-    """``as_representation(xs, device)`` with input errors (``ValueError``, and ``TypeError`` for
-    complex or object arrays) prefixed by the side's name."""
+def _pair_dtype(sides: tuple[Any, Any], raw_layers: list[Any]) -> torch.dtype | None:
+    """float64 when a side is a float64 ``Representation`` or any raw layer is float64 (the pair
+    then computes in float64, so a raw float32 side is checked and stored as float64, not as
+    float32 first), else ``None`` (each side's own dtype)."""
+    held = any(isinstance(s, Representation) and s.dtype == torch.float64 for s in sides)
+    return torch.float64 if held or any(_is_float64(z) for z in raw_layers) else None
+
+
+def _side(name: str, xs: Any, device: str | torch.device | None, dtype: torch.dtype | None = None
+          ) -> Representation:
+    """``as_representation(xs, device)`` (raw features in ``dtype``, default their own) with input
+    errors (``ValueError``, and ``TypeError`` for complex or object arrays) prefixed by the side's
+    name."""
     try:
-        return as_representation(xs, device)
+        if isinstance(xs, Representation):
+            return as_representation(xs, device)
+        return Representation(xs, device=device, dtype=dtype)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{name}: {err}") from None
 
@@ -71,12 +86,21 @@ def encode_pair(spec: MetricSpec, xs: Any, ys: Any, params: dict[str, Any]
     return a, b, p, ra, rb
 
 
+#: an encoding error about one of a side's layers names it (``layer 3 has rank 2 < cca_dim=4``)
+_NAMES_LAYER = re.compile(r"\blayer \d+\b")
+
+
 def _encoded(name: str, spec: MetricSpec, rep: Representation, params: dict[str, Any]) -> Any:
     """``spec.engine.encode_cached(rep, params)`` with input errors prefixed by the side's name
-    (``y: cca_dim must be in [1, min(N, D)] = [1, 3] for layer 0, got 5``)."""
+    (``y: cca_dim must be in [1, min(N, D)] = [1, 3] for layer 0, got 5``). Engines name the layer
+    in an error about a side's features; an error that names none is about the parameters (or the
+    shared sample count ``N``: ``topk must be in [1, N-1] = [1, 7], got 0``) and is raised as is,
+    not blamed on ``x``, the side encoded first."""
     try:
         return spec.engine.encode_cached(rep, params)
     except ValueError as err:
+        if not _NAMES_LAYER.search(str(err)):
+            raise
         raise ValueError(f"{name}: {err}") from None
 
 

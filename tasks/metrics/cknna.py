@@ -259,7 +259,9 @@ def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: boo
     # (j, i) also in the mask: i in kNN_a(j) (rev_a) and i in kNN_b(j) (rev_b at the slot)
     mutual = inter & rev_a & y_side(b.rev).expand(shape).gather(-1, slot)
     cols = idx_a.reshape(A, 1, n * k).expand(A, B, n * k)
-    # element products in the computation dtype, every sum accumulated in float64
+    # sums of one side's kernel values in the computation dtype (finite: the features' float32
+    # range, ``representation.FLOAT32_MAX_SQ_ROW_NORM``), products of the two sides in float64 (a
+    # float32 product of kernel values above ~1.8e19 each overflowed: inf * 0 = NaN scores)
     col_k = torch.zeros((A, B, n), dtype=kv.dtype, device=kv.device).scatter_add_(
         2, cols, kv.reshape(A, B, n * k)).to(torch.float64)
     col_l = torch.zeros((A, B, n), dtype=kv.dtype, device=kv.device).scatter_add_(
@@ -267,7 +269,8 @@ def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: boo
     row_k = kv.sum(-1, dtype=torch.float64)  # (A, B, N)
     row_l = lv.sum(-1, dtype=torch.float64)
     tot_k, tot_l = row_k.sum(-1), row_l.sum(-1)
-    trace = (kv * lv * mutual).sum((-1, -2), dtype=torch.float64)
+    # one float64 (A, B, N, k) buffer (kv itself when float64: a local temporary, no longer needed)
+    trace = kv.to(torch.float64).mul_(lv).mul_(mutual).sum((-1, -2))
     if unbiased:
         rows_dot = (col_k * row_l).sum(-1)
         value = unbiased_from_parts(trace, tot_k, tot_l, rows_dot, n)

@@ -147,10 +147,13 @@ class FunctionEngine(Engine):
         out = torch.empty((len(a), len(b)), dtype=torch.float64)
         for i, x in enumerate(a):
             for j, y in enumerate(b):
+                versions = (_version(x), _version(y))
                 try:
                     value = self.fn(x, y, **params)
                 except Exception as error:  # noqa: BLE001 - the user's function: named, chained
                     raise self._raised(i, j, error) from error
+                if (_version(x), _version(y)) != versions:
+                    raise self._changed_input(i, j, "x" if _version(x) != versions[0] else "y")
                 try:
                     out[i, j] = float(value)
                 except Exception as error:  # noqa: BLE001 - float() of whatever it returned
@@ -167,6 +170,15 @@ class FunctionEngine(Engine):
                                    f"{type(error).__name__}: {error}{at} (layer pair ({i}, {j}): layer {i} of x, "
                                    f"layer {j} of y)")
 
+    def _changed_input(self, i: int, j: int, side: str) -> MetricFunctionError:
+        """The error for ``fn`` changing its input tensor ``side`` in place on layer pair ``(i, j)``:
+        the tensors are the cached layers every other metric, layer pair and permutation reads."""
+        layer = i if side == "x" else j
+        return MetricFunctionError(f"{_registered_as(self)}: its function {self.variant} changed its input {side} "
+                                   f"(layer {layer} of {side}) in place on layer pair ({i}, {j}); the tensors it gets are "
+                                   "shared with every other metric and layer pair: compute out of place (x = x * 2, "
+                                   "not x.mul_(2); x.clone() before changing it)")
+
     def _not_a_number(self, i: int, j: int, value: Any) -> MetricFunctionError:
         """The error for ``fn`` returning ``value``, which ``float()`` refused, on layer pair ``(i, j)``."""
         if isinstance(value, (torch.Tensor, np.ndarray)):
@@ -180,6 +192,15 @@ class FunctionEngine(Engine):
     def permute(self, state: list[torch.Tensor], perm: torch.Tensor, inv: torch.Tensor
                 ) -> list[torch.Tensor]:
         return [x.index_select(0, perm) for x in state]
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """torch's in-place version counter of ``tensor`` (raised by every in-place operation), or
+    None where it keeps none (an inference-mode tensor)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
 
 
 class _Same:

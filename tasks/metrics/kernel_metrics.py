@@ -62,7 +62,11 @@ class GramState:
     their diagonals (biased only; the unbiased estimator zeroes them); ``rows`` ``(L, N)`` /
     ``tot`` ``(L,)`` float64 row sums and total of the zero-diagonal kernels (unbiased only);
     ``self_hsic`` ``(L,)`` float64; ``self_size`` ``(L,)`` the size of its terms (unbiased only,
-    ``hsic.unbiased_terms_size``; unset on permuted states)."""
+    ``hsic.unbiased_terms_size``; unset on permuted states); ``scale`` ``(L,)`` a power of two
+    ``<= 1`` per layer that brings its stored entries (``upper`` and ``diag``) to at most 1 in
+    size: ``permuted_hsic`` multiplies the partner's float32 entries by it, which is exact, so that
+    float32 products of two sides' kernel values cannot overflow (unscaled, finite float32
+    features of row norms ~1e10 gave NaN null draws)."""
 
     upper: torch.Tensor
     self_hsic: torch.Tensor
@@ -72,6 +76,7 @@ class GramState:
     rows: torch.Tensor | None = None
     tot: torch.Tensor | None = None
     self_size: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
     #: linear kernel: the layers it encodes (unpermuted), so that the pair can move to the feature
     #: path against a feature-path partner (``CkaEngine.same_path``), and that encoding once made
     source: Any = field(default=None, repr=False, compare=False)
@@ -107,17 +112,14 @@ def rbf_from_gram(gram: torch.Tensor, sigma: float | str) -> torch.Tensor:
     sq = torch.diagonal(gram)
     d2 = (sq[:, None] + sq[None, :]).sub_(gram, alpha=2.0).clamp_min_(0.0)  # 2 g is exact
     d2.fill_diagonal_(0.0)
+    check_rbf_sigma(sigma)
     if isinstance(sigma, str):
-        if sigma != "median":
-            raise ValueError(f"rbf_sigma must be a positive number or 'median', got {sigma!r}")
         iu = torch.triu_indices(d2.shape[0], d2.shape[0], 1, device=d2.device)
         s = _median(d2[iu[0], iu[1]].sqrt())
         if s <= 0:
             raise ValueError("median pairwise distance is 0; cannot use the median heuristic")
     else:
         s = float(sigma)
-        if not s > 0:
-            raise ValueError(f"rbf_sigma must be positive, got {sigma}")
     scale = 2.0 * s * s
     info = torch.finfo(d2.dtype)
     if s < info.tiny:
@@ -129,6 +131,15 @@ def rbf_from_gram(gram: torch.Tensor, sigma: float | str) -> torch.Tensor:
         # distance of 0 stays 0 (K = 1) instead of 0/0 (the limit K -> I, or K -> all ones)
         return d2.div_(s).div_(s).mul_(-0.5).exp_()
     return d2.div_(-scale).exp_()
+
+
+def check_rbf_sigma(sigma: float | str) -> None:
+    """Raise ``ValueError`` unless ``sigma`` is a positive number or ``'median'``."""
+    if isinstance(sigma, str):
+        if sigma != "median":
+            raise ValueError(f"rbf_sigma must be a positive number or 'median', got {sigma!r}")
+    elif not float(sigma) > 0:
+        raise ValueError(f"rbf_sigma must be positive, got {sigma}")
 
 
 def _median(v: torch.Tensor) -> float:
@@ -164,6 +175,8 @@ class CkaEngine(Engine):
         unbiased = self.unbiased(params)
         if kernel not in ("ip", "rbf"):
             raise ValueError(f"kernel_metric must be 'ip' or 'rbf', got {kernel!r}")
+        if kernel == "rbf":  # before any kernel is built
+            check_rbf_sigma(params.get("rbf_sigma", 1.0))
         if unbiased and rep.n < 4:
             raise ValueError("unbiased CKA needs N >= 4")
         if kernel == "ip" and not rep.keep_gram:
@@ -209,7 +222,10 @@ class CkaEngine(Engine):
         for l in range(len(rep)):
             if kernel == "rbf":
                 # distances from the centred features' Gram: a common offset cancels exactly
-                k = rbf_from_gram(rep.centred_gram(l), sigma)  # a fresh matrix: centred in place
+                try:
+                    k = rbf_from_gram(rep.centred_gram(l), sigma)  # a fresh matrix: centred in place
+                except ValueError as err:  # the median heuristic on this layer's distances
+                    raise ValueError(f"layer {l}: {err}") from None
                 yield (k if unbiased else center_gram_(k)), not unbiased, False
                 del k
             else:
@@ -229,7 +245,8 @@ class CkaEngine(Engine):
         return GramState(state.upper.index_select(1, permuted_positions(perm)), state.self_hsic,
                          state.n, state.unbiased,
                          None if state.diag is None else state.diag[:, perm],
-                         None if state.rows is None else state.rows[:, perm], state.tot)
+                         None if state.rows is None else state.rows[:, perm], state.tot,
+                         scale=state.scale)
 
     def null_matrices(self, a, b, perms: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         """``(B, La, Lb)`` CKA of ``a`` against ``b`` row-permuted by each of ``perms``.
@@ -332,13 +349,21 @@ def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased:
     if upper is None or l + 1 != count:
         raise ValueError(f"expected {count} kernels")
     if not unbiased:
-        self_hsic = 2.0 * _sq_norms(upper) + _sq_norms(diag)
-        return GramState(upper, self_hsic, n, False, diag=diag)
+        self_hsic = 2.0 * _sq_norms(upper) + _sq_norms(diag)  # the sum of all squared entries
+        return GramState(upper, self_hsic, n, False, diag=diag, scale=unit_scale(self_hsic, dtype))
     tot = rows.sum(-1)
     tr = 2.0 * _sq_norms(upper)
     rows_dot = (rows * rows).sum(-1)
     return GramState(upper, unbiased_from_parts(tr, tot, tot, rows_dot, n), n, True, rows=rows, tot=tot,
-                     self_size=unbiased_terms_size(tr, tot, tot, rows_dot, n))
+                     self_size=unbiased_terms_size(tr, tot, tot, rows_dot, n), scale=unit_scale(tr, dtype))
+
+
+def unit_scale(sum_sq: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(L,)`` powers of two ``2^-e`` (``e >= 0`` the smallest) with ``2^-e sqrt(sum_sq) <= 1``, in
+    ``dtype``: ``sum_sq`` ``(L,)`` float64 bounds the square of every entry of a layer's kernel, so
+    the entries times the scale are at most 1 in size (a scale of 1 for a kernel of zeros)."""
+    e = torch.ceil(torch.log2(sum_sq.sqrt())).clamp_(min=0)
+    return torch.exp2(-e).to(dtype)
 
 
 def _encode_features(layers: Sequence[torch.Tensor], n: int, unbiased: bool) -> FeatureState:
@@ -379,7 +404,11 @@ def permuted_hsic(a: GramState, b: GramState, perms: torch.Tensor) -> torch.Tens
     n, La, Lb = a.n, a.upper.shape[0], b.upper.shape[0]
     m = a.upper.shape[1]
     dev = a.upper.device
-    b_t = b.upper.T.contiguous()  # (M, Lb): one position's values of every layer side by side
+    # b's entries times its power-of-two scale (exact; undone in float64 below): a float32 product
+    # of a's entries (finite) with them (at most 1) cannot overflow, nor can a block's sum
+    scale = b.scale if b.scale is not None else torch.ones(Lb, dtype=b.upper.dtype, device=dev)
+    unscale = scale.to(torch.float64)
+    b_t = b.upper.T.contiguous().mul_(scale)  # (M, Lb): one position's values of every layer side by side
     out = []
     for s0 in range(0, perms.shape[0], NULL_PERMUTATIONS):
         ps = perms[s0:s0 + NULL_PERMUTATIONS]
@@ -392,10 +421,10 @@ def permuted_hsic(a: GramState, b: GramState, perms: torch.Tensor) -> torch.Tens
             pos = source_positions(perms_t, c0, c1)  # (C, B)
             block = b_t.index_select(0, pos.view(-1)).view(c1 - c0, count * Lb)
             tr += (a.upper[:, c0:c1] @ block).to(torch.float64)
-        tr = 2.0 * tr.view(La, count, Lb).transpose(0, 1)  # (B, La, Lb)
+        tr = 2.0 * tr.view(La, count, Lb).transpose(0, 1) / unscale  # (B, La, Lb)
         if not a.unbiased:
-            diag = b.diag[:, ps].transpose(0, 1)  # (B, Lb, N)
-            out.append(tr + (a.diag @ diag.transpose(1, 2)).to(torch.float64))
+            diag = (b.diag * scale[:, None])[:, ps].transpose(0, 1)  # (B, Lb, N)
+            out.append(tr + (a.diag @ diag.transpose(1, 2)).to(torch.float64) / unscale)
         else:
             rows = b.rows[:, ps].transpose(0, 1)  # (B, Lb, N) float64
             out.append(unbiased_from_parts(tr, a.tot[:, None], b.tot[None, :],

@@ -21,6 +21,7 @@ spread (``CENTRED_FROM_GRAM_MAX_RATIO``); otherwise it is computed from the cent
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +38,16 @@ KEEP_GRAM_MAX_N = 4096
 #: Gram's rounding (relative to ``|x_i||x_j|``) then grows by at most this factor against the
 #: centred entries; beyond it the centred Gram is multiplied from the centred features
 CENTRED_FROM_GRAM_MAX_RATIO = 64.0
+#: a float32 layer's largest squared row norm ``S = max_i |x_i|^2`` may be at most this (rows of
+#: norm up to 2^50, about 1.1e15). Every float32 value the metrics form from one side is then
+#: finite for ``N < 2^24``: Gram and centred-Gram entries (``<= 4S``), RBF distances (``<= 16S``)
+#: and their sums over ``N`` rows (``<= 16 N S < 2^128``); products of two sides' kernel values are
+#: formed in float64 (CKNNA) or after scaling by a power of two (CKA nulls,
+#: ``kernel_metrics.GramState.scale``). Above it a float32 Gram overflows (inf, then NaN scores
+#: or wrong neighbour lists)
+FLOAT32_MAX_SQ_ROW_NORM = 2.0 ** 100
+#: elements of one float64 row block when ``max_sq_row_norm`` measures a large-valued layer
+SQ_ROW_NORM_BLOCK = 1 << 22
 
 
 class Representation:
@@ -52,8 +63,10 @@ class Representation:
 
     Raises:
         ValueError: fewer than 2 samples, a layer of width 0, a NaN/inf value (the error
-            names the layer and counts the bad rows) or a constant layer (all rows identical): a
-            metric of such features would be NaN or silently meaningless.
+            names the layer and counts the bad rows), a constant layer (all rows identical), or,
+            computing in float32, a row of norm above 2^50 (``FLOAT32_MAX_SQ_ROW_NORM``: its
+            Gram would overflow float32): a metric of such features would be NaN or silently
+            meaningless.
     """
 
     def __init__(self, xs: ArrayLike | Sequence[ArrayLike], device: str | torch.device | None = None,
@@ -229,19 +242,53 @@ class Representation:
 
 def check_values(layers: Sequence[torch.Tensor]) -> None:
     """Raise ``ValueError`` unless every ``(N, D_l)`` layer has ``N >= 2``, ``D_l >= 1``, only
-    finite values and two rows that differ (a constant layer)."""
+    finite values, two rows that differ (a constant layer) and, when float32, squared row norms
+    of at most ``FLOAT32_MAX_SQ_ROW_NORM``."""
     n = int(layers[0].shape[0])
     if n < 2:
         raise ValueError(f"need at least 2 paired samples, got N={n}")
     for l, x in enumerate(layers):
         if x.shape[1] == 0:
             raise ValueError(f"layer {l} has width 0")
-    check_finite(layers)
+    check_float32_range(layers, finite_peaks(layers))
     constant = torch.stack([(x == x[:1]).all() for x in layers])  # (L,): every row equal to the first
     if bool(constant.any()):
         l = int(constant.nonzero()[0, 0])
         raise ValueError(f"layer {l} is constant (all {n} rows identical): every metric of it is 0/0 or ties only, "
                          "a meaningless number; leave the layer out")
+
+
+def finite_peaks(layers: Sequence[torch.Tensor]) -> list[float]:
+    """``max |x|`` of each ``(N, D_l)`` layer (one pass per layer, one device sync); a layer with a
+    NaN or inf value raises ``ValueError`` (``check_finite``: names it and counts its bad rows).
+    ``aminmax`` propagates NaN, so a finite peak means finite values."""
+    peaks = torch.stack([torch.stack(torch.aminmax(x)).abs().amax().to(torch.float64) for x in layers]).tolist()
+    if not all(math.isfinite(p) for p in peaks):
+        check_finite(layers)
+    return peaks
+
+
+def check_float32_range(layers: Sequence[torch.Tensor], peaks: Sequence[float]) -> None:
+    """Raise ``ValueError`` naming the first float32 layer with a squared row norm above
+    ``FLOAT32_MAX_SQ_ROW_NORM``; ``peaks`` ``max |x|`` per layer. A layer with
+    ``D_l * peak^2`` within the limit passes at no cost (the usual case); only the others have
+    their row norms measured (in float64)."""
+    for l, (x, peak) in enumerate(zip(layers, peaks)):
+        if x.dtype != torch.float32 or peak * peak * x.shape[1] <= FLOAT32_MAX_SQ_ROW_NORM:
+            continue
+        sq = max_sq_row_norm(x)
+        if sq > FLOAT32_MAX_SQ_ROW_NORM:
+            raise ValueError(
+                f"layer {l} has rows of norm up to {math.sqrt(sq):.3g}, above float32's limit here, 2^50 "
+                f"= {math.sqrt(FLOAT32_MAX_SQ_ROW_NORM):.3g}: its float32 Gram matrix and kernels would "
+                "overflow (NaN or wrong scores); scale the features (prepare() gives unit rows) or pass "
+                "them as float64")
+
+
+def max_sq_row_norm(x: torch.Tensor, block: int = SQ_ROW_NORM_BLOCK) -> float:
+    """``max_i |x_i|^2`` of ``x`` ``(N, D)``, summed in float64 a block of rows at a time."""
+    rows = max(1, block // max(1, x.shape[1]))
+    return max(float((x[i:i + rows].to(torch.float64) ** 2).sum(1).max()) for i in range(0, x.shape[0], rows))
 
 
 def offset_is_small(gram: torch.Tensor, ratio: float = CENTRED_FROM_GRAM_MAX_RATIO) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tasks.metrics import METRICS, Representation, bootstrap_ci, calibrate, layer_matrix, score
 
@@ -180,3 +181,28 @@ def test_a_layer_whose_masked_self_similarity_is_negative_is_refused() -> None:
     for params in ({}, {"distance_agnostic": True}):
         with pytest.raises(ValueError, match=r"^x: layer 0 has an unbiased masked self-similarity"):
             score("cknna", x, y, topk=2, **params)
+
+
+def _large_float32_pair(scale: float, n: int = 40, seed: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Finite float32 features whose rows have norms of about ``9 * scale`` (``scale=1e9``: kernel
+    values ~1e20, so a float32 product of an x-value and a y-value overflows)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 3))
+    x = z @ rng.normal(size=(3, 8)) + 0.3 * rng.normal(size=(n, 8))
+    y = z @ rng.normal(size=(3, 6)) + 0.3 * rng.normal(size=(n, 6))
+    return (x * scale).astype(np.float32), (y * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_float32_features_with_large_rows_score_as_their_float64_values(unbiased: bool) -> None:
+    """A float32 product of two kernel values ~1e20 is inf, and inf * 0 (not mutual) was NaN:
+    CKNNA of finite features came out NaN, observed and null. The products are float64 now."""
+    x, y = _large_float32_pair(1e9)
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    want = ref.cknna(x64, y64, 5, unbiased)
+    assert score("cknna", x, y, topk=5, unbiased=unbiased) == pytest.approx(want, rel=1e-5)
+    res = calibrate("cknna", x, y, permutations=4, seed=3, topk=5, unbiased=unbiased)
+    g = torch.Generator().manual_seed(3)
+    for t in range(4):
+        perm = torch.randperm(len(y), generator=g).numpy()
+        assert res.null[t] == pytest.approx(ref.cknna(x64, y64[perm], 5, unbiased), rel=1e-4, abs=1e-6)

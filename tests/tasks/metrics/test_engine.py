@@ -67,6 +67,22 @@ def test_an_error_raised_inside_a_function_names_the_metric_pair_and_line(name: 
     assert isinstance(caught.value.__cause__, KeyError)
 
 
+@pytest.mark.parametrize("side", ["x", "y"])
+def test_a_function_changing_its_input_in_place_is_refused(name: str, side: str) -> None:
+    """The layers it gets are shared by every metric and layer pair: ``x.mul_(2)`` changed the
+    scores of the metrics computed after it, silently."""
+    def doubling(x: torch.Tensor, y: torch.Tensor) -> float:
+        (x if side == "x" else y).mul_(2)
+        return 0.0
+
+    register_metric(name, doubling)
+    xs = [torch.as_tensor(x) for x in layers(n=20, widths=(4, 4))]
+    ys = [torch.as_tensor(y) for y in layers(n=20, widths=(4,), seed=3)]
+    with pytest.raises(MetricFunctionError, match=rf"doubling changed its input {side} \(layer 0 of {side}\) in place on "
+                                                  r"layer pair \(0, 0\)"):
+        layer_matrix(name, xs, ys)
+
+
 def test_a_function_returning_numbers_still_gives_its_values(name: str) -> None:
     """The wrapped boundary computes what the function says: a float64 reference per pair."""
     register_metric(name, lambda x, y: (x[:, :2] * y[:, :2]).sum(1).mean(), symmetric=True)

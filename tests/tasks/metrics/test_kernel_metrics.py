@@ -333,3 +333,33 @@ def test_a_tiny_rbf_sigma_gives_the_identity_kernel_limit_not_nan(dtype, tiny: f
     limit = score("cka", x, y, kernel_metric="rbf", rbf_sigma=1e-3, unbiased=unbiased)
     got = score("cka", x, y, kernel_metric="rbf", rbf_sigma=tiny, unbiased=unbiased)
     assert np.isfinite(got) and got == pytest.approx(limit, abs=1e-12)
+
+
+@pytest.mark.parametrize("metric, unbiased", [("cka", False), ("unbiased_cka", True)])
+def test_null_of_float32_features_with_large_rows_is_finite_and_exact(metric: str, unbiased: bool) -> None:
+    """Permutation nulls multiply two sides' packed float32 kernels: with rows of norm ~1e10
+    (kernel values ~1e20) the products overflowed and every null draw was NaN. The partner's
+    entries are scaled by a power of two first (exact), so each draw is the CKA of ``y[perm]``."""
+    from tasks.metrics import calibrate
+
+    rng = np.random.default_rng(10)
+    z = rng.normal(size=(40, 3))
+    x = ((z @ rng.normal(size=(3, 8)) + 0.3 * rng.normal(size=(40, 8))) * 1e9).astype(np.float32)
+    y = ((z @ rng.normal(size=(3, 6)) + 0.3 * rng.normal(size=(40, 6))) * 1e9).astype(np.float32)
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    res = calibrate(metric, x, y, permutations=4, seed=5)
+    assert res.observed == pytest.approx(ref.cka(x64, y64, unbiased=unbiased), rel=1e-5)
+    g = torch.Generator().manual_seed(5)
+    for t in range(4):
+        perm = torch.randperm(40, generator=g).numpy()
+        assert res.null[t] == pytest.approx(ref.cka(x64, y64[perm], unbiased=unbiased), rel=1e-4, abs=1e-6)
+
+
+def test_median_heuristic_failure_names_the_side_and_layer() -> None:
+    """A layer whose median pairwise distance is 0 (most rows identical, not all) is that side's
+    input error: the message names the side and the layer (it named neither)."""
+    x, y = paired(n=10)
+    y2 = np.zeros((10, 3))
+    y2[0, 0], y2[1, 1] = 1.0, 2.0  # 8 identical rows: 28 of the 45 distances are 0
+    with pytest.raises(ValueError, match=r"^y: layer 1: median pairwise distance is 0"):
+        layer_matrix("cka_rbf_median", [x], [y, y2])

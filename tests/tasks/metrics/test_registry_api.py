@@ -427,3 +427,60 @@ def test_register_builtins_again_keeps_the_shipped_registrations() -> None:
     assert all(METRICS[name] is spec for name, spec in BUILTIN_SPECS.items())
     x, y = paired(seed=3)
     assert score("cka", x, y) == pytest.approx(ref.cka(x, y), abs=1e-10)
+
+
+@pytest.mark.parametrize("metric, params, message", [
+    ("cka", {"kernel_metric": "cos"}, "kernel_metric must be 'ip' or 'rbf', got 'cos'"),
+    ("cka", {"kernel_metric": "rbf", "rbf_sigma": -1.0}, "rbf_sigma must be positive, got -1.0"),
+    ("cka_rbf_median", {"rbf_sigma": "mean"}, "rbf_sigma must be a positive number or 'median', got 'mean'"),
+    ("mutual_knn", {"topk": 3, "knn_precision": "fp8"}, "knn_precision must be one of"),
+    ("mutual_knn", {"topk": 0}, "topk must be in [1, N-1] = [1, 7], got 0"),
+    ("cknna", {"topk": 1}, "CKNNA requires topk >= 2"),
+    ("cknna", {"topk": 8}, "topk must be in [2, N-1] = [2, 7]"),
+])
+def test_bad_parameters_are_not_blamed_on_a_side(metric: str, params: dict, message: str) -> None:
+    """A parameter error (or one against the shared N) is raised as is: it was prefixed ``x:``,
+    the side encoded first, as though x's features were at fault."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 4)), rng.normal(size=(8, 3))
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        score(metric, x, y, **params)
+
+
+def _scaled_layers(scale: float, seed: int = 3) -> list[np.ndarray]:
+    return [(x * scale).astype(np.float32) for x in layers(n=30, seed=seed)]
+
+
+def test_float32_rows_whose_gram_would_overflow_are_refused_naming_side_and_layer() -> None:
+    """Finite float32 rows of norm ~4e19 have a Gram beyond float32 (inf): list metrics scored
+    silently wrong lists (0.26 for 0.35) and CKA was NaN. Such a layer is refused; the same
+    values in float64, or paired with a float64 side (the pair computes in float64), are scored."""
+    xs, ys = _scaled_layers(1.0, seed=3), _scaled_layers(1.0, seed=4)
+    ys[2] = ys[2] * np.float32(4e19)  # rows of norm ~4e19
+    for metric in ("mutual_knn", "cka", "cknna"):
+        with pytest.raises(ValueError, match=r"^y: layer 2 has rows of norm up to 4e\+19, above float32's limit"):
+            layer_matrix(metric, xs, ys, topk=4)
+    with pytest.raises(ValueError, match=r"^x: layer 0 has rows of norm up to .*prepare\(\).*float64"):
+        score("cka", ys[2], xs[0])
+    big = ys[2].astype(np.float64)
+    x0 = xs[0].astype(np.float64)
+    assert score("mutual_knn", xs[0], big, topk=4) == pytest.approx(ref.mutual_knn(x0, big, 4), abs=1e-12)
+    assert score("cka", ys[2], x0) == pytest.approx(ref.cka(big, x0), abs=1e-9)  # float32 side, float64 pair
+
+
+def test_float32_rows_up_to_the_limit_are_scored_exactly() -> None:
+    """Rows of norm ~1e15 (just under 2^50) in float32: every float32 value formed from one side
+    stays finite and each metric matches its float64 reference; a layer with one element of
+    ~9e14 among 1000 columns (peak^2 D above the limit, row norms within it) is measured and
+    accepted, not refused."""
+    xs, ys = _scaled_layers(9e14, seed=5), _scaled_layers(9e14, seed=6)
+    x64, y64 = xs[0].astype(np.float64), ys[1].astype(np.float64)
+    assert np.sqrt((x64 ** 2).sum(1).max()) > 5e14
+    assert score("mutual_knn", xs[0], ys[1], topk=4) == pytest.approx(ref.mutual_knn(x64, y64, 4), abs=1e-12)
+    assert score("cka", xs[0], ys[1]) == pytest.approx(ref.cka(x64, y64), rel=1e-5)
+    assert score("unbiased_cka", xs[0], ys[1]) == pytest.approx(ref.cka(x64, y64, unbiased=True), rel=1e-4)
+    assert score("cknna", xs[0], ys[1], topk=4) == pytest.approx(ref.cknna(x64, y64, 4), rel=1e-4)
+    wide = np.random.default_rng(7).normal(size=(30, 1000)).astype(np.float32)
+    wide[3, 5] = 9e14
+    w64 = wide.astype(np.float64)
+    assert score("cka", wide, ys[1]) == pytest.approx(ref.cka(w64, y64), rel=1e-5)
