@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "(its captions' vectors averaged; with --captions all)")
 
     sql = commands.add_parser("sql", help="query the catalog with DuckDB SQL (read-only)")
-    sql.add_argument("query", help="a SELECT query over datasets, samples, models, features, alignment, alignment_best, runs, "
+    sql.add_argument("query", help="a SELECT query over datasets, samples, models, features, alignment, alignment_best, runs, alignment_latest, alignment_best_latest, "
                                           "alignment_fdr")
     sql.add_argument("--store", default=None, help=STORE_HELP)
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -209,7 +209,7 @@ def _run(args: argparse.Namespace) -> int:
             summary = prh_pipeline(config=config, store=store)
     except ZooFailures as error:  # the rest is published: say what failed, exit 1
         where = {"features": "\nTheir features are in the store: prh sql \"select * from models\"", "nothing": ""}.get(
-            error.published or "", "\nThe results of the other models are in the store: prh sql \"select * from alignment_best\"")
+            error.published or "", "\nThe results of the other models are in the store: prh sql \"select * from alignment_best_latest\"")
         print(f"prh run: {error}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -297,7 +297,8 @@ def print_summary(summary: dict[str, Any]) -> None:
                       "score but does not measure its spread (ci_degenerate, docs/metrics.md)")
     console.print(f"features extracted: {', '.join(summary['extracted']) or 'none'}; reused: {', '.join(summary['reused']) or 'none'}")
     console.print(f"results stored in {summary['store']} (run {summary['run_id']})")
-    console.print('query them: prh sql "select * from alignment_best"')
+    console.print('query them: prh sql "select * from alignment_best_latest"  (the latest run\'s results; '
+                  'alignment_best holds every run\'s)')
 
 
 #: The top-level folders of a store (``storage.layout``, reports): one of them marks a prh store.
@@ -327,7 +328,7 @@ def _sql(args: argparse.Namespace) -> int:
     from flows.sql_output import print_table, write_csv, write_json
     from storage.catalog import connect, query
 
-    table = query(connect(existing_store(store_argument(args))), args.query)
+    table = query(connect(existing_store(store_argument(args)), lossless_arrow=True), args.query)
     if args.format == "json":
         write_json(table, sys.stdout)
     elif args.format == "csv":

@@ -2,17 +2,28 @@
 
 ``connect(url)`` returns an in-memory DuckDB connection with these views:
 
-- ``datasets``: one row per dataset version (name, version, sample count, source, created_at).
+- ``datasets``: one row per dataset version (name, version, sample count, source, published_at).
 - ``samples``: one row per sample (dataset_version, sample_id, image_id, text, image bytes).
 - ``models``: one row per feature version (model, modality, hf id, revision, pooling, dtype,
   parameter count, layer count, widths, bits per byte, dataset_version).
-- ``features``: one row per (model, layer, sample): the pooled vector as ``FLOAT[]``.
-- ``alignment``: one row per metric × model pair × layer pair.
-- ``alignment_best``: one row per metric × model pair: best layer pair, chance level,
-  calibrated score and p-value.
+- ``features``: one row per (model, feature version, layer, sample): the pooled vector as
+  ``FLOAT[]``, and the ``dataset_version`` it was extracted on (join ``samples`` on both ids).
+- ``alignment``: one row per metric × model pair × layer pair of every alignment version.
+- ``alignment_best``: one row per metric × model pair of every alignment version: best layer
+  pair, chance level, calibrated score and p-value (a store that has seen runs with other
+  parameters or datasets holds several rows per metric × model pair).
 - ``runs``: one row per pipeline run, with its lineage.
 - ``alignment_fdr``: one row per run × metric × model pair with a p-value: the run's
   Benjamini–Hochberg q-value over its model grid (``q_value``, one family per run and metric).
+- ``alignment_latest`` / ``alignment_best_latest``: the rows of ``alignment`` /
+  ``alignment_best`` of the latest run with results (:data:`LATEST_RUN_SQL`, the run
+  ``prh report`` shows): one row per metric × model pair (× layer pair) of that run.
+
+Times (``datasets.published_at``, ``models.published_at``, ``runs.started_at`` /
+``finished_at``) are ``TIMESTAMPTZ`` in UTC (the connection's time zone is UTC); a value that is
+not an ISO 8601 time (a hand-edited record) is NULL. File views have their columns in the order of
+``_EMPTY_VIEWS`` whatever the store kind and the files' ages; rows written before ``unit``
+existed (older prh aligned only by sample) show ``unit = 'sample'``.
 
 Only published versions (those with a manifest) appear. For S3 stores the s3fs filesystem is
 registered on the connection (DuckDB's httpfs extension is not needed), and the files of one
@@ -28,6 +39,7 @@ import re
 import tempfile
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 import duckdb
@@ -49,8 +61,9 @@ _FILE_VIEWS: dict[str, tuple[str, str]] = {
     "alignment_best": (layout.ALIGNMENT, layout.BEST_FILE),
 }
 
-# Column types of each file view when the store holds no version of it yet, in the order of the
-# pipeline's files (``tasks.align_task.result_tables``), so ``SELECT *`` keeps its column order.
+# Column types of each file view, in the order of the pipeline's files (``tasks.align_task.result_tables``):
+# the view's columns when the store holds no version of it yet, and the order (and the columns a file
+# written by an older prh lacks, as NULL) of ``SELECT *`` otherwise, on every kind of store.
 _EMPTY_VIEWS = {
     "samples": "dataset_version VARCHAR, sample_id VARCHAR, image_id VARCHAR, text VARCHAR, image BLOB",
     "features": "model VARCHAR, feature_version VARCHAR, layer SMALLINT, sample_id VARCHAR, vector FLOAT[]",
@@ -93,6 +106,8 @@ class QueryError(ValueError):
 
 #: ``(alignment_version, model_a, feature_version_a, model_b, feature_version_b)``
 Lineage = tuple[str, str, str, str, str]
+#: ``(model, feature_version, dataset_version)``
+FeatureDataset = tuple[str, str, str]
 
 
 @dataclass
@@ -107,13 +122,16 @@ class CatalogSources:
     ``feature_version_a`` / ``feature_version_b``. Rows are told apart by version and both model
     names: one version id can belong to two pair folders (a model renamed, same features).
     ``listed``: every file of ``files`` (its URI) as its manifest lists it (key, bytes, schema
-    fingerprint).
+    fingerprint). ``feature_datasets``: ``(model, feature_version, dataset_version)`` of every
+    feature version (its folder, ``features/<dataset>/<model>/<version>``), from which the
+    ``features`` view gets ``dataset_version``.
     """
 
     files: dict[str, list[str]]
     tables: dict[str, pa.Table]
     lineage: list[Lineage] = field(default_factory=list)
     listed: dict[str, ListedFile] = field(default_factory=dict)
+    feature_datasets: list[FeatureDataset] = field(default_factory=list)
 
 
 def catalog_sources(store: Store) -> CatalogSources:
@@ -150,7 +168,8 @@ def catalog_sources(store: Store) -> CatalogSources:
         "runs": _meta_table("runs", runs),
     }
     lineage = sorted({row for key, manifest in manifests[layout.ALIGNMENT] for row in _lineage_rows(key, manifest)})
-    return CatalogSources(files, tables, lineage, listed)
+    feature_datasets = sorted({_feature_dataset(key) for key, _ in manifests[layout.FEATURES]})
+    return CatalogSources(files, tables, lineage, listed, feature_datasets)
 
 
 def stored_files(store: Store, sources: CatalogSources) -> StoredFiles | None:
@@ -192,15 +211,29 @@ def _lineage_rows(key: str, manifest: dict[str, Any]) -> list[Lineage]:
     return [(version, *a, *b) for a in features for b in features if len(features) == 1 or a != b]
 
 
+def _feature_dataset(key: str) -> FeatureDataset:
+    """``(model, feature_version, dataset_version)`` of the feature version stored at ``key``
+    (``features/<dataset_version>/<model>/<feature_version>``: the folder its layer files are in,
+    whose ``model`` column names the folder's model, also for a copy under a new name)."""
+    dataset, model, version = key.rstrip("/").split("/")[-3:]
+    return model, version, dataset
+
+
 def _catalog_row(manifest: dict[str, Any]) -> dict[str, Any]:
     """A version's row of a metadata view: its manifest's ``catalog`` and when it was published."""
     return {**manifest.get("catalog", {}), "published_at": manifest.get("published_at")}  # an object (see _usable)
 
 
 def connect(
-    store: Store | str, storage_options: dict[str, Any] | None = None, *, read_only: bool = True
+    store: Store | str, storage_options: dict[str, Any] | None = None, *, read_only: bool = True,
+    lossless_arrow: bool = False,
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection whose views cover every published version in ``store``.
+
+    ``lossless_arrow``: results exported to Arrow keep DuckDB's ``TIMETZ`` offsets, ``BIT``
+    strings and ``HUGEINT``/``UHUGEINT`` values (DuckDB's ``arrow_lossless_conversion``), for
+    ``prh sql`` (``flows.sql_output`` writes them); off by default, since then ``sum()`` of a
+    ``BIGINT`` (a ``HUGEINT``) reaches Arrow as raw bytes, not a number.
 
     With ``read_only`` (the default) the connection is then locked down: it may read files
     only under the store's root, and its configuration is locked (no ``SET``, no logging to
@@ -214,8 +247,11 @@ def connect(
         con.register_filesystem(store.fs)
     sources = catalog_sources(store)
     stored = stored_files(store, sources)
+    con.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ columns shown (and returned to Arrow) in UTC
+    if lossless_arrow:
+        con.execute("SET arrow_lossless_conversion = true")
     for view, files in sources.files.items():
-        _create_file_view(con, view, files, sources.lineage, store, stored)
+        _create_file_view(con, view, files, sources.lineage, store, stored, sources.feature_datasets)
     for view, table in sources.tables.items():
         con.register(f"_{view}_table", table)
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM _{view}_table")
@@ -225,8 +261,35 @@ def connect(
     return con
 
 
+#: The latest run with results, as a query over ``runs`` (one row, or none): ``COMPLETED``, or
+#: ``FAILED`` with some alignment versions published (a nightly run with one broken model still
+#: publishes every other pair), the last to finish first (a run without ``finished_at`` by its
+#: start). The one definition of "the latest run": the ``*_latest`` views use it, docs/queries.md
+#: repeats its conditions and order (tests/storage/test_queries.py checks), and ``prh report``'s
+#: default run (``tasks.report_source.select_run``, same conditions and order) must be this run
+#: (tests/storage/test_catalog_views.py checks).
+LATEST_RUN_SQL = (
+    "SELECT * FROM runs "
+    "WHERE status = 'COMPLETED' OR (status = 'FAILED' AND len(coalesce(alignment_versions, [])) > 0) "
+    "ORDER BY coalesce(finished_at, started_at) DESC, started_at DESC, run_id DESC LIMIT 1"
+)
+
+
+def _of_latest_run(view: str) -> str:
+    """``SELECT`` of the rows of ``view`` (``alignment`` or ``alignment_best``) whose alignment
+    version the latest run with results lists (:data:`LATEST_RUN_SQL`), by its store key
+    ``alignment/<dataset>/<model a>__<model b>/<version>`` (a version id alone can belong to two
+    pair folders, when a model was renamed)."""
+    return (f"SELECT v.* FROM {view} AS v WHERE concat_ws('/', 'alignment', v.dataset_version, "
+            f"v.model_a || '__' || v.model_b, v.alignment_version) IN "
+            f"(SELECT unnest(alignment_versions) FROM ({LATEST_RUN_SQL}))")
+
+
 #: Views computed from the others (after them), in creation order: name -> ``SELECT``.
 DERIVED_VIEWS: dict[str, str] = {
+    # one run's results: the latest run with results (columns of ``alignment`` / ``alignment_best``)
+    "alignment_latest": _of_latest_run("alignment"),
+    "alignment_best_latest": _of_latest_run("alignment_best"),
     # Benjamini–Hochberg over one run's model grid, per metric (and its parameters): the run's
     # alignment versions (``runs.alignment_versions``, store keys) joined to their best rows; p
     # sorted ascending (ties in a fixed order: they get one q-value anyway), q_(i) = min over
@@ -308,11 +371,15 @@ def _literal(text: str) -> str:
 
 
 def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str],
-                      lineage: list[Lineage] | None, store: Store, stored: StoredFiles | None = None) -> list[str]:
-    """The view ``view`` over ``files`` (Parquet, columns united by name). The alignment views
-    also get ``feature_version_a`` / ``feature_version_b`` from ``lineage`` (written into the
-    view, so that an exported catalog file has them too): models are identified by name and
-    feature version, since one model name can have several feature versions (another pooling).
+                      lineage: list[Lineage] | None, store: Store, stored: StoredFiles | None = None,
+                      feature_datasets: list[FeatureDataset] | None = None) -> list[str]:
+    """The view ``view`` over ``files`` (Parquet, columns united by name, in the order of
+    ``_EMPTY_VIEWS``; a column an older file lacks is NULL, ``unit`` NULL is ``'sample'``). The
+    alignment views also get ``feature_version_a`` / ``feature_version_b`` from ``lineage``
+    (written into the view, so that an exported catalog file has them too): models are
+    identified by name and feature version, since one model name can have several feature
+    versions (another pooling). The ``features`` view gets ``dataset_version`` from
+    ``feature_datasets`` (:attr:`CatalogSources.feature_datasets`) the same way.
     Returns the files the view reads (a damaged one is left out, with a warning).
 
     Without ``stored`` (local stores) binding the view reads every file's footer, which finds a
@@ -321,26 +388,27 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
     fingerprint are bound from their first file only (``storage.stored_files``); damage that
     keeps the size shows when a query reads the file (the error then points to `prh verify`)."""
     if not files:
-        declared = _EMPTY_VIEWS[view].split(", ") + [f"{c} VARCHAR" for c in LINEAGE_COLUMNS if view in _LINEAGE_VIEWS]
-        columns = ", ".join(f"NULL::{c.split(' ', 1)[1]} AS {c.split(' ', 1)[0]}" for c in declared)
-        con.execute(f"CREATE VIEW {view} AS SELECT {columns} WHERE false")
+        declared = _EMPTY_VIEWS[view].split(", ") + [f"{c} VARCHAR" for c in _ADDED_COLUMNS.get(view, ())]
+        con.execute(f"CREATE VIEW {view} AS SELECT {_typed_nulls(declared)} WHERE false")
         return []
     groups = [FileGroup(files, union_by_name=True)]
     if stored is not None:
         misfits = stored.misfits(files)
         if misfits:
             _left_out(view, misfits)
-            return _create_file_view(con, view, [f for f in files if f not in misfits], lineage, store, stored)
+            return _create_file_view(con, view, [f for f in files if f not in misfits], lineage, store, stored,
+                                     feature_datasets)
         groups = stored.groups(files)
     try:
-        con.execute(_file_view_sql(view, groups, lineage))  # binding reads each union_by_name file's schema
+        con.execute(_file_view_sql(view, groups, lineage, feature_datasets))  # binding reads each union_by_name file's schema
         return files
     except duckdb.Error:  # a damaged file (cut short, overwritten): find it, show the rest
         damaged = _unreadable(con, files, store)
         if not damaged:
             raise
         _left_out(view, damaged)
-        return _create_file_view(con, view, [f for f in files if f not in damaged], lineage, store, stored)
+        return _create_file_view(con, view, [f for f in files if f not in damaged], lineage, store, stored,
+                                 feature_datasets)
 
 
 def _left_out(view: str, damaged: dict[str, str]) -> None:
@@ -360,15 +428,45 @@ def _source_sql(groups: list[FileGroup]) -> str:
     return "(" + " UNION ALL BY NAME ".join(f"SELECT * FROM {read}" for read in reads) + ")"
 
 
-def _file_view_sql(view: str, groups: list[FileGroup], lineage: list[Lineage] | None) -> str:
+def _typed_nulls(declared: list[str]) -> str:
+    """``NULL::TYPE AS name, ...`` of ``declared`` (``"name TYPE"`` items)."""
+    return ", ".join(f"NULL::{c.split(' ', 1)[1]} AS {c.split(' ', 1)[0]}" for c in declared)
+
+
+def _canonical_sql(view: str, groups: list[FileGroup]) -> str:
+    """The files' rows with the columns of ``_EMPTY_VIEWS[view]`` first, in that order (a file
+    written before a column existed has it NULL; columns unknown there follow, as the files have
+    them): an empty row of those columns united ``BY NAME`` with the files, so that ``SELECT *``
+    has one order on a local store (every footer bound) and on S3 (groups by schema fingerprint,
+    each group in its files' order). ``unit`` NULL (files written before it existed, when prh
+    aligned only by sample) is ``'sample'``."""
+    declared = _EMPTY_VIEWS[view].split(", ")
+    rows = f"SELECT {_typed_nulls(declared)} WHERE false UNION ALL BY NAME SELECT * FROM {_source_sql(groups)}"
+    if "unit VARCHAR" in declared:
+        return f"(SELECT * REPLACE (coalesce(unit, 'sample') AS unit) FROM ({rows}))"
+    return f"({rows})"
+
+
+def _values_sql(rows: list[tuple[str, ...]], names: tuple[str, ...]) -> str:
+    """A relation of ``rows`` (text) with columns ``names`` (an empty one of that shape without rows)."""
+    if not rows:
+        return "SELECT " + ", ".join(f"NULL::VARCHAR AS {n}" for n in names) + " WHERE false"
+    values = ", ".join("(" + ", ".join(_literal(v) for v in row) + ")" for row in rows)
+    return f"SELECT * FROM (VALUES {values}) t({', '.join(names)})"
+
+
+def _file_view_sql(view: str, groups: list[FileGroup], lineage: list[Lineage] | None,
+                   feature_datasets: list[FeatureDataset] | None = None) -> str:
     """``CREATE VIEW`` of :func:`_create_file_view` over non-empty groups of files."""
-    source = _source_sql(groups)
+    source = _canonical_sql(view, groups)
+    if view == "features":  # a small join on (model, feature_version): no file read more than before
+        known = _values_sql(list(feature_datasets or []), ("model", "feature_version", "dataset_version"))
+        return (f"CREATE VIEW {view} AS WITH datasets_of AS ({known}) "
+                f"SELECT p.*, d.dataset_version FROM {source} p LEFT JOIN datasets_of d "
+                f"ON d.model = p.model AND d.feature_version = p.feature_version")
     if view not in _LINEAGE_VIEWS:
         return f"CREATE VIEW {view} AS SELECT * FROM {source}"
-    rows = ", ".join("(" + ", ".join(_literal(v) for v in row) + ")" for row in lineage or [])
-    known = (f"SELECT * FROM (VALUES {rows}) t(alignment_version, model_a, version_a, model_b, version_b)" if rows else
-             "SELECT NULL::VARCHAR AS alignment_version, NULL::VARCHAR AS model_a, NULL::VARCHAR AS version_a, "
-             "NULL::VARCHAR AS model_b, NULL::VARCHAR AS version_b WHERE false")
+    known = _values_sql(list(lineage or []), ("alignment_version", "model_a", "version_a", "model_b", "version_b"))
     # one join on the version and both model names (a version id may serve two pair folders)
     return (
         f"CREATE VIEW {view} AS WITH lineage AS ({known}) "
@@ -399,6 +497,8 @@ def _unreadable(con: duckdb.DuckDBPyConnection, files: list[str], store: Store) 
 #: and the columns they add to their Parquet files' (``_EMPTY_VIEWS``: the files' columns).
 _LINEAGE_VIEWS = ("alignment", "alignment_best")
 LINEAGE_COLUMNS = ("feature_version_a", "feature_version_b")
+#: The columns each file view adds to its files' (text; after them, in this order).
+_ADDED_COLUMNS = {**dict.fromkeys(_LINEAGE_VIEWS, LINEAGE_COLUMNS), "features": ("dataset_version",)}
 
 
 def _meta_table(view: str, rows: list[dict[str, Any]]) -> pa.Table:
@@ -408,12 +508,20 @@ def _meta_table(view: str, rows: list[dict[str, Any]]) -> pa.Table:
     type, so that ``round(bits_per_byte, 2)`` works on any store. A value that does not fit
     its type (a hand-edited manifest) is null."""
     columns = _META_COLUMNS[view]
-    data = {c: [_json_cell(r.get(c), c in _JSON_COLUMNS) for r in rows] for c in columns}
+    data = {c: [utc_time(r.get(c)) if c in _TIME_COLUMNS else _json_cell(r.get(c), c in _JSON_COLUMNS) for r in rows]
+            for c in columns}
     return pa.table({c: _typed_column(v, _META_TYPES.get(c, pa.string())) for c, v in data.items()})
 
 
+#: Columns of the metadata views that hold a moment (``Store.publish``'s ``published_at``, the run
+#: record's ``started_at`` / ``finished_at``: ISO 8601 text from ``storage.store.utc_now``):
+#: ``TIMESTAMPTZ`` in the views.
+_TIME_COLUMNS = ("published_at", "started_at", "finished_at")
+UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
 #: Types of the metadata views' columns that are not text.
 _META_TYPES: dict[str, pa.DataType] = {
+    **dict.fromkeys(_TIME_COLUMNS, UTC_TIMESTAMP),
     **dict.fromkeys(("n_samples", "n_images", "n_rejected", "param_count", "n_layers", "aligned"), pa.int64()),
     **dict.fromkeys(("bits_per_byte", "bits_per_byte_pooled", "seconds"), pa.float64()),
     "layer_widths": pa.list_(pa.int64()),
@@ -433,6 +541,23 @@ def _typed_column(values: list[Any], kind: pa.DataType) -> pa.Array:
             except (pa.ArrowException, TypeError, ValueError):
                 cells.append(pa.scalar(None, kind))
         return pa.array(cells, kind)
+
+
+def utc_time(value: Any) -> datetime | None:
+    """``value`` (ISO 8601 text, as every prh writes: ``2026-01-01T00:00:00+00:00``; also ``Z``,
+    a space for ``T``, fractions, a date alone) as an aware UTC ``datetime``; a time without an
+    offset counts as UTC (what ``storage.runs.epoch_seconds`` does). None for anything else (a
+    hand-edited record: empty, a number, not a time): the view shows NULL, not an error."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 #: Columns held as JSON text whatever their value (lists of records).

@@ -4,8 +4,10 @@ The file holds the same names as :func:`storage.catalog.connect`:
 
 - views ``samples``, ``features``, ``alignment``, ``alignment_best``: ``read_parquet`` over the
   absolute paths (or ``s3://`` URLs) of every published file: they only read the store;
-- tables ``datasets``, ``models``, ``runs``: the manifests' and run records' rows, copied in;
-- view ``alignment_fdr`` over those (``storage.catalog.DERIVED_VIEWS``);
+- tables ``datasets``, ``models``, ``runs``: the manifests' and run records' rows, copied in
+  (times as ``TIMESTAMPTZ``);
+- views ``alignment_latest``, ``alignment_best_latest``, ``alignment_fdr`` over those
+  (``storage.catalog.DERIVED_VIEWS``);
 - table ``prh_catalog``: one row (store URL without credentials, exported_at, file count).
 
 It is a snapshot: versions published later appear after the next export. Writing is atomic
@@ -29,7 +31,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from storage.catalog import _create_file_view, _exists_in, _literal, catalog_sources, create_derived_views, lock_down, stored_files
+from storage.catalog import (UTC_TIMESTAMP, _create_file_view, _exists_in, _literal, catalog_sources, create_derived_views,
+                             lock_down, stored_files, utc_time)
 from storage.store import Store, utc_now
 
 INFO_TABLE = "prh_catalog"
@@ -74,7 +77,7 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
             if not store.is_local:
                 con.register_filesystem(store.fs)  # views are bound (their schema read) when created
             stored = stored_files(store, sources)
-            read = {view: _create_file_view(con, view, files, sources.lineage, store, stored)
+            read = {view: _create_file_view(con, view, files, sources.lineage, store, stored, sources.feature_datasets)
                     for view, files in sources.files.items()}
             for name, table in sources.tables.items():
                 con.register("_source", table)
@@ -83,7 +86,7 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
             derived = create_derived_views(con)
             n_files = sum(len(f) for f in read.values())  # a damaged file left out (warned) is not counted
             info = pa.table({"store": [store.display_url], "store_root": [store.uri("")], "remote": [not store.is_local],
-                             "exported_at": [utc_now()], "parquet_files": [n_files]})
+                             "exported_at": pa.array([utc_time(utc_now())], UTC_TIMESTAMP), "parquet_files": [n_files]})
             con.register("_source", info)
             con.execute(f"CREATE TABLE {INFO_TABLE} AS SELECT * FROM _source")
             con.unregister("_source")
@@ -169,6 +172,7 @@ def open_catalog(
         con.close()
         raise ValueError(f"catalog file {str(path)!r} is not a DuckDB database: {str(error).splitlines()[0]}") from None
     con.execute("USE prh_export")
+    con.execute("SET TimeZone = 'UTC'")  # as storage.catalog.connect: times shown in UTC
     root, remote = con.execute(f"SELECT store_root, remote FROM {INFO_TABLE}").fetchall()[0]
     if not remote and Path(root).is_absolute():
         root = Path(root).resolve().as_posix()  # the folder the lock allows, without '..'

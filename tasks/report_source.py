@@ -14,7 +14,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from storage.catalog import connect
+from storage.catalog import LATEST_RUN_SQL, connect
 from storage.features import vectors_from_arrow
 from storage.store import Store
 from tasks.image_rows import image_rows, mean_rows
@@ -41,10 +41,7 @@ def select_run(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> dic
             known = [r[0] for r in con.execute("select run_id from runs order by started_at desc limit 10").fetchall()]
             raise ValueError(f"no run {run_id!r} in the store (recent runs: {', '.join(known) or 'none'})")
         return found[0]
-    found = con.sql(
-        "select * from runs where status = 'COMPLETED' or (status = 'FAILED' and len(coalesce(alignment_versions, [])) > 0) "
-        "order by coalesce(finished_at, started_at) desc, started_at desc, run_id desc limit 1"
-    ).to_arrow_table().to_pylist()
+    found = con.sql(LATEST_RUN_SQL).to_arrow_table().to_pylist()  # the run of the *_latest views
     if not found:
         raise ValueError("the store has no run that published results: run `prh run` first, or pass --run ID")
     return found[0]

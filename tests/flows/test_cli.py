@@ -380,6 +380,8 @@ def test_the_run_summary_prints_a_best_row_without_a_score(capsys):
     shown = capsys.readouterr().out
     assert "0.5000" in shown and "svcca" in shown and "features extracted: vit; reused: lm" in shown
     assert "0.400-0.600 " in shown and "degenerate interval" not in shown and "0.0375" in shown
+    # the closing hint names the view of this (the latest) run's results, not every version's
+    assert 'query them: prh sql "select * from alignment_best_latest"' in shown
     flagged = {**row, "metric": "cycle_knn", "ci_low": 0.5, "ci_high": 0.5, "ci_degenerate": True}
     print_summary({"dataset_version": "d", "best": [row, flagged], "extracted": [], "reused": [], "store": "s", "run_id": "r2"})
     shown = capsys.readouterr().out
@@ -680,3 +682,15 @@ def test_gc_dry_run_counts_a_dead_claim_attempt_once(tmp_path, capsys):
     assert main(["gc", "--store", store.url]) == 0
     did = int(freed.search(capsys.readouterr().out).group(1).replace(",", ""))
     assert would == did > 0 and not attempt.parent.exists()
+
+
+def test_sql_writes_values_duckdb_exports_lossily_by_default(tmp_path, capsys):
+    """`prh sql` exports results losslessly: a TIMETZ keeps its offset, a BIT its bits and a
+    UHUGEINT every digit (DuckDB's default Arrow export gives 12:00:00, bytes and -1)."""
+    (tmp_path / "store" / "runs").mkdir(parents=True)
+    query = ("select TIMETZ '12:00:00+02' t, BIT '101' b, 340282366920938463463374607431768211455::uhugeint u, "
+             "sum(x) s from range(3) r(x)")
+    assert main(["sql", query, "--store", str(tmp_path / "store"), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"t": "12:00:00+02:00", "b": "101", "u": 2**128 - 1, "s": 3}]
+    assert main(["sql", query, "--store", str(tmp_path / "store"), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["t,b,u,s", f"12:00:00+02:00,101,{2**128 - 1},3"]

@@ -104,7 +104,7 @@ def test_decimals_keep_every_digit_in_json():
 
 
 def test_json_text_writes_what_json_dumps_writes():
-    """Beside decimals, `json_text` is `json.dumps` (indented and compact), for any nesting."""
+    """Beside decimals, `json_text` is `json.dumps` (indented and compact, ASCII or not), for any nesting."""
     import random
 
     rng = random.Random(3)
@@ -121,6 +121,7 @@ def test_json_text_writes_what_json_dumps_writes():
         v = value()
         assert json_text(v, indent=2) == json.dumps(v, indent=2, allow_nan=False)
         assert json_text(v) == json.dumps(v, allow_nan=False)
+        assert json_text(v, indent=2, ensure_ascii=False) == json.dumps(v, indent=2, allow_nan=False, ensure_ascii=False)
 
 
 def test_the_one_value_arrow_cannot_carry_is_documented():
@@ -130,3 +131,144 @@ def test_the_one_value_arrow_cannot_carry_is_documented():
 
     assert _result(f"select {2**128 - 1}::uhugeint u").column("u").to_pylist() == [-1]
     assert "UHUGEINT" in flows.sql_output.__doc__
+
+
+# DuckDB types that Arrow or Python showed wrongly: each checked against DuckDB's own rendering,
+# through `storage.catalog.query`, which `prh sql` runs before writing the result.
+
+def _query(sql: str, lossless: bool = False):
+    from storage.catalog import query
+
+    con = duckdb.connect(":memory:")
+    con.execute(f"SET arrow_lossless_conversion = {str(lossless).lower()}")
+    return query(con, sql)
+
+
+def _all_formats(table, capsys) -> tuple[list[dict], list[list[str]], str]:
+    """--format json (parsed, floats exact), csv (rows) and table (the text shown)."""
+    as_json, rows, _ = _outputs(table)
+    capsys.readouterr()
+    print_table(table, width=1000)
+    return as_json, rows, capsys.readouterr().out
+
+
+INTERVALS = ["interval 8 second", "interval (-8) second", "interval 1 year", "interval 2 year", "interval (-1) year",
+             "interval 13 month", "interval (-14) month", "interval 1 day", "interval (-3) day", "interval 0 second",
+             "interval 100 hour", "interval 1 microsecond", "interval 1500 millisecond",
+             "interval 1 year + interval (-1) day + interval 1 second", "interval 1 month + interval 0.1 second",
+             "timestamptz '2026-01-01 10:00:08+00' - timestamptz '2026-01-01 10:00:00+00'"]
+
+
+@pytest.mark.parametrize("value", INTERVALS)
+def test_intervals_are_written_as_duckdb_writes_them(value, capsys):
+    """An INTERVAL came out as `MonthDayNano(months=0, days=0, nanoseconds=8000000000)` (table,
+    CSV) and `[0, 0, 8000000000]` (JSON): every format writes DuckDB's text (00:00:08), in a list
+    as a list of such texts."""
+    [(text, texts)] = duckdb.sql(f"select ({value})::varchar, [({value})::varchar, NULL]").fetchall()
+    as_json, rows, shown = _all_formats(_query(f"select {value} v, [{value}, NULL] l"), capsys)
+    assert as_json == [{"v": text, "l": texts}] and texts == [text, None]
+    assert rows[1] == [text, json.dumps(texts)]
+    assert text in shown
+
+
+def test_float32_values_are_written_by_their_shortest_text(capsys):
+    """FLOAT 0.142 came out as 0.1420000046491623 in CSV, JSON and the table's short lists: each
+    float32 is written as the shortest text that reads back to it (DuckDB's own text: the same
+    number), at any depth; a DOUBLE keeps all its digits; the table shortens floats in lists as
+    it shortens a lone float."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    samples = [0.142, 0.5, 1e-45, 3.4e38, -2.5e-7, 1e20, 123456.79] + list(rng.standard_normal(40) * 10.0 ** rng.integers(-8, 9, 40))
+    floats = ", ".join(f"{float(v)!r}::float" for v in samples)
+    table = _query(f"select unnest([{floats}]) f, [f, f] l, {{'s': f}} s, 1/3 d, [0.1, 1/3] dl")
+    duckdb_text = [r[0] for r in duckdb.sql(f"select unnest([{floats}])::varchar").fetchall()]
+    as_json, rows, shown = _all_formats(table, capsys)
+    for expected, row, cells in zip(duckdb_text, as_json, rows[1:]):
+        stored = np.float32(float(expected))
+        assert float(cells[0]) == float(expected) and np.float32(float(cells[0])) == stored
+        assert len(cells[0].replace("-", "").lstrip("0.").replace(".", "").split("e")[0].rstrip("0")) <= 9
+        assert json.loads(cells[1]) == [float(expected)] * 2 and row["s"] == {"s": Decimal(cells[0])}
+        assert row["f"] == Decimal(cells[0]) and row["d"] == Decimal(repr(1 / 3))
+        assert cells[3] == repr(1 / 3) and json.loads(cells[4]) == [0.1, 1 / 3]
+    assert "0.142" in rows[1][0] and "0.1420000046" not in shown + str(rows)
+    assert "[0.142, 0.142]" in shown and "[0.1, 0.333333]" in shown and "0.333333 " in shown
+
+
+@pytest.mark.parametrize("value", ["map {'a': 1, 'b': 2}", "map {1: 'x', 2: NULL}", "map {'é': [1.5, 2]}",
+                                   "map {}::map(varchar, int)", "[map {2.5: true}]"])
+def test_maps_are_objects_as_duckdb_to_json_writes_them(value, capsys):
+    """A MAP came out as a list of [key, value] pairs: it is an object, JSON's what DuckDB's
+    `to_json` gives (a key that is not text as its text), CSV's that JSON."""
+    [(expected,)] = duckdb.sql(f"select to_json({value})").fetchall()
+    as_json, rows, shown = _all_formats(_query(f"select {value} m"), capsys)
+    assert as_json == [{"m": json.loads(expected, parse_float=Decimal)}]
+    assert json.loads(rows[1][0]) == json.loads(expected)
+    assert "{" in shown and "(" not in shown.split("┃ m")[-1].split("rows")[0]
+
+
+def test_bignums_are_written_as_integers_with_every_digit(capsys):
+    """A BIGNUM came out as its bytes (base64 in CSV and JSON, `<13 bytes>` in the table): it is
+    the integer DuckDB prints, whole, even past the 4,300 digits Python writes as an `int`."""
+    numbers = ["0", "1", "-1", "255", "-256", "12345678901234567890123", "-98765432109876543210987654321",
+               "-1" + "7" * 5000, "9" * 6000]
+    values = ", ".join(f"'{n}'::bignum" for n in numbers)
+    table = _query(f"select unnest([{values}]) v")
+    expected = [r[0] for r in duckdb.sql(f"select unnest([{values}])::varchar").fetchall()]
+    assert expected == numbers
+    out = io.StringIO()
+    write_json(table, out)
+    assert [line.strip().removeprefix('"v": ') for line in out.getvalue().splitlines() if '"v"' in line] == numbers
+    out = io.StringIO()
+    write_csv(table, out)  # (json.loads, like int(), refuses more than 4,300 digits)
+    assert out.getvalue().splitlines() == ["v", *numbers]
+    capsys.readouterr()
+    print_table(table, width=1000)
+    assert "12345678901234567890123" in capsys.readouterr().out
+
+
+LOSSLESS = {"timetz '12:00:00+02'": None, "timetz '01:02:03.5-05:30:07'": None, "timetz '23:59:59.999999+15:59:59'": None,
+            "timetz '00:00:00-15:59:59'": None, "timetz '24:00:00+00'": "24:00:00+00:00",
+            "'101'::bit": None, "'1'::bit": None, "'00000000'::bit": None, "'110010111'::bit": None,
+            f"{2**128 - 1}::uhugeint": None, f"{2**127 - 1}::hugeint": None, f"(-{2**127 - 1})::hugeint - 1": None}
+
+
+@pytest.mark.parametrize("value", LOSSLESS)
+def test_lossless_exports_are_written_whole(value, capsys):
+    """On a connection with DuckDB's `arrow_lossless_conversion`, a TIMETZ keeps its offset (it
+    lost it: another instant), a BIT is its bits (it was `<2 bytes>`, `Bf0=`) and a (U)HUGEINT
+    is whole, alone and in a list: what DuckDB gives Python (ISO text of the time) or prints."""
+    [(python, text)] = duckdb.sql(f"select {value}, ({value})::varchar").fetchall()
+    if LOSSLESS[value]:  # Python's time cannot hold 24:00:00: DuckDB gives its text, the offset as +00
+        assert (python, text) == ("24:00:00+00", "24:00:00+00")
+        expected = LOSSLESS[value]
+    elif hasattr(python, "isoformat"):
+        expected = python.isoformat()
+    else:
+        expected = python if isinstance(python, int) else text
+    as_json, rows, shown = _all_formats(_query(f"select {value} v, [{value}, NULL] l", lossless=True), capsys)
+    assert as_json == [{"v": expected, "l": [expected, None]}]
+    assert rows[1] == [str(expected), json.dumps([expected, None])]
+    assert str(expected)[:20] in shown
+
+
+def test_json_is_utf8_and_never_fails_on_a_narrower_encoding():
+    """JSON escaped every non-ASCII character (caf\\u00e9): it is written as UTF-8 text; on an
+    output that cannot hold a character (a Latin-1 or ASCII terminal) that character alone is a
+    JSON escape, and the JSON reads back to the same text (CSV and the table stop with the
+    encoding's error, which `prh sql` reports: they have no escape)."""
+    words = "café € 😀 naïve"
+    table = _query(f"select '{words}' t, ['{words}'] l, map {{'{words}': 1}} m")
+    expected = [{"t": words, "l": [words], "m": {words: 1}}]
+    out = io.StringIO()
+    write_json(table, out)
+    assert "café € 😀" in out.getvalue() and json.loads(out.getvalue()) == expected
+    rows = io.StringIO()
+    write_csv(table, rows)
+    assert json.loads(list(csv.reader(io.StringIO(rows.getvalue())))[1][1]) == [words] and "café" in rows.getvalue()
+    for encoding, raw in (("latin-1", "café"), ("ascii", "caf\\u00e9"), ("cp1252", "café €")):
+        data = io.BytesIO()
+        stream = io.TextIOWrapper(data, encoding=encoding, errors="strict", write_through=True)
+        write_json(table, stream)
+        written = data.getvalue().decode(encoding)
+        assert raw in written and json.loads(written) == expected

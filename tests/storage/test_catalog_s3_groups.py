@@ -209,3 +209,35 @@ def test_equal_fingerprints_are_files_duckdb_binds_alike(tmp_path):
             assert (fingerprints[a] == fingerprints[b]) == (bound[a] == bound[b]), (a, b)
     assert len(set(fingerprints.values())) == 5  # the widths, string and list kinds share one
     assert schema_fingerprint(b"not parquet") is None
+
+
+def test_select_star_has_the_canonical_column_order_on_s3_and_locally(s3_store_url, proxy, tmp_path):
+    """An old version (no fingerprints, no ``unit`` or ``ci_degenerate``, read first) beside new
+    ones: ``SELECT *`` had the old file's order plus the rest on one kind of store and the new
+    files' on the other. Both now have ``_EMPTY_VIEWS``' order, then the added columns, and the
+    old rows show ``unit = 'sample'``."""
+    from storage.catalog import _EMPTY_VIEWS, catalog_sources
+
+    store = build_catalog_store(s3_store_url)
+    [(source, _), *_] = list(store.manifests(layout.ALIGNMENT))
+    version, model_a = "al-old-first", "vit-a-old"  # its pair folder sorts before every other
+    tables = {}
+    for name in (layout.SCORES_FILE, layout.BEST_FILE):
+        table = store.read_table(f"{source}/{name}")
+        table = table.drop_columns([c for c in ("unit", "ci_degenerate") if c in table.column_names])
+        for column, value in (("alignment_version", version), ("model_a", model_a)):
+            table = table.set_column(table.column_names.index(column), column, pa.array([value] * table.num_rows))
+        tables[name] = table.select(list(reversed(table.column_names)))  # another order, too
+    model_b = tables[layout.BEST_FILE].column("model_b")[0].as_py()
+    key = layout.alignment_key(DATASET, model_a, model_b, version)
+    store.publish(key, tables, {"kind": "alignment", "lineage": {"features": {model_a: "fv-vit-small", model_b: f"fv-{model_b}"}}})
+    _strip_fingerprints(store, key)
+    assert catalog_sources(store).files["alignment_best"][0] == store.read_uri(f"{key}/{layout.BEST_FILE}")  # read first
+    added = {"alignment": ["feature_version_a", "feature_version_b"], "alignment_best": ["feature_version_a", "feature_version_b"],
+             "features": ["dataset_version"]}
+    for con in (connect(_local_copy(store, tmp_path)), connect(_through(proxy, s3_store_url))):
+        for view in ("samples", "features", "alignment", "alignment_best"):
+            names = [name for name, _ in _describe(con, view)]
+            assert names == [c.split(" ")[0] for c in _EMPTY_VIEWS[view].split(", ")] + added.get(view, []), view
+        old = query(con, f"select distinct unit, ci_degenerate from alignment_best where alignment_version = '{version}'").to_pylist()
+        assert old == [{"unit": "sample", "ci_degenerate": None}]

@@ -23,6 +23,8 @@ from storage.export import export_catalog, open_catalog  # noqa: E402
 from tests.storage.catalog_store import build_catalog_store  # noqa: E402
 
 DOC = ROOT / "docs" / "queries.md"
+#: The intro's example over the latest run's results.
+INTRO_SQL = re.search(r"below to read only that run:\n\n```sql\n(.*?)```", DOC.read_text(), re.DOTALL).group(1)
 _BLOCK = re.compile(r"^### (\d+)\. (.+?)\n.*?```sql\n(.*?)```\n", re.DOTALL | re.MULTILINE)
 _OUTPUT = re.compile(r"(```sql\n.*?```\n\n?Output on the demo store:\n\n)(.*?)(?=\n### |\Z)", re.DOTALL)
 
@@ -68,7 +70,7 @@ def test_versions_say_when_they_were_published(catalog_store):
 
     con = connect(catalog_store)
     for view in ("datasets", "models"):
-        stamps = [datetime.fromisoformat(r["published_at"]) for r in query(con, f"select published_at from {view}").to_pylist()]
+        stamps = [r["published_at"] for r in query(con, f"select published_at from {view}").to_pylist()]
         assert stamps and all(timedelta(0) <= datetime.now(timezone.utc) - t < timedelta(hours=1) for t in stamps), (view, stamps)
 
 
@@ -122,8 +124,8 @@ if __name__ == "__main__":
     refresh(sys.argv[1])
 
 
-def test_the_one_run_filter_of_the_doc_keeps_that_runs_versions(tmp_path):
-    """The intro's query (one run's results among every stored version) on a store that also holds
+def test_the_latest_view_of_the_doc_keeps_that_runs_versions(tmp_path):
+    """The intro's view (one run's results among every stored version) on a store that also holds
     an alignment version no run used."""
     from storage import layout
     from storage.store import Store
@@ -134,10 +136,9 @@ def test_the_one_run_filter_of_the_doc_keeps_that_runs_versions(tmp_path):
     scores, best = _alignment_rows("vit-small", "lm-small", "al-other", 8)
     Store(url).publish(layout.alignment_key(DATASET, "vit-small", "lm-small", "al-other"),
                        {layout.SCORES_FILE: scores, layout.BEST_FILE: best}, {"kind": "alignment"})
-    sql = re.search(r"to keep one run's results.*?```sql\n(.*?)```", DOC.read_text(), re.DOTALL).group(1)
     con = connect(url)
     assert query(con, "select count(distinct alignment_version) n from alignment_best").to_pylist() == [{"n": 5}]
-    kept = {r["alignment_version"] for r in query(con, sql).to_pylist()}
+    kept = {r["alignment_version"] for r in query(con, "select * from alignment_best_latest").to_pylist()}
     assert kept == {f"al-{a}-{b}" for a in ("vit-small", "vit-large") for b in ("lm-small", "lm-large")}
 
 
@@ -205,7 +206,7 @@ def test_a_model_with_two_feature_versions_is_not_counted_twice(tmp_path):
     assert [(d["models"], d["model_names"]) for d in datasets] == [(4, "lm-large, lm-small, vit-large, vit-small")]
 
 
-def test_a_renamed_model_keeps_its_lineage_and_the_one_run_filter_tells_the_names_apart(tmp_path):
+def test_a_renamed_model_keeps_its_lineage_and_the_latest_view_tells_the_names_apart(tmp_path):
     """lm-small renamed lm-renamed (same features, so the same alignment version id under another
     pair folder): the lineage was keyed by version alone, so one of the two pairs got a NULL
     feature version (and fell out of every join on models), and the doc's one-run filter kept
@@ -236,8 +237,8 @@ def test_a_renamed_model_keeps_its_lineage_and_the_one_run_filter_tells_the_name
     assert query(con, "select count(*) n from alignment").to_pylist() == \
         query(con, "select count(*) n from read_parquet(" + repr([store.read_uri(f"{k}/{layout.SCORES_FILE}") for k, _ in
                                                                 store.manifests(layout.ALIGNMENT)]) + ")").to_pylist()
-    sql = re.search(r"to keep one run's results.*?```sql\n(.*?)```", DOC.read_text(), re.DOTALL).group(1)
-    assert {r["model_b"] for r in query(con, sql).to_pylist()} == {"lm-renamed"}
+    assert {r["model_b"] for r in query(con, "select * from alignment_best_latest").to_pylist()} == {"lm-renamed"}
+    assert query(con, INTRO_SQL).num_rows == query(con, "select * from alignment_best_latest").num_rows > 0
 
 
 def test_the_docs_latest_run_query_picks_the_run_prh_report_shows(tmp_path):
@@ -262,6 +263,50 @@ def test_the_docs_latest_run_query_picks_the_run_prh_report_shows(tmp_path):
         Store(url).write_bytes(layout.run_key(run_id), json.dumps(record).encode())
     con = connect(url)
     assert select_run(con)["run_id"] == "partly"
-    sql = re.search(r"to keep one run's results.*?```sql\n(.*?)```", DOC.read_text(), re.DOTALL).group(1)
-    shown = {(r["model_a"], r["model_b"], r["alignment_version"]) for r in query(con, sql).to_pylist()}
+    shown = {(r["model_a"], r["model_b"], r["alignment_version"]) for r in query(con, "select * from alignment_best_latest").to_pylist()}
     assert {"/".join(("alignment", DATASET, f"{a}__{b}", v)) for a, b, v in shown} == set(keys[1:3])
+    fdr = dict(doc_queries())["11. Which pairs hold up under multiple testing"]
+    for sql in (INTRO_SQL, fdr):  # the doc's examples of the latest run show those pairs
+        assert {(r["model_a"], r["model_b"]) for r in query(con, sql).to_pylist()} == {(a, b) for a, b, _ in shown}
+
+
+def _clauses(sql: str) -> str:
+    """The WHERE ... ORDER BY ... of a query picking the latest run, comments and spacing dropped."""
+    text = " ".join(re.sub(r"--[^\n]*", "", sql).split())
+    return re.search(r"WHERE .*? LIMIT 1", text).group(0)
+
+
+def test_the_docs_pick_the_latest_run_by_the_catalogs_one_definition():
+    """Query 11 (q-values of the latest run) picks its run with LATEST_RUN_SQL's conditions and order."""
+    from storage.catalog import LATEST_RUN_SQL
+
+    fdr = dict(doc_queries())["11. Which pairs hold up under multiple testing"]
+    assert _clauses(fdr) == _clauses(LATEST_RUN_SQL)
+
+
+def test_features_of_one_sample_stay_one_row_per_model_when_its_id_recurs_in_another_dataset(tmp_path):
+    """Query 4 on a store with a second dataset version holding the same sample ids (OpenMoji
+    n=40 is a subset of n=60) and features of every model on it: joined on the dataset version and
+    the id, one row per model (matching the id alone, as the query did, gave two)."""
+    import numpy as np
+
+    from storage import layout
+    from storage.features import layer_tables
+    from tests.storage.catalog_store import MODELS
+
+    url = str(tmp_path / "store")
+    store = build_catalog_store(url)
+    ids, dataset = ["s00", "s01"], "ds-a-subset"  # sorts before the test store's dataset: query 4 picks it
+    samples = pa.table({"dataset_version": [dataset] * 2, "sample_id": ids, "image_id": ids, "text": ["a", "b"], "image": [b"x", b"y"]})
+    store.publish(layout.dataset_key(dataset), {layout.SAMPLES_FILE: samples}, {"kind": "dataset", "catalog": {"dataset_version": dataset}})
+    for model, (modality, _, n_layers, width) in MODELS.items():
+        version = f"fv-{model}-{dataset}"
+        layers = [np.full((2, width), float(i), np.float32) for i in range(n_layers)]
+        store.publish(layout.features_key(dataset, model, version), layer_tables(model, version, ids, layers),
+                      {"kind": "features", "catalog": {"model": model, "feature_version": version, "dataset_version": dataset,
+                                                       "modality": modality, "n_layers": n_layers}})
+    con = connect(url)
+    rows = query(con, dict(doc_queries())["4. Features of one sample across models"]).to_pylist()
+    assert sorted(r["model"] for r in rows) == sorted(MODELS)
+    # the last layer of the subset's features: every value is the layer index (n_layers - 1)
+    assert {r["model"]: r["first_values"][0] for r in rows} == {m: float(n - 1) for m, (_, _, n, _) in MODELS.items()}

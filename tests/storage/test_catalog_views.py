@@ -1,0 +1,228 @@
+"""What the catalog's views hold after a store's history: the latest run's results
+(``alignment_latest`` / ``alignment_best_latest``), the dataset version of each feature row,
+times as ``TIMESTAMPTZ``, and rows written by an older prh (no ``unit`` column)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from storage import layout
+from storage.catalog import _EMPTY_VIEWS, connect, query
+from storage.export import export_catalog, open_catalog
+from storage.features import layer_tables
+from storage.store import Store
+from tasks.report_source import select_run
+from tests.storage.catalog_store import CAPTIONS, DATASET, MODELS, _alignment_rows, build_catalog_store
+
+UTC = timezone.utc
+PAIRS = [(a, b) for a in MODELS if MODELS[a][0] == "vision" for b in MODELS if MODELS[b][0] == "language"]
+METRICS = ("mutual_knn", "cka")
+
+
+def _publish_topk3(store: Store, pairs: list[tuple[str, str]]) -> list[str]:
+    """Alignment versions of ``pairs`` with another ``topk`` (another version id each, as a run
+    with other parameters publishes); returns their keys."""
+    keys = []
+    for a, b in pairs:
+        version = f"topk3-{a}-{b}"
+        tables = []
+        for table in _alignment_rows(a, b, version, len(CAPTIONS)):
+            params = [json.dumps({"topk": 3}) if m == "mutual_knn" else p
+                      for m, p in zip(table.column("metric").to_pylist(), table.column("params").to_pylist())]
+            tables.append(table.set_column(table.column_names.index("params"), "params", pa.array(params)))
+        key = layout.alignment_key(DATASET, a, b, version)
+        store.publish(key, {layout.SCORES_FILE: tables[0], layout.BEST_FILE: tables[1]},
+                      {"kind": "alignment", "lineage": {"features": {a: f"fv-{a}", b: f"fv-{b}"}}})
+        keys.append(key)
+    return keys
+
+
+def _record(store: Store, run_id: str, status: str, started: str, finished: str | None, keys: list[str]) -> None:
+    store.write_json(layout.run_key(run_id), {"run_id": run_id, "status": status, "started_at": started,
+                                              "finished_at": finished, "alignment_versions": keys})
+
+
+def _keys_of(rows: list[dict]) -> set[str]:
+    return {f"alignment/{r['dataset_version']}/{r['model_a']}__{r['model_b']}/{r['alignment_version']}" for r in rows}
+
+
+def _check_latest(con, keys: list[str], run_id: str) -> None:
+    """The latest views hold exactly the alignment versions ``keys`` (of run ``run_id``): one best
+    row per metric × pair, one row per metric × pair × layer pair; ``prh report`` picks that run."""
+    pairs = [tuple(k.split("/")[2].split("__")) for k in keys]
+    best = query(con, "select * from alignment_best_latest").to_pylist()
+    assert _keys_of(best) == set(keys)
+    assert sorted((r["metric"], r["model_a"], r["model_b"]) for r in best) == sorted((m, a, b) for m in METRICS for a, b in pairs)
+    scores = query(con, "select * from alignment_latest").to_pylist()
+    assert _keys_of(scores) == set(keys)
+    expected = sorted((m, a, b, i, j) for m in METRICS for a, b in pairs for i in range(MODELS[a][2]) for j in range(MODELS[b][2]))
+    assert sorted((r["metric"], r["model_a"], r["model_b"], r["layer_a"], r["layer_b"]) for r in scores) == expected
+    assert select_run(con)["run_id"] == run_id  # the report's default run is the views' run
+
+
+def test_the_latest_views_hold_the_latest_run_with_results_after_any_history(tmp_path):
+    url = str(tmp_path / "store")
+    store = build_catalog_store(url)  # run-0, run-1: COMPLETED, the four vision × language pairs
+    first = sorted(k for k, _ in store.manifests(layout.ALIGNMENT))
+    con = connect(url)
+    _check_latest(con, first, "run-1")
+
+    second = _publish_topk3(store, PAIRS)  # a run with another topk: a second version of every pair
+    _record(store, "run-topk3", "COMPLETED", "2026-01-05T00:00:00+00:00", "2026-01-05T00:10:00+00:00", second)
+    con = connect(url)
+    n = query(con, "select count(*) n, count(distinct (metric, model_a, model_b)) k from alignment_best").to_pylist()
+    assert n == [{"n": 2 * len(METRICS) * len(PAIRS), "k": len(METRICS) * len(PAIRS)}]  # alignment_best keeps every version
+    _check_latest(con, second, "run-topk3")
+    best = query(con, "select distinct params from alignment_best_latest where metric = 'mutual_knn'").to_pylist()
+    assert best == [{"params": json.dumps({"topk": 3})}]
+
+    # a nightly run with one broken model: FAILED, two pairs published -> its two pairs
+    _record(store, "run-partly", "FAILED", "2026-01-06T00:00:00+00:00", "2026-01-06T00:10:00+00:00", first[:2])
+    # later runs without results do not count: FAILED before publishing, crashed, still running
+    _record(store, "run-nothing", "FAILED", "2026-01-07T00:00:00+00:00", "2026-01-07T00:01:00+00:00", [])
+    _record(store, "run-crashed", "CRASHED", "2026-01-08T00:00:00+00:00", None, second)
+    con = connect(url)
+    _check_latest(con, first[:2], "run-partly")
+
+    exported = open_catalog(export_catalog(url, tmp_path / "catalog.duckdb").path)  # the exported file has the views
+    for view in ("alignment_latest", "alignment_best_latest"):
+        sql = f"select * from {view} order by all"
+        assert query(exported, sql).equals(query(con, sql)), view
+
+
+def test_the_latest_run_is_the_last_to_finish_in_time_not_in_text(tmp_path):
+    """Two runs whose records carry other UTC offsets: ``2026-01-02T01:00+05:00`` is 20:00 UTC on
+    the 1st, before ``2026-01-01T21:00+00:00``; as text it sorted last."""
+    url = str(tmp_path / "store")
+    store = build_catalog_store(url)
+    keys = sorted(k for k, _ in store.manifests(layout.ALIGNMENT))
+    _record(store, "run-0", "COMPLETED", "2026-01-01T00:00:00+00:00", "2026-01-01T21:00:00+00:00", keys[:1])
+    _record(store, "run-1", "COMPLETED", "2026-01-02T00:30:00+05:00", "2026-01-02T01:00:00+05:00", keys[1:])
+    con = connect(url)
+    _check_latest(con, keys[:1], "run-0")
+
+
+def test_features_name_their_dataset_version_and_join_samples_once(tmp_path):
+    """A second dataset version holding the same sample ids (OpenMoji n=40 is a subset of n=60),
+    with one model's features on it: the features ⋈ samples join on both ids gives one row per
+    feature row, with that dataset's captions."""
+    url = str(tmp_path / "store")
+    store = build_catalog_store(url)
+    other = "ds-other-version"
+    ids = [f"s{i:02d}" for i in range(4)]
+    samples = pa.table({"dataset_version": [other] * 4, "sample_id": ids, "image_id": ids,
+                        "text": [f"other caption {i}" for i in range(4)], "image": [b"x"] * 4})
+    store.publish(layout.dataset_key(other), {layout.SAMPLES_FILE: samples},
+                  {"kind": "dataset", "catalog": {"dataset_version": other, "name": "other", "n_samples": 4}})
+    vectors = [np.arange(8, dtype=np.float32).reshape(4, 2)]
+    store.publish(layout.features_key(other, "lm-small", "fv-lm-small-other"), layer_tables("lm-small", "fv-lm-small-other", ids, vectors),
+                  {"kind": "features", "catalog": {"model": "lm-small", "feature_version": "fv-lm-small-other", "dataset_version": other}})
+    con = connect(url)
+    columns = [r["column_name"] for r in query(con, "describe features").to_pylist()]
+    assert columns == [c.split(" ")[0] for c in _EMPTY_VIEWS["features"].split(", ")] + ["dataset_version"]
+    by_version = {r["feature_version"]: r["d"] for r in
+                  query(con, "select feature_version, list(distinct dataset_version) d from features group by all").to_pylist()}
+    assert by_version == {**{f"fv-{m}": [DATASET] for m in MODELS}, "fv-lm-small-other": [other]}
+    n_features = query(con, "select count(*) n from features").to_pylist()[0]["n"]
+    joined = query(con, "select f.feature_version, s.text from features f join samples s using (dataset_version, sample_id)").to_pylist()
+    assert len(joined) == n_features
+    assert {r["text"] for r in joined if r["feature_version"] == "fv-lm-small-other"} == {f"other caption {i}" for i in range(4)}
+    # on sample_id alone, each feature row of s00-s03 (17 layer files × 4 ids) meets two captions
+    n_layer_files = sum(n_layers for _, _, n_layers, _ in MODELS.values()) + 1
+    assert query(con, "select count(*) n from features f join samples s using (sample_id)").to_pylist()[0]["n"] == \
+        n_features + n_layer_files * len(ids)
+
+
+def test_an_empty_store_has_every_added_column():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        store = Store(str(Path(folder) / "store"))
+        store.write_json(layout.run_key("r1"), {"run_id": "r1", "status": "RUNNING", "started_at": "2026-01-01T00:00:00+00:00"})
+        con = connect(store)
+        assert "dataset_version" in [r["column_name"] for r in query(con, "describe features").to_pylist()]
+        for view in ("alignment_latest", "alignment_best_latest"):
+            assert query(con, f"select * from {view}").num_rows == 0
+            assert [r["column_name"] for r in query(con, f"describe {view}").to_pylist()] == \
+                [r["column_name"] for r in query(con, f"describe {view.replace('_latest', '')}").to_pylist()]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2026-01-01T00:00:00+00:00", datetime(2026, 1, 1, tzinfo=UTC)),        # what every prh writes (utc_now)
+    ("2026-01-01T05:30:00+05:30", datetime(2026, 1, 1, tzinfo=UTC)),        # another offset: the same moment
+    ("2026-01-01T00:00:00Z", datetime(2026, 1, 1, tzinfo=UTC)),
+    ("2026-01-01 00:00:00.250", datetime(2026, 1, 1, 0, 0, 0, 250000, tzinfo=UTC)),  # no offset: UTC
+    ("2026-01-01", datetime(2026, 1, 1, tzinfo=UTC)),
+    ("yesterday", None), ("", None), (1767225600, None), (None, None),     # hand-edited: NULL, not an error
+])
+def test_times_are_utc_timestamps_and_unreadable_ones_null(tmp_path, text, expected):
+    store = Store(str(tmp_path / "store"))
+    store.write_json(layout.run_key("r1"), {"run_id": "r1", "status": "COMPLETED", "started_at": text, "finished_at": text})
+    con = connect(store)
+    assert query(con, "select started_at, finished_at from runs").to_pylist() == [{"started_at": expected, "finished_at": expected}]
+
+
+def test_every_time_column_is_a_timestamptz_and_compares_with_now(tmp_path):
+    url = str(tmp_path / "store")
+    store = build_catalog_store(url)
+    _record(store, "run-now", "COMPLETED", datetime.now(UTC).isoformat(), None, [])
+    con = connect(url)
+    for view, column in (("runs", "started_at"), ("runs", "finished_at"), ("datasets", "published_at"), ("models", "published_at")):
+        kind = query(con, f"select column_type from (describe {view}) where column_name = '{column}'").to_pylist()
+        assert kind == [{"column_type": "TIMESTAMP WITH TIME ZONE"}], (view, column)
+    recent = query(con, "select run_id from runs where started_at > now() - interval 7 day").to_pylist()
+    assert recent == [{"run_id": "run-now"}]  # run-0 and run-1 started in January 2026
+    took = query(con, "select epoch(finished_at - started_at) s from runs where run_id = 'run-0'").to_pylist()
+    assert took == [{"s": 300.0}]  # 00:00 to 00:05 (catalog_store)
+    published = query(con, "select min(published_at) t from models").to_pylist()[0]["t"]
+    assert timedelta(0) <= datetime.now(UTC) - published < timedelta(hours=1)
+    path = export_catalog(url, tmp_path / "catalog.duckdb").path
+    exported = open_catalog(path)
+    kind = query(exported, "select typeof(exported_at) t, typeof(started_at) s from prh_catalog, runs limit 1").to_pylist()
+    assert kind == [{"t": "TIMESTAMP WITH TIME ZONE", "s": "TIMESTAMP WITH TIME ZONE"}]
+
+
+def _without_unit(store: Store, key: str, version: str, model_b: str) -> str:
+    """``key``'s alignment files as an older prh wrote them (no ``unit`` column), published as
+    ``version`` of the pair with ``model_b``; returns the new key."""
+    tables = {}
+    for name in (layout.SCORES_FILE, layout.BEST_FILE):
+        table = store.read_table(f"{key}/{name}").drop_columns(["unit"])
+        for column, value in (("alignment_version", version), ("model_b", model_b)):
+            table = table.set_column(table.column_names.index(column), column, pa.array([value] * table.num_rows))
+        tables[name] = table
+    model_a = tables[layout.BEST_FILE].column("model_a")[0].as_py()
+    new = layout.alignment_key(DATASET, model_a, model_b, version)
+    store.publish(new, tables, {"kind": "alignment", "lineage": {"features": {model_a: f"fv-{model_a}", model_b: f"fv-{model_b}"}}})
+    return new
+
+
+def test_rows_written_before_the_unit_column_show_sample(tmp_path):
+    url = str(tmp_path / "store")
+    store = build_catalog_store(url)
+    [first, *_] = sorted(k for k, _ in store.manifests(layout.ALIGNMENT))
+    _without_unit(store, first, "al-old", "lm-old")
+    con = connect(url)
+    for view in ("alignment", "alignment_best"):
+        units = query(con, f"select alignment_version = 'al-old' old, unit, count(*) n from {view} group by all order by all").to_pylist()
+        assert [(u["old"], u["unit"]) for u in units] == [(False, "sample"), (True, "sample")], view
+        assert query(con, f"select count(*) n from {view} where unit is null").to_pylist() == [{"n": 0}]
+
+
+def test_a_store_of_old_files_only_has_the_unit_column(tmp_path):
+    old = Store(str(tmp_path / "old"))
+    source = build_catalog_store(str(tmp_path / "source"))
+    for key, _ in source.manifests(layout.ALIGNMENT):
+        tables = {n: source.read_table(f"{key}/{n}").drop_columns(["unit"]) for n in (layout.SCORES_FILE, layout.BEST_FILE)}
+        old.publish(key, tables, {"kind": "alignment"})
+    con = connect(old)
+    for view in ("alignment", "alignment_best"):
+        names = [r["column_name"] for r in query(con, f"describe {view}").to_pylist()]
+        assert names == [c.split(" ")[0] for c in _EMPTY_VIEWS[view].split(", ")] + ["feature_version_a", "feature_version_b"]
+        assert query(con, f"select distinct unit from {view}").to_pylist() == [{"unit": "sample"}]
