@@ -271,10 +271,11 @@ def model_errors(spec: ModelSpec, describe: Callable[[Exception], str]) -> Itera
     """Turn an error raised inside the model (transformers, torch or remote code) into a
     `ModelInputError` naming the model, with ``describe(error)`` as its text (the error chained).
     Errors raised in prh's own code (its last frame under ``tasks/``: a bug, reported as it is),
-    `ModelInputError` and out-of-memory errors pass unchanged."""
+    `ModelInputError`, out-of-memory errors and device faults (``torch.AcceleratorError``: a CUDA
+    illegal memory access, an ECC error) pass unchanged."""
     try:
         yield
-    except (ModelInputError, MemoryError, torch.cuda.OutOfMemoryError):
+    except (ModelInputError, MemoryError, torch.cuda.OutOfMemoryError, torch.AcceleratorError):
         raise
     except Exception as exc:  # noqa: BLE001 - narrowed below: only errors raised inside the model
         if raised_by_prh(exc):

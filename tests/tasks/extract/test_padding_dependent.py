@@ -208,3 +208,15 @@ def test_probe_errors_wraps_model_errors_only():
     with pytest.raises(ValueError, match="unknown language pooling"):  # raised in prh's own code: unchanged
         with probe_errors(spec, "the probe"):
             pool_tokens(torch.zeros(1, 2, 3), torch.ones(1, 2), "bogus")
+
+
+def test_a_device_fault_inside_the_model_is_not_read_as_a_model_problem():
+    """A CUDA fault (an illegal memory access, an ECC error) is the device's, not the model's:
+    it passes unchanged instead of becoming a ModelInputError that says the spec is wrong."""
+    from tasks.extract.base import probe_errors
+
+    fault = torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+    with pytest.raises(torch.AcceleratorError) as info:
+        with probe_errors(_spec("GPT2Config", GPT2), "the probe"):
+            raise fault
+    assert info.value is fault
