@@ -25,7 +25,8 @@ from storage.pairing import PairedFeatures, paired_features
 from storage.store import Store
 from storage.versioning import code_version, content_id
 from tasks import metrics, reused_metrics
-from tasks.alignment import MetricRequest, PairAlignment, align_layers, prepare_layers, threshold_layers
+from tasks.alignment import (MetricRequest, PairAlignment, align_layers, prepare_layers, threshold_layers, warn_degenerate_interval,
+                             warn_no_interval)
 from tasks.image_rows import image_rows, mean_rows
 from tasks.metric_plugins import load_metric_modules, metric_source
 from tasks.params import AlignmentParams
@@ -451,11 +452,9 @@ def log_interval_notes(result: PairAlignment, bootstrap: int, logger: logging.Lo
     subsample) although ``bootstrap`` resamples were asked for."""
     label = result.metric.label()
     if result.ci_degenerate:
-        logger.warning("%s: the bootstrap interval [%.4g, %.4g] is degenerate (its subsamples pile up on a bound of the metric): "
-                       "it brackets the score %.4g but does not measure its spread (ci_degenerate; docs/metrics.md; reused)",
-                       label, result.ci_low, result.ci_high, result.best)
+        warn_degenerate_interval(label, result.ci_low, result.ci_high, result.best, "its subsamples (reused result)", logger)
     elif bootstrap > 0 and result.bootstrap == 0:
-        logger.warning("%s: no bootstrap interval (too few samples for a half-size subsample; reused)", label)
+        warn_no_interval(label, "(too few samples for a half-size subsample; reused result)", logger)
 
 
 def reusable_results(store: Store, key: str, requests: list[MetricRequest], versions: dict[str, str], shape: tuple[int, int],

@@ -308,16 +308,27 @@ def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutati
         except metrics.MetricFunctionError:  # a user metric failing on a subsample fails the pair, as on the full data
             raise
         except ValueError as error:  # too few samples for a half-size subsample of this metric
-            logger.warning("%s: no bootstrap interval at N=%d: %s", request.label(), n, error)
+            warn_no_interval(request.label(), f"at N={n}: {error}")
         else:
             result.ci_low, result.ci_high, result.bootstrap = float(ci.low), float(ci.high), bootstrap
             result.ci_degenerate = bool(ci.degenerate)
             if ci.degenerate:
-                logger.warning("%s: the bootstrap interval [%.4g, %.4g] is degenerate (the subsamples of %s rows pile up on "
-                               "a bound of the metric): it brackets the score %.4g but does not measure its spread "
-                               "(ci_degenerate; docs/metrics.md)", request.label(), ci.low, ci.high, ci.resample_size,
-                               ci.estimate)
+                warn_degenerate_interval(request.label(), ci.low, ci.high, ci.estimate, f"the subsamples of {ci.resample_size} rows")
     return result
+
+
+def warn_no_interval(label: str, why: str, log: logging.Logger | logging.LoggerAdapter = logger) -> None:
+    """The warning for a metric left without a bootstrap interval (``why``: e.g. too few samples)."""
+    log.warning("%s: no bootstrap interval %s", label, why)
+
+
+def warn_degenerate_interval(label: str, low: float, high: float, estimate: float, subsamples: str = "its subsamples",
+                             log: logging.Logger | logging.LoggerAdapter = logger) -> None:
+    """The warning for a degenerate bootstrap interval ``[low, high]`` of a metric's best score
+    ``estimate`` (``metrics.bootstrap_ci``: ``subsamples`` pile up on a bound of the metric)."""
+    log.warning("%s: the bootstrap interval [%.4g, %.4g] is degenerate (%s pile up on a bound of the metric): it brackets "
+                "the score %.4g but does not measure its spread (ci_degenerate; docs/metrics.md)", label, low, high, subsamples,
+                estimate)
 
 
 def _refused_layers(request: MetricRequest, rep_x: Any, rep_y: Any) -> tuple[dict[int, str], dict[int, str]]:

@@ -408,7 +408,9 @@ def permuted_hsic(a: GramState, b: GramState, perms: torch.Tensor) -> torch.Tens
     # of a's entries (finite) with them (at most 1) cannot overflow, nor can a block's sum
     scale = b.scale if b.scale is not None else torch.ones(Lb, dtype=b.upper.dtype, device=dev)
     unscale = scale.to(torch.float64)
-    b_t = b.upper.T.contiguous().mul_(scale)  # (M, Lb): one position's values of every layer side by side
+    # (M, Lb): one position's values of every layer side by side, always a copy (b's cached
+    # kernels stay as they are: for Lb = 1 the transpose is already contiguous, a view of them)
+    b_t = torch.empty((m, Lb), dtype=b.upper.dtype, device=dev).copy_(b.upper.T).mul_(scale)
     out = []
     for s0 in range(0, perms.shape[0], NULL_PERMUTATIONS):
         ps = perms[s0:s0 + NULL_PERMUTATIONS]

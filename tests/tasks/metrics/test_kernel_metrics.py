@@ -355,6 +355,29 @@ def test_null_of_float32_features_with_large_rows_is_finite_and_exact(metric: st
         assert res.null[t] == pytest.approx(ref.cka(x64, y64[perm], unbiased=unbiased), rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("metric", ["cka", "unbiased_cka"])
+def test_nulls_leave_a_one_layer_partners_cached_kernel_unchanged(metric: str) -> None:
+    """A one-layer side's transposed packed kernel is a view of the cached one: scaling it in place
+    rescaled the cache once per batch of permutations, so later draws, a second calibration and
+    any later score on the same representation were wrong (the pipeline keeps one per model)."""
+    from tasks.metrics import calibrate
+
+    xs = [a.astype(np.float32) for a in layers(n=30, widths=(5, 7), seed=11)]
+    y = layers(n=30, widths=(4,), seed=12)[0].astype(np.float32)
+    rx, ry = Representation(xs), Representation([y])
+    before = layer_matrix(metric, rx, ry)
+    unbiased = metric == "unbiased_cka"
+    for _ in range(2):  # 150 permutations: three batches of null_matrices
+        res = calibrate(metric, rx, ry, permutations=150, seed=2)
+        g = torch.Generator().manual_seed(2)
+        for t in range(150):
+            perm = torch.randperm(30, generator=g).numpy()
+            want = max(ref.cka(np.asarray(rx.layers[i], np.float64), np.asarray(ry.layers[0], np.float64)[perm], unbiased=unbiased)
+                       for i in range(2))
+            assert res.null[t] == pytest.approx(want, rel=1e-4, abs=1e-6), t
+    assert np.array_equal(layer_matrix(metric, rx, ry), before)
+
+
 def test_median_heuristic_failure_names_the_side_and_layer() -> None:
     """A layer whose median pairwise distance is 0 (most rows identical, not all) is that side's
     input error: the message names the side and the layer (it named neither)."""
