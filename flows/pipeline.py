@@ -89,6 +89,7 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
         extracted=sorted(name for name, m in features.items() if not m.get("reused")),
         reused=sorted(name for name, m in features.items() if m.get("reused")),
         aligned=sum(1 for m in alignments if not m.get("reused")),
+        **metric_work(alignments),
     )
     _publish_artifacts(best, record)
     if report and (alignments or not failures):  # what was published, failures listed in its notes
@@ -151,7 +152,8 @@ def run_zoo(
             alignments.append(future.result())
         except Exception as error:  # noqa: BLE001
             failures.append(skipped if missing else {**skipped, "error": one_line(error)})
-            log_unexpected(error, f"align {a} x {b}")
+            if not missing:  # a pair skipped for a failed model is that model's failure, logged as such
+                log_unexpected(error, f"align {a} x {b}")
     log_failures(failures)
     return features, alignments, failures
 
@@ -303,6 +305,17 @@ def log_recovery(crashed: list[str], swept: list[str]) -> None:
         logger.warning("removed %d version(s) left unpublished by a dead writer: %s", len(swept), ", ".join(swept))
 
 
+def metric_work(alignments: list[dict[str, Any]]) -> dict[str, int]:
+    """``metrics_computed`` / ``metrics_copied``: over the alignment versions this run published
+    (not those it found stored), the (model pair, metric) results it computed and those it copied
+    from another stored version of the pair (``tasks.reused_metrics``: the manifest's
+    ``reused_metrics``)."""
+    new = [m for m in alignments if not m.get("reused")]
+    copied = sum(len(m.get("reused_metrics") or {}) for m in new)
+    total = sum(len(m.get("metric_versions") or {}) for m in new)
+    return {"metrics_computed": total - copied, "metrics_copied": copied}
+
+
 def _publish_artifacts(best: list[dict[str, Any]], record: dict[str, Any]) -> None:
     rows = [{c: (round(r[c], 4) if isinstance(r[c], float) else r[c]) for c in BEST_COLUMNS} for r in best]
     create_table_artifact(key="prh-best-scores", table=rows, description=f"Best layer pair per metric and model pair, run {record['run_id']}")
@@ -312,7 +325,8 @@ def _publish_artifacts(best: list[dict[str, Any]], record: dict[str, Any]) -> No
             f"# prh run {record['run_id']}\n\n"
             f"- store: `{record['store']}`\n- dataset version: `{record['dataset_version']}`\n"
             f"- features extracted: {', '.join(record['extracted']) or 'none'}; reused: {', '.join(record['reused']) or 'none'}\n"
-            f"- model pairs aligned: {record['aligned']} new of {len(record['alignment_versions'])}\n"
+            f"- model pairs aligned: {record['aligned']} new of {len(record['alignment_versions'])} (metric results: "
+            f"{record['metrics_computed']} computed, {record['metrics_copied']} copied from stored versions)\n"
             + "".join(f"- FAILED {f['stage']} {f['item']}: {f['error']}\n" for f in record.get("failures", []))
         ),
         description="Versions this run produced or reused",

@@ -90,7 +90,8 @@ _META_COLUMNS = {
     ],
     "runs": [
         "run_id", "flow_run_id", "status", "started_at", "finished_at", "store", "config", "dataset_version",
-        "feature_versions", "alignment_versions", "extracted", "reused", "aligned", "code_version", "error", "failures",
+        "feature_versions", "alignment_versions", "extracted", "reused", "aligned", "metrics_computed",
+        "metrics_copied", "code_version", "error", "failures",
     ],
 }
 
@@ -522,7 +523,8 @@ UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
 #: Types of the metadata views' columns that are not text.
 _META_TYPES: dict[str, pa.DataType] = {
     **dict.fromkeys(_TIME_COLUMNS, UTC_TIMESTAMP),
-    **dict.fromkeys(("n_samples", "n_images", "n_rejected", "param_count", "n_layers", "aligned"), pa.int64()),
+    **dict.fromkeys(("n_samples", "n_images", "n_rejected", "param_count", "n_layers", "aligned", "metrics_computed",
+                      "metrics_copied"), pa.int64()),
     **dict.fromkeys(("bits_per_byte", "bits_per_byte_pooled", "seconds"), pa.float64()),
     "layer_widths": pa.list_(pa.int64()),
     **dict.fromkeys(("layer_names", "alignment_versions", "extracted", "reused"), pa.list_(pa.string())),

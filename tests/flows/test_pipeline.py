@@ -3,6 +3,8 @@ DuckDB, tiny random models. Numbers are checked against an independent recomputa
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -143,8 +145,10 @@ def test_pipeline_end_to_end(store_url, monkeypatch):
     checked: list[str] = []
     check = tasks.extract.check_model
     monkeypatch.setattr(tasks.extract, "check_model", lambda spec: (checked.append(spec.name), check(spec))[1])
+    assert (first["metrics_computed"], first["metrics_copied"]) == (3, 0)
     second = prh_pipeline(config=config, store=store_url)
     assert second["extracted"] == [] and second["reused"] == ["tiny-bert", "tiny-vit"] and second["aligned"] == 0
+    assert (second["metrics_computed"], second["metrics_copied"]) == (0, 0)
     third = prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT]), store=store_url)
     assert third["extracted"] == ["tiny-gpt"] and third["aligned"] == 1
     assert checked == ["tiny-gpt"]
@@ -202,6 +206,16 @@ def test_the_failure_summary_says_what_was_published():
     assert published == "nothing" and "(nothing is published)" in message
 
 
+def test_metric_work_counts_the_results_of_new_versions_computed_and_copied():
+    """A run's ``metrics_computed`` / ``metrics_copied``: over the alignment versions it published,
+    not those it found stored (a version found stored did no work in this run)."""
+    from flows.pipeline import metric_work
+
+    new = {"metric_versions": {"cka": {}, "cknna": {}, "mutual_knn": {}}, "reused_metrics": {"cka": "v0"}, "reused": False}
+    assert metric_work([new, {**new, "reused": True}, {**new, "reused_metrics": {}}]) == {"metrics_computed": 5, "metrics_copied": 1}
+    assert metric_work([]) == {"metrics_computed": 0, "metrics_copied": 0}
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_failing_model_does_not_stop_the_others(tmp_path):
     """A model refused by the up-front check (wrong modality) is reported before any extraction;
@@ -212,8 +226,19 @@ def test_a_failing_model_does_not_stop_the_others(tmp_path):
     broken = {**TINY_VIT, "name": "broken-vit", "config": {**TINY_VIT["config"], "intermediate_size": -1}}
     misdeclared = {**{k: v for k, v in TINY_BERT.items() if k != "tokenizer"}, "name": "bert-as-vision", "modality": "vision", "image_size": 32}
     store = str(tmp_path / "store")
-    with pytest.raises(ZooFailures) as raised:
-        prh_pipeline(config=_config([TINY_VIT, broken, misdeclared, TINY_BERT], permutations=0), store=store, report=True)
+    from tests.flows.test_quiet_errors import Collect
+
+    flow_log = Collect()
+    logging.getLogger("prefect.flow_runs").addHandler(flow_log)
+    try:
+        with pytest.raises(ZooFailures) as raised:
+            prh_pipeline(config=_config([TINY_VIT, broken, misdeclared, TINY_BERT], permutations=0), store=store, report=True)
+    finally:
+        logging.getLogger("prefect.flow_runs").removeHandler(flow_log)
+    # the pair skipped for broken-vit is that model's failure: one line, no "unexpected error" traceback
+    assert not [r for r in flow_log.records if "unexpected error" in r.getMessage()]
+    assert [r.getMessage() for r in flow_log.records if r.getMessage().startswith("align broken-vit x tiny-bert")] == [
+        "align broken-vit x tiny-bert failed: skipped: broken-vit failed"]
     message = str(raised.value)
     assert message.startswith("2 of 4 models and 2 of 3 model pairs failed (the rest is published)")
     assert "check bert-as-vision: " in message and "extract broken-vit: " in message
