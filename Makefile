@@ -32,7 +32,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_metrics.py
 
 # Wheels the GPU device image lacks (Python 3.12), for bench/gpu_checks.sh: carried as .whl/.
+# A fresh .whl/ each time: a wheel left from an older pin would make the device's one
+# `pip install .whl/*.whl` fail as a whole (two versions of a package).
 gpu-wheels:
+	rm -rf .whl
 	mkdir -p .whl
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \

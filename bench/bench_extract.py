@@ -3,6 +3,7 @@
     python bench/bench_extract.py demo   [--n 1024] [--zoo configs/demo.yaml] [--models a,b]
                                          [--prepare auto,inline,threads,processes] [--workers 1]
     python bench/bench_extract.py shapes [--scale small|full] [--which llm,vit] [--n 1024] [--device cuda]
+                                         [--dtype auto|float32|bfloat16] [--prepare auto|...|processes]
 
 demo:   each model of the demo zoo on N rendered OpenMoji emoji (224 px RGBA PNG, as bytes) or N
         emoji CLDR names (captions), through `extract_all` (batched, all layers pooled), against a
@@ -17,8 +18,11 @@ demo:   each model of the demo zoo on N rendered OpenMoji emoji (224 px RGBA PNG
 shapes: random-init models at the paper's largest shapes, so no weights are needed: a
         LLaMA-7B-shaped causal LM on N byte-level captions of ~48 tokens with bits per byte, and a
         DINOv2-giant-shaped ViT on N images at 518 px. `--scale small` shrinks widths/depths so it
-        runs on a CPU in seconds (CI); `--scale full` is for one GPU (bf16). Reports achieved
-        TFLOP/s from an analytic FLOP count (2 x non-embedding params x tokens + attention).
+        runs on a CPU in seconds (CI); `--scale full` is for one GPU (bf16). Each row: `seconds`
+        extracting (all layers pooled; after a warm-up, with every image-decoding worker started),
+        `write_s` writing them as the pipeline writes a shard (`storage.shards.write_shard` into a
+        temporary local store under /tmp), `total_s` both, and the achieved TFLOP/s of the
+        extraction from an analytic FLOP count (2 x non-embedding params x tokens + attention).
 """
 
 from __future__ import annotations
@@ -190,59 +194,126 @@ def _flops(config: dict, tokens: int, seq: int, batch_items: int, non_embedding_
     return 2 * non_embedding_params * tokens + 4 * layers * seq * seq * hidden * batch_items
 
 
-def bench_shapes(args: argparse.Namespace) -> list[dict[str, Any]]:
-    import numpy as np
+def write_seconds(layers: list[Any], extras: dict[str, Any]) -> float:
+    """Seconds to store ``layers`` (``(n, D_l)`` float32 each) as one shard the way the pipeline
+    does (`storage.shards.write_shard`: Parquet, zstd, written atomically to a local `Store`),
+    into a temporary store under the temporary folder (/tmp), removed afterwards. With the
+    pipeline's default shard size (2048 items) a 1024-item run is one shard."""
+    import tempfile
+
+    from storage.shards import write_shard
+    from storage.store import Store
+
+    numbers = {k: v for k, v in extras.items() if isinstance(v, (int, float))}
+    with tempfile.TemporaryDirectory(prefix="prh-bench-store-") as root:
+        store = Store(root)
+        started = time.perf_counter()
+        write_shard(store, "features/bench/shapes/v0", 0, layers, numbers)
+        return time.perf_counter() - started
+
+
+def warm_workers(ex: Any, images: list[Any], workers: int) -> int:
+    """Start and warm every image-decoding worker process before the clock: ``workers`` one-image
+    chunks submitted at once (the pool starts a process per submission while none is idle) and
+    waited for, twice. Returns how many worker processes are alive (the row's ``workers_alive``)."""
+    from tasks.extract import image_pool
+
+    recipe = ex.image_recipe()
+    pool = image_pool.get_pool(workers, recipe)  # the pool extract_all will use (same count)
+    for _ in range(2):
+        futures = [pool.submit(image_pool.run_recipe, recipe, images[i % len(images):][:1])
+                   for i in range(workers)]
+        for future in futures:
+            future.result()
+    return len(getattr(pool, "_processes", None) or {})
+
+
+def _timing(wall: float, write_s: float) -> dict[str, float]:
+    """The row's extraction, writing and total seconds (extraction then writing, one shard)."""
+    return {"seconds": round(wall, 3), "write_s": round(write_s, 3), "total_s": round(wall + write_s, 3)}
+
+
+def bench_llm(args: argparse.Namespace, device: str, dtype: str, rng: Any) -> dict[str, Any]:
+    """The LLaMA-7B-shaped causal LM on ``--n`` byte-level captions of ~48 tokens, with bits per
+    byte: extraction (after a one-batch warm-up), then writing the shard."""
     import torch
+
+    from tasks.extract import ModelSpec, extract_all
+
+    cfg = LLAMA_7B if args.scale == "full" else SMALL["llm"]
+    spec = ModelSpec(name="llama-7b-shaped", loader="random_hf", id="LlamaConfig", modality="language",
+                     config=cfg, dtype=dtype, batch_size=args.llm_batch, max_length=64)
+    words = ["red", "apple", "on", "a", "wooden", "table", "next", "to", "the", "window", "cat", "sleeps"]
+    captions = [" ".join(rng.choice(words, 10)) for _ in range(args.n)]  # ~48 bytes = ~48 byte tokens
+    ex = _fast_random(spec, device)
+    extract_all(ex, captions[: spec.batch_size])  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    feats, wall, _ = timed(lambda: extract_all(ex, captions))
+    write_s = write_seconds(feats.layers, feats.extras)
+    tokens = sum(ex.sort_lengths(captions))
+    emb = ex.model.get_input_embeddings().weight.numel()
+    non_emb = ex.param_count - 2 * emb  # untied input embedding and LM head (head counted in FLOPs below)
+    flops = _flops(cfg, tokens, 48, args.n, non_emb) + 2 * emb * tokens
+    row = {"bench": "llm", "scale": args.scale, "device": device, "dtype": dtype, "n": args.n,
+           "tokens": tokens, **_timing(wall, write_s), "tflops": round(flops / wall / 1e12, 2),
+           "layers": len(feats.layer_names), "bits_per_byte": round(feats.extras["bits_per_byte"], 3),
+           "pad_free": ex.pad_free_reason}  # None: padded batches (a load probe would say why otherwise)
+    ex.close()
+    return row
+
+
+def bench_vit(args: argparse.Namespace, device: str, dtype: str, rng: Any) -> dict[str, Any]:
+    """The DINOv2-giant-shaped ViT on ``--n`` images: extraction in the prepare mode a pipeline
+    would choose (after a one-batch warm-up and, for worker processes, every worker warmed), then
+    writing the shard."""
+    import numpy as np
     from PIL import Image
 
     from tasks.extract import ModelSpec, extract_all
     from tasks.extract.extractor import plan_prepare
 
+    cfg = DINOV2_G if args.scale == "full" else SMALL["vit"]
+    size = cfg["image_size"]
+    spec = ModelSpec(name="dinov2-g-shaped", loader="random_hf", id="Dinov2Config", modality="vision",
+                     pooling="cls", config=cfg, dtype=dtype, batch_size=args.vit_batch)
+    images = [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(args.n)]
+    ex = _fast_random(spec, device)
+    # the timed run's prepare mode (worker processes from 512 items), warmed up as in a pipeline's
+    # second shard: one batch through the model, then every decode worker started and used once
+    plan = plan_prepare(ex, len(images), mode=args.prepare)
+    workers = plan.workers or None
+    extract_all(ex, images[: spec.batch_size], prepare=plan.mode, workers=workers)
+    alive = warm_workers(ex, images, plan.workers) if plan.mode == "processes" else None
+    feats, wall, _ = timed(lambda: extract_all(ex, images, prepare=plan.mode, workers=workers))
+    write_s = write_seconds(feats.layers, feats.extras)
+    seq = 1 + (size // cfg["patch_size"]) ** 2
+    flops = _flops(cfg, seq * args.n, seq, args.n, ex.param_count)
+    row = {"bench": "vit", "scale": args.scale, "device": device, "dtype": dtype, "n": args.n,
+           "image_size": size, **_timing(wall, write_s), "tflops": round(flops / wall / 1e12, 2),
+           "layers": len(feats.layer_names), "prepare": plan.mode, "workers": plan.workers or None,
+           "workers_alive": alive}
+    ex.close()
+    return row
+
+
+def bench_shapes(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One JSON row per ``--which`` model (printed as it finishes): ``seconds`` extraction (all
+    layers pooled), ``write_s`` writing them as a pipeline shard, ``total_s`` both."""
+    import numpy as np
+    import torch
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    which = [w for w in args.which.split(",") if w]
+    unknown = sorted(set(which) - {"llm", "vit"})
+    if unknown or not which:
+        raise SystemExit(f"--which: a comma-separated list of llm and vit, got {args.which!r}")
     rows = []
-    rng = np.random.default_rng(0)
-    if "llm" in args.which:
-        cfg = LLAMA_7B if args.scale == "full" else SMALL["llm"]
-        spec = ModelSpec(name="llama-7b-shaped", loader="random_hf", id="LlamaConfig", modality="language",
-                         config=cfg, dtype=dtype, batch_size=args.llm_batch, max_length=64)
-        words = ["red", "apple", "on", "a", "wooden", "table", "next", "to", "the", "window", "cat", "sleeps"]
-        captions = [" ".join(rng.choice(words, 10)) for _ in range(args.n)]  # ~48 bytes = ~48 byte tokens
-        ex = _fast_random(spec, device)
-        extract_all(ex, captions[: spec.batch_size])  # warm-up
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        feats, wall, _ = timed(lambda: extract_all(ex, captions))
-        tokens = sum(ex.sort_lengths(captions))
-        emb = ex.model.get_input_embeddings().weight.numel()
-        non_emb = ex.param_count - 2 * emb  # untied input embedding and LM head (head counted in FLOPs below)
-        flops = _flops(cfg, tokens, 48, args.n, non_emb) + 2 * emb * tokens
-        rows.append({"bench": "llm", "scale": args.scale, "device": device, "dtype": dtype, "n": args.n,
-                     "tokens": tokens, "seconds": round(wall, 3), "tflops": round(flops / wall / 1e12, 2),
-                     "layers": len(feats.layer_names), "bits_per_byte": round(feats.extras["bits_per_byte"], 3),
-                     "pad_free": ex.pad_free_reason})  # None: padded batches (a load probe would say why otherwise)
+    for name in which:  # each model's data from its own seed: the same whether run alone or not
+        rng = np.random.default_rng(0)
+        rows.append((bench_llm if name == "llm" else bench_vit)(args, device, dtype, rng))
         print(json.dumps(rows[-1]), flush=True)
-        ex.close()
-    if "vit" in args.which:
-        cfg = DINOV2_G if args.scale == "full" else SMALL["vit"]
-        size = cfg["image_size"]
-        spec = ModelSpec(name="dinov2-g-shaped", loader="random_hf", id="Dinov2Config", modality="vision",
-                         pooling="cls", config=cfg, dtype=dtype, batch_size=args.vit_batch)
-        images = [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(args.n)]
-        ex = _fast_random(spec, device)
-        # warm-up in the timed run's prepare mode: the decode worker processes it starts (>= 512
-        # items) are then running before the clock starts, as in a pipeline's second shard
-        plan = plan_prepare(ex, len(images))
-        extract_all(ex, images[: spec.batch_size], prepare=plan.mode, workers=plan.workers or None)
-        feats, wall, _ = timed(lambda: extract_all(ex, images, prepare=plan.mode, workers=plan.workers or None))
-        seq = 1 + (size // cfg["patch_size"]) ** 2
-        non_emb = ex.param_count
-        flops = _flops(cfg, seq * args.n, seq, args.n, non_emb)
-        rows.append({"bench": "vit", "scale": args.scale, "device": device, "dtype": dtype, "n": args.n,
-                     "image_size": size, "seconds": round(wall, 3), "tflops": round(flops / wall / 1e12, 2),
-                     "layers": len(feats.layer_names)})
-        print(json.dumps(rows[-1]), flush=True)
-        ex.close()
     return rows
 
 
@@ -265,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--llm-batch", type=int, default=256)
     s.add_argument("--vit-batch", type=int, default=64)
     s.add_argument("--device", default=None)
+    s.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="model dtype (auto: bfloat16 on CUDA, else float32)")
+    s.add_argument("--prepare", choices=["auto", "inline", "threads", "processes"], default="auto",
+                   help="ViT image preparation (auto: as a pipeline chooses; worker processes from 512 images)")
     for sp in (d, s):
         sp.add_argument("--json", default="", help="also write the rows to this file")
         sp.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")

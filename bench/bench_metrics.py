@@ -14,8 +14,12 @@ What it measures, in one run on the same data:
   steadier setting when other work runs);
 - optionally ``--large-n N``: ``mutual_knn`` on one layer pair of width 1024 with ``N`` samples,
   blockwise, for exact fp32 neighbours and the opt-in ``knn_precision='bf16'`` /
-  ``'bf16-refine'`` searches side by side: time, ratio to exact, peak memory, share of
-  neighbour lists that differ from exact and the score change;
+  ``'bf16-refine'`` searches side by side: best of ``--large-n-repeats`` warm runs (each mode
+  first warmed up on a few thousand rows, so CUDA set-up and idle clocks stay out of the clock)
+  and the first run, ratio to exact, peak memory (GB and GiB), share of neighbour lists that
+  differ from exact and the score change; then the exact search through
+  ``topk_neighbors(..., block_elements=...)`` for each ``--large-n-blocks`` size (``layer_matrix``
+  takes no block size: this sweep says which default block to use), time and peak memory;
 - optionally ``--precision-error N [N ...]``: the error of the bfloat16 search against exact
   fp32 on isotropic Gaussian and low-rank + noise data (width 1024), per mode.
 
@@ -151,11 +155,11 @@ def bench_layers(args: argparse.Namespace, device: torch.device) -> None:
     floor, _ = timed(lambda: [x @ x.T for x in xs + ys], device, args.repeats)
     print(f"N={args.n}  layers {la}x{lb}  widths {args.width_a}/{args.width_b}  device {device}  "
           f"threads {torch.get_num_threads()}  topk {args.topk}")
-    print(f"floor: {la + lb} Gram matrices once: {floor:.3f} s ({flops / floor / 1e9:.0f} GFLOP/s)"
+    print(f"floor: {la + lb} Gram matrices once: {1e3 * floor:.2f} ms ({flops / floor / 1e9:.0f} GFLOP/s)"
           f"; 'x floor' is the median over {args.repeats} repeats of engine time / a floor "
           f"measured right before it")
     print()
-    header = (f"{'metric':<12} {'layer_matrix s':>14} {'x floor':>8} {'paper loop s':>13} "
+    header = (f"{'metric':<12} {'layer_matrix ms':>15} {'x floor':>8} {'paper loop s':>13} "
               f"{'speedup':>8} {'max |diff|':>11}")
     print(header)
     print("-" * len(header))
@@ -185,7 +189,7 @@ def bench_layers(args: argparse.Namespace, device: torch.device) -> None:
             paper_col = f"{est}{paper_t:.2f}"
             speed_col = f"{paper_t / engine_t:.0f}x"
             diff_col = f"{diff:.1e}"
-        print(f"{metric:<12} {engine_t:>14.3f} {ratio:>8.2f} {paper_col:>13} "
+        print(f"{metric:<12} {1e3 * engine_t:>15.2f} {ratio:>8.2f} {paper_col:>13} "
               f"{speed_col:>8} {diff_col:>11}")
     if args.paper_pairs:
         print(f"(paper loop timed on {len(pairs)} random layer pairs and scaled to all {la * lb})")
@@ -202,31 +206,68 @@ def bench_layers(args: argparse.Namespace, device: torch.device) -> None:
                   f"p {res.p_value:.4f}  calibrated {res.calibrated:.4f}  argmax {res.argmax}")
 
 
+def peak_memory(device: torch.device) -> str:
+    """Peak memory since the last ``reset_peak``: GPU allocations in GB and GiB (the issue's
+    target is stated in GB), or on the CPU the process's peak RSS so far."""
+    if device.type == "cuda":
+        b = torch.cuda.max_memory_allocated(device)
+        return f"{b / 1e9:.2f} GB ({b / 2**30:.2f} GiB) GPU"
+    return f"RSS {peak_rss_mb():.0f} MiB (max so far)"
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def warm_up(xs: list[torch.Tensor], ys: list[torch.Tensor], args: argparse.Namespace,
+            device: torch.device) -> None:
+    """Run every timed ``--large-n`` code path once on the first ``--large-n-warmup`` rows
+    (CUDA context, cuBLAS handles and workspaces, kernel loading and the GPU's idle clocks are
+    paid here, not inside the first timed call): each ``knn_precision`` through ``layer_matrix``,
+    and the blockwise exact search of the block sweep (a block smaller than those rows)."""
+    from tasks.metrics.neighbors import topk_neighbors
+
+    rows = min(args.large_n_warmup, xs[0].shape[0])
+    if rows <= args.topk:
+        return
+    wx, wy = [x[:rows] for x in xs], [y[:rows] for y in ys]
+    for precision in args.large_n_precisions:
+        layer_matrix("mutual_knn", Representation(wx), Representation(wy), topk=args.topk,
+                     knn_precision=precision)
+    topk_neighbors(wx[0], args.topk, block_elements=max(1, rows * rows // 4))
+    sync(device)
+
+
 def bench_large_n(args: argparse.Namespace, device: torch.device) -> None:
     """``mutual_knn`` on one layer pair at ``--large-n``, for each ``--large-n-precisions`` mode
-    side by side: time, ratio to exact, peak memory, changed-list share and score change."""
+    side by side: best and first time, ratio to exact, peak memory, changed-list share and score
+    change; then the exact search's block-size sweep (``block_sweep``)."""
     n, width = args.large_n, 1024
     xs = make_layers(n, 1, width, 2, device)
     ys = make_layers(n, 1, width, 3, device)
+    repeats = max(1, args.large_n_repeats)
+    warm_up(xs, ys, args, device)
     print(f"\nmutual_knn N={n} width {width} topk {args.topk} one layer pair, device {device}, "
-          f"threads {torch.get_num_threads()}")
-    header = (f"{'knn_precision':<13} {'time s':>7} {'vs exact':>8} {'peak':>22} "
+          f"threads {torch.get_num_threads()}; time s: best of {repeats} after a warm-up on "
+          f"{min(args.large_n_warmup, n)} rows; first s: the first of them")
+    header = (f"{'knn_precision':<13} {'time s':>7} {'first s':>7} {'vs exact':>8} {'peak':>28} "
               f"{'lists changed':>13} {'score':>8} {'|score diff|':>12}")
     print(header)
     print("-" * len(header))
     exact_t, exact_idx, exact_score = None, None, None
     for precision in args.large_n_precisions:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        ra, rb = Representation(xs), Representation(ys)
-        t, m = timed(lambda: layer_matrix("mutual_knn", ra, rb, topk=args.topk,
-                                          knn_precision=precision), device, 1)
-        idx = torch.cat([ra.knn_indices(args.topk, precision=precision),
+        reset_peak(device)
+        times, m, ra, rb = [], None, None, None
+        for _ in range(repeats):  # fresh Representations each time: their neighbour lists are cached
+            ra, rb = Representation(xs), Representation(ys)
+            t, m = timed(lambda: layer_matrix("mutual_knn", ra, rb, topk=args.topk,
+                                              knn_precision=precision), device, 1)
+            times.append(t)
+        peak = peak_memory(device)
+        t = min(times)
+        idx = torch.cat([ra.knn_indices(args.topk, precision=precision),  # cached: no search
                          rb.knn_indices(args.topk, precision=precision)])
-        if device.type == "cuda":
-            peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB GPU"
-        else:
-            peak = f"RSS {peak_rss_mb():.0f} MiB (max so far)"
         score_ = float(m[0, 0])
         if exact_idx is None and precision == "exact":
             exact_t, exact_idx, exact_score = t, idx, score_
@@ -235,10 +276,48 @@ def bench_large_n(args: argparse.Namespace, device: torch.device) -> None:
         if exact_idx is not None and exact_score is not None:
             changed = f"{100 * changed_share(idx, exact_idx):.2f}%"
             diff = f"{abs(score_ - exact_score):.1e}"
-        print(f"{precision:<13} {t:>7.2f} {ratio:>8} {peak:>22} {changed:>13} {score_:>8.4f} "
-              f"{diff:>12}")
+        print(f"{precision:<13} {t:>7.3f} {times[0]:>7.3f} {ratio:>8} {peak:>28} {changed:>13} "
+              f"{score_:>8.4f} {diff:>12}")
     print(f"(N^2 fp32 = {n * n * 4 / 2**20:.0f} MiB; 'lists changed': share of the 2N neighbour "
           f"sets that differ from the exact ones)")
+    if args.large_n_blocks:
+        block_sweep(xs[0], ys[0], args, device, exact_score)
+
+
+def block_sweep(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, device: torch.device,
+                reference: float | None) -> None:
+    """Exact fp32 ``mutual_knn`` of ``x`` and ``y`` (``(N, D)`` each) through the public
+    ``topk_neighbors(..., block_elements=...)`` and ``overlap_counts``, once per
+    ``--large-n-blocks`` size (MiB of one float32 similarity block; the engine's default is
+    ``DEFAULT_BLOCK_ELEMENTS``): best of ``--large-n-repeats`` times and peak memory, so one run
+    says which default block to use. The score must equal ``layer_matrix``'s (``reference``)."""
+    from tasks.metrics.neighbors import DEFAULT_BLOCK_ELEMENTS, overlap_counts, topk_neighbors
+
+    n, k = int(x.shape[0]), args.topk
+    print(f"\nexact search block size (topk_neighbors block_elements; engine default "
+          f"{DEFAULT_BLOCK_ELEMENTS * 4 / 2**20:.0f} MiB), both sides + overlap, best of "
+          f"{max(1, args.large_n_repeats)}")
+    header = f"{'block MiB':>9} {'rows':>7} {'time s':>7} {'first s':>7} {'peak':>28} {'score':>8} {'|vs layer_matrix|':>17}"
+    print(header)
+    print("-" * len(header))
+    for mib in args.large_n_blocks:
+        elements = max(1, int(mib * 2**20) // 4)
+        rows = max(1, min(n, elements // n))
+
+        def run() -> float:
+            ia = topk_neighbors(x, k, block_elements=elements)[1]
+            ib = topk_neighbors(y, k, block_elements=elements)[1]
+            return float(overlap_counts(ia[None], ib[None]).sum()) / (n * k)
+
+        reset_peak(device)
+        times, score_ = [], float("nan")
+        for _ in range(max(1, args.large_n_repeats)):
+            t, score_ = timed(run, device, 1)
+            times.append(t)
+        diff = f"{abs(score_ - reference):.1e}" if reference is not None else "-"
+        print(f"{mib:>9g} {rows:>7} {min(times):>7.3f} {times[0]:>7.3f} {peak_memory(device):>28} "
+              f"{score_:>8.4f} {diff:>17}")
+    print(f"(rows: query rows per block at N={n}; a block of N rows or more is one full Gram)")
 
 
 def changed_share(idx: torch.Tensor, ref: torch.Tensor) -> float:
@@ -340,6 +419,14 @@ def main(argv: list[str] | None = None) -> None:
                    choices=["exact", "bf16", "bf16-refine"],
                    help="knn_precision modes timed side by side by --large-n ('exact' first "
                         "gives the ratio and the changed-list share)")
+    p.add_argument("--large-n-repeats", type=int, default=2,
+                   help="--large-n: timed runs per mode (the best is reported, and the first)")
+    p.add_argument("--large-n-warmup", type=int, default=4096,
+                   help="--large-n: rows of the untimed warm-up run of every code path")
+    p.add_argument("--large-n-blocks", type=float, nargs="*", default=[128, 512, 2048],
+                   metavar="MIB",
+                   help="--large-n: exact-search block sizes to sweep, MiB of one float32 "
+                        "similarity block (none: no sweep)")
     p.add_argument("--precision-error", type=int, nargs="*", default=[], metavar="N",
                    help="error of the bf16 neighbour search vs exact at these N (Gaussian and "
                         "low-rank + noise data, width 1024), e.g. --precision-error 2000 20000")

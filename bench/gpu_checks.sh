@@ -1,55 +1,94 @@
 #!/usr/bin/env bash
-# The GPU measurements of issues 3 and 4 as one prepared run (about 5 minutes on one H200).
+# The GPU measurements of issues 3 and 4 as one prepared run (about 2-3 minutes on one H200; the
+# four steps are capped at 120 + 90 + 130 + 130 = 470 s, inside the device call's 540 s).
 #
 # On a lent device machine (its python3 holds CUDA torch and transformers, not pydantic, nor the
 # pipeline's prefect, duckdb, s3fs or the demo's emoji/openmoji packages, which these checks never
 # import: tests/test_gpu_checks.py runs them with those imports failing): first,
-# here, `make gpu-wheels` (pydantic's wheels for that Python into .whl/, ignored by git), then with
-# the `device` tool:  run  command="bash bench/gpu_checks.sh"  carry=[".whl"]  timeout_s=540
-# Logs and tables land in $OUT (the tool brings them back). SMALL=1 DEVICE=cpu runs the same
-# steps at CI size on a CPU (tests/test_gpu_checks.py), so the script cannot rot unnoticed.
+# here, `make gpu-wheels` (pydantic's wheels for that Python into a fresh .whl/, ignored by git), then
+# with the `device` tool:  run  command="bash bench/gpu_checks.sh"  carry=[".whl"]  timeout_s=540
+# Logs and tables land in $OUT (the tool brings them back; six files): summary.txt (each step's
+# exit and seconds), machine.txt (GPU, python3 -V, torch/transformers, the wheels' pip exit code
+# and output), metrics_layers.log, metrics_large_n.log, extract_llm.log, extract_vit.log.
+# Each model's extraction is its own step (one failing keeps the other's figure); they are
+# skipped, with a line in summary.txt, when the wheels do not install or the extraction code
+# does not import. SMALL=1 DEVICE=cpu runs the same steps at CI size on a CPU (bfloat16 models,
+# two image-decoding worker processes, as on the GPU; tests/test_gpu_checks.py), so the script
+# cannot rot unnoticed. STEPS (names, space-separated) runs a subset; WHL is the wheel folder.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/prh-gpu-checks}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
+WHL=${WHL:-.whl}
+STEPS=${STEPS:-metrics_layers metrics_large_n extract_llm extract_vit}
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then  # packages the device image lacks (make gpu-wheels)
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/prh-site .whl/*.whl \
-    && export PYTHONPATH="/tmp/prh-site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+: > "$OUT/summary.txt"
 
 if [ "${SMALL:-0}" = 1 ]; then
   layers=(--small)
-  large=(--skip-layers --skip-paper --large-n 600)
-  shapes=(--scale small --n 16)
+  large=(--skip-layers --skip-paper --large-n 600 --large-n-blocks 0.5 128)  # 0.5 MiB: blockwise at N=600
+  shapes=(--scale small --n 16 --dtype bfloat16 --prepare processes)
+  export PRH_DECODE_WORKERS=2
 else
   layers=(--layers-a 33 --width-a 4096 --layers-b 40 --width-b 1536 --repeats 5)
-  large=(--skip-layers --skip-paper --large-n 100000)
+  large=(--skip-layers --skip-paper --large-n 100000 --large-n-blocks 128 512 2048)
   shapes=(--scale full --n 1024)
 fi
 
+# packages the device image lacks (make gpu-wheels): their pip exit code goes to machine.txt
+pip_rc="not run (no $WHL/*.whl)"
+pip_log=""
+if compgen -G "$WHL/*.whl" >/dev/null; then
+  pip_log=$("$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/prh-site "$WHL"/*.whl 2>&1)
+  pip_rc=$?
+  [ "$pip_rc" = 0 ] && export PYTHONPATH="/tmp/prh-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+
+{ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; \
+  echo "python: $("$PY" -V 2>&1) ($(command -v "$PY")), cpus $(nproc)"; \
+  "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"; \
+  echo "pip install $WHL/*.whl: exit $pip_rc"; [ -n "$pip_log" ] && echo "$pip_log"; \
+} > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+
 status=0
+wanted() { [[ " $STEPS " == *" $1 "* ]]; }
+note() { echo "$*" | tee -a "$OUT/summary.txt"; }
 step() {  # name, timeout seconds, command...
   local name=$1 limit=$2; shift 2
-  echo "== $name: $*" | tee -a "$OUT/summary.txt"
+  wanted "$name" || return 0
+  note "== $name: $*"
   local started=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  timeout -k 10 "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
-  echo "== $name: exit $rc after $((SECONDS - started)) s" | tee -a "$OUT/summary.txt"
+  note "== $name: exit $rc after $((SECONDS - started)) s$([ "$rc" = 124 ] && echo " (timed out at $limit s)")"
   tail -n 25 "$OUT/$name.log"
   [ "$rc" = 0 ] || status=1
 }
 
-{ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; \
-  "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"; \
-} > "$OUT/machine.txt" 2>&1
-cat "$OUT/machine.txt"
+# The extraction steps need pydantic (the wheels) and the extraction code importable.
+extract_ok=1
+if wanted extract_llm || wanted extract_vit; then
+  if [ "$pip_rc" != 0 ] && [ "$pip_rc" != "not run (no $WHL/*.whl)" ]; then
+    note "== extract_llm, extract_vit: SKIPPED: pip install $WHL/*.whl failed (exit $pip_rc; its output in machine.txt)"
+    extract_ok=0
+  elif ! why=$("$PY" -c "import pydantic, storage.shards, tasks.extract" 2>&1); then
+    note "== extract_llm, extract_vit: SKIPPED: the extraction code does not import ($(echo "$why" | tail -n 1)); pip install $WHL/*.whl: exit $pip_rc"
+    extract_ok=0
+  fi
+  [ "$extract_ok" = 1 ] || status=1
+fi
 
 # issue 3: all layer pairs at the paper's largest shape; then N=100,000 mutual k-NN, exact and bf16
-step metrics_layers 150 "$PY" bench/bench_metrics.py --device "$DEVICE" "${layers[@]}"
-step metrics_large_n 150 "$PY" bench/bench_metrics.py --device "$DEVICE" "${large[@]}"
+step metrics_layers 120 "$PY" bench/bench_metrics.py --device "$DEVICE" "${layers[@]}"
+step metrics_large_n 90 "$PY" bench/bench_metrics.py --device "$DEVICE" "${large[@]}"
 # issue 4: LLaMA-7B-shaped LM (bits per byte) and DINOv2-giant-shaped ViT, random init, all layers
-step extract_shapes 200 "$PY" bench/bench_extract.py shapes --device "$DEVICE" "${shapes[@]}"
+# pooled and written (a shard to a temporary local store); one process each
+if [ "$extract_ok" = 1 ]; then
+  step extract_llm 130 "$PY" bench/bench_extract.py shapes --which llm --device "$DEVICE" "${shapes[@]}"
+  step extract_vit 130 "$PY" bench/bench_extract.py shapes --which vit --device "$DEVICE" "${shapes[@]}"
+fi
 exit $status

