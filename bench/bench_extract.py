@@ -213,9 +213,10 @@ def write_seconds(layers: list[Any], extras: dict[str, Any]) -> float:
 
 
 def warm_workers(ex: Any, images: list[Any], workers: int) -> int:
-    """Start and warm every image-decoding worker process before the clock: ``workers`` one-image
-    chunks submitted at once (the pool starts a process per submission while none is idle) and
-    waited for, twice. Returns how many worker processes are alive (the row's ``workers_alive``)."""
+    """Start every image-decoding worker process before the clock: ``workers`` one-image chunks
+    submitted at once (the pool starts a new process for each submission that finds no idle
+    one, up to ``workers``) and waited for, twice. Returns how many worker processes are alive
+    (the row's ``workers_alive``; ``workers`` when the warm-up started them all)."""
     from tasks.extract import image_pool
 
     recipe = ex.image_recipe()
@@ -280,7 +281,8 @@ def bench_vit(args: argparse.Namespace, device: str, dtype: str, rng: Any) -> di
     images = [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(args.n)]
     ex = _fast_random(spec, device)
     # the timed run's prepare mode (worker processes from 512 items), warmed up as in a pipeline's
-    # second shard: one batch through the model, then every decode worker started and used once
+    # second shard: one batch through the model, then every decode worker process started
+    # (`warm_workers`: as many one-image chunks as workers, submitted at once, twice)
     plan = plan_prepare(ex, len(images), mode=args.prepare)
     workers = plan.workers or None
     extract_all(ex, images[: spec.batch_size], prepare=plan.mode, workers=workers)

@@ -37,7 +37,7 @@ else
 fi
 
 # packages the device image lacks (make gpu-wheels): their pip exit code goes to machine.txt
-pip_rc="not run (no $WHL/*.whl)"
+pip_rc=none  # none: no wheels to install
 pip_log=""
 if compgen -G "$WHL/*.whl" >/dev/null; then
   pip_log=$("$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -50,7 +50,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZER
 { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; \
   echo "python: $("$PY" -V 2>&1) ($(command -v "$PY")), cpus $(nproc)"; \
   "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"; \
-  echo "pip install $WHL/*.whl: exit $pip_rc"; [ -n "$pip_log" ] && echo "$pip_log"; \
+  if [ "$pip_rc" = none ]; then echo "pip install $WHL/*.whl: not run (no wheels there)"; \
+  else echo "pip install $WHL/*.whl: exit $pip_rc"; [ -n "$pip_log" ] && echo "$pip_log"; fi; \
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
@@ -72,11 +73,11 @@ step() {  # name, timeout seconds, command...
 # The extraction steps need pydantic (the wheels) and the extraction code importable.
 extract_ok=1
 if wanted extract_llm || wanted extract_vit; then
-  if [ "$pip_rc" != 0 ] && [ "$pip_rc" != "not run (no $WHL/*.whl)" ]; then
+  if [ "$pip_rc" != 0 ] && [ "$pip_rc" != none ]; then
     note "== extract_llm, extract_vit: SKIPPED: pip install $WHL/*.whl failed (exit $pip_rc; its output in machine.txt)"
     extract_ok=0
   elif ! why=$("$PY" -c "import pydantic, storage.shards, tasks.extract" 2>&1); then
-    note "== extract_llm, extract_vit: SKIPPED: the extraction code does not import ($(echo "$why" | tail -n 1)); pip install $WHL/*.whl: exit $pip_rc"
+    note "== extract_llm, extract_vit: SKIPPED: the extraction code does not import ($(echo "$why" | tail -n 1)); pip install $WHL/*.whl: $([ "$pip_rc" = none ] && echo "not run, no wheels (make gpu-wheels)" || echo "exit $pip_rc")"
     extract_ok=0
   fi
   [ "$extract_ok" = 1 ] || status=1
