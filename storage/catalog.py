@@ -479,19 +479,27 @@ def _file_view_sql(view: str, groups: list[FileGroup], lineage: list[Lineage] | 
 
 def _unreadable(con: duckdb.DuckDBPyConnection, files: list[str], store: Store) -> dict[str, str]:
     """The Parquet files among ``files`` (``Store.read_uri`` of ``store``) that are damaged (not
-    Parquet: cut short, overwritten) or missing, with the reason. An error that may pass (an
-    object store that does not answer) marks nothing: the caller then raises it (or ``store``
-    raises ``StoreIOError`` while it looks for the file)."""
+    Parquet: cut short, overwritten, a footer that does not parse or points past the file's end)
+    or missing, with the reason. An error that may pass (an object store that does not answer)
+    marks nothing: the caller then raises it (or ``store`` raises ``StoreIOError`` while it looks
+    for the file)."""
     damaged = {}
     for file in files:
         try:
             con.execute(f"SELECT count(*) FROM parquet_metadata({_literal(file)})").fetchall()
-        except duckdb.InvalidInputException as error:
-            damaged[file] = str(error).splitlines()[0]
-        except duckdb.IOException:
+        except duckdb.IOException as error:
             if not store.exists(store.key_of(unescape_glob(file))):
                 damaged[file] = "the file is missing"
+            elif _FOOTER_PAST_END in str(error):  # the footer's offsets are past the file's end
+                damaged[file] = str(error).splitlines()[0]
+        except duckdb.Error as error:  # not Parquet: cut short (InvalidInput), a footer that does not parse (thrift)
+            damaged[file] = str(error).splitlines()[0]
     return damaged
+
+
+#: DuckDB's words for a Parquet footer that points past the end of its file (a damaged footer,
+#: not an object store that does not answer).
+_FOOTER_PAST_END = "Could not read enough bytes"
 
 
 #: File views that carry the feature versions of their two models (``CatalogSources.lineage``),

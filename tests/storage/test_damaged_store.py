@@ -50,6 +50,43 @@ def test_a_cut_short_parquet_file_is_named_and_left_out(store, caplog, capsys):
     assert _count(open_catalog(summary.path), "select count(*) from alignment_best") == best
 
 
+def _footer_damage(path: Path, kind: type) -> None:
+    """Change one byte of the Parquet footer of ``path`` (size kept) so that reading its metadata
+    raises ``kind``: the first footer byte that does."""
+    import duckdb
+
+    data = path.read_bytes()
+    footer = int.from_bytes(data[-8:-4], "little")  # the metadata's length, before the magic bytes
+    for offset in range(len(data) - 8 - footer, len(data) - 8):
+        changed = bytearray(data)
+        changed[offset] ^= 0xFF
+        path.write_bytes(bytes(changed))
+        try:
+            duckdb.connect().execute(f"select count(*) from parquet_metadata('{path}')").fetchall()
+        except duckdb.Error as error:
+            if type(error) is kind:
+                return
+    raise AssertionError(f"no one-byte change of {path}'s footer raises {kind.__name__}")
+
+
+@pytest.mark.parametrize("kind", ["Error", "IOException"])
+def test_a_parquet_footer_with_a_changed_byte_is_named_and_left_out(store, caplog, capsys, kind):
+    """A footer whose metadata no longer parses (one byte changed, size kept) raises a plain
+    ``duckdb.Error`` (thrift) or an ``IOException`` (an offset past the end), not the
+    ``InvalidInputException`` of a file cut short: every query of the store failed with a traceback."""
+    import duckdb
+
+    rows = _count(connect(store), "select count(*) from alignment")
+    damaged = _alignment_folders(store)[0] / "scores.parquet"
+    _footer_damage(damaged, getattr(duckdb, kind))
+    with caplog.at_level(logging.WARNING, logger="storage.catalog"):
+        con = connect(store)
+    assert f"{damaged}: " in caplog.text and "left out of the alignment view" in caplog.text
+    assert 0 < _count(con, "select count(*) from alignment") < rows
+    assert main(["sql", "select count(*) n from runs", "--store", store.url, "--format", "csv"]) == 0
+    assert capsys.readouterr().out.split() == ["n", "2"]
+
+
 def test_a_damaged_or_copied_manifest_is_named_and_never_counted(store, caplog):
     healthy = connect(store)
     versions = _count(healthy, "select count(distinct alignment_version) from alignment_best")
