@@ -65,7 +65,7 @@ step() {  # name, timeout seconds, command...
   local started=$SECONDS
   timeout -k 10 "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
-  note "== $name: exit $rc after $((SECONDS - started)) s$([ "$rc" = 124 ] && echo " (timed out at $limit s)")"
+  note "== $name: exit $rc after $((SECONDS - started)) s$([ "$rc" = 124 ] && echo " (timed out at $limit s)")$([ "$rc" = 137 ] && [ $((SECONDS - started)) -ge "$limit" ] && echo " (killed 10 s after its $limit s limit)")"
   tail -n 25 "$OUT/$name.log"
   [ "$rc" = 0 ] || status=1
 }

@@ -492,14 +492,19 @@ def _unreadable(con: duckdb.DuckDBPyConnection, files: list[str], store: Store) 
                 damaged[file] = "the file is missing"
             elif _FOOTER_PAST_END in str(error):  # the footer's offsets are past the file's end
                 damaged[file] = str(error).splitlines()[0]
-        except duckdb.Error as error:  # not Parquet: cut short (InvalidInput), a footer that does not parse (thrift)
+        except duckdb.InvalidInputException as error:  # not Parquet: cut short, overwritten
             damaged[file] = str(error).splitlines()[0]
+        except duckdb.Error as error:  # a footer that does not parse (thrift) is damage; a Python error
+            if _FOOTER_UNPARSED in str(error):  # raised by a registered filesystem (s3fs: a timeout) may pass
+                damaged[file] = str(error).splitlines()[0]
     return damaged
 
 
-#: DuckDB's words for a Parquet footer that points past the end of its file (a damaged footer,
-#: not an object store that does not answer).
+#: DuckDB's words for a Parquet footer that points past the end of its file, and for one whose
+#: metadata does not parse (damaged footers, not an object store that does not answer: an error
+#: of a registered fsspec filesystem reaches DuckDB's caller as a plain ``duckdb.Error`` too).
 _FOOTER_PAST_END = "Could not read enough bytes"
+_FOOTER_UNPARSED = "TProtocolException"
 
 
 #: File views that carry the feature versions of their two models (``CatalogSources.lineage``),

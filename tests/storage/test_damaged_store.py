@@ -87,6 +87,55 @@ def test_a_parquet_footer_with_a_changed_byte_is_named_and_left_out(store, caplo
     assert capsys.readouterr().out.split() == ["n", "2"]
 
 
+@pytest.mark.parametrize("failure", [TimeoutError("read timed out"), ConnectionError("connection reset")])
+def test_a_read_that_fails_on_a_registered_filesystem_marks_nothing(failure):
+    """s3fs raising after its retries (a timeout) reaches DuckDB's caller as a plain duckdb.Error,
+    as a footer that does not parse does: the file may be sound, so it is not named damaged (nor
+    left out of a view, with advice to remove its version); the caller raises the error."""
+    import io
+
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from storage.catalog import _unreadable
+
+    class Flaky(MemoryFileSystem):
+        protocol = "flaky"
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return super()._strip_protocol("/" + path[len("flaky://"):] if path.startswith("flaky://") else path)
+
+        def _open(self, path, mode="rb", **kwargs):
+            opened = super()._open(path, mode, **kwargs)
+
+            class Failing:  # the file, except that reading it fails
+                def __getattr__(self, name):
+                    return getattr(opened, name)
+
+                def read(self, *args, **kw):
+                    raise failure
+
+                def close(self):
+                    pass
+
+            return Failing() if "r" in mode else opened
+
+    fs = Flaky()
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"a": [1, 2, 3]}), buffer)
+    fs.pipe("/b/x.parquet", buffer.getvalue())
+    con = duckdb.connect()
+    con.register_filesystem(fs)
+    with pytest.raises(duckdb.Error) as raised:  # the read does fail, as a plain duckdb.Error
+        con.execute("select count(*) from parquet_metadata('flaky://b/x.parquet')").fetchall()
+    assert type(raised.value) is duckdb.Error
+    store = type("Listed", (), {"exists": lambda self, key: True, "key_of": lambda self, uri: uri})()
+    assert _unreadable(con, ["flaky://b/x.parquet"], store) == {}
+
+
 def test_a_damaged_or_copied_manifest_is_named_and_never_counted(store, caplog):
     healthy = connect(store)
     versions = _count(healthy, "select count(distinct alignment_version) from alignment_best")

@@ -163,6 +163,7 @@ def test_metadata_views_keep_their_types_when_a_column_is_all_null(tmp_path):
     con = connect(store)
     types = {r["column_name"]: r["column_type"] for r in query(con, "select column_name, column_type from (describe runs)").to_pylist()}
     assert (types["aligned"], types["alignment_versions"], types["failures"]) == ("BIGINT", "VARCHAR[]", "VARCHAR")
+    assert (types["metrics_computed"], types["metrics_copied"]) == ("BIGINT", "BIGINT")
     assert query(con, "select coalesce(aligned, 0) - 1 d, list_contains(alignment_versions, 'x') c from runs").to_pylist() == [{"d": -1, "c": None}]
     empty = {r["column_name"]: r["column_type"] for r in query(con, "select column_name, column_type from (describe models)").to_pylist()}
     assert (empty["bits_per_byte"], empty["param_count"], empty["layer_widths"]) == ("DOUBLE", "BIGINT", "BIGINT[]")
