@@ -11,7 +11,7 @@
 - ``alignment``: one row per metric × model pair × layer pair of every alignment version.
 - ``alignment_best``: one row per metric × model pair of every alignment version: best layer
   pair, chance level, calibrated score and p-value (a store that has seen runs with other
-  parameters or datasets holds several rows per metric × model pair).
+  parameters, metric lists or datasets holds several rows per metric × model pair).
 - ``runs``: one row per pipeline run, with its lineage.
 - ``alignment_fdr``: one row per run × metric × model pair with a p-value: the run's
   Benjamini–Hochberg q-value over its model grid (``q_value``, one family per run and metric).
