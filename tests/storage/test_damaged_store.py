@@ -133,7 +133,11 @@ def test_a_read_that_fails_on_a_registered_filesystem_marks_nothing(failure):
         con.execute("select count(*) from parquet_metadata('flaky://b/x.parquet')").fetchall()
     assert type(raised.value) is duckdb.Error
     store = type("Listed", (), {"exists": lambda self, key: True, "key_of": lambda self, uri: uri})()
-    assert _unreadable(con, ["flaky://b/x.parquet"], store) == {}
+    try:
+        assert _unreadable(con, ["flaky://b/x.parquet"], store) == {}
+    finally:
+        con.unregister_filesystem("flaky")
+        con.close()
 
 
 def test_a_damaged_or_copied_manifest_is_named_and_never_counted(store, caplog):
