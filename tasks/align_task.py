@@ -389,17 +389,19 @@ def align_to_store(
     for z in zeros:
         logger.warning("%s layer %d (%s): %d of %d samples are all-zero vectors (e.g. %s); their neighbours are ties",
                        z["model"], z["layer"], z["layer_name"], z["n_samples"], len(pair.sample_ids), examples(z["examples"]))
-    xs, ys = (prepare_layers(layers, q=params.outlier_quantile, scope=params.outlier_scope, exact=params.outlier_exact,
-                             threshold_from=threshold_layers(catalog.get("modality", ""), len(layers)))
-              for layers, catalog in ((pair.xs, manifest_a["catalog"]), (pair.ys, manifest_b["catalog"])))
     requests, versions = metric_requests(params), metric_versions(manifest_a, manifest_b, params)
     shape = (len(pair.xs), len(pair.ys))
     reused, reused_from = reusable_results(store, key, requests, versions, shape, (model_a, model_b), logger)
     for result in reused.values():
         log_interval_notes(result, params.bootstrap, logger)
     to_compute = [r for r in requests if r.name not in reused]
-    computed = align_layers(xs, ys, to_compute, permutations=params.permutations, seed=params.seed,
-                            bootstrap=params.bootstrap, names=(model_a, model_b)) if to_compute else []
+    computed = []
+    if to_compute:  # every metric copied (one dropped from the config): nothing to prepare
+        xs, ys = (prepare_layers(layers, q=params.outlier_quantile, scope=params.outlier_scope, exact=params.outlier_exact,
+                                 threshold_from=threshold_layers(catalog.get("modality", ""), len(layers)))
+                  for layers, catalog in ((pair.xs, manifest_a["catalog"]), (pair.ys, manifest_b["catalog"])))
+        computed = align_layers(xs, ys, to_compute, permutations=params.permutations, seed=params.seed,
+                                bootstrap=params.bootstrap, names=(model_a, model_b))
     by_name = {**reused, **{r.metric.name: r for r in computed}}
     results = [by_name[r.name] for r in requests]
     degenerate = excluded_layers(results, manifest_a, manifest_b)

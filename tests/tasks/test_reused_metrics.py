@@ -88,7 +88,9 @@ def test_dropping_a_metric_computes_nothing(tmp_path, monkeypatch) -> None:
     ma, mb = _models(store)
     _align(store, ma, mb, ["cka", "mutual_knn"])
     calls = _spy(monkeypatch)
-    kept = _align(store, ma, mb, ["cka"])
+    with monkeypatch.context() as patched:
+        patched.setattr(align_task, "prepare_layers", lambda *a, **kw: pytest.fail("layers prepared, nothing to compute"))
+        kept = _align(store, ma, mb, ["cka"])
     assert calls == [] and set(kept["reused_metrics"]) == {"cka"}
     scratch, fresh = _from_scratch(tmp_path, ["cka"])
     _assert_same_as_scratch(store, kept, scratch, fresh)
