@@ -79,8 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "(its captions' vectors averaged; with --captions all)")
 
     sql = commands.add_parser("sql", help="query the catalog with DuckDB SQL (read-only)")
-    sql.add_argument("query", help="a SELECT query over datasets, samples, models, features, alignment, alignment_best, runs, alignment_latest, alignment_best_latest, "
-                                          "alignment_fdr")
+    sql.add_argument("query", help="a SELECT query over datasets, samples, models, features, alignment, alignment_best (the current "
+                                          "results), runs, alignment_latest, alignment_best_latest, alignment_fdr, alignment_all, "
+                                          "alignment_best_all (every version)")
     sql.add_argument("--store", default=None, help=STORE_HELP)
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
@@ -298,7 +299,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(f"features extracted: {', '.join(summary['extracted']) or 'none'}; reused: {', '.join(summary['reused']) or 'none'}")
     console.print(f"results stored in {summary['store']} (run {summary['run_id']})")
     console.print('query them: prh sql "select * from alignment_best_latest"  (the latest run\'s results; '
-                  'alignment_best holds every run\'s)')
+                  'alignment_best: the current result of every pair scored so far)')
 
 
 #: The top-level folders of a store (``storage.layout``, reports): one of them marks a prh store.

@@ -8,18 +8,22 @@
   parameter count, layer count, widths, bits per byte, dataset_version).
 - ``features``: one row per (model, feature version, layer, sample): the pooled vector as
   ``FLOAT[]``, and the ``dataset_version`` it was extracted on (join ``samples`` on both ids).
-- ``alignment``: one row per metric × model pair × layer pair of every alignment version.
-- ``alignment_best``: one row per metric × model pair of every alignment version: best layer
-  pair, chance level, calibrated score and p-value (a store that has seen runs with other
-  parameters, metric lists or datasets holds several rows per metric × model pair).
+- ``alignment_best``: one row per metric × model pair (of each dataset, by name): best layer pair,
+  chance level, calibrated score, p-value and CI of the current result, the one of the latest
+  run that scored that pair and metric (:data:`CURRENT_BEST_SQL`).
+- ``alignment``: one row per metric × model pair × layer pair: the layer pairs behind
+  ``alignment_best``'s rows.
+- ``alignment_best_all`` / ``alignment_all``: the same of every published alignment version (a
+  store that has seen runs with other parameters, metric lists or datasets holds several rows
+  per metric × model pair there), with ``published_at``.
 - ``runs``: one row per pipeline run, with its lineage.
 - ``alignment_fdr``: one row per run × metric × model pair with a p-value: the run's
   Benjamini–Hochberg q-value over its model grid (``q_value``, one family per run and metric).
-- ``alignment_latest`` / ``alignment_best_latest``: the rows of ``alignment`` /
-  ``alignment_best`` of the latest run with results (:data:`LATEST_RUN_SQL`, the run
+- ``alignment_latest`` / ``alignment_best_latest``: the rows of ``alignment_all`` /
+  ``alignment_best_all`` of the latest run with results (:data:`LATEST_RUN_SQL`, the run
   ``prh report`` shows): one row per metric × model pair (× layer pair) of that run.
 
-Times (``datasets.published_at``, ``models.published_at``, ``runs.started_at`` /
+Times (``datasets.published_at``, ``models.published_at``, the alignment views' ``published_at``, ``runs.started_at`` /
 ``finished_at``) are ``TIMESTAMPTZ`` in UTC (the connection's time zone is UTC); a value that is
 not an ISO 8601 time (a hand-edited record) is NULL. File views have their columns in the order of
 ``_EMPTY_VIEWS`` whatever the store kind and the files' ages; rows written before ``unit``
@@ -57,8 +61,8 @@ _FILE_VIEWS: dict[str, tuple[str, str]] = {
     # view: (manifest prefix, file name in each version, or "*.parquet" for every listed file)
     "samples": (layout.DATASETS, layout.SAMPLES_FILE),
     "features": (layout.FEATURES, "*"),
-    "alignment": (layout.ALIGNMENT, layout.SCORES_FILE),
-    "alignment_best": (layout.ALIGNMENT, layout.BEST_FILE),
+    "alignment_all": (layout.ALIGNMENT, layout.SCORES_FILE),
+    "alignment_best_all": (layout.ALIGNMENT, layout.BEST_FILE),
 }
 
 # Column types of each file view, in the order of the pipeline's files (``tasks.align_task.result_tables``):
@@ -67,12 +71,12 @@ _FILE_VIEWS: dict[str, tuple[str, str]] = {
 _EMPTY_VIEWS = {
     "samples": "dataset_version VARCHAR, sample_id VARCHAR, image_id VARCHAR, text VARCHAR, image BLOB",
     "features": "model VARCHAR, feature_version VARCHAR, layer SMALLINT, sample_id VARCHAR, vector FLOAT[]",
-    "alignment": (
+    "alignment_all": (
         "alignment_version VARCHAR, dataset_version VARCHAR, model_a VARCHAR, model_b VARCHAR, metric VARCHAR, "
         "params VARCHAR, layer_a INTEGER, layer_b INTEGER, layer_name_a VARCHAR, layer_name_b VARCHAR, "
         "score DOUBLE, n_samples INTEGER, unit VARCHAR"
     ),
-    "alignment_best": (
+    "alignment_best_all": (
         "alignment_version VARCHAR, dataset_version VARCHAR, model_a VARCHAR, model_b VARCHAR, metric VARCHAR, "
         "params VARCHAR, modality_a VARCHAR, modality_b VARCHAR, layer_a INTEGER, layer_b INTEGER, "
         "layer_name_a VARCHAR, layer_name_b VARCHAR, score DOUBLE, chance_level DOUBLE, null_mean DOUBLE, "
@@ -105,8 +109,9 @@ class QueryError(ValueError):
     types, ...); the message is DuckDB's. The DuckDB exception is the ``__cause__``."""
 
 
-#: ``(alignment_version, model_a, feature_version_a, model_b, feature_version_b)``
-Lineage = tuple[str, str, str, str, str]
+#: ``(alignment_version, model_a, feature_version_a, model_b, feature_version_b, published_at)``:
+#: ``published_at`` is the version's manifest's, ISO 8601 in UTC, or None when it is not a time.
+Lineage = tuple[str, str, str, str, str, str | None]
 #: ``(model, feature_version, dataset_version)``
 FeatureDataset = tuple[str, str, str]
 
@@ -206,10 +211,12 @@ def _entries(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def _lineage_rows(key: str, manifest: dict[str, Any]) -> list[Lineage]:
     """The :data:`Lineage` rows of one alignment version: both orders of its two models (one row
-    when a model is aligned with itself)."""
+    when a model is aligned with itself), with the time the version was published."""
     version = key.rstrip("/").rsplit("/", 1)[-1]
+    published = utc_time(manifest.get("published_at"))
+    published_at = published.isoformat() if published is not None else None
     features = [(str(m), str(v)) for m, v in manifest.get("lineage", {}).get("features", {}).items()]
-    return [(version, *a, *b) for a in features for b in features if len(features) == 1 or a != b]
+    return [(version, *a, *b, published_at) for a in features for b in features if len(features) == 1 or a != b]
 
 
 def _feature_dataset(key: str) -> FeatureDataset:
@@ -269,28 +276,61 @@ def connect(
 #: repeats its conditions and order (tests/storage/test_queries.py checks), and ``prh report``'s
 #: default run (``tasks.report_source.select_run``, same conditions and order) must be this run
 #: (tests/storage/test_catalog_views.py checks).
-LATEST_RUN_SQL = (
-    "SELECT * FROM runs "
-    "WHERE status = 'COMPLETED' OR (status = 'FAILED' AND len(coalesce(alignment_versions, [])) > 0) "
-    "ORDER BY coalesce(finished_at, started_at) DESC, started_at DESC, run_id DESC LIMIT 1"
-)
+_RUN_HAS_RESULTS = "status = 'COMPLETED' OR (status = 'FAILED' AND len(coalesce(alignment_versions, [])) > 0)"
+_RUNS_LATEST_FIRST = "coalesce(finished_at, started_at) DESC, started_at DESC, run_id DESC"
+LATEST_RUN_SQL = f"SELECT * FROM runs WHERE {_RUN_HAS_RESULTS} ORDER BY {_RUNS_LATEST_FIRST} LIMIT 1"
+
+#: A version's store key (``alignment/<dataset>/<model a>__<model b>/<version>``, as run records
+#: list them) from a row of an alignment view aliased ``v``: a version id alone can belong to two
+#: pair folders, when a model was renamed.
+_KEY_OF_ROW = "concat_ws('/', 'alignment', v.dataset_version, v.model_a || '__' || v.model_b, v.alignment_version)"
 
 
 def _of_latest_run(view: str) -> str:
-    """``SELECT`` of the rows of ``view`` (``alignment`` or ``alignment_best``) whose alignment
-    version the latest run with results lists (:data:`LATEST_RUN_SQL`), by its store key
-    ``alignment/<dataset>/<model a>__<model b>/<version>`` (a version id alone can belong to two
-    pair folders, when a model was renamed)."""
-    return (f"SELECT v.* FROM {view} AS v WHERE concat_ws('/', 'alignment', v.dataset_version, "
-            f"v.model_a || '__' || v.model_b, v.alignment_version) IN "
-            f"(SELECT unnest(alignment_versions) FROM ({LATEST_RUN_SQL}))")
+    """``SELECT`` of the rows of ``view`` (``alignment_all`` or ``alignment_best_all``) whose
+    alignment version the latest run with results lists (:data:`LATEST_RUN_SQL`), by store key."""
+    return f"SELECT v.* FROM {view} AS v WHERE {_KEY_OF_ROW} IN (SELECT unnest(alignment_versions) FROM ({LATEST_RUN_SQL}))"
+
+
+#: ``alignment_best``: of the rows of ``alignment_best_all``, the current one of each dataset (by
+#: name: a new version of a dataset replaces the old one), model pair and metric. Current: from
+#: the version that the latest run with results (:data:`LATEST_RUN_SQL`'s conditions and order)
+#: among those that list one lists; a version no such run lists (its run crashed, or the store's
+#: run records are gone) only where no run lists one, the last published first.
+CURRENT_BEST_SQL = f"""
+    WITH listed AS (
+        SELECT unnest(alignment_versions) AS alignment_key, run_id, started_at,
+               coalesce(finished_at, started_at) AS run_time
+        FROM runs WHERE {_RUN_HAS_RESULTS}
+    ), dataset_names AS (
+        SELECT dataset_version, any_value(name) AS name FROM datasets GROUP BY dataset_version
+    ), ranked AS (
+        SELECT v.*, row_number() OVER (
+                   PARTITION BY coalesce(d.name, v.dataset_version), v.model_a, v.model_b, v.metric
+                   ORDER BY r.alignment_key IS NULL, r.run_time DESC NULLS LAST, r.started_at DESC NULLS LAST,
+                            r.run_id DESC NULLS LAST, v.published_at DESC NULLS LAST, v.alignment_version DESC
+               ) AS _current_rank
+        FROM alignment_best_all AS v
+        LEFT JOIN listed AS r ON r.alignment_key = {_KEY_OF_ROW}
+        LEFT JOIN dataset_names AS d ON d.dataset_version = v.dataset_version
+    )
+    SELECT * EXCLUDE (_current_rank) FROM ranked WHERE _current_rank = 1"""
+
+#: ``alignment``: the layer pairs of ``alignment_all`` behind each row of ``alignment_best``.
+CURRENT_SCORES_SQL = """
+    SELECT v.* FROM alignment_all AS v SEMI JOIN alignment_best AS c
+        ON c.alignment_version = v.alignment_version AND c.dataset_version = v.dataset_version
+       AND c.model_a = v.model_a AND c.model_b = v.model_b AND c.metric = v.metric"""
 
 
 #: Views computed from the others (after them), in creation order: name -> ``SELECT``.
 DERIVED_VIEWS: dict[str, str] = {
+    # the current result of each dataset, model pair and metric (the history is in the *_all views)
+    "alignment_best": CURRENT_BEST_SQL,
+    "alignment": CURRENT_SCORES_SQL,
     # one run's results: the latest run with results (columns of ``alignment`` / ``alignment_best``)
-    "alignment_latest": _of_latest_run("alignment"),
-    "alignment_best_latest": _of_latest_run("alignment_best"),
+    "alignment_latest": _of_latest_run("alignment_all"),
+    "alignment_best_latest": _of_latest_run("alignment_best_all"),
     # Benjamini–Hochberg over one run's model grid, per metric (and its parameters): the run's
     # alignment versions (``runs.alignment_versions``, store keys) joined to their best rows; p
     # sorted ascending (ties in a fixed order: they get one q-value anyway), q_(i) = min over
@@ -302,7 +342,7 @@ DERIVED_VIEWS: dict[str, str] = {
         ), tested AS (
             SELECT m.run_id, m.run_status, b.alignment_version, b.dataset_version, b.metric, b.params,
                    b.model_a, b.model_b, b.score, b.calibrated_score, b.p_value, b.permutations
-            FROM members AS m JOIN alignment_best AS b
+            FROM members AS m JOIN alignment_best_all AS b
               ON m.alignment_key = concat_ws('/', 'alignment', b.dataset_version, b.model_a || '__' || b.model_b,
                                              b.alignment_version)
             WHERE b.p_value IS NOT NULL AND NOT isnan(b.p_value)
@@ -389,7 +429,7 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
     fingerprint are bound from their first file only (``storage.stored_files``); damage that
     keeps the size shows when a query reads the file (the error then points to `prh verify`)."""
     if not files:
-        declared = _EMPTY_VIEWS[view].split(", ") + [f"{c} VARCHAR" for c in _ADDED_COLUMNS.get(view, ())]
+        declared = _EMPTY_VIEWS[view].split(", ") + list(_ADDED_COLUMNS.get(view, ()))
         con.execute(f"CREATE VIEW {view} AS SELECT {_typed_nulls(declared)} WHERE false")
         return []
     groups = [FileGroup(files, union_by_name=True)]
@@ -448,12 +488,14 @@ def _canonical_sql(view: str, groups: list[FileGroup]) -> str:
     return f"({rows})"
 
 
-def _values_sql(rows: list[tuple[str, ...]], names: tuple[str, ...]) -> str:
-    """A relation of ``rows`` (text) with columns ``names`` (an empty one of that shape without rows)."""
+def _values_sql(rows: list[tuple[str | None, ...]], names: tuple[str, ...]) -> str:
+    """A relation of ``rows`` (text or None: ``NULL``) with columns ``names``, each ``VARCHAR``
+    (an empty one of that shape without rows)."""
+    typed = ", ".join(f"{n}::VARCHAR AS {n}" for n in names)
     if not rows:
         return "SELECT " + ", ".join(f"NULL::VARCHAR AS {n}" for n in names) + " WHERE false"
-    values = ", ".join("(" + ", ".join(_literal(v) for v in row) + ")" for row in rows)
-    return f"SELECT * FROM (VALUES {values}) t({', '.join(names)})"
+    values = ", ".join("(" + ", ".join("NULL" if v is None else _literal(v) for v in row) + ")" for row in rows)
+    return f"SELECT {typed} FROM (VALUES {values}) t({', '.join(names)})"
 
 
 def _file_view_sql(view: str, groups: list[FileGroup], lineage: list[Lineage] | None,
@@ -467,11 +509,13 @@ def _file_view_sql(view: str, groups: list[FileGroup], lineage: list[Lineage] | 
                 f"ON d.model = p.model AND d.feature_version = p.feature_version")
     if view not in _LINEAGE_VIEWS:
         return f"CREATE VIEW {view} AS SELECT * FROM {source}"
-    known = _values_sql(list(lineage or []), ("alignment_version", "model_a", "version_a", "model_b", "version_b"))
+    known = _values_sql(list(lineage or []), ("alignment_version", "model_a", "version_a", "model_b", "version_b",
+                                              "published_at"))
     # one join on the version and both model names (a version id may serve two pair folders)
     return (
         f"CREATE VIEW {view} AS WITH lineage AS ({known}) "
-        f"SELECT p.*, l.version_a AS {LINEAGE_COLUMNS[0]}, l.version_b AS {LINEAGE_COLUMNS[1]} "
+        f"SELECT p.*, l.version_a AS {LINEAGE_COLUMNS[0]}, l.version_b AS {LINEAGE_COLUMNS[1]}, "
+        f"l.published_at::TIMESTAMPTZ AS {LINEAGE_COLUMNS[2]} "
         f"FROM {source} p LEFT JOIN lineage l ON l.alignment_version = p.alignment_version "
         f"AND l.model_a = p.model_a AND l.model_b = p.model_b"
     )
@@ -507,12 +551,15 @@ _FOOTER_PAST_END = "Could not read enough bytes"
 _FOOTER_UNPARSED = "TProtocolException"
 
 
-#: File views that carry the feature versions of their two models (``CatalogSources.lineage``),
-#: and the columns they add to their Parquet files' (``_EMPTY_VIEWS``: the files' columns).
-_LINEAGE_VIEWS = ("alignment", "alignment_best")
-LINEAGE_COLUMNS = ("feature_version_a", "feature_version_b")
-#: The columns each file view adds to its files' (text; after them, in this order).
-_ADDED_COLUMNS = {**dict.fromkeys(_LINEAGE_VIEWS, LINEAGE_COLUMNS), "features": ("dataset_version",)}
+#: File views that carry the feature versions of their two models and the time their version was
+#: published (``CatalogSources.lineage``), and the columns they add to their Parquet files'
+#: (``_EMPTY_VIEWS``: the files' columns).
+_LINEAGE_VIEWS = ("alignment_all", "alignment_best_all")
+LINEAGE_COLUMNS = ("feature_version_a", "feature_version_b", "published_at")
+#: The columns each file view adds to its files' (``"name TYPE"``; after them, in this order).
+_ADDED_COLUMNS = {**dict.fromkeys(_LINEAGE_VIEWS, ("feature_version_a VARCHAR", "feature_version_b VARCHAR",
+                                                   "published_at TIMESTAMPTZ")),
+                  "features": ("dataset_version VARCHAR",)}
 
 
 def _meta_table(view: str, rows: list[dict[str, Any]]) -> pa.Table:

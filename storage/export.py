@@ -2,12 +2,12 @@
 
 The file holds the same names as :func:`storage.catalog.connect`:
 
-- views ``samples``, ``features``, ``alignment``, ``alignment_best``: ``read_parquet`` over the
-  absolute paths (or ``s3://`` URLs) of every published file: they only read the store;
+- views ``samples``, ``features``, ``alignment_all``, ``alignment_best_all``: ``read_parquet``
+  over the absolute paths (or ``s3://`` URLs) of every published file: they only read the store;
 - tables ``datasets``, ``models``, ``runs``: the manifests' and run records' rows, copied in
   (times as ``TIMESTAMPTZ``);
-- views ``alignment_latest``, ``alignment_best_latest``, ``alignment_fdr`` over those
-  (``storage.catalog.DERIVED_VIEWS``);
+- views ``alignment_best``, ``alignment`` (the current results), ``alignment_latest``,
+  ``alignment_best_latest``, ``alignment_fdr`` over those (``storage.catalog.DERIVED_VIEWS``);
 - table ``prh_catalog``: one row (store URL without credentials, exported_at, file count).
 
 It is a snapshot: versions published later appear after the next export. Writing is atomic

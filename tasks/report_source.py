@@ -65,7 +65,7 @@ def missing_versions(con: duckdb.DuckDBPyConnection, record: dict[str, Any]) -> 
         "select 'datasets/' || dataset_version from datasets union all "
         "select concat_ws('/', 'features', dataset_version, model, feature_version) from models union all "
         "select distinct concat_ws('/', 'alignment', dataset_version, model_a || '__' || model_b, alignment_version) "
-        "from alignment_best").fetchall()}
+        "from alignment_best_all").fetchall()}
     return sorted(named_versions(record) - held)
 
 
@@ -143,8 +143,8 @@ def load_report_input(
         con.register("_report_alignments", alignment_selection(record))
         con.register("_report_features", feature_selection(record))
         join = "join _report_alignments s using (alignment_version, model_a, model_b)"
-        best = con.sql(f"select t.* from alignment_best t {join} order by metric, model_a, model_b").to_arrow_table()
-        scores = con.sql(f"select t.* from alignment t {join} order by metric, model_a, model_b, layer_a, layer_b").to_arrow_table()
+        best = con.sql(f"select t.* from alignment_best_all t {join} order by metric, model_a, model_b").to_arrow_table()
+        scores = con.sql(f"select t.* from alignment_all t {join} order by metric, model_a, model_b, layer_a, layer_b").to_arrow_table()
         models = con.sql("select m.* from models m join _report_features s using (model, feature_version) order by model").to_arrow_table()
         notes = [f"failed in this run ({f.get('stage')}): {f.get('item')}: {f.get('error')}" for f in run_failures(record)]
         notes += plugin_notes

@@ -55,6 +55,22 @@ def test_run_on_a_folder_reports_bad_rows_and_sql_reads_results(tmp_path, capsys
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines == ["metric,n", "cka,9", "mutual_knn,9"]
 
+    # run again with another topk: alignment_best / alignment hold that run's rows, one per metric x
+    # pair (x layer pair); every version stays in the *_all views
+    config.write_text(yaml.safe_dump({"models": [TINY_VIT, TINY_BERT],
+                                      "alignment": {"metrics": ["mutual_knn", "cka"], "topk": 4}}))
+    assert main(["run", "--config", str(config), "--dataset", str(tmp_path / "pairs"), "--store", store]) == 0
+    capsys.readouterr()
+    counts = ("select metric, count(*) n, count(distinct alignment_version) v, max(params) p from {} group by metric "
+              "order by metric")
+    assert main(["sql", counts.format("alignment_best"), "--store", store, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"metric": "cka", "n": 1, "v": 1, "p": '{"kernel_metric": "ip"}'},
+                                                   {"metric": "mutual_knn", "n": 1, "v": 1, "p": '{"topk": 4}'}]
+    assert main(["sql", counts.format("alignment"), "--store", store, "--format", "json"]) == 0
+    assert [(r["n"], r["v"]) for r in json.loads(capsys.readouterr().out)] == [(9, 1), (9, 1)]
+    assert main(["sql", counts.format("alignment_best_all"), "--store", store, "--format", "json"]) == 0
+    assert [(r["n"], r["v"]) for r in json.loads(capsys.readouterr().out)] == [(2, 2), (2, 2)]
+
     assert main(["sql", "copy (select 1) to 'x.csv'", "--store", store]) == 2
     assert "read-only" in capsys.readouterr().err
     assert main(["sql", "select length(image) from samples", "--store", store]) == 2  # DuckDB's error, no traceback

@@ -108,4 +108,4 @@ def _alignment_rows(a: str, b: str, version: str, n: int) -> tuple[pa.Table, pa.
         names = _positional(view)
         return pa.table({c: pa.array([r[k] for r in rows], pa.int32() if c in int_columns else None) for k, c in enumerate(names)})
 
-    return table("alignment", scores), table("alignment_best", best)
+    return table("alignment_all", scores), table("alignment_best_all", best)

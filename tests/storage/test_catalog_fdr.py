@@ -20,7 +20,7 @@ from tests.bh_reference import brute_force_bh
 def _best_table(version: str, a: str, b: str, p_values: dict[str, float | None]) -> pa.Table:
     rows = []
     for metric, p in p_values.items():
-        row = {c: None for c in _schema("alignment_best")}
+        row = {c: None for c in _schema("alignment_best_all")}
         row.update(alignment_version=version, dataset_version=DATASET, metric=metric, params=json.dumps({"topk": 3}),
                    model_a=a, model_b=b, score=0.5, p_value=p, permutations=None if p is None else 99)
         rows.append(row)
@@ -28,7 +28,7 @@ def _best_table(version: str, a: str, b: str, p_values: dict[str, float | None])
              "n_samples": pa.int32(), "ci_degenerate": pa.bool_()}
     float_columns = {"score", "chance_level", "null_mean", "null_std", "tau", "p_value", "calibrated_score", "ci_low", "ci_high"}
     return pa.table({c: pa.array([r[c] for r in rows], types.get(c, pa.float64() if c in float_columns else pa.string()))
-                     for c in _schema("alignment_best")})
+                     for c in _schema("alignment_best_all")})
 
 
 
@@ -105,7 +105,7 @@ def test_an_empty_store_lists_the_alignment_columns_in_the_pipelines_order(tmp_p
     manifest_b = {"catalog": {**catalog, "model": "lm", "modality": "language"}}
     result = PairAlignment(MetricRequest("cka"), np.eye(2), 1.0, (0, 0), None)
     scores, best = result_tables([result], manifest_a, manifest_b, "v1", 10)
-    for view, table in (("alignment", scores), ("alignment_best", best)):
+    for view, table in (("alignment_all", scores), ("alignment_best_all", best)):
         assert [c.split(" ", 1)[0] for c in _EMPTY_VIEWS[view].split(", ")] == table.column_names, view
     con = connect(Store(str(tmp_path / "empty")))
     assert [r[0] for r in con.execute("describe alignment").fetchall()][:6] == [

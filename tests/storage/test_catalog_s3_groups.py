@@ -23,7 +23,7 @@ from storage.verify import verify_store
 from tests.storage.catalog_store import DATASET, build_catalog_store
 from tests.storage.s3_fault_proxy import FaultProxy
 
-VIEWS = ("samples", "features", "alignment", "alignment_best", "datasets", "models", "runs")
+VIEWS = ("samples", "features", "alignment", "alignment_best", "alignment_all", "alignment_best_all", "datasets", "models", "runs")
 OLD_COLUMNS = ("ci_low", "ci_high", "bootstrap")  # best.parquet gained them later
 
 
@@ -100,8 +100,8 @@ def test_schema_groups_give_the_answers_of_binding_every_footer(s3_store_url, pr
         assert _describe(con, view) == _describe(reference, view), view
         assert _rows(con, view) == _rows(reference, view), view
     sql = dict(con.execute("select view_name, sql from duckdb_views() where not internal").fetchall())
-    assert "union_by_name = false" in sql["features"] and "UNION ALL BY NAME" in sql["alignment_best"]
-    old = query(con, "select count(*) n, count(ci_low) c, count(feature_version_a) f from alignment_best "
+    assert "union_by_name = false" in sql["features"] and "UNION ALL BY NAME" in sql["alignment_best_all"]
+    old = query(con, "select count(*) n, count(ci_low) c, count(feature_version_a) f from alignment_best_all "
                      "where alignment_version = 'al-old-schema'").to_pylist()
     assert old == [{"n": 2, "c": 0, "f": 2}]  # read, the columns it lacks null, its lineage joined
     assert all(check.ok for check in verify_store(store))  # old and new manifests both verify
@@ -128,16 +128,16 @@ def test_damaged_files_are_left_out_with_a_warning_from_the_listing(s3_store_url
         con = connect(_through(proxy, s3_store_url))
     assert f"{store.read_uri(gone)}: the file is missing; left out of the features view" in caplog.text
     assert f"{store.read_uri(cut)}: 300 bytes, the manifest says" in caplog.text
-    assert f"{store.read_uri(first_best)}: " in caplog.text and "left out of the alignment_best view" in caplog.text
+    assert f"{store.read_uri(first_best)}: " in caplog.text and "left out of the alignment_best_all view" in caplog.text
     left = query(reference, "select count(*) from features where not ((model = 'lm-large' and layer = 2) "
                             "or (model = 'vit-small' and layer = 1))").column(0)[0].as_py()
     assert query(con, "select count(*) from features").column(0)[0].as_py() == left
     assert _rows(con, "features") == query(reference, "select * from features where not ((model = 'lm-large' and layer = 2) "
                                                       "or (model = 'vit-small' and layer = 1)) order by all").to_pylist()
     version = first_best.split("/")[-2]
-    assert _rows(con, "alignment_best") == query(
-        reference, f"select * from alignment_best where alignment_version <> '{version}' order by all").to_pylist()
-    assert _rows(con, "alignment") == _rows(reference, "alignment")  # the other views are whole
+    assert _rows(con, "alignment_best_all") == query(
+        reference, f"select * from alignment_best_all where alignment_version <> '{version}' order by all").to_pylist()
+    assert _rows(con, "alignment_all") == _rows(reference, "alignment_all")  # the other views are whole
 
 
 def _features_store(url: str, layers: int) -> Store:
@@ -232,12 +232,13 @@ def test_select_star_has_the_canonical_column_order_on_s3_and_locally(s3_store_u
     key = layout.alignment_key(DATASET, model_a, model_b, version)
     store.publish(key, tables, {"kind": "alignment", "lineage": {"features": {model_a: "fv-vit-small", model_b: f"fv-{model_b}"}}})
     _strip_fingerprints(store, key)
-    assert catalog_sources(store).files["alignment_best"][0] == store.read_uri(f"{key}/{layout.BEST_FILE}")  # read first
-    added = {"alignment": ["feature_version_a", "feature_version_b"], "alignment_best": ["feature_version_a", "feature_version_b"],
-             "features": ["dataset_version"]}
+    assert catalog_sources(store).files["alignment_best_all"][0] == store.read_uri(f"{key}/{layout.BEST_FILE}")  # read first
+    lineage = ["feature_version_a", "feature_version_b", "published_at"]
+    added = {"alignment_all": lineage, "alignment_best_all": lineage, "features": ["dataset_version"]}
     for con in (connect(_local_copy(store, tmp_path)), connect(_through(proxy, s3_store_url))):
-        for view in ("samples", "features", "alignment", "alignment_best"):
+        for view in ("samples", "features", "alignment_all", "alignment_best_all", "alignment", "alignment_best"):
+            files = view if view in _EMPTY_VIEWS else f"{view}_all"  # the current rows have the history's columns
             names = [name for name, _ in _describe(con, view)]
-            assert names == [c.split(" ")[0] for c in _EMPTY_VIEWS[view].split(", ")] + added.get(view, []), view
-        old = query(con, f"select distinct unit, ci_degenerate from alignment_best where alignment_version = '{version}'").to_pylist()
+            assert names == [c.split(" ")[0] for c in _EMPTY_VIEWS[files].split(", ")] + added.get(files, []), view
+        old = query(con, f"select distinct unit, ci_degenerate from alignment_best_all where alignment_version = '{version}'").to_pylist()
         assert old == [{"unit": "sample", "ci_degenerate": None}]

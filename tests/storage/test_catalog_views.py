@@ -52,6 +52,19 @@ def _keys_of(rows: list[dict]) -> set[str]:
     return {f"alignment/{r['dataset_version']}/{r['model_a']}__{r['model_b']}/{r['alignment_version']}" for r in rows}
 
 
+def _check_current(con, keys: list[str]) -> None:
+    """``alignment_best`` / ``alignment`` hold exactly the versions ``keys`` (one per pair): one
+    row per metric × pair, and every layer pair of each of those rows."""
+    best = query(con, "select * from alignment_best").to_pylist()
+    assert _keys_of(best) == set(keys)
+    pairs = [tuple(k.split("/")[2].split("__")) for k in keys]
+    assert sorted((r["metric"], r["model_a"], r["model_b"]) for r in best) == sorted((m, a, b) for m in METRICS for a, b in pairs)
+    scores = query(con, "select * from alignment").to_pylist()
+    assert _keys_of(scores) == set(keys)
+    expected = sorted((m, a, b, i, j) for m in METRICS for a, b in pairs for i in range(MODELS[a][2]) for j in range(MODELS[b][2]))
+    assert sorted((r["metric"], r["model_a"], r["model_b"], r["layer_a"], r["layer_b"]) for r in scores) == expected
+
+
 def _check_latest(con, keys: list[str], run_id: str) -> None:
     """The latest views hold exactly the alignment versions ``keys`` (of run ``run_id``): one best
     row per metric × pair, one row per metric × pair × layer pair; ``prh report`` picks that run."""
@@ -72,13 +85,15 @@ def test_the_latest_views_hold_the_latest_run_with_results_after_any_history(tmp
     first = sorted(k for k, _ in store.manifests(layout.ALIGNMENT))
     con = connect(url)
     _check_latest(con, first, "run-1")
+    _check_current(con, first)
 
     second = _publish_topk3(store, PAIRS)  # a run with another topk: a second version of every pair
     _record(store, "run-topk3", "COMPLETED", "2026-01-05T00:00:00+00:00", "2026-01-05T00:10:00+00:00", second)
     con = connect(url)
-    n = query(con, "select count(*) n, count(distinct (metric, model_a, model_b)) k from alignment_best").to_pylist()
-    assert n == [{"n": 2 * len(METRICS) * len(PAIRS), "k": len(METRICS) * len(PAIRS)}]  # alignment_best keeps every version
+    n = query(con, "select count(*) n, count(distinct (metric, model_a, model_b)) k from alignment_best_all").to_pylist()
+    assert n == [{"n": 2 * len(METRICS) * len(PAIRS), "k": len(METRICS) * len(PAIRS)}]  # alignment_best_all keeps every version
     _check_latest(con, second, "run-topk3")
+    _check_current(con, second)  # alignment_best: one row per metric x pair, the latest run's
     best = query(con, "select distinct params from alignment_best_latest where metric = 'mutual_knn'").to_pylist()
     assert best == [{"params": json.dumps({"topk": 3})}]
 
@@ -89,9 +104,13 @@ def test_the_latest_views_hold_the_latest_run_with_results_after_any_history(tmp
     _record(store, "run-crashed", "CRASHED", "2026-01-08T00:00:00+00:00", None, second)
     con = connect(url)
     _check_latest(con, first[:2], "run-partly")
+    # current: run-partly's two pairs, run-topk3's for the other two (a crashed run's list does not count)
+    by_pair = {k.split("/")[2]: k for k in second} | {k.split("/")[2]: k for k in first[:2]}
+    _check_current(con, list(by_pair.values()))
 
     exported = open_catalog(export_catalog(url, tmp_path / "catalog.duckdb").path)  # the exported file has the views
-    for view in ("alignment_latest", "alignment_best_latest"):
+    for view in ("alignment_latest", "alignment_best_latest", "alignment", "alignment_best", "alignment_all",
+                 "alignment_best_all"):
         sql = f"select * from {view} order by all"
         assert query(exported, sql).equals(query(con, sql)), view
 
@@ -222,7 +241,9 @@ def test_a_store_of_old_files_only_has_the_unit_column(tmp_path):
         tables = {n: source.read_table(f"{key}/{n}").drop_columns(["unit"]) for n in (layout.SCORES_FILE, layout.BEST_FILE)}
         old.publish(key, tables, {"kind": "alignment"})
     con = connect(old)
-    for view in ("alignment", "alignment_best"):
+    for view in ("alignment", "alignment_best", "alignment_all", "alignment_best_all"):
+        files = view if view.endswith("_all") else f"{view}_all"  # the current rows have the history's columns
         names = [r["column_name"] for r in query(con, f"describe {view}").to_pylist()]
-        assert names == [c.split(" ")[0] for c in _EMPTY_VIEWS[view].split(", ")] + ["feature_version_a", "feature_version_b"]
+        assert names == [c.split(" ")[0] for c in _EMPTY_VIEWS[files].split(", ")] + [
+            "feature_version_a", "feature_version_b", "published_at"]
         assert query(con, f"select distinct unit from {view}").to_pylist() == [{"unit": "sample"}]

@@ -36,7 +36,7 @@ def test_a_cut_short_parquet_file_is_named_and_left_out(store, caplog, capsys):
     damaged.write_bytes(damaged.read_bytes()[:200])
     with caplog.at_level(logging.WARNING, logger="storage.catalog"):
         con = connect(store)
-    assert f"{damaged}: " in caplog.text and "left out of the alignment view" in caplog.text
+    assert f"{damaged}: " in caplog.text and "left out of the alignment_all view" in caplog.text
     assert 0 < _count(con, "select count(*) from alignment") < rows
     assert _count(con, "select count(*) from alignment_best") == best  # the other views are whole
     assert _count(con, "select count(*) from runs") == 2
@@ -81,7 +81,7 @@ def test_a_parquet_footer_with_a_changed_byte_is_named_and_left_out(store, caplo
     _footer_damage(damaged, getattr(duckdb, kind))
     with caplog.at_level(logging.WARNING, logger="storage.catalog"):
         con = connect(store)
-    assert f"{damaged}: " in caplog.text and "left out of the alignment view" in caplog.text
+    assert f"{damaged}: " in caplog.text and "left out of the alignment_all view" in caplog.text
     assert 0 < _count(con, "select count(*) from alignment") < rows
     assert main(["sql", "select count(*) n from runs", "--store", store.url, "--format", "csv"]) == 0
     assert capsys.readouterr().out.split() == ["n", "2"]

@@ -137,9 +137,12 @@ def test_the_latest_view_of_the_doc_keeps_that_runs_versions(tmp_path):
     Store(url).publish(layout.alignment_key(DATASET, "vit-small", "lm-small", "al-other"),
                        {layout.SCORES_FILE: scores, layout.BEST_FILE: best}, {"kind": "alignment"})
     con = connect(url)
-    assert query(con, "select count(distinct alignment_version) n from alignment_best").to_pylist() == [{"n": 5}]
+    assert query(con, "select count(distinct alignment_version) n from alignment_best_all").to_pylist() == [{"n": 5}]
     kept = {r["alignment_version"] for r in query(con, "select * from alignment_best_latest").to_pylist()}
     assert kept == {f"al-{a}-{b}" for a in ("vit-small", "vit-large") for b in ("lm-small", "lm-large")}
+    # the current rows: a run lists another version of vit-small x lm-small, so al-other is history only
+    current = {r["alignment_version"] for r in query(con, "select * from alignment_best").to_pylist()}
+    assert current == kept
 
 
 def test_a_local_store_path_with_spaces_and_accents_is_used_as_written(tmp_path):
@@ -195,14 +198,20 @@ def test_a_model_with_two_feature_versions_is_not_counted_twice(tmp_path):
                   {"kind": "alignment", "lineage": {"features": {"vit-small": "fv-vit-small-cls", "lm-small": "fv-lm-small"}}})
     con = connect(url)
     queries = dict(doc_queries())
-    lineage = query(con, "select alignment_version, feature_version_a, feature_version_b from alignment_best "
+    lineage = query(con, "select alignment_version, feature_version_a, feature_version_b from alignment_best_all "
                          "where model_a = 'vit-small' and model_b = 'lm-small' and metric = 'cka' order by 1").to_pylist()
     assert lineage == [{"alignment_version": "al-cls", "feature_version_a": "fv-vit-small-cls", "feature_version_b": "fv-lm-small"},
                        {"alignment_version": "al-vit-small-lm-small", "feature_version_a": "fv-vit-small", "feature_version_b": "fv-lm-small"}]
-    n_best = {m: query(con, f"select count(*) n from alignment_best where metric = '{m}'").to_pylist()[0]["n"] for m in ("mutual_knn", "cka")}
+    n_best = {m: query(con, f"select count(*) n from alignment_best_all where metric = '{m}'").to_pylist()[0]["n"] for m in ("mutual_knn", "cka")}
     assert n_best == {"mutual_knn": 5, "cka": 5}
-    assert query(con, queries["2. How alignment grows with parameter count"]).num_rows == 5
-    assert query(con, queries["3. Which layers align best"]).num_rows == 5
+    # the current rows: one per pair and metric (al-cls, which no run lists, is history only), and the
+    # doc's queries, joined to models on both feature versions, give one row per current row
+    current = query(con, "select model_a, model_b, alignment_version, feature_version_a from alignment_best where metric = 'cka' "
+                         "order by all").to_pylist()
+    assert len(current) == 4 and {"alignment_version": "al-vit-small-lm-small", "feature_version_a": "fv-vit-small",
+                                  "model_a": "vit-small", "model_b": "lm-small"} in current
+    assert query(con, queries["2. How alignment grows with parameter count"]).num_rows == 4
+    assert query(con, queries["3. Which layers align best"]).num_rows == 4
     datasets = query(con, queries["9. Datasets and rejected rows"]).to_pylist()
     assert [(d["models"], d["model_names"]) for d in datasets] == [(4, "lm-large, lm-small, vit-large, vit-small")]
 

@@ -99,8 +99,10 @@ def test_unit_image_aligns_one_row_per_image_with_caption_vectors_averaged(tmp_p
         want = metrics.score(r["metric"], xs[r["layer_a"]], ys[r["layer_b"]], **params.metric_params(r["metric"]))
         assert r["score"] == pytest.approx(want, abs=1e-6), r
     con = connect(store.url)
-    units = con.sql("select unit, n_samples, count(*) from alignment_best group by all order by unit").fetchall()
+    units = con.sql("select unit, n_samples, count(*) from alignment_best_all group by all order by unit").fetchall()
     assert units == [("image", 24, 3), ("sample", 72, 3)]
+    # the current rows: the later run's, by image
+    assert con.sql("select unit, n_samples, count(*) from alignment_best group by all").fetchall() == [("image", 24, 3)]
 
 
 def test_unit_is_in_the_version_only_when_not_the_default(tmp_path):

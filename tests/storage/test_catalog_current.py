@@ -1,0 +1,144 @@
+"""``alignment_best`` / ``alignment``: the current result of each dataset, model pair and metric,
+whatever the store's history (the history is in ``alignment_best_all`` / ``alignment_all``).
+
+Current: from the version listed by the latest run with results that lists one for that dataset
+(by name), pair and metric; a version that no such run lists only where none is listed, the last
+published first."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from storage import layout
+from storage.catalog import connect, query
+from storage.export import export_catalog, open_catalog
+from storage.store import MANIFEST, Store
+from tests.storage.catalog_store import CAPTIONS, DATASET, MODELS, _alignment_rows, build_catalog_store
+
+PAIR = ("vit-small", "lm-small")
+OTHER_PAIRS = [(a, b) for a in ("vit-small", "vit-large") for b in ("lm-small", "lm-large") if (a, b) != PAIR]
+
+
+def _publish(store: Store, version: str, dataset: str = DATASET, metrics: tuple[str, ...] = ("mutual_knn", "cka"),
+             published_at: str | None = None, pair: tuple[str, str] = PAIR) -> str:
+    """An alignment version of ``pair`` on ``dataset`` holding ``metrics``; returns its key."""
+    a, b = pair
+    tables = []
+    for table in _alignment_rows(a, b, version, len(CAPTIONS)):
+        table = table.set_column(table.column_names.index("dataset_version"), "dataset_version",
+                                 pa.array([dataset] * table.num_rows))
+        tables.append(table.filter(pc.is_in(table.column("metric"), pa.array(list(metrics)))))
+    key = layout.alignment_key(dataset, a, b, version)
+    store.publish(key, {layout.SCORES_FILE: tables[0], layout.BEST_FILE: tables[1]},
+                  {"kind": "alignment", "lineage": {"dataset_version": dataset, "features": {a: f"fv-{a}", b: f"fv-{b}"}}})
+    if published_at is not None:  # publish has seconds precision: set the order the test needs
+        manifest = store.manifest(key)
+        store.write_json(f"{key}/{MANIFEST}", {**manifest, "published_at": published_at})
+    return key
+
+
+def _dataset(store: Store, version: str, name: str) -> None:
+    samples = pa.table({"dataset_version": [version], "sample_id": ["s00"], "image_id": ["i00"], "text": ["x"], "image": [b"x"]})
+    store.publish(layout.dataset_key(version), {layout.SAMPLES_FILE: samples},
+                  {"kind": "dataset", "catalog": {"dataset_version": version, "name": name, "n_samples": 1}})
+
+
+def _run(store: Store, run_id: str, day: int, keys: list[str], status: str = "COMPLETED") -> None:
+    store.write_json(layout.run_key(run_id), {"run_id": run_id, "status": status, "started_at": f"2026-02-{day:02d}T00:00:00+00:00",
+                                              "finished_at": f"2026-02-{day:02d}T00:05:00+00:00", "alignment_versions": keys})
+
+
+def _current(con, view: str = "alignment_best") -> dict[tuple[str, str, str, str], set[str]]:
+    """(dataset_version, model_a, model_b, metric) -> the alignment versions of ``view``'s rows."""
+    found: dict[tuple[str, str, str, str], set[str]] = {}
+    for r in query(con, f"select dataset_version, model_a, model_b, metric, alignment_version from {view}").to_pylist():
+        found.setdefault((r["dataset_version"], r["model_a"], r["model_b"], r["metric"]), set()).add(r["alignment_version"])
+    return found
+
+
+def _of_pair(current: dict, pair: tuple[str, str] = PAIR) -> dict[tuple[str, str], set[str]]:
+    return {(k[0], k[3]): v for k, v in current.items() if k[1:3] == pair}
+
+
+def test_a_later_run_with_other_parameters_replaces_the_pairs_rows_and_history_keeps_both(tmp_path):
+    store = build_catalog_store(str(tmp_path / "store"))  # run-0/run-1 (January): al-<a>-<b> for all four pairs
+    new = _publish(store, "al-new")
+    _run(store, "run-new", 1, [new])
+    con = connect(store)
+    current = _current(con)
+    assert all(len(v) == 1 for v in current.values()) and len(current) == 4 * 2  # one row per pair x metric
+    assert _of_pair(current) == {(DATASET, "mutual_knn"): {"al-new"}, (DATASET, "cka"): {"al-new"}}
+    for a, b in OTHER_PAIRS:  # pairs the later run did not score keep their rows
+        assert _of_pair(current, (a, b)) == {(DATASET, m): {f"al-{a}-{b}"} for m in ("mutual_knn", "cka")}
+    assert _of_pair(_current(con, "alignment_best_all")) == {(DATASET, m): {"al-new", "al-vit-small-lm-small"}
+                                                             for m in ("mutual_knn", "cka")}
+    # alignment: every layer pair of the current rows, no more
+    scores = _current(con, "alignment")
+    assert scores == current
+    n_layers = MODELS[PAIR[0]][2] * MODELS[PAIR[1]][2]
+    assert query(con, "select count(*) n from alignment where model_a = 'vit-small' and model_b = 'lm-small'").to_pylist() == \
+        [{"n": 2 * n_layers}]
+
+
+def test_a_metric_the_latest_run_dropped_stays_as_its_last_run_had_it(tmp_path):
+    store = build_catalog_store(str(tmp_path / "store"))
+    only_knn = _publish(store, "al-knn-only", metrics=("mutual_knn",))
+    _run(store, "run-knn", 1, [only_knn])
+    current = _of_pair(_current(connect(store)))
+    assert current == {(DATASET, "mutual_knn"): {"al-knn-only"}, (DATASET, "cka"): {"al-vit-small-lm-small"}}
+
+
+def test_datasets_are_told_apart_by_name_and_a_new_version_of_one_replaces_it(tmp_path):
+    store = build_catalog_store(str(tmp_path / "store"))  # DATASET is named "toy"
+    _dataset(store, "ds-other", "other")
+    _dataset(store, "ds-toy-2", "toy")
+    other = _publish(store, "al-other", dataset="ds-other")
+    _run(store, "run-other", 1, [other])
+    current = _of_pair(_current(connect(store)))
+    assert current == {(d, m): {v} for m in ("mutual_knn", "cka")
+                       for d, v in ((DATASET, "al-vit-small-lm-small"), ("ds-other", "al-other"))}
+    toy2 = _publish(store, "al-toy-2", dataset="ds-toy-2")  # a new version of the "toy" dataset
+    _run(store, "run-toy-2", 2, [toy2])
+    current = _of_pair(_current(connect(store)))
+    assert current == {(d, m): {v} for m in ("mutual_knn", "cka") for d, v in (("ds-toy-2", "al-toy-2"), ("ds-other", "al-other"))}
+
+
+def test_a_version_no_run_lists_counts_only_where_none_is_listed(tmp_path):
+    store = build_catalog_store(str(tmp_path / "store"))
+    # published after the runs, by a run that crashed (its record does not count) or without a record
+    orphan = _publish(store, "al-orphan", published_at="2026-03-01T00:00:00+00:00")
+    _run(store, "run-crashed", 3, [orphan], status="CRASHED")
+    assert _of_pair(_current(connect(store))) == {(DATASET, m): {"al-vit-small-lm-small"} for m in ("mutual_knn", "cka")}
+    # a store without run records: the last published version
+    bare = Store(str(tmp_path / "bare"))
+    _publish(bare, "al-late", published_at="2026-03-02T00:00:00+00:00")
+    _publish(bare, "al-early", published_at="2026-03-01T00:00:00+00:00")
+    _publish(bare, "al-z-untimed", published_at="not a time")
+    assert _of_pair(_current(connect(bare))) == {(DATASET, m): {"al-late"} for m in ("mutual_knn", "cka")}
+    published = query(connect(bare), "select distinct alignment_version, published_at::VARCHAR p from alignment_best_all "
+                                     "order by 1").to_pylist()
+    assert published == [{"alignment_version": "al-early", "p": "2026-03-01 00:00:00+00"},
+                         {"alignment_version": "al-late", "p": "2026-03-02 00:00:00+00"},
+                         {"alignment_version": "al-z-untimed", "p": None}]
+
+
+def test_a_later_failed_run_with_results_counts_and_one_without_does_not(tmp_path):
+    store = build_catalog_store(str(tmp_path / "store"))
+    partly = _publish(store, "al-partly")
+    _run(store, "run-partly", 1, [partly], status="FAILED")
+    _run(store, "run-nothing", 2, [], status="FAILED")
+    assert _of_pair(_current(connect(store))) == {(DATASET, m): {"al-partly"} for m in ("mutual_knn", "cka")}
+
+
+def test_an_exported_catalog_has_the_same_current_rows(tmp_path):
+    store = build_catalog_store(str(tmp_path / "store"))
+    _run(store, "run-new", 1, [_publish(store, "al-new")])
+    con = connect(store)
+    exported = open_catalog(export_catalog(store, tmp_path / "catalog.duckdb").path)
+    for view in ("alignment_best", "alignment", "alignment_best_all", "alignment_all"):
+        sql = f"select * from {view} order by all"
+        assert query(exported, sql).equals(query(con, sql)), view
+    assert json.loads(query(exported, "select params from alignment_best where metric = 'mutual_knn' limit 1").column(0)[0].as_py())
