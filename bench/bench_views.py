@@ -56,7 +56,7 @@ def write_files(root: Path, vision: int, language: int, layers_a: int, layers_b:
                 seed: int = 0, label: str = "", best: list[str] | None = None) -> tuple[list[str], list[tuple]]:
     """One alignment-scores file per model pair (versions ``<label>VVVVWWWWdeadbeef``); returns
     the file paths and the lineage rows (``storage.catalog.Lineage``: version, model_a,
-    feature_version_a, model_b, feature_version_b, published_at). With ``best``, each pair's
+    feature_version_a, model_b, feature_version_b, published_at, dataset_version). With ``best``, each pair's
     best-row file (one row per metric, its maximum) is written too and its path appended to it."""
     rng = np.random.default_rng(seed)
     files, lineage = [], []
@@ -87,7 +87,8 @@ def write_files(root: Path, vision: int, language: int, layers_a: int, layers_b:
                 best.append(str(root / f"{version}.best.parquet"))
             fa, fb = f"fa{v:014d}", f"fb{w:014d}"
             published = "2026-01-01T00:00:00+00:00"
-            lineage += [(version, model_a, fa, model_b, fb, published), (version, model_b, fb, model_a, fa, published)]
+            lineage += [(version, model_a, fa, model_b, fb, published, "0123456789abcdef"),
+                        (version, model_b, fb, model_a, fa, published, "0123456789abcdef")]
     return files, lineage
 
 
@@ -147,7 +148,7 @@ def current_views(root: Path, args: argparse.Namespace, rows_per_version_set: in
         files, rows = write_files(root, args.vision, args.language, args.layers_a, args.layers_b, args.metrics,
                                   seed=seed, label=label, best=best)
         scores += files
-        lineage += [(*row[:5], f"2026-01-0{seed}T00:00:00+00:00") for row in rows]
+        lineage += [(*row[:5], f"2026-01-0{seed}T00:00:00+00:00", row[6]) for row in rows]
         keys[label] = sorted({f"alignment/0123456789abcdef/{r[1]}__{r[3]}/{r[0]}" for r in rows if r[1].startswith("vision")})
     con = duckdb.connect()
     _create_file_view(con, "alignment_all", scores, lineage, Store(str(root)))

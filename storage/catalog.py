@@ -8,9 +8,9 @@
   parameter count, layer count, widths, bits per byte, dataset_version).
 - ``features``: one row per (model, feature version, layer, sample): the pooled vector as
   ``FLOAT[]``, and the ``dataset_version`` it was extracted on (join ``samples`` on both ids).
-- ``alignment_best``: one row per metric × model pair (of each dataset, by name): best layer pair,
-  chance level, calibrated score, p-value and CI of the current result, the one of the latest
-  run that scored that pair and metric (:data:`CURRENT_BEST_SQL`).
+- ``alignment_best``: one row per metric × model pair: best layer pair, chance level, calibrated
+  score, p-value and CI of the current result, the one of the latest run that scored that pair
+  and metric, on whichever dataset that run used (:data:`CURRENT_BEST_SQL`).
 - ``alignment``: one row per metric × model pair × layer pair: the layer pairs behind
   ``alignment_best``'s rows.
 - ``alignment_best_all`` / ``alignment_all``: the same of every published alignment version (a
@@ -109,9 +109,10 @@ class QueryError(ValueError):
     types, ...); the message is DuckDB's. The DuckDB exception is the ``__cause__``."""
 
 
-#: ``(alignment_version, model_a, feature_version_a, model_b, feature_version_b, published_at)``:
-#: ``published_at`` is the version's manifest's, ISO 8601 in UTC, or None when it is not a time.
-Lineage = tuple[str, str, str, str, str, str | None]
+#: ``(alignment_version, model_a, feature_version_a, model_b, feature_version_b, published_at,
+#: dataset_version)``: ``published_at`` is the version's manifest's, ISO 8601 in UTC, or None when
+#: it is not a time; ``dataset_version`` is its folder's (``alignment/<dataset>/<pair>/<version>``).
+Lineage = tuple[str, str, str, str, str, str | None, str]
 #: ``(model, feature_version, dataset_version)``
 FeatureDataset = tuple[str, str, str]
 
@@ -121,12 +122,12 @@ class CatalogSources:
     """What the views are made of: Parquet URIs per file view, Arrow tables per metadata view.
 
     ``files[view]``: the data files of every published version (``samples``, ``features``,
-    ``alignment``, ``alignment_best``); ``tables[view]``: one row per version or run
-    (``datasets``, ``models``, ``runs``); ``lineage``: ``(alignment_version, model_a,
-    feature_version_a, model_b, feature_version_b)`` for every alignment version and each order
-    of its two models (its manifest's lineage), from which the alignment views get
-    ``feature_version_a`` / ``feature_version_b``. Rows are told apart by version and both model
-    names: one version id can belong to two pair folders (a model renamed, same features).
+    ``alignment_all``, ``alignment_best_all``); ``tables[view]``: one row per version or run
+    (``datasets``, ``models``, ``runs``); ``lineage``: :data:`Lineage` rows for every alignment
+    version and each order of its two models (its manifest's lineage and ``published_at``, its
+    folder's dataset version), from which the alignment views get ``feature_version_a`` /
+    ``feature_version_b`` / ``published_at``. Rows are told apart by version, both model names
+    and dataset: one version id can belong to two pair folders (a model renamed, same features).
     ``listed``: every file of ``files`` (its URI) as its manifest lists it (key, bytes, schema
     fingerprint). ``feature_datasets``: ``(model, feature_version, dataset_version)`` of every
     feature version (its folder, ``features/<dataset>/<model>/<version>``), from which the
@@ -173,7 +174,8 @@ def catalog_sources(store: Store) -> CatalogSources:
         "models": _meta_table("models", [_catalog_row(m) for _, m in manifests[layout.FEATURES]]),
         "runs": _meta_table("runs", runs),
     }
-    lineage = sorted({row for key, manifest in manifests[layout.ALIGNMENT] for row in _lineage_rows(key, manifest)})
+    lineage = sorted({row for key, manifest in manifests[layout.ALIGNMENT] for row in _lineage_rows(key, manifest)},
+                     key=lambda row: tuple("" if v is None else v for v in row))
     feature_datasets = sorted({_feature_dataset(key) for key, _ in manifests[layout.FEATURES]})
     return CatalogSources(files, tables, lineage, listed, feature_datasets)
 
@@ -212,11 +214,11 @@ def _entries(manifest: dict[str, Any]) -> dict[str, Any]:
 def _lineage_rows(key: str, manifest: dict[str, Any]) -> list[Lineage]:
     """The :data:`Lineage` rows of one alignment version: both orders of its two models (one row
     when a model is aligned with itself), with the time the version was published."""
-    version = key.rstrip("/").rsplit("/", 1)[-1]
+    dataset, _, version = key.rstrip("/").split("/")[-3:]
     published = utc_time(manifest.get("published_at"))
     published_at = published.isoformat() if published is not None else None
     features = [(str(m), str(v)) for m, v in manifest.get("lineage", {}).get("features", {}).items()]
-    return [(version, *a, *b, published_at) for a in features for b in features if len(features) == 1 or a != b]
+    return [(version, *a, *b, published_at, dataset) for a in features for b in features if len(features) == 1 or a != b]
 
 
 def _feature_dataset(key: str) -> FeatureDataset:
@@ -292,27 +294,26 @@ def _of_latest_run(view: str) -> str:
     return f"SELECT v.* FROM {view} AS v WHERE {_KEY_OF_ROW} IN (SELECT unnest(alignment_versions) FROM ({LATEST_RUN_SQL}))"
 
 
-#: ``alignment_best``: of the rows of ``alignment_best_all``, the current one of each dataset (by
-#: name: a new version of a dataset replaces the old one), model pair and metric. Current: from
-#: the version that the latest run with results (:data:`LATEST_RUN_SQL`'s conditions and order)
-#: among those that list one lists; a version no such run lists (its run crashed, or the store's
-#: run records are gone) only where no run lists one, the last published first.
+#: ``alignment_best``: of the rows of ``alignment_best_all``, the current one of each model pair
+#: and metric (one row per metric × model pair, whatever datasets the store holds: its
+#: ``dataset_version`` says which). Current: from the version that the latest run with results
+#: (:data:`LATEST_RUN_SQL`'s conditions and order) among those that list one lists; a version no
+#: such run lists (its run crashed, or the store's run records are gone) only where no run lists
+#: one, the last published first.
 CURRENT_BEST_SQL = f"""
     WITH listed AS (
         SELECT unnest(alignment_versions) AS alignment_key, run_id, started_at,
                coalesce(finished_at, started_at) AS run_time
         FROM runs WHERE {_RUN_HAS_RESULTS}
-    ), dataset_names AS (
-        SELECT dataset_version, any_value(name) AS name FROM datasets GROUP BY dataset_version
     ), ranked AS (
         SELECT v.*, row_number() OVER (
-                   PARTITION BY coalesce(d.name, v.dataset_version), v.model_a, v.model_b, v.metric
+                   PARTITION BY v.model_a, v.model_b, v.metric
                    ORDER BY r.alignment_key IS NULL, r.run_time DESC NULLS LAST, r.started_at DESC NULLS LAST,
-                            r.run_id DESC NULLS LAST, v.published_at DESC NULLS LAST, v.alignment_version DESC
+                            r.run_id DESC NULLS LAST, v.published_at DESC NULLS LAST, v.alignment_version DESC,
+                            v.dataset_version DESC
                ) AS _current_rank
         FROM alignment_best_all AS v
         LEFT JOIN listed AS r ON r.alignment_key = {_KEY_OF_ROW}
-        LEFT JOIN dataset_names AS d ON d.dataset_version = v.dataset_version
     )
     SELECT * EXCLUDE (_current_rank) FROM ranked WHERE _current_rank = 1"""
 
@@ -325,7 +326,7 @@ CURRENT_SCORES_SQL = """
 
 #: Views computed from the others (after them), in creation order: name -> ``SELECT``.
 DERIVED_VIEWS: dict[str, str] = {
-    # the current result of each dataset, model pair and metric (the history is in the *_all views)
+    # the current result of each model pair and metric (the history is in the *_all views)
     "alignment_best": CURRENT_BEST_SQL,
     "alignment": CURRENT_SCORES_SQL,
     # one run's results: the latest run with results (columns of ``alignment`` / ``alignment_best``)
@@ -510,14 +511,14 @@ def _file_view_sql(view: str, groups: list[FileGroup], lineage: list[Lineage] | 
     if view not in _LINEAGE_VIEWS:
         return f"CREATE VIEW {view} AS SELECT * FROM {source}"
     known = _values_sql(list(lineage or []), ("alignment_version", "model_a", "version_a", "model_b", "version_b",
-                                              "published_at"))
-    # one join on the version and both model names (a version id may serve two pair folders)
+                                              "published_at", "dataset_version"))
+    # one join on the version, both model names (a version id may serve two pair folders) and the dataset
     return (
         f"CREATE VIEW {view} AS WITH lineage AS ({known}) "
         f"SELECT p.*, l.version_a AS {LINEAGE_COLUMNS[0]}, l.version_b AS {LINEAGE_COLUMNS[1]}, "
         f"l.published_at::TIMESTAMPTZ AS {LINEAGE_COLUMNS[2]} "
         f"FROM {source} p LEFT JOIN lineage l ON l.alignment_version = p.alignment_version "
-        f"AND l.model_a = p.model_a AND l.model_b = p.model_b"
+        f"AND l.model_a = p.model_a AND l.model_b = p.model_b AND l.dataset_version = p.dataset_version"
     )
 
 
@@ -619,7 +620,10 @@ def utc_time(value: Any) -> datetime | None:
             return None
     else:
         return None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    try:
+        return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one: past datetime's range
+        return None
 
 
 #: Columns held as JSON text whatever their value (lists of records).

@@ -1,9 +1,10 @@
-"""``alignment_best`` / ``alignment``: the current result of each dataset, model pair and metric,
-whatever the store's history (the history is in ``alignment_best_all`` / ``alignment_all``).
+"""``alignment_best`` / ``alignment``: the current result of each model pair and metric, one row
+per metric × model pair whatever the store's history (the history is in ``alignment_best_all`` /
+``alignment_all``).
 
-Current: from the version listed by the latest run with results that lists one for that dataset
-(by name), pair and metric; a version that no such run lists only where none is listed, the last
-published first."""
+Current: from the version listed by the latest run with results that lists one for that pair and
+metric, on whichever dataset it used; a version that no such run lists only where none is
+listed, the last published first."""
 
 from __future__ import annotations
 
@@ -91,19 +92,26 @@ def test_a_metric_the_latest_run_dropped_stays_as_its_last_run_had_it(tmp_path):
     assert current == {(DATASET, "mutual_knn"): {"al-knn-only"}, (DATASET, "cka"): {"al-vit-small-lm-small"}}
 
 
-def test_datasets_are_told_apart_by_name_and_a_new_version_of_one_replaces_it(tmp_path):
-    store = build_catalog_store(str(tmp_path / "store"))  # DATASET is named "toy"
-    _dataset(store, "ds-other", "other")
-    _dataset(store, "ds-toy-2", "toy")
-    other = _publish(store, "al-other", dataset="ds-other")
-    _run(store, "run-other", 1, [other])
-    current = _of_pair(_current(connect(store)))
-    assert current == {(d, m): {v} for m in ("mutual_knn", "cka")
-                       for d, v in ((DATASET, "al-vit-small-lm-small"), ("ds-other", "al-other"))}
-    toy2 = _publish(store, "al-toy-2", dataset="ds-toy-2")  # a new version of the "toy" dataset
-    _run(store, "run-toy-2", 2, [toy2])
-    current = _of_pair(_current(connect(store)))
-    assert current == {(d, m): {v} for m in ("mutual_knn", "cka") for d, v in (("ds-toy-2", "al-toy-2"), ("ds-other", "al-other"))}
+def test_a_run_on_another_dataset_gives_the_pairs_it_scored_their_current_rows(tmp_path):
+    """One row per metric x model pair whatever datasets the store holds (names are no identity: two
+    folders named ``val`` are two datasets, and OpenMoji's name holds ``n``): the latest run that
+    scored a pair decides, and ``dataset_version`` says on which dataset; without dataset
+    manifests (damaged, left out) the same."""
+    for with_manifests in (True, False):
+        store = build_catalog_store(str(tmp_path / f"store-{with_manifests}"))  # DATASET is named "toy"
+        if with_manifests:
+            _dataset(store, "ds-other", "other")
+            _dataset(store, "ds-toy-2", "toy")
+        _run(store, "run-other", 1, [_publish(store, "al-other", dataset="ds-other")])
+        current = _current(connect(store))
+        assert all(len(v) == 1 for v in current.values()) and len({k[1:] for k in current}) == len(current) == 8
+        assert _of_pair(current) == {("ds-other", m): {"al-other"} for m in ("mutual_knn", "cka")}
+        assert all(k[0] == DATASET for k in current if k[1:3] != PAIR)  # the pairs it did not score keep theirs
+        _run(store, "run-toy-2", 2, [_publish(store, "al-toy-2", dataset="ds-toy-2")])
+        current = _current(connect(store))
+        assert _of_pair(current) == {("ds-toy-2", m): {"al-toy-2"} for m in ("mutual_knn", "cka")} and len(current) == 8
+        history = _of_pair(_current(connect(store), "alignment_best_all"))
+        assert set(history) == {(d, m) for d in (DATASET, "ds-other", "ds-toy-2") for m in ("mutual_knn", "cka")}
 
 
 def test_a_version_no_run_lists_counts_only_where_none_is_listed(tmp_path):
@@ -142,3 +150,30 @@ def test_an_exported_catalog_has_the_same_current_rows(tmp_path):
         sql = f"select * from {view} order by all"
         assert query(exported, sql).equals(query(con, sql)), view
     assert json.loads(query(exported, "select params from alignment_best where metric = 'mutual_knn' limit 1").column(0)[0].as_py())
+
+
+def test_a_published_at_past_the_range_of_a_datetime_is_null_not_an_error(tmp_path):
+    """Year 9999 at -05:00 is past datetime's range in UTC (OverflowError in astimezone): every
+    command that opens the catalog failed; the docstring promises NULL for a value that is not a time."""
+    store = build_catalog_store(str(tmp_path / "store"))
+    _publish(store, "al-far", published_at="9999-12-31T23:59:59-05:00")
+    _publish(store, "al-early", published_at="0001-01-01T00:00:00+05:00", pair=("vit-large", "lm-small"))
+    rows = query(connect(store), "select distinct alignment_version, published_at from alignment_best_all "
+                                 "where alignment_version in ('al-far', 'al-early') order by 1").to_pylist()
+    assert rows == [{"alignment_version": "al-early", "published_at": None}, {"alignment_version": "al-far", "published_at": None}]
+
+
+def test_one_version_id_in_two_dataset_folders_is_joined_to_its_own_lineage(tmp_path):
+    """The same version id under two dataset folders (a folder copied by hand), one with a
+    published_at that is not a time: the lineage join matched on version and model names only, so
+    each row came twice (with both times), and sorting the lineage compared None with text."""
+    store = build_catalog_store(str(tmp_path / "store"))
+    _publish(store, "al-twin", dataset="ds-one", published_at="2026-03-01T00:00:00+00:00")
+    _publish(store, "al-twin", dataset="ds-two", published_at="not a time")
+    rows = query(connect(store), "select dataset_version, metric, published_at::VARCHAR p, count(*) n from alignment_best_all "
+                                 "where alignment_version = 'al-twin' group by all order by all").to_pylist()
+    assert rows == [{"dataset_version": d, "metric": m, "p": p, "n": 1} for d, p in (("ds-one", "2026-03-01 00:00:00+00"),
+                                                                                   ("ds-two", None)) for m in ("cka", "mutual_knn")]
+    n_layers = MODELS[PAIR[0]][2] * MODELS[PAIR[1]][2]
+    assert query(connect(store), "select count(*) n from alignment_all where alignment_version = 'al-twin'").to_pylist() == \
+        [{"n": 2 * 2 * n_layers}]
