@@ -101,7 +101,7 @@ def best_of(con: duckdb.DuckDBPyConnection, sql: str, repeats: int) -> tuple[flo
     return best, result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vision", type=int, default=17)
     parser.add_argument("--language", type=int, default=12)
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--layers-b", type=int, default=33)
     parser.add_argument("--metrics", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="prh-bench-views-") as tmp:
         files, lineage = write_files(Path(tmp), args.vision, args.language, args.layers_a, args.layers_b, args.metrics)
         con = duckdb.connect()
