@@ -105,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.add_argument("--keep-runs", type=int, default=None, metavar="N",
                     help="also remove the published versions (datasets, features, alignments) that none of the N newest "
                     "runs with results uses, nor their inputs; default: keep all (see docs/storage.md, \"Retention\")")
+    gc.add_argument("--keep-current", action="store_true",
+                    help="with --keep-runs, also keep the versions behind the current results (the alignment_best view: a "
+                    "pair or metric only an older run scored, e.g. of a model since dropped from the zoo), with their inputs")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
 
     verify = commands.add_parser("verify", help="check every published file against its manifest (size, SHA-256); "
@@ -363,6 +366,8 @@ def _gc(args: argparse.Namespace) -> int:
         raise ValueError(f"--keep-reports must be 0 or more, got {args.keep_reports}")
     if args.keep_runs is not None and args.keep_runs < 1:
         raise ValueError(f"--keep-runs must be 1 or more (0 would remove every published version), got {args.keep_runs}")
+    if args.keep_current and args.keep_runs is None:
+        raise ValueError("--keep-current goes with --keep-runs N (without it no published version is removed)")
     store = existing_store(store_argument(args))
     swept_bytes: dict[str, int] = {}
     # as a run starts: dead runs, dead writers (a dry run only lists them)
@@ -384,7 +389,8 @@ def _gc(args: argparse.Namespace) -> int:
     uploads = store.abandoned_uploads(args.older_than_days * 86400.0, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     version_bytes: dict[str, int] = {}
-    retained = [] if args.keep_runs is None else _keep_runs(store, args.keep_runs, args.dry_run, verb, version_bytes)
+    retained = [] if args.keep_runs is None else _keep_runs(store, args.keep_runs, args.keep_current, args.dry_run, verb,
+                                                            version_bytes)
     versions = [key for key in retained if not key.startswith(RENDERED)]
     pointers = [key for key in retained if key.startswith(RENDERED)]
     for upload in uploads:
@@ -432,17 +438,19 @@ def _gc(args: argparse.Namespace) -> int:
 RENDERED = "datasets/rendered/"
 
 
-def _keep_runs(store: Store, keep: int, dry_run: bool, verb: str, sizes: dict[str, int]) -> list[str]:
-    """``--keep-runs``: remove (``dry_run``: list) the published versions and rendered-dataset
-    pointers that ``storage.run_retention`` does not keep, printing each with its size as it goes;
-    returns their keys (``sizes``: key -> bytes)."""
+def _keep_runs(store: Store, keep: int, keep_current: bool, dry_run: bool, verb: str, sizes: dict[str, int]) -> list[str]:
+    """``--keep-runs`` (and ``--keep-current``): remove (``dry_run``: list) the published versions
+    and rendered-dataset pointers that ``storage.run_retention`` does not keep, printing each with
+    its size as it goes, then how many of them held current results; returns their keys
+    (``sizes``: key -> bytes)."""
     from storage.run_retention import apply_retention, plan_retention
 
-    plan = plan_retention(store, keep)
+    plan = plan_retention(store, keep, keep_current=keep_current)
     if not plan.blocked:
         since = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(plan.since or 0.0))
-        print(f"--keep-runs {keep}: keeping {len(plan.keep)} published version(s): those of run(s) {', '.join(plan.kept_runs)}, "
-              f"their inputs and every version published since {since}")
+        current = " and the current results (alignment_best)" if keep_current else ""
+        print(f"--keep-runs {keep}: keeping {len(plan.keep)} published version(s): those of run(s) {', '.join(plan.kept_runs)}"
+              f"{current}, their inputs and every version published since {since}")
 
     def show(key: str) -> None:
         if key in plan.pointers:
@@ -454,6 +462,10 @@ def _keep_runs(store: Store, keep: int, dry_run: bool, verb: str, sizes: dict[st
     removed = apply_retention(store, plan, dry_run=dry_run, sizes=sizes, on_removed=show)
     if plan.blocked:
         print(f"--keep-runs {keep}: {'no more ' if removed else 'no '}published versions removed: {plan.blocked}")
+    held = sorted(set(removed) & (plan.current or set()))
+    if held:
+        print(f"--keep-runs {keep}: {len(held)} of the {'listed' if dry_run else 'removed'} alignment version(s) held current "
+              "results (rows of alignment_best: pairs or metrics that only older runs scored); --keep-current keeps them")
     return removed
 
 

@@ -362,6 +362,24 @@ DERIVED_VIEWS: dict[str, str] = {
 }
 
 
+def current_alignment_keys(store: Store) -> set[str]:
+    """Store keys (``alignment/<dataset>/<model a>__<model b>/<version>``) of the alignment
+    versions behind the rows of ``alignment_best`` (:data:`CURRENT_BEST_SQL`): what ``prh gc
+    --keep-current`` keeps. Reads the manifests, the run records and the best-row files only."""
+    sources = catalog_sources(store)
+    con = duckdb.connect(":memory:")
+    try:
+        if not store.is_local:
+            con.register_filesystem(store.fs)
+        _create_file_view(con, "alignment_best_all", sources.files["alignment_best_all"], sources.lineage, store,
+                          stored_files(store, sources))
+        con.register("_runs_table", sources.tables["runs"])
+        con.execute("CREATE VIEW runs AS SELECT * FROM _runs_table")
+        return {row[0] for row in con.execute(f"SELECT DISTINCT {_KEY_OF_ROW} FROM ({CURRENT_BEST_SQL}) AS v").fetchall()}
+    finally:
+        con.close()
+
+
 def create_derived_views(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Create :data:`DERIVED_VIEWS` on ``con``, which already has the file views and tables;
     returns their names."""

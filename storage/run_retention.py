@@ -18,6 +18,10 @@ from, and removes every other published version:
   stage may not have run yet;
 - kept: a version whose manifest is damaged (not JSON, another version's, or a field of the
   wrong type: ``prh verify`` deals with it) and a manifest outside any version folder;
+- with ``keep_current`` (``--keep-current``), kept: the alignment versions behind the catalog's
+  current results (``alignment_best``: a pair or metric that only an older run scored, such as a
+  model since dropped from the zoo), with their inputs. Without it, the plan still names them
+  (``current``) so that ``prh gc`` can say which removed versions held current results;
 - nothing is removed while a run or an extraction stage is alive (``RUNNING`` and not known gone,
   ``storage.runs.gone_reason``): its record names its versions only when it ends, and it may be
   reusing any version stored; nor when no run published results (nothing to keep by).
@@ -34,7 +38,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import duckdb
+
 from storage import layout
+from storage.catalog import current_alignment_keys
 from storage.runs import ALIVE, COMPLETED, FAILED, epoch_seconds, extraction_records, live_records, run_records
 from storage.store import DamagedManifest, Store
 from storage.verify import is_version_key, manifest_problems
@@ -57,7 +64,9 @@ class RetentionPlan:
     :data:`REMOVAL_ORDER`; ``pointers``: rendered-dataset pointers (key -> dataset version key)
     whose dataset is removed; ``blocked``: why nothing is removed (a live run, no run with
     results), else None; ``alive_signs``: the runs' signs of life when the plan was made (a new
-    one means a run started since)."""
+    one means a run started since); ``current``: keys of the alignment versions behind the
+    catalog's current results (``storage.catalog.current_alignment_keys``), None when they could
+    not be read (``keep_current`` then blocks the plan)."""
 
     kept_runs: list[str] = field(default_factory=list)
     since: float | None = None
@@ -66,6 +75,7 @@ class RetentionPlan:
     pointers: dict[str, str] = field(default_factory=dict)
     blocked: str | None = None
     alive_signs: set[str] = field(default_factory=set)
+    current: set[str] | None = None
 
 
 def published_results(record: dict[str, Any]) -> bool:
@@ -154,8 +164,9 @@ def extraction_versions(record: dict[str, Any]) -> set[str]:
     return set() if dataset is None else _input_keys(dataset, features or {})
 
 
-def plan_retention(store: Store, keep_runs: int) -> RetentionPlan:
-    """What ``prh gc --keep-runs keep_runs`` keeps and removes (see the module's docstring)."""
+def plan_retention(store: Store, keep_runs: int, keep_current: bool = False) -> RetentionPlan:
+    """What ``prh gc --keep-runs keep_runs [--keep-current]`` keeps and removes (see the module's
+    docstring)."""
     if keep_runs < 1:
         raise ValueError(f"--keep-runs must be 1 or more (0 would remove every published version), got {keep_runs}")
     signs = alive_signs(store)  # before the records: a run that starts later shows up against it
@@ -178,13 +189,20 @@ def plan_retention(store: Store, keep_runs: int) -> RetentionPlan:
         plan.blocked = str(error)
         return plan
     plan.since = min(s for s in starts if s is not None) - CLOCK_SKEW_SECONDS
+    try:
+        plan.current = current_alignment_keys(store)
+    except (duckdb.Error, OSError) as error:  # a best-row file that cannot be read
+        if keep_current:
+            plan.blocked = f"the current results (alignment_best) could not be read to keep them: {str(error).splitlines()[0]}"
+            return plan
     versions, damaged = published_versions(store)
     recent = {key for key, manifest in versions.items() if _published_since(manifest, plan.since)}
     for record in extractions:  # published or reused for an alignment stage that may not have run yet
         started = epoch_seconds(record.get("started_at"))
         if started is None or started >= plan.since:
             recent |= extraction_versions(record)
-    plan.keep = _closure(named | recent | damaged, versions)
+    current = plan.current if keep_current and plan.current is not None else set()
+    plan.keep = _closure(named | recent | damaged | (current & set(versions)), versions)
     plan.remove = [key for box in REMOVAL_ORDER for key in sorted(versions) if key.startswith(box + "/") and key not in plan.keep]
     removed = set(plan.remove)
     for pointer, target in rendered_pointers(store).items():

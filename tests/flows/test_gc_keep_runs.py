@@ -23,7 +23,7 @@ from storage.features import layer_tables
 from storage.owner import current_owner
 from storage.runs import RUN_HEARTBEAT_SECONDS, RUNNING, alive_key
 from storage.store import Store
-from tests.storage.catalog_store import _alignment_rows
+from tests.storage.catalog_store import MODELS, _alignment_rows
 
 D1, D2 = "d1d1d1d1d1d1d1d1", "d2d2d2d2d2d2d2d2"
 IDS = [f"s{i}" for i in range(6)]
@@ -334,3 +334,63 @@ def test_a_manifest_whose_lineage_is_not_an_object_is_kept_as_damaged(tmp_path, 
     assert _versions(store) == keep | {odd}
     assert main(["verify", "--store", store.url]) == 1
     assert f"DAMAGED {odd}: manifest.json: its " in capsys.readouterr().out
+
+
+def _zoo_then_one_pair(url: str) -> tuple[Store, str, dict[str, str]]:
+    """The four pairs of ``tests.storage.catalog_store`` scored in January (run-0, run-1), then a
+    March run that scored one pair again with other parameters (a zoo cut down to two models);
+    every version dated back to its run. Returns the store, the March version's key and each
+    pair's January key."""
+    from tests.storage.catalog_store import DATASET, build_catalog_store
+
+    store = build_catalog_store(url)
+    for box in (layout.DATASETS, layout.FEATURES, layout.ALIGNMENT):
+        for key, _ in list(store.manifests(box)):
+            _published_at(store, key, "2026-01-01T00:10:00+00:00")
+    january = {key.split("/")[2]: key for key, _ in store.manifests(layout.ALIGNMENT)}
+    scores, best = _alignment_rows("vit-small", "lm-small", "al-march", 8)
+    key = layout.alignment_key(DATASET, "vit-small", "lm-small", "al-march")
+    store.publish(key, {layout.SCORES_FILE: scores, layout.BEST_FILE: best},
+                  {"kind": "alignment", "lineage": {"dataset_version": DATASET,
+                                                    "features": {"vit-small": "fv-vit-small", "lm-small": "fv-lm-small"}}})
+    _published_at(store, key, _day(1, 3))
+    _run(store, "run-march", "COMPLETED", _day(1, 1), _day(1, 4), DATASET,
+         {"vit-small": "fv-vit-small", "lm-small": "fv-lm-small"}, [key])
+    return store, key, january
+
+
+def test_keep_current_keeps_what_alignment_best_shows(tmp_path, capsys):
+    """--keep-runs 1 keeps the newest run's versions only: the three pairs that only January's runs
+    scored left alignment_best (gc said nothing of it). It now says so, and --keep-current keeps
+    them (with their features): only the superseded version of the re-scored pair goes."""
+    store, march, january = _zoo_then_one_pair(str(tmp_path / "store"))
+    current = "select model_a, model_b, metric, alignment_version, score from alignment_best order by all"
+    before = connect(store).sql(current).fetchall()
+    assert len(before) == 8 and {r[3] for r in before if (r[0], r[1]) == ("vit-small", "lm-small")} == {"al-march"}
+
+    assert main(["gc", "--store", store.url, "--keep-runs", "1", "--keep-current", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "and the current results (alignment_best)" in out and "held current results" not in out
+    assert main(["gc", "--store", store.url, "--keep-runs", "1", "--keep-current"]) == 0
+    capsys.readouterr()
+    gone = {january["vit-small__lm-small"]}
+    assert _versions(store) >= {march, *january.values()} - gone and not _versions(store) & gone
+    assert connect(store).sql(current).fetchall() == before  # what alignment_best shows is all there
+    assert connect(store).execute("select count(*) from alignment").fetchone()[0] == 2 * sum(
+        MODELS[a][2] * MODELS[b][2] for a in ("vit-small", "vit-large") for b in ("lm-small", "lm-large"))
+
+    store, march, january = _zoo_then_one_pair(str(tmp_path / "plain"))
+    assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "--keep-runs 1: 3 of the removed alignment version(s) held current results" in out, out
+    assert "--keep-current keeps them" in out
+    left = connect(store).sql(current).fetchall()
+    assert [r for r in before if (r[0], r[1]) == ("vit-small", "lm-small")] == left  # the newest run's pair only
+
+
+def test_keep_current_needs_keep_runs(tmp_path, capsys):
+    store, _, _ = _zoo_then_one_pair(str(tmp_path / "store"))
+    before = _versions(store)
+    assert main(["gc", "--store", store.url, "--keep-current"]) == 2
+    assert "--keep-current goes with --keep-runs N" in capsys.readouterr().err
+    assert _versions(store) == before
