@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench_scripts import load_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu_checks.sh"
@@ -116,10 +117,7 @@ def test_gpu_wheels_starts_from_an_empty_folder():
 def test_large_n_warms_up_every_precision_before_the_clock(capsys):
     """bench_metrics --large-n: each knn_precision runs untimed (CUDA set-up, idle clocks) before
     the first timed call, and each mode is timed more than once."""
-    spec = importlib.util.spec_from_file_location("bench_metrics_warm", ROOT / "bench" / "bench_metrics.py")
-    bm = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(bm)
+    bm = load_bench("bench_metrics", "bench_metrics_warm")
     calls: list[tuple[str, object]] = []
     real_matrix, real_timed = bm.layer_matrix, bm.timed
 

@@ -3,17 +3,11 @@ the answers it checks (the same rows as a plain view; run-new's rows only)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_views.py"
+from tests.bench_scripts import load_bench
 
 
 def test_bench_views_small(capsys):
-    spec = importlib.util.spec_from_file_location("bench_views", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
+    module = load_bench("bench_views")
     module.main(["--vision", "2", "--language", "3", "--layers-a", "3", "--layers-b", "2", "--metrics", "2", "--repeats", "1"])
     out = capsys.readouterr().out
     assert out.startswith("72 rows in 6 files (2 x 3 pairs, 3 x 2 layers, 2 metrics)"), out

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[3] / "bench" / "bench_metrics.py"
+from tests.bench_scripts import BENCH_DIR, load_bench
+
+BENCH = BENCH_DIR / "bench_metrics.py"
 
 
 @pytest.mark.skipif(not BENCH.exists(), reason="bench script not present")
 def test_bench_small_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("bench_metrics", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
+    mod = load_bench("bench_metrics")
     mod.main(["--small", "--large-n", "500", "--calibrate", "mutual_knn", "cka",
               "--precision-error", "300"])
     out = capsys.readouterr().out
@@ -37,11 +33,7 @@ def test_bench_small_runs(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_bench_prepare_small_gives_the_papers_clamp(capsys: pytest.CaptureFixture[str]) -> None:
     """bench/bench_prepare.py at CI size: the pooled (blockwise) clamp gives the paper's output."""
-    path = BENCH.parent / "bench_prepare.py"
-    spec = importlib.util.spec_from_file_location("bench_prepare", path)
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
+    mod = load_bench("bench_prepare")
     for extra in ([], ["--exact"]):
         results = mod.main(["--layers", "3", "--n", "40", "--width", "16", *extra])
         (_, _, paper), (_, _, pooled) = results["paper"], results["pooled"]

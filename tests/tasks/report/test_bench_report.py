@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[3] / "bench" / "bench_report.py"
+from tests.bench_scripts import load_bench
 
 
 def test_bench_report_small(capsys):
-    spec = importlib.util.spec_from_file_location("bench_report", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
+    module = load_bench("bench_report")
     module.main(["--vision", "2", "--language", "1", "--layers-a", "3", "--layers-b", "4", "--metrics", "mutual_knn"])
     rows = {name.strip(): numbers for name, *numbers in (line.rsplit(maxsplit=4) for line in capsys.readouterr().out.splitlines()[2:])}
     # 1 metric: heatmap + calibrated heatmap + quality + size = 4 figures, and 2 layer figures
