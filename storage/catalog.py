@@ -301,15 +301,15 @@ def _of_latest_run(view: str) -> str:
 #: such run lists (its run crashed, or the store's run records are gone) only where no run lists
 #: one, the last published first.
 CURRENT_BEST_SQL = f"""
-    WITH listed AS (
-        SELECT unnest(alignment_versions) AS alignment_key, run_id, started_at,
-               coalesce(finished_at, started_at) AS run_time
+    WITH runs_ranked AS (
+        SELECT alignment_versions, row_number() OVER (ORDER BY {_RUNS_LATEST_FIRST}) AS run_rank
         FROM runs WHERE {_RUN_HAS_RESULTS}
+    ), listed AS (
+        SELECT unnest(alignment_versions) AS alignment_key, run_rank FROM runs_ranked
     ), ranked AS (
         SELECT v.*, row_number() OVER (
                    PARTITION BY v.model_a, v.model_b, v.metric
-                   ORDER BY r.alignment_key IS NULL, r.run_time DESC NULLS LAST, r.started_at DESC NULLS LAST,
-                            r.run_id DESC NULLS LAST, v.published_at DESC NULLS LAST, v.alignment_version DESC,
+                   ORDER BY r.run_rank ASC NULLS LAST, v.published_at DESC NULLS LAST, v.alignment_version DESC,
                             v.dataset_version DESC
                ) AS _current_rank
         FROM alignment_best_all AS v

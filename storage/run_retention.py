@@ -189,21 +189,25 @@ def plan_retention(store: Store, keep_runs: int, keep_current: bool = False) -> 
         plan.blocked = str(error)
         return plan
     plan.since = min(s for s in starts if s is not None) - CLOCK_SKEW_SECONDS
-    try:
-        plan.current = current_alignment_keys(store)
-    except (duckdb.Error, OSError) as error:  # a best-row file that cannot be read
-        if keep_current:
-            plan.blocked = f"the current results (alignment_best) could not be read to keep them: {str(error).splitlines()[0]}"
-            return plan
     versions, damaged = published_versions(store)
     recent = {key for key, manifest in versions.items() if _published_since(manifest, plan.since)}
     for record in extractions:  # published or reused for an alignment stage that may not have run yet
         started = epoch_seconds(record.get("started_at"))
         if started is None or started >= plan.since:
             recent |= extraction_versions(record)
-    current = plan.current if keep_current and plan.current is not None else set()
-    plan.keep = _closure(named | recent | damaged | (current & set(versions)), versions)
+    plan.keep = _closure(named | recent | damaged, versions)
     plan.remove = [key for box in REMOVAL_ORDER for key in sorted(versions) if key.startswith(box + "/") and key not in plan.keep]
+    if any(key.startswith(layout.ALIGNMENT + "/") for key in plan.remove):  # only then can a current result go
+        try:  # reads the manifests again (the catalog's way) and the best-row files
+            plan.current = current_alignment_keys(store)
+        except (duckdb.Error, OSError) as error:  # a best-row file that cannot be read
+            if keep_current:
+                plan.blocked = f"the current results (alignment_best) could not be read to keep them: {str(error).splitlines()[0]}"
+                plan.keep, plan.remove = set(), []
+                return plan
+        if keep_current and plan.current:
+            plan.keep = _closure(plan.keep | (plan.current & set(versions)), versions)
+            plan.remove = [key for key in plan.remove if key not in plan.keep]
     removed = set(plan.remove)
     for pointer, target in rendered_pointers(store).items():
         if target in removed:
