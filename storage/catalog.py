@@ -668,7 +668,9 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     which DuckDB parses as SELECT) and EXPLAIN [ANALYZE] of such a query are accepted; anything
     that could write or change state (COPY, EXPORT, INSERT, CREATE, ATTACH, SET, PRAGMA,
     INSTALL, LOAD, CALL, ``EXPLAIN ANALYZE COPY ...``) is refused with
-    :class:`ReadOnlyQueryError` before anything runs. On a connection from :func:`connect`
+    :class:`ReadOnlyQueryError` before anything runs, as is a write hidden inside a query
+    (``WITH x AS (COPY ... TO ...) SELECT 1``, which DuckDB types SELECT; ``query('...')``):
+    see :func:`_hidden_write`. On a connection from :func:`connect`
     (locked down), a SELECT that reaches outside the store or touches the configuration
     (``read_text('/etc/passwd')``, ``enable_logging(...)``) fails with the same error. A query
     DuckDB cannot run (an unknown column, a type error) raises :class:`QueryError` with
@@ -681,7 +683,8 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     if not statements:
         raise ValueError("empty query")
     for statement in statements:
-        kind = _effective_type(con, statement)
+        explained = _innermost(con, statement)
+        kind = explained.type if explained is not None else duckdb.StatementType.INVALID
         if kind not in _READ_ONLY_TYPES:
             what = "EXPLAIN of anything but a query is" if kind == duckdb.StatementType.INVALID else f"{kind.name} statements are"
             raise ReadOnlyQueryError(
@@ -689,6 +692,9 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
                 f"(only SELECT, WITH, FROM, DESCRIBE, SUMMARIZE, SHOW and EXPLAIN of a query); refused: "
                 f"{_short(statement.query)}"
             )
+        hidden = _hidden_write(con, explained.query)
+        if hidden:
+            raise ReadOnlyQueryError(f"the catalog is read-only: {hidden} is not allowed inside a query; refused: {_short(statement.query)}")
     try:
         for statement in statements[:-1]:
             con.execute(statement.query).fetchall()
@@ -706,13 +712,14 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
         raise QueryError(f"the query failed: {error}{hint}") from error
 
 
-def _effective_type(con: duckdb.DuckDBPyConnection, statement: Any) -> duckdb.StatementType:
-    """The statement's type; for EXPLAIN, the type of the statement it explains (ANALYZE runs it)."""
+def _innermost(con: duckdb.DuckDBPyConnection, statement: Any) -> Any | None:
+    """The statement itself; for EXPLAIN [ANALYZE] [(options)], the statement it explains
+    (ANALYZE runs it), or None when that is not one statement."""
     if statement.type != duckdb.StatementType.EXPLAIN:
-        return statement.type
+        return statement
     match = _EXPLAIN.match(statement.query)
     if not match:
-        return duckdb.StatementType.INVALID
+        return None
     inner = statement.query[match.end() :]
     for candidate in (inner, _strip_options(inner)):
         try:
@@ -720,8 +727,63 @@ def _effective_type(con: duckdb.DuckDBPyConnection, statement: Any) -> duckdb.St
         except duckdb.Error:
             continue
         if len(parsed) == 1:
-            return _effective_type(con, parsed[0])
-    return duckdb.StatementType.INVALID
+            return _innermost(con, parsed[0])
+    return None
+
+
+#: Query node types of a read-only query in DuckDB's serialized parse tree; any other
+#: (``COPY_QUERY_NODE``, ``INSERT_QUERY_NODE``, ``UPDATE_QUERY_NODE``, ``DELETE_QUERY_NODE``, ...)
+#: is a write that DuckDB accepts in a WITH clause of a statement it still types SELECT.
+_READ_NODES = {"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"}
+#: Functions that run SQL given as a value, out of sight of the parse tree:
+#: ``json_execute_serialized_sql`` runs even a serialized ``WITH ... (COPY ...)``.
+_SQL_RUNNING_FUNCTIONS = {"json_execute_serialized_sql", "query"}
+#: Fallback for a statement DuckDB cannot serialize: keywords that start a write.
+_WRITE_KEYWORDS = {"copy", "insert", "update", "delete", "merge"}
+
+
+def _hidden_write(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
+    """What in a statement typed SELECT would write, or None.
+
+    DuckDB 2.0 types ``WITH x AS (COPY (...) TO 'file') SELECT 1`` (and INSERT, UPDATE or DELETE
+    in a WITH) as SELECT, and runs the write: under the lock it may still write inside the store.
+    The statement's serialized parse tree (``json_serialize_sql``) shows every query node and
+    function by name; a statement DuckDB cannot serialize is scanned for write keywords instead
+    (a column spelled like one must then be quoted)."""
+    try:
+        serialized = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
+    except duckdb.Error:  # no JSON extension: the keyword scan alone
+        serialized = {"error": True}
+    if serialized.get("error"):
+        for word in _keywords(sql):
+            if word in _WRITE_KEYWORDS:
+                return f"{word.upper()} (quote a column of that name)"
+        return None
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            kind = node.get("type")
+            if isinstance(kind, str) and kind.endswith("_NODE") and kind not in _READ_NODES:
+                found.append(kind.removesuffix("_QUERY_NODE").removesuffix("_NODE").replace("_", " "))
+            name = node.get("function_name")
+            if isinstance(name, str) and name.lower() in _SQL_RUNNING_FUNCTIONS:
+                found.append(f"the function {name}() (it runs SQL text)")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(serialized.get("statements", []))
+    return found[0] if found else None
+
+
+def _keywords(sql: str) -> list[str]:
+    """The lower-cased keyword tokens of ``sql`` (no string constants, identifiers or comments)."""
+    tokens = duckdb.tokenize(sql)
+    ends = [start for start, _ in tokens[1:]] + [len(sql)]
+    return [sql[start:end].strip().lower() for (start, kind), end in zip(tokens, ends) if kind == duckdb.token_type.keyword]
 
 
 def _strip_options(text: str) -> str:

@@ -152,6 +152,45 @@ def test_query_refuses_anything_that_could_write(tmp_path, monkeypatch, sql):
     assert query(con, "select count(*) n from features").column("n")[0].as_py() == 8 * 16
 
 
+#: Writes into the store that DuckDB 2.0 types SELECT (a write in a WITH clause) or hides in a
+#: function that runs SQL text; the lock allows them, since the store's folder is the allowed
+#: one. ``{best}`` is a published alignment file, ``{root}`` the store.
+HIDDEN_WRITES = [
+    "WITH x AS (COPY (SELECT 1 a) TO '{best}' (FORMAT parquet)) SELECT 1",
+    "WITH x AS (COPY (SELECT 1 a, 2 b) TO '{root}/features' (FORMAT parquet, PARTITION_BY (a), OVERWRITE)) SELECT 1",
+    "EXPLAIN ANALYZE WITH x AS (COPY (SELECT 1 a) TO '{best}' (FORMAT parquet)) SELECT 1",
+    "EXPLAIN (ANALYZE) WITH x AS (COPY (SELECT 1 a) TO '{best}' (FORMAT parquet)) SELECT 1",
+    "with x as materialized (copy (select 1 a) to '{root}/evil.csv') select * from models",
+    "SELECT * FROM json_execute_serialized_sql(json_serialize_sql('WITH x AS (COPY (SELECT 1 a) TO ''{best}'' (FORMAT parquet)) SELECT 1'))",
+    "SELECT * FROM query('SELECT 1')",
+    "WITH x AS (DELETE FROM runs RETURNING *) SELECT count(*) FROM x",
+    "WITH x AS (UPDATE models SET model = 'forged' RETURNING *) SELECT 1",
+    "WITH x AS (INSERT INTO datasets SELECT * FROM datasets RETURNING *) SELECT 1",
+    "SELECT 1 UNION ALL (WITH x AS (COPY (SELECT 1 a) TO '{root}/evil.csv') SELECT 2)",
+]
+
+
+@pytest.mark.parametrize("sql", HIDDEN_WRITES)
+def test_query_refuses_writes_hidden_in_a_select(store_url, sql):
+    """Found by a security review: ``WITH x AS (COPY ... TO '<store>/...') SELECT 1`` overwrote a
+    published best file (and ``prh verify`` could be fooled by a forged manifest the same way)."""
+    from storage.store import Store
+
+    build_catalog_store(store_url)
+    store = Store(store_url)
+    files = sorted(store.fs.find(store.root))
+    before = {f: store.fs.cat_file(f) for f in files}
+    best = next(f for f in files if f.endswith("best.parquet"))
+    con = connect(store_url)
+    statement = sql.format(best=store.uri(best.removeprefix(store.root + "/")), root=store_url)
+    with pytest.raises(ReadOnlyQueryError, match="the catalog is read-only: .* is not allowed inside a query"):
+        query(con, statement)
+    assert sorted(store.fs.find(store.root)) == files
+    assert all(store.fs.cat_file(f) == data for f, data in before.items())
+    assert query(con, "select count(*) n from runs").column("n")[0].as_py() == 2
+    assert query(con, "select count(*) n from models where model = 'forged'").column("n")[0].as_py() == 0
+
+
 def test_query_accepts_reads(tmp_path):
     url = str(tmp_path / "store")
     build_catalog_store(url)
@@ -159,7 +198,11 @@ def test_query_accepts_reads(tmp_path):
     for sql in ["EXPLAIN SELECT * FROM models", "EXPLAIN ANALYZE SELECT count(*) FROM features", "EXPLAIN (FORMAT json) SELECT 1",
                 "DESCRIBE features", "SUMMARIZE models", "SHOW TABLES", "FROM datasets", "WITH x AS (SELECT 1 a) SELECT * FROM x",
                 "PIVOT (SELECT layer_a, layer_b, score FROM alignment) ON layer_b IN (0, 1) USING max(score) GROUP BY layer_a",
-                f"SELECT count(*) FROM read_parquet('{url}/features/**/*.parquet')"]:
+                f"SELECT count(*) FROM read_parquet('{url}/features/**/*.parquet')",
+                "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT * FROM r",
+                "SELECT 'copy' AS \"delete\", 'WITH x AS (COPY' AS update_note, * FROM query_table('models')",
+                "WITH x AS MATERIALIZED (SELECT metric FROM alignment_best) SELECT DISTINCT metric FROM x",
+                "EXPLAIN ANALYZE WITH x AS (SELECT 1 a) SELECT * FROM x"]:
         assert query(con, sql).num_rows > 0, sql
 
 
@@ -169,11 +212,12 @@ def test_prh_sql_and_catalog_export_commands(tmp_path, capsys, monkeypatch):
     url = str(tmp_path / "store")
     build_catalog_store(url)
     monkeypatch.chdir(tmp_path)
-    for sql in ("PRAGMA threads = 1", "INSTALL httpfs", "EXPLAIN ANALYZE COPY (SELECT 1) TO 'x.csv'"):
+    for sql in ("PRAGMA threads = 1", "INSTALL httpfs", "EXPLAIN ANALYZE COPY (SELECT 1) TO 'x.csv'",
+                f"WITH x AS (COPY (SELECT 1) TO '{url}/x.csv') SELECT 1"):
         assert main(["sql", sql, "--store", url]) == 2
         err = capsys.readouterr().err
         assert "prh sql: error: the catalog is read-only" in err, err
-    assert not (tmp_path / "x.csv").exists()
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "store" / "x.csv").exists()
     assert main(["catalog", "export", "prh.duckdb", "--store", url]) == 0
     out = capsys.readouterr().out
     assert "over 25 Parquet files" in out and "duckdb -readonly" in out
@@ -222,3 +266,20 @@ def test_s3_catalog_reads_nothing_outside_its_prefix(s3_store_url):
         query(con, f"select content from read_text('s3://{outside}')")
     for sneaky in (store.uri("../other/secret.txt"), store.uri("%2e%2e/other/secret.txt")):
         assert query(con, f"select content from read_text('{sneaky}')").num_rows == 0
+
+
+def test_hidden_write_falls_back_to_keywords_when_duckdb_cannot_serialize(monkeypatch):
+    """Where DuckDB cannot serialize a statement (or has no JSON extension), write keywords
+    outside strings, quoted names and comments refuse it."""
+    from storage import catalog
+
+    class NoJson:
+        def execute(self, *args):
+            raise duckdb.CatalogException("Catalog Error: Scalar Function with name json_serialize_sql does not exist!")
+
+    con = NoJson()
+    assert catalog._hidden_write(con, "with x as (copy (select 1) to 'f') select 1") == "COPY (quote a column of that name)"
+    assert catalog._hidden_write(con, "WITH x AS (DELETE FROM t RETURNING *) SELECT 1").startswith("DELETE")
+    quiet = "SELECT 'copy', \"delete\" FROM t /* insert */ WHERE copy_n = 1 -- update"
+    assert catalog._hidden_write(con, quiet) is None
+    assert catalog._hidden_write(duckdb.connect(), quiet) is None
