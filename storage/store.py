@@ -126,10 +126,20 @@ def check_store_url(url: Any) -> None:
     if sep and "://" not in url and scheme.lower() in _known_protocols():
         raise ValueError(f"store URL {url!r} looks like a {scheme} URL without '//': write {scheme}://{rest.lstrip('/')} "
                          f"(or ./{url} for a local folder of that name)")
+    if scheme.lower() in _BUCKET_PROTOCOLS and "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        # s3fs takes 'KEY:SECRET@bucket' for a bucket name, and botocore's error then prints it whole
+        raise ValueError(f"store URL {redact_url(url)!r} (shown without its user:password@ part) names credentials in the URL, "
+                         f"which {scheme} does not read there (it would take them for the bucket's name and show them in errors): "
+                         f"give them through the environment (for S3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE) "
+                         f"and write {scheme}://BUCKET/PREFIX")
     if "://" in url and not url.split("://", 1)[1].strip("/"):
         if scheme.lower() in ("file", "local"):
             raise ValueError(f"store URL {url!r} names the filesystem's root: add the folder, e.g. {scheme}:///data/prh")
         raise ValueError(f"store URL {url!r} names no bucket or host: add them, e.g. {scheme}://bucket/prh")
+
+
+#: Object stores whose URL's first part is a bucket: an ``@`` there is credentials, never a name.
+_BUCKET_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
 
 
 def _known_protocols() -> set[str]:

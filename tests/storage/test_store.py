@@ -118,6 +118,20 @@ def test_store_urls_that_cannot_mean_what_was_meant_are_refused(url, message, tm
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("url", ["s3://AKIAURLKEY77:UrlSecret77zz@bucket/store", "s3://UrlSecret77zz@bucket", "gs://x:UrlSecret77zz@b/p"])
+def test_credentials_in_an_object_store_url_are_refused_without_showing_them(url, capsys):
+    """s3fs took 'KEY:SECRET@bucket' for the bucket's name and botocore's "Invalid bucket name"
+    error printed the secret (the URL itself was shown redacted)."""
+    from flows.cli import main
+
+    with pytest.raises(ValueError, match="names credentials in the URL") as refused:
+        Store(url)
+    assert "UrlSecret77zz" not in str(refused.value) and "://b" in str(refused.value)
+    assert main(["sql", "select 1", "--store", url]) == 2
+    err = capsys.readouterr().err
+    assert "names credentials in the URL" in err and "UrlSecret77zz" not in err
+
+
 def test_local_paths_with_colons_stay_local(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert Store("my:folder").root == str(tmp_path / "my:folder")
