@@ -100,6 +100,7 @@ class _Sample:
     key: str
     members: dict[str, bytes | str] = field(default_factory=dict)  # suffix -> content (str: why it was not read)
     repeated: list[str] = field(default_factory=list)  # member names seen twice in this sample
+    scattered: bool = False  # the key came back after other samples (its members are not together)
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
@@ -128,6 +129,7 @@ def _samples(shard: Path, wanted: frozenset[str]) -> Iterator[_Sample]:
     archive = _open(shard)
     budget = MAX_EXPANSION * max(shard.stat().st_size, 1) + MAX_MEMBER_BYTES
     current: _Sample | None = None
+    keys: set[str] = set()  # the shard's keys so far: a key that comes back is refused, not read as new
     with archive:
         try:
             while (member := archive.next()) is not None:
@@ -142,7 +144,8 @@ def _samples(shard: Path, wanted: frozenset[str]) -> Iterator[_Sample]:
                 if current is None or key != current.key:
                     if current is not None:
                         yield current
-                    current = _Sample(key)
+                    current = _Sample(key, scattered=key in keys)
+                    keys.add(key)
                 suffix = "." + rest.lower() if dot else ""
                 if suffix not in wanted:
                     continue
@@ -187,6 +190,11 @@ def _records(shard: Path, sample: _Sample, columns: ColumnMap) -> list[RawRecord
     key, members = sample.key, sample.members
     sample_id = folder_id(key)
     origin = f"{shard.name}:{key}"
+    if sample.scattered:
+        return [_refused(origin, sample_id, "sample_id_duplicate",
+                         f"{shard.name}: members of sample {key} appear again after other samples (a WebDataset shard "
+                         f"keeps each sample's files together: write the tar sorted by key); its earlier members were "
+                         f"read as a sample of their own")]
     if sample.repeated:
         return [_refused(origin, sample_id, "sample_id_duplicate",
                          f"{shard.name}: member {sample.repeated[0]} appears twice in sample {key}")]

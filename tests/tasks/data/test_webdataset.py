@@ -122,6 +122,23 @@ def test_incomplete_samples_are_rejected_naming_what_they_lack(tmp_path: Path, m
     assert "5,000 bytes" in result.rejected.column("detail").to_pylist()[2]
 
 
+def test_a_sample_whose_members_are_not_together_is_refused_as_a_duplicate(tmp_path: Path) -> None:
+    """A key that came back after other samples was read as a second sample of that id (refused
+    as text_missing: its members lacked a caption), hiding that the tar was not sorted by key."""
+    shard = _shard(tmp_path / "s.tar", [
+        _coloured("a", "red"),  # the image of "a"...
+        _coloured("b", "green", **{".txt": b"green"}),
+        {"__key__": "a", ".txt": b"red"},  # ...and its caption, after "b"
+        _coloured("c", "blue", **{".txt": b"blue"}),
+    ])
+    result = load_paired_dataset(shard)
+    assert result.table.column("sample_id").to_pylist() == ["b", "c"]
+    rejected = list(zip(result.rejected.column("sample_id").to_pylist(), result.rejected.column("reason").to_pylist(),
+                        result.rejected.column("detail").to_pylist()))
+    assert [(i, r) for i, r, _ in rejected] == [("a", "text_missing"), ("a", "sample_id_duplicate")]
+    assert "members of sample a appear again after other samples" in rejected[1][2] and "sorted by key" in rejected[1][2]
+
+
 def test_links_in_a_shard_are_never_followed(tmp_path: Path) -> None:
     shard = tmp_path / "s.tar"
     with tarfile.open(shard, "w") as archive:
