@@ -85,13 +85,7 @@ def remove_stale_namespaces(store: Store, current: str | None = None, dry_run: b
     """Remove (or with ``dry_run`` only list) the stale namespaces; returns their keys.
     ``sizes``, when given, receives ``key -> bytes`` of each namespace's files, measured before
     removing it."""
-    stale = stale_namespaces(store, current)
-    for key in stale:
-        if sizes is not None:
-            sizes[key] = store.tree_bytes(key)
-        if not dry_run:
-            store.fs.rm(store.path(key), recursive=True)
-    return stale
+    return store.remove_trees(stale_namespaces(store, current), dry_run, sizes)
 
 
 def old_figures(store: Store, older_than_s: float, current: str | None = None,

@@ -33,10 +33,4 @@ def remove_stale_reports(store: Store, keep: int, dry_run: bool = False,
     """Remove (with ``dry_run`` only list) the reports beyond the ``keep`` newest; returns their keys.
     ``sizes``, when given, receives ``key -> bytes`` of each report folder, measured before
     removing it."""
-    stale = stale_reports(store, keep)
-    for key in stale:
-        if sizes is not None:
-            sizes[key] = store.tree_bytes(key)
-        if not dry_run:
-            store.remove_tree(key)
-    return stale
+    return store.remove_trees(stale_reports(store, keep), dry_run, sizes)

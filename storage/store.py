@@ -338,6 +338,16 @@ class Store:
                 self.fs.rm(path, recursive=True)
             self.fs.invalidate_cache(path)
 
+    def remove_trees(self, keys: list[str], dry_run: bool = False, sizes: dict[str, int] | None = None) -> list[str]:
+        """Remove (with ``dry_run`` only measure) the folders ``keys``; returns ``keys``.
+        ``sizes``, when given, receives ``key -> bytes`` of each folder, measured before removing it."""
+        for key in keys:
+            if sizes is not None:
+                sizes[key] = self.tree_bytes(key)
+            if not dry_run:
+                self.remove_tree(key)
+        return keys
+
     def unpublish(self, version_key: str, stale_after_s: float = STALE_CLAIM_SECONDS) -> bool:
         """Remove the published version ``version_key`` and everything in its folder (shards
         under ``_partial/`` too); True if this call removed it, False when another writer holds
