@@ -735,30 +735,43 @@ def _innermost(con: duckdb.DuckDBPyConnection, statement: Any) -> Any | None:
 #: (``COPY_QUERY_NODE``, ``INSERT_QUERY_NODE``, ``UPDATE_QUERY_NODE``, ``DELETE_QUERY_NODE``, ...)
 #: is a write that DuckDB accepts in a WITH clause of a statement it still types SELECT.
 _READ_NODES = {"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"}
-#: Functions that run SQL given as a value, out of sight of the parse tree:
-#: ``json_execute_serialized_sql`` runs even a serialized ``WITH ... (COPY ...)``.
+#: Table functions a query may call: readers of the store's files, generators, and DuckDB's
+#: information functions. Any other is refused, since DuckDB has table functions that run SQL
+#: or call another function named in a string (``query``, ``json_execute_serialized_sql``,
+#: ``destroy_external_resource``), flush or log (``checkpoint``, ``enable_logging``), and adds
+#: new ones with each release: a list of what is allowed keeps up, one of what is not cannot.
+READ_TABLE_FUNCTIONS = frozenset({
+    "read_parquet", "parquet_scan", "parquet_metadata", "parquet_schema", "parquet_file_metadata",
+    "parquet_kv_metadata", "parquet_full_metadata", "parquet_bloom_probe",
+    "read_csv", "read_csv_auto", "sniff_csv", "read_json", "read_json_auto", "read_json_objects",
+    "read_json_objects_auto", "read_ndjson", "read_ndjson_auto", "read_ndjson_objects", "read_text", "read_blob", "glob",
+    "range", "generate_series", "unnest", "repeat", "repeat_row", "query_table", "summary", "json_each", "json_tree",
+    "histogram", "histogram_values", "icu_calendar_names", "pg_timezone_names",
+    "duckdb_columns", "duckdb_constraints", "duckdb_databases", "duckdb_dependencies", "duckdb_functions",
+    "duckdb_indexes", "duckdb_keywords", "duckdb_schemas", "duckdb_sequences", "duckdb_settings", "duckdb_tables",
+    "duckdb_types", "duckdb_views", "duckdb_extensions", "duckdb_memory", "duckdb_optimizers", "duckdb_variables",
+    "pragma_table_info", "pragma_show", "pragma_version", "pragma_platform", "pragma_database_size",
+    "pragma_collations", "pragma_storage_info", "pragma_metadata_info",
+})
+#: Scalar functions that take SQL text (refused wherever they appear, as a table function too).
 _SQL_RUNNING_FUNCTIONS = {"json_execute_serialized_sql", "query"}
-#: Fallback for a statement DuckDB cannot serialize: keywords that start a write.
-_WRITE_KEYWORDS = {"copy", "insert", "update", "delete", "merge"}
 
 
 def _hidden_write(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
-    """What in a statement typed SELECT would write, or None.
+    """What in a statement typed SELECT could write or run other SQL, or None.
 
     DuckDB 2.0 types ``WITH x AS (COPY (...) TO 'file') SELECT 1`` (and INSERT, UPDATE or DELETE
     in a WITH) as SELECT, and runs the write: under the lock it may still write inside the store.
     The statement's serialized parse tree (``json_serialize_sql``) shows every query node and
-    function by name; a statement DuckDB cannot serialize is scanned for write keywords instead
-    (a column spelled like one must then be quoted)."""
+    every function by name: only read nodes (:data:`_READ_NODES`) and the table functions of
+    :data:`READ_TABLE_FUNCTIONS` pass. A statement DuckDB cannot serialize cannot be checked, so
+    it is refused."""
     try:
         serialized = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
-    except duckdb.Error:  # no JSON extension: the keyword scan alone
+    except duckdb.Error:  # no JSON extension
         serialized = {"error": True}
     if serialized.get("error"):
-        for word in _keywords(sql):
-            if word in _WRITE_KEYWORDS:
-                return f"{word.upper()} (quote a column of that name)"
-        return None
+        return "a statement DuckDB cannot check (it cannot serialize its parse tree)"
     found: list[str] = []
 
     def walk(node: Any) -> None:
@@ -766,6 +779,12 @@ def _hidden_write(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
             kind = node.get("type")
             if isinstance(kind, str) and kind.endswith("_NODE") and kind not in _READ_NODES:
                 found.append(kind.removesuffix("_QUERY_NODE").removesuffix("_NODE").replace("_", " "))
+            if kind == "TABLE_FUNCTION":
+                called = node.get("function")
+                name = called.get("function_name") if isinstance(called, dict) else None
+                if not isinstance(name, str) or name.lower() not in READ_TABLE_FUNCTIONS:
+                    found.append(f"the table function {name}() (allowed: readers such as read_parquet, glob, range, "
+                                 "unnest, query_table, summary, and DuckDB's duckdb_*/pragma_* information functions)")
             name = node.get("function_name")
             if isinstance(name, str) and name.lower() in _SQL_RUNNING_FUNCTIONS:
                 found.append(f"the function {name}() (it runs SQL text)")
@@ -777,13 +796,6 @@ def _hidden_write(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
 
     walk(serialized.get("statements", []))
     return found[0] if found else None
-
-
-def _keywords(sql: str) -> list[str]:
-    """The lower-cased keyword tokens of ``sql`` (no string constants, identifiers or comments)."""
-    tokens = duckdb.tokenize(sql)
-    ends = [start for start, _ in tokens[1:]] + [len(sql)]
-    return [sql[start:end].strip().lower() for (start, kind), end in zip(tokens, ends) if kind == duckdb.token_type.keyword]
 
 
 def _strip_options(text: str) -> str:

@@ -163,6 +163,13 @@ HIDDEN_WRITES = [
     "with x as materialized (copy (select 1 a) to '{root}/evil.csv') select * from models",
     "SELECT * FROM json_execute_serialized_sql(json_serialize_sql('WITH x AS (COPY (SELECT 1 a) TO ''{best}'' (FORMAT parquet)) SELECT 1'))",
     "SELECT * FROM query('SELECT 1')",
+    # found by a second review: a table function that calls another one named in a string
+    "SELECT * FROM destroy_external_resource('json_execute_serialized_sql', "
+    "json_serialize_sql('WITH x AS (COPY (SELECT 42 a) TO ''{best}'' (FORMAT parquet)) SELECT 1'))",
+    "SELECT * FROM system.main.destroy_external_resource('json_execute_serialized_sql', "
+    "json_serialize_sql('WITH x AS (COPY (SELECT 42 a) TO ''{root}/evil.csv'') SELECT 1'))",
+    "SELECT * FROM register_external_resource_type('t', kind := 'k', create_function := 'json_execute_serialized_sql')",
+    "SELECT * FROM models, checkpoint()",
     "WITH x AS (DELETE FROM runs RETURNING *) SELECT count(*) FROM x",
     "WITH x AS (UPDATE models SET model = 'forged' RETURNING *) SELECT 1",
     "WITH x AS (INSERT INTO datasets SELECT * FROM datasets RETURNING *) SELECT 1",
@@ -202,7 +209,11 @@ def test_query_accepts_reads(tmp_path):
                 "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT * FROM r",
                 "SELECT 'copy' AS \"delete\", 'WITH x AS (COPY' AS update_note, * FROM query_table('models')",
                 "WITH x AS MATERIALIZED (SELECT metric FROM alignment_best) SELECT DISTINCT metric FROM x",
-                "EXPLAIN ANALYZE WITH x AS (SELECT 1 a) SELECT * FROM x"]:
+                "EXPLAIN ANALYZE WITH x AS (SELECT 1 a) SELECT * FROM x",
+                f"SELECT count(*) FROM glob('{url}/**/*.parquet'), range(2)",
+                f"SELECT * FROM parquet_metadata('{url}/alignment/**/best.parquet')",
+                "SELECT * FROM duckdb_views() WHERE NOT internal", "SELECT * FROM unnest([1, 2]) t(x), generate_series(1, 2)",
+                "SELECT * FROM pragma_table_info('alignment_best')", "SELECT list_aggregate([1, 2], 'max') m"]:
         assert query(con, sql).num_rows > 0, sql
 
 
@@ -268,18 +279,25 @@ def test_s3_catalog_reads_nothing_outside_its_prefix(s3_store_url):
         assert query(con, f"select content from read_text('{sneaky}')").num_rows == 0
 
 
-def test_hidden_write_falls_back_to_keywords_when_duckdb_cannot_serialize(monkeypatch):
-    """Where DuckDB cannot serialize a statement (or has no JSON extension), write keywords
-    outside strings, quoted names and comments refuse it."""
+def test_a_statement_duckdb_cannot_serialize_is_refused():
+    """The parse tree is the check: where DuckDB cannot give it (no JSON extension), nothing passes."""
     from storage import catalog
 
     class NoJson:
         def execute(self, *args):
             raise duckdb.CatalogException("Catalog Error: Scalar Function with name json_serialize_sql does not exist!")
 
-    con = NoJson()
-    assert catalog._hidden_write(con, "with x as (copy (select 1) to 'f') select 1") == "COPY (quote a column of that name)"
-    assert catalog._hidden_write(con, "WITH x AS (DELETE FROM t RETURNING *) SELECT 1").startswith("DELETE")
-    quiet = "SELECT 'copy', \"delete\" FROM t /* insert */ WHERE copy_n = 1 -- update"
-    assert catalog._hidden_write(con, quiet) is None
-    assert catalog._hidden_write(duckdb.connect(), quiet) is None
+    assert "cannot check" in catalog._hidden_write(NoJson(), "SELECT 1")
+    assert catalog._hidden_write(duckdb.connect(), "SELECT 1") is None
+
+
+def test_every_allowed_table_function_exists_and_reads():
+    """The allow list names DuckDB's own table functions (a misspelling would refuse a reader)."""
+    from storage.catalog import READ_TABLE_FUNCTIONS
+
+    con = duckdb.connect()
+    table_functions = {name for (name,) in con.execute(
+        "SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_type IN ('table', 'table_macro')").fetchall()}
+    assert READ_TABLE_FUNCTIONS <= table_functions, READ_TABLE_FUNCTIONS - table_functions
+    assert not READ_TABLE_FUNCTIONS & {"query", "json_execute_serialized_sql", "destroy_external_resource", "checkpoint",
+                                       "enable_logging", "register_external_resource", "read_duckdb"}
