@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ import pyarrow as pa
 
 from storage import layout
 from storage.runs import runs_as_known
+from storage.read_only_fs import ReadOnlyFileSystem
 from storage.store import MANIFEST, Store, escape_glob, unescape_glob
 from storage.stored_files import FileGroup, ListedFile, StoredFiles
 from storage.verify import manifest_problems
@@ -253,8 +253,7 @@ def connect(
     if not isinstance(store, Store):
         store = Store(store, storage_options)
     con = duckdb.connect(":memory:")
-    if not store.is_local:
-        con.register_filesystem(store.fs)
+    register_store_filesystem(con, store, read_only)
     sources = catalog_sources(store)
     stored = stored_files(store, sources)
     con.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ columns shown (and returned to Arrow) in UTC
@@ -369,8 +368,7 @@ def current_alignment_keys(store: Store) -> set[str]:
     sources = catalog_sources(store)
     con = duckdb.connect(":memory:")
     try:
-        if not store.is_local:
-            con.register_filesystem(store.fs)
+        register_store_filesystem(con, store)
         _create_file_view(con, "alignment_best_all", sources.files["alignment_best_all"], sources.lineage, store,
                           stored_files(store, sources))
         con.register("_runs_table", sources.tables["runs"])
@@ -386,6 +384,15 @@ def create_derived_views(con: duckdb.DuckDBPyConnection) -> list[str]:
     for name, select in DERIVED_VIEWS.items():
         con.execute(f"CREATE VIEW {name} AS {select}")
     return list(DERIVED_VIEWS)
+
+
+def register_store_filesystem(con: duckdb.DuckDBPyConnection, store: Store, read_only: bool = True) -> None:
+    """Let DuckDB reach a remote store through its fsspec filesystem (DuckDB's httpfs is not
+    needed); with ``read_only`` through a :class:`ReadOnlyFileSystem` of it, so that a write that
+    got past :func:`query`'s checks fails in the filesystem. A local store needs nothing: DuckDB
+    reads local files itself (:func:`lock_down` limits which)."""
+    if not store.is_local:
+        con.register_filesystem(ReadOnlyFileSystem(store.fs) if read_only else store.fs)
 
 
 def _exists_in(store: Store) -> Callable[[str], bool]:
@@ -657,7 +664,6 @@ def _json_cell(value: Any, as_json: bool = False) -> Any:
 
 
 _READ_ONLY_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-_EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(?:ANALYZE\s+)?", re.IGNORECASE)
 _LOCKED = ("file system operations are disabled", "configuration has been locked", "external access is disabled")
 
 
@@ -682,23 +688,25 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
         raise ValueError(f"cannot parse query: {error}") from None
     if not statements:
         raise ValueError("empty query")
+    checked: list[str] = []  # the text each statement runs: what was checked (an EXPLAIN rebuilt from its parts)
     for statement in statements:
         explained = _innermost(con, statement)
-        kind = explained.type if explained is not None else duckdb.StatementType.INVALID
+        kind = explained[0].type if explained is not None else duckdb.StatementType.INVALID
         if kind not in _READ_ONLY_TYPES:
-            what = "EXPLAIN of anything but a query is" if kind == duckdb.StatementType.INVALID else f"{kind.name} statements are"
+            what = "EXPLAIN of anything but one query (options as plain words: EXPLAIN (FORMAT json) SELECT ...) is" if kind == duckdb.StatementType.INVALID else f"{kind.name} statements are"
             raise ReadOnlyQueryError(
                 f"the catalog is read-only: {what} not allowed "
                 f"(only SELECT, WITH, FROM, DESCRIBE, SUMMARIZE, SHOW and EXPLAIN of a query); refused: "
                 f"{_short(statement.query)}"
             )
-        hidden = _hidden_write(con, explained.query)
+        hidden = _hidden_write(con, explained[0].query)
         if hidden:
             raise ReadOnlyQueryError(f"the catalog is read-only: {hidden} is not allowed inside a query; refused: {_short(statement.query)}")
+        checked.append(explained[1])
     try:
-        for statement in statements[:-1]:
-            con.execute(statement.query).fetchall()
-        result = con.sql(statements[-1].query)
+        for text in checked[:-1]:
+            con.execute(text).fetchall()
+        result = con.sql(checked[-1])
         return result.to_arrow_table() if result is not None else pa.table({})
     except duckdb.Error as error:
         if isinstance(error, (duckdb.PermissionException, duckdb.InvalidInputException)) and any(marker in str(error) for marker in _LOCKED):
@@ -712,23 +720,80 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
         raise QueryError(f"the query failed: {error}{hint}") from error
 
 
-def _innermost(con: duckdb.DuckDBPyConnection, statement: Any) -> Any | None:
-    """The statement itself; for EXPLAIN [ANALYZE] [(options)], the statement it explains
-    (ANALYZE runs it), or None when that is not one statement."""
+def _innermost(con: duckdb.DuckDBPyConnection, statement: Any) -> tuple[Any, str] | None:
+    """``(the statement to check, the SQL to run)``. For most statements: itself and its text.
+    For EXPLAIN [ANALYZE] [(options)] ...: the statement it explains (ANALYZE runs it) and the
+    EXPLAIN rebuilt from DuckDB's own tokens (:func:`_explain_parts`) around that statement's
+    text, so that what runs is what was checked. None when the EXPLAIN is not of one statement
+    or its option list is not plain words."""
     if statement.type != duckdb.StatementType.EXPLAIN:
-        return statement
-    match = _EXPLAIN.match(statement.query)
-    if not match:
+        return statement, statement.query
+    parts = _explain_parts(statement.query)
+    if parts is None:
         return None
-    inner = statement.query[match.end() :]
-    for candidate in (inner, _strip_options(inner)):
-        try:
-            parsed = con.extract_statements(candidate) if candidate else []
-        except duckdb.Error:
-            continue
-        if len(parsed) == 1:
-            return _innermost(con, parsed[0])
-    return None
+    prefix, inner = parts
+    try:
+        parsed = con.extract_statements(inner) if inner.strip() else []
+    except duckdb.Error:
+        return None
+    if len(parsed) != 1:
+        return None
+    nested = _innermost(con, parsed[0])
+    return None if nested is None else (nested[0], prefix + nested[1])
+
+
+_OPTION_TOKENS = {duckdb.token_type.keyword, duckdb.token_type.identifier, duckdb.token_type.string_const,
+                  duckdb.token_type.numeric_const}
+
+
+def _named_arguments(function: Any) -> list[str]:
+    """The lower-cased names of a serialized function call's named arguments, in either spelling
+    (``name := value`` or ``name = value``)."""
+    names = []
+    for argument in (function.get("arguments") or []) if isinstance(function, dict) else []:
+        name = argument.get("name") if isinstance(argument, dict) else None
+        expression = argument.get("expression") if isinstance(argument, dict) else None
+        if not name and isinstance(expression, dict) and expression.get("type") == "COMPARE_EQUAL":
+            left = expression.get("left") or {}
+            if left.get("type") == "COLUMN_REF" and left.get("column_names"):
+                name = left["column_names"][-1]
+        if isinstance(name, str) and name:
+            names.append(name.lower())
+    return names
+
+
+def _explain_parts(sql: str) -> tuple[str, str] | None:
+    """``EXPLAIN [ANALYZE] [(options)] <inner>`` → (the prefix rebuilt without comments, ``<inner>``'s
+    text), read with DuckDB's tokenizer (so comments and strings cannot fake a parenthesis:
+    ``EXPLAIN (ANALYZE /*(*/) ...``). The options may be only words, quoted strings, numbers and
+    commas; None otherwise."""
+    raw = duckdb.tokenize(sql)
+    ends = [start for start, _ in raw[1:]] + [len(sql)]
+    tokens = [(start, kind, sql[start:end].strip()) for (start, kind), end in zip(raw, ends) if kind != duckdb.token_type.comment]
+    if not tokens or tokens[0][2].lower() != "explain":
+        return None
+    prefix, i = ["EXPLAIN"], 1
+    if i < len(tokens) and tokens[i][2].lower() in ("analyze", "analyse"):
+        prefix, i = ["EXPLAIN", "ANALYZE"], i + 1
+    if i < len(tokens) and tokens[i][2] == "(":
+        options: list[str] = []
+        i += 1
+        while i < len(tokens) and tokens[i][2] != ")":
+            start, kind, text = tokens[i]
+            if text == ",":
+                options.append(",")
+            elif kind in _OPTION_TOKENS:
+                options.append(text)
+            else:
+                return None
+            i += 1
+        if i == len(tokens):
+            return None
+        prefix.append("(" + " ".join(options).replace(" ,", ",") + ")")
+        i += 1
+    if i == len(tokens):
+        return None
+    return " ".join(prefix) + " ", sql[tokens[i][0]:]
 
 
 #: Query node types of a read-only query in DuckDB's serialized parse tree; any other
@@ -751,8 +816,12 @@ READ_TABLE_FUNCTIONS = frozenset({
     "duckdb_indexes", "duckdb_keywords", "duckdb_schemas", "duckdb_sequences", "duckdb_settings", "duckdb_tables",
     "duckdb_types", "duckdb_views", "duckdb_extensions", "duckdb_memory", "duckdb_optimizers", "duckdb_variables",
     "pragma_table_info", "pragma_show", "pragma_version", "pragma_platform", "pragma_database_size",
-    "pragma_collations", "pragma_storage_info", "pragma_metadata_info",
+    "pragma_collations", "pragma_storage_info", "pragma_metadata_info", "pragma_user_agent",
+    "duckdb_temporary_files", "duckdb_table_sample", "duckdb_available_metrics", "duckdb_profiling_settings",
 })
+#: Named parameters of the readers that create tables (the CSV reader's rejects tables, which
+#: would hide a catalog view of that name from later queries on the connection).
+_TABLE_CREATING_OPTIONS = {"store_rejects", "rejects_table", "rejects_scan"}
 #: Scalar functions that take SQL text (refused wherever they appear, as a table function too).
 _SQL_RUNNING_FUNCTIONS = {"json_execute_serialized_sql", "query"}
 
@@ -785,6 +854,9 @@ def _hidden_write(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
                 if not isinstance(name, str) or name.lower() not in READ_TABLE_FUNCTIONS:
                     found.append(f"the table function {name}() (allowed: readers such as read_parquet, glob, range, "
                                  "unnest, query_table, summary, and DuckDB's duckdb_*/pragma_* information functions)")
+                creating = _TABLE_CREATING_OPTIONS & set(_named_arguments(called))
+                if creating:
+                    found.append(f"the option {sorted(creating)[0]} of {name}() (it creates a table)")
             name = node.get("function_name")
             if isinstance(name, str) and name.lower() in _SQL_RUNNING_FUNCTIONS:
                 found.append(f"the function {name}() (it runs SQL text)")
@@ -796,19 +868,6 @@ def _hidden_write(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
 
     walk(serialized.get("statements", []))
     return found[0] if found else None
-
-
-def _strip_options(text: str) -> str:
-    """``(ANALYZE, FORMAT json) SELECT ...`` → ``SELECT ...``; '' if no balanced option list."""
-    text = text.lstrip()
-    if not text.startswith("("):
-        return ""
-    depth = 0
-    for i, char in enumerate(text):
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if depth == 0:
-            return text[i + 1 :]
-    return ""
 
 
 def _short(sql: str, limit: int = 80) -> str:

@@ -32,7 +32,7 @@ import duckdb
 import pyarrow as pa
 
 from storage.catalog import (UTC_TIMESTAMP, _create_file_view, _exists_in, _literal, catalog_sources, create_derived_views,
-                             lock_down, stored_files, utc_time)
+                             lock_down, register_store_filesystem, stored_files, utc_time)
 from storage.store import Store, utc_now
 
 INFO_TABLE = "prh_catalog"
@@ -74,8 +74,7 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
         except duckdb.Error as error:  # a folder without write permission, a full disk
             raise ValueError(f"catalog file {str(path)!r}: cannot write it: {str(error).splitlines()[0]}") from None
         try:
-            if not store.is_local:
-                con.register_filesystem(store.fs)  # views are bound (their schema read) when created
+            register_store_filesystem(con, store)  # views are bound (their schema read) when created
             stored = stored_files(store, sources)
             read = {view: _create_file_view(con, view, files, sources.lineage, store, stored, sources.feature_datasets)
                     for view, files in sources.files.items()}
@@ -183,7 +182,7 @@ def open_catalog(
     exists = None
     if remote:
         store = Store(root, storage_options)
-        con.register_filesystem(store.fs)
+        register_store_filesystem(con, store, read_only)
         exists = _exists_in(store)
     if read_only:
         try:

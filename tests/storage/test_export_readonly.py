@@ -170,6 +170,11 @@ HIDDEN_WRITES = [
     "json_serialize_sql('WITH x AS (COPY (SELECT 42 a) TO ''{root}/evil.csv'') SELECT 1'))",
     "SELECT * FROM register_external_resource_type('t', kind := 'k', create_function := 'json_execute_serialized_sql')",
     "SELECT * FROM models, checkpoint()",
+    # found by a third review: a comment held a parenthesis that fooled the option-list reader,
+    # so a clean tail in a string was checked while DuckDB ran the COPY
+    "EXPLAIN (ANALYZE /*(*/) WITH x AS (COPY (SELECT 42 AS a) TO '{best}' (FORMAT parquet)) SELECT ') SELECT 1 --'",
+    "EXPLAIN (ANALYZE, FORMAT ')') WITH x AS (COPY (SELECT 42 AS a) TO '{root}/evil.csv') SELECT 1",
+    "EXPLAIN ANALYZE /* ( */ WITH x AS (COPY (SELECT 42 AS a) TO '{root}/evil.csv') SELECT ')'",
     "WITH x AS (DELETE FROM runs RETURNING *) SELECT count(*) FROM x",
     "WITH x AS (UPDATE models SET model = 'forged' RETURNING *) SELECT 1",
     "WITH x AS (INSERT INTO datasets SELECT * FROM datasets RETURNING *) SELECT 1",
@@ -198,6 +203,32 @@ def test_query_refuses_writes_hidden_in_a_select(store_url, sql):
     assert query(con, "select count(*) n from models where model = 'forged'").column("n")[0].as_py() == 0
 
 
+def test_reader_options_that_create_tables_are_refused(tmp_path):
+    """``read_csv(..., rejects_table := 'alignment_best')`` created a temporary table that hid the
+    view from every later query on the connection (0 rows)."""
+    url = str(tmp_path / "store")
+    build_catalog_store(url)
+    (tmp_path / "store" / "t.csv").write_text("a\n1\nx\n")
+    con = connect(url)
+    for sql in (f"SELECT * FROM read_csv('{url}/t.csv', store_rejects = true, rejects_table := 'alignment_best')",
+                f"SELECT * FROM read_csv('{url}/t.csv', columns = {{'a': 'INT'}}, rejects_scan := 'samples', store_rejects = true)"):
+        with pytest.raises(ReadOnlyQueryError, match="it creates a table"):
+            query(con, sql)
+    assert query(con, "select count(*) n from alignment_best").column("n")[0].as_py() == 8
+    assert query(con, f"SELECT a FROM read_csv('{url}/t.csv', ignore_errors = true, header = true) WHERE a = '1'").num_rows == 1
+
+
+def test_explain_runs_the_statement_that_was_checked():
+    from storage.catalog import _explain_parts
+
+    assert _explain_parts("EXPLAIN (ANALYZE /*(*/) WITH x AS (COPY (SELECT 1) TO 'f') SELECT ') SELECT 1 --'") == (
+        "EXPLAIN (ANALYZE) ", "WITH x AS (COPY (SELECT 1) TO 'f') SELECT ') SELECT 1 --'")
+    assert _explain_parts("EXPLAIN -- c\n ANALYSE (FORMAT json , ANALYZE) SELECT 1") == ("EXPLAIN ANALYZE (FORMAT json, ANALYZE) ", "SELECT 1")
+    assert _explain_parts("EXPLAIN SELECT '(' AS p") == ("EXPLAIN ", "SELECT '(' AS p")
+    for bad in ("EXPLAIN", "EXPLAIN (FORMAT json", "EXPLAIN (FORMAT json)", "EXPLAIN (FORMAT (json)) SELECT 1", "SELECT 1"):
+        assert _explain_parts(bad) is None, bad
+
+
 def test_query_accepts_reads(tmp_path):
     url = str(tmp_path / "store")
     build_catalog_store(url)
@@ -213,7 +244,9 @@ def test_query_accepts_reads(tmp_path):
                 f"SELECT count(*) FROM glob('{url}/**/*.parquet'), range(2)",
                 f"SELECT * FROM parquet_metadata('{url}/alignment/**/best.parquet')",
                 "SELECT * FROM duckdb_views() WHERE NOT internal", "SELECT * FROM unnest([1, 2]) t(x), generate_series(1, 2)",
-                "SELECT * FROM pragma_table_info('alignment_best')", "SELECT list_aggregate([1, 2], 'max') m"]:
+                "SELECT * FROM pragma_table_info('alignment_best')", "SELECT list_aggregate([1, 2], 'max') m",
+                "EXPLAIN ANALYSE SELECT 1", "EXPLAIN (FORMAT json) SELECT ')' AS p", "/* c */ EXPLAIN -- c\n (ANALYZE) SELECT 1",
+                "SELECT * FROM pragma_user_agent()"]:
         assert query(con, sql).num_rows > 0, sql
 
 
@@ -301,3 +334,31 @@ def test_every_allowed_table_function_exists_and_reads():
     assert READ_TABLE_FUNCTIONS <= table_functions, READ_TABLE_FUNCTIONS - table_functions
     assert not READ_TABLE_FUNCTIONS & {"query", "json_execute_serialized_sql", "destroy_external_resource", "checkpoint",
                                        "enable_logging", "register_external_resource", "read_duckdb"}
+
+
+def test_the_s3_catalog_filesystem_itself_refuses_writes(s3_store_url, tmp_path):
+    """A second layer on S3: the filesystem the locked connection reads the store through refuses
+    writes, so a COPY that got past query()'s checks (here run directly on the connection) fails
+    and the store is unchanged. An unlocked connection (read_only=False) still writes."""
+    from storage.store import Store
+
+    build_catalog_store(s3_store_url)
+    store = Store(s3_store_url)
+    files = sorted(store.fs.find(store.root))
+    best = next(f for f in files if f.endswith("best.parquet"))
+    before = store.fs.cat_file(best)
+    con = connect(s3_store_url)
+    for sql in (f"COPY (SELECT 1 a) TO 's3://{best}' (FORMAT parquet)", f"COPY (SELECT 1 a) TO '{s3_store_url}/new.csv'"):
+        with pytest.raises(duckdb.Error, match="the catalog only reads the store"):
+            con.execute(sql)
+    with pytest.raises(duckdb.Error):  # DuckDB lists the folder first (and fails on s3fs's plain listing)
+        con.execute(f"COPY (SELECT 1 a, 2 b) TO '{s3_store_url}/features' (FORMAT parquet, PARTITION_BY (a), OVERWRITE)")
+    assert sorted(store.fs.find(store.root, refresh=True)) == files and store.fs.cat_file(best) == before
+    assert query(con, "select count(*) n from alignment_best").column("n")[0].as_py() == 8
+    export_catalog(s3_store_url, tmp_path / "c.duckdb")
+    exported = open_catalog(tmp_path / "c.duckdb")
+    with pytest.raises(duckdb.Error, match="the catalog only reads the store"):
+        exported.execute(f"COPY (SELECT 1 a) TO '{s3_store_url}/new.csv'")
+    writable = connect(s3_store_url, read_only=False)
+    writable.execute(f"COPY (SELECT 1 a) TO '{s3_store_url}/new.csv'")
+    assert store.fs.exists(f"{store.root}/new.csv")

@@ -1,0 +1,71 @@
+"""A filesystem that reads through another one and refuses every write: what the analysts'
+DuckDB connection is given for a remote store.
+
+DuckDB reads an S3 store through the fsspec filesystem registered on its connection
+(``con.register_filesystem``). Registering this wrapper of the store's filesystem instead means
+that a write the SQL checks of :func:`storage.catalog.query` missed (a ``COPY ... TO 's3://...'``
+hidden in some construct DuckDB adds later) fails in the filesystem itself: ``open`` for
+writing, ``rm``, ``mv``, ``mkdir``, ``touch``, ``pipe`` and ``put`` raise ``PermissionError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fsspec import AbstractFileSystem
+
+#: Methods passed through to the wrapped filesystem unchanged (they only read or list).
+_READS = ("ls", "listdir", "glob", "find", "walk", "du", "exists", "lexists", "isdir", "isfile", "info", "size",
+          "sizes", "modified", "created", "checksum", "ukey", "cat", "cat_file", "cat_ranges", "head", "tail",
+          "read_block", "expand_path", "invalidate_cache")
+#: Methods that would change the filesystem (or write local files: ``get``): refused.
+_WRITES = ("rm", "rm_file", "_rm", "rmdir", "delete", "mv", "move", "rename", "cp", "copy", "cp_file", "mkdir",
+           "makedir", "makedirs", "mkdirs", "touch", "pipe", "pipe_file", "put", "put_file", "upload", "get",
+           "get_file", "download", "write_bytes", "write_text", "start_transaction", "sign")
+_WRITE_MODES = set("wax+")
+
+
+class ReadOnlyFileSystem(AbstractFileSystem):
+    """Reads of ``inner`` (an fsspec filesystem), under its protocol; every write refused with
+    ``PermissionError`` naming the path."""
+
+    cachable = False  # one per wrapped filesystem, never shared through fsspec's instance cache
+
+    def __init__(self, inner: AbstractFileSystem) -> None:
+        super().__init__()
+        self.inner = inner
+        self.protocol = inner.protocol
+
+    def open(self, path: str, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
+        if _WRITE_MODES & set(mode):
+            _refuse("open for writing", path)
+        return self.inner.open(path, mode, *args, **kwargs)
+
+    def _open(self, path: str, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
+        return self.open(path, mode, *args, **kwargs)
+
+
+def _refuse(action: str, path: Any) -> None:
+    raise PermissionError(f"the catalog only reads the store: {action} {path!r} refused")
+
+
+def _passed_through(name: str) -> Any:
+    def method(self: ReadOnlyFileSystem, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.inner, name)(*args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+def _refused(name: str) -> Any:
+    def method(self: ReadOnlyFileSystem, path: Any = None, *args: Any, **kwargs: Any) -> Any:
+        _refuse(name, path)
+
+    method.__name__ = name
+    return method
+
+
+for _name in _READS:
+    setattr(ReadOnlyFileSystem, _name, _passed_through(_name))
+for _name in _WRITES:
+    setattr(ReadOnlyFileSystem, _name, _refused(_name))
