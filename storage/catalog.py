@@ -51,6 +51,7 @@ import pyarrow as pa
 from storage import layout
 from storage.runs import runs_as_known
 from storage.read_only_fs import ReadOnlyFileSystem
+from storage.sql_guard import ReadOnlyQueryError, checked_statements
 from storage.store import MANIFEST, Store, escape_glob, unescape_glob
 from storage.stored_files import FileGroup, ListedFile, StoredFiles
 from storage.verify import manifest_problems
@@ -98,10 +99,6 @@ _META_COLUMNS = {
         "metrics_copied", "code_version", "error", "failures",
     ],
 }
-
-
-class ReadOnlyQueryError(ValueError):
-    """Raised when an analyst's query would change something."""
 
 
 class QueryError(ValueError):
@@ -663,7 +660,6 @@ def _json_cell(value: Any, as_json: bool = False) -> Any:
     return value
 
 
-_READ_ONLY_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 _LOCKED = ("file system operations are disabled", "configuration has been locked", "external access is disabled")
 
 
@@ -676,33 +672,13 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     INSTALL, LOAD, CALL, ``EXPLAIN ANALYZE COPY ...``) is refused with
     :class:`ReadOnlyQueryError` before anything runs, as is a write hidden inside a query
     (``WITH x AS (COPY ... TO ...) SELECT 1``, which DuckDB types SELECT; ``query('...')``):
-    see :func:`_hidden_write`. On a connection from :func:`connect`
+    see :mod:`storage.sql_guard`. On a connection from :func:`connect`
     (locked down), a SELECT that reaches outside the store or touches the configuration
     (``read_text('/etc/passwd')``, ``enable_logging(...)``) fails with the same error. A query
     DuckDB cannot run (an unknown column, a type error) raises :class:`QueryError` with
     DuckDB's message; one it cannot parse, ``ValueError``.
     """
-    try:
-        statements = con.extract_statements(sql)
-    except duckdb.Error as error:
-        raise ValueError(f"cannot parse query: {error}") from None
-    if not statements:
-        raise ValueError("empty query")
-    checked: list[str] = []  # the text each statement runs: what was checked (an EXPLAIN rebuilt from its parts)
-    for statement in statements:
-        explained = _innermost(con, statement)
-        kind = explained[0].type if explained is not None else duckdb.StatementType.INVALID
-        if kind not in _READ_ONLY_TYPES:
-            what = "EXPLAIN of anything but one query (options as plain words: EXPLAIN (FORMAT json) SELECT ...) is" if kind == duckdb.StatementType.INVALID else f"{kind.name} statements are"
-            raise ReadOnlyQueryError(
-                f"the catalog is read-only: {what} not allowed "
-                f"(only SELECT, WITH, FROM, DESCRIBE, SUMMARIZE, SHOW and EXPLAIN of a query); refused: "
-                f"{_short(statement.query)}"
-            )
-        hidden = _hidden_write(con, explained[0].query)
-        if hidden:
-            raise ReadOnlyQueryError(f"the catalog is read-only: {hidden} is not allowed inside a query; refused: {_short(statement.query)}")
-        checked.append(explained[1])
+    checked = checked_statements(con, sql)
     try:
         for text in checked[:-1]:
             con.execute(text).fetchall()
@@ -718,158 +694,3 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
                 isinstance(error, duckdb.InvalidInputException) and "parquet" in str(error).lower()):
             hint = " (reading a stored file failed: if one was damaged after it was published, `prh verify` names it)"
         raise QueryError(f"the query failed: {error}{hint}") from error
-
-
-def _innermost(con: duckdb.DuckDBPyConnection, statement: Any) -> tuple[Any, str] | None:
-    """``(the statement to check, the SQL to run)``. For most statements: itself and its text.
-    For EXPLAIN [ANALYZE] [(options)] ...: the statement it explains (ANALYZE runs it) and the
-    EXPLAIN rebuilt from DuckDB's own tokens (:func:`_explain_parts`) around that statement's
-    text, so that what runs is what was checked. None when the EXPLAIN is not of one statement
-    or its option list is not plain words."""
-    if statement.type != duckdb.StatementType.EXPLAIN:
-        return statement, statement.query
-    parts = _explain_parts(statement.query)
-    if parts is None:
-        return None
-    prefix, inner = parts
-    try:
-        parsed = con.extract_statements(inner) if inner.strip() else []
-    except duckdb.Error:
-        return None
-    if len(parsed) != 1:
-        return None
-    nested = _innermost(con, parsed[0])
-    return None if nested is None else (nested[0], prefix + nested[1])
-
-
-_OPTION_TOKENS = {duckdb.token_type.keyword, duckdb.token_type.identifier, duckdb.token_type.string_const,
-                  duckdb.token_type.numeric_const}
-
-
-def _named_arguments(function: Any) -> list[str]:
-    """The lower-cased names of a serialized function call's named arguments, in either spelling
-    (``name := value`` or ``name = value``)."""
-    names = []
-    for argument in (function.get("arguments") or []) if isinstance(function, dict) else []:
-        name = argument.get("name") if isinstance(argument, dict) else None
-        expression = argument.get("expression") if isinstance(argument, dict) else None
-        if not name and isinstance(expression, dict) and expression.get("type") == "COMPARE_EQUAL":
-            left = expression.get("left") or {}
-            if left.get("type") == "COLUMN_REF" and left.get("column_names"):
-                name = left["column_names"][-1]
-        if isinstance(name, str) and name:
-            names.append(name.lower())
-    return names
-
-
-def _explain_parts(sql: str) -> tuple[str, str] | None:
-    """``EXPLAIN [ANALYZE] [(options)] <inner>`` → (the prefix rebuilt without comments, ``<inner>``'s
-    text), read with DuckDB's tokenizer (so comments and strings cannot fake a parenthesis:
-    ``EXPLAIN (ANALYZE /*(*/) ...``). The options may be only words, quoted strings, numbers and
-    commas; None otherwise."""
-    raw = duckdb.tokenize(sql)
-    ends = [start for start, _ in raw[1:]] + [len(sql)]
-    tokens = [(start, kind, sql[start:end].strip()) for (start, kind), end in zip(raw, ends) if kind != duckdb.token_type.comment]
-    if not tokens or tokens[0][2].lower() != "explain":
-        return None
-    prefix, i = ["EXPLAIN"], 1
-    if i < len(tokens) and tokens[i][2].lower() in ("analyze", "analyse"):
-        prefix, i = ["EXPLAIN", "ANALYZE"], i + 1
-    if i < len(tokens) and tokens[i][2] == "(":
-        options: list[str] = []
-        i += 1
-        while i < len(tokens) and tokens[i][2] != ")":
-            start, kind, text = tokens[i]
-            if text == ",":
-                options.append(",")
-            elif kind in _OPTION_TOKENS:
-                options.append(text)
-            else:
-                return None
-            i += 1
-        if i == len(tokens):
-            return None
-        prefix.append("(" + " ".join(options).replace(" ,", ",") + ")")
-        i += 1
-    if i == len(tokens):
-        return None
-    return " ".join(prefix) + " ", sql[tokens[i][0]:]
-
-
-#: Query node types of a read-only query in DuckDB's serialized parse tree; any other
-#: (``COPY_QUERY_NODE``, ``INSERT_QUERY_NODE``, ``UPDATE_QUERY_NODE``, ``DELETE_QUERY_NODE``, ...)
-#: is a write that DuckDB accepts in a WITH clause of a statement it still types SELECT.
-_READ_NODES = {"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"}
-#: Table functions a query may call: readers of the store's files, generators, and DuckDB's
-#: information functions. Any other is refused, since DuckDB has table functions that run SQL
-#: or call another function named in a string (``query``, ``json_execute_serialized_sql``,
-#: ``destroy_external_resource``), flush or log (``checkpoint``, ``enable_logging``), and adds
-#: new ones with each release: a list of what is allowed keeps up, one of what is not cannot.
-READ_TABLE_FUNCTIONS = frozenset({
-    "read_parquet", "parquet_scan", "parquet_metadata", "parquet_schema", "parquet_file_metadata",
-    "parquet_kv_metadata", "parquet_full_metadata", "parquet_bloom_probe",
-    "read_csv", "read_csv_auto", "sniff_csv", "read_json", "read_json_auto", "read_json_objects",
-    "read_json_objects_auto", "read_ndjson", "read_ndjson_auto", "read_ndjson_objects", "read_text", "read_blob", "glob",
-    "range", "generate_series", "unnest", "repeat", "repeat_row", "query_table", "summary", "json_each", "json_tree",
-    "histogram", "histogram_values", "icu_calendar_names", "pg_timezone_names",
-    "duckdb_columns", "duckdb_constraints", "duckdb_databases", "duckdb_dependencies", "duckdb_functions",
-    "duckdb_indexes", "duckdb_keywords", "duckdb_schemas", "duckdb_sequences", "duckdb_settings", "duckdb_tables",
-    "duckdb_types", "duckdb_views", "duckdb_extensions", "duckdb_memory", "duckdb_optimizers", "duckdb_variables",
-    "pragma_table_info", "pragma_show", "pragma_version", "pragma_platform", "pragma_database_size",
-    "pragma_collations", "pragma_storage_info", "pragma_metadata_info", "pragma_user_agent",
-    "duckdb_temporary_files", "duckdb_table_sample", "duckdb_available_metrics", "duckdb_profiling_settings",
-})
-#: Named parameters of the readers that create tables (the CSV reader's rejects tables, which
-#: would hide a catalog view of that name from later queries on the connection).
-_TABLE_CREATING_OPTIONS = {"store_rejects", "rejects_table", "rejects_scan"}
-#: Scalar functions that take SQL text (refused wherever they appear, as a table function too).
-_SQL_RUNNING_FUNCTIONS = {"json_execute_serialized_sql", "query"}
-
-
-def _hidden_write(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
-    """What in a statement typed SELECT could write or run other SQL, or None.
-
-    DuckDB 2.0 types ``WITH x AS (COPY (...) TO 'file') SELECT 1`` (and INSERT, UPDATE or DELETE
-    in a WITH) as SELECT, and runs the write: under the lock it may still write inside the store.
-    The statement's serialized parse tree (``json_serialize_sql``) shows every query node and
-    every function by name: only read nodes (:data:`_READ_NODES`) and the table functions of
-    :data:`READ_TABLE_FUNCTIONS` pass. A statement DuckDB cannot serialize cannot be checked, so
-    it is refused."""
-    try:
-        serialized = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
-    except duckdb.Error:  # no JSON extension
-        serialized = {"error": True}
-    if serialized.get("error"):
-        return "a statement DuckDB cannot check (it cannot serialize its parse tree)"
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            kind = node.get("type")
-            if isinstance(kind, str) and kind.endswith("_NODE") and kind not in _READ_NODES:
-                found.append(kind.removesuffix("_QUERY_NODE").removesuffix("_NODE").replace("_", " "))
-            if kind == "TABLE_FUNCTION":
-                called = node.get("function")
-                name = called.get("function_name") if isinstance(called, dict) else None
-                if not isinstance(name, str) or name.lower() not in READ_TABLE_FUNCTIONS:
-                    found.append(f"the table function {name}() (allowed: readers such as read_parquet, glob, range, "
-                                 "unnest, query_table, summary, and DuckDB's duckdb_*/pragma_* information functions)")
-                creating = _TABLE_CREATING_OPTIONS & set(_named_arguments(called))
-                if creating:
-                    found.append(f"the option {sorted(creating)[0]} of {name}() (it creates a table)")
-            name = node.get("function_name")
-            if isinstance(name, str) and name.lower() in _SQL_RUNNING_FUNCTIONS:
-                found.append(f"the function {name}() (it runs SQL text)")
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(serialized.get("statements", []))
-    return found[0] if found else None
-
-
-def _short(sql: str, limit: int = 80) -> str:
-    text = " ".join(sql.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,74 @@
+"""The statement check behind `prh sql` (storage/sql_guard.py), on plain DuckDB connections."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from storage import sql_guard
+from storage.sql_guard import READ_TABLE_FUNCTIONS, ReadOnlyQueryError, checked_statements
+
+
+def utf8_explain(payload: str, n: int = 8, pad: int = 4) -> str:
+    """A security review's EXPLAIN: ``n`` two-byte characters in a comment shifted the tokenizer's
+    (byte) offsets against the text's (character) ones, so the rebuilt EXPLAIN ran ``payload``
+    from inside a string literal while a clean tail was checked. Parsed whole it is one harmless
+    ``EXPLAIN SELECT '...' || '...'``."""
+    literal = "(      FORMAT json) SELECT 1; " + payload + "; SELECT --"
+    comment = " " * pad + ")" + " " * 20
+    tail = "x" * (n - 1) + "SELECT\n42 --"
+    return "EXPLAIN /*" + "é" * n + "*/ SELECT '" + literal + "' || /*" + comment + "*/ '" + tail + "'"
+
+
+def test_explain_runs_the_statement_that_was_checked():
+    parts = sql_guard._explain_parts
+    assert parts("EXPLAIN (ANALYZE /*(*/) WITH x AS (COPY (SELECT 1) TO 'f') SELECT ') SELECT 1 --'") == (
+        "EXPLAIN (ANALYZE) ", "WITH x AS (COPY (SELECT 1) TO 'f') SELECT ') SELECT 1 --'")
+    assert parts("EXPLAIN -- c\n ANALYSE (FORMAT json , ANALYZE) SELECT 1") == ("EXPLAIN ANALYZE (FORMAT json, ANALYZE) ", "SELECT 1")
+    assert parts("EXPLAIN SELECT '(' AS p") == ("EXPLAIN ", "SELECT '(' AS p")
+    assert parts("EXPLAIN /* naïve café */ SELECT 'é' AS e") == ("EXPLAIN ", "SELECT 'é' AS e")  # offsets are bytes
+    assert parts("EXPLAIN (SELECT 1)") == ("EXPLAIN ", "(SELECT 1)")  # a query in parentheses, not options
+    assert parts("EXPLAIN ANALYZE (FROM models)") == ("EXPLAIN ANALYZE ", "(FROM models)")
+    for bad in ("EXPLAIN", "EXPLAIN (FORMAT json", "EXPLAIN (FORMAT json)", "EXPLAIN (FORMAT (json)) SELECT 1", "SELECT 1"):
+        assert parts(bad) is None, bad
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_multibyte_text_cannot_move_what_runs(n):
+    con = duckdb.connect()
+    attack = utf8_explain("COPY (SELECT 1 AS a) TO $$/tmp/never$$", n=n)
+    assert len(con.extract_statements(attack)) == 1
+    assert checked_statements(con, attack) == ["EXPLAIN " + attack[attack.index("*/ SELECT") + 3:]]
+
+
+def test_checked_statements_returns_each_statement_to_run():
+    con = duckdb.connect()
+    first, second = checked_statements(con, "SELECT 1; /* c */ EXPLAIN (FORMAT json) SELECT 2")
+    assert first.startswith("SELECT 1;") and second == "EXPLAIN (FORMAT json) SELECT 2"
+    with pytest.raises(ReadOnlyQueryError, match="EXPLAIN of anything but one query"):
+        checked_statements(con, "EXPLAIN (FORMAT (json)) SELECT 1")
+    with pytest.raises(ValueError, match="empty query"):
+        checked_statements(con, " ; ")
+    with pytest.raises(ReadOnlyQueryError, match="json_serialize_plan"):
+        checked_statements(con, "SELECT json_serialize_plan('COPY (SELECT 1) TO ''x''')")
+
+
+def test_a_statement_duckdb_cannot_serialize_is_refused():
+    """The parse tree is the check: where DuckDB cannot give it (no JSON extension), nothing passes."""
+
+    class NoJson:
+        def execute(self, *args):
+            raise duckdb.CatalogException("Catalog Error: Scalar Function with name json_serialize_sql does not exist!")
+
+    assert "cannot check" in sql_guard._hidden_write(NoJson(), "SELECT 1")
+    assert sql_guard._hidden_write(duckdb.connect(), "SELECT 1") is None
+
+
+def test_every_allowed_table_function_exists_and_reads():
+    """The allow list names DuckDB's own table functions (a misspelling would refuse a reader)."""
+    con = duckdb.connect()
+    table_functions = {name for (name,) in con.execute(
+        "SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_type IN ('table', 'table_macro')").fetchall()}
+    assert READ_TABLE_FUNCTIONS <= table_functions, READ_TABLE_FUNCTIONS - table_functions
+    assert not READ_TABLE_FUNCTIONS & {"query", "json_execute_serialized_sql", "destroy_external_resource", "checkpoint",
+                                       "enable_logging", "register_external_resource", "read_duckdb"}
