@@ -49,11 +49,19 @@ def checked_statements(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
         if hidden:
             raise ReadOnlyQueryError(f"the catalog is read-only: {hidden} is not allowed inside a query; refused: {_short(statement.query)}")
         text = explained[1]
-        if [s.type for s in _statements(con, text)] != [statement.type]:
+        again = _statements(con, text)
+        if [s.type for s in again] != [statement.type] or (
+                statement.type == duckdb.StatementType.EXPLAIN and _parts_of(con, again[0]) != (explained[0].query, text)):
             # a second guard: what runs must be one statement of the type checked (an EXPLAIN rebuilt wrongly is not)
             raise ReadOnlyQueryError(f"the catalog is read-only: this statement could not be checked; refused: {_short(statement.query)}")
         checked.append(text)
     return checked
+
+
+def _parts_of(con: duckdb.DuckDBPyConnection, statement: Any) -> tuple[str, str] | None:
+    """(the text checked, the text run) of ``statement``, as :func:`_innermost` finds them."""
+    found = _innermost(con, statement)
+    return None if found is None else (found[0].query, found[1])
 
 
 def _statements(con: duckdb.DuckDBPyConnection, sql: str) -> list[Any]:
@@ -87,8 +95,12 @@ def _innermost(con: duckdb.DuckDBPyConnection, statement: Any) -> tuple[Any, str
 
 _OPTION_TOKENS = {duckdb.token_type.keyword, duckdb.token_type.identifier, duckdb.token_type.string_const,
                   duckdb.token_type.numeric_const}
-#: Tokens that open a query in parentheses (reserved words: never an EXPLAIN option's name).
-_QUERY_STARTS = {"select", "from", "with", "values", "table", "("}
+#: Tokens that open a query in parentheses (never an EXPLAIN option's name).
+_QUERY_STARTS = {"select", "from", "with", "values", "table", "pivot", "unpivot", "describe", "summarize", "show", "("}
+#: The EXPLAIN options accepted, with the values each may take (rebuilt as bare words).
+_EXPLAIN_OPTIONS = {"analyze": {None, "true", "false", "on", "off", "1", "0"},
+                    "analyse": {None, "true", "false", "on", "off", "1", "0"},
+                    "format": {"text", "json", "html", "graphviz", "yaml", "mermaid"}}
 
 
 def _named_arguments(function: Any) -> list[str]:
@@ -126,24 +138,44 @@ def _explain_parts(sql: str) -> tuple[str, str] | None:
         prefix, i = ["EXPLAIN", "ANALYZE"], i + 1
     opens_query = i + 1 < len(tokens) and tokens[i + 1][2].lower() in _QUERY_STARTS
     if i < len(tokens) and tokens[i][2] == "(" and not opens_query:
-        options: list[str] = []
+        words: list[str] = []
         i += 1
         while i < len(tokens) and tokens[i][2] != ")":
             _, kind, text = tokens[i]
-            if text == ",":
-                options.append(",")
-            elif kind in _OPTION_TOKENS:
-                options.append(text)
-            else:
+            if kind == duckdb.token_type.string_const and len(text) > 2 and text[0] == text[-1] == "'":
+                text = text[1:-1]  # FORMAT 'json': rebuilt bare, so that no quote is left in the prefix
+            elif text != "," and kind not in _OPTION_TOKENS:
                 return None
+            words.append(text.lower())
             i += 1
-        if i == len(tokens):
+        options = _explain_options(words)
+        if i == len(tokens) or options is None:
             return None
-        prefix.append("(" + " ".join(options).replace(" ,", ",") + ")")
+        prefix.append(f"({options})")
         i += 1
     if i == len(tokens):
         return None
     return " ".join(prefix) + " ", data[tokens[i][0]:].decode()
+
+
+def _explain_options(words: list[str]) -> str | None:
+    """``['format', 'json', ',', 'analyze']`` → ``'FORMAT json, ANALYZE'``: only the options of
+    :data:`_EXPLAIN_OPTIONS` with their listed values, so that the rebuilt prefix holds nothing
+    but ASCII words (no quote or comment that DuckDB's pre-parse pass could read differently
+    from its parser). None for anything else."""
+    items, item = [], []
+    for word in [*words, ","]:
+        if word != ",":
+            item.append(word)
+            continue
+        if not item or len(item) > 2 or item[0] not in _EXPLAIN_OPTIONS:
+            return None
+        value = item[1] if len(item) == 2 else None
+        if value not in _EXPLAIN_OPTIONS[item[0]]:
+            return None
+        items.append(" ".join([item[0].upper().replace("ANALYSE", "ANALYZE"), *([value] if value else [])]))
+        item = []
+    return ", ".join(items)
 
 
 #: Query node types of a read-only query in DuckDB's serialized parse tree; any other
@@ -172,8 +204,9 @@ READ_TABLE_FUNCTIONS = frozenset({
 #: Named parameters of the readers that create tables (the CSV reader's rejects tables, which
 #: would hide a catalog view of that name from later queries on the connection).
 _TABLE_CREATING_OPTIONS = {"store_rejects", "rejects_table", "rejects_scan"}
-#: Functions that take SQL text and run or bind it (refused wherever they appear).
-_SQL_RUNNING_FUNCTIONS = {"json_execute_serialized_sql", "query", "json_serialize_plan"}
+#: Functions refused wherever they appear, with why.
+_REFUSED_FUNCTIONS = {"json_execute_serialized_sql": "it runs SQL text", "query": "it runs SQL text",
+                      "json_serialize_plan": "it binds SQL text", "setseed": "it changes random() for later queries"}
 
 
 def _hidden_write(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
@@ -189,6 +222,8 @@ def _hidden_write(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
         serialized = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
     except duckdb.Error:  # no JSON extension
         serialized = {"error": True}
+    except RecursionError:
+        return "a statement nested too deeply to check"
     if serialized.get("error"):
         return "a statement DuckDB cannot check (it cannot serialize its parse tree)"
     found: list[str] = []
@@ -208,15 +243,18 @@ def _hidden_write(con: duckdb.DuckDBPyConnection, sql: str) -> str | None:
                 if creating:
                     found.append(f"the option {sorted(creating)[0]} of {name}() (it creates a table)")
             name = node.get("function_name")
-            if isinstance(name, str) and name.lower() in _SQL_RUNNING_FUNCTIONS:
-                found.append(f"the function {name}() (it runs SQL text)")
+            if isinstance(name, str) and name.lower() in _REFUSED_FUNCTIONS:
+                found.append(f"the function {name}() ({_REFUSED_FUNCTIONS[name.lower()]})")
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
             for value in node:
                 walk(value)
 
-    walk(serialized.get("statements", []))
+    try:
+        walk(serialized.get("statements", []))
+    except RecursionError:
+        return "a statement nested too deeply to check"
     return found[0] if found else None
 
 

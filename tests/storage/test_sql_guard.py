@@ -20,6 +20,15 @@ def utf8_explain(payload: str, n: int = 8, pad: int = 4) -> str:
     return "EXPLAIN /*" + "é" * n + "*/ SELECT '" + literal + "' || /*" + comment + "*/ '" + tail + "'"
 
 
+def unicode_space_explain(payload: str) -> str:
+    """A fourth review's EXPLAIN: DuckDB's parser first turns no-break spaces into spaces, reading
+    quotes naively (blind to comments and E'' escapes); a prefix rebuilt without its comment then
+    flipped that pass's view of the rest, and ``payload`` (no single quotes) ran in a WITH."""
+    nbsp = "\u00a0"
+    return ("EXPLAIN (ANALYZE /*'*/ E'\\'') WITH q AS (SELECT 1 /* ' */, varchar" + nbsp + "$a$, '$a$ AS y), "
+            "w AS (" + payload + ") SELECT 1 --') SELECT 1")
+
+
 def test_explain_runs_the_statement_that_was_checked():
     parts = sql_guard._explain_parts
     assert parts("EXPLAIN (ANALYZE /*(*/) WITH x AS (COPY (SELECT 1) TO 'f') SELECT ') SELECT 1 --'") == (
@@ -29,7 +38,12 @@ def test_explain_runs_the_statement_that_was_checked():
     assert parts("EXPLAIN /* naïve café */ SELECT 'é' AS e") == ("EXPLAIN ", "SELECT 'é' AS e")  # offsets are bytes
     assert parts("EXPLAIN (SELECT 1)") == ("EXPLAIN ", "(SELECT 1)")  # a query in parentheses, not options
     assert parts("EXPLAIN ANALYZE (FROM models)") == ("EXPLAIN ANALYZE ", "(FROM models)")
-    for bad in ("EXPLAIN", "EXPLAIN (FORMAT json", "EXPLAIN (FORMAT json)", "EXPLAIN (FORMAT (json)) SELECT 1", "SELECT 1"):
+    assert parts("EXPLAIN (PIVOT t ON a IN (1) USING max(b))") == ("EXPLAIN ", "(PIVOT t ON a IN (1) USING max(b))")
+    assert parts("EXPLAIN (format 'JSON', analyse) SELECT 1") == ("EXPLAIN (FORMAT json, ANALYZE) ", "SELECT 1")  # bare words only
+    assert parts("EXPLAIN (ANALYZE false) SELECT 1") == ("EXPLAIN (ANALYZE false) ", "SELECT 1")
+    for bad in ("EXPLAIN", "EXPLAIN (FORMAT json", "EXPLAIN (FORMAT json)", "EXPLAIN (FORMAT (json)) SELECT 1", "SELECT 1",
+                "EXPLAIN (ANALYZE E'\\'') SELECT 1", "EXPLAIN (ANALYZE x) SELECT 1", "EXPLAIN (FORMAT json json) SELECT 1",
+                "EXPLAIN (VERBOSE) SELECT 1", "EXPLAIN (, ANALYZE) SELECT 1", unicode_space_explain("COPY (SELECT 1) TO $b$x$b$")):
         assert parts(bad) is None, bad
 
 
@@ -51,6 +65,17 @@ def test_checked_statements_returns_each_statement_to_run():
         checked_statements(con, " ; ")
     with pytest.raises(ReadOnlyQueryError, match="json_serialize_plan"):
         checked_statements(con, "SELECT json_serialize_plan('COPY (SELECT 1) TO ''x''')")
+
+
+def test_state_changes_and_unchecked_depths_are_refused():
+    con = duckdb.connect()
+    with pytest.raises(ReadOnlyQueryError, match="setseed"):
+        checked_statements(con, "SELECT setseed(0.5)")
+    with pytest.raises(ReadOnlyQueryError, match="nested too deeply"):  # was a RecursionError traceback
+        checked_statements(con, "SELECT " + " + ".join(["1"] * 500))
+    assert checked_statements(con, "SELECT " + " + ".join(["1"] * 100)) != []
+    with pytest.raises(ReadOnlyQueryError, match="EXPLAIN of anything but one query"):
+        checked_statements(con, unicode_space_explain("COPY (SELECT 1) TO $b$x$b$"))
 
 
 def test_a_statement_duckdb_cannot_serialize_is_refused():
