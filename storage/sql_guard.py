@@ -28,6 +28,10 @@ def checked_statements(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
     rebuilt around the statement it explains). Raises :class:`ReadOnlyQueryError` naming what is
     refused, before anything runs; ``ValueError`` for a query DuckDB cannot parse, or an empty one."""
     try:
+        sql.encode()
+    except UnicodeEncodeError as error:  # a lone surrogate: bytes that were not UTF-8 on the command line
+        raise ValueError(f"cannot parse query: it is not valid UTF-8 text ({error.reason} at character {error.start})") from None
+    try:
         statements = con.extract_statements(sql)
     except duckdb.Error as error:
         raise ValueError(f"cannot parse query: {error}") from None
@@ -142,8 +146,9 @@ def _explain_parts(sql: str) -> tuple[str, str] | None:
         i += 1
         while i < len(tokens) and tokens[i][2] != ")":
             _, kind, text = tokens[i]
-            if kind == duckdb.token_type.string_const and len(text) > 2 and text[0] == text[-1] == "'":
-                text = text[1:-1]  # FORMAT 'json': rebuilt bare, so that no quote is left in the prefix
+            if kind in (duckdb.token_type.string_const, duckdb.token_type.identifier) and len(text) > 2 \
+                    and text[0] == text[-1] and text[0] in "'\"":
+                text = text[1:-1]  # FORMAT 'json' or "json": rebuilt bare, so that no quote is left in the prefix
             elif text != "," and kind not in _OPTION_TOKENS:
                 return None
             words.append(text.lower())

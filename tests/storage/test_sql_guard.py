@@ -41,6 +41,7 @@ def test_explain_runs_the_statement_that_was_checked():
     assert parts("EXPLAIN (PIVOT t ON a IN (1) USING max(b))") == ("EXPLAIN ", "(PIVOT t ON a IN (1) USING max(b))")
     assert parts("EXPLAIN (format 'JSON', analyse) SELECT 1") == ("EXPLAIN (FORMAT json, ANALYZE) ", "SELECT 1")  # bare words only
     assert parts("EXPLAIN (ANALYZE false) SELECT 1") == ("EXPLAIN (ANALYZE false) ", "SELECT 1")
+    assert parts('EXPLAIN (FORMAT "json") SELECT 1') == ("EXPLAIN (FORMAT json) ", "SELECT 1")
     for bad in ("EXPLAIN", "EXPLAIN (FORMAT json", "EXPLAIN (FORMAT json)", "EXPLAIN (FORMAT (json)) SELECT 1", "SELECT 1",
                 "EXPLAIN (ANALYZE E'\\'') SELECT 1", "EXPLAIN (ANALYZE x) SELECT 1", "EXPLAIN (FORMAT json json) SELECT 1",
                 "EXPLAIN (VERBOSE) SELECT 1", "EXPLAIN (, ANALYZE) SELECT 1", unicode_space_explain("COPY (SELECT 1) TO $b$x$b$")):
@@ -63,6 +64,8 @@ def test_checked_statements_returns_each_statement_to_run():
         checked_statements(con, "EXPLAIN (FORMAT (json)) SELECT 1")
     with pytest.raises(ValueError, match="empty query"):
         checked_statements(con, " ; ")
+    with pytest.raises(ValueError, match="not valid UTF-8"):  # '\xff' on a command line arrives as a lone surrogate
+        checked_statements(con, b"SELECT '\xff' AS a".decode("utf-8", "surrogateescape"))
     with pytest.raises(ReadOnlyQueryError, match="json_serialize_plan"):
         checked_statements(con, "SELECT json_serialize_plan('COPY (SELECT 1) TO ''x''')")
 
