@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from storage.report_retention import REPORTS
+from tasks.shown_text import for_markdown, for_terminal
 
 if TYPE_CHECKING:
     from storage.store import Store
@@ -47,7 +48,7 @@ def run_report(args: argparse.Namespace, store: str) -> int:
     path, report = write_report(store, args.out, run_id=args.run, pair=pair)
     print(f"report written to {path} ({len(report.figures)} figures in {path.parent / 'figures'})")
     for note in report.notes:
-        print(f"note: {note}")
+        print(f"note: {for_terminal(note)}")  # notes quote the store's run records: no escape code reaches the terminal
     return 0
 
 
@@ -198,19 +199,20 @@ def artifact_markdown(report: "Report", record: dict[str, Any], url: str) -> str
     if heatmaps:
         encoded = base64.b64encode(heatmaps[0].png).decode("ascii")
         if len(encoded) <= ARTIFACT_IMAGE_LIMIT:
-            lines += [f"![{heatmaps[0].caption}](data:image/png;base64,{encoded})", ""]
+            lines += [f"![{for_markdown(heatmaps[0].caption)}](data:image/png;base64,{encoded})", ""]
     lines += ["| metric | chance level | best pair | score | × chance | calibrated | p |", "|---|---|---|---|---|---|---|"]
     for metric in metrics_of(best):
         chance = common_chance(best, metric)
         top = best_row(best, metric)
         if top is None:  # every pair's score NULL (layers excluded): nothing to rank
-            lines.append(f"| {metric} | {'–' if chance is None else f'{chance:.4f}'} | – | – | – | – | – |")
+            lines.append(f"| {for_markdown(metric)} | {'–' if chance is None else f'{chance:.4f}'} | – | – | – | – | – |")
             continue
         ratio = f"{top['score'] / chance:.1f}×" if chance else "–"
         calibrated = "–" if top.get("calibrated_score") is None else f"{top['calibrated_score']:.3f}"
         p = "–" if top.get("p_value") is None else f"{top['p_value']:.3g}"
-        lines.append(f"| {metric} | {'–' if chance is None else f'{chance:.4f}'} | {top['model_a']} × {top['model_b']} | "
+        lines.append(f"| {for_markdown(metric)} | {'–' if chance is None else f'{chance:.4f}'} | "
+                     f"{for_markdown(top['model_a'])} × {for_markdown(top['model_b'])} | "
                      f"{top['score']:.4f} | {ratio} | {calibrated} | {p} |")
     if report.notes:
-        lines += ["", "Notes:"] + [f"- {n}" for n in report.notes]
+        lines += ["", "Notes:"] + [f"- {for_markdown(n)}" for n in report.notes]  # names and records from the store: inert
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ from storage.store import Store
 from storage.versioning import ID_LENGTH, code_version, content_id, table_digest
 from tasks.params import AlignmentParams, DatasetParams
 from tasks.retries import backoff, retry_transient
+from tasks.shown_text import for_terminal
 
 DATASET_COLUMNS = ["sample_id", "image_id", "text", "image"]
 
@@ -203,7 +204,7 @@ def publish_dataset(
         rows = rejected.to_pylist()
         for row in rows:
             counts[row["reason"]] = counts.get(row["reason"], 0) + 1
-        shown = ", ".join(str(r["sample_id"] if r.get("sample_id") is not None else f"row {r.get('row')}") for r in rows[:20])
+        shown = ", ".join(for_terminal(r["sample_id"] if r.get("sample_id") is not None else f"row {r.get('row')}") for r in rows[:20])
         logger.warning(
             "dataset %s: rejected %d rows (%s); ids: %s%s",
             name, n_rejected, ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), shown,

@@ -201,6 +201,29 @@ def test_artifact_text_with_a_metric_whose_scores_are_all_null():
     assert "| cka | – | – | – | – | – | – |" in text and "- cka: every layer left out" in text
 
 
+def test_artifact_text_and_printed_notes_quote_store_text_inertly(store, tmp_path, capsys, monkeypatch):
+    """A run record planted in a shared store put raw Markdown/HTML (a link, an <img onerror>, a
+    table cell) into the Prefect artifact, and escape codes (clear screen, fake lines) onto the
+    terminal through `prh report`'s notes."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from flows.report import artifact_markdown, run_report
+
+    hostile = "boom\x1b[2J\x1b[1;31mFAKE: all verified <img src=x onerror=alert(1)> [click](https://evil.example) | x |"
+    best = pa.Table.from_pylist([{"metric": "cka", "model_a": "v|<b>", "model_b": "[l](u)", "score": 0.5, "chance_level": None,
+                                  "calibrated_score": None, "p_value": None}])
+    text = artifact_markdown(SimpleNamespace(data=SimpleNamespace(best=best), figures=[], notes=[hostile]), {"run_id": "r1"}, "file:///x")
+    assert "\x1b" not in text and "<img" not in text.replace("\\<img", "") and "[click](" not in text.replace("\\[click\\]\\(", "")
+    assert "| cka | – | v\\|\\<b\\> × \\[l\\]\\(u\\) | 0.5000 |" in text
+    fake = SimpleNamespace(figures=[], notes=[hostile])
+    monkeypatch.setattr("flows.report.write_report", lambda *a, **k: (tmp_path / "report.html", fake))
+    assert run_report(SimpleNamespace(pair=None, out=str(tmp_path), run=None), store) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "note: boom\\x1b[2J\\x1b[1;31mFAKE" in out
+
+
 def test_artifact_best_pair_of_a_lower_is_better_metric_is_the_smallest_score():
     """The artifact named the largest score the best pair of every metric; for a metric registered
     with higher_is_better=False (a distance) that is the least aligned pair."""

@@ -168,3 +168,20 @@ def test_view_typed_image_bytes_and_a_dictionary_encoded_struct_path_are_read(tm
         pq.write_table(table, tmp_path / f"{name}.parquet")
         loaded.append(load_paired_dataset(tmp_path / f"{name}.parquet").table)
     assert loaded[0].num_rows == 4 and loaded[1].equals(loaded[0]) and loaded[2].equals(loaded[0])
+
+
+def test_rejected_ids_are_logged_without_escape_codes(tmp_path, caplog):
+    """A security review: ids refused for their characters were logged raw, so an ESC in a sample
+    id could clear the terminal, recolour it or open a link during `prh run`."""
+    import json
+
+    for i, colour in enumerate(COLOURS[:3]):
+        (tmp_path / f"{i}.png").write_bytes(png_bytes(colour))
+    rows = [{"sample_id": "a", "image": "0.png", "text": "red"}, {"sample_id": "b", "image": "1.png", "text": "green"},
+            {"sample_id": "evil\x1b]0;TITLE\x07\x1b[2J\x1b[31mRED", "image": "2.png", "text": "blue"}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    logger = logging.getLogger("test.dataset_fields.escapes")
+    caplog.set_level(logging.INFO, logger=logger.name)
+    publish_dataset(DatasetParams(kind="path", path=str(tmp_path / "d.jsonl")), str(tmp_path / "store"), logger)
+    [warning] = [w for w in _warnings(caplog) if "rejected 1 rows" in w]
+    assert "\x1b" not in warning and "\x07" not in warning and "evil\\x1b]0;TITLE\\x07\\x1b[2J" in warning

@@ -1,0 +1,28 @@
+"""Text from data or from a store, made safe to show: on a terminal or in a log line (control
+characters escaped, so that an ESC cannot clear the screen, recolour or fake lines, or open a
+link), and in Markdown (its syntax characters escaped too, so that a name cannot add a link, an
+image, raw HTML or a table cell). Pure functions; they know nothing of where the text goes."""
+
+from __future__ import annotations
+
+import re
+
+#: Characters Markdown (and the HTML it may carry) gives a meaning to; ``_`` is left as written
+#: (names are full of it, and inside a word CommonMark does not read it as emphasis).
+_MARKDOWN_SYNTAX = re.compile(r"([\\`*{}\[\]()<>#+!|~])")
+
+
+def for_terminal(text: object) -> str:
+    """``text`` as one printable line: every character Python does not call printable (C0/C1
+    controls such as ESC, line and paragraph separators, zero-width and bidirectional format
+    characters) written as its backslash escape (``\\x1b``, ``\\u202e``); the rest unchanged."""
+    value = str(text)
+    if value.isprintable():
+        return value
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in value)
+
+
+def for_markdown(text: object) -> str:
+    """``text`` as inert Markdown: :func:`for_terminal`, then each Markdown syntax character
+    backslash-escaped (``[click](url)`` shows as written, ``<img ...>`` is not HTML)."""
+    return _MARKDOWN_SYNTAX.sub(r"\\\1", for_terminal(text))

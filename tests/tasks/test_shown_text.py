@@ -1,0 +1,23 @@
+"""Text from data or a store made safe for terminals and Markdown (tasks/shown_text.py)."""
+
+from __future__ import annotations
+
+from tasks.shown_text import for_markdown, for_terminal
+
+
+def test_control_characters_are_escaped_and_printable_text_kept():
+    assert for_terminal("vit-small é 猫 ok") == "vit-small é 猫 ok"
+    hostile = "evil\x1b]0;TITLE\x07\x1b[2J\x1b[31mRED\nfake line\u202egnp.exe\u200b\x9b"
+    shown = for_terminal(hostile)
+    assert shown == "evil\\x1b]0;TITLE\\x07\\x1b[2J\\x1b[31mRED\\nfake line\\u202egnp.exe\\u200b\\x9b"
+    assert shown.isprintable() and for_terminal(7) == "7"
+
+
+def test_markdown_syntax_is_inert():
+    text = "boom <img src=x onerror=alert(1)> [click](https://evil.example) | x | ![i](u) `c` *b* a_b"
+    shown = for_markdown(text)
+    for escaped in ("\\<img", "\\[click\\]\\(", "\\| x \\|", "\\!\\[i\\]", "\\`c\\`", "\\*b\\*", " a_b"):
+        assert escaped in shown, escaped
+    # every escape is a backslash before the character: removing them gives the text back
+    assert shown.replace("\\", "") == text.replace("\\", "")
+    assert for_markdown("x\x1b[2Jy") == "x\\\\x1b\\[2Jy"
