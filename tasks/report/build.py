@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from collections.abc import Callable
@@ -33,8 +34,12 @@ class Report:
         reduced to ``[A-Za-z0-9._-]`` (names come from the store's rows: a metric name with ``/``
         and ``..`` wrote figures outside the report folder)."""
         out = {"report.html": self.html.encode("utf-8")}
+        used: set[str] = set()
         for f in self.figures:
             name = re.sub(r"[^A-Za-z0-9._-]", "_", f.name).lstrip(".") or "figure"
+            if name in used:  # two names reduced alike ('a/b', 'a_b'): the later one keeps its own file
+                name = f"{name}-{hashlib.sha256(f.name.encode()).hexdigest()[:8]}"
+            used.add(name)
             for fmt, data in f.files.items():
                 out[f"figures/{name}.{fmt}"] = data
         return out

@@ -80,3 +80,19 @@ def test_report_figures_stay_in_the_report_folder(tmp_path):
                     notes=[], data=None)  # type: ignore[arg-type]
     files = report.files()
     assert set(files) == {"report.html", "figures/model-heatmap-x_.._.._.._PWNED.png"}
+
+
+def test_figure_names_reduced_alike_keep_their_own_files():
+    """'a/b' and 'a_b' (metric names from a plugin or the store) both became figures/...-a_b.png:
+    one figure silently replaced the other."""
+    from tasks.report.build import Report
+    from tasks.report.figures import RenderedFigure
+
+    figures = [RenderedFigure(f"model-heatmap-{m}", "t", {"png": m.encode()}) for m in ("a_b", "a/b", "a b")]
+    files = Report(html="", figures=figures, notes=[], data=None).files()  # type: ignore[arg-type]
+    pngs = {k: v for k, v in files.items() if k.endswith(".png")}
+    assert len(pngs) == 3 and sorted(pngs.values()) == [b"a b", b"a/b", b"a_b"]
+    assert pngs["figures/model-heatmap-a_b.png"] == b"a_b"
+    from tasks.report.build import FIGURE_FILE
+
+    assert all(FIGURE_FILE.fullmatch(k.removeprefix("figures/")) for k in pngs)  # still removed by the stale-figure sweep
