@@ -69,6 +69,7 @@ def _parts_of(con: duckdb.DuckDBPyConnection, statement: Any) -> tuple[str, str]
 
 
 def _statements(con: duckdb.DuckDBPyConnection, sql: str) -> list[Any]:
+    """``con.extract_statements(sql)``; [] where DuckDB cannot parse it."""
     try:
         return con.extract_statements(sql)
     except duckdb.Error:
@@ -87,10 +88,7 @@ def _innermost(con: duckdb.DuckDBPyConnection, statement: Any) -> tuple[Any, str
     if parts is None:
         return None
     prefix, inner = parts
-    try:
-        parsed = con.extract_statements(inner) if inner.strip() else []
-    except duckdb.Error:
-        return None
+    parsed = _statements(con, inner) if inner.strip() else []
     if len(parsed) != 1:
         return None
     nested = _innermost(con, parsed[0])
