@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from flows.omp_policy import choose_omp_wait_policy
+from tasks.shown_text import for_terminal, for_terminal_lines
 
 if TYPE_CHECKING:
     from storage.store import Store
@@ -135,13 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # Python's flush of stdout at exit would raise again
         return 1
     except ONE_LINE_ERRORS as error:
-        print(f"prh {args.command}: error: {error}", file=sys.stderr)
+        print(f"prh {args.command}: error: {for_terminal_lines(error)}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - only store failures are turned into one line
         message = _store_failure(error, store_argument(args))
         if message is None:
             raise
-        print(f"prh {args.command}: error: {message}", file=sys.stderr)
+        print(f"prh {args.command}: error: {for_terminal_lines(message)}", file=sys.stderr)
         return 2
 
 
@@ -214,7 +215,7 @@ def _run(args: argparse.Namespace) -> int:
     except ZooFailures as error:  # the rest is published: say what failed, exit 1
         where = {"features": "\nTheir features are in the store: prh sql \"select * from models\"", "nothing": ""}.get(
             error.published or "", "\nThe results of the other models are in the store: prh sql \"select * from alignment_best_latest\"")
-        print(f"prh run: {error}{where}", file=sys.stderr)
+        print(f"prh run: {for_terminal_lines(error)}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("prh run: stopped; what was published stays in the store (the run is recorded CANCELLED)", file=sys.stderr)
@@ -394,30 +395,30 @@ def _gc(args: argparse.Namespace) -> int:
     versions = [key for key in retained if not key.startswith(RENDERED)]
     pointers = [key for key in retained if key.startswith(RENDERED)]
     for upload in uploads:
-        print(f"{'would abort' if args.dry_run else 'aborted'} the incomplete upload of {upload['key']} "
+        _say(f"{'would abort' if args.dry_run else 'aborted'} the incomplete upload of {upload['key']} "
               f"({_megabytes(upload['bytes'])} of parts, started {(now - upload['started']) / 86400.0:.1f} days ago; "
               "a writer killed mid-upload)")
     for entry in partials:
         why = ("its version is published" if entry["reason"] == "published"
                else f"unpublished, newest shard {(now - entry['newest']) / 86400.0:.1f} days old")
-        print(f"{verb} {entry['version']}/_partial: {entry['shards']} shards, {_megabytes(entry['bytes'])} ({why})")
+        _say(f"{verb} {entry['version']}/_partial: {entry['shards']} shards, {_megabytes(entry['bytes'])} ({why})")
     for error in damaged:
-        print(f"left {error.version_key}/_partial in place: {error} "
+        _say(f"left {error.version_key}/_partial in place: {error} "
               "(`prh verify --remove-damaged` removes the version with its shards)")
     for key in figures:
-        print(f"{verb} {key}: report figures drawn by another version of the report code, {_megabytes(figure_bytes[key])}")
+        _say(f"{verb} {key}: report figures drawn by another version of the report code, {_megabytes(figure_bytes[key])}")
     if old_figures:
-        print(f"{verb} {len(old_figures)} cached report figure(s) written more than {args.older_than_days:g} days ago, "
+        _say(f"{verb} {len(old_figures)} cached report figure(s) written more than {args.older_than_days:g} days ago, "
               f"{_megabytes(sum(old_figures.values()))} (a report that shows one draws it again)")
     for key in reports:
-        print(f"{verb} {key}: a run report older than the {args.keep_reports} kept, {_megabytes(report_bytes[key])} "
+        _say(f"{verb} {key}: a run report older than the {args.keep_reports} kept, {_megabytes(report_bytes[key])} "
               "(`prh report --run ID` builds it again)")
     for run_id in crashed:
-        print(f"{'would mark' if args.dry_run else 'marked'} run {run_id} CRASHED (its process is gone, or it gave no sign of life for 15 minutes)")
+        _say(f"{'would mark' if args.dry_run else 'marked'} run {run_id} CRASHED (its process is gone, or it gave no sign of life for 15 minutes)")
     for version in swept:
-        print(f"{verb} the unpublished files of {version} (its writer died), {_megabytes(swept_bytes.get(version, 0))}")
+        _say(f"{verb} the unpublished files of {version} (its writer died), {_megabytes(swept_bytes.get(version, 0))}")
     for key, size in attempts.items():
-        print(f"{verb} {key}: a claim attempt's temporary file (its writer was killed taking the claim), {size:,} bytes")
+        _say(f"{verb} {key}: a claim attempt's temporary file (its writer was killed taking the claim), {size:,} bytes")
     parts = [(len(partials), "shard folder(s)", sum(entry["bytes"] for entry in partials)),
              (len(figures), "figure cache namespace(s) of older report code", sum(figure_bytes.values())),
              (len(old_figures), "cached report figure(s) older than --older-than-days", sum(old_figures.values())),
@@ -429,7 +430,7 @@ def _gc(args: argparse.Namespace) -> int:
              (len(pointers), "rendered-dataset pointer(s) to removed datasets", sum(version_bytes[k] for k in pointers))]
     freed = sum(size for _, _, size in parts)
     listed = "; ".join(f"{count} {what} {size:,} bytes" for count, what, size in parts if count)
-    print(f"{store.display_url}: {_megabytes(freed)} ({freed:,} bytes) {'would be ' if args.dry_run else ''}freed"
+    _say(f"{store.display_url}: {_megabytes(freed)} ({freed:,} bytes) {'would be ' if args.dry_run else ''}freed"
           + (f": {listed}" if listed else ", nothing to remove"))
     return 0
 
@@ -449,22 +450,22 @@ def _keep_runs(store: Store, keep: int, keep_current: bool, dry_run: bool, verb:
     if not plan.blocked:
         since = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(plan.since or 0.0))
         current = " and the current results (alignment_best)" if keep_current else ""
-        print(f"--keep-runs {keep}: keeping {len(plan.keep)} published version(s): those of run(s) {', '.join(plan.kept_runs)}"
+        _say(f"--keep-runs {keep}: keeping {len(plan.keep)} published version(s): those of run(s) {', '.join(plan.kept_runs)}"
               f"{current}, their inputs and every version published since {since}")
 
     def show(key: str) -> None:
         if key in plan.pointers:
-            print(f"{verb} {key}: the demo's pointer to {plan.pointers[key]}, removed above, {_megabytes(sizes[key])}")
+            _say(f"{verb} {key}: the demo's pointer to {plan.pointers[key]}, removed above, {_megabytes(sizes[key])}")
         else:
-            print(f"{verb} {key}: a published version that none of the {keep} newest run(s) with results uses, "
+            _say(f"{verb} {key}: a published version that none of the {keep} newest run(s) with results uses, "
                   f"{_megabytes(sizes[key])}")
 
     removed = apply_retention(store, plan, dry_run=dry_run, sizes=sizes, on_removed=show)
     if plan.blocked:
-        print(f"--keep-runs {keep}: {'no more ' if removed else 'no '}published versions removed: {plan.blocked}")
+        _say(f"--keep-runs {keep}: {'no more ' if removed else 'no '}published versions removed: {plan.blocked}")
     held = sorted(set(removed) & (plan.current or set()))
     if held:
-        print(f"--keep-runs {keep}: {len(held)} of the {'listed' if dry_run else 'removed'} alignment version(s) held current "
+        _say(f"--keep-runs {keep}: {len(held)} of the {'listed' if dry_run else 'removed'} alignment version(s) held current "
               "results (rows of alignment_best: pairs or metrics that only older runs scored); --keep-current keeps them")
     return removed
 
@@ -486,25 +487,31 @@ def _verify(args: argparse.Namespace) -> int:
     def report(check: Any) -> None:
         if not check.ok:
             damaged.append(check)
-            print(f"DAMAGED {check.key}: " + "; ".join(check.problems))
+            _say(f"DAMAGED {check.key}: " + "; ".join(check.problems))
 
     checks = verify_store(store, quick=args.quick, on_check=report)
     for check in damaged if args.remove_damaged else []:
         if check.removable:
             if remove_version(store, check.key):
-                print(f"removed {check.key}: the next run computes it again")
+                _say(f"removed {check.key}: the next run computes it again")
             else:
-                print(f"left {check.key} in place: a run is publishing it again right now (it holds its claim); "
+                _say(f"left {check.key} in place: a run is publishing it again right now (it holds its claim); "
                       "run prh verify again after it")
         else:
-            print(f"left {check.key}/manifest.json in place: not a version folder (remove that file by hand)")
+            _say(f"left {check.key}/manifest.json in place: not a version folder (remove that file by hand)")
     files, size = sum(c.files for c in checks), sum(c.bytes for c in checks)
     how = "sizes" if args.quick else "sizes and SHA-256"
-    print(f"{store.display_url}: {_count(len(checks), 'published version')}, {_count(files, 'file')}, {size / 1e6:.1f} MB "
+    _say(f"{store.display_url}: {_count(len(checks), 'published version')}, {_count(files, 'file')}, {size / 1e6:.1f} MB "
           f"checked ({how}): "
           + (f"{len(damaged)} damaged" + ("" if args.remove_damaged else " (remove them with --remove-damaged)")
              if damaged else "all match their manifests"))
     return 1 if damaged else 0
+
+
+def _say(line: str) -> None:
+    """Print one line of ``prh gc`` / ``prh verify``: it names store keys and quotes manifests, which
+    a store's writer chose, so no control character in them reaches the terminal raw."""
+    print(for_terminal(line))
 
 
 def _count(n: int, noun: str) -> str:

@@ -22,6 +22,13 @@ def for_terminal(text: object) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in value)
 
 
+def for_terminal_lines(text: object) -> str:
+    """``text`` with each of its lines made safe by :func:`for_terminal`: a message written over
+    several lines (a list of problems) keeps its line breaks, and nothing else reaches the
+    terminal raw."""
+    return "\n".join(for_terminal(line) for line in str(text).split("\n"))
+
+
 def for_markdown(text: object) -> str:
     """``text`` as inert Markdown: :func:`for_terminal`, then each Markdown syntax character
     backslash-escaped (``[click](url)`` shows as written, ``<img ...>`` is not HTML)."""

@@ -261,3 +261,31 @@ def test_a_manifest_with_a_field_of_the_wrong_type_is_damaged(tmp_path, capsys, 
     out = capsys.readouterr().out
     assert f"DAMAGED {key}: {problem}" in out and f"removed {key}: the next run computes it again" in out
     assert not store.exists(key) and [c.key for c in verify_store(store)] == [sound]
+
+
+def test_keys_a_store_writer_chose_reach_the_terminal_escaped(tmp_path, capsys):
+    """prh verify and prh gc name store keys and quote manifests: a folder named with an escape
+    sequence (clear the screen, recolour, a link) is shown as text, not obeyed."""
+    import os
+    import time
+
+    import numpy as np
+
+    from storage.shards import write_shard
+
+    store = Store(str(tmp_path / "store"))
+    hostile = "features/d/m\x1b[2J\x1b]8;;evil.example\x07/v1"
+    _publish(store, hostile, 1)
+    _damage(store, f"{hostile}/a.parquet", "truncate")
+    assert main(["verify", "--store", store.url]) == 1
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "DAMAGED features/d/m\\x1b[2J\\x1b]8;;evil.example\\x07/v1: " in out
+    partial = "features/d/m/v\x1b[31m2"
+    write_shard(store, partial, 0, [np.ones((4, 3), np.float32)])
+    old = time.time() - 9 * 86400
+    for path in (tmp_path / "store").rglob("*.parquet"):
+        os.utime(path, (old, old))
+    assert main(["gc", "--store", store.url, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "would remove features/d/m/v\\x1b[31m2/_partial: 1 shards" in out

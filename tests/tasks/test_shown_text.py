@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.shown_text import for_markdown, for_terminal
+from tasks.shown_text import for_markdown, for_terminal, for_terminal_lines
 
 
 def test_control_characters_are_escaped_and_printable_text_kept():
@@ -21,3 +21,8 @@ def test_markdown_syntax_is_inert():
     # every escape is a backslash before the character: removing them gives the text back
     assert shown.replace("\\", "") == text.replace("\\", "")
     assert for_markdown("x\x1b[2Jy") == "x\\\\x1b\\[2Jy"
+
+
+def test_a_message_over_several_lines_keeps_its_breaks_and_nothing_else():
+    assert for_terminal_lines("2 problems:\n  a\x1b[2J\n  b\r") == "2 problems:\n  a\\x1b[2J\n  b\\r"
+    assert for_terminal_lines(ValueError("one")) == "one"
