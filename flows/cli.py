@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sql = commands.add_parser("sql", help="query the catalog with DuckDB SQL (read-only)")
     sql.add_argument("query", help="a SELECT query over datasets, samples, models, features, alignment, alignment_best (the current "
                                           "results), runs, alignment_latest, alignment_best_latest, alignment_fdr, alignment_all, "
-                                          "alignment_best_all (every version)")
+                                          "alignment_best_all (every version), models_current (each model's feature version that runs now use)")
     sql.add_argument("--store", default=None, help=STORE_HELP)
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
 

@@ -22,6 +22,8 @@
 - ``alignment_latest`` / ``alignment_best_latest``: the rows of ``alignment_all`` /
   ``alignment_best_all`` of the latest run with results (:data:`LATEST_RUN_SQL`, the run
   ``prh report`` shows): one row per metric × model pair (× layer pair) of that run.
+- ``models_current``: of ``models``, the feature version of each model name on each dataset
+  version that runs now use (:data:`CURRENT_MODELS_SQL`).
 
 Times (``datasets.published_at``, ``models.published_at``, the alignment views' ``published_at``, ``runs.started_at`` /
 ``finished_at``) are ``TIMESTAMPTZ`` in UTC (the connection's time zone is UTC); a value that is
@@ -320,6 +322,34 @@ CURRENT_SCORES_SQL = """
        AND c.model_a = v.model_a AND c.model_b = v.model_b AND c.metric = v.metric"""
 
 
+#: ``models_current``: of the rows of ``models`` (one per feature version), the current one of each
+#: model name on each dataset version: the feature version that the latest run to use that model
+#: on that dataset used (its record's ``feature_versions``; any status, :data:`_RUNS_LATEST_FIRST`),
+#: or, where no run record names one, the last published. After an upgrade that changed the
+#: extraction code (a new ``code_version``), or another pooling or dtype, ``models`` holds the old and
+#: the new version and ``models_current`` the one the runs now use. A record whose
+#: ``feature_versions`` is not a JSON object of texts (a hand-edited record) names none.
+CURRENT_MODELS_SQL = f"""
+    WITH runs_ranked AS (
+        SELECT dataset_version, try(from_json(feature_versions, '"MAP(VARCHAR, VARCHAR)"')) AS used,
+               row_number() OVER (ORDER BY {_RUNS_LATEST_FIRST}) AS run_rank
+        FROM runs
+    ), listed AS (
+        SELECT dataset_version, entry.key AS model, entry.value AS feature_version, min(run_rank) AS run_rank
+        FROM (SELECT dataset_version, run_rank, unnest(map_entries(used)) AS entry FROM runs_ranked)
+        GROUP BY ALL
+    ), ranked AS (
+        SELECT m.*, row_number() OVER (
+                   PARTITION BY m.model, m.dataset_version
+                   ORDER BY r.run_rank ASC NULLS LAST, m.published_at DESC NULLS LAST, m.feature_version DESC
+               ) AS _current_rank
+        FROM models AS m
+        LEFT JOIN listed AS r
+          ON r.model = m.model AND r.feature_version = m.feature_version AND r.dataset_version = m.dataset_version
+    )
+    SELECT * EXCLUDE (_current_rank) FROM ranked WHERE _current_rank = 1"""
+
+
 #: Views computed from the others (after them), in creation order: name -> ``SELECT``.
 DERIVED_VIEWS: dict[str, str] = {
     # the current result of each model pair and metric (the history is in the *_all views)
@@ -328,6 +358,8 @@ DERIVED_VIEWS: dict[str, str] = {
     # one run's results: the latest run with results (columns of ``alignment`` / ``alignment_best``)
     "alignment_latest": _of_latest_run("alignment_all"),
     "alignment_best_latest": _of_latest_run("alignment_best_all"),
+    # the feature version each model name now has on each dataset (``models`` holds every one)
+    "models_current": CURRENT_MODELS_SQL,
     # Benjamini–Hochberg over one run's model grid, per metric (and its parameters): the run's
     # alignment versions (``runs.alignment_versions``, store keys) joined to their best rows; p
     # sorted ascending (ties in a fixed order: they get one q-value anyway), q_(i) = min over

@@ -7,7 +7,8 @@ The file holds the same names as :func:`storage.catalog.connect`:
 - tables ``datasets``, ``models``, ``runs``: the manifests' and run records' rows, copied in
   (times as ``TIMESTAMPTZ``);
 - views ``alignment_best``, ``alignment`` (the current results), ``alignment_latest``,
-  ``alignment_best_latest``, ``alignment_fdr`` over those (``storage.catalog.DERIVED_VIEWS``);
+  ``alignment_best_latest``, ``alignment_fdr``, ``models_current`` over those
+  (``storage.catalog.DERIVED_VIEWS``);
 - table ``prh_catalog``: one row (store URL without credentials, exported_at, file count).
 
 It is a snapshot: versions published later appear after the next export. Writing is atomic

@@ -177,3 +177,55 @@ def test_one_version_id_in_two_dataset_folders_is_joined_to_its_own_lineage(tmp_
     n_layers = MODELS[PAIR[0]][2] * MODELS[PAIR[1]][2]
     assert query(connect(store), "select count(*) n from alignment_all where alignment_version = 'al-twin'").to_pylist() == \
         [{"n": 2 * 2 * n_layers}]
+
+
+def _feature_version(store: Store, model: str, version: str, code_version: str, dataset: str = DATASET,
+                     published_at: str | None = None) -> None:
+    """Publish ``model``'s features again as ``version`` (a copy of its first version's files)."""
+    (key, manifest), = [(k, m) for k, m in store.manifests(layout.FEATURES)
+                        if m["catalog"]["model"] == model and m["catalog"]["feature_version"] == f"fv-{model}"]
+    files = {name: store.read_table(f"{key}/{name}") for name in manifest["files"] if name.endswith(".parquet")}
+    new_key = layout.features_key(dataset, model, version)
+    store.publish(new_key, files, {"kind": "features", "catalog": {**manifest["catalog"], "feature_version": version,
+                                                                   "dataset_version": dataset, "code_version": code_version}})
+    if published_at is not None:
+        store.write_json(f"{new_key}/{MANIFEST}", {**store.manifest(new_key), "published_at": published_at})
+
+
+def _models_current(con) -> dict[tuple[str, str], str]:
+    rows = query(con, "select dataset_version, model, feature_version from models_current").to_pylist()
+    current = {(r["dataset_version"], r["model"]): r["feature_version"] for r in rows}
+    assert len(current) == len(rows)  # one row per model name and dataset
+    return current
+
+
+def test_models_current_holds_the_feature_version_the_latest_run_used(tmp_path):
+    """After an upgrade re-extracted a model (new code version), ``models`` holds both feature
+    versions and ``models_current`` the one the latest run to use that model used; a model the
+    latest run left out keeps the version of the run that last used it; a version no run record
+    names counts only where none is named; another dataset keeps its own row."""
+    store = build_catalog_store(str(tmp_path / "store"))
+    first = {(DATASET, m): f"fv-{m}" for m in MODELS}
+    assert _models_current(connect(store)) == first  # both runs used the only versions
+    _feature_version(store, "vit-small", "fv-vit-small-c3", "c3", published_at="2026-01-01T00:00:00+00:00")
+    _feature_version(store, "lm-small", "fv-lm-small-c3", "c3")
+    con = connect(store)
+    assert query(con, "select count(*) n from models where model = 'vit-small'").to_pylist() == [{"n": 2}]
+    assert _models_current(con) == first  # newer files that no run used yet do not replace what runs use
+    store.write_json(layout.run_key("run-9"), {
+        "run_id": "run-9", "status": "FAILED", "started_at": "2026-03-01T00:00:00+00:00",
+        "finished_at": "2026-03-01T00:05:00+00:00", "dataset_version": DATASET,
+        "feature_versions": {"vit-small": "fv-vit-small-c3", "lm-small": "fv-lm-small"}, "alignment_versions": []})
+    assert _models_current(connect(store)) == {**first, (DATASET, "vit-small"): "fv-vit-small-c3"}
+    # a version on another dataset, named by no run, is that dataset's current one
+    _feature_version(store, "lm-large", "fv-lm-large-other", "c2", dataset="other-dataset")
+    store.write_json(layout.run_key("run-bad"), {"run_id": "run-bad", "status": "COMPLETED", "started_at": "2026-04-01T00:00:00+00:00",
+                                                 "dataset_version": DATASET, "feature_versions": ["not", "an", "object"]})
+    con = connect(store)
+    assert _models_current(con) == {**first, (DATASET, "vit-small"): "fv-vit-small-c3",
+                                    ("other-dataset", "lm-large"): "fv-lm-large-other"}
+    columns = lambda view: [r["column_name"] for r in query(con, f"select column_name from (describe {view})").to_pylist()]  # noqa: E731
+    assert columns("models_current") == columns("models")
+    exported = open_catalog(export_catalog(store, tmp_path / "catalog.duckdb").path)
+    sql = "select * from models_current order by all"
+    assert query(exported, sql).equals(query(con, sql))
