@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = con.execute("SELECT count(*) FROM plain").fetchone()[0]
         print(f"{rows:,} rows in {len(files)} files ({args.vision} x {args.language} pairs, "
               f"{args.layers_a} x {args.layers_b} layers, {args.metrics} metrics); best of {args.repeats}")
-        print(f"| query | plain view (s) | with lineage (s) | ratio |\n|---|---|---|---|")
+        print("| query | plain view (s) | with lineage (s) | ratio |\n|---|---|---|---|")
         for name, sql in QUERIES.items():
             plain_s, plain_rows = best_of(con, sql.format(view="plain", fv="alignment_version"), args.repeats)
             view_s, view_rows = best_of(con, sql.format(view="alignment_all", fv="feature_version_a"), args.repeats)

@@ -61,7 +61,6 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     """
     check_task_runner()  # a bad $PRH_TASK_RUNNER fails the run naming it (see flow_task_runner)
     target = Store(store)
-    store_url = target.url
     log_recovery(*open_for_run(target))
     run_id = str(flow_run.get_id() or "local")
     with recorded(target, layout.run_key(run_id), new_record(target, config, run_id, "prh-pipeline")) as record:

@@ -24,7 +24,6 @@ reading stops after that many samples.
 from __future__ import annotations
 
 import json
-import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath

@@ -8,7 +8,6 @@ written out by hand below, from the story, not computed by the code under test."
 
 from __future__ import annotations
 
-import json
 import re
 import time
 

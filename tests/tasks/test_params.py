@@ -126,7 +126,7 @@ def test_bad_config_names_file_field_and_line(tmp_path: Path, text: str | bytes,
 
 
 def test_every_problem_is_listed(tmp_path: Path) -> None:
-    text = f"models:\n  - {{name: vit, loader: random_hf, id: ViTConfig, modality: vision, batch_size: 0}}\nalignment:\n  topk: 0\n  metrics: [cka, nope]\n"
+    text = "models:\n  - {name: vit, loader: random_hf, id: ViTConfig, modality: vision, batch_size: 0}\nalignment:\n  topk: 0\n  metrics: [cka, nope]\n"
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, text))
     lines = str(caught.value).splitlines()

@@ -8,7 +8,6 @@ import re
 import uuid
 
 import numpy as np
-import pytest
 from matplotlib import colormaps
 
 from tasks.metrics import METRICS, register_metric
