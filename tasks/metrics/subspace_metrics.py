@@ -39,6 +39,12 @@ from .engine import TIE_RTOL, Engine
 from .representation import Representation
 
 
+#: Below this ratio ``s / s_max`` the eigenproblem of :func:`left_singular` resolves a singular
+#: direction only to ~``eps (s_max / s)^2`` (1e-8 relative here at float64): SVCCA then takes its
+#: basis from the exact SVD (an input with s_min / s_max = 1.5e-7 scored 2.3e-5 off).
+EIGH_ACCURATE_RTOL = 1e-4
+
+
 def left_singular(z: torch.Tensor, r: int | None = None, rtol: float = 1e-7, exact: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top left singular vectors/values of ``z`` ``(N, D)`` float64 via a symmetric eigenproblem
@@ -128,7 +134,13 @@ class SvccaEngine(Float64Engine):
             # numerical rank as numpy's matrix_rank counts it at the input's precision (float32
             # rounding noise of a rank-4 layer with an offset of 100 passed as rank >= 10), never
             # below the eigenproblem's own resolution 1e-7
-            u, _ = left_singular(z, r, rtol=max(1e-7, max(z.shape) * input_eps(x)))
+            rtol = max(1e-7, max(z.shape) * input_eps(x))
+            u, s = left_singular(z, r, rtol=rtol)
+            if s.numel() < r or float(s[-1]) < EIGH_ACCURATE_RTOL * float(s[0]):
+                # a kept direction the eigenproblem resolves only to ~eps (s_max / s)^2 (or one it
+                # may have lost near the cutoff): SVCCA weighs every direction alike, so take the
+                # basis from an SVD of z itself
+                u, s = left_singular(z, r, rtol=rtol, exact=True)
             if u.shape[1] < r:
                 raise ValueError(f"layer {l} has rank {u.shape[1]} < cca_dim={r}")
             bases.append(u)

@@ -26,6 +26,20 @@ def test_svcca_is_deterministic_and_wide_layers_work() -> None:
     assert a == pytest.approx(ref.svcca(x, y, 5), abs=1e-9)
 
 
+@pytest.mark.parametrize("gap", [3e-7, 1e-6, 5e-6])
+def test_svcca_is_exact_when_cca_dim_reaches_a_nearly_collinear_direction(gap: float) -> None:
+    """A kept direction with s / s_max ~ 1e-7..1e-6 (a column almost a copy of another): the Gram
+    eigenproblem resolves it only to ~eps (s_max / s)^2 (2.3e-5 off at 1.5e-7, found by a
+    review); the basis then comes from an SVD of the layer itself."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5))
+    x[:, -1] = x[:, 0] + gap * rng.normal(size=64)
+    y = x[:, :3] @ rng.normal(size=(3, 6)) + rng.normal(size=(64, 6))
+    y[:, -1] = 0.01 * rng.normal(size=64) + x[:, -1] - x[:, 0]
+    for a, b in ((x, y), (y, x)):
+        assert score("svcca", a, b, cca_dim=5) == pytest.approx(ref.svcca(a, b, 5), abs=1e-9)
+
+
 def test_svcca_rejects_too_large_cca_dim() -> None:
     x, y = paired(dx=5)
     with pytest.raises(ValueError):
