@@ -39,6 +39,8 @@ from typing import IO, Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.shown_text import for_terminal
+
 
 def positional_rows(table: pa.Table) -> Iterator[tuple[Any, ...]]:
     """The rows of ``table`` as tuples, one value per column in column order."""
@@ -370,16 +372,24 @@ def write_csv(table: pa.Table, out: IO[str]) -> None:
 
 
 def print_table(table: pa.Table, width: int = 200) -> None:
-    """The result as a terminal table and its row count. Text is shown as it is: a caption such as
-    ``[red]apple[/red]`` is not read as the table library's markup."""
+    """The result as a terminal table (numbers right-aligned) and its row count. Text is shown as
+    it is, except what a terminal would obey: a caption such as ``[red]apple[/red]`` is not read
+    as the table library's markup, and a control character in a value or a column name (an ESC
+    that would clear the screen or recolour it, a line break) is shown as its escape (``\\x1b``,
+    ``\\n``; :func:`tasks.shown_text.for_terminal`). CSV and JSON keep every value whole."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     out = Table(show_lines=False)
-    for name in table.column_names:
-        out.add_column(Text(name))
+    for field in table.schema:
+        out.add_column(Text(for_terminal(field.name)), justify="right" if _is_number(field.type) else "left")
     for row in positional_rows(table):
-        out.add_row(*[Text(table_cell(v)) for v in row])
+        out.add_row(*[Text(for_terminal(table_cell(v))) for v in row])
     Console(width=width).print(out)
-    print(f"{table.num_rows} rows")
+    print(f"{table.num_rows} row{'' if table.num_rows == 1 else 's'}")
+
+
+def _is_number(arrow_type: pa.DataType) -> bool:
+    """Whether a column holds plain numbers (shown right-aligned, as DuckDB's CLI shows them)."""
+    return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type)

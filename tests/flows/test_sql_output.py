@@ -27,8 +27,26 @@ def test_repeated_column_names_keep_every_value_in_its_place(capsys):
     assert json.loads(out.getvalue()) == [{"x": 1, "y": 2, "x_2": 3, "z": 4}]
     print_table(table)
     shown = capsys.readouterr().out
-    assert shown.index("1") < shown.index("2") < shown.index("3") < shown.index("4") and "1 rows" in shown
+    assert shown.index("1") < shown.index("2") < shown.index("3") < shown.index("4") and shown.endswith("\n1 row\n")
     assert unique_names(["n", "n", "n_2", "n"]) == ["n", "n_3", "n_2", "n_4"]
+
+
+def test_the_table_shows_control_characters_escaped_and_numbers_right_aligned(capsys):
+    """A caption (data) or a column name with an escape sequence cleared and recoloured the
+    analyst's terminal in `prh sql`'s table; CSV and JSON keep the value whole."""
+    table = _result("select chr(27) || '[2J' || chr(27) || '[31mRED' || chr(10) || 'x' as \"a\x1b[1mb\", "
+                    "12 as a_long_count, 1.5::double as a_long_double, 'left' as a_long_text from range(2)")
+    print_table(table)
+    shown = capsys.readouterr().out
+    assert "\x1b" not in shown and "\\x1b[2J\\x1b[31mRED\\nx" in shown and "a\\x1b[1mb" in shown
+    assert shown.endswith("\n2 rows\n")
+    cells = next(line for line in shown.splitlines() if "RED" in line).split("│")
+    assert [c.strip() for c in cells[2:5]] == ["12", "1.5", "left"]
+    assert cells[2].endswith(" 12 ") and cells[2].startswith("      ") and cells[3].endswith(" 1.5 ")  # numbers right-aligned
+    assert cells[4].startswith(" left ")  # text left-aligned
+    out = io.StringIO()
+    write_csv(table, out)
+    assert "\x1b[2J\x1b[31mRED\nx" in out.getvalue()
 
 
 def test_text_is_shown_verbatim_not_as_markup(capsys):
