@@ -474,18 +474,17 @@ class Store:
     def check_writable(self, min_free_mb: float | None = None) -> None:
         """Fail fast, before any work, if the store cannot take writes.
 
-        Writes and removes a probe object under ``_probe/``; on a local disk also checks that at
+        Writes and removes a probe object of its own at the store's top (``.probe-<random>``: no
+        shared folder that one prober could remove while another writes into it, as runs and
+        ``prh gc`` starting together did); on a local disk also checks that at
         least ``min_free_mb`` MiB are free (default ``PRH_MIN_FREE_MB`` or 256). Raises
         :class:`StoreNotWritable` naming the store and the problem, or :class:`StoreIOError` when
         an object store cannot be reached (after the client's retries).
         """
-        key = f"_probe/.probe-{uuid.uuid4().hex}"
+        key = f".probe-{uuid.uuid4().hex}"
         try:
             self.write_bytes(key, b"probe")
             self.delete(key)
-            if self.is_local:  # no empty _probe/ folder left in the store (another run's probe keeps it)
-                with contextlib.suppress(OSError):
-                    os.rmdir(self.path("_probe"))
         except Exception as error:
             failure = self._failure("write a probe object", error)
             if isinstance(failure, StoreIOError):  # an object store that is down or unreachable

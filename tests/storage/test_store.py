@@ -208,3 +208,24 @@ def test_a_local_write_survives_its_folder_removed_meanwhile(tmp_path, monkeypat
     store.write_bytes("features/d/m/v/_partial/shard-00000.parquet", b"shard")
     assert store.read_bytes("features/d/m/v/_partial/shard-00000.parquet") == b"shard" and calls
     assert sorted(p.name for p in (tmp_path / "store/features/d/m/v/_partial").iterdir()) == ["shard-00000.parquet"]
+
+
+def test_runs_starting_together_both_find_the_store_writable(tmp_path):
+    """Every prh run and prh gc first probes the store; probes shared a `_probe/` folder that one
+    prober removed while another wrote into it: ~2% of two processes' probes failed with 'not
+    writable' (a nightly run and a UI run starting together). Each probe is now its own file."""
+    import subprocess
+    import sys
+
+    loop = ("import sys; from storage.store import Store\n"
+            "store, failures = Store(sys.argv[1]), 0\n"
+            "for _ in range(600):\n"
+            "    try:\n"
+            "        store.check_writable(min_free_mb=0)\n"
+            "    except Exception:\n"
+            "        failures += 1\n"
+            "print(failures)\n")
+    url = str(tmp_path / "store")
+    probers = [subprocess.Popen([sys.executable, "-c", loop, url], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    assert [int(p.communicate(timeout=120)[0]) for p in probers] == [0, 0]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == []  # no probe and no folder left
