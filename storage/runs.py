@@ -141,14 +141,23 @@ def mark_crashed_runs(store: Store, dry_run: bool = False) -> list[str]:
     """Mark ``CRASHED`` every ``RUNNING`` record (of a pipeline run or an extraction stage) of a
     run known to have stopped (:func:`gone_reason`: its process died on this host, or it gave no
     sign of life for ``STALE_RUN_SECONDS``); returns their run ids (``dry_run``: only those ids).
-    Other records are left alone."""
+    Other records are left alone. Each record is read again just before it is marked: a run that
+    wrote its end meanwhile (and then exited, so that its process is gone) keeps what it wrote
+    (the copy read first said ``RUNNING``, and writing it back made a completed run ``CRASHED``)."""
     crashed = []
     for records, key_of in ((run_records(store), layout.run_key), (extraction_records(store), layout.extraction_key)):
         for record in records:
-            reason = gone_reason(store, record)
-            if reason is None:
+            if gone_reason(store, record) is None:
                 continue
             run_id = str(record.get("run_id"))
+            if not dry_run:
+                try:
+                    record = store.read_json(key_of(run_id))
+                except (FileNotFoundError, ValueError):
+                    continue
+            reason = gone_reason(store, record) if isinstance(record, dict) else None
+            if reason is None:
+                continue
             crashed.append(run_id)
             if dry_run:
                 continue

@@ -131,3 +131,30 @@ def test_extraction_stage_records_count_as_runs_but_stay_out_of_the_runs_view(tm
     assert [r["run_id"] for r in extraction_records(store)] == ["extract-dead", "extract-live"]
     assert [r["run_id"] for r in run_records(store)] == ["pipeline-done"]
     assert query(connect(store), "select run_id from runs").to_pylist() == [{"run_id": "pipeline-done"}]
+
+
+def test_a_run_that_finished_while_gc_looked_is_not_marked_crashed(tmp_path, monkeypatch):
+    """gc read a run's record (RUNNING), the run wrote COMPLETED and exited, then gc found its
+    process gone and wrote back the copy it had read, as CRASHED: a completed run's results left
+    `prh report` and `--keep-runs`. The record is read again before it is marked."""
+    import storage.runs as runs
+
+    store = Store(str(tmp_path / "store"))
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    process = {**current_owner(), "pid": dead_pid, "started": "0"}
+    store.write_json(layout.run_key("finishing"), {"run_id": "finishing", "status": RUNNING, "process": process})
+    store.write_json(layout.run_key("dead"), {"run_id": "dead", "status": RUNNING, "process": process})
+    read = runs.run_records
+
+    def read_then_the_run_finishes(store_: Store, *args):
+        records = read(store_, *args)
+        if not args:  # the pipeline runs' folder: the run writes its end right after gc read it
+            store_.write_json(layout.run_key("finishing"), {"run_id": "finishing", "status": "COMPLETED", "process": process,
+                                                            "alignment_versions": ["alignment/d/a__b/v1"]})
+        return records
+
+    monkeypatch.setattr(runs, "run_records", read_then_the_run_finishes)
+    assert mark_crashed_runs(store) == ["dead"]
+    finished = store.read_json(layout.run_key("finishing"))
+    assert finished["status"] == "COMPLETED" and finished["alignment_versions"] == ["alignment/d/a__b/v1"]
+    assert store.read_json(layout.run_key("dead"))["status"] == CRASHED
