@@ -14,8 +14,9 @@ from, and removes every other published version:
 - kept: every version published after the oldest kept run started, less ``CLOCK_SKEW_SECONDS``
   (a run on another host may have published it and not yet recorded it), with its inputs;
 - kept: the dataset and feature versions named by every extraction stage (``prh-extract``, its
-  record in ``runs/extractions/``) that started since then, published or reused: its alignment
-  stage may not have run yet;
+  record in ``runs/extractions/``) that ran since then (it finished, or started when it has no
+  finish time, after that moment: a long GPU stage that started before a short run and finished
+  after it counts), published or reused: its alignment stage may not have run yet;
 - kept: a version whose manifest is damaged (not JSON, another version's, or a field of the
   wrong type: ``prh verify`` deals with it) and a manifest outside any version folder;
 - with ``keep_current`` (``--keep-current``), kept: the alignment versions behind the catalog's
@@ -42,7 +43,7 @@ import duckdb
 
 from storage import layout
 from storage.catalog import current_alignment_keys
-from storage.runs import ALIVE, COMPLETED, FAILED, epoch_seconds, extraction_records, live_records, run_records
+from storage.runs import COMPLETED, FAILED, epoch_seconds, extraction_records, live_records, run_records
 from storage.store import DamagedManifest, Store
 from storage.verify import is_version_key, manifest_problems
 
@@ -63,8 +64,9 @@ class RetentionPlan:
     published versions; ``remove``: keys of the published versions to remove, in
     :data:`REMOVAL_ORDER`; ``pointers``: rendered-dataset pointers (key -> dataset version key)
     whose dataset is removed; ``blocked``: why nothing is removed (a live run, no run with
-    results), else None; ``alive_signs``: the runs' signs of life when the plan was made (a new
-    one means a run started since); ``current``: keys of the alignment versions behind the
+    results), else None; ``run_files``: the run records and signs of life under ``runs/`` when
+    the plan was made (a new one means a run started since, even one that has already ended);
+    ``current``: keys of the alignment versions behind the
     catalog's current results (``storage.catalog.current_alignment_keys``), None when they could
     not be read (``keep_current`` then blocks the plan)."""
 
@@ -74,7 +76,7 @@ class RetentionPlan:
     remove: list[str] = field(default_factory=list)
     pointers: dict[str, str] = field(default_factory=dict)
     blocked: str | None = None
-    alive_signs: set[str] = field(default_factory=set)
+    run_files: set[str] = field(default_factory=set)
     current: set[str] | None = None
 
 
@@ -169,7 +171,7 @@ def plan_retention(store: Store, keep_runs: int, keep_current: bool = False) -> 
     docstring)."""
     if keep_runs < 1:
         raise ValueError(f"--keep-runs must be 1 or more (0 would remove every published version), got {keep_runs}")
-    signs = alive_signs(store)  # before the records: a run that starts later shows up against it
+    seen = run_files(store)  # before the records: a run that starts later shows up against it
     records, extractions = run_records(store), extraction_records(store)
     alive = live_records(store, records + extractions)
     if alive:
@@ -179,7 +181,7 @@ def plan_retention(store: Store, keep_runs: int, keep_current: bool = False) -> 
     kept = newest_runs(records, keep_runs)
     if not kept:
         return RetentionPlan(blocked="no run published results, so none tells which versions to keep")
-    plan = RetentionPlan(kept_runs=[str(r.get("run_id")) for r in kept], alive_signs=signs)
+    plan = RetentionPlan(kept_runs=[str(r.get("run_id")) for r in kept], run_files=seen)
     starts = [epoch_seconds(r.get("started_at")) for r in kept]
     try:
         named = set().union(*(run_versions(r) for r in kept))
@@ -192,8 +194,8 @@ def plan_retention(store: Store, keep_runs: int, keep_current: bool = False) -> 
     versions, damaged = published_versions(store)
     recent = {key for key, manifest in versions.items() if _published_since(manifest, plan.since)}
     for record in extractions:  # published or reused for an alignment stage that may not have run yet
-        started = epoch_seconds(record.get("started_at"))
-        if started is None or started >= plan.since:
+        ran_until = epoch_seconds(record.get("finished_at")) or epoch_seconds(record.get("started_at"))
+        if ran_until is None or ran_until >= plan.since:
             recent |= extraction_versions(record)
     plan.keep = _closure(named | recent | damaged, versions)
     plan.remove = [key for box in REMOVAL_ORDER for key in sorted(versions) if key.startswith(box + "/") and key not in plan.keep]
@@ -247,18 +249,20 @@ def rendered_pointers(store: Store) -> dict[str, str]:
     return pointers
 
 
-def alive_signs(store: Store) -> set[str]:
-    """Keys of the runs' signs of life (``runs/alive/*.json``): a run writes its own before it
-    reads any version and removes it when it ends."""
-    folder = Store.key(layout.RUNS, ALIVE)
-    return {store.key_of(p) for p in store.glob(folder, "*.json")} if store.exists(folder) else set()
+def run_files(store: Store) -> set[str]:
+    """Keys of the run records (``runs/*.json``, ``runs/extractions/*.json``) and signs of life
+    (``runs/alive/*.json``), from one listing read afresh: a run writes its record and its sign
+    of life before it reads any version; the sign goes when it ends, the record stays (a run
+    that starts and ends between two looks leaves its record). A writer's temporary file
+    (``.<name>.tmp-...``) is not one."""
+    return {key for key in store.sizes(layout.RUNS) if key.endswith(".json") and not key.rsplit("/", 1)[-1].startswith(".")}
 
 
 def apply_retention(store: Store, plan: RetentionPlan, dry_run: bool = False, sizes: dict[str, int] | None = None,
                     on_removed: Callable[[str], None] | None = None) -> list[str]:
     """Remove (``dry_run``: only list) ``plan``'s versions and then its pointers; returns the keys
     removed. ``sizes`` receives key -> bytes of each, measured before its removal. A run that
-    starts meanwhile (a new sign of life) stops the removal: what it reuses is unknown. A version
+    starts meanwhile (a new record or sign of life, :func:`run_files`) stops the removal: what it reuses is unknown. A version
     that a writer is publishing again (its claim held) is left alone."""
     removed: list[str] = []
     if plan.blocked:
@@ -269,7 +273,7 @@ def apply_retention(store: Store, plan: RetentionPlan, dry_run: bool = False, si
         except FileNotFoundError:
             continue  # a pointer removed meanwhile
         if not dry_run:
-            if alive_signs(store) - plan.alive_signs:
+            if run_files(store) - plan.run_files:
                 plan.blocked = "a run started during gc: the other versions stay (run prh gc --keep-runs again after it)"
                 break
             if key in plan.remove:

@@ -393,3 +393,36 @@ def test_keep_current_needs_keep_runs(tmp_path, capsys):
     assert main(["gc", "--store", store.url, "--keep-current"]) == 2
     assert "--keep-current goes with --keep-runs N" in capsys.readouterr().err
     assert _versions(store) == before
+
+
+def test_a_long_extraction_stage_that_finished_after_the_kept_run_started_keeps_what_it_named(tmp_path, capsys):
+    """A GPU extraction stage that started before the newest run (a short run from the UI) and
+    finished after it: its alignment stage has not run yet, so what it named stays. gc counted
+    stages by their start only and removed its dataset and features (the alignment stage then
+    failed: dataset not stored)."""
+    store, keep = _nightly_store(str(tmp_path / "store"))
+    _extraction(store, "gpu-long", "COMPLETED", _day(3, 20), D1, {"vit": "fv1", "lm": "fl1"}, finished_at=_day(4, 5))
+    _extraction(store, "gpu-done-before", "COMPLETED", _day(3, 20), D2, {"vit": "fv2", "lm": "fl2"}, finished_at=_day(3, 23))
+    night1 = {layout.dataset_key(D1), layout.features_key(D1, "vit", "fv1"), layout.features_key(D1, "lm", "fl1"),
+              layout.rendered_dataset_key("recipe1")}
+    assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0
+    capsys.readouterr()
+    assert _versions(store) == keep | night1  # gpu-done-before ended before run-4: it keeps nothing more
+
+
+def test_a_run_that_starts_and_ends_during_gc_stops_the_removal(tmp_path):
+    """A run that started after gc planned and ended before gc next looked left no sign of life
+    (it removes its own at the end), and gc removed versions it had used; its record stays, and a
+    record gc did not see when it planned stops the removal as a sign of life does."""
+    from storage.run_retention import apply_retention, plan_retention
+
+    store, _ = _nightly_store(str(tmp_path / "store"))
+    plan = plan_retention(store, 1)
+
+    def a_run_comes_and_goes(key: str) -> None:
+        _run(store, "quick", "COMPLETED", _day(7, 1), _day(7, 2), D2, {"vit": "fv2", "lm": "fl2"}, [])
+
+    assert apply_retention(store, plan, on_removed=a_run_comes_and_goes) == plan.remove[:1]
+    assert plan.blocked.startswith("a run started during gc")
+    assert all(store.manifest(key) is not None for key in plan.remove[1:])
+    assert plan_retention(store, 1).run_files == plan.run_files | {layout.run_key("quick")}
