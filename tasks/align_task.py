@@ -442,6 +442,10 @@ def align_to_store(
         "seconds": round(seconds, 3),
     }
     published = store.publish(key, {layout.SCORES_FILE: scores, layout.BEST_FILE: best}, manifest)
+    if not published.written:  # another run published this version first: its copy is the store's
+        logger.info("%s x %s: %s was published by another run meanwhile; this run's copy is dropped and that one used",
+                    model_a, model_b, key)
+        return {**published.manifest, "reused": True}
     for r in results:
         logger.info("%s x %s: %s best %.4f at layers (%d, %d)%s", model_a, model_b, r.metric.label(), r.best, *r.best_layers,
                     f", chance {r.chance_level:.4f}" if r.chance_level is not None else "")

