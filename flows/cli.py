@@ -357,6 +357,7 @@ def _gc(args: argparse.Namespace) -> int:
 
     from storage.figure_cache import remove_old_figures, remove_stale_namespaces
     from storage.report_retention import remove_stale_reports
+    from storage.run_retention import CLOCK_SKEW_SECONDS
     from storage.runs import live_runs_since, mark_crashed_runs, open_for_run
     from storage.shards import remove_stale_partials
     from storage.store import DamagedManifest
@@ -387,7 +388,8 @@ def _gc(args: argparse.Namespace) -> int:
     report_bytes: dict[str, int] = {}
     reports = [] if args.keep_reports is None else \
         remove_stale_reports(store, args.keep_reports, dry_run=args.dry_run, sizes=report_bytes)
-    uploads = store.abandoned_uploads(args.older_than_days * 86400.0, dry_run=args.dry_run)
+    uploads = store.abandoned_uploads(args.older_than_days * 86400.0, dry_run=args.dry_run,  # not a live run's
+                                      keep_since=None if live_since is None else live_since - CLOCK_SKEW_SECONDS)
     verb = "would remove" if args.dry_run else "removed"
     version_bytes: dict[str, int] = {}
     retained = [] if args.keep_runs is None else _keep_runs(store, args.keep_runs, args.keep_current, args.dry_run, verb,

@@ -858,9 +858,12 @@ class Store:
                     continue  # another process's claim attempt, in flight
                 self.delete(f"{version_key}/{name}")
 
-    def abandoned_uploads(self, older_than_s: float, dry_run: bool = False) -> list[dict[str, Any]]:
+    def abandoned_uploads(self, older_than_s: float, dry_run: bool = False,
+                          keep_since: float | None = None) -> list[dict[str, Any]]:
         """Object stores: abort the multipart uploads under the store's root started more than
-        ``older_than_s`` seconds ago (nothing with ``dry_run``); returns ``{"key", "started"
+        ``older_than_s`` seconds ago, but for those started at or after ``keep_since`` (epoch
+        seconds: while a run is alive, what it may be uploading right now) (nothing with
+        ``dry_run``); returns ``{"key", "started"
         (epoch seconds), "bytes" (the parts uploaded so far)}`` of each. s3fs uploads a file of 100 MiB or more (a large model's shard)
         in parts; a process killed mid-upload leaves the parts stored, invisible to listings and
         billed, until the upload is aborted. Local stores have none."""
@@ -874,7 +877,7 @@ class Store:
                 page = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **markers)
                 for upload in page.get("Uploads", []) or []:
                     started = upload["Initiated"].timestamp()
-                    if time.time() - started > older_than_s:
+                    if time.time() - started > older_than_s and (keep_since is None or started < keep_since):
                         found.append({"key": self.key_of(f"{bucket}/{upload['Key']}"), "started": started,
                                       "upload_id": upload["UploadId"], "s3_key": upload["Key"]})
                 if not page.get("IsTruncated"):

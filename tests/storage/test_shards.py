@@ -4,6 +4,7 @@ same model finish at once (both remove the folder)."""
 from __future__ import annotations
 
 import threading
+import time
 
 from storage.shards import PARTIAL, remove_partial
 from storage.store import Store
@@ -50,6 +51,20 @@ def test_gc_aborts_uploads_a_killed_writer_left_on_s3(s3_store_url, capsys):
         return sorted(u["Key"] for u in store.fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", []))
 
     assert store.abandoned_uploads(1e12, dry_run=True) == []  # younger than the age asked: kept (could be live)
+    assert store.abandoned_uploads(0, dry_run=True, keep_since=0.0) == []  # started while a run was alive: kept
+    # a live run (started long ago, alive now: its process is this one, its heartbeat fresh): gc
+    # leaves the uploads it may be making; moto dates uploads years back, so the run starts earlier
+    from storage import layout
+    from storage.owner import current_owner
+    from storage.runs import RUN_HEARTBEAT_SECONDS, RUNNING, alive_key
+
+    store.write_json(layout.run_key("live"), {"run_id": "live", "status": RUNNING, "started_at": "2000-01-01T00:00:00+00:00",
+                                              "process": current_owner(), "heartbeat_s": RUN_HEARTBEAT_SECONDS})
+    store.write_json(alive_key("live"), {"run_id": "live", "heartbeat_at": time.time()})
+    assert main(["gc", "--store", s3_store_url, "--older-than-days", "0"]) == 0
+    assert "incomplete upload" not in capsys.readouterr().out and len(pending()) == 2
+    store.delete(alive_key("live"))
+    store.write_json(layout.run_key("live"), {"run_id": "live", "status": "COMPLETED", "started_at": "2000-01-01T00:00:00+00:00"})
     assert [u["bytes"] for u in store.abandoned_uploads(0, dry_run=True)] == [1000]  # its one part
     assert main(["gc", "--store", s3_store_url, "--older-than-days", "0", "--dry-run"]) == 0
     out = capsys.readouterr().out
