@@ -275,6 +275,13 @@ def print_summary(summary: dict[str, Any]) -> None:
 
     from tasks.report.tables import best_first, higher_is_better, rows_aligned
 
+    console = Console(width=160)
+    features = f"features extracted: {', '.join(summary['extracted']) or 'none'}; reused: {', '.join(summary['reused']) or 'none'}"
+    if not summary["best"]:  # a one-model zoo: alignment_best_latest is still an earlier run's
+        console.print(features)
+        console.print(f"features stored in {summary['store']} (run {summary['run_id']}); no model pairs were aligned")
+        console.print('query them: prh sql "select * from models_current"')
+        return
     table = Table(title=f"Best layer pair per metric (dataset {summary['dataset_version']}, N={rows_aligned(summary['best'])})")
     cross_modal = all((r.get("modality_a"), r.get("modality_b")) == ("vision", "language") for r in summary["best"])
     sides = ("vision", "language") if cross_modal else ("model A", "model B")  # pairs: all mixes modalities
@@ -295,12 +302,11 @@ def print_summary(summary: dict[str, Any]) -> None:
             "-" if row.get("q_value") is None else f"{row['q_value']:.3g}",
             end_section=index + 1 < len(rows) and rows[index + 1]["metric"] != row["metric"],
         )
-    console = Console(width=160)
     console.print(table)
     if any(row.get("ci_degenerate") for row in rows):
         console.print("* degenerate interval: the bootstrap subsamples piled up on a bound of the metric; it brackets the "
                       "score but does not measure its spread (ci_degenerate, docs/metrics.md)")
-    console.print(f"features extracted: {', '.join(summary['extracted']) or 'none'}; reused: {', '.join(summary['reused']) or 'none'}")
+    console.print(features)
     console.print(f"results stored in {summary['store']} (run {summary['run_id']})")
     console.print('query them: prh sql "select * from alignment_best_latest"  (the latest run\'s results; '
                   'alignment_best: the current result of every pair scored so far)')

@@ -270,13 +270,14 @@ def connect(
 
 
 #: The latest run with results, as a query over ``runs`` (one row, or none): ``COMPLETED``, or
-#: ``FAILED`` with some alignment versions published (a nightly run with one broken model still
-#: publishes every other pair), the last to finish first (a run without ``finished_at`` by its
+#: ``FAILED`` (a nightly run with one broken model still publishes every other pair), that lists
+#: some alignment versions (a run of a one-model zoo, features only, has no results to show), the
+#: last to finish first (a run without ``finished_at`` by its
 #: start). The one definition of "the latest run": the ``*_latest`` views use it, docs/queries.md
 #: repeats its conditions and order (tests/storage/test_queries.py checks), and ``prh report``'s
 #: default run (``tasks.report_source.select_run``, same conditions and order) must be this run
 #: (tests/storage/test_catalog_views.py checks).
-_RUN_HAS_RESULTS = "status = 'COMPLETED' OR (status = 'FAILED' AND len(coalesce(alignment_versions, [])) > 0)"
+_RUN_HAS_RESULTS = "status IN ('COMPLETED', 'FAILED') AND len(coalesce(alignment_versions, [])) > 0"
 _RUNS_LATEST_FIRST = "coalesce(finished_at, started_at) DESC, started_at DESC, run_id DESC"
 LATEST_RUN_SQL = f"SELECT * FROM runs WHERE {_RUN_HAS_RESULTS} ORDER BY {_RUNS_LATEST_FIRST} LIMIT 1"
 

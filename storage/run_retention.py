@@ -16,7 +16,9 @@ from, and removes every other published version:
 - kept: the dataset and feature versions named by every extraction stage (``prh-extract``, its
   record in ``runs/extractions/``) that ran since then (it finished, or started when it has no
   finish time, after that moment: a long GPU stage that started before a short run and finished
-  after it counts), published or reused: its alignment stage may not have run yet;
+  after it counts), published or reused: its alignment stage may not have run yet; and those
+  named by every ``COMPLETED`` run without results (a one-model zoo's run: features only) that
+  ran since then;
 - kept: a version whose manifest is damaged (not JSON, another version's, or a field of the
   wrong type: ``prh verify`` deals with it) and a manifest outside any version folder;
 - with ``keep_current`` (``--keep-current``), kept: the alignment versions behind the catalog's
@@ -81,9 +83,10 @@ class RetentionPlan:
 
 
 def published_results(record: dict[str, Any]) -> bool:
-    """Whether the run of ``record`` published results: ``COMPLETED``, or ``FAILED`` with some
-    alignment versions (the predicate of ``tasks.report_source.select_run``)."""
-    return record.get("status") == COMPLETED or (record.get("status") == FAILED and bool(record.get("alignment_versions")))
+    """Whether the run of ``record`` published results: ``COMPLETED`` or ``FAILED``, with some
+    alignment versions (the predicate of ``tasks.report_source.select_run``; a run of a
+    one-model zoo, features only, has none)."""
+    return record.get("status") in (COMPLETED, FAILED) and bool(record.get("alignment_versions"))
 
 
 def newest_runs(records: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -193,7 +196,10 @@ def plan_retention(store: Store, keep_runs: int, keep_current: bool = False) -> 
     plan.since = min(s for s in starts if s is not None) - CLOCK_SKEW_SECONDS
     versions, damaged = published_versions(store)
     recent = {key for key, manifest in versions.items() if _published_since(manifest, plan.since)}
-    for record in extractions:  # published or reused for an alignment stage that may not have run yet
+    features_only = [r for r in records if r.get("status") == COMPLETED and not published_results(r)]
+    for record in extractions + features_only:
+        # an extraction stage's versions are for an alignment stage that may not have run yet; a
+        # completed run of a one-model zoo produced features only
         ran_until = epoch_seconds(record.get("finished_at")) or epoch_seconds(record.get("started_at"))
         if ran_until is None or ran_until >= plan.since:
             recent |= extraction_versions(record)

@@ -46,7 +46,7 @@ def checked_statements(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
                     if kind == duckdb.StatementType.INVALID else f"{kind.name} statements are")
             raise ReadOnlyQueryError(
                 f"the catalog is read-only: {what} not allowed "
-                f"(only SELECT, WITH, FROM, DESCRIBE, SUMMARIZE, SHOW and EXPLAIN of a query); refused: "
+                f"(only SELECT, WITH, FROM, DESCRIBE, SUMMARIZE, SHOW, PIVOT ... IN and EXPLAIN of a query); refused: "
                 f"{_short(statement.query)}"
             )
         hidden = _hidden_write(con, explained[0].query)

@@ -402,6 +402,11 @@ def test_the_run_summary_prints_a_best_row_without_a_score(capsys):
     print_summary({"dataset_version": "d", "best": [row, flagged], "extracted": [], "reused": [], "store": "s", "run_id": "r2"})
     shown = capsys.readouterr().out
     assert "0.500-0.500*" in shown and "* degenerate interval: the bootstrap subsamples piled up" in shown
+    # a one-model zoo (features only): no empty table, and no pointer to an earlier run's results
+    print_summary({"dataset_version": "d", "best": [], "extracted": ["vit"], "reused": [], "store": "s", "run_id": "r3"})
+    shown = capsys.readouterr().out
+    assert "Best layer pair" not in shown and "alignment_best_latest" not in shown
+    assert "no model pairs were aligned" in shown and 'prh sql "select * from models_current"' in shown
 
 
 def test_the_run_summary_lists_a_lower_is_better_metric_most_aligned_first(capsys):

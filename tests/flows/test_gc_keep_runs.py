@@ -426,3 +426,15 @@ def test_a_run_that_starts_and_ends_during_gc_stops_the_removal(tmp_path):
     assert plan.blocked.startswith("a run started during gc")
     assert all(store.manifest(key) is not None for key in plan.remove[1:])
     assert plan_retention(store, 1).run_files == plan.run_files | {layout.run_key("quick")}
+
+
+def test_a_features_only_run_neither_displaces_the_kept_run_nor_loses_its_features(tmp_path, capsys):
+    """A run of a one-model zoo ends COMPLETED with features only: it took the slot of `--keep-runs
+    1`'s newest run with results (every alignment version but those published in the last 15
+    minutes was removed). It is no run with results; the features it used stay."""
+    store, keep = _nightly_store(str(tmp_path / "store"))
+    _run(store, "vit-alone", "COMPLETED", _day(7, 1), _day(7, 2), D1, {"vit": "fv1"}, [])
+    assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0
+    assert "those of run(s) run-4," in capsys.readouterr().out
+    assert _versions(store) == keep | {layout.dataset_key(D1), layout.features_key(D1, "vit", "fv1"),
+                                       layout.rendered_dataset_key("recipe1")}

@@ -64,21 +64,22 @@ def test_examples_of_an_image_level_alignment_are_images():
 def test_default_run_is_the_latest_that_published_results() -> None:
     """``prh report`` without ``--run`` (docs/report.md, "Which rows"): the latest run by finish
     time that is COMPLETED, or FAILED with alignment results; not a FAILED run that published
-    none, not a RUNNING one."""
+    none, not a COMPLETED run of a one-model zoo (features only: it was taken, and the report and
+    alignment_best_latest showed nothing), not a RUNNING one."""
     from tasks.report_source import select_run
 
     con = duckdb.connect()
     runs = pa.table({
-        "run_id": ["done", "partly-failed", "failed-empty", "running"],
-        "status": ["COMPLETED", "FAILED", "FAILED", "RUNNING"],
-        "alignment_versions": pa.array([["a/1"], ["a/2"], [], ["a/3"]], pa.list_(pa.string())),
-        "started_at": ["2026-01-01T00:00", "2026-01-02T00:00", "2026-01-03T00:00", "2026-01-04T00:00"],
-        "finished_at": ["2026-01-01T01:00", "2026-01-02T01:00", "2026-01-03T01:00", None],
+        "run_id": ["done", "partly-failed", "failed-empty", "features-only", "running"],
+        "status": ["COMPLETED", "FAILED", "FAILED", "COMPLETED", "RUNNING"],
+        "alignment_versions": pa.array([["a/1"], ["a/2"], [], [], ["a/3"]], pa.list_(pa.string())),
+        "started_at": ["2026-01-01T00:00", "2026-01-02T00:00", "2026-01-03T00:00", "2026-01-03T05:00", "2026-01-04T00:00"],
+        "finished_at": ["2026-01-01T01:00", "2026-01-02T01:00", "2026-01-03T01:00", "2026-01-03T06:00", None],
     })
     con.register("runs", runs)
     assert select_run(con)["run_id"] == "partly-failed"
     con.unregister("runs")
-    con.register("runs", runs.slice(2))  # a FAILED run without results, a RUNNING one
+    con.register("runs", runs.slice(2))  # a FAILED run without results, a features-only one, a RUNNING one
     with pytest.raises(ValueError, match="no run that published results"):
         select_run(con)
 
