@@ -639,7 +639,7 @@ class Store:
                         if existing is not None:
                             return Published(version_key, existing, written=False)
                         owner = json.loads(token)["owner"]
-                        self._remove_unpublished_files(version_key, owner)  # a dead writer's (its temporary files too)
+                        self._remove_unpublished_files(version_key, owner, beat.check)  # a dead writer's (temporary files too)
                         try:
                             written = self._write_version(version_key, files, manifest, row_group_size, beat.check)
                         except _ClaimLost:
@@ -844,18 +844,25 @@ class Store:
                     self.delete(key)
         return found
 
-    def _remove_unpublished_files(self, version_key: str, owner: str | None = None) -> None:
+    def _remove_unpublished_files(self, version_key: str, owner: str | None = None,
+                                  still_ours: Callable[[], None] = lambda: None) -> None:
         """Delete the files directly in an unpublished version's folder (data files, temporary
         files of a killed writer, dead writers' signs of life), keeping the claim, ``owner``'s
         sign of life and the resumable shards under ``_partial/``. Only called while holding the
-        version's claim."""
+        version's claim; ``still_ours`` (raises ``_ClaimLost``) runs before each removal. A
+        folder that holds a manifest is a published version (a writer that stalled here was
+        taken over, and the new writer published): nothing in it is removed."""
         keep = {CLAIM, HEARTBEAT_PREFIX + owner if owner else CLAIM}
         with contextlib.suppress(FileNotFoundError):
             self.fs.invalidate_cache(self.path(version_key))
-            for entry in self.fs.ls(self.path(version_key), detail=True):
-                name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            entries = self.fs.ls(self.path(version_key), detail=True)
+            names = [(entry, entry["name"].rstrip("/").rsplit("/", 1)[-1]) for entry in entries]
+            if any(name == MANIFEST for _, name in names):
+                return
+            for entry, name in names:
                 if entry.get("type") != "file" or name in keep or _claim_attempt_in_flight(entry):
                     continue  # another process's claim attempt, in flight
+                still_ours()
                 self.delete(f"{version_key}/{name}")
 
     def abandoned_uploads(self, older_than_s: float, dry_run: bool = False,
@@ -915,9 +922,22 @@ class Store:
                 listing[name]["schema"] = fingerprint  # lets the catalog skip the footers of like files
             del data
         full = {**manifest, "key": version_key, "files": listing, "published_at": utc_now()}
+        data = json.dumps(full, indent=2, sort_keys=True, default=str).encode("utf-8")
         still_ours()
-        self.write_json(f"{version_key}/{MANIFEST}", full)
+        # created only if absent: a writer that stalled past its claim's takeover cannot replace
+        # the manifest of the writer that took over (its own would list files it no longer has)
+        if not self.create_exclusive(f"{version_key}/{MANIFEST}", data) and self._manifest_bytes(version_key) != data:
+            raise _ClaimLost(version_key)  # equal bytes: our own conditional PUT, retried after a lost response
         return full
+
+    def _manifest_bytes(self, version_key: str) -> bytes | None:
+        """The stored manifest file of a version, read afresh; None when there is none."""
+        path = self.path(f"{version_key}/{MANIFEST}")
+        self.fs.invalidate_cache(path)
+        try:
+            return self.read_bytes(f"{version_key}/{MANIFEST}")
+        except FileNotFoundError:
+            return None
 
 
 class _ClaimLost(Exception):

@@ -170,3 +170,50 @@ def test_an_owner_id_from_a_claim_file_never_names_another_path(tmp_path):
     store.write_bytes(f"x/v/{CLAIM}", claim)
     assert store._drop_if_stale(f"x/v/{CLAIM}", 60.0) and not store.exists(f"x/v/{CLAIM}")  # stale: taken over
     assert store.read_bytes("x/keep.bin") == b"keep"  # and nothing else removed
+
+
+def test_a_stalled_writer_never_replaces_the_manifest_of_the_writer_that_took_over(store_url, monkeypatch):
+    """A writer that passed its last claim check, stalled, and wrote its manifest after another
+    writer had taken over and published: its manifest replaced the new one, listing files the
+    folder no longer held (prh verify: DAMAGED). A manifest is now created only if absent: the
+    stalled writer returns the new writer's version."""
+    store = Store(store_url)
+    real_check = store_module._Heartbeat.check
+    calls = []
+
+    def check_then_stall(beat):  # the check before the manifest passes; then the other writer publishes
+        real_check(beat)
+        calls.append(1)
+        if len(calls) == 3:  # a.bin, b.bin, then the manifest's
+            other = Store(store_url)
+            other.delete("x/v/b.bin")
+            other.write_bytes("x/v/a.bin", b"2")
+            other.write_json("x/v/manifest.json", {"writer": 2, "key": "x/v",
+                                                   "files": {"a.bin": {"bytes": 1, "sha256": hashlib.sha256(b"2").hexdigest()}}})
+
+    monkeypatch.setattr(store_module._Heartbeat, "check", check_then_stall)
+    result = store.publish("x/v", {"a.bin": b"1", "b.bin": b"1"}, {"writer": 1})
+    assert result.written is False and result.manifest["writer"] == 2
+    assert Store(store_url).manifest("x/v")["writer"] == 2 and Store(store_url).read_bytes("x/v/a.bin") == b"2"
+
+
+def test_a_stalled_writer_never_removes_a_published_versions_files(store_url):
+    """A writer that took over a dead writer's claim lists the leftovers to remove them; if it
+    stalls there and is taken over in turn, the writer after it publishes. Resumed, it removed
+    the published files it had listed (and could remove the manifest too). Its removal stops at
+    a lost claim, and never touches a folder that holds a manifest."""
+    store = Store(store_url)
+    store.publish("x/v", {"a.bin": b"2", "b.bin": b"2"}, {"writer": 2})
+    store._remove_unpublished_files("x/v", "someone")  # a manifest: a published version, nothing removed
+    assert store.manifest("x/v")["writer"] == 2 and store.read_bytes("x/v/a.bin") == b"2"
+    store.write_bytes("y/v/a.bin", b"leftover")
+    store.write_bytes("y/v/b.bin", b"leftover")
+
+    def lost() -> None:
+        raise store_module._ClaimLost("y/v/.publishing")
+
+    with pytest.raises(store_module._ClaimLost):
+        store._remove_unpublished_files("y/v", "someone", lost)
+    assert store.exists("y/v/a.bin") and store.exists("y/v/b.bin")  # taken over: not one file removed
+    store._remove_unpublished_files("y/v", "someone")
+    assert not store.exists("y/v/a.bin") and not store.exists("y/v/b.bin")

@@ -155,16 +155,16 @@ def test_a_run_republishing_during_remove_version_keeps_its_files(tmp_path, monk
     store = Store(str(tmp_path / "store"))
     key = "datasets/d1"
     table = pa.table({"sample_id": ["a", "b"], "text": ["x", "y"]})
-    original, outcomes = Store.write_bytes, []
+    original, outcomes = Store.create_exclusive, []
 
-    def write_bytes(self, k, data):
+    def create_exclusive(self, k, data):  # how a manifest is written: only if absent
         if k == f"{key}/{MANIFEST}":
             outcomes.append(remove_version(Store(store.url), key))
         return original(self, k, data)
 
-    monkeypatch.setattr(Store, "write_bytes", write_bytes)
+    monkeypatch.setattr(Store, "create_exclusive", create_exclusive)
     assert store.publish(key, {"samples.parquet": table}, {"kind": "dataset"}).written
-    monkeypatch.setattr(Store, "write_bytes", original)
+    monkeypatch.setattr(Store, "create_exclusive", original)
     assert outcomes == [False]
     [check] = verify_store(store)
     assert check.ok and check.files == 1 and not store.exists(f"{key}/.publishing")
