@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import os
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,17 +74,28 @@ def write_report(
         check_pair(data.best.to_pylist(), pair, str(data.run.get("run_id")))
     report = build_report(data, formats=formats, cache=StoreFigureCache(results))
     files = report.files()
-    for relative, content in files.items():
+    for relative, content in sorted(files.items(), key=lambda item: item[0] == REPORT_FILE):  # the page last
         target = out / relative
         if not target.resolve().is_relative_to(out.resolve()):
             raise ValueError(f"report file {relative!r} would be written outside {str(out)!r}")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(content)
+            _replace_file(target, content)
         except OSError as error:  # a disk that is full or read-only, a folder that changed meanwhile
             raise ValueError(f"report folder {str(out)!r}: cannot write {relative}: {error.strerror or error}") from None
     remove_stale_figures(out, set(files))
     return out / REPORT_FILE, report
+
+
+def _replace_file(target: Path, content: bytes) -> None:
+    """Write ``target`` whole or not at all: a temporary file beside it, renamed over it (a reader,
+    or a second ``prh report`` into the same folder, never sees half a page or a mix)."""
+    temporary = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        temporary.write_bytes(content)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def remove_stale_figures(out: Path, written: set[str]) -> list[str]:

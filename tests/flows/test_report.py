@@ -289,3 +289,26 @@ def test_a_report_of_a_copied_store_names_the_store_it_read(store, tmp_path):
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert f"store: <code>{Store(str(copy)).display_url}</code>" in page
     assert f"run&#x27;s store: <code>{Store(store[0]).display_url}</code>" in page
+
+
+def test_a_report_that_fails_to_write_leaves_the_earlier_page_whole(store, tmp_path, capsys, monkeypatch):
+    """The page was written in place: a full disk (or a second report into the same folder) left
+    half a page. Each file is written beside itself and renamed over; the page comes last."""
+    out = tmp_path / "out"
+    assert main(["report", "--store", store[0], "--out", str(out)]) == 0
+    page = (out / "report.html").read_bytes()
+    written: list[str] = []
+    real_write = Path.write_bytes
+
+    def write_bytes(path: Path, data: bytes) -> int:
+        written.append(path.name)
+        if path.name.startswith(".report.html"):
+            real_write(path, data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+        return real_write(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    assert main(["report", "--store", store[0], "--out", str(out)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert (out / "report.html").read_bytes() == page and not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert written[-1].startswith(".report.html") and len(written) > 1  # the figures first, the page last
