@@ -169,10 +169,36 @@ def mark_crashed_runs(store: Store, dry_run: bool = False) -> list[str]:
 
 def live_records(store: Store, records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The records of the runs that may still be running (``RUNNING``, not known gone:
-    :func:`gone_reason`) among ``records`` (default: every pipeline run and extraction stage)."""
+    :func:`gone_reason`; or :func:`resumed`) among ``records`` (default: every pipeline run and
+    extraction stage)."""
     if records is None:
         records = run_records(store) + extraction_records(store)
-    return [r for r in records if r.get("status") == RUNNING and gone_reason(store, r) is None]
+    beating = _beating_runs(store) if any(r.get("status") == CRASHED for r in records) else set()
+    return [r for r in records if (r.get("status") == RUNNING and gone_reason(store, r) is None)
+            or (str(r.get("run_id")) in beating and resumed(store, r))]
+
+
+def _beating_runs(store: Store) -> set[str]:
+    """Ids of the runs with a sign of life (``runs/alive/<run_id>.json``), from one listing."""
+    folder = Store.key(layout.RUNS, ALIVE)
+    if not store.exists(folder):
+        return set()
+    return {store.key_of(path).rsplit("/", 1)[-1].removesuffix(".json") for path in store.glob(folder, "*.json")}
+
+
+def resumed(store: Store, record: dict[str, Any], now: float | None = None) -> bool:
+    """Whether the run of a ``CRASHED`` record is beating again: marked for its silence (a process
+    stopped for longer than ``STALE_RUN_SECONDS``: a suspended machine, SIGSTOP) and then resumed,
+    it writes its sign of life again (marking it removed the old one) and will write its end.
+    Until then it is a live run: what it may be writing or reusing is not cleaned up."""
+    if record.get("status") != CRASHED:
+        return False
+    try:
+        beat = float(store.read_json(alive_key(str(record.get("run_id"))))["heartbeat_at"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return False
+    marked = epoch_seconds(record.get("marked_crashed_at")) or 0.0
+    return beat > marked and (time.time() if now is None else now) - beat <= STALE_RUN_SECONDS
 
 
 def live_runs_since(store: Store) -> float | None:

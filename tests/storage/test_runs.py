@@ -158,3 +158,19 @@ def test_a_run_that_finished_while_gc_looked_is_not_marked_crashed(tmp_path, mon
     finished = store.read_json(layout.run_key("finishing"))
     assert finished["status"] == "COMPLETED" and finished["alignment_versions"] == ["alignment/d/a__b/v1"]
     assert store.read_json(layout.run_key("dead"))["status"] == CRASHED
+
+
+def test_a_run_marked_crashed_that_beats_again_is_live(tmp_path):
+    """A process stopped for longer than the silence limit (a suspended machine) is marked
+    CRASHED; resumed, its heartbeat writes its sign of life again and it will write its end. gc
+    took it for dead meanwhile (no cleanup guard); it counts as live while it beats."""
+    store = Store(str(tmp_path / "store"))
+    marked = datetime.now(timezone.utc) - timedelta(minutes=3)
+    record = {**_running("sleeper", STALE_RUN_SECONDS / 60 + 30), "status": CRASHED, "marked_crashed_at": marked.isoformat()}
+    store.write_json(layout.run_key("sleeper"), record)
+    assert live_records(store) == []  # marked, no sign of life since
+    store.write_json(alive_key("sleeper"), {"run_id": "sleeper", "heartbeat_at": marked.timestamp() - 60})
+    assert live_records(store) == []  # a sign older than the marking: the one marking removes, left by a failed delete
+    store.write_json(alive_key("sleeper"), {"run_id": "sleeper", "heartbeat_at": time.time()})
+    assert [r["run_id"] for r in live_records(store)] == ["sleeper"] and live_runs_since(store) is not None
+    assert mark_crashed_runs(store) == []  # not RUNNING: nothing to mark again
