@@ -426,13 +426,15 @@ def _gc(args: argparse.Namespace) -> int:
     for version in swept:
         _say(f"{verb} the unpublished files of {version} (its writer died), {_megabytes(swept_bytes.get(version, 0))}")
     for key, size in attempts.items():
-        _say(f"{verb} {key}: a claim attempt's temporary file (its writer was killed taking the claim), {size:,} bytes")
+        what = ("a manifest's temporary file (its writer was killed publishing)" if key.rsplit("/", 1)[-1].startswith(".manifest")
+                else "a claim attempt's temporary file (its writer was killed taking the claim)")
+        _say(f"{verb} {key}: {what}, {size:,} bytes")
     parts = [(len(partials), "shard folder(s)", sum(entry["bytes"] for entry in partials)),
              (len(figures), "figure cache namespace(s) of older report code", sum(figure_bytes.values())),
              (len(old_figures), "cached report figure(s) older than --older-than-days", sum(old_figures.values())),
              (len(reports), "run report(s)", sum(report_bytes.values())),
              (len(swept), "unpublished version(s) of dead writers", sum(swept_bytes.get(v, 0) for v in swept)),
-             (len(attempts), "claim attempt file(s) of dead writers", sum(attempts.values())),
+             (len(attempts), "claim attempt or manifest temporary file(s) of dead writers", sum(attempts.values())),
              (len(uploads), "incomplete upload(s)", sum(upload["bytes"] for upload in uploads)),
              (len(versions), "published version(s) no kept run uses", sum(version_bytes[k] for k in versions)),
              (len(pointers), "rendered-dataset pointer(s) to removed datasets", sum(version_bytes[k] for k in pointers))]

@@ -370,22 +370,28 @@ class Store:
             self._drop_if_stale(claim_key, stale_after_s)
             if not self.create_exclusive(claim_key, token):
                 return False
+        owner = json.loads(token)["owner"]
         unpublished = False
         try:
-            self.delete(f"{version_key}/{MANIFEST}")
-            unpublished = True
-            rest = [self.path(key) for key in self.sizes(version_key) if key != claim_key]
-            if rest:
-                with self._reading(version_key):
-                    self.fs.rm(rest)  # one request per 1,000 objects on S3
+            with _Heartbeat(self, claim_key, token, min(CLAIM_HEARTBEAT_SECONDS, stale_after_s / 4)) as beat:
+                self.delete(f"{version_key}/{MANIFEST}")
+                unpublished = True
+                ours = {claim_key, _heartbeat_key(claim_key, owner)}
+                rest = [self.path(key) for key in self.sizes(version_key) if key not in ours]
+                if rest:
+                    beat.check()  # stalled past the limit and taken over: what is there now is the new writer's
+                    with self._reading(version_key):
+                        self.fs.rm(rest)  # one request per 1,000 objects on S3
+        except _ClaimLost:
+            return False  # a run publishing the version again took the claim over: its files stay
         except BaseException:
             if unpublished:
-                _ABANDONED_CLAIMS.add(json.loads(token)["owner"])
+                _ABANDONED_CLAIMS.add(owner)
             else:
-                self.delete(claim_key)
+                self._release(claim_key, token)
             raise
         else:
-            self.delete(claim_key)
+            self._release(claim_key, token)
         finally:
             self._forget_listings(self.path(version_key))
         if self.is_local:
@@ -646,7 +652,7 @@ class Store:
                             raise
                         except BaseException:  # disk full, endpoint gone, interrupted: leave no data files
                             with contextlib.suppress(Exception):  # down: the claim stays too, for sweep_abandoned
-                                self._remove_unpublished_files(version_key, owner)
+                                self._remove_unpublished_files(version_key, owner, beat.check)  # taken over: not ours
                             raise
                         return Published(version_key, written, written=True)
                 except _ClaimLost:
@@ -794,16 +800,20 @@ class Store:
                 before = self._sweepable_bytes(version_key) if sizes is not None else 0  # the claim included
                 if not self._drop_if_stale(claim_key, stale_after_s):
                     continue
-                if not self.create_exclusive(claim_key, _claim_token()):
+                token = _claim_token()
+                if not self.create_exclusive(claim_key, token):
                     continue  # a live writer claimed it in the meantime
                 try:
-                    if not self._has_manifest_file(version_key):
-                        self._remove_unpublished_files(version_key)
-                        swept.append(version_key)
-                        if sizes is not None:
-                            sizes[version_key] = before
+                    with _Heartbeat(self, claim_key, token, min(CLAIM_HEARTBEAT_SECONDS, stale_after_s / 4)) as beat:
+                        if not self._has_manifest_file(version_key):
+                            self._remove_unpublished_files(version_key, json.loads(token)["owner"], beat.check)
+                            swept.append(version_key)
+                            if sizes is not None:
+                                sizes[version_key] = before
+                except _ClaimLost:
+                    continue  # stalled past the limit and taken over: the new writer's files stay
                 finally:
-                    self.delete(claim_key)
+                    self._release(claim_key, token)
                 if self.is_local and version_key in swept:
                     with contextlib.suppress(OSError):
                         os.rmdir(self.path(version_key))  # empty unless resumable shards (_partial/) remain
@@ -824,7 +834,8 @@ class Store:
     def remove_dead_claim_attempts(self, prefixes: tuple[str, ...] = ("datasets", "features", "alignment"),
                                    stale_after_s: float = STALE_CLAIM_SECONDS, dry_run: bool = False) -> dict[str, int]:
         """Remove the temporary files of claim attempts (``..publishing.tmp-<uuid>``, local disks:
-        :meth:`create_exclusive` links one to the claim, then unlinks it) and of claim heartbeats
+        :meth:`create_exclusive` links one to the claim, then unlinks it), of manifests (``.manifest.json.tmp-<uuid>``,
+        created the same way) and of claim heartbeats
         (``..publishing-alive-<owner>.tmp-<uuid>``, renamed over the sign of life) written more than
         ``stale_after_s`` ago, published versions' folders included: a writer killed between
         writing and unlinking or renaming one left it for good (one in flight lives milliseconds).
@@ -835,9 +846,11 @@ class Store:
         for prefix in prefixes:
             if not self.fs.exists(self.path(prefix)):
                 continue
-            for path, entry in sorted(self.glob(prefix, f"**/.{CLAIM}*.tmp-*", detail=True).items()):
-                if entry.get("type") != "file" or _claim_attempt_in_flight(entry, stale_after_s):
-                    continue
+            leftovers = {**self.glob(prefix, f"**/.{CLAIM}*.tmp-*", detail=True),
+                         **self.glob(prefix, f"**/.{MANIFEST}{TEMP_INFIX}*", detail=True)}
+            for path, entry in sorted(leftovers.items()):
+                if entry.get("type") != "file" or time.time() - modified_at(entry) <= stale_after_s:
+                    continue  # in flight
                 key = self.key_of(path)
                 found[key] = int(entry.get("size") or 0)
                 if not dry_run:
@@ -927,7 +940,11 @@ class Store:
         # created only if absent: a writer that stalled past its claim's takeover cannot replace
         # the manifest of the writer that took over (its own would list files it no longer has)
         if not self.create_exclusive(f"{version_key}/{MANIFEST}", data) and self._manifest_bytes(version_key) != data:
-            raise _ClaimLost(version_key)  # equal bytes: our own conditional PUT, retried after a lost response
+            # (equal bytes: our own conditional PUT, retried after a lost response.) Another's: if
+            # the claim is no longer ours, that writer's stands; if it still is, a writer that
+            # stalled before its manifest landed it while we wrote: it lists files we replaced
+            still_ours()
+            self.write_bytes(f"{version_key}/{MANIFEST}", data)
         return full
 
     def _manifest_bytes(self, version_key: str) -> bytes | None:

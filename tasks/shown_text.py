@@ -6,20 +6,29 @@ image, raw HTML or a table cell). Pure functions; they know nothing of where the
 from __future__ import annotations
 
 import re
+import unicodedata
 
 #: Characters Markdown (and the HTML it may carry) gives a meaning to; ``_`` is left as written
 #: (names are full of it, and inside a word CommonMark does not read it as emphasis).
 _MARKDOWN_SYNTAX = re.compile(r"([\\`*{}\[\]()<>#+!|~])")
 
 
+#: Characters Python does not call printable that are shown as they are: spaces other than ' '
+#: (no-break, ideographic: category Zs) and the joiners inside emoji and Indic words (ZWNJ, ZWJ).
+_SHOWN_AS_IS = frozenset("\u200c\u200d")
+
+
 def for_terminal(text: object) -> str:
-    """``text`` as one printable line: every character Python does not call printable (C0/C1
-    controls such as ESC, line and paragraph separators, zero-width and bidirectional format
-    characters) written as its backslash escape (``\\x1b``, ``\\u202e``); the rest unchanged."""
+    """``text`` as one printable line: every character that could act on a terminal or hide
+    (C0/C1 controls such as ESC, line and paragraph separators, zero-width and bidirectional
+    format characters, surrogates, private-use and unassigned code points) written as its
+    backslash escape (``\\x1b``, ``\\u202e``); the rest unchanged, spaces such as a no-break
+    space and the joiners of emoji sequences included."""
     value = str(text)
     if value.isprintable():
         return value
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in value)
+    return "".join(c if c.isprintable() or c in _SHOWN_AS_IS or unicodedata.category(c) == "Zs"
+                   else c.encode("unicode_escape").decode("ascii") for c in value)
 
 
 def for_terminal_lines(text: object) -> str:

@@ -181,11 +181,12 @@ def test_a_stalled_writer_never_replaces_the_manifest_of_the_writer_that_took_ov
     real_check = store_module._Heartbeat.check
     calls = []
 
-    def check_then_stall(beat):  # the check before the manifest passes; then the other writer publishes
+    def check_then_stall(beat):  # the check before the manifest passes; then the other writer takes over and publishes
         real_check(beat)
         calls.append(1)
         if len(calls) == 3:  # a.bin, b.bin, then the manifest's
             other = Store(store_url)
+            other.write_bytes(f"x/v/{CLAIM}", _foreign_claim())
             other.delete("x/v/b.bin")
             other.write_bytes("x/v/a.bin", b"2")
             other.write_json("x/v/manifest.json", {"writer": 2, "key": "x/v",
@@ -217,3 +218,89 @@ def test_a_stalled_writer_never_removes_a_published_versions_files(store_url):
     assert store.exists("y/v/a.bin") and store.exists("y/v/b.bin")  # taken over: not one file removed
     store._remove_unpublished_files("y/v", "someone")
     assert not store.exists("y/v/a.bin") and not store.exists("y/v/b.bin")
+
+
+def _foreign_claim() -> bytes:
+    return json.dumps({"owner": "someone-else", "claimed_at": time.time(), "process": {"host": "elsewhere", "pid": 1}}).encode()
+
+
+def test_the_claim_holder_replaces_a_manifest_a_stalled_writer_landed_meanwhile(store_url, monkeypatch):
+    """A writer that passed its last check before its manifest, stalled, and was taken over,
+    landed its manifest while the new holder was still writing (none existed yet): it listed the
+    files the holder then replaced. The holder, whose claim it still is, publishes its own."""
+    store = Store(store_url)
+    real_check = store_module._Heartbeat.check
+    calls = []
+
+    def stalled_writer_lands_its_manifest(beat):
+        real_check(beat)
+        calls.append(1)
+        if len(calls) == 2:  # after a.bin, before b.bin: the stalled writer's manifest appears
+            Store(store_url).write_json("features/d/m/v/manifest.json", {"writer": 1, "key": "features/d/m/v", "files": {
+                "a.bin": {"bytes": 1, "sha256": hashlib.sha256(b"1").hexdigest()}}})
+
+    monkeypatch.setattr(store_module._Heartbeat, "check", stalled_writer_lands_its_manifest)
+    result = store.publish("features/d/m/v", {"a.bin": b"2", "b.bin": b"2"}, {"writer": 2})
+    assert result.written and Store(store_url).manifest("features/d/m/v")["writer"] == 2
+    from storage.verify import verify_store
+
+    assert [c.problems for c in verify_store(Store(store_url))] == [[]]
+
+
+def test_a_writer_taken_over_leaves_the_new_writers_files_when_its_write_fails(store_url, monkeypatch):
+    """Cut off past the limit and taken over, a writer's next write fails when the network comes
+    back; its clean-up removed every file in the folder but its own claim: the new writer's data
+    files, which the new writer's manifest then listed as present."""
+    store = Store(store_url)
+    real_write = Store.write_bytes
+
+    def write_bytes(self, key, data):
+        if key == "x/v/b.bin":
+            other = Store(store_url)
+            other.write_bytes(f"x/v/{CLAIM}", _foreign_claim())
+            real_write(other, "x/v/a.bin", b"new writer")
+            raise OSError(104, "Connection reset by peer")
+        return real_write(self, key, data)
+
+    monkeypatch.setattr(Store, "write_bytes", write_bytes)
+    with pytest.raises(OSError):
+        store.publish("x/v", {"a.bin": b"old", "b.bin": b"old"}, {"writer": 1})
+    monkeypatch.setattr(Store, "write_bytes", real_write)
+    assert Store(store_url).read_bytes("x/v/a.bin") == b"new writer" and Store(store_url).exists(f"x/v/{CLAIM}")
+
+
+def test_gc_stalled_past_the_limit_removes_nothing_of_the_writer_that_took_over(store_url, monkeypatch):
+    """prh gc removing a dead writer's leftovers (sweep) or a version (--keep-runs, --remove-damaged)
+    holds the claim without a sign of life: stalled past the limit, it was taken over, and on
+    resuming it removed the files it had listed, the new writer's. It beats and checks now."""
+    store = Store(store_url)
+    store.write_json(f"y/v/{CLAIM}", {"owner": "dead", "claimed_at": 0, "process": {"host": "elsewhere", "pid": 1}})
+    store.write_bytes("y/v/a.bin", b"dead writer's")
+    real_has_manifest = Store._has_manifest_file
+
+    def taken_over_meanwhile(self, key):
+        other = Store(store_url)
+        other.write_bytes(f"{key}/{CLAIM}", _foreign_claim())
+        other.write_bytes(f"{key}/a.bin", b"new writer")
+        return real_has_manifest(self, key)
+
+    monkeypatch.setattr(Store, "_has_manifest_file", taken_over_meanwhile)
+    assert store.sweep_abandoned(("y",), stale_after_s=1.0) == []
+    assert Store(store_url).read_bytes("y/v/a.bin") == b"new writer"
+    assert json.loads(Store(store_url).read_bytes(f"y/v/{CLAIM}"))["owner"] == "someone-else"
+    monkeypatch.setattr(Store, "_has_manifest_file", real_has_manifest)
+
+    store.publish("z/v", {"a.bin": b"1"}, {"writer": 1})
+    real_sizes = Store.sizes
+
+    def republished_meanwhile(self, prefix):
+        if prefix == "z/v":
+            other = Store(store_url)
+            other.write_bytes(f"z/v/{CLAIM}", _foreign_claim())
+            other.write_bytes("z/v/a.bin", b"2")
+        return real_sizes(self, prefix)
+
+    monkeypatch.setattr(Store, "sizes", republished_meanwhile)
+    assert store.unpublish("z/v") is False
+    monkeypatch.setattr(Store, "sizes", real_sizes)
+    assert Store(store_url).read_bytes("z/v/a.bin") == b"2"

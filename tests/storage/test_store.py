@@ -229,3 +229,19 @@ def test_runs_starting_together_both_find_the_store_writable(tmp_path):
     probers = [subprocess.Popen([sys.executable, "-c", loop, url], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     assert [int(p.communicate(timeout=120)[0]) for p in probers] == [0, 0]
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == []  # no probe and no folder left
+
+
+def test_a_manifest_temporary_file_of_a_killed_writer_is_removed_by_gc(tmp_path):
+    """A local manifest is created by linking a temporary file to its name; a writer killed
+    between the link and the unlink left `.manifest.json.tmp-*` in a published folder for good."""
+    import os
+    import time
+
+    store = Store(str(tmp_path / "store"))
+    store.publish("features/d/m/v", {"a.bin": b"1"}, {"kind": "t"})
+    store.write_bytes("features/d/m/v/.manifest.json.tmp-0123", b"{}")
+    store.write_bytes("features/d/m/v/.manifest.json.tmp-4567", b"{}")  # in flight: fresh
+    old = time.time() - 3600
+    os.utime(store.path("features/d/m/v/.manifest.json.tmp-0123"), (old, old))
+    assert store.remove_dead_claim_attempts() == {"features/d/m/v/.manifest.json.tmp-0123": 2}
+    assert store.exists("features/d/m/v/.manifest.json.tmp-4567") and store.manifest("features/d/m/v") is not None

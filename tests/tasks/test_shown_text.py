@@ -11,6 +11,9 @@ def test_control_characters_are_escaped_and_printable_text_kept():
     shown = for_terminal(hostile)
     assert shown == "evil\\x1b]0;TITLE\\x07\\x1b[2J\\x1b[31mRED\\nfake line\\u202egnp.exe\\u200b\\x9b"
     assert shown.isprintable() and for_terminal(7) == "7"
+    # spaces and joiners are text: a no-break space, an ideographic space, an emoji ZWJ sequence
+    for text in ("10\u00a0km", "東京\u3000駅", "\U0001f469\u200d\U0001f4bb woman technologist"):
+        assert for_terminal(text) == text
 
 
 def test_markdown_syntax_is_inert():
