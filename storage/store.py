@@ -94,6 +94,14 @@ def modified_at(info: dict[str, Any]) -> float:
         return 0.0
 
 
+def _claim_temporary(key: str) -> bool:
+    """Whether ``key`` names the temporary file of a claim attempt or of a claim's sign of life
+    (``..publishing.tmp-*``, ``..publishing-alive-<owner>.tmp-*``: local disks), which its writer
+    renames or unlinks within milliseconds (a killed writer's: ``remove_dead_claim_attempts``)."""
+    name = key.rsplit("/", 1)[-1]
+    return name.startswith("." + CLAIM) and TEMP_INFIX in name
+
+
 def _claim_attempt_in_flight(entry: dict[str, Any], stale_after_s: float = STALE_CLAIM_SECONDS) -> bool:
     """Whether a listing entry is the temporary file of a claim attempt (``..publishing.tmp-*``,
     another process's, to be left alone) written within ``stale_after_s``; an older one is a
@@ -377,11 +385,13 @@ class Store:
                 self.delete(f"{version_key}/{MANIFEST}")
                 unpublished = True
                 ours = {claim_key, _heartbeat_key(claim_key, owner)}
-                rest = [self.path(key) for key in self.sizes(version_key) if key not in ours]
-                if rest:
+                rest = [self.path(key) for key in self.sizes(version_key)
+                        if key not in ours and not _claim_temporary(key)]  # another's claim attempt, our beat's
+                batch = 1 if self.is_local else 1000  # one request per 1,000 objects on S3
+                for start in range(0, len(rest), batch):
                     beat.check()  # stalled past the limit and taken over: what is there now is the new writer's
                     with self._reading(version_key):
-                        self.fs.rm(rest)  # one request per 1,000 objects on S3
+                        self._remove_paths(rest[start:start + batch])
         except _ClaimLost:
             return False  # a run publishing the version again took the claim over: its files stay
         except BaseException:
@@ -397,6 +407,15 @@ class Store:
         if self.is_local:
             _remove_empty_folders(self.path(version_key), self.root)
         return True
+
+    def _remove_paths(self, paths: list[str]) -> None:
+        """Remove files by path (on S3 one request per 1,000); one already gone is no error."""
+        try:
+            self.fs.rm(paths)
+        except FileNotFoundError:  # local disks: one file at a time, so that the others still go
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm([path])
 
     def read_many(self, paths: list[str], what: str = "") -> list[bytes | None]:
         """The content of each of ``paths`` (as this filesystem listed them), fetched concurrently
@@ -571,16 +590,20 @@ class Store:
             self.fs.invalidate_cache(path)
             return True
         parent = path.rsplit("/", 1)[0]
-        tmp = self._durable_temp(parent, data, key)
-        try:
+        for attempt in range(3):
+            tmp = self._durable_temp(parent, data, key)
             try:
                 os.link(tmp, path)
+                return True
             except FileExistsError:
                 return False
-            return True
-        finally:
-            with contextlib.suppress(FileNotFoundError):  # gc took a stalled attempt's file for a dead one's
-                os.unlink(tmp)
+            except FileNotFoundError:  # gc took a stalled attempt's file for a dead one's: write it again
+                if attempt == 2:
+                    raise
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        return False
 
     def delete(self, key: str) -> None:
         """Remove one file if it exists."""
@@ -939,12 +962,19 @@ class Store:
         still_ours()
         # created only if absent: a writer that stalled past its claim's takeover cannot replace
         # the manifest of the writer that took over (its own would list files it no longer has)
-        if not self.create_exclusive(f"{version_key}/{MANIFEST}", data) and self._manifest_bytes(version_key) != data:
+        manifest_key = f"{version_key}/{MANIFEST}"
+        if not self.create_exclusive(manifest_key, data) and self._manifest_bytes(version_key) != data:
             # (equal bytes: our own conditional PUT, retried after a lost response.) Another's: if
             # the claim is no longer ours, that writer's stands; if it still is, a writer that
             # stalled before its manifest landed it while we wrote: it lists files we replaced
             still_ours()
-            self.write_bytes(f"{version_key}/{MANIFEST}", data)
+            self.write_bytes(manifest_key, data)
+        try:
+            still_ours()  # stalled between the last check and the manifest, and taken over meanwhile:
+        except _ClaimLost:  # the holder after us removed or replaced our files (or is doing so)
+            if self._manifest_bytes(version_key) == data:
+                self.delete(manifest_key)  # unpublish ours; the version is published again, whole
+            raise
         return full
 
     def _manifest_bytes(self, version_key: str) -> bytes | None:

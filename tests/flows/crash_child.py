@@ -51,7 +51,7 @@ def main(store: str, config_json: str, point: str, marker: Path) -> None:
     elif point == "alignment":
         _wrap(align_task, "align_layers", before=always, marker=marker)
     elif point == "publish-features":
-        _wrap(Store, "write_json", before=lambda self, key, obj: key.startswith("features/") and key.endswith("/manifest.json"), marker=marker)
+        _wrap(Store, "create_exclusive", before=lambda self, key, data: key.startswith("features/") and key.endswith("/manifest.json"), marker=marker)
     elif point == "publish-alignment":
         _wrap(Store, "write_bytes", before=lambda self, key, data: key.startswith("alignment/") and key.endswith("/best.parquet"), marker=marker)
     elif point != "none":

@@ -304,3 +304,52 @@ def test_gc_stalled_past_the_limit_removes_nothing_of_the_writer_that_took_over(
     assert store.unpublish("z/v") is False
     monkeypatch.setattr(Store, "sizes", real_sizes)
     assert Store(store_url).read_bytes("z/v/a.bin") == b"2"
+
+
+def test_a_stalled_writers_manifest_that_lands_after_the_holder_left_is_taken_back(store_url, monkeypatch):
+    """A writer passed its last check, stalled, and was taken over by gc's sweep (or a run whose
+    write then failed), which removed its files and left; its manifest then landed over missing
+    files, for good. After its manifest lands a writer checks its claim again: lost, it removes
+    its manifest and publishes the version again, whole."""
+    from storage.verify import verify_store
+
+    store = Store(store_url)
+    real_create = Store.create_exclusive
+    swept = []
+
+    def create_exclusive(self, key, data):
+        if key.endswith("/manifest.json") and not swept:  # the holder after us came, removed our files, left
+            swept.append(key)
+            other = Store(store_url)
+            other.write_bytes("features/d/m/v/.publishing", _foreign_claim())
+            other.delete("features/d/m/v/a.bin")
+            other.delete("features/d/m/v/.publishing")
+        return real_create(self, key, data)
+
+    monkeypatch.setattr(Store, "create_exclusive", create_exclusive)
+    result = store.publish("features/d/m/v", {"a.bin": b"1", "b.bin": b"1"}, {"writer": 1})
+    assert swept and result.written
+    assert [c.problems for c in verify_store(Store(store_url))] == [[]]
+
+
+def test_gc_stalled_inside_its_removal_loses_at_most_the_removal_in_flight(tmp_path, monkeypatch):
+    """unpublish checked its claim once and then removed every listed file: a gc stalled there
+    and taken over removed all of the new writer's files. It checks before each removal (on S3
+    before each batch of 1,000: one request in flight), and says it removed nothing."""
+    from storage.verify import verify_store
+
+    url = str(tmp_path / "store")
+    store = Store(url)
+    store.publish("features/d/m/v", {"a.bin": b"1", "b.bin": b"1", "c.bin": b"1"}, {"writer": 1})
+    real_rm, calls = store.fs.rm, []
+
+    def rm(paths, *args, **kwargs):
+        calls.append(paths)
+        if len(calls) == 1:  # stalled inside the first removal; the version is published again meanwhile
+            Store(url).publish("features/d/m/v", {"a.bin": b"2", "b.bin": b"2", "c.bin": b"2"}, {"writer": 2}, stale_after_s=0.0)
+        return real_rm(paths, *args, **kwargs)
+
+    monkeypatch.setattr(store.fs, "rm", rm)
+    assert store.unpublish("features/d/m/v") is False
+    problems = [c.problems for c in verify_store(Store(url))]
+    assert len(calls) == 1 and len(problems) == 1 and len(problems[0]) == 1 and problems[0][0].endswith(": missing")
