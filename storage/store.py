@@ -103,11 +103,15 @@ def _claim_temporary(key: str) -> bool:
 
 
 def _claim_attempt_in_flight(entry: dict[str, Any], stale_after_s: float = STALE_CLAIM_SECONDS) -> bool:
-    """Whether a listing entry is the temporary file of a claim attempt (``..publishing.tmp-*``,
+    """Whether a listing entry is the temporary file of a claim attempt (:func:`_claim_temporary`,
     another process's, to be left alone) written within ``stale_after_s``; an older one is a
     killed writer's leftover."""
-    name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-    return name.startswith("." + CLAIM) and time.time() - modified_at(entry) <= stale_after_s
+    return _claim_temporary(entry["name"].rstrip("/")) and _written_within(entry, stale_after_s)
+
+
+def _written_within(entry: dict[str, Any], seconds: float) -> bool:
+    """Whether a listing entry was last written less than ``seconds`` ago (a file in flight)."""
+    return time.time() - modified_at(entry) <= seconds
 
 
 def utc_now() -> str:
@@ -872,7 +876,7 @@ class Store:
             leftovers = {**self.glob(prefix, f"**/.{CLAIM}*.tmp-*", detail=True),
                          **self.glob(prefix, f"**/.{MANIFEST}{TEMP_INFIX}*", detail=True)}
             for path, entry in sorted(leftovers.items()):
-                if entry.get("type") != "file" or time.time() - modified_at(entry) <= stale_after_s:
+                if entry.get("type") != "file" or _written_within(entry, stale_after_s):
                     continue  # in flight
                 key = self.key_of(path)
                 found[key] = int(entry.get("size") or 0)
