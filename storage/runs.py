@@ -212,13 +212,16 @@ def live_runs_since(store: Store) -> float | None:
 
 def runs_as_known(store: Store) -> list[dict[str, Any]]:
     """:func:`run_records`, with every run known to have stopped shown ``CRASHED`` (its reason as
-    ``error``) though no run has marked it yet: what the catalog's ``runs`` view shows. Writes
-    nothing."""
+    ``error``) though no run has marked it yet, and every run marked ``CRASHED`` that beats again
+    (:func:`resumed`) shown ``RUNNING``: what the catalog's ``runs`` view shows. Writes nothing."""
     records = run_records(store)
+    beating = _beating_runs(store) if any(r.get("status") == CRASHED for r in records) else set()
     for record in records:
         reason = gone_reason(store, record)
         if reason is not None:
             record.update(status=CRASHED, error=reason)
+        elif str(record.get("run_id")) in beating and resumed(store, record):
+            record.update(status=RUNNING, error=None)
     return records
 
 

@@ -173,4 +173,6 @@ def test_a_run_marked_crashed_that_beats_again_is_live(tmp_path):
     assert live_records(store) == []  # a sign older than the marking: the one marking removes, left by a failed delete
     store.write_json(alive_key("sleeper"), {"run_id": "sleeper", "heartbeat_at": time.time()})
     assert [r["run_id"] for r in live_records(store)] == ["sleeper"] and live_runs_since(store) is not None
+    assert [(r["run_id"], r["status"], r["error"]) for r in runs_as_known(store)] == [("sleeper", RUNNING, None)]
+    assert query(connect(store), "select status from runs").to_pylist() == [{"status": RUNNING}]
     assert mark_crashed_runs(store) == []  # not RUNNING: nothing to mark again
