@@ -377,6 +377,7 @@ def _gc(args: argparse.Namespace) -> int:
     if args.keep_current and args.keep_runs is None:
         raise ValueError("--keep-current goes with --keep-runs N (without it no published version is removed)")
     store = existing_store(store_argument(args))
+    gc_started = time.time()  # what a run starting during gc uploads is never aborted
     swept_bytes: dict[str, int] = {}
     # as a run starts: dead runs, dead writers (a dry run only lists them)
     crashed, swept = (mark_crashed_runs(store, dry_run=True), store.sweep_abandoned(dry_run=True, sizes=swept_bytes)) \
@@ -395,7 +396,7 @@ def _gc(args: argparse.Namespace) -> int:
     reports = [] if args.keep_reports is None else \
         remove_stale_reports(store, args.keep_reports, dry_run=args.dry_run, sizes=report_bytes)
     uploads = store.abandoned_uploads(args.older_than_days * 86400.0, dry_run=args.dry_run,  # not a live run's
-                                      keep_since=None if live_since is None else live_since - CLOCK_SKEW_SECONDS)
+                                      keep_since=min(gc_started, live_since or gc_started) - CLOCK_SKEW_SECONDS)
     verb = "would remove" if args.dry_run else "removed"
     version_bytes: dict[str, int] = {}
     retained = [] if args.keep_runs is None else _keep_runs(store, args.keep_runs, args.keep_current, args.dry_run, verb,

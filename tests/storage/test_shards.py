@@ -4,7 +4,9 @@ same model finish at once (both remove the folder)."""
 from __future__ import annotations
 
 import threading
+import types
 import time
+from datetime import datetime, timezone
 
 from storage.shards import PARTIAL, remove_partial
 from storage.store import Store
@@ -35,7 +37,7 @@ def test_two_processes_removing_one_partial_folder_both_succeed(tmp_path):
         assert not store.exists(f"{key}/{PARTIAL}")
 
 
-def test_gc_aborts_uploads_a_killed_writer_left_on_s3(s3_store_url, capsys):
+def test_gc_aborts_uploads_a_killed_writer_left_on_s3(s3_store_url, capsys, monkeypatch):
     """s3fs uploads a file of 100 MiB or more in parts; a writer killed mid-upload leaves the parts
     stored (invisible, billed) until the upload is aborted: gc lists and aborts old ones."""
     from flows.cli import main
@@ -66,6 +68,14 @@ def test_gc_aborts_uploads_a_killed_writer_left_on_s3(s3_store_url, capsys):
     store.delete(alive_key("live"))
     store.write_json(layout.run_key("live"), {"run_id": "live", "status": "COMPLETED", "started_at": "2000-01-01T00:00:00+00:00"})
     assert [u["bytes"] for u in store.abandoned_uploads(0, dry_run=True)] == [1000]  # its one part
+    # no live run, but gc began a minute before the upload (moto dates every upload at that
+    # moment): a run that started during gc may be making it, so it stays
+    moto_initiated = datetime(2010, 11, 10, 20, 48, 33, tzinfo=timezone.utc).timestamp()
+    assert store.fs.call_s3("list_multipart_uploads", Bucket=bucket)["Uploads"][0]["Initiated"].timestamp() == moto_initiated
+    monkeypatch.setattr("flows.cli.time", types.SimpleNamespace(time=lambda: moto_initiated - 60))
+    assert main(["gc", "--store", s3_store_url, "--older-than-days", "0"]) == 0
+    assert "incomplete upload" not in capsys.readouterr().out and len(pending()) == 2
+    monkeypatch.undo()
     assert main(["gc", "--store", s3_store_url, "--older-than-days", "0", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "would abort the incomplete upload of features/d/m/v2/_partial/shard-00000.parquet" in out
