@@ -832,8 +832,8 @@ class Store:
                     continue  # a live writer claimed it in the meantime
                 try:
                     with _Heartbeat(self, claim_key, token, min(CLAIM_HEARTBEAT_SECONDS, stale_after_s / 4)) as beat:
-                        if not self._has_manifest_file(version_key):
-                            self._remove_unpublished_files(version_key, json.loads(token)["owner"], beat.check)
+                        if not self._has_manifest_file(version_key) and \
+                                self._remove_unpublished_files(version_key, json.loads(token)["owner"], beat.check):
                             swept.append(version_key)
                             if sizes is not None:
                                 sizes[version_key] = before
@@ -885,25 +885,27 @@ class Store:
         return found
 
     def _remove_unpublished_files(self, version_key: str, owner: str | None = None,
-                                  still_ours: Callable[[], None] = lambda: None) -> None:
+                                  still_ours: Callable[[], None] = lambda: None) -> bool:
         """Delete the files directly in an unpublished version's folder (data files, temporary
         files of a killed writer, dead writers' signs of life), keeping the claim, ``owner``'s
         sign of life and the resumable shards under ``_partial/``. Only called while holding the
         version's claim; ``still_ours`` (raises ``_ClaimLost``) runs before each removal. A
         folder that holds a manifest is a published version (a writer that stalled here was
-        taken over, and the new writer published): nothing in it is removed."""
+        taken over, and the new writer published): nothing in it is removed. Returns whether the
+        folder was unpublished (False: a manifest stood in it)."""
         keep = {CLAIM, HEARTBEAT_PREFIX + owner if owner else CLAIM}
         with contextlib.suppress(FileNotFoundError):
             self.fs.invalidate_cache(self.path(version_key))
             entries = self.fs.ls(self.path(version_key), detail=True)
             names = [(entry, entry["name"].rstrip("/").rsplit("/", 1)[-1]) for entry in entries]
             if any(name == MANIFEST for _, name in names):
-                return
+                return False
             for entry, name in names:
                 if entry.get("type") != "file" or name in keep or _claim_attempt_in_flight(entry):
                     continue  # another process's claim attempt, in flight
                 still_ours()
                 self.delete(f"{version_key}/{name}")
+        return True
 
     def abandoned_uploads(self, older_than_s: float, dry_run: bool = False,
                           keep_since: float | None = None) -> list[dict[str, Any]]:

@@ -226,3 +226,19 @@ def test_a_claim_whose_temporary_file_vanished_is_still_taken(tmp_path, monkeypa
     assert store.create_exclusive("x/v/.publishing", b"{}")
     monkeypatch.setattr(os, "link", real_link)
     assert sorted(os.listdir(store.path("x/v"))) == [".publishing"]
+
+
+def test_sweep_does_not_count_a_version_whose_manifest_landed_as_it_began(tmp_path, monkeypatch):
+    """A stalled writer's manifest landing between the sweep's check and its listing: nothing in
+    the folder is removed, and the version is not reported swept (nor its bytes freed)."""
+    import time
+
+    store = Store(str(tmp_path / "store"))
+    old = json.dumps({"owner": "x", "claimed_at": time.time() - 10_000}).encode()  # silent for hours
+    store.write_bytes("features/d/m/v1/layer-000.parquet", b"data")
+    store.write_bytes(f"features/d/m/v1/{CLAIM}", old)
+    store.write_bytes("features/d/m/v1/manifest.json", b"{}")
+    monkeypatch.setattr(Store, "_has_manifest_file", lambda self, key: False)  # checked just before it landed
+    sizes: dict[str, int] = {}
+    assert store.sweep_abandoned(stale_after_s=60, sizes=sizes) == [] and sizes == {}
+    assert _files(Path(store.root)) == ["features/d/m/v1/layer-000.parquet", "features/d/m/v1/manifest.json"]
