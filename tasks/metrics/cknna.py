@@ -27,7 +27,8 @@ Differences from the paper's code (documented in ``docs/metrics.md``):
   (``unbiased_cka``) where the k-NN metrics raise.
 - ``distance_agnostic=True``: the paper returns a matrix and then fails on ``.item()``. Here the
   kernel values are replaced by 1 on the mask (``sim = HSIC(M, M')``), i.e. only the mutual
-  neighbourhood structure counts.
+  neighbourhood structure counts. With the full mask (``topk=None`` or every candidate) the
+  kernels are constant and ``sim(K, K) = 0``: refused, like any such layer (below).
 - A layer whose masked self-similarity ``sim(K, K)`` is not above 0 beyond rounding (it can be
   negative: the masked kernels are not symmetric) is refused (``ValueError`` naming the layer,
   ``hsic.check_self_hsic``), as the CKA family refuses a zero unbiased self-HSIC: the paper's
@@ -129,8 +130,11 @@ class CknnaEngine(Engine):
                              f"({'unbiased: self excluded' if unbiased else 'biased: self included'}; "
                              f"None for all neighbours), got {int(topk)}")
         if topk is None or topk == full_k:  # every candidate is a neighbour: the full mask
-            if params.get("distance_agnostic"):
-                return FullMaskState(None, rep.n, len(rep))
+            if params.get("distance_agnostic"):  # kernels of ones: sim(K, K) = 0, refused as below
+                raise ValueError(
+                    f"distance_agnostic CKNNA with every candidate a neighbour (topk={topk!r}, N={rep.n}, "
+                    f"{'unbiased' if unbiased else 'biased'}) masks nothing: every layer's kernel is constant, "
+                    "its masked self-similarity sim(K, K) is 0 and the score undefined; use a smaller topk")
             return FullMaskState(self._cka.encode_cached(rep, self._full(params)), rep.n, len(rep))
         k = int(topk)
         vals, idx = [], []
@@ -147,14 +151,14 @@ class CknnaEngine(Engine):
         state.with_slots()
         state.rev = _reverse_membership(state)
         state.self_sim, size = self_sims(state, unbiased)
-        check_self_hsic(state.self_sim, size, rep.n, rep.dtype,
+        # distance-agnostic kernel values are exact ones: their sums carry no rounding of the input's
+        check_self_hsic(state.self_sim, size, rep.n, torch.float64 if params.get("distance_agnostic") else rep.dtype,
                         ("unbiased" if unbiased else "biased") + " masked self-similarity sim(K, K)")
         return state
 
     def permute(self, state, perm: torch.Tensor, inv: torch.Tensor):
         if isinstance(state, FullMaskState):
-            inner = None if state.inner is None else self._cka.permute(state.inner, perm, inv)
-            return FullMaskState(inner, state.n, state.layers)
+            return FullMaskState(self._cka.permute(state.inner, perm, inv), state.n, state.layers)
         idx = permute_lists(state.idx, perm, inv)
         sorted_idx, order = idx.sort(-1)
         return CknnaState(idx, state.vals[:, perm], sorted_idx, order, state.rev[:, perm],
@@ -168,8 +172,6 @@ class CknnaEngine(Engine):
         over them: same mask, kernel values and estimator as ``matrix`` on ``permute(b, perm)``.
         """
         if isinstance(a, FullMaskState):
-            if a.inner is None:
-                return torch.zeros((perms.shape[0], a.layers, b.layers), dtype=torch.float64)
             return self._cka.null_matrices(a.inner, b.inner, perms, self._full(params))
         unbiased = bool(params.get("unbiased", True))
         La, n, k = a.idx.shape
@@ -187,8 +189,6 @@ class CknnaEngine(Engine):
     def matrix(self, a, b, params: dict[str, Any]) -> torch.Tensor:
         unbiased = bool(params.get("unbiased", True))
         if isinstance(a, FullMaskState):
-            if a.inner is None:  # distance-agnostic full mask: constant kernels, HSIC 0
-                return torch.zeros((a.layers, b.layers), dtype=torch.float64)
             return self._cka.matrix(a.inner, b.inner, self._full(params))
         La, n, k = a.idx.shape
         Lb = b.idx.shape[0]

@@ -41,7 +41,7 @@ import torch
 from .engine import Engine
 from .hsic import check_self_hsic, unbiased_from_parts, unbiased_terms_size
 from .representation import Representation
-from .gram import center_gram_
+from .gram import center_gram_, centre_columns
 from .triangle import index_dtype, pack, permuted_positions, source_positions, triangle_pairs
 
 EPS = 1e-6  # the paper's denominator epsilon
@@ -370,10 +370,10 @@ def _encode_features(layers: Sequence[torch.Tensor], n: int, unbiased: bool) -> 
     """Feature-path encoding (linear kernel) of ``layers`` ``(n, D_l)``."""
     feats: list[torch.Tensor] = []
     if not unbiased:
-        feats = [x - x.mean(0, keepdim=True) for x in layers]
+        feats = [centre_columns(x) for x in layers]
         self_hsic = torch.stack([((x.T @ x).to(torch.float64) ** 2).sum() for x in feats])
         return FeatureState(feats, self_hsic, n, False)
-    feats = [x - x.mean(0, keepdim=True) for x in layers]  # same unbiased HSIC, no common part to cancel
+    feats = [centre_columns(x) for x in layers]  # same unbiased HSIC, no common part to cancel
     sq = torch.stack([(x.to(torch.float64) ** 2).sum(1) for x in feats])
     rows = torch.stack([(x @ x.sum(0)).to(torch.float64) for x in feats]) - sq
     tot = rows.sum(-1)

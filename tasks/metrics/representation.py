@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ._arrays import ArrayLike, check_finite, resolve_device, split_layers, to_tensor
-from .gram import center_gram_, gram_full, gram_upper
+from .gram import center_gram_, centre_columns, gram_full, gram_upper
 from .neighbors import candidate_depth, restrict_lists, topk_neighbors
 
 KEEP_GRAM_MAX_N = 4096
@@ -119,7 +119,7 @@ class Representation:
         if g is not None and offset_is_small(g):
             return center_gram_(g.clone())
         x = self.layers[layer]
-        xc = x - x.sum(0, keepdim=True) / x.shape[0]
+        xc = centre_columns(x)
         return gram_upper(xc) if upper_only else gram_full(xc)
 
     def cached_gram(self, layer: int) -> torch.Tensor | None:

@@ -34,6 +34,24 @@ def test_distance_agnostic(unbiased: bool) -> None:
     assert got == pytest.approx(ref.cknna(x, y, 6, unbiased, distance_agnostic=True), abs=1e-12)
 
 
+def test_distance_agnostic_full_mask_is_refused_and_a_near_full_one_is_exact_in_float32() -> None:
+    """With every candidate a neighbour the distance-agnostic kernels are constant, sim(K, K) = 0:
+    the score used to come back 0.0 (a number for an undefined quotient) where any other zero
+    self-similarity is refused. One neighbour fewer, the kernel values are exact ones: float32
+    input was refused by float32's rounding margin while float64 scored it."""
+    rng = np.random.default_rng(0)
+    n = 300
+    x = rng.normal(size=(n, 1))
+    y = x @ rng.normal(size=(1, 32)) + 0.5 * rng.normal(size=(n, 32))
+    for topk, unbiased in ((None, True), (n - 1, True), (None, False), (n, False)):
+        with pytest.raises(ValueError, match="distance_agnostic CKNNA with every candidate a neighbour"):
+            score("cknna", x, y, topk=topk, unbiased=unbiased, distance_agnostic=True)
+    want = ref.cknna(x, y, n - 2, True, distance_agnostic=True)
+    for dtype in (np.float64, np.float32):
+        got = score("cknna", x.astype(dtype), y.astype(dtype), topk=n - 2, distance_agnostic=True)
+        assert got == pytest.approx(want, abs=1e-12)
+
+
 def test_layer_matrix_equals_score() -> None:
     xs, ys = layers(seed=8), layers(seed=9, widths=(6, 25))
     m = layer_matrix("cknna", xs, ys, topk=7)

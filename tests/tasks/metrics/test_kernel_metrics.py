@@ -165,10 +165,10 @@ def test_rbf_encoding_packed_layer_by_layer_is_bit_identical(dtype, unbiased: bo
     the centred features' Gram: multiplied from them without a cached Gram, ``H G H`` of the
     cached one (these rows' offset is small)."""
     from tasks.metrics import METRICS
-    from tasks.metrics.gram import center_gram_, gram_full
+    from tasks.metrics.gram import center_gram_, centre_columns, gram_full
 
     xs = [torch.from_numpy(x).to(dtype) for x in layers(n=53, seed=7)]
-    fresh = [gram_full(x - x.sum(0, keepdim=True) / x.shape[0]) for x in xs]
+    fresh = [gram_full(centre_columns(x)) for x in xs]
     cached = [center_gram_(gram_full(x)) for x in xs]
     for keep, grams in ((0, fresh), (4096, cached)):  # kernels from fresh Grams, and from cached ones
         rep = Representation(xs, keep_gram_max_n=keep).cache_grams()
