@@ -9,7 +9,7 @@ Definitions (``A = kNN_x(i)``, ``B = kNN_y(i)``: the ``k`` inner-product neighbo
   y-neighbours (``i ∈ ∪_{j ∈ B} kNN_x(j)``; the paper's ``knn_A[knn_B]``);
 - ``lcs_knn``: mean length of the longest common subsequence of the ordered lists (in ``[0, k]``,
   not divided by ``k``);
-- ``edit_distance_knn``: ``1 - mean(Levenshtein(A, B)) / k``.
+- ``edit_distance_knn``: ``1 - mean(Levenshtein(A, B)) / k`` (computed as ``1 - total / (N k)``).
 
 Each side's lists are computed once per layer (``Representation.knn``); the pair computations
 are set/sequence operations on ``(N, k)`` integer lists, and overlaps are counted in integers.
@@ -83,13 +83,13 @@ class KnnEngine(Engine):
                 check_knn_precision(params.get("knn_precision", "exact")))
 
     def tie_rtol(self, params: dict[str, Any]) -> float:
-        """``mutual_knn``, ``cycle_knn``, ``lcs_knn``: 0, their values are integer totals (overlaps,
-        hits, LCS lengths, exact in float64 in any order) divided once, so equal totals give equal
-        floats and the nearest other value is ``1/(N k)`` (``1/N``) away, closer than float32's
-        ``1e-5`` once ``N k > 1e5``. ``jaccard_knn``, ``edit_distance_knn``: float64 means of
-        rational per-sample terms, summed in different orders by ``matrix`` and
+        """``mutual_knn``, ``cycle_knn``, ``lcs_knn``, ``edit_distance_knn``: 0, their values are
+        integer totals (overlaps, hits, LCS lengths, edit distances, exact in float64 in any order)
+        divided once, so equal totals give equal floats and the nearest other value is ``1/(N k)``
+        (``1/N``) away, closer than float32's ``1e-5`` once ``N k > 1e5``. ``jaccard_knn``: float64
+        means of rational per-sample terms, summed in different orders by ``matrix`` and
         ``null_matrices``: float64 rounding, whatever the features' dtype."""
-        if self.variant in ("mutual_knn", "cycle_knn", "lcs_knn"):
+        if self.variant in ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn"):
             return 0.0
         return TIE_RTOL[torch.float64]
 
@@ -112,7 +112,8 @@ class KnnEngine(Engine):
             return c / k if v == "mutual_knn" else c / (2 * k - c)
         if v == "cycle_knn":
             return cycle_hits(a.idx, b.idx, a.adj).to(torch.float64)
-        return _sequence_terms(a.idx, b.idx, v)
+        lengths = _sequence_lengths(a.idx, b.idx, v)
+        return lengths if v == "lcs_knn" else 1.0 - lengths / k
 
     def null_matrices(self, a: KnnState, b: KnnState, perms: torch.Tensor,
                       params: dict[str, Any]) -> torch.Tensor:
@@ -146,6 +147,9 @@ class KnnEngine(Engine):
             k = a.idx.shape[-1]
             counts = overlap_counts(a.idx, b.idx, a.adj).sum(-1)
             return counts.to(torch.float64) / (a.n * k)
+        if self.variant == "edit_distance_knn":  # integer total, one division: equal totals, equal scores
+            k = a.idx.shape[-1]
+            return 1.0 - _sequence_lengths(a.idx, b.idx, self.variant).sum(-1) / (a.n * k)
         return self.per_sample(a, b, params).mean(-1)
 
 
@@ -158,8 +162,9 @@ def _check_topk(topk: Any, n: int) -> int:
     return k
 
 
-def _sequence_terms(idx_a: torch.Tensor, idx_b: torch.Tensor, variant: str) -> torch.Tensor:
-    """Per-sample LCS lengths or ``1 - edit/k``: ``(La, Lb, N)`` float64."""
+def _sequence_lengths(idx_a: torch.Tensor, idx_b: torch.Tensor, variant: str) -> torch.Tensor:
+    """Per-sample LCS lengths (``lcs_knn``) or edit distances (``edit_distance_knn``) of the
+    ordered lists: ``(La, Lb, N)`` float64 holding integers."""
     La, n, k = idx_a.shape
     Lb = idx_b.shape[0]
     out = torch.empty((La, Lb, n), dtype=torch.float64, device=idx_a.device)
@@ -169,10 +174,7 @@ def _sequence_terms(idx_a: torch.Tensor, idx_b: torch.Tensor, variant: str) -> t
             b1 = min(Lb, b0 + step)
             eq = idx_a[a].view(1, n, k, 1) == idx_b[b0:b1].view(b1 - b0, n, 1, k)
             eq = eq.reshape(-1, k, k)
-            if variant == "lcs_knn":
-                vals = lcs_lengths(eq).to(torch.float64)
-            else:
-                vals = 1.0 - edit_distances(eq).to(torch.float64) / k
+            vals = (lcs_lengths(eq) if variant == "lcs_knn" else edit_distances(eq)).to(torch.float64)
             out[a, b0:b1] = vals.view(b1 - b0, n)
     return out
 

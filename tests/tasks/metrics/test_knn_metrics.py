@@ -153,3 +153,29 @@ def test_blockwise_search_holds_one_similarity_block_at_a_time() -> None:
         "x = torch.nn.functional.normalize(torch.randn(6000, 16, generator=torch.Generator().manual_seed(0)), dim=1)",
         "topk_neighbors(x, 10, block_elements=1 << 23)")
     assert extra < 1.5 * 32 * 2**20, extra / 2**20
+
+
+def test_edit_distance_knn_is_one_division_of_the_integer_total() -> None:
+    """Layer pairs whose edit distances sum to the same total score the same float, so the
+    best pair (first maximum, as the paper takes it) does not hang on summation order: a mean
+    of per-sample ``1 - e/k`` gave 0.19999999999999996 and 0.19999999999999998 for two totals
+    of 68 (N=17, k=5), and the argmax moved."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(1)
+    n, k = 17, 5
+    base = rng.normal(size=(n, 8))
+    xs = [np.tanh(base @ rng.normal(size=(8, 16)) * rng.uniform(0.2, 2)) + 0.3 * l * rng.normal(size=(n, 16))
+          for l in range(6)]
+    ys = [base @ rng.normal(size=(8, 12)) + rng.uniform(0.2, 3) * rng.normal(size=(n, 12)) for _ in range(6)]
+    m = layer_matrix("edit_distance_knn", xs, ys, topk=k)
+    by_total: dict[int, set[float]] = {}
+    for i, x in enumerate(xs):
+        lists_x = ref.knn_lists(x, k)
+        for j, y in enumerate(ys):
+            lists_y = ref.knn_lists(y, k)
+            total = sum(ref.levenshtein(list(a), list(b)) for a, b in zip(lists_x, lists_y))
+            assert abs(float(m[i, j]) - float(1 - Fraction(total, n * k))) <= 1e-15
+            by_total.setdefault(total, set()).add(float(m[i, j]))
+    assert all(len(values) == 1 for values in by_total.values()), by_total
+    assert len(by_total) < m.size  # totals do repeat here
