@@ -173,9 +173,17 @@ def live_records(store: Store, records: list[dict[str, Any]] | None = None) -> l
     extraction stage)."""
     if records is None:
         records = run_records(store) + extraction_records(store)
-    beating = _beating_runs(store) if any(r.get("status") == CRASHED for r in records) else set()
+    back = resumed_runs(store, records)
     return [r for r in records if (r.get("status") == RUNNING and gone_reason(store, r) is None)
-            or (str(r.get("run_id")) in beating and resumed(store, r))]
+            or str(r.get("run_id")) in back]
+
+
+def resumed_runs(store: Store, records: list[dict[str, Any]]) -> set[str]:
+    """Ids of the ``CRASHED`` runs among ``records`` that beat again (:func:`resumed`); one listing
+    of the signs of life, and only when some record is ``CRASHED``."""
+    crashed = [r for r in records if r.get("status") == CRASHED]
+    beating = _beating_runs(store) if crashed else set()
+    return {str(r.get("run_id")) for r in crashed if str(r.get("run_id")) in beating and resumed(store, r)}
 
 
 def _beating_runs(store: Store) -> set[str]:
@@ -215,12 +223,12 @@ def runs_as_known(store: Store) -> list[dict[str, Any]]:
     ``error``) though no run has marked it yet, and every run marked ``CRASHED`` that beats again
     (:func:`resumed`) shown ``RUNNING``: what the catalog's ``runs`` view shows. Writes nothing."""
     records = run_records(store)
-    beating = _beating_runs(store) if any(r.get("status") == CRASHED for r in records) else set()
+    back = resumed_runs(store, records)
     for record in records:
         reason = gone_reason(store, record)
         if reason is not None:
             record.update(status=CRASHED, error=reason)
-        elif str(record.get("run_id")) in beating and resumed(store, record):
+        elif str(record.get("run_id")) in back:
             record.update(status=RUNNING, error=None)
     return records
 
