@@ -115,8 +115,11 @@ def _written_within(entry: dict[str, Any], seconds: float) -> bool:
 
 
 def utc_now() -> str:
-    """Current UTC time as ISO 8601 with seconds precision."""
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    """Current UTC time as ISO 8601 to the microsecond (``2026-01-01T00:00:00.123456+00:00``).
+
+    Microseconds, not seconds: two versions published (or two runs started) in one second must
+    still order by time, or the catalog's "current" rows fall to the version id's order."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 #: Errors of a local disk that no retry fixes: no space, quota, read-only file system, no permission.

@@ -173,7 +173,8 @@ def test_an_empty_store_has_every_added_column():
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("2026-01-01T00:00:00+00:00", datetime(2026, 1, 1, tzinfo=UTC)),        # what every prh writes (utc_now)
+    ("2026-01-01T00:00:00.000250+00:00", datetime(2026, 1, 1, 0, 0, 0, 250, tzinfo=UTC)),  # what prh writes (utc_now)
+    ("2026-01-01T00:00:00+00:00", datetime(2026, 1, 1, tzinfo=UTC)),        # what prh wrote before (seconds)
     ("2026-01-01T05:30:00+05:30", datetime(2026, 1, 1, tzinfo=UTC)),        # another offset: the same moment
     ("2026-01-01T00:00:00Z", datetime(2026, 1, 1, tzinfo=UTC)),
     ("2026-01-01 00:00:00.250", datetime(2026, 1, 1, 0, 0, 0, 250000, tzinfo=UTC)),  # no offset: UTC

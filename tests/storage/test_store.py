@@ -1,5 +1,6 @@
 import re
 import json
+from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +42,18 @@ def test_version_without_manifest_is_invisible(store_url):
     store.write_bytes("features/half/a.parquet", b"partial")
     assert store.manifest("features/half") is None
     assert list(store.manifests("features")) == []
+
+
+def test_versions_published_within_one_second_still_order_by_time(tmp_path):
+    """The catalog's current rows order versions by ``published_at``: to the second, two versions
+    published back to back tied and the version id picked the "current" one."""
+    store = Store(str(tmp_path / "s"))
+    for i in range(3):
+        store.publish(f"x/v{i}", {"a.bin": b"1"}, {})
+    times = [store.manifest(f"x/v{i}")["published_at"] for i in range(3)]
+    moments = [datetime.fromisoformat(t) for t in times]
+    assert all(m.tzinfo is not None and m.utcoffset().total_seconds() == 0 for m in moments)
+    assert moments == sorted(moments) and len(set(moments)) == 3, times
 
 
 def test_local_writes_leave_no_temporary_files(tmp_path):
