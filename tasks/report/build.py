@@ -7,6 +7,7 @@ import re
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -157,7 +158,7 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
     if notes:
         sections.append(html.section("Notes", "notes", html.notes(notes)))
 
-    meta = {"run": run.get("run_id"), "status": run.get("status"), "started": run.get("started_at"), "store": run.get("store"),
+    meta = {"run": run.get("run_id"), "status": run.get("status"), "started": shown_time(run.get("started_at")), "store": run.get("store"),
             **({"run's store": run["run's store"]} if run.get("run's store") else {}),
             "dataset": run.get("dataset_version"), "data": run.get("dataset_description"), "N": rows_aligned(best),
             "metrics": describe_metrics(best, metrics)}
@@ -165,6 +166,17 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
            ("layer-heatmaps", "Layer × layer"), ("neighbours", "Nearest neighbours"), ("notes", "Notes")]
     present = [(a, t) for a, t in toc if f'<section id="{a}">' in "".join(sections)]
     return Report(html.page(TITLE, meta, [html.contents(present), *sections]), figures, notes, data)
+
+
+def shown_time(value: Any) -> Any:
+    """A run record's time for the report's header, to the second in UTC (``2026-01-01 00:00:00
+    UTC``; records hold microseconds); anything that is not a time is shown as it is."""
+    try:
+        moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    except ValueError:
+        return value
+    moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def model_heatmaps(add: Callable[..., str], best: list[dict[str, Any]], rows_of_metric: list[dict[str, Any]], metric: str,

@@ -4,12 +4,14 @@ the page (and in the SVG heatmaps) are the input's."""
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from tasks.report import ReportInput, build_report
+from tasks.report.build import shown_time
 from tasks.report.heatmaps import layer_heatmaps, model_heatmap
 from tasks.report.neighbours import Sample, select_examples
 from tasks.report.scaling import alignment_vs_quality, alignment_vs_size
@@ -27,13 +29,19 @@ def _input(ci: bool = False, calibrated: bool = True, examples: bool = True) -> 
         neighbours = select_examples(ids, clustered_features(seed=0), clustered_features(seed=1), ("vit-b", "lm-c", "block.3", "layer.2"))
         samples = {s: Sample(f"caption <{s}>", image_bytes(int(s[1:])) if s != "s00" else b"not an image") for s in neighbours.sample_ids()}
         neighbours = type(neighbours)(**{**neighbours.__dict__, "samples": samples})
-    run = {"run_id": "run-1", "status": "COMPLETED", "started_at": "2026-01-01T00:00:00+00:00", "store": "file:///x", "dataset_version": "ds0"}
+    run = {"run_id": "run-1", "status": "COMPLETED", "started_at": "2026-01-01T01:00:00.123456+01:00", "store": "file:///x", "dataset_version": "ds0"}
     return ReportInput(run, table(best_rows(ci, calibrated)), table(score_rows()), table(model_rows()), neighbours, ["a note from the source"])
 
 
 @pytest.fixture(scope="module")
 def report():
     return build_report(_input(), formats=("png", "svg"))
+
+
+def test_the_header_shows_the_run_start_to_the_second_in_utc(report):
+    assert "started: <code>2026-01-01 00:00:00 UTC</code>" in report.html
+    assert shown_time(datetime(2026, 1, 1, 12, 0, 0, 999999, tzinfo=timezone.utc)) == "2026-01-01 12:00:00 UTC"
+    assert shown_time("not a time") == "not a time" and shown_time(None) is None
 
 
 def test_every_figure_is_rendered_and_written(report):
