@@ -363,8 +363,7 @@ def _gc(args: argparse.Namespace) -> int:
 
     from storage.figure_cache import remove_old_figures, remove_stale_namespaces
     from storage.report_retention import remove_stale_reports
-    from storage.run_retention import CLOCK_SKEW_SECONDS
-    from storage.runs import live_runs_since, mark_crashed_runs, open_for_run
+    from storage.runs import CLOCK_SKEW_SECONDS, live_runs_since, mark_crashed_runs, open_for_run
     from storage.shards import remove_stale_partials
     from storage.store import DamagedManifest
 
@@ -385,7 +384,7 @@ def _gc(args: argparse.Namespace) -> int:
     attempts = {key: size for key, size in store.remove_dead_claim_attempts(dry_run=args.dry_run).items()
                 if key.rsplit("/", 1)[0] not in swept}  # a dry run counts a swept version's with its files
     now = time.time()
-    live_since = live_runs_since(store)  # shards a live run may be writing are kept, whatever their age
+    live_since = live_runs_since(store)  # shards a live run may be writing are kept, whatever their age (less the skew)
     damaged: list[DamagedManifest] = []  # versions whose shards stay: their manifest is damaged (prh verify's business)
     partials = remove_stale_partials(store, args.older_than_days * 86400.0, dry_run=args.dry_run, live_since=live_since,
                                      damaged=damaged)
@@ -396,7 +395,8 @@ def _gc(args: argparse.Namespace) -> int:
     reports = [] if args.keep_reports is None else \
         remove_stale_reports(store, args.keep_reports, dry_run=args.dry_run, sizes=report_bytes)
     uploads = store.abandoned_uploads(args.older_than_days * 86400.0, dry_run=args.dry_run,  # not a live run's
-                                      keep_since=min(gc_started, live_since or gc_started) - CLOCK_SKEW_SECONDS)
+                                      keep_since=min(gc_started - CLOCK_SKEW_SECONDS,
+                                                     gc_started if live_since is None else live_since))
     verb = "would remove" if args.dry_run else "removed"
     version_bytes: dict[str, int] = {}
     retained = [] if args.keep_runs is None else _keep_runs(store, args.keep_runs, args.keep_current, args.dry_run, verb,

@@ -45,13 +45,10 @@ import duckdb
 
 from storage import layout
 from storage.catalog import current_alignment_keys
-from storage.runs import COMPLETED, FAILED, epoch_seconds, extraction_records, live_records, run_records
+from storage.runs import CLOCK_SKEW_SECONDS, COMPLETED, FAILED, epoch_seconds, extraction_records, live_records, run_records
 from storage.store import DamagedManifest, Store
 from storage.verify import is_version_key, manifest_problems
 
-#: Versions published this long before the oldest kept run started are kept too: room for
-#: clock skew between the hosts that start runs and publish versions (as ``STALE_RUN_SECONDS``).
-CLOCK_SKEW_SECONDS = 900.0
 #: Boxes in the order their versions are removed: a version before the versions it was computed
 #: from, so that an interrupted gc never leaves a version whose inputs are gone.
 REMOVAL_ORDER = (layout.ALIGNMENT, layout.FEATURES, layout.DATASETS)

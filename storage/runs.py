@@ -209,13 +209,24 @@ def resumed(store: Store, record: dict[str, Any], now: float | None = None) -> b
     return beat > marked and (time.time() if now is None else now) - beat <= STALE_RUN_SECONDS
 
 
+#: Times read from another clock than this host's (a run's start on another host, an object
+#: store's ``LastModified``, whole seconds) may be this far off: what gc keeps as a live run's or
+#: a kept run's is kept from this much earlier (as ``STALE_RUN_SECONDS``).
+CLOCK_SKEW_SECONDS = 900.0
+
+
 def live_runs_since(store: Store) -> float | None:
     """The start (epoch seconds) of the earliest run (pipeline or extraction stage) not known to
-    have stopped (:func:`live_records`), or None when no run is alive: what such a run may still
-    be writing (its extraction shards) is not to be cleaned up."""
+    have stopped (:func:`live_records`), less :data:`CLOCK_SKEW_SECONDS`, or None when no run is
+    alive: what such a run may still be writing (its extraction shards, its uploads) is not to be
+    cleaned up. Less the skew: the run's clock is not the store's, and an object store's
+    ``LastModified`` has whole seconds (a shard written in the second its run started dates from
+    before the start's microseconds)."""
     starts = [epoch_seconds(r.get("started_at")) for r in live_records(store)]
     known = [t for t in starts if t is not None]
-    return min(known) if known else (time.time() if starts else None)
+    if not starts:
+        return None
+    return (min(known) if known else time.time()) - CLOCK_SKEW_SECONDS
 
 
 def runs_as_known(store: Store) -> list[dict[str, Any]]:

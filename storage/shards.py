@@ -95,8 +95,8 @@ def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, no
     so no rerun asks for that version again). A live extraction writes a shard every 2,048
     items, so its folder is never that old; a rerun of a listed version just recomputes.
 
-    ``live_since`` (epoch seconds: the start of the earliest run still alive, see
-    ``storage.runs.live_runs_since``): an unpublished folder written since then is never listed,
+    ``live_since`` (epoch seconds: the start of the earliest run still alive less the clock
+    skew, see ``storage.runs.live_runs_since``): an unpublished folder written since then is never listed,
     whatever ``older_than_s`` says, since a live run may be extracting into it.
 
     A version whose manifest is damaged (:class:`storage.store.DamagedManifest`) is neither

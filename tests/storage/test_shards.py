@@ -105,3 +105,29 @@ def test_stale_partials_skips_a_version_whose_manifest_is_damaged(tmp_path):
     assert [(e["version"], e["reason"]) for e in found] == [(keys[0], "published"), (keys[2], "published")]
     assert [e.version_key for e in damaged] == [keys[1]]
     assert [e["version"] for e in stale_partials(store)] == [keys[0], keys[2]]  # without a collector too
+
+
+def test_gc_keeps_a_shard_a_live_run_wrote_in_the_second_it_started_on_s3(s3_store_url, capsys):
+    """S3's ``LastModified`` has whole seconds and a run's ``started_at`` microseconds: a shard a
+    live run wrote in the second it started dated from before the start, and ``prh gc
+    --older-than-days 0`` removed it as abandoned. Shards since the live run's start less the
+    clock skew are kept."""
+    import numpy as np
+
+    from flows.cli import main
+    from storage import layout
+    from storage.owner import current_owner
+    from storage.runs import RUN_HEARTBEAT_SECONDS, RUNNING, alive_key
+    from storage.shards import shard_key, write_shard
+    from storage.store import modified_at
+
+    store = Store(s3_store_url)
+    write_shard(store, "features/d/m/v1", 0, [np.ones((4, 3), np.float32)])
+    written = modified_at(store.fs.info(store.path(shard_key("features/d/m/v1", 0))))
+    assert written == int(written)  # whole seconds
+    started = datetime.fromtimestamp(written + 0.999, timezone.utc).isoformat(timespec="microseconds")
+    store.write_json(layout.run_key("live"), {"run_id": "live", "status": RUNNING, "process": current_owner(),
+                                              "heartbeat_s": RUN_HEARTBEAT_SECONDS, "started_at": started})
+    store.write_json(alive_key("live"), {"run_id": "live", "heartbeat_at": time.time()})
+    assert main(["gc", "--store", s3_store_url, "--older-than-days", "0"]) == 0
+    assert "_partial" not in capsys.readouterr().out and store.exists(shard_key("features/d/m/v1", 0))
