@@ -88,8 +88,9 @@ def published_results(record: dict[str, Any]) -> bool:
 
 def newest_runs(records: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """The ``n`` newest runs that published results, newest first, in ``select_run``'s order:
-    finish time (start time when there is none), then start time, then run id (times are whole
-    seconds: two runs of one second are still ordered alike by both)."""
+    finish time (start time when there is none), then start time, then run id (records written before
+    prh kept microseconds have whole seconds: two runs of one second are still ordered alike by
+    both)."""
     def moment(record: dict[str, Any]) -> tuple[float, float, str]:
         started = epoch_seconds(record.get("started_at")) or 0.0
         return (epoch_seconds(record.get("finished_at")) or started, started, str(record.get("run_id") or ""))

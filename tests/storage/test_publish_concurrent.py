@@ -89,13 +89,13 @@ def test_a_slow_live_writer_keeps_its_claim_by_heartbeat(store_url):
     slow, other = _SlowStore(store_url), Store(store_url)
     results: dict[str, object] = {}
     thread = threading.Thread(target=lambda: results.setdefault(
-        "slow", slow.publish("x/v", _files(1), {"writer": 1}, stale_after_s=1.0)))
+        "slow", slow.publish("x/v", _files(1), {"writer": 1}, stale_after_s=2.0)))
     thread.start()
     deadline = time.time() + 10
     while not other.exists(f"x/v/{CLAIM}") and time.time() < deadline:
         time.sleep(0.01)
     first = json.loads(other.read_bytes(f"x/v/{CLAIM}"))
-    results["other"] = other.publish("x/v", _files(2), {"writer": 2}, stale_after_s=1.0)  # 5 files x 0.6 s > 1 s
+    results["other"] = other.publish("x/v", _files(2), {"writer": 2}, stale_after_s=2.0)  # 5 files x 0.6 s > 2 s
     thread.join(30)
     assert results["slow"].written and not results["other"].written
     assert other.manifest("x/v")["writer"] == 1 and results["other"].manifest["writer"] == 1

@@ -178,7 +178,7 @@ def test_the_report_loads_the_metric_modules_and_notes_one_that_fails(tmp_path, 
 
 
 def test_runs_of_the_same_second_are_ordered_alike_by_report_and_gc() -> None:
-    """Run times are whole seconds: `prh report`'s latest run and `prh gc --keep-runs 1`'s newest
+    """Run times of older records are whole seconds: `prh report`'s latest run and `prh gc --keep-runs 1`'s newest
     run must be the same run when two finish in the same second (the last tie-breaker: run id)."""
     from storage.run_retention import newest_runs
     from tasks.report_source import select_run
