@@ -337,15 +337,23 @@ def existing_store(url: str) -> Store:
 
 def _sql(args: argparse.Namespace) -> int:
     from flows.sql_output import print_table, write_csv, write_json
-    from storage.catalog import connect, query
+    from storage.catalog import connect, query_each
+    from storage.sql_guard import checked_statements
 
-    table = query(connect(existing_store(store_argument(args)), lossless_arrow=True), args.query)
+    con = connect(existing_store(store_argument(args)), lossless_arrow=True)
+    if args.format != "table" and len(checked := checked_statements(con, args.query)) > 1:
+        raise ValueError(f"--format {args.format} writes one result, but the query has {len(checked)} statements: "
+                         "run them one at a time (or without --format, which prints each)")
+    tables = query_each(con, args.query)
     if args.format == "json":
-        write_json(table, sys.stdout)
+        write_json(tables[0], sys.stdout)
     elif args.format == "csv":
-        write_csv(table, sys.stdout)
+        write_csv(tables[0], sys.stdout)
     else:
-        print_table(table)
+        for number, table in enumerate(tables, 1):
+            if len(tables) > 1:
+                print(f"{'' if number == 1 else chr(10)}-- statement {number} of {len(tables)}")
+            print_table(table)
     return 0
 
 

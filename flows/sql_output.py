@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import io
 import json
 import math
 from decimal import Decimal
@@ -364,11 +365,21 @@ def _can_encode(character: str, encoding: str) -> bool:
 
 
 def write_csv(table: pa.Table, out: IO[str]) -> None:
-    """A header line with the column names as the query gave them, then one line per row."""
-    writer = csv.writer(out)
-    writer.writerow(table.column_names)
+    """A header line with the column names as the query gave them, then one line per row; lines
+    end with ``\n`` (not the csv module's ``\r\n``: the output goes to Unix tools and files). A
+    value holding a line break (``\r`` too) is quoted whole, as with ``\r\n`` lines."""
+    line = io.StringIO()
+    writer = csv.writer(line)  # lines end "\r\n": every value holding "\r" or "\n" is quoted
+
+    def write(cells: list[Any]) -> None:
+        line.seek(0)
+        line.truncate()
+        writer.writerow(cells)
+        out.write(line.getvalue()[:-2] + "\n")
+
+    write(table.column_names)
     for row in positional_rows(table):
-        writer.writerow([csv_cell(v) for v in row])
+        write([csv_cell(v) for v in row])
 
 
 def print_table(table: pa.Table, width: int = 200) -> None:

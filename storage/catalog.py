@@ -712,10 +712,27 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     DuckDB's message; one it cannot parse, ``ValueError``.
     """
     checked = checked_statements(con, sql)
+    for text in checked[:-1]:
+        _run_checked(con, text, fetch=False)
+    return _run_checked(con, checked[-1])
+
+
+def query_each(con: duckdb.DuckDBPyConnection, sql: str) -> list[pa.Table]:
+    """:func:`query` for a query of several statements (``select 1; select 2``): every
+    statement's result, in order (``query`` returns the last). Every statement is checked
+    before the first runs; errors as ``query``'s."""
+    return [_run_checked(con, text) for text in checked_statements(con, sql)]
+
+
+def _run_checked(con: duckdb.DuckDBPyConnection, text: str, fetch: bool = True) -> pa.Table:
+    """Run one statement that :func:`storage.sql_guard.checked_statements` passed; its result
+    as an Arrow table (empty when it has none or ``fetch`` is false). DuckDB's errors become
+    :class:`ReadOnlyQueryError` / :class:`QueryError` (see :func:`query`)."""
     try:
-        for text in checked[:-1]:
+        if not fetch:
             con.execute(text).fetchall()
-        result = con.sql(checked[-1])
+            return pa.table({})
+        result = con.sql(text)
         return result.to_arrow_table() if result is not None else pa.table({})
     except duckdb.Error as error:
         if isinstance(error, (duckdb.PermissionException, duckdb.InvalidInputException)) and any(marker in str(error) for marker in _LOCKED):

@@ -715,3 +715,26 @@ def test_sql_writes_values_duckdb_exports_lossily_by_default(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == [{"t": "12:00:00+02:00", "b": "101", "u": 2**128 - 1, "s": 3}]
     assert main(["sql", query, "--store", str(tmp_path / "store"), "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines() == ["t,b,u,s", f"12:00:00+02:00,101,{2**128 - 1},3"]
+
+
+def test_sql_with_several_statements_prints_each_result(tmp_path, capsys):
+    """`prh sql "q1; q2"` ran both and showed only the last, silently (README's block of three
+    queries showed one result). The table format prints each; CSV and JSON hold one result and
+    refuse several before anything runs; a refused statement stops them all before the first."""
+    from tests.storage.catalog_store import build_catalog_store
+
+    store = str(tmp_path / "store")
+    build_catalog_store(store)
+    assert main(["sql", "select 41 + 1 as answer; select count(*) as n_runs from runs", "--store", store]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("-- statement 1 of 2\n") and "\n\n-- statement 2 of 2\n" in out
+    first, second = out.split("-- statement 2 of 2")
+    assert "answer" in first and "42" in first and first.rstrip().endswith("1 row")
+    assert "n_runs" in second and " 2 " in second and second.rstrip().endswith("1 row")
+    assert main(["sql", "select 1 as a", "--store", store]) == 0 and "statement" not in capsys.readouterr().out
+    for fmt in ("csv", "json"):
+        assert main(["sql", "select 1 as a; select 2 as b", "--store", store, "--format", fmt]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and f"--format {fmt} writes one result, but the query has 2 statements" in captured.err
+    assert main(["sql", "select 1 as a; copy (select 1) to 'x.csv'", "--store", store]) == 2
+    assert capsys.readouterr().out == "" and not (tmp_path / "x.csv").exists()

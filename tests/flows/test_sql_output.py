@@ -31,6 +31,19 @@ def test_repeated_column_names_keep_every_value_in_its_place(capsys):
     assert unique_names(["n", "n", "n_2", "n"]) == ["n", "n_3", "n_2", "n_4"]
 
 
+def test_csv_lines_end_with_a_newline_and_every_line_break_in_a_value_is_quoted():
+    """`--format csv` ended its lines with "\r\n" (the csv module's default): Unix tools saw a
+    stray "\r" on every line. A value holding a lone "\r" must still be quoted whole."""
+    table = _result("select 1 as n, 'a' || chr(13) || 'b' as cr, 'c' || chr(10) || 'd' as lf, '' as empty")
+    out = io.StringIO()
+    write_csv(table, out)
+    assert out.getvalue() == 'n,cr,lf,empty\n1,"a\rb","c\nd",\n'
+    assert list(csv.reader(io.StringIO(out.getvalue(), newline=""))) == [["n", "cr", "lf", "empty"], ["1", "a\rb", "c\nd", ""]]
+    one = io.StringIO()
+    write_csv(_result("select '' as only"), one)
+    assert one.getvalue() == 'only\n""\n'  # an empty value alone on its line stays a value, not a blank line
+
+
 def test_the_table_shows_control_characters_escaped_and_numbers_right_aligned(capsys):
     """A caption (data) or a column name with an escape sequence cleared and recoloured the
     analyst's terminal in `prh sql`'s table; CSV and JSON keep the value whole."""
