@@ -222,18 +222,31 @@ class AlignmentParams(BaseModel):
         """The fewest paired samples each constraint needs, keyed by what imposes it.
 
         ``topk + 2`` for the k-NN metrics and CKNNA (each sample needs ``topk`` neighbours
-        other than itself, and the alignment stage keeps one more in reserve), ``cca_dim`` for
-        SVCCA, 4 for the unbiased HSIC (``unbiased_cka``, ``cknna``), and 2 always.
+        other than itself, and the alignment stage keeps one more in reserve), ``cca_dim + 1`` for
+        SVCCA (centred rows span one dimension fewer than their count), 4 for the unbiased HSIC (``unbiased_cka``, ``cknna``), and 2 always. With
+        ``bootstrap``, each resample scores half the rows (``tasks.metrics.bootstrap``'s
+        default subsample), which must hold ``topk + 1``, ``cca_dim + 1`` and 4 rows: the
+        fewest samples whose half does.
         """
         needs = {"alignment needs at least": 2}
+        in_each: dict[str, int] = {}  # what one bootstrap resample must hold, rows
         knn = [m for m in self.metrics if "topk" in parameters_of(m)]
         if knn:
             needs[f"alignment.topk={self.topk} ({', '.join(knn)}) needs topk + 2 ="] = self.topk + 2
+            in_each[f"alignment.topk={self.topk} ({', '.join(knn)}) needs topk + 1 = {self.topk + 1}"] = self.topk + 1
         if "svcca" in self.metrics:
-            needs[f"svcca with alignment.cca_dim={self.cca_dim} needs"] = self.cca_dim
+            # centred, N rows span at most N - 1 dimensions: cca_dim of them need cca_dim + 1 rows
+            needs[f"svcca with alignment.cca_dim={self.cca_dim} needs cca_dim + 1 ="] = self.cca_dim + 1
+            in_each[f"svcca with alignment.cca_dim={self.cca_dim} needs cca_dim + 1 = {self.cca_dim + 1}"] = self.cca_dim + 1
         unbiased = [m for m in self.metrics if m in _UNBIASED_METRICS]
         if unbiased:
             needs[f"the unbiased HSIC of {', '.join(unbiased)} needs"] = 4
+            in_each[f"the unbiased HSIC of {', '.join(unbiased)} needs 4"] = 4
+        if self.bootstrap > 0:
+            reason = max(in_each, key=lambda k: in_each[k]) if in_each else "a score needs 2"
+            n = _fewest_for_subsample(in_each[reason] if in_each else 2)
+            needs[f"alignment.bootstrap={self.bootstrap} scores half the rows per resample, where {reason}, "
+                  "so it needs at least"] = n
         return needs
 
     def min_samples(self) -> int:
@@ -249,6 +262,17 @@ class AlignmentParams(BaseModel):
         if n_samples < needs[binding]:
             rows = "image(s) (alignment.unit 'image')" if self.unit == "image" else "sample(s)"
             raise ValueError(f"{what} has {n_samples} {rows}, too few: {binding} {needs[binding]}")
+
+
+def _fewest_for_subsample(rows: int) -> int:
+    """The fewest samples ``N`` whose bootstrap subsample (``tasks.metrics.bootstrap``'s default,
+    half the rows rounded) holds at least ``rows`` rows (and leaves one out)."""
+    from tasks.metrics.bootstrap import DEFAULT_SUBSAMPLE, subsample_size
+
+    n = max(3, rows + 1)
+    while subsample_size(n, DEFAULT_SUBSAMPLE) < rows:
+        n += 1
+    return n
 
 
 class PipelineConfig(BaseModel):

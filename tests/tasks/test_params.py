@@ -4,12 +4,14 @@ file, the field path and its line; valid configs (the demo included) load."""
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from flows.cli import DEMO_CONFIG
+from tasks import metrics
 from tasks.metrics import METRICS
 from tasks.params import AlignmentParams, ConfigError, PipelineConfig, load_config
 
@@ -109,7 +111,7 @@ CASES = {
     "n below topk + 2": (MODELS + "dataset: {n: 10}\nalignment: {topk: 9, metrics: [cycle_knn]}\n",
                          r"too few: alignment\.topk=9 \(cycle_knn\) needs topk \+ 2 = 11"),
     "huge topk with the default n": (alignment("topk: 1000000000000"), r"^dataset\.n: the OpenMoji sample has 1024 sample\(s\), too few: alignment\.topk=1000000000000"),
-    "n below cca_dim": (MODELS + "dataset: {n: 8}\nalignment: {metrics: [svcca], cca_dim: 9}\n", r"svcca with alignment\.cca_dim=9 needs 9$"),
+    "n below cca_dim": (MODELS + "dataset: {n: 8}\nalignment: {metrics: [svcca], cca_dim: 9}\n", r"svcca with alignment\.cca_dim=9 needs cca_dim \+ 1 = 10$"),
     "image_size too small": (MODELS + "dataset: {image_size: 8}\n", r"^dataset\.image_size \(line 4\): Input should be greater than or equal to 16 \(got 8\)$"),
 }
 
@@ -161,8 +163,8 @@ def test_valid_configs_load(tmp_path: Path) -> None:
     assert [(m.name, m.seed) for m in config.models] == [("vit-a", 0), ("vit-b", 1)]
     assert len(config.model_pairs()) == 1
 
-    edge = MODELS + "dataset: {n: 12}\nalignment: {topk: 10, metrics: [mutual_knn, cknna, svcca], cca_dim: 12, rbf_sigma: 2}\n"
-    config = load_config(write(tmp_path, edge, "edge.yaml"))  # n == topk + 2 == cca_dim: exactly enough
+    edge = MODELS + "dataset: {n: 12}\nalignment: {topk: 10, metrics: [mutual_knn, cknna, svcca], cca_dim: 11, rbf_sigma: 2}\n"
+    config = load_config(write(tmp_path, edge, "edge.yaml"))  # n == topk + 2 == cca_dim + 1: exactly enough
     assert config.alignment.min_samples() == 12 and config.alignment.rbf_sigma == 2.0
     unset = load_config(write(tmp_path, MODELS + "dataset: {n: null}\nalignment: {topk: 100}\n", "unset.yaml")).dataset
     assert unset.n is None and unset.sample_n() == 1024  # null stays null; the demo draws its default sample
@@ -172,12 +174,49 @@ def test_valid_configs_load(tmp_path: Path) -> None:
     assert path.dataset.path == "pairs.csv"  # only the loader knows the size: checked at publish time
 
 
+@pytest.mark.parametrize("name, params", [
+    ("mutual_knn", {"topk": 5}), ("cknna", {"topk": 4}), ("cycle_knn", {"topk": 6}), ("edit_distance_knn", {"topk": 3}),
+    ("unbiased_cka", {}), ("svcca", {"cca_dim": 4}), ("svcca", {"cca_dim": 7}), ("cka", {}),
+])
+def test_the_sample_requirements_are_the_engines_own(name, params) -> None:
+    """``min_samples`` is exact, with and without a bootstrap: the engine scores that many random
+    samples (each half-size resample too), and refuses one fewer (a bootstrap at topk 30 with
+    48 samples passed the check, then every resample was refused and the run had no interval)."""
+    rng = np.random.default_rng(0)
+    for bootstrap in (0, 20):
+        config = AlignmentParams(metrics=[name], bootstrap=bootstrap, **params)
+        n = config.min_samples()
+        xs, ys = [rng.normal(size=(n, 16)).astype(np.float32)], [rng.normal(size=(n, 12)).astype(np.float32)]
+        kwargs = config.metric_params(name)
+
+        def run(rows: int) -> None:
+            if bootstrap:
+                metrics.bootstrap_ci(name, [x[:rows] for x in xs], [y[:rows] for y in ys], n_boot=bootstrap, seed=0, **kwargs)
+            else:
+                metrics.score(name, xs[0][:rows], ys[0][:rows], **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a degenerate interval of tiny resamples
+            run(n)
+            # one fewer: the engine refuses (the alignment stage keeps one sample in reserve for
+            # the k-NN metrics, so their check asks one more than a score alone needs)
+            if not (bootstrap == 0 and "topk" in params):
+                with pytest.raises(ValueError):
+                    run(n - 1)
+
+
 def test_sample_requirements() -> None:
     assert AlignmentParams().min_samples() == 12  # mutual_knn, cka, cknna with topk 10
     assert AlignmentParams(metrics=["cka"]).min_samples() == 2
     assert AlignmentParams(metrics=["unbiased_cka"]).min_samples() == 4
     assert AlignmentParams(metrics=["cknna"], topk=2).min_samples() == 4
-    assert AlignmentParams(metrics=["svcca", "cka"], cca_dim=30).min_samples() == 30
+    assert AlignmentParams(metrics=["svcca", "cka"], cca_dim=30).min_samples() == 31  # centred: rank <= N - 1
+    # bootstrap resamples hold half the rows: topk=30 needs 31 in each, so 62 samples
+    knn = AlignmentParams(metrics=["mutual_knn", "cknna"], topk=30, bootstrap=40)
+    assert knn.min_samples() == 62 and AlignmentParams(metrics=["mutual_knn", "cknna"], topk=30).min_samples() == 32
+    with pytest.raises(ValueError, match=r"^the dataset has 48 sample\(s\), too few: alignment\.bootstrap=40 scores half the rows "
+                                         r"per resample, where alignment\.topk=30 \(mutual_knn, cknna\) needs topk \+ 1 = 31, "
+                                         r"so it needs at least 62$"):
+        knn.check_sample_count(48)
     AlignmentParams(topk=3).check_sample_count(5)
     with pytest.raises(ValueError, match=r"^pair x has 4 sample\(s\), too few: alignment\.topk=3 \(mutual_knn, cknna\) needs topk \+ 2 = 5$"):
         AlignmentParams(topk=3).check_sample_count(4, "pair x")
