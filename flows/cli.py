@@ -75,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--split", default=None, help="with --dataset: the split read, of a hub dataset (default: train) or of a "
                      "Karpathy split file such as dataset_coco.json (train, restval, val or test; default: all images)")
     run.add_argument("--permutations", type=int, default=None, help="override alignment.permutations")
+    run.add_argument("--check", action="store_true",
+                     help="check the config and every model of the zoo (ids, paths, revisions, modality, configs, "
+                          "tokenizers; no weights loaded), print each model's verdict and exit: 0 when all pass, 2 when one "
+                          "is refused; nothing runs and the store is not touched")
     run.add_argument("--unit", choices=["sample", "image"], default=None,
                      help="override alignment.unit: align one row per image-caption sample (the paper's) or per image "
                           "(its captions' vectors averaged; with --captions all)")
@@ -198,6 +202,8 @@ def dataset_argument(value: str, **options: Any) -> DatasetParams:
 
 def _run(args: argparse.Namespace) -> int:
     config = config_with_flags(args)
+    if args.check:
+        return _check_zoo(config)
     store = store_argument(args)
     from storage.store import Store
 
@@ -223,6 +229,30 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     print_summary(summary)
+    return 0
+
+
+def _check_zoo(config: PipelineConfig) -> int:
+    """``prh run --check``: each model's verdict (``flows.pipeline.model_checks``) on a line,
+    then a summary; 2 when a model is refused (what ``prh run`` would record as a failure while
+    extracting the others), else 0. A model that could not be checked ahead is named, not refused."""
+    from flows.pipeline import model_checks
+
+    refused = 0
+    for name, outcome, message in model_checks(config.models):
+        if outcome == "ok":
+            print(f"ok        {for_terminal(name)}")
+        elif outcome == "refused":
+            refused += 1
+            print(f"refused   {for_terminal(name)}: {for_terminal(message)}")
+        else:
+            print(f"unchecked {for_terminal(name)}: {for_terminal(message)} (its extraction will tell)")
+    n = len(config.models)
+    if refused:
+        print(f"prh run --check: {refused} of {n} model(s) refused; `prh run` would extract the others and end FAILED",
+              file=sys.stderr)
+        return 2
+    print(f"config and {n} model(s) checked: nothing refused")
     return 0
 
 

@@ -6,6 +6,7 @@ store, so a rerun with unchanged inputs computes nothing and a new model adds on
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -265,20 +266,34 @@ def check_models(specs: list[Any]) -> list[dict[str, str]]:
     ``{"stage": "check", "item", "error"}`` record per refused model; the run goes on without it.
     An unexpected error while checking (the hub unreachable...) is only logged: the model's
     extraction task, with its retries, decides."""
+    logger = get_run_logger()
+    refused = []
+    for name, outcome, message in model_checks(specs):
+        if outcome == "refused":
+            logger.error("model %s refused: %s", name, message)
+            refused.append({"stage": "check", "item": name, "error": message})
+        elif outcome == "unchecked":
+            logger.warning("model %s could not be checked ahead (%s); its extraction will tell", name, message)
+    return refused
+
+
+def model_checks(specs: list[Any]) -> Iterator[tuple[str, Literal["ok", "refused", "unchecked"], str]]:
+    """``(model name, outcome, why on one line)`` for each spec, checked without loading weights
+    (``tasks.extract.check_model``), as it is checked: ``refused`` (``ModelInputError``: a
+    missing path, an unknown id or class, a wrong modality...), ``unchecked`` (an unexpected
+    error while checking: the extraction decides) or ``ok`` (message empty)."""
     from tasks.extract import check_model
     from tasks.extract.errors import ModelInputError
 
-    logger = get_run_logger()
-    refused = []
     for spec in specs:
         try:
             check_model(spec)
         except ModelInputError as error:
-            logger.error("model %s refused: %s", spec.name, error)
-            refused.append({"stage": "check", "item": spec.name, "error": one_line(error)})
-        except Exception as error:  # noqa: BLE001 - see the docstring
-            logger.warning("model %s could not be checked ahead (%s); its extraction will tell", spec.name, one_line(error))
-    return refused
+            yield spec.name, "refused", one_line(error)
+        except Exception as error:  # noqa: BLE001 - reported as unchecked
+            yield spec.name, "unchecked", one_line(error)
+        else:
+            yield spec.name, "ok", ""
 
 
 def _failure_summary(failures: list[dict[str, str]], n_models: int, n_aligned: int

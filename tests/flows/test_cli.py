@@ -738,3 +738,28 @@ def test_sql_with_several_statements_prints_each_result(tmp_path, capsys):
         assert captured.out == "" and f"--format {fmt} writes one result, but the query has 2 statements" in captured.err
     assert main(["sql", "select 1 as a; copy (select 1) to 'x.csv'", "--store", store]) == 2
     assert capsys.readouterr().out == "" and not (tmp_path / "x.csv").exists()
+
+
+def test_run_check_gives_each_models_verdict_without_running(tmp_path, capsys):
+    """A typo in a zoo was named within seconds, but `prh run` then extracted every other model
+    and failed only at the end: `prh run --check` checks the config and every model (no weights
+    loaded, no server, no store) and exits 2 naming the refused ones."""
+    misdeclared = {**{k: v for k, v in TINY_BERT.items() if k != "tokenizer"}, "name": "bert-as-vision", "modality": "vision",
+                   "image_size": 32}
+    missing = {"name": "my-bert", "loader": "hf", "id": str(tmp_path / "models" / "my-bert"), "modality": "language"}
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32},
+                                      "models": [TINY_VIT, misdeclared, TINY_BERT, missing]}))
+    store = tmp_path / "store"
+    assert main(["run", "--config", str(config), "--store", str(store), "--check"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert [line.split()[:2] for line in lines] == [["ok", "tiny-vit"], ["refused", "bert-as-vision:"], ["ok", "tiny-bert"],
+                                                    ["refused", "my-bert:"]]
+    assert "vision" in lines[1] and "does not exist" in lines[3]
+    assert "2 of 4 model(s) refused" in captured.err and not store.exists()
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32}, "models": [TINY_VIT, TINY_BERT]}))
+    assert main(["run", "--config", str(config), "--store", str(store), "--check"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "config and 2 model(s) checked: nothing refused" and not store.exists()
+    config.write_text(yaml.safe_dump({"models": [{**TINY_VIT, "pooling": "mean"}]}))  # the config itself: as prh run
+    assert main(["run", "--config", str(config), "--check"]) == 2 and "pooling" in capsys.readouterr().err
