@@ -56,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_environment()
     if "torch" not in sys.modules:  # read once, when torch loads
         choose_omp_wait_policy()
+    return _dispatch(command_parser().parse_args(argv))
+
+
+def command_parser() -> argparse.ArgumentParser:
+    """``prh``'s argument parser: its commands and their flags."""
     parser = argparse.ArgumentParser(prog="prh", description="Representational alignment between neural networks.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -69,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--captions", choices=["first", "all"], default=None,
                      help="with --dataset, several captions per image (a list column, a .txt of several lines): the first "
                      "(default, the paper's) or one row per caption")
-    run.add_argument("--n", type=int, default=None, help="with --dataset: only its first N rows (default: all)")
+    run.add_argument("--n", type=int, default=None, help="with --dataset: only its first N rows (default: all); without: "
+                     "dataset.n of the config (the demo's sample of N pairs)")
     run.add_argument("--image-root", default=None, help="with a --dataset table: the folder its image paths are read from "
                      "(default: the table's folder)")
     run.add_argument("--split", default=None, help="with --dataset: the split read, of a hub dataset (default: train) or of a "
@@ -90,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sql.add_argument("--store", default=None, help=STORE_HELP)
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
-    from flows.report import add_report_arguments, run_report
+    from flows.report import add_report_arguments
 
     add_report_arguments(commands.add_parser("report", help="write a run's HTML report and figures"), STORE_HELP)
 
@@ -121,12 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("--quick", action="store_true", help="check presence and sizes only (no file is read)")
     verify.add_argument("--remove-damaged", action="store_true",
                         help="delete each damaged version, so that the next run computes it again")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command ``args`` name; errors become one line on stderr and exit 2 (see :func:`main`)."""
     try:
         if args.command == "run":
             return _run(args)
         if args.command == "report":
+            from flows.report import run_report
+
             return run_report(args, existing_store(store_argument(args)).url)
         if args.command == "catalog":
             return _catalog_export(args)
@@ -271,8 +282,11 @@ def config_with_flags(args: argparse.Namespace) -> PipelineConfig:
     if args.dataset is not None:
         data["dataset"] = dataset_argument(args.dataset, **options).model_dump()
         flags.append(f"--dataset {args.dataset}")
-    elif any(v is not None for v in options.values()):
-        raise ValueError("--image-column, --text-column, --captions, --n, --image-root and --split apply to --dataset")
+    elif any(v is not None for k, v in options.items() if k != "n"):
+        raise ValueError("--image-column, --text-column, --captions, --image-root and --split apply to --dataset")
+    elif args.n is not None:  # the config's own dataset (the embedded demo: its sample of n pairs)
+        data["dataset"]["n"] = args.n
+        flags.append(f"--n {args.n}")
     for field in ("permutations", "unit"):
         if getattr(args, field) is not None:
             data["alignment"][field] = getattr(args, field)

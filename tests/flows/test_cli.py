@@ -279,7 +279,13 @@ def test_dataset_argument_reads_hugging_face_urls(tmp_path, monkeypatch):
 def test_column_flags_need_a_dataset(capsys):
     assert main(["run", "--text-column", "caption"]) == 2
     assert capsys.readouterr().err.strip() == \
-        "prh run: error: --image-column, --text-column, --captions, --n, --image-root and --split apply to --dataset"
+        "prh run: error: --image-column, --text-column, --captions, --image-root and --split apply to --dataset"
+    # --n without --dataset: the config's own dataset (the demo shrunk without writing a config)
+    from flows.cli import command_parser, config_with_flags
+
+    assert config_with_flags(command_parser().parse_args(["run", "--n", "48"])).dataset.n == 48
+    assert main(["run", "--n", "1", "--check"]) == 2
+    assert "with --n 1: dataset.n: Input should be greater than or equal to 2 (got 1)" in capsys.readouterr().err
     assert main(["run", "--dataset", "hf://datasets/org/name", "--image-root", "imgs"]) == 2
     assert capsys.readouterr().err.strip() == ("prh run: error: --dataset 'hf://datasets/org/name': --image-root: "
                                                "dataset.image_root applies to kind 'path' only (kind is 'huggingface')")
