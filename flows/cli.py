@@ -260,7 +260,8 @@ def _check_zoo(config: PipelineConfig) -> int:
             print(f"unchecked {for_terminal(name)}: {for_terminal(message)} (its extraction will tell)")
     n = len(config.models)
     if refused:
-        print(f"prh run --check: {refused} of {n} model(s) refused; `prh run` would extract the others and end FAILED",
+        print(f"prh run --check: {refused} of {n} model(s) refused; `prh run` would record each as a failure, extract "
+              "the others and end FAILED (unless the store already holds its features: those are reused unchecked)",
               file=sys.stderr)
         return 2
     print(f"config and {n} model(s) checked: nothing refused")
@@ -385,19 +386,19 @@ def _sql(args: argparse.Namespace) -> int:
     from storage.sql_guard import checked_statements
 
     con = connect(existing_store(store_argument(args)), lossless_arrow=True)
-    if args.format != "table" and len(checked := checked_statements(con, args.query)) > 1:
-        raise ValueError(f"--format {args.format} writes one result, but the query has {len(checked)} statements: "
+    statements = len(checked_statements(con, args.query))
+    if args.format != "table" and statements > 1:
+        raise ValueError(f"--format {args.format} writes one result, but the query has {statements} statements: "
                          "run them one at a time (or without --format, which prints each)")
-    tables = query_each(con, args.query)
-    if args.format == "json":
-        write_json(tables[0], sys.stdout)
-    elif args.format == "csv":
-        write_csv(tables[0], sys.stdout)
-    else:
-        for number, table in enumerate(tables, 1):
-            if len(tables) > 1:
-                print(f"{'' if number == 1 else chr(10)}-- statement {number} of {len(tables)}")
-            print_table(table)
+    if args.format != "table":
+        (table,) = query_each(con, args.query)
+        (write_json if args.format == "json" else write_csv)(table, sys.stdout)
+        return 0
+    for number, table in enumerate(query_each(con, args.query), 1):  # each shown before the next runs
+        if statements > 1:
+            print(f"{'' if number == 1 else chr(10)}-- statement {number} of {statements}")
+        print_table(table)
+        sys.stdout.flush()
     return 0
 
 

@@ -45,7 +45,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import duckdb
 import pyarrow as pa
@@ -717,11 +717,19 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     return _run_checked(con, checked[-1])
 
 
-def query_each(con: duckdb.DuckDBPyConnection, sql: str) -> list[pa.Table]:
+def query_each(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[pa.Table]:
     """:func:`query` for a query of several statements (``select 1; select 2``): every
-    statement's result, in order (``query`` returns the last). Every statement is checked
-    before the first runs; errors as ``query``'s."""
-    return [_run_checked(con, text) for text in checked_statements(con, sql)]
+    statement's result, in order, each as it is computed (``query`` returns the last). Every
+    statement is checked before the first runs; errors as ``query``'s, a failing statement of
+    several named by its place (``statement 2 of 3: the query failed: ...``)."""
+    checked = checked_statements(con, sql)
+    for number, text in enumerate(checked, 1):
+        try:
+            yield _run_checked(con, text)
+        except (QueryError, ReadOnlyQueryError) as error:
+            if len(checked) == 1:
+                raise
+            raise type(error)(f"statement {number} of {len(checked)}: {error}") from error.__cause__
 
 
 def _run_checked(con: duckdb.DuckDBPyConnection, text: str, fetch: bool = True) -> pa.Table:

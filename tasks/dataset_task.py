@@ -280,10 +280,14 @@ def _rendered_before(recipe: str, store: Store) -> dict[str, Any] | None:
 
 def _check_enough_rows(name: str, n_valid: int, n_images: int, rejected: dict[str, int], alignment: AlignmentParams | None) -> None:
     """Raise if ``n_valid`` rows (``n_images`` images, for ``alignment.unit`` 'image') cannot be
-    aligned (at least 2; ``alignment.min_samples()`` if given)."""
-    requirement = AlignmentParams.model_construct(metrics=[]) if alignment is None else alignment
+    aligned (``alignment.min_samples()``; without ``alignment``, 2 rows: a dataset published on
+    its own)."""
     try:
-        requirement.check_sample_count(n_images if requirement.unit == "image" else n_valid, f"dataset {name!r}")
+        if alignment is None:
+            if n_valid < 2:
+                raise ValueError(f"dataset {name!r} has {n_valid} sample(s), too few: a dataset needs at least 2")
+        else:
+            alignment.check_sample_count(n_images if alignment.unit == "image" else n_valid, f"dataset {name!r}")
     except ValueError as error:
         counts = ", ".join(f"{reason}: {count}" for reason, count in sorted(rejected.items())) or "none"
         raise ValueError(f"{error}; rejected rows by reason: {counts}") from None

@@ -223,13 +223,15 @@ class AlignmentParams(BaseModel):
 
         ``topk + 2`` for the k-NN metrics and CKNNA (each sample needs ``topk`` neighbours
         other than itself, and the alignment stage keeps one more in reserve), ``cca_dim + 1`` for
-        SVCCA (centred rows span one dimension fewer than their count), 4 for the unbiased HSIC (``unbiased_cka``, ``cknna``), and 2 always. With
-        ``bootstrap``, each resample scores half the rows (``tasks.metrics.bootstrap``'s
-        default subsample), which must hold ``topk + 1``, ``cca_dim + 1`` and 4 rows: the
-        fewest samples whose half does.
+        SVCCA (centred rows span one dimension fewer than their count), 4 for the unbiased HSIC
+        (``unbiased_cka``, ``cknna``), 3 for ``rsa_spearman`` (2 give one distance, no ranks)
+        and 3 always (the alignment stage excludes a layer whose samples lie on one line, as 2
+        samples always do). With ``bootstrap``, each resample scores half the rows
+        (``tasks.metrics.bootstrap``'s default subsample), which must hold ``topk + 1``,
+        ``cca_dim + 1``, 4 or 3 rows as above (2 for any score): the fewest samples whose half does.
         """
-        needs = {"alignment needs at least": 2}
-        in_each: dict[str, int] = {}  # what one bootstrap resample must hold, rows
+        needs = {"alignment needs at least": 3}
+        in_each: dict[str, int] = {"a score needs 2": 2}  # what one bootstrap resample must hold, rows
         knn = [m for m in self.metrics if "topk" in parameters_of(m)]
         if knn:
             needs[f"alignment.topk={self.topk} ({', '.join(knn)}) needs topk + 2 ="] = self.topk + 2
@@ -242,9 +244,12 @@ class AlignmentParams(BaseModel):
         if unbiased:
             needs[f"the unbiased HSIC of {', '.join(unbiased)} needs"] = 4
             in_each[f"the unbiased HSIC of {', '.join(unbiased)} needs 4"] = 4
+        if "rsa_spearman" in self.metrics:
+            needs["rsa_spearman needs"] = 3
+            in_each["rsa_spearman needs 3"] = 3
         if self.bootstrap > 0:
-            reason = max(in_each, key=lambda k: in_each[k]) if in_each else "a score needs 2"
-            n = _fewest_for_subsample(in_each[reason] if in_each else 2)
+            reason = max(in_each, key=lambda k: in_each[k])
+            n = _fewest_for_subsample(in_each[reason])
             needs[f"alignment.bootstrap={self.bootstrap} scores half the rows per resample, where {reason}, "
                   "so it needs at least"] = n
         return needs
@@ -269,7 +274,7 @@ def _fewest_for_subsample(rows: int) -> int:
     half the rows rounded) holds at least ``rows`` rows (and leaves one out)."""
     from tasks.metrics.bootstrap import DEFAULT_SUBSAMPLE, subsample_size
 
-    n = max(3, rows + 1)
+    n = max(3, rows + 1, 2 * rows - 2)  # round(n / 2) >= rows from n = 2 rows - 1 (or one or two more)
     while subsample_size(n, DEFAULT_SUBSAMPLE) < rows:
         n += 1
     return n

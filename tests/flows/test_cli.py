@@ -744,6 +744,11 @@ def test_sql_with_several_statements_prints_each_result(tmp_path, capsys):
         assert captured.out == "" and f"--format {fmt} writes one result, but the query has 2 statements" in captured.err
     assert main(["sql", "select 1 as a; copy (select 1) to 'x.csv'", "--store", store]) == 2
     assert capsys.readouterr().out == "" and not (tmp_path / "x.csv").exists()
+    # a statement failing at run time: the results before it are shown, the error names it
+    assert main(["sql", "select 41 + 1 as answer; select error('boom') as b", "--store", store]) == 2
+    captured = capsys.readouterr()
+    assert "answer" in captured.out and "42" in captured.out and "statement 2 of 2" not in captured.out
+    assert captured.err.startswith("prh sql: error: statement 2 of 2: the query failed: ") and "boom" in captured.err
 
 
 def test_run_check_gives_each_models_verdict_without_running(tmp_path, capsys):

@@ -111,6 +111,8 @@ CASES = {
     "n below topk + 2": (MODELS + "dataset: {n: 10}\nalignment: {topk: 9, metrics: [cycle_knn]}\n",
                          r"too few: alignment\.topk=9 \(cycle_knn\) needs topk \+ 2 = 11"),
     "huge topk with the default n": (alignment("topk: 1000000000000"), r"^dataset\.n: the OpenMoji sample has 1024 sample\(s\), too few: alignment\.topk=1000000000000"),
+    "huge topk with a bootstrap": (alignment("topk: 1000000000000\nbootstrap: 200"),
+                                   r"^dataset\.n: the OpenMoji sample has 1024 sample\(s\), too few: alignment\.bootstrap=200 .* 2000000000002$"),
     "n below cca_dim": (MODELS + "dataset: {n: 8}\nalignment: {metrics: [svcca], cca_dim: 9}\n", r"svcca with alignment\.cca_dim=9 needs cca_dim \+ 1 = 10$"),
     "image_size too small": (MODELS + "dataset: {image_size: 8}\n", r"^dataset\.image_size \(line 4\): Input should be greater than or equal to 16 \(got 8\)$"),
 }
@@ -176,7 +178,7 @@ def test_valid_configs_load(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name, params", [
     ("mutual_knn", {"topk": 5}), ("cknna", {"topk": 4}), ("cycle_knn", {"topk": 6}), ("edit_distance_knn", {"topk": 3}),
-    ("unbiased_cka", {}), ("svcca", {"cca_dim": 4}), ("svcca", {"cca_dim": 7}), ("cka", {}),
+    ("unbiased_cka", {}), ("svcca", {"cca_dim": 4}), ("svcca", {"cca_dim": 7}), ("cka", {}), ("rsa_spearman", {}),
 ])
 def test_the_sample_requirements_are_the_engines_own(name, params) -> None:
     """``min_samples`` is exact, with and without a bootstrap: the engine scores that many random
@@ -198,15 +200,19 @@ def test_the_sample_requirements_are_the_engines_own(name, params) -> None:
             warnings.simplefilter("ignore", RuntimeWarning)  # a degenerate interval of tiny resamples
             run(n)
             # one fewer: the engine refuses (the alignment stage keeps one sample in reserve for
-            # the k-NN metrics, so their check asks one more than a score alone needs)
-            if not (bootstrap == 0 and "topk" in params):
+            # the k-NN metrics, and refuses 2 samples, which lie on one line, for every metric:
+            # there the check asks one more than a score alone needs)
+            if not (bootstrap == 0 and ("topk" in params or n == 3)):
                 with pytest.raises(ValueError):
                     run(n - 1)
 
 
 def test_sample_requirements() -> None:
     assert AlignmentParams().min_samples() == 12  # mutual_knn, cka, cknna with topk 10
-    assert AlignmentParams(metrics=["cka"]).min_samples() == 2
+    assert AlignmentParams(metrics=["cka"]).min_samples() == 3  # 2 samples lie on one line: every layer excluded
+    assert AlignmentParams(metrics=["rsa_spearman"], bootstrap=50).min_samples() == 6  # 3 rows in each resample
+    huge = AlignmentParams(topk=10**12, bootstrap=200)  # one zero too many: refused at once (the count used to step up to 2e12)
+    assert huge.min_samples() == 2 * 10**12 + 2
     assert AlignmentParams(metrics=["unbiased_cka"]).min_samples() == 4
     assert AlignmentParams(metrics=["cknna"], topk=2).min_samples() == 4
     assert AlignmentParams(metrics=["svcca", "cka"], cca_dim=30).min_samples() == 31  # centred: rank <= N - 1
@@ -220,7 +226,7 @@ def test_sample_requirements() -> None:
     AlignmentParams(topk=3).check_sample_count(5)
     with pytest.raises(ValueError, match=r"^pair x has 4 sample\(s\), too few: alignment\.topk=3 \(mutual_knn, cknna\) needs topk \+ 2 = 5$"):
         AlignmentParams(topk=3).check_sample_count(4, "pair x")
-    with pytest.raises(ValueError, match=r"has 1 sample\(s\), too few: alignment needs at least 2"):
+    with pytest.raises(ValueError, match=r"has 1 sample\(s\), too few: alignment needs at least 3"):
         AlignmentParams(metrics=["cka"]).check_sample_count(1)
 
 
