@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ._arrays import ArrayLike, from_nested, resolve_device, split_layers
+from .engine import layer_scores
 from .registry import MetricSpec, get_metric
 from .representation import Representation, _is_float64, as_representation
 
@@ -132,8 +133,8 @@ def layer_matrix(metric: str | MetricSpec, xs: Any, ys: Any, **params: Any) -> n
         (3, 3)
     """
     spec = get_metric(metric)
-    a, b, p, _, _ = encode_pair(spec, xs, ys, params)
-    return spec.engine.matrix(a, b, p).detach().cpu().numpy().astype(np.float64)
+    a, b, p, ra, rb = encode_pair(spec, xs, ys, params)
+    return layer_scores(spec.engine, a, b, p, (len(ra), len(rb)))
 
 
 def score(metric: str | MetricSpec, x: Any, y: Any, **params: Any) -> float:

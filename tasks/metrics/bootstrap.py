@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from .api import encode_pair
-from .engine import MetricFunctionError
+from .engine import MetricFunctionError, layer_scores
 from .registry import MetricSpec, get_metric
 from .stats import aggregate as aggregate_matrix
 from .stats import check_aggregate, check_count, check_seed
@@ -144,7 +144,7 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
     engine = spec.engine
     shape = (len(ra), len(rb))
     if observed is None:
-        matrix = engine.matrix(a, b, p).detach().cpu().numpy().astype(np.float64)
+        matrix = layer_scores(engine, a, b, p, shape)
     else:
         matrix = np.asarray(observed, dtype=np.float64)
         if matrix.shape != shape:
@@ -159,14 +159,15 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
         sa = ra.subset(idx)
         sb = sa if rb is ra else rb.subset(idx)
         try:
-            reps[r] = aggregate_matrix(engine.matrix(engine.encode(sa, p), engine.encode(sb, p), p)
-                                       .detach().cpu().numpy(), aggregate, better)[0]
+            reps[r] = aggregate_matrix(layer_scores(engine, engine.encode(sa, p), engine.encode(sb, p), p, shape),
+                                       aggregate, better)[0]
         except ValueError as error:  # this subsample is degenerate (e.g. a layer of few distinct rows): skipped
             if isinstance(error, MetricFunctionError) and not isinstance(error.__cause__, ValueError):
                 raise  # a user function that crashed or returned no number: its own ValueError alone means "undefined here"
             reps[r], refused = np.nan, error
     if np.isnan(reps).all():
-        raise ValueError(f"every one of the {n_boot} bootstrap subsamples of {m} rows was refused: {refused}")
+        why = f"was refused: {refused}" if refused is not None else "scored NaN (the metric is undefined on them)"
+        raise ValueError(f"every one of the {n_boot} bootstrap subsamples of {m} rows {why}")
     scale = math.sqrt(m / (n - m))
     low, high, degenerate, share = subsample_interval(float(estimate), reps, scale, level,
                                                       spec.bounds_for(p))

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from .api import encode_pair
-from .engine import TIE_RTOL
+from .engine import TIE_RTOL, layer_scores
 from .registry import MetricSpec, get_metric
 from .stats import aggregate as aggregate_matrix
 from .stats import TORCH_SEED_MAX, check_aggregate, check_count, check_seed, order_statistic_rank
@@ -116,14 +116,15 @@ def calibrate(metric: str | MetricSpec, xs: Any, ys: Any, permutations: int = 10
     better = spec.higher_is_better
     a, b, p, ra, rb = encode_pair(spec, xs, ys, params)
     engine = spec.engine
-    observed_matrix = engine.matrix(a, b, p).detach().cpu().numpy().astype(np.float64)
+    shape = (len(ra), len(rb))
+    observed_matrix = layer_scores(engine, a, b, p, shape)
     observed, argmax = aggregate_matrix(observed_matrix, aggregate, better)
 
     null = np.empty(k_perm, dtype=np.float64)
     for t0 in range(0, k_perm, PERMUTATION_BATCH):
         count = min(PERMUTATION_BATCH, k_perm - t0)
         perms = torch.stack([torch.randperm(rb.n, generator=gen) for _ in range(count)])
-        mats = engine.null_matrices(a, b, perms.to(rb.device), p).detach().cpu().numpy()
+        mats = layer_scores(engine, a, b, p, (count, *shape), perms=perms.to(rb.device))
         for s in range(count):
             null[t0 + s] = aggregate_matrix(mats[s], aggregate, better)[0]
 

@@ -32,6 +32,7 @@ one encoding across metrics.
 
 from __future__ import annotations
 
+import numbers
 import reprlib
 import traceback
 from collections.abc import Callable
@@ -123,6 +124,22 @@ class Engine:
                             .to(torch.float64) for perm in perms])
 
 
+def layer_scores(engine: Engine, a: Any, b: Any, params: dict[str, Any], shape: tuple[int, ...],
+                 perms: torch.Tensor | None = None) -> np.ndarray:
+    """``engine.matrix(a, b, params)`` (with ``perms``: ``engine.null_matrices(a, b, perms,
+    params)``) as float64 numpy of ``shape``: ``(La, Lb)``, or ``(B, La, Lb)`` for ``B``
+    permutations. ``MetricFunctionError`` when the engine returns another shape (a transposed
+    ``(Lb, La)`` matrix would name the wrong layers as the best pair)."""
+    out = engine.matrix(a, b, params) if perms is None else engine.null_matrices(a, b, perms, params)
+    out = out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
+    if tuple(out.shape) != tuple(shape):
+        method = "matrix" if perms is None else "null_matrices"
+        raise MetricFunctionError(f"{_registered_as(engine)}: {type(engine).__qualname__}.{method} returned shape "
+                                  f"{tuple(out.shape)}, not {tuple(shape)} ({'' if perms is None else 'permutations, '}"
+                                  "layers of x, layers of y)")
+    return out.detach().cpu().numpy().astype(np.float64)
+
+
 class FunctionEngine(Engine):
     """Engine for a plain pairwise function ``fn(x, y, **params) -> float``.
 
@@ -155,8 +172,8 @@ class FunctionEngine(Engine):
                 if (_version(x), _version(y)) != versions:
                     raise self._changed_input(i, j, "x" if _version(x) != versions[0] else "y")
                 try:
-                    out[i, j] = float(value)
-                except Exception as error:  # noqa: BLE001 - float() of whatever it returned
+                    out[i, j] = _one_number(value)  # NaN: undefined here (aggregate and calibrate leave it out)
+                except Exception as error:  # noqa: BLE001 - whatever it returned
                     raise self._not_a_number(i, j, value) from error
         return out
 
@@ -192,6 +209,19 @@ class FunctionEngine(Engine):
     def permute(self, state: list[torch.Tensor], perm: torch.Tensor, inv: torch.Tensor
                 ) -> list[torch.Tensor]:
         return [x.index_select(0, perm) for x in state]
+
+
+def _one_number(value: Any) -> float:
+    """``value`` as a float: a real number (a Python or numpy scalar, not a bool), or a tensor or
+    array of one element of such a number; TypeError for anything else (a string such as ``'0.5'``,
+    which ``float()`` would read, a list, a vector)."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        if (value.numel() if isinstance(value, torch.Tensor) else value.size) != 1:
+            raise TypeError("not one element")
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"not a real number: {type(value).__name__}")
+    return float(value)
 
 
 def _version(tensor: torch.Tensor) -> int | None:

@@ -21,6 +21,11 @@ from .engine import Engine, FunctionEngine
 Bounds = tuple[float, float]
 #: parameters every metric accepts (engine placement), never forwarded to engines
 COMMON_PARAMS = ("device",)
+#: Names the public functions take for themselves (``score``, ``layer_matrix``, ``calibrate``,
+#: ``bootstrap_ci``, ``chance_level``): a metric parameter of one of these names would never reach
+#: the metric there (``calibrate(..., seed=3)`` seeds the permutations), so none may be registered.
+RESERVED_PARAMS = frozenset({"metric", "x", "y", "xs", "ys", "n", "permutations", "alpha", "seed", "aggregate",
+                             "n_boot", "level", "observed", "subsample", *COMMON_PARAMS})
 
 
 class UnknownMetricError(ValueError, KeyError):
@@ -57,9 +62,10 @@ class MetricSpec:
     chance: Callable[[int, dict[str, Any]], float | None] | None = None
 
     def bounds_for(self, params: Mapping[str, Any] | None = None) -> Bounds:
-        """Bounds for the given (resolved) parameters."""
+        """Bounds for the given (resolved) parameters (a callable's result checked as
+        :func:`checked_bounds` checks fixed ones)."""
         if callable(self.bounds):
-            return self.bounds(dict(self.resolve(params or {})))
+            return checked_bounds(self.name, self.bounds(dict(self.resolve(params or {}))))
         return self.bounds
 
     def resolve(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,6 +83,22 @@ class MetricSpec:
             if name in self.defaults:
                 out[name] = _checked(name, value, self.defaults[name])
         return out
+
+
+def checked_bounds(name: str, bounds: Any) -> Bounds:
+    """``bounds`` as ``(low, high)`` floats: two real numbers (not bools, not NaN; infinite for
+    an open side) with ``low < high``. ``ValueError`` naming metric ``name`` otherwise: reversed
+    or NaN bounds made ``calibrate`` return 0 or NaN and ``bootstrap_ci`` a zero-width interval."""
+    try:
+        low, high = bounds
+    except (TypeError, ValueError):
+        raise ValueError(f"metric {name!r}: bounds must be (low, high), got {bounds!r}") from None
+    for side, value in (("low", low), ("high", high)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or math.isnan(value):
+            raise ValueError(f"metric {name!r}: bounds {side} must be a real number (or an infinity), got {value!r}")
+    if not low < high:
+        raise ValueError(f"metric {name!r}: bounds must have low < high, got ({low!r}, {high!r})")
+    return float(low), float(high)
 
 
 #: Integer parameters that may be None (``cknna``: ``topk=None`` masks nothing).
@@ -214,14 +236,23 @@ def register_metric(name: str, fn: Callable[..., float] | type[Engine] | Engine 
     """
     if locality not in ("local", "global"):
         raise ValueError("locality must be 'local' or 'global'")
+    for flag, value in (("symmetric", symmetric), ("higher_is_better", higher_is_better)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"metric {name!r}: {flag} must be True or False, got {value!r}")  # 'False' reads as true
+    if not callable(bounds):
+        bounds = checked_bounds(name, bounds)
+    reserved = sorted(RESERVED_PARAMS & set(defaults or {}))
+    if reserved:
+        raise ValueError(f"metric {name!r}: parameter name(s) {reserved} are taken by score, layer_matrix, calibrate or "
+                         "bootstrap_ci for themselves and would never reach the metric; rename them")
     if fn is not None and engine is not None:
         raise TypeError("register_metric: give fn or engine, not both")
     given_engine = _as_engine(engine, "engine") if engine is not None else None
 
     def build(f: Any) -> MetricSpec:
         eng = given_engine if given_engine is not None else _as_engine(f, "fn")
-        spec = MetricSpec(name=name, engine=eng, bounds=bounds, symmetric=symmetric,
-                          locality=locality, higher_is_better=higher_is_better,
+        spec = MetricSpec(name=name, engine=eng, bounds=bounds, symmetric=bool(symmetric),
+                          locality=locality, higher_is_better=bool(higher_is_better),
                           defaults=dict(defaults or {}), description=description, chance=chance)
         METRICS._add(spec, overwrite)
         return spec

@@ -22,6 +22,7 @@ spread (``CENTRED_FROM_GRAM_MAX_RATIO``); otherwise it is computed from the cent
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -327,10 +328,15 @@ class _RowsOf(Sequence[torch.Tensor]):
     def __len__(self) -> int:
         return len(self._layers)
 
-    def __getitem__(self, layer: int) -> torch.Tensor:  # type: ignore[override]
-        if not isinstance(layer, int):
-            raise TypeError(f"layer index must be an int, got {type(layer).__name__}")
-        layer = range(len(self))[layer]
+    def __getitem__(self, layer: int | slice) -> Any:  # type: ignore[override]
+        """One layer's rows (an int, or anything ``operator.index`` takes: ``np.int64``), or a
+        list of them for a slice, as a list of layers gives (an ``Engine`` may slice them)."""
+        if isinstance(layer, slice):
+            return [self[l] for l in range(len(self))[layer]]
+        try:
+            layer = range(len(self))[operator.index(layer)]
+        except TypeError:
+            raise TypeError(f"layer index must be an int or a slice, got {type(layer).__name__}") from None
         if layer not in self._copies:
             self._copies[layer] = self._layers[layer].index_select(0, self._rows)
         return self._copies[layer]

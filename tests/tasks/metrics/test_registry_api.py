@@ -484,3 +484,93 @@ def test_float32_rows_up_to_the_limit_are_scored_exactly() -> None:
     wide[3, 5] = 9e14
     w64 = wide.astype(np.float64)
     assert score("cka", wide, ys[1]) == pytest.approx(ref.cka(w64, y64), rel=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(bounds=(1.0, 0.0)), r"bounds must have low < high, got \(1.0, 0.0\)"),  # calibrated 0, a zero-width interval
+    (dict(bounds=(0.0, float("nan"))), r"bounds high must be a real number \(or an infinity\), got nan"),
+    (dict(bounds=(0.0, None)), r"bounds high must be a real number"),  # failed later, inside calibrate
+    (dict(bounds=(0.0,)), r"bounds must be \(low, high\), got \(0.0,\)"),
+    (dict(bounds=(True, 2.0)), r"bounds low must be a real number"),
+    (dict(higher_is_better="False"), r"higher_is_better must be True or False, got 'False'"),  # read as true
+    (dict(symmetric=1), r"symmetric must be True or False"),
+    (dict(defaults={"seed": 0}), r"parameter name\(s\) \['seed'\] are taken by score, layer_matrix, calibrate"),
+    (dict(defaults={"alpha": 0.1, "level": 2}), r"parameter name\(s\) \['alpha', 'level'\]"),
+])
+def test_register_metric_refuses_metadata_that_would_give_wrong_numbers(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=rf"^metric 'test_bad_meta': {message}"):
+        register_metric("test_bad_meta", lambda x, y, **p: 0.5, **kwargs)
+    assert "test_bad_meta" not in METRICS
+
+
+def test_the_reserved_parameter_names_are_the_public_functions_own() -> None:
+    """A metric parameter named like a keyword of calibrate (``seed``) reached score but not
+    calibrate's observed value: every keyword the public functions take is reserved."""
+    import inspect
+
+    from tasks.metrics.registry import RESERVED_PARAMS
+
+    taken = set()
+    for function in (tm.score, tm.layer_matrix, tm.calibrate, tm.bootstrap_ci, tm.chance_level):
+        taken |= {p.name for p in inspect.signature(function).parameters.values() if p.kind is not p.VAR_KEYWORD}
+    assert taken - {"topk"} <= RESERVED_PARAMS  # chance_level forwards topk to the metric
+
+
+def test_callable_bounds_and_returned_values_are_checked_where_used() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 3)), rng.normal(size=(20, 3))
+    try:
+        register_metric("test_flipped", lambda x, y, **p: 0.5, bounds=lambda params: (1.0, 0.0), overwrite=True)
+        with pytest.raises(ValueError, match=r"^metric 'test_flipped': bounds must have low < high"):
+            tm.calibrate("test_flipped", x, y, permutations=5)
+        register_metric("test_text", lambda x, y, **p: "0.5", overwrite=True)  # float() would read it
+        with pytest.raises(tm.MetricFunctionError, match=r"returned '0.5' \(str\)"):
+            score("test_text", x, y)
+        register_metric("test_vector", lambda x, y, **p: torch.ones(2), overwrite=True)
+        with pytest.raises(tm.MetricFunctionError, match=r"of shape \(2,\)"):
+            score("test_vector", x, y)
+        for one in (np.float32(0.25), np.array([0.25]), torch.tensor([[0.25]]), 0.25, np.int64(1)):
+            register_metric("test_one", lambda x, y, one=one, **p: one, overwrite=True)
+            assert score("test_one", x, y) == float(one if not hasattr(one, "ravel") else one.ravel()[0])
+        register_metric("test_nan", lambda x, y, **p: float("nan"), overwrite=True)
+        with pytest.raises(ValueError, match="every one of the 4 bootstrap subsamples of 10 rows scored NaN"):
+            tm.bootstrap_ci("test_nan", x, y, n_boot=4)
+    finally:
+        for name in ("test_flipped", "test_text", "test_vector", "test_one", "test_nan"):
+            if name in METRICS:
+                tm.unregister_metric(name)
+
+
+class _SlicingEngine(_MeanCos):
+    """A user engine that reads its layers by slice and numpy index, as a list allows."""
+
+    def encode(self, rep, params):
+        layers = rep.layers[:]
+        return [torch.nn.functional.normalize(layers[np.int64(i)], dim=1) for i in range(len(layers))]
+
+
+class _TransposedEngine(_MeanCos):
+    def matrix(self, a, b, params):
+        return super().matrix(a, b, params).T
+
+
+def test_user_engines_read_subsample_layers_as_a_list_and_must_return_the_layer_pairs_shape() -> None:
+    """bootstrap_ci's subsamples gave an engine a sequence that refused slices and numpy
+    integers (a TypeError failed the pair); an engine returning (Lb, La) named the wrong layers."""
+    rng = np.random.default_rng(1)
+    xs, ys = [rng.normal(size=(30, 4)) for _ in range(2)], [rng.normal(size=(30, 4)) for _ in range(3)]
+    try:
+        register_metric("test_slicing", engine=_SlicingEngine, bounds=(-1.0, 1.0), overwrite=True)
+        register_metric("test_mean_cos", engine=_MeanCos, bounds=(-1.0, 1.0), overwrite=True)
+        got = tm.bootstrap_ci("test_slicing", xs, ys, n_boot=5, seed=2)
+        want = tm.bootstrap_ci("test_mean_cos", xs, ys, n_boot=5, seed=2)
+        assert (got.low, got.high, got.estimate) == (want.low, want.high, want.estimate)
+        register_metric("test_transposed", engine=_TransposedEngine, bounds=(-1.0, 1.0), overwrite=True)
+        for call in (lambda: layer_matrix("test_transposed", xs, ys), lambda: tm.calibrate("test_transposed", xs, ys, permutations=3),
+                     lambda: tm.bootstrap_ci("test_transposed", xs, ys, n_boot=3)):
+            with pytest.raises(tm.MetricFunctionError, match=r"_TransposedEngine\.matrix returned shape \(3, 2\), not \(2, 3\)"):
+                call()
+    finally:
+        for name in ("test_slicing", "test_mean_cos", "test_transposed"):
+            if name in METRICS:
+                tm.unregister_metric(name)
