@@ -47,6 +47,16 @@ CENTRED_FROM_GRAM_MAX_RATIO = 64.0
 #: ``kernel_metrics.GramState.scale``). Above it a float32 Gram overflows (inf, then NaN scores
 #: or wrong neighbour lists)
 FLOAT32_MAX_SQ_ROW_NORM = 2.0 ** 100
+#: the same for float64 (rows of norm up to 2^230, about 1.7e69): products of two Gram or kernel
+#: entries (``<= 16 S^2``) summed over ``N^2 < 2^48`` pairs stay below float64's ``2^1024``
+#: (rows of norm ~1e120 made every CKA and CKNNA score and null draw NaN)
+FLOAT64_MAX_SQ_ROW_NORM = 2.0 ** 460
+#: the smallest ``peak^2`` (``peak = max |x|``) of a layer per computation dtype: below it the
+#: products of its values reach the subnormal range (then 0): distances tie and neighbour lists
+#: fall back to index order (float32 values of ~1e-23 scored ``mutual_knn`` 0.95 for 0.79).
+#: A peak of 2^-50 (float32, ~8.9e-16) or 2^-450 (float64, ~3.5e-136) is far from that
+MIN_SQ_PEAK = {torch.float32: 2.0 ** -100, torch.float64: 2.0 ** -900}
+_MAX_SQ_ROW_NORM = {torch.float32: FLOAT32_MAX_SQ_ROW_NORM, torch.float64: FLOAT64_MAX_SQ_ROW_NORM}
 #: elements of one float64 row block when ``max_sq_row_norm`` measures a large-valued layer
 SQ_ROW_NORM_BLOCK = 1 << 22
 
@@ -243,8 +253,8 @@ class Representation:
 
 def check_values(layers: Sequence[torch.Tensor]) -> None:
     """Raise ``ValueError`` unless every ``(N, D_l)`` layer has ``N >= 2``, ``D_l >= 1``, only
-    finite values, two rows that differ (a constant layer) and, when float32, squared row norms
-    of at most ``FLOAT32_MAX_SQ_ROW_NORM``."""
+    finite values, two rows that differ (a constant layer) and values within the computation
+    dtype's range here (:func:`check_float32_range`)."""
     n = int(layers[0].shape[0])
     if n < 2:
         raise ValueError(f"need at least 2 paired samples, got N={n}")
@@ -270,20 +280,30 @@ def finite_peaks(layers: Sequence[torch.Tensor]) -> list[float]:
 
 
 def check_float32_range(layers: Sequence[torch.Tensor], peaks: Sequence[float]) -> None:
-    """Raise ``ValueError`` naming the first float32 layer with a squared row norm above
-    ``FLOAT32_MAX_SQ_ROW_NORM``; ``peaks`` ``max |x|`` per layer. A layer with
-    ``D_l * peak^2`` within the limit passes at no cost (the usual case); only the others have
-    their row norms measured (in float64)."""
+    """Raise ``ValueError`` naming the first layer whose values are out of its computation dtype's
+    range here: a squared row norm above ``FLOAT32_MAX_SQ_ROW_NORM`` (float32) or
+    ``FLOAT64_MAX_SQ_ROW_NORM`` (float64), or a nonzero ``peak^2`` below ``MIN_SQ_PEAK``;
+    ``peaks`` ``max |x|`` per layer. A layer with ``D_l * peak^2`` within the upper limit passes
+    at no cost (the usual case); only the others have their row norms measured (in float64)."""
     for l, (x, peak) in enumerate(zip(layers, peaks)):
-        if x.dtype != torch.float32 or peak * peak * x.shape[1] <= FLOAT32_MAX_SQ_ROW_NORM:
-            continue
-        sq = max_sq_row_norm(x)
-        if sq > FLOAT32_MAX_SQ_ROW_NORM:
+        name = str(x.dtype).replace("torch.", "")
+        smallest = MIN_SQ_PEAK.get(x.dtype)
+        if smallest is not None and 0 < peak < math.sqrt(smallest):  # (peak * peak can underflow to 0)
             raise ValueError(
-                f"layer {l} has rows of norm up to {math.sqrt(sq):.3g}, above float32's limit here, 2^50 "
-                f"= {math.sqrt(FLOAT32_MAX_SQ_ROW_NORM):.3g}: its float32 Gram matrix and kernels would "
-                "overflow (NaN or wrong scores); scale the features (prepare() gives unit rows) or pass "
-                "them as float64")
+                f"layer {l} has values of magnitude at most {peak:.3g}, below {name}'s range here, 2^{math.log2(smallest) / 2:.0f} "
+                f"= {math.sqrt(smallest):.3g}: products of them underflow (distances tie, neighbour lists and kernels "
+                "are wrong); scale the features (prepare() gives unit rows)"
+                + (" or pass them as float64" if x.dtype == torch.float32 else ""))
+        limit = _MAX_SQ_ROW_NORM.get(x.dtype)
+        if limit is None or peak * peak * x.shape[1] <= limit:
+            continue
+        norm = peak * math.sqrt(max_sq_row_norm(x / peak))  # scaled: a float64 norm of ~1e154 squares to inf
+        if norm > math.sqrt(limit):
+            raise ValueError(
+                f"layer {l} has rows of norm up to {norm:.3g}, above {name}'s limit here, 2^{math.log2(limit) / 2:.0f} "
+                f"= {math.sqrt(limit):.3g}: its {name} Gram matrix and kernels would "
+                "overflow (NaN or wrong scores); scale the features (prepare() gives unit rows)"
+                + (" or pass them as float64" if x.dtype == torch.float32 else ""))
 
 
 def max_sq_row_norm(x: torch.Tensor, block: int = SQ_ROW_NORM_BLOCK) -> float:

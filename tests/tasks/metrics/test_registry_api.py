@@ -574,3 +574,26 @@ def test_user_engines_read_subsample_layers_as_a_list_and_must_return_the_layer_
         for name in ("test_slicing", "test_mean_cos", "test_transposed"):
             if name in METRICS:
                 tm.unregister_metric(name)
+
+
+def test_values_below_or_above_the_dtypes_range_are_refused_not_scored_wrong() -> None:
+    """float32 values of ~1e-23 (float64 ~1e-170) have products in the subnormal range: every
+    distance tied and mutual_knn scored 0.95 for 0.79; float64 rows of norm ~1e120 made CKA and
+    CKNNA NaN. Such layers are refused naming the side, the layer and the remedy."""
+    x, y = _scaled_layers(1.0, seed=8)[0], _scaled_layers(1.0, seed=9)[1]
+    with pytest.raises(ValueError, match=r"^x: layer 0 has values of magnitude at most [0-9.]+e-2\d, below float32's range here, "
+                                         r"2\^-50 = 8.88e-16: products of them underflow.*or pass them as float64$"):
+        score("mutual_knn", x * np.float32(1e-23), y, topk=4)
+    with pytest.raises(ValueError, match=r"^y: layer 0 has values of magnitude at most [0-9.]+e-1[67]\d, below float64's range here, "
+                                         r"2\^-450 = 3.44e-136: .*\(prepare\(\) gives unit rows\)$"):
+        score("mutual_knn", x.astype(np.float64), y.astype(np.float64) * 1e-170, topk=4)
+    with pytest.raises(ValueError, match=r"^x: layer 0 has rows of norm up to .*e\+154, above float64's limit here, 2\^230"):
+        score("cka", x.astype(np.float64) * 1e154, y.astype(np.float64))
+    # just inside the limits: the float64 reference's numbers
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    small = np.float32(2.0 ** -49)
+    assert score("mutual_knn", x * small, y * small, topk=4) == pytest.approx(ref.mutual_knn(x64, y64, 4), abs=1e-12)
+    big = 1e68 / np.sqrt((x64 ** 2).sum(1).max())  # rows of norm up to 1e68 (the limit: 1.7e69)
+    assert score("cka", x64 * big, y64 * big) == pytest.approx(ref.cka(x64 * big, y64 * big), rel=1e-9)
+    assert np.isfinite(tm.calibrate("cknna", x64 * big, y64 * big, permutations=5, topk=4).null).all()
+    assert score("mutual_knn", x64 * 1e-130, y64, topk=4) == pytest.approx(ref.mutual_knn(x64, y64, 4), abs=1e-12)
