@@ -28,7 +28,12 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
 def check_real(x: object) -> None:
-    """Raise ``TypeError`` when ``x`` (numpy array or torch tensor) holds complex numbers."""
+    """Raise ``TypeError`` when ``x`` (numpy array or torch tensor) holds complex numbers, or is
+    a numpy masked array with masked entries (converting it drops the mask: the hidden values
+    would be scored)."""
+    if isinstance(x, np.ma.MaskedArray) and np.ma.getmaskarray(x).any():
+        raise TypeError(f"a masked array with {int(np.ma.getmaskarray(x).sum())} masked value(s): the metrics would "
+                        "read the values under the mask; drop those rows (or fill them) first")
     dtype = getattr(x, "dtype", None)
     if isinstance(x, torch.Tensor) and x.is_complex() or isinstance(x, np.ndarray) and np.iscomplexobj(x):
         raise TypeError(f"complex features (dtype {dtype}) are not supported: the metrics are defined on "

@@ -32,6 +32,8 @@ subtracted before it is stored in float32.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,12 +136,13 @@ def rbf_from_gram(gram: torch.Tensor, sigma: float | str) -> torch.Tensor:
 
 
 def check_rbf_sigma(sigma: float | str) -> None:
-    """Raise ``ValueError`` unless ``sigma`` is a positive number or ``'median'``."""
+    """Raise ``ValueError`` unless ``sigma`` is a positive finite number or ``'median'`` (an
+    infinite width makes every kernel entry 1: a constant kernel, scored 0)."""
     if isinstance(sigma, str):
         if sigma != "median":
             raise ValueError(f"rbf_sigma must be a positive number or 'median', got {sigma!r}")
-    elif not float(sigma) > 0:
-        raise ValueError(f"rbf_sigma must be positive, got {sigma}")
+    elif not 0 < float(sigma) < math.inf:
+        raise ValueError(f"rbf_sigma must be a positive finite number, got {sigma}")
 
 
 def _median(v: torch.Tensor) -> float:

@@ -431,7 +431,8 @@ def test_register_builtins_again_keeps_the_shipped_registrations() -> None:
 
 @pytest.mark.parametrize("metric, params, message", [
     ("cka", {"kernel_metric": "cos"}, "kernel_metric must be 'ip' or 'rbf', got 'cos'"),
-    ("cka", {"kernel_metric": "rbf", "rbf_sigma": -1.0}, "rbf_sigma must be positive, got -1.0"),
+    ("cka", {"kernel_metric": "rbf", "rbf_sigma": -1.0}, "rbf_sigma must be a positive finite number, got -1.0"),
+    ("cka", {"kernel_metric": "rbf", "rbf_sigma": float("inf")}, "rbf_sigma must be a positive finite number, got inf"),
     ("cka_rbf_median", {"rbf_sigma": "mean"}, "rbf_sigma must be a positive number or 'median', got 'mean'"),
     ("mutual_knn", {"topk": 3, "knn_precision": "fp8"}, "knn_precision must be one of"),
     ("mutual_knn", {"topk": 0}, "topk must be in [1, N-1] = [1, 7], got 0"),
@@ -597,3 +598,17 @@ def test_values_below_or_above_the_dtypes_range_are_refused_not_scored_wrong() -
     assert score("cka", x64 * big, y64 * big) == pytest.approx(ref.cka(x64 * big, y64 * big), rel=1e-9)
     assert np.isfinite(tm.calibrate("cknna", x64 * big, y64 * big, permutations=5, topk=4).null).all()
     assert score("mutual_knn", x64 * 1e-130, y64, topk=4) == pytest.approx(ref.mutual_knn(x64, y64, 4), abs=1e-12)
+
+
+def test_masked_arrays_with_masked_values_are_refused_not_read_under_the_mask() -> None:
+    """A masked entry holding 1e6 scored CKA 0.044 for 0.514: converting dropped the mask."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 3)), rng.normal(size=(20, 3))
+    masked = np.ma.masked_array(x.copy(), mask=np.zeros_like(x, dtype=bool))
+    masked[2, 1] = np.ma.masked
+    masked.data[2, 1] = 1e6
+    with pytest.raises(TypeError, match=r"^x: a masked array with 1 masked value\(s\): the metrics would read the values under"):
+        score("cka", masked, y)
+    with pytest.raises(TypeError, match=r"^y: a masked array"):
+        layer_matrix("cka", [x], np.ma.stack([masked]))
+    assert score("cka", np.ma.masked_array(x), y) == score("cka", x, y)  # nothing masked: the values themselves
