@@ -774,3 +774,34 @@ def test_run_check_gives_each_models_verdict_without_running(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-1] == "config and 2 model(s) checked: nothing refused" and not store.exists()
     config.write_text(yaml.safe_dump({"models": [{**TINY_VIT, "pooling": "mean"}]}))  # the config itself: as prh run
     assert main(["run", "--config", str(config), "--check"]) == 2 and "pooling" in capsys.readouterr().err
+
+
+def test_run_check_names_a_model_it_could_not_check_without_refusing_it(tmp_path, capsys, monkeypatch):
+    """An unexpected error while checking (an unreachable hub) is not a refusal: `prh run` lets
+    the model's extraction decide, so --check names it and still exits 0."""
+    import tasks.extract.extractor as extractor
+
+    real = extractor.check_model
+
+    def flaky(spec):
+        if spec.name == "tiny-bert":
+            raise ConnectionError("hub unreachable")
+        return real(spec)
+
+    monkeypatch.setattr(extractor, "check_model", flaky)
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32}, "models": [TINY_VIT, TINY_BERT]}))
+    assert main(["run", "--config", str(config), "--check"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["ok        tiny-vit", "unchecked tiny-bert: ConnectionError: hub unreachable (its extraction will tell)"]
+
+
+def test_n_without_a_dataset_flag_sets_the_configs_own_dataset(tmp_path):
+    from flows.cli import command_parser, config_with_flags
+
+    table = tmp_path / "pairs.csv"
+    table.write_text("image,text\na.png,a\n")
+    config = tmp_path / "path.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "path", "path": str(table)}, "models": [TINY_VIT, TINY_BERT]}))
+    got = config_with_flags(command_parser().parse_args(["run", "--config", str(config), "--n", "30"])).dataset
+    assert (got.kind, got.path, got.n) == ("path", str(table), 30)
