@@ -191,6 +191,9 @@ def test_a_model_with_two_feature_versions_is_not_counted_twice(tmp_path):
     store = build_catalog_store(url)
     (key, manifest), = [(k, m) for k, m in store.manifests(layout.FEATURES) if m["catalog"]["model"] == "vit-small"]
     files = {name: store.read_table(f"{key}/{name}") for name in manifest["files"] if name.endswith(".parquet")}
+    files = {name: t.set_column(t.schema.get_field_index("feature_version"), "feature_version",
+                                pa.array(["fv-vit-small-cls"] * t.num_rows, t.schema.field("feature_version").type))
+             for name, t in files.items()}  # the new version's rows name it, as an extraction writes them
     store.publish(layout.features_key(DATASET, "vit-small", "fv-vit-small-cls"), files,
                   {"kind": "features", "catalog": {**manifest["catalog"], "feature_version": "fv-vit-small-cls", "pooling": "cls"}})
     scores, best = _alignment_rows("vit-small", "lm-small", "al-cls", 8)
@@ -212,6 +215,8 @@ def test_a_model_with_two_feature_versions_is_not_counted_twice(tmp_path):
                                   "model_a": "vit-small", "model_b": "lm-small"} in current
     assert query(con, queries["2. How alignment grows with parameter count"]).num_rows == 4
     assert query(con, queries["3. Which layers align best"]).num_rows == 4
+    features = query(con, queries["4. Features of one sample across models"]).to_pylist()  # joined to models: vit-small twice
+    assert sorted(r["model"] for r in features) == ["lm-large", "lm-small", "vit-large", "vit-small"]
     datasets = query(con, queries["9. Datasets and rejected rows"]).to_pylist()
     assert [(d["models"], d["model_names"]) for d in datasets] == [(4, "lm-large, lm-small, vit-large, vit-small")]
 
