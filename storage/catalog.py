@@ -277,7 +277,9 @@ def connect(
 #: repeats its conditions and order (tests/storage/test_queries.py checks), and ``prh report``'s
 #: default run (``tasks.report_source.select_run``, same conditions and order) must be this run
 #: (tests/storage/test_catalog_views.py checks).
-_RUN_HAS_RESULTS = "status IN ('COMPLETED', 'FAILED') AND len(coalesce(alignment_versions, [])) > 0"
+#: A run with results: its record lists alignment versions (written once every pair is aligned,
+#: so a run stopped after that, while its report was written, ``CANCELLED``, has them all too)
+_RUN_HAS_RESULTS = "status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND len(coalesce(alignment_versions, [])) > 0"
 _RUNS_LATEST_FIRST = "coalesce(finished_at, started_at) DESC, started_at DESC, run_id DESC"
 LATEST_RUN_SQL = f"SELECT * FROM runs WHERE {_RUN_HAS_RESULTS} ORDER BY {_RUNS_LATEST_FIRST} LIMIT 1"
 

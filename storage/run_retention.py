@@ -45,7 +45,7 @@ import duckdb
 
 from storage import layout
 from storage.catalog import current_alignment_keys
-from storage.runs import CLOCK_SKEW_SECONDS, COMPLETED, FAILED, epoch_seconds, extraction_records, live_records, run_records
+from storage.runs import CANCELLED, CLOCK_SKEW_SECONDS, COMPLETED, FAILED, epoch_seconds, extraction_records, live_records, run_records
 from storage.store import DamagedManifest, Store
 from storage.verify import is_version_key, manifest_problems
 
@@ -80,10 +80,11 @@ class RetentionPlan:
 
 
 def published_results(record: dict[str, Any]) -> bool:
-    """Whether the run of ``record`` published results: ``COMPLETED`` or ``FAILED``, with some
-    alignment versions (the predicate of ``tasks.report_source.select_run``; a run of a
-    one-model zoo, features only, has none)."""
-    return record.get("status") in (COMPLETED, FAILED) and bool(record.get("alignment_versions"))
+    """Whether the run of ``record`` published results: ``COMPLETED``, ``FAILED`` or ``CANCELLED``
+    (stopped after its results were recorded, while its report was written), with some alignment
+    versions (the predicate of ``tasks.report_source.select_run``; a run of a one-model zoo,
+    features only, has none)."""
+    return record.get("status") in (COMPLETED, FAILED, CANCELLED) and bool(record.get("alignment_versions"))
 
 
 def newest_runs(records: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any]]:

@@ -106,7 +106,7 @@ def _nightly_store(url: str) -> tuple[Store, set[str]]:
     a9 = _alignment(store, D2, "fv2", "fl9", "al9", _day(4, 6))
     # night 5: failed before publishing any alignment, cancelled night 6: neither published results
     _run(store, "run-5", "FAILED", _day(5, 1), _day(5, 2), D1, {"vit": "fv1", "lm": "fl1"}, [])
-    _run(store, "run-6", "CANCELLED", _day(6, 1), _day(6, 2), D1, {"vit": "fv1"}, [a1])
+    _run(store, "run-6", "CANCELLED", _day(6, 1), _day(6, 2), D1, {"vit": "fv1"}, [])  # stopped before its record listed any
     store.write_json(layout.rendered_dataset_key("recipe1"), {"dataset_version": D1, "source": {"kind": "openmoji"}})
     store.write_json(layout.rendered_dataset_key("recipe2"), {"dataset_version": D2, "source": {"kind": "openmoji"}})
     # kept: run-4's versions (d2, f4, l2, a4); al4s (skew margin) and its inputs (f3); the recent

@@ -141,6 +141,25 @@ def test_a_later_failed_run_with_results_counts_and_one_without_does_not(tmp_pat
     assert _of_pair(_current(connect(store))) == {(DATASET, m): {"al-partly"} for m in ("mutual_knn", "cka")}
 
 
+def test_a_run_stopped_after_recording_its_results_counts_and_one_stopped_before_does_not(tmp_path):
+    """A run's record lists its alignment versions once every pair is aligned; Ctrl-C (or a cancel
+    from the UI) while its report was then written made it CANCELLED with every result listed,
+    and its results were never current nor latest, nor kept by gc --keep-runs."""
+    from storage.run_retention import newest_runs
+    from storage.runs import run_records
+    from tasks.report_source import select_run
+
+    store = build_catalog_store(str(tmp_path / "store"))
+    done = _publish(store, "al-done")
+    _run(store, "run-stopped-late", 1, [done], status="CANCELLED")
+    _run(store, "run-stopped-early", 2, [], status="CANCELLED")
+    con = connect(store)
+    assert _of_pair(_current(con)) == {(DATASET, m): {"al-done"} for m in ("mutual_knn", "cka")}
+    assert select_run(con)["run_id"] == "run-stopped-late"
+    assert _of_pair(_current(con, "alignment_best_latest")) == {(DATASET, m): {"al-done"} for m in ("mutual_knn", "cka")}
+    assert [r["run_id"] for r in newest_runs(run_records(store), 5)][0] == "run-stopped-late"
+
+
 def test_an_exported_catalog_has_the_same_current_rows(tmp_path):
     store = build_catalog_store(str(tmp_path / "store"))
     _run(store, "run-new", 1, [_publish(store, "al-new")])
