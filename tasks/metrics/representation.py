@@ -254,14 +254,14 @@ class Representation:
 def check_values(layers: Sequence[torch.Tensor]) -> None:
     """Raise ``ValueError`` unless every ``(N, D_l)`` layer has ``N >= 2``, ``D_l >= 1``, only
     finite values, two rows that differ (a constant layer) and values within the computation
-    dtype's range here (:func:`check_float32_range`)."""
+    dtype's range here (:func:`check_value_range`)."""
     n = int(layers[0].shape[0])
     if n < 2:
         raise ValueError(f"need at least 2 paired samples, got N={n}")
     for l, x in enumerate(layers):
         if x.shape[1] == 0:
             raise ValueError(f"layer {l} has width 0")
-    check_float32_range(layers, finite_peaks(layers))
+    check_value_range(layers, finite_peaks(layers))
     constant = torch.stack([(x == x[:1]).all() for x in layers])  # (L,): every row equal to the first
     if bool(constant.any()):
         l = int(constant.nonzero()[0, 0])
@@ -279,7 +279,7 @@ def finite_peaks(layers: Sequence[torch.Tensor]) -> list[float]:
     return peaks
 
 
-def check_float32_range(layers: Sequence[torch.Tensor], peaks: Sequence[float]) -> None:
+def check_value_range(layers: Sequence[torch.Tensor], peaks: Sequence[float]) -> None:
     """Raise ``ValueError`` naming the first layer whose values are out of its computation dtype's
     range here: a squared row norm above ``FLOAT32_MAX_SQ_ROW_NORM`` (float32) or
     ``FLOAT64_MAX_SQ_ROW_NORM`` (float64), or a nonzero ``peak^2`` below ``MIN_SQ_PEAK``;
