@@ -1,0 +1,210 @@
+"""Where the GPU time goes (a diagnostic, not a benchmark): engine layer_matrix, the 7B LM and the
+giant ViT extraction, each timed against plain alternatives and profiled with torch.profiler.
+
+    python bench/gpu_profile.py --out DIR [--small] [--parts metrics,llm,vit]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+OUT = Path(".")
+
+
+def sync() -> None:
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best(fn, repeats: int = 3) -> float:
+    t = float("inf")
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        t = min(t, time.perf_counter() - t0)
+    return t
+
+
+def say(*a) -> None:
+    print(*a, flush=True)
+
+
+def prof(fn, name: str) -> None:
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEV.type == "cuda" else [])
+    sync()
+    with profile(activities=acts) as p:
+        fn()
+        sync()
+    ka = p.key_averages()
+    key = "cuda_time_total" if DEV.type == "cuda" else "cpu_time_total"
+    text = ka.table(sort_by=key, row_limit=30, max_name_column_width=60)
+    text += "\n\nby self CPU time\n" + ka.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60)
+    (OUT / f"prof_{name}.txt").write_text(text)
+    say(f"[profile {name} -> prof_{name}.txt]")
+    say("\n".join(text.splitlines()[:22]))
+
+
+def part_metrics(small: bool) -> None:
+    from bench_metrics import make_layers
+    from tasks.metrics import Representation, layer_matrix
+
+    la, wa, lb, wb, n = (4, 64, 5, 32, 128) if small else (33, 4096, 40, 1536, 1024)
+    xs = make_layers(n, la, wa, 1, DEV)
+    ys = make_layers(n, lb, wb, 2, DEV)
+    floor = best(lambda: [x @ x.T for x in xs + ys])
+    say(f"metrics: floor fp32 {1e3 * floor:.2f} ms")
+    if DEV.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        say(f"  floor tf32 {1e3 * best(lambda: [x @ x.T for x in xs + ys]):.2f} ms")
+        torch.backends.cuda.matmul.allow_tf32 = False
+    X, Y = torch.stack(xs), torch.stack(ys)
+    say(f"  batched bmm grams {1e3 * best(lambda: (X @ X.transpose(1, 2), Y @ Y.transpose(1, 2))):.2f} ms")
+    k = 10
+
+    def proto_knn():
+        ga, gb = X @ X.transpose(1, 2), Y @ Y.transpose(1, 2)
+        ga.diagonal(dim1=1, dim2=2).fill_(-float("inf"))
+        gb.diagonal(dim1=1, dim2=2).fill_(-float("inf"))
+        ia = ga.topk(k, dim=2).indices  # (La, N, k)
+        ib = gb.topk(k, dim=2).indices
+        ha = torch.zeros(la, n, n, device=DEV, dtype=torch.bfloat16).scatter_(2, ia, 1.0)
+        hb = torch.zeros(lb, n, n, device=DEV, dtype=torch.bfloat16).scatter_(2, ib, 1.0)
+        # overlap counts per row summed: (La, N*N) @ (N*N, Lb), fp32 accumulate
+        return (ha.reshape(la, -1).float() @ hb.reshape(lb, -1).float().T) / (n * k)
+
+    say(f"  prototype batched mutual_knn {1e3 * best(proto_knn):.2f} ms")
+    for metric in ("mutual_knn", "cka", "cknna"):
+        run = lambda: layer_matrix(metric, Representation(xs), Representation(ys), topk=k)  # noqa: E731
+        run()
+        say(f"  layer_matrix {metric} {1e3 * best(run):.2f} ms")
+        if metric == "mutual_knn":
+            ref = torch.as_tensor(run(), dtype=torch.float64)
+            say(f"  prototype vs engine max diff {float((proto_knn().double().cpu() - ref).abs().max()):.2e}")
+        prof(run, f"metric_{metric}")
+
+
+def part_llm(small: bool) -> None:
+    from bench_extract import LLAMA_7B, SMALL, _fast_random
+
+    from tasks.extract import ModelSpec, extract_all
+    from tasks.extract.extractor import batch_order
+
+    cfg = SMALL["llm"] if small else LLAMA_7B
+    n = 64 if small else 1024
+    spec = ModelSpec(name="llama-7b-shaped", loader="random_hf", id="LlamaConfig", modality="language",
+                     config=cfg, dtype="bfloat16" if DEV.type == "cuda" else "float32", batch_size=256, max_length=64)
+    rng = np.random.default_rng(0)
+    words = ["red", "apple", "on", "a", "wooden", "table", "next", "to", "the", "window", "cat", "sleeps"]
+    captions = [" ".join(rng.choice(words, 10)) for _ in range(n)]
+    ex = _fast_random(spec, str(DEV))
+    say(f"llm: attn {ex.model.config._attn_implementation}, params {ex.param_count / 1e9:.2f} B")
+    extract_all(ex, captions[:256])
+    say(f"  extract_all {best(lambda: extract_all(ex, captions), 2):.3f} s")
+    say(f"  extract_all no nll {best(lambda: extract_all(ex, captions, bits_per_byte=False), 2):.3f} s")
+    order = batch_order(ex.sort_lengths(captions), n)
+    batches = [[captions[i] for i in order[j:j + 256]] for j in range(0, n, 256)]
+    t0 = time.perf_counter()
+    prepared = [ex.prepare(b) for b in batches]
+    say(f"  prepare (tokenize+pin) all {time.perf_counter() - t0:.3f} s; shapes {[tuple(p.input_ids.shape) for p in prepared]}")
+    ids = [(p.input_ids.to(DEV), p.attention_mask.to(DEV)) for p in prepared]
+
+    def plain(lm: bool, hs: bool):
+        with torch.inference_mode():
+            for i, m in ids:
+                (ex.lm if lm else ex.model)(input_ids=i, attention_mask=m, output_hidden_states=hs, use_cache=False)
+
+    for lm in (False, True):
+        for hs in (False, True):
+            say(f"  plain forward lm={lm} hidden={hs}: {best(lambda: plain(lm, hs), 2):.3f} s")
+    with torch.inference_mode():
+        say(f"  ex.forward only (prepared, nll): {best(lambda: [ex.forward(p, with_nll=True) for p in prepared], 2):.3f} s")
+    prof(lambda: extract_all(ex, captions[:512]), "llm_extract")
+    ex.close()
+    del ex
+    torch.cuda.empty_cache() if DEV.type == "cuda" else None
+
+
+def part_vit(small: bool) -> None:
+    from PIL import Image
+
+    from bench_extract import DINOV2_G, SMALL, _fast_random, warm_workers
+
+    from tasks.extract import ModelSpec, extract_all
+    from tasks.extract.extractor import PreparePlan, _prepared, plan_prepare
+
+    cfg = SMALL["vit"] if small else DINOV2_G
+    n = 64 if small else 1024
+    bs = 16 if small else 64
+    size = cfg["image_size"]
+    spec = ModelSpec(name="dinov2-g-shaped", loader="random_hf", id="Dinov2Config", modality="vision",
+                     pooling="cls", config=cfg, dtype="bfloat16" if DEV.type == "cuda" else "float32", batch_size=bs)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+    ex = _fast_random(spec, str(DEV))
+    say(f"vit: attn {ex.model.config._attn_implementation}, params {ex.param_count / 1e9:.2f} B")
+    plan = plan_prepare(ex, n, mode="processes")
+    extract_all(ex, images[:bs], prepare=plan.mode, workers=plan.workers)
+    warm_workers(ex, images, plan.workers)
+    say(f"  plan {plan}")
+    say(f"  extract_all {best(lambda: extract_all(ex, images, prepare=plan.mode, workers=plan.workers), 2):.3f} s")
+    batches = [np.arange(i, min(i + bs, n)) for i in range(0, n, bs)]
+
+    def stream(p: PreparePlan):
+        return [x.pixel_values.shape for x in _prepared(ex, images, batches, p)]
+
+    say(f"  prepare stream only (processes, {plan.workers}): {best(lambda: stream(plan), 1):.3f} s")
+    say(f"  prepare stream only (threads 8): {best(lambda: stream(PreparePlan('threads', 8)), 1):.3f} s")
+    one = ex.prepare(images[:bs])
+    say(f"  one batch pixel_values {tuple(one.pixel_values.shape)} {one.pixel_values.dtype}, pinned {one.pixel_values.is_pinned()}")
+    x = one.pixel_values.to(DEV, dtype=ex.dtype)
+
+    def plain(hs: bool):
+        with torch.inference_mode():
+            for _ in batches:
+                ex.model(pixel_values=x, output_hidden_states=hs)
+
+    for hs in (False, True):
+        say(f"  plain forward (device-resident pixels) hidden={hs}: {best(lambda: plain(hs), 2):.3f} s")
+    with torch.inference_mode():
+        say(f"  ex.forward only (one prepared batch x {len(batches)}): {best(lambda: [ex.forward(one) for _ in batches], 2):.3f} s")
+    prof(lambda: extract_all(ex, images[:4 * bs], prepare=plan.mode, workers=plan.workers), "vit_extract")
+    ex.close()
+
+
+def main() -> None:
+    global OUT
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="/tmp/prh-profile")
+    p.add_argument("--small", action="store_true")
+    p.add_argument("--parts", default="metrics,llm,vit")
+    a = p.parse_args()
+    OUT = Path(a.out)
+    OUT.mkdir(parents=True, exist_ok=True)
+    if DEV.type == "cuda":
+        say(torch.cuda.get_device_name(), torch.__version__)
+    for part in a.parts.split(","):
+        t0 = time.perf_counter()
+        try:
+            {"metrics": part_metrics, "llm": part_llm, "vit": part_vit}[part](a.small)
+        except Exception as exc:  # noqa: BLE001 - keep the other parts' figures
+            import traceback
+            traceback.print_exc()
+            say(f"{part} FAILED: {exc!r}")
+        say(f"== {part} took {time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
