@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="model dtype (auto: bfloat16 on CUDA, else float32)")
     s.add_argument("--prepare", choices=["auto", "inline", "threads", "processes"], default="auto",
-                   help="ViT image preparation (auto: as a pipeline chooses; worker processes from 512 images)")
+                   help="ViT image preparation (auto: as a pipeline chooses; beside a GPU, threads for its Hugging Face processor)")
     for sp in (d, s):
         sp.add_argument("--json", default="", help="also write the rows to this file")
         sp.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")

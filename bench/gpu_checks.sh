@@ -13,7 +13,7 @@
 # Each model's extraction is its own step (one failing keeps the other's figure); they are
 # skipped, with a line in summary.txt, when the wheels do not install or the extraction code
 # does not import. SMALL=1 DEVICE=cpu runs the same steps at CI size on a CPU (bfloat16 models,
-# two image-decoding worker processes, as on the GPU; tests/test_gpu_checks.py), so the script
+# two image-decoding worker processes; on the GPU the pipeline's choice, threads; tests/test_gpu_checks.py), so the script
 # cannot rot unnoticed. STEPS (names, space-separated) runs a subset; WHL is the wheel folder.
 set -uo pipefail
 cd "$(dirname "$0")/.."

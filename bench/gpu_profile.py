@@ -184,6 +184,132 @@ def part_vit(small: bool) -> None:
     ex.close()
 
 
+def _backends(name: str):
+    """A context manager choosing SDPA backends: default, no_cudnn, cudnn."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if name == "default":
+        return contextlib.nullcontext()
+    if name == "no_cudnn":
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH])
+
+
+def first_and_warm(fn) -> tuple[float, float, float]:
+    out = []
+    for _ in range(3):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        out.append(time.perf_counter() - t0)
+    return out[0], out[1], out[2]
+
+
+def part_shapes(small: bool) -> None:
+    """First call of a new input shape against warm calls, per SDPA backend choice."""
+    from PIL import Image  # noqa: F401
+
+    from bench_extract import DINOV2_G, LLAMA_7B, SMALL, _fast_random
+
+    from tasks.extract import ModelSpec
+
+    dt = "bfloat16" if DEV.type == "cuda" else "float32"
+    cfg = SMALL["llm"] if small else LLAMA_7B
+    spec = ModelSpec(name="llama-7b-shaped", loader="random_hf", id="LlamaConfig", modality="language",
+                     config=cfg, dtype=dt, batch_size=256, max_length=64)
+    ex = _fast_random(spec, str(DEV))
+    t_next = iter(range(20, 64))
+    for backend, masked in (("default", True), ("no_cudnn", True), ("default", False), ("cudnn", True),
+                            ("no_cudnn", False)):
+        for _ in range(2):
+            T = next(t_next)
+            ids = torch.randint(3, 200, (256, T), device=DEV)
+            m = torch.ones_like(ids)
+            if masked:
+                m[::2, T - 7:] = 0
+
+            def fwd():
+                with _backends(backend), torch.inference_mode():
+                    ex.lm(input_ids=ids, attention_mask=m, output_hidden_states=True, use_cache=False)
+            try:
+                f, w1, w2 = first_and_warm(fwd)
+                say(f"llm T={T} {backend} masked={masked}: first {f:.3f} s, warm {w1:.3f} / {w2:.3f} s")
+            except Exception as exc:  # noqa: BLE001
+                say(f"llm T={T} {backend} masked={masked}: FAILED {exc!r}"[:300])
+    ids = torch.randint(3, 200, (256, 61), device=DEV)
+    m = torch.ones_like(ids)
+    m[::2, 54:] = 0
+
+    def cold():
+        with torch.inference_mode():
+            ex.lm(input_ids=ids, attention_mask=m, output_hidden_states=True, use_cache=False)
+    prof(cold, "llm_cold_T61")
+    ex.close()
+    del ex
+    if DEV.type == "cuda":
+        torch.cuda.empty_cache()
+    cfg = SMALL["vit"] if small else DINOV2_G
+    spec = ModelSpec(name="dinov2-g-shaped", loader="random_hf", id="Dinov2Config", modality="vision",
+                     pooling="cls", config=cfg, dtype=dt, batch_size=64)
+    ex = _fast_random(spec, str(DEV))
+    size = cfg["image_size"]
+    for backend, b in (("default", 48), ("no_cudnn", 40), ("default", 64), ("no_cudnn", 64)):
+        x = torch.randn(b, 3, size, size, device=DEV).to(ex.dtype)
+
+        def fwdv():
+            with _backends(backend), torch.inference_mode():
+                ex.model(pixel_values=x, output_hidden_states=True)
+        f, w1, w2 = first_and_warm(fwdv)
+        say(f"vit batch={b} {backend}: first {f:.3f} s, warm {w1:.3f} / {w2:.3f} s")
+    ex.close()
+
+
+def part_vitprep(small: bool) -> None:
+    """extract_all of the giant ViT with worker threads against worker processes."""
+    from PIL import Image
+
+    from bench_extract import DINOV2_G, SMALL, _fast_random, warm_workers
+
+    from tasks.extract import ModelSpec, extract_all
+    from tasks.extract.extractor import plan_prepare
+
+    cfg = SMALL["vit"] if small else DINOV2_G
+    n, bs = (64, 16) if small else (1024, 64)
+    size = cfg["image_size"]
+    spec = ModelSpec(name="dinov2-g-shaped", loader="random_hf", id="Dinov2Config", modality="vision",
+                     pooling="cls", config=cfg, dtype="bfloat16" if DEV.type == "cuda" else "float32", batch_size=bs)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+    import io
+    jpegs = []
+    for im in images[: n // 4]:
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+    jpegs = jpegs * 4
+    ex = _fast_random(spec, str(DEV))
+    plan = plan_prepare(ex, n, mode="processes")
+    extract_all(ex, images[:bs], prepare="threads", workers=plan.workers)
+    extract_all(ex, images[:bs], prepare=plan.mode, workers=plan.workers)
+    warm_workers(ex, images, plan.workers)
+    ref = None
+    for what, items in (("PIL", images), ("JPEG bytes", jpegs)):
+        combos = [("processes", plan.workers), ("threads", plan.workers)] + ([("threads", 12)] if what != "PIL" else [])
+        for mode, w in combos:
+            feats = []
+            t = best(lambda: feats.append(extract_all(ex, items, prepare=mode, workers=w)), 1)
+            if what == "PIL":
+                diff = 0.0 if ref is None else max(float(np.abs(a - b).max()) for a, b in zip(ref.layers, feats[-1].layers))
+                ref = ref or feats[-1]
+            else:
+                diff = float("nan")
+            say(f"vit {what} extract_all prepare={mode} workers={w}: {t:.3f} s (max diff vs first {diff:.1e})")
+    ex.close()
+
+
 def main() -> None:
     global OUT
     p = argparse.ArgumentParser()
@@ -198,7 +324,8 @@ def main() -> None:
     for part in a.parts.split(","):
         t0 = time.perf_counter()
         try:
-            {"metrics": part_metrics, "llm": part_llm, "vit": part_vit}[part](a.small)
+            {"metrics": part_metrics, "llm": part_llm, "vit": part_vit, "shapes": part_shapes,
+             "vitprep": part_vitprep}[part](a.small)
         except Exception as exc:  # noqa: BLE001 - keep the other parts' figures
             import traceback
             traceback.print_exc()

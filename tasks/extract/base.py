@@ -86,46 +86,78 @@ def set_tf32_state(state: dict[Any, Any]) -> None:
         set_(*key, state[key])
 
 
-@contextlib.contextmanager
-def exact_float32(active: bool = True) -> Iterator[None]:
+class ProcessSetting:
+    """A process-wide setting held while any of its blocks is open: threads may open blocks at
+    once (``PRH_TASK_RUNNER=threads:N`` runs several forwards in one process), so the first block
+    in saves the previous value (``save()``) and applies the setting (``apply()``), the last one
+    out restores it (``restore(saved)``), also after an error."""
+
+    def __init__(self, save: Callable[[], Any], apply: Callable[[], None], restore: Callable[[Any], None]) -> None:
+        self._save, self._apply, self._restore = save, apply, restore
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: Any = None
+
+    @contextlib.contextmanager
+    def held(self, active: bool = True) -> Iterator[None]:
+        """The setting inside the block; ``active=False`` changes nothing."""
+        if not active:
+            yield
+            return
+        with self._lock:
+            if self._depth == 0:
+                self._saved = self._save()
+                try:
+                    self._apply()
+                except BaseException:
+                    self._restore(self._saved)
+                    raise
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._restore(self._saved)
+
+
+def _tf32_off() -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False  # legacy matmul precision "highest", cuda matmul "ieee"
+    torch.backends.cudnn.allow_tf32 = False  # legacy cuDNN flag off (conv and RNN precisions "none")
+    api = _fp32_api()
+    if api is not None:  # explicit, so that no "tf32" is inherited from ("cuda" | "generic", "all")
+        _, set_ = api
+        for key in (("cuda", "matmul"), ("cuda", "conv"), ("cuda", "rnn")):
+            set_(*key, "ieee")
+
+
+_EXACT_FLOAT32 = ProcessSetting(tf32_state, _tf32_off, set_tf32_state)
+
+
+def exact_float32(active: bool = True) -> contextlib.AbstractContextManager[None]:
     """Float32 CUDA kernels in full float32 inside the block: TF32 off for cuBLAS matmuls and for
     cuDNN convolutions and RNNs. PyTorch lets cuDNN convolutions use TF32 by default (10-bit
     mantissa inputs: ~1e-3 relative error), and a user or a library may have enabled it for
     matmuls. Legacy and new flags are set consistently (``allow_tf32`` False, precision "ieee"),
     and every previous global setting comes back afterwards, also after an error. No effect on
     bfloat16/float16 kernels; ``active=False`` changes nothing."""
-    if not active:
-        yield
-        return
-    with _EXACT_LOCK:  # the flags are process-wide: the first block in saves them, the last out restores
-        if _EXACT_DEPTH[0] == 0:
-            _EXACT_SAVED[0] = tf32_state()
-            try:
-                torch.backends.cuda.matmul.allow_tf32 = False  # legacy matmul precision "highest", cuda matmul "ieee"
-                torch.backends.cudnn.allow_tf32 = False  # legacy cuDNN flag off (conv and RNN precisions "none")
-                api = _fp32_api()
-                if api is not None:  # explicit, so that no "tf32" is inherited from ("cuda" | "generic", "all")
-                    _, set_ = api
-                    for key in (("cuda", "matmul"), ("cuda", "conv"), ("cuda", "rnn")):
-                        set_(*key, "ieee")
-            except BaseException:
-                set_tf32_state(_EXACT_SAVED[0])
-                raise
-        _EXACT_DEPTH[0] += 1
-    try:
-        yield
-    finally:
-        with _EXACT_LOCK:
-            _EXACT_DEPTH[0] -= 1
-            if _EXACT_DEPTH[0] == 0:
-                set_tf32_state(_EXACT_SAVED[0])
+    return _EXACT_FLOAT32.held(active)
 
 
-#: Blocks of :func:`exact_float32` open in this process (threads running float32 forwards at once:
-#: ``PRH_TASK_RUNNER=threads:N``), and the settings the first one saved.
-_EXACT_LOCK = threading.Lock()
-_EXACT_DEPTH = [0]
-_EXACT_SAVED: list[dict[Any, Any]] = [{}]
+_NO_CUDNN_ATTENTION = ProcessSetting(torch.backends.cuda.cudnn_sdp_enabled,
+                                     lambda: torch.backends.cuda.enable_cudnn_sdp(False),
+                                     torch.backends.cuda.enable_cudnn_sdp)
+
+
+def without_cudnn_attention(active: bool = True) -> contextlib.AbstractContextManager[None]:
+    """``scaled_dot_product_attention`` without its cuDNN backend inside the block (flash,
+    memory-efficient or math instead; the previous setting comes back afterwards).
+
+    Measured on an H200 (torch 2.11, BENCHMARKS.md): with padded batches the cuDNN backend takes
+    1.1-1.8 s on the first call of some new sequence lengths (each sorted caption batch has its
+    own), the other backends none, at the same warm speed. ``active=False`` changes nothing."""
+    return _NO_CUDNN_ATTENTION.held(active)
 
 
 @dataclass

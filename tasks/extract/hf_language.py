@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from tasks.extract.base import (BatchOutput, Extractor, count_parameters, layer_names, probe_errors, require_hidden_states,
-                                to_numpy_f32)
+                                to_numpy_f32, without_cudnn_attention)
 from tasks.extract.bpb import next_token_nll_rows
 from tasks.extract.errors import ModelInputError
 from tasks.extract.hf_models import LoadedModel, input_device, position_offset
@@ -345,7 +345,8 @@ class HFLanguageExtractor(Extractor):
             inputs["use_cache"] = False
         if self._embedding_state is not None:
             self._embedding_state.clear()
-        with self.full_float32():
+        # padded batches of new lengths: cuDNN attention's first calls cost seconds (`without_cudnn_attention`)
+        with self.full_float32(), without_cudnn_attention(self.device.type == "cuda"):
             out = module(**inputs, output_hidden_states=True, return_dict=True)
         states = require_hidden_states(self.spec, module, out)
         if self._embedding_state is not None:  # Mamba, RWKV: hidden_states lack the embedding output

@@ -223,3 +223,84 @@ def test_overlapping_blocks_in_threads_keep_tf32_off_until_the_last_one_leaves()
         t.join(20)
     assert b_seen["cudnn.allow_tf32"] is False and b_seen["cudnn.conv"] == "ieee"  # still off inside B after A left
     assert _probe() == expected  # the defaults are back once both left
+
+
+def test_without_cudnn_attention_turns_it_off_in_overlapping_blocks_and_restores_it():
+    """Language forwards on CUDA run without cuDNN attention (its first call at a new padded
+    length cost 1.1-1.8 s on an H200); overlapping blocks in threads keep it off until the last
+    leaves; an error or an inactive block leaves the setting as it was."""
+    import threading
+
+    from tasks.extract.base import without_cudnn_attention
+
+    cuda = torch.backends.cuda
+    before = cuda.cudnn_sdp_enabled()
+    try:
+        cuda.enable_cudnn_sdp(True)
+        with without_cudnn_attention(active=False):
+            assert cuda.cudnn_sdp_enabled()
+        with pytest.raises(KeyError), without_cudnn_attention():
+            assert not cuda.cudnn_sdp_enabled()
+            raise KeyError("boom")
+        assert cuda.cudnn_sdp_enabled()
+
+        a_in, b_in, a_out, seen = threading.Event(), threading.Event(), threading.Event(), []
+
+        def a() -> None:
+            with without_cudnn_attention():
+                a_in.set()
+                b_in.wait(10)
+            a_out.set()
+
+        def b() -> None:
+            a_in.wait(10)
+            with without_cudnn_attention():
+                b_in.set()
+                a_out.wait(10)
+                seen.append(cuda.cudnn_sdp_enabled())
+
+        threads = [threading.Thread(target=a), threading.Thread(target=b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert seen == [False]  # still off inside B after A left
+        assert cuda.cudnn_sdp_enabled()  # back once both left
+
+        cuda.enable_cudnn_sdp(False)  # a user's own choice survives
+        with without_cudnn_attention():
+            pass
+        assert not cuda.cudnn_sdp_enabled()
+    finally:
+        cuda.enable_cudnn_sdp(before)
+
+
+@pytest.mark.parametrize("kind", ["language", "vision"])
+def test_language_forwards_on_cuda_run_without_cudnn_attention(kind, images):
+    """A language model's forward sees cuDNN attention off exactly when the extractor is on CUDA
+    (padded batches); a vision model's (no padding, cuDNN's flash kernel ~5% faster there) keeps it."""
+    from tasks.extract.spec import ModelSpec
+
+    if kind == "vision":
+        spec = ModelSpec(name="vit", loader="random_hf", id="ViTConfig", modality="vision", dtype="bfloat16",
+                         config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                     image_size=32, patch_size=8))
+        items = images[:2]
+    else:
+        spec, items = tiny_language_spec("gpt2", dtype="bfloat16"), ["a red apple", "a cat"]
+    ex = load_extractor(spec, device="cpu")
+    module = ex.lm if getattr(ex, "lm", None) is not None else ex.model
+    prepared = ex.prepare(items)
+    seen: list[bool] = []
+    handle = module.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        ex.forward(prepared, with_nll=ex.is_causal_lm)
+        ex.device = torch.device("cuda")  # what the extractor decides on; the weights and inputs stay on the CPU
+        ex.forward(prepared, with_nll=ex.is_causal_lm)
+        assert torch.backends.cuda.cudnn_sdp_enabled()  # back afterwards
+    finally:
+        handle.remove()
+        torch.backends.cuda.enable_cudnn_sdp(before)
+    assert seen == ([True, False] if kind == "language" else [True, True])

@@ -89,10 +89,19 @@ def test_default_plan(vit, monkeypatch):
     assert plan_prepare(vit, many, cpus=16) == PreparePlan("processes", 4)
     assert plan_prepare(vit, many - 1, cpus=16) == PreparePlan("inline")  # too few to pay for the start
     monkeypatch.setattr(vit, "device", torch.device("cuda"))  # planning only: nothing runs
-    assert plan_prepare(vit, many, cpus=16) == PreparePlan("processes", 8)
+    # beside a GPU a Hugging Face processor gets threads (float32 batches cost more to move than to make)
+    assert plan_prepare(vit, many, cpus=16) == PreparePlan("threads", 8)
     assert plan_prepare(vit, many, cpus=2) == PreparePlan("threads", 2)
+    assert plan_prepare(vit, many, cpus=16, mode="processes") == PreparePlan("processes", 8)  # asked for
     monkeypatch.setenv("PRH_DECODE_WORKERS", "3")
+    assert plan_prepare(vit, many, cpus=2) == PreparePlan("threads", 3)
+    monkeypatch.setattr(vit, "device", torch.device("cpu"))
     assert plan_prepare(vit, many, cpus=2) == PreparePlan("processes", 3)
+    lite0 = load_extractor(ModelSpec(name="lite0", loader="efficientnet_lite", id="efficientnet-lite0",
+                                     modality="vision", batch_size=4), device="cpu")
+    monkeypatch.setattr(lite0, "device", torch.device("cuda"))
+    monkeypatch.delenv("PRH_DECODE_WORKERS")
+    assert plan_prepare(lite0, many, cpus=16) == PreparePlan("processes", 8)  # uint8 crops: processes
     monkeypatch.setenv("PRH_DECODE_WORKERS", "lots")
     with pytest.raises(ValueError, match="PRH_DECODE_WORKERS"):
         plan_prepare(vit, many)
