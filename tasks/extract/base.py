@@ -215,6 +215,14 @@ class Extractor(ABC):
     def forward(self, prepared: Any, with_nll: bool = False) -> BatchOutput:
         """Run the model on a prepared batch; pooled features as `(B, D_l) float32` arrays."""
 
+    def forward_queued(self, prepared: Any, with_nll: bool = False) -> Callable[[], BatchOutput]:
+        """`forward` in two steps: this call queues the batch's work on the device and returns a
+        function that waits for it and gives the `BatchOutput`. `extract_all` queues the next
+        batch before it waits for this one, so that moving results to the host overlaps the next
+        forward pass on a GPU. This default runs `forward` at once."""
+        out = self.forward(prepared, with_nll)
+        return lambda: out
+
     def image_recipe(self) -> Any | None:
         """Vision extractors: the plain-data description of `prepare` that a worker process can run
         (`tasks.extract.image_pool`), or None when preprocessing must stay in this process."""
@@ -333,6 +341,33 @@ def require_hidden_states(spec: ModelSpec, module: torch.nn.Module, out: Any) ->
         raise ModelInputError(spec.name, spec.id, f"{type(module).__name__} returned no hidden_states with "
                               "output_hidden_states=True: per-layer features need a model that returns them")
     return tuple(states)
+
+
+def to_host_queued(tensors: Sequence[torch.Tensor]) -> Callable[[], list[np.ndarray]]:
+    """Copy ``tensors`` to the host without waiting: returns a function that waits for the copies
+    and gives them as numpy arrays (same shapes and dtypes). CUDA tensors go to pinned memory
+    with ``non_blocking`` copies queued on their devices' current streams (one event per device);
+    others are converted at once."""
+    if not any(t.device.type == "cuda" for t in tensors):
+        arrays = [np.ascontiguousarray(t.detach().cpu().numpy()) for t in tensors]
+        return lambda: arrays
+    host = []
+    for t in tensors:
+        h = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.device.type == "cuda")
+        h.copy_(t.detach(), non_blocking=True)
+        host.append(h)
+    events = []
+    for device in {t.device for t in tensors if t.device.type == "cuda"}:
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(device))
+        events.append(event)
+
+    def wait() -> list[np.ndarray]:
+        for event in events:
+            event.synchronize()
+        return [h.numpy() for h in host]
+
+    return wait
 
 
 def to_numpy_f32(t: torch.Tensor) -> np.ndarray:

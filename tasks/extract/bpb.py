@@ -28,23 +28,36 @@ def next_token_nll_rows(
     target_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token NLL per text: ``(B,) float64`` nats summed over each row's predicted tokens, and
-    ``(B,) int64`` their numbers.
+    ``(B,) int64`` their numbers, on the CPU (:func:`next_token_nll_rows_on_device`, copied)."""
+    sums, counts = next_token_nll_rows_on_device(logits, input_ids, attention_mask, target_mask)
+    return sums.cpu(), counts.cpu()
+
+
+def next_token_nll_rows_on_device(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    target_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token NLL per text: ``(B,) float64`` nats summed over each row's predicted tokens, and
+    ``(B,) int64`` their numbers, on the logits' device, without waiting for the device (nothing
+    here reads a value back: the caller copies the two small results when it needs them).
 
     logits `(B, T, V)` (``logits[:, t]`` predicts ``input_ids[:, t + 1]``), input_ids and
     attention_mask `(B, T)`, target_mask `(B, T)` bool (True = may be scored; e.g. not special).
     Correct under left or right padding (pads are masked; real tokens are contiguous). Each
-    token's NLL comes from ``cross_entropy`` on float32 logits; sums are float64.
+    token's NLL comes from ``cross_entropy`` on float32 logits (every position; the ones not
+    predicted, pads included, are dropped before the sum, whatever their value); sums are float64.
     """
     valid = attention_mask[:, :-1].bool() & attention_mask[:, 1:].bool()
     if target_mask is not None:
         valid &= target_mask[:, 1:].bool()
     counts = valid.sum(dim=1).to(torch.int64)
-    sums = torch.zeros(valid.shape[0], dtype=torch.float64, device=logits.device)
-    if int(counts.sum()) == 0:
-        return sums.cpu(), counts.cpu()
-    nll = F.cross_entropy(logits[:, :-1][valid].float(), input_ids[:, 1:][valid], reduction="none")
-    rows = valid.nonzero()[:, 0]
-    return sums.index_add_(0, rows, nll.double()).cpu(), counts.cpu()
+    targets = torch.where(valid, input_ids[:, 1:], 0)  # a pad id need not be a vocabulary index
+    shifted = logits[:, :-1].float()
+    nll = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), reduction="none")
+    nll = torch.where(valid, nll.view(valid.shape), 0.0)
+    return nll.double().sum(dim=1), counts
 
 
 def next_token_nll(

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from tasks.extract.base import Extractor, check_rows, resolve_device
+from tasks.extract.base import BatchOutput, Extractor, check_rows, resolve_device
 from tasks.extract.bpb import bits_per_byte as _bits_per_byte
 from tasks.extract.bpb import mean_bits_per_byte, per_text_bits_per_byte
 from tasks.extract.errors import ModelInputError
@@ -296,22 +296,33 @@ def extract_all(
 
     done = 0
     plan = plan_prepare(extractor, n, prepare, workers)
+    def store(idx: np.ndarray, result: BatchOutput) -> None:
+        nonlocal nll, targets, done
+        check_rows(extractor.spec, result.layers, len(idx), extractor.layer_dims)  # never broadcast one row into many
+        for layer, arr in zip(out, result.layers):
+            layer[idx] = arr
+        nll += result.nll_nats
+        targets += result.n_targets
+        if result.row_nll is not None:
+            item_nll[idx] = result.row_nll
+        if result.row_targets is not None:
+            item_targets[idx] = result.row_targets
+        done += len(idx)
+        if progress is not None:
+            progress(done, n)
+
+    # each batch is queued on the device before the previous one's results are stored, so that
+    # moving them to the host overlaps the next forward pass (`Extractor.forward_queued`)
+    queued: tuple[np.ndarray, Callable[[], BatchOutput]] | None = None
     with contextlib.closing(_prepared(extractor, items, batches, plan)) as prepared_batches:
         for idx, prepared in zip(batches, prepared_batches):
-            result = extractor.forward(prepared, with_nll=want_nll)
-            check_rows(extractor.spec, result.layers, len(idx), extractor.layer_dims)  # never broadcast one row into many
-            for layer, arr in zip(out, result.layers):
-                layer[idx] = arr
-            nll += result.nll_nats
-            targets += result.n_targets
-            if result.row_nll is not None:
-                item_nll[idx] = result.row_nll
-            if result.row_targets is not None:
-                item_targets[idx] = result.row_targets
+            finish = extractor.forward_queued(prepared, with_nll=want_nll)
             truncated += getattr(prepared, "n_truncated", 0)
-            done += len(idx)
-            if progress is not None:
-                progress(done, n)
+            if queued is not None:
+                store(queued[0], queued[1]())
+            queued = (idx, finish)
+    if queued is not None:
+        store(queued[0], queued[1]())
 
     extras: dict[str, Any] = {"truncated_texts": truncated} if extractor.modality == "language" else {}
     if want_nll and n:

@@ -54,14 +54,14 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from tasks.extract.base import (BatchOutput, Extractor, count_parameters, layer_names, probe_errors, require_hidden_states,
-                                to_numpy_f32, without_cudnn_attention)
-from tasks.extract.bpb import next_token_nll_rows
+                                to_host_queued, without_cudnn_attention)
+from tasks.extract.bpb import next_token_nll_rows_on_device
 from tasks.extract.errors import ModelInputError
 from tasks.extract.hf_models import LoadedModel, input_device, position_offset
 from tasks.extract.pooling import pool_tokens
@@ -353,10 +353,15 @@ class HFLanguageExtractor(Extractor):
             states = self._embedding_state.restore(states)
         return states, (out.logits if with_logits else None)
 
-    @torch.inference_mode()
     def forward(self, prepared: PreparedText, with_nll: bool = False) -> BatchOutput:
         """Pooled features (and NLL): one padded forward, or pad-free (`pad_free_reason`): one forward
         per group of equal-length captions, without pad columns, rows put back in batch order."""
+        return self.forward_queued(prepared, with_nll)()
+
+    @torch.inference_mode()
+    def forward_queued(self, prepared: PreparedText, with_nll: bool = False) -> Callable[[], BatchOutput]:
+        """`forward` in two steps (`Extractor.forward_queued`): a padded batch's results are copied to
+        the host without waiting; a pad-free one is finished at once."""
         if with_nll and not self.is_causal_lm:
             raise ValueError(f"{self.spec.name} is not a causal LM: no bits per byte")
         side = self.padding_side
@@ -364,28 +369,41 @@ class HFLanguageExtractor(Extractor):
             self._pad_free_reasons[side] = self._why_pad_free(side)
         why = self.pad_free_reason
         if why is None:
-            return self._forward_padded(prepared, with_nll)
+            return self._padded_queued(prepared, with_nll)
         self._announce(side, why)
         lengths = prepared.attention_mask.sum(dim=1)
         groups = [(lengths == n).nonzero().flatten() for n in lengths.unique().tolist()]
-        return _merged([(rows, self._forward_padded(_unpadded(prepared, rows), with_nll)) for rows in groups],
-                       len(lengths))
+        out = _merged([(rows, self._padded_queued(_unpadded(prepared, rows), with_nll)()) for rows in groups],
+                      len(lengths))
+        return lambda: out
 
     def _forward_padded(self, prepared: PreparedText, with_nll: bool) -> BatchOutput:
         """One forward of the batch as prepared (pads masked), pooled."""
+        return self._padded_queued(prepared, with_nll)()
+
+    def _padded_queued(self, prepared: PreparedText, with_nll: bool) -> Callable[[], BatchOutput]:
+        """One forward of the batch as prepared (pads masked), pooled; results copied to the host
+        without waiting (`to_host_queued`); the returned function waits and gives them."""
         states, logits = self._run(prepared, with_logits=with_nll)
         mask = prepared.attention_mask.to(states[0].device)
-        layers = [to_numpy_f32(pool_tokens(h, mask.to(h.device), self.spec.pooling)) for h in states]
+        pooled = [pool_tokens(h, mask.to(h.device), self.spec.pooling) for h in states]
         if not with_nll:
-            return BatchOutput(layers)
+            copied = to_host_queued(pooled)
+            return lambda: BatchOutput(copied())
         assert logits is not None
         dev = logits.device
-        rows, counts = next_token_nll_rows(
+        rows, counts = next_token_nll_rows_on_device(
             logits, prepared.input_ids.to(dev), prepared.attention_mask.to(dev),
             ~prepared.special_tokens_mask.to(dev).bool(),
         )
-        return BatchOutput(layers, nll_nats=float(rows.sum()), n_targets=int(counts.sum()), row_nll=rows.numpy(),
-                           row_targets=counts.numpy().astype(np.int64))
+        copied = to_host_queued([*pooled, rows, counts])
+
+        def finish() -> BatchOutput:
+            *layers, row_nll, row_targets = copied()
+            return BatchOutput(layers, nll_nats=float(row_nll.sum()), n_targets=int(row_targets.sum()),
+                               row_nll=row_nll, row_targets=row_targets.astype(np.int64))
+
+        return finish
 
 
 def _pinned(p: PreparedText) -> PreparedText:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from tasks.extract.base import (
     count_parameters,
     layer_names,
     require_hidden_states,
-    to_numpy_f32,
+    to_host_queued,
 )
 from tasks.extract.errors import ModelInputError
 from tasks.extract.hf_models import LoadedModel, input_device
@@ -352,8 +352,13 @@ class HFVisionExtractor(Extractor):
                                   f"{batch} images (shape {tuple(hs.shape)}): the model does not keep one row per image "
                                   "(it packs the batch into one sequence, as Pixtral does); it cannot give per-image features")
 
-    @torch.inference_mode()
     def forward(self, prepared: PreparedPixels, with_nll: bool = False) -> BatchOutput:
+        return self.forward_queued(prepared, with_nll)()
+
+    @torch.inference_mode()
+    def forward_queued(self, prepared: PreparedPixels, with_nll: bool = False) -> Callable[[], BatchOutput]:
+        """`forward` in two steps (`Extractor.forward_queued`): the pooled layers are copied to the
+        host without waiting."""
         if with_nll:
             raise ValueError("bits per byte applies to causal language models only")
         x = prepared.pixel_values.to(self._input_device, dtype=self.dtype, non_blocking=True)
@@ -375,7 +380,8 @@ class HFVisionExtractor(Extractor):
             except ValueError as err:  # an implausible prefix count: refuse rather than average the wrong tokens
                 raise ModelInputError(self.spec.name, self.spec.id, f"layer {name!r}: {err}") from None
             try:
-                layers.append(to_numpy_f32(pool_vision(hs, self.spec.pooling, prefix, bool(self._channels_last))))
+                layers.append(pool_vision(hs, self.spec.pooling, prefix, bool(self._channels_last)))
             except ValueError as err:  # e.g. 'cls' on a model without a CLS token (SigLIP)
                 raise ModelInputError(self.spec.name, self.spec.id, str(err)) from None
-        return BatchOutput(layers)
+        copied = to_host_queued(layers)
+        return lambda: BatchOutput(copied())

@@ -145,14 +145,18 @@ def test_a_model_that_packs_the_batch_into_one_sequence_is_refused():
 
 def test_extract_all_refuses_a_batch_without_one_row_per_item(images, monkeypatch):
     ex = load_extractor(_spec("vit", "ViTConfig", dict(_SMALL, image_size=32, patch_size=8), 32), device="cpu")
-    forward = ex.forward
+    queued = ex.forward_queued  # what extract_all calls
 
     def one_row(prepared, with_nll=False):
-        out = forward(prepared, with_nll)
-        out.layers = [a[:1] for a in out.layers]
-        return out
+        finish = queued(prepared, with_nll)
 
-    monkeypatch.setattr(ex, "forward", one_row)
+        def finished():
+            out = finish()
+            out.layers = [a[:1] for a in out.layers]
+            return out
+        return finished
+
+    monkeypatch.setattr(ex, "forward_queued", one_row)
     with pytest.raises(ModelInputError, match=r"'vit'.*layer 0 has shape \(1, 32\) for a batch of 2 item\(s\)"):
         extract_all(ex, images[:4], batch_size=2)
 
