@@ -140,6 +140,19 @@ class Representation:
         xc = centre_columns(x)
         return gram_upper(xc) if upper_only else gram_full(xc)
 
+    def centred_gram_stack(self, layers: Sequence[int]) -> torch.Tensor:
+        """``(G, N, N)``: ``centred_gram(l, upper_only=True)`` of each of ``layers`` (one width),
+        entry for entry (entries ``j >= i`` defined), in one buffer."""
+        out = torch.empty((len(layers), self.n, self.n), dtype=self.dtype, device=self.device)
+        for s, l in enumerate(layers):
+            g = self.cached_gram(l)
+            if g is not None and offset_is_small(g):
+                out[s] = g
+                center_gram_(out[s])
+            else:
+                gram_upper(centre_columns(self.layers[l]), out=out[s])
+        return out
+
     def cached_gram(self, layer: int) -> torch.Tensor | None:
         """The cached Gram of ``layer`` or ``None`` (never multiplies; a subset takes its rows of
         the parent's cached Gram)."""
@@ -337,16 +350,22 @@ def _value_stats(layers: Sequence[torch.Tensor]) -> tuple[list[float], list[bool
     return stats[0], [bool(c) for c in stats[1]]
 
 
-def layer_stacks(layers: Sequence[torch.Tensor], size: int | None = None, max_elements: int = BATCH_ELEMENTS
-                 ) -> list[list[int]]:
+def layer_stacks(layers: Sequence[torch.Tensor], size: int | None = None, max_elements: int = BATCH_ELEMENTS,
+                 consecutive: bool = False) -> list[list[int]]:
     """Indices of ``layers`` in stacks of one shape (and dtype and device), in order of first
     appearance, each stack of at most ``max_elements`` elements of ``size`` each (default: a
-    layer's own size; at least one layer per stack), a shape's layers split evenly."""
-    groups: dict[Any, list[int]] = {}
+    layer's own size; at least one layer per stack), a shape's layers split evenly. With
+    ``consecutive``: stacks of consecutive layers only, so that they come in layer order."""
+    groups: list[tuple[Any, list[int]]] = []
     for l, x in enumerate(layers):
-        groups.setdefault((tuple(x.shape), x.dtype, x.device), []).append(l)
+        key = (tuple(x.shape), x.dtype, x.device)
+        same = [idx for k, idx in (groups[-1:] if consecutive else groups) if k == key]
+        if same:
+            same[0].append(l)
+        else:
+            groups.append((key, [l]))
     out = []
-    for idx in groups.values():
+    for _, idx in groups:
         each = layers[idx[0]].numel() if size is None else size
         per = max(1, max_elements // max(1, each))
         count = -(-len(idx) // per)
