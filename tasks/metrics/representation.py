@@ -205,8 +205,9 @@ class Representation:
     def knn_stack(self, k: int, exclude_self: bool = True, precision: str = "exact"
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """All layers' ``knn`` stacked: ``(L, N, k)`` values and int64 indices. Exact lists not yet
-        cached are searched a stack of same-width layers at a time where their Gram matrices fit
-        one block (``neighbors.stacked_topk_neighbors``: the same lists as ``knn``, layer by layer)."""
+        cached are searched, on a GPU, a stack of same-width layers at a time where their Gram
+        matrices fit one block (``neighbors.stacked_topk_neighbors``: the same lists as ``knn``,
+        layer by layer; on a CPU the stacked Grams measured slower, 1.41 x floor against 1.16)."""
         if precision == "exact" and self._parent is None:
             self._search_stacks(k, exclude_self)
         lists = [self.knn(l, k, exclude_self, precision) for l in range(len(self))]
@@ -216,7 +217,7 @@ class Representation:
         """Cache the exact lists of every layer that has neither lists nor a cached Gram, searched
         in stacks (``knn_stack``); layers whose Gram exceeds one block are left to ``knn``."""
         n = self.n
-        if n * n > DEFAULT_BLOCK_ELEMENTS:
+        if n * n > DEFAULT_BLOCK_ELEMENTS or self.device.type != "cuda":  # on a CPU the stack only costs cache
             return
         todo = [l for l in range(len(self)) if ("knn", l, k, exclude_self, "exact") not in self._memo
                 and self.cached_gram(l) is None]
