@@ -137,13 +137,7 @@ class CknnaEngine(Engine):
                     "its masked self-similarity sim(K, K) is 0 and the score undefined; use a smaller topk")
             return FullMaskState(self._cka.encode_cached(rep, self._full(params)), rep.n, len(rep))
         k = int(topk)
-        vals, idx = [], []
-        for l in range(len(rep)):
-            v, i = rep.knn(l, k, exclude_self=unbiased)
-            vals.append(v)
-            idx.append(i)
-        idx_t = torch.stack(idx)
-        vals_t = torch.stack(vals)
+        vals_t, idx_t = rep.knn_stack(k, exclude_self=unbiased)
         if params.get("distance_agnostic"):
             vals_t = torch.ones_like(vals_t)
         sorted_idx, order = idx_t.sort(-1)

@@ -42,9 +42,9 @@ import torch
 
 from .engine import Engine
 from .hsic import check_self_hsic, unbiased_from_parts, unbiased_terms_size
-from .representation import Representation
+from .representation import Representation, layer_stacks
 from .gram import center_gram_, centre_columns
-from .triangle import index_dtype, pack, permuted_positions, source_positions, triangle_pairs
+from .triangle import index_dtype, pack, packed_flat, permuted_positions, source_positions, triangle_pairs
 
 EPS = 1e-6  # the paper's denominator epsilon
 #: elements of one gathered block (positions x permutations x layers) in ``permuted_hsic``
@@ -222,20 +222,21 @@ class CkaEngine(Engine):
     @staticmethod
     def _kernels(rep: Representation, kernel: str, sigma: float | str, unbiased: bool):
         """``(kernel, already_centred, upper_only)`` of each layer, built when asked for."""
+        if kernel != "rbf":
+            # H X X^T H = Xc Xc^T (or H G H of a cached Gram); unbiased: HKH has the same
+            # unbiased HSIC as K, without the large common part whose cancellation cost
+            # float32 its digits. A stack of consecutive same-width layers at a time (G, N, N)
+            for stack in layer_stacks(rep.layers, rep.n * rep.n, consecutive=True):
+                yield rep.centred_gram_stack(stack), True, True
+            return
         for l in range(len(rep)):
-            if kernel == "rbf":
-                # distances from the centred features' Gram: a common offset cancels exactly
-                try:
-                    k = rbf_from_gram(rep.centred_gram(l), sigma)  # a fresh matrix: centred in place
-                except ValueError as err:  # the median heuristic on this layer's distances
-                    raise ValueError(f"layer {l}: {err}") from None
-                yield (k if unbiased else center_gram_(k)), not unbiased, False
-                del k
-            else:
-                # H X X^T H = Xc Xc^T (or H G H of a cached Gram); unbiased: HKH has the same
-                # unbiased HSIC as K, without the large common part whose cancellation cost
-                # float32 its digits
-                yield rep.centred_gram(l, upper_only=True), True, True
+            # distances from the centred features' Gram: a common offset cancels exactly
+            try:
+                k = rbf_from_gram(rep.centred_gram(l), sigma)  # a fresh matrix: centred in place
+            except ValueError as err:  # the median heuristic on this layer's distances
+                raise ValueError(f"layer {l}: {err}") from None
+            yield (k if unbiased else center_gram_(k)), not unbiased, False
+            del k
 
     def permute(self, state: GramState | FeatureState, perm: torch.Tensor, inv: torch.Tensor):
         if isinstance(state, FeatureState):
@@ -324,32 +325,44 @@ def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased:
         kernels = list(kernels)
         count = len(kernels)
     upper = diag = rows = None
-    n = 0
-    for l, (k, centred, upper_only) in enumerate(kernels):
+    n = l = 0
+    for kernel, centred, upper_only in kernels:
+        # a (G, N, N) stack of G layers' kernels, or one (N, N) kernel
+        stack = kernel if kernel.dim() == 3 else kernel[None]
+        g = int(stack.shape[0])
         if upper is None:  # sizes from the first kernel
-            n, dev, dtype = int(k.shape[0]), k.device, k.dtype
+            n, dev, dtype = int(stack.shape[1]), stack.device, stack.dtype
             upper = torch.empty((count, n * (n - 1) // 2), dtype=dtype, device=dev)
             if unbiased:
                 rows = torch.zeros((count, n), dtype=torch.float64, device=dev)
                 i, j = triangle_pairs(n, dev)
             else:
                 diag = torch.empty((count, n), dtype=dtype, device=dev)
-        if not unbiased:
-            if not centred:
+        if l + g > count:
+            raise ValueError(f"expected {count} kernels")
+        if not unbiased and centred:  # the whole stack packed at once
+            torch.index_select(stack.reshape(g, n * n), 1, packed_flat(n, dev), out=upper[l:l + g])
+            diag[l:l + g] = torch.diagonal(stack, dim1=1, dim2=2)
+            l += g
+            del kernel, stack
+            continue
+        for k in stack.unbind(0):
+            if not unbiased:
                 if upper_only:
                     raise ValueError("centring needs the full kernel")
                 k = center_gram_(k.clone())
-            upper[l] = pack(k)
-            diag[l] = torch.diagonal(k)
-        else:
-            u = pack(k).to(torch.float64)
-            u -= u.mean()  # the unbiased HSIC ignores a constant added to K~: keep float32 values small
-            upper[l] = u.to(dtype)
-            u = upper[l].to(torch.float64)
-            rows[l].index_add_(0, i, u).index_add_(0, j, u)  # K~ row sums from its upper triangle
-            del u
-        del k  # free this kernel before the next one is built
-    if upper is None or l + 1 != count:
+                upper[l] = pack(k)
+                diag[l] = torch.diagonal(k)
+            else:
+                u = pack(k).to(torch.float64)
+                u -= u.mean()  # the unbiased HSIC ignores a constant added to K~: keep float32 values small
+                upper[l] = u.to(dtype)
+                u = upper[l].to(torch.float64)
+                rows[l].index_add_(0, i, u).index_add_(0, j, u)  # K~ row sums from its upper triangle
+                del u
+            l += 1
+        del kernel, stack, k  # free this kernel before the next one is built
+    if upper is None or l != count:
         raise ValueError(f"expected {count} kernels")
     if not unbiased:
         self_hsic = 2.0 * _sq_norms(upper) + _sq_norms(diag)  # the sum of all squared entries

@@ -16,7 +16,7 @@ import math
 import torch
 
 from .bf16_neighbors import check_knn_precision, reduced_topk
-from .gram import gram_full
+from .gram import gram_full, gram_stack
 
 # Elements (not bytes) of one similarity block; 2**25 float32 = 128 MiB.
 DEFAULT_BLOCK_ELEMENTS = 1 << 25
@@ -77,6 +77,22 @@ def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
         indices[start:stop] = i
         del block, v, i  # one block alive at a time: the next product is allocated after this one is freed
     return values, indices
+
+
+def stacked_topk_neighbors(layers: list[torch.Tensor], k: int, *, exclude_self: bool = True
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``topk_neighbors(x, k)`` of several ``(N, D)`` layers of one width at once, each layer's
+    whole Gram in one block (``N * N <= block_elements``): ``(G, N, k)`` values and indices, the
+    same lists (the same Gram matrices, ``gram.gram_stack``, and one ``topk`` over their rows).
+    The stack's ``G`` Gram matrices are alive at once: callers bound ``G * N * N``."""
+    n = int(layers[0].shape[0])
+    kmax = n - 1 if exclude_self else n
+    if not 1 <= k <= kmax:
+        raise ValueError(f"topk must be in [1, {kmax}] for N={n}, got {k}")
+    gram = gram_stack(layers)
+    if exclude_self:
+        gram.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+    return torch.topk(gram, k, dim=2, largest=True, sorted=True)
 
 
 def candidate_depth(k: int, n: int, m: int, kmax: int) -> int:

@@ -44,6 +44,11 @@ def triangle_pairs(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Te
     return _pairs(n, str(device))
 
 
+def packed_flat(n: int, device: torch.device) -> torch.Tensor:
+    """Flat indices ``i*N + j`` ``(M,)`` int64 of the packed entries (``pack`` reads them)."""
+    return _tables(n, str(device))[0]
+
+
 def pack(a: torch.Tensor) -> torch.Tensor:
     """Packed strict upper triangle ``(M,)`` of ``a`` ``(N, N)`` (row-major order)."""
     flat, _ = _tables(a.shape[0], str(a.device))
