@@ -289,13 +289,13 @@ def block_sweep(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, devi
     """Exact fp32 ``mutual_knn`` of ``x`` and ``y`` (``(N, D)`` each) through the public
     ``topk_neighbors(..., block_elements=...)`` and ``overlap_counts``, once per
     ``--large-n-blocks`` size (MiB of one float32 similarity block; the engine's default is
-    ``DEFAULT_BLOCK_ELEMENTS``): best of ``--large-n-repeats`` times and peak memory, so one run
+    ``default_block_elements``): best of ``--large-n-repeats`` times and peak memory, so one run
     says which default block to use. The score must equal ``layer_matrix``'s (``reference``)."""
-    from tasks.metrics.neighbors import DEFAULT_BLOCK_ELEMENTS, overlap_counts, topk_neighbors
+    from tasks.metrics.neighbors import default_block_elements, overlap_counts, topk_neighbors
 
     n, k = int(x.shape[0]), args.topk
     print(f"\nexact search block size (topk_neighbors block_elements; engine default "
-          f"{DEFAULT_BLOCK_ELEMENTS * 4 / 2**20:.0f} MiB), both sides + overlap, best of "
+          f"{default_block_elements(x.device) * 4 / 2**20:.0f} MiB here), both sides + overlap, best of "
           f"{max(1, args.large_n_repeats)}")
     header = f"{'block MiB':>9} {'rows':>7} {'time s':>7} {'first s':>7} {'peak':>28} {'score':>8} {'|vs layer_matrix|':>17}"
     print(header)

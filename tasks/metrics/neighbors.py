@@ -20,11 +20,19 @@ from .gram import gram_full, gram_stack
 
 # Elements (not bytes) of one similarity block; 2**25 float32 = 128 MiB.
 DEFAULT_BLOCK_ELEMENTS = 1 << 25
+#: the default on a CUDA device, 2**27 float32 = 512 MiB: on an H200 the exact search at
+#: N=100,000 (width 1024) took 1.28 s with 128 MiB blocks, 1.06 s with 512 MiB (1.5 GB peak)
+CUDA_BLOCK_ELEMENTS = 1 << 27
+
+
+def default_block_elements(device: torch.device) -> int:
+    """Elements of one similarity block when the caller names none: larger on a GPU."""
+    return CUDA_BLOCK_ELEMENTS if device.type == "cuda" else DEFAULT_BLOCK_ELEMENTS
 
 
 def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
                    gram: torch.Tensor | None = None,
-                   block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+                   block_elements: int | None = None,
                    precision: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` inner-product neighbours of every row.
 
@@ -33,7 +41,8 @@ def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
         k: neighbours per row, ``1 <= k <= N - 1`` (``N`` when ``exclude_self=False``).
         exclude_self: put ``-inf`` on the diagonal before selection (the paper's rule).
         gram: optional precomputed ``(N, N)`` ``x @ x.T``; it is not modified.
-        block_elements: size of one similarity block (rows * N).
+        block_elements: size of one similarity block (rows * N); default `default_block_elements`
+            of the device (128 MiB of float32, 512 MiB on CUDA).
         precision: ``'exact'`` (default: the computation dtype), or the opt-in bfloat16 search
             ``'bf16'`` (approximate lists) / ``'bf16-refine'`` (certified equal to exact), see
             ``bf16_neighbors``; those need ``x`` and never read ``gram``.
@@ -42,6 +51,8 @@ def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
         ``(values, indices)``: ``(N, k)`` similarities in the computation dtype and ``(N, k)`` int64,
         sorted by decreasing similarity.
     """
+    if block_elements is None:
+        block_elements = default_block_elements(gram.device if gram is not None else x.device)  # type: ignore[union-attr]
     if check_knn_precision(precision) != "exact":
         if x is None:
             raise ValueError(f"knn_precision={precision!r} searches the features: pass x, not gram")
