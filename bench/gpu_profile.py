@@ -1,7 +1,13 @@
 """Where the GPU time goes (a diagnostic, not a benchmark): engine layer_matrix, the 7B LM and the
-giant ViT extraction, each timed against plain alternatives and profiled with torch.profiler.
+giant ViT extraction, each timed against plain alternatives and profiled with torch.profiler
+(tables in DIR/prof_*.txt; BENCHMARKS.md, "GPU (session 22)", cites what it found).
 
-    python bench/gpu_profile.py --out DIR [--small] [--parts metrics,llm,vit]
+    python bench/gpu_profile.py --out DIR [--small] [--parts metrics,llm,vit,shapes,vitprep]
+
+Parts: ``metrics`` (layer_matrix against a batched prototype), ``llm`` / ``vit`` (extract_all
+against the model's plain forward, image preparation alone), ``shapes`` (first call at a new
+input shape against warm calls, per attention backend), ``vitprep`` (the ViT's extract_all with
+preparing threads against processes, PIL images and JPEG bytes). Exit 1 when a part failed.
 """
 from __future__ import annotations
 
@@ -310,7 +316,7 @@ def part_vitprep(small: bool) -> None:
     ex.close()
 
 
-def main() -> None:
+def main() -> int:
     global OUT
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="/tmp/prh-profile")
@@ -321,6 +327,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     if DEV.type == "cuda":
         say(torch.cuda.get_device_name(), torch.__version__)
+    failed = []
     for part in a.parts.split(","):
         t0 = time.perf_counter()
         try:
@@ -330,8 +337,10 @@ def main() -> None:
             import traceback
             traceback.print_exc()
             say(f"{part} FAILED: {exc!r}")
+            failed.append(part)
         say(f"== {part} took {time.perf_counter() - t0:.1f} s")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -140,3 +140,14 @@ def test_large_n_warms_up_every_precision_before_the_clock(capsys):
     timed_per_mode = [p for name, p in calls[first_timed:] if name == "layer_matrix"]
     assert timed_per_mode == ["exact", "exact", "bf16", "bf16", "bf16-refine", "bf16-refine"]
     assert "best of 2 after a warm-up on 200 rows" in capsys.readouterr().out
+
+
+def test_gpu_profile_runs_at_small_size(tmp_path):
+    """bench/gpu_profile.py (the diagnostic behind BENCHMARKS.md's GPU notes), its engine part on
+    the CPU: the batched prototype gives the engine's numbers, and the profile table is written."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_profile.py"), "--small", "--parts", "metrics",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    diff = next(line for line in done.stdout.splitlines() if "prototype vs engine max diff" in line)
+    assert float(diff.split()[-1]) < 1e-6
+    assert "aten::topk" in (tmp_path / "prof_metric_mutual_knn.txt").read_text()
