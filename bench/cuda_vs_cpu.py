@@ -9,7 +9,7 @@ a ViT beside a GPU prepares in threads). Prints one line per comparison; exit 1 
 is beyond its tolerance (float32 rounding; a k-NN list may change at a near-tie: 1 entry of
 600 x 10 moves a score by 1.7e-4).
 
-    python bench/cuda_vs_cpu.py [--device cuda] [--skip-extract]
+    python bench/cuda_vs_cpu.py [--device cuda] [--skip-extract] [--n 600]
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ KNN_TOL = 2e-3  # a few list entries at near-ties
 TOL = 1e-4
 
 
-def engine(device: str) -> bool:
+def engine(device: str, n: int = 600) -> bool:
     from tasks.metrics import METRICS, Representation, layer_matrix
 
     g = torch.Generator().manual_seed(0)
-    z = torch.randn(600, 8, generator=g)
-    xs = [z @ torch.randn(8, 96, generator=g) + 2 * torch.randn(600, 96, generator=g) for _ in range(4)]
-    xs.append(z @ torch.randn(8, 64, generator=g) + torch.randn(600, 64, generator=g))
-    ys = [z @ torch.randn(8, 48, generator=g) + 3 * torch.randn(600, 48, generator=g) for _ in range(3)]
+    z = torch.randn(n, 8, generator=g)
+    xs = [z @ torch.randn(8, 96, generator=g) + 2 * torch.randn(n, 96, generator=g) for _ in range(4)]
+    xs.append(z @ torch.randn(8, 64, generator=g) + torch.randn(n, 64, generator=g))
+    ys = [z @ torch.randn(8, 48, generator=g) + 3 * torch.randn(n, 48, generator=g) for _ in range(3)]
     ok = True
     for name in sorted(METRICS):
         try:  # each metric's defaults (topk 10)
@@ -92,8 +92,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-extract", action="store_true")
+    p.add_argument("--n", type=int, default=600, help="samples of the engine's comparison (above 512: the CPU's "
+                   "blocked Gram products)")
     a = p.parse_args()
-    ok = engine(a.device)
+    ok = engine(a.device, a.n)
     if not a.skip_extract:
         ok &= extraction(a.device)
     print("cuda_vs_cpu:", "all within tolerance" if ok else "SOME BEYOND TOLERANCE", flush=True)

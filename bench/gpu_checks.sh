@@ -29,10 +29,12 @@ mkdir -p "$OUT"
 
 if [ "${SMALL:-0}" = 1 ]; then
   layers=(--small)
+  compare=(--n 120)  # CPU against CPU: only that the script runs
   large=(--skip-layers --skip-paper --large-n 600 --large-n-blocks 0.5 128)  # 0.5 MiB: blockwise at N=600
   shapes=(--scale small --n 16 --dtype bfloat16 --prepare processes)
   export PRH_DECODE_WORKERS=2
 else
+  compare=()
   layers=(--layers-a 33 --width-a 4096 --layers-b 40 --width-b 1536 --repeats 5)
   large=(--skip-layers --skip-paper --large-n 100000 --large-n-blocks 128 512 2048)
   shapes=(--scale full --n 1024)
@@ -86,7 +88,7 @@ if wanted extract_llm || wanted extract_vit || wanted cuda_vs_cpu; then
 fi
 
 # first, the device's code paths against the CPU's numbers (every metric; extraction when it imports)
-step cuda_vs_cpu 90 "$PY" bench/cuda_vs_cpu.py --device "$DEVICE" $([ "$extract_ok" = 1 ] || echo --skip-extract)
+step cuda_vs_cpu 90 "$PY" bench/cuda_vs_cpu.py --device "$DEVICE" "${compare[@]}" $([ "$extract_ok" = 1 ] || echo --skip-extract)
 # issue 3: all layer pairs at the paper's largest shape; then N=100,000 mutual k-NN, exact and bf16
 step metrics_layers 120 "$PY" bench/bench_metrics.py --device "$DEVICE" "${layers[@]}"
 step metrics_large_n 90 "$PY" bench/bench_metrics.py --device "$DEVICE" "${large[@]}"
