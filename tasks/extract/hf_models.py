@@ -39,6 +39,7 @@ tokens (`left_to_right`): XLNet, CPM-Ant, XLM unless ``causal``, BERT-like types
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
 import os
 import pickle
@@ -94,7 +95,11 @@ def config_class(name: str) -> type:
 
     cls = getattr(transformers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, PretrainedConfig)):
-        raise ValueError(f"{name!r} is not a transformers config class (e.g. 'ViTConfig', 'GPT2Config')")
+        names = [n for n in dir(transformers) if n.endswith("Config")]  # names only: nothing imported
+        same_letters = [n for n in names if n.lower() in (str(name).lower(), f"{name}config".lower())]
+        close = same_letters or difflib.get_close_matches(str(name), names, n=3, cutoff=0.8)
+        hint = f"did you mean {' or '.join(repr(n) for n in close)}?" if close else "e.g. 'ViTConfig', 'GPT2Config'"
+        raise ValueError(f"{name!r} is not a transformers config class ({hint})")
     return cls
 
 
@@ -264,8 +269,6 @@ def _with_hints(keys: Any, config: Any, path: str = "") -> str:
     """``'hidden_sizee' (did you mean 'hidden_size'?), 'x'``: each key (after ``path``, e.g.
     ``'config.vision_config.'``), with the closest field of ``config`` (its attributes and
     ``attribute_map`` aliases) where one is close."""
-    import difflib
-
     fields = sorted(k for k in vars(config) if not k.startswith("_")) + sorted(getattr(type(config), "attribute_map", {}) or {})
     return ", ".join(f"{path + key!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, fields, n=1)) else "")
                      for key in sorted(keys))

@@ -425,3 +425,14 @@ def test_a_pickle_checkpoint_with_code_is_refused_clearly_and_never_run(tmp_path
     torch.save({"state": _Payload(marker)}, folder / "pytorch_model.bin")
     _raises(_hf(str(folder)), "are a pickle that holds more than tensors, which is not loaded")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("given, hint", [("VitConfig", "did you mean 'ViTConfig'?"), ("dinov2", "did you mean 'Dinov2Config'?"),
+                                         ("GPT2Confg", "did you mean 'GPT2Config'"), ("NoSuchConfig", "e.g. 'ViTConfig'")])
+def test_a_misspelt_config_class_gets_the_closest_names(given, hint):
+    import re
+
+    from tasks.extract.hf_models import config_class
+
+    with pytest.raises(ValueError, match=re.escape(f"{given!r} is not a transformers config class ({hint}")):
+        config_class(given)
