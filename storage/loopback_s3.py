@@ -7,9 +7,12 @@ exactly as to a remote bucket. Nothing leaves the machine: it listens on 127.0.0
 from __future__ import annotations
 
 import os
+import queue
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,31 +20,56 @@ from typing import Iterator
 
 
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
+    """A TCP port that is free on 127.0.0.1 right now (another process may take it before it is
+    used: `start_moto_server` lets the server bind a port itself instead)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+#: the line werkzeug (moto's server) logs once it listens
+_LISTENING = re.compile(r"Running on https?://127\.0\.0\.1:(\d+)")
+
+
 def start_moto_server(timeout_s: float = 60) -> tuple[subprocess.Popen, str]:
-    """Start ``moto_server`` (from this interpreter's environment) on a free loopback port.
+    """Start ``moto_server`` (from this interpreter's environment) on a loopback port it binds
+    itself (port 0: no other process can take the port between choosing and binding it).
 
     Returns the process and its endpoint URL once it accepts connections; raises RuntimeError if
-    it does not within ``timeout_s``. Stop it with :func:`stop_server`.
+    it does not within ``timeout_s``. Its log (stderr: the port, then a line per request) is read
+    to its end by a daemon thread, so that a full pipe never blocks it. Stop it with
+    :func:`stop_server`.
     """
-    port = free_port()
     moto = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", "0"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, errors="replace")
+    ports: queue.Queue[int] = queue.Queue()
+
+    def read_log() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            found = _LISTENING.search(line)
+            if found and ports.empty():
+                ports.put(int(found.group(1)))
+
+    threading.Thread(target=read_log, name="moto-server-log", daemon=True).start()
     deadline = time.time() + timeout_s
+    port = None
     while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.2)
+        if port is None:
+            try:
+                port = ports.get(timeout=0.2)
+            except queue.Empty:
+                pass
+        if port is not None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return proc, f"http://127.0.0.1:{port}"
+            except OSError:
+                time.sleep(0.2)
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("moto_server did not start")
 
 
 def stop_server(proc: subprocess.Popen, timeout_s: float = 10) -> None:
