@@ -1,6 +1,6 @@
 """Where the GPU time goes (a diagnostic, not a benchmark): engine layer_matrix, the 7B LM and the
 giant ViT extraction, each timed against plain alternatives and profiled with torch.profiler
-(tables in DIR/prof_*.txt; BENCHMARKS.md, "GPU (session 22)", cites what it found).
+(tables in DIR/profiles.txt, one section per profile; BENCHMARKS.md, "GPU (session 22)", cites what it found).
 
     python bench/gpu_profile.py --out DIR [--small] [--parts metrics,llm,vit,shapes,vitprep]
 
@@ -58,8 +58,9 @@ def prof(fn, name: str) -> None:
     key = "cuda_time_total" if DEV.type == "cuda" else "cpu_time_total"
     text = ka.table(sort_by=key, row_limit=30, max_name_column_width=60)
     text += "\n\nby self CPU time\n" + ka.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60)
-    (OUT / f"prof_{name}.txt").write_text(text)
-    say(f"[profile {name} -> prof_{name}.txt]")
+    with open(OUT / "profiles.txt", "a") as f:  # one file: the device tool brings back a few files only
+        f.write(f"\n===== {name}\n{text}\n")
+    say(f"[profile {name} -> profiles.txt]")
     say("\n".join(text.splitlines()[:22]))
 
 

@@ -150,4 +150,5 @@ def test_gpu_profile_runs_at_small_size(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     diff = next(line for line in done.stdout.splitlines() if "prototype vs engine max diff" in line)
     assert float(diff.split()[-1]) < 1e-6
-    assert "aten::topk" in (tmp_path / "prof_metric_mutual_knn.txt").read_text()
+    tables = (tmp_path / "profiles.txt").read_text()
+    assert "===== metric_mutual_knn" in tables and "aten::topk" in tables.split("===== metric_cka")[0]
