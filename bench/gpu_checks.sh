@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of issues 3 and 4 as one prepared run (about 2-3 minutes on one H200; the
-# five steps are capped at 90 + 120 + 90 + 130 + 130 = 560 s; they took 130 s in all there).
+# five steps are capped at 90 + 120 + 90 + 130 + 130 = 560 s; they took 105 s in all there).
 #
 # On a lent device machine (its python3 holds CUDA torch and transformers, not pydantic, nor the
 # pipeline's prefect, duckdb, s3fs or the demo's emoji/openmoji packages, which these checks never
