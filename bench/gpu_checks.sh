@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of issues 3 and 4 as one prepared run (about 2-3 minutes on one H200; the
-# five steps are capped at 90 + 120 + 90 + 130 + 130 = 560 s; they took 105 s in all there).
+# five steps are capped at 60 + 120 + 90 + 130 + 130 = 530 s, inside the call's 540 s; they took 105 s there).
 #
 # On a lent device machine (its python3 holds CUDA torch and transformers, not pydantic, nor the
 # pipeline's prefect, duckdb, s3fs or the demo's emoji/openmoji packages, which these checks never
@@ -88,7 +88,7 @@ if wanted extract_llm || wanted extract_vit || wanted cuda_vs_cpu; then
 fi
 
 # first, the device's code paths against the CPU's numbers (every metric; extraction when it imports)
-step cuda_vs_cpu 90 "$PY" bench/cuda_vs_cpu.py --device "$DEVICE" "${compare[@]}" $([ "$extract_ok" = 1 ] || echo --skip-extract)
+step cuda_vs_cpu 60 "$PY" bench/cuda_vs_cpu.py --device "$DEVICE" "${compare[@]}" $([ "$extract_ok" = 1 ] || echo --skip-extract)
 # issue 3: all layer pairs at the paper's largest shape; then N=100,000 mutual k-NN, exact and bf16
 step metrics_layers 120 "$PY" bench/bench_metrics.py --device "$DEVICE" "${layers[@]}"
 step metrics_large_n 90 "$PY" bench/bench_metrics.py --device "$DEVICE" "${large[@]}"
