@@ -67,7 +67,12 @@ def test_a_store_folder_named_with_glob_characters_is_read_literally(store_url, 
     url = store_url + " [v1]*?"
     store = build_catalog_store(url)
     decoy = Store(store_url + " v-decoy")  # what the unescaped pattern also matches, other numbers
+    # vit-small's layer files only, the ones compared below: a reader that took a layer file's
+    # path as a pattern reads these (other numbers) or, for the other models, finds no file and
+    # fails; every file more made each of the ~100 listings DuckDB's reads do on S3 slower.
     for key, manifest in store.manifests("features"):
+        if "vit-small" not in key:
+            continue
         for name in manifest["files"]:
             table = store.read_table(f"{key}/{name}")
             vectors = pa.array([[v + 1.0 for v in row] for row in table.column("vector").to_pylist()], pa.list_(pa.float32()))
