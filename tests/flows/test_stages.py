@@ -67,6 +67,32 @@ def test_the_alignment_stage_reads_the_extracted_dataset_from_the_store_not_its_
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_a_model_the_extraction_stage_did_not_publish_fails_the_alignment_stage_naming_it(tmp_path):
+    """A model that cannot be extracted does not stop the staged night: the extraction stage
+    publishes the others and the dataset and fails naming it; the alignment stage, with that
+    dataset version, aligns what is stored, records the model as not extracted (never extracting
+    on the CPU box) and fails. The stages as prh-staged runs them, in-process (through the
+    deployments and workers, a staged run that fails: test_deployment.py)."""
+    from flows.pipeline import ZooFailures
+
+    store = str(tmp_path / "store")
+    bad = {"name": "bad-vit", "loader": "hf", "id": "nonexistent-org/nonexistent-model", "modality": "vision"}
+    config = _config([TINY_VIT, bad, TINY_BERT], permutations=0)
+    state = prh_extract(config=config, store=store, return_state=True)
+    assert state.is_failed()
+    version = published_dataset_version(state.state_details.flow_run_id)
+    record = Store(store).read_json(layout.extraction_key(str(state.state_details.flow_run_id)))
+    assert (record["status"], record["dataset_version"], sorted(record["feature_versions"])) == ("FAILED", version, ["tiny-bert", "tiny-vit"])
+    with pytest.raises(ZooFailures):
+        prh_pipeline(config=config, store=store, report=False, extract_missing=False, dataset_version=version)
+    record, = query(connect(store), "select extracted, reused, status, failures from runs").to_pylist()
+    assert (record["extracted"], record["reused"], record["status"]) == ([], ["tiny-bert", "tiny-vit"], "FAILED")
+    failures = {(f["stage"], f["item"]): f["error"] for f in json.loads(record["failures"])}
+    assert set(failures) == {("extract", "bad-vit"), ("align", "bad-vit x tiny-bert")}
+    assert "the extraction stage did not publish them" in failures["extract", "bad-vit"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_a_dataset_version_the_store_does_not_hold_fails_the_run_naming_it(tmp_path):
     store = str(tmp_path / "store")
     with pytest.raises(DatasetNotStored, match="dataset version 0123456789abcdef is not in the store "):

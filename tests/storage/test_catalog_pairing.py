@@ -67,7 +67,12 @@ def test_a_store_folder_named_with_glob_characters_is_read_literally(store_url, 
     url = store_url + " [v1]*?"
     store = build_catalog_store(url)
     decoy = Store(store_url + " v-decoy")  # what the unescaped pattern also matches, other numbers
+    # vit-small's layer files only, the ones compared below: a reader that took a layer file's
+    # path as a pattern reads these (other numbers) or, for the other models, finds no file and
+    # fails; every file more made each of the ~100 listings DuckDB's reads do on S3 slower.
     for key, manifest in store.manifests("features"):
+        if "vit-small" not in key:
+            continue
         for name in manifest["files"]:
             table = store.read_table(f"{key}/{name}")
             vectors = pa.array([[v + 1.0 for v in row] for row in table.column("vector").to_pylist()], pa.list_(pa.float32()))
@@ -76,7 +81,8 @@ def test_a_store_folder_named_with_glob_characters_is_read_literally(store_url, 
     counts = query(con, "select (select count(*) from alignment_best) best, (select count(*) from runs) runs, "
                         "(select count(*) from models) models").to_pylist()
     assert counts == [{"best": 8, "runs": 2, "models": 4}]
-    assert len(run_records(store)) == 2 and len(verify_store(store)) == 9 and all(c.ok for c in verify_store(store))
+    checks = verify_store(store)  # each version's files read and hashed: once
+    assert len(run_records(store)) == 2 and len(checks) == 9 and all(c.ok for c in checks)
     manifests = dict(store.manifests("features"))
     key = next(k for k in manifests if "vit-small" in k)
     want = np.array(store.read_table(f"{key}/layer-000.parquet").column("vector").to_pylist(), dtype=np.float32)
@@ -96,8 +102,10 @@ def test_a_folder_named_like_the_escaped_store_path_is_refused_not_readable(stor
     from storage.store import escape_glob
 
     url = store_url + " [v1]"
-    store = build_catalog_store(url)
-    connect(url)  # no such folder: opens
+    store = Store(url)  # one version: the refusal does not depend on what the store holds (the
+    # catalog of a whole store under such a name: the test above)
+    _publish_features(store, "m", ["x1", "x2"], [np.ones((2, 3), dtype=np.float32)])
+    assert query(connect(url), "select count(*) n from features").to_pylist() == [{"n": 2}]  # no such folder: opens
     twin = Store(escape_glob(url) if "://" in url else escape_glob(store.root))
     twin.write_bytes("secret.parquet", table_to_parquet_bytes(pa.table({"secret": ["outside the store"]})))
     with pytest.raises(ValueError, match=r"a folder .* exists beside it: the read-only catalog could read that folder too"):
