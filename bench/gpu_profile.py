@@ -217,8 +217,6 @@ def first_and_warm(fn) -> tuple[float, float, float]:
 
 def part_shapes(small: bool) -> None:
     """First call of a new input shape against warm calls, per SDPA backend choice."""
-    from PIL import Image  # noqa: F401
-
     from bench_extract import DINOV2_G, LLAMA_7B, SMALL, _fast_random
 
     from tasks.extract import ModelSpec

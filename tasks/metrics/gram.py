@@ -23,11 +23,9 @@ def gram_upper(x: torch.Tensor, block: int = BLOCK, out: torch.Tensor | None = N
     plain product (one launch; the row blocks only multiplied the kernel launches there). ``out``:
     an ``(N, N)`` buffer to write into (e.g. one slot of a stacked batch)."""
     n = x.shape[0]
-    if out is None and (n <= 2 * block or x.device.type == "cuda"):  # one launch (cuBLAS: no gain from blocks)
-        return x @ x.T
+    if n <= 2 * block or x.device.type == "cuda":  # one launch (cuBLAS: no gain from blocks)
+        return x @ x.T if out is None else torch.matmul(x, x.T, out=out)
     out = torch.empty((n, n), dtype=x.dtype, device=x.device) if out is None else out
-    if n <= 2 * block or x.device.type == "cuda":
-        return torch.matmul(x, x.T, out=out)
     for i0 in range(0, n, block):
         i1 = min(n, i0 + block)
         torch.matmul(x[i0:i1], x[i0:].T, out=out[i0:i1, i0:])

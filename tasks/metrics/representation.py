@@ -133,24 +133,22 @@ class Representation:
         ``upper_only`` that product may leave the blocks below the diagonal undefined
         (``gram.gram_upper``). Translation invariant up to rounding of the spread, not of the
         offset: the kernel metrics' distances and centred kernels come from it."""
+        return self._centred_gram(layer, upper_only)
+
+    def _centred_gram(self, layer: int, upper_only: bool, out: torch.Tensor | None = None) -> torch.Tensor:
+        """`centred_gram`, written into ``out`` (an ``(N, N)`` buffer, upper only) when given."""
         g = self.cached_gram(layer)
         if g is not None and offset_is_small(g):
-            return center_gram_(g.clone())
-        x = self.layers[layer]
-        xc = centre_columns(x)
-        return gram_upper(xc) if upper_only else gram_full(xc)
+            return center_gram_(g.clone() if out is None else out.copy_(g))
+        xc = centre_columns(self.layers[layer])
+        return gram_upper(xc, out=out) if upper_only or out is not None else gram_full(xc)
 
     def centred_gram_stack(self, layers: Sequence[int]) -> torch.Tensor:
         """``(G, N, N)``: ``centred_gram(l, upper_only=True)`` of each of ``layers`` (one width),
         entry for entry (entries ``j >= i`` defined), in one buffer."""
         out = torch.empty((len(layers), self.n, self.n), dtype=self.dtype, device=self.device)
         for s, l in enumerate(layers):
-            g = self.cached_gram(l)
-            if g is not None and offset_is_small(g):
-                out[s] = g
-                center_gram_(out[s])
-            else:
-                gram_upper(centre_columns(self.layers[l]), out=out[s])
+            self._centred_gram(l, True, out[s])
         return out
 
     def cached_gram(self, layer: int) -> torch.Tensor | None:
@@ -315,18 +313,9 @@ def check_values(layers: Sequence[torch.Tensor]) -> None:
                          "a meaningless number; leave the layer out")
 
 
-def finite_peaks(layers: Sequence[torch.Tensor]) -> list[float]:
-    """``max |x|`` of each ``(N, D_l)`` layer (one pass per layer, one device sync); a layer with a
-    NaN or inf value raises ``ValueError`` (``check_finite``: names it and counts its bad rows).
-    ``aminmax`` propagates NaN, so a finite peak means finite values."""
-    peaks = torch.stack([torch.stack(torch.aminmax(x)).abs().amax().to(torch.float64) for x in layers]).tolist()
-    if not all(math.isfinite(p) for p in peaks):
-        check_finite(layers)
-    return peaks
-
-
 def _value_stats(layers: Sequence[torch.Tensor]) -> tuple[list[float], list[bool]]:
-    """``max |x|`` (as ``finite_peaks``, NaN/inf included) and whether all rows are equal (a
+    """``max |x|`` (NaN or inf where the layer holds one: ``aminmax`` propagates NaN, so a finite
+    peak means finite values) and whether all rows are equal (a
     constant layer), per ``(N, D_l)`` layer, with one transfer to the host. Same-width layers are
     measured a stack at a time (``layer_stacks``) when they are views of one stacked tensor, or,
     on a GPU, copied into one (kernel launches, not bytes, cost there); else layer by layer."""
@@ -342,7 +331,7 @@ def _value_stats(layers: Sequence[torch.Tensor]) -> tuple[list[float], list[bool
                 peaks[l] = torch.stack(torch.aminmax(layers[l])).abs().amax()
                 constant[l] = (layers[l] == layers[l][:1]).all()
             continue
-        lo, hi = torch.aminmax(x.reshape(len(group), -1), dim=1)  # NaN propagates, as in finite_peaks
+        lo, hi = torch.aminmax(x.reshape(len(group), -1), dim=1)  # NaN propagates
         peak = torch.maximum(lo.abs(), hi.abs())
         same = (x == x[:, :1]).reshape(len(group), -1).all(dim=1)
         for s, l in enumerate(stack):
