@@ -52,7 +52,7 @@ import pyarrow as pa
 
 from storage import layout
 from storage.runs import runs_as_known
-from storage.read_only_fs import ReadOnlyFileSystem
+from storage.read_only_fs import ReadOnlyFileSystem, StoreFileSystem
 from storage.sql_guard import ReadOnlyQueryError, checked_statements
 from storage.store import MANIFEST, Store, escape_glob, unescape_glob
 from storage.stored_files import FileGroup, ListedFile, StoredFiles
@@ -420,11 +420,12 @@ def create_derived_views(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 def register_store_filesystem(con: duckdb.DuckDBPyConnection, store: Store, read_only: bool = True) -> None:
     """Let DuckDB reach a remote store through its fsspec filesystem (DuckDB's httpfs is not
-    needed); with ``read_only`` through a :class:`ReadOnlyFileSystem` of it, so that a write that
-    got past :func:`query`'s checks fails in the filesystem. A local store needs nothing: DuckDB
+    needed), through a :class:`StoreFileSystem` of it (one existence check per file when the
+    store's path has glob characters); with ``read_only`` through a :class:`ReadOnlyFileSystem`,
+    so that a write that got past :func:`query`'s checks fails in the filesystem. A local store needs nothing: DuckDB
     reads local files itself (:func:`lock_down` limits which)."""
     if not store.is_local:
-        con.register_filesystem(ReadOnlyFileSystem(store.fs) if read_only else store.fs)
+        con.register_filesystem(ReadOnlyFileSystem(store.fs) if read_only else StoreFileSystem(store.fs))
 
 
 def _exists_in(store: Store) -> Callable[[str], bool]:

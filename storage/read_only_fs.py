@@ -1,11 +1,16 @@
-"""A filesystem that reads through another one and refuses every write: what the analysts'
-DuckDB connection is given for a remote store.
+"""Filesystems that DuckDB is given for a remote store: one that reads through the store's own
+and refuses every write (the analysts' connection), and its writable parent.
 
 DuckDB reads an S3 store through the fsspec filesystem registered on its connection
 (``con.register_filesystem``). Registering this wrapper of the store's filesystem instead means
 that a write the SQL checks of :func:`storage.catalog.query` missed (a ``COPY ... TO 's3://...'``
 hidden in some construct DuckDB adds later) fails in the filesystem itself: ``open`` for
 writing, ``rm``, ``mv``, ``mkdir``, ``touch``, ``pipe`` and ``put`` raise ``PermissionError``.
+
+Both answer DuckDB's ``glob`` of one file whose path only has escaped glob characters (a store
+at ``s3://bucket/runs [v1]``: :func:`storage.store.escape_glob`) with one existence check:
+fsspec's own glob lists every folder under the part before the first ``[`` for each such file
+(about 0.1 s per file DuckDB opens, against 5 ms for a path without glob characters).
 """
 
 from __future__ import annotations
@@ -14,20 +19,24 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
-#: Methods passed through to the wrapped filesystem unchanged (they only read or list).
-_READS = ("ls", "listdir", "glob", "find", "walk", "du", "exists", "lexists", "isdir", "isfile", "info", "size",
+from storage.store import escaped_literal
+
+#: Methods passed through to the wrapped filesystem unchanged (they only read or list; ``glob``
+#: is :class:`StoreFileSystem`'s own).
+_READS = ("ls", "listdir", "find", "walk", "du", "exists", "lexists", "isdir", "isfile", "info", "size",
           "sizes", "modified", "created", "checksum", "ukey", "cat", "cat_file", "cat_ranges", "head", "tail",
           "read_block", "expand_path", "invalidate_cache")
-#: Methods that would change the filesystem (or write local files: ``get``): refused.
+#: Methods that would change the filesystem (or write local files: ``get``): passed through by
+#: :class:`StoreFileSystem`, refused by :class:`ReadOnlyFileSystem`.
 _WRITES = ("rm", "rm_file", "_rm", "rmdir", "delete", "mv", "move", "rename", "cp", "copy", "cp_file", "mkdir",
            "makedir", "makedirs", "mkdirs", "touch", "pipe", "pipe_file", "put", "put_file", "upload", "get",
            "get_file", "download", "write_bytes", "write_text", "start_transaction", "sign")
 _WRITE_MODES = set("wax+")
 
 
-class ReadOnlyFileSystem(AbstractFileSystem):
-    """Reads of ``inner`` (an fsspec filesystem), under its protocol; every write refused with
-    ``PermissionError`` naming the path."""
+class StoreFileSystem(AbstractFileSystem):
+    """Every method of ``inner`` (an fsspec filesystem), under its protocol, with a ``glob`` that
+    answers a literal path (glob characters escaped) by one existence check."""
 
     cachable = False  # one per wrapped filesystem, never shared through fsspec's instance cache
 
@@ -36,13 +45,28 @@ class ReadOnlyFileSystem(AbstractFileSystem):
         self.inner = inner
         self.protocol = inner.protocol
 
+    def glob(self, path: str, maxdepth: int | None = None, **kwargs: Any) -> Any:
+        literal = None if kwargs or path.endswith("/") else escaped_literal(path)
+        if literal is None or literal == path:
+            return self.inner.glob(path, maxdepth=maxdepth, **kwargs)
+        stripped = self.inner._strip_protocol(literal)
+        return [stripped] if self.inner.exists(stripped) else []
+
     def open(self, path: str, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
-        if _WRITE_MODES & set(mode):
-            _refuse("open for writing", path)
         return self.inner.open(path, mode, *args, **kwargs)
 
     def _open(self, path: str, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
         return self.open(path, mode, *args, **kwargs)
+
+
+class ReadOnlyFileSystem(StoreFileSystem):
+    """Reads of ``inner`` (an fsspec filesystem), under its protocol; every write refused with
+    ``PermissionError`` naming the path."""
+
+    def open(self, path: str, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
+        if _WRITE_MODES & set(mode):
+            _refuse("open for writing", path)
+        return self.inner.open(path, mode, *args, **kwargs)
 
 
 def _refuse(action: str, path: Any) -> None:
@@ -50,7 +74,7 @@ def _refuse(action: str, path: Any) -> None:
 
 
 def _passed_through(name: str) -> Any:
-    def method(self: ReadOnlyFileSystem, *args: Any, **kwargs: Any) -> Any:
+    def method(self: StoreFileSystem, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.inner, name)(*args, **kwargs)
 
     method.__name__ = name
@@ -65,7 +89,7 @@ def _refused(name: str) -> Any:
     return method
 
 
-for _name in _READS:
-    setattr(ReadOnlyFileSystem, _name, _passed_through(_name))
+for _name in _READS + _WRITES:
+    setattr(StoreFileSystem, _name, _passed_through(_name))
 for _name in _WRITES:
     setattr(ReadOnlyFileSystem, _name, _refused(_name))

@@ -77,9 +77,21 @@ def escape_glob(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
+_ESCAPED_GLOB_CHAR = re.compile(r"\[([*?\[])\]")
+
+
 def unescape_glob(text: str) -> str:
     """The inverse of :func:`escape_glob`."""
-    return re.sub(r"\[([*?\[])\]", r"\1", text)
+    return _ESCAPED_GLOB_CHAR.sub(r"\1", text)
+
+
+def escaped_literal(pattern: str) -> str | None:
+    """The one path ``pattern`` can match when its only glob characters are escaped ones
+    (:func:`escape_glob`'s ``[*]``, ``[?]``, ``[[]``); None when it holds a real wildcard or
+    character class (``*.parquet``, ``[ab]``)."""
+    if re.search(r"[*?\[]", _ESCAPED_GLOB_CHAR.sub("", pattern)):
+        return None
+    return unescape_glob(pattern)
 
 
 def modified_at(info: dict[str, Any]) -> float:

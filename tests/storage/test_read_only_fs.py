@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from storage.read_only_fs import ReadOnlyFileSystem
+from storage.read_only_fs import ReadOnlyFileSystem, StoreFileSystem
+from storage.store import escape_glob, escaped_literal
 
 
 def test_reads_pass_through_and_every_write_is_refused(tmp_path):
@@ -33,3 +34,62 @@ def test_reads_pass_through_and_every_write_is_refused(tmp_path):
         with pytest.raises(PermissionError, match="the catalog only reads the store"):
             write()
     assert sorted(p.name for p in tmp_path.rglob("*")) == before and (tmp_path / "d" / "a.txt").read_bytes() == b"alpha"
+
+
+class _CountingLocal(LocalFileSystem):
+    """The local disk, counting the glob calls that list folders."""
+
+    cachable = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.globs = 0
+
+    def glob(self, path, maxdepth=None, **kwargs):
+        self.globs += 1
+        return super().glob(path, maxdepth=maxdepth, **kwargs)
+
+
+@pytest.mark.parametrize("wrapper", [StoreFileSystem, ReadOnlyFileSystem])
+def test_a_literal_path_with_escaped_glob_characters_is_one_existence_check(tmp_path, wrapper):
+    """DuckDB globs every file it opens; for a store at ``runs [v1]*?`` fsspec's glob listed every
+    folder under ``runs `` each time (0.1 s per file on S3). The answer must stay the literal
+    file: not a sibling the unescaped pattern matches, nothing for a missing file."""
+    store = tmp_path / "runs [v1]*?"
+    decoy = tmp_path / "runs v-decoy"
+    for folder in (store, decoy):
+        folder.mkdir()
+        (folder / "a.parquet").write_bytes(b"x")
+    inner = _CountingLocal()
+    fs = wrapper(inner)
+    literal = str(store / "a.parquet")
+    assert fs.glob(escape_glob(literal)) == [literal] and fs.glob(escape_glob(str(store))) == [str(store)]
+    assert fs.glob(escape_glob(str(store / "missing.parquet"))) == [] and inner.globs == 0
+    assert fs.glob(escape_glob(str(store)) + "/*.parquet") == [literal] and inner.globs == 1  # a real pattern
+    assert fs.glob(str(tmp_path / "runs [v1]*?" / "a.parquet")) == [str(decoy / "a.parquet")]  # unescaped: a pattern
+    assert inner.globs == 2
+
+
+def test_the_writable_wrapper_passes_writes_through(tmp_path):
+    fs = StoreFileSystem(LocalFileSystem())
+    path = str(tmp_path / "a.txt")
+    fs.pipe_file(path, b"alpha")
+    with fs.open(path, "ab") as f:
+        f.write(b"!")
+    assert fs.cat_file(path) == b"alpha!"
+    fs.rm(path)
+    assert not fs.exists(path)
+
+
+@pytest.mark.parametrize("pattern, literal", [
+    ("s3://b/runs [[]v1][*][?]/a.parquet", "s3://b/runs [v1]*?/a.parquet"), ("plain/a.parquet", "plain/a.parquet"),
+    ("x/[[]]", "x/[]"), ("x/*.parquet", None), ("x/[ab].parquet", None), ("x/[[?]", None), ("x/[*]/?", None),
+    ("x/**/a", None), ("x/[!a]", None),
+])
+def test_escaped_literal(pattern, literal):
+    assert escaped_literal(pattern) == literal
+
+
+@pytest.mark.parametrize("path", ["s3://b/runs [v1]*?/a.parquet", "x/[]]", "x/[[[", "a?b*c[d]", "plain"])
+def test_escaped_literal_inverts_escape_glob(path):
+    assert escaped_literal(escape_glob(path)) == path
