@@ -71,8 +71,10 @@ def check_seed(seed: object, maximum: int | None = None) -> int:
 
 
 def order_statistic_rank(alpha: float, count: int) -> int:
-    """``ceil((1 - alpha) * count)`` computed exactly (``alpha`` read as the decimal it prints as)."""
+    """``ceil((1 - alpha) * count)`` computed exactly (``alpha`` read as the decimal it prints as,
+    in its own precision: ``np.float32(0.7)`` is 0.7, not 0.699999988...)."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    a = Fraction(repr(float(alpha)))
+    shortest = np.format_float_positional(alpha, unique=True) if isinstance(alpha, np.floating) else repr(float(alpha))
+    a = Fraction(shortest)
     return max(1, math.ceil((1 - a) * count))

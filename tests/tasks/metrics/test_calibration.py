@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from tasks.metrics import METRICS, aggregate, calibrate, chance_level, layer_matrix
 from tasks.metrics.calibration import _calibration_numbers, tie_tolerance
 from tasks.metrics.engine import TIE_RTOL
+from tasks.metrics.stats import order_statistic_rank
 
 from .conftest import layers
 
@@ -35,6 +37,15 @@ def test_order_statistic_p_and_calibrated_by_hand() -> None:
     assert cal == 0.0
     tau, p, cal = _calibration_numbers(2.5, null, alpha=0.05, lo=0.0, hi=math.inf)
     assert cal == pytest.approx(2.5 - 0.9)
+
+
+@pytest.mark.parametrize("alpha", [0.7, np.float32(0.7), np.float16(0.7), np.float64(0.7), 0.3, np.float32(0.05)])
+def test_order_statistic_rank_reads_alpha_as_the_decimal_it_prints_as(alpha) -> None:
+    """np.float32(0.7) is 0.699999988 as a Python float: (1 - that) * 1000 is just above 300, so
+    the rank was 301 instead of ceil(0.3 * 1000) = 300."""
+    decimal = Fraction(str(alpha))
+    for count in (20, 1000, 1001, 10_000):
+        assert order_statistic_rank(alpha, count) == max(1, math.ceil((1 - decimal) * count))
 
 
 @pytest.mark.parametrize("metric", list(METRICS))
