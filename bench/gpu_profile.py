@@ -4,7 +4,8 @@ giant ViT extraction, each timed against plain alternatives and profiled with to
 
     python bench/gpu_profile.py --out DIR [--small] [--parts metrics,llm,vit,shapes,vitprep]
 
-Parts: ``metrics`` (layer_matrix against a batched prototype), ``llm`` / ``vit`` (extract_all
+Parts: ``metrics`` (layer_matrix against a batched prototype; Gram products per layer, per
+stack, and per stack in row strips of 128/256/512), ``llm`` / ``vit`` (extract_all
 against the model's plain forward, image preparation alone), ``shapes`` (first call at a new
 input shape against warm calls, per attention backend), ``vitprep`` (the ViT's extract_all with
 preparing threads against processes, PIL images and JPEG bytes). Exit 1 when a part failed.
@@ -79,6 +80,12 @@ def part_metrics(small: bool) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
     X, Y = torch.stack(xs), torch.stack(ys)
     say(f"  batched bmm grams {1e3 * best(lambda: (X @ X.transpose(1, 2), Y @ Y.transpose(1, 2))):.2f} ms")
+    from tasks.metrics.gram import gram_stack, stacked_gram_upper
+
+    for block in (128, 256, 512):  # the engine's stacks: gram.BLOCK row strips of each stack
+        strips = lambda: (stacked_gram_upper(X, block), stacked_gram_upper(Y, block))  # noqa: E731
+        say(f"  stacked row-strip grams, block {block}: {1e3 * best(strips):.2f} ms")
+    say(f"  gram_stack of the layer lists (copy, strips, symmetrise): {1e3 * best(lambda: (gram_stack(xs), gram_stack(ys))):.2f} ms")
     k = 10
 
     def proto_knn():

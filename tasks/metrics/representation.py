@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from ._arrays import ArrayLike, check_finite, resolve_device, split_layers, to_tensor
-from .gram import center_gram_, centre_columns, gram_full, gram_upper, stacked_view
+from .gram import (as_stack, batched_device, center_gram_, centre_columns, gram_full, gram_upper, stacked_gram_upper,
+                   stacked_view)
 from .neighbors import DEFAULT_BLOCK_ELEMENTS, candidate_depth, restrict_lists, stacked_topk_neighbors, topk_neighbors
 
 KEEP_GRAM_MAX_N = 4096
@@ -144,8 +145,12 @@ class Representation:
         return gram_upper(xc, out=out) if upper_only or out is not None else gram_full(xc)
 
     def centred_gram_stack(self, layers: Sequence[int]) -> torch.Tensor:
-        """``(G, N, N)``: ``centred_gram(l, upper_only=True)`` of each of ``layers`` (one width),
-        entry for entry (entries ``j >= i`` defined), in one buffer."""
+        """``(G, N, N)``: ``centred_gram(l, upper_only=True)`` of each of ``layers`` (one width)
+        (entries ``j >= i`` defined), in one buffer; entry for entry, except on a GPU
+        (``batched_device``) for layers without a cached Gram, centred and multiplied as one
+        stack (``gram.stacked_gram_upper``: the same matrices up to rounding)."""
+        if batched_device(self.device) and all(self.cached_gram(l) is None for l in layers):
+            return stacked_gram_upper(centre_columns(as_stack([self.layers[l] for l in layers])))
         out = torch.empty((len(layers), self.n, self.n), dtype=self.dtype, device=self.device)
         for s, l in enumerate(layers):
             self._centred_gram(l, True, out[s])
@@ -215,7 +220,7 @@ class Representation:
         """Cache the exact lists of every layer that has neither lists nor a cached Gram, searched
         in stacks (``knn_stack``); layers whose Gram exceeds one block are left to ``knn``."""
         n = self.n
-        if n * n > DEFAULT_BLOCK_ELEMENTS or self.device.type != "cuda":  # on a CPU the stack only costs cache
+        if n * n > DEFAULT_BLOCK_ELEMENTS or not batched_device(self.device):  # on a CPU the stack only costs cache
             return
         todo = [l for l in range(len(self)) if ("knn", l, k, exclude_self, "exact") not in self._memo
                 and self.cached_gram(l) is None]
@@ -324,7 +329,7 @@ def _value_stats(layers: Sequence[torch.Tensor]) -> tuple[list[float], list[bool
     for stack in layer_stacks(layers):
         group = [layers[l] for l in stack]
         x = stacked_view(group)
-        if x is None and group[0].device.type == "cuda" and len(group) > 1:
+        if x is None and batched_device(group[0].device) and len(group) > 1:
             x = torch.stack(group)
         if x is None:
             for l in stack:

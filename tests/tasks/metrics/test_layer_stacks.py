@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.metrics import Representation, layer_matrix, score
+from tasks.metrics import METRICS, Representation, layer_matrix, score
 from tasks.metrics.gram import gram_full, gram_stack
 from tasks.metrics.representation import layer_stacks
 
@@ -56,3 +56,71 @@ def test_constant_and_nonfinite_layers_named_in_stacks():
     x[2, 3, 1] = np.nan
     with pytest.raises(ValueError, match="layer 2 has non-finite values"):
         Representation(x)
+
+
+def _gpu_paths(monkeypatch) -> None:
+    """The engine's GPU paths (layer stacks multiplied row strip by row strip, stacked neighbour
+    search and value checks) taken on the CPU, so that CI runs the code a GPU runs."""
+    from tasks.metrics import gram
+
+    monkeypatch.setattr(gram, "BATCHED_DEVICE_TYPES", {"cuda", "cpu"})
+
+
+@pytest.fixture
+def gpu_paths(monkeypatch):
+    _gpu_paths(monkeypatch)
+
+
+def _counting_bmm(monkeypatch) -> list[int]:
+    calls = [0]
+    bmm = torch.bmm
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return bmm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "bmm", counted)
+    return calls
+
+
+@pytest.mark.parametrize("n", [40, 600])  # 600 > 2 * gram.BLOCK: three row strips
+@pytest.mark.parametrize("metric", sorted(METRICS))
+def test_the_gpu_paths_give_the_cpu_paths_numbers(metric, n, monkeypatch):
+    xs, ys = _layers([8, 16, 8, 8, 16], n=n), _layers([5, 5, 12], n=n, seed=1)
+    params = {"topk": 5, "cca_dim": 4}
+    want = layer_matrix(metric, xs, ys, **params)
+    _gpu_paths(monkeypatch)
+    calls = _counting_bmm(monkeypatch)
+    got = layer_matrix(metric, xs, ys, **params)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    if metric in ("mutual_knn", "cka", "cknna"):
+        assert calls[0] > 0  # the stacked products ran
+
+
+def test_gpu_path_grams_and_neighbours_equal_per_layer_ones(gpu_paths):
+    xs = [torch.from_numpy(x) for x in _layers([9] * 3, n=600)]
+    for g, x in zip(gram_stack(xs), xs):
+        assert torch.equal(g, g.T)
+        torch.testing.assert_close(g, x.double() @ x.double().T, rtol=0, atol=1e-5, check_dtype=False)
+    rep = Representation(np.stack([x.numpy() for x in xs]))
+    values, indices = rep.knn_stack(6)
+    for l in range(len(xs)):
+        ref = torch.topk(torch.from_numpy(xs[l].double().numpy() @ xs[l].double().numpy().T).fill_diagonal_(-np.inf), 6)
+        assert torch.equal(indices[l], ref.indices)
+    for s, l in enumerate([0, 1, 2]):
+        centred = rep.centred_gram_stack([0, 1, 2])[s]
+        xc = xs[l].double() - xs[l].double().mean(0)
+        torch.testing.assert_close(centred.triu(), (xc @ xc.T).triu(), rtol=0, atol=1e-5, check_dtype=False)
+
+
+@pytest.mark.parametrize("metric", ["mutual_knn", "cka", "unbiased_cka", "cknna"])
+def test_calibration_on_the_gpu_paths_equals_the_cpu_paths(metric, monkeypatch):
+    from tasks.metrics import calibrate
+
+    xs, ys = _layers([8, 16, 8], n=300), _layers([5, 5], n=300, seed=1)
+    want = calibrate(metric, xs, ys, permutations=20, seed=3, topk=5)
+    _gpu_paths(monkeypatch)
+    got = calibrate(metric, xs, ys, permutations=20, seed=3, topk=5)
+    assert got.p_value == want.p_value and got.argmax == want.argmax
+    np.testing.assert_allclose([got.observed, got.null_mean, got.null_std, got.tau, got.calibrated],
+                               [want.observed, want.null_mean, want.null_std, want.tau, want.calibrated], rtol=1e-6, atol=1e-9)
