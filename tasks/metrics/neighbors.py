@@ -1,11 +1,12 @@
 """k-nearest-neighbour lists and the set/sequence comparisons the kNN metrics need.
 
 Neighbours are by inner product (the paper's ``feats @ feats.T``), self excluded unless asked,
-computed blockwise: a block of ``B`` query rows against all ``N`` rows at a time, so memory is
-``O(N*k + B*N)`` and never ``N^2`` unless the caller passes a full Gram matrix.
+computed blockwise: a block of ``B`` query rows against the rows from its own first row on (each
+inner product once; ``_symmetric_search``), so memory is ``O(N*k + B*N)`` and never ``N^2``
+unless the caller passes a full Gram matrix.
 
 Index conventions: ``idx`` is ``(..., N, k)`` int64, row ``i`` lists the neighbours of sample ``i``
-in decreasing similarity. Permuting samples (``y' = y[perm]``) maps a list to
+in decreasing similarity, neighbours of equal similarity by increasing index. Permuting samples (``y' = y[perm]``) maps a list to
 ``inv[idx[perm]]`` where ``inv`` is the inverse permutation: order and content are kept.
 """
 
@@ -58,7 +59,7 @@ def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
             raise ValueError(f"knn_precision={precision!r} searches the features: pass x, not gram")
         r = reduced_topk(x, k, exclude_self=exclude_self, refine=precision == "bf16-refine",
                          block_elements=block_elements)
-        return r.values, r.indices
+        return ties_in_index_order(r.values, r.indices)
     n = int(gram.shape[0] if gram is not None else x.shape[0])  # type: ignore[union-attr]
     kmax = n - 1 if exclude_self else n
     if not 1 <= k <= kmax:
@@ -71,15 +72,14 @@ def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
         if exclude_self:
             gram.fill_diagonal_(float("-inf"))
         v, i = torch.topk(gram, k, dim=1, largest=True, sorted=True)
-        return v, i
+        return ties_in_index_order(v, i)
+    if gram is None:
+        return ties_in_index_order(*_symmetric_search(x, k, exclude_self, rows))  # type: ignore[arg-type]
     values = torch.empty((n, k), dtype=dtype, device=device)
     indices = torch.empty((n, k), dtype=torch.int64, device=device)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        if gram is not None:
-            block = gram[start:stop].clone() if exclude_self else gram[start:stop]
-        else:
-            block = x[start:stop] @ x.T  # type: ignore[union-attr]
+        block = gram[start:stop].clone() if exclude_self else gram[start:stop]
         if exclude_self:
             r = torch.arange(stop - start, device=device)
             block[r, r + start] = float("-inf")
@@ -87,7 +87,43 @@ def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
         values[start:stop] = v
         indices[start:stop] = i
         del block, v, i  # one block alive at a time: the next product is allocated after this one is freed
+    return ties_in_index_order(values, indices)
+
+
+def _symmetric_search(x: torch.Tensor, k: int, exclude_self: bool, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``topk_neighbors`` of ``(N, D)`` ``x`` without the whole Gram, each inner product computed
+    once: row block ``I`` (``rows`` rows) is multiplied only against the columns from its first
+    row on (about half the multiply-adds of full row blocks). The block gives its own rows their
+    candidates among those columns, and gives every later row its top ``k`` among ``I`` (the
+    block's columns, read down); a row's lists are merged as its candidates arrive. Memory: one
+    ``rows x N`` block and its ``N x k`` candidates, as the full row blocks."""
+    n = int(x.shape[0])
+    values = torch.full((n, k), float("-inf"), dtype=x.dtype, device=x.device)
+    indices = torch.zeros((n, k), dtype=torch.int64, device=x.device)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        block = x[start:stop] @ x[start:].T  # (rows, N - start): columns start..N-1
+        if exclude_self:
+            r = torch.arange(stop - start, device=x.device)
+            block[r, r] = float("-inf")
+        v, i = torch.topk(block, min(k, n - start), dim=1, largest=True, sorted=True)
+        _merge_candidates(values[start:stop], indices[start:stop], v, i + start)
+        if stop < n:  # the rows after the block: their candidates among its rows
+            v, i = torch.topk(block[:, stop - start:], min(k, stop - start), dim=0, largest=True, sorted=True)
+            _merge_candidates(values[stop:], indices[stop:], v.T, i.T + start)
+        del block, v, i  # one block alive at a time
     return values, indices
+
+
+def _merge_candidates(values: torch.Tensor, indices: torch.Tensor, new_values: torch.Tensor,
+                      new_indices: torch.Tensor) -> None:
+    """Keep in ``values``/``indices`` ``(R, k)`` (sorted, in place) the top ``k`` of their own
+    entries and the candidates ``(R, c)``; the candidates of different blocks are different
+    samples, so nothing is counted twice."""
+    both = torch.cat([values, new_values], dim=1)
+    top = torch.topk(both, values.shape[1], dim=1, largest=True, sorted=True)
+    indices.copy_(torch.cat([indices, new_indices], dim=1).gather(1, top.indices))
+    values.copy_(top.values)
 
 
 def stacked_topk_neighbors(layers: list[torch.Tensor], k: int, *, exclude_self: bool = True
@@ -103,7 +139,16 @@ def stacked_topk_neighbors(layers: list[torch.Tensor], k: int, *, exclude_self: 
     gram = gram_stack(layers)
     if exclude_self:
         gram.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
-    return torch.topk(gram, k, dim=2, largest=True, sorted=True)
+    return ties_in_index_order(*torch.topk(gram, k, dim=2, largest=True, sorted=True))
+
+
+def ties_in_index_order(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(..., k)`` lists sorted by decreasing value, neighbours of equal value in increasing
+    index order: which of two tied neighbours comes first no longer depends on the block sizes
+    or the device (``topk`` leaves it unspecified; the sequence metrics read the order)."""
+    by_index, order = torch.sort(indices, dim=-1)
+    values, order_by_value = torch.sort(values.gather(-1, order), dim=-1, descending=True, stable=True)
+    return values, by_index.gather(-1, order_by_value)
 
 
 def candidate_depth(k: int, n: int, m: int, kmax: int) -> int:

@@ -71,6 +71,74 @@ def test_blockwise_neighbours_equal_full() -> None:
     np.testing.assert_array_equal(i1.numpy(), ref.knn_lists(x.numpy(), 7))
 
 
+@pytest.mark.parametrize("n, k, exclude_self, rows", [
+    (300, 10, True, 7), (300, 10, False, 64), (300, 1, True, 299), (41, 40, True, 3), (41, 41, False, 5),
+    (200, 20, True, 1),
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_symmetric_blockwise_search_equals_full_topk(n, k, exclude_self, rows, dtype) -> None:
+    """Each row block multiplied only against the columns from its first row on, the rest of a
+    row's candidates read down earlier blocks: the lists of the full Gram's top-k, blocks of
+    fewer rows than k included."""
+    import torch
+
+    from tasks.metrics.neighbors import topk_neighbors
+
+    x = torch.nn.functional.normalize(torch.randn(n, 16, generator=torch.Generator().manual_seed(n + k),
+                                                  dtype=getattr(torch, dtype)), dim=1)
+    values, indices = topk_neighbors(x, k, exclude_self=exclude_self, block_elements=rows * n)
+    full = x.double() @ x.double().T
+    if exclude_self:
+        full.fill_diagonal_(float("-inf"))
+    want = torch.topk(full, k, dim=1)
+    assert torch.equal(indices, want.indices)
+    torch.testing.assert_close(values.double(), want.values, rtol=0, atol=1e-6 if dtype == "float32" else 1e-13)
+
+
+def test_blockwise_search_multiplies_each_inner_product_once() -> None:
+    """About half the multiply-adds of full row blocks: N^2 D (1 + rows / N) FLOPs, not 2 N^2 D."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tasks.metrics.neighbors import topk_neighbors
+
+    n, d, rows = 1000, 32, 100
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        topk_neighbors(x, 10, block_elements=rows * n)
+    assert counter.get_total_flops() == sum(2 * rows * (n - start) * d for start in range(0, n, rows))
+    assert counter.get_total_flops() <= 0.55 * 2 * n * n * d
+
+
+def test_tied_neighbours_come_in_index_order_on_every_path(monkeypatch) -> None:
+    """Integer-valued features tie exactly (every product exact): each list orders equal
+    similarities by increasing index, whatever the block size, with or without a Gram, and on
+    the stacked GPU path; so where the k-th neighbour is not tied with the next, the lists agree
+    across them, order included (the sequence metrics read it)."""
+    import torch
+
+    from tasks.metrics import gram as gram_module
+    from tasks.metrics.neighbors import stacked_topk_neighbors, topk_neighbors
+
+    base = torch.randint(-20, 21, (30, 6), generator=torch.Generator().manual_seed(3)).float()
+    x = base[torch.randperm(60, generator=torch.Generator().manual_seed(4)) % 30]  # each row twice
+    k = 5
+    lists = [topk_neighbors(x, k)[1], topk_neighbors(x, k, block_elements=7 * 60)[1],
+             topk_neighbors(x, k, block_elements=60)[1], topk_neighbors(None, k, gram=x @ x.T)[1]]
+    monkeypatch.setattr(gram_module, "BATCHED_DEVICE_TYPES", {"cuda", "cpu"})
+    lists.append(stacked_topk_neighbors([x, x * 2], k)[1][0])
+    sims = (x @ x.T).fill_diagonal_(float("-inf"))
+    ranked = torch.sort(sims, dim=1, descending=True).values
+    clear = ranked[:, k - 1] > ranked[:, k]  # rows whose k-th neighbour is not tied with the next:
+    assert clear.sum() > 30 and (~clear).any()  # which tied neighbour makes the list is left open
+    for found in lists:
+        values = sims.gather(1, found)
+        assert torch.equal(values, ranked[:, :k])
+        tied = values[:, 1:] == values[:, :-1]
+        assert tied[clear].any() and (found[:, 1:] > found[:, :-1])[tied].all()
+        assert torch.equal(found[clear], lists[0][clear])
+
+
 def test_representation_without_gram_matches() -> None:
     from tasks.metrics import Representation
 
