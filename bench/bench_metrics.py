@@ -193,6 +193,12 @@ def bench_layers(args: argparse.Namespace, device: torch.device) -> None:
               f"{speed_col:>8} {diff_col:>11}")
     if args.paper_pairs:
         print(f"(paper loop timed on {len(pairs)} random layer pairs and scaled to all {la * lb})")
+    if args.profile:
+        for metric in args.metrics:
+            try:  # a diagnostic: the timings above stand whatever happens here
+                profile_layer_matrix(metric, xs, ys, args.topk, device)
+            except Exception as exc:  # noqa: BLE001
+                print(f"\nprofile of layer_matrix {metric} failed: {exc!r}")
     if args.permutations:
         print()
         for metric in args.calibrate:
@@ -204,6 +210,31 @@ def bench_layers(args: argparse.Namespace, device: torch.device) -> None:
                   f"({1000 * t / args.permutations:.1f} ms/perm, load {load:.1f}->"
                   f"{os.getloadavg()[0]:.1f})   observed {res.observed:.4f}  tau {res.tau:.4f}  "
                   f"p {res.p_value:.4f}  calibrated {res.calibrated:.4f}  argmax {res.argmax}")
+
+
+def profile_layer_matrix(metric: str, xs: list[torch.Tensor], ys: list[torch.Tensor], k: int,
+                         device: torch.device, rows: int = 12) -> None:
+    """Where one warm ``layer_matrix`` call spends its time: the ``rows`` operators with the most
+    device time (self time: kernels on a GPU, CPU time otherwise), their calls, and the totals
+    (kernel launches on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = device.type == "cuda"
+    run = lambda: layer_matrix(metric, Representation(xs), Representation(ys), topk=k)  # noqa: E731
+    run()
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
+        run()
+        sync(device)
+    key = "self_device_time_total" if gpu else "self_cpu_time_total"
+    averages = sorted(prof.key_averages(), key=lambda a: -getattr(a, key))
+    total = sum(getattr(a, key) for a in averages)
+    launches = sum(a.count for a in prof.key_averages() if gpu and str(a.device_type).endswith("CUDA"))
+    print(f"\nprofile of one layer_matrix {metric}: {total / 1e3:.2f} ms of {'kernel' if gpu else 'CPU'} self time"
+          + (f", {launches} kernels" if gpu else ""))
+    for a in averages[:rows]:
+        t = getattr(a, key)
+        print(f"  {t / 1e3:8.3f} ms {100 * t / max(total, 1e-9):5.1f}% {a.count:6d}x  {a.key[:90]}")
 
 
 def peak_memory(device: torch.device) -> str:
@@ -438,6 +469,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="time the paper loop on this many random layer pairs (0: all)")
     p.add_argument("--skip-paper", action="store_true")
     p.add_argument("--skip-layers", action="store_true")
+    p.add_argument("--profile", action="store_true",
+                   help="after the layer table, one profiled layer_matrix call per metric: its costliest operators")
     p.add_argument("--permutations", type=int, default=1000)
     p.add_argument("--calibrate", nargs="+", default=["mutual_knn"])
     p.add_argument("--large-n", type=int, default=0)

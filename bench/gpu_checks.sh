@@ -28,14 +28,14 @@ mkdir -p "$OUT"
 : > "$OUT/summary.txt"
 
 if [ "${SMALL:-0}" = 1 ]; then
-  layers=(--small)
+  layers=(--small --profile)
   compare=(--n 120)  # CPU against CPU: only that the script runs
   large=(--skip-layers --skip-paper --large-n 600 --large-n-blocks 0.5 128)  # 0.5 MiB: blockwise at N=600
   shapes=(--scale small --n 16 --dtype bfloat16 --prepare processes)
   export PRH_DECODE_WORKERS=2
 else
   compare=()
-  layers=(--layers-a 33 --width-a 4096 --layers-b 40 --width-b 1536 --repeats 5)
+  layers=(--layers-a 33 --width-a 4096 --layers-b 40 --width-b 1536 --repeats 5 --profile)
   large=(--skip-layers --skip-paper --large-n 100000 --large-n-blocks 128 512 2048)
   shapes=(--scale full --n 1024)
 fi

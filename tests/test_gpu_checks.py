@@ -65,12 +65,15 @@ def test_gpu_checks_script_runs_at_small_size(tmp_path):
         row = next(line for line in layers.splitlines() if line.startswith(metric))
         assert float(row.split()[-1]) < 1e-5  # engine equals the paper-style loop
         assert len(row.split()[1].split(".")[1]) == 2
+    for metric in ("mutual_knn", "cka", "cknna"):  # --profile: each metric's costliest operators
+        assert f"profile of one layer_matrix {metric}: " in layers
     large = (out / "metrics_large_n.log").read_text()
     assert "N=600" in large and "first s" in large
     # the block sweep: a blockwise block (0.5 MiB: 218 rows) and one full Gram give layer_matrix's score
     sweep = [line.split() for line in large.splitlines() if line.split()[:1] in (["0.5"], ["128"])]
     assert [(r[0], r[1]) for r in sweep] == [("0.5", "218"), ("128", "600")]
-    assert all(float(r[-1]) == 0.0 for r in sweep)
+    assert all(float(r[-4]) == 0.0 for r in sweep)  # |vs layer_matrix|
+    assert all(r[-1] == "yes" and float(r[-3]) > 0 for r in sweep)  # the full-row-block baseline: same lists
     # one process per model: each log holds its own model's row only
     (llm,), (vit,) = _rows(out / "extract_llm.log"), _rows(out / "extract_vit.log")
     assert llm["bench"] == "llm" and vit["bench"] == "vit"
