@@ -48,10 +48,11 @@ def build_table(params: DatasetParams) -> tuple[pa.Table, pa.Table | None, str, 
     result = load_paired_dataset(params.path, columns=params.columns(), n=params.n, image_root=params.image_root,
                                  split=params.split)
     name = params.name or _stem(params.path) + (f"-{_safe_name(params.split)}" if params.split else "")
-    source: dict[str, Any] = {"kind": "path", "path": params.path, "n": params.n}
+    # absolute paths: a relative one is read from the working directory, which the record would lose
+    source: dict[str, Any] = {"kind": "path", "path": _absolute(params.path), "n": params.n}
     for field in ("image_root", "split"):
         if getattr(params, field) is not None:
-            source[field] = getattr(params, field)
+            source[field] = _absolute(params.image_root) if field == "image_root" else params.split
     columns = effective_columns(Path(params.path), params.columns())
     if columns != ColumnMap():  # say which columns were read when they are not the defaults
         source.update(image_column=columns.image, text_column=columns.text, captions=columns.captions)
@@ -160,8 +161,7 @@ def _source_differs(params: DatasetParams | None, source: Any) -> str | None:
     if source.get("kind") != params.kind:
         return f"kind {params.kind!r}"
     stored = {source.get("path"), source.get("hub_id"), source.get("local_path")}
-    if params.kind != "openmoji" and params.path and params.path not in stored \
-            and str(Path(params.path).expanduser().resolve()) not in stored:
+    if params.kind != "openmoji" and params.path and params.path not in stored and _absolute(params.path) not in stored:
         return repr(params.path)
     return None
 
@@ -204,7 +204,7 @@ def publish_dataset(
         rows = rejected.to_pylist()
         for row in rows:
             counts[row["reason"]] = counts.get(row["reason"], 0) + 1
-        shown = ", ".join(for_terminal(r["sample_id"] if r.get("sample_id") is not None else f"row {r.get('row')}") for r in rows[:20])
+        shown = ", ".join(for_terminal(_rejected_label(r)) for r in rows[:20])
         logger.warning(
             "dataset %s: rejected %d rows (%s); ids: %s%s",
             name, n_rejected, ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), shown,
@@ -251,6 +251,21 @@ def _warn_stored_as(logger: logging.Logger | logging.LoggerAdapter, name: str, n
         "rows); a version is its valid rows, so that version is used and keeps its name, source and rejected rows",
         name, n_rows, stored.get("name"), stored.get("dataset_version"), _source_text(stored.get("source")),
         stored.get("n_rejected"))
+
+
+def _rejected_label(row: dict[str, Any]) -> str:
+    """How a rejected row is named in the warning: its sample id, else its table row, else (a
+    file no id was derived for) its detail up to the first colon."""
+    if row.get("sample_id") is not None:
+        return str(row["sample_id"])
+    if row.get("row") is not None:
+        return f"row {row['row']}"
+    return str(row.get("detail", "")).split(":", 1)[0]
+
+
+def _absolute(path: str) -> str:
+    """``path`` absolute (``~`` expanded, links resolved), as the dataset source records it."""
+    return str(Path(path).expanduser().resolve())
 
 
 def _source_text(source: Any) -> str:

@@ -659,7 +659,8 @@ def _has_folder_pairs(root: Path) -> bool:
 
 def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first") -> list[RawRecord]:
     """Records of a folder of images with same-named ``.txt`` captions (``policy``: the first
-    caption of each file, or all)."""
+    caption of each file, or all), read at its top level; then (unless ``limit`` cuts the read)
+    one ``text_missing`` record per image file in a subfolder, which this layout does not read."""
     images: dict[str, list[str]] = {}
     captions: dict[str, list[str]] = {}  # cat.txt and cat.TXT: one stem, two files
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
@@ -704,6 +705,24 @@ def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first
             records.append(_refused(names[0], name_id, "text_missing", detail))
         else:
             records.extend(_folder_records(root, name_id, names[0], caption_name, policy))
+    if limit is None:
+        records.extend(_nested_images(root))
+    return records
+
+
+def _nested_images(root: Path) -> list[RawRecord]:
+    """One ``text_missing`` record per image file in a (not hidden) subfolder of ``root``: a
+    folder of images with ``.txt`` captions is read at its top level only, and an image left out
+    is said, not dropped silently."""
+    records = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for image in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+            relative = image.relative_to(root)
+            if any(part.startswith(".") for part in relative.parts):
+                continue
+            detail = (f"image {relative.as_posix()} is in a subfolder: a folder of images with .txt captions is read at "
+                      "its top level only (a metadata.jsonl/.csv/.parquet table in the folder can name images in subfolders)")
+            records.append(_refused(relative.as_posix(), None, "text_missing", detail))
     return records
 
 

@@ -13,6 +13,27 @@ from tasks.params import AlignmentParams, DatasetParams
 from tests.tasks.data.sample_images import png_bytes
 
 
+def test_a_relative_dataset_path_is_recorded_absolute(tmp_path, monkeypatch, caplog):
+    """The source recorded the path as typed ('data/pairs' from a config file): the folder it was
+    relative to was lost, and the same file named by its absolute path later read as another
+    source ('already stored as ... published from data/pairs')."""
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    for colour in ("red", "blue", "green"):
+        (images / f"{colour}.png").write_bytes(png_bytes(colour))
+    table = tmp_path / "data" / "pairs.csv"
+    table.write_text("image,text\n" + "".join(f"{c}.png,a {c} square\n" for c in ("red", "blue", "green")))
+    url = str(tmp_path / "store")
+    monkeypatch.chdir(tmp_path)
+    manifest = publish_dataset(DatasetParams(kind="path", path="data/pairs.csv", image_root="data/images"), url)
+    assert manifest["catalog"]["source"]["path"] == str(table) and manifest["catalog"]["source"]["image_root"] == str(images)
+    monkeypatch.chdir(images)
+    caplog.clear()
+    again = publish_dataset(DatasetParams(kind="path", path=str(table), image_root=str(images)), url)
+    assert again["key"] == manifest["key"] and manifest["catalog"]["n_samples"] == 3
+    assert "already stored as" not in caplog.text
+
+
 def test_image_folder_with_other_column_names_is_published_with_its_columns(tmp_path):
     root = tmp_path / "pets"
     root.mkdir()

@@ -357,6 +357,23 @@ def test_folder_of_images_and_captions(tmp_path: Path) -> None:
         load_paired_dataset(root, columns=ColumnMap(text="caption"))
 
 
+def test_a_folders_images_in_subfolders_are_reported_not_dropped_silently(tmp_path: Path) -> None:
+    """A folder of images with .txt captions is read at its top level; an image in a subfolder
+    (sub/b.png with its sub/b.txt) was left out without a word."""
+    root = tmp_path / "folder"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / ".cache").mkdir()
+    for name, data in {"a.png": RED, "a.txt": b"a", "e.png": GREEN, "e.txt": b"e", "sub/b.png": BLUE, "sub/b.txt": b"b", "sub/deeper/c.jpg": GREEN,
+                       ".cache/d.png": RED, "sub/notes.txt": b"not an image"}.items():
+        (root / name).write_bytes(data)
+    result = load_paired_dataset(root)
+    assert [r[0] for r in rows(result)] == ["a", "e"]
+    assert [(r["reason"], r["detail"].split(":")[0]) for r in result.rejected.to_pylist()] == [
+        ("text_missing", "image sub/b.png is in a subfolder"), ("text_missing", "image sub/deeper/c.jpg is in a subfolder")]
+    assert "a folder of images with .txt captions is read at its top level only" in result.rejected.column("detail")[0].as_py()
+    assert load_paired_dataset(root, n=5).rejected.num_rows == 0  # n cuts the read: what lies beyond is not listed
+
+
 # ----------------------------------------------------------------------------------------- errors
 
 
