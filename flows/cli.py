@@ -82,7 +82,7 @@ def command_parser() -> argparse.ArgumentParser:
                      "Karpathy split file such as dataset_coco.json (train, restval, val or test; default: all images)")
     run.add_argument("--permutations", type=int, default=None, help="override alignment.permutations")
     run.add_argument("--check", action="store_true",
-                     help="check the config and every model of the zoo (ids, paths, revisions, modality, configs, "
+                     help="check the config, the dataset's path and every model of the zoo (ids, paths, revisions, modality, configs, "
                           "tokenizers; no weights loaded), print each model's verdict and exit: 0 when all pass, 2 when one "
                           "is refused; nothing runs and the store is not touched")
     run.add_argument("--unit", choices=["sample", "image"], default=None,
@@ -244,11 +244,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_zoo(config: PipelineConfig) -> int:
-    """``prh run --check``: each model's verdict (``flows.pipeline.model_checks``) on a line,
+    """``prh run --check``: the dataset's verdict (``flows.pipeline.dataset_check``; 2 when it is
+    refused: the run would stop there), each model's (``flows.pipeline.model_checks``) on a line,
     then a summary; 2 when a model is refused (what ``prh run`` would record as a failure while
     extracting the others), else 0. A model that could not be checked ahead is named, not refused."""
-    from flows.pipeline import model_checks
+    from flows.pipeline import dataset_check, model_checks
 
+    outcome, message = dataset_check(config.dataset)
+    print(f"{outcome:<9} dataset{': ' + for_terminal(message) if message else ''}")
+    if outcome == "refused":
+        print("prh run --check: the dataset is refused; `prh run` would stop there, before extracting anything",
+              file=sys.stderr)
+        return 2
     refused = 0
     for name, outcome, message in model_checks(config.models):
         if outcome == "ok":

@@ -296,6 +296,30 @@ def model_checks(specs: list[Any]) -> Iterator[tuple[str, Literal["ok", "refused
             yield spec.name, "ok", ""
 
 
+def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], str]:
+    """``(outcome, why on one line)`` for the config's dataset without reading it: a ``path``
+    dataset's file or folder (and ``image_root``) must exist, as ``prh run`` would refuse it
+    first thing; a hub dataset is ``unchecked`` (read when the run starts)."""
+    from pathlib import Path
+
+    from tasks.data.sources import path_exists
+
+    if params.kind == "openmoji":
+        return "ok", ""
+    path = Path(params.path).expanduser()
+    if params.kind == "huggingface":
+        return ("ok", "") if path.is_dir() else ("unchecked", f"hub dataset {params.path!r} is read when the run starts")
+    try:
+        if not path_exists(path, "dataset path"):
+            where = "" if path.is_absolute() else f" (relative paths are read from the working directory: {path.absolute()})"
+            return "refused", f"dataset path {params.path!r} does not exist{where}"
+        if params.image_root is not None and not Path(params.image_root).expanduser().is_dir():
+            return "refused", f"dataset.image_root {params.image_root!r} is not a folder"
+    except ValueError as error:
+        return "refused", one_line(error)
+    return "ok", ""
+
+
 def _failure_summary(failures: list[dict[str, str]], n_models: int, n_aligned: int
                      ) -> tuple[str, Literal["alignments", "features", "nothing"]]:
     """(``2 of 5 models and 4 of 10 model pairs failed (the rest is published): ...``, what is

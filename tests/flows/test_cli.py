@@ -765,9 +765,9 @@ def test_run_check_gives_each_models_verdict_without_running(tmp_path, capsys):
     assert main(["run", "--config", str(config), "--store", str(store), "--check"]) == 2
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
-    assert [line.split()[:2] for line in lines] == [["ok", "tiny-vit"], ["refused", "bert-as-vision:"], ["ok", "tiny-bert"],
-                                                    ["refused", "my-bert:"]]
-    assert "vision" in lines[1] and "does not exist" in lines[3]
+    assert [line.split()[:2] for line in lines] == [["ok", "dataset"], ["ok", "tiny-vit"], ["refused", "bert-as-vision:"],
+                                                    ["ok", "tiny-bert"], ["refused", "my-bert:"]]
+    assert "vision" in lines[2] and "does not exist" in lines[4]
     assert "2 of 4 model(s) refused" in captured.err and not store.exists()
     config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32}, "models": [TINY_VIT, TINY_BERT]}))
     assert main(["run", "--config", str(config), "--store", str(store), "--check"]) == 0
@@ -793,7 +793,33 @@ def test_run_check_names_a_model_it_could_not_check_without_refusing_it(tmp_path
     config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32}, "models": [TINY_VIT, TINY_BERT]}))
     assert main(["run", "--config", str(config), "--check"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:2] == ["ok        tiny-vit", "unchecked tiny-bert: ConnectionError: hub unreachable (its extraction will tell)"]
+    assert lines[:3] == ["ok        dataset", "ok        tiny-vit",
+                         "unchecked tiny-bert: ConnectionError: hub unreachable (its extraction will tell)"]
+
+
+def test_run_check_refuses_a_dataset_path_that_does_not_exist(tmp_path, capsys, monkeypatch):
+    """`prh run --check` said "nothing refused" (exit 0) for a config whose dataset path does not
+    exist; `prh run` then stopped at once on it."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "path", "path": "data/nothere.csv"}, "models": [TINY_VIT]}))
+    assert main(["run", "--config", str(config), "--check"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["refused   dataset: dataset path 'data/nothere.csv' does not exist (relative paths are "
+                                         f"read from the working directory: {tmp_path / 'data' / 'nothere.csv'})"]
+    assert "the dataset is refused" in captured.err
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "nothere.csv").write_text("image,text\n")
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "path", "path": "data/nothere.csv", "image_root": "imgs"},
+                                      "models": [TINY_VIT]}))
+    assert main(["run", "--config", str(config), "--check"]) == 2
+    assert capsys.readouterr().out.splitlines() == ["refused   dataset: dataset.image_root 'imgs' is not a folder"]
+    (tmp_path / "imgs").mkdir()
+    assert main(["run", "--config", str(config), "--check"]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == ["ok        dataset", "ok        tiny-vit"]
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "huggingface", "path": "someone/pairs"}, "models": [TINY_VIT]}))
+    assert main(["run", "--config", str(config), "--check"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "unchecked dataset: hub dataset 'someone/pairs' is read when the run starts"
 
 
 def test_n_without_a_dataset_flag_sets_the_configs_own_dataset(tmp_path):
