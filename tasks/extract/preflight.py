@@ -152,7 +152,26 @@ def resolve_access(spec: ModelSpec, model_id: str, revision: str | None, what: s
         validate_repo_id(model_id)
     except HFValidationError as exc:
         raise fail(f"not an existing local path and not a valid Hugging Face id: {exc}") from None
-    return _hub_access(model_id, revision, fail)
+    return _hub_access(model_id, revision, _with_local_hint(fail, local))
+
+
+def _with_local_hint(fail, local: Path):
+    """``fail`` with a note appended when ``local`` (a hub-id-shaped id, ``models/my-vit``) could
+    be a mistyped local path: its parent folder exists here, so the hub error alone would hide
+    the typo; names the closest folder there."""
+    parent = local.parent
+    try:
+        siblings = [p.name for p in parent.iterdir() if p.is_dir()] if str(parent) not in ("", ".") and parent.is_dir() else None
+    except OSError:
+        siblings = None
+    if siblings is None:
+        return fail
+    import difflib
+
+    near = difflib.get_close_matches(local.name, siblings, n=1)
+    hint = (f"; nor is it a local folder: {str(local.absolute())!r} does not exist"
+            + (f" (did you mean {str(parent / near[0])!r}?)" if near else ""))
+    return lambda problem: fail(problem + hint)
 
 
 def _hub_access(repo: str, revision: str | None, fail) -> SourceAccess:

@@ -82,6 +82,20 @@ def test_unknown_hub_id_offline_is_fast_and_clear():
     _raises(_hf("prh-nobody/no-such-model"), "offline", "not in the local Hugging Face cache")
 
 
+def test_a_mistyped_local_path_shaped_like_a_hub_id_is_named_as_one(vit_dir, tmp_path, monkeypatch):
+    """'models/tiny-vitt' (for the local models/tiny-vit) is a valid hub id: the error spoke only
+    of the hub and its cache, hiding the typo."""
+    (tmp_path / "models").mkdir()
+    os.symlink(vit_dir, tmp_path / "models" / "tiny-vit")
+    monkeypatch.chdir(tmp_path)
+    for call in (load_extractor, check_model):
+        _raises(_hf("models/tiny-vitt"), "not in the local Hugging Face cache",
+                f"nor is it a local folder: {str(tmp_path / 'models' / 'tiny-vitt')!r} does not exist (did you mean "
+                "'models/tiny-vit'?)", call=call)
+    error = _raises(_hf("prh-nobody/no-such-model"), "not in the local Hugging Face cache")
+    assert "local folder" not in str(error)  # no folder 'prh-nobody' here: a hub id, nothing more said
+
+
 def test_revision_errors(vit_dir):
     _raises(_hf(str(vit_dir), revision="v2"), "revision 'v2' applies to Hugging Face hub ids")
     _raises(_hf("prh-nobody/model", revision="v1.0"), "'prh-nobody/model' is not in the local")
