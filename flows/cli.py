@@ -327,7 +327,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
     from tasks.report.tables import best_first, higher_is_better, rows_aligned
 
-    console = Console(width=160)
+    console = Console(width=160, markup=False)  # a store path 'runs [v1]' or a name is text, not the table library's markup
     features = f"features extracted: {', '.join(summary['extracted']) or 'none'}; reused: {', '.join(summary['reused']) or 'none'}"
     if not summary["best"]:  # a one-model zoo: alignment_best_latest is still an earlier run's
         console.print(features)

@@ -415,6 +415,22 @@ def test_the_run_summary_prints_a_best_row_without_a_score(capsys):
     assert "no model pairs were aligned" in shown and 'prh sql "select * from models_current"' in shown
 
 
+def test_the_run_summary_shows_a_store_path_with_brackets_whole(capsys):
+    """`results stored in file:///tmp/odd store  (run ...)`: the closing lines took '[v1]' in the
+    store's path for the table library's markup and dropped it; a user copying the path pointed
+    at another store."""
+    from flows.cli import print_summary
+
+    row = {"model_a": "vit [b]", "model_b": "lm", "metric": "cka", "score": 0.5, "layer_name_a": "l1", "layer_name_b": "l2"}
+    print_summary({"dataset_version": "d", "best": [row], "extracted": ["vit [b]"], "reused": [],
+                   "store": "file:///tmp/odd store [v1]", "run_id": "r1"})
+    shown = capsys.readouterr().out
+    assert "results stored in file:///tmp/odd store [v1] (run r1)" in shown and "features extracted: vit [b];" in shown
+    assert "vit [b]" in shown.split("features extracted")[0]
+    print_summary({"dataset_version": "d", "best": [], "extracted": ["vit"], "reused": [], "store": "/tmp/odd [bold]s", "run_id": "r2"})
+    assert "features stored in /tmp/odd [bold]s (run r2)" in capsys.readouterr().out
+
+
 def test_the_run_summary_lists_a_lower_is_better_metric_most_aligned_first(capsys):
     """A user metric registered with higher_is_better=False: its smallest score is its best pair
     and comes first (the closing table sorted every metric by descending score)."""
