@@ -35,7 +35,7 @@ def model_heatmap(grid: Grid, metric: str, calibrated: bool = False, chance: flo
     n_rows, n_cols = values.shape
     figure = new_figure(2.2 + 1.45 * n_cols, 1.3 + 0.62 * n_rows)
     ax = figure.add_subplot()
-    norm = colour_norm(values, calibrated, chance)
+    norm = colour_norm(values, calibrated, chance, higher_is_better)
     reverse = not calibrated and not higher_is_better
     image = ax.imshow(np.ma.masked_invalid(values), cmap=colour_map(reverse).with_extremes(bad="#dddddd"), norm=norm, aspect="auto")
     for i in range(n_rows):
@@ -65,13 +65,20 @@ def colour_map(reverse: bool = False) -> Colormap:
     return colormaps[CMAP].reversed() if reverse else colormaps[CMAP]
 
 
-def colour_norm(values: np.ndarray, calibrated: bool, chance: float | None = None) -> Normalize:
+def colour_norm(values: np.ndarray, calibrated: bool, chance: float | None = None,
+                higher_is_better: bool = True) -> Normalize:
     """The colour scale of a model heatmap. Calibrated scores lie in [0, 1]: that scale, fixed. Raw
     scores: from min(0, lowest finite score) (``unbiased_cka``, ``rsa_spearman``, ``cknna`` go
-    below 0) to max(highest, ``chance``, 0); a scale of no width (every score equal) is one unit wide."""
+    below 0) to max(highest, ``chance``, 0); a scale of no width (every score equal) is one unit
+    wide. Where lower is better (a distance, 0 the ideal rather than "no alignment") the scale
+    spans the scores (and ``chance``) only: pinned at 0, distances of 1.26-1.29 were all one colour."""
     if calibrated:
         return Normalize(vmin=0.0, vmax=1.0)
     finite = values[np.isfinite(values)]
+    if not higher_is_better and finite.size:
+        low = min(float(finite.min()), chance if chance is not None else np.inf)
+        high = max(float(finite.max()), chance if chance is not None else -np.inf)
+        return Normalize(vmin=low, vmax=high if high > low else low + 1.0)
     low = min(0.0, float(finite.min())) if finite.size else 0.0
     high = max(float(finite.max()) if finite.size else 1.0, chance or 0.0, 0.0)
     return Normalize(vmin=low, vmax=high if high > low else low + 1.0)

@@ -231,7 +231,11 @@ def direction_notes(metrics: list[str]) -> list[str]:
 def chance_ratio(row: dict[str, Any]) -> tuple[float, str] | None:
     """(score ÷ chance, basis): the analytical chance level, else the permutation null mean. None
     for a metric whose chance level is 0 (``unbiased_cka``): its null mean is 0 plus noise, and a
-    ratio to it read 293× for a pair at chance and 11× for the best one."""
+    ratio to it read 293× for a pair at chance and 11× for the best one; and for a metric where
+    lower is better (a distance ÷ its null read 0.9× for the best pair, in a column where every
+    other metric's larger ratio is the more aligned)."""
+    if not higher_is_better(str(row.get("metric"))):
+        return None
     score = number(row.get("score"))
     analytical = number(row.get("chance_level"))
     if analytical is not None and analytical <= 0:

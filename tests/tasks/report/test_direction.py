@@ -82,6 +82,26 @@ def test_heatmaps_reverse_the_colour_scale_where_lower_is_better(lower_metric):
     assert np.allclose(figure.axes[0].images[0].cmap(0.0), viridis(1.0))
 
 
+def test_a_lower_is_better_metric_gets_no_ratio_and_a_colour_scale_over_its_scores(lower_metric):
+    """A distance ÷ its null read 0.9× for the best pair beside every other metric's "larger is
+    more aligned" ratio; and its colour scale was pinned at 0, so distances of 1.26-1.29 were one
+    colour."""
+    from tasks.report.heatmaps import colour_norm
+    from tasks.report.tables import chance_ratio
+
+    row = {**_rows(lower_metric)[0], "score": 1.26, "null_mean": 1.34, "null_std": 0.01}
+    assert chance_ratio(row) is None and chance_ratio({**row, "metric": "cka"}) is not None
+    values = np.array([[1.264, 1.291], [1.27, np.nan]])
+    norm = colour_norm(values, calibrated=False, higher_is_better=False)
+    assert (norm.vmin, norm.vmax) == (1.264, 1.291)
+    assert colour_norm(values, calibrated=False).vmin == 0.0  # a similarity: 0 is no alignment, the scale starts there
+    assert (colour_norm(values, False, chance=1.34, higher_is_better=False).vmax,
+            colour_norm(np.full((1, 1), 1.27), False, higher_is_better=False).vmax) == (1.34, 2.27)
+    figure = model_heatmap(model_grid([{**r, "null_mean": 1.3} for r in _rows(lower_metric)], lower_metric), lower_metric,
+                           higher_is_better=False)
+    assert not any("×" in t.get_text() for t in figure.axes[0].texts)
+
+
 def test_scaling_axes_say_lower_is_better(lower_metric):
     rows, models = _rows(lower_metric), model_rows()
     assert alignment_vs_quality(rows, models, lower_metric, higher_is_better=False).axes[0].get_ylabel() == \
