@@ -148,6 +148,7 @@ def load_report_input(
         scores = con.sql(f"select t.* from alignment_all t {join} order by metric, model_a, model_b, layer_a, layer_b").to_arrow_table()
         models = con.sql("select m.* from models m join _report_features s using (model, feature_version) order by model").to_arrow_table()
         notes = [f"failed in this run ({f.get('stage')}): {f.get('item')}: {f.get('error')}" for f in run_failures(record)]
+        notes += stopped_run_notes(record)
         notes += plugin_notes
         if best.num_rows == 0:
             notes.append(f"run {record.get('run_id')} lists no published alignment")
@@ -159,6 +160,19 @@ def load_report_input(
         return ReportInput(run=record, best=best, scores=scores, models=models, examples=examples, notes=notes)
     finally:
         con.close()
+
+
+def stopped_run_notes(record: dict[str, Any]) -> list[str]:
+    """What the report says of a run that did not finish (``CANCELLED``: stopped; ``CRASHED``:
+    its process died; ``FAILED`` with an ``error`` of its own): its status and error, and that
+    versions it published without listing them (a pair aligned as it stopped) are not shown."""
+    status, error = record.get("status"), record.get("error")
+    if status not in ("CANCELLED", "CRASHED") and not error:
+        return []
+    why = f": {error}" if error else ""
+    return [f"run {record.get('run_id')} ended {status}{why}; it lists the results it had finished when its record was "
+            "last written: any it published after that (a pair still aligning as it stopped) are in the store but not "
+            "in this report (alignment_best shows them)"]
 
 
 def load_metric_plugins() -> list[str]:

@@ -154,7 +154,7 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
         sections.append(html.section("Nearest neighbours: where the two models agree and disagree", "neighbours",
                                      html.neighbours_section(data.examples)))
     else:
-        notes.append("no nearest-neighbour examples (features not available)")
+        notes.append("no nearest-neighbour examples (" + ("features not available)" if best else "no model pair aligned in this run)"))
     if notes:
         sections.append(html.section("Notes", "notes", html.notes(notes)))
 

@@ -84,6 +84,19 @@ def test_default_run_is_the_latest_that_published_results() -> None:
         select_run(con)
 
 
+def test_a_stopped_run_says_how_it_ended_and_what_it_may_have_left_unlisted() -> None:
+    """The report of a run stopped by SIGTERM (CANCELLED) said only 'lists no published
+    alignment', though a pair it was aligning was published after its record was written."""
+    from tasks.report_source import stopped_run_notes
+
+    (note,) = stopped_run_notes({"run_id": "r1", "status": "CANCELLED", "error": "TerminationSignal: SIGTERM"})
+    assert note.startswith("run r1 ended CANCELLED: TerminationSignal: SIGTERM; it lists the results it had finished")
+    assert "alignment_best shows them" in note
+    assert stopped_run_notes({"run_id": "r2", "status": "CRASHED"})[0].startswith("run r2 ended CRASHED; it lists")
+    assert stopped_run_notes({"run_id": "r3", "status": "COMPLETED"}) == []
+    assert stopped_run_notes({"run_id": "r4", "status": "FAILED"}) == []  # its failures are noted one by one
+
+
 def test_a_run_is_found_by_a_unique_start_of_its_id() -> None:
     """The docs' queries show 8 characters of a run id: ``prh report --run`` takes them."""
     from tasks.report_source import select_run

@@ -390,7 +390,7 @@ def test_a_run_without_results_has_no_notes_on_absent_figures():
     report = build_report(ReportInput(data.run, empty, empty, table([]), None, ["run run-1 lists no published alignment"]), formats=("png",))
     assert not report.figures
     assert report.notes == ["run run-1 lists no published alignment", "no alignment scores in this run: no figures",
-                            "no nearest-neighbour examples (features not available)"]
+                            "no nearest-neighbour examples (no model pair aligned in this run)"]
 
 
 def test_each_heatmap_caption_says_what_its_cells_show(report):
