@@ -74,28 +74,42 @@ def write_report(
         check_pair(data.best.to_pylist(), pair, str(data.run.get("run_id")))
     report = build_report(data, formats=formats, cache=StoreFigureCache(results))
     files = report.files()
-    for relative, content in sorted(files.items(), key=lambda item: item[0] == REPORT_FILE):  # the page last
-        target = out / relative
-        if not target.resolve().is_relative_to(out.resolve()):
-            raise ValueError(f"report file {relative!r} would be written outside {str(out)!r}")
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _replace_file(target, content)
-        except OSError as error:  # a disk that is full or read-only, a folder that changed meanwhile
-            raise ValueError(f"report folder {str(out)!r}: cannot write {relative}: {error.strerror or error}") from None
+    _write_all(out, sorted(files.items(), key=lambda item: item[0] == REPORT_FILE))  # the page last
     remove_stale_figures(out, set(files))
     return out / REPORT_FILE, report
 
 
-def _replace_file(target: Path, content: bytes) -> None:
-    """Write ``target`` whole or not at all: a temporary file beside it, renamed over it (a reader,
-    or a second ``prh report`` into the same folder, never sees half a page or a mix)."""
-    temporary = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
+def _write_all(out: Path, files: list[tuple[str, bytes]]) -> None:
+    """Write ``files`` (path relative to ``out``, bytes) all or none: each first to a temporary
+    file beside its target, then, once every one is written, each renamed over its target in
+    order (a reader, or a second ``prh report`` into the same folder, never sees half a page). A
+    write that fails (a full disk, a folder where a figure goes) leaves the earlier report as it
+    was: its figures were replaced one by one, so a failure part way left another run's figures
+    beside the earlier page. ``ValueError`` naming the folder and the file."""
+    staged: list[tuple[Path, Path]] = []
     try:
-        temporary.write_bytes(content)
-        os.replace(temporary, target)
+        for relative, content in files:
+            target = out / relative
+            if not target.resolve().is_relative_to(out.resolve()):
+                raise ValueError(f"report file {relative!r} would be written outside {str(out)!r}")
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.is_dir() and not target.is_symlink():
+                    raise IsADirectoryError(f"a folder {relative} is in the way")
+                temporary = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
+                staged.append((temporary, target))
+                temporary.write_bytes(content)
+            except OSError as error:
+                raise ValueError(f"report folder {str(out)!r}: cannot write {relative}: {error.strerror or error}") from None
+        for temporary, target in staged:
+            try:
+                os.replace(temporary, target)
+            except OSError as error:  # the folder changed meanwhile
+                raise ValueError(f"report folder {str(out)!r}: cannot write {target.relative_to(out)}: "
+                                 f"{error.strerror or error}") from None
     finally:
-        temporary.unlink(missing_ok=True)
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
 
 
 def remove_stale_figures(out: Path, written: set[str]) -> list[str]:

@@ -312,3 +312,19 @@ def test_a_report_that_fails_to_write_leaves_the_earlier_page_whole(store, tmp_p
     assert "No space left on device" in capsys.readouterr().err
     assert (out / "report.html").read_bytes() == page and not [p for p in out.iterdir() if p.name.startswith(".")]
     assert written[-1].startswith(".report.html") and len(written) > 1  # the figures first, the page last
+
+
+def test_a_report_that_cannot_write_a_figure_leaves_the_earlier_report_whole(store, tmp_path, capsys):
+    """A folder where one of the new report's figures goes: the figures before it were already
+    replaced, so the folder held the older run's page beside the newer run's figures."""
+    out = tmp_path / "out"
+    assert main(["report", "--store", store[0], "--run", OLDER_RUN, "--out", str(out)]) == 0
+    before = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    newer = sorted(p for p in (out / "figures").iterdir() if p.name.startswith("size-"))[-1]
+    newer.unlink()
+    newer.mkdir()  # in the way of the newer run's figure of that name
+    del before[newer.relative_to(out).as_posix()]
+    assert main(["report", "--store", store[0], "--out", str(out)]) == 2
+    assert f"cannot write figures/{newer.name}: a folder figures/{newer.name} is in the way" in capsys.readouterr().err
+    after = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # every file of the earlier report as it was, no temporary left
