@@ -313,6 +313,9 @@ def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], s
         if not path_exists(path, "dataset path"):
             where = "" if path.is_absolute() else f" (relative paths are read from the working directory: {path.absolute()})"
             return "refused", f"dataset path {params.path!r} does not exist{where}"
+        if params.image_root is not None and path.is_dir():
+            return "refused", (f"dataset {params.path!r} is a folder: image_root applies to a table, whose image paths it "
+                               "resolves")
         if params.image_root is not None and not Path(params.image_root).expanduser().is_dir():
             return "refused", f"dataset.image_root {params.image_root!r} is not a folder"
     except ValueError as error:

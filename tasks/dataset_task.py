@@ -232,8 +232,8 @@ def publish_dataset(
     if recipe is not None:
         store.write_json(layout.rendered_dataset_key(recipe), {"dataset_version": version, "source": source})
     stored = published.manifest.get("catalog", {})
-    if not published.written and (stored.get("name"), _source_text(stored.get("source")), stored.get("n_rejected")) != (
-            name, _source_text(source), n_rejected):
+    if not published.written and (stored.get("name"), _source_path(stored.get("source")), stored.get("n_rejected")) != (
+            name, _source_path(source), n_rejected):
         _warn_stored_as(logger, name, table.num_rows, {**stored, "dataset_version": version})
     cut = f" from its first {params.n} rows (dataset.n; null reads all)" if params.kind != "openmoji" and params.n else ""
     logger.info(
@@ -266,6 +266,13 @@ def _rejected_label(row: dict[str, Any]) -> str:
 def _absolute(path: str) -> str:
     """``path`` absolute (``~`` expanded, links resolved), as the dataset source records it."""
     return str(Path(path).expanduser().resolve())
+
+
+def _source_path(source: Any) -> str:
+    """``_source_text`` of a stored source, a local path made absolute (read from the working
+    directory: a version published before prh recorded absolute paths kept it as typed)."""
+    text = _source_text(source)
+    return _absolute(text) if isinstance(source, dict) and source.get("kind") == "path" else text
 
 
 def _source_text(source: Any) -> str:

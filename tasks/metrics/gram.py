@@ -81,15 +81,32 @@ def _upper_mask(n: int, device: str) -> torch.Tensor:
 def gram_stack(layers: list[torch.Tensor], block: int = BLOCK) -> torch.Tensor:
     """``(G, N, N)``: ``gram_full`` of each ``(N, D)`` layer of one width, with the
     symmetrisation done once for the stack. On a GPU (``batched_device``) the layers are
-    multiplied as one stack (``stacked_gram_upper``; a ``(G, N, D)`` copy unless they are views
-    of one stacked tensor): the same matrices up to rounding. Elsewhere entry for entry."""
+    multiplied as stacks (``stacked_gram_upper``, ``feature_chunks`` of them; a copy unless they
+    are views of one stacked tensor): the same matrices up to rounding. Elsewhere entry for entry."""
     first = layers[0]
-    if batched_device(first.device):
-        return symmetrise(stacked_gram_upper(as_stack(layers), block))
     out = torch.empty((len(layers), first.shape[0], first.shape[0]), dtype=first.dtype, device=first.device)
+    if batched_device(first.device):
+        for start, stop in feature_chunks(layers):
+            stacked_gram_upper(as_stack(layers[start:stop]), block, out=out[start:stop])
+        return symmetrise(out)
     for g, x in enumerate(layers):
         gram_upper(x, block, out=out[g])
     return symmetrise(out)
+
+
+#: elements of the layers multiplied as one stack on a GPU (``feature_chunks``): a stacked copy
+#: and the centred temporaries of at most this many (512 MiB of float32) are alive at once.
+STACK_FEATURE_ELEMENTS = 1 << 27
+
+
+def feature_chunks(layers: list[torch.Tensor], max_elements: int | None = None) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges of ``layers`` (one shape) of at most ``max_elements`` (default
+    ``STACK_FEATURE_ELEMENTS``) feature elements each, at least one layer: the callers' stacks
+    bound their Gram matrices (``G N^2``), not their features (``G N D``), which at a small ``N``
+    could be the whole model."""
+    limit = STACK_FEATURE_ELEMENTS if max_elements is None else max_elements
+    size = max(1, limit // max(1, layers[0].numel()))
+    return [(start, min(len(layers), start + size)) for start in range(0, len(layers), size)]
 
 
 def stacked_gram_upper(stacked: torch.Tensor, block: int = BLOCK, out: torch.Tensor | None = None

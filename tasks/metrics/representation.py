@@ -30,9 +30,10 @@ import numpy as np
 import torch
 
 from ._arrays import ArrayLike, check_finite, resolve_device, split_layers, to_tensor
-from .gram import (as_stack, batched_device, center_gram_, centre_columns, gram_full, gram_upper, stacked_gram_upper,
-                   stacked_view)
-from .neighbors import DEFAULT_BLOCK_ELEMENTS, candidate_depth, restrict_lists, stacked_topk_neighbors, topk_neighbors
+from .gram import (as_stack, batched_device, center_gram_, centre_columns, feature_chunks, gram_full, gram_upper,
+                   stacked_gram_upper, stacked_view)
+from .neighbors import (DEFAULT_BLOCK_ELEMENTS, candidate_depth, restrict_lists, stacked_topk_neighbors, ties_in_index_order,
+                        topk_neighbors)
 
 KEEP_GRAM_MAX_N = 4096
 #: ``centred_gram`` takes ``H G H`` of a cached Gram only while the layer's squared mean row
@@ -149,9 +150,12 @@ class Representation:
         (entries ``j >= i`` defined), in one buffer; entry for entry, except on a GPU
         (``batched_device``) for layers without a cached Gram, centred and multiplied as one
         stack (``gram.stacked_gram_upper``: the same matrices up to rounding)."""
-        if batched_device(self.device) and all(self.cached_gram(l) is None for l in layers):
-            return stacked_gram_upper(centre_columns(as_stack([self.layers[l] for l in layers])))
         out = torch.empty((len(layers), self.n, self.n), dtype=self.dtype, device=self.device)
+        if batched_device(self.device) and all(self.cached_gram(l) is None for l in layers):
+            group = [self.layers[l] for l in layers]
+            for start, stop in feature_chunks(group):  # the centred copies of a bounded number of layers at once
+                stacked_gram_upper(centre_columns(as_stack(group[start:stop])), out=out[start:stop])
+            return out
         for s, l in enumerate(layers):
             self._centred_gram(l, True, out[s])
         return out
@@ -272,6 +276,7 @@ class Representation:
         deep = parent.memo(("knn-stack", depth, exclude_self), lambda: tuple(
             torch.stack(lists) for lists in zip(*(parent._search(l, depth, exclude_self) for l in range(len(parent))))))
         values, indices, short = restrict_lists(*deep, rows, parent.n, k)
+        values, indices = ties_in_index_order(values, indices)  # a subset's rows need not be in the parent's order
         for l, redo in enumerate(short):
             if bool(redo.any()):  # too few subset members in a row's list: search those rows afresh
                 values[l], indices[l] = self._search_rows(l, redo.nonzero().squeeze(1), k, exclude_self,
@@ -288,7 +293,7 @@ class Representation:
                  else self.layers[layer].index_select(0, redo) @ self.layers[layer].T)
         if exclude_self:
             block[torch.arange(redo.numel(), device=block.device), redo] = float("-inf")
-        v, i = torch.topk(block, k, dim=1, largest=True, sorted=True)
+        v, i = ties_in_index_order(*torch.topk(block, k, dim=1, largest=True, sorted=True))
         values, indices = values.clone(), indices.clone()
         values[redo], indices[redo] = v, i
         return values, indices

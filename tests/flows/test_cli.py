@@ -833,6 +833,10 @@ def test_run_check_refuses_a_dataset_path_that_does_not_exist(tmp_path, capsys, 
     (tmp_path / "imgs").mkdir()
     assert main(["run", "--config", str(config), "--check"]) == 0
     assert capsys.readouterr().out.splitlines()[:2] == ["ok        dataset", "ok        tiny-vit"]
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "path", "path": "data", "image_root": "imgs"}, "models": [TINY_VIT]}))
+    assert main(["run", "--config", str(config), "--check"]) == 2  # prh run refuses image_root for a folder at once
+    assert capsys.readouterr().out.splitlines() == ["refused   dataset: dataset 'data' is a folder: image_root applies to a "
+                                                    "table, whose image paths it resolves"]
     config.write_text(yaml.safe_dump({"dataset": {"kind": "huggingface", "path": "someone/pairs"}, "models": [TINY_VIT]}))
     assert main(["run", "--config", str(config), "--check"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "unchecked dataset: hub dataset 'someone/pairs' is read when the run starts"

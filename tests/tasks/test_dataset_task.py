@@ -34,6 +34,29 @@ def test_a_relative_dataset_path_is_recorded_absolute(tmp_path, monkeypatch, cap
     assert "already stored as" not in caplog.text
 
 
+def test_a_version_recorded_with_a_relative_path_is_the_same_source(tmp_path, monkeypatch, caplog):
+    """A version published before sources were recorded absolute keeps 'data/pairs.csv': read
+    from the same working directory it is the same source, not a warning on every rerun."""
+    import tasks.dataset_task as dataset_task
+
+    images = tmp_path / "data"
+    images.mkdir()
+    for colour in ("red", "blue", "green"):
+        (images / f"{colour}.png").write_bytes(png_bytes(colour))
+    (images / "pairs.csv").write_text("image,text\n" + "".join(f"{c}.png,a {c} square\n" for c in ("red", "blue", "green")))
+    url = str(tmp_path / "store")
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as old:
+        old.setattr(dataset_task, "_absolute", lambda path: path)  # as prh recorded it before
+        first = publish_dataset(DatasetParams(kind="path", path="data/pairs.csv"), url)
+    assert first["catalog"]["source"]["path"] == "data/pairs.csv"
+    caplog.clear()
+    assert publish_dataset(DatasetParams(kind="path", path="data/pairs.csv"), url)["key"] == first["key"]
+    assert "already stored as" not in caplog.text
+    publish_dataset(DatasetParams(kind="path", path="data/pairs.csv", name="renamed"), url)
+    assert "already stored as dataset 'pairs'" in caplog.text  # what does differ is still said
+
+
 def test_image_folder_with_other_column_names_is_published_with_its_columns(tmp_path):
     root = tmp_path / "pets"
     root.mkdir()

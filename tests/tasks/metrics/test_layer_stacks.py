@@ -124,3 +124,26 @@ def test_calibration_on_the_gpu_paths_equals_the_cpu_paths(metric, monkeypatch):
     assert got.p_value == want.p_value and got.argmax == want.argmax
     np.testing.assert_allclose([got.observed, got.null_mean, got.null_std, got.tau, got.calibrated],
                                [want.observed, want.null_mean, want.null_std, want.tau, want.calibrated], rtol=1e-6, atol=1e-9)
+
+
+def test_gpu_path_stacks_hold_a_bounded_number_of_layers_at_once(monkeypatch):
+    """The stacks bound their Gram matrices (G N^2), not their features: at a small N a stack could
+    be the whole model, its stacked copy and centred temporaries all alive at once. Chunks of at
+    most gram.STACK_FEATURE_ELEMENTS feature elements give the same matrices."""
+    from tasks.metrics import gram
+
+    xs, ys = _layers([8] * 7, n=40), _layers([5] * 3, n=40, seed=1)
+    want = {m: layer_matrix(m, xs, ys, topk=5) for m in ("mutual_knn", "cka", "unbiased_cka")}
+    _gpu_paths(monkeypatch)
+    monkeypatch.setattr(gram, "STACK_FEATURE_ELEMENTS", 3 * 40 * 8)  # three x-layers per chunk
+    assert gram.feature_chunks([torch.zeros(40, 8)] * 7) == [(0, 3), (3, 6), (6, 7)]
+    assert gram.feature_chunks([torch.zeros(40, 800)] * 2) == [(0, 1), (1, 2)]  # at least one layer
+    stacked = []
+    real = gram.stacked_gram_upper
+    monkeypatch.setattr(gram, "stacked_gram_upper", lambda x, *a, **k: stacked.append(x.shape[0]) or real(x, *a, **k))
+    import tasks.metrics.representation as representation
+
+    monkeypatch.setattr(representation, "stacked_gram_upper", gram.stacked_gram_upper)
+    for metric, expected in want.items():
+        np.testing.assert_allclose(layer_matrix(metric, xs, ys, topk=5), expected, rtol=1e-5, atol=1e-7)
+    assert stacked and max(stacked) <= 3
