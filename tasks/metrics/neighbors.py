@@ -6,8 +6,9 @@ inner product once; ``_symmetric_search``, where the width is large next to ``k`
 rows, so memory is ``O(N*k + B*N)`` and never ``N^2`` unless the caller passes a full Gram matrix.
 
 Index conventions: ``idx`` is ``(..., N, k)`` int64, row ``i`` lists the neighbours of sample ``i``
-in decreasing similarity, neighbours of equal similarity by increasing index. Permuting samples (``y' = y[perm]``) maps a list to
-``inv[idx[perm]]`` where ``inv`` is the inverse permutation: order and content are kept.
+in decreasing similarity, neighbours of equal similarity by increasing index. Permuting samples
+(``y' = y[perm]``) maps a list to ``inv[idx[perm]]`` where ``inv`` is the inverse permutation:
+order and content are kept (the order of tied neighbours then follows the old indices).
 """
 
 from __future__ import annotations
