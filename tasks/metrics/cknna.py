@@ -46,7 +46,7 @@ from .engine import Engine
 from .hsic import check_self_hsic, unbiased_from_parts, unbiased_terms_size
 from .kernel_metrics import EPS, CkaEngine
 from .knn_hits import Hits, ListTable, build_list_table, inverse_permutations, permuted_hits
-from .neighbors import is_member, permute_lists
+from .neighbors import permute_lists
 from .representation import Representation
 
 #: elements of the (A, B, N, k) tensors processed at once
@@ -211,9 +211,16 @@ def _reverse_membership(state: CknnaState) -> torch.Tensor:
     if state.slots is not None:
         flat = (state.idx * n + ar.view(1, n, 1)).reshape(L, -1)
         return (state.slots.gather(1, flat) > 0).view(L, n, k)
-    targets = ar.view(n, 1, 1).expand(n, k, 1).reshape(-1, 1)
-    return torch.stack([is_member(s[i.reshape(-1)], targets).view(n, k)
-                        for s, i in zip(state.sorted_idx, state.idx)])
+    # the layer's pairs (j, m), m in kNN(j), as sorted keys j*N + m, and the queries (idx[i, t], i)
+    # looked up by binary search: O(N k) per layer (gathering each neighbour's whole list was an
+    # (N k, k) int64 tensor: 2.6 GB at N=8,193, k=200)
+    out = torch.empty((L, n, k), dtype=torch.bool, device=state.idx.device)
+    for l in range(L):
+        keys = (state.sorted_idx[l] + ar.view(n, 1) * n).reshape(-1)  # ascending: rows in order, each sorted
+        queries = (state.idx[l] * n + ar.view(n, 1)).reshape(-1)
+        pos = torch.searchsorted(keys, queries).clamp_(max=keys.numel() - 1)
+        out[l] = (keys.index_select(0, pos) == queries).view(n, k)
+    return out
 
 
 def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: bool,

@@ -38,7 +38,8 @@ from .representation import Representation
 
 #: build a dense (L, N*N) bool adjacency for the x side when it has at most this many entries
 ADJACENCY_MAX_ELEMENTS = 1 << 26
-#: elements of the (Lb, N, k, k) equality tensor processed at once by the sequence metrics
+#: one chunk of the sequence metrics: the y-layers whose ``N x k`` lists, times 4 (the DP's int32
+#: buffers and a row of equalities), hold at most this many elements
 SEQUENCE_CHUNK_ELEMENTS = 1 << 24
 #: (permutations x layer pairs x N), and (permutations x Lb x N x k), of one null batch of
 #: ``mutual_knn``/``jaccard_knn``
@@ -168,13 +169,13 @@ def _sequence_lengths(idx_a: torch.Tensor, idx_b: torch.Tensor, variant: str) ->
     La, n, k = idx_a.shape
     Lb = idx_b.shape[0]
     out = torch.empty((La, Lb, n), dtype=torch.float64, device=idx_a.device)
-    step = max(1, SEQUENCE_CHUNK_ELEMENTS // (n * k * k))
+    step = max(1, SEQUENCE_CHUNK_ELEMENTS // (n * k * 4))  # y-layers per chunk: the DP's (rows, k) buffers
+    lengths = lcs_lengths if variant == "lcs_knn" else edit_distances
     for a in range(La):
         for b0 in range(0, Lb, step):
             b1 = min(Lb, b0 + step)
-            eq = idx_a[a].view(1, n, k, 1) == idx_b[b0:b1].view(b1 - b0, n, 1, k)
-            eq = eq.reshape(-1, k, k)
-            vals = (lcs_lengths(eq) if variant == "lcs_knn" else edit_distances(eq)).to(torch.float64)
+            x = idx_a[a].expand(b1 - b0, n, k).reshape(-1, k)
+            vals = lengths(x, idx_b[b0:b1].reshape(-1, k)).to(torch.float64)
             out[a, b0:b1] = vals.view(b1 - b0, n)
     return out
 

@@ -65,6 +65,10 @@ SQ_ROW_NORM_BLOCK = 1 << 22
 #: work is batched over (one kernel launch for the stack instead of one per layer: on a GPU the
 #: launches, not the arithmetic, bounded the engine at ~1000 samples)
 BATCH_ELEMENTS = 1 << 25
+#: a subset reads its neighbour lists off its parent's when the depth that needs is at most this
+#: many times ``k``, plus 16 (``Representation._parent_lists_pay``): subsets of about a fifth of
+#: the sample or more (bootstrap's half-size subsamples: depth 6k + 16)
+PARENT_DEPTH_MAX_PER_K = 16
 
 
 class Representation:
@@ -191,7 +195,7 @@ class Representation:
             if precision != "exact":
                 self._memo[key] = topk_neighbors(self.layers[layer], k, exclude_self=exclude_self,
                                                  precision=precision)
-            elif self._parent is not None:
+            elif self._parent is not None and self._parent_lists_pay(k, exclude_self):
                 self._memo[key] = self._knn_from_parent(layer, k, exclude_self)
             else:
                 self._memo[key] = self._search(layer, k, exclude_self)
@@ -262,6 +266,16 @@ class Representation:
         if self._parent is None:
             sub._grams = {j: self._grams[i] for j, i in enumerate(indices) if i in self._grams}
         return sub
+
+    def _parent_lists_pay(self, k: int, exclude_self: bool) -> bool:
+        """Whether a subset's lists are read off its parent's deeper lists (``_knn_from_parent``),
+        rather than searched among its own rows: the depth that needs (``candidate_depth``, about
+        ``3 k N / m + 16`` for ``m`` of ``N`` rows) is at most ``PARENT_DEPTH_MAX_PER_K * k + 16``. A small
+        subset would need lists as long as the sample (subsamples of 100 of 20,000 rows held 7 GB
+        of lists), while its own search is small."""
+        assert self._parent is not None
+        kmax = self._parent.n - 1 if exclude_self else self._parent.n
+        return candidate_depth(k, self._parent.n, self.n, kmax) <= PARENT_DEPTH_MAX_PER_K * k + 16
 
     def _knn_from_parent(self, layer: int, k: int, exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-``k`` lists of a subset from its parent's deeper lists (``subset``), found for

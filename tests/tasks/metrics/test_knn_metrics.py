@@ -273,3 +273,25 @@ def test_a_subsets_rows_searched_afresh_keep_the_tie_order() -> None:
     values, indices = Representation(x, keep_gram_max_n=0).subset(torch.tensor(rows)).knn(0, 5)
     tied = values[:, 1:] == values[:, :-1]
     assert tied.all() and (indices[:, 1:] > indices[:, :-1]).all()  # every row's five are tied: in index order
+
+
+@pytest.mark.parametrize("k", [1, 10])
+def test_a_small_subset_searches_its_own_rows_not_deep_parent_lists(k) -> None:
+    """A subsample of 100 of 20,000 rows read its lists off the parent's lists searched to depth
+    3kN/m + 16, here the whole sample: 7 GB of lists. A small subset now searches its own rows; a
+    half-size one (bootstrap's default) still reads the parent's lists."""
+    import torch
+
+    from tasks.metrics import Representation
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 16)).astype(np.float32)
+    parent = Representation(x, keep_gram_max_n=0)
+    small = torch.from_numpy(np.sort(rng.choice(2000, 40, replace=False)))
+    lists = parent.subset(small).knn(0, k)
+    assert not [key for key in parent._memo if key[0] == "knn-stack"]  # no deep lists were searched
+    assert torch.equal(lists[1], Representation(x[small.numpy()], keep_gram_max_n=0).knn(0, k)[1])
+    half = torch.from_numpy(np.sort(rng.choice(2000, 1000, replace=False)))
+    lists = parent.subset(half).knn(0, k)
+    assert [key for key in parent._memo if key[0] == "knn-stack"]
+    assert torch.equal(lists[1], Representation(x[half.numpy()], keep_gram_max_n=0).knn(0, k)[1])
