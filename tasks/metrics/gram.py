@@ -156,7 +156,8 @@ def center_gram_(k: torch.Tensor) -> torch.Tensor:
 
 
 def centre_columns(x: torch.Tensor) -> torch.Tensor:
-    """``(..., N, D)`` ``X - 1 m^T`` (``m`` the mean row, of each layer of a stack), in ``x``'s dtype, with column means zero up
+    """``(..., N, D)`` ``X - 1 m^T`` (``m`` the mean row, of each layer of a stack), in ``x``'s
+    dtype, with column means zero up
     to the rounding of the centred values (not of the offset). One pass leaves a mean as large as
     the offset's rounding (float32 columns near 1e6: |mean| up to 0.13, which a caller taking
     the result for centred adds to every kernel entry); a second pass over the centred values

@@ -152,8 +152,8 @@ class Representation:
     def centred_gram_stack(self, layers: Sequence[int]) -> torch.Tensor:
         """``(G, N, N)``: ``centred_gram(l, upper_only=True)`` of each of ``layers`` (one width)
         (entries ``j >= i`` defined), in one buffer; entry for entry, except on a GPU
-        (``batched_device``) for layers without a cached Gram, centred and multiplied as one
-        stack (``gram.stacked_gram_upper``: the same matrices up to rounding)."""
+        (``batched_device``) for layers without a cached Gram, centred and multiplied as stacks
+        (``gram.feature_chunks``, ``gram.stacked_gram_upper``: the same matrices up to rounding)."""
         out = torch.empty((len(layers), self.n, self.n), dtype=self.dtype, device=self.device)
         if batched_device(self.device) and all(self.cached_gram(l) is None for l in layers):
             group = [self.layers[l] for l in layers]
@@ -270,9 +270,9 @@ class Representation:
     def _parent_lists_pay(self, k: int, exclude_self: bool) -> bool:
         """Whether a subset's lists are read off its parent's deeper lists (``_knn_from_parent``),
         rather than searched among its own rows: the depth that needs (``candidate_depth``, about
-        ``3 k N / m + 16`` for ``m`` of ``N`` rows) is at most ``PARENT_DEPTH_MAX_PER_K * k + 16``. A small
-        subset would need lists as long as the sample (subsamples of 100 of 20,000 rows held 7 GB
-        of lists), while its own search is small."""
+        ``3 k N / m + 16`` for ``m`` of ``N`` rows) is at most ``PARENT_DEPTH_MAX_PER_K * k + 16``.
+        A small subset would need lists as long as the sample (subsamples of 100 of 20,000 rows
+        held 7 GB of lists), while its own search is small."""
         assert self._parent is not None
         kmax = self._parent.n - 1 if exclude_self else self._parent.n
         return candidate_depth(k, self._parent.n, self.n, kmax) <= PARENT_DEPTH_MAX_PER_K * k + 16
