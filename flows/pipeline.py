@@ -279,15 +279,20 @@ def check_models(specs: list[Any]) -> list[dict[str, str]]:
 
 def model_checks(specs: list[Any]) -> Iterator[tuple[str, Literal["ok", "refused", "unchecked"], str]]:
     """``(model name, outcome, why on one line)`` for each spec, checked without loading weights
-    (``tasks.extract.check_model``), as it is checked: ``refused`` (``ModelInputError``: a
-    missing path, an unknown id or class, a wrong modality...), ``unchecked`` (an unexpected
+    (``tasks.extract.check_model``, then ``preflight.cls_pooling_problem``), as it is checked:
+    ``refused`` (``ModelInputError``: a missing path, an unknown id or class, a wrong modality,
+    ``cls`` pooling on a model without a CLS token...), ``unchecked`` (an unexpected
     error while checking: the extraction decides) or ``ok`` (message empty)."""
     from tasks.extract import check_model
     from tasks.extract.errors import ModelInputError
+    from tasks.extract.preflight import cls_pooling_problem
 
     for spec in specs:
         try:
             check_model(spec)
+            problem = cls_pooling_problem(spec)
+            if problem is not None:
+                raise ModelInputError(spec.name, spec.id, problem)
         except ModelInputError as error:
             yield spec.name, "refused", one_line(error)
         except Exception as error:  # noqa: BLE001 - reported as unchecked

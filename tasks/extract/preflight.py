@@ -257,3 +257,23 @@ def _not_cached(repo: str, rev: str, why: str) -> str:
         return (f"{why}, and {repo!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}): "
                 "check the id, or download it on a machine with access and copy the cache")
     return f"{why}, and revision {rev!r} of {repo!r} is not in the local cache (cached: {', '.join(have)})"
+
+
+def cls_pooling_problem(spec: ModelSpec) -> str | None:
+    """Why ``pooling: cls`` cannot work for a Hugging Face vision spec, told without weights: the
+    model class built on the ``meta`` device holds no CLS or register token in its embeddings
+    (SigLIP, ConvNeXt and other CNNs), so its first batch would refuse it after the weights
+    load (``pooling.pool_vision``). None when it can work or cannot be told (no ``embeddings``
+    module to read, a class that does not build on ``meta``). Raises what the model check raises."""
+    if spec.modality != "vision" or spec.pooling != "cls" or spec.loader not in ("hf", "random_hf"):
+        return None
+    from tasks.extract import hf_models
+    from tasks.extract.hf_vision import declared_prefix_tokens
+
+    checked = hf_models.check_model(spec)
+    model = hf_models.meta_model(spec, checked.config, checked.causal)
+    tower = None if model is None else hf_models._select_tower(model, "vision")  # the part a vision spec runs
+    if tower is None or declared_prefix_tokens(tower) != 0:
+        return None
+    return (f"'cls' pooling needs a model with a CLS token, and {type(model).__name__}'s embeddings hold none "
+            "(no CLS or register token): use 'avg'")

@@ -851,3 +851,25 @@ def test_n_without_a_dataset_flag_sets_the_configs_own_dataset(tmp_path):
     config.write_text(yaml.safe_dump({"dataset": {"kind": "path", "path": str(table)}, "models": [TINY_VIT, TINY_BERT]}))
     got = config_with_flags(command_parser().parse_args(["run", "--config", str(config), "--n", "30"])).dataset
     assert (got.kind, got.path, got.n) == ("path", str(table), 30)
+
+
+def test_run_check_refuses_cls_pooling_on_a_model_without_a_cls_token(tmp_path, capsys):
+    """`pooling: cls` on SigLIP's vision tower or a ConvNeXt passed --check ('ok') and failed at
+    the model's first batch, after its weights loaded; the model class built on the meta device
+    tells it (no CLS or register token in its embeddings)."""
+    siglip = {"name": "tiny-siglip", "loader": "random_hf", "id": "SiglipVisionConfig", "modality": "vision", "pooling": "cls",
+              "image_size": 32, "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                           "intermediate_size": 64, "image_size": 32, "patch_size": 8}}
+    convnext = {"name": "tiny-convnext", "loader": "random_hf", "id": "ConvNextConfig", "modality": "vision", "pooling": "cls",
+                "image_size": 32, "config": {"hidden_sizes": [8, 16], "depths": [1, 1], "num_stages": 2}}
+    vit_cls = {**TINY_VIT, "name": "tiny-vit-cls", "pooling": "cls"}
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32},
+                                      "models": [siglip, convnext, vit_cls, {**siglip, "name": "siglip-avg", "pooling": "avg"}],
+                                      "alignment": {"pairs": "all"}}))
+    assert main(["run", "--config", str(config), "--check"]) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [["ok", "dataset"], ["refused", "tiny-siglip:"], ["refused", "tiny-convnext:"],
+                                                    ["ok", "tiny-vit-cls"], ["ok", "siglip-avg"]]
+    assert "'cls' pooling needs a model with a CLS token, and SiglipVisionModel's embeddings hold none" in lines[1]
+    assert "use 'avg'" in lines[2]
