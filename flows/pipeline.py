@@ -307,24 +307,20 @@ def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], s
     first thing; a hub dataset is ``unchecked`` (read when the run starts)."""
     from pathlib import Path
 
-    from tasks.data.sources import path_exists
+    from tasks.data.sources import check_dataset_path
+    from tasks.data.tables import checked_image_root
 
     if params.kind == "openmoji":
         return "ok", ""
     path = Path(params.path).expanduser()
     if params.kind == "huggingface":
         return ("ok", "") if path.is_dir() else ("unchecked", f"hub dataset {params.path!r} is read when the run starts")
-    try:
-        if not path_exists(path, "dataset path"):
-            where = "" if path.is_absolute() else f" (relative paths are read from the working directory: {path.absolute()})"
-            return "refused", f"dataset path {params.path!r} does not exist{where}"
-        if params.image_root is not None and path.is_dir():
-            return "refused", (f"dataset {params.path!r} is a folder: image_root applies to a table, whose image paths it "
-                               "resolves")
-        if params.image_root is not None and not Path(params.image_root).expanduser().is_dir():
-            return "refused", f"dataset.image_root {params.image_root!r} is not a folder"
+    try:  # the loader's own checks, in its order
+        check_dataset_path(path)
+        if params.image_root is not None:
+            checked_image_root(path, params.image_root)
     except ValueError as error:
-        return "refused", one_line(error)
+        return "refused", str(error)
     return "ok", ""
 
 

@@ -66,7 +66,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -172,9 +172,7 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
             file does not have, or a split for a layout without splits.
     """
     columns = columns or ColumnMap()
-    if not path_exists(path, "dataset path"):
-        where = "" if path.is_absolute() else f" (relative paths are read from the working directory: {path.absolute()})"
-        raise ValueError(f"dataset path {str(path)!r} does not exist{where}")
+    check_dataset_path(path)
     from tasks.data.webdataset import is_shard, read_shards, shards_in
 
     if not (path.is_file() and path.suffix.lower() == ".json"):  # a .json document tells (tasks.data.json_tables)
@@ -196,6 +194,14 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
                              f"folder with a {' / '.join(METADATA_FILES)} table")
         return _read_folder(path, limit, columns.captions), path
     return _read_table(path, columns, limit, split), path.parent
+
+
+def check_dataset_path(path: Path) -> None:
+    """Raise ``ValueError`` when the dataset ``path`` does not exist (a relative one: saying where
+    it was looked for)."""
+    if not path_exists(path, "dataset path"):
+        where = "" if path.is_absolute() else f" (relative paths are read from the working directory: {path.absolute()})"
+        raise ValueError(f"dataset path {str(path)!r} does not exist{where}")
 
 
 def path_exists(path: Path, what: str) -> bool:
@@ -576,12 +582,19 @@ def _read_image_folder(root: Path, metadata: Path, columns: ColumnMap, limit: in
     if limit is not None:
         return records
     named = {_normalised(root, r.image) for r in records if isinstance(r.image, str)}
+    return records + _unread_images(root, lambda relative: relative in named,
+                                    f"is not named in {metadata.name}")
+
+
+def _unread_images(root: Path, read: Callable[[str], bool], why: str) -> list[RawRecord]:
+    """One ``text_missing`` record per image file under ``root`` (none in a hidden file or folder)
+    whose POSIX path relative to ``root`` the layout did not ``read``: ``image PATH {why}``."""
+    records = []
     for image in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
         relative = image.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts) or relative.as_posix() in named:
+        if any(part.startswith(".") for part in relative.parts) or read(relative.as_posix()):
             continue
-        detail = f"image {relative.as_posix()} is not named in {metadata.name}"
-        records.append(_refused(relative.as_posix(), None, "text_missing", detail))
+        records.append(_refused(relative.as_posix(), None, "text_missing", f"image {relative.as_posix()} {why}"))
     return records
 
 
@@ -705,24 +718,10 @@ def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first
             records.append(_refused(names[0], name_id, "text_missing", detail))
         else:
             records.extend(_folder_records(root, name_id, names[0], caption_name, policy))
-    if limit is None:
-        records.extend(_nested_images(root))
-    return records
-
-
-def _nested_images(root: Path) -> list[RawRecord]:
-    """One ``text_missing`` record per image file in a (not hidden) subfolder of ``root``: a
-    folder of images with ``.txt`` captions is read at its top level only, and an image left out
-    is said, not dropped silently."""
-    records = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for image in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
-            relative = image.relative_to(root)
-            if any(part.startswith(".") for part in relative.parts):
-                continue
-            detail = (f"image {relative.as_posix()} is in a subfolder: a folder of images with .txt captions is read at "
-                      "its top level only (a metadata.jsonl/.csv/.parquet table in the folder can name images in subfolders)")
-            records.append(_refused(relative.as_posix(), None, "text_missing", detail))
+    if limit is None:  # the images in subfolders, which this layout does not read: said, not dropped silently
+        records.extend(_unread_images(root, lambda relative: "/" not in relative,
+                                      "is in a subfolder: a folder of images with .txt captions is read at its top level "
+                                      "only (a metadata.jsonl/.csv/.parquet table in the folder can name images in subfolders)"))
     return records
 
 

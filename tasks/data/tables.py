@@ -300,13 +300,19 @@ def load_paired_dataset(
     source = Path(path).expanduser()
     records, root = read_records(source, columns, n, split)
     if image_root is not None:
-        if source.is_dir():
-            raise ValueError(f"dataset {str(source)!r} is a folder: image_root applies to a table, whose image paths "
-                             "it resolves")
-        root = Path(image_root).expanduser()
-        if not (path_exists(root, "image_root") and root.is_dir()):
-            raise ValueError(f"image_root {str(image_root)!r} of dataset {str(source)!r} is not a folder")
+        root = checked_image_root(source, image_root)
     return validate_records(records, root, str(source), max_image_pixels=max_image_pixels, min_valid_rows=min_valid_rows)
+
+
+def checked_image_root(source: Path, image_root: str | Path) -> Path:
+    """``image_root`` as a Path when it can serve the dataset at ``source`` (a table, and an existing
+    folder); else ``ValueError`` saying which."""
+    if source.is_dir():
+        raise ValueError(f"dataset {str(source)!r} is a folder: image_root applies to a table, whose image paths it resolves")
+    root = Path(image_root).expanduser()
+    if not (path_exists(root, "image_root") and root.is_dir()):
+        raise ValueError(f"image_root {str(image_root)!r} of dataset {str(source)!r} is not a folder")
+    return root
 
 
 def validate_records(

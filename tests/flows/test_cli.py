@@ -829,7 +829,8 @@ def test_run_check_refuses_a_dataset_path_that_does_not_exist(tmp_path, capsys, 
     config.write_text(yaml.safe_dump({"dataset": {"kind": "path", "path": "data/nothere.csv", "image_root": "imgs"},
                                       "models": [TINY_VIT]}))
     assert main(["run", "--config", str(config), "--check"]) == 2
-    assert capsys.readouterr().out.splitlines() == ["refused   dataset: dataset.image_root 'imgs' is not a folder"]
+    assert capsys.readouterr().out.splitlines() == [  # the words prh run would stop with
+        "refused   dataset: image_root 'imgs' of dataset 'data/nothere.csv' is not a folder"]
     (tmp_path / "imgs").mkdir()
     assert main(["run", "--config", str(config), "--check"]) == 0
     assert capsys.readouterr().out.splitlines()[:2] == ["ok        dataset", "ok        tiny-vit"]
