@@ -32,16 +32,24 @@ def _free_port() -> int:
 def server(tmp_path_factory) -> Any:
     """(API URL, log folder, environment): a Prefect server, pools, deployments and workers."""
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = serve.prefect_env(port, home)
-    env["PREFECT_WORKER_QUERY_SECONDS"] = "1"  # poll for scheduled runs every second, not every 10
-    api = env["PREFECT_API_URL"]
     logs = tmp_path_factory.mktemp("logs")
     started = []
     try:
-        with open(logs / "server.log", "wb") as log:
-            started.append(serve.start_server(port, env, log))
-        serve.wait_healthy(api, started[0], timeout=120)
+        for attempt in range(3):  # a port free when chosen can be taken before the server binds it
+            port = _free_port()
+            env = serve.prefect_env(port, home)
+            env["PREFECT_WORKER_QUERY_SECONDS"] = "1"  # poll for scheduled runs every second, not every 10
+            api = env["PREFECT_API_URL"]
+            with open(logs / "server.log", "ab") as log:
+                started.append(serve.start_server(port, env, log))
+            try:
+                serve.wait_healthy(api, started[0], timeout=120)
+            except RuntimeError:  # it exited (the port taken): another port
+                serve.stop(started.pop())
+                if attempt == 2:
+                    raise
+                continue
+            break
         for pool in (serve.CPU_POOL, serve.GPU_POOL):
             serve.ensure_work_pool(api, pool)
         serve.ensure_concurrency_limit(api, serve.GPU_TAG, 1)
