@@ -245,15 +245,16 @@ def unique_names(names: list[str]) -> list[str]:
     return out
 
 
-def json_value(value: Any) -> Any:
+def json_value(value: Any, nonfinite: bool = False) -> Any:
     """A value as JSON holds it: integers and decimals as numbers (a whole DECIMAL or HUGEINT as an
     integer, any other DECIMAL kept a ``Decimal``, which :func:`json_text` writes with all its
-    digits), a NaN or infinite float as null (JSON has no such number), bytes as base64, lists
-    and structs element by element, dates and times as ISO text."""
+    digits), a NaN or infinite float as null (JSON has no such number; with ``nonfinite`` kept,
+    for :func:`json_text` ``allow_nan``), bytes as base64, lists and structs element by element,
+    dates and times as ISO text."""
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        return value if nonfinite or math.isfinite(value) else None
     if isinstance(value, Decimal):
         if not value.is_finite():
             return None
@@ -262,36 +263,38 @@ def json_value(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray)):
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, (list, tuple)):
-        return [json_value(v) for v in value]
+        return [json_value(v, nonfinite) for v in value]
     if isinstance(value, dict):
-        return {str(k): json_value(v) for k, v in value.items()}
+        return {str(k): json_value(v, nonfinite) for k, v in value.items()}
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return str(value)
 
 
-def json_text(value: Any, indent: int | None = None, depth: int = 0, ensure_ascii: bool = True) -> str:
-    """``json.dumps(value, indent=indent, allow_nan=False, ensure_ascii=ensure_ascii)`` of a
+def json_text(value: Any, indent: int | None = None, depth: int = 0, ensure_ascii: bool = True,
+              allow_nan: bool = False) -> str:
+    """``json.dumps(value, indent=indent, allow_nan=allow_nan, ensure_ascii=ensure_ascii)`` of a
     :func:`json_value` result, except that a ``Decimal`` is written as a number with its exact
     digits (``json`` would refuse it, and a float keeps 17 digits: DECIMAL(38, 3) has 38)."""
     if isinstance(value, Decimal):
         return format(value, "f")
     if not (isinstance(value, (list, dict)) and value):
-        return json.dumps(value, allow_nan=False, ensure_ascii=ensure_ascii)
+        return json.dumps(value, allow_nan=allow_nan, ensure_ascii=ensure_ascii)
     outer, inner = ("", "") if indent is None else ("\n" + " " * (indent * depth), "\n" + " " * (indent * (depth + 1)))
     comma = "," if indent is not None else ", "
     if isinstance(value, list):
-        items = [inner + json_text(v, indent, depth + 1, ensure_ascii) for v in value]
+        items = [inner + json_text(v, indent, depth + 1, ensure_ascii, allow_nan) for v in value]
         return "[" + comma.join(items) + outer + "]"
-    items = [inner + json.dumps(str(k), ensure_ascii=ensure_ascii) + ": " + json_text(v, indent, depth + 1, ensure_ascii)
-             for k, v in value.items()]
+    items = [inner + json.dumps(str(k), ensure_ascii=ensure_ascii) + ": "
+             + json_text(v, indent, depth + 1, ensure_ascii, allow_nan) for k, v in value.items()]
     return "{" + comma.join(items) + outer + "}"
 
 
 def csv_cell(value: Any) -> str:
     """A value as CSV holds it, whole: floats at full precision (``repr``: ``nan``, ``inf`` too),
-    lists, structs and maps as JSON (text in UTF-8), bytes as base64 (as ``--format json``), NULL
-    as an empty field."""
+    lists, structs and maps as JSON (text in UTF-8; a NaN or infinite float in them as ``NaN`` /
+    ``Infinity``, which Python's ``json`` and pandas read, not as null: a NULL element is null),
+    bytes as base64 (as ``--format json``), NULL as an empty field."""
     if value is None:
         return ""
     if isinstance(value, (bytes, bytearray)):
@@ -299,7 +302,7 @@ def csv_cell(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, (list, dict)):
-        return json_text(json_value(value), ensure_ascii=False)
+        return json_text(json_value(value, nonfinite=True), ensure_ascii=False, allow_nan=True)
     return str(value)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from decimal import Decimal
 
 import duckdb
@@ -81,6 +82,28 @@ def test_json_is_strict_and_keeps_numbers_numbers():
     write_csv(table, out)
     [header, values] = list(csv.reader(io.StringIO(out.getvalue())))
     assert dict(zip(header, values))["inf"] == "inf" and dict(zip(header, values))["big"] == "3"
+
+
+def test_csv_keeps_nan_and_infinities_inside_lists_apart_from_null():
+    """A NaN in a list came out of --format csv as null, the same as a NULL element, while a NaN
+    cell came out as nan: CSV holds every value whole, so a list cell reads back with Python's
+    (or pandas') JSON reader as the floats it held."""
+    table = _result("select 'nan'::double a, [1.5::float, 'nan'::float, NULL, '-inf'::float] f, "
+                    "{'x': 'inf'::double, 'y': NULL::double} s, [[0.25, 'nan'::double]] n")
+    out = io.StringIO()
+    write_csv(table, out)
+    [header, values] = list(csv.reader(io.StringIO(out.getvalue())))
+    row = dict(zip(header, values))
+    assert row["a"] == "nan"
+    f = json.loads(row["f"])
+    assert f[0] == 1.5 and math.isnan(f[1]) and f[2] is None and f[3] == -math.inf
+    assert json.loads(row["s"]) == {"x": math.inf, "y": None}
+    n = json.loads(row["n"])
+    assert n[0][0] == 0.25 and math.isnan(n[0][1])
+    out = io.StringIO()
+    write_json(table, out)  # JSON proper has no NaN: null there, as documented
+    assert json.loads(out.getvalue()) == [{"a": None, "f": [1.5, None, None, None], "s": {"x": None, "y": None},
+                                           "n": [[0.25, None]]}]
 
 
 
