@@ -174,6 +174,34 @@ def start_worker(pool: str, env: Mapping[str, str], log: Any = None, limit: int 
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def local_gpu_ids(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The GPUs of this machine that ``--gpu-worker`` starts one ``prh-gpu`` worker each for: the
+    entries of ``CUDA_VISIBLE_DEVICES`` where it is set (up to the first negative one, which
+    hides the rest, as CUDA reads it; empty: none), else ``0 .. torch.cuda.device_count() - 1``
+    (``[]`` without CUDA)."""
+    environ = os.environ if environ is None else environ
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids: list[str] = []
+        for entry in (e.strip() for e in visible.split(",")):
+            if not entry or entry.startswith("-"):
+                break
+            ids.append(entry)
+        return ids
+    import torch  # only here: the server and the CPU worker do not need it
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def start_gpu_workers(env: Mapping[str, str], gpu_ids: Sequence[str], log: Any = None) -> list[subprocess.Popen[bytes]]:
+    """One ``prh-gpu`` worker per GPU in ``gpu_ids``, each seeing only its GPU
+    (``CUDA_VISIBLE_DEVICES``) and running one flow run at a time (``--limit 1``); no ids (a
+    CPU-only machine): one worker, unpinned."""
+    if not gpu_ids:
+        return [start_worker(GPU_POOL, env, log, limit=1)]
+    return [start_worker(GPU_POOL, {**env, "CUDA_VISIBLE_DEVICES": gpu}, log, limit=1) for gpu in gpu_ids]
+
+
 def stop(proc: subprocess.Popen[Any], grace: float = 10) -> None:
     """Stop ``proc`` and its process group by PID: TERM, then INT, then KILL."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
@@ -193,15 +221,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PRH_SERVE_PORT", "4200")))
     parser.add_argument("--home", default=os.environ.get("PREFECT_HOME", str(PROJECT_ROOT / ".prefect")), help="PREFECT_HOME")
-    parser.add_argument("--gpus", type=_positive_int, default=1,
-                        help="concurrency limit of the prh-gpu tag: extractions at once across the server (the GPUs of all GPU workers together; 1 on a CPU-only box)")
-    parser.add_argument("--gpu-worker", action="store_true", help="also start a worker for the prh-gpu pool on this machine")
+    parser.add_argument("--gpus", type=_positive_int, default=None,
+                        help="concurrency limit of the prh-gpu tag: extractions at once across the server (the GPUs of all "
+                             "GPU workers together; default: this machine's GPU workers, at least 1)")
+    parser.add_argument("--gpu-worker", action="store_true",
+                        help="also start prh-gpu workers on this machine: one per GPU (CUDA_VISIBLE_DEVICES set to it, "
+                             "--limit 1; the GPUs are CUDA_VISIBLE_DEVICES's where it is set), one unpinned without CUDA")
     parser.add_argument("--no-worker", action="store_true", help="server and deployments only")
     parser.add_argument("--history-days", type=_days, default=HISTORY_DAYS,
                         help=f"the server deletes flow runs (with their logs and artifacts) finished more than this many "
                              f"days ago; the store keeps every result (default {HISTORY_DAYS}; 0: keep them all)")
     args = parser.parse_args(argv)
 
+    gpu_ids = local_gpu_ids() if args.gpu_worker and not args.no_worker else []
+    gpu_limit = args.gpus if args.gpus is not None else max(1, len(gpu_ids))
     env = prefect_env(args.port, Path(args.home), history_days=args.history_days)
     api_url = env["PREFECT_API_URL"]
     children: list[subprocess.Popen[bytes]] = []
@@ -218,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait_healthy(api_url, children[0], timeout=180)
         for pool in (CPU_POOL, GPU_POOL):
             ensure_work_pool(api_url, pool)
-        ensure_concurrency_limit(api_url, GPU_TAG, args.gpus)
+        ensure_concurrency_limit(api_url, GPU_TAG, gpu_limit)
         print("deploying prefect.yaml ...", flush=True)
         before = schedule_states(api_url)
         deploy_all(env)
@@ -227,11 +260,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_worker:
             children.append(start_worker(CPU_POOL, env, None))
             if args.gpu_worker:
-                children.append(start_worker(GPU_POOL, env, None, limit=1))
+                children.extend(start_gpu_workers(env, gpu_ids))
+        workers = "none" if args.no_worker else CPU_POOL
+        if args.gpu_worker and not args.no_worker:
+            workers += f" and {GPU_POOL}" + (f" x{len(gpu_ids)} (GPUs {', '.join(gpu_ids)})" if gpu_ids else " (no GPU found)")
         print(
             f"\nPrefect UI: {env['PREFECT_UI_URL']}  (Deployments → prh-pipeline/cpu → Run)\n"
             f"API: {api_url}; server log: {Path(args.home) / 'server.log'}\n"
-            f"workers: {'none' if args.no_worker else CPU_POOL + (' and ' + GPU_POOL if args.gpu_worker else '')}; Ctrl-C stops everything.",
+            f"workers: {workers}; {GPU_TAG} limit {gpu_limit}; Ctrl-C stops everything.",
             flush=True,
         )
         while all(child.poll() is None for child in children):

@@ -5,6 +5,7 @@ harness of the other tests points elsewhere) and is stopped by PID."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -234,6 +235,62 @@ def test_serve_stops_its_server_and_workers_on_sigterm(tmp_path):
     assert not alive, alive
 
 
+SERVE_GPUS_CHILD = """
+import json, subprocess, sys
+from flows import serve
+def sleeper(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+def worker(pool, env, log=None, limit=None):
+    print("WORKER", json.dumps([pool, env.get("CUDA_VISIBLE_DEVICES"), limit]), flush=True)
+    return sleeper()
+def limit(api, tag, n):
+    print("LIMIT", json.dumps([tag, n]), flush=True)
+serve.start_server, serve.start_worker, serve.ensure_concurrency_limit = sleeper, worker, limit
+serve.wait_healthy = serve.ensure_work_pool = serve.deploy_all = lambda *a, **k: None
+serve.schedule_states, serve.restore_schedule_states, serve.port_in_use = (lambda *a, **k: {}), (lambda *a, **k: []), (lambda *a: False)
+raise SystemExit(serve.main(["--home", sys.argv[1], *sys.argv[2:]]))
+"""
+
+
+@pytest.mark.parametrize("visible, args, workers, limit", [
+    ("3,5", ["--gpu-worker"], [["prh-gpu", "3", 1], ["prh-gpu", "5", 1]], 2),
+    ("3,5", ["--gpu-worker", "--gpus", "4"], [["prh-gpu", "3", 1], ["prh-gpu", "5", 1]], 4),
+    ("1,-1,2", ["--gpu-worker"], [["prh-gpu", "1", 1]], 1),
+    ("", ["--gpu-worker"], [["prh-gpu", "", 1]], 1),  # CUDA hidden: one worker, as the environment has it
+    ("3,5", [], [], 1),
+])
+def test_serve_starts_one_gpu_worker_per_gpu_of_the_machine(tmp_path, visible, args, workers, limit):
+    """`make serve ARGS="--gpu-worker --gpus 2"` (the docs' example) started one prh-gpu worker
+    with --limit 1 and no CUDA_VISIBLE_DEVICES: one flow run at a time, the second GPU idle. Now one
+    worker per GPU, each pinned to its GPU, and the tag limit defaults to that count."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible}
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_GPUS_CHILD, str(tmp_path / "home"), *args], cwd=root,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    started, limits, summary = [], [], ""
+    for line in proc.stdout:
+        if line.startswith("WORKER "):
+            started.append(json.loads(line[7:]))
+        elif line.startswith("LIMIT "):
+            limits.append(json.loads(line[6:]))
+        elif "Ctrl-C stops everything" in line:
+            summary = line
+            break
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    assert started == [["prh-cpu", visible, None], *workers]  # the CPU worker keeps the environment
+    assert limits == [["prh-gpu", limit]]
+    assert f"prh-gpu limit {limit}" in summary
+    if len(workers) == 2:
+        assert "prh-gpu x2 (GPUs 3, 5)" in summary
+
+
 def test_a_schedule_switched_in_the_ui_survives_a_redeploy(server):
     """The docs say to switch nightly-staged on and nightly off in the UI once GPU workers exist;
     every `make serve` start ran `prefect deploy --all`, which put prefect.yaml's `active:` back."""
@@ -296,3 +353,11 @@ def test_the_server_keeps_flow_runs_history_days(tmp_path):
     assert settings(30) == f"['events', 'flow_runs'] {30 * 86400.0}"
     assert settings(serve.HISTORY_DAYS) == f"['events', 'flow_runs'] {serve.HISTORY_DAYS * 86400.0}"
     assert settings(0).startswith("['events'] ")
+
+
+def test_local_gpu_ids_follow_cuda_visible_devices_else_torch():
+    import torch
+
+    assert serve.local_gpu_ids({}) == [str(i) for i in range(torch.cuda.device_count())]
+    assert serve.local_gpu_ids({"CUDA_VISIBLE_DEVICES": " 0, GPU-8f2a ,2"}) == ["0", "GPU-8f2a", "2"]
+    assert serve.local_gpu_ids({"CUDA_VISIBLE_DEVICES": "-1"}) == []
