@@ -38,6 +38,7 @@ change.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -99,9 +100,20 @@ def reduced_topk(x: torch.Tensor, k: int, *, exclude_self: bool = True, refine: 
         raise ValueError(f"topk must be in [1, {kmax}] for N={n}, got {k}")
     c = min(kmax, k + (refine_extra(k) if extra is None else int(extra))) if refine else k
     dev = x.device
-    xb = x.to(torch.bfloat16)
+    # searched as x * 2^-e with the largest row norm in [1/2, 1] (exact: a power of two), so that
+    # no bfloat16 product overflows (float64 rows of norm 1e20: inf ties with the self's -inf)
+    # and only what is below bfloat16's range of that largest norm underflows; similarities
+    # scale by 2^-2e, which keeps their order, and are scaled back for the certificate
     norms = torch.linalg.vector_norm(x, dim=1)
-    margin = _error_factor(d, x.dtype) * norms * norms.max()  # (N,) bound on |s_hat - s| / 1
+    peak = float(norms.max())
+    if not math.isfinite(peak):
+        raise ValueError("the features' row norms overflow their dtype: rescale them")
+    e = math.frexp(peak)[1] if peak > 0 else 0  # peak = m 2^e, 1/2 <= m < 1
+    xb = torch.ldexp(x, torch.tensor(-e, device=dev)).to(torch.bfloat16)
+    unscale = math.ldexp(1.0, 2 * e)  # a bfloat16 similarity times this is in x's units
+    # (N,) bound on |s_hat - s|: relative to the norms, plus what bfloat16 flushes to zero or
+    # rounds as subnormal (each of 2d inputs and d products at most 2^-126 of the scaled unit)
+    margin = _error_factor(d, x.dtype) * norms * peak + (3 * d + 1) * math.ldexp(unscale, -126)
     rows = max(1, min(n, block_elements // max(n, 1)))
     # rows re-ranked at once: their (rows, c, D) candidate features fill a quarter block, in one
     # buffer reused for every chunk (a fresh large allocation per chunk costs page faults on CPU)
@@ -130,7 +142,7 @@ def reduced_topk(x: torch.Tensor, k: int, *, exclude_self: bool = True, refine: 
                 values[s0:s1] = ev
                 indices[s0:s1] = cand.gather(1, order)
                 if refine and c < kmax:
-                    low = bv[s0 - start:s1 - start, -1].to(x.dtype)  # smallest kept bf16 value
+                    low = bv[s0 - start:s1 - start, -1].to(x.dtype) * unscale  # smallest kept bf16 value
                     bound = low + 2 * BF16_UNIT * low.abs() + margin[s0:s1]
                     bad = ~(ev[:, -1] > bound)  # NaN-safe: uncomparable rows are recomputed
                     if bool(bad.any()):
