@@ -8,6 +8,7 @@ family each), as the catalog view ``alignment_fdr`` computes it in SQL.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,13 +19,22 @@ def bh_fdr(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     """Benjamini–Hochberg adjusted p-values (q-values), same shape as ``pvalues``.
 
     ``q_(i) = min_{j >= i} min(1, m p_(j) / j)`` over the ascending order; NaNs stay NaN and are
-    not counted in ``m``. Reject at FDR level ``a`` where ``q <= a``.
+    not counted in ``m``. Reject at FDR level ``a`` where ``q <= a``. Raises ``ValueError`` for
+    values that are not real numbers (text, bools, None) or outside ``[0, 1]``, and for a numpy
+    masked array (its hidden values would be counted: give ``p.filled(np.nan)``).
 
     Example:
         >>> bh_fdr([0.01, 0.04, 0.03, 0.5]).round(3).tolist()
         [0.04, 0.053, 0.053, 0.5]
     """
-    p = np.asarray(pvalues, dtype=np.float64)
+    if isinstance(pvalues, np.ma.MaskedArray):
+        raise ValueError("p-values given as a masked array: its masked entries would be counted; pass "
+                         "p.filled(np.nan) (NaN entries are left out of m)")
+    given = np.asarray(pvalues)
+    if given.dtype.kind not in "fiu":  # text would be parsed, bools read as 0/1, None as an object
+        raise ValueError(f"p-values must be real numbers (NaN for a missing one), got an array of dtype "
+                         f"{given.dtype} ({reprlib.repr(given.reshape(-1)[:3].tolist())})")
+    p = given.astype(np.float64)
     out = np.full(p.shape, np.nan)
     flat = p.reshape(-1)
     ok = ~np.isnan(flat)

@@ -122,7 +122,9 @@ def _unavailable(dev: torch.device) -> str | None:
             return f"this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         return "the Apple MPS backend is not available (torch.backends.mps.is_available() is False)"
-    elif dev.type not in ("cpu", "cuda", "mps", "meta"):
+    elif dev.type == "meta":
+        return "the meta device holds shapes, not values, and a metric needs the values"
+    elif dev.type not in ("cpu", "cuda", "mps"):
         try:
             torch.empty(0, device=dev)
         except (RuntimeError, AssertionError) as err:

@@ -144,7 +144,9 @@ class FunctionEngine(Engine):
     """Engine for a plain pairwise function ``fn(x, y, **params) -> float``.
 
     ``fn`` receives ``(N, D)`` torch tensors (computation dtype, engine device) and the metric's
-    parameters; it is called once per layer pair.
+    parameters; it is called once per layer pair, each time with its own copies of the two
+    layers: what it changes in them (in place, or through ``.numpy()``) reaches neither the
+    caller's arrays nor any other call.
     """
 
     encode_params = ()  # the encoding is the layers themselves, whatever the parameters
@@ -164,13 +166,10 @@ class FunctionEngine(Engine):
         out = torch.empty((len(a), len(b)), dtype=torch.float64)
         for i, x in enumerate(a):
             for j, y in enumerate(b):
-                versions = (_version(x), _version(y))
-                try:
-                    value = self.fn(x, y, **params)
+                try:  # copies: the layers may be the caller's own arrays (torch.from_numpy shares them)
+                    value = self.fn(x.clone(), y.clone(), **params)
                 except Exception as error:  # noqa: BLE001 - the user's function: named, chained
                     raise self._raised(i, j, error) from error
-                if (_version(x), _version(y)) != versions:
-                    raise self._changed_input(i, j, "x" if _version(x) != versions[0] else "y")
                 try:
                     out[i, j] = _one_number(value)  # NaN: undefined here (aggregate and calibrate leave it out)
                 except Exception as error:  # noqa: BLE001 - whatever it returned
@@ -186,15 +185,6 @@ class FunctionEngine(Engine):
         return MetricFunctionError(f"{_registered_as(self)}: its function {self.variant} raised "
                                    f"{type(error).__name__}: {error}{at} (layer pair ({i}, {j}): layer {i} of x, "
                                    f"layer {j} of y)")
-
-    def _changed_input(self, i: int, j: int, side: str) -> MetricFunctionError:
-        """The error for ``fn`` changing its input tensor ``side`` in place on layer pair ``(i, j)``:
-        the tensors are the cached layers every other metric, layer pair and permutation reads."""
-        layer = i if side == "x" else j
-        return MetricFunctionError(f"{_registered_as(self)}: its function {self.variant} changed its input {side} "
-                                   f"(layer {layer} of {side}) in place on layer pair ({i}, {j}); the tensors it gets are "
-                                   "shared with every other metric and layer pair: compute out of place (x = x * 2, "
-                                   "not x.mul_(2); x.clone() before changing it)")
 
     def _not_a_number(self, i: int, j: int, value: Any) -> MetricFunctionError:
         """The error for ``fn`` returning ``value``, which ``float()`` refused, on layer pair ``(i, j)``."""
@@ -222,15 +212,6 @@ def _one_number(value: Any) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"not a real number: {type(value).__name__}")
     return float(value)
-
-
-def _version(tensor: torch.Tensor) -> int | None:
-    """torch's in-place version counter of ``tensor`` (raised by every in-place operation), or
-    None where it keeps none (an inference-mode tensor)."""
-    try:
-        return tensor._version
-    except RuntimeError:
-        return None
 
 
 class _Same:

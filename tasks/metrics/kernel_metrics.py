@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from .checks import check_real
 from .engine import Engine
 from .hsic import check_self_hsic, unbiased_from_parts, unbiased_terms_size
 from .representation import Representation, layer_stacks
@@ -141,7 +142,7 @@ def check_rbf_sigma(sigma: float | str) -> None:
     if isinstance(sigma, str):
         if sigma != "median":
             raise ValueError(f"rbf_sigma must be a positive number or 'median', got {sigma!r}")
-    elif not 0 < float(sigma) < math.inf:
+    elif not 0 < float(check_real("rbf_sigma", sigma)) < math.inf:  # True is not a width
         raise ValueError(f"rbf_sigma must be a positive finite number, got {sigma}")
 
 
@@ -171,6 +172,8 @@ class CkaEngine(Engine):
         # every CkaEngine encodes alike: cka, unbiased_cka, cka_rbf_median and cknna share it
         kernel = params.get("kernel_metric", "ip")
         sigma = params.get("rbf_sigma", 1.0) if kernel == "rbf" else None
+        if kernel == "rbf":
+            check_rbf_sigma(sigma)  # before it is hashed into the cache key (a list is unhashable)
         return ("cka", kernel, sigma, self.unbiased(params))
 
     def encode(self, rep: Representation, params: dict[str, Any]) -> GramState | FeatureState:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ._arrays import ArrayLike, split_layers, to_tensor
+from .checks import check_flag
 
 
 def _l2_rows(x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +37,12 @@ def with_concatenated(xs: ArrayLike | Sequence[ArrayLike], normalize: bool = Tru
 
     Returns:
         A list of ``L + 1`` ``(N, D_l)`` arrays; the last is ``(N, sum D_l)``.
+
+    Raises:
+        ValueError: ``normalize`` or ``normalize_layers`` not a bool (``'False'`` would read as
+            true).
     """
+    normalize, normalize_layers = check_flag("normalize", normalize), check_flag("normalize_layers", normalize_layers)
     layers = split_layers(xs)
     tensors = [to_tensor(x) for x in layers]
     cat = torch.cat(tensors, dim=1)

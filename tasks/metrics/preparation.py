@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ._arrays import ArrayLike, check_finite, from_nested, is_nested_layer, split_layers, to_tensor
+from .checks import check_flag, check_real
 
 
 #: Rows of a model's layers pooled at once when a per-sample quantile spans every layer: blocks of
@@ -151,7 +152,8 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
         returned list (numpy layers stay numpy, tensors stay tensors on their device).
 
     Raises:
-        ValueError: ``q`` outside ``(0, 1]``, a shape other than ``(N, D)``/``(L, N, D)``, or a
+        ValueError: ``q`` not a number in ``(0, 1]``, a flag that is not a bool (``'False'``
+            would read as true), a shape other than ``(N, D)``/``(L, N, D)``, or a
             layer with width 0, no samples, or a NaN or inf value (named by its index).
 
     Example:
@@ -160,8 +162,11 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
         >>> bool(np.allclose(np.linalg.norm(z, axis=1), 1))
         True
     """
-    if not 0 < q <= 1:
+    if not 0 < check_real("q", q) <= 1:
         raise ValueError(f"q must be in (0, 1], got {q}")
+    exact, normalize = check_flag("exact", exact), check_flag("normalize", normalize)
+    if per_layer is not None:
+        per_layer = check_flag("per_layer", per_layer)
     if is_nested_layer(x):  # Python lists of numbers: the rows of one (N, D) layer, as score reads them
         x = from_nested(x)  # (N, D) float64 numpy: prepared below and returned as numpy
     if isinstance(x, (list, tuple)):

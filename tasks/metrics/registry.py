@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .checks import check_flag, check_real
 from .engine import Engine, FunctionEngine
 
 Bounds = tuple[float, float]
@@ -110,9 +111,7 @@ def _checked(name: str, value: Any, default: Any) -> Any:
     true), an integer for an integer (``2.7`` is not truncated), a number for a number (or a
     string: ``rbf_sigma='median'``, checked by its engine). Raises ``ValueError`` naming it."""
     if isinstance(default, bool):
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"{name} must be True or False, got {value!r}")
-        return bool(value)
+        return check_flag(name, value)
     if isinstance(default, int):
         if value is None and name in _NULLABLE_INTS:
             return None
@@ -120,9 +119,7 @@ def _checked(name: str, value: Any, default: Any) -> Any:
             raise ValueError(f"{name} must be an integer, got {value!r}")
         return int(value)
     if isinstance(default, float) and not isinstance(value, str):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-            raise ValueError(f"{name} must be a number, got {value!r}")
-        return float(value)
+        return float(check_real(name, value))
     return value
 
 
@@ -226,6 +223,10 @@ def register_metric(name: str, fn: Callable[..., float] | type[Engine] | Engine 
 
     Raises:
         TypeError: ``fn`` and ``engine`` both given, or an object of none of these forms.
+        ValueError: a ``name`` that is not a non-empty string, a flag (``symmetric``,
+            ``higher_is_better``, ``overwrite``) that is not a bool, ``chance`` neither None nor
+            callable, bad ``bounds``, a reserved parameter name, or (without ``overwrite``) a
+            name already registered.
 
     Example:
         >>> import torch
@@ -236,9 +237,12 @@ def register_metric(name: str, fn: Callable[..., float] | type[Engine] | Engine 
     """
     if locality not in ("local", "global"):
         raise ValueError("locality must be 'local' or 'global'")
-    for flag, value in (("symmetric", symmetric), ("higher_is_better", higher_is_better)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"metric {name!r}: {flag} must be True or False, got {value!r}")  # 'False' reads as true
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a metric's name must be a non-empty string, got {name!r}")
+    for flag, value in (("symmetric", symmetric), ("higher_is_better", higher_is_better), ("overwrite", overwrite)):
+        check_flag(f"metric {name!r}: {flag}", value)  # 'False' reads as true
+    if chance is not None and not callable(chance):
+        raise ValueError(f"metric {name!r}: chance must be a function (n, params) -> float or None, got {chance!r}")
     if not callable(bounds):
         bounds = checked_bounds(name, bounds)
     reserved = sorted(RESERVED_PARAMS & set(defaults or {}))

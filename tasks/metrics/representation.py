@@ -58,6 +58,8 @@ FLOAT64_MAX_SQ_ROW_NORM = 2.0 ** 460
 #: fall back to index order (float32 values of ~1e-23 scored ``mutual_knn`` 0.95 for 0.79).
 #: A peak of 2^-50 (float32, ~8.9e-16) or 2^-450 (float64, ~3.5e-136) is far from that
 MIN_SQ_PEAK = {torch.float32: 2.0 ** -100, torch.float64: 2.0 ** -900}
+#: the computation dtypes a ``Representation`` may be given
+COMPUTE_DTYPES = (torch.float32, torch.float64)
 _MAX_SQ_ROW_NORM = {torch.float32: FLOAT32_MAX_SQ_ROW_NORM, torch.float64: FLOAT64_MAX_SQ_ROW_NORM}
 #: elements of one float64 row block when ``max_sq_row_norm`` measures a large-valued layer
 SQ_ROW_NORM_BLOCK = 1 << 22
@@ -79,8 +81,9 @@ class Representation:
             one ``(N, D)`` layer; numpy or torch. Used as given (no preprocessing).
         device: ``'cpu'``/``'cuda'``/torch.device; default: cuda when the input is on cuda.
         keep_gram_max_n: keep per-layer Gram matrices in memory when ``N`` is at most this.
-        dtype: computation dtype; default float64 when any layer is float64 (a float64 layer is
-            never rounded to float32), else float32.
+        dtype: computation dtype, ``torch.float32`` or ``torch.float64`` (others refused); default
+            float64 when any layer is float64 (a float64 layer is never rounded to float32), else
+            float32.
 
     Raises:
         ValueError: fewer than 2 samples, a layer of width 0, a NaN/inf value (the error
@@ -96,6 +99,9 @@ class Representation:
         device = resolve_device(device, xs, *layers)
         if dtype is None:
             dtype = torch.float64 if any(_is_float64(x) for x in layers) else torch.float32
+        elif dtype not in COMPUTE_DTYPES:  # half precision would sum Grams and counts in it
+            raise ValueError(f"dtype must be torch.float32 or torch.float64 (the computation dtype; inputs of "
+                             f"any dtype are converted to it), got {dtype!r}")
         if isinstance(xs, (np.ndarray, torch.Tensor)) and xs.ndim == 3:  # one conversion, the layers its views
             tensors = list(to_tensor(xs, device, dtype).unbind(0))
         else:

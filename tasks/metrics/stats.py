@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 
+from .checks import check_flag, check_real
 from ..grid_fdr import bh_fdr  # noqa: F401 - public here too (tasks.metrics.bh_fdr); numpy only, shared with the report
 
 
@@ -25,13 +26,13 @@ def aggregate(matrix: np.ndarray, how: Literal["max", "mean"] = "max",
     entries are ignored; an all-NaN matrix gives ``(nan, (-1, -1))``.
     """
     check_aggregate(how)
+    sign = 1.0 if check_flag("higher_is_better", higher_is_better) else -1.0
     m = np.asarray(matrix, dtype=np.float64)
     if m.ndim != 2 or m.size == 0:
         raise ValueError(f"expected a non-empty (La, Lb) matrix, got shape {m.shape}")
     present = ~np.isnan(m)
     if not present.any():
         return math.nan, (-1, -1)
-    sign = 1.0 if higher_is_better else -1.0
     scored = np.flatnonzero(present)  # -inf (+inf when lower is better) is still a score and can be the best; NaN is not
     flat = scored[np.argmax(sign * m.ravel()[scored])]
     i, j = np.unravel_index(flat, m.shape)
@@ -73,7 +74,7 @@ def check_seed(seed: object, maximum: int | None = None) -> int:
 def order_statistic_rank(alpha: float, count: int) -> int:
     """``ceil((1 - alpha) * count)`` computed exactly (``alpha`` read as the decimal it prints as,
     in its own precision: ``np.float32(0.7)`` is 0.7, not 0.699999988...)."""
-    if not 0 < alpha < 1:
+    if not 0 < check_real("alpha", alpha) < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     shortest = np.format_float_positional(alpha, unique=True) if isinstance(alpha, np.floating) else repr(float(alpha))
     a = Fraction(shortest)

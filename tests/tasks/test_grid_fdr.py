@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.grid_fdr import add_q_values
+from tasks.grid_fdr import add_q_values, bh_fdr
 from tests.bh_reference import brute_force_bh
 
 
@@ -26,3 +26,15 @@ def test_one_family_per_metric_and_params_and_untested_rows_left_out() -> None:
         expected = brute_force_bh([r["p_value"] for r in rows])
         assert [r["q_value"] for r in rows] == pytest.approx(expected, rel=1e-12)
     assert got[-2]["q_value"] is None and got[-1]["q_value"] is None
+
+
+@pytest.mark.parametrize("given, message", [
+    (np.ma.masked_array([0.01, 0.02, 0.9], mask=[0, 0, 1]), "masked array"),
+    (["0.01", "0.5"], "real numbers"), ([True, False], "real numbers"), ([0.01, None], "real numbers"),
+])
+def test_bh_fdr_refuses_what_it_would_misread(given, message: str) -> None:
+    """A masked array's hidden value was counted in m (q 0.03 for 0.02 over the two unmasked
+    values), text was parsed and bools read as 0 and 1."""
+    with pytest.raises(ValueError, match=message):
+        bh_fdr(given)
+    assert bh_fdr(np.ma.masked_array([0.01, 0.02, 0.9], mask=[0, 0, 1]).filled(np.nan))[:2].tolist() == [0.02, 0.02]

@@ -162,3 +162,25 @@ def test_non_finite_values_are_refused_by_layer(x, message: str, q: float) -> No
     layer is now named instead."""
     with pytest.raises(ValueError, match=message):
         prepare(x, q=q)
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    ({"exact": "False"}, "exact"), ({"normalize": "False"}, "normalize"), ({"normalize": 0}, "normalize"),
+    ({"per_layer": "False"}, "per_layer"), ({"q": True}, "q"), ({"q": "0.9"}, "q"), ({"q": None}, "q"),
+])
+def test_a_flag_or_q_of_the_wrong_type_is_refused_by_name(kwargs: dict, named: str) -> None:
+    """``exact='False'`` took the exact threshold, ``normalize='False'`` normalised,
+    ``per_layer='False'`` gave per-layer thresholds (the opposite of ``False``), ``q=True`` read as
+    1 (no clamp), and ``q='0.9'`` / ``None`` raised a bare TypeError of a comparison."""
+    x = np.random.default_rng(6).standard_t(3, size=(3, 20, 16))
+    with pytest.raises(ValueError, match=rf"^{named} must be"):
+        prepare(x, **kwargs)
+
+
+def test_with_concatenated_refuses_a_flag_that_is_not_a_bool() -> None:
+    from tasks.metrics import with_concatenated
+
+    x = np.random.default_rng(6).normal(size=(20, 16))
+    for flag in ("normalize", "normalize_layers"):
+        with pytest.raises(ValueError, match=rf"^{flag} must be True or False, got 'False'"):
+            with_concatenated([x, x[:, :5]], **{flag: "False"})

@@ -612,3 +612,49 @@ def test_masked_arrays_with_masked_values_are_refused_not_read_under_the_mask() 
     with pytest.raises(TypeError, match=r"^y: a masked array"):
         layer_matrix("cka", [x], np.ma.stack([masked]))
     assert score("cka", np.ma.masked_array(x), y) == score("cka", x, y)  # nothing masked: the values themselves
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"overwrite": "no"}, "overwrite must be True or False"),
+    ({"chance": 5}, "chance must be a function"),
+    ({"name": 3}, "name must be a non-empty string"),
+    ({"name": " "}, "name must be a non-empty string"),
+])
+def test_register_metric_refuses_meaningless_metadata(kwargs: dict, message: str) -> None:
+    """``overwrite='no'`` replaced a registered metric, ``chance=5`` failed only later in
+    ``chance_level`` ('int' object is not callable), and the names 3 and '' were registered."""
+    name = kwargs.pop("name", "test_meaningless_metadata")
+    register_metric("test_meaningless_metadata", lambda a, b: 0.0, overwrite=True)
+    before = METRICS["test_meaningless_metadata"]
+    try:
+        with pytest.raises(ValueError, match=message):
+            register_metric(name, lambda a, b: 1.0, **kwargs)
+        assert METRICS["test_meaningless_metadata"] is before
+        assert name not in METRICS or name == "test_meaningless_metadata"
+    finally:
+        tm.unregister_metric("test_meaningless_metadata")
+
+
+@pytest.mark.parametrize("sigma", [True, [1.0]])
+def test_rbf_sigma_of_the_wrong_type_is_refused_for_cka_rbf_median(sigma) -> None:
+    """``cka_rbf_median`` defaults to 'median', so a non-number passed the parameter check: True
+    scored as sigma = 1 and a list raised a bare TypeError (unhashable) from the cache key."""
+    x, y = paired(n=20, seed=1)
+    with pytest.raises(ValueError, match="rbf_sigma must be a number"):
+        score("cka_rbf_median", x, y, rbf_sigma=sigma)
+
+
+def test_a_representation_computes_in_float32_or_float64_only() -> None:
+    """int64 truncated the features silently (svcca 0.6312 for 0.5986), float16 and bfloat16
+    summed Grams in half precision, 'float64' raised a bare TypeError."""
+    x, _ = paired(n=20, seed=2)
+    for dtype in (torch.int64, torch.float16, torch.bfloat16, "float64", np.float64):
+        with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
+            tm.Representation(x, dtype=dtype)
+    assert tm.Representation(x, dtype=torch.float64).dtype == torch.float64
+
+
+def test_the_meta_device_is_refused_by_name() -> None:
+    x, y = paired(n=20, seed=2)
+    with pytest.raises(ValueError, match="meta device holds shapes, not values"):
+        score("cka", x, y, device="meta")

@@ -114,3 +114,19 @@ def test_with_concatenated_gives_the_papers_candidates() -> None:
     loop = np.array([[ref.mutual_knn(x, y, 5) for y in _paper_candidates(ys)] for x in _paper_candidates(xs)])
     np.testing.assert_allclose(m, loop, atol=1e-12)
     assert m.shape == (4, 3)
+
+
+@pytest.mark.parametrize("flag", [None, "False", 0])
+def test_aggregate_refuses_a_higher_is_better_that_is_not_a_bool(flag) -> None:
+    """``None`` chose the smallest entry and ``'False'`` the largest, silently."""
+    with pytest.raises(ValueError, match="higher_is_better must be True or False"):
+        aggregate(np.array([[0.1, 0.9]]), "max", flag)
+
+
+@pytest.mark.parametrize("alpha", ["0.05", None, np.array([0.05]), True])
+def test_calibrate_names_an_alpha_that_is_not_a_number(alpha) -> None:
+    from tasks.metrics import calibrate
+
+    x, y = paired(n=20, seed=13)
+    with pytest.raises(ValueError, match="^alpha must be a number"):
+        calibrate("cka", x, y, permutations=19, alpha=alpha)
