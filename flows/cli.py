@@ -34,8 +34,18 @@ def configure_environment() -> None:
 
 def default_store() -> str:
     """The store used without ``--store``: ``$PRH_STORE``, else ``store/`` of this checkout
-    (wherever the command runs from)."""
-    return os.environ.get("PRH_STORE", str(PROJECT_ROOT / "store"))
+    (wherever the command runs from). A ``$PRH_STORE`` that is no store URL (empty, ``s3:/x``)
+    is a ``ValueError`` naming the variable."""
+    from storage.store import check_store_url
+
+    store = os.environ.get("PRH_STORE")
+    if store is None:
+        return str(PROJECT_ROOT / "store")
+    try:
+        check_store_url(store)
+    except ValueError as error:
+        raise ValueError(f"$PRH_STORE: {error} (unset it for store/ of this checkout)") from None
+    return store
 
 
 def store_argument(args: argparse.Namespace) -> str:
@@ -218,6 +228,9 @@ def _run(args: argparse.Namespace) -> int:
     store = store_argument(args)
     from storage.store import Store
 
+    from flows.runners import check_run_environment
+
+    check_run_environment()  # PRH_TASK_RUNNER, PRH_DASK_WORKERS, PRH_MODEL_LOAD_TIMEOUT: before any server starts
     Store(store).check_writable()  # a store that cannot take writes fails here, before any server starts
 
     from flows.pipeline import ZooFailures, prh_pipeline

@@ -15,7 +15,7 @@ from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from flows.run_record import new_record, one_line, recorded
-from flows.runners import check_task_runner, flow_task_runner, preload_libraries, runs_in_parallel
+from flows.runners import check_run_environment, flow_task_runner, preload_libraries, runs_in_parallel
 from storage import layout
 from storage.runs import COMPLETED, FAILED, open_for_run
 from storage.store import DEFAULT_STORE, Store
@@ -60,7 +60,7 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     Returns a summary: run id, store, dataset version, feature and alignment manifests, and the
     best layer pair per metric for every model pair.
     """
-    check_task_runner()  # a bad $PRH_TASK_RUNNER fails the run naming it (see flow_task_runner)
+    check_run_environment()  # a bad $PRH_TASK_RUNNER (or other setting) fails the run naming it (see flow_task_runner)
     target = Store(store)
     log_recovery(*open_for_run(target))
     run_id = str(flow_run.get_id() or "local")

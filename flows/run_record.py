@@ -20,6 +20,12 @@ from storage.runs import CANCELLED, FAILED, RUN_HEARTBEAT_SECONDS, RUNNING, RunH
 from storage.store import Store, utc_now
 from storage.versioning import code_version
 from tasks.params import PipelineConfig
+from tasks.stop_request import clear_stop, request_stop, wait_until_idle
+
+#: seconds a stopped run waits for its tasks in flight to reach a safe point before its record
+#: says it ended (Prefect's process worker kills a cancelled flow run's process 30 s after its
+#: SIGTERM)
+STOP_GRACE_S = 20.0
 
 
 def one_line(error: BaseException) -> str:
@@ -49,8 +55,12 @@ def new_record(target: Store, config: PipelineConfig, run_id: str, flow: str) ->
 def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Write ``record`` at ``key`` and keep the run's sign of life while the block runs; at the end
     write it again with ``finished_at``. The block sets the outcome (``status`` and what it
-    published); when it raises, ``status`` becomes ``CANCELLED`` (stopped: Ctrl-C, cancelled from
-    the UI) or ``FAILED``, with the error on one line."""
+    published); when it raises, ``status`` becomes ``CANCELLED`` (stopped: Ctrl-C, SIGTERM,
+    cancelled from the UI) or ``FAILED``, with the error on one line. A stopped run first tells
+    its tasks in flight (in this process) to stop at their next safe point and waits up to
+    ``STOP_GRACE_S`` for them (``tasks.stop_request``), so that its end and sign of life cover
+    what they write; a second signal ends the wait at once."""
+    clear_stop()
     target.write_json(key, record)
     with RunHeartbeat(target, str(record["run_id"])):  # removed after the final record is written
         try:
@@ -58,6 +68,12 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
         except BaseException as error:
             stopped = isinstance(error, (KeyboardInterrupt, TerminationSignal))
             record.update(status=CANCELLED if stopped else FAILED, error=one_line(error))
+            if stopped:
+                request_stop()
+                try:
+                    wait_until_idle(STOP_GRACE_S)
+                except (KeyboardInterrupt, TerminationSignal):
+                    pass  # asked twice: the record now
             raise
         finally:
             record["finished_at"] = utc_now()

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from storage.env_numbers import env_number
 
 ENV = "PRH_TASK_RUNNER"
 KINDS = ("sequential", "threads", "dask")
@@ -56,8 +59,49 @@ def flow_task_runner() -> TaskRunner[Any]:
 
 
 def check_task_runner() -> None:
-    """Raise ``ValueError`` naming ``$PRH_TASK_RUNNER`` and what is wrong with it, if anything."""
+    """Raise ``ValueError`` naming ``$PRH_TASK_RUNNER`` and what is wrong with it, if anything
+    (also ``PRH_DASK_WORKERS``, and a scheduler address that no Dask scheduler answers at)."""
     make_task_runner()
+    kind, _, address = os.environ.get(ENV, "").strip().partition(":")
+    if kind == "dask" and address:
+        _probe_scheduler(address)
+
+
+def check_run_environment() -> None:
+    """What a run reads from the environment, checked before it loads anything: the task runner
+    (:func:`check_task_runner`) and ``PRH_MODEL_LOAD_TIMEOUT``. Raises ``ValueError`` naming the
+    variable (a typo had failed every model at extraction, after the dataset was loaded)."""
+    from tasks.retries import model_load_timeout
+
+    check_task_runner()
+    model_load_timeout()
+
+
+#: seconds to wait for a Dask scheduler to accept a connection when a run starts
+SCHEDULER_PROBE_S = 5.0
+
+
+def _probe_scheduler(address: str) -> None:
+    """``ValueError`` naming ``$PRH_TASK_RUNNER`` when nothing accepts a TCP connection at a
+    ``tcp://`` (or schemeless ``host:port``) scheduler address; other protocols are not probed.
+    Without it the dataset was loaded and published first, then 30 s of Dask's connect timeout
+    ended in six tracebacks."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme not in ("tcp", "tls"):
+        return
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise ValueError(f"{ENV}=dask:{address}: expected a scheduler address tcp://HOST:PORT")
+    try:
+        socket.create_connection((host, port), timeout=SCHEDULER_PROBE_S).close()
+    except OSError as error:
+        raise ValueError(f"{ENV}=dask:{address}: no Dask scheduler answers at {host}:{port} "
+                         f"({error.strerror or type(error).__name__}); start it, or unset {ENV}") from None
 
 
 def _dask_runner(address: str) -> TaskRunner[Any]:
@@ -70,7 +114,9 @@ def _dask_runner(address: str) -> TaskRunner[Any]:
     cluster_class = os.environ.get("PRH_DASK_CLUSTER_CLASS") or "distributed.LocalCluster"
     cluster_kwargs = _json_env("PRH_DASK_CLUSTER_KWARGS")
     if cluster_class == "distributed.LocalCluster":
-        cluster_kwargs.setdefault("n_workers", int(os.environ.get("PRH_DASK_WORKERS", "2")))
+        # 0 workers: tasks submitted, none run, the flow hung with no message
+        cluster_kwargs.setdefault("n_workers", int(env_number("PRH_DASK_WORKERS", 2, what="a whole number of workers, at least 1",
+                                                              minimum=1, integer=True)))
         cluster_kwargs.setdefault("threads_per_worker", 1)
         cluster_kwargs.setdefault("host", "127.0.0.1")
         cluster_kwargs.setdefault("dashboard_address", None)

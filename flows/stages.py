@@ -26,7 +26,7 @@ from prefect.runtime import flow_run
 
 from flows.pipeline import ZooFailures, collect_features, log_failures, log_recovery, submit_extractions
 from flows.run_record import new_record, recorded
-from flows.runners import check_task_runner, flow_task_runner
+from flows.runners import check_run_environment, flow_task_runner
 from storage import layout
 from storage.runs import COMPLETED, FAILED, open_for_run
 from storage.store import DEFAULT_STORE, Store
@@ -52,7 +52,7 @@ def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str,
         config: The run (only its dataset and models matter here).
         store: Where results go: a folder, file://..., or s3://bucket/prefix.
     """
-    check_task_runner()  # a bad $PRH_TASK_RUNNER fails the run naming it (see flow_task_runner)
+    check_run_environment()  # a bad $PRH_TASK_RUNNER (or other setting) fails the run naming it (see flow_task_runner)
     target = Store(store)
     log_recovery(*open_for_run(target))
     run_id = str(flow_run.get_id() or "local")
@@ -108,16 +108,22 @@ def prh_staged(
         align_deployment: `flow-name/deployment-name` of the alignment stage (CPU pool).
     """
     logger = get_run_logger()
+    # both names before the first stage runs: a typo in the second one had let the whole
+    # extraction stage run (GPU hours) before the staged run failed on it
+    stages = {"extract": extract_deployment, "align": align_deployment}
+    for stage, name in stages.items():
+        check_deployment_name(f"{stage}_deployment", name)
+    for stage, name in stages.items():
+        check_deployment_exists(stage, name)
     parameters = {"config": config.model_dump(mode="json"), "store": store}
     runs, failed = {}, []
     dataset_version = None
-    for stage, name in (("extract", extract_deployment), ("align", align_deployment)):
+    for stage, name in stages.items():
         extra = {} if stage == "extract" else {"extract_missing": False, **({"dataset_version": dataset_version} if dataset_version else {})}
         try:
             run = run_deployment(name, parameters={**parameters, **extra}, timeout=None, poll_interval=2, as_subflow=True)
-        except ObjectNotFound:
-            raise ValueError(f"{stage} stage: no deployment {name!r} (flow-name/deployment-name, e.g. "
-                             f"{'prh-extract/gpu' if stage == 'extract' else 'prh-pipeline/cpu'}; see prefect.yaml)") from None
+        except ObjectNotFound:  # removed since the check above
+            raise ValueError(_no_deployment(stage, name)) from None
         state = run.state
         runs[stage] = str(run.id)
         completed = state is not None and state.is_completed()
@@ -140,6 +146,35 @@ def prh_staged(
     if failed:
         raise RuntimeError("; ".join(failed))
     return {"flow_runs": runs, "store": Store(store).display_url, "dataset_version": dataset_version}
+
+
+#: the example name of each stage's deployment in errors (prefect.yaml's)
+_STAGE_EXAMPLES = {"extract": "prh-extract/gpu", "align": "prh-pipeline/cpu"}
+
+
+def check_deployment_name(parameter: str, name: Any) -> None:
+    """``ValueError`` naming ``parameter`` unless ``name`` reads ``flow-name/deployment-name``
+    (one ``/`` between two non-empty parts; Prefect's own error did not say which parameter)."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        example = _STAGE_EXAMPLES.get(parameter.removesuffix("_deployment"), "prh-pipeline/cpu")
+        raise ValueError(f"{parameter} must be flow-name/deployment-name (e.g. {example}; see prefect.yaml), got {name!r}")
+
+
+def check_deployment_exists(stage: str, name: str) -> None:
+    """``ValueError`` unless the Prefect API knows the deployment ``name`` of ``stage``."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            raise ValueError(_no_deployment(stage, name)) from None
+
+
+def _no_deployment(stage: str, name: str) -> str:
+    return (f"{stage} stage: no deployment {name!r} ({stage}_deployment: flow-name/deployment-name, e.g. "
+            f"{_STAGE_EXAMPLES[stage]}; see prefect.yaml)")
 
 
 def _publish_versions(dataset: dict[str, Any], manifests: dict[str, dict[str, Any]], models: list[str]) -> None:

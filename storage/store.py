@@ -39,6 +39,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage.env_numbers import env_number
 from storage.keys import safe_component
 from storage.owner import current_owner, owner_is_dead
 from storage.parquet_schema import schema_fingerprint
@@ -144,14 +145,20 @@ def check_store_url(url: Any) -> None:
     """Refuse a store URL that cannot mean what its writer meant (ValueError naming it): empty; a
     known protocol with one slash or none (``s3:/bucket``, ``s3:bucket``: as a path it would be a
     folder ``s3:`` in the working directory); a URL with nothing after ``://`` (``s3://`` names no
-    bucket; ``file:///`` is the filesystem's root)."""
+    bucket; ``file:///`` is the filesystem's root); ``file://`` followed by anything but ``/``
+    (``file://tmp/x``: fsspec reads the relative folder ``tmp/x``, a URL reader the host ``tmp``)."""
     if not isinstance(url, str) or not url.strip():
         raise ValueError(f"store URL {url!r} is empty: give a folder, file://PATH or s3://BUCKET/PREFIX")
     if url != url.strip():
         raise ValueError(f"store URL {url!r} starts or ends with spaces")
     scheme, sep, rest = url.partition(":")
     if sep and "://" not in url and scheme.lower() in _known_protocols():
-        raise ValueError(f"store URL {url!r} looks like a {scheme} URL without '//': write {scheme}://{rest.lstrip('/')} "
+        if scheme.lower() in ("file", "local"):  # file:/data/prh: the absolute path keeps its '/'
+            fix = (f"{scheme}://{'/' + rest.lstrip('/')}" if rest.startswith("/")
+                   else f"{rest} (a folder in the working directory) or {scheme}:///ABSOLUTE/PATH")
+        else:
+            fix = f"{scheme}://{rest.lstrip('/')}"
+        raise ValueError(f"store URL {url!r} looks like a {scheme} URL without '//': write {fix} "
                          f"(or ./{url} for a local folder of that name)")
     if scheme.lower() in _BUCKET_PROTOCOLS and "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
         # s3fs takes 'KEY:SECRET@bucket' for a bucket name, and botocore's error then prints it whole
@@ -159,6 +166,11 @@ def check_store_url(url: Any) -> None:
                          f"which {scheme} does not read there (it would take them for the bucket's name and show them in errors): "
                          f"give them through the environment (for S3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE) "
                          f"and write {scheme}://BUCKET/PREFIX")
+    if scheme.lower() in ("file", "local") and "://" in url and url.split("://", 1)[1][:1] not in ("", "/"):
+        # fsspec reads file://tmp/x as the relative folder tmp/x, a URL reader as host 'tmp'
+        path = url.split("://", 1)[1]
+        raise ValueError(f"store URL {url!r} is ambiguous: write {scheme}:///{path} for the absolute path /{path}, "
+                         f"or {path} for a folder in the working directory")
     if "://" in url and not url.split("://", 1)[1].strip("/"):
         if scheme.lower() in ("file", "local"):
             raise ValueError(f"store URL {url!r} names the filesystem's root: add the folder, e.g. {scheme}:///data/prh")
@@ -539,7 +551,7 @@ class Store:
             raise StoreNotWritable(f"store {self.display_url} is not writable: {_describe(cause)}") from error
         if self.is_local:
             if min_free_mb is None:
-                min_free_mb = float(os.environ.get("PRH_MIN_FREE_MB", DEFAULT_MIN_FREE_MB))
+                min_free_mb = env_number("PRH_MIN_FREE_MB", DEFAULT_MIN_FREE_MB, what="a number of MiB, 0 or more")
             free_mb = shutil.disk_usage(self.root).free / 2**20
             if free_mb < min_free_mb:
                 raise StoreNotWritable(

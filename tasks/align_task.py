@@ -31,6 +31,7 @@ from tasks.image_rows import image_rows, mean_rows
 from tasks.metric_plugins import load_metric_modules, metric_source
 from tasks.params import AlignmentParams
 from tasks.retries import backoff, retry_transient
+from tasks.stop_request import in_flight, raise_if_stopped
 
 #: The code an alignment version depends on: the engine, the per-pair driver, the per-image rows,
 #: the pairing join, this stage (it prepares the layers and calls the driver) and the reading of
@@ -441,6 +442,7 @@ def align_to_store(
         "reused_metrics": reused_from,
         "seconds": round(seconds, 3),
     }
+    raise_if_stopped(f"{model_a} x {model_b}: publishing its alignment")
     published = store.publish(key, {layout.SCORES_FILE: scores, layout.BEST_FILE: best}, manifest)
     if not published.written:  # another run published this version first: its copy is the store's
         logger.info("%s x %s: %s was published by another run meanwhile; this run's copy is dropped and that one used",
@@ -497,4 +499,5 @@ def align_pair(
     store_url: str, manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams, model_a: str, model_b: str
 ) -> dict[str, Any]:
     """Score every layer pair of two models with every metric (or reuse a stored result): ``align_to_store``."""
-    return align_to_store(store_url, manifest_a, manifest_b, params, get_run_logger())
+    with in_flight():
+        return align_to_store(store_url, manifest_a, manifest_b, params, get_run_logger())

@@ -22,6 +22,7 @@ from tasks.extract.finite import check_finite
 from tasks.extract.spec import ModelSpec
 from tasks.feature_copy import published_elsewhere, reuse_renamed
 from tasks.retries import ModelLoadTimeout, backoff, model_load_timeout, retry_transient
+from tasks.stop_request import in_flight, raise_if_stopped
 
 #: Part of every feature version. Raise it when this module changes what is stored (it is not
 #: hashed itself, so that a change to its orchestration does not re-extract every model): the
@@ -89,7 +90,8 @@ def extract_features(store_url: str, dataset_manifest: dict[str, Any], spec: Mod
         else:
             update_progress_artifact(artifact_id, percent, description=f"extracting {spec.name}: {done}/{total} items")
 
-    return extract_to_store(store_url, dataset_manifest, spec, get_run_logger(), on_progress=report)
+    with in_flight():
+        return extract_to_store(store_url, dataset_manifest, spec, get_run_logger(), on_progress=report)
 
 
 @task(name="reuse-features", task_run_name="reuse-{spec.name}", retries=2,
@@ -185,6 +187,7 @@ def extract_to_store(
     }
     manifest = {"kind": "features", "catalog": catalog, "spec": fingerprint,
                 "extras": extracted.extras, "resumed_shards": extracted.resumed}
+    raise_if_stopped(f"{spec.name}: publishing its features (every shard is stored)")
     published = store.publish(key, layer_tables(spec.name, version, sample_ids, layers), manifest)
     try:
         remove_partial(store, key)
@@ -284,6 +287,7 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
                 last = [0.0]
 
                 def progress(done: int, _n: int, lo: int = lo) -> None:
+                    raise_if_stopped(f"{spec.name}: shard {index + 1} (its complete shards are stored)")
                     now = time.perf_counter()
                     overall = lo + done
                     if overall == total or now - last[0] > 5 or done <= spec.batch_size:

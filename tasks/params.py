@@ -63,7 +63,7 @@ OPENMOJI_N = 1024
 #: The dataset fields that apply to some kinds only (elsewhere they must keep their default).
 DATASET_FIELD_KINDS: dict[str, tuple[str, ...]] = {
     "seed": ("openmoji",), "image_size": ("openmoji",),
-    "revision": ("huggingface",), "split": ("huggingface", "path"), "image_root": ("path",),
+    "revision": ("huggingface",), "split": ("huggingface", "path"), "image_root": ("path",), "path": ("path", "huggingface"),
     "image_column": ("path", "huggingface"), "text_column": ("path", "huggingface"), "captions": ("path", "huggingface"),
 }
 
@@ -91,8 +91,8 @@ class DatasetParams(BaseModel):
     image_column: str = Field("image", min_length=1, description="path, huggingface: column of the images (an ImageFolder "
                               "metadata table without an 'image' column: file_name)")
     text_column: str = Field("text", min_length=1, description="path, huggingface: column of the caption(s)")
-    image_root: str | None = Field(None, description="path, a table: the folder its relative image paths are read from "
-                                   "(default: the table's folder)")
+    image_root: str | None = Field(None, min_length=1, description="path, a table: the folder its relative image paths "
+                                   "are read from (default: the table's folder)")
     captions: Literal["first", "all"] = Field(
         "first", description="path, huggingface, several captions per image (a list column, a .txt of several lines): "
         "'first' (the paper's) or 'all' (one row per caption)")

@@ -170,9 +170,9 @@ def stopped_run_notes(record: dict[str, Any]) -> list[str]:
     if status not in ("CANCELLED", "CRASHED") and not error:
         return []
     why = f": {error}" if error else ""
-    return [f"run {record.get('run_id')} ended {status}{why}; it lists the results it had finished when its record was "
-            "last written: any it published after that (a pair still aligning as it stopped) are in the store but not "
-            "in this report (alignment_best shows them)"]
+    return [f"run {record.get('run_id')} ended {status}{why}; it lists the results it had finished when it stopped: any "
+            "its tasks in flight published as it stopped (a pair being published) are in the store but not in this "
+            "report (alignment_best shows them)"]
 
 
 def load_metric_plugins() -> list[str]:

@@ -1,14 +1,16 @@
 """Retry policy of the Prefect tasks: exponential backoff with jitter, only for errors that a
 retry can fix (storage and network hiccups, timeouts), never for bad inputs.
 
-Pure: imports neither Prefect nor storage, so it can be tested and reused anywhere.
+Pure: imports neither Prefect nor the store (only ``storage.env_numbers``, a pure helper), so it
+can be tested and reused anywhere.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 from typing import Any
+
+from storage.env_numbers import env_number
 
 #: OSError subclasses that describe a wrong path or permission, which a retry cannot fix.
 _PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
@@ -32,8 +34,9 @@ class ModelLoadTimeout(TimeoutError):
 
 
 def model_load_timeout() -> float | None:
-    """Seconds allowed to load one model: ``PRH_MODEL_LOAD_TIMEOUT`` (default 3600; 0: no limit)."""
-    seconds = float(os.environ.get("PRH_MODEL_LOAD_TIMEOUT", "3600"))
+    """Seconds allowed to load one model: ``PRH_MODEL_LOAD_TIMEOUT`` (default 3600; 0: no limit);
+    ``ValueError`` naming the variable when it is not such a number."""
+    seconds = env_number("PRH_MODEL_LOAD_TIMEOUT", 3600, what="a number of seconds (0: no limit)")
     return seconds if seconds > 0 else None
 
 

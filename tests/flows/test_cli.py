@@ -387,6 +387,59 @@ def test_sigterm_stops_prh_run_and_its_temporary_server(tmp_path):
     assert not alive, [_command_line(p) for p in alive]
 
 
+PAUSED_PUBLISH = """
+import sys, time
+from pathlib import Path
+from storage.store import Store
+marker = Path(sys.argv[1])
+real = Store.write_bytes
+def slow(self, key, data):
+    if key.startswith("alignment/") and key.endswith("/best.parquet") and not marker.exists():
+        marker.write_text("publishing")
+        time.sleep(4)
+    return real(self, key, data)
+Store.write_bytes = slow
+from flows.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigterm_during_a_publish_records_the_end_after_it(tmp_path):
+    """SIGTERM while an alignment was being published: the record said CANCELLED with its end
+    time and the sign of life was gone 1.5 s later, while the task went on and published 4 s after
+    the recorded end (gc and other runs took the run for finished). The stopped run now waits for
+    its task in flight (up to run_record.STOP_GRACE_S), which publishes whole, and ends after it."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32},
+                                      "models": [TINY_VIT, TINY_BERT], "alignment": {"permutations": 0}}))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "home")}
+    root, store, marker = Path(__file__).resolve().parents[2], tmp_path / "store", tmp_path / "marker"
+    proc = subprocess.Popen([sys.executable, "-c", PAUSED_PUBLISH, str(marker), "run", "--config", str(config), "--store", str(store)],
+                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1.5)
+    [record_file] = list((store / "runs").glob("*.json"))
+    assert json.loads(record_file.read_text())["status"] == "RUNNING"  # the task in flight is still publishing
+    assert list((store / "runs" / "alive").glob("*.json"))  # and the run's sign of life stays meanwhile
+    assert proc.wait(timeout=120) == 130
+    record = json.loads(record_file.read_text())
+    [manifest] = [json.loads(p.read_text()) for p in (store / "alignment").glob("*/*/*/manifest.json")]
+    assert record["status"] == "CANCELLED" and manifest["published_at"] <= record["finished_at"]
+    assert not list((store / "runs" / "alive").glob("*.json"))
+
+
 def test_the_run_summary_prints_a_best_row_without_a_score(capsys):
     """A best row whose metric had no finite score (every layer excluded) has NULL score and
     layers: the closing table of `prh run` raised a TypeError sorting and formatting it."""
@@ -612,8 +665,9 @@ def test_an_empty_store_flag_is_refused_not_the_default_store(tmp_path, capsys, 
                     ["catalog", "export", str(tmp_path / "c.duckdb")], ["report", "--out", str(tmp_path / "r")]):
         assert main([*command, "--store", ""]) == 2, command
         assert capsys.readouterr().err.strip() == f"prh {command[0]}: {empty}"
-    monkeypatch.setenv("PRH_STORE", "")
-    assert main(["sql", "select 1"]) == 2 and capsys.readouterr().err.strip() == f"prh sql: {empty}"
+    monkeypatch.setenv("PRH_STORE", "")  # the variable named
+    assert main(["sql", "select 1"]) == 2
+    assert capsys.readouterr().err.strip() == f"prh sql: error: $PRH_STORE: {empty[7:]} (unset it for store/ of this checkout)"
     assert not (tmp_path / "c.duckdb").exists() and not (tmp_path / "r").exists()
 
 

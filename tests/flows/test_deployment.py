@@ -182,6 +182,12 @@ def test_run_from_the_ui_then_incremental(server, tmp_path):
     wrong = _run(api, "prh-staged/nightly-staged", {"config": _config([TINY_VIT, TINY_BERT]), "store": store,
                                                     "extract_deployment": "prh-extract/nope"}, logs, expect="FAILED")
     assert "extract stage: no deployment 'prh-extract/nope'" in wrong["state"]["message"], wrong["state"]
+    # a typo in the second stage's name fails the staged run before its extraction stage runs
+    runs_before = len(_call("POST", f"{api}/flow_runs/filter", json={}))
+    wrong = _run(api, "prh-staged/nightly-staged", {"config": _config([TINY_VIT, TINY_BERT]), "store": store,
+                                                    "align_deployment": "prh-pipeline/nope"}, logs, expect="FAILED")
+    assert "align stage: no deployment 'prh-pipeline/nope'" in wrong["state"]["message"], wrong["state"]
+    assert len(_call("POST", f"{api}/flow_runs/filter", json={})) == runs_before + 1  # the staged run alone
 
 
 def test_the_deployments_demo_config_is_configs_demo_yaml():

@@ -29,3 +29,50 @@ def test_a_bad_task_runner_variable_fails_the_flow_not_its_import(tmp_path):
     refused = [line for line in done.stdout.splitlines() if line.startswith("refused:")]
     assert len(refused) == 2 and all("PRH_TASK_RUNNER='thread': expected one of" in line for line in refused), done.stdout
     assert not (tmp_path / "unused-store-never-opened").exists()
+
+
+def _refused(env: dict[str, str], tmp_path) -> list[str]:
+    """The refusals of both flows' first step with ``env`` added (in a child process)."""
+    full = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path), **env}
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=full, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [line for line in done.stdout.splitlines() if line.startswith("refused:")]
+
+
+def test_environment_typos_fail_the_flow_at_its_start_naming_the_variable(tmp_path):
+    """PRH_DASK_WORKERS=0 hung the run (tasks submitted, none run); PRH_MODEL_LOAD_TIMEOUT=abc was
+    accepted and failed every model at extraction ("could not convert string to float"), after
+    the dataset was loaded; a scheduler address nothing listens at was found after the dataset
+    was published, in six tracebacks of Dask's 30 s connect timeout."""
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    cases = {
+        "PRH_DASK_WORKERS='0': it must be a whole number of workers, at least 1": {"PRH_TASK_RUNNER": "dask", "PRH_DASK_WORKERS": "0"},
+        "PRH_DASK_WORKERS='two' is not a whole number": {"PRH_TASK_RUNNER": "dask", "PRH_DASK_WORKERS": "two"},
+        "PRH_MODEL_LOAD_TIMEOUT='abc' is not a number of seconds": {"PRH_MODEL_LOAD_TIMEOUT": "abc"},
+        f"PRH_TASK_RUNNER=dask:tcp://127.0.0.1:{port}: no Dask scheduler answers at 127.0.0.1:{port}":
+            {"PRH_TASK_RUNNER": f"dask:tcp://127.0.0.1:{port}"},
+    }
+    for message, env in cases.items():
+        refused = _refused(env, tmp_path)
+        assert len(refused) == 2 and all(message in line for line in refused), (message, refused)
+    assert not (tmp_path / "unused-store-never-opened").exists()
+
+
+def test_env_number_names_the_variable_and_what_it_must_be():
+    import pytest
+
+    from storage.env_numbers import env_number
+
+    assert env_number("X", 7, what="w", env={}) == 7 and env_number("X", 7, what="w", env={"X": " "}) == 7
+    assert env_number("X", 7, what="w", env={"X": "2.5"}) == 2.5
+    assert env_number("X", 7, what="w", integer=True, minimum=1, env={"X": "3"}) == 3
+    for raw, message in (("abc", "X='abc' is not w"), ("-1", "X='-1': it must be w"), ("inf", "X='inf': it must be w"),
+                         ("nan", "X='nan': it must be w")):
+        with pytest.raises(ValueError, match=message):
+            env_number("X", 7, what="w", env={"X": raw})
+    with pytest.raises(ValueError, match="X='2.5' is not w"):
+        env_number("X", 7, what="w", integer=True, env={"X": "2.5"})

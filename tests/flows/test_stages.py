@@ -129,6 +129,7 @@ def test_prh_staged_passes_the_extracted_dataset_version_to_the_alignment_stage(
 
     monkeypatch.setattr(flows.stages, "run_deployment", fake_run_deployment)
     monkeypatch.setattr(flows.stages, "published_dataset_version", lambda run_id: published[run_id])
+    monkeypatch.setattr(flows.stages, "check_deployment_exists", lambda stage, name: None)  # none in the harness
     config = _config([TINY_VIT, TINY_BERT])
 
     outcome = {"prh-extract/gpu": ("Completed", "00112233aabbccdd"), "prh-pipeline/cpu": ("Completed", None)}
@@ -159,3 +160,23 @@ def test_prh_staged_passes_the_extracted_dataset_version_to_the_alignment_stage(
     outcome["prh-extract/gpu"] = ("Completed", None)
     prh_staged(config=config, store="s3://bucket/prh")
     assert [name for name, _ in calls] == ["prh-extract/gpu", "prh-pipeline/cpu"] and "dataset_version" not in calls[1][1]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("names, message", [
+    ({"align_deployment": "prh-pipeline"}, r"^align_deployment must be flow-name/deployment-name \(e.g. prh-pipeline/cpu"),
+    ({"align_deployment": "prh-pipeline/"}, r"^align_deployment must be flow-name/deployment-name"),
+    ({"extract_deployment": ""}, r"^extract_deployment must be flow-name/deployment-name \(e.g. prh-extract/gpu"),
+    ({"align_deployment": "prh-pipeline/nope"}, r"^extract stage: no deployment 'prh-extract/gpu'"),  # none in the harness
+])
+def test_prh_staged_checks_both_stage_names_before_the_first_stage_runs(monkeypatch, names: dict, message: str):
+    """A typo in align_deployment let the whole extraction stage run (GPU hours) before the staged
+    run failed, and a malformed name gave Prefect's 'Invalid deployment name format: prh-pipeline'
+    without naming the parameter."""
+    import flows.stages
+
+    calls = []
+    monkeypatch.setattr(flows.stages, "run_deployment", lambda name, **kwargs: calls.append(name))
+    with pytest.raises(ValueError, match=message):
+        prh_staged(config=_config([TINY_VIT]), store="s3://bucket/prh", **names)
+    assert calls == []

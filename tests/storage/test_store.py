@@ -121,6 +121,10 @@ def test_key_of_inverts_path(store_url):
     ("s3:/my-bucket/prh", "looks like a s3 URL without '//': write s3://my-bucket/prh"),
     ("s3:my-bucket", "write s3://my-bucket"), ("s3://", "names no bucket or host"), ("s3:///", "names no bucket or host"),
     ("file:///", "names the filesystem's root"), ("file://", "names the filesystem's root"),
+    # the suggested fix of a one-slash file URL kept its path absolute (it said file://tmp/x, a
+    # relative folder), and file://tmp/x itself was read as the relative folder tmp/x
+    ("file:/tmp/prh-store", "write file:///tmp/prh-store"), ("file:tmp/x", "write tmp/x (a folder in the working directory)"),
+    ("file://tmp/x", "is ambiguous: write file:///tmp/x for the absolute path /tmp/x, or tmp/x for a folder"),
 ])
 def test_store_urls_that_cannot_mean_what_was_meant_are_refused(url, message, tmp_path, monkeypatch):
     """A one-slash 's3:/bucket' became a folder 's3:' in the working directory, 's3://' a folder
@@ -258,3 +262,12 @@ def test_a_manifest_temporary_file_of_a_killed_writer_is_removed_by_gc(tmp_path)
     os.utime(store.path("features/d/m/v/.manifest.json.tmp-0123"), (old, old))
     assert store.remove_dead_claim_attempts() == {"features/d/m/v/.manifest.json.tmp-0123": 2}
     assert store.exists("features/d/m/v/.manifest.json.tmp-4567") and store.manifest("features/d/m/v") is not None
+
+
+def test_a_min_free_space_that_is_not_a_number_is_refused_by_name(tmp_path, monkeypatch):
+    """PRH_MIN_FREE_MB=abc failed `prh run` with "could not convert string to float: 'abc'"."""
+    monkeypatch.setenv("PRH_MIN_FREE_MB", "abc")
+    with pytest.raises(ValueError, match=r"^PRH_MIN_FREE_MB='abc' is not a number of MiB, 0 or more$"):
+        Store(str(tmp_path / "s")).check_writable()
+    monkeypatch.setenv("PRH_MIN_FREE_MB", "0")
+    Store(str(tmp_path / "s")).check_writable()

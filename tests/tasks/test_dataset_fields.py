@@ -39,6 +39,21 @@ def test_openmoji_only_fields_at_their_defaults_are_accepted_with_other_kinds(ki
     assert params.model_dump(exclude_defaults=True) == {"kind": kind, "path": "x.csv"}
 
 
+def test_a_path_without_its_kind_is_refused_not_ignored():
+    """`dataset: {path: table.parquet, n: 40}` (no kind: the form's default 'openmoji') ran the
+    emoji demo with no word about the table; --check said the dataset was ok."""
+    with pytest.raises(ValidationError, match=r"dataset\.path applies to kind 'path' and 'huggingface' \(kind is 'openmoji'\)"):
+        DatasetParams(path="table.parquet", n=40)
+    assert DatasetParams(kind="openmoji", path=None).path is None
+
+
+def test_an_empty_image_root_is_refused_not_the_working_directory():
+    """`image_root: ""` read the table's images from the working directory (Path("") is "."):
+    a dataset version of other images was published."""
+    with pytest.raises(ValidationError, match="image_root"):
+        DatasetParams(kind="path", path="table.parquet", image_root="")
+
+
 def test_openmoji_takes_its_fields():
     assert DatasetParams(kind="openmoji", seed=7, image_size=64).model_dump(exclude_defaults=True) == {"seed": 7, "image_size": 64}
 

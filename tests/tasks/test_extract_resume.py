@@ -195,3 +195,39 @@ def test_a_model_run_pad_free_says_so_in_its_manifest(tmp_path):
     published = extract_to_store(store_url, dataset, fnet, shard_size=SHARD)
     assert "takes no attention_mask" in published["extras"]["pad_free"]
     assert "pad_free" not in extract_to_store(store_url, dataset, ModelSpec(**SPEC), shard_size=SHARD)["extras"]
+
+
+def test_a_stopped_run_stops_its_extraction_at_the_next_batch_and_resumes_later(tmp_path):
+    """A run stopped (SIGTERM, Cancel) asks its tasks in flight to stop (tasks.stop_request):
+    the extraction stops before its next batch with RunStopped, publishes nothing, keeps the
+    complete shards, and the next run resumes from them to the features of an unstopped run."""
+    from tasks.stop_request import RunStopped, clear_stop, request_stop
+
+    params = DatasetParams(kind="openmoji", n=40, image_size=32)
+    spec = ModelSpec(**SPEC)
+    url = str(tmp_path / "store")
+    dataset = publish_dataset(params, url)
+    import tasks.extract_task as et
+
+    real_write, written = et.write_shard, []
+
+    def write_then_stop(*args, **kwargs):  # the run is stopped while its first shard is written
+        real_write(*args, **kwargs)
+        written.append(args[2])
+        request_stop()
+
+    et.write_shard = write_then_stop
+    try:
+        with pytest.raises(RunStopped, match="tiny-gpt: shard 2 .* left undone"):
+            extract_to_store(url, dataset, spec, shard_size=SHARD)
+    finally:
+        et.write_shard = real_write
+        clear_stop()
+    store = Store(url)
+    key = f"{layout.FEATURES}/{dataset['catalog']['dataset_version']}/{spec.name}/{feature_version(dataset['catalog']['dataset_version'], spec)}"
+    assert written == [0] and not store.exists(f"{key}/manifest.json")
+    resumed = extract_to_store(url, dataset, spec, shard_size=SHARD)
+    assert resumed["resumed_shards"] == 1 and resumed["key"] == key
+    reference = extract_to_store(str(tmp_path / "ref"), publish_dataset(params, str(tmp_path / "ref")), spec, shard_size=SHARD)
+    for got, want in zip(_layers(store, resumed), _layers(Store(str(tmp_path / "ref")), reference)):
+        np.testing.assert_array_equal(got, want)
