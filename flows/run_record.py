@@ -9,6 +9,7 @@ dead one, and which versions a run used.
 
 from __future__ import annotations
 
+import logging
 import traceback
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -71,7 +72,11 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
             if stopped:
                 request_stop()
                 try:
-                    wait_until_idle(STOP_GRACE_S)
+                    if not wait_until_idle(0):
+                        logging.getLogger("prh.run").warning(
+                            "stopping: waiting up to %.0f s for the tasks in flight to reach a safe point (stop again "
+                            "to end now)", STOP_GRACE_S)
+                        wait_until_idle(STOP_GRACE_S)
                 except (KeyboardInterrupt, TerminationSignal):
                     pass  # asked twice: the record now
             raise
