@@ -48,6 +48,13 @@ def default_store() -> str:
     return store
 
 
+def _default_store_shown() -> str:
+    """The default store as an error message names it: ``$PRH_STORE`` as set (even when it is no
+    store URL: the error is about the store given), else ``store/`` of this checkout."""
+    store = os.environ.get("PRH_STORE")
+    return str(PROJECT_ROOT / "store") if store is None else f"$PRH_STORE={store!r}"
+
+
 def store_argument(args: argparse.Namespace) -> str:
     """The store a command uses: ``--store`` as given, else :func:`default_store`. An empty
     ``--store ""`` (``--store "$UNSET"``) stays empty, so that ``Store`` refuses it as it refuses
@@ -392,11 +399,12 @@ def existing_store(url: str) -> Store:
     store = Store(url)
     if not store.exists(""):
         raise ValueError(f"store {store.display_url} does not exist: nothing was ever written there (check --store; "
-                         f"the default is {default_store()})")
+                         f"the default is {_default_store_shown()})")
     if not any(store.exists(folder) for folder in STORE_FOLDERS):
         what = "it is a file" if store.is_local and Path(store.root).is_file() else \
             f"it holds none of {', '.join(f + '/' for f in STORE_FOLDERS)}"
-        raise ValueError(f"store {store.display_url} is not a prh store: {what} (check --store; the default is {default_store()})")
+        raise ValueError(f"store {store.display_url} is not a prh store: {what} (check --store; the default is "
+                         f"{_default_store_shown()})")
     return store
 
 

@@ -21,7 +21,7 @@ from storage.runs import CANCELLED, FAILED, RUN_HEARTBEAT_SECONDS, RUNNING, RunH
 from storage.store import Store, utc_now
 from storage.versioning import code_version
 from tasks.params import PipelineConfig
-from tasks.stop_request import clear_stop, request_stop, wait_until_idle
+from tasks.stop_request import run_scope
 
 #: seconds a stopped run waits for its tasks in flight to reach a safe point before its record
 #: says it ended (Prefect's process worker kills a cancelled flow run's process 30 s after its
@@ -60,23 +60,24 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
     cancelled from the UI) or ``FAILED``, with the error on one line. A stopped run first tells
     its tasks in flight (in this process) to stop at their next safe point and waits up to
     ``STOP_GRACE_S`` for them (``tasks.stop_request``), so that its end and sign of life cover
-    what they write; a second signal ends the wait at once."""
-    clear_stop()
+    what they write; a second signal ends the wait at once. Tasks the block submits run in its
+    ``run_scope``."""
     target.write_json(key, record)
-    with RunHeartbeat(target, str(record["run_id"])):  # removed after the final record is written
+    # removed after the final record is written
+    with RunHeartbeat(target, str(record["run_id"])), run_scope() as scope:
         try:
             yield record
         except BaseException as error:
             stopped = isinstance(error, (KeyboardInterrupt, TerminationSignal))
             record.update(status=CANCELLED if stopped else FAILED, error=one_line(error))
             if stopped:
-                request_stop()
+                scope.stop()  # stays set: a task still running after the wait stops before publishing
                 try:
-                    if not wait_until_idle(0):
+                    if not scope.wait_until_idle(0):
                         logging.getLogger("prh.run").warning(
                             "stopping: waiting up to %.0f s for the tasks in flight to reach a safe point (stop again "
                             "to end now)", STOP_GRACE_S)
-                        wait_until_idle(STOP_GRACE_S)
+                        scope.wait_until_idle(STOP_GRACE_S)
                 except (KeyboardInterrupt, TerminationSignal):
                     pass  # asked twice: the record now
             raise

@@ -114,9 +114,12 @@ def _dask_runner(address: str) -> TaskRunner[Any]:
     cluster_class = os.environ.get("PRH_DASK_CLUSTER_CLASS") or "distributed.LocalCluster"
     cluster_kwargs = _json_env("PRH_DASK_CLUSTER_KWARGS")
     if cluster_class == "distributed.LocalCluster":
-        # 0 workers: tasks submitted, none run, the flow hung with no message
-        cluster_kwargs.setdefault("n_workers", int(env_number("PRH_DASK_WORKERS", 2, what="a whole number of workers, at least 1",
-                                                              minimum=1, integer=True)))
+        adapt = _json_env("PRH_DASK_ADAPT_KWARGS")
+        if "n_workers" not in cluster_kwargs:  # 0 workers without adapt: tasks submitted, none run, the flow hung
+            at_least = 0 if adapt else 1
+            cluster_kwargs["n_workers"] = int(env_number(
+                "PRH_DASK_WORKERS", 2, minimum=at_least, integer=True,
+                what=f"a whole number of workers, at least {at_least}" + ("" if adapt else " (0 only with PRH_DASK_ADAPT_KWARGS)")))
         cluster_kwargs.setdefault("threads_per_worker", 1)
         cluster_kwargs.setdefault("host", "127.0.0.1")
         cluster_kwargs.setdefault("dashboard_address", None)

@@ -154,7 +154,10 @@ _STAGE_EXAMPLES = {"extract": "prh-extract/gpu", "align": "prh-pipeline/cpu"}
 
 def check_deployment_name(parameter: str, name: Any) -> None:
     """``ValueError`` naming ``parameter`` unless ``name`` reads ``flow-name/deployment-name``
-    (one ``/`` between two non-empty parts; Prefect's own error did not say which parameter)."""
+    (one ``/`` between two non-empty parts; Prefect's own error did not say which parameter) or
+    is a deployment id (a UUID, which ``run_deployment`` takes too)."""
+    if _deployment_id(name) is not None:
+        return
     parts = name.split("/") if isinstance(name, str) else []
     if len(parts) != 2 or not all(p.strip() for p in parts):
         example = _STAGE_EXAMPLES.get(parameter.removesuffix("_deployment"), "prh-pipeline/cpu")
@@ -165,11 +168,23 @@ def check_deployment_exists(stage: str, name: str) -> None:
     """``ValueError`` unless the Prefect API knows the deployment ``name`` of ``stage``."""
     from prefect.client.orchestration import get_client
 
+    deployment_id = _deployment_id(name)
     with get_client(sync_client=True) as client:
         try:
-            client.read_deployment_by_name(name)
+            if deployment_id is None:
+                client.read_deployment_by_name(name)
+            else:
+                client.read_deployment(deployment_id)
         except ObjectNotFound:
             raise ValueError(_no_deployment(stage, name)) from None
+
+
+def _deployment_id(name: Any) -> UUID | None:
+    """``name`` as a deployment id, or None when it is no UUID."""
+    try:
+        return UUID(name) if isinstance(name, str) else None
+    except ValueError:
+        return None
 
 
 def _no_deployment(stage: str, name: str) -> str:

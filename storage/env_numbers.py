@@ -9,10 +9,11 @@ from collections.abc import Mapping
 
 
 def env_number(name: str, default: float, *, what: str, minimum: float = 0.0, integer: bool = False,
-               env: Mapping[str, str] | None = None) -> float:
+               finite: bool = True, env: Mapping[str, str] | None = None) -> float:
     """The number in the environment variable ``name`` (``default`` when unset or blank): an
-    integer when ``integer``, finite and at least ``minimum``. Raises ``ValueError`` naming the
-    variable, its value and ``what`` it must be (e.g. ``"a whole number of workers, at least 1"``)."""
+    integer when ``integer``, at least ``minimum``, finite unless ``finite`` is False (then
+    ``inf``, and ``nan``, are returned as they are). Raises ``ValueError`` naming the variable,
+    its value and ``what`` it must be (e.g. ``"a whole number of workers, at least 1"``)."""
     raw = (os.environ if env is None else env).get(name)
     if raw is None or not raw.strip():
         return default
@@ -20,6 +21,6 @@ def env_number(name: str, default: float, *, what: str, minimum: float = 0.0, in
         value = int(raw) if integer else float(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not {what}") from None
-    if not math.isfinite(value) or value < minimum:
+    if (finite and not math.isfinite(value)) or value < minimum:
         raise ValueError(f"{name}={raw!r}: it must be {what}")
     return value

@@ -155,7 +155,8 @@ def check_store_url(url: Any) -> None:
     if sep and "://" not in url and scheme.lower() in _known_protocols():
         if scheme.lower() in ("file", "local"):  # file:/data/prh: the absolute path keeps its '/'
             fix = (f"{scheme}://{'/' + rest.lstrip('/')}" if rest.startswith("/")
-                   else f"{rest} (a folder in the working directory) or {scheme}:///ABSOLUTE/PATH")
+                   else f"{rest} (a folder in the working directory) or {scheme}:///ABSOLUTE/PATH" if rest
+                   else f"{scheme}:///ABSOLUTE/PATH or a folder's path")
         else:
             fix = f"{scheme}://{rest.lstrip('/')}"
         raise ValueError(f"store URL {url!r} looks like a {scheme} URL without '//': write {fix} "
@@ -169,6 +170,10 @@ def check_store_url(url: Any) -> None:
     if scheme.lower() in ("file", "local") and "://" in url and url.split("://", 1)[1][:1] not in ("", "/"):
         # fsspec reads file://tmp/x as the relative folder tmp/x, a URL reader as host 'tmp'
         path = url.split("://", 1)[1]
+        host, _, rest = path.partition("/")
+        if host.lower() == "localhost" and rest:  # file://localhost/tmp/x: the URL form of /tmp/x
+            raise ValueError(f"store URL {url!r} names a host, which fsspec would read as a folder 'localhost': write "
+                             f"{scheme}:///{rest} (or /{rest})")
         raise ValueError(f"store URL {url!r} is ambiguous: write {scheme}:///{path} for the absolute path /{path}, "
                          f"or {path} for a folder in the working directory")
     if "://" in url and not url.split("://", 1)[1].strip("/"):

@@ -499,5 +499,5 @@ def align_pair(
     store_url: str, manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams, model_a: str, model_b: str
 ) -> dict[str, Any]:
     """Score every layer pair of two models with every metric (or reuse a stored result): ``align_to_store``."""
-    with in_flight():
+    with in_flight(f"aligning {model_a} x {model_b}"):
         return align_to_store(store_url, manifest_a, manifest_b, params, get_run_logger())

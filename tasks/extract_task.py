@@ -90,7 +90,7 @@ def extract_features(store_url: str, dataset_manifest: dict[str, Any], spec: Mod
         else:
             update_progress_artifact(artifact_id, percent, description=f"extracting {spec.name}: {done}/{total} items")
 
-    with in_flight():
+    with in_flight(f"extracting {spec.name}"):
         return extract_to_store(store_url, dataset_manifest, spec, get_run_logger(), on_progress=report)
 
 
@@ -101,7 +101,8 @@ def reuse_features(store_url: str, dataset_manifest: dict[str, Any], spec: Model
     with ``reused: True``. Not tagged ``prh-gpu``: it reads one manifest, so a run whose models
     are all stored (a nightly with an unchanged zoo, the alignment stage on the CPU pool) never
     queues behind other runs' extractions for a GPU slot."""
-    return extract_to_store(store_url, dataset_manifest, spec, get_run_logger())
+    with in_flight(f"reusing {spec.name}'s features"):
+        return extract_to_store(store_url, dataset_manifest, spec, get_run_logger())
 
 
 def extract_to_store(

@@ -8,6 +8,7 @@ can be tested and reused anywhere.
 from __future__ import annotations
 
 import errno
+import math
 from typing import Any
 
 from storage.env_numbers import env_number
@@ -34,9 +35,12 @@ class ModelLoadTimeout(TimeoutError):
 
 
 def model_load_timeout() -> float | None:
-    """Seconds allowed to load one model: ``PRH_MODEL_LOAD_TIMEOUT`` (default 3600; 0: no limit);
-    ``ValueError`` naming the variable when it is not such a number."""
-    seconds = env_number("PRH_MODEL_LOAD_TIMEOUT", 3600, what="a number of seconds (0: no limit)")
+    """Seconds allowed to load one model: ``PRH_MODEL_LOAD_TIMEOUT`` (default 3600; 0, a negative
+    number or ``inf``: no limit); ``ValueError`` naming the variable when it is not a number."""
+    seconds = env_number("PRH_MODEL_LOAD_TIMEOUT", 3600, what="a number of seconds (0: no limit)", minimum=-math.inf,
+                         finite=False)
+    if not math.isfinite(seconds):
+        return None
     return seconds if seconds > 0 else None
 
 

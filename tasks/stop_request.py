@@ -3,11 +3,17 @@
 Prefect stops a flow by raising in its main thread; the tasks running in the runner's threads go
 on. Without a word to them, an alignment or a model's features were published after the run's
 record said ``CANCELLED`` (with its end time and without its sign of life), outside the record.
-Now the run's record (``flows.run_record.recorded``) asks them to stop (:func:`request_stop`) and
-waits a bounded time for them (:func:`wait_until_idle`); a task stops at its next safe point
-(:func:`raise_if_stopped`: before a batch, before publishing) with :class:`RunStopped`, leaving
-only complete shards and versions, as a kill would. Tasks on Dask workers (other processes) are
-not told. Pure: no Prefect, no storage.
+Now the run's record (``flows.run_record.recorded``) opens a :class:`RunScope` for the run; when
+the run is stopped it asks the scope's tasks to stop (:meth:`RunScope.stop`) and waits a bounded
+time for them (:meth:`RunScope.wait_until_idle`). A task stops at its next safe point with
+:class:`RunStopped`, leaving only complete shards and versions, as a kill would: on starting
+(:func:`in_flight`: a task still queued when the run stopped never starts its work), before each
+batch and before publishing (:func:`raise_if_stopped`).
+
+The scope travels with the run's context (a ``ContextVar``: Prefect runs each task in a copy of
+the submitting flow's context), so two runs in one process have their own, and code called
+outside any run (a notebook calling ``align_to_store``) is never stopped. Tasks on Dask workers
+(other processes) are not told. Pure: no Prefect, no storage.
 """
 
 from __future__ import annotations
@@ -15,51 +21,75 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-_stop = threading.Event()
-_changed = threading.Condition()
-_active = 0
+from contextvars import ContextVar
 
 
 class RunStopped(RuntimeError):
     """The run is being stopped: a task gave up at a safe point (nothing half-written)."""
 
 
-def request_stop() -> None:
-    """Ask every task in flight in this process to stop at its next safe point."""
-    _stop.set()
+class RunScope:
+    """One run's stop request and its count of tasks in flight."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self._active = 0
+
+    def stop(self) -> None:
+        """Ask every task of the run to stop at its next safe point."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def wait_until_idle(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` seconds for the run's tasks in flight to end; True if they did."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._active == 0, timeout=timeout_s)
+
+    @contextmanager
+    def _task(self) -> Iterator[None]:
+        with self._changed:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._active -= 1
+                self._changed.notify_all()
 
 
-def clear_stop() -> None:
-    """Forget an earlier stop (a new run starts in this process)."""
-    _stop.clear()
+_current: ContextVar[RunScope | None] = ContextVar("prh_run_scope", default=None)
 
 
-def stop_requested() -> bool:
-    return _stop.is_set()
+@contextmanager
+def run_scope() -> Iterator[RunScope]:
+    """A new :class:`RunScope` for the block (and the tasks it submits)."""
+    scope = RunScope()
+    token = _current.set(scope)
+    try:
+        yield scope
+    finally:
+        _current.reset(token)
 
 
 def raise_if_stopped(what: str) -> None:
-    """``RunStopped`` naming ``what`` is left undone, when the run is being stopped."""
-    if _stop.is_set():
+    """``RunStopped`` naming ``what`` is left undone, when the current run is being stopped."""
+    scope = _current.get()
+    if scope is not None and scope.stopping:
         raise RunStopped(f"the run is being stopped: {what} left undone")
 
 
 @contextmanager
-def in_flight() -> Iterator[None]:
-    """Count the block as a task in flight (for :func:`wait_until_idle`)."""
-    global _active
-    with _changed:
-        _active += 1
-    try:
+def in_flight(what: str) -> Iterator[None]:
+    """Count the block as a task in flight of the current run (none: nothing counted); a task
+    that starts after its run was stopped raises ``RunStopped`` at once."""
+    scope = _current.get()
+    if scope is None:
         yield
-    finally:
-        with _changed:
-            _active -= 1
-            _changed.notify_all()
-
-
-def wait_until_idle(timeout_s: float) -> bool:
-    """Wait up to ``timeout_s`` seconds for every task in flight to end; True if they all did."""
-    with _changed:
-        return _changed.wait_for(lambda: _active == 0, timeout=timeout_s)
+        return
+    with scope._task():
+        raise_if_stopped(what)
+        yield

@@ -112,8 +112,9 @@ def reduced_topk(x: torch.Tensor, k: int, *, exclude_self: bool = True, refine: 
     xb = torch.ldexp(x, torch.tensor(-e, device=dev)).to(torch.bfloat16)
     unscale = math.ldexp(1.0, 2 * e)  # a bfloat16 similarity times this is in x's units
     # (N,) bound on |s_hat - s|: relative to the norms, plus what bfloat16 flushes to zero or
-    # rounds as subnormal (each of 2d inputs and d products at most 2^-126 of the scaled unit)
-    margin = _error_factor(d, x.dtype) * norms * peak + (3 * d + 1) * math.ldexp(unscale, -126)
+    # rounds as subnormal (each of 2d inputs, d products, d float32 partial sums a GPU may flush,
+    # and the output, at most 2^-126 of the scaled unit)
+    margin = _error_factor(d, x.dtype) * norms * peak + (4 * d + 1) * math.ldexp(unscale, -126)
     rows = max(1, min(n, block_elements // max(n, 1)))
     # rows re-ranked at once: their (rows, c, D) candidate features fill a quarter block, in one
     # buffer reused for every chunk (a fresh large allocation per chunk costs page faults on CPU)

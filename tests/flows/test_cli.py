@@ -668,6 +668,10 @@ def test_an_empty_store_flag_is_refused_not_the_default_store(tmp_path, capsys, 
     monkeypatch.setenv("PRH_STORE", "")  # the variable named
     assert main(["sql", "select 1"]) == 2
     assert capsys.readouterr().err.strip() == f"prh sql: error: $PRH_STORE: {empty[7:]} (unset it for store/ of this checkout)"
+    monkeypatch.setenv("PRH_STORE", "s3:/x")  # a bad default does not hide what is wrong with the --store given
+    assert main(["sql", "select 1", "--store", str(tmp_path / "nope")]) == 2
+    said = capsys.readouterr().err.strip()
+    assert said.startswith(f"prh sql: error: store file://{tmp_path / 'nope'} does not exist") and "$PRH_STORE='s3:/x'" in said
     assert not (tmp_path / "c.duckdb").exists() and not (tmp_path / "r").exists()
 
 

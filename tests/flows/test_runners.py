@@ -76,3 +76,25 @@ def test_env_number_names_the_variable_and_what_it_must_be():
             env_number("X", 7, what="w", env={"X": raw})
     with pytest.raises(ValueError, match="X='2.5' is not w"):
         env_number("X", 7, what="w", integer=True, env={"X": "2.5"})
+
+
+def test_dask_workers_are_read_only_where_used_and_0_goes_with_adapt(monkeypatch):
+    """PRH_DASK_WORKERS=0 with PRH_DASK_ADAPT_KWARGS is an adaptive cluster (not a hang), and the
+    variable does not matter when PRH_DASK_CLUSTER_KWARGS sets n_workers."""
+    from flows.runners import make_task_runner
+
+    monkeypatch.setenv("PRH_DASK_WORKERS", "0")
+    monkeypatch.setenv("PRH_DASK_ADAPT_KWARGS", '{"minimum": 0, "maximum": 2}')
+    assert make_task_runner("dask").cluster_kwargs["n_workers"] == 0
+    monkeypatch.delenv("PRH_DASK_ADAPT_KWARGS")
+    monkeypatch.setenv("PRH_DASK_WORKERS", "x")
+    monkeypatch.setenv("PRH_DASK_CLUSTER_KWARGS", '{"n_workers": 3}')
+    assert make_task_runner("dask").cluster_kwargs["n_workers"] == 3
+
+
+def test_a_model_load_timeout_of_0_negative_or_inf_is_no_limit(monkeypatch):
+    from tasks.retries import model_load_timeout
+
+    for raw, want in (("0", None), ("-1", None), ("inf", None), ("90", 90.0), ("", 3600)):
+        monkeypatch.setenv("PRH_MODEL_LOAD_TIMEOUT", raw)
+        assert model_load_timeout() == want, raw

@@ -168,6 +168,8 @@ def test_prh_staged_passes_the_extracted_dataset_version_to_the_alignment_stage(
     ({"align_deployment": "prh-pipeline/"}, r"^align_deployment must be flow-name/deployment-name"),
     ({"extract_deployment": ""}, r"^extract_deployment must be flow-name/deployment-name \(e.g. prh-extract/gpu"),
     ({"align_deployment": "prh-pipeline/nope"}, r"^extract stage: no deployment 'prh-extract/gpu'"),  # none in the harness
+    # a deployment id passes the format check (run_deployment takes one) and is looked up by id
+    ({"extract_deployment": "0b6f7c84-5a1e-4f4e-9d0e-2a8c1f6d3b21"}, r"^extract stage: no deployment '0b6f7c84-5a1e"),
 ])
 def test_prh_staged_checks_both_stage_names_before_the_first_stage_runs(monkeypatch, names: dict, message: str):
     """A typo in align_deployment let the whole extraction stage run (GPU hours) before the staged

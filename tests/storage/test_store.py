@@ -125,6 +125,7 @@ def test_key_of_inverts_path(store_url):
     # relative folder), and file://tmp/x itself was read as the relative folder tmp/x
     ("file:/tmp/prh-store", "write file:///tmp/prh-store"), ("file:tmp/x", "write tmp/x (a folder in the working directory)"),
     ("file://tmp/x", "is ambiguous: write file:///tmp/x for the absolute path /tmp/x, or tmp/x for a folder"),
+    ("file://localhost/tmp/x", "write file:///tmp/x (or /tmp/x)"), ("file:", "write file:///ABSOLUTE/PATH or a folder's path"),
 ])
 def test_store_urls_that_cannot_mean_what_was_meant_are_refused(url, message, tmp_path, monkeypatch):
     """A one-slash 's3:/bucket' became a folder 's3:' in the working directory, 's3://' a folder

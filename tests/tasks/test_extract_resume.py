@@ -201,7 +201,7 @@ def test_a_stopped_run_stops_its_extraction_at_the_next_batch_and_resumes_later(
     """A run stopped (SIGTERM, Cancel) asks its tasks in flight to stop (tasks.stop_request):
     the extraction stops before its next batch with RunStopped, publishes nothing, keeps the
     complete shards, and the next run resumes from them to the features of an unstopped run."""
-    from tasks.stop_request import RunStopped, clear_stop, request_stop
+    from tasks.stop_request import RunStopped, in_flight, run_scope
 
     params = DatasetParams(kind="openmoji", n=40, image_size=32)
     spec = ModelSpec(**SPEC)
@@ -214,15 +214,19 @@ def test_a_stopped_run_stops_its_extraction_at_the_next_batch_and_resumes_later(
     def write_then_stop(*args, **kwargs):  # the run is stopped while its first shard is written
         real_write(*args, **kwargs)
         written.append(args[2])
-        request_stop()
+        scope.stop()
 
     et.write_shard = write_then_stop
     try:
-        with pytest.raises(RunStopped, match="tiny-gpt: shard 2 .* left undone"):
-            extract_to_store(url, dataset, spec, shard_size=SHARD)
+        with run_scope() as scope:
+            with pytest.raises(RunStopped, match="tiny-gpt: shard 2 .* left undone"):
+                extract_to_store(url, dataset, spec, shard_size=SHARD)
+            assert scope.wait_until_idle(0)
+            with pytest.raises(RunStopped, match="the run is being stopped: extracting tiny-gpt left undone"):
+                with in_flight("extracting tiny-gpt"):  # a task that starts after the stop does nothing
+                    written.append("started")
     finally:
         et.write_shard = real_write
-        clear_stop()
     store = Store(url)
     key = f"{layout.FEATURES}/{dataset['catalog']['dataset_version']}/{spec.name}/{feature_version(dataset['catalog']['dataset_version'], spec)}"
     assert written == [0] and not store.exists(f"{key}/manifest.json")

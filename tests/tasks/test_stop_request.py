@@ -1,0 +1,57 @@
+"""A stopped run's tasks in flight (``tasks.stop_request``): told through the run's own scope,
+counted while they run, and never the business of code outside a run or of another run."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
+
+import pytest
+
+from tasks.stop_request import RunStopped, in_flight, raise_if_stopped, run_scope
+
+
+def test_outside_a_run_nothing_is_stopped_or_counted():
+    raise_if_stopped("anything")
+    with in_flight("a direct call"):
+        pass
+
+
+def test_a_queued_task_of_a_stopped_run_does_not_start_and_the_running_one_is_waited_for():
+    """A one-thread runner holds the other models' tasks queued: after the stop they started
+    anyway (a whole model loaded during the grace wait, which then timed out)."""
+    started, release = [], threading.Event()
+
+    def task(name: str) -> str:
+        with in_flight(name):
+            started.append(name)
+            release.wait(5)
+            raise_if_stopped(f"{name}: publishing")
+            return name
+
+    with run_scope() as scope, ThreadPoolExecutor(max_workers=1) as pool:
+        futures = [pool.submit(copy_context().run, task, name) for name in ("a", "b")]  # as Prefect submits
+        while not started:
+            time.sleep(0.01)
+        scope.stop()
+        assert not scope.wait_until_idle(0.05)  # "a" is still in flight
+        release.set()
+        assert scope.wait_until_idle(5)
+        for future in futures:
+            with pytest.raises(RunStopped):
+                future.result()
+    assert started == ["a"]
+
+
+def test_two_runs_in_one_process_stop_apart():
+    with run_scope() as first:
+        first.stop()
+        with pytest.raises(RunStopped):
+            raise_if_stopped("first")
+        with run_scope() as second:
+            raise_if_stopped("second")  # another run: not stopped
+            with in_flight("second's task"):
+                assert not second.wait_until_idle(0) and first.wait_until_idle(0)
+    raise_if_stopped("after both")
