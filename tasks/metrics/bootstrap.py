@@ -193,8 +193,10 @@ def subsample_interval(estimate: float, reps: np.ndarray, scale: float, level: f
     nominal bounds leaves it). ``share``: the fraction of the replicates on a bound (within
     ``ROUNDING_RTOL``); ``degenerate``: at least ``DEGENERATE_SHARE`` of them are, or the
     unlimited interval missed the estimate by more than ``ROUNDING_RTOL`` (both quantiles of the
-    deviations on one side of 0: most replicates on one value, away from the estimate), so the
-    interval does not measure the estimate's sampling spread.
+    deviations on one side of 0), or at least ``DEGENERATE_SHARE`` of them lie on one value more
+    than ``ROUNDING_RTOL`` away from the estimate (all of them on one value: the deviations are
+    all 0 and the interval ``[estimate, estimate]`` missed nothing), so the interval does not
+    measure the estimate's sampling spread.
     """
     tail = (1 - level) / 2
     dev = reps - np.nanmean(reps)
@@ -210,5 +212,8 @@ def subsample_interval(estimate: float, reps: np.ndarray, scale: float, level: f
             on_bound |= np.abs(valid - bound) <= ROUNDING_RTOL * max(1.0, abs(bound))
     share = float(on_bound.mean())
     slack = ROUNDING_RTOL * max(1.0, abs(estimate))
-    degenerate = share >= DEGENERATE_SHARE or not raw_low - slack <= estimate <= raw_high + slack
+    values, counts = np.unique(valid, return_counts=True)
+    piled = values[np.argmax(counts)]  # the most frequent replicate value
+    away = counts.max() >= DEGENERATE_SHARE * valid.size and abs(piled - estimate) > slack
+    degenerate = share >= DEGENERATE_SHARE or away or not raw_low - slack <= estimate <= raw_high + slack
     return low, high, bool(degenerate), share

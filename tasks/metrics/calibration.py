@@ -173,7 +173,9 @@ def _calibration_numbers(observed: float, null: np.ndarray, alpha: float, lo: fl
         calibrated = 0.0
     else:
         calibrated = min(max((observed - tau) / (top - tau), 0.0), 1.0)
-    return tau, p_value, calibrated
+    # + 0.0: a lower-is-better observed value equal to tau gave -0.0 (0.0 / negative, and max(-0.0,
+    # 0.0) keeps the first), shown as "-0.000"
+    return tau, p_value, calibrated + 0.0
 
 
 def chance_level(metric: str | MetricSpec, n: int, topk: int | None = None,

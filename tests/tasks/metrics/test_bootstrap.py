@@ -232,3 +232,15 @@ def test_subsample_fraction_of_any_real_type(fraction) -> None:
     for bad in (True, np.float32(np.nan), float("inf"), "0.5", None, 1.5, np.float32(-0.5)):
         with pytest.raises(ValueError, match="subsample must be a fraction in"):
             subsample_size(40, bad)
+
+
+def test_replicates_all_on_one_value_away_from_the_estimate_are_flagged_degenerate():
+    """Every replicate on one value other than the estimate: the deviations from their mean are
+    all 0, so the interval came out [estimate, estimate], 'missed' nothing and was not flagged
+    (a stored edit_distance_knn interval of zero width at 0.0139 whose two replicates were 0.0278)."""
+    low, high, degenerate, _ = subsample_interval(0.025, np.full(200, 0.05), 1.0, 0.95, (0.0, 1.0))
+    assert (low, high, degenerate) == (0.025, 0.025, True)
+    _, _, degenerate, _ = subsample_interval(0.05, np.full(200, 0.05), 1.0, 0.95, (0.0, 1.0))
+    assert not degenerate  # on the estimate itself: a true zero spread
+    spread = np.random.default_rng(0).normal(0.5, 0.01, 200)
+    assert not subsample_interval(0.5, spread, 1.0, 0.95, (0.0, 1.0))[2]

@@ -286,3 +286,11 @@ def test_permutations_counts_the_valid_null_draws() -> None:
     valid = int(np.sum(~np.isnan(r.null)))
     assert 0 < valid < 40 and r.null.size == 40
     assert r.permutations == valid and r.p_value == pytest.approx(1 / (valid + 1))
+
+
+@pytest.mark.parametrize("lo, hi", [(0.0, math.inf), (-math.inf, math.inf), (0.0, 4.0)])
+def test_a_lower_is_better_score_equal_to_tau_calibrates_to_plus_zero(lo: float, hi: float) -> None:
+    """observed == tau (always with fewer than 19 permutations) gave -0.0 for a lower-is-better
+    metric (0.0 / negative; max(-0.0, 0.0) keeps -0.0), shown as "-0.000" in the summary and report."""
+    _, _, calibrated = _calibration_numbers(2.5, np.array([3.0, 2.9, 2.8]), 0.05, lo, hi, higher_is_better=False)
+    assert calibrated == 0.0 and math.copysign(1.0, calibrated) == 1.0 and f"{calibrated:.3f}" == "0.000"
