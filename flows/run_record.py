@@ -57,8 +57,8 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
     """Write ``record`` at ``key`` and keep the run's sign of life while the block runs; at the end
     write it again with ``finished_at``. The block sets the outcome (``status`` and what it
     published); when it raises, ``status`` becomes ``CANCELLED`` (stopped: Ctrl-C, SIGTERM,
-    cancelled from the UI) or ``FAILED``, with the error on one line. A stopped run first tells
-    its tasks in flight (in this process) to stop at their next safe point and waits up to
+    cancelled from the UI) or ``FAILED``, with the error on one line. A stopped (or failed) run
+    first tells its tasks in flight (in this process) to stop at their next safe point and waits up to
     ``STOP_GRACE_S`` for them (``tasks.stop_request``), so that its end and sign of life cover
     what they write; a second signal ends the wait at once. Tasks the block submits run in its
     ``run_scope``."""
@@ -70,16 +70,15 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
         except BaseException as error:
             stopped = isinstance(error, (KeyboardInterrupt, TerminationSignal))
             record.update(status=CANCELLED if stopped else FAILED, error=one_line(error))
-            if stopped:
-                scope.stop()  # stays set: a task still running after the wait stops before publishing
-                try:
-                    if not scope.wait_until_idle(0):
-                        logging.getLogger("prh.run").warning(
-                            "stopping: waiting up to %.0f s for the tasks in flight to reach a safe point (stop again "
-                            "to end now)", STOP_GRACE_S)
-                        scope.wait_until_idle(STOP_GRACE_S)
-                except (KeyboardInterrupt, TerminationSignal):
-                    pass  # asked twice: the record now
+            scope.stop()  # stays set: a task still running after the wait stops before publishing
+            try:
+                if not scope.wait_until_idle(0):
+                    logging.getLogger("prh.run").warning(
+                        "stopping: waiting up to %.0f s for the tasks in flight to reach a safe point (stop again "
+                        "to end now)", STOP_GRACE_S)
+                    scope.wait_until_idle(STOP_GRACE_S)
+            except (KeyboardInterrupt, TerminationSignal):
+                pass  # asked twice: the record now
             raise
         finally:
             record["finished_at"] = utc_now()
