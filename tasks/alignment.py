@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tasks import metrics
+from tasks.stop_request import raise_if_stopped
 from tasks.metrics.representation import KEEP_GRAM_MAX_N
 
 logger = logging.getLogger(__name__)
@@ -269,6 +270,7 @@ def align_layers(
     rep_y = metrics.Representation([ys[i] for i in keep_y], keep_gram_max_n=keep_gram_max_n).cache_grams()
     results = []
     for request in requests:
+        raise_if_stopped(f"{names[0]} x {names[1]}: {request.label()}")  # a stopped run: at the next metric
         refused_x, refused_y = _refused_layers(request, rep_x, rep_y)
         excluded_x = {**bad_x, **{keep_x[i]: why for i, why in refused_x.items()}}
         excluded_y = {**bad_y, **{keep_y[i]: why for i, why in refused_y.items()}}
@@ -300,6 +302,7 @@ def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutati
         best, (i, j) = metrics.aggregate(matrix, "max", metrics.get_metric(request.name).higher_is_better)
         result = PairAlignment(request, matrix, float(best), (int(i), int(j)), chance)
     if bootstrap > 0:
+        raise_if_stopped(f"{request.label()}: its bootstrap interval")
         try:
             with warnings.catch_warnings():  # a degenerate interval is stored flagged and logged once, below
                 warnings.simplefilter("ignore", RuntimeWarning)

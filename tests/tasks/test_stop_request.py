@@ -55,3 +55,20 @@ def test_two_runs_in_one_process_stop_apart():
             with in_flight("second's task"):
                 assert not second.wait_until_idle(0) and first.wait_until_idle(0)
     raise_if_stopped("after both")
+
+
+def test_a_stopped_run_stops_an_alignment_at_its_next_metric():
+    """Alignment had no safe point before it published: a stopped `prh run` went on through every
+    metric's calibration and bootstrap (40 s in a hunt) after its record said it ended."""
+    import numpy as np
+
+    from tasks.alignment import MetricRequest, align_layers
+
+    rng = np.random.default_rng(0)
+    xs, ys = [rng.normal(size=(30, 4)).astype(np.float32)], [rng.normal(size=(30, 3)).astype(np.float32)]
+    requests = [MetricRequest("cka", {}), MetricRequest("mutual_knn", {"topk": 3})]
+    assert len(align_layers(xs, ys, requests)) == 2  # outside a run: never stopped
+    with run_scope() as scope:
+        scope.stop()
+        with pytest.raises(RunStopped, match=r"the run is being stopped: a x b: cka.* left undone"):
+            align_layers(xs, ys, requests, names=("a", "b"))
