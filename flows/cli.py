@@ -32,6 +32,10 @@ def configure_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+#: the store without --store and $PRH_STORE: store/ of this checkout
+CHECKOUT_STORE = str(PROJECT_ROOT / "store")
+
+
 def default_store() -> str:
     """The store used without ``--store``: ``$PRH_STORE``, else ``store/`` of this checkout
     (wherever the command runs from). A ``$PRH_STORE`` that is no store URL (empty, ``s3:/x``)
@@ -40,7 +44,7 @@ def default_store() -> str:
 
     store = os.environ.get("PRH_STORE")
     if store is None:
-        return str(PROJECT_ROOT / "store")
+        return CHECKOUT_STORE
     try:
         check_store_url(store)
     except ValueError as error:
@@ -52,7 +56,7 @@ def _default_store_shown() -> str:
     """The default store as an error message names it: ``$PRH_STORE`` as set (even when it is no
     store URL: the error is about the store given), else ``store/`` of this checkout."""
     store = os.environ.get("PRH_STORE")
-    return str(PROJECT_ROOT / "store") if store is None else f"$PRH_STORE={store!r}"
+    return CHECKOUT_STORE if store is None else f"$PRH_STORE={store!r}"
 
 
 def store_argument(args: argparse.Namespace) -> str:

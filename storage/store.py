@@ -152,8 +152,10 @@ def check_store_url(url: Any) -> None:
     if url != url.strip():
         raise ValueError(f"store URL {url!r} starts or ends with spaces")
     scheme, sep, rest = url.partition(":")
-    if sep and "://" not in url and scheme.lower() in _known_protocols():
-        if scheme.lower() in ("file", "local"):  # file:/data/prh: the absolute path keeps its '/'
+    after = url.split("://", 1)[1] if "://" in url else None  # what follows '://', if any
+    local = scheme.lower() in ("file", "local")
+    if sep and after is None and scheme.lower() in _known_protocols():
+        if local:  # file:/data/prh: the absolute path keeps its '/'
             fix = (f"{scheme}://{'/' + rest.lstrip('/')}" if rest.startswith("/")
                    else f"{rest} (a folder in the working directory) or {scheme}:///ABSOLUTE/PATH" if rest
                    else f"{scheme}:///ABSOLUTE/PATH or a folder's path")
@@ -161,23 +163,23 @@ def check_store_url(url: Any) -> None:
             fix = f"{scheme}://{rest.lstrip('/')}"
         raise ValueError(f"store URL {url!r} looks like a {scheme} URL without '//': write {fix} "
                          f"(or ./{url} for a local folder of that name)")
-    if scheme.lower() in _BUCKET_PROTOCOLS and "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
+    if scheme.lower() in _BUCKET_PROTOCOLS and after is not None and "@" in after.split("/", 1)[0]:
         # s3fs takes 'KEY:SECRET@bucket' for a bucket name, and botocore's error then prints it whole
         raise ValueError(f"store URL {redact_url(url)!r} (shown without its user:password@ part) names credentials in the URL, "
                          f"which {scheme} does not read there (it would take them for the bucket's name and show them in errors): "
                          f"give them through the environment (for S3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE) "
                          f"and write {scheme}://BUCKET/PREFIX")
-    if scheme.lower() in ("file", "local") and "://" in url and url.split("://", 1)[1][:1] not in ("", "/"):
+    if local and after is not None and after[:1] not in ("", "/"):
         # fsspec reads file://tmp/x as the relative folder tmp/x, a URL reader as host 'tmp'
-        path = url.split("://", 1)[1]
+        path = after
         host, _, rest = path.partition("/")
         if host.lower() == "localhost" and rest:  # file://localhost/tmp/x: the URL form of /tmp/x
             raise ValueError(f"store URL {url!r} names a host, which fsspec would read as a folder 'localhost': write "
                              f"{scheme}:///{rest} (or /{rest})")
         raise ValueError(f"store URL {url!r} is ambiguous: write {scheme}:///{path} for the absolute path /{path}, "
                          f"or {path} for a folder in the working directory")
-    if "://" in url and not url.split("://", 1)[1].strip("/"):
-        if scheme.lower() in ("file", "local"):
+    if after is not None and not after.strip("/"):
+        if local:
             raise ValueError(f"store URL {url!r} names the filesystem's root: add the folder, e.g. {scheme}:///data/prh")
         raise ValueError(f"store URL {url!r} names no bucket or host: add them, e.g. {scheme}://bucket/prh")
 
