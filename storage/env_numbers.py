@@ -5,22 +5,29 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 
-def env_number(name: str, default: float, *, what: str, minimum: float = 0.0, integer: bool = False,
-               finite: bool = True, env: Mapping[str, str] | None = None) -> float:
+def env_number(name: str | Sequence[str], default: float, *, what: str, minimum: float = 0.0,
+               above_minimum: bool = False, integer: bool = False, finite: bool = True,
+               env: Mapping[str, str] | None = None) -> float:
     """The number in the environment variable ``name`` (``default`` when unset or blank): an
-    integer when ``integer``, at least ``minimum``, finite unless ``finite`` is False (then
-    ``inf``, and ``nan``, are returned as they are). Raises ``ValueError`` naming the variable,
-    its value and ``what`` it must be (e.g. ``"a whole number of workers, at least 1"``)."""
-    raw = (os.environ if env is None else env).get(name)
-    if raw is None or not raw.strip():
+    integer when ``integer``, at least ``minimum`` (greater than it when ``above_minimum``),
+    finite unless ``finite`` is False (then ``inf``, and ``nan``, are returned as they are).
+    ``name`` may list several variables, first wins (``("PRH_S3_MAX_ATTEMPTS",
+    "AWS_MAX_ATTEMPTS")``). Raises ``ValueError`` naming the variable read, its value and ``what``
+    it must be (e.g. ``"a whole number of workers, at least 1"``)."""
+    env = os.environ if env is None else env
+    names = (name,) if isinstance(name, str) else tuple(name)
+    found = next((n for n in names if (env.get(n) or "").strip()), None)
+    if found is None:
         return default
+    raw = env[found]
     try:
         value = int(raw) if integer else float(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not {what}") from None
-    if (finite and not math.isfinite(value)) or value < minimum:
-        raise ValueError(f"{name}={raw!r}: it must be {what}")
+        raise ValueError(f"{found}={raw!r} is not {what}") from None
+    too_small = value <= minimum if above_minimum else value < minimum
+    if (finite and not math.isfinite(value)) or too_small:
+        raise ValueError(f"{found}={raw!r}: it must be {what}")
     return value

@@ -22,10 +22,11 @@ own variables, honoured because an explicit ``Config`` would otherwise hide them
 
 from __future__ import annotations
 
-import math
 import re
 import os
 from typing import Any, Mapping
+
+from storage.env_numbers import env_number
 
 DEFAULT_MAX_ATTEMPTS = 6
 DEFAULT_RETRY_MODE = "standard"
@@ -41,15 +42,14 @@ def s3_config_kwargs(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     "read_timeout": float}``; raises ValueError naming the variable if one is malformed.
     """
     env = os.environ if env is None else env
-    attempts = _first(env, "PRH_S3_MAX_ATTEMPTS", "AWS_MAX_ATTEMPTS")
     mode = _first(env, "PRH_S3_RETRY_MODE", "AWS_RETRY_MODE")
     return {
         "retries": {
-            "total_max_attempts": _positive_int(attempts, DEFAULT_MAX_ATTEMPTS),
+            "total_max_attempts": _attempts(("PRH_S3_MAX_ATTEMPTS", "AWS_MAX_ATTEMPTS"), DEFAULT_MAX_ATTEMPTS, env),
             "mode": _mode(mode, DEFAULT_RETRY_MODE),
         },
-        "connect_timeout": _positive_float(env, "PRH_S3_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S),
-        "read_timeout": _positive_float(env, "PRH_S3_READ_TIMEOUT", DEFAULT_READ_TIMEOUT_S),
+        "connect_timeout": _seconds("PRH_S3_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S, env),
+        "read_timeout": _seconds("PRH_S3_READ_TIMEOUT", DEFAULT_READ_TIMEOUT_S, env),
     }
 
 
@@ -86,9 +86,8 @@ def with_s3_defaults(storage_options: Mapping[str, Any] | None, env: Mapping[str
 
 def s3fs_retries(env: Mapping[str, str] | None = None) -> int | None:
     """s3fs's own retry count from ``PRH_S3_FS_RETRIES``, or None to keep s3fs's default (5)."""
-    env = os.environ if env is None else env
-    raw = env.get("PRH_S3_FS_RETRIES")
-    return None if raw in (None, "") else _positive_int(("PRH_S3_FS_RETRIES", raw), 5)
+    found = _attempts("PRH_S3_FS_RETRIES", 0, os.environ if env is None else env)
+    return found or None
 
 
 # ------------------------------------------------------------------ parsing
@@ -100,30 +99,13 @@ def _first(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
     return None
 
 
-def _positive_int(found: tuple[str, str] | None, default: int) -> int:
-    if found is None:
-        return default
-    name, raw = found
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer (a number of attempts, at least 1)") from None
-    if value < 1:
-        raise ValueError(f"{name}={raw!r} must be at least 1")
-    return value
+def _attempts(names: str | tuple[str, ...], default: int, env: Mapping[str, str]) -> int:
+    return int(env_number(names, default, what="a whole number of attempts, at least 1", minimum=1,
+                          integer=True, env=env))
 
 
-def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={raw!r} must be a positive number of seconds")
-    return value
+def _seconds(name: str, default: float, env: Mapping[str, str]) -> float:
+    return env_number(name, default, what="a positive number of seconds", above_minimum=True, env=env)
 
 
 def _mode(found: tuple[str, str] | None, default: str) -> str:

@@ -62,22 +62,6 @@ def test_environment_typos_fail_the_flow_at_its_start_naming_the_variable(tmp_pa
     assert not (tmp_path / "unused-store-never-opened").exists()
 
 
-def test_env_number_names_the_variable_and_what_it_must_be():
-    import pytest
-
-    from storage.env_numbers import env_number
-
-    assert env_number("X", 7, what="w", env={}) == 7 and env_number("X", 7, what="w", env={"X": " "}) == 7
-    assert env_number("X", 7, what="w", env={"X": "2.5"}) == 2.5
-    assert env_number("X", 7, what="w", integer=True, minimum=1, env={"X": "3"}) == 3
-    for raw, message in (("abc", "X='abc' is not w"), ("-1", "X='-1': it must be w"), ("inf", "X='inf': it must be w"),
-                         ("nan", "X='nan': it must be w")):
-        with pytest.raises(ValueError, match=message):
-            env_number("X", 7, what="w", env={"X": raw})
-    with pytest.raises(ValueError, match="X='2.5' is not w"):
-        env_number("X", 7, what="w", integer=True, env={"X": "2.5"})
-
-
 def test_dask_workers_are_read_only_where_used_and_0_goes_with_adapt(monkeypatch):
     """PRH_DASK_WORKERS=0 with PRH_DASK_ADAPT_KWARGS is an adaptive cluster (not a hang), and the
     variable does not matter when PRH_DASK_CLUSTER_KWARGS sets n_workers."""

@@ -32,6 +32,7 @@ from storage.s3_options import (
     describe_s3_error,
     redact_text,
     s3_config_kwargs,
+    s3fs_retries,
     with_s3_defaults,
 )
 from storage.store import CLAIM, MANIFEST, Store, StoreNotWritable, table_to_parquet_bytes
@@ -201,9 +202,14 @@ def test_s3_options_precedence_and_validation():
                                        "connect_timeout": 5.0}
     assert user["config_kwargs"] == {"retries": {"max_attempts": 1}, "read_timeout": 7}  # not modified
     for name, value in [("PRH_S3_MAX_ATTEMPTS", "0"), ("PRH_S3_MAX_ATTEMPTS", "many"), ("PRH_S3_RETRY_MODE", "eager"),
-                        ("PRH_S3_READ_TIMEOUT", "-1"), ("PRH_S3_CONNECT_TIMEOUT", "nan")]:
-        with pytest.raises(ValueError, match=name):
+                        ("PRH_S3_READ_TIMEOUT", "-1"), ("PRH_S3_READ_TIMEOUT", "0"), ("PRH_S3_CONNECT_TIMEOUT", "nan"),
+                        ("AWS_MAX_ATTEMPTS", "2.5")]:
+        with pytest.raises(ValueError, match=f"^{name}="):
             s3_config_kwargs({name: value})
+    assert s3_config_kwargs({"PRH_S3_MAX_ATTEMPTS": " ", "AWS_MAX_ATTEMPTS": "2"})["retries"]["total_max_attempts"] == 2
+    assert s3fs_retries({}) is None and s3fs_retries({"PRH_S3_FS_RETRIES": "3"}) == 3
+    with pytest.raises(ValueError, match="^PRH_S3_FS_RETRIES='0': it must be a whole number of attempts, at least 1$"):
+        s3fs_retries({"PRH_S3_FS_RETRIES": "0"})
 
 
 def test_store_applies_s3_options(s3_store_url, monkeypatch, tmp_path):
