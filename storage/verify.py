@@ -168,7 +168,9 @@ def _checks(store: Store, boxes: tuple[str, ...], quick: bool) -> Iterator[Versi
         damaged: list[DamagedManifest] = []
         for version_key, manifest in store.manifests(box, on_damaged=damaged.append):
             if is_version_key(version_key):
-                yield check_version(store, version_key, manifest, quick)
+                check = _settled(store, check_version(store, version_key, manifest, quick), manifest, quick)
+                if check is not None:
+                    yield check
             else:
                 yield VersionCheck(version_key, problems=[STRAY], removable=False)
         for error in damaged:
@@ -176,6 +178,22 @@ def _checks(store: Store, boxes: tuple[str, ...], quick: bool) -> Iterator[Versi
                 yield VersionCheck(error.version_key, problems=[str(error)])
             else:
                 yield VersionCheck(error.version_key, problems=[f"{STRAY}: {error}"], removable=False)
+
+
+def _settled(store: Store, check: VersionCheck, manifest: dict[str, Any], quick: bool) -> VersionCheck | None:
+    """``check`` of a version whose files did not match its ``manifest``, read when the listing
+    started, after one more look at the manifest: None when it is gone (``prh gc --keep-runs`` or
+    another ``verify --remove-damaged`` unpublished the version meanwhile, manifest first: not
+    damaged, just no longer published), the check made again when a run published it anew."""
+    if check.ok:
+        return check
+    try:
+        now = store.manifest(check.key)
+    except DamagedManifest as error:
+        return VersionCheck(check.key, problems=[str(error)])
+    if now is None:
+        return None
+    return check if now == manifest else check_version(store, check.key, now, quick)
 
 
 def remove_version(store: Store, version_key: str) -> bool:

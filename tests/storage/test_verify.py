@@ -7,6 +7,7 @@ import hashlib
 import pyarrow as pa
 import pytest
 
+import storage.verify as verify_module
 from flows.cli import main
 from storage.store import MANIFEST, Store
 from storage.verify import CHUNK_BYTES, file_sha256, remove_version, verify_store
@@ -145,6 +146,43 @@ def test_remove_version_leaves_a_version_a_live_writer_is_publishing(tmp_path, c
     assert main(["verify", "--store", url, "--remove-damaged"]) == 1
     assert f"removed {key}: the next run computes it again" in capsys.readouterr().out
     assert not store.exists(key)
+
+
+def test_a_version_removed_while_verify_runs_is_not_reported_damaged(tmp_path):
+    """The concurrency hunt: `prh gc --keep-runs` (or a second `verify --remove-damaged`)
+    unpublished a version after verify had listed its manifest and before its files were checked;
+    verify reported it DAMAGED ("missing") and exit 1, and --remove-damaged said it removed it."""
+    store = Store(str(tmp_path / "store"))
+    keys = [f"features/d1/model-{i}/v{i}" for i in range(3)]
+    for i, key in enumerate(keys):
+        _publish(store, key, i)
+    _damage(store, f"{keys[2]}/b.bin", "truncate")  # really damaged: still reported
+
+    def remove_the_next(check):
+        if check.key == keys[0]:
+            assert remove_version(Store(store.url), keys[1])
+
+    checks = verify_store(store, on_check=remove_the_next)
+    assert [(c.key, c.ok) for c in checks] == [(keys[0], True), (keys[2], False)]
+    assert checks[1].problems == ["b.bin: 59 bytes, the manifest says 64"]
+
+
+def test_a_version_published_anew_while_verify_runs_is_checked_against_its_new_manifest(tmp_path, monkeypatch):
+    store = Store(str(tmp_path / "store"))
+    key = "features/d1/model-0/v0"
+    _publish(store, key, 0)
+    original, calls = verify_module.check_version, []
+
+    def check_version(store_, version_key, manifest, quick=False):
+        if not calls:  # between the listing and the check: removed and published again, other files
+            assert remove_version(Store(store.url), key)
+            _publish(Store(store.url), key, 7)
+        calls.append(manifest["catalog"]["seed"])
+        return original(store_, version_key, manifest, quick)
+
+    monkeypatch.setattr(verify_module, "check_version", check_version)
+    [check] = verify_store(store)
+    assert check.ok and calls == [0, 7]
 
 
 def test_a_run_republishing_during_remove_version_keeps_its_files(tmp_path, monkeypatch):
