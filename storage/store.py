@@ -778,11 +778,23 @@ class Store:
         self.fs.invalidate_cache(self.path(version_key))
         return self.manifest(version_key)
 
-    def _has_manifest_file(self, version_key: str) -> bool:
-        """True when ``version_key`` has a manifest file, readable or damaged: a sweep never
-        removes such a version's files (a damaged one is `prh verify --remove-damaged`'s to judge)."""
+    def has_manifest_file(self, version_key: str) -> bool:
+        """True when ``version_key`` has a manifest file, readable or damaged, looked up afresh
+        (not from a cached listing): a sweep never removes such a version's files (a damaged one
+        is `prh verify --remove-damaged`'s to judge); a run computing the version stops, another
+        run having published it meanwhile (``tasks.stop_request.unless_published_meanwhile``)."""
         self.fs.invalidate_cache(self.path(version_key))
         return self.exists(f"{version_key}/{MANIFEST}")
+
+    def published_meanwhile(self, version_key: str) -> dict[str, Any]:
+        """The manifest of the version at ``version_key``, which another run published while this
+        one was computing it. RuntimeError when it is gone again (``prh verify
+        --remove-damaged`` removed it right after): the next run computes it."""
+        manifest = self._fresh_manifest(version_key)
+        if manifest is None:
+            raise RuntimeError(f"{version_key} was published by another run and removed again meanwhile; "
+                               "run again to compute it")
+        return manifest
 
     def _stale_claim(self, claim_key: str, stale_after_s: float) -> tuple[bytes, str | None] | None:
         """``(the claim's bytes, its heartbeat key)`` when the claim's writer is dead or its last
@@ -853,7 +865,7 @@ class Store:
                 version_key = self.key_of(path).rsplit("/", 1)[0]
                 claim_key = f"{version_key}/{CLAIM}"
                 if dry_run:
-                    if self._stale_claim(claim_key, stale_after_s) is not None and not self._has_manifest_file(version_key):
+                    if self._stale_claim(claim_key, stale_after_s) is not None and not self.has_manifest_file(version_key):
                         swept.append(version_key)
                         if sizes is not None:
                             sizes[version_key] = self._sweepable_bytes(version_key)
@@ -866,7 +878,7 @@ class Store:
                     continue  # a live writer claimed it in the meantime
                 try:
                     with _Heartbeat(self, claim_key, token, min(CLAIM_HEARTBEAT_SECONDS, stale_after_s / 4)) as beat:
-                        if not self._has_manifest_file(version_key) and \
+                        if not self.has_manifest_file(version_key) and \
                                 self._remove_unpublished_files(version_key, json.loads(token)["owner"], beat.check):
                             swept.append(version_key)
                             if sizes is not None:

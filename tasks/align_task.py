@@ -31,7 +31,7 @@ from tasks.image_rows import image_rows, mean_rows
 from tasks.metric_plugins import load_metric_modules, metric_source
 from tasks.params import AlignmentParams
 from tasks.retries import backoff, retry_transient
-from tasks.stop_request import in_flight, raise_if_stopped
+from tasks.stop_request import PublishedMeanwhile, in_flight, raise_if_stopped, unless_published_meanwhile
 
 #: The code an alignment version depends on: the engine, the per-pair driver, the per-image rows,
 #: the pairing join, this stage (it prepares the layers and calls the driver) and the reading of
@@ -401,8 +401,13 @@ def align_to_store(
         xs, ys = (prepare_layers(layers, q=params.outlier_quantile, scope=params.outlier_scope, exact=params.outlier_exact,
                                  threshold_from=threshold_layers(catalog.get("modality", ""), len(layers)))
                   for layers, catalog in ((pair.xs, manifest_a["catalog"]), (pair.ys, manifest_b["catalog"])))
-        computed = align_layers(xs, ys, to_compute, permutations=params.permutations, seed=params.seed,
-                                bootstrap=params.bootstrap, names=(model_a, model_b))
+        try:  # a run beside this one may publish this version first: stop at the next metric then
+            with unless_published_meanwhile(lambda: store.has_manifest_file(key), f"{model_a} x {model_b}'s alignment {key}"):
+                computed = align_layers(xs, ys, to_compute, permutations=params.permutations, seed=params.seed,
+                                        bootstrap=params.bootstrap, names=(model_a, model_b))
+        except PublishedMeanwhile as news:
+            logger.info("%s; this run stopped computing it and uses that copy", news)
+            return {**store.published_meanwhile(key), "reused": True}
     by_name = {**reused, **{r.metric.name: r for r in computed}}
     results = [by_name[r.name] for r in requests]
     degenerate = excluded_layers(results, manifest_a, manifest_b)

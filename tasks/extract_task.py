@@ -22,7 +22,7 @@ from tasks.extract.finite import check_finite
 from tasks.extract.spec import ModelSpec
 from tasks.feature_copy import published_elsewhere, reuse_renamed
 from tasks.retries import ModelLoadTimeout, backoff, model_load_timeout, retry_transient
-from tasks.stop_request import in_flight, raise_if_stopped
+from tasks.stop_request import PublishedMeanwhile, in_flight, raise_if_stopped, unless_published_meanwhile
 
 #: Part of every feature version. Raise it when this module changes what is stored (it is not
 #: hashed itself, so that a change to its orchestration does not re-extract every model): the
@@ -155,7 +155,12 @@ def extract_to_store(
         expand = None
 
     started = time.perf_counter()
-    extracted = _extract_shards(store, key, spec, items, shard_size, logger, started, on_progress, item_ids)
+    try:  # a run beside this one (a nightly, a run from the UI) may publish this version first
+        with unless_published_meanwhile(lambda: store.has_manifest_file(key), f"{spec.name}'s features {version}"):
+            extracted = _extract_shards(store, key, spec, items, shard_size, logger, started, on_progress, item_ids)
+    except PublishedMeanwhile as news:
+        logger.info("%s: %s; this run stopped extracting it and uses that copy", spec.name, news)
+        return {**store.published_meanwhile(key), "reused": True}
     layers = [np.concatenate(parts) for parts in zip(*extracted.shards)]
     check_finite(spec.name, extracted.model["layer_names"], layers, item_ids)  # stored shards too: never publish NaN/Inf
     if expand is not None:

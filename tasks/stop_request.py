@@ -10,6 +10,12 @@ time for them (:meth:`RunScope.wait_until_idle`). A task stops at its next safe 
 (:func:`in_flight`: a task still queued when the run stopped never starts its work), before each
 batch and before publishing (:func:`raise_if_stopped`).
 
+A task can also give up because its work was done elsewhere: two runs on one store (a nightly and
+a run started from the UI) may compute the same version at once, and the one that publishes
+second drops its copy. Inside :func:`unless_published_meanwhile` the same safe points ask, at most
+every few seconds, whether the version is published, and raise :class:`PublishedMeanwhile` when
+it is, so the later run stops at its next batch or metric instead of finishing the work.
+
 The scope travels with the run's context (a ``ContextVar``: Prefect runs each task in a copy of
 the submitting flow's context), so two runs in one process have their own, and code called
 outside any run (a notebook calling ``align_to_store``) is never stopped. Tasks on Dask workers
@@ -19,13 +25,19 @@ outside any run (a notebook calling ``align_to_store``) is never stopped. Tasks 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
 
 class RunStopped(RuntimeError):
     """The run is being stopped: a task gave up at a safe point (nothing half-written)."""
+
+
+class PublishedMeanwhile(RuntimeError):
+    """The version a task is computing was published by another run meanwhile: the task gave up
+    at a safe point (its caller uses the published copy)."""
 
 
 class RunScope:
@@ -62,6 +74,36 @@ class RunScope:
 
 
 _current: ContextVar[RunScope | None] = ContextVar("prh_run_scope", default=None)
+_watch: ContextVar["_Watch | None"] = ContextVar("prh_published_watch", default=None)
+#: Seconds between two looks at the store from the safe points (a HEAD request on S3).
+WATCH_EVERY_S = 5.0
+
+
+class _Watch:
+    def __init__(self, published: Callable[[], bool], what: str, every_s: float) -> None:
+        self.published, self.what, self.every_s = published, what, every_s
+        self.last = time.monotonic()  # the caller has just looked
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            if self.published():
+                raise PublishedMeanwhile(f"{self.what} was published by another run meanwhile")
+
+
+@contextmanager
+def unless_published_meanwhile(published: Callable[[], bool], what: str,
+                               every_s: float | None = None) -> Iterator[None]:
+    """Within the block, :func:`raise_if_stopped` also calls ``published()`` (at most once every
+    ``every_s`` seconds, default ``WATCH_EVERY_S``, the first time ``every_s`` after entering) and raises
+    :class:`PublishedMeanwhile` naming ``what`` once it returns True. Per thread of work (a
+    ``ContextVar``): another task's safe points are not affected."""
+    token = _watch.set(_Watch(published, what, WATCH_EVERY_S if every_s is None else every_s))
+    try:
+        yield
+    finally:
+        _watch.reset(token)
 
 
 @contextmanager
@@ -76,10 +118,15 @@ def run_scope() -> Iterator[RunScope]:
 
 
 def raise_if_stopped(what: str) -> None:
-    """``RunStopped`` naming ``what`` is left undone, when the current run is being stopped."""
+    """``RunStopped`` naming ``what`` is left undone, when the current run is being stopped;
+    inside :func:`unless_published_meanwhile`, :class:`PublishedMeanwhile` once the version is
+    published by another run."""
     scope = _current.get()
     if scope is not None and scope.stopping:
         raise RunStopped(f"the run is being stopped: {what} left undone")
+    watch = _watch.get()
+    if watch is not None:
+        watch.check()
 
 
 @contextmanager

@@ -276,7 +276,7 @@ def test_gc_stalled_past_the_limit_removes_nothing_of_the_writer_that_took_over(
     store = Store(store_url)
     store.write_json(f"y/v/{CLAIM}", {"owner": "dead", "claimed_at": 0, "process": {"host": "elsewhere", "pid": 1}})
     store.write_bytes("y/v/a.bin", b"dead writer's")
-    real_has_manifest = Store._has_manifest_file
+    real_has_manifest = Store.has_manifest_file
 
     def taken_over_meanwhile(self, key):
         other = Store(store_url)
@@ -284,11 +284,11 @@ def test_gc_stalled_past_the_limit_removes_nothing_of_the_writer_that_took_over(
         other.write_bytes(f"{key}/a.bin", b"new writer")
         return real_has_manifest(self, key)
 
-    monkeypatch.setattr(Store, "_has_manifest_file", taken_over_meanwhile)
+    monkeypatch.setattr(Store, "has_manifest_file", taken_over_meanwhile)
     assert store.sweep_abandoned(("y",), stale_after_s=1.0) == []
     assert Store(store_url).read_bytes("y/v/a.bin") == b"new writer"
     assert json.loads(Store(store_url).read_bytes(f"y/v/{CLAIM}"))["owner"] == "someone-else"
-    monkeypatch.setattr(Store, "_has_manifest_file", real_has_manifest)
+    monkeypatch.setattr(Store, "has_manifest_file", real_has_manifest)
 
     store.publish("z/v", {"a.bin": b"1"}, {"writer": 1})
     real_sizes = Store.sizes

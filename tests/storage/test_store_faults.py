@@ -238,7 +238,7 @@ def test_sweep_does_not_count_a_version_whose_manifest_landed_as_it_began(tmp_pa
     store.write_bytes("features/d/m/v1/layer-000.parquet", b"data")
     store.write_bytes(f"features/d/m/v1/{CLAIM}", old)
     store.write_bytes("features/d/m/v1/manifest.json", b"{}")
-    monkeypatch.setattr(Store, "_has_manifest_file", lambda self, key: False)  # checked just before it landed
+    monkeypatch.setattr(Store, "has_manifest_file", lambda self, key: False)  # checked just before it landed
     sizes: dict[str, int] = {}
     assert store.sweep_abandoned(stale_after_s=60, sizes=sizes) == [] and sizes == {}
     assert _files(Path(store.root)) == ["features/d/m/v1/layer-000.parquet", "features/d/m/v1/manifest.json"]

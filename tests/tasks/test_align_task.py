@@ -1,4 +1,5 @@
-"""The pipeline's alignment tables (tasks/align_task.py result_tables)."""
+"""The pipeline's alignment stage (tasks/align_task.py): its tables (result_tables), a version
+another run publishes meanwhile."""
 
 from __future__ import annotations
 
@@ -42,3 +43,32 @@ def test_an_infinite_best_score_is_stored_without_its_layers() -> None:
     _, best = result_tables([inf], MANIFEST_A, MANIFEST_B, "v1", 10)
     row = best.to_pylist()[0]
     assert (row["score"], row["layer_a"], row["layer_b"], row["layer_name_a"], row["layer_name_b"]) == (None,) * 5
+
+
+def test_a_version_another_run_publishes_meanwhile_stops_this_alignment_at_its_next_metric(tmp_path, monkeypatch, caplog):
+    """The concurrency hunt: of two runs aligning the same pair at once, the later one computed
+    every metric to its end and then dropped its copy. It now stops at its next metric."""
+    import tasks.align_task as align_task
+    import tasks.stop_request as stop_request
+    from storage.store import Store
+    from tests.tasks.test_reused_metrics import _align, _models
+
+    monkeypatch.setattr(stop_request, "WATCH_EVERY_S", 0.0)
+    store = Store(str(tmp_path / "store"))
+    ma, mb = _models(store)
+    real, other = align_task.align_layers, {}
+
+    def other_run_first(xs, ys, requests, **kw):  # the other run publishes while this one prepares
+        if not other:
+            other["manifest"] = "computing"
+            other["manifest"] = _align(store, ma, mb, ["cka", "mutual_knn"])
+        return real(xs, ys, requests, **kw)
+
+    monkeypatch.setattr(align_task, "align_layers", other_run_first)
+    with caplog.at_level("INFO"):
+        mine = _align(store, ma, mb, ["cka", "mutual_knn"])
+    theirs = other["manifest"]
+    assert not theirs["reused"] and mine["reused"] and mine["key"] == theirs["key"]
+    assert {k: v for k, v in mine.items() if k != "reused"} == {k: v for k, v in theirs.items() if k != "reused"}
+    assert "was published by another run meanwhile; this run stopped computing it and uses that copy" in caplog.text
+    assert "this run's copy is dropped" not in caplog.text  # it stopped before computing, not at publishing

@@ -235,3 +235,31 @@ def test_a_stopped_run_stops_its_extraction_at_the_next_batch_and_resumes_later(
     reference = extract_to_store(str(tmp_path / "ref"), publish_dataset(params, str(tmp_path / "ref")), spec, shard_size=SHARD)
     for got, want in zip(_layers(store, resumed), _layers(Store(str(tmp_path / "ref")), reference)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_version_another_run_publishes_meanwhile_stops_this_extraction(tmp_path, monkeypatch, caplog):
+    """The concurrency hunt: two runs on one store (a nightly, a run from the UI) extracted the
+    same model to its end and the later one dropped its copy (25 s after the first had
+    published). Now the later one looks at the store at its safe points and stops there."""
+    import tasks.stop_request as stop_request
+
+    monkeypatch.setattr(stop_request, "WATCH_EVERY_S", 0.0)  # look at every batch
+    params = DatasetParams(kind="openmoji", n=40, image_size=32)
+    spec = ModelSpec(**SPEC)
+    url = str(tmp_path / "store")
+    dataset = publish_dataset(params, url)
+    batches, other = [], {}
+
+    def another_run_publishes(done, total):  # the other run publishes while this one has its first batch
+        batches.append(done)
+        if not other:
+            other.update(extract_to_store(url, dataset, spec, shard_size=SHARD))
+
+    with caplog.at_level("INFO"):
+        mine = extract_to_store(url, dataset, spec, shard_size=SHARD, on_progress=another_run_publishes)
+    assert not other["reused"] and mine["reused"] and mine["key"] == other["key"]
+    assert {k: v for k, v in mine.items() if k != "reused"} == {k: v for k, v in other.items() if k != "reused"}
+    assert batches == [spec.batch_size], batches  # stopped at its next batch, not after all 40 items
+    assert "was published by another run meanwhile; this run stopped extracting it and uses that copy" in caplog.text
+    store = Store(url)
+    assert store.manifest(mine["key"]) == {k: v for k, v in other.items() if k != "reused"}

@@ -72,3 +72,44 @@ def test_a_stopped_run_stops_an_alignment_at_its_next_metric():
         scope.stop()
         with pytest.raises(RunStopped, match=r"the run is being stopped: a x b: cka.* left undone"):
             align_layers(xs, ys, requests, names=("a", "b"))
+
+
+def test_published_meanwhile_is_asked_at_safe_points_at_most_every_few_seconds(monkeypatch):
+    from tasks.stop_request import PublishedMeanwhile, unless_published_meanwhile
+
+    clock, asked = [100.0], []
+    monkeypatch.setattr("tasks.stop_request.time.monotonic", lambda: clock[0])
+
+    def published():
+        asked.append(clock[0])
+        return clock[0] >= 110
+
+    with unless_published_meanwhile(published, "v1", every_s=5):
+        raise_if_stopped("x")  # entered just now: the caller has just looked
+        clock[0] = 104.9
+        raise_if_stopped("x")
+        clock[0] = 105
+        raise_if_stopped("x")  # asked: not yet
+        clock[0] = 109
+        raise_if_stopped("x")  # 4 s since: not asked
+        clock[0] = 110
+        with pytest.raises(PublishedMeanwhile, match="^v1 was published by another run meanwhile$"):
+            raise_if_stopped("x")
+    assert asked == [105, 110]
+    raise_if_stopped("after the block: never asked")
+    assert asked == [105, 110]
+    with run_scope() as scope, unless_published_meanwhile(published, "v1", every_s=0):
+        scope.stop()
+        with pytest.raises(RunStopped):  # a stopped run stops first, whatever the store holds
+            raise_if_stopped("x")
+
+
+def test_published_meanwhile_is_asked_only_in_its_own_thread_of_work():
+    from tasks.stop_request import PublishedMeanwhile, unless_published_meanwhile
+
+    with unless_published_meanwhile(lambda: True, "v1", every_s=0):
+        copy_context().run(lambda: None)
+        with ThreadPoolExecutor(1) as pool:  # another task's thread (a context of its own)
+            pool.submit(raise_if_stopped, "other").result()
+        with pytest.raises(PublishedMeanwhile):
+            raise_if_stopped("mine")
