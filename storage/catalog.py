@@ -651,17 +651,22 @@ _META_TYPES: dict[str, pa.DataType] = {
 
 
 def _typed_column(values: list[Any], kind: pa.DataType) -> pa.Array:
-    """``values`` as an Arrow array of ``kind``, a value that does not convert as null."""
+    """``values`` as an Arrow array of ``kind``, a value that does not convert as null (text in a
+    list column too: Arrow would take ``"ab"`` for the list ``["a", "b"]``)."""
+    if pa.types.is_list(kind):
+        values = [None if isinstance(value, (str, bytes)) else value for value in values]
     try:
         return pa.array(values, kind)
     except (pa.ArrowException, TypeError, ValueError):
-        cells = []
-        for value in values:
-            try:
-                cells.append(pa.scalar(value, kind))
-            except (pa.ArrowException, TypeError, ValueError):
-                cells.append(pa.scalar(None, kind))
-        return pa.array(cells, kind)
+        return pa.array([value if _fits(value, kind) else None for value in values], kind)
+
+
+def _fits(value: Any, kind: pa.DataType) -> bool:
+    try:
+        pa.scalar(value, kind)
+    except (pa.ArrowException, TypeError, ValueError):
+        return False
+    return True
 
 
 def utc_time(value: Any) -> datetime | None:

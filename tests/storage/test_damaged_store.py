@@ -251,3 +251,26 @@ def test_a_manifest_field_of_the_wrong_type_leaves_only_its_version_out(store, c
         per_version = _count(healthy, f"select count(*) from alignment_best where alignment_version = '{version}'")
         expected = {**counts, "alignment_best": counts["alignment_best"] - per_version}
     assert got == expected
+
+
+def test_a_list_field_of_the_wrong_type_is_null_in_its_view(store):
+    """`layer_widths: ["wide", 32]` in a manifest, `alignment_versions: [1, 2]` or `extracted: [1]`
+    in a run record: the whole catalog failed (`TypeError: object of type 'NoneType' has no len()`:
+    Arrow builds no array of null list scalars), and `prh sql`, `report` and `catalog export` with
+    it. Text in a list field was split into characters. Each such value is now NULL, the rest kept."""
+    key, manifest = next(iter(store.manifests("features")))
+    widths = manifest["catalog"]["layer_widths"]
+    manifest["catalog"]["layer_widths"] = ["wide"] + widths[1:]
+    store.write_json(f"{key}/manifest.json", manifest)
+    [record_key] = [k for k in store.fs.find(store.path("runs")) if k.endswith(".json")][:1]
+    record = json.loads(store.fs.cat(record_key))
+    record.update(alignment_versions=[1, 2], extracted="abc", reused=[None, "m"])
+    store.fs.pipe(record_key, json.dumps(record).encode())
+    con = connect(store)
+    version = key.rsplit("/", 1)[-1]
+    row = query(con, f"select layer_widths, layer_names from models where feature_version = '{version}'").to_pylist()
+    assert row == [{"layer_widths": None, "layer_names": manifest["catalog"]["layer_names"]}]
+    others = query(con, f"select count(*) from models where feature_version <> '{version}' and layer_widths is not null")
+    assert others.column(0)[0].as_py() > 0
+    runs = query(con, f"select alignment_versions, extracted, reused from runs where run_id = '{record['run_id']}'").to_pylist()
+    assert runs == [{"alignment_versions": None, "extracted": None, "reused": [None, "m"]}]
