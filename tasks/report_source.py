@@ -99,10 +99,17 @@ def alignment_selection(record: dict[str, Any]) -> pa.Table:
 
 
 def feature_selection(record: dict[str, Any]) -> pa.Table:
-    """(model, feature_version) of the run's feature versions."""
+    """(model, feature_version) of the run's feature versions. ValueError naming the run when its
+    record's ``feature_versions`` is not an object of model name -> version text (a hand edit)."""
     versions = record.get("feature_versions") or {}
     if isinstance(versions, str):
-        versions = json.loads(versions)
+        try:
+            versions = json.loads(versions)
+        except ValueError:
+            versions = None
+    if not (isinstance(versions, dict) and all(isinstance(v, str) for v in versions.values())):
+        raise ValueError(f"run {record.get('run_id')}'s record is damaged: its feature_versions is not an object of "
+                         "model name -> feature version (edited by hand?); `prh run` with the run's config records a new run")
     return pa.table({"model": pa.array(list(versions), pa.string()), "feature_version": pa.array(list(versions.values()), pa.string())})
 
 

@@ -202,3 +202,16 @@ def test_runs_of_the_same_second_are_ordered_alike_by_report_and_gc() -> None:
         con = duckdb.connect()
         con.register("runs", pa.Table.from_pylist(order))
         assert select_run(con)["run_id"] == newest_runs(order, 1)[0]["run_id"] == "c-run"
+
+
+@pytest.mark.parametrize("versions", ['{"rvit": 5}', "x", "[1]", {"rvit": None}])
+def test_a_damaged_feature_versions_field_is_named_with_its_run(versions) -> None:
+    """A run record edited by hand: `{"rvit": 5}` failed the report with `ArrowTypeError: Expected
+    bytes, got a 'int' object`, and `"x"` with `Expecting value: line 1 column 1 (char 0)`."""
+    from tasks.report_source import feature_selection
+
+    with pytest.raises(ValueError, match=r"^run r1's record is damaged: its feature_versions is not an object"):
+        feature_selection({"run_id": "r1", "feature_versions": versions})
+    table = feature_selection({"run_id": "r1", "feature_versions": '{"rvit": "v1"}'})
+    assert table.to_pylist() == [{"model": "rvit", "feature_version": "v1"}]
+    assert feature_selection({"run_id": "r1", "feature_versions": None}).num_rows == 0
