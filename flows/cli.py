@@ -596,8 +596,9 @@ def _verify(args: argparse.Namespace) -> int:
         else:
             _say(f"left {check.key}/manifest.json in place: not a version folder (remove that file by hand)")
     files, size = sum(c.files for c in checks), sum(c.bytes for c in checks)
+    versions = sum(c.removable for c in checks)  # a stray manifest is not a version
     how = "sizes" if args.quick else "sizes and SHA-256"
-    _say(f"{store.display_url}: {_count(len(checks), 'published version')}, {_count(files, 'file')}, {size / 1e6:.1f} MB "
+    _say(f"{store.display_url}: {_count(versions, 'published version')}, {_count(files, 'file')}, {size / 1e6:.1f} MB "
           f"checked ({how}): "
           + (f"{len(damaged)} damaged" + ("" if args.remove_damaged else " (remove them with --remove-damaged)")
              if damaged else "all match their manifests"))

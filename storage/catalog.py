@@ -54,9 +54,9 @@ from storage import layout
 from storage.runs import runs_as_known
 from storage.read_only_fs import ReadOnlyFileSystem, StoreFileSystem
 from storage.sql_guard import ReadOnlyQueryError, checked_statements
-from storage.store import MANIFEST, Store, escape_glob, unescape_glob
+from storage.store import MANIFEST, DamagedManifest, Store, escape_glob, unescape_glob
 from storage.stored_files import FileGroup, ListedFile, StoredFiles
-from storage.verify import manifest_problems
+from storage.verify import STRAY, STRAY_ADVICE, is_version_key, manifest_problems
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,11 @@ def catalog_sources(store: Store) -> CatalogSources:
     ``storage.verify.manifest_problems``) is left out with a warning naming it: one bad file must
     not hide the rest of the store, nor count another version twice."""
 
-    def left_out(damaged: Exception) -> None:
-        log.warning("%s; left out of the catalog", damaged)
+    def left_out(damaged: DamagedManifest) -> None:
+        if is_version_key(damaged.version_key):
+            log.warning("%s; left out of the catalog", damaged)
+        else:
+            log.warning("%s; left out of the catalog (%s: %s)", damaged.problem, STRAY, STRAY_ADVICE)
 
     manifests = {prefix: _usable(store, store.manifests(prefix, on_damaged=left_out))
                  for prefix in (layout.DATASETS, layout.FEATURES, layout.ALIGNMENT)}

@@ -203,9 +203,12 @@ class DamagedManifest(ValueError):
     whose folder holds it. The message names the file and what to do; ``version_key`` is the
     version's folder."""
 
-    def __init__(self, message: str, version_key: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, message: str, version_key: str = "", advice: str = "") -> None:
+        super().__init__(f"{message}; {advice}" if advice else message)
         self.version_key = version_key
+        #: What is wrong, without the advice (a caller that knows better gives its own: a
+        #: manifest outside any version folder must not be answered by removing its folder).
+        self.problem = message
 
 
 class StoreIOError(OSError):
@@ -525,12 +528,12 @@ class Store:
         try:
             manifest = json.loads(raw)
         except ValueError as error:
-            raise DamagedManifest(f"{where} is damaged (not JSON: {error}); remove the folder {version_key} "
-                                  "and run again to recompute it", version_key) from None
+            raise DamagedManifest(f"{where} is damaged (not JSON: {error})", version_key,
+                                  f"remove the folder {version_key} and run again to recompute it") from None
         if not isinstance(manifest, dict) or manifest.get("key") != version_key:
             found = manifest.get("key") if isinstance(manifest, dict) else None
-            raise DamagedManifest(f"{where} is not this version's: it names {found!r} (a copied or edited folder?); "
-                                  f"remove the folder {version_key}", version_key)
+            raise DamagedManifest(f"{where} is not this version's: it names {found!r} (a copied or edited folder?)",
+                                  version_key, f"remove the folder {version_key}")
         return manifest
 
     # ---------------------------------------------------------------- writes

@@ -32,6 +32,8 @@ BOXES = (DATASETS, FEATURES, ALIGNMENT)
 #: ``alignment/<dataset>/<a>__<b>/<v>``. A manifest anywhere else is stray, never a version.
 VERSION_DEPTH = {DATASETS: 2, FEATURES: 4, ALIGNMENT: 4}
 STRAY = "a manifest outside any version folder (stray or copied there); not a version, never removed"
+#: What to do with a stray manifest (never: remove its folder, a whole box or dataset).
+STRAY_ADVICE = "remove that manifest.json by hand, never its folder"
 
 
 def is_version_key(key: str) -> bool:
@@ -177,7 +179,7 @@ def _checks(store: Store, boxes: tuple[str, ...], quick: bool) -> Iterator[Versi
             if is_version_key(error.version_key):
                 yield VersionCheck(error.version_key, problems=[str(error)])
             else:
-                yield VersionCheck(error.version_key, problems=[f"{STRAY}: {error}"], removable=False)
+                yield VersionCheck(error.version_key, problems=[f"{STRAY}: {error.problem}; {STRAY_ADVICE}"], removable=False)
 
 
 def _settled(store: Store, check: VersionCheck, manifest: dict[str, Any], quick: bool) -> VersionCheck | None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import pyarrow as pa
 import pytest
 
 import storage.verify as verify_module
 from flows.cli import main
+from storage.catalog import connect
 from storage.store import MANIFEST, Store
 from storage.verify import CHUNK_BYTES, file_sha256, remove_version, verify_store
 
@@ -99,7 +101,7 @@ def test_a_manifest_without_a_file_listing_is_reported(tmp_path, files):
 
 
 @pytest.mark.parametrize("stray", ["features/manifest.json", "features/d1/manifest.json", "features/d1/model-0/v0/x/manifest.json"])
-def test_a_stray_manifest_is_named_and_never_removes_a_folder(tmp_path, capsys, stray):
+def test_a_stray_manifest_is_named_and_never_removes_a_folder(tmp_path, capsys, caplog, stray):
     """A manifest.json outside any version folder (copied up to look at) was taken for a damaged
     version whose folder was the whole box: --remove-damaged deleted every sound version with it."""
     url = str(tmp_path / "store")
@@ -111,9 +113,16 @@ def test_a_stray_manifest_is_named_and_never_removes_a_folder(tmp_path, capsys, 
     found = {c.key: c for c in verify_store(store)}
     folder = stray.rsplit("/", 1)[0]
     assert not found[folder].ok and not found[folder].removable and "outside any version folder" in found[folder].problems[0]
+    # the hunt: its advice was "remove the folder features" (every feature version with it)
+    assert "remove the folder" not in found[folder].problems[0] and "remove that manifest.json by hand" in found[folder].problems[0]
     assert all(found[k].ok for k in keys)
+    with caplog.at_level(logging.WARNING, logger="storage.catalog"):
+        connect(store)
+    assert "remove the folder" not in caplog.text and "remove that manifest.json by hand, never its folder" in caplog.text
     assert main(["verify", "--store", url, "--remove-damaged"]) == 1
-    assert f"left {folder}/manifest.json in place" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"left {folder}/manifest.json in place" in out
+    assert "3 published versions" in out  # the stray is not one
     assert all(store.manifest(k) is not None for k in keys) and store.exists(stray)
     with pytest.raises(ValueError, match="is not a version folder"):
         remove_version(store, "features")
