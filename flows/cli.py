@@ -594,7 +594,7 @@ def _verify(args: argparse.Namespace) -> int:
                 _say(f"left {check.key} in place: a run is publishing it again right now (it holds its claim); "
                       "run prh verify again after it")
         else:
-            _say(f"left {check.key}/manifest.json in place: not a version folder (remove that file by hand)")
+            _say(check.left)
     files, size = sum(c.files for c in checks), sum(c.bytes for c in checks)
     versions = sum(c.removable for c in checks)  # a stray manifest is not a version
     how = "sizes" if args.quick else "sizes and SHA-256"

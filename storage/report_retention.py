@@ -18,11 +18,11 @@ REPORTS = "reports"
 
 def stale_reports(store: Store, keep: int) -> list[str]:
     """Keys of the ``reports/<run_id>`` folders beyond the ``keep`` newest (by their run's start
-    time; a folder whose run record is gone counts as oldest), oldest first."""
+    time; a folder whose run record is gone or damaged counts as oldest), oldest first."""
     if keep < 0:
         raise ValueError(f"keep must be 0 or more, got {keep}")
     folders = [e["key"] for e in store.entries(REPORTS) if e["type"] == "directory"]
-    started = {str(r.get("run_id")): str(r.get("started_at") or "") for r in run_records(store)}
+    started = {str(r.get("run_id")): str(r.get("started_at") or "") for r in run_records(store, damaged=[])}
     runs = sorted((key for key in folders if key != FIGURES),
                   key=lambda key: (started.get(key.rsplit("/", 1)[-1], ""), key))
     return runs[: max(len(runs) - keep, 0)]

@@ -25,7 +25,8 @@ from, and removes every other published version:
   current results (``alignment_best``: a pair or metric that only an older run scored, such as a
   model since dropped from the zoo), with their inputs. Without it, the plan still names them
   (``current``) so that ``prh gc`` can say which removed versions held current results;
-- nothing is removed while a run or an extraction stage is alive (``RUNNING`` and not known gone,
+- nothing is removed while a run record cannot be read (``storage.runs.DamagedRecord``: which
+  versions its run used is unknown), nor while a run or an extraction stage is alive (``RUNNING`` and not known gone,
   ``storage.runs.gone_reason``): its record names its versions only when it ends, and it may be
   reusing any version stored; nor when no run published results (nothing to keep by).
 
@@ -45,7 +46,7 @@ import duckdb
 
 from storage import layout
 from storage.catalog import current_alignment_keys
-from storage.runs import CANCELLED, CLOCK_SKEW_SECONDS, COMPLETED, FAILED, epoch_seconds, extraction_records, live_records, run_records
+from storage.runs import CANCELLED, CLOCK_SKEW_SECONDS, COMPLETED, FAILED, DamagedRecord, epoch_seconds, extraction_records, live_records, run_records
 from storage.store import DamagedManifest, Store
 from storage.verify import is_version_key, manifest_problems
 
@@ -174,7 +175,11 @@ def plan_retention(store: Store, keep_runs: int, keep_current: bool = False) -> 
     if keep_runs < 1:
         raise ValueError(f"--keep-runs must be 1 or more (0 would remove every published version), got {keep_runs}")
     seen = run_files(store)  # before the records: a run that starts later shows up against it
-    records, extractions = run_records(store), extraction_records(store)
+    damaged: list[DamagedRecord] = []
+    records, extractions = run_records(store, damaged=damaged), extraction_records(store, damaged)
+    if damaged:  # its run may be the newest, or have reused old versions: nothing can be told apart
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        return RetentionPlan(blocked=f"{damaged[0]}{more}; no published version is removed until then")
     alive = live_records(store, records + extractions)
     if alive:
         names = ", ".join(f"{r.get('run_id')} (started {r.get('started_at')})" for r in alive)

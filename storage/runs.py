@@ -13,14 +13,18 @@ unpublished (``Store.sweep_abandoned``); the catalog shows them ``CRASHED`` at o
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from storage import layout
 from storage.owner import owner_is_dead
 from storage.store import Store, utc_now
+
+log = logging.getLogger(__name__)
 
 RUNNING, COMPLETED, FAILED, CRASHED, CANCELLED = "RUNNING", "COMPLETED", "FAILED", "CRASHED", "CANCELLED"
 #: Folder of the runs' signs of life, beside their records (``*.json`` directly under ``runs/``).
@@ -114,27 +118,51 @@ def gone_reason(store: Store, record: dict[str, Any], now: float | None = None) 
             "container or machine stopped without finishing it")
 
 
-def run_records(store: Store, folder: str = layout.RUNS) -> list[dict[str, Any]]:
+def run_records(store: Store, folder: str = layout.RUNS, damaged: list[DamagedRecord] | None = None) -> list[dict[str, Any]]:
     """Every readable run record directly in ``folder`` (the pipeline runs'; the extraction
-    stage's: :func:`extraction_records`), sorted by run id."""
+    stage's: :func:`extraction_records`), sorted by run id. A record that is not a JSON object
+    (cut short, edited by hand) is left out and named (:class:`DamagedRecord`): appended to
+    ``damaged`` when given, else logged as a warning."""
     base = store.path(folder)
     if not store.fs.exists(base):
         return []
     records = []
     paths = sorted(store.glob(folder, "*.json"))
-    for raw in store.read_many(paths, folder):
-        try:
-            record = json.loads(raw) if raw is not None else None
-        except ValueError:
+    for path, raw in zip(paths, store.read_many(paths, folder)):
+        if raw is None:  # removed since the listing
             continue
-        if isinstance(record, dict):
+        try:
+            record = json.loads(raw)
+        except ValueError as error:
+            problem: str | None = f"not JSON: {error}"
+        else:
+            problem = None if isinstance(record, dict) else "not a JSON object"
+        if problem is None:
             records.append(record)
+        elif damaged is not None:
+            damaged.append(DamagedRecord(store.key_of(path), problem, store.display_url))
+        else:
+            log.warning("%s; left out", DamagedRecord(store.key_of(path), problem, store.display_url))
     return records
 
 
-def extraction_records(store: Store) -> list[dict[str, Any]]:
-    """Every readable record of the extraction stage (``prh-extract``, ``runs/extractions/``)."""
-    return run_records(store, Store.key(layout.RUNS, layout.EXTRACTIONS))
+@dataclass(frozen=True)
+class DamagedRecord:
+    """A run record that cannot be read: its ``key``, the ``problem`` and the ``store`` shown."""
+
+    key: str
+    problem: str
+    store: str
+
+    def __str__(self) -> str:
+        return (f"run record {self.key} in store {self.store} is damaged ({self.problem}); which versions its run "
+                "published or reused is unknown: repair or remove that file")
+
+
+def extraction_records(store: Store, damaged: list[DamagedRecord] | None = None) -> list[dict[str, Any]]:
+    """Every readable record of the extraction stage (``prh-extract``, ``runs/extractions/``);
+    ``damaged`` as for :func:`run_records`."""
+    return run_records(store, Store.key(layout.RUNS, layout.EXTRACTIONS), damaged)
 
 
 def mark_crashed_runs(store: Store, dry_run: bool = False) -> list[str]:
@@ -145,7 +173,9 @@ def mark_crashed_runs(store: Store, dry_run: bool = False) -> list[str]:
     wrote its end meanwhile (and then exited, so that its process is gone) keeps what it wrote
     (the copy read first said ``RUNNING``, and writing it back made a completed run ``CRASHED``)."""
     crashed = []
-    for records, key_of in ((run_records(store), layout.run_key), (extraction_records(store), layout.extraction_key)):
+    quiet: list[DamagedRecord] = []  # a damaged record is named by the catalog, prh verify and gc --keep-runs
+    for records, key_of in ((run_records(store, damaged=quiet), layout.run_key),
+                            (extraction_records(store, quiet), layout.extraction_key)):
         for record in records:
             if gone_reason(store, record) is None:
                 continue
@@ -172,7 +202,8 @@ def live_records(store: Store, records: list[dict[str, Any]] | None = None) -> l
     :func:`gone_reason`; or :func:`resumed`) among ``records`` (default: every pipeline run and
     extraction stage)."""
     if records is None:
-        records = run_records(store) + extraction_records(store)
+        quiet: list[DamagedRecord] = []
+        records = run_records(store, damaged=quiet) + extraction_records(store, quiet)
     back = resumed_runs(store, records)
     return [r for r in records if (r.get("status") == RUNNING and gone_reason(store, r) is None)
             or str(r.get("run_id")) in back]

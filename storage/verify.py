@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from storage.layout import ALIGNMENT, DATASETS, FEATURES
+from storage.runs import DamagedRecord, extraction_records, run_records
 from storage.store import MANIFEST, DamagedManifest, Store
 
 #: The boxes whose versions have manifests, in the order runs produce them.
@@ -54,9 +55,11 @@ class VersionCheck:
     files: int = 0
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
-    #: False for a stray manifest (not in a version folder): ``--remove-damaged`` leaves it, and
-    #: the folder holding it, alone.
+    #: False for a stray manifest (not in a version folder) and a damaged run record (``key`` is
+    #: then the record's file): ``--remove-damaged`` leaves it, and the folder holding it, alone.
     removable: bool = True
+    #: For one that is not removable: what ``--remove-damaged`` says it left, and why.
+    left: str = ""
 
     @property
     def ok(self) -> bool:
@@ -153,19 +156,21 @@ def check_version(store: Store, version_key: str, manifest: dict[str, Any], quic
 
 
 def verify_store(store: Store, boxes: tuple[str, ...] = BOXES, quick: bool = False,
-                 on_check: Callable[[VersionCheck], None] | None = None) -> list[VersionCheck]:
+                 on_check: Callable[[VersionCheck], None] | None = None, records: bool = True) -> list[VersionCheck]:
     """Check every published version under ``boxes`` (see :func:`check_version`); a manifest that
-    is not one (:class:`storage.store.DamagedManifest`) is a damaged version too. ``on_check`` sees
-    each result as it is made (progress). Returns the results in key order."""
+    is not one (:class:`storage.store.DamagedManifest`) is a damaged version too. With
+    ``records``, each run record that cannot be read (:class:`storage.runs.DamagedRecord`) is a
+    failed check too (not removable). ``on_check`` sees each result as it is made (progress).
+    Returns the results in key order, the run records last."""
     results = []
-    for check in _checks(store, boxes, quick):
+    for check in _checks(store, boxes, quick, records):
         if on_check is not None:
             on_check(check)
         results.append(check)
     return results
 
 
-def _checks(store: Store, boxes: tuple[str, ...], quick: bool) -> Iterator[VersionCheck]:
+def _checks(store: Store, boxes: tuple[str, ...], quick: bool, records: bool) -> Iterator[VersionCheck]:
     for box in boxes:
         damaged: list[DamagedManifest] = []
         for version_key, manifest in store.manifests(box, on_damaged=damaged.append):
@@ -174,12 +179,24 @@ def _checks(store: Store, boxes: tuple[str, ...], quick: bool) -> Iterator[Versi
                 if check is not None:
                     yield check
             else:
-                yield VersionCheck(version_key, problems=[STRAY], removable=False)
+                yield _stray(version_key, STRAY)
         for error in damaged:
             if is_version_key(error.version_key):
                 yield VersionCheck(error.version_key, problems=[str(error)])
             else:
-                yield VersionCheck(error.version_key, problems=[f"{STRAY}: {error.problem}; {STRAY_ADVICE}"], removable=False)
+                yield _stray(error.version_key, f"{STRAY}: {error.problem}; {STRAY_ADVICE}")
+    if records:
+        found: list[DamagedRecord] = []
+        run_records(store, damaged=found)
+        extraction_records(store, found)
+        for record in found:
+            yield VersionCheck(record.key, problems=[f"a run record, not a version: {record}"], removable=False,
+                               left=f"left {record.key} in place: a run record (repair or remove that file by hand)")
+
+
+def _stray(folder: str, problem: str) -> VersionCheck:
+    return VersionCheck(folder, problems=[problem], removable=False,
+                        left=f"left {folder}/{MANIFEST} in place: not a version folder (remove that file by hand)")
 
 
 def _settled(store: Store, check: VersionCheck, manifest: dict[str, Any], quick: bool) -> VersionCheck | None:

@@ -224,6 +224,31 @@ def test_nothing_published_is_removed_while_a_run_is_alive(tmp_path, capsys):
     assert store.exists(layout.rendered_dataset_key("recipe1")) and store.manifest(layout.alignment_key(D2, "vit", "lm", "al4")) is None
 
 
+@pytest.mark.parametrize("damage", [b'{"run_id": "run-7", "status": "COMPL', b"[1, 2]"])
+def test_a_damaged_run_record_stops_the_removal_and_is_named(tmp_path, capsys, caplog, damage):
+    """The store hunt: the newest run's record cut short was skipped without a word, so gc kept an
+    older run's versions and removed the ones the newest run had used; the runs view and the
+    report went on without it and prh verify said every version matched."""
+    store, _ = _nightly_store(str(tmp_path / "store"))
+    before = store.sizes("")
+    store.fs.pipe(store.path(layout.run_key("run-7")), damage)
+    assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert (f"--keep-runs 1: no published versions removed: run record runs/run-7.json in store {store.display_url} is "
+            "damaged (not ") in out and "repair or remove that file; no published version is removed until then" in out
+    assert {k: v for k, v in store.sizes("").items() if not k.startswith("runs/")} == \
+           {k: v for k, v in before.items() if not k.startswith("runs/")}
+    with caplog.at_level("WARNING", logger="storage.runs"):
+        runs = connect(store).sql("select run_id from runs order by run_id").fetchall()
+    assert [r[0] for r in runs] == [f"run-{i}" for i in range(1, 7)]
+    assert "run record runs/run-7.json in store" in caplog.text and "is damaged" in caplog.text
+    assert main(["verify", "--store", store.url, "--remove-damaged"]) == 1
+    out = capsys.readouterr().out
+    assert "DAMAGED runs/run-7.json: a run record, not a version: run record runs/run-7.json" in out
+    assert "left runs/run-7.json in place: a run record (repair or remove that file by hand)" in out
+    assert store.exists(layout.run_key("run-7")) and "1 damaged" in out
+
+
 def test_keep_runs_needs_one_run(tmp_path, capsys):
     store, _ = _nightly_store(str(tmp_path / "store"))
     before = store.sizes("")

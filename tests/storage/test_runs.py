@@ -148,8 +148,8 @@ def test_a_run_that_finished_while_gc_looked_is_not_marked_crashed(tmp_path, mon
     store.write_json(layout.run_key("dead"), {"run_id": "dead", "status": RUNNING, "process": process})
     read = runs.run_records
 
-    def read_then_the_run_finishes(store_: Store, *args):
-        records = read(store_, *args)
+    def read_then_the_run_finishes(store_: Store, *args, **kwargs):
+        records = read(store_, *args, **kwargs)
         if not args:  # the pipeline runs' folder: the run writes its end right after gc read it
             store_.write_json(layout.run_key("finishing"), {"run_id": "finishing", "status": "COMPLETED", "process": process,
                                                             "alignment_versions": ["alignment/d/a__b/v1"]})
