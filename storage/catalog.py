@@ -18,7 +18,9 @@
   per metric × model pair there), with ``published_at``.
 - ``runs``: one row per pipeline run, with its lineage.
 - ``alignment_fdr``: one row per run × metric × model pair with a p-value: the run's
-  Benjamini–Hochberg q-value over its model grid (``q_value``, one family per run and metric).
+  Benjamini–Hochberg q-value over its model grid (``q_value``, one family per run and metric;
+  NULL when ``n_missing`` of the run's alignment versions are not in the store: removed, or left
+  out as damaged, so the family is not whole).
 - ``alignment_latest`` / ``alignment_best_latest``: the rows of ``alignment_all`` /
   ``alignment_best_all`` of the latest run with results (:data:`LATEST_RUN_SQL`, the run
   ``prh report`` shows): one row per metric × model pair (× layer pair) of that run.
@@ -374,6 +376,12 @@ DERIVED_VIEWS: dict[str, str] = {
     "alignment_fdr": """
         WITH members AS (
             SELECT DISTINCT run_id, status AS run_status, unnest(alignment_versions) AS alignment_key FROM runs
+        ), present AS (
+            SELECT DISTINCT concat_ws('/', 'alignment', dataset_version, model_a || '__' || model_b, alignment_version)
+                   AS alignment_key FROM alignment_best_all
+        ), missing AS (
+            SELECT m.run_id, count(*) FILTER (WHERE p.alignment_key IS NULL) AS n_missing
+            FROM members AS m LEFT JOIN present AS p USING (alignment_key) GROUP BY m.run_id
         ), tested AS (
             SELECT m.run_id, m.run_status, b.alignment_version, b.dataset_version, b.metric, b.params,
                    b.model_a, b.model_b, b.score, b.calibrated_score, b.p_value, b.permutations
@@ -389,10 +397,11 @@ DERIVED_VIEWS: dict[str, str] = {
         )
         SELECT run_id, run_status, alignment_version, dataset_version, metric, params, model_a, model_b, score,
                calibrated_score, p_value, permutations, p_rank::INTEGER AS p_rank, n_tests::INTEGER AS n_tests,
-               least(1.0, min(p_value * n_tests / p_rank) OVER (
+               coalesce(x.n_missing, 0)::INTEGER AS n_missing,
+               CASE WHEN coalesce(x.n_missing, 0) = 0 THEN least(1.0, min(p_value * n_tests / p_rank) OVER (
                    PARTITION BY run_id, metric, params ORDER BY p_rank DESC
-                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) AS q_value
-        FROM ranked""",
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) END AS q_value
+        FROM ranked LEFT JOIN missing AS x USING (run_id)""",
 }
 
 

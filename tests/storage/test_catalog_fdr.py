@@ -110,3 +110,26 @@ def test_an_empty_store_lists_the_alignment_columns_in_the_pipelines_order(tmp_p
     con = connect(Store(str(tmp_path / "empty")))
     assert [r[0] for r in con.execute("describe alignment").fetchall()][:6] == [
         "alignment_version", "dataset_version", "model_a", "model_b", "metric", "params"]
+
+
+def test_a_run_whose_versions_are_not_all_in_the_store_has_no_q_values(tmp_path) -> None:
+    """The store hunt: after one of a run's 4 alignment versions was removed (`prh verify
+    --remove-damaged`) or left out (a damaged best file), the view computed q over the 3 left
+    (n_tests 3, q 0.0196 for 0.0261) without a word. A family with members missing has no q."""
+    store = Store(str(tmp_path / "store"))
+    keys = []
+    for i, p in enumerate([0.0196] * 4):
+        a, b = f"vis{i}", "lang"
+        key = layout.alignment_key(DATASET, a, b, f"al-{i}")
+        store.publish(key, {layout.BEST_FILE: _best_table(f"al-{i}", a, b, {"cka": p})}, {"kind": "alignment"})
+        keys.append(key)
+    store.write_json(layout.run_key("whole"), {"run_id": "whole", "status": "COMPLETED", "alignment_versions": keys[1:]})
+    store.write_json(layout.run_key("r"), {"run_id": "r", "status": "COMPLETED", "alignment_versions": keys})
+    assert Store(store.url).unpublish(keys[0])
+    rows = connect(store).execute("select run_id, model_a, n_tests, n_missing, q_value from alignment_fdr "
+                                  "order by run_id, model_a").fetchall()
+    assert rows == [("r", f"vis{i}", 3, 1, None) for i in (1, 2, 3)] + \
+        [("whole", f"vis{i}", 3, 0, pytest.approx(0.0196)) for i in (1, 2, 3)]
+    store.fs.pipe(store.path(f"{keys[3]}/{layout.BEST_FILE}"), b"PAR1 cut")  # damaged: left out of the view
+    rows = connect(store).execute("select run_id, n_missing, q_value from alignment_fdr order by run_id, model_a").fetchall()
+    assert rows == [("r", 2, None), ("r", 2, None), ("whole", 1, None), ("whole", 1, None)]
