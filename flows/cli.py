@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import time
@@ -624,7 +625,7 @@ def _catalog_export(args: argparse.Namespace) -> int:
     if summary.remote:
         print("the views read s3:// URLs: open it with storage.export.open_catalog(FILE) (registers s3fs); see docs/storage.md")
     else:
-        print(f"open it with: duckdb -readonly {summary.path}   or   duckdb.connect({str(summary.path)!r}, read_only=True)"
+        print(f"open it with: duckdb -readonly {shlex.quote(str(summary.path))}   or   duckdb.connect({str(summary.path)!r}, read_only=True)"
               "   (times are TIMESTAMPTZ: SET TimeZone = 'UTC' to see them in UTC)")
     return 0
 

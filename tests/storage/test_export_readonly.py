@@ -285,6 +285,8 @@ def test_prh_sql_and_catalog_export_commands(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "over 25 Parquet files" in out and "duckdb -readonly" in out
     assert duckdb.connect(str(tmp_path / "prh.duckdb"), read_only=True).sql("select count(*) from alignment_best").fetchall() == [(8,)]
+    assert main(["catalog", "export", "odd dir/cat [1].duckdb", "--store", url]) == 0  # the command can be pasted
+    assert f"duckdb -readonly '{tmp_path}/odd dir/cat [1].duckdb'" in capsys.readouterr().out
 
 
 def test_prh_sql_csv_keeps_values_whole_and_a_closed_pipe_is_quiet(tmp_path, capsys):
