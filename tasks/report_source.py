@@ -162,8 +162,17 @@ def load_report_input(
         examples = None
         try:
             examples = _examples(con, best.to_pylist(), models.to_pylist(), record.get("dataset_version"), pair, k, n_examples)
-        except (duckdb.Error, ValueError) as error:
+        except ValueError as error:
             notes.append(f"nearest-neighbour examples left out: {error}")
+        except duckdb.Error as error:  # a stored file that does not read (damaged mid-file)
+            notes.append(f"nearest-neighbour examples left out: {str(error).splitlines()[0]} (a damaged file? "
+                         "`prh verify` names it)")
+        if examples is not None:
+            unseen = [i for i in examples.sample_ids() if i not in examples.samples]
+            if unseen:
+                notes.append(f"nearest-neighbour examples: {len(unseen)} of {len(examples.sample_ids())} are shown by id "
+                             f"only (e.g. {unseen[0]}): their captions and images are not in the store's samples "
+                             "(the dataset's samples.parquet is missing or damaged? `prh verify` names it)")
         return ReportInput(run=record, best=best, scores=scores, models=models, examples=examples, notes=notes)
     finally:
         con.close()
@@ -230,6 +239,13 @@ def _examples(con: duckdb.DuckDBPyConnection, best: list[dict[str, Any]], models
         params=[row["model_a"], versions[row["model_a"]], row["layer_a"], row["model_b"], versions[row["model_b"]], row["layer_b"]],
     ).to_arrow_table()
     if table.num_rows < 2:
+        for side in ("a", "b"):
+            model, layer = row[f"model_{side}"], row[f"layer_{side}"]
+            held = con.execute("select count(*) from features where model = ? and feature_version = ? and layer = ?",
+                               [model, versions[model], layer]).fetchone()[0]
+            if held == 0:
+                raise ValueError(f"no features of {model} layer {layer} ({row[f'layer_name_{side}']}) are in the store: its "
+                                 "layer file is missing or damaged (`prh verify` names it)")
         raise ValueError(f"{row['model_a']} × {row['model_b']}: fewer than 2 common samples with features")
     ids = table.column("sample_id").to_pylist()
     names = (row["model_a"], row["model_b"], str(row["layer_name_a"]), str(row["layer_name_b"]))

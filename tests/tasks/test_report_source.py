@@ -215,3 +215,54 @@ def test_a_damaged_feature_versions_field_is_named_with_its_run(versions) -> Non
     table = feature_selection({"run_id": "r1", "feature_versions": '{"rvit": "v1"}'})
     assert table.to_pylist() == [{"model": "rvit", "feature_version": "v1"}]
     assert feature_selection({"run_id": "r1", "feature_versions": None}).num_rows == 0
+
+
+def _report_notes(tmp_path, damage) -> list[str]:
+    from storage.store import Store
+    from tasks.report_source import load_report_input
+    from tests.storage.catalog_store import build_catalog_store
+
+    store = build_catalog_store(str(tmp_path / "store"))
+    damage(store)
+    return load_report_input(Store(store.url)).notes
+
+
+def test_examples_of_a_store_without_its_samples_file_are_noted(tmp_path):
+    """The store hunt: with the dataset's samples.parquet gone, the examples showed sample ids in
+    caption quotes, without a note."""
+
+    def remove_samples(store):
+        [path] = [p for p in store.fs.find(store.path("datasets")) if p.endswith("samples.parquet")]
+        store.fs.rm_file(path)
+
+    notes = _report_notes(tmp_path, remove_samples)
+    assert any(n.startswith("nearest-neighbour examples: ") and "are shown by id only" in n and "prh verify" in n
+               for n in notes), notes
+
+
+def test_examples_of_a_missing_or_damaged_layer_file_name_the_cause(tmp_path):
+    """A missing layer file read as "fewer than 2 common samples with features"; one damaged
+    mid-file as DuckDB's bare "invalid TType"."""
+    def remove_every_layer_file(store):
+        for path in store.fs.find(store.path("features")):
+            if "/fv-" in path and path.endswith(".parquet"):
+                store.fs.rm_file(path)
+
+    notes = _report_notes(tmp_path, remove_every_layer_file)
+    assert any("nearest-neighbour examples left out: no features of" in n and "layer file is missing or damaged" in n
+               for n in notes), notes
+
+
+def test_examples_of_a_layer_file_damaged_mid_file_point_to_prh_verify(tmp_path):
+    def damage_pages(store):
+        for path in store.fs.find(store.path("features")):
+            if "/fv-" in path and path.endswith(".parquet"):
+                data = bytearray(store.fs.cat(path))
+                footer = int.from_bytes(data[-8:-4], "little") + 8
+                for i in range(4, len(data) - footer):  # every page, the footer left sound
+                    data[i] ^= 0x5A
+                store.fs.pipe(path, bytes(data))
+
+    notes = _report_notes(tmp_path, damage_pages)
+    assert any(n.startswith("nearest-neighbour examples left out: ") and n.endswith("(a damaged file? `prh verify` names it)")
+               for n in notes), notes
