@@ -151,7 +151,7 @@ def coco_captions_table(document: dict[str, Any], where: str, limit: int | None 
         raise ValueError(f"dataset file {where!r}: every images[].file_name must be a string ({exc})") from exc
     return pa.table({
         "image": image_column,
-        "text": pa.array([captions[i] for i in ids], pa.list_(pa.string())),
+        "text": _caption_lists([captions[i] for i in ids]),
         "sample_id": pa.array(ids, pa.string()),
     })
 
@@ -197,7 +197,7 @@ def karpathy_split_table(document: dict[str, Any], where: str, split: str | None
         raise ValueError(f"dataset file {where!r} has no image in split {split!r}; its splits: {counts}")
     return pa.table({
         "image": pa.array(rows["image"][:limit], pa.string()),
-        "text": pa.array(rows["text"][:limit], pa.list_(pa.string())),
+        "text": _caption_lists(rows["text"][:limit]),
         "sample_id": pa.array(rows["sample_id"][:limit], pa.string()),
     })
 
@@ -245,8 +245,43 @@ def _records_table(rows: list[Any], where: str, columns: ColumnMap, limit: int |
         raise ValueError(f"dataset file {where!r}: no row has the required key(s) {missing}; keys read: "
                          f"{sorted({k for row in rows[:100] if isinstance(row, dict) for k in row})[:20]}{hint}")
     names = [name for name in wanted if name in present]
+    if any(_lone_surrogate(row.get(columns.text)) for row in kept):  # captions as their (invalid) UTF-8 bytes
+        kept = [{**row, columns.text: _utf8_bytes(row[columns.text])} if columns.text in row else row for row in kept]
     try:
         table = pa.Table.from_pylist([{name: row.get(name) for name in names} for row in kept])
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"dataset file {where!r}: a value holds a lone UTF-16 surrogate ({exc.object[exc.start:exc.end]!r}: "
+                         "half of a character cut off?), which is not text") from exc
     except (pa.ArrowException, TypeError) as exc:
         raise ValueError(f"dataset file {where!r}: {_mixed_column(kept, names)} ({exc})") from exc
     return columns.canonical(table)
+
+
+def _caption_lists(lists: list[list[str]]) -> pa.Array:
+    """Caption lists as ``list<string>``; as ``list<binary>`` (each caption's UTF-8 bytes) when one
+    holds a lone UTF-16 surrogate (JSON's ``"\\ud83d"``: half of an emoji cut off), which no
+    string column takes: its bytes are not valid UTF-8, so only its row is rejected
+    (``text_not_utf8``), as a binary caption of invalid UTF-8 is."""
+    if any(_lone_surrogate(captions) for captions in lists):
+        return pa.array([_utf8_bytes(captions) for captions in lists], pa.list_(pa.binary()))
+    return pa.array(lists, pa.list_(pa.string()))
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether ``value`` (text, or a list of them) holds a character that UTF-8 cannot encode."""
+    if isinstance(value, list):
+        return any(_lone_surrogate(item) for item in value)
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _utf8_bytes(value: Any) -> Any:
+    """Text (or a list of them) as UTF-8 bytes, a lone surrogate as the 3 bytes it would take."""
+    if isinstance(value, list):
+        return [_utf8_bytes(item) for item in value]
+    return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value

@@ -17,7 +17,8 @@ caption and a bad image is reported once, for the caption; the image is then not
                             that is a symbolic-link loop), or one the folder's metadata table
                             does not name
 ``text_path_unsafe``        (folder) a caption file that links outside the folder
-``text_not_utf8``           the caption bytes are not valid UTF-8
+``text_not_utf8``           the caption bytes are not valid UTF-8, or the caption holds a lone
+                            UTF-16 surrogate (JSON's ``"\\ud83d"``: half of an emoji cut off)
 ``text_empty``              null, empty or whitespace-only caption (after stripping), or one made
                             only of invisible format characters (zero-width space, BOM, joiners)
 ``text_too_long``           more than ``MAX_CAPTION_CHARS`` (65,536) characters after stripping
@@ -212,8 +213,16 @@ def _prepare(index: int, record: RawRecord, files: _FileReader) -> _Candidate | 
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
-            detail = f"{where}: caption is not valid UTF-8 ({exc.reason} at byte {exc.start})"
-            return Reason.TEXT_NOT_UTF8, detail
+            try:  # the bytes of a lone UTF-16 surrogate (a JSON caption's "\ud83d")?
+                text = text.decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError:
+                return Reason.TEXT_NOT_UTF8, f"{where}: caption is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+    if isinstance(text, str):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone UTF-16 surrogate (JSON "\ud83d"): half of an emoji cut off
+            return Reason.TEXT_NOT_UTF8, (f"{where}: caption holds a lone UTF-16 surrogate (U+{ord(text[exc.start]):04X} at "
+                                          f"character {exc.start}: half of a character cut off?), not text")
     if text is None or text.strip() == "":
         return Reason.TEXT_EMPTY, f"{where}: caption is {'null' if text is None else 'empty'}"
     if _invisible(text):

@@ -245,7 +245,7 @@ def _json_captions(key: str, content: bytes | str, columns: ColumnMap) -> tuple[
     values = value if isinstance(value, list) else [value]
     if not all(isinstance(v, str) for v in values):
         return [], ("row_malformed", f"{key}.json's caption field is not text or a list of texts")
-    captions: list[bytes | str] = [v for v in values if v.strip()]
+    captions: list[bytes | str] = list(values)  # an empty one is reported (text_empty), as in a table's list
     return (captions if columns.captions == "all" else captions[:1]), None
 
 

@@ -269,3 +269,41 @@ def test_a_split_must_exist_and_only_karpathy_files_have_splits(tmp_path: Path) 
         load_paired_dataset(tmp_path / "pairs.csv", split="test")
     with pytest.raises(ValueError, match=r"is a folder, which has no splits"):
         load_paired_dataset(tmp_path / "val2014", split="test")
+
+
+def test_a_caption_with_a_lone_surrogate_rejects_its_row_only(tmp_path: Path) -> None:
+    """JSON's "\\ud83d" (half of an emoji cut off): loading a COCO file, a Karpathy file or an
+    array of rows failed whole with "'utf-8' codec can't encode character '\\ud83d' ...: surrogates
+    not allowed", naming neither the file nor the entry. Only that caption's row is rejected now."""
+    coco = json.loads(json.dumps(COCO))
+    coco["annotations"][1]["caption"] = "a blue \ud83d"  # image 2's first caption
+    (tmp_path / "coco").mkdir()
+    path, images = coco_layout(tmp_path / "coco", coco)
+    result = load_paired_dataset(path, image_root=images)
+    assert [r[0] for r in table_rows(result)] == ["1", "3"]
+    assert [(r["sample_id"], r["reason"]) for r in result.rejected.to_pylist()] == [("2", "text_not_utf8")]
+    every = load_paired_dataset(path, image_root=images, columns=ColumnMap(captions="all"))
+    assert ("2-1", "blue, again", "2") in table_rows(every)
+    assert [(r["sample_id"], r["reason"]) for r in every.rejected.to_pylist()] == [("2-0", "text_not_utf8")]
+
+    (tmp_path / "k").mkdir()
+    karpathy = json.loads(json.dumps(KARPATHY))
+    karpathy[0]["sentences"][0]["raw"] = "\udc00 red"
+    path = karpathy_layout(tmp_path / "k", karpathy)
+    result = load_paired_dataset(path)
+    assert [r[0] for r in table_rows(result)] == ["5", "7"]
+    [rejected] = result.rejected.to_pylist()
+    assert (rejected["sample_id"], rejected["reason"]) == ("11", "text_not_utf8")
+    assert "caption holds a lone UTF-16 surrogate (U+DC00 at character 0" in rejected["detail"]
+
+    (tmp_path / "rows").mkdir()
+    rows = [{"image": "red.png", "text": "red \ud83d"}, {"image": "blue.png", "text": "blue"}, {"image": "green.png", "text": "green"}]
+    result = load_paired_dataset(write_rows(tmp_path / "rows", rows))
+    assert sorted(r[1] for r in table_rows(result)) == ["blue", "green"]
+    assert [r["reason"] for r in result.rejected.to_pylist()] == ["text_not_utf8"]
+    rows = [{"image": "red.png", "text": ["red \ud83d", "red"]}, {"image": "blue.png", "text": ["blue"]}]  # a list: bytes
+    every = load_paired_dataset(write_rows(tmp_path / "rows", rows, "lists.json"), columns=ColumnMap(captions="all"))
+    assert sorted(r[1] for r in table_rows(every)) == ["blue", "red"]
+    rows = [{"image": "red.png\ud83d", "text": "red"}]
+    with pytest.raises(ValueError, match=r"ids\.json.*lone UTF-16 surrogate"):
+        load_paired_dataset(write_rows(tmp_path / "rows", rows, "ids.json"))

@@ -226,3 +226,38 @@ def test_a_folder_with_images_of_its_own_is_still_an_image_folder(shards: Path) 
     (shards / "extra.txt").write_text("a red square")
     with pytest.raises(ValueError, match="at least 2 needed"):  # one folder pair; the shards are not read
         load_paired_dataset(shards)
+
+
+def test_empty_json_captions_are_reported_as_in_a_tables_list(tmp_path: Path) -> None:
+    """The data hunt: empty captions of a JSON list were dropped before anything looked at them:
+    with captions=first a sample took its first non-empty caption (a table's row is rejected), with
+    all an empty caption vanished without a rejection record."""
+    shard = _shard(tmp_path / "s.tar", [
+        _coloured("a", "red", **{".json": json.dumps({"caption": ["", "good a"]}).encode()}),
+        _coloured("b", "blue", **{".json": json.dumps({"caption": ["  ", "good b", ""]}).encode()}),
+        _coloured("c", "green", **{".json": json.dumps({"caption": ["c one", "c two"]}).encode()}),
+        _coloured("d", "yellow", **{".json": json.dumps({"caption": ["d one"]}).encode()}),
+    ])
+    first = load_paired_dataset(shard)
+    assert first.table.column("sample_id").to_pylist() == ["c", "d"]
+    assert sorted((r["sample_id"], r["reason"]) for r in first.rejected.to_pylist()) == [("a", "text_empty"), ("b", "text_empty")]
+    every = load_paired_dataset(shard, columns=ColumnMap(captions="all"))
+    assert sorted(zip(every.table.column("sample_id").to_pylist(), every.table.column("text").to_pylist())) == [
+        ("a-1", "good a"), ("b-1", "good b"), ("c-0", "c one"), ("c-1", "c two"), ("d", "d one")]
+    assert sorted((r["sample_id"], r["reason"]) for r in every.rejected.to_pylist()) == [
+        ("a-0", "text_empty"), ("b-0", "text_empty"), ("b-2", "text_empty")]
+
+
+def test_a_caption_with_a_lone_surrogate_is_rejected_as_not_utf8(tmp_path: Path) -> None:
+    """JSON's "\\ud83d" (half of an emoji cut off, as a scraper cutting at a UTF-16 length writes):
+    the whole load failed with "'utf-8' codec can't encode character '\\ud83d'", naming nothing."""
+    shard = _shard(tmp_path / "s.tar", [
+        _coloured("a", "red", **{".json": json.dumps({"caption": "cut \ud83d"}).encode()}),
+        _coloured("b", "blue", **{".json": json.dumps({"caption": "whole \U0001F600"}).encode()}),
+        _coloured("c", "green", **{".json": json.dumps({"caption": "green"}).encode()}),
+    ])
+    result = load_paired_dataset(shard)
+    assert result.table.column("text").to_pylist() == ["whole \U0001F600", "green"]
+    [rejected] = result.rejected.to_pylist()
+    assert rejected["sample_id"] == "a" and rejected["reason"] == "text_not_utf8"
+    assert "lone UTF-16 surrogate (U+D83D at character 4" in rejected["detail"]
