@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import glob
 import hashlib
 import io
 import os
@@ -93,7 +94,8 @@ __all__ = [
 REQUIRED_COLUMNS = ("image", "text")
 OPTIONAL_COLUMNS = ("sample_id", "image_id")
 IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+    {".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".avif", ".bmp", ".gif", ".tif", ".tiff", ".ppm",
+     ".pgm", ".pbm", ".pnm", ".tga", ".jp2"}
 )
 _PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 _CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
@@ -711,7 +713,10 @@ def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first
                 detail = f"{extra} has the same name as {group[0]}"
                 records.append(_refused(extra, name_id, "sample_id_duplicate", detail))
         if not names:
-            detail = f"caption file {caption_name} has no image file named {stem}.*"
+            others = sorted(p.name for p in root.glob(f"{glob.escape(stem)}.*") if p.stem == stem and p.suffix.lower() != ".txt")
+            detail = f"caption file {caption_name} has no image file named {stem}.*" + (
+                f" ({', '.join(others[:3])} has a suffix not read as an image: {', '.join(sorted(IMAGE_SUFFIXES))})"
+                if others else "")
             records.append(_refused(f"{caption_name}", name_id, "image_missing", detail))
         elif caption_name is None:
             detail = f"image {names[0]} has no caption file {stem}.txt"

@@ -357,6 +357,29 @@ def test_folder_of_images_and_captions(tmp_path: Path) -> None:
         load_paired_dataset(root, columns=ColumnMap(text="caption"))
 
 
+def test_a_folder_reads_the_image_suffixes_pillow_reads_and_names_one_it_does_not(tmp_path: Path) -> None:
+    """The data hunt: `photo.jfif` + `photo.txt` (and `.avif`, which this Pillow reads) were
+    rejected as "caption file photo.txt has no image file named photo.*", the image beside it."""
+    import io
+
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    root.mkdir()
+    for name, data in {"red.png": RED, "blue.png": BLUE, "photo.jfif": None, "pic.avif": None, "odd.heic": b"x"}.items():
+        if data is None:
+            buffer = io.BytesIO()
+            Image.new("RGB", (16, 16), (0, 200, 0)).save(buffer, "JPEG" if name.endswith(".jfif") else "AVIF")
+            data = buffer.getvalue()
+        (root / name).write_bytes(data)
+        (root / f"{name.split('.')[0]}.txt").write_bytes(name.encode())
+    result = load_paired_dataset(root)
+    assert sorted(r["sample_id"] for r in result.table.to_pylist()) == ["blue", "photo", "pic", "red"]
+    [rejected] = result.rejected.to_pylist()
+    assert rejected["reason"] == "image_missing"
+    assert "caption file odd.txt has no image file named odd.* (odd.heic has a suffix not read as an image: " in rejected["detail"]
+
+
 def test_a_folders_images_in_subfolders_are_reported_not_dropped_silently(tmp_path: Path) -> None:
     """A folder of images with .txt captions is read at its top level; an image in a subfolder
     (sub/b.png with its sub/b.txt) was left out without a word."""
