@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import signal
 import sys
@@ -224,6 +225,8 @@ def dataset_argument(value: str, **options: Any) -> DatasetParams:
             return DatasetParams(kind="huggingface", path=repo, revision=unquote(revision) or None, **given)
         if not value.strip():
             raise ValueError("--dataset is empty: give a table, a folder or hf://datasets/ORG/NAME")
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):  # a URL, not a file here: refused by DatasetParams
+            return DatasetParams(kind="path", path=value, **given)
         return DatasetParams(kind="path", path=str(Path(value).expanduser().resolve()), **given)
     except ValidationError as error:
         problems = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -102,6 +103,9 @@ class DatasetParams(BaseModel):
         if self.kind in ("path", "huggingface") and not (self.path or "").strip():
             what = "a table or a folder" if self.kind == "path" else "a hub dataset id or a dataset folder"
             raise FieldError("path", f"dataset.kind {self.kind!r} needs dataset.path ({what})")
+        if self.kind == "path" and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", self.path or ""):
+            raise FieldError("path", f"dataset.path {self.path!r} is a URL: kind 'path' reads a table or folder on this "
+                                     "machine (copy the data here first; a Hugging Face hub dataset id takes kind 'huggingface')")
         for name, kinds in DATASET_FIELD_KINDS.items():
             if self.kind not in kinds and getattr(self, name) != type(self).model_fields[name].default:
                 which = " and ".join(repr(k) for k in kinds) + (" only" if len(kinds) == 1 else "")

@@ -272,6 +272,9 @@ def test_dataset_argument_reads_hugging_face_urls(tmp_path, monkeypatch):
     assert dataset_argument("~/pairs.csv").path == str(tmp_path / "home" / "pairs.csv")
     with pytest.raises(ValueError, match="--dataset is empty"):
         dataset_argument(" ")
+    for url in ("s3://bucket/pairs.parquet", "https://host/pairs.csv"):  # was "'<cwd>/s3:/bucket/...' does not exist"
+        with pytest.raises(ValueError, match=rf"^--dataset '{url}': path: dataset\.path '{url}' is a URL: kind 'path' reads"):
+            dataset_argument(url)
     assert (dataset_argument("hf://datasets/org/name", split="validation").hub_split(), dataset_argument("coco.json", split="test").split) \
         == ("validation", "test")
 

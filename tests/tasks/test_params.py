@@ -114,6 +114,9 @@ CASES = {
     "huge topk with a bootstrap": (alignment("topk: 1000000000000\nbootstrap: 200"),
                                    r"^dataset\.n: the OpenMoji sample has 1024 sample\(s\), too few: alignment\.bootstrap=200 .* 2000000000002$"),
     "n below cca_dim": (MODELS + "dataset: {n: 8}\nalignment: {metrics: [svcca], cca_dim: 9}\n", r"svcca with alignment\.cca_dim=9 needs cca_dim \+ 1 = 10$"),
+    "dataset path a URL": (MODELS + "dataset: {kind: path, path: 's3://bucket/pairs.parquet'}\n",
+                           r"^dataset\.path \(line 4\): dataset\.path 's3://bucket/pairs\.parquet' is a URL: kind 'path' reads a table or "
+                           r"folder on this machine"),
     "image_size too small": (MODELS + "dataset: {image_size: 8}\n", r"^dataset\.image_size \(line 4\): Input should be greater than or equal to 16 \(got 8\)$"),
 }
 
