@@ -6,6 +6,7 @@ store, so a rerun with unchanged inputs computes nothing and a new model adds on
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from prefect.runtime import flow_run
 from flows.run_record import new_record, one_line, recorded
 from flows.runners import check_run_environment, flow_task_runner, preload_libraries, runs_in_parallel
 from storage import layout
+from storage.pairing import shared_features
 from storage.runs import COMPLETED, FAILED, open_for_run
 from storage.store import DEFAULT_STORE, Store
 from tasks.align_task import align_pair, few_bootstrap_warning, few_permutations_warning
@@ -137,10 +139,20 @@ def run_zoo(
         for few in (few_permutations_warning(config.alignment), few_bootstrap_warning(config.alignment)):
             if few:
                 logger.warning("%s", few)
-    aligning = [align_pair.submit(store_url, extracting[a], extracting[b], config.alignment, a, b)
-                if a in extracting and b in extracting else None for a, b in pairs]
+    submitted = {(a, b) for a, b in pairs if a in extracting and b in extracting}
+    with shared_features(store_url, Counter(name for pair in submitted for name in pair)):  # each model read once
+        aligning = [align_pair.submit(store_url, extracting[a], extracting[b], config.alignment, a, b)
+                    if (a, b) in submitted else None for a, b in pairs]
+        features = collect_features(extracting, failures)
+        alignments = _collect_alignments(pairs, aligning, features, failures)
+    log_failures(failures)
+    return features, alignments, failures
 
-    features = collect_features(extracting, failures)
+
+def _collect_alignments(pairs: list[tuple[str, str]], aligning: list[Any], features: dict[str, dict[str, Any]],
+                        failures: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """The alignment manifests of the submitted pairs that succeeded, in ``pairs`` order; each
+    pair that failed, or was skipped for a failed model, is appended to ``failures``."""
     alignments = []
     for (a, b), future in zip(pairs, aligning):
         missing = [name for name in (a, b) if name not in features]
@@ -154,8 +166,7 @@ def run_zoo(
             failures.append(skipped if missing else {**skipped, "error": one_line(error)})
             if not missing:  # a pair skipped for a failed model is that model's failure, logged as such
                 log_unexpected(error, f"align {a} x {b}")
-    log_failures(failures)
-    return features, alignments, failures
+    return alignments
 
 
 def log_failures(failures: list[dict[str, str]]) -> None:

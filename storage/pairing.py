@@ -4,35 +4,47 @@ Rows are matched by id, never by position: samples present for only one model ar
 reported (with a few example ids), and the returned arrays are aligned row for row in
 ``sample_id`` order.
 
-How (per model, per layer file):
+How (only id columns take part in joins; vectors are never hashed or sorted):
 
 1. DuckDB joins the two models' ``sample_id`` columns (layer 0 of each) into ``common``:
    ``(sample_id, out_row)`` with ``out_row = 0..N-1`` in ``sample_id`` order.
 2. For every layer file, DuckDB joins its ``(sample_id, file_row_number)`` with ``common``,
-   giving ``dest[file_row] = out_row`` (``-1`` for rows outside the common set). Only id
-   columns take part in joins; vectors are never hashed or sorted.
-3. The file's ``vector`` column is streamed from DuckDB as Arrow record batches together with
-   ``file_row_number``, and each batch is copied once into its rows of a preallocated
-   ``(N, D) float32`` array. Peak memory is the arrays handed over plus one batch.
+   giving ``dest[file_row] = out_row`` (``-1`` for rows outside the common set), and streams the
+   file's ``vector`` column as Arrow record batches, each copied once into its rows of a
+   preallocated ``(N, D) float32`` array. Peak memory is the arrays handed over plus one batch.
+
+Within :func:`shared_features` (the pipeline's alignment stage, which names how many pairs each
+model has) a model with more than one pair is instead read whole by its first pair, in the same
+way over all its samples, and kept in this process until its last pair has taken its rows
+(``PRH_FEATURE_CACHE_MB``, default 4096 MiB, least recently used out first; 0: nothing kept):
+a zoo of V vision and L language models reads V + L models' files, not 2·V·L (most of the
+alignment stage's time at the paper's scale). Feature versions never change; the kept arrays
+are read-only and keyed by the store, the version and its files' SHA-256.
 
 Bad stored features raise ``FeatureError`` (a ``ValueError``) naming the model, the layer (index
-and name) and the file: duplicate or NULL ids, NULL vectors, ragged vectors, layer files that
-miss common samples, and NaN/Inf values in the common samples (all such layers of both models
-in one message, each with its count of bad samples and a few of their ids). On a remote store
-(S3) the layer files are first fetched concurrently into a temporary local folder (one GET per
-file) and read from there.
+and name) and the file: duplicate or NULL ids, NULL vectors, ragged vectors, layer files that miss
+samples their model's layer 0 holds, and NaN/Inf values in the common samples (all such
+layers of both models in one message, each with its count of bad samples and a few of their ids).
+On a remote store (S3) the layer files are first fetched concurrently into a temporary local
+folder (one GET per file) and read from there.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
+from storage.env_numbers import env_number
 from storage.features import FeatureError, examples, non_finite_rows
 from storage.layout import layer_file
 from storage.store import Store, escape_glob
@@ -90,70 +102,234 @@ def _quote(path: str) -> str:
 def paired_features(store: Store, manifest_a: dict, manifest_b: dict) -> PairedFeatures:
     """Join the features of two published feature versions on ``sample_id``.
 
-    Returns ``PairedFeatures`` whose ``xs``/``ys`` are ``(N, D_l) float32`` arrays over the
-    ``N`` samples both versions hold, in ``sample_id`` order (``N`` may be 0: callers decide how
-    many they need). Layer files of a remote store (S3) are first fetched, concurrently, into a
-    temporary local folder: DuckDB then reads each byte once from local disk instead of issuing
-    many small ranged requests through Python.
+    Returns ``PairedFeatures`` whose ``xs``/``ys`` are ``(N, D_l) float32`` arrays (the caller's
+    own) over the ``N`` samples both versions hold, in ``sample_id`` order (``N`` may be 0:
+    callers decide how many they need). A model shared by later pairs (:func:`shared_features`)
+    is read whole once and kept; another's common rows are read straight from its files.
 
     Raises ``FeatureError`` for unusable stored features (see the module docstring).
     """
-    files_a, files_b = _layer_uris(store, manifest_a), _layer_uris(store, manifest_b)
-    uris = files_a + files_b
-    labels = [f"{label} ({uri})" for label, uri in zip(layer_labels(manifest_a) + layer_labels(manifest_b), uris)]
+    with ExitStack() as stack:
+        sides = [_side(store, manifest, stack) for manifest in (manifest_a, manifest_b)]
+        con = duckdb.connect(":memory:")
+        stack.callback(con.close)
+        counts = [side.register_ids(con, f"ids_{name}") for side, name in zip(sides, "ab")]
+        con.execute("CREATE TEMP TABLE common AS SELECT sample_id, (row_number() OVER (ORDER BY sample_id) - 1)::BIGINT "
+                    "AS out_row FROM (SELECT sample_id FROM ids_a JOIN ids_b USING (sample_id))")
+        ids = con.sql("SELECT sample_id FROM common ORDER BY out_row").to_arrow_table().column(0).to_pylist()
+        only_a = _only_in(con, "ids_a", "ids_b") if counts[0] > len(ids) else []
+        only_b = _only_in(con, "ids_b", "ids_a") if counts[1] > len(ids) else []
+        xs, ys = (side.layers(con, f"ids_{name}", len(ids)) for side, name in zip(sides, "ab"))
+        _check_finite(sides[0].labels + sides[1].labels, xs + ys, ids)
+        return PairedFeatures(ids, xs, ys, counts[0] - len(ids), counts[1] - len(ids), only_a, only_b)
+
+
+class _Side:
+    """One model of a pair: its layers' labels, and either its cached arrays (``features``) or
+    the local paths of its layer files (read for the common rows only)."""
+
+    def __init__(self, labels: list[str], features: "ModelFeatures | None" = None, files: list[str] | None = None) -> None:
+        self.labels, self.features, self.files = labels, features, files or []
+        self._rows = 0
+
+    def register_ids(self, con: duckdb.DuckDBPyConnection, table: str) -> int:
+        """Make ``table`` (``sample_id``, and ``row`` for cached arrays) in ``con``; its row count."""
+        if self.features is not None:
+            ids = self.features.ids
+            con.register(table, pa.table({"sample_id": ids, "row": pa.array(np.arange(len(ids)))}))
+            return len(ids)
+        names = dict(zip(self.files, self.labels))
+        self._rows = _check_ids(con, self.files[0], names)
+        con.execute(f"CREATE TEMP VIEW {table} AS SELECT sample_id FROM read_parquet({_quote(self.files[0])})")
+        return self._rows
+
+    def layers(self, con: duckdb.DuckDBPyConnection, table: str, n_common: int) -> list[np.ndarray]:
+        """Every layer's ``(n_common, D) float32`` rows in ``common.out_row`` order."""
+        if self.features is not None:
+            rows = con.sql(f"SELECT i.row FROM common c JOIN {table} i USING (sample_id) ORDER BY c.out_row").fetchnumpy()["row"]
+            return [np.take(x, rows, axis=0) for x in self.features.layers]
+        names = dict(zip(self.files, self.labels))
+        return [_load_layer(con, uri, n_common, self._rows if i == 0 else None, names) for i, uri in enumerate(self.files)]
+
+
+def _side(store: Store, manifest: dict, stack: ExitStack) -> _Side:
+    """``manifest``'s side of a pair: its cached arrays when a later pair will read it again
+    (:func:`shared_features`), else its layer files (fetched into a temporary folder from S3)."""
+    features = _CACHE.take(store, manifest)
+    if features is not None:
+        return _Side(features.labels, features=features)
+    uris = _layer_uris(store, manifest)
+    labels = [f"{label} ({uri})" for label, uri in zip(layer_labels(manifest), uris)]
     if store.is_local:  # DuckDB reads each path as a pattern: a store folder 'exp [1]' is escaped
-        read = [escape_glob(uri) for uri in uris]
-        return _pair(read[: len(files_a)], read[len(files_a) :], dict(zip(read, labels)))
+        return _Side(labels, files=[escape_glob(uri) for uri in uris])
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="prh-pairing-"))
+    remote = [uri.split("://", 1)[1] for uri in uris]
+    local = [os.path.join(tmp, f"{i:04d}-{os.path.basename(path)}") for i, path in enumerate(remote)]
+    store.fs.get(remote, local)
+    return _Side(labels, files=local)
+
+
+@dataclass(frozen=True)
+class ModelFeatures:
+    """One feature version's layers over all its samples: ``ids`` (text) in ``sample_id`` order,
+    ``layers[l]`` ``(n, D_l) float32`` in that row order (read-only: shared by every pair), and
+    each layer's label for messages (model, layer, file)."""
+
+    ids: pa.Array
+    layers: list[np.ndarray]
+    labels: list[str]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(x.nbytes for x in self.layers) + self.ids.nbytes
+
+
+#: ``PRH_FEATURE_CACHE_MB``: MiB of feature arrays kept per process for the pairs still to come.
+CACHE_ENV = "PRH_FEATURE_CACHE_MB"
+DEFAULT_CACHE_MB = 4096.0
+
+
+@contextmanager
+def shared_features(store_url: str, pairs_per_model: Mapping[str, int]) -> Iterator[None]:
+    """Within the block, a model (by name, in the store at ``store_url``) that ``pairs_per_model``
+    gives more than one pair is read whole by its first pair and kept in this process
+    (``PRH_FEATURE_CACHE_MB``, least recently used out first) until its last pair has read it: the
+    pipeline's alignment stage reads each model once, not once per partner. Outside any such block
+    (a notebook, one pair) nothing is kept and only the common rows are read."""
+    owners = {(Store(store_url).url, name): count for name, count in pairs_per_model.items()}
+    _CACHE.expect(owners)
+    try:
+        yield
+    finally:
+        _CACHE.forget(owners)
+
+
+def _read_model(store: Store, manifest: dict) -> ModelFeatures:
+    uris = _layer_uris(store, manifest)
+    labels = [f"{label} ({uri})" for label, uri in zip(layer_labels(manifest), uris)]
+    if store.is_local:
+        return _load_model([escape_glob(uri) for uri in uris], labels)
     with tempfile.TemporaryDirectory(prefix="prh-pairing-") as tmp:
         remote = [uri.split("://", 1)[1] for uri in uris]
         local = [os.path.join(tmp, f"{i:04d}-{os.path.basename(path)}") for i, path in enumerate(remote)]
         store.fs.get(remote, local)
-        return _pair(local[: len(files_a)], local[len(files_a) :], names=dict(zip(local, labels)))
+        return _load_model(local, labels)
 
 
-def _pair(files_a: list[str], files_b: list[str], names: dict[str, str] | None = None) -> PairedFeatures:
-    """Pair local Parquet layer files (``names``: local path → label shown in errors)."""
+def _load_model(files: list[str], labels: list[str]) -> ModelFeatures:
+    """Read local Parquet layer files of one model (``labels``: each file's label in errors)."""
+    names = dict(zip(files, labels))
     con = duckdb.connect(":memory:")
     try:
-        n_a = _check_ids(con, files_a[0], names)
-        n_b = _check_ids(con, files_b[0], names)
-        first_a, first_b = _quote(files_a[0]), _quote(files_b[0])
-        con.execute(
-            f"""
-            CREATE TEMP TABLE common AS
-            SELECT sample_id, (row_number() OVER (ORDER BY sample_id) - 1)::BIGINT AS out_row
-            FROM (SELECT a.sample_id FROM read_parquet({first_a}) a
-                  JOIN read_parquet({first_b}) b USING (sample_id))
-            """
-        )
-        ids = con.sql("SELECT sample_id FROM common ORDER BY out_row").to_arrow_table().column(0).to_pylist()
-        only_a = _only_in(con, first_a, first_b) if n_a > len(ids) else []
-        only_b = _only_in(con, first_b, first_a) if n_b > len(ids) else []
-        xs = [_load_layer(con, uri, len(ids), n_a if i == 0 else None, names) for i, uri in enumerate(files_a)]
-        ys = [_load_layer(con, uri, len(ids), n_b if i == 0 else None, names) for i, uri in enumerate(files_b)]
-        _check_finite(files_a + files_b, xs + ys, ids, names)
-        return PairedFeatures(ids, xs, ys, n_a - len(ids), n_b - len(ids), only_a, only_b)
+        n = _check_ids(con, files[0], names)
+        con.execute(f"CREATE TEMP TABLE common AS SELECT sample_id, (row_number() OVER (ORDER BY sample_id) - 1)::BIGINT "
+                    f"AS out_row FROM read_parquet({_quote(files[0])})")
+        ids = con.sql("SELECT sample_id FROM common ORDER BY out_row").to_arrow_table().column(0).combine_chunks()
+        layers = [_load_layer(con, uri, n, n if i == 0 else None, names) for i, uri in enumerate(files)]
     finally:
         con.close()
+    for layer in layers:
+        layer.flags.writeable = False  # shared by every pair: never changed in place
+    return ModelFeatures(ids.cast(pa.string()), layers, labels)
 
 
-def _only_in(con: duckdb.DuckDBPyConnection, file: str, other: str, limit: int = 5) -> list[str]:
-    """A few (sorted) ids of ``file`` that ``other`` lacks."""
+class _FeatureCache:
+    """The models of :func:`shared_features` blocks: how many pairs each still has to come, and
+    the arrays of those read (least recently used first out past the byte budget). One reader per
+    version at a time (two pairs of one model in threads read it once)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[str, ...], ModelFeatures] = OrderedDict()
+        self._left: dict[tuple[str, str], int] = {}
+        self._reading: dict[tuple[str, ...], threading.Lock] = {}
+
+    def expect(self, owners: Mapping[tuple[str, str], int]) -> None:
+        with self._lock:
+            for owner, count in owners.items():
+                self._left[owner] = self._left.get(owner, 0) + count
+
+    def forget(self, owners: Mapping[tuple[str, str], int]) -> None:
+        with self._lock:
+            for owner, count in owners.items():
+                left = self._left.get(owner, 0) - count
+                if left > 0:
+                    self._left[owner] = left
+                else:
+                    self._left.pop(owner, None)
+            for key in [k for k in self._items if (k[0], k[1]) not in self._left]:
+                del self._items[key]
+
+    def take(self, store: Store, manifest: dict) -> ModelFeatures | None:
+        """The version's arrays for one more pair, read whole now if a later pair will want them
+        too (and they fit the budget); None: read its common rows from its files instead."""
+        owner = (store.url, str(manifest["catalog"]["model"]))
+        key = (*owner, manifest["key"], json.dumps(manifest.get("files"), sort_keys=True))
+        budget = env_number(CACHE_ENV, DEFAULT_CACHE_MB, what="a number of MiB, 0 or more (0: no cache)") * 2**20
+        with self._lock:
+            left = self._left.get(owner)
+            if left is not None:
+                self._left[owner] = left - 1
+            self._shrink(budget)
+            if key in self._items:
+                features = self._items[key]
+                if left is not None and left > 1:
+                    self._items.move_to_end(key)
+                else:
+                    del self._items[key]  # its last pair
+                return features
+            if left is None or left <= 1 or budget <= 0:
+                return None
+            reading = self._reading.setdefault(key, threading.Lock())
+        with reading:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+            features = _read_model(store, manifest)
+            with self._lock:
+                self._reading.pop(key, None)
+                if features.nbytes <= budget and owner in self._left:
+                    self._items[key] = features
+                    self._shrink(budget)
+            return features
+
+    def _shrink(self, budget: float) -> None:
+        """Drop the least recently used until the rest fit ``budget`` bytes (lock held)."""
+        while self._items and sum(f.nbytes for f in self._items.values()) > budget:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._left.clear()
+
+
+_CACHE = _FeatureCache()
+
+
+def clear_feature_cache() -> None:
+    """Forget every kept model and every expected pair (tests)."""
+    _CACHE.clear()
+
+
+def _only_in(con: duckdb.DuckDBPyConnection, table: str, other: str, limit: int = 5) -> list[str]:
+    """A few (sorted) ids of the registered id ``table`` that ``other`` lacks."""
     rows = con.execute(
-        f"SELECT f.sample_id FROM read_parquet({file}) f ANTI JOIN read_parquet({other}) o USING (sample_id) ORDER BY 1 LIMIT {limit}"
+        f"SELECT f.sample_id FROM {table} f ANTI JOIN {other} o USING (sample_id) ORDER BY 1 LIMIT {limit}"
     ).fetchall()
     return [r[0] for r in rows]
 
 
-def _check_finite(files: list[str], layers: list[np.ndarray], ids: list[str], names: dict[str, str] | None) -> None:
-    """Raise one ``FeatureError`` listing every layer whose common samples hold NaN or Inf."""
+def _check_finite(labels: list[str], layers: list[np.ndarray], ids: list[str]) -> None:
+    """Raise one ``FeatureError`` listing every layer (``labels``) whose common samples hold NaN or Inf."""
     problems = []
-    for uri, x in zip(files, layers):
+    for label, x in zip(labels, layers):
         bad = non_finite_rows(x)
         if bad.size:
             nan_rows = int(np.isnan(x[bad]).any(axis=1).sum())
             problems.append(
-                f"{(names or {}).get(uri, uri)}: {bad.size} of {len(ids)} common samples have NaN or Inf features "
+                f"{label}: {bad.size} of {len(ids)} common samples have NaN or Inf features "
                 f"({nan_rows} with NaN, {bad.size - nan_rows} with only Inf; e.g. {examples([ids[i] for i in bad])})"
             )
     if problems:

@@ -156,8 +156,14 @@ def test_pipeline_end_to_end(store_url, monkeypatch):
     second = prh_pipeline(config=config, store=store_url)
     assert second["extracted"] == [] and second["reused"] == ["tiny-bert", "tiny-vit"] and second["aligned"] == 0
     assert (second["metrics_computed"], second["metrics_copied"]) == (0, 0)
+    import storage.pairing
+
+    read_whole, read_model = [], storage.pairing._read_model
+    monkeypatch.setattr(storage.pairing, "_read_model", lambda s, m: (read_whole.append(m["catalog"]["model"]), read_model(s, m))[1])
     third = prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT]), store=store_url)
     assert third["extracted"] == ["tiny-gpt"] and third["aligned"] == 1
+    # the alignment stage keeps a model with two pairs (tiny-vit) for its next pair; one pair's model is read as before
+    assert read_whole == ["tiny-vit"] and not storage.pairing._CACHE._items and not storage.pairing._CACHE._left
     assert checked == ["tiny-gpt"]
     _assert_no_secrets(store, third)
     # Renaming a model (same feature version) loads no model and checks none: its stored features

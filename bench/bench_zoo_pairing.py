@@ -1,0 +1,109 @@
+"""Benchmark of the alignment stage's feature reads over a model zoo: every pair read on its own
+against each model read once and shared by its pairs (``storage.pairing.shared_features``).
+
+A zoo of ``--vision`` × ``--language`` models (``--layers`` layers of ``(n, dim)`` float32 each,
+random, as the pipeline stores them) is published to a local store; then, in one run and in the
+same order as the pipeline's pairs (vision-major), ``paired_features`` is called for every pair
+plainly ("per pair": what the stage did before) and inside ``shared_features`` with every model's
+pair count ("shared"). Both must hand over the same arrays (checked on every pair); reported:
+seconds (best of ``--repeats``, page cache warm), the ratio, and the bytes read whole.
+
+Usage::
+
+    python bench/bench_zoo_pairing.py --vision 4 --language 4 --n 1024 --layers 13 --dim 768
+    python bench/bench_zoo_pairing.py --vision 2 --language 2 --n 64 --layers 2 --dim 8 --repeats 1   # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from storage import layout  # noqa: E402
+from storage.features import layer_tables  # noqa: E402
+from storage.pairing import clear_feature_cache, paired_features, shared_features  # noqa: E402
+from storage.store import Store  # noqa: E402
+
+
+def make_zoo(url: str, vision: int, language: int, n: int, layers: int, dim: int, seed: int = 0) -> dict[str, dict]:
+    """Publish the zoo's features; returns model name -> features manifest."""
+    store = Store(url)
+    rng = np.random.default_rng(seed)
+    ids = [f"s{i:07d}" for i in range(n)]
+    manifests = {}
+    for model in [f"vision-{i}" for i in range(vision)] + [f"language-{i}" for i in range(language)]:
+        version = f"bench-{model}"
+        xs = [rng.standard_normal((n, dim), dtype=np.float32) for _ in range(layers)]
+        catalog = {"model": model, "feature_version": version, "dataset_version": "bench", "n_layers": layers,
+                   "layer_widths": [dim] * layers}
+        key = layout.features_key("bench", model, version)
+        manifests[model] = store.publish(key, layer_tables(model, version, ids, xs), {"kind": "features", "catalog": catalog}).manifest
+    return manifests
+
+
+def pairs_of(manifests: dict[str, dict]) -> list[tuple[str, str]]:
+    return [(a, b) for a in manifests if a.startswith("vision") for b in manifests if b.startswith("language")]
+
+
+def read_all(store: Store, manifests: dict[str, dict], shared: bool) -> tuple[float, list]:
+    """Seconds to pair every pair (the arrays of each are returned for the comparison)."""
+    pairs = pairs_of(manifests)
+    clear_feature_cache()
+    started = time.perf_counter()
+    out = []
+    if shared:
+        with shared_features(store.url, Counter(name for pair in pairs for name in pair)):
+            for a, b in pairs:
+                out.append(paired_features(store, manifests[a], manifests[b]))
+    else:
+        for a, b in pairs:
+            out.append(paired_features(store, manifests[a], manifests[b]))
+    return time.perf_counter() - started, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vision", type=int, default=4)
+    parser.add_argument("--language", type=int, default=4)
+    parser.add_argument("--n", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=13)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="prh-bench-zoo-") as tmp:
+        store = Store(str(Path(tmp) / "store"))
+        manifests = make_zoo(store.url, args.vision, args.language, args.n, args.layers, args.dim)
+        best = {"per pair": float("inf"), "shared": float("inf")}
+        for _ in range(args.repeats):
+            for name in best:  # alternating, so that load changes hit both
+                seconds, pairs = read_all(store, manifests, name == "shared")
+                best[name] = min(best[name], seconds)
+                if name == "per pair":
+                    reference = pairs
+                else:
+                    for got, want in zip(pairs, reference):
+                        assert got.sample_ids == want.sample_ids
+                        for x, y in zip(got.xs + got.ys, want.xs + want.ys):
+                            np.testing.assert_array_equal(x, y)
+        n_pairs = len(pairs_of(manifests))
+        model_bytes = args.layers * args.n * args.dim * 4
+        print(f"zoo {args.vision} vision x {args.language} language ({n_pairs} pairs), each model {args.layers} x "
+              f"({args.n}, {args.dim}) float32 = {model_bytes / 1e6:.1f} MB; best of {args.repeats}")
+        print("| path | seconds | models read | x shared |")
+        print("|---|---|---|---|")
+        print(f"| per pair | {best['per pair']:.3f} | {2 * n_pairs} | {best['per pair'] / best['shared']:.2f} |")
+        print(f"| shared | {best['shared']:.3f} | {args.vision + args.language} | 1.00 |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
