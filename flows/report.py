@@ -67,6 +67,9 @@ def write_report(
 
     out = check_report_folder(out)  # before the report is built: a bad --out fails at once
     results = Store(store)
+    if results.is_local and out.resolve().is_relative_to(Path(results.root).resolve()):
+        raise ValueError(f"report folder {str(out)!r} is inside the store {results.display_url}: write it elsewhere (it would "
+                         "sit among the store's files; each run's own report is stored under reports/ already)")
     data = load_report_input(results, run_id=run_id, pair=pair)
     if data.run.get("store") != results.display_url:  # a copied or moved store: say where it was read
         data = dataclasses.replace(data, run={**data.run, "store": results.display_url, "run's store": data.run.get("store")})

@@ -80,6 +80,11 @@ def test_bad_out_folders_are_one_line_errors(store, tmp_path, capsys):
         assert main(["report", "--store", store[0], "--out", str(out)]) == 2
         assert capsys.readouterr().err.strip() == f"prh report: error: {message}"
     assert plain.read_text() == "keep me\n" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    inside = Path(store[0]) / "runs" / "my-report"  # the store hunt: it was written among the store's files
+    before = sorted(str(p) for p in Path(store[0]).rglob("*"))
+    assert main(["report", "--store", store[0], "--out", str(inside)]) == 2
+    assert f"report folder '{inside}' is inside the store" in capsys.readouterr().err
+    assert sorted(str(p) for p in Path(store[0]).rglob("*")) == before
 
 
 def test_a_pair_the_run_does_not_have_is_an_error_listing_its_pairs(store, tmp_path, capsys):
