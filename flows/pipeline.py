@@ -79,6 +79,7 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
         dataset = stored_dataset(dataset_version, store_url, config.dataset, alignment=config.alignment)
     else:
         dataset = load_dataset(config.dataset, store_url, alignment=config.alignment)
+    record["dataset_version"] = dataset["catalog"]["dataset_version"]  # also in the record of a run stopped from here on
     features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing)
     best = add_q_values([row for manifest in alignments
                          for row in target.read_table(f"{manifest['key']}/{layout.BEST_FILE}").to_pylist()])

@@ -284,7 +284,7 @@ from prefect.exceptions import TerminationSignal
 from tasks.params import PipelineConfig
 def stopped(*args, **kwargs):
     raise TerminationSignal(signal.SIGTERM)  # what a cancel from the UI raises in the flow (the worker's SIGTERM)
-flows.pipeline.load_dataset = stopped
+flows.pipeline.run_zoo = stopped  # after the dataset: the record names it
 flows.pipeline.prh_pipeline(config=PipelineConfig.model_validate_json(sys.argv[2]), store=sys.argv[1], report=False)
 """
 
@@ -307,5 +307,7 @@ def test_a_stopped_run_is_recorded_cancelled(tmp_path):
     config = _config([TINY_VIT, TINY_BERT], permutations=0).model_dump_json()
     done = subprocess.run([sys.executable, "-c", STOPPED_CHILD, store, config], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
-    run = query(connect(Store(store)), "select status, error from runs").to_pylist()
+    run = query(connect(Store(store)), "select status, error, dataset_version from runs").to_pylist()
     assert [r["status"] for r in run] == ["CANCELLED"] and "TerminationSignal" in run[0]["error"], (run, done.stderr[-2000:])
+    datasets = query(connect(Store(store)), "select dataset_version from datasets").to_pylist()
+    assert run[0]["dataset_version"] == datasets[0]["dataset_version"]  # the store hunt: a stopped run named no input
