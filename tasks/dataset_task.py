@@ -236,6 +236,8 @@ def publish_dataset(
             name, _source_path(source), n_rejected):
         _warn_stored_as(logger, name, table.num_rows, {**stored, "dataset_version": version})
     cut = f" from its first {params.n} rows (dataset.n; null reads all)" if params.kind != "openmoji" and params.n else ""
+    if cut and params.captions == "first" and table.num_rows + n_rejected < params.n:  # fewer rows than n: all read
+        cut = f" from all its {table.num_rows + n_rejected} rows (dataset.n={params.n} asks for more)"
     logger.info(
         "dataset %s: %d pairs%s, version %s (%s)",
         name, table.num_rows, cut, version, "published" if published.written else "already stored",

@@ -106,6 +106,10 @@ def test_n_of_a_table_is_honoured_and_recorded_and_unset_means_all(tmp_path, cap
     assert "dataset pairs: 2 pairs from its first 2 rows (dataset.n; null reads all)" in caplog.text
     texts = Store(url).read_table(f"{head['key']}/samples.parquet").column("text").to_pylist()
     assert sorted(texts) == ["a blue square", "a red square"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="prh.dataset"):  # the data hunt: "from its first 500 rows" of a 3-row table
+        publish_dataset(DatasetParams(kind="path", path=str(root / "pairs.csv"), n=500), url)
+    assert "dataset pairs: 3 pairs from all its 3 rows (dataset.n=500 asks for more)" in caplog.text
 
 
 def test_demo_pairs_are_drawn_once_per_recipe(tmp_path, monkeypatch, caplog):
