@@ -604,7 +604,8 @@ def _verify(args: argparse.Namespace) -> int:
     how = "sizes" if args.quick else "sizes and SHA-256"
     _say(f"{store.display_url}: {_count(versions, 'published version')}, {_count(files, 'file')}, {size / 1e6:.1f} MB "
           f"checked ({how}): "
-          + (f"{len(damaged)} damaged" + ("" if args.remove_damaged else " (remove them with --remove-damaged)")
+          + (f"{len(damaged)} damaged" + ("" if args.remove_damaged or not any(c.removable for c in damaged)
+                                           else " (remove the damaged versions with --remove-damaged)")
              if damaged else "all match their manifests"))
     return 1 if damaged else 0
 

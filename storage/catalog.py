@@ -373,12 +373,11 @@ DERIVED_VIEWS: dict[str, str] = {
     # sorted ascending (ties in a fixed order: they get one q-value anyway), q_(i) = min over
     # j >= i of p_(j) * m / j, at most 1 (``tasks.metrics.bh_fdr``). Rows without a p-value
     # (no permutations) are not tests and do not count in m.
-    "alignment_fdr": """
+    "alignment_fdr": f"""
         WITH members AS (
             SELECT DISTINCT run_id, status AS run_status, unnest(alignment_versions) AS alignment_key FROM runs
         ), present AS (
-            SELECT DISTINCT concat_ws('/', 'alignment', dataset_version, model_a || '__' || model_b, alignment_version)
-                   AS alignment_key FROM alignment_best_all
+            SELECT DISTINCT {_KEY_OF_ROW} AS alignment_key FROM alignment_best_all AS v
         ), missing AS (
             SELECT m.run_id, count(*) FILTER (WHERE p.alignment_key IS NULL) AS n_missing
             FROM members AS m LEFT JOIN present AS p USING (alignment_key) GROUP BY m.run_id

@@ -1,5 +1,6 @@
-"""Numbers read from ``PRH_*`` environment variables, refused by name when they are not numbers
-of the kind wanted (``PRH_MIN_FREE_MB=abc`` had failed as "could not convert string to float")."""
+"""Numbers read from environment variables (``PRH_*``, and the ``AWS_*`` ones the S3 options
+honour), refused by name when they are not numbers of the kind wanted (``PRH_MIN_FREE_MB=abc``
+had failed as "could not convert string to float")."""
 
 from __future__ import annotations
 

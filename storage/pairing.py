@@ -22,8 +22,8 @@ alignment stage's time at the paper's scale). Feature versions never change; the
 are read-only and keyed by the store, the version and its files' SHA-256.
 
 Bad stored features raise ``FeatureError`` (a ``ValueError``) naming the model, the layer (index
-and name) and the file: duplicate or NULL ids, NULL vectors, ragged vectors, layer files that miss
-samples their model's layer 0 holds, and NaN/Inf values in the common samples (all such
+and name) and the file: duplicate or NULL ids, NULL vectors, ragged vectors, layer files that do
+not hold the samples their model's layer 0 holds, and NaN/Inf values in the common samples (all such
 layers of both models in one message, each with its count of bad samples and a few of their ids).
 On a remote store (S3) the layer files are first fetched concurrently into a temporary local
 folder (one GET per file) and read from there.
@@ -149,7 +149,8 @@ class _Side:
             rows = con.sql(f"SELECT i.row FROM common c JOIN {table} i USING (sample_id) ORDER BY c.out_row").fetchnumpy()["row"]
             return [np.take(x, rows, axis=0) for x in self.features.layers]
         names = dict(zip(self.files, self.labels))
-        return [_load_layer(con, uri, n_common, self._rows if i == 0 else None, names) for i, uri in enumerate(self.files)]
+        return [_load_layer(con, uri, n_common, _same_rows(con, self.files, i, self._rows, names), names)
+                for i, uri in enumerate(self.files)]
 
 
 def _side(store: Store, manifest: dict, stack: ExitStack) -> _Side:
@@ -225,7 +226,7 @@ def _load_model(files: list[str], labels: list[str]) -> ModelFeatures:
         con.execute(f"CREATE TEMP TABLE common AS SELECT sample_id, (row_number() OVER (ORDER BY sample_id) - 1)::BIGINT "
                     f"AS out_row FROM read_parquet({_quote(files[0])})")
         ids = con.sql("SELECT sample_id FROM common ORDER BY out_row").to_arrow_table().column(0).combine_chunks()
-        layers = [_load_layer(con, uri, n, n if i == 0 else None, names) for i, uri in enumerate(files)]
+        layers = [_load_layer(con, uri, n, _same_rows(con, files, i, n, names), names) for i, uri in enumerate(files)]
     finally:
         con.close()
     for layer in layers:
@@ -262,23 +263,24 @@ class _FeatureCache:
 
     def take(self, store: Store, manifest: dict) -> ModelFeatures | None:
         """The version's arrays for one more pair, read whole now if a later pair will want them
-        too (and they fit the budget); None: read its common rows from its files instead."""
-        owner = (store.url, str(manifest["catalog"]["model"]))
+        too and they fit the budget; None: read its common rows from its files instead."""
+        owner = _owner(store, manifest)
         key = (*owner, manifest["key"], json.dumps(manifest.get("files"), sort_keys=True))
-        budget = env_number(CACHE_ENV, DEFAULT_CACHE_MB, what="a number of MiB, 0 or more (0: no cache)") * 2**20
         with self._lock:
             left = self._left.get(owner)
-            if left is not None:
-                self._left[owner] = left - 1
+            if left is None:  # outside any shared_features block: nothing kept
+                return None
+            self._left[owner] = left - 1
+            budget = cache_budget()
             self._shrink(budget)
             if key in self._items:
                 features = self._items[key]
-                if left is not None and left > 1:
+                if left > 1:
                     self._items.move_to_end(key)
                 else:
                     del self._items[key]  # its last pair
                 return features
-            if left is None or left <= 1 or budget <= 0:
+            if left <= 1 or not 0 < _model_bytes(manifest) <= budget:  # a model too big is never read whole
                 return None
             reading = self._reading.setdefault(key, threading.Lock())
         with reading:
@@ -286,13 +288,28 @@ class _FeatureCache:
                 if key in self._items:
                     self._items.move_to_end(key)
                     return self._items[key]
-            features = _read_model(store, manifest)
+            try:
+                features = _read_model(store, manifest)
+            finally:
+                with self._lock:
+                    self._reading.pop(key, None)
             with self._lock:
-                self._reading.pop(key, None)
-                if features.nbytes <= budget and owner in self._left:
+                if features.nbytes <= budget and self._left.get(owner, 0) > 0:  # a later pair still wants it
                     self._items[key] = features
                     self._shrink(budget)
             return features
+
+    def release(self, store: Store, manifest: dict) -> None:
+        """One pair of the version's model will not read it (its alignment is stored: reused)."""
+        owner = _owner(store, manifest)
+        with self._lock:
+            left = self._left.get(owner)
+            if left is None:
+                return
+            self._left[owner] = left - 1
+            if left <= 1:
+                for key in [k for k in self._items if (k[0], k[1]) == owner]:
+                    del self._items[key]
 
     def _shrink(self, budget: float) -> None:
         """Drop the least recently used until the rest fit ``budget`` bytes (lock held)."""
@@ -308,9 +325,52 @@ class _FeatureCache:
 _CACHE = _FeatureCache()
 
 
+def _owner(store: Store, manifest: dict) -> tuple[str, str]:
+    return store.url, str(manifest["catalog"]["model"])
+
+
+def _model_bytes(manifest: dict) -> int:
+    """The bytes of a feature version's arrays from its manifest (0 when it does not say)."""
+    catalog = manifest.get("catalog") or {}
+    widths, n = catalog.get("layer_widths"), catalog.get("n_samples")
+    if not (isinstance(widths, list) and all(isinstance(w, int) for w in widths) and isinstance(n, int)):
+        return 0
+    return 4 * n * sum(widths)
+
+
+def cache_budget() -> float:
+    """``PRH_FEATURE_CACHE_MB`` in bytes (``ValueError`` naming it when it is not a number >= 0)."""
+    return env_number(CACHE_ENV, DEFAULT_CACHE_MB, what="a number of MiB, 0 or more (0: no cache)") * 2**20
+
+
+def release_features(store: Store, manifest_a: dict, manifest_b: dict) -> None:
+    """A pair of :func:`shared_features` that reads no features (its alignment is stored): its
+    models' counts go down as if it had, so that the last pair that reads a model lets it go."""
+    for manifest in (manifest_a, manifest_b):
+        _CACHE.release(store, manifest)
+
+
 def clear_feature_cache() -> None:
     """Forget every kept model and every expected pair (tests)."""
     _CACHE.clear()
+
+
+def _same_rows(con: duckdb.DuckDBPyConnection, files: list[str], layer: int, first_rows: int, names: dict[str, str]) -> int:
+    """The rows of layer file ``files[layer]`` of a model, which must be its layer 0's count
+    (``first_rows``), ids checked: whether a pair reads the model whole or its common rows, a
+    layer missing samples of its model is refused alike."""
+    if layer == 0:
+        return first_rows
+    uri = files[layer]
+    rows = _check_ids(con, uri, names)
+    if rows != first_rows:
+        missing = [r[0] for r in con.execute(
+            f"SELECT f.sample_id FROM read_parquet({_quote(files[0])}) f ANTI JOIN read_parquet({_quote(uri)}) o "
+            "USING (sample_id) ORDER BY 1 LIMIT 5").fetchall()]
+        detail = f"missing e.g. {examples(missing)}; " if missing else ""
+        raise FeatureError(f"{names.get(uri, uri)}: {rows} samples, its model's layer 0 holds {first_rows} "
+                           f"({detail}the model's layers must hold the same samples)")
+    return rows
 
 
 def _only_in(con: duckdb.DuckDBPyConnection, table: str, other: str, limit: int = 5) -> list[str]:

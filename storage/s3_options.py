@@ -93,9 +93,9 @@ def s3fs_retries(env: Mapping[str, str] | None = None) -> int | None:
 # ------------------------------------------------------------------ parsing
 def _first(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
     for name in names:
-        value = env.get(name)
-        if value not in (None, ""):
-            return name, value.strip()
+        value = (env.get(name) or "").strip()
+        if value:  # blank counts as unset, as for the numbers (storage.env_numbers)
+            return name, value
     return None
 
 

@@ -21,7 +21,7 @@ from prefect import get_run_logger, task
 
 from storage import layout
 from storage.features import examples
-from storage.pairing import PairedFeatures, paired_features
+from storage.pairing import PairedFeatures, paired_features, release_features
 from storage.store import Store
 from storage.versioning import code_version, content_id
 from tasks import metrics, reused_metrics
@@ -372,6 +372,7 @@ def align_to_store(
     existing = store.manifest(key)
     if existing is not None:
         logger.info("%s x %s: alignment already stored (%s)", model_a, model_b, key)
+        release_features(store, manifest_a, manifest_b)  # its models' features are not read for this pair
         return {**existing, "reused": True}
     started = time.perf_counter()
     pair = paired_features(store, manifest_a, manifest_b)

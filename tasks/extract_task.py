@@ -160,7 +160,9 @@ def extract_to_store(
             extracted = _extract_shards(store, key, spec, items, shard_size, logger, started, on_progress, item_ids)
     except PublishedMeanwhile as news:
         logger.info("%s: %s; this run stopped extracting it and uses that copy", spec.name, news)
-        return {**store.published_meanwhile(key), "reused": True}
+        published = store.published_meanwhile(key)
+        _remove_shards(store, key, spec.name, logger)  # a shard this run wrote after the other run removed them
+        return {**published, "reused": True}
     layers = [np.concatenate(parts) for parts in zip(*extracted.shards)]
     check_finite(spec.name, extracted.model["layer_names"], layers, item_ids)  # stored shards too: never publish NaN/Inf
     if expand is not None:
@@ -195,17 +197,22 @@ def extract_to_store(
                 "extras": extracted.extras, "resumed_shards": extracted.resumed}
     raise_if_stopped(f"{spec.name}: publishing its features (every shard is stored)")
     published = store.publish(key, layer_tables(spec.name, version, sample_ids, layers), manifest)
-    try:
-        remove_partial(store, key)
-    except Exception as error:  # noqa: BLE001 - the features are published; `prh gc` clears these shards later
-        logger.warning("%s: features published, but their shards under %s/_partial stay (%s); prh gc removes them",
-                       spec.name, key, error)
+    _remove_shards(store, key, spec.name, logger)
     if not published.written:  # another run published this version first: its copy is the store's
         logger.info("%s: %s was published by another run meanwhile; this run's copy is dropped and that one used",
                     spec.name, key)
         return {**published.manifest, "reused": True}
     logger.info("%s: %d layers x %d samples in %.1fs -> %s", spec.name, len(layers), len(sample_ids), seconds, key)
     return {**published.manifest, "reused": False}
+
+
+def _remove_shards(store: Store, key: str, name: str, logger: Any) -> None:
+    """Remove the shards of the published version ``key``; a failure is only logged."""
+    try:
+        remove_partial(store, key)
+    except Exception as error:  # noqa: BLE001 - the features are published; `prh gc` clears these shards later
+        logger.warning("%s: features published, but their shards under %s/_partial stay (%s); prh gc removes them",
+                       name, key, error)
 
 
 def source_digest(fingerprint: dict[str, Any]) -> str | None:

@@ -88,7 +88,11 @@ class _Watch:
         now = time.monotonic()
         if now - self.last >= self.every_s:
             self.last = now
-            if self.published():
+            try:
+                published = self.published()
+            except OSError:  # the store did not answer: a look that only saves work, not a reason to fail
+                return
+            if published:
                 raise PublishedMeanwhile(f"{self.what} was published by another run meanwhile")
 
 

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import glob
 import hashlib
 import io
 import os
@@ -97,6 +96,10 @@ IMAGE_SUFFIXES = frozenset(
     {".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".avif", ".bmp", ".gif", ".tif", ".tiff", ".ppm",
      ".pgm", ".pbm", ".pnm", ".tga", ".jp2"}
 )
+#: Image formats a folder may hold that are not read (no decoder here): named when a caption
+#: file's image has one, rather than "no image file".
+UNREAD_IMAGE_SUFFIXES = frozenset({".heic", ".heif", ".jxl", ".svg", ".dng", ".cr2", ".nef", ".arw", ".raw", ".psd",
+                                   ".ico", ".eps"})
 _PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 _CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 _JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
@@ -678,6 +681,7 @@ def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first
     one ``text_missing`` record per image file in a subfolder, which this layout does not read."""
     images: dict[str, list[str]] = {}
     captions: dict[str, list[str]] = {}  # cat.txt and cat.TXT: one stem, two files
+    unread: dict[str, list[str]] = {}  # photo.heic: an image file of a suffix not read
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
         if entry.name.startswith(".") or entry.is_dir():
             continue
@@ -686,6 +690,8 @@ def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first
             images.setdefault(entry.stem, []).append(entry.name)
         elif suffix == ".txt":
             captions.setdefault(entry.stem, []).append(entry.name)
+        elif suffix in UNREAD_IMAGE_SUFFIXES:
+            unread.setdefault(entry.stem, []).append(entry.name)
     if not images and not captions:
         tables = sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
                         and p.suffix.lower() in (*_PARQUET_SUFFIXES, *_CSV_DELIMITERS, *_JSONL_SUFFIXES))
@@ -713,10 +719,10 @@ def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first
                 detail = f"{extra} has the same name as {group[0]}"
                 records.append(_refused(extra, name_id, "sample_id_duplicate", detail))
         if not names:
-            others = sorted(p.name for p in root.glob(f"{glob.escape(stem)}.*") if p.stem == stem and p.suffix.lower() != ".txt")
+            others = unread.get(stem, [])
             detail = f"caption file {caption_name} has no image file named {stem}.*" + (
-                f" ({', '.join(others[:3])} has a suffix not read as an image: {', '.join(sorted(IMAGE_SUFFIXES))})"
-                if others else "")
+                f" ({', '.join(others[:3])}: a suffix not read as an image; convert it to one of "
+                f"{', '.join(sorted(IMAGE_SUFFIXES))})" if others else "")
             records.append(_refused(f"{caption_name}", name_id, "image_missing", detail))
         elif caption_name is None:
             detail = f"image {names[0]} has no caption file {stem}.txt"

@@ -162,8 +162,8 @@ def test_pipeline_end_to_end(store_url, monkeypatch):
     monkeypatch.setattr(storage.pairing, "_read_model", lambda s, m: (read_whole.append(m["catalog"]["model"]), read_model(s, m))[1])
     third = prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT]), store=store_url)
     assert third["extracted"] == ["tiny-gpt"] and third["aligned"] == 1
-    # the alignment stage keeps a model with two pairs (tiny-vit) for its next pair; one pair's model is read as before
-    assert read_whole == ["tiny-vit"] and not storage.pairing._CACHE._items and not storage.pairing._CACHE._left
+    # tiny-vit has two pairs, but one is stored (reused, released): nothing is read whole, nothing kept
+    assert read_whole == [] and not storage.pairing._CACHE._items and not storage.pairing._CACHE._left
     assert checked == ["tiny-gpt"]
     _assert_no_secrets(store, third)
     # Renaming a model (same feature version) loads no model and checks none: its stored features
@@ -203,6 +203,27 @@ def _assert_no_secrets(store: Store, summary: dict) -> None:
             offset += len(batch)
     assert not any(secret.decode() in repr(a.data) + repr(a.description) for a in artifacts for secret in secrets)
     assert len(logs) > 20 and not any(secret.decode() in message for message in logs for secret in secrets)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_alignment_stage_reads_a_model_with_two_pairs_once(tmp_path, monkeypatch):
+    """The scale hunt: every pair read both models' whole feature files (a zoo of V x L pairs read
+    2·V·L models). The stage now reads tiny-vit, which has two pairs, once; each language model,
+    with one pair, reads its common rows as before; the scores are those of pairs read on their own."""
+    import storage.pairing
+
+    read_whole, read_model = [], storage.pairing._read_model
+    monkeypatch.setattr(storage.pairing, "_read_model", lambda s, m: (read_whole.append(m["catalog"]["model"]), read_model(s, m))[1])
+    store = str(tmp_path / "store")
+    summary = prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT], permutations=0), store=store)
+    assert read_whole == ["tiny-vit"] and summary["aligned"] == 2
+    assert not storage.pairing._CACHE._items and not storage.pairing._CACHE._left
+    # the same scores as the stage reading every pair on its own (the cache off)
+    monkeypatch.setenv("PRH_FEATURE_CACHE_MB", "0")
+    alone = prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT], permutations=0), store=str(tmp_path / "alone"))
+    assert read_whole == ["tiny-vit"]
+    scores = {(r["model_a"], r["model_b"], r["metric"]): r["score"] for r in summary["best"]}
+    assert scores == {(r["model_a"], r["model_b"], r["metric"]): r["score"] for r in alone["best"]} and len(scores) == 6
 
 
 def test_the_failure_summary_says_what_was_published():

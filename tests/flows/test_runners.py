@@ -53,6 +53,7 @@ def test_environment_typos_fail_the_flow_at_its_start_naming_the_variable(tmp_pa
         "PRH_DASK_WORKERS='0': it must be a whole number of workers, at least 1": {"PRH_TASK_RUNNER": "dask", "PRH_DASK_WORKERS": "0"},
         "PRH_DASK_WORKERS='two' is not a whole number": {"PRH_TASK_RUNNER": "dask", "PRH_DASK_WORKERS": "two"},
         "PRH_MODEL_LOAD_TIMEOUT='abc' is not a number of seconds": {"PRH_MODEL_LOAD_TIMEOUT": "abc"},
+        "PRH_FEATURE_CACHE_MB='-1': it must be a number of MiB, 0 or more": {"PRH_FEATURE_CACHE_MB": "-1"},
         f"PRH_TASK_RUNNER=dask:tcp://127.0.0.1:{port}: no Dask scheduler answers at 127.0.0.1:{port}":
             {"PRH_TASK_RUNNER": f"dask:tcp://127.0.0.1:{port}"},
     }

@@ -12,7 +12,14 @@ import pytest
 import storage.pairing as pairing
 from storage.pairing import clear_feature_cache, paired_features, shared_features
 from storage.store import Store
-from tests.storage.test_catalog_pairing import _publish_features
+from tests.storage import test_catalog_pairing
+
+
+def _publish_features(store, model, ids, layers):
+    """As the pipeline publishes them: the catalog names the samples and widths (the cache's size check)."""
+    manifest = test_catalog_pairing._publish_features(store, model, ids, layers)
+    manifest["catalog"]["n_samples"] = len(ids)
+    return manifest
 
 
 @pytest.fixture
@@ -91,8 +98,10 @@ def test_the_cache_keeps_at_most_its_budget_and_zero_turns_it_off(zoo, monkeypat
         paired_features(store, manifests["vis0"], manifests["lang0"])
     assert reads == []
     monkeypatch.setenv("PRH_FEATURE_CACHE_MB", "lots")
+    paired_features(store, manifests["vis0"], manifests["lang0"])  # outside a block it is not read
     with pytest.raises(ValueError, match="^PRH_FEATURE_CACHE_MB='lots' is not a number of MiB, 0 or more"):
-        paired_features(store, manifests["vis0"], manifests["lang0"])
+        with shared_features(store.url, PAIRS):
+            paired_features(store, manifests["vis0"], manifests["lang0"])
 
 
 def test_cached_layers_cannot_be_changed_in_place(zoo):
@@ -123,3 +132,65 @@ def test_the_zoo_pairing_benchmark_runs_at_ci_size(capsys):
     out = capsys.readouterr().out
     assert "zoo 2 vision x 3 language (6 pairs)" in out
     assert re.search(r"^\| per pair \| [\d.]+ \| 12 \| [\d.]+ \|$", out, re.M) and "| shared |" in out
+
+
+def test_a_model_bigger_than_the_budget_is_never_read_whole(zoo, monkeypatch):
+    """The review: a model over the budget was read whole by each of its pairs, then dropped:
+    twice the memory of reading its common rows, for the largest models."""
+    store, manifests, _ = zoo
+    reads = _reads(monkeypatch)
+    monkeypatch.setenv("PRH_FEATURE_CACHE_MB", str(0.5 * 30 * 10 * 4 / 2**20))  # half a model
+    with shared_features(store.url, PAIRS):
+        for a in ("vis0", "vis1"):
+            for b in ("lang0", "lang1"):
+                paired_features(store, manifests[a], manifests[b])
+    assert reads == []
+
+
+def test_a_reused_pair_releases_its_models_and_a_pair_that_ends_last_keeps_nothing(zoo, monkeypatch):
+    """The review: a pair whose alignment is stored never reads features, yet counted: its models
+    were read whole for nothing and kept to the end of the stage. A thread's whole read that a
+    later pair had meanwhile made the last was kept for no one."""
+    store, manifests, _ = zoo
+    reads = _reads(monkeypatch)
+    with shared_features(store.url, {"vis0": 2, "lang0": 1, "lang1": 1}):
+        pairing.release_features(store, manifests["vis0"], manifests["lang0"])  # vis0 x lang0 is stored
+        paired_features(store, manifests["vis0"], manifests["lang1"])  # vis0's last pair: its rows only
+        assert reads == [] and not pairing._CACHE._items
+    real = pairing._read_model
+
+    def the_other_pair_meanwhile(store_, manifest):  # another thread's pair of vis0 runs while this one reads
+        assert paired_features(store, manifests["vis0"], manifests["lang1"]).sample_ids
+        return real(store_, manifest)
+
+    monkeypatch.setattr(pairing, "_read_model", the_other_pair_meanwhile)
+    with shared_features(store.url, {"vis0": 2, "lang0": 1, "lang1": 1}):
+        paired_features(store, manifests["vis0"], manifests["lang0"])
+        assert not pairing._CACHE._items  # nothing left for a pair that will never come
+
+
+def test_a_layer_missing_samples_is_refused_alike_whether_read_whole_or_not(tmp_path):
+    """The review: read whole, a layer lacking a sample its layer 0 has failed the pair; read for the
+    common rows, it passed when the other model lacked that sample too: the outcome depended on
+    how many pairs the model had."""
+    from storage import layout
+    from storage.features import FeatureError, layer_table
+    from storage.store import table_to_parquet_bytes
+
+    clear_feature_cache()
+    store = Store(str(tmp_path / "store"))
+    rng = np.random.default_rng(3)
+    ids = [f"s{i}" for i in range(10)]
+    manifests = {"b": _publish_features(store, "b", ids[:9], [rng.normal(size=(9, 3)).astype(np.float32)])}
+    a = _publish_features(store, "a", ids, [rng.normal(size=(10, 3)).astype(np.float32)] * 2)
+    # layer 1 of a lacks s9, which b lacks too
+    key = a["key"]
+    store.fs.pipe(store.path(f"{key}/{layout.layer_file(1)}"),
+                  table_to_parquet_bytes(layer_table("a", "fv-a", 1, ids[:9], rng.normal(size=(9, 3)).astype(np.float32))))
+    message = r"layer 1 .*9 samples, its model's layer 0 holds 10 \(missing e.g. s9; the model's layers must hold the same samples\)"
+    with pytest.raises(FeatureError, match=message):
+        paired_features(store, a, manifests["b"])
+    with pytest.raises(FeatureError, match=message):
+        with shared_features(store.url, {"a": 2, "b": 2}):
+            paired_features(store, a, manifests["b"])
+    clear_feature_cache()

@@ -53,8 +53,8 @@ def test_a_layer_missing_common_samples_is_refused(tmp_path):
     ids = [f"s{i}" for i in range(6)]
     x = np.arange(18, dtype=np.float32).reshape(6, 3)
     ma = _publish(store, "a", [layer_table("a", "v", 0, ids, x), layer_table("a", "v", 1, ids[:5], x[:5])])
-    with pytest.raises(FeatureError, match=r"model 'a' layer 1 \(.*layer-001.parquet\): expected each of the 6 common samples "
-                                           r"once, got 5 matching rows; missing e.g. s5"):
+    with pytest.raises(FeatureError, match=r"model 'a' layer 1 \(.*layer-001.parquet\): 5 samples, its model's layer 0 "
+                                           r"holds 6 \(missing e.g. s5; the model's layers must hold the same samples\)"):
         paired_features(store, ma, _good(store))
 
 

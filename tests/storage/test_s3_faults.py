@@ -207,6 +207,7 @@ def test_s3_options_precedence_and_validation():
         with pytest.raises(ValueError, match=f"^{name}="):
             s3_config_kwargs({name: value})
     assert s3_config_kwargs({"PRH_S3_MAX_ATTEMPTS": " ", "AWS_MAX_ATTEMPTS": "2"})["retries"]["total_max_attempts"] == 2
+    assert s3_config_kwargs({"PRH_S3_RETRY_MODE": " ", "AWS_RETRY_MODE": "adaptive"})["retries"]["mode"] == "adaptive"
     assert s3fs_retries({}) is None and s3fs_retries({"PRH_S3_FS_RETRIES": "3"}) == 3
     with pytest.raises(ValueError, match="^PRH_S3_FS_RETRIES='0': it must be a whole number of attempts, at least 1$"):
         s3fs_retries({"PRH_S3_FS_RETRIES": "0"})

@@ -83,7 +83,7 @@ def test_prh_verify_command(tmp_path, capsys):
     capsys.readouterr()
     assert main(["verify", "--store", url]) == 1
     out = capsys.readouterr().out
-    assert "DAMAGED alignment/d1/a__b/v1: a.parquet: content changed" in out and "1 damaged (remove them with --remove-damaged)" in out
+    assert "DAMAGED alignment/d1/a__b/v1: a.parquet: content changed" in out and "1 damaged (remove the damaged versions with --remove-damaged)" in out
     assert store.manifest("alignment/d1/a__b/v1") is not None  # reporting removes nothing
     assert main(["verify", "--store", url, "--remove-damaged"]) == 1
     assert "removed alignment/d1/a__b/v1: the next run computes it again" in capsys.readouterr().out

@@ -113,3 +113,15 @@ def test_published_meanwhile_is_asked_only_in_its_own_thread_of_work():
             pool.submit(raise_if_stopped, "other").result()
         with pytest.raises(PublishedMeanwhile):
             raise_if_stopped("mine")
+
+
+def test_a_store_that_does_not_answer_at_a_safe_point_is_no_reason_to_stop():
+    """The review: the look for a version published meanwhile is store I/O (a HEAD on S3); an
+    error there failed the extraction or alignment it was only meant to shorten."""
+    from tasks.stop_request import unless_published_meanwhile
+
+    def unreachable():
+        raise OSError("connection refused")
+
+    with unless_published_meanwhile(unreachable, "v1", every_s=0):
+        raise_if_stopped("x")

@@ -366,7 +366,8 @@ def test_a_folder_reads_the_image_suffixes_pillow_reads_and_names_one_it_does_no
 
     root = tmp_path / "folder"
     root.mkdir()
-    for name, data in {"red.png": RED, "blue.png": BLUE, "photo.jfif": None, "pic.avif": None, "odd.heic": b"x"}.items():
+    for name, data in {"red.png": RED, "blue.png": BLUE, "photo.jfif": None, "pic.avif": None, "odd.heic": b"x",
+                       "side.json": b"{}"}.items():
         if data is None:
             buffer = io.BytesIO()
             Image.new("RGB", (16, 16), (0, 200, 0)).save(buffer, "JPEG" if name.endswith(".jfif") else "AVIF")
@@ -375,9 +376,10 @@ def test_a_folder_reads_the_image_suffixes_pillow_reads_and_names_one_it_does_no
         (root / f"{name.split('.')[0]}.txt").write_bytes(name.encode())
     result = load_paired_dataset(root)
     assert sorted(r["sample_id"] for r in result.table.to_pylist()) == ["blue", "photo", "pic", "red"]
-    [rejected] = result.rejected.to_pylist()
-    assert rejected["reason"] == "image_missing"
-    assert "caption file odd.txt has no image file named odd.* (odd.heic has a suffix not read as an image: " in rejected["detail"]
+    odd, side = result.rejected.to_pylist()
+    assert odd["reason"] == side["reason"] == "image_missing"
+    assert "caption file odd.txt has no image file named odd.* (odd.heic: a suffix not read as an image; convert" in odd["detail"]
+    assert side["detail"] == "caption file side.txt has no image file named side.*"  # a sidecar is no image
 
 
 def test_a_folders_images_in_subfolders_are_reported_not_dropped_silently(tmp_path: Path) -> None:
