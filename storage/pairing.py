@@ -159,15 +159,23 @@ def _side(store: Store, manifest: dict, stack: ExitStack) -> _Side:
     features = _CACHE.take(store, manifest)
     if features is not None:
         return _Side(features.labels, features=features)
+    files, labels = _local_layer_files(store, manifest, stack)
+    return _Side(labels, files=files)
+
+
+def _local_layer_files(store: Store, manifest: dict, stack: ExitStack) -> tuple[list[str], list[str]]:
+    """(paths DuckDB reads, labels for messages) of a version's layer files: the store's own
+    paths on a local store (escaped: DuckDB reads each as a pattern, a folder 'exp [1]' too), else
+    copies fetched concurrently into a temporary folder that ``stack`` removes."""
     uris = _layer_uris(store, manifest)
     labels = [f"{label} ({uri})" for label, uri in zip(layer_labels(manifest), uris)]
-    if store.is_local:  # DuckDB reads each path as a pattern: a store folder 'exp [1]' is escaped
-        return _Side(labels, files=[escape_glob(uri) for uri in uris])
+    if store.is_local:
+        return [escape_glob(uri) for uri in uris], labels
     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="prh-pairing-"))
     remote = [uri.split("://", 1)[1] for uri in uris]
     local = [os.path.join(tmp, f"{i:04d}-{os.path.basename(path)}") for i, path in enumerate(remote)]
     store.fs.get(remote, local)
-    return _Side(labels, files=local)
+    return local, labels
 
 
 @dataclass(frozen=True)
@@ -206,15 +214,8 @@ def shared_features(store_url: str, pairs_per_model: Mapping[str, int]) -> Itera
 
 
 def _read_model(store: Store, manifest: dict) -> ModelFeatures:
-    uris = _layer_uris(store, manifest)
-    labels = [f"{label} ({uri})" for label, uri in zip(layer_labels(manifest), uris)]
-    if store.is_local:
-        return _load_model([escape_glob(uri) for uri in uris], labels)
-    with tempfile.TemporaryDirectory(prefix="prh-pairing-") as tmp:
-        remote = [uri.split("://", 1)[1] for uri in uris]
-        local = [os.path.join(tmp, f"{i:04d}-{os.path.basename(path)}") for i, path in enumerate(remote)]
-        store.fs.get(remote, local)
-        return _load_model(local, labels)
+    with ExitStack() as stack:
+        return _load_model(*_local_layer_files(store, manifest, stack))
 
 
 def _load_model(files: list[str], labels: list[str]) -> ModelFeatures:

@@ -25,8 +25,12 @@ def _publish_features(store, model, ids, layers):
 @pytest.fixture
 def zoo(tmp_path):
     """2 vision and 2 language models over partly different samples, one stored shuffled."""
+    yield from _zoo(str(tmp_path / "store"))
+
+
+def _zoo(url: str):
     clear_feature_cache()
-    store = Store(str(tmp_path / "store"))
+    store = Store(url)
     rng = np.random.default_rng(1)
     manifests, arrays = {}, {}
     for i, model in enumerate(["vis0", "vis1", "lang0", "lang1"]):
@@ -54,8 +58,14 @@ def _reads(monkeypatch) -> list[str]:
     return reads
 
 
-def test_every_model_is_read_once_for_all_its_pairs_and_the_pairs_are_right(zoo, monkeypatch):
-    store, manifests, arrays = zoo
+@pytest.fixture
+def zoo_anywhere(store_url):
+    """The zoo on a local folder and on the loopback S3 endpoint."""
+    yield from _zoo(store_url)
+
+
+def test_every_model_is_read_once_for_all_its_pairs_and_the_pairs_are_right(zoo_anywhere, monkeypatch):
+    store, manifests, arrays = zoo_anywhere
     reads = _reads(monkeypatch)
     results = {}
     for shared in (True, False):
