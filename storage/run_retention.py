@@ -26,9 +26,10 @@ from, and removes every other published version:
   model since dropped from the zoo), with their inputs. Without it, the plan still names them
   (``current``) so that ``prh gc`` can say which removed versions held current results;
 - nothing is removed while a run record cannot be read (``storage.runs.DamagedRecord``: which
-  versions its run used is unknown), nor while a run or an extraction stage is alive (``RUNNING`` and not known gone,
-  ``storage.runs.gone_reason``): its record names its versions only when it ends, and it may be
-  reusing any version stored; nor when no run published results (nothing to keep by).
+  versions its run used is unknown), nor while a run or an extraction stage is alive
+  (``RUNNING`` and not known gone, ``storage.runs.gone_reason``): its record names its versions
+  only when it ends, and it may be reusing any version stored; nor when no run published
+  results (nothing to keep by).
 
 A demo's rendered-dataset pointer (``datasets/rendered/<recipe>.json``) whose dataset is removed
 is removed after it (a rerun of that recipe draws the pairs again); the others stay. Run records
