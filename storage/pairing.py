@@ -110,7 +110,7 @@ def paired_features(store: Store, manifest_a: dict, manifest_b: dict) -> PairedF
     Raises ``FeatureError`` for unusable stored features (see the module docstring).
     """
     with ExitStack() as stack:
-        sides = [_side(store, manifest, stack) for manifest in (manifest_a, manifest_b)]
+        sides = [_side(store, manifest_a, manifest_b["key"], stack), _side(store, manifest_b, manifest_a["key"], stack)]
         con = duckdb.connect(":memory:")
         stack.callback(con.close)
         counts = [side.register_ids(con, f"ids_{name}") for side, name in zip(sides, "ab")]
@@ -153,10 +153,11 @@ class _Side:
                 for i, uri in enumerate(self.files)]
 
 
-def _side(store: Store, manifest: dict, stack: ExitStack) -> _Side:
-    """``manifest``'s side of a pair: its cached arrays when a later pair will read it again
-    (:func:`shared_features`), else its layer files (fetched into a temporary folder from S3)."""
-    features = _CACHE.take(store, manifest)
+def _side(store: Store, manifest: dict, partner: str, stack: ExitStack) -> _Side:
+    """``manifest``'s side of its pair with the version ``partner``: its cached arrays when a later
+    pair will read it again (:func:`shared_features`), else its layer files (fetched into a
+    temporary folder from S3)."""
+    features = _CACHE.take(store, manifest, partner)
     if features is not None:
         return _Side(features.labels, features=features)
     files, labels = _local_layer_files(store, manifest, stack)
@@ -244,6 +245,7 @@ class _FeatureCache:
         self._lock = threading.Lock()
         self._items: OrderedDict[tuple[str, ...], ModelFeatures] = OrderedDict()
         self._left: dict[tuple[str, str], int] = {}
+        self._done: set[tuple[tuple[str, str], tuple[str, str]]] = set()
         self._reading: dict[tuple[str, ...], threading.Lock] = {}
 
     def expect(self, owners: Mapping[tuple[str, str], int]) -> None:
@@ -261,27 +263,28 @@ class _FeatureCache:
                     self._left.pop(owner, None)
             for key in [k for k in self._items if (k[0], k[1]) not in self._left]:
                 del self._items[key]
+            self._done = {done for done in self._done if done[0] in self._left}
 
-    def take(self, store: Store, manifest: dict) -> ModelFeatures | None:
-        """The version's arrays for one more pair, read whole now if a later pair will want them
-        too and they fit the budget; None: read its common rows from its files instead."""
+    def take(self, store: Store, manifest: dict, partner: str) -> ModelFeatures | None:
+        """The version's arrays for one more pair (with the version ``partner``), read whole now
+        if a later pair will want them too and they fit the budget; None: read its common rows
+        from its files instead. A pair counts once: a retry of it takes without counting."""
         owner = _owner(store, manifest)
         key = (*owner, manifest["key"], json.dumps(manifest.get("files"), sort_keys=True))
         with self._lock:
-            left = self._left.get(owner)
-            if left is None:  # outside any shared_features block: nothing kept
+            if owner not in self._left:  # outside any shared_features block: nothing kept
                 return None
-            self._left[owner] = left - 1
+            left = self._count_off(owner, (manifest["key"], partner))
             budget = cache_budget()
             self._shrink(budget)
             if key in self._items:
                 features = self._items[key]
-                if left > 1:
+                if left > 0:
                     self._items.move_to_end(key)
                 else:
                     del self._items[key]  # its last pair
                 return features
-            if left <= 1 or not 0 < _model_bytes(manifest) <= budget:  # a model too big is never read whole
+            if left <= 0 or not 0 < _model_bytes(manifest) <= budget:  # a model too big is never read whole
                 return None
             reading = self._reading.setdefault(key, threading.Lock())
         with reading:
@@ -289,6 +292,8 @@ class _FeatureCache:
                 if key in self._items:
                     self._items.move_to_end(key)
                     return self._items[key]
+                if self._left.get(owner, 0) <= 0:  # another thread's pair read it meanwhile, and no pair is left
+                    return None
             try:
                 features = _read_model(store, manifest)
             finally:
@@ -300,17 +305,21 @@ class _FeatureCache:
                     self._shrink(budget)
             return features
 
-    def release(self, store: Store, manifest: dict) -> None:
-        """One pair of the version's model will not read it (its alignment is stored: reused)."""
+    def release(self, store: Store, manifest: dict, partner: str) -> None:
+        """The pair of the version with ``partner`` will not read it (its alignment is stored)."""
         owner = _owner(store, manifest)
         with self._lock:
-            left = self._left.get(owner)
-            if left is None:
-                return
-            self._left[owner] = left - 1
-            if left <= 1:
+            if owner in self._left and self._count_off(owner, (manifest["key"], partner)) <= 0:
                 for key in [k for k in self._items if (k[0], k[1]) == owner]:
                     del self._items[key]
+
+    def _count_off(self, owner: tuple[str, str], pair: tuple[str, str]) -> int:
+        """One pair of ``owner`` done (only the first time ``pair`` comes: a task retried takes
+        again); the pairs still to come (lock held)."""
+        if (owner, pair) not in self._done:
+            self._done.add((owner, pair))
+            self._left[owner] -= 1
+        return self._left[owner]
 
     def _shrink(self, budget: float) -> None:
         """Drop the least recently used until the rest fit ``budget`` bytes (lock held)."""
@@ -321,6 +330,7 @@ class _FeatureCache:
         with self._lock:
             self._items.clear()
             self._left.clear()
+            self._done.clear()
 
 
 _CACHE = _FeatureCache()
@@ -347,8 +357,8 @@ def cache_budget() -> float:
 def release_features(store: Store, manifest_a: dict, manifest_b: dict) -> None:
     """A pair of :func:`shared_features` that reads no features (its alignment is stored): its
     models' counts go down as if it had, so that the last pair that reads a model lets it go."""
-    for manifest in (manifest_a, manifest_b):
-        _CACHE.release(store, manifest)
+    _CACHE.release(store, manifest_a, manifest_b["key"])
+    _CACHE.release(store, manifest_b, manifest_a["key"])
 
 
 def clear_feature_cache() -> None:

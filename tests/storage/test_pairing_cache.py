@@ -96,11 +96,13 @@ def test_the_cache_keeps_at_most_its_budget_and_zero_turns_it_off(zoo, monkeypat
     one_model = pairing._read_model(store, manifests["vis0"]).nbytes
     reads.clear()
     monkeypatch.setenv("PRH_FEATURE_CACHE_MB", str(2.5 * one_model / 2**20))  # room for two models
-    with shared_features(store.url, {"vis0": 3, "vis1": 2, "lang0": 5}):
-        for a, b in (("vis0", "lang0"), ("vis1", "lang0"), ("vis0", "lang0"), ("vis1", "lang0"), ("vis0", "lang0")):
-            paired_features(store, manifests[a], manifests[b])
-    # vis1 pushed vis0 out (least recently used); vis1's last pair found it; vis0's last read it again
-    assert reads == ["vis0", "lang0", "vis1", "vis0"]
+    with shared_features(store.url, PAIRS):
+        paired_features(store, manifests["vis0"], manifests["lang0"])
+        paired_features(store, manifests["vis1"], manifests["lang0"])
+        assert [k[1] for k in pairing._CACHE._items] == ["vis1"]  # vis1 pushed vis0 out; lang0's last pair let it go
+        paired_features(store, manifests["vis0"], manifests["lang1"])  # vis0's last pair: its rows only
+        paired_features(store, manifests["vis1"], manifests["lang1"])
+    assert reads == ["vis0", "lang0", "vis1", "lang1"]
     monkeypatch.setenv("PRH_FEATURE_CACHE_MB", "0")
     reads.clear()
     with shared_features(store.url, PAIRS):
@@ -141,7 +143,8 @@ def test_the_zoo_pairing_benchmark_runs_at_ci_size(capsys):
                                                  "--dim", "4", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "zoo 2 vision x 3 language (6 pairs)" in out
-    assert re.search(r"^\| per pair \| [\d.]+ \| 12 \| [\d.]+ \|$", out, re.M) and "| shared |" in out
+    assert re.search(r"^\| per pair \| [\d.]+ \| 0 \| 12 \| [\d.]+ \|$", out, re.M)
+    assert re.search(r"^\| shared \| [\d.]+ \| 5 \| 0 \| 1.00 \|$", out, re.M)  # each model read once, whole
 
 
 def test_a_model_bigger_than_the_budget_is_never_read_whole(zoo, monkeypatch):
@@ -204,3 +207,43 @@ def test_a_layer_missing_samples_is_refused_alike_whether_read_whole_or_not(tmp_
         with shared_features(store.url, {"a": 2, "b": 2}):
             paired_features(store, a, manifests["b"])
     clear_feature_cache()
+
+
+def test_a_retried_pair_counts_once(zoo, monkeypatch):
+    """The cache hunt: align_pair retries (transient errors); each retry took again and counted
+    its models off twice, so their later pairs found them gone and read their files."""
+    store, manifests, _ = zoo
+    with shared_features(store.url, {"vis0": 2, "lang0": 1, "lang1": 1}):
+        paired_features(store, manifests["vis0"], manifests["lang0"])
+        paired_features(store, manifests["vis0"], manifests["lang0"])  # the same pair, retried
+        assert pairing._CACHE._left[(store.url, "vis0")] == 1 and [k[1] for k in pairing._CACHE._items] == ["vis0"]
+        paired_features(store, manifests["vis0"], manifests["lang1"])
+        assert not pairing._CACHE._items
+
+
+def test_a_pair_waiting_for_another_threads_read_reads_nothing_whole_when_no_pair_is_left(zoo, monkeypatch):
+    """The cache hunt: pair A read a model whole while pair B waited for that read and pair C, the
+    last, read its rows; A kept nothing (no pair left), and B then read the whole model again."""
+    import threading
+    import time
+
+    store, manifests, _ = zoo
+    reads, real, waiting = [], pairing._read_model, []
+
+    def meanwhile(store_, manifest):
+        reads.append(manifest["catalog"]["model"])
+        if len(reads) == 1:  # A's read of vis0: B arrives and waits for it, C runs to its end
+            waiting.append(threading.Thread(target=paired_features, args=(store, manifests["vis0"], manifests["lang1"])))
+            waiting[0].start()
+            while pairing._CACHE._left[(store.url, "vis0")] != 1:
+                time.sleep(0.01)
+            time.sleep(0.2)  # B is now blocked on the version's read
+            paired_features(store, manifests["vis0"], manifests["vis1"])
+        return real(store_, manifest)
+
+    monkeypatch.setattr(pairing, "_read_model", meanwhile)
+    with shared_features(store.url, {"vis0": 3, "lang0": 1, "lang1": 1, "vis1": 1}):
+        paired_features(store, manifests["vis0"], manifests["lang0"])
+        waiting[0].join()
+        assert not pairing._CACHE._items
+    assert reads == ["vis0"]
