@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -236,12 +239,49 @@ class _Extraction:
     resumed: int
 
 
+class _LoadLock:
+    """Model loads in threads (``PRH_TASK_RUNNER=threads``): a seeded random init draws its weights
+    from torch's process-wide generator (seeded inside ``fork_rng``), so it runs alone; the other
+    loads run together, but never beside one. Without it two random inits in threads drew from
+    each other's sequence: one feature version held different numbers from run to run."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._shared = 0
+        self._alone = False
+
+    @contextmanager
+    def hold(self, alone: bool) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._alone and (not alone or self._shared == 0))
+            if alone:
+                self._alone = True
+            else:
+                self._shared += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                if alone:
+                    self._alone = False
+                else:
+                    self._shared -= 1
+                self._changed.notify_all()
+
+
+_LOADS = _LoadLock()
+#: Loaders whose models draw their weights from torch's process-wide generator.
+SEEDED_LOADERS = ("random_hf",)
+
+
 def _load_with_timeout(spec: ModelSpec) -> Any:
-    """Load the model, giving up after ``PRH_MODEL_LOAD_TIMEOUT`` seconds."""
+    """Load the model, giving up after ``PRH_MODEL_LOAD_TIMEOUT`` seconds (waiting for another
+    thread's seeded random init does not count: :class:`_LoadLock`)."""
     from tasks.extract.extractor import load_extractor
 
-    with timeout(seconds=model_load_timeout(), timeout_exc_type=ModelLoadTimeout):
-        return load_extractor(spec)
+    with _LOADS.hold(alone=spec.loader in SEEDED_LOADERS):
+        with timeout(seconds=model_load_timeout(), timeout_exc_type=ModelLoadTimeout):
+            return load_extractor(spec)
 
 
 def _extract_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], shard_size: int,

@@ -263,3 +263,34 @@ def test_a_version_another_run_publishes_meanwhile_stops_this_extraction(tmp_pat
     assert "was published by another run meanwhile; this run stopped extracting it and uses that copy" in caplog.text
     store = Store(url)
     assert store.manifest(mine["key"]) == {k: v for k, v in other.items() if k != "reused"}
+
+
+def test_seeded_random_inits_in_threads_get_the_weights_of_a_load_alone():
+    """The cache hunt: with PRH_TASK_RUNNER=threads:4 random-init models drew from each other's
+    sequence of torch's process-wide generator (seeded per load): the same feature version held
+    values up to 1.47 apart from run to run. Such a load now runs alone (tasks.extract_task._LoadLock)."""
+    import threading
+
+    import torch
+
+    import tasks.extract_task as et
+
+    spec = ModelSpec(name="v", loader="random_hf", id="ViTConfig", modality="vision", pooling="avg", seed=1, batch_size=4,
+                     config={"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 128,
+                             "image_size": 32, "patch_size": 8})
+
+    def weights() -> torch.Tensor:
+        extractor = et._load_with_timeout(spec)
+        return torch.cat([p.detach().flatten().float() for p in extractor.model.parameters()])
+
+    alone, together = weights(), [None] * 6
+
+    def load(i: int) -> None:
+        together[i] = weights()
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(len(together))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(torch.equal(w, alone) for w in together)
