@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -56,42 +58,39 @@ def pairs_of(manifests: dict[str, dict]) -> list[tuple[str, str]]:
     return [(a, b) for a in manifests if a.startswith("vision") for b in manifests if b.startswith("language")]
 
 
-def read_all(store: Store, manifests: dict[str, dict], shared: bool) -> tuple[float, list]:
-    """Seconds to pair every pair (the arrays of each are returned for the comparison)."""
+def read_all(store: Store, manifests: dict[str, dict], shared: bool) -> tuple[float, list, tuple[int, int]]:
+    """(seconds to pair every pair, each pair's arrays for the comparison, (models read whole,
+    models read for one pair's common rows))."""
     pairs = pairs_of(manifests)
     clear_feature_cache()
-    WHOLE_READS.clear()
-    FILE_READS.clear()
-    started = time.perf_counter()
-    out = []
-    if shared:
-        with shared_features(store.url, Counter(name for pair in pairs for name in pair)):
-            for a, b in pairs:
-                out.append(paired_features(store, manifests[a], manifests[b]))
-    else:
-        for a, b in pairs:
-            out.append(paired_features(store, manifests[a], manifests[b]))
-    return time.perf_counter() - started, out
+    with counted_reads() as reads:
+        started = time.perf_counter()
+        with shared_features(store.url, Counter(name for pair in pairs for name in pair)) if shared else nullcontext():
+            out = [paired_features(store, manifests[a], manifests[b]) for a, b in pairs]
+        seconds = time.perf_counter() - started
+    return seconds, out, (len(reads["whole"]), len(reads["files"]) - len(reads["whole"]))
 
 
-#: Models read whole (into the shared cache), and every read of a model's files (whole or for a
-#: pair's common rows), by the last :func:`read_all`.
-WHOLE_READS: list[str] = []
-FILE_READS: list[str] = []
-_read_model, _local_layer_files = pairing._read_model, pairing._local_layer_files
+@contextmanager
+def counted_reads() -> Iterator[dict[str, list[str]]]:
+    """Within the block, the models ``storage.pairing`` reads whole (``"whole"``) and every read
+    of a model's layer files, whole or for a pair's common rows (``"files"``); restored after."""
+    reads: dict[str, list[str]] = {"whole": [], "files": []}
+    read_model, layer_files = pairing._read_model, pairing._local_layer_files
 
+    def counted_model(store: Store, manifest: dict):
+        reads["whole"].append(manifest["catalog"]["model"])
+        return read_model(store, manifest)
 
-def _counted_read(store: Store, manifest: dict):
-    WHOLE_READS.append(manifest["catalog"]["model"])
-    return _read_model(store, manifest)
+    def counted_files(store: Store, manifest: dict, stack):
+        reads["files"].append(manifest["catalog"]["model"])
+        return layer_files(store, manifest, stack)
 
-
-def _counted_files(store: Store, manifest: dict, stack):
-    FILE_READS.append(manifest["catalog"]["model"])
-    return _local_layer_files(store, manifest, stack)
-
-
-pairing._read_model, pairing._local_layer_files = _counted_read, _counted_files
+    pairing._read_model, pairing._local_layer_files = counted_model, counted_files
+    try:
+        yield reads
+    finally:
+        pairing._read_model, pairing._local_layer_files = read_model, layer_files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,9 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         whole = {}
         for _ in range(args.repeats):
             for name in best:  # alternating, so that load changes hit both
-                seconds, pairs = read_all(store, manifests, name == "shared")
+                seconds, pairs, whole[name] = read_all(store, manifests, name == "shared")
                 best[name] = min(best[name], seconds)
-                whole[name] = (len(WHOLE_READS), len(FILE_READS) - len(WHOLE_READS))
                 if name == "per pair":
                     reference = pairs
                 else:

@@ -382,12 +382,10 @@ DERIVED_VIEWS: dict[str, str] = {
             SELECT m.run_id, count(*) FILTER (WHERE p.alignment_key IS NULL) AS n_missing
             FROM members AS m LEFT JOIN present AS p USING (alignment_key) GROUP BY m.run_id
         ), tested AS (
-            SELECT m.run_id, m.run_status, b.alignment_version, b.dataset_version, b.metric, b.params,
-                   b.model_a, b.model_b, b.score, b.calibrated_score, b.p_value, b.permutations
-            FROM members AS m JOIN alignment_best_all AS b
-              ON m.alignment_key = concat_ws('/', 'alignment', b.dataset_version, b.model_a || '__' || b.model_b,
-                                             b.alignment_version)
-            WHERE b.p_value IS NOT NULL AND NOT isnan(b.p_value)
+            SELECT m.run_id, m.run_status, v.alignment_version, v.dataset_version, v.metric, v.params,
+                   v.model_a, v.model_b, v.score, v.calibrated_score, v.p_value, v.permutations
+            FROM members AS m JOIN alignment_best_all AS v ON m.alignment_key = {_KEY_OF_ROW}
+            WHERE v.p_value IS NOT NULL AND NOT isnan(v.p_value)
         ), ranked AS (
             SELECT *,
                    row_number() OVER (PARTITION BY run_id, metric, params ORDER BY p_value, model_a, model_b) AS p_rank,

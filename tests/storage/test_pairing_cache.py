@@ -139,12 +139,15 @@ def test_the_zoo_pairing_benchmark_runs_at_ci_size(capsys):
     """bench/bench_zoo_pairing.py compares both paths' arrays on every pair and prints its table."""
     from tests.bench_scripts import load_bench
 
+    read_model, layer_files = pairing._read_model, pairing._local_layer_files
     assert load_bench("bench_zoo_pairing").main(["--vision", "2", "--language", "3", "--n", "40", "--layers", "2",
                                                  "--dim", "4", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "zoo 2 vision x 3 language (6 pairs)" in out
     assert re.search(r"^\| per pair \| [\d.]+ \| 0 \| 12 \| [\d.]+ \|$", out, re.M)
     assert re.search(r"^\| shared \| [\d.]+ \| 5 \| 0 \| 1.00 \|$", out, re.M)  # each model read once, whole
+    # its counting is undone after each measured pass (the first version patched the module on import)
+    assert (pairing._read_model, pairing._local_layer_files) == (read_model, layer_files)
 
 
 def test_a_model_bigger_than_the_budget_is_never_read_whole(zoo, monkeypatch):
