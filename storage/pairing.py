@@ -19,7 +19,9 @@ way over all its samples, and kept in this process until its last pair has taken
 (``PRH_FEATURE_CACHE_MB``, default 4096 MiB, least recently used out first; 0: nothing kept):
 a zoo of V vision and L language models reads V + L models' files, not 2·V·L (most of the
 alignment stage's time at the paper's scale). Feature versions never change; the kept arrays
-are read-only and keyed by the store, the version and its files' SHA-256.
+are read-only and keyed by the store, the version and its files' SHA-256. What a pair computes
+from one side (the alignment task's prepared layers, Grams, neighbour lists and encodings) is
+kept in the same way and budget for the model's later pairs (:func:`kept_for_later_pairs`).
 
 Bad stored features raise ``FeatureError`` (a ``ValueError``) naming the model, the layer (index
 and name) and the file: duplicate or NULL ids, NULL vectors, ragged vectors, layer files that do
@@ -36,9 +38,10 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -50,6 +53,7 @@ from storage.layout import layer_file
 from storage.store import Store, escape_glob
 
 BATCH_ROWS = 8192
+T = TypeVar("T")
 
 
 @dataclass
@@ -194,7 +198,8 @@ class ModelFeatures:
         return sum(x.nbytes for x in self.layers) + self.ids.nbytes
 
 
-#: ``PRH_FEATURE_CACHE_MB``: MiB of feature arrays kept per process for the pairs still to come.
+#: ``PRH_FEATURE_CACHE_MB``: MiB of feature arrays (and work derived from them) kept per process
+#: for the pairs still to come.
 CACHE_ENV = "PRH_FEATURE_CACHE_MB"
 DEFAULT_CACHE_MB = 4096.0
 
@@ -243,10 +248,11 @@ class _FeatureCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: OrderedDict[tuple[str, ...], ModelFeatures] = OrderedDict()
+        self._items: OrderedDict[tuple, Any] = OrderedDict()  # ModelFeatures, and derived items (kept_for_later_pairs)
         self._left: dict[tuple[str, str], int] = {}
         self._done: set[tuple[tuple[str, str], tuple[str, str]]] = set()
         self._reading: dict[tuple[str, ...], threading.Lock] = {}
+        self._building: dict[tuple, _Building] = {}
 
     def expect(self, owners: Mapping[tuple[str, str], int]) -> None:
         with self._lock:
@@ -305,6 +311,50 @@ class _FeatureCache:
                     self._shrink(budget)
             return features
 
+    def derived(self, store: Store, manifest: dict, name: tuple, build: Callable[[], Any]) -> Any:
+        """``build()``'s result for the version (``name``: what it is, e.g. a preparation's
+        parameters and sample set), kept like the version's arrays while later pairs of its model
+        are to come (call it after :meth:`take`, which counted this pair off); the last pair gets
+        the kept one and lets it go. Two threads asking at once wait for one build. Outside any
+        :func:`shared_features` block: ``build()``, nothing kept."""
+        owner = _owner(store, manifest)
+        key = (*owner, manifest["key"], json.dumps(manifest.get("files"), sort_keys=True), "derived", *name)
+        with self._lock:
+            if owner not in self._left:
+                building = None
+            else:
+                item = self._hand_out(owner, key)
+                if item is not None:
+                    return item
+                building = self._building.setdefault(key, _Building())
+                building.waiting += 1
+        if building is None:
+            return build()
+        with building.lock:
+            with self._lock:
+                building.waiting -= 1
+                item = self._hand_out(owner, key)
+            if item is None:
+                item = build()  # an error here leaves the next waiter to build
+                with self._lock:
+                    if (self._left.get(owner, 0) > 0 or building.waiting) and item.nbytes <= cache_budget():
+                        self._items[key] = item
+                        self._shrink(cache_budget())
+            with self._lock:
+                if not building.waiting and self._building.get(key) is building:
+                    del self._building[key]
+            return item
+
+    def _hand_out(self, owner: tuple[str, str], key: tuple) -> Any:
+        """The kept item ``key`` (lock held), let go when no later pair or waiting thread wants it; None if not kept."""
+        if key not in self._items:
+            return None
+        building = self._building.get(key)
+        if self._left.get(owner, 0) > 0 or (building is not None and building.waiting):
+            self._items.move_to_end(key)
+            return self._items[key]
+        return self._items.pop(key)
+
     def release(self, store: Store, manifest: dict, partner: str) -> None:
         """The pair of the version with ``partner`` will not read it (its alignment is stored)."""
         owner = _owner(store, manifest)
@@ -323,7 +373,7 @@ class _FeatureCache:
 
     def _shrink(self, budget: float) -> None:
         """Drop the least recently used until the rest fit ``budget`` bytes (lock held)."""
-        while self._items and sum(f.nbytes for f in self._items.values()) > budget:
+        while self._items and sum(item.nbytes for item in self._items.values()) > budget:
             self._items.popitem(last=False)
 
     def clear(self) -> None:
@@ -331,6 +381,14 @@ class _FeatureCache:
             self._items.clear()
             self._left.clear()
             self._done.clear()
+
+
+class _Building:
+    """Threads waiting for one derived item's build (:meth:`_FeatureCache.derived`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiting = 0
 
 
 _CACHE = _FeatureCache()
@@ -359,6 +417,16 @@ def release_features(store: Store, manifest_a: dict, manifest_b: dict) -> None:
     models' counts go down as if it had, so that the last pair that reads a model lets it go."""
     _CACHE.release(store, manifest_a, manifest_b["key"])
     _CACHE.release(store, manifest_b, manifest_a["key"])
+
+
+def kept_for_later_pairs(store: Store, manifest: dict, name: tuple, build: Callable[[], T]) -> T:
+    """``build()``: something computed from the feature version ``manifest`` over one pair's
+    samples (``name`` says what, hashable: the same name must give the same result), which the
+    model's later pairs of the :func:`shared_features` block get without computing it again. It is
+    kept in the same budget as the arrays (``PRH_FEATURE_CACHE_MB``, by its ``nbytes``, measured
+    anew as it grows) and let go by the model's last pair. Call it after the pair's
+    :func:`paired_features`. Outside a block it is built for this pair alone."""
+    return _CACHE.derived(store, manifest, name, build)
 
 
 def clear_feature_cache() -> None:

@@ -6,6 +6,7 @@ its Prefect task. See ``align_to_store`` for how bad feature sets are refused or
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -21,11 +22,11 @@ from prefect import get_run_logger, task
 
 from storage import layout
 from storage.features import examples
-from storage.pairing import PairedFeatures, paired_features, release_features
+from storage.pairing import PairedFeatures, kept_for_later_pairs, paired_features, release_features
 from storage.store import Store
 from storage.versioning import code_version, content_id
 from tasks import metrics, reused_metrics
-from tasks.alignment import (MetricRequest, PairAlignment, align_layers, prepare_layers, threshold_layers, warn_degenerate_interval,
+from tasks.alignment import (MetricRequest, PairAlignment, PreparedModel, align_layers, prepare_layers, threshold_layers, warn_degenerate_interval,
                              warn_no_interval)
 from tasks.image_rows import image_rows, mean_rows
 from tasks.metric_plugins import load_metric_modules, metric_source
@@ -377,6 +378,7 @@ def align_to_store(
     started = time.perf_counter()
     pair = paired_features(store, manifest_a, manifest_b)
     n_paired = len(pair.sample_ids)
+    samples = hashlib.sha256(json.dumps(pair.sample_ids).encode()).hexdigest()  # the rows each side's preparation saw
     if params.unit == "image":
         pair = per_image(store, pair, manifest_a["catalog"]["dataset_version"])
         logger.info("%s x %s: %d paired samples averaged into %d images (alignment.unit 'image')",
@@ -399,9 +401,8 @@ def align_to_store(
     to_compute = [r for r in requests if r.name not in reused]
     computed = []
     if to_compute:  # every metric copied (one dropped from the config): nothing to prepare
-        xs, ys = (prepare_layers(layers, q=params.outlier_quantile, scope=params.outlier_scope, exact=params.outlier_exact,
-                                 threshold_from=threshold_layers(catalog.get("modality", ""), len(layers)))
-                  for layers, catalog in ((pair.xs, manifest_a["catalog"]), (pair.ys, manifest_b["catalog"])))
+        xs, ys = (prepared_model(store, manifest, layers, params, samples)
+                  for manifest, layers in ((manifest_a, pair.xs), (manifest_b, pair.ys)))
         try:  # a run beside this one may publish this version first: stop at the next metric then
             with unless_published_meanwhile(lambda: store.has_manifest_file(key), f"{model_a} x {model_b}'s alignment {key}"):
                 computed = align_layers(xs, ys, to_compute, permutations=params.permutations, seed=params.seed,
@@ -469,6 +470,19 @@ def log_interval_notes(result: PairAlignment, bootstrap: int, logger: logging.Lo
         warn_degenerate_interval(label, result.ci_low, result.ci_high, result.best, "its subsamples (reused result)", logger)
     elif bootstrap > 0 and result.bootstrap == 0:
         warn_no_interval(label, "(too few samples for a half-size subsample; reused result)", logger)
+
+
+def prepared_model(store: Store, manifest: dict[str, Any], layers: list[np.ndarray], params: AlignmentParams,
+                   samples: str) -> PreparedModel:
+    """One side of a pair, prepared (outlier clamp, L2 rows: :func:`prepare_layers`) with its
+    shared work (``PreparedModel``: degenerate layers, Grams, neighbour lists, encodings). Within
+    the pipeline's alignment stage a model's later pairs over the same samples (``samples``: a
+    digest of the pair's sample ids) get the one this pair computed (``kept_for_later_pairs``)."""
+    catalog = manifest["catalog"]
+    name = ("prepared", params.unit, params.outlier_quantile, params.outlier_scope, params.outlier_exact, samples)
+    return kept_for_later_pairs(store, manifest, name, lambda: PreparedModel(prepare_layers(
+        layers, q=params.outlier_quantile, scope=params.outlier_scope, exact=params.outlier_exact,
+        threshold_from=threshold_layers(catalog.get("modality", ""), len(layers)))))
 
 
 def reusable_results(store: Store, key: str, requests: list[MetricRequest], versions: dict[str, str], shape: tuple[int, int],

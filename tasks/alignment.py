@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -38,7 +39,7 @@ import numpy as np
 
 from tasks import metrics
 from tasks.stop_request import raise_if_stopped
-from tasks.metrics.representation import KEEP_GRAM_MAX_N
+from tasks.metrics.representation import KEEP_GRAM_MAX_N, held_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +224,45 @@ def _degeneracy_of_rows(x: np.ndarray, rtol: float) -> str | None:
     return None
 
 
+class PreparedModel:
+    """One model's prepared layers over one set of paired samples, and the work every pair of it can
+    share: which layers are degenerate, and its ``Representation`` (each layer's Gram matrix,
+    neighbour lists and metric encodings, computed once). Passing the same ``PreparedModel`` to
+    :func:`align_layers` for several partners computes each of them once per model, not once per
+    pair (``tasks.align_task`` keeps one for a model's later pairs); the scores are the same.
+
+    ``layers``: the prepared ``(N, D_l) float32`` arrays (read-only); ``degenerate``: layer index →
+    why it is excluded (:func:`degenerate_layers`); ``kept``: the other layers' indices.
+    """
+
+    def __init__(self, layers: Sequence[np.ndarray], degenerate: dict[int, str] | None = None) -> None:
+        self.layers = list(layers)
+        self.degenerate = degenerate_layers(self.layers) if degenerate is None else degenerate
+        self.kept = [i for i in range(len(self.layers)) if i not in self.degenerate]
+        self._representations: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def n(self) -> int:
+        return int(self.layers[0].shape[0]) if self.layers else 0
+
+    def representation(self, keep_gram_max_n: int) -> Any:
+        """The ``metrics.Representation`` of the kept layers with that Gram policy, Grams cached
+        (built once; two threads asking at once wait for one build)."""
+        with self._lock:
+            rep = self._representations.get(keep_gram_max_n)
+            if rep is None:
+                rep = metrics.Representation([self.layers[i] for i in self.kept], keep_gram_max_n=keep_gram_max_n)
+                self._representations[keep_gram_max_n] = rep.cache_grams()
+            return rep
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes it holds: the prepared layers, and each representation's Grams, lists and encodings."""
+        with self._lock:
+            return held_bytes([self.layers, *self._representations.values()])
+
+
 def gram_cache_limit(layers: Sequence[np.ndarray], n: int, budget: int | None = None) -> int:
     """``keep_gram_max_n`` for both sides of a pair: the engine's default (Grams kept up to
     ``N = 4096``) while the ``(N, N)`` Grams of all ``layers`` together take at most ``budget``
@@ -234,8 +274,8 @@ def gram_cache_limit(layers: Sequence[np.ndarray], n: int, budget: int | None = 
 
 
 def align_layers(
-    xs: Sequence[np.ndarray],
-    ys: Sequence[np.ndarray],
+    xs: Sequence[np.ndarray] | PreparedModel,
+    ys: Sequence[np.ndarray] | PreparedModel,
     requests: Sequence[MetricRequest],
     permutations: int = 0,
     seed: int = 0,
@@ -245,7 +285,8 @@ def align_layers(
     """Score every layer pair of two prepared feature stacks with every requested metric.
 
     ``xs``: model A's layers, each ``(N, D_a,l) float32``; ``ys``: model B's, ``(N, D_b,l)``;
-    rows paired; widths may differ between layers. With ``permutations > 0`` each metric's
+    rows paired; widths may differ between layers. Either may be a :class:`PreparedModel` (the
+    same layers, with the work shared with its other pairs). With ``permutations > 0`` each metric's
     max-over-layer-pairs statistic is calibrated against a row-permutation null of ``ys`` (one
     permutation for all its layers). With ``bootstrap > 0`` every metric gets a 95% interval of the
     max (``metrics.bootstrap_ci``: half the rows subsampled without replacement; resampling rows
@@ -255,19 +296,22 @@ def align_layers(
 
     Raises ``DegenerateFeaturesError`` if, for some metric, every layer of one side is excluded.
     """
-    if not len(xs) or not len(ys):
-        raise ValueError(f"{names[0]} has {len(xs)} layers and {names[1]} has {len(ys)}: both need at least one")
-    n = int(xs[0].shape[0])
-    bad_x, bad_y = degenerate_layers(xs), degenerate_layers(ys)
+    if not len(xs.layers if isinstance(xs, PreparedModel) else xs) or not len(ys.layers if isinstance(ys, PreparedModel) else ys):
+        raise ValueError(f"{names[0]} has {len(xs.layers if isinstance(xs, PreparedModel) else xs)} layers and {names[1]} has "
+                         f"{len(ys.layers if isinstance(ys, PreparedModel) else ys)}: both need at least one")
+    px = xs if isinstance(xs, PreparedModel) else PreparedModel(xs)
+    py = ys if isinstance(ys, PreparedModel) else PreparedModel(ys)
+    n = px.n
+    if py.n != n:
+        raise ValueError(f"{names[0]} has {n} samples and {names[1]} has {py.n}: the rows must be paired")
+    xs, ys, bad_x, bad_y, keep_x, keep_y = px.layers, py.layers, px.degenerate, py.degenerate, px.kept, py.kept
     _refuse_if_all_excluded(names[0], len(xs), bad_x, "any metric", n)
     _refuse_if_all_excluded(names[1], len(ys), bad_y, "any metric", n)
-    keep_x = [i for i in range(len(xs)) if i not in bad_x]
-    keep_y = [i for i in range(len(ys)) if i not in bad_y]
     # One cache per model: each layer's Gram matrix and neighbour lists are computed once and
-    # shared by every metric and every permutation, while the pair's Grams fit GRAM_CACHE_MAX_BYTES.
+    # shared by every metric and every permutation (and every partner, through a PreparedModel),
+    # while the pair's Grams fit GRAM_CACHE_MAX_BYTES.
     keep_gram_max_n = gram_cache_limit([xs[i] for i in keep_x] + [ys[i] for i in keep_y], n)
-    rep_x = metrics.Representation([xs[i] for i in keep_x], keep_gram_max_n=keep_gram_max_n).cache_grams()
-    rep_y = metrics.Representation([ys[i] for i in keep_y], keep_gram_max_n=keep_gram_max_n).cache_grams()
+    rep_x, rep_y = px.representation(keep_gram_max_n), py.representation(keep_gram_max_n)
     results = []
     for request in requests:
         raise_if_stopped(f"{names[0]} x {names[1]}: {request.label()}")  # a stopped run: at the next metric

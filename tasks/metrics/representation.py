@@ -318,9 +318,51 @@ class Representation:
         values[redo], indices[redo] = v, i
         return values, indices
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays this representation holds: its layers, cached Grams, neighbour lists
+        and encodings (``memo``), each buffer counted once (a view counts its whole buffer). On a
+        subset, not its parent's. What keeping it alive costs (``tasks.alignment.PreparedModel``)."""
+        return held_bytes(self)
+
     def drop_grams(self) -> None:
         """Free the cached Gram matrices (encodings already built stay cached)."""
         self._grams.clear()
+
+
+def held_bytes(obj: Any) -> int:
+    """Bytes of the tensors and numpy arrays reachable from ``obj`` through lists, tuples, dicts,
+    dataclasses, plain objects' attributes and representations (their layers, cached Grams, lists
+    and encodings; a subset's rows it copied, not its parent's), each buffer counted once, whole (a
+    view counts the buffer it views)."""
+    seen_buffers: dict[int, int] = {}
+    seen_objects: set[int] = set()
+    todo = [obj]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen_objects or item is None or isinstance(item, (str, bytes, int, float, bool)):
+            continue
+        seen_objects.add(id(item))
+        if isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            seen_buffers[storage.data_ptr()] = max(seen_buffers.get(storage.data_ptr(), 0), storage.nbytes())
+        elif isinstance(item, np.ndarray):
+            base = item
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            ptr = base.__array_interface__["data"][0]
+            seen_buffers[ptr] = max(seen_buffers.get(ptr, 0), base.nbytes)
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, Representation):
+            todo.extend([item.layers, item._grams, item._memo])
+        elif isinstance(item, _RowsOf):  # a subset's rows: the copies it made, not its parent's layers
+            todo.append(item._copies)
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            todo.extend(item)
+        elif hasattr(item, "__dict__"):
+            todo.extend(vars(item).values())
+    return sum(seen_buffers.values())
 
 
 def check_values(layers: Sequence[torch.Tensor]) -> None:

@@ -206,24 +206,32 @@ def _assert_no_secrets(store: Store, summary: dict) -> None:
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_the_alignment_stage_reads_a_model_with_two_pairs_once(tmp_path, monkeypatch):
+def test_the_alignment_stage_reads_and_prepares_a_model_with_two_pairs_once(tmp_path, monkeypatch):
     """The scale hunt: every pair read both models' whole feature files (a zoo of V x L pairs read
-    2·V·L models). The stage now reads tiny-vit, which has two pairs, once; each language model,
-    with one pair, reads its common rows as before; the scores are those of pairs read on their own."""
+    2·V·L models) and prepared both sides anew (clamp, Grams, neighbour lists, encodings: DESIGN's
+    "once per (model, layer)" held within a pair only). The stage now reads and prepares tiny-vit,
+    which has two pairs, once; each language model, with one pair, reads its common rows as before;
+    the scores, calibrations and intervals are those of pairs computed on their own."""
     import storage.pairing
+    import tasks.align_task
 
     read_whole, read_model = [], storage.pairing._read_model
     monkeypatch.setattr(storage.pairing, "_read_model", lambda s, m: (read_whole.append(m["catalog"]["model"]), read_model(s, m))[1])
+    prepared, prepare = [], tasks.align_task.prepare_layers
+    monkeypatch.setattr(tasks.align_task, "prepare_layers", lambda layers, **kw: (prepared.append(len(layers)), prepare(layers, **kw))[1])
     store = str(tmp_path / "store")
-    summary = prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT], permutations=0), store=store)
+    summary = prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT], permutations=5), store=store)
     assert read_whole == ["tiny-vit"] and summary["aligned"] == 2
+    assert len(prepared) == 3  # tiny-vit once for its two pairs, each language model once
     assert not storage.pairing._CACHE._items and not storage.pairing._CACHE._left
-    # the same scores as the stage reading every pair on its own (the cache off)
+    # the same results as the stage computing every pair on its own (the cache off)
     monkeypatch.setenv("PRH_FEATURE_CACHE_MB", "0")
-    alone = prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT], permutations=0), store=str(tmp_path / "alone"))
-    assert read_whole == ["tiny-vit"]
-    scores = {(r["model_a"], r["model_b"], r["metric"]): r["score"] for r in summary["best"]}
-    assert scores == {(r["model_a"], r["model_b"], r["metric"]): r["score"] for r in alone["best"]} and len(scores) == 6
+    alone = prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT], permutations=5), store=str(tmp_path / "alone"))
+    assert read_whole == ["tiny-vit"] and len(prepared) == 7
+    sql = ("select model_a, model_b, metric, score, layer_a, layer_b, calibrated_score, p_value, ci_low, ci_high "
+           "from alignment_best order by all")
+    shared, own = (query(connect(Store(url)), sql).to_pylist() for url in (store, str(tmp_path / "alone")))
+    assert shared == own and len(shared) == 6 and all(r["p_value"] is not None and r["ci_low"] is not None for r in shared)
 
 
 def test_the_failure_summary_says_what_was_published():

@@ -250,3 +250,89 @@ def test_a_pair_waiting_for_another_threads_read_reads_nothing_whole_when_no_pai
         waiting[0].join()
         assert not pairing._CACHE._items
     assert reads == ["vis0"]
+
+
+class _Derived:
+    """A stand-in for a prepared model: its size may grow after it is kept (encodings added)."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+
+def _builder(built: list, nbytes: int = 1000):
+    def build():
+        built.append(1)
+        return _Derived(nbytes)
+    return build
+
+
+def test_work_derived_from_a_model_is_built_once_for_its_pairs_and_let_go_by_the_last(zoo):
+    """kept_for_later_pairs: what a pair computes from a model's features (its prepared layers,
+    Grams, neighbour lists) is handed to the model's later pairs over the same samples, not
+    computed again (DESIGN: once per model and layer across partners), and let go by the last."""
+    from storage.pairing import kept_for_later_pairs
+
+    store, manifests, _ = zoo
+    built, other = [], []
+    with shared_features(store.url, {"vis0": 3, "lang0": 1, "lang1": 1, "vis1": 1}):
+        got = []
+        for partner in ("lang0", "lang1", "vis1"):
+            paired_features(store, manifests["vis0"], manifests[partner])
+            got.append(kept_for_later_pairs(store, manifests["vis0"], ("prepared", "same samples"), _builder(built)))
+            if partner == "lang0":  # another sample set is another item
+                kept_for_later_pairs(store, manifests["vis0"], ("prepared", "other samples"), _builder(other))
+                kept_for_later_pairs(store, manifests["vis0"], ("prepared", "other samples"), _builder(other))
+        assert len(built) == 1 and got[0] is got[1] is got[2] and len(other) == 1
+        assert not [k for k in pairing._CACHE._items if "same samples" in k]  # the last pair let it go
+    assert not pairing._CACHE._items and not pairing._CACHE._left
+    built.clear()
+    for _ in range(2):  # outside a block: built for each pair, nothing kept
+        paired_features(store, manifests["vis0"], manifests["lang0"])
+        kept_for_later_pairs(store, manifests["vis0"], ("prepared", "same samples"), _builder(built))
+    assert len(built) == 2 and not pairing._CACHE._items
+
+
+def test_derived_work_counts_in_the_budget_as_it_grows(zoo, monkeypatch):
+    from storage.pairing import kept_for_later_pairs
+
+    store, manifests, _ = zoo
+    monkeypatch.setenv("PRH_FEATURE_CACHE_MB", str(5000 / 2**20))  # 5000 bytes
+    built = []
+    with shared_features(store.url, {"vis0": 3, "lang0": 1, "lang1": 1, "vis1": 1}):
+        paired_features(store, manifests["vis0"], manifests["lang0"])
+        item = kept_for_later_pairs(store, manifests["vis0"], ("p",), _builder(built))
+        assert "p" in [k[-1] for k in pairing._CACHE._items]
+        item.nbytes = 6000  # its encodings grew past the budget: let go at the next look
+        paired_features(store, manifests["vis0"], manifests["lang1"])
+        assert kept_for_later_pairs(store, manifests["vis0"], ("p",), _builder(built)) is not item and len(built) == 2
+        paired_features(store, manifests["vis0"], manifests["vis1"])
+        kept_for_later_pairs(store, manifests["vis0"], ("big",), _builder(built, 6000))  # too big to keep at all
+    assert len(built) == 3 and not pairing._CACHE._items
+
+
+def test_two_threads_asking_for_the_same_derived_work_wait_for_one_build(zoo):
+    import threading
+    import time
+
+    from storage.pairing import kept_for_later_pairs
+
+    store, manifests, _ = zoo
+    built, got = [], []
+
+    def slow():
+        built.append(1)
+        time.sleep(0.3)
+        return _Derived(10)
+
+    def pair(partner):
+        paired_features(store, manifests["vis0"], manifests[partner])
+        got.append(kept_for_later_pairs(store, manifests["vis0"], ("p",), slow))
+
+    with shared_features(store.url, {"vis0": 2, "lang0": 1, "lang1": 1}):
+        threads = [threading.Thread(target=pair, args=(partner,)) for partner in ("lang0", "lang1")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(built) == 1 and got[0] is got[1]
+        assert not pairing._CACHE._items and not pairing._CACHE._building

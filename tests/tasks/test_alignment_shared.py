@@ -1,0 +1,102 @@
+"""A model aligned with several partners shares its work across the pairs (tasks.alignment
+PreparedModel): its degenerate-layer check, Gram matrices, neighbour lists and metric encodings
+are computed once, and every pair scores as if computed on its own (DESIGN: a Gram or a kNN list
+once per model and layer, shared by every partner)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import tasks.metrics.representation as representation
+from tasks import metrics
+from tasks.alignment import MetricRequest, PreparedModel, align_layers, prepare_layers
+
+REQUESTS = [MetricRequest("mutual_knn", {"topk": 5}), MetricRequest("cka"), MetricRequest("cknna", {"topk": 5})]
+
+
+def _model(seed: int, n: int = 60, widths=(8, 12, 12)) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shared = np.random.default_rng(99).normal(size=(n, 4))
+    return prepare_layers([(shared @ rng.normal(size=(4, w)) + rng.normal(size=(n, w))).astype(np.float32) for w in widths])
+
+
+def _fields(results) -> list:
+    return [(r.metric.name, np.nan_to_num(r.matrix, nan=-9.0).tolist(), r.best, r.best_layers, r.p_value, r.calibrated, r.ci_low, r.ci_high,
+             r.excluded_a, r.excluded_b) for r in results]
+
+
+def test_a_shared_model_scores_every_partner_as_alone_with_its_grams_computed_once(monkeypatch):
+    vit = _model(1)
+    vit[0] = np.repeat(vit[0][:1], len(vit[0]), axis=0)  # a degenerate layer: excluded alike
+    partners = [_model(2), _model(3, widths=(16,))]
+    alone = [_fields(align_layers(vit, p, REQUESTS, permutations=19, bootstrap=8)) for p in partners]
+    grams, real = [], representation.gram_full
+    monkeypatch.setattr(representation, "gram_full", lambda x, *a, **k: (grams.append(tuple(x.shape)), real(x, *a, **k))[1])
+    shared = PreparedModel(vit)
+    assert list(shared.degenerate) == [0] and shared.kept == [1, 2]
+    together = [_fields(align_layers(shared, PreparedModel(p), REQUESTS, permutations=19, bootstrap=8)) for p in partners]
+    assert together == alone
+    # the shared model's two kept layers once, each partner's layers once
+    assert sorted(grams) == sorted([(60, 12)] * 2 + [(60, 8), (60, 12), (60, 12), (60, 16)])
+
+
+def test_pairs_in_threads_share_a_model_and_score_as_alone():
+    vit, partners = _model(1), [_model(s) for s in (2, 3, 4)]
+    alone = [_fields(align_layers(vit, p, REQUESTS, permutations=9)) for p in partners]
+    shared, got = PreparedModel(vit), {}
+
+    def pair(i):
+        got[i] = _fields(align_layers(shared, partners[i], REQUESTS, permutations=9))
+
+    threads = [threading.Thread(target=pair, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i] for i in range(3)] == alone and len(shared._representations) == 1
+
+
+def test_what_a_representation_holds_is_counted_once_per_buffer():
+    x = np.random.default_rng(0).normal(size=(50, 7)).astype(np.float32)
+    rep = metrics.Representation([x, x[:, :3]])  # two layers; the second a copy made by to_tensor
+    layers = rep.nbytes
+    assert layers >= x.nbytes
+    rep.cache_grams()
+    assert rep.nbytes == layers + 2 * 50 * 50 * 4
+    rep.knn(0, 5)
+    assert rep.nbytes == layers + 2 * 50 * 50 * 4 + 50 * 5 * (4 + 8)  # values (float32) and indices (int64)
+    sub = rep.subset(torch.arange(10))
+    assert sub.nbytes == 0  # nothing copied yet: its parent's buffers are the parent's
+    sub.layers[0]
+    assert sub.nbytes == 10 * 7 * 4
+    prepared = PreparedModel([x, x])
+    assert prepared.nbytes == x.nbytes  # one buffer listed twice
+    prepared.representation(4096)
+    assert prepared.nbytes == x.nbytes + 2 * 50 * 50 * 4  # the representation views the prepared arrays
+
+
+def test_a_model_of_other_samples_is_refused_as_unpaired():
+    with pytest.raises(ValueError, match="rows must be paired"):
+        align_layers(PreparedModel(_model(1)), PreparedModel(_model(2, n=61)), REQUESTS)
+
+
+def test_the_zoo_alignment_benchmark_runs_at_ci_size(capsys):
+    """bench/bench_zoo_alignment.py checks both paths store the same results on every pair, counts
+    the preparations and restores the task module it counts them in."""
+    import re
+
+    import tasks.align_task as align_task
+    from tests.bench_scripts import load_bench
+
+    prepare = align_task.prepare_layers
+    assert load_bench("bench_zoo_alignment").main(["--vision", "2", "--language", "3", "--n", "40", "--layers", "2",
+                                                   "--dim", "6", "--permutations", "9", "--bootstrap", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "zoo 2 vision x 3 language (6 pairs)" in out and "same stored scores on every pair" in out
+    assert re.search(r"^\| per pair \| [\d.]+ \| 12 \| [\d.]+ \|$", out, re.M)
+    assert re.search(r"^\| shared \| [\d.]+ \| 5 \| 1.00 \|$", out, re.M)  # each model prepared once
+    assert align_task.prepare_layers is prepare
