@@ -38,9 +38,10 @@ def build_table(params: DatasetParams) -> tuple[pa.Table, pa.Table | None, str, 
     if params.kind == "huggingface":
         from tasks.data.hf_datasets import load_hf_dataset
 
-        result, provenance = load_hf_dataset(params.path, revision=params.revision, split=params.hub_split(), image_column=params.image_column,
+        # split unset: train, or the split a save_to_disk folder records (a DatasetDict's split folder)
+        result, provenance = load_hf_dataset(params.path, revision=params.revision, split=params.split, image_column=params.image_column,
                                              text_column=params.text_column, captions=params.captions, n=params.n)
-        default = "-".join(p for p in (params.path.rstrip("/").rsplit("/", 1)[-1], params.revision, params.hub_split()) if p)
+        default = "-".join(p for p in (params.path.rstrip("/").rsplit("/", 1)[-1], params.revision, provenance["split"]) if p)
         return result.table, result.rejected, params.name or _safe_name(default), {"kind": "huggingface", **provenance}
     from tasks.data.sources import ColumnMap, effective_columns
     from tasks.data.tables import load_paired_dataset

@@ -86,7 +86,7 @@ class DatasetParams(BaseModel):
                              "images with .txt captions, or a folder with a metadata.jsonl/.csv/.parquet table (Hugging Face "
                              "ImageFolder); huggingface: a hub dataset id (e.g. minhuh/prh) or a local dataset folder")
     revision: str | None = Field(None, description="huggingface: hub branch, tag or commit (the paper's data: wit_1024)")
-    split: str | None = Field(None, min_length=1, description="huggingface: split to read (null: train); path: the images of "
+    split: str | None = Field(None, min_length=1, description="huggingface: split to read (null: train, or the split a save_to_disk folder records); path: the images of "
                               "this split of a Karpathy split file (dataset_coco.json: train, restval, val or test; "
                               "null: all)")
     image_column: str = Field("image", min_length=1, description="path, huggingface: column of the images (an ImageFolder "
@@ -121,7 +121,8 @@ class DatasetParams(BaseModel):
         return OPENMOJI_N if self.kind == "openmoji" and self.n is None else self.n
 
     def hub_split(self) -> str:
-        """The split of a hub dataset that is read: ``split``, or ``train`` when unset."""
+        """The split of a hub dataset that is read: ``split``, or ``train`` when unset (a ``save_to_disk``
+        folder that records its split is read as that split: ``tasks.data.hf_datasets.split_of``)."""
         return self.split or "train"
 
     def columns(self) -> "ColumnMap":

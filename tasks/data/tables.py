@@ -26,7 +26,8 @@ caption and a bad image is reported once, for the caption; the image is then not
 ``image_missing``           null image, empty path, no such file, a folder caption w/o image, a
                             path that names no file (a NUL, a name over 255 bytes, a link loop)
 ``image_path_unsafe``       an image path that resolves outside the folder of the table (or
-                            ``image_root``): ``../``, symbolic links, absolute paths elsewhere
+                            ``image_root``): ``../``, symbolic links (not a hub snapshot's,
+                            into its cache's ``blobs/``), absolute paths elsewhere
 ``image_empty``             a 0-byte image
 ``image_too_large``         more pixels than ``max_image_pixels`` (decompression-bomb guard)
 ``image_aspect``            one side more than ``MAX_IMAGE_ASPECT`` (32) times the other (a
@@ -179,15 +180,16 @@ class _FileReader:
     """Reads image files under ``root`` once each (several captions may share one file)."""
 
     root: Path
+    links_within: Path | None = None  # read_image_file's: where links inside root may also lead
     cache: dict[str, bytes | ImageProblem] = field(default_factory=dict)
 
     def read(self, relative: str) -> bytes | ImageProblem:
         """The file's bytes or why not (``read_image_file``); backslashes separate folders when no
         file has the name with them (``imgs\\x.png`` in a table written on Windows)."""
         if relative not in self.cache:
-            found = read_image_file(self.root, relative)
+            found = read_image_file(self.root, relative, self.links_within)
             if isinstance(found, ImageProblem) and found.reason == "image_missing" and "\\" in relative.lstrip("\\"):
-                posix = read_image_file(self.root, relative.replace("\\", "/"))
+                posix = read_image_file(self.root, relative.replace("\\", "/"), self.links_within)
                 found = found if isinstance(posix, ImageProblem) and posix.reason == "image_missing" else posix
             self.cache[relative] = found
         return self.cache[relative]
@@ -331,15 +333,18 @@ def validate_records(
     *,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     min_valid_rows: int = 2,
+    links_within: Path | None = None,
 ) -> LoadResult:
     """Check raw records from any reader (a table, a folder, a Hugging Face dataset) by the rules
     of the module docstring. ``root``: the folder that relative image paths are read from;
-    ``source``: how messages name the dataset.
+    ``source``: how messages name the dataset; ``links_within``: a folder that symbolic links
+    inside ``root`` may also lead into (a hub snapshot's files link into the hub cache's
+    ``blobs/``; ``tasks.data.images.read_image_file``).
 
     Raises:
         ValueError: fewer than ``min_valid_rows`` valid rows (counting the rejections per reason).
     """
-    files = _FileReader(root)
+    files = _FileReader(root, links_within)
     prepared = [_prepare(index, record, files) for index, record in enumerate(records)]
     distinct = {c.image_digest: c.image for c in prepared if isinstance(c, _Candidate)}
     image_problems = _decode_all(distinct, max_image_pixels)

@@ -282,8 +282,10 @@ def test_a_saved_split_is_read_only_as_that_split(tmp_path):
     state = json.loads((tmp_path / "saved" / "state.json").read_text())
     (tmp_path / "saved" / "state.json").write_text(json.dumps({**state, "_split": "test"}))
     with pytest.raises(ValueError, match=r"is one saved split, 'test' \(state.json\), not 'train': set split: test"):
-        read_hf_dataset(str(tmp_path / "saved"))
+        read_hf_dataset(str(tmp_path / "saved"), split="train")
     assert len(read_hf_dataset(str(tmp_path / "saved"), split="test")[0]) == 3
+    records, _, provenance = read_hf_dataset(str(tmp_path / "saved"))  # split unset: the one it records
+    assert len(records) == 3 and provenance["split"] == "test"
 
 
 def test_a_split_named_by_its_own_files_is_not_merged_with_an_alias(tmp_path):
@@ -343,3 +345,126 @@ def test_a_hub_layout_folder_given_as_a_path_dataset_says_how_to_read_it(tmp_pat
     root = _repo(tmp_path / "repo")
     with pytest.raises(ValueError, match="looks like a Hugging Face dataset folder .* dataset kind 'huggingface'"):
         load_paired_dataset(root)
+
+
+# ------------------------------------------------------ split names, hub snapshots, saved datasets
+def test_split_names_with_underscores_are_whole_names(tmp_path):
+    """data/test-* beside data/test_hard-*: split 'test' read both (file names were cut into words
+    at '_'), 'test_hard' was refused, and the error listed 'test' for it. The same for the Parquet
+    conversion's default/validation/ beside default/validation_unseen/."""
+    (tmp_path / "r" / "data").mkdir(parents=True)
+    for name, start in (("train", 0), ("test", 3), ("test_hard", 6)):
+        pq.write_table(_table(start, 2), tmp_path / "r" / "data" / f"{name}-00000-of-00001.parquet")
+    assert [p.name for p in split_files(tmp_path / "r", "test")] == ["test-00000-of-00001.parquet"]
+    assert [p.name for p in split_files(tmp_path / "r", "test_hard")] == ["test_hard-00000-of-00001.parquet"]
+    assert _texts(read_hf_dataset(str(tmp_path / "r"), split="test")[0]) == ["caption 3 a", "caption 4 a"]
+    with pytest.raises(ValueError, match=r"no files of split 'validation'; splits found: test, test_hard, train \("):
+        read_hf_dataset(str(tmp_path / "r"), split="validation")
+    with pytest.raises(ValueError, match=r"no files of split 'hard'; splits found: test, test_hard, train \("):
+        read_hf_dataset(str(tmp_path / "r"), split="hard")  # a word of another split's name is not a split
+    for split, start in (("train", 0), ("validation", 3), ("validation_unseen", 6)):
+        (tmp_path / "conv" / "default" / split).mkdir(parents=True)
+        pq.write_table(_table(start, 2), tmp_path / "conv" / "default" / split / "0000.parquet")
+    assert [p.relative_to(tmp_path / "conv").as_posix() for p in split_files(tmp_path / "conv" / "default", "validation")] == [
+        "default/validation/0000.parquet"]
+    (tmp_path / "conv" / "default" / "validation" / "0000.parquet").unlink()
+    with pytest.raises(ValueError, match=r"no files of split 'validation'; splits found: train, validation_unseen \("):
+        split_files(tmp_path / "conv" / "default", "validation")  # not read as validation's by its word
+
+
+def _blob_linked(snapshot: Path, relative: str, data: bytes) -> None:
+    """``relative`` in a hub snapshot as a download leaves it: a link to ``../blobs/<sha256>``."""
+    import hashlib
+    import os
+
+    blobs = snapshot.parent.parent / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    blob = blobs / hashlib.sha256(data).hexdigest()
+    blob.write_bytes(data)
+    link = snapshot / relative
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(os.path.relpath(blob, link.parent))
+
+
+def test_image_paths_in_a_hub_snapshot_read_through_the_caches_links(tmp_path, monkeypatch):
+    """Rows naming image files of a hub dataset: the snapshot's files are links into blobs/, and every
+    image was refused as leading outside the dataset folder. A path whose text leaves the folder, or
+    a link that leads outside the cache, is still refused."""
+    import huggingface_hub.constants as hub
+
+    from tasks.data.hf_datasets import load_hf_dataset
+
+    repo = tmp_path / "hub" / "datasets--org--paths"
+    snapshot = repo / "snapshots" / COMMIT
+    for i in range(3):
+        _blob_linked(snapshot, f"data/images/{i}.png", png_bytes(COLOURS[i], (8, 8)))
+    (tmp_path / "secret.png").write_bytes(png_bytes("black", (8, 8)))
+    (snapshot / "data" / "images" / "elsewhere.png").symlink_to(tmp_path / "secret.png")
+    paths = [f"images/{i}.png" for i in range(3)] + ["../../../../../secret.png", "images/elsewhere.png"]
+    table = pa.table({"image": paths, "text": [f"c{i}" for i in range(5)]})
+    pq.write_table(table, tmp_path / "t.parquet")
+    _blob_linked(snapshot, "data/train-00000-of-00001.parquet", (tmp_path / "t.parquet").read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    result, _ = load_hf_dataset("org/paths")
+    assert sorted(result.table.column("text").to_pylist()) == ["c0", "c1", "c2"]
+    assert [(r["row"], r["reason"]) for r in result.rejected.to_pylist()] == [(3, "image_path_unsafe"), (4, "image_path_unsafe")]
+    assert "is a link that leads outside the dataset folder" in result.rejected.to_pylist()[1]["detail"]
+
+
+def test_image_files_a_hub_dataset_names_are_fetched(tmp_path, monkeypatch):
+    """Only data files and JSON were fetched: image files the rows name were never downloaded.
+    They are fetched (those named, from the same commit) after the data files."""
+    import huggingface_hub
+
+    snapshot = tmp_path / "hub" / "datasets--org--imgs" / "snapshots" / COMMIT
+    pq.write_table(pa.table({"image": ["img/0.png", "img/1.png", "../x.png"], "text": ["a", "b", "c"]}), tmp_path / "t.parquet")
+    remote = {"data/train-00000-of-00001.parquet": (tmp_path / "t.parquet").read_bytes(), "README.md": b"",
+              **{f"data/img/{i}.png": png_bytes(COLOURS[i], (8, 8)) for i in range(3)}}
+    calls = []
+
+    def snapshot_download(repo_id, repo_type, revision, allow_patterns):
+        import fnmatch
+
+        calls.append((revision, allow_patterns))
+        for name, data in remote.items():
+            if any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
+                (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+                (snapshot / name).write_bytes(data)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    records, folder, _ = read_hf_dataset("org/imgs")
+    assert calls[1] == (COMMIT, ["data/img/0.png", "data/img/1.png"])  # not img/2.png, not a path leading outside
+    assert not (snapshot / "data" / "img" / "2.png").exists()
+    assert validate_records(records, folder, "imgs", min_valid_rows=1).n_valid == 2
+
+
+def test_an_empty_saved_dataset_says_it_has_no_rows(tmp_path):
+    """save_to_disk of 0 rows writes state.json with _data_files []: the error read like a corrupt folder."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "state.json").write_text(json.dumps({"_data_files": [], "_split": None}))
+    with pytest.raises(ValueError, match=r"'.*empty', split 'train', has 0 rows \(state.json lists no data files\)"):
+        read_hf_dataset(str(tmp_path / "empty"))
+
+
+def test_a_saved_dataset_without_a_split_is_not_read_as_any_split(tmp_path):
+    """A saved Dataset recording no split (_split null) was read for any split asked; a DatasetDict's
+    split folder given as the dataset was read and named 'train'."""
+    _save_to_disk(tmp_path / "one", _table(0, 3))
+    with pytest.raises(ValueError, match=r"'.*one' is one saved Dataset that records no split \(state.json _split is null\), "
+                                         r"so it has no split 'test': leave split unset"):
+        read_hf_dataset(str(tmp_path / "one"), split="test")
+    assert read_hf_dataset(str(tmp_path / "one"))[2]["split"] == "train"
+    assert len(read_hf_dataset(str(tmp_path / "one"), split="train")[0]) == 3
+    _save_to_disk(tmp_path / "dd" / "train", _table(0, 3), shards=1)
+    _save_to_disk(tmp_path / "dd" / "test", _table(3, 2), shards=1)
+    (tmp_path / "dd" / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    records, _, provenance = read_hf_dataset(str(tmp_path / "dd" / "test"))
+    assert _texts(records) == ["caption 3 a", "caption 4 a"] and provenance["split"] == "test"
+    with pytest.raises(ValueError, match=r"'.*test' is one saved split, 'test' \(state.json\), not 'train': set split: test"):
+        read_hf_dataset(str(tmp_path / "dd" / "test"), split="train")
+    params = DatasetParams(kind="huggingface", path=str(tmp_path / "dd" / "test"))
+    assert publish_dataset(params, str(tmp_path / "store"))["catalog"]["name"] == "test-test"
