@@ -10,11 +10,14 @@ like ``trust_remote_code``.
 
 A user metric (any registration that is not the shipped built-in one, also one under a built-in
 name) has a source digest (:func:`metric_source`) in the alignment versions of the pairs it
-scores: the SHA-256 of the source files of the modules named in ``$PRH_METRIC_MODULES`` and of
-the module defining its function or Engine, **as they were when imported** (a long-lived process,
+scores: the SHA-256 of the source files of the modules named in ``$PRH_METRIC_MODULES``, of the
+module defining its function or Engine and of the other modules of its package imported by then,
+**read when it was registered** (``tasks.metrics.origin.source_snapshot``: a long-lived process,
 a Dask worker, that imported an older file never stores its numbers under the new file's
-version; a module reloaded with ``importlib.reload`` or IPython's autoreload is read again), and
-of its registration (defaults, bounds, symmetry, direction, the engine's settings). Where the
+version, even after the file was edited; a module reloaded with ``importlib.reload`` or IPython's
+autoreload registers and is read again; an installed distribution counts by its version), of its
+registration (defaults, bounds, symmetry, direction, the engine's settings) and of what its
+function holds (a partial's arguments, a callable object's attributes). Where the
 defining module has no readable source file (a function defined in ``__main__`` of a REPL or a
 notebook, a ``.pyc``-only or extension module) the digest also covers the function's (or the
 Engine class's) compiled code: :func:`code_digest`. Editing any of them gives new versions. It
@@ -34,12 +37,13 @@ import sys
 import traceback
 from typing import Any
 
+import numpy as np
+
+from tasks.metrics.origin import code_target, module_digest
+
 METRIC_MODULES_ENV = "PRH_METRIC_MODULES"
 #: Pipeline-wide metric parameters (``AlignmentParams`` fields) a metric may take.
 PIPELINE_METRIC_PARAMETERS = ("topk", "knn_precision", "kernel_metric", "rbf_sigma", "cca_dim")
-#: Module name -> (its ``__spec__`` then, digest of its file) when this process first saw it
-#: imported; a reload gives the module a new ``__spec__`` object, and so a new digest.
-_IMPORTED: dict[str, tuple[Any, str]] = {}
 
 
 def metric_module_names(environ: Any = None) -> tuple[str, ...]:
@@ -96,39 +100,10 @@ def _failure_location(name: str, error: BaseException) -> str:
     return ""
 
 
-def _file_digest(module: Any) -> str | None:
-    """SHA-256 of a module's source file; of its compiled file (``.pyc``, extension) where it has
-    no source (prefixed ``compiled:``); None where neither can be read."""
-    try:
-        path = inspect.getsourcefile(module)
-    except TypeError:  # a module without a file: __main__ of a REPL or notebook, a built-in
-        path = None
-    prefix = ""
-    if not path:
-        path, prefix = getattr(module, "__file__", None), "compiled:"
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as handle:
-            return prefix + hashlib.sha256(handle.read()).hexdigest()
-    except OSError:
-        return None
-
-
 def _module_digest(module: Any) -> str:
-    """The digest of ``module``'s file as first seen since it was (re)imported (``_IMPORTED``,
-    keyed by its ``__spec__`` object, which a reload replaces); ``no source: NAME`` without one."""
-    name, marker = module.__name__, getattr(module, "__spec__", None)
-    seen = _IMPORTED.get(name)
-    if seen is None or seen[0] is not marker:
-        seen = _IMPORTED[name] = (marker, _file_digest(module) or f"no source: {name!r}")
-    return seen[1]
-
-
-def _has_source(module: Any) -> bool:
-    """Whether ``module``'s digest is its source file's."""
-    digest = _module_digest(module)
-    return not digest.startswith(("no source:", "compiled:"))
+    """The digest of ``module``'s file as first read since it was (re)imported; ``no source: NAME``
+    without one."""
+    return module_digest(module) or f"no source: {module.__name__!r}"
 
 
 def is_builtin(name: str) -> bool:
@@ -147,25 +122,46 @@ def metric_source(name: str) -> str | None:
     from tasks.metrics.engine import FunctionEngine
 
     spec = METRICS[name]
-    target = spec.engine.fn if isinstance(spec.engine, FunctionEngine) else type(spec.engine)
-    if isinstance(target, functools.partial):  # its settings are part of what it computes
-        settings = (_plain(target.args), sorted((k, _plain(v)) for k, v in target.keywords.items()))
-        target = target.func
-    else:
-        settings = ()
+    given = spec.engine.fn if isinstance(spec.engine, FunctionEngine) else spec.engine
+    target = code_target(given)
     parts = {f"plugin {module}": _digest_of(module) for module in metric_module_names()}
+    parts.update({f"source {module}": digest for module, digest in spec.sources.items()})  # read when registered
     defining = inspect.getmodule(target)
-    if defining is not None:
+    if defining is not None and not spec.sources:  # a spec made without register_metric
         parts[f"defined in {defining.__name__}"] = _module_digest(defining)
-    if defining is None or not _has_source(defining):  # no file to hash: what runs is the code
+    own_source = defining is not None and str(spec.sources.get(defining.__name__) or parts.get(
+        f"defined in {defining.__name__}", "")).startswith(("sha256:", "installed:"))
+    if not own_source:  # no file to hash: what runs is the code
         parts["code"] = code_digest(target)
     parts["registration"] = repr((
-        getattr(target, "__module__", None), getattr(target, "__qualname__", type(target).__qualname__), settings,
+        getattr(target, "__module__", None), getattr(target, "__qualname__", type(target).__qualname__),
+        _settings_of(given if isinstance(spec.engine, FunctionEngine) else None),
         _describe(spec.bounds), spec.symmetric, spec.locality, spec.higher_is_better,
         sorted((k, _plain(v)) for k, v in spec.defaults.items()), _describe(spec.chance),
         sorted((k, _plain(v)) for k, v in vars(spec.engine).items() if k not in ("fn", "variant")),
     ))
     return "sha256:" + hashlib.sha256(repr(sorted(parts.items())).encode()).hexdigest()
+
+
+def _settings_of(fn: Any) -> Any:
+    """What a metric's function holds besides its code: a ``functools.partial``'s arguments (of
+    every level), the state of a bound method's object or of a callable instance (``Scaled(3.0)``
+    computes another metric than ``Scaled(1.0)``); ``()`` for a plain function."""
+    if fn is None or inspect.isfunction(fn) or inspect.isclass(fn) or inspect.isbuiltin(fn):
+        return ()
+    if isinstance(fn, functools.partial):
+        return ("partial", _plain(fn.args), sorted((k, _plain(v)) for k, v in fn.keywords.items()), _settings_of(fn.func))
+    if inspect.ismethod(fn):
+        return ("method of", _state(fn.__self__))
+    return ("instance", _state(fn))
+
+
+def _state(obj: Any) -> Any:
+    """An object's attributes as plain values (``_plain``), or the object's own description."""
+    attributes = getattr(obj, "__dict__", None)
+    if isinstance(attributes, dict):
+        return sorted((k, _plain(v)) for k, v in attributes.items())
+    return _plain(obj)
 
 
 def _digest_of(name: str) -> str:
@@ -261,13 +257,24 @@ def _value_of(value: Any, module: str | None, seen: set[int]) -> Any:
 
 
 def _plain(value: Any) -> str:
-    """``repr`` of plain values (numbers, text, None, tuples and lists of them); the type name of
-    anything else (an object's repr may hold its address, which would change every process)."""
+    """``repr`` of plain values (numbers, text, None, tuples, lists and dicts of them); arrays and
+    tensors by dtype, shape and the SHA-256 of their values (a weight matrix a metric holds); the
+    type name of anything else (an object's repr may hold its address, which would change every
+    process)."""
     if isinstance(value, (str, int, float, bool, type(None))):
         return repr(value)
     if isinstance(value, (tuple, list)):
         return repr([_plain(v) for v in value])
+    if isinstance(value, dict):
+        return repr(sorted((_plain(k), _plain(v)) for k, v in value.items()))
+    if isinstance(value, np.ndarray):
+        return f"<numpy {value.dtype} {value.shape} {hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()}>"
+    torch = sys.modules.get("torch")  # a tensor's module is loaded
+    if torch is not None and isinstance(value, torch.Tensor):
+        data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        return f"<torch {value.dtype} {tuple(value.shape)} {hashlib.sha256(data).hexdigest()}>"
     return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
 
 
 def _describe(value: Any) -> str:

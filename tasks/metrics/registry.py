@@ -18,6 +18,7 @@ import numpy as np
 
 from .checks import check_flag, check_real
 from .engine import Engine, FunctionEngine
+from .origin import source_snapshot
 
 Bounds = tuple[float, float]
 #: parameters every metric accepts (engine placement), never forwarded to engines
@@ -61,6 +62,9 @@ class MetricSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     chance: Callable[[int, dict[str, Any]], float | None] | None = None
+    #: module name -> digest of its code when registered (``origin.source_snapshot``): what
+    #: ``tasks.metric_plugins.metric_source`` versions a user metric by
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def bounds_for(self, params: Mapping[str, Any] | None = None) -> Bounds:
         """Bounds for the given (resolved) parameters (a callable's result checked as
@@ -257,7 +261,8 @@ def register_metric(name: str, fn: Callable[..., float] | type[Engine] | Engine 
         eng = given_engine if given_engine is not None else _as_engine(f, "fn")
         spec = MetricSpec(name=name, engine=eng, bounds=bounds, symmetric=bool(symmetric),
                           locality=locality, higher_is_better=bool(higher_is_better),
-                          defaults=dict(defaults or {}), description=description, chance=chance)
+                          defaults=dict(defaults or {}), description=description, chance=chance,
+                          sources=source_snapshot(f if given_engine is None else given_engine))
         METRICS._add(spec, overwrite)
         return spec
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tasks.align_task import alignment_version
-import tasks.metric_plugins as plugin_state
+import tasks.metrics.origin as origin_state
 from tasks.metric_plugins import METRIC_MODULES_ENV, load_metric_modules, metric_module_names, metric_source
 from tasks.metrics import METRICS, register_metric
 from tasks.params import AlignmentParams, ConfigError, PipelineConfig
@@ -46,7 +46,7 @@ def plugin(tmp_path, monkeypatch):
     yield module, metric, source
     METRICS._specs.pop(metric, None)
     sys.modules.pop(module, None)
-    plugin_state._IMPORTED.pop(module, None)
+    origin_state._READ.pop(module, None)
 
 
 def test_a_config_names_a_metric_its_module_registers(plugin, monkeypatch):
@@ -72,7 +72,7 @@ def test_its_alignment_version_follows_its_source(plugin, monkeypatch):
     # this process still computes with the code it imported: its numbers keep that code's version
     assert alignment_version(manifest, manifest, params) == first
     sys.modules.pop(module)  # a new process imports the edited file
-    plugin_state._IMPORTED.pop(module)
+    origin_state._READ.pop(module)
     load_metric_modules()
     second = alignment_version(manifest, manifest, params)
     assert second != first
@@ -249,7 +249,7 @@ def test_a_metric_defined_without_a_source_file_follows_its_code(monkeypatch):
             digests.append(metric_source(metric))
     finally:
         METRICS._specs.pop(metric, None)
-        plugin_state._IMPORTED.pop(name, None)
+        origin_state._READ.pop(name, None)
     assert digests[0] != digests[1] and digests[0] == digests[2]
 
 
@@ -268,14 +268,14 @@ def test_a_sourceless_module_follows_its_compiled_code(tmp_path, monkeypatch):
             source.unlink()
             importlib.invalidate_caches()
             sys.modules.pop(name, None)  # a new process
-            plugin_state._IMPORTED.pop(name, None)
+            origin_state._READ.pop(name, None)
             load_metric_modules()
             assert METRICS[metric].engine.fn(torch.ones(2, 1), torch.ones(2, 1)) == 3.0 * factor
             versions.append(alignment_version(MANIFEST, MANIFEST, AlignmentParams(metrics=[metric])))
     finally:
         METRICS._specs.pop(metric, None)
         sys.modules.pop(name, None)
-        plugin_state._IMPORTED.pop(name, None)
+        origin_state._READ.pop(name, None)
     assert versions[0] != versions[1]
 
 
@@ -333,3 +333,97 @@ def test_an_import_failure_is_located_in_the_module_itself(tmp_path, monkeypatch
     with pytest.raises(ValueError) as caught:
         load_metric_modules()
     assert " at " not in str(caught.value) and "frozen" not in str(caught.value)
+
+
+def test_a_module_edited_after_its_import_keeps_the_version_of_the_code_that_runs(plugin):
+    """The plugin hunt: a notebook imported the module, its file was then edited without a reload,
+    and the version was read from the edited file (taken on the first version asked for): a fresh
+    process with that file got the same version and reused numbers of the old code. The files are
+    read when the metric is registered, which is when the code that runs was read."""
+    module, metric, source = plugin
+    original = source.read_text()
+    importlib.import_module(module)  # not through load_metric_modules: no digest asked for yet
+    source.write_text(original.replace("* topk", "* topk * 2"))
+    edited_but_not_run = metric_source(metric)
+    importlib.reload(sys.modules[module])  # now the edited code runs
+    assert metric_source(metric) != edited_but_not_run
+    source.write_text(original)
+    importlib.reload(sys.modules[module])
+    assert metric_source(metric) == edited_but_not_run
+
+
+def test_a_helper_module_of_the_metrics_package_is_part_of_its_version(tmp_path, monkeypatch):
+    """The plugin hunt: ``mylab/metrics.py`` calling ``mylab/kernels.py``; doubling a constant of
+    kernels.py doubled the metric and left its version unchanged (stale numbers reused)."""
+    package = f"prh_test_lab_{uuid.uuid4().hex[:8]}"
+    metric = f"lab_metric_{uuid.uuid4().hex[:8]}"
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text("")
+    kernels = tmp_path / package / "kernels.py"
+    kernels.write_text("SCALE = 1.0\ndef scaled(v):\n    return v * SCALE\n")
+    (tmp_path / package / "metrics.py").write_text(
+        "from tasks.metrics import register_metric\n"
+        f"from {package}.kernels import scaled\n"
+        "def m(x, y):\n    return scaled(float((x * y).sum(1).mean()))\n"
+        f"register_metric({metric!r}, m, overwrite=True)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    versions = []
+    try:
+        for scale in ("1.0", "2.0"):
+            kernels.write_text(f"SCALE = {scale}\ndef scaled(v):\n    return v * SCALE\n")
+            for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+                del sys.modules[name]  # a new process
+                origin_state._READ.pop(name, None)
+            importlib.invalidate_caches()
+            importlib.import_module(f"{package}.metrics")
+            versions.append(metric_source(metric))
+    finally:
+        METRICS._specs.pop(metric, None)
+        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+            del sys.modules[name]
+            origin_state._READ.pop(name, None)
+    assert versions[0] != versions[1]
+    # an installed package's modules are versioned by its distribution, not read
+    import tasks.metrics.origin as origin
+
+    assert origin.source_snapshot(np.linalg.norm) == {"numpy": f"installed: numpy=={np.__version__}"}
+
+
+CALLABLE = '''
+from tasks.metrics import register_metric
+
+
+class Scaled:
+    def __init__(self, factor):
+        self.factor = factor
+
+    def __call__(self, x, y):
+        return float((x * y).sum(1).mean()) * self.factor
+
+    def halved(self, x, y):
+        return self(x, y) / 2
+'''
+
+
+def test_a_callable_objects_settings_are_part_of_its_version(tmp_path, monkeypatch):
+    """The plugin hunt: ``Scaled(1.0)`` and ``Scaled(3.0)`` (a callable instance, or its bound
+    method) got one version: only the class's name was hashed."""
+    name = f"prh_test_callable_{uuid.uuid4().hex[:8]}"
+    metric = f"callable_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(CALLABLE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(name)
+    try:
+        versions = {}
+        for label, fn in (("one", module.Scaled(1.0)), ("three", module.Scaled(3.0)), ("one again", module.Scaled(1.0)),
+                          ("halved one", module.Scaled(1.0).halved), ("halved three", module.Scaled(3.0).halved),
+                          ("weights", module.Scaled(np.ones(3))), ("other weights", module.Scaled(np.arange(3.0))),
+                          ("tensor", module.Scaled(torch.ones(3))), ("other tensor", module.Scaled(torch.zeros(3)))):
+            register_metric(metric, fn, overwrite=True)
+            versions[label] = metric_source(metric)
+    finally:
+        METRICS._specs.pop(metric, None)
+        sys.modules.pop(name, None)
+        origin_state._READ.pop(name, None)
+    assert versions["one"] == versions["one again"]
+    assert len(set(versions.values())) == len(versions) - 1, versions

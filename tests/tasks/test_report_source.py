@@ -168,7 +168,7 @@ def test_the_report_loads_the_metric_modules_and_notes_one_that_fails(tmp_path, 
     import sys
     import uuid
 
-    import tasks.metric_plugins as plugin_state
+    import tasks.metrics.origin as origin_state
     from tasks.metrics import METRICS
     from tasks.report.tables import higher_is_better
     from tasks.report_source import load_metric_plugins
@@ -187,7 +187,7 @@ def test_the_report_loads_the_metric_modules_and_notes_one_that_fails(tmp_path, 
     finally:
         METRICS._specs.pop(metric, None)
         sys.modules.pop(module, None)
-        plugin_state._IMPORTED.pop(module, None)
+        origin_state._READ.pop(module, None)
 
 
 def test_runs_of_the_same_second_are_ordered_alike_by_report_and_gc() -> None:
