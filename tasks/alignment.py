@@ -322,7 +322,10 @@ def align_layers(
         _refuse_if_all_excluded(names[1], len(ys), excluded_y, request.label(), n)
         sub_x, kx = _subset(rep_x, keep_x, refused_x)
         sub_y, ky = _subset(rep_y, keep_y, refused_y)
-        result = _align_one(request, sub_x, sub_y, n, permutations, seed, bootstrap)
+        try:
+            result = _align_one(request, sub_x, sub_y, n, permutations, seed, bootstrap)
+        except metrics.MetricFunctionError as error:  # its layer numbers are of the layers that remain
+            raise _in_model_terms(error, kx, ky, names) from error.__cause__
         result.matrix = _embed(result.matrix, kx, ky, (len(xs), len(ys)))
         if result.best_layers != (-1, -1):
             result.best_layers = (kx[result.best_layers[0]], ky[result.best_layers[1]])
@@ -414,6 +417,19 @@ def _subset(rep: Any, keep: list[int], refused: dict[int, str]) -> tuple[Any, li
         return rep, keep
     remaining = [i for i in range(len(rep.layers)) if i not in refused]
     return rep.select_layers(remaining), [keep[i] for i in remaining]  # its Gram policy and cached Grams
+
+
+def _in_model_terms(error: Exception, rows: list[int], cols: list[int], names: tuple[str, str]) -> Exception:
+    """``error`` (a ``MetricFunctionError``) naming the models' own layers: the engine saw only the
+    layers that remain (``rows``/``cols``: their indices in each model), as ``x`` and ``y``, so with
+    a degenerate layer 0 left out its "layer 0 of x" was the model's layer 1."""
+    def layer(index: str, kept: list[int]) -> int | str:
+        return kept[int(index)] if int(index) < len(kept) else index
+
+    text = re.sub(r"layer pair \((\d+), (\d+)\)", lambda m: f"layer pair ({layer(m[1], rows)}, {layer(m[2], cols)})", str(error))
+    text = re.sub(r"\blayer (\d+) of x\b", lambda m: f"{names[0]} layer {layer(m[1], rows)}", text)
+    text = re.sub(r"\blayer (\d+) of y\b", lambda m: f"{names[1]} layer {layer(m[1], cols)}", text)
+    return type(error)(text)
 
 
 def _embed(matrix: np.ndarray, rows: list[int], cols: list[int], shape: tuple[int, int]) -> np.ndarray:

@@ -85,18 +85,18 @@ def _restore(specs: dict[str, Any], before: dict[str, Any]) -> None:
 
 
 def _failure_location(name: str, error: BaseException) -> str:
-    """`` at FILE:LINE`` of ``error`` in module ``name``'s own code: a ``SyntaxError``'s position,
-    else the deepest traceback frame run by the module (or by a package above it), not the frames
+    """`` at FILE:LINE`` of ``error`` in the user's own code: a ``SyntaxError``'s position, else the
+    deepest traceback frame run by a module of ``name``'s top-level package (the module, a package
+    above it, or a helper module it imports: ``lab.kernels`` of ``lab.metrics``), not the frames
     of prh or importlib it called; ``''`` when no frame is its own (the module does not exist)."""
     if isinstance(error, SyntaxError) and error.filename:
         return f" at {error.filename}:{error.lineno}"
-    owners = [name] + [name.rsplit(".", depth)[0] for depth in range(1, name.count(".") + 1)]
-    frames = list(traceback.walk_tb(error.__traceback__))
-    for owner in owners:
-        own = [(frame, line) for frame, line in frames if frame.f_globals.get("__name__") == owner]
-        if own:
-            frame, line = own[-1]
-            return f" at {frame.f_code.co_filename}:{line}"
+    top = name.split(".")[0]
+    own = [(frame, line) for frame, line in traceback.walk_tb(error.__traceback__)
+           if str(frame.f_globals.get("__name__") or "").split(".")[0] == top]
+    if own:
+        frame, line = own[-1]
+        return f" at {frame.f_code.co_filename}:{line}"
     return ""
 
 

@@ -32,6 +32,7 @@ one encoding across metrics.
 
 from __future__ import annotations
 
+import math
 import numbers
 import reprlib
 import traceback
@@ -49,6 +50,11 @@ from .representation import Representation
 #: per computation dtype (about 100 units in the last place of a sum of many terms): one statistic
 #: computed on two row orders differs by rounding alone
 TIE_RTOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+#: what an infinite score is told (``FunctionEngine.matrix``, ``layer_scores``)
+FINITE_RULE = ("scores must be finite: return NaN where the metric is undefined (that layer pair is then left out of the "
+               "best score and the calibration)")
 
 
 class MissingEngineMethod(NotImplementedError):
@@ -132,12 +138,19 @@ def layer_scores(engine: Engine, a: Any, b: Any, params: dict[str, Any], shape: 
     ``(Lb, La)`` matrix would name the wrong layers as the best pair)."""
     out = engine.matrix(a, b, params) if perms is None else engine.null_matrices(a, b, perms, params)
     out = out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
+    method = "matrix" if perms is None else "null_matrices"
     if tuple(out.shape) != tuple(shape):
-        method = "matrix" if perms is None else "null_matrices"
         raise MetricFunctionError(f"{_registered_as(engine)}: {type(engine).__qualname__}.{method} returned shape "
                                   f"{tuple(out.shape)}, not {tuple(shape)} ({'' if perms is None else 'permutations, '}"
                                   "layers of x, layers of y)")
-    return out.detach().cpu().numpy().astype(np.float64)
+    values = out.detach().cpu().numpy().astype(np.float64)
+    infinite = np.argwhere(np.isinf(values))
+    if infinite.size:  # a max over layer pairs, a null quantile, a calibrated score of inf mean nothing
+        at = tuple(int(i) for i in infinite[0])
+        where = f"layer pair {at}" if perms is None else f"layer pair {at[1:]} of permutation {at[0]}"
+        raise MetricFunctionError(f"{_registered_as(engine)}: {type(engine).__qualname__}.{method} returned "
+                                  f"{values[at]} at {where} ({len(infinite)} infinite value(s) in all); {FINITE_RULE}")
+    return values
 
 
 class FunctionEngine(Engine):
@@ -171,9 +184,12 @@ class FunctionEngine(Engine):
                 except Exception as error:  # noqa: BLE001 - the user's function: named, chained
                     raise self._raised(i, j, error) from error
                 try:
-                    out[i, j] = _one_number(value)  # NaN: undefined here (aggregate and calibrate leave it out)
+                    out[i, j] = number = _one_number(value)  # NaN: undefined here (aggregate and calibrate leave it out)
                 except Exception as error:  # noqa: BLE001 - whatever it returned
                     raise self._not_a_number(i, j, value) from error
+                if math.isinf(number):
+                    raise MetricFunctionError(f"{_registered_as(self)}: its function {self.variant} returned {number} on layer "
+                                              f"pair ({i}, {j}) (layer {i} of x, layer {j} of y); {FINITE_RULE}")
         return out
 
     def _raised(self, i: int, j: int, error: Exception) -> MetricFunctionError:

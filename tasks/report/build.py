@@ -97,7 +97,7 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
                "permutation null mean, marked ×null, where no analytical level exists); <b>null mean</b> is what "
                "row-permuted data scores after the same best over layer pairs; <b>calibrated</b> = (score − τ)/(max − τ), clamped to [0, 1], with τ the "
                "null's 1−α quantile (where lower is better: (τ − score)/(τ − min), τ its α quantile; 1 is the most aligned "
-               "for every metric), <b>p</b> its permutation p-value and <b>q</b> the Benjamini–Hochberg q-value of p "
+               "for every metric; for a metric without that bound, score − τ clipped at 0, in the metric's own units), <b>p</b> its permutation p-value and <b>q</b> the Benjamini–Hochberg q-value of p "
                "among this run's model pairs of the metric (pairs with q ≤ 0.05 are discoveries at a 5% false "
                "discovery rate).")))
 

@@ -67,14 +67,16 @@ def colour_map(reverse: bool = False) -> Colormap:
 
 def colour_norm(values: np.ndarray, calibrated: bool, chance: float | None = None,
                 higher_is_better: bool = True) -> Normalize:
-    """The colour scale of a model heatmap. Calibrated scores lie in [0, 1]: that scale, fixed. Raw
+    """The colour scale of a model heatmap. Calibrated scores of a bounded metric lie in [0, 1]: that
+    scale, fixed; those of a metric without an upper bound (score − τ, clipped at 0, in the metric's
+    units) may exceed 1: the scale then reaches their highest (at [0, 1] they were one colour). Raw
     scores: from min(0, lowest finite score) (``unbiased_cka``, ``rsa_spearman``, ``cknna`` go
     below 0) to max(highest, ``chance``, 0); a scale of no width (every score equal) is one unit
     wide. Where lower is better (a distance, 0 the ideal rather than "no alignment") the scale
     spans the scores (and ``chance``) only: pinned at 0, distances of 1.26-1.29 were all one colour."""
-    if calibrated:
-        return Normalize(vmin=0.0, vmax=1.0)
     finite = values[np.isfinite(values)]
+    if calibrated:
+        return Normalize(vmin=0.0, vmax=max(1.0, float(finite.max()) if finite.size else 1.0))
     if not higher_is_better and finite.size:
         low = min(float(finite.min()), chance if chance is not None else np.inf)
         high = max(float(finite.max()), chance if chance is not None else -np.inf)

@@ -100,3 +100,27 @@ def test_the_zoo_alignment_benchmark_runs_at_ci_size(capsys):
     assert re.search(r"^\| per pair \| [\d.]+ \| 12 \| [\d.]+ \|$", out, re.M)
     assert re.search(r"^\| shared \| [\d.]+ \| 5 \| 1.00 \|$", out, re.M)  # each model prepared once
     assert align_task.prepare_layers is prepare
+
+
+def test_a_user_metrics_error_names_the_models_own_layers():
+    """The plugin hunt: with a constant layer 0 left out, a user function failing on the model's
+    layer 1 was reported as "layer 0 of x" (the engine sees only the layers that remain)."""
+    from tasks.metrics import METRICS, MetricFunctionError, register_metric
+
+    vit, lm = _model(1), _model(2)
+    vit[0] = np.repeat(vit[0][:1], len(vit[0]), axis=0)
+    marker = float(vit[1][0, 0])
+
+    def picky(x, y):
+        if float(x[0, 0]) == marker:
+            raise RuntimeError("cannot score this one")
+        return 0.5
+
+    register_metric("test_picky", picky, overwrite=True)
+    try:
+        with pytest.raises(MetricFunctionError, match=r"raised RuntimeError: cannot score this one.* \(layer pair \(1, 0\): "
+                                                      r"vit layer 1, lm layer 0\)") as caught:
+            align_layers(vit, lm, [MetricRequest("test_picky")], names=("vit", "lm"))
+        assert isinstance(caught.value.__cause__, RuntimeError)
+    finally:
+        METRICS._specs.pop("test_picky", None)

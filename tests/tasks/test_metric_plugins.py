@@ -427,3 +427,22 @@ def test_a_callable_objects_settings_are_part_of_its_version(tmp_path, monkeypat
         origin_state._READ.pop(name, None)
     assert versions["one"] == versions["one again"]
     assert len(set(versions.values())) == len(versions) - 1, versions
+
+
+def test_an_import_failure_in_a_helper_module_is_located_there(tmp_path, monkeypatch):
+    """The plugin hunt: ``lab.metrics`` importing ``lab.kernels``, which divides by zero at its line
+    4, was reported at the import line of lab/metrics.py."""
+    package = f"prh_test_lab_{uuid.uuid4().hex[:8]}"
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / package / "kernels.py").write_text("import math\n\n\nSCALE = 1 / 0\n")
+    (tmp_path / package / "metrics.py").write_text(f"from {package} import kernels\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(METRIC_MODULES_ENV, f"{package}.metrics")
+    try:
+        with pytest.raises(ValueError, match="ZeroDivisionError") as caught:
+            load_metric_modules()
+    finally:
+        for name in [n for n in sys.modules if n.startswith(package)]:
+            del sys.modules[name]
+    assert f") at {tmp_path / package / 'kernels.py'}:4; it names" in str(caught.value), str(caught.value)

@@ -658,3 +658,31 @@ def test_the_meta_device_is_refused_by_name() -> None:
     x, y = paired(n=20, seed=2)
     with pytest.raises(ValueError, match="meta device holds shapes, not values"):
         score("cka", x, y, device="meta")
+
+
+class _InfiniteEngine(_MeanCos):
+    def matrix(self, a, b, params):
+        out = super().matrix(a, b, params)
+        out[1, 0] = -float("inf")
+        return out
+
+
+def test_an_infinite_score_is_refused_naming_the_metric_and_the_layer_pair() -> None:
+    """The plugin hunt: a function returning +inf on one layer pair gave p = 1 (every null draw a
+    "tie" within inf's tolerance) but calibrated = inf, and a best row with score NULL beside it."""
+    rng = np.random.default_rng(0)
+    xs, ys = [rng.normal(size=(20, 3)) for _ in range(2)], [rng.normal(size=(20, 3))]
+    try:
+        register_metric("test_inf", lambda x, y, **p: float("inf") if x[0, 0] == xs[1][0, 0] else 0.5, overwrite=True)
+        for call in (lambda: layer_matrix("test_inf", xs, ys), lambda: tm.calibrate("test_inf", xs, ys, permutations=5)):
+            with pytest.raises(tm.MetricFunctionError, match=r"^metric 'test_inf': its function .*<lambda> returned inf on layer "
+                                                             r"pair \(1, 0\) .*scores must be finite: return NaN"):
+                call()
+        register_metric("test_inf_engine", engine=_InfiniteEngine, bounds=(-1.0, 1.0), overwrite=True)
+        for call in (lambda: layer_matrix("test_inf_engine", xs, ys), lambda: tm.bootstrap_ci("test_inf_engine", xs, ys, n_boot=3)):
+            with pytest.raises(tm.MetricFunctionError, match=r"_InfiniteEngine\.matrix returned -inf at layer pair \(1, 0\)"):
+                call()
+    finally:
+        for name in ("test_inf", "test_inf_engine"):
+            if name in METRICS:
+                tm.unregister_metric(name)

@@ -97,6 +97,9 @@ def test_a_lower_is_better_metric_gets_no_ratio_and_a_colour_scale_over_its_scor
     assert colour_norm(values, calibrated=False).vmin == 0.0  # a similarity: 0 is no alignment, the scale starts there
     assert (colour_norm(values, False, chance=1.34, higher_is_better=False).vmax,
             colour_norm(np.full((1, 1), 1.27), False, higher_is_better=False).vmax) == (1.34, 2.27)
+    # the plugin hunt: an unbounded metric's calibrated scores (score - tau, its own units) of 3.9
+    # and 389 were one colour on the fixed [0, 1] scale; bounded metrics keep it
+    assert (colour_norm(np.array([[3.9, 389.0]]), calibrated=True).vmax, colour_norm(np.array([[0.2, np.nan]]), True).vmax) == (389.0, 1.0)
     figure = model_heatmap(model_grid([{**r, "null_mean": 1.3} for r in _rows(lower_metric)], lower_metric), lower_metric,
                            higher_is_better=False)
     assert not any("×" in t.get_text() for t in figure.axes[0].texts)
