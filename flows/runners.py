@@ -15,6 +15,7 @@ at the same time is the runner's business.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -114,10 +115,15 @@ def _dask_runner(address: str) -> TaskRunner[Any]:
         raise ValueError(f"{ENV}=dask needs prefect-dask: pip install prefect-dask") from error
     if address:
         return DaskTaskRunner(address=address)
-    cluster_class = os.environ.get("PRH_DASK_CLUSTER_CLASS") or "distributed.LocalCluster"
+    cluster_class = os.environ.get("PRH_DASK_CLUSTER_CLASS", "").strip() or "distributed.LocalCluster"
+    _check_cluster_class(cluster_class)
     cluster_kwargs = _json_env("PRH_DASK_CLUSTER_KWARGS")
     if cluster_class == "distributed.LocalCluster":
         adapt = _json_env("PRH_DASK_ADAPT_KWARGS")
+        workers = cluster_kwargs.get("n_workers")
+        if "n_workers" in cluster_kwargs and not adapt and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"PRH_DASK_CLUSTER_KWARGS: n_workers must be a whole number of at least 1 without "
+                             f"PRH_DASK_ADAPT_KWARGS, got {workers!r} (0 workers run no task: the flow would hang)")
         if "n_workers" not in cluster_kwargs:  # 0 workers without adapt: tasks submitted, none run, the flow hung
             at_least = 0 if adapt else 1
             cluster_kwargs["n_workers"] = int(env_number(
@@ -130,13 +136,34 @@ def _dask_runner(address: str) -> TaskRunner[Any]:
 
 
 def _json_env(name: str) -> dict[str, Any]:
+    """The JSON object in ``$name`` (``{}`` when unset or blank); ``ValueError`` naming it otherwise."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return {}
-    value = json.loads(raw)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{name}={raw!r} is not valid JSON ({error}); it must be a JSON object, e.g. "
+                         "'{\"cores\": 8, \"memory\": \"64GB\"}' (keys in double quotes)") from None
     if not isinstance(value, dict):
         raise ValueError(f"{name} must be a JSON object, got {raw!r}")
     return value
+
+
+def _check_cluster_class(path: str) -> None:
+    """``ValueError`` naming ``PRH_DASK_CLUSTER_CLASS`` unless ``path`` (``module.Class``) imports
+    to a class: Dask would fail on it only when the flow starts, with a bare import error."""
+    module, _, name = path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name) if module else None
+    except ImportError as error:
+        raise ValueError(f"PRH_DASK_CLUSTER_CLASS={path!r}: cannot import {module!r} ({error}); give a cluster class as "
+                         "module.Class, e.g. dask_jobqueue.SLURMCluster (installed in this environment)") from None
+    except AttributeError:
+        found = None
+    if not isinstance(found, type):
+        raise ValueError(f"PRH_DASK_CLUSTER_CLASS={path!r}: no class {name!r} in {module or 'it'}; give a cluster class as "
+                         "module.Class, e.g. dask_jobqueue.SLURMCluster")
 
 
 def runs_in_parallel(runner: TaskRunner[Any] | None) -> bool:

@@ -158,6 +158,32 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    """A TCP port, 1 to 65535 (``--port``, ``$PRH_SERVE_PORT``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, 1 to 65535, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number, 1 to 65535, got {value}")
+    return value
+
+
+def check_metric_modules() -> str | None:
+    """Why ``$PRH_METRIC_MODULES`` cannot be imported here, or None (unset, or every module
+    imports). The deployments' UI form lists the metrics registered when they are deployed: a
+    module failing there had left its metrics off the form without a word."""
+    if not os.environ.get("PRH_METRIC_MODULES", "").strip():
+        return None
+    from tasks.metric_plugins import load_metric_modules  # imports torch: only when user metrics are asked for
+
+    try:
+        load_metric_modules()
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def _days(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -219,7 +245,8 @@ def stop(proc: subprocess.Popen[Any], grace: float = 10) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PRH_SERVE_PORT", "4200")))
+    parser.add_argument("--port", type=_port, default=os.environ.get("PRH_SERVE_PORT", "").strip() or "4200",
+                        help="the server's port on 127.0.0.1 (default: $PRH_SERVE_PORT, else 4200)")
     parser.add_argument("--home", default=os.environ.get("PREFECT_HOME", str(PROJECT_ROOT / ".prefect")), help="PREFECT_HOME")
     parser.add_argument("--gpus", type=_positive_int, default=None,
                         help="concurrency limit of the prh-gpu tag: extractions at once across the server (the GPUs of all "
@@ -240,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     children: list[subprocess.Popen[bytes]] = []
     signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` (systemd, docker stop) stops the children too, as Ctrl-C
     Path(args.home).mkdir(parents=True, exist_ok=True)
+    plugins = check_metric_modules()
+    if plugins is not None:
+        print(f"{plugins}\n(the UI form would list no metric of it; fix it, or unset PRH_METRIC_MODULES)", file=sys.stderr)
+        return 2
     if port_in_use(args.port):  # its /health would pass for ours, and we would redeploy onto it
         print(f"port {args.port} on 127.0.0.1 is in use (another Prefect server?): stop it, or pick another port "
               f"(make serve PORT=4300)", file=sys.stderr)

@@ -313,7 +313,7 @@ class PipelineConfig(BaseModel):
         n = self.dataset.sample_n()
         if self.dataset.kind == "openmoji" and n is not None:
             try:
-                self.alignment.check_sample_count(n, "the OpenMoji sample")
+                self.alignment.check_sample_count(n, "the OpenMoji sample (dataset.n)")
             except ValueError as error:
                 raise FieldError("dataset.n", str(error)) from None
         return self

@@ -345,6 +345,25 @@ def test_serve_refuses_a_port_already_in_use_and_a_gpu_limit_below_one(tmp_path,
     assert "must be 0 (keep every flow run) or more days, got -3" in capsys.readouterr().err
 
 
+def test_serve_refuses_a_bad_port_and_metric_modules_it_cannot_import(tmp_path, capsys, monkeypatch):
+    """The UI/ops hunt: PRH_SERVE_PORT=42OO (even with --help) and --port 99999 ended in
+    tracebacks; a PRH_METRIC_MODULES module that failed to import left its metrics off the UI
+    form without a word (a run naming them was then refused by the server, not by the import)."""
+    for args, env, message in ((["--port", "99999"], None, "must be a port number, 1 to 65535, got 99999"),
+                               ([], "42OO", "must be a port number, 1 to 65535, got '42OO'")):
+        if env is not None:
+            monkeypatch.setenv("PRH_SERVE_PORT", env)
+        with pytest.raises(SystemExit):
+            serve.main([*args, "--home", str(tmp_path / "home")])
+        assert message in capsys.readouterr().err
+    monkeypatch.delenv("PRH_SERVE_PORT")
+    monkeypatch.setenv("PRH_METRIC_MODULES", "mylab_metrics_typo_xyz")
+    assert serve.main(["--home", str(tmp_path / "home"), "--no-worker"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot import 'mylab_metrics_typo_xyz'" in err and "the UI form would list no metric of it" in err
+    assert not (tmp_path / "home").exists() or not any((tmp_path / "home").iterdir())
+
+
 def test_the_server_keeps_flow_runs_history_days(tmp_path):
     """The nightly runs' flow runs, logs and artifacts would fill the server's database for ever:
     Prefect's own settings, read from the environment make serve gives the server, vacuum them

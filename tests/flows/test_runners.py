@@ -5,6 +5,8 @@ step fails the run naming the variable and what is wrong."""
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
@@ -75,6 +77,26 @@ def test_dask_workers_are_read_only_where_used_and_0_goes_with_adapt(monkeypatch
     monkeypatch.setenv("PRH_DASK_WORKERS", "x")
     monkeypatch.setenv("PRH_DASK_CLUSTER_KWARGS", '{"n_workers": 3}')
     assert make_task_runner("dask").cluster_kwargs["n_workers"] == 3
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"PRH_DASK_CLUSTER_KWARGS": "{cores: 8}"}, r"^PRH_DASK_CLUSTER_KWARGS='\{cores: 8\}' is not valid JSON \(Expecting property name"),
+    ({"PRH_DASK_ADAPT_KWARGS": "maximum=4"}, r"^PRH_DASK_ADAPT_KWARGS='maximum=4' is not valid JSON"),
+    ({"PRH_DASK_CLUSTER_KWARGS": '{"n_workers": 0}'}, r"^PRH_DASK_CLUSTER_KWARGS: n_workers must be a whole number of at least 1"),
+    ({"PRH_DASK_CLUSTER_CLASS": "dask_jobqueu.SLURMCluster"}, r"^PRH_DASK_CLUSTER_CLASS='dask_jobqueu.SLURMCluster': cannot import"),
+    ({"PRH_DASK_CLUSTER_CLASS": "distributed.LocalClustr"}, r"^PRH_DASK_CLUSTER_CLASS='distributed.LocalClustr': no class"),
+])
+def test_dask_cluster_settings_are_refused_naming_the_variable(monkeypatch, env, message):
+    """The UI/ops hunt: bad JSON gave a bare JSONDecodeError, a misspelt class a bare
+    ModuleNotFoundError at the flow's start, and n_workers 0 in the kwargs the hang that
+    PRH_DASK_WORKERS=0 is refused for."""
+    from flows.runners import check_task_runner
+
+    monkeypatch.setenv("PRH_TASK_RUNNER", "dask")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        check_task_runner()
 
 
 def test_a_model_load_timeout_of_0_negative_or_inf_is_no_limit(monkeypatch):

@@ -107,12 +107,12 @@ CASES = {
     # dataset parameters
     "n 1": (MODELS + "dataset: {n: 1}\n", r"^dataset\.n \(line 4\): Input should be greater than or equal to 2 \(got 1\)$"),
     "topk >= n": (MODELS + "dataset: {n: 10}\nalignment: {topk: 10}\n",
-                  r"^dataset\.n \(line 4\): the OpenMoji sample has 10 sample\(s\), too few: alignment\.topk=10 \(mutual_knn, cknna\) needs topk \+ 2 = 12$"),
+                  r"^dataset\.n \(line 4\): the OpenMoji sample \(dataset\.n\) has 10 sample\(s\), too few: alignment\.topk=10 \(mutual_knn, cknna\) needs topk \+ 2 = 12$"),
     "n below topk + 2": (MODELS + "dataset: {n: 10}\nalignment: {topk: 9, metrics: [cycle_knn]}\n",
                          r"too few: alignment\.topk=9 \(cycle_knn\) needs topk \+ 2 = 11"),
-    "huge topk with the default n": (alignment("topk: 1000000000000"), r"^dataset\.n: the OpenMoji sample has 1024 sample\(s\), too few: alignment\.topk=1000000000000"),
+    "huge topk with the default n": (alignment("topk: 1000000000000"), r"^dataset\.n: the OpenMoji sample \(dataset\.n\) has 1024 sample\(s\), too few: alignment\.topk=1000000000000"),
     "huge topk with a bootstrap": (alignment("topk: 1000000000000\nbootstrap: 200"),
-                                   r"^dataset\.n: the OpenMoji sample has 1024 sample\(s\), too few: alignment\.bootstrap=200 .* 2000000000002$"),
+                                   r"^dataset\.n: the OpenMoji sample \(dataset\.n\) has 1024 sample\(s\), too few: alignment\.bootstrap=200 .* 2000000000002$"),
     "n below cca_dim": (MODELS + "dataset: {n: 8}\nalignment: {metrics: [svcca], cca_dim: 9}\n", r"svcca with alignment\.cca_dim=9 needs cca_dim \+ 1 = 10$"),
     "dataset path a URL": (MODELS + "dataset: {kind: path, path: 's3://bucket/pairs.parquet'}\n",
                            r"^dataset\.path \(line 4\): dataset\.path 's3://bucket/pairs\.parquet' is a URL: kind 'path' reads a table or "
@@ -173,7 +173,7 @@ def test_valid_configs_load(tmp_path: Path) -> None:
     assert config.alignment.min_samples() == 12 and config.alignment.rbf_sigma == 2.0
     unset = load_config(write(tmp_path, MODELS + "dataset: {n: null}\nalignment: {topk: 100}\n", "unset.yaml")).dataset
     assert unset.n is None and unset.sample_n() == 1024  # null stays null; the demo draws its default sample
-    with pytest.raises(ConfigError, match=r"dataset.n \(line 4\): the OpenMoji sample has 1024 sample\(s\), too few"):
+    with pytest.raises(ConfigError, match=r"dataset.n \(line 4\): the OpenMoji sample \(dataset\.n\) has 1024 sample\(s\), too few"):
         load_config(write(tmp_path, MODELS + "dataset: {n: null}\nalignment: {topk: 5000}\n", "all.yaml"))
     path = load_config(write(tmp_path, MODELS + "dataset: {kind: path, path: pairs.csv}\n", "path.yaml"))
     assert path.dataset.path == "pairs.csv"  # only the loader knows the size: checked at publish time
