@@ -360,8 +360,12 @@ def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutati
         except ValueError as error:  # too few samples for a half-size subsample of this metric
             warn_no_interval(request.label(), f"at N={n}: {error}")
         else:
-            result.ci_low, result.ci_high, result.bootstrap = float(ci.low), float(ci.high), bootstrap
+            result.ci_low, result.ci_high, result.bootstrap = float(ci.low), float(ci.high), bootstrap - ci.n_refused
             result.ci_degenerate = bool(ci.degenerate)
+            if ci.n_refused:
+                logger.warning("%s: %d of %d bootstrap subsamples of %d rows were refused by the metric (undefined there) and "
+                               "left out: the interval rests on the other %d, which lean toward the subsamples it accepts",
+                               request.label(), ci.n_refused, bootstrap, ci.resample_size, bootstrap - ci.n_refused)
             if ci.degenerate:
                 warn_degenerate_interval(request.label(), ci.low, ci.high, ci.estimate, f"the subsamples of {ci.resample_size} rows")
     return result

@@ -72,7 +72,10 @@ class BootstrapResult:
     estimate, ``resample_size``, the rows ``m`` per replicate, and ``degenerate``: the
     subsamples piled up on a bound of the metric (or on one value away from the estimate), so
     ``[low, high]`` only brackets the estimate and does not measure its sampling spread (see
-    the module docstring)."""
+    the module docstring). ``n_refused``: replicates whose subsample the metric refused (a
+    ``ValueError``: e.g. a layer of too few distinct rows there), left out of the interval, which
+    then rests on ``n_boot - n_refused`` replicates (and leans toward the subsamples the metric
+    accepts)."""
 
     estimate: float
     low: float
@@ -84,6 +87,7 @@ class BootstrapResult:
     argmax: tuple[int, int]
     resample_size: int | None = None
     degenerate: bool = False
+    n_refused: int = 0
 
 
 def subsample_size(n: int, subsample: float | int) -> int:
@@ -179,7 +183,7 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
                       f"around {float(estimate):.4g} does not measure its sampling spread "
                       "(BootstrapResult.degenerate; see docs/metrics.md)", RuntimeWarning, stacklevel=2)
     return BootstrapResult(float(estimate), low, high, float(scale * np.nanstd(reps)),
-                           level, n_boot, "subsample", argmax, m, degenerate)
+                           level, n_boot, "subsample", argmax, m, degenerate, int(np.isnan(reps).sum()))
 
 
 def subsample_interval(estimate: float, reps: np.ndarray, scale: float, level: float,

@@ -69,3 +69,29 @@ def test_a_user_metric_failing_on_a_subsample_fails_the_pair():
     finally:
         unregister_metric("prh_test_picky")
         unregister_metric("prh_test_undefined")
+
+
+def test_refused_subsamples_are_counted_stored_and_logged(caplog):
+    """The plugin hunt: 39 of 200 subsamples refused by a metric were skipped silently and the
+    result still said bootstrap=200. The pipeline now stores the replicates used and warns."""
+    from tasks.metrics import METRICS, register_metric
+
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(40, 6)).astype(np.float32), rng.normal(size=(40, 6)).astype(np.float32)
+    first = float(x[0, 0])
+
+    def picky(a, b):  # undefined on a subsample without the first row
+        if a.shape[0] < 40 and not bool((a[:, 0] == first).any()):
+            raise ValueError("undefined without the first row")
+        return float((a * b).sum(1).mean())
+
+    register_metric("test_picky_boot", picky, bounds=(-10.0, 10.0), overwrite=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="tasks.alignment"):
+            result, = align_layers([x], [y], [MetricRequest("test_picky_boot")], bootstrap=60, seed=2)
+    finally:
+        METRICS._specs.pop("test_picky_boot", None)
+    draws = np.random.default_rng(2)
+    refused = sum(0 not in draws.choice(40, 20, replace=False) for _ in range(60))
+    assert 0 < refused < 60 and result.bootstrap == 60 - refused
+    assert f"test_picky_boot: {refused} of 60 bootstrap subsamples of 20 rows were refused" in caplog.text

@@ -160,6 +160,10 @@ def test_degenerate_subsamples_are_skipped_not_fatal() -> None:
     x[[2, 7]] = 1.0
     result = bootstrap_ci("unbiased_cka", [x], [y], n_boot=40, seed=1)
     assert math.isfinite(result.low) and math.isfinite(result.high) and result.low <= result.estimate <= result.high
+    # the plugin hunt: the skipped ones were not counted anywhere (n_boot said 40)
+    draws = np.random.default_rng(1)
+    refused = sum(len({2, 7} & set(draws.choice(12, 6, replace=False))) < 2 for _ in range(40))
+    assert result.n_refused == refused and 0 < refused < 40
     with pytest.raises(ValueError, match="every one of the 40 bootstrap subsamples of 3 rows was refused"):
         bootstrap_ci("unbiased_cka", [x], [y], n_boot=40, seed=1, subsample=3)
 
