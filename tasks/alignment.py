@@ -259,8 +259,8 @@ class PreparedModel:
     @property
     def nbytes(self) -> int:
         """Bytes it holds: the prepared layers, and each representation's Grams, lists and encodings."""
-        with self._lock:
-            return held_bytes([self.layers, *self._representations.values()])
+        # not under the build lock: the feature cache asks while holding its own, and a build takes seconds
+        return held_bytes([self.layers, *tuple(self._representations.values())])
 
 
 def gram_cache_limit(layers: Sequence[np.ndarray], n: int, budget: int | None = None) -> int:
