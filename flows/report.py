@@ -221,7 +221,7 @@ def artifact_markdown(report: "Report", record: dict[str, Any], url: str) -> str
     """The artifact's text: a link to the stored page, a heatmap, the chance levels per metric and
     each metric's best pair (the largest score, the smallest where lower is better:
     ``tasks.report.tables.best_row``)."""
-    from tasks.report.tables import best_row, common_chance, metrics_of, rows
+    from tasks.report.tables import best_row, chance_ratio, common_chance, metrics_of, rows
 
     best = rows(report.data.best)
     lines = [f"# prh report, run {record['run_id']}", "", f"Full report (self-contained HTML, every figure): [{url}]({url})", ""]
@@ -237,7 +237,8 @@ def artifact_markdown(report: "Report", record: dict[str, Any], url: str) -> str
         if top is None:  # every pair's score NULL (layers excluded): nothing to rank
             lines.append(f"| {for_markdown(metric)} | {'–' if chance is None else f'{chance:.4f}'} | – | – | – | – | – |")
             continue
-        ratio = f"{top['score'] / chance:.1f}×" if chance else "–"
+        found = chance_ratio(top)  # as the report's table: none where it would mislead (lower is better, chance 0)
+        ratio = "–" if found is None else f"{found[0]:.1f}×" + ("" if found[1] == "chance" else " null")
         calibrated = "–" if top.get("calibrated_score") is None else f"{top['calibrated_score']:.3f}"
         p = "–" if top.get("p_value") is None else f"{top['p_value']:.3g}"
         lines.append(f"| {for_markdown(metric)} | {'–' if chance is None else f'{chance:.4f}'} | "

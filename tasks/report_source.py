@@ -157,6 +157,7 @@ def load_report_input(
         notes = [f"failed in this run ({f.get('stage')}): {f.get('item')}: {f.get('error')}" for f in run_failures(record)]
         notes += stopped_run_notes(record)
         notes += plugin_notes
+        notes += excluded_layer_notes(store if isinstance(store, Store) else Store(store), record)
         if best.num_rows == 0:
             notes.append(f"run {record.get('run_id')} lists no published alignment")
         examples = None
@@ -176,6 +177,35 @@ def load_report_input(
         return ReportInput(run=record, best=best, scores=scores, models=models, examples=examples, notes=notes)
     finally:
         con.close()
+
+
+def excluded_layer_notes(store: Store, record: dict[str, Any], shown: int = 3) -> list[str]:
+    """One note per model with layers left out of its scores in the run's alignments (the
+    manifests' ``degenerate_layers``: a constant or rank-1 layer, or one a metric refused): which
+    layers, why and for which metrics. Their rows or columns of the layer heatmaps are blank and the
+    best score is over the other layer pairs; a reader had no way to tell why."""
+    by_model: dict[str, dict[tuple[int, str, str], set[str]]] = {}
+    for key in dict.fromkeys(record.get("alignment_versions") or []):
+        try:
+            manifest = store.manifest(str(key))
+        except Exception:  # noqa: BLE001 - a damaged manifest: `prh verify` names it; the report goes on
+            continue
+        for entry in (manifest or {}).get("degenerate_layers") or []:
+            if not isinstance(entry, dict) or not isinstance(entry.get("layer"), int):
+                continue
+            name = entry.get("layer_name")
+            layer = (entry["layer"], f" {name!r}" if isinstance(name, str) else "", str(entry.get("problem")))
+            by_model.setdefault(str(entry.get("model")), {}).setdefault(layer, set()).update(
+                str(m) for m in entry.get("metrics") or [])
+    notes = []
+    for model, layers in sorted(by_model.items()):
+        items = sorted(layers.items())
+        described = "; ".join(f"layer {index}{name} ({', '.join(sorted(metrics)) or 'every metric'}): {problem}"
+                              for (index, name, problem), metrics in items[:shown])
+        more = f"; and {len(items) - shown} more" if len(items) > shown else ""
+        notes.append(f"{model}: {len(items)} layer(s) left out of its scores (blank in its layer heatmaps; its best scores are "
+                     f"over the other layer pairs): {described}{more}")
+    return notes
 
 
 def stopped_run_notes(record: dict[str, Any]) -> list[str]:

@@ -92,8 +92,12 @@ class RsaEngine(Engine):
 def register() -> None:
     from .registry import register_metric
 
+    from .calibration import zero_chance
+
+    # independent representations: the two distance matrices are independent, so their ranks are
+    # and the expected Spearman correlation is 0
     register_metric("rsa_spearman", engine=RsaEngine(), bounds=(-1.0, 1.0), symmetric=True,
-                    locality="global", overwrite=True,
+                    locality="global", overwrite=True, chance=zero_chance,
                     description="Spearman correlation between Euclidean distance matrices (RSA)")
 
 

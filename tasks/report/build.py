@@ -91,7 +91,8 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
     sections.append(html.section("Models", "models", html.models_table(models)))
     sections.append(html.section(
         "Best layer pair per metric", "best", html.best_table(best, metrics),
-        intro=("Each model pair's score is its best over all layer pairs: the maximum, or the minimum for a metric where lower "
+        intro=("Each model pair's score is its best over all its scored layer pairs (layers left out as degenerate are named in "
+               "the notes): the maximum, or the minimum for a metric where lower "
                "is better (named in the notes); each metric's pairs are listed most aligned first. <b>chance</b> is the "
                "analytical chance level (mutual k-NN: k/(N−1)); <b>× chance</b> the score divided by it (or by the "
                "permutation null mean, marked ×null, where no analytical level exists); <b>null mean</b> is what "

@@ -42,7 +42,7 @@ def model_heatmap(grid: Grid, metric: str, calibrated: bool = False, chance: flo
         for j in range(n_cols):
             ax.text(j, i, _cell_text(grid.cells[i][j], calibrated), ha="center", va="center", fontsize=8,
                     color=_text_colour(norm(values[i, j]), reverse) if np.isfinite(values[i, j]) else "#555555")
-    _label_axes(ax, grid.columns, grid.rows)
+    _label_axes(ax, grid.columns, grid.rows, max_labels=None)  # every model named: a cell is a model pair
     ax.set_xlabel(_axis_label(grid.column_kind))
     ax.set_ylabel(_axis_label(grid.row_kind))
     kind = "calibrated score" if calibrated else "score (best layer pair)"
@@ -171,9 +171,12 @@ def _text_colour(level: float, reverse: bool = False) -> str:
     return "white" if (1.0 - level if reverse else level) < 0.6 else "black"
 
 
-def _label_axes(ax: Axes, x_labels: list[str], y_labels: list[str], fontsize: int = 8) -> None:
-    x_step = max(1, -(-len(x_labels) // MAX_TICK_LABELS))
-    y_step = max(1, -(-len(y_labels) // MAX_TICK_LABELS))
+def _label_axes(ax: Axes, x_labels: list[str], y_labels: list[str], fontsize: int = 8,
+                max_labels: int | None = MAX_TICK_LABELS) -> None:
+    """Tick labels of both axes, every ``step``-th when there are more than ``max_labels`` (layer
+    axes of deep models); ``None``: every label (model axes: 30 language models showed 15 names)."""
+    x_step = max(1, -(-len(x_labels) // max_labels)) if max_labels else 1
+    y_step = max(1, -(-len(y_labels) // max_labels)) if max_labels else 1
     ax.set_xticks(range(0, len(x_labels), x_step), x_labels[::x_step], rotation=45, ha="right", fontsize=fontsize)
     ax.set_yticks(range(0, len(y_labels), y_step), y_labels[::y_step], fontsize=fontsize)
 

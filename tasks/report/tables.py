@@ -130,7 +130,8 @@ def describe_metrics(best: list[dict[str, Any]], metrics: list[str]) -> str:
         parts.append(f"{metric} ({shown})" if shown else metric)
     sizes = []
     for column, noun in (("permutations", "permutations"), ("bootstrap", "bootstrap resamples")):
-        values = sorted({int(r[column]) for r in best if r.get(column) is not None})
+        # rows with a score only: an unscored pair (every layer excluded, NaN) stores 0 draws
+        values = sorted({int(r[column]) for r in best if r.get(column) is not None and scored(r)})
         if values:
             sizes.append(f"{' | '.join(str(v) for v in values)} {noun}")
     return ", ".join(parts) + ("; " + ", ".join(sizes) if sizes else "")
@@ -184,6 +185,14 @@ def registered_direction(metric: str) -> bool | None:
     return METRICS[metric].higher_is_better if metric in METRICS else None
 
 
+def signed(metric: str) -> bool:
+    """Whether ``metric``'s registered range (at its default parameters) reaches below 0; False
+    for a name not registered here."""
+    from tasks.metrics import METRICS  # here, not at import: the engine imports torch
+
+    return metric in METRICS and METRICS[metric].bounds_for({})[0] < 0
+
+
 def higher_is_better(metric: str) -> bool:
     """Whether a larger score of ``metric`` is more aligned: its registered direction; an
     unregistered name is taken as higher is better (``direction_notes`` says so in the report)."""
@@ -231,14 +240,17 @@ def direction_notes(metrics: list[str]) -> list[str]:
 def chance_ratio(row: dict[str, Any]) -> tuple[float, str] | None:
     """(score ÷ chance, basis): the analytical chance level, else the permutation null mean. None
     for a metric whose chance level is 0 (``unbiased_cka``): its null mean is 0 plus noise, and a
-    ratio to it read 293× for a pair at chance and 11× for the best one; and for a metric where
-    lower is better (a distance ÷ its null read 0.9× for the best pair, in a column where every
-    other metric's larger ratio is the more aligned)."""
-    if not higher_is_better(str(row.get("metric"))):
+    ratio to it read 293× for a pair at chance and 11× for the best one; for a signed metric
+    without an analytical level (its range reaches below 0: ``rsa_spearman``, ``cknna``), whose
+    null also sits near 0 (``rsa_spearman`` read 10.7× null for unrelated models, -92× in
+    another seed); and for a metric where lower is better (a distance ÷ its null read 0.9× for
+    the best pair, in a column where every other metric's larger ratio is the more aligned)."""
+    metric = str(row.get("metric"))
+    if not higher_is_better(metric):
         return None
     score = number(row.get("score"))
     analytical = number(row.get("chance_level"))
-    if analytical is not None and analytical <= 0:
+    if (analytical is not None and analytical <= 0) or (analytical is None and signed(metric)):
         return None
     for column, basis in (("chance_level", "chance"), ("null_mean", "null")):
         level = number(row.get(column))

@@ -251,6 +251,13 @@ def test_artifact_best_pair_of_a_lower_is_better_metric_is_the_smallest_score():
         text = artifact_markdown(report, {"run_id": "r1"}, "file:///x/report.html")
         assert f"| {metric} | – | v × near | 0.7500 | – | 0.400 | 0.05 |" in text
         assert "| cka | – | v × far | 2.5000 | – | 0.000 | 0.9 |" in text
+        # the report hunt: with a chance level the artifact showed 0.4x for the best pair of a
+        # lower-is-better metric, a ratio the report's table hides; it shows what the table shows
+        rows = [{**r, "chance_level": 2.0, "null_mean": 1.25} for r in rows]
+        report = SimpleNamespace(data=SimpleNamespace(best=pa.Table.from_pylist(rows)), figures=[], notes=[])
+        text = artifact_markdown(report, {"run_id": "r1"}, "file:///x/report.html")
+        assert f"| {metric} | 2.0000 | v × near | 0.7500 | – | 0.400 | 0.05 |" in text
+        assert "| cka | 2.0000 | v × far | 2.5000 | 1.2× | 0.000 | 0.9 |" in text
     finally:
         METRICS._specs.pop(metric, None)
 

@@ -266,3 +266,29 @@ def test_examples_of_a_layer_file_damaged_mid_file_point_to_prh_verify(tmp_path)
     notes = _report_notes(tmp_path, damage_pages)
     assert any(n.startswith("nearest-neighbour examples left out: ") and n.endswith("(a damaged file? `prh verify` names it)")
                for n in notes), notes
+
+
+def test_layers_left_out_of_the_scores_are_explained(tmp_path):
+    """The report hunt: a model's constant layers were blank in its layer heatmaps and the best
+    score was over the other layer pairs, with no note saying which layers or why (the
+    alignment manifests record them)."""
+    import pyarrow as pa
+
+    from storage.store import Store
+    from tasks.report_source import excluded_layer_notes
+
+    store = Store(str(tmp_path / "store"))
+    constant = {"model": "vit-deg", "layer": 0, "layer_name": "embeddings", "problem": "constant: all 40 samples",
+                "metrics": ["cka", "mutual_knn"]}
+    refused = {"model": "vit-deg", "layer": 3, "layer_name": None, "problem": "svcca(cca_dim=10) undefined: width 4",
+               "metrics": ["svcca"]}
+    keys = []
+    for partner, entries in (("lm-a", [constant]), ("lm-b", [constant, refused]), ("lm-c", [])):
+        key = f"alignment/d1/vit-deg__{partner}/v{partner}"
+        store.publish(key, {"best.parquet": pa.table({"x": [1]})}, {"kind": "alignment", "degenerate_layers": entries})
+        keys.append(key)
+    notes = excluded_layer_notes(store, {"alignment_versions": keys + ["alignment/d1/gone__x/v0"]})
+    assert notes == ["vit-deg: 2 layer(s) left out of its scores (blank in its layer heatmaps; its best scores are over the other "
+                     "layer pairs): layer 0 'embeddings' (cka, mutual_knn): constant: all 40 samples; layer 3 (svcca): "
+                     "svcca(cca_dim=10) undefined: width 4"]
+    assert excluded_layer_notes(store, {"alignment_versions": keys[2:]}) == []

@@ -79,3 +79,12 @@ def test_axes_name_the_modality_of_rows_and_columns():
     unknown = [{**r, "modality_a": None, "modality_b": None} for r in same]
     ax = model_heatmap(model_grid(unknown, "mutual_knn"), "mutual_knn").axes[0]
     assert (ax.get_ylabel(), ax.get_xlabel()) == ("model", "model")  # not "model A model"
+
+
+def test_every_model_of_a_large_zoo_is_named_on_its_axes():
+    """The report hunt: 30 language models showed 15 tick labels (lm-00, lm-02, ...; the layer
+    axes' thinning), while every cell was drawn: half the columns named no model."""
+    scores = {(f"vit-{i}", f"lm-{j:02d}"): 0.1 + 0.01 * j for i in range(3) for j in range(30)}
+    ax = model_heatmap(model_grid(_rows("cka", scores), "cka"), "cka").axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"lm-{j:02d}" for j in range(30)]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["vit-0", "vit-1", "vit-2"]

@@ -40,6 +40,11 @@ def test_chance_ratio_prefers_the_analytical_level_then_the_null():
     assert chance_ratio({**cka, "null_mean": None}) is None
     # unbiased CKA: chance 0, null mean 0 plus noise: no ratio (it read 293x for a pair at chance)
     assert chance_ratio({**cka, "metric": "unbiased_cka", "score": 0.0157, "chance_level": 0.0, "null_mean": 0.0001}) is None
+    # the report hunt: rsa_spearman of unrelated models read 10.7x null (its null mean 0 plus noise);
+    # a signed metric without an analytical level gets no ratio either (cknna's null sits near 0 too)
+    assert chance_ratio({**cka, "metric": "rsa_spearman", "score": 0.0107, "chance_level": None, "null_mean": 0.001}) is None
+    assert chance_ratio({**cka, "metric": "cknna", "score": 0.2, "chance_level": None, "null_mean": 0.01}) is None
+    assert chance_ratio({**cka, "metric": "svcca", "score": 0.4, "chance_level": None, "null_mean": 0.2}) == (2.0, "null")
     assert common_chance(best_rows(), "mutual_knn") == round(TOPK / (N - 1), 12) and common_chance(best_rows(), "cka") is None
 
 
@@ -93,14 +98,18 @@ def test_rows_aligned_says_what_n_counts():
 def test_describe_metrics_names_the_parameters_behind_the_rows():
     from tasks.report.tables import describe_metrics
 
-    best = [{"metric": "mutual_knn", "params": '{"topk": 10}', "permutations": 50, "bootstrap": 200},
-            {"metric": "mutual_knn", "params": '{"topk": 10}', "permutations": 50, "bootstrap": 200},
-            {"metric": "cka", "params": '{"kernel_metric": "ip"}', "permutations": 50, "bootstrap": 200},
-            {"metric": "svcca", "params": "{}", "permutations": 0, "bootstrap": None}]
+    scored = {"score": 0.3, "layer_a": 1, "layer_b": 2}
+    best = [{"metric": "mutual_knn", "params": '{"topk": 10}', "permutations": 50, "bootstrap": 200, **scored},
+            {"metric": "mutual_knn", "params": '{"topk": 10}', "permutations": 50, "bootstrap": 200, **scored},
+            {"metric": "cka", "params": '{"kernel_metric": "ip"}', "permutations": 50, "bootstrap": 200, **scored},
+            {"metric": "svcca", "params": "{}", "permutations": 0, "bootstrap": None, **scored}]
     assert describe_metrics(best, ["mutual_knn", "cka", "svcca"]) == \
         "mutual_knn (topk=10), cka (kernel_metric=ip), svcca; 0 | 50 permutations, 200 bootstrap resamples"
     mixed = best[:1] + [{**best[0], "params": '{"topk": 5}'}]
     assert describe_metrics(mixed, ["mutual_knn"]) == "mutual_knn (topk=10 | topk=5); 50 permutations, 200 bootstrap resamples"
+    # the report hunt: a pair without a finite score stores 0 draws; the header read "0 | 99 permutations"
+    unscored = {**best[0], "score": None, "layer_a": None, "layer_b": None, "permutations": 0, "bootstrap": 0}
+    assert describe_metrics(best[:2] + [unscored], ["mutual_knn"]) == "mutual_knn (topk=10); 50 permutations, 200 bootstrap resamples"
 
 
 def _all_pairs() -> list[dict]:
