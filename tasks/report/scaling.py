@@ -79,7 +79,7 @@ def alignment_vs_quality(best: list[dict[str, Any]], models: list[dict[str, Any]
     chance = common_chance(best, metric)
     _chance_line(ax, chance)
     ax.set_ylim(*y_limits(drawn, chance))
-    ax.legend(title="vision model", fontsize=7, title_fontsize=7, loc="best")
+    _legend(ax, "vision model")
     return figure
 
 
@@ -103,8 +103,12 @@ def alignment_vs_size(best: list[dict[str, Any]], models: list[dict[str, Any]], 
         ax.set_title(f"{metric} against {kind}-model size", fontsize=10)
         _chance_line(ax, chance)
         ax.set_ylim(*y_limits(drawn, chance))
-        ax.legend(title=f"{other} model", fontsize=7, title_fontsize=7, loc="best")
+        _legend(ax, f"{other} model")
     return figure
+
+
+#: markers of series 0-9, 10-19, ... (the colour cycle repeats every 10 series)
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def _series(ax: Axes, points: list[tuple[str, str, dict[str, Any]]], key, x, label_of) -> list[float]:
@@ -113,7 +117,7 @@ def _series(ax: Axes, points: list[tuple[str, str, dict[str, Any]]], key, x, lab
     their error bars."""
     ci = interval_columns([p[2] for p in points])
     drawn: list[float] = []
-    for name in sorted({key(p) for p in points}):
+    for index, name in enumerate(sorted({key(p) for p in points})):
         mine = sorted((p for p in points if key(p) == name), key=x)
         xs = [x(p) for p in mine]
         ys = [float(p[2]["score"]) for p in mine]
@@ -123,7 +127,9 @@ def _series(ax: Axes, points: list[tuple[str, str, dict[str, Any]]], key, x, lab
             errors = [[low for low, _ in bars], [high for _, high in bars]]
             drawn += [y + sign * bar for y, pair in zip(ys, bars) for sign, bar in zip((-1, 1), pair) if not math.isnan(bar)]
         drawn += ys
-        ax.errorbar(xs, ys, yerr=errors, marker="o", markersize=5, capsize=3, linewidth=1, alpha=0.9, label=name)
+        # colour and marker both vary: the 10-colour cycle alone drew series 0, 10 and 20 alike
+        ax.errorbar(xs, ys, yerr=errors, marker=MARKERS[index // 10 % len(MARKERS)], markersize=5, capsize=3, linewidth=1,
+                    alpha=0.9, label=name)
     labels: dict[float, set[str]] = {}
     for p in points:
         labels.setdefault(x(p), set()).add(label_of(p))
@@ -131,6 +137,17 @@ def _series(ax: Axes, points: list[tuple[str, str, dict[str, Any]]], key, x, lab
     ax.set_xticks(ticks, [f"{', '.join(sorted(labels[t]))}\n{_short(t)}" for t in ticks], fontsize=6, rotation=30, ha="right")
     ax.minorticks_off()
     return drawn
+
+
+def _legend(ax: Axes, title: str, inside_max: int = 10) -> None:
+    """The series legend: inside the axes for a few series, beside them in columns of up to 20
+    for more (30 partners overflowed the axes and were clipped)."""
+    count = len(ax.get_legend_handles_labels()[0])
+    if count <= inside_max:
+        ax.legend(title=title, fontsize=7, title_fontsize=7, loc="best")
+    else:
+        ax.legend(title=title, fontsize=6, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  ncols=-(-count // 20), borderaxespad=0.0)
 
 
 def y_limits(drawn: list[float], chance: float | None, margin: float = 0.05) -> tuple[float, float]:

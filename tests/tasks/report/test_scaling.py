@@ -80,3 +80,24 @@ def test_y_limits():
     assert y_limits([-0.3, -0.1], 0.0) == pytest.approx((-0.315, 0.015))
     assert y_limits([0.1], 0.5) == pytest.approx((0.0, 0.525))  # the chance line stays in view
     assert y_limits([0.0, 0.0], 0.0) == pytest.approx((0.0, 0.05))  # a flat span is one unit wide
+
+
+def test_thirty_partners_are_told_apart_and_their_legend_fits():
+    """The report hunt: with 30 language models the 10-colour cycle and one marker drew lm-00,
+    lm-10 and lm-20 alike, and the legend overflowed the axes (clipped)."""
+    import warnings
+
+    models = [{"model": "vit-a", "modality": "vision", "param_count": 25_000}] + [
+        {"model": f"lm-{j:02d}", "modality": "language", "param_count": 1000 * (j + 1), "bits_per_byte": 1 + j / 10}
+        for j in range(30)]
+    best = _best({("vit-a", f"lm-{j:02d}"): 0.1 + j / 100 for j in range(30)}, metric="cka")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied" is a UserWarning
+        figure = alignment_vs_size(best, models, "cka")
+        figure.canvas.draw()
+    ax = next(a for a in figure.axes if len(a.containers) == 30)
+    styles = {(tuple(c.lines[0].get_color()) if not isinstance(c.lines[0].get_color(), str) else c.lines[0].get_color(),
+               c.lines[0].get_marker()) for c in ax.containers}
+    assert len(styles) == 30
+    legend = ax.get_legend().get_window_extent()
+    assert figure.bbox.x0 <= legend.x0 and legend.x1 <= figure.bbox.x1 + 1  # inside the figure, not clipped
