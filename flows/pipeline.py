@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from flows.run_record import new_record, one_line, recorded
 from flows.runners import check_run_environment, flow_task_runner, preload_libraries, runs_in_parallel
 from storage import layout
-from storage.pairing import shared_features
+from storage.pairing import pairs_not_coming, shared_features
 from storage.runs import COMPLETED, FAILED, open_for_run
 from storage.store import DEFAULT_STORE, Store
 from tasks.align_task import align_pair, few_bootstrap_warning, few_permutations_warning
@@ -145,6 +145,8 @@ def run_zoo(
         aligning = [align_pair.submit(store_url, extracting[a], extracting[b], config.alignment, a, b)
                     if (a, b) in submitted else None for a, b in pairs]
         features = collect_features(extracting, failures)
+        # the pairs of a model whose extraction failed never run: their partners' counts go down now
+        pairs_not_coming(store_url, Counter(name for pair in submitted if not set(pair) <= set(features) for name in pair))
         alignments = _collect_alignments(pairs, aligning, features, failures)
     log_failures(failures)
     return features, alignments, failures

@@ -331,19 +331,24 @@ class _FeatureCache:
         if building is None:
             return build()
         with building.lock:
-            with self._lock:
-                building.waiting -= 1
-                item = self._hand_out(owner, key)
-            if item is None:
-                item = build()  # an error here leaves the next waiter to build
+            try:
                 with self._lock:
-                    if (self._left.get(owner, 0) > 0 or building.waiting) and item.nbytes <= cache_budget():
-                        self._items[key] = item
-                        self._shrink(cache_budget())
-            with self._lock:
-                if not building.waiting and self._building.get(key) is building:
-                    del self._building[key]
-            return item
+                    building.waiting -= 1
+                    item = self._hand_out(owner, key)
+                if item is None:
+                    item = build()  # an error here leaves the next waiter to build
+                    with self._lock:
+                        budget = cache_budget()
+                        if (self._left.get(owner, 0) > 0 or building.waiting) and _size(item) <= budget:
+                            self._items[key] = item
+                            self._shrink(budget)
+                        elif self._left.get(owner, 0) <= 0:
+                            self._drop(owner)  # the model's last pair: nothing of it is wanted any more
+                return item
+            finally:
+                with self._lock:
+                    if not building.waiting and self._building.get(key) is building:
+                        del self._building[key]
 
     def _hand_out(self, owner: tuple[str, str], key: tuple) -> Any:
         """The kept item ``key`` (lock held), let go when no later pair or waiting thread wants it; None if not kept."""
@@ -353,7 +358,16 @@ class _FeatureCache:
         if self._left.get(owner, 0) > 0 or (building is not None and building.waiting):
             self._items.move_to_end(key)
             return self._items[key]
-        return self._items.pop(key)
+        item = self._items.pop(key)
+        self._drop(owner)  # the model's last pair: what else was kept of it (other sample sets) goes too
+        return item
+
+    def _drop(self, owner: tuple[str, str]) -> None:
+        """Let go of everything kept of ``owner`` that no thread is building (lock held)."""
+        for key in [k for k in self._items if (k[0], k[1]) == owner]:
+            building = self._building.get(key)
+            if building is None or not building.waiting:
+                del self._items[key]
 
     def release(self, store: Store, manifest: dict, partner: str) -> None:
         """The pair of the version with ``partner`` will not read it (its alignment is stored)."""
@@ -372,15 +386,31 @@ class _FeatureCache:
         return self._left[owner]
 
     def _shrink(self, budget: float) -> None:
-        """Drop the least recently used until the rest fit ``budget`` bytes (lock held)."""
-        while self._items and sum(item.nbytes for item in self._items.values()) > budget:
-            self._items.popitem(last=False)
+        """Drop what can never fit ``budget`` bytes (a kept preparation that grew past it), then the
+        least recently used until the rest fit (lock held). Dropping only by age had let one grown
+        item push out every other, the arrays the next pair wanted among them."""
+        sizes = {key: _size(item) for key, item in self._items.items()}
+        for key in [k for k, size in sizes.items() if size > budget]:
+            del self._items[key]
+            del sizes[key]
+        total = sum(sizes.values())
+        while self._items and total > budget:
+            key, _ = self._items.popitem(last=False)
+            total -= sizes.pop(key)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
             self._left.clear()
             self._done.clear()
+            self._building.clear()
+            self._reading.clear()
+
+
+def _size(item: Any) -> int:
+    """Bytes a kept item takes, or will once in use: its ``expected_nbytes`` when it says (a prepared
+    model about to compute its Gram matrices), else its ``nbytes``."""
+    return max(int(item.nbytes), int(getattr(item, "expected_nbytes", 0) or 0))
 
 
 class _Building:
@@ -429,6 +459,13 @@ def kept_for_later_pairs(store: Store, manifest: dict, name: tuple, build: Calla
     return _CACHE.derived(store, manifest, name, build)
 
 
+def pairs_not_coming(store_url: str, pairs_per_model: Mapping[str, int]) -> None:
+    """Within a :func:`shared_features` block, pairs counted at its start that will not run (a model's
+    extraction failed): their models' counts go down, and a model with no pair left is let go now
+    rather than at the block's end."""
+    _CACHE.forget({(Store(store_url).url, name): count for name, count in pairs_per_model.items()})
+
+
 def clear_feature_cache() -> None:
     """Forget every kept model and every expected pair (tests)."""
     _CACHE.clear()
@@ -442,10 +479,12 @@ def _same_rows(con: duckdb.DuckDBPyConnection, files: list[str], layer: int, fir
         return first_rows
     uri = files[layer]
     rows = _check_ids(con, uri, names)
-    if rows != first_rows:
-        missing = [r[0] for r in con.execute(
-            f"SELECT f.sample_id FROM read_parquet({_quote(files[0])}) f ANTI JOIN read_parquet({_quote(uri)}) o "
-            "USING (sample_id) ORDER BY 1 LIMIT 5").fetchall()]
+    # the ids too, not only their count: a layer with one id swapped held as many rows, and a pair
+    # reading the model whole refused it while a pair reading its common rows did not
+    missing = [r[0] for r in con.execute(
+        f"SELECT f.sample_id FROM read_parquet({_quote(files[0])}) f ANTI JOIN read_parquet({_quote(uri)}) o "
+        "USING (sample_id) ORDER BY 1 LIMIT 5").fetchall()]
+    if rows != first_rows or missing:
         detail = f"missing e.g. {examples(missing)}; " if missing else ""
         raise FeatureError(f"{names.get(uri, uri)}: {rows} samples, its model's layer 0 holds {first_rows} "
                            f"({detail}the model's layers must hold the same samples)")

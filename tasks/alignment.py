@@ -257,6 +257,15 @@ class PreparedModel:
             return rep
 
     @property
+    def expected_nbytes(self) -> int:
+        """What it holds once a pair has used it, at least: its layers and, where ``N`` lets Grams be
+        kept (``KEEP_GRAM_MAX_N``), one ``(N, N)`` Gram per kept layer (encodings come on top: the
+        feature cache measures ``nbytes`` as they come). The cache admits it by this."""
+        itemsize = 8 if any(np.asarray(x).dtype == np.float64 for x in self.layers) else 4
+        grams = len(self.kept) * self.n * self.n * itemsize if self.n <= KEEP_GRAM_MAX_N else 0
+        return held_bytes(self.layers) + grams
+
+    @property
     def nbytes(self) -> int:
         """Bytes it holds: the prepared layers, and each representation's Grams, lists and encodings."""
         # not under the build lock: the feature cache asks while holding its own, and a build takes seconds

@@ -209,6 +209,16 @@ def test_a_layer_missing_samples_is_refused_alike_whether_read_whole_or_not(tmp_
     with pytest.raises(FeatureError, match=message):
         with shared_features(store.url, {"a": 2, "b": 2}):
             paired_features(store, a, manifests["b"])
+    # the sharing hunt: layer 1 holding as many rows, one id swapped (s9 for zzz), was refused read
+    # whole and passed read for the common rows (only the counts were compared)
+    store.fs.pipe(store.path(f"{key}/{layout.layer_file(1)}"), table_to_parquet_bytes(
+        layer_table("a", "fv-a", 1, ids[:9] + ["zzz"], rng.normal(size=(10, 3)).astype(np.float32))))
+    message = r"layer 1 .*10 samples, its model's layer 0 holds 10 \(missing e.g. s9; the model's layers must hold the same samples\)"
+    with pytest.raises(FeatureError, match=message):
+        paired_features(store, a, manifests["b"])
+    with pytest.raises(FeatureError, match=message):
+        with shared_features(store.url, {"a": 2, "b": 2}):
+            paired_features(store, a, manifests["b"])
     clear_feature_cache()
 
 
@@ -283,7 +293,8 @@ def test_work_derived_from_a_model_is_built_once_for_its_pairs_and_let_go_by_the
                 kept_for_later_pairs(store, manifests["vis0"], ("prepared", "other samples"), _builder(other))
                 kept_for_later_pairs(store, manifests["vis0"], ("prepared", "other samples"), _builder(other))
         assert len(built) == 1 and got[0] is got[1] is got[2] and len(other) == 1
-        assert not [k for k in pairing._CACHE._items if "same samples" in k]  # the last pair let it go
+        # the last pair let it go, and the other sample set's item with it (the sharing hunt: kept to the block's end)
+        assert not [k for k in pairing._CACHE._items if k[1] == "vis0"]
     assert not pairing._CACHE._items and not pairing._CACHE._left
     built.clear()
     for _ in range(2):  # outside a block: built for each pair, nothing kept
@@ -293,21 +304,54 @@ def test_work_derived_from_a_model_is_built_once_for_its_pairs_and_let_go_by_the
 
 
 def test_derived_work_counts_in_the_budget_as_it_grows(zoo, monkeypatch):
+    """The sharing hunt: a prepared model was admitted at its size before its Grams (50-100x
+    smaller), then its growth made the next look drop every item by age, the arrays the next pair
+    wanted among them (read whole again). An item is admitted by what it will hold
+    (``expected_nbytes``), and one that grew past the budget goes first, alone."""
     from storage.pairing import kept_for_later_pairs
 
     store, manifests, _ = zoo
-    monkeypatch.setenv("PRH_FEATURE_CACHE_MB", str(5000 / 2**20))  # 5000 bytes
+    reads = _reads(monkeypatch)
+    monkeypatch.setenv("PRH_FEATURE_CACHE_MB", str(5000 / 2**20))  # 5000 bytes: vis0's arrays and a small item
     built = []
-    with shared_features(store.url, {"vis0": 3, "lang0": 1, "lang1": 1, "vis1": 1}):
+    with shared_features(store.url, {"vis0": 4, "lang0": 1, "lang1": 1, "vis1": 1, "x": 1}):
         paired_features(store, manifests["vis0"], manifests["lang0"])
         item = kept_for_later_pairs(store, manifests["vis0"], ("p",), _builder(built))
         assert "p" in [k[-1] for k in pairing._CACHE._items]
-        item.nbytes = 6000  # its encodings grew past the budget: let go at the next look
+        item.nbytes = 6000  # its encodings grew past the budget: let go at the next look, alone
         paired_features(store, manifests["vis0"], manifests["lang1"])
+        assert reads == ["vis0"] and [k[1] for k in pairing._CACHE._items] == ["vis0"]  # the arrays stayed
         assert kept_for_later_pairs(store, manifests["vis0"], ("p",), _builder(built)) is not item and len(built) == 2
         paired_features(store, manifests["vis0"], manifests["vis1"])
         kept_for_later_pairs(store, manifests["vis0"], ("big",), _builder(built, 6000))  # too big to keep at all
-    assert len(built) == 3 and not pairing._CACHE._items
+        expecting = _Derived(100)
+        expecting.expected_nbytes = 6000  # small now, too big once used: not kept either
+        kept_for_later_pairs(store, manifests["vis0"], ("grows",), lambda: (built.append(1), expecting)[1])
+        assert not [k for k in pairing._CACHE._items if k[-1] in ("big", "grows")]
+    assert len(built) == 4 and not pairing._CACHE._items
+
+
+def test_a_failing_build_leaves_nothing_behind_and_pairs_not_coming_let_go(zoo):
+    """The sharing hunt: a build that raised left its entry in the cache's building table past the
+    block (and past clear_feature_cache); the pairs of a model whose extraction failed kept their
+    partners' items to the block's end."""
+    from storage.pairing import kept_for_later_pairs, pairs_not_coming
+
+    store, manifests, _ = zoo
+
+    def failing():
+        raise MemoryError("no room")
+
+    with shared_features(store.url, {"vis0": 3, "lang0": 1, "lang1": 1, "lang9": 1}):
+        paired_features(store, manifests["vis0"], manifests["lang0"])
+        with pytest.raises(MemoryError):
+            kept_for_later_pairs(store, manifests["vis0"], ("p",), failing)
+        assert not pairing._CACHE._building
+        kept_for_later_pairs(store, manifests["vis0"], ("p",), lambda: _Derived(10))
+        paired_features(store, manifests["vis0"], manifests["lang1"])
+        assert [k[1] for k in pairing._CACHE._items] == ["vis0", "vis0"]
+        pairs_not_coming(store.url, {"vis0": 1, "lang9": 1})  # lang9 failed: its pair with vis0 never runs
+        assert not pairing._CACHE._items and (store.url, "vis0") not in pairing._CACHE._left
 
 
 def test_two_threads_asking_for_the_same_derived_work_wait_for_one_build(zoo):

@@ -75,6 +75,7 @@ def test_what_a_representation_holds_is_counted_once_per_buffer():
     assert sub.nbytes == 10 * 7 * 4
     prepared = PreparedModel([x, x])
     assert prepared.nbytes == x.nbytes  # one buffer listed twice
+    assert prepared.expected_nbytes == x.nbytes + 2 * 50 * 50 * 4  # what the cache admits it by: its Grams to come
     prepared.representation(4096)
     assert prepared.nbytes == x.nbytes + 2 * 50 * 50 * 4  # the representation views the prepared arrays
 
