@@ -453,9 +453,10 @@ def kept_for_later_pairs(store: Store, manifest: dict, name: tuple, build: Calla
     """``build()``: something computed from the feature version ``manifest`` over one pair's
     samples (``name`` says what, hashable: the same name must give the same result), which the
     model's later pairs of the :func:`shared_features` block get without computing it again. It is
-    kept in the same budget as the arrays (``PRH_FEATURE_CACHE_MB``, by its ``nbytes``, measured
-    anew as it grows) and let go by the model's last pair. Call it after the pair's
-    :func:`paired_features`. Outside a block it is built for this pair alone."""
+    kept in the same budget as the arrays (``PRH_FEATURE_CACHE_MB``: admitted by its
+    ``expected_nbytes`` where it has one, else its ``nbytes``, measured anew as it grows; one that
+    grew past the budget is let go first) and let go by the model's last pair. Call it after the
+    pair's :func:`paired_features`. Outside a block it is built for this pair alone."""
     return _CACHE.derived(store, manifest, name, build)
 
 
