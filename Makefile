@@ -46,7 +46,7 @@ clean-store:
 
 # Local Prefect server + UI on 127.0.0.1:$(PORT), work pools, GPU concurrency limit, every
 # deployment of prefect.yaml and a process worker; open the UI and click Run. Ctrl-C stops all.
-PORT ?= 4200
+PORT ?= $(or $(PRH_SERVE_PORT),4200)
 .PHONY: serve
 serve: $(STAMP)
 	$(BIN)/python -m flows.serve --port $(PORT) $(ARGS)

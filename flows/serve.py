@@ -245,7 +245,7 @@ def stop(proc: subprocess.Popen[Any], grace: float = 10) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=_port, default=os.environ.get("PRH_SERVE_PORT", "").strip() or "4200",
+    parser.add_argument("--port", type=_port, default=None,
                         help="the server's port on 127.0.0.1 (default: $PRH_SERVE_PORT, else 4200)")
     parser.add_argument("--home", default=os.environ.get("PREFECT_HOME", str(PROJECT_ROOT / ".prefect")), help="PREFECT_HOME")
     parser.add_argument("--gpus", type=_positive_int, default=None,
@@ -259,6 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"the server deletes flow runs (with their logs and artifacts) finished more than this many "
                              f"days ago; the store keeps every result (default {HISTORY_DAYS}; 0: keep them all)")
     args = parser.parse_args(argv)
+    if args.port is None:
+        raw = os.environ.get("PRH_SERVE_PORT", "").strip() or "4200"
+        try:
+            args.port = _port(raw)
+        except argparse.ArgumentTypeError as error:
+            print(f"PRH_SERVE_PORT={raw!r}: {error}", file=sys.stderr)
+            return 2
 
     gpu_ids = local_gpu_ids() if args.gpu_worker and not args.no_worker else []
     gpu_limit = args.gpus if args.gpus is not None else max(1, len(gpu_ids))

@@ -463,13 +463,17 @@ def align_to_store(
 
 def log_interval_notes(result: PairAlignment, bootstrap: int, logger: logging.Logger | logging.LoggerAdapter) -> None:
     """The warnings computing ``result`` logged about its bootstrap interval (``tasks.alignment``),
-    for a reused result: a degenerate interval, or none at all (too few samples for a half-size
-    subsample) although ``bootstrap`` resamples were asked for."""
+    for a reused result: a degenerate interval, none at all (too few samples for a half-size
+    subsample) although ``bootstrap`` resamples were asked for, or subsamples the metric refused."""
     label = result.metric.label()
     if result.ci_degenerate:
         warn_degenerate_interval(label, result.ci_low, result.ci_high, result.best, "its subsamples (reused result)", logger)
     elif bootstrap > 0 and result.bootstrap == 0:
         warn_no_interval(label, "(too few samples for a half-size subsample; reused result)", logger)
+    if 0 < result.bootstrap < bootstrap:  # the stored count is of the replicates used
+        logger.warning("%s: %d of %d bootstrap subsamples were refused by the metric (undefined there) and left out: the "
+                       "interval rests on the other %d (reused result)", label, bootstrap - result.bootstrap, bootstrap,
+                       result.bootstrap)
 
 
 def prepared_model(store: Store, manifest: dict[str, Any], layers: list[np.ndarray], params: AlignmentParams,

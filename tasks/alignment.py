@@ -258,11 +258,16 @@ class PreparedModel:
 
     @property
     def expected_nbytes(self) -> int:
-        """What it holds once a pair has used it, at least: its layers and, where ``N`` lets Grams be
-        kept (``KEEP_GRAM_MAX_N``), one ``(N, N)`` Gram per kept layer (encodings come on top: the
-        feature cache measures ``nbytes`` as they come). The cache admits it by this."""
-        itemsize = 8 if any(np.asarray(x).dtype == np.float64 for x in self.layers) else 4
-        grams = len(self.kept) * self.n * self.n * itemsize if self.n <= KEEP_GRAM_MAX_N else 0
+        """What it holds once a pair has used it, at least, for the feature cache to admit it by:
+        before any pair has, its layers and, where its own Grams may be kept (``gram_cache_limit``
+        of its kept layers alone: ``N`` up to ``KEEP_GRAM_MAX_N`` and within
+        ``GRAM_CACHE_MAX_BYTES``), one ``(N, N)`` Gram per kept layer; after, what it holds
+        (``nbytes``, encodings included)."""
+        if self._representations:
+            return self.nbytes
+        kept = [self.layers[i] for i in self.kept]
+        itemsize = 8 if any(np.asarray(x).dtype == np.float64 for x in kept) else 4
+        grams = len(kept) * self.n * self.n * itemsize if self.n <= gram_cache_limit(kept, self.n) else 0
         return held_bytes(self.layers) + grams
 
     @property

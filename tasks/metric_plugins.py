@@ -11,13 +11,13 @@ like ``trust_remote_code``.
 A user metric (any registration that is not the shipped built-in one, also one under a built-in
 name) has a source digest (:func:`metric_source`) in the alignment versions of the pairs it
 scores: the SHA-256 of the source files of the modules named in ``$PRH_METRIC_MODULES``, of the
-module defining its function or Engine and of the other modules of its package imported by then,
+module defining its function or Engine and of the modules of its package it uses,
 **read when it was registered** (``tasks.metrics.origin.source_snapshot``: a long-lived process,
 a Dask worker, that imported an older file never stores its numbers under the new file's
 version, even after the file was edited; a module reloaded with ``importlib.reload`` or IPython's
 autoreload registers and is read again; an installed distribution counts by its version), of its
-registration (defaults, bounds, symmetry, direction, the engine's settings) and of what its
-function holds (a partial's arguments, a callable object's attributes). Where the
+registration (defaults, bounds, symmetry, direction) and of what its function or engine held
+when registered (a partial's arguments, a callable object's or an engine's attributes). Where the
 defining module has no readable source file (a function defined in ``__main__`` of a REPL or a
 notebook, a ``.pyc``-only or extension module) the digest also covers the function's (or the
 Engine class's) compiled code: :func:`code_digest`. Editing any of them gives new versions. It
@@ -27,7 +27,6 @@ takes the pipeline's parameters named in its ``defaults`` (``topk``, ``kernel_me
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib
 import inspect
@@ -37,9 +36,7 @@ import sys
 import traceback
 from typing import Any
 
-import numpy as np
-
-from tasks.metrics.origin import code_target, module_digest
+from tasks.metrics.origin import code_target, module_digest, plain, registration_state
 
 METRIC_MODULES_ENV = "PRH_METRIC_MODULES"
 #: Pipeline-wide metric parameters (``AlignmentParams`` fields) a metric may take.
@@ -133,35 +130,14 @@ def metric_source(name: str) -> str | None:
         f"defined in {defining.__name__}", "")).startswith(("sha256:", "installed:"))
     if not own_source:  # no file to hash: what runs is the code
         parts["code"] = code_digest(target)
+    state = spec.state or (registration_state(given, None) if isinstance(spec.engine, FunctionEngine)
+                           else registration_state(None, spec.engine))  # as registered; a spec made by hand: now
     parts["registration"] = repr((
-        getattr(target, "__module__", None), getattr(target, "__qualname__", type(target).__qualname__),
-        _settings_of(given if isinstance(spec.engine, FunctionEngine) else None),
+        getattr(target, "__module__", None), getattr(target, "__qualname__", type(target).__qualname__), state,
         _describe(spec.bounds), spec.symmetric, spec.locality, spec.higher_is_better,
         sorted((k, _plain(v)) for k, v in spec.defaults.items()), _describe(spec.chance),
-        sorted((k, _plain(v)) for k, v in vars(spec.engine).items() if k not in ("fn", "variant")),
     ))
     return "sha256:" + hashlib.sha256(repr(sorted(parts.items())).encode()).hexdigest()
-
-
-def _settings_of(fn: Any) -> Any:
-    """What a metric's function holds besides its code: a ``functools.partial``'s arguments (of
-    every level), the state of a bound method's object or of a callable instance (``Scaled(3.0)``
-    computes another metric than ``Scaled(1.0)``); ``()`` for a plain function."""
-    if fn is None or inspect.isfunction(fn) or inspect.isclass(fn) or inspect.isbuiltin(fn):
-        return ()
-    if isinstance(fn, functools.partial):
-        return ("partial", _plain(fn.args), sorted((k, _plain(v)) for k, v in fn.keywords.items()), _settings_of(fn.func))
-    if inspect.ismethod(fn):
-        return ("method of", _state(fn.__self__))
-    return ("instance", _state(fn))
-
-
-def _state(obj: Any) -> Any:
-    """An object's attributes as plain values (``_plain``), or the object's own description."""
-    attributes = getattr(obj, "__dict__", None)
-    if isinstance(attributes, dict):
-        return sorted((k, _plain(v)) for k, v in attributes.items())
-    return _plain(obj)
 
 
 def _digest_of(name: str) -> str:
@@ -257,24 +233,8 @@ def _value_of(value: Any, module: str | None, seen: set[int]) -> Any:
 
 
 def _plain(value: Any) -> str:
-    """``repr`` of plain values (numbers, text, None, tuples, lists and dicts of them); arrays and
-    tensors by dtype, shape and the SHA-256 of their values (a weight matrix a metric holds); the
-    type name of anything else (an object's repr may hold its address, which would change every
-    process)."""
-    if isinstance(value, (str, int, float, bool, type(None))):
-        return repr(value)
-    if isinstance(value, (tuple, list)):
-        return repr([_plain(v) for v in value])
-    if isinstance(value, dict):
-        return repr(sorted((_plain(k), _plain(v)) for k, v in value.items()))
-    if isinstance(value, np.ndarray):
-        return f"<numpy {value.dtype} {value.shape} {hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()}>"
-    torch = sys.modules.get("torch")  # a tensor's module is loaded
-    if torch is not None and isinstance(value, torch.Tensor):
-        data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        return f"<torch {value.dtype} {tuple(value.shape)} {hashlib.sha256(data).hexdigest()}>"
-    return f"<{type(value).__module__}.{type(value).__qualname__}>"
-
+    """``origin.plain``: plain values by ``repr``, arrays by value, anything else by its type."""
+    return plain(value)
 
 
 def _describe(value: Any) -> str:

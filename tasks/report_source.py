@@ -184,7 +184,7 @@ def excluded_layer_notes(store: Store, record: dict[str, Any], shown: int = 3) -
     manifests' ``degenerate_layers``: a constant or rank-1 layer, or one a metric refused): which
     layers, why and for which metrics. Their rows or columns of the layer heatmaps are blank and the
     best score is over the other layer pairs; a reader had no way to tell why."""
-    by_model: dict[str, dict[tuple[int, str, str], set[str]]] = {}
+    by_model: dict[str, dict[tuple[int, str], tuple[str, set[str]]]] = {}
     for key in dict.fromkeys(record.get("alignment_versions") or []):
         try:
             manifest = store.manifest(str(key))
@@ -194,14 +194,15 @@ def excluded_layer_notes(store: Store, record: dict[str, Any], shown: int = 3) -
             if not isinstance(entry, dict) or not isinstance(entry.get("layer"), int):
                 continue
             name = entry.get("layer_name")
-            layer = (entry["layer"], f" {name!r}" if isinstance(name, str) else "", str(entry.get("problem")))
-            by_model.setdefault(str(entry.get("model")), {}).setdefault(layer, set()).update(
-                str(m) for m in entry.get("metrics") or [])
+            layer = (entry["layer"], f" {name!r}" if isinstance(name, str) else "")
+            # one layer once, whatever its pairs: the problem's figures (samples, RMS) differ by pair; the first is shown
+            problem, metrics = by_model.setdefault(str(entry.get("model")), {}).setdefault(layer, (str(entry.get("problem")), set()))
+            metrics.update(str(m) for m in entry.get("metrics") or [])
     notes = []
     for model, layers in sorted(by_model.items()):
         items = sorted(layers.items())
         described = "; ".join(f"layer {index}{name} ({', '.join(sorted(metrics)) or 'every metric'}): {problem}"
-                              for (index, name, problem), metrics in items[:shown])
+                              for (index, name), (problem, metrics) in items[:shown])
         more = f"; and {len(items) - shown} more" if len(items) > shown else ""
         notes.append(f"{model}: {len(items)} layer(s) left out of its scores (blank in its layer heatmaps; its best scores are "
                      f"over the other layer pairs): {described}{more}")

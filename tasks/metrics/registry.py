@@ -18,7 +18,7 @@ import numpy as np
 
 from .checks import check_flag, check_real
 from .engine import Engine, FunctionEngine
-from .origin import source_snapshot
+from .origin import registration_state, source_snapshot
 
 Bounds = tuple[float, float]
 #: parameters every metric accepts (engine placement), never forwarded to engines
@@ -65,6 +65,8 @@ class MetricSpec:
     #: module name -> digest of its code when registered (``origin.source_snapshot``): what
     #: ``tasks.metric_plugins.metric_source`` versions a user metric by
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: what its function or engine held when registered (``origin.registration_state``)
+    state: str = field(default="", compare=False, repr=False)
 
     def bounds_for(self, params: Mapping[str, Any] | None = None) -> Bounds:
         """Bounds for the given (resolved) parameters (a callable's result checked as
@@ -262,7 +264,8 @@ def register_metric(name: str, fn: Callable[..., float] | type[Engine] | Engine 
         spec = MetricSpec(name=name, engine=eng, bounds=bounds, symmetric=bool(symmetric),
                           locality=locality, higher_is_better=bool(higher_is_better),
                           defaults=dict(defaults or {}), description=description, chance=chance,
-                          sources=source_snapshot(f if given_engine is None else given_engine))
+                          sources=source_snapshot(f if given_engine is None else given_engine),
+                          state=registration_state(f, None) if isinstance(eng, FunctionEngine) else registration_state(None, eng))
         METRICS._add(spec, overwrite)
         return spec
 

@@ -9,7 +9,8 @@ import warnings
 
 import numpy as np
 
-from tasks.alignment import MetricRequest, align_layers
+from tasks.align_task import log_interval_notes  # imports Prefect, whose logging set-up must come before caplog's
+from tasks.alignment import MetricRequest, PairAlignment, align_layers
 
 
 def test_a_saturated_interval_is_flagged_and_logged_not_warned(caplog):
@@ -95,3 +96,14 @@ def test_refused_subsamples_are_counted_stored_and_logged(caplog):
     refused = sum(0 not in draws.choice(40, 20, replace=False) for _ in range(60))
     assert 0 < refused < 60 and result.bootstrap == 60 - refused
     assert f"test_picky_boot: {refused} of 60 bootstrap subsamples of 20 rows were refused" in caplog.text
+
+
+def test_a_reused_result_with_refused_subsamples_warns_again(caplog):
+    """The review: the warning about refused subsamples was logged when the result was computed,
+    not when a later run reused it (as it is for a degenerate or missing interval)."""
+    result = PairAlignment(MetricRequest("cka"), np.zeros((1, 1)), 0.5, (0, 0), None, ci_low=0.4, ci_high=0.6, bootstrap=187)
+    log = logging.getLogger("tasks.alignment")
+    with caplog.at_level(logging.WARNING, logger="tasks.alignment"):
+        log_interval_notes(result, 200, log)
+        log_interval_notes(PairAlignment(MetricRequest("cka"), np.zeros((1, 1)), 0.5, (0, 0), None, bootstrap=200), 200, log)
+    assert caplog.text.count("13 of 200 bootstrap subsamples were refused") == 1 and "(reused result)" in caplog.text

@@ -78,6 +78,16 @@ def test_what_a_representation_holds_is_counted_once_per_buffer():
     assert prepared.expected_nbytes == x.nbytes + 2 * 50 * 50 * 4  # what the cache admits it by: its Grams to come
     prepared.representation(4096)
     assert prepared.nbytes == x.nbytes + 2 * 50 * 50 * 4  # the representation views the prepared arrays
+    prepared.representation(0)  # a pair whose Grams are not kept: the same layers, no more Grams
+    assert prepared.expected_nbytes == prepared.nbytes == x.nbytes + 2 * 50 * 50 * 4  # measured once used
+    # the review: a model whose own Grams exceed the pairs' Gram budget keeps none; it was charged for them
+    import tasks.alignment as alignment
+
+    alignment.GRAM_CACHE_MAX_BYTES, budget = 2 * 50 * 50 * 4 - 1, alignment.GRAM_CACHE_MAX_BYTES
+    try:
+        assert PreparedModel([x, x]).expected_nbytes == x.nbytes
+    finally:
+        alignment.GRAM_CACHE_MAX_BYTES = budget
 
 
 def test_a_model_of_other_samples_is_refused_as_unpaired():

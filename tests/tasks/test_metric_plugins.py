@@ -18,7 +18,7 @@ import torch
 from tasks.align_task import alignment_version
 import tasks.metrics.origin as origin_state
 from tasks.metric_plugins import METRIC_MODULES_ENV, load_metric_modules, metric_module_names, metric_source
-from tasks.metrics import METRICS, register_metric
+from tasks.metrics import METRICS, layer_matrix, register_metric
 from tasks.params import AlignmentParams, ConfigError, PipelineConfig
 
 PLUGIN = '''
@@ -446,3 +446,90 @@ def test_an_import_failure_in_a_helper_module_is_located_there(tmp_path, monkeyp
         for name in [n for n in sys.modules if n.startswith(package)]:
             del sys.modules[name]
     assert f") at {tmp_path / package / 'kernels.py'}:4; it names" in str(caught.value), str(caught.value)
+
+
+LAZY = '''
+import torch
+from tasks.metrics import register_metric
+from tasks.metrics.engine import FunctionEngine
+
+
+class Projected:
+    def __init__(self, width):
+        self.width = width
+        self._proj = None
+
+    def __call__(self, x, y):
+        if self._proj is None:  # built on the first call
+            self._proj = torch.ones(x.shape[1], self.width, dtype=x.dtype)
+        return float(((x @ self._proj) * (y @ self._proj)).sum(1).mean())
+
+
+class CachingEngine(FunctionEngine):
+    def __init__(self):
+        super().__init__(lambda x, y: float((x * y).sum(1).mean()))
+        self.seen = {}
+
+    def encode(self, rep, params):
+        self.seen[len(self.seen)] = rep.n
+        return super().encode(rep, params)
+'''
+
+
+def test_a_metrics_version_does_not_change_with_its_use(tmp_path, monkeypatch):
+    """The review: a callable object building a projection on its first call, or an engine filling a
+    cache, got another version after its first use (their state was hashed when a version was
+    asked for): pairs after the first of a run were filed under other versions. The state is the
+    one registered."""
+    name = f"prh_test_lazy_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(LAZY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(name)
+    x = [np.random.default_rng(0).normal(size=(12, 3))]
+    try:
+        for metric, registration in (("test_lazy_fn", dict(fn=module.Projected(2))), ("test_lazy_engine", dict(engine=module.CachingEngine()))):
+            register_metric(metric, **registration, overwrite=True)
+            before = metric_source(metric)
+            layer_matrix(metric, x, x)
+            assert metric_source(metric) == before, metric
+        register_metric("test_lazy_fn", module.Projected(3), overwrite=True)  # other settings: another version
+        assert metric_source("test_lazy_fn") != before
+    finally:
+        for metric in ("test_lazy_fn", "test_lazy_engine"):
+            METRICS._specs.pop(metric, None)
+        sys.modules.pop(name, None)
+        origin_state._READ.pop(name, None)
+
+
+def test_a_version_does_not_depend_on_which_other_modules_of_the_package_were_imported(tmp_path, monkeypatch):
+    """The review: the snapshot covered the package's modules that happened to be imported (an
+    unrelated ``lab.viz`` imported first gave the same code another version)."""
+    package = f"prh_test_lab_{uuid.uuid4().hex[:8]}"
+    metric = f"lab_metric_{uuid.uuid4().hex[:8]}"
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / package / "viz.py").write_text("COLOURS = 3\n")
+    (tmp_path / package / "kernels.py").write_text("def scaled(v):\n    return v * 2\n")
+    (tmp_path / package / "metrics.py").write_text(
+        "from tasks.metrics import register_metric\n"
+        f"from {package}.kernels import scaled\n"
+        "def m(x, y):\n    return scaled(float((x * y).sum(1).mean()))\n"
+        f"register_metric({metric!r}, m, overwrite=True)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    versions = []
+    try:
+        for first in (None, f"{package}.viz"):
+            for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+                del sys.modules[name]
+                origin_state._READ.pop(name, None)
+            if first:
+                importlib.import_module(first)
+            importlib.import_module(f"{package}.metrics")
+            versions.append((metric_source(metric), sorted(METRICS[metric].sources)))
+    finally:
+        METRICS._specs.pop(metric, None)
+        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+            del sys.modules[name]
+            origin_state._READ.pop(name, None)
+    assert versions[0] == versions[1]
+    assert versions[0][1] == [f"{package}.kernels", f"{package}.metrics"]

@@ -283,12 +283,13 @@ def test_layers_left_out_of_the_scores_are_explained(tmp_path):
     refused = {"model": "vit-deg", "layer": 3, "layer_name": None, "problem": "svcca(cca_dim=10) undefined: width 4",
                "metrics": ["svcca"]}
     keys = []
-    for partner, entries in (("lm-a", [constant]), ("lm-b", [constant, refused]), ("lm-c", [])):
+    other_pair = {**constant, "problem": "constant: all 38 samples", "metrics": ["cknna"]}  # the review: listed twice
+    for partner, entries in (("lm-a", [constant]), ("lm-b", [other_pair, refused]), ("lm-c", [])):
         key = f"alignment/d1/vit-deg__{partner}/v{partner}"
         store.publish(key, {"best.parquet": pa.table({"x": [1]})}, {"kind": "alignment", "degenerate_layers": entries})
         keys.append(key)
     notes = excluded_layer_notes(store, {"alignment_versions": keys + ["alignment/d1/gone__x/v0"]})
     assert notes == ["vit-deg: 2 layer(s) left out of its scores (blank in its layer heatmaps; its best scores are over the other "
-                     "layer pairs): layer 0 'embeddings' (cka, mutual_knn): constant: all 40 samples; layer 3 (svcca): "
+                     "layer pairs): layer 0 'embeddings' (cka, cknna, mutual_knn): constant: all 40 samples; layer 3 (svcca): "
                      "svcca(cca_dim=10) undefined: width 4"]
     assert excluded_layer_notes(store, {"alignment_versions": keys[2:]}) == []
