@@ -3,13 +3,15 @@ against each model prepared once and shared by its pairs (``tasks.alignment.Prep
 by ``storage.pairing.kept_for_later_pairs`` inside ``shared_features``).
 
 A zoo of ``--vision`` × ``--language`` models (``--layers`` random float32 layers of ``(n, dim)``
-sharing a low-rank signal, so that the scores are not all chance) is published to two local
+sharing a low-rank signal, so that the scores are not all chance) is published to three local
 stores; then the pipeline's alignment task (``tasks.align_task.align_to_store``, no Prefect) scores
-every pair, vision-major as the stage does, in one store plainly ("per pair": each pair reads,
-clamps, normalises and encodes both sides: what the stage did before) and in the other inside
-``shared_features`` with every model's pair count ("shared"). Both stores must hold the same
-scores, calibrations and intervals (checked on every pair). Reported: seconds for the whole
-zoo, the ratio, and how many times a model was prepared (measured).
+every pair, vision-major as the stage does, three ways: plainly ("per pair": each pair reads,
+clamps, normalises and encodes both sides), inside ``shared_features`` with every model's pair
+count but each pair preparing its sides itself ("reads shared": what the stage did before this
+change, session 25's shared reads only), and inside it with preparations shared too ("shared").
+Every store must hold the same scores, calibrations and intervals (checked on every pair).
+Reported: seconds for the whole zoo, the ratio to "shared", and how many times a model was
+prepared (measured).
 
 Usage::
 
@@ -65,21 +67,31 @@ def pairs_of(manifests: dict[str, dict]) -> list[tuple[str, str]]:
     return [(a, b) for a in manifests if a.startswith("vision") for b in manifests if b.startswith("language")]
 
 
-def align_all(url: str, manifests: dict[str, dict], params: AlignmentParams, shared: bool) -> tuple[float, list, int]:
-    """(seconds to align every pair, each pair's stored best rows, models prepared)."""
+#: the paths measured: (label, inside ``shared_features``, preparations shared)
+PATHS = (("per pair", False, False), ("reads shared (session 25)", True, False), ("shared", True, True))
+
+
+def align_all(url: str, manifests: dict[str, dict], params: AlignmentParams, block: bool, share_preparation: bool
+              ) -> tuple[float, list, int]:
+    """(seconds to align every pair, each pair's stored best rows, models prepared). ``block``:
+    inside ``shared_features`` (each model read once); ``share_preparation`` False: every pair
+    prepares its sides itself (``kept_for_later_pairs`` builds for the pair alone), as the stage did
+    before this session."""
     pairs = pairs_of(manifests)
     clear_feature_cache()
-    prepared, prepare = [], align_task.prepare_layers
+    prepared, prepare, keep = [], align_task.prepare_layers, align_task.kept_for_later_pairs
     align_task.prepare_layers = lambda layers, **kw: (prepared.append(1), prepare(layers, **kw))[1]
+    if not share_preparation:
+        align_task.kept_for_later_pairs = lambda store, manifest, name, build: build()
     quiet = logging.getLogger("bench_zoo_alignment")
     quiet.disabled = True
     try:
         started = time.perf_counter()
-        with shared_features(url, Counter(name for pair in pairs for name in pair)) if shared else nullcontext():
+        with shared_features(url, Counter(name for pair in pairs for name in pair)) if block else nullcontext():
             done = [align_task.align_to_store(url, manifests[a], manifests[b], params, quiet) for a, b in pairs]
         seconds = time.perf_counter() - started
     finally:
-        align_task.prepare_layers = prepare
+        align_task.prepare_layers, align_task.kept_for_later_pairs = prepare, keep
     store = Store(url)
     best = [store.read_table(f"{m['key']}/{layout.BEST_FILE}").to_pylist() for m in done]
     return seconds, best, len(prepared)
@@ -100,13 +112,14 @@ def main(argv: list[str] | None = None) -> int:
                              topk=min(10, args.n - 1))
     results = {}
     with tempfile.TemporaryDirectory(prefix="prh-bench-zoo-align-") as tmp:
-        for name in ("per pair", "shared"):
-            url = str(Path(tmp) / name.replace(" ", "-"))
+        for number, (name, block, share) in enumerate(PATHS):
+            url = str(Path(tmp) / f"store-{number}")
             manifests = make_zoo(url, args.vision, args.language, args.n, args.layers, args.dim)
-            results[name] = align_all(url, manifests, params, name == "shared")
-    for got, want in zip(results["shared"][1], results["per pair"][1]):
-        strip = [{k: v for k, v in row.items() if k != "alignment_version"} for row in got]
-        assert strip == [{k: v for k, v in row.items() if k != "alignment_version"} for row in want], (got, want)
+            results[name] = align_all(url, manifests, params, block, share)
+    for name in results:
+        for got, want in zip(results[name][1], results["per pair"][1]):
+            strip = [{k: v for k, v in row.items() if k != "alignment_version"} for row in got]
+            assert strip == [{k: v for k, v in row.items() if k != "alignment_version"} for row in want], (name, got, want)
     n_pairs = len(results["shared"][1])
     print(f"zoo {args.vision} vision x {args.language} language ({n_pairs} pairs), each model {args.layers} x "
           f"({args.n}, {args.dim}) float32; metrics {args.metrics}, permutations {args.permutations}, "

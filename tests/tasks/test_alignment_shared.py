@@ -103,14 +103,15 @@ def test_the_zoo_alignment_benchmark_runs_at_ci_size(capsys):
     import tasks.align_task as align_task
     from tests.bench_scripts import load_bench
 
-    prepare = align_task.prepare_layers
+    prepare, keep = align_task.prepare_layers, align_task.kept_for_later_pairs
     assert load_bench("bench_zoo_alignment").main(["--vision", "2", "--language", "3", "--n", "40", "--layers", "2",
                                                    "--dim", "6", "--permutations", "9", "--bootstrap", "4"]) == 0
     out = capsys.readouterr().out
     assert "zoo 2 vision x 3 language (6 pairs)" in out and "same stored scores on every pair" in out
     assert re.search(r"^\| per pair \| [\d.]+ \| 12 \| [\d.]+ \|$", out, re.M)
+    assert re.search(r"^\| reads shared \(session 25\) \| [\d.]+ \| 12 \| [\d.]+ \|$", out, re.M)
     assert re.search(r"^\| shared \| [\d.]+ \| 5 \| 1.00 \|$", out, re.M)  # each model prepared once
-    assert align_task.prepare_layers is prepare
+    assert align_task.prepare_layers is prepare and align_task.kept_for_later_pairs is keep
 
 
 def test_a_user_metrics_error_names_the_models_own_layers():
