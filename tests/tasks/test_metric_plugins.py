@@ -352,36 +352,51 @@ def test_a_module_edited_after_its_import_keeps_the_version_of_the_code_that_run
     assert metric_source(metric) == edited_but_not_run
 
 
-def test_a_helper_module_of_the_metrics_package_is_part_of_its_version(tmp_path, monkeypatch):
-    """The plugin hunt: ``mylab/metrics.py`` calling ``mylab/kernels.py``; doubling a constant of
-    kernels.py doubled the metric and left its version unchanged (stale numbers reused)."""
+@pytest.fixture
+def lab(tmp_path, monkeypatch):
+    """A package of the user's on sys.path (``write(files)``: its modules' text, ``__init__`` empty;
+    ``fresh()``: its modules forgotten, as in a new process); yields (package, write, fresh)."""
     package = f"prh_test_lab_{uuid.uuid4().hex[:8]}"
-    metric = f"lab_metric_{uuid.uuid4().hex[:8]}"
     (tmp_path / package).mkdir()
     (tmp_path / package / "__init__.py").write_text("")
-    kernels = tmp_path / package / "kernels.py"
-    kernels.write_text("SCALE = 1.0\ndef scaled(v):\n    return v * SCALE\n")
-    (tmp_path / package / "metrics.py").write_text(
-        "from tasks.metrics import register_metric\n"
-        f"from {package}.kernels import scaled\n"
-        "def m(x, y):\n    return scaled(float((x * y).sum(1).mean()))\n"
-        f"register_metric({metric!r}, m, overwrite=True)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+
+    def write(files: dict[str, str]) -> None:
+        for name, text in files.items():
+            (tmp_path / package / f"{name}.py").write_text(text)
+
+    def fresh() -> None:
+        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+            del sys.modules[name]
+            origin_state._READ.pop(name, None)
+        importlib.invalidate_caches()
+
+    yield package, write, fresh
+    fresh()
+
+
+def _lab_metric(package: str, metric: str) -> str:
+    """A metrics module of ``package`` registering ``metric``, which calls ``kernels.scaled``."""
+    return ("from tasks.metrics import register_metric\n"
+            f"from {package}.kernels import scaled\n"
+            "def m(x, y):\n    return scaled(float((x * y).sum(1).mean()))\n"
+            f"register_metric({metric!r}, m, overwrite=True)\n")
+
+
+def test_a_helper_module_of_the_metrics_package_is_part_of_its_version(lab):
+    """The plugin hunt: ``mylab/metrics.py`` calling ``mylab/kernels.py``; doubling a constant of
+    kernels.py doubled the metric and left its version unchanged (stale numbers reused)."""
+    package, write, fresh = lab
+    metric = f"lab_metric_{uuid.uuid4().hex[:8]}"
     versions = []
     try:
         for scale in ("1.0", "2.0"):
-            kernels.write_text(f"SCALE = {scale}\ndef scaled(v):\n    return v * SCALE\n")
-            for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
-                del sys.modules[name]  # a new process
-                origin_state._READ.pop(name, None)
-            importlib.invalidate_caches()
+            write({"metrics": _lab_metric(package, metric), "kernels": f"SCALE = {scale}\ndef scaled(v):\n    return v * SCALE\n"})
+            fresh()  # a new process
             importlib.import_module(f"{package}.metrics")
             versions.append(metric_source(metric))
     finally:
         METRICS._specs.pop(metric, None)
-        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
-            del sys.modules[name]
-            origin_state._READ.pop(name, None)
     assert versions[0] != versions[1]
     # an installed package's modules are versioned by its distribution, not read
     import tasks.metrics.origin as origin
@@ -429,23 +444,15 @@ def test_a_callable_objects_settings_are_part_of_its_version(tmp_path, monkeypat
     assert len(set(versions.values())) == len(versions) - 1, versions
 
 
-def test_an_import_failure_in_a_helper_module_is_located_there(tmp_path, monkeypatch):
+def test_an_import_failure_in_a_helper_module_is_located_there(lab, monkeypatch):
     """The plugin hunt: ``lab.metrics`` importing ``lab.kernels``, which divides by zero at its line
     4, was reported at the import line of lab/metrics.py."""
-    package = f"prh_test_lab_{uuid.uuid4().hex[:8]}"
-    (tmp_path / package).mkdir()
-    (tmp_path / package / "__init__.py").write_text("")
-    (tmp_path / package / "kernels.py").write_text("import math\n\n\nSCALE = 1 / 0\n")
-    (tmp_path / package / "metrics.py").write_text(f"from {package} import kernels\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    package, write, _ = lab
+    write({"kernels": "import math\n\n\nSCALE = 1 / 0\n", "metrics": f"from {package} import kernels\n"})
     monkeypatch.setenv(METRIC_MODULES_ENV, f"{package}.metrics")
-    try:
-        with pytest.raises(ValueError, match="ZeroDivisionError") as caught:
-            load_metric_modules()
-    finally:
-        for name in [n for n in sys.modules if n.startswith(package)]:
-            del sys.modules[name]
-    assert f") at {tmp_path / package / 'kernels.py'}:4; it names" in str(caught.value), str(caught.value)
+    with pytest.raises(ValueError, match="ZeroDivisionError") as caught:
+        load_metric_modules()
+    assert f"{package}/kernels.py:4; it names" in str(caught.value), str(caught.value)
 
 
 LAZY = '''
@@ -501,35 +508,21 @@ def test_a_metrics_version_does_not_change_with_its_use(tmp_path, monkeypatch):
         origin_state._READ.pop(name, None)
 
 
-def test_a_version_does_not_depend_on_which_other_modules_of_the_package_were_imported(tmp_path, monkeypatch):
+def test_a_version_does_not_depend_on_which_other_modules_of_the_package_were_imported(lab):
     """The review: the snapshot covered the package's modules that happened to be imported (an
     unrelated ``lab.viz`` imported first gave the same code another version)."""
-    package = f"prh_test_lab_{uuid.uuid4().hex[:8]}"
+    package, write, fresh = lab
     metric = f"lab_metric_{uuid.uuid4().hex[:8]}"
-    (tmp_path / package).mkdir()
-    (tmp_path / package / "__init__.py").write_text("")
-    (tmp_path / package / "viz.py").write_text("COLOURS = 3\n")
-    (tmp_path / package / "kernels.py").write_text("def scaled(v):\n    return v * 2\n")
-    (tmp_path / package / "metrics.py").write_text(
-        "from tasks.metrics import register_metric\n"
-        f"from {package}.kernels import scaled\n"
-        "def m(x, y):\n    return scaled(float((x * y).sum(1).mean()))\n"
-        f"register_metric({metric!r}, m, overwrite=True)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    write({"viz": "COLOURS = 3\n", "kernels": "def scaled(v):\n    return v * 2\n", "metrics": _lab_metric(package, metric)})
     versions = []
     try:
         for first in (None, f"{package}.viz"):
-            for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
-                del sys.modules[name]
-                origin_state._READ.pop(name, None)
+            fresh()
             if first:
                 importlib.import_module(first)
             importlib.import_module(f"{package}.metrics")
             versions.append((metric_source(metric), sorted(METRICS[metric].sources)))
     finally:
         METRICS._specs.pop(metric, None)
-        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
-            del sys.modules[name]
-            origin_state._READ.pop(name, None)
     assert versions[0] == versions[1]
     assert versions[0][1] == [f"{package}.kernels", f"{package}.metrics"]
