@@ -310,11 +310,10 @@ def align_layers(
 
     Raises ``DegenerateFeaturesError`` if, for some metric, every layer of one side is excluded.
     """
-    if not len(xs.layers if isinstance(xs, PreparedModel) else xs) or not len(ys.layers if isinstance(ys, PreparedModel) else ys):
-        raise ValueError(f"{names[0]} has {len(xs.layers if isinstance(xs, PreparedModel) else xs)} layers and {names[1]} has "
-                         f"{len(ys.layers if isinstance(ys, PreparedModel) else ys)}: both need at least one")
     px = xs if isinstance(xs, PreparedModel) else PreparedModel(xs)
     py = ys if isinstance(ys, PreparedModel) else PreparedModel(ys)
+    if not px.layers or not py.layers:
+        raise ValueError(f"{names[0]} has {len(px.layers)} layers and {names[1]} has {len(py.layers)}: both need at least one")
     n = px.n
     if py.n != n:
         raise ValueError(f"{names[0]} has {n} samples and {names[1]} has {py.n}: the rows must be paired")
