@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import operator
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -360,8 +361,8 @@ def held_bytes(obj: Any) -> int:
             todo.append(item._copies)
         elif isinstance(item, (list, tuple, set, frozenset)):
             todo.extend(item)
-        elif hasattr(item, "__dict__"):
-            todo.extend(vars(item).values())
+        elif hasattr(item, "__dict__") and not isinstance(item, (types.ModuleType, type)) and not callable(item):
+            todo.extend(vars(item).values())  # not through a module, class or function an encoding refers to
     return sum(seen_buffers.values())
 
 

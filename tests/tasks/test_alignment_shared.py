@@ -136,3 +136,25 @@ def test_a_user_metrics_error_names_the_models_own_layers():
         assert isinstance(caught.value.__cause__, RuntimeError)
     finally:
         METRICS._specs.pop("test_picky", None)
+
+
+def test_held_bytes_does_not_walk_into_modules_classes_or_functions():
+    """An encoding holding a module (or a class, a function) would have counted everything that
+    module reaches; only the encoding's own arrays count."""
+    import types as _types
+
+    from tasks.metrics.representation import held_bytes
+
+    array = np.zeros(100, np.float32)
+    module = _types.ModuleType("prh_test_holder")
+    module.table = np.zeros(1000)  # a module's own arrays are not the encoding's
+
+    class Kind:
+        table = np.zeros(500)
+
+    def fn():
+        return None
+
+    fn.table = np.zeros(300)
+    holder = _types.SimpleNamespace(values=array, module=module, kind=Kind, fn=fn, obj=_types.SimpleNamespace(a=array))
+    assert held_bytes(holder) == array.nbytes
