@@ -160,16 +160,11 @@ def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Imag
     return None
 
 
-def read_image_file(root: Path, relative: str, links_within: Path | None = None) -> bytes | ImageProblem:
+def read_image_file(root: Path, relative: str) -> bytes | ImageProblem:
     """Read the file at ``relative`` (a path inside ``root``) or say why it cannot be used.
 
     An absolute path is read when it lies inside ``root`` too (a table listing
     ``/data/coco/val2017/x.jpg`` with ``image_root`` ``/data/coco``).
-
-    ``links_within``: a folder that symbolic links inside ``root`` may also lead into (a Hugging
-    Face hub snapshot, whose files link to the cache's ``blobs/``). The path as written must then
-    stay inside ``root`` (checked on the normalised text, before any link is followed), and where
-    its links lead must lie inside ``root`` or ``links_within``.
 
     Reasons: ``image_path_unsafe`` (resolving outside ``root`` — absolute, through ``..`` or a
     symbolic link — or starting with a backslash), ``image_missing`` (empty path, no such
@@ -187,17 +182,12 @@ def read_image_file(root: Path, relative: str, links_within: Path | None = None)
         return ImageProblem("image_path_unsafe", f"image path {shown} starts with a backslash")
     base = root.resolve()
     try:
-        written = Path(os.path.normpath(base / relative))  # an absolute relative replaces base
-        target = written.resolve()
-        inside = (written if links_within is not None else target).is_relative_to(base)
-        if os.path.isabs(relative) and not inside:
+        target = (base / relative).resolve()  # an absolute relative replaces base
+        if os.path.isabs(relative) and not target.is_relative_to(base):
             return ImageProblem("image_path_unsafe", f"absolute image path {shown} lies outside the dataset folder {base} "
                                 "(an absolute path must lie inside it: set image_root to a folder that holds the images)")
-        if not inside:
+        if not target.is_relative_to(base):
             return ImageProblem("image_path_unsafe", f"image path {shown} leads outside the dataset folder {base}")
-        if links_within is not None and not (target.is_relative_to(base) or target.is_relative_to(links_within.resolve())):
-            return ImageProblem("image_path_unsafe", f"image path {shown} is a link that leads outside the dataset folder "
-                                f"{base} (to {str(target)!r})")
         if not target.exists():
             return ImageProblem("image_missing", f"image file {shown} does not exist in {base}")
         if not target.is_file():

@@ -175,21 +175,47 @@ class _Candidate:
     given_image_id: str | None
 
 
+def read_linked_image_file(root: Path, relative: str, links_within: Path | None = None) -> bytes | ImageProblem:
+    """``images.read_image_file``, where a symbolic link inside ``root`` may also lead into
+    ``links_within`` (a Hugging Face hub snapshot, whose files are links into the cache's
+    ``blobs/``: every image was refused as leading outside the dataset folder). The path as written
+    must still stay inside ``root`` (its normalised text, before any link is followed), and where a
+    link leads must lie inside ``root`` or ``links_within``; the file there is read by the same rules.
+    (Here, not in ``images``, whose source is part of every feature version.)"""
+    found = read_image_file(root, relative)
+    if links_within is None or not isinstance(found, ImageProblem) or found.reason != "image_path_unsafe":
+        return found
+    if relative.startswith("\\") or os.path.isabs(relative):
+        return found
+    base = root.resolve()
+    written = Path(os.path.normpath(base / relative))
+    if not written.is_relative_to(base):  # the text itself leaves the folder: refused as before
+        return found
+    try:
+        target = written.resolve()
+    except (ValueError, RuntimeError, OSError):
+        return found
+    if not target.is_relative_to(links_within.resolve()):
+        return ImageProblem("image_path_unsafe", f"image path {relative!r} is a link that leads outside the dataset folder "
+                            f"{base} (to {str(target)!r})")
+    return read_image_file(target.parent, target.name)
+
+
 @dataclass
 class _FileReader:
     """Reads image files under ``root`` once each (several captions may share one file)."""
 
     root: Path
-    links_within: Path | None = None  # read_image_file's: where links inside root may also lead
+    links_within: Path | None = None  # read_linked_image_file's: where links inside root may also lead
     cache: dict[str, bytes | ImageProblem] = field(default_factory=dict)
 
     def read(self, relative: str) -> bytes | ImageProblem:
         """The file's bytes or why not (``read_image_file``); backslashes separate folders when no
         file has the name with them (``imgs\\x.png`` in a table written on Windows)."""
         if relative not in self.cache:
-            found = read_image_file(self.root, relative, self.links_within)
+            found = read_linked_image_file(self.root, relative, self.links_within)
             if isinstance(found, ImageProblem) and found.reason == "image_missing" and "\\" in relative.lstrip("\\"):
-                posix = read_image_file(self.root, relative.replace("\\", "/"), self.links_within)
+                posix = read_linked_image_file(self.root, relative.replace("\\", "/"), self.links_within)
                 found = found if isinstance(posix, ImageProblem) and posix.reason == "image_missing" else posix
             self.cache[relative] = found
         return self.cache[relative]
@@ -339,7 +365,7 @@ def validate_records(
     of the module docstring. ``root``: the folder that relative image paths are read from;
     ``source``: how messages name the dataset; ``links_within``: a folder that symbolic links
     inside ``root`` may also lead into (a hub snapshot's files link into the hub cache's
-    ``blobs/``; ``tasks.data.images.read_image_file``).
+    ``blobs/``; :func:`read_linked_image_file`).
 
     Raises:
         ValueError: fewer than ``min_valid_rows`` valid rows (counting the rejections per reason).
