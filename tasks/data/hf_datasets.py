@@ -43,6 +43,7 @@ then goes through the same checks as any other table.
 from __future__ import annotations
 
 import glob
+import logging
 import json
 import os
 import re
@@ -58,6 +59,8 @@ from tasks.data.sources import (METADATA_FILES, Captions, ColumnMap, RawRecord, 
 from tasks.data.tables import LoadResult, validate_records
 
 __all__ = ["HubDataset", "load_hf_dataset", "read_hf_dataset", "resolve_source", "split_files", "split_of"]
+
+logger = logging.getLogger(__name__)
 
 DATA_SUFFIXES = (".parquet", ".arrow")
 # The files a dataset snapshot needs: data, and the JSON that describes a save_to_disk folder. Image
@@ -442,7 +445,11 @@ def _fetch_image_files(source: str, dataset: HubDataset, folder: Path, table: pa
     by_folder = len(wanted) > MAX_IMAGE_PATTERNS  # the hub client matches every repository file against every pattern
     patterns = {glob.escape(os.path.dirname(p)) + "/*" if by_folder and os.path.dirname(p) else glob.escape(p) for p in wanted}
     if patterns:
-        resolve_source(source, dataset.provenance["commit"], sorted(patterns))
+        try:
+            resolve_source(source, dataset.provenance["commit"], sorted(patterns))
+        except ValueError as error:  # offline, or the hub refused: the files not there are their rows' image_missing
+            logger.warning("%s: the image files its rows name could not all be fetched (%s); rows whose file is not in the "
+                           "hub cache are rejected as image_missing", source, error)
 
 
 def _hub_cache_folder(folder: Path) -> Path | None:

@@ -440,6 +440,24 @@ def test_image_files_a_hub_dataset_names_are_fetched(tmp_path, monkeypatch):
     assert calls[1] == (COMMIT, ["data/img/0.png", "data/img/1.png"])  # not img/2.png, not a path leading outside
     assert not (snapshot / "data" / "img" / "2.png").exists()
     assert validate_records(records, folder, "imgs", min_valid_rows=1).n_valid == 2
+    # the image files cannot be fetched (offline, the hub refusing): their rows are image_missing, the load goes on
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    for name in ("img/0.png", "img/1.png"):
+        (snapshot / "data" / name).unlink()
+    fetched = []
+
+    def offline(repo_id, repo_type, revision, allow_patterns):
+        fetched.append(allow_patterns)
+        if len(fetched) > 1:
+            raise LocalEntryNotFoundError("offline")
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    records, folder, _ = read_hf_dataset("org/imgs")
+    result = validate_records(records, folder, "imgs", min_valid_rows=0)
+    assert len(fetched) == 2 and result.n_valid == 0
+    assert [r["reason"] for r in result.rejected.to_pylist()] == ["image_missing", "image_missing", "image_path_unsafe"]
 
 
 def test_an_empty_saved_dataset_says_it_has_no_rows(tmp_path):
