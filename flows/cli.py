@@ -238,10 +238,12 @@ def dataset_argument(value: str, **options: Any) -> DatasetParams:
 
 def _run(args: argparse.Namespace) -> int:
     config = config_with_flags(args)
-    if args.check:
-        return _check_zoo(config)
     store = store_argument(args)
     from storage.store import Store
+
+    if args.check:
+        Store(store)  # its URL checked (an empty --store "" or $PRH_STORE is refused), nothing read or written
+        return _check_zoo(config)
 
     from flows.runners import check_run_environment
 

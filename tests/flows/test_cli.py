@@ -935,3 +935,18 @@ def test_run_check_refuses_cls_pooling_on_a_model_without_a_cls_token(tmp_path, 
                                                     ["ok", "tiny-vit-cls"], ["ok", "siglip-avg"]]
     assert "'cls' pooling needs a model with a CLS token, and SiglipVisionModel's embeddings hold none" in lines[1]
     assert "use 'avg'" in lines[2]
+
+
+def test_run_check_refuses_an_empty_store_as_run_does(tmp_path, capsys, monkeypatch):
+    """The docs hunt: `prh run --store "" --check` passed (exit 0) where `prh run` refuses the empty
+    store (docs/config.md says so); one relying on --check before a GPU job was not warned."""
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 64}, "models": [TINY_VIT]}))
+    assert main(["run", "--config", str(config), "--store", "", "--check"]) != 0
+    assert "store URL '' is empty" in capsys.readouterr().err
+    monkeypatch.setenv("PRH_STORE", "")
+    assert main(["run", "--config", str(config), "--check"]) != 0
+    assert "is empty" in capsys.readouterr().err
+    monkeypatch.delenv("PRH_STORE")
+    assert main(["run", "--config", str(config), "--store", str(tmp_path / "new-store"), "--check"]) == 0
+    assert not (tmp_path / "new-store").exists()  # --check touches no store
