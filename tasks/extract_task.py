@@ -279,9 +279,14 @@ def _load_with_timeout(spec: ModelSpec) -> Any:
     thread's seeded random init does not count: :class:`_LoadLock`)."""
     from tasks.extract.extractor import load_extractor
 
+    seconds = model_load_timeout()
     with _LOADS.hold(alone=spec.loader in SEEDED_LOADERS):
-        with timeout(seconds=model_load_timeout(), timeout_exc_type=ModelLoadTimeout):
-            return load_extractor(spec)
+        try:
+            with timeout(seconds=seconds, timeout_exc_type=ModelLoadTimeout):
+                return load_extractor(spec)
+        except ModelLoadTimeout:  # Prefect's "Scope timed out after 0.001 second(s)." named neither the model nor the limit
+            raise ModelLoadTimeout(f"{spec.name}: loading {spec.id!r} took longer than PRH_MODEL_LOAD_TIMEOUT={seconds:g} s "
+                                   "(raise it for a large download; 0: no limit)") from None
 
 
 def _extract_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], shard_size: int,

@@ -17,3 +17,22 @@ def test_the_feature_code_is_unchanged_unless_meant():
         f"the feature code changed ({PINNED_FEATURE_CODE} -> {now}): every stored feature version changes and every "
         "model is extracted again on the next run. If the change cannot alter a feature, move it out of FEATURE_CODE's "
         "files; if it is meant, update PINNED_FEATURE_CODE and say so in the commit and the session's note")
+
+
+def test_a_model_load_timeout_names_the_model_and_the_limit(monkeypatch):
+    """The extraction hunt: a load over PRH_MODEL_LOAD_TIMEOUT failed with Prefect's "Scope timed
+    out after 0.001 second(s).", naming neither the model nor the variable."""
+    import time
+
+    import pytest
+
+    import tasks.extract.extractor as extractor
+    from tasks.extract.spec import ModelSpec
+    from tasks.extract_task import _load_with_timeout
+    from tasks.retries import ModelLoadTimeout
+
+    spec = ModelSpec.model_validate({"name": "slow-vit", "id": "org/slow-vit", "modality": "vision", "loader": "hf"})
+    monkeypatch.setattr(extractor, "load_extractor", lambda spec: time.sleep(2))
+    monkeypatch.setenv("PRH_MODEL_LOAD_TIMEOUT", "0.2")
+    with pytest.raises(ModelLoadTimeout, match=r"^slow-vit: loading 'org/slow-vit' took longer than PRH_MODEL_LOAD_TIMEOUT=0.2 s"):
+        _load_with_timeout(spec)
