@@ -28,24 +28,33 @@ def shard_key(version_key: str, shard: int) -> str:
     return f"{version_key}/{PARTIAL}/shard-{shard:05d}.parquet"
 
 
-def write_shard(store: Store, version_key: str, shard: int, layers: list[np.ndarray], extras: dict | None = None) -> None:
+def write_shard(store: Store, version_key: str, shard: int, layers: list[np.ndarray], extras: dict | None = None,
+                items: tuple[int, int] | None = None) -> None:
     """Store one shard: ``layers[l]`` is ``(n, D_l) float32`` for the shard's n items.
 
     ``extras`` (JSON-able, e.g. the shard's summed loss for bits per byte) is kept in the file's
-    metadata and returned by :func:`read_shard`.
+    metadata and returned by :func:`read_shard`; ``items`` (``lo, hi``: the shard holds items
+    ``lo`` to ``hi - 1`` of the model's list) too, and checked when it is read back.
     """
     columns = {}
     for index, x in enumerate(layers):
         x = np.ascontiguousarray(x, dtype=np.float32)
         columns[f"layer_{index:03d}"] = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
-    table = pa.table(columns).replace_schema_metadata({"prh_extras": json.dumps(extras or {})})
+    metadata = {"prh_extras": json.dumps(extras or {})}
+    if items is not None:
+        metadata["prh_items"] = json.dumps(list(items))
+    table = pa.table(columns).replace_schema_metadata(metadata)
     store.write_bytes(shard_key(version_key, shard), table_to_parquet_bytes(table))
 
 
 def read_shard(
-    store: Store, version_key: str, shard: int, expected_rows: int, widths: list[int] | None = None
+    store: Store, version_key: str, shard: int, expected_rows: int, widths: list[int] | None = None,
+    items: tuple[int, int] | None = None,
 ) -> tuple[list[np.ndarray], dict] | None:
-    """A stored shard's (layers, extras), or None if it is absent or does not match what is expected."""
+    """A stored shard's (layers, extras), or None if it is absent or does not match what is expected:
+    its row count, its layers' ``widths``, and the ``items`` it holds (``lo, hi``; a shard written
+    before they were recorded is checked by its row count only). A rerun with another shard size
+    read the old shard 2 (items 32-40) as its own shard 2 (items 16-24) and published wrong features."""
     key = shard_key(version_key, shard)
     if not store.exists(key):
         return None
@@ -56,6 +65,9 @@ def read_shard(
         return None  # unreadable leftovers are recomputed
     if table.num_rows != expected_rows:
         return None
+    recorded = (table.schema.metadata or {}).get(b"prh_items")
+    if items is not None and recorded is not None and json.loads(recorded) != list(items):
+        return None  # other items (another shard size): computed again
     layers = [vectors_from_arrow(table.column(name)) for name in table.column_names]
     if widths is not None and [x.shape[1] for x in layers] != list(widths):
         return None

@@ -301,10 +301,10 @@ def _extract_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prh-shard-writer") as writer:
         pending: list[Future[None]] = []
 
-        def write_behind(index: int, layers: list[np.ndarray], loss: dict[str, Any]) -> None:
+        def write_behind(index: int, layers: list[np.ndarray], loss: dict[str, Any], items: tuple[int, int]) -> None:
             while pending:
                 pending.pop().result()  # the previous shard is stored (or its error raised here)
-            pending.append(writer.submit(write_shard, store, key, index, layers, loss))
+            pending.append(writer.submit(write_shard, store, key, index, layers, loss, items))
 
         extraction = _compute_shards(store, key, spec, items, shard_size, logger, started, on_progress, item_ids, write_behind)
         while pending:
@@ -314,7 +314,8 @@ def _extract_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
 
 def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], shard_size: int,
                     logger: Any, started: float, on_progress: Callable[[int, int], None] | None,
-                    item_ids: list[str] | None, write: Callable[[int, list[np.ndarray], dict[str, Any]], None]) -> _Extraction:
+                    item_ids: list[str] | None, write: Callable[[int, list[np.ndarray], dict[str, Any], tuple[int, int]], None]
+                    ) -> _Extraction:
     from tasks.extract.extractor import extract_all
 
     total = len(items)
@@ -327,7 +328,7 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
     try:
         for index, (lo, hi) in enumerate(bounds):
             widths = list(extractor.layer_dims) if extractor is not None else None
-            stored = read_shard(store, key, index, hi - lo, widths)
+            stored = read_shard(store, key, index, hi - lo, widths, items=(lo, hi))
             if stored is not None:
                 layers, loss = stored
                 loss = dict(loss)
@@ -359,7 +360,7 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
                 ids = item_ids[lo:hi] if item_ids is not None else [f"item {i}" for i in range(lo, hi)]
                 check_finite(spec.name, features.layer_names, layers, ids)  # fail at the first bad shard, store nothing
                 loss = {k: features.extras[k] for k in _SHARD_SUMS if k in features.extras}
-                write(index, layers, {**loss, "model": model})
+                write(index, layers, {**loss, "model": model}, (lo, hi))
             shards.append(layers)
             for name, value in loss.items():
                 sums[name] = sums.get(name, 0) + value

@@ -114,11 +114,11 @@ def test_shards_are_written_behind_the_compute_and_a_write_error_surfaces(tmp_pa
     real_write = et.write_shard
     writers = []
 
-    def failing_write(store, key, index, layers, loss):
+    def failing_write(store, key, index, layers, loss, items):
         writers.append(threading.current_thread().name)
         if index == 1:
             raise OSError(28, "No space left on device")
-        real_write(store, key, index, layers, loss)
+        real_write(store, key, index, layers, loss, items)
 
     monkeypatch.setattr(et, "write_shard", failing_write)
     with pytest.raises(OSError, match="No space left on device"):
@@ -294,3 +294,37 @@ def test_seeded_random_inits_in_threads_get_the_weights_of_a_load_alone():
     for thread in threads:
         thread.join()
     assert all(torch.equal(w, alone) for w in together)
+
+
+def test_a_rerun_with_another_shard_size_does_not_read_other_items(tmp_path):
+    """The extraction hunt: a run stopped with shards of 16 items (16, 16, 8) and rerun with shards
+    of 8 read the old shard 2 (items 32-40) as its own shard 2 (items 16-24): the published layers
+    differed from an uninterrupted run by up to 1.07, without a word. A shard is reused only for the
+    items it holds."""
+    import tasks.extract_task as et
+
+    params = DatasetParams(kind="openmoji", n=40, image_size=32)
+    spec = ModelSpec(**SPEC)
+    dataset = publish_dataset(params, str(tmp_path / "whole"))
+    whole = _layers(Store(str(tmp_path / "whole")), extract_to_store(str(tmp_path / "whole"), dataset, spec, shard_size=8))
+    store_url = str(tmp_path / "store")
+    dataset = publish_dataset(params, store_url)
+    real_write, written = et.write_shard, []
+
+    def write_all_but_publish(*args, **kwargs):
+        real_write(*args, **kwargs)
+        written.append(args[2])
+        if len(written) == 3:  # every shard of 16 stored: stop before publishing
+            raise OSError(5, "stopped before publishing")
+
+    et.write_shard = write_all_but_publish
+    try:
+        with pytest.raises(OSError, match="stopped before publishing"):
+            extract_to_store(store_url, dataset, spec, shard_size=16)
+    finally:
+        et.write_shard = real_write
+    assert written == [0, 1, 2]
+    resumed = extract_to_store(store_url, dataset, spec, shard_size=8)
+    assert resumed["resumed_shards"] == 0  # old shard 2 (items 32-40) has the rows of new shard 2 (16-24), not its items
+    for got, want in zip(_layers(Store(store_url), resumed), whole):
+        np.testing.assert_array_equal(got, want)
