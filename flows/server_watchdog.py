@@ -105,6 +105,27 @@ def _watch_new_server(process: Any) -> None:
         _WATCHDOGS[pid] = start_watchdog(pid)
 
 
+def _in_own_session(launch: Any) -> Any:
+    """``launch()`` with the processes it starts in a session (and process group) of their own.
+    Ctrl-C in a terminal signals the whole foreground process group: the temporary server, in
+    prh's group, stopped at once while the flow was still reporting its stop to it, and `prh run`
+    retried the dead server for minutes and ended 1 instead of 130. The watchdog and Prefect's own
+    exit handler still stop it when prh ends."""
+    import subprocess
+
+    real = subprocess.Popen
+
+    def popen(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("start_new_session", True)
+        return real(*args, **kwargs)
+
+    subprocess.Popen = popen  # type: ignore[misc]  # only while Prefect launches its server (no other thread starts one)
+    try:
+        return launch()
+    finally:
+        subprocess.Popen = real  # type: ignore[misc]
+
+
 def guard_temporary_server() -> int | None:
     """Start Prefect's temporary API server now, watched, when the flow would start one (no
     ``PREFECT_API_URL``) and ``/proc`` identifies processes, and point ``$PREFECT_API_URL`` of
@@ -120,7 +141,7 @@ def guard_temporary_server() -> int | None:
     launch = getattr(server, "_run_uvicorn_command", None)
     if callable(launch) and not server.running:
         def launch_watched() -> Any:  # the watchdog starts with the process, before the health check
-            process = launch()
+            process = _in_own_session(launch)
             _watch_new_server(process)
             return process
 

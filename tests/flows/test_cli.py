@@ -357,10 +357,13 @@ def _command_line(process) -> str:
         return ""
 
 
-def test_sigterm_stops_prh_run_and_its_temporary_server(tmp_path):
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_sigterm_stops_prh_run_and_its_temporary_server(tmp_path, how):
     """`kill` of `prh run` left Prefect's temporary API server (uvicorn) running: Python's default
     SIGTERM ends the process without its exit handlers. Now it stops like Ctrl-C, and so does
-    the server."""
+    the server. Ctrl-C in a terminal (SIGINT to the whole process group, the extraction hunt)
+    also reached the server, which stopped at once: the flow retried it for minutes and `prh run`
+    ended 1; the server now runs in a session of its own."""
     import os
     import signal
     import subprocess
@@ -376,15 +379,24 @@ def test_sigterm_stops_prh_run_and_its_temporary_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "home")}
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--store", str(tmp_path / "store")],
-                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=how == "ctrl-c")  # its own group, as a terminal's foreground job
     server, deadline = [], time.monotonic() + 240
     while not server and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
         server = [c for c in psutil.Process(proc.pid).children(recursive=True) if "uvicorn" in _command_line(c)]
     assert server, "no temporary Prefect server started"
-    time.sleep(3)  # let the flow begin (either way the server must go)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=240) == 130
+    if how == "sigterm":
+        time.sleep(3)  # let the flow begin (either way the server must go)
+    else:  # once the flow is extracting (the hunt's case: the flow then reports its stop to the server)
+        while not list((tmp_path / "store").glob("features/*/*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    started = time.monotonic()
+    if how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    assert proc.wait(timeout=240) == 130 and time.monotonic() - started < 60
     assert "prh run: stopped" in proc.stderr.read()
     _, alive = psutil.wait_procs(server, timeout=30)
     assert not alive, [_command_line(p) for p in alive]
