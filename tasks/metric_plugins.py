@@ -135,7 +135,7 @@ def metric_source(name: str) -> str | None:
     parts["registration"] = repr((
         getattr(target, "__module__", None), getattr(target, "__qualname__", type(target).__qualname__), state,
         _describe(spec.bounds), spec.symmetric, spec.locality, spec.higher_is_better,
-        sorted((k, _plain(v)) for k, v in spec.defaults.items()), _describe(spec.chance),
+        sorted((k, plain(v)) for k, v in spec.defaults.items()), _describe(spec.chance),
     ))
     return "sha256:" + hashlib.sha256(repr(sorted(parts.items())).encode()).hexdigest()
 
@@ -229,11 +229,6 @@ def _value_of(value: Any, module: str | None, seen: set[int]) -> Any:
         return [_value_of(v, module, seen) for v in value]
     if (inspect.isfunction(value) or isinstance(value, type)) and getattr(value, "__module__", None) == module:
         return _code_of(value, module, seen)
-    return _plain(value)
-
-
-def _plain(value: Any) -> str:
-    """``origin.plain``: plain values by ``repr``, arrays by value, anything else by its type."""
     return plain(value)
 
 
@@ -241,7 +236,7 @@ def _describe(value: Any) -> str:
     """A stable description of a bounds pair or a callable (its module and qualified name)."""
     if callable(value):
         return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
-    return _plain(value)
+    return plain(value)
 
 
 def metric_parameters(name: str) -> tuple[str, ...]:

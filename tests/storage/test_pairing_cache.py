@@ -199,26 +199,19 @@ def test_a_layer_missing_samples_is_refused_alike_whether_read_whole_or_not(tmp_
     ids = [f"s{i}" for i in range(10)]
     manifests = {"b": _publish_features(store, "b", ids[:9], [rng.normal(size=(9, 3)).astype(np.float32)])}
     a = _publish_features(store, "a", ids, [rng.normal(size=(10, 3)).astype(np.float32)] * 2)
-    # layer 1 of a lacks s9, which b lacks too
     key = a["key"]
-    store.fs.pipe(store.path(f"{key}/{layout.layer_file(1)}"),
-                  table_to_parquet_bytes(layer_table("a", "fv-a", 1, ids[:9], rng.normal(size=(9, 3)).astype(np.float32))))
-    message = r"layer 1 .*9 samples, its model's layer 0 holds 10 \(missing e.g. s9; the model's layers must hold the same samples\)"
-    with pytest.raises(FeatureError, match=message):
-        paired_features(store, a, manifests["b"])
-    with pytest.raises(FeatureError, match=message):
-        with shared_features(store.url, {"a": 2, "b": 2}):
+    # layer 1 of a lacks s9, which b lacks too; then (the sharing hunt) layer 1 holding as many rows,
+    # one id swapped (s9 for zzz): refused read whole, it passed read for the common rows
+    for layer_ids in (ids[:9], ids[:9] + ["zzz"]):
+        store.fs.pipe(store.path(f"{key}/{layout.layer_file(1)}"), table_to_parquet_bytes(
+            layer_table("a", "fv-a", 1, layer_ids, rng.normal(size=(len(layer_ids), 3)).astype(np.float32))))
+        message = (rf"layer 1 .*{len(layer_ids)} samples, its model's layer 0 holds 10 \(missing e.g. s9; the model's layers "
+                   r"must hold the same samples\)")
+        with pytest.raises(FeatureError, match=message):
             paired_features(store, a, manifests["b"])
-    # the sharing hunt: layer 1 holding as many rows, one id swapped (s9 for zzz), was refused read
-    # whole and passed read for the common rows (only the counts were compared)
-    store.fs.pipe(store.path(f"{key}/{layout.layer_file(1)}"), table_to_parquet_bytes(
-        layer_table("a", "fv-a", 1, ids[:9] + ["zzz"], rng.normal(size=(10, 3)).astype(np.float32))))
-    message = r"layer 1 .*10 samples, its model's layer 0 holds 10 \(missing e.g. s9; the model's layers must hold the same samples\)"
-    with pytest.raises(FeatureError, match=message):
-        paired_features(store, a, manifests["b"])
-    with pytest.raises(FeatureError, match=message):
-        with shared_features(store.url, {"a": 2, "b": 2}):
-            paired_features(store, a, manifests["b"])
+        with pytest.raises(FeatureError, match=message):
+            with shared_features(store.url, {"a": 2, "b": 2}):
+                paired_features(store, a, manifests["b"])
     clear_feature_cache()
 
 
