@@ -58,7 +58,7 @@ from storage.read_only_fs import ReadOnlyFileSystem, StoreFileSystem
 from storage.sql_guard import ReadOnlyQueryError, checked_statements
 from storage.store import MANIFEST, DamagedManifest, Store, escape_glob, unescape_glob
 from storage.stored_files import FileGroup, ListedFile, StoredFiles
-from storage.verify import STRAY, STRAY_ADVICE, is_version_key, manifest_problems
+from storage.verify import STRAY, STRAY_ADVICE, manifest_problems, named_like_a_version
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def catalog_sources(store: Store) -> CatalogSources:
     not hide the rest of the store, nor count another version twice."""
 
     def left_out(damaged: DamagedManifest) -> None:
-        if is_version_key(damaged.version_key):
+        if named_like_a_version(damaged.version_key):
             log.warning("%s; left out of the catalog", damaged)
         else:
             log.warning("%s; left out of the catalog (%s: %s)", damaged.problem, STRAY, STRAY_ADVICE)

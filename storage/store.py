@@ -145,7 +145,8 @@ def check_store_url(url: Any) -> None:
     """Refuse a store URL that cannot mean what its writer meant (ValueError naming it): empty; a
     known protocol with one slash or none (``s3:/bucket``, ``s3:bucket``: as a path it would be a
     folder ``s3:`` in the working directory); a URL with nothing after ``://`` (``s3://`` names no
-    bucket; ``file:///`` is the filesystem's root); ``file://`` followed by anything but ``/``
+    bucket; ``file:///`` is the filesystem's root, and so are the paths ``/`` and ``/tmp/..``);
+    ``file://`` followed by anything but ``/``
     (``file://tmp/x``: fsspec reads the relative folder ``tmp/x``, a URL reader the host ``tmp``)."""
     if not isinstance(url, str) or not url.strip():
         raise ValueError(f"store URL {url!r} is empty: give a folder, file://PATH or s3://BUCKET/PREFIX")
@@ -182,6 +183,22 @@ def check_store_url(url: Any) -> None:
         if local:
             raise ValueError(f"store URL {url!r} names the filesystem's root: add the folder, e.g. {scheme}:///data/prh")
         raise ValueError(f"store URL {url!r} names no bucket or host: add them, e.g. {scheme}://bucket/prh")
+    path = after if local else url if "://" not in url else None
+    if path is not None and not os.path.normpath(os.path.expanduser(path)).strip("/"):
+        # '/', '//' or '/tmp/..' became the URL 'file:', which fsspec reads as the working directory
+        raise ValueError(f"store URL {url!r} names the filesystem's root: add the folder, e.g. /data/prh")
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """``path`` or the nearest of its parents that exists, when that is a file (not a folder):
+    what stops a local store's folders from being made; None otherwise."""
+    try:
+        for candidate in (path, *path.parents):
+            if candidate.exists():
+                return candidate if not candidate.is_dir() else None
+    except OSError:  # a parent that cannot be looked into: the write's own error says it
+        return None
+    return None
 
 
 #: Object stores whose URL's first part is a bucket: an ``@`` there is credentials, never a name.
@@ -558,6 +575,9 @@ class Store:
             if not isinstance(error, OSError):
                 raise
             cause = error.__cause__ if isinstance(error, StoreNotWritable) and isinstance(error.__cause__, OSError) else error
+            if self.is_local and (file := _file_in_the_way(Path(self.root))) is not None:  # said "File exists (errno 17)"
+                raise StoreNotWritable(f"store {self.display_url} is not writable: {str(file)!r} is a file, not a folder "
+                                       "(a store is a folder: give a new or existing folder)") from error
             raise StoreNotWritable(f"store {self.display_url} is not writable: {_describe(cause)}") from error
         if self.is_local:
             if min_free_mb is None:

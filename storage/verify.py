@@ -20,12 +20,14 @@ claim: the version is then left to it.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from storage.layout import ALIGNMENT, DATASETS, FEATURES
 from storage.runs import DamagedRecord, extraction_records, run_records
 from storage.store import MANIFEST, DamagedManifest, Store
+from storage.versioning import ID_LENGTH
 
 #: The boxes whose versions have manifests, in the order runs produce them.
 BOXES = (DATASETS, FEATURES, ALIGNMENT)
@@ -41,6 +43,20 @@ def is_version_key(key: str) -> bool:
     """Whether ``key`` has the layout of a version folder of its box (see ``VERSION_DEPTH``)."""
     parts = key.split("/")
     return VERSION_DEPTH.get(parts[0]) == len(parts) and all(parts)
+
+
+_VERSION_ID = re.compile(rf"[0-9a-f]{{{ID_LENGTH}}}")
+
+
+def named_like_a_version(key: str) -> bool:
+    """Whether ``key`` is a version folder (:func:`is_version_key`) named by a version id (16 hex
+    digits: every version prh publishes). A manifest that does not read, or names another folder,
+    is a damaged version only there: elsewhere (``datasets/coco/manifest.json``, another tool's
+    file in a folder the store shares) it is not prh's, stray, and its folder is never removed
+    (``prh verify --remove-damaged`` had deleted ``datasets/coco/`` with its images)."""
+    return is_version_key(key) and _VERSION_ID.fullmatch(key.rsplit("/", 1)[-1]) is not None
+
+
 #: Bytes read at a time while hashing (memory stays at one chunk whatever the file size).
 CHUNK_BYTES = 8 << 20
 
@@ -155,6 +171,37 @@ def check_version(store: Store, version_key: str, manifest: dict[str, Any], quic
     return check
 
 
+class DamagedVersion(ValueError):
+    """A published version that a run was about to compute from is not what its manifest lists."""
+
+
+def checked_for_reuse(store: Store, version_key: str, manifest: dict[str, Any], what: str) -> dict[str, Any]:
+    """``manifest``, once every file it lists is present at its listed size (as `check_version`
+    with ``quick``, from one listing of the version's folder read afresh: a run's process may hold
+    an older one; no file read). A run computes from stored versions without reading them against
+    their SHA-256; this finds a file cut short, replaced or rewritten by hand (a features file with
+    rows dropped) before its numbers reach new results. An edit that keeps a file's size is
+    `prh verify`'s to find.
+
+    Raises :class:`DamagedVersion` naming ``what`` (``"the stored features of model 'vit'"``), the
+    version, the store, each problem and the remedy."""
+    problems = manifest_problems(manifest)
+    if not problems:
+        sizes = store.sizes(version_key)
+        for name, entry in sorted(manifest["files"].items()):
+            listed = entry.get("bytes") if isinstance(entry, dict) else None
+            size = sizes.get(f"{version_key}/{name}")
+            if size is None:
+                problems.append(f"{name}: missing")
+            elif size != listed:
+                problems.append(f"{name}: {size} bytes, the manifest says {listed}")
+    if not problems:
+        return manifest
+    raise DamagedVersion(f"{what}: version {version_key} in store {store.display_url} is damaged: "
+                         f"{'; '.join(problems)}; nothing is computed from it (run `prh verify "
+                         "--remove-damaged` to remove it: the next run computes it again)")
+
+
 def verify_store(store: Store, boxes: tuple[str, ...] = BOXES, quick: bool = False,
                  on_check: Callable[[VersionCheck], None] | None = None, records: bool = True) -> list[VersionCheck]:
     """Check every published version under ``boxes`` (see :func:`check_version`); a manifest that
@@ -181,7 +228,7 @@ def _checks(store: Store, boxes: tuple[str, ...], quick: bool, records: bool) ->
             else:
                 yield _stray(version_key, STRAY)
         for error in damaged:
-            if is_version_key(error.version_key):
+            if named_like_a_version(error.version_key):
                 yield VersionCheck(error.version_key, problems=[str(error)])
             else:
                 yield _stray(error.version_key, f"{STRAY}: {error.problem}; {STRAY_ADVICE}")

@@ -20,6 +20,7 @@ from storage import layout
 from storage.features import layer_tables
 from storage.shards import read_shard, remove_partial, write_shard
 from storage.store import Store
+from storage.verify import checked_for_reuse
 from storage.versioning import code_version, content_id
 from tasks.extract.finite import check_finite
 from tasks.extract.spec import ModelSpec
@@ -134,12 +135,15 @@ def extract_to_store(
     key = layout.features_key(dataset_version, spec.name, version)
     existing = store.manifest(key)
     if existing is not None:
+        checked_for_reuse(store, key, existing, f"the stored features of model {spec.name!r}")
         logger.info("%s: features %s already stored, nothing to extract", spec.name, version)
         return {**existing, "reused": True}
     copied = reuse_renamed(store, dataset_version, spec.name, version, key, logger)
     if copied is not None:  # the same version under another name (the model was renamed): nothing computed
         return {**copied, "reused": True}
 
+    checked_for_reuse(store, dataset_manifest["key"], dataset_manifest,
+                      f"the stored dataset that model {spec.name!r} would be extracted from")
     columns = ["sample_id", "image_id", "text"] + (["image"] if spec.modality == "vision" else [])
     samples = store.read_table(f"{dataset_manifest['key']}/{layout.SAMPLES_FILE}", columns=columns)
     sample_ids = samples.column("sample_id").to_pylist()

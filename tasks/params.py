@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from tasks.extract.spec import SEED_MAX, FieldError, ModelSpec
 
@@ -54,8 +56,27 @@ _UNBIASED_METRICS = frozenset({"unbiased_cka", "cknna"})
 
 # Integers are integers: no booleans, no strings, no floats with or without a fraction.
 Int = Annotated[int, Field(strict=True)]
-# Floats are finite numbers (integers are accepted and widened).
-Float = Annotated[float, Field(allow_inf_nan=False)]
+#: A number written as YAML 1.2 writes one: PyYAML (YAML 1.1) reads ``1e-3`` (no dot) as a string.
+_NUMBER_TEXT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
+def _number_from_yaml_text(value: Any) -> Any:
+    """``float(value)`` for a string that is a plain decimal number (``'1e-3'``, which PyYAML
+    leaves a string); anything else unchanged, for the strict check to accept or refuse. A NaN or
+    infinite number is refused here, before the field's bounds would name another problem."""
+    if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PydanticCustomError("finite_number", "Input should be a finite number")
+    return value
+
+
+# Floats are finite numbers (integers are accepted and widened; `1e-3`, a string to PyYAML, is
+# read as the number); no booleans and no other strings: `outlier_quantile: yes` was taken as 1.0
+# (no clamp at all) and `rbf_sigma: on` as 1.0.
+Float = Annotated[float, BeforeValidator(_number_from_yaml_text), Field(strict=True, allow_inf_nan=False)]
+# Booleans are true or false: `outlier_exact: 0` or "no" are errors, not false.
+Bool = Annotated[bool, Field(strict=True)]
 
 
 #: Pairs in the OpenMoji demo's seeded sample when ``dataset.n`` is null.
@@ -161,7 +182,7 @@ class AlignmentParams(BaseModel):
     outlier_scope: Literal["model", "layer"] = Field(
         "model", description="'model': one clamp threshold for all of a model's layers when they share a width (the paper's "
         "(N, L, D) feature tensor; layers of different widths get one each, as the paper's list of layers); 'layer': one per layer")
-    outlier_exact: bool = Field(False, description="Exact threshold: the sorted |x| element at the quantile (the paper's "
+    outlier_exact: Bool = Field(False, description="Exact threshold: the sorted |x| element at the quantile (the paper's "
                                 "--precise) instead of the mean over samples of per-sample quantiles (the paper's default)")
     permutations: Int = Field(0, ge=0, le=100_000, description="Permutations for the calibrated score and p-value (0: off)")
     bootstrap: Int = Field(0, ge=0, le=100_000, description="Resamples for a 95% CI of each best score (0: off): each scores half the rows, drawn "
@@ -382,6 +403,10 @@ MAX_PAIR_FOLDER_CHARS = 128
 
 MAX_YAML_NODES = 100_000
 """Largest config accepted, in YAML nodes after expanding aliases (a guard against alias bombs)."""
+MAX_YAML_BYTES = 16 << 20
+"""Largest config or zoo file read, in bytes (the demo's is 2 KB; a zoo of a thousand models is
+well under 1 MB): ``--config /dev/zero`` was read until memory ran out, a 400 MB file parsed for
+minutes."""
 
 # The pydantic model that a location (field path) in a config points into, for "valid keys".
 _SECTIONS: dict[str, type[BaseModel]] = {"dataset": DatasetParams, "alignment": AlignmentParams, "models": ModelSpec}
@@ -433,15 +458,19 @@ def parse_yaml_file(path: Path, what: str = "config") -> tuple[Any, yaml.Node | 
     """The parsed document of the YAML file ``path`` and its node tree (for line numbers).
 
     A safe loader that also refuses a key repeated in one mapping and documents of more than
-    ``MAX_YAML_NODES`` nodes once aliases are expanded (alias bombs). Raises ``ConfigError``
+    ``MAX_YAML_NODES`` nodes once aliases are expanded (alias bombs); a file is read up to
+    ``MAX_YAML_BYTES``, a longer one refused unparsed. Raises ``ConfigError``
     starting ``"{what} {path}: "`` (``what``: ``config``, ``zoo file``)."""
     where = f"{what} {path}"
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_YAML_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{where}: file not found") from None
     except OSError as error:
         raise ConfigError(f"{where}: cannot be read: {error.strerror or error}") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: more than {MAX_YAML_BYTES:,} bytes, more than a config can need (not a config file?)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:

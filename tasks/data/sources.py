@@ -748,6 +748,11 @@ def folder_id(stem: str) -> str:
     return f"{safe}-{digest}"
 
 
+#: Largest caption file of an image folder read, in bytes (a caption of at most 65,536 characters
+#: takes at most 256 KiB; ``captions: all`` reads one per line): a larger one is refused unread.
+MAX_CAPTION_FILE_BYTES = 64 * 1024 * 1024
+
+
 def _folder_records(root: Path, stem: str, image_name: str, caption_name: str, policy: Captions = "first") -> list[RawRecord]:
     """The record(s) of one image and its caption file: its first non-empty line, or one per
     non-empty line (``policy="all"``)."""
@@ -762,6 +767,16 @@ def _folder_records(root: Path, stem: str, image_name: str, caption_name: str, p
     if not inside:
         detail = f"caption file {caption_name} links outside the dataset folder"
         return [_refused(origin, stem, "text_path_unsafe", detail)]
+    try:
+        regular = (root / caption_name).is_file()  # a FIFO named cat.txt: reading it waited forever
+        size = (root / caption_name).stat().st_size if regular else 0
+    except OSError as exc:
+        return [_refused(origin, stem, "text_missing", f"cannot read {caption_name}: {exc}")]
+    if not regular:
+        return [_refused(origin, stem, "text_missing", f"caption file {caption_name} is not a regular file")]
+    if size > MAX_CAPTION_FILE_BYTES:
+        return [_refused(origin, stem, "text_too_long", f"caption file {caption_name} is {size:,} bytes, more than the "
+                         f"{MAX_CAPTION_FILE_BYTES:,} read")]
     try:
         content = (root / caption_name).read_bytes().decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:

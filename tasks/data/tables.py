@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -201,17 +202,53 @@ def read_linked_image_file(root: Path, relative: str, links_within: Path | None 
     return read_image_file(target.parent, target.name)
 
 
+#: An image path that is a URL (``https://``, ``s3://``, ``file://``): never read as a file name.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def image_file_limit(max_pixels: int) -> int:
+    """Largest image file read, in bytes: an image of ``max_pixels`` pixels stored uncompressed at
+    8 bytes a pixel (RGBA, 16 bits a channel: the widest mode read) plus 16 MiB of metadata (EXIF,
+    ICC, XMP). Any image the pixel limit lets through fits; a bigger file cannot be one, and was
+    read whole into memory before it was found out (a 100 GB sparse file named ``x.png``)."""
+    return max_pixels * 8 + (16 << 20)
+
+
+def _oversized(root: Path, relative: str, limit: int) -> ImageProblem | None:
+    """``image_too_large`` for a regular file inside ``root`` (after links) larger than ``limit``
+    bytes, judged by its size, unread; None otherwise (``read_image_file`` then decides: a path
+    outside ``root`` is refused as before, never sized here)."""
+    try:
+        base = root.resolve()
+        target = (base / relative).resolve()
+        size = target.stat().st_size if target.is_relative_to(base) and target.is_file() else None
+    except (OSError, ValueError, RuntimeError):
+        return None
+    if size is None or size <= limit:
+        return None
+    shown = repr(relative) if len(relative) <= 160 else repr(relative[:157] + "...")
+    return ImageProblem("image_too_large", f"image file {shown} is {size:,} bytes, more than the {limit:,} that an image "
+                        "within the pixel limit can take: not read")
+
+
 @dataclass
 class _FileReader:
-    """Reads image files under ``root`` once each (several captions may share one file)."""
+    """Reads image files under ``root`` once each (several captions may share one file); a file
+    larger than ``max_bytes`` (`image_file_limit`) is refused unread."""
 
     root: Path
     links_within: Path | None = None  # read_linked_image_file's: where links inside root may also lead
     cache: dict[str, bytes | ImageProblem] = field(default_factory=dict)
+    max_bytes: int = image_file_limit(DEFAULT_MAX_IMAGE_PIXELS)
 
     def read(self, relative: str) -> bytes | ImageProblem:
         """The file's bytes or why not (``read_image_file``); backslashes separate folders when no
         file has the name with them (``imgs\\x.png`` in a table written on Windows)."""
+        if relative not in self.cache and _URL.match(relative):
+            self.cache[relative] = ImageProblem("image_missing", f"image path {relative[:160]!r} is a URL: images are read "
+                                                "from files, never fetched (download them, and name the files)")
+        if relative not in self.cache and (big := _oversized(self.root, relative, self.max_bytes)) is not None:
+            self.cache[relative] = big
         if relative not in self.cache:
             found = read_linked_image_file(self.root, relative, self.links_within)
             if isinstance(found, ImageProblem) and found.reason == "image_missing" and "\\" in relative.lstrip("\\"):
@@ -370,7 +407,7 @@ def validate_records(
     Raises:
         ValueError: fewer than ``min_valid_rows`` valid rows (counting the rejections per reason).
     """
-    files = _FileReader(root, links_within)
+    files = _FileReader(root, links_within, max_bytes=image_file_limit(max_image_pixels))
     prepared = [_prepare(index, record, files) for index, record in enumerate(records)]
     distinct = {c.image_digest: c.image for c in prepared if isinstance(c, _Candidate)}
     image_problems = _decode_all(distinct, max_image_pixels)

@@ -111,11 +111,40 @@ def upstream_commit(spec: ModelSpec) -> str | None:
     return sha if isinstance(sha, str) and _COMMIT_HASH.fullmatch(sha) else None
 
 
+#: Keyword arguments of ``AutoConfig.from_pretrained`` that say how and where a config is read, not
+#: fields of it: under an ``hf`` model's ``config:`` (passed to it as overrides) some failed with a
+#: raw ``TypeError`` (``got multiple values``), the rest were used unseen (a token, a proxy, a config
+#: file read from another folder) and recorded as overrides of the feature version.
+LOADING_OPTIONS = frozenset({
+    "trust_remote_code", "code_revision", "revision", "local_files_only", "return_unused_kwargs", "token",
+    "use_auth_token", "proxies", "cache_dir", "force_download", "resume_download", "subfolder", "gguf_file",
+    "name_or_path", "_configuration_file", "_from_auto", "_from_pipeline", "_commit_hash",
+})
+_ON_THE_ENTRY = {"trust_remote_code": "set 'trust_remote_code' on the model entry, beside 'id'",
+                 "revision": "set 'revision' on the model entry, beside 'id'",
+                 "token": "a private or gated model reads its token from HF_TOKEN",
+                 "use_auth_token": "a private or gated model reads its token from HF_TOKEN"}
+
+
+def refuse_loading_options(spec: ModelSpec) -> None:
+    """Raise `ModelInputError` when an ``hf`` spec's ``config`` overrides hold `LOADING_OPTIONS`
+    (named, never their values: one may be a token), with where each belongs when it has a place."""
+    found = sorted(set(spec.config) & LOADING_OPTIONS) if spec.loader == "hf" else []
+    if found:
+        hints = "; ".join(dict.fromkeys(_ON_THE_ENTRY[key] for key in found if key in _ON_THE_ENTRY))
+        raise ModelInputError(spec.name, spec.id, f"config key(s) {', '.join(map(repr, found))} are options of how "
+                              "the checkpoint is read, not fields of its config (the 'config' entry holds overrides "
+                              "of those fields only)" + (f": {hints}" if hints else ""))
+
+
 def resolve_access(spec: ModelSpec, model_id: str, revision: str | None, what: str = "model") -> SourceAccess:
-    """Check that ``model_id`` (the spec's id or tokenizer) can be loaded; see the module docstring."""
+    """Check that ``model_id`` (the spec's id or tokenizer) can be loaded; see the module docstring.
+    An ``hf`` model's ``config`` holding `LOADING_OPTIONS` is refused first (`refuse_loading_options`)."""
 
     def fail(problem: str) -> ModelInputError:
         return ModelInputError(spec.name, spec.id, problem if what == "model" else f"tokenizer {model_id!r}: {problem}")
+
+    refuse_loading_options(spec)
 
     if sources.is_pkg_id(model_id):
         try:

@@ -738,8 +738,8 @@ def test_gc_leaves_the_shards_of_a_version_with_a_damaged_manifest(tmp_path, cap
 
     store = Store(str(tmp_path / "store"))
     layer = [np.ones((4, 3), np.float32)]
-    damaged = store.publish("features/d/m/v1", {"layer-000.parquet": b"x"}, {"kind": "features"}).manifest["key"]
-    sound = store.publish("features/d/m/v2", {"layer-000.parquet": b"y"}, {"kind": "features"}).manifest["key"]
+    damaged = store.publish("features/d/m/" + "1" * 16, {"layer-000.parquet": b"x"}, {"kind": "features"}).manifest["key"]
+    sound = store.publish("features/d/m/" + "2" * 16, {"layer-000.parquet": b"y"}, {"kind": "features"}).manifest["key"]
     for key in (damaged, sound):
         write_shard(store, key, 0, layer)  # left behind by crashes after publishing
     manifest = store.path(f"{damaged}/manifest.json")

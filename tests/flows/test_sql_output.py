@@ -326,3 +326,15 @@ def test_json_is_utf8_and_never_fails_on_a_narrower_encoding():
         write_json(table, stream)
         written = data.getvalue().decode(encoding)
         assert raw in written and json.loads(written) == expected
+
+
+def test_the_table_format_prints_its_first_rows_of_a_huge_result_and_says_so(capsys):
+    """The hunt for untrusted input: `select * from range(2000000)` in the table format ran for
+    minutes and reached 1.9 GB before printing anything (the whole table is laid out first)."""
+    table = _result("select range as n from range(25)")
+    print_table(table, max_rows=10)
+    shown = capsys.readouterr().out
+    assert [int(line.strip("│ ")) for line in shown.splitlines() if line.strip("│ ").isdigit()] == list(range(10))
+    assert shown.endswith("\n25 rows (the first 10 shown; --format csv or json writes them all, or add LIMIT/OFFSET to the query)\n")
+    print_table(table, max_rows=25)
+    assert capsys.readouterr().out.endswith("\n25 rows\n")

@@ -126,6 +126,10 @@ def test_key_of_inverts_path(store_url):
     ("file:/tmp/prh-store", "write file:///tmp/prh-store"), ("file:tmp/x", "write tmp/x (a folder in the working directory)"),
     ("file://tmp/x", "is ambiguous: write file:///tmp/x for the absolute path /tmp/x, or tmp/x for a folder"),
     ("file://localhost/tmp/x", "write file:///tmp/x (or /tmp/x)"), ("file:", "write file:///ABSOLUTE/PATH or a folder's path"),
+    # the path '/' (and '//', '/tmp/..') became the URL 'file:', whose root fsspec takes for the
+    # working directory: `prh run --store /` wrote a store there and `prh gc --store /` cleaned it
+    ("/", "names the filesystem's root"), ("//", "names the filesystem's root"), ("/tmp/..", "names the filesystem's root"),
+    ("file:///tmp/..", "names the filesystem's root"),
 ])
 def test_store_urls_that_cannot_mean_what_was_meant_are_refused(url, message, tmp_path, monkeypatch):
     """A one-slash 's3:/bucket' became a folder 's3:' in the working directory, 's3://' a folder
@@ -272,3 +276,16 @@ def test_a_min_free_space_that_is_not_a_number_is_refused_by_name(tmp_path, monk
         Store(str(tmp_path / "s")).check_writable()
     monkeypatch.setenv("PRH_MIN_FREE_MB", "0")
     Store(str(tmp_path / "s")).check_writable()
+
+
+@pytest.mark.parametrize("below", ["", "sub/store"])
+def test_a_store_path_that_is_a_file_says_so(tmp_path, below):
+    """The untrusted-input hunt: `prh run --store notes.txt` said "is not writable: File exists
+    (errno 17)" (and "Not a directory (errno 20)" for notes.txt/sub/store); the file is untouched."""
+    from storage.store import StoreNotWritable
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(StoreNotWritable, match=re.escape(f"{str(notes)!r} is a file, not a folder")):
+        Store(str(notes / below) if below else str(notes)).check_writable()
+    assert notes.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

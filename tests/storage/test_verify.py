@@ -336,3 +336,29 @@ def test_keys_a_store_writer_chose_reach_the_terminal_escaped(tmp_path, capsys):
     assert main(["gc", "--store", store.url, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "would remove features/d/m/v\\x1b[31m2/_partial: 1 shards" in out
+
+
+def test_another_tools_folder_in_the_store_is_never_removed(tmp_path, capsys):
+    """The untrusted-input hunt: a store sharing its folder with other data (`datasets/coco/`
+    holding the images and its own manifest.json, as many data tools write) lost that folder to
+    `prh verify --remove-damaged` ("removed datasets/coco: the next run computes it again"): its
+    manifest, not prh's, names no version, so it was a damaged version. Only a folder named by a
+    version id is prh's; the others' manifests are stray and left in place, the rest checked."""
+    store = Store(str(tmp_path / "store"))
+    sound = "datasets/" + "a" * 16
+    _publish(store, sound, 1)
+    cut = "datasets/" + "b" * 16
+    _publish(store, cut, 2)
+    store.write_bytes(f"{cut}/{MANIFEST}", store.read_bytes(f"{cut}/{MANIFEST}")[:30])  # prh's, cut short: removed
+    foreign = {"datasets/coco/manifest.json": b'{"name": "coco", "files": ["images/a.jpg"]}',
+               "datasets/coco/images/a.jpg": b"jpeg", "datasets/flickr/manifest.json": b"name: flickr\n",
+               "datasets/flickr/a.jpg": b"jpeg"}
+    for key, data in foreign.items():
+        store.write_bytes(key, data)
+
+    assert main(["verify", "--store", store.url, "--remove-damaged"]) == 1
+    out = capsys.readouterr().out
+    assert f"removed {cut}" in out and "removed datasets/coco" not in out and "removed datasets/flickr" not in out, out
+    assert "left datasets/coco/manifest.json in place: not a version folder" in out, out
+    assert all(store.read_bytes(key) == data for key, data in foreign.items())
+    assert store.manifest(sound) is not None and not store.exists(cut)

