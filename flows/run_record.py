@@ -10,6 +10,7 @@ dead one, and which versions a run used.
 from __future__ import annotations
 
 import logging
+import signal
 import traceback
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -30,7 +31,17 @@ STOP_GRACE_S = 20.0
 
 
 def one_line(error: BaseException) -> str:
-    """``Type: message`` of ``error`` on one line, as records and logs show it."""
+    """``Type: message`` of ``error`` on one line, as records and logs show it. Prefect's
+    ``TerminationSignal`` (a cancel from the UI: the worker's SIGTERM) carries no message (it is
+    raised as ``TerminationSignal(signal=n)``; the runs view had shown
+    ``prefect.exceptions.TerminationSignal``, or ``...: 15``): it reads ``TerminationSignal: SIGTERM``."""
+    if isinstance(error, TerminationSignal):
+        number = getattr(error, "signal", None)
+        try:
+            name = signal.Signals(number).name
+        except (TypeError, ValueError):
+            name = f"signal {number}"
+        return f"TerminationSignal: {name}"
     return "".join(traceback.format_exception_only(type(error), error)).strip()
 
 

@@ -28,6 +28,8 @@ GPU_TAG = "prh-gpu"  # tasks.extract_task.GPU_TAG (not imported: keeps this modu
 #: (``--history-days``; Prefect's ``db_vacuum`` service deletes older ones every hour). The store
 #: keeps every result and run record; without this the server's database grows every night.
 HISTORY_DAYS = 90
+#: Prefect's lease storage that outlives a server restart (``PREFECT_HOME/concurrency_leases``).
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 
 
 def prefect_env(port: int, home: Path, base: Mapping[str, str] | None = None,
@@ -49,6 +51,11 @@ def prefect_env(port: int, home: Path, base: Mapping[str, str] | None = None,
         HF_HUB_DISABLE_TELEMETRY="1",
         TOKENIZERS_PARALLELISM="false",
         PYTHONUNBUFFERED="1",
+        # Concurrency leases (the prh-gpu slot an extraction holds, a deployment's slot) on disk
+        # under PREFECT_HOME: Prefect's default keeps them in the server's memory, so a server
+        # restarted while an extraction held a slot lost its lease and the slot stayed taken for
+        # ever (every later extraction on the server waited for it; a nightly run hung).
+        PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=LEASE_STORAGE,
     )
     if history_days > 0:  # events are vacuumed by default; flow runs only when asked
         env.update(PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED="events,flow_runs",

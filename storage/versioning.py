@@ -57,6 +57,25 @@ def table_digest(table: pa.Table, columns: list[str] | None = None) -> str:
 #: parsing at once (tasks of one flow run computing their versions) can fail with "SystemError: AST
 #: constructor recursion depth mismatch". One parse at a time in this process.
 _AST_LOCK = threading.Lock()
+#: The lock orders our own parses only: a thread of Prefect or of the standard library (3.11's
+#: ``traceback`` parses source lines to place its ``^^^`` marks) can still parse during ours. The
+#: counter is reset at the start of every parse, so the parse is simply repeated (a nightly run
+#: had failed at its first step on this error).
+_AST_RACE_ATTEMPTS = 8
+
+
+def _parse(source: str) -> ast.Module:
+    """``ast.parse(source)``, repeated while CPython 3.11's AST recursion-counter race (another
+    thread parsing at the same moment) fails it with ``SystemError``; raises after
+    ``_AST_RACE_ATTEMPTS`` such failures in a row, and at once on any other error."""
+    for attempt in range(_AST_RACE_ATTEMPTS):
+        try:
+            with _AST_LOCK:
+                return ast.parse(source)
+        except SystemError as error:
+            if "recursion depth mismatch" not in str(error) or attempt == _AST_RACE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 @lru_cache(maxsize=None)
@@ -89,8 +108,7 @@ def behaviour_source(source: str) -> str:
     Source that does not parse is returned unchanged (it is then hashed as it is).
     """
     try:
-        with _AST_LOCK:
-            tree = ast.parse(source)
+        tree = _parse(source)
         comments = [(t.start, t.end) for t in tokenize.generate_tokens(io.StringIO(source).readline)
                     if t.type == tokenize.COMMENT]
     except (SyntaxError, tokenize.TokenError, ValueError):

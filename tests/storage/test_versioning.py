@@ -96,3 +96,39 @@ def test_code_version_of_a_package_follows_its_behaviour(tmp_path, monkeypatch):
     code_version.cache_clear()
     assert code_version("pkg", exclude=("pkg/b.py",)) == first  # a module that cannot change the numbers
     code_version.cache_clear()
+
+
+def _racing_parse(monkeypatch, failures: int, message: str = "AST constructor recursion depth mismatch (before=42, after=75)"):
+    """Make ``ast.parse`` fail ``failures`` times as CPython 3.11 does when another thread parses
+    at the same moment (a Prefect or ``traceback`` thread, which no lock of ours orders)."""
+    real = versioning.ast.parse
+    calls = []
+
+    def parse(source, *args, **kwargs):
+        if source != BASE:  # pytest's own traceback formatting parses too
+            return real(source, *args, **kwargs)
+        calls.append(1)
+        if len(calls) <= failures:
+            raise SystemError(message)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(versioning.ast, "parse", parse)
+    return calls
+
+
+def test_a_parse_hit_by_the_ast_recursion_race_is_repeated(monkeypatch):
+    expected = behaviour_source(BASE)
+    calls = _racing_parse(monkeypatch, failures=2)
+    assert behaviour_source(BASE) == expected  # a flow run had failed at its first step here
+    assert len(calls) == 3
+
+
+def test_a_race_that_persists_or_another_system_error_is_raised(monkeypatch):
+    _racing_parse(monkeypatch, failures=10**6)
+    with pytest.raises(SystemError, match="recursion depth mismatch"):
+        behaviour_source(BASE)
+    monkeypatch.undo()
+    calls = _racing_parse(monkeypatch, failures=1, message="something else")
+    with pytest.raises(SystemError, match="something else"):
+        behaviour_source(BASE)
+    assert len(calls) == 1
