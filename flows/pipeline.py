@@ -81,17 +81,24 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
     else:
         dataset = load_dataset(config.dataset, store_url, alignment=config.alignment)
     record["dataset_version"] = dataset["catalog"]["dataset_version"]  # also in the record of a run stopped from here on
-    features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing)
+    features: dict[str, dict[str, Any]] = {}
+    try:
+        features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing, features)
+    except BaseException:
+        # stopped or failed: the record still says which models' features it had (extracted or
+        # reused) when it stopped (a nightly stopped mid-alignment had listed none, and its rerun
+        # recorded them all as reused: no record said who extracted them). Its alignments are
+        # listed only once all are done: a run with some is a run with results (the *_latest views)
+        record.update(_feature_outcome(features))
+        raise
     best = add_q_values([row for manifest in alignments
                          for row in target.read_table(f"{manifest['key']}/{layout.BEST_FILE}").to_pylist()])
     record.update(
         status=FAILED if failures else COMPLETED,
         failures=failures,
         dataset_version=dataset["catalog"]["dataset_version"],
-        feature_versions={name: m["catalog"]["feature_version"] for name, m in features.items()},
+        **_feature_outcome(features),
         alignment_versions=[m["key"] for m in alignments],
-        extracted=sorted(name for name, m in features.items() if not m.get("reused")),
-        reused=sorted(name for name, m in features.items() if m.get("reused")),
         aligned=sum(1 for m in alignments if not m.get("reused")),
         **metric_work(alignments),
     )
@@ -106,6 +113,14 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
     return {**record, "best": best}
 
 
+def _feature_outcome(features: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The run record's ``feature_versions``, ``extracted`` and ``reused`` from the feature
+    manifests of the models done (model name -> manifest; ``reused``: found stored)."""
+    return {"feature_versions": {name: m["catalog"]["feature_version"] for name, m in features.items()},
+            "extracted": sorted(name for name, m in features.items() if not m.get("reused")),
+            "reused": sorted(name for name, m in features.items() if m.get("reused"))}
+
+
 class ZooFailures(RuntimeError):
     """Some models or model pairs failed; everything else was extracted, aligned and published.
     ``published``: what the store holds from this run: ``alignments`` (some pairs aligned, new or
@@ -117,7 +132,8 @@ class ZooFailures(RuntimeError):
 
 
 def run_zoo(
-    config: PipelineConfig, store_url: str, dataset: dict[str, Any], extract_missing: bool = True
+    config: PipelineConfig, store_url: str, dataset: dict[str, Any], extract_missing: bool = True,
+    features: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], list[dict[str, str]]]:
     """Extract every model and align every pair as submitted tasks.
 
@@ -130,6 +146,8 @@ def run_zoo(
     succeeded, and one ``{"stage", "item", "error"}`` record per failure (a pair of a failed
     model is recorded as skipped). ``extract_missing`` False (the alignment stage of
     ``prh-staged``): a model without stored features is a failure, not extracted here.
+    ``features``: a dict filled with the feature manifests as they are collected (what a caller
+    still holds when the run is stopped before this returns).
     """
     logger = get_run_logger()
     extracting, failures = submit_extractions(config, store_url, dataset, extract_missing)
@@ -145,7 +163,7 @@ def run_zoo(
     with shared_features(store_url, Counter(name for pair in submitted for name in pair)):  # each model read once
         aligning = [align_pair.submit(store_url, extracting[a], extracting[b], config.alignment, a, b)
                     if (a, b) in submitted else None for a, b in pairs]
-        features = collect_features(extracting, failures)
+        features = collect_features(extracting, failures, {} if features is None else features)
         # the pairs of a model whose extraction failed never run: their partners' counts go down now
         pairs_not_coming(store_url, Counter(name for pair in submitted if not set(pair) <= set(features) for name in pair))
         alignments = _collect_alignments(pairs, aligning, features, failures, store_url)
@@ -229,10 +247,12 @@ def submit_extractions(
     return extracting, failures
 
 
-def collect_features(extracting: dict[str, Any], failures: list[dict[str, str]]) -> dict[str, dict[str, Any]]:
-    """The feature manifests of the submitted extractions that succeeded; each one that failed
+def collect_features(extracting: dict[str, Any], failures: list[dict[str, str]],
+                     features: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """The feature manifests of the submitted extractions that succeeded (model name ->
+    manifest, filled into ``features`` when given, as each is collected); each one that failed
     (after its retries) is appended to ``failures``."""
-    features = {}
+    features = {} if features is None else features
     for name, future in extracting.items():
         try:
             features[name] = future.result()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import threading
 import warnings
@@ -52,8 +53,29 @@ GRAM_CACHE_MAX_BYTES = 2 << 30
 _SCREEN_ROWS = 256
 
 
+#: Memory of the metrics whose work is ``O(L N^2)`` at every ``N`` (``rsa_spearman``; the CKA
+#: family with an RBF kernel, ``cka_rbf_median``), in bytes per ``N^2`` for float32 layers:
+#: ``(per layer, once, once with permutations)``. Per layer: what each layer's encoding keeps for
+#: the rest of the pair (RBF: the packed float32 triangle of its kernel, 2; RSA: its float64
+#: ranks, 4); once: the peak while one layer's encoding is built (RBF: distances, kernel, centred
+#: copy, packing positions; RSA: float64 distances, their ranks and scipy's sort) or one
+#: permutation is applied (RSA: its pair positions). Measured as peak RSS above the prepared
+#: features at N = 5,000 and 7,000 with 1 + 1 and 2 + 2 layers (2-core CPU): RBF 34.5 per N^2 for
+#: 1 + 1 layers and +2.0 per further layer, the same with 20 permutations; RSA 39 for 1 + 1, +4.1
+#: per further layer, +7 with 20 permutations.
+QUADRATIC_MEMORY: dict[str, tuple[float, float, float]] = {"rbf": (2.0, 31.0, 31.0), "rsa": (4.0, 31.0, 38.0)}
+#: Environment variable: the memory, in MiB, the alignment of one pair may use (default: what
+#: the operating system reports available, ``MemAvailable`` or the cgroup's limit).
+MEMORY_ENV = "PRH_ALIGN_MEMORY_MB"
+
+
 class DegenerateFeaturesError(ValueError):
     """Every layer of one side is excluded for a metric: nothing to align."""
+
+
+class AlignmentMemoryError(ValueError):
+    """The ``O(L N^2)`` metrics of a pair would need more memory than is available: refused
+    before any of them runs (the operating system would otherwise kill the whole run)."""
 
 
 @dataclass(frozen=True)
@@ -325,6 +347,7 @@ def align_layers(
     # while the pair's Grams fit GRAM_CACHE_MAX_BYTES.
     keep_gram_max_n = gram_cache_limit([xs[i] for i in keep_x] + [ys[i] for i in keep_y], n)
     rep_x, rep_y = px.representation(keep_gram_max_n), py.representation(keep_gram_max_n)
+    check_quadratic_memory(requests, rep_x, rep_y, names, permutations, bootstrap)
     results = []
     for request in requests:
         raise_if_stopped(f"{names[0]} x {names[1]}: {request.label()}")  # a stopped run: at the next metric
@@ -345,6 +368,105 @@ def align_layers(
         result.excluded_a, result.excluded_b = dict(sorted(excluded_x.items())), dict(sorted(excluded_y.items()))
         results.append(result)
     return results
+
+
+def quadratic_memory(requests: Sequence[MetricRequest], rep_x: Any, rep_y: Any, permutations: int = 0,
+                     bootstrap: int = 0) -> tuple[int, dict[str, int]]:
+    """Bytes the ``O(L N^2)`` metrics of ``requests`` would add to this process on the pair
+    ``rep_x``/``rep_y`` (``metrics.Representation``s of ``N`` rows): the total at their peak,
+    and each metric's share (its label -> the bytes its encodings keep plus its own peak).
+
+    Counted from ``QUADRATIC_MEMORY``: every layer whose encoding is not built yet (encodings a
+    side already holds, from an earlier pair, cost nothing; metrics sharing an encoding count it
+    once), plus the largest one-time peak; with ``bootstrap``, a half-size subsample's encodings
+    on top of the full ones where that is larger. Other metrics (k-NN lists, feature-space linear
+    CKA, SVCCA...) need ``O(N k L)`` or ``O(N D)`` and are not counted."""
+    n2 = float(rep_x.n) ** 2
+    seen: set[Any] = set()
+    held, peak, shares = 0.0, 0.0, {}
+    for request in requests:
+        spec = metrics.get_metric(request.name)
+        params = spec.resolve(dict(request.params))
+        kind = _quadratic_kind(spec.engine, params)
+        if kind is None:
+            continue
+        per_layer, once, once_permuted = QUADRATIC_MEMORY[kind]
+        scale = max(rep_x.dtype.itemsize, rep_y.dtype.itemsize) / 4 if kind == "rbf" else 1.0
+        key = spec.engine.encode_key(params)
+        new_layers = 0 if key in seen else sum(len(rep) for rep in (rep_x, rep_y) if not rep.memoized(key))
+        seen.add(key)
+        own = per_layer * scale * new_layers * n2
+        top = (once_permuted if permutations else once) * scale * n2
+        if bootstrap:  # the full encodings stay while a half-size subsample's are built
+            top = max(top, (per_layer * (len(rep_x) + len(rep_y)) + once) * scale * n2 / 4)
+        held, peak = held + own, max(peak, top)
+        shares[request.label()] = int(own + top)
+    return int(held + peak) if shares else 0, shares
+
+
+def _quadratic_kind(engine: Any, params: dict[str, Any]) -> str | None:
+    """``'rbf'`` / ``'rsa'`` for an engine whose encoding is ``O(L N^2)`` at every ``N``, else None."""
+    from tasks.metrics.kernel_metrics import CkaEngine
+    from tasks.metrics.rsa import RsaEngine
+
+    if isinstance(engine, RsaEngine):
+        return "rsa"
+    if isinstance(engine, CkaEngine) and params.get("kernel_metric", "ip") == "rbf":
+        return "rbf"
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still take: ``$PRH_ALIGN_MEMORY_MB`` when set, else the smaller of
+    ``MemAvailable`` (``/proc/meminfo``) and the cgroup's limit less its usage (cgroup v2); None
+    where neither can be read (not Linux). A bad ``$PRH_ALIGN_MEMORY_MB`` is a ``ValueError``
+    naming it."""
+    raw = os.environ.get(MEMORY_ENV, "").strip()
+    if raw:
+        try:
+            mb = float(raw)
+        except ValueError:
+            mb = math.nan
+        if not (math.isfinite(mb) and mb > 0):
+            raise ValueError(f"{MEMORY_ENV}={raw!r} is not a number of MiB above 0")
+        return int(mb * 2**20)
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current") as f:
+                found.append(int(limit) - int(f.read().strip()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def check_quadratic_memory(requests: Sequence[MetricRequest], rep_x: Any, rep_y: Any, names: tuple[str, str] = ("x", "y"),
+                           permutations: int = 0, bootstrap: int = 0, available: int | None = None) -> None:
+    """Refuse, before any metric runs, a pair whose ``O(L N^2)`` metrics (``quadratic_memory``)
+    would need more than ``available`` bytes (default :func:`available_memory`; unknown: no
+    check). ``AlignmentMemoryError`` names each such metric, ``N``, the layers, the memory needed
+    and available, and what to change; without it the operating system kills the run
+    (at N=20,000 over 5 + 4 layers RBF CKA needs about 20 GB, RSA 27 GB)."""
+    need, shares = quadratic_memory(requests, rep_x, rep_y, permutations, bootstrap)
+    if not need:
+        return
+    available = available_memory() if available is None else available
+    if available is None or need <= available:
+        return
+    gib = 2.0**30
+    each = ", ".join(f"{label} {b / gib:.1f} GiB" for label, b in shares.items())
+    raise AlignmentMemoryError(
+        f"{names[0]} x {names[1]}: {', '.join(shares)} at N={rep_x.n:,} over {len(rep_x)} + {len(rep_y)} layers would need "
+        f"about {need / gib:.1f} GiB (each alone: {each}; memory grows as L N^2), but {available / gib:.1f} GiB is available: "
+        f"leave {'them' if len(shares) > 1 else 'it'} out of alignment.metrics, align fewer samples (dataset.n), or, "
+        f"where more memory is free than the system reports, set {MEMORY_ENV} (docs/metrics.md)")
 
 
 def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutations: int, seed: int, bootstrap: int) -> PairAlignment:

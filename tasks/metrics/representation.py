@@ -244,6 +244,10 @@ class Representation:
             for s, v, i in zip(stack, *found):
                 self._memo[("knn", todo[s], k, exclude_self, "exact")] = (v, i)
 
+    def memoized(self, key: Any) -> bool:
+        """Whether ``memo`` already holds ``key`` (an encoding built: asking for it costs nothing)."""
+        return key in self._memo
+
     def memo(self, key: Any, build: Callable[[], Any]) -> Any:
         """Cache ``build()`` under ``key`` (per-metric encodings keyed by metric and params)."""
         if key not in self._memo:

@@ -3,6 +3,7 @@ DuckDB, tiny random models. Numbers are checked against an independent recomputa
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -311,7 +312,8 @@ import signal, sys
 import flows.pipeline
 from prefect.exceptions import TerminationSignal
 from tasks.params import PipelineConfig
-def stopped(*args, **kwargs):
+def stopped(config, store_url, dataset, extract_missing=True, features=None):
+    features["vit"] = {"catalog": {"feature_version": "0123456789abcdef"}}  # one model done when it stops
     raise TerminationSignal(signal.SIGTERM)  # what a cancel from the UI raises in the flow (the worker's SIGTERM)
 flows.pipeline.run_zoo = stopped  # after the dataset: the record names it
 flows.pipeline.prh_pipeline(config=PipelineConfig.model_validate_json(sys.argv[2]), store=sys.argv[1], report=False)
@@ -336,8 +338,12 @@ def test_a_stopped_run_is_recorded_cancelled(tmp_path):
     config = _config([TINY_VIT, TINY_BERT], permutations=0).model_dump_json()
     done = subprocess.run([sys.executable, "-c", STOPPED_CHILD, store, config], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
-    run = query(connect(Store(store)), "select status, error, dataset_version from runs").to_pylist()
+    run = query(connect(Store(store)), "select status, error, dataset_version, extracted, reused, feature_versions, "
+                "alignment_versions from runs").to_pylist()
     assert [r["status"] for r in run] == ["CANCELLED"] and "TerminationSignal" in run[0]["error"], (run, done.stderr[-2000:])
+    # the nightly hunt: a run stopped mid-alignment listed none of the features it had extracted
+    assert (run[0]["extracted"], run[0]["reused"], run[0]["alignment_versions"]) == (["vit"], [], None)
+    assert json.loads(run[0]["feature_versions"]) == {"vit": "0123456789abcdef"}  # JSON text in the runs view
     datasets = query(connect(Store(store)), "select dataset_version from datasets").to_pylist()
     assert run[0]["dataset_version"] == datasets[0]["dataset_version"]  # the store hunt: a stopped run named no input
 
@@ -372,3 +378,24 @@ def test_a_reused_alignment_changed_by_hand_is_a_failure_of_its_pair(tmp_path):
     error = failures[0]["error"]
     assert "DamagedVersion" in error and keys["a__x"] in error and "best.parquet: 30 bytes, the manifest says 16" in error, error
     assert "prh verify --remove-damaged" in error
+
+
+def test_collect_features_fills_what_it_collected_before_a_stop():
+    """The manifests collected before a stop (a cancel reaches the flow while it waits on the next
+    extraction) stay in the caller's dict, for the run record of the stopped run."""
+    from flows.pipeline import collect_features
+
+    class Done:
+        def __init__(self, outcome):
+            self.outcome = outcome
+
+        def result(self):
+            if isinstance(self.outcome, BaseException):
+                raise self.outcome
+            return self.outcome
+
+    features, failures = {}, []
+    extracting = {"a": Done({"catalog": {"feature_version": "1"}}), "b": Done(KeyboardInterrupt()), "c": Done({})}
+    with pytest.raises(KeyboardInterrupt):
+        collect_features(extracting, failures, features)
+    assert features == {"a": {"catalog": {"feature_version": "1"}}} and failures == []

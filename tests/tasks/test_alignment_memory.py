@@ -101,3 +101,83 @@ def test_select_layers_shares_grams_and_scores_like_a_fresh_representation() -> 
         "cka", metrics.Representation([layers[2], layers[0]]).cache_grams(), other))
     no_grams = metrics.Representation(layers, keep_gram_max_n=0).select_layers([1])
     assert not no_grams.keep_gram and no_grams.cached_gram(0) is None
+
+
+def _rbf_and_rsa(n: int, layers: tuple[int, int], seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return ([rng.standard_normal((n, 8)).astype(np.float32) for _ in range(layers[0])],
+            [rng.standard_normal((n, 6)).astype(np.float32) for _ in range(layers[1])])
+
+
+def test_quadratic_metrics_beyond_the_memory_are_refused_before_any_runs(monkeypatch) -> None:
+    """RBF CKA and RSA keep O(L N^2) at every N: at N=20,000 over 5 + 4 layers a run needed
+    ~19 and ~27 GB and the OOM killer ended it without a word. Now the pair is refused up front,
+    naming the metrics, N, the layers and the memory."""
+    xs, ys = _rbf_and_rsa(300, (2, 1))
+    encoded, align_one = [], alignment._align_one
+    monkeypatch.setattr(alignment, "_align_one", lambda request, *args: encoded.append(request) or align_one(request, *args))
+    monkeypatch.setenv(alignment.MEMORY_ENV, "1")  # 1 MiB: 300^2 x (2 x 3 + 31) bytes of RBF CKA are 3.2 MiB
+    requests = [MetricRequest("mutual_knn", {"topk": 5}), MetricRequest("cka_rbf_median"), MetricRequest("rsa_spearman")]
+    with pytest.raises(alignment.AlignmentMemoryError, match=r"a x b: cka_rbf_median, rsa_spearman at N=300 over 2 \+ 1 "
+                                                             r"layers would need about 0\.0 GiB .*PRH_ALIGN_MEMORY_MB"):
+        align_layers(xs, ys, requests, names=("a", "b"))
+    assert encoded == []  # not even mutual_knn ran: the pair is refused before its first metric
+    monkeypatch.setenv(alignment.MEMORY_ENV, "1")
+    align_layers(xs, ys, requests[:1], names=("a", "b"))  # k-NN lists: O(N k L), never refused
+    assert [r.name for r in encoded] == ["mutual_knn"]
+    monkeypatch.setenv(alignment.MEMORY_ENV, "abc")
+    with pytest.raises(ValueError, match="PRH_ALIGN_MEMORY_MB='abc' is not a number of MiB"):
+        align_layers(xs, ys, requests, names=("a", "b"))
+
+
+def test_quadratic_memory_counts_shared_and_built_encodings_once() -> None:
+    """cka with kernel_metric='rbf', rbf_sigma='median' shares cka_rbf_median's encoding, and a
+    side that holds it already (an earlier pair) adds only the one-time peak."""
+    xs, ys = _rbf_and_rsa(100, (3, 2))
+    rep_x, rep_y = alignment.metrics.Representation(xs), alignment.metrics.Representation(ys)
+    n2 = 100 * 100
+    rbf, rsa = alignment.QUADRATIC_MEMORY["rbf"], alignment.QUADRATIC_MEMORY["rsa"]
+    shared = [MetricRequest("cka_rbf_median"), MetricRequest("cka", {"kernel_metric": "rbf", "rbf_sigma": "median"})]
+    assert alignment.quadratic_memory(shared, rep_x, rep_y)[0] == int(rbf[0] * 5 * n2 + rbf[1] * n2)
+    assert alignment.quadratic_memory([MetricRequest("rsa_spearman")], rep_x, rep_y, permutations=9)[0] == int(rsa[0] * 5 * n2 + rsa[2] * n2)
+    alignment.metrics.layer_matrix("cka_rbf_median", rep_x, rep_y)
+    assert alignment.quadratic_memory(shared, rep_x, rep_y)[0] == int(rbf[1] * n2)
+    assert alignment.quadratic_memory([MetricRequest("cka"), MetricRequest("svcca")], rep_x, rep_y) == (0, {})
+
+
+_PEAK_SCRIPT = """
+import sys, numpy as np, scipy.spatial.distance, scipy.stats, torch
+torch.set_num_threads(1)
+from tasks import metrics
+from tasks.alignment import MetricRequest, quadratic_memory
+name, n = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(0)
+xs = [rng.standard_normal((n, 8)).astype(np.float32) for _ in range(2)]
+ys = [rng.standard_normal((n, 6)).astype(np.float32) for _ in range(2)]
+rx, ry = metrics.Representation(xs, keep_gram_max_n=0), metrics.Representation(ys, keep_gram_max_n=0)
+metrics.layer_matrix(name, [x[:50] for x in xs], [y[:50] for y in ys])  # warm up: lazy imports, allocator
+def kb(field):
+    return int(open("/proc/self/status").read().split(field + ":")[1].split()[0]) * 1024
+estimated = quadratic_memory([MetricRequest(name)], rx, ry)[0]  # before: a built encoding is not counted again
+before = kb("VmRSS")
+metrics.layer_matrix(name, rx, ry)
+print(kb("VmHWM") - before, estimated)
+"""
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads peak RSS from /proc")
+@pytest.mark.parametrize("name", ["cka_rbf_median", "rsa_spearman"])
+def test_the_estimate_is_close_to_the_measured_peak(name: str) -> None:
+    """QUADRATIC_MEMORY against the real peak RSS of the metric, in a fresh process (2 + 2 layers,
+    N = 3,000): within [0.7, 1.3] of it (an estimate below the peak lets an OOM through, one far
+    above it refuses runs that fit)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, name, "3000"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(root)}, check=True).stdout.split()
+    measured, estimated = int(out[-2]), int(out[-1])
+    assert 0.7 * estimated <= measured <= 1.3 * estimated, (measured, estimated)

@@ -151,3 +151,40 @@ def test_float32_inputs() -> None:
     assert r.dtype.is_floating_point
     assert score("svcca", x.astype(np.float32), y.astype(np.float32), cca_dim=3) == pytest.approx(
         ref.svcca(x, y, 3), abs=1e-4)
+
+
+_RSA_PEAK = """
+import sys, numpy as np, scipy.spatial.distance, scipy.stats, torch
+from tasks import metrics
+from tasks.metrics.rsa import RsaEngine
+n, layers = int(sys.argv[1]), int(sys.argv[2])
+rng = np.random.default_rng(0)
+rep = metrics.Representation([rng.standard_normal((n, 6)).astype(np.float32) for _ in range(layers)])
+RsaEngine().encode(metrics.Representation([rng.standard_normal((50, 6))]), {})  # warm up
+def kb(field):
+    return int(open("/proc/self/status").read().split(field + ":")[1].split()[0]) * 1024
+before = kb("VmRSS")
+state = RsaEngine().encode(rep, {})
+print(kb("VmHWM") - before)
+"""
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads peak RSS from /proc")
+def test_rsa_encoding_holds_each_layers_ranks_once() -> None:
+    """A side's ``(L, M)`` float64 ranks (``M = N(N-1)/2``, 4 bytes per ``N^2`` a layer) are the
+    memory RSA keeps at every N; they used to be built as a list of rows and then stacked, 8
+    bytes per ``N^2`` a layer at the peak (5 + 4 layers at N=20,000: 7 GB more)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+
+    def peak(layers: int) -> int:
+        out = subprocess.run([sys.executable, "-c", _RSA_PEAK, "3000", str(layers)], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "PYTHONPATH": str(root)}, check=True).stdout.split()
+        return int(out[-1])
+
+    per_layer = (peak(4) - peak(1)) / 3 / 3000**2
+    assert 3.5 <= per_layer <= 5.0, per_layer
