@@ -21,7 +21,6 @@ from storage import layout
 from storage.pairing import pairs_not_coming, shared_features
 from storage.runs import COMPLETED, FAILED, open_for_run
 from storage.store import DEFAULT_STORE, Store
-from storage.verify import checked_for_reuse
 from tasks.align_task import align_pair, few_bootstrap_warning, few_permutations_warning
 from tasks.dataset_task import load_dataset, stored_dataset
 from tasks.extract_task import extract_features, reuse_features, stored_features
@@ -84,6 +83,7 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
     features: dict[str, dict[str, Any]] = {}
     try:
         features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing, features)
+        record.update(_feature_outcome(features))  # also in the record when reading the scores below fails
     except BaseException:
         # stopped or failed: the record still says which models' features it had (extracted or
         # reused) when it stopped (a nightly stopped mid-alignment had listed none, and its rerun
@@ -166,17 +166,15 @@ def run_zoo(
         features = collect_features(extracting, failures, {} if features is None else features)
         # the pairs of a model whose extraction failed never run: their partners' counts go down now
         pairs_not_coming(store_url, Counter(name for pair in submitted if not set(pair) <= set(features) for name in pair))
-        alignments = _collect_alignments(pairs, aligning, features, failures, store_url)
+        alignments = _collect_alignments(pairs, aligning, features, failures)
     log_failures(failures)
     return features, alignments, failures
 
 
 def _collect_alignments(pairs: list[tuple[str, str]], aligning: list[Any], features: dict[str, dict[str, Any]],
-                        failures: list[dict[str, str]], store_url: str) -> list[dict[str, Any]]:
+                        failures: list[dict[str, str]]) -> list[dict[str, Any]]:
     """The alignment manifests of the submitted pairs that succeeded, in ``pairs`` order; each
-    pair that failed, or was skipped for a failed model, is appended to ``failures``. A stored
-    alignment the pair reused must still be what its manifest lists (``checked_for_reuse``: a
-    scores file rewritten by hand was shown in the run's summary and report as this run's)."""
+    pair that failed, or was skipped for a failed model, is appended to ``failures``."""
     alignments = []
     for (a, b), future in zip(pairs, aligning):
         missing = [name for name in (a, b) if name not in features]
@@ -185,10 +183,7 @@ def _collect_alignments(pairs: list[tuple[str, str]], aligning: list[Any], featu
             failures.append(skipped)
             continue
         try:
-            manifest = future.result()
-            if manifest.get("reused"):
-                checked_for_reuse(Store(store_url), manifest["key"], manifest, f"the stored alignment of {a} x {b}")
-            alignments.append(manifest)
+            alignments.append(future.result())
         except Exception as error:  # noqa: BLE001
             failures.append(skipped if missing else {**skipped, "error": one_line(error)})
             if not missing:  # a pair skipped for a failed model is that model's failure, logged as such

@@ -70,15 +70,17 @@ def check_task_runner() -> None:
 
 def check_run_environment() -> None:
     """What a run reads from the environment, checked before it loads anything: the task runner
-    (:func:`check_task_runner`), ``PRH_MODEL_LOAD_TIMEOUT`` and ``PRH_FEATURE_CACHE_MB``. Raises
-    ``ValueError`` naming the variable (a typo had failed every model at extraction, after the
-    dataset was loaded)."""
+    (:func:`check_task_runner`), ``PRH_MODEL_LOAD_TIMEOUT``, ``PRH_FEATURE_CACHE_MB`` and
+    ``PRH_ALIGN_MEMORY_MB``. Raises ``ValueError`` naming the variable (a typo had failed every
+    model at extraction, after the dataset was loaded; a bad memory figure, at the first pair)."""
     from storage.pairing import cache_budget
+    from tasks.memory_available import memory_override
     from tasks.retries import model_load_timeout
 
     check_task_runner()
     model_load_timeout()
     cache_budget()
+    memory_override()
 
 
 #: seconds to wait for a Dask scheduler to accept a connection when a run starts

@@ -256,7 +256,10 @@ class Store:
     def __init__(self, url: str = DEFAULT_STORE, storage_options: dict[str, Any] | None = None):
         check_store_url(url)
         if "://" not in url:  # a local path, used as written: no percent-encoding (fsspec does not decode it)
-            url = "file://" + Path(url).expanduser().resolve().as_posix()
+            resolved = Path(url).expanduser().resolve()
+            if resolved == Path(resolved.anchor):  # '..' from /tmp, '.' from /: would become 'file:', the working folder
+                raise ValueError(f"store URL {url!r} names the filesystem's root ({resolved}): add the folder, e.g. /data/prh")
+            url = "file://" + resolved.as_posix()
         self.url = url.rstrip("/")
         options = dict(storage_options or {})
         is_s3 = self.url.startswith("s3://")

@@ -24,6 +24,7 @@ from storage import layout
 from storage.features import examples
 from storage.pairing import PairedFeatures, kept_for_later_pairs, paired_features, release_features
 from storage.store import Store
+from storage.verify import checked_for_reuse
 from storage.versioning import code_version, content_id
 from tasks import metrics, reused_metrics
 from tasks.alignment import (MetricRequest, PairAlignment, PreparedModel, align_layers, prepare_layers, threshold_layers, warn_degenerate_interval,
@@ -372,8 +373,11 @@ def align_to_store(
     key = _alignment_key(manifest_a, manifest_b, params)
     existing = store.manifest(key)
     if existing is not None:
-        logger.info("%s x %s: alignment already stored (%s)", model_a, model_b, key)
         release_features(store, manifest_a, manifest_b)  # its models' features are not read for this pair
+        # still what its manifest lists (a scores file rewritten by hand had been shown in the run's
+        # summary and report as this run's): checked here, in the task, in parallel and retried
+        checked_for_reuse(store, key, existing, f"the stored alignment of {model_a} x {model_b}")
+        logger.info("%s x %s: alignment already stored (%s)", model_a, model_b, key)
         return {**existing, "reused": True}
     started = time.perf_counter()
     pair = paired_features(store, manifest_a, manifest_b)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import threading
 import warnings
@@ -39,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tasks import metrics
+from tasks.memory_available import MEMORY_ENV, available_memory
 from tasks.stop_request import raise_if_stopped
 from tasks.metrics.representation import KEEP_GRAM_MAX_N, held_bytes
 
@@ -64,9 +64,6 @@ _SCREEN_ROWS = 256
 #: 1 + 1 layers and +2.0 per further layer, the same with 20 permutations; RSA 39 for 1 + 1, +4.1
 #: per further layer, +7 with 20 permutations.
 QUADRATIC_MEMORY: dict[str, tuple[float, float, float]] = {"rbf": (2.0, 31.0, 31.0), "rsa": (4.0, 31.0, 38.0)}
-#: Environment variable: the memory, in MiB, the alignment of one pair may use (default: what
-#: the operating system reports available, ``MemAvailable`` or the cgroup's limit).
-MEMORY_ENV = "PRH_ALIGN_MEMORY_MB"
 
 
 class DegenerateFeaturesError(ValueError):
@@ -416,41 +413,10 @@ def _quadratic_kind(engine: Any, params: dict[str, Any]) -> str | None:
     return None
 
 
-def available_memory() -> int | None:
-    """Bytes this process may still take: ``$PRH_ALIGN_MEMORY_MB`` when set, else the smaller of
-    ``MemAvailable`` (``/proc/meminfo``) and the cgroup's limit less its usage (cgroup v2); None
-    where neither can be read (not Linux). A bad ``$PRH_ALIGN_MEMORY_MB`` is a ``ValueError``
-    naming it."""
-    raw = os.environ.get(MEMORY_ENV, "").strip()
-    if raw:
-        try:
-            mb = float(raw)
-        except ValueError:
-            mb = math.nan
-        if not (math.isfinite(mb) and mb > 0):
-            raise ValueError(f"{MEMORY_ENV}={raw!r} is not a number of MiB above 0")
-        return int(mb * 2**20)
-    found = []
-    try:
-        with open("/proc/meminfo") as f:
-            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:
-            limit = f.read().strip()
-        if limit != "max":
-            with open("/sys/fs/cgroup/memory.current") as f:
-                found.append(int(limit) - int(f.read().strip()))
-    except (OSError, ValueError):
-        pass
-    return min(found) if found else None
-
-
 def check_quadratic_memory(requests: Sequence[MetricRequest], rep_x: Any, rep_y: Any, names: tuple[str, str] = ("x", "y"),
                            permutations: int = 0, bootstrap: int = 0, available: int | None = None) -> None:
     """Refuse, before any metric runs, a pair whose ``O(L N^2)`` metrics (``quadratic_memory``)
-    would need more than ``available`` bytes (default :func:`available_memory`; unknown: no
+    would need more than ``available`` bytes (default :func:`tasks.memory_available.available_memory`; unknown: no
     check). ``AlignmentMemoryError`` names each such metric, ``N``, the layers, the memory needed
     and available, and what to change; without it the operating system kills the run
     (at N=20,000 over 5 + 4 layers RBF CKA needs about 20 GB, RSA 27 GB)."""

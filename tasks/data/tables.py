@@ -214,14 +214,16 @@ def image_file_limit(max_pixels: int) -> int:
     return max_pixels * 8 + (16 << 20)
 
 
-def _oversized(root: Path, relative: str, limit: int) -> ImageProblem | None:
-    """``image_too_large`` for a regular file inside ``root`` (after links) larger than ``limit``
-    bytes, judged by its size, unread; None otherwise (``read_image_file`` then decides: a path
-    outside ``root`` is refused as before, never sized here)."""
+def _oversized(root: Path, relative: str, limit: int, links_within: Path | None = None) -> ImageProblem | None:
+    """``image_too_large`` for a regular file inside ``root`` or ``links_within`` (after links: a
+    hub snapshot's images are links into its cache's ``blobs/``) larger than ``limit`` bytes,
+    judged by its size, unread; None otherwise (``read_image_file`` then decides: a path outside
+    them is refused as before, never sized here)."""
     try:
         base = root.resolve()
         target = (base / relative).resolve()
-        size = target.stat().st_size if target.is_relative_to(base) and target.is_file() else None
+        inside = target.is_relative_to(base) or (links_within is not None and target.is_relative_to(links_within.resolve()))
+        size = target.stat().st_size if inside and target.is_file() else None
     except (OSError, ValueError, RuntimeError):
         return None
     if size is None or size <= limit:
@@ -247,15 +249,19 @@ class _FileReader:
         if relative not in self.cache and _URL.match(relative):
             self.cache[relative] = ImageProblem("image_missing", f"image path {relative[:160]!r} is a URL: images are read "
                                                 "from files, never fetched (download them, and name the files)")
-        if relative not in self.cache and (big := _oversized(self.root, relative, self.max_bytes)) is not None:
-            self.cache[relative] = big
         if relative not in self.cache:
-            found = read_linked_image_file(self.root, relative, self.links_within)
+            found = self._sized_read(relative)
             if isinstance(found, ImageProblem) and found.reason == "image_missing" and "\\" in relative.lstrip("\\"):
-                posix = read_linked_image_file(self.root, relative.replace("\\", "/"), self.links_within)
+                posix = self._sized_read(relative.replace("\\", "/"))
                 found = found if isinstance(posix, ImageProblem) and posix.reason == "image_missing" else posix
             self.cache[relative] = found
         return self.cache[relative]
+
+    def _sized_read(self, relative: str) -> bytes | ImageProblem:
+        """``read_linked_image_file``, unless the file is larger than ``max_bytes`` (`_oversized`:
+        the file the path leads to, a hub snapshot's blob or the folder a Windows path names)."""
+        big = _oversized(self.root, relative, self.max_bytes, self.links_within)
+        return big if big is not None else read_linked_image_file(self.root, relative, self.links_within)
 
 
 def _prepare(index: int, record: RawRecord, files: _FileReader) -> _Candidate | tuple[str, str]:

@@ -348,38 +348,6 @@ def test_a_stopped_run_is_recorded_cancelled(tmp_path):
     assert run[0]["dataset_version"] == datasets[0]["dataset_version"]  # the store hunt: a stopped run named no input
 
 
-def test_a_reused_alignment_changed_by_hand_is_a_failure_of_its_pair(tmp_path):
-    """The untrusted-input hunt: a stored alignment whose best.parquet was rewritten by hand
-    (every score 0.999, valid Parquet, manifest untouched) was reused, and the run's summary,
-    report and record showed its numbers as this run's. Now the pair fails naming the version,
-    the file and its size against the manifest's; a sound reused version and a new one pass."""
-    from flows.pipeline import _collect_alignments
-
-    store = Store(str(tmp_path / "store"))
-    keys = {pair: f"alignment/d0/{pair}/v1" for pair in ("a__x", "b__x", "c__x")}
-    published = {pair: store.publish(key, {"best.parquet": b"PAR1 scores PAR1"}, {"kind": "alignment"}).manifest
-                 for pair, key in keys.items()}
-    (tmp_path / "store" / keys["a__x"] / "best.parquet").write_bytes(b"PAR1 other scores, longer PAR1")
-
-    class Done:
-        def __init__(self, manifest: dict) -> None:
-            self.manifest = manifest
-
-        def result(self) -> dict:
-            return self.manifest
-
-    futures = [Done({**published["a__x"], "reused": True}), Done({**published["b__x"], "reused": True}),
-               Done({**published["c__x"], "reused": False})]
-    failures: list[dict[str, str]] = []
-    pairs = [("a", "x"), ("b", "x"), ("c", "x")]
-    kept = _collect_alignments(pairs, futures, dict.fromkeys("abcx", {}), failures, store.url)
-    assert [m["key"] for m in kept] == [keys["b__x"], keys["c__x"]]
-    assert [f["item"] for f in failures] == ["a x x"], failures
-    error = failures[0]["error"]
-    assert "DamagedVersion" in error and keys["a__x"] in error and "best.parquet: 30 bytes, the manifest says 16" in error, error
-    assert "prh verify --remove-damaged" in error
-
-
 def test_collect_features_fills_what_it_collected_before_a_stop():
     """The manifests collected before a stop (a cancel reaches the flow while it waits on the next
     extraction) stay in the caller's dict, for the run record of the stopped run."""

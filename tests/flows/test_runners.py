@@ -56,6 +56,7 @@ def test_environment_typos_fail_the_flow_at_its_start_naming_the_variable(tmp_pa
         "PRH_DASK_WORKERS='two' is not a whole number": {"PRH_TASK_RUNNER": "dask", "PRH_DASK_WORKERS": "two"},
         "PRH_MODEL_LOAD_TIMEOUT='abc' is not a number of seconds": {"PRH_MODEL_LOAD_TIMEOUT": "abc"},
         "PRH_FEATURE_CACHE_MB='-1': it must be a number of MiB, 0 or more": {"PRH_FEATURE_CACHE_MB": "-1"},
+        "PRH_ALIGN_MEMORY_MB='abc' is not a number of MiB above 0": {"PRH_ALIGN_MEMORY_MB": "abc"},  # was found at the first pair
         f"PRH_TASK_RUNNER=dask:tcp://127.0.0.1:{port}: no Dask scheduler answers at 127.0.0.1:{port}":
             {"PRH_TASK_RUNNER": f"dask:tcp://127.0.0.1:{port}"},
     }

@@ -289,3 +289,14 @@ def test_a_store_path_that_is_a_file_says_so(tmp_path, below):
     with pytest.raises(StoreNotWritable, match=re.escape(f"{str(notes)!r} is a file, not a folder")):
         Store(str(notes / below) if below else str(notes)).check_writable()
     assert notes.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_relative_store_path_that_resolves_to_the_root_is_refused(monkeypatch):
+    """The review: the textual check let '..' from /tmp (and '.' from /) through; the resolved
+    root became the URL 'file:', which fsspec reads as the working directory."""
+    monkeypatch.chdir("/tmp")
+    with pytest.raises(ValueError, match=r"store URL '\.\.' names the filesystem's root \(/\)"):
+        Store("..")
+    monkeypatch.chdir("/")
+    with pytest.raises(ValueError, match=r"store URL '\.' names the filesystem's root"):
+        Store(".")

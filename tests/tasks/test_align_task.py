@@ -72,3 +72,28 @@ def test_a_version_another_run_publishes_meanwhile_stops_this_alignment_at_its_n
     assert {k: v for k, v in mine.items() if k != "reused"} == {k: v for k, v in theirs.items() if k != "reused"}
     assert "was published by another run meanwhile; this run stopped computing it and uses that copy" in caplog.text
     assert "this run's copy is dropped" not in caplog.text  # it stopped before computing, not at publishing
+
+
+def test_a_reused_alignment_changed_by_hand_fails_its_pair(tmp_path) -> None:
+    """The untrusted-input hunt: a stored alignment whose best.parquet was rewritten by hand
+    (valid Parquet, manifest untouched) was reused, and the run's summary, report and record
+    showed its numbers as this run's. Now its pair fails naming the version, the file, its size
+    against the manifest's and the remedy; checked in the task (in parallel, retried)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    from storage.store import Store
+    from storage.verify import DamagedVersion
+    from tests.tasks.test_reused_metrics import _align, _models
+
+    store = Store(str(tmp_path / "store"))
+    ma, mb = _models(store)
+    first = _align(store, ma, mb, ["mutual_knn"])
+    assert _align(store, ma, mb, ["mutual_knn"])["reused"]  # sound: reused
+    best = tmp_path / "store" / first["key"] / "best.parquet"
+    rows = pq.read_table(best).to_pylist()
+    pq.write_table(pa.Table.from_pylist([{**r, "score": 0.999, "metric": r["metric"] + " (edited by hand)"} for r in rows]), best)
+    with pytest.raises(DamagedVersion, match=rf"{first['key']} in store .* is damaged: best\.parquet: \d+ bytes, the manifest "
+                                             r"says \d+; nothing is computed from it \(run `prh verify --remove-damaged`"):
+        _align(store, ma, mb, ["mutual_knn"])

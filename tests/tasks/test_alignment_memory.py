@@ -181,3 +181,21 @@ def test_the_estimate_is_close_to_the_measured_peak(name: str) -> None:
                          env={**os.environ, "PYTHONPATH": str(root)}, check=True).stdout.split()
     measured, estimated = int(out[-2]), int(out[-1])
     assert 0.7 * estimated <= measured <= 1.3 * estimated, (measured, estimated)
+
+
+def test_a_containers_reclaimable_file_cache_counts_as_available(tmp_path, monkeypatch) -> None:
+    """The review: cgroup v2's memory.current counts the page cache of the weights and Parquet
+    files a run has read; limit minus current made a container look full and refused every
+    RBF CKA / RSA pair. Its inactive file cache is reclaimable: limit - (current - inactive_file)."""
+    from tasks.memory_available import available_memory
+
+    monkeypatch.delenv("PRH_ALIGN_MEMORY_MB", raising=False)
+    gib = 2**30
+    (tmp_path / "memory.max").write_text(f"{2 * gib}\n")
+    (tmp_path / "memory.current").write_text(f"{2 * gib - 4096}\n")  # nearly "full" ...
+    (tmp_path / "memory.stat").write_text(f"anon {gib // 4}\nfile {gib}\ninactive_file {gib}\nactive_file 0\n")  # ... of cache
+    assert available_memory(tmp_path) == gib + 4096
+    (tmp_path / "memory.max").write_text("max\n")  # no limit: MemAvailable alone (a machine with more than 4 KiB free)
+    assert available_memory(tmp_path) > 4096
+    monkeypatch.setenv("PRH_ALIGN_MEMORY_MB", "1.5")
+    assert available_memory(tmp_path) == int(1.5 * 2**20)

@@ -692,3 +692,21 @@ def test_a_caption_file_that_is_a_pipe_or_huge_is_refused_unread(tmp_path):
     lines = done.stdout.splitlines()
     assert "cat text_missing caption file cat.txt is not a regular file" in lines, lines
     assert "huge text_too_long caption file huge.txt is 67,108,865 bytes, more than the 67,108,864 read" in lines, lines
+
+
+def test_the_size_limit_holds_for_windows_paths_and_hub_links(tmp_path):
+    """The review: ``imgs\\\\huge.png`` (no file has that name) was read whole by the backslash
+    fallback, and a hub snapshot's image, a link into its cache's ``blobs/``, was never sized."""
+    from tasks.data.tables import _FileReader
+
+    root, blobs = tmp_path / "snapshot", tmp_path / "blobs"
+    (root / "imgs").mkdir(parents=True)
+    blobs.mkdir()
+    for big in (root / "imgs" / "huge.png", blobs / "0123abcd"):
+        with open(big, "wb") as handle:
+            handle.truncate(5_000)
+    (root / "linked.png").symlink_to(blobs / "0123abcd")
+    reader = _FileReader(root, links_within=blobs, max_bytes=1_000)
+    for path in ("imgs\\huge.png", "imgs/huge.png", "linked.png"):
+        found = reader.read(path)
+        assert not isinstance(found, bytes) and found.reason == "image_too_large", (path, found)
