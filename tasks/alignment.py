@@ -31,9 +31,10 @@ import logging
 import math
 import re
 import threading
+from contextlib import contextmanager
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -344,7 +345,16 @@ def align_layers(
     # while the pair's Grams fit GRAM_CACHE_MAX_BYTES.
     keep_gram_max_n = gram_cache_limit([xs[i] for i in keep_x] + [ys[i] for i in keep_y], n)
     rep_x, rep_y = px.representation(keep_gram_max_n), py.representation(keep_gram_max_n)
-    check_quadratic_memory(requests, rep_x, rep_y, names, permutations, bootstrap)
+    with quadratic_memory_reserved(requests, rep_x, rep_y, names, permutations, bootstrap):
+        return _align_requests(requests, rep_x, rep_y, xs, ys, keep_x, keep_y, bad_x, bad_y, names, n, permutations, seed, bootstrap)
+
+
+def _align_requests(requests: Sequence[MetricRequest], rep_x: Any, rep_y: Any, xs: Sequence[Any], ys: Sequence[Any],
+                    keep_x: list[int], keep_y: list[int], bad_x: dict[int, str], bad_y: dict[int, str], names: tuple[str, str],
+                    n: int, permutations: int, seed: int, bootstrap: int) -> list[PairAlignment]:
+    """`align_layers`' metrics, one after another, on the prepared pair (``rep_x``/``rep_y``: the
+    layers kept, ``keep_x``/``keep_y`` their indices in ``xs``/``ys``; ``bad_x``/``bad_y`` the
+    layers excluded for every metric, index -> why)."""
     results = []
     for request in requests:
         raise_if_stopped(f"{names[0]} x {names[1]}: {request.label()}")  # a stopped run: at the next metric
@@ -413,6 +423,46 @@ def _quadratic_kind(engine: Any, params: dict[str, Any]) -> str | None:
     return None
 
 
+#: Bytes of ``O(L N^2)`` work reserved by the pairs aligning in this process now (a threads runner
+#: aligns several at once: each checked alone against the same free memory, two pairs needing 60%
+#: of it each both passed), under ``_RESERVED_CHANGED``'s lock.
+_reserved_bytes = 0
+_RESERVED_CHANGED = threading.Condition()
+#: Seconds between looks at a stop request while a pair waits for memory others reserved.
+RESERVE_POLL_S = 1.0
+
+
+@contextmanager
+def quadratic_memory_reserved(requests: Sequence[MetricRequest], rep_x: Any, rep_y: Any, names: tuple[str, str] = ("x", "y"),
+                              permutations: int = 0, bootstrap: int = 0) -> Iterator[None]:
+    """The block runs with the pair's ``O(L N^2)`` memory (``quadratic_memory``) reserved in this
+    process: refused (``check_quadratic_memory``) when it needs more than is available with no
+    other reservation, else it waits while it does not fit beside the other pairs' reservations
+    (conservative: their memory already taken is counted in both) until one ends, looking at
+    stop requests meanwhile. A pair without such metrics neither waits nor reserves."""
+    global _reserved_bytes
+    need, shares = quadratic_memory(requests, rep_x, rep_y, permutations, bootstrap)
+    if not need:
+        yield
+        return
+    with _RESERVED_CHANGED:
+        while True:
+            available = available_memory()
+            if available is None or need <= available - _reserved_bytes:
+                break
+            if not _reserved_bytes:
+                raise _memory_error(need, shares, available, rep_x, rep_y, names)
+            _RESERVED_CHANGED.wait(RESERVE_POLL_S)
+            raise_if_stopped(f"{names[0]} x {names[1]}: waiting for memory other pairs reserved")
+        _reserved_bytes += need
+    try:
+        yield
+    finally:
+        with _RESERVED_CHANGED:
+            _reserved_bytes -= need
+            _RESERVED_CHANGED.notify_all()
+
+
 def check_quadratic_memory(requests: Sequence[MetricRequest], rep_x: Any, rep_y: Any, names: tuple[str, str] = ("x", "y"),
                            permutations: int = 0, bootstrap: int = 0, available: int | None = None) -> None:
     """Refuse, before any metric runs, a pair whose ``O(L N^2)`` metrics (``quadratic_memory``)
@@ -426,9 +476,16 @@ def check_quadratic_memory(requests: Sequence[MetricRequest], rep_x: Any, rep_y:
     available = available_memory() if available is None else available
     if available is None or need <= available:
         return
+    raise _memory_error(need, shares, available, rep_x, rep_y, names)
+
+
+def _memory_error(need: int, shares: dict[str, int], available: int, rep_x: Any, rep_y: Any,
+                  names: tuple[str, str]) -> AlignmentMemoryError:
+    """The refusal of a pair whose ``O(L N^2)`` metrics need ``need`` bytes (``shares``: each
+    metric's) where ``available`` are free: names them, N, the layers, both figures and what to do."""
     gib = 2.0**30
     each = ", ".join(f"{label} {b / gib:.1f} GiB" for label, b in shares.items())
-    raise AlignmentMemoryError(
+    return AlignmentMemoryError(
         f"{names[0]} x {names[1]}: {', '.join(shares)} at N={rep_x.n:,} over {len(rep_x)} + {len(rep_y)} layers would need "
         f"about {need / gib:.1f} GiB (each alone: {each}; memory grows as L N^2), but {available / gib:.1f} GiB is available: "
         f"leave {'them' if len(shares) > 1 else 'it'} out of alignment.metrics, align fewer samples (dataset.n), or, "

@@ -199,3 +199,39 @@ def test_a_containers_reclaimable_file_cache_counts_as_available(tmp_path, monke
     assert available_memory(tmp_path) > 4096
     monkeypatch.setenv("PRH_ALIGN_MEMORY_MB", "1.5")
     assert available_memory(tmp_path) == int(1.5 * 2**20)
+
+
+def test_pairs_aligning_at_once_wait_for_each_others_quadratic_memory(monkeypatch) -> None:
+    """The review: with a threads runner each pair was checked alone against the same free memory,
+    so two pairs needing 60% of it each both ran. A pair that fits alone but not beside another's
+    reservation now waits for it to end (and is not refused)."""
+    import threading
+
+    xs, ys = _rbf_and_rsa(300, (2, 1))
+    requests = [MetricRequest("cka_rbf_median")]
+    rep = lambda: (alignment.metrics.Representation(xs), alignment.metrics.Representation(ys))  # noqa: E731
+    need = alignment.quadratic_memory(requests, *rep())[0]
+    monkeypatch.setenv(alignment.MEMORY_ENV, str(1.5 * need / 2**20))  # one pair fits, two do not
+    inside, release, order = threading.Event(), threading.Event(), []
+
+    def first() -> None:
+        with alignment.quadratic_memory_reserved(requests, *rep(), names=("a", "b")):
+            order.append("first in")
+            inside.set()
+            release.wait(10)
+            order.append("first out")
+
+    def second() -> None:
+        with alignment.quadratic_memory_reserved(requests, *rep(), names=("c", "d")):
+            order.append("second in")
+
+    one = threading.Thread(target=first)
+    one.start()
+    assert inside.wait(10)
+    two = threading.Thread(target=second)
+    two.start()
+    two.join(0.5)
+    assert two.is_alive() and order == ["first in"]  # waiting, not refused
+    release.set()
+    one.join(10), two.join(10)
+    assert order == ["first in", "first out", "second in"] and alignment._reserved_bytes == 0
