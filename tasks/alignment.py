@@ -436,7 +436,9 @@ RESERVE_POLL_S = 1.0
 def quadratic_memory_reserved(requests: Sequence[MetricRequest], rep_x: Any, rep_y: Any, names: tuple[str, str] = ("x", "y"),
                               permutations: int = 0, bootstrap: int = 0) -> Iterator[None]:
     """The block runs with the pair's ``O(L N^2)`` memory (``quadratic_memory``) reserved in this
-    process: refused (``check_quadratic_memory``) when it needs more than is available with no
+    process: refused before any metric runs (``AlignmentMemoryError`` naming each such metric,
+    ``N``, the layers, the memory needed and available, and what to change; without it the operating
+    system kills the run) when it needs more than is available (`tasks.memory_available`) with no
     other reservation, else it waits while it does not fit beside the other pairs' reservations
     (conservative: their memory already taken is counted in both) until one ends, looking at
     stop requests meanwhile. A pair without such metrics neither waits nor reserves."""
@@ -461,22 +463,6 @@ def quadratic_memory_reserved(requests: Sequence[MetricRequest], rep_x: Any, rep
         with _RESERVED_CHANGED:
             _reserved_bytes -= need
             _RESERVED_CHANGED.notify_all()
-
-
-def check_quadratic_memory(requests: Sequence[MetricRequest], rep_x: Any, rep_y: Any, names: tuple[str, str] = ("x", "y"),
-                           permutations: int = 0, bootstrap: int = 0, available: int | None = None) -> None:
-    """Refuse, before any metric runs, a pair whose ``O(L N^2)`` metrics (``quadratic_memory``)
-    would need more than ``available`` bytes (default :func:`tasks.memory_available.available_memory`; unknown: no
-    check). ``AlignmentMemoryError`` names each such metric, ``N``, the layers, the memory needed
-    and available, and what to change; without it the operating system kills the run
-    (at N=20,000 over 5 + 4 layers RBF CKA needs about 20 GB, RSA 27 GB)."""
-    need, shares = quadratic_memory(requests, rep_x, rep_y, permutations, bootstrap)
-    if not need:
-        return
-    available = available_memory() if available is None else available
-    if available is None or need <= available:
-        return
-    raise _memory_error(need, shares, available, rep_x, rep_y, names)
 
 
 def _memory_error(need: int, shares: dict[str, int], available: int, rep_x: Any, rep_y: Any,
