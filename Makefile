@@ -11,13 +11,30 @@ TORCH_INDEX ?=
 
 .PHONY: run test install bench clean-store gpu-wheels
 
+# A .venv whose Python no longer runs (its base Python removed), is older than 3.11 or lacks pip is
+# rebuilt: its stamp is dropped here, so the install below runs again (it had failed the same way on
+# every `make run`, "exec: .venv/bin/python3: not found" or "No module named 'pip'").
+VENV_CHECK := import sys, pip; sys.exit(sys.version_info < (3, 11))
+ifneq ($(shell $(BIN)/python -c '$(VENV_CHECK)' >/dev/null 2>&1 && echo ok),ok)
+$(shell rm -f $(STAMP))
+endif
+
+# One install at a time in this checkout (two `make run` at once had run pip into one .venv together
+# and failed on each other's files): the install runs under a lock where `flock` exists.
 $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if command -v flock >/dev/null 2>&1; then flock .venv.lock $(MAKE) --no-print-directory venv-install; \
+	else $(MAKE) --no-print-directory venv-install; fi
+
+.PHONY: venv-install
+venv-install:
+	$(BIN)/python -c '$(VENV_CHECK)' 2>/dev/null || $(PYTHON) -m venv --clear $(VENV)
+	@$(BIN)/python -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "prh needs Python 3.11 or newer; " \
+	  + "$(PYTHON) is " + sys.version.split()[0] + ": run make with PYTHON=python3.11 (or newer)")'
 	# torch first, pinned; its build follows TORCH_INDEX (above)
-	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0$(if $(TORCH_INDEX), --index-url $(TORCH_INDEX))
-	$(BIN)/pip install --disable-pip-version-check -q -r requirements.lock
-	$(BIN)/pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
-	$(BIN)/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --disable-pip-version-check -q torch==2.13.0$(if $(TORCH_INDEX), --index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
