@@ -18,12 +18,8 @@ CGROUP = Path("/sys/fs/cgroup")
 def memory_override() -> int | None:
     """``$PRH_ALIGN_MEMORY_MB`` in bytes, None when unset; ``ValueError`` naming it when it is not
     a number of MiB above 0."""
-    mb = env_number(MEMORY_ENV, math.nan, what="a number of MiB above 0", above_minimum=True, finite=False)
-    if math.isnan(mb):
-        return None
-    if not math.isfinite(mb):
-        raise ValueError(f"{MEMORY_ENV}={mb!r}: it must be a number of MiB above 0")
-    return int(mb * 2**20)
+    mb = env_number(MEMORY_ENV, math.nan, what="a number of MiB above 0", above_minimum=True)
+    return None if math.isnan(mb) else int(mb * 2**20)  # NaN: the default, unset (a set 'nan' is refused)
 
 
 def available_memory(cgroup: Path = CGROUP) -> int | None:
