@@ -313,22 +313,30 @@ def check_models(specs: list[Any]) -> list[dict[str, str]]:
 
 def model_checks(specs: list[Any]) -> Iterator[tuple[str, Literal["ok", "refused", "unchecked"], str]]:
     """``(model name, outcome, why on one line)`` for each spec, checked without loading weights
-    (``tasks.extract.check_model``, then ``preflight.cls_pooling_problem``), as it is checked:
-    ``refused`` (``ModelInputError``: a missing path, an unknown id or class, a wrong modality,
-    ``cls`` pooling on a model without a CLS token...), ``unchecked`` (an unexpected
-    error while checking: the extraction decides) or ``ok`` (message empty)."""
+    (``preflight.known_problem``, ``tasks.extract.check_model``, then ``preflight.cls_pooling_problem``),
+    as it is checked: ``refused`` (``ModelInputError``: a missing path, an unknown id or class, a
+    wrong modality, ``cls`` pooling on a model without a CLS token, a model type known not to pool
+    per token...; an ``ImportError``: a library the model or its processor needs is not installed),
+    ``unchecked`` (another unexpected error while checking: the extraction decides) or ``ok``
+    (message empty)."""
     from tasks.extract import check_model
     from tasks.extract.errors import ModelInputError
-    from tasks.extract.preflight import cls_pooling_problem
+    from tasks.extract.preflight import cls_pooling_problem, known_problem
 
     for spec in specs:
         try:
-            check_model(spec)
-            problem = cls_pooling_problem(spec)
+            problem = known_problem(spec)
+            if problem is None:
+                check_model(spec)
+                problem = cls_pooling_problem(spec)
             if problem is not None:
                 raise ModelInputError(spec.name, spec.id, problem)
         except ModelInputError as error:
             yield spec.name, "refused", one_line(error)
+        except ImportError as error:  # e.g. DINOv3's image processor needs torchvision: it would fail after the weights load
+            missing = " ".join(str(error).split()).split(". ")[0].rstrip(".")
+            yield spec.name, "refused", one_line(ModelInputError(spec.name, spec.id, "needs a library that is not "
+                                                                 f"installed here: {missing}"))
         except Exception as error:  # noqa: BLE001 - reported as unchecked
             yield spec.name, "unchecked", one_line(error)
         else:

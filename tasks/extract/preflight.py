@@ -306,3 +306,74 @@ def cls_pooling_problem(spec: ModelSpec) -> str | None:
         return None
     return (f"'cls' pooling needs a model with a CLS token, and {type(model).__name__}'s embeddings hold none "
             "(no CLS or register token): use 'avg'")
+
+
+#: Model types whose hidden states are not one row per input token, so that pooling over the valid
+#: tokens (``avg``) or taking the last one (``last``) is not defined by the batch's attention mask.
+UNPOOLABLE_MODEL_TYPES = {
+    "reformer": "its hidden states are padded to a multiple of its attention chunk length, so its pooled "
+                "features depend on how the batch is padded ('avg' pooling fails mid-extraction; 'last' with left "
+                "padding is off by ~5e-3)",
+    "funnel": "its blocks pool the sequence down to a fraction of its tokens, so its hidden states are not one "
+              "row per token (and its AutoModel entry is a pair of classes, which the extractor cannot load)",
+}
+
+
+def known_problem(spec: ModelSpec) -> str | None:
+    """Why an ``hf``/``random_hf`` spec is known to fail, told from its config class alone (no weights,
+    its ``config`` overrides not applied), or None: a `UNPOOLABLE_MODEL_TYPES` model type, or a
+    ``config`` key (sub-config dicts included) that is a read-only property of the config class
+    (``use_return_dict``: setting it raised a raw ``AttributeError`` at the check, again at the
+    extraction). A config that cannot be read, or a class only remote code defines, is None here:
+    ``check_model`` tells why. The pipeline's model checks (``flows.pipeline.model_checks``) run
+    this before ``check_model``; ``load_extractor`` called directly does not."""
+    if spec.loader not in ("hf", "random_hf"):
+        return None
+    cls = _config_class_of(spec)
+    if cls is None:
+        return None
+    model_type = getattr(cls, "model_type", "")
+    if model_type in UNPOOLABLE_MODEL_TYPES:
+        return f"model type {model_type!r} is not supported: {UNPOOLABLE_MODEL_TYPES[model_type]}"
+    fixed = _read_only_keys(cls, spec.config, "")
+    if fixed:
+        return (f"config key(s) {', '.join(map(repr, fixed))} are read-only properties of {cls.__name__} "
+                "(computed from other fields), not fields that can be set")
+    return None
+
+
+def _config_class_of(spec: ModelSpec) -> type | None:
+    """The transformers config class of a spec: ``random_hf`` names it; an ``hf`` checkpoint's
+    ``config.json`` names its model type. None when it cannot be told here."""
+    import transformers
+    from transformers import PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if spec.loader == "random_hf":
+        cls = getattr(transformers, str(spec.id), None)
+        return cls if isinstance(cls, type) and issubclass(cls, PretrainedConfig) else None
+    try:
+        access = resolve_access(spec, spec.id, spec.revision)
+        found, _ = PretrainedConfig.get_config_dict(access.source, revision=spec.revision,
+                                                    local_files_only=access.local_files_only)
+    except (ModelInputError, OSError, ValueError):
+        return None
+    model_type = found.get("model_type") if isinstance(found, dict) else None
+    return CONFIG_MAPPING[model_type] if isinstance(model_type, str) and model_type in CONFIG_MAPPING else None
+
+
+def _read_only_keys(cls: type, overrides: dict, prefix: str) -> list[str]:
+    """Keys of ``overrides`` (``prefix``-dotted, recursing into ``cls.sub_configs``) that name a
+    property of ``cls`` without a setter."""
+    import inspect
+
+    found = []
+    subs = getattr(cls, "sub_configs", None)  # a class property
+    subs = subs if isinstance(subs, dict) else {}
+    for key, value in overrides.items():
+        attribute = inspect.getattr_static(cls, str(key), None)
+        if isinstance(attribute, property) and attribute.fset is None:
+            found.append(f"{prefix}{key}")
+        elif isinstance(value, dict) and isinstance(subs.get(key), type):
+            found += _read_only_keys(subs[key], value, f"{prefix}{key}.")
+    return found

