@@ -155,8 +155,9 @@ def stored_image_count(store: Store, key: str, catalog: dict[str, Any]) -> int:
 
 
 def _source_differs(params: DatasetParams | None, source: Any) -> str | None:
-    """How ``params`` names another source than the stored ``source`` (its kind, or its path or
-    hub id), for a warning; None when they agree or cannot be compared."""
+    """How ``params`` names another source than the stored ``source`` (its kind, its path or hub
+    id, or the rows drawn from it: ``n``, and the demo's ``seed`` and ``image_size``), for a
+    warning; None when they agree or cannot be compared."""
     if params is None or not isinstance(source, dict):
         return None
     if source.get("kind") != params.kind:
@@ -164,7 +165,9 @@ def _source_differs(params: DatasetParams | None, source: Any) -> str | None:
     stored = {source.get("path"), source.get("hub_id"), source.get("local_path")}
     if params.kind != "openmoji" and params.path and params.path not in stored and _absolute(params.path) not in stored:
         return repr(params.path)
-    return None
+    asked = {"n": params.sample_n()} | ({"seed": params.seed, "image_size": params.image_size} if params.kind == "openmoji" else {})
+    other = [f"{key} {value!r} (stored: {source[key]!r})" for key, value in asked.items() if key in source and source[key] != value]
+    return ", ".join(other) or None
 
 
 def publish_dataset(

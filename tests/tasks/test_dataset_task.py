@@ -257,8 +257,27 @@ def test_a_stored_dataset_version_is_read_from_the_store_without_its_source(tmp_
     with caplog.at_level("WARNING", logger="prh.dataset"):
         assert stored_dataset_manifest(version, url, DatasetParams(kind="path", path=str(tmp_path / "other.csv"))) == published
     assert f"dataset version {version} (dataset 'pairs') was published from {path}, but config.dataset is " in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="prh.dataset"):  # the same table, another row limit: said too
+        assert stored_dataset_manifest(version, url, DatasetParams(kind="path", path=path, n=2)) == published
+    assert f"was published from {path}, but config.dataset is n 2 (stored: None); the stored version is used" in caplog.text
     with pytest.raises(ValueError, match="topk"):
         stored_dataset_manifest(version, url, alignment=AlignmentParams(metrics=["mutual_knn"], topk=5))
+
+
+def test_a_stored_demo_version_asked_for_with_other_rows_says_so(tmp_path, caplog):
+    """``dataset_version`` with the demo's ``n`` (or seed, image size) changed: the stored
+    version's rows are used, as the version decides, but nothing said so (a user who asked for
+    16 pairs got 8 without a word)."""
+    url = str(tmp_path / "store")
+    published = publish_dataset(DatasetParams(kind="openmoji", n=8, image_size=32), url)
+    version = published["catalog"]["dataset_version"]
+    with caplog.at_level("WARNING", logger="prh.dataset"):
+        assert stored_dataset_manifest(version, url, DatasetParams(kind="openmoji", n=8, image_size=32)) == published
+        assert "config.dataset is" not in caplog.text
+        assert stored_dataset_manifest(version, url, DatasetParams(kind="openmoji", n=16, seed=1, image_size=32)) == published
+    assert f"dataset version {version} (dataset 'openmoji-8') was published from openmoji, but config.dataset is n 16 " \
+        "(stored: 8), seed 1 (stored: 0); the stored version is used (dataset_version decides)" in caplog.text
 
 
 def test_a_version_stored_without_its_image_count_is_counted_from_its_samples(tmp_path):
