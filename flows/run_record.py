@@ -18,7 +18,7 @@ from typing import Any, Iterator
 from prefect.exceptions import TerminationSignal
 
 from storage.owner import current_owner
-from storage.runs import CANCELLED, FAILED, RUN_HEARTBEAT_SECONDS, RUNNING, RunHeartbeat
+from storage.runs import CANCELLED, CRASHED, FAILED, RUN_HEARTBEAT_SECONDS, RUNNING, RunHeartbeat
 from storage.store import Store, utc_now
 from storage.versioning import code_version
 from tasks.params import PipelineConfig
@@ -68,7 +68,8 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
     """Write ``record`` at ``key`` and keep the run's sign of life while the block runs; at the end
     write it again with ``finished_at``. The block sets the outcome (``status`` and what it
     published); when it raises, ``status`` becomes ``CANCELLED`` (stopped: Ctrl-C, SIGTERM,
-    cancelled from the UI) or ``FAILED``, with the error on one line. A stopped (or failed) run
+    cancelled from the UI), ``CRASHED`` (``SystemExit``: the process made to exit, as when its
+    worker is killed; Prefect says CRASHED too) or ``FAILED``, with the error on one line. A stopped (or failed) run
     first tells its tasks in flight (in this process) to stop at their next safe point and waits up to
     ``STOP_GRACE_S`` for them (``tasks.stop_request``), so that its end and sign of life cover
     what they write; a second signal ends the wait at once. Tasks the block submits run in its
@@ -80,7 +81,8 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
             yield record
         except BaseException as error:
             stopped = isinstance(error, (KeyboardInterrupt, TerminationSignal))
-            record.update(status=CANCELLED if stopped else FAILED, error=one_line(error))
+            exiting = isinstance(error, SystemExit)  # the process made to exit (its worker killed): Prefect's CRASHED
+            record.update(status=CANCELLED if stopped else CRASHED if exiting else FAILED, error=one_line(error))
             scope.stop()  # stays set: a task still running after the wait stops before publishing
             try:
                 if not scope.wait_until_idle(0):

@@ -29,3 +29,18 @@ def test_a_stopped_run_records_cancelled_with_the_signal(tmp_path):
     record = store.read_json("runs/r1.json")
     assert record["status"] == "CANCELLED" and record["error"] == "TerminationSignal: SIGTERM"
     assert record["finished_at"]
+
+
+@pytest.mark.parametrize("error, status", [(SystemExit(1), "CRASHED"), (RuntimeError("boom"), "FAILED"),
+                                           (KeyboardInterrupt(), "CANCELLED")])
+def test_a_run_whose_process_is_made_to_exit_records_crashed(tmp_path, error, status):
+    """A worker killed under its flow run: the run's process is made to exit (``SystemExit: 1``)
+    and Prefect shows the run CRASHED, while the store's record said FAILED, as if the pipeline
+    had failed on its own. It says CRASHED now, as a run found dead does; errors of the run stay
+    FAILED, a stop CANCELLED."""
+    store = Store(str(tmp_path / "store"))
+    with pytest.raises(type(error)):
+        with recorded(store, "runs/r1.json", {"run_id": "r1", "status": "RUNNING"}):
+            raise error
+    record = store.read_json("runs/r1.json")
+    assert record["status"] == status and record["error"] == one_line(error) and record["finished_at"]
