@@ -323,14 +323,25 @@ def model_checks(specs: list[Any]) -> Iterator[tuple[str, Literal["ok", "refused
     from tasks.extract.errors import ModelInputError
     from tasks.extract.preflight import cls_pooling_problem, known_problem
 
+    def checked(spec: Any) -> None:
+        problem = known_problem(spec)  # first: check_model's own errors for these are unhelpful (Funnel)
+        if problem is None:
+            try:
+                check_model(spec)
+            except ModelInputError:
+                raise
+            except Exception:
+                problem = known_problem(spec)  # a hub config the check fetched before it failed
+                if problem is None:
+                    raise
+            else:
+                problem = known_problem(spec) or cls_pooling_problem(spec)  # known once a hub config is cached
+        if problem is not None:
+            raise ModelInputError(spec.name, spec.id, problem)
+
     for spec in specs:
         try:
-            problem = known_problem(spec)
-            if problem is None:
-                check_model(spec)
-                problem = cls_pooling_problem(spec)
-            if problem is not None:
-                raise ModelInputError(spec.name, spec.id, problem)
+            checked(spec)
         except ModelInputError as error:
             yield spec.name, "refused", one_line(error)
         except ImportError as error:  # e.g. DINOv3's image processor needs torchvision: it would fail after the weights load

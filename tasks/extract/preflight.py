@@ -325,8 +325,10 @@ def known_problem(spec: ModelSpec) -> str | None:
     ``config`` key (sub-config dicts included) that is a read-only property of the config class
     (``use_return_dict``: setting it raised a raw ``AttributeError`` at the check, again at the
     extraction). A config that cannot be read, or a class only remote code defines, is None here:
-    ``check_model`` tells why. The pipeline's model checks (``flows.pipeline.model_checks``) run
-    this before ``check_model``; ``load_extractor`` called directly does not."""
+    ``check_model`` tells why. Reads no network: a hub model is told once its config is cached.
+    The pipeline's model checks (``flows.pipeline.model_checks``) run this before ``check_model``
+    (whose own errors for these are unhelpful) and again after it (which may have fetched a hub
+    config); ``load_extractor`` called directly does not."""
     if spec.loader not in ("hf", "random_hf"):
         return None
     cls = _config_class_of(spec)
@@ -343,8 +345,12 @@ def known_problem(spec: ModelSpec) -> str | None:
 
 
 def _config_class_of(spec: ModelSpec) -> type | None:
-    """The transformers config class of a spec: ``random_hf`` names it; an ``hf`` checkpoint's
-    ``config.json`` names its model type. None when it cannot be told here."""
+    """The transformers config class of a spec, told without the network: ``random_hf`` names it;
+    an ``hf`` checkpoint's ``config.json`` (a local or package folder, or the hub cache) names its
+    model type. None when it cannot be told here (a hub model not cached yet, a model type only
+    remote code defines)."""
+    import json
+
     import transformers
     from transformers import PretrainedConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -353,12 +359,16 @@ def _config_class_of(spec: ModelSpec) -> type | None:
         cls = getattr(transformers, str(spec.id), None)
         return cls if isinstance(cls, type) and issubclass(cls, PretrainedConfig) else None
     try:
-        access = resolve_access(spec, spec.id, spec.revision)
-        found, _ = PretrainedConfig.get_config_dict(access.source, revision=spec.revision,
-                                                    local_files_only=access.local_files_only)
-    except (ModelInputError, OSError, ValueError):
+        if sources.is_pkg_id(spec.id) or split_zip.is_split_zip_id(spec.id) or Path(spec.id).expanduser().exists():
+            found: object = Path(resolve_access(spec, spec.id, spec.revision).source) / "config.json"
+        else:  # a hub id: its cached config only (one metadata request per model is the check's own)
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(spec.id, "config.json", revision=spec.revision or "main")
+        model_type = json.loads(Path(found).read_text(encoding="utf-8")).get("model_type") \
+            if isinstance(found, (str, Path)) else None
+    except Exception:  # noqa: BLE001 - unreadable here: check_model names the problem
         return None
-    model_type = found.get("model_type") if isinstance(found, dict) else None
     return CONFIG_MAPPING[model_type] if isinstance(model_type, str) and model_type in CONFIG_MAPPING else None
 
 

@@ -106,3 +106,27 @@ def test_known_problem_reads_an_hf_checkpoints_model_type(tmp_path: Path, vit_di
     assert known_problem(ModelSpec(name="x", loader="hf", id=str(tmp_path / "absent"), modality="vision")) is None
     assert known_problem(ModelSpec(name="y", loader="random_hf", id="NoSuchConfig", modality="vision")) is None
     assert known_problem(ModelSpec(name="e", loader="efficientnet_lite", id="efficientnet-lite0", modality="vision")) is None
+
+
+def test_known_problem_reads_a_hub_models_cached_config_without_the_network(tmp_path: Path, monkeypatch) -> None:
+    """A hub id is told from the hub cache alone (no request: an unreachable hub can cost
+    ``PRH_HUB_TIMEOUT`` per request); not cached yet, nothing is known (the check fetches it, and
+    the pipeline asks again after)."""
+    from huggingface_hub import constants
+    from transformers import ReformerConfig
+
+    from tasks.extract.preflight import known_problem
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--reformer"
+    ReformerConfig(hidden_size=32, num_attention_heads=2, attention_head_size=16, feed_forward_size=64,
+                   axial_pos_embds=False).save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a request would fail, not hang
+    spec = ModelSpec(name="r", loader="hf", id="org/reformer", modality="language")
+    assert "model type 'reformer' is not supported" in known_problem(spec)
+    assert "model type 'reformer'" in known_problem(spec.model_copy(update={"revision": commit}))
+    assert known_problem(spec.model_copy(update={"revision": "v2"})) is None  # that revision is not cached
+    assert known_problem(spec.model_copy(update={"id": "org/elsewhere"})) is None
