@@ -289,6 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"port {args.port} on 127.0.0.1 is in use (another Prefect server?): stop it, or pick another port "
               f"(make serve PORT=4300)", file=sys.stderr)
         return 2
+    home_lock, holder = hold_home(Path(args.home), args.port)
+    if home_lock is None:  # a second server on the same SQLite database: both would write it
+        print(f"PREFECT_HOME {args.home} is used by another `make serve` ({holder or 'its process'}): stop it, or give "
+              "this one its own home (python -m flows.serve --home DIR)", file=sys.stderr)
+        return 2
     try:
         print(f"starting the Prefect server on 127.0.0.1:{args.port} (PREFECT_HOME={args.home}) ...", flush=True)
         server_log = open(Path(args.home) / "server.log", "ab")
@@ -324,6 +329,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for child in reversed(children):
             stop(child)
+
+
+def hold_home(home: Path, port: int) -> tuple[Any, str]:
+    """Lock ``home`` (``serve.lock`` in it, ``flock``) for this process's life: one server per
+    PREFECT_HOME, whose SQLite database two servers (on two ports) would write at once. Returns
+    the open lock file (keep it open; its close, or the process's end, releases it) and ``''``, or
+    ``None`` and what the holder wrote (``pid N, port P``). Where ``flock`` does not exist, the
+    lock is not taken (an object that is not a file, and ``''``)."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        return object(), ""
+    handle = open(home / "serve.lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()[:200]
+        handle.close()
+        return None, holder
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}, port {port}")
+    handle.flush()
+    return handle, ""
 
 
 def _interrupt(signum: int, frame: object) -> None:

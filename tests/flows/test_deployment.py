@@ -345,6 +345,30 @@ def test_serve_refuses_a_port_already_in_use_and_a_gpu_limit_below_one(tmp_path,
     assert "must be 0 (keep every flow run) or more days, got -3" in capsys.readouterr().err
 
 
+def test_serve_refuses_a_prefect_home_another_serve_holds(tmp_path, capsys):
+    """Two `make serve` of one checkout on two ports (`make serve PORT=4300`) ran two Prefect
+    servers on one SQLite database (PREFECT_HOME/.prefect): the second is refused now, naming the
+    first; the home is free again once the first ends."""
+    import os
+    import socket
+
+    home = tmp_path / "home"
+    home.mkdir()
+    first, holder = serve.hold_home(home, 4200)
+    assert first is not None and holder == ""
+    with socket.socket() as probe:  # a free port: the refusal is the home's, not the port's
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert serve.main(["--port", str(port), "--home", str(home), "--no-worker"]) == 2
+    err = capsys.readouterr().err
+    assert f"PREFECT_HOME {home} is used by another `make serve` (pid {os.getpid()}, port 4200)" in err
+    assert sorted(p.name for p in home.iterdir()) == ["serve.lock"]  # no server was started: no database, no log
+    first.close()
+    again, _ = serve.hold_home(home, port)
+    assert again is not None and (home / "serve.lock").read_text() == f"pid {os.getpid()}, port {port}"
+    again.close()
+
+
 def test_serve_refuses_a_bad_port_and_metric_modules_it_cannot_import(tmp_path, capsys, monkeypatch):
     """The UI/ops hunt: PRH_SERVE_PORT=42OO (even with --help) and --port 99999 ended in
     tracebacks; a PRH_METRIC_MODULES module that failed to import left its metrics off the UI
