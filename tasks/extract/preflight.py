@@ -18,8 +18,12 @@
 `upstream_commit(spec)` asks the hub where an unpinned revision points now (one metadata request,
 never an error), so that a run reusing stored features can say that the weights moved on.
 
+`known_problem(spec)` and `cls_pooling_problem(spec)` tell, without weights, what is known to fail
+only after they load (a model type that does not pool per token, a read-only config key, ``cls``
+pooling without a CLS token); the pipeline's model checks run them beside ``check_model``.
+
 Every error is a `ModelInputError` naming the model (spec name and id) and the problem.
-No torch here; `huggingface_hub` is imported only for hub ids.
+No torch in `resolve_access`; `huggingface_hub` is imported only for hub ids.
 """
 
 from __future__ import annotations
