@@ -320,6 +320,8 @@ UNPOOLABLE_MODEL_TYPES = {
                 "padding is off by ~5e-3)",
     "funnel": "its blocks pool the sequence down to a fraction of its tokens, so its hidden states are not one "
               "row per token (and its AutoModel entry is a pair of classes, which the extractor cannot load)",
+    "canine": "its deep layers run on the characters downsampled by its downsampling_rate, so its hidden states "
+              "are not one row per token (and it has no input token embeddings: refused after its weights loaded)",
 }
 
 

