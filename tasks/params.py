@@ -306,6 +306,39 @@ def _fewest_for_subsample(rows: int) -> int:
     return n
 
 
+#: a UTF-16 surrogate code point: alone in a Python string it is no Unicode character (YAML's and
+#: JSON's "\\ud83d" escapes make one; "\\ud83d\\ude00" makes two, not the emoji)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate_problems(value: Any, loc: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
+    """``(location, problem)`` of every string in ``value`` (mapping keys too) holding a lone
+    UTF-16 surrogate: such text passed validation and ``prh run --check``, then failed the run with
+    a bare ``UnicodeEncodeError`` where it was hashed or stored (a model's ``prompt``, ``config``
+    or ``id``; the tokenizer's ``TextEncodeInput`` error in the check)."""
+    if isinstance(value, str):
+        found = _SURROGATE.search(value)
+        if found is None:
+            return []
+        return [(loc, f"text with a lone UTF-16 surrogate U+{ord(found.group()):04X} at character {found.start() + 1} "
+                      "(an escaped emoji such as \"\\ud83d\\ude00\" is two halves, not the character): not valid "
+                      "Unicode, so it cannot be stored or tokenised; write the character itself or \"\\U0001F600\"")]
+    out: list[tuple[tuple[Any, ...], str]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += _surrogate_problems(key, loc + (key,)) + _surrogate_problems(item, loc + (key,))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            out += _surrogate_problems(item, loc + (i,))
+    return out
+
+
+def _shown_path(loc: tuple[Any, ...], raw: Any = None) -> str:
+    """``_where(loc, raw)`` with surrogates escaped (``\\udc00``), so that the message itself can be
+    printed, logged and stored."""
+    return _where(loc, raw).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class PipelineConfig(BaseModel):
     """A whole run: dataset, model zoo, alignment."""
 
@@ -314,6 +347,16 @@ class PipelineConfig(BaseModel):
     models: list[ModelSpec] = Field(..., min_length=1, description="The model zoo")
     alignment: AlignmentParams = Field(default_factory=AlignmentParams, description="Metrics and their parameters, "
                                        "calibration and which model pairs to compare")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        """Refuse text that is not valid Unicode anywhere in the config (``validate_config`` reports
+        each place with its line first; this covers configs validated from other sources)."""
+        found = _surrogate_problems(data)
+        if found:
+            raise ValueError("; ".join(f"{_shown_path(loc)}: {problem}" for loc, problem in found))
+        return data
 
     @field_validator("models")
     @classmethod
@@ -476,7 +519,10 @@ def parse_yaml_file(path: Path, what: str = "config") -> tuple[Any, yaml.Node | 
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
         raise ConfigError(f"{where}: not UTF-8 text (byte {error.start}, line {line}: {error.reason})") from None
-    loader = _StrictLoader(text)
+    try:
+        loader = _StrictLoader(text)  # the reader refuses control characters (NUL...) here, before any parsing
+    except yaml.reader.ReaderError as error:
+        raise ConfigError(f"{where}: not valid YAML: {_reader_message(text, error)}") from None
     loader.name = str(path)
     try:
         node = loader.get_single_node()
@@ -490,6 +536,15 @@ def parse_yaml_file(path: Path, what: str = "config") -> tuple[Any, yaml.Node | 
     finally:
         loader.dispose()
     return data, node
+
+
+def _reader_message(text: str, error: yaml.reader.ReaderError) -> str:
+    """Where (line, column) and which character YAML's reader refused (a NUL or other control
+    character: YAML allows only printable characters, tab and line breaks)."""
+    before = text[: error.position]
+    line, column = before.count("\n") + 1, error.position - (before.rfind("\n") + 1) + 1
+    return (f"line {line}, column {column}: character U+{error.character:04X} is not allowed in YAML (only printable "
+            "characters, tabs and line breaks are; is this a text file?)")
 
 
 def _yaml_message(error: yaml.YAMLError) -> str:
@@ -550,6 +605,16 @@ def _section(loc: tuple[Any, ...]) -> type[BaseModel]:
     return _SECTIONS.get(str(loc[0]), PipelineConfig) if loc else PipelineConfig
 
 
+def _where(loc: tuple[Any, ...], raw: Any) -> str:
+    """``loc`` as a field path, a model's entry named by its name too: ``models[1] (model 'bert').pooling``."""
+    where = _field_path(loc)
+    entry = raw.get("models") if isinstance(raw, dict) else None
+    if loc[:1] == ("models",) and len(loc) > 2 and isinstance(entry, list) and isinstance(loc[1], int) \
+            and 0 <= loc[1] < len(entry) and isinstance(entry[loc[1]], dict) and isinstance(entry[loc[1]].get("name"), str):
+        where = f"models[{loc[1]}] (model {entry[loc[1]]['name']!r}).{_field_path(loc[2:])}"
+    return where
+
+
 def _problem(error: dict[str, Any], raw: Any, root: yaml.Node | None) -> str:
     """One pydantic error as ``field.path (line N): message``."""
     loc = tuple(error["loc"])
@@ -570,11 +635,7 @@ def _problem(error: dict[str, Any], raw: Any, root: yaml.Node | None) -> str:
         elif kind == "list_type":
             message = "expected a list"
         message = f"{message} (got {_shown(error.get('input'))})"
-    where = _field_path(loc)
-    entry = raw.get("models") if isinstance(raw, dict) else None
-    if loc[:1] == ("models",) and len(loc) > 2 and isinstance(entry, list) and isinstance(loc[1], int) \
-            and 0 <= loc[1] < len(entry) and isinstance(entry[loc[1]], dict) and isinstance(entry[loc[1]].get("name"), str):
-        where = f"models[{loc[1]}] (model {entry[loc[1]]['name']!r}).{_field_path(loc[2:])}"
+    where = _where(loc, raw)
     line, complete = _line_of(root, loc)
     if line is not None and (complete or kind == "missing"):
         where += f" (line {line})"
@@ -610,13 +671,20 @@ def validate_config(raw: dict[str, Any], where: str, root: yaml.Node | None = No
     tree the data came from, for line numbers (None: none given).
 
     Raises:
-        ConfigError: naming ``where`` and every bad field.
+        ConfigError: naming ``where`` and every bad field (text holding a lone UTF-16 surrogate,
+            not valid Unicode, is reported alone, before the fields are validated).
     """
-    try:
-        return PipelineConfig.model_validate(raw)
-    except ValidationError as error:
-        problems = [_problem(e, raw, root) for e in error.errors(include_url=False)]
-        if len(problems) == 1:
-            raise ConfigError(f"{where}: {problems[0]}") from None
-        listing = "\n".join(f"  - {p}" for p in problems)
-        raise ConfigError(f"{where}: {len(problems)} problems:\n{listing}") from None
+    problems = []
+    for loc, problem in _surrogate_problems(raw):
+        line, complete = _line_of(root, loc)
+        field = _shown_path(loc, raw)  # printable, storable
+        problems.append(f"{field}{f' (line {line})' if line is not None and complete else ''}: {problem}")
+    if not problems:  # text that is not valid Unicode first: it is reported with its lines
+        try:
+            return PipelineConfig.model_validate(raw)
+        except ValidationError as error:
+            problems = [_problem(e, raw, root) for e in error.errors(include_url=False)]
+    if len(problems) == 1:
+        raise ConfigError(f"{where}: {problems[0]}")
+    listing = "\n".join(f"  - {p}" for p in problems)
+    raise ConfigError(f"{where}: {len(problems)} problems:\n{listing}")

@@ -86,8 +86,12 @@ def _describe(x: object) -> str:
 def to_tensor(x: ArrayLike, device: torch.device | str | None = None,
               dtype: torch.dtype | None = None) -> torch.Tensor:
     """Convert ``x`` to a torch tensor (no copy when dtype and device already match; numpy arrays
-    in non-native byte order are converted to native order); complex input raises ``TypeError``."""
+    in non-native byte order are converted to native order); complex input raises ``TypeError``,
+    a tensor on the meta device (no values) ``ValueError``."""
     check_real(x)
+    if isinstance(x, torch.Tensor) and x.is_meta:  # torch's NotImplementedError/RuntimeError at first use
+        raise ValueError(f"a tensor on the meta device (shape {tuple(x.shape)}) holds shapes, not values, and a "
+                         "metric needs the values; pass the real tensor (e.g. from a model loaded off the meta device)")
     if isinstance(x, np.ndarray):
         x = np.ascontiguousarray(native_byte_order(x))
         # Read-only arrays (e.g. views of Arrow buffers) are copied: torch tensors are writable.

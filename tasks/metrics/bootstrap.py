@@ -53,7 +53,7 @@ from .api import encode_pair
 from .engine import MetricFunctionError, layer_scores
 from .registry import MetricSpec, get_metric
 from .stats import aggregate as aggregate_matrix
-from .stats import check_aggregate, check_count, check_seed
+from .stats import check_aggregate, check_count, check_seed, score_matrix
 
 #: default share of the rows in one subsample (m = N/2)
 DEFAULT_SUBSAMPLE = 0.5
@@ -150,7 +150,7 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
     if observed is None:
         matrix = layer_scores(engine, a, b, p, shape)
     else:
-        matrix = np.asarray(observed, dtype=np.float64)
+        matrix = score_matrix("observed", observed)
         if matrix.shape != shape:
             raise ValueError(f"observed must be the {shape} layer matrix, got shape {matrix.shape}")
     estimate, argmax = aggregate_matrix(matrix, aggregate, better)

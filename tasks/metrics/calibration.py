@@ -36,6 +36,7 @@ out (``K`` counts the others).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -202,7 +203,12 @@ def chance_level(metric: str | MetricSpec, n: int, topk: int | None = None,
     p = spec.resolve(p)
     if "topk" in p and not 1 <= p["topk"] <= n - 1:
         raise ValueError(f"{spec.name}: topk must be in [1, n - 1] = [1, {n - 1}], got {p['topk']}")
-    return spec.chance(n, p)
+    level = spec.chance(n, p)
+    if level is not None and (isinstance(level, (bool, np.bool_)) or not isinstance(level, numbers.Real)):
+        # a registered chance function's '0.1' was stored as 0.1, its 'x' failed the run with float()'s error
+        raise ValueError(f"metric {spec.name!r}: its chance function returned {level!r} ({type(level).__name__}) for "
+                         f"n={n}; it must return a number or None")
+    return None if level is None else float(level)
 
 
 def mutual_knn_chance(n: int, params: dict[str, Any]) -> float:

@@ -231,8 +231,9 @@ def register_metric(name: str, fn: Callable[..., float] | type[Engine] | Engine 
         TypeError: ``fn`` and ``engine`` both given, or an object of none of these forms.
         ValueError: a ``name`` that is not a non-empty string, a flag (``symmetric``,
             ``higher_is_better``, ``overwrite``) that is not a bool, ``chance`` neither None nor
-            callable, bad ``bounds``, a reserved parameter name, or (without ``overwrite``) a
-            name already registered.
+            callable, bad ``bounds``, ``defaults`` not a mapping or a parameter name in it that is
+            not an identifier, a reserved parameter name, or (without ``overwrite``) a name
+            already registered.
 
     Example:
         >>> import torch
@@ -251,6 +252,13 @@ def register_metric(name: str, fn: Callable[..., float] | type[Engine] | Engine 
         raise ValueError(f"metric {name!r}: chance must be a function (n, params) -> float or None, got {chance!r}")
     if not callable(bounds):
         bounds = checked_bounds(name, bounds)
+    if defaults is not None and not isinstance(defaults, Mapping):
+        raise ValueError(f"metric {name!r}: defaults must be a mapping of parameter names to default values, "
+                         f"got {type(defaults).__name__}")
+    named = [p for p in (defaults or {}) if not (isinstance(p, str) and p.isidentifier())]
+    if named:  # 1 broke every metric's unknown-parameter error (sorting str with int), 'a b' no call could pass
+        raise ValueError(f"metric {name!r}: parameter names must be Python identifiers (keyword arguments), got "
+                         f"{', '.join(repr(p) for p in named)}")
     reserved = sorted(RESERVED_PARAMS & set(defaults or {}))
     if reserved:
         raise ValueError(f"metric {name!r}: parameter name(s) {reserved} are taken by score, layer_matrix, calibrate or "

@@ -23,11 +23,12 @@ def aggregate(matrix: np.ndarray, how: Literal["max", "mean"] = "max",
     ``how='max'`` (the paper): the best entry and its ``(layer_a, layer_b)``: the largest, or the
     smallest for a metric where lower is better (``higher_is_better=False``). ``how='mean'``: the
     mean over all layer pairs, returned with the best entry's location (for reference). NaN
-    entries are ignored; an all-NaN matrix gives ``(nan, (-1, -1))``.
+    entries are ignored; an all-NaN matrix gives ``(nan, (-1, -1))``. A masked array with masked
+    entries, or entries that are not real numbers, raise ``ValueError`` (``score_matrix``).
     """
     check_aggregate(how)
     sign = 1.0 if check_flag("higher_is_better", higher_is_better) else -1.0
-    m = np.asarray(matrix, dtype=np.float64)
+    m = score_matrix("matrix", matrix)
     if m.ndim != 2 or m.size == 0:
         raise ValueError(f"expected a non-empty (La, Lb) matrix, got shape {m.shape}")
     present = ~np.isnan(m)
@@ -38,6 +39,23 @@ def aggregate(matrix: np.ndarray, how: Literal["max", "mean"] = "max",
     i, j = np.unravel_index(flat, m.shape)
     value = float(m[i, j]) if how == "max" else float(m[present].mean())
     return value, (int(i), int(j))
+
+
+def score_matrix(name: str, matrix: object) -> np.ndarray:
+    """``matrix`` (a layer matrix of scores) as a float64 numpy array. Raises ``ValueError``
+    naming ``name`` for a numpy masked array with masked entries (converting it drops the mask:
+    the hidden values were scored, ``aggregate`` returned a masked entry as the best; give
+    ``m.filled(np.nan)``: NaN entries are left out) and for entries that are not real numbers."""
+    if isinstance(matrix, np.ma.MaskedArray) and np.ma.getmaskarray(matrix).any():
+        k = int(np.ma.getmaskarray(matrix).sum())
+        raise ValueError(f"{name} given as a masked array with {k} masked entr{'y' if k == 1 else 'ies'}: the values "
+                         "under the mask would be read; pass m.filled(np.nan) (NaN entries are left out)")
+    if np.iscomplexobj(matrix):  # numpy would drop the imaginary parts with a warning
+        raise ValueError(f"{name} must hold real numbers (NaN for a missing score), got complex ones")
+    try:
+        return np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must hold real numbers (NaN for a missing score): {err}") from None
 
 
 def check_aggregate(how: str) -> None:

@@ -45,6 +45,17 @@ CASES = {
         r"more than 100,000 YAML nodes once aliases are expanded",
     ),
     "not UTF-8": (b"models: [\xff]\n", r"not UTF-8 text \(byte 9, line 1: invalid start byte\)"),
+    # a NUL or other control character: YAML's reader raised a bare yaml.reader.ReaderError ("position 174")
+    "NUL character": (MODELS + "\x00\n", r"^not valid YAML: line 4, column 1: character U\+0000 is not allowed in YAML"),
+    "escape character": ("models:\n  - {name: \x1b[31mvit}\n", r"^not valid YAML: line 2, column 12: character U\+001B is not allowed"),
+    # "\ud83d" (half an emoji) passed validation and --check, then failed the run: UnicodeEncodeError
+    # hashing the model's fingerprint, the tokenizer's TextEncodeInput error in the check
+    "lone surrogate in a prompt": (f"models:\n  - {VIT}\n  - {BERT[:-1]}, prompt: \"a photo of {{text}} \\ud83d\"}}\n",
+                                   r"^models\[1\] \(model 'bert'\)\.prompt \(line 3\): text with a lone UTF-16 surrogate U\+D83D at character 19 "
+                                   r"\(an escaped emoji"),
+    "lone surrogates in two places": (MODELS + 'dataset: {name: "\\ud83d\\ude00"}\nalignment: {"\\udc00": 1}\n',
+                                      r"^2 problems:\n  - dataset\.name \(line 4\): text with a lone UTF-16 surrogate U\+D83D at "
+                                      r"character 1 .*\n  - alignment\.\\udc00 \(line 5\): text with a lone UTF-16 surrogate U\+DC00"),
     "empty file": ("", r"is empty; expected a mapping with keys dataset, models, alignment"),
     "list at the top": ("- a\n- b\n", r"is a list at the top level; expected a mapping"),
     # structure
@@ -256,6 +267,8 @@ def test_constructed_configs_are_checked_too() -> None:
         PipelineConfig.model_validate({"models": models, "dataset": {"n": 5}, "alignment": {"topk": 4}})
     with pytest.raises(ValueError, match="valid integer"):
         AlignmentParams(permutations=True)
+    with pytest.raises(ValueError, match=r"models\[0\]\.config\.label: text with a lone UTF-16 surrogate U\+D83D"):
+        PipelineConfig.model_validate({"models": [{**models[0], "config": {"label": "\ud83d"}}]})
     assert PipelineConfig.model_json_schema()["properties"]["alignment"]  # the UI form still renders
 
 

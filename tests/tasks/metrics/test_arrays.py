@@ -160,3 +160,23 @@ def test_mixed_dtype_side_computes_every_pair_in_float64() -> None:
     assert a[1, 0] == pytest.approx(score("cka", x64, y32), abs=1e-12)
     assert b[0, 1] == pytest.approx(score("cka", x32, x64), abs=1e-12)
     assert layer_matrix("cka", [x32], [y32])[0, 0] == pytest.approx(score("cka", x32, y32), abs=1e-12)
+
+
+# --- (d) tensors on the meta device -------------------------------------------------------------
+
+def test_meta_tensors_are_a_value_error_naming_the_side() -> None:
+    """A tensor on the meta device (shapes only) raised torch's bare ``NotImplementedError``
+    ("Cannot copy out of meta tensor; no data!") in ``score`` and a ``RuntimeError``
+    ("Tensor.item() cannot be called on meta tensors") in ``prepare``; ``device='meta'`` was
+    already refused."""
+    x = torch.from_numpy(paired(n=12, dx=4, dy=3)[0])
+    meta = torch.empty(12, 3, device="meta")
+    message = r"a tensor on the meta device \(shape \(12, 3\)\) holds shapes, not values"
+    with pytest.raises(ValueError, match="^y: " + message):
+        score("cka", x, meta)
+    with pytest.raises(ValueError, match="^x: " + message):
+        layer_matrix("mutual_knn", [meta], [x], topk=3)
+    with pytest.raises(ValueError, match="^" + message):
+        prepare(meta)
+    with pytest.raises(ValueError, match="^" + message):
+        to_tensor(meta)

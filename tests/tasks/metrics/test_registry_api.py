@@ -614,6 +614,36 @@ def test_masked_arrays_with_masked_values_are_refused_not_read_under_the_mask() 
     assert score("cka", np.ma.masked_array(x), y) == score("cka", x, y)  # nothing masked: the values themselves
 
 
+def test_register_metric_refuses_parameter_names_no_call_can_pass() -> None:
+    """``defaults={1: 2}`` was registered, and then every metric's unknown-parameter error was a
+    bare ``TypeError`` from sorting the names (``'<' not supported between instances of 'str' and
+    'int'``); ``{'x y': 1}`` could never be passed; a list of pairs failed only at the call."""
+    for defaults, given in (({1: 2}, "1"), ({"x y": 1}, "'x y'"), ({None: 1, "ok": 2}, "None")):
+        with pytest.raises(ValueError, match=rf"^metric 'u_params': parameter names must be Python identifiers .*got {given}$"):
+            register_metric("u_params", lambda a, b, **p: 0.5, defaults=defaults, overwrite=True)
+    with pytest.raises(ValueError, match=r"^metric 'u_params': defaults must be a mapping .*got list$"):
+        register_metric("u_params", lambda a, b, **p: 0.5, defaults=[("alpha_", 1)], overwrite=True)
+    assert "u_params" not in METRICS
+    x, y = paired(n=12, dx=4, dy=3)
+    with pytest.raises(TypeError, match=r"^unknown metric parameter\(s\) \['foo'\]; known: "):
+        score("cka", x, y, foo=1)
+
+
+def test_chance_level_refuses_a_chance_function_that_returns_no_number() -> None:
+    """A registered chance function's ``'0.1'`` was returned as is (the pipeline then stored 0.1),
+    its ``'x'`` failed the pipeline with float()'s bare error naming no metric."""
+    try:
+        for returned in ("0.1", "x", True, [0.1]):
+            register_metric("u_chance", lambda a, b: 0.5, chance=lambda n, p, r=returned: r, overwrite=True)
+            with pytest.raises(ValueError, match=r"^metric 'u_chance': its chance function returned .* for n=10; it must "
+                                                 r"return a number or None$"):
+                tm.chance_level("u_chance", 10)
+        register_metric("u_chance", lambda a, b: 0.5, chance=lambda n, p: np.float32(0.25), overwrite=True)
+        assert tm.chance_level("u_chance", 10) == 0.25 and type(tm.chance_level("u_chance", 10)) is float
+    finally:
+        tm.unregister_metric("u_chance")
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"overwrite": "no"}, "overwrite must be True or False"),
     ({"chance": 5}, "chance must be a function"),

@@ -32,6 +32,26 @@ def test_aggregate_ignores_nan_but_not_infinite_scores() -> None:
     assert aggregate(np.array([[np.nan, 2.0], [np.inf, np.nan]]), higher_is_better=False) == (2.0, (0, 1))
 
 
+def test_aggregate_refuses_masked_entries_and_complex_scores() -> None:
+    """A masked entry was read under its mask and returned as the best score (``[[0.4, --]]``
+    holding 0.9 gave 0.9 at (0, 1)); ``bh_fdr`` already refused masked p-values. Complex
+    entries raised float()'s bare TypeError, or lost their imaginary part with a warning."""
+    masked = np.ma.masked_array([[0.4, 0.9]], mask=[[False, True]])
+    for how in ("max", "mean"):
+        with pytest.raises(ValueError, match=r"^matrix given as a masked array with 1 masked entry: .*m\.filled\(np\.nan\)"):
+            aggregate(masked, how)
+    assert aggregate(masked.filled(np.nan)) == (0.4, (0, 0))  # the way the message gives
+    assert aggregate(np.ma.masked_array([[0.4, 0.9]])) == (0.9, (0, 1))  # nothing masked: the values themselves
+    for complex_scores in ([[1 + 2j]], np.array([[0.5 + 0j]])):
+        with pytest.raises(ValueError, match=r"^matrix must hold real numbers \(NaN for a missing score\), got complex"):
+            aggregate(complex_scores)
+    with pytest.raises(ValueError, match=r"^matrix must hold real numbers .*could not convert string to float"):
+        aggregate([["a"]])
+    x, y = paired(n=12, dx=4, dy=3)
+    with pytest.raises(ValueError, match=r"^observed given as a masked array with 1 masked entry"):
+        bootstrap_ci("cka", x, y, n_boot=2, observed=np.ma.masked_array([[0.9]], mask=[[True]]))
+
+
 def test_bh_fdr_against_brute_force() -> None:
     rng = np.random.default_rng(0)
     p = np.concatenate([rng.uniform(size=30), rng.uniform(0, 0.01, size=10)])
