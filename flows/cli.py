@@ -220,6 +220,10 @@ def dataset_argument(value: str, **options: Any) -> DatasetParams:
             if not repo or "/" in revision:
                 raise ValueError(f"--dataset {value!r}: expected {HF_DATASET_URL}ORG/NAME[@REVISION] (a revision with "
                                  "slashes URL-encoded: @refs%2Fconvert%2Fparquet)")
+            hub_id_problem = _hub_id_problem(repo)
+            if hub_id_problem:  # '../../x' was read as the local folder ../../x (kind huggingface reads folders too)
+                raise ValueError(f"--dataset {value!r}: {repo!r} is not a Hugging Face dataset id: expected "
+                                 f"{HF_DATASET_URL}ORG/NAME[@REVISION] ({hub_id_problem})")
             from urllib.parse import unquote
 
             return DatasetParams(kind="huggingface", path=repo, revision=unquote(revision) or None, **given)
@@ -234,6 +238,18 @@ def dataset_argument(value: str, **options: Any) -> DatasetParams:
             field, rest = problem.split(":", 1)
             problems.append(("--" + field.replace("_", "-") if field in options else field) + ":" + rest)
         raise ValueError(f"--dataset {value!r}: " + "; ".join(problems)) from None
+
+
+def _hub_id_problem(repo: str) -> str:
+    """Why ``repo`` is not a hub repository id (``huggingface_hub``'s own rules), or ``''``."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as error:
+        return str(error).splitlines()[0].rstrip(".")
+    return ""
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -313,7 +329,9 @@ def config_with_flags(args: argparse.Namespace) -> PipelineConfig:
     from tasks.params import load_config, validate_config
 
     config = load_config(args.config)
-    image_root = str(Path(args.image_root).expanduser().resolve()) if args.image_root else None
+    image_root = args.image_root
+    if image_root is not None:  # an empty --image-root is refused (DatasetParams), not taken as "not given"
+        image_root = str(Path(image_root).expanduser().resolve()) if image_root.strip() else ""
     options = {"image_column": args.image_column, "text_column": args.text_column, "captions": args.captions, "n": args.n,
                "image_root": image_root, "split": args.split}
     data, flags = config.model_dump(), []

@@ -149,11 +149,28 @@ def coco_captions_table(document: dict[str, Any], where: str, limit: int | None 
         image_column = pa.array(files, pa.string())
     except (pa.ArrowException, TypeError) as exc:
         raise ValueError(f"dataset file {where!r}: every images[].file_name must be a string ({exc})") from exc
+    except UnicodeEncodeError:
+        raise _surrogate_error(where, "images", files, "file_name") from None
+    try:
+        id_column = pa.array(ids, pa.string())
+    except UnicodeEncodeError:
+        raise _surrogate_error(where, "images", ids, "id") from None
     return pa.table({
         "image": image_column,
         "text": _caption_lists([captions[i] for i in ids]),
-        "sample_id": pa.array(ids, pa.string()),
+        "sample_id": id_column,
     })
+
+
+def _surrogate_error(where: str, entries: str, values: list[Any], key: str, indices: list[int] | None = None
+                     ) -> ValueError:
+    """The error for a file name or id (``key`` of ``entries[i]``) holding a lone UTF-16 surrogate
+    (JSON's ``"\\ud83d"``), which names no file and is no id: it was a bare ``UnicodeEncodeError``
+    naming neither the file nor the entry."""
+    at = next(i for i, value in enumerate(values) if _lone_surrogate(value))
+    index = at if indices is None else indices[at]  # the entry's position in the file
+    return ValueError(f"dataset file {where!r}: {entries}[{index}] {key!r} {values[at]!r} holds a lone UTF-16 "
+                      "surrogate (half of a character cut off?), which is not text")
 
 
 def karpathy_split_table(document: dict[str, Any], where: str, split: str | None = None,
@@ -173,7 +190,7 @@ def karpathy_split_table(document: dict[str, Any], where: str, split: str | None
         raise ValueError(f"dataset file {where!r}: 'images' is a JSON {type(images).__name__}, not a list")
     per_split: dict[str, int] = {}
     seen: set[str] = set()
-    rows: dict[str, list[Any]] = {"image": [], "text": [], "sample_id": []}
+    rows: dict[str, list[Any]] = {"image": [], "text": [], "sample_id": [], "index": []}
     for index, image in enumerate(images):
         what = f"images[{index}]"
         image_id = _coco_id(image, "cocoid" if isinstance(image, dict) and "cocoid" in image else "imgid", what, where)
@@ -192,14 +209,18 @@ def karpathy_split_table(document: dict[str, Any], where: str, split: str | None
         rows["image"].append(f"{folder.rstrip('/')}/{name}" if folder else name)
         rows["text"].append(_karpathy_captions(image.get("sentences"), f"{what} (id {image_id!r})", where))
         rows["sample_id"].append(image_id)
+        rows["index"].append(index)
     if split is not None and split not in per_split:
         counts = ", ".join(f"{name!r} ({count} images)" for name, count in sorted(per_split.items())) or "none"
         raise ValueError(f"dataset file {where!r} has no image in split {split!r}; its splits: {counts}")
-    return pa.table({
-        "image": pa.array(rows["image"][:limit], pa.string()),
-        "text": _caption_lists(rows["text"][:limit]),
-        "sample_id": pa.array(rows["sample_id"][:limit], pa.string()),
-    })
+    columns = {}
+    for name, key in (("image", "filename"), ("sample_id", "cocoid / imgid")):
+        try:
+            columns[name] = pa.array(rows[name][:limit], pa.string())
+        except UnicodeEncodeError:
+            raise _surrogate_error(where, "images", rows[name][:limit], key, rows["index"]) from None
+    return pa.table({"image": columns["image"], "text": _caption_lists(rows["text"][:limit]),
+                     "sample_id": columns["sample_id"]})
 
 
 def _karpathy_captions(sentences: Any, what: str, where: str) -> list[str]:
@@ -252,9 +273,22 @@ def _records_table(rows: list[Any], where: str, columns: ColumnMap, limit: int |
     except UnicodeEncodeError as exc:
         raise ValueError(f"dataset file {where!r}: a value holds a lone UTF-16 surrogate ({exc.object[exc.start:exc.end]!r}: "
                          "half of a character cut off?), which is not text") from exc
+    except OverflowError as exc:  # a JSON integer beyond 64 bits (Python reads any size)
+        raise ValueError(f"dataset file {where!r}: {_big_integer(kept, names)}, more than a 64-bit integer holds; "
+                         "write an id that large as a string") from exc
     except (pa.ArrowException, TypeError) as exc:
         raise ValueError(f"dataset file {where!r}: {_mixed_column(kept, names)} ({exc})") from exc
     return columns.canonical(table)
+
+
+def _big_integer(rows: list[dict[str, Any]], names: list[str]) -> str:
+    """Where the row objects hold an integer that no 64-bit integer column takes."""
+    for index, row in enumerate(rows):
+        for name in names:
+            value = row.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**64:
+                return f"element {index} key {name!r} is the integer {value}"
+    return "a value is an integer"
 
 
 def _caption_lists(lists: list[list[str]]) -> pa.Array:

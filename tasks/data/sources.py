@@ -353,8 +353,15 @@ def _read_jsonl(path: Path, columns: ColumnMap, limit: int | None = None) -> pa.
 def records_with_captions(table: pa.Table, where: str, captions: Captions = "first") -> list[RawRecord]:
     """``records_from_table`` of a table whose ``text`` column may hold a list of captions per
     row: one caption per record (``captions``: the first, or all; see the module docstring), a
-    record of an expanded row naming its table row and caption."""
-    table, origins = one_caption_per_row(plain_encodings(table), captions)
+    record of an expanded row naming its table row and caption.
+
+    Raises:
+        ValueError: naming ``where`` and the column, for a column of a type this layout does not
+            accept (checked before the captions are expanded, which would cast an id column).
+    """
+    table = plain_encodings(table)
+    _check_column_types(table, where)
+    table, origins = one_caption_per_row(table, captions)
     records = records_from_table(table, where)
     if origins is not None:  # name the table's row and caption, not the expanded position
         records = [replace(r, row=row, origin=f"row {row}, caption {j}") for r, (row, j) in zip(records, origins)]
@@ -390,6 +397,30 @@ def _plain_type(kind: pa.DataType) -> pa.DataType:
     if pa.types.is_struct(kind):
         return pa.struct([kind.field(i).with_type(_plain_type(kind.field(i).type)) for i in range(kind.num_fields)])
     return kind
+
+
+def _is_text_or_binary(kind: pa.DataType) -> bool:
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind))
+
+
+def _check_column_types(table: pa.Table, where: str) -> None:
+    """Refuse (``ValueError`` naming ``where``) a ``text`` column that is neither text nor a list
+    of texts, and a ``sample_id`` / ``image_id`` column that is not text, binary or integers, the
+    same for either caption policy: expanding ``captions: all`` cast ids to text first (a struct
+    id was a raw ``ArrowNotImplementedError``; ``true`` and ``1.5`` became the ids ``true-0`` and
+    ``1.5-0``, which ``first`` refuses)."""
+    kind = table.schema.field("text").type
+    listed = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    if listed and not _is_text_or_binary(kind.value_type):
+        raise ValueError(f"dataset table {where!r}: column 'text' has type {kind}, expected string or binary, or a "
+                         "list of them (one or more captions per image)")
+    for name in OPTIONAL_COLUMNS:
+        if name in table.column_names:
+            kind = table.schema.field(name).type
+            if not (_is_text_or_binary(kind) or pa.types.is_integer(kind)):
+                raise ValueError(f"dataset table {where!r}: column {name!r} has type {kind}, expected string, binary "
+                                 "or integer")
 
 
 def one_caption_per_row(table: pa.Table, captions: Captions) -> tuple[pa.Table, list[tuple[int, int]] | None]:
@@ -483,6 +514,15 @@ def _parquet_images(where: str, column: pa.ChunkedArray) -> list[bytes | str | N
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return [_decode_path(v) for v in pc.cast(column, pa.large_binary()).to_pylist()]
     if pa.types.is_struct(kind) and {"bytes", "path"} <= {kind.field(i).name for i in range(kind.num_fields)}:
+        data, path = kind.field("bytes").type, kind.field("path").type
+        # a field that is all null may have Arrow's null type (JSON rows giving only a path)
+        if not (pa.types.is_binary(data) or pa.types.is_large_binary(data) or pa.types.is_fixed_size_binary(data)
+                or pa.types.is_null(data)) or not (pa.types.is_string(path) or pa.types.is_large_string(path)
+                                                   or pa.types.is_null(path)):
+            raise ValueError(
+                f"dataset table {where!r}: column 'image' has type {kind}, expected struct<bytes: binary, path: string> "
+                "(the Hugging Face image layout: the encoded image, else a path relative to the table)"
+            )
         result: list[bytes | str | None] = []
         for item in column.to_pylist():
             if item is None:

@@ -296,6 +296,27 @@ def test_column_flags_need_a_dataset(capsys):
     assert capsys.readouterr().err.strip() == "prh run: error: --dataset 'x.csv': --n: Input should be greater than or equal to 2 (got 1)"
 
 
+def test_a_hub_url_names_a_hub_id_and_an_empty_image_root_is_refused(tmp_path, monkeypatch, capsys):
+    """``hf://datasets/../../x`` became kind huggingface with path ``../../x``, which reads the local
+    folder ``../../x`` when there is one: a URL of the hub read a folder of this machine. An empty
+    ``--image-root`` was taken as not given (``--store ""`` and ``--dataset ""`` are refused)."""
+    from flows.cli import dataset_argument
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x").mkdir()
+    for repo in ("../x", "../../x", "org/name/extra", " org/name", "org/-name", "org--a/name", "./x"):
+        with pytest.raises(ValueError, match=r"is not a Hugging Face dataset id: expected hf://datasets/ORG/NAME"):
+            dataset_argument(f"hf://datasets/{repo}")
+    for repo in ("minhuh/prh", "mnist", "Org_1/name.v2-x"):
+        assert dataset_argument(f"hf://datasets/{repo}@main").path == repo
+    for argv in (["--dataset", "pairs.csv", "--image-root", ""], ["--dataset", "pairs.csv", "--image-root", "  "]):
+        assert main(["run", *argv, "--check"]) == 2
+        assert capsys.readouterr().err.strip() == ("prh run: error: --dataset 'pairs.csv': --image-root: String should have "
+                                                   "at least 1 character (got '')")
+    assert main(["run", "--image-root", "", "--check"]) == 2  # without --dataset: refused, not ignored
+    assert "--image-root and --split apply to --dataset" in capsys.readouterr().err
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_run_on_a_hugging_face_dataset_from_the_hub_cache(tmp_path, monkeypatch, capsys):
     """`prh run --dataset hf://datasets/ORG/NAME@REV` offline, the dataset in the hub cache as a

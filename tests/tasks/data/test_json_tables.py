@@ -307,3 +307,35 @@ def test_a_caption_with_a_lone_surrogate_rejects_its_row_only(tmp_path: Path) ->
     rows = [{"image": "red.png\ud83d", "text": "red"}]
     with pytest.raises(ValueError, match=r"ids\.json.*lone UTF-16 surrogate"):
         load_paired_dataset(write_rows(tmp_path / "rows", rows, "ids.json"))
+
+
+def test_a_file_name_or_id_with_a_lone_surrogate_or_an_integer_too_big_names_the_file_and_entry(tmp_path: Path) -> None:
+    """A COCO or Karpathy file name or id holding a lone surrogate was a bare "'utf-8' codec can't
+    encode character '\\ud83d'" naming neither the file nor the entry; an id of an array of rows
+    beyond 64 bits was a raw ``OverflowError`` from pyarrow."""
+    coco = json.loads(json.dumps(COCO))
+    coco["images"][1]["file_name"] = "\ud83d.png"
+    (tmp_path / "coco").mkdir()
+    path, images = coco_layout(tmp_path / "coco", coco)
+    with pytest.raises(ValueError, match=r"captions_val\.json': images\[1\] 'file_name' '\\ud83d\.png' holds a lone UTF-16"):
+        load_paired_dataset(path, image_root=images)
+    coco = json.loads(json.dumps(COCO))
+    coco["images"][0]["id"] = coco["annotations"][3]["image_id"] = "3\udc00"  # image 3 and its one caption
+    (tmp_path / "coco2").mkdir()
+    path, images = coco_layout(tmp_path / "coco2", coco)
+    with pytest.raises(ValueError, match=r"captions_val\.json': images\[0\] 'id' .* holds a lone UTF-16 surrogate"):
+        load_paired_dataset(path, image_root=images, columns=ColumnMap(captions="all"))
+
+    (tmp_path / "k").mkdir()
+    karpathy = json.loads(json.dumps(KARPATHY))
+    karpathy[-1]["filename"] = "t\ud83d.png"
+    path = karpathy_layout(tmp_path / "k", karpathy)
+    split = karpathy[-1]["split"]
+    with pytest.raises(ValueError, match=rf"dataset_coco\.json': images\[{len(KARPATHY) - 1}\] 'filename' .* holds a lone"):
+        load_paired_dataset(path, split=split)  # the entry's index in the file, not among its split's images
+
+    (tmp_path / "rows").mkdir()
+    rows = [{"image": "red.png", "text": "red", "sample_id": 1}, {"image": "blue.png", "text": "blue", "sample_id": 2**70}]
+    with pytest.raises(ValueError, match=r"pairs\.json': element 1 key 'sample_id' is the integer 1180591620717411303424, "
+                                         "more than a 64-bit integer holds"):
+        load_paired_dataset(write_rows(tmp_path / "rows", rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -541,6 +542,41 @@ def test_jsonl_caption_lists_first_or_all(image_dir: Path) -> None:
     (image_dir / "bad.jsonl").write_text('{"image": "img/red.png", "text": "red"}\n{"image": \n')
     with pytest.raises(ValueError, match=r"bad\.jsonl' is not readable JSON Lines"):
         load_paired_dataset(image_dir / "bad.jsonl")
+
+
+@pytest.mark.parametrize("layout", ["parquet", "jsonl"])
+@pytest.mark.parametrize("captions", ["first", "all"])
+def test_column_types_are_checked_alike_for_either_caption_policy(image_dir: Path, layout: str, captions: str) -> None:
+    """An image struct whose ``bytes`` is text or whose ``path`` is a number (a raw ``TypeError``
+    deep in the loader), an id column of structs (a raw ``ArrowNotImplementedError`` with
+    ``captions: all``), of booleans or of floats (ids ``true-0``, ``1.5-0`` with ``all``, refused with
+    ``first``), and a list of numbers as captions (reported as "type int64") are refused naming the
+    table and the column's type, whatever the caption policy."""
+    cases = {
+        "image_bytes_text": ({"image": [{"bytes": "iVBORw0KGgo=", "path": None}], "text": ["red"]},
+                             r"column 'image' has type struct<bytes: string, path: null>, expected struct<bytes: binary"),
+        "image_path_number": ({"image": [{"bytes": None, "path": 5}], "text": ["red"]},
+                              r"column 'image' has type struct<bytes: null, path: int64>, expected struct<bytes: binary"),
+        "id_struct": ({"image": ["img/red.png"], "text": [["red", "a red square"]], "sample_id": [{"x": 1}]},
+                      r"column 'sample_id' has type struct<x: int64>, expected string, binary or integer"),
+        "id_bool": ({"image": ["img/red.png"], "text": [["red", "a red square"]], "sample_id": [True]},
+                    r"column 'sample_id' has type bool, expected string, binary or integer"),
+        "id_float": ({"image": ["img/red.png"], "text": [["red", "a red square"]], "sample_id": [1.5]},
+                     r"column 'sample_id' has type double, expected string, binary or integer"),
+        "image_id_list": ({"image": ["img/red.png"], "text": [["red"]], "image_id": [["r"]]},
+                          r"column 'image_id' has type list<.*>, expected string, binary or integer"),
+        "caption_numbers": ({"image": ["img/red.png"], "text": [[1, 2]]},
+                            r"column 'text' has type list<.*: int64>, expected string or binary, or a list of them"),
+    }
+    for name, (columns, message) in cases.items():
+        path = image_dir / f"{name}.{layout}"
+        if layout == "parquet":
+            pq.write_table(pa.table(columns), path)
+        else:
+            rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+            path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        with pytest.raises(ValueError, match=rf"{name}\.{layout}': {message}"):
+            load_paired_dataset(path, columns=ColumnMap(captions=captions))
 
 
 @pytest.mark.parametrize("metadata", ["metadata.jsonl", "metadata.csv", "metadata.parquet"])
