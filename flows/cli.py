@@ -125,7 +125,7 @@ def command_parser() -> argparse.ArgumentParser:
 
     catalog = commands.add_parser("catalog", help="the DuckDB catalog as a file").add_subparsers(dest="action", required=True)
     export = catalog.add_parser("export", help="write FILE.duckdb with the catalog's views (opens in the DuckDB CLI)")
-    export.add_argument("file", help="the DuckDB database file to write (replaced if it exists)")
+    export.add_argument("file", help="the DuckDB database file to write (an earlier export, or any DuckDB database, is replaced; another file is not)")
     export.add_argument("--store", default=None, help=STORE_HELP)
 
     gc = commands.add_parser("gc", help="remove what no run will use: unpublished files of dead writers, abandoned extraction shards, report figures of older report code or not written for --older-than-days; with --keep-runs, old published versions")

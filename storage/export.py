@@ -52,10 +52,12 @@ class ExportSummary:
 
 
 def export_catalog(store: Store | str, path: str | Path, storage_options: dict[str, Any] | None = None) -> ExportSummary:
-    """Write the catalog of ``store`` to the DuckDB file ``path`` (replaced if it exists).
+    """Write the catalog of ``store`` to the DuckDB file ``path`` (replaced if it exists and is a
+    DuckDB database, as an earlier export is).
 
     Raises ValueError naming ``path`` when it cannot be that file: empty, a folder, under a file,
-    inside the store, a ``\\`` in its POSIX path (see the module's docstring)."""
+    inside the store, an existing file that is not a DuckDB database, a ``\\`` in its POSIX path
+    (see the module's docstring)."""
     if not isinstance(store, Store):
         store = Store(store, storage_options)
     path = _checked_file(path)
@@ -144,7 +146,28 @@ def _checked_file(path: str | Path) -> Path:
             break
         if place.exists():
             raise ValueError(f"catalog file {str(path)!r} is under {str(place)!r}, which is not a folder")
+    if not _replaceable(path):
+        raise ValueError(f"catalog file {str(path)!r} exists and is not a DuckDB database (an earlier export): it is not "
+                         "replaced; remove it yourself or give another name, e.g. prh.duckdb")
     return path
+
+
+#: Where a DuckDB database file holds its magic bytes (after an 8-byte checksum).
+_DUCKDB_MAGIC = (8, b"DUCK")
+
+
+def _replaceable(path: Path) -> bool:
+    """Whether an export may replace ``path``: absent, empty, or a DuckDB database (an earlier
+    export); a typo such as ``prh catalog export pairs.jsonl`` had replaced the user's data file."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return not path.exists() or path.is_file()
+        offset, magic = _DUCKDB_MAGIC
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read(len(magic)) == magic
+    except OSError:  # unreadable: the write's own error says why
+        return True
 
 
 def open_catalog(

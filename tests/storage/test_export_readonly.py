@@ -98,13 +98,29 @@ def test_open_catalog_twice_in_one_process(tmp_path, monkeypatch):
         open_catalog(tmp_path / "text.duckdb")
 
 
-def test_export_replaces_an_older_file(tmp_path):
+def test_export_replaces_an_older_export_and_no_other_file(tmp_path):
+    """An earlier export (a DuckDB database) and an empty file are replaced; any other file is
+    not: `prh catalog export pairs.jsonl` (a typo) had replaced the user's data file."""
     url = str(tmp_path / "store")
     build_catalog_store(url)
     path = tmp_path / "prh.duckdb"
-    path.write_bytes(b"not a database")
+    other = duckdb.connect(str(path))
+    other.execute("create table t as select 1 as a")
+    other.close()
     export_catalog(url, path)
     assert duckdb.connect(str(path), read_only=True).sql("select count(*) from models").fetchall() == [(4,)]
+    export_catalog(url, path)  # the export itself, again
+    assert duckdb.connect(str(path), read_only=True).sql("select count(*) from models").fetchall() == [(4,)]
+    empty = tmp_path / "empty.duckdb"
+    empty.touch()
+    export_catalog(url, empty)
+    assert duckdb.connect(str(empty), read_only=True).sql("select count(*) from models").fetchall() == [(4,)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"image": "a.png", "text": "a cat"}\n')
+    with pytest.raises(ValueError, match=f"catalog file '{data}' exists and is not a DuckDB database"):
+        export_catalog(url, data)
+    assert data.read_text() == '{"image": "a.png", "text": "a cat"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file left
 
 
 def test_exported_file_cannot_change_the_store(tmp_path):
