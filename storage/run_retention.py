@@ -48,7 +48,7 @@ import duckdb
 from storage import layout
 from storage.catalog import current_alignment_keys
 from storage.runs import CANCELLED, CLOCK_SKEW_SECONDS, COMPLETED, FAILED, DamagedRecord, epoch_seconds, extraction_records, live_records, run_records
-from storage.store import DamagedManifest, Store
+from storage.store import DamagedManifest, Store, parse_json
 from storage.verify import is_version_key, manifest_problems
 
 #: Boxes in the order their versions are removed: a version before the versions it was computed
@@ -254,7 +254,7 @@ def rendered_pointers(store: Store) -> dict[str, str]:
     pointers = {}
     for path, raw in zip(paths, store.read_many(paths, f"{layout.DATASETS}/rendered")):
         try:
-            pointers[store.key_of(path)] = layout.dataset_key(str(json.loads(raw or b"")["dataset_version"]))
+            pointers[store.key_of(path)] = layout.dataset_key(str(parse_json(raw or b"")["dataset_version"]))
         except (ValueError, KeyError, TypeError):
             continue  # not one of prh's pointers: left alone
     return pointers

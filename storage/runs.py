@@ -22,7 +22,7 @@ from typing import Any
 
 from storage import layout
 from storage.owner import owner_is_dead
-from storage.store import Store, utc_now
+from storage.store import Store, parse_json, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +127,19 @@ def run_records(store: Store, folder: str = layout.RUNS, damaged: list[DamagedRe
     if not store.fs.exists(base):
         return []
     records = []
-    paths = sorted(store.glob(folder, "*.json"))
+    found = store.glob(folder, "*.json", detail=True)
+    for path in sorted(p for p, entry in found.items() if entry.get("type") == "directory"):  # read_many raised IsADirectoryError
+        problem = "a folder, not a file"
+        if damaged is not None:
+            damaged.append(DamagedRecord(store.key_of(path), problem, store.display_url))
+        else:
+            log.warning("%s; left out", DamagedRecord(store.key_of(path), problem, store.display_url))
+    paths = sorted(p for p, entry in found.items() if entry.get("type") != "directory")
     for path, raw in zip(paths, store.read_many(paths, folder)):
         if raw is None:  # removed since the listing
             continue
         try:
-            record = json.loads(raw)
+            record = parse_json(raw)
         except ValueError as error:
             problem: str | None = f"not JSON: {error}"
         else:

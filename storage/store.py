@@ -23,6 +23,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -125,6 +126,16 @@ def _claim_attempt_in_flight(entry: dict[str, Any], stale_after_s: float = STALE
 def _written_within(entry: dict[str, Any], seconds: float) -> bool:
     """Whether a listing entry was last written less than ``seconds`` ago (a file in flight)."""
     return time.time() - modified_at(entry) <= seconds
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """``json.loads`` of text a store's writer (or a hand edit) chose: JSON nested too deeply for
+    the parser (``[[[[...]]]]``) raises ValueError like any other text that is not JSON, not
+    RecursionError, so that every reader that names a damaged manifest or record names it too."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def utc_now() -> str:
@@ -499,7 +510,7 @@ class Store:
         return out
 
     def read_json(self, key: str) -> Any:
-        return json.loads(self.read_bytes(key))
+        return parse_json(self.read_bytes(key))
 
     def read_table(self, key: str, columns: list[str] | None = None) -> pa.Table:
         with self._reading(key), self.fs.open(self.path(key), "rb") as handle:
@@ -546,7 +557,7 @@ class Store:
         """The manifest in ``raw``, which must be a JSON object naming ``version_key`` as its ``key``."""
         where = f"manifest {version_key}/{MANIFEST} in store {self.display_url}"
         try:
-            manifest = json.loads(raw)
+            manifest = parse_json(raw)
         except ValueError as error:
             raise DamagedManifest(f"{where} is damaged (not JSON: {error})", version_key,
                                   f"remove the folder {version_key} and run again to recompute it") from None
@@ -762,7 +773,7 @@ class Store:
         """The owner id in the claim file, or None when there is none (or it is unreadable)."""
         try:
             self.fs.invalidate_cache(self.path(claim_key))
-            owner = json.loads(self.read_bytes(claim_key)).get("owner")
+            owner = parse_json(self.read_bytes(claim_key)).get("owner")
         except (FileNotFoundError, ValueError, AttributeError):
             return None
         return owner if isinstance(owner, str) else None
@@ -828,16 +839,29 @@ class Store:
         None for a live claim or none."""
         try:
             raw = self.read_bytes(claim_key)
-            token = json.loads(raw)
-            alive_at = max(float(token["claimed_at"]), float(token.get("heartbeat_at") or 0.0))
-        except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
+        except FileNotFoundError:
             return None
+        now = time.time()
+        try:
+            token = parse_json(raw)
+            alive_at = max(float(token["claimed_at"]), float(token.get("heartbeat_at") or 0.0))
+            if not math.isfinite(alive_at) or alive_at > now + stale_after_s:
+                raise ValueError("a time that is no time, or one far ahead")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # not a claim that publish writes (it writes one whole, once): cut short by a partial copy
+            # or sync, edited, another program's. Judged by when it and any sign of life beside it
+            # were last written: ignored, it stood for ever (a publish of its version waited for
+            # ever, gc never swept its folder)
+            return (raw, None) if now - self._last_written(claim_key) > stale_after_s else None
         owner = token.get("owner")
         alive_key = _heartbeat_key(claim_key, owner)
         if alive_key is not None:
-            alive_at = max(alive_at, self._heartbeat_at(alive_key))
+            beat = self._heartbeat_at(alive_key)
+            if beat > now + stale_after_s:  # far ahead (edited, a clock years off): when it was last written decides
+                beat = self._last_written(claim_key)
+            alive_at = max(alive_at, beat)
         abandoned = owner in _ABANDONED_CLAIMS
-        if abandoned or owner_is_dead(token.get("process")) or time.time() - alive_at > stale_after_s:
+        if abandoned or owner_is_dead(token.get("process")) or now - alive_at > stale_after_s:
             return raw, alive_key
         return None
 
@@ -857,11 +881,24 @@ class Store:
             pass
         return False
 
+    def _last_written(self, claim_key: str) -> float:
+        """When the claim ``claim_key`` or any sign of life beside it (``.publishing-alive-*``) was
+        last written (epoch seconds; 0 when none is listed)."""
+        folder = claim_key.rsplit("/", 1)[0]
+        self.fs.invalidate_cache(self.path(folder))
+        try:
+            entries = self.fs.ls(self.path(folder), detail=True)
+        except FileNotFoundError:
+            return 0.0
+        return max((modified_at(entry) for entry in entries
+                    if entry["name"].rstrip("/").rsplit("/", 1)[-1] == CLAIM
+                    or entry["name"].rstrip("/").rsplit("/", 1)[-1].startswith(HEARTBEAT_PREFIX)), default=0.0)
+
     def _heartbeat_at(self, alive_key: str) -> float:
         """Time of the last sign of life in ``alive_key`` (0 when there is none)."""
         try:
             self.fs.invalidate_cache(self.path(alive_key))
-            return float(json.loads(self.read_bytes(alive_key))["heartbeat_at"])
+            return float(parse_json(self.read_bytes(alive_key))["heartbeat_at"])
         except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
             return 0.0
 

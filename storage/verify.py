@@ -161,7 +161,9 @@ def check_version(store: Store, version_key: str, manifest: dict[str, Any], quic
             continue
         check.files += 1
         if entry.get("size") != size:
-            check.problems.append(f"{name}: {entry.get('size')} bytes, the manifest says {size}")
+            said = f"{size!r}: {_json_type(size)}, not a number of bytes" if not isinstance(size, (int, float)) or \
+                isinstance(size, bool) else size  # "7609" had read "7609 bytes, the manifest says 7609"
+            check.problems.append(f"{name}: {entry.get('size')} bytes, the manifest says {said}")
             continue
         check.bytes += int(size or 0)
         if not quick:

@@ -274,3 +274,43 @@ def test_a_list_field_of_the_wrong_type_is_null_in_its_view(store):
     assert others.column(0)[0].as_py() > 0
     runs = query(con, f"select alignment_versions, extracted, reused from runs where run_id = '{record['run_id']}'").to_pylist()
     assert runs == [{"alignment_versions": None, "extracted": None, "reused": [None, "m"]}]
+
+
+def test_json_nested_too_deeply_is_damaged_not_a_recursion_error(store, caplog, capsys):
+    """A manifest or run record of 100,000 nested brackets (valid JSON that Python's parser cannot
+    descend: RecursionError, which no reader caught) failed every command with a traceback. Each
+    is named as damaged like text that is not JSON; the rest shows, and nothing is removed."""
+    deep = "[" * 100_000 + "]" * 100_000
+    key = store.key_of(str(_alignment_folders(store)[0]))
+    Path(store.root, key, "manifest.json").write_text(deep)
+    record = sorted(Path(store.root, "runs").glob("*.json"))[0]
+    record.write_text(deep)
+    with pytest.raises(DamagedManifest, match="not JSON: nested too deeply"):
+        store.manifest(key)
+    with caplog.at_level(logging.WARNING):
+        con = connect(store)
+    assert f"{key}/manifest.json" in caplog.text and record.name in caplog.text
+    assert _count(con, "select count(*) from runs") == 1
+    before = sorted(p for p in Path(store.root).rglob("*") if p.is_file())
+    assert main(["verify", "--store", store.url]) == 1
+    out = capsys.readouterr().out
+    assert f"DAMAGED {key}: " in out and "nested too deeply" in out and record.name in out
+    assert main(["gc", "--keep-runs", "1", "--store", store.url]) == 0
+    assert "no published versions removed" in capsys.readouterr().out
+    assert sorted(p for p in Path(store.root).rglob("*") if p.is_file()) == before
+
+
+def test_a_folder_named_like_a_run_record_is_named_not_a_crash(store, caplog, capsys):
+    """`runs/x.json/` or `runs/extractions/x.json/` as a folder (another tool's, a sync's) failed
+    every command with IsADirectoryError. It is named as a run record that cannot be read."""
+    for folder in ("runs/odd.json", "runs/extractions/odd.json"):
+        Path(store.root, folder).mkdir(parents=True)
+    with caplog.at_level(logging.WARNING):
+        con = connect(store)
+    assert "runs/odd.json" in caplog.text and "a folder, not a file" in caplog.text
+    assert _count(con, "select count(*) from runs") == 2
+    assert main(["verify", "--store", store.url]) == 1
+    out = capsys.readouterr().out
+    assert "runs/odd.json" in out and "runs/extractions/odd.json" in out
+    assert main(["gc", "--keep-runs", "1", "--store", store.url]) == 0
+    assert Path(store.root, "runs/odd.json").is_dir() and Path(store.root, "runs/extractions/odd.json").is_dir()

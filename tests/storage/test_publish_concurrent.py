@@ -353,3 +353,46 @@ def test_gc_stalled_inside_its_removal_loses_at_most_the_removal_in_flight(tmp_p
     assert store.unpublish("features/d/m/v") is False
     problems = [c.problems for c in verify_store(Store(url))]
     assert len(calls) == 1 and len(problems) == 1 and len(problems[0]) == 1 and problems[0][0].endswith(": missing")
+
+
+@pytest.mark.parametrize("claim", [b"", b'{"owner": "w", "claimed', b"[]", b'{"owner": "w"}', b'{"owner": "w", "claimed_at": "today"}',
+                                   b'{"owner": "w", "claimed_at": NaN}', b'{"owner": "w", "claimed_at": 1e300}'],
+                         ids=["empty", "cut short", "a list", "no time", "time as text", "NaN", "far ahead"])
+def test_a_claim_that_does_not_read_is_judged_by_its_age(tmp_path, claim):
+    """A claim file that is not one publish writes (emptied or cut by a partial copy or sync, edited,
+    a time far ahead) was never stale: a publish of its version waited for ever and gc never swept
+    its folder. It is now judged by when it (or a sign of life beside it) was last written."""
+    import os
+
+    store = Store(str(tmp_path / "store"))
+    store.write_bytes(f"x/v/{CLAIM}", claim)
+    assert not store._drop_if_stale(f"x/v/{CLAIM}", 60.0) and store.exists(f"x/v/{CLAIM}")  # fresh: may be a writer's
+    store.write_bytes(f"x/v/{HEARTBEAT_PREFIX}w", b"{}")
+    old = time.time() - 3600
+    os.utime(store.path(f"x/v/{CLAIM}"), (old, old))
+    assert not store._drop_if_stale(f"x/v/{CLAIM}", 60.0)  # a sign of life beside it, written just now
+    os.utime(store.path(f"x/v/{HEARTBEAT_PREFIX}w"), (old, old))
+    store.write_bytes("x/v/left.bin", b"a dead writer's")
+    assert store.sweep_abandoned(("x",), stale_after_s=60.0, dry_run=True) == ["x/v"]
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(store.publish("x/v", {"a.bin": b"1"}, {}, stale_after_s=60.0)),
+                              daemon=True)
+    worker.start()
+    worker.join(20)
+    assert done and done[0].written and store.read_bytes("x/v/a.bin") == b"1"
+    assert not store.exists(f"x/v/{CLAIM}") and not store.exists("x/v/left.bin")
+
+
+def test_a_sign_of_life_far_ahead_is_judged_by_when_it_was_written(tmp_path):
+    """A claim whose sign of life says a time far ahead (edited, a writer's clock years off) stood
+    for ever; it is judged by when the files were last written: fresh, live; silent, stale."""
+    import os
+
+    store = Store(str(tmp_path / "store"))
+    old = time.time() - 3600
+    store.write_bytes(f"x/v/{CLAIM}", json.dumps({"owner": "w", "claimed_at": old}).encode())
+    store.write_bytes(f"x/v/{HEARTBEAT_PREFIX}w", json.dumps({"heartbeat_at": time.time() + 10**6}).encode())
+    os.utime(store.path(f"x/v/{CLAIM}"), (old, old))
+    assert not store._drop_if_stale(f"x/v/{CLAIM}", 60.0)  # the sign of life was just written
+    os.utime(store.path(f"x/v/{HEARTBEAT_PREFIX}w"), (old, old))
+    assert store._drop_if_stale(f"x/v/{CLAIM}", 60.0)

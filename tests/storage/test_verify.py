@@ -362,3 +362,18 @@ def test_another_tools_folder_in_the_store_is_never_removed(tmp_path, capsys):
     assert "left datasets/coco/manifest.json in place: not a version folder" in out, out
     assert all(store.read_bytes(key) == data for key, data in foreign.items())
     assert store.manifest(sound) is not None and not store.exists(cut)
+
+
+@pytest.mark.parametrize("size, said", [("64", "'64': text"), ([64], "[64]: a list"), (None, "None: null")])
+def test_a_size_that_is_not_a_number_of_bytes_is_named_as_such(tmp_path, size, said):
+    """A listed size of "64" (a hand edit, another tool's manifest) read "b.bin: 64 bytes, the
+    manifest says 64": a mismatch no one could see."""
+    store = Store(str(tmp_path / "store"))
+    manifest = _publish(store, "features/d/m/v", 0)
+    manifest["files"]["b.bin"]["bytes"] = size
+    store.write_json(f"features/d/m/v/{MANIFEST}", manifest)
+    [check] = verify_store(store)
+    assert check.problems == [f"b.bin: 64 bytes, the manifest says {said}, not a number of bytes"]
+    manifest["files"]["b.bin"]["bytes"] = 64.0  # the same number: not damaged
+    store.write_json(f"features/d/m/v/{MANIFEST}", manifest)
+    assert verify_store(store)[0].ok
