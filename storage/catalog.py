@@ -184,15 +184,15 @@ def catalog_sources(store: Store) -> CatalogSources:
     return CatalogSources(files, tables, lineage, listed, feature_datasets)
 
 
-def stored_files(store: Store, sources: CatalogSources) -> StoredFiles | None:
-    """For an object store, :class:`StoredFiles` of ``sources``: one recursive listing of each
-    box that has files (a few LIST requests); None for a local store (its views bind every footer)."""
-    if store.is_local:
-        return None
+def stored_files(store: Store, sources: CatalogSources) -> StoredFiles:
+    """:class:`StoredFiles` of ``sources``: one recursive listing of each box that has files (on
+    an object store a few LIST requests), against which each file's size is checked before a view
+    reads it. Files of an object store are grouped by schema fingerprint (bound from the first
+    of each group); a local store's are all bound (its footers are cheap to read)."""
     sizes: dict[str, int] = {}
     for prefix in sorted({_FILE_VIEWS[view][0] for view, files in sources.files.items() if files}):
         sizes.update(store.sizes(prefix))
-    return StoredFiles(sources.listed, sizes)
+    return StoredFiles(sources.listed, sizes, by_schema=not store.is_local)
 
 
 def _usable(store: Store, manifests: Iterable[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
@@ -491,11 +491,12 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
     ``feature_datasets`` (:attr:`CatalogSources.feature_datasets`) the same way.
     Returns the files the view reads (a damaged one is left out, with a warning).
 
-    Without ``stored`` (local stores) binding the view reads every file's footer, which finds a
-    damaged file at once. With it (object stores, :func:`stored_files`), a file missing from the
-    listing or of another size than its manifest's is left out first, and files of one schema
-    fingerprint are bound from their first file only (``storage.stored_files``); damage that
-    keeps the size shows when a query reads the file (the error then points to `prh verify`)."""
+    With ``stored`` (:func:`stored_files`), a file missing from the listing or of another size
+    than its manifest's (cut short, or rewritten by hand as valid Parquet: rows dropped, scores
+    changed) is left out first, on every kind of store; on an object store files of one schema
+    fingerprint are then bound from their first file only (``storage.stored_files``). Binding
+    reads every other file's footer, which finds one that does not parse; damage that keeps the
+    size shows when a query reads the file (the error then points to `prh verify`)."""
     if not files:
         declared = _EMPTY_VIEWS[view].split(", ") + list(_ADDED_COLUMNS.get(view, ()))
         con.execute(f"CREATE VIEW {view} AS SELECT {_typed_nulls(declared)} WHERE false")

@@ -60,10 +60,12 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
     (see the module's docstring)."""
     if not isinstance(store, Store):
         store = Store(store, storage_options)
+    # inside the store first: a published file there (samples.parquet) is not replaceable either,
+    # but that message ("not a DuckDB database") had hidden the reason that holds for every name
+    if store.is_local and str(path).strip() and Path(path).expanduser().resolve().is_relative_to(Path(store.root).resolve()):
+        raise ValueError(f"catalog file {str(Path(path).expanduser().resolve())!r} is inside the store {store.display_url}: "
+                         "write it elsewhere (it would replace or sit among the store's files)")
     path = _checked_file(path)
-    if store.is_local and path.is_relative_to(Path(store.root).resolve()):
-        raise ValueError(f"catalog file {str(path)!r} is inside the store {store.display_url}: write it elsewhere "
-                         "(it would replace or sit among the store's files)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # raced by a file of that name, or no permission

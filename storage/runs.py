@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 
 from storage import layout
 from storage.owner import owner_is_dead
-from storage.store import Store, parse_json, utc_now
+from storage.store import Store, modified_at, parse_json, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,33 @@ def epoch_seconds(timestamp: Any) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
+def last_beat(store: Store, run_id: str, now: float) -> float | None:
+    """When the run ``run_id`` last gave a sign of life (``runs/alive/<run_id>.json``, epoch
+    seconds), None when it has none. A sign of life that does not read (cut short by a partial
+    copy or sync, edited: ``heartbeat_at`` text, NaN) or lies far ahead (more than
+    ``STALE_RUN_SECONDS``: edited, a clock years off) is judged by when its file was last written,
+    as a publishing claim is: ignored, a live run's was taken for silence (its run marked
+    ``CRASHED`` and its sign of life removed), and one far ahead kept a run alive for ever (`prh gc`
+    never swept what was written after its start)."""
+    try:
+        key = alive_key(run_id)
+    except ValueError:  # a run id that is no store key (an edited record): it has no sign of life
+        return None
+    try:
+        beat = float(store.read_json(key)["heartbeat_at"])
+        if math.isfinite(beat) and beat <= now + STALE_RUN_SECONDS:
+            return beat
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+        pass
+    try:
+        store.fs.invalidate_cache(store.path(key))
+        return modified_at(store.fs.info(store.path(key)))
+    except FileNotFoundError:
+        return None
+
+
 def gone_reason(store: Store, record: dict[str, Any], now: float | None = None) -> str | None:
     """Why the ``RUNNING`` run of ``record`` is known to have stopped without writing its end, or
     None while it may still run (or the record is not ``RUNNING``). A record written before runs
@@ -106,10 +134,9 @@ def gone_reason(store: Store, record: dict[str, Any], now: float | None = None) 
         return (f"started {(now - started) / 86400:.0f} days ago by a prh that left no signs of life, and never "
                 "finished: its process, container or machine stopped without finishing it")
     last = epoch_seconds(record.get("started_at")) or 0.0
-    try:
-        last = max(last, float(store.read_json(alive_key(str(record.get("run_id"))))["heartbeat_at"]))
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        pass
+    beat = last_beat(store, str(record.get("run_id")), now)
+    if beat is not None:
+        last = max(last, beat)
     silent = now - last
     if silent <= STALE_RUN_SECONDS:
         return None
@@ -239,12 +266,12 @@ def resumed(store: Store, record: dict[str, Any], now: float | None = None) -> b
     Until then it is a live run: what it may be writing or reusing is not cleaned up."""
     if record.get("status") != CRASHED:
         return False
-    try:
-        beat = float(store.read_json(alive_key(str(record.get("run_id"))))["heartbeat_at"])
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
+    now = time.time() if now is None else now
+    beat = last_beat(store, str(record.get("run_id")), now)
+    if beat is None:
         return False
     marked = epoch_seconds(record.get("marked_crashed_at")) or 0.0
-    return beat > marked and (time.time() if now is None else now) - beat <= STALE_RUN_SECONDS
+    return beat > marked and now - beat <= STALE_RUN_SECONDS
 
 
 #: Times read from another clock than this host's (a run's start on another host, an object

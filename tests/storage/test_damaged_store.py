@@ -178,6 +178,30 @@ def test_a_missing_file_is_named_and_left_out_on_s3_too(store_url, caplog):
     assert _count(con, "select count(*) from runs") == 2 and _count(con, "select count(*) from alignment_best") == 8
 
 
+def test_a_file_rewritten_as_valid_parquet_is_left_out_locally_as_on_s3(store, caplog, capsys):
+    """A best-rows file rewritten by hand as valid Parquet (every score 0.999; the manifest
+    untouched): on S3 the catalog left it out (its size is not the manifest's), on a local store
+    `prh sql` and `prh report` showed 0.999 as the pair's score, with no warning."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    healthy = connect(store)
+    best = _count(healthy, "select count(*) from alignment_best")
+    path = _alignment_folders(store)[0] / "best.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(table.column_names.index("score"), "score", pa.array([0.999] * table.num_rows)), path)
+    with caplog.at_level(logging.WARNING, logger="storage.catalog"):
+        con = connect(store)
+    assert f"{path}: " in caplog.text and "the manifest says" in caplog.text
+    assert "left out of the alignment_best_all view" in caplog.text
+    assert _count(con, "select count(*) from alignment_best_all where score = 0.999") == 0
+    assert 0 < _count(con, "select count(*) from alignment_best") < best
+    assert _count(con, "select count(*) from alignment_all") == _count(healthy, "select count(*) from alignment_all")
+    assert main(["sql", "select count(*) n from alignment_best_all where score = 0.999", "--store", store.url,
+                 "--format", "csv"]) == 0
+    assert capsys.readouterr().out.split() == ["n", "0"]
+
+
 def test_a_damaged_page_behind_a_sound_footer_points_to_prh_verify(store):
     """A scores file whose footer reads but whose data page does not: the view binds, the query
     fails when it reads the page (DuckDB names no file); the error points to `prh verify`, which

@@ -101,6 +101,30 @@ def test_runs_silent_for_too_long_are_crashed_wherever_they_ran(tmp_path):
     assert mark_crashed_runs(store) == []
 
 
+def test_a_sign_of_life_that_does_not_read_or_lies_far_ahead_is_judged_by_when_it_was_written(tmp_path):
+    """A run on another host whose ``runs/alive/`` file says ``heartbeat_at: "yesterday"`` or NaN
+    (an edit, a partial sync) was taken for silent: gc marked it CRASHED and removed its sign of
+    life while it beat. One far ahead (year 9999's epoch seconds) kept it alive for ever (gc
+    never swept what was written since its start). Both are now judged by when the file was last
+    written, as a publishing claim is."""
+    import os
+
+    store = Store(str(tmp_path / "store"))
+    stale_minutes = STALE_RUN_SECONDS / 60
+    for run_id, beat in [("text", "yesterday"), ("nan", float("nan")), ("list", [1]), ("ahead", 253402300799.0)]:
+        store.write_json(layout.run_key(run_id), _running(run_id, stale_minutes * 4))
+        store.write_json(alive_key(run_id), {"run_id": run_id, "heartbeat_at": beat})
+    # written just now: alive, whatever the file says
+    assert {r["run_id"]: r["status"] for r in runs_as_known(store)} == dict.fromkeys(["ahead", "list", "nan", "text"], RUNNING)
+    assert mark_crashed_runs(store) == []
+    assert all(store.exists(alive_key(run_id)) for run_id in ("ahead", "list", "nan", "text"))
+    # last written long ago: silent, far ahead or not
+    old = time.time() - STALE_RUN_SECONDS - 600
+    for run_id in ("ahead", "text"):
+        os.utime(store.path(alive_key(run_id)), (old, old))
+    assert mark_crashed_runs(store) == ["ahead", "text"]
+
+
 def test_run_heartbeat_renews_its_sign_of_life_and_removes_it_at_the_end(tmp_path):
     store = Store(str(tmp_path / "store"))
     with RunHeartbeat(store, "r1", interval=0.05):
