@@ -39,7 +39,6 @@ versions and stay.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -117,7 +116,7 @@ def _named_inputs(record: dict[str, Any]) -> tuple[str | None, dict[str, Any] | 
     dataset, features = record.get("dataset_version"), record.get("feature_versions")
     if isinstance(features, str):
         try:
-            features = json.loads(features)
+            features = parse_json(features)
         except ValueError:
             features = None
     return (dataset if isinstance(dataset, str) and dataset else None,

@@ -12,7 +12,6 @@ unpublished (``Store.sweep_abandoned``); the catalog shows them ``CRASHED`` at o
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
