@@ -399,9 +399,12 @@ def _plain_type(kind: pa.DataType) -> pa.DataType:
     return kind
 
 
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
 def _is_text_or_binary(kind: pa.DataType) -> bool:
-    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
-            or pa.types.is_large_binary(kind))
+    return _is_text(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
 
 
 def _check_column_types(table: pa.Table, where: str) -> None:
@@ -490,12 +493,7 @@ def _as_bytes(
     kind = column.type
     if allow_integers and pa.types.is_integer(kind):
         column = pc.cast(column, pa.string())
-    elif not (
-        pa.types.is_string(kind)
-        or pa.types.is_large_string(kind)
-        or pa.types.is_binary(kind)
-        or pa.types.is_large_binary(kind)
-    ):
+    elif not _is_text_or_binary(kind):
         wanted = "string, binary or integer" if allow_integers else "string or binary"
         raise ValueError(f"dataset table {where!r}: column {name!r} has type {kind}, expected {wanted}")
     # Casting string → binary never checks UTF-8, so undecodable values survive to be reported.
@@ -511,14 +509,13 @@ def _parquet_images(where: str, column: pa.ChunkedArray) -> list[bytes | str | N
     kind = column.type
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
         return column.to_pylist()
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+    if _is_text(kind):
         return [_decode_path(v) for v in pc.cast(column, pa.large_binary()).to_pylist()]
     if pa.types.is_struct(kind) and {"bytes", "path"} <= {kind.field(i).name for i in range(kind.num_fields)}:
         data, path = kind.field("bytes").type, kind.field("path").type
         # a field that is all null may have Arrow's null type (JSON rows giving only a path)
         if not (pa.types.is_binary(data) or pa.types.is_large_binary(data) or pa.types.is_fixed_size_binary(data)
-                or pa.types.is_null(data)) or not (pa.types.is_string(path) or pa.types.is_large_string(path)
-                                                   or pa.types.is_null(path)):
+                or pa.types.is_null(data)) or not (_is_text(path) or pa.types.is_null(path)):
             raise ValueError(
                 f"dataset table {where!r}: column 'image' has type {kind}, expected struct<bytes: binary, path: string> "
                 "(the Hugging Face image layout: the encoded image, else a path relative to the table)"
