@@ -360,12 +360,12 @@ CHECKED_EMOJI_SIZE = 256
 
 def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], str]:
     """``(outcome, why on one line)`` for the config's dataset without reading it: a ``path``
-    dataset's file or folder (and ``image_root``) must exist, as ``prh run`` would refuse it
-    first thing; the demo's ``n`` must not exceed the emoji it can draw (its dataset task would
+    dataset's file or folder (and ``image_root``) must exist, and ``split`` be set only where its
+    layout has splits, as ``prh run`` would refuse them first thing; the demo's ``n`` must not exceed the emoji it can draw (its dataset task would
     fail; told up to ``CHECKED_EMOJI_SIZE`` px, where drawing them all takes ~2 s); a hub dataset is ``unchecked`` (read when the run starts)."""
     from pathlib import Path
 
-    from tasks.data.sources import check_dataset_path
+    from tasks.data.sources import check_dataset_path, check_split
     from tasks.data.tables import checked_image_root
 
     if params.kind == "openmoji":  # the emoji the font draws at that size: rendered, 0.3 s at 32 px, 1.5 s at 224, 25 s at 1024
@@ -383,6 +383,7 @@ def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], s
         return ("ok", "") if path.is_dir() else ("unchecked", f"hub dataset {params.path!r} is read when the run starts")
     try:  # the loader's own checks, in its order
         check_dataset_path(path)
+        check_split(path, params.split)
         if params.image_root is not None:
             checked_image_root(path, params.image_root)
     except ValueError as error:

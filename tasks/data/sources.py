@@ -178,11 +178,8 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
     """
     columns = columns or ColumnMap()
     check_dataset_path(path)
+    check_split(path, split)
     from tasks.data.webdataset import is_shard, read_shards, shards_in
-
-    if not (path.is_file() and path.suffix.lower() == ".json"):  # a .json document tells (tasks.data.json_tables)
-        kind = "a folder" if path.is_dir() else "a WebDataset shard" if is_shard(path) else f"a {path.suffix} table"
-        refuse_split(split, f"dataset {str(path)!r}", kind)
 
     if path.is_file() and is_shard(path):
         return read_shards([path], columns, limit), path.parent
@@ -221,6 +218,18 @@ def path_exists(path: Path, what: str) -> bool:
             raise
         raise ValueError(f"{what} {str(path)[:200]!r}{'...' if len(str(path)) > 200 else ''} is too long to name a file "
                          f"({exc.strerror})") from None
+
+
+def check_split(path: Path, split: str | None) -> None:
+    """Raise ``ValueError`` when ``split`` is set for a dataset ``path`` (an existing file or
+    folder) whose layout has no splits: any but a ``.json`` document (a Karpathy split file tells
+    its splits when read, ``tasks.data.json_tables``)."""
+    if split is None or (path.is_file() and path.suffix.lower() == ".json"):
+        return
+    from tasks.data.webdataset import is_shard
+
+    kind = "a folder" if path.is_dir() else "a WebDataset shard" if is_shard(path) else f"a {path.suffix} table"
+    refuse_split(split, f"dataset {str(path)!r}", kind)
 
 
 def refuse_split(split: str | None, what: str, kind: str) -> None:

@@ -987,6 +987,12 @@ def test_run_check_refuses_a_dataset_path_that_does_not_exist(tmp_path, capsys, 
     config.write_text(yaml.safe_dump({"dataset": {"kind": "huggingface", "path": "someone/pairs"}, "models": [TINY_VIT]}))
     assert main(["run", "--config", str(config), "--check"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "unchecked dataset: hub dataset 'someone/pairs' is read when the run starts"
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "path", "path": "data/nothere.csv", "split": "test"},
+                                      "models": [TINY_VIT]}))
+    assert main(["run", "--config", str(config), "--check"]) == 2  # prh run refuses a split of a CSV first thing
+    assert capsys.readouterr().out.splitlines() == [
+        "refused   dataset: dataset 'data/nothere.csv' is a .csv table, which has no splits: dataset.split 'test' applies to "
+        "Karpathy split files (dataset_coco.json) and hub datasets; leave it unset"]
 
 
 def test_n_without_a_dataset_flag_sets_the_configs_own_dataset(tmp_path):
