@@ -135,7 +135,7 @@ def coco_captions_table(document: dict[str, Any], where: str, limit: int | None 
         caption = annotation.get("caption")
         if not isinstance(caption, str):
             raise ValueError(f"dataset file {where!r}: annotations[{index}] 'caption' is "
-                             f"{'missing' if caption is None else 'a JSON ' + type(caption).__name__}, not a string")
+                             f"{_shown_field(annotation, 'caption')}, not a string")
         if image_id in captions:
             captions[image_id].append(caption)
         else:
@@ -201,13 +201,13 @@ def karpathy_split_table(document: dict[str, Any], where: str, split: str | None
         for key, value, optional in (("filename", name, False), ("filepath", folder, True), ("split", part, split is None)):
             if not isinstance(value, str) and not (optional and value is None):
                 raise ValueError(f"dataset file {where!r}: {what} (id {image_id!r}) '{key}' is "
-                                 f"{'missing' if value is None else 'a JSON ' + type(value).__name__}, not a string")
+                                 f"{_shown_field(image, key)}, not a string")
         if part is not None:
             per_split[part] = per_split.get(part, 0) + 1
         if split is not None and part != split:
             continue
         rows["image"].append(f"{folder.rstrip('/')}/{name}" if folder else name)
-        rows["text"].append(_karpathy_captions(image.get("sentences"), f"{what} (id {image_id!r})", where))
+        rows["text"].append(_karpathy_captions(image, f"{what} (id {image_id!r})", where))
         rows["sample_id"].append(image_id)
         rows["index"].append(index)
     if split is not None and split not in per_split:
@@ -223,11 +223,11 @@ def karpathy_split_table(document: dict[str, Any], where: str, split: str | None
                      "sample_id": columns["sample_id"]})
 
 
-def _karpathy_captions(sentences: Any, what: str, where: str) -> list[str]:
-    """The ``raw`` captions of a Karpathy image's ``sentences``, in order."""
+def _karpathy_captions(image: dict[str, Any], what: str, where: str) -> list[str]:
+    """The ``raw`` captions of a Karpathy ``image`` entry's ``sentences``, in order."""
+    sentences = image.get("sentences")
     if not isinstance(sentences, list):
-        raise ValueError(f"dataset file {where!r}: {what} 'sentences' is "
-                         f"{'missing' if sentences is None else 'a JSON ' + type(sentences).__name__}, not a list")
+        raise ValueError(f"dataset file {where!r}: {what} 'sentences' is {_shown_field(image, 'sentences')}, not a list")
     captions = []
     for j, sentence in enumerate(sentences):
         raw = sentence.get("raw") if isinstance(sentence, dict) else None
@@ -237,14 +237,21 @@ def _karpathy_captions(sentences: Any, what: str, where: str) -> list[str]:
     return captions
 
 
+def _shown_field(entry: dict[str, Any], key: str) -> str:
+    """What ``entry[key]`` is, for a message: ``missing``, ``null`` or ``a JSON <type>``."""
+    if key not in entry:
+        return "missing"
+    return "null" if entry[key] is None else f"a JSON {type(entry[key]).__name__}"
+
+
 def _coco_id(entry: Any, key: str, what: str, where: str) -> str:
     """The integer or string id under ``key`` of a COCO entry, as a string."""
     if not isinstance(entry, dict):
         raise ValueError(f"dataset file {where!r}: {what} is a JSON {type(entry).__name__}, not an object")
     value = entry.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"dataset file {where!r}: {what} '{key}' is {'missing' if value is None else repr(value)}; "
-                         "expected an integer or a string")
+        shown = repr(value) if value is not None else _shown_field(entry, key)
+        raise ValueError(f"dataset file {where!r}: {what} '{key}' is {shown}; expected an integer or a string")
     return str(value)
 
 

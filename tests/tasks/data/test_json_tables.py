@@ -108,6 +108,8 @@ def test_coco_images_are_relative_to_the_json_folder_by_default(tmp_path: Path) 
         (lambda d: d["images"].append({"id": 9, "file_name": 7}), r"every images\[\]\.file_name must be a string"),
         (lambda d: d["annotations"].append({"image_id": 1, "caption": ["a", "b"]}), r"annotations\[6\] 'caption' is a JSON list, not a string"),
         (lambda d: d["annotations"].append({"image_id": 1}), r"annotations\[6\] 'caption' is missing"),
+        (lambda d: d["annotations"].append({"image_id": 1, "caption": None}), r"annotations\[6\] 'caption' is null"),
+        (lambda d: d["images"].append({"id": None, "file_name": "a.png"}), r"images\[3\] 'id' is null; expected an integer"),
         (lambda d: d.update(annotations={}), r"'annotations' is a JSON dict, not a list"),
     ],
 )
@@ -242,6 +244,10 @@ def test_karpathy_flickr_layout_is_named_by_imgid(tmp_path: Path) -> None:
         (lambda d: d[0].update(sentences="A red square"), r"images\[0\] \(id '11'\) 'sentences' is a JSON str, not a list"),
         (lambda d: d[2]["sentences"][1].pop("raw"), r"images\[2\] \(id '5'\) sentences\[1\] has no string 'raw'"),
         (lambda d: d[1].pop("cocoid") and d[1].pop("imgid"), r"images\[1\] 'imgid' is missing; expected an integer"),
+        (lambda d: d[1].update(cocoid=None), r"images\[1\] 'cocoid' is null; expected an integer"),
+        (lambda d: d[1].update(filename=None), r"images\[1\] \(id '7'\) 'filename' is null, not a string"),
+        (lambda d: d[2].pop("sentences"), r"images\[2\] \(id '5'\) 'sentences' is missing, not a list"),
+        (lambda d: d[0].update(sentences=None), r"images\[0\] \(id '11'\) 'sentences' is null, not a list"),
     ],
 )
 def test_broken_karpathy_files_are_refused_naming_the_entry(tmp_path: Path, mutate, message: str) -> None:
