@@ -559,10 +559,10 @@ def _yaml_message(error: yaml.YAMLError) -> str:
     return message
 
 
-def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, bool]:
-    """1-based line of the deepest node ``loc`` reaches in the YAML tree, and whether it reached
-    the end of ``loc`` (``(None, False)`` without a tree)."""
-    node, line = root, None
+def _deepest_node(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[yaml.Node | None, bool]:
+    """The deepest node of the YAML tree that ``loc`` reaches, and whether it reached the end of
+    ``loc`` (``(None, False)`` without a tree)."""
+    node = root
     for part in loc:
         if isinstance(node, yaml.MappingNode):
             found = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)), None)
@@ -571,11 +571,30 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, 
         else:
             found = None
         if found is None:
-            return (node.start_mark.line + 1 if node is not None else None), False
+            return node, False
         node = found
-    if node is not None:
-        line = node.start_mark.line + 1
-    return line, node is not None
+    return node, node is not None
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, bool]:
+    """1-based line of the deepest node ``loc`` reaches in the YAML tree, and whether it reached
+    the end of ``loc`` (``(None, False)`` without a tree)."""
+    node, complete = _deepest_node(root, loc)
+    return (node.start_mark.line + 1 if node is not None else None), complete
+
+
+def _key_line(root: yaml.Node | None, loc: tuple[Any, ...], key: Any) -> int | None:
+    """1-based line of the key of the mapping at ``loc`` that YAML reads as ``key`` (a number,
+    boolean or null, not a string; None where not found)."""
+    node, complete = _deepest_node(root, loc)
+    if not complete or not isinstance(node, yaml.MappingNode):
+        return None
+    for k, _ in node.value:
+        if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:str":
+            read = yaml.safe_load(k.value or "null")
+            if read == key and type(read) is type(key):
+                return k.start_mark.line + 1
+    return None
 
 
 def _shown(value: Any) -> str:
@@ -629,6 +648,12 @@ def _problem(error: dict[str, Any], raw: Any, root: yaml.Node | None) -> str:
         message = f"unknown key{hint}; valid keys here: {', '.join(valid)}"
     elif kind == "missing":
         message = "required, but missing"
+    elif kind == "invalid_key":  # a YAML key read as a number, boolean or null (pydantic's loc: the key, or 'None')
+        loc, key = loc[:-1], error.get("input")
+        message = f"key {_shown(key)} is not a string (YAML reads an unquoted number, true/false or null as one: quote it)"
+        where = _where(loc, raw)
+        line = _key_line(root, loc, key)
+        return f"{where}{f' (line {line})' if line is not None else ''}: {message}"
     elif kind not in ("value_error", "assertion_error", "too_short", "too_long"):
         if kind in ("model_type", "dict_type", "model_attributes_type"):
             message = "expected a mapping"
