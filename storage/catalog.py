@@ -263,15 +263,34 @@ def connect(
     con.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ columns shown (and returned to Arrow) in UTC
     if lossless_arrow:
         con.execute("SET arrow_lossless_conversion = true")
+    read: list[str] = []
     for view, files in sources.files.items():
-        _create_file_view(con, view, files, sources.lineage, store, stored, sources.feature_datasets)
+        read += _create_file_view(con, view, files, sources.lineage, store, stored, sources.feature_datasets)
     for view, table in sources.tables.items():
         con.register(f"_{view}_table", table)
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM _{view}_table")
     create_derived_views(con)
     if read_only:
-        lock_down(con, [store.uri("").rstrip("/") + "/"], _exists_in(store))
+        lock_down(con, [store.uri("").rstrip("/") + "/"], _exists_in(store),
+                  linked_files(store.root, read) if store.is_local else [])
     return con
+
+
+def linked_files(root: str, files: list[str]) -> list[str]:
+    """Those of ``files`` (the local paths the views read, glob characters escaped) that lie
+    outside the folder ``root`` once symbolic links are followed: a store whose ``features/`` (or
+    one model's folder) was moved to a bigger disk and linked back. DuckDB checks a path against
+    ``allowed_directories`` with its links followed, so such a file was refused ("file system
+    operations are disabled by configuration") though it is the store's own; :func:`lock_down`
+    allows each of them by name (DuckDB's ``allowed_paths``), and nothing else beside it."""
+    real_root = os.path.realpath(root)
+    linked = []
+    for file in files:
+        path = unescape_glob(file)
+        real = os.path.realpath(path)
+        if real != real_root and not real.startswith(real_root.rstrip("/") + "/"):
+            linked += [file, path, real]  # as DuckDB is given it, the file itself, where it lies
+    return linked
 
 
 #: The latest run with results, as a query over ``runs`` (one row, or none): ``COMPLETED``, or
@@ -443,8 +462,9 @@ def _exists_in(store: Store) -> Callable[[str], bool]:
 
 
 def lock_down(con: duckdb.DuckDBPyConnection, allowed_directories: list[str],
-              exists: Callable[[str], bool] | None = None) -> None:
-    """Let ``con`` read only under ``allowed_directories`` and lock its configuration.
+              exists: Callable[[str], bool] | None = None, allowed_paths: list[str] | None = None) -> None:
+    """Let ``con`` read only under ``allowed_directories`` (and the files ``allowed_paths``:
+    :func:`linked_files`) and lock its configuration.
 
     A directory whose path holds glob characters (``results [v1]``) is allowed in its escaped
     spelling too (``results [[]v1]``: what ``Store.read_uri`` gives DuckDB). DuckDB also takes
@@ -471,6 +491,8 @@ def lock_down(con: duckdb.DuckDBPyConnection, allowed_directories: list[str],
     private = os.path.join(tempfile.gettempdir(), f"prh-duckdb-{uuid.uuid4().hex}")
     con.execute(f"SET temp_directory = {_literal(private)}")
     con.execute(f"SET allowed_directories = [{listing}]")
+    if allowed_paths:
+        con.execute(f"SET allowed_paths = [{', '.join(_literal(p) for p in dict.fromkeys(allowed_paths))}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
 

@@ -33,7 +33,7 @@ import duckdb
 import pyarrow as pa
 
 from storage.catalog import (UTC_TIMESTAMP, _create_file_view, _exists_in, _literal, catalog_sources, create_derived_views,
-                             lock_down, register_store_filesystem, stored_files, utc_time)
+                             linked_files, lock_down, register_store_filesystem, stored_files, utc_time)
 from storage.store import Store, utc_now
 
 INFO_TABLE = "prh_catalog"
@@ -90,7 +90,9 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
             derived = create_derived_views(con)
             n_files = sum(len(f) for f in read.values())  # a damaged file left out (warned) is not counted
             info = pa.table({"store": [store.display_url], "store_root": [store.uri("")], "remote": [not store.is_local],
-                             "exported_at": pa.array([utc_time(utc_now())], UTC_TIMESTAMP), "parquet_files": [n_files]})
+                             "exported_at": pa.array([utc_time(utc_now())], UTC_TIMESTAMP), "parquet_files": [n_files],
+                             # the files reached through a symbolic link out of the store (open_catalog allows them)
+                             "linked_files": pa.array([_in_store_spellings(store, read)], pa.list_(pa.string()))})
             con.register("_source", info)
             con.execute(f"CREATE TABLE {INFO_TABLE} AS SELECT * FROM _source")
             con.unregister("_source")
@@ -199,6 +201,9 @@ def open_catalog(
     con.execute("USE prh_export")
     con.execute("SET TimeZone = 'UTC'")  # as storage.catalog.connect: times shown in UTC
     root, remote = con.execute(f"SELECT store_root, remote FROM {INFO_TABLE}").fetchall()[0]
+    columns = {row[0] for row in con.execute(f"DESCRIBE {INFO_TABLE}").fetchall()}
+    linked = con.execute(f"SELECT linked_files FROM {INFO_TABLE}").fetchall()[0][0] if "linked_files" in columns else None
+    exported_root = root
     if not remote and Path(root).is_absolute():
         root = Path(root).resolve().as_posix()  # the folder the lock allows, without '..'
     if read_only and not _looks_like_a_store(root, bool(remote), storage_options):
@@ -212,11 +217,31 @@ def open_catalog(
         exists = _exists_in(store)
     if read_only:
         try:
-            lock_down(con, [root.rstrip("/") + "/"], exists)
+            lock_down(con, [root.rstrip("/") + "/"], exists, [] if remote else _linked_files(exported_root, linked))
         except ValueError:
             con.close()
             raise
     return con
+
+
+def _in_store_spellings(store: Store, read: dict[str, list[str]]) -> list[str]:
+    """The files of ``read`` (view → the paths its views read) of a local ``store`` that lie
+    outside its folder once symbolic links are followed (:func:`storage.catalog.linked_files`),
+    as the views name them."""
+    if not store.is_local:
+        return []
+    files = [file for view_files in read.values() for file in view_files]
+    named = set(files)
+    return sorted({file for file in linked_files(store.root, files) if file in named})
+
+
+def _linked_files(root: str, recorded: list[str] | None) -> list[str]:
+    """What :func:`lock_down` allows besides ``root`` for an exported file: of the files it
+    recorded as reached through a symbolic link (none in files exported before this was
+    recorded), those its views name under ``root``, with where each lies now (the links are
+    followed again here, not taken from the file)."""
+    inside = [file for file in recorded or [] if isinstance(file, str) and file.startswith(root.rstrip("/") + "/")]
+    return linked_files(root, inside)
 
 
 def _looks_like_a_store(root: str, remote: bool, storage_options: dict[str, Any] | None) -> bool:

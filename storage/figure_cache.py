@@ -76,7 +76,10 @@ def stale_namespaces(store: Store, current: str | None = None) -> list[str]:
     if not store.fs.exists(base):
         return []
     store.fs.invalidate_cache(base)
-    found = [store.key_of(p) for p in store.fs.ls(base, detail=False)]
+    # Store.entries leaves out the folder's own zero-byte "directory marker" (``reports/figures/``,
+    # written by rclone, the S3 console or a sync of empty folders), which s3fs lists as a child:
+    # taken for a namespace named ``figures``, it had the whole cache removed, current figures too.
+    found = [entry["key"] for entry in store.entries(FIGURES)]
     return sorted(key for key in found if key.rsplit("/", 1)[-1] != current)
 
 
@@ -100,7 +103,8 @@ def old_figures(store: Store, older_than_s: float, current: str | None = None,
     store.fs.invalidate_cache(store.path(base))
     entries: list[dict[str, Any]] = store.fs.ls(store.path(base), detail=True)
     old = {store.key_of(e["name"]): int(e.get("size") or 0) for e in entries
-           if e.get("type") == "file" and now - modified_at(e) > older_than_s}
+           if e.get("type") == "file" and not e["name"].endswith("/")  # the folder's own marker (above)
+           and now - modified_at(e) > older_than_s}
     return dict(sorted(old.items()))
 
 

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from storage import layout
+from storage.keys import safe_component
 from storage.owner import owner_is_dead
 from storage.store import Store, modified_at, parse_json, utc_now
 
@@ -148,11 +149,19 @@ def run_records(store: Store, folder: str = layout.RUNS, damaged: list[DamagedRe
     """Every readable run record directly in ``folder`` (the pipeline runs'; the extraction
     stage's: :func:`extraction_records`), sorted by run id. A record that is not a JSON object
     (cut short, edited by hand) is left out and named (:class:`DamagedRecord`): appended to
-    ``damaged`` when given, else logged as a warning."""
+    ``damaged`` when given, else logged as a warning.
+
+    Copies that a copy or sync of the store adds beside the records are left out with a warning
+    (never damaged: they do not stop ``prh gc``): a file whose name prh never gives a record
+    (``<run_id>.json``, the id a safe key: :func:`storage.keys.safe_component`) that does not
+    read (macOS's ``._<run_id>.json``), and a second record of a run whose own
+    ``<run_id>.json`` is there (a sync conflict's ``<run_id> (conflicted copy).json``, Finder's
+    ``<run_id> 2.json``, Syncthing's ``<run_id>.sync-conflict-....json``), which listed the run
+    twice in the ``runs`` view. A readable copy is the run's record when its own file is missing."""
     base = store.path(folder)
     if not store.fs.exists(base):
         return []
-    records = []
+    records: list[tuple[str, dict[str, Any]]] = []  # (key, record) of each readable one
     found = store.glob(folder, "*.json", detail=True)
     for path in sorted(p for p, entry in found.items() if entry.get("type") == "directory"):  # read_many raised IsADirectoryError
         problem = "a folder, not a file"
@@ -161,6 +170,7 @@ def run_records(store: Store, folder: str = layout.RUNS, damaged: list[DamagedRe
         else:
             log.warning("%s; left out", DamagedRecord(store.key_of(path), problem, store.display_url))
     paths = sorted(p for p, entry in found.items() if entry.get("type") != "directory")
+    named: dict[str, str] = {}  # run id -> the key of the record read under its own name
     for path, raw in zip(paths, store.read_many(paths, folder)):
         if raw is None:  # removed since the listing
             continue
@@ -170,13 +180,53 @@ def run_records(store: Store, folder: str = layout.RUNS, damaged: list[DamagedRe
             problem: str | None = f"not JSON: {error}"
         else:
             problem = None if isinstance(record, dict) else "not a JSON object"
+        key = store.key_of(path)
         if problem is None:
-            records.append(record)
+            records.append((key, record))
+            if _stem(key) == record.get("run_id"):
+                named[_stem(key)] = key
+        elif not _record_name(key):
+            _warn_once(store, key, f"{key} in store {store.display_url} is not a run record ({problem}; prh names each "
+                                   "record <run_id>.json): left out, a file that a copy or sync of the store added? Remove it")
         elif damaged is not None:
-            damaged.append(DamagedRecord(store.key_of(path), problem, store.display_url))
+            damaged.append(DamagedRecord(key, problem, store.display_url))
         else:
-            log.warning("%s; left out", DamagedRecord(store.key_of(path), problem, store.display_url))
-    return records
+            log.warning("%s; left out", DamagedRecord(key, problem, store.display_url))
+    kept = []
+    for key, record in records:
+        run_id = record.get("run_id")
+        if isinstance(run_id, str) and named.get(run_id, key) != key:
+            _warn_once(store, key, f"{key} in store {store.display_url} is a copy of run {run_id}'s record "
+                                   f"{named[run_id]} (made by a copy or sync of the store?): left out; remove it")
+            continue
+        kept.append(record)
+    return kept
+
+
+#: (store, key) of the stray files :func:`run_records` warned about: one command lists the records
+#: several times (gc: the crashed runs, the live ones, retention), and says so once.
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_once(store: Store, key: str, message: str) -> None:
+    """Log ``message`` about the file ``key`` of ``store`` as a warning, the first time only."""
+    if (store.url, key) not in _WARNED:
+        _WARNED.add((store.url, key))
+        log.warning("%s", message)
+
+
+def _stem(key: str) -> str:
+    """The name of the record file ``key`` without its folder and ``.json``."""
+    return key.rsplit("/", 1)[-1].removesuffix(".json")
+
+
+def _record_name(key: str) -> bool:
+    """Whether ``key`` is named as prh names a run record: ``<run_id>.json``, a safe key."""
+    try:
+        safe_component(_stem(key), "run id")
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -377,3 +377,26 @@ def test_the_s3_catalog_filesystem_itself_refuses_writes(s3_store_url, tmp_path)
     writable = connect(s3_store_url, read_only=False)
     writable.execute(f"COPY (SELECT 1 a) TO '{s3_store_url}/new.csv'")
     assert store.fs.exists(f"{store.root}/new.csv")
+
+
+def test_a_box_moved_to_another_disk_and_linked_back_is_read(tmp_path):
+    """A store whose ``features/`` was moved to a bigger disk and linked back: DuckDB follows the
+    link before checking ``allowed_directories``, so every query of the ``features`` view failed
+    ("file system operations are disabled by configuration"), from `prh sql` and from an
+    exported file. The files the views read are allowed by name; their neighbours are not."""
+    url = tmp_path / "store"
+    build_catalog_store(str(url))
+    disk = tmp_path / "big-disk"
+    disk.mkdir()
+    os.rename(url / "features", disk / "features")
+    (url / "features").symlink_to(disk / "features")
+    (disk / "features" / "secret.txt").write_text("not the store's")
+    path = tmp_path / "prh.duckdb"
+    export_catalog(str(url), path)
+    for con in (connect(str(url)), open_catalog(path)):
+        assert query(con, "select count(distinct model) n from features").to_pylist() == [{"n": 4}]
+        with pytest.raises(duckdb.Error, match="disabled by configuration"):
+            con.execute(f"select * from read_text('{disk / 'features' / 'secret.txt'}')").fetchall()
+        layer = next((disk / "features").rglob("layer-000.parquet"))
+        with pytest.raises(duckdb.Error, match="disabled by configuration"):  # a glob beside the allowed files
+            con.execute(f"select count(*) from read_parquet('{layer.parent}/*.parquet')").fetchall()

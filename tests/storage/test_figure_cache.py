@@ -98,3 +98,27 @@ def test_gc_removes_cached_figures_older_than_the_limit(tmp_path, capsys):
     assert cache.get("old", ("png",)) is None and cache.get("new", ("png",)) == {"png": PNG}
     assert main(["gc", "--store", store.url, "--older-than-days", "0"]) == 0
     assert cache.get("new", ("png",)) is None
+
+
+def test_directory_markers_are_not_namespaces_or_figures(s3_store_url, capsys):
+    """A store copied to S3 by rclone (or with folders made in the S3 console, or an `aws s3 sync`
+    of empty folders) holds zero-byte "directory marker" objects, ``reports/figures/`` among
+    them, which s3fs lists as a child of that folder: gc took it for a namespace named
+    ``figures`` and removed the whole cache, the current report code's figures too."""
+    import boto3
+
+    from storage.figure_cache import old_figures
+
+    store = Store(s3_store_url)
+    current = StoreFigureCache(store)
+    current.put("d", {"png": PNG})
+    StoreFigureCache(store, namespace="0123456789abcdef").put("d", {"png": PNG})
+    bucket, _, prefix = store.root.partition("/")
+    for folder in (FIGURES, f"{FIGURES}/{current.namespace}"):
+        boto3.client("s3").put_object(Bucket=bucket, Key=f"{prefix}/{folder}/", Body=b"")
+    store.fs.invalidate_cache()
+    assert stale_namespaces(store) == [f"{FIGURES}/0123456789abcdef"]
+    assert list(old_figures(store, older_than_s=-1)) == [f"{FIGURES}/{current.namespace}/d.png"]
+    assert main(["gc", "--store", s3_store_url]) == 0
+    assert "removed reports/figures:" not in capsys.readouterr().out
+    assert current.get("d", ("png",)) == {"png": PNG}

@@ -202,3 +202,29 @@ def test_a_run_marked_crashed_that_beats_again_is_live(tmp_path):
     assert [(r["run_id"], r["status"], r["error"]) for r in runs_as_known(store)] == [("sleeper", RUNNING, None)]
     assert query(connect(store), "select status from runs").to_pylist() == [{"status": RUNNING}]
     assert mark_crashed_runs(store) == []  # not RUNNING: nothing to mark again
+
+
+def test_copies_that_a_sync_adds_beside_run_records_are_left_out(store_url, caplog):
+    """A store copied or synced through a sync client or another OS: a conflict copy of a record
+    (valid JSON, the run's own id) was listed as a second run in the ``runs`` view, and macOS's
+    ``._<run_id>.json`` (binary metadata) was a damaged run record that stopped `prh gc --keep-runs`
+    for good and failed `prh verify`. Neither is prh's record of a run now; a record whose own
+    file is missing is still read from its copy."""
+    from flows.cli import main
+    from storage.runs import DamagedRecord
+
+    store = Store(store_url)
+    record = {"run_id": "r1", "status": "COMPLETED", "started_at": "2026-01-01T00:00:00+00:00"}
+    store.write_json(layout.run_key("r1"), record)
+    for name in ("r1 (conflicted copy).json", "r1.sync-conflict-20260101-101010-ABCDEFG.json", "r2 copy.json"):
+        store.write_json(f"{layout.RUNS}/{name}", {**record, "run_id": "r2" if name.startswith("r2") else "r1"})
+    store.write_bytes(f"{layout.RUNS}/._r1.json", b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+    damaged: list[DamagedRecord] = []
+    assert sorted(r["run_id"] for r in run_records(store, damaged=damaged)) == ["r1", "r2"]  # r2: only its copy
+    assert damaged == []
+    assert "is a copy of run r1's record runs/r1.json" in caplog.text
+    con = connect(store_url)
+    assert query(con, "select run_id from runs order by run_id").to_pylist() == [{"run_id": "r1"}, {"run_id": "r2"}]
+    assert main(["verify", "--store", store_url]) == 0
+    store.write_bytes(layout.run_key("r3"), b"{cut short")  # a record of prh's own name that does not read
+    assert main(["verify", "--store", store_url]) == 1
