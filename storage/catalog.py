@@ -175,7 +175,7 @@ def catalog_sources(store: Store) -> CatalogSources:
     runs = runs_as_known(store)
     tables = {
         "datasets": _meta_table("datasets", [_catalog_row(m) for _, m in manifests[layout.DATASETS]]),
-        "models": _meta_table("models", [_catalog_row(m) for _, m in manifests[layout.FEATURES]]),
+        "models": _meta_table("models", [_model_row(m) for _, m in manifests[layout.FEATURES]]),
         "runs": _meta_table("runs", runs),
     }
     lineage = sorted({row for key, manifest in manifests[layout.ALIGNMENT] for row in _lineage_rows(key, manifest)},
@@ -236,6 +236,23 @@ def _feature_dataset(key: str) -> FeatureDataset:
 def _catalog_row(manifest: dict[str, Any]) -> dict[str, Any]:
     """A version's row of a metadata view: its manifest's ``catalog`` and when it was published."""
     return {**manifest.get("catalog", {}), "published_at": manifest.get("published_at")}  # an object (see _usable)
+
+
+def _model_row(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A feature version's row of the ``models`` view (:func:`_catalog_row`). Features extracted
+    before the per-caption mean existed (docs/extraction.md, "bits per byte") stored the pooled
+    figure, all bits over all bytes, as ``bits_per_byte``: their manifest has no
+    ``bits_per_byte_pooled`` and its ``extras`` sum the loss (``nll_nats``, ``text_bytes``) but
+    not the captions' figures (``bpb_sum``). Such a row shows that figure as
+    ``bits_per_byte_pooled`` and its ``bits_per_byte`` null (the mean was never computed), so an
+    old and a new version of one model are not compared across the two definitions."""
+    row = _catalog_row(manifest)
+    extras = manifest.get("extras")
+    legacy = (isinstance(extras, dict) and "nll_nats" in extras and "text_bytes" in extras and "bpb_sum" not in extras
+              and "bits_per_byte_pooled" not in row and row.get("bits_per_byte") is not None)
+    if legacy:
+        row["bits_per_byte_pooled"], row["bits_per_byte"] = row["bits_per_byte"], None
+    return row
 
 
 def connect(

@@ -248,3 +248,35 @@ def test_a_store_of_old_files_only_has_the_unit_column(tmp_path):
         assert names == [c.split(" ")[0] for c in _EMPTY_VIEWS[files].split(", ")] + [
             "feature_version_a", "feature_version_b", "published_at"]
         assert query(con, f"select distinct unit from {view}").to_pylist() == [{"unit": "sample"}]
+
+
+def test_bits_per_byte_stored_as_the_pooled_figure_by_an_older_prh_is_shown_as_pooled(tmp_path):
+    """Features extracted before the per-caption mean (no ``bits_per_byte_pooled`` in the manifest,
+    ``extras`` without ``bpb_sum``) hold the pooled figure under ``bits_per_byte``: the ``models``
+    view (and an exported catalog) shows it as ``bits_per_byte_pooled``, its ``bits_per_byte``
+    null, beside the re-extracted version of the same model; a version of today keeps both."""
+    url = str(tmp_path / "store")
+    store = build_catalog_store(url)
+    ids = [f"s{i:02d}" for i in range(len(CAPTIONS))]
+    layers = [np.random.default_rng(3).normal(size=(len(ids), 4)).astype(np.float32)]
+    base = {"model": "gpt", "dataset_version": DATASET, "modality": "language", "loader": "toy", "model_id": "toy/gpt",
+            "pooling": "avg", "dtype": "float32", "param_count": 10, "n_layers": 1, "layer_names": ["embeddings"],
+            "layer_widths": [4], "n_samples": len(ids), "device": "cpu"}
+    # an older prh's manifest, written by hand: bits_per_byte = nll_nats / ln 2 / text_bytes (pooled)
+    old = {**base, "feature_version": "fv-gpt-old", "code_version": "c-old", "bits_per_byte": 3.0156}
+    old_extras = {"nll_nats": 1599.02, "text_bytes": 765, "bpb_truncated_texts": 0}
+    new = {**base, "feature_version": "fv-gpt-new", "code_version": "c-new", "bits_per_byte": 3.0848, "bits_per_byte_pooled": 3.0173}
+    new_extras = {**old_extras, "bpb_sum": 197.43, "bpb_texts": 64, "bits_per_byte_pooled": 3.0173}
+    for catalog, extras in ((old, old_extras), (new, new_extras)):
+        key = layout.features_key(DATASET, "gpt", catalog["feature_version"])
+        store.publish(key, layer_tables("gpt", catalog["feature_version"], ids, layers),
+                      {"kind": "features", "catalog": catalog, "extras": extras})
+    sql = "select feature_version, bits_per_byte, bits_per_byte_pooled from models where model = 'gpt' order by 1"
+    expected = [{"feature_version": "fv-gpt-new", "bits_per_byte": 3.0848, "bits_per_byte_pooled": 3.0173},
+                {"feature_version": "fv-gpt-old", "bits_per_byte": None, "bits_per_byte_pooled": 3.0156}]
+    assert query(connect(url), sql).to_pylist() == expected
+    export_catalog(url, tmp_path / "cat.duckdb")
+    assert query(open_catalog(tmp_path / "cat.duckdb"), sql).to_pylist() == expected
+    # models without a causal LM's loss keep their (null or hand-written) figures as they are
+    others = query(connect(url), "select count(*) n from models where model <> 'gpt' and bits_per_byte_pooled is not null")
+    assert others.to_pylist() == [{"n": 0}]
