@@ -301,10 +301,14 @@ def linked_files(root: str, files: list[str]) -> list[str]:
     operations are disabled by configuration") though it is the store's own; :func:`lock_down`
     allows each of them by name (DuckDB's ``allowed_paths``), and nothing else beside it."""
     real_root = os.path.realpath(root)
+    folders: dict[str, str] = {}  # folder -> where it lies: one realpath per folder, one lstat per file
     linked = []
     for file in files:
         path = unescape_glob(file)
-        real = os.path.realpath(path)
+        folder, name = os.path.split(path)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        real = os.path.realpath(path) if os.path.islink(path) else os.path.join(folders[folder], name)
         if real != real_root and not real.startswith(real_root.rstrip("/") + "/"):
             linked += [file, path, real]  # as DuckDB is given it, the file itself, where it lies
     return linked
