@@ -132,3 +132,23 @@ def test_a_race_that_persists_or_another_system_error_is_raised(monkeypatch):
     with pytest.raises(SystemError, match="something else"):
         behaviour_source(BASE)
     assert len(calls) == 1
+
+
+def test_table_digest_of_bytes_and_null_values_from_its_definition() -> None:
+    """Per column: its name and a NUL, then per value ``\\1N`` for a null, else the 8-byte
+    little-endian length and the bytes themselves (text: its UTF-8)."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from storage.versioning import table_digest
+
+    table = pa.table({"b": pa.array([b"ab", None, b""], type=pa.binary()), "s": ["é", None, "x"]})
+    h = hashlib.sha256()
+    h.update(b"b\0")
+    for v in (b"ab", None, b""):
+        h.update(b"\1N" if v is None else len(v).to_bytes(8, "little") + v)
+    h.update(b"s\0")
+    for v in ("é", None, "x"):
+        h.update(b"\1N" if v is None else len(v.encode()).to_bytes(8, "little") + v.encode())
+    assert table_digest(table) == h.hexdigest()

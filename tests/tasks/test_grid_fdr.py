@@ -38,3 +38,12 @@ def test_bh_fdr_refuses_what_it_would_misread(given, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         bh_fdr(given)
     assert bh_fdr(np.ma.masked_array([0.01, 0.02, 0.9], mask=[0, 0, 1]).filled(np.nan))[:2].tolist() == [0.02, 0.02]
+
+
+def test_bh_fdr_accepts_the_ends_of_the_unit_interval_and_refuses_any_value_outside() -> None:
+    """p = 0 and p = 1 are p-values (q from the definition: sorted 0, 0.5, 1 over m = 3 give
+    min(1, 3 p / rank) = 0, 0.75, 1); one value out of [0, 1] among valid ones is refused."""
+    assert bh_fdr([0.0, 1.0, 0.5]).tolist() == [0.0, 1.0, 0.75]
+    for bad in ([0.2, -0.1, 0.3], [0.2, 1.5, 0.3], [-0.5, 0.4]):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            bh_fdr(bad)

@@ -294,3 +294,17 @@ def test_a_lower_is_better_score_equal_to_tau_calibrates_to_plus_zero(lo: float,
     metric (0.0 / negative; max(-0.0, 0.0) keeps -0.0), shown as "-0.000" in the summary and report."""
     _, _, calibrated = _calibration_numbers(2.5, np.array([3.0, 2.9, 2.8]), 0.05, lo, hi, higher_is_better=False)
     assert calibrated == 0.0 and math.copysign(1.0, calibrated) == 1.0 and f"{calibrated:.3f}" == "0.000"
+
+
+@pytest.mark.parametrize("n, k", [(10, 3), (30, 1), (50, 7), (8, 7)])
+def test_chance_levels_from_their_definitions(n: int, k: int) -> None:
+    """``jaccard_knn``: ``E[c / (2k - c)]`` with ``c`` hypergeometric (``k`` draws from the
+    ``n - 1`` other samples, ``k`` of them marked), summed exactly with binomial coefficients;
+    ``mutual_knn``: ``k / (n - 1)``; ``cycle_knn``: ``1 - (1 - k/(n-1))^k``. ``topk=1`` and
+    ``topk=n-1`` (the ends of the allowed range) included."""
+    others = n - 1
+    jaccard = sum(Fraction(math.comb(k, c) * math.comb(others - k, k - c), math.comb(others, k)) * Fraction(c, 2 * k - c)
+                  for c in range(0, k + 1))
+    assert chance_level("jaccard_knn", n, topk=k) == pytest.approx(float(jaccard), rel=1e-12)
+    assert chance_level("mutual_knn", n, topk=k) == pytest.approx(k / others, rel=1e-15)
+    assert chance_level("cycle_knn", n, topk=k) == pytest.approx(1 - (1 - k / others) ** k, rel=1e-12)

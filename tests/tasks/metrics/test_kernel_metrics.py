@@ -53,6 +53,23 @@ def test_unbiased_hsic_is_the_u_statistic() -> None:
     assert float(got) == pytest.approx(expected, rel=1e-10)
 
 
+def test_biased_dense_hsic_of_non_symmetric_kernels() -> None:
+    """``hsic_biased_dense``: ``trace(K H L H)``, ``H = I - 11^T/N``, for non-symmetric kernels;
+    checked as ``sum_ij Kc_ij Lc_ji`` with ``Kc`` the doubly centred ``K`` (row, column and grand
+    means), which is the same trace."""
+    from tasks.metrics.hsic import hsic_biased_dense
+
+    rng = np.random.default_rng(12)
+    k, l = rng.normal(size=(6, 6)) + 0.5, rng.normal(size=(6, 6)) - 0.2
+
+    def centred(a):
+        return a - a.mean(1, keepdims=True) - a.mean(0, keepdims=True) + a.mean()
+
+    expected = float(np.sum(centred(k) * centred(l).T))
+    assert ref.hsic_biased(k, l) == pytest.approx(expected, rel=1e-12)
+    assert float(hsic_biased_dense(torch.from_numpy(k), torch.from_numpy(l))) == pytest.approx(expected, rel=1e-12)
+
+
 @pytest.mark.parametrize("metric", ["cka", "unbiased_cka"])
 def test_feature_path_equals_gram_path(metric: str) -> None:
     xs, ys = layers(seed=4), layers(seed=5, widths=(3, 30))
@@ -386,3 +403,51 @@ def test_median_heuristic_failure_names_the_side_and_layer() -> None:
     y2[0, 0], y2[1, 1] = 1.0, 2.0  # 8 identical rows: 28 of the 45 distances are 0
     with pytest.raises(ValueError, match=r"^y: layer 1: median pairwise distance is 0"):
         layer_matrix("cka_rbf_median", [x], [y, y2])
+
+
+def test_unbiased_terms_size_is_the_sum_of_the_three_terms_sizes() -> None:
+    """``unbiased_terms_size``: ``(|tr(K~L~)| + |1'K~1 1'L~1| / ((m-1)(m-2)) + 2 |1'K~L~1| / (m-2))
+    / (m(m-3))`` (Song et al.'s three terms, absolute values), here from dense zero-diagonal
+    kernels with negative totals and cross terms of both signs; the same terms, signed, give
+    the unbiased HSIC of the reference."""
+    from tasks.metrics.hsic import unbiased_from_parts, unbiased_terms_size
+
+    rng = np.random.default_rng(11)
+    m = 7
+    k = rng.normal(size=(m, m)) - 0.6
+    l = rng.normal(size=(m, m)) + 0.3
+    k, l = k + k.T, l + l.T
+    np.fill_diagonal(k, 0.0)
+    np.fill_diagonal(l, 0.0)
+    one = np.ones(m)
+    t1 = np.trace(k @ l)
+    t2 = (one @ k @ one) * (one @ l @ one) / ((m - 1) * (m - 2))
+    t3 = 2.0 * (one @ k @ l @ one) / (m - 2)
+    assert min(abs(t1), abs(t2), abs(t3)) > 1e-3 and (t1 < 0 or t2 < 0 or t3 < 0)  # a case where abs matters
+    parts = [torch.tensor(v, dtype=torch.float64) for v in
+             (np.sum(k * l), k.sum(), l.sum(), k.sum(1) @ l.sum(1))]
+    size = unbiased_terms_size(*parts, m)
+    assert float(size) == pytest.approx((abs(t1) + abs(t2) + abs(t3)) / (m * (m - 3)), rel=1e-12)
+    assert float(unbiased_from_parts(*parts, m)) == pytest.approx((t1 + t2 - t3) / (m * (m - 3)), rel=1e-12)
+    assert float(unbiased_from_parts(*parts, m)) == pytest.approx(ref.hsic_unbiased(k, l), rel=1e-12)
+
+
+def test_median_follows_numpy_convention_for_every_size() -> None:
+    """``_median`` (the RBF width heuristic): the middle value for odd sizes, the mean of the two
+    middle values for even sizes, as ``np.median``."""
+    from tasks.metrics.kernel_metrics import _median
+
+    rng = np.random.default_rng(13)
+    for size in range(1, 12):
+        v = rng.permutation(np.arange(size, dtype=np.float64) ** 2 + 0.5)
+        assert _median(torch.from_numpy(v)) == np.median(v)
+
+
+def test_encode_kernels_refuses_fewer_kernels_than_counted() -> None:
+    """``count`` kernels announced, fewer given: refused (the state would hold unset rows)."""
+    from tasks.metrics.kernel_metrics import encode_kernels
+
+    k = torch.from_numpy(ref.linear_kernel(paired(n=6, seed=3)[0]))
+    for unbiased in (False, True):
+        with pytest.raises(ValueError, match="expected 2 kernels"):
+            encode_kernels(iter([(k, False, False)]), unbiased, count=2)

@@ -295,3 +295,35 @@ def test_a_small_subset_searches_its_own_rows_not_deep_parent_lists(k) -> None:
     lists = parent.subset(half).knn(0, k)
     assert [key for key in parent._memo if key[0] == "knn-stack"]
     assert torch.equal(lists[1], Representation(x[half.numpy()], keep_gram_max_n=0).knn(0, k)[1])
+
+
+@pytest.mark.parametrize("metric", ["lcs_knn", "edit_distance_knn"])
+def test_sequence_metrics_chunked_over_y_layers_match_reference(metric: str, monkeypatch) -> None:
+    """One y-layer per chunk of the sequence DP (``SEQUENCE_CHUNK_ELEMENTS`` tiny): every entry of
+    the layer matrix is still the loop reference of its own pair of layers."""
+    import tasks.metrics.knn_metrics as km
+
+    xs, ys = layers(n=20, seed=7), layers(n=20, widths=(5, 9, 11), seed=8)
+    monkeypatch.setattr(km, "SEQUENCE_CHUNK_ELEMENTS", 1)
+    m = layer_matrix(metric, xs, ys, topk=4)
+    for i, x in enumerate(xs):
+        for j, y in enumerate(ys):
+            assert m[i, j] == pytest.approx(REFS[metric](x, y, 4), abs=1e-12)
+
+
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_given_gram_searched_in_row_blocks_matches_reference(exclude_self: bool) -> None:
+    """A precomputed Gram read 3 rows at a time (several blocks, the last one short) gives the
+    loop reference's lists, with and without self."""
+    import torch
+
+    from tasks.metrics.neighbors import topk_neighbors
+
+    x = paired(n=20, seed=9)[0]
+    g = torch.from_numpy(x @ x.T)
+    before = g.clone()
+    values, idx = topk_neighbors(None, 5, gram=g, exclude_self=exclude_self, block_elements=3 * 20)
+    want = ref.knn_lists(x, 5, exclude_self=exclude_self)
+    np.testing.assert_array_equal(idx.numpy(), want)
+    np.testing.assert_allclose(values.numpy(), np.take_along_axis(x @ x.T, want, axis=1), rtol=0, atol=1e-12)
+    assert torch.equal(g, before)  # "it is not modified"

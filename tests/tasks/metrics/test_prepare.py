@@ -198,3 +198,12 @@ def test_order_statistics_select_what_kthvalue_selects(dtype):
                     low, high = order_statistics(rows, lo, hi)
                     assert torch.equal(low, rows.kthvalue(lo + 1, dim=1).values), (m, lo)
                     assert torch.equal(high, rows.kthvalue(hi + 1, dim=1).values), (m, hi)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_q_of_one_clamps_nothing(exact: bool) -> None:
+    """``q=1`` (allowed: ``(0, 1]``): the threshold is the largest absolute value (the exact
+    order statistic's index clamped to the last one), so the layer is only L2-normalised."""
+    x = np.random.default_rng(21).normal(size=(9, 5))
+    np.testing.assert_allclose(prepare(x, q=1.0, exact=exact), ref.normalize_rows(x), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(prepare(x, q=1.0, exact=exact, normalize=False), x, rtol=0, atol=0)

@@ -150,3 +150,31 @@ def test_calibrate_names_an_alpha_that_is_not_a_number(alpha) -> None:
     x, y = paired(n=20, seed=13)
     with pytest.raises(ValueError, match="^alpha must be a number"):
         calibrate("cka", x, y, permutations=19, alpha=alpha)
+
+
+def test_check_seed_accepts_every_torch_seed_up_to_2_to_the_32_minus_1() -> None:
+    """torch's generator tells apart the seeds 0 .. 2**32 - 1: the last of them is a seed,
+    2**32 (which draws what 0 draws) is not."""
+    from tasks.metrics.stats import TORCH_SEED_MAX, check_seed
+
+    assert TORCH_SEED_MAX == 2**32 - 1
+    assert check_seed(0, TORCH_SEED_MAX) == 0 and check_seed(2**32 - 1, TORCH_SEED_MAX) == 2**32 - 1
+    with pytest.raises(ValueError, match="2\\*\\*32 - 1"):
+        check_seed(2**32, TORCH_SEED_MAX)
+
+
+def test_with_concatenated_of_one_layer() -> None:
+    """One layer: itself plus its own rows L2-normalised (the concatenation of one layer)."""
+    x = np.random.default_rng(22).normal(size=(6, 4))
+    out = with_concatenated([x])
+    assert len(out) == 2 and isinstance(out[1], np.ndarray)
+    np.testing.assert_array_equal(out[0], x)
+    np.testing.assert_allclose(out[1], ref.normalize_rows(x), rtol=0, atol=1e-15)
+
+
+def test_bootstrap_accepts_two_replicates() -> None:
+    """``n_boot`` counts from 2 (one replicate has no spread): two replicates give an interval."""
+    xs, ys = layers(n=30, seed=3), layers(n=30, seed=4)
+    res = bootstrap_ci("cka", xs, ys, n_boot=2, seed=0)
+    assert res.estimate == pytest.approx(layer_matrix("cka", xs, ys).max(), abs=1e-12)
+    assert np.isfinite(res.low) and np.isfinite(res.high)

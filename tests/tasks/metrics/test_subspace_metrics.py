@@ -188,3 +188,23 @@ def test_rsa_encoding_holds_each_layers_ranks_once() -> None:
 
     per_layer = (peak(4) - peak(1)) / 3 / 3000**2
     assert 3.5 <= per_layer <= 5.0, per_layer
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+def test_svcca_refuses_a_layer_of_lower_rank_than_cca_dim(rank: int) -> None:
+    """A layer of rank ``r`` (``N x r`` times ``r x D``, wider than ``r``) has only ``r`` directions
+    above rounding: ``cca_dim = r + 1`` is refused (its extra direction would be rounding noise),
+    ``cca_dim = r`` is scored."""
+    rng = np.random.default_rng(30 + rank)
+    low = rng.normal(size=(40, rank)) @ rng.normal(size=(rank, 12))
+    y = rng.normal(size=(40, 8))
+    with pytest.raises(ValueError, match=f"rank {rank} < cca_dim={rank + 1}"):
+        score("svcca", low, y, cca_dim=rank + 1)
+    assert score("svcca", low, y, cca_dim=rank) == pytest.approx(ref.svcca(low, y, rank), abs=1e-9)
+
+
+@pytest.mark.parametrize("cca_dim", [0, 13])
+def test_svcca_cca_dim_outside_one_to_min_n_d_is_refused(cca_dim: int) -> None:
+    x, y = paired(n=20, dx=12, dy=14, seed=3)
+    with pytest.raises(ValueError, match=r"cca_dim must be in \[1, min\(N, D\)\] = \[1, 12\]"):
+        score("svcca", x, y, cca_dim=cca_dim)
