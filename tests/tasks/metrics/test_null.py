@@ -44,6 +44,12 @@ CASES = [
     ("mutual_knn", {"topk": 5}),
     ("jaccard_knn", {"topk": 5}),
     ("cycle_knn", {"topk": 5}),  # default engine path (permute + matrix)
+    ("lcs_knn", {"topk": 5}),
+    ("edit_distance_knn", {"topk": 5}),
+    ("svcca", {"cca_dim": 5}),
+    ("procrustes", {}),
+    ("linear_regression", {}),
+    ("rsa_spearman", {}),
 ]
 
 
@@ -82,6 +88,21 @@ def test_cknna_fallback_paths(monkeypatch: pytest.MonkeyPatch, params: dict) -> 
     monkeypatch.setattr(cknna_mod, "SLOT_TABLE_MAX_ELEMENTS", 0)
     monkeypatch.setattr(cknna_mod, "NULL_ROW_ELEMENTS", 1)  # one permutation per chunk
     np.testing.assert_allclose(_null("cknna", params, perms), want, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("slot_table", [True, False])
+def test_cknna_permute_encodes_the_permuted_features(monkeypatch: pytest.MonkeyPatch, slot_table: bool) -> None:
+    """``CknnaEngine.permute`` (the engine contract's encoding of ``y[perm]``, which the generic
+    per-permutation null uses) gives the scores of the permuted features, with the slot table and
+    with the sorted lists searched instead (its re-sorted lists were not checked: a sort along the
+    wrong axis passed)."""
+    perms = _perms(4, seed=5)
+    if not slot_table:
+        monkeypatch.setattr(cknna_mod, "SLOT_TABLE_MAX_ELEMENTS", 0)
+    spec = get_metric("cknna")
+    a, b, p, _, _ = encode_pair(spec, XS, YS, {"topk": 6})
+    got = Engine.null_matrices(spec.engine, a, b, perms, p).numpy()
+    np.testing.assert_allclose(got, _recomputed("cknna", {"topk": 6}, perms), rtol=0, atol=1e-11)
 
 
 @pytest.mark.parametrize("metric", ["mutual_knn", "jaccard_knn"])
