@@ -208,3 +208,21 @@ def test_svcca_cca_dim_outside_one_to_min_n_d_is_refused(cca_dim: int) -> None:
     x, y = paired(n=20, dx=12, dy=14, seed=3)
     with pytest.raises(ValueError, match=r"cca_dim must be in \[1, min\(N, D\)\] = \[1, 12\]"):
         score("svcca", x, y, cca_dim=cca_dim)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_left_singular_returns_the_numerical_rank(exact: bool) -> None:
+    """``left_singular`` of a rank-3 ``(30, 10)`` matrix keeps 3 directions (singular values below
+    ``rtol * s_max`` dropped, rounding noise included), orthonormal, spanning the matrix's columns,
+    with numpy's singular values."""
+    import torch
+
+    from tasks.metrics.subspace_metrics import left_singular
+
+    rng = np.random.default_rng(41)
+    z = rng.normal(size=(30, 3)) @ rng.normal(size=(3, 10))
+    u, s = left_singular(torch.from_numpy(z), exact=exact)
+    assert u.shape == (30, 3) and s.shape == (3,)
+    np.testing.assert_allclose(s.numpy(), np.linalg.svd(z, compute_uv=False)[:3], rtol=1e-9)
+    np.testing.assert_allclose(u.numpy().T @ u.numpy(), np.eye(3), atol=1e-9)
+    np.testing.assert_allclose(u.numpy() @ (u.numpy().T @ z), z, atol=1e-9)
