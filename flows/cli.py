@@ -519,7 +519,9 @@ def _gc(args: argparse.Namespace) -> int:
     for entry in partials:
         why = ("its version is published" if entry["reason"] == "published"
                else f"unpublished, newest shard {(now - entry['newest']) / 86400.0:.1f} days old")
-        _say(f"{verb} {entry['version']}/_partial: {entry['shards']} shards, {_megabytes(entry['bytes'])} ({why})")
+        others = entry.get("other_files", 0)
+        files = _count(entry["shards"], "shard") + (f" and {_count(others, 'other file')}" if others else "")
+        _say(f"{verb} {entry['version']}/_partial: {files}, {_megabytes(entry['bytes'])} ({why})")
     for error in damaged:
         _say(f"left {error.version_key}/_partial in place: {error} "
               "(`prh verify --remove-damaged` removes the version with its shards)")

@@ -115,8 +115,9 @@ def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, no
     published nor unpublished: its shards are never listed (``prh verify --remove-damaged``
     removes the version with them); the error is appended to ``damaged`` when given.
 
-    Returns ``{"version": key, "shards": count, "bytes": total, "newest": epoch seconds,
-    "reason": "published" | "abandoned"}`` per folder, sorted by version key.
+    Returns ``{"version": key, "shards": count, "other_files": count (a killed writer's temporary
+    file, anything else left there), "bytes": total of all, "newest": epoch seconds, "reason":
+    "published" | "abandoned"}`` per folder, sorted by version key.
     """
     now = time.time() if now is None else now
     base = store.path("features")
@@ -139,7 +140,8 @@ def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, no
             continue
         reason = "published" if published else ("abandoned" if now - newest > older_than_s and not in_use else None)
         if reason:
-            out.append({"version": version_key, "shards": sum(1 for name, _ in files if name.startswith("shard-")),
+            shards = sum(1 for name, _ in files if name.startswith("shard-"))
+            out.append({"version": version_key, "shards": shards, "other_files": len(files) - shards,
                         "bytes": sum(int(info.get("size") or 0) for _, info in files), "newest": newest, "reason": reason})
     return out
 

@@ -220,9 +220,9 @@ def test_gc_removes_only_shards_no_run_will_resume(tmp_path, capsys, monkeypatch
         os.utime(store.path(path), (old, old))
     assert main(["gc", "--store", store.url, "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert f"would remove {published}/_partial: 1 shards" in out and "(its version is published)" in out
+    assert f"would remove {published}/_partial: 1 shard," in out and "(its version is published)" in out
     assert "would remove features/d/m/v2/_partial: 2 shards" in out and "unpublished, newest shard 9.0 days old" in out
-    assert "would remove features/d/m/v5/_partial: 0 shards" in out  # only the temporary file of a killed writer
+    assert "would remove features/d/m/v5/_partial: 0 shards and 1 other file," in out  # only the temporary file of a killed writer
     assert "v3" not in out and re.search(r"would be freed: 3 shard folder\(s\) [\d,]+ bytes$", out.rstrip())
     assert store.exists(shard_key("features/d/m/v2", 0))
     # a writer that died mid-publish: its claim (a dead process of this host) and one data file
@@ -632,7 +632,7 @@ def test_gc_keeps_the_shards_a_live_run_may_be_writing(tmp_path, capsys):
     store.delete(alive_key("live"))  # silent since January, on another host: gone
     assert main(["gc", "--store", store.url, "--older-than-days", "0"]) == 0
     out = capsys.readouterr().out
-    assert "removed features/d/m/v1/_partial: 1 shards" in out and "marked run live CRASHED" in out
+    assert "removed features/d/m/v1/_partial: 1 shard," in out and "marked run live CRASHED" in out
 
 
 def _tiny_config(tmp_path) -> Path:
@@ -770,7 +770,7 @@ def test_gc_leaves_the_shards_of_a_version_with_a_damaged_manifest(tmp_path, cap
         out = capsys.readouterr().out
         assert f"left {damaged}/_partial in place: manifest {damaged}/manifest.json in store {store.display_url} is damaged" in out
         assert "`prh verify --remove-damaged` removes the version with its shards" in out
-        assert f"{verb} {sound}/_partial: 1 shards" in out and f"{verb} {damaged}/_partial" not in out
+        assert f"{verb} {sound}/_partial: 1 shard," in out and f"{verb} {damaged}/_partial" not in out
         assert re.search(r"freed: 1 shard folder\(s\) [\d,]+ bytes$", out.rstrip())
     assert store.exists(shard_key(damaged, 0)) and not store.exists(shard_key(sound, 0))
     assert main(["verify", "--store", store.url, "--remove-damaged"]) == 1
