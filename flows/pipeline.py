@@ -360,12 +360,15 @@ CHECKED_EMOJI_SIZE = 256
 
 def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], str]:
     """``(outcome, why on one line)`` for the config's dataset without reading it: a ``path``
-    dataset's file or folder (and ``image_root``) must exist, and ``split`` be set only where its
-    layout has splits, as ``prh run`` would refuse them first thing; the demo's ``n`` must not exceed the emoji it can draw (its dataset task would
+    dataset's file or folder (and ``image_root``) must exist, ``split`` be set only where its
+    layout has splits, and its layout be one a reader takes (``tasks.data.sources.check_layout``: a
+    file of a table type or a shard; a folder with images, captions, shards or one metadata table,
+    and ``image_column`` / ``text_column`` only where it has columns), as ``prh run`` would refuse
+    them first thing; the demo's ``n`` must not exceed the emoji it can draw (its dataset task would
     fail; told up to ``CHECKED_EMOJI_SIZE`` px, where drawing them all takes ~2 s); a hub dataset is ``unchecked`` (read when the run starts)."""
     from pathlib import Path
 
-    from tasks.data.sources import check_dataset_path, check_split
+    from tasks.data.sources import check_dataset_path, check_layout, check_split
     from tasks.data.tables import checked_image_root
 
     if params.kind == "openmoji":  # the emoji the font draws at that size: rendered, 0.3 s at 32 px, 1.5 s at 224, 25 s at 1024
@@ -384,6 +387,7 @@ def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], s
     try:  # the loader's own checks, in its order
         check_dataset_path(path)
         check_split(path, params.split)
+        check_layout(path, params.image_column, params.text_column)
         if params.image_root is not None:
             checked_image_root(path, params.image_root)
     except ValueError as error:

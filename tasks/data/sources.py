@@ -103,6 +103,7 @@ UNREAD_IMAGE_SUFFIXES = frozenset({".heic", ".heif", ".jxl", ".svg", ".dng", ".c
 _PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 _CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 _JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
+_TABLE_SUFFIXES = frozenset({*_PARQUET_SUFFIXES, *_CSV_DELIMITERS, *_JSONL_SUFFIXES, ".json"})
 _CSV_FIELD_LIMIT = 64 * 1024 * 1024  # characters
 #: Metadata tables of a Hugging Face ImageFolder, and the image column its convention uses.
 METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
@@ -179,6 +180,7 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
     columns = columns or ColumnMap()
     check_dataset_path(path)
     check_split(path, split)
+    check_layout(path, columns.image, columns.text)
     from tasks.data.webdataset import is_shard, read_shards, shards_in
 
     if path.is_file() and is_shard(path):
@@ -190,10 +192,6 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
         shards = shards_in(path)
         if shards and not _has_folder_pairs(path):
             return read_shards(shards, columns, limit), path
-        if (columns.image, columns.text) != REQUIRED_COLUMNS:
-            raise ValueError(f"dataset {str(path)!r} is a folder of images with .txt captions, which has no columns: "
-                             f"image_column / text_column ({columns.image!r}, {columns.text!r}) apply to tables and to a "
-                             f"folder with a {' / '.join(METADATA_FILES)} table")
         return _read_folder(path, limit, columns.captions), path
     return _read_table(path, columns, limit, split), path.parent
 
@@ -204,6 +202,34 @@ def check_dataset_path(path: Path) -> None:
     if not path_exists(path, "dataset path"):
         where = "" if path.is_absolute() else f" (relative paths are read from the working directory: {path.absolute()})"
         raise ValueError(f"dataset path {str(path)!r} does not exist{where}")
+
+
+def check_layout(path: Path, image_column: str = REQUIRED_COLUMNS[0], text_column: str = REQUIRED_COLUMNS[1]) -> None:
+    """Raise ``ValueError`` for what :func:`read_records` refuses in the layout of the dataset
+    ``path`` (an existing file or folder) before it reads a file: a file of a type no reader
+    takes; a folder with more than one metadata table; a folder with no metadata table, no
+    WebDataset shards and no images or ``.txt`` captions at its top level; ``image_column`` /
+    ``text_column`` other than the defaults for a folder of images with ``.txt`` captions, which has
+    no columns.
+    Told from names and the folder's listing, no file read, so that ``prh run --check`` refuses
+    what ``prh run`` would refuse first thing (with the same words)."""
+    from tasks.data.webdataset import is_shard, shards_in
+
+    if path.is_file():
+        if not is_shard(path) and path.suffix.lower() not in _TABLE_SUFFIXES:
+            raise _unsupported_file(path)
+        return
+    if not path.is_dir() or _metadata_table(path) is not None:  # (which raises for more than one)
+        return
+    if shards_in(path) and not _has_folder_pairs(path):
+        return
+    if (image_column, text_column) != REQUIRED_COLUMNS:
+        raise ValueError(f"dataset {str(path)!r} is a folder of images with .txt captions, which has no columns: "
+                         f"image_column / text_column ({image_column!r}, {text_column!r}) apply to tables and to a "
+                         f"folder with a {' / '.join(METADATA_FILES)} table")
+    if not any(entry.is_file() and not entry.name.startswith(".") and entry.suffix.lower() in (*IMAGE_SUFFIXES, ".txt")
+               for entry in path.iterdir()):
+        raise _no_pairs_in(path)
 
 
 def path_exists(path: Path, what: str) -> bool:
@@ -262,11 +288,16 @@ def _read_table(path: Path, columns: ColumnMap, limit: int | None = None, split:
 
         table = read_json_table(path, columns, limit, split)
     else:
-        raise ValueError(
-            f"dataset path {str(path)!r}: unsupported file type {path.suffix!r} (expected .parquet, .pq, .csv, "
-            ".tsv, .jsonl, .json (COCO captions, a Karpathy split file or an array of rows), WebDataset shards (.tar, .tar.gz, .tgz), a folder of images with .txt captions, or one with a metadata.jsonl/.csv/.parquet table)"
-        )
+        raise _unsupported_file(path)
     return records_with_captions(table, str(path), columns.captions)
+
+
+def _unsupported_file(path: Path) -> ValueError:
+    """The error for a dataset file of a type no reader takes."""
+    return ValueError(
+        f"dataset path {str(path)!r}: unsupported file type {path.suffix!r} (expected .parquet, .pq, .csv, "
+        ".tsv, .jsonl, .json (COCO captions, a Karpathy split file or an array of rows), WebDataset shards (.tar, .tar.gz, .tgz), a folder of images with .txt captions, or one with a metadata.jsonl/.csv/.parquet table)"
+    )
 
 
 def _check_columns(path: Path, names: list[str], columns: ColumnMap) -> None:
@@ -739,20 +770,7 @@ def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first
         elif suffix in UNREAD_IMAGE_SUFFIXES:
             unread.setdefault(entry.stem, []).append(entry.name)
     if not images and not captions:
-        tables = sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
-                        and p.suffix.lower() in (*_PARQUET_SUFFIXES, *_CSV_DELIMITERS, *_JSONL_SUFFIXES))
-        hint = f"; to read a table in it, give the table's path (e.g. {str(root / tables[0])!r})" if tables else ""
-        splits = sorted(p.name for p in root.iterdir() if p.is_dir() and _metadata_table(p) is not None)
-        if splits and not tables:  # an ImageFolder with one subfolder per split (train/metadata.jsonl)
-            hint = f"; its subfolder(s) {', '.join(splits[:6])} hold a metadata table: give one as the dataset (e.g. {str(root / splits[0])!r})"
-        elif not tables and ((root / "state.json").is_file() or (root / "dataset_dict.json").is_file()
-                             or any(root.rglob("*.parquet")) or any(root.rglob("*.arrow"))):
-            hint = ("; it looks like a Hugging Face dataset folder (data files in subfolders, or save_to_disk): read it "
-                    "with dataset kind 'huggingface' and this path in a config file (dataset: {kind: huggingface, path: ...})")
-        raise ValueError(
-            f"dataset folder {str(root)!r} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
-            f"or .txt caption files at its top level, no WebDataset shards (.tar, .tar.gz) and no {' / '.join(METADATA_FILES)}{hint}"
-        )
+        raise _no_pairs_in(root)
 
     records: list[RawRecord] = []
     for stem in sorted(images.keys() | captions.keys())[:limit]:
@@ -780,6 +798,25 @@ def _read_folder(root: Path, limit: int | None = None, policy: Captions = "first
                                       "is in a subfolder: a folder of images with .txt captions is read at its top level "
                                       "only (a metadata.jsonl/.csv/.parquet table in the folder can name images in subfolders)"))
     return records
+
+
+def _no_pairs_in(root: Path) -> ValueError:
+    """The error for a dataset folder without images or .txt captions at its top level, without
+    WebDataset shards and without a metadata table, with a hint at what it seems to hold."""
+    tables = sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
+                    and p.suffix.lower() in (*_PARQUET_SUFFIXES, *_CSV_DELIMITERS, *_JSONL_SUFFIXES))
+    hint = f"; to read a table in it, give the table's path (e.g. {str(root / tables[0])!r})" if tables else ""
+    splits = sorted(p.name for p in root.iterdir() if p.is_dir() and _metadata_table(p) is not None)
+    if splits and not tables:  # an ImageFolder with one subfolder per split (train/metadata.jsonl)
+        hint = f"; its subfolder(s) {', '.join(splits[:6])} hold a metadata table: give one as the dataset (e.g. {str(root / splits[0])!r})"
+    elif not tables and ((root / "state.json").is_file() or (root / "dataset_dict.json").is_file()
+                         or any(root.rglob("*.parquet")) or any(root.rglob("*.arrow"))):
+        hint = ("; it looks like a Hugging Face dataset folder (data files in subfolders, or save_to_disk): read it "
+                "with dataset kind 'huggingface' and this path in a config file (dataset: {kind: huggingface, path: ...})")
+    return ValueError(
+        f"dataset folder {str(root)!r} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+        f"or .txt caption files at its top level, no WebDataset shards (.tar, .tar.gz) and no {' / '.join(METADATA_FILES)}{hint}"
+    )
 
 
 def folder_id(stem: str) -> str:

@@ -980,6 +980,7 @@ def test_run_check_refuses_a_dataset_path_that_does_not_exist(tmp_path, capsys, 
     (tmp_path / "imgs").mkdir()
     assert main(["run", "--config", str(config), "--check"]) == 0
     assert capsys.readouterr().out.splitlines()[:2] == ["ok        dataset", "ok        tiny-vit"]
+    (tmp_path / "data" / "a.png").write_bytes(b"")  # a folder of images (one without any is refused before image_root)
     config.write_text(yaml.safe_dump({"dataset": {"kind": "path", "path": "data", "image_root": "imgs"}, "models": [TINY_VIT]}))
     assert main(["run", "--config", str(config), "--check"]) == 2  # prh run refuses image_root for a folder at once
     assert capsys.readouterr().out.splitlines() == ["refused   dataset: dataset 'data' is a folder: image_root applies to a "
@@ -993,6 +994,44 @@ def test_run_check_refuses_a_dataset_path_that_does_not_exist(tmp_path, capsys, 
     assert capsys.readouterr().out.splitlines() == [
         "refused   dataset: dataset 'data/nothere.csv' is a .csv table, which has no splits: dataset.split 'test' applies to "
         "Karpathy split files (dataset_coco.json) and hub datasets; leave it unset"]
+
+
+def test_run_check_refuses_a_dataset_layout_that_prh_run_refuses_first_thing(tmp_path, capsys, monkeypatch):
+    """`prh run --check` said "ok" for a dataset path of a type no reader takes (a config file
+    given as --dataset), an empty folder, a folder with two metadata tables, and a folder of images
+    with .txt captions given a text_column; `prh run` then stopped at once on each, with the words
+    --check now prints. A folder with one metadata table has columns."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "zoo.yaml"
+
+    def check(dataset: dict) -> tuple[int, list[str]]:
+        config.write_text(yaml.safe_dump({"dataset": {"kind": "path", **dataset}, "models": [TINY_VIT]}))
+        code = main(["run", "--config", str(config), "--check"])
+        return code, capsys.readouterr().out.splitlines()
+
+    code, out = check({"path": "zoo.yaml"})
+    assert code == 2 and out == ["refused   dataset: dataset path 'zoo.yaml': unsupported file type '.yaml' (expected .parquet, "
+                                 ".pq, .csv, .tsv, .jsonl, .json (COCO captions, a Karpathy split file or an array of rows), "
+                                 "WebDataset shards (.tar, .tar.gz, .tgz), a folder of images with .txt captions, or one with a "
+                                 "metadata.jsonl/.csv/.parquet table)"]
+    (tmp_path / "pics").mkdir()
+    code, out = check({"path": "pics"})
+    assert code == 2 and out[0].startswith("refused   dataset: dataset folder 'pics' has no image files (")
+    (tmp_path / "pics" / "a.png").write_bytes(b"")
+    (tmp_path / "pics" / "a.txt").write_text("a caption\n")
+    assert check({"path": "pics"})[0] == 0
+    code, out = check({"path": "pics", "text_column": "caption"})
+    assert code == 2 and out == [
+        "refused   dataset: dataset 'pics' is a folder of images with .txt captions, which has no columns: "
+        "image_column / text_column ('image', 'caption') apply to tables and to a folder with a metadata.jsonl / "
+        "metadata.csv / metadata.parquet table"]
+    (tmp_path / "pics" / "metadata.csv").write_text("file_name,caption\na.png,a caption\n")
+    code, out = check({"path": "pics", "text_column": "caption"})
+    assert code == 0 and out[0] == "ok        dataset"
+    (tmp_path / "pics" / "metadata.jsonl").write_text("")
+    code, out = check({"path": "pics", "text_column": "caption"})
+    assert code == 2 and out == ["refused   dataset: dataset folder 'pics' has 2 metadata tables (metadata.jsonl, "
+                                 "metadata.csv); keep one"]
 
 
 def test_n_without_a_dataset_flag_sets_the_configs_own_dataset(tmp_path):
