@@ -463,3 +463,34 @@ def test_a_features_only_run_neither_displaces_the_kept_run_nor_loses_its_featur
     assert "those of run(s) run-4," in capsys.readouterr().out
     assert _versions(store) == keep | {layout.dataset_key(D1), layout.features_key(D1, "vit", "fv1"),
                                        layout.rendered_dataset_key("recipe1")}
+
+
+def test_the_newest_runs_are_ordered_by_finish_then_start_then_id():
+    """``newest_runs``: ``select_run``'s order, newest first: finish time (start time when there is
+    none), then start time, then run id; runs without results never count."""
+    from storage.run_retention import newest_runs
+
+    def record(run_id: str, started: tuple, finished: tuple | None, status: str = "COMPLETED") -> dict:
+        return {"run_id": run_id, "status": status, "started_at": _day(*started), "finished_at": finished and _day(*finished),
+                "alignment_versions": ["alignment/d/a__b/v"]}
+
+    records = [record("run-long", (1, 1), (5, 1)),  # started first, finished last
+               record("run-a", (2, 1), (5, 1)),  # the same finish, a later start
+               record("run-short", (3, 1), (4, 1)),
+               record("run-open", (4, 12), None, "FAILED"),  # no finish time: its start counts (day 4, 12:00)
+               record("run-b", (2, 1), (3, 1)), record("run-c", (2, 1), (3, 1)),  # the same times: by id
+               record("run-cancelled-early", (9, 1), (9, 2), "RUNNING")]
+    assert [r["run_id"] for r in newest_runs(records, 10)] == ["run-a", "run-long", "run-open", "run-short", "run-c", "run-b"]
+    assert [r["run_id"] for r in newest_runs(records, 2)] == ["run-a", "run-long"]
+
+
+def test_a_version_published_at_the_kept_moment_is_recent():
+    """Every version published since ``plan.since`` is kept: at that very moment too; one without a
+    readable ``published_at`` counts as recent."""
+    from storage.run_retention import _published_since
+    from storage.runs import epoch_seconds
+
+    since = epoch_seconds(_day(4, 1)) - 900
+    assert _published_since({"published_at": _day(4, 0, 45)}, since)
+    assert not _published_since({"published_at": _day(4, 0, 44)}, since)
+    assert _published_since({"published_at": "not a time"}, since) and _published_since({}, since)

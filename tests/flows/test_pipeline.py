@@ -249,6 +249,20 @@ def test_the_failure_summary_says_what_was_published():
     assert published == "nothing" and "(nothing is published)" in message
 
 
+def test_the_failure_summary_counts_failed_models_and_failed_pairs_apart():
+    """Models failed at their check or their extraction; pairs failed at their alignment, out of
+    those failed plus those aligned."""
+    from flows.pipeline import _failure_summary
+
+    failures = [{"stage": "extract", "item": "vit", "error": "out of memory"},
+                {"stage": "align", "item": "clip x lm", "error": "bad"},
+                {"stage": "align", "item": "clip x bert", "error": "bad"}]
+    message, published = _failure_summary(failures, 5, 3)
+    assert published == "alignments"
+    assert message.startswith("1 of 5 models and 2 of 5 model pairs failed (the rest is published): "
+                              "extract vit: out of memory; align clip x lm: bad; align clip x bert: bad"), message
+
+
 def test_metric_work_counts_the_results_of_new_versions_computed_and_copied():
     """A run's ``metrics_computed`` / ``metrics_copied``: over the alignment versions it published,
     not those it found stored (a version found stored did no work in this run)."""
@@ -257,6 +271,21 @@ def test_metric_work_counts_the_results_of_new_versions_computed_and_copied():
     new = {"metric_versions": {"cka": {}, "cknna": {}, "mutual_knn": {}}, "reused_metrics": {"cka": "v0"}, "reused": False}
     assert metric_work([new, {**new, "reused": True}, {**new, "reused_metrics": {}}]) == {"metrics_computed": 5, "metrics_copied": 1}
     assert metric_work([]) == {"metrics_computed": 0, "metrics_copied": 0}
+
+
+def test_feature_outcome_names_each_models_version_and_whether_it_was_extracted_or_reused():
+    """The run record's ``feature_versions`` (model -> its feature version), ``extracted`` (computed
+    by this run) and ``reused`` (found stored), the two lists sorted by model name."""
+    from flows.pipeline import _feature_outcome
+
+    features = {"vit": {"catalog": {"feature_version": "fv-vit"}, "reused": True},
+                "lm": {"catalog": {"feature_version": "fv-lm"}},
+                "clip": {"catalog": {"feature_version": "fv-clip"}, "reused": False},
+                "bert": {"catalog": {"feature_version": "fv-bert"}, "reused": True}}
+    assert _feature_outcome(features) == {
+        "feature_versions": {"vit": "fv-vit", "lm": "fv-lm", "clip": "fv-clip", "bert": "fv-bert"},
+        "extracted": ["clip", "lm"], "reused": ["bert", "vit"]}
+    assert _feature_outcome({}) == {"feature_versions": {}, "extracted": [], "reused": []}
 
 
 @pytest.mark.usefixtures("prefect_harness")

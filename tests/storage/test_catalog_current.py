@@ -248,3 +248,21 @@ def test_models_current_holds_the_feature_version_the_latest_run_used(tmp_path):
     exported = open_catalog(export_catalog(store, tmp_path / "catalog.duckdb").path)
     sql = "select * from models_current order by all"
     assert query(exported, sql).equals(query(con, sql))
+
+
+def test_models_current_follows_the_latest_run_back_to_an_older_version_and_else_the_last_published(tmp_path):
+    """A model whose latest run went back to its first feature version (a checkpoint update rolled
+    back) has that version current, though a run in between used another; where no run names a
+    version, the last published is current."""
+    store = build_catalog_store(str(tmp_path / "store"))
+    _feature_version(store, "vit-small", "fv-vit-small-c3", "c3")
+    for run_id, month, used in (("run-9", 3, "fv-vit-small-c3"), ("run-10", 4, "fv-vit-small")):
+        store.write_json(layout.run_key(run_id), {
+            "run_id": run_id, "status": "COMPLETED", "started_at": f"2026-{month:02d}-01T00:00:00+00:00",
+            "finished_at": f"2026-{month:02d}-01T00:05:00+00:00", "dataset_version": DATASET,
+            "feature_versions": {"vit-small": used}, "alignment_versions": []})
+    _feature_version(store, "lm-large", "fv-lm-large-old", "c2", dataset="other-dataset", published_at="2026-01-01T00:00:00+00:00")
+    _feature_version(store, "lm-large", "fv-lm-large-new", "c3", dataset="other-dataset", published_at="2026-01-02T00:00:00+00:00")
+    current = _models_current(connect(store))
+    assert current[(DATASET, "vit-small")] == "fv-vit-small"
+    assert current[("other-dataset", "lm-large")] == "fv-lm-large-new"

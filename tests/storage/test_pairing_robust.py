@@ -75,6 +75,21 @@ def test_layers_stored_in_different_orders_still_pair_by_id(tmp_path):
     np.testing.assert_array_equal(pair.ys[0], x[::2, :2])
 
 
+def test_models_holding_the_same_samples_in_other_orders_pair_by_id(tmp_path):
+    """Every stored row is a common sample (nothing left out), the files in orders of their own:
+    rows are still placed by id, never copied as a block in file order."""
+    store = Store(str(tmp_path / "s"))
+    ids = [f"s{i}" for i in range(8)]
+    x = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+    order_a, order_b = [0, 2, 1, 3, 4, 5, 6, 7], [0, 6, 5, 4, 3, 2, 1, 7]  # first and last in place
+    ma = _publish(store, "a", [layer_table("a", "v", 0, [ids[i] for i in order_a], x[order_a])])
+    mb = _publish(store, "b", [layer_table("b", "v", 0, [ids[i] for i in order_b], -x[order_b])])
+    pair = paired_features(store, ma, mb)
+    assert pair.sample_ids == ids and (pair.only_a, pair.only_b) == (0, 0)
+    np.testing.assert_array_equal(pair.xs[0], x)
+    np.testing.assert_array_equal(pair.ys[0], -x)
+
+
 def test_no_common_samples_gives_empty_arrays(tmp_path):
     store = Store(str(tmp_path / "s"))
     ma = _publish(store, "a", [layer_table("a", "v", 0, ["x", "y"], np.ones((2, 3), np.float32))])

@@ -228,3 +228,37 @@ def test_copies_that_a_sync_adds_beside_run_records_are_left_out(store_url, capl
     assert main(["verify", "--store", store_url]) == 0
     store.write_bytes(layout.run_key("r3"), b"{cut short")  # a record of prh's own name that does not read
     assert main(["verify", "--store", store_url]) == 1
+
+
+def test_a_run_is_gone_only_once_silent_for_more_than_the_limit(tmp_path):
+    """A run whose sign of life is older than ``STALE_RUN_SECONDS`` is gone, one exactly that old
+    not yet; a record without signs of life is gone once started more than
+    ``LEGACY_RUN_SECONDS`` ago (``gone_reason`` with an explicit ``now``)."""
+    from storage.runs import epoch_seconds, gone_reason
+
+    store = Store(str(tmp_path / "store"))
+    started = "2026-03-01T00:00:00+00:00"
+    start = epoch_seconds(started)
+    other = {**current_owner(), "host": "another-host"}  # a process that cannot be checked from here
+    beating = {"run_id": "r", "status": RUNNING, "started_at": started, "process": other, "heartbeat_s": RUN_HEARTBEAT_SECONDS}
+    assert gone_reason(store, beating, now=start + STALE_RUN_SECONDS) is None
+    assert "no sign of life from the run for 15 min" in gone_reason(store, beating, now=start + STALE_RUN_SECONDS + 1)
+    store.write_json(alive_key("r"), {"run_id": "r", "heartbeat_at": start + 600})  # its last sign: 10 minutes in
+    assert gone_reason(store, beating, now=start + 600 + STALE_RUN_SECONDS) is None
+    assert gone_reason(store, beating, now=start + 600 + STALE_RUN_SECONDS + 1) is not None
+    legacy = {k: v for k, v in beating.items() if k != "heartbeat_s"}
+    assert gone_reason(store, legacy, now=start + LEGACY_RUN_SECONDS) is None
+    assert "started 3 days ago by a prh that left no signs of life" in gone_reason(store, legacy, now=start + LEGACY_RUN_SECONDS + 1)
+
+
+def test_live_runs_since_is_the_start_of_the_earliest_live_run_less_the_clock_skew(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    assert live_runs_since(store) is None  # no run alive
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    starts = {"late": now - timedelta(hours=1), "early": now - timedelta(hours=2), "later": now - timedelta(minutes=5)}
+    for run_id, started in starts.items():  # this process's runs: alive
+        store.write_json(layout.run_key(run_id), {"run_id": run_id, "status": RUNNING, "started_at": started.isoformat(),
+                                                  "process": current_owner()})
+    store.write_json(layout.run_key("done"), {"run_id": "done", "status": "COMPLETED",
+                                              "started_at": (now - timedelta(hours=5)).isoformat()})
+    assert live_runs_since(store) == starts["early"].timestamp() - CLOCK_SKEW_SECONDS

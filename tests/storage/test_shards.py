@@ -131,3 +131,51 @@ def test_gc_keeps_a_shard_a_live_run_wrote_in_the_second_it_started_on_s3(s3_sto
     store.write_json(alive_key("live"), {"run_id": "live", "heartbeat_at": time.time()})
     assert main(["gc", "--store", s3_store_url, "--older-than-days", "0"]) == 0
     assert "_partial" not in capsys.readouterr().out and store.exists(shard_key("features/d/m/v1", 0))
+
+
+def test_a_shard_is_read_back_only_when_it_holds_what_is_expected(tmp_path):
+    """``read_shard``: a stored shard comes back (layers, extras) only for its row count, its
+    layers' widths and the items it holds; a shard of other items (another shard size), rows or
+    widths is None (computed again); one written without its items is checked by its rows only."""
+    import numpy as np
+
+    from storage.shards import read_shard, write_shard
+
+    store = Store(str(tmp_path / "store"))
+    layers = [np.arange(8, dtype=np.float32).reshape(4, 2), np.ones((4, 3), np.float32)]
+    write_shard(store, "features/d/m/v", 2, layers, {"loss": 1.5}, items=(8, 12))
+    got, extras = read_shard(store, "features/d/m/v", 2, 4, [2, 3], items=(8, 12))
+    assert extras == {"loss": 1.5} and [x.tolist() for x in got] == [x.tolist() for x in layers]
+    assert read_shard(store, "features/d/m/v", 2, 4) is not None  # nothing more asked
+    assert read_shard(store, "features/d/m/v", 2, 5, [2, 3], items=(8, 12)) is None  # other rows
+    assert read_shard(store, "features/d/m/v", 2, 4, [2, 4], items=(8, 12)) is None  # other widths
+    assert read_shard(store, "features/d/m/v", 2, 4, [2, 3], items=(4, 8)) is None  # other items
+    assert read_shard(store, "features/d/m/v", 3, 4, [2, 3], items=(12, 16)) is None  # absent
+    write_shard(store, "features/d/m/v", 0, layers)  # written before items were recorded
+    assert read_shard(store, "features/d/m/v", 0, 4, [2, 3], items=(0, 4)) is not None
+
+
+def test_a_partial_folder_with_a_fresh_shard_is_not_abandoned(tmp_path):
+    """``stale_partials``: a folder is abandoned when its newest shard is older than the limit: one
+    old shard beside a fresh one is an extraction still under way. A folder written at
+    ``live_since`` or later is never listed (a live run may be extracting into it)."""
+    import os
+
+    from storage.shards import stale_partials
+
+    store = Store(str(tmp_path / "store"))
+    now = 2_000_000_000.0
+    for version, ages in (("mixed", (30 * 86400, 60)), ("old", (30 * 86400, 20 * 86400))):
+        for i, age in enumerate(ages):
+            key = f"features/d/m/{version}/{PARTIAL}/shard-{i:05d}.parquet"
+            store.write_bytes(key, b"x")
+            os.utime(store.path(key), (now - age, now - age))
+    found = stale_partials(store, older_than_s=7 * 86400, now=now)
+    assert [(e["version"], e["shards"], e["newest"], e["reason"]) for e in found] == [
+        ("features/d/m/old", 2, now - 20 * 86400, "abandoned")]
+    assert stale_partials(store, older_than_s=7 * 86400, now=now, live_since=now - 20 * 86400) == []  # written at its start
+    assert [e["version"] for e in stale_partials(store, older_than_s=7 * 86400, now=now, live_since=now - 20 * 86400 + 1)] == [
+        "features/d/m/old"]
+    # abandoned once its newest shard is older than the limit, not when exactly that old
+    assert stale_partials(store, older_than_s=20 * 86400, now=now) == []
+    assert [e["version"] for e in stale_partials(store, older_than_s=20 * 86400 - 1, now=now)] == ["features/d/m/old"]

@@ -300,3 +300,25 @@ def test_a_relative_store_path_that_resolves_to_the_root_is_refused(monkeypatch)
     monkeypatch.chdir("/")
     with pytest.raises(ValueError, match=r"store URL '\.' names the filesystem's root"):
         Store(".")
+
+
+def test_unpublish_takes_a_dead_writers_claim_over_and_leaves_a_live_writers_version(tmp_path):
+    """``unpublish`` works under the version's claim: a stale one (its writer long silent) is
+    taken over, the version removed and no claim left behind; a live writer's claim leaves the
+    version as it is (False)."""
+    import time
+
+    from storage.store import CLAIM
+
+    store = Store(str(tmp_path / "store"))
+    for key in ("features/d/m/v1", "features/d/m/v2"):
+        store.publish(key, {"a.bin": b"1"}, {})
+    store.write_bytes(f"features/d/m/v1/{CLAIM}", json.dumps({"owner": "dead", "claimed_at": 0}).encode())
+    assert store.unpublish("features/d/m/v1") is True
+    assert store.manifest("features/d/m/v1") is None
+    assert not store.exists(f"features/d/m/v1/{CLAIM}") and not store.exists("features/d/m/v1/a.bin")
+    live = json.dumps({"owner": "someone-else", "claimed_at": time.time(), "process": {"host": "elsewhere", "pid": 1}}).encode()
+    store.write_bytes(f"features/d/m/v2/{CLAIM}", live)
+    assert store.unpublish("features/d/m/v2") is False
+    assert store.manifest("features/d/m/v2") is not None and store.read_bytes("features/d/m/v2/a.bin") == b"1"
+    assert store.read_bytes(f"features/d/m/v2/{CLAIM}") == live

@@ -335,7 +335,7 @@ def test_keys_a_store_writer_chose_reach_the_terminal_escaped(tmp_path, capsys):
         os.utime(path, (old, old))
     assert main(["gc", "--store", store.url, "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "\x1b" not in out and "would remove features/d/m/v\\x1b[31m2/_partial: 1 shards" in out
+    assert "\x1b" not in out and "would remove features/d/m/v\\x1b[31m2/_partial: 1 shard," in out
 
 
 def test_another_tools_folder_in_the_store_is_never_removed(tmp_path, capsys):
@@ -377,3 +377,78 @@ def test_a_size_that_is_not_a_number_of_bytes_is_named_as_such(tmp_path, size, s
     manifest["files"]["b.bin"]["bytes"] = 64.0  # the same number: not damaged
     store.write_json(f"features/d/m/v/{MANIFEST}", manifest)
     assert verify_store(store)[0].ok
+
+
+def test_listed_bytes_hands_over_only_the_file_the_manifest_lists(tmp_path):
+    """What a run copies from a stored version (``listed_bytes``) is the published file, byte for
+    byte; any other (same size but changed, cut short, missing, or listed by an entry that is no
+    object) raises, never hands over its bytes."""
+    store = Store(str(tmp_path / "store"))
+    key = "features/d/m/v"
+    manifest = _publish(store, key, 3)
+    for name in ("a.parquet", "b.bin"):
+        assert verify_module.listed_bytes(store, key, name, manifest) == store.read_bytes(f"{key}/{name}")
+    assert verify_module.listed_bytes(store, key, "b.bin", manifest) == bytes(range(3, 3 + 64))
+    _damage(store, f"{key}/a.parquet", "flip")  # same size, other content: the SHA-256 tells
+    with pytest.raises(verify_module.NotAsListed):
+        verify_module.listed_bytes(store, key, "a.parquet", manifest)
+    _damage(store, f"{key}/b.bin", "truncate")
+    with pytest.raises(verify_module.NotAsListed):
+        verify_module.listed_bytes(store, key, "b.bin", manifest)
+    store.fs.pipe(store.path(f"{key}/b.bin"), bytes(range(3, 3 + 64)))  # the listed file again
+    for entry in ("not an entry", None, [64]):  # a hand-edited listing: nothing to check the file against
+        odd = {**manifest, "files": {**manifest["files"], "b.bin": entry}}
+        with pytest.raises(verify_module.NotAsListed):
+            verify_module.listed_bytes(store, key, "b.bin", odd)
+    _damage(store, f"{key}/b.bin", "delete")
+    with pytest.raises(FileNotFoundError):
+        verify_module.listed_bytes(store, key, "b.bin", manifest)
+
+
+def test_each_check_counts_the_bytes_of_the_files_it_checked(tmp_path):
+    """``VersionCheck.bytes`` (``prh verify``'s "... MB checked") is the sum of the checked files'
+    sizes, as the store lists them (the manifest agrees for an intact version)."""
+    store = Store(str(tmp_path / "store"))
+    _publish(store, "features/d/m/v", 1)
+    sizes = store.sizes("features/d/m/v")
+    expected = sizes["features/d/m/v/a.parquet"] + sizes["features/d/m/v/b.bin"]
+    for quick in (False, True):
+        [check] = verify_store(store, quick=quick)
+        assert check.ok and (check.files, check.bytes) == (2, expected)
+
+
+def test_checked_for_reuse_refuses_a_version_whose_files_are_not_their_listed_sizes(tmp_path):
+    """A run computes from a stored version only when every listed file is present at its listed
+    size (``checked_for_reuse``); a same-size edit is ``prh verify``'s to find, not its."""
+    store = Store(str(tmp_path / "store"))
+    key = "features/d/m/v"
+    manifest = _publish(store, key, 2)
+    assert verify_module.checked_for_reuse(store, key, manifest, "the stored features") == manifest
+    _damage(store, f"{key}/a.parquet", "flip")  # same size: not looked at
+    assert verify_module.checked_for_reuse(store, key, manifest, "the stored features") == manifest
+    _damage(store, f"{key}/b.bin", "truncate")
+    with pytest.raises(verify_module.DamagedVersion, match="b.bin: 59 bytes, the manifest says 64"):
+        verify_module.checked_for_reuse(store, key, manifest, "the stored features")
+    _damage(store, f"{key}/b.bin", "delete")
+    with pytest.raises(verify_module.DamagedVersion, match="b.bin: missing"):
+        verify_module.checked_for_reuse(store, key, manifest, "the stored features")
+
+
+def test_a_manifest_damaged_while_verify_runs_makes_its_version_damaged(tmp_path, monkeypatch):
+    """A version whose files did not match, and whose manifest no longer reads when looked at once
+    more (overwritten meanwhile by a partial copy), is reported damaged with the manifest's problem."""
+    store = Store(str(tmp_path / "store"))
+    key = "features/d1/model-0/v0"
+    _publish(store, key, 0)
+    _damage(store, f"{key}/b.bin", "truncate")
+    original = verify_module.check_version
+
+    def check_version(store_, version_key, manifest, quick=False):
+        check = original(store_, version_key, manifest, quick)
+        _damage(store, f"{key}/{MANIFEST}", "not-json")  # after the files were checked
+        return check
+
+    monkeypatch.setattr(verify_module, "check_version", check_version)
+    [check] = verify_store(store)
+    assert check.key == key and not check.ok and check.removable
+    assert len(check.problems) == 1 and "is damaged (not JSON" in check.problems[0], check.problems

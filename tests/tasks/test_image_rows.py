@@ -42,6 +42,17 @@ def test_means_are_float64_sums_and_identical_rows_stay_bit_identical():
     np.testing.assert_array_equal(mean_rows(x, single), x)
 
 
+def test_no_samples_give_no_image_rows_and_one_image_gives_its_mean():
+    """The edge sizes: zero samples fold into a ``(0, D)`` float32 array (its width kept); the
+    captions of a single image fold into that image's one mean row."""
+    empty = mean_rows(np.zeros((0, 5), np.float32), image_rows([], {}))
+    assert empty.shape == (0, 5) and empty.dtype == np.float32
+    x = np.array([[1, 2], [3, 4], [8, 0]], np.float32)
+    one = mean_rows(x, image_rows(["s0", "s1", "s2"], dict.fromkeys(["s0", "s1", "s2"], "img")))
+    assert one.dtype == np.float32
+    np.testing.assert_array_equal(one, [[4, 2]])
+
+
 def test_unknown_samples_and_wrong_row_counts_are_refused():
     with pytest.raises(ValueError, match=r"2 sample\(s\) have no image_id in the dataset \(e.g. 'x', 'y'\)"):
         image_rows(["a", "x", "y"], {"a": "i"})

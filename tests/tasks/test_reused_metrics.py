@@ -170,3 +170,57 @@ def test_a_reused_degenerate_interval_is_warned_about_again(tmp_path, caplog) ->
         again = _align(store, ma, mb, ["cka", "mutual_knn"])
     assert again["reused_metrics"].keys() == {"cka"}
     assert "cka(kernel_metric=ip): the bootstrap interval [1, 1] is degenerate" in caplog.text
+
+
+def _stored_best(**changes) -> dict:
+    row = {"layer_a": 1, "layer_b": 0, "score": 0.5, "chance_level": 0.1, "null_mean": 0.1, "null_std": 0.01, "tau": 0.2,
+           "p_value": 0.05, "calibrated_score": 0.4, "permutations": 19, "ci_low": 0.4, "ci_high": 0.6, "ci_degenerate": False,
+           "bootstrap": 40}
+    return {**row, **changes}
+
+
+def test_stored_rows_that_are_not_one_per_layer_pair_and_one_best_are_refused() -> None:
+    """A stored metric's rows must be one score per layer pair, each pair within the shapes, and
+    one best row (``stored_results``: else ValueError, and the caller computes it)."""
+    from tasks.alignment import MetricRequest
+    from tasks.reused_metrics import _result
+
+    request, entry = MetricRequest("cka"), {"version": "v", "excluded_a": {}, "excluded_b": {"1": "constant"}}
+    scores = [{"layer_a": i, "layer_b": j, "score": float(10 * i + j) if (i, j) != (1, 1) else None}
+              for i in range(2) for j in range(2)]
+    result = _result(request, scores, [_stored_best()], entry, (2, 2), "k")
+    assert result.matrix.tolist()[0] == [0.0, 1.0] and result.matrix[1, 0] == 10.0 and result.matrix[1, 1] != result.matrix[1, 1]  # NULL: NaN
+    assert result.best_layers == (1, 0) and result.excluded_b == {1: "constant"}
+    nothing = _result(request, scores, [_stored_best(layer_a=None, layer_b=None, score=None)], entry, (2, 2), "k")
+    assert nothing.best_layers == (-1, -1) and nothing.best != nothing.best  # no best layer pair: NaN at (-1, -1)
+    with pytest.raises(ValueError, match="2 best rows"):
+        _result(request, scores, [_stored_best(), _stored_best()], entry, (2, 2), "k")
+    with pytest.raises(ValueError, match="3 layer-pair rows"):
+        _result(request, scores[:3], [_stored_best()], entry, (2, 2), "k")
+    for bad in ((0, -1), (0, 2), (-1, 0), (2, 1)):  # one index within its shape, the other not
+        rows = [*scores[:3], {"layer_a": bad[0], "layer_b": bad[1], "score": 0.0}]
+        with pytest.raises(ValueError, match="bad or repeated layer pair"):
+            _result(request, rows, [_stored_best()], entry, (2, 2), "k")
+
+
+def test_stored_versions_are_listed_newest_publication_first(tmp_path) -> None:
+    """``stored_versions``: the pair's alignments holding some wanted metric at its wanted metric
+    version, by publication time, newest first, each with the names of those metrics."""
+    from tasks.reused_metrics import stored_versions
+
+    store = Store(str(tmp_path / "store"))
+    prefix = "alignment/d/vit__lm"
+
+    def put(version: str, when: str, metric_versions: dict) -> None:
+        key = f"{prefix}/{version}"
+        store.publish(key, {"a.bin": b"1"}, {"metric_versions": metric_versions})
+        store.write_json(f"{key}/manifest.json", {**store.manifest(key), "published_at": when})
+
+    put("v1", "2026-01-03T00:00:00+00:00", {"cka": {"version": "c1"}, "mutual_knn": {"version": "k1"}})
+    put("v2", "2026-01-01T00:00:00+00:00", {"cka": {"version": "c1"}})
+    put("v3", "2026-01-02T00:00:00+00:00", {"cka": {"version": "c0"}, "mutual_knn": {"version": "k1"}})
+    put("v4", "2026-01-02T00:00:00+00:00", {"cka": {"version": "c1"}})  # published at the same time as v3
+    put("v5", "2026-01-04T00:00:00+00:00", {"svcca": {"version": "s1"}, "cka": {"version": "c0"}})  # nothing wanted
+    found = [(key.rsplit("/", 1)[1], names) for key, _, names in stored_versions(store, prefix, {"cka": "c1", "mutual_knn": "k1"})]
+    assert found[0] == ("v1", ["cka", "mutual_knn"]) and found[-1] == ("v2", ["cka"])
+    assert sorted(found[1:3]) == [("v3", ["mutual_knn"]), ("v4", ["cka"])] and len(found) == 4
