@@ -583,9 +583,9 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, 
     return (node.start_mark.line + 1 if node is not None else None), complete
 
 
-def _key_line(root: yaml.Node | None, loc: tuple[Any, ...], key: Any) -> int | None:
-    """1-based line of the key of the mapping at ``loc`` that YAML reads as ``key`` (a number,
-    boolean or null, not a string; None where not found)."""
+def _key_node(root: yaml.Node | None, loc: tuple[Any, ...], key: Any) -> yaml.ScalarNode | None:
+    """The key node of the mapping at ``loc`` that YAML reads as ``key`` (a number, date, boolean
+    or null, not a string; None where not found)."""
     node, complete = _deepest_node(root, loc)
     if not complete or not isinstance(node, yaml.MappingNode):
         return None
@@ -593,7 +593,7 @@ def _key_line(root: yaml.Node | None, loc: tuple[Any, ...], key: Any) -> int | N
         if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:str":
             read = yaml.safe_load(k.value or "null")
             if read == key and type(read) is type(key):
-                return k.start_mark.line + 1
+                return k
     return None
 
 
@@ -650,10 +650,11 @@ def _problem(error: dict[str, Any], raw: Any, root: yaml.Node | None) -> str:
         message = "required, but missing"
     elif kind == "invalid_key":  # a YAML key read as a number, boolean or null (pydantic's loc: the key, or 'None')
         loc, key = loc[:-1], error.get("input")
-        message = f"key {_shown(key)} is not a string (YAML reads an unquoted number, true/false or null as one: quote it)"
-        where = _where(loc, raw)
-        line = _key_line(root, loc, key)
-        return f"{where}{f' (line {line})' if line is not None else ''}: {message}"
+        node = _key_node(root, loc, key)
+        shown = _shown(key) if node is None else node.value if node.value else "null"
+        message = f"key {shown} is not a string (YAML reads an unquoted number, date, true/false or null as one: quote it)"
+        line = f" (line {node.start_mark.line + 1})" if node is not None else ""
+        return f"{_where(loc, raw)}{line}: {message}"
     elif kind not in ("value_error", "assertion_error", "too_short", "too_long"):
         if kind in ("model_type", "dict_type", "model_attributes_type"):
             message = "expected a mapping"

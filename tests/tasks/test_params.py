@@ -134,10 +134,11 @@ CASES = {
                            r"^dataset\.path \(line 4\): dataset\.path 's3://bucket/pairs\.parquet' is a URL: kind 'path' reads a table or "
                            r"folder on this machine"),
     "a number as a key": (MODELS + "dataset:\n  1: 5\n", r"^dataset \(line 5\): key 1 is not a string \(YAML reads an unquoted number, "
-                          r"true/false or null as one: quote it\)$"),
-    "null as a key": (alignment("~: 3"), r"^alignment \(line 5\): key null is not a string"),
+                          r"date, true/false or null as one: quote it\)$"),
+    "null as a key": (alignment("~: 3"), r"^alignment \(line 5\): key ~ is not a string"),
+    "a date as a key": (MODELS + "dataset:\n  2020-01-01: 5\n", r"^dataset \(line 5\): key 2020-01-01 is not a string"),
     "true as a model's key": ("models:\n  - {name: vit, loader: random_hf, id: ViTConfig, modality: vision, yes: 2}\n",
-                              r"^models\[0\] \(line 2\): key true is not a string"),
+                              r"^models\[0\] \(line 2\): key yes is not a string"),
     "image_size too small": (MODELS + "dataset: {image_size: 8}\n", r"^dataset\.image_size \(line 4\): Input should be greater than or equal to 16 \(got 8\)$"),
 }
 
