@@ -97,3 +97,44 @@ def test_a_reused_alignment_changed_by_hand_fails_its_pair(tmp_path) -> None:
     with pytest.raises(DamagedVersion, match=rf"{first['key']} in store .* is damaged: best\.parquet: \d+ bytes, the manifest "
                                              r"says \d+; nothing is computed from it \(run `prh verify --remove-damaged`"):
         _align(store, ma, mb, ["mutual_knn"])
+
+
+def test_every_input_of_a_pairs_numbers_is_in_its_versions():
+    """``alignment_version`` and each metric's ``metric_versions`` id: both feature versions (in
+    order: A x B is not B x A), the outlier clamp, the null and bootstrap sizes and the seed; a change
+    of any gives other ids, the same parameters the same ids."""
+    from tasks.align_task import alignment_version, metric_versions
+    from tasks.params import AlignmentParams
+
+    a, b = {"catalog": {"feature_version": "fa"}}, {"catalog": {"feature_version": "fb"}}
+    base = AlignmentParams(metrics=["cka", "mutual_knn"], permutations=0, bootstrap=0, seed=0)
+
+    def ids(x, y, params):
+        return alignment_version(x, y, params), metric_versions(x, y, params)
+
+    reference = ids(a, b, base)
+    assert ids(a, b, base.model_copy()) == reference
+    changed = [ids(b, a, base), ids(a, {"catalog": {"feature_version": "fc"}}, base),
+               ids({"catalog": {"feature_version": "fc"}}, b, base)]
+    for field, value in (("outlier_quantile", 0.9), ("outlier_scope", "layer"), ("outlier_exact", True),
+                         ("permutations", 19), ("bootstrap", 40), ("seed", 1)):
+        changed.append(ids(a, b, base.model_copy(update={field: value})))
+    for version, by_metric in changed:
+        assert version != reference[0]
+        assert by_metric.keys() == reference[1].keys() and all(by_metric[m] != reference[1][m] for m in by_metric)
+
+
+def test_the_default_unit_is_not_hashed_so_stored_versions_keep_their_ids():
+    """``unit`` entered the versions after alignments were stored: the default (``sample``) hashes
+    what every version hashed before (no ``unit``), ``image`` adds it."""
+    from storage.versioning import code_version, content_id
+    from tasks.align_task import ALIGNMENT_CODE, alignment_version
+    from tasks.params import AlignmentParams
+
+    a, b = {"catalog": {"feature_version": "fa"}}, {"catalog": {"feature_version": "fb"}}
+    params = AlignmentParams(metrics=["cka"], permutations=0, bootstrap=0, seed=0)
+    before = {"features": ["fa", "fb"], "outlier_quantile": params.outlier_quantile, "outlier_scope": params.outlier_scope,
+              "outlier_exact": params.outlier_exact, "permutations": 0, "bootstrap": 0, "seed": 0,
+              "code_version": code_version(*ALIGNMENT_CODE), "metrics": [["cka", params.metric_params("cka")]]}
+    assert alignment_version(a, b, params) == content_id(before)
+    assert alignment_version(a, b, params.model_copy(update={"unit": "image"})) == content_id({"unit": "image", **before})

@@ -107,3 +107,13 @@ def test_a_reused_result_with_refused_subsamples_warns_again(caplog):
         log_interval_notes(result, 200, log)
         log_interval_notes(PairAlignment(MetricRequest("cka"), np.zeros((1, 1)), 0.5, (0, 0), None, bootstrap=200), 200, log)
     assert caplog.text.count("13 of 200 bootstrap subsamples were refused") == 1 and "(reused result)" in caplog.text
+
+
+def test_no_interval_asked_for_is_not_warned_about(caplog):
+    """``bootstrap=0`` (the default): no interval is computed, so none is missing; nothing is logged."""
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(30, 8)).astype(np.float32), rng.normal(size=(30, 8)).astype(np.float32)
+    with caplog.at_level(logging.WARNING, logger="tasks.alignment"):
+        cka, = align_layers([x], [y], [MetricRequest("cka")], bootstrap=0)
+    assert cka.bootstrap == 0 and cka.ci_low is None and cka.ci_high is None and cka.ci_degenerate is None
+    assert "bootstrap" not in caplog.text

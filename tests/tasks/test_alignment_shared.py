@@ -158,3 +158,12 @@ def test_held_bytes_does_not_walk_into_modules_classes_or_functions():
     fn.table = np.zeros(300)
     holder = _types.SimpleNamespace(values=array, module=module, kind=Kind, fn=fn, obj=_types.SimpleNamespace(a=array))
     assert held_bytes(holder) == array.nbytes
+
+
+def test_a_model_is_charged_for_its_grams_up_to_n_4096_and_not_beyond():
+    """``expected_nbytes`` before any pair: one ``(N, N)`` Gram per kept layer while ``N`` is at most
+    ``KEEP_GRAM_MAX_N`` (4096; the engine keeps Grams for ``N <= keep_gram_max_n``), none above."""
+    rng = np.random.default_rng(0)
+    at, above = (rng.standard_normal((n, 2)).astype(np.float32) for n in (4096, 4097))
+    assert PreparedModel([at]).expected_nbytes == at.nbytes + 4096 * 4096 * 4
+    assert PreparedModel([above]).expected_nbytes == above.nbytes

@@ -302,6 +302,15 @@ def test_degenerate_layer_test_is_relative_and_screens_large_layers():
     assert degenerate_layers([big]) == {}
 
 
+def test_a_rank_1_layer_with_a_sample_at_its_mean_is_excluded():
+    """Rank 1 after centring is degenerate whatever the samples' positions on the line: here one
+    sample is the mean itself (points spaced evenly around it), the others on both sides."""
+    rng = np.random.default_rng(1)
+    base, direction = rng.integers(-5, 5, size=(1, 16)), rng.integers(1, 5, size=(1, 16))
+    line = (base + np.arange(-20, 21)[:, None] @ direction).astype(np.float64)  # row 20 is the mean, exactly
+    assert list(degenerate_layers([line])) == [0] and degenerate_layers([line])[0].startswith("rank 1")
+
+
 def test_a_real_vit_with_cls_pooling_has_its_constant_embedding_layer_excluded(tmp_path, caplog):
     """The case that motivated the exclusion, extracted for real: a (tiny, random) ViT pooled at the
     CLS token gives every image the same vector at the embedding layer."""

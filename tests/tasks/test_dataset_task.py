@@ -308,3 +308,21 @@ def test_a_dataset_version_not_in_the_store_is_refused_naming_store_and_version(
     for bad in ("rendered", "../x", "0123456789ABCDEF", ""):
         with pytest.raises(ValueError, match="is not a dataset version id"):
             stored_dataset_manifest(bad, url)
+
+
+def test_too_few_valid_rows_for_the_alignment_are_refused_counting_the_rejected_rows_per_reason(tmp_path, caplog):
+    """Fewer valid rows than ``alignment.min_samples()``: nothing is published; the error (and the
+    warning before it) count the rejected rows of each reason."""
+    root = tmp_path / "pairs"
+    (root / "pairs.csv").parent.mkdir()
+    for colour in ("red", "blue", "green"):
+        (root / f"{colour}.png").write_bytes(png_bytes(colour))
+    (root / "pairs.csv").write_text("image,text\n" + "".join(f"{c}.png,a {c} square\n" for c in ("red", "blue", "green"))
+                                    + "gone.png,missing\nlost.png,missing too\n")
+    alignment = AlignmentParams(metrics=["mutual_knn"], topk=10)
+    with caplog.at_level("WARNING", logger="prh.dataset"), pytest.raises(ValueError) as refused:
+        publish_dataset(DatasetParams(kind="path", path=str(root / "pairs.csv")), str(tmp_path / "store"), alignment=alignment)
+    message = str(refused.value)
+    reason = message.rsplit("rejected rows by reason: ", 1)[1].split(": ")[0]
+    assert message.endswith(f"rejected rows by reason: {reason}: 2") and f"rejected 2 rows ({reason}: 2)" in caplog.text
+    assert not list((tmp_path / "store").glob("datasets/*/manifest.json"))

@@ -132,3 +132,54 @@ def test_a_damaged_or_unpublished_source_is_not_copied(tmp_path, caplog):
     assert not fourth["reused"]
     assert f"bert-4: layer-000.parquet of the features stored as 'bert-3' ({third['key']}) is missing" in caplog.text
     assert "bert-4: layer-001.parquet of the features stored as 'old-bert'" in caplog.text
+
+
+def test_only_feature_manifests_of_that_version_and_dataset_in_other_models_folders_are_sources(tmp_path):
+    """``published_elsewhere``: the manifests of version ``v`` over ``dataset_version`` in another
+    model's folder than ``model``'s, sorted by key; not the model's own folder, nor a manifest of
+    another kind or whose catalog names another feature or dataset version."""
+    store = Store(str(tmp_path / "store"))
+    dv, v = "d" * 16, "f" * 16
+
+    def put(model: str, kind: str = "features", **catalog) -> str:
+        key = layout.features_key(dv, model, v)
+        store.publish(key, {"x.bin": b"1"}, {"kind": kind, "catalog": {"feature_version": v, "dataset_version": dv, **catalog}})
+        return key
+
+    sources = [put("b-old"), put("a-old")]
+    put("me")  # its own folder
+    put("other-kind", kind="alignment")
+    put("other-version", feature_version="e" * 16)
+    put("other-dataset", dataset_version="c" * 16)
+    found = published_elsewhere(store, dv, "me", v, logging.getLogger("test"))
+    assert [key for key, _ in found] == sorted(sources)
+    assert all(manifest["catalog"]["feature_version"] == v for _, manifest in found)
+
+
+def test_a_source_manifest_without_its_layer_count_is_not_copied(tmp_path, caplog):
+    """``renamed_layers``: a manifest that does not give ``n_layers`` cannot list one file per
+    layer: None (logged), nothing read."""
+    from tasks.feature_copy import renamed_layers
+
+    store = Store(str(tmp_path / "store"))
+    key = layout.features_key("d" * 16, "old", "f" * 16)
+    source = {"kind": "features", "catalog": {"model": "old"}, "files": {layout.layer_file(0): {"bytes": 1, "sha256": "0"}}}
+    with caplog.at_level(logging.WARNING):
+        assert renamed_layers(store, key, source, "new", logging.getLogger("test")) is None
+    assert "do not list one file per layer; not reused" in caplog.text
+
+
+def test_a_source_file_of_another_version_is_not_copied(tmp_path, caplog):
+    """``renamed_layers``: every file must be a layer file of the source's model AND version; one
+    naming the right model but another feature version is not copied (None, logged)."""
+    from tasks.feature_copy import LAYER_COLUMNS, renamed_layers
+
+    store = Store(str(tmp_path / "store"))
+    key = layout.features_key("d" * 16, "old", "f" * 16)
+    table = pa.table({"model": ["old", "old"], "feature_version": ["e" * 16] * 2, "layer": [0, 0], "sample_id": ["a", "b"],
+                      "vector": [[1.0], [2.0]]})
+    assert table.column_names == LAYER_COLUMNS
+    source = store.publish(key, {layout.layer_file(0): table}, {"kind": "features", "catalog": {"model": "old", "n_layers": 1}}).manifest
+    with caplog.at_level(logging.WARNING):
+        assert renamed_layers(store, key, source, "new", logging.getLogger("test")) is None
+    assert "is not a layer file of that model and version; not reused" in caplog.text

@@ -82,3 +82,11 @@ def test_vision_thresholds_leave_out_the_embedding_output():
 
     assert threshold_layers("vision", 13) == list(range(1, 13))
     assert threshold_layers("language", 13) is None and threshold_layers("vision", 1) is None
+
+
+def test_no_clamp_at_q_1_also_when_the_threshold_comes_from_some_layers(layers):
+    """``q == 1`` disables the clamp (``metrics.prepare``): with ``threshold_from`` naming only the
+    small layers, the large layer is still left whole, each layer only L2-normalised."""
+    got = prepare_layers(layers, q=1.0, threshold_from=[0, 1])
+    for g, x in zip(got, layers):
+        np.testing.assert_allclose(g, _normalise(x.astype(np.float64)), rtol=1e-5, atol=1e-6)

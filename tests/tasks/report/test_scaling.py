@@ -101,3 +101,22 @@ def test_thirty_partners_are_told_apart_and_their_legend_fits():
     assert len(styles) == 30
     legend = ax.get_legend().get_window_extent()
     assert figure.bbox.x0 <= legend.x0 and legend.x1 <= figure.bbox.x1 + 1  # inside the figure, not clipped
+
+
+def test_points_are_the_metrics_finite_cross_modal_pairs_vision_first_with_sizes_above_0():
+    """``cross_modal``: (vision, language, row) for each vision-language pair of the metric with a
+    finite score, whichever side model_a is; ``size_points``: only models with a parameter count > 0
+    (a log axis); ``quality_points``: only language models with bits per byte."""
+    from tasks.report.scaling import cross_modal, quality_points, size_points
+
+    models = [{"model": "vit", "modality": "vision", "param_count": 5e6}, {"model": "lm", "modality": "language",
+              "param_count": 2e6, "bits_per_byte": 1.5}, {"model": "lm0", "modality": "language", "param_count": 0}]
+    rows = [{"metric": "cka", "model_a": "vit", "model_b": "lm", "score": 0.4},
+            {"metric": "cka", "model_a": "lm0", "model_b": "vit", "score": 0.3},  # language first
+            {"metric": "cka", "model_a": "lm", "model_b": "lm0", "score": 0.9},  # not cross-modal
+            {"metric": "mutual_knn", "model_a": "vit", "model_b": "lm", "score": 0.2},  # another metric
+            {"metric": "cka", "model_a": "vit", "model_b": "lm", "score": None}]  # no finite score
+    modality = {m["model"]: m["modality"] for m in models}
+    assert [(v, l, r["score"]) for v, l, r in cross_modal(rows, "cka", modality)] == [("vit", "lm", 0.4), ("vit", "lm0", 0.3)]
+    assert [(v, l) for v, l, _ in size_points(rows, models, "cka")] == [("vit", "lm")]
+    assert [(v, l) for v, l, _ in quality_points(rows, models, "cka")] == [("vit", "lm")]

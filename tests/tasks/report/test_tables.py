@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 
-from tasks.report.tables import chance_ratio, ci_columns, common_chance, grid_blocks, layer_matrix, metrics_of, model_grid
+from tasks.report.tables import (chance_ratio, ci_columns, common_chance, grid_blocks, interval, interval_columns, layer_matrix, metrics_of,
+                                  model_grid, number, scored)
 from tests.tasks.report.synthetic import LANGUAGE, LAYERS, N, TOPK, VISION, best_rows, score_of, score_rows
 
 
@@ -161,3 +162,27 @@ def test_a_single_modality_zoo_has_one_grid_of_that_modality():
     assert grid.rows == sorted(LANGUAGE)[:-1] and grid.columns == sorted(LANGUAGE)[1:]
     unknown = [{**r, "modality_a": None, "modality_b": None} for r in best]
     assert (model_grid(unknown, "mutual_knn").row_kind, model_grid(unknown, "mutual_knn").column_kind) == (None, None)
+
+
+def test_number_is_a_finite_float_or_none():
+    assert number(None) is None and number(math.nan) is None and number(math.inf) is None and number(-math.inf) is None
+    assert number(2) == 2.0 and isinstance(number(2), float)
+
+
+def test_an_interval_needs_both_finite_bounds_and_the_columns_one_row_with_them():
+    ci = ("ci_low", "ci_high")
+    assert interval({"ci_low": 0.1, "ci_high": 0.3}, ci) == (0.1, 0.3)
+    assert interval({"ci_low": 0.1, "ci_high": None}, ci) is None and interval({"ci_low": None, "ci_high": 0.3}, ci) is None
+    assert interval({"ci_low": 0.1, "ci_high": 0.3}, None) is None
+    without = {"metric": "cka", "score": 0.5, "ci_low": None, "ci_high": None}
+    with_bounds = {"metric": "cka", "score": 0.6, "ci_low": 0.4, "ci_high": 0.7}
+    assert interval_columns([without, without]) is None  # the columns, every value NULL: a run without bootstrap
+    assert interval_columns([without, with_bounds]) == ci  # one row with both bounds is enough
+    assert interval_columns([{"metric": "cka", "score": 0.5}]) is None
+
+
+def test_a_scored_best_row_has_a_finite_score_and_both_layers():
+    assert scored({"score": 0.5, "layer_a": 0, "layer_b": 2})
+    assert not scored({"score": None, "layer_a": 0, "layer_b": 2})
+    assert not scored({"score": math.nan, "layer_a": 0, "layer_b": 2})
+    assert not scored({"score": 0.5, "layer_a": None, "layer_b": 2}) and not scored({"score": 0.5, "layer_a": 0, "layer_b": None})
