@@ -138,3 +138,27 @@ def test_the_default_unit_is_not_hashed_so_stored_versions_keep_their_ids():
               "code_version": code_version(*ALIGNMENT_CODE), "metrics": [["cka", params.metric_params("cka")]]}
     assert alignment_version(a, b, params) == content_id(before)
     assert alignment_version(a, b, params.model_copy(update={"unit": "image"})) == content_id({"unit": "image", **before})
+
+
+def test_zero_and_duplicate_vectors_are_found_row_by_row() -> None:
+    """``zero_vector_samples``: rows whose every value is 0 (one is enough; a row with some zeros
+    is not one; a layer of nothing but zero rows is another problem, not reported here).
+    ``duplicate_vector_samples``: non-zero rows equal bit for bit to another row (a single pair
+    is enough), counted in groups, zero rows aside, ``skip`` layers left out."""
+    from tasks.align_task import duplicate_vector_samples, zero_vector_samples
+
+    ids = ["a", "b", "c", "d"]
+    catalog = {"model": "m", "layer_names": ["first", "second", "third"]}
+    one_zero = np.array([[1, 2], [0, 0], [3, 0], [0, 4]], np.float32)  # only b is all-zero
+    all_zero = np.zeros((4, 2), np.float32)
+    fine = np.array([[1, 2], [2, 1], [3, 0], [0, 4]], np.float32)
+    assert zero_vector_samples([one_zero, all_zero, fine], ids, catalog) == [
+        {"model": "m", "layer": 0, "layer_name": "first", "n_samples": 1, "examples": ["b"]}]
+
+    one_pair = np.array([[1, 2], [5, 6], [3, 4], [5, 6]], np.float32)  # b and d
+    two_groups = np.array([[1, 1], [1, 1], [0, 0], [0, 0]], np.float32)  # a, b; the zero rows c, d aside
+    assert duplicate_vector_samples([one_pair, two_groups, fine], ids, catalog) == [
+        {"model": "m", "layer": 0, "layer_name": "first", "n_samples": 2, "n_groups": 1, "examples": ["b", "d"]},
+        {"model": "m", "layer": 1, "layer_name": "second", "n_samples": 2, "n_groups": 1, "examples": ["a", "b"]}]
+    assert duplicate_vector_samples([one_pair, two_groups], ids, catalog, skip={0}) == [
+        {"model": "m", "layer": 1, "layer_name": "second", "n_samples": 2, "n_groups": 1, "examples": ["a", "b"]}]

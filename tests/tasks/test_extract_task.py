@@ -86,3 +86,20 @@ def test_stored_files_changed_by_hand_are_refused_before_anything_is_computed_fr
     msg = str(info.value)
     assert "model 'tiny-gpt-2'" in msg and dataset["key"] in msg and f"{layout.SAMPLES_FILE}: " in msg, msg
     assert sorted(store.sizes("features")) == before  # no shard, no version of the new model
+
+
+def test_a_feature_version_names_its_dataset_and_every_feature_input_but_not_the_name_or_batch_size():
+    """``feature_version``: another dataset version or another model input (seed, pooling) gives
+    another id; the model's name (a renamed model reuses its features) and the batch size (which
+    changes no feature) do not."""
+    from tasks.extract.spec import ModelSpec
+    from tasks.extract_task import feature_version
+
+    base = {"name": "tiny-gpt", "loader": "random_hf", "id": "GPT2Config", "modality": "language", "seed": 3}
+    spec = ModelSpec(**base)
+    reference = feature_version("d1", spec)
+    assert feature_version("d1", ModelSpec(**base)) == reference
+    assert feature_version("d2", spec) != reference
+    assert feature_version("d1", ModelSpec(**{**base, "seed": 4})) != reference
+    assert feature_version("d1", ModelSpec(**{**base, "pooling": "last"})) != reference
+    assert feature_version("d1", ModelSpec(**{**base, "name": "gpt-renamed", "batch_size": 7})) == reference
