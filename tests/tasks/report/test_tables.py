@@ -46,6 +46,9 @@ def test_chance_ratio_prefers_the_analytical_level_then_the_null():
     assert chance_ratio({**cka, "metric": "rsa_spearman", "score": 0.0107, "chance_level": None, "null_mean": 0.001}) is None
     assert chance_ratio({**cka, "metric": "cknna", "score": 0.2, "chance_level": None, "null_mean": 0.01}) is None
     assert chance_ratio({**cka, "metric": "svcca", "score": 0.4, "chance_level": None, "null_mean": 0.2}) == (2.0, "null")
+    # a null mean of 0 or below is no basis for a ratio (no division by zero, no negative ratio)
+    assert chance_ratio({**cka, "metric": "svcca", "score": 0.4, "chance_level": None, "null_mean": 0.0}) is None
+    assert chance_ratio({**cka, "metric": "svcca", "score": 0.4, "chance_level": None, "null_mean": -0.1}) is None
     assert common_chance(best_rows(), "mutual_knn") == round(TOPK / (N - 1), 12) and common_chance(best_rows(), "cka") is None
 
 
