@@ -120,3 +120,39 @@ def test_points_are_the_metrics_finite_cross_modal_pairs_vision_first_with_sizes
     assert [(v, l, r["score"]) for v, l, r in cross_modal(rows, "cka", modality)] == [("vit", "lm", 0.4), ("vit", "lm0", 0.3)]
     assert [(v, l) for v, l, _ in size_points(rows, models, "cka")] == [("vit", "lm")]
     assert [(v, l) for v, l, _ in quality_points(rows, models, "cka")] == [("vit", "lm")]
+
+
+def test_error_bars_are_the_interval_around_the_score_never_below_zero_and_none_when_degenerate():
+    """``_error_bar``: (score - low, high - score) of the bootstrap interval; a side of a percentile
+    interval that does not contain its score is no bar (0), never a negative length; a degenerate
+    interval (piled on a bound of the metric) or a missing bound is no bar at all (NaN)."""
+    import math
+
+    from tasks.report.scaling import _error_bar
+
+    ci = ("ci_low", "ci_high")
+    assert _error_bar(0.5, {"ci_low": 0.4, "ci_high": 0.7}, ci) == pytest.approx((0.1, 0.2))
+    assert _error_bar(0.5, {"ci_low": 0.55, "ci_high": 0.7}, ci) == pytest.approx((0.0, 0.2))  # low above the score
+    assert _error_bar(0.5, {"ci_low": 0.2, "ci_high": 0.45}, ci) == pytest.approx((0.3, 0.0))  # high below the score
+    for row in ({"ci_low": 0.4, "ci_high": 0.7, "ci_degenerate": True}, {"ci_low": None, "ci_high": 0.7}, {}):
+        assert all(math.isnan(v) for v in _error_bar(0.5, row, ci))
+
+
+def test_the_y_axis_holds_each_error_bar_on_its_own_side():
+    """The values a panel's limits come from: each score, its interval's low end below it and its
+    high end above it (a lopsided interval: a bar swapped end for end would leave the high end
+    0.5 outside the axes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.report.scaling import _series
+
+    row = {"metric": "cka", "score": 0.3, "ci_low": 0.25, "ci_high": 0.8}
+    figure, ax = plt.subplots()
+    try:
+        drawn = _series(ax, [("vit", "gpt", row)], key=lambda p: p[1], x=lambda p: 1.0, label_of=lambda p: p[0])
+    finally:
+        plt.close(figure)
+    assert sorted(drawn) == pytest.approx([0.25, 0.3, 0.8])
