@@ -591,7 +591,10 @@ def _key_node(root: yaml.Node | None, loc: tuple[Any, ...], key: Any) -> yaml.Sc
         return None
     for k, _ in node.value:
         if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:str":
-            read = yaml.safe_load(k.value or "null")
+            try:
+                read = yaml.safe_load(k.value or "null")
+            except yaml.YAMLError:  # a key that does not read alone (a merge key '<<' left in the tree)
+                continue
             if read == key and type(read) is type(key):
                 return k
     return None
