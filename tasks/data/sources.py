@@ -343,10 +343,10 @@ def head_of(batches: Iterable[pa.RecordBatch], schema: pa.Schema, limit: int | N
     pulled only until they hold that many, so the rest of the file is never read."""
     taken, rows = [], 0
     for batch in batches:
-        if limit is not None and rows >= limit:
-            break
         taken.append(batch)
         rows += batch.num_rows
+        if limit is not None and rows >= limit:
+            break  # checked before the next pull: the stream is never asked for a batch past the limit
     table = pa.Table.from_batches(taken, schema=schema)
     return table if limit is None else table.slice(0, limit)
 

@@ -390,3 +390,24 @@ def test_config_reference_lists_every_prh_run_flag() -> None:
     flags = re.findall(r'run\.add_argument\("(--[\w-]+)"', (root / "flows" / "cli.py").read_text(encoding="utf-8"))
     table = (root / "docs" / "config.md").read_text(encoding="utf-8").split("## `prh run` flags", 1)[1]
     assert len(flags) >= 10 and [f for f in flags if f"`{f}" not in table] == []
+
+
+def test_the_rbf_width_is_passed_only_with_the_rbf_kernel():
+    """``rbf_sigma`` is the RBF kernel's width (with ``kernel_metric: rbf``): cka gets it then, and
+    not with the default ``ip`` kernel (labels and version ids stay as they were)."""
+    rbf = AlignmentParams(metrics=["cka"], kernel_metric="rbf", rbf_sigma=2.5).metric_params("cka")
+    assert rbf["kernel_metric"] == "rbf" and rbf["rbf_sigma"] == 2.5
+    ip = AlignmentParams(metrics=["cka"], kernel_metric="ip", rbf_sigma=2.5).metric_params("cka")
+    assert ip["kernel_metric"] == "ip" and "rbf_sigma" not in ip
+
+
+def test_a_pair_folder_of_exactly_128_characters_is_allowed():
+    """Each aligned pair's folder name ``<model_a>__<model_b>`` may be at most 128 characters."""
+    def config(a_len: int, b_len: int) -> PipelineConfig:
+        return PipelineConfig.model_validate({"models": [
+            {"name": "v" * a_len, "loader": "random_hf", "id": "ViTConfig", "modality": "vision"},
+            {"name": "b" * b_len, "loader": "random_hf", "id": "BertConfig", "modality": "language"}]})
+
+    assert len(config(63, 63).model_pairs()) == 1  # 63 + 2 + 63 = 128
+    with pytest.raises(ValueError, match="longer than 128 characters"):
+        config(63, 64)

@@ -486,3 +486,48 @@ def test_a_saved_dataset_without_a_split_is_not_read_as_any_split(tmp_path):
         read_hf_dataset(str(tmp_path / "dd" / "test"), split="train")
     params = DatasetParams(kind="huggingface", path=str(tmp_path / "dd" / "test"))
     assert publish_dataset(params, str(tmp_path / "store"))["catalog"]["name"] == "test-test"
+
+
+def test_a_file_named_exactly_for_the_split_wins_over_a_word_match(tmp_path: Path) -> None:
+    """Words of file names (``imdb-train.parquet``) match only when no file is named exactly for
+    the split: ``train.parquet`` (a stem that is the split) is such a file, as is ``train_1.parquet``."""
+    root = tmp_path / "r"
+    root.mkdir()
+    for name in ("train.parquet", "imdb-train.parquet", "test.parquet"):
+        pq.write_table(pa.table({"image": ["x.png"], "text": [name]}), root / name)
+    assert [p.name for p in split_files(root, "train")] == ["train.parquet"]
+    (root / "train.parquet").rename(root / "train_1.parquet")
+    assert [p.name for p in split_files(root, "train")] == ["train_1.parquet"]
+
+
+def test_files_of_one_unusual_layout_name_are_the_train_split(tmp_path: Path) -> None:
+    """When no file names a usual split, every file is ``train``'s unless the hub layout gives them
+    *several* split names: one (``mine-0000x-of-00002``) is not several."""
+    root = tmp_path / "r"
+    (root / "data").mkdir(parents=True)
+    for i in range(2):
+        pq.write_table(pa.table({"image": ["x.png"], "text": [str(i)]}), root / "data" / f"mine-0000{i}-of-00002.parquet")
+    assert [p.name for p in split_files(root, "train")] == ["mine-00000-of-00002.parquet", "mine-00001-of-00002.parquet"]
+
+
+def test_the_first_n_rows_read_only_what_each_shard_still_owes(tmp_path, monkeypatch):
+    """``n``: the first n rows; a later shard is asked only for the rows still missing (n minus
+    those read), and a shard after the n-th row is not opened."""
+    from tasks.data import hf_datasets
+
+    root = tmp_path / "repo"
+    (root / "data").mkdir(parents=True)
+    for s in range(3):
+        pq.write_table(pa.table({"image": [png_bytes("red")] * 3, "text": [f"s{s} r{i}" for i in range(3)]}),
+                       root / "data" / f"train-0000{s}-of-00003.parquet")
+    asked = []
+    real = hf_datasets._read_file
+
+    def spy(path, columns, limit=None):
+        asked.append((path.name, limit))
+        return real(path, columns, limit)
+
+    monkeypatch.setattr(hf_datasets, "_read_file", spy)
+    records, _, _ = read_hf_dataset(str(root), n=4)
+    assert _texts(records) == ["s0 r0", "s0 r1", "s0 r2", "s1 r0"]
+    assert asked == [("train-00000-of-00003.parquet", 4), ("train-00001-of-00003.parquet", 1)]

@@ -85,3 +85,17 @@ def test_unsorted_rows_are_refused() -> None:
 def test_not_a_table() -> None:
     with pytest.raises(ValueError, match="expected a pyarrow.Table"):
         validate_table([])  # type: ignore[arg-type]
+
+
+def test_invalid_utf8_in_a_text_column_is_refused() -> None:
+    """validate_table checks the string columns' UTF-8 (the full validation): a caption holding the
+    byte 0xFF is refused, not stored."""
+    rows = table(good_rows())
+    bad = pa.array([b"a red square", b"\xff blue", b"blue"], pa.binary()).view(pa.string())
+    with pytest.raises(ValueError, match="table data is invalid"):
+        validate_table(rows.set_column(2, "text", bad))
+
+
+def test_an_unsafe_id_names_only_its_bad_characters() -> None:
+    """The message names what is wrong: the characters outside [A-Za-z0-9._-], each once, sorted."""
+    assert id_problem("bad id!/x y") == "has characters outside [A-Za-z0-9._-]: ' !/'"

@@ -746,3 +746,50 @@ def test_the_size_limit_holds_for_windows_paths_and_hub_links(tmp_path):
     for path in ("imgs\\huge.png", "imgs/huge.png", "linked.png"):
         found = reader.read(path)
         assert not isinstance(found, bytes) and found.reason == "image_too_large", (path, found)
+
+
+def test_the_size_limit_never_sizes_a_file_outside_the_folder(tmp_path):
+    """`_oversized` sizes only a file inside the folder (or the hub links' folder): a path or link
+    leading outside it stays ``image_path_unsafe`` (refused as before, whatever its size), and a file
+    of exactly ``max_bytes`` is read (only a *larger* one is refused unread)."""
+    from tasks.data.tables import _FileReader
+
+    root = tmp_path / "data"
+    root.mkdir()
+    with open(tmp_path / "big.png", "wb") as handle:
+        handle.truncate(5_000)
+    (root / "link.png").symlink_to(tmp_path / "big.png")
+    reader = _FileReader(root, max_bytes=1_000)
+    for path in ("../big.png", "link.png"):
+        found = reader.read(path)
+        assert not isinstance(found, bytes) and found.reason == "image_path_unsafe", (path, found)
+    (root / "edge.png").write_bytes(b"x" * 1_000)
+    (root / "over.png").write_bytes(b"x" * 1_001)
+    assert reader.read("edge.png") == b"x" * 1_000
+    over = reader.read("over.png")
+    assert not isinstance(over, bytes) and over.reason == "image_too_large"
+
+
+def test_a_caption_of_exactly_the_limit_with_a_control_character_is_control_chars(tmp_path):
+    """The reason names what is wrong: a caption of exactly MAX_CAPTION_CHARS characters is not too
+    long (over the limit is), so one holding a NUL is ``text_control_chars``; one character more is
+    ``text_too_long``."""
+    from tasks.data.schema import MAX_CAPTION_CHARS
+
+    at_limit = "a" * (MAX_CAPTION_CHARS - 1) + "\x00"
+    over = "a" * MAX_CAPTION_CHARS + "\x00"
+    path = write_parquet(tmp_path / "t.parquet",
+                         {"sample_id": ["ok1", "ok2", "nul", "long"], "image": [RED, BLUE, GREEN, RED],
+                          "text": ["a red square", "a blue square", at_limit, over]},
+                         {"sample_id": pa.string(), "image": pa.binary(), "text": pa.string()})
+    result = load_paired_dataset(path)
+    assert rejections(result) == [(2, "nul", "text_control_chars"), (3, "long", "text_too_long")]
+
+
+def test_an_image_root_that_is_a_file_is_not_a_folder(tmp_path: Path) -> None:
+    """image_root must be an existing folder: an existing regular file is refused like a missing path."""
+    (tmp_path / "red.png").write_bytes(RED)
+    table = tmp_path / "pairs.csv"
+    table.write_text("image,text\nred.png,a\nred.png,b\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"image_root '.*red\.png' of dataset '.*pairs\.csv' is not a folder"):
+        load_paired_dataset(table, image_root=tmp_path / "red.png")

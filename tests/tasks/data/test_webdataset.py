@@ -261,3 +261,73 @@ def test_a_caption_with_a_lone_surrogate_is_rejected_as_not_utf8(tmp_path: Path)
     [rejected] = result.rejected.to_pylist()
     assert rejected["sample_id"] == "a" and rejected["reason"] == "text_not_utf8"
     assert "lone UTF-16 surrogate (U+D83D at character 4" in rejected["detail"]
+
+
+def test_an_extended_header_of_exactly_the_limit_is_read(tmp_path: Path, monkeypatch) -> None:
+    """Only a header *larger* than MAX_HEADER_BYTES is refused: a GNU long name of exactly the
+    limit (the name and its NUL) is read, one byte less of limit refuses it."""
+    shard = tmp_path / "long.tar"
+    name = "b" * 3000
+    with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT) as archive:
+        for key in ("a", name):
+            for suffix, content in ((".png", png_bytes("red")), (".txt", b"red")):
+                info = tarfile.TarInfo(key + suffix)
+                info.size = len(content)
+                archive.addfile(info, io.BytesIO(content))
+    header = len(name + ".png") + 1
+    monkeypatch.setattr(webdataset, "MAX_HEADER_BYTES", header)
+    assert load_paired_dataset(shard).table.num_rows == 2
+    monkeypatch.setattr(webdataset, "MAX_HEADER_BYTES", header - 1)
+    with pytest.raises(ValueError, match=rf"extended header of {header:,} bytes"):
+        load_paired_dataset(shard)
+
+
+def test_a_limit_of_zero_reads_no_sample(shards: Path) -> None:
+    """``limit``: the first ``limit`` samples; none for 0 (never one)."""
+    assert webdataset.read_shards(webdataset.shards_in(shards), limit=0) == []
+    assert len(webdataset.read_shards(webdataset.shards_in(shards), limit=2)) == 2
+
+
+def test_a_json_caption_list_with_a_non_text_item_is_malformed(tmp_path: Path) -> None:
+    """A caption field must be text or a list of texts: ``["a cat", 3]`` is ``row_malformed``
+    (not its first caption kept)."""
+    bad = json.dumps({"caption": ["a red square", 3]}).encode()
+    shard = _shard(tmp_path / "s.tar", [_coloured("k0", "red", **{".json": bad}),
+                                        _coloured("k1", "green", **{".txt": b"green"}),
+                                        _coloured("k2", "blue", **{".txt": b"blue"})])
+    result = load_paired_dataset(shard)
+    assert [(r["sample_id"], r["reason"]) for r in result.rejected.to_pylist()] == [("k0", "row_malformed")]
+
+
+def test_the_member_and_expansion_limits_are_inclusive(tmp_path: Path, monkeypatch) -> None:
+    """A member of exactly MAX_MEMBER_BYTES is read (only a larger one is refused), and members
+    adding up to exactly the expansion budget are read (only going past it refuses the shard)."""
+    samples = [_coloured("k0", "red", **{".txt": b"red"}), _coloured("k1", "blue", **{".txt": b"blue"})]
+    total = sum(len(content) for s in samples for k, content in s.items() if k != "__key__")
+    biggest = max(len(content) for s in samples for k, content in s.items() if k != "__key__")
+    shard = _shard(tmp_path / "s.tar", samples)
+    monkeypatch.setattr(webdataset, "MAX_EXPANSION", 0)  # the budget is then MAX_MEMBER_BYTES
+    monkeypatch.setattr(webdataset, "MAX_MEMBER_BYTES", total)
+    assert load_paired_dataset(shard).table.num_rows == 2
+    monkeypatch.setattr(webdataset, "MAX_MEMBER_BYTES", total - 1)
+    with pytest.raises(ValueError, match="compression bomb"):
+        load_paired_dataset(shard)
+    monkeypatch.setattr(webdataset, "MAX_EXPANSION", 1000)
+    monkeypatch.setattr(webdataset, "MAX_MEMBER_BYTES", biggest)
+    assert load_paired_dataset(shard).table.num_rows == 2
+    monkeypatch.setattr(webdataset, "MAX_MEMBER_BYTES", biggest - 1)
+    assert "image_too_large" in load_paired_dataset(shard, min_valid_rows=0).summary()
+
+
+def test_one_end_of_archive_block_is_enough(tmp_path: Path) -> None:
+    """The stream must end in zero blocks, at least one (512 bytes) after the last member; fewer
+    zero bytes is a shard cut short."""
+    raw = _shard(tmp_path / "full.tar", [_coloured("k0", "red", **{".txt": b"red"}),
+                                         _coloured("k1", "blue", **{".txt": b"blue"})]).read_bytes()
+    body = raw.rstrip(b"\0")
+    body += b"\0" * (-len(body) % 512)  # the last member's data block, padded
+    (tmp_path / "one.tar").write_bytes(body + b"\0" * 512)
+    assert load_paired_dataset(tmp_path / "one.tar").table.num_rows == 2
+    (tmp_path / "cut.tar").write_bytes(body + b"\0" * 511)
+    with pytest.raises(ValueError, match="without the end-of-archive blocks"):
+        load_paired_dataset(tmp_path / "cut.tar")

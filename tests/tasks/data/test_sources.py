@@ -1,0 +1,89 @@
+"""tasks.data.sources: the readers' row limits, the JSON nesting guard, row locations and column types."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.data.sources import check_json_nesting, head_of
+from tasks.data.tables import load_paired_dataset
+from tests.tasks.data.sample_images import png_bytes
+
+
+def test_head_of_pulls_batches_only_until_it_holds_the_limit():
+    """"batches are pulled only until they hold that many, so the rest of the file is never read":
+    a stream whose next batch would fail is never asked for it once the limit is reached."""
+    schema = pa.schema([("x", pa.int64())])
+    pulled = []
+
+    def batches():
+        for start in (0, 2, 4):
+            pulled.append(start)
+            yield pa.record_batch([pa.array([start, start + 1])], schema=schema)
+        raise AssertionError("read past the batches needed")
+
+    assert head_of(batches(), schema, 2).column("x").to_pylist() == [0, 1]
+    assert pulled == [0]
+    pulled.clear()
+    assert head_of(batches(), schema, 3).column("x").to_pylist() == [0, 1, 2]
+    assert pulled == [0, 2]
+
+
+def test_json_nesting_limit_is_the_deepest_allowed(tmp_path):
+    """A line may nest exactly ``limit`` levels; one more is refused, naming its line (counted
+    across chunk boundaries)."""
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"a": 1}\n' + "[" * 4 + "]" * 4 + "\n")
+    for chunk in (3, 4096):
+        check_json_nesting(path, limit=4, chunk_bytes=chunk)
+        with pytest.raises(ValueError, match=r"t\.jsonl'?: line 2 nests JSON arrays/objects more than 3 levels deep"):
+            check_json_nesting(path, limit=3, chunk_bytes=chunk)
+    path.write_text("[[[]]]\n[[[[]]]]\n")  # line 1 at the limit is fine: the line named is the one beyond it
+    with pytest.raises(ValueError, match=r"line 2 nests"):
+        check_json_nesting(path, limit=3)
+    path.write_text("".join('{"a": [1]}\n' for _ in range(5)) + "[" * 9 + "]" * 9 + "\n")
+    with pytest.raises(ValueError, match=r"line 6 nests"):
+        check_json_nesting(path, limit=8, chunk_bytes=5)
+
+
+def test_a_csv_row_names_its_physical_line(tmp_path):
+    """Row 0 of a CSV is on line 2 (after the header); a row after a quoted caption spanning two
+    lines is on the line it starts."""
+    (tmp_path / "a.png").write_bytes(png_bytes("red"))
+    (tmp_path / "b.png").write_bytes(png_bytes("blue"))
+    path = tmp_path / "t.csv"
+    path.write_text('image,text\nmissing.png,x\na.png,"two\nlines"\nb.png\nb.png,blue\n', encoding="utf-8")
+    result = load_paired_dataset(path)
+    details = [(r["row"], r["reason"], r["detail"]) for r in result.rejected.to_pylist()]
+    assert [(row, reason) for row, reason, _ in details] == [(0, "image_missing"), (2, "row_malformed")]
+    assert details[0][2].startswith("row 0 (line 2): ")
+    assert details[1][2].startswith("row 2 (line 5) has 1 fields")
+
+
+def test_a_parquet_caption_column_of_integers_is_refused(tmp_path):
+    """Captions are text: an integer ``text`` column (ids are allowed to be integers, captions
+    not) is refused naming the file, the column and its type, not read as "1", "2"."""
+    path = tmp_path / "ints.parquet"
+    pq.write_table(pa.table({"image": pa.array([png_bytes("red"), png_bytes("blue")], pa.binary()),
+                             "text": pa.array([1, 2], pa.int64())}), path)
+    with pytest.raises(ValueError, match=r"ints\.parquet.*column 'text' has type int64, expected string or binary"):
+        load_paired_dataset(path)
+
+
+def test_a_caption_file_of_exactly_the_size_limit_is_read(tmp_path, monkeypatch):
+    """Only a caption file *larger* than MAX_CAPTION_FILE_BYTES is refused unread (``text_too_long``);
+    one of exactly that size is read."""
+    from tasks.data import sources
+
+    for name, colour in (("a", "red"), ("b", "blue"), ("c", "green")):
+        (tmp_path / f"{name}.png").write_bytes(png_bytes(colour))
+    (tmp_path / "a.txt").write_text("exactly10\n")  # 10 bytes: at the limit
+    (tmp_path / "b.txt").write_text("eleven b!!\n")  # 11 bytes: over it
+    (tmp_path / "c.txt").write_text("short\n")
+    monkeypatch.setattr(sources, "MAX_CAPTION_FILE_BYTES", 10)
+    result = load_paired_dataset(tmp_path)
+    assert sorted(result.table.column("text").to_pylist()) == ["exactly10", "short"]
+    assert [(r["sample_id"], r["reason"]) for r in result.rejected.to_pylist()] == [("b", "text_too_long")]
