@@ -182,3 +182,33 @@ def test_prh_staged_checks_both_stage_names_before_the_first_stage_runs(monkeypa
     with pytest.raises(ValueError, match=message):
         prh_staged(config=_config([TINY_VIT]), store="s3://bucket/prh", **names)
     assert calls == []
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("ended", ["Crashed", "Cancelled"])
+def test_prh_staged_runs_both_stages_as_its_sub_flows_and_aligns_nothing_after_a_crashed_extraction(monkeypatch, ended):
+    """Both stages are sub-flows of the prh-staged run (docs/orchestration.md); an extraction stage
+    that crashed or was cancelled leaves no model's fate known: the alignment stage is not run,
+    even with a dataset version published."""
+    import flows.stages
+
+    calls, extraction = [], ["Completed"]
+
+    def fake_run_deployment(name, parameters, **kwargs):
+        calls.append((name, kwargs))
+        state = extraction[0] if name == "prh-extract/gpu" else "Completed"
+        return SimpleNamespace(id=uuid4(), state=SimpleNamespace(
+            name=state, is_completed=lambda: state == "Completed", type=SimpleNamespace(value=state.upper()), message=None))
+
+    monkeypatch.setattr(flows.stages, "run_deployment", fake_run_deployment)
+    monkeypatch.setattr(flows.stages, "published_dataset_version", lambda run_id: "00112233aabbccdd")
+    monkeypatch.setattr(flows.stages, "check_deployment_exists", lambda stage, name: None)
+    prh_staged(config=_config([TINY_VIT]), store="s3://bucket/prh")
+    assert [name for name, _ in calls] == ["prh-extract/gpu", "prh-pipeline/cpu"]
+    assert all(kwargs.get("as_subflow") is True for _, kwargs in calls)
+
+    calls.clear()
+    extraction[0] = ended
+    with pytest.raises(RuntimeError, match=rf"^extract stage \(prh-extract/gpu\) ended {ended}: flow run "):
+        prh_staged(config=_config([TINY_VIT]), store="s3://bucket/prh")
+    assert [name for name, _ in calls] == ["prh-extract/gpu"]

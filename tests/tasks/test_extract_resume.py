@@ -328,3 +328,35 @@ def test_a_rerun_with_another_shard_size_does_not_read_other_items(tmp_path):
     assert resumed["resumed_shards"] == 0  # old shard 2 (items 32-40) has the rows of new shard 2 (16-24), not its items
     for got, want in zip(_layers(Store(store_url), resumed), whole):
         np.testing.assert_array_equal(got, want)
+
+
+def test_stored_shards_without_the_model_facts_load_the_model_to_ask_it(tmp_path, monkeypatch):
+    """Shards that recorded no model facts (written before shards kept them), all stored: the run
+    loads the model for its layer names and parameter count, and publishes what a run without
+    stored shards publishes."""
+    import tasks.extract_task as et
+
+    params = DatasetParams(kind="openmoji", n=24, image_size=32)
+    spec = ModelSpec(**SPEC)
+    reference_store, store_url = str(tmp_path / "ref"), str(tmp_path / "store")
+    reference = extract_to_store(reference_store, publish_dataset(params, reference_store), spec, shard_size=SHARD)
+    dataset = publish_dataset(params, store_url)
+
+    def dies_before_publishing(*args, **kwargs):
+        raise OSError("killed before publishing")
+
+    monkeypatch.setattr(et, "layer_tables", dies_before_publishing)
+    with pytest.raises(OSError, match="killed before publishing"):
+        extract_to_store(store_url, dataset, spec, shard_size=SHARD)
+    monkeypatch.undo()
+    real_read = et.read_shard
+
+    def without_facts(*args, **kwargs):
+        stored = real_read(*args, **kwargs)
+        return None if stored is None else (stored[0], {k: v for k, v in stored[1].items() if k != "model"})
+
+    monkeypatch.setattr(et, "read_shard", without_facts)
+    published = extract_to_store(store_url, dataset, spec, shard_size=SHARD)
+    assert published["resumed_shards"] == 2
+    for field in ("layer_names", "param_count", "n_layers", "layer_widths"):
+        assert published["catalog"][field] == reference["catalog"][field], field

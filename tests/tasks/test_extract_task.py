@@ -103,3 +103,27 @@ def test_a_feature_version_names_its_dataset_and_every_feature_input_but_not_the
     assert feature_version("d1", ModelSpec(**{**base, "seed": 4})) != reference
     assert feature_version("d1", ModelSpec(**{**base, "pooling": "last"})) != reference
     assert feature_version("d1", ModelSpec(**{**base, "name": "gpt-renamed", "batch_size": 7})) == reference
+
+
+def test_a_vision_model_runs_once_per_image_and_each_caption_row_gets_its_images_features(tmp_path):
+    """extract_to_store: vision models run once per distinct image, and the rows of the captions of
+    one image share its features (2 images of 2 captions each: 4 rows, 2 distinct)."""
+    import numpy as np
+
+    from storage import layout
+    from storage.store import Store
+    from tasks.dataset_task import publish_dataset
+    from tasks.extract.spec import ModelSpec
+    from tasks.extract_task import extract_to_store
+    from tests.flows.test_pipeline import TINY_VIT
+    from tests.tasks.test_dataset_task import _coco_params
+
+    url = str(tmp_path / "store")
+    dataset = publish_dataset(_coco_params(tmp_path), url)
+    features = extract_to_store(url, dataset, ModelSpec(**TINY_VIT))
+    assert features["catalog"]["n_samples"] == 4
+    for i in range(features["catalog"]["n_layers"]):
+        table = Store(url).read_table(f"{features['key']}/{layout.layer_file(i)}").sort_by("sample_id")
+        assert table.column("sample_id").to_pylist() == ["7-0", "7-1", "8-0", "8-1"]
+        x = np.stack(table.column("vector").to_numpy(zero_copy_only=False))
+        assert np.array_equal(x[0], x[1]) and np.array_equal(x[2], x[3]) and not np.array_equal(x[0], x[2])

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.report.heatmaps import colour_norm, model_heatmap, ratio_caption
+from tasks.report.heatmaps import colour_norm, layer_heatmaps, model_heatmap, ratio_caption
 from tasks.report.tables import model_grid
-from tests.tasks.report.synthetic import best_rows
+from tests.tasks.report.synthetic import best_rows, score_rows
 
 
 def _rows(metric: str, scores: dict[tuple[str, str], float], **extra) -> list[dict]:
@@ -88,3 +88,27 @@ def test_every_model_of_a_large_zoo_is_named_on_its_axes():
     ax = model_heatmap(model_grid(_rows("cka", scores), "cka"), "cka").axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == [f"lm-{j:02d}" for j in range(30)]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["vit-0", "vit-1", "vit-2"]
+
+
+def test_layer_heatmaps_outline_the_best_layer_pair_and_none_without_a_finite_best_score():
+    """One panel per metric; the best pair is outlined: an unfilled 1 × 1 box on its cell (row
+    layer_a, column layer_b); none, and a title that says so, for a best row without a finite score."""
+    best = [{"metric": "cka", "model_a": "vit-b", "model_b": "lm-b", "score": 0.5, "layer_a": 1, "layer_b": 2},
+            {"metric": "mutual_knn", "model_a": "vit-b", "model_b": "lm-b", "score": None, "layer_a": None, "layer_b": None}]
+    figure = layer_heatmaps(score_rows(), best, "vit-b", "lm-b", ["cka", "mutual_knn"])
+    panels = {ax.get_title().split(":")[0]: ax for ax in figure.axes if ax.get_title()}
+    box, = panels["cka"].patches
+    assert (box.get_xy(), box.get_width(), box.get_height(), box.get_fill()) == ((1.5, 0.5), 1, 1, False)
+    assert panels["mutual_knn"].get_title() == "mutual_knn: no finite best score" and not panels["mutual_knn"].patches
+
+
+def test_layer_heatmaps_mark_a_common_chance_level_within_the_scores_on_the_colour_bar():
+    """As on the model heatmaps (docs/report.md), the chance level shared by every pair is a red
+    line on a panel's colour bar when it lies within the panel's scores."""
+    scores = [r for r in score_rows() if r["metric"] == "cka" and (r["model_a"], r["model_b"]) == ("vit-b", "lm-b")]
+    values = sorted(r["score"] for r in scores)
+    best = [{"metric": "cka", "model_a": "vit-b", "model_b": "lm-b", "score": values[-1], "layer_a": 3, "layer_b": 2,
+             "chance_level": (values[0] + values[-1]) / 2}]
+    figure = layer_heatmaps(scores, best, "vit-b", "lm-b", ["cka"])
+    bar = figure.axes[1]
+    assert [t.get_text() for t in bar.texts] == ["chance "] and len(bar.lines) == 1

@@ -87,3 +87,68 @@ def test_ties_at_the_kth_place_go_to_the_lower_index(k, block):
         assert row == expected
     assert idx[0].tolist() == [50, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11][:k]
     assert idx[1].tolist() == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13][:k]
+
+
+def test_normalise_gives_float32_unit_rows_and_keeps_zero_rows_zero():
+    """The docstring: rows scaled to unit L2 norm, float32, zero rows stay zero (not NaN)."""
+    x = normalise(np.array([[3.0, 4.0], [0.0, 0.0], [0.0, -2.0]]))
+    assert x.dtype == np.float32
+    assert np.allclose(x, [[0.6, 0.8], [0.0, 0.0], [0.0, -1.0]]) and np.isfinite(x).all()
+
+
+def test_a_nan_row_is_never_nearer_than_a_finite_one():
+    """A row whose similarity is NaN (a NaN feature) compares with nothing: the k nearest are the
+    finite rows' k nearest, never the NaN row."""
+    x = normalise(np.random.default_rng(5).normal(size=(12, 4)))
+    x[3] = np.nan
+    idx, sims = nearest(x, np.array([0, 5]), 4)
+    finite = np.delete(np.arange(12), 3)
+    brute = _brute(x[finite], 4)
+    assert idx.tolist() == [[int(finite[j]) for j in brute[0]], [int(finite[j]) for j in brute[4]]]
+    assert np.isfinite(sims).all()
+
+
+@pytest.mark.parametrize("k", [2, 5, 9])
+def test_nearest_matches_brute_force_on_many_rows(k):
+    x = normalise(np.random.default_rng(10 + k).normal(size=(400, 5)))
+    queries = np.arange(0, 400, 37)
+    idx, _ = nearest(x, queries, k)
+    brute = _brute(x, k)
+    assert idx.tolist() == [brute[q] for q in queries]
+
+
+def test_examples_reject_features_of_either_model_with_the_wrong_row_count():
+    ids = [f"s{i}" for i in range(6)]
+    x = np.random.default_rng(0).normal(size=(6, 3))
+    for xa, xb in ((x, x[:5]), (x[:5], x)):
+        with pytest.raises(ValueError, match="rows for 6 samples"):
+            select_examples(ids, xa, xb, ("A", "B", "a", "b"))
+
+
+def test_fewer_samples_than_k_plus_one_shrink_k_to_the_others():
+    """With N ≤ k samples each has only N - 1 others: k becomes N - 1 (not an error)."""
+    x = np.random.default_rng(1).normal(size=(4, 3))
+    ex = select_examples([f"s{i}" for i in range(4)], x, x[::-1].copy(), ("A", "B", "a", "b"), k=5, n_examples=2)
+    assert ex.k == 3 and all(len(e.neighbours_a) == len(e.neighbours_b) == 3 for e in ex.examples)
+
+
+def test_the_seeded_subset_of_queries_has_no_sample_twice():
+    x = clustered_features(60, seed=3)
+    ids = [f"s{i:02d}" for i in range(60)]
+    ex = select_examples(ids, x, x[::-1].copy(), ("A", "B", "a", "b"), k=3, n_examples=50, max_queries=50, seed=1)
+    shown = [e.sample_id for e in ex.examples]
+    assert ex.n_queries == 50 and len(shown) == 50 and len(set(shown)) == 50
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_two_examples_that_agree_most_then_the_two_that_agree_least(seed):
+    """docs/report.md: four samples, the two whose lists agree most and the two that agree least."""
+    n = 30
+    xa = clustered_features(n, seed=0)
+    xb = clustered_features(n, seed=seed)
+    xb[:12] = np.random.default_rng(2).normal(size=(12, xb.shape[1]))
+    ex = select_examples([f"s{i:02d}" for i in range(n)], xa, xb, ("A", "B", "a", "b"), k=4, n_examples=4)
+    every = sorted(len(set(a) & set(b)) for a, b in zip(_brute(xa, 4), _brute(xb, 4)))
+    overlaps = [e.overlap for e in ex.examples]
+    assert sorted(overlaps[:2], reverse=True) == every[::-1][:2]
+    assert sorted(overlaps[2:]) == every[:2]

@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from tasks.report.tables import (chance_ratio, ci_columns, common_chance, grid_blocks, interval, interval_columns, layer_matrix, metrics_of,
-                                  model_grid, number, scored)
+from tasks.report.tables import (best_row, chance_ratio, ci_columns, common_chance, grid_blocks, interval, interval_columns,
+                                  layer_matrix, metrics_of, model_grid, number, scored)
 from tests.tasks.report.synthetic import LANGUAGE, LAYERS, N, TOPK, VISION, best_rows, score_of, score_rows
 
 
@@ -189,3 +189,20 @@ def test_a_scored_best_row_has_a_finite_score_and_both_layers():
     assert not scored({"score": None, "layer_a": 0, "layer_b": 2})
     assert not scored({"score": math.nan, "layer_a": 0, "layer_b": 2})
     assert not scored({"score": 0.5, "layer_a": None, "layer_b": 2}) and not scored({"score": 0.5, "layer_a": 0, "layer_b": None})
+
+
+def test_best_row_ranks_only_the_rows_of_its_metric():
+    """best_row: the most aligned of ``metric``'s rows with a finite score; a larger score of another
+    metric, or a row of this metric without a finite score, is never it."""
+    best = [{"metric": "cka", "model_a": "v", "model_b": "a", "score": 0.4},
+            {"metric": "mutual_knn", "model_a": "v", "model_b": "b", "score": 0.9},
+            {"metric": "cka", "model_a": "v", "model_b": "c", "score": None},
+            {"metric": "cka", "model_a": "v", "model_b": "d", "score": 0.3}]
+    assert best_row(best, "cka")["model_b"] == "a"
+    assert best_row(best, "svcca") is None
+
+
+def test_layer_matrix_of_a_pair_without_rows_is_empty_on_both_axes():
+    """(layer names of A, of B, (La, Lb) scores): no rows of the pair, no layers on either side."""
+    names_a, names_b, matrix = layer_matrix(score_rows(), "cka", "nope", "lm-b")
+    assert (names_a, names_b, matrix.shape) == ([], [], (0, 0))
