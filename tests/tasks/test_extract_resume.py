@@ -129,13 +129,13 @@ def test_shards_are_written_behind_the_compute_and_a_write_error_surfaces(tmp_pa
     assert extract_to_store(store_url, dataset, spec, shard_size=SHARD)["resumed_shards"] == 1
 
 
-def test_every_shard_stored_publishes_without_loading_the_model(tmp_path, monkeypatch):
-    """A run that stored every shard and died before publishing: the next run publishes what the
-    shards hold (layer names, parameter count, bits per byte from what each shard recorded)
-    without loading the model."""
+def _every_shard_stored_then_killed(tmp_path, monkeypatch, n: int):
+    """A run of the demo's first ``n`` pairs that stored every shard and was killed before
+    publishing. Returns (spec, its store's URL, the dataset manifest, the manifest an
+    uninterrupted run into another store published)."""
     import tasks.extract_task as et
 
-    params = DatasetParams(kind="openmoji", n=40, image_size=32)
+    params = DatasetParams(kind="openmoji", n=n, image_size=32)
     spec = ModelSpec(**SPEC)
     reference_store, store_url = str(tmp_path / "ref"), str(tmp_path / "store")
     reference = extract_to_store(reference_store, publish_dataset(params, reference_store), spec, shard_size=SHARD)
@@ -148,6 +148,16 @@ def test_every_shard_stored_publishes_without_loading_the_model(tmp_path, monkey
     with pytest.raises(OSError, match="killed before publishing"):
         extract_to_store(store_url, dataset, spec, shard_size=SHARD)
     monkeypatch.undo()
+    return spec, store_url, dataset, reference
+
+
+def test_every_shard_stored_publishes_without_loading_the_model(tmp_path, monkeypatch):
+    """A run that stored every shard and died before publishing: the next run publishes what the
+    shards hold (layer names, parameter count, bits per byte from what each shard recorded)
+    without loading the model."""
+    import tasks.extract_task as et
+
+    spec, store_url, dataset, reference = _every_shard_stored_then_killed(tmp_path, monkeypatch, n=40)
 
     def no_loading(_spec):
         raise AssertionError("the model was loaded")
@@ -336,19 +346,7 @@ def test_stored_shards_without_the_model_facts_load_the_model_to_ask_it(tmp_path
     stored shards publishes."""
     import tasks.extract_task as et
 
-    params = DatasetParams(kind="openmoji", n=24, image_size=32)
-    spec = ModelSpec(**SPEC)
-    reference_store, store_url = str(tmp_path / "ref"), str(tmp_path / "store")
-    reference = extract_to_store(reference_store, publish_dataset(params, reference_store), spec, shard_size=SHARD)
-    dataset = publish_dataset(params, store_url)
-
-    def dies_before_publishing(*args, **kwargs):
-        raise OSError("killed before publishing")
-
-    monkeypatch.setattr(et, "layer_tables", dies_before_publishing)
-    with pytest.raises(OSError, match="killed before publishing"):
-        extract_to_store(store_url, dataset, spec, shard_size=SHARD)
-    monkeypatch.undo()
+    spec, store_url, dataset, reference = _every_shard_stored_then_killed(tmp_path, monkeypatch, n=24)
     real_read = et.read_shard
 
     def without_facts(*args, **kwargs):
