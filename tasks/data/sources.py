@@ -66,7 +66,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -180,18 +180,16 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
     columns = columns or ColumnMap()
     check_dataset_path(path)
     check_split(path, split)
-    check_layout(path, columns.image, columns.text)
-    from tasks.data.webdataset import is_shard, read_shards, shards_in
+    layout = check_layout(path, columns.image, columns.text)
+    from tasks.data.webdataset import read_shards
 
-    if path.is_file() and is_shard(path):
+    if layout.kind == "shard":
         return read_shards([path], columns, limit), path.parent
-    if path.is_dir():
-        metadata = _metadata_table(path)
-        if metadata is not None:
-            return _read_image_folder(path, metadata, columns, limit), path
-        shards = shards_in(path)
-        if shards and not _has_folder_pairs(path):
-            return read_shards(shards, columns, limit), path
+    if layout.kind == "metadata":
+        return _read_image_folder(path, layout.files[0], columns, limit), path
+    if layout.kind == "shards":
+        return read_shards(list(layout.files), columns, limit), path
+    if layout.kind == "folder":
         return _read_folder(path, limit, columns.captions), path
     return _read_table(path, columns, limit, split), path.parent
 
@@ -204,25 +202,40 @@ def check_dataset_path(path: Path) -> None:
         raise ValueError(f"dataset path {str(path)!r} does not exist{where}")
 
 
-def check_layout(path: Path, image_column: str = REQUIRED_COLUMNS[0], text_column: str = REQUIRED_COLUMNS[1]) -> None:
-    """Raise ``ValueError`` for what :func:`read_records` refuses in the layout of the dataset
-    ``path`` (an existing file or folder) before it reads a file: a file of a type no reader
-    takes; a folder with more than one metadata table; a folder with no metadata table, no
-    WebDataset shards and no images or ``.txt`` captions at its top level; ``image_column`` /
-    ``text_column`` other than the defaults for a folder of images with ``.txt`` captions, which has
-    no columns.
+class DatasetLayout(NamedTuple):
+    """How :func:`read_records` reads a dataset path: ``kind`` ``shard`` (a WebDataset tar file),
+    ``table`` (a table or JSON document), ``metadata`` (a folder with a metadata table:
+    ``files`` holds it), ``shards`` (a folder of shards without images of its own: ``files``, in
+    name order) or ``folder`` (images with ``.txt`` captions)."""
+
+    kind: Literal["shard", "table", "metadata", "shards", "folder"]
+    files: tuple[Path, ...] = ()
+
+
+def check_layout(path: Path, image_column: str = REQUIRED_COLUMNS[0], text_column: str = REQUIRED_COLUMNS[1]
+                 ) -> DatasetLayout:
+    """The layout of the dataset ``path`` (an existing file or folder), the one decision
+    :func:`read_records` reads by; ``ValueError`` for what it refuses before reading a file: a file
+    of a type no reader takes; a folder with more than one metadata table; a folder with no
+    metadata table, no WebDataset shards and no images or ``.txt`` captions at its top level;
+    ``image_column`` / ``text_column`` other than the defaults for a folder of images with ``.txt``
+    captions, which has no columns.
     Told from names and the folder's listing, no file read, so that ``prh run --check`` refuses
     what ``prh run`` would refuse first thing (with the same words)."""
     from tasks.data.webdataset import is_shard, shards_in
 
-    if path.is_file():
-        if not is_shard(path) and path.suffix.lower() not in _TABLE_SUFFIXES:
+    if not path.is_dir():
+        if is_shard(path):
+            return DatasetLayout("shard")
+        if path.suffix.lower() not in _TABLE_SUFFIXES:
             raise _unsupported_file(path)
-        return
-    if not path.is_dir() or _metadata_table(path) is not None:  # (which raises for more than one)
-        return
-    if shards_in(path) and not _has_folder_pairs(path):
-        return
+        return DatasetLayout("table")
+    metadata = _metadata_table(path)  # (which raises for more than one)
+    if metadata is not None:
+        return DatasetLayout("metadata", (metadata,))
+    shards = shards_in(path)
+    if shards and not _has_folder_pairs(path):
+        return DatasetLayout("shards", tuple(shards))
     if (image_column, text_column) != REQUIRED_COLUMNS:
         raise ValueError(f"dataset {str(path)!r} is a folder of images with .txt captions, which has no columns: "
                          f"image_column / text_column ({image_column!r}, {text_column!r}) apply to tables and to a "
@@ -230,6 +243,7 @@ def check_layout(path: Path, image_column: str = REQUIRED_COLUMNS[0], text_colum
     if not any(entry.is_file() and not entry.name.startswith(".") and entry.suffix.lower() in (*IMAGE_SUFFIXES, ".txt")
                for entry in path.iterdir()):
         raise _no_pairs_in(path)
+    return DatasetLayout("folder")
 
 
 def path_exists(path: Path, what: str) -> bool:
