@@ -84,7 +84,10 @@ def describe_dataset(name: Any, source: Any, n_rejected: Any = None) -> str | No
 
 def rows_aligned(best: list[dict[str, Any]]) -> str:
     """How many rows the best-score rows were computed on: ``1024``, ``24 images`` (alignment.unit
-    image), ``72, 24 (some pairs one row per image)`` when the units differ."""
+    image), ``72, 24 (some pairs one row per image)`` when the units differ; ``none`` when no row
+    was aligned (a run that published no alignment), ``?`` when the rows do not say."""
+    if not best:
+        return "none"
     counts = ", ".join(str(n) for n in sorted({int(r["n_samples"]) for r in best if r.get("n_samples") is not None})) or "?"
     units = {r.get("unit") or "sample" for r in best}
     return counts + (" images" if units == {"image"} else " (some pairs one row per image)" if "image" in units else "")

@@ -96,7 +96,8 @@ def test_rows_aligned_says_what_n_counts():
     assert rows_aligned([{"n_samples": 1024, "unit": "sample"}, {"n_samples": 1024}]) == "1024"  # old rows: no unit
     assert rows_aligned([{"n_samples": 24, "unit": "image"}]) == "24 images"
     assert rows_aligned([{"n_samples": 72, "unit": "sample"}, {"n_samples": 24, "unit": "image"}]) == "24, 72 (some pairs one row per image)"
-    assert rows_aligned([]) == "?"
+    assert rows_aligned([]) == "none"  # a run that published no alignment: nothing was aligned, not an unknown count
+    assert rows_aligned([{"n_samples": None}]) == "?"  # rows that do not say
 
 
 def test_describe_metrics_names_the_parameters_behind_the_rows():
