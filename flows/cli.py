@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import shlex
@@ -77,9 +78,38 @@ STORE_HELP = "store URL: a folder, file://..., s3://bucket/prefix (default: $PRH
 
 def main(argv: Sequence[str] | None = None) -> int:
     configure_environment()
+    if sys.stdout is None:  # started with stdout closed (`prh ... >&-`): its output goes nowhere, as asked
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the whole process
     if "torch" not in sys.modules:  # read once, when torch loads
         choose_omp_wait_policy()
-    return _dispatch(command_parser().parse_args(argv))
+    args = command_parser().parse_args(argv)
+    escape_what_stdout_cannot_hold(args)
+    return _dispatch(args)
+
+
+def escape_what_stdout_cannot_hold(args: argparse.Namespace) -> None:
+    """Let what ``prh`` prints for people (the closing table of ``prh run``, the lines of ``gc`` and
+    ``verify``, the ``sql`` table, store paths and URLs) through an output whose encoding cannot hold
+    one of its characters (``PYTHONIOENCODING=ascii``, a Latin-1 locale): that character is written as
+    its backslash escape (``st\\xf6re``), as Python writes stderr. Those lines are printed once the
+    work is done, and the encoding error they raised ended a completed ``prh run`` (or ``verify``,
+    ``gc``, ``report``, ``catalog export``) with exit 2. ``prh sql --format csv`` stays strict: CSV
+    has no escape, so a value it cannot write stops it with an error saying so
+    (:func:`_unwritable_output`); JSON escapes such a character itself (``flows.sql_output``)."""
+    if args.command == "sql" and args.format == "csv":
+        return
+    reconfigure = getattr(sys.stdout, "reconfigure", None)  # a TextIOWrapper (not a replaced stream)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
+
+
+def _unwritable_output(error: UnicodeEncodeError) -> str:
+    """The one line ``prh sql --format csv`` ends with when the output cannot hold a character of
+    the result: which character, the output's encoding, and what to do."""
+    character = error.object[error.start:error.end] if isinstance(error.object, str) else "?"
+    return (f"the output's encoding ({error.encoding}) cannot hold the character {character!r} of the result, and "
+            "CSV has no escape for it: set PYTHONIOENCODING=utf-8 (or a UTF-8 locale), or use --format json, "
+            "which writes it as a \\u escape")
 
 
 def command_parser() -> argparse.ArgumentParser:
@@ -156,32 +186,68 @@ def command_parser() -> argparse.ArgumentParser:
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the command ``args`` name; errors become one line on stderr and exit 2 (see :func:`main`)."""
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "report":
-            from flows.report import run_report
-
-            return run_report(args, existing_store(store_argument(args)).url)
-        if args.command == "catalog":
-            return _catalog_export(args)
-        if args.command == "gc":
-            return _gc(args)
-        if args.command == "verify":
-            return _verify(args)
-        return _sql(args)
+        code = _command(args)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # output that cannot be written (a full disk) fails here, not in Python's exit
+        return code
     except BrokenPipeError:  # the reader went away (`prh sql ... | head`): stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # Python's flush of stdout at exit would raise again
+        _discard_stdout()
         return 1
     except ONE_LINE_ERRORS as error:
         print(f"prh {args.command}: error: {for_terminal_lines(error)}", file=sys.stderr)
         return 2
-    except Exception as error:  # noqa: BLE001 - only store failures are turned into one line
-        message = _store_failure(error, store_argument(args))
+    except Exception as error:  # noqa: BLE001 - only store and output failures are turned into one line
+        message = _store_failure(error, store_argument(args)) or _output_failure(error)
         if message is None:
             raise
         print(f"prh {args.command}: error: {for_terminal_lines(message)}", file=sys.stderr)
         return 2
+
+
+def _command(args: argparse.Namespace) -> int:
+    """Run the command ``args`` name and return its exit status."""
+    if args.command == "run":
+        return _run(args)
+    if args.command == "report":
+        from flows.report import run_report
+
+        return run_report(args, existing_store(store_argument(args)).url)
+    if args.command == "catalog":
+        return _catalog_export(args)
+    if args.command == "gc":
+        return _gc(args)
+    if args.command == "verify":
+        return _verify(args)
+    return _sql(args)
+
+
+def _discard_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null: what is left in its buffer goes nowhere, so
+    that Python's flush of stdout at exit does not fail (and print a second error) again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+#: Errors of a disk or device being written that no retry fixes: the output (or a file a command
+#: writes, such as ``prh report``'s page) cannot be written, which the command says in one line.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
+
+
+def _output_failure(error: BaseException) -> str | None:
+    """One line for output that cannot be written (``prh sql --format csv > out.csv`` on a full
+    disk: ``No space left on device``; a failing device), or None for any other error (those keep
+    their traceback). When stdout itself cannot be flushed, what is left in its buffer is dropped,
+    so that Python's flush at exit does not fail again."""
+    if not isinstance(error, OSError) or error.errno not in _WRITE_ERRNOS:
+        return None
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except OSError:
+        _discard_stdout()
+    where = f"'{error.filename}'" if error.filename else "the output"
+    return f"cannot write {where}: {error.strerror or error}; what was written before it stopped is incomplete"
 
 
 def _store_failure(error: BaseException, store: str) -> str | None:
@@ -264,6 +330,9 @@ def _run(args: argparse.Namespace) -> int:
     from flows.runners import check_run_environment
 
     check_run_environment()  # PRH_TASK_RUNNER, PRH_DASK_WORKERS, PRH_MODEL_LOAD_TIMEOUT: before any server starts
+    from flows.prefect_env import check_prefect_environment
+
+    check_prefect_environment()  # PREFECT_API_URL answers, or PREFECT_HOME takes the temporary server's database
     Store(store).check_writable()  # a store that cannot take writes fails here, before any server starts
 
     from flows.pipeline import ZooFailures, prh_pipeline
@@ -448,7 +517,10 @@ def _sql(args: argparse.Namespace) -> int:
                          "run them one at a time (or without --format, which prints each)")
     if args.format != "table":
         (table,) = query_each(con, args.query)
-        (write_json if args.format == "json" else write_csv)(table, sys.stdout)
+        try:
+            (write_json if args.format == "json" else write_csv)(table, sys.stdout)
+        except UnicodeEncodeError as error:  # CSV only: the rest of prh's output escapes what it cannot hold
+            raise ValueError(_unwritable_output(error)) from None
         return 0
     for number, table in enumerate(query_each(con, args.query), 1):  # each shown before the next runs
         if statements > 1:

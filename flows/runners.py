@@ -70,10 +70,14 @@ def check_task_runner() -> None:
 
 def check_run_environment() -> None:
     """What a run reads from the environment, checked before it loads anything: the task runner
-    (:func:`check_task_runner`), ``PRH_MODEL_LOAD_TIMEOUT``, ``PRH_FEATURE_CACHE_MB`` and
-    ``PRH_ALIGN_MEMORY_MB``. Raises ``ValueError`` naming the variable (a typo had failed every
-    model at extraction, after the dataset was loaded; a bad memory figure, at the first pair)."""
+    (:func:`check_task_runner`), ``PRH_MODEL_LOAD_TIMEOUT``, ``PRH_FEATURE_CACHE_MB``,
+    ``PRH_ALIGN_MEMORY_MB``, ``PRH_DECODE_WORKERS`` and ``PRH_HUB_TIMEOUT``. Raises ``ValueError``
+    naming the variable (a typo had failed every model at extraction, after the dataset was loaded;
+    a bad memory figure, at the first pair; a bad decode worker count, each vision model of 512 or
+    more images once its weights had loaded; a bad hub timeout, each hub model's check)."""
     from storage.pairing import cache_budget
+    from tasks.extract.image_pool import default_workers
+    from tasks.extract.preflight import hub_timeout
     from tasks.memory_available import memory_override
     from tasks.retries import model_load_timeout
 
@@ -81,6 +85,8 @@ def check_run_environment() -> None:
     model_load_timeout()
     cache_budget()
     memory_override()
+    default_workers(accelerator=False)  # reads PRH_DECODE_WORKERS as extraction will
+    hub_timeout()
 
 
 #: seconds to wait for a Dask scheduler to accept a connection when a run starts

@@ -24,7 +24,9 @@ lists, structs and maps too, as follows:
   comes out as ``-1``; cast such a column to ``VARCHAR`` in the query to see it whole).
 
 JSON is written as UTF-8 text (``café``); a character the output's encoding cannot hold (a
-non-UTF-8 terminal) is written as a JSON ``\\u`` escape, which reads back to the same text.
+non-UTF-8 terminal) is written as a JSON ``\\u`` escape, which reads back to the same text; the
+table shows it as its backslash escape (``caf\\xe9``); CSV has no escape: ``prh sql`` stops with an
+error naming the character and the encoding.
 """
 
 from __future__ import annotations
@@ -396,22 +398,39 @@ def print_table(table: pa.Table, width: int = 200, max_rows: int = MAX_TABLE_ROW
     shown as it is, except what a terminal would obey: a caption such as ``[red]apple[/red]`` is
     not read as the table library's markup, and a control character in a value or a column name
     (an ESC that would clear the screen or recolour it, a line break) is shown as its escape
-    (``\\x1b``, ``\\n``; :func:`tasks.shown_text.for_terminal`). CSV and JSON keep every value whole."""
+    (``\\x1b``, ``\\n``; :func:`tasks.shown_text.for_terminal`), and so is a character the output's
+    encoding cannot hold (``caf\\xe9`` on an ASCII or Latin-1 output). CSV and JSON keep every value whole."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    console = Console(width=width)
+    encoding = console.encoding
+
+    def shown(text: str) -> Text:
+        return Text(_held_by(for_terminal(text), encoding))
+
     out = Table(show_lines=False)
     for field in table.schema:
-        out.add_column(Text(for_terminal(field.name)), justify="right" if _is_number(field.type) else "left")
+        out.add_column(shown(field.name), justify="right" if _is_number(field.type) else "left")
     for row in positional_rows(table.slice(0, max_rows)):
-        out.add_row(*[Text(for_terminal(table_cell(v))) for v in row])
-    Console(width=width).print(out)
+        out.add_row(*[shown(table_cell(v)) for v in row])
+    console.print(out)
     count = f"{table.num_rows} row{'' if table.num_rows == 1 else 's'}"
     if table.num_rows > max_rows:
         count += (f" (the first {max_rows:,} shown; --format csv or json writes them all, or add LIMIT/OFFSET "
                   "to the query)")
     print(count)
+
+
+def _held_by(text: str, encoding: str) -> str:
+    """``text`` with each character that ``encoding`` (the output's: ASCII, Latin-1) cannot hold
+    written as its backslash escape (``caf\\xe9``), before the table is laid out, so that its
+    columns stay aligned; unchanged where the encoding holds it all (UTF-8) or is unknown."""
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:
+        return text
 
 
 def _is_number(arrow_type: pa.DataType) -> bool:

@@ -748,10 +748,19 @@ _JSON_COLUMNS = {"failures"}
 
 def _json_cell(value: Any, as_json: bool = False) -> Any:
     """Nested dicts (and any value of a JSON column) become JSON text so that every column has
-    one Arrow type."""
-    if value is not None and (as_json or isinstance(value, dict)):
+    one Arrow type. Text inside is kept as written (``"path": "/data/café"``), not as ``\\u``
+    escapes: ``where source like '%café%'`` on ``datasets`` or ``where config like ...`` on
+    ``runs`` found nothing when a path, a model id or an error message held a non-ASCII
+    character. Only a value that is no UTF-8 text (a lone surrogate ``"\\ud83d"`` of a hand-edited
+    record) keeps the escapes, as before: Arrow text cannot hold it."""
+    if value is None or not (as_json or isinstance(value, dict)):
+        return value
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
         return json.dumps(value, sort_keys=True)
-    return value
+    return text
 
 
 _LOCKED = ("file system operations are disabled", "configuration has been locked", "external access is disabled")

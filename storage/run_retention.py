@@ -29,7 +29,9 @@ from, and removes every other published version:
   versions its run used is unknown), nor while a run or an extraction stage is alive
   (``RUNNING`` and not known gone, ``storage.runs.gone_reason``): its record names its versions
   only when it ends, and it may be reusing any version stored; nor when no run published
-  results (nothing to keep by).
+  results (nothing to keep by), nor while a record is dated more than ``CLOCK_SKEW_SECONDS``
+  after this host's clock (:func:`dated_ahead`: a clock set back between two runs; it would sort
+  as the newest run and the versions of the runs after it would go).
 
 A demo's rendered-dataset pointer (``datasets/rendered/<recipe>.json``) whose dataset is removed
 is removed after it (a rerun of that recipe draws the pairs again); the others stay. Run records
@@ -39,7 +41,9 @@ versions and stay.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 import duckdb
@@ -185,6 +189,9 @@ def plan_retention(store: Store, keep_runs: int, keep_current: bool = False) -> 
         names = ", ".join(f"{r.get('run_id')} (started {r.get('started_at')})" for r in alive)
         return RetentionPlan(blocked=f"run {names} is still running; what it reuses is recorded only when it ends "
                                      "(run prh gc --keep-runs again after it)")
+    ahead = dated_ahead(records + extractions, time.time())
+    if ahead is not None:
+        return RetentionPlan(blocked=ahead)
     kept = newest_runs(records, keep_runs)
     if not kept:
         return RetentionPlan(blocked="no run published results, so none tells which versions to keep")
@@ -225,6 +232,25 @@ def plan_retention(store: Store, keep_runs: int, keep_current: bool = False) -> 
         if target in removed:
             plan.pointers[pointer] = target
     return plan
+
+
+def dated_ahead(records: list[dict[str, Any]], now: float) -> str | None:
+    """Why the newest runs cannot be told, or None: a record (pipeline run or extraction stage)
+    that started or finished more than ``CLOCK_SKEW_SECONDS`` after ``now``, this host's clock. Its
+    host's clock was ahead when it ran, or this one is behind (a clock set back between two runs):
+    it sorts as the newest run, so gc kept its versions and removed those of the runs after it,
+    the newest results (and the ``*_latest`` views show it too)."""
+    for record in records:
+        for field_name in ("started_at", "finished_at"):
+            moment = epoch_seconds(record.get(field_name))
+            if moment is not None and moment > now + CLOCK_SKEW_SECONDS:
+                hours = (moment - now) / 3600
+                return (f"run {record.get('run_id')}'s record has {field_name} {record.get(field_name)}, {hours:,.1f} h after "
+                        f"this host's clock ({datetime.fromtimestamp(now, timezone.utc).isoformat(timespec='seconds')}): "
+                        "a clock was ahead when it ran, or this one is behind, so which runs are the newest cannot "
+                        "be told; correct the clock (or that record's times) first; no published version is removed "
+                        "until then")
+    return None
 
 
 def _published_since(manifest: dict[str, Any], since: float) -> bool:

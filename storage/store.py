@@ -200,6 +200,20 @@ def check_store_url(url: Any) -> None:
         raise ValueError(f"store URL {url!r} names the filesystem's root: add the folder, e.g. /data/prh")
 
 
+def check_utf8_url(url: str) -> None:
+    """Refuse (ValueError naming it) a store URL holding bytes that are not UTF-8: a folder named
+    in another encoding (``st\\xf6re`` in Latin-1), or any non-ASCII path in a process whose locale
+    is not UTF-8 (``LC_ALL=C`` with ``PYTHONUTF8=0``). Python keeps such bytes as lone surrogates
+    (``st\\udcf6re``), which the filesystem takes but DuckDB and Arrow do not: the catalog of such
+    a store failed with a bare ``RuntimeError: std::bad_cast`` traceback."""
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"store URL {url!r} holds bytes that are not UTF-8 text (a folder named in another encoding, or a "
+                         "process whose locale is not UTF-8), which DuckDB and Arrow cannot open: rename the folder to "
+                         "UTF-8, or run with a UTF-8 locale (LC_ALL=C.UTF-8 or PYTHONUTF8=1)") from None
+
+
 def _file_in_the_way(path: Path) -> Path | None:
     """``path`` or the nearest of its parents that exists, when that is a file (not a folder):
     what stops a local store's folders from being made; None otherwise."""
@@ -271,6 +285,7 @@ class Store:
             if resolved == Path(resolved.anchor):  # '..' from /tmp, '.' from /: would become 'file:', the working folder
                 raise ValueError(f"store URL {url!r} names the filesystem's root ({resolved}): add the folder, e.g. /data/prh")
             url = "file://" + resolved.as_posix()
+        check_utf8_url(url)
         self.url = url.rstrip("/")
         options = dict(storage_options or {})
         is_s3 = self.url.startswith("s3://")

@@ -311,6 +311,22 @@ def _fewest_for_subsample(rows: int) -> int:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+#: what Python makes of a byte that is not UTF-8 in a file name or a command-line argument
+#: (``surrogateescape``: byte 0xE9 becomes U+DCE9)
+_UNDECODED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def _undecoded_byte_problem(found: re.Match[str]) -> str:
+    """The problem of text holding a byte that is not UTF-8, as the operating system handed it over:
+    a path named in another encoding (Latin-1 ``caf\\xe9``), or any non-ASCII path or argument in
+    a process whose locale is not UTF-8. The surrogate message (an escaped emoji cut in half)
+    sent such a user looking for an emoji that was never there."""
+    byte = ord(found.group()) - 0xDC00
+    return (f"text holding the byte 0x{byte:02X} at character {found.start() + 1}, which is not UTF-8: a file or "
+            "folder named in another encoding (Latin-1, say), or a non-ASCII path given to a process whose locale is "
+            "not UTF-8; rename it to UTF-8, or run with a UTF-8 locale (LC_ALL=C.UTF-8 or PYTHONUTF8=1)")
+
+
 def _surrogate_problems(value: Any, loc: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
     """``(location, problem)`` of every string in ``value`` (mapping keys too) holding a lone
     UTF-16 surrogate: such text passed validation and ``prh run --check``, then failed the run with
@@ -320,6 +336,8 @@ def _surrogate_problems(value: Any, loc: tuple[Any, ...] = ()) -> list[tuple[tup
         found = _SURROGATE.search(value)
         if found is None:
             return []
+        if _UNDECODED_BYTE.fullmatch(found.group()):
+            return [(loc, _undecoded_byte_problem(found))]
         return [(loc, f"text with a lone UTF-16 surrogate U+{ord(found.group()):04X} at character {found.start() + 1} "
                       "(an escaped emoji such as \"\\ud83d\\ude00\" is two halves, not the character): not valid "
                       "Unicode, so it cannot be stored or tokenised; write the character itself or \"\\U0001F600\"")]

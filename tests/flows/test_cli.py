@@ -7,6 +7,8 @@ import os
 import logging
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -1080,3 +1082,88 @@ def test_run_check_refuses_an_empty_store_as_run_does(tmp_path, capsys, monkeypa
     monkeypatch.delenv("PRH_STORE")
     assert main(["run", "--config", str(config), "--store", str(tmp_path / "new-store"), "--check"]) == 0
     assert not (tmp_path / "new-store").exists()  # --check touches no store
+
+
+def _prh_ascii(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``prh ARGV`` in a process whose stdout is ASCII (``PYTHONIOENCODING=ascii``: a cron job or
+    terminal with a non-UTF-8 locale)."""
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *argv], env=env, capture_output=True, text=True,
+                          encoding="utf-8", errors="replace", timeout=120)
+
+
+def test_commands_finish_on_an_output_that_cannot_hold_the_store_path(tmp_path):
+    """The environment hunt: on an ASCII stdout, every command that prints a store path with an 'ö'
+    did its work and then ended `prh CMD: error: 'ascii' codec can't encode character '\\xf6'`,
+    exit 2: `prh run` after publishing everything (its run record COMPLETED), `verify` after finding
+    every file intact, `catalog export` after writing the file, `report` after writing the page.
+    What cannot be written is now its backslash escape, as on stderr."""
+    from tests.storage.catalog_store import build_catalog_store
+
+    store = tmp_path / "störe-é"
+    build_catalog_store(str(store))
+    verify = _prh_ascii("verify", "--store", str(store))
+    assert verify.returncode == 0, verify.stderr
+    assert "st\\xf6re-\\xe9" in verify.stdout and "all match their manifests" in verify.stdout
+    gc = _prh_ascii("gc", "--dry-run", "--store", str(store))
+    assert gc.returncode == 0, gc.stderr
+    assert "st\\xf6re-\\xe9" in gc.stdout
+    export = _prh_ascii("catalog", "export", str(tmp_path / "cat.duckdb"), "--store", str(store))
+    assert export.returncode == 0, export.stderr
+    assert (tmp_path / "cat.duckdb").exists()
+    table = _prh_ascii("sql", "select 'café 😀' t, count(*) n from samples", "--store", str(store))
+    assert table.returncode == 0, table.stderr
+    assert "caf\\xe9 \\U0001f600" in table.stdout
+
+
+def test_sql_csv_on_an_output_that_cannot_hold_a_value_says_what_and_why(tmp_path):
+    """CSV has no escape, so a value the output cannot hold still stops `prh sql --format csv`
+    (nothing is silently changed), with one line naming the character, the encoding and the way
+    out, where it gave the codec's bare `'ascii' codec can't encode character '\\xe9' in position 3`."""
+    from tests.storage.catalog_store import build_catalog_store
+
+    build_catalog_store(str(tmp_path / "store"))
+    csv_out = _prh_ascii("sql", "select 'café' t", "--store", str(tmp_path / "store"), "--format", "csv")
+    assert csv_out.returncode == 2
+    assert "Traceback" not in csv_out.stderr
+    assert "the output's encoding (ascii) cannot hold the character" in csv_out.stderr
+    assert "PYTHONIOENCODING=utf-8" in csv_out.stderr and "--format json" in csv_out.stderr
+    as_json = _prh_ascii("sql", "select 'café' t", "--store", str(tmp_path / "store"), "--format", "json")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout) == [{"t": "café"}]
+
+
+def _prh_with_stdout(stdout: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``prh ARGV`` run by a shell with stdout redirected as ``stdout`` says (``>/dev/full``,
+    ``>&-``), its stderr captured."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.run(["bash", "-c", f'exec "$@" {stdout}', "prh", sys.executable, "-m", "flows.cli", *argv],
+                          env=env, stderr=subprocess.PIPE, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full (a device that is always full)")
+def test_output_to_a_full_disk_is_one_line_not_a_traceback(tmp_path):
+    """The environment hunt: `prh sql --format csv > out.csv` on a full disk, or `prh verify` into
+    one, ended in an `OSError: [Errno 28] No space left on device` traceback (a small result: in
+    Python's flush at exit, exit 120). Now one line saying the output is incomplete, exit 2."""
+    from tests.storage.catalog_store import build_catalog_store
+
+    build_catalog_store(str(tmp_path / "store"))
+    for argv in (["sql", "select * from range(100000)", "--format", "csv"], ["sql", "select 1 n", "--format", "csv"],
+                 ["verify"]):
+        done = _prh_with_stdout(">/dev/full", *argv, "--store", str(tmp_path / "store"))
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+        assert done.stderr.splitlines() == [f"prh {argv[0]}: error: cannot write the output: No space left on device; "
+                                            "what was written before it stopped is incomplete"]
+
+
+def test_a_closed_stdout_discards_the_output_without_a_traceback(tmp_path):
+    """The environment hunt: started with stdout closed (`prh sql ... >&-`, as some schedulers and
+    daemons start a process), `prh sql` failed with `AttributeError: 'NoneType' object has no
+    attribute 'write'`; its output now goes nowhere, as asked, and the exit status is the command's."""
+    from tests.storage.catalog_store import build_catalog_store
+
+    build_catalog_store(str(tmp_path / "store"))
+    for fmt in ("table", "csv", "json"):
+        done = _prh_with_stdout(">&-", "sql", "select count(*) n from runs", "--format", fmt, "--store", str(tmp_path / "store"))
+        assert (done.returncode, done.stderr) == (0, "")

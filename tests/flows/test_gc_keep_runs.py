@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -494,3 +495,26 @@ def test_a_version_published_at_the_kept_moment_is_recent():
     assert _published_since({"published_at": _day(4, 0, 45)}, since)
     assert not _published_since({"published_at": _day(4, 0, 44)}, since)
     assert _published_since({"published_at": "not a time"}, since) and _published_since({}, since)
+
+
+def test_a_run_dated_after_this_clock_stops_the_removal(tmp_path, capsys):
+    """The environment hunt: a clock set back between two runs (or a host whose clock ran ahead)
+    left a record dated after every later run. It sorted as the newest run, so `--keep-runs 1`
+    kept that old run's versions and removed those of the run really last, the newest results.
+    Now nothing published is removed and the record is named; once its times are corrected, gc
+    keeps the right run."""
+    store, keep = _nightly_store(str(tmp_path / "store"))
+    a1 = layout.alignment_key(D1, "vit", "lm", "al1")
+    ahead = time.time() + 86400 * 30
+    started = datetime.fromtimestamp(ahead, timezone.utc).isoformat()
+    finished = datetime.fromtimestamp(ahead + 600, timezone.utc).isoformat()
+    _run(store, "run-0", "COMPLETED", started, finished, D1, {"vit": "fv1", "lm": "fl1"}, [a1])
+    before = {k: v for k, v in store.sizes("").items() if not k.startswith("runs/")}
+    assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"--keep-runs 1: no published versions removed: run run-0's record has started_at {started}, 720.0 h after this host's clock" in out
+    assert "which runs are the newest cannot be told" in out
+    assert {k: v for k, v in store.sizes("").items() if not k.startswith("runs/")} == before
+    _run(store, "run-0", "COMPLETED", _day(1, 1), _day(1, 4), D1, {"vit": "fv1", "lm": "fl1"}, [a1])  # the clock's real day
+    assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0
+    assert _versions(store) == keep

@@ -106,3 +106,16 @@ def test_a_model_load_timeout_of_0_negative_or_inf_is_no_limit(monkeypatch):
     for raw, want in (("0", None), ("-1", None), ("inf", None), ("90", 90.0), ("", 3600)):
         monkeypatch.setenv("PRH_MODEL_LOAD_TIMEOUT", raw)
         assert model_load_timeout() == want, raw
+
+
+def test_variables_read_late_in_extraction_fail_the_flow_at_its_start(tmp_path):
+    """The environment hunt: PRH_DECODE_WORKERS=junk passed the start, and each vision model of 512
+    or more images failed at extraction once its weights had loaded (the run ended FAILED, exit 1,
+    the dataset published and the language models extracted); below 512 images it was ignored.
+    PRH_HUB_TIMEOUT=junk failed the check of each hub model instead of the run."""
+    cases = {"PRH_DECODE_WORKERS must be an integer >= 0, got 'junk'": {"PRH_DECODE_WORKERS": "junk"},
+             "PRH_DECODE_WORKERS must be an integer >= 0, got '-1'": {"PRH_DECODE_WORKERS": "-1"},
+             "PRH_HUB_TIMEOUT must be a number of seconds, got 'ten'": {"PRH_HUB_TIMEOUT": "ten"}}
+    for message, env in cases.items():
+        refused = _refused(env, tmp_path)
+        assert len(refused) == 2 and all(message in line for line in refused), (message, refused)

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import sys
 from decimal import Decimal
 
 import duckdb
@@ -309,8 +310,8 @@ def test_lossless_exports_are_written_whole(value, capsys):
 def test_json_is_utf8_and_never_fails_on_a_narrower_encoding():
     """JSON escaped every non-ASCII character (caf\\u00e9): it is written as UTF-8 text; on an
     output that cannot hold a character (a Latin-1 or ASCII terminal) that character alone is a
-    JSON escape, and the JSON reads back to the same text (CSV and the table stop with the
-    encoding's error, which `prh sql` reports: they have no escape)."""
+    JSON escape, and the JSON reads back to the same text (CSV stops with the encoding's
+    error, which `prh sql` reports: it has no escape; the table shows a backslash escape)."""
     words = "café € 😀 naïve"
     table = _query(f"select '{words}' t, ['{words}'] l, map {{'{words}': 1}} m")
     expected = [{"t": words, "l": [words], "m": {words: 1}}]
@@ -338,3 +339,19 @@ def test_the_table_format_prints_its_first_rows_of_a_huge_result_and_says_so(cap
     assert shown.endswith("\n25 rows (the first 10 shown; --format csv or json writes them all, or add LIMIT/OFFSET to the query)\n")
     print_table(table, max_rows=25)
     assert capsys.readouterr().out.endswith("\n25 rows\n")
+
+
+def test_the_table_escapes_what_the_output_cannot_hold_and_stays_aligned(monkeypatch):
+    """The environment hunt: on an ASCII or Latin-1 stdout (`PYTHONIOENCODING`, a non-UTF-8 locale)
+    a caption with 'é' or an emoji stopped the whole table with the codec's error; it is now shown
+    as its backslash escape, laid out with the rest, so every line of the table is one width."""
+    table = _query("select 'café 😀' t, 'plain' p union all select 'x', 'naïve'")
+    for encoding, shown in (("ascii", "caf\\xe9 \\U0001f600"), ("latin-1", "café \\U0001f600")):
+        data = io.BytesIO()
+        monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(data, encoding=encoding, errors="strict", write_through=True))
+        print_table(table)
+        sys.stdout.flush()
+        lines = data.getvalue().decode(encoding).splitlines()
+        assert any(shown in line for line in lines)
+        assert len({len(line) for line in lines[:-1]}) == 1, lines  # all but the row count
+        assert lines[-1] == "2 rows"

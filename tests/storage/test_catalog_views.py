@@ -280,3 +280,24 @@ def test_bits_per_byte_stored_as_the_pooled_figure_by_an_older_prh_is_shown_as_p
     # models without a causal LM's loss keep their (null or hand-written) figures as they are
     others = query(connect(url), "select count(*) n from models where model <> 'gpt' and bits_per_byte_pooled is not null")
     assert others.to_pylist() == [{"n": 0}]
+
+
+def test_json_columns_keep_non_ascii_text_as_written(tmp_path):
+    """The environment hunt: a dataset folder `dätä 数据` was shown in `datasets.source` (and a
+    path in `runs.config`, a message in `runs.failures`) as `d\\u00e4t\\u00e4 \\u6570\\u636e`,
+    so `where source like '%dätä%'` found nothing. A lone surrogate (a hand-edited record) still
+    stays its JSON escape instead of failing the catalog."""
+    url = str(tmp_path / "store")
+    store = build_catalog_store(url)
+    folder = "/data/dätä 数据/imgs-é 😀"
+    record = {"run_id": "run-x", "status": "FAILED", "started_at": "2026-01-03T00:00:00+00:00",
+              "finished_at": "2026-01-03T00:05:00+00:00", "config": {"dataset": {"kind": "path", "path": folder}},
+              "failures": [{"model": "vit-small", "error": f"cannot read {folder}/ímg01.png"}], "alignment_versions": []}
+    store.write_json(layout.run_key("run-x"), record)
+    store.write_json(layout.run_key("run-y"), {**record, "run_id": "run-y", "failures": [], "config": {"dataset": {"path": "cut \ud83d"}}})
+    con = connect(url)
+    assert query(con, f"select run_id from runs where config like '%{folder}%'").to_pylist() == [{"run_id": "run-x"}]
+    assert query(con, "select run_id from runs where failures like '%ímg01.png%'").to_pylist() == [{"run_id": "run-x"}]
+    assert query(con, "select config->>'$.dataset.path' p from runs where run_id = 'run-x'").to_pylist() == [{"p": folder}]
+    assert query(con, "select config from runs where run_id = 'run-y'").to_pylist() == [{"config": json.dumps(
+        {"dataset": {"path": "cut \ud83d"}})}]

@@ -322,3 +322,23 @@ def test_unpublish_takes_a_dead_writers_claim_over_and_leaves_a_live_writers_ver
     assert store.unpublish("features/d/m/v2") is False
     assert store.manifest("features/d/m/v2") is not None and store.read_bytes("features/d/m/v2/a.bin") == b"1"
     assert store.read_bytes(f"features/d/m/v2/{CLAIM}") == live
+
+
+def test_a_store_folder_named_in_another_encoding_is_refused_naming_it(tmp_path):
+    """The environment hunt: a store folder named in Latin-1 (`st\\xf6re`, bytes that are not
+    UTF-8: an old disk, a mounted share), or any non-ASCII path under `LC_ALL=C PYTHONUTF8=0`,
+    reaches Python as lone surrogates; the store opened, then the catalog failed with a bare
+    `RuntimeError: std::bad_cast` from DuckDB. Refused when the store is opened, naming it."""
+    import os
+
+    from storage.catalog import connect
+    from tests.storage.catalog_store import build_catalog_store
+
+    build_catalog_store(str(tmp_path / "store"))
+    latin1 = os.fsencode(str(tmp_path)) + b"/st\xf6re"
+    os.rename(tmp_path / "store", latin1)
+    path = os.fsdecode(latin1)  # what sys.argv or os.listdir gives for it
+    with pytest.raises(ValueError, match=r"store URL 'file://.*/st\\udcf6re' holds bytes that are not UTF-8 text"):
+        connect(Store(path))
+    with pytest.raises(ValueError, match="LC_ALL=C.UTF-8 or PYTHONUTF8=1"):
+        Store("file://" + path)

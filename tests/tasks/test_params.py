@@ -278,6 +278,21 @@ def test_constructed_configs_are_checked_too() -> None:
     assert PipelineConfig.model_json_schema()["properties"]["alignment"]  # the UI form still renders
 
 
+def test_a_path_holding_a_byte_that_is_not_utf8_is_named_as_such() -> None:
+    """The environment hunt: `--dataset` of a folder named in Latin-1 (`imgs-\\xe9`), or any
+    non-ASCII path under `LC_ALL=C PYTHONUTF8=0`, reaches Python as U+DCE9 (surrogateescape); it
+    was refused as "a lone UTF-16 surrogate (an escaped emoji ... is two halves)", which sent the
+    user looking for an emoji. It names the byte and the two ways out."""
+    import os
+
+    models = [{"name": "vit", "loader": "random_hf", "id": "ViTConfig", "modality": "vision"}]
+    path = os.fsdecode(b"/data/imgs-\xe9")  # what sys.argv or os.listdir gives for that name
+    with pytest.raises(ValueError, match=r"dataset\.path: text holding the byte 0xE9 at character 12, which is not UTF-8: "
+                                         r"a file or folder named in another encoding .* rename it to UTF-8, or run with "
+                                         r"a UTF-8 locale \(LC_ALL=C\.UTF-8 or PYTHONUTF8=1\)"):
+        PipelineConfig.model_validate({"models": models, "dataset": {"kind": "path", "path": path}})
+
+
 def test_knn_precision_reaches_the_list_metrics_only():
     from tasks.alignment import MetricRequest, align_layers, prepare_layers
     from tasks.params import AlignmentParams
