@@ -196,8 +196,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     except ONE_LINE_ERRORS as error:
         print(f"prh {args.command}: error: {for_terminal_lines(error)}", file=sys.stderr)
         return 2
-    except Exception as error:  # noqa: BLE001 - only store and output failures are turned into one line
+    except Exception as error:  # noqa: BLE001 - only store, output and Prefect failures are turned into one line
         message = _store_failure(error, store_argument(args)) or _output_failure(error)
+        if message is None and args.command == "run":  # its temporary Prefect server's disk filled up
+            from flows.prefect_env import prefect_out_of_room
+
+            message = prefect_out_of_room(error)
         if message is None:
             raise
         print(f"prh {args.command}: error: {for_terminal_lines(message)}", file=sys.stderr)
@@ -330,9 +334,7 @@ def _run(args: argparse.Namespace) -> int:
     from flows.runners import check_run_environment
 
     check_run_environment()  # PRH_TASK_RUNNER, PRH_DASK_WORKERS, PRH_MODEL_LOAD_TIMEOUT: before any server starts
-    from flows.prefect_env import check_prefect_environment
-
-    check_prefect_environment()  # PREFECT_API_URL answers, or PREFECT_HOME takes the temporary server's database
+    _check_prefect()  # PREFECT_API_URL answers, or PREFECT_HOME takes the temporary server's database
     Store(store).check_writable()  # a store that cannot take writes fails here, before any server starts
 
     from flows.pipeline import ZooFailures, prh_pipeline
@@ -356,6 +358,16 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     print_summary(summary)
     return 0
+
+
+def _check_prefect() -> None:
+    """:func:`flows.prefect_env.check_prefect_environment` with the free space a run wants
+    (``PRH_MIN_FREE_MB``, default 256 MiB, as for a local store)."""
+    from flows.prefect_env import check_prefect_environment
+    from storage.env_numbers import env_number
+    from storage.store import DEFAULT_MIN_FREE_MB
+
+    check_prefect_environment(env_number("PRH_MIN_FREE_MB", DEFAULT_MIN_FREE_MB, what="a number of MiB, 0 or more"))
 
 
 def _check_zoo(config: PipelineConfig) -> int:
@@ -544,7 +556,7 @@ def _gc(args: argparse.Namespace) -> int:
 
     from storage.figure_cache import remove_old_figures, remove_stale_namespaces
     from storage.report_retention import remove_stale_reports
-    from storage.runs import CLOCK_SKEW_SECONDS, live_runs_since, mark_crashed_runs, open_for_run
+    from storage.runs import CLOCK_SKEW_SECONDS, live_runs_since, mark_crashed_runs, open_for_gc
     from storage.shards import remove_stale_partials
     from storage.store import DamagedManifest
 
@@ -561,7 +573,7 @@ def _gc(args: argparse.Namespace) -> int:
     swept_bytes: dict[str, int] = {}
     # as a run starts: dead runs, dead writers (a dry run only lists them)
     crashed, swept = (mark_crashed_runs(store, dry_run=True), store.sweep_abandoned(dry_run=True, sizes=swept_bytes)) \
-        if args.dry_run else open_for_run(store, min_free_mb=0, swept_sizes=swept_bytes)  # a nearly full disk is when gc is needed
+        if args.dry_run else open_for_gc(store, swept_sizes=swept_bytes)  # a full disk is when gc is needed
     attempts = {key: size for key, size in store.remove_dead_claim_attempts(dry_run=args.dry_run).items()
                 if key.rsplit("/", 1)[0] not in swept}  # a dry run counts a swept version's with its files
     now = time.time()

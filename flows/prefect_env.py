@@ -1,32 +1,45 @@
-"""The Prefect that ``prh run`` will use, checked before anything starts: a server named by
-``PREFECT_API_URL`` must answer, and without one the folder ``PREFECT_HOME`` (where Prefect's
-temporary API server keeps its SQLite database) must take writes.
+"""The Prefect that ``prh run`` will use, checked before anything starts, and its failures put
+in one line.
+
+A server named by ``PREFECT_API_URL`` must answer; without one, the folder of the SQLite database
+of Prefect's temporary API server (``PREFECT_HOME/prefect.db`` by default; ``PREFECT_HOME`` is
+``.prefect`` of this checkout, the disk of the default store) must take writes and have room.
 
 Without these checks a ``PREFECT_API_URL`` that is not a URL, or names a server that is down,
 ended ``prh run`` with a traceback (``RuntimeError: Failed to reach API``, exit 1: the code of
-"some models failed"), and a ``PREFECT_HOME`` that cannot be written (under a file, on a
-read-only disk) restarted the temporary server for 3 minutes, printing about 90 tracebacks,
-before ``Timed out while attempting to connect to ephemeral Prefect API server``.
+"some models failed"); a ``PREFECT_HOME`` that cannot be written (under a file, on a read-only
+disk) or on a full disk restarted the temporary server for 3 minutes, printing thousands of lines
+of its tracebacks, before ``Timed out while attempting to connect to ephemeral Prefect API
+server``; and a disk that filled up mid-run ended it with a raw ``PrefectHTTPStatusError: Server
+error '500 Internal Server Error'`` (:func:`prefect_out_of_room` names the cause now).
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
+import shutil
+import uuid
 from pathlib import Path
 
+#: A Prefect API failure with less room than this beside the server's database is put down to it.
+LOW_ROOM_MB = 16.0
 
-def check_prefect_environment() -> None:
+
+def check_prefect_environment(min_free_mb: float) -> None:
     """``ValueError`` naming the variable when ``PREFECT_API_URL`` is set and its server does not
-    answer Prefect's health check (:func:`check_api_url`), or, without it, when ``PREFECT_HOME``
-    is no folder this process can write (:func:`check_prefect_home`)."""
+    answer Prefect's health check (:func:`check_api_url`), or, without it, when the folder of the
+    temporary server's database cannot take a file or has less than ``min_free_mb`` MiB free
+    (:func:`check_prefect_home`)."""
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
     if settings.api.url:
         check_api_url(str(settings.api.url))
-    else:
-        check_prefect_home(Path(settings.home))
+        return
+    database = temporary_server_database()
+    if database is not None:
+        check_prefect_home(database.parent, min_free_mb, Path(settings.home).expanduser())
 
 
 def check_api_url(url: str) -> None:
@@ -43,16 +56,90 @@ def check_api_url(url: str) -> None:
                          "or unset PREFECT_API_URL for a temporary server of this run") from None
 
 
-def check_prefect_home(home: Path) -> None:
-    """``ValueError`` naming ``PREFECT_HOME`` and the reason when the folder cannot be created or
-    a file cannot be written in it (a path under a file, a read-only disk, no permission)."""
+def temporary_server_database() -> Path | None:
+    """The SQLite file of the temporary API server a flow run starts, or None when runs go to a
+    server elsewhere (``PREFECT_API_URL``) or the database is no local file (PostgreSQL,
+    ``:memory:``)."""
+    from prefect.settings import get_current_settings
+    from sqlalchemy.engine import make_url
+
+    settings = get_current_settings()
+    if settings.api.url:
+        return None
+    secret = settings.server.database.connection_url
     try:
-        home.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".prh-probe-", dir=home)
-        os.close(handle)
-        os.unlink(probe)
+        url = make_url(secret.get_secret_value() if secret is not None else "")
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot read is Prefect's to report
+        return None
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database).expanduser()
+
+
+def check_prefect_home(folder: Path, min_free_mb: float, home: Path | None = None) -> None:
+    """``ValueError`` when ``folder`` (of the temporary server's database; ``home``: the
+    ``PREFECT_HOME`` it is named as when they are the same) cannot be created, cannot take a file
+    (a path under a file, a read-only disk, no permission, no room) or has less than
+    ``min_free_mb`` MiB free; the message names the folder, the reason and what to do. A folder
+    that does not exist yet is created, as Prefect would; the probe file is removed."""
+    where = (f"PREFECT_HOME={str(folder)!r}" if home is None or folder == home
+             else f"the folder {str(folder)!r} of Prefect's database (PREFECT_SERVER_DATABASE_CONNECTION_URL)")
+    keeps = "Prefect's temporary API server of `prh run` keeps its database there"
+    try:
+        _write_probe(folder)
     except OSError as error:
         reason = error.strerror or str(error)
-        raise ValueError(f"PREFECT_HOME={str(home)!r}: cannot write there ({reason}); Prefect's temporary API "
-                         "server keeps its database there: set PREFECT_HOME to a folder this user can write, or "
-                         "PREFECT_API_URL to a running Prefect server") from None
+        raise ValueError(f"{where}: cannot write there ({reason}); {keeps}: point PREFECT_HOME to a folder this user can "
+                         "write on a disk with room, or set PREFECT_API_URL to a running Prefect server") from None
+    free_mb = shutil.disk_usage(folder).free / 2**20
+    if free_mb < min_free_mb:
+        raise ValueError(f"{where}: {free_mb:.0f} MiB free, less than the {min_free_mb:.0f} MiB a run needs; {keeps}: free "
+                         "some space there, point PREFECT_HOME to a folder on a disk with room, or set PRH_MIN_FREE_MB "
+                         "to accept less")
+
+
+def _write_probe(folder: Path) -> None:
+    """Create ``folder`` if needed, then write, sync and remove a small file of its own there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".prh-probe-{uuid.uuid4().hex}"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"\0" * 4096)  # one page: a disk without one is full
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def prefect_out_of_room(error: BaseException) -> str | None:
+    """One line for ``error`` when it is the Prefect API failing (a Prefect, HTTP or database
+    error, or the temporary server that never answered) while the disk of the temporary server's
+    database has (almost) no room left; None otherwise."""
+    if not _from_prefect(error):
+        return None
+    database = temporary_server_database()
+    if database is None:
+        return None
+    try:
+        free_mb = shutil.disk_usage(database.parent).free / 2**20
+    except OSError:
+        return None
+    if free_mb >= LOW_ROOM_MB:
+        return None
+    what = (str(error).splitlines() or [""])[0][:300]
+    return (f"the Prefect API failed ({type(error).__name__}: {what}) with {free_mb:.1f} MiB left on the disk of its "
+            f"temporary server's database {str(database)!r} (PREFECT_HOME): {os.strerror(errno.ENOSPC)}. What the run "
+            "published stays in the store (prh verify checks it); free some space there, or point PREFECT_HOME to a "
+            "folder on a disk with room, and run again: nothing stored is computed again")
+
+
+def _from_prefect(error: BaseException) -> bool:
+    """Whether ``error`` or an error it was raised from comes from Prefect, its HTTP client or
+    its database (or is the temporary server that never answered)."""
+    found, depth = error, 0
+    while found is not None and depth < 8:
+        module = type(found).__module__.split(".")[0]
+        if module in ("prefect", "httpx", "httpcore", "sqlalchemy", "sqlite3") or "Prefect API server" in str(found):
+            return True
+        found, depth = found.__cause__ or found.__context__, depth + 1
+    return False

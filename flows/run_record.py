@@ -19,7 +19,7 @@ from prefect.exceptions import TerminationSignal
 
 from storage.owner import current_owner
 from storage.runs import CANCELLED, CRASHED, FAILED, RUN_HEARTBEAT_SECONDS, RUNNING, RunHeartbeat
-from storage.store import Store, utc_now
+from storage.store import Store, StoreNotWritable, utc_now
 from storage.versioning import code_version
 from tasks.params import PipelineConfig
 from tasks.stop_request import run_scope
@@ -75,11 +75,13 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
     what they write; a second signal ends the wait at once. Tasks the block submits run in its
     ``run_scope``."""
     target.write_json(key, record)
+    raised: BaseException | None = None
     # removed after the final record is written
     with RunHeartbeat(target, str(record["run_id"])), run_scope() as scope:
         try:
             yield record
         except BaseException as error:
+            raised = error
             stopped = isinstance(error, (KeyboardInterrupt, TerminationSignal))
             exiting = isinstance(error, SystemExit)  # the process made to exit (its worker killed): Prefect's CRASHED
             record.update(status=CANCELLED if stopped else CRASHED if exiting else FAILED, error=one_line(error))
@@ -95,4 +97,28 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
             raise
         finally:
             record["finished_at"] = utc_now()
-            target.write_json(key, record)
+            write_outcome(target, key, record, raised)
+
+
+class RunRecordNotWritten(StoreNotWritable):
+    """A run did its work but its final record could not be written (a full disk, a store gone):
+    the record still says ``RUNNING``. The message names the record, the store and the cause."""
+
+
+def write_outcome(target: Store, key: str, record: dict[str, Any], raised: BaseException | None) -> None:
+    """Write the run's final ``record`` at ``key``. When that fails, the run's own error
+    (``raised``), if it has one, stays what the run ends with (a disk that filled up while
+    publishing had its ``cannot write runs/<id>.json`` replace which models and pairs failed),
+    and the missing record is logged; a run without one ends with :class:`RunRecordNotWritten`
+    (it had ended with a bare store error, as if nothing had been published)."""
+    try:
+        target.write_json(key, record)
+    except Exception as error:  # noqa: BLE001 - said below, with the run's own outcome
+        status = record.get("status")
+        ended = f"ended {status}" if status != RUNNING else "did its work"
+        message = (f"run {record.get('run_id')} {ended}, but its record {key} could not be written: {error}. The record "
+                   "still says RUNNING (shown CRASHED once this process ends); what the run published stays in the "
+                   "store, and a rerun computes none of it again")
+        if raised is None:
+            raise RunRecordNotWritten(message) from error
+        logging.getLogger("prh.run").error("%s", message)

@@ -817,8 +817,21 @@ def _run_checked(con: duckdb.DuckDBPyConnection, text: str, fetch: bool = True) 
             raise ReadOnlyQueryError(
                 f"the catalog is read-only and reads only the store's files: {str(error).splitlines()[0]}"
             ) from None
-        hint = ""
-        if type(error) is duckdb.Error or isinstance(error, duckdb.IOException) or (
-                isinstance(error, duckdb.InvalidInputException) and "parquet" in str(error).lower()):
-            hint = " (reading a stored file failed: if one was damaged after it was published, `prh verify` names it)"
-        raise QueryError(f"the query failed: {error}{hint}") from error
+        raise QueryError(f"the query failed: {error}{read_failure_hint(error)}") from error
+
+
+def read_failure_hint(error: duckdb.Error) -> str:
+    """What to do about DuckDB's ``error`` while reading the store, in parentheses (or ``''``): a
+    process out of file descriptors is told its limit (the hint had been that a stored file may
+    be damaged, sending the user to `prh verify`, which finds nothing); a file that fails to read
+    otherwise may be damaged."""
+    if "Too many open files" in str(error):
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return (f" (this process may keep only {limit} files open at once (`ulimit -n`), fewer than the query reads: "
+                "raise the limit, e.g. `ulimit -n 4096`, and run it again; the store is not damaged by this)")
+    if type(error) is duckdb.Error or isinstance(error, duckdb.IOException) or (
+            isinstance(error, duckdb.InvalidInputException) and "parquet" in str(error).lower()):
+        return " (reading a stored file failed: if one was damaged after it was published, `prh verify` names it)"
+    return ""

@@ -97,6 +97,9 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
             con.execute(f"CREATE TABLE {INFO_TABLE} AS SELECT * FROM _source")
             con.unregister("_source")
             con.execute("CHECKPOINT")
+        except duckdb.Error as error:
+            _raise_if_not_written(error, path)
+            raise
         finally:
             con.close()
         if build != tmp:
@@ -116,6 +119,20 @@ def _duckdb_can_write(path: Path) -> bool:
     """Whether DuckDB writes a database at ``path`` where it says: not when the path holds ``?``
     (DuckDB takes what follows as options, and its write-ahead log went to a mangled path)."""
     return "?" not in str(path)
+
+
+#: How DuckDB says that a database file could not be written (its disk full, over ``ulimit -f``).
+_WRITE_FAILED = ("Could not write file", "No space left on device", "File too large", "Disk quota exceeded")
+
+
+def _raise_if_not_written(error: duckdb.Error, path: Path) -> None:
+    """ValueError naming ``path`` and DuckDB's reason when ``error`` is the database file failing
+    to be written (a full disk, the process's file-size limit: a raw ``FatalException`` or
+    ``TransactionException`` traceback before); other errors are left to the caller."""
+    first = (str(error).splitlines() or [""])[0]
+    if any(marker in first for marker in _WRITE_FAILED):
+        raise ValueError(f"catalog file {str(path)!r}: cannot write it: {first} (nothing was written: an earlier "
+                         "file of that name is unchanged)") from None
 
 
 def _copy_beside(built: Path, tmp: Path, path: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from storage import layout
 from storage.keys import safe_component
 from storage.owner import owner_is_dead
-from storage.store import Store, modified_at, parse_json, utc_now
+from storage.store import Store, StoreNotWritable, modified_at, out_of_room, parse_json, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -367,3 +367,26 @@ def open_for_run(store: Store, min_free_mb: float | None = None, swept_sizes: di
     swept version keys); ``swept_sizes`` receives the bytes removed from each swept version."""
     store.check_writable(min_free_mb)
     return mark_crashed_runs(store), store.sweep_abandoned(sizes=swept_sizes)
+
+
+def open_for_gc(store: Store, swept_sizes: dict[str, int] | None = None) -> tuple[list[str], list[str]]:
+    """:func:`open_for_run` for ``prh gc``, which wants no free space (freeing it is its job) and
+    also opens a store whose disk has no room left at all (``ENOSPC``, ``EDQUOT``: its probe write
+    failed, but files can still be removed): it then sweeps first, and leaves a dead run's record
+    ``RUNNING`` when there is still no room to mark it ``CRASHED`` (the catalog shows it
+    ``CRASHED`` anyway; the next run marks it). A read-only or unreachable store still fails."""
+    try:
+        return open_for_run(store, min_free_mb=0, swept_sizes=swept_sizes)
+    except StoreNotWritable as error:
+        if not out_of_room(error):
+            raise
+        log.warning("%s; removing what gc removes all the same", error)
+    swept = store.sweep_abandoned(sizes=swept_sizes)
+    try:
+        crashed = mark_crashed_runs(store)
+    except StoreNotWritable as error:
+        if not out_of_room(error):
+            raise
+        log.warning("dead runs not marked CRASHED yet (%s): the next run or gc marks them", error)
+        crashed = []
+    return crashed, swept

@@ -146,10 +146,24 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-#: Errors of a local disk that no retry fixes: no space, quota, read-only file system, no permission.
-_NOT_WRITABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+#: Errors of a local disk that no retry fixes: no space, quota, read-only file system, no
+#: permission, a file over the process's file-size limit (``ulimit -f``) or the file system's largest.
+_NOT_WRITABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 #: Free space a local store must have before a run starts (``PRH_MIN_FREE_MB`` overrides).
 DEFAULT_MIN_FREE_MB = 256
+#: Errors of a local disk with no room left (full, over quota): files can still be removed.
+_NO_ROOM_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+def out_of_room(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from, is a disk with no room left (``ENOSPC``,
+    ``EDQUOT``): a store that takes no new file, but whose files can still be removed."""
+    found, depth = error, 0
+    while found is not None and depth < 8:
+        if isinstance(found, OSError) and found.errno in _NO_ROOM_ERRNOS:
+            return True
+        found, depth = found.__cause__ or found.__context__, depth + 1
+    return False
 
 
 def check_store_url(url: Any) -> None:
@@ -658,7 +672,8 @@ class Store:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             if isinstance(error, OSError) and error.errno in _NOT_WRITABLE_ERRNOS:
-                raise StoreNotWritable(f"cannot write {key} to store {self.display_url}: {_describe(error)}") from error
+                raise StoreNotWritable(f"cannot write {key} to store {self.display_url}: {_describe(error)}"
+                                       f"{_too_large(error, len(data))}") from error
             raise
         return tmp
 
@@ -1190,6 +1205,19 @@ def _remove_empty_folders(path: str, root: str) -> None:
 def _claim_token() -> bytes:
     """The content of a claim file: a unique owner id, the time, and this process (``storage.owner``)."""
     return json.dumps({"owner": uuid.uuid4().hex, "claimed_at": time.time(), "process": current_owner()}).encode()
+
+
+def _too_large(error: OSError, size: int) -> str:
+    """For a file refused as too large (``EFBIG``; it had been a bare ``[Errno 27] File too large``,
+    retried as if transient): its size and this process's file-size limit, in parentheses; else ``''``."""
+    if error.errno != errno.EFBIG:
+        return ""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    where = ("larger than the file system takes" if limit == resource.RLIM_INFINITY
+             else f"over this process's file-size limit of {limit:,} bytes (`ulimit -f`)")
+    return f" (a file of {size:,} bytes, {where})"
 
 
 def _describe(error: OSError) -> str:

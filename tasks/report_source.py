@@ -14,7 +14,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from storage.catalog import LATEST_RUN_SQL, connect
+from storage.catalog import LATEST_RUN_SQL, QueryError, connect, read_failure_hint
 from storage.features import vectors_from_arrow
 from storage.store import Store
 from tasks.image_rows import image_rows, mean_rows
@@ -175,8 +175,16 @@ def load_report_input(
                              f"only (e.g. {unseen[0]}): their captions and images are not in the store's samples "
                              "(the dataset's samples.parquet is missing or damaged? `prh verify` names it)")
         return ReportInput(run=record, best=best, scores=scores, models=models, examples=examples, notes=notes)
+    except duckdb.Error as error:  # a file that does not read, too few file descriptors: one line, not a traceback
+        raise QueryError(f"reading the run's results from {_shown_store(store)} failed: {str(error).splitlines()[0]}"
+                         f"{read_failure_hint(error)}") from error
     finally:
         con.close()
+
+
+def _shown_store(store: Store | str) -> str:
+    """The store as messages name it (credentials removed)."""
+    return (store if isinstance(store, Store) else Store(store)).display_url
 
 
 def excluded_layer_notes(store: Store, record: dict[str, Any], shown: int = 3) -> list[str]:

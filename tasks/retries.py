@@ -16,8 +16,9 @@ from storage.env_numbers import env_number
 #: OSError subclasses that describe a wrong path or permission, which a retry cannot fix.
 _PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
-#: Disk errors a retry cannot fix: no space, quota exceeded, read-only file system.
-_PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+#: Disk errors a retry cannot fix: no space, quota exceeded, read-only file system, a file over the
+#: process's file-size limit (``ulimit -f``) or the file system's largest.
+_PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 #: Exception class names (from optional libraries) that mean "the network or the server hiccuped".
 _TRANSIENT_NAMES = {

@@ -1167,3 +1167,33 @@ def test_a_closed_stdout_discards_the_output_without_a_traceback(tmp_path):
     for fmt in ("table", "csv", "json"):
         done = _prh_with_stdout(">&-", "sql", "select count(*) n from runs", "--format", fmt, "--store", str(tmp_path / "store"))
         assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_gc_runs_on_a_store_whose_disk_is_full(tmp_path, capsys):
+    """A disk with no room left at all (a run filled it): ``prh gc`` refused with ``store ... is
+    not writable: No space left on device`` (its start wrote a probe file), though removing files
+    is what frees the disk. It now removes what it removes on any disk, and a dead run whose record
+    there is no room to mark ``CRASHED`` is left for the next run; a read-only store still fails."""
+    from storage.owner import current_owner
+    from tests.storage.small_disk import fill, remount_read_only, tmpfs
+
+    with tmpfs(tmp_path / "disk", 512) as disk:
+        store = Store(str(disk / "store"))
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+        for i in range(2):
+            store.write_json(f"runs/run-{i}.json", {"run_id": f"run-{i}", "status": "COMPLETED",
+                                                     "started_at": f"2026-01-0{i + 1}T00:00:00+00:00"})
+            store.write_bytes(f"reports/run-{i}/report.html", b"<html>" + b"r" * 100_000)
+        store.write_json("runs/killed.json", {"run_id": "killed", "status": "RUNNING", "started_at": "2026-01-03T00:00:00+00:00",
+                                              "process": {**current_owner(), "pid": int(dead), "started": "0"}})
+        fill(disk)
+        assert main(["gc", "--store", store.url, "--keep-reports", "1"]) == 0
+        out = capsys.readouterr().out
+        assert "removed reports/run-0: a run report older than the 1 kept" in out
+        assert not store.exists("reports/run-0/report.html") and store.exists("reports/run-1/report.html")
+        assert main(["gc", "--store", store.url]) == 0  # now with room: the dead run is marked
+        assert "marked run killed CRASHED" in capsys.readouterr().out
+        assert store.read_json("runs/killed.json")["status"] == "CRASHED"
+        remount_read_only(disk)
+        assert main(["gc", "--store", store.url]) == 2
+        assert "is not writable: Read-only file system" in capsys.readouterr().err

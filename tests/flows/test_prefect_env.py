@@ -1,6 +1,7 @@
 """`prh run` with a Prefect environment that cannot work: a `PREFECT_API_URL` that no server
-answers at, a `PREFECT_HOME` that cannot be written. Run as a user's shell runs it: a `prh`
-process with that environment (the variables are read when Prefect is imported)."""
+answers at, a `PREFECT_HOME` that cannot be written or whose disk is full. Run as a user's shell
+runs it: a `prh` process with that environment (the variables are read when Prefect is imported),
+without the test session's PREFECT_API_URL (its server would be used instead of a temporary one)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flows.prefect_env import check_prefect_home
-from tests.storage.small_disk import remount_read_only, tmpfs
+from tests.flows.test_pipeline import TINY_BERT, TINY_VIT
+from tests.storage.small_disk import fill, remount_read_only, tmpfs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,7 +67,7 @@ def test_a_prefect_home_that_cannot_be_written_is_one_line_in_seconds(tmp_path):
 def test_a_writable_prefect_home_is_created_and_left_as_it_was(tmp_path):
     """A home that does not exist yet is what Prefect creates: allowed, and the probe file is gone."""
     home = tmp_path / "new" / "home"
-    check_prefect_home(home)
+    check_prefect_home(home, 0)
     assert home.is_dir() and list(home.iterdir()) == []
 
 
@@ -74,4 +77,68 @@ def test_a_prefect_home_on_a_read_only_disk_is_refused_naming_it(tmp_path):
         (disk / "home").mkdir()
         remount_read_only(disk)
         with pytest.raises(ValueError, match=r"PREFECT_HOME='.*/disk/home': cannot write there \(Read-only file system\)"):
-            check_prefect_home(disk / "home")
+            check_prefect_home(disk / "home", 0)
+
+
+def _child_env(home: Path, min_free_mb: str) -> dict[str, str]:
+    """The environment of a `prh run` child that starts its own temporary server in ``home``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(home), "PRH_MIN_FREE_MB": min_free_mb,
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60"}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def test_run_with_prefect_home_on_a_full_disk_fails_at_once_naming_it(tmp_path):
+    """The temporary server could not write its database: `prh run` waited out the server's
+    start-up timeout, printed thousands of lines of its tracebacks and ended with `RuntimeError:
+    Timed out while attempting to connect to ephemeral Prefect API server` (exit 1). Now it exits
+    2 before any server starts, naming PREFECT_HOME and the reason; with a little room but less
+    than PRH_MIN_FREE_MB, it names the free space. The store holds nothing of it."""
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32},
+                                      "models": [TINY_VIT, TINY_BERT], "alignment": {"metrics": ["cka"]}}))
+    command = [sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--store", str(tmp_path / "store")]
+    with tmpfs(tmp_path / "disk", 256) as disk:
+        home = disk / ".prefect"
+        filler = fill(disk)
+        started = time.time()
+        done = subprocess.run(command, env=_child_env(home, "0"), capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert done.returncode == 2 and done.stderr.strip().startswith(
+            f"prh run: error: PREFECT_HOME={str(home)!r}: cannot write there (No space left on device); Prefect's "
+            "temporary API server of `prh run` keeps its database there"), done.stderr[-2000:]
+        assert time.time() - started < 60
+        filler.unlink()
+        done = subprocess.run(command, env=_child_env(home, "1"), capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert done.returncode == 2 and done.stderr.strip().startswith(
+            f"prh run: error: PREFECT_HOME={str(home)!r}: 0 MiB free, less than the 1 MiB a run needs"), done.stderr[-2000:]
+        assert not [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+
+
+FAILURE = """
+from flows.prefect_env import prefect_out_of_room
+for error in (RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server."),
+              ValueError("a bad config")):
+    print(prefect_out_of_room(error))
+"""
+
+
+def test_a_prefect_api_failure_on_a_full_disk_names_the_database_and_the_cause(tmp_path):
+    """A disk shared by the store and PREFECT_HOME (the default: both in the checkout) that fills
+    up mid-run failed the server's database writes, and `prh run` ended with a raw
+    `PrefectHTTPStatusError: Server error '500 Internal Server Error'`. A Prefect error with no
+    room beside the database is now put down to it, naming the file; another error, or room
+    left, is not."""
+    with tmpfs(tmp_path / "disk", 256) as disk:
+        home = disk / ".prefect"
+        home.mkdir()
+        fill(disk)
+        done = subprocess.run([sys.executable, "-c", FAILURE], env=_child_env(home, "0"), capture_output=True, text=True,
+                              timeout=120, cwd=ROOT, check=True)
+        prefect, other = done.stdout.strip().splitlines()
+        assert prefect.startswith("the Prefect API failed (RuntimeError: Timed out while attempting to connect to "
+                                  f"ephemeral Prefect API server.) with 0.0 MiB left on the disk of its temporary "
+                                  f"server's database '{home / 'prefect.db'}' (PREFECT_HOME): No space left on device.")
+        assert other == "None"
+    roomy = subprocess.run([sys.executable, "-c", FAILURE], env=_child_env(tmp_path / "roomy", "0"),
+                           capture_output=True, text=True, timeout=120, cwd=ROOT, check=True)
+    assert roomy.stdout.split() == ["None", "None"]

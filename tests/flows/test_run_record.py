@@ -44,3 +44,45 @@ def test_a_run_whose_process_is_made_to_exit_records_crashed(tmp_path, error, st
             raise error
     record = store.read_json("runs/r1.json")
     assert record["status"] == status and record["error"] == one_line(error) and record["finished_at"]
+
+
+def test_a_run_whose_record_cannot_be_written_at_its_end_says_so(tmp_path):
+    """The disk fills up after a run published everything (its report took the last room): the
+    final record cannot be written. The run had ended with a bare ``cannot write runs/<id>.json``,
+    as if nothing had been stored; it now names the run, its outcome, the record and the cause, and
+    says that what it published stays."""
+    from flows.run_record import RunRecordNotWritten
+    from tests.storage.small_disk import fill, tmpfs
+
+    with tmpfs(tmp_path / "disk", 256) as disk:
+        store = Store(str(disk / "store"))
+        with pytest.raises(RunRecordNotWritten) as raised:
+            with recorded(store, "runs/r1.json", {"run_id": "r1", "status": "RUNNING"}) as record:
+                store.write_bytes("alignment/x/best.parquet", b"published")
+                fill(disk)
+                record["status"] = "COMPLETED"
+        message = str(raised.value)
+        assert message.startswith("run r1 ended COMPLETED, but its record runs/r1.json could not be written: "
+                                  f"cannot write runs/r1.json to store {store.display_url}: No space left on device")
+        assert "what the run published stays in the store" in message
+        assert store.read_json("runs/r1.json")["status"] == "RUNNING"  # the first record, whole
+        assert store.read_bytes("alignment/x/best.parquet") == b"published"
+
+
+def test_a_failed_run_keeps_its_own_error_when_its_record_cannot_be_written(tmp_path, caplog):
+    """A disk that filled up mid-run fails some of its models (the run's error lists which), and
+    then its final record: the run's own error is what it ends with (it had been replaced by the
+    record's ``cannot write runs/<id>.json``), the missing record logged."""
+    from tests.storage.small_disk import fill, tmpfs
+
+    with tmpfs(tmp_path / "disk", 256) as disk:
+        store = Store(str(disk / "store"))
+        with pytest.raises(RuntimeError, match="^2 of 3 models failed$"):
+            with recorded(store, "runs/r1.json", {"run_id": "r1", "status": "RUNNING"}) as record:
+                fill(disk)
+                record["status"] = "FAILED"
+                raise RuntimeError("2 of 3 models failed")
+        logged = [r.getMessage() for r in caplog.records if r.name == "prh.run"]
+        assert any(m.startswith("run r1 ended FAILED, but its record runs/r1.json could not be written: ")
+                   and "No space left on device" in m for m in logged)
+        assert store.read_json("runs/r1.json")["status"] == "RUNNING"

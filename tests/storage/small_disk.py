@@ -5,6 +5,7 @@ Needs the right to mount (root here and in CI); tests skip, saying why, where it
 
 from __future__ import annotations
 
+import errno
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,3 +35,15 @@ def remount_read_only(path: Path) -> None:
     """Make the tmpfs at ``path`` read-only (even root cannot write to it then)."""
     done = _mount(["-o", "remount,ro", str(path)])
     assert done.returncode == 0, done.stderr
+
+
+def fill(disk: Path) -> Path:
+    """Write a filler file into ``disk`` until it has no room left (ENOSPC); returns its path."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+    return filler

@@ -82,3 +82,47 @@ def test_a_backslash_in_the_path_is_refused(store_url, tmp_path, capsys):
     target.write_bytes(b"")
     with pytest.raises(ValueError, match="has a backslash in its path"):
         open_catalog(target)
+
+
+def test_an_export_onto_a_full_disk_is_one_line_and_keeps_the_earlier_file(store_url, tmp_path, capsys):
+    """The disk of the catalog file fills up while DuckDB writes it: a raw `duckdb.FatalException:
+    Failed to create checkpoint ... No space left on device` traceback. Now one line naming the
+    file and the reason, exit 2; the earlier export is unchanged and no temporary file is left."""
+    from tests.storage.small_disk import tmpfs
+
+    with tmpfs(tmp_path / "disk", 2048) as disk:
+        target = disk / "prh.duckdb"
+        assert main(["catalog", "export", str(target), "--store", store_url]) == 0
+        capsys.readouterr()
+        earlier = target.read_bytes()
+        (disk / "filler").write_bytes(b"\0" * (2048 * 1024 - 2 * len(earlier) + 64 * 1024))  # room for less than one more
+        assert main(["catalog", "export", str(target), "--store", store_url]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"prh catalog: error: catalog file '{target}': cannot write it: ") and "Traceback" not in err
+        assert err.endswith("No space left on device (nothing was written: an earlier file of that name is unchanged)")
+        assert target.read_bytes() == earlier and sorted(p.name for p in disk.iterdir()) == ["filler", "prh.duckdb"]
+
+
+FILE_SIZE_LIMIT = """
+import resource, sys
+from flows.cli import main
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+sys.exit(main(["catalog", "export", sys.argv[1], "--store", sys.argv[2]]))
+"""
+
+
+def test_an_export_over_the_file_size_limit_is_one_line(store_url, tmp_path):
+    """`ulimit -f` below the catalog file's size: a raw `duckdb.TransactionException: Failed to
+    commit: Could not write file ... File too large` traceback; now one line, exit 2, nothing left."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    target = tmp_path / "out" / "prh.duckdb"
+    done = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMIT, str(target), store_url], capture_output=True, text=True,
+                          timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().startswith(f"prh catalog: error: catalog file '{target}': cannot write it: ")
+    assert "File too large" in done.stderr and list((tmp_path / "out").iterdir()) == []

@@ -325,3 +325,36 @@ def test_features_of_one_sample_stay_one_row_per_model_when_its_id_recurs_in_ano
     assert sorted(r["model"] for r in rows) == sorted(MODELS)
     # the last layer of the subset's features: every value is the layer index (n_layers - 1)
     assert {r["model"]: r["first_values"][0] for r in rows} == {m: float(n - 1) for m, (_, _, n, _) in MODELS.items()}
+
+
+#: A child process: builds the catalog tests' store, connects, then lowers its open-file limit to a
+#: few above the files it holds open and reads every feature file.
+FEW_FILES = """
+import os, resource, sys
+from storage.catalog import QueryError, connect, query
+from tests.storage.catalog_store import build_catalog_store
+con = connect(build_catalog_store(sys.argv[1]))
+query(con, "select count(*) from alignment_best")
+limit = len(os.listdir("/proc/self/fd")) + 2
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+try:
+    query(con, "select model, count(*) from features group by model")
+except QueryError as error:
+    print(limit, error, sep="\\n")
+"""
+
+
+def test_a_query_with_too_few_file_descriptors_names_the_limit_not_damage(tmp_path):
+    """A query reading more files than the process may keep open (`ulimit -n`) failed with
+    "Too many open files (reading a stored file failed: if one was damaged after it was
+    published, `prh verify` names it)": `prh verify` finds nothing. The hint now names the limit."""
+    import os
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", FEW_FILES, str(tmp_path / "store")], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    limit, message = done.stdout.strip().splitlines()
+    assert message.startswith("the query failed: IO Error: Cannot open file ") and "prh verify" not in message
+    assert message.endswith(f": Too many open files (this process may keep only {limit} files open at once (`ulimit -n`), "
+                            "fewer than the query reads: raise the limit, e.g. `ulimit -n 4096`, and run it again; the "
+                            "store is not damaged by this)")

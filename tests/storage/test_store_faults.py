@@ -242,3 +242,41 @@ def test_sweep_does_not_count_a_version_whose_manifest_landed_as_it_began(tmp_pa
     sizes: dict[str, int] = {}
     assert store.sweep_abandoned(stale_after_s=60, sizes=sizes) == [] and sizes == {}
     assert _files(Path(store.root)) == ["features/d/m/v1/layer-000.parquet", "features/d/m/v1/manifest.json"]
+
+
+#: A child process under a file-size limit (``ulimit -f``) of 20,000 bytes: a version whose second
+#: file is larger, published, then published again without the limit.
+FILE_SIZE_LIMIT = """
+import resource, sys
+from storage.store import Store, StoreNotWritable
+from tasks.retries import is_transient
+store = Store(sys.argv[1])
+store.publish("features/d/m/v1", {"small.bin": b"x" * 1000}, {"kind": "test"})
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    store.publish("features/d/m/v2", {"a.bin": b"a" * 5_000, "b.bin": b"b" * 50_000}, {"kind": "test"})
+except OSError as error:
+    print(type(error).__name__, is_transient(error), error, sep="\\n")
+"""
+
+
+def test_a_file_over_the_file_size_limit_is_refused_naming_it_and_never_retried(tmp_path):
+    """`ulimit -f` (a batch system's file-size limit) below a feature file: the publish failed with
+    a bare `OSError: [Errno 27] File too large`, naming neither the store nor the file, and the
+    task retry policy took it for a storage hiccup and ran the model's extraction again. It is
+    now `StoreNotWritable` naming the file, its size and the limit; not retried; nothing of the
+    version is left, the earlier version intact, and it publishes once the limit is gone."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    store = Store(str(tmp_path / "store"))
+    done = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMIT, store.url], capture_output=True, text=True, timeout=120,
+                          cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, check=True)
+    kind, transient, message = done.stdout.strip().splitlines()
+    assert (kind, transient) == ("StoreNotWritable", "False")
+    assert message == (f"cannot write features/d/m/v2/b.bin to store {store.display_url}: File too large (errno 27) (a file "
+                       "of 50,000 bytes, over this process's file-size limit of 20,000 bytes (`ulimit -f`))")
+    assert _files(tmp_path / "store") == ["features/d/m/v1/manifest.json", "features/d/m/v1/small.bin"]
+    again = store.publish("features/d/m/v2", {"a.bin": b"a" * 5_000, "b.bin": b"b" * 50_000}, {"kind": "test"})
+    assert again.written and store.read_bytes("features/d/m/v2/b.bin") == b"b" * 50_000

@@ -235,3 +235,45 @@ def test_pairs_aligning_at_once_wait_for_each_others_quadratic_memory(monkeypatc
     release.set()
     one.join(10), two.join(10)
     assert order == ["first in", "first out", "second in"] and alignment._reserved_bytes == 0
+
+
+#: A child process under an address-space limit (``ulimit -v``) of what it maps now plus half of
+#: what an RSA pair at N=3,000 needs: the pair's alignment, refused or failed.
+UNDER_ULIMIT_V = """
+import resource, sys
+import numpy as np
+from tasks.alignment import AlignmentMemoryError, MetricRequest, PreparedModel, align_layers, quadratic_memory
+rng = np.random.default_rng(0)
+xs = [rng.normal(size=(3000, 16)).astype(np.float32) for _ in range(3)]
+ys = [rng.normal(size=(3000, 16)).astype(np.float32) for _ in range(2)]
+request = MetricRequest("rsa_spearman")
+align_layers([x[:50] for x in xs], [y[:50] for y in ys], [request])  # every lazy import done before the limit
+need, _ = quadratic_memory([request], PreparedModel(xs).representation(0), PreparedModel(ys).representation(0))
+mapped = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+limit = mapped + need // 2
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:
+    align_layers(xs, ys, [request], names=("a", "b"))
+except (AlignmentMemoryError, MemoryError, RuntimeError) as error:  # refused; numpy's or torch's allocation failed
+    print(type(error).__name__, error, sep=": ")
+"""
+
+
+def test_a_process_memory_limit_refuses_the_pair_before_it_runs() -> None:
+    """Under `ulimit -v` (a batch scheduler's address-space limit, `prlimit --as`) the system's
+    MemAvailable still showed gigabytes: an RSA pair that could not fit ran and failed part way
+    with a bare numpy `MemoryError: Unable to allocate 137. MiB for an array ...` (or torch's
+    `DefaultCPUAllocator: can't allocate memory`), naming neither the metric nor what to change. The limit now counts as what is available, so the pair is
+    refused up front like one beyond the machine's memory."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("PRH_ALIGN_MEMORY_MB", None)
+    done = subprocess.run([sys.executable, "-c", UNDER_ULIMIT_V], capture_output=True, text=True, timeout=300, cwd=root,
+                          env=env, check=True)
+    assert done.stdout.startswith("AlignmentMemoryError: a x b: rsa_spearman at N=3,000 over 3 + 2 layers would need about "), \
+        done.stdout + done.stderr

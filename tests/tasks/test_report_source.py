@@ -3,6 +3,11 @@ alignment scored (one per image with ``alignment.unit: image``)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -293,3 +298,37 @@ def test_layers_left_out_of_the_scores_are_explained(tmp_path):
                      "layer pairs): layer 0 'embeddings' (cka, cknna, mutual_knn): constant: all 40 samples; layer 3 (svcca): "
                      "svcca(cca_dim=10) undefined: width 4"]
     assert excluded_layer_notes(store, {"alignment_versions": keys[2:]}) == []
+
+
+#: A child process: builds the report tests' store, makes one report (every import done), then
+#: lowers its open-file limit to a few above the files it holds open and asks for the report again.
+FEW_FILES = """
+import os, resource, sys
+from flows.cli import main
+from tests.flows.report_store import build
+root = sys.argv[1]
+build(root + "/store")
+assert main(["report", "--out", root + "/warm", "--store", root + "/store"]) == 0
+limit = len(os.listdir("/proc/self/fd")) + 4
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+print(limit, file=sys.stderr)
+sys.exit(main(["report", "--out", root + "/report", "--store", root + "/store"]))
+"""
+
+
+def test_a_report_with_too_few_file_descriptors_is_one_line_naming_the_limit(tmp_path):
+    """`prh report` over a store with more files than the process may keep open (`ulimit -n`):
+    a raw `_duckdb.IOException` traceback. Now one line naming the store, the file, the cause
+    and the limit, exit 2; and it does not send the user to `prh verify` for damage."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", FEW_FILES, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    err = done.stderr.strip().splitlines()
+    limit = err[-2]
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert err[-1].startswith(f"prh report: error: reading the run's results from file://{tmp_path}/store failed: "
+                              "IO Error: Cannot open file ")
+    assert err[-1].endswith(f": Too many open files (this process may keep only {limit} files open at once "
+                            "(`ulimit -n`), fewer than the query reads: raise the limit, e.g. `ulimit -n 4096`, and "
+                            "run it again; the store is not damaged by this)")
+    assert not (tmp_path / "report").exists()
