@@ -73,6 +73,10 @@ def store_argument(args: argparse.Namespace) -> str:
 # Errors every command reports as one line (``prh CMD: error: ...``, exit 2): bad input.
 ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError)
 
+#: Exit status when the reader of stdout went away (`prh run | head`): what a shell reports for a
+#: writer that SIGPIPE ended (128 + 13), not 1, which `prh run` exits with when models failed.
+BROKEN_PIPE_EXIT = 128 + 13
+
 STORE_HELP = "store URL: a folder, file://..., s3://bucket/prefix (default: $PRH_STORE, else store/ of this checkout)"
 
 
@@ -192,7 +196,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return code
     except BrokenPipeError:  # the reader went away (`prh sql ... | head`): stop quietly
         _discard_stdout()
-        return 1
+        return BROKEN_PIPE_EXIT
     except ONE_LINE_ERRORS as error:
         print(f"prh {args.command}: error: {for_terminal_lines(error)}", file=sys.stderr)
         return 2

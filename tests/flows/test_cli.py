@@ -1140,6 +1140,23 @@ def _prh_with_stdout(stdout: str, *argv: str) -> subprocess.CompletedProcess[str
                           env=env, stderr=subprocess.PIPE, text=True, timeout=120)
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly_with_the_shells_code(tmp_path):
+    """`prh sql ... | head -1`: the reader goes away; the command stops without a traceback. Its
+    exit status had been 1, the code `prh run` ends with when some models failed (a completed
+    `prh run | head` said so); now 141, what a shell reports for a writer that SIGPIPE ended."""
+    from flows.cli import BROKEN_PIPE_EXIT
+    from tests.storage.catalog_store import build_catalog_store
+
+    build_catalog_store(str(tmp_path / "store"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    for fmt in ("table", "csv"):  # JSON is one write: the kernel takes it whole or the reader is gone before it
+        done = subprocess.run(["bash", "-c", 'set -o pipefail; "$@" | head -c 1 > /dev/null', "prh", sys.executable, "-m",
+                               "flows.cli", "sql", "select * from range(200000)", "--format", fmt, "--store",
+                               str(tmp_path / "store")], env=env, stderr=subprocess.PIPE, text=True, timeout=120)
+        assert (done.returncode, done.stderr) == (BROKEN_PIPE_EXIT, ""), fmt
+    assert BROKEN_PIPE_EXIT == 141
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full (a device that is always full)")
 def test_output_to_a_full_disk_is_one_line_not_a_traceback(tmp_path):
     """The environment hunt: `prh sql --format csv > out.csv` on a full disk, or `prh verify` into
