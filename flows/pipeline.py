@@ -365,7 +365,9 @@ def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], s
     file of a table type or a shard; a folder with images, captions, shards or one metadata table,
     and ``image_column`` / ``text_column`` only where it has columns), as ``prh run`` would refuse
     them first thing; the demo's ``n`` must not exceed the emoji it can draw (its dataset task would
-    fail; told up to ``CHECKED_EMOJI_SIZE`` px, where drawing them all takes ~2 s); a hub dataset is ``unchecked`` (read when the run starts)."""
+    fail; told up to ``CHECKED_EMOJI_SIZE`` px, where drawing them all takes ~2 s); a hub dataset is ``unchecked`` (read when the run starts),
+    except offline (``HF_HUB_OFFLINE``), where it must be in the hub cache at its revision (a
+    lookup on this disk; it had been ``unchecked`` there, and the run failed on it at once)."""
     from pathlib import Path
 
     from tasks.data.sources import check_dataset_path, check_layout, check_split
@@ -383,13 +385,30 @@ def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], s
         return "ok", ""
     path = Path(params.path).expanduser()
     if params.kind == "huggingface":
-        return ("ok", "") if path.is_dir() else ("unchecked", f"hub dataset {params.path!r} is read when the run starts")
+        return ("ok", "") if path.is_dir() else _hub_dataset_check(params.path, params.revision)
     try:  # the loader's own checks, in its order
         check_dataset_path(path)
         check_split(path, params.split)
         check_layout(path, params.image_column, params.text_column)
         if params.image_root is not None:
             checked_image_root(path, params.image_root)
+    except ValueError as error:
+        return "refused", str(error)
+    return "ok", ""
+
+
+def _hub_dataset_check(source: str, revision: str | None) -> tuple[Literal["ok", "refused", "unchecked"], str]:
+    """:func:`dataset_check` of a hub dataset id: offline, whether the hub cache holds it at
+    ``revision`` (``tasks.data.hf_datasets.resolve_source``, which reads only the cache then);
+    online ``unchecked``: fetching it is the run's first step."""
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        return "unchecked", f"hub dataset {source!r} is read when the run starts"
+    from tasks.data.hf_datasets import resolve_source
+
+    try:
+        resolve_source(source, revision)
     except ValueError as error:
         return "refused", str(error)
     return "ok", ""

@@ -987,9 +987,25 @@ def test_run_check_refuses_a_dataset_path_that_does_not_exist(tmp_path, capsys, 
     assert main(["run", "--config", str(config), "--check"]) == 2  # prh run refuses image_root for a folder at once
     assert capsys.readouterr().out.splitlines() == ["refused   dataset: dataset 'data' is a folder: image_root applies to a "
                                                     "table, whose image paths it resolves"]
+    import huggingface_hub.constants as hub
+
     config.write_text(yaml.safe_dump({"dataset": {"kind": "huggingface", "path": "someone/pairs"}, "models": [TINY_VIT]}))
-    assert main(["run", "--config", str(config), "--check"]) == 0
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    assert main(["run", "--config", str(config), "--check"]) == 0  # online: fetching it is the run's first step
     assert capsys.readouterr().out.splitlines()[0] == "unchecked dataset: hub dataset 'someone/pairs' is read when the run starts"
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # offline (the environment hunt: was "unchecked", the run failed at once)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert main(["run", "--config", str(config), "--check"]) == 2
+    assert capsys.readouterr().out.splitlines()[0].startswith(
+        "refused   dataset: Hugging Face dataset 'someone/pairs' at revision 'main': HF_HUB_OFFLINE is set and it is not in "
+        f"the local hub cache ({tmp_path / 'hub'})")
+    from tests.tasks.data.test_hf_datasets import _hub_cache, _repo
+
+    _hub_cache(tmp_path / "hub", _repo(tmp_path / "repo"))  # org/pairs at wit_1024, in the cache
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "huggingface", "path": "org/pairs", "revision": "wit_1024"},
+                                      "models": [TINY_VIT]}))
+    assert main(["run", "--config", str(config), "--check"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "ok        dataset"
     config.write_text(yaml.safe_dump({"dataset": {"kind": "path", "path": "data/nothere.csv", "split": "test"},
                                       "models": [TINY_VIT]}))
     assert main(["run", "--config", str(config), "--check"]) == 2  # prh run refuses a split of a CSV first thing
