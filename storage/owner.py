@@ -83,3 +83,22 @@ def owner_is_dead(owner: Any) -> bool:
     started = owner.get("started")
     now = fields[19] if fields and len(fields) > 19 else None
     return started is not None and now is not None and now != started
+
+
+def owner_is_alive(owner: Any) -> bool:
+    """True only when ``owner`` is known to be running now: it ran on this host, in this pid
+    namespace, and its pid is a live process (not a zombie) started at the recorded time. False
+    when dead or when it cannot be known (another host or container, no start time recorded,
+    no ``/proc``, a malformed record): the caller then judges by the owner's signs of life."""
+    if not isinstance(owner, dict) or owner.get("host") != _host():
+        return False
+    if owner.get("pid_namespace") != _pid_namespace() or _pid_namespace() is None:
+        return False
+    try:
+        pid = int(owner["pid"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    fields = _stat(pid) if pid > 0 else None
+    if not fields or len(fields) <= 19 or fields[0] in ("Z", "X"):
+        return False
+    return owner.get("started") is not None and fields[19] == owner.get("started")

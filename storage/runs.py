@@ -22,7 +22,7 @@ from typing import Any
 
 from storage import layout
 from storage.keys import safe_component
-from storage.owner import owner_is_dead
+from storage.owner import owner_is_alive, owner_is_dead
 from storage.store import Store, StoreNotWritable, modified_at, out_of_room, parse_json, utc_now
 
 log = logging.getLogger(__name__)
@@ -119,13 +119,18 @@ def last_beat(store: Store, run_id: str, now: float) -> float | None:
 
 def gone_reason(store: Store, record: dict[str, Any], now: float | None = None) -> str | None:
     """Why the ``RUNNING`` run of ``record`` is known to have stopped without writing its end, or
-    None while it may still run (or the record is not ``RUNNING``). A record written before runs
-    had signs of life (no ``heartbeat_s``) is judged by its process, and on another host by its
-    age: gone once started more than ``LEGACY_RUN_SECONDS`` ago."""
+    None while it may still run (or the record is not ``RUNNING``). A run whose process can be
+    looked up (this host, this pid namespace) is judged by it alone: gone once it ended, never
+    while it runs, however long its signs of life have been missing (a full disk that refused
+    them, a clock set forward: such a live run had been marked ``CRASHED``). Elsewhere by its
+    signs of life; a record written before runs had them (no ``heartbeat_s``) by its age: gone
+    once started more than ``LEGACY_RUN_SECONDS`` ago."""
     if record.get("status") != RUNNING:
         return None
     if owner_is_dead(record.get("process")):
         return "the run's process ended without finishing it (killed or crashed)"
+    if owner_is_alive(record.get("process")):
+        return None
     now = time.time() if now is None else now
     if not record.get("heartbeat_s"):
         started = epoch_seconds(record.get("started_at"))

@@ -58,6 +58,28 @@ def test_an_owner_in_another_pid_namespace_is_never_judged_dead():
     assert not owner_is_dead(me)
 
 
+def test_a_live_run_on_this_host_is_never_gone_however_long_it_is_silent(tmp_path):
+    """Two hunts: a run whose disk filled up cannot renew its sign of life, and a clock set
+    forward makes the last one look old; `prh gc` (or the next run) then marked the live run
+    CRASHED after 15 minutes. A run whose process can be looked up is judged by the process."""
+    from storage.owner import owner_is_alive
+    from storage.runs import gone_reason
+
+    store = Store(str(tmp_path / "store"))
+    me = current_owner()
+    silent = {"run_id": "r", "status": RUNNING, "started_at": "2026-03-01T00:00:00+00:00", "process": me,
+              "heartbeat_s": RUN_HEARTBEAT_SECONDS}  # no sign of life for months
+    assert owner_is_alive(me)
+    assert gone_reason(store, silent) is None
+    store.write_json(layout.run_key("r"), silent)
+    assert mark_crashed_runs(store) == []
+    for other in ({**me, "host": "another-host"}, {**me, "pid_namespace": "pid:[1]"},
+                  {k: v for k, v in me.items() if k != "started"}):
+        assert not owner_is_alive(other)  # cannot be told alive: judged by its signs of life
+        assert "no sign of life from the run" in gone_reason(store, {**silent, "process": other})
+    assert not owner_is_alive({**me, "started": "0"})  # a recycled pid: that run is dead
+
+
 def _running(run_id: str, minutes_ago: float, heartbeat: bool = True, host: str = "another-host") -> dict:
     """A RUNNING record of a run started ``minutes_ago`` on ``host`` (whose process cannot be checked)."""
     started = datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)
