@@ -1230,3 +1230,28 @@ def test_gc_runs_on_a_store_whose_disk_is_full(tmp_path, capsys):
         remount_read_only(disk)
         assert main(["gc", "--store", store.url]) == 2
         assert "is not writable: Read-only file system" in capsys.readouterr().err
+
+
+def test_only_store_failures_become_one_line_other_errors_keep_their_own() -> None:
+    """A failure of the S3 client, the error itself or one of its causes, is one line naming the
+    store (credentials left out); any other error is not one (it keeps its traceback), whatever
+    its causes are."""
+    from botocore.exceptions import ClientError
+
+    from flows.cli import _store_failure
+
+    denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": 403}},
+                         "PutObject")
+    wrapped = OSError("write failed")
+    wrapped.__cause__ = denied  # as s3fs re-raises it
+    line = _store_failure(wrapped, "s3://key:secret@bucket/prh")
+    assert line is not None and line.startswith("store s3://bucket/prh: PutObject failed: AccessDenied (HTTP 403)")
+    assert "secret" not in line
+    try:
+        try:
+            raise KeyError("inner")
+        except KeyError as error:
+            raise RuntimeError("outer") from error
+    except RuntimeError as plain:
+        assert _store_failure(plain, "/tmp/store") is None
+    assert _store_failure(IsADirectoryError(21, "Is a directory"), "/tmp/store") is None

@@ -518,3 +518,16 @@ def test_a_run_dated_after_this_clock_stops_the_removal(tmp_path, capsys):
     _run(store, "run-0", "COMPLETED", _day(1, 1), _day(1, 4), D1, {"vit": "fv1", "lm": "fl1"}, [a1])  # the clock's real day
     assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0
     assert _versions(store) == keep
+
+
+def test_several_damaged_run_records_are_counted_in_the_blocking_reason(tmp_path) -> None:
+    """With damaged run records nothing is planned for removal; the reason names the first and
+    counts the others."""
+    from storage.run_retention import plan_retention
+
+    store, _ = _nightly_store(str(tmp_path / "store"))
+    for run_id in ("run-7", "run-8"):
+        store.fs.pipe(store.path(layout.run_key(run_id)), b"[1, 2]")
+    plan = plan_retention(store, 1)
+    assert plan.remove == [] and plan.blocked.startswith("run record runs/run-7.json")
+    assert "(and 1 more); no published version is removed until then" in plan.blocked

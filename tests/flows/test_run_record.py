@@ -7,7 +7,7 @@ import signal
 import pytest
 from prefect.exceptions import TerminationSignal
 
-from flows.run_record import one_line, recorded
+from flows.run_record import new_record, one_line, recorded
 from storage.store import Store
 
 
@@ -86,3 +86,33 @@ def test_a_failed_run_keeps_its_own_error_when_its_record_cannot_be_written(tmp_
         assert any(m.startswith("run r1 ended FAILED, but its record runs/r1.json could not be written: ")
                    and "No space left on device" in m for m in logged)
         assert store.read_json("runs/r1.json")["status"] == "RUNNING"
+
+
+def test_a_new_record_says_running_with_what_tells_a_live_run(tmp_path) -> None:
+    """``new_record``: ``RUNNING``, the run and flow named, this process as its owner, a UTC start
+    time, the store as shown, the config as JSON, the code version and the heartbeat interval."""
+    import os
+    from pathlib import Path
+
+    from storage.runs import RUN_HEARTBEAT_SECONDS, epoch_seconds
+    from tasks.params import load_config
+
+    store = Store(str(tmp_path / "store"))
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
+    record = new_record(store, config, "r7", "prh-extract")
+    assert (record["run_id"], record["flow_run_id"], record["flow"], record["status"]) == ("r7", "r7", "prh-extract", "RUNNING")
+    assert record["process"]["pid"] == os.getpid() and record["store"] == store.display_url
+    assert record["config"] == config.model_dump(mode="json") and record["heartbeat_s"] == RUN_HEARTBEAT_SECONDS
+    assert record["started_at"].endswith("+00:00") and epoch_seconds(record["started_at"]) is not None
+    assert isinstance(record["code_version"], str) and record["code_version"]
+
+
+def test_a_stop_with_nothing_in_flight_does_not_wait(tmp_path, caplog) -> None:
+    """A stopped run waits for its tasks in flight only when there are some: with none, its record
+    is written at once and no wait is announced."""
+    store = Store(str(tmp_path / "store"))
+    with caplog.at_level("WARNING", logger="prh.run"), pytest.raises(KeyboardInterrupt):
+        with recorded(store, "runs/r2.json", {"run_id": "r2", "status": "RUNNING"}):
+            raise KeyboardInterrupt
+    assert "waiting up to" not in caplog.text
+    assert store.read_json("runs/r2.json")["status"] == "CANCELLED"

@@ -151,3 +151,45 @@ def test_a_proc_read_error_decides_nothing(monkeypatch):
     monkeypatch.setattr(Path, "read_text", flaky)
     assert process_identity(os.getpid()) == w.UNKNOWN and not w._gone(os.getpid(), identity)
 
+
+
+def test_a_server_that_stops_on_sigterm_is_given_its_grace() -> None:
+    """``_terminate`` sends SIGTERM and waits up to ``GRACE_SECONDS`` for the server to end before
+    a SIGKILL: a server that takes a moment to stop cleanly is not killed."""
+    from flows.server_watchdog import GRACE_SECONDS, _terminate
+
+    code = ("import signal, sys, time\n"
+            "def stop(*_):\n    time.sleep(0.5)\n    sys.exit(7)\n"
+            "signal.signal(signal.SIGTERM, stop)\nprint('ready', flush=True)\ntime.sleep(600)")
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready" and GRACE_SECONDS > 0.5
+        _terminate(server.pid, process_identity(server.pid))
+        assert server.wait(timeout=10) == 7  # its own clean exit, not -SIGKILL
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_the_watchdog_and_the_server_run_in_sessions_of_their_own() -> None:
+    """A Ctrl-C in the terminal signals prh's session: the watchdog (``start_watchdog``) and a
+    process launched through ``_in_own_session`` are outside it; ``subprocess.Popen`` is
+    restored afterwards. A server process is watched once, however often it is seen."""
+    from flows.server_watchdog import _WATCHDOGS, _in_own_session, _watch_new_server
+
+    real = subprocess.Popen
+    server = _in_own_session(lambda: subprocess.Popen(["sleep", "600"]))
+    assert subprocess.Popen is real and os.getsid(server.pid) == server.pid != os.getsid(0)
+    try:
+        _watch_new_server(server)
+        watchdog = _WATCHDOGS[server.pid]
+        _watch_new_server(server)
+        _watch_new_server(object())  # no pid: nothing to watch
+        assert _WATCHDOGS[server.pid] is watchdog and os.getsid(watchdog.pid) == watchdog.pid != os.getsid(0)
+    finally:
+        server.kill()
+        server.wait()
+        watchdog = _WATCHDOGS.pop(server.pid, None)
+        if watchdog is not None:
+            watchdog.wait(timeout=10)  # it exits once the server is gone

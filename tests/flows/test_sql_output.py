@@ -107,7 +107,6 @@ def test_csv_keeps_nan_and_infinities_inside_lists_apart_from_null():
                                            "n": [[0.25, None]]}]
 
 
-
 def _outputs(table) -> tuple[list, list[list[str]], str]:
     """The result as --format json (parsed, decimals exact), csv (rows) and table (text) give it."""
     out = io.StringIO()
@@ -355,3 +354,13 @@ def test_the_table_escapes_what_the_output_cannot_hold_and_stays_aligned(monkeyp
         assert any(shown in line for line in lines)
         assert len({len(line) for line in lines[:-1]}) == 1, lines  # all but the row count
         assert lines[-1] == "2 rows"
+
+
+def test_converted_types_inside_a_struct_beside_plain_fields_and_in_fixed_size_arrays() -> None:
+    """The conversions hold inside structs whose other fields are written as they are, and in
+    DuckDB's fixed-size arrays (``FLOAT[3]``): an INTERVAL as DuckDB's text, a FLOAT as its
+    shortest decimal."""
+    table = _result("select {'wait': INTERVAL 8 SECOND, 'n': 1} s, [0.142, 1, 2]::FLOAT[3] a, 'b'::ENUM('a', 'b') e")
+    out = io.StringIO()
+    write_json(table, out)
+    assert json.loads(out.getvalue()) == [{"s": {"wait": "00:00:08", "n": 1}, "a": [0.142, 1.0, 2.0], "e": "b"}]

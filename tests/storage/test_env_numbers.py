@@ -31,3 +31,11 @@ def test_env_number_above_minimum_refuses_the_minimum_itself():
     assert env_number("X", 7, what="w", above_minimum=True, env={"X": "0.001"}) == 0.001
     with pytest.raises(ValueError, match="^X='0': it must be w$"):
         env_number("X", 7, what="w", above_minimum=True, env={"X": "0"})
+
+
+def test_env_number_reads_the_process_environment_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``env`` the variable is read from ``os.environ`` (what every PRH_* setting relies on)."""
+    monkeypatch.setenv("PRH_TEST_ENV_NUMBER", "12")
+    assert env_number("PRH_TEST_ENV_NUMBER", 7, what="w") == 12
+    monkeypatch.delenv("PRH_TEST_ENV_NUMBER")
+    assert env_number("PRH_TEST_ENV_NUMBER", 7, what="w") == 7

@@ -126,3 +126,50 @@ def test_an_export_over_the_file_size_limit_is_one_line(store_url, tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().startswith(f"prh catalog: error: catalog file '{target}': cannot write it: ")
     assert "File too large" in done.stderr and list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_file_named_as_text_or_from_home_is_written_and_opened(store_url, tmp_path, monkeypatch) -> None:
+    """``export_catalog`` and ``open_catalog`` take ``str`` or ``Path`` (the CLI passes text) and
+    read ``~`` as the home folder, as a shell user writes it."""
+    from storage.export import open_catalog
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    summary = export_catalog(store_url, "~/cat/prh.duckdb")
+    assert summary.path == tmp_path / "home" / "cat" / "prh.duckdb" and summary.path.is_file()
+    for given in ("~/cat/prh.duckdb", str(summary.path)):
+        con = open_catalog(given)
+        try:
+            assert con.execute("SELECT count(*) FROM models").fetchone()[0] == summary.tables["models"]
+        finally:
+            con.close()
+
+
+def test_a_path_that_is_no_regular_file_is_not_replaced(store_url, tmp_path) -> None:
+    """Only an absent file, an empty one or a DuckDB database is replaced: a named pipe (another
+    program's, or where a shell redirect would read) is refused and left as it is."""
+    import os
+    import stat
+
+    pipe = tmp_path / "results.fifo"
+    os.mkfifo(pipe)
+    with pytest.raises(ValueError, match="exists and is not a DuckDB database"):
+        export_catalog(store_url, pipe)
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode)
+
+
+def test_a_store_with_one_of_its_folders_is_still_a_store_to_open(store_url, tmp_path) -> None:
+    """``open_catalog`` opens a file whose store holds at least one of ``datasets/``,
+    ``features/`` and ``alignment/`` (a store pruned by hand still is one)."""
+    import shutil
+
+    from storage.export import open_catalog
+
+    path = tmp_path / "prh.duckdb"
+    export_catalog(store_url, path)
+    for box in ("features", "alignment"):
+        shutil.rmtree(f"{store_url}/{box}")
+    con = open_catalog(path)
+    try:
+        assert con.execute("SELECT count(*) FROM datasets").fetchone()[0] == 1
+    finally:
+        con.close()

@@ -400,3 +400,22 @@ def test_a_box_moved_to_another_disk_and_linked_back_is_read(tmp_path):
         layer = next((disk / "features").rglob("layer-000.parquet"))
         with pytest.raises(duckdb.Error, match="disabled by configuration"):  # a glob beside the allowed files
             con.execute(f"select count(*) from read_parquet('{layer.parent}/*.parquet')").fetchall()
+
+
+def test_an_exported_file_allows_no_linked_file_outside_its_store(tmp_path) -> None:
+    """The files an exported catalog records as reached through a link are allowed only when its
+    views name them under the store's folder: a file edited to list another path (the file is
+    the user's to change) gets no read of it through the lock."""
+    url = tmp_path / "store"
+    build_catalog_store(str(url))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not the store's")
+    path = tmp_path / "prh.duckdb"
+    export_catalog(str(url), path)
+    edit = duckdb.connect(str(path))
+    edit.execute("UPDATE prh_catalog SET linked_files = [?]", [str(secret)])
+    edit.close()
+    con = open_catalog(path)
+    with pytest.raises(duckdb.Error, match="disabled by configuration"):
+        con.execute(f"select * from read_text('{secret}')").fetchall()
+    assert query(con, "select count(distinct model) n from features").to_pylist() == [{"n": 4}]

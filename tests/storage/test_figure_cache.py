@@ -122,3 +122,21 @@ def test_directory_markers_are_not_namespaces_or_figures(s3_store_url, capsys):
     assert main(["gc", "--store", s3_store_url]) == 0
     assert "removed reports/figures:" not in capsys.readouterr().out
     assert current.get("d", ("png",)) == {"png": PNG}
+
+
+def test_old_figures_are_those_written_strictly_more_than_the_limit_ago(tmp_path) -> None:
+    """``old_figures``: "more than ``older_than_s`` seconds before ``now``": a figure written
+    exactly that long ago stays; a store without a figure cache has none to remove."""
+    import os
+
+    from storage.figure_cache import old_figures, remove_old_figures
+
+    store = Store(str(tmp_path / "store"))
+    assert old_figures(store, 0.0) == {} and remove_old_figures(store, 0.0) == {}
+    cache = StoreFigureCache(store)
+    cache.put("d", {"png": PNG})
+    key = f"{FIGURES}/{cache.namespace}/d.png"
+    written = 1_700_000_000.0
+    os.utime(store.path(key), (written, written))
+    assert old_figures(store, 100.0, now=written + 100.0) == {}
+    assert old_figures(store, 100.0, now=written + 100.5) == {key: len(PNG)}

@@ -33,3 +33,44 @@ def test_gc_keeps_the_newest_reports_and_everything_else(tmp_path, capsys):
     assert main(["gc", "--store", url, "--keep-reports", "-1"]) == 2
     assert "--keep-reports must be 0 or more" in capsys.readouterr().err
     assert main(["gc", "--store", url]) == 0 and sorted(p.name for p in (tmp_path / "store" / "reports").iterdir()) == kept
+
+
+def test_keep_zero_removes_every_report_and_keeping_more_than_there_are_removes_none(tmp_path) -> None:
+    """``--keep-reports 0`` keeps no report (the figure cache is not one); keeping more reports
+    than are stored removes nothing."""
+    store = Store(str(tmp_path / "store"))
+    for i in range(3):
+        store.write_bytes(f"runs/run-{i}.json", json.dumps({"run_id": f"run-{i}", "status": "COMPLETED",
+                                                             "started_at": f"2026-02-0{i + 1}T00:00:00+00:00"}).encode())
+        store.write_bytes(f"reports/run-{i}/report.html", b"<html></html>")
+    store.write_bytes(f"reports/figures/{drawing_version()}/abc.png", b"\x89PNG\r\n\x1a\n")
+    assert stale_reports(store, 0) == ["reports/run-0", "reports/run-1", "reports/run-2"]
+    for keep in (3, 4, 10):
+        assert stale_reports(store, keep) == [], keep
+
+
+def test_reports_are_ordered_by_their_runs_start_not_by_name(tmp_path) -> None:
+    """The newest reports are those of the runs that started last, whatever their ids; a report
+    whose run record is gone is the oldest."""
+    store = Store(str(tmp_path / "store"))
+    for run_id, day in (("zeta", 1), ("alpha", 2), ("mu", 3)):
+        store.write_bytes(f"runs/{run_id}.json", json.dumps({"run_id": run_id, "status": "COMPLETED",
+                                                             "started_at": f"2026-03-0{day}T00:00:00+00:00"}).encode())
+        store.write_bytes(f"reports/{run_id}/report.html", b"<html></html>")
+    store.write_bytes("reports/zz-orphan/report.html", b"<html></html>")
+    assert stale_reports(store, 1) == ["reports/zz-orphan", "reports/zeta", "reports/alpha"]
+    assert stale_reports(store, 3) == ["reports/zz-orphan"]
+
+
+def test_gc_keep_reports_zero_is_accepted_and_removes_every_report(tmp_path, capsys) -> None:
+    """``--keep-reports`` takes 0 or more: 0 removes every stored report, not the figure cache."""
+    url = str(tmp_path / "store")
+    store = Store(url)
+    store.write_bytes("runs/run-0.json", json.dumps({"run_id": "run-0", "status": "COMPLETED",
+                                                      "started_at": "2026-01-01T00:00:00+00:00"}).encode())
+    store.write_bytes("reports/run-0/report.html", b"<html></html>")
+    figure = f"reports/figures/{drawing_version()}/abc.png"
+    store.write_bytes(figure, b"\x89PNG\r\n\x1a\n")
+    assert main(["gc", "--store", url, "--keep-reports", "0"]) == 0
+    assert "removed reports/run-0: a run report older than the 0 kept" in capsys.readouterr().out
+    assert not store.exists("reports/run-0/report.html") and store.exists(figure)

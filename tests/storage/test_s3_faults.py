@@ -29,6 +29,7 @@ from storage.features import layer_tables
 from storage.pairing import paired_features
 from storage.s3_options import (
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RETRY_MODE,
     describe_s3_error,
     redact_text,
     s3_config_kwargs,
@@ -474,3 +475,38 @@ def test_pipeline_over_flaky_s3_matches_clean_run(faults, monkeypatch):
     assert c["error_503_before"] >= 5 and c["reset_before"] == 3 and c["reset_after"] == 2
     print(f"\npipeline: clean {clean_s:.1f} s, through the faults {flaky_s:.1f} s; {faults.injected()} faults over "
           f"{c['requests']} requests: {dict(c)}")
+
+
+def test_user_retry_options_replace_only_what_they_name() -> None:
+    """Inside ``retries`` a user's ``mode`` replaces ours and leaves our attempts; a user's
+    attempts replace ours and leave our mode. Listings are read afresh unless the user says
+    otherwise."""
+    def retries(user: dict) -> dict:
+        return with_s3_defaults({"config_kwargs": {"retries": user}}, {})["config_kwargs"]["retries"]
+
+    assert retries({"mode": "adaptive"}) == {"total_max_attempts": DEFAULT_MAX_ATTEMPTS, "mode": "adaptive"}
+    assert retries({"total_max_attempts": 8}) == {"total_max_attempts": 8, "mode": DEFAULT_RETRY_MODE}
+    assert with_s3_defaults(None, {})["use_listings_cache"] is False
+    assert with_s3_defaults({"use_listings_cache": True}, {})["use_listings_cache"] is True
+
+
+def test_one_attempt_is_allowed_and_errors_of_other_stacks_are_described_as_themselves() -> None:
+    """Attempts are "at least 1": one is a valid setting. ``describe_s3_error`` of an error with no
+    S3 error in its chain is its own type and message; ``from_s3_client`` tells botocore's
+    errors from others."""
+    from botocore.exceptions import ClientError
+
+    from storage.s3_options import from_s3_client
+
+    assert s3_config_kwargs({"PRH_S3_MAX_ATTEMPTS": "1"})["retries"]["total_max_attempts"] == 1
+    assert s3fs_retries({"PRH_S3_FS_RETRIES": "1"}) == 1
+    assert describe_s3_error(RuntimeError("no S3 here")) == "RuntimeError: no S3 here"
+    slow = ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503, "RetryAttempts": 5}},
+                       "GetObject")
+    wrapped = OSError("read failed")
+    wrapped.__cause__ = slow  # as s3fs re-raises it
+    assert describe_s3_error(wrapped) == "GetObject failed: SlowDown (HTTP 503) after 6 attempts"
+    assert from_s3_client(slow) and not from_s3_client(wrapped) and not from_s3_client(ValueError())
+    denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"},
+                          "ResponseMetadata": {"HTTPStatusCode": 403, "RetryAttempts": 0}}, "PutObject")
+    assert describe_s3_error(denied) == "PutObject failed: AccessDenied (HTTP 403) after 1 attempt: Access Denied"

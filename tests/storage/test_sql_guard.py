@@ -42,9 +42,11 @@ def test_explain_runs_the_statement_that_was_checked():
     assert parts("EXPLAIN (format 'JSON', analyse) SELECT 1") == ("EXPLAIN (FORMAT json, ANALYZE) ", "SELECT 1")  # bare words only
     assert parts("EXPLAIN (ANALYZE false) SELECT 1") == ("EXPLAIN (ANALYZE false) ", "SELECT 1")
     assert parts('EXPLAIN (FORMAT "json") SELECT 1') == ("EXPLAIN (FORMAT json) ", "SELECT 1")
+    assert parts("EXPLAIN (ANALYZE '1') SELECT 1") == ("EXPLAIN (ANALYZE 1) ", "SELECT 1")  # a one-character value too
     for bad in ("EXPLAIN", "EXPLAIN (FORMAT json", "EXPLAIN (FORMAT json)", "EXPLAIN (FORMAT (json)) SELECT 1", "SELECT 1",
                 "EXPLAIN (ANALYZE E'\\'') SELECT 1", "EXPLAIN (ANALYZE x) SELECT 1", "EXPLAIN (FORMAT json json) SELECT 1",
-                "EXPLAIN (VERBOSE) SELECT 1", "EXPLAIN (, ANALYZE) SELECT 1", unicode_space_explain("COPY (SELECT 1) TO $b$x$b$")):
+                "EXPLAIN (VERBOSE) SELECT 1", "EXPLAIN (, ANALYZE) SELECT 1", unicode_space_explain("COPY (SELECT 1) TO $b$x$b$"),
+                "EXPLAIN (", "EXPLAIN (ANALYZE true false) SELECT 1"):
         assert parts(bad) is None, bad
 
 
@@ -100,3 +102,50 @@ def test_every_allowed_table_function_exists_and_reads():
     assert READ_TABLE_FUNCTIONS <= table_functions, READ_TABLE_FUNCTIONS - table_functions
     assert not READ_TABLE_FUNCTIONS & {"query", "json_execute_serialized_sql", "destroy_external_resource", "checkpoint",
                                        "enable_logging", "register_external_resource", "read_duckdb"}
+
+
+@pytest.mark.parametrize("spelling", [":=", "="])
+def test_reader_options_that_create_tables_are_refused_in_either_spelling(spelling: str) -> None:
+    """A named argument reads ``name := value`` or ``name = value``; an option that creates a
+    table (the CSV reader's rejects tables) is refused in both, other options pass."""
+    con = duckdb.connect()
+    for option in ("rejects_table", "REJECTS_SCAN"):
+        sql = f"SELECT * FROM read_csv('t.csv', store_rejects {spelling} true, {option} {spelling} 'alignment_best')"
+        with pytest.raises(ReadOnlyQueryError, match=f"the option {option.lower()} of read_csv"):
+            checked_statements(con, sql)
+    allowed = f"SELECT * FROM read_csv('t.csv', header {spelling} true, ignore_errors {spelling} true)"
+    assert checked_statements(con, allowed) == [allowed]
+
+
+def test_only_the_listed_table_functions_pass() -> None:
+    """Table functions outside ``READ_TABLE_FUNCTIONS`` are refused (they flush, log or run SQL);
+    the listed readers and generators pass."""
+    con = duckdb.connect()
+    for sql in ("SELECT * FROM checkpoint()", "SELECT * FROM range(2), enable_logging()"):
+        with pytest.raises(ReadOnlyQueryError, match=r"the table function \w+\(\)"):
+            checked_statements(con, sql)
+    allowed = "SELECT * FROM range(3), glob('x/*'), read_parquet('a.parquet')"
+    assert checked_statements(con, allowed) == [allowed]
+
+
+def test_what_runs_is_read_again_and_must_be_what_was_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second guard: the text to run, parsed again, must be one statement of the checked type,
+    and an EXPLAIN must explain the statement that was checked. A rebuild gone wrong (simulated
+    here: the tokenizer and the parser disagreeing, as in the reviews' attacks) is refused."""
+    con = duckdb.connect()
+    innermost = sql_guard._innermost
+    monkeypatch.setattr(sql_guard, "_innermost", lambda c, statement: (statement, "DELETE FROM runs")
+                        if statement.type == duckdb.StatementType.SELECT else innermost(c, statement))
+    with pytest.raises(ReadOnlyQueryError, match="could not be checked"):
+        checked_statements(con, "SELECT 1")
+    monkeypatch.setattr(sql_guard, "_innermost", innermost)
+    explain_parts, reads = sql_guard._explain_parts, []
+
+    def read_differently_the_second_time(sql: str) -> tuple[str, str] | None:
+        reads.append(sql)
+        parts = explain_parts(sql)
+        return parts if len(reads) == 1 or parts is None else (parts[0], "SELECT 2")
+
+    monkeypatch.setattr(sql_guard, "_explain_parts", read_differently_the_second_time)
+    with pytest.raises(ReadOnlyQueryError, match="could not be checked"):
+        checked_statements(con, "EXPLAIN SELECT 1")

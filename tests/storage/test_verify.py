@@ -452,3 +452,54 @@ def test_a_manifest_damaged_while_verify_runs_makes_its_version_damaged(tmp_path
     [check] = verify_store(store)
     assert check.key == key and not check.ok and check.removable
     assert len(check.problems) == 1 and "is damaged (not JSON" in check.problems[0], check.problems
+
+
+@pytest.mark.parametrize("key", ["datasets/", "features/d//v", "features/d/m/", "alignment//a__b/v"])
+def test_a_key_with_an_empty_component_is_no_version_and_never_removed(tmp_path, key: str) -> None:
+    """A version folder's key names every component of its box's depth (``VERSION_DEPTH``);
+    ``datasets/`` has the depth of a dataset version but names none, and ``remove_version`` must
+    refuse it rather than unpublish the box it points into."""
+    store = Store(str(tmp_path / "store"))
+    published = ["datasets/" + "a" * 16, "features/d/m/v", "alignment/d/a__b/v"]
+    for i, version in enumerate(published):
+        _publish(store, version, i)
+    assert not verify_module.is_version_key(key)
+    with pytest.raises(ValueError, match="not a version folder"):
+        remove_version(store, key)
+    assert all(store.manifest(version) is not None for version in published)
+
+
+def test_an_empty_file_adds_no_bytes_to_the_check(tmp_path) -> None:
+    """``VersionCheck.bytes`` sums the checked files' sizes: a zero-byte file is checked (present,
+    listed size 0) and adds nothing."""
+    store = Store(str(tmp_path / "store"))
+    store.publish("features/d/m/v", {"empty.bin": b"", "b.bin": bytes(10)}, {"catalog": {}})
+    for quick in (False, True):
+        [check] = verify_store(store, quick=quick)
+        assert check.ok and (check.files, check.bytes) == (2, 10)
+
+
+def test_the_remove_damaged_hint_is_given_only_for_what_it_would_remove(tmp_path, capsys) -> None:
+    """``prh verify`` advises ``--remove-damaged`` when some damaged version is removable; a
+    stray manifest alone (left by ``--remove-damaged`` anyway) gets no such advice."""
+    url = str(tmp_path / "store")
+    store = Store(url)
+    _publish(store, "features/d1/m/v1", 1)
+    store.write_json("features/d1/manifest.json", {"note": "scratch"})  # stray: not removable
+    assert main(["verify", "--store", url]) == 1
+    out = capsys.readouterr().out
+    assert "1 damaged" in out and "--remove-damaged" not in out, out
+    _damage(store, "features/d1/m/v1/b.bin", "truncate")  # and one damaged version: removable
+    assert main(["verify", "--store", url]) == 1
+    assert "2 damaged (remove the damaged versions with --remove-damaged)" in capsys.readouterr().out
+
+
+def test_checked_for_reuse_refuses_a_file_longer_than_listed(tmp_path) -> None:
+    """A file that grew (rows appended by hand, another copy written over it) is not at its listed
+    size either: nothing is computed from its version."""
+    store = Store(str(tmp_path / "store"))
+    key = "features/d/m/v"
+    manifest = _publish(store, key, 2)
+    store.fs.pipe(store.path(f"{key}/b.bin"), store.read_bytes(f"{key}/b.bin") + b"extra")
+    with pytest.raises(verify_module.DamagedVersion, match="b.bin: 69 bytes, the manifest says 64"):
+        verify_module.checked_for_reuse(store, key, manifest, "the stored features")
