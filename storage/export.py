@@ -179,7 +179,10 @@ _DUCKDB_MAGIC = (8, b"DUCK")
 
 def _replaceable(path: Path) -> bool:
     """Whether an export may replace ``path``: absent, empty, or a DuckDB database (an earlier
-    export); a typo such as ``prh catalog export pairs.jsonl`` had replaced the user's data file."""
+    export); a typo such as ``prh catalog export pairs.jsonl`` had replaced the user's data file.
+    A file this user cannot read is refused naming why (ValueError): the export replaces it by a
+    rename in its folder, which needs no right to the file itself, so another user's file in a
+    shared folder had been replaced unseen."""
     try:
         if not path.is_file() or path.stat().st_size == 0:
             return not path.exists() or path.is_file()
@@ -187,8 +190,10 @@ def _replaceable(path: Path) -> bool:
         with path.open("rb") as handle:
             handle.seek(offset)
             return handle.read(len(magic)) == magic
-    except OSError:  # unreadable: the write's own error says why
-        return True
+    except OSError as error:
+        raise ValueError(f"catalog file {str(path)!r} exists and cannot be read ({error.strerror or error}) to tell whether "
+                         "it is an earlier export: it is not replaced; remove it yourself or give another name, "
+                         "e.g. prh.duckdb") from None
 
 
 def open_catalog(

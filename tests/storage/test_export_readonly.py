@@ -419,3 +419,26 @@ def test_an_exported_file_allows_no_linked_file_outside_its_store(tmp_path) -> N
     with pytest.raises(duckdb.Error, match="disabled by configuration"):
         con.execute(f"select * from read_text('{secret}')").fetchall()
     assert query(con, "select count(distinct model) n from features").to_pylist() == [{"n": 4}]
+
+
+def test_a_file_this_user_cannot_read_is_not_replaced(tmp_path):
+    """Mutation pass: a file the exporting user cannot read counted as replaceable ("the write's
+    own error says why"), but the export replaces by a rename in the folder, which needs no right
+    to the file: in a shared folder another user's file was replaced. The path check refuses it
+    now, before anything is written. Root reads every plain file, so as root a write-only kernel
+    file stands in for it."""
+    from storage.export import _checked_file
+
+    if os.geteuid() == 0:
+        unreadable = Path("/sys/bus/pci/rescan")  # write-only even for root
+        if not unreadable.is_file():
+            pytest.skip("no write-only file to stand for one this user cannot read")
+    else:
+        unreadable = tmp_path / "theirs.duckdb"
+        unreadable.write_text("another user's notes\n")
+        unreadable.chmod(0o200)
+    with pytest.raises(ValueError) as refused:
+        _checked_file(unreadable)
+    assert str(refused.value) == (f"catalog file {str(unreadable)!r} exists and cannot be read (Permission denied) to tell "
+                                  "whether it is an earlier export: it is not replaced; remove it yourself or give another "
+                                  "name, e.g. prh.duckdb")
