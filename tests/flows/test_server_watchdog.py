@@ -152,7 +152,6 @@ def test_a_proc_read_error_decides_nothing(monkeypatch):
     assert process_identity(os.getpid()) == w.UNKNOWN and not w._gone(os.getpid(), identity)
 
 
-
 def test_a_server_that_stops_on_sigterm_is_given_its_grace() -> None:
     """``_terminate`` sends SIGTERM and waits up to ``GRACE_SECONDS`` for the server to end before
     a SIGKILL: a server that takes a moment to stop cleanly is not killed."""
