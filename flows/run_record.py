@@ -15,7 +15,7 @@ import traceback
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from prefect.exceptions import TerminationSignal
+from prefect.exceptions import Pause, TerminationSignal
 
 from storage.owner import current_owner
 from storage.runs import CANCELLED, CRASHED, FAILED, RUN_HEARTBEAT_SECONDS, RUNNING, RunHeartbeat
@@ -30,11 +30,21 @@ from tasks.stop_request import run_scope
 STOP_GRACE_S = 20.0
 
 
+#: The error of a run paused (suspended) from the Prefect UI or API: Prefect's ``Pause``, raised
+#: in the flow once the engine sees the state, carries no message (the record had read ``FAILED``,
+#: ``prefect.exceptions.Pause``). Prefect 3.9's Resume of such a run sets it ``RUNNING`` and starts
+#: nothing (measured through a process worker)
+PAUSED_ERROR = ("Pause: the flow run was paused (suspended) in Prefect, which ended its process; Resume would only show "
+                "it RUNNING with nothing running it: cancel it, then Retry it (it runs again from the start, reusing "
+                "what is stored)")
+
+
 def one_line(error: BaseException) -> str:
     """``Type: message`` of ``error`` on one line, as records and logs show it. Prefect's
     ``TerminationSignal`` (a cancel from the UI: the worker's SIGTERM) carries no message (it is
     raised as ``TerminationSignal(signal=n)``; the runs view had shown
-    ``prefect.exceptions.TerminationSignal``, or ``...: 15``): it reads ``TerminationSignal: SIGTERM``."""
+    ``prefect.exceptions.TerminationSignal``, or ``...: 15``): it reads ``TerminationSignal: SIGTERM``.
+    Prefect's ``Pause`` (the run paused from the UI or API) reads :data:`PAUSED_ERROR`."""
     if isinstance(error, TerminationSignal):
         number = getattr(error, "signal", None)
         try:
@@ -42,6 +52,8 @@ def one_line(error: BaseException) -> str:
         except (TypeError, ValueError):
             name = f"signal {number}"
         return f"TerminationSignal: {name}"
+    if isinstance(error, Pause):
+        return PAUSED_ERROR
     return "".join(traceback.format_exception_only(type(error), error)).strip()
 
 
@@ -68,12 +80,16 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
     """Write ``record`` at ``key`` and keep the run's sign of life while the block runs; at the end
     write it again with ``finished_at``. The block sets the outcome (``status`` and what it
     published); when it raises, ``status`` becomes ``CANCELLED`` (stopped: Ctrl-C, SIGTERM,
-    cancelled from the UI), ``CRASHED`` (``SystemExit``: the process made to exit, as when its
+    cancelled or paused from the UI), ``CRASHED`` (``SystemExit``: the process made to exit, as when its
     worker is killed; Prefect says CRASHED too) or ``FAILED``, with the error on one line. A stopped (or failed) run
     first tells its tasks in flight (in this process) to stop at their next safe point and waits up to
     ``STOP_GRACE_S`` for them (``tasks.stop_request``), so that its end and sign of life cover
     what they write; a second signal ends the wait at once. Tasks the block submits run in its
-    ``run_scope``."""
+    ``run_scope``. A retry of the flow run (same run id, same ``key``) lists the earlier attempts
+    in the record's ``attempts`` and keeps the work they did (:func:`carry_over_work`)."""
+    earlier = earlier_attempt(target, key, record)
+    if earlier is not None:
+        record["attempts"] = attempts_before(earlier)
     target.write_json(key, record)
     raised: BaseException | None = None
     # removed after the final record is written
@@ -82,7 +98,7 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
             yield record
         except BaseException as error:
             raised = error
-            stopped = isinstance(error, (KeyboardInterrupt, TerminationSignal))
+            stopped = isinstance(error, (KeyboardInterrupt, TerminationSignal, Pause))  # Pause: paused in the UI
             exiting = isinstance(error, SystemExit)  # the process made to exit (its worker killed): Prefect's CRASHED
             record.update(status=CANCELLED if stopped else CRASHED if exiting else FAILED, error=one_line(error))
             scope.stop()  # stays set: a task still running after the wait stops before publishing
@@ -97,7 +113,69 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
             raise
         finally:
             record["finished_at"] = utc_now()
+            if earlier is not None:
+                carry_over_work(record, earlier)
             write_outcome(target, key, record, raised)
+
+
+#: What :func:`attempts_before` keeps of each earlier attempt of a flow run.
+ATTEMPT_FIELDS = ("started_at", "finished_at", "status", "error")
+#: Counts of new work a record keeps, summed over the attempts of one flow run (``carry_over_work``).
+WORK_COUNTS = ("aligned", "metrics_computed", "metrics_copied")
+
+
+def earlier_attempt(target: Store, key: str, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The record an earlier attempt of the same flow run left at ``key``: a run retried from the
+    Prefect UI (or the API: ``Scheduled`` set on a failed, crashed, cancelled or completed flow
+    run) runs again under the same run id, so the same record. None when there is none (a first
+    attempt), or it does not read as a record of this run (damaged: it is replaced, as before)."""
+    try:
+        earlier = target.read_json(key)
+    except (FileNotFoundError, ValueError):
+        return None
+    if not isinstance(earlier, dict) or str(earlier.get("run_id")) != str(record.get("run_id")):
+        return None
+    return earlier
+
+
+def attempts_before(earlier: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``attempts`` of a retried run's record: the earlier attempts' own ``attempts`` and then
+    the last one's start, end, status and error, oldest first."""
+    kept = [a for a in earlier.get("attempts") or [] if isinstance(a, dict)]
+    return [*kept, {field: earlier.get(field) for field in ATTEMPT_FIELDS}]
+
+
+def carry_over_work(record: dict[str, Any], earlier: dict[str, Any]) -> None:
+    """Keep in a retried run's final ``record`` the work its earlier attempts did (``earlier``:
+    their record). The retry finds stored what they published and counts it reused: a completed
+    run retried from the UI had its record rewritten to say it extracted and aligned nothing,
+    and no record said which run had. A model an earlier attempt extracted stays ``extracted``
+    (not ``reused``) where this attempt used the same feature version; ``aligned`` and the
+    metric counts add the earlier attempt's where this attempt lists every alignment version it
+    listed (the same code: the versions it aligned are reused here)."""
+    mine = record.get("feature_versions") if isinstance(record.get("feature_versions"), dict) else {}
+    before = earlier.get("feature_versions") if isinstance(earlier.get("feature_versions"), dict) else {}
+    theirs = {name for name in _names(earlier.get("extracted"))
+              if name in mine and mine.get(name) == before.get(name)}
+    if theirs:
+        record["extracted"] = sorted(set(_names(record.get("extracted"))) | theirs)
+        record["reused"] = sorted(set(_names(record.get("reused"))) - theirs)
+    listed = _names(earlier.get("alignment_versions"))
+    if listed and set(listed) <= set(_names(record.get("alignment_versions"))):
+        for count in WORK_COUNTS:
+            now, then = record.get(count), earlier.get(count)
+            if _is_count(now) and _is_count(then):
+                record[count] = now + then
+
+
+def _names(value: Any) -> list[str]:
+    """The strings of a record's list field; none when it is not a list (damaged, absent)."""
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+def _is_count(value: Any) -> bool:
+    """Whether a record's field holds a count (an int, not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class RunRecordNotWritten(StoreNotWritable):

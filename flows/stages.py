@@ -65,14 +65,18 @@ def _extract_recorded(config: PipelineConfig, target: Store, record: dict[str, A
     :func:`flows.run_record.recorded` writes it whatever happens."""
     logger = get_run_logger()
     dataset = load_dataset(config.dataset, target.url, alignment=config.alignment)
+    record["dataset_version"] = dataset["catalog"]["dataset_version"]  # also in the record of a stage stopped from here on
     extracting, failures = submit_extractions(config, target.url, dataset)
-    manifests = collect_features(extracting, failures)
-    summary = {
-        "dataset_version": dataset["catalog"]["dataset_version"],
-        "feature_versions": {name: m["catalog"]["feature_version"] for name, m in manifests.items()},
-        "extracted": sorted(name for name, m in manifests.items() if not m.get("reused")),
-        "reused": sorted(name for name, m in manifests.items() if m.get("reused")),
-    }
+    manifests: dict[str, dict[str, Any]] = {}
+    try:
+        collect_features(extracting, failures, manifests)
+    except BaseException:
+        # stopped (a cancel from the UI, the staged run cancelled): the record still names the
+        # models whose features it had published or reused (it had named none, and a retry or the
+        # next stage counted the features this stage extracted as reused)
+        record.update(_versions(dataset, manifests))
+        raise
+    summary = _versions(dataset, manifests)
     record.update(summary, status=FAILED if failures else COMPLETED, failures=failures)
     logger.info("extracted: %s; reused: %s", ", ".join(summary["extracted"]) or "none", ", ".join(summary["reused"]) or "none")
     _publish_versions(dataset, manifests, [spec.name for spec in config.models])
@@ -81,6 +85,17 @@ def _extract_recorded(config: PipelineConfig, target: Store, record: dict[str, A
         raise ZooFailures(f"{len(failures)} of {len(config.models)} models failed (the others' features are published): "
                           + "; ".join(f"{f['item']}: {f['error']}" for f in failures))
     return summary
+
+
+def _versions(dataset: dict[str, Any], manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The extraction stage's summary: its dataset version, and the feature version of each model
+    done (``manifests``: model name -> feature manifest) and whether it was extracted or reused."""
+    return {
+        "dataset_version": dataset["catalog"]["dataset_version"],
+        "feature_versions": {name: m["catalog"]["feature_version"] for name, m in manifests.items()},
+        "extracted": sorted(name for name, m in manifests.items() if not m.get("reused")),
+        "reused": sorted(name for name, m in manifests.items() if m.get("reused")),
+    }
 
 
 @flow(name="prh-staged", description="Extraction on the GPU pool, then alignment on the CPU pool.")

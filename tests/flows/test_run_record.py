@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import signal
+from typing import Any
 
 import pytest
-from prefect.exceptions import TerminationSignal
+from prefect.exceptions import Pause, TerminationSignal
 
 from flows.run_record import new_record, one_line, recorded
 from storage.store import Store
@@ -32,18 +33,20 @@ def test_a_stopped_run_records_cancelled_with_the_signal(tmp_path):
 
 
 @pytest.mark.parametrize("error, status", [(SystemExit(1), "CRASHED"), (RuntimeError("boom"), "FAILED"),
-                                           (KeyboardInterrupt(), "CANCELLED")])
+                                           (KeyboardInterrupt(), "CANCELLED"), (Pause(), "CANCELLED")])
 def test_a_run_whose_process_is_made_to_exit_records_crashed(tmp_path, error, status):
     """A worker killed under its flow run: the run's process is made to exit (``SystemExit: 1``)
     and Prefect shows the run CRASHED, while the store's record said FAILED, as if the pipeline
     had failed on its own. It says CRASHED now, as a run found dead does; errors of the run stay
-    FAILED, a stop CANCELLED."""
+    FAILED, a stop CANCELLED (Ctrl-C; a pause from the UI or API: Prefect's ``Pause``, which had read
+    FAILED, ``prefect.exceptions.Pause``)."""
     store = Store(str(tmp_path / "store"))
     with pytest.raises(type(error)):
         with recorded(store, "runs/r1.json", {"run_id": "r1", "status": "RUNNING"}):
             raise error
     record = store.read_json("runs/r1.json")
     assert record["status"] == status and record["error"] == one_line(error) and record["finished_at"]
+    assert "prefect.exceptions" not in record["error"]  # a run paused from the UI had read prefect.exceptions.Pause
 
 
 def test_a_run_whose_record_cannot_be_written_at_its_end_says_so(tmp_path):
@@ -116,3 +119,70 @@ def test_a_stop_with_nothing_in_flight_does_not_wait(tmp_path, caplog) -> None:
             raise KeyboardInterrupt
     assert "waiting up to" not in caplog.text
     assert store.read_json("runs/r2.json")["status"] == "CANCELLED"
+
+
+def _run_attempt(flow_run_id: Any, parameters: dict[str, Any]) -> Any:
+    """One attempt of an existing flow run of ``prh_pipeline`` in this process, as a worker runs
+    it (the Prefect engine, the run's own id); its final state."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    from flows.pipeline import prh_pipeline
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+    return run_flow(prh_pipeline, flow_run=flow_run, parameters=parameters, return_type="state")
+
+
+def _deployment_run(name: str, parameters: dict[str, Any]) -> Any:
+    """A flow run of ``prh_pipeline`` created from a deployment ``name`` registered on the API
+    (Prefect retries, pauses and resumes only a deployment's runs); nothing runs it yet."""
+    from prefect.client.orchestration import get_client
+
+    from flows.pipeline import prh_pipeline
+
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name(prh_pipeline.name)
+        deployment_id = client.create_deployment(flow_id, name, entrypoint="flows/pipeline.py:prh_pipeline")
+        return client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
+
+
+def _tiny_parameters(store_url: str) -> dict[str, Any]:
+    from tests.flows.test_pipeline import TINY_BERT, TINY_VIT
+
+    config = {"dataset": {"kind": "openmoji", "n": 24, "seed": 0, "image_size": 32}, "models": [TINY_VIT, TINY_BERT],
+              "alignment": {"metrics": ["mutual_knn", "cka"], "topk": 4, "permutations": 4}}
+    return {"config": config, "store": store_url, "report": False}
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_retried_from_the_ui_keeps_what_its_first_attempt_computed(tmp_path):
+    """The UI's Retry (``Scheduled`` set on a finished flow run) runs the flow again under the same
+    run id, so into the same record: its second attempt found everything the first had published
+    and rewrote the record to say that the run had extracted and aligned nothing (all reused), and
+    no record said which run had. The record now keeps the first attempt's work, and lists it in
+    ``attempts``."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
+
+    from storage.catalog import connect, query
+
+    store_url = str(tmp_path / "store")
+    parameters = _tiny_parameters(store_url)
+    flow_run = _deployment_run(f"retry-{tmp_path.name}", parameters)
+    assert _run_attempt(flow_run.id, parameters).is_completed()
+    first = Store(store_url).read_json(f"runs/{flow_run.id}.json")
+    assert first["extracted"] == ["tiny-bert", "tiny-vit"] and first["aligned"] == 1 and "attempts" not in first
+
+    with get_client(sync_client=True) as client:  # what the UI's Retry button sends
+        assert client.set_flow_run_state(flow_run.id, Scheduled(name="AwaitingRetry")).status.value == "ACCEPT"
+    assert _run_attempt(flow_run.id, parameters).is_completed()
+    record = Store(store_url).read_json(f"runs/{flow_run.id}.json")
+    assert record["status"] == "COMPLETED" and record["started_at"] > first["finished_at"]
+    assert record["alignment_versions"] == first["alignment_versions"]  # reused by the second attempt
+    runs = query(connect(store_url), "select run_id, status, extracted, reused, aligned, metrics_computed, metrics_copied "
+                                     "from runs").to_pylist()
+    assert runs == [{"run_id": str(flow_run.id), "status": "COMPLETED", "extracted": first["extracted"], "reused": [],
+                     "aligned": first["aligned"], "metrics_computed": first["metrics_computed"],
+                     "metrics_copied": first["metrics_copied"]}]
+    assert record["attempts"] == [{field: first.get(field) for field in ("started_at", "finished_at", "status", "error")}]

@@ -112,6 +112,51 @@ def test_an_extraction_stage_that_fails_records_why(tmp_path):
     assert "dataset_version" not in record
 
 
+STOPPED_EXTRACTION_CHILD = """
+import signal, sys
+import flows.stages
+from prefect.exceptions import TerminationSignal
+from tasks.params import PipelineConfig
+collect = flows.stages.collect_features
+def stopped(extracting, failures, features=None):
+    collect(dict(list(extracting.items())[:1]), failures, features)  # the first model's features, for real
+    raise TerminationSignal(signal.SIGTERM)  # then a cancel from the UI (the worker's SIGTERM)
+flows.stages.collect_features = stopped
+flows.stages.prh_extract(config=PipelineConfig.model_validate_json(sys.argv[2]), store=sys.argv[1])
+"""
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_extraction_stage_stopped_after_a_model_records_its_features(tmp_path):
+    """An extraction stage cancelled from the UI (or with its staged run) after some models were
+    published recorded none of them: its record said CANCELLED with no dataset or feature version,
+    so the stage's retry, and the next run, counted the features it had extracted as reused. In a
+    child process: Prefect ends the process with the signal after the flow."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_API_URL
+
+    root = Path(__file__).resolve().parents[2]
+    store = str(tmp_path / "store")
+    env = {**os.environ, "PYTHONPATH": str(root), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    config = _config([TINY_VIT, TINY_BERT], permutations=0).model_dump_json()
+    done = subprocess.run([sys.executable, "-c", STOPPED_EXTRACTION_CHILD, store, config], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    from storage.runs import extraction_records
+
+    records = extraction_records(Store(store))
+    assert [r["status"] for r in records] == ["CANCELLED"], (records, done.stderr[-2000:])
+    stored = query(connect(store), "select model, feature_version, dataset_version from models").to_pylist()
+    assert [r["model"] for r in stored] == ["tiny-vit"]  # the second model never ran
+    assert (records[0]["extracted"], records[0]["reused"]) == (["tiny-vit"], [])
+    assert records[0]["feature_versions"] == {"tiny-vit": stored[0]["feature_version"]}
+    assert records[0]["dataset_version"] == stored[0]["dataset_version"]
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_prh_staged_passes_the_extracted_dataset_version_to_the_alignment_stage(monkeypatch):
     """The stage runs faked (run_deployment): what prh-staged asks of each deployment."""
