@@ -261,16 +261,14 @@ def _output_failure(error: BaseException) -> str | None:
 def _store_failure(error: BaseException, store: str) -> str | None:
     """One line for an object store that failed (down, unreachable, refusing), or None for any
     other error (those keep their traceback)."""
+    from storage.error_chain import error_chain
     from storage.s3_options import describe_s3_error, from_s3_client
     from storage.store import StoreIOError, redact_url
 
     if isinstance(error, StoreIOError):
         return str(error)
-    found, depth = error, 0
-    while found is not None and depth < 8:  # the error or one of its causes
-        if from_s3_client(found):
-            return f"store {redact_url(store)}: {describe_s3_error(error)}"
-        found, depth = found.__cause__ or found.__context__, depth + 1
+    if any(from_s3_client(found) for found in error_chain(error)):  # the error or one of its causes
+        return f"store {redact_url(store)}: {describe_s3_error(error)}"
     return None
 
 

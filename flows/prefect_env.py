@@ -22,6 +22,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from storage.error_chain import error_chain
+
 #: A Prefect API failure with less room than this beside the server's database is put down to it.
 LOW_ROOM_MB = 16.0
 
@@ -136,10 +138,5 @@ def prefect_out_of_room(error: BaseException) -> str | None:
 def _from_prefect(error: BaseException) -> bool:
     """Whether ``error`` or an error it was raised from comes from Prefect, its HTTP client or
     its database (or is the temporary server that never answered)."""
-    found, depth = error, 0
-    while found is not None and depth < 8:
-        module = type(found).__module__.split(".")[0]
-        if module in ("prefect", "httpx", "httpcore", "sqlalchemy", "sqlite3") or "Prefect API server" in str(found):
-            return True
-        found, depth = found.__cause__ or found.__context__, depth + 1
-    return False
+    return any(type(found).__module__.split(".")[0] in ("prefect", "httpx", "httpcore", "sqlalchemy", "sqlite3")
+               or "Prefect API server" in str(found) for found in error_chain(error))

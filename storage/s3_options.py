@@ -27,6 +27,7 @@ import os
 from typing import Any, Mapping
 
 from storage.env_numbers import env_number
+from storage.error_chain import error_chain
 
 DEFAULT_MAX_ATTEMPTS = 6
 DEFAULT_RETRY_MODE = "standard"
@@ -142,9 +143,7 @@ def describe_s3_error(error: BaseException) -> str:
         PutObject failed: InternalError (HTTP 500) after 6 attempts: We encountered an internal error...
         could not reach the S3 endpoint (EndpointConnectionError): http://127.0.0.1:9000/bucket/key
     """
-    found: BaseException | None = error
-    seen = 0
-    while found is not None and seen < 8:
+    for found in error_chain(error):
         response = getattr(found, "response", None)
         operation = getattr(found, "operation_name", None)
         if isinstance(response, dict) and operation:
@@ -160,6 +159,4 @@ def describe_s3_error(error: BaseException) -> str:
         kwargs = getattr(found, "kwargs", None)
         if isinstance(kwargs, dict) and kwargs.get("endpoint_url") and type(found).__module__.startswith("botocore"):
             return redact_text(f"could not reach the S3 endpoint ({type(found).__name__}): {kwargs['endpoint_url']}")
-        found = found.__cause__ or found.__context__
-        seen += 1
     return redact_text(f"{type(error).__name__}: {error}")

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.env_numbers import env_number
+from storage.error_chain import error_chain
 from storage.keys import safe_component
 from storage.owner import current_owner, owner_is_dead
 from storage.parquet_schema import schema_fingerprint
@@ -158,12 +159,7 @@ _NO_ROOM_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 def out_of_room(error: BaseException) -> bool:
     """Whether ``error``, or an error it was raised from, is a disk with no room left (``ENOSPC``,
     ``EDQUOT``): a store that takes no new file, but whose files can still be removed."""
-    found, depth = error, 0
-    while found is not None and depth < 8:
-        if isinstance(found, OSError) and found.errno in _NO_ROOM_ERRNOS:
-            return True
-        found, depth = found.__cause__ or found.__context__, depth + 1
-    return False
+    return any(isinstance(found, OSError) and found.errno in _NO_ROOM_ERRNOS for found in error_chain(error))
 
 
 def check_store_url(url: Any) -> None:

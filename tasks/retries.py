@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from storage.env_numbers import env_number
+from storage.error_chain import error_chain
 
 #: OSError subclasses that describe a wrong path or permission, which a retry cannot fix.
 _PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
@@ -52,13 +53,7 @@ def is_transient(error: BaseException | None) -> bool:
     ``__context__``, except where the raiser cut it (``raise ... from None``): an error that says
     "offline and not cached" is final even though a connection error led to it.
     """
-    seen = 0
-    while error is not None and seen < 8:
-        if _transient_here(error):
-            return True
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-        seen += 1
-    return False
+    return any(_transient_here(found) for found in error_chain(error, keep_cut=True))
 
 
 def _transient_here(error: BaseException) -> bool:
