@@ -147,8 +147,6 @@ def part_llm(small: bool) -> None:
         say(f"  ex.forward only (prepared, nll): {best(lambda: [ex.forward(p, with_nll=True) for p in prepared], 2):.3f} s")
     prof(lambda: extract_all(ex, captions[:512]), "llm_extract")
     ex.close()
-    del ex
-    torch.cuda.empty_cache() if DEV.type == "cuda" else None
 
 
 def part_vit(small: bool) -> None:
@@ -344,6 +342,8 @@ def main() -> int:
             traceback.print_exc()
             say(f"{part} FAILED: {exc!r}")
             failed.append(part)
+        if DEV.type == "cuda":  # the part's models are gone with its frame: hand their memory back
+            torch.cuda.empty_cache()
         say(f"== {part} took {time.perf_counter() - t0:.1f} s")
     return 1 if failed else 0
 

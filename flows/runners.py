@@ -26,7 +26,6 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from storage.env_numbers import env_number
 
 ENV = "PRH_TASK_RUNNER"
-KINDS = ("sequential", "threads", "dask")
 
 
 def make_task_runner(spec: str | None = None) -> TaskRunner[Any]:

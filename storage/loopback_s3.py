@@ -19,14 +19,6 @@ from pathlib import Path
 from typing import Iterator
 
 
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now (another process may take it before it is
-    used: `start_moto_server` lets the server bind a port itself instead)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 #: the line werkzeug (moto's server) logs once it listens
 _LISTENING = re.compile(r"Running on https?://127\.0\.0\.1:(\d+)")
 

@@ -227,7 +227,7 @@ def test_the_alignment_stage_reads_and_prepares_a_model_with_two_pairs_once(tmp_
     assert not storage.pairing._CACHE._items and not storage.pairing._CACHE._left
     # the same results as the stage computing every pair on its own (the cache off)
     monkeypatch.setenv("PRH_FEATURE_CACHE_MB", "0")
-    alone = prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT], permutations=5), store=str(tmp_path / "alone"))
+    prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT], permutations=5), store=str(tmp_path / "alone"))
     assert read_whole == ["tiny-vit"] and len(prepared) == 7
     sql = ("select model_a, model_b, metric, score, layer_a, layer_b, calibrated_score, p_value, ci_low, ci_high "
            "from alignment_best order by all")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from .reference import normalize_rows
 
@@ -29,14 +28,3 @@ def layers(n: int = 40, widths: tuple[int, ...] = (12, 7, 16), seed: int = 0, no
         x = z @ rng.normal(size=(6, d)) + noise * (i + 1) * rng.normal(size=(n, d))
         out.append(normalize_rows(x))
     return out
-
-
-@pytest.fixture
-def pair() -> tuple[np.ndarray, np.ndarray]:
-    return paired()
-
-
-@pytest.fixture
-def independent() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(1)
-    return normalize_rows(rng.normal(size=(40, 12))), normalize_rows(rng.normal(size=(40, 9)))

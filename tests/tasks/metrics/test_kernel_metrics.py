@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -275,10 +277,8 @@ def test_sq_norms_of_packed_rows_are_float64_sums_to_a_few_ulps() -> None:
             np.testing.assert_allclose(got.numpy(), want, rtol=8 * np.finfo(np.float64).eps)
 
 
-def _exact_unbiased_self_hsic(x: np.ndarray) -> "Fraction":
+def _exact_unbiased_self_hsic(x: np.ndarray) -> Fraction:
     """The paper's ``hsic_unbiased(K, K)``, ``K = x x^T``, in exact rational arithmetic."""
-    from fractions import Fraction
-
     rows = [[Fraction(float(v)) for v in r] for r in x]
     m = len(rows)
     k = [[Fraction(0) if i == j else sum(a * b for a, b in zip(rows[i], rows[j])) for j in range(m)] for i in range(m)]
