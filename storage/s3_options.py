@@ -133,6 +133,34 @@ def from_s3_client(error: BaseException) -> bool:
     return type(error).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp")
 
 
+def not_s3_reply(error: BaseException) -> str | None:
+    """What in ``error`` shows that the endpoint is not an S3 server, or None.
+
+    An S3 server answers every request but a ``HEAD`` with an XML error document naming an S3 error
+    code (``NoSuchBucket``, ``AccessDenied``...). When botocore finds no such document it takes the
+    HTTP status for the code: a client error (4xx) or ``501 Not Implemented`` answered that way to a
+    request with a body (``ListObjectsV2``, ``PutObject``, not ``HeadObject``, whose replies never
+    have one) comes from a web server that is not S3 (a plain ``python -m http.server``, a web
+    page's host). A bare 5xx other than 501 may be a gateway between the client and a real S3
+    server, so it is not taken for one. Returns ``ListObjectsV2 answered HTTP 404 (Not Found)
+    without an S3 error document``."""
+    for found in error_chain(error):
+        response = getattr(found, "response", None)
+        operation = getattr(found, "operation_name", None)
+        if not (isinstance(response, dict) and operation):
+            continue
+        details = response.get("Error", {}) or {}
+        status = (response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
+        if str(operation).startswith("Head") or not isinstance(status, int) or details.get("Code") != str(status):
+            return None
+        if 400 <= status < 500 or status == 501:
+            reason = details.get("Message") or ""
+            return redact_text(f"{operation} answered HTTP {status}{f' ({reason})' if reason else ''} without an S3 error "
+                               "document")
+        return None
+    return None
+
+
 def describe_s3_error(error: BaseException) -> str:
     """One line saying what failed on S3, for error messages: the operation, the S3 error code,
     the HTTP status and the attempts made, or the endpoint that could not be reached.

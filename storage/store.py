@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import fsspec
 import pyarrow as pa
@@ -45,7 +45,7 @@ from storage.error_chain import error_chain
 from storage.keys import safe_component
 from storage.owner import current_owner, owner_is_dead
 from storage.parquet_schema import schema_fingerprint
-from storage.s3_options import describe_s3_error, from_s3_client
+from storage.s3_options import describe_s3_error, from_s3_client, not_s3_reply
 
 MANIFEST = "manifest.json"
 CLAIM = ".publishing"
@@ -210,6 +210,43 @@ def check_store_url(url: Any) -> None:
         raise ValueError(f"store URL {url!r} names the filesystem's root: add the folder, e.g. /data/prh")
 
 
+def local_store_path(url: str) -> str | None:
+    """The folder a ``file://`` (or fsspec's ``local://``) store URL names: its path with the
+    percent-escapes decoded, as RFC 8089 reads a file URL and as ``Path.as_uri()`` and file
+    managers write one (``file:///data/my%20store`` is the folder ``/data/my store``; fsspec
+    itself would take ``%20`` literally). None for a plain path, which is used as written (a folder
+    may be named ``50%``), and for other URLs (``s3://`` keys are used as written, as s3fs does).
+    A ``%XX`` that is not UTF-8 decodes to a lone surrogate, which :func:`check_utf8_url` refuses."""
+    scheme, sep, after = url.partition("://")
+    if not sep or scheme.lower() not in ("file", "local"):
+        return None
+    return unquote(after, errors="surrogateescape")
+
+
+def store_file_url(scheme: str, path: str) -> str:
+    """The URL of the local folder ``path`` that :func:`local_store_path` reads back as ``path``:
+    ``scheme://`` and the path with only ``%`` escaped (``%25``), so that it stays readable
+    (``file:///data/my store``) and a store's URL opens the same folder wherever it is passed on."""
+    return f"{scheme}://{path.replace('%', '%25')}"
+
+
+def _decoded_local_path(url: str, path: str) -> str:
+    """``path``, decoded from the file URL ``url``, once it is known to name a folder that can be a
+    store: not the filesystem's root (``file:///tmp/%2E%2E``), no NUL (``%00``), and not a new
+    folder beside an existing one of the URL's literal name (an older prh read ``%20`` literally:
+    its store stays where it is, named, rather than a new store starting empty)."""
+    if "\x00" in path:
+        raise ValueError(f"store URL {url!r} decodes to a path holding a NUL character (%00), which names no folder")
+    if not os.path.normpath(path).strip("/"):
+        raise ValueError(f"store URL {url!r} names the filesystem's root ({path!r} decoded): add the folder, e.g. file:///data/prh")
+    literal = url.partition("://")[2]
+    if literal != path and os.path.isdir(literal) and not os.path.exists(path):
+        raise ValueError(f"store URL {url!r} names the folder {path!r} (a file URL's %-escapes are decoded), which does not "
+                         f"exist, but the folder {literal!r} does (written by a prh that read the escapes literally): "
+                         f"give that folder's path, {literal}, to use it, or rename it to {path!r}")
+    return path
+
+
 def check_utf8_url(url: str) -> None:
     """Refuse (ValueError naming it) a store URL holding bytes that are not UTF-8: a folder named
     in another encoding (``st\\xf6re`` in Latin-1), or any non-ASCII path in a process whose locale
@@ -263,6 +300,12 @@ class DamagedManifest(ValueError):
         self.problem = message
 
 
+class NotAnS3Endpoint(ValueError):
+    """The endpoint of an S3 store answers, but not as an S3 server does (``AWS_ENDPOINT_URL`` naming
+    a web server): a setting to fix, which retries cannot. The message names the endpoint and
+    where it was set."""
+
+
 class StoreIOError(OSError):
     """An object-store operation failed after the client's retries; the message names the store
     (credentials removed), the operation and the S3 error. Transient for ``tasks.retries``."""
@@ -289,12 +332,18 @@ class Store:
     """
 
     def __init__(self, url: str = DEFAULT_STORE, storage_options: dict[str, Any] | None = None):
+        #: An S3 store's endpoint and where it was set (None: the AWS default endpoint), for messages.
+        self._endpoint: tuple[str, str] | None = None
         check_store_url(url)
-        if "://" not in url:  # a local path, used as written: no percent-encoding (fsspec does not decode it)
+        local = None  # a local store's folder, for fsspec (which does not decode file URLs)
+        if "://" not in url:  # a local path, used as written: no percent-decoding
             resolved = Path(url).expanduser().resolve()
             if resolved == Path(resolved.anchor):  # '..' from /tmp, '.' from /: would become 'file:', the working folder
                 raise ValueError(f"store URL {url!r} names the filesystem's root ({resolved}): add the folder, e.g. /data/prh")
-            url = "file://" + resolved.as_posix()
+            local, url = resolved.as_posix(), store_file_url("file", resolved.as_posix())
+        elif (decoded := local_store_path(url)) is not None:  # file:///data/my%20store: the folder '/data/my store'
+            local = _decoded_local_path(url, decoded).rstrip("/")
+            url = store_file_url(url.partition("://")[0], local)
         check_utf8_url(url)
         self.url = url.rstrip("/")
         options = dict(storage_options or {})
@@ -304,12 +353,15 @@ class Store:
             from storage.s3_options import s3fs_retries, with_s3_defaults
 
             options = with_s3_defaults(options)
-            if "endpoint_url" not in options:
-                endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-                if endpoint:
-                    options["endpoint_url"] = endpoint
+            if "endpoint_url" in options:
+                self._endpoint = (str(options["endpoint_url"]), "the storage option endpoint_url")
+            else:
+                variable = next((v for v in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL") if os.environ.get(v)), None)
+                if variable:
+                    options["endpoint_url"] = os.environ[variable]
+                    self._endpoint = (os.environ[variable], variable)
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
+            self.fs, self.root = fsspec.core.url_to_fs(self.url if local is None else f"file://{local}", **options)
         except (ValueError, ImportError) as error:  # unknown protocol, its package not installed
             raise ValueError(f"store {redact_url(self.url)}: cannot open it: {error}") from None
         except OSError as error:  # a filesystem that connects as it opens (ftp, sftp...)
@@ -609,7 +661,7 @@ class Store:
             self.delete(key)
         except Exception as error:
             failure = self._failure("write a probe object", error)
-            if isinstance(failure, StoreIOError):  # an object store that is down or unreachable
+            if isinstance(failure, (StoreIOError, NotAnS3Endpoint)):  # an object store down, unreachable or not S3
                 raise failure from error
             if not isinstance(error, OSError):
                 raise
@@ -828,6 +880,9 @@ class Store:
         client_error = from_s3_client(error)
         if self.is_local or isinstance(error, (StoreIOError, StoreNotWritable)) or not (isinstance(error, OSError) or client_error):
             return error
+        reply = not_s3_reply(error)
+        if reply is not None:
+            return self._not_s3(reply)
         message = f"cannot {action} in store {self.display_url}: {describe_s3_error(error)}"
         if isinstance(error, PermissionError):
             return StoreNotWritable(message)
@@ -836,6 +891,31 @@ class Store:
         wrapped = StoreIOError(message)
         wrapped.errno = getattr(error, "errno", None)
         return wrapped
+
+    def _not_s3(self, reply: str) -> NotAnS3Endpoint:
+        """The error for an endpoint whose ``reply`` (:func:`storage.s3_options.not_s3_reply`) shows
+        it is not an S3 server, naming it and where it was set."""
+        if self._endpoint is None:
+            endpoint, where = "the AWS default endpoint", "set AWS_ENDPOINT_URL to your S3 server's URL"
+        else:
+            endpoint, where = redact_url(self._endpoint[0]), f"check {self._endpoint[1]}"
+        return NotAnS3Endpoint(f"store {self.display_url}: the S3 endpoint {endpoint} is not an S3 server ({reply}): "
+                               f"{where}")
+
+    def check_endpoint(self) -> None:
+        """Raise :class:`NotAnS3Endpoint` when this S3 store's endpoint answers a listing of its
+        bucket (one key) as no S3 server does; nothing for a local store, nor when the bucket is
+        merely missing or the listing fails for another reason (the caller's own check says so).
+        For a store found empty: s3fs takes any 404 for "no such file", so a web server's "Not
+        Found" read as an empty store ("does not exist")."""
+        if self.is_local:
+            return
+        try:
+            self.fs.call_s3("list_objects_v2", Bucket=self.root.split("/", 1)[0], MaxKeys=1)
+        except Exception as error:  # noqa: BLE001 - only a reply that is not S3's is this check's to report
+            reply = not_s3_reply(error)
+            if reply is not None:
+                raise self._not_s3(reply) from error
 
     def _fresh_manifest(self, version_key: str) -> dict[str, Any] | None:
         self.fs.invalidate_cache(self.path(version_key))

@@ -405,7 +405,7 @@ def read_hf_dataset(
         table = table.slice(0, n)
     if "hub_id" in dataset.provenance:
         _fetch_image_files(source, dataset, folder, table, image_column)
-    records = records_with_captions(columns.canonical(table), f"{source} ({split})", captions)  # as load_hf_dataset names it
+    records = records_with_captions(columns.canonical(table), f"{source} ({split})", captions, columns=columns)  # as load_hf_dataset names it
     provenance = {**dataset.provenance, "split": split, "captions": captions, "n": n,
                   "files": [p.relative_to(dataset.root).as_posix() for p in read]}
     return records, folder, provenance

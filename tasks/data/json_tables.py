@@ -37,16 +37,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 
 from tasks.data.sources import ColumnMap, refuse_split
 
-__all__ = ["coco_captions_table", "karpathy_split_table", "read_json_table"]
+__all__ = ["coco_captions_table", "karpathy_split_table", "lone_surrogate", "read_json_table", "records_table"]
 
 _COCO_KEYS = ("images", "annotations")
-_JSON_KINDS = {str: "string", list: "array", dict: "object", int: "number", float: "number", bool: "boolean"}
+_JSON_KINDS = {str: "string", bytes: "string", list: "array", dict: "object", int: "number", float: "number", bool: "boolean"}  # bytes: a caption with a lone surrogate
 
 
 def read_json_table(path: Path, columns: ColumnMap, limit: int | None = None, split: str | None = None) -> pa.Table:
@@ -80,7 +80,7 @@ def read_json_table(path: Path, columns: ColumnMap, limit: int | None = None, sp
         return coco_captions_table(document, where, limit)
     if isinstance(document, list):
         refuse_split(split, f"dataset file {where!r}", "an array of rows")
-        return _records_table(document, where, columns, limit)
+        return records_table(document, where, columns, limit)
     found = f"an object with keys {sorted(document)[:12]}" if isinstance(document, dict) else f"a JSON {type(document).__name__}"
     raise ValueError(
         f"dataset file {where!r} is {found}; expected a COCO captions file (an object with 'images' and "
@@ -96,8 +96,14 @@ def _is_karpathy(document: Any) -> bool:
     return isinstance(images, list) and bool(images) and isinstance(images[0], dict) and "sentences" in images[0]
 
 
-def _mixed_column(rows: list[dict[str, Any]], names: list[str]) -> str:
-    """Which key of the row objects Arrow could not read as one type, and where its kind changes."""
+def _element(index: int) -> str:
+    """How a message names the row object at ``index`` of an array of rows."""
+    return f"element {index}"
+
+
+def _mixed_column(rows: list[dict[str, Any]], names: list[str], label: Callable[[int], str] = _element) -> str:
+    """Which key of the row objects Arrow could not read as one type, and where its kind changes
+    (``label``: how a message names the row at an index)."""
     for name in names:
         kinds: dict[str, int] = {}
         for index, row in enumerate(rows):
@@ -106,7 +112,7 @@ def _mixed_column(rows: list[dict[str, Any]], names: list[str]) -> str:
                 kinds.setdefault(_JSON_KINDS.get(type(value), type(value).__name__), index)
         if len(kinds) > 1:
             (first, at_first), (second, at) = sorted(kinds.items(), key=lambda item: item[1])[:2]
-            return f"key {name!r} mixes JSON {first} (element {at_first}) and {second} (element {at}) values"
+            return f"key {name!r} mixes JSON {first} ({label(at_first)}) and {second} ({label(at)}) values"
     return "a key mixes value types"
 
 
@@ -167,7 +173,7 @@ def _surrogate_error(where: str, entries: str, values: list[Any], key: str, indi
     """The error for a file name or id (``key`` of ``entries[i]``) holding a lone UTF-16 surrogate
     (JSON's ``"\\ud83d"``), which names no file and is no id: it was a bare ``UnicodeEncodeError``
     naming neither the file nor the entry."""
-    at = next(i for i, value in enumerate(values) if _lone_surrogate(value))
+    at = next(i for i, value in enumerate(values) if lone_surrogate(value))
     index = at if indices is None else indices[at]  # the entry's position in the file
     return ValueError(f"dataset file {where!r}: {entries}[{index}] {key!r} {values[at]!r} holds a lone UTF-16 "
                       "surrogate (half of a character cut off?), which is not text")
@@ -255,16 +261,27 @@ def _coco_id(entry: Any, key: str, what: str, where: str) -> str:
     return str(value)
 
 
-def _records_table(rows: list[Any], where: str, columns: ColumnMap, limit: int | None) -> pa.Table:
-    """An array of row objects as a table of the wanted columns (the first ``limit`` rows)."""
+def records_table(rows: list[Any], where: str, columns: ColumnMap, limit: int | None,
+                  label: Callable[[int], str] = _element) -> pa.Table:
+    """Row objects (an array's elements, a JSON Lines file's lines) as a table of the wanted
+    columns (the first ``limit`` rows); other keys are not read. ``label`` names the row at an
+    index in messages (``element 3``; ``line 4`` for JSON Lines). A caption holding a lone UTF-16
+    surrogate makes the caption column binary (its UTF-8 bytes), so that only its row is rejected.
+
+    Raises:
+        ValueError: naming ``where``: a row that is not an object, no row with the image or
+            caption key, a key whose values mix JSON types, an integer beyond 64 bits, an id
+            holding a lone surrogate.
+    """
     rows = rows[:limit]
     wanted = columns.wanted()
     present: list[str] = []
     kept: list[dict[str, Any]] = []
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise ValueError(f"dataset file {where!r}: element {index} of the array is a JSON {type(row).__name__}, "
-                             "not an object (one object per row)")
+            whole = f"{label(index)} of the array" if label is _element else label(index)
+            raise ValueError(f"dataset file {where!r}: {whole} is a JSON {type(row).__name__}, not an object (one object "
+                             "per row)")
         kept.append({name: row[name] for name in wanted if name in row})
         present.extend(name for name in kept[-1] if name not in present)
     missing = [name for name in (columns.image, columns.text) if name not in present]
@@ -273,7 +290,7 @@ def _records_table(rows: list[Any], where: str, columns: ColumnMap, limit: int |
         raise ValueError(f"dataset file {where!r}: no row has the required key(s) {missing}; keys read: "
                          f"{sorted({k for row in rows[:100] if isinstance(row, dict) for k in row})[:20]}{hint}")
     names = [name for name in wanted if name in present]
-    if any(_lone_surrogate(row.get(columns.text)) for row in kept):  # captions as their (invalid) UTF-8 bytes
+    if any(lone_surrogate(row.get(columns.text)) for row in kept):  # captions as their (invalid) UTF-8 bytes
         kept = [{**row, columns.text: _utf8_bytes(row[columns.text])} if columns.text in row else row for row in kept]
     try:
         table = pa.Table.from_pylist([{name: row.get(name) for name in names} for row in kept])
@@ -281,20 +298,20 @@ def _records_table(rows: list[Any], where: str, columns: ColumnMap, limit: int |
         raise ValueError(f"dataset file {where!r}: a value holds a lone UTF-16 surrogate ({exc.object[exc.start:exc.end]!r}: "
                          "half of a character cut off?), which is not text") from exc
     except OverflowError as exc:  # a JSON integer beyond 64 bits (Python reads any size)
-        raise ValueError(f"dataset file {where!r}: {_big_integer(kept, names)}, more than a 64-bit integer holds; "
+        raise ValueError(f"dataset file {where!r}: {_big_integer(kept, names, label)}, more than a 64-bit integer holds; "
                          "write an id that large as a string") from exc
     except (pa.ArrowException, TypeError) as exc:
-        raise ValueError(f"dataset file {where!r}: {_mixed_column(kept, names)} ({exc})") from exc
+        raise ValueError(f"dataset file {where!r}: {_mixed_column(kept, names, label)} ({exc})") from exc
     return columns.canonical(table)
 
 
-def _big_integer(rows: list[dict[str, Any]], names: list[str]) -> str:
+def _big_integer(rows: list[dict[str, Any]], names: list[str], label: Callable[[int], str] = _element) -> str:
     """Where the row objects hold an integer that no 64-bit integer column takes."""
     for index, row in enumerate(rows):
         for name in names:
             value = row.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**64:
-                return f"element {index} key {name!r} is the integer {value}"
+                return f"{label(index)} key {name!r} is the integer {value}"
     return "a value is an integer"
 
 
@@ -303,15 +320,15 @@ def _caption_lists(lists: list[list[str]]) -> pa.Array:
     holds a lone UTF-16 surrogate (JSON's ``"\\ud83d"``: half of an emoji cut off), which no
     string column takes: its bytes are not valid UTF-8, so only its row is rejected
     (``text_not_utf8``), as a binary caption of invalid UTF-8 is."""
-    if any(_lone_surrogate(captions) for captions in lists):
+    if any(lone_surrogate(captions) for captions in lists):
         return pa.array([_utf8_bytes(captions) for captions in lists], pa.list_(pa.binary()))
     return pa.array(lists, pa.list_(pa.string()))
 
 
-def _lone_surrogate(value: Any) -> bool:
+def lone_surrogate(value: Any) -> bool:
     """Whether ``value`` (text, or a list of them) holds a character that UTF-8 cannot encode."""
     if isinstance(value, list):
-        return any(_lone_surrogate(item) for item in value)
+        return any(lone_surrogate(item) for item in value)
     if not isinstance(value, str):
         return False
     try:

@@ -59,6 +59,7 @@ __all__ = [
     "FONT_FILE",
     "available_emoji",
     "build_openmoji_pairs",
+    "drawable_count",
     "caption_for",
     "candidates",
     "describe",
@@ -188,7 +189,7 @@ def render_emoji(emoji_str: str, image_size: int = 224) -> Image.Image | None:
     """
     with _RENDER_LOCK:
         advance, notdef_pixels = _glyph_references(image_size)
-        if _font(image_size).getlength(emoji_str) > 1.5 * advance:
+        if _too_wide(emoji_str, image_size, advance):
             return None
         image = _draw(emoji_str, image_size)
     if image.tobytes() == notdef_pixels:
@@ -196,6 +197,35 @@ def render_emoji(emoji_str: str, image_size: int = 224) -> Image.Image | None:
     if image.getextrema() == ((255, 255), (255, 255), (255, 255)):  # all white
         return None
     return image
+
+
+def _too_wide(emoji_str: str, image_size: int, advance: float) -> bool:
+    """Whether the shaped ``emoji_str`` is wider than one glyph of ``advance`` (pixels at
+    ``image_size``): a sequence the font has no ligature for. Shaped, not drawn."""
+    return _font(image_size).getlength(emoji_str) > 1.5 * advance
+
+
+#: The largest image size at which :func:`drawable_count` draws every emoji (1.7 s at 256 px; 35 s
+#: at 1024, two minutes at 2048): above it, only the width test is run at the size asked.
+COUNT_DRAWN_UP_TO = 256
+
+
+def drawable_count(image_size: int = 224) -> int:
+    """How many emoji :func:`build_openmoji_pairs` can draw at ``image_size``: the largest ``n`` it
+    takes, counted without building the table, fast enough for ``prh run --check``.
+
+    Up to ``COUNT_DRAWN_UP_TO`` px every candidate is drawn (:func:`available_emoji`). Above, the
+    width test (a sequence without a ligature) is run at ``image_size``, by shaping only, and the
+    tests on pixels (the missing-glyph box, a blank glyph) are taken from the drawing at
+    ``COUNT_DRAWN_UP_TO`` px: which glyph the font maps an emoji to, and whether it has ink, do not
+    depend on the size (the counts agree from 16 to 1024 px: ``tests/tasks/data/test_openmoji.py``).
+    """
+    if image_size <= COUNT_DRAWN_UP_TO:
+        return len(available_emoji(image_size))
+    drawn = set(available_emoji(COUNT_DRAWN_UP_TO))
+    with _RENDER_LOCK:
+        advance = _font(image_size).getlength(_REFERENCE_EMOJI)
+        return sum(1 for p in candidates() if p.sample_id in drawn and not _too_wide(p.emoji, image_size, advance))
 
 
 def _encode_png(image: Image.Image) -> bytes:

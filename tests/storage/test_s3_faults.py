@@ -14,10 +14,16 @@ import hashlib
 import http.client
 import os
 import random
+import re
 import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +42,7 @@ from storage.s3_options import (
     s3fs_retries,
     with_s3_defaults,
 )
-from storage.store import CLAIM, MANIFEST, Store, StoreNotWritable, table_to_parquet_bytes
+from storage.store import CLAIM, MANIFEST, NotAnS3Endpoint, Store, StoreNotWritable, table_to_parquet_bytes
 from tests.flows.test_pipeline import TINY_BERT, TINY_VIT
 from tests.storage.s3_fault_proxy import FaultProxy
 
@@ -364,6 +370,52 @@ def test_read_only_bucket_fails_fast_and_clearly(s3_store_url, faults):
         store.check_writable()
     assert store.manifest("features/d/m/new") is None
     _assert_published_exactly(store, "features/d/m/old", files)
+
+
+@contextmanager
+def plain_web_server(folder: Path) -> Iterator[str]:
+    """A plain HTTP file server on loopback (what ``python -m http.server`` runs), serving the
+    empty ``folder``: 404 to every GET, 501 to every PUT. Yields its URL."""
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_an_endpoint_that_is_no_s3_server_is_named_as_such(tmp_path, monkeypatch, s3_endpoint, s3_store_url):
+    """``AWS_ENDPOINT_URL`` naming a web server that is not S3: the run's write probe said
+    "PutObject failed: 501 (HTTP 501) after 1 attempt: Not Implemented" without the endpoint, and a
+    read took its "Not Found" for a missing file. Both now name the endpoint, where it was set, and
+    that it is not an S3 server, without retrying; a real S3 server's answers are read as before."""
+    with plain_web_server(tmp_path) as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        store = Store("s3://bucket/prefix")
+        said = f"store s3://bucket/prefix: the S3 endpoint {endpoint} is not an S3 server "
+        with pytest.raises(NotAnS3Endpoint, match=re.escape(said + "(PutObject answered HTTP 501 (Not Implemented) without "
+                                                            "an S3 error document): check AWS_ENDPOINT_URL")):
+            store.check_writable()
+        with pytest.raises(NotAnS3Endpoint, match=re.escape(said + "(ListObjectsV2 answered HTTP 404 (Not Found)")):
+            store.check_endpoint()
+        optioned = Store("s3://bucket/prefix", {"endpoint_url": endpoint})
+        with pytest.raises(NotAnS3Endpoint, match="check the storage option endpoint_url"):
+            optioned.check_endpoint()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    real = Store(s3_store_url)  # the session's moto server
+    real.check_endpoint()
+    real.check_writable()
+    with pytest.raises(FileNotFoundError):
+        real.read_bytes("runs/missing.json")
+    Store(s3_store_url.rsplit("/", 2)[0] + "/no-such-bucket-here/x").check_endpoint()  # a missing bucket: the caller says so
 
 
 # ------------------------------------------ known gaps (see the issue-7 faults report)

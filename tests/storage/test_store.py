@@ -302,6 +302,46 @@ def test_a_relative_store_path_that_resolves_to_the_root_is_refused(monkeypatch)
         Store(".")
 
 
+def test_a_file_url_is_percent_decoded_and_a_store_url_opens_its_folder_again(tmp_path):
+    """``file:///…/my%20store`` (as ``Path.as_uri()`` and file managers write it) was the folder
+    ``my%20store``: RFC 8089 decodes it, so it is ``my store``, the folder its plain path names.
+    A plain path is used as written (``50%25`` stays), and every store's URL opens its own folder
+    again, as runs pass it on to their tasks."""
+    (tmp_path / "my store").mkdir()
+    encoded = Store((tmp_path / "my store").as_uri())
+    assert "%20" in (tmp_path / "my store").as_uri() and encoded.root == str(tmp_path / "my store")
+    assert encoded.url == Store(str(tmp_path / "my store")).url == f"file://{tmp_path}/my store"
+    literal = Store(str(tmp_path / "50%25"))
+    assert literal.root == str(tmp_path / "50%25") and literal.url == f"file://{tmp_path}/50%2525"
+    for store in (encoded, literal, Store(f"local://{tmp_path}/a%20b/")):
+        assert Store(store.url).root == store.root
+    encoded.write_bytes("runs/x.json", b"{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my store"]
+    assert Store("s3://bucket/my%20store").root == "bucket/my%20store"  # s3fs keys are used as written
+
+
+@pytest.mark.parametrize("suffix, message", [
+    ("%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E", "names the filesystem's root"),
+    ("a%00b", "decodes to a path holding a NUL character (%00)"),
+    ("st%F6re", "holds bytes that are not UTF-8 text"),
+])
+def test_a_file_url_that_decodes_to_no_folder_is_refused(tmp_path, suffix, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Store(f"file://{tmp_path}/{suffix}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_an_older_prh_wrote_under_the_escaped_name_is_named_not_left_behind(tmp_path):
+    """An older prh took ``file:///…/my%20store`` literally and wrote the folder ``my%20store``: the
+    same URL now means ``my store``; it is refused while only the old folder exists, naming it,
+    instead of starting a new empty store beside it."""
+    (tmp_path / "my%20store" / "runs").mkdir(parents=True)
+    with pytest.raises(ValueError, match=re.escape(f"but the folder '{tmp_path}/my%20store' does (written by a prh that "
+                                                   f"read the escapes literally): give that folder's path")):
+        Store(f"file://{tmp_path}/my%20store")
+    assert Store(str(tmp_path / "my%20store")).root == str(tmp_path / "my%20store")
+
+
 def test_unpublish_takes_a_dead_writers_claim_over_and_leaves_a_live_writers_version(tmp_path):
     """``unpublish`` works under the version's claim: a stale one (its writer long silent) is
     taken over, the version removed and no claim left behind; a live writer's claim leaves the

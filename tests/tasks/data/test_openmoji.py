@@ -17,6 +17,7 @@ from tasks.data.openmoji import (
     caption_for,
     candidates,
     describe,
+    drawable_count,
     render_emoji,
     sample_id_for,
 )
@@ -150,6 +151,16 @@ def test_bad_arguments() -> None:
         build_openmoji_pairs(n=len(candidates()) + 1, image_size=16)
     with pytest.raises(ValueError, match="image_size"):
         build_openmoji_pairs(n=2, image_size=8)
+
+
+def test_drawable_count_is_what_drawing_finds_above_the_size_it_draws_at() -> None:
+    """``drawable_count`` above ``COUNT_DRAWN_UP_TO`` px shapes at the size asked and takes the
+    pixel tests from the drawing at ``COUNT_DRAWN_UP_TO``: it must count what drawing every emoji
+    at that size finds (checked by hand from 16 to 1024 px; here at 300, ~4 s)."""
+    from tasks.data import openmoji
+
+    size = openmoji.COUNT_DRAWN_UP_TO + 44
+    assert drawable_count(size) == len(available_emoji(size)) == drawable_count(openmoji.COUNT_DRAWN_UP_TO)
 
 
 def test_describe_is_deterministic_metadata() -> None:

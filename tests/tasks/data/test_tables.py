@@ -579,6 +579,37 @@ def test_column_types_are_checked_alike_for_either_caption_policy(image_dir: Pat
             load_paired_dataset(path, columns=ColumnMap(captions=captions))
 
 
+def _null_column_table(path: Path, columns: dict[str, list]) -> None:
+    """``columns`` written as a Parquet table, JSON Lines or a JSON array of rows (by suffix); a
+    column of only ``None`` gets Arrow's null type, as pandas writes a column of ``None``."""
+    if path.suffix == ".parquet":
+        pq.write_table(pa.table({name: pa.array(values) for name, values in columns.items()}), path)
+        return
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    path.write_text(json.dumps(rows) if path.suffix == ".json" else "".join(json.dumps(row) + "\n" for row in rows))
+
+
+@pytest.mark.parametrize("layout", ["parquet", "jsonl", "json"])
+def test_a_column_that_is_null_in_every_row(image_dir: Path, layout: str) -> None:
+    """A column with no value (Arrow's null type) refused the table as "column 'image_id' has type
+    null, expected string, binary or integer", although a null image_id means "not given"; a key
+    not read never mattered. An image, caption or id column with no value is refused naming the
+    column as the table names it."""
+    images, captions = ["img/red.png", "img/blue.png"], ["red", "blue"]
+    path = image_dir / f"t.{layout}"
+    _null_column_table(path, {"image": images, "caption": captions, "image_id": [None, None], "notes": [None, None]})
+    result = load_paired_dataset(path, columns=ColumnMap(text="caption"))
+    assert result.n_valid == 2 and result.n_rejected == 0
+    assert sorted(text for _, text, _ in rows(result)) == ["blue", "red"]
+    assert all(image_id == sample_id for sample_id, _, image_id in rows(result))  # not given: derived
+    for name, role in (("picture", "image"), ("caption", "caption"), ("sample_id", "id")):
+        given = {"picture": images, "caption": captions, name: [None, None]}
+        _null_column_table(path, given)
+        with pytest.raises(ValueError, match=rf"t\.{layout}': {role} column '{name}' holds no value: it is null in all 2 "
+                                             r"row\(s\)"):
+            load_paired_dataset(path, columns=ColumnMap(image="picture", text="caption"))
+
+
 @pytest.mark.parametrize("metadata", ["metadata.jsonl", "metadata.csv", "metadata.parquet"])
 def test_image_folder_with_a_metadata_table(tmp_path: Path, metadata: str) -> None:
     """The Hugging Face ImageFolder layout: file_name + text in a metadata table, images in

@@ -1,0 +1,128 @@
+"""JSON Lines tables read line by line with Python's ``json``, where pyarrow's reader refuses the
+whole file for what concerns one row or a key that is not read.
+
+pyarrow reads a ``.jsonl`` table first (:mod:`tasks.data.sources`: fast, and what sets the
+table's types); when it fails to parse the file, this reader takes over, so that:
+
+- a lone UTF-16 surrogate escape (``"\\ud800"``: half of an emoji cut off) rejects its row, as in
+  the other JSON layouts: in a caption ``text_not_utf8`` (:mod:`tasks.data.tables`), in a
+  ``sample_id`` / ``image_id`` ``sample_id_unsafe`` / ``image_id_unsafe``, in an image path
+  ``image_missing`` (it names no file); in a key that is not read it is ignored;
+- a key that is not read (``extra``: a number in one line, text in another) does not matter;
+- what still makes the file unreadable (a line that is not JSON, not an object, not UTF-8; a read
+  key whose values mix JSON types) is named with its line number (1-based, as an editor counts).
+
+Records of a table read here have the origin ``row R (line L)``: ``R`` the 0-based data row (blank
+lines are not rows), ``L`` the line it is on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from tasks.data.json_tables import lone_surrogate, records_table
+from tasks.data.sources import ColumnMap, RawRecord, records_with_captions
+
+__all__ = ["json_lines_keys", "read_json_lines"]
+
+
+def read_json_lines(path: Path, columns: ColumnMap, limit: int | None = None) -> list[RawRecord]:
+    """The records of the JSON Lines table at ``path`` (its first ``limit`` rows, or all), read
+    with Python's ``json`` (module docstring: what rejects a row, what the file).
+
+    Raises:
+        ValueError: naming ``path`` and the line: not UTF-8, not JSON, not an object; a read key
+            mixing JSON types; no row with the image or caption key.
+    """
+    rows, lines = _parsed_lines(path, limit)
+    problems: dict[int, tuple[str, str]] = {}
+    for row, (value, line) in enumerate(zip(rows, lines)):
+        if isinstance(value, dict):
+            problem = _surrogate_problem(value, columns, f"row {row} (line {line})")
+            if problem is not None:
+                problems[row] = problem
+    table = records_table(rows, str(path), columns, None, label=lambda index: f"line {lines[index]}")
+    records = records_with_captions(table, str(path), columns.captions, columns=columns)
+    return [_with_line(record, lines, problems) for record in records]
+
+
+def json_lines_keys(path: Path) -> list[str]:
+    """The keys of the JSON Lines table at ``path``, in the order first met ([] when a line cannot
+    be read: :func:`read_json_lines` then says which)."""
+    try:
+        rows, _ = _parsed_lines(path, None)
+    except ValueError:
+        return []
+    keys: dict[str, None] = {}
+    for row in rows:
+        if isinstance(row, dict):
+            keys.update(dict.fromkeys(row))
+    return list(keys)
+
+
+def _parsed_lines(path: Path, limit: int | None) -> tuple[list[Any], list[int]]:
+    """The parsed value of each non-blank line (the first ``limit``) and its line number."""
+    where = str(path)
+    rows: list[Any] = []
+    lines: list[int] = []
+    try:
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if limit is not None and len(rows) >= limit:
+                    break
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ValueError(f"dataset table {where!r}: line {number} is not UTF-8 text ({exc.reason} at byte "
+                                     f"{exc.start} of the line)") from None
+                if number == 1:
+                    text = text.removeprefix("\ufeff")
+                if not text.strip():
+                    continue
+                try:
+                    rows.append(json.loads(text))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"dataset table {where!r} is not readable JSON Lines (one object per line): line "
+                                     f"{number}: {exc.msg} (column {exc.colno})") from None
+                lines.append(number)
+    except OSError as exc:
+        raise ValueError(f"dataset table {where!r} cannot be read: {exc}") from exc
+    return rows, lines
+
+
+def _surrogate_problem(value: dict[str, Any], columns: ColumnMap, origin: str) -> tuple[str, str] | None:
+    """The row's ``(reason, detail)`` when a read id or image path holds a lone UTF-16 surrogate
+    (checked in the order the row checks run: ``sample_id``, ``image_id``, caption, image), with
+    the offending value taken out of ``value`` (no Arrow column takes it); None otherwise. A
+    caption's is left to the caption check (``text_not_utf8``), which runs before the image's."""
+    found = None
+    for key, reason in (("sample_id", "sample_id_unsafe"), ("image_id", "image_id_unsafe")):
+        if key not in (columns.image, columns.text) and isinstance(value.get(key), str) and lone_surrogate(value[key]):
+            found = found or (reason, f"{origin}: {key} {_surrogate_at(value[key])}, which is not text")
+            value[key] = None
+    image = value.get(columns.image)
+    path = image.get("path") if isinstance(image, dict) else image
+    if isinstance(path, str) and lone_surrogate(path):
+        if not lone_surrogate(value.get(columns.text)):
+            found = found or ("image_missing", f"{origin}: image path {_surrogate_at(path)}, which names no file")
+        value[columns.image] = {**image, "path": None} if isinstance(image, dict) else None
+    return found
+
+
+def _surrogate_at(text: str) -> str:
+    """``holds a lone UTF-16 surrogate (U+D800 at character 4: ...)`` for ``text``."""
+    at = next(i for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF)
+    return f"holds a lone UTF-16 surrogate (U+{ord(text[at]):04X} at character {at}: half of a character cut off?)"
+
+
+def _with_line(record: RawRecord, lines: list[int], problems: dict[int, tuple[str, str]]) -> RawRecord:
+    """``record`` with its line in its origin (``row 3`` → ``row 3 (line 5)``) and its row's problem."""
+    assert record.row is not None
+    origin = record.origin.replace(f"row {record.row}", f"row {record.row} (line {lines[record.row]})", 1)
+    problem = problems.get(record.row)
+    if problem is None:
+        return replace(record, origin=origin)
+    return replace(record, origin=origin, problem=problem, sample_id=None if problem[0] == "sample_id_unsafe" else record.sample_id)

@@ -1,0 +1,99 @@
+"""JSON Lines tables that pyarrow's reader refuses whole (tasks.data.json_lines): a lone UTF-16
+surrogate rejects its row alone, a key that is not read does not matter, and what does make the
+file unreadable is named with its line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks.data.sources import ColumnMap
+from tasks.data.tables import LoadResult, load_paired_dataset
+from tests.tasks.data.sample_images import png_bytes
+
+
+def rejected(result: LoadResult) -> list[tuple[int | None, str | None, str, str]]:
+    return [(r["row"], r["sample_id"], r["reason"], r["detail"]) for r in result.rejected.to_pylist()]
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    for name in ("red", "blue", "green"):
+        (tmp_path / f"{name}.png").write_bytes(png_bytes(name))
+    return tmp_path
+
+
+def test_a_caption_with_a_lone_surrogate_rejects_its_row_only_naming_its_line(folder: Path) -> None:
+    """One caption with ``"\\ud800"`` (an emoji cut in half by a scraper) failed the whole file with
+    pyarrow's "The surrogate pair in string is invalid. in row 1", naming neither the line nor the
+    key; as in every other JSON layout it is that row's ``text_not_utf8``, the rest loads."""
+    (folder / "pairs.jsonl").write_text('{"image": "red.png", "text": "a red square", "sample_id": "r"}\n'
+                                        '{"image": "blue.png", "text": "bad \\ud800 half", "sample_id": "b"}\n'
+                                        '\n'
+                                        '{"image": "green.png", "text": "a green square", "sample_id": "g"}\n')
+    result = load_paired_dataset(folder / "pairs.jsonl")
+    assert result.table.column("sample_id").to_pylist() == ["g", "r"]
+    assert rejected(result) == [(1, "b", "text_not_utf8", "row 1 (line 2): caption holds a lone UTF-16 surrogate "
+                                 "(U+D800 at character 4: half of a character cut off?), not text")]
+
+
+def test_a_lone_surrogate_in_an_id_or_image_path_rejects_its_row_and_in_a_key_not_read_nothing(folder: Path) -> None:
+    (folder / "pairs.jsonl").write_text('{"image": "red.png", "text": "red", "sample_id": "r", "note": "\\udc00"}\n'
+                                        '{"image": "blue.png", "text": "blue", "sample_id": "b\\udc00"}\n'
+                                        '{"image": "gr\\ud83deen.png", "text": "green", "sample_id": "g"}\n'
+                                        '{"image": "green.png", "text": "green", "sample_id": "g2", "image_id": "\\ud83d"}\n'
+                                        '{"image": "blue.png", "text": "a blue square", "sample_id": "b2"}\n')
+    result = load_paired_dataset(folder / "pairs.jsonl")
+    assert result.table.column("sample_id").to_pylist() == ["b2", "r"]
+    assert [(row, sample_id, reason) for row, sample_id, reason, _ in rejected(result)] == [
+        (1, None, "sample_id_unsafe"), (2, "g", "image_missing"), (3, "g2", "image_id_unsafe")]
+    details = [detail for *_, detail in rejected(result)]
+    assert details[0].startswith("row 1 (line 2): sample_id holds a lone UTF-16 surrogate (U+DC00 at character 1")
+    assert details[1].startswith("row 2 (line 3): image path holds a lone UTF-16 surrogate (U+D83D at character 2")
+    assert details[2].startswith("row 3 (line 4): image_id holds a lone UTF-16 surrogate (U+D83D at character 0")
+
+
+def test_a_lone_surrogate_in_a_list_of_captions_rejects_that_caption(folder: Path) -> None:
+    (folder / "caps.jsonl").write_text('{"image": "red.png", "text": ["red", "re\\ud800d"], "sample_id": "r"}\n'
+                                       '{"image": "blue.png", "text": ["blue"], "sample_id": "b"}\n')
+    every = load_paired_dataset(folder / "caps.jsonl", columns=ColumnMap(captions="all"))
+    assert every.table.column("sample_id").to_pylist() == ["b-0", "r-0"]
+    assert [(row, sample_id, reason) for row, sample_id, reason, _ in rejected(every)] == [(0, "r-1", "text_not_utf8")]
+    assert rejected(every)[0][3].startswith("row 0 (line 1), caption 1: caption holds a lone UTF-16 surrogate")
+
+
+def test_a_key_not_read_that_changes_type_does_not_block_the_table(folder: Path) -> None:
+    """pyarrow refused the file ("Column(/extra) changed from number to string in row 2") for a
+    key the dataset never reads."""
+    (folder / "pairs.jsonl").write_text('{"image": "red.png", "text": "red", "extra": null}\n'
+                                        '{"image": "blue.png", "text": "blue", "extra": 1}\n'
+                                        '{"image": "green.png", "text": "green", "extra": "one"}\n')
+    assert load_paired_dataset(folder / "pairs.jsonl").n_valid == 3
+    assert load_paired_dataset(folder / "pairs.jsonl", n=2).n_valid == 2
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    ('{"image": "red.png", "text": "re\\ud800d"}\n{"image": \n', r"is not readable JSON Lines \(one object per line\): "
+                                                                r"line 2: Expecting value"),
+    ('{"image": "red.png", "text": "re\\ud800d"}\n\n[1, 2]\n', r"line 3 is a JSON list, not an object"),
+    ('{"image": "red.png", "text": "re\\ud800d"}\n{"image": "blue.png", "text": 3}\n',
+     r"key 'text' mixes JSON string \(line 1\) and number \(line 2\) values"),
+    (b'{"image": "red.png", "text": "re\\ud800d"}\n{"image": "blue.png", "text": "\xe9"}\n', r"line 2 is not UTF-8 text"),
+])
+def test_what_makes_the_file_unreadable_is_named_with_its_line(folder: Path, lines: str | bytes, message: str) -> None:
+    path = folder / "bad.jsonl"
+    path.write_bytes(lines if isinstance(lines, bytes) else lines.encode("utf-8"))
+    with pytest.raises(ValueError, match=r"bad\.jsonl'?:? .*" + message):
+        load_paired_dataset(path, min_valid_rows=1)
+
+
+def test_an_image_folder_metadata_table_with_a_lone_surrogate_keeps_its_file_name_column(folder: Path) -> None:
+    """The metadata table's ``file_name`` column was not found (its first block unreadable), so the
+    folder was refused as lacking an ``image`` column."""
+    (folder / "metadata.jsonl").write_text('{"file_name": "red.png", "text": "re\\ud800d"}\n'
+                                           '{"file_name": "blue.png", "text": "blue"}\n'
+                                           '{"file_name": "green.png", "text": "green"}\n')
+    result = load_paired_dataset(folder)
+    assert result.n_valid == 2
+    assert [reason for _, _, reason, _ in rejected(result)] == ["text_not_utf8"]
