@@ -13,9 +13,10 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
+from prefect.exceptions import Pause
 from prefect.runtime import flow_run
 
-from flows.run_record import new_record, one_line, recorded
+from flows.run_record import PARTIAL_ALIGNMENTS, new_record, one_line, recorded
 from flows.runners import check_run_environment, flow_task_runner, preload_libraries, runs_in_parallel
 from storage import layout
 from storage.pairing import pairs_not_coming, shared_features
@@ -64,8 +65,8 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     """
     check_run_environment()  # a bad $PRH_TASK_RUNNER (or other setting) fails the run naming it (see flow_task_runner)
     target = Store(store)
-    log_recovery(*open_for_run(target))
     run_id = str(flow_run.get_id() or "local")
+    log_recovery(*open_for_run(target, run_id=run_id))  # a retry's own earlier attempt is no other run
     with recorded(target, layout.run_key(run_id), new_record(target, config, run_id, "prh-pipeline")) as record:
         return _run_recorded(config, target, record, report, extract_missing, dataset_version)
 
@@ -81,15 +82,18 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
         dataset = load_dataset(config.dataset, store_url, alignment=config.alignment)
     record["dataset_version"] = dataset["catalog"]["dataset_version"]  # also in the record of a run stopped from here on
     features: dict[str, dict[str, Any]] = {}
+    done: list[dict[str, Any]] = []
     try:
-        features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing, features)
+        features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing, features, done)
         record.update(_feature_outcome(features))  # also in the record when reading the scores below fails
     except BaseException:
         # stopped or failed: the record still says which models' features it had (extracted or
         # reused) when it stopped (a nightly stopped mid-alignment had listed none, and its rerun
-        # recorded them all as reused: no record said who extracted them). Its alignments are
-        # listed only once all are done: a run with some is a run with results (the *_latest views)
-        record.update(_feature_outcome(features))
+        # recorded them all as reused: no record said who extracted them), and which pairs it had
+        # aligned, counted as a finished run's (a cancelled run's had been neither listed nor
+        # counted). Not as `alignment_versions`: a run that lists those is a run with results (the
+        # *_latest views, `prh report`), and this one's grid is not whole
+        record.update(_feature_outcome(features), **_partial_alignment_outcome(done))
         raise
     best = add_q_values([row for manifest in alignments
                          for row in target.read_table(f"{manifest['key']}/{layout.BEST_FILE}").to_pylist()])
@@ -112,6 +116,14 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
     return {**record, "best": best}
 
 
+def _partial_alignment_outcome(alignments: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run record's ``partial_alignment_versions`` (``flows.run_record.PARTIAL_ALIGNMENTS``),
+    ``aligned`` and metric counts (:func:`metric_work`) of a run that ended before its grid was
+    done, from the manifests of the pairs it had aligned (new or found stored)."""
+    return {PARTIAL_ALIGNMENTS: [m["key"] for m in alignments], "aligned": sum(1 for m in alignments if not m.get("reused")),
+            **metric_work(alignments)}
+
+
 def _feature_outcome(features: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The run record's ``feature_versions``, ``extracted`` and ``reused`` from the feature
     manifests of the models done (model name -> manifest; ``reused``: found stored)."""
@@ -132,7 +144,7 @@ class ZooFailures(RuntimeError):
 
 def run_zoo(
     config: PipelineConfig, store_url: str, dataset: dict[str, Any], extract_missing: bool = True,
-    features: dict[str, dict[str, Any]] | None = None,
+    features: dict[str, dict[str, Any]] | None = None, aligned: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], list[dict[str, str]]]:
     """Extract every model and align every pair as submitted tasks.
 
@@ -146,7 +158,9 @@ def run_zoo(
     model is recorded as skipped). ``extract_missing`` False (the alignment stage of
     ``prh-staged``): a model without stored features is a failure, not extracted here.
     ``features``: a dict filled with the feature manifests as they are collected (what a caller
-    still holds when the run is stopped before this returns).
+    still holds when the run is stopped before this returns); ``aligned``: a list that receives,
+    when the run is stopped (or fails) before this returns, the manifests of the pairs whose task
+    had finished by then (:func:`finished_results`).
     """
     logger = get_run_logger()
     extracting, failures = submit_extractions(config, store_url, dataset, extract_missing)
@@ -162,10 +176,15 @@ def run_zoo(
     with shared_features(store_url, Counter(name for pair in submitted for name in pair)):  # each model read once
         aligning = [align_pair.submit(store_url, extracting[a], extracting[b], config.alignment, a, b)
                     if (a, b) in submitted else None for a, b in pairs]
-        features = collect_features(extracting, failures, {} if features is None else features)
-        # the pairs of a model whose extraction failed never run: their partners' counts go down now
-        pairs_not_coming(store_url, Counter(name for pair in submitted if not set(pair) <= set(features) for name in pair))
-        alignments = _collect_alignments(pairs, aligning, features, failures)
+        try:
+            features = collect_features(extracting, failures, {} if features is None else features)
+            # the pairs of a model whose extraction failed never run: their partners' counts go down now
+            pairs_not_coming(store_url, Counter(name for pair in submitted if not set(pair) <= set(features) for name in pair))
+            alignments = _collect_alignments(pairs, aligning, features, failures)
+        except BaseException:
+            if aligned is not None:
+                aligned.extend(finished_results(aligning))
+            raise
     log_failures(failures)
     return features, alignments, failures
 
@@ -188,6 +207,25 @@ def _collect_alignments(pairs: list[tuple[str, str]], aligning: list[Any], featu
             if not missing:  # a pair skipped for a failed model is that model's failure, logged as such
                 log_unexpected(error, f"align {a} x {b}")
     return alignments
+
+
+def finished_results(futures: list[Any]) -> list[Any]:
+    """The results of the task futures among ``futures`` (``None`` entries skipped) that have
+    finished and succeeded, in order, without waiting for the others. Finished: the future a
+    task runner wraps is done (a thread's, a Dask future), else the task run's state is final
+    (not ``result(timeout=0)``: a Dask future answers that with a timeout even when done)."""
+    results = []
+    for future in futures:
+        if future is None:
+            continue
+        try:
+            wrapped = getattr(future, "wrapped_future", None)
+            done = wrapped.done() if callable(getattr(wrapped, "done", None)) else future.state.is_final()
+            if done:
+                results.append(future.result())
+        except (Exception, Pause):  # noqa: BLE001 - failed (or its state unknown): not finished work
+            continue
+    return results
 
 
 def log_failures(failures: list[dict[str, str]]) -> None:

@@ -18,7 +18,8 @@ from typing import Any, Iterator
 from prefect.exceptions import Pause, TerminationSignal
 
 from storage.owner import current_owner
-from storage.runs import CANCELLED, CRASHED, FAILED, RUN_HEARTBEAT_SECONDS, RUNNING, RunHeartbeat
+from storage.runs import (CANCELLED, CRASHED, FAILED, ORDERED_AT, RUN_HEARTBEAT_SECONDS, RUNNING, RunHeartbeat, latest_placed,
+                          place_after)
 from storage.store import Store, StoreNotWritable, utc_now
 from storage.versioning import code_version
 from tasks.params import PipelineConfig
@@ -84,12 +85,19 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
     worker is killed; Prefect says CRASHED too) or ``FAILED``, with the error on one line. A stopped (or failed) run
     first tells its tasks in flight (in this process) to stop at their next safe point and waits up to
     ``STOP_GRACE_S`` for them (``tasks.stop_request``), so that its end and sign of life cover
-    what they write; a second signal ends the wait at once. Tasks the block submits run in its
+    what they write; a second signal ends the wait at once. ``ordered_at`` places the run after
+    every run recorded before it started (``storage.runs.place_after``: a record dated ahead by a
+    host's clock stays the latest run only until a run started after it ends). Tasks the block submits run in its
     ``run_scope``. A retry of the flow run (same run id, same ``key``) lists the earlier attempts
     in the record's ``attempts`` and keeps the work they did (:func:`carry_over_work`)."""
     earlier = earlier_attempt(target, key, record)
     if earlier is not None:
         record["attempts"] = attempts_before(earlier)
+        last = record["attempts"][-1]
+        _run_logger().info("run %s runs again (attempt %d; the last one, started %s, ended %s): continuing it, its record "
+                           "keeps what the earlier attempts extracted and aligned", record.get("run_id"),
+                           len(record["attempts"]) + 1, last.get("started_at"), last.get("status"))
+    latest = latest_placed(target, key.rsplit("/", 1)[0], str(record["run_id"]))
     target.write_json(key, record)
     raised: BaseException | None = None
     # removed after the final record is written
@@ -113,6 +121,7 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
             raise
         finally:
             record["finished_at"] = utc_now()
+            record[ORDERED_AT] = place_after(record["finished_at"], latest)
             if earlier is not None:
                 carry_over_work(record, earlier)
             write_outcome(target, key, record, raised)
@@ -122,6 +131,11 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
 ATTEMPT_FIELDS = ("started_at", "finished_at", "status", "error")
 #: Counts of new work a record keeps, summed over the attempts of one flow run (``carry_over_work``).
 WORK_COUNTS = ("aligned", "metrics_computed", "metrics_copied")
+#: The field of a run record that lists the alignment versions of a run that ended before its
+#: record listed its grid (``alignment_versions``, which makes it a run with results: the
+#: catalog's ``*_latest`` views): those it had aligned (new or reused) when it stopped or failed,
+#: or that an earlier attempt of the run listed when this one got no further.
+PARTIAL_ALIGNMENTS = "partial_alignment_versions"
 
 
 def earlier_attempt(target: Store, key: str, record: dict[str, Any]) -> dict[str, Any] | None:
@@ -138,34 +152,84 @@ def earlier_attempt(target: Store, key: str, record: dict[str, Any]) -> dict[str
     return earlier
 
 
+#: The error of an earlier attempt whose record still said ``RUNNING`` when its flow run ran again.
+UNFINISHED_ATTEMPT = ("the attempt stopped without writing its end (its process, container or machine ended) and the "
+                      "flow run was retried")
+
+
 def attempts_before(earlier: dict[str, Any]) -> list[dict[str, Any]]:
     """The ``attempts`` of a retried run's record: the earlier attempts' own ``attempts`` and then
-    the last one's start, end, status and error, oldest first."""
+    the last one's start, end, status and error, oldest first. A last attempt whose record still
+    says ``RUNNING`` (killed: a flow run is retried only once it ended) is ``CRASHED``
+    (:data:`UNFINISHED_ATTEMPT`), as the next run would have marked it."""
     kept = [a for a in earlier.get("attempts") or [] if isinstance(a, dict)]
-    return [*kept, {field: earlier.get(field) for field in ATTEMPT_FIELDS}]
+    last = {field: earlier.get(field) for field in ATTEMPT_FIELDS}
+    if last["status"] == RUNNING:
+        last.update(status=CRASHED, error=UNFINISHED_ATTEMPT)
+    return [*kept, last]
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The flow run's logger (its lines in the Prefect UI) inside a flow run, else ``prh.run``."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("prh.run")
 
 
 def carry_over_work(record: dict[str, Any], earlier: dict[str, Any]) -> None:
     """Keep in a retried run's final ``record`` the work its earlier attempts did (``earlier``:
     their record). The retry finds stored what they published and counts it reused: a completed
     run retried from the UI had its record rewritten to say it extracted and aligned nothing,
-    and no record said which run had. A model an earlier attempt extracted stays ``extracted``
-    (not ``reused``) where this attempt used the same feature version; ``aligned`` and the
-    metric counts add the earlier attempt's where this attempt lists every alignment version it
-    listed (the same code: the versions it aligned are reused here)."""
+    and no record said which run had.
+
+    A model an earlier attempt extracted stays ``extracted`` (not ``reused``) where this attempt
+    used the same feature version. A model this attempt did not reach (it failed or stopped
+    first, on the same dataset version or before it had one) keeps the earlier attempts' feature
+    version, ``extracted`` or ``reused`` (and the record their dataset version): a retry that
+    failed before any model had dropped them. ``aligned`` and the metric counts add the earlier
+    attempts' where this attempt lists every alignment version they listed (the same code: the
+    versions they aligned are reused here), or lists none (it stopped before any pair). A whole
+    grid an earlier attempt listed (``alignment_versions``) stays the run's results when this
+    attempt lists none of its own, on the same dataset version (a completed run retried and failing early had dropped out of
+    the ``*_latest`` views and ``prh report``); an earlier attempt's partial list is kept as
+    ``partial_alignment_versions`` when this attempt aligned nothing."""
     mine = record.get("feature_versions") if isinstance(record.get("feature_versions"), dict) else {}
     before = earlier.get("feature_versions") if isinstance(earlier.get("feature_versions"), dict) else {}
+    same_dataset = record.get("dataset_version") in (None, earlier.get("dataset_version"))
+    unreached = {name: version for name, version in before.items()
+                 if name not in mine and isinstance(version, str)} if same_dataset else {}
     theirs = {name for name in _names(earlier.get("extracted"))
-              if name in mine and mine.get(name) == before.get(name)}
+              if name in unreached or (name in mine and mine.get(name) == before.get(name))}
+    if unreached:
+        if record.get("dataset_version") is None:
+            record["dataset_version"] = earlier.get("dataset_version")
+        record["feature_versions"] = {**mine, **unreached}
+        record["reused"] = sorted(set(_names(record.get("reused")))
+                                  | (set(_names(earlier.get("reused"))) & set(unreached)))
     if theirs:
         record["extracted"] = sorted(set(_names(record.get("extracted"))) | theirs)
         record["reused"] = sorted(set(_names(record.get("reused"))) - theirs)
-    listed = _names(earlier.get("alignment_versions"))
-    if listed and set(listed) <= set(_names(record.get("alignment_versions"))):
+    listed, now_listed = aligned_versions(earlier), aligned_versions(record)
+    if listed and (set(listed) <= set(now_listed) or not now_listed):
         for count in WORK_COUNTS:
             now, then = record.get(count), earlier.get(count)
-            if _is_count(now) and _is_count(then):
-                record[count] = now + then
+            if _is_count(then) and (_is_count(now) or not now_listed):
+                record[count] = (now if _is_count(now) else 0) + then
+    whole = _names(earlier.get("alignment_versions"))
+    if whole and same_dataset and not _names(record.get("alignment_versions")):  # still this run's results
+        record["alignment_versions"] = whole
+    elif listed and same_dataset and not now_listed:
+        record[PARTIAL_ALIGNMENTS] = listed
+
+
+def aligned_versions(record: dict[str, Any]) -> list[str]:
+    """The alignment versions ``record`` lists: its grid's (``alignment_versions``), else those of
+    a run that ended before it (:data:`PARTIAL_ALIGNMENTS`); none when it lists neither."""
+    return _names(record.get("alignment_versions")) or _names(record.get(PARTIAL_ALIGNMENTS))
 
 
 def _names(value: Any) -> list[str]:

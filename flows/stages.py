@@ -54,8 +54,8 @@ def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str,
     """
     check_run_environment()  # a bad $PRH_TASK_RUNNER (or other setting) fails the run naming it (see flow_task_runner)
     target = Store(store)
-    log_recovery(*open_for_run(target))
     run_id = str(flow_run.get_id() or "local")
+    log_recovery(*open_for_run(target, run_id=run_id))  # a retry's own earlier attempt is no other run
     with recorded(target, layout.extraction_key(run_id), new_record(target, config, run_id, "prh-extract")) as record:
         return _extract_recorded(config, target, record)
 

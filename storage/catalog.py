@@ -16,7 +16,9 @@
 - ``alignment_best_all`` / ``alignment_all``: the same of every published alignment version (a
   store that has seen runs with other parameters, metric lists or datasets holds several rows
   per metric × model pair there), with ``published_at``.
-- ``runs``: one row per pipeline run, with its lineage.
+- ``runs``: one row per pipeline run, with its lineage, ``n_attempts`` / ``attempts`` (JSON) of a
+  flow run retried from the Prefect UI, and ``ordered_at``, its place among the runs
+  (:data:`LATEST_RUN_SQL`).
 - ``alignment_fdr``: one row per run × metric × model pair with a p-value: the run's
   Benjamini–Hochberg q-value over its model grid (``q_value``, one family per run and metric;
   NULL when ``n_missing`` of the run's alignment versions are not in the store: removed, or left
@@ -28,7 +30,7 @@
   version that runs now use (:data:`CURRENT_MODELS_SQL`).
 
 Times (``datasets.published_at``, ``models.published_at``, the alignment views' ``published_at``, ``runs.started_at`` /
-``finished_at``) are ``TIMESTAMPTZ`` in UTC (the connection's time zone is UTC); a value that is
+``finished_at`` / ``ordered_at``) are ``TIMESTAMPTZ`` in UTC (the connection's time zone is UTC); a value that is
 not an ISO 8601 time (a hand-edited record) is NULL. File views have their columns in the order of
 ``_EMPTY_VIEWS`` whatever the store kind and the files' ages; rows written before ``unit``
 existed (older prh aligned only by sample) show ``unit = 'sample'``.
@@ -100,7 +102,7 @@ _META_COLUMNS = {
     "runs": [
         "run_id", "flow_run_id", "status", "started_at", "finished_at", "store", "config", "dataset_version",
         "feature_versions", "alignment_versions", "extracted", "reused", "aligned", "metrics_computed",
-        "metrics_copied", "code_version", "error", "failures",
+        "metrics_copied", "code_version", "error", "failures", "n_attempts", "attempts", "ordered_at",
     ],
 }
 
@@ -176,7 +178,7 @@ def catalog_sources(store: Store) -> CatalogSources:
     tables = {
         "datasets": _meta_table("datasets", [_catalog_row(m) for _, m in manifests[layout.DATASETS]]),
         "models": _meta_table("models", [_model_row(m) for _, m in manifests[layout.FEATURES]]),
-        "runs": _meta_table("runs", runs),
+        "runs": _meta_table("runs", [_run_row(r) for r in runs]),
     }
     lineage = sorted({row for key, manifest in manifests[layout.ALIGNMENT] for row in _lineage_rows(key, manifest)},
                      key=lambda row: tuple("" if v is None else v for v in row))
@@ -231,6 +233,21 @@ def _feature_dataset(key: str) -> FeatureDataset:
     whose ``model`` column names the folder's model, also for a copy under a new name)."""
     dataset, model, version = key.rstrip("/").split("/")[-3:]
     return model, version, dataset
+
+
+def _run_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A run record's row of the ``runs`` view: the record, with ``attempts`` (the earlier attempts
+    of a flow run retried from the Prefect UI, oldest first: ``started_at``, ``finished_at``,
+    ``status``, ``error``; ``[]`` for a run that ran once, as every record written before prh listed
+    them) and ``n_attempts`` (those and this one). Both NULL when ``attempts`` is not a list (a
+    hand-edited record)."""
+    earlier = record.get("attempts")
+    if earlier is None:
+        earlier = []
+    if not isinstance(earlier, list):
+        return {**record, "attempts": None, "n_attempts": None}
+    earlier = [attempt for attempt in earlier if isinstance(attempt, dict)]
+    return {**record, "attempts": earlier, "n_attempts": len(earlier) + 1}
 
 
 def _catalog_row(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -317,15 +334,16 @@ def linked_files(root: str, files: list[str]) -> list[str]:
 #: The latest run with results, as a query over ``runs`` (one row, or none): ``COMPLETED``, or
 #: ``FAILED`` (a nightly run with one broken model still publishes every other pair), that lists
 #: some alignment versions (a run of a one-model zoo, features only, has no results to show), the
-#: last to finish first (a run without ``finished_at`` by its
-#: start). The one definition of "the latest run": the ``*_latest`` views use it, docs/queries.md
+#: last to finish first, by ``ordered_at`` (its end, or just after the runs recorded before it
+#: when one of them is dated later: ``storage.runs.place_after``; a record without it by
+#: ``finished_at``, one without that by its start). The one definition of "the latest run": the ``*_latest`` views use it, docs/queries.md
 #: repeats its conditions and order (tests/storage/test_queries.py checks), and ``prh report``'s
 #: default run (``tasks.report_source.select_run``, same conditions and order) must be this run
 #: (tests/storage/test_catalog_views.py checks).
 #: A run with results: its record lists alignment versions (written once every pair is aligned,
 #: so a run stopped after that, while its report was written, ``CANCELLED``, has them all too)
 _RUN_HAS_RESULTS = "status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND len(coalesce(alignment_versions, [])) > 0"
-_RUNS_LATEST_FIRST = "coalesce(finished_at, started_at) DESC, started_at DESC, run_id DESC"
+_RUNS_LATEST_FIRST = "coalesce(ordered_at, finished_at, started_at) DESC, started_at DESC, run_id DESC"
 LATEST_RUN_SQL = f"SELECT * FROM runs WHERE {_RUN_HAS_RESULTS} ORDER BY {_RUNS_LATEST_FIRST} LIMIT 1"
 
 #: A version's store key (``alignment/<dataset>/<model a>__<model b>/<version>``, as run records
@@ -687,16 +705,16 @@ def _meta_table(view: str, rows: list[dict[str, Any]]) -> pa.Table:
 
 
 #: Columns of the metadata views that hold a moment (``Store.publish``'s ``published_at``, the run
-#: record's ``started_at`` / ``finished_at``: ISO 8601 text from ``storage.store.utc_now``):
+#: record's ``started_at`` / ``finished_at`` / ``ordered_at``: ISO 8601 text from ``storage.store.utc_now``):
 #: ``TIMESTAMPTZ`` in the views.
-_TIME_COLUMNS = ("published_at", "started_at", "finished_at")
+_TIME_COLUMNS = ("published_at", "started_at", "finished_at", "ordered_at")
 UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 #: Types of the metadata views' columns that are not text.
 _META_TYPES: dict[str, pa.DataType] = {
     **dict.fromkeys(_TIME_COLUMNS, UTC_TIMESTAMP),
     **dict.fromkeys(("n_samples", "n_images", "n_rejected", "param_count", "n_layers", "aligned", "metrics_computed",
-                      "metrics_copied"), pa.int64()),
+                      "metrics_copied", "n_attempts"), pa.int64()),
     **dict.fromkeys(("bits_per_byte", "bits_per_byte_pooled", "seconds"), pa.float64()),
     "layer_widths": pa.list_(pa.int64()),
     **dict.fromkeys(("layer_names", "alignment_versions", "extracted", "reused"), pa.list_(pa.string())),
@@ -743,7 +761,7 @@ def utc_time(value: Any) -> datetime | None:
 
 
 #: Columns held as JSON text whatever their value (lists of records).
-_JSON_COLUMNS = {"failures"}
+_JSON_COLUMNS = {"failures", "attempts"}
 
 
 def _json_cell(value: Any, as_json: bool = False) -> Any:

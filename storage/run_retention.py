@@ -50,7 +50,7 @@ import duckdb
 
 from storage import layout
 from storage.catalog import current_alignment_keys
-from storage.runs import CANCELLED, CLOCK_SKEW_SECONDS, COMPLETED, FAILED, DamagedRecord, epoch_seconds, extraction_records, live_records, run_records
+from storage.runs import CANCELLED, CLOCK_SKEW_SECONDS, COMPLETED, FAILED, DamagedRecord, epoch_seconds, extraction_records, live_records, order_time, run_records
 from storage.store import DamagedManifest, Store, parse_json
 from storage.verify import is_version_key, manifest_problems
 
@@ -94,12 +94,14 @@ def published_results(record: dict[str, Any]) -> bool:
 
 def newest_runs(records: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """The ``n`` newest runs that published results, newest first, in ``select_run``'s order:
-    finish time (start time when there is none), then start time, then run id (records written before
+    place (``ordered_at``: its finish, or just after a run recorded before it started that is dated later,
+    ``storage.runs.place_after``; else finish time; start time when there is none), then start time, then run id (records written before
     prh kept microseconds have whole seconds: two runs of one second are still ordered alike by
     both)."""
     def moment(record: dict[str, Any]) -> tuple[float, float, str]:
         started = epoch_seconds(record.get("started_at")) or 0.0
-        return (epoch_seconds(record.get("finished_at")) or started, started, str(record.get("run_id") or ""))
+        placed = order_time(record)  # as the catalog's LATEST_RUN_SQL: ordered_at, finished_at, started_at
+        return (placed.timestamp() if placed else started, started, str(record.get("run_id") or ""))
 
     return sorted((r for r in records if published_results(r)), key=moment, reverse=True)[:n]
 

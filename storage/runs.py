@@ -17,7 +17,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from storage import layout
@@ -150,6 +150,66 @@ def gone_reason(store: Store, record: dict[str, Any], now: float | None = None) 
             "container or machine stopped without finishing it")
 
 
+#: The field of a run record that places the run among the store's runs (ISO 8601, UTC): its end
+#: (``finished_at``), or just after the latest place of the runs recorded before it started when that is
+#: later (:func:`place_after`). What "the latest run" orders by: the catalog's ``*_latest`` views,
+#: ``prh report``'s default run, ``prh gc --keep-runs``.
+ORDERED_AT = "ordered_at"
+#: How far after the latest run before it a run is placed when that run is dated later than its end.
+ORDER_STEP = timedelta(microseconds=1)
+
+
+def order_time(record: dict[str, Any]) -> datetime | None:
+    """Where ``record``'s run stands among the store's runs (aware UTC): its :data:`ORDERED_AT`,
+    else (a record written before prh placed runs, one not ended) its ``finished_at``, else its
+    ``started_at``; None when none of them is an ISO 8601 time."""
+    for field in (ORDERED_AT, "finished_at", "started_at"):
+        moment = utc_moment(record.get(field))
+        if moment is not None:
+            return moment
+    return None
+
+
+def utc_moment(value: Any) -> datetime | None:
+    """``value`` (ISO 8601 text; a time without an offset counts as UTC) as an aware UTC
+    ``datetime``, None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+        return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        return None
+
+
+def latest_placed(store: Store, folder: str, run_id: str) -> datetime | None:
+    """The latest :func:`order_time` of the records in ``folder`` other than run ``run_id``'s
+    (its own, when it has one, is its earlier attempt's), read when the run starts; None when
+    there is none, or the records cannot be read (the run is then placed at its end)."""
+    try:
+        records = run_records(store, folder, damaged=[])
+    except Exception:  # noqa: BLE001 - the run is placed by its own end
+        return None
+    return max((t for t in (order_time(r) for r in records if str(r.get("run_id")) != run_id) if t is not None),
+               default=None)
+
+
+def place_after(finished_at: str, latest: datetime | None) -> str:
+    """The :data:`ORDERED_AT` of a run that ends at ``finished_at`` (ISO 8601): ``finished_at``, or
+    :data:`ORDER_STEP` after ``latest`` (:func:`latest_placed`, the runs recorded before it) when
+    that is not earlier. A run recorded while a host's clock ran ahead (set forward, then
+    corrected) had stayed "the latest run" (the ``*_latest`` views, ``prh report``) until real
+    time passed its dates; each run that starts after it now ends after it, whatever its own clock
+    says."""
+    mine = utc_moment(finished_at)
+    if mine is None or latest is None or latest < mine:
+        return finished_at
+    try:
+        return (latest + ORDER_STEP).isoformat(timespec="microseconds")
+    except OverflowError:  # a record dated at the end of time (hand-edited): no run can come after it
+        return finished_at
+
+
 def run_records(store: Store, folder: str = layout.RUNS, damaged: list[DamagedRecord] | None = None) -> list[dict[str, Any]]:
     """Every readable run record directly in ``folder`` (the pipeline runs'; the extraction
     stage's: :func:`extraction_records`), sorted by run id. A record that is not a JSON object
@@ -253,11 +313,15 @@ def extraction_records(store: Store, damaged: list[DamagedRecord] | None = None)
     return run_records(store, Store.key(layout.RUNS, layout.EXTRACTIONS), damaged)
 
 
-def mark_crashed_runs(store: Store, dry_run: bool = False) -> list[str]:
+def mark_crashed_runs(store: Store, dry_run: bool = False, retrying: str | None = None) -> list[str]:
     """Mark ``CRASHED`` every ``RUNNING`` record (of a pipeline run or an extraction stage) of a
     run known to have stopped (:func:`gone_reason`: its process died on this host, or it gave no
     sign of life for ``STALE_RUN_SECONDS``); returns their run ids (``dry_run``: only those ids).
-    Other records are left alone. Each record is read again just before it is marked: a run that
+    Other records are left alone, and so are the records of run ``retrying``: the run that opens
+    the store, whose record, when it has one, is its own earlier attempt's (a flow run retried
+    from the Prefect UI runs again under its id), not another run's (it had been marked and
+    logged as an earlier run that crashed; ``flows.run_record.recorded`` lists it in
+    ``attempts``). Each record is read again just before it is marked: a run that
     wrote its end meanwhile (and then exited, so that its process is gone) keeps what it wrote
     (the copy read first said ``RUNNING``, and writing it back made a completed run ``CRASHED``)."""
     crashed = []
@@ -265,6 +329,8 @@ def mark_crashed_runs(store: Store, dry_run: bool = False) -> list[str]:
     for records, key_of in ((run_records(store, damaged=quiet), layout.run_key),
                             (extraction_records(store, quiet), layout.extraction_key)):
         for record in records:
+            if retrying is not None and str(record.get("run_id")) == retrying:
+                continue
             if gone_reason(store, record) is None:
                 continue
             run_id = str(record.get("run_id"))
@@ -363,15 +429,17 @@ def runs_as_known(store: Store) -> list[dict[str, Any]]:
     return records
 
 
-def open_for_run(store: Store, min_free_mb: float | None = None, swept_sizes: dict[str, int] | None = None
-                 ) -> tuple[list[str], list[str]]:
+def open_for_run(store: Store, min_free_mb: float | None = None, swept_sizes: dict[str, int] | None = None,
+                 run_id: str | None = None) -> tuple[list[str], list[str]]:
     """Get a store ready for a run: fail fast if it cannot take writes
     (:meth:`Store.check_writable`; ``min_free_mb``: the free space wanted, default
     ``PRH_MIN_FREE_MB``; ``prh gc`` wants none, since freeing space is its job), mark dead runs
-    ``CRASHED`` and sweep versions their writers left unpublished. Returns (crashed run ids,
-    swept version keys); ``swept_sizes`` receives the bytes removed from each swept version."""
+    ``CRASHED`` (not the record of ``run_id``, the run opening the store: a retry's own earlier
+    attempt, see :func:`mark_crashed_runs`) and sweep versions their writers left unpublished.
+    Returns (crashed run ids, swept version keys); ``swept_sizes`` receives the bytes removed from
+    each swept version."""
     store.check_writable(min_free_mb)
-    return mark_crashed_runs(store), store.sweep_abandoned(sizes=swept_sizes)
+    return mark_crashed_runs(store, retrying=run_id), store.sweep_abandoned(sizes=swept_sizes)
 
 
 def open_for_gc(store: Store, swept_sizes: dict[str, int] | None = None) -> tuple[list[str], list[str]]:

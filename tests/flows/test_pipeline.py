@@ -341,7 +341,7 @@ import signal, sys
 import flows.pipeline
 from prefect.exceptions import TerminationSignal
 from tasks.params import PipelineConfig
-def stopped(config, store_url, dataset, extract_missing=True, features=None):
+def stopped(config, store_url, dataset, extract_missing=True, features=None, aligned=None):
     features["vit"] = {"catalog": {"feature_version": "0123456789abcdef"}}  # one model done when it stops
     raise TerminationSignal(signal.SIGTERM)  # what a cancel from the UI raises in the flow (the worker's SIGTERM)
 flows.pipeline.run_zoo = stopped  # after the dataset: the record names it
@@ -375,6 +375,35 @@ def test_a_stopped_run_is_recorded_cancelled(tmp_path):
     assert json.loads(run[0]["feature_versions"]) == {"vit": "0123456789abcdef"}  # JSON text in the runs view
     datasets = query(connect(Store(store)), "select dataset_version from datasets").to_pylist()
     assert run[0]["dataset_version"] == datasets[0]["dataset_version"]  # the store hunt: a stopped run named no input
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_stopped_mid_alignment_counts_the_pairs_it_aligned(tmp_path, monkeypatch):
+    """A run cancelled from the UI while it waited on its pairs recorded the features it had, but
+    neither listed nor counted the pairs it had aligned and published by then (``aligned`` NULL,
+    as if it had scored nothing, and a Retry counted them reused). They are now counted as a
+    finished run's and listed in ``partial_alignment_versions``; not in ``alignment_versions``,
+    which would make the stopped run, its grid not whole, the latest run with results."""
+    import flows.pipeline
+    from storage.runs import run_records
+
+    def stopped(pairs, aligning, features, failures):
+        for future in aligning:
+            future.wait()  # the pairs done when the stop reaches the flow
+        raise KeyboardInterrupt  # Ctrl-C; a cancel from the UI raises TerminationSignal, which ends the process
+
+    monkeypatch.setattr(flows.pipeline, "_collect_alignments", stopped)
+    store = str(tmp_path / "store")
+    with pytest.raises(KeyboardInterrupt):
+        prh_pipeline(config=_config([TINY_VIT, TINY_BERT], permutations=0), store=store, report=False)
+    (run,) = query(connect(Store(store)), "select status, aligned, metrics_computed, metrics_copied, alignment_versions "
+                                          "from runs").to_pylist()
+    assert run == {"status": "CANCELLED", "aligned": 1, "metrics_computed": 3, "metrics_copied": 0,
+                   "alignment_versions": None}
+    (record,) = run_records(Store(store))
+    [(key, _)] = Store(store).manifests("alignment")
+    assert record["partial_alignment_versions"] == [key]
+    assert query(connect(Store(store)), "select * from alignment_best_latest").num_rows == 0  # no run with results
 
 
 def test_collect_features_fills_what_it_collected_before_a_stop():

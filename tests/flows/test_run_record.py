@@ -186,3 +186,140 @@ def test_a_run_retried_from_the_ui_keeps_what_its_first_attempt_computed(tmp_pat
                      "aligned": first["aligned"], "metrics_computed": first["metrics_computed"],
                      "metrics_copied": first["metrics_copied"]}]
     assert record["attempts"] == [{field: first.get(field) for field in ("started_at", "finished_at", "status", "error")}]
+
+
+def test_a_retry_that_fails_before_any_model_keeps_what_its_first_attempt_did(tmp_path):
+    """A Retry whose new attempt failed before reaching any model (its dataset gone, the store
+    unreachable a moment) dropped from the record what the first attempt had extracted: the
+    features stay stored, but no record said which run had extracted them. The record now keeps the
+    first attempt's feature versions, extracted and reused models and counts, and its grid of
+    alignment versions: still the run's results (a completed run retried and failing at once had
+    dropped out of the ``*_latest`` views)."""
+    store = Store(str(tmp_path / "store"))
+    key = "runs/r3.json"
+    first = {"dataset_version": "d1", "feature_versions": {"vit": "fv1", "bert": "fv2"}, "extracted": ["vit"],
+             "reused": ["bert"], "alignment_versions": ["alignment/d1/vit__bert/a1"], "aligned": 1, "metrics_computed": 2,
+             "metrics_copied": 0}
+    with recorded(store, key, {"run_id": "r3", "status": "RUNNING", "started_at": "2026-01-01T00:00:00+00:00"}) as record:
+        record.update(first, status="COMPLETED")
+    with pytest.raises(ValueError), recorded(store, key, {"run_id": "r3", "status": "RUNNING"}):
+        raise ValueError("dataset_version d1 is not stored")
+    record = store.read_json(key)
+    assert record["status"] == "FAILED" and [a["status"] for a in record["attempts"]] == ["COMPLETED"]
+    assert {field: record.get(field) for field in first} == first
+    assert "partial_alignment_versions" not in record
+
+    # a third attempt on another dataset version (its source changed) used none of those feature versions
+    with pytest.raises(ValueError), recorded(store, key, {"run_id": "r3", "status": "RUNNING"}) as record:
+        record.update(dataset_version="d2")
+        raise ValueError("model vit refused")
+    record = store.read_json(key)
+    assert [a["status"] for a in record["attempts"]] == ["COMPLETED", "FAILED"]
+    assert "extracted" not in record and "feature_versions" not in record and "alignment_versions" not in record
+
+
+def test_a_retry_of_a_killed_attempt_lists_it_crashed(tmp_path):
+    """An attempt killed without writing its end (kill -9, its worker killed) left its record
+    ``RUNNING``; the retry's ``attempts`` listed it ``RUNNING``. A flow run runs again only once
+    its attempt ended: it is listed ``CRASHED``, saying so."""
+    from flows.run_record import UNFINISHED_ATTEMPT
+
+    store = Store(str(tmp_path / "store"))
+    store.write_json("runs/r4.json", {"run_id": "r4", "status": "RUNNING", "started_at": "2026-01-01T00:00:00+00:00"})
+    with recorded(store, "runs/r4.json", {"run_id": "r4", "status": "RUNNING"}) as record:
+        record["status"] = "COMPLETED"
+    assert store.read_json("runs/r4.json")["attempts"] == [
+        {"started_at": "2026-01-01T00:00:00+00:00", "finished_at": None, "status": "CRASHED", "error": UNFINISHED_ATTEMPT}]
+
+
+def _flow_run_logs(flow_run_id: Any) -> list[str]:
+    """The lines flow run ``flow_run_id`` logged to the Prefect API (what its page in the UI shows)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)  # the run's lines go to the API in batches
+    with get_client(sync_client=True) as client:
+        logs, offset = [], 0
+        while batch := client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                        limit=200, offset=offset):
+            logs += [log.message for log in batch]
+            offset += len(batch)
+    return logs
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_retry_of_a_killed_run_continues_it_and_marks_only_other_dead_runs(tmp_path):
+    """The Retry of a flow run whose attempt was killed (its record left ``RUNNING``, its process
+    gone) logged ``marked 1 earlier run(s) CRASHED ...: <its own id>``: it took its own earlier
+    attempt for another run that crashed. It now logs that it continues the run, lists the killed
+    attempt in ``attempts``, and still marks another dead run ``CRASHED``."""
+    import subprocess
+    import sys
+
+    from storage.owner import current_owner
+
+    store_url = str(tmp_path / "store")
+    parameters = {**_tiny_parameters(store_url), "dataset_version": "0" * 16}  # fails at once, before any model
+    flow_run = _deployment_run(f"killed-{tmp_path.name}", parameters)
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True).stdout)
+    killed = {"status": "RUNNING", "started_at": "2026-01-01T00:00:00+00:00", "heartbeat_s": 60.0,
+              "process": {**current_owner(), "pid": dead_pid, "started": "0"}}
+    store = Store(store_url)
+    store.write_json(f"runs/{flow_run.id}.json", {**killed, "run_id": str(flow_run.id)})
+    store.write_json("runs/other-dead-run.json", {**killed, "run_id": "other-dead-run"})
+
+    assert _run_attempt(flow_run.id, parameters).is_failed()
+    record = store.read_json(f"runs/{flow_run.id}.json")
+    assert [(a["started_at"], a["status"]) for a in record["attempts"]] == [(killed["started_at"], "CRASHED")]
+    assert record["status"] == "FAILED" and "is not" in record["error"]
+    assert store.read_json("runs/other-dead-run.json")["status"] == "CRASHED"
+    logs = _flow_run_logs(flow_run.id)
+    marked = [line for line in logs if "earlier run(s) CRASHED" in line]
+    assert marked == ["marked 1 earlier run(s) CRASHED (their process died): other-dead-run"], logs
+    assert any(line.startswith(f"run {flow_run.id} runs again (attempt 2;") for line in logs), logs
+
+
+def test_a_retry_of_a_stopped_run_counts_the_pairs_its_first_attempt_aligned(tmp_path):
+    """A run cancelled mid-alignment and retried: the retry finds the pairs the first attempt
+    published stored (reused) and counts only its own; the record adds the first attempt's, which
+    its ``partial_alignment_versions`` list (it has no ``alignment_versions``: no results)."""
+    store = Store(str(tmp_path / "store"))
+    versions = ["alignment/d1/a__b/v1", "alignment/d1/a__c/v2"]
+    with pytest.raises(KeyboardInterrupt), recorded(store, "runs/r5.json", {"run_id": "r5", "status": "RUNNING"}) as record:
+        record.update(partial_alignment_versions=versions[:1], aligned=1, metrics_computed=2, metrics_copied=0)
+        raise KeyboardInterrupt
+    with recorded(store, "runs/r5.json", {"run_id": "r5", "status": "RUNNING"}) as record:
+        record.update(status="COMPLETED", alignment_versions=versions, aligned=1, metrics_computed=2, metrics_copied=0)
+    record = store.read_json("runs/r5.json")
+    assert (record["aligned"], record["metrics_computed"], record["metrics_copied"]) == (2, 4, 0)
+    assert [a["status"] for a in record["attempts"]] == ["CANCELLED"]
+
+
+def test_a_run_dated_ahead_by_a_clock_is_the_latest_only_until_a_run_started_after_it_ends(tmp_path):
+    """A run recorded while its host's clock ran ahead (set forward, then corrected) stayed the
+    latest run (the ``*_latest`` views, ``prh report``'s default, ``prh gc --keep-runs``'s newest)
+    until real time passed its dates: every run after it sorted before it. A run now places itself
+    just after the runs recorded before it started (``ordered_at``); its own times stay what its clock said."""
+    from storage.catalog import LATEST_RUN_SQL, connect, query
+    from storage.run_retention import newest_runs
+    from storage.runs import run_records
+    from storage.store import utc_now
+
+    store = Store(str(tmp_path / "store"))
+    results = {"status": "COMPLETED", "alignment_versions": ["alignment/d1/a__b/v1"]}
+    with recorded(store, "runs/before.json", {"run_id": "before", "status": "RUNNING", "started_at": utc_now()}) as record:
+        record.update(results)
+    before = store.read_json("runs/before.json")
+    assert before["ordered_at"] == before["finished_at"]  # clocks right: a run is placed at its end
+    store.write_json("runs/ahead.json", {"run_id": "ahead", "started_at": "2099-01-01T00:00:00+00:00",
+                                         "finished_at": "2099-01-01T01:00:00+00:00", **results})  # a prh before ordered_at
+    for run_id in ("after", "next"):
+        with recorded(store, f"runs/{run_id}.json", {"run_id": run_id, "status": "RUNNING", "started_at": utc_now()}) as record:
+            record.update(results)
+    after, following = store.read_json("runs/after.json"), store.read_json("runs/next.json")
+    assert after["finished_at"] < "2099" and after["ordered_at"] == "2099-01-01T01:00:00.000001+00:00"
+    assert following["ordered_at"] == "2099-01-01T01:00:00.000002+00:00"
+    assert query(connect(store), f"select run_id from ({LATEST_RUN_SQL})").to_pylist() == [{"run_id": "next"}]
+    assert [r["run_id"] for r in newest_runs(run_records(store), 4)] == ["next", "after", "ahead", "before"]

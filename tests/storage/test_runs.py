@@ -284,3 +284,59 @@ def test_live_runs_since_is_the_start_of_the_earliest_live_run_less_the_clock_sk
     store.write_json(layout.run_key("done"), {"run_id": "done", "status": "COMPLETED",
                                               "started_at": (now - timedelta(hours=5)).isoformat()})
     assert live_runs_since(store) == starts["early"].timestamp() - CLOCK_SKEW_SECONDS
+
+
+def test_the_runs_view_lists_the_attempts_of_a_retried_run(tmp_path):
+    """A flow run retried from the Prefect UI lists its earlier attempts in its record
+    (``attempts``), but the ``runs`` view had no column for them: analysts could not tell a run
+    that ran once from one that took three attempts. ``n_attempts`` counts them (this one too),
+    ``attempts`` holds the earlier ones as JSON; a record written before prh listed them (none)
+    reads as one attempt, and a hand-edited ``attempts`` that is no list as NULL."""
+    store = Store(str(tmp_path / "store"))
+    first = {"started_at": "2026-01-01T00:00:00+00:00", "finished_at": None, "status": "CRASHED", "error": "killed"}
+    second = {**first, "finished_at": "2026-01-01T00:10:00+00:00", "status": "FAILED"}
+    store.write_json(layout.run_key("old"), {"run_id": "old", "status": "COMPLETED"})
+    store.write_json(layout.run_key("retried"), {"run_id": "retried", "status": "COMPLETED", "attempts": [first, second]})
+    store.write_json(layout.run_key("edited"), {"run_id": "edited", "status": "COMPLETED", "attempts": "twice"})
+    con = connect(store)
+    rows = query(con, "select run_id, n_attempts, json_extract_string(attempts, '$[1].status') AS second_status, "
+                      "json_array_length(attempts) AS earlier from runs order by run_id").to_pylist()
+    assert rows == [{"run_id": "edited", "n_attempts": None, "second_status": None, "earlier": None},
+                    {"run_id": "old", "n_attempts": 1, "second_status": None, "earlier": 0},
+                    {"run_id": "retried", "n_attempts": 3, "second_status": "FAILED", "earlier": 2}]
+    described = {r["column_name"]: r["column_type"] for r in query(con, "describe runs").to_pylist()}
+    assert (described["n_attempts"], described["attempts"]) == ("BIGINT", "VARCHAR")
+
+
+def test_a_run_opening_the_store_leaves_its_own_earlier_attempt_to_its_record(tmp_path):
+    """A flow run retried after its attempt was killed found its own record ``RUNNING`` with a dead
+    process, marked it ``CRASHED`` and logged it as an earlier run that crashed; other dead runs
+    are still marked."""
+    from storage.runs import open_for_run
+
+    store = Store(str(tmp_path / "store"))
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    for run_id in ("me", "other"):
+        store.write_json(layout.run_key(run_id), {"run_id": run_id, "status": RUNNING,
+                                                  "process": {**current_owner(), "pid": dead_pid, "started": "0"}})
+    assert open_for_run(store, run_id="me") == (["other"], [])
+    assert {r["run_id"]: r["status"] for r in run_records(store)} == {"me": RUNNING, "other": CRASHED}
+
+
+def test_a_run_is_placed_after_the_runs_before_it_and_never_past_the_end_of_time(tmp_path):
+    """``ordered_at``: a run's end, or just after a run recorded before it that is dated later (a
+    host's clock ahead); a hand-edited record dated at the end of time cannot be passed (the run
+    keeps its end, no OverflowError at the end of the run), nor is a store whose records do not
+    read an error (the run is placed at its end)."""
+    from storage.runs import latest_placed, place_after
+
+    end = "2026-01-02T00:00:00.000000+00:00"
+    assert place_after(end, None) == end
+    assert place_after(end, datetime(2026, 1, 1, tzinfo=timezone.utc)) == end
+    assert place_after(end, datetime(2099, 1, 1, tzinfo=timezone.utc)) == "2099-01-01T00:00:00.000001+00:00"
+    assert place_after(end, datetime.max.replace(tzinfo=timezone.utc)) == end
+    store = Store(str(tmp_path / "store"))
+    store.write_json(layout.run_key("me"), {"run_id": "me", "finished_at": "2099-01-01T00:00:00+00:00"})  # an earlier attempt
+    store.write_json(layout.run_key("old"), {"run_id": "old", "started_at": "2025-01-01T00:00:00", "ordered_at": "junk"})
+    assert latest_placed(store, layout.RUNS, "me") == datetime(2025, 1, 1, tzinfo=timezone.utc)
+    assert latest_placed(Store(str(tmp_path / "none")), layout.RUNS, "me") is None

@@ -80,6 +80,7 @@ def test_default_run_is_the_latest_that_published_results() -> None:
         "alignment_versions": pa.array([["a/1"], ["a/2"], [], [], ["a/3"]], pa.list_(pa.string())),
         "started_at": ["2026-01-01T00:00", "2026-01-02T00:00", "2026-01-03T00:00", "2026-01-03T05:00", "2026-01-04T00:00"],
         "finished_at": ["2026-01-01T01:00", "2026-01-02T01:00", "2026-01-03T01:00", "2026-01-03T06:00", None],
+        "ordered_at": pa.array([None] * 5, pa.string()),  # records written before prh placed runs
     })
     con.register("runs", runs)
     assert select_run(con)["run_id"] == "partly-failed"
@@ -201,7 +202,8 @@ def test_runs_of_the_same_second_are_ordered_alike_by_report_and_gc() -> None:
     from storage.run_retention import newest_runs
     from tasks.report_source import select_run
 
-    same = {"status": "COMPLETED", "started_at": "2026-01-01T00:00:00", "finished_at": "2026-01-01T00:00:05"}
+    same = {"status": "COMPLETED", "started_at": "2026-01-01T00:00:00", "finished_at": "2026-01-01T00:00:05",
+            "ordered_at": None}  # records written before prh placed runs
     records = [{**same, "run_id": rid, "alignment_versions": [f"a/{rid}"]} for rid in ("b-run", "c-run", "a-run")]
     for order in (records, records[::-1]):
         con = duckdb.connect()
