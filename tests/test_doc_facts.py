@@ -1,17 +1,25 @@
 """Facts the documentation states about the code and the tests, checked against them so that a
-change to one shows up as a stale page: the code each version hashes (docs/storage.md) and the
-case counts of docs/reliability.md."""
+change to one shows up as a stale page: the code each version hashes (docs/storage.md), the
+case counts of docs/reliability.md, the `prh` commands and options the pages name, the catalog
+views they list and the SQL examples of the README."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 COUNTED = ("tests/tasks/data/test_bad_input_matrix.py", "tests/tasks/test_params.py")
+PAGES = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+_FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
+_SPAN = re.compile(r"`([^`]+)`")
+_PRH = re.compile(r"(?:(?<![\w/.-])|(?<=\.venv/bin/))prh\s+(.*)", re.DOTALL)
 
 
 def _constant(module: str, name: str) -> tuple[str, ...]:
@@ -44,3 +52,123 @@ def test_reliability_page_counts_the_cases_pytest_collects() -> None:
         stated = re.search(re.escape(f"`{test_file}`") + r", (\d+) cases", page)
         assert stated, f"docs/reliability.md gives no case count for {test_file}"
         assert int(stated.group(1)) == sum(line.startswith(test_file + "::") for line in ids), test_file
+
+
+def _code(text: str) -> list[str]:
+    """The code of a page: each line of its fenced blocks (less shell and YAML comments) and each
+    inline code span of its prose."""
+    lines = [re.sub(r"(^|\s)#.*", "", line) for _, block in _FENCE.findall(text) for line in block.splitlines()]
+    return lines + _SPAN.findall(_FENCE.sub("", text))
+
+
+def _prh_commands(text: str) -> list[list[str]]:
+    """The words of every `prh ...` command in a page's code, its quoted arguments (SQL) emptied,
+    up to the end of the command (a pipe, `&&`, `;`, a comment, the end of the code span)."""
+    commands = []
+    for code in _code(text):
+        for match in _PRH.finditer(code):
+            words = re.split(r"\||&&|;|#|`", re.sub(r'"[^"]*"', '""', match.group(1)))[0].split()
+            if words:
+                commands.append(words)
+    return commands
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+
+def test_every_prh_command_and_option_the_pages_name_exists() -> None:
+    """`prh run --check`, `prh catalog export FILE [--store URL]`...: each command and each option a
+    page shows in its code is one that `prh` takes (an option renamed or dropped leaves a page
+    telling users to type what `prh` refuses)."""
+    from flows.cli import command_parser
+
+    commands = _subcommands(command_parser())
+    wrong, seen = [], 0
+    for page in PAGES:
+        for words in _prh_commands(page.read_text(encoding="utf-8")):
+            seen += 1
+            parser, rest = commands.get(words[0]), words[1:]
+            if parser is not None and _subcommands(parser):
+                parser, rest = _subcommands(parser).get(rest[0] if rest else ""), rest[1:]
+            if parser is None:
+                wrong.append(f"{page.name}: prh {' '.join(words)}: no such command")
+                continue
+            options = {flag for action in parser._actions for flag in action.option_strings}
+            wrong += [f"{page.name}: prh {' '.join(words)}: no option {flag}"
+                      for flag in (word.strip("[]") for word in rest) if flag.startswith("--") and flag.split("=")[0] not in options]
+    assert seen > 50 and wrong == []
+
+
+def _section(page: str, heading: str) -> str:
+    """The text of ``page`` from ``heading`` to the next heading of its level."""
+    text = (ROOT / page).read_text(encoding="utf-8").split(heading, 1)[1]
+    level = heading.split(" ", 1)[0]
+    return re.split(rf"^{level} ", text, maxsplit=1, flags=re.MULTILINE)[0]
+
+
+@pytest.fixture(scope="module")
+def catalog_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from tests.storage.catalog_store import build_catalog_store
+
+    url = str(tmp_path_factory.mktemp("doc-facts") / "store")
+    build_catalog_store(url)
+    return url
+
+
+def _columns(con: object, views: set[str]) -> dict[str, set[str]]:
+    from storage.catalog import query
+
+    rows = query(con, "select table_name, column_name from information_schema.columns").to_pylist()
+    return {view: {r["column_name"] for r in rows if r["table_name"] == view} for view in views}
+
+
+def test_the_pages_list_every_catalog_view_and_name_its_columns(catalog_store: str, tmp_path: Path) -> None:
+    """Where the README, docs/queries.md, docs/storage.md and `prh sql --help` list the catalog's
+    views, each lists all of them (the internal `_..._table` ones aside); the exported file's
+    views and tables are those docs/storage.md names; and a column named as `view.column`
+    anywhere in the pages is one of that view's columns."""
+    from flows.cli import command_parser
+    from storage.catalog import connect, query
+    from storage.export import export_catalog, open_catalog
+
+    con = connect(catalog_store)
+    names = {r["table_name"] for r in query(con, "select table_name from information_schema.tables").to_pylist()}
+    views = {name for name in names if not name.startswith("_")}
+    assert len(views) == 13, sorted(views)
+    sql_help = next(a.help for a in _subcommands(command_parser())["sql"]._actions if a.dest == "query")
+    lists = {
+        "README.md, Querying with SQL": _section("README.md", "## Querying with SQL").split("```", 1)[0],
+        "docs/queries.md, its start": (ROOT / "docs" / "queries.md").read_text(encoding="utf-8").split("```", 1)[0],
+        "docs/storage.md, Reading from DuckDB": _section("docs/storage.md", "## Reading from DuckDB").split("\n\n", 1)[0],
+        "prh sql --help": " ".join(f"`{word}`" for word in re.findall(r"\w+", sql_help)),
+    }
+    assert {where: sorted(v for v in views if f"`{v}`" not in text) for where, text in lists.items()} == dict.fromkeys(lists, [])
+
+    export_catalog(catalog_store, tmp_path / "prh.duckdb")
+    exported = open_catalog(tmp_path / "prh.duckdb")
+    in_file = {r["table_name"] for r in query(exported, "select table_name from information_schema.tables").to_pylist()}
+    export_section = _section("docs/storage.md", "## The catalog as a DuckDB file").split("```", 1)[0]
+    assert sorted(n for n in in_file if f"`{n}`" not in export_section) == []
+    assert in_file - {"prh_catalog"} == views
+
+    columns = _columns(con, views)
+    named = {(view, column) for page in PAGES
+             for view, column in re.findall(r"`([a-z_]+)\.([a-z_]+)`", page.read_text(encoding="utf-8"))
+             if view in views and view != "alignment" and column not in ("parquet", "json")}  # `alignment.unit`: config
+    assert len(named) >= 10 and sorted((v, c) for v, c in named if c not in columns[v]) == []
+
+
+def test_the_readme_queries_run(catalog_store: str) -> None:
+    """The README's SQL block and every `prh sql "..."` query of the pages run on a store with
+    every box (column and view names as the catalog has them)."""
+    from storage.catalog import connect, query_each
+
+    con = connect(catalog_store)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = [block for language, block in _FENCE.findall(readme) if language == "sql"]
+    inline = {sql for page in PAGES for code in _code(page.read_text(encoding="utf-8"))
+              for sql in re.findall(r'prh sql "([^"]+)"', code) if sql != "..."}
+    assert len(blocks) == 1 and len(inline) >= 4
+    for sql in [*blocks, *sorted(inline)]:
+        assert all(table.num_columns for table in query_each(con, sql)), sql
