@@ -397,15 +397,16 @@ def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], s
     dataset's file or folder (and ``image_root``) must exist, ``split`` be set only where its
     layout has splits, and its layout be one a reader takes (``tasks.data.sources.check_layout``: a
     file of a table type or a shard; a folder with images, captions, shards or one metadata table,
-    and ``image_column`` / ``text_column`` only where it has columns), as ``prh run`` would refuse
-    them first thing; the demo's ``n`` must not exceed the emoji it can draw at its ``image_size``
+    and ``image_column`` / ``text_column`` only where it has columns; a Parquet or CSV table's
+    schema or header naming the image and text columns: ``check_table_columns``), as ``prh run``
+    would refuse them first thing; the demo's ``n`` must not exceed the emoji it can draw at its ``image_size``
     (its dataset task would fail, after drawing them all: two minutes at 2048 px;
     ``tasks.data.openmoji.drawable_count``, ~2 s at any size); a hub dataset is ``unchecked`` (read when the run starts),
     except offline (``HF_HUB_OFFLINE``), where it must be in the hub cache at its revision (a
     lookup on this disk; it had been ``unchecked`` there, and the run failed on it at once)."""
     from pathlib import Path
 
-    from tasks.data.sources import check_dataset_path, check_layout, check_split
+    from tasks.data.sources import check_dataset_path, check_layout, check_split, check_table_columns
     from tasks.data.tables import checked_image_root
 
     if params.kind == "openmoji":
@@ -424,7 +425,8 @@ def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], s
     try:  # the loader's own checks, in its order
         check_dataset_path(path)
         check_split(path, params.split)
-        check_layout(path, params.image_column, params.text_column)
+        check_table_columns(path, check_layout(path, params.image_column, params.text_column), params.image_column,
+                            params.text_column)
         if params.image_root is not None:
             checked_image_root(path, params.image_root)
     except ValueError as error:

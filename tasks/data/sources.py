@@ -248,6 +248,22 @@ def check_layout(path: Path, image_column: str = REQUIRED_COLUMNS[0], text_colum
     return DatasetLayout("folder")
 
 
+def check_table_columns(path: Path, layout: DatasetLayout, image_column: str = REQUIRED_COLUMNS[0],
+                        text_column: str = REQUIRED_COLUMNS[1]) -> None:
+    """Refuse (``ValueError``, the reader's own words) a Parquet or CSV/TSV table, the dataset
+    ``path`` itself or its folder's metadata table (``layout``: :func:`check_layout`), whose schema
+    or header row lacks the image or text column or names a column twice: what
+    :func:`read_records` refuses first thing, told from the schema or the header alone, for
+    ``prh run --check``. A JSON Lines table or a JSON document is left to its reader (its keys are
+    known only once it is read whole), and so is a table that cannot be read."""
+    table = path if layout.kind == "table" else layout.files[0] if layout.kind == "metadata" else None
+    if table is None or table.suffix.lower() not in (*_PARQUET_SUFFIXES, *_CSV_DELIMITERS):
+        return
+    names = _column_names(table)
+    if names:
+        _check_columns(table, names, effective_columns(path, ColumnMap(image_column, text_column)))
+
+
 def path_exists(path: Path, what: str) -> bool:
     """Whether ``path`` exists; a path that cannot name a file (a NUL character, a name longer than
     the file system allows) does not. Raises ``ValueError`` naming ``what`` (``dataset path``) for a

@@ -1109,6 +1109,38 @@ def test_run_check_refuses_a_dataset_layout_that_prh_run_refuses_first_thing(tmp
                                  "metadata.csv); keep one"]
 
 
+def test_run_check_refuses_a_table_without_its_image_or_text_column(tmp_path, capsys, monkeypatch):
+    """`prh run --check` said "ok" for a Parquet or CSV table (or a folder's metadata table) whose
+    columns are not the image and text columns named, which `prh run` refuses first thing, in
+    the words --check now prints; told from the schema or the header row alone."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "zoo.yaml"
+
+    def check(dataset: dict) -> tuple[int, list[str]]:
+        config.write_text(yaml.safe_dump({"dataset": {"kind": "path", **dataset}, "models": [TINY_VIT]}))
+        code = main(["run", "--config", str(config), "--check"])
+        return code, capsys.readouterr().out.splitlines()
+
+    pq.write_table(pa.table({"file_path": ["a.png"], "caption": ["a cat"]}), tmp_path / "pairs.parquet")
+    code, out = check({"path": "pairs.parquet"})
+    assert code == 2 and out[0].startswith("refused   dataset: dataset table 'pairs.parquet' lacks required column(s) "
+                                           "['image', 'text']; it has ['file_path', 'caption']")
+    assert check({"path": "pairs.parquet", "image_column": "file_path", "text_column": "caption"})[0] == 0
+    (tmp_path / "pairs.csv").write_text("image,caption,caption\na.png,a,b\n")
+    code, out = check({"path": "pairs.csv"})
+    assert code == 2 and "lacks required column(s) ['text']" in out[0]
+    code, out = check({"path": "pairs.csv", "text_column": "caption"})
+    assert code == 2 and out == ["refused   dataset: dataset table 'pairs.csv' has duplicated column(s) ['caption']"]
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "pics" / "metadata.csv").write_text("file_name,caption\na.png,a caption\n")
+    code, out = check({"path": "pics"})
+    assert code == 2 and "lacks required column(s) ['text']" in out[0] and "metadata.csv" in out[0]
+    assert check({"path": "pics", "text_column": "caption"})[0] == 0
+
+
 def test_n_without_a_dataset_flag_sets_the_configs_own_dataset(tmp_path):
     from flows.cli import command_parser, config_with_flags
 
