@@ -42,8 +42,9 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/prh run $(ARGS)
 
+# --durations: the slowest tests at the end of the log, to keep `make test` inside its ~15 minutes
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=30 --durations-min=5 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_metrics.py
