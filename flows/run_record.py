@@ -98,7 +98,7 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
                            "keeps what the earlier attempts extracted and aligned", record.get("run_id"),
                            len(record["attempts"]) + 1, last.get("started_at"), last.get("status"))
     latest = latest_placed(target, key.rsplit("/", 1)[0], str(record["run_id"]))
-    target.write_json(key, record)
+    target.write_json(key, _with_earlier_work(record, earlier))
     raised: BaseException | None = None
     # removed after the final record is written
     with RunHeartbeat(target, str(record["run_id"])), run_scope() as scope:
@@ -191,12 +191,14 @@ def carry_over_work(record: dict[str, Any], earlier: dict[str, Any]) -> None:
     first, on the same dataset version or before it had one) keeps the earlier attempts' feature
     version, ``extracted`` or ``reused`` (and the record their dataset version): a retry that
     failed before any model had dropped them. ``aligned`` and the metric counts add the earlier
-    attempts' where this attempt lists every alignment version they listed (the same code: the
-    versions they aligned are reused here), or lists none (it stopped before any pair). A whole
-    grid an earlier attempt listed (``alignment_versions``) stays the run's results when this
-    attempt lists none of its own, on the same dataset version (a completed run retried and failing early had dropped out of
-    the ``*_latest`` views and ``prh report``); an earlier attempt's partial list is kept as
-    ``partial_alignment_versions`` when this attempt aligned nothing."""
+    attempts' on the same dataset version: an attempt counts only what it did not find stored,
+    so never what an earlier one published (they had been added only where this attempt listed
+    every version the earlier ones listed: a completed run retried and cancelled after one pair,
+    then retried again, ended counting nothing of its first attempt). A whole grid an earlier
+    attempt listed (``alignment_versions``) stays the run's results when this attempt lists none
+    of its own, on the same dataset version (a completed run retried and failing early had
+    dropped out of the ``*_latest`` views and ``prh report``); otherwise the pairs the attempts
+    aligned before stopping add up in ``partial_alignment_versions`` (earlier ones first)."""
     mine = record.get("feature_versions") if isinstance(record.get("feature_versions"), dict) else {}
     before = earlier.get("feature_versions") if isinstance(earlier.get("feature_versions"), dict) else {}
     same_dataset = record.get("dataset_version") in (None, earlier.get("dataset_version"))
@@ -213,17 +215,28 @@ def carry_over_work(record: dict[str, Any], earlier: dict[str, Any]) -> None:
     if theirs:
         record["extracted"] = sorted(set(_names(record.get("extracted"))) | theirs)
         record["reused"] = sorted(set(_names(record.get("reused"))) - theirs)
-    listed, now_listed = aligned_versions(earlier), aligned_versions(record)
-    if listed and (set(listed) <= set(now_listed) or not now_listed):
+    if same_dataset:  # an attempt counts only what it found unstored: never a pair an earlier one published
         for count in WORK_COUNTS:
             now, then = record.get(count), earlier.get(count)
-            if _is_count(then) and (_is_count(now) or not now_listed):
+            if _is_count(then) and (_is_count(now) or now is None):
                 record[count] = (now if _is_count(now) else 0) + then
-    whole = _names(earlier.get("alignment_versions"))
+    whole, listed = _names(earlier.get("alignment_versions")), aligned_versions(earlier)
     if whole and same_dataset and not _names(record.get("alignment_versions")):  # still this run's results
         record["alignment_versions"] = whole
-    elif listed and same_dataset and not now_listed:
-        record[PARTIAL_ALIGNMENTS] = listed
+    elif listed and same_dataset and not _names(record.get("alignment_versions")):
+        record[PARTIAL_ALIGNMENTS] = list(dict.fromkeys(listed + _names(record.get(PARTIAL_ALIGNMENTS))))
+
+
+def _with_earlier_work(record: dict[str, Any], earlier: dict[str, Any] | None) -> dict[str, Any]:
+    """What a run writes when it starts: ``record``, and for a retry a copy that already keeps
+    its earlier attempts' work (:func:`carry_over_work`; ``record`` itself gets it at the end). An
+    attempt killed without writing its end had left a record without it, and the next retry,
+    carrying over from that record, dropped what the first attempt had extracted and aligned."""
+    if earlier is None:
+        return record
+    started = {**record}
+    carry_over_work(started, earlier)
+    return started
 
 
 def aligned_versions(record: dict[str, Any]) -> list[str]:

@@ -50,7 +50,8 @@ import duckdb
 
 from storage import layout
 from storage.catalog import current_alignment_keys
-from storage.runs import CANCELLED, CLOCK_SKEW_SECONDS, COMPLETED, FAILED, DamagedRecord, epoch_seconds, extraction_records, live_records, order_time, run_records
+from storage.runs import (CANCELLED, CLOCK_SKEW_SECONDS, COMPLETED, FAILED, DamagedRecord, epoch_seconds, extraction_records,
+                          live_records, order_time, run_records, utc_moment)
 from storage.store import DamagedManifest, Store, parse_json
 from storage.verify import is_version_key, manifest_problems
 
@@ -92,16 +93,23 @@ def published_results(record: dict[str, Any]) -> bool:
     return record.get("status") in (COMPLETED, FAILED, CANCELLED) and bool(record.get("alignment_versions"))
 
 
+#: Where :func:`newest_runs` puts a run without a time (``NULLS LAST``, newest first).
+_NO_TIME = datetime.min.replace(tzinfo=timezone.utc)
+
+
 def newest_runs(records: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """The ``n`` newest runs that published results, newest first, in ``select_run``'s order:
     place (``ordered_at``: its finish, or just after a run recorded before it started that is dated later,
     ``storage.runs.place_after``; else finish time; start time when there is none), then start time, then run id (records written before
     prh kept microseconds have whole seconds: two runs of one second are still ordered alike by
-    both)."""
-    def moment(record: dict[str, Any]) -> tuple[float, float, str]:
-        started = epoch_seconds(record.get("started_at")) or 0.0
+    both). Times compare as the catalog's ``TIMESTAMPTZ`` do: to the microsecond (epoch seconds as
+    floats merged runs placed 1 µs apart after a record dated centuries ahead), read as the
+    catalog reads them (``storage.runs.utc_moment``), one that is no time last (``NULLS LAST``)."""
+    def moment(record: dict[str, Any]) -> tuple[bool, datetime, bool, datetime, str]:
         placed = order_time(record)  # as the catalog's LATEST_RUN_SQL: ordered_at, finished_at, started_at
-        return (placed.timestamp() if placed else started, started, str(record.get("run_id") or ""))
+        started = utc_moment(record.get("started_at"))
+        return (placed is not None, placed or _NO_TIME, started is not None, started or _NO_TIME,
+                str(record.get("run_id") or ""))
 
     return sorted((r for r in records if published_results(r)), key=moment, reverse=True)[:n]
 
@@ -244,13 +252,15 @@ def dated_ahead(records: list[dict[str, Any]], now: float) -> str | None:
     the newest results (and the ``*_latest`` views show it too)."""
     for record in records:
         for field_name in ("started_at", "finished_at"):
-            moment = epoch_seconds(record.get(field_name))
+            read = utc_moment(record.get(field_name))  # as the runs are ordered (newest_runs): ' 2099-...' too
+            moment = read.timestamp() if read is not None else None
             if moment is not None and moment > now + CLOCK_SKEW_SECONDS:
                 hours = (moment - now) / 3600
                 return (f"run {record.get('run_id')}'s record has {field_name} {record.get(field_name)}, {hours:,.1f} h after "
                         f"this host's clock ({datetime.fromtimestamp(now, timezone.utc).isoformat(timespec='seconds')}): "
                         "a clock was ahead when it ran, or this one is behind, so which runs are the newest cannot "
-                        "be told; correct the clock (or that record's times) first; no published version is removed "
+                        "be told; correct the clock (or that record's times: started_at, finished_at and ordered_at, which "
+                        "orders it) first; no published version is removed "
                         "until then")
     return None
 

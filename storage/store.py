@@ -306,6 +306,14 @@ class NotAnS3Endpoint(ValueError):
     where it was set."""
 
 
+def _cause(failure: BaseException, error: BaseException) -> BaseException | None:
+    """What ``failure`` (:meth:`Store._failure` of ``error``) is raised from: ``error``, or nothing
+    for :class:`NotAnS3Endpoint`, a setting to fix: ``tasks.retries`` follows an error's chain to
+    its first cut, and the client's ``OSError`` below it had made the task retry (its message
+    already says what the endpoint answered)."""
+    return None if isinstance(failure, NotAnS3Endpoint) else error
+
+
 class StoreIOError(OSError):
     """An object-store operation failed after the client's retries; the message names the store
     (credentials removed), the operation and the S3 error. Transient for ``tasks.retries``."""
@@ -426,7 +434,7 @@ class Store:
             failure = self._failure(f"read {key or 'the root'}", error)
             if failure is error:
                 raise
-            raise failure from error
+            raise failure from _cause(failure, error)
 
     def exists(self, key: str) -> bool:
         with self._reading(key):
@@ -662,7 +670,7 @@ class Store:
         except Exception as error:
             failure = self._failure("write a probe object", error)
             if isinstance(failure, (StoreIOError, NotAnS3Endpoint)):  # an object store down, unreachable or not S3
-                raise failure from error
+                raise failure from _cause(failure, error)
             if not isinstance(error, OSError):
                 raise
             cause = error.__cause__ if isinstance(error, StoreNotWritable) and isinstance(error.__cause__, OSError) else error
@@ -801,7 +809,7 @@ class Store:
             wrapped = self._failure(f"publish {version_key}", error)
             if wrapped is error:
                 raise
-            raise wrapped from error
+            raise wrapped from _cause(wrapped, error)
 
     def _publish(
         self, version_key: str, files: dict[str, pa.Table | bytes], manifest: dict[str, Any],
@@ -915,7 +923,7 @@ class Store:
         except Exception as error:  # noqa: BLE001 - only a reply that is not S3's is this check's to report
             reply = not_s3_reply(error)
             if reply is not None:
-                raise self._not_s3(reply) from error
+                raise self._not_s3(reply) from None  # final (see _cause): the reply is in the message
 
     def _fresh_manifest(self, version_key: str) -> dict[str, Any] | None:
         self.fs.invalidate_cache(self.path(version_key))

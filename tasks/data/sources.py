@@ -25,7 +25,8 @@ JSON Lines table (``.jsonl``, ``.ndjson``)
     table's folder); read with pyarrow (with ``limit``, reading stops at the block that holds the
     first ``limit`` rows), or, where pyarrow refuses the file, line by line
     (:mod:`tasks.data.json_lines`: a lone UTF-16 surrogate escape rejects its row only, keys not
-    read do not matter, and a line that does not parse makes the file unreadable, naming it).
+    read do not matter, and a line that does not parse makes the file unreadable, naming it), and
+    so is a table whose ids or captions pyarrow reads as times (strings such as ``2024-01-01``).
 JSON document (``.json``)
     A COCO captions file (``images`` + ``annotations``, one row per image with its list of
     captions, ``sample_id`` the image id), a Karpathy split file (``dataset_coco.json``: the
@@ -411,8 +412,9 @@ def check_json_nesting(path: Path, limit: int = MAX_JSON_DEPTH, chunk_bytes: int
 def _read_jsonl(path: Path, columns: ColumnMap, limit: int | None = None) -> list[RawRecord]:
     """The records of a JSON Lines table: parsed by pyarrow, or, where pyarrow refuses the file
     (a lone UTF-16 surrogate escape in one row, a key that is not read changing type, a syntax
-    error), line by line by :mod:`tasks.data.json_lines`, which rejects such a row alone, ignores
-    keys not read and names the line of what makes the file unreadable."""
+    error) or reads a key's strings as times (:func:`_holds_time`), line by line by
+    :mod:`tasks.data.json_lines`, which rejects such a row alone, ignores keys not read, reads
+    strings as text and names the line of what makes the file unreadable."""
     check_json_nesting(path)
     try:
         if limit is None:
@@ -421,14 +423,29 @@ def _read_jsonl(path: Path, columns: ColumnMap, limit: int | None = None) -> lis
             with pj.open_json(path) as reader:
                 table = head_of(reader, reader.schema, limit)
     except pa.ArrowInvalid:
+        table = None
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"dataset table {str(path)!r} is not readable JSON Lines (one object per line): {exc}") from exc
+    if table is None or any(_holds_time(table.schema.field(n).type) for n in columns.wanted() if n in table.column_names):
         from tasks.data.json_lines import read_json_lines
 
         return read_json_lines(path, columns, limit)
-    except (pa.ArrowException, OSError) as exc:
-        raise ValueError(f"dataset table {str(path)!r} is not readable JSON Lines (one object per line): {exc}") from exc
     _check_columns(path, table.column_names, columns)
     table = columns.canonical(table.select([n for n in columns.wanted() if n in table.column_names]))
     return records_with_captions(table, str(path), columns.captions, columns=columns)
+
+
+def _holds_time(kind: pa.DataType) -> bool:
+    """Whether ``kind`` is, or nests, a time: what pyarrow's JSON reader makes of a key whose strings
+    all read as ISO 8601 times (JSON has none), which refused the file (``sample_id`` ``2024-01-01``:
+    "has type timestamp[s]") where the same strings beside one line pyarrow refuses were read as text."""
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind):
+        return True
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _holds_time(kind.value_type)
+    if pa.types.is_struct(kind):
+        return any(_holds_time(kind.field(i).type) for i in range(kind.num_fields))
+    return False
 
 
 def records_with_captions(table: pa.Table, where: str, captions: Captions = "first", *,
@@ -775,8 +792,9 @@ def _column_names(path: Path) -> list[str]:
                 from tasks.data.json_lines import json_lines_keys
 
                 return json_lines_keys(path)
-        with path.open(encoding="utf-8", errors="replace", newline="") as handle:
-            return [name.strip().removeprefix("\ufeff") for name in next(csv.reader(handle, delimiter=_CSV_DELIMITERS[path.suffix.lower()]), [])]
+        # utf-8-sig: a BOM is no part of the first name, nor before its quote ('\ufeff"image"' read as '"image"')
+        with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+            return [name.strip() for name in next(csv.reader(handle, delimiter=_CSV_DELIMITERS[path.suffix.lower()]), [])]
     except (pa.ArrowException, OSError, csv.Error):
         return []  # the table's reader reports it
 

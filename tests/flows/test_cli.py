@@ -1141,6 +1141,28 @@ def test_run_check_refuses_a_table_without_its_image_or_text_column(tmp_path, ca
     assert check({"path": "pics", "text_column": "caption"})[0] == 0
 
 
+def test_run_check_reads_a_csv_header_with_a_bom_and_quotes_as_run_does(tmp_path, capsys, monkeypatch):
+    """A CSV saved as "CSV UTF-8" with quoted names (``\ufeff"image","text"``): `prh run` loads
+    it, but --check read the first name as '"image"' (the BOM before its quote) and refused it
+    ("lacks required column(s) ['image']"); a folder's metadata.csv so written had its
+    ``file_name`` column missed. Both are now read as the run reads them."""
+    from tasks.data.tables import load_paired_dataset
+    from tests.tasks.data.sample_images import png_bytes
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pics").mkdir()
+    for name in ("red", "blue"):
+        (tmp_path / "pics" / f"{name}.png").write_bytes(png_bytes(name))
+    (tmp_path / "pics" / "pairs.csv").write_bytes(b'\xef\xbb\xbf"image","text"\r\nred.png,a red square\r\nblue.png,a blue one\r\n')
+    (tmp_path / "pics" / "metadata.csv").write_bytes(b'\xef\xbb\xbf"file_name","text"\r\nred.png,red\r\nblue.png,blue\r\n')
+    config = tmp_path / "zoo.yaml"
+    for path in ("pics/pairs.csv", "pics"):
+        config.write_text(yaml.safe_dump({"dataset": {"kind": "path", "path": path}, "models": [TINY_VIT]}))
+        code, out = main(["run", "--config", str(config), "--check"]), capsys.readouterr().out.splitlines()
+        assert code == 0 and out[0] == "ok        dataset", out
+        assert load_paired_dataset(tmp_path / path).n_valid == 2
+
+
 def test_n_without_a_dataset_flag_sets_the_configs_own_dataset(tmp_path):
     from flows.cli import command_parser, config_with_flags
 

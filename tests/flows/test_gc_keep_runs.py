@@ -531,3 +531,21 @@ def test_several_damaged_run_records_are_counted_in_the_blocking_reason(tmp_path
     plan = plan_retention(store, 1)
     assert plan.remove == [] and plan.blocked.startswith("run record runs/run-7.json")
     assert "(and 1 more); no published version is removed until then" in plan.blocked
+
+
+def test_a_time_dated_ahead_is_read_as_the_runs_are_ordered() -> None:
+    """The runs are ordered (``newest_runs``, the catalog) by times read with surrounding spaces
+    (a hand-edited `" 2099-..."`), which sorted such a record as the newest run; the guard read
+    the same time as no time and let gc remove the versions of the runs after it."""
+    from storage.run_retention import dated_ahead, newest_runs
+
+    now = time.time()
+    ahead = datetime.fromtimestamp(now + 86400 * 30, timezone.utc).isoformat()
+    records = [{"run_id": "edited", "status": "COMPLETED", "started_at": _day(1, 1), "finished_at": f" {ahead}\n",
+                "alignment_versions": ["alignment/d/a__b/v1"]},
+               {"run_id": "last", "status": "COMPLETED", "started_at": _day(2, 1), "finished_at": _day(2, 2),
+                "alignment_versions": ["alignment/d/a__b/v2"]}]
+    assert newest_runs(records, 1)[0]["run_id"] == "edited"
+    blocked = dated_ahead(records, now)
+    assert blocked is not None and blocked.startswith("run edited's record has finished_at")
+    assert "started_at, finished_at and ordered_at" in blocked

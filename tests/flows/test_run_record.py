@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from typing import Any
 
@@ -323,3 +324,57 @@ def test_a_run_dated_ahead_by_a_clock_is_the_latest_only_until_a_run_started_aft
     assert following["ordered_at"] == "2099-01-01T01:00:00.000002+00:00"
     assert query(connect(store), f"select run_id from ({LATEST_RUN_SQL})").to_pylist() == [{"run_id": "next"}]
     assert [r["run_id"] for r in newest_runs(run_records(store), 4)] == ["next", "after", "ahead", "before"]
+
+
+def test_the_counts_of_every_attempt_add_up_whichever_pairs_each_listed(tmp_path):
+    """A completed run retried from the UI, cancelled after one pair (found stored), then retried
+    to the end: its first attempt's pairs had been counted only while the next attempt listed
+    every version it had, so the run ended with ``aligned`` 0. Two attempts stopped after
+    different pairs lost the first one's the same way. An attempt counts only what it did not
+    find stored, so the attempts' counts add up on one dataset version, and the pairs the stopped
+    attempts aligned add up in ``partial_alignment_versions``."""
+    store = Store(str(tmp_path / "store"))
+    grid = ["alignment/d1/a__b/v1", "alignment/d1/a__c/v2", "alignment/d1/b__c/v3"]
+
+    def attempt(key: str, stopped: bool = False, **outcome: Any) -> dict[str, Any]:
+        with contextlib.suppress(KeyboardInterrupt), recorded(store, key, {"run_id": key[5:-5], "status": "RUNNING"}) as record:
+            record.update(dataset_version="d1", metrics_copied=0, **outcome)
+            if stopped:
+                raise KeyboardInterrupt
+        return store.read_json(key)
+
+    attempt("runs/r6.json", status="COMPLETED", alignment_versions=grid, aligned=3, metrics_computed=6)
+    second = attempt("runs/r6.json", stopped=True, partial_alignment_versions=grid[:1], aligned=0, metrics_computed=0)
+    assert (second["status"], second["aligned"], second["metrics_computed"]) == ("CANCELLED", 3, 6)
+    third = attempt("runs/r6.json", status="COMPLETED", alignment_versions=grid, aligned=0, metrics_computed=0)
+    assert (third["aligned"], third["metrics_computed"], len(third["attempts"])) == (3, 6, 2)
+
+    attempt("runs/r7.json", stopped=True, partial_alignment_versions=grid[1:], aligned=2, metrics_computed=4)
+    second = attempt("runs/r7.json", stopped=True, partial_alignment_versions=grid[:1], aligned=1, metrics_computed=2)
+    assert second["aligned"] == 3 and second["partial_alignment_versions"] == grid[1:] + grid[:1]
+    assert "alignment_versions" not in second  # no results: its grid is not whole
+    third = attempt("runs/r7.json", status="COMPLETED", alignment_versions=grid, aligned=0, metrics_computed=0)
+    assert (third["aligned"], third["metrics_computed"]) == (3, 6) and "partial_alignment_versions" not in third
+
+
+def test_a_retry_killed_before_its_end_leaves_the_earlier_work_for_the_next(tmp_path):
+    """A completed run retried, the retry killed (its node lost, OOM) before writing its end,
+    then retried again: the killed attempt's record, written when it started, held none of the
+    first attempt's work, so the last retry (carrying over from it) recorded nothing extracted
+    and no grid. The record a retry writes when it starts already keeps it."""
+    store = Store(str(tmp_path / "store"))
+    key = "runs/r8.json"
+    first = {"dataset_version": "d1", "feature_versions": {"vit": "fv1", "bert": "fv2"}, "extracted": ["bert", "vit"],
+             "reused": [], "alignment_versions": ["alignment/d1/vit__bert/a1"], "aligned": 1, "metrics_computed": 2,
+             "metrics_copied": 0}
+    with recorded(store, key, {"run_id": "r8", "status": "RUNNING", "started_at": "2026-01-01T00:00:00+00:00"}) as record:
+        record.update(first, status="COMPLETED")
+    with recorded(store, key, {"run_id": "r8", "status": "RUNNING", "started_at": "2026-01-02T00:00:00+00:00"}):
+        killed = store.read_json(key)  # what the attempt leaves when it is killed now
+    assert killed["status"] == "RUNNING" and {field: killed.get(field) for field in first} == first
+    store.write_json(key, killed)
+    with pytest.raises(ValueError), recorded(store, key, {"run_id": "r8", "status": "RUNNING"}):
+        raise ValueError("the hub is unreachable")
+    record = store.read_json(key)
+    assert [a["status"] for a in record["attempts"]] == ["COMPLETED", "CRASHED"]
+    assert {field: record.get(field) for field in first} == first

@@ -43,6 +43,7 @@ from storage.s3_options import (
     with_s3_defaults,
 )
 from storage.store import CLAIM, MANIFEST, NotAnS3Endpoint, Store, StoreNotWritable, table_to_parquet_bytes
+from tasks.retries import is_transient
 from tests.flows.test_pipeline import TINY_BERT, TINY_VIT
 from tests.storage.s3_fault_proxy import FaultProxy
 
@@ -396,16 +397,23 @@ def test_an_endpoint_that_is_no_s3_server_is_named_as_such(tmp_path, monkeypatch
     """``AWS_ENDPOINT_URL`` naming a web server that is not S3: the run's write probe said
     "PutObject failed: 501 (HTTP 501) after 1 attempt: Not Implemented" without the endpoint, and a
     read took its "Not Found" for a missing file. Both now name the endpoint, where it was set, and
-    that it is not an S3 server, without retrying; a real S3 server's answers are read as before."""
+    that it is not an S3 server, without retrying (a task's retry policy too: it had found the
+    client's OSError below the error and retried); a real S3 server's answers are read as before."""
     with plain_web_server(tmp_path) as endpoint:
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
         store = Store("s3://bucket/prefix")
         said = f"store s3://bucket/prefix: the S3 endpoint {endpoint} is not an S3 server "
         with pytest.raises(NotAnS3Endpoint, match=re.escape(said + "(PutObject answered HTTP 501 (Not Implemented) without "
-                                                            "an S3 error document): check AWS_ENDPOINT_URL")):
+                                                            "an S3 error document): check AWS_ENDPOINT_URL")) as probe:
             store.check_writable()
-        with pytest.raises(NotAnS3Endpoint, match=re.escape(said + "(ListObjectsV2 answered HTTP 404 (Not Found)")):
+        with pytest.raises(NotAnS3Endpoint, match=re.escape(said + "(ListObjectsV2 answered HTTP 404 (Not Found)")) as listing:
             store.check_endpoint()
+        with pytest.raises(NotAnS3Endpoint) as read:
+            store.read_json("runs/r.json")
+        with pytest.raises(NotAnS3Endpoint, match="PutObject answered HTTP 501") as publish:
+            store.publish("features/d/m/v1", {"a.bin": b"x"}, {"kind": "test"})
+        # a setting to fix: a task failing on it is not retried (the client's OSError below it had said "transient")
+        assert not any(is_transient(raised.value) for raised in (probe, listing, read, publish))
         optioned = Store("s3://bucket/prefix", {"endpoint_url": endpoint})
         with pytest.raises(NotAnS3Endpoint, match="check the storage option endpoint_url"):
             optioned.check_endpoint()

@@ -334,3 +334,37 @@ def test_a_report_with_too_few_file_descriptors_is_one_line_naming_the_limit(tmp
                             "(`ulimit -n`), fewer than the query reads: raise the limit, e.g. `ulimit -n 4096`, and "
                             "run it again; the store is not damaged by this)")
     assert not (tmp_path / "report").exists()
+
+
+_DAY = "2026-01-0{}T00:00:00+00:00"
+
+
+@pytest.mark.parametrize(("records", "latest"), [
+    pytest.param([{"run_id": "x-ahead", "started_at": "5000-01-01T00:00:00+00:00", "ordered_at": "5000-01-01T00:00:00+00:00"},
+                  {"run_id": "a-next", "started_at": _DAY.format(1), "ordered_at": "5000-01-01T00:00:00.000001+00:00"}],
+                 "a-next", id="placed 1 us after a record dated centuries ahead"),
+    pytest.param([{"run_id": "b", "started_at": " " + _DAY.format(2), "finished_at": _DAY.format(3)},
+                  {"run_id": "a", "started_at": _DAY.format(1), "finished_at": _DAY.format(3)}],
+                 "b", id="a start with a space, the same finish"),
+    pytest.param([{"run_id": "b", "started_at": "1969-12-31T00:00:00+00:00"}, {"run_id": "a", "started_at": "junk"}],
+                 "b", id="a start before 1970 and one that is no time"),
+])
+def test_report_and_gc_agree_on_the_latest_run_whatever_its_times(tmp_path, records, latest) -> None:
+    """`prh report`'s default run (the catalog's ``LATEST_RUN_SQL``, ``TIMESTAMPTZ`` to the
+    microsecond, NULL last) and `prh gc --keep-runs 1`'s newest run are the same run: gc had
+    compared float epoch seconds (two runs 1 µs apart in year 5000 were equal, the start then
+    decided), read a time with a space as none (the catalog reads it) and put a run without a time
+    before one started before 1970."""
+    from storage import layout
+    from storage.catalog import connect
+    from storage.run_retention import newest_runs
+    from storage.runs import run_records
+    from storage.store import Store
+    from tasks.report_source import select_run
+
+    store = Store(str(tmp_path / "store"))
+    for record in records:
+        store.write_json(layout.run_key(record["run_id"]),
+                         {"status": "COMPLETED", "alignment_versions": ["alignment/d/a__b/v"], **record})
+    assert select_run(connect(store))["run_id"] == latest
+    assert newest_runs(run_records(store), 1)[0]["run_id"] == latest

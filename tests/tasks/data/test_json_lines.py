@@ -97,3 +97,22 @@ def test_an_image_folder_metadata_table_with_a_lone_surrogate_keeps_its_file_nam
     result = load_paired_dataset(folder)
     assert result.n_valid == 2
     assert [reason for _, _, reason, _ in rejected(result)] == ["text_not_utf8"]
+
+
+def test_strings_that_read_as_times_load_as_text_with_or_without_a_line_pyarrow_refuses(folder: Path) -> None:
+    """pyarrow's JSON reader takes a key whose strings all read as ISO 8601 times for a timestamp
+    column: a table with ids ``2024-01-01`` (days, one image each) was refused ("column 'sample_id'
+    has type timestamp[s]") while the same lines beside one bad line (read line by line) loaded. Both
+    now load them as the text they are, the same rows with the same ids."""
+    good = ('{"image": "red.png", "text": "a red square", "sample_id": "2024-01-01", "image_id": "2024-01-01"}\n'
+            '{"image": "blue.png", "text": "a blue square", "sample_id": "2024-01-02", "image_id": "2024-01-02"}\n')
+    (folder / "good.jsonl").write_text(good)
+    (folder / "bad.jsonl").write_text(good + '{"image": "green.png", "text": "bad \\ud800", "sample_id": "2024-01-03"}\n')
+    loaded = [load_paired_dataset(folder / name) for name in ("good.jsonl", "bad.jsonl")]
+    for result in loaded:
+        assert result.table.select(["sample_id", "text", "image_id"]).to_pylist() == [
+            {"sample_id": "2024-01-01", "text": "a red square", "image_id": "2024-01-01"},
+            {"sample_id": "2024-01-02", "text": "a blue square", "image_id": "2024-01-02"}]
+    assert rejected(loaded[0]) == [] and [r[2] for r in rejected(loaded[1])] == ["text_not_utf8"]
+    captions = load_paired_dataset(folder / "good.jsonl", columns=ColumnMap(text="sample_id"))  # dates as captions
+    assert sorted(captions.table.column("text").to_pylist()) == ["2024-01-01", "2024-01-02"]
