@@ -158,11 +158,13 @@ def test_a_spent_budget_skips_every_step(tmp_path):
 def test_a_step_is_cut_to_the_budget_left(tmp_path):
     """A step's limit is what is left of BUDGET (less the 10 s `timeout -k` grace), when that is
     below its own cap (metrics_layers: 120 s), so the script ends inside its budget."""
-    done, out = _run(tmp_path, BUDGET="80", STEPS="metrics_layers")
+    # 129 s: what is left when the step starts (less the 10 s grace: at most 119 s) is
+    # below the step's own 120 s cap, and leaves a loaded machine room to finish it
+    done, out = _run(tmp_path, BUDGET="129", STEPS="metrics_layers")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = (out / "summary.txt").read_text()
     limit = int(summary.split("== metrics_layers (limit ")[1].split(" s)")[0])
-    assert 15 <= limit <= 70
+    assert 15 <= limit < 120
     assert "== metrics_layers: exit 0 after" in summary
 
 
