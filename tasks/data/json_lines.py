@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tasks.data.json_tables import lone_surrogate, records_table
 from tasks.data.sources import ColumnMap, RawRecord, records_with_captions
@@ -52,27 +52,40 @@ def read_json_lines(path: Path, columns: ColumnMap, limit: int | None = None) ->
 def json_lines_keys(path: Path) -> list[str]:
     """The keys of the JSON Lines table at ``path``, in the order first met ([] when a line cannot
     be read: :func:`read_json_lines` then says which)."""
+    keys: dict[str, None] = {}
     try:
-        rows, _ = _parsed_lines(path, None)
+        for row, _ in _lines(path):  # one line at a time: the rows are not kept
+            if isinstance(row, dict):
+                keys.update(dict.fromkeys(row))
     except ValueError:
         return []
-    keys: dict[str, None] = {}
-    for row in rows:
-        if isinstance(row, dict):
-            keys.update(dict.fromkeys(row))
     return list(keys)
 
 
 def _parsed_lines(path: Path, limit: int | None) -> tuple[list[Any], list[int]]:
     """The parsed value of each non-blank line (the first ``limit``) and its line number."""
-    where = str(path)
     rows: list[Any] = []
     lines: list[int] = []
+    if limit is not None and limit <= 0:
+        return rows, lines
+    for value, number in _lines(path):
+        rows.append(value)
+        lines.append(number)
+        if limit is not None and len(rows) >= limit:  # before the next line is read: it may not parse
+            break
+    return rows, lines
+
+
+def _lines(path: Path) -> Iterator[tuple[Any, int]]:
+    """``(parsed value, line number)`` of each non-blank line of ``path``, read one at a time.
+
+    Raises:
+        ValueError: naming ``path`` and the line: not UTF-8, not JSON; the file cannot be read.
+    """
+    where = str(path)
     try:
         with path.open("rb") as handle:
             for number, raw in enumerate(handle, start=1):
-                if limit is not None and len(rows) >= limit:
-                    break
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
@@ -83,14 +96,13 @@ def _parsed_lines(path: Path, limit: int | None) -> tuple[list[Any], list[int]]:
                 if not text.strip():
                     continue
                 try:
-                    rows.append(json.loads(text))
+                    value = json.loads(text)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"dataset table {where!r} is not readable JSON Lines (one object per line): line "
                                      f"{number}: {exc.msg} (column {exc.colno})") from None
-                lines.append(number)
+                yield value, number
     except OSError as exc:
         raise ValueError(f"dataset table {where!r} cannot be read: {exc}") from exc
-    return rows, lines
 
 
 def _surrogate_problem(value: dict[str, Any], columns: ColumnMap, origin: str) -> tuple[str, str] | None:

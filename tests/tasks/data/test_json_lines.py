@@ -116,3 +116,38 @@ def test_strings_that_read_as_times_load_as_text_with_or_without_a_line_pyarrow_
     assert rejected(loaded[0]) == [] and [r[2] for r in rejected(loaded[1])] == ["text_not_utf8"]
     captions = load_paired_dataset(folder / "good.jsonl", columns=ColumnMap(text="sample_id"))  # dates as captions
     assert sorted(captions.table.column("text").to_pylist()) == ["2024-01-01", "2024-01-02"]
+
+
+def test_the_keys_of_a_large_table_are_read_without_keeping_its_rows(tmp_path: Path) -> None:
+    """The keys of a JSON Lines table pyarrow refuses (a folder's metadata table, ``prh run
+    --check``) were found by parsing every line into memory at once (~15 times the file's size);
+    they are read one line at a time."""
+    import json
+    import tracemalloc
+
+    from tasks.data.json_lines import json_lines_keys
+
+    table = tmp_path / "big.jsonl"
+    with table.open("w") as handle:
+        handle.writelines(json.dumps({"image": f"{i}.png", "text": "a caption " * 10}) + "\n" for i in range(40_000))
+        handle.write('{"image": "x.png", "text": "\\ud800", "late_key": 1}\n')
+    tracemalloc.start()
+    try:
+        keys = json_lines_keys(table)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert keys == ["image", "text", "late_key"]
+    assert peak < table.stat().st_size / 20, (peak, table.stat().st_size)
+
+
+def test_a_limit_reads_no_line_after_it(tmp_path: Path) -> None:
+    """With ``n`` (a limit), the lines after the first ``n`` rows are not read: one that does not
+    parse there does not matter."""
+    from tasks.data.json_lines import read_json_lines
+
+    table = tmp_path / "head.jsonl"
+    table.write_text('{"image": "a.png", "text": "re\\ud800d"}\n{"image": "b.png", "text": "blue"}\nnot json\n')
+    assert [record.origin for record in read_json_lines(table, ColumnMap(), limit=2)] == ["row 0 (line 1)", "row 1 (line 2)"]
+    with pytest.raises(ValueError, match="line 3"):
+        read_json_lines(table, ColumnMap(), limit=3)
