@@ -521,8 +521,9 @@ def _null_columns_judged(table: pa.Table, where: str, columns: ColumnMap) -> pa.
         kind = table.schema.field(name).type
         if name == "image_id" and pa.types.is_null(kind):
             table = table.drop_columns([name])
-        elif name == "text" and pa.types.is_list(kind) and pa.types.is_null(kind.value_type):
-            table = table.set_column(table.column_names.index(name), name, table.column(name).cast(pa.list_(pa.string())))
+        elif name == "text" and (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_null(kind.value_type):
+            strings = pa.large_list(pa.string()) if pa.types.is_large_list(kind) else pa.list_(pa.string())
+            table = table.set_column(table.column_names.index(name), name, table.column(name).cast(strings))
         elif name in ("image", "text", "sample_id") and pa.types.is_null(kind):
             shown = {"image": columns.image, "text": columns.text}.get(name, name)
             role = {"image": "image", "text": "caption"}.get(name, "id")

@@ -281,6 +281,16 @@ def test_dataset_argument_reads_hugging_face_urls(tmp_path, monkeypatch):
         == ("validation", "test")
 
 
+def test_a_dataset_flag_refused_for_a_value_holding_a_colon_is_named_as_typed():
+    """A refused option is named as the user typed it (``--captions``), its value quoted whole,
+    even when the value holds a colon (as the problem's text then does twice)."""
+    from flows.cli import dataset_argument
+
+    with pytest.raises(ValueError, match=r"^--dataset 'pairs.csv': --captions: Input should be 'first' or 'all' "
+                                         r"\(got 'first:all'\)$"):
+        dataset_argument("pairs.csv", captions="first:all")
+
+
 def test_column_flags_need_a_dataset(capsys):
     assert main(["run", "--text-column", "caption"]) == 2
     assert capsys.readouterr().err.strip() == \
@@ -504,6 +514,19 @@ def test_the_run_summary_prints_a_best_row_without_a_score(capsys):
     shown = capsys.readouterr().out
     assert "Best layer pair" not in shown and "alignment_best_latest" not in shown
     assert "no model pairs were aligned" in shown and 'prh sql "select * from models_current"' in shown
+
+
+def test_the_run_summary_names_each_metrics_best_layer_pair(capsys):
+    """The closing table is the best layer pair per metric: each row shows its layer A and layer B
+    (``-`` where the row has none)."""
+    from flows.cli import print_summary
+
+    row = {"model_a": "vit", "model_b": "lm", "metric": "cka", "score": 0.5, "layer_name_a": "blocks.3", "layer_name_b": "layer.5"}
+    unnamed = {**row, "metric": "mutual_knn", "layer_name_a": None, "layer_name_b": None}
+    print_summary({"dataset_version": "d", "best": [row, unnamed], "extracted": [], "reused": [], "store": "s", "run_id": "r"})
+    cells = {line.split("│")[3].strip(): [cell.strip() for cell in line.split("│")[6:8]]
+             for line in capsys.readouterr().out.splitlines() if line.startswith("│")}
+    assert cells == {"cka": ["blocks.3", "layer.5"], "mutual_knn": ["-", "-"]}
 
 
 def test_the_run_summary_shows_a_store_path_with_brackets_whole(capsys):
@@ -1253,7 +1276,7 @@ def test_sql_csv_on_an_output_that_cannot_hold_a_value_says_what_and_why(tmp_pat
     csv_out = _prh_ascii("sql", "select 'café' t", "--store", str(tmp_path / "store"), "--format", "csv")
     assert csv_out.returncode == 2
     assert "Traceback" not in csv_out.stderr
-    assert "the output's encoding (ascii) cannot hold the character" in csv_out.stderr
+    assert "the output's encoding (ascii) cannot hold the character '\\xe9' of the result" in csv_out.stderr
     assert "PYTHONIOENCODING=utf-8" in csv_out.stderr and "--format json" in csv_out.stderr
     as_json = _prh_ascii("sql", "select 'café' t", "--store", str(tmp_path / "store"), "--format", "json")
     assert as_json.returncode == 0 and json.loads(as_json.stdout) == [{"t": "café"}]
@@ -1261,8 +1284,10 @@ def test_sql_csv_on_an_output_that_cannot_hold_a_value_says_what_and_why(tmp_pat
 
 def _prh_with_stdout(stdout: str, *argv: str) -> subprocess.CompletedProcess[str]:
     """``prh ARGV`` run by a shell with stdout redirected as ``stdout`` says (``>/dev/full``,
-    ``>&-``), its stderr captured."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    ``>&-``), its stderr captured. Its stdout is buffered, as in a user's shell (an inherited
+    ``PYTHONUNBUFFERED`` would write each line at once and hide what a flush at exit does)."""
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     return subprocess.run(["bash", "-c", f'exec "$@" {stdout}', "prh", sys.executable, "-m", "flows.cli", *argv],
                           env=env, stderr=subprocess.PIPE, text=True, timeout=120)
 
@@ -1366,3 +1391,12 @@ def test_only_store_failures_become_one_line_other_errors_keep_their_own() -> No
     except RuntimeError as plain:
         assert _store_failure(plain, "/tmp/store") is None
     assert _store_failure(IsADirectoryError(21, "Is a directory"), "/tmp/store") is None
+
+
+def test_prh_without_a_command_shows_its_usage_and_exits_2(capsys):
+    """``prh`` alone names no command: argparse's usage line and exit 2, not a command chosen."""
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: prh") and "required: command" in err

@@ -549,3 +549,94 @@ def test_a_time_dated_ahead_is_read_as_the_runs_are_ordered() -> None:
     blocked = dated_ahead(records, now)
     assert blocked is not None and blocked.startswith("run edited's record has finished_at")
     assert "started_at, finished_at and ordered_at" in blocked
+
+
+def test_a_kept_run_whose_record_does_not_name_its_feature_versions_readably_stops_the_removal(tmp_path) -> None:
+    """What the newest run used cannot be kept when its record does not name it (feature versions
+    that are not an object): nothing is removed, and the reason names the run."""
+    from storage.run_retention import plan_retention
+
+    store, _ = _nightly_store(str(tmp_path / "store"))
+    a4 = layout.alignment_key(D2, "vit", "lm", "al4")
+    _run(store, "run-4", "COMPLETED", _day(4, 1), _day(4, 4), D2, "not an object", [a4])
+    plan = plan_retention(store, 1)
+    assert plan.remove == [] and plan.blocked is not None and "run run-4's record does not name its" in plan.blocked
+
+
+@pytest.mark.parametrize("dataset", ["", 7])
+def test_an_extraction_stage_that_names_no_dataset_readably_keeps_nothing_and_blocks_nothing(tmp_path, dataset) -> None:
+    """An extraction stage's record whose ``dataset_version`` is empty or not text names no
+    version: it changes nothing in the plan."""
+    from storage.run_retention import plan_retention
+
+    store, _ = _nightly_store(str(tmp_path / "store"))
+    expected = plan_retention(store, 1)
+    _extraction(store, "gpu-odd", "COMPLETED", _day(4, 2), dataset, {"vit": "fv1", "lm": "fl1"}, finished_at=_day(4, 5))
+    plan = plan_retention(store, 1)
+    assert plan.blocked is None and (plan.keep, plan.remove) == (expected.keep, expected.remove)
+
+
+def test_an_alignment_lineage_without_its_dataset_keeps_the_feature_versions_of_its_keys_dataset(tmp_path) -> None:
+    """An alignment version's inputs are read from its manifest's ``lineage``; one that names no
+    ``dataset_version`` (a sound manifest: the field is optional) is of the dataset its key names,
+    so its feature versions stay (al9's input fv2 is kept by nothing else)."""
+    from storage.run_retention import plan_retention
+
+    store, keep = _nightly_store(str(tmp_path / "store"))
+    a9 = layout.alignment_key(D2, "vit", "lm", "al9")
+    manifest = store.manifest(a9)
+    store.write_json(f"{a9}/manifest.json", {**manifest, "lineage": {"features": {"vit": "fv2", "lm": "fl9"}}})
+    plan = plan_retention(store, 1)
+    assert plan.blocked is None and layout.features_key(D2, "vit", "fv2") in plan.keep
+    assert set(plan.remove) == _versions(store) - keep - {layout.rendered_dataset_key("recipe1")}
+
+
+def test_an_extraction_stage_counts_by_when_it_ran_and_one_without_times_keeps_what_it_names(tmp_path) -> None:
+    """A stage that finished before the kept moment (run-4's start less the clock skew) keeps
+    nothing; one that finished at that very moment counts, as a version published then does; one
+    whose record has no time at all cannot be placed, so what it names stays."""
+    from storage.run_retention import plan_retention
+    from storage.runs import CLOCK_SKEW_SECONDS, epoch_seconds
+
+    night1 = {layout.dataset_key(D1), layout.features_key(D1, "vit", "fv1"), layout.features_key(D1, "lm", "fl1")}
+    kept_moment = datetime.fromtimestamp(epoch_seconds(_day(4, 1)) - CLOCK_SKEW_SECONDS, timezone.utc).isoformat()
+    for case, (finished, kept) in enumerate(((_day(3, 23), False), (kept_moment, True), (None, True))):
+        store, _ = _nightly_store(str(tmp_path / f"store-{case}"))
+        _extraction(store, "gpu", "COMPLETED", finished, D1, {"vit": "fv1", "lm": "fl1"}, finished_at=finished)
+        plan = plan_retention(store, 1)
+        assert plan.blocked is None and (night1 <= plan.keep) is kept and (night1 & set(plan.remove) == set()) is kept
+
+
+
+def test_a_record_is_dated_ahead_only_more_than_the_clock_skew_after_now() -> None:
+    """``dated_ahead``: a record that started or finished more than ``CLOCK_SKEW_SECONDS`` after
+    this host's clock stops gc, naming the run and the field; one within the skew does not."""
+    from storage.run_retention import dated_ahead
+    from storage.runs import CLOCK_SKEW_SECONDS
+
+    now = datetime(2026, 3, 4, 12, tzinfo=timezone.utc).timestamp()
+
+    def record(seconds_after_now: float) -> dict:
+        finished = datetime.fromtimestamp(now + seconds_after_now, timezone.utc).isoformat()
+        return {"run_id": "run-x", "started_at": _day(4, 11), "finished_at": finished}
+
+    assert dated_ahead([record(CLOCK_SKEW_SECONDS)], now) is None
+    assert dated_ahead([record(CLOCK_SKEW_SECONDS + 1)], now).startswith("run run-x's record has finished_at ")
+
+
+def test_a_version_being_published_again_and_a_pointer_gone_meanwhile_are_not_counted_as_removed(tmp_path) -> None:
+    """Between plan and removal a writer took the claim of a planned version (publishing it again:
+    it is left alone) and the demo's pointer was removed by someone else: neither is reported
+    removed nor sized; the rest goes."""
+    from storage.run_retention import apply_retention, plan_retention
+
+    store, _ = _nightly_store(str(tmp_path / "store"))
+    plan = plan_retention(store, 1)
+    claimed, pointer = plan.remove[0], layout.rendered_dataset_key("recipe1")
+    assert pointer in plan.pointers
+    store.write_json(f"{claimed}/.publishing", {"owner": "w", "claimed_at": time.time(), "process": current_owner()})
+    store.delete(pointer)
+    sizes: dict[str, int] = {}
+    removed = apply_retention(store, plan, sizes=sizes)
+    assert removed == plan.remove[1:] and set(sizes) == set(removed)
+    assert store.manifest(claimed) is not None and all(store.manifest(key) is None for key in removed)

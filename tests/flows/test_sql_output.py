@@ -320,7 +320,7 @@ def test_json_is_utf8_and_never_fails_on_a_narrower_encoding():
     rows = io.StringIO()
     write_csv(table, rows)
     assert json.loads(list(csv.reader(io.StringIO(rows.getvalue())))[1][1]) == [words] and "café" in rows.getvalue()
-    for encoding, raw in (("latin-1", "café"), ("ascii", "caf\\u00e9"), ("cp1252", "café €")):
+    for encoding, raw in (("utf-8", "café € 😀"), ("latin-1", "café"), ("ascii", "caf\\u00e9"), ("cp1252", "café €")):
         data = io.BytesIO()
         stream = io.TextIOWrapper(data, encoding=encoding, errors="strict", write_through=True)
         write_json(table, stream)
@@ -364,3 +364,39 @@ def test_converted_types_inside_a_struct_beside_plain_fields_and_in_fixed_size_a
     out = io.StringIO()
     write_json(table, out)
     assert json.loads(out.getvalue()) == [{"s": {"wait": "00:00:08", "n": 1}, "a": [0.142, 1.0, 2.0], "e": "b"}]
+
+
+def test_conversions_hold_in_a_struct_of_converted_fields_only_and_in_large_lists() -> None:
+    """A struct whose every field is converted (an INTERVAL alone) and a list with 64-bit offsets
+    (DuckDB's export with ``arrow_large_buffer_size``, as an analyst's connection may set) are
+    written as their plain counterparts are."""
+    con = duckdb.connect(":memory:")
+    con.execute("SET arrow_large_buffer_size = true")
+    table = con.sql("select {'wait': INTERVAL 8 SECOND} s, [0.142, 2]::FLOAT[] l").to_arrow_table()
+    out = io.StringIO()
+    write_json(table, out)
+    assert json.loads(out.getvalue()) == [{"s": {"wait": "00:00:08"}, "l": [0.142, 2.0]}]
+
+
+def test_a_time_column_holding_24_00_among_earlier_times_is_duckdb_text() -> None:
+    """A ``TIME`` of 24:00:00 beside earlier times (the usual case: an end of day among others) is
+    written as DuckDB's text, every value of the column, not as Arrow's 00:00:00."""
+    table = _result("select * from (values (1, '12:00:00'::time), (2, '24:00:00'::time)) t(i, v) order by i")
+    as_json, rows, _ = _outputs(table)
+    assert as_json == [{"i": 1, "v": "12:00:00"}, {"i": 2, "v": "24:00:00"}]
+
+
+def test_csv_writes_bytes_as_base64_and_text_in_lists_as_utf8() -> None:
+    """CSV: a BLOB as base64 (as --format json writes it), a list as JSON whose text is UTF-8."""
+    out = io.StringIO()
+    write_csv(_result("select '\\xAA\\xBB'::BLOB b, ['café'] l"), out)
+    assert list(csv.reader(io.StringIO(out.getvalue()))) == [["b", "l"], ["qrs=", '["café"]']]
+
+
+def test_the_table_cuts_lists_of_more_than_eight_values_and_quotes_text_inside_them(capsys) -> None:
+    """The table shortens for reading: a list of 8 values whole, of 9 cut (its length said); text
+    inside a list quoted (``'1'`` is not ``1``), NULL there ``None``; a BLOB by its size, not raw."""
+    print_table(_result("select range(8) eight, range(9) nine, ['1', NULL] texts, '\\xAA\\xBB\\xCC'::BLOB b"), width=1000)
+    shown = capsys.readouterr().out
+    assert "[0, 1, 2, 3, 4, 5, 6, 7]" in shown and "[0, 1, 2, 3, 4, 5, 6, 7, ... (9)]" in shown
+    assert "['1', None]" in shown and "<3 bytes>" in shown

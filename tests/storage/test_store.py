@@ -1,3 +1,4 @@
+import errno
 import re
 import json
 from datetime import datetime
@@ -7,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from storage.keys import safe_component
-from storage.store import MANIFEST, Store, redact_url
+from storage.store import MANIFEST, Store, StoreIOError, redact_url
 from storage.versioning import content_id, table_digest
 
 
@@ -329,6 +330,18 @@ def test_a_file_url_that_decodes_to_no_folder_is_refused(tmp_path, suffix, messa
     with pytest.raises(ValueError, match=re.escape(message)):
         Store(f"file://{tmp_path}/{suffix}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_local_stores_read_errors_are_the_operating_systems_own(tmp_path):
+    """A local store's errors are returned unchanged (only an object store's are re-raised naming
+    the store and the S3 cause): the OS's error, its errno and the file it names."""
+    store = Store(str(tmp_path))
+    with pytest.raises(FileNotFoundError) as missing:
+        store.read_bytes("runs/missing.json")
+    assert missing.value.errno == errno.ENOENT and missing.value.filename == str(tmp_path / "runs" / "missing.json")
+    with pytest.raises(OSError) as too_long:
+        store.read_bytes("n" * 300)
+    assert too_long.value.errno == errno.ENAMETOOLONG and not isinstance(too_long.value, StoreIOError)
 
 
 def test_a_store_an_older_prh_wrote_under_the_escaped_name_is_named_not_left_behind(tmp_path):

@@ -151,3 +151,34 @@ def test_a_limit_reads_no_line_after_it(tmp_path: Path) -> None:
     assert [record.origin for record in read_json_lines(table, ColumnMap(), limit=2)] == ["row 0 (line 1)", "row 1 (line 2)"]
     with pytest.raises(ValueError, match="line 3"):
         read_json_lines(table, ColumnMap(), limit=3)
+
+
+def test_a_table_that_starts_with_a_byte_order_mark_is_read_line_by_line_from_its_first_line(folder: Path) -> None:
+    """A UTF-8 BOM (Windows editors write one) before the first object: pyarrow reads such a file,
+    and so does the line-by-line reader that takes over for a lone surrogate, first row included."""
+    (folder / "pairs.jsonl").write_text('\ufeff{"image": "red.png", "text": "a red square", "sample_id": "r"}\n'
+                                        '{"image": "blue.png", "text": "bad \\ud800 half", "sample_id": "b"}\n',
+                                        encoding="utf-8")
+    result = load_paired_dataset(folder / "pairs.jsonl", min_valid_rows=1)
+    assert result.table.column("sample_id").to_pylist() == ["r"]
+    assert [(row, reason) for row, _, reason, _ in rejected(result)] == [(1, "text_not_utf8")]
+
+
+def test_an_image_folder_metadata_table_with_a_line_that_is_not_json_is_named_with_its_line(folder: Path) -> None:
+    """Finding the metadata table's columns reads every line when pyarrow refuses the file; a line
+    that is not JSON leaves that to the table's reader, which names the line."""
+    (folder / "metadata.jsonl").write_text('{"file_name": "red.png", "text": "red"}\n{"file_name": \n')
+    with pytest.raises(ValueError, match=r"metadata\.jsonl'? is not readable JSON Lines \(one object per line\): line 2"):
+        load_paired_dataset(folder, min_valid_rows=1)
+
+
+def test_a_lone_surrogate_at_either_end_of_the_surrogate_range_is_named(folder: Path) -> None:
+    """U+D800 and U+DFFF are surrogates as much as U+D83D: the detail names the one found (not the
+    private-use U+E000 before it, which is text)."""
+    (folder / "pairs.jsonl").write_text('{"image": "red.png", "text": "red", "sample_id": "r\\ud800"}\n'
+                                        '{"image": "blu\\ue000\\udfffe.png", "text": "blue", "sample_id": "b"}\n'
+                                        '{"image": "green.png", "text": "green", "sample_id": "g"}\n')
+    details = [detail for *_, detail in rejected(load_paired_dataset(folder / "pairs.jsonl", min_valid_rows=1))]
+    assert [detail.split(": half")[0] for detail in details] == [
+        "row 0 (line 1): sample_id holds a lone UTF-16 surrogate (U+D800 at character 1",
+        "row 1 (line 2): image path holds a lone UTF-16 surrogate (U+DFFF at character 4"]

@@ -610,6 +610,27 @@ def test_a_column_that_is_null_in_every_row(image_dir: Path, layout: str) -> Non
             load_paired_dataset(path, columns=ColumnMap(image="picture", text="caption"))
 
 
+@pytest.mark.parametrize("layout", ["parquet", "jsonl", "json"])
+def test_a_caption_list_column_whose_lists_are_all_empty_rejects_each_row_as_text_empty(image_dir: Path, layout: str) -> None:
+    """Lists of captions that are all empty or null have Arrow's type ``list<null>``: read as lists
+    of strings, so each row is ``text_empty`` rather than the table refused for its column type."""
+    path = image_dir / f"t.{layout}"
+    _null_column_table(path, {"image": ["img/red.png", "img/blue.png"], "caption": [[], None]})
+    for captions in ("first", "all"):
+        result = load_paired_dataset(path, columns=ColumnMap(text="caption", captions=captions), min_valid_rows=0)
+        assert result.n_valid == 0 and [reason for *_, reason in rejections(result)] == ["text_empty", "text_empty"]
+
+
+def test_a_caption_large_list_column_whose_lists_are_all_empty_is_read_as_a_list_column(image_dir: Path) -> None:
+    """The same with 64-bit list offsets (``large_list<null>``, as polars writes a list column):
+    it was refused as "column 'text' has type large_list<element: null>"."""
+    path = image_dir / "t.parquet"
+    pq.write_table(pa.table({"image": ["img/red.png", "img/blue.png"],
+                             "text": pa.array([[], None], type=pa.large_list(pa.null()))}), path)
+    result = load_paired_dataset(path, min_valid_rows=0)
+    assert result.n_valid == 0 and [reason for *_, reason in rejections(result)] == ["text_empty", "text_empty"]
+
+
 @pytest.mark.parametrize("metadata", ["metadata.jsonl", "metadata.csv", "metadata.parquet"])
 def test_image_folder_with_a_metadata_table(tmp_path: Path, metadata: str) -> None:
     """The Hugging Face ImageFolder layout: file_name + text in a metadata table, images in
