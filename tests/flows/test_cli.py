@@ -1094,18 +1094,23 @@ def test_run_check_refuses_a_dataset_path_that_does_not_exist(tmp_path, capsys, 
         "Karpathy split files (dataset_coco.json) and hub datasets; leave it unset"]
 
 
+def _check_dataset(config: Path, capsys: pytest.CaptureFixture[str], dataset: dict) -> tuple[int, list[str]]:
+    """`prh run --check` of a one-model zoo (a tiny ViT) on the path ``dataset`` (written to
+    ``config``): its exit code and output lines."""
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "path", **dataset}, "models": [TINY_VIT]}))
+    code = main(["run", "--config", str(config), "--check"])
+    return code, capsys.readouterr().out.splitlines()
+
+
 def test_run_check_refuses_a_dataset_layout_that_prh_run_refuses_first_thing(tmp_path, capsys, monkeypatch):
     """`prh run --check` said "ok" for a dataset path of a type no reader takes (a config file
     given as --dataset), an empty folder, a folder with two metadata tables, and a folder of images
     with .txt captions given a text_column; `prh run` then stopped at once on each, with the words
     --check now prints. A folder with one metadata table has columns."""
     monkeypatch.chdir(tmp_path)
-    config = tmp_path / "zoo.yaml"
 
     def check(dataset: dict) -> tuple[int, list[str]]:
-        config.write_text(yaml.safe_dump({"dataset": {"kind": "path", **dataset}, "models": [TINY_VIT]}))
-        code = main(["run", "--config", str(config), "--check"])
-        return code, capsys.readouterr().out.splitlines()
+        return _check_dataset(tmp_path / "zoo.yaml", capsys, dataset)
 
     code, out = check({"path": "zoo.yaml"})
     assert code == 2 and out == ["refused   dataset: dataset path 'zoo.yaml': unsupported file type '.yaml' (expected .parquet, "
@@ -1140,12 +1145,9 @@ def test_run_check_refuses_a_table_without_its_image_or_text_column(tmp_path, ca
     import pyarrow.parquet as pq
 
     monkeypatch.chdir(tmp_path)
-    config = tmp_path / "zoo.yaml"
 
     def check(dataset: dict) -> tuple[int, list[str]]:
-        config.write_text(yaml.safe_dump({"dataset": {"kind": "path", **dataset}, "models": [TINY_VIT]}))
-        code = main(["run", "--config", str(config), "--check"])
-        return code, capsys.readouterr().out.splitlines()
+        return _check_dataset(tmp_path / "zoo.yaml", capsys, dataset)
 
     pq.write_table(pa.table({"file_path": ["a.png"], "caption": ["a cat"]}), tmp_path / "pairs.parquet")
     code, out = check({"path": "pairs.parquet"})
@@ -1178,10 +1180,8 @@ def test_run_check_reads_a_csv_header_with_a_bom_and_quotes_as_run_does(tmp_path
         (tmp_path / "pics" / f"{name}.png").write_bytes(png_bytes(name))
     (tmp_path / "pics" / "pairs.csv").write_bytes(b'\xef\xbb\xbf"image","text"\r\nred.png,a red square\r\nblue.png,a blue one\r\n')
     (tmp_path / "pics" / "metadata.csv").write_bytes(b'\xef\xbb\xbf"file_name","text"\r\nred.png,red\r\nblue.png,blue\r\n')
-    config = tmp_path / "zoo.yaml"
     for path in ("pics/pairs.csv", "pics"):
-        config.write_text(yaml.safe_dump({"dataset": {"kind": "path", "path": path}, "models": [TINY_VIT]}))
-        code, out = main(["run", "--config", str(config), "--check"]), capsys.readouterr().out.splitlines()
+        code, out = _check_dataset(tmp_path / "zoo.yaml", capsys, {"path": path})
         assert code == 0 and out[0] == "ok        dataset", out
         assert load_paired_dataset(tmp_path / path).n_valid == 2
 
