@@ -48,7 +48,6 @@ import os
 import tempfile
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
 import duckdb
@@ -58,7 +57,7 @@ from storage import layout
 from storage.runs import runs_as_known
 from storage.read_only_fs import ReadOnlyFileSystem, StoreFileSystem
 from storage.sql_guard import ReadOnlyQueryError, checked_statements
-from storage.store import MANIFEST, DamagedManifest, Store, escape_glob, unescape_glob
+from storage.store import MANIFEST, DamagedManifest, Store, escape_glob, unescape_glob, utc_time
 from storage.stored_files import FileGroup, ListedFile, StoredFiles
 from storage.verify import STRAY, STRAY_ADVICE, manifest_problems, named_like_a_version
 
@@ -738,26 +737,6 @@ def _fits(value: Any, kind: pa.DataType) -> bool:
     except (pa.ArrowException, TypeError, ValueError):
         return False
     return True
-
-
-def utc_time(value: Any) -> datetime | None:
-    """``value`` (ISO 8601 text, as every prh writes: ``2026-01-01T00:00:00+00:00``; also ``Z``,
-    a space for ``T``, fractions, a date alone) as an aware UTC ``datetime``; a time without an
-    offset counts as UTC (what ``storage.runs.epoch_seconds`` does). None for anything else (a
-    hand-edited record: empty, a number, not a time): the view shows NULL, not an error."""
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    try:
-        return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one: past datetime's range
-        return None
 
 
 #: Columns held as JSON text whatever their value (lists of records).

@@ -51,8 +51,8 @@ import duckdb
 from storage import layout
 from storage.catalog import current_alignment_keys
 from storage.runs import (CANCELLED, CLOCK_SKEW_SECONDS, COMPLETED, FAILED, DamagedRecord, epoch_seconds, extraction_records,
-                          live_records, order_time, run_records, utc_moment)
-from storage.store import DamagedManifest, Store, parse_json
+                          live_records, order_time, run_records)
+from storage.store import DamagedManifest, Store, parse_json, utc_time
 from storage.verify import is_version_key, manifest_problems
 
 #: Boxes in the order their versions are removed: a version before the versions it was computed
@@ -104,10 +104,10 @@ def newest_runs(records: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any
     prh kept microseconds have whole seconds: two runs of one second are still ordered alike by
     both). Times compare as the catalog's ``TIMESTAMPTZ`` do: to the microsecond (epoch seconds as
     floats merged runs placed 1 µs apart after a record dated centuries ahead), read as the
-    catalog reads them (``storage.runs.utc_moment``), one that is no time last (``NULLS LAST``)."""
+    catalog reads them (``storage.store.utc_time``), one that is no time last (``NULLS LAST``)."""
     def moment(record: dict[str, Any]) -> tuple[bool, datetime, bool, datetime, str]:
         placed = order_time(record)  # as the catalog's LATEST_RUN_SQL: ordered_at, finished_at, started_at
-        started = utc_moment(record.get("started_at"))
+        started = utc_time(record.get("started_at"))
         return (placed is not None, placed or _NO_TIME, started is not None, started or _NO_TIME,
                 str(record.get("run_id") or ""))
 
@@ -252,7 +252,7 @@ def dated_ahead(records: list[dict[str, Any]], now: float) -> str | None:
     the newest results (and the ``*_latest`` views show it too)."""
     for record in records:
         for field_name in ("started_at", "finished_at"):
-            read = utc_moment(record.get(field_name))  # as the runs are ordered (newest_runs): ' 2099-...' too
+            read = utc_time(record.get(field_name))  # as the runs are ordered (newest_runs): ' 2099-...' too
             moment = read.timestamp() if read is not None else None
             if moment is not None and moment > now + CLOCK_SKEW_SECONDS:
                 hours = (moment - now) / 3600

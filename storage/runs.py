@@ -23,7 +23,7 @@ from typing import Any
 from storage import layout
 from storage.keys import safe_component
 from storage.owner import owner_is_alive, owner_is_dead
-from storage.store import Store, StoreNotWritable, modified_at, out_of_room, parse_json, utc_now
+from storage.store import Store, StoreNotWritable, modified_at, out_of_room, parse_json, utc_now, utc_time
 
 log = logging.getLogger(__name__)
 
@@ -164,22 +164,10 @@ def order_time(record: dict[str, Any]) -> datetime | None:
     else (a record written before prh placed runs, one not ended) its ``finished_at``, else its
     ``started_at``; None when none of them is an ISO 8601 time."""
     for field in (ORDERED_AT, "finished_at", "started_at"):
-        moment = utc_moment(record.get(field))
+        moment = utc_time(record.get(field))
         if moment is not None:
             return moment
     return None
-
-
-def utc_moment(value: Any) -> datetime | None:
-    """``value`` (ISO 8601 text; a time without an offset counts as UTC) as an aware UTC
-    ``datetime``, None when it is not one."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip())
-        return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-    except (ValueError, OverflowError):
-        return None
 
 
 def latest_placed(store: Store, folder: str, run_id: str) -> datetime | None:
@@ -201,7 +189,7 @@ def place_after(finished_at: str, latest: datetime | None) -> str:
     corrected) had stayed "the latest run" (the ``*_latest`` views, ``prh report``) until real
     time passed its dates; each run that starts after it now ends after it, whatever its own clock
     says."""
-    mine = utc_moment(finished_at)
+    mine = utc_time(finished_at)
     if mine is None or latest is None or latest < mine:
         return finished_at
     try:
