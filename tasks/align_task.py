@@ -97,8 +97,11 @@ def metric_requests(params: AlignmentParams) -> list[MetricRequest]:
 
 
 def _version_inputs(manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams) -> dict[str, Any]:
-    """What every metric's numbers of a pair depend on besides the metric itself."""
+    """What every metric's numbers of a pair depend on besides the metric itself. The seed only
+    draws the permutations and the bootstrap resamples: without either it changes no number, and
+    is left out (another seed finds the stored alignment)."""
     unit = {} if params.unit == "sample" else {"unit": params.unit}  # the default keeps version ids as they were
+    seeded = {"seed": params.seed} if params.permutations or params.bootstrap else {}
     return {
         **unit,
         "features": [manifest_a["catalog"]["feature_version"], manifest_b["catalog"]["feature_version"]],
@@ -107,7 +110,7 @@ def _version_inputs(manifest_a: dict[str, Any], manifest_b: dict[str, Any], para
         "outlier_exact": params.outlier_exact,
         "permutations": params.permutations,
         "bootstrap": params.bootstrap,
-        "seed": params.seed,
+        **seeded,
         "code_version": code_version(*ALIGNMENT_CODE),
     }
 
@@ -140,10 +143,6 @@ def metric_versions(manifest_a: dict[str, Any], manifest_b: dict[str, Any], para
 def _alignment_key(manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams) -> str:
     a, b = manifest_a["catalog"], manifest_b["catalog"]
     return layout.alignment_key(a["dataset_version"], a["model"], b["model"], alignment_version(manifest_a, manifest_b, params))
-
-
-def stored_alignment(store_url: str, manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams) -> dict[str, Any] | None:
-    return Store(store_url).manifest(_alignment_key(manifest_a, manifest_b, params))
 
 
 def result_tables(

@@ -8,18 +8,15 @@ reused across calls, metrics and partner models.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from ._arrays import ArrayLike, from_nested, resolve_device, split_layers
+from ._arrays import from_nested, resolve_device, split_layers
 from .engine import layer_scores
 from .registry import MetricSpec, get_metric
 from .representation import Representation, _is_float64, as_representation
-
-Features = "ArrayLike | Sequence[ArrayLike] | Representation"
 
 
 def representations(xs: Any, ys: Any, device: str | torch.device | None = None

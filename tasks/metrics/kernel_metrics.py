@@ -379,6 +379,7 @@ def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased:
                 rows[l].index_add_(0, i, u).index_add_(0, j, u)  # K~ row sums from its upper triangle
                 del u
             l += 1
+        k = None  # (unbound when the stack held no kernel)
         del kernel, stack, k  # free this kernel before the next one is built
     if upper is None or l != count:
         raise ValueError(f"expected {count} kernels")

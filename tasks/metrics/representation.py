@@ -330,10 +330,6 @@ class Representation:
         subset, not its parent's. What keeping it alive costs (``tasks.alignment.PreparedModel``)."""
         return held_bytes(self)
 
-    def drop_grams(self) -> None:
-        """Free the cached Gram matrices (encodings already built stay cached)."""
-        self._grams.clear()
-
 
 def held_bytes(obj: Any) -> int:
     """Bytes of the tensors and numpy arrays reachable from ``obj`` through lists, tuples, dicts,

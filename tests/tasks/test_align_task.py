@@ -101,8 +101,9 @@ def test_a_reused_alignment_changed_by_hand_fails_its_pair(tmp_path) -> None:
 
 def test_every_input_of_a_pairs_numbers_is_in_its_versions():
     """``alignment_version`` and each metric's ``metric_versions`` id: both feature versions (in
-    order: A x B is not B x A), the outlier clamp, the null and bootstrap sizes and the seed; a change
-    of any gives other ids, the same parameters the same ids."""
+    order: A x B is not B x A), the outlier clamp, the null and bootstrap sizes and, where it draws
+    permutations or resamples, the seed; a change of any gives other ids, the same parameters the
+    same ids. Without permutations and bootstrap the seed changes no number, nor the ids."""
     from tasks.align_task import alignment_version, metric_versions
     from tasks.params import AlignmentParams
 
@@ -117,8 +118,11 @@ def test_every_input_of_a_pairs_numbers_is_in_its_versions():
     changed = [ids(b, a, base), ids(a, {"catalog": {"feature_version": "fc"}}, base),
                ids({"catalog": {"feature_version": "fc"}}, b, base)]
     for field, value in (("outlier_quantile", 0.9), ("outlier_scope", "layer"), ("outlier_exact", True),
-                         ("permutations", 19), ("bootstrap", 40), ("seed", 1)):
+                         ("permutations", 19), ("bootstrap", 40)):
         changed.append(ids(a, b, base.model_copy(update={field: value})))
+    for drawn in ({"permutations": 19}, {"bootstrap": 40}):
+        assert ids(a, b, base.model_copy(update={**drawn, "seed": 1})) != ids(a, b, base.model_copy(update=drawn))
+    assert ids(a, b, base.model_copy(update={"seed": 1})) == reference
     for version, by_metric in changed:
         assert version != reference[0]
         assert by_metric.keys() == reference[1].keys() and all(by_metric[m] != reference[1][m] for m in by_metric)
@@ -134,7 +138,7 @@ def test_the_default_unit_is_not_hashed_so_stored_versions_keep_their_ids():
     a, b = {"catalog": {"feature_version": "fa"}}, {"catalog": {"feature_version": "fb"}}
     params = AlignmentParams(metrics=["cka"], permutations=0, bootstrap=0, seed=0)
     before = {"features": ["fa", "fb"], "outlier_quantile": params.outlier_quantile, "outlier_scope": params.outlier_scope,
-              "outlier_exact": params.outlier_exact, "permutations": 0, "bootstrap": 0, "seed": 0,
+              "outlier_exact": params.outlier_exact, "permutations": 0, "bootstrap": 0,
               "code_version": code_version(*ALIGNMENT_CODE), "metrics": [["cka", params.metric_params("cka")]]}
     assert alignment_version(a, b, params) == content_id(before)
     assert alignment_version(a, b, params.model_copy(update={"unit": "image"})) == content_id({"unit": "image", **before})

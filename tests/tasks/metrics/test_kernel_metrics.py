@@ -451,3 +451,17 @@ def test_encode_kernels_refuses_fewer_kernels_than_counted() -> None:
     for unbiased in (False, True):
         with pytest.raises(ValueError, match="expected 2 kernels"):
             encode_kernels(iter([(k, False, False)]), unbiased, count=2)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_an_empty_stack_of_kernels_adds_nothing(unbiased: bool) -> None:
+    """A `(0, N, N)` stack among the kernels (a width group with no layer) is skipped: its clean-up
+    named the loop's kernel, unbound when the stack was empty (UnboundLocalError)."""
+    from tasks.metrics.kernel_metrics import encode_kernels
+
+    x = torch.randn(6, 3, dtype=torch.float64)
+    k = x @ x.T
+    alone = encode_kernels([(k, False, False)], unbiased, count=1)
+    with_empty = encode_kernels([(torch.empty(0, 6, 6, dtype=torch.float64), False, False), (k, False, False)], unbiased, count=1)
+    assert torch.equal(alone.upper, with_empty.upper)
+    assert torch.equal(alone.self_hsic, with_empty.self_hsic)
