@@ -338,6 +338,7 @@ def _run(args: argparse.Namespace) -> int:
     check_run_environment()  # PRH_TASK_RUNNER, PRH_DASK_WORKERS, PRH_MODEL_LOAD_TIMEOUT: before any server starts
     _check_prefect()  # PREFECT_API_URL answers, or PREFECT_HOME takes the temporary server's database
     Store(store).check_writable()  # a store that cannot take writes fails here, before any server starts
+    _check_demo_pairs(config, Store(store))  # an OpenMoji n beyond the emoji the font draws: before any server starts
 
     from flows.pipeline import ZooFailures, prh_pipeline
     from flows.quiet_errors import quiet_known_errors
@@ -360,6 +361,24 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     print_summary(summary)
     return 0
+
+
+def _check_demo_pairs(config: PipelineConfig, store: Store) -> None:
+    """ValueError with `prh run --check`'s refusal (``flows.pipeline.dataset_check``) when the demo's
+    OpenMoji ``n`` is more than the emoji the font draws at its ``image_size``: plain `prh run` had
+    found it only in its dataset task, after Prefect's server started and the run was recorded.
+    Counting draws every emoji (about 2.5 s at 224 px on 2 busy cores), so it is skipped where the
+    store already holds the pairs of this recipe (every rerun: one small read), which the run reuses
+    without drawing."""
+    if config.dataset.kind != "openmoji":
+        return
+    from flows.pipeline import dataset_check
+    from tasks.dataset_task import stored_demo
+
+    if stored_demo(config.dataset, store) is None:
+        outcome, message = dataset_check(config.dataset)
+        if outcome == "refused":
+            raise ValueError(message)
 
 
 def _check_prefect() -> None:

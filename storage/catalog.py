@@ -300,8 +300,7 @@ def connect(
     for view, files in sources.files.items():
         read += _create_file_view(con, view, files, sources.lineage, store, stored, sources.feature_datasets)
     for view, table in sources.tables.items():
-        con.register(f"_{view}_table", table)
-        con.execute(f"CREATE VIEW {view} AS SELECT * FROM _{view}_table")
+        create_table_view(con, view, table)
     create_derived_views(con)
     if read_only:
         lock_down(con, [store.uri("").rstrip("/") + "/"], _exists_in(store),
@@ -469,11 +468,18 @@ def current_alignment_keys(store: Store) -> set[str]:
         register_store_filesystem(con, store)
         _create_file_view(con, "alignment_best_all", sources.files["alignment_best_all"], sources.lineage, store,
                           stored_files(store, sources))
-        con.register("_runs_table", sources.tables["runs"])
-        con.execute("CREATE VIEW runs AS SELECT * FROM _runs_table")
+        create_table_view(con, "runs", sources.tables["runs"])
         return {row[0] for row in con.execute(f"SELECT DISTINCT {_KEY_OF_ROW} FROM ({CURRENT_BEST_SQL}) AS v").fetchall()}
     finally:
         con.close()
+
+
+def create_table_view(con: duckdb.DuckDBPyConnection, view: str, table: pa.Table) -> None:
+    """The view ``view`` of ``con`` over the Arrow ``table`` (read in place, not copied): DuckDB's
+    registration under the view's own name, a temporary view, so that no other name shows in
+    ``SHOW TABLES``, ``information_schema.tables`` or ``duckdb_views()`` (a ``CREATE VIEW`` over a
+    registered ``_<view>_table`` had listed those three internal names beside the views)."""
+    con.register(view, table)
 
 
 def create_derived_views(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -731,7 +731,23 @@ class Store:
                     if os.path.exists(tmp):
                         os.unlink(tmp)
         else:
-            self.fs.pipe_file(path, data)
+            with self._naming_a_non_s3_endpoint():
+                self.fs.pipe_file(path, data)
+
+    @contextlib.contextmanager
+    def _naming_a_non_s3_endpoint(self) -> Iterator[None]:
+        """An object store's error raised inside whose reply shows that the endpoint is no S3 server
+        (:func:`storage.s3_options.not_s3_reply`) re-raised as :class:`NotAnS3Endpoint` (final, see
+        :func:`_cause`); any other error unchanged. For writes: s3fs turns a web server's
+        ``501 Not Implemented`` into a bare ``OSError [Errno 38]``, which task retries took for
+        transient (an endpoint that had let the write probe through, or a write without one)."""
+        try:
+            yield
+        except Exception as error:
+            reply = None if self.is_local else not_s3_reply(error)
+            if reply is None:
+                raise
+            raise self._not_s3(reply) from None
 
     def _durable_temp(self, parent: str, data: bytes, key: str) -> str:
         """Local disks: ``data`` written and fsynced to a fresh temporary file in ``parent``.
@@ -767,7 +783,8 @@ class Store:
         path = self.path(key)
         if not self.is_local:
             try:
-                self.fs.pipe_file(path, data, mode="create")
+                with self._naming_a_non_s3_endpoint():
+                    self.fs.pipe_file(path, data, mode="create")
             except FileExistsError:
                 return False
             self.fs.invalidate_cache(path)
@@ -792,7 +809,8 @@ class Store:
         """Remove one file if it exists."""
         path = self.path(key)
         try:
-            self.fs.rm_file(path)
+            with self._naming_a_non_s3_endpoint():
+                self.fs.rm_file(path)
         except FileNotFoundError:
             pass
         self.fs.invalidate_cache(path)

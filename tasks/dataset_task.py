@@ -297,6 +297,13 @@ def _recipe_id(params: DatasetParams) -> str:
     return content_id({"recipe": recipe, "code_version": code_version("tasks/data")})
 
 
+def stored_demo(params: DatasetParams, store: Store) -> dict[str, Any] | None:
+    """The manifest of the demo's OpenMoji pairs that ``params`` describe when ``store`` holds them
+    (drawn before from the same recipe: the dataset task reuses them without drawing), else None;
+    None for a dataset of another kind."""
+    return _rendered_before(_recipe_id(params), store) if params.kind == "openmoji" else None
+
+
 def _rendered_before(recipe: str, store: Store) -> dict[str, Any] | None:
     """The manifest of the demo dataset ``recipe`` rendered before, if it is still stored."""
     try:

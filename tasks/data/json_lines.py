@@ -8,9 +8,15 @@ table's types); when it fails to parse the file, this reader takes over, so that
   the other JSON layouts: in a caption ``text_not_utf8`` (:mod:`tasks.data.tables`), in a
   ``sample_id`` / ``image_id`` ``sample_id_unsafe`` / ``image_id_unsafe``, in an image path
   ``image_missing`` (it names no file); in a key that is not read it is ignored;
+- a line that is not UTF-8 rejects its row where a read value holds the bytes, as pyarrow's
+  reading does: in a caption ``text_not_utf8``, in a ``sample_id`` / ``image_id``
+  ``sample_id_unsafe`` / ``image_id_unsafe``, in an image path ``image_missing`` (this reader
+  takes UTF-8 paths only), each naming the line and the byte; in a key that is not read they
+  are ignored;
 - a key that is not read (``extra``: a number in one line, text in another) does not matter;
-- what still makes the file unreadable (a line that is not JSON, not an object, not UTF-8; a read
-  key whose values mix JSON types) is named with its line number (1-based, as an editor counts).
+- what still makes the file unreadable (a line that is not JSON, not an object, bytes that are not
+  UTF-8 outside a string; a read key whose values mix JSON types) is named with its line number
+  (1-based, as an editor counts).
 
 Records of a table read here have the origin ``row R (line L)``: ``R`` the 0-based data row (blank
 lines are not rows), ``L`` the line it is on.
@@ -34,14 +40,14 @@ def read_json_lines(path: Path, columns: ColumnMap, limit: int | None = None) ->
     with Python's ``json`` (module docstring: what rejects a row, what the file).
 
     Raises:
-        ValueError: naming ``path`` and the line: not UTF-8, not JSON, not an object; a read key
-            mixing JSON types; no row with the image or caption key.
+        ValueError: naming ``path`` and the line: not JSON, not an object; a read key mixing JSON
+            types; no row with the image or caption key.
     """
-    rows, lines = _parsed_lines(path, limit)
+    rows, lines, not_utf8 = _parsed_lines(path, limit)
     problems: dict[int, tuple[str, str]] = {}
     for row, (value, line) in enumerate(zip(rows, lines)):
         if isinstance(value, dict):
-            problem = _surrogate_problem(value, columns, f"row {row} (line {line})")
+            problem = _surrogate_problem(value, columns, f"row {row} (line {line})", row in not_utf8)
             if problem is not None:
                 problems[row] = problem
     table = records_table(rows, str(path), columns, None, label=lambda index: f"line {lines[index]}")
@@ -54,7 +60,7 @@ def json_lines_keys(path: Path) -> list[str]:
     be read: :func:`read_json_lines` then says which)."""
     keys: dict[str, None] = {}
     try:
-        for row, _ in _lines(path):  # one line at a time: the rows are not kept
+        for row, _, _ in _lines(path):  # one line at a time: the rows are not kept
             if isinstance(row, dict):
                 keys.update(dict.fromkeys(row))
     except ValueError:
@@ -62,35 +68,42 @@ def json_lines_keys(path: Path) -> list[str]:
     return list(keys)
 
 
-def _parsed_lines(path: Path, limit: int | None) -> tuple[list[Any], list[int]]:
-    """The parsed value of each non-blank line (the first ``limit``) and its line number."""
+def _parsed_lines(path: Path, limit: int | None) -> tuple[list[Any], list[int], set[int]]:
+    """The parsed value of each non-blank line (the first ``limit``), its line number, and the
+    indices (into the values) of those from lines that are not UTF-8 (see :func:`_lines`)."""
     rows: list[Any] = []
     lines: list[int] = []
+    not_utf8: set[int] = set()
     if limit is not None and limit <= 0:
-        return rows, lines
-    for value, number in _lines(path):
+        return rows, lines, not_utf8
+    for value, number, utf8 in _lines(path):
+        if not utf8:
+            not_utf8.add(len(rows))
         rows.append(value)
         lines.append(number)
         if limit is not None and len(rows) >= limit:  # before the next line is read: it may not parse
             break
-    return rows, lines
+    return rows, lines, not_utf8
 
 
-def _lines(path: Path) -> Iterator[tuple[Any, int]]:
-    """``(parsed value, line number)`` of each non-blank line of ``path``, read one at a time.
+def _lines(path: Path) -> Iterator[tuple[Any, int, bool]]:
+    """``(parsed value, line number, whether the line is UTF-8)`` of each non-blank line of
+    ``path``, read one at a time. A line that is not UTF-8 is decoded with ``surrogateescape``:
+    each byte that is not UTF-8 is a character U+DC80-U+DCFF in the string that holds it (its row
+    is judged by :func:`_surrogate_problem`); outside a string it is not JSON.
 
     Raises:
-        ValueError: naming ``path`` and the line: not UTF-8, not JSON; the file cannot be read.
+        ValueError: naming ``path`` and the line: not JSON; the file cannot be read.
     """
     where = str(path)
     try:
         with path.open("rb") as handle:
             for number, raw in enumerate(handle, start=1):
+                utf8 = True
                 try:
                     text = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise ValueError(f"dataset table {where!r}: line {number} is not UTF-8 text ({exc.reason} at byte "
-                                     f"{exc.start} of the line)") from None
+                except UnicodeDecodeError:
+                    text, utf8 = raw.decode("utf-8", errors="surrogateescape"), False
                 if number == 1:
                     text = text.removeprefix("\ufeff")
                 if not text.strip():
@@ -99,29 +112,70 @@ def _lines(path: Path) -> Iterator[tuple[Any, int]]:
                     value = json.loads(text)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"dataset table {where!r} is not readable JSON Lines (one object per line): line "
-                                     f"{number}: {exc.msg} (column {exc.colno})") from None
-                yield value, number
+                                     f"{number}: {exc.msg} (column {exc.colno}){_not_utf8_at(raw)}") from None
+                yield value, number, utf8
     except OSError as exc:
         raise ValueError(f"dataset table {where!r} cannot be read: {exc}") from exc
 
 
-def _surrogate_problem(value: dict[str, Any], columns: ColumnMap, origin: str) -> tuple[str, str] | None:
+def _surrogate_problem(value: dict[str, Any], columns: ColumnMap, origin: str, not_utf8: bool = False
+                       ) -> tuple[str, str] | None:
     """The row's ``(reason, detail)`` when a read id or image path holds a lone UTF-16 surrogate
     (checked in the order the row checks run: ``sample_id``, ``image_id``, caption, image), with
     the offending value taken out of ``value`` (no Arrow column takes it); None otherwise. A
-    caption's is left to the caption check (``text_not_utf8``), which runs before the image's."""
+    caption's is left to the caption check (``text_not_utf8``), which runs before the image's.
+
+    ``not_utf8``: the row's line is not UTF-8 (:func:`_lines`), and a read value holding its bytes
+    is named as such; a caption holding them is rejected here (``text_not_utf8``, as the caption
+    check says of bytes that are not UTF-8) and taken out."""
     found = None
     for key, reason in (("sample_id", "sample_id_unsafe"), ("image_id", "image_id_unsafe")):
         if key not in (columns.image, columns.text) and isinstance(value.get(key), str) and lone_surrogate(value[key]):
-            found = found or (reason, f"{origin}: {key} {_surrogate_at(value[key])}, which is not text")
+            bad = _not_utf8(value[key]) if not_utf8 else None
+            shown = value[key].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") if bad else ""
+            said = f"{shown!r} is not UTF-8 text ({bad})" if bad else f"{_surrogate_at(value[key])}, which is not text"
+            found = found or (reason, f"{origin}: {key} {said}")
             value[key] = None
+    bad = _not_utf8(value.get(columns.text)) if not_utf8 else None
+    if bad is not None:
+        found = found or ("text_not_utf8", f"{origin}: caption is not valid UTF-8 ({bad})")
+        value[columns.text] = None
     image = value.get(columns.image)
     path = image.get("path") if isinstance(image, dict) else image
     if isinstance(path, str) and lone_surrogate(path):
         if not lone_surrogate(value.get(columns.text)):
-            found = found or ("image_missing", f"{origin}: image path {_surrogate_at(path)}, which names no file")
+            bad = _not_utf8(path) if not_utf8 else None
+            said = (f"is not UTF-8 text ({bad}): write the file's name in UTF-8" if bad else
+                    f"{_surrogate_at(path)}, which names no file")
+            found = found or ("image_missing", f"{origin}: image path {said}")
         value[columns.image] = {**image, "path": None} if isinstance(image, dict) else None
     return found
+
+
+def _not_utf8(value: Any) -> str | None:
+    """``invalid start byte at byte 1`` (the byte counted in the value) for text of a line decoded
+    with ``surrogateescape`` (or a list of them) whose first such text is bytes that are not UTF-8;
+    None otherwise, also for a lone surrogate that is no such byte (a JSON ``"\\ud83d"``)."""
+    for text in value if isinstance(value, list) else [value]:
+        if not isinstance(text, str):
+            continue
+        try:
+            text.encode("utf-8", "surrogateescape").decode("utf-8")
+        except UnicodeEncodeError:
+            continue
+        except UnicodeDecodeError as exc:
+            return f"{exc.reason} at byte {exc.start}"
+    return None
+
+
+def _not_utf8_at(raw: bytes) -> str:
+    """``; the line is not UTF-8 (invalid start byte at byte 16 of the line)`` for a ``raw`` line
+    that is not UTF-8 (a byte outside a string: why it is not JSON), else ``''``."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"; the line is not UTF-8 ({exc.reason} at byte {exc.start} of the line)"
+    return ""
 
 
 def _surrogate_at(text: str) -> str:

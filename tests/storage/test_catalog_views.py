@@ -172,6 +172,31 @@ def test_an_empty_store_has_every_added_column():
                 [r["column_name"] for r in query(con, f"describe {view.replace('_latest', '')}").to_pylist()]
 
 
+def test_the_catalog_lists_only_its_views(tmp_path):
+    """`SHOW TABLES`, `SHOW ALL TABLES`, `information_schema.tables` and `duckdb_views()` name
+    the documented views and nothing else: the internal `_datasets_table`, `_models_table` and
+    `_runs_table` (registered Arrow tables the metadata views read) were listed beside them. The
+    metadata views still hold the stored rows, and the exported file has the same names."""
+    url = str(tmp_path / "store")
+    build_catalog_store(url)
+    con = connect(url)
+    views = {"datasets", "samples", "models", "features", "alignment", "alignment_best", "alignment_all",
+             "alignment_best_all", "alignment_latest", "alignment_best_latest", "alignment_fdr", "runs", "models_current"}
+    listed = {
+        "show tables": {r["name"] for r in query(con, "show tables").to_pylist()},
+        "show all tables": {r["name"] for r in query(con, "show all tables").to_pylist()},
+        "information_schema": {r["table_name"] for r in query(con, "select table_name from information_schema.tables").to_pylist()},
+        "duckdb_views": {r["view_name"] for r in query(con, "select view_name from duckdb_views() where not internal").to_pylist()},
+    }
+    assert listed == dict.fromkeys(listed, views)
+    counts = query(con, "select (select count(*) from datasets) d, (select count(*) from models) m, "
+                        "(select count(*) from runs) r, (select count(*) from models_current) c").to_pylist()[0]
+    assert counts == {"d": 1, "m": len(MODELS), "r": 2, "c": len(MODELS)}
+    export_catalog(url, tmp_path / "prh.duckdb")
+    exported = open_catalog(tmp_path / "prh.duckdb")
+    assert {r["name"] for r in query(exported, "show tables").to_pylist()} == views | {"prh_catalog"}
+
+
 @pytest.mark.parametrize("text, expected", [
     ("2026-01-01T00:00:00.000250+00:00", datetime(2026, 1, 1, 0, 0, 0, 250, tzinfo=UTC)),  # what prh writes (utc_now)
     ("2026-01-01T00:00:00+00:00", datetime(2026, 1, 1, tzinfo=UTC)),        # what prh wrote before (seconds)

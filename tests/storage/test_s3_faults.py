@@ -426,6 +426,28 @@ def test_an_endpoint_that_is_no_s3_server_is_named_as_such(tmp_path, monkeypatch
     Store(s3_store_url.rsplit("/", 2)[0] + "/no-such-bucket-here/x").check_endpoint()  # a missing bucket: the caller says so
 
 
+def test_a_write_to_an_endpoint_that_is_no_s3_server_names_it_too(tmp_path, monkeypatch):
+    """A write that no probe preceded (or one after an endpoint let the probe through): s3fs
+    turned the web server's "501 Not Implemented" into a bare ``OSError [Errno 38] Not
+    Implemented``, without the store or the endpoint, which task retries took for transient.
+    ``write_json``, ``write_bytes``, ``create_exclusive`` and ``delete`` now name the endpoint as
+    reads do, final."""
+    with plain_web_server(tmp_path) as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        store = Store("s3://bucket/prefix")
+        said = f"store s3://bucket/prefix: the S3 endpoint {endpoint} is not an S3 server "
+        writes = {"write_json": lambda: store.write_json("runs/r.json", {"run_id": "r"}),
+                  "write_bytes": lambda: store.write_bytes("features/d/m/v/a.bin", b"x"),
+                  "create_exclusive": lambda: store.create_exclusive("features/d/m/v/.publishing", b"x"),
+                  "delete": lambda: store.delete("features/d/m/v/a.bin")}
+        for name, write in writes.items():
+            operation = "DeleteObject" if name == "delete" else "PutObject"
+            with pytest.raises(NotAnS3Endpoint, match=re.escape(f"{said}({operation} answered HTTP 501 (Not Implemented) "
+                                                                "without an S3 error document): check AWS_ENDPOINT_URL")) as raised:
+                write()
+            assert not is_transient(raised.value), name
+
+
 # ------------------------------------------ known gaps (see the issue-7 faults report)
 @pytest.mark.parametrize("fault", ["500", "403", "down"])
 def test_failed_publish_names_store_and_operation(s3_store_url, faults, fault):

@@ -54,6 +54,37 @@ def test_a_lone_surrogate_in_an_id_or_image_path_rejects_its_row_and_in_a_key_no
     assert details[2].startswith("row 3 (line 4): image_id holds a lone UTF-16 surrogate (U+D83D at character 0")
 
 
+def test_a_line_that_is_not_utf8_rejects_its_row_only_naming_its_line_and_byte(folder: Path) -> None:
+    """Bytes that are not UTF-8 (a Latin-1 caption) in one line made the whole file unreadable
+    ("line 2 is not UTF-8 text") once pyarrow had refused it for another line (here a lone
+    surrogate); pyarrow's own reading rejects such a row alone. Now the line-by-line reader does
+    too, wherever a read value holds the bytes, naming the line and the byte; in a key not read
+    they are ignored."""
+    lines = [b'{"image": "red.png", "text": "caf\xe9 au lait", "sample_id": "r"}',
+             b'{"image": "blue.png", "text": "blue", "sample_id": "b\xff"}',
+             b'{"image": "green.png", "text": "green", "sample_id": "g", "image_id": "\xc3"}',
+             b'{"image": "gr\xe9en.png", "text": "green", "sample_id": "g2"}',
+             b'{"image": "blue.png", "text": "half \\ud800", "sample_id": "b2"}',  # what pyarrow refuses the file for
+             b'{"image": "red.png", "text": "a red square", "sample_id": "r2", "note": "\xe9t\xe9"}',
+             b'{"image": "green.png", "text": "a green square", "sample_id": "g3"}']
+    (folder / "pairs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    result = load_paired_dataset(folder / "pairs.jsonl")
+    assert result.table.column("sample_id").to_pylist() == ["g3", "r2"]
+    assert rejected(result) == [
+        (0, "r", "text_not_utf8", "row 0 (line 1): caption is not valid UTF-8 (invalid continuation byte at byte 3)"),
+        (1, None, "sample_id_unsafe", "row 1 (line 2): sample_id 'b\\\\xff' is not UTF-8 text (invalid start byte at byte 1)"),
+        (2, "g", "image_id_unsafe", "row 2 (line 3): image_id '\\\\xc3' is not UTF-8 text (unexpected end of data at byte 0)"),
+        (3, "g2", "image_missing", "row 3 (line 4): image path is not UTF-8 text (invalid continuation byte at byte 2): "
+                                   "write the file's name in UTF-8"),
+        (4, "b2", "text_not_utf8", "row 4 (line 5): caption holds a lone UTF-16 surrogate (U+D800 at character 5: half "
+                                   "of a character cut off?), not text")]
+    (folder / "caps.jsonl").write_bytes(b'{"image": "red.png", "text": ["red", "r\xe9d"], "sample_id": "r", "x": 1}\n'
+                                        b'{"image": "blue.png", "text": ["blue"], "sample_id": "b", "x": "one"}\n')
+    every = load_paired_dataset(folder / "caps.jsonl", columns=ColumnMap(captions="all"), min_valid_rows=1)
+    assert every.table.column("sample_id").to_pylist() == ["b-0"]
+    assert {(row, reason) for row, _, reason, _ in rejected(every)} == {(0, "text_not_utf8")}
+
+
 def test_a_lone_surrogate_in_a_list_of_captions_rejects_that_caption(folder: Path) -> None:
     (folder / "caps.jsonl").write_text('{"image": "red.png", "text": ["red", "re\\ud800d"], "sample_id": "r"}\n'
                                        '{"image": "blue.png", "text": ["blue"], "sample_id": "b"}\n')
@@ -79,7 +110,9 @@ def test_a_key_not_read_that_changes_type_does_not_block_the_table(folder: Path)
     ('{"image": "red.png", "text": "re\\ud800d"}\n\n[1, 2]\n', r"line 3 is a JSON list, not an object"),
     ('{"image": "red.png", "text": "re\\ud800d"}\n{"image": "blue.png", "text": 3}\n',
      r"key 'text' mixes JSON string \(line 1\) and number \(line 2\) values"),
-    (b'{"image": "red.png", "text": "re\\ud800d"}\n{"image": "blue.png", "text": "\xe9"}\n', r"line 2 is not UTF-8 text"),
+    (b'{"image": "red.png", "text": "re\\ud800d"}\n{"image": "blue.png", \xe9"text": "x"}\n',
+     r"line 2: Expecting property name enclosed in double quotes \(column 23\); the line is not UTF-8 \(invalid "
+     r"continuation byte at byte 22 of the line\)"),  # a byte outside a string
 ])
 def test_what_makes_the_file_unreadable_is_named_with_its_line(folder: Path, lines: str | bytes, message: str) -> None:
     path = folder / "bad.jsonl"

@@ -343,5 +343,24 @@ def test_a_file_name_or_id_with_a_lone_surrogate_or_an_integer_too_big_names_the
     (tmp_path / "rows").mkdir()
     rows = [{"image": "red.png", "text": "red", "sample_id": 1}, {"image": "blue.png", "text": "blue", "sample_id": 2**70}]
     with pytest.raises(ValueError, match=r"pairs\.json': element 1 key 'sample_id' is the integer 1180591620717411303424, "
-                                         "more than a 64-bit integer holds"):
+                                         r"outside the range of a 64-bit integer \(-9223372036854775808 to 9223372036854775807\): "
+                                         "write an id"):
         load_paired_dataset(write_rows(tmp_path / "rows", rows))
+
+
+@pytest.mark.parametrize("big", [2**63, 2**64 - 1, -2**63 - 1])
+@pytest.mark.parametrize("name", ["pairs.json", "pairs.jsonl"])
+def test_an_id_just_beyond_a_signed_64_bit_integer_names_its_row_key_and_the_range(tmp_path: Path, big: int, name: str) -> None:
+    """2**63 to 2**64 - 1 were taken for integers a column holds (as unsigned), so an array of rows
+    said only "a value is an integer"; a JSON Lines table's pyarrow reader made them (and larger
+    ones) a ``double`` column, refused as "column 'sample_id' has type double", naming neither
+    the line nor the value. Both now name the row, the key, the value and the range."""
+    for color in ("red", "blue"):
+        (tmp_path / f"{color}.png").write_bytes(png_bytes(color))
+    rows = [{"image": "red.png", "text": "red", "sample_id": 1}, {"image": "blue.png", "text": "blue", "sample_id": big}]
+    path = tmp_path / name
+    path.write_text(json.dumps(rows) if name.endswith(".json") else "".join(json.dumps(row) + "\n" for row in rows))
+    where = "element 1" if name.endswith(".json") else "line 2"
+    with pytest.raises(ValueError, match=rf"{name}': {where} key 'sample_id' is the integer {big}, outside the range of a "
+                                         r"64-bit integer \(-9223372036854775808 to 9223372036854775807\): write an id"):
+        load_paired_dataset(path)

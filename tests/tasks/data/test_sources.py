@@ -61,6 +61,23 @@ def test_a_csv_row_names_its_physical_line(tmp_path):
     assert details[1][2].startswith("row 2 (line 5) has 1 fields")
 
 
+def test_a_csv_sample_id_column_empty_in_every_row_is_refused_as_a_column(tmp_path):
+    """CSV cannot tell null from empty: a ``sample_id`` column left empty in every row (a
+    spreadsheet's unfilled column) gave one ``sample_id_empty`` reject per row, then "0 valid
+    row(s)"; it is refused once, naming the column, as a column null in every row of the other
+    layouts is. Malformed rows do not count; one id given keeps the row-by-row rejects."""
+    for name, color in (("a.png", "red"), ("b.png", "blue"), ("c.png", "green")):
+        (tmp_path / name).write_bytes(png_bytes(color))
+    path = tmp_path / "t.csv"
+    path.write_text("sample_id,image,text\n,a.png,red\n,b.png,blue\n,c.png\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"t\.csv': id column 'sample_id' holds no value: it is empty in all 2 row\(s\) "
+                                         r"\(leave the column out"):
+        load_paired_dataset(path, min_valid_rows=0)
+    path.write_text("sample_id,image,text\n,a.png,red\nb,b.png,blue\n,c.png,blue too\n", encoding="utf-8")
+    result = load_paired_dataset(path, min_valid_rows=1)
+    assert [(r["row"], r["reason"]) for r in result.rejected.to_pylist()] == [(0, "sample_id_empty"), (2, "sample_id_empty")]
+
+
 def test_a_parquet_caption_column_of_integers_is_refused(tmp_path):
     """Captions are text: an integer ``text`` column (ids are allowed to be integers, captions
     not) is refused naming the file, the column and its type, not read as "1", "2"."""
