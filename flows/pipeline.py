@@ -16,11 +16,11 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import Pause
 from prefect.runtime import flow_run
 
-from flows.run_record import PARTIAL_ALIGNMENTS, new_record, one_line, recorded
+from flows.run_record import new_record, one_line, recorded, stop_tasks_in_flight
 from flows.runners import check_run_environment, flow_task_runner, preload_libraries, runs_in_parallel
 from storage import layout
 from storage.pairing import pairs_not_coming, shared_features
-from storage.runs import COMPLETED, FAILED, open_for_run
+from storage.runs import COMPLETED, FAILED, PARTIAL_ALIGNMENTS, open_for_run
 from storage.store import DEFAULT_STORE, Store
 from tasks.align_task import align_pair, few_bootstrap_warning, few_permutations_warning
 from tasks.dataset_task import load_dataset, stored_dataset
@@ -117,7 +117,7 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
 
 
 def _partial_alignment_outcome(alignments: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run record's ``partial_alignment_versions`` (``flows.run_record.PARTIAL_ALIGNMENTS``),
+    """The run record's ``partial_alignment_versions`` (``storage.runs.PARTIAL_ALIGNMENTS``),
     ``aligned`` and metric counts (:func:`metric_work`) of a run that ended before its grid was
     done, from the manifests of the pairs it had aligned (new or found stored)."""
     return {PARTIAL_ALIGNMENTS: [m["key"] for m in alignments], "aligned": sum(1 for m in alignments if not m.get("reused")),
@@ -160,7 +160,9 @@ def run_zoo(
     ``features``: a dict filled with the feature manifests as they are collected (what a caller
     still holds when the run is stopped before this returns); ``aligned``: a list that receives,
     when the run is stopped (or fails) before this returns, the manifests of the pairs whose task
-    had finished by then (:func:`finished_results`).
+    had finished by then (:func:`finished_results`). A stopped run first waits for its tasks in
+    flight (``flows.run_record.stop_tasks_in_flight``): the models and pairs they finish
+    meanwhile, published, are in ``features`` and ``aligned`` too.
     """
     logger = get_run_logger()
     extracting, failures = submit_extractions(config, store_url, dataset, extract_missing)
@@ -182,6 +184,11 @@ def run_zoo(
             pairs_not_coming(store_url, Counter(name for pair in submitted if not set(pair) <= set(features) for name in pair))
             alignments = _collect_alignments(pairs, aligning, features, failures)
         except BaseException:
+            # what a task publishes while the run waits for it is this run's work: listed too (a pair
+            # past its last safe point when the stop came was published, but not in the record)
+            stop_tasks_in_flight([*extracting.values(), *aligning])
+            if features is not None:
+                features.update({name: m for name, m in finished_by_name(extracting).items() if name not in features})
             if aligned is not None:
                 aligned.extend(finished_results(aligning))
             raise
@@ -214,15 +221,20 @@ def finished_results(futures: list[Any]) -> list[Any]:
     finished and succeeded, in order, without waiting for the others. Finished: the future a
     task runner wraps is done (a thread's, a Dask future), else the task run's state is final
     (not ``result(timeout=0)``: a Dask future answers that with a timeout even when done)."""
-    results = []
-    for future in futures:
+    return list(finished_by_name(dict(enumerate(futures))).values())
+
+
+def finished_by_name(futures: dict[Any, Any]) -> dict[Any, Any]:
+    """:func:`finished_results` of the futures in ``futures`` (name -> future), by name."""
+    results = {}
+    for name, future in futures.items():
         if future is None:
             continue
         try:
             wrapped = getattr(future, "wrapped_future", None)
             done = wrapped.done() if callable(getattr(wrapped, "done", None)) else future.state.is_final()
             if done:
-                results.append(future.result())
+                results[name] = future.result()
         except (Exception, Pause):  # noqa: BLE001 - failed (or its state unknown): not finished work
             continue
     return results

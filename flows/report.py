@@ -33,7 +33,8 @@ def add_report_arguments(parser: argparse.ArgumentParser, store_help: str) -> No
     """The options of ``prh report``."""
     parser.add_argument("--store", default=None, help=store_help)
     parser.add_argument("--run", default=None, help="run id, or a unique start of it (default: the latest run that published results: COMPLETED, or FAILED "
-                        "for some models with the rest published, with some alignment versions)")
+                        "for some models with the rest published, or CANCELLED or CRASHED after its results were recorded, with "
+                        "some alignment versions)")
     parser.add_argument("--out", required=True, help="folder for report.html and figures/")
     parser.add_argument("--pair", default=None, metavar="A:B", help="model pair of the nearest-neighbour examples (default: the best-aligned)")
 

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 import traceback
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from prefect.exceptions import Pause, TerminationSignal
 
 from storage.owner import current_owner
-from storage.runs import (CANCELLED, CRASHED, FAILED, ORDERED_AT, RUN_HEARTBEAT_SECONDS, RUNNING, RunHeartbeat, latest_placed,
-                          place_after)
+from storage.runs import (CANCELLED, CRASHED, FAILED, ORDERED_AT, PARTIAL_ALIGNMENTS, RUN_HEARTBEAT_SECONDS, RUNNING,
+                          RunHeartbeat, latest_placed, place_after)
 from storage.store import Store, StoreNotWritable, utc_now
 from storage.versioning import code_version
 from tasks.params import PipelineConfig
-from tasks.stop_request import run_scope
+from tasks.stop_request import RunScope, current_scope, run_scope
 
 #: seconds a stopped run waits for its tasks in flight to reach a safe point before its record
 #: says it ended (Prefect's process worker kills a cancelled flow run's process 30 s after its
@@ -84,7 +85,8 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
     cancelled or paused from the UI), ``CRASHED`` (``SystemExit``: the process made to exit, as when its
     worker is killed; Prefect says CRASHED too) or ``FAILED``, with the error on one line. A stopped (or failed) run
     first tells its tasks in flight (in this process) to stop at their next safe point and waits up to
-    ``STOP_GRACE_S`` for them (``tasks.stop_request``), so that its end and sign of life cover
+    ``STOP_GRACE_S`` for them (:func:`stop_tasks_in_flight`; the block may have waited already,
+    to list what they published meanwhile), so that its end and sign of life cover
     what they write; a second signal ends the wait at once. ``ordered_at`` places the run after
     every run recorded before it started (``storage.runs.place_after``: a record dated ahead by a
     host's clock stays the latest run only until a run started after it ends). Tasks the block submits run in its
@@ -109,15 +111,7 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
             stopped = isinstance(error, (KeyboardInterrupt, TerminationSignal, Pause))  # Pause: paused in the UI
             exiting = isinstance(error, SystemExit)  # the process made to exit (its worker killed): Prefect's CRASHED
             record.update(status=CANCELLED if stopped else CRASHED if exiting else FAILED, error=one_line(error))
-            scope.stop()  # stays set: a task still running after the wait stops before publishing
-            try:
-                if not scope.wait_until_idle(0):
-                    logging.getLogger("prh.run").warning(
-                        "stopping: waiting up to %.0f s for the tasks in flight to reach a safe point (stop again "
-                        "to end now)", STOP_GRACE_S)
-                    scope.wait_until_idle(STOP_GRACE_S)
-            except (KeyboardInterrupt, TerminationSignal):
-                pass  # asked twice: the record now
+            stop_tasks_in_flight(scope=scope)  # at once when the block already waited (to list what they published)
             raise
         finally:
             record["finished_at"] = utc_now()
@@ -127,15 +121,50 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
             write_outcome(target, key, record, raised)
 
 
+#: seconds a stopped run then waits for the futures of its tasks that ended to turn final (the task
+#: has returned; Prefect sets its state through the API after that), within ``STOP_GRACE_S``
+FINAL_STATE_S = 5.0
+
+
+def stop_tasks_in_flight(futures: Iterable[Any] = (), scope: RunScope | None = None) -> None:
+    """Ask the tasks in flight of a stopped (or failed) run (``scope``, default the current run's:
+    ``tasks.stop_request``) to stop at their next safe point and wait up to ``STOP_GRACE_S`` for
+    them, then up to ``FINAL_STATE_S`` more (within ``STOP_GRACE_S``) for ``futures`` (Prefect's,
+    of the run's tasks) to be final, so that what a task published meanwhile (a pair past its last
+    safe point) is among the finished futures. Only the first call waits (:meth:`RunScope.first_wait`:
+    the flow's, before it lists what its tasks published; then :func:`recorded`'s); a second
+    signal ends the wait at once. Nothing to wait for outside a run."""
+    scope = current_scope() if scope is None else scope
+    if scope is None:
+        return
+    scope.stop()  # stays set: a task still running after the wait stops before publishing
+    if not scope.first_wait():
+        return
+    deadline = time.monotonic() + STOP_GRACE_S
+    try:
+        if not scope.wait_until_idle(0):
+            logging.getLogger("prh.run").warning(
+                "stopping: waiting up to %.0f s for the tasks in flight to reach a safe point (stop again "
+                "to end now)", STOP_GRACE_S)
+            if not scope.wait_until_idle(STOP_GRACE_S):
+                return
+        final_by = min(deadline, time.monotonic() + FINAL_STATE_S)
+        for future in futures:
+            left = final_by - time.monotonic()
+            if future is None or left <= 0:
+                continue
+            try:
+                future.wait(left)
+            except Exception:  # noqa: BLE001 - its state unknown: not listed as finished
+                continue
+    except (KeyboardInterrupt, TerminationSignal):
+        pass  # asked twice: the record now
+
+
 #: What :func:`attempts_before` keeps of each earlier attempt of a flow run.
 ATTEMPT_FIELDS = ("started_at", "finished_at", "status", "error")
 #: Counts of new work a record keeps, summed over the attempts of one flow run (``carry_over_work``).
 WORK_COUNTS = ("aligned", "metrics_computed", "metrics_copied")
-#: The field of a run record that lists the alignment versions of a run that ended before its
-#: record listed its grid (``alignment_versions``, which makes it a run with results: the
-#: catalog's ``*_latest`` views): those it had aligned (new or reused) when it stopped or failed,
-#: or that an earlier attempt of the run listed when this one got no further.
-PARTIAL_ALIGNMENTS = "partial_alignment_versions"
 
 
 def earlier_attempt(target: Store, key: str, record: dict[str, Any]) -> dict[str, Any] | None:

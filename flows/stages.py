@@ -24,8 +24,8 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
-from flows.pipeline import ZooFailures, collect_features, log_failures, log_recovery, submit_extractions
-from flows.run_record import new_record, recorded
+from flows.pipeline import ZooFailures, collect_features, finished_by_name, log_failures, log_recovery, submit_extractions
+from flows.run_record import new_record, recorded, stop_tasks_in_flight
 from flows.runners import check_run_environment, flow_task_runner
 from storage import layout
 from storage.runs import COMPLETED, FAILED, open_for_run
@@ -73,7 +73,10 @@ def _extract_recorded(config: PipelineConfig, target: Store, record: dict[str, A
     except BaseException:
         # stopped (a cancel from the UI, the staged run cancelled): the record still names the
         # models whose features it had published or reused (it had named none, and a retry or the
-        # next stage counted the features this stage extracted as reused)
+        # next stage counted the features this stage extracted as reused), those published while
+        # it waited for its tasks in flight too
+        stop_tasks_in_flight(extracting.values())
+        manifests.update({name: m for name, m in finished_by_name(extracting).items() if name not in manifests})
         record.update(_versions(dataset, manifests))
         raise
     summary = _versions(dataset, manifests)

@@ -16,7 +16,8 @@
 - ``alignment_best_all`` / ``alignment_all``: the same of every published alignment version (a
   store that has seen runs with other parameters, metric lists or datasets holds several rows
   per metric × model pair there), with ``published_at``.
-- ``runs``: one row per pipeline run, with its lineage, ``n_attempts`` / ``attempts`` (JSON) of a
+- ``runs``: one row per pipeline run, with its lineage (``partial_alignment_versions``: the pairs
+  a run stopped or failed mid-alignment had aligned), ``n_attempts`` / ``attempts`` (JSON) of a
   flow run retried from the Prefect UI, and ``ordered_at``, its place among the runs
   (:data:`LATEST_RUN_SQL`).
 - ``alignment_fdr``: one row per run × metric × model pair with a p-value: the run's
@@ -100,7 +101,7 @@ _META_COLUMNS = {
     ],
     "runs": [
         "run_id", "flow_run_id", "status", "started_at", "finished_at", "store", "config", "dataset_version",
-        "feature_versions", "alignment_versions", "extracted", "reused", "aligned", "metrics_computed",
+        "feature_versions", "alignment_versions", "partial_alignment_versions", "extracted", "reused", "aligned", "metrics_computed",
         "metrics_copied", "code_version", "error", "failures", "n_attempts", "attempts", "ordered_at",
     ],
 }
@@ -339,8 +340,10 @@ def linked_files(root: str, files: list[str]) -> list[str]:
 #: default run (``tasks.report_source.select_run``, same conditions and order) must be this run
 #: (tests/storage/test_catalog_views.py checks).
 #: A run with results: its record lists alignment versions (written once every pair is aligned,
-#: so a run stopped after that, while its report was written, ``CANCELLED``, has them all too)
-_RUN_HAS_RESULTS = "status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND len(coalesce(alignment_versions, [])) > 0"
+#: so a run stopped after that, while its report was written, ``CANCELLED``, has them all too; and
+#: a retry's record keeps an earlier attempt's whole grid from its start, so a retry killed
+#: before its end, ``CRASHED``, still lists that attempt's results: ``flows.run_record.carry_over_work``)
+_RUN_HAS_RESULTS = "status IN ('COMPLETED', 'FAILED', 'CANCELLED', 'CRASHED') AND len(coalesce(alignment_versions, [])) > 0"
 _RUNS_LATEST_FIRST = "coalesce(ordered_at, finished_at, started_at) DESC, started_at DESC, run_id DESC"
 LATEST_RUN_SQL = f"SELECT * FROM runs WHERE {_RUN_HAS_RESULTS} ORDER BY {_RUNS_LATEST_FIRST} LIMIT 1"
 
@@ -722,7 +725,8 @@ _META_TYPES: dict[str, pa.DataType] = {
                       "metrics_copied", "n_attempts"), pa.int64()),
     **dict.fromkeys(("bits_per_byte", "bits_per_byte_pooled", "seconds"), pa.float64()),
     "layer_widths": pa.list_(pa.int64()),
-    **dict.fromkeys(("layer_names", "alignment_versions", "extracted", "reused"), pa.list_(pa.string())),
+    **dict.fromkeys(("layer_names", "alignment_versions", "partial_alignment_versions", "extracted", "reused"),
+                    pa.list_(pa.string())),
 }
 
 

@@ -3,12 +3,14 @@
 Published versions are immutable and runs never remove them, so a store that lives for months
 keeps every superseded one: a checkpoint updated in place adds a feature version every night,
 and with it new alignment versions. ``--keep-runs N`` keeps what the N newest runs that
-published results (``COMPLETED``, or ``FAILED`` with alignment versions: the runs ``prh report``
-picks from, ``tasks.report_source.select_run``) name, with what those versions were computed
+published results (``COMPLETED``, or ``FAILED``, ``CANCELLED`` or ``CRASHED`` with alignment
+versions: :func:`published_results`, the runs ``prh report`` picks from,
+``tasks.report_source.select_run``) name, with what those versions were computed
 from, and removes every other published version:
 
 - kept: every version those runs' records name (``dataset_version``; ``feature_versions``, as
-  ``features/<dataset_version>/<model>/<feature_version>``; ``alignment_versions``, keys), then
+  ``features/<dataset_version>/<model>/<feature_version>``; ``alignment_versions`` and
+  ``partial_alignment_versions``, keys), then
   the inputs of every kept version: an alignment version's dataset and its two feature versions
   (its manifest's ``lineage``, as the catalog reads it), a feature version's dataset;
 - kept: every version published after the oldest kept run started, less ``CLOCK_SKEW_SECONDS``
@@ -18,7 +20,9 @@ from, and removes every other published version:
   finish time, after that moment: a long GPU stage that started before a short run and finished
   after it counts), published or reused: its alignment stage may not have run yet; and those
   named by every ``COMPLETED`` run without results (a one-model zoo's run: features only) that
-  ran since then;
+  ran since then; and the ``partial_alignment_versions`` of every run that ran since then (the
+  pairs a run stopped or failed mid-alignment had aligned, new or found stored: its retry goes
+  on from them), with their inputs;
 - kept: a version whose manifest is damaged (not JSON, another version's, or a field of the
   wrong type: ``prh verify`` deals with it) and a manifest outside any version folder;
 - with ``keep_current`` (``--keep-current``), kept: the alignment versions behind the catalog's
@@ -50,8 +54,8 @@ import duckdb
 
 from storage import layout
 from storage.catalog import current_alignment_keys
-from storage.runs import (CANCELLED, CLOCK_SKEW_SECONDS, COMPLETED, FAILED, DamagedRecord, epoch_seconds, extraction_records,
-                          live_records, order_time, run_records)
+from storage.runs import (CANCELLED, CLOCK_SKEW_SECONDS, COMPLETED, CRASHED, FAILED, PARTIAL_ALIGNMENTS, DamagedRecord, epoch_seconds,
+                          extraction_records, live_records, order_time, run_records)
 from storage.store import DamagedManifest, Store, parse_json, utc_time
 from storage.verify import is_version_key, manifest_problems
 
@@ -86,11 +90,12 @@ class RetentionPlan:
 
 
 def published_results(record: dict[str, Any]) -> bool:
-    """Whether the run of ``record`` published results: ``COMPLETED``, ``FAILED`` or ``CANCELLED``
-    (stopped after its results were recorded, while its report was written), with some alignment
-    versions (the predicate of ``tasks.report_source.select_run``; a run of a one-model zoo,
-    features only, has none)."""
-    return record.get("status") in (COMPLETED, FAILED, CANCELLED) and bool(record.get("alignment_versions"))
+    """Whether the run of ``record`` published results: ``COMPLETED``, ``FAILED``, ``CANCELLED``
+    (stopped after its results were recorded, while its report was written) or ``CRASHED`` (a
+    retry killed before its end, whose record keeps an earlier attempt's whole grid), with some
+    alignment versions (the predicate of ``tasks.report_source.select_run``; a run of a one-model
+    zoo, features only, has none, nor has a run stopped mid-alignment)."""
+    return record.get("status") in (COMPLETED, FAILED, CANCELLED, CRASHED) and bool(record.get("alignment_versions"))
 
 
 #: Where :func:`newest_runs` puts a run without a time (``NULLS LAST``, newest first).
@@ -115,13 +120,21 @@ def newest_runs(records: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any
 
 
 def run_versions(record: dict[str, Any]) -> set[str]:
-    """Keys of the versions a run record names. ValueError when it does not name them readably
-    (what such a run uses cannot be kept)."""
+    """Keys of the versions a run record names (its grid's alignment versions, and the pairs a
+    stopped attempt of it aligned: :func:`partial_alignments`). ValueError when it does not name
+    them readably (what such a run uses cannot be kept)."""
     dataset, features = _named_inputs(record)
     alignments = record.get("alignment_versions")
     if dataset is None or features is None or not isinstance(alignments, list):
         raise ValueError(f"run {record.get('run_id')}'s record does not name its dataset, feature and alignment versions")
-    return _input_keys(dataset, features) | {str(key) for key in alignments}
+    return _input_keys(dataset, features) | {str(key) for key in alignments} | partial_alignments(record)
+
+
+def partial_alignments(record: dict[str, Any]) -> set[str]:
+    """Keys of the alignment versions a run record lists as aligned before the run (or an attempt
+    of it) stopped or failed (``storage.runs.PARTIAL_ALIGNMENTS``); none when not a list."""
+    listed = record.get(PARTIAL_ALIGNMENTS)
+    return {key for key in listed if isinstance(key, str)} if isinstance(listed, list) else set()
 
 
 def _named_inputs(record: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
@@ -221,9 +234,11 @@ def plan_retention(store: Store, keep_runs: int, keep_current: bool = False) -> 
     for record in extractions + features_only:
         # an extraction stage's versions are for an alignment stage that may not have run yet; a
         # completed run of a one-model zoo produced features only
-        ran_until = epoch_seconds(record.get("finished_at")) or epoch_seconds(record.get("started_at"))
-        if ran_until is None or ran_until >= plan.since:
+        if _ran_since(record, plan.since):
             recent |= extraction_versions(record)
+    for record in records:  # the pairs a run stopped or failed mid-alignment had (its retry goes on from them)
+        if _ran_since(record, plan.since):
+            recent |= partial_alignments(record)
     plan.keep = _closure(named | recent | damaged, versions)
     plan.remove = [key for box in REMOVAL_ORDER for key in sorted(versions) if key.startswith(box + "/") and key not in plan.keep]
     if any(key.startswith(layout.ALIGNMENT + "/") for key in plan.remove):  # only then can a current result go
@@ -242,6 +257,14 @@ def plan_retention(store: Store, keep_runs: int, keep_current: bool = False) -> 
         if target in removed:
             plan.pointers[pointer] = target
     return plan
+
+
+def _ran_since(record: dict[str, Any], since: float) -> bool:
+    """Whether the run (or extraction stage) of ``record`` ran at or after ``since`` (epoch
+    seconds): it finished then, or started then when it has no finish time; a record without
+    either time counts."""
+    ran_until = epoch_seconds(record.get("finished_at")) or epoch_seconds(record.get("started_at"))
+    return ran_until is None or ran_until >= since
 
 
 def dated_ahead(records: list[dict[str, Any]], now: float) -> str | None:

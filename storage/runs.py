@@ -155,6 +155,13 @@ def gone_reason(store: Store, record: dict[str, Any], now: float | None = None) 
 #: later (:func:`place_after`). What "the latest run" orders by: the catalog's ``*_latest`` views,
 #: ``prh report``'s default run, ``prh gc --keep-runs``.
 ORDERED_AT = "ordered_at"
+#: The field of a run record that lists the alignment versions of a run that ended before its
+#: record listed its grid (``alignment_versions``, which makes it a run with results: the
+#: catalog's ``*_latest`` views): those it had aligned (new or reused) when it stopped or failed,
+#: or that an earlier attempt of the run listed when this one got no further
+#: (``flows.run_record.carry_over_work``). The ``runs`` view's column of that name; ``prh gc
+#: --keep-runs`` keeps them (``storage.run_retention``).
+PARTIAL_ALIGNMENTS = "partial_alignment_versions"
 #: How far after the latest run before it a run is placed when that run is dated later than its end.
 ORDER_STEP = timedelta(microseconds=1)
 
@@ -173,11 +180,10 @@ def order_time(record: dict[str, Any]) -> datetime | None:
 def latest_placed(store: Store, folder: str, run_id: str) -> datetime | None:
     """The latest :func:`order_time` of the records in ``folder`` other than run ``run_id``'s
     (its own, when it has one, is its earlier attempt's), read when the run starts; None when
-    there is none, or the records cannot be read (the run is then placed at its end)."""
-    try:
-        records = run_records(store, folder, damaged=[])
-    except Exception:  # noqa: BLE001 - the run is placed by its own end
-        return None
+    there is none (a damaged record does not count). A store whose records cannot be listed or
+    read raises, as :func:`open_for_run` does just before over the same records: the run fails
+    before it writes its record (it had been placed at its own end without a word)."""
+    records = run_records(store, folder, damaged=[])
     return max((t for t in (order_time(r) for r in records if str(r.get("run_id")) != run_id) if t is not None),
                default=None)
 

@@ -27,8 +27,9 @@ NEIGHBOUR_METRIC = "mutual_knn"
 def select_run(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> dict[str, Any]:
     """The run record ``run_id`` (or the one run whose id starts with it), or the latest run that
     published results: COMPLETED, or FAILED with some models or pairs failing and the rest
-    published (its report lists the failures), or CANCELLED after its results were recorded,
-    with some alignment versions (a one-model zoo's
+    published (its report lists the failures), or CANCELLED after its results were recorded, or
+    CRASHED still listing an earlier attempt's whole grid (a retry killed before its end), with
+    some alignment versions (a one-model zoo's
     run, features only, has none); ValueError if there is none."""
     if run_id is not None:
         found = con.sql("select * from runs where run_id = ?", params=[run_id]).to_arrow_table().to_pylist()

@@ -47,10 +47,19 @@ class RunScope:
         self._stop = threading.Event()
         self._changed = threading.Condition()
         self._active = 0
+        self._waited = False
 
     def stop(self) -> None:
         """Ask every task of the run to stop at its next safe point."""
         self._stop.set()
+
+    def first_wait(self) -> bool:
+        """True the first time only: the one caller that waits for the stopped run's tasks (the
+        flow, before it lists what they published; the run's record after it). A wait cut short (a
+        second signal) or run out is not started again by the next caller."""
+        with self._changed:
+            first, self._waited = not self._waited, True
+            return first
 
     @property
     def stopping(self) -> bool:
@@ -119,6 +128,11 @@ def run_scope() -> Iterator[RunScope]:
         yield scope
     finally:
         _current.reset(token)
+
+
+def current_scope() -> RunScope | None:
+    """The :class:`RunScope` of the run this code runs in; None outside any run."""
+    return _current.get()
 
 
 def raise_if_stopped(what: str) -> None:

@@ -466,6 +466,35 @@ def test_a_features_only_run_neither_displaces_the_kept_run_nor_loses_its_featur
                                        layout.rendered_dataset_key("recipe1")}
 
 
+@pytest.mark.parametrize("status", ["CANCELLED", "FAILED"])
+def test_the_pairs_a_stopped_run_aligned_stay_with_their_inputs(tmp_path, capsys, status):
+    """A run stopped (or failed) mid-alignment after the kept run lists the pairs it had aligned
+    in ``partial_alignment_versions``, here one it found stored from night 1: gc removed it with
+    its dataset and features (published long before), and the run's retry computed them all again.
+    They stay, with what they were computed from, as a features-only run's features do."""
+    store, keep = _nightly_store(str(tmp_path / "store"))
+    a1 = layout.alignment_key(D1, "vit", "lm", "al1")
+    _run(store, "stopped", status, _day(7, 1), _day(7, 2), D1, {"vit": "fv1", "lm": "fl1"}, [],
+         partial_alignment_versions=[a1], aligned=0)
+    assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0
+    assert "those of run(s) run-4," in capsys.readouterr().out  # still no run with results
+    assert _versions(store) == keep | {a1, layout.dataset_key(D1), layout.features_key(D1, "vit", "fv1"),
+                                       layout.features_key(D1, "lm", "fl1"), layout.rendered_dataset_key("recipe1")}
+
+
+def test_a_kept_run_keeps_the_pairs_its_stopped_attempt_aligned(tmp_path, capsys):
+    """A completed run retried and stopped mid-alignment keeps its first attempt's grid
+    (``alignment_versions``) and lists the pairs the retry aligned (``partial_alignment_versions``):
+    every version its record names stays, those too."""
+    store, keep = _nightly_store(str(tmp_path / "store"))
+    a3 = layout.alignment_key(D2, "vit", "lm", "al3")  # night 3's, found stored by the retry
+    _run(store, "run-4", "CANCELLED", _day(4, 1), _day(4, 4), D2, {"vit": "fv4", "lm": "fl2"},
+         [layout.alignment_key(D2, "vit", "lm", "al4")], partial_alignment_versions=[a3])
+    assert main(["gc", "--store", store.url, "--keep-runs", "1"]) == 0
+    assert "those of run(s) run-4," in capsys.readouterr().out
+    assert _versions(store) == keep | {a3}
+
+
 def test_the_newest_runs_are_ordered_by_finish_then_start_then_id():
     """``newest_runs``: ``select_run``'s order, newest first: finish time (start time when there is
     none), then start time, then run id; runs without results never count."""

@@ -406,6 +406,55 @@ def test_a_run_stopped_mid_alignment_counts_the_pairs_it_aligned(tmp_path, monke
     assert query(connect(Store(store)), "select * from alignment_best_latest").num_rows == 0  # no run with results
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_pair_published_while_a_stopped_run_waits_is_in_its_record(tmp_path, monkeypatch):
+    """A run stopped while a pair was past its last safe point (publishing): the run waits for it
+    (``STOP_GRACE_S``) and the pair is published, but the record, written from the pairs done when
+    the stop came, neither listed nor counted it (``partial_alignment_versions`` empty, ``aligned``
+    0) though the store holds it. The record now lists what was published during the wait."""
+    import threading
+
+    import flows.pipeline
+    from storage.runs import run_records
+    from tasks import stop_request
+
+    publishing = threading.Event()
+    publish = Store.publish
+
+    def held_until_the_stop(self, key, *args, **kwargs):
+        if key.startswith("alignment/"):  # past the pair's last safe point: it publishes whatever happens
+            scope = stop_request._current.get()
+            publishing.set()
+            assert scope is not None and _wait_for(lambda: scope.stopping, 60)
+        return publish(self, key, *args, **kwargs)
+
+    def stopped(pairs, aligning, features, failures):
+        assert publishing.wait(120)
+        raise KeyboardInterrupt  # the stop reaches the flow while the pair publishes
+
+    monkeypatch.setattr(Store, "publish", held_until_the_stop)
+    monkeypatch.setattr(flows.pipeline, "_collect_alignments", stopped)
+    store = str(tmp_path / "store")
+    with pytest.raises(KeyboardInterrupt):
+        prh_pipeline(config=_config([TINY_VIT, TINY_BERT], permutations=0), store=store, report=False)
+    [(key, _)] = Store(store).manifests("alignment")  # published during the wait
+    (record,) = run_records(Store(store))
+    assert record["status"] == "CANCELLED" and record["partial_alignment_versions"] == [key]
+    assert (record["aligned"], record["metrics_computed"], record["metrics_copied"]) == (1, 3, 0)
+
+
+def _wait_for(condition, timeout_s: float) -> bool:
+    """Whether ``condition()`` turned true within ``timeout_s`` seconds (polled)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_collect_features_fills_what_it_collected_before_a_stop():
     """The manifests collected before a stop (a cancel reaches the flow while it waits on the next
     extraction) stay in the caller's dict, for the run record of the stopped run."""

@@ -111,6 +111,24 @@ def test_a_new_record_says_running_with_what_tells_a_live_run(tmp_path) -> None:
     assert isinstance(record["code_version"], str) and record["code_version"]
 
 
+def test_a_run_whose_store_records_cannot_be_read_fails_before_writing_its_record(tmp_path) -> None:
+    """The records a run reads at its start to place itself after the runs before them
+    (``ordered_at``) could not be read (here a record that is a symbolic link to itself; on S3 an
+    endpoint failing after its retries): the run went on, placed at its own end without a word.
+    It fails now, before it writes anything, as the same read one step earlier (``open_for_run``,
+    marking dead runs) fails a run; the error names the file."""
+    from storage.runs import alive_key
+
+    store = Store(str(tmp_path / "store"))
+    store.write_json("runs/earlier.json", {"run_id": "earlier", "status": "COMPLETED",
+                                           "finished_at": "2099-01-01T00:00:00+00:00"})
+    (tmp_path / "store" / "runs" / "loop.json").symlink_to("loop.json")
+    with pytest.raises(OSError, match="loop.json"):
+        with recorded(store, "runs/r4.json", {"run_id": "r4", "status": "RUNNING"}):
+            pass
+    assert not store.exists("runs/r4.json") and not store.exists(alive_key("r4"))
+
+
 def test_a_stop_with_nothing_in_flight_does_not_wait(tmp_path, caplog) -> None:
     """A stopped run waits for its tasks in flight only when there are some: with none, its record
     is written at once and no wait is announced."""
@@ -120,6 +138,44 @@ def test_a_stop_with_nothing_in_flight_does_not_wait(tmp_path, caplog) -> None:
             raise KeyboardInterrupt
     assert "waiting up to" not in caplog.text
     assert store.read_json("runs/r2.json")["status"] == "CANCELLED"
+
+
+def test_a_stopped_run_waits_for_its_tasks_once(tmp_path, caplog, monkeypatch) -> None:
+    """The flow waits for its tasks in flight before listing what they published
+    (``stop_tasks_in_flight``), and the record waits again only if the flow did not: a task that
+    outlives the wait is waited for once (twice would pass Prefect's 30 s before a cancelled run's
+    process is killed, its record unwritten)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from contextvars import copy_context
+
+    import flows.run_record
+    from flows.run_record import stop_tasks_in_flight
+    from tasks.stop_request import in_flight
+
+    monkeypatch.setattr(flows.run_record, "STOP_GRACE_S", 1.0)
+    store, release = Store(str(tmp_path / "store")), threading.Event()
+
+    def task() -> None:
+        with in_flight("a task past its last safe point"):
+            release.wait(30)
+
+    with ThreadPoolExecutor(max_workers=1) as pool, caplog.at_level("WARNING", logger="prh.run"):
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            with recorded(store, "runs/r3.json", {"run_id": "r3", "status": "RUNNING"}):
+                pool.submit(copy_context().run, task)
+                time.sleep(0.2)
+                try:
+                    raise KeyboardInterrupt
+                except KeyboardInterrupt:
+                    stop_tasks_in_flight()  # as the flow does before it lists what its tasks published
+                    raise
+        waited = time.monotonic() - started
+        release.set()
+    assert caplog.text.count("waiting up to 1 s for the tasks in flight") == 1 and 1.0 <= waited < 1.9
+    assert store.read_json("runs/r3.json")["status"] == "CANCELLED"
 
 
 def _run_attempt(flow_run_id: Any, parameters: dict[str, Any]) -> Any:
@@ -378,3 +434,39 @@ def test_a_retry_killed_before_its_end_leaves_the_earlier_work_for_the_next(tmp_
     record = store.read_json(key)
     assert [a["status"] for a in record["attempts"]] == ["COMPLETED", "CRASHED"]
     assert {field: record.get(field) for field in first} == first
+
+
+def test_a_completed_run_whose_retry_was_killed_still_has_its_results(tmp_path):
+    """A completed run retried from the UI, the retry killed before its end (its record, written
+    when it started, keeps the first attempt's whole grid) and then marked ``CRASHED`` by the next
+    run: it was no longer a run with results, so the ``*_latest`` views, ``prh report`` and ``prh
+    gc --keep-runs`` skipped it (gc removed its versions), though every version of its grid is
+    stored. A ``CRASHED`` record that lists its grid (``alignment_versions``) counts, as a
+    ``CANCELLED`` one does; one that lists none still does not."""
+    import subprocess
+    import sys
+
+    from storage import layout
+    from storage.catalog import LATEST_RUN_SQL, connect, query
+    from storage.owner import current_owner
+    from storage.run_retention import newest_runs
+    from storage.runs import mark_crashed_runs, run_records
+    from tasks.report_source import select_run
+
+    store = Store(str(tmp_path / "store"))
+    key, grid = layout.run_key("r9"), ["alignment/d1/vit__bert/a1"]
+    with recorded(store, key, {"run_id": "r9", "status": "RUNNING", "started_at": "2026-01-01T00:00:00+00:00"}) as record:
+        record.update(dataset_version="d1", feature_versions={"vit": "fv1", "bert": "fv2"}, alignment_versions=grid,
+                      status="COMPLETED")
+    with recorded(store, key, {"run_id": "r9", "status": "RUNNING", "started_at": "2026-01-02T00:00:00+00:00"}):
+        killed = store.read_json(key)  # what the retry leaves when it is killed now
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    store.write_json(key, {**killed, "process": {**current_owner(), "pid": dead_pid, "started": "0"}})
+    store.write_json(layout.run_key("stopped"), {"run_id": "stopped", "status": "CRASHED", "started_at": "2026-01-03T00:00:00+00:00",
+                                                 "alignment_versions": [], "partial_alignment_versions": grid})
+    assert mark_crashed_runs(store) == ["r9"]  # the next run marks it
+    assert store.read_json(key)["status"] == "CRASHED" and store.read_json(key)["alignment_versions"] == grid
+    con = connect(store)
+    assert [r["run_id"] for r in query(con, LATEST_RUN_SQL).to_pylist()] == ["r9"]
+    assert select_run(con)["run_id"] == "r9"  # prh report's default run
+    assert [r["run_id"] for r in newest_runs(run_records(store), 5)] == ["r9"]  # prh gc --keep-runs keeps its versions

@@ -158,6 +158,44 @@ def test_an_extraction_stage_stopped_after_a_model_records_its_features(tmp_path
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_features_published_while_a_stopped_stage_waits_are_in_its_record(tmp_path, monkeypatch):
+    """An extraction stage stopped while a model was past its last safe point (publishing its
+    features): the stage waits for it and the features are published, but its record, written
+    from the models collected when the stop came, named none of them (the next stage and ``prh
+    gc`` go by it). It now names every model whose features the store holds."""
+    import threading
+
+    import flows.stages
+    from storage.runs import extraction_records
+    from tasks import stop_request
+    from tests.flows.test_pipeline import _wait_for
+
+    publishing = threading.Event()
+    publish = Store.publish
+
+    def held_until_the_stop(self, key, *args, **kwargs):
+        if key.startswith("features/"):  # past the model's last safe point: it publishes whatever happens
+            scope = stop_request._current.get()
+            publishing.set()
+            assert scope is not None and _wait_for(lambda: scope.stopping, 60)
+        return publish(self, key, *args, **kwargs)
+
+    def stopped(extracting, failures, features=None):
+        assert publishing.wait(120)
+        raise KeyboardInterrupt  # the stop reaches the flow while a model publishes
+
+    monkeypatch.setattr(Store, "publish", held_until_the_stop)
+    monkeypatch.setattr(flows.stages, "collect_features", stopped)
+    store = str(tmp_path / "store")
+    with pytest.raises(KeyboardInterrupt):
+        prh_extract(config=_config([TINY_VIT, TINY_BERT], permutations=0), store=store)
+    stored = {r["model"]: r["feature_version"] for r in query(connect(store), "select * from models").to_pylist()}
+    (record,) = extraction_records(Store(store))
+    assert record["status"] == "CANCELLED" and stored and record["feature_versions"] == stored
+    assert (record["extracted"], record["reused"]) == (sorted(stored), [])
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_prh_staged_passes_the_extracted_dataset_version_to_the_alignment_stage(monkeypatch):
     """The stage runs faked (run_deployment): what prh-staged asks of each deployment."""
     import flows.stages

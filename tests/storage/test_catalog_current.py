@@ -116,9 +116,9 @@ def test_a_run_on_another_dataset_gives_the_pairs_it_scored_their_current_rows(t
 
 def test_a_version_no_run_lists_counts_only_where_none_is_listed(tmp_path):
     store = build_catalog_store(str(tmp_path / "store"))
-    # published after the runs, by a run that crashed (its record does not count) or without a record
-    orphan = _publish(store, "al-orphan", published_at="2026-03-01T00:00:00+00:00")
-    _run(store, "run-crashed", 3, [orphan], status="CRASHED")
+    # published after the runs, by a run that crashed (killed before its record listed its grid) or without a record
+    _publish(store, "al-orphan", published_at="2026-03-01T00:00:00+00:00")
+    _run(store, "run-crashed", 3, [], status="CRASHED")
     assert _of_pair(_current(connect(store))) == {(DATASET, m): {"al-vit-small-lm-small"} for m in ("mutual_knn", "cka")}
     # a store without run records: the last published version
     bare = Store(str(tmp_path / "bare"))

@@ -99,12 +99,14 @@ def test_the_latest_views_hold_the_latest_run_with_results_after_any_history(tmp
 
     # a nightly run with one broken model: FAILED, two pairs published -> its two pairs
     _record(store, "run-partly", "FAILED", "2026-01-06T00:00:00+00:00", "2026-01-06T00:10:00+00:00", first[:2])
-    # later runs without results do not count: FAILED before publishing, crashed, still running
+    # later runs without results do not count: FAILED before publishing, crashed (killed before its
+    # record listed its grid: a CRASHED record that lists one is a retry's, whose earlier attempt
+    # completed, and counts), still running
     _record(store, "run-nothing", "FAILED", "2026-01-07T00:00:00+00:00", "2026-01-07T00:01:00+00:00", [])
-    _record(store, "run-crashed", "CRASHED", "2026-01-08T00:00:00+00:00", None, second)
+    _record(store, "run-crashed", "CRASHED", "2026-01-08T00:00:00+00:00", None, [])
     con = connect(url)
     _check_latest(con, first[:2], "run-partly")
-    # current: run-partly's two pairs, run-topk3's for the other two (a crashed run's list does not count)
+    # current: run-partly's two pairs, run-topk3's for the other two
     by_pair = {k.split("/")[2]: k for k in second} | {k.split("/")[2]: k for k in first[:2]}
     _check_current(con, list(by_pair.values()))
 

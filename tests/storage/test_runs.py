@@ -308,6 +308,27 @@ def test_the_runs_view_lists_the_attempts_of_a_retried_run(tmp_path):
     assert (described["n_attempts"], described["attempts"]) == ("BIGINT", "VARCHAR")
 
 
+def test_the_runs_view_lists_the_pairs_a_stopped_run_aligned(tmp_path):
+    """A run stopped (or failed) mid-alignment lists the pairs it had aligned in its record's
+    ``partial_alignment_versions`` (not ``alignment_versions``: its grid is not whole), but the
+    ``runs`` view had no column for them: analysts saw ``aligned`` count pairs that no column
+    named. A list of store keys, as ``alignment_versions``; NULL in records without it or with
+    something else there."""
+    store = Store(str(tmp_path / "store"))
+    keys = ["alignment/d1/vit__lm/a1", "alignment/d1/vit__gpt/a2"]
+    store.write_json(layout.run_key("stopped"), {"run_id": "stopped", "status": "CANCELLED", "aligned": 2,
+                                                 "partial_alignment_versions": keys})
+    store.write_json(layout.run_key("done"), {"run_id": "done", "status": "COMPLETED", "alignment_versions": keys[:1]})
+    store.write_json(layout.run_key("edited"), {"run_id": "edited", "status": "FAILED", "partial_alignment_versions": "a1"})
+    con = connect(store)
+    rows = query(con, "select run_id, partial_alignment_versions, alignment_versions from runs order by run_id").to_pylist()
+    assert rows == [{"run_id": "done", "partial_alignment_versions": None, "alignment_versions": keys[:1]},
+                    {"run_id": "edited", "partial_alignment_versions": None, "alignment_versions": None},
+                    {"run_id": "stopped", "partial_alignment_versions": keys, "alignment_versions": None}]
+    described = {r["column_name"]: r["column_type"] for r in query(con, "describe runs").to_pylist()}
+    assert described["partial_alignment_versions"] == described["alignment_versions"] == "VARCHAR[]"
+
+
 def test_a_run_opening_the_store_leaves_its_own_earlier_attempt_to_its_record(tmp_path):
     """A flow run retried after its attempt was killed found its own record ``RUNNING`` with a dead
     process, marked it ``CRASHED`` and logged it as an earlier run that crashed; other dead runs
@@ -326,8 +347,8 @@ def test_a_run_opening_the_store_leaves_its_own_earlier_attempt_to_its_record(tm
 def test_a_run_is_placed_after_the_runs_before_it_and_never_past_the_end_of_time(tmp_path):
     """``ordered_at``: a run's end, or just after a run recorded before it that is dated later (a
     host's clock ahead); a hand-edited record dated at the end of time cannot be passed (the run
-    keeps its end, no OverflowError at the end of the run), nor is a store whose records do not
-    read an error (the run is placed at its end)."""
+    keeps its end, no OverflowError at the end of the run), nor is a store without records, or
+    with a damaged one (not JSON: left out), an error."""
     from storage.runs import latest_placed, place_after
 
     end = "2026-01-02T00:00:00.000000+00:00"
@@ -338,5 +359,6 @@ def test_a_run_is_placed_after_the_runs_before_it_and_never_past_the_end_of_time
     store = Store(str(tmp_path / "store"))
     store.write_json(layout.run_key("me"), {"run_id": "me", "finished_at": "2099-01-01T00:00:00+00:00"})  # an earlier attempt
     store.write_json(layout.run_key("old"), {"run_id": "old", "started_at": "2025-01-01T00:00:00", "ordered_at": "junk"})
+    store.write_bytes(layout.run_key("cut"), b'{"run_id": "cut", "finished_at": "2100')
     assert latest_placed(store, layout.RUNS, "me") == datetime(2025, 1, 1, tzinfo=timezone.utc)
     assert latest_placed(Store(str(tmp_path / "none")), layout.RUNS, "me") is None
