@@ -412,27 +412,15 @@ def test_a_pair_published_while_a_stopped_run_waits_is_in_its_record(tmp_path, m
     (``STOP_GRACE_S``) and the pair is published, but the record, written from the pairs done when
     the stop came, neither listed nor counted it (``partial_alignment_versions`` empty, ``aligned``
     0) though the store holds it. The record now lists what was published during the wait."""
-    import threading
-
     import flows.pipeline
     from storage.runs import run_records
-    from tasks import stop_request
 
-    publishing = threading.Event()
-    publish = Store.publish
-
-    def held_until_the_stop(self, key, *args, **kwargs):
-        if key.startswith("alignment/"):  # past the pair's last safe point: it publishes whatever happens
-            scope = stop_request._current.get()
-            publishing.set()
-            assert scope is not None and _wait_for(lambda: scope.stopping, 60)
-        return publish(self, key, *args, **kwargs)
+    publishing = hold_publishing_until_stopped(monkeypatch, "alignment/")
 
     def stopped(pairs, aligning, features, failures):
         assert publishing.wait(120)
         raise KeyboardInterrupt  # the stop reaches the flow while the pair publishes
 
-    monkeypatch.setattr(Store, "publish", held_until_the_stop)
     monkeypatch.setattr(flows.pipeline, "_collect_alignments", stopped)
     store = str(tmp_path / "store")
     with pytest.raises(KeyboardInterrupt):
@@ -441,6 +429,27 @@ def test_a_pair_published_while_a_stopped_run_waits_is_in_its_record(tmp_path, m
     (record,) = run_records(Store(store))
     assert record["status"] == "CANCELLED" and record["partial_alignment_versions"] == [key]
     assert (record["aligned"], record["metrics_computed"], record["metrics_copied"]) == (1, 3, 0)
+
+
+def hold_publishing_until_stopped(monkeypatch, prefix: str):
+    """``Store.publish`` of a key under ``prefix`` (past its task's last safe point: it publishes
+    whatever happens) held until the run is being stopped; returns the event set when one starts."""
+    import threading
+
+    from tasks import stop_request
+
+    publishing = threading.Event()
+    publish = Store.publish
+
+    def held_until_the_stop(self, key, *args, **kwargs):
+        if key.startswith(prefix):
+            scope = stop_request._current.get()
+            publishing.set()
+            assert scope is not None and _wait_for(lambda: scope.stopping, 60)
+        return publish(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "publish", held_until_the_stop)
+    return publishing
 
 
 def _wait_for(condition, timeout_s: float) -> bool:

@@ -163,28 +163,16 @@ def test_features_published_while_a_stopped_stage_waits_are_in_its_record(tmp_pa
     features): the stage waits for it and the features are published, but its record, written
     from the models collected when the stop came, named none of them (the next stage and ``prh
     gc`` go by it). It now names every model whose features the store holds."""
-    import threading
-
     import flows.stages
     from storage.runs import extraction_records
-    from tasks import stop_request
-    from tests.flows.test_pipeline import _wait_for
+    from tests.flows.test_pipeline import hold_publishing_until_stopped
 
-    publishing = threading.Event()
-    publish = Store.publish
-
-    def held_until_the_stop(self, key, *args, **kwargs):
-        if key.startswith("features/"):  # past the model's last safe point: it publishes whatever happens
-            scope = stop_request._current.get()
-            publishing.set()
-            assert scope is not None and _wait_for(lambda: scope.stopping, 60)
-        return publish(self, key, *args, **kwargs)
+    publishing = hold_publishing_until_stopped(monkeypatch, "features/")
 
     def stopped(extracting, failures, features=None):
         assert publishing.wait(120)
         raise KeyboardInterrupt  # the stop reaches the flow while a model publishes
 
-    monkeypatch.setattr(Store, "publish", held_until_the_stop)
     monkeypatch.setattr(flows.stages, "collect_features", stopped)
     store = str(tmp_path / "store")
     with pytest.raises(KeyboardInterrupt):
