@@ -706,7 +706,9 @@ def _megabytes(size: int) -> str:
 def _verify(args: argparse.Namespace) -> int:
     """Exit 0 when every published version matches its manifest, 1 when one does not (each is
     named with its problems; with ``--remove-damaged`` also deleted, under its publishing claim
-    as ``prh gc`` does: one that a run is publishing again right now is left to it)."""
+    as ``prh gc`` does: one that a run is publishing again right now is left to it; on an object
+    store, after :meth:`Store.check_writable`, which refuses an endpoint that ignores conditional
+    writes)."""
     from storage.verify import remove_version, verify_store
 
     store = existing_store(store_argument(args))
@@ -718,6 +720,8 @@ def _verify(args: argparse.Namespace) -> int:
             _say(f"DAMAGED {check.key}: " + "; ".join(check.problems))
 
     checks = verify_store(store, quick=args.quick, on_check=report)
+    if args.remove_damaged and any(c.removable for c in damaged) and not store.is_local:
+        store.check_writable()  # removals take publishing claims: an endpoint that ignores conditional writes is refused
     for check in damaged if args.remove_damaged else []:
         if check.removable:
             if remove_version(store, check.key):

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -47,6 +48,8 @@ from storage.owner import current_owner, owner_is_dead
 from storage.parquet_schema import schema_fingerprint
 from storage.s3_options import describe_s3_error, from_s3_client, not_s3_reply
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
 CLAIM = ".publishing"
 #: A writer's sign of life while it publishes: ``<version>/.publishing-alive-<owner id>``, its own
@@ -61,6 +64,9 @@ CLAIM_HEARTBEAT_SECONDS = 20.0
 #: for minutes of clock skew between hosts.
 STALE_CLAIM_SECONDS = 300.0
 DEFAULT_STORE = "store"
+#: Set to 1/true/yes to write to an object store that ignores conditional writes (see
+#: :class:`ConditionalWritesIgnored`): the user promises that one writer at a time uses the store.
+SINGLE_WRITER_ENV = "PRH_SINGLE_WRITER"
 
 
 def redact_url(url: str) -> str:
@@ -326,6 +332,31 @@ class NotAnS3Endpoint(ValueError):
     """The endpoint of an S3 store answers, but not as an S3 server does (``AWS_ENDPOINT_URL`` naming
     a web server): a setting to fix, which retries cannot. The message names the endpoint and
     where it was set."""
+
+
+class ConditionalWritesIgnored(StoreNotWritable):
+    """The store's endpoint ignores conditional writes: a PUT with ``If-None-Match: *`` of a key
+    that exists overwrites it instead of answering 412 (MinIO releases older than mid-2024, and
+    other "S3-compatible" servers). A version's publishing claim and its manifest rely on that
+    condition, so two writers at once could both hold a claim and mix or replace a version's
+    files. Raised by :meth:`Store.check_writable` unless ``PRH_SINGLE_WRITER`` says that one
+    writer at a time uses the store; final (retries cannot help)."""
+
+
+def single_writer_accepted(env: dict[str, str] | None = None) -> bool:
+    """Whether ``PRH_SINGLE_WRITER`` is set to 1/true/yes (unset, empty, 0/false/no: False);
+    any other value is a ``ValueError`` naming the variable."""
+    raw = (os.environ if env is None else env).get(SINGLE_WRITER_ENV, "")
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("", "0", "false", "no"):
+        return False
+    raise ValueError(f"{SINGLE_WRITER_ENV}={raw!r} is not 1/true/yes or 0/false/no")
+
+
+#: Stores (display URLs) whose ignored conditional writes this process already warned about.
+_WARNED_SINGLE_WRITER: set[str] = set()
 
 
 def _cause(failure: BaseException, error: BaseException) -> BaseException | None:
@@ -681,13 +712,21 @@ class Store:
         Writes and removes a probe object of its own at the store's top (``.probe-<random>``: no
         shared folder that one prober could remove while another writes into it, as runs and
         ``prh gc`` starting together did); on a local disk also checks that at
-        least ``min_free_mb`` MiB are free (default ``PRH_MIN_FREE_MB`` or 256). Raises
-        :class:`StoreNotWritable` naming the store and the problem, or :class:`StoreIOError` when
-        an object store cannot be reached (after the client's retries).
+        least ``min_free_mb`` MiB are free (default ``PRH_MIN_FREE_MB`` or 256). On an object
+        store the probe is created with :meth:`create_exclusive`, then created so again (one more
+        request, answered 412): a second success is an endpoint that ignores conditional writes,
+        :class:`ConditionalWritesIgnored` (with ``PRH_SINGLE_WRITER=1``: a warning, once per
+        store and process). Raises :class:`StoreNotWritable` naming the store and the problem, or
+        :class:`StoreIOError` when an object store cannot be reached (after the client's retries).
         """
         key = f".probe-{uuid.uuid4().hex}"
+        ignored = False
         try:
-            self.write_bytes(key, b"probe")
+            if self.is_local:  # link() is atomic: nothing to probe
+                self.write_bytes(key, b"probe")
+            else:  # a fresh key created twice "only if absent": a second success, the condition was ignored
+                self.create_exclusive(key, b"probe")
+                ignored = self.create_exclusive(key, b"probe again")
             self.delete(key)
         except Exception as error:
             failure = self._failure("write a probe object", error)
@@ -700,6 +739,8 @@ class Store:
                 raise StoreNotWritable(f"store {self.display_url} is not writable: {str(file)!r} is a file, not a folder "
                                        "(a store is a folder: give a new or existing folder)") from error
             raise StoreNotWritable(f"store {self.display_url} is not writable: {_describe(cause)}") from error
+        if ignored:
+            self._conditional_writes_ignored()
         if self.is_local:
             if min_free_mb is None:
                 min_free_mb = env_number("PRH_MIN_FREE_MB", DEFAULT_MIN_FREE_MB, what="a number of MiB, 0 or more")
@@ -949,6 +990,29 @@ class Store:
             endpoint, where = redact_url(self._endpoint[0]), f"check {self._endpoint[1]}"
         return NotAnS3Endpoint(f"store {self.display_url}: the S3 endpoint {endpoint} is not an S3 server ({reply}): "
                                f"{where}")
+
+    def _conditional_writes_ignored(self) -> None:
+        """Refuse (:class:`ConditionalWritesIgnored`) a store whose exclusive creates overwrite, or
+        warn once when ``PRH_SINGLE_WRITER`` accepts the risk."""
+        how = "a PUT with If-None-Match: * overwrote an existing object instead of answering 412 Precondition Failed"
+        if self._endpoint is not None:
+            endpoint = f"the S3 endpoint {redact_url(self._endpoint[0])} (from {self._endpoint[1]})"
+        elif self.url.startswith("s3://"):
+            endpoint = "the AWS default endpoint"
+        else:  # another fsspec filesystem whose create "only if absent" overwrote
+            endpoint, how = f"its {_protocols(self.fs)[0]} filesystem", "creating an existing file only if absent overwrote it"
+        problem = (f"store {self.display_url}: {endpoint} ignores conditional writes ({how}), so two runs writing this "
+                   "store at once could both take a version's publishing claim and mix or replace its files")
+        if single_writer_accepted():
+            if self.display_url not in _WARNED_SINGLE_WRITER:
+                _WARNED_SINGLE_WRITER.add(self.display_url)
+                log.warning("%s; writing anyway (%s=1): run one prh run, gc or verify --remove-damaged at a "
+                            "time on it", problem, SINGLE_WRITER_ENV)
+            return
+        raise ConditionalWritesIgnored(
+            f"{problem}. Use a server that honours If-None-Match: * on PUT (AWS S3 and current MinIO releases do), "
+            f"or, if only one prh run, gc or verify --remove-damaged writes this store at a time, set "
+            f"{SINGLE_WRITER_ENV}=1 to write anyway")
 
     def check_endpoint(self) -> None:
         """Raise :class:`NotAnS3Endpoint` when this S3 store's endpoint answers a listing of its

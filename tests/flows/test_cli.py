@@ -771,6 +771,40 @@ def test_commands_that_read_a_store_name_an_endpoint_that_is_no_s3_server(tmp_pa
                 "(ListObjectsV2 answered HTTP 404 (Not Found) without an S3 error document): check AWS_ENDPOINT_URL")
 
 
+def test_commands_that_write_refuse_an_endpoint_that_ignores_conditional_writes(tmp_path, capsys, monkeypatch, s3_store_url):
+    """An S3-compatible server that ignores ``If-None-Match: *`` (every exclusive create overwrote):
+    `prh run`, `gc` and `verify --remove-damaged` went ahead, and two of them at once could mix or
+    replace a version's files. Each refuses now, exit 2, before any work, naming the store, the
+    endpoint and what to do; `prh verify` and `prh sql` only read, and make no probe.
+    ``PRH_SINGLE_WRITER=1`` lets a user who runs one writer at a time go ahead."""
+    from storage.verify import verify_store
+    from tests.storage.s3_fault_proxy import FaultProxy
+
+    direct = Store(s3_store_url)  # straight to the moto server
+    direct.publish("alignment/d1/a__b/v1", {"a.bin": b"scores"}, {"catalog": {}})
+    direct.fs.pipe(direct.path("alignment/d1/a__b/v1/a.bin"), b"damage")
+    monkeypatch.delenv("PRH_SINGLE_WRITER", raising=False)
+    _no_pipeline(monkeypatch)
+    with FaultProxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:
+        proxy.ignore_conditional_writes()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        said = (f"error: store {s3_store_url}: the S3 endpoint {proxy.url} (from AWS_ENDPOINT_URL) ignores conditional "
+                "writes (a PUT with If-None-Match: * overwrote an existing object instead of answering 412")
+        for command in (["run", "--config", str(_tiny_config(tmp_path))], ["gc"], ["verify", "--remove-damaged"]):
+            assert main([*command, "--store", s3_store_url]) == 2, command
+            err = capsys.readouterr().err
+            assert f"prh {command[0]}: {said}" in err and err.strip().endswith("set PRH_SINGLE_WRITER=1 to write anyway"), err
+        assert proxy.counts["conditions_ignored"] == 6  # one probe each (two exclusive creates)
+        assert direct.manifest("alignment/d1/a__b/v1") is not None and not direct.exists("runs")  # nothing removed or recorded
+        assert main(["verify", "--store", s3_store_url]) == 1 and "1 damaged" in capsys.readouterr().out
+        assert main(["sql", "select count(*) n from alignment", "--store", s3_store_url, "--format", "csv"]) == 0
+        assert proxy.counts["conditions_ignored"] == 6  # the readers wrote nothing
+        monkeypatch.setenv("PRH_SINGLE_WRITER", "1")
+        assert main(["verify", "--store", s3_store_url, "--remove-damaged"]) == 1
+        assert "removed alignment/d1/a__b/v1: the next run computes it again" in capsys.readouterr().out
+    assert [check.key for check in verify_store(direct)] == []
+
+
 def test_a_path_that_holds_no_store_is_refused(tmp_path, capsys):
     """A --store that is a plain file or a folder without any of the store's folders was read as
     an empty store (`prh sql` counted 0 runs, `prh verify` found all well): an error naming it."""

@@ -20,7 +20,10 @@ limited to some methods and to paths matching a regular expression. :meth:`Fault
 closes the listening socket and every open connection (clients get "connection refused") and
 listens again on the same port after a while: the endpoint restarting (:meth:`restart` does it at
 once, or ends a down window early). :meth:`deny_writes` turns the bucket read-only (403 on
-PUT/POST/DELETE). ``counts`` records what was forwarded and injected.
+PUT/POST/DELETE). :meth:`ignore_conditional_writes` makes the endpoint one of the S3-compatible
+servers that ignore ``If-None-Match: *`` on a PUT and overwrite (MinIO releases older than
+mid-2024, for one): the header is dropped before forwarding, so moto writes whether or not the
+key exists. ``counts`` records what was forwarded and injected.
 
 Standard library only; every socket is on 127.0.0.1.
 """
@@ -117,6 +120,7 @@ class FaultProxy:
         self._stopped = threading.Event()
         self._up = threading.Event()
         self._generation = 0
+        self._ignore_conditions = False
         self.counts: Counter[str] = Counter()
 
     # ------------------------------------------------------------- control
@@ -164,15 +168,23 @@ class FaultProxy:
         """A read-only bucket: every PUT, POST and DELETE answers 403 AccessDenied."""
         return self.error(403, "AccessDenied", methods=WRITE_METHODS)
 
+    def ignore_conditional_writes(self) -> None:
+        """From now on (until :meth:`clear`), drop ``If-None-Match`` from every PUT and POST before
+        forwarding it: a conditional create overwrites an existing key and answers 200, as on the
+        servers that ignore the header. Counted as ``conditions_ignored``."""
+        with self._lock:
+            self._ignore_conditions = True
+
     def reseed(self, seed: int) -> None:
         """Restart the generator behind probability rules from ``seed``."""
         with self._lock:
             self._rng = random.Random(seed)
 
     def clear(self) -> None:
-        """Remove every rule (the counts stay)."""
+        """Remove every rule, and honour conditional writes again (the counts stay)."""
         with self._lock:
             self._rules.clear()
+            self._ignore_conditions = False
 
     def go_down(self, seconds: float) -> threading.Thread:
         """Stop listening and drop every connection now; listen again on the same port after
@@ -210,7 +222,7 @@ class FaultProxy:
         return self._up.is_set()
 
     def injected(self) -> int:
-        """Faults injected so far: errors, delays, resets, down windows and restarts."""
+        """Faults injected so far: errors, delays, resets, down windows, restarts and conditions ignored."""
         with self._lock:
             return sum(v for k, v in self.counts.items() if k not in ("requests", "forwarded", "connections"))
 
@@ -319,6 +331,12 @@ class FaultProxy:
             if rule.action == "error":
                 conn.sendall(_error_response(rule.status, rule.code, request.method, self.counts["requests"]))
                 return True
+        if self._ignore_conditions and request.method in ("PUT", "POST"):
+            kept = [(name, value) for name, value in request.headers if name.lower() != "if-none-match"]
+            if len(kept) < len(request.headers):
+                with self._lock:
+                    self.counts["conditions_ignored"] += 1
+                request.headers = kept
         status, reason, headers, body = self._forward(request)
         if rule is not None:
             if rule.action == "delay":

@@ -42,7 +42,15 @@ from storage.s3_options import (
     s3fs_retries,
     with_s3_defaults,
 )
-from storage.store import CLAIM, MANIFEST, NotAnS3Endpoint, Store, StoreNotWritable, table_to_parquet_bytes
+from storage.store import (
+    CLAIM,
+    MANIFEST,
+    ConditionalWritesIgnored,
+    NotAnS3Endpoint,
+    Store,
+    StoreNotWritable,
+    table_to_parquet_bytes,
+)
 from tasks.retries import is_transient
 from tests.flows.test_pipeline import TINY_BERT, TINY_VIT
 from tests.storage.s3_fault_proxy import FaultProxy
@@ -176,6 +184,12 @@ def test_proxy_rules_count_and_seed(faults):
     faults.deny_writes()
     assert status("PUT", f"/{bucket}/k") == 403 and status("HEAD", f"/{bucket}") == 200
     faults.clear()
+    store = _store(f"s3://{bucket}/p", faults)
+    assert store.create_exclusive("k", b"1") and not store.create_exclusive("k", b"2")  # moto honours If-None-Match
+    faults.ignore_conditional_writes()
+    assert store.create_exclusive("k", b"3") and faults.counts["conditions_ignored"] == 1
+    faults.clear()  # honoured again
+    assert not store.create_exclusive("k", b"4") and store.read_bytes("k") == b"3"
     faults.go_down(0.5)
     with pytest.raises(ConnectionRefusedError):
         status("HEAD", f"/{bucket}")
@@ -371,6 +385,62 @@ def test_read_only_bucket_fails_fast_and_clearly(s3_store_url, faults):
         store.check_writable()
     assert store.manifest("features/d/m/new") is None
     _assert_published_exactly(store, "features/d/m/old", files)
+
+
+def test_an_endpoint_that_ignores_conditional_writes_is_refused_before_any_write(s3_store_url, faults, monkeypatch):
+    """Some S3-compatible servers ignore ``If-None-Match: *`` and overwrite: every "exclusive"
+    create succeeded (``create_exclusive`` True twice, the second bytes kept), so runs publishing
+    one version at once each held its claim and replaced one another's manifest, or stole the
+    claim back and forth without end. The store's first write (the probe of ``check_writable``,
+    which every run, gc and verify --remove-damaged makes) now finds it out and refuses, naming
+    the store, the endpoint and what to do; the probe is gone and nothing else was written. An
+    endpoint that honours the condition pays one request more (answered 412)."""
+    monkeypatch.delenv("PRH_SINGLE_WRITER", raising=False)
+    store = _store(s3_store_url, faults)
+    store.check_writable()
+    assert faults.counts["requests"] == 3  # PUT, PUT (412), DELETE
+    faults.ignore_conditional_writes()
+    assert store.create_exclusive("c/once", b"a") and store.create_exclusive("c/once", b"b")  # what publishing relied on
+    assert store.read_bytes("c/once") == b"b" and faults.counts["conditions_ignored"] == 2
+    store.delete("c/once")
+    with pytest.raises(ConditionalWritesIgnored) as raised:
+        store.check_writable()
+    message = str(raised.value)
+    assert message.startswith(f"store {store.display_url}: the S3 endpoint {faults.url} (from the storage option "
+                              "endpoint_url) ignores conditional writes (a PUT with If-None-Match: * overwrote an "
+                              "existing object instead of answering 412 Precondition Failed)"), message
+    assert "set PRH_SINGLE_WRITER=1 to write anyway" in message and "\n" not in message
+    assert isinstance(raised.value, StoreNotWritable) and not is_transient(raised.value)  # a setting: no retry
+    _assert_no_secret(raised.value)
+    assert faults.counts["conditions_ignored"] == 4
+    bucket = store.root.split("/", 1)[0]
+    assert store.fs.find(bucket, refresh=True) == []  # the probe removed, nothing else written
+    for value in ("", "0", "no"):
+        monkeypatch.setenv("PRH_SINGLE_WRITER", value)
+        with pytest.raises(ConditionalWritesIgnored):
+            store.check_writable()
+
+
+def test_single_writer_runs_on_an_endpoint_that_ignores_conditional_writes(s3_store_url, faults, monkeypatch, caplog):
+    """``PRH_SINGLE_WRITER=1``: the user runs one writer at a time on the store, which is then
+    safe; the probe warns once per store and process, and publishing works. Another value than
+    1/true/yes or 0/false/no is refused by name."""
+    store = _store(s3_store_url, faults)
+    faults.ignore_conditional_writes()
+    monkeypatch.setenv("PRH_SINGLE_WRITER", "maybe")
+    with pytest.raises(ValueError, match=r"^PRH_SINGLE_WRITER='maybe' is not 1/true/yes or 0/false/no$"):
+        store.check_writable()
+    monkeypatch.setenv("PRH_SINGLE_WRITER", "1")
+    with caplog.at_level("WARNING", logger="storage.store"):
+        store.check_writable()
+        _store(s3_store_url, faults).check_writable()  # the flow checks again after the CLI: one warning
+    warned = [r.getMessage() for r in caplog.records if r.name == "storage.store"]
+    assert len(warned) == 1 and warned[0].startswith(f"store {store.display_url}: the S3 endpoint {faults.url} ")
+    assert warned[0].endswith("writing anyway (PRH_SINGLE_WRITER=1): run one prh run, gc or verify --remove-damaged "
+                              "at a time on it")
+    files, _, _ = _feature_files("m", 9)
+    assert store.publish("features/d/m/v", files, _manifest("m")).written
+    _assert_published_exactly(store, "features/d/m/v", files)
 
 
 @contextmanager

@@ -254,6 +254,19 @@ def test_runs_starting_together_both_find_the_store_writable(tmp_path):
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == []  # no probe and no folder left
 
 
+def test_a_local_store_is_probed_as_before(tmp_path, monkeypatch):
+    """The probe for endpoints that ignore conditional writes is for object stores: a local disk's
+    exclusive create is a hard link, atomic. Its probe is one plain write and removal, and
+    ``PRH_SINGLE_WRITER`` is not read."""
+    created: list[str] = []
+    original = Store.create_exclusive
+    monkeypatch.setattr(Store, "create_exclusive", lambda self, key, data: created.append(key) or original(self, key, data))
+    monkeypatch.setenv("PRH_SINGLE_WRITER", "maybe")
+    for url in (str(tmp_path / "store"), f"file://{tmp_path}/other"):
+        Store(url).check_writable(min_free_mb=0)
+    assert created == [] and sorted(p.name for p in (tmp_path / "store").iterdir()) == []
+
+
 def test_a_manifest_temporary_file_of_a_killed_writer_is_removed_by_gc(tmp_path):
     """A local manifest is created by linking a temporary file to its name; a writer killed
     between the link and the unlink left `.manifest.json.tmp-*` in a published folder for good."""
