@@ -28,6 +28,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -341,6 +342,21 @@ class ConditionalWritesIgnored(StoreNotWritable):
     condition, so two writers at once could both hold a claim and mix or replace a version's
     files. Raised by :meth:`Store.check_writable` unless ``PRH_SINGLE_WRITER`` says that one
     writer at a time uses the store; final (retries cannot help)."""
+
+
+#: The first s3fs whose ``pipe_file(mode="create")`` is a conditional PUT (``If-None-Match: *``);
+#: older ones drop the mode and overwrite.
+S3FS_CONDITIONAL_PUT = (2024, 12)
+
+
+def _s3fs_without_conditional_put(fs: Any) -> str | None:
+    """The version of the s3fs behind ``fs`` when it predates :data:`S3FS_CONDITIONAL_PUT`, else
+    None (another filesystem, or a version that cannot be read)."""
+    if "s3" not in _protocols(fs):
+        return None
+    version = getattr(sys.modules.get(type(fs).__module__.split(".")[0]), "__version__", "")
+    found = re.match(r"(\d+)\.(\d+)", str(version))
+    return str(version) if found and (int(found[1]), int(found[2])) < S3FS_CONDITIONAL_PUT else None
 
 
 def single_writer_accepted(env: dict[str, str] | None = None) -> bool:
@@ -995,6 +1011,12 @@ class Store:
         """Refuse (:class:`ConditionalWritesIgnored`) a store whose exclusive creates overwrite, or
         warn once when ``PRH_SINGLE_WRITER`` accepts the risk."""
         how = "a PUT with If-None-Match: * overwrote an existing object instead of answering 412 Precondition Failed"
+        old_client = _s3fs_without_conditional_put(self.fs)
+        if old_client is not None:  # the client, not the server: it never sent the condition
+            raise ConditionalWritesIgnored(
+                f"store {self.display_url}: s3fs {old_client} sends no If-None-Match: * with an exclusive create (s3fs "
+                "2024.12.0 and later do), so every one overwrote and two runs writing this store at once could both take "
+                "a version's publishing claim: install s3fs>=2024.12.0 (pyproject.toml's range)")
         if self._endpoint is not None:
             endpoint = f"the S3 endpoint {redact_url(self._endpoint[0])} (from {self._endpoint[1]})"
         elif self.url.startswith("s3://"):

@@ -46,6 +46,10 @@ BROKEN = {
     "transformers": ["4.57.6", "5.5.0", "5.25.0"],  # no ViTImageProcessorPil; torchvision needed; Mamba2 layers shifted
     "duckdb": ["1.4.5", "1.5.0", "1.5.6"],  # the SQL guard's parser assumptions; no to_arrow_reader (1.4)
     "numpy": ["1.26.4"],  # pyarrow 26, the locked version, does not import beside it
+    # 3.0: no import with pydantic 2.14; 3.1-3.7.4: the API server answers 500 beside FastAPI 0.150
+    "prefect": ["3.0.11", "3.1.15", "3.4.25", "3.6.29", "3.7.4"],
+    "s3fs": ["2024.6.1", "2024.10.0"],  # pipe_file(mode="create") overwrites: exclusive create is not exclusive
+    "fsspec": ["2024.6.1", "2024.10.0"],  # what those s3fs pin
 }
 
 

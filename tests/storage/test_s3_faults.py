@@ -421,6 +421,25 @@ def test_an_endpoint_that_ignores_conditional_writes_is_refused_before_any_write
             store.check_writable()
 
 
+def test_an_s3fs_that_sends_no_condition_is_named_not_the_endpoint(s3_store_url, faults, monkeypatch):
+    """s3fs before 2024.12 drops ``mode="create"`` and overwrites, whatever the server: the probe
+    then said the endpoint ignores conditional writes and offered PRH_SINGLE_WRITER. It now names
+    the installed s3fs and the version to install (pyproject.toml's range), even with the opt-in
+    set: the client, not the server, is what to change."""
+    monkeypatch.setenv("PRH_SINGLE_WRITER", "1")
+    store = _store(s3_store_url, faults)
+    faults.ignore_conditional_writes()  # what such an s3fs does: no If-None-Match reaches the server
+    monkeypatch.setattr(s3fs, "__version__", "2024.10.0")
+    with pytest.raises(ConditionalWritesIgnored) as raised:
+        store.check_writable()
+    message = str(raised.value)
+    assert message.startswith(f"store {store.display_url}: s3fs 2024.10.0 sends no If-None-Match: * with an exclusive "
+                              "create"), message
+    assert "install s3fs>=2024.12.0" in message and "PRH_SINGLE_WRITER" not in message
+    monkeypatch.setattr(s3fs, "__version__", "2024.12.0")  # a current client: the endpoint is to blame
+    assert store.check_writable() is None  # accepted with the opt-in (a warning)
+
+
 def test_single_writer_runs_on_an_endpoint_that_ignores_conditional_writes(s3_store_url, faults, monkeypatch, caplog):
     """``PRH_SINGLE_WRITER=1``: the user runs one writer at a time on the store, which is then
     safe; the probe warns once per store and process, and publishing works. Another value than
