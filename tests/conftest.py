@@ -29,15 +29,24 @@ def s3_endpoint():
         yield env["AWS_ENDPOINT_URL"]
 
 
-@pytest.fixture
-def s3_store_url(s3_endpoint) -> str:
-    """A fresh bucket on the loopback S3 server; returns ``s3://bucket/prefix``."""
+@pytest.fixture(scope="session")
+def new_s3_store_url(s3_endpoint):
+    """A function that makes a fresh bucket on the loopback S3 server and returns
+    ``s3://bucket/store``: for stores shared by a module's tests (``s3_store_url`` is one a test)."""
     import s3fs
 
-    bucket = f"prh-{uuid.uuid4().hex[:12]}"
-    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
-    fs.mkdir(bucket)
-    return f"s3://{bucket}/store"
+    def make() -> str:
+        bucket = f"prh-{uuid.uuid4().hex[:12]}"
+        s3fs.S3FileSystem(endpoint_url=s3_endpoint).mkdir(bucket)
+        return f"s3://{bucket}/store"
+
+    return make
+
+
+@pytest.fixture
+def s3_store_url(new_s3_store_url) -> str:
+    """A fresh bucket on the loopback S3 server; returns ``s3://bucket/prefix``."""
+    return new_s3_store_url()
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -172,7 +172,7 @@ def test_pipeline_end_to_end(store_url, monkeypatch):
     import tasks.extract_task
 
     monkeypatch.setattr(tasks.extract_task, "_load_with_timeout", lambda spec: pytest.fail(f"{spec.name} loaded"))
-    fourth = prh_pipeline(config=_config([TINY_VIT, {**TINY_BERT, "name": "bert-renamed"}]), store=store_url)
+    fourth = prh_pipeline(config=_config([TINY_VIT, {**TINY_BERT, "name": "bert-renamed"}]), store=store_url, report=False)
     assert fourth["extracted"] == [] and fourth["reused"] == ["bert-renamed", "tiny-vit"] and fourth["aligned"] == 1
     assert checked == ["tiny-gpt"] and fourth["feature_versions"]["bert-renamed"] == first["feature_versions"]["tiny-bert"]
     runs = query(connect(store), "select status, count(*) n from runs group by status").to_pylist()
@@ -221,13 +221,14 @@ def test_the_alignment_stage_reads_and_prepares_a_model_with_two_pairs_once(tmp_
     prepared, prepare = [], tasks.align_task.prepare_layers
     monkeypatch.setattr(tasks.align_task, "prepare_layers", lambda layers, **kw: (prepared.append(len(layers)), prepare(layers, **kw))[1])
     store = str(tmp_path / "store")
-    summary = prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT], permutations=5), store=store)
+    # report=False: the report reads only published results (its own tests: test_report.py)
+    summary = prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT], permutations=5), store=store, report=False)
     assert read_whole == ["tiny-vit"] and summary["aligned"] == 2
     assert len(prepared) == 3  # tiny-vit once for its two pairs, each language model once
     assert not storage.pairing._CACHE._items and not storage.pairing._CACHE._left
     # the same results as the stage computing every pair on its own (the cache off)
     monkeypatch.setenv("PRH_FEATURE_CACHE_MB", "0")
-    prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT], permutations=5), store=str(tmp_path / "alone"))
+    prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT], permutations=5), store=str(tmp_path / "alone"), report=False)
     assert read_whole == ["tiny-vit"] and len(prepared) == 7
     sql = ("select model_a, model_b, metric, score, layer_a, layer_b, calibrated_score, p_value, ci_low, ci_high "
            "from alignment_best order by all")

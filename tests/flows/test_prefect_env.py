@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,10 @@ def test_an_api_url_no_server_answers_at_is_one_line_before_anything_runs(tmp_pa
     with socket.socket() as closed:  # a loopback port with nothing behind it
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    for url in ("junk", f"http://127.0.0.1:{port}/api"):
-        done, _ = _prh_run(tmp_path, PREFECT_API_URL=url)
+    urls = ("junk", f"http://127.0.0.1:{port}/api")
+    with ThreadPoolExecutor(max_workers=2) as pool:  # the two runs side by side (each refused after its imports)
+        runs = list(pool.map(lambda url: _prh_run(tmp_path, PREFECT_API_URL=url)[0], urls))
+    for url, done in zip(urls, runs):
         assert done.returncode == 2, done.stderr[-2000:]
         assert "Traceback" not in done.stderr
         (line,) = [line for line in done.stderr.splitlines() if line.startswith("prh run: error:")]

@@ -10,6 +10,7 @@ import pytest
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,12 +34,22 @@ def test_a_bad_task_runner_variable_fails_the_flow_not_its_import(tmp_path):
     assert not (tmp_path / "unused-store-never-opened").exists()
 
 
-def _refused(env: dict[str, str], tmp_path) -> list[str]:
-    """The refusals of both flows' first step with ``env`` added (in a child process)."""
-    full = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path), **env}
+def _refused(env: dict[str, str], tmp_path, home: str = "") -> list[str]:
+    """The refusals of both flows' first step with ``env`` added (in a child process, which
+    imports the flow modules with it; ``home``: its PREFECT_HOME below ``tmp_path``)."""
+    full = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / home), **env}
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=full, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     return [line for line in done.stdout.splitlines() if line.startswith("refused:")]
+
+
+def _refused_each(cases: dict[str, dict[str, str]], tmp_path) -> dict[str, list[str]]:
+    """``_refused`` of every case's environment (message -> its refusals), the child processes
+    run side by side (as many at once as there are cores: each spends its ~3 s importing), each
+    with a PREFECT_HOME of its own."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        running = {message: pool.submit(_refused, env, tmp_path, f"home-{i}") for i, (message, env) in enumerate(cases.items())}
+        return {message: future.result() for message, future in running.items()}
 
 
 def test_environment_typos_fail_the_flow_at_its_start_naming_the_variable(tmp_path):
@@ -60,8 +71,7 @@ def test_environment_typos_fail_the_flow_at_its_start_naming_the_variable(tmp_pa
         f"PRH_TASK_RUNNER=dask:tcp://127.0.0.1:{port}: no Dask scheduler answers at 127.0.0.1:{port}":
             {"PRH_TASK_RUNNER": f"dask:tcp://127.0.0.1:{port}"},
     }
-    for message, env in cases.items():
-        refused = _refused(env, tmp_path)
+    for message, refused in _refused_each(cases, tmp_path).items():
         assert len(refused) == 2 and all(message in line for line in refused), (message, refused)
     assert not (tmp_path / "unused-store-never-opened").exists()
 
@@ -116,6 +126,5 @@ def test_variables_read_late_in_extraction_fail_the_flow_at_its_start(tmp_path):
     cases = {"PRH_DECODE_WORKERS must be an integer >= 0, got 'junk'": {"PRH_DECODE_WORKERS": "junk"},
              "PRH_DECODE_WORKERS must be an integer >= 0, got '-1'": {"PRH_DECODE_WORKERS": "-1"},
              "PRH_HUB_TIMEOUT must be a number of seconds, got 'ten'": {"PRH_HUB_TIMEOUT": "ten"}}
-    for message, env in cases.items():
-        refused = _refused(env, tmp_path)
+    for message, refused in _refused_each(cases, tmp_path).items():
         assert len(refused) == 2 and all(message in line for line in refused), (message, refused)

@@ -14,6 +14,7 @@ import pytest
 
 from storage.catalog import ReadOnlyQueryError, connect, query
 from storage.export import export_catalog, open_catalog
+from storage.store import Store
 from tests.storage.catalog_store import build_catalog_store
 
 CHECKS = [
@@ -49,6 +50,30 @@ def _snapshot(root: Path) -> dict[str, str]:
 def built(store_url) -> str:
     build_catalog_store(store_url)
     return store_url
+
+
+@pytest.fixture(scope="module")
+def unchanged_local(tmp_path_factory) -> tuple[str, dict[str, bytes]]:
+    """(URL, every file's bytes by path) of a local catalog store built once for the module's
+    tests whose statements must all be refused: each checks the store still holds exactly these
+    bytes after its statement, so a write that got through fails the test that made it (and the
+    ones after it: none can pass on a changed store)."""
+    url = str(tmp_path_factory.mktemp("unchanged") / "store")
+    return url, _contents(build_catalog_store(url))
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def unchanged_store(request, new_s3_store_url) -> tuple[str, dict[str, bytes]]:
+    """``unchanged_local``, and the same store on the loopback S3 endpoint (built once each)."""
+    if request.param == "local":
+        return request.getfixturevalue("unchanged_local")
+    url = new_s3_store_url()
+    return url, _contents(build_catalog_store(url))
+
+
+def _contents(store) -> dict[str, bytes]:
+    """Every file of the store (a listing afresh, no cache), path -> bytes."""
+    return {f: store.fs.cat_file(f) for f in sorted(store.fs.find(store.root, refresh=True))}
 
 
 def test_export_reopens_with_the_same_answers(built, tmp_path):
@@ -155,16 +180,14 @@ def test_exported_file_cannot_change_the_store(tmp_path):
 
 
 @pytest.mark.parametrize("sql", REFUSED)
-def test_query_refuses_anything_that_could_write(tmp_path, monkeypatch, sql):
-    url = tmp_path / "store"
-    build_catalog_store(str(url))
-    before = _snapshot(url)
-    monkeypatch.chdir(tmp_path)
-    con = connect(str(url))
+def test_query_refuses_anything_that_could_write(unchanged_local, tmp_path, monkeypatch, sql):
+    url, before = unchanged_local
+    monkeypatch.chdir(tmp_path)  # relative paths of the statement: here
+    con = connect(url)
     with pytest.raises(ReadOnlyQueryError, match="read-only"):
         query(con, sql)
-    assert _snapshot(url) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+    assert _contents(Store(url)) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
     assert query(con, "select count(*) n from features").column("n")[0].as_py() == 8 * 16
 
 
@@ -199,22 +222,17 @@ HIDDEN_WRITES = [
 
 
 @pytest.mark.parametrize("sql", HIDDEN_WRITES)
-def test_query_refuses_writes_hidden_in_a_select(store_url, sql):
+def test_query_refuses_writes_hidden_in_a_select(unchanged_store, sql):
     """Found by a security review: ``WITH x AS (COPY ... TO '<store>/...') SELECT 1`` overwrote a
     published best file (and ``prh verify`` could be fooled by a forged manifest the same way)."""
-    from storage.store import Store
-
-    build_catalog_store(store_url)
+    store_url, before = unchanged_store
     store = Store(store_url)
-    files = sorted(store.fs.find(store.root))
-    before = {f: store.fs.cat_file(f) for f in files}
-    best = next(f for f in files if f.endswith("best.parquet"))
+    best = next(f for f in before if f.endswith("best.parquet"))
     con = connect(store_url)
     statement = sql.format(best=store.uri(best.removeprefix(store.root + "/")), root=store_url)
     with pytest.raises(ReadOnlyQueryError, match="the catalog is read-only: .* not allowed"):
         query(con, statement)
-    assert sorted(store.fs.find(store.root)) == files
-    assert all(store.fs.cat_file(f) == data for f, data in before.items())
+    assert _contents(store) == before
     assert query(con, "select count(*) n from runs").column("n")[0].as_py() == 2
     assert query(con, "select count(*) n from models where model = 'forged'").column("n")[0].as_py() == 0
 

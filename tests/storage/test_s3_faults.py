@@ -631,6 +631,13 @@ def test_pipeline_over_flaky_s3_matches_clean_run(faults, monkeypatch):
     clean_s = time.monotonic() - started
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", faults.url)  # every Store the flow and its tasks open
+    # botocore's waits before each retry, a tenth as long: the ~40 SlowDowns here had slept ~20 s
+    # (uniform(0, 1) s each). The retries are the same and the results are what is compared; the
+    # waits themselves are ridden out at full length in test_bursts_resets_and_slow_responses_are_ridden_out.
+    from botocore.retries.standard import ExponentialBackoff
+
+    delay = ExponentialBackoff.delay_amount
+    monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda self, context: delay(self, context) / 10)
     faults.reset("before", count=3)
     faults.reset("after", methods={"GET"}, count=2)
     faults.error(503, "SlowDown", p=0.15)
