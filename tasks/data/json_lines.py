@@ -25,11 +25,12 @@ lines are not rows), ``L`` the line it is on.
 from __future__ import annotations
 
 import json
+from array import array
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
-from tasks.data.json_tables import lone_surrogate, records_table
+from tasks.data.json_tables import ROW_BATCH, RowTable, lone_surrogate
 from tasks.data.sources import ColumnMap, RawRecord, records_with_captions
 
 __all__ = ["json_lines_keys", "read_json_lines"]
@@ -37,22 +38,38 @@ __all__ = ["json_lines_keys", "read_json_lines"]
 
 def read_json_lines(path: Path, columns: ColumnMap, limit: int | None = None) -> list[RawRecord]:
     """The records of the JSON Lines table at ``path`` (its first ``limit`` rows, or all), read
-    with Python's ``json`` (module docstring: what rejects a row, what the file).
+    with Python's ``json`` (module docstring: what rejects a row, what the file). The lines are
+    parsed one at a time and kept as Arrow a batch at a time (:class:`RowTable`), the read keys
+    only: what is held is about what pyarrow's reader holds, not every line's parsed objects.
 
     Raises:
         ValueError: naming ``path`` and the line: not JSON, not an object; a read key mixing JSON
             types; no row with the image or caption key.
     """
-    rows, lines, not_utf8 = _parsed_lines(path, limit)
+    lines = array("q")  # each row's line number
     problems: dict[int, tuple[str, str]] = {}
-    for row, (value, line) in enumerate(zip(rows, lines)):
+    table = RowTable(str(path), columns, label=lambda index: f"line {lines[index]}")
+    batch: list[Any] = []
+    for value, number, utf8 in _head(path, limit):
+        row = len(lines)
+        lines.append(number)
         if isinstance(value, dict):
-            problem = _surrogate_problem(value, columns, f"row {row} (line {line})", row in not_utf8)
+            problem = _surrogate_problem(value, columns, f"row {row} (line {number})", not utf8)
             if problem is not None:
                 problems[row] = problem
-    table = records_table(rows, str(path), columns, None, label=lambda index: f"line {lines[index]}")
-    records = records_with_captions(table, str(path), columns.captions, columns=columns)
-    return [_with_line(record, lines, problems) for record in records]
+        batch.append(value)
+        if len(batch) == ROW_BATCH:
+            table.add(batch)
+            batch = []
+    table.add(batch)
+    refused = [row for row, (reason, _) in problems.items() if reason == "sample_id_unsafe"]  # ids taken out
+    records = records_with_captions(table.finish(), str(path), columns.captions, columns=columns, ids_refused=refused,
+                                    label=lambda row: f"row {row} (line {lines[row]})")
+    if problems:
+        for index, record in enumerate(records):
+            if record.row in problems:
+                records[index] = _with_problem(record, problems[record.row])
+    return records
 
 
 def json_lines_keys(path: Path) -> list[str]:
@@ -68,27 +85,21 @@ def json_lines_keys(path: Path) -> list[str]:
     return list(keys)
 
 
-def _parsed_lines(path: Path, limit: int | None) -> tuple[list[Any], list[int], set[int]]:
-    """The parsed value of each non-blank line (the first ``limit``), its line number, and the
-    indices (into the values) of those from lines that are not UTF-8 (see :func:`_lines`)."""
-    rows: list[Any] = []
-    lines: list[int] = []
-    not_utf8: set[int] = set()
+def _head(path: Path, limit: int | None) -> Iterator[tuple[Any, int, bool]]:
+    """:func:`_lines` of ``path``, the first ``limit`` of them (all when None): the line after the
+    last is never read (it may not parse)."""
     if limit is not None and limit <= 0:
-        return rows, lines, not_utf8
-    for value, number, utf8 in _lines(path):
-        if not utf8:
-            not_utf8.add(len(rows))
-        rows.append(value)
-        lines.append(number)
-        if limit is not None and len(rows) >= limit:  # before the next line is read: it may not parse
-            break
-    return rows, lines, not_utf8
+        return
+    for count, item in enumerate(_lines(path), start=1):
+        yield item
+        if limit is not None and count >= limit:
+            return
 
 
 def _lines(path: Path) -> Iterator[tuple[Any, int, bool]]:
     """``(parsed value, line number, whether the line is UTF-8)`` of each non-blank line of
-    ``path``, read one at a time. A line that is not UTF-8 is decoded with ``surrogateescape``:
+    ``path``, read one at a time. Lines end at LF, CRLF or a lone CR (:func:`_split_lines`), as
+    pyarrow's reader takes them. A line that is not UTF-8 is decoded with ``surrogateescape``:
     each byte that is not UTF-8 is a character U+DC80-U+DCFF in the string that holds it (its row
     is judged by :func:`_surrogate_problem`); outside a string it is not JSON.
 
@@ -98,7 +109,7 @@ def _lines(path: Path) -> Iterator[tuple[Any, int, bool]]:
     where = str(path)
     try:
         with path.open("rb") as handle:
-            for number, raw in enumerate(handle, start=1):
+            for number, raw in enumerate(_split_lines(handle), start=1):
                 utf8 = True
                 try:
                     text = raw.decode("utf-8")
@@ -116,6 +127,22 @@ def _lines(path: Path) -> Iterator[tuple[Any, int, bool]]:
                 yield value, number, utf8
     except OSError as exc:
         raise ValueError(f"dataset table {where!r} cannot be read: {exc}") from exc
+
+
+def _split_lines(handle: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of a binary file (iterated up to each LF), also cut at a lone CR (classic Mac OS
+    line ends, or a file mixing them with LF: pyarrow's reader took such a file, this reader had
+    refused it, "line 1: Extra data"); a CR inside a JSON string is no JSON, so no row is cut. A
+    line keeps its LF or CRLF (JSON whitespace)."""
+    for raw in handle:
+        ending = b"\r\n" if raw.endswith(b"\r\n") else b"\n" if raw.endswith(b"\n") else b""
+        body = raw[:len(raw) - len(ending)]
+        if b"\r" not in body:
+            yield raw
+            continue
+        *lines, last = body.split(b"\r")
+        yield from lines
+        yield last + ending
 
 
 def _surrogate_problem(value: dict[str, Any], columns: ColumnMap, origin: str, not_utf8: bool = False
@@ -184,11 +211,7 @@ def _surrogate_at(text: str) -> str:
     return f"holds a lone UTF-16 surrogate (U+{ord(text[at]):04X} at character {at}: half of a character cut off?)"
 
 
-def _with_line(record: RawRecord, lines: list[int], problems: dict[int, tuple[str, str]]) -> RawRecord:
-    """``record`` with its line in its origin (``row 3`` → ``row 3 (line 5)``) and its row's problem."""
-    assert record.row is not None
-    origin = record.origin.replace(f"row {record.row}", f"row {record.row} (line {lines[record.row]})", 1)
-    problem = problems.get(record.row)
-    if problem is None:
-        return replace(record, origin=origin)
-    return replace(record, origin=origin, problem=problem, sample_id=None if problem[0] == "sample_id_unsafe" else record.sample_id)
+def _with_problem(record: RawRecord, problem: tuple[str, str]) -> RawRecord:
+    """``record`` carrying its row's ``problem`` (``(reason, detail)``: :func:`_surrogate_problem`),
+    without the id that problem refuses."""
+    return replace(record, problem=problem, sample_id=None if problem[0] == "sample_id_unsafe" else record.sample_id)

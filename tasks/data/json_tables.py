@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from tasks.data.sources import ColumnMap, refuse_split
 
-__all__ = ["coco_captions_table", "karpathy_split_table", "lone_surrogate", "read_json_table", "records_table"]
+__all__ = ["coco_captions_table", "karpathy_split_table", "lone_surrogate", "read_json_table", "records_table", "RowTable"]
 
 _COCO_KEYS = ("images", "annotations")
 _JSON_KINDS = {str: "string", bytes: "string", list: "array", dict: "object", int: "number", float: "number", bool: "boolean"}  # bytes: a caption with a lone surrogate
@@ -99,21 +99,6 @@ def _is_karpathy(document: Any) -> bool:
 def _element(index: int) -> str:
     """How a message names the row object at ``index`` of an array of rows."""
     return f"element {index}"
-
-
-def _mixed_column(rows: list[dict[str, Any]], names: list[str], label: Callable[[int], str] = _element) -> str:
-    """Which key of the row objects Arrow could not read as one type, and where its kind changes
-    (``label``: how a message names the row at an index)."""
-    for name in names:
-        kinds: dict[str, int] = {}
-        for index, row in enumerate(rows):
-            value = row.get(name)
-            if value is not None:
-                kinds.setdefault(_JSON_KINDS.get(type(value), type(value).__name__), index)
-        if len(kinds) > 1:
-            (first, at_first), (second, at) = sorted(kinds.items(), key=lambda item: item[1])[:2]
-            return f"key {name!r} mixes JSON {first} ({label(at_first)}) and {second} ({label(at)}) values"
-    return "a key mixes value types"
 
 
 def coco_captions_table(document: dict[str, Any], where: str, limit: int | None = None) -> pa.Table:
@@ -261,12 +246,18 @@ def _coco_id(entry: Any, key: str, what: str, where: str) -> str:
     return str(value)
 
 
+#: Row objects turned into Arrow at a time by :class:`RowTable`: the Python objects of one batch
+#: are alive at once, not those of a whole file (a JSON Lines table read line by line had taken
+#: ~10 times its size).
+ROW_BATCH = 8192
+
+
 def records_table(rows: list[Any], where: str, columns: ColumnMap, limit: int | None,
                   label: Callable[[int], str] = _element) -> pa.Table:
-    """Row objects (an array's elements, a JSON Lines file's lines) as a table of the wanted
-    columns (the first ``limit`` rows); other keys are not read. ``label`` names the row at an
-    index in messages (``element 3``; ``line 4`` for JSON Lines). A caption holding a lone UTF-16
-    surrogate makes the caption column binary (its UTF-8 bytes), so that only its row is rejected.
+    """Row objects (an array's elements) as a table of the wanted columns (the first ``limit``
+    rows); other keys are not read. ``label`` names the row at an index in messages (``element
+    3``; ``line 4`` for JSON Lines). A caption holding a lone UTF-16 surrogate makes the caption
+    column binary (its UTF-8 bytes), so that only its row is rejected.
 
     Raises:
         ValueError: naming ``where``: a row that is not an object, no row with the image or
@@ -274,35 +265,105 @@ def records_table(rows: list[Any], where: str, columns: ColumnMap, limit: int | 
             holding a lone surrogate.
     """
     rows = rows[:limit]
-    wanted = columns.wanted()
-    present: list[str] = []
-    kept: list[dict[str, Any]] = []
-    for index, row in enumerate(rows):
-        if not isinstance(row, dict):
-            whole = f"{label(index)} of the array" if label is _element else label(index)
-            raise ValueError(f"dataset file {where!r}: {whole} is a JSON {type(row).__name__}, not an object (one object "
-                             "per row)")
-        kept.append({name: row[name] for name in wanted if name in row})
-        present.extend(name for name in kept[-1] if name not in present)
-    missing = [name for name in (columns.image, columns.text) if name not in present]
-    if missing:
-        hint = "" if (columns.image, columns.text) != ("image", "text") else " (name others with image_column / text_column; --image-column / --text-column on the command line)"
-        raise ValueError(f"dataset file {where!r}: no row has the required key(s) {missing}; keys read: "
-                         f"{sorted({k for row in rows[:100] if isinstance(row, dict) for k in row})[:20]}{hint}")
-    names = [name for name in wanted if name in present]
-    if any(lone_surrogate(row.get(columns.text)) for row in kept):  # captions as their (invalid) UTF-8 bytes
-        kept = [{**row, columns.text: _utf8_bytes(row[columns.text])} if columns.text in row else row for row in kept]
-    try:
-        table = pa.Table.from_pylist([{name: row.get(name) for name in names} for row in kept])
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"dataset file {where!r}: a value holds a lone UTF-16 surrogate ({exc.object[exc.start:exc.end]!r}: "
-                         "half of a character cut off?), which is not text") from exc
-    except OverflowError as exc:  # a JSON integer beyond 64 bits (Python reads any size)
-        raise ValueError(f"dataset file {where!r}: {_big_integer(kept, names, label)}: write an id that large as a "
-                         "string") from exc
-    except (pa.ArrowException, TypeError) as exc:
-        raise ValueError(f"dataset file {where!r}: {_mixed_column(kept, names, label)} ({exc})") from exc
-    return columns.canonical(table)
+    table = RowTable(where, columns, label)
+    for start in range(0, len(rows), ROW_BATCH):
+        table.add(rows[start:start + ROW_BATCH])
+    return table.finish()
+
+
+class RowTable:
+    """The table of :func:`records_table`, built from row objects given a batch at a time
+    (:meth:`add`, in order; :meth:`finish`): each batch is kept as Arrow (the wanted keys only), so
+    a file read row by row never holds its rows as Python objects all at once. The result, and
+    every message, are those of the rows given in one list."""
+
+    def __init__(self, where: str, columns: ColumnMap, label: Callable[[int], str] = _element) -> None:
+        self.where, self.columns, self.label = where, columns, label
+        self.wanted = columns.wanted()
+        self.rows = 0  # rows added so far
+        self.present: set[str] = set()  # wanted keys some row has
+        self.kinds: dict[str, dict[str, int]] = {}  # key -> JSON kind -> first row holding one
+        self.first_keys: set[str] = set()  # every key of the first 100 rows, for a message
+        self.binary_text = False  # a caption held a lone surrogate: captions are their UTF-8 bytes
+        self.batches: list[pa.Table] = []
+
+    def add(self, rows: list[Any]) -> None:
+        """Take the next ``rows`` (row objects); ``ValueError`` for one that is not an object, or a
+        batch that Arrow cannot hold (module's messages)."""
+        start, text = self.rows, self.columns.text
+        kept: list[dict[str, Any]] = []
+        for index, row in enumerate(rows, start):
+            if not isinstance(row, dict):
+                whole = f"{self.label(index)} of the array" if self.label is _element else self.label(index)
+                raise ValueError(f"dataset file {self.where!r}: {whole} is a JSON {type(row).__name__}, not an object "
+                                 "(one object per row)")
+            if index < 100:
+                self.first_keys.update(row)
+            kept.append({name: row[name] for name in self.wanted if name in row})
+            for name, value in kept[-1].items():
+                self.present.add(name)
+                if value is not None:
+                    self.kinds.setdefault(name, {}).setdefault(_JSON_KINDS.get(type(value), type(value).__name__), index)
+        self.rows += len(rows)
+        if not kept:
+            return
+        if any(lone_surrogate(row.get(text)) for row in kept):  # captions as their (invalid) UTF-8 bytes
+            self.binary_text = True
+            kept = [{**row, text: _utf8_bytes(row[text])} if text in row else row for row in kept]
+        names = self.wanted  # every one, so that a batch whose rows have none still has its rows
+
+        def label(index: int) -> str:  # the batch's row at ``index``, as the file's
+            return self.label(start + index)
+
+        try:
+            self.batches.append(pa.Table.from_pylist([{name: row.get(name) for name in names} for row in kept]))
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"dataset file {self.where!r}: a value holds a lone UTF-16 surrogate "
+                             f"({exc.object[exc.start:exc.end]!r}: half of a character cut off?), which is not text") from exc
+        except OverflowError as exc:  # a JSON integer beyond 64 bits (Python reads any size)
+            raise ValueError(f"dataset file {self.where!r}: {_big_integer(kept, names, label)}: write an id that large "
+                             "as a string") from exc
+        except (pa.ArrowException, TypeError) as exc:
+            raise ValueError(f"dataset file {self.where!r}: {self._mixed_key()} ({exc})") from exc
+
+    def finish(self) -> pa.Table:
+        """The rows added, as one table (canonical column names); ``ValueError`` when no row has
+        the image or caption key, or a key's values in different batches mix JSON types."""
+        missing = [name for name in (self.columns.image, self.columns.text) if name not in self.present]
+        if missing:
+            hint = "" if (self.columns.image, self.columns.text) != ("image", "text") else " (name others with image_column / text_column; --image-column / --text-column on the command line)"
+            raise ValueError(f"dataset file {self.where!r}: no row has the required key(s) {missing}; keys read: "
+                             f"{sorted(self.first_keys)[:20]}{hint}")
+        batches = [self._text_as_bytes(batch) for batch in self.batches] if self.binary_text else self.batches
+        try:  # a key missing from a batch, or null in all its rows, takes the type of the others
+            table = pa.concat_tables(batches, promote_options="permissive")
+        except (pa.ArrowException, TypeError) as exc:
+            raise ValueError(f"dataset file {self.where!r}: {self._mixed_key()} ({exc})") from exc
+        return self.columns.canonical(table.select([name for name in self.wanted if name in self.present]))
+
+    def _text_as_bytes(self, batch: pa.Table) -> pa.Table:
+        """``batch`` with its text captions (or lists of them) as their UTF-8 bytes, as a batch
+        holding a caption with a lone surrogate has them."""
+        name = self.columns.text
+        if name not in batch.column_names:
+            return batch
+        kind = batch.schema.field(name).type
+        if pa.types.is_string(kind):
+            kind = pa.binary()
+        elif pa.types.is_list(kind) and pa.types.is_string(kind.value_type):
+            kind = pa.list_(kind.value_field.with_type(pa.binary()))
+        else:
+            return batch
+        return batch.set_column(batch.column_names.index(name), name, batch.column(name).cast(kind))
+
+    def _mixed_key(self) -> str:
+        """Which wanted key's values mix JSON types, and where each kind is first met."""
+        for name in [name for name in self.wanted if name in self.present]:
+            kinds = self.kinds.get(name, {})
+            if len(kinds) > 1:
+                (first, at_first), (second, at) = sorted(kinds.items(), key=lambda item: item[1])[:2]
+                return f"key {name!r} mixes JSON {first} ({self.label(at_first)}) and {second} ({self.label(at)}) values"
+        return "a key mixes value types"
 
 
 #: The integers an Arrow column of Python ints takes: ``pa.Table.from_pylist`` infers ``int64``, so

@@ -66,7 +66,7 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal, NamedTuple
@@ -389,18 +389,24 @@ def head_of(batches: Iterable[pa.RecordBatch], schema: pa.Schema, limit: int | N
 MAX_JSON_DEPTH = 512
 
 
-def check_json_nesting(path: Path, limit: int = MAX_JSON_DEPTH, chunk_bytes: int = 1 << 22) -> None:
+#: Each byte's change of nesting depth: +1 for ``[`` ``{``, -1 for ``]`` ``}``.
+_BRACKET_STEP = np.zeros(256, dtype=np.int8)
+_BRACKET_STEP[[ord("["), ord("{")]] = 1
+_BRACKET_STEP[[ord("]"), ord("}")]] = -1
+
+
+def check_json_nesting(path: Path, limit: int = MAX_JSON_DEPTH, chunk_bytes: int = 1 << 20) -> None:
     """Raise ``ValueError`` naming ``path`` and the line when a line nests ``[``/``{`` deeper than
     ``limit``. Counts brackets per line, a chunk of the file at a time (brackets inside strings
-    count too: a caption would need hundreds of unclosed ones to trip it)."""
+    count too: a caption would need hundreds of unclosed ones to trip it); the arrays of a 1 MiB
+    chunk peak at ~50 MB (4 MiB chunks of 64-bit counts had taken ~220 MB for any file that size)."""
     carry, lines = 0, 0  # the current line's depth at the end of the previous chunk; lines before this chunk
     with path.open("rb") as handle:
         while chunk := handle.read(chunk_bytes):
             b = np.frombuffer(chunk, dtype=np.uint8)
-            step = ((b == 91) | (b == 123)).astype(np.int32) - ((b == 93) | (b == 125))  # [ { minus ] }
-            depth = np.cumsum(step, dtype=np.int64)
+            depth = np.cumsum(_BRACKET_STEP[b], dtype=np.int32)  # a chunk holds fewer than 2**31 brackets
             newline = b == 10
-            line = np.cumsum(newline)  # a line's index in the chunk (a newline starts the next)
+            line = np.cumsum(newline, dtype=np.int32)  # a line's index in the chunk (a newline starts the next)
             rel = depth - np.concatenate(([-carry], depth[newline]))[line]
             if int(rel.max()) > limit:
                 at = int(np.argmax(rel > limit))
@@ -458,29 +464,42 @@ def _holds_time(kind: pa.DataType) -> bool:
     return False
 
 
+def _row_label(row: int) -> str:
+    """How a record's origin names its 0-based table row: ``row 3``."""
+    return f"row {row}"
+
+
 def records_with_captions(table: pa.Table, where: str, captions: Captions = "first", *,
-                          columns: ColumnMap | None = None) -> list[RawRecord]:
+                          columns: ColumnMap | None = None, ids_refused: Collection[int] = (),
+                          label: Callable[[int], str] = _row_label) -> list[RawRecord]:
     """``records_from_table`` of a table whose ``text`` column may hold a list of captions per
     row: one caption per record (``captions``: the first, or all; see the module docstring), a
     record of an expanded row naming its table row and caption. ``columns``: the source's column
-    names, for messages (default: the canonical ``image`` and ``text``).
+    names, for messages (default: the canonical ``image`` and ``text``); ``label``: how a record's
+    origin names its table row (``row 3``; a JSON Lines table read line by line adds the line).
 
     A column that holds no value at all (Arrow's null type: every row null, as pandas writes a
     column of ``None``) is judged as its values: an ``image_id`` column is then not given (null
-    means "not given"); an ``image``, ``text`` or ``sample_id`` column is refused, naming it.
+    means "not given"); an ``image``, ``text`` or ``sample_id`` column is refused, naming it. So is
+    a ``sample_id`` column whose every value is null or empty (``""``, as a spreadsheet's unfilled
+    column is written), the rows in ``ids_refused`` (0-based table rows whose id the reader
+    already refused and took out) not counted; a few empty ids among given ones are rejected row
+    by row (``sample_id_empty``).
 
     Raises:
         ValueError: naming ``where`` and the column, for a column of a type this layout does not
             accept (checked before the captions are expanded, which would cast an id column), or
-            a used column that is null in every row.
+            a used column that is null in every row, or a ``sample_id`` column empty in every row.
     """
     table = _null_columns_judged(plain_encodings(table), where, columns or ColumnMap())
     _check_column_types(table, where)
+    _refuse_ids_empty_in_every_row(table, where, ids_refused)
     table, origins = one_caption_per_row(table, captions)
+    if origins is None:
+        return records_from_table(table, where, label)
     records = records_from_table(table, where)
-    if origins is not None:  # name the table's row and caption, not the expanded position
-        records = [replace(r, row=row, origin=f"row {row}, caption {j}") for r, (row, j) in zip(records, origins)]
-    return records
+    # name the table's row and caption, not the expanded position
+    return [replace(r, row=row, origin=f"{label(row)}, caption {j}") for r, (row, j) in zip(records, origins)]
 
 
 def plain_encodings(table: pa.Table) -> pa.Table:
@@ -543,6 +562,25 @@ def _null_columns_judged(table: pa.Table, where: str, columns: ColumnMap) -> pa.
     return table
 
 
+def _refuse_ids_empty_in_every_row(table: pa.Table, where: str, ids_refused: Collection[int] = ()) -> None:
+    """``ValueError`` naming ``where`` and the ``sample_id`` column when it gives no id in any row
+    (each null or ``""``; the rows in ``ids_refused`` not counted): the column of nulls that
+    :func:`_null_columns_judged` refuses, written as empty strings or typed as text, rather than
+    one ``sample_id_empty`` per row and then "0 valid row(s)". None when a row gives an id."""
+    if "sample_id" not in table.column_names or table.num_rows == 0:
+        return
+    ids = table.column("sample_id")
+    given = pc.fill_null(pc.greater(pc.binary_length(ids), 0), False) if _is_text_or_binary(ids.type) else pc.is_valid(ids)
+    counted = np.ones(table.num_rows, dtype=bool)
+    counted[[row for row in ids_refused if 0 <= row < table.num_rows]] = False
+    if not counted.any() or (given.to_numpy(zero_copy_only=False) & counted).any():
+        return
+    nulls = int((ids.is_null().to_numpy(zero_copy_only=False) & counted).sum())
+    kind = "null" if nulls == counted.sum() else "empty" if nulls == 0 else "null or empty"
+    raise ValueError(f"dataset table {where!r}: id column 'sample_id' holds no value: it is {kind} in all "
+                     f"{int(counted.sum())} row(s) (leave the column out to have ids derived from each image and caption)")
+
+
 def _check_column_types(table: pa.Table, where: str) -> None:
     """Refuse (``ValueError`` naming ``where``) a ``text`` column that is neither text nor a list
     of texts, and a ``sample_id`` / ``image_id`` column that is not text, binary or integers, the
@@ -586,6 +624,8 @@ def one_caption_per_row(table: pa.Table, captions: Captions) -> tuple[pa.Table, 
         # as with captions "first"); others are joined as text
         kind = pa.large_binary() if pa.types.is_binary(ids.type) or pa.types.is_large_binary(ids.type) else pa.string()
         ids = pc.cast(ids, kind)
+        # an empty id stays one ("" would join as the id "-0", taken for given): sample_id_empty
+        ids = pc.if_else(pc.equal(pc.binary_length(ids), 0), pa.scalar(None, kind), ids)
         if "image_id" not in expanded.column_names:
             expanded = expanded.append_column("image_id", ids)
         suffixes = pa.array([str(j).encode() for _, j in origins], kind)
@@ -594,9 +634,10 @@ def one_caption_per_row(table: pa.Table, captions: Captions) -> tuple[pa.Table, 
     return expanded, origins
 
 
-def records_from_table(table: pa.Table, where: str) -> list[RawRecord]:
+def records_from_table(table: pa.Table, where: str, label: Callable[[int], str] = _row_label) -> list[RawRecord]:
     """One record per row of an Arrow table with the Parquet layout's columns (``image``, ``text``,
-    optional ``sample_id``, ``image_id``; types as above). ``where`` names the table in messages.
+    optional ``sample_id``, ``image_id``; types as above). ``where`` names the table in messages;
+    ``label`` names a row in its record's origin (``row 3``).
 
     Dictionary-encoded and view-typed columns are read as their values (:func:`plain_encodings`).
 
@@ -617,7 +658,7 @@ def records_from_table(table: pa.Table, where: str) -> list[RawRecord]:
         else [None] * table.num_rows
     )
     return [
-        RawRecord(row=i, origin=f"row {i}", sample_id=sid, image=img, text=txt, image_id=iid)
+        RawRecord(row=i, origin=label(i), sample_id=sid, image=img, text=txt, image_id=iid)
         for i, (sid, img, txt, iid) in enumerate(zip(sample_ids, images, texts, image_ids))
     ]
 

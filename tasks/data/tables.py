@@ -10,7 +10,8 @@ caption and a bad image is reported once, for the caption; the image is then not
 
 ==========================  ==================================================================
 ``row_malformed``           a CSV line whose field count differs from the header's
-``sample_id_empty``         a ``sample_id`` column value that is null or empty
+``sample_id_empty``         a ``sample_id`` column value that is null or empty (a column with
+                            no id in any row refuses the table, naming it)
 ``sample_id_unsafe``        characters outside ``[A-Za-z0-9._-]`` or longer than 128
 ``image_id_unsafe``         a given ``image_id`` with such characters (null/empty = not given)
 ``text_missing``            (folder) an image without its ``.txt`` caption file (or with one
@@ -49,7 +50,9 @@ Without a given ``image_id``, rows with byte-identical images share an ``image_i
 smallest ``sample_id`` among them; an image used once gets ``image_id == sample_id``.
 
 Captions are stripped of surrounding whitespace and otherwise kept as written (no truncation:
-models truncate to their own ``max_length`` tokens; see ``tasks.data.schema.MAX_CAPTION_CHARS``).
+models truncate to their own ``max_length`` tokens; see ``tasks.data.schema.MAX_CAPTION_CHARS``;
+no Unicode normalisation: a caption in NFC and in NFD, or with CRLF and LF line breaks inside,
+are different captions, with different derived ids).
 
 Images are stored as the original file bytes, whatever their mode: greyscale, palette,
 transparent, CMYK, 16-bit and float images are accepted, and turned into 8-bit RGB only where

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.data.sources import check_json_nesting, head_of
+from tasks.data.sources import ColumnMap, check_json_nesting, head_of
 from tasks.data.tables import load_paired_dataset
 from tests.tasks.data.sample_images import png_bytes
 
@@ -47,6 +49,19 @@ def test_json_nesting_limit_is_the_deepest_allowed(tmp_path):
         check_json_nesting(path, limit=8, chunk_bytes=5)
 
 
+def test_the_json_nesting_check_holds_little_memory(tmp_path):
+    """The nesting check runs before every JSON Lines table is read: it counted brackets in 4 MiB
+    chunks of 64-bit arrays, a peak of ~200 MB for any table of 4 MB or more (more than reading a
+    12 MB table took). 1 MiB chunks of narrower counts: at most ~50 MB."""
+    from tests.tasks.metrics.peak_memory import peak_growth
+
+    table = tmp_path / "t.jsonl"
+    table.write_text('{"image": "a.png", "text": "a caption [with brackets]", "tags": [[1], {"a": 2}]}\n' * 100_000)
+    setup = "from pathlib import Path\nfrom tasks.data.sources import check_json_nesting"
+    [growth] = peak_growth(setup, f"check_json_nesting(Path({str(table)!r}))", torch=False)
+    assert table.stat().st_size > 6 << 20 and growth < 100 << 20, (growth, table.stat().st_size)
+
+
 def test_a_csv_row_names_its_physical_line(tmp_path):
     """Row 0 of a CSV is on line 2 (after the header); a row after a quoted caption spanning two
     lines is on the line it starts."""
@@ -76,6 +91,60 @@ def test_a_csv_sample_id_column_empty_in_every_row_is_refused_as_a_column(tmp_pa
     path.write_text("sample_id,image,text\n,a.png,red\nb,b.png,blue\n,c.png,blue too\n", encoding="utf-8")
     result = load_paired_dataset(path, min_valid_rows=1)
     assert [(r["row"], r["reason"]) for r in result.rejected.to_pylist()] == [(0, "sample_id_empty"), (2, "sample_id_empty")]
+
+
+def _id_table(path, ids, captions=None):
+    """Rows ``{sample_id, image, text}`` over red/blue/green.png written at ``path`` by its suffix
+    (``.parquet``, ``.jsonl``, ``.json``); ``captions``: the text values (default the colour)."""
+    colors = ["red", "blue", "green"][:len(ids)]
+    rows = [{"sample_id": i, "image": f"{c}.png", "text": t} for i, c, t in zip(ids, colors, captions or colors)]
+    if path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("sample_id", pa.string()), ("image", pa.string()),
+                                                                    ("text", pa.infer_type([r["text"] for r in rows]))])), path)
+    else:
+        path.write_text(json.dumps(rows) if path.suffix == ".json" else "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize("name", ["t.parquet", "t.jsonl", "t.json", "bad.jsonl"])
+def test_a_sample_id_column_empty_in_every_row_is_refused_as_a_column_in_every_table_layout(tmp_path, name):
+    """As the CSV's: a Parquet, JSON Lines or JSON ``sample_id`` column of ``""`` in every row (a
+    spreadsheet export, a script writing ``str(None or "")``) gave one ``sample_id_empty`` per row,
+    then "0 valid row(s)"; it is refused once, naming the file and the column. ``bad.jsonl`` holds a
+    lone surrogate, so it is read line by line; a row whose id is refused for one is not counted.
+    A string column null in every row (Arrow's string type, not null type) is refused alike."""
+    for color in ("red", "blue", "green"):
+        (tmp_path / f"{color}.png").write_bytes(png_bytes(color))
+    path = tmp_path / name
+    ids = ["", "", "\ud800"] if name == "bad.jsonl" else ["", "", ""]
+    _id_table(path, ids)  # json.dumps writes the lone surrogate as the escape "\\ud800"
+    escaped = name.replace(".", r"\.")
+    rows = 2 if name == "bad.jsonl" else 3
+    with pytest.raises(ValueError, match=rf"{escaped}': id column 'sample_id' holds no value: it is empty in all {rows} "
+                                         r"row\(s\) \(leave the column out"):
+        load_paired_dataset(path, min_valid_rows=0)
+    if name == "t.parquet":
+        pq.write_table(pa.table({"sample_id": pa.array([None, None], pa.string()), "image": ["red.png", "blue.png"],
+                                 "text": ["red", "blue"]}), path)
+        with pytest.raises(ValueError, match=r"id column 'sample_id' holds no value: it is null in all 2 row\(s\)"):
+            load_paired_dataset(path, min_valid_rows=0)
+
+
+@pytest.mark.parametrize("name", ["t.parquet", "t.jsonl", "t.json"])
+def test_a_few_empty_sample_ids_among_given_ones_are_rejected_row_by_row(tmp_path, name):
+    """One id given keeps the rows' own rejects (``sample_id_empty``), with one caption per row or a
+    list of them: with ``captions: all`` an empty id had been joined into the id ``-0`` (and ``-1``
+    ...), accepted as given, and a second such row rejected as its duplicate."""
+    for color in ("red", "blue", "green"):
+        (tmp_path / f"{color}.png").write_bytes(png_bytes(color))
+    path = tmp_path / name
+    _id_table(path, ["", "b", ""])
+    result = load_paired_dataset(path, min_valid_rows=1)
+    assert [(r["row"], r["reason"]) for r in result.rejected.to_pylist()] == [(0, "sample_id_empty"), (2, "sample_id_empty")]
+    _id_table(path, ["", "b", ""], captions=[["red", "a red square"], ["blue"], ["green"]])
+    every = load_paired_dataset(path, columns=ColumnMap(captions="all"), min_valid_rows=1)
+    assert every.table.column("sample_id").to_pylist() == ["b-0"]
+    assert [(r["row"], r["sample_id"], r["reason"]) for r in every.rejected.to_pylist()] == [
+        (0, "", "sample_id_empty"), (0, "", "sample_id_empty"), (2, "", "sample_id_empty")]
 
 
 def test_a_parquet_caption_column_of_integers_is_refused(tmp_path):
