@@ -43,7 +43,7 @@ def test_every_declared_range_admits_the_locked_version():
 #: Versions seen failing with prh (README.md, "Installing into an existing environment"): the
 #: declared ranges must keep pip from choosing them.
 BROKEN = {
-    "transformers": ["4.57.6", "5.5.0", "5.25.0"],  # no ViTImageProcessorPil; torchvision needed; Mamba2 layers shifted
+    "transformers": ["4.57.6", "5.5.0"],  # no ViTImageProcessorPil; torchvision needed
     "duckdb": ["1.4.5", "1.5.0", "1.5.6"],  # the SQL guard's parser assumptions; no to_arrow_reader (1.4)
     "numpy": ["1.26.4"],  # pyarrow 26, the locked version, does not import beside it
     # 3.0: no import with pydantic 2.14; 3.1-3.7.4: the API server answers 500 beside FastAPI 0.150

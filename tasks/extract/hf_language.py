@@ -3,11 +3,12 @@
 Layers: every entry of ``hidden_states``: ``embeddings`` (the embedding output: token embeddings,
 plus position embeddings where the model adds them; rotary models such as Llama add none), then
 ``layer.01`` .. ``layer.NN`` (one per transformer layer, as transformers returns them: for some
-causal LMs, e.g. Llama in transformers 5, the last one is after the final norm). Mamba, Mamba2,
-FalconMamba and RWKV return [block 1 .. block N, final norm(block N)], with no embedding output:
-prh puts the first block's input (their embedding output) in front and drops the un-normed last
-block (`EmbeddingState`; found by a load-time probe, `_probe_embedding_state`), N + 1 layers as for
-Llama.
+causal LMs, e.g. Llama in transformers 5, the last one is after the final norm). Mamba, Mamba2
+(before transformers 5.25), FalconMamba and RWKV return [block 1 .. block N, final norm(block N)],
+with no embedding output: prh puts the first block's input (their embedding output) in front and
+drops the un-normed last block (`EmbeddingState`), N + 1 layers as for Llama. A load-time probe of
+what the model returns decides (`_probe_embedding_state`), not its type: 5.25's Mamba2, whose
+hidden_states start with the embedding output, is taken as it is.
 
 Pooling per layer (`(B, D) float32`), over the tokens the model sees, special tokens included
 ([CLS]/[SEP], BOS/EOS — as sentence-transformers' mean pooling does):
@@ -129,9 +130,11 @@ class HFLanguageExtractor(Extractor):
 
     def _probe_embedding_state(self) -> EmbeddingState | None:
         """An `EmbeddingState` (the embedding output put in front) when the model's hidden_states do
-        not start with it: in a probe forward on "a", their first entry equals the first block's
-        output but not its input (blocks: `block_list`), or the model type is one of
-        `NO_EMBEDDING_STATE`; else None."""
+        not start with it, as the model returns them: in a probe forward on "a", their first entry
+        equals the first block's output but not its input (blocks: `block_list`); else None. Only
+        where the probe cannot tell (no block list found, or the first entry equal to both or to
+        neither) does the model type decide (`NO_EMBEDDING_STATE`): transformers 5.25's Mamba2 is
+        such a type and returns the embedding output first, like other models."""
         blocks = block_list(self.model)
         # the first block's input and output in a probe forward (hooks removed afterwards)
         taps = [] if blocks is None else [EmbeddingState(blocks[0], first_block=first, drop_unnormed=False)
@@ -144,8 +147,8 @@ class HFLanguageExtractor(Extractor):
                 tap.remove()
         config = getattr(self.model, "config", None)
         block_input, block_output = (taps[0].kept, taps[1].kept) if taps else (None, None)
-        if not (_first_state_is_a_block(states[0], block_input, block_output)
-                or getattr(config, "model_type", None) in NO_EMBEDDING_STATE):
+        found = _first_state_is_a_block(states[0], block_input, block_output)
+        if not (found if found is not None else getattr(config, "model_type", None) in NO_EMBEDDING_STATE):
             return None
         n = len(blocks) if blocks is not None else getattr(config, "num_hidden_layers", None)
         if n not in (len(states), len(states) - 1):
@@ -495,8 +498,9 @@ def _pads_swapped(p: PreparedText) -> PreparedText:
 
 
 #: Model types whose ``hidden_states`` hold no embedding output but [block 1 .. block N, final
-#: norm(block N)] (transformers 5's Mamba, Mamba2, FalconMamba, RWKV); `_first_state_is_a_block`
-#: finds the layout on other models too.
+#: norm(block N)] (transformers 5's Mamba, FalconMamba, RWKV, and Mamba2 before 5.25, whose Mamba2
+#: returns the embedding output first): used only where the probe cannot tell
+#: (`_first_state_is_a_block`), which finds the layout, either way, on these and on other models.
 NO_EMBEDDING_STATE = frozenset({"mamba", "mamba2", "falcon_mamba", "rwkv"})
 
 
@@ -570,15 +574,17 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
 
 
 def _first_state_is_a_block(first_state: torch.Tensor, block_input: torch.Tensor | None,
-                            block_output: torch.Tensor | None) -> bool:
-    """Whether ``hidden_states[0]`` `(B, T, D)` is the first block's output rather than its input
-    (the embedding output). Equal to both (a block that is the identity at random initialisation,
-    e.g. zero-initialised output projections as NeoMME's): the usual layout, its input."""
+                            block_output: torch.Tensor | None) -> bool | None:
+    """Whether ``hidden_states[0]`` `(B, T, D)` is the first block's output (True) or its input, the
+    embedding output (False); None where the probe cannot tell: equal to both (a block that is the
+    identity at random initialisation, e.g. zero-initialised output projections as NeoMME's), to
+    neither, or no block caught (``None``: no block list found)."""
 
     def same(t: torch.Tensor | None) -> bool:
         return t is not None and t.shape == first_state.shape and torch.equal(t.to(first_state.device), first_state)
 
-    return same(block_output) and not same(block_input)
+    is_output, is_input = same(block_output), same(block_input)
+    return None if is_output == is_input else is_output
 
 
 @dataclass

@@ -1,14 +1,18 @@
-"""Mamba, Mamba2, FalconMamba and RWKV return hidden_states [block 1 .. block N, final norm(block
-N)], with no embedding output: prh puts the embedding output in front and drops the un-normed last
-block, so that ``embeddings`` is the embedding output and ``layer.NN`` the last block after the final
-norm (as Llama's hidden_states are), N + 1 layers. Checked against module outputs caught by hooks in
-an independent forward of each caption alone."""
+"""Mamba, Mamba2 (before transformers 5.25), FalconMamba and RWKV return hidden_states [block 1 ..
+block N, final norm(block N)], with no embedding output: prh puts the embedding output in front and
+drops the un-normed last block, so that ``embeddings`` is the embedding output and ``layer.NN`` the
+last block after the final norm (as Llama's hidden_states are), N + 1 layers; a model of those types
+that returns the embedding output first (5.25's Mamba2) is taken as it is. Checked against module
+outputs caught by hooks in an independent forward of each caption alone."""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pytest
 import torch
+import transformers
 
 from tasks.extract import extract_all, load_extractor
 from tasks.extract import hf_language
@@ -80,3 +84,43 @@ def test_found_without_the_model_type_list_and_not_for_llama(monkeypatch):
     cls, config = TINY_LANGUAGE["llama"]
     llama = load_extractor(_spec(cls, config), device="cpu")
     assert llama._embedding_state is None and len(llama.layer_names) == config["num_hidden_layers"] + 1
+
+
+BASE_MODEL = {"mamba": "MambaModel", "falcon_mamba": "FalconMambaModel", "mamba2": "Mamba2Model", "rwkv": "RwkvModel"}
+
+
+def _embedding_output_first(forward):
+    """``forward`` of a model whose hidden_states are [block 1 .. block N, final norm(block N)] made
+    to return them as transformers 5.25's Mamba2 does: [embedding output, block 1 .. block N-1,
+    final norm(block N)] (same signature; left as they are where they already start with it)."""
+
+    @functools.wraps(forward)
+    def wrapped(self, input_ids=None, *args, **kwargs):
+        out = forward(self, input_ids, *args, **kwargs)
+        states = getattr(out, "hidden_states", None)
+        if states is not None:
+            embedded = self.get_input_embeddings()(input_ids)
+            if not torch.equal(states[0], embedded):
+                out.hidden_states = (embedded, *states[:-2], states[-1])
+        return out
+
+    return wrapped
+
+
+@pytest.mark.parametrize("kind", sorted(SSM))
+def test_a_listed_model_type_whose_hidden_states_start_with_the_embedding_output_is_taken_as_it_is(kind, monkeypatch):
+    """transformers 5.25's Mamba2 returns the embedding output first, like other models: the layout is
+    what the probe finds in the model's output, not what its type (`NO_EMBEDDING_STATE`) suggests, so
+    ``embeddings`` stays the embedding output and ``layer.01`` block 1 (not the embedding output again,
+    block 2 lost). Built here from each SSM's base model with its hidden_states rearranged so."""
+    cls, config, (blocks_attr, norm_attr) = SSM[kind]
+    assert kind in hf_language.NO_EMBEDDING_STATE
+    base = getattr(transformers, BASE_MODEL[kind])
+    monkeypatch.setattr(base, "forward", _embedding_output_first(base.forward))
+    ex = load_extractor(_spec(cls, config), device="cpu")
+    feats = extract_all(ex, CAPTIONS, batch_size=3)
+    n = config["num_hidden_layers"]
+    assert feats.layer_names == ["embeddings"] + [f"layer.{i:02d}" for i in range(1, n + 1)]
+    for row, caption in enumerate(CAPTIONS):
+        for name, layer, ref in zip(feats.layer_names, feats.layers, _reference(ex, caption, blocks_attr, norm_attr)):
+            np.testing.assert_allclose(layer[row], ref, rtol=0, atol=2e-5, err_msg=f"{kind} {name} {caption!r}")
