@@ -333,21 +333,26 @@ def _run(args: argparse.Namespace) -> int:
         Store(store)  # its URL checked (an empty --store "" or $PRH_STORE is refused), nothing read or written
         return _check_zoo(config)
 
+    from flows.quiet_errors import tracebacks_kept
     from flows.runners import check_run_environment
 
     check_run_environment()  # PRH_TASK_RUNNER, PRH_DASK_WORKERS, PRH_MODEL_LOAD_TIMEOUT: before any server starts
+    tracebacks_kept()  # a PRH_TRACEBACKS neither yes nor no fails here, before any server starts
     _check_prefect()  # PREFECT_API_URL answers, or PREFECT_HOME takes the temporary server's database
-    Store(store).check_writable()  # a store that cannot take writes fails here, before any server starts
-    _check_demo_pairs(config, Store(store))  # an OpenMoji n beyond the emoji the font draws: before any server starts
+    target = Store(store)
+    target.check_writable()  # a store that cannot take writes fails here, before any server starts
+    _check_demo_pairs(config, target)  # an OpenMoji n beyond the emoji the font draws: before any server starts
 
     from flows.pipeline import ZooFailures, prh_pipeline
     from flows.quiet_errors import quiet_known_errors
     from flows.server_watchdog import guard_temporary_server
+    from storage.runs import probe_made
 
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         guard_temporary_server()  # a `kill -9` of this process no longer leaves Prefect's temporary server running
-        with quiet_known_errors((*ONE_LINE_ERRORS, ZooFailures)):  # stated below in one line (when prh raised them)
+        with quiet_known_errors((*ONE_LINE_ERRORS, ZooFailures)), probe_made(target):
+            # errors prh raised are stated below in one line; the flow skips the store probe made above
             summary = prh_pipeline(config=config, store=store)
     except ZooFailures as error:  # the rest is published: say what failed, exit 1
         where = {"features": "\nTheir features are in the store: prh sql \"select * from models\"", "nothing": ""}.get(

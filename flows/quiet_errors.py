@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from storage.env_numbers import env_flag
+
 ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 TRACEBACKS_ENV = "PRH_TRACEBACKS"
 PROJECT_PACKAGES = ("flows", "tasks", "storage")
@@ -61,12 +63,18 @@ class DropStatedTracebacks(logging.Filter):
         return True
 
 
+def tracebacks_kept() -> bool:
+    """Whether ``$PRH_TRACEBACKS`` asks for every traceback: 1/true/yes/on (0/false/no/off or
+    unset: no); any other value is a ``ValueError`` naming it (``storage.env_numbers.env_flag``:
+    ``PRH_TRACEBACKS=2`` had been a silent no)."""
+    return env_flag(TRACEBACKS_ENV)
+
+
 @contextlib.contextmanager
 def quiet_known_errors(stated: tuple[type[BaseException], ...]) -> Iterator[None]:
     """While the block runs, Prefect's flow and task run loggers log ``stated`` exceptions that
-    prh raised (:func:`stated_by_prh`) without their traceback (unless ``$PRH_TRACEBACKS`` is
-    1/true/yes)."""
-    if os.environ.get(TRACEBACKS_ENV, "").strip().lower() in ("1", "true", "yes"):
+    prh raised (:func:`stated_by_prh`) without their traceback (unless :func:`tracebacks_kept`)."""
+    if tracebacks_kept():
         yield
         return
     quiet = DropStatedTracebacks(stated)

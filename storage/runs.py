@@ -12,13 +12,14 @@ unpublished (``Store.sweep_abandoned``); the catalog shows them ``CRASHED`` at o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Iterator
 
 from storage import layout
 from storage.keys import safe_component
@@ -423,16 +424,59 @@ def runs_as_known(store: Store) -> list[dict[str, Any]]:
     return records
 
 
+#: Stores (:func:`_probe_key`) whose write probe the caller of :func:`probe_made` just made, while its block runs.
+_PROBED: set[tuple[str, str, str]] = set()
+_PROBED_LOCK = threading.Lock()
+
+
+def _probe_key(store: Store) -> tuple[str, str, str]:
+    """What makes a probe of ``store`` one of another Store object: its URL (with any user part),
+    its filesystem class and the options it was opened with (endpoint, retries; credentials come
+    from this process's environment, the same for both)."""
+    fs = store.fs
+    return store.url, f"{type(fs).__module__}.{type(fs).__qualname__}", repr(sorted(fs.storage_options.items()))
+
+
+@contextlib.contextmanager
+def probe_made(store: Store) -> Iterator[None]:
+    """While the block runs, the first :func:`open_for_run` in this process of the store ``store``
+    opens (same URL, filesystem and options; its default free space) skips its write probe
+    (:meth:`Store.check_writable`): the caller has just made it. `prh run` probes before
+    Prefect's server starts; its flow, run in the same process, then opens the store. A flow run
+    from the UI or a schedule runs in a worker's process and probes; so does a second opening
+    (a retry of the flow) and any opening after the block. No parameter or environment variable
+    carries it: nothing else can ask to skip a probe."""
+    key = _probe_key(store)
+    with _PROBED_LOCK:
+        _PROBED.add(key)
+    try:
+        yield
+    finally:
+        with _PROBED_LOCK:
+            _PROBED.discard(key)
+
+
+def _probe_taken(store: Store) -> bool:
+    """Whether a :func:`probe_made` block stands for ``store``'s probe; it is used up."""
+    key = _probe_key(store)
+    with _PROBED_LOCK:
+        found = key in _PROBED
+        _PROBED.discard(key)
+    return found
+
+
 def open_for_run(store: Store, min_free_mb: float | None = None, swept_sizes: dict[str, int] | None = None,
                  run_id: str | None = None) -> tuple[list[str], list[str]]:
     """Get a store ready for a run: fail fast if it cannot take writes
     (:meth:`Store.check_writable`; ``min_free_mb``: the free space wanted, default
-    ``PRH_MIN_FREE_MB``; ``prh gc`` wants none, since freeing space is its job), mark dead runs
+    ``PRH_MIN_FREE_MB``; ``prh gc`` wants none, since freeing space is its job; skipped once
+    where the caller just probed, :func:`probe_made`), mark dead runs
     ``CRASHED`` (not the record of ``run_id``, the run opening the store: a retry's own earlier
     attempt, see :func:`mark_crashed_runs`) and sweep versions their writers left unpublished.
     Returns (crashed run ids, swept version keys); ``swept_sizes`` receives the bytes removed from
     each swept version."""
-    store.check_writable(min_free_mb)
+    if min_free_mb is not None or not _probe_taken(store):
+        store.check_writable(min_free_mb)
     return mark_crashed_runs(store, retrying=run_id), store.sweep_abandoned(sizes=swept_sizes)
 
 

@@ -42,7 +42,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.env_numbers import env_number
+from storage.env_numbers import env_flag, env_number
 from storage.error_chain import error_chain
 from storage.keys import safe_component
 from storage.owner import current_owner, owner_is_dead
@@ -65,7 +65,7 @@ CLAIM_HEARTBEAT_SECONDS = 20.0
 #: for minutes of clock skew between hosts.
 STALE_CLAIM_SECONDS = 300.0
 DEFAULT_STORE = "store"
-#: Set to 1/true/yes to write to an object store that ignores conditional writes (see
+#: Set to 1/true/yes/on to write to an object store that ignores conditional writes (see
 #: :class:`ConditionalWritesIgnored`): the user promises that one writer at a time uses the store.
 SINGLE_WRITER_ENV = "PRH_SINGLE_WRITER"
 
@@ -360,15 +360,9 @@ def _s3fs_without_conditional_put(fs: Any) -> str | None:
 
 
 def single_writer_accepted(env: dict[str, str] | None = None) -> bool:
-    """Whether ``PRH_SINGLE_WRITER`` is set to 1/true/yes (unset, empty, 0/false/no: False);
-    any other value is a ``ValueError`` naming the variable."""
-    raw = (os.environ if env is None else env).get(SINGLE_WRITER_ENV, "")
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes"):
-        return True
-    if value in ("", "0", "false", "no"):
-        return False
-    raise ValueError(f"{SINGLE_WRITER_ENV}={raw!r} is not 1/true/yes or 0/false/no")
+    """Whether ``PRH_SINGLE_WRITER`` is set to 1/true/yes/on (unset, empty, 0/false/no/off:
+    False); any other value is a ``ValueError`` naming the variable (``storage.env_numbers.env_flag``)."""
+    return env_flag(SINGLE_WRITER_ENV, env=env)
 
 
 #: Stores (display URLs) whose ignored conditional writes this process already warned about.

@@ -36,7 +36,8 @@ import sys
 import traceback
 from typing import Any
 
-from tasks.metrics.origin import code_target, module_digest, plain, registration_state
+# tasks.metrics (the engine, torch) is imported where it is used: a process whose
+# $PRH_METRIC_MODULES is unset (`prh report`) reads it without importing torch.
 
 METRIC_MODULES_ENV = "PRH_METRIC_MODULES"
 #: Pipeline-wide metric parameters (``AlignmentParams`` fields) a metric may take.
@@ -54,10 +55,13 @@ def load_metric_modules(environ: Any = None) -> tuple[str, ...]:
     source digest as imported; returns their names. A module that fails is named with the file
     and line of the failure in its own code (ValueError), and the registrations it made before
     failing are undone: metrics it added are removed, built-in or other metrics it overwrote are
-    restored (a retry then reports the same failure)."""
+    restored (a retry then reports the same failure). None named: nothing is imported, not even
+    the engine."""
+    names = metric_module_names(environ)
+    if not names:
+        return names
     from tasks.metrics import METRICS
 
-    names = metric_module_names(environ)
     for name in names:
         before = dict(METRICS._specs)
         try:
@@ -100,6 +104,8 @@ def _failure_location(name: str, error: BaseException) -> str:
 def _module_digest(module: Any) -> str:
     """The digest of ``module``'s file as first read since it was (re)imported; ``no source: NAME``
     without one."""
+    from tasks.metrics.origin import module_digest
+
     return module_digest(module) or f"no source: {module.__name__!r}"
 
 
@@ -117,6 +123,7 @@ def metric_source(name: str) -> str | None:
         return None
     from tasks.metrics import METRICS
     from tasks.metrics.engine import FunctionEngine
+    from tasks.metrics.origin import code_target, plain, registration_state
 
     spec = METRICS[name]
     given = spec.engine.fn if isinstance(spec.engine, FunctionEngine) else spec.engine
@@ -225,6 +232,8 @@ def _names_of(code: Any) -> set[str]:
 def _value_of(value: Any, module: str | None, seen: set[int]) -> Any:
     """A value a function reads (a default, a closure cell, a module-level name): plain values by
     ``repr``, functions and classes of ``module`` by their code, anything else by its type."""
+    from tasks.metrics.origin import plain
+
     if isinstance(value, (tuple, list)):
         return [_value_of(v, module, seen) for v in value]
     if (inspect.isfunction(value) or isinstance(value, type)) and getattr(value, "__module__", None) == module:
@@ -234,6 +243,8 @@ def _value_of(value: Any, module: str | None, seen: set[int]) -> Any:
 
 def _describe(value: Any) -> str:
     """A stable description of a bounds pair or a callable (its module and qualified name)."""
+    from tasks.metrics.origin import plain
+
     if callable(value):
         return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
     return plain(value)

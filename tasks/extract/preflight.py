@@ -33,7 +33,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 from tasks.extract import sources, split_zip
 from tasks.extract.errors import ModelInputError
@@ -41,7 +41,9 @@ from tasks.extract.spec import ModelSpec
 
 #: Seconds to wait for the hub's answer to the one metadata request (env ``PRH_HUB_TIMEOUT``).
 DEFAULT_HUB_TIMEOUT = 10.0
-_TRUE = {"1", "true", "yes", "on"}
+#: What huggingface_hub reads as true in its offline variables (``constants._is_true``: any case, no
+#: blanks trimmed; anything else, ``0`` or `` 1`` included, is false).
+_HUB_TRUE = frozenset({"1", "ON", "YES", "TRUE"})
 _COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
 
 
@@ -62,10 +64,21 @@ class SourceAccess:
     note: str = ""
 
 
+def offline_variables(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` in ``environ`` (default
+    ``os.environ``) put the hub offline, read as huggingface_hub reads them when it is imported
+    (``constants.HF_HUB_OFFLINE``): the first of them that is set and not empty decides, true
+    when it is 1/on/yes/true in any case. ``HF_HUB_OFFLINE=0`` with ``TRANSFORMERS_OFFLINE=1`` is
+    online for the hub, and so here (it had read as offline, refusing models the hub would fetch)."""
+    environ = os.environ if environ is None else environ
+    value = environ.get("HF_HUB_OFFLINE") or environ.get("TRANSFORMERS_OFFLINE")
+    return value is not None and value.upper() in _HUB_TRUE
+
+
 def hub_offline() -> bool:
-    """Whether the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
-    env = any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    if env:
+    """Whether the Hugging Face hub must not be contacted: :func:`offline_variables` now, or as
+    huggingface_hub read them when it was imported (it keeps that reading)."""
+    if offline_variables():
         return True
     from huggingface_hub import constants
 

@@ -8,15 +8,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from tasks.report import heatmaps, html, scaling
 from tasks.report.figures import FigureCache, RenderedFigure, render_cached
 from tasks.report.tables import (CROSS_MODAL, ReportInput, common_chance, degenerate, describe_metrics, direction_notes, grid_blocks,
                                  higher_is_better, interval, interval_columns, metrics_of, model_grid, number, pairs_of, rows,
                                  rows_aligned, scored)
+
+if TYPE_CHECKING:  # matplotlib is imported as a figure is drawn (tasks.report.figures)
+    from matplotlib.figure import Figure
 
 TITLE = "prh alignment report"
 

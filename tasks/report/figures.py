@@ -1,4 +1,8 @@
-"""Matplotlib figures without pyplot: no global state, no GUI backend, safe in worker threads."""
+"""Matplotlib figures without pyplot: no global state, no GUI backend, safe in worker threads.
+
+Matplotlib is imported where a figure is drawn or encoded, not with the module: a report whose
+figures all come from the cache (``render_cached``) never imports it.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,19 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from matplotlib import rc_context
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DPI = 110
 
 
 def new_figure(width: float, height: float) -> Figure:
     """A figure of ``width`` × ``height`` inches on the Agg canvas, with a constrained layout."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
@@ -32,6 +38,8 @@ def to_png(figure: Figure, dpi: int = DPI) -> bytes:
 
 def to_svg(figure: Figure) -> bytes:
     """The figure as SVG (UTF-8 bytes); text stays text, so numbers are searchable."""
+    from matplotlib import rc_context
+
     buffer = io.BytesIO()
     with rc_context({"svg.fonttype": "none", "svg.hashsalt": "prh"}):  # fixed ids: same figure, same bytes
         figure.savefig(buffer, format="svg", metadata={"Date": None})

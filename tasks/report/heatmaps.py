@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.axes import Axes
-from matplotlib.colors import Colormap, Normalize
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from tasks.report.figures import new_figure
 from tasks.report.tables import Grid, chance_ratio, common_chance, layer_matrix, number, scored
+
+if TYPE_CHECKING:  # matplotlib is imported as a figure is drawn (tasks.report.figures)
+    from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap, Normalize
+    from matplotlib.figure import Figure
 
 CMAP = "viridis"
 MAX_TICK_LABELS = 24
@@ -62,6 +62,8 @@ LOWER_IS_BETTER = "lower is better"
 def colour_map(reverse: bool = False) -> Colormap:
     """The heatmaps' colour map (viridis: dark to bright); reversed (bright at the low end) for
     a metric where lower is better, so that brighter is more aligned for every metric."""
+    from matplotlib import colormaps
+
     return colormaps[CMAP].reversed() if reverse else colormaps[CMAP]
 
 
@@ -74,6 +76,8 @@ def colour_norm(values: np.ndarray, calibrated: bool, chance: float | None = Non
     below 0) to max(highest, ``chance``, 0); a scale of no width (every score equal) is one unit
     wide. Where lower is better (a distance, 0 the ideal rather than "no alignment") the scale
     spans the scores (and ``chance``) only: pinned at 0, distances of 1.26-1.29 were all one colour."""
+    from matplotlib.colors import Normalize
+
     finite = values[np.isfinite(values)]
     if calibrated:
         return Normalize(vmin=0.0, vmax=max(1.0, float(finite.max()) if finite.size else 1.0))
@@ -111,6 +115,8 @@ def layer_heatmaps(scores: list[dict[str, Any]], best: list[dict[str, Any]], mod
     """Every layer pair of one model pair, one panel per metric; the best pair is outlined (none
     for a metric whose best row has no finite score). The metrics named in ``lower_is_better``
     get the reversed colour map (brighter = more aligned) and a colour bar that says so."""
+    from matplotlib.patches import Rectangle
+
     panels = [(m, *layer_matrix(scores, m, model_a, model_b)) for m in metrics]
     panels = [p for p in panels if p[3].size]
     if not panels:

@@ -12,13 +12,14 @@ at 0, or lower where a score or its error bar is below 0 (``unbiased_cka``, ``rs
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
-
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any, Iterator
 
 from tasks.report.figures import new_figure
 from tasks.report.tables import common_chance, degenerate, interval, interval_columns, number
+
+if TYPE_CHECKING:  # matplotlib is imported as a figure is drawn (tasks.report.figures)
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 def cross_modal(best: list[dict[str, Any]], metric: str, modality: dict[str, str]) -> Iterator[tuple[str, str, dict[str, Any]]]:

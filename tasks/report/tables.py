@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from tasks.metric_facts import metric_facts
 from tasks.report.neighbours import NeighbourExamples
 
 # The paper's headline metrics first; any other metric follows in name order.
@@ -182,18 +183,17 @@ def scored(row: dict[str, Any]) -> bool:
 def registered_direction(metric: str) -> bool | None:
     """``MetricSpec.higher_is_better`` of ``metric`` as registered in this process
     (``tasks.metrics.METRICS``: the built-ins, and the user metrics of ``$PRH_METRIC_MODULES`` once
-    loaded); None for a name not registered here. The store does not record a metric's direction."""
-    from tasks.metrics import METRICS  # here, not at import: the engine imports torch
-
-    return METRICS[metric].higher_is_better if metric in METRICS else None
+    loaded; read through ``tasks.metric_facts``, which imports no torch); None for a name not
+    registered here. The store does not record a metric's direction."""
+    facts = metric_facts(metric)
+    return None if facts is None else facts.higher_is_better
 
 
 def signed(metric: str) -> bool:
     """Whether ``metric``'s registered range (at its default parameters) reaches below 0; False
-    for a name not registered here."""
-    from tasks.metrics import METRICS  # here, not at import: the engine imports torch
-
-    return metric in METRICS and METRICS[metric].bounds_for({})[0] < 0
+    for a name not registered here (``tasks.metric_facts``)."""
+    facts = metric_facts(metric)
+    return facts is not None and facts.signed
 
 
 def higher_is_better(metric: str) -> bool:

@@ -36,7 +36,7 @@ def _folder_dataset(root, n=24):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_run_on_a_folder_reports_bad_rows_and_sql_reads_results(tmp_path, capsys):
+def test_run_on_a_folder_reports_bad_rows_and_sql_reads_results(tmp_path, capsys, monkeypatch):
     n = _folder_dataset(tmp_path / "pairs")
     config = tmp_path / "zoo.yaml"
     config.write_text(yaml.safe_dump({"models": [TINY_VIT, TINY_BERT],
@@ -61,8 +61,11 @@ def test_run_on_a_folder_reports_bad_rows_and_sql_reads_results(tmp_path, capsys
     # pair (x layer pair); every version stays in the *_all views
     config.write_text(yaml.safe_dump({"models": [TINY_VIT, TINY_BERT],
                                       "alignment": {"metrics": ["mutual_knn", "cka"], "topk": 4}}))
+    probes, probe = [], Store.check_writable
+    monkeypatch.setattr(Store, "check_writable", lambda self, *a, **k: probes.append(self.url) or probe(self, *a, **k))
     assert main(["run", "--config", str(config), "--dataset", str(tmp_path / "pairs"), "--store", store]) == 0
     capsys.readouterr()
+    assert len(probes) == 1  # the command's, before Prefect's server started: its flow, in the same process, skipped its own
     counts = ("select metric, count(*) n, count(distinct alignment_version) v, max(params) p from {} group by metric "
               "order by metric")
     assert main(["sql", counts.format("alignment_best"), "--store", store, "--format", "json"]) == 0
@@ -675,6 +678,17 @@ def _no_pipeline(monkeypatch) -> None:
         raise AssertionError(f"the pipeline started: {kwargs}")
 
     monkeypatch.setattr(flows.pipeline, "prh_pipeline", refuse)
+
+
+def test_run_refuses_a_prh_tracebacks_neither_yes_nor_no_before_touching_the_store(tmp_path, capsys, monkeypatch):
+    """``PRH_TRACEBACKS=2`` had silently meant no; `prh run` names it, exit 2, before any server
+    starts or the store is made."""
+    _no_pipeline(monkeypatch)
+    config, store = _tiny_config(tmp_path), tmp_path / "store"
+    monkeypatch.setenv("PRH_TRACEBACKS", "2")
+    assert main(["run", "--config", str(config), "--store", str(store)]) == 2
+    assert capsys.readouterr().err.strip() == "prh run: error: PRH_TRACEBACKS='2' is not 1/true/yes/on or 0/false/no/off"
+    assert not store.exists()
 
 
 def test_run_flags_are_checked_like_the_config_file(tmp_path, capsys, monkeypatch):

@@ -98,6 +98,25 @@ def test_prh_tracebacks_keeps_every_traceback(flow_logger, monkeypatch):
     assert records[0].exc_info is not None
 
 
+def test_prh_tracebacks_takes_on_and_refuses_a_value_neither_yes_nor_no(flow_logger, monkeypatch):
+    """``PRH_TRACEBACKS=on`` (as the hub's offline variables take it) had silently meant no, and so
+    had ``2``: ``on`` keeps the tracebacks, ``off`` drops them, and a value neither yes nor no is an
+    error naming it (`prh run` checks it before any server starts)."""
+    from flows.quiet_errors import tracebacks_kept
+
+    logger, records = flow_logger
+    monkeypatch.setenv("PRH_TRACEBACKS", "on")
+    with quiet_known_errors((ValueError,)):
+        _log_exception(logger, ConfigError("kept"))
+    monkeypatch.setenv("PRH_TRACEBACKS", "off")
+    with quiet_known_errors((ValueError,)):
+        _log_exception(logger, ConfigError("dropped"))
+    assert [r.exc_info is not None for r in records] == [True, False]
+    monkeypatch.setenv("PRH_TRACEBACKS", "2")
+    with pytest.raises(ValueError, match="^PRH_TRACEBACKS='2' is not 1/true/yes/on or 0/false/no/off$"):
+        tracebacks_kept()
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_task_failing_unexpectedly_logs_its_traceback():
     """A model or pair that fails with an error prh did not raise (a bug, a library's error) logs

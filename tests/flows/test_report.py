@@ -130,6 +130,28 @@ def test_a_second_report_reuses_the_stored_figures(store, report_dir, tmp_path):
             assert (again / figure.name).read_bytes() == figure.read_bytes(), figure.name
 
 
+def test_a_cached_report_imports_neither_torch_nor_matplotlib(store, report_dir, tmp_path):
+    """`prh report` of a store whose figures are cached took ~3 s, 2.6 s of it imports: torch
+    (~1.5 s) came in only for the metrics' directions (``tasks.metrics``), matplotlib for figures
+    it then took from the cache. A fresh process, as the command starts, now imports neither (the
+    directions: ``tasks.metric_facts``; matplotlib: as a figure is drawn), and writes the same page."""
+    import json
+    import sys
+
+    probe = ("import json, sys\n"
+             "from flows.cli import main\n"
+             f"code = main(['report', '--store', {store[0]!r}, '--out', {str(tmp_path / 'fresh')!r}])\n"
+             "print(json.dumps([code, sorted(m for m in ('torch', 'matplotlib', 'scipy', 'transformers', 'prefect') "
+             "if m in sys.modules)]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PRH_METRIC_MODULES"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [0, []]
+    for name in ("report.html", *(f"figures/{p.name}" for p in (report_dir / "figures").iterdir())):
+        assert (tmp_path / "fresh" / name).read_bytes() == (report_dir / name).read_bytes(), name
+
+
 def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--hide-scrollbars", f"--user-data-dir={tmp / 'chromium-profile'}"]

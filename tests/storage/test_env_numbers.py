@@ -1,8 +1,8 @@
-"""Numbers read from environment variables: refused by the variable's name, with what it must be."""
+"""Numbers and flags read from environment variables: refused by the variable's name, with what it must be."""
 
 import pytest
 
-from storage.env_numbers import env_number
+from storage.env_numbers import env_flag, env_number
 
 
 def test_env_number_names_the_variable_and_what_it_must_be():
@@ -39,3 +39,17 @@ def test_env_number_reads_the_process_environment_by_default(monkeypatch: pytest
     assert env_number("PRH_TEST_ENV_NUMBER", 7, what="w") == 12
     monkeypatch.delenv("PRH_TEST_ENV_NUMBER")
     assert env_number("PRH_TEST_ENV_NUMBER", 7, what="w") == 7
+
+
+def test_env_flag_reads_yes_and_no_and_names_anything_else():
+    """One vocabulary for prh's yes/no variables (``PRH_SINGLE_WRITER``, ``PRH_TRACEBACKS``): any
+    case, blanks around ignored; unset or blank is no; anything else is refused by name, never
+    taken silently as a no (``PRH_TRACEBACKS=2`` had been)."""
+    for raw in ("1", "true", "YES", " On ", "True"):
+        assert env_flag("X", env={"X": raw}) is True, raw
+    for raw in ("0", "false", "No", "OFF", "", "  "):
+        assert env_flag("X", env={"X": raw}) is False, raw
+    assert env_flag("X", env={}) is False
+    for raw in ("2", "maybe", "y", "enabled"):
+        with pytest.raises(ValueError, match=f"^X={raw!r} is not 1/true/yes/on or 0/false/no/off$"):
+            env_flag("X", env={"X": raw})

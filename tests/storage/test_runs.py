@@ -344,6 +344,40 @@ def test_a_run_opening_the_store_leaves_its_own_earlier_attempt_to_its_record(tm
     assert {r["run_id"]: r["status"] for r in run_records(store)} == {"me": RUNNING, "other": CRASHED}
 
 
+def test_open_for_run_skips_only_the_probe_its_caller_just_made(tmp_path, monkeypatch):
+    """`prh run` probed its store before Prefect's server started, then its flow probed it again as
+    it opened it (3 requests more on S3). Inside ``probe_made`` the first opening of that store
+    (another Store object of the same URL, as the flow makes) skips it; another store, the same URL
+    opened with other options, a gc opening (no free space wanted), a second opening (a retry) and
+    any opening after the block probe."""
+    from storage.runs import open_for_run, probe_made
+
+    probed: list[str] = []
+    real = Store.check_writable
+
+    def counted(self, *args, **kwargs):
+        probed.append(self.url)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "check_writable", counted)
+    url, other = str(tmp_path / "store"), Store(str(tmp_path / "other"))
+    cli = Store(url)
+    cli.check_writable()
+    with probe_made(cli):
+        open_for_run(other)
+        open_for_run(Store(url, storage_options={"auto_mkdir": True}))
+        open_for_run(Store(url), min_free_mb=0)
+        assert probed == [cli.url, other.url, cli.url, cli.url]
+        open_for_run(Store(url), run_id="flow")  # the flow's opening: no probe
+        assert len(probed) == 4
+        open_for_run(Store(url), run_id="flow")  # its retry probes
+        assert len(probed) == 5
+    with probe_made(cli):
+        pass
+    open_for_run(Store(url))  # after a block: probes
+    assert len(probed) == 6
+
+
 def test_a_run_is_placed_after_the_runs_before_it_and_never_past_the_end_of_time(tmp_path):
     """``ordered_at``: a run's end, or just after a run recorded before it that is dated later (a
     host's clock ahead); a hand-edited record dated at the end of time cannot be passed (the run

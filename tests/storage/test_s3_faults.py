@@ -415,7 +415,7 @@ def test_an_endpoint_that_ignores_conditional_writes_is_refused_before_any_write
     assert faults.counts["conditions_ignored"] == 4
     bucket = store.root.split("/", 1)[0]
     assert store.fs.find(bucket, refresh=True) == []  # the probe removed, nothing else written
-    for value in ("", "0", "no"):
+    for value in ("", "0", "no", "off"):
         monkeypatch.setenv("PRH_SINGLE_WRITER", value)
         with pytest.raises(ConditionalWritesIgnored):
             store.check_writable()
@@ -443,11 +443,11 @@ def test_an_s3fs_that_sends_no_condition_is_named_not_the_endpoint(s3_store_url,
 def test_single_writer_runs_on_an_endpoint_that_ignores_conditional_writes(s3_store_url, faults, monkeypatch, caplog):
     """``PRH_SINGLE_WRITER=1``: the user runs one writer at a time on the store, which is then
     safe; the probe warns once per store and process, and publishing works. Another value than
-    1/true/yes or 0/false/no is refused by name."""
+    1/true/yes/on or 0/false/no/off is refused by name."""
     store = _store(s3_store_url, faults)
     faults.ignore_conditional_writes()
     monkeypatch.setenv("PRH_SINGLE_WRITER", "maybe")
-    with pytest.raises(ValueError, match=r"^PRH_SINGLE_WRITER='maybe' is not 1/true/yes or 0/false/no$"):
+    with pytest.raises(ValueError, match=r"^PRH_SINGLE_WRITER='maybe' is not 1/true/yes/on or 0/false/no/off$"):
         store.check_writable()
     monkeypatch.setenv("PRH_SINGLE_WRITER", "1")
     with caplog.at_level("WARNING", logger="storage.store"):

@@ -267,6 +267,19 @@ def test_a_local_store_is_probed_as_before(tmp_path, monkeypatch):
     assert created == [] and sorted(p.name for p in (tmp_path / "store").iterdir()) == []
 
 
+def test_single_writer_takes_on_and_off_as_the_other_yes_no_variables_do():
+    """``PRH_SINGLE_WRITER`` reads as ``storage.env_numbers.env_flag``: ``on``/``off`` too (``on``
+    had been refused by name, while the hub's offline variables take it); anything else is still
+    refused by name, never read as a yes."""
+    from storage.store import single_writer_accepted
+
+    assert single_writer_accepted({"PRH_SINGLE_WRITER": "on"}) is True
+    assert single_writer_accepted({"PRH_SINGLE_WRITER": "Off"}) is False
+    assert single_writer_accepted({"PRH_SINGLE_WRITER": "yes"}) is True and single_writer_accepted({}) is False
+    with pytest.raises(ValueError, match="^PRH_SINGLE_WRITER='maybe' is not "):
+        single_writer_accepted({"PRH_SINGLE_WRITER": "maybe"})
+
+
 def test_a_manifest_temporary_file_of_a_killed_writer_is_removed_by_gc(tmp_path):
     """A local manifest is created by linking a temporary file to its name; a writer killed
     between the link and the unlink left `.manifest.json.tmp-*` in a published folder for good."""

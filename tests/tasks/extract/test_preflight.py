@@ -131,3 +131,47 @@ def test_known_problem_reads_a_hub_models_cached_config_without_the_network(tmp_
     assert "model type 'reformer'" in known_problem(spec.model_copy(update={"revision": commit}))
     assert known_problem(spec.model_copy(update={"revision": "v2"})) is None  # that revision is not cached
     assert known_problem(spec.model_copy(update={"id": "org/elsewhere"})) is None
+
+
+HUB_OFFLINE_CASES = [  # (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE); None: unset
+    (None, None), ("1", None), ("ON", None), ("on", None), ("Yes", None), ("true", None), ("TRUE", None),
+    (" 1", None), ("1 ", None), ("2", None), ("off", None), ("0", None), ("", None), (None, "1"), (None, "yes"),
+    ("", "1"), ("0", "1"), ("false", "true"), ("1", "0"), (" ", "1"), (None, " on"),
+]
+
+HUB_PROBE = '''
+import importlib, json, os, sys
+import huggingface_hub.constants as constants
+from tasks.extract.preflight import hub_offline, offline_variables
+out = []
+for hf, tf in json.loads(sys.argv[1]):
+    for name, value in (("HF_HUB_OFFLINE", hf), ("TRANSFORMERS_OFFLINE", tf)):
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
+    importlib.reload(constants)  # huggingface_hub reads them when it is imported
+    out.append([constants.HF_HUB_OFFLINE, [offline_variables(), hub_offline()]])
+print(json.dumps(out))
+'''
+
+
+def test_the_offline_variables_read_as_huggingface_hub_reads_them():
+    """``HF_HUB_OFFLINE=0`` with ``TRANSFORMERS_OFFLINE=1`` is online for huggingface_hub (the first
+    variable set decides), and `` 1`` is not true there; prh read both as offline and refused a
+    hub model that was not cached ("the hub is offline") though the hub would have fetched it.
+    Every case is compared with the installed huggingface_hub's own reading (a fresh process)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["PYTHONPATH"] = str(root)
+    done = subprocess.run([sys.executable, "-c", HUB_PROBE, json.dumps(HUB_OFFLINE_CASES)], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert [hub for hub, _ in found] == [False, True, True, True, True, True, True, False, False, False, False, False,
+                                         False, True, True, True, False, False, True, False, False]  # the hub's rule today
+    assert {case: ours for case, (hub, ours) in zip(map(tuple, HUB_OFFLINE_CASES), found) if ours != [hub, hub]} == {}

@@ -1,0 +1,56 @@
+"""What the report needs to know of a metric, without importing the alignment engine.
+
+``tasks.metrics`` imports torch (about 1.5 s of the 3 s a cached ``prh report`` took) only for
+the report to read two facts of each metric: its direction (``higher_is_better``) and whether its
+range reaches below 0. :data:`BUILTIN_FACTS` holds them for the built-in metrics, as
+``tasks.metrics`` registers them (``tests/tasks/test_metric_facts.py`` checks every built-in
+registration against it, so the two cannot drift apart).
+
+:func:`metric_facts` asks the registry itself whenever ``tasks.metrics`` is imported in this
+process (a pipeline run; a report after the modules of ``$PRH_METRIC_MODULES`` registered user
+metrics, also ones under a built-in's name). Only that import can register a metric, so a process
+without it has exactly the built-in registrations: the table answers for them.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetricFacts:
+    """A registered metric's facts the report uses.
+
+    Attributes:
+        higher_is_better: ``MetricSpec.higher_is_better``: a larger score is more aligned.
+        signed: its bounds at its default parameters (``MetricSpec.bounds_for({})``) reach below 0.
+    """
+
+    higher_is_better: bool
+    signed: bool
+
+
+_PLAIN = MetricFacts(higher_is_better=True, signed=False)
+_SIGNED = MetricFacts(higher_is_better=True, signed=True)
+
+#: The built-in metrics' facts (``tasks.metrics.BUILTIN_SPECS``), by name.
+BUILTIN_FACTS: dict[str, MetricFacts] = {
+    "mutual_knn": _PLAIN, "cycle_knn": _PLAIN, "lcs_knn": _PLAIN, "edit_distance_knn": _PLAIN,
+    "jaccard_knn": _PLAIN, "cka": _PLAIN, "cka_rbf_median": _PLAIN, "unbiased_cka": _SIGNED,
+    "cknna": _SIGNED, "svcca": _PLAIN, "procrustes": _PLAIN, "linear_regression": _PLAIN,
+    "rsa_spearman": _SIGNED,
+}
+
+
+def metric_facts(metric: str) -> MetricFacts | None:
+    """The facts of ``metric`` as registered in this process: the registry's
+    (``tasks.metrics.METRICS``) where the engine is imported, else :data:`BUILTIN_FACTS`; None
+    for a name not registered here."""
+    registry = getattr(sys.modules.get("tasks.metrics"), "METRICS", None)
+    if registry is None:  # the engine is not imported: only the built-ins are registered
+        return BUILTIN_FACTS.get(metric)
+    if metric not in registry:
+        return None
+    spec = registry[metric]
+    return MetricFacts(higher_is_better=bool(spec.higher_is_better), signed=spec.bounds_for({})[0] < 0)

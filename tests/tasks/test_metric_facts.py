@@ -1,0 +1,95 @@
+"""`tasks.metric_facts`: the report reads a metric's direction and sign without importing the
+engine (torch); the facts it holds for the built-ins are the registry's, and a user metric of
+``$PRH_METRIC_MODULES`` (or one registered in the process) is read from the registry itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from tasks.metric_facts import BUILTIN_FACTS, MetricFacts, metric_facts
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _facts_of(spec) -> MetricFacts:
+    return MetricFacts(higher_is_better=spec.higher_is_better, signed=spec.bounds_for({})[0] < 0)
+
+
+def test_the_table_holds_every_builtin_registration_as_registered():
+    """The table cannot drift from the registry: every built-in, no other name, the same facts."""
+    from tasks.metrics import BUILTIN_SPECS
+
+    assert sorted(BUILTIN_FACTS) == sorted(BUILTIN_SPECS)
+    for name, spec in BUILTIN_SPECS.items():
+        assert BUILTIN_FACTS[name] == _facts_of(spec), name
+
+
+def test_a_metric_registered_in_the_process_is_read_from_the_registry():
+    from tasks.metrics import METRICS, register_metric
+    from tasks.report.tables import registered_direction, signed
+
+    name = f"user_gap_{uuid.uuid4().hex[:8]}"
+    register_metric(name, lambda x, y: float((x - y).abs().mean()), bounds=(-2.0, 2.0), higher_is_better=False,
+                    symmetric=True)
+    try:
+        assert metric_facts(name) == MetricFacts(higher_is_better=False, signed=True)
+        assert registered_direction(name) is False and signed(name) is True
+    finally:
+        METRICS._specs.pop(name, None)
+    assert metric_facts(name) is None and registered_direction(name) is None and signed(name) is False
+
+
+PLUGIN = '''
+from tasks.metrics import register_metric
+
+
+def gap(x, y):
+    return float((x - y).abs().mean())
+
+
+register_metric("{name}", gap, bounds=(-1.0, 1.0), higher_is_better=False, symmetric=True)
+register_metric("cka", gap, bounds=(0.0, 1.0), higher_is_better=False, symmetric=True, overwrite=True)
+'''
+
+PROBE = '''
+import json, sys
+from tasks.report.tables import registered_direction, signed
+names = sys.argv[1:]
+before = "torch" in sys.modules
+from tasks.report_source import load_metric_plugins
+notes = load_metric_plugins()
+print(json.dumps({"before": before, "torch": "torch" in sys.modules, "notes": notes,
+                  "facts": {n: [registered_direction(n), signed(n)] for n in names}}))
+'''
+
+
+def _probe(tmp_path: Path, modules: str, names: list[str]) -> dict:
+    """What a fresh process (as `prh report` starts) reads of ``names`` after loading ``modules``."""
+    env = {k: v for k, v in os.environ.items() if k != "PRH_METRIC_MODULES"}
+    env.update(PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]), PRH_METRIC_MODULES=modules)
+    done = subprocess.run([sys.executable, "-c", PROBE, *names], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_fresh_report_process_reads_the_builtins_without_torch_and_user_metrics_from_their_module(tmp_path):
+    """Without ``$PRH_METRIC_MODULES`` nothing imports the engine and the table answers, as the
+    registry would; with a module that registers a lower-is-better signed metric and overwrites
+    ``cka``'s direction, the registry answers for both (the table's ``cka`` is not used)."""
+    from tasks.metrics import BUILTIN_SPECS
+
+    builtins = sorted(BUILTIN_SPECS)
+    plain = _probe(tmp_path, "", builtins)
+    assert plain["torch"] is False and plain["notes"] == []
+    assert plain["facts"] == {n: [BUILTIN_SPECS[n].higher_is_better, _facts_of(BUILTIN_SPECS[n]).signed] for n in builtins}
+    metric, module = f"user_gap_{uuid.uuid4().hex[:8]}", f"prh_test_facts_plugin_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(PLUGIN.format(name=metric))
+    user = _probe(tmp_path, module, [metric, "cka", "unbiased_cka"])
+    assert user["before"] is False and user["torch"] is True and user["notes"] == []
+    assert user["facts"] == {metric: [False, True], "cka": [False, False], "unbiased_cka": [True, True]}
