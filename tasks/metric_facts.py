@@ -8,8 +8,9 @@ registration against it, so the two cannot drift apart).
 
 :func:`metric_facts` asks the registry itself whenever ``tasks.metrics`` is imported in this
 process (a pipeline run; a report after the modules of ``$PRH_METRIC_MODULES`` registered user
-metrics, also ones under a built-in's name). Only that import can register a metric, so a process
-without it has exactly the built-in registrations: the table answers for them.
+metrics, also ones under a built-in's name), once that import is done (one in progress in another
+thread is waited for, as importing the engine would). Only that import can register a metric, so a
+process without it has exactly the built-in registrations: the table answers for them.
 """
 
 from __future__ import annotations
@@ -47,10 +48,13 @@ def metric_facts(metric: str) -> MetricFacts | None:
     """The facts of ``metric`` as registered in this process: the registry's
     (``tasks.metrics.METRICS``) where the engine is imported, else :data:`BUILTIN_FACTS`; None
     for a name not registered here."""
-    registry = getattr(sys.modules.get("tasks.metrics"), "METRICS", None)
-    if registry is None:  # the engine is not imported: only the built-ins are registered
+    if "tasks.metrics" not in sys.modules:  # the engine is not imported: only the built-ins are registered
         return BUILTIN_FACTS.get(metric)
-    if metric not in registry:
+    # imported, or being imported by another thread: this waits for that import to finish (its
+    # registry, read before, had no built-in yet)
+    from tasks.metrics import METRICS
+
+    if metric not in METRICS:
         return None
-    spec = registry[metric]
+    spec = METRICS[metric]
     return MetricFacts(higher_is_better=bool(spec.higher_is_better), signed=spec.bounds_for({})[0] < 0)

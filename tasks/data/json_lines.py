@@ -25,10 +25,11 @@ lines are not rows), ``L`` the line it is on.
 from __future__ import annotations
 
 import json
+import re
 from array import array
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from tasks.data.json_tables import ROW_BATCH, RowTable, lone_surrogate
 from tasks.data.sources import ColumnMap, RawRecord, records_with_captions
@@ -97,52 +98,86 @@ def _head(path: Path, limit: int | None) -> Iterator[tuple[Any, int, bool]]:
 
 
 def _lines(path: Path) -> Iterator[tuple[Any, int, bool]]:
-    """``(parsed value, line number, whether the line is UTF-8)`` of each non-blank line of
-    ``path``, read one at a time. Lines end at LF, CRLF or a lone CR (:func:`_split_lines`), as
-    pyarrow's reader takes them. A line that is not UTF-8 is decoded with ``surrogateescape``:
-    each byte that is not UTF-8 is a character U+DC80-U+DCFF in the string that holds it (its row
-    is judged by :func:`_surrogate_problem`); outside a string it is not JSON.
+    """``(parsed value, line number, whether its text is UTF-8)`` of each row of ``path``, read one
+    line (up to an LF) at a time. Lines end at LF, CRLF or a lone CR, as an editor counts them; a
+    row is numbered by the line it starts on. A CR between rows ends a line (classic Mac OS line
+    ends, or a file mixing them with LF: pyarrow's reader takes such a file); inside a row it is
+    JSON whitespace, as pyarrow reads it too (:func:`_values`). A line that is not UTF-8 is decoded
+    with ``surrogateescape``: each byte that is not UTF-8 is a character U+DC80-U+DCFF in the
+    string that holds it (its row is judged by :func:`_surrogate_problem`); outside a string it is
+    not JSON.
 
     Raises:
         ValueError: naming ``path`` and the line: not JSON; the file cannot be read.
     """
     where = str(path)
+    number = 1  # the line the next LF-ended line starts on
     try:
         with path.open("rb") as handle:
-            for number, raw in enumerate(_split_lines(handle), start=1):
+            for index, raw in enumerate(handle):
                 utf8 = True
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError:
                     text, utf8 = raw.decode("utf-8", errors="surrogateescape"), False
-                if number == 1:
+                if index == 0:
                     text = text.removeprefix("\ufeff")
-                if not text.strip():
-                    continue
+                body = len(text) - (2 if text.endswith("\r\n") else 1 if text.endswith("\n") else 0)  # where its LF or CRLF starts
                 try:
-                    value = json.loads(text)
+                    for value, start, end in ([] if not text.strip() else _values(text)):
+                        yield value, number + text.count("\r", 0, start), utf8 or _ESCAPED_BYTE.search(text, start, end) is None
                 except json.JSONDecodeError as exc:
+                    line, start = _line_at(text, exc.pos, number, body)
                     raise ValueError(f"dataset table {where!r} is not readable JSON Lines (one object per line): line "
-                                     f"{number}: {exc.msg} (column {exc.colno}){_not_utf8_at(raw)}") from None
-                yield value, number, utf8
+                                     f"{line}: {exc.msg} (column {exc.pos - start + 1})"
+                                     f"{_not_utf8_at(_line_bytes(raw, text, start))}") from None
+                number += 1 + text.count("\r", 0, body)
     except OSError as exc:
         raise ValueError(f"dataset table {where!r} cannot be read: {exc}") from exc
 
 
-def _split_lines(handle: Iterable[bytes]) -> Iterator[bytes]:
-    """The lines of a binary file (iterated up to each LF), also cut at a lone CR (classic Mac OS
-    line ends, or a file mixing them with LF: pyarrow's reader took such a file, this reader had
-    refused it, "line 1: Extra data"); a CR inside a JSON string is no JSON, so no row is cut. A
-    line keeps its LF or CRLF (JSON whitespace)."""
-    for raw in handle:
-        ending = b"\r\n" if raw.endswith(b"\r\n") else b"\n" if raw.endswith(b"\n") else b""
-        body = raw[:len(raw) - len(ending)]
-        if b"\r" not in body:
-            yield raw
-            continue
-        *lines, last = body.split(b"\r")
-        yield from lines
-        yield last + ending
+def _line_at(text: str, at: int, first: int, body: int) -> tuple[int, int]:
+    """The line of character ``at`` of ``text`` (``first``: the line ``text`` starts on) and where
+    in ``text`` that line starts. ``text`` is a line up to its LF, whose lone CRs (those before
+    ``body``, where its LF or CRLF starts) end lines too."""
+    crs = min(at, body)
+    return first + text.count("\r", 0, crs), max(text.rfind("\r", 0, crs), text.rfind("\n", 0, at)) + 1
+
+
+_LINE_END = re.compile(rb"\r\n?|\n")
+
+
+def _line_bytes(raw: bytes, text: str, start: int) -> bytes:
+    """The bytes of the line that starts at character ``start`` of ``text`` (``raw`` decoded, less
+    a BOM: a line at the start of ``raw`` keeps it), up to its line end."""
+    head = 0 if start == 0 else (len(raw) - len(text.encode("utf-8", "surrogateescape"))
+                                 + len(text[:start].encode("utf-8", "surrogateescape")))
+    stop = _LINE_END.search(raw, head)
+    return raw[head:stop.start() if stop else len(raw)]
+
+
+#: JSON whitespace; a byte that is not UTF-8, as ``surrogateescape`` decodes it.
+_SPACE = re.compile(r"[ \t\n\r]*")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+_DECODER = json.JSONDecoder()
+
+
+def _values(text: str) -> Iterator[tuple[Any, int, int]]:
+    """Each JSON value in ``text`` (a line up to its LF; not blank), with where it starts and ends:
+    one, or more where a lone CR ends a line between them. ``json.JSONDecodeError`` (its ``pos`` in
+    ``text``) for what is not JSON, and for two values with no line break between them ("Extra
+    data", as ``json.loads`` says)."""
+    at = _SPACE.match(text).end()
+    while True:
+        if text.startswith("\ufeff", at):  # as json.loads says of a BOM (the file's first is taken off)
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, at)
+        value, end = _DECODER.raw_decode(text, at)
+        yield value, at, end
+        at = _SPACE.match(text, end).end()
+        if at == len(text):
+            return
+        if "\r" not in text[end:at]:
+            raise json.JSONDecodeError("Extra data", text, at)
 
 
 def _surrogate_problem(value: dict[str, Any], columns: ColumnMap, origin: str, not_utf8: bool = False

@@ -396,23 +396,60 @@ _BRACKET_STEP[[ord("]"), ord("}")]] = -1
 
 
 def check_json_nesting(path: Path, limit: int = MAX_JSON_DEPTH, chunk_bytes: int = 1 << 20) -> None:
-    """Raise ``ValueError`` naming ``path`` and the line when a line nests ``[``/``{`` deeper than
-    ``limit``. Counts brackets per line, a chunk of the file at a time (brackets inside strings
-    count too: a caption would need hundreds of unclosed ones to trip it); the arrays of a 1 MiB
-    chunk peak at ~50 MB (4 MiB chunks of 64-bit counts had taken ~220 MB for any file that size)."""
-    carry, lines = 0, 0  # the current line's depth at the end of the previous chunk; lines before this chunk
+    """Raise ``ValueError`` naming ``path`` and the line when ``[``/``{`` nest deeper than ``limit``.
+    Counts the brackets outside strings across lines, a chunk of the file at a time: a row whose
+    brackets each stand on a line of their own is as deep as one on a single line (per-line counts
+    had passed it, and pyarrow's reader crashed the process), and brackets in a caption do not
+    count (:func:`_unescaped_quotes`; a string ends at its line's end at the latest, as JSON has no
+    raw line break in one). The depth never goes below 0: a stray closing bracket hides nothing
+    after it. A 91 MB table's count peaks at ~15 MB (1 MiB chunks, the positions of its quotes and
+    brackets only)."""
+    depth, in_string, escaping, lines = 0, False, False, 0  # at the end of the chunk before; its lines
     with path.open("rb") as handle:
         while chunk := handle.read(chunk_bytes):
             b = np.frombuffer(chunk, dtype=np.uint8)
-            depth = np.cumsum(_BRACKET_STEP[b], dtype=np.int32)  # a chunk holds fewer than 2**31 brackets
-            newline = b == 10
-            line = np.cumsum(newline, dtype=np.int32)  # a line's index in the chunk (a newline starts the next)
-            rel = depth - np.concatenate(([-carry], depth[newline]))[line]
-            if int(rel.max()) > limit:
-                at = int(np.argmax(rel > limit))
-                raise ValueError(f"dataset table {str(path)!r}: line {lines + int(line[at]) + 1} nests JSON arrays/objects "
-                                 f"more than {limit} levels deep; not a table of image-caption rows")
-            carry, lines = int(rel[-1]), lines + int(newline.sum())
+            ends = np.flatnonzero(b == 10)
+            quotes = _unescaped_quotes(b, escaping)
+            brackets = np.flatnonzero(_BRACKET_STEP[b])
+            line = np.searchsorted(ends, brackets)  # each bracket's line in the chunk
+            # quotes before each line (the first: one when the chunk starts inside a string)
+            line_quotes = np.concatenate(([-int(in_string)], np.searchsorted(quotes, ends)))
+            outside = (np.searchsorted(quotes, brackets) - line_quotes[line]) % 2 == 0
+            brackets, line = brackets[outside], line[outside]
+            if brackets.size:  # the depth after each bracket: its running sum reflected at 0
+                total = np.cumsum(_BRACKET_STEP[b[brackets]], dtype=np.int32) + depth
+                total -= np.minimum(np.minimum.accumulate(total), 0)
+                if int(total.max()) > limit:
+                    at = int(np.argmax(total > limit))
+                    raise ValueError(f"dataset table {str(path)!r}: line {lines + int(line[at]) + 1} nests JSON "
+                                     f"arrays/objects more than {limit} levels deep; not a table of image-caption rows")
+                depth = int(total[-1])
+            in_string = bool((quotes.size - line_quotes[-1]) % 2)
+            escaping = _ends_escaping(b, escaping)
+            lines += ends.size
+
+
+def _unescaped_quotes(b: np.ndarray, escaping: bool) -> np.ndarray:
+    """The positions of the quotes in ``b`` (a chunk, ``uint8``) that no odd run of backslashes
+    precedes (``escaping``: the chunk before ended in one)."""
+    quotes, slashes = np.flatnonzero(b == 34), np.flatnonzero(b == 92)
+    if not slashes.size:
+        return quotes[~((quotes == 0) & escaping)]
+    first = np.maximum.accumulate(np.where(np.diff(slashes, prepend=-2) != 1, np.arange(slashes.size), 0))  # each run's start
+    last = np.searchsorted(slashes, quotes) - 1  # the last backslash before each quote
+    after = (last >= 0) & (slashes[last] == quotes - 1)  # just before it
+    run = np.where(after, last - first[last] + 1, 0)
+    carried = escaping & ((quotes == 0) | (after & (slashes[first[last]] == 0)))  # a run from the chunk's start
+    return quotes[(run + carried) % 2 == 0]
+
+
+def _ends_escaping(b: np.ndarray, escaping: bool) -> bool:
+    """Whether chunk ``b`` ends in an odd run of backslashes (``escaping``: as the one before did)."""
+    if b[-1] != 92:
+        return False
+    others = np.flatnonzero(b != 92)
+    run = b.size - 1 - int(others[-1]) if others.size else b.size + int(escaping)
+    return bool(run % 2)
 
 
 def _read_jsonl(path: Path, columns: ColumnMap, limit: int | None = None) -> list[RawRecord]:

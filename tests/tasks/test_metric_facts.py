@@ -93,3 +93,48 @@ def test_a_fresh_report_process_reads_the_builtins_without_torch_and_user_metric
     user = _probe(tmp_path, module, [metric, "cka", "unbiased_cka"])
     assert user["before"] is False and user["torch"] is True and user["notes"] == []
     assert user["facts"] == {metric: [False, True], "cka": [False, False], "unbiased_cka": [True, True]}
+
+
+HELD_IMPORT = '''
+import json, sys, threading, time
+from tasks.metric_facts import metric_facts
+
+entered = threading.Event()
+
+
+def hold(frame, event, arg):  # the importing thread waits just before the built-ins are registered
+    if event == "call" and frame.f_code.co_name == "register_builtins":
+        entered.set()
+        time.sleep(1.0)
+
+
+def importer():
+    sys.settrace(hold)
+    import tasks.metrics  # noqa: F401
+
+
+thread = threading.Thread(target=importer)
+thread.start()
+assert entered.wait(120)
+during = {n: metric_facts(n) for n in sys.argv[1:]}
+thread.join()
+print(json.dumps({n: None if f is None else [f.higher_is_better, f.signed] for n, f in during.items()}))
+'''
+
+
+def test_a_report_thread_waits_for_an_engine_import_in_progress_in_another_thread(tmp_path):
+    """While another thread imports ``tasks.metrics`` (the module in ``sys.modules``, its registry
+    made but the built-ins not yet registered), the facts had been read from that empty registry:
+    every built-in unregistered, so the report took ``unbiased_cka`` as unsigned and noted it as an
+    unknown metric. They are the registry's once that import is done, as the engine's import had
+    given them before (it waits for it)."""
+    from tasks.metrics import BUILTIN_SPECS
+
+    names = sorted(BUILTIN_SPECS)
+    env = {k: v for k, v in os.environ.items() if k != "PRH_METRIC_MODULES"}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run([sys.executable, "-c", HELD_IMPORT, *names], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    during = json.loads(done.stdout.splitlines()[-1])
+    assert during == {n: [BUILTIN_SPECS[n].higher_is_better, _facts_of(BUILTIN_SPECS[n]).signed] for n in names}

@@ -271,6 +271,27 @@ def test_lines_ended_by_a_lone_cr_are_read_line_by_line_as_pyarrow_reads_them(fo
         (3, "text_not_utf8", "row 3 (line 5)")]
 
 
+def test_a_cr_inside_a_row_is_whitespace_as_pyarrow_reads_it(folder: Path) -> None:
+    """A CR between the tokens of one row (JSON whitespace: a writer that breaks an object's lines
+    with CR) is read by pyarrow, and was by the line-by-line reader until it cut every line at a
+    lone CR: beside one line pyarrow refuses, the file was refused ("line 1: Expecting property
+    name"). A CR ends a line only between rows; rows are numbered by the line they start on, as an
+    editor counts lines (LF, CRLF or a lone CR); two rows with no line break between them stay
+    refused."""
+    rows = [b'{"image": "red.png",\r "text": "red", "sample_id": "r"}', b'{"image": "blue.png", "text": "blue", "sample_id": "b"}',
+            b'{"image": "green.png", "text": "half \\ud800", "sample_id": "h"}']
+    (folder / "good.jsonl").write_bytes(rows[0] + b"\r" + rows[1] + b"\n")
+    (folder / "bad.jsonl").write_bytes(rows[0] + b"\r" + rows[1] + b"\r\n" + rows[2] + b"\n")
+    good, bad = (load_paired_dataset(folder / name, min_valid_rows=1) for name in ("good.jsonl", "bad.jsonl"))
+    assert good.table.column("sample_id").to_pylist() == bad.table.column("sample_id").to_pylist() == ["b", "r"]
+    assert [(row, reason, detail.split(":")[0]) for row, _, reason, detail in rejected(bad)] == [
+        (2, "text_not_utf8", "row 2 (line 4)")]
+    (folder / "two.jsonl").write_bytes(rows[1] + b" " + rows[0] + b"\n" + rows[2] + b"\n")
+    with pytest.raises(ValueError, match=r"two\.jsonl'? is not readable JSON Lines \(one object per line\): line 1: "
+                                         r"Extra data \(column 57\)"):
+        load_paired_dataset(folder / "two.jsonl", min_valid_rows=1)
+
+
 def test_an_image_folder_metadata_table_with_a_line_that_is_not_json_is_named_with_its_line(folder: Path) -> None:
     """Finding the metadata table's columns reads every line when pyarrow refuses the file; a line
     that is not JSON leaves that to the table's reader, which names the line."""

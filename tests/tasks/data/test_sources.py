@@ -49,6 +49,26 @@ def test_json_nesting_limit_is_the_deepest_allowed(tmp_path):
         check_json_nesting(path, limit=8, chunk_bytes=5)
 
 
+def test_json_nesting_is_counted_across_lines_and_outside_strings(tmp_path):
+    """A row whose brackets each stand on a line of their own had passed the per-line count, and
+    pyarrow's reader then crashed the process (a segfault at 20,000 levels, no message): the depth
+    is counted across lines. Brackets inside strings (a caption of 600 ``[``, after an escaped
+    quote or before an escaped backslash) do not count, where they had refused the table."""
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"image": "a.png", "text": "x"}\n{"image": "b.png", "text": "y", "extra": '
+                    + "[\n" * 9 + "]\n" * 9 + "}\n")  # the second row: depth 2 on line 2, 9 on line 9
+    for chunk in (3, 4096):
+        check_json_nesting(path, limit=10, chunk_bytes=chunk)
+        with pytest.raises(ValueError, match=r"t\.jsonl'?: line 9 nests JSON arrays/objects more than 8 levels deep"):
+            check_json_nesting(path, limit=8, chunk_bytes=chunk)
+    path.write_text('{"image": "a.png", "text": "a \\"quote\\" ' + "[" * 600 + '", "sample_id": "s\\\\"}\n'
+                    + '{"image": "b.png", "text": "' + "{" * 600 + '", "tags": [[1]]}\n')
+    for chunk in (5, 4096):
+        check_json_nesting(path, chunk_bytes=chunk)
+        with pytest.raises(ValueError, match=r"line 2 nests JSON arrays/objects more than 1 levels deep"):
+            check_json_nesting(path, limit=1, chunk_bytes=chunk)
+
+
 def test_the_json_nesting_check_holds_little_memory(tmp_path):
     """The nesting check runs before every JSON Lines table is read: it counted brackets in 4 MiB
     chunks of 64-bit arrays, a peak of ~200 MB for any table of 4 MB or more (more than reading a
