@@ -94,6 +94,8 @@ def load_extractor(spec: ModelSpec, device: str | None = None) -> Extractor:
     from tasks.extract import hf_models
 
     checked = hf_models.check_model(spec)
+    # the image processor first: one that cannot load (a missing library) is refused before the weights load
+    processor = hf_models.load_image_processor(spec, checked.config, checked.access) if spec.modality == "vision" else None
     if spec.loader == "hf":
         loaded = hf_models.load_pretrained(spec, dev, device_map, checked)
     else:
@@ -105,7 +107,6 @@ def load_extractor(spec: ModelSpec, device: str | None = None) -> Extractor:
 
     from tasks.extract.hf_vision import HFVisionExtractor
 
-    processor = hf_models.load_image_processor(spec, checked.config, checked.access)
     return HFVisionExtractor(spec, loaded, processor, dev)
 
 

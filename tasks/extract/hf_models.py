@@ -28,18 +28,21 @@ layer's device (the CPU for offloaded weights). Use it with ``dtype: bfloat16``.
 the single-device ones (tested on a CPU, with part of a model offloaded to disk).
 
 Which model class: language models whose config names a causal-LM architecture (``*ForCausalLM``,
-``*LMHeadModel``) — or, for random configs, whose type has a causal-LM class and no masked-LM class
+``*LMHeadModel``, or the causal-LM class transformers maps the type to: Gemma 3's
+``Gemma3ForConditionalGeneration``) — or, for random configs, whose type has a causal-LM class and no masked-LM class
 (GPT-2, Llama yes; BERT no), or is flagged as a decoder — load with ``AutoModelForCausalLM`` (logits
 for bits per byte); everything else with ``AutoModel``. Never a model whose LM head sees later
 tokens (`left_to_right`): XLNet, CPM-Ant, XLM unless ``causal``, BERT-like types unless
 ``is_decoder``. Dual-tower checkpoints (CLIP, SigLIP) use their
-``vision_model``/``text_model``; encoder-decoders use their encoder.
+``vision_model``/``text_model``, vision-language ones (LLaVA, Gemma 3) their ``vision_tower`` /
+``language_model``; encoder-decoders use their encoder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import inspect
 import os
 import pickle
@@ -113,9 +116,9 @@ def is_causal_config(config: Any, from_architectures: bool) -> bool:
     if getattr(config, "is_encoder_decoder", False) or not left_to_right(config):
         return False
     archs = getattr(config, "architectures", None) or []
-    if from_architectures and archs:
-        return any(a.endswith(_CAUSAL_SUFFIXES) for a in archs)
     model_type = getattr(config, "model_type", None)
+    if from_architectures and archs:  # or the type's own causal-LM class (Gemma 3's Gemma3ForConditionalGeneration)
+        return any(a.endswith(_CAUSAL_SUFFIXES) or a == MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type) for a in archs)
     if _decoder_flag(config):
         return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
@@ -155,10 +158,15 @@ def left_to_right(config: Any) -> bool:
 
 
 def _select_tower(model: torch.nn.Module, modality: str) -> torch.nn.Module:
-    """The part that takes one modality: CLIP/SigLIP towers, the encoder of encoder-decoders."""
-    tower = "vision_model" if modality == "vision" else "text_model"
-    if hasattr(model, tower) and isinstance(getattr(model, tower), torch.nn.Module):
-        return getattr(model, tower)
+    """The part that takes one modality: CLIP/SigLIP towers, the image encoder (``vision_tower``) or
+    the language model (``language_model``) of a vision-language model (LLaVA, Gemma 3), the encoder
+    of encoder-decoders."""
+    names = ("vision_model", "vision_tower") if modality == "vision" else ("text_model", "language_model")
+    for name in names:
+        part = getattr(model, name, None)
+        if isinstance(part, torch.nn.Module):
+            # a vision_tower may wrap its transformer as CLIPVisionModel does: its own vision_model
+            return _select_tower(part, modality) if name == "vision_tower" else part
     # an encoder-decoder, also when its config says otherwise (transformers 5 saves a T5EncoderModel's
     # config with is_encoder_decoder false, and AutoModel then builds the whole T5Model)
     two_parts = getattr(model.config, "is_encoder_decoder", False) or isinstance(getattr(model, "decoder", None), torch.nn.Module)
@@ -179,6 +187,9 @@ def _finish(model: torch.nn.Module, modality: str, causal: bool, device: torch.d
     if not device_map:
         model.to(device=device, dtype=dtype)
     if causal:
+        text = getattr(model.base_model, "language_model", None)
+        if isinstance(text, torch.nn.Module):  # a vision-language model (Gemma 3): its language model and LM head
+            return LoadedModel(model=text, lm=model, counted=torch.nn.ModuleList([text, model.get_output_embeddings()]))
         return LoadedModel(model=model.base_model, lm=model, counted=model)
     body = _select_tower(model, modality)
     return LoadedModel(model=body, lm=None, counted=body)
@@ -220,11 +231,11 @@ def check_model(spec: ModelSpec) -> CheckedModel:
         if not (spec.trust_remote_code and getattr(config, "auto_map", None)):
             check_modality(spec, type(config), causal)
             if not language:  # language: probe_position_offset builds it below
-                meta_model(spec, config, causal)
+                _refuse_other_inputs(spec, meta_model(spec, config, causal))
         tokenizer = load_tokenizer(spec, access) if language else None
-        if tokenizer is not None:
-            _check_vocabulary(spec, tokenizer, config)
-            _check_max_length(spec, tokenizer, config, probe_position_offset(spec, config, causal))
+        if tokenizer is not None:  # a two-tower or vision-language checkpoint keeps these sizes in text_config
+            _check_vocabulary(spec, tokenizer, _text_config(config))
+            _check_max_length(spec, tokenizer, _text_config(config), probe_position_offset(spec, config, causal))
     else:
         access = None
         cls = _config_class(spec)
@@ -235,15 +246,33 @@ def check_model(spec: ModelSpec) -> CheckedModel:
         causal = language and is_causal_config(config, from_architectures=False)
         _feature_overrides(config, spec.config)
         if not language:
-            meta_model(spec, config, causal)
+            _refuse_other_inputs(spec, meta_model(spec, config, causal))
         if tokenizer is not None:
             _check_vocabulary(spec, tokenizer, _text_config(config))
             _check_max_length(spec, tokenizer, _text_config(config), probe_position_offset(spec, config, causal))
     return CheckedModel(config, causal, access, tokenizer)
 
 
+def _refuse_other_inputs(spec: ModelSpec, model: torch.nn.Module | None) -> None:
+    """A vision module (the part a vision spec runs: `_select_tower`, of the model built on the
+    ``meta`` device; None: not built, not checked) whose forward needs inputs besides
+    ``pixel_values`` cannot run on the pixels prh gives it: SigLIP 2's NaFlex model wants
+    ``pixel_attention_mask`` and ``spatial_shapes`` (it failed at the load's probe forward)."""
+    if model is None:
+        return
+    tower = _select_tower(model, "vision")
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    needed = [p.name for p in inspect.signature(tower.forward).parameters.values()
+              if p.name != "pixel_values" and p.kind in kinds and p.default is inspect.Parameter.empty]
+    if needed:
+        raise ModelInputError(spec.name, spec.id, f"{type(tower).__name__}'s forward needs input(s) "
+                              f"{', '.join(map(repr, needed))} besides pixel_values, which prh does not give (SigLIP 2's "
+                              "NaFlex variant: use a fixed-resolution SigLIP 2 checkpoint, model type 'siglip')")
+
+
 def _text_config(config: Any) -> Any:
-    """The config of the part that reads token ids: ``text_config`` of a two-tower model (CLIP, SigLIP)."""
+    """The config of the part that reads token ids: ``text_config`` of a two-tower model (CLIP, SigLIP)
+    or of a vision-language one (LLaVA, Gemma 3)."""
     return getattr(config, "text_config", None) or config
 
 
@@ -323,7 +352,8 @@ def _unknown_keys(overrides: dict[str, Any], config: Any, path: str, placed: tup
     stored = vars(config)
     extra = {key for p in placed if type(p) is type(config) for key in vars(p)}
     unknown = sorted(key for key in overrides
-                     if key in stored and default is not None and key not in extra and not _has_field(default, key))
+                     if key in stored and default is not None and key not in extra and not _has_field(default, key)
+                     and not _read_by_its_code(type(config), key))
     here = [f"config key(s) {_with_hints(unknown, default, path)} not known to {type(config).__name__}"] if unknown else []
     return here + _unknown_sub_keys(overrides, config, path, (*placed, default) if default is not None else placed)
 
@@ -345,6 +375,34 @@ def _unknown_sub_keys(overrides: dict[str, Any], config: Any, path: str, default
             placed = tuple(p for d in defaults if isinstance(p := vars(d).get(key), PretrainedConfig))
             problems += _unknown_keys(value, sub, f"{path or 'config.'}{key}.", placed)
     return problems
+
+
+def _read_by_its_code(config_cls: type, key: str) -> bool:
+    """Whether the config class's own transformers code (the ``configuration_*.py`` and
+    ``modeling_*.py`` beside it) reads ``key`` although its default instance has no such field:
+    ``getattr(config, "key", default)`` (DeBERTa-v2's ``position_buckets``, ``share_att_key``,
+    ``norm_rel_ebd``), ``kwargs.get("key")`` in ``__init__`` (ModernBERT's
+    ``global_attn_every_n_layers``), ``config.key``. A misspelt key is in no such code."""
+    import re
+
+    pattern = re.compile(rf"config\.{re.escape(key)}\b|getattr\(\s*(?:self\.)?config\s*,\s*[\"']{re.escape(key)}[\"']"
+                         rf"|kwargs\.(?:get|pop)\(\s*[\"']{re.escape(key)}[\"']")
+    return any(pattern.search(text) for text in _family_sources(config_cls.__module__))
+
+
+@functools.lru_cache(maxsize=32)
+def _family_sources(module_name: str) -> tuple[str, ...]:
+    """The text of the ``configuration_*.py`` and ``modeling_*.py`` files in a transformers config
+    module's folder (none for a module outside ``transformers``: remote code is not read)."""
+    import sys
+
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None)
+    if not module_name.startswith("transformers.") or not path:
+        return ()
+    folder = Path(path).parent
+    return tuple(f.read_text(encoding="utf-8", errors="replace")
+                 for f in sorted([*folder.glob("configuration_*.py"), *folder.glob("modeling_*.py")]))
 
 
 def _has_field(config: Any, key: str) -> bool:
@@ -665,6 +723,9 @@ def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAcces
     except (OSError, ValueError, KeyError) as exc:
         raise ModelInputError(spec.name, spec.id, f"no usable image processor config (preprocessor_config.json) in "
                               f"{access.source!r}: {_first_line(exc)}") from exc
+    except ImportError as exc:  # a processor class that needs a library that is not installed (DINOv3's: torchvision)
+        missing = " ".join(str(exc).split()).split(". ")[0].rstrip(".")
+        raise ModelInputError(spec.name, spec.id, f"needs a library that is not installed here: {missing}") from exc
     if spec.crop_pct is not None:
         set_centre_crop(proc, spec)
     elif spec.image_size is not None:

@@ -17,7 +17,21 @@ TINY_LANGUAGE = {
     "gpt2": ("GPT2Config", dict(n_layer=3, n_embd=32, n_head=2, n_positions=128)),
     "llama": ("LlamaConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                   intermediate_size=64, max_position_embeddings=128)),
+    # newer families: Gemma 2 (sliding-window layers, soft-capping), Qwen 3 (q/k norms), ModernBERT (unpadded
+    # attention, local windows), DeBERTa-v2/v3 (relative positions)
+    "gemma2": ("Gemma2Config", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                    head_dim=8, intermediate_size=64, max_position_embeddings=128, sliding_window=4,
+                                    query_pre_attn_scalar=8)),
+    "qwen3": ("Qwen3Config", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  head_dim=8, intermediate_size=64, max_position_embeddings=128)),
+    "modernbert": ("ModernBertConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                            max_position_embeddings=128, local_attention=4, global_attn_every_n_layers=2)),
+    "deberta-v2": ("DebertaV2Config", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                           max_position_embeddings=128, relative_attention=True, position_buckets=8,
+                                           pos_att_type=["p2c", "c2p"], position_biased_input=False)),
 }
+#: The TINY_LANGUAGE kinds that are causal LMs (the others are encoders).
+CAUSAL_KINDS = frozenset({"gpt2", "llama", "gemma2", "qwen3"})
 
 # Captions of different lengths (bytes, so the byte-level tokenizer makes them differ a lot).
 CAPTIONS = [

@@ -57,9 +57,9 @@ def test_the_rule_admits_exactly_the_left_to_right_lm_heads(case):
     assert is_causal_config(config, from_architectures=False) == causal  # random_hf
     name = AutoModelForCausalLM._model_mapping[type(config)].__name__
     config.architectures = [name]  # a checkpoint saved from that class (hf)
-    # names without the causal suffixes (BertGenerationDecoder) are not read as causal LMs: never a false "causal"
-    expected = causal and name.endswith(("ForCausalLM", "LMHeadModel"))
-    assert is_causal_config(config, from_architectures=True) == expected
+    # the type's causal-LM class is read as one whatever its name (BertGenerationDecoder, as Gemma 3's
+    # Gemma3ForConditionalGeneration), and only where it reads left to right: never a false "causal"
+    assert is_causal_config(config, from_architectures=True) == causal
 
 
 def test_expected_ground_truth():

@@ -80,6 +80,77 @@ def test_dual_tower_checkpoint_uses_the_vision_tower(tmp_path, images):
     assert extract_all(ex, images).layers[0].shape == (len(images), 32)
 
 
+_VLM_TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                 max_position_embeddings=128, head_dim=8, vocab_size=30522, pad_token_id=0, bos_token_id=101, eos_token_id=102)
+_VLM_VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
+
+
+def _save_vision_language_checkpoint(path, kind: str):
+    """A tiny Llava (CLIP vision tower, Llama) or Gemma 3 (SigLIP tower, Gemma 3 text: the 4B-27B
+    checkpoints' layout) saved as ``*ForConditionalGeneration`` with MiniLM's tokenizer and a PIL
+    processor; returns the model read back from the folder."""
+    import transformers
+    from transformers import AutoModelForImageTextToText, ViTImageProcessorPil
+
+    if kind == "llava":
+        config = transformers.LlavaConfig(text_config=dict(_VLM_TEXT, model_type="llama"), image_token_index=30521,
+                                          vision_config=dict(_VLM_VISION, model_type="clip_vision_model"))
+    else:
+        config = transformers.Gemma3Config(text_config=dict(_VLM_TEXT, sliding_window=4, query_pre_attn_scalar=8),
+                                           vision_config=_VLM_VISION, mm_tokens_per_image=4, image_token_index=30521,
+                                           boi_token_index=30520, eoi_token_index=30519)
+    torch.manual_seed(0)
+    AutoModelForImageTextToText.from_config(config).save_pretrained(path)
+    _with_minilm_tokenizer(path)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(path)
+    return AutoModelForImageTextToText.from_pretrained(path).eval()
+
+
+def _count(*modules: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for m in modules for p in m.parameters()}.values())
+
+
+@pytest.mark.parametrize("kind, prefix", [("llava", 1), ("gemma3", 0)])
+def test_a_vision_language_checkpoint_as_vision_runs_its_vision_tower(tmp_path, images, kind, prefix):
+    """LLaVA and Gemma 3 keep their image encoder as ``vision_tower`` (CLIP, SigLIP); the whole model's
+    forward wants token ids too ("You must specify exactly one of input_ids or inputs_embeds" at the
+    probe). A vision spec runs the tower: its hidden states, averaged by hand after its CLS token."""
+    full = _save_vision_language_checkpoint(tmp_path, kind)
+    ex = load_extractor(ModelSpec(name=kind, loader="hf", id=str(tmp_path), modality="vision"), device="cpu")
+    tower = full.model.vision_tower
+    assert ex.param_count == _count(tower) < _count(full)
+    assert ex.layer_names == ["embeddings", "layer.01", "layer.02"]
+    pixels = ex.prepare(images[:2]).pixel_values
+    with torch.inference_mode():
+        states = tower(pixel_values=pixels, output_hidden_states=True).hidden_states
+    for got, h in zip(ex.extract_batch(images[:2]), states, strict=True):
+        np.testing.assert_allclose(got, h[:, prefix:].mean(dim=1).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["llava", "gemma3"])
+def test_a_vision_language_checkpoint_as_language_runs_its_language_model(tmp_path, kind):
+    """A language spec runs the language model alone: its parameters are counted, not the vision
+    tower's. Gemma 3's ``Gemma3ForConditionalGeneration`` is the causal-LM class transformers maps
+    its type to: a causal LM with bits per byte (it was an encoder, without them); LLaVA's is not."""
+    from tests.tasks.extract.test_bits_per_byte import _hand_bpb
+
+    full = _save_vision_language_checkpoint(tmp_path, kind)
+    spec = ModelSpec(name=kind, loader="hf", id=str(tmp_path), modality="language", max_length=96)
+    ex = load_extractor(spec, device="cpu")
+    text = full.model.language_model
+    assert ex.is_causal_lm == (kind == "gemma3")
+    assert ex.param_count == (_count(text, full.lm_head) if kind == "gemma3" else _count(text)) < _count(full)
+    feats = extract_all(ex, CAPTIONS, batch_size=8)
+    for i, caption in enumerate(CAPTIONS):
+        ids = ex.tokenizer(caption, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            states = full(input_ids=ids, output_hidden_states=True).hidden_states
+        for layer, h in zip(feats.layers, states, strict=True):
+            np.testing.assert_allclose(layer[i], h[0].mean(dim=0).numpy(), atol=1e-5)
+    if kind == "gemma3":
+        assert feats.extras["bits_per_byte"] == pytest.approx(_hand_bpb(ex, CAPTIONS)[0], rel=1e-6)
+
+
 def test_local_causal_lm_is_detected_from_architectures(tmp_path):
     from transformers import ByT5Tokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -141,11 +212,15 @@ def test_a_random_two_tower_config_reads_its_towers_settings(images):
     ("random model smaller than its tokenizer", r"has 30522 tokens for a model with 512 embedding rows.*leave config.vocab_size"),
     ("max_length past the positions", r"max_length 512 is more than the 128 positions the model takes"),
     ("max_length without room", r"max_length 2 leaves no caption token: the tokenizer adds 2 special token\(s\)"),
+    # a two-tower checkpoint keeps these sizes in text_config: unchecked, a ValueError mid-run ("Sequence length must be
+    # less than max_position_embeddings"), or an index out of range
+    ("two-tower max_length past the positions", r"max_length 24 is more than the 16 positions the model takes"),
+    ("two-tower tokenizer larger than the embeddings", r"has 30522 tokens for a model with 512 embedding rows"),
 ])
 def test_language_settings_that_fail_mid_run_are_refused_at_the_check(tmp_path, case, message):
     """Each of these failed only inside the forward, at the first caption that reached the bad id or
     position (index out of range, a size mismatch), or silently did not truncate."""
-    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
+    from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel, GPT2Config, GPT2Model
 
     from tasks.extract.errors import ModelInputError
     from tests.tasks.extract.helpers import MINILM
@@ -157,12 +232,18 @@ def test_language_settings_that_fail_mid_run_are_refused_at_the_check(tmp_path, 
         torch.manual_seed(0)
         if case == "tokenizer larger than the embeddings":
             GPT2Model(GPT2Config(vocab_size=512, n_embd=32, n_layer=2, n_head=2, n_positions=128)).save_pretrained(tmp_path)
+        elif case.startswith("two-tower"):
+            tower = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+            text = dict(tower, max_position_embeddings=16, vocab_size=512 if "tokenizer" in case else 30522)
+            CLIPModel(CLIPConfig(vision_config=dict(tower, image_size=32, patch_size=8), text_config=text)).save_pretrained(tmp_path)
         else:
             BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                                  max_position_embeddings=128)).save_pretrained(tmp_path)
         _with_minilm_tokenizer(tmp_path)
         spec = ModelSpec(name="m", loader="hf", id=str(tmp_path), modality="language",
-                         max_length={"max_length past the positions": 512, "max_length without room": 2}.get(case, 64))
+                         max_length={"max_length past the positions": 512, "max_length without room": 2,
+                                     "two-tower max_length past the positions": 24,
+                                     "two-tower tokenizer larger than the embeddings": 16}.get(case, 64))
     with pytest.raises(ModelInputError, match=message):
         load_extractor(spec, device="cpu")
 

@@ -8,7 +8,7 @@ import torch
 
 from tasks.extract import extract_all, load_extractor
 from tasks.extract.spec import ModelSpec
-from tests.tasks.extract.helpers import CAPTIONS, MINILM, TINY_LANGUAGE, assert_rows_close, tiny_language_spec
+from tests.tasks.extract.helpers import CAPTIONS, CAUSAL_KINDS, MINILM, TINY_LANGUAGE, assert_rows_close, tiny_language_spec
 
 _CACHE: dict[tuple, object] = {}
 
@@ -43,10 +43,11 @@ def test_padding_does_not_change_features(kind, pooling, side):
 @pytest.mark.parametrize("kind", sorted(TINY_LANGUAGE))
 def test_layers_and_widths(kind):
     ex = _extractor(kind)
-    n_layers = {"bert": 2, "gpt2": 3, "llama": 2}[kind]
+    config = TINY_LANGUAGE[kind][1]
+    n_layers = config.get("num_hidden_layers", config.get("n_layer"))
     assert ex.layer_names == ["embeddings"] + [f"layer.{i:02d}" for i in range(1, n_layers + 1)]
     assert ex.layer_dims == [32] * (n_layers + 1)
-    assert ex.is_causal_lm == (kind != "bert")
+    assert ex.is_causal_lm == (kind in CAUSAL_KINDS)
     feats = extract_all(ex, CAPTIONS, batch_size=2)
     assert feats.layer_names == ex.layer_names
     assert [a.shape for a in feats.layers] == [(len(CAPTIONS), 32)] * (n_layers + 1)

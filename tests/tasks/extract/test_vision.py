@@ -180,6 +180,12 @@ PREFIX_CASES = {
     # patch_size 7 is the kernel of an overlapping convolution; the stride is 4: (64/4)^2 = 256 patch tokens, no
     # CLS (the count T - (64/7)^2 = 175 made 'avg' drop 175 of the 256 tokens of the first two layers)
     "hiera": ("HieraConfig", _HIERA, 64, 0),
+    "dinov3": ("DINOv3ViTConfig", dict(image_size=32, patch_size=8, num_register_tokens=4, **_SMALL), 32, 5),  # CLS + 4 registers
+    "swinv2": ("Swinv2Config", dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2),
+               32, 0),
+    "data2vec-vision": ("Data2VecVisionConfig", dict(image_size=32, patch_size=8, **_SMALL), 32, 1),
+    "vit-msn": ("ViTMSNConfig", dict(image_size=32, patch_size=8, **_SMALL), 32, 1),
+    "ijepa": ("IJepaConfig", dict(image_size=32, patch_size=8, **_SMALL), 32, 0),  # no CLS token
 }
 
 
