@@ -42,9 +42,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/prh run $(ARGS)
 
+# Two test processes (pytest-xdist): much of the suite waits on the servers and subprocesses it
+# starts, so two workers keep 2 cores busy; `--dist loadfile` keeps a file's tests on one worker
+# (its module fixtures are built once). TEST_WORKERS=0 runs one process, as plain `pytest` does.
 # --durations: the slowest tests at the end of the log, to keep `make test` inside its ~15 minutes
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest --durations=30 --durations-min=5 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30 --durations-min=5 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_metrics.py

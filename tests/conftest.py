@@ -15,6 +15,12 @@ from storage.loopback_s3 import loopback_s3
 ROOT = Path(__file__).resolve().parent.parent
 # Tests keep their own Prefect home and never reach a model hub; the rest is the CLI's set-up.
 os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect-test"))
+# Under pytest-xdist (`make test` runs two workers) each worker has its own harness and its own home
+# below that one (gw0, gw1; the workers inherit the controller's PREFECT_HOME): the servers and runs
+# of both rewrite files there at once otherwise (memo_store.toml).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER and Path(os.environ["PREFECT_HOME"]).name != _WORKER:
+    os.environ["PREFECT_HOME"] = str(Path(os.environ["PREFECT_HOME"]) / _WORKER)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 configure_environment()

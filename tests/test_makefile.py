@@ -1,4 +1,4 @@
-"""The Makefile's torch install line (dry run, `make -n -B`: nothing is installed)."""
+"""The Makefile's torch install line and its test line (dry runs, `make -n -B`: nothing is installed or run)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,17 @@ def test_torch_index_goes_to_the_torch_line_only():
     assert re.search(r" -q torch==[0-9.]+$", plain[i])  # unset: pip's own index and configuration, as before
     assert forced[i] == f"{plain[i]} --index-url {CPU_INDEX}"
     assert [line for j, line in enumerate(forced) if j != i] == [line for j, line in enumerate(plain) if j != i]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_test_runs_two_workers_and_passes_pytest_args_on():
+    """`make test` runs the suite in two pytest-xdist workers, a file's tests on one; TEST_WORKERS=0
+    gives one process, and PYTEST_ARGS still reach pytest (last, so they can narrow or override)."""
+    def pytest_line(*args: str) -> str:
+        out = subprocess.run(["make", "-n", "-B", "-C", str(ROOT), "test", *args], capture_output=True, text=True,
+                             check=True).stdout
+        return next(line for line in out.splitlines() if "-m pytest" in line)
+
+    assert re.search(r" -m pytest -n 2 --dist loadfile --durations=30 --durations-min=5 *$", pytest_line())
+    assert re.search(r" -m pytest -n 0 .* tests/test_makefile\.py -x$",
+                     pytest_line("TEST_WORKERS=0", "PYTEST_ARGS=tests/test_makefile.py -x"))

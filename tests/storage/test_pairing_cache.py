@@ -357,8 +357,13 @@ def test_two_threads_asking_for_the_same_derived_work_wait_for_one_build(zoo):
     built, got = [], []
 
     def slow():
+        # the build lasts until the other thread asks (both ask at once, whatever the load: a
+        # fixed 0.3 s let the second thread's pairing on a busy machine start after it); 10 s
+        # at most, so that a cache that does not make it wait fails by two builds, not a hang
         built.append(1)
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while not any(b.waiting for b in pairing._CACHE._building.values()) and time.monotonic() < deadline:
+            time.sleep(0.01)
         return _Derived(10)
 
     def pair(partner):
