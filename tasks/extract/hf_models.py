@@ -152,6 +152,10 @@ def left_to_right(config: Any) -> bool:
     model_type = getattr(config, "model_type", None)
     if model_type in _NEVER_LEFT_TO_RIGHT:
         return False
+    if model_type == "reformer" and "lsh" in (getattr(config, "attn_layers", None) or ()):
+        return False  # LSH sorts every position into buckets: a later token moves which earlier ones a position sees
+    if getattr(_text_config(config), "use_bidirectional_attention", None) in (True, "all"):
+        return False  # Gemma's encoder switch (EmbeddingGemma; Gemma 4's "all"): every token attends both ways
     if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES or model_type in _DECODER_IF_FLAGGED:
         return _decoder_flag(config)
     return True
@@ -165,8 +169,9 @@ def _select_tower(model: torch.nn.Module, modality: str) -> torch.nn.Module:
     for name in names:
         part = getattr(model, name, None)
         if isinstance(part, torch.nn.Module):
-            # a vision_tower may wrap its transformer as CLIPVisionModel does: its own vision_model
-            return _select_tower(part, modality) if name == "vision_tower" else part
+            # a vision_tower may wrap its transformer as CLIPVisionModel does: its own vision_model; a
+            # language_model may be an encoder-decoder (Florence-2's BartModel): its encoder
+            return _select_tower(part, modality) if name in ("vision_tower", "language_model") else part
     # an encoder-decoder, also when its config says otherwise (transformers 5 saves a T5EncoderModel's
     # config with is_encoder_decoder false, and AutoModel then builds the whole T5Model)
     two_parts = getattr(model.config, "is_encoder_decoder", False) or isinstance(getattr(model, "decoder", None), torch.nn.Module)
@@ -265,9 +270,10 @@ def _refuse_other_inputs(spec: ModelSpec, model: torch.nn.Module | None) -> None
     needed = [p.name for p in inspect.signature(tower.forward).parameters.values()
               if p.name != "pixel_values" and p.kind in kinds and p.default is inspect.Parameter.empty]
     if needed:
+        hint = (" (SigLIP 2's NaFlex variant: use a fixed-resolution SigLIP 2 checkpoint, model type 'siglip')"
+                if str(getattr(model.config, "model_type", "")).startswith("siglip2") else "")
         raise ModelInputError(spec.name, spec.id, f"{type(tower).__name__}'s forward needs input(s) "
-                              f"{', '.join(map(repr, needed))} besides pixel_values, which prh does not give (SigLIP 2's "
-                              "NaFlex variant: use a fixed-resolution SigLIP 2 checkpoint, model type 'siglip')")
+                              f"{', '.join(map(repr, needed))} besides pixel_values, which prh does not give{hint}")
 
 
 def _text_config(config: Any) -> Any:
@@ -385,9 +391,24 @@ def _read_by_its_code(config_cls: type, key: str) -> bool:
     ``global_attn_every_n_layers``), ``config.key``. A misspelt key is in no such code."""
     import re
 
-    pattern = re.compile(rf"config\.{re.escape(key)}\b|getattr\(\s*(?:self\.)?config\s*,\s*[\"']{re.escape(key)}[\"']"
+    if _sibling_configs(config_cls):  # CLIP's text, vision and joint configs: `config.key` could be any of them
+        return False
+    pattern = re.compile(rf"(?<![\w.])(?:self\.)?config\.{re.escape(key)}\b|getattr\(\s*(?:self\.)?config\s*,\s*[\"']{re.escape(key)}[\"']"
                          rf"|kwargs\.(?:get|pop)\(\s*[\"']{re.escape(key)}[\"']")
     return any(pattern.search(text) for text in _family_sources(config_cls.__module__))
+
+
+def _sibling_configs(config_cls: type) -> bool:
+    """Whether the config class's module defines other config classes (CLIP, SigLIP, Gemma 3's text
+    config beside its joint one) or has sub-configs (LLaVA): their code reads each one's keys alike."""
+    import sys
+
+    from transformers import PretrainedConfig
+
+    module = sys.modules.get(config_cls.__module__)
+    others = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, PretrainedConfig)
+              and v.__module__ == config_cls.__module__ and v is not config_cls] if module is not None else []
+    return bool(others or getattr(config_cls, "sub_configs", None))
 
 
 @functools.lru_cache(maxsize=32)

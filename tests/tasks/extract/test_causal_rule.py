@@ -88,3 +88,78 @@ def test_saved_xlm_lm_head_is_causal_only_when_its_config_says_so(tmp_path, caus
     assert ex.is_causal_lm == causal
     bpb = extract_all(ex, ["a red apple"]).extras.get("bits_per_byte")
     assert (bpb is not None and bpb > 0) if causal else bpb is None
+
+
+_TEXT = dict(H, num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=384)
+_VISION = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
+#: Every model type whose causal-LM class transformers names neither ``*ForCausalLM`` nor
+#: ``*LMHeadModel``: a checkpoint saved from that class is read as a causal LM when its config
+#: reads left to right (`is_causal_config`), so each is judged here against the class itself
+#: (tiny config), or says why it cannot be built here.
+_UNUSUAL_CAUSAL_CLASSES = {
+    "bert-generation": lambda: _config("bert-generation-decoder"),
+    "reformer": lambda: config_class("ReformerConfig")(  # local attention: chunks in order
+        attn_layers=["local", "local"], hidden_size=32, num_attention_heads=2, attention_head_size=16, feed_forward_size=64,
+        axial_pos_embds=False, max_position_embeddings=64, local_attn_chunk_length=4, local_num_chunks_after=0,
+        is_decoder=True, vocab_size=384, pad_token_id=0),
+    "gemma3": lambda: config_class("Gemma3Config")(text_config=dict(_TEXT, sliding_window=4, query_pre_attn_scalar=8),
+                                                   vision_config=_VISION, mm_tokens_per_image=4),
+    "gemma4": lambda: config_class("Gemma4Config")(
+        text_config=dict(_TEXT, sliding_window=4, global_head_dim=8, vocab_size_per_layer_input=384,
+                         hidden_size_per_layer_input=8), vision_config=None),
+    "got_ocr2": lambda: config_class("GotOcr2Config")(text_config=_TEXT),
+    "moss_transcribe_diarize": lambda: config_class("MossTranscribeDiarizeConfig")(
+        text_config=_TEXT, audio_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                             max_source_positions=16)),
+    "gemma4_unified": lambda: config_class("Gemma4UnifiedConfig")(
+        text_config=dict(_TEXT, sliding_window=4, global_head_dim=8, vocab_size_per_layer_input=384,
+                         hidden_size_per_layer_input=8), vision_config=None, audio_config=None),
+    "gemma3n": None,  # its vision tower (TimmWrapper) needs timm, not installed here: not built
+}
+
+
+def test_every_causal_lm_class_not_named_like_one_is_judged():
+    """A transformers release that maps a new type to such a class (a ``*ForConditionalGeneration``)
+    makes it a causal LM for checkpoints saved from it: it must be judged here first."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    unusual = {t for t, name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items() if not name.endswith(("ForCausalLM", "LMHeadModel"))}
+    assert unusual <= set(_UNUSUAL_CAUSAL_CLASSES), f"judge these types: {sorted(unusual - set(_UNUSUAL_CAUSAL_CLASSES))}"
+
+
+@pytest.mark.parametrize("model_type", sorted(t for t, build in _UNUSUAL_CAUSAL_CLASSES.items() if build is not None))
+def test_a_checkpoint_of_a_causal_lm_class_not_named_like_one_is_causal_only_when_left_to_right(model_type):
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:  # an older transformers (>= 5.20 is supported)
+        pytest.skip(f"transformers has no {model_type!r}")
+    config = _UNUSUAL_CAUSAL_CLASSES[model_type]()
+    assert config.model_type == model_type
+    config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]
+    assert is_causal_config(config, from_architectures=True) == (not _sees_later_tokens(config))
+    assert is_causal_config(config, from_architectures=True)  # all left to right as built here: none a false "encoder"
+
+
+_BOTH_WAYS = {
+    "reformer-lsh": lambda: config_class("ReformerConfig")(
+        attn_layers=["lsh", "lsh"], hidden_size=32, num_attention_heads=2, attention_head_size=16, feed_forward_size=64,
+        axial_pos_embds=False, max_position_embeddings=64, lsh_attn_chunk_length=2, num_buckets=4, num_hashes=1,
+        lsh_num_chunks_after=0, hash_seed=0, is_decoder=True, vocab_size=384, pad_token_id=0),
+    "gemma4-all": lambda: config_class("Gemma4Config")(
+        text_config=dict(_TEXT, sliding_window=4, global_head_dim=8, vocab_size_per_layer_input=384,
+                         hidden_size_per_layer_input=8, use_bidirectional_attention="all"), vision_config=None),
+    "gemma3-text-bidirectional": lambda: config_class("Gemma3TextConfig")(
+        **_TEXT, sliding_window=4, query_pre_attn_scalar=8, use_bidirectional_attention=True),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(_BOTH_WAYS))
+def test_a_causal_lm_class_configured_to_attend_both_ways_is_no_causal_lm(variant):
+    """Reformer's LSH layers (which earlier tokens a position sees depends on every token's bucket) and
+    Gemma's ``use_bidirectional_attention`` (EmbeddingGemma; Gemma 4's ``"all"``) let a later token
+    change earlier logits: no bits per byte, for a random config or a checkpoint of the class."""
+    config = _BOTH_WAYS[variant]()
+    assert _sees_later_tokens(config)
+    assert not is_causal_config(config, from_architectures=False)
+    config.architectures = [AutoModelForCausalLM._model_mapping[type(config)].__name__]
+    assert not is_causal_config(config, from_architectures=True)

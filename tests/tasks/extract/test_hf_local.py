@@ -299,3 +299,20 @@ def test_max_length_falls_back_to_the_model_type_list_when_the_model_cannot_be_p
     assert hf_models.probe_position_offset(spec, MPNetConfig(), causal=False) == 2
     monkeypatch.setattr("transformers.AutoModel.from_config", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
     assert hf_models.probe_position_offset(spec, MPNetConfig(), causal=False) is None
+
+
+def test_a_vision_language_model_whose_language_model_is_an_encoder_decoder_runs_its_encoder():
+    """Florence-2's ``language_model`` is a BART encoder-decoder: a language spec runs its encoder,
+    as the encoder-decoder rule does (the whole BartModel returns no ``hidden_states``)."""
+    spec = ModelSpec(name="florence2", loader="random_hf", id="Florence2Config", modality="language",
+                     config=dict(text_config=dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                                                  decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                                                  max_position_embeddings=128, vocab_size=384)))
+    ex = load_extractor(spec, device="cpu")
+    assert type(ex.model).__name__ == "BartEncoder"
+    assert ex.layer_names == ["embeddings", "layer.01", "layer.02"]
+    enc = ex.tokenizer([CAPTIONS[3]], return_tensors="pt")
+    with torch.inference_mode():
+        states = ex.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True).hidden_states
+    for layer, h in zip(ex.extract_batch([CAPTIONS[3]]), states, strict=True):
+        np.testing.assert_allclose(layer[0], h[0].mean(0).numpy(), atol=1e-5)

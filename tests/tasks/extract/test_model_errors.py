@@ -194,6 +194,12 @@ def _two_tower(config_id: str, vision: dict | None = None, text: dict | None = N
       "'config.vision_config.patch_sise' (did you mean 'patch_size'?) not known to SiglipVisionConfig",
       "'config.text_config.rope_theta' not known to SiglipTextConfig"]),
     # two levels down: a CLIP config as the vision side of a dual encoder
+    # a sub-config's key at the top (or the other tower's key) is kept and unused: CLIP's code reads
+    # ``config.hidden_size`` of its towers' configs, not of the joint one
+    (_two_tower("CLIPConfig", hidden_size=64, num_hidden_layers=5),
+     ["config key(s) 'hidden_size', 'num_hidden_layers' not known to CLIPConfig"]),
+    (_two_tower("CLIPConfig", vision={"max_position_embeddings": 40}),
+     ["config key(s) 'config.vision_config.max_position_embeddings' not known to CLIPVisionConfig"]),
     (ModelSpec(name="towers", loader="random_hf", id="VisionTextDualEncoderConfig", modality="vision",
                config={"vision_config": {"model_type": "clip", "vision_config": dict(TINY_VISION_TOWER, layer_norm_epss=1e-3)},
                        "text_config": {"model_type": "bert", **TINY_TOWER}}),
@@ -314,6 +320,17 @@ def test_a_vision_model_that_needs_more_than_pixel_values_is_refused_by_the_chec
         spec = ModelSpec(name="siglip2", loader="random_hf", id=config_id, modality="vision", config=config)
         _raises(spec, "Siglip2VisionModel's forward needs input(s) 'pixel_attention_mask', 'spatial_shapes' besides "
                 "pixel_values", call=check_model)
+
+
+def test_only_siglip2_is_told_to_use_a_fixed_resolution_siglip2():
+    """Other models that need more than pixel_values (SegGPT's prompt image and mask) are refused
+    by name, without SigLIP 2's hint."""
+    spec = ModelSpec(name="seggpt", loader="random_hf", id="SegGptConfig", modality="vision",
+                     config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=[32, 16], patch_size=8,
+                                 mlp_dim=64, intermediate_hidden_state_indices=[0, 1], merge_index=0))
+    refused = _raises(spec, "SegGptModel's forward needs input(s) 'prompt_pixel_values', 'prompt_masks' besides pixel_values",
+                      call=check_model)
+    assert "SigLIP" not in str(refused)
 
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2"])
