@@ -21,6 +21,9 @@ os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect-test"))
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if _WORKER and Path(os.environ["PREFECT_HOME"]).name != _WORKER:
     os.environ["PREFECT_HOME"] = str(Path(os.environ["PREFECT_HOME"]) / _WORKER)
+    # made here with its parent: Prefect makes only the last folder (on a fresh clone it warned
+    # "Failed to create the Prefect home directory" for gw0 and gw1)
+    Path(os.environ["PREFECT_HOME"]).mkdir(mode=0o700, parents=True, exist_ok=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 configure_environment()
