@@ -86,11 +86,12 @@ def hub_offline() -> bool:
 
 
 def hub_timeout() -> float:
-    raw = os.environ.get("PRH_HUB_TIMEOUT", "")
-    try:
-        return float(raw) if raw else DEFAULT_HUB_TIMEOUT
-    except ValueError:
-        raise ValueError(f"PRH_HUB_TIMEOUT must be a number of seconds, got {raw!r}") from None
+    """Seconds to wait for the hub's metadata answer: ``PRH_HUB_TIMEOUT`` (default 10), a finite
+    number above 0; anything else is a ``ValueError`` naming the variable (``-1``, ``0``, ``nan``
+    and ``inf`` had been passed to the hub client as they were)."""
+    from storage.env_numbers import env_number
+
+    return env_number("PRH_HUB_TIMEOUT", DEFAULT_HUB_TIMEOUT, what="a number of seconds above 0", above_minimum=True)
 
 
 def looks_like_path(model_id: str) -> bool:

@@ -125,6 +125,6 @@ def test_variables_read_late_in_extraction_fail_the_flow_at_its_start(tmp_path):
     PRH_HUB_TIMEOUT=junk failed the check of each hub model instead of the run."""
     cases = {"PRH_DECODE_WORKERS must be an integer >= 0, got 'junk'": {"PRH_DECODE_WORKERS": "junk"},
              "PRH_DECODE_WORKERS must be an integer >= 0, got '-1'": {"PRH_DECODE_WORKERS": "-1"},
-             "PRH_HUB_TIMEOUT must be a number of seconds, got 'ten'": {"PRH_HUB_TIMEOUT": "ten"}}
+             "PRH_HUB_TIMEOUT='ten' is not a number of seconds above 0": {"PRH_HUB_TIMEOUT": "ten"}}
     for message, refused in _refused_each(cases, tmp_path).items():
         assert len(refused) == 2 and all(message in line for line in refused), (message, refused)

@@ -175,3 +175,18 @@ def test_the_offline_variables_read_as_huggingface_hub_reads_them():
     assert [hub for hub, _ in found] == [False, True, True, True, True, True, True, False, False, False, False, False,
                                          False, True, True, True, False, False, True, False, False]  # the hub's rule today
     assert {case: ours for case, (hub, ours) in zip(map(tuple, HUB_OFFLINE_CASES), found) if ours != [hub, hub]} == {}
+
+
+@pytest.mark.parametrize("raw", ["-1", "0", "nan", "inf", "ten"])
+def test_a_hub_timeout_that_is_no_wait_in_seconds_is_refused_by_name(raw, monkeypatch):
+    """``PRH_HUB_TIMEOUT`` is a finite number of seconds above 0 (``-1``, ``0``, ``nan`` and ``inf``
+    had been passed to the hub client as they were); anything else is named."""
+    from tasks.extract.preflight import DEFAULT_HUB_TIMEOUT, hub_timeout
+
+    monkeypatch.setenv("PRH_HUB_TIMEOUT", raw)
+    with pytest.raises(ValueError, match=rf"PRH_HUB_TIMEOUT='{raw}'.* a number of seconds above 0"):
+        hub_timeout()
+    monkeypatch.setenv("PRH_HUB_TIMEOUT", " 2.5 ")
+    assert hub_timeout() == 2.5
+    monkeypatch.delenv("PRH_HUB_TIMEOUT")
+    assert hub_timeout() == DEFAULT_HUB_TIMEOUT
