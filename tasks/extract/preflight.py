@@ -75,6 +75,16 @@ def offline_variables(environ: Mapping[str, str] | None = None) -> bool:
     return value is not None and value.upper() in _HUB_TRUE
 
 
+def offline_setting(environ: Mapping[str, str] | None = None) -> str:
+    """What put the hub offline, for messages: the variable that decides, as set
+    (``TRANSFORMERS_OFFLINE=1``), or huggingface_hub's reading when it was imported."""
+    environ = os.environ if environ is None else environ
+    name = next((n for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if environ.get(n)), None)
+    if name is not None and offline_variables(environ):
+        return f"{name}={environ[name]}"
+    return "HF_HUB_OFFLINE, as huggingface_hub read it when imported"
+
+
 def hub_offline() -> bool:
     """Whether the Hugging Face hub must not be contacted: :func:`offline_variables` now, or as
     huggingface_hub read them when it was imported (it keeps that reading)."""
@@ -225,8 +235,8 @@ def _hub_access(repo: str, revision: str | None, fail) -> SourceAccess:
     rev = revision or "main"
     if hub_offline():
         if _cached(repo, rev):
-            return SourceAccess(repo, "hub", True, "hub offline (HF_HUB_OFFLINE): using the local cache")
-        raise fail(_not_cached(repo, rev, "the hub is offline (HF_HUB_OFFLINE=1)"))
+            return SourceAccess(repo, "hub", True, f"hub offline ({offline_setting()}): using the local cache")
+        raise fail(_not_cached(repo, rev, f"the hub is offline ({offline_setting()})"))
 
     from huggingface_hub import model_info
     from huggingface_hub.errors import (
@@ -246,7 +256,7 @@ def _hub_access(repo: str, revision: str | None, fail) -> SourceAccess:
     except RepositoryNotFoundError:
         raise fail(f"no model {repo!r} on the Hugging Face hub (a private one needs HF_TOKEN)") from None
     except OfflineModeIsEnabled:
-        return _hub_access_cached(repo, rev, "the hub is offline (HF_HUB_OFFLINE=1)", fail)
+        return _hub_access_cached(repo, rev, f"the hub is offline ({offline_setting()})", fail)
     except HfHubHTTPError as exc:  # the hub answered with an error of its own (5xx, rate limit)
         if _cached(repo, rev):
             return SourceAccess(repo, "hub", True, f"hub error ({_brief(exc)}): using the local cache")

@@ -190,3 +190,13 @@ def test_a_hub_timeout_that_is_no_wait_in_seconds_is_refused_by_name(raw, monkey
     assert hub_timeout() == 2.5
     monkeypatch.delenv("PRH_HUB_TIMEOUT")
     assert hub_timeout() == DEFAULT_HUB_TIMEOUT
+
+
+def test_an_offline_refusal_names_the_variable_that_put_the_hub_offline(monkeypatch):
+    """``TRANSFORMERS_OFFLINE=1`` alone is named as such (the message had always said
+    ``HF_HUB_OFFLINE=1``), with the value as set."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "yes")
+    spec = ModelSpec(name="hub-model", loader="hf", id="prh-test-owner/not-cached-anywhere", modality="language")
+    with pytest.raises(ModelInputError, match=r"the hub is offline \(TRANSFORMERS_OFFLINE=yes\), and "):
+        check_model(spec)
