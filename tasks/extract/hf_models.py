@@ -46,6 +46,8 @@ import functools
 import inspect
 import os
 import pickle
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -389,8 +391,6 @@ def _read_by_its_code(config_cls: type, key: str) -> bool:
     ``getattr(config, "key", default)`` (DeBERTa-v2's ``position_buckets``, ``share_att_key``,
     ``norm_rel_ebd``), ``kwargs.get("key")`` in ``__init__`` (ModernBERT's
     ``global_attn_every_n_layers``), ``config.key``. A misspelt key is in no such code."""
-    import re
-
     if _sibling_configs(config_cls):  # CLIP's text, vision and joint configs: `config.key` could be any of them
         return False
     pattern = re.compile(rf"(?<![\w.])(?:self\.)?config\.{re.escape(key)}\b|getattr\(\s*(?:self\.)?config\s*,\s*[\"']{re.escape(key)}[\"']"
@@ -401,8 +401,6 @@ def _read_by_its_code(config_cls: type, key: str) -> bool:
 def _sibling_configs(config_cls: type) -> bool:
     """Whether the config class's module defines other config classes (CLIP, SigLIP, Gemma 3's text
     config beside its joint one) or has sub-configs (LLaVA): their code reads each one's keys alike."""
-    import sys
-
     from transformers import PretrainedConfig
 
     module = sys.modules.get(config_cls.__module__)
@@ -415,8 +413,6 @@ def _sibling_configs(config_cls: type) -> bool:
 def _family_sources(module_name: str) -> tuple[str, ...]:
     """The text of the ``configuration_*.py`` and ``modeling_*.py`` files in a transformers config
     module's folder (none for a module outside ``transformers``: remote code is not read)."""
-    import sys
-
     module = sys.modules.get(module_name)
     path = getattr(module, "__file__", None)
     if not module_name.startswith("transformers.") or not path:

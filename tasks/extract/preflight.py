@@ -70,18 +70,23 @@ def offline_variables(environ: Mapping[str, str] | None = None) -> bool:
     (``constants.HF_HUB_OFFLINE``): the first of them that is set and not empty decides, true
     when it is 1/on/yes/true in any case. ``HF_HUB_OFFLINE=0`` with ``TRANSFORMERS_OFFLINE=1`` is
     online for the hub, and so here (it had read as offline, refusing models the hub would fetch)."""
+    deciding = _deciding_offline_variable(environ)
+    return deciding is not None and deciding[1].upper() in _HUB_TRUE
+
+
+def _deciding_offline_variable(environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """``(name, value)`` of the offline variable huggingface_hub reads: the first of
+    ``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE`` set and not empty; None when neither is."""
     environ = os.environ if environ is None else environ
-    value = environ.get("HF_HUB_OFFLINE") or environ.get("TRANSFORMERS_OFFLINE")
-    return value is not None and value.upper() in _HUB_TRUE
+    return next(((n, environ[n]) for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if environ.get(n)), None)
 
 
 def offline_setting(environ: Mapping[str, str] | None = None) -> str:
     """What put the hub offline, for messages: the variable that decides, as set
     (``TRANSFORMERS_OFFLINE=1``), or huggingface_hub's reading when it was imported."""
-    environ = os.environ if environ is None else environ
-    name = next((n for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if environ.get(n)), None)
-    if name is not None and offline_variables(environ):
-        return f"{name}={environ[name]}"
+    if offline_variables(environ):
+        name, value = _deciding_offline_variable(environ)
+        return f"{name}={value}"
     return "HF_HUB_OFFLINE, as huggingface_hub read it when imported"
 
 
