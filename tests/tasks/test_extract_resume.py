@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -219,18 +220,27 @@ def test_a_stopped_run_stops_its_extraction_at_the_next_batch_and_resumes_later(
     dataset = publish_dataset(params, url)
     import tasks.extract_task as et
 
-    real_write, written = et.write_shard, []
+    real_write, written, stopped = et.write_shard, [], threading.Event()
 
     def write_then_stop(*args, **kwargs):  # the run is stopped while its first shard is written
         real_write(*args, **kwargs)
         written.append(args[2])
         scope.stop()
+        stopped.set()
+
+    def shard_two_waits_for_the_stop(done: int, _total: int) -> None:
+        # the first shard is written in the background while the second is computed: on a loaded
+        # machine the second could be computed (and queued for writing) before the first write
+        # ends and stops the run. Its first batch waits for the stop, so the next batch is the
+        # safe point where the extraction stops, whatever the machine's load.
+        if done > SHARD:
+            assert stopped.wait(60), "the first shard's write did not stop the run"
 
     et.write_shard = write_then_stop
     try:
         with run_scope() as scope:
             with pytest.raises(RunStopped, match="tiny-gpt: shard 2 .* left undone"):
-                extract_to_store(url, dataset, spec, shard_size=SHARD)
+                extract_to_store(url, dataset, spec, shard_size=SHARD, on_progress=shard_two_waits_for_the_stop)
             assert scope.wait_until_idle(0)
             with pytest.raises(RunStopped, match="the run is being stopped: extracting tiny-gpt left undone"):
                 with in_flight("extracting tiny-gpt"):  # a task that starts after the stop does nothing
