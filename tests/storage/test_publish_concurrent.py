@@ -107,12 +107,20 @@ def test_a_writer_taken_over_stops_and_returns_the_new_writers_version(tmp_path)
     """A writer that stalled, was judged dead and taken over: its heartbeat never rewrites the new
     claim, it writes no further file once it sees the takeover, and its publish returns the new
     writer's manifest (``written=False``)."""
-    store = _SlowStore(str(tmp_path / "store"))
+    writing = threading.Event()
+
+    class _SlowStoreSaysWhenWriting(_SlowStore):
+        def write_bytes(self, key: str, data: bytes) -> None:
+            if key.endswith(".bin"):
+                writing.set()
+            super().write_bytes(key, data)
+
+    store = _SlowStoreSaysWhenWriting(str(tmp_path / "store"))
     results: dict[str, object] = {}
     thread = threading.Thread(target=lambda: results.setdefault(
         "stalled", store.publish("x/v", {"a.bin": b"1", "b.bin": b"1", "c.bin": b"1"}, {"writer": 1}, stale_after_s=0.4)))
     thread.start()
-    time.sleep(0.3)  # inside the first file's (slow) write
+    assert writing.wait(30)  # inside the first file's (slow) write, however long the thread took to start
     foreign = json.dumps({"owner": "someone-else", "claimed_at": time.time(), "process": {"host": "elsewhere", "pid": 1}}).encode()
     new_writer = Store(str(tmp_path / "store"))
     new_writer.write_bytes(f"x/v/{CLAIM}", foreign)  # as if another writer had judged this one dead
