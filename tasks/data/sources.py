@@ -13,11 +13,13 @@ Parquet table (``.parquet``, ``.pq``)
     (:func:`plain_encodings`): the dataset version does not depend on the encoding.
 CSV table (``.csv``; ``.tsv`` with tabs)
     A header row naming ``image`` and ``text`` (optionally ``sample_id``, ``image_id``); ``image``
-    is a path relative to the table's folder. Fields that are not valid UTF-8 are kept as bytes
-    so that only their row is rejected. A UTF-8 byte-order mark is skipped; blank lines are
-    not rows. A field may be up to 64 MiB (Python's ``csv`` default of 128 KiB is raised, so
-    that an over-long caption rejects its row, not the file); a longer one makes the file
-    unreadable, with the line number. Quotes are read strictly: a quoted field left open to the
+    is a path relative to the table's folder. A ``.csv`` whose header has no comma but semicolons
+    is read at semicolons (a spreadsheet's CSV where decimal commas are written). A column not
+    read may be named twice (empty header cells right of the data: ``image,text,,``). Fields
+    that are not valid UTF-8 are kept as bytes so that only their row is rejected. A UTF-8
+    byte-order mark is skipped; blank lines are not rows. A field may be up to 64 MiB (Python's
+    ``csv`` default of 128 KiB is raised, so that an over-long caption rejects its row, not the
+    file); a longer one makes the file unreadable, with the line number. Quotes are read strictly: a quoted field left open to the
     end of the file, or text after a closing quote, makes the file unreadable (naming the line)
     instead of swallowing the rows after it into one caption.
 JSON Lines table (``.jsonl``, ``.ndjson``)
@@ -27,6 +29,9 @@ JSON Lines table (``.jsonl``, ``.ndjson``)
     (:mod:`tasks.data.json_lines`: a lone UTF-16 surrogate escape rejects its row only, keys not
     read do not matter, and a line that does not parse makes the file unreadable, naming it), and
     so is a table whose ids or captions pyarrow reads as times (strings such as ``2024-01-01``).
+    One object per line, lines ending at LF, CRLF or a lone CR: two objects on one line, or one
+    broken over lines (pretty-printed), make the file unreadable, naming the line, whichever
+    reader would read it (pyarrow's takes both, the second only in a file of one read block).
 JSON document (``.json``)
     A COCO captions file (``images`` + ``annotations``, one row per image with its list of
     captions, ``sample_id`` the image id), a Karpathy split file (``dataset_coco.json``: the
@@ -139,9 +144,11 @@ class ColumnMap:
         return table.rename_columns([rename.get(c, c) for c in table.column_names])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RawRecord:
-    """One candidate row as read from the source, not yet checked.
+    """One candidate row as read from the source, not yet checked. Slotted: a table is read into
+    one record per row, and a per-record ``__dict__`` took ~11% of what they hold (the records of
+    500,000 short CSV rows: 206 MB with one, 183 MB without; the rest is their strings).
 
     Attributes:
         row: 0-based data-row position in a table; ``None`` for folder records.
@@ -334,13 +341,16 @@ def _unsupported_file(path: Path) -> ValueError:
 
 
 def _check_columns(path: Path, names: list[str], columns: ColumnMap) -> None:
+    """``ValueError`` naming the table at ``path`` (its column ``names``) when it lacks the image or
+    text column, or names a column it reads (``columns.wanted()``) twice; a column not read may be
+    named twice (a spreadsheet's empty header cells right of the data: ``image,text,,``)."""
     missing = [name for name in (columns.image, columns.text) if name not in names]
     if missing:
         hint = "" if (columns.image, columns.text) != REQUIRED_COLUMNS else " (name others with image_column / text_column; --image-column / --text-column on the command line)"
         raise ValueError(
             f"dataset table {str(path)!r} lacks required column(s) {missing}; it has {names}{hint}"
         )
-    duplicated = sorted({name for name in names if names.count(name) > 1})
+    duplicated = sorted({name for name in names if names.count(name) > 1 and name in columns.wanted()})
     if duplicated:
         raise ValueError(f"dataset table {str(path)!r} has duplicated column(s) {duplicated}")
 
@@ -395,20 +405,33 @@ _BRACKET_STEP[[ord("["), ord("{")]] = 1
 _BRACKET_STEP[[ord("]"), ord("}")]] = -1
 
 
-def check_json_nesting(path: Path, limit: int = MAX_JSON_DEPTH, chunk_bytes: int = 1 << 20) -> None:
+def check_json_nesting(path: Path, limit: int = MAX_JSON_DEPTH, chunk_bytes: int = 1 << 20) -> int | None:
     """Raise ``ValueError`` naming ``path`` and the line when ``[``/``{`` nest deeper than ``limit``.
     Counts the brackets outside strings across lines, a chunk of the file at a time: a row whose
     brackets each stand on a line of their own is as deep as one on a single line (per-line counts
     had passed it, and pyarrow's reader crashed the process), and brackets in a caption do not
     count (:func:`_unescaped_quotes`; a string ends at its line's end at the latest, as JSON has no
     raw line break in one). The depth never goes below 0: a stray closing bracket hides nothing
-    after it. A 91 MB table's count peaks at ~15 MB (1 MiB chunks, the positions of its quotes and
-    brackets only)."""
+    after it. Lines end at LF, CRLF or a lone CR, as the JSON Lines readers and an editor count
+    them. A 91 MB table's count peaks at ~15 MB (1 MiB chunks, the positions of its quotes and
+    brackets only).
+
+    Returns the first line (1-based) on which a row does not stand alone, None when every row
+    does: a second row starts on the line of the one before, or a row goes on past an LF (a CR
+    inside a row is JSON whitespace). pyarrow's reader takes both (a row over several lines only
+    while the file fits one read block); JSON Lines holds one object per line, and the
+    line-by-line reader refuses them (:func:`_read_jsonl`). Told from the brackets alone, which is
+    exact for a file of objects that parses."""
     depth, in_string, escaping, lines = 0, False, False, 0  # at the end of the chunk before; its lines
+    after_cr, last_close, alone = False, -1, None  # the chunk before ended in a CR; the line a row last closed on
     with path.open("rb") as handle:
         while chunk := handle.read(chunk_bytes):
             b = np.frombuffer(chunk, dtype=np.uint8)
-            ends = np.flatnonzero(b == 10)
+            lf, cr = b == 10, b == 13
+            after = np.concatenate(([after_cr], cr[:-1]))  # each byte follows a CR
+            feeds = np.flatnonzero(lf)
+            crlf = after[feeds]  # an LF after a CR
+            ends = np.flatnonzero(cr | (lf & ~after))  # a CRLF's line ends at its CR
             quotes = _unescaped_quotes(b, escaping)
             brackets = np.flatnonzero(_BRACKET_STEP[b])
             line = np.searchsorted(ends, brackets)  # each bracket's line in the chunk
@@ -423,10 +446,38 @@ def check_json_nesting(path: Path, limit: int = MAX_JSON_DEPTH, chunk_bytes: int
                     at = int(np.argmax(total > limit))
                     raise ValueError(f"dataset table {str(path)!r}: line {lines + int(line[at]) + 1} nests JSON "
                                      f"arrays/objects more than {limit} levels deep; not a table of image-caption rows")
+                if alone is None:
+                    alone, last_close = _row_not_alone(total, depth, line + lines, last_close)
+                if alone is None:  # a row open at an LF goes on past it
+                    before = np.searchsorted(brackets, feeds)
+                    open_at = np.where(before > 0, total[np.maximum(before - 1, 0)], depth) > 0
+                    if open_at.any():
+                        first = int(np.argmax(open_at))  # its line: a CRLF's is the one its CR ends
+                        alone = lines + int(np.searchsorted(ends, feeds[first])) + 1 - int(crlf[first])
                 depth = int(total[-1])
+            elif alone is None and depth > 0 and feeds.size:
+                alone = lines + int(np.searchsorted(ends, feeds[0])) + 1 - int(crlf[0])
             in_string = bool((quotes.size - line_quotes[-1]) % 2)
             escaping = _ends_escaping(b, escaping)
+            after_cr = bool(b[-1] == 13)
             lines += ends.size
+    return alone
+
+
+def _row_not_alone(total: np.ndarray, depth: int, line: np.ndarray, last_close: int) -> tuple[int | None, int]:
+    """The 1-based line on which a row starts where the row before it closed, if any, and the line
+    the last row closed on (``-1``: none yet). ``total``: the depth after each bracket of a chunk
+    (outside strings), ``depth`` the depth before the first, ``line`` each bracket's 0-based line in
+    the file, ``last_close`` the line a row closed on in the chunks before."""
+    before = np.concatenate(([depth], total[:-1]))
+    opens = np.flatnonzero((before == 0) & (total == 1))
+    closes = np.flatnonzero((before == 1) & (total == 0))
+    previous = np.searchsorted(closes, opens) - 1  # the close before each open, in the chunk
+    closed_on = np.where(previous >= 0, line[closes[np.maximum(previous, 0)]] if closes.size else -1, last_close)
+    shared = closed_on == line[opens]
+    if shared.any():
+        return int(line[opens[int(np.argmax(shared))]]) + 1, last_close
+    return None, int(line[closes[-1]]) if closes.size else last_close
 
 
 def _unescaped_quotes(b: np.ndarray, escaping: bool) -> np.ndarray:
@@ -457,8 +508,19 @@ def _read_jsonl(path: Path, columns: ColumnMap, limit: int | None = None) -> lis
     (a lone UTF-16 surrogate escape in one row, a key that is not read changing type, a syntax
     error) or reads a key's strings as times (:func:`_holds_time`), line by line by
     :mod:`tasks.data.json_lines`, which rejects such a row alone, ignores keys not read, reads
-    strings as text and names the line of what makes the file unreadable."""
-    check_json_nesting(path)
+    strings as text and names the line of what makes the file unreadable. So is a file whose rows
+    do not stand one per line (:func:`check_json_nesting`), which pyarrow takes and the line-by-line
+    reader refuses, naming the line: whichever reader would have read it, one answer."""
+    crowded = check_json_nesting(path)
+    if crowded is not None:
+        from tasks.data.json_lines import read_json_lines
+
+        try:
+            return read_json_lines(path, columns, limit)
+        except ValueError as error:
+            raise ValueError(f"{error} (line {crowded} holds a row that does not stand alone on its line: two objects "
+                             "on one line, or one broken over lines as pretty-printed JSON is; JSON Lines holds one "
+                             "object per line)") from error
     try:
         if limit is None:
             table = pj.read_json(path)
@@ -770,6 +832,7 @@ def _read_csv(path: Path, delimiter: str, columns: ColumnMap, limit: int | None 
     csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
     # strict: a quote left open (or text after a closing quote) is an error, not a field that
     # silently swallows the rows after it
+    delimiter = _csv_delimiter(io.StringIO(text, newline=""), delimiter)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
@@ -819,6 +882,19 @@ def _read_csv(path: Path, delimiter: str, columns: ColumnMap, limit: int | None 
         ) from exc
     _refuse_an_empty_id_column(path, records)
     return records
+
+
+def _csv_delimiter(text: io.TextIOBase, delimiter: str) -> str:
+    """``delimiter``, or ``;`` for a comma-separated table (``delimiter`` ``,``) whose header row
+    (the first record of ``text``, read from its start) has no comma and splits at semicolons: a
+    spreadsheet's CSV in locales that write decimal commas. A header with a comma stays
+    comma-separated (a column named ``a;b`` and others)."""
+    if delimiter != ",":
+        return delimiter
+    header = next(csv.reader(text, delimiter=","), [])
+    if len(header) == 1 and len(next(csv.reader([header[0]], delimiter=";"), [])) > 1:
+        return ";"
+    return delimiter
 
 
 def _refuse_an_empty_id_column(path: Path, records: list[RawRecord]) -> None:
@@ -895,7 +971,9 @@ def _column_names(path: Path) -> list[str]:
                 return json_lines_keys(path)
         # utf-8-sig: a BOM is no part of the first name, nor before its quote ('\ufeff"image"' read as '"image"')
         with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
-            return [name.strip() for name in next(csv.reader(handle, delimiter=_CSV_DELIMITERS[path.suffix.lower()]), [])]
+            delimiter = _csv_delimiter(handle, _CSV_DELIMITERS[path.suffix.lower()])
+            handle.seek(0)
+            return [name.strip() for name in next(csv.reader(handle, delimiter=delimiter), [])]
     except (pa.ArrowException, OSError, csv.Error):
         return []  # the table's reader reports it
 

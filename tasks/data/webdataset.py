@@ -18,7 +18,9 @@ are skipped; members prh does not read (other suffixes) are never decompressed i
 member larger than :data:`MAX_MEMBER_BYTES` is refused unread; a shard that expands to more than
 :data:`MAX_EXPANSION` times its size (a compression bomb) is refused. A shard is read to its end
 (a damaged header, or a cut inside one, would otherwise end it silently); with ``limit`` the
-reading stops after that many samples.
+reading stops after that many samples. A sample refused for lacking its image or caption names
+its members not read because their names have more dots (``IMG_1.final.jpg`` is member
+``.final.jpg`` of sample ``IMG_1``).
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class _Sample:
     members: dict[str, bytes | str] = field(default_factory=dict)  # suffix -> content (str: why it was not read)
     repeated: list[str] = field(default_factory=list)  # member names seen twice in this sample
     scattered: bool = False  # the key came back after other samples (its members are not together)
+    dotted: list[str] = field(default_factory=list)  # members not read whose name ends like one read (a.b.png)
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
@@ -147,6 +150,8 @@ def _samples(shard: Path, wanted: frozenset[str]) -> Iterator[_Sample]:
                     keys.add(key)
                 suffix = "." + rest.lower() if dot else ""
                 if suffix not in wanted:
+                    if "." in rest and "." + rest.rsplit(".", 1)[1].lower() in wanted and len(current.dotted) < 3:
+                        current.dotted.append(member.name)
                     continue
                 if suffix in current.members:
                     current.repeated.append(member.name)
@@ -200,7 +205,7 @@ def _records(shard: Path, sample: _Sample, columns: ColumnMap) -> list[RawRecord
     images = [s for s in members if s in IMAGE_SUFFIXES or (columns.image != "image" and s == "." + columns.image.lower().lstrip("."))]
     if not images:
         wanted = "image member" if columns.image == "image" else f"{columns.image!r} member (image column)"
-        return [_refused(origin, sample_id, "image_missing", f"{shard.name}: sample {key} has no {wanted}")]
+        return [_refused(origin, sample_id, "image_missing", f"{shard.name}: sample {key} has no {wanted}{_dots(sample)}")]
     image = members[images[0]]
     if isinstance(image, str):
         return [_refused(origin, sample_id, "image_too_large", f"{shard.name}: {image}")]
@@ -208,11 +213,22 @@ def _records(shard: Path, sample: _Sample, columns: ColumnMap) -> list[RawRecord
                       f"{shard.name}: {key}{s} is a second image of sample {key} ({key}{images[0]} is read)") for s in images[1:]]
     captions, problem = _captions(key, members, columns)
     if problem is not None:
-        return [_refused(origin, sample_id, problem[0], f"{shard.name}: {problem[1]}"), *extra]
+        why = _dots(sample) if problem[0] == "text_missing" else ""
+        return [_refused(origin, sample_id, problem[0], f"{shard.name}: {problem[1]}{why}"), *extra]
     if columns.captions == "first" or len(captions) <= 1:
         return [RawRecord(None, origin, sample_id, image, captions[0] if captions else "", None), *extra]
     return [RawRecord(None, f"{origin} caption {i}", f"{sample_id}-{i}", image, text, sample_id)
             for i, text in enumerate(captions)] + extra
+
+
+def _dots(sample: _Sample) -> str:
+    """Why a sample's members named like an image or a caption with more dots (``IMG_1.final.jpg``)
+    were not read, for the message of a sample that lacks one; ``''`` when it has none."""
+    if not sample.dotted:
+        return ""
+    first = PurePosixPath(sample.dotted[0]).name
+    return (f" ({', '.join(sample.dotted[:3])} not read: a member's suffix starts at the first dot of its name, so "
+            f"{sample.dotted[0]} is '{first[first.index('.'):]}')")
 
 
 def _captions(key: str, members: dict[str, bytes | str], columns: ColumnMap) -> tuple[list[bytes | str], tuple[str, str] | None]:

@@ -292,6 +292,30 @@ def test_a_cr_inside_a_row_is_whitespace_as_pyarrow_reads_it(folder: Path) -> No
         load_paired_dataset(folder / "two.jsonl", min_valid_rows=1)
 
 
+@pytest.mark.parametrize("layout, message", [
+    (b'{"image": "red.png", "text": "red"} {"image": "green.png", "text": "green"}\n', r"line 2: Extra data \(column 37\)"),
+    (b'{"image": "red.png", "text": "red"}{"image": "green.png", "text": "green"}\n', r"line 2: Extra data \(column 36\)"),
+    (b'{"image": "red.png",\n "text": "red"}\n', r"line 2: Expecting property name enclosed in double quotes"),
+    (b'{"image": "red.png",\r\n "text": "red"}\n', r"line 2: Expecting property name enclosed in double quotes"),
+])
+def test_rows_not_one_per_line_are_refused_whichever_reader_reads_the_file(folder: Path, layout: bytes, message: str
+                                                                          ) -> None:
+    """JSON Lines holds one object per line. Two rows on one line, or a row broken over lines,
+    were read by pyarrow's reader (the second only while the file fits one read block) and refused
+    by the line-by-line reader: the same rows loaded, or made the file unreadable beside one line
+    with a lone surrogate elsewhere. Both now refuse them, naming the line, with or without a
+    ``limit`` that covers them."""
+    first = b'{"image": "blue.png", "text": "blue"}\n'
+    surrogate = b'{"image": "blue.png", "text": "half \\ud800"}\n'
+    for name, data in (("plain.jsonl", first + layout), ("with_surrogate.jsonl", first + layout + surrogate)):
+        (folder / name).write_bytes(data)
+        for limit in (None, 3):
+            with pytest.raises(ValueError, match=rf"{name}'? is not readable JSON Lines \(one object per line\): {message}.* "
+                                                 r"\(line 2 holds a row that does not stand alone on its line: two "
+                                                 r"objects on one line, or one broken over lines"):
+                load_paired_dataset(folder / name, n=limit, min_valid_rows=1)
+
+
 def test_an_image_folder_metadata_table_with_a_line_that_is_not_json_is_named_with_its_line(folder: Path) -> None:
     """Finding the metadata table's columns reads every line when pyarrow refuses the file; a line
     that is not JSON leaves that to the table's reader, which names the line."""

@@ -69,6 +69,36 @@ def test_json_nesting_is_counted_across_lines_and_outside_strings(tmp_path):
             check_json_nesting(path, limit=1, chunk_bytes=chunk)
 
 
+def test_json_nesting_names_lines_ended_by_a_lone_cr_as_the_readers_count_them(tmp_path):
+    """Lines ended by a lone CR (classic Mac OS), by CRLF or mixing them with LF are lines to the
+    JSON Lines readers and to an editor; the nesting check counted LFs only and named line 1 of
+    such a file for a row on line 3 (a CRLF counted once, a CR split from its LF by a chunk edge)."""
+    path = tmp_path / "t.jsonl"
+    deep = b"[" * 9 + b"]" * 9
+    for ends in ([b"\r", b"\r"], [b"\r\n", b"\r\n"], [b"\r", b"\n"], [b"\n", b"\r\n"]):
+        path.write_bytes(b'{"a": 1}' + ends[0] + b'{"a": [2]}' + ends[1] + deep + ends[1])
+        for chunk in (1, 3, 9, 4096):
+            with pytest.raises(ValueError, match=r"t\.jsonl'?: line 3 nests JSON arrays/objects more than 8 levels deep"):
+                check_json_nesting(path, limit=8, chunk_bytes=chunk)
+
+
+def test_json_nesting_tells_a_row_that_is_not_alone_on_its_line(tmp_path):
+    """What the check returns: the first line on which a row does not stand alone (a second row
+    starts on it, or the row goes on past its LF), None when every row does. pyarrow's reader
+    takes both (a row over several lines only in a file of one block), the line-by-line reader
+    neither: :func:`tasks.data.sources._read_jsonl` reads such a file line by line, so that
+    either path gives one answer. A CR inside a row is whitespace to both readers."""
+    path = tmp_path / "t.jsonl"
+    one, two = b'{"a": "x {", "b": [1]}', b'{"a": "y", "b": [{"c": 2}]}'
+    for data, line in ((one + b"\n" + two + b"\n", None), (one + b"\r" + two + b"\r\n" + one, None),
+                       (b'{"a":\r 1}\r\n' + two + b"\n\n", None), (one + b"\n\n" + two + b" " + one + b"\n", 3),
+                       (one + two + b"\n", 1), (one + b"\n" + b'{"a":\r 1} ' + two + b"\n", 3),
+                       (one + b"\r\n" + b'{"a":\n 1}\n' + two, 2), (b'{"a":\r\n 1}\n', 1)):
+        path.write_bytes(data)
+        for chunk in (1, 2, 7, 4096):
+            assert check_json_nesting(path, chunk_bytes=chunk) == line, (data, chunk)
+
+
 def test_the_json_nesting_check_holds_little_memory(tmp_path):
     """The nesting check runs before every JSON Lines table is read: it counted brackets in 4 MiB
     chunks of 64-bit arrays, a peak of ~200 MB for any table of 4 MB or more (more than reading a
@@ -80,6 +110,66 @@ def test_the_json_nesting_check_holds_little_memory(tmp_path):
     setup = "from pathlib import Path\nfrom tasks.data.sources import check_json_nesting"
     [growth] = peak_growth(setup, f"check_json_nesting(Path({str(table)!r}))", torch=False)
     assert table.stat().st_size > 6 << 20 and growth < 100 << 20, (growth, table.stat().st_size)
+
+
+def test_a_record_holds_no_dict_of_its_own():
+    """A table is read into one record per row before any check: a record without slots carried a
+    per-instance dict (500,000 short CSV rows held 206 MB of records, 183 MB slotted). Records are
+    still replaced, compared and pickled as before."""
+    import pickle
+    from dataclasses import replace
+
+    from tasks.data.sources import RawRecord
+
+    record = RawRecord(3, "row 3", "s", "a.png", "a caption", None)
+    assert not hasattr(record, "__dict__")
+    changed = replace(record, problem=("text_empty", "row 3: empty"))
+    assert changed.problem == ("text_empty", "row 3: empty") and record.problem is None
+    assert pickle.loads(pickle.dumps(changed)) == changed
+    with pytest.raises(AttributeError):
+        record.text = "another"  # type: ignore[misc]
+
+
+def test_columns_named_twice_matter_only_when_read(tmp_path):
+    """A spreadsheet saved as CSV after cells right of the data were touched has a header ending
+    in empty names (``image,text,,``), and exports carry unread columns named twice (``note``):
+    such a table was refused whole ("has duplicated column(s) ['']") for columns no reader takes.
+    A column that is read, named twice, stays refused (which one would be read?)."""
+    (tmp_path / "a.png").write_bytes(png_bytes("red"))
+    (tmp_path / "b.png").write_bytes(png_bytes("blue"))
+    (tmp_path / "trailing.csv").write_text("image,text,,\r\na.png,red,,\r\nb.png,blue,,\r\n")
+    (tmp_path / "notes.tsv").write_text("note\timage\tnote\ttext\nx\ta.png\ty\tred\nx\tb.png\ty\tblue\n")
+    table = pa.Table.from_arrays([pa.array(["x", "x"]), pa.array(["a.png", "b.png"]), pa.array(["y", "y"]),
+                                  pa.array(["red", "blue"])], names=["note", "image", "note", "text"])
+    pq.write_table(table, tmp_path / "notes.parquet")
+    for name in ("trailing.csv", "notes.tsv", "notes.parquet"):
+        assert sorted(load_paired_dataset(tmp_path / name).table.column("text").to_pylist()) == ["blue", "red"], name
+    (tmp_path / "twice.csv").write_text("image,text,text\na.png,red,x\nb.png,blue,y\n")
+    with pytest.raises(ValueError, match=r"twice\.csv'? has duplicated column\(s\) \['text'\]"):
+        load_paired_dataset(tmp_path / "twice.csv")
+
+
+def test_a_csv_separated_by_semicolons_is_read_as_such(tmp_path):
+    """Spreadsheets in locales that write decimal commas (German, French, ...) save CSV with
+    semicolons: the header read as one column (``'sample_id;image;text'``) refused the table,
+    and ``prh run --check`` with it. A ``.csv`` whose header has no comma but semicolons is read
+    at semicolons, quotes as ever (a caption with ``;`` or ``,`` inside quotes); so is an
+    ImageFolder's ``metadata.csv``, whose ``file_name`` column is then found."""
+    from tasks.data.sources import check_layout, check_table_columns
+
+    (tmp_path / "a.png").write_bytes(png_bytes("red"))
+    (tmp_path / "b.png").write_bytes(png_bytes("blue"))
+    path = tmp_path / "pairs.csv"
+    path.write_bytes('\ufeff"sample_id";"image";"text"\r\nr;a.png;"red; a square, 1,5 cm"\r\nb;b.png;blue\r\n'.encode())
+    check_table_columns(path, check_layout(path))
+    result = load_paired_dataset(path)
+    assert result.table.select(["sample_id", "text"]).to_pylist() == [
+        {"sample_id": "b", "text": "blue"}, {"sample_id": "r", "text": "red; a square, 1,5 cm"}]
+    (tmp_path / "metadata.csv").write_text("file_name;text\na.png;red\nb.png;blue\n")
+    assert sorted(load_paired_dataset(tmp_path).table.column("text").to_pylist()) == ["blue", "red"]
+    path.write_text("image;text,more\na.png;red,x\n")  # a comma in the header: read at commas, as ever
+    with pytest.raises(ValueError, match=r"lacks required column\(s\) \['image', 'text'\]; it has \['image;text', 'more'\]"):
+        load_paired_dataset(path)
 
 
 def test_a_csv_row_names_its_physical_line(tmp_path):

@@ -122,6 +122,27 @@ def test_incomplete_samples_are_rejected_naming_what_they_lack(tmp_path: Path, m
     assert "5,000 bytes" in result.rejected.column("detail").to_pylist()[2]
 
 
+def test_a_file_name_with_more_dots_is_named_where_its_sample_lacks_a_member(tmp_path: Path) -> None:
+    """A key ends at the first dot of a member's name (WebDataset's rule): ``IMG_1.final.jpg``
+    tarred from a photo folder is member ``.final.jpg`` of sample ``IMG_1``, no image. The sample
+    was refused as "has no image member" beside the very file; the message now names the member
+    that was not read and why."""
+    shard = _shard(tmp_path / "s.tar", [
+        {"__key__": "IMG_1", ".final.jpg": png_bytes("red"), ".final.txt": b"red"},
+        {"__key__": "IMG_2", ".png": png_bytes("blue"), ".v2.txt": b"blue"},
+        _coloured("ok1", "green", **{".txt": b"green"}),
+        _coloured("ok2", "cyan", **{".txt": b"cyan"}),
+    ])
+    result = load_paired_dataset(shard)
+    assert result.table.column("sample_id").to_pylist() == ["ok1", "ok2"]
+    assert list(zip(result.rejected.column("reason").to_pylist(), result.rejected.column("detail").to_pylist())) == [
+        ("image_missing", "s.tar: sample IMG_1 has no image member (IMG_1.final.jpg, IMG_1.final.txt not read: a "
+                          "member's suffix starts at the first dot of its name, so IMG_1.final.jpg is '.final.jpg')"),
+        ("text_missing", "s.tar: sample IMG_2 has no caption member (.txt, .text, .caption or .json) (IMG_2.v2.txt "
+                         "not read: a member's suffix starts at the first dot of its name, so IMG_2.v2.txt is '.v2.txt')"),
+    ]
+
+
 def test_a_sample_whose_members_are_not_together_is_refused_as_a_duplicate(tmp_path: Path) -> None:
     """A key that came back after other samples was read as a second sample of that id (refused
     as text_missing: its members lacked a caption), hiding that the tar was not sorted by key."""
