@@ -99,6 +99,16 @@ def caption_problem(text: str) -> str | None:
     return None
 
 
+def not_utf8_problem(raw: bytes, error: UnicodeDecodeError) -> str:
+    """What is wrong with caption bytes ``raw`` that ``error`` says are not UTF-8: UTF-16 named by
+    its byte-order mark (what Notepad's "Unicode" and spreadsheets' "Unicode text" save), else the
+    decoder's reason and byte offset."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return (f"is UTF-16 encoded (it starts with the byte-order mark {raw[:2].hex(' ').upper()}), not UTF-8: "
+                "save it as UTF-8")
+    return f"is not valid UTF-8 ({error.reason} at byte {error.start})"
+
+
 def is_safe_id(value: str) -> bool:
     """True when ``value`` is a valid sample or image id."""
     return id_problem(value) is None

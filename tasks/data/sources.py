@@ -82,7 +82,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
-from tasks.data.schema import MAX_ID_LENGTH, id_problem
+from tasks.data.schema import MAX_ID_LENGTH, id_problem, not_utf8_problem
 
 __all__ = [
     "ColumnMap",
@@ -1131,9 +1131,10 @@ def _folder_records(root: Path, stem: str, image_name: str, caption_name: str, p
         return [_refused(origin, stem, "text_too_long", f"caption file {caption_name} is {size:,} bytes, more than the "
                          f"{MAX_CAPTION_FILE_BYTES:,} read")]
     try:
-        content = (root / caption_name).read_bytes().decode("utf-8").removeprefix("\ufeff")
+        raw = (root / caption_name).read_bytes()
+        content = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
-        detail = f"{caption_name} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+        detail = f"{caption_name} {not_utf8_problem(raw, exc)}"
         return [_refused(origin, stem, "text_not_utf8", detail)]
     except OSError as exc:
         return [_refused(origin, stem, "text_missing", f"cannot read {caption_name}: {exc}")]

@@ -73,7 +73,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from tasks.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageProblem, check_image, read_image_file
-from tasks.data.schema import DATASET_SCHEMA, MAX_CAPTION_CHARS, caption_problem, id_problem, validate_table
+from tasks.data.schema import DATASET_SCHEMA, MAX_CAPTION_CHARS, caption_problem, id_problem, not_utf8_problem, validate_table
 from tasks.data.sources import ColumnMap, RawRecord, path_exists, read_records
 
 __all__ = ["REJECTED_SCHEMA", "LoadResult", "Reason", "load_paired_dataset"]
@@ -290,7 +290,7 @@ def _prepare(index: int, record: RawRecord, files: _FileReader) -> _Candidate | 
             try:  # the bytes of a lone UTF-16 surrogate (a JSON caption's "\ud83d")?
                 text = text.decode("utf-8", "surrogatepass")
             except UnicodeDecodeError:
-                return Reason.TEXT_NOT_UTF8, f"{where}: caption is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                return Reason.TEXT_NOT_UTF8, f"{where}: caption {not_utf8_problem(text, exc)}"
     if isinstance(text, str):
         try:
             text.encode("utf-8")
