@@ -513,10 +513,48 @@ def print_summary(summary: dict[str, Any]) -> None:
     if any(row.get("ci_degenerate") for row in rows):
         console.print("* degenerate interval: the bootstrap subsamples piled up on a bound of the metric; it brackets the "
                       "score but does not measure its spread (ci_degenerate, docs/metrics.md)")
+    for line in summary_notes(rows):
+        console.print(line)
     console.print(features)
+    pairs = pairs_line(summary)
+    if pairs:
+        console.print(pairs)
     console.print(f"results stored in {summary['store']} (run {summary['run_id']})")
     console.print('query them: prh sql "select * from alignment_best_latest"  (the latest run\'s results; '
                   'alignment_best: the current result of every pair scored so far)')
+
+
+#: What the closing table's columns after the layers mean (``print_summary``).
+SUMMARY_LEGEND = ("chance: analytical chance level (mutual k-NN: k/(N-1); - where none is known); null: mean score of the "
+                  "permutation null; calib.: the score above the null's 95% threshold, scaled to [0, 1]; p: permutation p-value; "
+                  "q: Benjamini-Hochberg q-value over the run's pairs of the metric (docs/metrics.md)")
+
+
+def summary_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """The lines under the closing table: what its columns mean, and why a column is empty in
+    every row (a run without ``alignment.permutations`` or ``alignment.bootstrap``, both 0 unless
+    set, showed only dashes there, with nothing saying why)."""
+    notes = [SUMMARY_LEGEND]
+    if not any(row.get("p_value") is not None for row in rows):
+        notes.append("null, calib., p and q are empty: this run drew no permutation null (alignment.permutations: 0 unless "
+                     "set; configs/demo.yaml sets 50; prh run --permutations N)")
+    if not any(row.get("ci_low") is not None for row in rows):
+        notes.append("95% CI is empty: this run drew no bootstrap resamples (alignment.bootstrap: 0 unless set; "
+                     "configs/demo.yaml sets 200)")
+    return notes
+
+
+def pairs_line(summary: dict[str, Any]) -> str | None:
+    """``model pairs: A aligned in this run, S already stored`` (with the metric results it computed
+    and copied), from the run record; None for a summary without those counts."""
+    versions, aligned = summary.get("alignment_versions"), summary.get("aligned")
+    if versions is None or aligned is None:
+        return None
+    line = f"model pairs: {aligned} aligned in this run, {len(versions) - aligned} already stored"
+    computed, copied = summary.get("metrics_computed"), summary.get("metrics_copied")
+    if computed is not None and copied is not None:
+        line += f" (metric results: {computed} computed, {copied} copied from stored versions of the pair)"
+    return line
 
 
 #: The top-level folders of a store (``storage.layout``, reports): one of them marks a prh store.

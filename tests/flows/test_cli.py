@@ -519,6 +519,30 @@ def test_the_run_summary_prints_a_best_row_without_a_score(capsys):
     assert "no model pairs were aligned" in shown and 'prh sql "select * from models_current"' in shown
 
 
+def test_the_run_summary_says_what_its_columns_mean_and_why_they_are_empty(capsys):
+    """The walk-through: a first zoo of one's own (no `permutations` or `bootstrap`, both 0 unless
+    set) ended in a table whose 95% CI, null, calib., p and q columns were dashes in every row, with
+    nothing saying what they hold or how to fill them; nor did the closing lines say how many
+    pairs the run aligned and how many it found stored (after adding a model)."""
+    from flows.cli import print_summary
+
+    row = {"model_a": "vit", "model_b": "lm", "metric": "mutual_knn", "score": 0.3, "layer_name_a": "l1",
+           "layer_name_b": "l2", "chance_level": 0.128, "n_samples": 40}
+    print_summary({"dataset_version": "d", "best": [row], "extracted": ["lm"], "reused": ["vit"], "store": "s", "run_id": "r",
+                   "alignment_versions": ["alignment/d/vit__lm/v1", "alignment/d/vit__gpt/v2"], "aligned": 1,
+                   "metrics_computed": 1, "metrics_copied": 0})
+    shown = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert "chance: analytical chance level" in shown and "q: Benjamini-Hochberg q-value" in shown
+    assert "null, calib., p and q are empty: this run drew no permutation null (alignment.permutations: 0" in shown
+    assert "95% CI is empty: this run drew no bootstrap resamples (alignment.bootstrap: 0" in shown
+    assert "model pairs: 1 aligned in this run, 1 already stored (metric results: 1 computed, 0 copied" in shown
+    # with a null and an interval: the legend stays, the hints go
+    full = {**row, "null_mean": 0.13, "calibrated_score": 0.2, "p_value": 0.05, "q_value": 0.05, "ci_low": 0.2, "ci_high": 0.4}
+    print_summary({"dataset_version": "d", "best": [full], "extracted": [], "reused": [], "store": "s", "run_id": "r"})
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "chance: analytical chance level" in shown and "are empty" not in shown and "is empty" not in shown
+
+
 def test_the_run_summary_names_each_metrics_best_layer_pair(capsys):
     """The closing table is the best layer pair per metric: each row shows its layer A and layer B
     (``-`` where the row has none)."""

@@ -105,9 +105,13 @@ def test_a_feature_version_names_its_dataset_and_every_feature_input_but_not_the
     assert feature_version("d1", ModelSpec(**{**base, "name": "gpt-renamed", "batch_size": 7})) == reference
 
 
-def test_a_vision_model_runs_once_per_image_and_each_caption_row_gets_its_images_features(tmp_path):
+def test_a_vision_model_runs_once_per_image_and_each_caption_row_gets_its_images_features(tmp_path, caplog):
     """extract_to_store: vision models run once per distinct image, and the rows of the captions of
-    one image share its features (2 images of 2 captions each: 4 rows, 2 distinct)."""
+    one image share its features (2 images of 2 captions each: 4 rows, 2 distinct). Its log counts
+    images (the demo's vision models had logged "1018/1018 items", then "1024 samples", with
+    nothing saying that six of its emoji are one picture with two captions)."""
+    import logging
+
     import numpy as np
 
     from storage import layout
@@ -120,8 +124,11 @@ def test_a_vision_model_runs_once_per_image_and_each_caption_row_gets_its_images
 
     url = str(tmp_path / "store")
     dataset = publish_dataset(_coco_params(tmp_path), url)
-    features = extract_to_store(url, dataset, ModelSpec(**TINY_VIT))
+    logger = logging.getLogger("prh.test.extract")
+    with caplog.at_level(logging.INFO, logger="prh.test.extract"):
+        features = extract_to_store(url, dataset, ModelSpec(**TINY_VIT), logger)
     assert features["catalog"]["n_samples"] == 4
+    assert "(2/2 images, " in caplog.text and " layers x 4 samples (2 distinct images) in " in caplog.text, caplog.text
     for i in range(features["catalog"]["n_layers"]):
         table = Store(url).read_table(f"{features['key']}/{layout.layer_file(i)}").sort_by("sample_id")
         assert table.column("sample_id").to_pylist() == ["7-0", "7-1", "8-0", "8-1"]
