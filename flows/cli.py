@@ -513,7 +513,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     if any(row.get("ci_degenerate") for row in rows):
         console.print("* degenerate interval: the bootstrap subsamples piled up on a bound of the metric; it brackets the "
                       "score but does not measure its spread (ci_degenerate, docs/metrics.md)")
-    for line in summary_notes(rows):
+    for line in summary_notes(rows, (summary.get("config") or {}).get("alignment")):
         console.print(line)
     console.print(features)
     pairs = pairs_line(summary)
@@ -530,15 +530,17 @@ SUMMARY_LEGEND = ("chance: analytical chance level (mutual k-NN: k/(N-1); - wher
                   "q: Benjamini-Hochberg q-value over the run's pairs of the metric (docs/metrics.md)")
 
 
-def summary_notes(rows: list[dict[str, Any]]) -> list[str]:
+def summary_notes(rows: list[dict[str, Any]], alignment: dict[str, Any] | None = None) -> list[str]:
     """The lines under the closing table: what its columns mean, and why a column is empty in
     every row (a run without ``alignment.permutations`` or ``alignment.bootstrap``, both 0 unless
-    set, showed only dashes there, with nothing saying why)."""
+    set, showed only dashes there, with nothing saying why). ``alignment``: the run's config
+    section, when known: a column empty although it sets them (rows without a score) gets no hint."""
     notes = [SUMMARY_LEGEND]
-    if not any(row.get("p_value") is not None for row in rows):
+    alignment = alignment or {}
+    if not alignment.get("permutations") and not any(row.get("p_value") is not None for row in rows):
         notes.append("null, calib., p and q are empty: this run drew no permutation null (alignment.permutations: 0 unless "
                      "set; configs/demo.yaml sets 50; prh run --permutations N)")
-    if not any(row.get("ci_low") is not None for row in rows):
+    if not alignment.get("bootstrap") and not any(row.get("ci_low") is not None for row in rows):
         notes.append("95% CI is empty: this run drew no bootstrap resamples (alignment.bootstrap: 0 unless set; "
                      "configs/demo.yaml sets 200)")
     return notes

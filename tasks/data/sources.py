@@ -446,14 +446,15 @@ def check_json_nesting(path: Path, limit: int = MAX_JSON_DEPTH, chunk_bytes: int
                     at = int(np.argmax(total > limit))
                     raise ValueError(f"dataset table {str(path)!r}: line {lines + int(line[at]) + 1} nests JSON "
                                      f"arrays/objects more than {limit} levels deep; not a table of image-caption rows")
-                if alone is None:
-                    alone, last_close = _row_not_alone(total, depth, line + lines, last_close)
-                if alone is None:  # a row open at an LF goes on past it
+                if alone is None:  # the chunk's first line of either kind
+                    shared, last_close = _row_not_alone(total, depth, line + lines, last_close)
                     before = np.searchsorted(brackets, feeds)
                     open_at = np.where(before > 0, total[np.maximum(before - 1, 0)], depth) > 0
-                    if open_at.any():
+                    if open_at.any():  # a row open at an LF goes on past it
                         first = int(np.argmax(open_at))  # its line: a CRLF's is the one its CR ends
-                        alone = lines + int(np.searchsorted(ends, feeds[first])) + 1 - int(crlf[first])
+                        shared = min(shared or lines + ends.size + 1,
+                                     lines + int(np.searchsorted(ends, feeds[first])) + 1 - int(crlf[first]))
+                    alone = shared
                 depth = int(total[-1])
             elif alone is None and depth > 0 and feeds.size:
                 alone = lines + int(np.searchsorted(ends, feeds[0])) + 1 - int(crlf[0])
@@ -888,10 +889,14 @@ def _csv_delimiter(text: io.TextIOBase, delimiter: str) -> str:
     """``delimiter``, or ``;`` for a comma-separated table (``delimiter`` ``,``) whose header row
     (the first record of ``text``, read from its start) has no comma and splits at semicolons: a
     spreadsheet's CSV in locales that write decimal commas. A header with a comma stays
-    comma-separated (a column named ``a;b`` and others)."""
+    comma-separated (a column named ``a;b`` and others); so does one that is not CSV (its
+    reader says why)."""
     if delimiter != ",":
         return delimiter
-    header = next(csv.reader(text, delimiter=","), [])
+    try:
+        header = next(csv.reader(text, delimiter=","), [])
+    except csv.Error:  # a quote opened at its start and never closed, past the field limit
+        return delimiter
     if len(header) == 1 and len(next(csv.reader([header[0]], delimiter=";"), [])) > 1:
         return ";"
     return delimiter

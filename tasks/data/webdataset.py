@@ -19,8 +19,9 @@ member larger than :data:`MAX_MEMBER_BYTES` is refused unread; a shard that expa
 :data:`MAX_EXPANSION` times its size (a compression bomb) is refused. A shard is read to its end
 (a damaged header, or a cut inside one, would otherwise end it silently); with ``limit`` the
 reading stops after that many samples. A sample refused for lacking its image or caption names
-its members not read because their names have more dots (``IMG_1.final.jpg`` is member
-``.final.jpg`` of sample ``IMG_1``).
+its members not read because their names have more dots and that end like the one it lacks
+(``IMG_1.final.jpg`` is member ``.final.jpg`` of sample ``IMG_1``: named where it lacks an image,
+not where it lacks a caption).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Callable, Iterator
 
 from tasks.data.sources import IMAGE_SUFFIXES, ColumnMap, RawRecord, folder_id
 
@@ -102,7 +103,7 @@ class _Sample:
     members: dict[str, bytes | str] = field(default_factory=dict)  # suffix -> content (str: why it was not read)
     repeated: list[str] = field(default_factory=list)  # member names seen twice in this sample
     scattered: bool = False  # the key came back after other samples (its members are not together)
-    dotted: list[str] = field(default_factory=list)  # members not read whose name ends like one read (a.b.png)
+    dotted: list[str] = field(default_factory=list)  # members not read whose name ends like one read (a.b.png), 3 per ending
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
@@ -150,8 +151,9 @@ def _samples(shard: Path, wanted: frozenset[str]) -> Iterator[_Sample]:
                     keys.add(key)
                 suffix = "." + rest.lower() if dot else ""
                 if suffix not in wanted:
-                    if "." in rest and "." + rest.rsplit(".", 1)[1].lower() in wanted and len(current.dotted) < 3:
-                        current.dotted.append(member.name)
+                    last = _last_suffix(member.name)
+                    if "." in rest and last in wanted and sum(_last_suffix(n) == last for n in current.dotted) < 3:
+                        current.dotted.append(member.name)  # three of each ending at most
                     continue
                 if suffix in current.members:
                     current.repeated.append(member.name)
@@ -202,10 +204,12 @@ def _records(shard: Path, sample: _Sample, columns: ColumnMap) -> list[RawRecord
     if sample.repeated:
         return [_refused(origin, sample_id, "sample_id_duplicate",
                          f"{shard.name}: member {sample.repeated[0]} appears twice in sample {key}")]
-    images = [s for s in members if s in IMAGE_SUFFIXES or (columns.image != "image" and s == "." + columns.image.lower().lstrip("."))]
+    is_image = (lambda s: s in IMAGE_SUFFIXES) if columns.image == "image" else (lambda s: s == "." + columns.image.lower().lstrip("."))
+    images = [s for s in members if is_image(s)]
     if not images:
         wanted = "image member" if columns.image == "image" else f"{columns.image!r} member (image column)"
-        return [_refused(origin, sample_id, "image_missing", f"{shard.name}: sample {key} has no {wanted}{_dots(sample)}")]
+        return [_refused(origin, sample_id, "image_missing",
+                         f"{shard.name}: sample {key} has no {wanted}{_dots(sample, is_image)}")]
     image = members[images[0]]
     if isinstance(image, str):
         return [_refused(origin, sample_id, "image_too_large", f"{shard.name}: {image}")]
@@ -213,7 +217,8 @@ def _records(shard: Path, sample: _Sample, columns: ColumnMap) -> list[RawRecord
                       f"{shard.name}: {key}{s} is a second image of sample {key} ({key}{images[0]} is read)") for s in images[1:]]
     captions, problem = _captions(key, members, columns)
     if problem is not None:
-        why = _dots(sample) if problem[0] == "text_missing" else ""
+        sources = (*_TEXT_SUFFIXES, ".json") if columns.text == "text" else (".json",)
+        why = _dots(sample, lambda s: s in sources) if problem[0] == "text_missing" else ""
         return [_refused(origin, sample_id, problem[0], f"{shard.name}: {problem[1]}{why}"), *extra]
     if columns.captions == "first" or len(captions) <= 1:
         return [RawRecord(None, origin, sample_id, image, captions[0] if captions else "", None), *extra]
@@ -221,14 +226,22 @@ def _records(shard: Path, sample: _Sample, columns: ColumnMap) -> list[RawRecord
             for i, text in enumerate(captions)] + extra
 
 
-def _dots(sample: _Sample) -> str:
-    """Why a sample's members named like an image or a caption with more dots (``IMG_1.final.jpg``)
-    were not read, for the message of a sample that lacks one; ``''`` when it has none."""
-    if not sample.dotted:
+def _dots(sample: _Sample, could_be: Callable[[str], bool]) -> str:
+    """Why a sample's members named like the member it lacks with more dots (``IMG_1.final.jpg``
+    for an image: ``could_be`` tells the suffixes that member is read from) were not read, for the
+    message of a sample that lacks it; ``''`` when it has none."""
+    named = [name for name in sample.dotted if could_be(_last_suffix(name))][:3]
+    if not named:
         return ""
-    first = PurePosixPath(sample.dotted[0]).name
-    return (f" ({', '.join(sample.dotted[:3])} not read: a member's suffix starts at the first dot of its name, so "
-            f"{sample.dotted[0]} is '{first[first.index('.'):]}')")
+    first = PurePosixPath(named[0]).name
+    return (f" ({', '.join(named)} not read: a member's suffix starts at the first dot of its name, so "
+            f"{named[0]} is '{first[first.index('.'):]}')")
+
+
+def _last_suffix(name: str) -> str:
+    """The last suffix of a member's file name, lower-case (``a/IMG_1.final.JPG``: ``.jpg``; ``''`` without a dot)."""
+    base = PurePosixPath(name).name
+    return "." + base.rsplit(".", 1)[1].lower() if "." in base else ""
 
 
 def _captions(key: str, members: dict[str, bytes | str], columns: ColumnMap) -> tuple[list[bytes | str], tuple[str, str] | None]:

@@ -543,6 +543,25 @@ def test_the_run_summary_says_what_its_columns_mean_and_why_they_are_empty(capsy
     assert "chance: analytical chance level" in shown and "are empty" not in shown and "is empty" not in shown
 
 
+def test_the_run_summary_does_not_blame_the_config_for_columns_empty_for_another_reason(capsys):
+    """A run that set ``permutations`` and ``bootstrap`` but whose best rows hold no p-value or
+    interval (a metric with no finite score: every layer excluded) was told "this run drew no
+    permutation null (alignment.permutations: 0 unless set ...)" and "no bootstrap resamples",
+    which its config contradicts. The hints are for a config that leaves them at 0."""
+    from flows.cli import print_summary
+
+    row = {"model_a": "vit", "model_b": "lm", "metric": "svcca", "score": None, "layer_name_a": None, "layer_name_b": None,
+           "chance_level": None, "n_samples": 40}
+    summary = {"dataset_version": "d", "best": [row], "extracted": ["lm", "vit"], "reused": [], "store": "s", "run_id": "r",
+               "config": {"alignment": {"permutations": 50, "bootstrap": 200}}}
+    print_summary(summary)
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "chance: analytical chance level" in shown and "drew no" not in shown, shown
+    print_summary({**summary, "config": {"alignment": {"permutations": 0, "bootstrap": 0}}})
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "drew no permutation null" in shown and "drew no bootstrap resamples" in shown, shown
+
+
 def test_the_run_summary_names_each_metrics_best_layer_pair(capsys):
     """The closing table is the best layer pair per metric: each row shows its layer A and layer B
     (``-`` where the row has none)."""

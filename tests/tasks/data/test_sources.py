@@ -99,6 +99,24 @@ def test_json_nesting_tells_a_row_that_is_not_alone_on_its_line(tmp_path):
             assert check_json_nesting(path, chunk_bytes=chunk) == line, (data, chunk)
 
 
+def test_json_nesting_names_the_first_line_whose_row_is_not_alone_whichever_kind_comes_first(tmp_path):
+    """A row broken over lines (open at an LF) before two rows sharing a later line, in one chunk:
+    the later shared line was returned (line 3), and the refusal said "line 1: Expecting value ...
+    (line 3 holds a row that does not stand alone ...)", two lines for one problem, and another
+    line with a smaller chunk. The first such line is returned at any chunk size."""
+    path = tmp_path / "t.jsonl"
+    for data, line in ((b'{"a":\n 1}\n{"a": 1} {"b": 2}\n', 1), (b'{"a": 1}\n\n{"a":\r\n 1}{"b": [2]}\n', 3),
+                       (b'{"a": 1}\r{"b":\n 2}\r{"c": 3} {"d": 4}\n', 2)):
+        path.write_bytes(data)
+        for chunk in (1, 3, 8, 4096):
+            assert check_json_nesting(path, chunk_bytes=chunk) == line, (data, chunk)
+    (tmp_path / "a.png").write_bytes(png_bytes("red"))
+    path.write_bytes(b'{"image": "a.png",\n "text": "red"}\n{"image": "a.png", "text": "red"} {"image": "a.png", '
+                     b'"text": "red"}\n')
+    with pytest.raises(ValueError, match=r"line 1: .*\(line 1 holds a row that does not stand alone on its line"):
+        load_paired_dataset(path, min_valid_rows=1)
+
+
 def test_the_json_nesting_check_holds_little_memory(tmp_path):
     """The nesting check runs before every JSON Lines table is read: it counted brackets in 4 MiB
     chunks of 64-bit arrays, a peak of ~200 MB for any table of 4 MB or more (more than reading a
@@ -169,6 +187,16 @@ def test_a_csv_separated_by_semicolons_is_read_as_such(tmp_path):
     assert sorted(load_paired_dataset(tmp_path).table.column("text").to_pylist()) == ["blue", "red"]
     path.write_text("image;text,more\na.png;red,x\n")  # a comma in the header: read at commas, as ever
     with pytest.raises(ValueError, match=r"lacks required column\(s\) \['image', 'text'\]; it has \['image;text', 'more'\]"):
+        load_paired_dataset(path)
+
+
+def test_a_csv_whose_header_opens_a_quote_never_closed_is_refused_as_csv(tmp_path):
+    """Looking for the separator reads the header record: a stray quote at its start reads on to
+    the end of the file, and past 64 MiB Python's csv raised "field larger than field limit" out
+    of that look, a raw ``_csv.Error`` where the table's reader said "is not valid CSV"."""
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(b'"image,text\na.png,' + b"x" * (64 << 20) + b"\n")
+    with pytest.raises(ValueError, match=r"pairs\.csv'? is not valid CSV: field larger than field limit"):
         load_paired_dataset(path)
 
 

@@ -136,10 +136,34 @@ def test_a_file_name_with_more_dots_is_named_where_its_sample_lacks_a_member(tmp
     result = load_paired_dataset(shard)
     assert result.table.column("sample_id").to_pylist() == ["ok1", "ok2"]
     assert list(zip(result.rejected.column("reason").to_pylist(), result.rejected.column("detail").to_pylist())) == [
-        ("image_missing", "s.tar: sample IMG_1 has no image member (IMG_1.final.jpg, IMG_1.final.txt not read: a "
-                          "member's suffix starts at the first dot of its name, so IMG_1.final.jpg is '.final.jpg')"),
+        ("image_missing", "s.tar: sample IMG_1 has no image member (IMG_1.final.jpg not read: a member's suffix starts "
+                          "at the first dot of its name, so IMG_1.final.jpg is '.final.jpg')"),
         ("text_missing", "s.tar: sample IMG_2 has no caption member (.txt, .text, .caption or .json) (IMG_2.v2.txt "
                          "not read: a member's suffix starts at the first dot of its name, so IMG_2.v2.txt is '.v2.txt')"),
+    ]
+
+
+def test_a_missing_member_names_only_the_dotted_members_that_could_have_been_it(tmp_path: Path) -> None:
+    """A sample with its image and a mask beside it (``m.seg.png``) but no caption was told
+    "has no caption member (...) (m.seg.png not read ...)", as if the mask were its caption; and
+    the first three dotted members met were the only ones named, so three masks hid the caption
+    that was there under another name (``n.en.txt``). A missing image names dotted images, a
+    missing caption dotted captions."""
+    masks = {f".{part}.png": png_bytes("gray") for part in ("seg", "depth", "edges")}
+    shard = _shard(tmp_path / "s.tar", [
+        {"__key__": "m", ".png": png_bytes("red"), ".seg.png": png_bytes("gray")},
+        {"__key__": "n", ".png": png_bytes("blue"), **masks, ".en.txt": b"blue"},
+        {"__key__": "p", ".en.txt": b"green", ".seg.png": png_bytes("gray")},
+        _coloured("ok1", "green", **{".txt": b"green"}),
+        _coloured("ok2", "cyan", **{".txt": b"cyan"}),
+    ])
+    details = load_paired_dataset(shard).rejected.column("detail").to_pylist()
+    assert details == [
+        "s.tar: sample m has no caption member (.txt, .text, .caption or .json)",
+        "s.tar: sample n has no caption member (.txt, .text, .caption or .json) (n.en.txt not read: a member's suffix "
+        "starts at the first dot of its name, so n.en.txt is '.en.txt')",
+        "s.tar: sample p has no image member (p.seg.png not read: a member's suffix starts at the first dot of its name, "
+        "so p.seg.png is '.seg.png')",
     ]
 
 
