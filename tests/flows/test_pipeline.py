@@ -64,6 +64,37 @@ def _reference_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(hsic(k, l) / (np.sqrt(max(hsic(k, k) * hsic(l, l), 0.0)) + 1e-6))
 
 
+def _reference_best(xs: list[np.ndarray], ys: list[np.ndarray], k: int, rows: np.ndarray | None = None,
+                    y_rows: np.ndarray | None = None) -> float:
+    """Max over layer pairs of the reference mutual k-NN, on ``rows`` of both sides (all: None), with
+    model B's rows reordered by ``y_rows`` after that (a permutation: None keeps them paired)."""
+    def take(z, idx):
+        return z if idx is None else z[idx]
+    return max(_reference_mutual_knn(take(x, rows), take(take(y, rows), y_rows), k) for x in xs for y in ys)
+
+
+def _reference_null(xs: list[np.ndarray], ys: list[np.ndarray], k: int, permutations: int, seed: int) -> np.ndarray:
+    """docs/metrics.md, "Reproducing the stored numbers": draw t permutes model B's rows (in
+    sample_id order) by the t-th ``torch.randperm`` of a CPU generator seeded with alignment.seed."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    perms = [torch.randperm(xs[0].shape[0], generator=gen).numpy() for _ in range(permutations)]
+    return np.array([_reference_best(xs, ys, k, y_rows=perm) for perm in perms])
+
+
+def _reference_interval(xs: list[np.ndarray], ys: list[np.ndarray], k: int, n_boot: int, seed: int,
+                        estimate: float) -> tuple[float, float]:
+    """docs/metrics.md, same section: half-size subsamples without replacement drawn by numpy's
+    ``default_rng(seed)``; the deviations' 2.5% and 97.5% quantiles scaled by sqrt(m/(N-m)), within [0, 1]."""
+    n = xs[0].shape[0]
+    m = round(n / 2)
+    rng = np.random.default_rng(seed)
+    reps = np.array([_reference_best(xs, ys, k, rows=np.sort(rng.choice(n, m, replace=False))) for _ in range(n_boot)])
+    lo, hi = estimate + np.sqrt(m / (n - m)) * np.quantile(reps - reps.mean(), [0.025, 0.975])
+    return min(max(lo, 0.0), estimate), max(min(hi, 1.0), estimate)
+
+
 def _stored_layers(store: Store, manifest: dict) -> tuple[list[str], list[np.ndarray]]:
     """Read a model's features straight from Parquet (no DuckDB), sorted by sample_id."""
     layers, ids = [], None
@@ -113,6 +144,14 @@ def test_pipeline_end_to_end(store_url, monkeypatch):
     assert best["chance_level"] == pytest.approx(TOPK / (N - 1))
     assert 1 / 10 <= best["p_value"] <= 1 and best["permutations"] == 9
     assert 0 <= best["calibrated_score"] <= 1
+    # The null and the interval are reproducible from the stored features and the documented seed.
+    null = _reference_null(xs, ys, TOPK, permutations=9, seed=0)
+    assert best["null_mean"] == pytest.approx(null.mean(), abs=1e-9)
+    assert best["null_std"] == pytest.approx(null.std(), abs=1e-9)  # population standard deviation
+    assert best["tau"] == pytest.approx(max(null.max(), best["score"]), abs=1e-9)  # ceil(0.95 * 10): the 10th of 10
+    assert best["p_value"] == pytest.approx((1 + np.sum(null >= best["score"] - 1e-9)) / 10)
+    low, high = _reference_interval(xs, ys, TOPK, n_boot=20, seed=0, estimate=best["score"])
+    assert (best["ci_low"], best["ci_high"]) == pytest.approx((low, high), abs=1e-9)
     # A bootstrap interval for the k-NN metric (per-sample resampling).
     assert best["bootstrap"] == 20 and best["ci_low"] < best["ci_high"]
     assert best["ci_low"] - 0.05 <= best["score"] <= best["ci_high"] + 0.05
