@@ -1,7 +1,8 @@
 """Facts the documentation states about the code and the tests, checked against them so that a
 change to one shows up as a stale page: the code each version hashes (docs/storage.md), the
-case counts of docs/reliability.md, the `prh` commands and options the pages name, the catalog
-views they list and the SQL examples of the README."""
+case counts of docs/reliability.md, the `prh` commands and options the pages name, the files and
+Python names they point to, the `PRH_*` variables the code reads, the catalog views they list and
+the SQL examples of the README."""
 
 from __future__ import annotations
 
@@ -105,6 +106,114 @@ def _section(page: str, heading: str) -> str:
     text = (ROOT / page).read_text(encoding="utf-8").split(heading, 1)[1]
     level = heading.split(" ", 1)[0]
     return re.split(rf"^{level} ", text, maxsplit=1, flags=re.MULTILINE)[0]
+
+
+ALL_PAGES = (*PAGES, ROOT / "BENCHMARKS.md")
+#: A path of the project as a page names it (`tasks/extract/spec.py`, `tests/flows/`), and a Python
+#: name (`storage.catalog.connect`, `tasks.metrics.Engine.tie_rtol`); not `docs/storage.md`.
+_PROJECT_PATH = re.compile(r"(?<![\w/.-])((?:tasks|storage|flows|bench|tests|configs)/[\w./-]*\w)")
+_PYTHON_NAME = re.compile(r"(?<![\w/.-])((?:tasks|storage|flows)(?:\.\w+)+)")
+#: paths that are not the project's: a folder the tests write, the user's own zoo of the examples
+_NOT_IN_THE_REPOSITORY = {"tests/artifacts", "configs/my-zoo.yaml"}
+
+
+def _code_variables() -> set[str]:
+    """The `PRH_*` environment variables the code reads (every `"PRH_..."` literal of flows/,
+    tasks/ and storage/)."""
+    return {name for package in ("flows", "tasks", "storage") for path in (ROOT / package).rglob("*.py")
+            for name in re.findall(r"[\"'](PRH_[A-Z0-9_]+)[\"']", path.read_text(encoding="utf-8"))}
+
+
+def test_every_prh_variable_the_code_reads_is_documented() -> None:
+    """Each `PRH_*` variable that flows/, tasks/ or storage/ read is named on some page (README,
+    docs/*.md): a setting added in the code and in no page is one users cannot find."""
+    pages = " ".join(page.read_text(encoding="utf-8") for page in PAGES)
+    variables = _code_variables()
+    assert len(variables) >= 20 and sorted(v for v in variables if not re.search(rf"\b{v}\b", pages)) == []
+
+
+def test_the_run_start_check_names_every_variable_it_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/orchestration.md says which variables a run checks as its first step: each one that
+    `check_run_environment` refuses when set to nonsense is named there (`PRH_ALIGN_MEMORY_MB`
+    had been said to be checked at the first pair; `PRH_DECODE_WORKERS`, `PRH_HUB_TIMEOUT` were
+    missing)."""
+    from flows.runners import check_run_environment
+
+    text = _section("docs/orchestration.md", "## Fan-out and task runners").split("`prh run` checks them", 1)[0]
+    refused = []
+    for variable in sorted(_code_variables()):
+        with monkeypatch.context() as env:
+            env.setenv(variable, "nonsense")
+            try:
+                check_run_environment()
+            except ValueError as error:
+                assert variable in str(error)
+                refused.append(variable)
+    assert len(refused) >= 6 and [v for v in refused if f"`{v}`" not in text] == []
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether ``dotted`` (``storage.catalog.connect``) names a module of the project, or a name
+    defined at the top of one (a class's attribute too), read from the source, not imported."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:cut])
+        source = next((f for f in (base / "__init__.py", base.with_suffix(".py")) if f.is_file()), None)
+        if source is None:
+            continue
+        text = source.read_text(encoding="utf-8")
+        body: list[ast.stmt] = ast.parse(text).body
+        for at, name in enumerate(parts[cut:], start=cut):
+            node = _defined(body, name)
+            if node is None:
+                return f'"{name}"' in text  # a lazily exported name (a module __getattr__'s table)
+            if isinstance(node, ast.ImportFrom) and at + 1 < len(parts):  # `from .engine import Engine`: look there
+                package = parts[:cut] if source.name == "__init__.py" else parts[:cut - 1]
+                origin = package[:len(package) - node.level + 1] if node.level else []
+                imported = next(a.name for a in node.names if (a.asname or a.name) == name)
+                target = ".".join(filter(None, [*origin, node.module or "", imported, *parts[at + 1:]]))
+                return target != dotted and _resolves(target)
+            if not isinstance(node, ast.ClassDef):
+                return True
+            body = node.body
+        return True
+    return False
+
+
+def _defined(body: list[ast.stmt], name: str) -> ast.stmt | None:
+    """The statement of ``body`` that defines, assigns or imports ``name`` (inside ``if`` and
+    ``try`` blocks too), or None."""
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return node
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(target, ast.Name) and target.id == name for target in targets):
+            return node
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name.split(".")[0]) == name for a in node.names):
+            return node
+        if isinstance(node, (ast.If, ast.Try)):
+            found = _defined(node.body, name) or _defined(node.orelse, name)
+            if found is not None:
+                return found
+    return None
+
+
+def test_every_file_and_python_name_the_pages_point_to_exists() -> None:
+    """A path (`tasks/report/build.py`, `tests/flows/test_cli.py`) or a Python name
+    (`storage.verify.checked_for_reuse`, `tasks.metrics.Engine.tie_rtol`) in a page's code is one
+    the project has: a module renamed or a function removed leaves readers looking for it."""
+    wrong, seen = [], 0
+    for page in ALL_PAGES:
+        for code in _code(page.read_text(encoding="utf-8")):
+            for path in _PROJECT_PATH.findall(code):
+                seen += 1
+                if path.rstrip("/") not in _NOT_IN_THE_REPOSITORY and not (ROOT / path.split("::")[0]).exists():
+                    wrong.append(f"{page.name}: {path}")
+            for name in _PYTHON_NAME.findall(code):
+                seen += 1
+                if not _resolves(name):
+                    wrong.append(f"{page.name}: {name}")
+    assert seen > 200 and wrong == []
 
 
 @pytest.fixture(scope="module")
