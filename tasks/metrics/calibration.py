@@ -24,9 +24,9 @@ Ties: a null draw within ``TIE_RTOL`` of the computation dtype (relative to ``ma
 row orders differs by rounding alone (R² of an exact fit came out 1.0000000000000002 observed and
 0.9999999999999993 permuted, which gave p = 1/(K+1) instead of 1). An engine declares a different
 tolerance with ``Engine.tie_rtol``: 0 for metrics whose values are exact counts (``mutual_knn``,
-``cycle_knn``, ``lcs_knn``: the float32 tolerance exceeded ``mutual_knn``'s spacing ``1/(N k)``
-at N=12000, k=10 and counted strictly smaller draws as ties, p 0.7132 instead of 0.6908), the
-float64 one for ``jaccard_knn`` and ``edit_distance_knn`` (float64 sums) and for ``svcca``,
+``cycle_knn``, ``lcs_knn``, ``edit_distance_knn``: the float32 tolerance exceeded ``mutual_knn``'s
+spacing ``1/(N k)`` at N=12000, k=10 and counted strictly smaller draws as ties, p 0.7132 instead
+of 0.6908), the float64 one for ``jaccard_knn`` (float64 sums) and for ``svcca``,
 ``procrustes``, ``linear_regression`` and ``rsa_spearman`` (computed in float64 whatever the
 features' dtype: float32's tolerance gave p 0.7702 instead of 0.7552); ``aggregate='mean'``
 adds float64 rounding, so the tolerance is then at least the float64 one. NaN null draws are left
