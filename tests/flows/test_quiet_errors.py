@@ -11,6 +11,9 @@ from flows.quiet_errors import ENGINE_LOGGERS, DropStatedTracebacks, quiet_known
 from tasks.data.tables import load_paired_dataset
 from tasks.params import ConfigError
 
+#: the flow logger these tests write to outside a flow run warns that it has no run to send to
+pytestmark = pytest.mark.filterwarnings("ignore:Logger 'prefect.flow_runs' attempted to send logs to the API:UserWarning")
+
 
 class Collect(logging.Handler):
     def __init__(self):
