@@ -218,12 +218,24 @@ def excluded_layer_notes(store: Store, record: dict[str, Any], shown: int = 3) -
     return notes
 
 
+#: How a run record's ``error`` starts when the run went to its end with some models or pairs
+#: failed and the rest published (``flows.pipeline.ZooFailures``, as ``flows.run_record.one_line``
+#: writes it): the failures are the record's ``failures``, each noted on its own.
+ZOO_FAILURES = "flows.pipeline.ZooFailures:"
+
+
 def stopped_run_notes(record: dict[str, Any]) -> list[str]:
     """What the report says of a run that did not finish (``CANCELLED``: stopped; ``CRASHED``:
     its process died; ``FAILED`` with an ``error`` of its own): its status and error, and that
-    versions it published without listing them (a pair aligned as it stopped) are not shown."""
+    versions it published without listing them (a pair aligned as it stopped) are not shown.
+    None for a run that failed only for some models or pairs (its ``error`` is the summary of its
+    ``failures``, :data:`ZOO_FAILURES`): it did finish, listing every pair it published, and each
+    failure has a note of its own (the page ``prh report`` drew later had said it "stopped", with
+    every failure repeated, where the page stored with the run had not)."""
     status, error = record.get("status"), record.get("error")
     if status not in ("CANCELLED", "CRASHED") and not error:
+        return []
+    if status == "FAILED" and str(error).startswith(ZOO_FAILURES) and run_failures(record):
         return []
     why = f": {error}" if error else ""
     return [f"run {record.get('run_id')} ended {status}{why}; it lists the results it had finished when it stopped: any "

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from tasks.report import heatmaps, html, scaling
 from tasks.report.figures import FigureCache, RenderedFigure, render_cached
 from tasks.report.tables import (CROSS_MODAL, ReportInput, common_chance, degenerate, describe_metrics, direction_notes, grid_blocks,
-                                 higher_is_better, interval, interval_columns, metrics_of, model_grid, number, pairs_of, rows,
-                                 rows_aligned, scored)
+                                 higher_is_better, interval, interval_columns, metrics_of, model_grid, moment, number, pairs_of,
+                                 reused_pairs, rows, rows_aligned, run_start, scored)
 
 if TYPE_CHECKING:  # matplotlib is imported as a figure is drawn (tasks.report.figures)
     from matplotlib.figure import Figure
@@ -89,9 +89,12 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
     notes += direction_notes(metrics)
     notes += unscored_notes(best, metrics)
     run = data.run
+    reused = reused_pairs(best, run)
+    notes += reused_notes(reused, pairs_of(best), run)
     sections.append(html.section("Models", "models", html.models_table(models)))
     sections.append(html.section(
-        "Best layer pair per metric", "best", html.best_table(best, metrics),
+        "Best layer pair per metric", "best",
+        html.best_table(best, metrics, {pair: shown_time(when) for pair, when in reused.items()} if reused else None),
         intro=("Each model pair's score is its best over all its scored layer pairs (layers left out as degenerate are named in "
                "the notes): the maximum, or the minimum for a metric where lower "
                "is better (named in the notes); each metric's pairs are listed most aligned first. <b>chance</b> is the "
@@ -101,7 +104,7 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
                "null's 1−α quantile (where lower is better: (τ − score)/(τ − min), τ its α quantile; 1 is the most aligned "
                "for every metric; for a metric without that bound, score − τ clipped at 0, in the metric's own units), <b>p</b> its permutation p-value and <b>q</b> the Benjamini–Hochberg q-value of p "
                "among this run's model pairs of the metric (pairs with q ≤ 0.05 are discoveries at a 5% false "
-               "discovery rate).")))
+               f"discovery rate). {ROUNDING}")))
 
     parts = []
     blocks_of = {metric: grid_blocks(best, metric) for metric in metrics}
@@ -163,11 +166,17 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
     meta = {"run": run.get("run_id"), "status": run.get("status"), "started": shown_time(run.get("started_at")), "store": run.get("store"),
             **({"run's store": run["run's store"]} if run.get("run's store") else {}),
             "dataset": run.get("dataset_version"), "data": run.get("dataset_description"), "N": rows_aligned(best),
-            "metrics": describe_metrics(best, metrics)}
+            "model pairs": pair_counts(best, run, reused), "metrics": describe_metrics(best, metrics)}
     toc = [("models", "Models"), ("best", "Best scores"), ("model-heatmaps", "Model × model"), ("scaling", "Quality and size"),
            ("layer-heatmaps", "Layer × layer"), ("neighbours", "Nearest neighbours"), ("notes", "Notes")]
     present = [(a, t) for a, t in toc if f'<section id="{a}">' in "".join(sections)]
     return Report(html.page(TITLE, meta, [html.contents(present), *sections]), figures, notes, data)
+
+
+#: How the page rounds what the catalog holds (``html.best_table``, ``heatmaps``), said under the best-scores heading.
+ROUNDING = ("Shown rounded (the catalog holds every digit): scores, chance levels, null means and interval bounds to 4 decimals, "
+            "calibrated scores to 3, p and q to 3 significant digits, ratios to 1 decimal; the heatmaps' cells and titles show "
+            "scores and calibrated scores to 3 decimals.")
 
 
 def shown_time(value: Any) -> Any:
@@ -179,6 +188,26 @@ def shown_time(value: Any) -> Any:
         return value
     moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def pair_counts(best: list[dict[str, Any]], run: dict[str, Any], reused: dict[tuple[str, str], Any]) -> str | None:
+    """The header's ``model pairs``: ``6: 2 aligned in this run, 4 already stored`` (the pairs it
+    found stored when it began and reused: ``tables.reused_pairs``), as ``prh run``'s closing lines
+    count them; None where the run's start or its rows' publication times are unknown."""
+    pairs = pairs_of(best)
+    if not pairs or run_start(run) is None or not any(moment(r.get("published_at")) for r in best):
+        return None
+    return f"{len(pairs)}: {len(pairs) - len(reused)} aligned in this run, {len(reused)} already stored"
+
+
+def reused_notes(reused: dict[tuple[str, str], Any], pairs: list[tuple[str, str]], run: dict[str, Any]) -> list[str]:
+    """The note naming the run's pairs that were already stored when it began (aligned by an
+    earlier run; this run reused them): their rows are that earlier result."""
+    if not reused:
+        return []
+    return [f"{len(reused)} of the run's {len(pairs)} model pairs {'was' if len(reused) == 1 else 'were'} already stored when it "
+            f"started ({shown_time(run_start(run))}): aligned by an earlier run and reused here, not computed again: "
+            f"{_pair_list(sorted(reused))} (the best-scores table's column 'aligned' says when each was published)"]
 
 
 def model_heatmaps(add: Callable[..., str], best: list[dict[str, Any]], rows_of_metric: list[dict[str, Any]], metric: str,

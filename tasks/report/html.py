@@ -106,10 +106,12 @@ DEGENERATE_FOOTNOTE = ("* degenerate interval: the bootstrap subsamples piled up
                       "but does not measure its spread (ci_degenerate, docs/metrics.md). The scaling figures draw no error bar for it.")
 
 
-def best_table(best: list[dict[str, Any]], metrics: list[str]) -> str:
+def best_table(best: list[dict[str, Any]], metrics: list[str], reused: dict[tuple[str, str], str] | None = None) -> str:
     """One row per metric × model pair: score, layers, chance, ×chance, null, calibrated, p, q (and
     CI). ``q``: the Benjamini–Hochberg q-value of ``p`` among ``best``'s rows of that metric (the
-    run's grid, ``tasks.grid_fdr``; the catalog's ``alignment_fdr``).
+    run's grid, ``tasks.grid_fdr``; the catalog's ``alignment_fdr``). ``reused``: the pairs the run
+    found already stored (``tables.reused_pairs``) -> when they were published, shown as a last
+    column ``aligned`` (``this run``, or ``already stored, <time>``); no column without any.
 
     Rows of each metric are sorted most aligned first (``tables.best_first``: the highest score, the
     lowest for a metric where lower is better, ``tables.higher_is_better``), rows without a finite
@@ -123,6 +125,8 @@ def best_table(best: list[dict[str, Any]], metrics: list[str]) -> str:
               "q"]
     if ci:
         header.append("CI")
+    if reused:
+        header.append("aligned")
     body = []
     marked = False
     for metric in metrics:
@@ -137,9 +141,13 @@ def best_table(best: list[dict[str, Any]], metrics: list[str]) -> str:
                 flag = bounds is not None and degenerate(r)
                 marked = marked or flag
                 line.append("–" if bounds is None else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]" + ("*" if flag else ""))
+            if reused:
+                published = reused.get((r["model_a"], r["model_b"]))
+                line.append("this run" if published is None else f"already stored, {published}")
             body.append(line)
     footnote = f"<p class=\"footnote\">{escape(DEGENERATE_FOOTNOTE)}</p>" if marked else ""
-    return table(header, body, numeric={3, 6, 7, 8, 9, 10, 11, 12}, css_class="best") + footnote
+    numeric = {3, 6, 7, 8, 9, 10, 11} | ({header.index("CI")} if ci else set())
+    return table(header, body, numeric=numeric, css_class="best") + footnote
 
 
 def _layer(row: dict[str, Any], side: str) -> str:

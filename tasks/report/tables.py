@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -338,6 +339,51 @@ def layer_matrix(scores: list[dict[str, Any]], metric: str, model_a: str, model_
         names_a[r["layer_a"]] = r.get("layer_name_a") or names_a[r["layer_a"]]
         names_b[r["layer_b"]] = r.get("layer_name_b") or names_b[r["layer_b"]]
     return names_a, names_b, matrix
+
+
+def moment(value: Any) -> datetime | None:
+    """A record's or row's time (a ``datetime``, or ISO 8601 text as run records hold it) as an
+    aware UTC datetime (a naive one read as UTC); None for anything else."""
+    try:
+        found = value if isinstance(value, datetime) else datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
+    if found is None:
+        return None
+    return found.replace(tzinfo=timezone.utc) if found.tzinfo is None else found.astimezone(timezone.utc)
+
+
+def run_start(run: dict[str, Any]) -> datetime | None:
+    """When the run began: its record's ``started_at``, or the start of an earlier attempt where the
+    flow run was retried (``attempts``: a list in the pipeline's record, JSON text in the ``runs``
+    view), whichever is first; None where the record has no readable start."""
+    attempts = run.get("attempts")
+    if isinstance(attempts, str):
+        try:
+            attempts = json.loads(attempts)
+        except ValueError:
+            attempts = None
+    starts = [run.get("started_at"), *(a.get("started_at") for a in attempts or [] if isinstance(a, dict))]
+    found = [t for t in map(moment, starts) if t is not None]
+    return min(found) if found else None
+
+
+def reused_pairs(best: list[dict[str, Any]], run: dict[str, Any]) -> dict[tuple[str, str], datetime]:
+    """The model pairs of ``best`` (the run's ``alignment_best`` rows) that were already in the
+    store when the run began (:func:`run_start`): their alignment version was published
+    (``published_at``) before, by an earlier run, and this run listed it without computing it
+    again (``prh run``'s "already stored"). (model_a, model_b) -> when it was published; none
+    where the run's start or the rows' ``published_at`` is not known."""
+    start = run_start(run)
+    if start is None:
+        return {}
+    reused: dict[tuple[str, str], datetime] = {}
+    for r in best:
+        published = moment(r.get("published_at"))
+        if published is not None and published < start:
+            pair = (r["model_a"], r["model_b"])
+            reused[pair] = min(published, reused.get(pair, published))
+    return reused
 
 
 def pairs_of(best: list[dict[str, Any]]) -> list[tuple[str, str]]:

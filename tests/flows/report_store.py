@@ -64,7 +64,8 @@ def build(url: str) -> dict[str, list[dict]]:
             version = f"a{r}{p:014d}"
             scores, best_table = result_tables([result], manifests[a], manifests[b], version, N)
             key = layout.alignment_key(DATASET, a, b, version)
-            store.publish(key, {layout.SCORES_FILE: scores, layout.BEST_FILE: best_table}, {"kind": "alignment"})
+            lineage = {"dataset_version": DATASET, "features": {m: manifests[m]["catalog"]["feature_version"] for m in (a, b)}}
+            store.publish(key, {layout.SCORES_FILE: scores, layout.BEST_FILE: best_table}, {"kind": "alignment", "lineage": lineage})
             keys.append(key)
             best += best_table.to_pylist()
         store.write_json(layout.run_key(run_id), {

@@ -374,6 +374,8 @@ def test_a_failing_model_does_not_stop_the_others(tmp_path):
     assert [n.split(":")[0] for n in shown.notes[:4]] == ["failed in this run (check)", "failed in this run (extract)",
                                                          "failed in this run (align)", "failed in this run (align)"]
     assert "bert-as-vision" in shown.notes[0] and "negative dimension" in shown.notes[1]
+    # read back with its error recorded, it is not said to have stopped (the failures are noted above, once)
+    assert not [n for n in shown.notes if "ended FAILED" in n or "when it stopped" in n], shown.notes
 
 
 STOPPED_CHILD = """

@@ -7,12 +7,14 @@ import os
 import re
 import shutil
 import subprocess
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from flows.cli import main
 from flows.report import ARTIFACT_KEY, publish_report_artifact, report_key
+from storage import layout
 from storage.store import Store
 from tests.flows import report_store
 from tests.flows.report_store import LATEST_RUN, MODELS, N, OLDER_RUN, PAIRS, TOPK
@@ -207,6 +209,30 @@ def test_publish_report_artifact_stores_the_page_and_attaches_it(store):
     assert stored in markdown and "data:image/png;base64," in markdown
     top = max(store[1][LATEST_RUN], key=lambda r: r["score"])
     assert f"| mutual_knn | {TOPK / (N - 1):.4f} | {top['model_a']} × {top['model_b']} | {top['score']:.4f} |" in markdown
+
+
+def test_a_rerun_shows_the_pairs_it_found_stored_as_reused(tmp_path, capsys):
+    """A run that found every pair already stored (a rerun: `prh run` said "0 aligned in this run,
+    4 already stored") had a page that showed those rows as its own results; the page now says
+    which pairs an earlier run aligned, as the run's closing lines count them."""
+    url = str(tmp_path / "store")
+    report_store.build(url)
+    record = report_store.run_record(url, LATEST_RUN)
+    store = Store(url)
+    published = max(store.manifest(key)["published_at"] for key in record["alignment_versions"])
+    started = datetime.fromisoformat(published) + timedelta(minutes=5)
+    store.write_json(layout.run_key("run-rerun"), {**record, "run_id": "run-rerun", "flow_run_id": "run-rerun",
+                                                    "started_at": started.isoformat(), "finished_at": started.isoformat()})
+    assert main(["report", "--store", url, "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "<code>run-rerun</code>" in page
+    assert f"model pairs: <code>{len(PAIRS)}: 0 aligned in this run, {len(PAIRS)} already stored</code>" in page
+    assert page.count("<td>already stored, ") == len(PAIRS) and "<td>this run</td>" not in page
+    assert f"note: {len(PAIRS)} of the run's {len(PAIRS)} model pairs were already stored when it started" in capsys.readouterr().out
+    # the run that aligned them shows them as its own
+    assert main(["report", "--store", url, "--run", LATEST_RUN, "--out", str(tmp_path / "own")]) == 0
+    own = (tmp_path / "own" / "report.html").read_text(encoding="utf-8")
+    assert "already stored, " not in own and f"{len(PAIRS)} aligned in this run, 0 already stored" in own
 
 
 def test_artifact_text_with_a_metric_whose_scores_are_all_null():

@@ -3,6 +3,7 @@ alignment scored (one per image with ``alignment.unit: image``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -101,6 +102,26 @@ def test_a_stopped_run_says_how_it_ended_and_what_it_may_have_left_unlisted() ->
     assert stopped_run_notes({"run_id": "r2", "status": "CRASHED"})[0].startswith("run r2 ended CRASHED; it lists")
     assert stopped_run_notes({"run_id": "r3", "status": "COMPLETED"}) == []
     assert stopped_run_notes({"run_id": "r4", "status": "FAILED"}) == []  # its failures are noted one by one
+
+
+def test_a_run_failed_for_some_models_is_not_said_to_have_stopped() -> None:
+    """A run where one model failed the check and the rest was published (``ZooFailures``: the
+    record's ``error`` summarises its ``failures``) read in ``prh report`` as "ended FAILED: ...
+    it lists the results it had finished when it stopped: any its tasks in flight ... are not in
+    this report", every failure repeated: it had stopped nothing, and the page stored with the run
+    (built before the error was recorded) had no such note. Its failures are noted one by one."""
+    from tasks.report_source import stopped_run_notes
+
+    failures = [{"stage": "check", "item": "rbad", "error": "ModelInputError: model 'rbad': no"},
+                {"stage": "align", "item": "vit x rbad", "error": "skipped: rbad failed"}]
+    record = {"run_id": "r5", "status": "FAILED", "failures": failures,
+              "error": "flows.pipeline.ZooFailures: 1 of 3 models and 1 of 2 model pairs failed (the rest is published): "
+                       "check rbad: ModelInputError: model 'rbad': no; align vit x rbad: skipped: rbad failed"}
+    assert stopped_run_notes(record) == []
+    assert stopped_run_notes({**record, "failures": json.dumps(failures)}) == []  # the runs view's JSON text
+    # another error of a run with failures (it broke off after them) is still said
+    (note,) = stopped_run_notes({**record, "error": "OSError: [Errno 28] No space left on device"})
+    assert note.startswith("run r5 ended FAILED: OSError")
 
 
 def test_a_run_is_found_by_a_unique_start_of_its_id() -> None:

@@ -405,3 +405,58 @@ def test_each_heatmap_caption_says_what_its_cells_show(report):
     ucka = build_report(_with(rows), formats=("png", "svg"), pairs=[]).figure("model-heatmap-unbiased_cka")
     assert "× chance" not in ucka.caption and "× null" not in ucka.caption and "no ratio to chance" in ucka.caption
     assert "× chance" not in _svg_text(ucka) and "× null" not in _svg_text(ucka)
+
+
+def test_pairs_already_stored_when_the_run_began_are_shown_as_reused():
+    """A rerun that added a model (``prh run``: "2 aligned in this run, 4 already stored") got a
+    page that showed its reused pairs exactly as the ones it computed: nothing said that their rows
+    were an earlier run's result. A pair whose version was published before the run began (before
+    its first attempt, for a retried run) is marked in the best-scores table and named in a note,
+    and the header counts both kinds."""
+    earlier = datetime(2026, 1, 1, 0, 10, tzinfo=timezone.utc)  # the run (below) started at 00:20
+    later = datetime(2026, 1, 1, 0, 30, tzinfo=timezone.utc)
+    best = [{**r, "published_at": earlier if (r["model_a"], r["model_b"]) == (VISION[0], LANGUAGE[0]) else later}
+            for r in best_rows()]
+    base = _input(examples=False)
+    data = ReportInput({**base.run, "started_at": "2026-01-01T00:20:00+00:00"}, table(best), base.scores, base.models)
+    page = build_report(data, formats=("png",)).html
+    n_pairs = len(VISION) * len(LANGUAGE)
+    assert f"model pairs: <code>{n_pairs}: {n_pairs - 1} aligned in this run, 1 already stored</code>" in page
+    assert "<th>aligned</th>" in page
+    for r in best:
+        pair = (r["model_a"], r["model_b"])
+        cell = "already stored, 2026-01-01 00:10:00 UTC" if pair == (VISION[0], LANGUAGE[0]) else "this run"
+        assert re.search(rf"<td>{r['metric']}</td><td>{re.escape(pair[0])}</td><td>{re.escape(pair[1])}</td>.*?<td>{cell}</td></tr>", page)
+    assert (f"1 of the run&#x27;s {n_pairs} model pairs was already stored when it started (2026-01-01 00:20:00 UTC): aligned by "
+            f"an earlier run and reused here, not computed again: {VISION[0]} × {LANGUAGE[0]}") in page
+    # a retried run began with its first attempt: the pairs that attempt aligned are its own
+    from tasks.report.tables import reused_pairs
+
+    retried = {"started_at": "2026-01-01T00:20:00+00:00", "attempts": '[{"started_at": "2026-01-01T00:05:00+00:00"}]'}
+    assert reused_pairs(best, retried) == {}
+    assert reused_pairs(best, {"started_at": "2026-01-01T00:20:00+00:00", "attempts": [{"started_at": "2026-01-01T00:05:00Z"}]}) == {}
+    # a run that computed every pair: no column, no note; the header counts them
+    plain = build_report(ReportInput({**base.run, "started_at": "2026-01-01T00:00:00+00:00"}, table(best), base.scores, base.models),
+                         formats=("png",))
+    assert "<th>aligned</th>" not in plain.html and not [n for n in plain.notes if "already stored" in n]
+    assert f"model pairs: <code>{n_pairs}: {n_pairs} aligned in this run, 0 already stored</code>" in plain.html
+
+
+def test_the_page_states_how_it_rounds_and_rounds_so(report):
+    """The page rounded the catalog's numbers (4 decimals in the table, 3 in the heatmaps, p to 3
+    significant digits) without saying so anywhere: an analyst comparing with `prh sql` could not
+    tell rounding from a difference. The best-scores section says how each number is rounded, and
+    the table and the heatmap cells follow it."""
+    page = report.html
+    assert ("Shown rounded (the catalog holds every digit): scores, chance levels, null means and interval bounds to 4 "
+            "decimals, calibrated scores to 3, p and q to 3 significant digits, ratios to 1 decimal; the heatmaps' cells "
+            "and titles show scores and calibrated scores to 3 decimals.") in page
+    row = next(r for r in best_rows() if r["metric"] == "mutual_knn")
+    chance = TOPK / (N - 1)
+    cells = (f"<td class=\"num\">{row['score']:.4f}</td><td>{row['layer_name_a']}</td><td>{row['layer_name_b']}</td>"
+             f"<td class=\"num\">{chance:.4f}</td><td class=\"num\">{row['score'] / chance:.1f}× chance</td>"
+             f"<td class=\"num\">{row['null_mean']:.4f}</td><td class=\"num\">{row['calibrated_score']:.3f}</td>"
+             f"<td class=\"num\">{row['p_value']:.3g}</td>")
+    assert cells in page
+    svg = report.figure("model-heatmap-mutual_knn").files["svg"].decode()
+    assert f"{row['score']:.3f}" in svg and f"{row['score']:.4f}" not in svg
