@@ -9,6 +9,7 @@ and nearest-neighbour examples of one model pair at its best layers, and returns
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import duckdb
@@ -220,8 +221,9 @@ def excluded_layer_notes(store: Store, record: dict[str, Any], shown: int = 3) -
 
 #: How a run record's ``error`` starts when the run went to its end with some models or pairs
 #: failed and the rest published (``flows.pipeline.ZooFailures``, as ``flows.run_record.one_line``
-#: writes it): the failures are the record's ``failures``, each noted on its own.
-ZOO_FAILURES = "flows.pipeline.ZooFailures:"
+#: writes it; ``pipeline.ZooFailures`` where a deployment's worker loaded flows/pipeline.py by its
+#: path): the failures are the record's ``failures``, each noted on its own.
+ZOO_FAILURES = re.compile(r"(?:[\w.]+\.)?ZooFailures:")
 
 
 def stopped_run_notes(record: dict[str, Any]) -> list[str]:
@@ -235,7 +237,7 @@ def stopped_run_notes(record: dict[str, Any]) -> list[str]:
     status, error = record.get("status"), record.get("error")
     if status not in ("CANCELLED", "CRASHED") and not error:
         return []
-    if status == "FAILED" and str(error).startswith(ZOO_FAILURES) and run_failures(record):
+    if status == "FAILED" and ZOO_FAILURES.match(str(error)) and run_failures(record):
         return []
     why = f": {error}" if error else ""
     return [f"run {record.get('run_id')} ended {status}{why}; it lists the results it had finished when it stopped: any "

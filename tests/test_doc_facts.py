@@ -140,6 +140,8 @@ def test_the_run_start_check_names_every_variable_it_refuses(monkeypatch: pytest
     from flows.runners import check_run_environment
 
     text = _section("docs/orchestration.md", "## Fan-out and task runners").split("`prh run` checks them", 1)[0]
+    for variable in _code_variables():  # one at a time from a clean slate: not the shell's own settings
+        monkeypatch.delenv(variable, raising=False)
     refused = []
     for variable in sorted(_code_variables()):
         with monkeypatch.context() as env:

@@ -14,7 +14,7 @@ from tasks.report import heatmaps, html, scaling
 from tasks.report.figures import FigureCache, RenderedFigure, render_cached
 from tasks.report.tables import (CROSS_MODAL, ReportInput, common_chance, degenerate, describe_metrics, direction_notes, grid_blocks,
                                  higher_is_better, interval, interval_columns, metrics_of, model_grid, moment, number, pairs_of,
-                                 reused_pairs, rows, rows_aligned, run_start, scored)
+                                 reused_pairs, rows, rows_aligned, run_aligned, run_start, scored)
 
 if TYPE_CHECKING:  # matplotlib is imported as a figure is drawn (tasks.report.figures)
     from matplotlib.figure import Figure
@@ -193,11 +193,17 @@ def shown_time(value: Any) -> Any:
 def pair_counts(best: list[dict[str, Any]], run: dict[str, Any], reused: dict[tuple[str, str], Any]) -> str | None:
     """The header's ``model pairs``: ``6: 2 aligned in this run, 4 already stored`` (the pairs it
     found stored when it began and reused: ``tables.reused_pairs``), as ``prh run``'s closing lines
-    count them; None where the run's start or its rows' publication times are unknown."""
+    count them: the run record's ``aligned`` where it has one (``tables.run_aligned``); else from
+    the publication times, None where the run's start or its rows' publication times are unknown."""
     pairs = pairs_of(best)
-    if not pairs or run_start(run) is None or not any(moment(r.get("published_at")) for r in best):
+    aligned = run_aligned(run, len(pairs))
+    if not pairs:
         return None
-    return f"{len(pairs)}: {len(pairs) - len(reused)} aligned in this run, {len(reused)} already stored"
+    if aligned is None:
+        if run_start(run) is None or not any(moment(r.get("published_at")) for r in best):
+            return None
+        aligned = len(pairs) - len(reused)
+    return f"{len(pairs)}: {aligned} aligned in this run, {len(pairs) - aligned} already stored"
 
 
 def reused_notes(reused: dict[tuple[str, str], Any], pairs: list[tuple[str, str]], run: dict[str, Any]) -> list[str]:

@@ -373,7 +373,9 @@ def reused_pairs(best: list[dict[str, Any]], run: dict[str, Any]) -> dict[tuple[
     store when the run began (:func:`run_start`): their alignment version was published
     (``published_at``) before, by an earlier run, and this run listed it without computing it
     again (``prh run``'s "already stored"). (model_a, model_b) -> when it was published; none
-    where the run's start or the rows' ``published_at`` is not known."""
+    where the run's start or the rows' ``published_at`` is not known, or where their count is not
+    the one the run record holds (:func:`run_aligned`: a worker's clock behind the flow's, a pair
+    another run published while this one computed it)."""
     start = run_start(run)
     if start is None:
         return {}
@@ -383,7 +385,16 @@ def reused_pairs(best: list[dict[str, Any]], run: dict[str, Any]) -> dict[tuple[
         if published is not None and published < start:
             pair = (r["model_a"], r["model_b"])
             reused[pair] = min(published, reused.get(pair, published))
-    return reused
+    aligned = run_aligned(run, len(pairs_of(best)))
+    return reused if aligned is None or len(reused) == len(pairs_of(best)) - aligned else {}
+
+
+def run_aligned(run: dict[str, Any], pairs: int) -> int | None:
+    """How many of the run's ``pairs`` model pairs it aligned itself, as its record counts them
+    (``aligned``, ``prh run``'s "aligned in this run"); None for a record without that count (or
+    one that does not fit ``pairs``)."""
+    aligned = run.get("aligned")
+    return aligned if isinstance(aligned, int) and not isinstance(aligned, bool) and 0 <= aligned <= pairs else None
 
 
 def pairs_of(best: list[dict[str, Any]]) -> list[tuple[str, str]]:

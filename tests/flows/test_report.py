@@ -221,7 +221,7 @@ def test_a_rerun_shows_the_pairs_it_found_stored_as_reused(tmp_path, capsys):
     store = Store(url)
     published = max(store.manifest(key)["published_at"] for key in record["alignment_versions"])
     started = datetime.fromisoformat(published) + timedelta(minutes=5)
-    store.write_json(layout.run_key("run-rerun"), {**record, "run_id": "run-rerun", "flow_run_id": "run-rerun",
+    store.write_json(layout.run_key("run-rerun"), {**record, "run_id": "run-rerun", "flow_run_id": "run-rerun", "aligned": 0,
                                                     "started_at": started.isoformat(), "finished_at": started.isoformat()})
     assert main(["report", "--store", url, "--out", str(tmp_path / "out")]) == 0
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")

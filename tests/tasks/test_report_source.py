@@ -124,6 +124,29 @@ def test_a_run_failed_for_some_models_is_not_said_to_have_stopped() -> None:
     assert note.startswith("run r5 ended FAILED: OSError")
 
 
+def test_a_deployed_run_failed_for_some_models_is_not_said_to_have_stopped() -> None:
+    """A deployment's worker loads ``flows/pipeline.py`` by its path (``prefect.yaml``'s entrypoint):
+    its ``ZooFailures`` is then ``pipeline.ZooFailures``, and the record's error, which the note
+    matched as ``flows.pipeline.ZooFailures:``, read again as a run that "stopped"."""
+    from prefect.utilities.importtools import load_script_as_module
+
+    from flows.run_record import one_line
+    from tasks.report_source import stopped_run_notes
+
+    before = set(sys.modules)
+    try:
+        deployed = load_script_as_module("flows/pipeline.py")
+        error = one_line(deployed.ZooFailures("1 of 3 models failed (the rest is published): check rbad: no", "alignments"))
+    finally:
+        for name in set(sys.modules) - before:
+            if name.startswith(("pipeline", "__prefect_loader")):
+                del sys.modules[name]
+    assert not error.startswith("flows.pipeline.")  # as the worker records it
+    record = {"run_id": "r6", "status": "FAILED", "error": error,
+              "failures": [{"stage": "check", "item": "rbad", "error": "ModelInputError: model 'rbad': no"}]}
+    assert stopped_run_notes(record) == []
+
+
 def test_a_run_is_found_by_a_unique_start_of_its_id() -> None:
     """The docs' queries show 8 characters of a run id: ``prh report --run`` takes them."""
     from tasks.report_source import select_run

@@ -442,6 +442,33 @@ def test_pairs_already_stored_when_the_run_began_are_shown_as_reused():
     assert f"model pairs: <code>{n_pairs}: {n_pairs} aligned in this run, 0 already stored</code>" in plain.html
 
 
+def test_the_reused_count_follows_the_run_record_where_it_has_one():
+    """The header and the 'aligned' column were read from publication times alone: a pair aligned
+    in this run by a worker whose clock is behind the flow's (``published_at`` before the record's
+    ``started_at``) was shown as "already stored ... not computed again", and a pair another run
+    published while this one computed it (``prh run`` counts it as already stored) as aligned here.
+    The run record's ``aligned`` (what ``prh run``'s closing line counts) decides the header; the
+    per-pair marks are shown only where publication times agree with it."""
+    n_pairs = len(VISION) * len(LANGUAGE)
+    skewed = datetime(2026, 1, 1, 0, 19, tzinfo=timezone.utc)  # a minute before the run's start (00:20)
+    meanwhile = datetime(2026, 1, 1, 0, 30, tzinfo=timezone.utc)
+    base = _input(examples=False)
+    run = {**base.run, "started_at": "2026-01-01T00:20:00+00:00"}
+    first = (VISION[0], LANGUAGE[0])
+    best = [{**r, "published_at": skewed if (r["model_a"], r["model_b"]) == first else meanwhile} for r in best_rows()]
+    # every pair aligned in this run (one of them published by a worker whose clock is behind)
+    page = build_report(ReportInput({**run, "aligned": n_pairs}, table(best), base.scores, base.models), formats=("png",))
+    assert f"model pairs: <code>{n_pairs}: {n_pairs} aligned in this run, 0 already stored</code>" in page.html
+    assert "already stored, " not in page.html and not [n for n in page.notes if "already stored" in n]
+    # none aligned in this run: all published meanwhile by another run (the record, as prh run, says so)
+    page = build_report(ReportInput({**run, "aligned": 0}, table(best), base.scores, base.models), formats=("png",))
+    assert f"model pairs: <code>{n_pairs}: 0 aligned in this run, {n_pairs} already stored</code>" in page.html
+    # where the record and the times agree, the pair is named
+    page = build_report(ReportInput({**run, "aligned": n_pairs - 1}, table(best), base.scores, base.models), formats=("png",))
+    assert f"model pairs: <code>{n_pairs}: {n_pairs - 1} aligned in this run, 1 already stored</code>" in page.html
+    assert "already stored, 2026-01-01 00:19:00 UTC" in page.html
+
+
 def test_the_page_states_how_it_rounds_and_rounds_so(report):
     """The page rounded the catalog's numbers (4 decimals in the table, 3 in the heatmaps, p to 3
     significant digits) without saying so anywhere: an analyst comparing with `prh sql` could not
