@@ -58,7 +58,8 @@ from storage import layout
 from storage.runs import runs_as_known
 from storage.read_only_fs import ReadOnlyFileSystem, StoreFileSystem
 from storage.sql_guard import ReadOnlyQueryError, checked_statements
-from storage.store import MANIFEST, DamagedManifest, Store, escape_glob, unescape_glob, utc_time
+from storage.store import MANIFEST, DamagedManifest, Store, escape_glob, unescape_glob
+from storage.times import utc_time
 from storage.stored_files import FileGroup, ListedFile, StoredFiles
 from storage.verify import STRAY, STRAY_ADVICE, manifest_problems, named_like_a_version
 

@@ -56,7 +56,8 @@ from storage import layout
 from storage.catalog import current_alignment_keys
 from storage.runs import (CANCELLED, CLOCK_SKEW_SECONDS, COMPLETED, CRASHED, FAILED, PARTIAL_ALIGNMENTS, DamagedRecord, epoch_seconds,
                           extraction_records, live_records, order_time, run_records)
-from storage.store import DamagedManifest, Store, parse_json, utc_time
+from storage.store import DamagedManifest, Store, parse_json
+from storage.times import utc_time
 from storage.verify import is_version_key, manifest_problems
 
 #: Boxes in the order their versions are removed: a version before the versions it was computed
@@ -109,7 +110,7 @@ def newest_runs(records: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any
     prh kept microseconds have whole seconds: two runs of one second are still ordered alike by
     both). Times compare as the catalog's ``TIMESTAMPTZ`` do: to the microsecond (epoch seconds as
     floats merged runs placed 1 µs apart after a record dated centuries ahead), read as the
-    catalog reads them (``storage.store.utc_time``), one that is no time last (``NULLS LAST``)."""
+    catalog reads them (``storage.times.utc_time``), one that is no time last (``NULLS LAST``)."""
     def moment(record: dict[str, Any]) -> tuple[bool, datetime, bool, datetime, str]:
         placed = order_time(record)  # as the catalog's LATEST_RUN_SQL: ordered_at, finished_at, started_at
         started = utc_time(record.get("started_at"))

@@ -154,28 +154,6 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-def utc_time(value: Any) -> datetime | None:
-    """``value`` (ISO 8601 text, as every prh writes: ``2026-01-01T00:00:00+00:00``; also ``Z``,
-    a space for ``T``, fractions, a date alone, surrounding spaces; or a ``datetime``) as an aware
-    UTC ``datetime``; a time without an offset counts as UTC. None for anything else (a
-    hand-edited record: empty, a number, not a time, past ``datetime``'s range once in UTC). The
-    one reading of a stored time: the catalog's time columns and the order of runs
-    (``storage.runs.order_time``, ``prh gc --keep-runs``) agree on it."""
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    try:
-        return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one: past datetime's range
-        return None
-
-
 #: Errors of a local disk that no retry fixes: no space, quota, read-only file system, no
 #: permission, a file over the process's file-size limit (``ulimit -f``) or the file system's largest.
 _NOT_WRITABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}

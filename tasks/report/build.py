@@ -7,13 +7,13 @@ import re
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from storage.times import utc_time
 from tasks.report import heatmaps, html, scaling
 from tasks.report.figures import FigureCache, RenderedFigure, render_cached
 from tasks.report.tables import (CROSS_MODAL, ReportInput, common_chance, degenerate, describe_metrics, direction_notes, grid_blocks,
-                                 higher_is_better, interval, interval_columns, metrics_of, model_grid, moment, number, pairs_of,
+                                 higher_is_better, interval, interval_columns, metrics_of, model_grid, number, pairs_of,
                                  reused_pairs, rows, rows_aligned, run_aligned, run_start, scored)
 
 if TYPE_CHECKING:  # matplotlib is imported as a figure is drawn (tasks.report.figures)
@@ -182,12 +182,8 @@ ROUNDING = ("Shown rounded (the catalog holds every digit): scores, chance level
 def shown_time(value: Any) -> Any:
     """A run record's time for the report's header, to the second in UTC (``2026-01-01 00:00:00
     UTC``; records hold microseconds); anything that is not a time is shown as it is."""
-    try:
-        moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    except ValueError:
-        return value
-    moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    moment = utc_time(value)
+    return value if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def pair_counts(best: list[dict[str, Any]], run: dict[str, Any], reused: dict[tuple[str, str], Any]) -> str | None:
@@ -200,7 +196,7 @@ def pair_counts(best: list[dict[str, Any]], run: dict[str, Any], reused: dict[tu
     if not pairs:
         return None
     if aligned is None:
-        if run_start(run) is None or not any(moment(r.get("published_at")) for r in best):
+        if run_start(run) is None or not any(utc_time(r.get("published_at")) for r in best):
             return None
         aligned = len(pairs) - len(reused)
     return f"{len(pairs)}: {aligned} aligned in this run, {len(pairs) - aligned} already stored"

@@ -11,12 +11,13 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from storage.times import utc_time
 from tasks.metric_facts import metric_facts
 from tasks.report.neighbours import NeighbourExamples
 
@@ -341,18 +342,6 @@ def layer_matrix(scores: list[dict[str, Any]], metric: str, model_a: str, model_
     return names_a, names_b, matrix
 
 
-def moment(value: Any) -> datetime | None:
-    """A record's or row's time (a ``datetime``, or ISO 8601 text as run records hold it) as an
-    aware UTC datetime (a naive one read as UTC); None for anything else."""
-    try:
-        found = value if isinstance(value, datetime) else datetime.fromisoformat(str(value)) if value else None
-    except ValueError:
-        return None
-    if found is None:
-        return None
-    return found.replace(tzinfo=timezone.utc) if found.tzinfo is None else found.astimezone(timezone.utc)
-
-
 def run_start(run: dict[str, Any]) -> datetime | None:
     """When the run began: its record's ``started_at``, or the start of an earlier attempt where the
     flow run was retried (``attempts``: a list in the pipeline's record, JSON text in the ``runs``
@@ -364,7 +353,7 @@ def run_start(run: dict[str, Any]) -> datetime | None:
         except ValueError:
             attempts = None
     starts = [run.get("started_at"), *(a.get("started_at") for a in attempts or [] if isinstance(a, dict))]
-    found = [t for t in map(moment, starts) if t is not None]
+    found = [t for t in map(utc_time, starts) if t is not None]
     return min(found) if found else None
 
 
@@ -381,7 +370,7 @@ def reused_pairs(best: list[dict[str, Any]], run: dict[str, Any]) -> dict[tuple[
         return {}
     reused: dict[tuple[str, str], datetime] = {}
     for r in best:
-        published = moment(r.get("published_at"))
+        published = utc_time(r.get("published_at"))
         if published is not None and published < start:
             pair = (r["model_a"], r["model_b"])
             reused[pair] = min(published, reused.get(pair, published))
