@@ -192,9 +192,9 @@ def pair_counts(best: list[dict[str, Any]], run: dict[str, Any], reused: dict[tu
     count them: the run record's ``aligned`` where it has one (``tables.run_aligned``); else from
     the publication times, None where the run's start or its rows' publication times are unknown."""
     pairs = pairs_of(best)
-    aligned = run_aligned(run, len(pairs))
     if not pairs:
         return None
+    aligned = run_aligned(run, len(pairs))
     if aligned is None:
         if run_start(run) is None or not any(utc_time(r.get("published_at")) for r in best):
             return None

@@ -374,8 +374,9 @@ def reused_pairs(best: list[dict[str, Any]], run: dict[str, Any]) -> dict[tuple[
         if published is not None and published < start:
             pair = (r["model_a"], r["model_b"])
             reused[pair] = min(published, reused.get(pair, published))
-    aligned = run_aligned(run, len(pairs_of(best)))
-    return reused if aligned is None or len(reused) == len(pairs_of(best)) - aligned else {}
+    n_pairs = len(pairs_of(best))
+    aligned = run_aligned(run, n_pairs)
+    return reused if aligned is None or len(reused) == n_pairs - aligned else {}
 
 
 def run_aligned(run: dict[str, Any], pairs: int) -> int | None:
