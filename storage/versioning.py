@@ -102,8 +102,10 @@ def code_version(*packages: str, exclude: tuple[str, ...] = ()) -> str:
 
 def behaviour_source(source: str) -> str:
     """Python ``source`` less what cannot change what it does: comments, docstrings (module,
-    class and function), blank lines and trailing whitespace. Indentation and every other
-    token are kept as written, so the result is the same on every Python version.
+    class and function), blank lines, trailing whitespace and the wording of messages
+    (``_message_nodes``: the text of a raised error, of an ``assert``, of ``warnings.warn``, and
+    every argument of a logger call). Indentation and every other token are kept as written, so
+    the result is the same on every Python version.
 
     Source that does not parse is returned unchanged (it is then hashed as it is).
     """
@@ -124,16 +126,68 @@ def behaviour_source(source: str) -> str:
             column = len(lines[row - 1].encode("utf-8")[:column].decode("utf-8", errors="ignore"))
         return starts[row - 1] + column
 
+    def span(first: ast.AST, last: ast.AST | None = None) -> tuple[int, int]:
+        """Characters from the start of ``first`` to the end of ``last`` (default ``first``)."""
+        last = last or first
+        return (offset(first.lineno, first.col_offset, True),  # type: ignore[attr-defined]
+                offset(last.end_lineno or last.lineno, last.end_col_offset or 0, True))  # type: ignore[attr-defined]
+
     cuts = [(offset(*start, False), offset(*end, False)) for start, end in comments]
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-                cuts.append((offset(first.lineno, first.col_offset, True),
-                             offset(first.end_lineno or first.lineno, first.end_col_offset or 0, True)))
+                cuts.append(span(first))
+        cuts.extend(span(*message) for message in _message_nodes(node))
     kept, position = [], 0
     for begin, end in sorted(cuts):
         kept.append(source[position:begin])
         position = max(position, end)
     kept.append(source[position:])
     return "\n".join(line.rstrip() for line in "".join(kept).splitlines() if line.strip()) + "\n"
+
+
+#: Methods of a logger whose call only writes a record (``logger.warning(...)``).
+_LOG_METHODS = frozenset({"debug", "info", "warning", "warn", "error", "exception", "critical", "log"})
+
+
+def _is_logger(receiver: ast.expr) -> bool:
+    """Whether ``receiver`` names a logger: ``logger``, ``log``, ``_LOG``, ``logging``,
+    ``self.logger``, ``logging.getLogger(...)``, ``get_run_logger()`` (not ``math`` in
+    ``math.log``)."""
+    if isinstance(receiver, ast.Call):
+        receiver = receiver.func
+        name = receiver.attr if isinstance(receiver, ast.Attribute) else getattr(receiver, "id", "")
+        return name in {"getLogger", "get_run_logger", "get_logger"}
+    name = receiver.attr if isinstance(receiver, ast.Attribute) else getattr(receiver, "id", "")
+    return name.strip("_").lower() in {"log", "logger", "logging"}
+
+
+def _strings(node: ast.expr) -> list[ast.expr]:
+    """The outermost string literals and f-strings within ``node`` (what a message is worded with;
+    names, numbers and calls around them are kept)."""
+    if isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+        return [node]
+    return [found for child in ast.iter_child_nodes(node) if isinstance(child, ast.expr) for found in _strings(child)]
+
+
+def _message_nodes(node: ast.AST) -> list[tuple[ast.expr, ast.expr]]:
+    """The parts of ``node`` that only word a message, cut before hashing: the string literals in
+    the arguments of ``raise Error(...)`` and of ``warnings.warn(...)`` and in an ``assert``'s
+    message (the error class, the condition, ``from`` and a warning's category are kept), and every
+    argument of a logger call that stands as a statement (a log record changes no number), as
+    (first, last) node pairs: the cut runs from the start of the first to the end of the last."""
+    found: list[ast.expr] = []
+    if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+        found = [s for arg in [*node.exc.args, *(k.value for k in node.exc.keywords)] for s in _strings(arg)]
+    elif isinstance(node, ast.Assert) and node.msg is not None:
+        found = _strings(node.msg)
+    elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Attribute):
+        call, method = node.value, node.value.func
+        if method.attr == "warn" and isinstance(method.value, ast.Name) and method.value.id == "warnings":
+            found = [s for arg in call.args[:1] for s in _strings(arg)] + \
+                [s for k in call.keywords if k.arg == "message" for s in _strings(k.value)]
+        elif method.attr in _LOG_METHODS and _is_logger(method.value) and (call.args or call.keywords):
+            arguments = sorted([*call.args, *call.keywords], key=lambda a: (a.lineno, a.col_offset))
+            return [(arguments[0], arguments[-1])]  # type: ignore[list-item]
+    return [(string, string) for string in found]

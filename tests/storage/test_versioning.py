@@ -63,6 +63,55 @@ def test_code_edits_change_the_version(edit):
     assert _fingerprint(edit(BASE)) != _fingerprint(BASE)
 
 
+MESSAGES = """import logging
+import math
+import warnings
+
+logger = logging.getLogger(__name__)
+
+
+def check(x, code="mode"):
+    if x < 0:
+        raise ValueError(f"x is {x}, below 0: pass a " "positive number")
+    if x > 9:
+        raise KeyError("too large: %s" % x) from None
+    assert x != 5, "five is refused"
+    logger.warning("x is %d (%s)", x, code)
+    warnings.warn(f"deprecated {x}", DeprecationWarning)
+    return math.log(x + 1, 2) + len("abc")
+"""
+
+
+@pytest.mark.parametrize("edit", [
+    lambda s: s.replace('f"x is {x}, below 0: pass a " "positive number"', '"negative x"'),
+    lambda s: s.replace('"too large: %s"', '"x is over 9: %r"'),
+    lambda s: s.replace('"five is refused"', 'f"{x} is refused"'),
+    lambda s: s.replace('"x is %d (%s)", x, code', '"x=%d", x'),
+    lambda s: s.replace('f"deprecated {x}"', '"renamed"'),
+], ids=["raise-fstring", "raise-percent", "assert-message", "log-arguments", "warning-message"])
+def test_message_wording_does_not_change_the_version(edit):
+    """Error, assertion, log and warning texts cannot change a stored number: rewording one must
+    not re-extract or re-align a store."""
+    assert edit(MESSAGES) != MESSAGES
+    assert _fingerprint(edit(MESSAGES)) == _fingerprint(MESSAGES)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda s: s.replace("raise ValueError(", "raise TypeError("),
+    lambda s: s.replace("if x < 0:", "if x <= 0:"),
+    lambda s: s.replace('% x) from None', '% x)'),
+    lambda s: s.replace("assert x != 5", "assert x != 6"),
+    lambda s: s.replace("math.log(x + 1, 2)", "math.log(x + 1, 10)"),
+    lambda s: s.replace('len("abc")', 'len("abcd")'),
+    lambda s: s.replace('code="mode"', 'code="other"'),
+    lambda s: s.replace("DeprecationWarning", "UserWarning"),
+    lambda s: s.replace("    logger.warning(", "    if x:\n        logger.warning("),
+], ids=["exception-class", "condition", "raise-from", "assert-condition", "math-log", "other-string",
+        "default-value", "warning-category", "log-placement"])
+def test_code_around_messages_changes_the_version(edit):
+    assert _fingerprint(edit(MESSAGES)) != _fingerprint(MESSAGES)
+
+
 def test_what_is_kept_is_the_code_itself():
     kept = behaviour_source(BASE)
     assert "docstring" not in kept.replace("not a docstring", "")
