@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from fractions import Fraction
 from typing import Any
 
@@ -27,7 +27,7 @@ from storage.store import Store
 from storage.verify import checked_for_reuse
 from storage.versioning import code_version, content_id
 from tasks import metrics, reused_metrics
-from tasks.alignment import (MetricRequest, PairAlignment, PreparedModel, align_layers, prepare_layers, threshold_layers, warn_degenerate_interval,
+from tasks.alignment import (MetricRequest, PairAlignment, PairProgress, PreparedModel, align_layers, prepare_layers, threshold_layers, warn_degenerate_interval,
                              warn_no_interval)
 from tasks.image_rows import image_rows, mean_rows
 from tasks.metric_plugins import load_metric_modules, metric_source
@@ -265,7 +265,8 @@ def duplicate_vector_samples(layers: list[np.ndarray], sample_ids: list[str], ca
     Identical samples are equally similar to every other sample, so which of them a k-NN list
     keeps at its last places, and in what order, is tie-breaking, not the model: k-NN scores can
     move by that much between devices or subsamples. Expected where several captions share an
-    image (the vision rows of one image are identical); kept and reported. The layers in ``skip``
+    image (the vision rows of one image are identical), and in a language model's embeddings
+    layer (``duplicate_hint``); kept and reported. The layers in ``skip``
     (indices into ``layers``) are not checked: ``align_to_store`` passes those left out of every
     metric (``unscored_layers``), e.g. a ViT's constant CLS layer, whose rows are all one vector
     and are not scored at all."""
@@ -274,21 +275,28 @@ def duplicate_vector_samples(layers: list[np.ndarray], sample_ids: list[str], ca
     for layer, x in enumerate(layers):
         if layer in skip:
             continue
-        rows = np.flatnonzero(x.any(axis=1)) if x.size else np.zeros(0, dtype=np.int64)
-        if rows.size < 2:
-            continue
-        vectors = np.ascontiguousarray(x[rows])
-        keys = vectors.view(np.dtype((np.void, vectors.dtype.itemsize * vectors.shape[1]))).ravel()
-        _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
-        shared = counts[inverse.ravel()] > 1
-        if shared.any():
-            # examples: the members of the groups in sample order, a group's members together
-            group_of = first[inverse.ravel()][shared]
-            members = rows[shared][np.lexsort((rows[shared], group_of))]
+        members, groups = duplicate_groups(x)
+        if members.size:
             out.append({"model": catalog["model"], "layer": layer, "layer_name": names[layer] if layer < len(names) else None,
-                        "n_samples": int(shared.sum()), "n_groups": int((counts > 1).sum()),
+                        "n_samples": int(members.size), "n_groups": int(np.unique(groups).size),
                         "examples": [sample_ids[i] for i in members[:5]]})
     return out
+
+
+def duplicate_groups(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(members, groups)``, two ``(M,) int64`` arrays: the rows of ``x`` ``(N, D)`` whose
+    non-zero vector some other row has bit for bit, and for each the first row of its group of
+    identical vectors; groups in the order of their first row, a group's members in row order."""
+    rows = np.flatnonzero(x.any(axis=1)) if x.size else np.zeros(0, dtype=np.int64)
+    if rows.size < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    vectors = np.ascontiguousarray(x[rows])
+    keys = vectors.view(np.dtype((np.void, vectors.dtype.itemsize * vectors.shape[1]))).ravel()
+    _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+    shared = counts[inverse.ravel()] > 1
+    group_of = rows[first[inverse.ravel()][shared]]
+    order = np.lexsort((rows[shared], group_of))
+    return rows[shared][order], group_of[order]
 
 
 def unscored_layers(results: list[PairAlignment]) -> tuple[set[int], set[int]]:
@@ -300,22 +308,96 @@ def unscored_layers(results: list[PairAlignment]) -> tuple[set[int], set[int]]:
             set.intersection(*(set(r.excluded_b) for r in results)))
 
 
-def log_duplicates(duplicates: list[dict[str, Any]], n_samples: int, logger: logging.Logger | logging.LoggerAdapter) -> None:
-    """One warning per model with ``duplicate_vector_samples`` entries, naming its worst layer."""
-    for model in dict.fromkeys(d["model"] for d in duplicates):
-        layers = [d for d in duplicates if d["model"] == model]
-        worst = max(layers, key=lambda d: d["n_samples"])
-        logger.warning("%s: in %d of its layers some samples share their exact vector with another (up to %d of %d samples, "
-                       "layer %d, e.g. %s); k-NN ties among them are broken arbitrarily (expected when captions share an image: "
-                       "alignment.unit 'image' aligns one row per image)",
-                       model, len(layers), worst["n_samples"], n_samples, worst["layer"], examples(worst["examples"]))
+def log_duplicates(duplicates: list[dict[str, Any]], layers: list[np.ndarray], sample_ids: list[str], catalog: dict[str, Any],
+                   image_of: Mapping[str, str] | None, logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """One warning for the model of ``catalog`` when ``duplicates`` (its ``duplicate_vector_samples``
+    entries; ``layers``: its ``(N, D_l)`` rows in ``sample_ids`` order) has any, naming its worst
+    layer and the likely cause (``duplicate_hint``), on one line."""
+    if not duplicates:
+        return
+    worst = max(duplicates, key=lambda d: d["n_samples"])
+    logger.warning("%s: in %d of its layers some samples share their exact vector with another (up to %d of %d samples, "
+                   "layer %d, e.g. %s); k-NN ties among them are broken arbitrarily; %s",
+                   catalog["model"], len(duplicates), worst["n_samples"], len(sample_ids), worst["layer"],
+                   examples(worst["examples"]), duplicate_hint(duplicates, layers, sample_ids, catalog, image_of))
+
+
+def duplicate_hint(duplicates: list[dict[str, Any]], layers: list[np.ndarray], sample_ids: list[str], catalog: dict[str, Any],
+                   image_of: Mapping[str, str] | None) -> str:
+    """The likely cause of one model's duplicate vectors, from what is known: a language model's
+    duplicates only in layer 0 are its embeddings layer's (one vector per token, before any
+    context; with pooling ``last`` the captions ending in one token share it), in deeper layers
+    identical texts; another model's (vision) are captions of one image or different images with
+    identical features, as ``image_of`` (sample id -> image id; None: unknown) tells of its worst
+    layer's groups."""
+    if catalog.get("modality") == "language":
+        if all(d["layer"] == 0 for d in duplicates):
+            return _embeddings_hint(duplicates[0]["layer_name"], catalog.get("pooling"))
+        return "the captions of these samples are likely the same text (a language model gives identical texts one vector)"
+    worst = max(duplicates, key=lambda d: d["n_samples"])
+    shared = groups_in_one_image(layers[worst["layer"]], sample_ids, image_of)
+    if shared is None:
+        return "expected when captions share an image (alignment.unit 'image' aligns one row per image)"
+    within, groups = shared
+    if within == groups:
+        return ("expected: these samples are captions of one image, which share its vision features (alignment.unit 'image' "
+                "aligns one row per image)")
+    different = ("identical pictures under different image ids, or inputs the preprocessing maps to one")
+    if within == 0:
+        return f"these samples are of different images ({different}): alignment.unit 'image' would not merge them"
+    return (f"{within} of the {groups} groups are captions of one image (alignment.unit 'image' aligns one row per image), "
+            f"the others are of different images ({different})")
+
+
+def _embeddings_hint(layer_name: str | None, pooling: str | None) -> str:
+    """Why a language model's embeddings layer (layer 0) repeats vectors, for its ``pooling``."""
+    where = f"layer 0 ({layer_name}) is the embeddings layer of a language model"
+    if pooling == "last":
+        return (f"{where} with pooling 'last': it holds one vector per distinct last token (captions ending in the same "
+                "token share it), nothing to do with shared images")
+    if pooling == "avg":
+        return f"{where} with pooling 'avg': captions made of the same tokens share its vector, before any context is mixed in"
+    return f"{where}: its vectors are the tokens' own, before any context, so captions with the same (last) tokens share one"
+
+
+def groups_in_one_image(x: np.ndarray, sample_ids: list[str], image_of: Mapping[str, str] | None) -> tuple[int, int] | None:
+    """``(within, groups)``: of the ``groups`` groups of identical rows of ``x`` ``(N, D)``
+    (``duplicate_groups``), how many hold samples of one image only, by ``image_of`` (sample id
+    -> image id); None when it is None or lacks one of their samples."""
+    if image_of is None:
+        return None
+    members, group = duplicate_groups(x)
+    images = [image_of.get(sample_ids[i]) for i in members]
+    if any(image is None for image in images):
+        return None
+    by_group: dict[int, set[str]] = {}
+    for g, image in zip(group.tolist(), images):
+        by_group.setdefault(g, set()).add(image)
+    return sum(len(held) == 1 for held in by_group.values()), len(by_group)
+
+
+def duplicate_images(store: Store, dataset_version: str, sample_ids: list[str], unit: str) -> dict[str, str] | None:
+    """Sample id -> image id for ``duplicate_hint``: each row its own image when the rows are
+    images (``unit`` 'image'), else the dataset's ``image_id`` column; None when the dataset's
+    samples cannot be read (features published without their dataset)."""
+    if unit == "image":
+        return {i: i for i in sample_ids}
+    try:
+        return sample_images(store, dataset_version)
+    except (OSError, ValueError, KeyError):  # only the warning's hint depends on it
+        return None
+
+
+def sample_images(store: Store, dataset_version: str) -> dict[str, str]:
+    """Sample id -> image id of every sample of the dataset version."""
+    ids = store.read_table(f"{layout.dataset_key(dataset_version)}/{layout.SAMPLES_FILE}", columns=["sample_id", "image_id"])
+    return dict(zip(ids.column("sample_id").to_pylist(), ids.column("image_id").to_pylist()))
 
 
 def per_image(store: Store, pair: PairedFeatures, dataset_version: str) -> PairedFeatures:
     """``pair`` with one row per image (``tasks.image_rows``): every layer's rows of an image's
     samples averaged, rows in ``image_id`` order; ``sample_ids`` then holds the image ids."""
-    ids = store.read_table(f"{layout.dataset_key(dataset_version)}/{layout.SAMPLES_FILE}", columns=["sample_id", "image_id"])
-    image_of = dict(zip(ids.column("sample_id").to_pylist(), ids.column("image_id").to_pylist()))
+    image_of = sample_images(store, dataset_version)
     try:
         rows = image_rows(pair.sample_ids, image_of)
     except ValueError as error:
@@ -379,6 +461,7 @@ def align_to_store(
         logger.info("%s x %s: alignment already stored (%s)", model_a, model_b, key)
         return {**existing, "reused": True}
     started = time.perf_counter()
+    progress = PairProgress((model_a, model_b), logger)  # its time counts from here: joining and preparing are the pair's too
     pair = paired_features(store, manifest_a, manifest_b)
     n_paired = len(pair.sample_ids)
     samples = hashlib.sha256(json.dumps(pair.sample_ids).encode()).hexdigest()  # the rows each side's preparation saw
@@ -409,7 +492,7 @@ def align_to_store(
         try:  # a run beside this one may publish this version first: stop at the next metric then
             with unless_published_meanwhile(lambda: store.has_manifest_file(key), f"{model_a} x {model_b}'s alignment {key}"):
                 computed = align_layers(xs, ys, to_compute, permutations=params.permutations, seed=params.seed,
-                                        bootstrap=params.bootstrap, names=(model_a, model_b))
+                                        bootstrap=params.bootstrap, names=(model_a, model_b), progress=progress)
         except PublishedMeanwhile as news:
             logger.info("%s; this run stopped computing it and uses that copy", news)
             return {**store.published_meanwhile(key), "reused": True}
@@ -419,9 +502,13 @@ def align_to_store(
     for d in degenerate:
         logger.warning("%s layer %d (%s) left out of %s: %s", d["model"], d["layer"], d["layer_name"], ", ".join(d["metrics"]), d["problem"])
     unscored_a, unscored_b = unscored_layers(results)
-    duplicates = (duplicate_vector_samples(pair.xs, pair.sample_ids, manifest_a["catalog"], unscored_a)
-                  + duplicate_vector_samples(pair.ys, pair.sample_ids, manifest_b["catalog"], unscored_b))
-    log_duplicates(duplicates, len(pair.sample_ids), logger)
+    duplicates_a = duplicate_vector_samples(pair.xs, pair.sample_ids, manifest_a["catalog"], unscored_a)
+    duplicates_b = duplicate_vector_samples(pair.ys, pair.sample_ids, manifest_b["catalog"], unscored_b)
+    duplicates = duplicates_a + duplicates_b
+    if duplicates:
+        image_of = duplicate_images(store, manifest_a["catalog"]["dataset_version"], pair.sample_ids, params.unit)
+        log_duplicates(duplicates_a, pair.xs, pair.sample_ids, manifest_a["catalog"], image_of, logger)
+        log_duplicates(duplicates_b, pair.ys, pair.sample_ids, manifest_b["catalog"], image_of, logger)
     beyond = out_of_bounds(results)
     for b in beyond:
         logger.warning("%s x %s: %s leaves its range [%g, %g] at %d of %d layer pairs (scores %.4g to %.4g): its estimate is "

@@ -31,10 +31,11 @@ import logging
 import math
 import re
 import threading
+import time
 from contextlib import contextmanager
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -65,6 +66,42 @@ _SCREEN_ROWS = 256
 #: 1 + 1 layers and +2.0 per further layer, the same with 20 permutations; RSA 39 for 1 + 1, +4.1
 #: per further layer, +7 with 20 permutations.
 QUADRATIC_MEMORY: dict[str, tuple[float, float, float]] = {"rbf": (2.0, 31.0, 31.0), "rsa": (4.0, 31.0, 38.0)}
+
+
+#: Seconds between two progress lines of one pair (``PairProgress``); a pair done sooner logs none.
+PROGRESS_EVERY_S = 20.0
+
+
+class PairProgress:
+    """Progress of one model pair's permutations and bootstrap resamples, as INFO lines of ``log``
+    for an operator watching the run (``tasks.align_task`` passes the run's logger, which the
+    Prefect UI and ``prh run`` show), e.g. ``vit x gpt2: cka: 120 of 200 bootstrap resamples done
+    (45 s into the pair)``.
+
+    At most one line every ``every_s`` seconds of ``clock`` (default ``PROGRESS_EVERY_S``,
+    ``time.monotonic``) for the whole pair, and none before ``every_s`` seconds have passed since
+    it was made: a fast pair logs nothing. ``callback`` gives the ``progress`` argument of
+    ``metrics.calibrate`` / ``metrics.bootstrap_ci``; it only reads the clock, so no number and no
+    random stream changes.
+    """
+
+    def __init__(self, names: tuple[str, str], log: logging.Logger | logging.LoggerAdapter = logger,
+                 every_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.names, self.log, self.clock = names, log, clock
+        self.every_s = PROGRESS_EVERY_S if every_s is None else every_s
+        self.started = self.last = clock()
+
+    def callback(self, label: str, what: str) -> Callable[[int, int], None]:
+        """``progress(done, total)`` for metric ``label``'s ``what`` (``'permutations'``,
+        ``'bootstrap resamples'``): logs ``done of total`` when the interval has passed."""
+        def progress(done: int, total: int) -> None:
+            now = self.clock()
+            if now - self.last < self.every_s:
+                return
+            self.last = now
+            self.log.info("%s x %s: %s: %d of %d %s done (%.0f s into the pair)", *self.names, label, done, total, what,
+                          now - self.started)
+        return progress
 
 
 class DegenerateFeaturesError(ValueError):
@@ -315,6 +352,7 @@ def align_layers(
     seed: int = 0,
     bootstrap: int = 0,
     names: tuple[str, str] = ("x", "y"),
+    progress: PairProgress | None = None,
 ) -> list[PairAlignment]:
     """Score every layer pair of two prepared feature stacks with every requested metric.
 
@@ -326,10 +364,13 @@ def align_layers(
     max (``metrics.bootstrap_ci``: half the rows subsampled without replacement; resampling rows
     with replacement would bias them upward: duplicated rows); none where N is too small for a
     half-size subsample (logged). Degenerate layers, and layers a metric refuses, are excluded (see
-    the module docstring); ``names`` (the two models) appear in errors.
+    the module docstring); ``names`` (the two models) appear in errors. ``progress`` logs how far
+    the permutations and resamples are (default: a ``PairProgress`` of this module's logger, made
+    now).
 
     Raises ``DegenerateFeaturesError`` if, for some metric, every layer of one side is excluded.
     """
+    progress = PairProgress(names) if progress is None else progress
     px = xs if isinstance(xs, PreparedModel) else PreparedModel(xs)
     py = ys if isinstance(ys, PreparedModel) else PreparedModel(ys)
     if not px.layers or not py.layers:
@@ -346,12 +387,13 @@ def align_layers(
     keep_gram_max_n = gram_cache_limit([xs[i] for i in keep_x] + [ys[i] for i in keep_y], n)
     rep_x, rep_y = px.representation(keep_gram_max_n), py.representation(keep_gram_max_n)
     with quadratic_memory_reserved(requests, rep_x, rep_y, names, permutations, bootstrap):
-        return _align_requests(requests, rep_x, rep_y, xs, ys, keep_x, keep_y, bad_x, bad_y, names, n, permutations, seed, bootstrap)
+        return _align_requests(requests, rep_x, rep_y, xs, ys, keep_x, keep_y, bad_x, bad_y, names, n, permutations, seed, bootstrap,
+                               progress)
 
 
 def _align_requests(requests: Sequence[MetricRequest], rep_x: Any, rep_y: Any, xs: Sequence[Any], ys: Sequence[Any],
                     keep_x: list[int], keep_y: list[int], bad_x: dict[int, str], bad_y: dict[int, str], names: tuple[str, str],
-                    n: int, permutations: int, seed: int, bootstrap: int) -> list[PairAlignment]:
+                    n: int, permutations: int, seed: int, bootstrap: int, progress: PairProgress) -> list[PairAlignment]:
     """`align_layers`' metrics, one after another, on the prepared pair (``rep_x``/``rep_y``: the
     layers kept, ``keep_x``/``keep_y`` their indices in ``xs``/``ys``; ``bad_x``/``bad_y`` the
     layers excluded for every metric, index -> why)."""
@@ -366,7 +408,7 @@ def _align_requests(requests: Sequence[MetricRequest], rep_x: Any, rep_y: Any, x
         sub_x, kx = _subset(rep_x, keep_x, refused_x)
         sub_y, ky = _subset(rep_y, keep_y, refused_y)
         try:
-            result = _align_one(request, sub_x, sub_y, n, permutations, seed, bootstrap)
+            result = _align_one(request, sub_x, sub_y, n, permutations, seed, bootstrap, progress)
         except metrics.MetricFunctionError as error:  # its layer numbers are of the layers that remain
             raise _in_model_terms(error, kx, ky, names) from error.__cause__
         result.matrix = _embed(result.matrix, kx, ky, (len(xs), len(ys)))
@@ -478,11 +520,15 @@ def _memory_error(need: int, shares: dict[str, int], available: int, rep_x: Any,
         f"where more memory is free than the system reports, set {MEMORY_ENV} (docs/metrics.md)")
 
 
-def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutations: int, seed: int, bootstrap: int) -> PairAlignment:
-    """One metric on the layers that remain (``(La', Lb')`` matrix, argmax in those indices)."""
+def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutations: int, seed: int, bootstrap: int,
+               progress: PairProgress | None = None) -> PairAlignment:
+    """One metric on the layers that remain (``(La', Lb')`` matrix, argmax in those indices);
+    ``progress`` is told how far its permutations and resamples are."""
     chance = _float_or_none(metrics.chance_level(request.name, n, **request.params))
+    told = (lambda what: None) if progress is None else (lambda what: progress.callback(request.label(), what))
     if permutations > 0:
-        cal = metrics.calibrate(request.name, rep_x, rep_y, permutations=permutations, seed=seed, aggregate="max", **request.params)
+        cal = metrics.calibrate(request.name, rep_x, rep_y, permutations=permutations, seed=seed, aggregate="max",
+                                progress=told("permutations"), **request.params)
         matrix = np.asarray(cal.matrix, dtype=np.float64)
         i, j = cal.argmax
         result = PairAlignment(request, matrix, float(cal.observed), (int(i), int(j)), chance,
@@ -498,7 +544,7 @@ def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutati
             with warnings.catch_warnings():  # a degenerate interval is stored flagged and logged once, below
                 warnings.simplefilter("ignore", RuntimeWarning)
                 ci = metrics.bootstrap_ci(request.name, rep_x, rep_y, n_boot=bootstrap, level=0.95, seed=seed, aggregate="max",
-                                          observed=matrix, **request.params)
+                                          observed=matrix, progress=told("bootstrap resamples"), **request.params)
         except metrics.MetricFunctionError:  # a user metric failing on a subsample fails the pair, as on the full data
             raise
         except ValueError as error:  # too few samples for a half-size subsample of this metric

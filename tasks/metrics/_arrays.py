@@ -5,9 +5,12 @@ Nothing here computes a metric. The rules, used everywhere in ``tasks.metrics``:
 - inputs may be numpy arrays or torch tensors; they are converted without copying when possible;
   a layer may also be nested Python lists of numbers (``from_nested``: float64, as numpy reads
   them); complex inputs are refused (``TypeError``: the metrics are defined on real features,
-  and dropping the imaginary part silently would score something else); numpy arrays in
-  non-native byte order (``x.astype('>f8')`` on a little-endian machine) are converted to native
-  order (a copy: torch takes native order only) and scored like any other;
+  and dropping the imaginary part silently would score something else), and so are numpy dtypes
+  torch has no counterpart for (``check_numeric``: ``np.longdouble``, object, text, dates, raw
+  bytes: ``TypeError`` naming the dtype); numpy arrays in non-native byte order
+  (``x.astype('>f8')`` on a little-endian machine) are converted to native order (a copy: torch
+  takes native order only) and scored like any other; a ``memoryview`` is read as the array it
+  views (``np.asarray``);
 - the computation dtype is float64 when the input is float64 and float32 otherwise (float16 and
   bfloat16 inputs are upcast: neighbour counts and kernel sums are never accumulated in half
   precision); a float32 side scored against a float64 side is computed in float64;
@@ -39,6 +42,41 @@ def check_real(x: object) -> None:
         raise TypeError(f"complex features (dtype {dtype}) are not supported: the metrics are defined on "
                         "real features; pass the part you mean explicitly (x.real, abs(x), or both "
                         "concatenated as columns)")
+
+
+#: numpy dtypes torch converts (``torch.from_numpy``); complex ones are refused by ``check_real``
+TORCH_NUMPY_DTYPES = frozenset(np.dtype(t) for t in (
+    np.bool_, np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16, np.int32, np.int64,
+    np.float16, np.float32, np.float64, np.complex64, np.complex128))
+
+#: numpy dtype kind -> what such features hold and what to do (``check_numeric``)
+_NOT_NUMERIC = {
+    "O": "Python objects): convert them to a numeric array first, e.g. np.asarray(x, dtype=np.float64) "
+         "(rows of different lengths cannot form one)",
+    "U": "text): the metrics need numbers; pass the features, not their labels or file names",
+    "S": "text): the metrics need numbers; pass the features, not their labels or file names",
+    "M": "dates or durations): the metrics need feature values; convert them first, e.g. x.astype(np.float64)",
+    "m": "dates or durations): the metrics need feature values; convert them first, e.g. x.astype(np.float64)",
+    "V": "raw bytes or records): the metrics need one numeric column per feature, e.g. "
+         "numpy.lib.recfunctions.structured_to_unstructured(x)",
+}
+
+
+def check_numeric(x: object) -> None:
+    """Raise ``TypeError`` naming the dtype of a numpy array ``x`` that torch cannot convert
+    (``np.longdouble``, float128 on x86 Linux; object, text, datetime, void/structured arrays)
+    instead of torch's "can't convert np.ndarray of type ..."; anything else passes (torch
+    tensors, numpy arrays of a ``TORCH_NUMPY_DTYPES`` dtype, complex ones: ``check_real``)."""
+    if not isinstance(x, np.ndarray) or x.dtype.kind == "c":
+        return
+    dtype = x.dtype
+    if dtype.newbyteorder("=") in TORCH_NUMPY_DTYPES:  # '>f8' too: converted to native order
+        return
+    if dtype.kind == "f":
+        raise TypeError(f"features of dtype {dtype} (np.longdouble): torch has no {8 * dtype.itemsize}-bit float; "
+                        "convert them first, e.g. x.astype(np.float64) (the metrics compute in float64 at most)")
+    why = _NOT_NUMERIC.get(dtype.kind, "a dtype torch cannot hold): convert them to float32 or float64 first")
+    raise TypeError(f"features of dtype {dtype} ({why}")
 
 
 def native_byte_order(a: np.ndarray) -> np.ndarray:
@@ -86,9 +124,11 @@ def _describe(x: object) -> str:
 def to_tensor(x: ArrayLike, device: torch.device | str | None = None,
               dtype: torch.dtype | None = None) -> torch.Tensor:
     """Convert ``x`` to a torch tensor (no copy when dtype and device already match; numpy arrays
-    in non-native byte order are converted to native order); complex input raises ``TypeError``,
-    a tensor on the meta device (no values) ``ValueError``."""
+    in non-native byte order are converted to native order); complex input and numpy dtypes torch
+    has no counterpart for (``check_numeric``) raise ``TypeError``, a tensor on the meta device
+    (no values) ``ValueError``."""
     check_real(x)
+    check_numeric(x)
     if isinstance(x, torch.Tensor) and x.is_meta:  # torch's NotImplementedError/RuntimeError at first use
         raise ValueError(f"a tensor on the meta device (shape {tuple(x.shape)}) holds shapes, not values, and a "
                          "metric needs the values; pass the real tensor (e.g. from a model loaded off the meta device)")
@@ -101,6 +141,7 @@ def to_tensor(x: ArrayLike, device: torch.device | str | None = None,
     else:
         a = native_byte_order(np.asarray(x))
         check_real(a)
+        check_numeric(a)
         t = torch.as_tensor(a)
     if dtype is None:
         dtype = compute_dtype(t.dtype)
@@ -167,11 +208,16 @@ def split_layers(xs: ArrayLike | Sequence[ArrayLike]) -> list[ArrayLike]:
     single 2-D ``(N, D)`` array (one layer). A layer in the sequence may be nested Python lists
     (``from_nested``), and a sequence of Python lists of numbers is one layer given as its rows
     (``is_nested_layer``, as ``score`` reads nested lists). numpy layers come back in native
-    byte order (``native_byte_order``). Raises ``ValueError`` on anything else, saying what was
-    given, or when the layers do not share ``N``.
+    byte order (``native_byte_order``); a ``memoryview`` is read as the numpy array it views.
+    Raises ``ValueError`` on anything else, saying what was given, or when the layers do not share
+    ``N``; ``TypeError`` (naming the layer of a sequence) for a numpy dtype torch cannot hold
+    (``check_numeric``).
     """
     nested: list[int] = []
+    if isinstance(xs, memoryview):  # a Sequence, but not of layers: iterating a 2-D one raises
+        xs = np.asarray(xs)
     if isinstance(xs, np.ndarray):
+        check_numeric(xs)
         xs = native_byte_order(xs)
     if isinstance(xs, (np.ndarray, torch.Tensor)):
         if xs.ndim == 3:
@@ -181,7 +227,7 @@ def split_layers(xs: ArrayLike | Sequence[ArrayLike]) -> list[ArrayLike]:
         else:
             raise ValueError(f"expected (N, D) or (L, N, D) features, got shape {tuple(xs.shape)}")
     elif isinstance(xs, Sequence) and not isinstance(xs, (str, bytes)):
-        layers = [native_byte_order(layer) if isinstance(layer, np.ndarray) else layer for layer in xs]
+        layers = [_array_layer(i, layer) for i, layer in enumerate(xs)]
         nested = [i for i, layer in enumerate(layers) if isinstance(layer, (list, tuple))]
         for i in nested:
             try:
@@ -191,8 +237,7 @@ def split_layers(xs: ArrayLike | Sequence[ArrayLike]) -> list[ArrayLike]:
         if is_nested_layer(xs):
             layers = [from_nested(xs)]  # Python lists of numbers: the rows of one (N, D) layer
     else:
-        raise ValueError(f"unsupported feature container: {type(xs).__name__}; expected (N, D) or "
-                         "(L, N, D) arrays/tensors or a sequence of (N, D) layers")
+        raise unsupported_container(xs)
     if not layers:
         raise ValueError("no layers given")
     for i, layer in enumerate(layers):
@@ -204,6 +249,28 @@ def split_layers(xs: ArrayLike | Sequence[ArrayLike]) -> list[ArrayLike]:
     if len(n) != 1:
         raise ValueError(f"layers disagree on the number of samples: {sorted(n)}")
     return layers
+
+
+def unsupported_container(xs: object) -> ValueError:
+    """The error for features given as something that holds no layers (a string, ``None``, a
+    dict, a set, an iterator...)."""
+    return ValueError(f"unsupported feature container: {type(xs).__name__}; expected (N, D) or (L, N, D) "
+                      "arrays/tensors or a sequence of (N, D) layers")
+
+
+def _array_layer(index: int, layer: object) -> object:
+    """Item ``index`` of a sequence of layers as ``split_layers`` keeps it: a memoryview read as
+    the array it views, a numpy array in native byte order (``TypeError`` prefixed ``layer
+    {index}:`` for a dtype torch cannot hold, ``check_numeric``), anything else as given."""
+    if isinstance(layer, memoryview):
+        layer = np.asarray(layer)
+    if not isinstance(layer, np.ndarray):
+        return layer
+    try:
+        check_numeric(layer)
+    except TypeError as err:
+        raise TypeError(f"layer {index}: {err}") from None
+    return native_byte_order(layer)
 
 
 def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from .api import encode_pair
+from .calibration import Progress
 from .engine import MetricFunctionError, layer_scores
 from .registry import MetricSpec, get_metric
 from .stats import aggregate as aggregate_matrix
@@ -112,7 +113,8 @@ def subsample_size(n: int, subsample: float | int) -> int:
 def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
                  level: float = 0.95, seed: int = 0, aggregate: Literal["max", "mean"] = "max",
                  observed: np.ndarray | None = None,
-                 subsample: float | int = DEFAULT_SUBSAMPLE, **params: Any) -> BootstrapResult:
+                 subsample: float | int = DEFAULT_SUBSAMPLE, progress: Progress | None = None,
+                 **params: Any) -> BootstrapResult:
     """Interval of the aggregated (max or mean over layer pairs) score; see the module docstring.
 
     Args:
@@ -128,6 +130,9 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
             the estimate is taken from it instead of being recomputed.
         subsample: rows per replicate, a fraction of ``N`` in ``(0, 1)`` or a count (default
             ``N/2``), any real number type (not a bool).
+        progress: called as ``progress(done, n_boot)`` after each replicate (refused ones
+            included), e.g. to log how far a long bootstrap is; it changes no number (each
+            subsample is drawn before it is called). What it raises propagates.
         **params: metric parameters and ``device``.
 
     Returns:
@@ -169,6 +174,8 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
             if isinstance(error, MetricFunctionError) and not isinstance(error.__cause__, ValueError):
                 raise  # a user function that crashed or returned no number: its own ValueError alone means "undefined here"
             reps[r], refused = np.nan, error
+        if progress is not None:
+            progress(r + 1, n_boot)
     if np.isnan(reps).all():
         why = f"was refused: {refused}" if refused is not None else "scored NaN (the metric is undefined on them)"
         raise ValueError(f"every one of the {n_boot} bootstrap subsamples of {m} rows {why}")

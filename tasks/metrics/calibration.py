@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -51,6 +52,10 @@ from .stats import TORCH_SEED_MAX, check_aggregate, check_count, check_seed, ord
 
 #: permutations drawn and handed to ``Engine.null_matrices`` at once (engines split further)
 PERMUTATION_BATCH = 64
+
+#: ``progress(done, total)``: told how many of the ``total`` null draws (``calibrate``) or
+#: replicates (``bootstrap_ci``) are done; its return value is ignored
+Progress = Callable[[int, int], object]
 
 
 
@@ -92,7 +97,7 @@ class CalibrationResult:
 
 def calibrate(metric: str | MetricSpec, xs: Any, ys: Any, permutations: int = 1000,
               alpha: float = 0.05, seed: int = 0, aggregate: Literal["max", "mean"] = "max",
-              **params: Any) -> CalibrationResult:
+              progress: Progress | None = None, **params: Any) -> CalibrationResult:
     """Permutation-calibrated model-pair score.
 
     Args:
@@ -104,6 +109,10 @@ def calibrate(metric: str | MetricSpec, xs: Any, ys: Any, permutations: int = 10
         seed: seed of the permutation stream (``torch.Generator`` on the CPU), so results do not
             depend on the device; 0 to 2**32 - 1 (the generator keeps 32 bits of a seed).
         aggregate: ``'max'`` over layer pairs (the paper) or ``'mean'``.
+        progress: called as ``progress(done, permutations)`` after each batch of
+            ``PERMUTATION_BATCH`` permutations (the last batch may be smaller), e.g. to log how
+            far a long calibration is; it changes no number (the permutations are drawn before
+            it is called). What it raises propagates (e.g. a stop request).
         **params: metric parameters and ``device``.
 
     Returns:
@@ -128,6 +137,8 @@ def calibrate(metric: str | MetricSpec, xs: Any, ys: Any, permutations: int = 10
         mats = layer_scores(engine, a, b, p, (count, *shape), perms=perms.to(rb.device))
         for s in range(count):
             null[t0 + s] = aggregate_matrix(mats[s], aggregate, better)[0]
+        if progress is not None:
+            progress(t0 + count, k_perm)
 
     lo, hi = spec.bounds_for(p)
     tie = tie_tolerance(engine, p, ra.dtype, rb.dtype, aggregate=aggregate)

@@ -57,9 +57,24 @@ def check_self_hsic(self_hsic: torch.Tensor, size: torch.Tensor, n: int, dtype: 
     if bool(bad.any()):
         l = int(bad.nonzero()[0, 0])
         raise ValueError(
-            f"layer {l} has an {what} of {float(self_hsic[l]):.3g}, not above 0 beyond rounding "
+            f"layer {l} has {with_article(what)} of {float(self_hsic[l]):.3g}, not above 0 beyond rounding "
             f"(its terms are of size {float(size[l]):.3g}): its score would be NaN or rounding "
             "noise (e.g. all rows but one identical); leave the layer out")
+
+
+#: letters whose spoken name starts with a vowel sound ("an HSIC", "an SVD", "a CKA")
+_VOWEL_SOUND_LETTERS = frozenset("AEFHILMNORSX")
+
+
+def with_article(noun: str) -> str:
+    """``noun`` after "a" or "an", chosen by its first word's sound: "an unbiased self-HSIC", "a
+    biased masked self-similarity", "an HSIC" (an initialism is spoken letter by letter)."""
+    word = noun.split(" ", 1)[0].split("-", 1)[0]
+    if len(word) > 1 and word.isupper():
+        vowel = word[0] in _VOWEL_SOUND_LETTERS
+    else:
+        vowel = word[:1].lower() in ("a", "e", "i", "o", "u")
+    return f"{'an' if vowel else 'a'} {noun}"
 
 
 def hsic_biased_dense(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:

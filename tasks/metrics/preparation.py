@@ -36,7 +36,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._arrays import ArrayLike, check_finite, from_nested, is_nested_layer, split_layers, to_tensor
+from ._arrays import (ArrayLike, check_finite, from_nested, is_nested_layer, split_layers, to_tensor,
+                      unsupported_container)
 from .checks import check_flag, check_real
 
 
@@ -165,8 +166,11 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
 
     Raises:
         ValueError: ``q`` not a number in ``(0, 1]``, a flag that is not a bool (``'False'``
-            would read as true), a shape other than ``(N, D)``/``(L, N, D)``, or a
+            would read as true), ``x`` not an array, tensor, memoryview or list of layers (a
+            string, ``None``, a dict...), a shape other than ``(N, D)``/``(L, N, D)``, or a
             layer with width 0, no samples, or a NaN or inf value (named by its index).
+        TypeError: complex features, or a numpy dtype torch cannot hold (``np.longdouble``,
+            object, text, dates, raw bytes), named with the layer of a list.
 
     Example:
         >>> import numpy as np
@@ -187,6 +191,8 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
         # layer is clamped and returned in its own dtype, on its own device
         out = _prepare_layers(tensors, q, exact, normalize, pooled=per_layer is False)
         return [o if isinstance(layer, torch.Tensor) else o.cpu().numpy() for o, layer in zip(out, x)]
+    if not isinstance(x, (np.ndarray, torch.Tensor, memoryview)):  # numpy would read "abc" as a 0-d text array
+        raise unsupported_container(x)
     is_numpy = isinstance(x, np.ndarray)
     t = to_tensor(x)
     if t.ndim == 2:

@@ -23,13 +23,13 @@ from tasks.params import AlignmentParams, PipelineConfig
 N, TOPK = 48, 4
 
 
-def _publish(store: Store, model: str, layers: list[np.ndarray], modality: str = "vision") -> dict:
-    """Publish features of samples s000... like the extractor does."""
+def _publish(store: Store, model: str, layers: list[np.ndarray], modality: str = "vision", **extra: object) -> dict:
+    """Publish features of samples s000... like the extractor does (``extra``: more catalog fields)."""
     ids = [f"s{i:03d}" for i in range(N)]
     version = f"fv-{model}"
     files = layer_tables(model, version, ids, layers)
     catalog = {"model": model, "feature_version": version, "dataset_version": "d1", "modality": modality,
-               "n_layers": len(layers), "layer_names": [f"{model}.l{i}" for i in range(len(layers))], "n_samples": N}
+               "n_layers": len(layers), "layer_names": [f"{model}.l{i}" for i in range(len(layers))], "n_samples": N, **extra}
     return store.publish(layout.features_key("d1", model, version), files, {"kind": "features", "catalog": catalog}).manifest
 
 
@@ -89,6 +89,77 @@ def test_a_layer_one_metric_refuses_still_reports_its_duplicates(tmp_path):
     manifest = align_to_store(store.url, ma, mb, AlignmentParams(metrics=["cka", "svcca"], cca_dim=8), logging.getLogger("test"))
     assert [(d["layer"], d["metrics"]) for d in manifest["degenerate_layers"]] == [(0, ["svcca"])]
     assert [(d["model"], d["layer"], d["examples"]) for d in manifest["duplicate_vectors"]] == [("vit", 0, ["s030", "s031"])]
+
+
+def _publish_dataset(store: Store, image_of: dict[str, str]) -> None:
+    """The dataset d1 of samples s000...: each its own image but those in ``image_of``."""
+    import pyarrow as pa
+
+    ids = [f"s{i:03d}" for i in range(N)]
+    samples = pa.table({"dataset_version": ["d1"] * N, "sample_id": ids, "image_id": [image_of.get(s, s) for s in ids],
+                        "text": ids, "image": [b"png"] * N})
+    store.publish(layout.dataset_key("d1"), {layout.SAMPLES_FILE: samples},
+                  {"kind": "dataset", "catalog": {"dataset_version": "d1", "name": "toy", "n_samples": N}})
+
+
+def _duplicate_warning(text: str, model: str) -> str:
+    """The one line of ``text`` warning about ``model``'s duplicate vectors."""
+    lines = [line for line in text.splitlines() if f"{model}: in " in line and "share their exact vector" in line]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def test_duplicates_in_a_language_models_embeddings_layer_are_blamed_on_the_last_token(tmp_path, caplog):
+    """A causal LM with ``pooling: last`` keeps, at its embeddings layer, the vector of each caption's
+    last token: captions ending in the same token share it. The hint said "expected when captions
+    share an image", which has nothing to do with it."""
+    store = Store(str(tmp_path / "store"))
+    tokens = np.random.default_rng(8).normal(size=(6, 10)).astype(np.float32)
+    embeddings = tokens[np.arange(N) % 6]  # six last tokens among the 48 captions
+    ma = _publish(store, "vit", [_view(1, 6), _view(2, 12)])
+    mb = _publish(store, "gpt", [embeddings, _view(3, 5), _view(4, 7)], modality="language", pooling="last")
+    with caplog.at_level(logging.WARNING):
+        manifest = align_to_store(store.url, ma, mb, AlignmentParams(topk=TOPK), logging.getLogger("test"))
+    assert [(d["model"], d["layer"], d["n_samples"]) for d in manifest["duplicate_vectors"]] == [("gpt", 0, N)]
+    line = _duplicate_warning(caplog.text, "gpt")
+    assert "layer 0 (gpt.l0) is the embeddings layer of a language model with pooling 'last'" in line
+    assert "one vector per distinct last token" in line and "share an image" not in line and "unit 'image'" not in line
+
+
+@pytest.mark.parametrize("same_image, hint", [
+    (True, "expected: these samples are captions of one image, which share its vision features (alignment.unit 'image' "
+           "aligns one row per image)"),
+    (False, "these samples are of different images (identical pictures under different image ids, or inputs the "
+            "preprocessing maps to one): alignment.unit 'image' would not merge them"),
+])
+def test_duplicate_vision_rows_are_told_whether_they_share_an_image(tmp_path, caplog, same_image, hint):
+    """The dataset says whether the samples of a group of identical vision rows are captions of
+    one image (expected; unit 'image' merges them) or different images (it would not)."""
+    store = Store(str(tmp_path / "store"))
+    _publish_dataset(store, {"s009": "s002", "s040": "s002"} if same_image else {})
+    x = _view(1, 6)
+    x[[9, 40]] = x[2]
+    ma = _publish(store, "vit", [x, _view(2, 12)])
+    mb = _publish(store, "lm", [_view(3, 5)], modality="language")
+    with caplog.at_level(logging.WARNING):
+        align_to_store(store.url, ma, mb, AlignmentParams(topk=TOPK), logging.getLogger("test"))
+    assert _duplicate_warning(caplog.text, "vit").endswith(f"k-NN ties among them are broken arbitrarily; {hint}")
+
+
+def test_duplicate_captions_are_blamed_on_identical_texts(tmp_path, caplog):
+    """A language model's rows identical in every layer: the captions are the same text, whatever
+    the images."""
+    store = Store(str(tmp_path / "store"))
+    y0, y1 = _view(3, 5), _view(4, 7)
+    for y in (y0, y1):
+        y[7] = y[30]
+    ma = _publish(store, "vit", [_view(1, 6)])
+    mb = _publish(store, "lm", [y0, y1], modality="language", pooling="avg")
+    with caplog.at_level(logging.WARNING):
+        align_to_store(store.url, ma, mb, AlignmentParams(topk=TOPK), logging.getLogger("test"))
+    line = _duplicate_warning(caplog.text, "lm")
+    assert line.endswith("k-NN ties among them are broken arbitrarily; the captions of these samples are likely the same "
+                         "text (a language model gives identical texts one vector)")
 
 
 def _smallest_k_by_definition(alpha: float) -> int:

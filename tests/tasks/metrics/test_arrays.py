@@ -180,3 +180,77 @@ def test_meta_tensors_are_a_value_error_naming_the_side() -> None:
         prepare(meta)
     with pytest.raises(ValueError, match="^" + message):
         to_tensor(meta)
+
+
+# --- (e) buffers, dtypes torch has no counterpart for, and text -----------------------------------
+
+def test_a_memoryview_is_read_as_the_array_it_views() -> None:
+    """``score``/``layer_matrix``/``calibrate`` raised the buffer's own ``NotImplementedError``
+    ("multi-dimensional sub-views are not implemented": a memoryview is a ``Sequence`` and was
+    iterated as a list of layers) while ``prepare`` already read it as the array it views."""
+    from tasks.metrics import bootstrap_ci, calibrate, with_concatenated
+
+    x, y = paired(n=30, dx=6, dy=5)
+    expected = score("cka", x, y)
+    assert score("cka", memoryview(x), y) == expected
+    assert layer_matrix("cka", memoryview(np.stack([x, x])), memoryview(y)).tolist() == [[expected], [expected]]
+    assert calibrate("cka", memoryview(x), y, permutations=3, seed=1).null.tolist() == \
+        calibrate("cka", x, y, permutations=3, seed=1).null.tolist()
+    assert bootstrap_ci("cka", x, memoryview(y), n_boot=3).low == bootstrap_ci("cka", x, y, n_boot=3).low
+    assert Representation(memoryview(x)).n == 30 and len(with_concatenated(memoryview(x))) == 2
+    with pytest.raises(ValueError, match=r"^x: expected \(N, D\) or \(L, N, D\) features, got shape \(30,\)"):
+        layer_matrix("cka", memoryview(x[:, 0].copy()), y)
+
+
+_LONG = np.dtype(np.longdouble)
+BAD_DTYPES = {
+    "longdouble": (lambda x: x.astype(np.longdouble),
+                   rf"features of dtype {_LONG.name} \(np.longdouble\): torch has no {8 * _LONG.itemsize}-bit float; "
+                   r"convert them first, e\.g\. x\.astype\(np\.float64\)"),
+    "object": (lambda x: x.astype(object), r"features of dtype object \(Python objects\)"),
+    "text": (lambda x: x.astype(str), r"features of dtype <U\d+ \(text\): the metrics need numbers"),
+    "datetime": (lambda x: x.astype("datetime64[s]"), r"features of dtype datetime64\[s\] \(dates or durations\)"),
+    "void": (lambda x: x.view("V8"), r"features of dtype \|V8 \(raw bytes or records\)"),
+}
+
+
+@pytest.mark.skipif(_LONG.itemsize <= 8, reason="np.longdouble is float64 on this platform")
+@pytest.mark.parametrize("kind", list(BAD_DTYPES))
+def test_dtypes_torch_cannot_hold_are_a_type_error_naming_the_input(kind: str) -> None:
+    """A float128 (``np.longdouble``), object, text, datetime or raw-bytes array got torch's "can't
+    convert np.ndarray of type numpy.longdouble. The only supported types are: ..." from every
+    public function; the message now names the side (and the layer of a list), the dtype and what
+    to do."""
+    from tasks.metrics import bootstrap_ci, calibrate, with_concatenated
+
+    convert, message = BAD_DTYPES[kind]
+    x, y = paired(n=16, dx=4, dy=3)
+    bad = convert(x)
+    with pytest.raises(TypeError, match="^x: " + message):
+        score("cka", bad, y)
+    with pytest.raises(TypeError, match="^y: layer 1: " + message):
+        layer_matrix("cka", [x], [y, bad])
+    with pytest.raises(TypeError, match="^x: " + message):
+        layer_matrix("cka", np.stack([bad, bad]), y)
+    with pytest.raises(TypeError, match="^x: " + message):
+        calibrate("cka", bad, y, permutations=3)
+    with pytest.raises(TypeError, match="^y: " + message):
+        bootstrap_ci("cka", x, bad, n_boot=3)
+    for call in (prepare, Representation, with_concatenated, to_tensor):
+        with pytest.raises(TypeError, match="^" + message):
+            call(bad)
+    with pytest.raises(TypeError, match="^layer 0: " + message):
+        prepare([bad, x])
+
+
+@pytest.mark.parametrize("given, name", [("abc", "str"), (b"abc", "bytes"), (None, "NoneType"), ({"a": 1}, "dict"),
+                                         ({1, 2}, "set"), (iter([[1.0, 2.0]]), "list_iterator")])
+def test_prepare_of_no_feature_container_is_a_value_error_like_score(given: object, name: str) -> None:
+    """``prepare("abc")`` raised torch's "can't convert np.ndarray of type numpy.str_" (and a dict,
+    a set, ``None`` "... numpy.object_"): numpy read them as 0-d arrays. It now refuses them as
+    ``score`` and ``layer_matrix`` do."""
+    message = rf"^unsupported feature container: {name}; expected \(N, D\) or \(L, N, D\) arrays/tensors"
+    with pytest.raises(ValueError, match=message):
+        prepare(given)
+    with pytest.raises(ValueError, match="^x: " + message[1:]):
+        score("cka", given, paired(n=8, dx=3, dy=3)[1])

@@ -248,3 +248,13 @@ def test_replicates_all_on_one_value_away_from_the_estimate_are_flagged_degenera
     assert not degenerate  # on the estimate itself: a true zero spread
     spread = np.random.default_rng(0).normal(0.5, 0.01, 200)
     assert not subsample_interval(0.5, spread, 1.0, 0.95, (0.0, 1.0))[2]
+
+
+def test_progress_is_told_after_each_replicate_and_changes_no_number() -> None:
+    """``progress(done, total)`` after every replicate, refused ones included; the interval is
+    the one computed without it (same subsample stream)."""
+    x, y = paired(n=40, dx=6, dy=5)
+    calls: list[tuple[int, int]] = []
+    told = bootstrap_ci("cka", x, y, n_boot=7, seed=3, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(r, 7) for r in range(1, 8)]
+    assert told == bootstrap_ci("cka", x, y, n_boot=7, seed=3)

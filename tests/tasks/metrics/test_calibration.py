@@ -308,3 +308,17 @@ def test_chance_levels_from_their_definitions(n: int, k: int) -> None:
     assert chance_level("jaccard_knn", n, topk=k) == pytest.approx(float(jaccard), rel=1e-12)
     assert chance_level("mutual_knn", n, topk=k) == pytest.approx(k / others, rel=1e-15)
     assert chance_level("cycle_knn", n, topk=k) == pytest.approx(1 - (1 - k / others) ** k, rel=1e-12)
+
+
+def test_progress_is_told_after_each_batch_and_changes_no_number() -> None:
+    """``progress(done, total)`` after every batch of permutations handed to the engine; the null,
+    and so every number, is the one computed without it (same permutation stream)."""
+    from tasks.metrics.calibration import PERMUTATION_BATCH
+
+    xs, ys = layers(n=30, seed=1), layers(n=30, widths=(5, 11), seed=2)
+    k = 2 * PERMUTATION_BATCH + 5
+    calls: list[tuple[int, int]] = []
+    told = calibrate("mutual_knn", xs, ys, permutations=k, seed=4, topk=4, progress=lambda done, total: calls.append((done, total)))
+    plain = calibrate("mutual_knn", xs, ys, permutations=k, seed=4, topk=4)
+    assert calls == [(PERMUTATION_BATCH, k), (2 * PERMUTATION_BATCH, k), (k, k)]
+    assert told.null.tobytes() == plain.null.tobytes() and told == plain
