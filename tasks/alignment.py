@@ -82,7 +82,8 @@ class PairProgress:
     ``time.monotonic``) for the whole pair, and none before ``every_s`` seconds have passed since
     it was made: a fast pair logs nothing. ``callback`` gives the ``progress`` argument of
     ``metrics.calibrate`` / ``metrics.bootstrap_ci``; it only reads the clock, so no number and no
-    random stream changes.
+    random stream changes. It is also a safe point (``raise_if_stopped``): a stopped run, or a
+    version another run published meanwhile, ends the pair at its next batch or resample.
     """
 
     def __init__(self, names: tuple[str, str], log: logging.Logger | logging.LoggerAdapter = logger,
@@ -95,6 +96,7 @@ class PairProgress:
         """``progress(done, total)`` for metric ``label``'s ``what`` (``'permutations'``,
         ``'bootstrap resamples'``): logs ``done of total`` when the interval has passed."""
         def progress(done: int, total: int) -> None:
+            raise_if_stopped(f"{self.names[0]} x {self.names[1]}: {label}: {what} ({done} of {total} done)")
             now = self.clock()
             if now - self.last < self.every_s:
                 return

@@ -105,3 +105,37 @@ def test_the_stage_logs_progress_through_the_run_logger(tmp_path, caplog, monkey
     assert [line.split(" done (")[0] for line in lines] == [
         f"{cka}: 19 of 19 permutations", f"{cka}: 1 of 3 bootstrap resamples", f"{cka}: 2 of 3 bootstrap resamples",
         f"{cka}: 3 of 3 bootstrap resamples"]
+
+
+class StopAfterFirstCallback(PairProgress):
+    """A pair's progress whose run is asked to stop as its first callback returns (an operator
+    pressing Cancel while the permutations run)."""
+
+    def __init__(self, scope, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.scope, self.calls = scope, 0
+
+    def callback(self, label: str, what: str):
+        told = super().callback(label, what)
+
+        def progress(done: int, total: int) -> None:
+            self.calls += 1
+            told(done, total)
+            self.scope.stop()
+        return progress
+
+
+def test_a_stopped_run_stops_within_a_pair_at_the_next_batch():
+    """A stop request is honoured at the next batch of permutations (``RunStopped`` naming what is
+    left), not after the pair's every permutation and resample."""
+    import pytest
+
+    from tasks.stop_request import RunStopped, run_scope
+
+    x, y = _pair()
+    with run_scope() as scope:
+        progress = StopAfterFirstCallback(scope, ("a", "b"), logging.getLogger("test.progress"), every_s=1e9)
+        with pytest.raises(RunStopped, match=r"a x b: cka: permutations \(128 of 640 done\) left undone"):
+            align_layers(x, y, [MetricRequest("cka")], permutations=10 * PERMUTATION_BATCH, seed=1, bootstrap=50,
+                         names=("a", "b"), progress=progress)
+    assert progress.calls == 2  # the stop came after the first batch; the second ends the pair
