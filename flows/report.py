@@ -60,11 +60,13 @@ def write_report(
 ) -> tuple[Path, "Report"]:
     """Build the report of ``run_id`` (default: latest run that published results) and write it under ``out``:
     ``report.html`` (self-contained) and ``figures/<name>.png|svg``, then remove the figures an
-    earlier report left there (:func:`remove_stale_figures`). Returns (page path, report)."""
+    earlier report left there (:func:`remove_stale_figures`). Returns (page path, report).
+    ``ValueError`` saying why when the run has no alignment results (``no_results_reason``):
+    nothing is written."""
     from storage.figure_cache import StoreFigureCache
     from storage.store import Store
     from tasks.report import build_report
-    from tasks.report_source import load_report_input
+    from tasks.report_source import load_report_input, no_results_reason
 
     out = check_report_folder(out)  # before the report is built: a bad --out fails at once
     results = Store(store)
@@ -72,6 +74,8 @@ def write_report(
         raise ValueError(f"report folder {str(out)!r} is inside the store {results.display_url}: write it elsewhere (it would "
                          "sit among the store's files; each run's own report is stored under reports/ already)")
     data = load_report_input(results, run_id=run_id, pair=pair)
+    if data.best.num_rows == 0:  # nothing to report: say why, write nothing (an earlier page in `out` stays)
+        raise ValueError(no_results_reason(data.run))
     if data.run.get("store") != results.display_url:  # a copied or moved store: say where it was read
         data = dataclasses.replace(data, run={**data.run, "store": results.display_url, "run's store": data.run.get("store")})
     if pair is not None:

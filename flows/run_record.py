@@ -24,7 +24,7 @@ from storage.runs import (CANCELLED, CRASHED, FAILED, ORDERED_AT, PARTIAL_ALIGNM
 from storage.store import Store, StoreNotWritable, utc_now
 from storage.versioning import code_version
 from tasks.params import PipelineConfig
-from tasks.stop_request import RunScope, current_scope, run_scope
+from tasks.stop_request import RunScope, current_scope, remote_stop_name, run_scope
 
 #: seconds a stopped run waits for its tasks in flight to reach a safe point before its record
 #: says it ended (Prefect's process worker kills a cancelled flow run's process 30 s after its
@@ -138,6 +138,7 @@ def stop_tasks_in_flight(futures: Iterable[Any] = (), scope: RunScope | None = N
     if scope is None:
         return
     scope.stop()  # stays set: a task still running after the wait stops before publishing
+    stop_remote_tasks()
     if not scope.first_wait():
         return
     deadline = time.monotonic() + STOP_GRACE_S
@@ -159,6 +160,29 @@ def stop_tasks_in_flight(futures: Iterable[Any] = (), scope: RunScope | None = N
                 continue
     except (KeyboardInterrupt, TerminationSignal):
         pass  # asked twice: the record now
+
+
+def stop_remote_tasks() -> None:
+    """Ask the run's tasks on a Dask cluster (the flow's task runner a ``DaskTaskRunner`` that
+    has submitted work) to stop at their next safe point: set the run's Dask ``Event``
+    (``tasks.stop_request.remote_stop_name``), which their :class:`tasks.stop_request.RemoteRunScope`
+    looks at. Closing the Dask client as the flow ends releases the tasks still queued, but a
+    task running on a worker ran on to its end, and published, after the run had ended. Nothing
+    for another task runner; a scheduler that does not answer is logged, not raised (the run is
+    stopping already)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    client = getattr(getattr(context, "task_runner", None), "_client", None)  # prefect_dask: set once it submitted
+    flow_run = getattr(context, "flow_run", None)
+    if client is None or flow_run is None:
+        return
+    try:
+        from distributed import Event
+
+        Event(remote_stop_name(str(flow_run.id)), client=client).set()
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        logging.getLogger("prh.run").warning("stopping: could not tell the run's tasks on the Dask cluster to stop: %s", one_line(error))
 
 
 #: What :func:`attempts_before` keeps of each earlier attempt of a flow run.

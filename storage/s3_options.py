@@ -22,8 +22,9 @@ own variables, honoured because an explicit ``Config`` would otherwise hide them
 
 from __future__ import annotations
 
-import re
 import os
+import re
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from storage.env_numbers import env_number
@@ -158,6 +159,39 @@ def not_s3_reply(error: BaseException) -> str | None:
             return redact_text(f"{operation} answered HTTP {status}{f' ({reason})' if reason else ''} without an S3 error "
                                "document")
         return None
+    return None
+
+
+@dataclass(frozen=True)
+class NotImplementedReply:
+    """An S3 server's ``501 Not Implemented`` answered with an S3 error document: the request
+    asked for something the server lacks (``If-None-Match: *`` on a PUT, a checksum header). Its
+    ``operation`` (``PutObject``), error ``code`` (``NotImplemented``), ``message`` (credentials
+    removed) and the request ``header`` the document names (``<Header>``, as AWS's), if any."""
+
+    operation: str
+    code: str
+    message: str
+    header: str | None
+
+
+def not_implemented_reply(error: BaseException) -> NotImplementedReply | None:
+    """The :class:`NotImplementedReply` in ``error``'s chain, or None: HTTP 501 with an S3 error
+    code of its own (a bare 501, its code the status, is a web server that is no S3 server:
+    :func:`not_s3_reply`). No retry changes that answer."""
+    for found in error_chain(error):
+        response = getattr(found, "response", None)
+        operation = getattr(found, "operation_name", None)
+        if not (isinstance(response, dict) and operation):
+            continue
+        details = response.get("Error", {}) or {}
+        status = (response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
+        code = details.get("Code")
+        if status != 501 or not code or str(code) == "501":
+            return None
+        header = details.get("Header")
+        return NotImplementedReply(str(operation), str(code), redact_text(str(details.get("Message") or "")),
+                                   str(header) if header else None)
     return None
 
 

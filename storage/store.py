@@ -47,7 +47,7 @@ from storage.error_chain import error_chain
 from storage.keys import safe_component
 from storage.owner import current_owner, owner_is_dead
 from storage.parquet_schema import schema_fingerprint
-from storage.s3_options import describe_s3_error, from_s3_client, not_s3_reply
+from storage.s3_options import NotImplementedReply, describe_s3_error, from_s3_client, not_implemented_reply, not_s3_reply
 
 log = logging.getLogger(__name__)
 
@@ -345,14 +345,38 @@ def single_writer_accepted(env: dict[str, str] | None = None) -> bool:
 
 #: Stores (display URLs) whose ignored conditional writes this process already warned about.
 _WARNED_SINGLE_WRITER: set[str] = set()
+#: Stores (display URLs) whose missing conditional writes (``501``) this process already warned about.
+_WARNED_NO_CONDITIONAL: set[str] = set()
 
 
 def _cause(failure: BaseException, error: BaseException) -> BaseException | None:
     """What ``failure`` (:meth:`Store._failure` of ``error``) is raised from: ``error``, or nothing
     for :class:`NotAnS3Endpoint`, a setting to fix: ``tasks.retries`` follows an error's chain to
     its first cut, and the client's ``OSError`` below it had made the task retry (its message
-    already says what the endpoint answered)."""
-    return None if isinstance(failure, NotAnS3Endpoint) else error
+    already says what the endpoint answered); nor for :class:`EndpointLacksFeature`, whose answer
+    no retry changes."""
+    return None if isinstance(failure, (NotAnS3Endpoint, EndpointLacksFeature)) else error
+
+
+class EndpointLacksFeature(StoreNotWritable):
+    """The store's S3 endpoint answers ``501 Not Implemented`` (in an S3 error document) to a
+    request the store makes: it lacks what the request asks for, such as conditional writes
+    (``If-None-Match: *``, which a version's publishing claim relies on: ``conditional``) or the
+    checksum header botocore adds to uploads. Final: a retry gets the same answer (as a
+    ``StoreIOError`` it had been retried by every task). The message names the store, the
+    endpoint, the request and what to do."""
+
+    def __init__(self, message: str, conditional: bool = False) -> None:
+        super().__init__(message)
+        #: The request was a conditional create (``Store.create_exclusive``), which
+        #: ``PRH_SINGLE_WRITER=1`` replaces by a plain PUT after checking that the key is absent.
+        self.conditional = conditional
+
+
+#: How the request headers an S3 server may lack are named in :class:`EndpointLacksFeature`
+#: messages (by the header's start, lower case), and what the user can do about each.
+_CHECKSUM_HEADERS = ("x-amz-checksum-", "x-amz-sdk-checksum-")
+CHECKSUM_SETTING = "AWS_REQUEST_CHECKSUM_CALCULATION=when_required"
 
 
 class StoreIOError(OSError):
@@ -718,7 +742,7 @@ class Store:
             self.delete(key)
         except Exception as error:
             failure = self._failure("write a probe object", error)
-            if isinstance(failure, (StoreIOError, NotAnS3Endpoint)):  # an object store down, unreachable or not S3
+            if isinstance(failure, (StoreIOError, NotAnS3Endpoint, EndpointLacksFeature)):  # down, unreachable, not S3, lacking
                 raise failure from _cause(failure, error)
             if not isinstance(error, OSError):
                 raise
@@ -760,23 +784,31 @@ class Store:
                     if os.path.exists(tmp):
                         os.unlink(tmp)
         else:
-            with self._naming_a_non_s3_endpoint():
+            with self._final_endpoint_answers():
                 self.fs.pipe_file(path, data)
 
     @contextlib.contextmanager
-    def _naming_a_non_s3_endpoint(self) -> Iterator[None]:
+    def _final_endpoint_answers(self, conditional: bool = False) -> Iterator[None]:
         """An object store's error raised inside whose reply shows that the endpoint is no S3 server
-        (:func:`storage.s3_options.not_s3_reply`) re-raised as :class:`NotAnS3Endpoint` (final, see
-        :func:`_cause`); any other error unchanged. For writes: s3fs turns a web server's
-        ``501 Not Implemented`` into a bare ``OSError [Errno 38]``, which task retries took for
-        transient (an endpoint that had let the write probe through, or a write without one)."""
+        (:func:`storage.s3_options.not_s3_reply`) re-raised as :class:`NotAnS3Endpoint`, or that
+        it lacks what the request asked for (``501 NotImplemented`` in an S3 error document,
+        :func:`storage.s3_options.not_implemented_reply`) as :class:`EndpointLacksFeature`
+        (``conditional``: the request was a conditional create); both final (see :func:`_cause`);
+        any other error unchanged. For writes: s3fs turns a ``501 Not Implemented`` into a bare
+        ``OSError [Errno 38]``, which task retries took for transient (an endpoint that had let
+        the write probe through, or a write without one)."""
         try:
             yield
         except Exception as error:
-            reply = None if self.is_local else not_s3_reply(error)
-            if reply is None:
+            if self.is_local:
                 raise
-            raise self._not_s3(reply) from None
+            reply = not_s3_reply(error)
+            if reply is not None:
+                raise self._not_s3(reply) from None
+            lacking = not_implemented_reply(error)
+            if lacking is None:
+                raise
+            raise self._lacks(lacking, conditional) from None
 
     def _durable_temp(self, parent: str, data: bytes, key: str) -> str:
         """Local disks: ``data`` written and fsynced to a fresh temporary file in ``parent``.
@@ -807,15 +839,24 @@ class Store:
         """Write ``key`` only if it does not exist yet; True if this call created it.
 
         Local disks: a temporary file hard-linked to the name (``link`` fails if the name
-        exists); S3: a conditional PUT (``If-None-Match: *``). Atomic in both cases.
+        exists); S3: a conditional PUT (``If-None-Match: *``). Atomic in both cases. An S3
+        server that does not implement the condition (``501``) raises :class:`EndpointLacksFeature`,
+        unless ``PRH_SINGLE_WRITER`` says one writer at a time uses the store: then a plain PUT
+        after checking that the key is absent (:meth:`_create_if_absent`, not atomic), with a
+        warning once per store and process.
         """
         path = self.path(key)
         if not self.is_local:
             try:
-                with self._naming_a_non_s3_endpoint():
+                with self._final_endpoint_answers(conditional=True):
                     self.fs.pipe_file(path, data, mode="create")
             except FileExistsError:
                 return False
+            except EndpointLacksFeature as error:
+                if not (error.conditional and single_writer_accepted()):
+                    raise
+                self._warn_single_writer(str(error))
+                return self._create_if_absent(key, data)
             self.fs.invalidate_cache(path)
             return True
         parent = path.rsplit("/", 1)[0]
@@ -834,11 +875,23 @@ class Store:
                     os.unlink(tmp)
         return False
 
+    def _create_if_absent(self, key: str, data: bytes) -> bool:
+        """Write ``key`` with a plain PUT unless it exists; True if written. Not atomic: for a
+        store that one writer at a time uses (``PRH_SINGLE_WRITER``), on an endpoint without
+        conditional writes."""
+        path = self.path(key)
+        self.fs.invalidate_cache(path)
+        if self.exists(key):
+            return False
+        self.write_bytes(key, data)
+        self.fs.invalidate_cache(path)
+        return True
+
     def delete(self, key: str) -> None:
         """Remove one file if it exists."""
         path = self.path(key)
         try:
-            with self._naming_a_non_s3_endpoint():
+            with self._final_endpoint_answers():
                 self.fs.rm_file(path)
         except FileNotFoundError:
             pass
@@ -960,6 +1013,9 @@ class Store:
         reply = not_s3_reply(error)
         if reply is not None:
             return self._not_s3(reply)
+        lacking = not_implemented_reply(error)
+        if lacking is not None:
+            return self._lacks(lacking)
         message = f"cannot {action} in store {self.display_url}: {describe_s3_error(error)}"
         if isinstance(error, PermissionError):
             return StoreNotWritable(message)
@@ -978,6 +1034,48 @@ class Store:
             endpoint, where = redact_url(self._endpoint[0]), f"check {self._endpoint[1]}"
         return NotAnS3Endpoint(f"store {self.display_url}: the S3 endpoint {endpoint} is not an S3 server ({reply}): "
                                f"{where}")
+
+    def _endpoint_named(self) -> str:
+        """The S3 endpoint as messages name it: its URL (credentials removed) and where it was set."""
+        if self._endpoint is None:
+            return "the AWS default endpoint"
+        return f"the S3 endpoint {redact_url(self._endpoint[0])} (from {self._endpoint[1]})"
+
+    def _lacks(self, reply: NotImplementedReply, conditional: bool = False) -> EndpointLacksFeature:
+        """The error for an endpoint that answered ``reply`` (``501``, an S3 error document) to a
+        request (``conditional``: a conditional create): what it lacks, judged by the header the
+        document names, else by the request, and what the user can do."""
+        header = (reply.header or "").lower()
+        answered = f"HTTP 501 {reply.code} ({reply.message or 'no message'}{f'; header {reply.header}' if reply.header else ''})"
+        if header.startswith(_CHECKSUM_HEADERS):
+            conditional = False
+            problem = (f"does not implement the request checksums botocore adds to uploads: {reply.operation} answered "
+                       f"{answered}")
+            advice = (f"set {CHECKSUM_SETTING} (botocore then sends a checksum only where S3 requires one), or use a "
+                      "server that accepts them")
+        elif conditional and header in ("", "if-none-match"):
+            problem = (f"does not implement conditional writes: {reply.operation} with If-None-Match: * answered {answered}; "
+                       "a version's publishing claim is created so, to keep two writers from both taking it")
+            advice = ("use a server that honours If-None-Match: * on PUT (AWS S3 and current MinIO releases do), or, if "
+                      f"only one prh run, gc or verify --remove-damaged writes this store at a time, set {SINGLE_WRITER_ENV}=1 "
+                      "to create claims with a plain PUT after checking the key is absent")
+        else:
+            conditional = False
+            what = f"the request header {reply.header}" if reply.header else "what the request asked for"
+            problem = f"does not implement {what}: {reply.operation} answered {answered}"
+            advice = "use a server that implements it"
+        return EndpointLacksFeature(f"store {self.display_url}: {self._endpoint_named()} {problem}. Retrying cannot help: "
+                                    f"{advice}", conditional=conditional)
+
+    def _warn_single_writer(self, problem: str) -> None:
+        """Warn once per store and process that ``PRH_SINGLE_WRITER=1`` writes this store without
+        conditional writes (``problem``: the error that says why)."""
+        if self.display_url in _WARNED_NO_CONDITIONAL:
+            return
+        _WARNED_NO_CONDITIONAL.add(self.display_url)
+        log.warning("%s; writing anyway (%s=1): each exclusive create is a plain PUT after checking the key is absent: run "
+                    "one prh run, gc or verify --remove-damaged at a time on it", problem.split(". Retrying cannot help")[0],
+                    SINGLE_WRITER_ENV)
 
     def _conditional_writes_ignored(self) -> None:
         """Refuse (:class:`ConditionalWritesIgnored`) a store whose exclusive creates overwrite, or

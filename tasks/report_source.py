@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from storage.catalog import LATEST_RUN_SQL, QueryError, connect, read_failure_hint
 from storage.features import vectors_from_arrow
+from storage.runs import COMPLETED, PARTIAL_ALIGNMENTS, RUNNING
 from storage.store import Store
 from tasks.image_rows import image_rows, mean_rows
 from tasks.report.neighbours import NeighbourExamples, Sample, select_examples
@@ -243,6 +244,39 @@ def stopped_run_notes(record: dict[str, Any]) -> list[str]:
     return [f"run {record.get('run_id')} ended {status}{why}; it lists the results it had finished when it stopped: any "
             "its tasks in flight published as it stopped (a pair being published) are in the store but not in this "
             "report (alignment_best shows them)"]
+
+
+def no_results_reason(record: dict[str, Any], shown: int = 3) -> str:
+    """Why the run of ``record`` (a row of the ``runs`` view) has no alignment results to report,
+    in one line for ``prh report --run ID``: still ``RUNNING`` (a run known to have stopped
+    without writing its end reads ``CRASHED`` in the view, its reason as ``error``:
+    ``storage.runs.runs_as_known``), ``COMPLETED`` without a model pair (a zoo of one model,
+    features only), or ended ``FAILED``/``CANCELLED``/``CRASHED`` with its error (else its first
+    ``shown`` failures), and the pairs it had aligned when it ended (its
+    ``partial_alignment_versions``: in the store, reused by a rerun of its config)."""
+    run_id, status = record.get("run_id"), record.get("status")
+    if status == RUNNING:
+        why = (f"it is still RUNNING (started {record.get('started_at')}): its record lists its results once every pair "
+               "is aligned; report it then")
+    elif status == COMPLETED:
+        why = (f"it COMPLETED without aligning a model pair (its record lists features of "
+               f"{len(feature_selection(record))} model(s) and no alignment version: a zoo with no pair to align)")
+    else:
+        ended = f"it ended {status}" if status else "its record gives no status (edited by hand?)"
+        failures = run_failures(record)
+        if record.get("error"):
+            why = f"{ended}: {record['error']}"
+        elif failures:
+            listed = "; ".join(f"{f.get('stage')} {f.get('item')}: {f.get('error')}" for f in failures[:shown])
+            why = f"{ended}: {listed}{'; ...' if len(failures) > shown else ''}"
+        else:
+            why = f"{ended} (its record gives no error)"
+    partial = list(dict.fromkeys(record.get(PARTIAL_ALIGNMENTS) or []))
+    if partial:
+        when = "so far" if status == RUNNING else "before it ended"
+        why += (f"; it had aligned {len(partial)} model pair(s) {when} ({PARTIAL_ALIGNMENTS}): they are in the "
+                "store (alignment_best_all shows them) and `prh run` with the run's config reuses them")
+    return f"run {run_id} has no alignment results to report: {why}"
 
 
 def load_metric_plugins() -> list[str]:

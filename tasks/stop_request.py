@@ -18,12 +18,17 @@ it is, so the later run stops at its next batch or metric instead of finishing t
 
 The scope travels with the run's context (a ``ContextVar``: Prefect runs each task in a copy of
 the submitting flow's context), so two runs in one process have their own, and code called
-outside any run (a notebook calling ``align_to_store``) is never stopped. Tasks on Dask workers
-(other processes) are not told. Pure: no Prefect, no storage.
+outside any run (a notebook calling ``align_to_store``) is never stopped. A task on a Dask worker
+(another process, which the ``ContextVar`` does not reach) takes its run's stop request from a
+Dask ``Event`` named by its flow run (:func:`remote_stop_name`), which the stopping flow sets
+(``flows.run_record.stop_remote_tasks``): :func:`in_flight` opens a :class:`RemoteRunScope` for it,
+which looks at the event at most every ``REMOTE_POLL_S`` seconds. Pure: no storage; ``distributed``
+and Prefect's task run context are imported on a Dask worker only.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -86,6 +91,62 @@ _current: ContextVar[RunScope | None] = ContextVar("prh_run_scope", default=None
 _watch: ContextVar["_Watch | None"] = ContextVar("prh_published_watch", default=None)
 #: Seconds between two looks at the store from the safe points (a HEAD request on S3).
 WATCH_EVERY_S = 5.0
+#: Seconds between two looks at the run's stop event from the safe points of a task on a Dask
+#: worker (one request to the scheduler).
+REMOTE_POLL_S = 0.5
+
+
+def remote_stop_name(run_id: str) -> str:
+    """The name of the Dask ``Event`` that asks the tasks of flow run ``run_id`` on a Dask
+    cluster to stop."""
+    return f"prh-stop-{run_id}"
+
+
+class RemoteRunScope(RunScope):
+    """The scope of a task running outside its run's process (a Dask worker): stopping once
+    ``is_set()`` (the run's stop event) says so, asked at most every ``every_s`` seconds; a
+    lookup that fails (the scheduler gone) leaves the task running, as before."""
+
+    def __init__(self, is_set: Callable[[], bool], every_s: float = REMOTE_POLL_S) -> None:
+        super().__init__()
+        self._is_set, self._every_s = is_set, every_s
+        self._last = -float("inf")
+
+    @property
+    def stopping(self) -> bool:
+        now = time.monotonic()
+        if not self._stop.is_set() and now - self._last >= self._every_s:
+            self._last = now
+            try:
+                if self._is_set():
+                    self._stop.set()
+            except Exception:  # noqa: BLE001 - the scheduler did not answer: a stop request unknown, not a failure
+                pass
+        return self._stop.is_set()
+
+
+def _remote_scope() -> RunScope | None:
+    """A :class:`RemoteRunScope` for a task running on a Dask worker under a Prefect flow run
+    (its run's stop event), else None (no Dask worker here, no flow run known). ``distributed``
+    is imported on a Dask worker already: elsewhere it is not imported (a second of startup)."""
+    if "distributed" not in sys.modules:
+        return None
+    try:
+        from distributed import Event, get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return None
+    try:
+        from prefect.context import TaskRunContext
+
+        context = TaskRunContext.get()
+        run_id = context.task_run.flow_run_id if context is not None else None
+    except ImportError:
+        return None
+    if run_id is None:
+        return None
+    return RemoteRunScope(Event(remote_stop_name(str(run_id))).is_set)
 
 
 class _Watch:
@@ -150,11 +211,20 @@ def raise_if_stopped(what: str) -> None:
 @contextmanager
 def in_flight(what: str) -> Iterator[None]:
     """Count the block as a task in flight of the current run (none: nothing counted); a task
-    that starts after its run was stopped raises ``RunStopped`` at once."""
+    that starts after its run was stopped raises ``RunStopped`` at once. On a Dask worker, where
+    the run's scope does not reach, the block has the run's :class:`RemoteRunScope`."""
     scope = _current.get()
+    token = None
     if scope is None:
-        yield
-        return
-    with scope._task():
-        raise_if_stopped(what)
-        yield
+        scope = _remote_scope()
+        if scope is None:
+            yield
+            return
+        token = _current.set(scope)
+    try:
+        with scope._task():
+            raise_if_stopped(what)
+            yield
+    finally:
+        if token is not None:
+            _current.reset(token)

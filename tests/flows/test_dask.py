@@ -1,7 +1,11 @@
 """The Dask task runner option: the pipeline fans out over a local Dask cluster on loopback and
-stores the same results as the default runner; the runner names parse."""
+stores the same results as the default runner; the runner names parse; a run that fails stops
+its tasks on an external scheduler."""
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -58,3 +62,69 @@ def test_pipeline_on_a_local_dask_cluster(tmp_path):
     assert {(r["model_b"], r["metric"]): r["score"] for r in again["best"]} == scores
     rows = query(connect(store), "select count(*) n from alignment_best").to_pylist()
     assert rows == [{"n": 4}]
+
+
+def _marks(path) -> int:
+    """How many marks the probe task wrote to ``path`` (0 before it started)."""
+    return len(path.read_text()) if path.exists() else 0
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_failed_run_stops_its_tasks_on_an_external_dask_scheduler(tmp_path):
+    """A run on an external scheduler (``PRH_TASK_RUNNER=dask:tcp://...``) that failed or was
+    cancelled closed its Dask client, which released the tasks still queued, but a task already
+    running on a worker (another process: the run's stop request, a ``ContextVar``, never reached
+    it) ran on to its end after the flow had ended, and published. The flow now tells the run's
+    tasks on the cluster to stop (a Dask ``Event`` named by the flow run); each stops at its next
+    safe point, as a task in the flow's process does, and a queued one never starts."""
+    import distributed
+    from prefect import flow, task
+    from prefect_dask import DaskTaskRunner
+
+    from flows.run_record import stop_tasks_in_flight
+    from tasks.stop_request import RunStopped, in_flight, raise_if_stopped, run_scope
+
+    @task
+    def busy(marker: str, seconds: float) -> int:
+        """A task with a safe point every 0.05 s that marks ``marker`` at each: runs ``seconds``."""
+        path, marks = Path(marker), 0
+        with in_flight(f"busy {path.name}"):
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                raise_if_stopped(f"busy {path.name}: mark {marks}")
+                with path.open("a") as handle:
+                    handle.write(".")
+                marks += 1
+                time.sleep(0.05)
+        return marks
+
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+                                       dashboard_address=None)
+    running, queued = tmp_path / "running", tmp_path / "queued"
+    outcome: dict[str, object] = {}
+
+    @flow(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+    def failing() -> None:
+        with run_scope():  # as the run's record opens it (flows.run_record.recorded)
+            futures = [busy.submit(str(running), 20.0), busy.submit(str(queued), 20.0)]
+            while _marks(running) < 3:
+                time.sleep(0.05)
+            try:
+                raise RuntimeError("a model failed")
+            except RuntimeError:
+                stop_tasks_in_flight(futures)  # what run_zoo does as the run stops or fails
+                outcome["state"] = futures[0].state
+                raise
+
+    with cluster:
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="a model failed"):
+            failing()
+        ended = time.monotonic() - started
+        at_end = _marks(running)
+        time.sleep(1.0)
+        assert _marks(running) == at_end, "the task on the Dask worker ran on after its run ended"
+        assert not queued.exists()  # the queued task never started
+    assert ended < 15, ended  # the running task stopped at a safe point, not after its 20 s
+    state = outcome["state"]
+    assert state.is_failed() and isinstance(state.result(raise_on_failure=False), RunStopped), state

@@ -388,3 +388,50 @@ def test_a_report_that_cannot_write_a_figure_leaves_the_earlier_report_whole(sto
     assert f"cannot write figures/{newer.name}: a folder figures/{newer.name} is in the way" in capsys.readouterr().err
     after = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before  # every file of the earlier report as it was, no temporary left
+
+
+def test_a_run_without_results_is_an_error_that_says_why(store, tmp_path, capsys):
+    """``prh report --run ID`` of a run that published no alignment (it failed or was stopped
+    before its grid was listed, it is still running, its zoo had no pair) wrote a page of notes
+    and exited 0, as if a report had been made. It exits 2 saying the run has no results and why
+    (its status and error from the run record, the pairs it had aligned when it stopped), and
+    leaves the folder's earlier report as it was."""
+    from storage.owner import current_owner
+
+    url = str(tmp_path / "store")
+    shutil.copytree(store[0], url)
+    target = Store(url)
+    keys = report_store.run_record(url, LATEST_RUN)["alignment_versions"]
+    features = report_store.run_record(url, LATEST_RUN)["feature_versions"]
+    when = {"started_at": "2026-02-01T00:00:00+00:00", "finished_at": "2026-02-01T01:00:00+00:00"}
+    records = {
+        "run-full-disk": {"status": "FAILED", "error": "OSError: [Errno 28] No space left on device",
+                          "partial_alignment_versions": keys[:2], **when},
+        "run-stopped": {"status": "CANCELLED", "error": "TerminationSignal: SIGTERM", **when},
+        "run-one-model": {"status": "COMPLETED", "dataset_version": report_store.DATASET, "feature_versions": {"vit-tiny": features["vit-tiny"]},
+                          "alignment_versions": [], **when},
+        "run-live": {"status": "RUNNING", "process": current_owner(), "heartbeat_s": 30, "started_at": when["started_at"]},
+        "run-legacy": {"status": "RUNNING", "started_at": "2020-01-01T00:00:00+00:00"},  # no sign of life, years old
+    }
+    for run_id, record in records.items():
+        target.write_json(layout.run_key(run_id), {"run_id": run_id, **record})
+    out = tmp_path / "out"
+    assert main(["report", "--store", url, "--out", str(out)]) == 0
+    page = (out / "report.html").read_bytes()
+    capsys.readouterr()
+    expected = {
+        "run-full-disk": ["it ended FAILED: OSError: [Errno 28] No space left on device",
+                          "it had aligned 2 model pair(s) before it ended"],
+        "run-stopped": ["it ended CANCELLED: TerminationSignal: SIGTERM"],
+        "run-one-model": ["it COMPLETED without aligning a model pair", "features of 1 model(s)"],
+        "run-live": ["it is still RUNNING"],
+        "run-legacy": ["it ended CRASHED: started", "never finished"],  # the runs view knows it stopped
+        report_store.FAILED_RUN: ["it ended FAILED (its record gives no error)"],
+    }
+    for run_id, said in expected.items():
+        assert main(["report", "--store", url, "--run", run_id, "--out", str(out)]) == 2, run_id
+        captured = capsys.readouterr()
+        assert f"prh report: error: run {run_id} has no alignment results to report: " in captured.err, captured.err
+        assert all(part in captured.err for part in said), captured.err
+        assert "written to" not in captured.out
+    assert (out / "report.html").read_bytes() == page

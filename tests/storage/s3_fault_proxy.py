@@ -16,7 +16,9 @@ test changes while the proxy runs, injects the faults a real object store shows:
 
 A rule fires on the next ``count`` matching requests, or on each with probability ``p`` (a seeded
 generator: the same seed and request sequence give the same faults), or on every one; it can be
-limited to some methods and to paths matching a regular expression. :meth:`FaultProxy.go_down`
+limited to some methods, to paths matching a regular expression and to requests carrying a header
+(``header="If-None-Match"``: what an S3-compatible server that lacks a feature answers ``501
+NotImplemented`` to, naming the header in its error document). :meth:`FaultProxy.go_down`
 closes the listening socket and every open connection (clients get "connection refused") and
 listens again on the same port after a while: the endpoint restarting (:meth:`restart` does it at
 once, or ends a down window early). :meth:`deny_writes` turns the bucket read-only (403 on
@@ -43,12 +45,13 @@ from urllib.parse import unquote, urlsplit
 
 WRITE_METHODS = frozenset({"PUT", "POST", "DELETE"})
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade", "expect", "trailer"}
-_REASONS = {403: "Forbidden", 404: "Not Found", 500: "Internal Server Error", 502: "Bad Gateway",
+_REASONS = {403: "Forbidden", 404: "Not Found", 500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
             503: "Service Unavailable", 504: "Gateway Timeout"}
 _MESSAGES = {"SlowDown": "Please reduce your request rate.",
              "InternalError": "We encountered an internal error. Please try again.",
              "ServiceUnavailable": "Service is unable to handle request.",
-             "AccessDenied": "Access Denied"}
+             "AccessDenied": "Access Denied",
+             "NotImplemented": "A header you provided implies functionality that is not implemented"}
 _ACTIONS = ("error", "delay", "reset", "down")
 
 
@@ -57,7 +60,9 @@ class Rule:
     """One kind of fault and the requests it applies to (see the module docstring).
 
     ``path`` is a regular expression searched in the unquoted request target
-    (``/bucket/key?query``). ``fired`` counts the requests this rule has hit.
+    (``/bucket/key?query``); ``header`` a request header the request must carry (any case); an
+    error it answers names it in its S3 error document (``<Header>``), as AWS does for a
+    ``NotImplemented``. ``fired`` counts the requests this rule has hit.
     """
 
     action: str
@@ -69,6 +74,7 @@ class Rule:
     path: str | None = None
     count: int | None = None
     p: float | None = None
+    header: str | None = None
     fired: int = 0
 
     def __post_init__(self) -> None:
@@ -79,8 +85,10 @@ class Rule:
         if self.methods is not None:
             self.methods = frozenset(m.upper() for m in self.methods)
 
-    def matches(self, method: str, target: str) -> bool:
+    def matches(self, method: str, target: str, headers: list[tuple[str, str]] | None = None) -> bool:
         if self.methods is not None and method not in self.methods:
+            return False
+        if self.header is not None and not any(name.lower() == self.header.lower() for name, _ in headers or []):
             return False
         return self.path is None or re.search(self.path, target) is not None
 
@@ -304,7 +312,7 @@ class FaultProxy:
         with self._lock:
             self.counts["requests"] += 1
             for rule in self._rules:
-                if rule.spent or not rule.matches(request.method, target):
+                if rule.spent or not rule.matches(request.method, target, request.headers):
                     continue
                 if rule.p is not None and self._rng.random() >= rule.p:
                     continue
@@ -329,7 +337,7 @@ class FaultProxy:
                 _reset(conn)
                 return False
             if rule.action == "error":
-                conn.sendall(_error_response(rule.status, rule.code, request.method, self.counts["requests"]))
+                conn.sendall(_error_response(rule.status, rule.code, request.method, self.counts["requests"], rule.header))
                 return True
         if self._ignore_conditions and request.method in ("PUT", "POST"):
             kept = [(name, value) for name, value in request.headers if name.lower() != "if-none-match"]
@@ -342,7 +350,7 @@ class FaultProxy:
             if rule.action == "delay":
                 time.sleep(rule.delay_s)
             elif rule.action == "error":
-                conn.sendall(_error_response(rule.status, rule.code, request.method, self.counts["requests"]))
+                conn.sendall(_error_response(rule.status, rule.code, request.method, self.counts["requests"], rule.header))
                 return True
         response = _response_bytes(status, reason, headers, body, request.method)
         if rule is not None and rule.action == "reset":
@@ -430,11 +438,14 @@ def _response_bytes(status: int, reason: str, headers: list[tuple[str, str]], bo
     return head + (b"" if method == "HEAD" else body)
 
 
-def _error_response(status: int, code: str, method: str, request_number: int) -> bytes:
+def _error_response(status: int, code: str, method: str, request_number: int, header: str | None = None) -> bytes:
+    """An S3 error reply: ``status``, an XML error document with ``code``, its message and, where
+    given, the request ``header`` it is about (``<Header>``, as AWS's ``NotImplemented``)."""
     request_id = f"FAULT{request_number:012d}"
+    about = f"<Header>{header}</Header>" if header else ""
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{code}</Code><Message>{_MESSAGES.get(code, code)}</Message>"
+        f"<Error><Code>{code}</Code><Message>{_MESSAGES.get(code, code)}</Message>{about}"
         f"<RequestId>{request_id}</RequestId><HostId>fault-proxy</HostId></Error>"
     ).encode()
     headers = [("Content-Type", "application/xml"), ("x-amz-request-id", request_id)]

@@ -46,6 +46,7 @@ from storage.store import (
     CLAIM,
     MANIFEST,
     ConditionalWritesIgnored,
+    EndpointLacksFeature,
     NotAnS3Endpoint,
     Store,
     StoreNotWritable,
@@ -460,6 +461,73 @@ def test_single_writer_runs_on_an_endpoint_that_ignores_conditional_writes(s3_st
     files, _, _ = _feature_files("m", 9)
     assert store.publish("features/d/m/v", files, _manifest("m")).written
     _assert_published_exactly(store, "features/d/m/v", files)
+
+
+NOT_IMPLEMENTED = "A header you provided implies functionality that is not implemented"
+
+
+def test_an_s3_server_without_conditional_writes_is_named_and_not_retried(s3_store_url, faults, monkeypatch, caplog):
+    """An S3-compatible server that does not implement ``If-None-Match: *`` on PUT answers ``501
+    NotImplemented`` in an S3 error document (naming the header, as AWS does). The probe read
+    "PutObject failed: NotImplemented (HTTP 501)" as a ``StoreIOError``, transient for the tasks'
+    retries, and a claim's create a bare ``OSError [Errno 38]`` without the store: every task
+    retried what no retry fixes. It is now :class:`EndpointLacksFeature`, final, naming the
+    store, the endpoint, the request and the way out; with ``PRH_SINGLE_WRITER=1`` (one writer at
+    a time) an exclusive create is a plain PUT after checking the key is absent, and publishing
+    works."""
+    monkeypatch.delenv("PRH_SINGLE_WRITER", raising=False)
+    store = _store(s3_store_url, faults)
+    faults.error(501, "NotImplemented", methods={"PUT"}, header="If-None-Match")
+    files, _, _ = _feature_files("m", 11)
+    said = (f"store {store.display_url}: the S3 endpoint {faults.url} (from the storage option endpoint_url) does not "
+            f"implement conditional writes: PutObject with If-None-Match: * answered HTTP 501 NotImplemented ({NOT_IMPLEMENTED}; "
+            "header If-None-Match)")
+    calls = {"check_writable": store.check_writable, "create_exclusive": lambda: store.create_exclusive("c/x", b"x"),
+             "publish": lambda: store.publish("features/d/m/v", files, _manifest("m"))}
+    for name, call in calls.items():
+        with pytest.raises(EndpointLacksFeature) as raised:
+            call()
+        message = str(raised.value)
+        assert message.startswith(said), message
+        assert "set PRH_SINGLE_WRITER=1" in message and "\n" not in message, message
+        assert not is_transient(raised.value), name  # a server to change or a setting: no task retry
+        _assert_no_secret(raised.value)
+    assert faults.counts["error_501_before"] == 3  # one request each: neither the client nor the store retried it
+    assert store.manifest("features/d/m/v") is None and not store.exists("c/x")
+    store.write_bytes("plain/x", b"x")  # a plain PUT is answered as before
+
+    monkeypatch.setenv("PRH_SINGLE_WRITER", "1")
+    with caplog.at_level("WARNING", logger="storage.store"):
+        store.check_writable()
+        assert store.create_exclusive("c/y", b"1") and not store.create_exclusive("c/y", b"2")
+    assert store.read_bytes("c/y") == b"1"
+    warned = [r.getMessage() for r in caplog.records if r.name == "storage.store"]
+    assert len(warned) == 1 and warned[0].startswith(said) and "PRH_SINGLE_WRITER=1" in warned[0], warned
+    assert store.publish("features/d/m/v", files, _manifest("m")).written
+    _assert_published_exactly(store, "features/d/m/v", files)
+
+
+def test_an_s3_server_without_request_checksums_is_named_with_the_setting_that_drops_them(s3_store_url, faults, monkeypatch):
+    """botocore adds an integrity checksum header (``x-amz-checksum-crc32``) to every upload; a
+    server that answers it ``501 NotImplemented`` failed every write as a transient
+    ``StoreIOError`` (or a bare ``OSError``). The error names the header and the setting that
+    stops it (``AWS_REQUEST_CHECKSUM_CALCULATION=when_required``), which does."""
+    monkeypatch.delenv("AWS_REQUEST_CHECKSUM_CALCULATION", raising=False)
+    store = _store(s3_store_url, faults)
+    faults.error(501, "NotImplemented", methods={"PUT"}, header="x-amz-checksum-crc32")
+    for name, call in {"write_bytes": lambda: store.write_bytes("a/b", b"x"), "check_writable": store.check_writable}.items():
+        with pytest.raises(EndpointLacksFeature) as raised:
+            call()
+        message = str(raised.value)
+        assert message.startswith(f"store {store.display_url}: the S3 endpoint {faults.url} (from the storage option "
+                                  "endpoint_url) does not implement the request checksums botocore adds to uploads: "
+                                  f"PutObject answered HTTP 501 NotImplemented ({NOT_IMPLEMENTED}; header "
+                                  "x-amz-checksum-crc32)"), message
+        assert "set AWS_REQUEST_CHECKSUM_CALCULATION=when_required" in message and not is_transient(raised.value), name
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    fired = faults.counts["error_501_before"]
+    _store(s3_store_url, faults).write_bytes("a/b", b"x")  # a new client reads the setting: no checksum header sent
+    assert faults.counts["error_501_before"] == fired == 2
 
 
 @contextmanager
