@@ -494,4 +494,11 @@ def load_hf_dataset(source: str, **options: Any) -> tuple[LoadResult, dict[str, 
     """
     records, root, provenance = read_hf_dataset(source, **options)
     links = _hub_cache_folder(root)  # a hub snapshot's image files are links into the cache's blobs/
-    return validate_records(records, root, f"{source} ({provenance['split']})", links_within=links), provenance
+    return validate_records(records, root, f"{source} ({provenance['split']})", links_within=links,
+                            outside_advice=OUTSIDE_ADVICE), provenance
+
+
+#: What a Hugging Face dataset's user can do about an absolute image path outside its folder
+#: (``images.read_image_file``'s ``outside_advice``): ``DatasetParams`` refuses its ``image_root``.
+OUTSIDE_ADVICE = ("a Hugging Face dataset takes no image_root: keep its images as image bytes in the image column, or as "
+                  "files inside its folder named by paths relative to their data file")

@@ -160,11 +160,14 @@ def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Imag
     return None
 
 
-def read_image_file(root: Path, relative: str) -> bytes | ImageProblem:
+def read_image_file(root: Path, relative: str, outside_advice: str = "") -> bytes | ImageProblem:
     """Read the file at ``relative`` (a path inside ``root``) or say why it cannot be used.
 
     An absolute path is read when it lies inside ``root`` too (a table listing
-    ``/data/coco/val2017/x.jpg`` with ``image_root`` ``/data/coco``).
+    ``/data/coco/val2017/x.jpg`` with ``image_root`` ``/data/coco``). ``outside_advice``: what the
+    dataset's kind lets its user do about an absolute path outside ``root``, added to that refusal
+    (the caller knows the kind: a table takes ``image_root``, a folder or a Hugging Face dataset
+    does not; ``tasks.data.tables.outside_advice``); empty: the rule alone.
 
     Reasons: ``image_path_unsafe`` (resolving outside ``root`` — absolute, through ``..`` or a
     symbolic link — or starting with a backslash), ``image_missing`` (empty path, no such
@@ -184,8 +187,9 @@ def read_image_file(root: Path, relative: str) -> bytes | ImageProblem:
     try:
         target = (base / relative).resolve()  # an absolute relative replaces base
         if os.path.isabs(relative) and not target.is_relative_to(base):
+            advice = f": {outside_advice}" if outside_advice else ""
             return ImageProblem("image_path_unsafe", f"absolute image path {shown} lies outside the dataset folder {base} "
-                                "(an absolute path must lie inside it: set image_root to a folder that holds the images)")
+                                f"(an absolute path must lie inside it{advice})")
         if not target.is_relative_to(base):
             return ImageProblem("image_path_unsafe", f"image path {shown} leads outside the dataset folder {base}")
         if not target.exists():

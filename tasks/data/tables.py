@@ -74,7 +74,7 @@ import pyarrow as pa
 
 from tasks.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageProblem, check_image, read_image_file
 from tasks.data.schema import DATASET_SCHEMA, MAX_CAPTION_CHARS, caption_problem, id_problem, not_utf8_problem, validate_table
-from tasks.data.sources import ColumnMap, RawRecord, path_exists, read_records
+from tasks.data.sources import METADATA_FILES, ColumnMap, RawRecord, effective_columns, path_exists, read_records
 
 __all__ = ["REJECTED_SCHEMA", "LoadResult", "Reason", "load_paired_dataset"]
 
@@ -179,14 +179,16 @@ class _Candidate:
     given_image_id: str | None
 
 
-def read_linked_image_file(root: Path, relative: str, links_within: Path | None = None) -> bytes | ImageProblem:
+def read_linked_image_file(root: Path, relative: str, links_within: Path | None = None,
+                           outside_advice: str = "") -> bytes | ImageProblem:
     """``images.read_image_file``, where a symbolic link inside ``root`` may also lead into
     ``links_within`` (a Hugging Face hub snapshot, whose files are links into the cache's
     ``blobs/``: every image was refused as leading outside the dataset folder). The path as written
     must still stay inside ``root`` (its normalised text, before any link is followed), and where a
     link leads must lie inside ``root`` or ``links_within``; the file there is read by the same rules.
-    (Here, not in ``images``, whose source is part of every feature version.)"""
-    found = read_image_file(root, relative)
+    ``outside_advice``: ``read_image_file``'s (`outside_advice`). (Here, not in ``images``, whose
+    source is part of every feature version.)"""
+    found = read_image_file(root, relative, outside_advice)
     if links_within is None or not isinstance(found, ImageProblem) or found.reason != "image_path_unsafe":
         return found
     if relative.startswith("\\") or os.path.isabs(relative):
@@ -243,6 +245,7 @@ class _FileReader:
 
     root: Path
     links_within: Path | None = None  # read_linked_image_file's: where links inside root may also lead
+    outside_advice: str = ""  # read_image_file's: what to do about an absolute path outside root
     cache: dict[str, bytes | ImageProblem] = field(default_factory=dict)
     max_bytes: int = image_file_limit(DEFAULT_MAX_IMAGE_PIXELS)
 
@@ -264,7 +267,8 @@ class _FileReader:
         """``read_linked_image_file``, unless the file is larger than ``max_bytes`` (`_oversized`:
         the file the path leads to, a hub snapshot's blob or the folder a Windows path names)."""
         big = _oversized(self.root, relative, self.max_bytes, self.links_within)
-        return big if big is not None else read_linked_image_file(self.root, relative, self.links_within)
+        return big if big is not None else read_linked_image_file(self.root, relative, self.links_within,
+                                                                  self.outside_advice)
 
 
 def _prepare(index: int, record: RawRecord, files: _FileReader) -> _Candidate | tuple[str, str]:
@@ -384,7 +388,25 @@ def load_paired_dataset(
     records, root = read_records(source, columns, n, split)
     if image_root is not None:
         root = checked_image_root(source, image_root)
-    return validate_records(records, root, str(source), max_image_pixels=max_image_pixels, min_valid_rows=min_valid_rows)
+    return validate_records(records, root, str(source), max_image_pixels=max_image_pixels, min_valid_rows=min_valid_rows,
+                            outside_advice=outside_advice(source, columns))
+
+
+def outside_advice(source: Path, columns: ColumnMap | None = None) -> str:
+    """What the user of the dataset at ``source`` (read with ``columns``) can do about an image path
+    outside its folder (``read_image_file``'s ``outside_advice``): a table file takes ``image_root``;
+    a folder does not (`checked_image_root`), but its metadata table given itself as the dataset path
+    does, read with the image column the folder's reading used (``file_name`` by default there,
+    ``image`` for a table: `effective_columns`)."""
+    if not source.is_dir():
+        return "set image_root to a folder that holds the images"
+    table = next((name for name in METADATA_FILES if (source / name).is_file()), None)
+    if table is None:  # a folder of images with .txt captions names no path: nothing to advise
+        return ""
+    image = effective_columns(source, columns).image
+    column = f" and image_column {image!r}" if image != ColumnMap().image else ""
+    return (f"image_root applies to a table, not to a folder: give its {table} itself as the dataset path, with "
+            f"image_root a folder that holds the images{column}")
 
 
 def checked_image_root(source: Path, image_root: str | Path) -> Path:
@@ -406,17 +428,19 @@ def validate_records(
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     min_valid_rows: int = 2,
     links_within: Path | None = None,
+    outside_advice: str = "",
 ) -> LoadResult:
     """Check raw records from any reader (a table, a folder, a Hugging Face dataset) by the rules
     of the module docstring. ``root``: the folder that relative image paths are read from;
     ``source``: how messages name the dataset; ``links_within``: a folder that symbolic links
     inside ``root`` may also lead into (a hub snapshot's files link into the hub cache's
-    ``blobs/``; :func:`read_linked_image_file`).
+    ``blobs/``; :func:`read_linked_image_file`); ``outside_advice``: what the dataset's kind lets its
+    user do about an absolute image path outside ``root`` (``images.read_image_file``'s).
 
     Raises:
         ValueError: fewer than ``min_valid_rows`` valid rows (counting the rejections per reason).
     """
-    files = _FileReader(root, links_within, max_bytes=image_file_limit(max_image_pixels))
+    files = _FileReader(root, links_within, outside_advice, max_bytes=image_file_limit(max_image_pixels))
     prepared = [_prepare(index, record, files) for index, record in enumerate(records)]
     distinct = {c.image_digest: c.image for c in prepared if isinstance(c, _Candidate)}
     image_problems = _decode_all(distinct, max_image_pixels)

@@ -29,7 +29,9 @@ Some models do not mask their pads: a forward that takes no ``attention_mask`` (
 pads read as tokens), model types known to read pad positions (`PADDING_DEPENDENT`: ConvBERT,
 Nystromformer, YOSO; MRA with left padding), and any model for which a load-time probe finds a
 short caption's features alone differ from the same caption padded in a batch with a longer one
-(`_measure_padding`; the side in use at load, another at its first batch). Where left padding
+(`_measure_padding`: float32 within the contract's 1e-5; a second pair whose short caption is
+longer than an attention window the config declares, Doge's ``keep_window_size``:
+`declared_window`; the side in use at load, another at its first batch). Where left padding
 does so and right padding does not, batches are padded on the right instead (MRA);
 otherwise such batches run pad-free: each group of equal-length captions is its own forward,
 without pad columns, rows put back in batch order (exact, slower; logged once, and named by
@@ -288,30 +290,68 @@ class HFLanguageExtractor(Extractor):
         layer's largest feature: float rounding of other shapes). Half precision rounds too coarsely
         for a tight tolerance there, so its pad tokens are also swapped for a real token (same
         shapes, so no rounding difference: `PAD_SWAP_RTOL`; this also flags a model whose pads only
-        do not matter because their embedding is zero, as MobileBERT's). A difference: why."""
+        do not matter because their embedding is zero, as MobileBERT's). The probe pairs: the short
+        `_PROBE_CAPTIONS`, and where the config declares an attention window shorter than
+        ``max_length`` (`declared_window`: Doge's ``keep_window_size``), a pair whose short caption
+        is longer than it (`_window_probe`). A difference: why."""
         half = self.spec.dtype != "float32"
+        pairs: list[tuple[tuple[str, str], str]] = [(_PROBE_CAPTIONS, "")]
+        window = self._window_probe()
+        if window is not None:
+            pairs.append(window)
+        for captions, note in pairs:
+            for name, d_len, d_swap in self._padding_differences(side, captions, half):
+                if d_len > PAD_PROBE_RTOL[half] or d_swap > PAD_SWAP_RTOL:
+                    swap = f" (pad tokens swapped for a real one: {d_swap:.2g})" if half else ""
+                    return (f"at load, a caption padded on the {side} changed its {name!r} features by {d_len:.2g} of "
+                            f"their largest value{swap}{note}")
+        return None
+
+    def _padding_differences(self, side: str, captions: tuple[str, str], half: bool) -> list[tuple[str, float, float]]:
+        """Per layer (name, d_len, d_swap): how much the first caption's pooled features padded on
+        ``side`` in a batch with the second (longer) one differ from them alone (d_len), and from the
+        same batch with its pads swapped for a real token (d_swap; ``half`` only, else 0), each
+        relative to the layer's largest feature alone. [] when both fill ``max_length`` (no pad)."""
         saved = getattr(self.tokenizer, "padding_side", "right")
         if side != self.padding_side:  # at load only (`_padding_probe`): no prepare thread runs yet
             self.tokenizer.padding_side = side
         try:
             with probe_errors(self.spec, f"the padding probe ({side} padding)"):
-                pair = self.prepare(list(_PROBE_CAPTIONS))
+                pair = self.prepare(list(captions))
                 if not bool((pair.attention_mask[0] == 0).any()):
-                    return None  # both captions fill max_length: nothing to compare
+                    return []  # both captions fill max_length: nothing to compare
                 padded = self._forward_padded(pair, with_nll=False).layers
-                alone = self._forward_padded(self.prepare(list(_PROBE_CAPTIONS[:1])), with_nll=False).layers
+                alone = self._forward_padded(self.prepare(list(captions[:1])), with_nll=False).layers
                 swapped = self._forward_padded(_pads_swapped(pair), with_nll=False).layers if half else padded
         finally:
             if self.tokenizer.padding_side != saved:
                 self.tokenizer.padding_side = saved
+        out = []
         for name, p, a, w in zip(self.layer_names, padded, alone, swapped):
             scale = max(float(np.abs(a[0]).max()), 1e-6)
-            d_len, d_swap = float(np.abs(p[0] - a[0]).max()) / scale, float(np.abs(w[0] - p[0]).max()) / scale
-            if d_len > PAD_PROBE_RTOL[half] or d_swap > PAD_SWAP_RTOL:
-                swap = f" (pad tokens swapped for a real one: {d_swap:.2g})" if half else ""
-                return (f"at load, a caption padded on the {side} changed its {name!r} features by {d_len:.2g} of "
-                        f"their largest value{swap}")
-        return None
+            out.append((name, float(np.abs(p[0] - a[0]).max()) / scale, float(np.abs(w[0] - p[0]).max()) / scale))
+        return out
+
+    def _window_probe(self) -> tuple[tuple[str, str], str] | None:
+        """A probe pair for the attention window the model's config declares (`declared_window`), and
+        the note a refusal adds: a short caption of more tokens than the window (as fed: prompt and
+        special tokens included) and a longer one. None without a window, or where no padded caption
+        can be longer than it (window + 1 >= ``max_length``: a longer caption fills max_length and
+        gets no pad), or no caption of the probe's words fits between the two."""
+        window = declared_window(getattr(self.model, "config", None))
+        if window is None or window[1] + 1 >= self.spec.max_length:
+            return None
+        field, size = window
+        with self._tokenizing:
+            k = _fewest_words(lambda n: self._probe_tokens(n) > size)
+            n_tokens = self._probe_tokens(k)
+        if not size < n_tokens < self.spec.max_length:
+            return None
+        return (_probe_words(k), _probe_words(2 * k + 1)), f" (a caption of {n_tokens} tokens, longer than its {field} of {size})"
+
+    def _probe_tokens(self, n_words: int) -> int:
+        """Tokens of `_probe_words` (``n_words``) as fed to the model: prompt and special tokens, untruncated."""
+        return len(self.tokenizer(self.spec.format_text(_probe_words(n_words)), truncation=False)["input_ids"])
 
     def prepare(self, items: Sequence[str]) -> PreparedText:
         fitted = self.fitted(items)
@@ -426,9 +466,51 @@ PADDING_DEPENDENT: dict[str, tuple[str, ...]] = {
 }
 #: `_measure_padding` tolerances, relative to a layer's largest feature: padded vs alone (float32,
 #: half precision), and pads swapped for a real token (half precision only).
-PAD_PROBE_RTOL = (1e-4, 5e-2)
+#: Float32: the padding contract's 1e-5 (rounding of other shapes measured at most 4.6e-7 over 27
+#: tiny families and the extraction tests' probes, CPU; 1e-4 let MobileBERT's leak of a small non-zero pad embedding, ~4e-5, through).
+PAD_PROBE_RTOL = (1e-5, 5e-2)
 PAD_SWAP_RTOL = 1e-3
 _PROBE_CAPTIONS = ("a", "two cats sleeping on a long sofa in the sun")
+#: Config fields that declare how many keys a token attends to once a sequence is longer (Doge's
+#: ``keep_window_size``: the keys of largest dynamic weight; sliding-window and local attention):
+#: a caption within the window never shows whether padding changes what is kept (`declared_window`).
+WINDOW_FIELDS = ("keep_window_size", "sliding_window", "local_attention", "attention_window")
+
+
+def declared_window(config: Any) -> tuple[str, int] | None:
+    """(field, size) of the smallest attention window ``config`` declares (`WINDOW_FIELDS`; a list
+    of per-layer sizes counts its smallest), None when it declares none (unset, null or not a
+    positive integer)."""
+    found = []
+    for name in WINDOW_FIELDS:
+        value = getattr(config, name, None)
+        for size in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+                found.append((size, name))
+    if not found:
+        return None
+    size, name = min(found)
+    return name, size
+
+
+def _probe_words(n: int) -> str:
+    """The first ``n`` words of the long probe caption repeated (``n`` >= 1)."""
+    words = _PROBE_CAPTIONS[1].split()
+    return " ".join(words[i % len(words)] for i in range(n))
+
+
+def _fewest_words(enough: Callable[[int], bool], limit: int = 1 << 20) -> int:
+    """The smallest ``n`` >= 1 with ``enough(n)``, for ``enough`` that turns true as ``n`` grows and
+    stays true (token counts of longer texts): doubling, then a binary search (``limit``: the most
+    tried, returned when nothing smaller is enough)."""
+    hi = 1
+    while not enough(hi) and hi < limit:
+        hi *= 2
+    lo = hi // 2  # not enough (or 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return hi
 _LOG = logging.getLogger("prh.extract")
 
 

@@ -8,7 +8,8 @@
   ``torch.manual_seed(spec.seed)`` on the CPU in float32 (so the same seed gives the same weights on
   any device and dtype), inside ``torch.random.fork_rng`` (the caller's RNG is untouched).
   Language: tokenizer from ``spec.tokenizer``, or a file-free byte-level ``ByT5Tokenizer()`` when
-  None; ``vocab_size`` and the pad/bos/eos ids default to the tokenizer's. Vision: a default
+  None; ``vocab_size`` and the pad/bos/eos ids default to the tokenizer's, and no class-default
+  special-token id is left outside the vocabulary (`_ids_inside_vocabulary`). Vision: a default
   ``ViTImageProcessorPil`` (resize to S x S bilinear, rescale 1/255, mean/std 0.5), S =
   ``spec.image_size`` or the config's ``image_size`` (224 if it has none); with ``crop_pct``, the
   shorter side resized to ``floor(S / crop_pct)`` (bilinear) and the central S x S kept.
@@ -319,20 +320,59 @@ def _config_class(spec: ModelSpec) -> type:
 
 
 def _build_config(spec: ModelSpec, cls: type, tokenizer: Any | None) -> Any:
+    """``cls(**spec.config)``, with the vocabulary size and the pad/bos/eos ids of ``tokenizer`` where
+    the config does not name them, and no default special-token id outside the vocabulary
+    (`_ids_inside_vocabulary`); ``tokenizer`` None: before it loads (modality and causal-LM probe)."""
     kwargs = dict(spec.config)
+    subs = getattr(cls, "sub_configs", None) or {}
+    text, text_cls = kwargs, cls  # the vocabulary belongs to the text tower of a two-tower config (CLIPConfig)
+    if "text_config" in subs and (tokenizer is not None or isinstance(kwargs.get("text_config"), dict)):
+        text = kwargs["text_config"] = dict(kwargs.get("text_config") or {})
+        text_cls = subs["text_config"]
     if tokenizer is not None:
-        text = kwargs  # the vocabulary belongs to the text tower of a two-tower config (CLIPConfig)
-        if "text_config" in (getattr(cls, "sub_configs", None) or {}):
-            text = kwargs["text_config"] = dict(kwargs.get("text_config") or {})
         text.setdefault("vocab_size", len(tokenizer))
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):  # None where the tokenizer has none
             text.setdefault(key, getattr(tokenizer, key, None))
+    if isinstance(text_cls, type):
+        _ids_inside_vocabulary(text_cls, text, tokenizer)
     try:
         config = cls(**kwargs)
     except (TypeError, ValueError, StrictDataclassError) as exc:
         raise ModelInputError(spec.name, spec.id, f"config {spec.config} is not valid for {spec.id}: {_first_line(exc)}") from exc
     _refuse_unknown_keys(spec, config)
     return config
+
+
+def _ids_inside_vocabulary(cls: type, kwargs: dict[str, Any], tokenizer: Any | None) -> None:
+    """Set in ``kwargs`` (the arguments ``cls`` is built from) each special-token id (``*_token_id``)
+    that they do not name and whose class default lies outside the vocabulary they give
+    (``vocab_size``, else the class default): to the tokenizer's id of that name where it has one
+    inside the vocabulary, else None. GPT-2's default bos/eos 50256 with a vocabulary of 400, or
+    ModernBERT's cls/sep 50281/50282 with the byte-level tokenizer's 384 tokens, made transformers
+    warn that they lie outside it. Only an id that cannot name a row of the embedding table
+    changes (no default inside the vocabulary, as a ``padding_idx`` is, moves): the weights and the
+    features stay as they were (the forward of these models reads no such id)."""
+    defaults = {name: p.default for name, p in _signature_parameters(cls).items()}
+    vocab = kwargs.get("vocab_size", defaults.get("vocab_size"))
+    if not isinstance(vocab, int) or isinstance(vocab, bool):
+        return
+    for name, default in defaults.items():
+        if not name.endswith("_token_id") or name in kwargs or not _int(default) or 0 <= default < vocab:
+            continue
+        own = getattr(tokenizer, name, None) if tokenizer is not None else None
+        kwargs[name] = own if _int(own) and 0 <= own < vocab else None
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _signature_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The keyword parameters of a config class's constructor (none where it has no signature)."""
+    try:
+        return dict(inspect.signature(cls).parameters)
+    except (TypeError, ValueError):
+        return {}
 
 
 def _refuse_unknown_keys(spec: ModelSpec, config: Any) -> None:

@@ -185,3 +185,53 @@ def test_an_absolute_path_outside_the_image_folder_is_still_refused_and_its_imag
     result = load_paired_dataset(folder)
     assert result.n_valid == 2
     assert sorted(_reasons(result), key=str) == sorted([(2, "image_path_unsafe"), (None, "text_missing")], key=str)
+
+
+def _outside_row_detail(result) -> str:
+    (detail,) = [r["detail"] for r in result.rejected.to_pylist() if r["reason"] == "image_path_unsafe"]
+    return detail
+
+
+def test_an_absolute_path_outside_a_table_advises_image_root(tmp_path):
+    _images(tmp_path / "outside")
+    names = _images(tmp_path / "ds")
+    (tmp_path / "ds" / "pairs.csv").write_text(f"image,text\n{names[0]},a\n{names[1]},b\n{tmp_path}/outside/{names[2]},c\n")
+    detail = _outside_row_detail(load_paired_dataset(tmp_path / "ds" / "pairs.csv"))
+    assert "lies outside the dataset folder" in detail and "set image_root to a folder that holds the images" in detail
+
+
+def test_an_absolute_path_outside_an_image_folder_gives_advice_that_works_for_a_folder(tmp_path):
+    """A folder with a metadata table refuses image_root: the refusal of an absolute path outside it
+    advised setting image_root all the same. It names what works (the table given as the path,
+    with image_root), and that advice does work."""
+    _images(tmp_path / "outside")
+    folder = tmp_path / "ds"
+    names = _images(folder)
+    rows = [f"{folder}/{names[0]},a", f"{folder}/{names[1]},b", f"{tmp_path}/outside/{names[2]},c"]
+    (folder / "metadata.csv").write_text("file_name,text\n" + "\n".join(rows) + "\n")
+    detail = _outside_row_detail(load_paired_dataset(folder))
+    assert "lies outside the dataset folder" in detail and "set image_root to" not in detail
+    assert detail.endswith("image_root applies to a table, not to a folder: give its metadata.csv itself as the dataset "
+                           "path, with image_root a folder that holds the images and image_column 'file_name')")
+    with pytest.raises(ValueError, match="image_root applies to a table"):
+        load_paired_dataset(folder, image_root=tmp_path)
+    followed = DatasetParams(kind="path", path=str(folder / "metadata.csv"), image_root=str(tmp_path), image_column="file_name")
+    assert publish_dataset(followed, str(tmp_path / "store"))["catalog"]["n_samples"] == 3
+
+
+def test_an_absolute_path_outside_a_hugging_face_dataset_does_not_advise_image_root(tmp_path):
+    """A `kind: huggingface` dataset takes no image_root (`DatasetParams` refuses it): the refusal
+    says where such a dataset's images may be instead."""
+    from tasks.data.hf_datasets import load_hf_dataset
+
+    _images(tmp_path / "outside")
+    folder = tmp_path / "hf"
+    names = _images(folder / "data")
+    paths = [names[0], names[1], f"{tmp_path}/outside/{names[2]}"]
+    pq.write_table(pa.table({"image": paths, "text": ["a", "b", "c"]}), folder / "data" / "train-00000-of-00001.parquet")
+    result, _ = load_hf_dataset(str(folder))
+    detail = _outside_row_detail(result)
+    assert "lies outside the dataset folder" in detail and "image_root" not in detail.replace("takes no image_root", "")
+    assert "takes no image_root" in detail and "image bytes" in detail
+    with pytest.raises(ValueError, match="image_root applies to kind 'path' only"):
+        DatasetParams(kind="huggingface", path=str(folder), image_root=str(tmp_path))

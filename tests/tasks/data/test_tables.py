@@ -729,7 +729,7 @@ def test_an_image_file_larger_than_any_image_within_the_pixel_limit_is_refused_u
     (folder / "huge.txt").write_text("not an image at all")
     read = []
     real = tables.read_linked_image_file
-    monkeypatch.setattr(tables, "read_linked_image_file", lambda root, rel, links=None: read.append(rel) or real(root, rel, links))
+    monkeypatch.setattr(tables, "read_linked_image_file", lambda root, rel, *rest: read.append(rel) or real(root, rel, *rest))
 
     result = load_paired_dataset(folder, max_image_pixels=1_000)
     rejected = result.rejected.to_pylist()
