@@ -307,6 +307,8 @@ class RowTable:
         self.rows += len(rows)
         if not kept:
             return
+        if self._captions_mixed():  # a string beside lists is a list of one (earlier batches: finish)
+            kept = [{**row, text: [row[text]]} if isinstance(row.get(text), str) else row for row in kept]
         if any(lone_surrogate(row.get(text)) for row in kept):  # captions as their (invalid) UTF-8 bytes
             self.binary_text = True
             kept = [{**row, text: _utf8_bytes(row[text])} if text in row else row for row in kept]
@@ -334,12 +336,32 @@ class RowTable:
             hint = "" if (self.columns.image, self.columns.text) != ("image", "text") else " (name others with image_column / text_column; --image-column / --text-column on the command line)"
             raise ValueError(f"dataset file {self.where!r}: no row has the required key(s) {missing}; keys read: "
                              f"{sorted(self.first_keys)[:20]}{hint}")
-        batches = [self._text_as_bytes(batch) for batch in self.batches] if self.binary_text else self.batches
+        batches = [self._text_as_lists(batch) for batch in self.batches] if self._captions_mixed() else self.batches
+        batches = [self._text_as_bytes(batch) for batch in batches] if self.binary_text else batches
         try:  # a key missing from a batch, or null in all its rows, takes the type of the others
             table = pa.concat_tables(batches, promote_options="permissive")
         except (pa.ArrowException, TypeError) as exc:
             raise ValueError(f"dataset file {self.where!r}: {self._mixed_key()} ({exc})") from exc
         return self.columns.canonical(table.select([name for name in self.wanted if name in self.present]))
+
+    def _captions_mixed(self) -> bool:
+        """Whether the caption key holds a string in some row and an array (a list of captions) in
+        another so far: each string is then read as a list of one caption, which the ``captions``
+        policy takes as any list (a caption of another JSON type is still refused: `_mixed_key`)."""
+        return {"string", "array"} <= self.kinds.get(self.columns.text, {}).keys()
+
+    def _text_as_lists(self, batch: pa.Table) -> pa.Table:
+        """``batch`` with its single captions (text, or the UTF-8 bytes of one with a lone
+        surrogate) as lists of one, a null caption staying null, as a batch kept after the first
+        list has them; a batch of lists (or without captions) as it is."""
+        name = self.columns.text
+        if name not in batch.column_names:
+            return batch
+        kind = batch.schema.field(name).type
+        if not (pa.types.is_string(kind) or pa.types.is_binary(kind)):
+            return batch
+        lists = pa.array([None if value is None else [value] for value in batch.column(name).to_pylist()], pa.list_(kind))
+        return batch.set_column(batch.column_names.index(name), name, lists)
 
     def _text_as_bytes(self, batch: pa.Table) -> pa.Table:
         """``batch`` with its text captions (or lists of them) as their UTF-8 bytes, as a batch
@@ -359,7 +381,9 @@ class RowTable:
     def _mixed_key(self) -> str:
         """Which wanted key's values mix JSON types, and where each kind is first met."""
         for name in [name for name in self.wanted if name in self.present]:
-            kinds = self.kinds.get(name, {})
+            kinds = dict(self.kinds.get(name, {}))
+            if name == self.columns.text and self._captions_mixed():  # strings and lists go together
+                del kinds[max(("string", "array"), key=kinds.__getitem__)]
             if len(kinds) > 1:
                 (first, at_first), (second, at) = sorted(kinds.items(), key=lambda item: item[1])[:2]
                 return f"key {name!r} mixes JSON {first} ({self.label(at_first)}) and {second} ({self.label(at)}) values"

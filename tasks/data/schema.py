@@ -32,6 +32,7 @@ __all__ = [
     "MAX_CAPTION_CHARS",
     "MAX_ID_LENGTH",
     "SAFE_ID_PATTERN",
+    "byte_order_mark",
     "caption_problem",
     "id_problem",
     "is_safe_id",
@@ -99,13 +100,30 @@ def caption_problem(text: str) -> str | None:
     return None
 
 
+#: Byte-order marks of the Unicode encodings other than UTF-8, longest first: UTF-32 LE's
+#: (``FF FE 00 00``) starts with UTF-16 LE's (``FF FE``), so it is looked for first.
+_BYTE_ORDER_MARKS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+                     (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+
+
+def byte_order_mark(raw: bytes) -> tuple[str, str] | None:
+    """``(encoding, mark)`` for bytes ``raw`` that start with the byte-order mark of UTF-16 or
+    UTF-32 (either byte order), the mark as hex bytes: ``("UTF-32", "FF FE 00 00")``; None
+    otherwise (a UTF-8 BOM included: that is UTF-8)."""
+    for mark, encoding in _BYTE_ORDER_MARKS:
+        if raw.startswith(mark):
+            return encoding, mark.hex(" ").upper()
+    return None
+
+
 def not_utf8_problem(raw: bytes, error: UnicodeDecodeError) -> str:
-    """What is wrong with caption bytes ``raw`` that ``error`` says are not UTF-8: UTF-16 named by
-    its byte-order mark (what Notepad's "Unicode" and spreadsheets' "Unicode text" save), else the
-    decoder's reason and byte offset."""
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return (f"is UTF-16 encoded (it starts with the byte-order mark {raw[:2].hex(' ').upper()}), not UTF-8: "
-                "save it as UTF-8")
+    """What is wrong with caption bytes ``raw`` that ``error`` says are not UTF-8: UTF-16 or UTF-32
+    named by its byte-order mark (UTF-16 is what Notepad's "Unicode" and spreadsheets' "Unicode
+    text" save), else the decoder's reason and byte offset."""
+    found = byte_order_mark(raw)
+    if found is not None:
+        encoding, mark = found
+        return f"is {encoding} encoded (it starts with the byte-order mark {mark}), not UTF-8: save it as UTF-8"
     return f"is not valid UTF-8 ({error.reason} at byte {error.start})"
 
 

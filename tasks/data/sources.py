@@ -14,10 +14,15 @@ Parquet table (``.parquet``, ``.pq``)
 CSV table (``.csv``; ``.tsv`` with tabs)
     A header row naming ``image`` and ``text`` (optionally ``sample_id``, ``image_id``); ``image``
     is a path relative to the table's folder. A ``.csv`` whose header has no comma but semicolons
-    is read at semicolons (a spreadsheet's CSV where decimal commas are written). A column not
+    is read at semicolons (a spreadsheet's CSV where decimal commas are written), and so is one
+    whose header's every comma lies inside a quoted name of a header well-formed at semicolons
+    (``image;"caption, en"``); a comma outside quotes keeps it comma-separated. A first line
+    ``sep=X`` (Excel's ``sep=;``, ``sep=,``, ``sep=<tab>``; any suffix) declares the separator
+    ``X`` and is not the header (rows keep their line numbers). A column not
     read may be named twice (empty header cells right of the data: ``image,text,,``). Fields
     that are not valid UTF-8 are kept as bytes so that only their row is rejected. A UTF-8
-    byte-order mark is skipped; blank lines are not rows. A field may be up to 64 MiB (Python's
+    byte-order mark is skipped; a UTF-16 or UTF-32 one refuses the file, naming the encoding
+    (as it does a JSON Lines table or JSON document); blank lines are not rows. A field may be up to 64 MiB (Python's
     ``csv`` default of 128 KiB is raised, so that an over-long caption rejects its row, not the
     file); a longer one makes the file unreadable, with the line number. Quotes are read strictly: a quoted field left open to the
     end of the file, or text after a closing quote, makes the file unreadable (naming the line)
@@ -37,10 +42,16 @@ JSON document (``.json``)
     captions, ``sample_id`` the image id), a Karpathy split file (``dataset_coco.json``: the
     same, for the images of one ``split``) or an array of row objects with the table layout's
     fields (:mod:`tasks.data.json_tables`).
+    In JSON Lines and JSON rows, a caption key that is a string in some rows and a list of strings
+    in others reads each string as a list of one (so ``captions: all`` names its row ``ID-0``, as
+    any list's); a caption of another JSON type (a number, an object) beside them refuses the
+    file, naming both lines (elements).
 Folder with a metadata table (the Hugging Face ImageFolder convention)
     A folder holding ``metadata.jsonl``, ``metadata.csv`` or ``metadata.parquet`` (exactly one):
     that table is read as above, image paths relative to the folder (subfolders allowed); its
-    image column defaults to ``file_name`` (the convention) when it has no ``image`` column. Image
+    image column defaults to ``file_name`` (the convention) when it has no ``image`` column, also
+    when the table itself is given as the dataset path (the same rows either way, for each of the
+    three; only its folder's reading reports images it does not name). Image
     files anywhere under the folder that the table does not name are reported (``text_missing``);
     the table may name them by absolute paths inside the folder.
 Folder of images with captions
@@ -82,7 +93,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
-from tasks.data.schema import MAX_ID_LENGTH, id_problem, not_utf8_problem
+from tasks.data.schema import MAX_ID_LENGTH, byte_order_mark, id_problem, not_utf8_problem
 
 __all__ = [
     "ColumnMap",
@@ -201,7 +212,8 @@ def read_records(path: Path, columns: ColumnMap | None = None, limit: int | None
         return read_shards(list(layout.files), columns, limit), path
     if layout.kind == "folder":
         return _read_folder(path, limit, columns.captions), path
-    return _read_table(path, columns, limit, split), path.parent
+    # a folder's metadata table given itself reads as its folder does: file_name for its image column
+    return _read_table(path, effective_columns(path, columns), limit, split), path.parent
 
 
 def check_dataset_path(path: Path) -> None:
@@ -317,6 +329,13 @@ def _metadata_table(folder: Path) -> Path | None:
 
 def _read_table(path: Path, columns: ColumnMap, limit: int | None = None, split: str | None = None) -> list[RawRecord]:
     suffix = path.suffix.lower()
+    if suffix in (*_JSONL_SUFFIXES, ".json"):
+        try:
+            with path.open("rb") as handle:
+                head = handle.read(4)
+        except OSError as exc:
+            raise ValueError(f"dataset table {str(path)!r} cannot be read: {exc}") from exc
+        _refuse_another_unicode_encoding(path, head)
     if suffix in _CSV_DELIMITERS:
         return _read_csv(path, _CSV_DELIMITERS[suffix], columns, limit)
     if suffix in _PARQUET_SUFFIXES:
@@ -330,6 +349,20 @@ def _read_table(path: Path, columns: ColumnMap, limit: int | None = None, split:
     else:
         raise _unsupported_file(path)
     return records_with_captions(table, str(path), columns.captions, columns=columns)
+
+
+def _refuse_another_unicode_encoding(path: Path, head: bytes, kind: str = "") -> None:
+    """``ValueError`` naming the text table at ``path`` when its first bytes ``head`` (4 are enough)
+    are the byte-order mark of UTF-16 (a spreadsheet's 'Unicode text' export, Notepad's "Unicode")
+    or UTF-32: named with the mark, where the UTF-8 readers said "invalid start byte" (JSON) or, for a
+    UTF-32 CSV, "UTF-16". ``kind``: what to save it as (``CSV``)."""
+    found = byte_order_mark(head)
+    if found is None:
+        return
+    encoding, mark = found
+    export = "; a spreadsheet's 'Unicode text' export" if encoding == "UTF-16" and kind == "CSV" else ""
+    raise ValueError(f"dataset table {str(path)!r} is {encoding} encoded (it starts with the byte-order mark {mark}"
+                     f"{export}), not UTF-8: save it as UTF-8{' ' + kind if kind else ''}")
 
 
 def _unsupported_file(path: Path) -> ValueError:
@@ -824,17 +857,16 @@ def _read_csv(path: Path, delimiter: str, columns: ColumnMap, limit: int | None 
         raw = path.read_bytes()
     except OSError as exc:
         raise ValueError(f"dataset table {str(path)!r} cannot be read: {exc}") from exc
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 (and UTF-32 LE) byte-order marks
-        raise ValueError(f"dataset table {str(path)!r} is UTF-16 encoded (a spreadsheet's 'Unicode text' export); "
-                         "save it as UTF-8 CSV")
+    _refuse_another_unicode_encoding(path, raw[:4], "CSV")
     # surrogateescape keeps bytes that are not UTF-8 so they can be reported row by row.
     text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     # Process-wide setting; only ever raised, so concurrent readers see a limit at least this big.
     csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
     # strict: a quote left open (or text after a closing quote) is an error, not a field that
     # silently swallows the rows after it
-    delimiter = _csv_delimiter(io.StringIO(text, newline=""), delimiter)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    handle = io.StringIO(text, newline="")
+    delimiter, skipped = _csv_separator(handle, delimiter)  # skipped: a sep= line, before the header
+    reader = csv.reader(handle, delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -848,10 +880,10 @@ def _read_csv(path: Path, delimiter: str, columns: ColumnMap, limit: int | None 
 
     records: list[RawRecord] = []
     row = 0
-    start = reader.line_num + 1  # first physical line of the next record (a quoted field may span lines)
+    start = skipped + reader.line_num + 1  # first physical line of the next record (a quoted field may span lines)
     try:
         for fields in reader:
-            line, start = start, reader.line_num + 1
+            line, start = start, skipped + reader.line_num + 1
             if not fields:  # a blank line is not a row
                 continue
             if limit is not None and row >= limit:
@@ -878,28 +910,73 @@ def _read_csv(path: Path, delimiter: str, columns: ColumnMap, limit: int | None 
             raise ValueError(f"dataset table {str(path)!r} is not valid CSV: the quoted field of the record starting on line "
                              f"{start} is never closed (a stray '\"'? a quote inside a quoted field is written '\"\"')") from exc
         raise ValueError(
-            f"dataset table {str(path)!r} is not valid CSV near line {reader.line_num}: {exc} (a quote inside a quoted "
+            f"dataset table {str(path)!r} is not valid CSV near line {skipped + reader.line_num}: {exc} (a quote inside a quoted "
             "field is written '\"\"')"
         ) from exc
     _refuse_an_empty_id_column(path, records)
     return records
 
 
-def _csv_delimiter(text: io.TextIOBase, delimiter: str) -> str:
+#: Excel's first line declaring a CSV's separator (``sep=;``, ``sep=,``, ``sep=<tab>``): one
+#: character, not a quote; the line is not the header.
+_DECLARED_SEPARATOR = re.compile(r'sep=([^"\r\n])(?:\r\n|\n|\r)?')
+#: Longest header line the quoted-header rule of :func:`_csv_delimiter` reads (characters).
+_HEADER_LINE_LIMIT = 1 << 16
+#: A CSV field as a writer makes it, at semicolons: quoted whole (``""`` for a quote inside), or
+#: without quotes and semicolons; a header line of two or more such fields.
+_QUOTED_FIELD = r'"(?:[^"]|"")*"'
+_SEMICOLON_HEADER = re.compile(rf'(?:{_QUOTED_FIELD}|[^";\r\n]*)(?:;(?:{_QUOTED_FIELD}|[^";\r\n]*))+')
+
+
+def _csv_separator(handle: io.TextIOBase, delimiter: str) -> tuple[str, int]:
+    """How to read the CSV/TSV text of ``handle`` (at its start, a UTF-8 BOM already taken off):
+    its separator and the number of lines before its header. A first line ``sep=X`` (Excel's)
+    declares the separator ``X``, whatever the suffix, and is skipped: ``(X, 1)``, ``handle``
+    left after it. Otherwise ``(_csv_delimiter(...), 0)`` (``delimiter``: the suffix's), ``handle``
+    back at its start."""
+    first = handle.readline(_HEADER_LINE_LIMIT)
+    declared = _DECLARED_SEPARATOR.fullmatch(first)
+    if declared is not None:
+        return declared.group(1), 1
+    handle.seek(0)
+    found = _csv_delimiter(handle, delimiter, first)
+    handle.seek(0)
+    return found, 0
+
+
+def _csv_delimiter(text: io.TextIOBase, delimiter: str, first_line: str = "") -> str:
     """``delimiter``, or ``;`` for a comma-separated table (``delimiter`` ``,``) whose header row
-    (the first record of ``text``, read from its start) has no comma and splits at semicolons: a
-    spreadsheet's CSV in locales that write decimal commas. A header with a comma stays
-    comma-separated (a column named ``a;b`` and others); so does one that is not CSV (its
-    reader says why)."""
+    (the first record of ``text``, read from its start; ``first_line``: its first physical line,
+    with its line end) is a spreadsheet's semicolon CSV (locales that write decimal commas):
+    it has no comma and splits at semicolons; or its every comma lies inside a quoted field of
+    two or more well-formed fields at semicolons (:func:`_semicolons_quote_its_commas`:
+    ``image;"caption, en"``, which read at commas leaves quotes inside unquoted fields). A header
+    with a comma outside quotes stays comma-separated (a column named ``a;b`` and others); so does
+    one that is not CSV (its reader says why)."""
     if delimiter != ",":
         return delimiter
     try:
         header = next(csv.reader(text, delimiter=","), [])
+        # (a quoted name holding a line break is no semicolon header: csv refuses it as one line)
+        if len(header) == 1 and len(next(csv.reader([header[0]], delimiter=";"), [])) > 1:
+            return ";"
     except csv.Error:  # a quote opened at its start and never closed, past the field limit
         return delimiter
-    if len(header) == 1 and len(next(csv.reader([header[0]], delimiter=";"), [])) > 1:
-        return ";"
-    return delimiter
+    return ";" if _semicolons_quote_its_commas(first_line) else delimiter
+
+
+def _semicolons_quote_its_commas(line: str) -> bool:
+    """Whether a header ``line`` (one physical line, with or without its line end) is two or more
+    fields at semicolons, each quoted whole or free of quotes (as a CSV writer makes them), with
+    every comma inside a quoted one: read at commas, such a header splits quoted names and leaves
+    quotes inside unquoted fields, which no writer makes. False for a line cut at
+    ``_HEADER_LINE_LIMIT`` or a quoted name that goes on to the next line."""
+    if len(line) >= _HEADER_LINE_LIMIT and not line.endswith(("\n", "\r")):
+        return False
+    line = line.removesuffix("\n").removesuffix("\r")
+    if "," not in line or _SEMICOLON_HEADER.fullmatch(line) is None:
+        return False
+    return "," not in re.sub(_QUOTED_FIELD, "", line)
 
 
 def _refuse_an_empty_id_column(path: Path, records: list[RawRecord]) -> None:
@@ -975,9 +1052,10 @@ def _column_names(path: Path) -> list[str]:
 
                 return json_lines_keys(path)
         # utf-8-sig: a BOM is no part of the first name, nor before its quote ('\ufeff"image"' read as '"image"')
+        with path.open("rb") as raw:
+            _refuse_another_unicode_encoding(path, raw.read(4), "CSV")  # the words of the table's reader
         with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
-            delimiter = _csv_delimiter(handle, _CSV_DELIMITERS[path.suffix.lower()])
-            handle.seek(0)
+            delimiter, _ = _csv_separator(handle, _CSV_DELIMITERS[path.suffix.lower()])
             return [name.strip() for name in next(csv.reader(handle, delimiter=delimiter), [])]
     except (pa.ArrowException, OSError, csv.Error):
         return []  # the table's reader reports it

@@ -18,7 +18,8 @@ caption and a bad image is reported once, for the caption; the image is then not
                             that is a symbolic-link loop), or one the folder's metadata table
                             does not name
 ``text_path_unsafe``        (folder) a caption file that links outside the folder
-``text_not_utf8``           the caption bytes are not valid UTF-8, or the caption holds a lone
+``text_not_utf8``           the caption bytes are not valid UTF-8 (UTF-16 or UTF-32 named by its
+                            byte-order mark), or the caption holds a lone
                             UTF-16 surrogate (JSON's ``"\\ud83d"``: half of an emoji cut off)
 ``text_empty``              null, empty or whitespace-only caption (after stripping), or one made
                             only of invisible format characters (zero-width space, BOM, joiners)
@@ -74,7 +75,7 @@ import pyarrow as pa
 
 from tasks.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageProblem, check_image, read_image_file
 from tasks.data.schema import DATASET_SCHEMA, MAX_CAPTION_CHARS, caption_problem, id_problem, not_utf8_problem, validate_table
-from tasks.data.sources import METADATA_FILES, ColumnMap, RawRecord, effective_columns, path_exists, read_records
+from tasks.data.sources import METADATA_FILES, ColumnMap, RawRecord, path_exists, read_records
 
 __all__ = ["REJECTED_SCHEMA", "LoadResult", "Reason", "load_paired_dataset"]
 
@@ -389,24 +390,22 @@ def load_paired_dataset(
     if image_root is not None:
         root = checked_image_root(source, image_root)
     return validate_records(records, root, str(source), max_image_pixels=max_image_pixels, min_valid_rows=min_valid_rows,
-                            outside_advice=outside_advice(source, columns))
+                            outside_advice=outside_advice(source))
 
 
-def outside_advice(source: Path, columns: ColumnMap | None = None) -> str:
-    """What the user of the dataset at ``source`` (read with ``columns``) can do about an image path
-    outside its folder (``read_image_file``'s ``outside_advice``): a table file takes ``image_root``;
-    a folder does not (`checked_image_root`), but its metadata table given itself as the dataset path
-    does, read with the image column the folder's reading used (``file_name`` by default there,
-    ``image`` for a table: `effective_columns`)."""
+def outside_advice(source: Path) -> str:
+    """What the user of the dataset at ``source`` can do about an image path outside its folder
+    (``read_image_file``'s ``outside_advice``): a table file takes ``image_root``; a folder does not
+    (`checked_image_root`), but its metadata table given itself as the dataset path does, read with
+    the image column the folder's reading uses (``file_name`` by default: `effective_columns`, for
+    the folder and for the table alike), so the same columns serve."""
     if not source.is_dir():
         return "set image_root to a folder that holds the images"
     table = next((name for name in METADATA_FILES if (source / name).is_file()), None)
     if table is None:  # a folder of images with .txt captions names no path: nothing to advise
         return ""
-    image = effective_columns(source, columns).image
-    column = f" and image_column {image!r}" if image != ColumnMap().image else ""
     return (f"image_root applies to a table, not to a folder: give its {table} itself as the dataset path, with "
-            f"image_root a folder that holds the images{column}")
+            "image_root a folder that holds the images")
 
 
 def checked_image_root(source: Path, image_root: str | Path) -> Path:

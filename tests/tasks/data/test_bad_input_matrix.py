@@ -206,6 +206,11 @@ CAPTION_CASES = [
     Case("latin-1 caption", png_bytes("gray"), "café".encode("latin-1"), "text_not_utf8", "not valid UTF-8"),
     Case("UTF-16 caption with BOM", png_bytes("gray"), "a cat".encode("utf-16"), "text_not_utf8",
          "is UTF-16 encoded (it starts with the byte-order mark FF FE), not UTF-8: save it as UTF-8"),
+    # UTF-32 LE's mark starts with UTF-16 LE's (FF FE): it was named UTF-16; UTF-32 BE's was "not valid UTF-8"
+    Case("UTF-32 LE caption with BOM", png_bytes("gray"), "a cat".encode("utf-32-le").join([b"\xff\xfe\x00\x00", b""]),
+         "text_not_utf8", "is UTF-32 encoded (it starts with the byte-order mark FF FE 00 00), not UTF-8: save it as UTF-8"),
+    Case("UTF-32 BE caption with BOM", png_bytes("gray"), "a cat".encode("utf-32-be").join([b"\x00\x00\xfe\xff", b""]),
+         "text_not_utf8", "is UTF-32 encoded (it starts with the byte-order mark 00 00 FE FF), not UTF-8: save it as UTF-8"),
     Case("UTF-16 caption without BOM", png_bytes("gray"), "a cat".encode("utf-16-le"), "text_control_chars", "U+0000"),
     Case("NUL inside caption", png_bytes("gray"), b"a\x00cat", "text_control_chars", "U+0000 at character 1"),
     Case("terminal colour codes", png_bytes("gray"), b"\x1b[31mred\x1b[0m", "text_control_chars", "2 control character(s), the first U+001B"),

@@ -203,7 +203,8 @@ def test_an_absolute_path_outside_a_table_advises_image_root(tmp_path):
 def test_an_absolute_path_outside_an_image_folder_gives_advice_that_works_for_a_folder(tmp_path):
     """A folder with a metadata table refuses image_root: the refusal of an absolute path outside it
     advised setting image_root all the same. It names what works (the table given as the path,
-    with image_root), and that advice does work."""
+    with image_root), and that advice does work: the table given itself reads ``file_name`` as its
+    image column, as the folder does (the advice had to add "and image_column 'file_name'")."""
     _images(tmp_path / "outside")
     folder = tmp_path / "ds"
     names = _images(folder)
@@ -212,10 +213,10 @@ def test_an_absolute_path_outside_an_image_folder_gives_advice_that_works_for_a_
     detail = _outside_row_detail(load_paired_dataset(folder))
     assert "lies outside the dataset folder" in detail and "set image_root to" not in detail
     assert detail.endswith("image_root applies to a table, not to a folder: give its metadata.csv itself as the dataset "
-                           "path, with image_root a folder that holds the images and image_column 'file_name')")
+                           "path, with image_root a folder that holds the images)")
     with pytest.raises(ValueError, match="image_root applies to a table"):
         load_paired_dataset(folder, image_root=tmp_path)
-    followed = DatasetParams(kind="path", path=str(folder / "metadata.csv"), image_root=str(tmp_path), image_column="file_name")
+    followed = DatasetParams(kind="path", path=str(folder / "metadata.csv"), image_root=str(tmp_path))
     assert publish_dataset(followed, str(tmp_path / "store"))["catalog"]["n_samples"] == 3
 
 

@@ -110,6 +110,8 @@ def test_a_key_not_read_that_changes_type_does_not_block_the_table(folder: Path)
     ('{"image": "red.png", "text": "re\\ud800d"}\n\n[1, 2]\n', r"line 3 is a JSON list, not an object"),
     ('{"image": "red.png", "text": "re\\ud800d"}\n{"image": "blue.png", "text": 3}\n',
      r"key 'text' mixes JSON string \(line 1\) and number \(line 2\) values"),
+    ('{"image": "red.png", "text": "red"}\n{"image": "blue.png", "text": ["a"]}\n{"image": "green.png", "text": {"en": "g"}}\n',
+     r"key 'text' mixes JSON string \(line 1\) and object \(line 3\) values"),  # a list beside strings is no type error
     (b'{"image": "red.png", "text": "re\\ud800d"}\n{"image": "blue.png", \xe9"text": "x"}\n',
      r"line 2: Expecting property name enclosed in double quotes \(column 23\); the line is not UTF-8 \(invalid "
      r"continuation byte at byte 22 of the line\)"),  # a byte outside a string
@@ -119,6 +121,22 @@ def test_what_makes_the_file_unreadable_is_named_with_its_line(folder: Path, lin
     path.write_bytes(lines if isinstance(lines, bytes) else lines.encode("utf-8"))
     with pytest.raises(ValueError, match=r"bad\.jsonl'?:? .*" + message):
         load_paired_dataset(path, min_valid_rows=1)
+
+
+def test_a_caption_key_mixing_strings_and_lists_loads_a_string_as_a_list_of_one(folder: Path) -> None:
+    """pyarrow refuses a caption key that is a string on one line and a list on another, and so did
+    the line-by-line reader ("key 'text' mixes JSON string (line 1) and array (line 2) values"): a
+    string is now a list of one, whichever ``captions`` policy then applies."""
+    (folder / "pairs.jsonl").write_text('{"image": "red.png", "text": "a red square", "sample_id": "r"}\n'
+                                        '{"image": "blue.png", "text": ["a blue square", "blue"], "sample_id": "b"}\n'
+                                        '{"image": "green.png", "text": "a green square", "sample_id": "g"}\n')
+    first = load_paired_dataset(folder / "pairs.jsonl")
+    assert sorted(first.table.column("text").to_pylist()) == ["a blue square", "a green square", "a red square"]
+    every = load_paired_dataset(folder / "pairs.jsonl", columns=ColumnMap(captions="all"))
+    assert every.table.select(["sample_id", "text"]).to_pylist() == [
+        {"sample_id": "b-0", "text": "a blue square"}, {"sample_id": "b-1", "text": "blue"},
+        {"sample_id": "g-0", "text": "a green square"}, {"sample_id": "r-0", "text": "a red square"}]
+    assert load_paired_dataset(folder / "pairs.jsonl", n=2).n_valid == 2
 
 
 def test_an_image_folder_metadata_table_with_a_lone_surrogate_keeps_its_file_name_column(folder: Path) -> None:

@@ -150,6 +150,42 @@ def test_array_of_rows_with_caption_lists_as_blip_files(tmp_path: Path) -> None:
     assert sorted(r["text"] for r in every.table.to_pylist() if r["image_id"] == "g") == ["a green square", "green", "verdant"]
 
 
+def test_a_caption_key_mixing_strings_and_lists_reads_a_string_as_a_list_of_one(tmp_path: Path) -> None:
+    """Rows whose caption is a string in some and a list of strings in others (a scraper's "one
+    caption, or several") were refused whole ("key 'caption' mixes JSON string (element 0) and
+    array (element 1) values"). A string is read as a list of one: ``first`` gives the rows an
+    all-string file gives, ``all`` one row per caption (``ID-j``, as for any list)."""
+    rows = [
+        {"image": "red.png", "caption": "a red square", "sample_id": "r"},
+        {"image": "blue.png", "caption": ["a blue square", "blue"], "sample_id": "b"},
+        {"image": "green.png", "caption": "a green square", "sample_id": "g"},
+    ]
+    path = write_rows(tmp_path, rows)
+    first = load_paired_dataset(path, columns=ColumnMap(text="caption"))
+    assert table_rows(first) == [("b", "a blue square", "b"), ("g", "a green square", "g"), ("r", "a red square", "r")]
+    every = load_paired_dataset(path, columns=ColumnMap(text="caption", captions="all"))
+    assert table_rows(every) == [("b-0", "a blue square", "b"), ("b-1", "blue", "b"), ("g-0", "a green square", "g"),
+                                 ("r-0", "a red square", "r")]
+
+
+def test_captions_mixing_strings_and_lists_across_row_batches(tmp_path: Path) -> None:
+    """Rows are kept as Arrow a batch at a time (``RowTable``): strings in a batch before the first
+    list, and after it, are lists of one too; a null caption stays null (``text_empty``), and a
+    string with a lone surrogate becomes its UTF-8 bytes in a list, as a list's caption does."""
+    from tasks.data.json_tables import RowTable
+
+    table = RowTable("rows.json", ColumnMap())
+    table.add([{"image": "a.png", "text": "one"}, {"image": "b.png", "text": None}])
+    table.add([{"image": "c.png", "text": ["three", "3"]}])
+    table.add([{"image": "d.png", "text": "four"}])
+    assert table.finish().column("text").to_pylist() == [["one"], None, ["three", "3"], ["four"]]
+
+    table = RowTable("rows.json", ColumnMap())
+    table.add([{"image": "a.png", "text": "x\ud800"}])
+    table.add([{"image": "b.png", "text": ["y"]}])
+    assert table.finish().column("text").to_pylist() == [[b"x\xed\xa0\x80"], [b"y"]]
+
+
 def test_array_of_rows_with_ids_and_n(tmp_path: Path) -> None:
     rows = [{"sample_id": i, "image": f, "text": t} for i, (f, t) in
             enumerate([("red.png", "red"), ("blue.png", "blue"), ("green.png", "green")])]
@@ -173,8 +209,10 @@ def test_array_rows_missing_a_key_are_reported_not_dropped(tmp_path: Path) -> No
         ("{\"images\": []}", r"is an object with keys \['images'\]; expected a COCO captions file"),
         ("[{\"image\": \"red.png\", \"text\": \"red\"}, 3]", r"element 1 of the array is a JSON int, not an object"),
         ("[{\"picture\": \"red.png\", \"text\": \"red\"}]", r"no row has the required key\(s\) \['image'\]; keys read: \['picture', 'text'\]"),
-        ("[{\"image\": \"red.png\", \"text\": \"red\"}, {\"image\": \"blue.png\", \"text\": [\"a\"]}]",
-         r"key 'text' mixes JSON string \(element 0\) and array \(element 1\) values"),
+        ("[{\"image\": \"red.png\", \"text\": \"red\"}, {\"image\": \"blue.png\", \"text\": {\"en\": \"a\"}}]",
+         r"key 'text' mixes JSON string \(element 0\) and object \(element 1\) values"),
+        ("[{\"image\": \"red.png\", \"text\": \"red\"}, {\"image\": \"blue.png\", \"text\": [\"a\"]}, {\"image\": \"x\", \"text\": 3}]",
+         r"key 'text' mixes JSON string \(element 0\) and number \(element 2\) values"),  # a list beside strings is no type error
         ("[]", r"no row has the required key"),
     ],
 )

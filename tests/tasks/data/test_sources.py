@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pyarrow as pa
@@ -187,6 +188,69 @@ def test_a_csv_separated_by_semicolons_is_read_as_such(tmp_path):
     assert sorted(load_paired_dataset(tmp_path).table.column("text").to_pylist()) == ["blue", "red"]
     path.write_text("image;text,more\na.png;red,x\n")  # a comma in the header: read at commas, as ever
     with pytest.raises(ValueError, match=r"lacks required column\(s\) \['image', 'text'\]; it has \['image;text', 'more'\]"):
+        load_paired_dataset(path)
+
+
+def test_a_csv_whose_first_line_declares_its_separator_is_read_at_it(tmp_path):
+    """Excel's ``sep=;`` (``sep=,``, ``sep=<tab>``) first line declares the separator and is not the
+    header: such a table was refused ("lacks required column(s) ['image', 'text']; it has ['sep=',
+    '']"), by ``prh run --check`` too. Rows keep their physical lines (the header is line 2)."""
+    from tasks.data.sources import check_layout, check_table_columns
+
+    (tmp_path / "a.png").write_bytes(png_bytes("red"))
+    (tmp_path / "b.png").write_bytes(png_bytes("blue"))
+    tables = {
+        "semicolons.csv": 'sep=;\r\n"sample_id";"image";"text"\r\nr;a.png;"red, 1,5 cm"\r\nb;b.png;blue\r\nm;none.png;x\r\n',
+        "commas.csv": "sep=,\nsample_id,image,text\nr,a.png,\"red, 1,5 cm\"\nb,b.png,blue\nm,none.png,x\n",
+        "tabs.csv": "\ufeffsep=\t\nsample_id\timage\ttext\nr\ta.png\tred, 1,5 cm\nb\tb.png\tblue\nm\tnone.png\tx\n",
+        "declared.tsv": "sep=;\nsample_id;image;text\nr;a.png;red, 1,5 cm\nb;b.png;blue\nm;none.png;x\n",
+    }
+    for name, content in tables.items():
+        path = tmp_path / name
+        path.write_text(content, encoding="utf-8", newline="")
+        check_table_columns(path, check_layout(path))
+        result = load_paired_dataset(path)
+        assert result.table.select(["sample_id", "text"]).to_pylist() == [
+            {"sample_id": "b", "text": "blue"}, {"sample_id": "r", "text": "red, 1,5 cm"}], name
+        assert [(r["row"], r["detail"].split(":")[0]) for r in result.rejected.to_pylist()] == [(2, "row 2 (line 5)")], name
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for image in ("a.png", "b.png"):
+        (folder / image).write_bytes((tmp_path / image).read_bytes())
+    (folder / "metadata.csv").write_text("sep=;\nfile_name;text\na.png;red, dark\nb.png;blue\n")
+    assert sorted(load_paired_dataset(folder).table.column("text").to_pylist()) == ["blue", "red, dark"]
+
+
+def test_a_semicolon_csv_whose_quoted_header_holds_a_comma_is_read_at_semicolons(tmp_path):
+    """``image;"caption, en"`` read at commas is ``['image;"caption', ' en"']``: quotes inside
+    unquoted fields, which no CSV writer makes; at semicolons it is two clean fields, every comma
+    inside quotes. Such a header is read at semicolons (it was refused, "lacks required column(s)");
+    one with a comma outside quotes stays comma-separated, as ever."""
+    from tasks.data.sources import check_layout, check_table_columns
+
+    (tmp_path / "a.png").write_bytes(png_bytes("red"))
+    (tmp_path / "b.png").write_bytes(png_bytes("blue"))
+    columns = ColumnMap(text="caption, en")
+    for header in ('image;"caption, en"', '"caption, en";image', '"image";"caption, en";"note, 2"'):
+        path = tmp_path / "pairs.csv"
+        names = next(csv.reader([header], delimiter=";"))
+        fields = {"image": ("a.png", "b.png"), "caption, en": ('"red, dark"', "blue")}
+        lines = [";".join(fields.get(name, ("x", "y"))[i] for name in names) for i in range(2)]
+        path.write_text("\n".join([header, *lines]) + "\n")
+        check_table_columns(path, check_layout(path), "image", "caption, en")
+        assert sorted(load_paired_dataset(path, columns=columns).table.column("text").to_pylist()) == ["blue", "red, dark"], header
+    path.write_text('image,text;"caption, en"\na.png,red\n')  # a comma outside quotes: read at commas
+    with pytest.raises(ValueError, match=r"lacks required column\(s\) \['caption, en'\]; it has \['image', 'text;\"caption', 'en\"'\]"):
+        load_paired_dataset(path, columns=columns)
+
+
+def test_a_csv_whose_one_column_header_holds_a_line_break_is_refused_as_a_table(tmp_path):
+    """Looking for semicolons in a header of one quoted name holding a line break raised a raw
+    ``_csv.Error`` ("new-line character seen in unquoted field") out of the load; it is read at
+    commas, as a header that is not a semicolon one, and refused for its columns."""
+    path = tmp_path / "pairs.csv"
+    path.write_text('"image\nname"\na.png\n')
+    with pytest.raises(ValueError, match=r"pairs\.csv'? lacks required column\(s\) \['image', 'text'\]"):
         load_paired_dataset(path)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from tasks.data.openmoji import build_openmoji_pairs
 from tasks.data.schema import DATASET_SCHEMA, validate_table
-from tasks.data.sources import ColumnMap, folder_id
+from tasks.data.sources import ColumnMap, check_layout, check_table_columns, folder_id
 from tasks.data.tables import REJECTED_SCHEMA, LoadResult, load_paired_dataset
 from tests.tasks.data.sample_images import png_bytes, truncated_png
 
@@ -454,6 +454,21 @@ def test_errors_name_the_path_and_the_problem(image_dir: Path) -> None:
     (image_dir / "utf16.csv").write_bytes("image,text\nimg/red.png,red\n".encode("utf-16"))
     with pytest.raises(ValueError, match=r"utf16\.csv' is UTF-16 encoded .*save it as UTF-8 CSV"):
         load_paired_dataset(image_dir / "utf16.csv")
+    for codec, mark in (("utf-32-le", "FF FE 00 00"), ("utf-32-be", "00 00 FE FF")):  # not UTF-16 (LE: FF FE 00 00 starts with FF FE)
+        path = image_dir / f"{codec}.csv"
+        path.write_bytes("\ufeffimage,text\nimg/red.png,red\n".encode(codec))
+        with pytest.raises(ValueError, match=rf"{codec}\.csv' is UTF-32 encoded \(it starts with the byte-order mark {mark}\).*"
+                                             r"save it as UTF-8 CSV"):
+            load_paired_dataset(path)
+        with pytest.raises(ValueError, match=rf"{codec}\.csv' is UTF-32 encoded"):  # prh run --check: the same words
+            check_table_columns(path, check_layout(path))
+    for suffix, body in ((".jsonl", '{"image": "img/red.png", "text": "red"}\n'), (".json", '[{"image": "img/red.png"}]')):
+        for codec, name in (("utf-16", "UTF-16"), ("utf-32", "UTF-32")):  # JSON had said "'utf-8' codec can't decode"
+            path = image_dir / f"{codec}{suffix}"
+            path.write_bytes(body.encode(codec))
+            with pytest.raises(ValueError, match=rf"{codec}{suffix}' is {name} encoded \(it starts with the byte-order mark "
+                                                 rf"FF FE[ 0]*\), not UTF-8: save it as UTF-8$"):
+                load_paired_dataset(path)
 
 
 def test_fewer_than_two_valid_rows_is_an_error(image_dir: Path) -> None:
@@ -660,6 +675,31 @@ def test_image_folder_with_a_metadata_table(tmp_path: Path, metadata: str) -> No
     (root / "metadata.csv" if metadata != "metadata.csv" else root / "metadata.jsonl").write_text("x")
     with pytest.raises(ValueError, match="has 2 metadata tables"):
         load_paired_dataset(root)
+
+
+@pytest.mark.parametrize("metadata", ["metadata.jsonl", "metadata.csv", "metadata.parquet"])
+def test_a_metadata_table_reads_the_same_given_itself_or_its_folder(tmp_path: Path, metadata: str) -> None:
+    """An ImageFolder's metadata table given itself as the dataset path was refused ("lacks
+    required column(s) ['image']; it has ['file_name', 'text']") while ``prh run --check`` passed
+    it: its reader did not take ``file_name`` for the image column, as the folder's reading and
+    the check do. Now the same rows and rejections either way (every image named, none reported
+    unnamed); a table with an ``image`` column reads it, as ever."""
+    root = tmp_path / "pets"
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "red.png").write_bytes(RED)
+    (root / "train" / "blue.png").write_bytes(BLUE)
+    entries = {"file_name": ["train/red.png", "train/blue.png", "train/none.png"], "text": ["red", "blue", "gone"]}
+    if metadata == "metadata.jsonl":
+        (root / metadata).write_text("".join(f'{{"file_name": "{f}", "text": "{t}"}}\n' for f, t in zip(*entries.values())))
+    elif metadata == "metadata.csv":
+        (root / metadata).write_text("file_name,text\n" + "".join(f"{f},{t}\n" for f, t in zip(*entries.values())))
+    else:
+        write_parquet(root / metadata, entries, {"file_name": pa.string(), "text": pa.string()})
+    folder = load_paired_dataset(root)
+    table = load_paired_dataset(root / metadata)
+    assert table.table.equals(folder.table) and table.rejected.equals(folder.rejected)
+    assert sorted(r[1] for r in rows(table)) == ["blue", "red"] and rejections(table) == [(2, None, "image_missing")]
+    check_table_columns(root / metadata, check_layout(root / metadata))
 
 
 def test_n_reads_only_the_first_rows_of_any_layout(tmp_path: Path, image_dir: Path) -> None:
