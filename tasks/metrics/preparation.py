@@ -193,7 +193,7 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
         return [o if isinstance(layer, torch.Tensor) else o.cpu().numpy() for o, layer in zip(out, x)]
     if not isinstance(x, (np.ndarray, torch.Tensor, memoryview)):  # numpy would read "abc" as a 0-d text array
         raise unsupported_container(x)
-    is_numpy = isinstance(x, np.ndarray)
+    is_numpy = isinstance(x, (np.ndarray, memoryview))  # a buffer comes back as numpy, as the array it views
     t = to_tensor(x)
     if t.ndim == 2:
         out = _prepare_layers([t], q, exact, normalize, pooled=True)[0]

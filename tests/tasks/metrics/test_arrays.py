@@ -202,6 +202,16 @@ def test_a_memoryview_is_read_as_the_array_it_views() -> None:
         layer_matrix("cka", memoryview(x[:, 0].copy()), y)
 
 
+def test_prepare_returns_numpy_for_a_memoryview_as_for_the_array_it_views() -> None:
+    """``prepare`` keeps the container kind: plain buffers come back as numpy (a memoryview
+    returned a torch tensor, unlike the numpy array it views)."""
+    x, _ = paired(n=20, dx=4, dy=3)
+    for given in (memoryview(x), [memoryview(x)]):
+        out = prepare(given)
+        got = out[0] if isinstance(out, list) else out
+        assert isinstance(got, np.ndarray) and np.array_equal(got, prepare(x))
+
+
 _LONG = np.dtype(np.longdouble)
 BAD_DTYPES = {
     "longdouble": (lambda x: x.astype(np.longdouble),
