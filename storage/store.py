@@ -1087,10 +1087,8 @@ class Store:
                 f"store {self.display_url}: s3fs {old_client} sends no If-None-Match: * with an exclusive create (s3fs "
                 "2024.12.0 and later do), so every one overwrote and two runs writing this store at once could both take "
                 "a version's publishing claim: install s3fs>=2024.12.0 (pyproject.toml's range)")
-        if self._endpoint is not None:
-            endpoint = f"the S3 endpoint {redact_url(self._endpoint[0])} (from {self._endpoint[1]})"
-        elif self.url.startswith("s3://"):
-            endpoint = "the AWS default endpoint"
+        if self._endpoint is not None or self.url.startswith("s3://"):
+            endpoint = self._endpoint_named()
         else:  # another fsspec filesystem whose create "only if absent" overwrote
             endpoint, how = f"its {_protocols(self.fs)[0]} filesystem", "creating an existing file only if absent overwrote it"
         problem = (f"store {self.display_url}: {endpoint} ignores conditional writes ({how}), so two runs writing this "
