@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -164,12 +165,13 @@ def stop_tasks_in_flight(futures: Iterable[Any] = (), scope: RunScope | None = N
 
 def stop_remote_tasks() -> None:
     """Ask the run's tasks on a Dask cluster (the flow's task runner a ``DaskTaskRunner`` that
-    has submitted work) to stop at their next safe point: set the run's Dask ``Event``
-    (``tasks.stop_request.remote_stop_name``), which their :class:`tasks.stop_request.RemoteRunScope`
-    looks at. Closing the Dask client as the flow ends releases the tasks still queued, but a
-    task running on a worker ran on to its end, and published, after the run had ended. Nothing
-    for another task runner; a scheduler that does not answer is logged, not raised (the run is
-    stopping already)."""
+    has submitted work) to stop at their next safe point: set the Dask ``Event`` of this attempt of
+    the run (``tasks.stop_request.remote_stop_name``: a retry of the run has its own), which
+    their :class:`tasks.stop_request.RemoteRunScope` looks at. Closing the Dask client as the flow
+    ends releases the tasks still queued, but a task running on a worker ran on to its end, and
+    published, after the run had ended. Nothing for another task runner; a scheduler that does not
+    answer within ``REMOTE_STOP_WAIT_S`` is logged, not raised or waited for (the run is stopping
+    already: a lost scheduler had held it up for Dask's 30 s connect timeout)."""
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
@@ -177,12 +179,27 @@ def stop_remote_tasks() -> None:
     flow_run = getattr(context, "flow_run", None)
     if client is None or flow_run is None:
         return
-    try:
-        from distributed import Event
+    failed: list[BaseException] = []
 
-        Event(remote_stop_name(str(flow_run.id)), client=client).set()
-    except Exception as error:  # noqa: BLE001 - see the docstring
-        logging.getLogger("prh.run").warning("stopping: could not tell the run's tasks on the Dask cluster to stop: %s", one_line(error))
+    def tell() -> None:
+        try:
+            from distributed import Event
+
+            Event(remote_stop_name(str(flow_run.id), flow_run.run_count), client=client).set()
+        except Exception as error:  # noqa: BLE001 - see the docstring
+            failed.append(error)
+
+    sender = threading.Thread(target=tell, name="prh-stop-remote-tasks", daemon=True)
+    sender.start()
+    sender.join(REMOTE_STOP_WAIT_S)
+    if sender.is_alive() or failed:
+        why = one_line(failed[0]) if failed else f"the scheduler did not answer within {REMOTE_STOP_WAIT_S:g} s"
+        logging.getLogger("prh.run").warning("stopping: could not tell the run's tasks on the Dask cluster to stop: %s", why)
+
+
+#: Seconds :func:`stop_remote_tasks` waits for the Dask scheduler to take the stop request (it
+#: answers in milliseconds; one that is gone would hold the stop up for its 30 s connect timeout).
+REMOTE_STOP_WAIT_S = 5.0
 
 
 #: What :func:`attempts_before` keeps of each earlier attempt of a flow run.

@@ -10,6 +10,7 @@ import ast
 import hashlib
 import io
 import json
+import re
 import threading
 import tokenize
 from functools import lru_cache
@@ -115,7 +116,7 @@ def behaviour_source(source: str) -> str:
                     if t.type == tokenize.COMMENT]
     except (SyntaxError, tokenize.TokenError, ValueError):
         return source
-    lines = source.splitlines(keepends=True)
+    lines = _python_lines(source)
     starts = [0]
     for line in lines:
         starts.append(starts[-1] + len(line))
@@ -144,7 +145,23 @@ def behaviour_source(source: str) -> str:
         kept.append(source[position:begin])
         position = max(position, end)
     kept.append(source[position:])
-    return "\n".join(line.rstrip() for line in "".join(kept).splitlines() if line.strip()) + "\n"
+    stripped = (line.rstrip("\r\n").rstrip(_PYTHON_BLANKS) for line in _python_lines("".join(kept)))
+    return "\n".join(line for line in stripped if line) + "\n"
+
+
+#: What Python reads as blank space between tokens (not ``str.isspace``: ``\x1c`` or ``\u2028`` in a
+#: string literal are its characters).
+_PYTHON_BLANKS = " \t\f"
+#: One line as Python counts them (``ast`` line numbers): ended by ``\r\n``, ``\r`` or ``\n`` only.
+_PYTHON_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
+def _python_lines(source: str) -> list[str]:
+    """``source`` split into its lines as Python numbers them, each with its line end: unlike
+    ``str.splitlines``, a vertical tab, form feed, ``\x1c``-``\x1e``, ``\x85``, ``\u2028`` or
+    ``\u2029`` (legal in a string literal or a comment) ends no line, so every cut lands where
+    ``ast`` places it."""
+    return _PYTHON_LINE.findall(source)
 
 
 #: Methods of a logger whose call only writes a record (``logger.warning(...)``).

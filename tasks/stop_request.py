@@ -20,7 +20,7 @@ The scope travels with the run's context (a ``ContextVar``: Prefect runs each ta
 the submitting flow's context), so two runs in one process have their own, and code called
 outside any run (a notebook calling ``align_to_store``) is never stopped. A task on a Dask worker
 (another process, which the ``ContextVar`` does not reach) takes its run's stop request from a
-Dask ``Event`` named by its flow run (:func:`remote_stop_name`), which the stopping flow sets
+Dask ``Event`` named by its flow run and attempt (:func:`remote_stop_name`), which the stopping flow sets
 (``flows.run_record.stop_remote_tasks``): :func:`in_flight` opens a :class:`RemoteRunScope` for it,
 which looks at the event at most every ``REMOTE_POLL_S`` seconds. Pure: no storage; ``distributed``
 and Prefect's task run context are imported on a Dask worker only.
@@ -96,10 +96,13 @@ WATCH_EVERY_S = 5.0
 REMOTE_POLL_S = 0.5
 
 
-def remote_stop_name(run_id: str) -> str:
-    """The name of the Dask ``Event`` that asks the tasks of flow run ``run_id`` on a Dask
-    cluster to stop."""
-    return f"prh-stop-{run_id}"
+def remote_stop_name(run_id: str, attempt: int) -> str:
+    """The name of the Dask ``Event`` that asks the tasks of attempt ``attempt`` (Prefect's
+    ``run_count``, 1 for the first) of flow run ``run_id`` on a Dask cluster to stop. Per attempt:
+    a flow run retried (flow ``retries``, *Retry* in the UI) runs again under the same id on the
+    same scheduler, where the earlier attempt's event stays set (an event lives until cleared)
+    and had stopped every task of the retry before it began its work."""
+    return f"prh-stop-{run_id}-{attempt}"
 
 
 class RemoteRunScope(RunScope):
@@ -142,11 +145,12 @@ def _remote_scope() -> RunScope | None:
 
         context = TaskRunContext.get()
         run_id = context.task_run.flow_run_id if context is not None else None
+        attempt = context.task_run.flow_run_run_count if context is not None else None
     except ImportError:
         return None
-    if run_id is None:
+    if run_id is None or attempt is None:
         return None
-    return RemoteRunScope(Event(remote_stop_name(str(run_id))).is_set)
+    return RemoteRunScope(Event(remote_stop_name(str(run_id), attempt)).is_set)
 
 
 class _Watch:

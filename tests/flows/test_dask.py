@@ -128,3 +128,105 @@ def test_a_failed_run_stops_its_tasks_on_an_external_dask_scheduler(tmp_path):
     assert ended < 15, ended  # the running task stopped at a safe point, not after its 20 s
     state = outcome["state"]
     assert state.is_failed() and isinstance(state.result(raise_on_failure=False), RunStopped), state
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_retried_flow_run_is_not_stopped_by_its_earlier_attempts_stop_request(tmp_path):
+    """A flow run retried (Prefect's flow ``retries``, or *Retry* in the UI) runs again under the same
+    flow run id on the same external scheduler, where the stop request of its failed first attempt
+    stays set (a Dask ``Event`` lives on the scheduler until cleared): the request must stop that
+    attempt's tasks only, not every task of the next attempt before it starts its work."""
+    import distributed
+    from prefect import flow, task
+    from prefect.context import FlowRunContext
+    from prefect_dask import DaskTaskRunner
+
+    from flows.run_record import stop_tasks_in_flight
+    from tasks.stop_request import RunStopped, in_flight, raise_if_stopped, run_scope
+
+    @task
+    def marks(marker: str, seconds: float) -> int:
+        """Marks ``marker`` every 0.05 s for ``seconds``, a safe point before each mark; returns how many."""
+        path, count = Path(marker), 0
+        with in_flight(f"marks {path.name}"):
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                raise_if_stopped(f"marks {path.name}: mark {count}")
+                with path.open("a") as handle:
+                    handle.write(".")
+                count += 1
+                time.sleep(0.05)
+        return count
+
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+                                       dashboard_address=None)
+    attempts: list[int] = []
+
+    @flow(task_runner=DaskTaskRunner(address=cluster.scheduler_address), retries=1, retry_delay_seconds=0)
+    def retried() -> int:
+        attempts.append(FlowRunContext.get().flow_run.run_count)
+        with run_scope():  # as the run's record opens it (flows.run_record.recorded)
+            if len(attempts) == 1:
+                futures = [marks.submit(str(first), 20.0)]
+                while _marks(first) < 3:
+                    time.sleep(0.05)
+                try:
+                    raise RuntimeError("a model failed")
+                except RuntimeError:
+                    stop_tasks_in_flight(futures)
+                    raise
+            done = marks.submit(str(second), 0.3).result()
+            stopped = [marks.submit(str(third), 20.0)]  # and a stop of this attempt still reaches its tasks
+            while _marks(third) < 3:
+                time.sleep(0.05)
+            stop_tasks_in_flight(stopped)
+            outcome["state"] = stopped[0].state
+            return done
+
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
+    outcome: dict[str, object] = {}
+    with cluster:
+        done = retried()
+    assert len(attempts) == 2 and attempts[0] != attempts[1], attempts
+    assert done > 0 and _marks(second) == done  # the second attempt's task ran its work
+    state = outcome["state"]
+    assert state.is_failed() and isinstance(state.result(raise_on_failure=False), RunStopped), state
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_telling_a_lost_scheduler_to_stop_does_not_hold_up_the_stopping_run():
+    """A run whose scheduler is gone (the cluster died, often why the run fails) stops at once: the
+    stop request it sends there waited out Dask's 30 s connect timeout before the run could wait
+    for its tasks and write its record (Prefect kills a cancelled run's process 30 s after asking)."""
+    import distributed
+    from prefect import flow, task
+    from prefect_dask import DaskTaskRunner
+
+    from flows.run_record import stop_tasks_in_flight
+    from tasks.stop_request import run_scope
+
+    @task
+    def one() -> int:
+        return 1
+
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+                                       dashboard_address=None)
+    address = cluster.scheduler_address  # the flow holds the address only: its context is sent with each task
+    took: list[float] = []
+
+    @flow(task_runner=DaskTaskRunner(address=address))
+    def lost() -> None:
+        with run_scope():
+            assert one.submit().result() == 1  # the task runner's client exists
+            with distributed.Client(address) as other:
+                other.shutdown()  # the scheduler and its worker end
+            started = time.monotonic()
+            stop_tasks_in_flight()
+            took.append(time.monotonic() - started)
+
+    with cluster:
+        try:
+            lost()
+        except Exception:  # noqa: BLE001 - closing the runner's client on a dead scheduler may fail: not what is tested
+            pass
+    assert took and took[0] < 10, took

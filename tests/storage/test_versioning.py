@@ -201,3 +201,21 @@ def test_table_digest_of_bytes_and_null_values_from_its_definition() -> None:
     for v in ("é", None, "x"):
         h.update(b"\1N" if v is None else len(v.encode()).to_bytes(8, "little") + v.encode())
     assert table_digest(table) == h.hexdigest()
+
+
+#: Characters ``str.splitlines`` breaks a line at and Python does not (Python ends a line at
+#: ``\n``, ``\r\n`` and ``\r`` only): legal inside a string literal or a comment.
+NOT_PYTHON_LINE_BREAKS = ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+@pytest.mark.parametrize("char", NOT_PYTHON_LINE_BREAKS, ids=[f"U+{ord(c):04X}" for c in NOT_PYTHON_LINE_BREAKS])
+def test_a_line_break_python_does_not_count_moves_no_cut(char):
+    """A cut (a comment, a docstring, a message) is placed by Python's line numbers: a character
+    that ``str.splitlines`` also breaks at, inside a string, had shifted every later cut by a line,
+    onto code (``if x > 1`` lost its ``1: ``), so changing that code left the version unchanged;
+    and two different literals (that character, or a real newline in a triple-quoted string) read
+    as one."""
+    source = f'SEP = "a{char}b"\ndef f(x):\n    if x > 1: x = 2\n    raise ValueError("too large")\n'
+    assert behaviour_source(source) == f'SEP = "a{char}b"\ndef f(x):\n    if x > 1: x = 2\n    raise ValueError()\n'
+    assert _fingerprint(source.replace("x > 1", "x > 5")) != _fingerprint(source)
+    assert _fingerprint(f'T = """a{char}b"""\n') != _fingerprint('T = """a\nb"""\n')
