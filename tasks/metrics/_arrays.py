@@ -208,14 +208,14 @@ def split_layers(xs: ArrayLike | Sequence[ArrayLike]) -> list[ArrayLike]:
     single 2-D ``(N, D)`` array (one layer). A layer in the sequence may be nested Python lists
     (``from_nested``), and a sequence of Python lists of numbers is one layer given as its rows
     (``is_nested_layer``, as ``score`` reads nested lists). numpy layers come back in native
-    byte order (``native_byte_order``); a ``memoryview`` is read as the numpy array it views.
+    byte order (``native_byte_order``); a ``memoryview`` or another array-like (``__array__``: a
+    pandas DataFrame) is read as the numpy array it holds (``as_array``).
     Raises ``ValueError`` on anything else, saying what was given, or when the layers do not share
     ``N``; ``TypeError`` (naming the layer of a sequence) for a numpy dtype torch cannot hold
     (``check_numeric``).
     """
     nested: list[int] = []
-    if isinstance(xs, memoryview):  # a Sequence, but not of layers: iterating a 2-D one raises
-        xs = np.asarray(xs)
+    xs = as_array(xs)  # a memoryview is a Sequence, but not of layers: iterating a 2-D one raised
     if isinstance(xs, np.ndarray):
         check_numeric(xs)
         xs = native_byte_order(xs)
@@ -258,12 +258,22 @@ def unsupported_container(xs: object) -> ValueError:
                       "arrays/tensors or a sequence of (N, D) layers")
 
 
+def as_array(x: object) -> object:
+    """``x`` as the numpy array it holds when it is a buffer or array-like that is neither a numpy
+    array nor a torch tensor (a ``memoryview``; an object with ``__array__``: a pandas DataFrame,
+    an xarray DataArray); anything else as given."""
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        return x
+    if isinstance(x, memoryview) or hasattr(x, "__array__"):
+        return np.asarray(x)
+    return x
+
+
 def _array_layer(index: int, layer: object) -> object:
     """Item ``index`` of a sequence of layers as ``split_layers`` keeps it: a memoryview read as
     the array it views, a numpy array in native byte order (``TypeError`` prefixed ``layer
     {index}:`` for a dtype torch cannot hold, ``check_numeric``), anything else as given."""
-    if isinstance(layer, memoryview):
-        layer = np.asarray(layer)
+    layer = as_array(layer)
     if not isinstance(layer, np.ndarray):
         return layer
     try:

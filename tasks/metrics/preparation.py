@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._arrays import (ArrayLike, check_finite, from_nested, is_nested_layer, split_layers, to_tensor,
+from ._arrays import (ArrayLike, as_array, check_finite, from_nested, is_nested_layer, split_layers, to_tensor,
                       unsupported_container)
 from .checks import check_flag, check_real
 
@@ -191,9 +191,10 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
         # layer is clamped and returned in its own dtype, on its own device
         out = _prepare_layers(tensors, q, exact, normalize, pooled=per_layer is False)
         return [o if isinstance(layer, torch.Tensor) else o.cpu().numpy() for o, layer in zip(out, x)]
-    if not isinstance(x, (np.ndarray, torch.Tensor, memoryview)):  # numpy would read "abc" as a 0-d text array
+    is_numpy = not isinstance(x, torch.Tensor)  # a buffer or array-like comes back as numpy, as the array it holds
+    x = as_array(x)  # a memoryview, a pandas DataFrame
+    if not isinstance(x, (np.ndarray, torch.Tensor)):  # numpy would read "abc" as a 0-d text array
         raise unsupported_container(x)
-    is_numpy = isinstance(x, (np.ndarray, memoryview))  # a buffer comes back as numpy, as the array it views
     t = to_tensor(x)
     if t.ndim == 2:
         out = _prepare_layers([t], q, exact, normalize, pooled=True)[0]

@@ -212,6 +212,28 @@ def test_prepare_returns_numpy_for_a_memoryview_as_for_the_array_it_views() -> N
         assert isinstance(got, np.ndarray) and np.array_equal(got, prepare(x))
 
 
+class Frame:
+    """An array-like that is no numpy array (as a pandas DataFrame): it gives its values through
+    ``__array__``."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.values if dtype is None else self.values.astype(dtype)
+
+
+def test_an_array_like_is_read_as_the_array_it_holds() -> None:
+    """``prepare`` of a pandas-style array-like had been refused as an "unsupported feature
+    container" (the guard against strings); ``score`` and ``layer_matrix`` take it too."""
+    x, y = paired(n=20, dx=4, dy=3)
+    out = prepare(Frame(x))
+    assert isinstance(out, np.ndarray) and np.array_equal(out, prepare(x))
+    assert np.array_equal(prepare([Frame(x)])[0], prepare([x])[0])
+    assert score("cka", Frame(x), Frame(y)) == score("cka", x, y)
+    assert layer_matrix("cka", [Frame(x)], Frame(y)).tolist() == layer_matrix("cka", [x], y).tolist()
+
+
 _LONG = np.dtype(np.longdouble)
 BAD_DTYPES = {
     "longdouble": (lambda x: x.astype(np.longdouble),
