@@ -12,7 +12,10 @@
   special-token id is left outside the vocabulary (`_ids_inside_vocabulary`). Vision: a default
   ``ViTImageProcessorPil`` (resize to S x S bilinear, rescale 1/255, mean/std 0.5), S =
   ``spec.image_size`` or the config's ``image_size`` (224 if it has none); with ``crop_pct``, the
-  shorter side resized to ``floor(S / crop_pct)`` (bilinear) and the central S x S kept.
+  shorter side resized to ``floor(S / crop_pct)`` (bilinear) and the central S x S kept. A NaFlex
+  config (SigLIP 2's ``Siglip2VisionConfig``, or ``Siglip2Config``'s vision tower): its own
+  ``Siglip2ImageProcessorPil`` with the config's ``patch_size`` and ``num_patches`` patches at most
+  (``image_size`` S: ``(S / patch_size)^2``).
 
 Before any weights load, `check_model` checks what it can and raises `ModelInputError` naming the
 model and the problem: the source (`tasks.extract.preflight`: package dir, local path, or hub id
@@ -261,22 +264,37 @@ def check_model(spec: ModelSpec) -> CheckedModel:
     return CheckedModel(config, causal, access, tokenizer)
 
 
+#: The inputs besides ``pixel_values`` of a vision forward that takes its image as patches cut by its
+#: image processor (SigLIP 2's NaFlex ``Siglip2VisionModel``): ``pixel_attention_mask`` `(B, N)`
+#: (1 = a patch of the image, 0 = padding) and ``spatial_shapes`` `(B, 2)` (patch rows, columns).
+PATCH_INPUTS = ("pixel_attention_mask", "spatial_shapes")
+
+
+def other_vision_inputs(tower: torch.nn.Module) -> list[str]:
+    """The inputs besides ``pixel_values`` that a vision module's forward needs (no default value)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in inspect.signature(tower.forward).parameters.values()
+            if p.name != "pixel_values" and p.kind in kinds and p.default is inspect.Parameter.empty]
+
+
+def takes_patches(tower: torch.nn.Module) -> bool:
+    """Whether a vision module's forward takes its image as processor-cut patches: it needs exactly
+    the `PATCH_INPUTS` besides ``pixel_values`` (SigLIP 2's NaFlex model)."""
+    return sorted(other_vision_inputs(tower)) == sorted(PATCH_INPUTS)
+
+
 def _refuse_other_inputs(spec: ModelSpec, model: torch.nn.Module | None) -> None:
     """A vision module (the part a vision spec runs: `_select_tower`, of the model built on the
     ``meta`` device; None: not built, not checked) whose forward needs inputs besides
-    ``pixel_values`` cannot run on the pixels prh gives it: SigLIP 2's NaFlex model wants
-    ``pixel_attention_mask`` and ``spatial_shapes`` (it failed at the load's probe forward)."""
+    ``pixel_values`` cannot run on the pixels prh gives it (SegGPT's prompt image and mask), unless
+    they are the `PATCH_INPUTS` of a NaFlex model, which its image processor gives (`takes_patches`)."""
     if model is None:
         return
     tower = _select_tower(model, "vision")
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    needed = [p.name for p in inspect.signature(tower.forward).parameters.values()
-              if p.name != "pixel_values" and p.kind in kinds and p.default is inspect.Parameter.empty]
-    if needed:
-        hint = (" (SigLIP 2's NaFlex variant: use a fixed-resolution SigLIP 2 checkpoint, model type 'siglip')"
-                if str(getattr(model.config, "model_type", "")).startswith("siglip2") else "")
+    needed = other_vision_inputs(tower)
+    if needed and not takes_patches(tower):
         raise ModelInputError(spec.name, spec.id, f"{type(tower).__name__}'s forward needs input(s) "
-                              f"{', '.join(map(repr, needed))} besides pixel_values, which prh does not give{hint}")
+                              f"{', '.join(map(repr, needed))} besides pixel_values, which prh does not give")
 
 
 def _text_config(config: Any) -> Any:
@@ -758,13 +776,27 @@ def _check_prompt_room(spec: ModelSpec, tokenizer: Any, special: int, limit: int
                           + (f" (the model takes {limit} positions)" if limit is not None else ""))
 
 
+#: Vision model types whose forward takes processor-cut patches (`takes_patches`), and the PIL image
+#: processor class that cuts them for a ``random_hf`` model of that type.
+_PATCH_PROCESSORS = {"siglip2_vision_model": "Siglip2ImageProcessorPil"}
+
+
+def is_patch_processor(proc: Any) -> bool:
+    """Whether an image processor outputs patches with their mask and grid (`PATCH_INPUTS`: SigLIP 2's
+    ``Siglip2ImageProcessorPil``) rather than ``(B, 3, H, W)`` pixels."""
+    return set(PATCH_INPUTS) <= set(getattr(proc, "model_input_names", None) or ())
+
+
 def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAccess | None = None) -> Any:
     """Image processor (PIL backend) for a vision spec, resized to ``spec.image_size`` if set and
-    centre-cropping ``spec.crop_pct`` of the resized shorter side if set (`centre_crop`)."""
+    centre-cropping ``spec.crop_pct`` of the resized shorter side if set (`centre_crop`). A patch
+    processor (NaFlex: `is_patch_processor`) takes ``image_size`` as its patch budget (`_set_patch_budget`)."""
     from transformers import AutoImageProcessor, ViTImageProcessorPil
 
     if spec.loader == "random_hf":  # a two-tower config (CLIPConfig) keeps the image size in vision_config
         vision = getattr(model_config, "vision_config", None) or model_config
+        if getattr(vision, "model_type", None) in _PATCH_PROCESSORS:
+            return _patch_settings(_random_patch_processor(vision), spec)
         size = spec.image_size or getattr(vision, "image_size", None) or 224
         size = size if isinstance(size, int) else int(size[0])
         proc = ViTImageProcessorPil(size={"height": size, "width": size})
@@ -783,6 +815,8 @@ def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAcces
     except ImportError as exc:  # a processor class that needs a library that is not installed (DINOv3's: torchvision)
         missing = " ".join(str(exc).split()).split(". ")[0].rstrip(".")
         raise ModelInputError(spec.name, spec.id, f"needs a library that is not installed here: {missing}") from exc
+    if is_patch_processor(proc):
+        return _patch_settings(proc, spec)
     if spec.crop_pct is not None:
         set_centre_crop(proc, spec)
     elif spec.image_size is not None:
@@ -790,6 +824,44 @@ def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAcces
     if spec.resample is not None:
         set_resample(proc, spec)
     return proc
+
+
+def _random_patch_processor(vision: Any) -> Any:
+    """The patch processor of a ``random_hf`` NaFlex config (`_PATCH_PROCESSORS`), with the class's
+    resizing and normalisation, the config's ``patch_size`` and, as patch budget, its ``num_patches``
+    (the position-embedding grid, which the model interpolates to each image's patch grid)."""
+    import transformers
+
+    cls = getattr(transformers, _PATCH_PROCESSORS[vision.model_type])
+    return cls(patch_size=int(vision.patch_size), max_num_patches=int(vision.num_patches))
+
+
+def _patch_settings(proc: Any, spec: ModelSpec) -> Any:
+    """Apply a spec's image settings to a patch processor: ``crop_pct`` is refused (it keeps the
+    whole image, resized keeping its aspect ratio), ``image_size`` sets the patch budget
+    (`_set_patch_budget`), ``resample`` the resize filter (`set_resample`)."""
+    if spec.crop_pct is not None:
+        raise ModelInputError(spec.name, spec.id, f"crop_pct: the image processor {type(proc).__name__} does not crop (it "
+                              "resizes the whole image, keeping its aspect ratio, to at most max_num_patches patches): "
+                              "remove crop_pct")
+    if spec.image_size is not None:
+        _set_patch_budget(proc, spec)
+    if spec.resample is not None:
+        set_resample(proc, spec)
+    return proc
+
+
+def _set_patch_budget(proc: Any, spec: ModelSpec) -> None:
+    """``image_size: S`` for a patch processor: at most as many patches as an S x S image has,
+    ``max_num_patches = (S / patch_size)^2`` (each image is resized keeping its aspect ratio to fit
+    them); S must be a multiple of the patch size."""
+    assert spec.image_size is not None
+    patch = int(proc.patch_size)
+    if spec.image_size % patch:
+        raise ModelInputError(spec.name, spec.id, f"image_size {spec.image_size}: for {type(proc).__name__} it sets the patch "
+                              f"budget of an image_size x image_size image, so it must be a multiple of its patch size "
+                              f"{patch} (e.g. {spec.image_size // patch * patch or patch})")
+    proc.max_num_patches = (spec.image_size // patch) ** 2
 
 
 def _resize_processor(proc: Any, s: int) -> None:

@@ -25,6 +25,14 @@ Pooling per hidden state (`(B, D) float32`):
   refused at load time.
 Every layer must have one row per image (Pixtral packs a batch into one sequence: refused at the
 two-image probe).
+
+Patch models (SigLIP 2's NaFlex ``Siglip2VisionModel``, `hf_models.takes_patches`): their own image
+processor resizes each image keeping its aspect ratio to at most ``max_num_patches`` patches, cuts
+it into patches and pads them to that count (`image_pool.PatchPixels`); the forward gets
+``pixel_values``, ``pixel_attention_mask`` and ``spatial_shapes``. Every hidden state `(B, N, D)`
+holds one token per patch position; ``avg`` is the mean over the image's own patches (the mask's
+1s: `pooling.pool_patches`), so padding never reaches the features; ``cls`` is refused (no CLS
+token, as SigLIP's), and the attention-pooling head is no layer (as SigLIP's).
 """
 
 from __future__ import annotations
@@ -47,16 +55,22 @@ from tasks.extract.base import (
     to_host_queued,
 )
 from tasks.extract.errors import ModelInputError
-from tasks.extract.hf_models import LoadedModel, input_device
-from tasks.extract.image_pool import ProcessorRecipe, apply_processor, processor_recipe
+from tasks.extract.hf_models import PATCH_INPUTS, LoadedModel, input_device, is_patch_processor, takes_patches
+from tasks.extract.image_pool import PatchPixels, ProcessorRecipe, apply_processor, processor_recipe
 from tasks.extract.images import ImageItem
-from tasks.extract.pooling import pool_vision
+from tasks.extract.pooling import pool_patches, pool_vision
 from tasks.extract.spec import ModelSpec
 
 
 @dataclass
 class PreparedPixels:
-    pixel_values: torch.Tensor  # (B, 3, H, W) float32
+    """A batch ready for the forward: `(B, 3, H, W) float32` pixels, or for a patch model
+    (`image_pool.PatchPixels`) `(B, N, p * p * C) float32` patches with their `(B, N) int32` mask
+    (1 = the image's patch) and `(B, 2) int64` patch grids (rows, columns)."""
+
+    pixel_values: torch.Tensor
+    pixel_attention_mask: torch.Tensor | None = None
+    spatial_shapes: torch.Tensor | None = None
 
 
 #: Token parameters of a vision model's ``embeddings`` put in front of the patch tokens: the CLS
@@ -251,6 +265,8 @@ class HFVisionExtractor(Extractor):
         self.param_count = count_parameters(loaded.counted)
         self.dtype = TORCH_DTYPES[spec.dtype]
         self._input_device = input_device(self.model)
+        self._patches = takes_patches(self.model)
+        self._check_processor_kind()
         self._extra_kwargs = self._forward_kwargs()
         self._unshuffled = self._unshuffled_patches()
         self._declared_prefix = declared_prefix_tokens(self.model)
@@ -264,6 +280,21 @@ class HFVisionExtractor(Extractor):
         # two images: a model that packs a batch into one sequence (Pixtral) is refused here
         probe = [Image.new("RGB", (64, 48), (127, 127, 127)), Image.new("RGB", (64, 48), (30, 160, 60))]
         self._finish_init(probe, lambda n: layer_names("embeddings", "layer", n - 1))
+
+    def _check_processor_kind(self) -> None:
+        """A patch model (`takes_patches`) needs a patch processor (`is_patch_processor`) and any
+        other model one that gives pixels: a checkpoint folder whose processor config does not
+        match its model is refused by name."""
+        proc = type(self.processor).__name__
+        if self._patches and not is_patch_processor(self.processor):
+            raise ModelInputError(self.spec.name, self.spec.id, f"{type(self.model).__name__} takes its image as patches with "
+                                  f"{' and '.join(map(repr, PATCH_INPUTS))}, but its image processor {proc} gives no "
+                                  f"{PATCH_INPUTS[0]!r} (it gives (B, 3, H, W) pixels): use the model's own patch processor "
+                                  "(SigLIP 2 NaFlex: Siglip2ImageProcessor in preprocessor_config.json)")
+        if not self._patches and is_patch_processor(self.processor):
+            raise ModelInputError(self.spec.name, self.spec.id, f"its image processor {proc} cuts images into patches "
+                                  f"({', '.join(PATCH_INPUTS)}), but {type(self.model).__name__} takes pixel_values only: "
+                                  "use the model's own image processor")
 
     def _forward_kwargs(self) -> dict[str, Any]:
         """`interpolate_pos_encoding=True` when the processor's size differs from the config's."""
@@ -294,18 +325,33 @@ class HFVisionExtractor(Extractor):
             self._recipe = processor_recipe(self.processor)
         return self._recipe
 
-    def from_recipe_output(self, pixel_values: np.ndarray) -> PreparedPixels:
+    def from_recipe_output(self, pixel_values: np.ndarray | PatchPixels) -> PreparedPixels:
+        if isinstance(pixel_values, PatchPixels):
+            return self._from_patches(pixel_values)
         pixels = torch.from_numpy(pixel_values)
         if self.device.type == "cuda":
             pixels = pixels.pin_memory()
         return PreparedPixels(pixels)
 
+    def _from_patches(self, patches: PatchPixels) -> PreparedPixels:
+        """A patch processor's output as tensors (pinned for a GPU; the patch grids stay on the host,
+        where the model reads them per image)."""
+        if not self._patches:
+            raise ModelInputError(self.spec.name, self.spec.id, f"{type(self.model).__name__} takes pixel_values only, "
+                                  "but the batch was prepared as patches")
+        pixels, mask = torch.from_numpy(patches.pixel_values), torch.from_numpy(patches.pixel_attention_mask)
+        if self.device.type == "cuda":
+            pixels, mask = pixels.pin_memory(), mask.pin_memory()
+        return PreparedPixels(pixels, mask, torch.from_numpy(patches.spatial_shapes))
+
     def prepare(self, items: Sequence[ImageItem]) -> PreparedPixels:
         return self.from_recipe_output(apply_processor(self.processor, items))
 
-    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The model's hidden states for pixels ``x`` (on the input device, in the model's dtype)."""
+    def _run(self, x: torch.Tensor, patch_inputs: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
+        """The model's hidden states for pixels ``x`` (on the input device, in the model's dtype);
+        ``patch_inputs``: a patch model's mask and patch grids (`PATCH_INPUTS`)."""
         extra = {**self._extra_kwargs, "noise": self._patch_noise(x)} if self._unshuffled else self._extra_kwargs
+        extra = {**extra, **patch_inputs} if patch_inputs else extra
         self._grid.reset()
         with self.full_float32():
             out = self.model(pixel_values=x, output_hidden_states=True, return_dict=True, **extra)
@@ -361,6 +407,8 @@ class HFVisionExtractor(Extractor):
         host without waiting."""
         if with_nll:
             raise ValueError("bits per byte applies to causal language models only")
+        if self._patches:
+            return self._forward_patches(prepared)
         x = prepared.pixel_values.to(self._input_device, dtype=self.dtype, non_blocking=True)
         states = self._run(x)
         grid = self._grid.grid
@@ -383,5 +431,25 @@ class HFVisionExtractor(Extractor):
                 layers.append(pool_vision(hs, self.spec.pooling, prefix, bool(self._channels_last)))
             except ValueError as err:  # e.g. 'cls' on a model without a CLS token (SigLIP)
                 raise ModelInputError(self.spec.name, self.spec.id, str(err)) from None
+        copied = to_host_queued(layers)
+        return lambda: BatchOutput(copied())
+
+    def _forward_patches(self, prepared: PreparedPixels) -> Callable[[], BatchOutput]:
+        """`forward_queued` of a patch model: every hidden state pooled over each image's own
+        patches (`pooling.pool_patches`)."""
+        if prepared.pixel_attention_mask is None or prepared.spatial_shapes is None:
+            raise ModelInputError(self.spec.name, self.spec.id, f"{type(self.model).__name__} takes its image as patches, "
+                                  "but the batch was prepared as (B, 3, H, W) pixels")
+        x = prepared.pixel_values.to(self._input_device, dtype=self.dtype, non_blocking=True)
+        mask = prepared.pixel_attention_mask.to(self._input_device, non_blocking=True)
+        states = self._run(x, {"pixel_attention_mask": mask, "spatial_shapes": prepared.spatial_shapes})
+        names = layer_names("embeddings", "layer", len(states) - 1)
+        layers = []
+        for name, hs in zip(names, states):
+            self._check_rows(name, hs, x.shape[0])
+            try:
+                layers.append(pool_patches(hs, mask, self.spec.pooling))
+            except ValueError as err:  # 'cls': no CLS token; a layer that is not one token per patch position
+                raise ModelInputError(self.spec.name, self.spec.id, f"layer {name!r}: {err}") from None
         copied = to_host_queued(layers)
         return lambda: BatchOutput(copied())

@@ -7,7 +7,8 @@ process can rebuild (no model, no torch state):
   `(B, S, S, 3) uint8` crops and the parent normalises them (4x less to move than float32).
 - `ProcessorRecipe` (Hugging Face vision): the image processor's class name (a class of the
   `transformers` namespace) and its JSON config; the worker rebuilds the processor once and
-  returns `(B, 3, H, W) float32` pixel values.
+  returns `(B, 3, H, W) float32` pixel values, or for a patch processor (SigLIP 2 NaFlex) its
+  patches with their mask and grid (`PatchPixels`).
 
 `run_recipe(recipe, items)` is the one function both paths call: in process (`Extractor.prepare`)
 and in a worker, so the results are identical by construction (and tested).
@@ -53,10 +54,27 @@ class CropRecipe:
 @dataclass(frozen=True)
 class ProcessorRecipe:
     """A `transformers` image processor: ``getattr(transformers, class_name).from_dict(json.loads(config_json))``;
-    output `(B, 3, H, W) float32` (``processor(images=..., return_tensors='pt')['pixel_values']``)."""
+    output `(B, 3, H, W) float32` (``processor(images=..., return_tensors='pt')['pixel_values']``), or
+    `PatchPixels` from a patch processor (`apply_processor`)."""
 
     class_name: str
     config_json: str
+
+
+@dataclass(frozen=True)
+class PatchPixels:
+    """What a patch processor (SigLIP 2's NaFlex ``Siglip2ImageProcessorPil``) gives for B images:
+    each resized keeping its aspect ratio to at most N = ``max_num_patches`` patches of p x p pixels,
+    cut into patches, padded with zero patches to N.
+
+    pixel_values: `(B, N, p * p * C) float32` patches, row-major over the image's patch grid.
+    pixel_attention_mask: `(B, N) int32`, 1 for the image's patches, 0 for padding.
+    spatial_shapes: `(B, 2) int64`, the image's patch rows and columns (rows * cols = its mask's sum).
+    """
+
+    pixel_values: np.ndarray
+    pixel_attention_mask: np.ndarray
+    spatial_shapes: np.ndarray
 
 
 Recipe = Union[CropRecipe, ProcessorRecipe]
@@ -68,10 +86,15 @@ def crop_batch(recipe: CropRecipe, items: Sequence[ImageItem]) -> np.ndarray:
     return np.stack([np.asarray(img, dtype=np.uint8) for img in crops])
 
 
-def apply_processor(processor: Any, items: Sequence[ImageItem]) -> np.ndarray:
-    """`(B, 3, H, W) float32` pixel values of the decoded items through a transformers image processor."""
+def apply_processor(processor: Any, items: Sequence[ImageItem]) -> np.ndarray | PatchPixels:
+    """`(B, 3, H, W) float32` pixel values of the decoded items through a transformers image
+    processor; `PatchPixels` from a patch processor (its output has ``spatial_shapes``)."""
     images = [decode_image(it) for it in items]
-    return np.ascontiguousarray(processor(images=images, return_tensors="pt")["pixel_values"].numpy())
+    out = processor(images=images, return_tensors="pt")
+    if "spatial_shapes" in out:
+        return PatchPixels(*(np.ascontiguousarray(out[key].numpy()) for key in
+                             ("pixel_values", "pixel_attention_mask", "spatial_shapes")))
+    return np.ascontiguousarray(out["pixel_values"].numpy())
 
 
 @lru_cache(maxsize=8)
@@ -84,7 +107,7 @@ def _processor(class_name: str, config_json: str) -> Any:
     return cls.from_dict(json.loads(config_json))
 
 
-def run_recipe(recipe: Recipe, items: Sequence[ImageItem]) -> np.ndarray:
+def run_recipe(recipe: Recipe, items: Sequence[ImageItem]) -> np.ndarray | PatchPixels:
     """Preprocess a batch as the recipe says (runs in a worker process or in process)."""
     if isinstance(recipe, CropRecipe):
         return crop_batch(recipe, items)

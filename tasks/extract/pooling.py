@@ -76,3 +76,18 @@ def pool_vision(hidden: torch.Tensor, how: str, num_prefix_tokens: int, channels
     if how == "avg":
         return hidden[:, num_prefix_tokens:].float().mean(dim=1)
     raise ValueError(f"unknown vision pooling {how!r}: use 'avg' or 'cls'")
+
+
+def pool_patches(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Vision pooling of one hidden state of a patch model (SigLIP 2 NaFlex), `(B, N, D)` over the
+    N patch positions its processor gave, ``mask`` `(B, N)` (1 = the image's patch, 0 = padding)
+    -> `(B, D)` float32. ``'avg'``: mean over each image's own patches (`masked_mean`); ``'cls'``
+    is refused: such a model has no CLS token (as SigLIP)."""
+    if hidden.dim() != 3 or tuple(hidden.shape[:2]) != tuple(mask.shape):
+        raise ValueError(f"a hidden state of shape {tuple(hidden.shape)} does not hold one token per patch position "
+                         f"of the mask {tuple(mask.shape)}: cannot tell the image's patches")
+    if how == "cls":
+        raise ValueError("'cls' pooling needs a model with a CLS token (this one has none): use 'avg'")
+    if how == "avg":
+        return masked_mean(hidden, mask)
+    raise ValueError(f"unknown vision pooling {how!r}: use 'avg' or 'cls'")

@@ -94,7 +94,7 @@ class ModelSpec(BaseModel):
                                    "byte-level")
     tokenizer_revision: str | None = Field(None, description="Hub tokenizer: branch, tag or commit")
     image_size: int | None = Field(None, gt=0, strict=True, description="Vision: input size in pixels (null: the "
-                                   "processor's own)")
+                                   "processor's own; a SigLIP 2 NaFlex model: its patch budget, (S / patch size)^2 patches)")
     crop_pct: float | None = Field(None, ge=0.5, le=1, strict=True, description="Vision: fraction of the resized "
                                    "shorter side kept by the centre crop, in [0.5, 1] (below 0.5 most of each image "
                                    "would be thrown away and the resize grows without bound): shorter side resized to "
