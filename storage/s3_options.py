@@ -145,20 +145,28 @@ def not_s3_reply(error: BaseException) -> str | None:
     page's host). A bare 5xx other than 501 may be a gateway between the client and a real S3
     server, so it is not taken for one. Returns ``ListObjectsV2 answered HTTP 404 (Not Found)
     without an S3 error document``."""
+    reply = _first_reply(error)
+    if reply is None:
+        return None
+    operation, status, details = reply
+    if str(operation).startswith("Head") or not isinstance(status, int) or details.get("Code") != str(status):
+        return None
+    if 400 <= status < 500 or status == 501:
+        reason = details.get("Message") or ""
+        return redact_text(f"{operation} answered HTTP {status}{f' ({reason})' if reason else ''} without an S3 error "
+                           "document")
+    return None
+
+
+def _first_reply(error: BaseException) -> tuple[str, Any, dict[str, Any]] | None:
+    """(operation, HTTP status, error details) of the first botocore client error (one with a
+    ``response`` and an ``operation_name``) in ``error``'s chain; None when there is none."""
     for found in error_chain(error):
         response = getattr(found, "response", None)
         operation = getattr(found, "operation_name", None)
-        if not (isinstance(response, dict) and operation):
-            continue
-        details = response.get("Error", {}) or {}
-        status = (response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
-        if str(operation).startswith("Head") or not isinstance(status, int) or details.get("Code") != str(status):
-            return None
-        if 400 <= status < 500 or status == 501:
-            reason = details.get("Message") or ""
-            return redact_text(f"{operation} answered HTTP {status}{f' ({reason})' if reason else ''} without an S3 error "
-                               "document")
-        return None
+        if isinstance(response, dict) and operation:
+            status = (response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
+            return str(operation), status, response.get("Error", {}) or {}
     return None
 
 
@@ -179,20 +187,16 @@ def not_implemented_reply(error: BaseException) -> NotImplementedReply | None:
     """The :class:`NotImplementedReply` in ``error``'s chain, or None: HTTP 501 with an S3 error
     code of its own (a bare 501, its code the status, is a web server that is no S3 server:
     :func:`not_s3_reply`). No retry changes that answer."""
-    for found in error_chain(error):
-        response = getattr(found, "response", None)
-        operation = getattr(found, "operation_name", None)
-        if not (isinstance(response, dict) and operation):
-            continue
-        details = response.get("Error", {}) or {}
-        status = (response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
-        code = details.get("Code")
-        if status != 501 or not code or str(code) == "501":
-            return None
-        header = details.get("Header")
-        return NotImplementedReply(str(operation), str(code), redact_text(str(details.get("Message") or "")),
-                                   str(header) if header else None)
-    return None
+    reply = _first_reply(error)
+    if reply is None:
+        return None
+    operation, status, details = reply
+    code = details.get("Code")
+    if status != 501 or not code or str(code) == "501":
+        return None
+    header = details.get("Header")
+    return NotImplementedReply(operation, str(code), redact_text(str(details.get("Message") or "")),
+                               str(header) if header else None)
 
 
 def describe_s3_error(error: BaseException) -> str:
