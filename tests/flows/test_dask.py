@@ -17,6 +17,23 @@ from tests.flows.test_pipeline import TINY_BERT, TINY_GPT, TINY_VIT
 from tasks.params import PipelineConfig
 
 
+
+def _mark_every_50_ms(name: str, marker: str, seconds: float) -> int:
+    """A task's work for ``seconds``: a safe point (``raise_if_stopped``) then a mark appended to
+    the file ``marker`` every 0.05 s, counted as a task of the run (``in_flight``); returns the marks."""
+    from tasks.stop_request import in_flight, raise_if_stopped
+
+    path, count = Path(marker), 0
+    with in_flight(f"{name} {path.name}"):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            raise_if_stopped(f"{name} {path.name}: mark {count}")
+            with path.open("a") as handle:
+                handle.write(".")
+            count += 1
+            time.sleep(0.05)
+    return count
+
 def test_runner_names(monkeypatch):
     from prefect_dask import DaskTaskRunner
 
@@ -82,21 +99,12 @@ def test_a_failed_run_stops_its_tasks_on_an_external_dask_scheduler(tmp_path):
     from prefect_dask import DaskTaskRunner
 
     from flows.run_record import stop_tasks_in_flight
-    from tasks.stop_request import RunStopped, in_flight, raise_if_stopped, run_scope
+    from tasks.stop_request import RunStopped, run_scope
 
     @task
     def busy(marker: str, seconds: float) -> int:
         """A task with a safe point every 0.05 s that marks ``marker`` at each: runs ``seconds``."""
-        path, marks = Path(marker), 0
-        with in_flight(f"busy {path.name}"):
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                raise_if_stopped(f"busy {path.name}: mark {marks}")
-                with path.open("a") as handle:
-                    handle.write(".")
-                marks += 1
-                time.sleep(0.05)
-        return marks
+        return _mark_every_50_ms("busy", marker, seconds)
 
     cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
                                        dashboard_address=None)
@@ -142,21 +150,12 @@ def test_a_retried_flow_run_is_not_stopped_by_its_earlier_attempts_stop_request(
     from prefect_dask import DaskTaskRunner
 
     from flows.run_record import stop_tasks_in_flight
-    from tasks.stop_request import RunStopped, in_flight, raise_if_stopped, run_scope
+    from tasks.stop_request import RunStopped, run_scope
 
     @task
     def marks(marker: str, seconds: float) -> int:
         """Marks ``marker`` every 0.05 s for ``seconds``, a safe point before each mark; returns how many."""
-        path, count = Path(marker), 0
-        with in_flight(f"marks {path.name}"):
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                raise_if_stopped(f"marks {path.name}: mark {count}")
-                with path.open("a") as handle:
-                    handle.write(".")
-                count += 1
-                time.sleep(0.05)
-        return count
+        return _mark_every_50_ms("marks", marker, seconds)
 
     cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
                                        dashboard_address=None)
