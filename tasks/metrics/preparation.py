@@ -166,9 +166,11 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
 
     Raises:
         ValueError: ``q`` not a number in ``(0, 1]``, a flag that is not a bool (``'False'``
-            would read as true), ``x`` not an array, tensor, memoryview or list of layers (a
-            string, ``None``, a dict...), a shape other than ``(N, D)``/``(L, N, D)``, or a
-            layer with width 0, no samples, or a NaN or inf value (named by its index).
+            would read as true), ``x`` not an array, tensor, memoryview, array-like
+            (``__array__``: a pandas DataFrame, read as the array it holds) or list of layers (a
+            string, ``None``, a dict...), a shape other than ``(N, D)``/``(L, N, D)`` (a numpy
+            scalar or 0-d array named with its shape ``()``), or a layer with width 0, no
+            samples, or a NaN or inf value (named by its index).
         TypeError: complex features, or a numpy dtype torch cannot hold (``np.longdouble``,
             object, text, dates, raw bytes), named with the layer of a list.
 
@@ -201,5 +203,5 @@ def prepare(x: ArrayLike | Sequence[ArrayLike], q: float = 0.95, exact: bool = F
     elif t.ndim == 3:
         out = torch.stack(_prepare_layers(list(t), q, exact, normalize, pooled=not per_layer))
     else:
-        raise ValueError(f"expected (N, D) or (L, N, D), got shape {tuple(t.shape)}")
+        raise ValueError(f"expected (N, D) or (L, N, D), got shape {tuple(x.shape)}")
     return out.cpu().numpy() if is_numpy else out

@@ -286,3 +286,16 @@ def test_prepare_of_no_feature_container_is_a_value_error_like_score(given: obje
         prepare(given)
     with pytest.raises(ValueError, match="^x: " + message[1:]):
         score("cka", given, paired(n=8, dx=3, dy=3)[1])
+
+
+@pytest.mark.parametrize("given", [np.float64(2.0), np.array(2.0), Frame(np.array(2.0)), np.float32(1.5)],
+                         ids=["numpy scalar", "0-d array", "0-d array-like", "float32 scalar"])
+def test_prepare_of_a_scalar_names_its_own_shape(given: object) -> None:
+    """A numpy scalar or a 0-d array (or array-like, read through ``__array__`` since the
+    array-like change) is refused naming its shape ``()``: the conversion to a tensor makes a 0-d
+    array 1-d (``np.ascontiguousarray``), and the message had said "got shape (1,)", a shape the
+    caller never gave. ``layer_matrix`` says ``()`` alike."""
+    with pytest.raises(ValueError, match=r"^expected \(N, D\) or \(L, N, D\), got shape \(\)$"):
+        prepare(given)
+    with pytest.raises(ValueError, match=r"^x: expected \(N, D\) or \(L, N, D\) features, got shape \(\)$"):
+        layer_matrix("cka", given, paired(n=8, dx=3, dy=3)[1])
