@@ -870,9 +870,10 @@ def _read_csv(path: Path, delimiter: str, columns: ColumnMap, limit: int | None 
     try:
         header = next(reader)
     except StopIteration:
-        raise ValueError(f"dataset table {str(path)!r} is empty (no header row)") from None
+        after = f" after its separator line (line 1: sep={delimiter})" if skipped else ""
+        raise ValueError(f"dataset table {str(path)!r} is empty (no header row{after})") from None
     except csv.Error as exc:
-        raise ValueError(f"dataset table {str(path)!r} is not valid CSV: {exc}") from exc
+        raise ValueError(f"dataset table {str(path)!r} is not valid CSV at its header (line {skipped + 1}): {exc}") from exc
     names = [name.strip() for name in header]
     _check_columns(path, names, columns)
     canonical = {columns.image: "image", columns.text: "text"}

@@ -221,6 +221,19 @@ def test_a_csv_whose_first_line_declares_its_separator_is_read_at_it(tmp_path):
     assert sorted(load_paired_dataset(folder).table.column("text").to_pylist()) == ["blue", "red, dark"]
 
 
+def test_a_csv_with_a_separator_line_names_its_header_line_when_refused(tmp_path):
+    """A table that is only ``sep=;`` says it has no header after that line; a header that is not
+    valid CSV is named by its line (2, after ``sep=``), as a data row's error is."""
+    empty = tmp_path / "empty.csv"
+    empty.write_text("sep=;\n")
+    with pytest.raises(ValueError, match=r"empty\.csv'? is empty \(no header row after its separator line \(line 1: sep=;\)\)"):
+        load_paired_dataset(empty)
+    bad = tmp_path / "bad.csv"
+    bad.write_text('sep=;\n"image"x;text\na.png;red\n')
+    with pytest.raises(ValueError, match=r"bad\.csv'? is not valid CSV at its header \(line 2\): "):
+        load_paired_dataset(bad)
+
+
 def test_a_semicolon_csv_whose_quoted_header_holds_a_comma_is_read_at_semicolons(tmp_path):
     """``image;"caption, en"`` read at commas is ``['image;"caption', ' en"']``: quotes inside
     unquoted fields, which no CSV writer makes; at semicolons it is two clean fields, every comma
@@ -260,7 +273,7 @@ def test_a_csv_whose_header_opens_a_quote_never_closed_is_refused_as_csv(tmp_pat
     of that look, a raw ``_csv.Error`` where the table's reader said "is not valid CSV"."""
     path = tmp_path / "pairs.csv"
     path.write_bytes(b'"image,text\na.png,' + b"x" * (64 << 20) + b"\n")
-    with pytest.raises(ValueError, match=r"pairs\.csv'? is not valid CSV: field larger than field limit"):
+    with pytest.raises(ValueError, match=r"pairs\.csv'? is not valid CSV at its header \(line 1\): field larger than field limit"):
         load_paired_dataset(path)
 
 
