@@ -7,6 +7,7 @@ import errno
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -53,6 +54,28 @@ def default_store() -> str:
     except ValueError as error:
         raise ValueError(f"$PRH_STORE: {error} (unset it for store/ of this checkout)") from None
     return store
+
+
+def sql_command(store: str, shown: str) -> str:
+    """``prh sql`` as the closing lines of ``prh run`` suggest it for reading ``store`` (``shown``:
+    its URL as printed, credentials redacted): prh named as this process was started where the
+    ``prh`` on PATH is another program or none (``.venv/bin/prh`` after ``make run``, whose venv
+    is not activated), and ``--store`` unless ``store`` is the default one (``default_store``),
+    so that the query reads the store the run wrote."""
+    program = sys.argv[0] if sys.argv else "prh"
+    name = "prh"
+    if os.path.basename(program) == "prh" and os.sep in program:
+        found = shutil.which("prh")
+        try:
+            same = found is not None and os.path.samefile(found, program)
+        except OSError:
+            same = False
+        name = "prh" if same else shlex.quote(program)
+    try:
+        default = store == default_store()
+    except ValueError:  # a bad $PRH_STORE: the run used --store
+        default = False
+    return f"{name} sql" if default else f"{name} sql --store {shlex.quote(shown)}"
 
 
 def _default_store_shown() -> str:
@@ -355,8 +378,9 @@ def _run(args: argparse.Namespace) -> int:
             # errors prh raised are stated below in one line; the flow skips the store probe made above
             summary = prh_pipeline(config=config, store=store)
     except ZooFailures as error:  # the rest is published: say what failed, exit 1
-        where = {"features": "\nTheir features are in the store: prh sql \"select * from models\"", "nothing": ""}.get(
-            error.published or "", "\nThe results of the other models are in the store: prh sql \"select * from alignment_best_latest\"")
+        sql = sql_command(store, target.display_url)
+        where = {"features": f"\nTheir features are in the store: {sql} \"select * from models\"", "nothing": ""}.get(
+            error.published or "", f"\nThe results of the other models are in the store: {sql} \"select * from alignment_best_latest\"")
         print(f"prh run: {for_terminal_lines(error)}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -364,7 +388,7 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print_summary(summary)
+    print_summary(summary, sql=sql_command(store, target.display_url))
     return 0
 
 
@@ -465,7 +489,7 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def print_summary(summary: dict[str, Any]) -> None:
+def print_summary(summary: dict[str, Any], sql: str = "prh sql") -> None:
     """The closing table: best layer pair per metric for every model pair, with chance levels.
 
     ``chance`` is the analytical chance level where one exists (mutual k-NN: k/(N-1));
@@ -475,7 +499,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     data scores after the same max), ``calib.`` the calibrated score, ``p`` its p-value and
     ``q`` the Benjamini–Hochberg q-value among the run's pairs of that metric (``tasks.grid_fdr``).
     The first two columns are headed ``vision`` / ``language`` when every pair is one of each
-    (``pairs: cross_modal``), else ``model A`` / ``model B``.
+    (``pairs: cross_modal``), else ``model A`` / ``model B``. The closing hint starts with ``sql``
+    (``sql_command``: prh as started, ``--store`` unless the default store).
     """
     from rich.console import Console
     from rich.table import Table
@@ -487,7 +512,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     if not summary["best"]:  # a one-model zoo: alignment_best_latest is still an earlier run's
         console.print(features)
         console.print(f"features stored in {summary['store']} (run {summary['run_id']}); no model pairs were aligned")
-        console.print('query them: prh sql "select * from models_current"')
+        console.print(f'query them: {sql} "select * from models_current"')
         return
     table = Table(title=f"Best layer pair per metric (dataset {summary['dataset_version']}, N={rows_aligned(summary['best'])})")
     cross_modal = all((r.get("modality_a"), r.get("modality_b")) == ("vision", "language") for r in summary["best"])
@@ -520,7 +545,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     if pairs:
         console.print(pairs)
     console.print(f"results stored in {summary['store']} (run {summary['run_id']})")
-    console.print('query them: prh sql "select * from alignment_best_latest"  (the latest run\'s results; '
+    console.print(f'query them: {sql} "select * from alignment_best_latest"  (the latest run\'s results; '
                   'alignment_best: the current result of every pair scored so far)')
 
 
@@ -718,13 +743,15 @@ def _keep_runs(store: Store, keep: int, keep_current: bool, dry_run: bool, verb:
     its size as it goes, then how many of them held current results; returns their keys
     (``sizes``: key -> bytes)."""
     from storage.run_retention import apply_retention, plan_retention
+    from storage.runs import CLOCK_SKEW_SECONDS
 
     plan = plan_retention(store, keep, keep_current=keep_current)
     if not plan.blocked:
         since = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(plan.since or 0.0))
         current = " and the current results (alignment_best)" if keep_current else ""
         _say(f"--keep-runs {keep}: keeping {len(plan.keep)} published version(s): those of run(s) {', '.join(plan.kept_runs)}"
-              f"{current}, their inputs and every version published since {since}")
+              f"{current}, their inputs and every version published since {since} ({CLOCK_SKEW_SECONDS / 60:g} minutes before "
+              "the oldest kept run started: a margin for clock skew between hosts)")
 
     def show(key: str) -> None:
         if key in plan.pointers:
@@ -802,7 +829,7 @@ def _catalog_export(args: argparse.Namespace) -> int:
 
     summary = export_catalog(existing_store(store_argument(args)), args.file)
     print(f"wrote {summary.path}: views {', '.join(summary.views)} over {summary.files} Parquet files of {summary.store}; "
-          + ", ".join(f"{name} ({rows} rows)" for name, rows in summary.tables.items()))
+          + ", ".join(f"{name} ({_count(rows, 'row')})" for name, rows in summary.tables.items()))
     if summary.remote:
         print("the views read s3:// URLs: open it with storage.export.open_catalog(FILE) (registers s3fs); see docs/storage.md")
     else:

@@ -286,9 +286,12 @@ def submit_extractions(
     extracting = {}
     for index, spec in enumerate(config.models, 1):
         if spec.name not in refused:
-            logger.info("model %d/%d: %s", index, len(config.models), spec.name)
             manifest = stored[spec.name]
             own = manifest is not None and (manifest.get("catalog") or {}).get("model") == spec.name
+            # logged as each task is submitted (all at once): what it will do, not how far the run is
+            logger.info("model %d/%d: %s: %s", index, len(config.models), spec.name,
+                        "to extract" if manifest is None else "features stored, reused" if own
+                        else "features stored under another name, copied")
             # stored under its own name: an untagged task (no GPU slot to wait for); a renamed
             # model's copy, or an extraction, holds the slot
             extracting[spec.name] = (reuse_features if own else extract_features).submit(store_url, dataset, spec)

@@ -49,10 +49,25 @@ def run_report(args: argparse.Namespace, store: str) -> int:
         model_a, model_b = args.pair.split(":", 1)
         pair = (model_a, model_b)
     path, report = write_report(store, args.out, run_id=args.run, pair=pair)
-    print(f"report written to {path} ({len(report.figures)} figures in {path.parent / 'figures'})")
+    print(f"report of {reported_run(report.data.run, chosen=args.run is not None)} written to {path} "
+          f"({len(report.figures)} figures in {path.parent / 'figures'})")
     for note in report.notes:
         print(f"note: {for_terminal(note)}")  # notes quote the store's run records: no escape code reaches the terminal
     return 0
+
+
+def reported_run(run: dict[str, Any], chosen: bool) -> str:
+    """Which run a report shows, for the line ``prh report`` prints: ``run ID (STATUS, started
+    2026-01-02 00:00:00 UTC; the latest run with results)``, the last part only where ``--run``
+    did not choose it (``chosen``): the default is the latest run that published results, which
+    need not be the newest run (a one-model zoo's run has none)."""
+    from tasks.report.build import shown_time
+
+    facts = [str(run.get("status") or "status unknown")]
+    if run.get("started_at"):
+        facts.append(f"started {shown_time(run['started_at'])}")
+    latest = "" if chosen else "; the latest run with results"
+    return for_terminal(f"run {run.get('run_id')} ({', '.join(facts)}{latest})")  # quoted from the store's record
 
 
 def write_report(

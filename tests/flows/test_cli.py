@@ -42,9 +42,20 @@ def test_run_on_a_folder_reports_bad_rows_and_sql_reads_results(tmp_path, capsys
     config.write_text(yaml.safe_dump({"models": [TINY_VIT, TINY_BERT],
                                       "alignment": {"metrics": ["mutual_knn", "cka"], "topk": 3}}))
     store = str(tmp_path / "store")
-    assert main(["run", "--config", str(config), "--dataset", str(tmp_path / "pairs"), "--store", store]) == 0
+    flow_log = Collect()
+    logging.getLogger("prefect.flow_runs").addHandler(flow_log)
+    try:
+        assert main(["run", "--config", str(config), "--dataset", str(tmp_path / "pairs"), "--store", store]) == 0
+    finally:
+        logging.getLogger("prefect.flow_runs").removeHandler(flow_log)
     out = capsys.readouterr().out
     assert "mutual_knn" in out and "tiny-vit" in out and "results stored in" in out
+    # "model 1/2: tiny-vit" lines, all at one moment when the tasks are submitted, read as progress: they
+    # now say what the task will do
+    submitted = [r.getMessage() for r in flow_log.records if r.getMessage().startswith("model ")]
+    assert submitted == ["model 1/2: tiny-vit: to extract", "model 2/2: tiny-bert: to extract"]
+    # the closing hint reads the store the run wrote: `prh sql` without --store read the default one
+    assert f'query them: prh sql --store {Store(store).display_url} "select * from alignment_best_latest"' in out
 
     assert main(["sql", "select name, n_samples, n_rejected from datasets", "--store", store, "--format", "json"]) == 0
     datasets = json.loads(capsys.readouterr().out)
@@ -63,8 +74,15 @@ def test_run_on_a_folder_reports_bad_rows_and_sql_reads_results(tmp_path, capsys
                                       "alignment": {"metrics": ["mutual_knn", "cka"], "topk": 4}}))
     probes, probe = [], Store.check_writable
     monkeypatch.setattr(Store, "check_writable", lambda self, *a, **k: probes.append(self.url) or probe(self, *a, **k))
-    assert main(["run", "--config", str(config), "--dataset", str(tmp_path / "pairs"), "--store", store]) == 0
+    flow_log.records.clear()
+    logging.getLogger("prefect.flow_runs").addHandler(flow_log)
+    try:
+        assert main(["run", "--config", str(config), "--dataset", str(tmp_path / "pairs"), "--store", store]) == 0
+    finally:
+        logging.getLogger("prefect.flow_runs").removeHandler(flow_log)
     capsys.readouterr()
+    submitted = [r.getMessage() for r in flow_log.records if r.getMessage().startswith("model ")]
+    assert submitted == ["model 1/2: tiny-vit: features stored, reused", "model 2/2: tiny-bert: features stored, reused"]
     assert len(probes) == 1  # the command's, before Prefect's server started: its flow, in the same process, skipped its own
     counts = ("select metric, count(*) n, count(distinct alignment_version) v, max(params) p from {} group by metric "
               "order by metric")
@@ -194,7 +212,8 @@ def test_a_refused_model_exits_1_naming_it(tmp_path, capsys):
     assert err.startswith("prh run: 1 of 2 models and 1 of 1 model pairs failed") and "check bert-as-vision: " in err
     # no pair was aligned: not "the rest is published" pointing at an empty alignment_best
     assert "(no model pair aligned: only the other models' features are published)" in err
-    assert "alignment_best" not in err and 'Their features are in the store: prh sql "select * from models"' in err
+    assert "alignment_best" not in err
+    assert f'Their features are in the store: prh sql --store {Store(store).display_url} "select * from models"' in err
     # the flow engine's "Encountered exception" record keeps its message, not its ~50-line traceback
     engine = [r for r in flow_log.records if r.getMessage().startswith("Encountered exception during execution: ZooFailures")]
     assert len(engine) == 1 and engine[0].exc_info is None
@@ -517,6 +536,34 @@ def test_the_run_summary_prints_a_best_row_without_a_score(capsys):
     shown = capsys.readouterr().out
     assert "Best layer pair" not in shown and "alignment_best_latest" not in shown
     assert "no model pairs were aligned" in shown and 'prh sql "select * from models_current"' in shown
+
+
+def test_the_closing_hint_names_prh_and_the_store_as_the_run_used_them(tmp_path, monkeypatch):
+    """`make run` starts `.venv/bin/prh`, which is not on PATH: the closing hint `prh sql ...` was
+    "command not found" where the README's own commands say `.venv/bin/prh`; and a run with
+    --store was pointed at the default store. The hint names prh as it was started (plain `prh`
+    where that is the one on PATH) and the store unless it is the default one."""
+    from flows.cli import CHECKOUT_STORE, sql_command
+
+    monkeypatch.delenv("PRH_STORE", raising=False)
+    venv_bin, on_path = tmp_path / "my venv" / "bin", tmp_path / "path"
+    for folder in (venv_bin, on_path):
+        folder.mkdir(parents=True)
+        (folder / "prh").write_text("#!/bin/sh\n")
+        (folder / "prh").chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(sys, "argv", ["my venv/bin/prh", "run"])
+    assert sql_command(CHECKOUT_STORE, "file:///x/store") == "'my venv/bin/prh' sql"
+    assert sql_command("s3://bucket/prh", "s3://bucket/prh") == "'my venv/bin/prh' sql --store s3://bucket/prh"
+    monkeypatch.setenv("PATH", str(on_path))  # another prh on PATH: still the one that ran
+    assert sql_command(CHECKOUT_STORE, "file:///x/store") == "'my venv/bin/prh' sql"
+    monkeypatch.setenv("PATH", str(venv_bin))  # the one that ran is on PATH (an activated venv)
+    assert sql_command(CHECKOUT_STORE, "file:///x/store") == "prh sql"
+    monkeypatch.setattr(sys, "argv", ["prh", "run"])  # found on PATH by the shell
+    assert sql_command(str(tmp_path / "my store"), f"file://{tmp_path}/my store") == f"prh sql --store 'file://{tmp_path}/my store'"
+    monkeypatch.setenv("PRH_STORE", "s3://bucket/prh")  # the default is $PRH_STORE where set
+    assert sql_command("s3://bucket/prh", "s3://bucket/prh") == "prh sql"
 
 
 def test_the_run_summary_says_what_its_columns_mean_and_why_they_are_empty(capsys):

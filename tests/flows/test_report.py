@@ -70,6 +70,20 @@ def test_report_of_a_chosen_run_and_errors(store, tmp_path, capsys):
     assert "no run that published results" in capsys.readouterr().err
 
 
+def test_prh_report_names_the_run_it_reported(store, tmp_path, capsys):
+    """`prh report` printed only where the page went. In this store, as after a one-model zoo's
+    run, the newest run published no results, so the default page is of an earlier run: the first
+    line now says which run, its status and start, and that it is the latest run with results."""
+    out = tmp_path / "latest"
+    assert main(["report", "--store", store[0], "--out", str(out)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"report of run {LATEST_RUN} (COMPLETED, started 2026-01-02 00:00:00 UTC; the latest run "
+                            f"with results) written to {out / 'report.html'} (")
+    assert main(["report", "--store", store[0], "--run", OLDER_RUN[:7], "--out", str(tmp_path / "older")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"report of run {OLDER_RUN} (COMPLETED, started 2026-01-01 00:00:00 UTC) written to ")
+
+
 def test_bad_out_folders_are_one_line_errors(store, tmp_path, capsys):
     """`--out` naming a file, a path under a file, or nothing raised FileExistsError and
     NotADirectoryError tracebacks (or wrote into the working directory): one line naming it, exit 2,
@@ -270,11 +284,12 @@ def test_artifact_text_and_printed_notes_quote_store_text_inertly(store, tmp_pat
     text = artifact_markdown(SimpleNamespace(data=SimpleNamespace(best=best), figures=[], notes=[hostile]), {"run_id": "r1"}, "file:///x")
     assert "\x1b" not in text and "<img" not in text.replace("\\<img", "") and "[click](" not in text.replace("\\[click\\]\\(", "")
     assert "| cka | – | v\\|\\<b\\> × \\[l\\]\\(u\\) | 0.5000 |" in text
-    fake = SimpleNamespace(figures=[], notes=[hostile])
+    fake = SimpleNamespace(figures=[], notes=[hostile], data=SimpleNamespace(run={"run_id": hostile, "status": "COMPLETED"}))
     monkeypatch.setattr("flows.report.write_report", lambda *a, **k: (tmp_path / "report.html", fake))
     assert run_report(SimpleNamespace(pair=None, out=str(tmp_path), run=None), store) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "note: boom\\x1b[2J\\x1b[1;31mFAKE" in out
+    assert out.startswith("report of run boom\\x1b[2J\\x1b[1;31mFAKE")  # the run id, quoted from its record, too
 
 
 def test_artifact_best_pair_of_a_lower_is_better_metric_is_the_smallest_score():

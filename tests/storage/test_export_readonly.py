@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -318,6 +319,7 @@ def test_prh_sql_and_catalog_export_commands(tmp_path, capsys, monkeypatch):
     assert main(["catalog", "export", "prh.duckdb", "--store", url]) == 0
     out = capsys.readouterr().out
     assert "over 25 Parquet files" in out and "duckdb -readonly" in out
+    assert re.search(r"datasets \(1 row\), models \(\d+ rows\), runs \(\d+ rows?\)", out), out  # not "(1 rows)"
     assert duckdb.connect(str(tmp_path / "prh.duckdb"), read_only=True).sql("select count(*) from alignment_best").fetchall() == [(8,)]
     assert main(["catalog", "export", "odd dir/cat [1].duckdb", "--store", url]) == 0  # the command can be pasted
     assert f"duckdb -readonly '{tmp_path}/odd dir/cat [1].duckdb'" in capsys.readouterr().out
