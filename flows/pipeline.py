@@ -110,10 +110,12 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
         **metric_work(alignments),
     )
     _publish_artifacts(best, record)
-    if report and (alignments or not failures):  # what was published, failures listed in its notes
+    if report and alignments:  # what was published (reused pairs too), failures listed in its notes
         from flows.report import publish_report_artifact
 
         publish_report_artifact(store_url, record)
+    elif report and not failures:  # a one-model zoo: a page of no results (which `prh report --run` refuses)
+        get_run_logger().info("no model pair was aligned: no report page for this run (its features are in the models view)")
     if failures:
         message, published = _failure_summary(failures, len(config.models), len(alignments))
         raise ZooFailures(message, published)

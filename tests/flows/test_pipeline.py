@@ -329,6 +329,19 @@ def test_feature_outcome_names_each_models_version_and_whether_it_was_extracted_
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_a_one_model_zoo_stores_features_and_no_report_page(tmp_path):
+    """A run with no model pair (one model) had stored an empty report page under
+    ``reports/<run_id>/`` that ``prh report --run ID`` then refused ("has no alignment results"):
+    such a run stores its features and no page."""
+    from flows.cli import main
+
+    store = tmp_path / "store"
+    summary = prh_pipeline(config=_config([TINY_VIT], permutations=0), store=str(store), report=True)
+    assert summary["status"] == "COMPLETED" and summary["best"] == [] and summary["extracted"] == ["tiny-vit"]
+    assert not Store(str(store)).exists(f"reports/{summary['run_id']}/report.html")
+    assert main(["report", "--store", str(store), "--run", summary["run_id"], "--out", str(tmp_path / "page")]) == 2
+
+
 def test_a_failing_model_does_not_stop_the_others(tmp_path):
     """A model refused by the up-front check (wrong modality) is reported before any extraction;
     a model that fails while loading fails its task (no retry: not transient); the other models
