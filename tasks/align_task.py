@@ -310,16 +310,34 @@ def unscored_layers(results: list[PairAlignment]) -> tuple[set[int], set[int]]:
 
 def log_duplicates(duplicates: list[dict[str, Any]], layers: list[np.ndarray], sample_ids: list[str], catalog: dict[str, Any],
                    image_of: Mapping[str, str] | None, logger: logging.Logger | logging.LoggerAdapter) -> None:
-    """One warning for the model of ``catalog`` when ``duplicates`` (its ``duplicate_vector_samples``
+    """One line for the model of ``catalog`` when ``duplicates`` (its ``duplicate_vector_samples``
     entries; ``layers``: its ``(N, D_l)`` rows in ``sample_ids`` order) has any, naming its worst
-    layer and the likely cause (``duplicate_hint``), on one line."""
+    layer and the likely cause (``duplicate_hint``): INFO where every group is the captions of one
+    image (``duplicates_expected``: the dataset pairs an image with several captions, as the demo
+    does for emoji that render alike), else a WARNING."""
     if not duplicates:
         return
     worst = max(duplicates, key=lambda d: d["n_samples"])
-    logger.warning("%s: in %d of its layers some samples share their exact vector with another (up to %d of %d samples, "
-                   "layer %d, e.g. %s); k-NN ties among them are broken arbitrarily; %s",
-                   catalog["model"], len(duplicates), worst["n_samples"], len(sample_ids), worst["layer"],
-                   examples(worst["examples"]), duplicate_hint(duplicates, layers, sample_ids, catalog, image_of))
+    level = logging.INFO if duplicates_expected(duplicates, layers, sample_ids, catalog, image_of) else logging.WARNING
+    logger.log(level, "%s: in %s of its layers some samples share their exact vector with another (up to %d of %d samples, "
+               "layer %d, e.g. %s); k-NN ties among them are broken arbitrarily; %s",
+               catalog["model"], f"all {len(duplicates)}" if len(duplicates) == len(layers) else len(duplicates),
+               worst["n_samples"], len(sample_ids), worst["layer"], examples(worst["examples"]),
+               duplicate_hint(duplicates, layers, sample_ids, catalog, image_of))
+
+
+def duplicates_expected(duplicates: list[dict[str, Any]], layers: list[np.ndarray], sample_ids: list[str],
+                        catalog: dict[str, Any], image_of: Mapping[str, str] | None) -> bool:
+    """Whether every group of identical rows in every layer of ``duplicates`` is the captions of one
+    image (``groups_in_one_image``), for a model that is not a language model: the vision rows of
+    an image's samples are its one vector by construction."""
+    if catalog.get("modality") == "language" or image_of is None:
+        return False
+    for d in duplicates:
+        shared = groups_in_one_image(layers[d["layer"]], sample_ids, image_of)
+        if shared is None or shared[0] != shared[1]:
+            return False
+    return True
 
 
 def duplicate_hint(duplicates: list[dict[str, Any]], layers: list[np.ndarray], sample_ids: list[str], catalog: dict[str, Any],

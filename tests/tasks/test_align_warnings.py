@@ -134,16 +134,38 @@ def test_duplicates_in_a_language_models_embeddings_layer_are_blamed_on_the_last
 ])
 def test_duplicate_vision_rows_are_told_whether_they_share_an_image(tmp_path, caplog, same_image, hint):
     """The dataset says whether the samples of a group of identical vision rows are captions of
-    one image (expected; unit 'image' merges them) or different images (it would not)."""
+    one image (expected; unit 'image' merges them) or different images (it would not). The
+    expected case is an INFO line, not a WARNING: the demo, whose six emoji pairs that render
+    alike are stored as one image with two captions each, had logged 8 warnings on every run."""
     store = Store(str(tmp_path / "store"))
     _publish_dataset(store, {"s009": "s002", "s040": "s002"} if same_image else {})
     x = _view(1, 6)
     x[[9, 40]] = x[2]
     ma = _publish(store, "vit", [x, _view(2, 12)])
     mb = _publish(store, "lm", [_view(3, 5)], modality="language")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         align_to_store(store.url, ma, mb, AlignmentParams(topk=TOPK), logging.getLogger("test"))
-    assert _duplicate_warning(caplog.text, "vit").endswith(f"k-NN ties among them are broken arbitrarily; {hint}")
+    line = _duplicate_warning(caplog.text, "vit")
+    assert line.endswith(f"k-NN ties among them are broken arbitrarily; {hint}")
+    assert "vit: in 1 of its layers" in line  # layer 0 of 2
+    levels = {r.levelname for r in caplog.records if "share their exact vector" in r.getMessage()}
+    assert levels == ({"INFO"} if same_image else {"WARNING"})
+
+
+def test_duplicates_of_one_image_in_some_layers_and_of_different_images_in_another_warn(tmp_path, caplog):
+    """Expected only when every layer's groups are captions of one image: a layer whose identical
+    rows are of different images keeps the line a WARNING, and "all" counts every layer."""
+    store = Store(str(tmp_path / "store"))
+    _publish_dataset(store, {"s009": "s002"})
+    x0, x1 = _view(1, 6), _view(2, 12)
+    x0[9] = x0[2]  # captions of one image
+    x1[9], x1[20] = x1[2], x1[5]  # and, in the other layer, two different images too
+    ma = _publish(store, "vit", [x0, x1])
+    mb = _publish(store, "lm", [_view(3, 5)], modality="language")
+    with caplog.at_level(logging.INFO):
+        align_to_store(store.url, ma, mb, AlignmentParams(topk=TOPK), logging.getLogger("test"))
+    assert "vit: in all 2 of its layers" in _duplicate_warning(caplog.text, "vit")
+    assert {r.levelname for r in caplog.records if "share their exact vector" in r.getMessage()} == {"WARNING"}
 
 
 def test_duplicate_captions_are_blamed_on_identical_texts(tmp_path, caplog):
