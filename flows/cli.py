@@ -58,24 +58,42 @@ def default_store() -> str:
 
 def sql_command(store: str, shown: str) -> str:
     """``prh sql`` as the closing lines of ``prh run`` suggest it for reading ``store`` (``shown``:
-    its URL as printed, credentials redacted): prh named as this process was started where the
-    ``prh`` on PATH is another program or none (``.venv/bin/prh`` after ``make run``, whose venv
-    is not activated), and ``--store`` unless ``store`` is the default one (``default_store``),
-    so that the query reads the store the run wrote."""
-    program = sys.argv[0] if sys.argv else "prh"
-    name = "prh"
-    if os.path.basename(program) == "prh" and os.sep in program:
-        found = shutil.which("prh")
-        try:
-            same = found is not None and os.path.samefile(found, program)
-        except OSError:
-            same = False
-        name = "prh" if same else shlex.quote(program)
+    its URL as printed, credentials redacted): prh named as this process was started
+    (:func:`prh_as_started`), and ``--store`` unless ``store`` is the default one
+    (``default_store``), so that the query reads the store the run wrote."""
     try:
         default = store == default_store()
     except ValueError:  # a bad $PRH_STORE: the run used --store
         default = False
+    name = prh_as_started()
     return f"{name} sql" if default else f"{name} sql --store {shlex.quote(shown)}"
+
+
+def prh_as_started() -> str:
+    """This prh as a shell command, from ``sys.argv[0]``: ``prh`` where the program started is the
+    ``prh`` on PATH, or is no prh script (``prh`` found by name, another program calling
+    :func:`main`); else as it was started: its path (``.venv/bin/prh`` after ``make run``, whose
+    venv is not activated), a link's name where that link is on PATH (``prh-dev``), or the
+    interpreter and module for ``python -m flows.cli`` (``sys.argv[0]``: this file)."""
+    program = sys.argv[0] if sys.argv else ""
+    if not os.path.dirname(program):
+        return "prh"
+    if _same_file(program, __file__):
+        found = shutil.which("python")
+        python = "python" if found and os.path.abspath(found) == os.path.abspath(sys.executable) else shlex.quote(sys.executable)
+        return f"{python} -m flows.cli"  # the venv's own python: not the file it links to
+    if os.path.basename(os.path.realpath(program)) != "prh":
+        return "prh"
+    name = os.path.basename(program)
+    return name if _same_file(shutil.which(name), program) else shlex.quote(program)
+
+
+def _same_file(a: str | None, b: str) -> bool:
+    """Whether the paths ``a`` and ``b`` name one file (links followed); False where one is None or missing."""
+    try:
+        return a is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _default_store_shown() -> str:
@@ -511,8 +529,8 @@ def print_summary(summary: dict[str, Any], sql: str = "prh sql") -> None:
     features = f"features extracted: {', '.join(summary['extracted']) or 'none'}; reused: {', '.join(summary['reused']) or 'none'}"
     if not summary["best"]:  # a one-model zoo: alignment_best_latest is still an earlier run's
         console.print(features)
-        console.print(f"features stored in {summary['store']} (run {summary['run_id']}); no model pairs were aligned")
-        console.print(f'query them: {sql} "select * from models_current"')
+        console.print(f"features stored in {summary['store']} (run {summary['run_id']}); no model pairs were aligned", soft_wrap=True)
+        console.print(f'query them: {sql} "select * from models_current"', soft_wrap=True)  # pasted: never cut
         return
     table = Table(title=f"Best layer pair per metric (dataset {summary['dataset_version']}, N={rows_aligned(summary['best'])})")
     cross_modal = all((r.get("modality_a"), r.get("modality_b")) == ("vision", "language") for r in summary["best"])
@@ -544,9 +562,10 @@ def print_summary(summary: dict[str, Any], sql: str = "prh sql") -> None:
     pairs = pairs_line(summary)
     if pairs:
         console.print(pairs)
-    console.print(f"results stored in {summary['store']} (run {summary['run_id']})")
+    # the store's URL and the command are copied from these lines: never cut by a line break
+    console.print(f"results stored in {summary['store']} (run {summary['run_id']})", soft_wrap=True)
     console.print(f'query them: {sql} "select * from alignment_best_latest"  (the latest run\'s results; '
-                  'alignment_best: the current result of every pair scored so far)')
+                  'alignment_best: the current result of every pair scored so far)', soft_wrap=True)
 
 
 #: What the closing table's columns after the layers mean (``print_summary``).

@@ -1,7 +1,8 @@
 """Stored run reports kept by ``prh gc --keep-reports N``.
 
-Every run stores its self-contained page under ``reports/<run_id>/`` (about 1-2 MB for the demo,
-20 MB for a 30-model zoo: the figures are inlined), also a run that computed nothing. They are
+Every run with model-pair results stores its self-contained page under ``reports/<run_id>/`` (about
+1-2 MB for the demo, 20 MB for a 30-model zoo: the figures are inlined), also a run that computed
+nothing new (its pairs reused); a one-model zoo's run stores none. They are
 views of published results (``prh report --run ID`` builds any of them again), so ``prh gc`` may
 keep only the newest ones. The figure cache (``reports/figures/``) is not a report.
 """

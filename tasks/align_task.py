@@ -257,7 +257,8 @@ def zero_vector_samples(layers: list[np.ndarray], sample_ids: list[str], catalog
 
 
 def duplicate_vector_samples(layers: list[np.ndarray], sample_ids: list[str], catalog: dict[str, Any],
-                             skip: Collection[int] = ()) -> list[dict[str, Any]]:
+                             skip: Collection[int] = (), found: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
+                             ) -> list[dict[str, Any]]:
     """Layers in which some samples have bit for bit the vector of another sample (all-zero
     vectors aside: ``zero_vector_samples``): ``{"model", "layer", "layer_name", "n_samples",
     "n_groups", "examples"}``, ``n_samples`` rows in ``n_groups`` groups of identical vectors.
@@ -269,7 +270,9 @@ def duplicate_vector_samples(layers: list[np.ndarray], sample_ids: list[str], ca
     layer (``duplicate_hint``); kept and reported. The layers in ``skip``
     (indices into ``layers``) are not checked: ``align_to_store`` passes those left out of every
     metric (``unscored_layers``), e.g. a ViT's constant CLS layer, whose rows are all one vector
-    and are not scored at all."""
+    and are not scored at all. ``found``, when given, receives ``layer -> (members, groups)``
+    (``duplicate_groups``) of each layer listed, for ``log_duplicates``: the search sorts every
+    row of a layer (seconds for 100,000 rows of width 4,096), so it is made once."""
     out = []
     names = catalog.get("layer_names") or []
     for layer, x in enumerate(layers):
@@ -277,6 +280,8 @@ def duplicate_vector_samples(layers: list[np.ndarray], sample_ids: list[str], ca
             continue
         members, groups = duplicate_groups(x)
         if members.size:
+            if found is not None:
+                found[layer] = (members, groups)
             out.append({"model": catalog["model"], "layer": layer, "layer_name": names[layer] if layer < len(names) else None,
                         "n_samples": int(members.size), "n_groups": int(np.unique(groups).size),
                         "examples": [sample_ids[i] for i in members[:5]]})
@@ -308,52 +313,61 @@ def unscored_layers(results: list[PairAlignment]) -> tuple[set[int], set[int]]:
             set.intersection(*(set(r.excluded_b) for r in results)))
 
 
-def log_duplicates(duplicates: list[dict[str, Any]], layers: list[np.ndarray], sample_ids: list[str], catalog: dict[str, Any],
-                   image_of: Mapping[str, str] | None, logger: logging.Logger | logging.LoggerAdapter) -> None:
+def log_duplicates(duplicates: list[dict[str, Any]], found: Mapping[int, tuple[np.ndarray, np.ndarray]], n_layers: int,
+                   sample_ids: list[str], catalog: dict[str, Any], image_of: Mapping[str, str] | None,
+                   logger: logging.Logger | logging.LoggerAdapter) -> None:
     """One line for the model of ``catalog`` when ``duplicates`` (its ``duplicate_vector_samples``
-    entries; ``layers``: its ``(N, D_l)`` rows in ``sample_ids`` order) has any, naming its worst
-    layer and the likely cause (``duplicate_hint``): INFO where every group is the captions of one
-    image (``duplicates_expected``: the dataset pairs an image with several captions, as the demo
-    does for emoji that render alike), else a WARNING."""
+    entries; ``found``: their layers' groups, from the same call; ``n_layers``: the model's layers)
+    has any, naming its worst layer and the likely cause (``duplicate_hint``): INFO where every
+    group is the captions of one image (``duplicates_expected``: the dataset pairs an image with
+    several captions, as the demo does for emoji that render alike), else a WARNING."""
     if not duplicates:
         return
     worst = max(duplicates, key=lambda d: d["n_samples"])
-    level = logging.INFO if duplicates_expected(duplicates, layers, sample_ids, catalog, image_of) else logging.WARNING
+    language = catalog.get("modality") == "language"  # its duplicates are of texts: no image is looked up
+    sharing = {} if language else images_shared(duplicates, found, sample_ids, image_of)
+    level = logging.INFO if duplicates_expected(catalog, sharing) else logging.WARNING
     logger.log(level, "%s: in %s of its layers some samples share their exact vector with another (up to %d of %d samples, "
                "layer %d, e.g. %s); k-NN ties among them are broken arbitrarily; %s",
-               catalog["model"], f"all {len(duplicates)}" if len(duplicates) == len(layers) else len(duplicates),
+               catalog["model"], f"all {len(duplicates)}" if len(duplicates) == n_layers else len(duplicates),
                worst["n_samples"], len(sample_ids), worst["layer"], examples(worst["examples"]),
-               duplicate_hint(duplicates, layers, sample_ids, catalog, image_of))
+               duplicate_hint(duplicates, catalog, sharing))
 
 
-def duplicates_expected(duplicates: list[dict[str, Any]], layers: list[np.ndarray], sample_ids: list[str],
-                        catalog: dict[str, Any], image_of: Mapping[str, str] | None) -> bool:
-    """Whether every group of identical rows in every layer of ``duplicates`` is the captions of one
-    image (``groups_in_one_image``), for a model that is not a language model: the vision rows of
-    an image's samples are its one vector by construction."""
-    if catalog.get("modality") == "language" or image_of is None:
+def images_shared(duplicates: list[dict[str, Any]], found: Mapping[int, tuple[np.ndarray, np.ndarray]], sample_ids: list[str],
+                  image_of: Mapping[str, str] | None) -> dict[int, tuple[int, int] | None]:
+    """``layer -> (within, groups)`` for each layer of ``duplicates`` (``groups_in_one_image`` of
+    its ``found`` groups): how many of its groups of identical rows are the captions of one image;
+    None for a layer whose samples ``image_of`` (sample id -> image id) does not all know."""
+    return {d["layer"]: groups_in_one_image(*found[d["layer"]], sample_ids, image_of) for d in duplicates}
+
+
+def duplicates_expected(catalog: dict[str, Any], sharing: Mapping[int, tuple[int, int] | None]) -> bool:
+    """Whether every group of identical rows in every layer of ``sharing`` (``images_shared``) is
+    the captions of one image, for a model that is not a language model: the vision rows of an
+    image's samples are its one vector by construction."""
+    if catalog.get("modality") == "language" or not sharing:
         return False
-    for d in duplicates:
-        shared = groups_in_one_image(layers[d["layer"]], sample_ids, image_of)
-        if shared is None or shared[0] != shared[1]:
-            return False
-    return True
+    return all(shared is not None and shared[0] == shared[1] for shared in sharing.values())
 
 
-def duplicate_hint(duplicates: list[dict[str, Any]], layers: list[np.ndarray], sample_ids: list[str], catalog: dict[str, Any],
-                   image_of: Mapping[str, str] | None) -> str:
+def duplicate_hint(duplicates: list[dict[str, Any]], catalog: dict[str, Any], sharing: Mapping[int, tuple[int, int] | None]) -> str:
     """The likely cause of one model's duplicate vectors, from what is known: a language model's
     duplicates only in layer 0 are its embeddings layer's (one vector per token, before any
     context; with pooling ``last`` the captions ending in one token share it), in deeper layers
     identical texts; another model's (vision) are captions of one image or different images with
-    identical features, as ``image_of`` (sample id -> image id; None: unknown) tells of its worst
-    layer's groups."""
+    identical features, as ``sharing`` (``images_shared``) tells of its worst layer, or of the
+    worst layer with groups of different images (named) where there is one: what a WARNING is
+    about."""
     if catalog.get("modality") == "language":
         if all(d["layer"] == 0 for d in duplicates):
             return _embeddings_hint(duplicates[0]["layer_name"], catalog.get("pooling"))
         return "the captions of these samples are likely the same text (a language model gives identical texts one vector)"
     worst = max(duplicates, key=lambda d: d["n_samples"])
-    shared = groups_in_one_image(layers[worst["layer"]], sample_ids, image_of)
+    mixed = [d for d in duplicates if (shared := sharing.get(d["layer"])) is not None and shared[0] < shared[1]]
+    shown = max(mixed, key=lambda d: d["n_samples"]) if mixed else worst
+    where = "" if shown is worst else f"in layer {shown['layer']}, "
+    shared = sharing.get(shown["layer"])
     if shared is None:
         return "expected when captions share an image (alignment.unit 'image' aligns one row per image)"
     within, groups = shared
@@ -362,9 +376,9 @@ def duplicate_hint(duplicates: list[dict[str, Any]], layers: list[np.ndarray], s
                 "aligns one row per image)")
     different = ("identical pictures under different image ids, or inputs the preprocessing maps to one")
     if within == 0:
-        return f"these samples are of different images ({different}): alignment.unit 'image' would not merge them"
-    return (f"{within} of the {groups} groups are captions of one image (alignment.unit 'image' aligns one row per image), "
-            f"the others are of different images ({different})")
+        return f"{where}these samples are of different images ({different}): alignment.unit 'image' would not merge them"
+    return (f"{where}{within} of the {groups} groups are captions of one image (alignment.unit 'image' aligns one row per "
+            f"image), the others are of different images ({different})")
 
 
 def _embeddings_hint(layer_name: str | None, pooling: str | None) -> str:
@@ -378,13 +392,14 @@ def _embeddings_hint(layer_name: str | None, pooling: str | None) -> str:
     return f"{where}: its vectors are the tokens' own, before any context, so captions with the same (last) tokens share one"
 
 
-def groups_in_one_image(x: np.ndarray, sample_ids: list[str], image_of: Mapping[str, str] | None) -> tuple[int, int] | None:
-    """``(within, groups)``: of the ``groups`` groups of identical rows of ``x`` ``(N, D)``
-    (``duplicate_groups``), how many hold samples of one image only, by ``image_of`` (sample id
-    -> image id); None when it is None or lacks one of their samples."""
+def groups_in_one_image(members: np.ndarray, group: np.ndarray, sample_ids: list[str],
+                        image_of: Mapping[str, str] | None) -> tuple[int, int] | None:
+    """``(within, groups)``: of the ``groups`` groups of identical rows that ``members`` and
+    ``group`` (``(M,)`` each, ``duplicate_groups`` of one layer) describe, how many hold samples
+    of one image only, by ``image_of`` (sample id -> image id); None when it is None or lacks one
+    of their samples."""
     if image_of is None:
         return None
-    members, group = duplicate_groups(x)
     images = [image_of.get(sample_ids[i]) for i in members]
     if any(image is None for image in images):
         return None
@@ -520,13 +535,15 @@ def align_to_store(
     for d in degenerate:
         logger.warning("%s layer %d (%s) left out of %s: %s", d["model"], d["layer"], d["layer_name"], ", ".join(d["metrics"]), d["problem"])
     unscored_a, unscored_b = unscored_layers(results)
-    duplicates_a = duplicate_vector_samples(pair.xs, pair.sample_ids, manifest_a["catalog"], unscored_a)
-    duplicates_b = duplicate_vector_samples(pair.ys, pair.sample_ids, manifest_b["catalog"], unscored_b)
+    found_a: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    found_b: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    duplicates_a = duplicate_vector_samples(pair.xs, pair.sample_ids, manifest_a["catalog"], unscored_a, found_a)
+    duplicates_b = duplicate_vector_samples(pair.ys, pair.sample_ids, manifest_b["catalog"], unscored_b, found_b)
     duplicates = duplicates_a + duplicates_b
     if duplicates:
         image_of = duplicate_images(store, manifest_a["catalog"]["dataset_version"], pair.sample_ids, params.unit)
-        log_duplicates(duplicates_a, pair.xs, pair.sample_ids, manifest_a["catalog"], image_of, logger)
-        log_duplicates(duplicates_b, pair.ys, pair.sample_ids, manifest_b["catalog"], image_of, logger)
+        log_duplicates(duplicates_a, found_a, len(pair.xs), pair.sample_ids, manifest_a["catalog"], image_of, logger)
+        log_duplicates(duplicates_b, found_b, len(pair.ys), pair.sample_ids, manifest_b["catalog"], image_of, logger)
     beyond = out_of_bounds(results)
     for b in beyond:
         logger.warning("%s x %s: %s leaves its range [%g, %g] at %d of %d layer pairs (scores %.4g to %.4g): its estimate is "

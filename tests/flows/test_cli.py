@@ -566,6 +566,62 @@ def test_the_closing_hint_names_prh_and_the_store_as_the_run_used_them(tmp_path,
     assert sql_command("s3://bucket/prh", "s3://bucket/prh") == "prh sql"
 
 
+def test_the_closing_hint_names_prh_started_as_a_module_or_through_a_renamed_link(tmp_path, monkeypatch):
+    """`python -m flows.cli run` (``sys.argv[0]``: the module's file) and a link to prh under
+    another name (`prh-dev`) were told `prh sql`, a command that is not there (or another prh)
+    when no prh is on PATH: the hint names the interpreter and module, or the link, as started."""
+    import shlex
+
+    import flows.cli as cli
+    from flows.cli import CHECKOUT_STORE, sql_command
+
+    monkeypatch.delenv("PRH_STORE", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(sys, "argv", [cli.__file__, "run"])
+    python = shlex.quote(sys.executable)
+    assert sql_command(CHECKOUT_STORE, "file:///x/store") == f"{python} -m flows.cli sql"
+    assert sql_command("s3://bucket/prh", "s3://bucket/prh") == f"{python} -m flows.cli sql --store s3://bucket/prh"
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable))  # that python is the one on PATH
+    assert sql_command(CHECKOUT_STORE, "file:///x/store") == "python -m flows.cli sql"
+
+    venv_bin, links = tmp_path / "venv" / "bin", tmp_path / "links"
+    venv_bin.mkdir(parents=True)
+    links.mkdir()
+    (venv_bin / "prh").write_text("#!/bin/sh\n")
+    (venv_bin / "prh").chmod(0o755)
+    (links / "prh-dev").symlink_to(venv_bin / "prh")
+    monkeypatch.setattr(sys, "argv", [str(links / "prh-dev"), "run"])
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert sql_command(CHECKOUT_STORE, "file:///x/store") == f"{shlex.quote(str(links / 'prh-dev'))} sql"
+    monkeypatch.setenv("PATH", str(links))  # the link is on PATH under its name
+    assert sql_command(CHECKOUT_STORE, "file:///x/store") == "prh-dev sql"
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "bin" / "pytest"), "tests"])  # another program calling main()
+    assert sql_command(CHECKOUT_STORE, "file:///x/store") == "prh sql"
+
+
+def test_the_closing_hint_is_one_line_whatever_the_stores_path(capsys):
+    """The hint names the store (`--store 'PATH'`), and the console wrapped lines at 160 columns:
+    a store path of 120 characters with spaces was cut by a line break inside its quotes, so that
+    the pasted command read another folder. The lines naming the store are never wrapped."""
+    from flows.cli import print_summary
+
+    store = ("file:///home/alice/research/platonic-representation-hypothesis/experiments/shared stores/2026-03 coco "
+             "captions vit versus llama 70b run")
+    sql = f"prh sql --store '{store}'"
+    row = {"model_a": "vit", "model_b": "lm", "metric": "cka", "score": 0.5, "layer_name_a": "l1", "layer_name_b": "l2",
+           "chance_level": None, "n_samples": 24}
+    print_summary({"dataset_version": "d", "best": [row], "extracted": ["vit"], "reused": ["lm"], "store": store,
+                   "run_id": "r1"}, sql=sql)
+    lines = capsys.readouterr().out.splitlines()
+    assert f"results stored in {store} (run r1)" in lines
+    assert f'query them: {sql} "select * from alignment_best_latest"  (the latest run\'s results; alignment_best: the ' \
+           "current result of every pair scored so far)" in lines
+    print_summary({"dataset_version": "d", "best": [], "extracted": ["vit"], "reused": [], "store": store, "run_id": "r2"}, sql=sql)
+    lines = capsys.readouterr().out.splitlines()
+    assert f"features stored in {store} (run r2); no model pairs were aligned" in lines
+    assert f'query them: {sql} "select * from models_current"' in lines
+
+
 def test_the_run_summary_says_what_its_columns_mean_and_why_they_are_empty(capsys):
     """The walk-through: a first zoo of one's own (no `permutations` or `bootstrap`, both 0 unless
     set) ended in a table whose 95% CI, null, calib., p and q columns were dashes in every row, with
