@@ -870,7 +870,7 @@ def _read_csv(path: Path, delimiter: str, columns: ColumnMap, limit: int | None 
     try:
         header = next(reader)
     except StopIteration:
-        after = f" after its separator line (line 1: sep={delimiter})" if skipped else ""
+        after = f" after its separator line (line 1: sep={delimiter.replace(chr(9), '<tab>')})" if skipped else ""
         raise ValueError(f"dataset table {str(path)!r} is empty (no header row{after})") from None
     except csv.Error as exc:
         raise ValueError(f"dataset table {str(path)!r} is not valid CSV at its header (line {skipped + 1}): {exc}") from exc

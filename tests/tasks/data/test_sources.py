@@ -228,6 +228,10 @@ def test_a_csv_with_a_separator_line_names_its_header_line_when_refused(tmp_path
     empty.write_text("sep=;\n")
     with pytest.raises(ValueError, match=r"empty\.csv'? is empty \(no header row after its separator line \(line 1: sep=;\)\)"):
         load_paired_dataset(empty)
+    tabs = tmp_path / "tabs.csv"
+    tabs.write_text("sep=\t\n")
+    with pytest.raises(ValueError, match=r"no header row after its separator line \(line 1: sep=<tab>\)"):
+        load_paired_dataset(tabs)
     bad = tmp_path / "bad.csv"
     bad.write_text('sep=;\n"image"x;text\na.png;red\n')
     with pytest.raises(ValueError, match=r"bad\.csv'? is not valid CSV at its header \(line 2\): "):
