@@ -660,12 +660,7 @@ def test_image_folder_with_a_metadata_table(tmp_path: Path, metadata: str) -> No
     (root / ".cache").mkdir()
     (root / ".cache" / "thumb.png").write_bytes(GREEN)  # hidden: ignored
     entries = {"file_name": ["train/red.png", "train/blue.png", "../outside.png"], "text": ["red", "blue", "escape"]}
-    if metadata == "metadata.jsonl":
-        (root / metadata).write_text("".join(f'{{"file_name": "{f}", "text": "{t}"}}\n' for f, t in zip(*entries.values())))
-    elif metadata == "metadata.csv":
-        (root / metadata).write_text("file_name,text\n" + "".join(f"{f},{t}\n" for f, t in zip(*entries.values())))
-    else:
-        write_parquet(root / metadata, entries, {"file_name": pa.string(), "text": pa.string()})
+    _write_metadata(root / metadata, entries)
     result = load_paired_dataset(root)
     assert sorted(r["text"] for r in result.table.to_pylist()) == ["blue", "red"]
     assert sorted(r["reason"] for r in result.rejected.to_pylist()) == ["image_path_unsafe", "text_missing"]
@@ -675,6 +670,18 @@ def test_image_folder_with_a_metadata_table(tmp_path: Path, metadata: str) -> No
     (root / "metadata.csv" if metadata != "metadata.csv" else root / "metadata.jsonl").write_text("x")
     with pytest.raises(ValueError, match="has 2 metadata tables"):
         load_paired_dataset(root)
+
+
+def _write_metadata(path: Path, entries: dict[str, list[str]]) -> None:
+    """An ImageFolder metadata table at ``path`` (``.jsonl``, ``.csv`` or ``.parquet`` by its
+    name) of the ``file_name`` and ``text`` columns in ``entries``."""
+    rows = list(zip(entries["file_name"], entries["text"]))
+    if path.suffix == ".jsonl":
+        path.write_text("".join(f'{{"file_name": "{f}", "text": "{t}"}}\n' for f, t in rows))
+    elif path.suffix == ".csv":
+        path.write_text("file_name,text\n" + "".join(f"{f},{t}\n" for f, t in rows))
+    else:
+        write_parquet(path, entries, {"file_name": pa.string(), "text": pa.string()})
 
 
 @pytest.mark.parametrize("metadata", ["metadata.jsonl", "metadata.csv", "metadata.parquet"])
@@ -689,12 +696,7 @@ def test_a_metadata_table_reads_the_same_given_itself_or_its_folder(tmp_path: Pa
     (root / "train" / "red.png").write_bytes(RED)
     (root / "train" / "blue.png").write_bytes(BLUE)
     entries = {"file_name": ["train/red.png", "train/blue.png", "train/none.png"], "text": ["red", "blue", "gone"]}
-    if metadata == "metadata.jsonl":
-        (root / metadata).write_text("".join(f'{{"file_name": "{f}", "text": "{t}"}}\n' for f, t in zip(*entries.values())))
-    elif metadata == "metadata.csv":
-        (root / metadata).write_text("file_name,text\n" + "".join(f"{f},{t}\n" for f, t in zip(*entries.values())))
-    else:
-        write_parquet(root / metadata, entries, {"file_name": pa.string(), "text": pa.string()})
+    _write_metadata(root / metadata, entries)
     folder = load_paired_dataset(root)
     table = load_paired_dataset(root / metadata)
     assert table.table.equals(folder.table) and table.rejected.equals(folder.rejected)
