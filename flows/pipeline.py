@@ -371,7 +371,7 @@ def check_models(specs: list[Any]) -> list[dict[str, str]]:
 
 
 def model_checks(specs: list[Any]) -> Iterator[tuple[str, Literal["ok", "refused", "unchecked"], str]]:
-    """``(model name, outcome, why on one line)`` for each spec, checked without loading weights
+    """``(model name, outcome, why on one line: ``refusal_line`` when refused)`` for each spec, checked without loading weights
     (``preflight.known_problem``, ``tasks.extract.check_model``, then ``preflight.cls_pooling_problem``),
     as it is checked: ``refused`` (``ModelInputError``: a missing path, an unknown id or class, a
     wrong modality, ``cls`` pooling on a model without a CLS token, a model type known not to pool
@@ -402,15 +402,22 @@ def model_checks(specs: list[Any]) -> Iterator[tuple[str, Literal["ok", "refused
         try:
             checked(spec)
         except ModelInputError as error:
-            yield spec.name, "refused", one_line(error)
+            yield spec.name, "refused", refusal_line(error)
         except ImportError as error:  # e.g. DINOv3's image processor needs torchvision: it would fail after the weights load
             missing = " ".join(str(error).split()).split(". ")[0].rstrip(".")
-            yield spec.name, "refused", one_line(ModelInputError(spec.name, spec.id, "needs a library that is not "
-                                                                 f"installed here: {missing}"))
+            yield spec.name, "refused", refusal_line(ModelInputError(spec.name, spec.id, "needs a library that is not "
+                                                                     f"installed here: {missing}"))
         except Exception as error:  # noqa: BLE001 - reported as unchecked
             yield spec.name, "unchecked", one_line(error)
         else:
             yield spec.name, "ok", ""
+
+
+def refusal_line(error: Any) -> str:
+    """A refused model's reason on one line, as ``prh run --check``, the log and the run's record
+    name it beside the model: the problem, then the id (``... (id 'BertConfig')``); it had read
+    ``tasks.extract.errors.ModelInputError: model 'name' (id ...): problem``, the name twice."""
+    return " ".join(f"{error.problem} (id {error.model_id!r})".split())
 
 
 def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], str]:

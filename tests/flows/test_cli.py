@@ -1132,6 +1132,9 @@ def test_run_check_gives_each_models_verdict_without_running(tmp_path, capsys):
     assert [line.split()[:2] for line in lines] == [["ok", "dataset:"], ["ok", "tiny-vit"], ["refused", "bert-as-vision:"],
                                                     ["ok", "tiny-bert"], ["refused", "my-bert:"]]
     assert "vision" in lines[2] and "does not exist" in lines[4]
+    # the reason, then the id: not the error's class path, nor the model's name a second time
+    assert lines[2].endswith("(id 'BertConfig')") and "ModelInputError" not in captured.out
+    assert "model 'bert-as-vision'" not in lines[2] and "model 'my-bert'" not in lines[4]
     assert "2 of 4 model(s) refused" in captured.err and not store.exists()
     config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32}, "models": [TINY_VIT, TINY_BERT]}))
     assert main(["run", "--config", str(config), "--store", str(store), "--check"]) == 0
