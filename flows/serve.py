@@ -226,13 +226,34 @@ def local_gpu_ids(environ: Mapping[str, str] | None = None) -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def start_gpu_workers(env: Mapping[str, str], gpu_ids: Sequence[str], log: Any = None) -> list[subprocess.Popen[bytes]]:
+def start_gpu_workers(env: Mapping[str, str], gpu_ids: Sequence[str],
+                      log_dir: Path | None = None) -> list[subprocess.Popen[bytes]]:
     """One ``prh-gpu`` worker per GPU in ``gpu_ids``, each seeing only its GPU
     (``CUDA_VISIBLE_DEVICES``) and running one flow run at a time (``--limit 1``); no ids (a
-    CPU-only machine): one worker, unpinned."""
+    CPU-only machine): one worker, unpinned. Each writes its output to its own file in
+    ``log_dir`` (:func:`worker_log_path`; None: discarded)."""
     if not gpu_ids:
-        return [start_worker(GPU_POOL, env, log, limit=1)]
-    return [start_worker(GPU_POOL, {**env, "CUDA_VISIBLE_DEVICES": gpu}, log, limit=1) for gpu in gpu_ids]
+        return [start_logged_worker(GPU_POOL, env, log_dir, limit=1)]
+    return [start_logged_worker(GPU_POOL, {**env, "CUDA_VISIBLE_DEVICES": gpu}, log_dir, limit=1, gpu=gpu)
+            for gpu in gpu_ids]
+
+
+def worker_log_path(log_dir: Path, pool: str, gpu: str | None = None) -> Path:
+    """The file of a worker's output: ``<log_dir>/worker-<pool>.log``, ``worker-<pool>-gpu<id>.log``
+    for a worker pinned to GPU ``gpu``. It holds what the UI does not show: the worker's own lines
+    and the output of its flow runs' processes (a process that dies before it reaches the API, or a
+    library's warnings on stderr; the UI shows only the exit code of the first)."""
+    return log_dir / (f"worker-{pool}.log" if gpu is None else f"worker-{pool}-gpu{gpu}.log")
+
+
+def start_logged_worker(pool: str, env: Mapping[str, str], log_dir: Path | None, limit: int | None = None,
+                        gpu: str | None = None) -> subprocess.Popen[bytes]:
+    """:func:`start_worker` with its output appended to :func:`worker_log_path` in ``log_dir``
+    (None: discarded)."""
+    if log_dir is None:
+        return start_worker(pool, env, None, limit=limit)
+    with open(worker_log_path(log_dir, pool, gpu), "ab") as log:  # the worker holds its own copy of the file
+        return start_worker(pool, env, log, limit=limit)
 
 
 def stop(proc: subprocess.Popen[Any], grace: float = 10) -> None:
@@ -308,15 +329,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in restore_schedule_states(api_url, before):
             print(f"kept the schedule switch of {name} as it was set in the UI (prefect.yaml says otherwise)", flush=True)
         if not args.no_worker:
-            children.append(start_worker(CPU_POOL, env, None))
+            children.append(start_logged_worker(CPU_POOL, env, Path(args.home)))
             if args.gpu_worker:
-                children.extend(start_gpu_workers(env, gpu_ids))
+                children.extend(start_gpu_workers(env, gpu_ids, Path(args.home)))
         workers = "none" if args.no_worker else CPU_POOL
         if args.gpu_worker and not args.no_worker:
             workers += f" and {GPU_POOL}" + (f" x{len(gpu_ids)} (GPUs {', '.join(gpu_ids)})" if gpu_ids else " (no GPU found)")
         print(
             f"\nPrefect UI: {env['PREFECT_UI_URL']}  (Deployments → prh-pipeline/cpu → Run)\n"
-            f"API: {api_url}; server log: {Path(args.home) / 'server.log'}\n"
+            f"API: {api_url}; logs: {Path(args.home) / 'server.log'}"
+            + ("" if args.no_worker else f", {Path(args.home) / 'worker-*.log'} (the workers' output)") + "\n"
             f"workers: {workers}; {GPU_TAG} limit {gpu_limit}; Ctrl-C stops everything.",
             flush=True,
         )

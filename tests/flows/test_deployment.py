@@ -297,6 +297,55 @@ def test_serve_starts_one_gpu_worker_per_gpu_of_the_machine(tmp_path, visible, a
         assert "prh-gpu x2 (GPUs 3, 5)" in summary
 
 
+SERVE_LOGS_CHILD = """
+import subprocess, sys
+from flows import serve
+def server(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+# the real start_worker, with a stand-in for the `prefect` command: it prints what a flow run's
+# process that dies before reaching the API prints (only its exit code reaches the UI)
+serve.prefect_cli = lambda: [sys.executable, "-c", "import os, sys, time; print('worker output', sys.argv[1:], "
+                             "os.environ.get('CUDA_VISIBLE_DEVICES'), flush=True); time.sleep(600)"]
+serve.start_server = server
+serve.wait_healthy = serve.ensure_work_pool = serve.ensure_concurrency_limit = serve.deploy_all = lambda *a, **k: None
+serve.schedule_states, serve.restore_schedule_states, serve.port_in_use = (lambda *a, **k: {}), (lambda *a, **k: []), (lambda *a: False)
+raise SystemExit(serve.main(["--home", sys.argv[1], "--gpu-worker"]))
+"""
+
+
+def test_serve_keeps_each_workers_output_in_a_log_file(tmp_path):
+    """`make serve` sent its workers' output to /dev/null, where the docs say a run's log is in
+    "the worker's output": a flow run whose process died before it reached the API (a bad
+    PYTHONHOME in the run's job variables) showed only `Process exited with status code: 1` in the
+    UI, its reason nowhere. Now each worker appends to its own file in PREFECT_HOME, named in the
+    summary."""
+    import signal
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    home = tmp_path / "home"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5"}
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_LOGS_CHILD, str(home)], cwd=root, stdout=subprocess.PIPE,
+                            text=True, env=env)
+    summary = ""
+    for line in proc.stdout:
+        if "Ctrl-C stops everything" in line:
+            break
+        summary += line
+    logs = {"prh-cpu": home / "worker-prh-cpu.log", "3": home / "worker-prh-gpu-gpu3.log",
+            "5": home / "worker-prh-gpu-gpu5.log"}
+    deadline = time.monotonic() + 30
+    while not all(p.exists() and "worker output" in p.read_text() for p in logs.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    assert "--pool', 'prh-cpu'" in logs["prh-cpu"].read_text()
+    for gpu in ("3", "5"):
+        text = logs[gpu].read_text()
+        assert "--pool', 'prh-gpu'" in text and text.rstrip().endswith(f"] {gpu}")
+    assert f"{home / 'worker-*.log'} (the workers' output)" in summary
+
+
 def test_a_schedule_switched_in_the_ui_survives_a_redeploy(server):
     """The docs say to switch nightly-staged on and nightly off in the UI once GPU workers exist;
     every `make serve` start ran `prefect deploy --all`, which put prefect.yaml's `active:` back."""
