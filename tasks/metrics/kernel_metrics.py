@@ -344,6 +344,7 @@ def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased:
         count = len(kernels)
     upper = diag = rows = None
     n = l = 0
+    shift = pre_sq = None  # unbiased: each kernel's off-diagonal mean and its sum of squares before the shift
     for kernel, centred, upper_only in kernels:
         # a (G, N, N) stack of G layers' kernels, or one (N, N) kernel
         stack = kernel if kernel.dim() == 3 else kernel[None]
@@ -353,6 +354,8 @@ def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased:
             upper = torch.empty((count, n * (n - 1) // 2), dtype=dtype, device=dev)
             if unbiased:
                 rows = torch.zeros((count, n), dtype=torch.float64, device=dev)
+                shift = torch.zeros(count, dtype=torch.float64, device=dev)
+                pre_sq = torch.zeros(count, dtype=torch.float64, device=dev)
                 i, j = triangle_pairs(n, dev)
             else:
                 diag = torch.empty((count, n), dtype=dtype, device=dev)
@@ -373,7 +376,9 @@ def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased:
                 diag[l] = torch.diagonal(k)
             else:
                 u = pack(k).to(torch.float64)
-                u -= u.mean()  # the unbiased HSIC ignores a constant added to K~: keep float32 values small
+                shift[l] = u.mean()
+                pre_sq[l] = (u * u).sum()
+                u -= shift[l]  # the unbiased HSIC ignores a constant added to K~: keep float32 values small
                 upper[l] = u.to(dtype)
                 u = upper[l].to(torch.float64)
                 rows[l].index_add_(0, i, u).index_add_(0, j, u)  # K~ row sums from its upper triangle
@@ -390,7 +395,27 @@ def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased:
     tr = 2.0 * _sq_norms(upper)
     rows_dot = (rows * rows).sum(-1)
     return GramState(upper, unbiased_from_parts(tr, tot, tot, rows_dot, n), n, True, rows=rows, tot=tot,
-                     self_size=unbiased_terms_size(tr, tot, tot, rows_dot, n), scale=unit_scale(tr, dtype))
+                     self_size=_shifted_terms_size(tr, rows, shift, pre_sq, n, dtype), scale=unit_scale(tr, dtype))
+
+
+def _shifted_terms_size(tr: torch.Tensor, rows: torch.Tensor, shift: torch.Tensor, pre_sq: torch.Tensor,
+                        n: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(L,)`` size of the unbiased self-HSIC's terms for kernels stored minus their off-diagonal
+    mean ``shift``: that of the stored kernel (``tr``, ``rows``), but at least ``eps(dtype)`` times
+    that of the kernel as it was formed (``pre_sq``: its packed entries' sum of squares; its row
+    sums are ``rows + shift (n - 1)``).
+
+    The stored entries carry the rounding of the kernel as formed, ``eps`` relative to its entries.
+    Where the formed kernel's off-diagonal is constant (distinct one-hot rows: ``I - 11^T/N``; an
+    exact self-HSIC of 0) the stored one is nothing but that rounding, and the self-HSIC of noise
+    is of the order of its own terms' size: such a layer passed the check on the stored kernel
+    alone. Its self-HSIC is of the order of ``eps^2`` times the formed kernel's size, below the
+    check's ``N eps`` times this floor."""
+    size = unbiased_terms_size(tr, rows.sum(-1), rows.sum(-1), (rows * rows).sum(-1), n)
+    formed_rows = rows + shift[:, None] * (n - 1)
+    formed_tot = formed_rows.sum(-1)
+    formed = unbiased_terms_size(2.0 * pre_sq, formed_tot, formed_tot, (formed_rows * formed_rows).sum(-1), n)
+    return torch.maximum(size, torch.finfo(dtype).eps * formed)
 
 
 def unit_scale(sum_sq: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -319,6 +319,32 @@ def test_a_layer_whose_unbiased_self_hsic_is_zero_is_refused(dtype) -> None:
     assert score("unbiased_cka", near, y) == pytest.approx(ref.cka(near, y, unbiased=True), abs=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n, width", [(10, 64), (12, 12), (50, 64)])
+def test_distinct_one_hot_rows_have_a_zero_unbiased_self_hsic_and_are_refused(dtype, n: int, width: int) -> None:
+    """Distinct one-hot rows (any orthonormal rows): ``K = I``, ``K~ = 0``, so the unbiased
+    self-HSIC is exactly 0. The Gram path stores the centred kernel ``I - 11^T/N`` minus its
+    off-diagonal mean, i.e. only rounding noise, and measured the terms' size on that noise: the
+    layer passed and unbiased CKA scored rounding errors (0.0022 in float32, 1.9e-12 in float64,
+    at N=10) where the feature path refused it. Both paths refuse it now; one duplicated row
+    (a nonzero self-HSIC) is still scored as the reference scores it."""
+    rng = np.random.default_rng(3)
+    x = np.zeros((n, width))
+    x[np.arange(n), rng.permutation(width)[:n]] = 1.0
+    assert _exact_unbiased_self_hsic(x) == 0
+    y = rng.normal(size=(n, 5))
+    x, y = x.astype(dtype), y.astype(dtype)
+    for metric, params in (("unbiased_cka", {}), ("cka", {"unbiased": True}), ("cknna", {"topk": None})):
+        for keep in (4096, 0):  # Gram path, feature path
+            with pytest.raises(ValueError, match=r"^x: layer 0 has an unbiased self-HSIC"):
+                layer_matrix(metric, Representation(x, keep_gram_max_n=keep), y, **params)
+    dup = x.copy()
+    dup[1] = dup[0]
+    assert _exact_unbiased_self_hsic(dup.astype(np.float64)) > 0
+    want = ref.cka(dup.astype(np.float64), y.astype(np.float64), unbiased=True)
+    assert score("unbiased_cka", dup, y) == pytest.approx(want, abs=1e-12 if dtype == np.float64 else 1e-6)
+
+
 @pytest.mark.parametrize("metric, params", [("cka", {}), ("unbiased_cka", {}), ("cka", {"kernel_metric": "rbf"})])
 def test_float32_cka_of_a_layer_with_itself_is_one_at_large_n(metric: str, params: dict) -> None:
     """The cross HSIC was one float32 product over the N(N-1)/2 packed kernel entries: CKA of a
