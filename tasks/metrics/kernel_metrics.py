@@ -230,7 +230,8 @@ class CkaEngine(Engine):
             # unbiased HSIC as K, without the large common part whose cancellation cost
             # float32 its digits. A stack of consecutive same-width layers at a time (G, N, N)
             for stack in layer_stacks(rep.layers, rep.n * rep.n, consecutive=True):
-                yield rep.centred_gram_stack(stack), True, True
+                # the cached Grams that H G H centres carry their offset's rounding: sources of the floor
+                yield rep.centred_gram_stack(stack), True, True, [rep.centring_source(l) for l in stack]
             return
         for l in range(len(rep)):
             # distances from the centred features' Gram: a common offset cancels exactly
@@ -329,10 +330,12 @@ def _float64_chunks(*mats: torch.Tensor, chunk: int) -> Iterator[tuple[torch.Ten
         yield tuple(buf[:, :w].copy_(x[:, c0:c0 + w]) for buf, x in zip(bufs, mats))
 
 
-def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased: bool,
-                   count: int | None = None) -> GramState:
+def encode_kernels(kernels: Iterable[tuple[Any, ...]], unbiased: bool, count: int | None = None) -> GramState:
     """``GramState`` of symmetric ``(N, N)`` kernels given as ``(kernel, already_centred,
-    upper_only)`` (``upper_only``: only entries ``j >= i`` are valid, see ``gram.gram_upper``).
+    upper_only)`` (``upper_only``: only entries ``j >= i`` are valid, see ``gram.gram_upper``),
+    optionally with a fourth item: per kernel of the stack, the ``(N, N)`` matrix whose entries'
+    rounding it carries (a cached Gram it was centred from: ``Representation.centring_source``)
+    or None (its own), which sets the floor of the unbiased self-HSIC check (`_formed_terms_size`).
 
     ``kernels`` may be a generator of ``count`` kernels: each is packed before the next is asked
     for, so memory is the packed triangles plus one kernel (and one centred copy). Kernels are
@@ -344,8 +347,9 @@ def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased:
         count = len(kernels)
     upper = diag = rows = None
     n = l = 0
-    shift = pre_sq = None  # unbiased: each kernel's off-diagonal mean and its sum of squares before the shift
-    for kernel, centred, upper_only in kernels:
+    formed = None  # unbiased: the terms' size of each kernel as formed (or of its rounding's source)
+    for kernel, centred, upper_only, *source in kernels:
+        sources = source[0] if source else None
         # a (G, N, N) stack of G layers' kernels, or one (N, N) kernel
         stack = kernel if kernel.dim() == 3 else kernel[None]
         g = int(stack.shape[0])
@@ -354,8 +358,7 @@ def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased:
             upper = torch.empty((count, n * (n - 1) // 2), dtype=dtype, device=dev)
             if unbiased:
                 rows = torch.zeros((count, n), dtype=torch.float64, device=dev)
-                shift = torch.zeros(count, dtype=torch.float64, device=dev)
-                pre_sq = torch.zeros(count, dtype=torch.float64, device=dev)
+                formed = torch.zeros(count, dtype=torch.float64, device=dev)
                 i, j = triangle_pairs(n, dev)
             else:
                 diag = torch.empty((count, n), dtype=dtype, device=dev)
@@ -367,7 +370,7 @@ def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased:
             l += g
             del kernel, stack
             continue
-        for k in stack.unbind(0):
+        for s, k in enumerate(stack.unbind(0)):
             if not unbiased:
                 if upper_only:
                     raise ValueError("centring needs the full kernel")
@@ -376,9 +379,10 @@ def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased:
                 diag[l] = torch.diagonal(k)
             else:
                 u = pack(k).to(torch.float64)
-                shift[l] = u.mean()
-                pre_sq[l] = (u * u).sum()
-                u -= shift[l]  # the unbiased HSIC ignores a constant added to K~: keep float32 values small
+                formed[l] = _formed_terms_size(u, i, j, n)
+                if sources is not None and sources[s] is not None:
+                    formed[l] = torch.maximum(formed[l], _formed_terms_size(pack(sources[s]).to(torch.float64), i, j, n))
+                u -= u.mean()  # the unbiased HSIC ignores a constant added to K~: keep float32 values small
                 upper[l] = u.to(dtype)
                 u = upper[l].to(torch.float64)
                 rows[l].index_add_(0, i, u).index_add_(0, j, u)  # K~ row sums from its upper triangle
@@ -395,27 +399,26 @@ def encode_kernels(kernels: Iterable[tuple[torch.Tensor, bool, bool]], unbiased:
     tr = 2.0 * _sq_norms(upper)
     rows_dot = (rows * rows).sum(-1)
     return GramState(upper, unbiased_from_parts(tr, tot, tot, rows_dot, n), n, True, rows=rows, tot=tot,
-                     self_size=_shifted_terms_size(tr, rows, shift, pre_sq, n, dtype), scale=unit_scale(tr, dtype))
+                     self_size=torch.maximum(unbiased_terms_size(tr, tot, tot, rows_dot, n), torch.finfo(dtype).eps * formed),
+                     scale=unit_scale(tr, dtype))
 
 
-def _shifted_terms_size(tr: torch.Tensor, rows: torch.Tensor, shift: torch.Tensor, pre_sq: torch.Tensor,
-                        n: int, dtype: torch.dtype) -> torch.Tensor:
-    """``(L,)`` size of the unbiased self-HSIC's terms for kernels stored minus their off-diagonal
-    mean ``shift``: that of the stored kernel (``tr``, ``rows``), but at least ``eps(dtype)`` times
-    that of the kernel as it was formed (``pre_sq``: its packed entries' sum of squares; its row
-    sums are ``rows + shift (n - 1)``).
+def _formed_terms_size(u: torch.Tensor, i: torch.Tensor, j: torch.Tensor, n: int) -> torch.Tensor:
+    """Size (0-d float64) of the unbiased self-HSIC's terms of the zero-diagonal kernel whose
+    packed strict upper triangle is ``u`` (float64; ``i``, ``j``: its entries' rows and columns).
 
-    The stored entries carry the rounding of the kernel as formed, ``eps`` relative to its entries.
-    Where the formed kernel's off-diagonal is constant (distinct one-hot rows: ``I - 11^T/N``; an
-    exact self-HSIC of 0) the stored one is nothing but that rounding, and the self-HSIC of noise
-    is of the order of its own terms' size: such a layer passed the check on the stored kernel
-    alone. Its self-HSIC is of the order of ``eps^2`` times the formed kernel's size, below the
-    check's ``N eps`` times this floor."""
-    size = unbiased_terms_size(tr, rows.sum(-1), rows.sum(-1), (rows * rows).sum(-1), n)
-    formed_rows = rows + shift[:, None] * (n - 1)
-    formed_tot = formed_rows.sum(-1)
-    formed = unbiased_terms_size(2.0 * pre_sq, formed_tot, formed_tot, (formed_rows * formed_rows).sum(-1), n)
-    return torch.maximum(size, torch.finfo(dtype).eps * formed)
+    ``encode_kernels`` checks a self-HSIC against the stored kernel's terms (its off-diagonal mean
+    taken out), but at least against ``eps`` times this size of the kernel as formed, or of the
+    matrix it was centred from: the stored entries carry their rounding, ``eps`` relative to those
+    entries. Where the exact kernel's off-diagonal is constant (distinct one-hot rows:
+    ``I - 11^T/N``; an exact self-HSIC of 0) the stored one is nothing but that rounding, whose
+    self-HSIC is of the order of its own terms' size: such a layer passed the check on the stored
+    kernel alone (0.0022 scored in float32 at N=10; through a cached Gram with a common offset,
+    ``H G H``, 0.038 at N=20). Its self-HSIC is of the order of ``eps^2`` times this size, below
+    the check's ``N eps`` times the floor."""
+    rows = torch.zeros(n, dtype=torch.float64, device=u.device).index_add_(0, i, u).index_add_(0, j, u)
+    tot = rows.sum()
+    return unbiased_terms_size(2.0 * (u * u).sum(), tot, tot, (rows * rows).sum(), n)
 
 
 def unit_scale(sum_sq: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

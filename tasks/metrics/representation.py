@@ -148,10 +148,18 @@ class Representation:
         offset: the kernel metrics' distances and centred kernels come from it."""
         return self._centred_gram(layer, upper_only)
 
+    def centring_source(self, layer: int) -> torch.Tensor | None:
+        """The cached ``(N, N)`` Gram that `centred_gram` centres (``H G H``) for ``layer``, or None
+        when it multiplies the centred features instead. Its entries' rounding (``eps`` of
+        ``|x_i||x_j|``, common offset included) is what the centred Gram then carries, up to
+        ``CENTRED_FROM_GRAM_MAX_RATIO`` times that of its own entries. Do not modify."""
+        g = self.cached_gram(layer)
+        return g if g is not None and offset_is_small(g) else None
+
     def _centred_gram(self, layer: int, upper_only: bool, out: torch.Tensor | None = None) -> torch.Tensor:
         """`centred_gram`, written into ``out`` (an ``(N, N)`` buffer, upper only) when given."""
-        g = self.cached_gram(layer)
-        if g is not None and offset_is_small(g):
+        g = self.centring_source(layer)
+        if g is not None:
             return center_gram_(g.clone() if out is None else out.copy_(g))
         xc = centre_columns(self.layers[layer])
         return gram_upper(xc, out=out) if upper_only or out is not None else gram_full(xc)

@@ -345,6 +345,35 @@ def test_distinct_one_hot_rows_have_a_zero_unbiased_self_hsic_and_are_refused(dt
     assert score("unbiased_cka", dup, y) == pytest.approx(want, abs=1e-12 if dtype == np.float64 else 1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n, offset", [(20, 2.0), (20, 4.0), (100, 7.0)])
+def test_an_exactly_zero_self_hsic_is_refused_through_a_cached_gram_with_an_offset(dtype, n: int, offset: float) -> None:
+    """The pipeline's path: Grams cached (``cache_grams``) and shared by every metric. A layer
+    whose rows share an offset up to ``CENTRED_FROM_GRAM_MAX_RATIO`` times their spread has its
+    centred kernel taken as ``H G H`` of the cached Gram, which carries the rounding of the
+    offset's entries, not of the centred ones: distinct one-hot rows plus a common offset (exact
+    unbiased self-HSIC 0) were scored 0.038 (float32, N=20) and 1e-10 (float64) by unbiased CKA
+    and CKNNA there while the raw arrays were refused. The floor of the check now comes from the
+    Gram that was centred."""
+    rng = np.random.default_rng(5)
+    width = n + 3
+    x = np.zeros((n, width))
+    x[np.arange(n), rng.permutation(width)[:n]] = 1.0
+    x = x + offset / np.sqrt(width) * rng.normal(size=(1, width))  # |m|^2 about offset^2, spread about 1
+    assert _exact_unbiased_self_hsic(x) == pytest.approx(0, abs=1e-9)
+    y = rng.normal(size=(n, 5)).astype(dtype)
+    rep = Representation(x.astype(dtype)).cache_grams()
+    assert rep.centring_source(0) is not None  # the H G H route
+    for metric, params in (("unbiased_cka", {}), ("cknna", {"topk": None})):
+        with pytest.raises(ValueError, match=r"^x: layer 0 has an unbiased self-HSIC"):
+            layer_matrix(metric, rep, Representation(y).cache_grams(), **params)
+    # a real layer with the same offset is scored, as the reference scores it
+    z = rng.normal(size=(n, width)) / np.sqrt(width) + offset / np.sqrt(width) * rng.normal(size=(1, width))
+    want = ref.cka(z, y.astype(np.float64), unbiased=True)
+    got = layer_matrix("unbiased_cka", Representation(z.astype(dtype)).cache_grams(), y)[0, 0]
+    assert got == pytest.approx(want, abs=1e-12 if dtype == np.float64 else 1e-5)
+
+
 @pytest.mark.parametrize("metric, params", [("cka", {}), ("unbiased_cka", {}), ("cka", {"kernel_metric": "rbf"})])
 def test_float32_cka_of_a_layer_with_itself_is_one_at_large_n(metric: str, params: dict) -> None:
     """The cross HSIC was one float32 product over the N(N-1)/2 packed kernel entries: CKA of a
