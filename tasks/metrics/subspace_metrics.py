@@ -166,9 +166,11 @@ class ProcrustesEngine(Float64Engine):
             z = x.to(torch.float64)
             z = z - z.mean(0)
             z = z / z.norm().clamp_min(1e-300)
-            if z.shape[1] > z.shape[0]:  # same Gram, fewer columns
-                u, s = left_singular(z)
-                z = u * s
+            if z.shape[1] > z.shape[0]:  # same Gram, fewer columns: z = R^T Q^T, so z^T y = Q (R y)
+                # has the singular values of R y; a QR is exact to rounding, where the Gram's
+                # eigenvectors (left_singular) dropped directions below 1e-7 s_max (3e-8 off on
+                # float32-rounded low-rank layers)
+                z = torch.linalg.qr(z.T, mode="r")[1].T
             bases.append(z)
         return BasisState(bases, [None] * len(bases))
 

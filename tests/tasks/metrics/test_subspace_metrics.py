@@ -57,6 +57,27 @@ def test_procrustes_matches_nuclear_norm() -> None:
     assert score("procrustes", x, wide) == pytest.approx(expected, abs=1e-10)
 
 
+def test_procrustes_of_a_wide_layer_keeps_its_small_directions() -> None:
+    """A layer wider than N was reduced to ``N`` columns through its Gram's eigenvectors, which
+    resolve only directions above 1e-7 of the largest: a spectrum decaying below that (massive
+    activations next to fine structure) lost its tail, 3e-8 to 1e-7 of the score (float32-rounded
+    low-rank layers: 3e-8). The reduction is a QR now, exact to rounding."""
+    rng = np.random.default_rng(11)
+    n, d = 60, 150
+    u, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    v, _ = np.linalg.qr(rng.normal(size=(d, n)))
+    x = (u * 10.0 ** -np.linspace(0, 12, n)) @ v.T  # singular values from 1 down to 1e-12
+    y = (u[:, ::-1] * 10.0 ** -np.linspace(0, 12, n)) @ rng.normal(size=(n, n)).T  # aligned with x's tail
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    expected = np.linalg.svd(xc.T @ yc, compute_uv=False).sum() / (np.linalg.norm(xc) * np.linalg.norm(yc))
+    assert score("procrustes", x, y) == pytest.approx(expected, rel=1e-12, abs=0)
+    assert score("procrustes", y, x) == pytest.approx(expected, rel=1e-12, abs=0)
+    low = (rng.normal(size=(n, 3)) @ rng.normal(size=(3, d))).astype(np.float32).astype(np.float64)
+    lc = low - low.mean(0)
+    expected = np.linalg.svd(lc.T @ yc, compute_uv=False).sum() / (np.linalg.norm(lc) * np.linalg.norm(yc))
+    assert score("procrustes", low, y) == pytest.approx(expected, rel=1e-12, abs=0)
+
+
 @pytest.mark.parametrize("ridge", [0.0, 0.5, 10.0])
 def test_linear_regression_matches_least_squares(ridge: float) -> None:
     x, y = paired(n=60, dx=7, dy=5, seed=6, normalize=False)
