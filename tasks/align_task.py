@@ -33,7 +33,8 @@ from tasks.image_rows import image_rows, mean_rows
 from tasks.metric_plugins import load_metric_modules, metric_source
 from tasks.params import AlignmentParams
 from tasks.retries import backoff, retry_transient
-from tasks.stop_request import PublishedMeanwhile, in_flight, raise_if_stopped, unless_published_meanwhile
+from tasks.stop_request import PublishedMeanwhile, raise_if_stopped, unless_published_meanwhile
+from tasks.stopped_task import run_in_flight
 
 #: The code an alignment version depends on: the engine, the per-pair driver, the per-image rows,
 #: the pairing join, this stage (it prepares the layers and calls the driver) and the reading of
@@ -647,6 +648,7 @@ def reusable_results(store: Store, key: str, requests: list[MetricRequest], vers
 def align_pair(
     store_url: str, manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams, model_a: str, model_b: str
 ) -> dict[str, Any]:
-    """Score every layer pair of two models with every metric (or reuse a stored result): ``align_to_store``."""
-    with in_flight(f"aligning {model_a} x {model_b}"):
-        return align_to_store(store_url, manifest_a, manifest_b, params, get_run_logger())
+    """Score every layer pair of two models with every metric (or reuse a stored result): ``align_to_store``.
+    Its run being stopped, the task run ends ``Cancelled`` (``tasks.stopped_task.run_in_flight``)."""
+    return run_in_flight(f"aligning {model_a} x {model_b}",
+                         lambda: align_to_store(store_url, manifest_a, manifest_b, params, get_run_logger()))

@@ -26,7 +26,8 @@ from tasks.extract.finite import check_finite
 from tasks.extract.spec import ModelSpec
 from tasks.feature_copy import published_elsewhere, reuse_renamed
 from tasks.retries import ModelLoadTimeout, backoff, model_load_timeout, retry_transient
-from tasks.stop_request import PublishedMeanwhile, in_flight, raise_if_stopped, unless_published_meanwhile
+from tasks.stop_request import PublishedMeanwhile, raise_if_stopped, unless_published_meanwhile
+from tasks.stopped_task import run_in_flight
 
 #: Part of every feature version. Raise it when this module changes what is stored (it is not
 #: hashed itself, so that a change to its orchestration does not re-extract every model): the
@@ -80,7 +81,8 @@ _SHARD_SUMS = ("nll_nats", "predicted_tokens", "text_bytes", "bpb_sum", "bpb_tex
 @task(name="extract-features", task_run_name="extract-{spec.name}", tags=[GPU_TAG], retries=2,
       retry_delay_seconds=backoff(10, 2, factor=3), retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
 def extract_features(store_url: str, dataset_manifest: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
-    """Extract (or reuse) ``spec``'s features for the dataset; returns the feature manifest."""
+    """Extract (or reuse) ``spec``'s features for the dataset; returns the feature manifest. Its
+    run being stopped, the task run ends ``Cancelled`` (``tasks.stopped_task.run_in_flight``)."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
     artifact_id = None
@@ -94,8 +96,8 @@ def extract_features(store_url: str, dataset_manifest: dict[str, Any], spec: Mod
         else:
             update_progress_artifact(artifact_id, percent, description=f"extracting {spec.name}: {done}/{total} items")
 
-    with in_flight(f"extracting {spec.name}"):
-        return extract_to_store(store_url, dataset_manifest, spec, get_run_logger(), on_progress=report)
+    return run_in_flight(f"extracting {spec.name}",
+                         lambda: extract_to_store(store_url, dataset_manifest, spec, get_run_logger(), on_progress=report))
 
 
 @task(name="reuse-features", task_run_name="reuse-{spec.name}", retries=2,
@@ -104,9 +106,10 @@ def reuse_features(store_url: str, dataset_manifest: dict[str, Any], spec: Model
     """The stored feature manifest of a model whose features are published under its own name,
     with ``reused: True``. Not tagged ``prh-gpu``: it reads one manifest, so a run whose models
     are all stored (a nightly with an unchanged zoo, the alignment stage on the CPU pool) never
-    queues behind other runs' extractions for a GPU slot."""
-    with in_flight(f"reusing {spec.name}'s features"):
-        return extract_to_store(store_url, dataset_manifest, spec, get_run_logger())
+    queues behind other runs' extractions for a GPU slot. Its run being stopped, the task run ends
+    ``Cancelled`` (``tasks.stopped_task.run_in_flight``)."""
+    return run_in_flight(f"reusing {spec.name}'s features",
+                         lambda: extract_to_store(store_url, dataset_manifest, spec, get_run_logger()))
 
 
 def extract_to_store(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -18,21 +19,26 @@ from tasks.params import PipelineConfig
 
 
 
-def _mark_every_50_ms(name: str, marker: str, seconds: float) -> int:
+def _mark_every_50_ms(name: str, marker: str, seconds: float) -> Any:
     """A task's work for ``seconds``: a safe point (``raise_if_stopped``) then a mark appended to
-    the file ``marker`` every 0.05 s, counted as a task of the run (``in_flight``); returns the marks."""
-    from tasks.stop_request import in_flight, raise_if_stopped
+    the file ``marker`` every 0.05 s, run as the project's tasks run theirs (``run_in_flight``:
+    counted as a task of the run; a stop ends it ``Cancelled``); returns the marks."""
+    from tasks.stop_request import raise_if_stopped
+    from tasks.stopped_task import run_in_flight
 
-    path, count = Path(marker), 0
-    with in_flight(f"{name} {path.name}"):
-        end = time.monotonic() + seconds
+    path = Path(marker)
+
+    def work() -> int:
+        count, end = 0, time.monotonic() + seconds
         while time.monotonic() < end:
             raise_if_stopped(f"{name} {path.name}: mark {count}")
             with path.open("a") as handle:
                 handle.write(".")
             count += 1
             time.sleep(0.05)
-    return count
+        return count
+
+    return run_in_flight(f"{name} {path.name}", work)
 
 def test_runner_names(monkeypatch):
     from prefect_dask import DaskTaskRunner
@@ -135,7 +141,8 @@ def test_a_failed_run_stops_its_tasks_on_an_external_dask_scheduler(tmp_path):
         assert not queued.exists()  # the queued task never started
     assert ended < 15, ended  # the running task stopped at a safe point, not after its 20 s
     state = outcome["state"]
-    assert state.is_failed() and isinstance(state.result(raise_on_failure=False), RunStopped), state
+    # Cancelled, not Failed: the stop reached the task on the worker (tasks.stopped_task)
+    assert state.is_cancelled() and isinstance(state.result(raise_on_failure=False), RunStopped), state
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -189,7 +196,8 @@ def test_a_retried_flow_run_is_not_stopped_by_its_earlier_attempts_stop_request(
     assert len(attempts) == 2 and attempts[0] != attempts[1], attempts
     assert done > 0 and _marks(second) == done  # the second attempt's task ran its work
     state = outcome["state"]
-    assert state.is_failed() and isinstance(state.result(raise_on_failure=False), RunStopped), state
+    # Cancelled, not Failed: the stop reached the task on the worker (tasks.stopped_task)
+    assert state.is_cancelled() and isinstance(state.result(raise_on_failure=False), RunStopped), state
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -162,7 +162,10 @@ def test_features_published_while_a_stopped_stage_waits_are_in_its_record(tmp_pa
     """An extraction stage stopped while a model was past its last safe point (publishing its
     features): the stage waits for it and the features are published, but its record, written
     from the models collected when the stop came, named none of them (the next stage and ``prh
-    gc`` go by it). It now names every model whose features the store holds."""
+    gc`` go by it). It now names every model whose features the store holds. The other model's
+    task, queued behind it, gives up as it starts: its task run shows ``Cancelled`` in Prefect
+    (it showed red ``Failed``, ``RunStopped: the run is being stopped ...``, under the cancelled
+    run), the published one ``Completed``."""
     import flows.stages
     from storage.runs import extraction_records
     from tests.flows.test_pipeline import hold_publishing_until_stopped
@@ -181,6 +184,21 @@ def test_features_published_while_a_stopped_stage_waits_are_in_its_record(tmp_pa
     (record,) = extraction_records(Store(store))
     assert record["status"] == "CANCELLED" and stored and record["feature_versions"] == stored
     assert (record["extracted"], record["reused"]) == (sorted(stored), [])
+    states = {name: run.state for name, run in _task_runs(record["run_id"]).items() if name.startswith("extract-")}
+    assert {name: state.type.value for name, state in states.items()} == {
+        "extract-tiny-vit": "COMPLETED", "extract-tiny-bert": "CANCELLED"}, states
+    assert states["extract-tiny-bert"].message == ("extracting tiny-bert: cancelled, the run is being stopped: extracting "
+                                                   "tiny-bert left undone")
+
+
+def _task_runs(flow_run_id: str) -> dict:
+    """The task runs of flow run ``flow_run_id`` as the Prefect API has them, by name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name: run for run in runs}
 
 
 @pytest.mark.usefixtures("prefect_harness")
