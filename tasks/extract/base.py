@@ -335,9 +335,14 @@ def probe_errors(spec: ModelSpec, what: str) -> contextlib.AbstractContextManage
 
 def require_hidden_states(spec: ModelSpec, module: torch.nn.Module, out: Any) -> tuple[torch.Tensor, ...]:
     """``out.hidden_states`` (embedding output, then every layer), or a `ModelInputError` when the
-    model returned none (it cannot give per-layer features)."""
+    model returned none, or an entry that is not a tensor (MaskFormer's Swin returns each stage as a
+    tuple): it cannot give per-layer features."""
     states = out.get("hidden_states") if hasattr(out, "get") else getattr(out, "hidden_states", None)
-    if not states or not all(isinstance(h, torch.Tensor) for h in states):
+    odd = next((i for i, h in enumerate(states or ()) if not isinstance(h, torch.Tensor)), None)
+    if odd is not None:  # MaskFormer's Swin: each stage a tuple; PEGASUS-X: its last entry
+        raise ModelInputError(spec.name, spec.id, f"{type(module).__name__} returned hidden_states whose entry {odd} is a "
+                              f"{type(states[odd]).__name__}, not a tensor: prh cannot tell its per-layer features")
+    if not states:
         raise ModelInputError(spec.name, spec.id, f"{type(module).__name__} returned no hidden_states with "
                               "output_hidden_states=True: per-layer features need a model that returns them")
     return tuple(states)

@@ -66,7 +66,7 @@ from tasks.extract.base import (BatchOutput, Extractor, count_parameters, layer_
                                 to_host_queued, without_cudnn_attention)
 from tasks.extract.bpb import next_token_nll_rows_on_device
 from tasks.extract.errors import ModelInputError
-from tasks.extract.hf_models import LoadedModel, input_device, position_offset
+from tasks.extract.hf_models import LoadedModel, input_device, is_int, position_offset
 from tasks.extract.pooling import pool_tokens
 from tasks.extract.spec import ModelSpec
 
@@ -429,6 +429,7 @@ class HFLanguageExtractor(Extractor):
         without waiting (`to_host_queued`); the returned function waits and gives them."""
         states, logits = self._run(prepared, with_logits=with_nll)
         mask = prepared.attention_mask.to(states[0].device)
+        self._check_token_states(states, tuple(mask.shape))
         pooled = [pool_tokens(h, mask.to(h.device), self.spec.pooling) for h in states]
         if not with_nll:
             copied = to_host_queued(pooled)
@@ -447,6 +448,19 @@ class HFLanguageExtractor(Extractor):
                                row_nll=row_nll, row_targets=row_targets.astype(np.int64))
 
         return finish
+
+    def _check_token_states(self, states: Sequence[torch.Tensor], batch: tuple[int, int]) -> None:
+        """Every hidden state must hold one vector per token of the batch, `(B, T, D)` with `(B, T)` =
+        ``batch`` (the attention mask's shape): else a `ModelInputError` naming the layer and its shape
+        (DeepSeek-V4's hyper-connections keep several residual streams per token, `(B, T, 4, D)`; a text
+        tower that adds tokens of its own has more than T), rather than pooling over the wrong axis."""
+        names = layer_names("embeddings", "layer", len(states) - 1)
+        for name, h in zip(names, states):
+            if h.dim() != 3 or tuple(h.shape[:2]) != batch:
+                raise ModelInputError(self.spec.name, self.spec.id, f"layer {name!r} has shape {tuple(h.shape)} for a batch of "
+                                      f"{batch[0]} caption(s) of {batch[1]} tokens: not one vector per token (B, T, D) "
+                                      "(several vectors per token, or tokens the model adds of its own), so it cannot be "
+                                      "pooled over a caption's tokens")
 
 
 def _pinned(p: PreparedText) -> PreparedText:
@@ -482,15 +496,27 @@ def declared_window(config: Any) -> tuple[str, int] | None:
     of per-layer sizes counts its smallest), None when it declares none (unset, null or not a
     positive integer)."""
     found = []
-    for name in WINDOW_FIELDS:
-        value = getattr(config, name, None)
+    sub = getattr(config, "text_config", None)  # a vision-language model's text part (Gemma 3) declares its own
+    for part, name in ((c, n) for c in (config, sub) if c is not None for n in WINDOW_FIELDS):
+        value = _config_field(part, name)
         for size in value if isinstance(value, (list, tuple)) else (value,):
-            if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+            if is_int(size) and size > 0:
                 found.append((size, name))
     if not found:
         return None
     size, name = min(found)
     return name, size
+
+
+def _config_field(config: Any, name: str) -> Any:
+    """``config.<name>`` (None when absent); for a field a heterogeneous config keeps per layer
+    (transformers' ``per_layer_config``: NeoMME's ``sliding_window``, whose global reading raises
+    ``AmbiguousGlobalPerLayerAttributeError``), the list of its layers' values."""
+    try:
+        return getattr(config, name, None)
+    except Exception:  # noqa: BLE001 - a per-layer field: read each layer's value
+        layers = getattr(config, "per_layer_config", None) or ()
+        return [getattr(layer, name, None) for layer in layers]
 
 
 def _probe_words(n: int) -> str:
@@ -515,14 +541,29 @@ _LOG = logging.getLogger("prh.extract")
 
 
 def _input_embedding_weight(spec: ModelSpec, model: torch.nn.Module) -> torch.Tensor:
-    """The token embedding matrix (its device is where the token ids go), or a `ModelInputError`
-    for a module without ``get_input_embeddings`` (FSMT's encoder)."""
+    """The token embedding matrix (its device is where the token ids go): ``get_input_embeddings``,
+    else the ``nn.Embedding`` of ``vocab_size`` rows in the model's ``embeddings`` module (`_embeddings_table`:
+    OWL-ViT's and GroupViT's CLIP-like text towers, which do not implement it); a `ModelInputError`
+    for a module with neither (FSMT's encoder)."""
     try:
         return model.get_input_embeddings().weight
     except (AttributeError, NotImplementedError) as exc:
+        table = _embeddings_table(model)
+        if table is not None:
+            return table.weight
         raise ModelInputError(spec.name, spec.id, f"{type(model).__name__} has no input token embeddings "
                               f"(get_input_embeddings: {type(exc).__name__}: {exc}): not usable as a language "
                               "model here") from exc
+
+
+def _embeddings_table(model: torch.nn.Module) -> torch.nn.Embedding | None:
+    """The first ``nn.Embedding`` with ``config.vocab_size`` rows inside the model's ``embeddings``
+    module (``token_embedding`` of a CLIP-like text tower), or None."""
+    emb = getattr(model, "embeddings", None)
+    rows = getattr(getattr(model, "config", None), "vocab_size", None)
+    if not isinstance(emb, torch.nn.Module) or not isinstance(rows, int):
+        return None
+    return next((m for m in emb.modules() if isinstance(m, torch.nn.Embedding) and m.num_embeddings == rows), None)
 
 
 def _refuse_empty(spec: ModelSpec, items: Sequence[str], mask: torch.Tensor) -> None:

@@ -287,10 +287,19 @@ def _refuse_other_inputs(spec: ModelSpec, model: torch.nn.Module | None) -> None
     """A vision module (the part a vision spec runs: `_select_tower`, of the model built on the
     ``meta`` device; None: not built, not checked) whose forward needs inputs besides
     ``pixel_values`` cannot run on the pixels prh gives it (SegGPT's prompt image and mask), unless
-    they are the `PATCH_INPUTS` of a NaFlex model, which its image processor gives (`takes_patches`)."""
+    they are the `PATCH_INPUTS` of a NaFlex model, which its image processor gives (`takes_patches`).
+    Nor can one that still takes ``input_ids``: a vision-language model in which `_select_tower` found
+    no image encoder (GIT, Fuyu, Qwen2-VL's ``visual``, which needs its patch grid), whose forward
+    failed on pixels alone at the load probe (``You must specify exactly one of input_ids or
+    inputs_embeds``)."""
     if model is None:
         return
     tower = _select_tower(model, "vision")
+    if "input_ids" in inspect.signature(tower.forward).parameters:
+        raise ModelInputError(spec.name, spec.id, f"{type(tower).__name__} (model type {getattr(model.config, 'model_type', '?')!r}) "
+                              "takes images together with token ids (a vision-language model), and prh finds no image "
+                              "encoder in it that runs on pixel_values alone (a 'vision_model' or 'vision_tower' module): "
+                              "it cannot give image features; use a vision model or an image-encoder checkpoint")
     needed = other_vision_inputs(tower)
     if needed and not takes_patches(tower):
         raise ModelInputError(spec.name, spec.id, f"{type(tower).__name__}'s forward needs input(s) "
@@ -355,6 +364,9 @@ def _build_config(spec: ModelSpec, cls: type, tokenizer: Any | None) -> Any:
         _ids_inside_vocabulary(text_cls, text, tokenizer)
     try:
         config = cls(**kwargs)
+    except ImportError as exc:  # a sub-config class that needs a library that is not installed (EdgeTAM's timm backbone)
+        raise ModelInputError(spec.name, spec.id, f"config {spec.config} needs a library that is not installed: "
+                              f"{_first_line(exc)}") from exc
     except (TypeError, ValueError, StrictDataclassError) as exc:
         raise ModelInputError(spec.name, spec.id, f"config {spec.config} is not valid for {spec.id}: {_first_line(exc)}") from exc
     _refuse_unknown_keys(spec, config)
@@ -375,13 +387,14 @@ def _ids_inside_vocabulary(cls: type, kwargs: dict[str, Any], tokenizer: Any | N
     if not isinstance(vocab, int) or isinstance(vocab, bool):
         return
     for name, default in defaults.items():
-        if not name.endswith("_token_id") or name in kwargs or not _int(default) or 0 <= default < vocab:
+        if not name.endswith("_token_id") or name in kwargs or not is_int(default) or 0 <= default < vocab:
             continue
         own = getattr(tokenizer, name, None) if tokenizer is not None else None
-        kwargs[name] = own if _int(own) and 0 <= own < vocab else None
+        kwargs[name] = own if is_int(own) and 0 <= own < vocab else None
 
 
-def _int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is a Python integer and not a bool (a config field's value)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -503,7 +516,10 @@ def model_class(spec: ModelSpec, config_cls: type, causal: bool) -> type:
 
     auto = AutoModelForCausalLM if causal else AutoModel
     try:
-        return auto._model_mapping[config_cls]
+        cls = auto._model_mapping[config_cls]
+        # a type mapped to several classes (Funnel: FunnelModel, FunnelBaseModel): from_config builds the
+        # first unless the config's architectures name another, which a modality check need not tell
+        return cls[0] if isinstance(cls, (tuple, list)) else cls
     except KeyError:
         raise ModelInputError(spec.name, spec.id, f"transformers {auto.__name__} has no class for config "
                               f"{config_cls.__name__} (model type {getattr(config_cls, 'model_type', '?')!r})") from None
@@ -670,7 +686,7 @@ def position_offset(model: torch.nn.Module) -> int:
     `HFLanguageExtractor` leaves such models their own positions (offset > 0), and
     `_check_max_length` takes the offset off the position table: one rule for both."""
     pad = getattr(getattr(model, "embeddings", None), "padding_idx", None)
-    return pad + 1 if isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0 else 0
+    return pad + 1 if is_int(pad) and pad >= 0 else 0
 
 
 def meta_model(spec: ModelSpec, config: Any, causal: bool) -> torch.nn.Module | None:

@@ -55,7 +55,7 @@ from tasks.extract.base import (
     to_host_queued,
 )
 from tasks.extract.errors import ModelInputError
-from tasks.extract.hf_models import PATCH_INPUTS, LoadedModel, input_device, is_patch_processor, takes_patches
+from tasks.extract.hf_models import PATCH_INPUTS, LoadedModel, input_device, is_int, is_patch_processor, takes_patches
 from tasks.extract.image_pool import PatchPixels, ProcessorRecipe, apply_processor, processor_recipe
 from tasks.extract.images import ImageItem
 from tasks.extract.pooling import pool_patches, pool_vision
@@ -76,8 +76,9 @@ class PreparedPixels:
 #: Token parameters of a vision model's ``embeddings`` put in front of the patch tokens: the CLS
 #: token (ViT, DINOv2, MAE, BEiT: ``cls_token``, ``(1, 1, D)``; Pixio: ``(1, 8, D)``, 8 CLS tokens;
 #: CLIP: ``class_embedding``, ``(D,)``) and DeiT's distillation token; register tokens
-#: (``register_tokens``, ``(1, R, D)``) come after them. Each counts ``shape[-2]`` tokens (1 for a vector).
-_ONE_TOKEN_PARAMS = ("cls_token", "class_embedding", "distillation_token")
+#: (``register_tokens``, ``(1, R, D)``) come after them; RADIO keeps its CLS and register tokens in one
+#: ``cls_register_token``, ``(num_cls_tokens + num_registers, D)``. Each counts ``shape[-2]`` tokens (1 for a vector).
+_ONE_TOKEN_PARAMS = ("cls_token", "class_embedding", "distillation_token", "cls_register_token")
 
 
 def tokens_in(param: Any) -> int:
@@ -208,7 +209,7 @@ def module_widths(model: torch.nn.Module) -> frozenset[int]:
     for m in model.modules():
         for attr in ("out_channels", "out_features", "num_features", "num_channels"):
             value = getattr(m, attr, None)
-            if isinstance(value, int) and not isinstance(value, bool):
+            if is_int(value):
                 widths.add(value)
         shape = getattr(m, "normalized_shape", None)
         if isinstance(shape, tuple) and shape and isinstance(shape[-1], int):

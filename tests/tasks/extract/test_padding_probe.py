@@ -100,3 +100,16 @@ def test_mobilebert_with_a_zero_pad_row_keeps_its_padded_batches(tmp_path):
                         device="cpu")
     assert ex.pad_free_reason is None
     assert _worst_relative_difference(ex, extract_all(ex, CAPTIONS, batch_size=len(CAPTIONS)).layers) <= 1e-5
+
+
+def test_the_window_of_a_vision_language_models_text_part_is_read():
+    """A vision-language config (Gemma 3) keeps its text part's ``sliding_window`` in
+    ``text_config``, not at the top, where the window probe had looked only: no window was found."""
+    from transformers import Gemma3Config
+
+    from tasks.extract.hf_language import declared_window
+
+    config = Gemma3Config(text_config={"sliding_window": 6, "hidden_size": 32})
+    assert getattr(config, "sliding_window", None) is None
+    assert declared_window(config) == ("sliding_window", 6)
+    assert declared_window(Gemma3Config(text_config={"sliding_window": None, "hidden_size": 32})) is None
