@@ -300,6 +300,7 @@ class RowTable:
             if index < 100:
                 self.first_keys.update(row)
             kept.append({name: row[name] for name in self.wanted if name in row})
+            self._refuse_caption_items(kept[-1].get(text), index)
             for name, value in kept[-1].items():
                 self.present.add(name)
                 if value is not None:
@@ -327,6 +328,18 @@ class RowTable:
                              "as a string") from exc
         except (pa.ArrowException, TypeError) as exc:
             raise ValueError(f"dataset file {self.where!r}: {self._mixed_key()} ({exc})") from exc
+
+    def _refuse_caption_items(self, value: Any, index: int) -> None:
+        """``ValueError`` naming the row at ``index``, the caption key and the item when ``value``
+        (its caption) is a list holding an item that is neither a string nor null: Arrow's
+        "Expected bytes, got a 'list' object" had been told as "a key mixes value types"."""
+        if not isinstance(value, list):
+            return
+        for item, caption in enumerate(value):
+            if caption is not None and not isinstance(caption, str):
+                kind = _JSON_KINDS.get(type(caption), type(caption).__name__)
+                raise ValueError(f"dataset file {self.where!r}: {self.label(index)} key {self.columns.text!r} is a list of "
+                                 f"captions whose item {item} is a JSON {kind}, not a string")
 
     def finish(self) -> pa.Table:
         """The rows added, as one table (canonical column names); ``ValueError`` when no row has

@@ -48,7 +48,8 @@ Derived ids: without a ``sample_id`` column, ``sample_id = "pair-" + sha256(sha2
 + UTF-8 stripped caption)[:16 hex]``: stable when rows are reordered or image files renamed, and an exact
 duplicate pair (same image bytes, same caption) is caught as ``sample_id_duplicate``.
 Without a given ``image_id``, rows with byte-identical images share an ``image_id``: the
-smallest ``sample_id`` among them; an image used once gets ``image_id == sample_id``.
+smallest ``sample_id`` among them; an image used once gets ``image_id == sample_id``; where other
+rows give that id to another image, ``"image-" + sha256(image bytes)[:16 hex]`` instead.
 
 Captions are stripped of surrounding whitespace and otherwise kept as written (no truncation:
 models truncate to their own ``max_length`` tokens; see ``tasks.data.schema.MAX_CAPTION_CHARS``;
@@ -503,8 +504,9 @@ def _assign_image_ids(
 
     A row without one takes the id given to its image's bytes by other rows (the smallest, if they
     give several), else the smallest ``sample_id`` among the rows of those bytes: a partly filled
-    ``image_id`` column no longer splits one picture into two images. Rows that give two different
-    ids to identical bytes keep them (the ids are the user's: two images)."""
+    ``image_id`` column no longer splits one picture into two images. That sample id is not taken
+    when rows give it as the image id of other bytes (`_implicit_image_ids`). Rows that give two
+    different ids to identical bytes keep them (the ids are the user's: two images)."""
     given_by_digest: dict[bytes, str] = {}
     smallest_by_digest: dict[bytes, str] = {}
     for row in accepted:
@@ -513,6 +515,7 @@ def _assign_image_ids(
         current = ids.get(row.image_digest)
         if current is None or candidate < current:
             ids[row.image_digest] = candidate
+    smallest_by_digest = _implicit_image_ids(smallest_by_digest, accepted)
 
     first_with_image_id: dict[str, _Candidate] = {}
     kept: list[tuple[_Candidate, str]] = []
@@ -529,3 +532,17 @@ def _assign_image_ids(
             continue
         kept.append((row, image_id))
     return kept
+
+
+def _implicit_image_ids(smallest_by_digest: dict[bytes, str], accepted: list[_Candidate]) -> dict[bytes, str]:
+    """``smallest_by_digest`` (image digest -> the smallest sample id of its rows, the image id of
+    an image no row names) with each id that a row gives as the ``image_id`` of other bytes
+    replaced by ``image-`` and 16 hex digits of the image's SHA-256: the image took the id of
+    another (sample ``y`` beside the image id ``y`` given to another picture), and the later of
+    the two was rejected as ``image_id_conflict``, though neither row's id was wrong."""
+    given: dict[str, set[bytes]] = {}
+    for row in accepted:
+        if row.given_image_id is not None:
+            given.setdefault(row.given_image_id, set()).add(row.image_digest)
+    return {digest: f"image-{digest.hex()[:16]}" if given.get(image_id, {digest}) != {digest} else image_id
+            for digest, image_id in smallest_by_digest.items()}

@@ -139,6 +139,19 @@ def test_a_caption_key_mixing_strings_and_lists_loads_a_string_as_a_list_of_one(
     assert load_paired_dataset(folder / "pairs.jsonl", n=2).n_valid == 2
 
 
+
+@pytest.mark.parametrize("surrogate", [False, True])
+def test_a_list_of_captions_holding_a_non_string_names_its_line_and_item(folder: Path, surrogate: bool) -> None:
+    """As in a JSON array of rows (pyarrow refuses the file, then the line-by-line reader, also
+    where another line holds a lone surrogate): the line, the key and the item, not "a key mixes
+    value types"."""
+    lone = r"\ud800" if surrogate else ""
+    path = folder / "pairs.jsonl"
+    path.write_text(f'{{"image": "red.png", "text": ["red{lone}"]}}\n{{"image": "blue.png", "text": ["blue", [1]]}}\n')
+    with pytest.raises(ValueError, match="pairs.jsonl'?: line 2 key 'text' is a list of captions whose item 1 is a JSON "
+                                         "array, not a string"):
+        load_paired_dataset(path)
+
 def test_an_image_folder_metadata_table_with_a_lone_surrogate_keeps_its_file_name_column(folder: Path) -> None:
     """The metadata table's ``file_name`` column was not found (its first block unreadable), so the
     folder was refused as lacking an ``image`` column."""

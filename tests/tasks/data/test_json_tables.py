@@ -186,6 +186,17 @@ def test_captions_mixing_strings_and_lists_across_row_batches(tmp_path: Path) ->
     assert table.finish().column("text").to_pylist() == [[b"x\xed\xa0\x80"], [b"y"]]
 
 
+
+@pytest.mark.parametrize("item, kind", [(["blue"], "array"), (5, "number"), ({"en": "blue"}, "object"), (True, "boolean")])
+def test_a_list_of_captions_holding_a_non_string_names_its_element_and_item(tmp_path: Path, item: object, kind: str) -> None:
+    """A list of captions with an item that is not a string was refused as "a key mixes value types
+    (Expected bytes, got a 'list' object)": neither the key nor the row, and no key mixes types."""
+    rows = [{"image": "red.png", "caption": ["red"]}, {"image": "blue.png", "caption": ["a blue square", item]}]
+    path = write_rows(tmp_path, rows)
+    with pytest.raises(ValueError, match=rf"pairs.json'?: element 1 key 'caption' is a list of captions whose item 1 is a "
+                                         rf"JSON {kind}, not a string"):
+        load_paired_dataset(path, columns=ColumnMap(text="caption"))
+
 def test_array_of_rows_with_ids_and_n(tmp_path: Path) -> None:
     rows = [{"sample_id": i, "image": f, "text": t} for i, (f, t) in
             enumerate([("red.png", "red"), ("blue.png", "blue"), ("green.png", "green")])]

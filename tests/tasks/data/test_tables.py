@@ -300,6 +300,22 @@ def test_a_partly_filled_image_id_column_keeps_one_id_per_image(tmp_path: Path) 
     assert rejections(result) == []
 
 
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_an_image_without_a_given_id_never_takes_the_id_another_image_is_given(tmp_path: Path, order: int) -> None:
+    """A row without an image_id whose own sample id is an image id given to other bytes (sample
+    ``y``, image ``B``; the image id ``y`` given to image ``A``) was rejected as ``image_id_conflict``
+    ("image_id 'y' already names a different image"), an id it never gave; in the other row order
+    the row that gave ``y`` was rejected instead. Such an image takes ``image-`` and 16 hex digits
+    of its SHA-256, whatever the order, and every row is kept."""
+    columns = {"sample_id": ["x", "y", "z"], "image": [RED, BLUE, GREEN], "text": ["a", "b", "c"], "image_id": ["y", None, None]}
+    path = write_parquet(tmp_path / "p.parquet", {k: v[::order] for k, v in columns.items()},
+                         {"sample_id": pa.string(), "image": pa.binary(), "text": pa.string(), "image_id": pa.string()})
+    result = load_paired_dataset(path)
+    assert rejections(result) == []
+    assert rows(result) == [("x", "a", "y"), ("y", "b", "image-" + hashlib.sha256(BLUE).hexdigest()[:16]), ("z", "c", "z")]
+
+
 # ----------------------------------------------------------------------------------------- folder
 
 
