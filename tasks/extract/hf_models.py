@@ -168,10 +168,10 @@ def left_to_right(config: Any) -> bool:
 
 
 def _select_tower(model: torch.nn.Module, modality: str) -> torch.nn.Module:
-    """The part that takes one modality: CLIP/SigLIP towers, the image encoder (``vision_tower``) or
+    """The part that takes one modality: CLIP/SigLIP towers (FLAVA's ``image_model``), the image encoder (``vision_tower``) or
     the language model (``language_model``) of a vision-language model (LLaVA, Gemma 3), the encoder
     of encoder-decoders."""
-    names = ("vision_model", "vision_tower") if modality == "vision" else ("text_model", "language_model")
+    names = ("vision_model", "vision_tower", "image_model") if modality == "vision" else ("text_model", "language_model")
     for name in names:
         part = getattr(model, name, None)
         if isinstance(part, torch.nn.Module):
@@ -298,7 +298,7 @@ def _refuse_other_inputs(spec: ModelSpec, model: torch.nn.Module | None) -> None
     if "input_ids" in inspect.signature(tower.forward).parameters:
         raise ModelInputError(spec.name, spec.id, f"{type(tower).__name__} (model type {getattr(model.config, 'model_type', '?')!r}) "
                               "takes images together with token ids (a vision-language model), and prh finds no image "
-                              "encoder in it that runs on pixel_values alone (a 'vision_model' or 'vision_tower' module): "
+                              "encoder in it that runs on pixel_values alone (a 'vision_model', 'vision_tower' or 'image_model' module): "
                               "it cannot give image features; use a vision model or an image-encoder checkpoint")
     needed = other_vision_inputs(tower)
     if needed and not takes_patches(tower):
@@ -809,8 +809,8 @@ def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAcces
     processor (NaFlex: `is_patch_processor`) takes ``image_size`` as its patch budget (`_set_patch_budget`)."""
     from transformers import AutoImageProcessor, ViTImageProcessorPil
 
-    if spec.loader == "random_hf":  # a two-tower config (CLIPConfig) keeps the image size in vision_config
-        vision = getattr(model_config, "vision_config", None) or model_config
+    if spec.loader == "random_hf":  # a two-tower config keeps the image size in vision_config (CLIP) or image_config (FLAVA)
+        vision = getattr(model_config, "vision_config", None) or getattr(model_config, "image_config", None) or model_config
         if getattr(vision, "model_type", None) in _PATCH_PROCESSORS:
             return _patch_settings(_random_patch_processor(vision), spec)
         size = spec.image_size or getattr(vision, "image_size", None) or 224

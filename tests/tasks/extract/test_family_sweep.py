@@ -126,3 +126,15 @@ def test_funnel_whose_type_maps_to_two_model_classes_is_a_model_input_error_with
     with pytest.raises(ModelInputError, match="cannot build the model from config") as info:
         load_extractor(_spec("FunnelConfig", "language", config), device="cpu")
     assert "model 'swept' (id 'FunnelConfig')" in str(info.value)
+
+
+def test_a_random_flava_reads_its_image_size_from_image_config(images):
+    """FLAVA keeps its image tower in ``image_model`` and its settings in ``image_config`` (not
+    ``vision_model`` / ``vision_config``): a random FLAVA got 224-pixel inputs for a 32-pixel model
+    and failed at the load probe (then was refused as having no pixel-only image encoder)."""
+    tower = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=37)
+    ex = load_extractor(_spec("FlavaConfig", "vision", {"image_config": tower}), device="cpu")
+    assert ex.processor.size == {"height": 32, "width": 32}
+    out = extract_all(ex, images[:3])
+    assert len(out.layers) == 3 and all(np.isfinite(layer).all() and layer.shape == (3, 32) for layer in out.layers)
