@@ -297,8 +297,8 @@ def _refuse_other_inputs(spec: ModelSpec, model: torch.nn.Module | None) -> None
     tower = _select_tower(model, "vision")
     if "input_ids" in inspect.signature(tower.forward).parameters:
         raise ModelInputError(spec.name, spec.id, f"{type(tower).__name__} (model type {getattr(model.config, 'model_type', '?')!r}) "
-                              "takes images together with token ids (a vision-language model), and prh finds no image "
-                              "encoder in it that runs on pixel_values alone (a 'vision_model', 'vision_tower' or 'image_model' module): "
+                              "takes images together with token ids (a vision-language model) and holds no image "
+                              "encoder that runs on pixel_values alone (a 'vision_model', 'vision_tower' or 'image_model' module): "
                               "it cannot give image features; use a vision model or an image-encoder checkpoint")
     needed = other_vision_inputs(tower)
     if needed and not takes_patches(tower):
