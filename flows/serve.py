@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -242,8 +243,12 @@ def worker_log_path(log_dir: Path, pool: str, gpu: str | None = None) -> Path:
     """The file of a worker's output: ``<log_dir>/worker-<pool>.log``, ``worker-<pool>-gpu<id>.log``
     for a worker pinned to GPU ``gpu``. It holds what the UI does not show: the worker's own lines
     and the output of its flow runs' processes (a process that dies before it reaches the API, or a
-    library's warnings on stderr; the UI shows only the exit code of the first)."""
-    return log_dir / (f"worker-{pool}.log" if gpu is None else f"worker-{pool}-gpu{gpu}.log")
+    library's warnings on stderr; the UI shows only the exit code of the first). A character of
+    ``gpu`` other than a letter, digit, ``.``, ``_`` or ``-`` is written ``_`` (a legacy MIG id,
+    ``MIG-GPU-<uuid>/<gi>/<ci>``, would name subdirectories that do not exist)."""
+    if gpu is None:
+        return log_dir / f"worker-{pool}.log"
+    return log_dir / f"worker-{pool}-gpu{re.sub(r'[^A-Za-z0-9._-]', '_', gpu)}.log"
 
 
 def start_logged_worker(pool: str, env: Mapping[str, str], log_dir: Path | None, limit: int | None = None,

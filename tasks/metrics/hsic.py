@@ -34,7 +34,7 @@ def unbiased_from_parts(trace: torch.Tensor, tot_k: torch.Tensor, tot_l: torch.T
 #: (``unbiased_terms_size``; ``eps`` the computation dtype's) counts as 0: the layer's CKA would be
 #: 0/0. Measured on layers whose exact value is 0 (all rows but one identical, N = 5 to 2,000,
 #: both paths, float32 and float64): at most ``0.18 N eps`` (distinct one-hot rows: 0.23, with the
-#: Gram path's floor, ``kernel_metrics._shifted_terms_size``); realistic layers (isotropic, low-rank,
+#: Gram path's floor, ``kernel_metrics._formed_terms_size``); realistic layers (isotropic, low-rank,
 #: clustered, one-hot, heavy-tailed, sharing a direction; N = 20 to 2,000; linear and RBF) have
 #: at least 0.3 times the size
 SELF_HSIC_ROUNDING_UNITS = 4.0

@@ -239,8 +239,10 @@ class CkaEngine(Engine):
                 k = rbf_from_gram(rep.centred_gram(l), sigma)  # a fresh matrix: centred in place
             except ValueError as err:  # the median heuristic on this layer's distances
                 raise ValueError(f"layer {l}: {err}") from None
-            yield (k if unbiased else center_gram_(k)), not unbiased, False
-            del k
+            # unbiased: distances from a cached Gram's H G H carry its offset's rounding: the floor's source
+            source = _rbf_rounding_source(rep.centring_source(l), k, sigma) if unbiased else None
+            yield (k if unbiased else center_gram_(k)), not unbiased, False, [source]
+            del k, source
 
     def permute(self, state: GramState | FeatureState, perm: torch.Tensor, inv: torch.Tensor):
         if isinstance(state, FeatureState):
@@ -419,6 +421,30 @@ def _formed_terms_size(u: torch.Tensor, i: torch.Tensor, j: torch.Tensor, n: int
     rows = torch.zeros(n, dtype=torch.float64, device=u.device).index_add_(0, i, u).index_add_(0, j, u)
     tot = rows.sum()
     return unbiased_terms_size(2.0 * (u * u).sum(), tot, tot, (rows * rows).sum(), n)
+
+
+def _rbf_rounding_source(gram: torch.Tensor | None, k: torch.Tensor, sigma: float | str) -> torch.Tensor | None:
+    """The ``(N, N)`` float64 matrix whose ``eps`` the RBF kernel ``k`` (``(N, N)``) carries from
+    the cached Gram ``gram`` its distances were centred from (`Representation.centring_source`;
+    None: no such Gram, None returned): ``K_ij (|G_ii| + |G_jj| + 2 |G_ij|) / (2 sigma^2)``, a
+    squared distance's rounding ``eps`` of its Gram entries (offset included) times the
+    kernel's slope in it (``sigma``: the width, or ``'median'`` of the Gram's distances). The
+    floor of the unbiased self-HSIC check (`encode_kernels`): equidistant rows plus a common
+    offset (exact self-HSIC 0) passed on the rounding alone (unbiased RBF CKA 2.5e-5 in float32).
+    None too where ``1 / (2 sigma^2)`` is not finite."""
+    if gram is None:
+        return None
+    g = gram.to(torch.float64, copy=True)  # modified in place below: never the cached Gram itself
+    sq = torch.diagonal(g).clone()
+    if isinstance(sigma, str):  # the median heuristic, as rbf_from_gram takes it
+        iu = torch.triu_indices(g.shape[0], g.shape[0], 1, device=g.device)
+        s = _median((sq[iu[0]] + sq[iu[1]] - 2.0 * g[iu[0], iu[1]]).clamp_min(0.0).sqrt())
+    else:
+        s = float(sigma)
+    slope = 1.0 / (2.0 * s * s) if s > 0 else math.inf
+    if not math.isfinite(slope):
+        return None
+    return g.abs_().mul_(2.0).add_(sq.abs()[:, None]).add_(sq.abs()[None, :]).mul_(k).mul_(slope)
 
 
 def unit_scale(sum_sq: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

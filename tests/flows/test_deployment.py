@@ -346,6 +346,22 @@ def test_serve_keeps_each_workers_output_in_a_log_file(tmp_path):
     assert f"{home / 'worker-*.log'} (the workers' output)" in summary
 
 
+def test_a_gpu_worker_named_by_a_mig_id_with_slashes_logs_into_the_home(tmp_path, monkeypatch):
+    """CUDA_VISIBLE_DEVICES may name a MIG instance as ``MIG-GPU-<uuid>/<gi>/<ci>`` (the legacy
+    form, kept by `local_gpu_ids` as given): its worker's log path went into subdirectories that do
+    not exist (``worker-prh-gpu-gpuMIG-GPU-.../7/0.log``), and `make serve --gpu-worker` stopped with
+    a raw FileNotFoundError after the server had started (the output had gone to /dev/null before).
+    The file name keeps the id's safe characters; the log lies in the home."""
+    mig = "MIG-GPU-5c89852c-d268-c3f3-1b07-005d5ae1dc3f/7/0"
+    monkeypatch.setattr(serve, "prefect_cli", lambda: [sys.executable, "-c", "import os; print('worker of', "
+                                                      "os.environ['CUDA_VISIBLE_DEVICES'], flush=True)"])
+    path = serve.worker_log_path(tmp_path, serve.GPU_POOL, mig)
+    assert path.parent == tmp_path and path.name == "worker-prh-gpu-gpuMIG-GPU-5c89852c-d268-c3f3-1b07-005d5ae1dc3f_7_0.log"
+    (proc,) = serve.start_gpu_workers(dict(os.environ), [mig], tmp_path)
+    assert proc.wait(timeout=60) == 0
+    assert path.read_text() == f"worker of {mig}\n"
+
+
 def test_a_schedule_switched_in_the_ui_survives_a_redeploy(server):
     """The docs say to switch nightly-staged on and nightly off in the UI once GPU workers exist;
     every `make serve` start ran `prefect deploy --all`, which put prefect.yaml's `active:` back."""

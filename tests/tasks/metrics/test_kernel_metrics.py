@@ -374,6 +374,39 @@ def test_an_exactly_zero_self_hsic_is_refused_through_a_cached_gram_with_an_offs
     assert got == pytest.approx(want, abs=1e-12 if dtype == np.float64 else 1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n, offset, sigma", [(20, 7.0, 0.5), (100, 7.0, 0.5), (100, 4.0, 0.25)])
+def test_an_rbf_kernel_of_equidistant_rows_is_refused_through_a_cached_gram_with_an_offset(
+        dtype, n: int, offset: float, sigma: float) -> None:
+    """Distinct one-hot rows plus a common offset are equidistant: the RBF kernel's off-diagonal is
+    constant, its unbiased self-HSIC exactly 0, and the feature path (``keep_gram_max_n=0``)
+    refuses the layer. Through a cached Gram (the pipeline's path) the distances come from
+    ``H G H``, which carries the rounding of the offset's entries: unbiased RBF CKA scored that
+    rounding (2.5e-5 in float32, -3.6e-13 in float64, at N=20, ``rbf_sigma=0.5``; docs/metrics.md
+    had said 1e-18 or less). A real layer with the same offset is still scored as the reference."""
+    rng = np.random.default_rng(5)
+    width = n + 3
+    x = np.zeros((n, width))
+    x[np.arange(n), rng.permutation(width)[:n]] = 1.0
+    x = x + offset / np.sqrt(width) * rng.normal(size=(1, width))
+    y = rng.normal(size=(n, 5)).astype(dtype)
+    params = {"kernel_metric": "rbf", "rbf_sigma": sigma}
+    for keep in (0, 4096):  # feature path, Gram path
+        rep = Representation(x.astype(dtype), keep_gram_max_n=keep)
+        rep = rep.cache_grams() if keep else rep
+        assert (rep.centring_source(0) is not None) == bool(keep)
+        with pytest.raises(ValueError, match=r"^x: layer 0 has an unbiased self-HSIC"):
+            layer_matrix("unbiased_cka", rep, Representation(y, keep_gram_max_n=keep), **params)
+    z = rng.normal(size=(n, width)) / np.sqrt(width) + offset / np.sqrt(width) * rng.normal(size=(1, width))
+    want = ref.cka(z, y.astype(np.float64), kernel="rbf", sigma=sigma, unbiased=True)
+    rep = Representation(z.astype(dtype)).cache_grams()
+    assert rep.centring_source(0) is not None
+    cached = rep.cached_gram(0).clone()
+    got = layer_matrix("unbiased_cka", rep, Representation(y).cache_grams(), **params)[0, 0]
+    assert torch.equal(rep.cached_gram(0), cached)  # the floor's source is computed on a copy
+    assert got == pytest.approx(want, abs=1e-12 if dtype == np.float64 else 1e-5)
+
+
 @pytest.mark.parametrize("metric, params", [("cka", {}), ("unbiased_cka", {}), ("cka", {"kernel_metric": "rbf"})])
 def test_float32_cka_of_a_layer_with_itself_is_one_at_large_n(metric: str, params: dict) -> None:
     """The cross HSIC was one float32 product over the N(N-1)/2 packed kernel entries: CKA of a
