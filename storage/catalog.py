@@ -57,7 +57,7 @@ import pyarrow as pa
 from storage import layout
 from storage.runs import runs_as_known
 from storage.read_only_fs import ReadOnlyFileSystem, StoreFileSystem
-from storage.sql_guard import ReadOnlyQueryError, checked_statements
+from storage.sql_guard import ReadOnlyQueryError, checked_statements, refused_advice_hint
 from storage.store import MANIFEST, DamagedManifest, Store, escape_glob, unescape_glob
 from storage.times import utc_time
 from storage.stored_files import FileGroup, ListedFile, StoredFiles
@@ -825,7 +825,7 @@ def _run_checked(con: duckdb.DuckDBPyConnection, text: str, fetch: bool = True) 
             raise ReadOnlyQueryError(
                 f"the catalog is read-only and reads only the store's files: {str(error).splitlines()[0]}"
             ) from None
-        raise QueryError(f"the query failed: {error}{read_failure_hint(error)}") from error
+        raise QueryError(f"the query failed: {str(error).rstrip()}{read_failure_hint(error)}{refused_advice_hint(str(error))}") from error
 
 
 def read_failure_hint(error: duckdb.Error) -> str:

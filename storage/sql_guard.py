@@ -11,6 +11,7 @@ SELECT) and EXPLAIN [ANALYZE] of one such query pass, and only when the statemen
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import duckdb
@@ -34,32 +35,73 @@ def checked_statements(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as error:
-        raise ValueError(f"cannot parse query: {error}") from None
+        raise ValueError(f"cannot parse query: {str(error).rstrip()}{refused_advice_hint(str(error))}") from None
     if not statements:
         raise ValueError("empty query")
     checked: list[str] = []
     for statement in statements:
         explained = _innermost(con, statement)
-        kind = explained[0].type if explained is not None else duckdb.StatementType.INVALID
+        kind = _type_of(explained[0]) if explained is not None else duckdb.StatementType.INVALID
         if kind not in _READ_ONLY_TYPES:
-            what = ("EXPLAIN of anything but one query (options as plain words: EXPLAIN (FORMAT json) SELECT ...) is"
-                    if kind == duckdb.StatementType.INVALID else f"{kind.name} statements are")
+            subject, instead = _refused_kind(kind, statement)
             raise ReadOnlyQueryError(
-                f"the catalog is read-only: {what} not allowed "
-                f"(only SELECT, WITH, FROM, DESCRIBE, SUMMARIZE, SHOW, PIVOT ... IN and EXPLAIN of a query); refused: "
-                f"{_short(statement.query)}"
+                f"the catalog is read-only: {subject} not allowed "
+                f"(only SELECT, WITH, FROM, DESCRIBE, SUMMARIZE, SHOW, PIVOT ... IN and EXPLAIN of a query){instead}; "
+                f"refused: {_short(statement.query)}"
             )
         hidden = _hidden_write(con, explained[0].query)
         if hidden:
             raise ReadOnlyQueryError(f"the catalog is read-only: {hidden} is not allowed inside a query; refused: {_short(statement.query)}")
         text = explained[1]
         again = _statements(con, text)
-        if [s.type for s in again] != [statement.type] or (
-                statement.type == duckdb.StatementType.EXPLAIN and _parts_of(con, again[0]) != (explained[0].query, text)):
+        if [_type_of(s) for s in again] != [_type_of(statement)] or (
+                _type_of(statement) == duckdb.StatementType.EXPLAIN and _parts_of(con, again[0]) != (explained[0].query, text)):
             # a second guard: what runs must be one statement of the type checked (an EXPLAIN rebuilt wrongly is not)
             raise ReadOnlyQueryError(f"the catalog is read-only: this statement could not be checked; refused: {_short(statement.query)}")
         checked.append(text)
     return checked
+
+
+def _type_of(statement: Any) -> duckdb.StatementType | int:
+    """``statement.type``, or DuckDB's number for a type that the Python API's enum has no name
+    for (DuckDB 2.0's ``UPDATE EXTENSIONS`` is 29: reading ``.type`` raises ``ValueError``)."""
+    try:
+        return statement.type
+    except ValueError as error:
+        number = re.match(r"\s*(-?\d+)", str(error))
+        return int(number.group(1)) if number else -1
+
+
+def _refused_kind(kind: duckdb.StatementType | int, statement: Any) -> tuple[str, str]:
+    """What is refused, as the subject of "... not allowed", and what to write instead (or ``''``):
+    the statement type's name, or what the analyst wrote where DuckDB's name for it would not
+    tell them (``MULTI``: a PIVOT without an IN list of values, which DuckDB runs as a query, a
+    CREATE TYPE and the pivot; a type the Python API has no name for, such as ``UPDATE EXTENSIONS``)."""
+    if kind == duckdb.StatementType.INVALID:
+        return "EXPLAIN of anything but one query (options as plain words: EXPLAIN (FORMAT json) SELECT ...) is", ""
+    if kind == duckdb.StatementType.MULTI:
+        return ("a PIVOT without an IN list of values (or with a subquery there; DuckDB runs it as several statements, "
+                "one of which creates a type) is", "; list the values instead: PIVOT ... ON k IN ('a', 'b') USING ...")
+    if isinstance(kind, duckdb.StatementType):
+        return f"{kind.name} statements are", ""
+    return f"{' '.join(statement.query.split()[:2]).upper()} (DuckDB statement type {kind}) statements are", ""
+
+
+#: DuckDB's advice to run a statement that ``prh sql`` refuses (``Use "SET max_expression_depth
+#: TO x"``, ``Use SET lambda_syntax=...``, ``INSTALL spatial; LOAD spatial;``).
+_REFUSED_ADVICE = re.compile(r"\b(SET|RESET|PRAGMA|INSTALL|LOAD)\s+[A-Za-z_]")
+
+
+def refused_advice_hint(message: str) -> str:
+    """``' (...)'`` saying that the SET, INSTALL or LOAD that DuckDB's error ``message`` suggests
+    cannot run on the read-only catalog, and what to do instead; ``''`` when it suggests none."""
+    advice = [line for line in message.splitlines() if not line.startswith("LINE ")]  # not the query quoted back
+    if not any(_REFUSED_ADVICE.search(line) for line in advice):
+        return ""
+    instead = "write a lambda as `lambda x: x * 2`" if "lambda" in message else \
+        "export the catalog (`prh catalog export FILE`) and open it in DuckDB yourself to change them"
+    return (f" (prh sql cannot run the SET, INSTALL or LOAD that DuckDB suggests: the catalog's settings are locked and "
+            f"it loads no extension; {instead})")
 
 
 def _parts_of(con: duckdb.DuckDBPyConnection, statement: Any) -> tuple[str, str] | None:
@@ -82,7 +124,7 @@ def _innermost(con: duckdb.DuckDBPyConnection, statement: Any) -> tuple[Any, str
     EXPLAIN rebuilt from DuckDB's own tokens (:func:`_explain_parts`) around that statement's
     text, so that what runs is what was checked. None when the EXPLAIN is not of one statement
     or its option list is not plain words."""
-    if statement.type != duckdb.StatementType.EXPLAIN:
+    if _type_of(statement) != duckdb.StatementType.EXPLAIN:
         return statement, statement.query
     parts = _explain_parts(statement.query)
     if parts is None:

@@ -37,6 +37,7 @@ REFUSED = [
     "CREATE SECRET (TYPE s3)", "INSERT INTO features SELECT * FROM features", "UPDATE models SET model = 'x'",
     "DELETE FROM runs", "DROP VIEW features", "ALTER VIEW features RENAME TO f", "VACUUM", "BEGIN TRANSACTION",
     "PREPARE p AS SELECT 1", "select 1; drop view samples",
+    "UPDATE EXTENSIONS", "UPDATE EXTENSIONS (httpfs)",  # a statement type the Python API cannot name: was a ValueError
     # SELECTs that would reach outside the store or change settings: stopped by the locked connection
     "SELECT * FROM read_text('/etc/hostname')", "SELECT * FROM read_csv('/etc/passwd')",
     "SELECT * FROM enable_logging(storage = 'file', storage_config = {'path': 'logs'})",
@@ -279,6 +280,21 @@ def test_unicode_spaces_in_an_explain_write_nothing(tmp_path):
     with pytest.raises(ReadOnlyQueryError, match="read-only"):
         query(connect(str(url)), unicode_space_explain(f"COPY (SELECT 42 AS pwned) TO $b${url}/pwned.csv$b$"))
     assert _snapshot(url) == before
+
+
+def test_duckdbs_advice_to_set_or_install_says_that_prh_sql_cannot(unchanged_local):
+    """DuckDB answers some queries with a statement to run (``Use SET lambda_syntax=...``,
+    ``INSTALL spatial; LOAD spatial;``) that `prh sql` refuses: the error says so, and what to do."""
+    from storage.catalog import QueryError
+
+    con = connect(unchanged_local[0])
+    with pytest.raises(QueryError, match=r"(?s)SET lambda_syntax.*\(prh sql cannot run the SET, INSTALL or LOAD .*`lambda x: x \* 2`\)$"):
+        query(con, "SELECT list_transform([1, 2], x -> x * 2)")
+    with pytest.raises(QueryError, match=r"(?s)LOAD spatial; \(prh sql cannot run .*prh catalog export FILE"):
+        query(con, "SELECT st_point(1, 2)")
+    with pytest.raises(QueryError) as error:
+        query(con, "SELECT no_such_column FROM models")
+    assert "prh sql cannot" not in str(error.value)
 
 
 def test_query_accepts_reads(tmp_path):

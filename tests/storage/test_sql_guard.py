@@ -149,3 +149,36 @@ def test_what_runs_is_read_again_and_must_be_what_was_checked(monkeypatch: pytes
     monkeypatch.setattr(sql_guard, "_explain_parts", read_differently_the_second_time)
     with pytest.raises(ReadOnlyQueryError, match="could not be checked"):
         checked_statements(con, "EXPLAIN SELECT 1")
+
+
+def test_a_statement_type_the_python_api_cannot_name_is_refused_by_name() -> None:
+    """DuckDB 2.0's ``UPDATE EXTENSIONS`` is statement type 29, which the Python API's enum lacks:
+    reading its type raised ``ValueError: 29 is not a valid StatementType.`` (what `prh sql`
+    printed). It is refused as a statement that is not a query, named in the message."""
+    con = duckdb.connect()
+    for sql in ("UPDATE EXTENSIONS", "SELECT 1; UPDATE EXTENSIONS (httpfs)"):
+        with pytest.raises(ReadOnlyQueryError, match=r"type 29\) statements are not allowed .*refused: UPDATE EXTENSIONS"):
+            checked_statements(con, sql)
+
+
+def test_a_pivot_without_an_in_list_is_refused_saying_what_to_write() -> None:
+    """A PIVOT without an IN list of values (or with a subquery there) is a MULTI statement to
+    DuckDB (it runs a query, creates an ENUM type, then pivots): the message had said only
+    "MULTI statements are not allowed", which names nothing the analyst wrote."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT 'a' AS k, 1 AS v")
+    for sql in ("PIVOT t ON k USING max(v)", "SELECT * FROM (PIVOT t ON k IN (SELECT k FROM t) USING max(v))"):
+        with pytest.raises(ReadOnlyQueryError, match=r"a PIVOT without an IN list of values .* not allowed .*; list the values instead: PIVOT ... ON k IN \('a', 'b'\)"):
+            checked_statements(con, sql)
+    assert checked_statements(con, "PIVOT t ON k IN ('a') USING max(v)") == ["PIVOT t ON k IN ('a') USING max(v)"]
+
+
+def test_duckdbs_advice_to_run_a_refused_statement_is_answered() -> None:
+    """DuckDB's messages suggest statements `prh sql` refuses (``Use "SET max_expression_depth TO
+    x"``, ``INSTALL spatial; LOAD spatial;``): the error then says that they cannot run here."""
+    con = duckdb.connect()
+    with pytest.raises(ValueError, match=r"max_expression_depth.*\(prh sql cannot run the SET"):
+        checked_statements(con, "SELECT " + "+".join(["1"] * 1200))
+    assert sql_guard.refused_advice_hint("Binder Error: Referenced column x not found") == ""
+    assert "INSTALL or LOAD" in sql_guard.refused_advice_hint("Please try installing and loading the spatial extension:\n"
+                                                               "INSTALL spatial;\nLOAD spatial;")
