@@ -629,8 +629,8 @@ def existing_store(url: str) -> Store:
 
 
 def _sql(args: argparse.Namespace) -> int:
-    from flows.sql_output import print_table, write_csv, write_json
-    from storage.catalog import connect, query_each
+    from flows.sql_output import MAX_TABLE_ROWS, print_table, write_csv, write_json
+    from storage.catalog import connect, query_each, query_each_head
     from storage.sql_guard import checked_statements
 
     con = connect(existing_store(store_argument(args)), lossless_arrow=True)
@@ -645,10 +645,11 @@ def _sql(args: argparse.Namespace) -> int:
         except UnicodeEncodeError as error:  # CSV only: the rest of prh's output escapes what it cannot hold
             raise ValueError(_unwritable_output(error)) from None
         return 0
-    for number, table in enumerate(query_each(con, args.query), 1):  # each shown before the next runs
+    # each shown before the next runs; only the rows shown are kept (the rest counted)
+    for number, (table, total) in enumerate(query_each_head(con, args.query, MAX_TABLE_ROWS), 1):
         if statements > 1:
             print(f"{'' if number == 1 else chr(10)}-- statement {number} of {statements}")
-        print_table(table)
+        print_table(table, total_rows=total)
         sys.stdout.flush()
     return 0
 

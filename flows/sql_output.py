@@ -392,9 +392,11 @@ def write_csv(table: pa.Table, out: IO[str]) -> None:
 MAX_TABLE_ROWS = 10_000
 
 
-def print_table(table: pa.Table, width: int = 200, max_rows: int = MAX_TABLE_ROWS) -> None:
+def print_table(table: pa.Table, width: int = 200, max_rows: int = MAX_TABLE_ROWS, total_rows: int | None = None) -> None:
     """The result as a terminal table (numbers right-aligned) and its row count: its first
-    ``max_rows`` rows, then a line saying how many were left out and how to get them all. Text is
+    ``max_rows`` rows, then a line saying how many were left out and how to get them all
+    (``total_rows``: the result's row count where ``table`` holds only its first rows,
+    `storage.catalog.query_each_head`; default ``table``'s own). Text is
     shown as it is, except what a terminal would obey: a caption such as ``[red]apple[/red]`` is
     not read as the table library's markup, and a control character in a value or a column name
     (an ESC that would clear the screen or recolour it, a line break) is shown as its escape
@@ -416,8 +418,9 @@ def print_table(table: pa.Table, width: int = 200, max_rows: int = MAX_TABLE_ROW
     for row in positional_rows(table.slice(0, max_rows)):
         out.add_row(*[shown(table_cell(v)) for v in row])
     console.print(out)
-    count = f"{table.num_rows} row{'' if table.num_rows == 1 else 's'}"
-    if table.num_rows > max_rows:
+    total = table.num_rows if total_rows is None else total_rows
+    count = f"{total} row{'' if total == 1 else 's'}"
+    if total > max_rows:
         count += (f" (the first {max_rows:,} shown; --format csv or json writes them all, or add LIMIT/OFFSET "
                   "to the query)")
     print(count)

@@ -358,3 +358,46 @@ def test_a_query_with_too_few_file_descriptors_names_the_limit_not_damage(tmp_pa
     assert message.endswith(f": Too many open files (this process may keep only {limit} files open at once (`ulimit -n`), "
                             "fewer than the query reads: raise the limit, e.g. `ulimit -n 4096`, and run it again; the "
                             "store is not damaged by this)")
+
+
+def test_query_each_head_keeps_the_first_rows_and_counts_the_rest(tmp_path):
+    """`prh sql`'s table shows the first 10,000 rows; the result was read whole first. The head is
+    exactly `query`'s first rows (across batch boundaries), the count exact, errors as `query_each`'s."""
+    from storage.catalog import QueryError, query_each, query_each_head
+
+    con = connect(build_catalog_store(str(tmp_path / "store")))
+    sql = "select range as n, range * 2 as twice from range(1000); select * from samples where false; select 7 as seven"
+    heads = list(query_each_head(con, sql, rows=300, batch_rows=128))
+    whole = list(query_each(con, sql))
+    assert [total for _, total in heads] == [1000, 0, 1]
+    assert [head.num_rows for head, _ in heads] == [300, 0, 1]
+    for (head, _), table in zip(heads, whole):
+        assert head.schema == table.schema and head.equals(table.slice(0, 300).combine_chunks())
+    (head, total), = query_each_head(con, "select * from samples order by sample_id", rows=3, batch_rows=2)
+    assert total == 8 and head.equals(query(con, "select * from samples order by sample_id limit 3"))
+    with pytest.raises(QueryError, match=r"^statement 2 of 2: the query failed: .*no_such_column"):
+        list(query_each_head(con, "select 1; select no_such_column from samples", rows=10))
+
+
+#: A child process: the peak memory of the first rows of a 20-million-row result
+HEAD_MEMORY = """
+import resource, sys
+from storage.catalog import connect, query_each_head
+from tests.storage.catalog_store import build_catalog_store
+con = connect(build_catalog_store(sys.argv[1]))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+((head, total),) = query_each_head(con, "select range as n, range * 3 as m from range(20000000)", rows=10000)
+print(head.num_rows, total, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_the_first_rows_of_a_huge_result_need_no_memory_for_the_rest(tmp_path):
+    """20 million rows of two BIGINTs are 320 MB as a table: reading the head keeps one batch."""
+    import os
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", HEAD_MEMORY, str(tmp_path / "store")], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    shown, total, grown_mb = (int(v) for v in done.stdout.split())
+    assert (shown, total) == (10000, 20_000_000)
+    assert grown_mb < 100, f"the process grew by {grown_mb} MB"
