@@ -6,7 +6,8 @@ The page sets ``data-all-images-loaded`` on ``<body>`` once every ``<img>`` has 
 
 from __future__ import annotations
 
-from html import escape
+import html
+import re
 from typing import Any
 
 from tasks.grid_fdr import add_q_values
@@ -31,7 +32,7 @@ nav a{margin-right:1em}
 .row{display:flex;gap:6px;align-items:flex-start;margin-top:6px}.row .label{width:150px;font-size:.8em;color:#555}
 .nb{width:104px;font-size:.72em;text-align:center;border:3px solid transparent;border-radius:4px;padding:2px}
 .nb.shared{border-color:#2e9d4b;background:#eef9f0}.nb img,.query img{width:96px;height:96px;object-fit:contain;background:#fafafa}
-.nb .sim{color:#777}.badge{font-size:.75em;color:#2e9d4b;font-weight:600}
+.nb .sim{color:#777}.badge{font-size:.75em;color:#2e9d4b;font-weight:600}.nb,.query span{overflow-wrap:anywhere}
 """
 
 SCRIPT = """
@@ -40,6 +41,33 @@ var ok=imgs.filter(function(i){return i.complete&&i.naturalWidth>0;}).length;var
 b.imagesTotal=imgs.length;b.imagesLoaded=ok;b.allImagesLoaded=String(ok===imgs.length);}
 window.addEventListener('load',prhCheckImages);prhCheckImages();
 """
+
+
+#: The explicit bidirectional formatting characters: embeddings, overrides (U+202A-U+202E) and
+#: isolates (U+2066-U+2069). Unclosed in text from the store (a dataset name, a caption), a U+202E
+#: reversed the rest of its paragraph: the header's N, model pairs and metrics read backwards.
+BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def escape(text: str) -> str:
+    """``text`` as inert HTML text or attribute value: ``&``, ``<``, ``>`` and quotes escaped, and
+    each explicit bidi control (:data:`BIDI_CONTROLS`) written as its escape (``\\u202e``), as
+    ``tasks.shown_text.for_terminal`` writes it on a terminal; right-to-left letters stay as they are."""
+    return html.escape(BIDI_CONTROLS.sub(lambda found: f"\\u{ord(found.group()):04x}", text))
+
+
+#: Longest caption a neighbour example shows (``shortened``): captions may hold 65,536 characters.
+CAPTION_LIMIT = 200
+_CAPTION_TAIL = 40
+
+
+def shortened(text: str, limit: int = CAPTION_LIMIT) -> str:
+    """``text`` in at most ``limit`` characters: a longer one as its start, `` … `` and its last 40
+    characters (an image's ``(+2 more captions)`` stays). A 3,000-character caption ran across the
+    examples as one line and filled every image's alt text."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - _CAPTION_TAIL - 3] + " … " + text[-_CAPTION_TAIL:]
 
 
 def page(title: str, meta: dict[str, Any], sections: list[str]) -> str:
@@ -184,7 +212,7 @@ def neighbours_section(examples: NeighbourExamples) -> str:
 
 def _example(example: Example, examples: NeighbourExamples) -> str:
     query = examples.samples.get(example.sample_id)
-    head = (f"<div class=\"query\">{_image(query)}<span>“{escape(query.text if query else example.sample_id)}”</span>"
+    head = (f"<div class=\"query\">{_image(query)}<span>“{escape(shortened(query.text if query else example.sample_id))}”</span>"
             f"<span class=\"badge\">{example.overlap}/{examples.k} shared</span></div>")
     rows = [_neighbour_row(examples.model_a, example.neighbours_a, examples), _neighbour_row(examples.model_b, example.neighbours_b, examples)]
     return f"<div class=\"example\" data-sample=\"{escape(example.sample_id)}\">{head}{''.join(rows)}</div>"
@@ -194,7 +222,7 @@ def _neighbour_row(model: str, neighbours: list[Neighbour], examples: NeighbourE
     cells = []
     for n in neighbours:
         sample = examples.samples.get(n.sample_id)
-        caption = sample.text if sample else n.sample_id
+        caption = shortened(sample.text if sample else n.sample_id)
         cls = "nb shared" if n.shared else "nb"
         cells.append(f"<div class=\"{cls}\">{_image(sample)}<div>{escape(caption)}</div><div class=\"sim\">cos {n.similarity:.3f}</div></div>")
     return f"<div class=\"row\"><div class=\"label\">{escape(model)}</div>{''.join(cells)}</div>"
@@ -204,4 +232,4 @@ def _image(sample: Any) -> str:
     png = thumbnail_png(sample.image) if sample is not None else None
     if png is None:
         return ""
-    return f"<img src=\"{data_uri(png)}\" alt=\"{escape(sample.text)}\">"
+    return f"<img src=\"{data_uri(png)}\" alt=\"{escape(shortened(sample.text))}\">"

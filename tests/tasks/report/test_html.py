@@ -1,0 +1,58 @@
+"""The page's HTML: text from the store (captions, dataset names) shown inert and within its place."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+import pyarrow as pa
+
+from tasks.report import ReportInput, build_report, html
+from tasks.report.neighbours import Example, Neighbour, NeighbourExamples, Sample
+from tests.tasks.report.synthetic import best_rows, image_bytes, model_rows, score_rows
+
+RLO = "\u202e"  # RIGHT-TO-LEFT OVERRIDE: unclosed, it reverses the rest of its paragraph
+
+
+def _text(page: str) -> str:
+    """The page's text as a browser reads it (entities decoded, no markup)."""
+    parts: list[str] = []
+    parser = HTMLParser()
+    parser.handle_data = parts.append
+    parser.feed(page)
+    return "".join(parts)
+
+
+def test_bidirectional_controls_from_the_store_are_shown_escaped_not_obeyed():
+    """A dataset name with an unclosed U+202E reversed the rest of the header on the page (N, the
+    model pairs and the metrics read backwards); a caption's, the closing quote after it. Each
+    explicit bidi control (embeddings, overrides, isolates) is shown as its escape, as on a
+    terminal (``tasks.shown_text.for_terminal``); right-to-left letters are shown as they are."""
+    run = {"run_id": "r1", "status": "COMPLETED", "dataset_description": f"evil {RLO} name \u2067x\u2069 · שלום"}
+    data = ReportInput(run=run, best=pa.Table.from_pylist(best_rows()), scores=pa.Table.from_pylist(score_rows()),
+                       models=pa.Table.from_pylist(model_rows()), examples=_examples(f"caption {RLO} #1"))
+    page = build_report(data, formats=("png",)).html
+    for control in (RLO, "\u2067", "\u2069"):
+        assert control not in _text(page) and control not in page
+    assert "evil \\u202e name \\u2067x\\u2069 · שלום" in _text(page)
+    assert "caption \\u202e #1" in _text(page)
+
+
+def test_a_long_caption_is_shortened_and_wraps_within_its_cell():
+    """A 3,000-character caption (captions may hold 65,536) ran as one line across the examples and
+    was copied whole into every image's alt text: it is shown as its start, `` … `` and its end
+    (an image's ``(+2 more captions)`` kept), and long words wrap inside the cell."""
+    caption = "x" * 3000 + " #7 (+2 more captions)"
+    section = html.neighbours_section(_examples(caption))
+    assert "x" * 300 not in section
+    assert section.count(" … " + "x" * 10) >= 2 and "#7 (+2 more captions)" in section
+    assert all(len(alt) <= html.CAPTION_LIMIT for alt in re.findall(r'alt="([^"]*)"', section))
+    assert "overflow-wrap:anywhere" in html.STYLE
+    assert html.shortened("short caption") == "short caption"
+
+
+def _examples(query_text: str) -> NeighbourExamples:
+    """One example: query ``q`` (captioned ``query_text``) with neighbours ``n0``-``n4`` under both models."""
+    neighbours = [Neighbour(f"n{i}", 0.9 - 0.1 * i, i < 3) for i in range(5)]
+    samples = {"q": Sample(query_text, image_bytes(0)), **{f"n{i}": Sample(f"neighbour {i}", image_bytes(i + 1)) for i in range(5)}}
+    return NeighbourExamples("vit-s", "lm-a", "block.2", "layer.1", 5, 30, 30, 0.4, [Example("q", neighbours, neighbours)], samples)
