@@ -47,6 +47,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -837,11 +838,33 @@ def _head_checked(con: duckdb.DuckDBPyConnection, text: str, rows: int, batch_ro
         reader = result.to_arrow_reader(batch_rows)
         kept: list[pa.RecordBatch] = []
         total = 0
-        for batch in reader:
+        for batch in _duckdb_batches(reader):
             if total < rows:
                 kept.append(batch.slice(0, rows - total))
             total += batch.num_rows
         return pa.Table.from_batches(kept, schema=reader.schema), total
+
+
+def _duckdb_batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+    """The batches of DuckDB's Arrow ``reader``; an error while one is computed raised as DuckDB
+    raises it (pyarrow's stream reports it as an ``OSError`` carrying DuckDB's message, ``Invalid
+    Input Error: ...``: it had escaped `_duckdb_errors` as a traceback)."""
+    try:
+        yield from reader
+    except OSError as error:
+        if isinstance(error, duckdb.Error):
+            raise
+        raise _as_duckdb_error(str(error)) from error
+
+
+def _as_duckdb_error(message: str) -> duckdb.Error:
+    """DuckDB's exception for its error ``message`` (``IO Error: ...``: ``duckdb.IOException``;
+    ``duckdb.Error`` for a kind it does not name)."""
+    kind = re.match(r"([A-Za-z]+(?: [A-Za-z]+)*) Error: ", message)
+    name = "".join(w[:1].upper() + w[1:] for w in kind.group(1).split()) + "Exception" if kind else ""
+    found = getattr(duckdb, name, None) if name else None
+    error_type = found if isinstance(found, type) and issubclass(found, duckdb.Error) else duckdb.Error
+    return error_type(message)
 
 
 def _run_checked(con: duckdb.DuckDBPyConnection, text: str, fetch: bool = True) -> pa.Table:

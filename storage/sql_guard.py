@@ -88,8 +88,10 @@ def _refused_kind(kind: duckdb.StatementType | int, statement: Any) -> tuple[str
 
 
 #: DuckDB's advice to run a statement that ``prh sql`` refuses (``Use "SET max_expression_depth
-#: TO x"``, ``Use SET lambda_syntax=...``, ``INSTALL spatial; LOAD spatial;``).
-_REFUSED_ADVICE = re.compile(r"\b(SET|RESET|PRAGMA|INSTALL|LOAD)\s+[A-Za-z_]")
+#: TO x"``, ``Use SET lambda_syntax=...``, ``(SET threads=X)``, ``INSTALL spatial; LOAD spatial;``):
+#: a statement's shape, not the bare word (a table named LOAD, a string 'RESET all' in the error).
+_REFUSED_ADVICE = re.compile(r"\b(?:(?:SET|RESET)\s+(?:GLOBAL\s+|SESSION\s+|LOCAL\s+)?[A-Za-z_]\w*\s*(?:=|\bTO\b)"
+                             r"|PRAGMA\s+[A-Za-z_]\w*\s*[(=]|(?:INSTALL|LOAD)\s+[A-Za-z_]\w*\s*;)")
 
 
 def refused_advice_hint(message: str) -> str:

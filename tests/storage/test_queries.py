@@ -401,3 +401,20 @@ def test_the_first_rows_of_a_huge_result_need_no_memory_for_the_rest(tmp_path):
     shown, total, grown_mb = (int(v) for v in done.stdout.split())
     assert (shown, total) == (10000, 20_000_000)
     assert grown_mb < 100, f"the process grew by {grown_mb} MB"
+
+
+def test_query_each_head_reports_an_error_raised_after_its_first_batch_as_query_each_does(tmp_path):
+    """DuckDB computes a result batch by batch: an error in a later batch reached `prh sql`'s table
+    as pyarrow's ``OSError`` (a traceback, and no `prh verify` hint for a stored file that fails to
+    read), not as the ``QueryError`` that `query_each` (csv, json) raises."""
+    from storage.catalog import QueryError, query_each, query_each_head
+
+    con = connect(build_catalog_store(str(tmp_path / "store")))
+    failing = "select case when range >= 5000 then error('bad parquet page') else range end as n from range(100000)"
+    for sql in (failing, f"select 1; {failing}"):
+        with pytest.raises(QueryError) as whole:
+            list(query_each(con, sql))
+        with pytest.raises(QueryError) as head:
+            list(query_each_head(con, sql, rows=10, batch_rows=128))
+        assert str(head.value) == str(whole.value)
+        assert "Invalid Input Error: bad parquet page" in str(head.value) and "`prh verify` names it" in str(head.value)

@@ -182,3 +182,19 @@ def test_duckdbs_advice_to_run_a_refused_statement_is_answered() -> None:
     assert sql_guard.refused_advice_hint("Binder Error: Referenced column x not found") == ""
     assert "INSTALL or LOAD" in sql_guard.refused_advice_hint("Please try installing and loading the spatial extension:\n"
                                                                "INSTALL spatial;\nLOAD spatial;")
+
+
+def test_a_word_set_or_load_in_a_name_or_value_is_not_duckdbs_advice() -> None:
+    """The hint fired on any ``SET``/``LOAD``/``RESET`` followed by a letter: a table named ``LOAD``,
+    a string ``'RESET all'`` or a column ``"my SET x"`` in DuckDB's error was read as advice to run
+    a statement. DuckDB's advice (``SET name=...``/``TO``, ``INSTALL x;``, ``LOAD x;``) still is."""
+    for message in ("Catalog Error: Table with name LOAD does not exist!\nDid you mean \"samples\"?",
+                    "Conversion Error: Could not convert string 'RESET all' to INT32",
+                    "Binder Error: Referenced column \"nope\" not found in FROM clause!\nCandidate bindings: \"my SET x\"",
+                    "Binder Error: Referenced column \"SET_x\" not found"):
+        assert sql_guard.refused_advice_hint(message) == "", message
+    for advice in ("Out of Memory Error: failed to allocate\nPossible solutions:\n* Reducing the number of threads (SET threads=X)",
+                   "Use SET lambda_syntax='ENABLE_SINGLE_ARROW' to revert",
+                   'Use "SET max_expression_depth TO x" to increase the maximum expression depth.',
+                   "Please try installing and loading the spatial extension:\nINSTALL spatial;\nLOAD spatial;"):
+        assert "prh sql cannot run" in sql_guard.refused_advice_hint(advice), advice
