@@ -629,8 +629,8 @@ def existing_store(url: str) -> Store:
 
 
 def _sql(args: argparse.Namespace) -> int:
-    from flows.sql_output import MAX_TABLE_ROWS, print_table, write_csv, write_json
-    from storage.catalog import connect, query_each, query_each_head
+    from flows.sql_output import MAX_TABLE_ROWS, print_table, write_csv_stream, write_json_stream
+    from storage.catalog import connect, query_batches, query_each_head
     from storage.sql_guard import checked_statements
 
     con = connect(existing_store(store_argument(args)), lossless_arrow=True)
@@ -639,9 +639,9 @@ def _sql(args: argparse.Namespace) -> int:
         raise ValueError(f"--format {args.format} writes one result, but the query has {statements} statements: "
                          "run them one at a time (or without --format, which prints each)")
     if args.format != "table":
-        (table,) = query_each(con, args.query)
+        schema, batches = query_batches(con, args.query)  # written as computed: memory about one batch
         try:
-            (write_json if args.format == "json" else write_csv)(table, sys.stdout)
+            (write_json_stream if args.format == "json" else write_csv_stream)(schema, batches, sys.stdout)
         except UnicodeEncodeError as error:  # CSV only: the rest of prh's output escapes what it cannot hold
             raise ValueError(_unwritable_output(error)) from None
         return 0

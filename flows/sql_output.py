@@ -36,8 +36,9 @@ import csv
 import io
 import json
 import math
+import tempfile
 from decimal import Decimal
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -51,12 +52,14 @@ def positional_rows(table: pa.Table) -> Iterator[tuple[Any, ...]]:
     return zip(*columns) if columns else iter(())
 
 
-def column_values(column: pa.ChunkedArray, name: str = "") -> list[Any]:
+def column_values(column: pa.ChunkedArray, name: str = "", as_text: bool | None = None) -> list[Any]:
     """The Python values of one result column (the types of the module docstring converted, at
     any depth), or, for a column whose values Python cannot hold (``OverflowError`` for
     ``infinity`` or the year 10000, nanoseconds, a ``TIME`` of 24:00:00 that Arrow would turn
-    into 00:00:00), DuckDB's text of each value (NULL stays None)."""
-    if _past_end_of_day(column):
+    into 00:00:00), DuckDB's text of each value (NULL stays None). ``as_text``: whether the
+    whole column is DuckDB's text, decided over all of a result that ``column`` is a part of
+    (:func:`result_rows`); None: decided by ``column`` itself."""
+    if as_text or (as_text is None and _past_end_of_day(column)):
         return _duckdb_text(column, name)
     column = _float32_as_shortest(column)
     try:
@@ -65,6 +68,94 @@ def column_values(column: pa.ChunkedArray, name: str = "") -> list[Any]:
         return _duckdb_text(column, name)
     convert = _converter(column.type)
     return values if convert is None else [convert(v) for v in values]
+
+
+def _needs_duckdb_text(column: pa.ChunkedArray) -> bool:
+    """Whether :func:`column_values` writes ``column`` as DuckDB's text (see there)."""
+    if _past_end_of_day(column):
+        return True
+    try:
+        _float32_as_shortest(column).to_pylist()
+    except (OverflowError, ValueError):
+        return True
+    return False
+
+
+def _may_need_duckdb_text(arrow_type: pa.DataType) -> bool:
+    """Whether a column of ``arrow_type`` may hold values Python cannot (dates, times, timestamps
+    and durations, at any depth): whether :func:`_needs_duckdb_text` depends on its values."""
+    if pa.types.is_date(arrow_type) or pa.types.is_time(arrow_type) or pa.types.is_timestamp(arrow_type) \
+            or pa.types.is_duration(arrow_type):
+        return True
+    if pa.types.is_dictionary(arrow_type):
+        return _may_need_duckdb_text(arrow_type.value_type)
+    if isinstance(arrow_type, pa.BaseExtensionType):
+        return _may_need_duckdb_text(arrow_type.storage_type)
+    return any(_may_need_duckdb_text(arrow_type.field(i).type) for i in range(arrow_type.num_fields))
+
+
+#: Most bytes of Arrow data converted to Python values at once when a result is streamed
+#: (:func:`result_rows`): a batch of long vectors is cut into slices of about this size (4 MB of
+#: FLOAT[] become about 60 MB of Python floats).
+PIECE_BYTES = 4 << 20
+
+
+def result_rows(schema: pa.Schema, batches: Iterable[pa.RecordBatch],
+                piece_bytes: int = PIECE_BYTES) -> Iterator[tuple[Any, ...]]:
+    """The rows of a result read as record batches (``storage.catalog.query_batches``), as
+    :func:`positional_rows` gives them for the whole result as one table, converted a slice of
+    at most about ``piece_bytes`` at a time (memory: one batch and its slice's Python values).
+
+    Whether a column is written as DuckDB's text is decided over the whole result (one
+    ``infinity`` in the last row makes all its dates text), so a result with a column that may
+    need it (dates, times, timestamps) is first written to an anonymous temporary file (Arrow
+    IPC, on the default temporary folder: disk as large as the result, memory one batch) while
+    that is decided, then read back; this happens before the first row is given, so a query that
+    fails while it runs raises here, having given no row."""
+    risky = [i for i, f in enumerate(schema) if _may_need_duckdb_text(f.type)]
+    if not risky:
+        return _rows_of(schema, batches, [None] * len(schema), piece_bytes)
+    spill = tempfile.TemporaryFile(prefix="prh-sql-")  # noqa: SIM115 - closed by _spilled_rows
+    try:
+        as_text: list[bool | None] = [False if i in risky else None for i in range(len(schema))]
+        with pa.ipc.new_stream(spill, schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+                for i in risky:
+                    as_text[i] = as_text[i] or _needs_duckdb_text(pa.chunked_array([batch.column(i)], schema.field(i).type))
+        spill.seek(0)
+    except BaseException:
+        spill.close()
+        raise
+    return _spilled_rows(spill, schema, as_text, piece_bytes)
+
+
+def _spilled_rows(spill: IO[bytes], schema: pa.Schema, as_text: list[bool | None],
+                  piece_bytes: int) -> Iterator[tuple[Any, ...]]:
+    """:func:`_rows_of` of the batches in ``spill`` (an Arrow IPC stream), which is closed (and
+    so removed) at the end."""
+    with spill:
+        yield from _rows_of(schema, pa.ipc.open_stream(spill), as_text, piece_bytes)
+
+
+def _rows_of(schema: pa.Schema, batches: Iterable[pa.RecordBatch], as_text: list[bool | None],
+             piece_bytes: int) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``batches``, one slice of at most about ``piece_bytes`` converted at a time,
+    each column as DuckDB's text or not as ``as_text`` says (:func:`column_values`)."""
+    for batch in batches:
+        for piece in _pieces(batch, piece_bytes):
+            columns = [column_values(pa.chunked_array([column], field.type), field.name, text)
+                       for column, field, text in zip(piece.columns, schema, as_text)]
+            yield from zip(*columns)
+
+
+def _pieces(batch: pa.RecordBatch, piece_bytes: int) -> Iterator[pa.RecordBatch]:
+    """``batch`` in consecutive slices of about ``piece_bytes`` each (one row at least)."""
+    if batch.num_rows == 0:
+        return
+    rows = max(1, piece_bytes // max(1, batch.nbytes // batch.num_rows))
+    for start in range(0, batch.num_rows, rows):
+        yield batch.slice(start, rows)
 
 
 def _float32_as_shortest(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -341,9 +432,48 @@ def _table_item(value: Any) -> str:
 def write_json(table: pa.Table, out: IO[str]) -> None:
     """A JSON array of objects, one per row (repeated column names made distinct, see
     :func:`unique_names`); strict JSON (no NaN or Infinity tokens)."""
-    names = unique_names(table.column_names)
-    rows = [dict(zip(names, (json_value(v) for v in row))) for row in positional_rows(table)]
-    out.write(_encodable(json_text(rows, indent=2, ensure_ascii=False), getattr(out, "encoding", None)) + "\n")
+    _write_json_rows(table.column_names, positional_rows(table), out)
+
+
+def write_json_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch], out: IO[str]) -> None:
+    """:func:`write_json` of a result read as record batches (``storage.catalog.query_batches``),
+    the same text, written as the batches come (:func:`result_rows`). A ``QueryError`` raised
+    while a later batch is computed is raised saying how many rows were written before it
+    (the output is then incomplete: an unfinished JSON array)."""
+    _write_json_rows(schema.names, result_rows(schema, batches), out)
+
+
+def _write_json_rows(names: list[str], rows: Iterator[tuple[Any, ...]], out: IO[str]) -> None:
+    """The JSON array of :func:`write_json`, one row at a time: ``[``, each row an object
+    indented as ``json_text(rows, indent=2)`` writes it, ``]`` (``[]`` without rows)."""
+    names = unique_names(names)
+    encoding = getattr(out, "encoding", None)
+
+    def write(row: tuple[Any, ...], number: int) -> None:
+        text = json_text(dict(zip(names, (json_value(v) for v in row))), indent=2, depth=1, ensure_ascii=False)
+        out.write(_encodable(("," if number else "") + "\n  " + text, encoding))
+
+    out.write("[")
+    written = _each_written(rows, write)
+    out.write("]\n" if written == 0 else "\n]\n")
+
+
+def _each_written(rows: Iterator[tuple[Any, ...]], write: Callable[[tuple[Any, ...], int], None]) -> int:
+    """``write(row, number)`` of each row (numbered from 0); the number of rows. A query that
+    fails while its rows are read (``storage.catalog.QueryError``) is raised again saying that
+    the output written is incomplete and how many rows it holds."""
+    from storage.catalog import QueryError
+
+    written = 0
+    try:
+        for row in rows:
+            write(row, written)
+            written += 1
+    except QueryError as error:
+        what = str(error).removeprefix("the query failed: ")
+        raise QueryError(f"the output is incomplete: {written:,} row{'' if written == 1 else 's'} of the result were "
+                         f"written before the query failed: {what}") from error.__cause__
+    return written
 
 
 def _encodable(text: str, encoding: str | None) -> str:
@@ -373,6 +503,18 @@ def write_csv(table: pa.Table, out: IO[str]) -> None:
     """A header line with the column names as the query gave them, then one line per row; lines
     end with ``\n`` (not the csv module's ``\r\n``: the output goes to Unix tools and files). A
     value holding a line break (``\r`` too) is quoted whole, as with ``\r\n`` lines."""
+    _write_csv_rows(table.column_names, positional_rows(table), out)
+
+
+def write_csv_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch], out: IO[str]) -> None:
+    """:func:`write_csv` of a result read as record batches (``storage.catalog.query_batches``),
+    the same text, written as the batches come (:func:`result_rows`); a query that fails while
+    a later batch is computed as in :func:`write_json_stream`."""
+    _write_csv_rows(schema.names, result_rows(schema, batches), out)
+
+
+def _write_csv_rows(names: list[str], rows: Iterator[tuple[Any, ...]], out: IO[str]) -> None:
+    """The lines of :func:`write_csv`: the header ``names``, then each row."""
     line = io.StringIO()
     writer = csv.writer(line)  # lines end "\r\n": every value holding "\r" or "\n" is quoted
 
@@ -382,9 +524,8 @@ def write_csv(table: pa.Table, out: IO[str]) -> None:
         writer.writerow(cells)
         out.write(line.getvalue()[:-2] + "\n")
 
-    write(table.column_names)
-    for row in positional_rows(table):
-        write([csv_cell(v) for v in row])
+    write(names)
+    _each_written(rows, lambda row, _: write([csv_cell(v) for v in row]))
 
 
 #: Most rows the table format prints: a terminal table of 2,000,000 rows took minutes and 1.9 GB

@@ -44,6 +44,7 @@ schema are read without binding each one's footer (``storage.stored_files``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -815,11 +816,27 @@ def query_each_head(con: duckdb.DuckDBPyConnection, sql: str, rows: int,
     return _each_statement(con, sql, lambda con, text: _head_checked(con, text, rows, batch_rows))
 
 
-def _each_statement(con: duckdb.DuckDBPyConnection, sql: str, run: Callable[[duckdb.DuckDBPyConnection, str], Any]
-                    ) -> Iterator[Any]:
+def query_batches(con: duckdb.DuckDBPyConnection, sql: str, batch_rows: int = 8192
+                  ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """:func:`query` of a one-statement query, its result read as it is computed: its schema and
+    its record batches of at most ``batch_rows`` rows, so that memory is about one batch (``prh
+    sql --format csv|json`` writes each as it comes). The first batch is computed before this
+    returns, so that a query that fails at once raises here, before anything is written; an
+    error while a later batch is computed (``'x'::INT`` in row 300,000) raises from the iterator,
+    as :func:`query`'s (:class:`QueryError`, not the ``OSError`` that Arrow's reader gives)."""
+    ((schema, batches),) = _each_statement(con, sql, lambda con, text: _batches_checked(con, text, batch_rows),
+                                           one=True)
+    return schema, batches
+
+
+def _each_statement(con: duckdb.DuckDBPyConnection, sql: str, run: Callable[[duckdb.DuckDBPyConnection, str], Any],
+                    one: bool = False) -> Iterator[Any]:
     """``run(con, text)`` of each statement of ``sql``, in order, all checked before the first
-    runs (`query_each`); a failing statement of several named by its place."""
+    runs (`query_each`); a failing statement of several named by its place. With ``one``, a
+    query of several statements is refused (ValueError) before any runs."""
     checked = checked_statements(con, sql)
+    if one and len(checked) > 1:
+        raise ValueError(f"the query has {len(checked)} statements, where one result is read: run them one at a time")
     for number, text in enumerate(checked, 1):
         try:
             yield run(con, text)
@@ -838,33 +855,51 @@ def _head_checked(con: duckdb.DuckDBPyConnection, text: str, rows: int, batch_ro
         reader = result.to_arrow_reader(batch_rows)
         kept: list[pa.RecordBatch] = []
         total = 0
-        for batch in _duckdb_batches(reader):
+        for batch in _batches_of(reader):
             if total < rows:
                 kept.append(batch.slice(0, rows - total))
             total += batch.num_rows
         return pa.Table.from_batches(kept, schema=reader.schema), total
 
 
-def _duckdb_batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
-    """The batches of DuckDB's Arrow ``reader``; an error while one is computed raised as DuckDB
-    raises it (pyarrow's stream reports it as an ``OSError`` carrying DuckDB's message, ``Invalid
-    Input Error: ...``: it had escaped `_duckdb_errors` as a traceback)."""
-    try:
-        yield from reader
-    except OSError as error:
-        if isinstance(error, duckdb.Error):
-            raise
-        raise _as_duckdb_error(str(error)) from error
+def _batches_checked(con: duckdb.DuckDBPyConnection, text: str, batch_rows: int
+                     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """One checked statement's schema and record batches (`query_batches`), its first batch
+    already computed (a statement without a result: no columns, no batches)."""
+    with _duckdb_errors():
+        result = con.sql(text)
+        if result is None:
+            return pa.schema([]), iter(())
+        reader = result.to_arrow_reader(batch_rows)
+    batches = _batches_of(reader)
+    first = next(batches, None)
+    return reader.schema, (batches if first is None else itertools.chain([first], batches))
+
+
+def _batches_of(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+    """The batches of a DuckDB result's Arrow reader; DuckDB's error while it computes one
+    (Arrow's reader raises it as a bare ``OSError`` with DuckDB's message) as :func:`query`'s."""
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowException) as error:
+            with _duckdb_errors():
+                raise _as_duckdb_error(str(error)) from None
+        yield batch
 
 
 def _as_duckdb_error(message: str) -> duckdb.Error:
-    """DuckDB's exception for its error ``message`` (``IO Error: ...``: ``duckdb.IOException``;
-    ``duckdb.Error`` for a kind it does not name)."""
-    kind = re.match(r"([A-Za-z]+(?: [A-Za-z]+)*) Error: ", message)
-    name = "".join(w[:1].upper() + w[1:] for w in kind.group(1).split()) + "Exception" if kind else ""
-    found = getattr(duckdb, name, None) if name else None
-    error_type = found if isinstance(found, type) and issubclass(found, duckdb.Error) else duckdb.Error
-    return error_type(message)
+    """DuckDB's error of the class its ``message`` names (``Conversion Error: ...`` →
+    ``duckdb.ConversionException``; a message without such a name, as a registered fsspec
+    filesystem's error reaches DuckDB's caller: ``duckdb.Error``), so that it is reported as when
+    DuckDB raised it itself (:func:`_duckdb_errors`, :func:`read_failure_hint`)."""
+    named = re.match(r"([A-Za-z][A-Za-z ]*) Error: ", message)
+    kind = getattr(duckdb, named.group(1).replace(" ", "") + "Exception", None) if named else None
+    if not (isinstance(kind, type) and issubclass(kind, duckdb.Error)):
+        kind = duckdb.Error
+    return kind(message)
 
 
 def _run_checked(con: duckdb.DuckDBPyConnection, text: str, fetch: bool = True) -> pa.Table:

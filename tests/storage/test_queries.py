@@ -381,13 +381,15 @@ def test_query_each_head_keeps_the_first_rows_and_counts_the_rest(tmp_path):
 
 #: A child process: the peak memory of the first rows of a 20-million-row result
 HEAD_MEMORY = """
-import resource, sys
+import re, sys
 from storage.catalog import connect, query_each_head
 from tests.storage.catalog_store import build_catalog_store
+def peak_kb():  # this process's own peak (ru_maxrss keeps the parent's across exec: pytest's)
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
 con = connect(build_catalog_store(sys.argv[1]))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_kb()
 ((head, total),) = query_each_head(con, "select range as n, range * 3 as m from range(20000000)", rows=10000)
-print(head.num_rows, total, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+print(head.num_rows, total, (peak_kb() - before) // 1024)
 """
 
 
@@ -418,3 +420,45 @@ def test_query_each_head_reports_an_error_raised_after_its_first_batch_as_query_
             list(query_each_head(con, sql, rows=10, batch_rows=128))
         assert str(head.value) == str(whole.value)
         assert "Invalid Input Error: bad parquet page" in str(head.value) and "`prh verify` names it" in str(head.value)
+
+
+#: A query that DuckDB fails in its last row, which one thread computes after streaming the first
+#: 200,000 or so rows (a parallel run may fail before its first rows or later).
+FAILS_LATE = "select case when range = 299999 then error('boom') else range::varchar end v from range(300000)"
+
+
+def _one_thread():
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    con.execute("SET threads = 1")
+    return con
+
+
+def test_an_error_while_a_later_batch_is_computed_is_a_query_error():
+    """DuckDB's error after the first batches reached Arrow's reader as a bare `OSError` (the table
+    format of `prh sql` ended in a traceback); it is `query`'s QueryError, as at the start."""
+    from storage.catalog import QueryError, query_batches, query_each_head
+
+    with pytest.raises(QueryError, match=r"^the query failed: Invalid Input Error: boom"):
+        list(query_each_head(_one_thread(), FAILS_LATE, rows=10, batch_rows=1000))
+    schema, batches = query_batches(_one_thread(), FAILS_LATE, batch_rows=1000)
+    assert schema.names == ["v"]
+    read = []
+    with pytest.raises(QueryError, match=r"^the query failed: Invalid Input Error: boom"):
+        for batch in batches:
+            read.append(batch.num_rows)
+    assert read and set(read) == {1000}
+
+
+def test_batches_of_a_query_that_fails_at_once_raise_before_any_is_read():
+    """A query DuckDB fails at once (a cast of its first row), or one of several statements,
+    raises from `query_batches` itself, before anything is written."""
+    from storage.catalog import QueryError, query_batches
+
+    with pytest.raises(QueryError, match=r"^the query failed: Conversion Error: Could not convert string 'x'"):
+        query_batches(_one_thread(), "select 'x'::int v from range(10)")
+    with pytest.raises(ValueError, match="the query has 2 statements"):
+        query_batches(_one_thread(), "select 1; select 2")
+    schema, batches = query_batches(_one_thread(), "select range n from range(2500)", batch_rows=1000)
+    assert [b.num_rows for b in batches] == [1000, 1000, 500] and schema.names == ["n"]
