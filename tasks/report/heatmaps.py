@@ -19,6 +19,11 @@ CMAP = "viridis"
 MAX_TICK_LABELS = 24
 
 
+#: The colour of a cell without a finite score (a pair or layer the metric refused): grey, apart
+#: from every score's colour and from the page's white
+REFUSED_CELL = "#dddddd"
+
+
 def model_heatmap(grid: Grid, metric: str, calibrated: bool = False, chance: float | None = None,
                   higher_is_better: bool = True) -> Figure:
     """One metric's best score for every model pair: ``grid.rows`` × ``grid.columns``.
@@ -37,7 +42,7 @@ def model_heatmap(grid: Grid, metric: str, calibrated: bool = False, chance: flo
     ax = figure.add_subplot()
     norm = colour_norm(values, calibrated, chance, higher_is_better)
     reverse = not calibrated and not higher_is_better
-    image = ax.imshow(np.ma.masked_invalid(values), cmap=colour_map(reverse).with_extremes(bad="#dddddd"), norm=norm, aspect="auto")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=colour_map(reverse).with_extremes(bad=REFUSED_CELL), norm=norm, aspect="auto")
     for i in range(n_rows):
         for j in range(n_cols):
             ax.text(j, i, _cell_text(grid.cells[i][j], calibrated), ha="center", va="center", fontsize=8,
@@ -129,7 +134,8 @@ def layer_heatmaps(scores: list[dict[str, Any]], best: list[dict[str, Any]], mod
     for index, (metric, names_a, names_b, matrix) in enumerate(panels):
         ax = figure.add_subplot(1, len(panels), index + 1)
         reverse = metric in lower_is_better
-        image = ax.imshow(np.ma.masked_invalid(matrix), cmap=colour_map(reverse), aspect="auto", origin="lower")
+        image = ax.imshow(np.ma.masked_invalid(matrix), cmap=colour_map(reverse).with_extremes(bad=REFUSED_CELL),
+                          aspect="auto", origin="lower")
         _label_axes(ax, names_b, names_a, fontsize=6)
         ax.set_xlabel(model_b, fontsize=8)
         ax.set_ylabel(model_a, fontsize=8)

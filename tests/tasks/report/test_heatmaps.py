@@ -112,3 +112,18 @@ def test_layer_heatmaps_mark_a_common_chance_level_within_the_scores_on_the_colo
     figure = layer_heatmaps(scores, best, "vit-b", "lm-b", ["cka"])
     bar = figure.axes[1]
     assert [t.get_text() for t in bar.texts] == ["chance "] and len(bar.lines) == 1
+
+
+def test_a_layer_pair_without_a_finite_score_is_grey_as_on_the_model_heatmaps():
+    """A refused layer pair (a degenerate layer: no score) was drawn transparent, so white like the
+    page around it; the model heatmaps draw such a cell grey."""
+    from matplotlib.colors import to_rgba
+
+    from tasks.report.heatmaps import REFUSED_CELL
+
+    scores = [dict(r) for r in score_rows() if r["metric"] == "cka" and (r["model_a"], r["model_b"]) == ("vit-b", "lm-b")]
+    scores[0]["score"] = float("nan")
+    figure = layer_heatmaps(scores, [], "vit-b", "lm-b", ["cka"])
+    (image,) = figure.axes[0].images
+    assert tuple(image.cmap.get_bad()) == to_rgba(REFUSED_CELL) != to_rgba("white")
+    assert np.ma.is_masked(image.get_array()) and image.get_array().mask.sum() == 1
