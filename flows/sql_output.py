@@ -431,22 +431,18 @@ def _table_item(value: Any) -> str:
 
 def write_json(table: pa.Table, out: IO[str]) -> None:
     """A JSON array of objects, one per row (repeated column names made distinct, see
-    :func:`unique_names`); strict JSON (no NaN or Infinity tokens)."""
-    _write_json_rows(table.column_names, positional_rows(table), out)
+    :func:`unique_names`); strict JSON (no NaN or Infinity tokens). The same path as a streamed
+    result's (:func:`write_json_stream`)."""
+    write_json_stream(table.schema, table.to_batches(), out)
 
 
 def write_json_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch], out: IO[str]) -> None:
     """:func:`write_json` of a result read as record batches (``storage.catalog.query_batches``),
     the same text, written as the batches come (:func:`result_rows`). A ``QueryError`` raised
     while a later batch is computed is raised saying how many rows were written before it
-    (the output is then incomplete: an unfinished JSON array)."""
-    _write_json_rows(schema.names, result_rows(schema, batches), out)
-
-
-def _write_json_rows(names: list[str], rows: Iterator[tuple[Any, ...]], out: IO[str]) -> None:
-    """The JSON array of :func:`write_json`, one row at a time: ``[``, each row an object
-    indented as ``json_text(rows, indent=2)`` writes it, ``]`` (``[]`` without rows)."""
-    names = unique_names(names)
+    (the output is then incomplete: an unfinished JSON array). One row at a time: ``[``, each
+    row an object indented as ``json_text(rows, indent=2)`` writes it, ``]`` (``[]`` without rows)."""
+    names = unique_names(schema.names)
     encoding = getattr(out, "encoding", None)
 
     def write(row: tuple[Any, ...], number: int) -> None:
@@ -454,7 +450,7 @@ def _write_json_rows(names: list[str], rows: Iterator[tuple[Any, ...]], out: IO[
         out.write(_encodable(("," if number else "") + "\n  " + text, encoding))
 
     out.write("[")
-    written = _each_written(rows, write)
+    written = _each_written(result_rows(schema, batches), write)
     out.write("]\n" if written == 0 else "\n]\n")
 
 
@@ -502,19 +498,15 @@ def _can_encode(character: str, encoding: str) -> bool:
 def write_csv(table: pa.Table, out: IO[str]) -> None:
     """A header line with the column names as the query gave them, then one line per row; lines
     end with ``\n`` (not the csv module's ``\r\n``: the output goes to Unix tools and files). A
-    value holding a line break (``\r`` too) is quoted whole, as with ``\r\n`` lines."""
-    _write_csv_rows(table.column_names, positional_rows(table), out)
+    value holding a line break (``\r`` too) is quoted whole, as with ``\r\n`` lines. The same
+    path as a streamed result's (:func:`write_csv_stream`)."""
+    write_csv_stream(table.schema, table.to_batches(), out)
 
 
 def write_csv_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch], out: IO[str]) -> None:
     """:func:`write_csv` of a result read as record batches (``storage.catalog.query_batches``),
     the same text, written as the batches come (:func:`result_rows`); a query that fails while
     a later batch is computed as in :func:`write_json_stream`."""
-    _write_csv_rows(schema.names, result_rows(schema, batches), out)
-
-
-def _write_csv_rows(names: list[str], rows: Iterator[tuple[Any, ...]], out: IO[str]) -> None:
-    """The lines of :func:`write_csv`: the header ``names``, then each row."""
     line = io.StringIO()
     writer = csv.writer(line)  # lines end "\r\n": every value holding "\r" or "\n" is quoted
 
@@ -524,8 +516,8 @@ def _write_csv_rows(names: list[str], rows: Iterator[tuple[Any, ...]], out: IO[s
         writer.writerow(cells)
         out.write(line.getvalue()[:-2] + "\n")
 
-    write(names)
-    _each_written(rows, lambda row, _: write([csv_cell(v) for v in row]))
+    write(schema.names)
+    _each_written(result_rows(schema, batches), lambda row, _: write([csv_cell(v) for v in row]))
 
 
 #: Most rows the table format prints: a terminal table of 2,000,000 rows took minutes and 1.9 GB

@@ -848,18 +848,14 @@ def _each_statement(con: duckdb.DuckDBPyConnection, sql: str, run: Callable[[duc
 
 def _head_checked(con: duckdb.DuckDBPyConnection, text: str, rows: int, batch_rows: int) -> tuple[pa.Table, int]:
     """The first ``rows`` rows of one checked statement's result and its row count (`query_each_head`)."""
-    with _duckdb_errors():
-        result = con.sql(text)
-        if result is None:
-            return pa.table({}), 0
-        reader = result.to_arrow_reader(batch_rows)
-        kept: list[pa.RecordBatch] = []
-        total = 0
-        for batch in _batches_of(reader):
-            if total < rows:
-                kept.append(batch.slice(0, rows - total))
-            total += batch.num_rows
-        return pa.Table.from_batches(kept, schema=reader.schema), total
+    schema, batches = _batches_checked(con, text, batch_rows)
+    kept: list[pa.RecordBatch] = []
+    total = 0
+    for batch in batches:
+        if total < rows:
+            kept.append(batch.slice(0, rows - total))
+        total += batch.num_rows
+    return pa.Table.from_batches(kept, schema=schema), total
 
 
 def _batches_checked(con: duckdb.DuckDBPyConnection, text: str, batch_rows: int

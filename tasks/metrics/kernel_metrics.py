@@ -104,6 +104,11 @@ class FeatureState:
 
 
 def rbf_from_gram(gram: torch.Tensor, sigma: float | str) -> torch.Tensor:
+    """`rbf_and_width`'s kernel."""
+    return rbf_and_width(gram, sigma)[0]
+
+
+def rbf_and_width(gram: torch.Tensor, sigma: float | str) -> tuple[torch.Tensor, float]:
     """RBF kernel ``(N, N)`` from an inner-product Gram (not modified); ``sigma`` a number or
     ``'median'``. One ``N x N`` buffer beside ``gram``: every step is in place (same operations,
     in the same order, as ``exp((sq_i + sq_j - 2 g_ij).clamp(0) / (-2 sigma^2))``).
@@ -111,7 +116,8 @@ def rbf_from_gram(gram: torch.Tensor, sigma: float | str) -> torch.Tensor:
     Pass the Gram of column-centred features (``Representation.centred_gram``): the squared
     distances are differences of its entries, so an offset shared by the rows (``|m|`` against a
     spread ``s``) would cost a factor ``|m|^2 / s^2`` of rounding (float32, offset 1e4, spread ~4:
-    RBF CKA 0.039 instead of 0.772, and a median distance of 0)."""
+    RBF CKA 0.039 instead of 0.772, and a median distance of 0). Also returns the width used
+    (``sigma``, or the median distance)."""
     sq = torch.diagonal(gram)
     d2 = (sq[:, None] + sq[None, :]).sub_(gram, alpha=2.0).clamp_min_(0.0)  # 2 g is exact
     d2.fill_diagonal_(0.0)
@@ -128,12 +134,12 @@ def rbf_from_gram(gram: torch.Tensor, sigma: float | str) -> torch.Tensor:
     if s < info.tiny:
         # s itself rounds to 0 in the kernel's dtype: the limit, K = 1 where the distance is 0
         # and exp(-huge) = 0 elsewhere (exact: a positive float32 d2 / 2s^2 is far past underflow)
-        return (d2 == 0).to(d2.dtype)
+        return (d2 == 0).to(d2.dtype), s
     if not info.tiny <= scale <= info.max:
         # 2 s^2 underflows (or overflows) in the kernel's dtype: divide by s twice, so that a
         # distance of 0 stays 0 (K = 1) instead of 0/0 (the limit K -> I, or K -> all ones)
-        return d2.div_(s).div_(s).mul_(-0.5).exp_()
-    return d2.div_(-scale).exp_()
+        return d2.div_(s).div_(s).mul_(-0.5).exp_(), s
+    return d2.div_(-scale).exp_(), s
 
 
 def check_rbf_sigma(sigma: float | str) -> None:
@@ -236,11 +242,11 @@ class CkaEngine(Engine):
         for l in range(len(rep)):
             # distances from the centred features' Gram: a common offset cancels exactly
             try:
-                k = rbf_from_gram(rep.centred_gram(l), sigma)  # a fresh matrix: centred in place
+                k, width = rbf_and_width(rep.centred_gram(l), sigma)  # a fresh matrix: centred in place
             except ValueError as err:  # the median heuristic on this layer's distances
                 raise ValueError(f"layer {l}: {err}") from None
             # unbiased: distances from a cached Gram's H G H carry its offset's rounding: the floor's source
-            source = _rbf_rounding_source(rep.centring_source(l), k, sigma) if unbiased else None
+            source = _rbf_rounding_source(rep.centring_source(l), k, width) if unbiased else None
             yield (k if unbiased else center_gram_(k)), not unbiased, False, [source]
             del k, source
 
@@ -423,28 +429,27 @@ def _formed_terms_size(u: torch.Tensor, i: torch.Tensor, j: torch.Tensor, n: int
     return unbiased_terms_size(2.0 * (u * u).sum(), tot, tot, (rows * rows).sum(), n)
 
 
-def _rbf_rounding_source(gram: torch.Tensor | None, k: torch.Tensor, sigma: float | str) -> torch.Tensor | None:
-    """The ``(N, N)`` float64 matrix whose ``eps`` the RBF kernel ``k`` (``(N, N)``) carries from
-    the cached Gram ``gram`` its distances were centred from (`Representation.centring_source`;
-    None: no such Gram, None returned): ``K_ij (|G_ii| + |G_jj| + 2 |G_ij|) / (2 sigma^2)``, a
+def _rbf_rounding_source(gram: torch.Tensor | None, k: torch.Tensor, width: float) -> torch.Tensor | None:
+    """The ``(N, N)`` matrix whose ``eps`` the RBF kernel ``k`` (``(N, N)``) carries from the
+    cached Gram ``gram`` its distances were centred from (`Representation.centring_source`;
+    None: no such Gram, None returned): ``K_ij (|G_ii| + |G_jj| + 2 |G_ij|) / (2 width^2)``, a
     squared distance's rounding ``eps`` of its Gram entries (offset included) times the
-    kernel's slope in it (``sigma``: the width, or ``'median'`` of the Gram's distances). The
-    floor of the unbiased self-HSIC check (`encode_kernels`): equidistant rows plus a common
-    offset (exact self-HSIC 0) passed on the rounding alone (unbiased RBF CKA 2.5e-5 in float32).
-    None too where ``1 / (2 sigma^2)`` is not finite."""
+    kernel's slope in it (``width``: the kernel's, `rbf_and_width`: ``rbf_sigma`` or the median
+    distance, not computed again). The floor of the unbiased self-HSIC check (`encode_kernels`):
+    equidistant rows plus a common offset (exact self-HSIC 0) passed on the rounding alone
+    (unbiased RBF CKA 2.5e-5 in float32). None too where ``1 / (2 width^2)`` is not finite.
+    In the Gram's dtype: one ``N x N`` buffer (a float64 copy and a second median had added
+    226 MB at N=4096)."""
     if gram is None:
         return None
-    g = gram.to(torch.float64, copy=True)  # modified in place below: never the cached Gram itself
-    sq = torch.diagonal(g).clone()
-    if isinstance(sigma, str):  # the median heuristic, as rbf_from_gram takes it
-        iu = torch.triu_indices(g.shape[0], g.shape[0], 1, device=g.device)
-        s = _median((sq[iu[0]] + sq[iu[1]] - 2.0 * g[iu[0], iu[1]]).clamp_min(0.0).sqrt())
-    else:
-        s = float(sigma)
-    slope = 1.0 / (2.0 * s * s) if s > 0 else math.inf
+    slope = 1.0 / (2.0 * width * width) if width > 0 else math.inf
     if not math.isfinite(slope):
         return None
-    return g.abs_().mul_(2.0).add_(sq.abs()[:, None]).add_(sq.abs()[None, :]).mul_(k).mul_(slope)
+    sq = torch.diagonal(gram).abs()
+    out = gram.abs().mul_(2.0).add_(sq[:, None]).add_(sq[None, :]).mul_(k)
+    if slope * float(out.max()) >= torch.finfo(out.dtype).max:  # a width so small that the Gram's dtype overflows
+        out = out.to(torch.float64)
+    return out.mul_(slope)
 
 
 def unit_scale(sum_sq: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
