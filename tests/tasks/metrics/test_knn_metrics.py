@@ -327,3 +327,19 @@ def test_given_gram_searched_in_row_blocks_matches_reference(exclude_self: bool)
     np.testing.assert_array_equal(idx.numpy(), want)
     np.testing.assert_allclose(values.numpy(), np.take_along_axis(x @ x.T, want, axis=1), rtol=0, atol=1e-12)
     assert torch.equal(g, before)  # "it is not modified"
+
+
+def test_lists_without_ties_are_kept_and_tied_ones_put_in_index_order() -> None:
+    """``ties_in_index_order``: strictly decreasing lists need no reordering (returned as they
+    are); one tie anywhere puts that row's tied neighbours in index order, the rest unchanged."""
+    import torch
+
+    from tasks.metrics.neighbors import ties_in_index_order
+
+    values = torch.tensor([[3.0, 2.0, 1.0], [5.0, 4.0, 0.5]])
+    indices = torch.tensor([[4, 0, 2], [1, 3, 0]])
+    v, i = ties_in_index_order(values, indices)
+    assert v is values and i is indices
+    values[1, 2] = 4.0  # row 1: neighbours 3 and 0 tie
+    v, i = ties_in_index_order(values, indices)
+    assert torch.equal(i, torch.tensor([[4, 0, 2], [1, 0, 3]])) and torch.equal(v, values)

@@ -147,3 +147,35 @@ def test_gpu_path_stacks_hold_a_bounded_number_of_layers_at_once(monkeypatch):
     for metric, expected in want.items():
         np.testing.assert_allclose(layer_matrix(metric, xs, ys, topk=5), expected, rtol=1e-5, atol=1e-7)
     assert stacked and max(stacked) <= 3
+
+
+@pytest.mark.parametrize("paths", ["cpu", "gpu"])
+def test_a_layer_whose_first_rows_agree_is_constant_only_if_every_row_does(paths, monkeypatch):
+    """Off a GPU the constant check compares whole layers only where the first two rows agree:
+    a layer whose other rows differ is measured, one whose rows all agree refused, as one of a
+    stack and on its own."""
+    if paths == "gpu":
+        _gpu_paths(monkeypatch)
+    x = np.stack(_layers([4] * 3))
+    x[2, 1] = x[2, 0]  # rows 0 and 1 agree, row 2 on differ
+    x[0, 1:] = x[0, 0]  # every row equals row 0 but the last
+    x[0, -1, 3] += 1.0
+    assert len(Representation(x)) == 3
+    assert len(Representation(list(x))) == 3
+    x[0, -1] = x[0, 0]  # now layer 0 is constant
+    for given in (x, list(x)):
+        with pytest.raises(ValueError, match="layer 0 is constant"):
+            Representation(given)
+
+
+@pytest.mark.parametrize("n", [40, 600])  # 600 > 2 * gram.BLOCK: the blocked Gram in the reused buffer
+def test_cpu_neighbour_lists_searched_through_one_buffer_are_each_layers_own(n):
+    """On a CPU every layer's Gram is built in one reused buffer: each layer's lists are its own,
+    as a float64 search of that layer alone finds them."""
+    xs = _layers([9, 9, 12, 9], n=n)
+    values, indices = Representation(xs).knn_stack(6)
+    for l, x in enumerate(xs):
+        sims = torch.from_numpy(x.astype(np.float64) @ x.astype(np.float64).T).fill_diagonal_(-np.inf)
+        ref = torch.topk(sims, 6)
+        assert torch.equal(indices[l], ref.indices)
+        torch.testing.assert_close(values[l], ref.values, rtol=0, atol=1e-5, check_dtype=False)
