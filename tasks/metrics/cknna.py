@@ -57,13 +57,16 @@ from .representation import Representation
 #: elements of the (A, B, N, k) tensors processed at once on a GPU (``gram.batched_device``)
 CHUNK_ELEMENTS = 1 << 23
 #: the same elsewhere: a CPU gains from temporaries that stay in its caches (one x-layer against
-#: 13 y-layers at N=1024, k=10: 37 ms for the 13 x 13 matrix against 58 ms all at once)
+#: 13 y-layers at N=1024, k=10: 30 ms for the 13 x 13 matrix and the encodings against 49 ms all
+#: at once)
 CPU_CHUNK_ELEMENTS = 1 << 18
 
 
 def chunk_elements(device: torch.device) -> int:
     """Elements of the ``(A, B, N, k)`` tensors to process at once on ``device``."""
     return CHUNK_ELEMENTS if batched_device(device) else CPU_CHUNK_ELEMENTS
+
+
 #: build a dense (L, N*N) uint8 slot table per side when it has at most this many entries
 SLOT_TABLE_MAX_ELEMENTS = 1 << 26
 #: (permutations x layer pairs x N), and (permutations x Lb x N x k), of one null batch; above
@@ -86,12 +89,22 @@ class CknnaState:
     self_sim: torch.Tensor
     slots: torch.Tensor | None = None
     table: ListTable | None = None
+    padded_lists: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def list_table(self) -> ListTable:
         """Bitmask table of the lists (``knn_hits``), built on first use and kept."""
         if self.table is None:
             self.table = build_list_table(self.idx)
         return self.table
+
+    def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``vals`` and ``rev`` ``(L, N, 1 + k)`` behind a first column of zeros / False, so that
+        the slot table's entries (``1 + t``, 0 where absent) index them; built once and kept."""
+        if self.padded_lists is None:
+            L, n, _ = self.idx.shape
+            self.padded_lists = (torch.cat([self.vals.new_zeros((L, n, 1)), self.vals], -1),
+                                 torch.cat([self.rev.new_zeros((L, n, 1)), self.rev], -1))
+        return self.padded_lists
 
     def with_slots(self) -> "CknnaState":
         """Add the dense slot table ``(L, N*N)`` uint8 (``1 + t`` where ``idx[l, i, t] == j`` at
@@ -262,16 +275,21 @@ def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: boo
         flat = (rows + idx_a).reshape(A, 1, n * k).expand(A, B, n * k)
         found = y_side(b.slots).expand(A, B, n * n).gather(2, flat).view(shape)
         inter = found > 0  # (i, idx_a[i, t]) in the mask
-        slot = (found.to(torch.int64) - 1).clamp_(min=0)  # its position in the y-list of i
+        # 1 + its position in the y-list of i, or 0: indexes the y-lists behind a column of
+        # zeros / False, which gives the masked values without a mask test
+        slot = found.to(torch.int64)
+        vals_b, rev_b = b.padded()
+        lv = y_side(vals_b).expand(A, B, n, k + 1).gather(-1, slot)  # (M*L)[i, .]
+        # (j, i) also in the mask: i in kNN_a(j) (rev_a) and i in kNN_b(j) (rev_b at the slot)
+        mutual = y_side(rev_b).expand(A, B, n, k + 1).gather(-1, slot).logical_and_(rev_a)
     else:  # sorted lists: binary search
         q = idx_a.expand(shape).contiguous()
         pos = torch.searchsorted(sorted_b.expand(shape).contiguous(), q).clamp_(max=k - 1)
         inter = sorted_b.expand(shape).gather(-1, pos) == q
         slot = order_b.expand(shape).gather(-1, pos)
+        lv = torch.where(inter, y_side(b.vals).expand(shape).gather(-1, slot), 0.0)  # (M*L)[i, .]
+        mutual = inter & rev_a & y_side(b.rev).expand(shape).gather(-1, slot)  # as above
     kv = val_a * inter  # (M*K)[i, idx_a[i, t]]
-    lv = torch.where(inter, y_side(b.vals).expand(shape).gather(-1, slot), 0.0)  # (M*L)[i, .]
-    # (j, i) also in the mask: i in kNN_a(j) (rev_a) and i in kNN_b(j) (rev_b at the slot)
-    mutual = inter & rev_a & y_side(b.rev).expand(shape).gather(-1, slot)
     cols = idx_a.reshape(A, 1, n * k).expand(A, B, n * k)
     # sums of one side's kernel values in the computation dtype (finite: the features' float32
     # range, ``representation.FLOAT32_MAX_SQ_ROW_NORM``), products of the two sides in float64 (a

@@ -133,6 +133,22 @@ def test_binary_search_path_equals_slot_table(monkeypatch: pytest.MonkeyPatch) -
             ref.cknna(x, y, 6, unbiased), abs=1e-12)
 
 
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_one_x_layer_per_chunk_gives_the_whole_matrix(monkeypatch: pytest.MonkeyPatch, unbiased: bool) -> None:
+    """On a CPU the masked sums run a chunk of x-layers at a time (``CPU_CHUNK_ELEMENTS``): one
+    layer per chunk gives every entry the float64 reference gives it."""
+    import tasks.metrics.cknna as ck
+
+    xs, ys = layers(seed=14, widths=(5, 9, 7)), layers(seed=15, widths=(4, 19))
+    whole = layer_matrix("cknna", xs, ys, topk=6, unbiased=unbiased)
+    monkeypatch.setattr(ck, "CPU_CHUNK_ELEMENTS", 1)
+    chunked = layer_matrix("cknna", xs, ys, topk=6, unbiased=unbiased)
+    np.testing.assert_array_equal(chunked, whole)
+    for i, x in enumerate(xs):
+        for j, y in enumerate(ys):
+            assert chunked[i, j] == pytest.approx(ref.cknna(x, y, 6, unbiased), abs=1e-12)
+
+
 def test_registered_range_is_nominal_and_the_paper_value_can_leave_it() -> None:
     """(-1, 1) is a nominal range (identical inputs ~1), not a bound: the masks of the numerator
     and of the self-similarities differ. Pinned here with the float64 reference, and what
