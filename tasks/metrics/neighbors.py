@@ -49,8 +49,9 @@ def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
         precision: ``'exact'`` (default: the computation dtype), or the opt-in bfloat16 search
             ``'bf16'`` (approximate lists) / ``'bf16-refine'`` (certified equal to exact), see
             ``bf16_neighbors``; those need ``x`` and never read ``gram``.
-        scratch: optional ``(N, N)`` buffer of ``x``'s dtype and device that the search may
-            overwrite, for the whole Gram when it fits one block (a caller searching many layers
+        scratch: optional ``(N, N)`` buffer of the computation dtype and device that the search
+            may overwrite: for ``x``'s whole Gram when it fits one block, or for the copy of a
+            block of ``gram``'s rows whose diagonal is masked (a caller searching many layers
             passes one for all: fresh pages for each layer's Gram cost a CPU ~1 ms per 4 MB).
 
     Returns:
@@ -87,7 +88,9 @@ def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
         if gram is None:
             block = x[start:stop] @ x.T  # type: ignore[union-attr]
         else:
-            block = gram[start:stop].clone() if exclude_self else gram[start:stop]
+            block = gram[start:stop]
+            if exclude_self:  # a copy: the given gram is not modified
+                block = block.clone() if scratch is None else scratch.view(-1)[:block.numel()].view_as(block).copy_(block)
         if exclude_self:
             r = torch.arange(stop - start, device=device)
             block[r, r + start] = float("-inf")

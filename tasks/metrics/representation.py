@@ -224,7 +224,7 @@ class Representation:
         (``scratch``: an ``(N, N)`` buffer the search may overwrite, see ``topk_neighbors``)."""
         gram = self.cached_gram(layer)
         if gram is not None:
-            return topk_neighbors(None, k, exclude_self=exclude_self, gram=gram)
+            return topk_neighbors(None, k, exclude_self=exclude_self, gram=gram, scratch=scratch)
         return topk_neighbors(self.layers[layer], k, exclude_self=exclude_self, scratch=scratch)
 
     def knn_indices(self, k: int, exclude_self: bool = True, precision: str = "exact"
@@ -244,20 +244,20 @@ class Representation:
         return torch.stack([v for v, _ in lists]), torch.stack([i for _, i in lists])
 
     def _search_stacks(self, k: int, exclude_self: bool) -> None:
-        """Cache the exact lists of every layer that has neither lists nor a cached Gram, searched
-        in stacks on a GPU (``knn_stack``), on a CPU layer by layer through one reused Gram
-        buffer (a fresh Gram per layer: 26 ms of page faults in 180 for 2 x 13 layers at
-        N=1024); layers whose Gram exceeds one block are left to ``knn``."""
+        """Cache the exact lists of every layer that has none yet (``knn_stack``): on a GPU those
+        without a cached Gram, searched in stacks; on a CPU all, layer by layer through one
+        reused Gram buffer (a fresh Gram per layer: 26 ms of page faults in 180 for 2 x 13
+        layers at N=1024). Layers whose Gram exceeds one block are left to ``knn``."""
         n = self.n
         if n * n > DEFAULT_BLOCK_ELEMENTS:
             return
-        todo = [l for l in range(len(self)) if ("knn", l, k, exclude_self, "exact") not in self._memo
-                and self.cached_gram(l) is None]
+        todo = [l for l in range(len(self)) if ("knn", l, k, exclude_self, "exact") not in self._memo]
         if not batched_device(self.device):  # on a CPU the stack only costs cache
             scratch = torch.empty((n, n), dtype=self.dtype, device=self.device) if todo else None
-            for l in todo:
+            for l in todo:  # from the cached Gram, if any, copied into the buffer
                 self._memo[("knn", l, k, exclude_self, "exact")] = self._search(l, k, exclude_self, scratch)
             return
+        todo = [l for l in todo if self.cached_gram(l) is None]
         for stack in layer_stacks([self.layers[l] for l in todo], n * n):
             found = stacked_topk_neighbors([self.layers[todo[s]] for s in stack], k, exclude_self=exclude_self)
             for s, v, i in zip(stack, *found):

@@ -168,12 +168,20 @@ def test_a_layer_whose_first_rows_agree_is_constant_only_if_every_row_does(paths
             Representation(given)
 
 
-@pytest.mark.parametrize("n", [40, 600])  # 600 > 2 * gram.BLOCK: the blocked Gram in the reused buffer
-def test_cpu_neighbour_lists_searched_through_one_buffer_are_each_layers_own(n):
-    """On a CPU every layer's Gram is built in one reused buffer: each layer's lists are its own,
-    as a float64 search of that layer alone finds them."""
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("n", [40, 600])  # 600 > 2 * gram.CPU_BLOCK: the blocked Gram in the reused buffer
+def test_cpu_neighbour_lists_searched_through_one_buffer_are_each_layers_own(n, cached):
+    """On a CPU every layer's Gram is built (or its cached Gram copied) in one reused buffer:
+    each layer's lists are its own, as a float64 search of that layer alone finds them, and the
+    cached Grams are left as they were."""
     xs = _layers([9, 9, 12, 9], n=n)
-    values, indices = Representation(xs).knn_stack(6)
+    rep = Representation(xs)
+    if cached:
+        rep.cache_grams()
+        before = [rep.cached_gram(l).clone() for l in range(len(xs))]
+    values, indices = rep.knn_stack(6)
+    if cached:
+        assert all(torch.equal(rep.cached_gram(l), g) for l, g in enumerate(before))
     for l, x in enumerate(xs):
         sims = torch.from_numpy(x.astype(np.float64) @ x.astype(np.float64).T).fill_diagonal_(-np.inf)
         ref = torch.topk(sims, 6)
