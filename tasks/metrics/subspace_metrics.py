@@ -44,6 +44,14 @@ from .representation import Representation
 #: basis from the exact SVD (an input with s_min / s_max = 1.5e-7 scored 2.3e-5 off).
 EIGH_ACCURATE_RTOL = 1e-4
 
+#: ``svcca``'s singular values ``cca_dim`` and ``cca_dim + 1`` of a layer tie when their gap is
+#: at most this many times the input's machine epsilon (``input_eps``) times the largest one,
+#: and never less than ``CUT_TIE_MIN_RTOL`` (above the float64 eigenproblem's own error on the
+#: directions it resolves): the top-``cca_dim`` subspace is then not the data's but the
+#: rounding's (or the SVD's) choice.
+CUT_TIE_EPS = 8
+CUT_TIE_MIN_RTOL = 1e-8
+
 
 def left_singular(z: torch.Tensor, r: int | None = None, rtol: float = 1e-7, exact: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,15 +143,16 @@ class SvccaEngine(Float64Engine):
             # rounding noise of a rank-4 layer with an offset of 100 passed as rank >= 10), never
             # below the eigenproblem's own resolution 1e-7
             rtol = max(1e-7, max(z.shape) * input_eps(x))
-            u, s = left_singular(z, r, rtol=rtol)
-            if s.numel() < r or float(s[-1]) < EIGH_ACCURATE_RTOL * float(s[0]):
+            u, s = left_singular(z, r + 1, rtol=rtol)  # one value past the cut: is the cut a tie?
+            if s.numel() < r or float(s[r - 1]) < EIGH_ACCURATE_RTOL * float(s[0]):
                 # a kept direction the eigenproblem resolves only to ~eps (s_max / s)^2 (or one it
                 # may have lost near the cutoff): SVCCA weighs every direction alike, so take the
                 # basis from an SVD of z itself
-                u, s = left_singular(z, r, rtol=rtol, exact=True)
+                u, s = left_singular(z, r + 1, rtol=rtol, exact=True)
             if u.shape[1] < r:
                 raise ValueError(f"layer {l} has rank {u.shape[1]} < cca_dim={r}")
-            bases.append(u)
+            check_cut(l, s, r, max(CUT_TIE_MIN_RTOL, CUT_TIE_EPS * input_eps(x)))
+            bases.append(u[:, :r])
         return BasisState(bases, [None] * len(bases))
 
     def permute(self, state: BasisState, perm: torch.Tensor, inv: torch.Tensor) -> BasisState:
@@ -153,6 +162,22 @@ class SvccaEngine(Float64Engine):
         ua, ub = torch.stack(a.bases), torch.stack(b.bases)  # (L, N, r)
         cross = torch.einsum("anr,bns->abrs", ua, ub)
         return torch.linalg.svdvals(cross).clamp(max=1.0).mean(-1)
+
+
+def check_cut(layer: int, s: torch.Tensor, r: int, rtol: float) -> None:
+    """``ValueError`` naming ``layer`` when its singular values ``s`` (decreasing, float64; the
+    top ``r`` and the next one if the layer has it) tie at the cut after the ``r``-th: the gap is
+    at most ``rtol`` times the largest. The top-``r`` subspace is then not unique (one-hot rows
+    of balanced classes: every singular value equal), and any basis of it that an SVD returns
+    scores differently (0.075 here against 0.28 from numpy's SVD of the same layer)."""
+    if s.numel() <= r:
+        return
+    top, last, nxt = float(s[0]), float(s[r - 1]), float(s[r])
+    if last - nxt <= rtol * top:
+        raise ValueError(
+            f"layer {layer}: its standardised singular values {r} and {r + 1} tie at the cca_dim cut "
+            f"({last:.9g} and {nxt:.9g}, within {rtol:.0e} of the largest, {top:.9g}): its top-{r} "
+            f"subspace is not unique, so svcca would score an arbitrary choice of it; use another cca_dim")
 
 
 class ProcrustesEngine(Float64Engine):

@@ -40,6 +40,39 @@ def test_svcca_is_exact_when_cca_dim_reaches_a_nearly_collinear_direction(gap: f
         assert score("svcca", a, b, cca_dim=5) == pytest.approx(ref.svcca(a, b, 5), abs=1e-9)
 
 
+def _one_hot_layer(seed: int = 0) -> np.ndarray:
+    """Balanced one-hot rows (8 classes x 5): standardised, 7 equal singular values and a zero."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(8), 5)
+    rng.shuffle(labels)
+    return np.eye(8, dtype=np.float32)[labels]
+
+
+@pytest.mark.parametrize("cca_dim", [1, 3, 6])
+def test_svcca_refuses_a_layer_whose_singular_values_tie_at_the_cut(cca_dim: int) -> None:
+    """Singular values that tie at the ``cca_dim`` cut leave the top subspace undefined: the
+    score would be whichever basis the SVD returns (0.075 against numpy's 0.28). The layer is
+    refused by number; the whole tied block (``cca_dim`` 7: the layer's rank) is scored."""
+    x = _one_hot_layer()
+    y = np.random.default_rng(1).normal(size=(40, 12)).astype(np.float32)
+    with pytest.raises(ValueError, match=rf"layer 1: .*values {cca_dim} and {cca_dim + 1} tie at the cca_dim cut"):
+        layer_matrix("svcca", [y, x], [y], cca_dim=cca_dim)
+    assert score("svcca", x, y, cca_dim=7) == pytest.approx(ref.svcca(x.astype(np.float64), y.astype(np.float64), 7), abs=1e-9)
+
+
+def test_svcca_scores_a_cut_whose_gap_is_above_the_inputs_rounding() -> None:
+    """One-hot rows moved by 1e-4 noise: the gaps at the cut (~1e-5 of the largest singular value,
+    float32 rounding of an input being ~1e-7) are the data's: scored, as the float64 reference
+    scores it."""
+    rng = np.random.default_rng(2)
+    x = _one_hot_layer().astype(np.float64) + 1e-4 * rng.normal(size=(40, 8))
+    y = rng.normal(size=(40, 9))
+    s = np.linalg.svd((x - x.mean(0)) / (x.std(0, ddof=1) + 1e-8), compute_uv=False)
+    assert 1e-7 < (s[2] - s[3]) / s[0] < 1e-3
+    assert score("svcca", x, y, cca_dim=3) == pytest.approx(ref.svcca(x, y, 3), abs=1e-6)
+    assert score("svcca", x.astype(np.float32), y, cca_dim=3) == pytest.approx(ref.svcca(x.astype(np.float32).astype(np.float64), y, 3), abs=1e-6)
+
+
 def test_svcca_rejects_too_large_cca_dim() -> None:
     x, y = paired(dx=5)
     with pytest.raises(ValueError):
