@@ -372,7 +372,8 @@ def check_models(specs: list[Any]) -> list[dict[str, str]]:
 
 def model_checks(specs: list[Any]) -> Iterator[tuple[str, Literal["ok", "refused", "unchecked"], str]]:
     """``(model name, outcome, why on one line: ``refusal_line`` when refused)`` for each spec, checked without loading weights
-    (``preflight.known_problem``, ``tasks.extract.check_model``, then ``preflight.cls_pooling_problem``),
+    (``tasks.extract.check_model``, which runs ``preflight.known_problem`` around its own check, once,
+    then ``preflight.cls_pooling_problem``),
     as it is checked: ``refused`` (``ModelInputError``: a missing path, an unknown id or class, a
     wrong modality, ``cls`` pooling on a model without a CLS token, a model type known not to pool
     per token...; an ``ImportError``: a library the model or its processor needs is not installed),
@@ -380,21 +381,11 @@ def model_checks(specs: list[Any]) -> Iterator[tuple[str, Literal["ok", "refused
     (message empty)."""
     from tasks.extract import check_model
     from tasks.extract.errors import ModelInputError
-    from tasks.extract.preflight import cls_pooling_problem, known_problem
+    from tasks.extract.preflight import cls_pooling_problem
 
     def checked(spec: Any) -> None:
-        problem = known_problem(spec)  # first: check_model's own errors for these are unhelpful (Funnel)
-        if problem is None:
-            try:
-                check_model(spec)
-            except ModelInputError:
-                raise
-            except Exception:
-                problem = known_problem(spec)  # a hub config the check fetched before it failed
-                if problem is None:
-                    raise
-            else:
-                problem = known_problem(spec) or cls_pooling_problem(spec)  # known once a hub config is cached
+        check_model(spec)  # refuses a known problem too (preflight.refuse_known_problem)
+        problem = cls_pooling_problem(spec)  # after the check: known once a hub config is cached
         if problem is not None:
             raise ModelInputError(spec.name, spec.id, problem)
 

@@ -70,7 +70,8 @@ def load_extractor(spec: ModelSpec, device: str | None = None) -> Extractor:
     ``device_map='auto'`` (as does ``spec.device_map: auto``): Hugging Face models too large for one
     GPU are spread over the visible GPUs, then CPU memory, by `accelerate`.
     Everything that can be checked without weights is checked first (`check_model`): a bad id,
-    path, revision or modality fails fast with a `ModelInputError`. A model whose forward returns
+    path, revision or modality, or a config prh knows it cannot extract (`preflight.known_problem`:
+    Reformer, Funnel, a read-only config key), fails fast with a `ModelInputError`. A model whose forward returns
     no hidden states, or raises (X-MOD without a default language), fails at the probe forward
     pass, before any extraction: a `ModelInputError` naming the cause (chained).
     Nothing is downloaded unless the spec names a hub id that is not cached and the hub is reachable.
@@ -93,7 +94,7 @@ def load_extractor(spec: ModelSpec, device: str | None = None) -> Extractor:
 
     from tasks.extract import hf_models
 
-    checked = hf_models.check_model(spec)
+    checked = _checked_hf(spec)
     # the image processor first: one that cannot load (a missing library) is refused before the weights load
     processor = hf_models.load_image_processor(spec, checked.config, checked.access) if spec.modality == "vision" else None
     if spec.loader == "hf":
@@ -114,7 +115,8 @@ def check_model(spec: ModelSpec) -> None:
     """Check a spec without loading weights (see `load_extractor`); raises `ModelInputError`.
 
     Cheap (configs, tokenizers, one hub metadata request at most): run it on every model of a zoo
-    before extracting any, so that a bad entry fails the run before hours of work.
+    before extracting any, so that a bad entry fails the run before hours of work. A config prh
+    knows it cannot extract is refused as `load_extractor` refuses it (`preflight.known_problem`).
     """
     if spec.loader == "efficientnet_lite":
         from tasks.extract.efficientnet import weights_path
@@ -126,9 +128,18 @@ def check_model(spec: ModelSpec) -> None:
         return
     from tasks.extract import hf_models
 
-    checked = hf_models.check_model(spec)
+    checked = _checked_hf(spec)
     if spec.modality == "vision":
         hf_models.load_image_processor(spec, checked.config, checked.access)
+
+
+def _checked_hf(spec: ModelSpec) -> Any:
+    """``hf_models.check_model(spec)`` behind the pre-check of configs prh knows it cannot extract
+    (`preflight.refuse_known_problem`: once per call), as every public entry point runs it."""
+    from tasks.extract import hf_models
+    from tasks.extract.preflight import refuse_known_problem
+
+    return refuse_known_problem(spec, lambda: hf_models.check_model(spec))
 
 
 def batch_order(lengths: list[int] | None, n: int) -> np.ndarray:

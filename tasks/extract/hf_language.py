@@ -453,7 +453,9 @@ class HFLanguageExtractor(Extractor):
         """Every hidden state must hold one vector per token of the batch, `(B, T, D)` with `(B, T)` =
         ``batch`` (the attention mask's shape): else a `ModelInputError` naming the layer and its shape
         (DeepSeek-V4's hyper-connections keep several residual streams per token, `(B, T, 4, D)`; a text
-        tower that adds tokens of its own has more than T), rather than pooling over the wrong axis."""
+        tower that adds tokens of its own has more than T), rather than pooling over the wrong axis.
+        On every batch (a comparison of shapes): the load probe's forward is the first, so a model
+        that fails it is refused before any shard is written."""
         names = layer_names("embeddings", "layer", len(states) - 1)
         for name, h in zip(names, states):
             if h.dim() != 3 or tuple(h.shape[:2]) != batch:
@@ -511,12 +513,29 @@ def declared_window(config: Any) -> tuple[str, int] | None:
 def _config_field(config: Any, name: str) -> Any:
     """``config.<name>`` (None when absent); for a field a heterogeneous config keeps per layer
     (transformers' ``per_layer_config``: NeoMME's ``sliding_window``, whose global reading raises
-    ``AmbiguousGlobalPerLayerAttributeError``), the list of its layers' values."""
+    ``AmbiguousGlobalPerLayerAttributeError``), the list of its layers' values. Any other error
+    (a bug) is raised: only that one means "not readable globally for this config" (the 802 config
+    classes of transformers 5.23 built with their defaults: NeoMME's ``sliding_window`` is the only
+    `WINDOW_FIELDS` read, on them or their ``text_config``, that raises)."""
     try:
         return getattr(config, name, None)
-    except Exception:  # noqa: BLE001 - a per-layer field: read each layer's value
+    except _per_layer_error():
         layers = getattr(config, "per_layer_config", None) or ()
         return [getattr(layer, name, None) for layer in layers]
+
+
+def _per_layer_error() -> type[BaseException]:
+    """transformers' ``AmbiguousGlobalPerLayerAttributeError`` (a ``RuntimeError``); where this
+    transformers has no heterogeneous configs, an exception type nothing raises."""
+    try:
+        from transformers.integrations.heterogeneity import AmbiguousGlobalPerLayerAttributeError
+    except ImportError:
+        return _NeverRaised
+    return AmbiguousGlobalPerLayerAttributeError
+
+
+class _NeverRaised(Exception):
+    """Caught where transformers lacks ``AmbiguousGlobalPerLayerAttributeError``: never raised."""
 
 
 def _probe_words(n: int) -> str:

@@ -798,9 +798,18 @@ _PATCH_PROCESSORS = {"siglip2_vision_model": "Siglip2ImageProcessorPil"}
 
 
 def is_patch_processor(proc: Any) -> bool:
-    """Whether an image processor outputs patches with their mask and grid (`PATCH_INPUTS`: SigLIP 2's
-    ``Siglip2ImageProcessorPil``) rather than ``(B, 3, H, W)`` pixels."""
-    return set(PATCH_INPUTS) <= set(getattr(proc, "model_input_names", None) or ())
+    """Whether an image processor is a plain patch processor: one patch sequence per image, with its
+    mask and grid (`PATCH_INPUTS`: SigLIP 2's ``Siglip2ImageProcessorPil``), rather than ``(B, 3, H, W)``
+    pixels. LFM2-VL's ``Lfm2VlImageProcessor`` outputs the same inputs but splits an image into tiles
+    (`tiles_images`): it is not one."""
+    return set(PATCH_INPUTS) <= set(getattr(proc, "model_input_names", None) or ()) and not tiles_images(proc)
+
+
+def tiles_images(proc: Any) -> bool:
+    """Whether an image processor splits an image into tiles (``do_image_splitting``: LFM2-VL's,
+    Idefics3's and SmolVLM's vision-language processors cut a large image into a grid of tiles,
+    plus a thumbnail), each its own entry of ``pixel_values``: not one row per image."""
+    return bool(getattr(proc, "do_image_splitting", False))
 
 
 def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAccess | None = None) -> Any:
@@ -826,11 +835,19 @@ def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAcces
         proc = AutoImageProcessor.from_pretrained(access.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
                                                   backend="pil", local_files_only=access.local_files_only)
     except (OSError, ValueError, KeyError) as exc:
+        missing = _missing_processor_backend(exc)
+        if missing is not None:  # LFM2-VL's processor: a torchvision class only
+            raise ModelInputError(spec.name, spec.id, f"needs a library that is not installed here: {missing}") from exc
         raise ModelInputError(spec.name, spec.id, f"no usable image processor config (preprocessor_config.json) in "
                               f"{access.source!r}: {_first_line(exc)}") from exc
     except ImportError as exc:  # a processor class that needs a library that is not installed (DINOv3's: torchvision)
         missing = " ".join(str(exc).split()).split(". ")[0].rstrip(".")
         raise ModelInputError(spec.name, spec.id, f"needs a library that is not installed here: {missing}") from exc
+    if tiles_images(proc):
+        raise ModelInputError(spec.name, spec.id, f"its image processor {type(proc).__name__} splits each image into tiles "
+                              "(do_image_splitting: a grid of tiles and a thumbnail, each its own entry of pixel_values), "
+                              "so the model's features would not be one row per image: prh takes a vision model whose "
+                              "processor gives one image per row")
     if is_patch_processor(proc):
         return _patch_settings(proc, spec)
     if spec.crop_pct is not None:
@@ -840,6 +857,19 @@ def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAcces
     if spec.resample is not None:
         set_resample(proc, spec)
     return proc
+
+
+#: transformers' error when a checkpoint's image processor exists only for a backend that cannot be
+#: imported here (``AutoImageProcessor``: LFM2-VL's ``Lfm2VlImageProcessor`` is a torchvision class).
+_UNAVAILABLE_BACKEND = re.compile(r"following image processor classes: (?P<classes>.+?)\. None of these classes could be "
+                                  r"imported\. Missing optional dependencies: (?P<missing>[^.]+)\.")
+
+
+def _missing_processor_backend(exc: BaseException) -> str | None:
+    """``its image processor (<backend>: <class>) needs <library>`` when ``exc`` is transformers'
+    error for an image processor whose only backends need a library that is not installed; else None."""
+    found = _UNAVAILABLE_BACKEND.search(" ".join(str(exc).split()))
+    return None if found is None else f"its image processor ({found['classes']}) needs {found['missing']}"
 
 
 def _random_patch_processor(vision: Any) -> Any:

@@ -20,7 +20,9 @@ never an error), so that a run reusing stored features can say that the weights 
 
 `known_problem(spec)` and `cls_pooling_problem(spec)` tell, without weights, what is known to fail
 only after they load (a model type that does not pool per token, a read-only config key, ``cls``
-pooling without a CLS token); the pipeline's model checks run them beside ``check_model``.
+pooling without a CLS token). `refuse_known_problem(spec, check)` runs a model check behind
+`known_problem`: ``tasks.extract.check_model`` and ``load_extractor`` both go through it, so every
+public entry point refuses such a model by name; the pipeline's model checks add ``cls_pooling_problem``.
 
 Every error is a `ModelInputError` naming the model (spec name and id) and the problem.
 No torch in `resolve_access`; `huggingface_hub` is imported only for hub ids.
@@ -33,7 +35,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Callable, Literal, Mapping, TypeVar
 
 from tasks.extract import sources, split_zip
 from tasks.extract.errors import ModelInputError
@@ -361,12 +363,43 @@ def known_problem(spec: ModelSpec) -> str | None:
     (``use_return_dict``: setting it raised a raw ``AttributeError`` at the check, again at the
     extraction). A config that cannot be read, or a class only remote code defines, is None here:
     ``check_model`` tells why. Reads no network: a hub model is told once its config is cached.
-    The pipeline's model checks (``flows.pipeline.model_checks``) run this before ``check_model``
-    (whose own errors for these are unhelpful) and again after it (which may have fetched a hub
-    config); ``load_extractor`` called directly does not."""
-    if spec.loader not in ("hf", "random_hf"):
-        return None
-    cls = _config_class_of(spec)
+    Every public entry point (``check_model``, ``load_extractor``) runs it through `refuse_known_problem`."""
+    return _class_problem(spec, _config_class_of(spec) if spec.loader in ("hf", "random_hf") else None)
+
+
+_Checked = TypeVar("_Checked")
+
+
+def refuse_known_problem(spec: ModelSpec, check: Callable[[], _Checked]) -> _Checked:
+    """``check()`` (a model check, which may fetch a hub config) behind `known_problem`, whose problem
+    is raised as a `ModelInputError`. The config class is read once, before the check, where it can be
+    told then (the check's own errors for these models are unhelpful: Funnel); else (a hub model not
+    cached yet) after the check, which fetched the config, also when the check fails with another
+    error than a `ModelInputError` (chained). Returns what ``check()`` returns."""
+    told = _config_class_of(spec) if spec.loader in ("hf", "random_hf") else None
+    if told is not None:
+        _raise_problem(spec, _class_problem(spec, told))
+        return check()
+    try:
+        result = check()
+    except ModelInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised unless the config it fetched names a known problem
+        problem = known_problem(spec)
+        if problem is None:
+            raise
+        raise ModelInputError(spec.name, spec.id, problem) from exc
+    _raise_problem(spec, known_problem(spec))
+    return result
+
+
+def _raise_problem(spec: ModelSpec, problem: str | None) -> None:
+    if problem is not None:
+        raise ModelInputError(spec.name, spec.id, problem)
+
+
+def _class_problem(spec: ModelSpec, cls: type | None) -> str | None:
+    """`known_problem` of a spec whose config class is ``cls`` (None: not told)."""
     if cls is None:
         return None
     model_type = getattr(cls, "model_type", "")

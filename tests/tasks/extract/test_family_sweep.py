@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from torch import device as torch_device
 
 from tasks.extract import ModelInputError, check_model, extract_all, load_extractor
 from tasks.extract.spec import ModelSpec
@@ -120,12 +121,19 @@ def test_funnel_whose_type_maps_to_two_model_classes_is_a_model_input_error_with
     the modality check read the tuple as a class (`AttributeError: 'tuple' object has no attribute
     'forward'`) when `load_extractor` was called without the pipeline's `known_problem` pre-check. It now
     takes the first, as transformers does; transformers 5.23 itself cannot build a Funnel from a config
-    without `architectures` (a `TypeError` inside `from_config`), which is refused naming the model."""
+    without `architectures` (a `TypeError` inside `from_config`), which is refused naming the model.
+    The public entry points now run the pre-check themselves (`test_entry_checks.py`), so the model
+    check and build below are called directly."""
+    from tasks.extract import hf_models
+
     config = dict(d_model=32, n_head=2, d_head=16, d_inner=37, block_sizes=[1, 1], num_decoder_layers=1)
-    check_model(_spec("FunnelConfig", "language", config))  # the modality check passes
+    spec = _spec("FunnelConfig", "language", config)
+    checked = hf_models.check_model(spec)  # the modality check passes
     with pytest.raises(ModelInputError, match="cannot build the model from config") as info:
-        load_extractor(_spec("FunnelConfig", "language", config), device="cpu")
+        hf_models.load_random(spec, torch_device("cpu"), checked)
     assert "model 'swept' (id 'FunnelConfig')" in str(info.value)
+    with pytest.raises(ModelInputError, match="model type 'funnel' is not supported"):
+        load_extractor(spec, device="cpu")
 
 
 def test_a_random_flava_reads_its_image_size_from_image_config(images):
