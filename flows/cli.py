@@ -658,7 +658,8 @@ def _gc(args: argparse.Namespace) -> int:
     """Removes versions without a manifest whose writer died (``Store.sweep_abandoned``), shard
     folders no extraction will resume (``storage.shards``), report figures cached by other
     versions of the drawing code or written more than ``--older-than-days`` ago
-    (``storage.figure_cache``), with ``--keep-reports`` the older
+    (``storage.figure_cache``), temporary files under ``reports/`` that a killed writer left
+    (``storage.report_retention.dead_temporaries``), with ``--keep-reports`` the older
     run reports (``storage.report_retention``), with ``--keep-runs`` the published versions that
     none of the newest runs with results uses (``storage.run_retention``; published data is
     never touched otherwise) and, on S3, old incomplete uploads. Every item is printed with its
@@ -667,7 +668,7 @@ def _gc(args: argparse.Namespace) -> int:
     import math
 
     from storage.figure_cache import remove_old_figures, remove_stale_namespaces
-    from storage.report_retention import remove_stale_reports
+    from storage.report_retention import dead_temporaries, remove_stale_reports
     from storage.runs import CLOCK_SKEW_SECONDS, live_runs_since, mark_crashed_runs, open_for_gc
     from storage.shards import remove_stale_partials
     from storage.store import DamagedManifest
@@ -695,10 +696,15 @@ def _gc(args: argparse.Namespace) -> int:
                                      damaged=damaged)
     figure_bytes: dict[str, int] = {}
     figures = remove_stale_namespaces(store, dry_run=args.dry_run, sizes=figure_bytes)
-    old_figures = remove_old_figures(store, args.older_than_days * 86400.0, dry_run=args.dry_run)
     report_bytes: dict[str, int] = {}
     reports = [] if args.keep_reports is None else \
         remove_stale_reports(store, args.keep_reports, dry_run=args.dry_run, sizes=report_bytes)
+    # a killed writer's temporary page or figure (a dry run counts one in a folder listed above with it)
+    temporaries = {key: size for key, size in dead_temporaries(store, dry_run=args.dry_run).items()
+                   if not any(key.startswith(f"{tree}/") for tree in (*figures, *reports))}
+    old_figures = {key: size for key, size in
+                   remove_old_figures(store, args.older_than_days * 86400.0, dry_run=args.dry_run).items()
+                   if key not in temporaries}
     uploads = store.abandoned_uploads(args.older_than_days * 86400.0, dry_run=args.dry_run,  # not a live run's
                                       keep_since=min(gc_started - CLOCK_SKEW_SECONDS,
                                                      gc_started if live_since is None else live_since))
@@ -737,12 +743,15 @@ def _gc(args: argparse.Namespace) -> int:
         what = ("a manifest's temporary file (its writer was killed publishing)" if key.rsplit("/", 1)[-1].startswith(".manifest")
                 else "a claim attempt's temporary file (its writer was killed taking the claim)")
         _say(f"{verb} {key}: {what}, {size:,} bytes")
+    for key, size in temporaries.items():
+        _say(f"{verb} {key}: a temporary file of a report or cached figure (its writer was killed writing it), {size:,} bytes")
     parts = [(len(partials), "shard folder(s)", sum(entry["bytes"] for entry in partials)),
              (len(figures), "figure cache namespace(s) of older report code", sum(figure_bytes.values())),
              (len(old_figures), "cached report figure(s) older than --older-than-days", sum(old_figures.values())),
              (len(reports), "run report(s)", sum(report_bytes.values())),
              (len(swept), "unpublished version(s) of dead writers", sum(swept_bytes.get(v, 0) for v in swept)),
              (len(attempts), "claim attempt or manifest temporary file(s) of dead writers", sum(attempts.values())),
+             (len(temporaries), "report temporary file(s) of dead writers", sum(temporaries.values())),
              (len(uploads), "incomplete upload(s)", sum(upload["bytes"] for upload in uploads)),
              (len(versions), "published version(s) no kept run uses", sum(version_bytes[k] for k in versions)),
              (len(pointers), "rendered-dataset pointer(s) to removed datasets", sum(version_bytes[k] for k in pointers))]

@@ -87,17 +87,27 @@ def check_prefect_home(folder: Path, min_free_mb: float, home: Path | None = Non
     where = (f"PREFECT_HOME={str(folder)!r}" if home is None or folder == home
              else f"the folder {str(folder)!r} of Prefect's database (PREFECT_SERVER_DATABASE_CONNECTION_URL)")
     keeps = "Prefect's temporary API server of `prh run` keeps its database there"
-    try:
-        _write_probe(folder)
-    except OSError as error:
-        reason = error.strerror or str(error)
+    reason = folder_write_problem(folder)
+    if reason is not None:
         raise ValueError(f"{where}: cannot write there ({reason}); {keeps}: point PREFECT_HOME to a folder this user can "
-                         "write on a disk with room, or set PREFECT_API_URL to a running Prefect server") from None
+                         "write on a disk with room, or set PREFECT_API_URL to a running Prefect server")
     free_mb = shutil.disk_usage(folder).free / 2**20
     if free_mb < min_free_mb:
         raise ValueError(f"{where}: {free_mb:.0f} MiB free, less than the {min_free_mb:.0f} MiB a run needs; {keeps}: free "
                          "some space there, point PREFECT_HOME to a folder on a disk with room, or set PRH_MIN_FREE_MB "
                          "to accept less")
+
+
+def folder_write_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be created or cannot take a file, in the system's words (``Not a
+    directory``: a path under a file; ``Read-only file system``; ``Permission denied``; ``No
+    space left on device``), or None when a probe file of 4 KiB was written, synced and removed
+    there (``folder`` is created where it did not exist)."""
+    try:
+        _write_probe(folder)
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def _write_probe(folder: Path) -> None:

@@ -12,6 +12,8 @@ import argparse
 import base64
 import dataclasses
 import os
+import re
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,12 @@ ARTIFACT_KEY = "prh-report"
 REPORT_FILE = "report.html"
 # Largest heatmap (as base64) inlined into the markdown artifact; beyond it only the link is given.
 ARTIFACT_IMAGE_LIMIT = 200_000
+#: The temporary name :func:`_write_all` writes a file under before renaming it: ``.<name>.tmp-<32 hex>``.
+TEMPORARY_FILE = re.compile(r"\..+\.tmp-[0-9a-f]{32}")
+#: A temporary file of a report folder older than this (seconds) is a killed writer's: one in
+#: flight lives as long as its report takes to write its files (seconds). As the store's
+#: temporary files of dead writers (``storage.store.STALE_CLAIM_SECONDS``).
+STALE_TEMPORARY_S = 300.0
 
 
 def add_report_arguments(parser: argparse.ArgumentParser, store_help: str) -> None:
@@ -75,7 +83,8 @@ def write_report(
 ) -> tuple[Path, "Report"]:
     """Build the report of ``run_id`` (default: latest run that published results) and write it under ``out``:
     ``report.html`` (self-contained) and ``figures/<name>.png|svg``, then remove the figures an
-    earlier report left there (:func:`remove_stale_figures`). Returns (page path, report).
+    earlier report left there (:func:`remove_stale_figures`) and the temporary files of a report
+    killed while writing there (:func:`remove_dead_temporaries`). Returns (page path, report).
     ``ValueError`` saying why when the run has no alignment results (``no_results_reason``):
     nothing is written."""
     from storage.figure_cache import StoreFigureCache
@@ -99,7 +108,28 @@ def write_report(
     files = report.files()
     _write_all(out, sorted(files.items(), key=lambda item: item[0] == REPORT_FILE))  # the page last
     remove_stale_figures(out, set(files))
+    remove_dead_temporaries(out)
     return out / REPORT_FILE, report
+
+
+def remove_dead_temporaries(out: Path, stale_after_s: float = STALE_TEMPORARY_S, now: float | None = None) -> list[str]:
+    """Remove the temporary files (:data:`TEMPORARY_FILE`) in ``out`` and ``out/figures`` that were
+    last written more than ``stale_after_s`` seconds before ``now``: those of a ``prh report`` killed
+    (``kill -9``, a machine that died) between writing and renaming them, which nothing else would
+    ever remove. Younger ones may be another report's in flight and are left. Plain files only; one
+    that cannot be removed is left for the next report. Returns their paths relative to ``out``."""
+    now = time.time() if now is None else now
+    removed = []
+    for folder in (out, out / "figures"):
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            try:
+                if (TEMPORARY_FILE.fullmatch(path.name) and path.is_file() and not path.is_symlink()
+                        and now - path.stat().st_mtime > stale_after_s):
+                    path.unlink()
+                    removed.append(str(path.relative_to(out)))
+            except OSError:  # removed meanwhile by another report, or not removable: the report is written all the same
+                continue
+    return removed
 
 
 def _write_all(out: Path, files: list[tuple[str, bytes]]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +32,11 @@ GPU_TAG = "prh-gpu"  # tasks.extract_task.GPU_TAG (not imported: keeps this modu
 HISTORY_DAYS = 90
 #: Prefect's lease storage that outlives a server restart (``PREFECT_HOME/concurrency_leases``).
 LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+#: A log file of the home (``server.log``, ``worker-*.log``) is rotated once it holds this many
+#: bytes (:func:`rotate_log`), at start-up and then at most a second later while ``make serve`` runs.
+LOG_MAX_BYTES = 10 * 2**20
+#: Rotated copies kept of each log (``worker-prh-cpu.log.1`` the newest, ... ``.3`` the oldest).
+LOG_KEEP = 3
 
 
 def prefect_env(port: int, home: Path, base: Mapping[str, str] | None = None,
@@ -261,6 +267,64 @@ def start_logged_worker(pool: str, env: Mapping[str, str], log_dir: Path | None,
         return start_worker(pool, env, log, limit=limit)
 
 
+def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> bool:
+    """Rotate ``path`` once it holds ``max_bytes`` or more: it is copied (to ``path.rotating``),
+    ``path.<keep-1>`` becomes ``path.<keep>`` (the oldest copy is dropped), ..., ``path.1``
+    becomes ``path.2``, the copy becomes ``path.1``, then ``path`` is emptied in place
+    ("copytruncate"). The server and the workers keep the file open and write on: they opened it
+    for appending, so their next line lands at its new start. A line written between the end of
+    the copy and the truncation (a few renames: microseconds) is lost. A copy that fails (a full
+    disk) changes nothing (``OSError``). Returns whether it rotated (False: smaller, or missing).
+    ``keep`` >= 1."""
+    try:
+        if path.stat().st_size < max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    copies = [path.with_name(f"{path.name}.{i}") for i in range(1, keep + 1)]
+    rotating = path.with_name(f"{path.name}.rotating")
+    try:
+        with open(path, "r+b") as source:
+            with open(rotating, "wb") as copy:
+                shutil.copyfileobj(source, copy, 1 << 20)
+            for older, newer in reversed(list(zip(copies, copies[1:]))):
+                if older.exists():
+                    os.replace(older, newer)
+            os.replace(rotating, copies[0])
+            source.truncate(0)
+    finally:
+        rotating.unlink(missing_ok=True)
+    return True
+
+
+#: Seconds before a log whose rotation failed is tried again (each try copies the whole file).
+LOG_RETRY_S = 60.0
+
+
+def rotate_logs(home: Path, failed: dict[Path, float] | None = None) -> None:
+    """:func:`rotate_log` of ``server.log`` and every ``worker-*.log`` in ``home``. A rotation that
+    fails (a full disk) never stops the server: it is said on stderr the first time, and tried
+    again :data:`LOG_RETRY_S` later (``failed``: each such file's time of failure, kept by the caller)."""
+    failed = {} if failed is None else failed
+    now = time.monotonic()
+    for path in [home / "server.log", *sorted(home.glob("worker-*.log"))]:
+        if now - failed.get(path, -LOG_RETRY_S) < LOG_RETRY_S:
+            continue
+        try:
+            rotate_log(path, LOG_MAX_BYTES, LOG_KEEP)
+        except OSError as error:
+            if path not in failed:
+                print(f"could not rotate {path}: {error.strerror or error}; it grows on until a rotation succeeds "
+                      f"(tried every {LOG_RETRY_S:g} s)", file=sys.stderr, flush=True)
+            failed[path] = now
+
+
+def _not_written(error: OSError, what_then: str) -> str:
+    """One line for a file of the home that cannot be opened or written (``error`` names it)."""
+    return (f"cannot write {error.filename}: {error.strerror or error}; give PREFECT_HOME (--home DIR) a folder this "
+            f"user can write on a disk with room; {what_then}")
+
+
 def stop(proc: subprocess.Popen[Any], grace: float = 10) -> None:
     """Stop ``proc`` and its process group by PID: TERM, then INT, then KILL."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
@@ -305,8 +369,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = prefect_env(args.port, Path(args.home), history_days=args.history_days)
     api_url = env["PREFECT_API_URL"]
     children: list[subprocess.Popen[bytes]] = []
+    rotation_failed: dict[Path, float] = {}  # logs whose rotation failed: when (rotate_logs)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` (systemd, docker stop) stops the children too, as Ctrl-C
-    Path(args.home).mkdir(parents=True, exist_ok=True)
+    from flows.prefect_env import folder_write_problem  # light: no Prefect import
+
+    problem = folder_write_problem(Path(args.home))  # created here where it does not exist
+    if problem is not None:  # a path under a file, a read-only disk, no permission, a full disk
+        print(f"PREFECT_HOME {args.home}: cannot write there ({problem}); the Prefect server keeps its database, "
+              "logs and lock there: give a folder this user can write on a disk with room (--home DIR, or "
+              "PREFECT_HOME); nothing was started", file=sys.stderr)
+        return 2
     plugins = check_metric_modules()
     if plugins is not None:
         print(f"{plugins}\n(the UI form would list no metric of it; fix it, or unset PRH_METRIC_MODULES)", file=sys.stderr)
@@ -315,12 +387,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"port {args.port} on 127.0.0.1 is in use (another Prefect server?): stop it, or pick another port "
               f"(make serve PORT=4300)", file=sys.stderr)
         return 2
-    home_lock, holder = hold_home(Path(args.home), args.port)
+    try:
+        home_lock, holder = hold_home(Path(args.home), args.port)
+    except OSError as error:  # serve.lock cannot be opened (a folder of that name, the disk changed since)
+        print(_not_written(error, "nothing was started"), file=sys.stderr)
+        return 2
     if home_lock is None:  # a second server on the same SQLite database: both would write it
         print(f"PREFECT_HOME {args.home} is used by another `make serve` ({holder or 'its process'}): stop it, or give "
               "this one its own home (python -m flows.serve --home DIR)", file=sys.stderr)
         return 2
     try:
+        rotate_logs(Path(args.home), rotation_failed)  # what earlier runs wrote, before the server and workers append to it
         print(f"starting the Prefect server on 127.0.0.1:{args.port} (PREFECT_HOME={args.home}) ...", flush=True)
         server_log = open(Path(args.home) / "server.log", "ab")
         children.append(start_server(args.port, env, server_log))
@@ -349,10 +426,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         while all(child.poll() is None for child in children):
             time.sleep(1)
+            rotate_logs(Path(args.home), rotation_failed)
         print("a child process exited; stopping", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
+    except OSError as error:
+        if error.filename is None or Path(str(error.filename)).parent != Path(args.home):
+            raise  # not a file of the home (a log, the lock)
+        print(_not_written(error, "stopped what had been started"), file=sys.stderr)  # the finally below stops them
+        return 2
     finally:
         for child in reversed(children):
             stop(child)

@@ -32,6 +32,7 @@ error naming the character and the encoding.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import json
@@ -111,23 +112,49 @@ def result_rows(schema: pa.Schema, batches: Iterable[pa.RecordBatch],
     need it (dates, times, timestamps) is first written to an anonymous temporary file (Arrow
     IPC, on the default temporary folder: disk as large as the result, memory one batch) while
     that is decided, then read back; this happens before the first row is given, so a query that
-    fails while it runs raises here, having given no row."""
+    fails while it runs raises here, having given no row. A temporary folder that cannot take that
+    file (full, read-only, missing, no permission) is a ``ValueError`` naming it and ``TMPDIR``
+    (:func:`_spill_errors`)."""
     risky = [i for i, f in enumerate(schema) if _may_need_duckdb_text(f.type)]
     if not risky:
         return _rows_of(schema, batches, [None] * len(schema), piece_bytes)
-    spill = tempfile.TemporaryFile(prefix="prh-sql-")  # noqa: SIM115 - closed by _spilled_rows
+    with _spill_errors():
+        spill = tempfile.TemporaryFile(prefix="prh-sql-")  # noqa: SIM115 - closed by _spilled_rows
     try:
         as_text: list[bool | None] = [False if i in risky else None for i in range(len(schema))]
-        with pa.ipc.new_stream(spill, schema) as writer:
-            for batch in batches:
+        with _spill_errors():
+            writer = pa.ipc.new_stream(spill, schema)
+        for batch in batches:  # the query's own errors pass unchanged
+            with _spill_errors():
                 writer.write_batch(batch)
-                for i in risky:
-                    as_text[i] = as_text[i] or _needs_duckdb_text(pa.chunked_array([batch.column(i)], schema.field(i).type))
-        spill.seek(0)
+            for i in risky:
+                as_text[i] = as_text[i] or _needs_duckdb_text(pa.chunked_array([batch.column(i)], schema.field(i).type))
+        with _spill_errors():
+            writer.close()
+            spill.seek(0)
     except BaseException:
-        spill.close()
+        with contextlib.suppress(OSError):  # its buffer's flush fails again on a full disk; the file is closed all the same
+            spill.close()
         raise
     return _spilled_rows(spill, schema, as_text, piece_bytes)
+
+
+@contextlib.contextmanager
+def _spill_errors() -> Iterator[None]:
+    """An ``OSError`` of the temporary file :func:`result_rows` spills a result to (``No space left
+    on device``, ``Read-only file system``, no usable temporary folder) re-raised as a
+    ``ValueError`` naming the temporary folder and what to do: ``prh sql`` had said "cannot write
+    the output" (the output was fine) or printed Python's bare error."""
+    try:
+        yield
+    except OSError as error:
+        try:
+            folder = f"the temporary folder {tempfile.gettempdir()!r}"
+        except OSError:  # none of TMPDIR, TEMP, TMP, /tmp, /var/tmp, /usr/tmp, the working folder takes a file
+            folder = "the temporary folders"
+        raise ValueError(f"{folder} cannot take the result ({error.strerror or error}): a result with date or time "
+                         "columns is first written to a temporary file there, as large as the result; set TMPDIR to a "
+                         "folder this user can write, with room for it") from None
 
 
 def _spilled_rows(spill: IO[bytes], schema: pa.Schema, as_text: list[bool | None],
@@ -449,8 +476,9 @@ def write_json_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch], out:
         text = json_text(dict(zip(names, (json_value(v) for v in row))), indent=2, depth=1, ensure_ascii=False)
         out.write(_encodable(("," if number else "") + "\n  " + text, encoding))
 
+    rows = result_rows(schema, batches)  # a result spilled first (dates, times) fails here, before "[" is written
     out.write("[")
-    written = _each_written(result_rows(schema, batches), write)
+    written = _each_written(rows, write)
     out.write("]\n" if written == 0 else "\n]\n")
 
 
@@ -516,8 +544,9 @@ def write_csv_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch], out: 
         writer.writerow(cells)
         out.write(line.getvalue()[:-2] + "\n")
 
+    rows = result_rows(schema, batches)  # a result spilled first (dates, times) fails here, before the header
     write(schema.names)
-    _each_written(result_rows(schema, batches), lambda row, _: write([csv_cell(v) for v in row]))
+    _each_written(rows, lambda row, _: write([csv_cell(v) for v in row]))
 
 
 #: Most rows the table format prints: a terminal table of 2,000,000 rows took minutes and 1.9 GB

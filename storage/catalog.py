@@ -539,7 +539,12 @@ def lock_down(con: duckdb.DuckDBPyConnection, allowed_directories: list[str],
         spelling for d in allowed_directories for spelling in (d, escape_glob(d))))
     # DuckDB also allows its temporary directory (default ``.tmp`` in the working directory, where
     # anything may lie): a fresh private path instead, created only if a query spills to disk.
-    private = os.path.join(tempfile.gettempdir(), f"prh-duckdb-{uuid.uuid4().hex}")
+    try:
+        folder = tempfile.gettempdir()
+    except OSError as error:  # none of TMPDIR, TEMP, TMP, /tmp, /var/tmp, /usr/tmp, the working folder takes a file
+        raise ValueError(f"no temporary folder can be written ({error.strerror or error}); a query spills to one: set "
+                         "TMPDIR to a folder this user can write, with room") from None
+    private = os.path.join(folder, f"prh-duckdb-{uuid.uuid4().hex}")
     con.execute(f"SET temp_directory = {_literal(private)}")
     con.execute(f"SET allowed_directories = [{listing}]")
     if allowed_paths:

@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -450,3 +452,33 @@ def test_a_run_without_results_is_an_error_that_says_why(store, tmp_path, capsys
         assert all(part in captured.err for part in said), captured.err
         assert "written to" not in captured.out
     assert (out / "report.html").read_bytes() == page
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from flows.report import _write_all
+os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)  # killed once every file is written, before the renames
+_write_all(Path(sys.argv[1]), [("figures/model-heatmap-x.png", b"png"), ("report.html", b"<html>")])
+"""
+
+
+def test_the_temporary_files_of_a_killed_report_are_removed_by_the_next_one(store, tmp_path):
+    """`prh report` killed with SIGKILL while writing (here between writing its temporary files and
+    renaming them) left `.report.html.tmp-<hex>` and `figures/.<figure>.tmp-<hex>` in its folder for
+    good: every such kill added a page's worth. The next report into the folder removes those older
+    than 5 minutes; a younger one may be another report's in flight and stays."""
+    out = tmp_path / "out"
+    out.mkdir()
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(out)], cwd=Path(__file__).resolve().parents[2])
+    assert killed.returncode == -9
+    left = sorted(p for p in out.rglob("*.tmp-*"))
+    assert [p.name.split(".tmp-")[0] for p in left] == [".report.html", ".model-heatmap-x.png"]
+    old = time.time() - 600
+    for path in left:
+        os.utime(path, (old, old))
+    in_flight = out / "figures" / f".size-x.png.tmp-{'0' * 32}"
+    in_flight.write_bytes(b"being written")
+    assert main(["report", "--store", store[0], "--out", str(out)]) == 0
+    assert sorted(out.rglob("*.tmp-*")) == [in_flight]
+    assert (out / "report.html").is_file()

@@ -508,3 +508,60 @@ def test_a_query_failing_after_its_first_rows_says_how_many_were_written():
             write(*query_batches(con, query, batch_rows=1000), out)
         rows = int(str(raised.value).split()[4].replace(",", ""))
         assert rows > 0 and len(out.getvalue().splitlines()) == lines_of(rows), write.__name__
+
+
+
+@pytest.mark.parametrize("folder, output", [("under a file", "csv"), ("full", "json")])
+def test_a_temporary_folder_that_cannot_take_a_spilled_result_is_one_line(tmp_path, capsys, monkeypatch, folder, output):
+    """`prh sql --format csv|json` writes a result with a date or time column to a temporary file
+    first. A temporary folder that could not take it ended with `cannot write the output: No space
+    left on device` (the output was fine; the failing close of the spill file had hidden the first
+    error) or Python's bare `[Errno 20] Not a directory: '.../prh-sql-...'`, after the header or `[`
+    was written. Now: one line naming the folder and TMPDIR, exit 2, nothing written, nothing left."""
+    import contextlib
+    import tempfile
+
+    from flows.cli import main
+    from storage.store import Store
+    from tests.storage.small_disk import tmpfs
+
+    store = Store(str(tmp_path / "store"))
+    store.write_bytes("runs/r.json", json.dumps({"run_id": "r", "status": "COMPLETED"}).encode())
+    query = "select timestamp '2020-01-01' + to_seconds(i) as t, i from range(100000) r(i)"  # 1.6 MB of Arrow
+    with contextlib.ExitStack() as stack:
+        if folder == "under a file":
+            (tmp_path / "file").write_text("x")
+            temp, reason = tmp_path / "file" / "tmp", "Not a directory"
+        else:
+            temp, reason = stack.enter_context(tmpfs(tmp_path / "disk", 256)), "No space left on device"
+        monkeypatch.setattr(tempfile, "tempdir", str(temp))  # what TMPDIR names, once Python has found it usable
+        assert main(["sql", query, "--store", store.url, "--format", output]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err == (f"prh sql: error: the temporary folder '{temp}' cannot take the result ({reason}): a "
+                                "result with date or time columns is first written to a temporary file there, as large as "
+                                "the result; set TMPDIR to a folder this user can write, with room for it\n")
+        if folder == "full":
+            assert list(temp.iterdir()) == []  # the anonymous file is gone with its space
+
+
+def test_no_usable_temporary_folder_is_one_line_naming_tmpdir(tmp_path, capsys, monkeypatch):
+    """Where Python finds no temporary folder that takes a file (TMPDIR, /tmp, /var/tmp, /usr/tmp and
+    the working folder all refuse), every `prh sql` ended with `[Errno 2] No usable temporary
+    directory found in [...]` from the catalog's DuckDB spill folder: now it says to set TMPDIR."""
+    import errno
+    import tempfile
+
+    from flows.cli import main
+    from storage.store import Store
+
+    def none_usable() -> str:
+        raise FileNotFoundError(errno.ENOENT, "No usable temporary directory found in ['/x', '/tmp']")
+
+    store = Store(str(tmp_path / "store"))
+    store.write_bytes("runs/r.json", json.dumps({"run_id": "r", "status": "COMPLETED"}).encode())
+    monkeypatch.setattr(tempfile, "gettempdir", none_usable)
+    assert main(["sql", "select 1", "--store", store.url]) == 2
+    assert capsys.readouterr().err == ("prh sql: error: no temporary folder can be written (No usable temporary directory "
+                                       "found in ['/x', '/tmp']); a query spills to one: set TMPDIR to a folder this user "
+                                       "can write, with room\n")

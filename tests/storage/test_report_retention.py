@@ -74,3 +74,46 @@ def test_gc_keep_reports_zero_is_accepted_and_removes_every_report(tmp_path, cap
     assert main(["gc", "--store", url, "--keep-reports", "0"]) == 0
     assert "removed reports/run-0: a run report older than the 0 kept" in capsys.readouterr().out
     assert not store.exists("reports/run-0/report.html") and store.exists(figure)
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from storage.store import Store
+os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)  # killed between writing and renaming
+Store(sys.argv[1]).write_bytes(sys.argv[2], b"<html>" * 1000)
+"""
+
+
+def test_gc_removes_the_temporary_files_of_killed_report_writers(tmp_path, capsys) -> None:
+    """A run killed (SIGKILL) while storing its report page, or a figure into the cache, left
+    `reports/<run_id>/.report.html.tmp-<uuid>` (`reports/figures/<ns>/.<digest>.png.tmp-<uuid>`) for
+    good: `prh gc` swept only the temporary files of claims and manifests. It removes those older
+    than 5 minutes now; a younger one may be a writer's in flight and stays."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    url = str(tmp_path / "store")
+    store = Store(url)
+    store.write_bytes("runs/run-1.json", json.dumps({"run_id": "run-1", "status": "COMPLETED"}).encode())
+    root = Path(__file__).resolve().parents[2]
+    figure = f"reports/figures/{drawing_version()}/abc.png"
+    for key in ("reports/run-1/report.html", figure):
+        assert subprocess.run([sys.executable, "-c", KILLED_WRITER, url, key], cwd=root).returncode == -9
+    left = sorted((tmp_path / "store" / "reports").rglob("*.tmp-*"))
+    assert [p.name.split(".tmp-")[0] for p in left] == [".abc.png", ".report.html"]
+    old = time.time() - 600
+    for path in left:
+        os.utime(path, (old, old))
+    in_flight = tmp_path / "store" / "reports" / "run-1" / f".report.html.tmp-{'0' * 32}"
+    in_flight.write_bytes(b"being written")
+    assert main(["gc", "--store", url, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("a temporary file of a report or cached figure (its writer was killed writing it), 6,000 bytes") == 2
+    assert "2 report temporary file(s) of dead writers 12,000 bytes" in out and "cached report figure" not in out
+    assert sorted((tmp_path / "store" / "reports").rglob("*.tmp-*")) == sorted([*left, in_flight])
+    assert main(["gc", "--store", url]) == 0
+    assert sorted((tmp_path / "store" / "reports").rglob("*.tmp-*")) == [in_flight]
+    assert "removed reports/run-1/.report.html.tmp-" in capsys.readouterr().out

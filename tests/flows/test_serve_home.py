@@ -1,0 +1,148 @@
+"""`make serve` (``python -m flows.serve``) and its PREFECT_HOME: a home it cannot write is one
+line before anything starts, and the logs it keeps there are rotated by size."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows import serve
+from tests.storage.small_disk import remount_read_only, tmpfs
+
+
+@pytest.fixture
+def quiet_serve(monkeypatch):
+    """``serve.main`` in this process with nothing of Prefect's: the server a sleeping process (the
+    list ``started`` gets each), no API calls; the SIGTERM handler ``main`` sets is put back."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def sleeper(*args, **kwargs):
+        started.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True))
+        return started[-1]
+
+    monkeypatch.setattr(serve, "start_server", sleeper)
+    for name in ("wait_healthy", "ensure_work_pool", "ensure_concurrency_limit", "deploy_all"):
+        monkeypatch.setattr(serve, name, lambda *a, **k: None)
+    monkeypatch.setattr(serve, "schedule_states", lambda *a, **k: {})
+    monkeypatch.setattr(serve, "restore_schedule_states", lambda *a, **k: [])
+    monkeypatch.setattr(serve, "port_in_use", lambda *a: False)
+    monkeypatch.delenv("PRH_METRIC_MODULES", raising=False)
+    previous = signal.getsignal(signal.SIGTERM)
+    yield started
+    signal.signal(signal.SIGTERM, previous)
+    for proc in started:
+        serve.stop(proc, grace=1)
+
+
+def _refused(home: Path, reason: str, capsys) -> None:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"PREFECT_HOME {home}: cannot write there ({reason});") and "nothing was started" in err, err
+
+
+def test_a_home_under_a_file_is_refused_in_one_line_before_anything_starts(tmp_path, quiet_serve, capsys):
+    """`make serve` with PREFECT_HOME under a file ended in a NotADirectoryError traceback (from
+    the home's mkdir), exit 1."""
+    (tmp_path / "file").write_text("x")
+    home = tmp_path / "file" / "home"
+    assert serve.main(["--port", "4391", "--home", str(home)]) == 2
+    _refused(home, "Not a directory", capsys)
+    assert quiet_serve == []
+
+
+def test_a_read_only_home_is_refused_in_one_line_before_anything_starts(tmp_path, quiet_serve, capsys):
+    """A read-only home (here a read-only tmpfs, which root cannot write either) ended in an
+    `OSError: [Errno 30] Read-only file system: '.../serve.lock'` traceback; a folder to be
+    created on it, in one from the home's mkdir."""
+    with tmpfs(tmp_path / "disk", 256) as disk:
+        remount_read_only(disk)
+        for home in (disk, disk / "sub"):
+            assert serve.main(["--port", "4391", "--home", str(home)]) == 2
+            _refused(home, "Read-only file system", capsys)
+    assert quiet_serve == []
+
+
+def test_a_log_that_cannot_be_opened_stops_what_was_started(tmp_path, quiet_serve, capsys):
+    """The home takes files, but the CPU worker's log cannot be opened (a folder of its name):
+    one line naming it, exit 2, and the server already started is stopped, not left running."""
+    home = tmp_path / "home"
+    (home / "worker-prh-cpu.log").mkdir(parents=True)
+    assert serve.main(["--port", "4391", "--home", str(home)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"cannot write {home / 'worker-prh-cpu.log'}: Is a directory;") and "stopped what had been" in err
+    (server,) = quiet_serve
+    assert server.poll() is not None  # stopped by main, not by the fixture
+
+
+def test_rotate_log_keeps_a_bounded_number_of_copies_and_the_writer_writes_on(tmp_path):
+    """A log at the size limit is copied to `.1` (older copies shift, the oldest beyond `keep` is
+    dropped) and emptied in place; a writer holding it open for appending goes on at its start."""
+    log = tmp_path / "worker-prh-cpu.log"
+    with open(log, "ab", buffering=0) as writer:
+        written = []
+        for i in range(6):
+            chunk = f"chunk {i}\n".encode() * 20  # 160 bytes
+            writer.write(chunk)
+            written.append(chunk)
+            assert serve.rotate_log(log, max_bytes=100, keep=3)
+            assert log.stat().st_size == 0
+        assert not serve.rotate_log(log, max_bytes=100, keep=3)  # empty: below the limit
+        writer.write(b"after\n")
+    assert log.read_bytes() == b"after\n"
+    assert [log.with_name(f"{log.name}.{i}").read_bytes() for i in (1, 2, 3)] == written[::-1][:3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [log.name, *(f"{log.name}.{i}" for i in (1, 2, 3))]
+    assert not serve.rotate_log(tmp_path / "missing.log", max_bytes=1)
+
+
+SERVE_ROTATES_CHILD = """
+import subprocess, sys
+from flows import serve
+serve.LOG_MAX_BYTES = 2000
+def server(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+# the real start_worker; its `prefect` writes a numbered line of 100 bytes every 10 ms
+serve.prefect_cli = lambda: [sys.executable, "-c", "import time\\nfor i in range(100000): "
+                             "print(f'{i:08d}'.ljust(99, '.'), flush=True); time.sleep(0.01)"]
+serve.start_server = server
+serve.wait_healthy = serve.ensure_work_pool = serve.ensure_concurrency_limit = serve.deploy_all = lambda *a, **k: None
+serve.schedule_states, serve.restore_schedule_states, serve.port_in_use = (lambda *a, **k: {}), (lambda *a, **k: []), (lambda *a: False)
+raise SystemExit(serve.main(["--home", sys.argv[1]]))
+"""
+
+
+def test_serve_rotates_a_worker_log_while_it_runs(tmp_path):
+    """A worker's log (`worker-prh-cpu.log`: the worker's and its flow runs' output) grew for as
+    long as `make serve` ran. It is rotated now while the worker writes to it: the live file and
+    its 3 copies stay near the limit (the limit plus what a second adds), and the copies hold
+    consecutive lines, newest in `.1`."""
+    root = Path(__file__).resolve().parents[2]
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "worker-prh-cpu.log.3").write_text("oldest\n")  # from an earlier run: dropped at the third rotation
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_ROTATES_CHILD, str(home)], cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if "Ctrl-C stops everything" in line:
+                break
+        log = home / "worker-prh-cpu.log"
+        copies = [home / f"worker-prh-cpu.log.{i}" for i in (1, 2, 3)]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (copies[2].exists() and copies[2].read_text() != "oldest\n"):
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert copies[2].read_text() != "oldest\n", "the log was not rotated three times within 30 s"
+    numbers = [[int(line[:8]) for line in path.read_text().splitlines()] for path in (copies[2], copies[1], copies[0])]
+    assert all(numbers), numbers
+    for older, newer in zip(numbers, numbers[1:]):
+        assert newer[0] > older[-1]  # newest copy is .1
+    for path in (log, *copies):
+        assert path.stat().st_size < 2000 + 100 * 150, path  # the limit plus 1.5 s of lines at 100 per second
+    assert sorted(p.name for p in home.glob("worker-*")) == sorted(p.name for p in (log, *copies))
