@@ -374,12 +374,15 @@ def _run(args: argparse.Namespace) -> int:
         Store(store)  # its URL checked (an empty --store "" or $PRH_STORE is refused), nothing read or written
         return _check_zoo(config)
 
-    from flows.quiet_errors import tracebacks_kept
-    from flows.runners import check_run_environment
+    from flows.prefect_env import home_warning_held
 
-    check_run_environment()  # PRH_TASK_RUNNER, PRH_DASK_WORKERS, PRH_MODEL_LOAD_TIMEOUT: before any server starts
-    tracebacks_kept()  # a PRH_TRACEBACKS neither yes nor no fails here, before any server starts
-    _check_prefect()  # PREFECT_API_URL answers, or PREFECT_HOME takes the temporary server's database
+    with home_warning_held():  # Prefect's 2-line warning of a home it cannot create (first import): prh's own line says it
+        from flows.quiet_errors import tracebacks_kept
+        from flows.runners import check_run_environment
+
+        check_run_environment()  # PRH_TASK_RUNNER, PRH_DASK_WORKERS, PRH_MODEL_LOAD_TIMEOUT: before any server starts
+        tracebacks_kept()  # a PRH_TRACEBACKS neither yes nor no fails here, before any server starts
+        _check_prefect()  # PREFECT_API_URL answers, or PREFECT_HOME takes the temporary server's database
     target = Store(store)
     target.check_writable()  # a store that cannot take writes fails here, before any server starts
     _check_demo_pairs(config, target)  # an OpenMoji n beyond the emoji the font draws: before any server starts
@@ -658,8 +661,8 @@ def _gc(args: argparse.Namespace) -> int:
     """Removes versions without a manifest whose writer died (``Store.sweep_abandoned``), shard
     folders no extraction will resume (``storage.shards``), report figures cached by other
     versions of the drawing code or written more than ``--older-than-days`` ago
-    (``storage.figure_cache``), temporary files under ``reports/`` that a killed writer left
-    (``storage.report_retention.dead_temporaries``), with ``--keep-reports`` the older
+    (``storage.figure_cache``), temporary files under ``reports/`` and ``runs/`` that a killed
+    writer left (``storage.temporaries.dead_temporaries``), with ``--keep-reports`` the older
     run reports (``storage.report_retention``), with ``--keep-runs`` the published versions that
     none of the newest runs with results uses (``storage.run_retention``; published data is
     never touched otherwise) and, on S3, old incomplete uploads. Every item is printed with its
@@ -667,11 +670,13 @@ def _gc(args: argparse.Namespace) -> int:
     be), each measured before its removal."""
     import math
 
+    from storage import layout
     from storage.figure_cache import remove_old_figures, remove_stale_namespaces
-    from storage.report_retention import dead_temporaries, remove_stale_reports
+    from storage.report_retention import REPORTS, remove_stale_reports
     from storage.runs import CLOCK_SKEW_SECONDS, live_runs_since, mark_crashed_runs, open_for_gc
     from storage.shards import remove_stale_partials
     from storage.store import DamagedManifest
+    from storage.temporaries import dead_temporaries
 
     if not (math.isfinite(args.older_than_days) and args.older_than_days >= 0):
         raise ValueError(f"--older-than-days must be a number >= 0, got {args.older_than_days}")
@@ -700,8 +705,10 @@ def _gc(args: argparse.Namespace) -> int:
     reports = [] if args.keep_reports is None else \
         remove_stale_reports(store, args.keep_reports, dry_run=args.dry_run, sizes=report_bytes)
     # a killed writer's temporary page or figure (a dry run counts one in a folder listed above with it)
-    temporaries = {key: size for key, size in dead_temporaries(store, dry_run=args.dry_run).items()
+    temporaries = {key: size for key, size in dead_temporaries(store, REPORTS, dry_run=args.dry_run).items()
                    if not any(key.startswith(f"{tree}/") for tree in (*figures, *reports))}
+    # a killed writer's temporary run record or sign of life
+    run_temporaries = dead_temporaries(store, layout.RUNS, dry_run=args.dry_run)
     old_figures = {key: size for key, size in
                    remove_old_figures(store, args.older_than_days * 86400.0, dry_run=args.dry_run).items()
                    if key not in temporaries}
@@ -745,6 +752,8 @@ def _gc(args: argparse.Namespace) -> int:
         _say(f"{verb} {key}: {what}, {size:,} bytes")
     for key, size in temporaries.items():
         _say(f"{verb} {key}: a temporary file of a report or cached figure (its writer was killed writing it), {size:,} bytes")
+    for key, size in run_temporaries.items():
+        _say(f"{verb} {key}: a temporary file of a run record or sign of life (its writer was killed writing it), {size:,} bytes")
     parts = [(len(partials), "shard folder(s)", sum(entry["bytes"] for entry in partials)),
              (len(figures), "figure cache namespace(s) of older report code", sum(figure_bytes.values())),
              (len(old_figures), "cached report figure(s) older than --older-than-days", sum(old_figures.values())),
@@ -752,6 +761,7 @@ def _gc(args: argparse.Namespace) -> int:
              (len(swept), "unpublished version(s) of dead writers", sum(swept_bytes.get(v, 0) for v in swept)),
              (len(attempts), "claim attempt or manifest temporary file(s) of dead writers", sum(attempts.values())),
              (len(temporaries), "report temporary file(s) of dead writers", sum(temporaries.values())),
+             (len(run_temporaries), "run temporary file(s) of dead writers", sum(run_temporaries.values())),
              (len(uploads), "incomplete upload(s)", sum(upload["bytes"] for upload in uploads)),
              (len(versions), "published version(s) no kept run uses", sum(version_bytes[k] for k in versions)),
              (len(pointers), "rendered-dataset pointer(s) to removed datasets", sum(version_bytes[k] for k in pointers))]

@@ -16,16 +16,47 @@ error '500 Internal Server Error'`` (:func:`prefect_out_of_room` names the cause
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
+from typing import Any, Iterator
 
 from storage.error_chain import error_chain
 
 #: A Prefect API failure with less room than this beside the server's database is put down to it.
 LOW_ROOM_MB = 16.0
+#: How the ``UserWarning`` starts that Prefect gives, once, when its settings are first read
+#: (``prefect.context`` imported) and ``PREFECT_HOME`` does not exist and cannot be created.
+HOME_NOT_CREATED = "Failed to create the Prefect home directory at "
+
+
+@contextlib.contextmanager
+def home_warning_held() -> Iterator[None]:
+    """Inside the block, Prefect's warning that it could not create ``PREFECT_HOME``
+    (:data:`HOME_NOT_CREATED`, two lines on stderr) is held back; every other warning is shown as
+    usual. A block that raises drops it: there prh's own one line
+    (:func:`check_prefect_environment`) names the home, the reason and what to do. A block that
+    ends normally gives it then, as Prefect would have (the run goes on without that home: a
+    ``PREFECT_API_URL`` server, a database kept elsewhere). Not for threads: it swaps
+    ``warnings.showwarning`` for the block's time."""
+    held: list[tuple[tuple[Any, ...], dict[str, Any]]] = []  # showwarning's arguments
+    with warnings.catch_warnings():  # puts showwarning (and the filters) back at the end
+        shown = warnings.showwarning
+
+        def hold(message: Warning | str, category: type[Warning], *where: Any, **more: Any) -> None:
+            if issubclass(category, UserWarning) and str(message).startswith(HOME_NOT_CREATED):
+                held.append(((message, category, *where), more))
+            else:
+                shown(message, category, *where, **more)
+
+        warnings.showwarning = hold
+        yield
+    for args, more in held:
+        warnings.showwarning(*args, **more)
 
 
 def check_prefect_environment(min_free_mb: float) -> None:

@@ -172,6 +172,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _home(text: str) -> str:
+    """``--home`` (default ``$PREFECT_HOME``) as an absolute path with ``~`` expanded, as Prefect
+    reads ``PREFECT_HOME``: the folder serve writes its lock and logs to is then the one whose
+    database the server (started in this checkout) opens. ``~/x`` had made a folder named ``~``
+    in the working directory, and a relative path was taken from two working directories."""
+    return str(Path(text).expanduser().absolute())
+
+
 def _port(text: str) -> int:
     """A TCP port, 1 to 65535 (``--port``, ``$PRH_SERVE_PORT``)."""
     try:
@@ -344,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=_port, default=None,
                         help="the server's port on 127.0.0.1 (default: $PRH_SERVE_PORT, else 4200)")
-    parser.add_argument("--home", default=os.environ.get("PREFECT_HOME", str(PROJECT_ROOT / ".prefect")), help="PREFECT_HOME")
+    parser.add_argument("--home", type=_home, default=os.environ.get("PREFECT_HOME", str(PROJECT_ROOT / ".prefect")),
+                        help="PREFECT_HOME (default: $PREFECT_HOME, else .prefect of this checkout; ~ is expanded)")
     parser.add_argument("--gpus", type=_positive_int, default=None,
                         help="concurrency limit of the prh-gpu tag: extractions at once across the server (the GPUs of all "
                              "GPU workers together; default: this machine's GPU workers, at least 1)")

@@ -9,11 +9,9 @@ keep only the newest ones. The figure cache (``reports/figures/``) is not a repo
 
 from __future__ import annotations
 
-import time
-
 from storage.figure_cache import FIGURES
 from storage.runs import run_records
-from storage.store import STALE_CLAIM_SECONDS, TEMP_INFIX, Store, modified_at
+from storage.store import Store
 
 #: Where each run's page is stored: ``reports/<run_id>/report.html`` (``flows.report.report_key``).
 REPORTS = "reports"
@@ -38,24 +36,3 @@ def remove_stale_reports(store: Store, keep: int, dry_run: bool = False,
     removing it."""
     return store.remove_trees(stale_reports(store, keep), dry_run, sizes)
 
-
-def dead_temporaries(store: Store, stale_after_s: float = STALE_CLAIM_SECONDS, dry_run: bool = False,
-                     now: float | None = None) -> dict[str, int]:
-    """Remove (with ``dry_run`` only list) the temporary files under ``reports/`` (run pages and
-    cached figures: ``.<name>.tmp-<uuid>``, :meth:`Store.write_bytes` on a local disk) last written
-    more than ``stale_after_s`` seconds before ``now``: a writer killed between writing and renaming
-    one (a run's report being stored, a figure being cached) left it for good. Younger ones may be
-    a writer's in flight (it lives as long as one file takes to write) and are left. Object stores
-    have none (one PUT per file). Returns ``key -> bytes`` of each."""
-    if not store.is_local or not store.fs.exists(store.path(REPORTS)):
-        return {}
-    now = time.time() if now is None else now
-    found = {}
-    for path, entry in sorted(store.glob(REPORTS, f"**/.*{TEMP_INFIX}*", detail=True).items()):
-        if entry.get("type") != "file" or now - modified_at(entry) <= stale_after_s:
-            continue
-        key = store.key_of(path)
-        found[key] = int(entry.get("size") or 0)
-        if not dry_run:
-            store.delete(key)
-    return found

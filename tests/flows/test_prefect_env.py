@@ -10,13 +10,14 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
 
-from flows.prefect_env import check_prefect_home
+from flows.prefect_env import HOME_NOT_CREATED, check_prefect_home, home_warning_held
 from tests.flows.test_pipeline import TINY_BERT, TINY_VIT
 from tests.storage.small_disk import fill, remount_read_only, tmpfs
 
@@ -55,13 +56,16 @@ def test_an_api_url_no_server_answers_at_is_one_line_before_anything_runs(tmp_pa
 def test_a_prefect_home_that_cannot_be_written_is_one_line_in_seconds(tmp_path):
     """The environment hunt: `PREFECT_HOME=/etc/passwd/x` (a path under a file; a read-only disk
     does the same) restarted Prefect's temporary server for 3 minutes, about 90 tracebacks, then
-    `Timed out while attempting to connect to ephemeral Prefect API server` and exit 1."""
+    `Timed out while attempting to connect to ephemeral Prefect API server` and exit 1. The line
+    is all it prints: Prefect's own two-line `UserWarning: Failed to create the Prefect home
+    directory` (given when its settings are first read) came before it."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder\n", encoding="utf-8")
     done, took = _prh_run(tmp_path, PREFECT_HOME=str(blocker / "home"))
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
-    (line,) = [line for line in done.stderr.splitlines() if line.startswith("prh run: error:")]
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("prh run: error:"), done.stderr
     assert f"PREFECT_HOME={str(blocker / 'home')!r}: cannot write there (Not a directory)" in line
     assert took < 60  # the temporary server never started
     assert not (tmp_path / "store").exists()
@@ -145,3 +149,29 @@ def test_a_prefect_api_failure_on_a_full_disk_names_the_database_and_the_cause(t
     roomy = subprocess.run([sys.executable, "-c", FAILURE], env=_child_env(tmp_path / "roomy", "0"),
                            capture_output=True, text=True, timeout=120, cwd=ROOT, check=True)
     assert roomy.stdout.split() == ["None", "None"]
+
+
+def _prefect_warns(where: str) -> None:
+    """Prefect's warning of a home it cannot create (``prefect.context``), and another one."""
+    warnings.warn(f"{HOME_NOT_CREATED}{where}", UserWarning, stacklevel=1)
+    warnings.warn("something else", UserWarning, stacklevel=1)
+
+
+def test_prefect_home_warning_is_dropped_when_prh_refuses_the_home_and_given_when_the_run_goes_on():
+    """`home_warning_held` holds back only Prefect's home warning: dropped when the block raises
+    (prh's one-line error says it), shown once the block ends without one (a run that goes on
+    without that home: PREFECT_API_URL); any other warning is shown at once, either way."""
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="refused"), home_warning_held():
+            _prefect_warns("/a-file/home")
+            assert [str(w.message) for w in shown] == ["something else"]  # shown at once
+            raise ValueError("refused")
+        assert [str(w.message) for w in shown] == ["something else"]
+        with home_warning_held():
+            _prefect_warns("/b-file/home")
+            assert [str(w.message) for w in shown] == ["something else"] * 2
+        assert [str(w.message) for w in shown][2:] == [f"{HOME_NOT_CREATED}/b-file/home"]
+        assert shown[2].category is UserWarning and shown[2].filename == __file__
+        _prefect_warns("/c-file/home")  # outside the block: as ever
+        assert [str(w.message) for w in shown][3:] == [f"{HOME_NOT_CREATED}/c-file/home", "something else"]

@@ -146,3 +146,50 @@ def test_serve_rotates_a_worker_log_while_it_runs(tmp_path):
     for path in (log, *copies):
         assert path.stat().st_size < 2000 + 100 * 150, path  # the limit plus 1.5 s of lines at 100 per second
     assert sorted(p.name for p in home.glob("worker-*")) == sorted(p.name for p in (log, *copies))
+
+
+@pytest.mark.parametrize("given", ["--home", "PREFECT_HOME"])
+def test_a_home_starting_with_a_tilde_is_the_users_home_folder(tmp_path, quiet_serve, monkeypatch, capsys, given):
+    """`--home ~/x` (or PREFECT_HOME=~/x where no shell expanded it: a quoted value, an env file)
+    made a folder named `~` in the working directory for the lock and logs, while the Prefect
+    server (which expands `~` itself) kept its database under the real home: `~` is expanded
+    now, for everything serve writes and for the home it gives the server."""
+    user, cwd = tmp_path / "user", tmp_path / "cwd"
+    user.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(user))
+    monkeypatch.chdir(cwd)
+    homes = []
+
+    def ends_at_once(port, env, log=None):  # the server exits at once: serve stops (exit 1)
+        homes.append(env["PREFECT_HOME"])
+        return subprocess.Popen([sys.executable, "-c", "pass"])
+
+    monkeypatch.setattr(serve, "start_server", ends_at_once)
+    if given == "PREFECT_HOME":
+        monkeypatch.setenv("PREFECT_HOME", "~/prefect-home")
+        argv = ["--port", "4391", "--no-worker"]
+    else:
+        monkeypatch.delenv("PREFECT_HOME", raising=False)
+        argv = ["--port", "4391", "--no-worker", "--home", "~/prefect-home"]
+    assert serve.main(argv) == 1
+    home = user / "prefect-home"
+    assert homes == [str(home)]
+    assert (home / "server.log").is_file() and (home / "serve.lock").is_file()
+    assert list(cwd.iterdir()) == []
+    assert f"(PREFECT_HOME={home})" in capsys.readouterr().out
+
+
+def test_a_relative_home_is_made_absolute_for_the_server_too(tmp_path, quiet_serve, monkeypatch):
+    """The server runs in the checkout, serve where it was started: `--home rel` had put the lock
+    and logs under the working directory and the server's database under the checkout."""
+    monkeypatch.chdir(tmp_path)
+    homes = []
+
+    def ends_at_once(port, env, log=None):
+        homes.append(env["PREFECT_HOME"])
+        return subprocess.Popen([sys.executable, "-c", "pass"])
+
+    monkeypatch.setattr(serve, "start_server", ends_at_once)
+    assert serve.main(["--port", "4391", "--no-worker", "--home", "rel"]) == 1
+    assert homes == [str(tmp_path / "rel")] and (tmp_path / "rel" / "server.log").is_file()
