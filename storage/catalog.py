@@ -61,7 +61,7 @@ from storage import layout
 from storage.runs import runs_as_known
 from storage.read_only_fs import ReadOnlyFileSystem, StoreFileSystem
 from storage.sql_guard import ReadOnlyQueryError, checked_statements, refused_advice_hint
-from storage.store import MANIFEST, DamagedManifest, Store, escape_glob, unescape_glob
+from storage.store import MANIFEST, REMOVE_DAMAGED_ADVICE, DamagedManifest, Store, escape_glob, unescape_glob
 from storage.times import utc_time
 from storage.stored_files import FileGroup, ListedFile, StoredFiles
 from storage.verify import STRAY, STRAY_ADVICE, manifest_problems, named_like_a_version
@@ -350,6 +350,8 @@ def linked_files(root: str, files: list[str]) -> list[str]:
 _RUN_HAS_RESULTS = "status IN ('COMPLETED', 'FAILED', 'CANCELLED', 'CRASHED') AND len(coalesce(alignment_versions, [])) > 0"
 _RUNS_LATEST_FIRST = "coalesce(ordered_at, finished_at, started_at) DESC, started_at DESC, run_id DESC"
 LATEST_RUN_SQL = f"SELECT * FROM runs WHERE {_RUN_HAS_RESULTS} ORDER BY {_RUNS_LATEST_FIRST} LIMIT 1"
+#: The latest run of any status, in the same order (what a store without a run with results last ran).
+LATEST_OF_ALL_RUNS_SQL = f"SELECT * FROM runs ORDER BY {_RUNS_LATEST_FIRST} LIMIT 1"
 
 #: A version's store key (``alignment/<dataset>/<model a>__<model b>/<version>``, as run records
 #: list them) from a row of an alignment view aliased ``v``: a version id alone can belong to two
@@ -602,8 +604,8 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
 def _left_out(view: str, damaged: dict[str, str]) -> None:
     """Warn about each damaged file (URI → reason) that the view ``view`` leaves out."""
     for file, reason in damaged.items():
-        log.warning("%s: %s; left out of the %s view (remove its version folder and run again to recompute it)",
-                    file, reason, view)
+        log.warning("%s: %s; left out of the %s view (prh verify names its version; %s)", file, reason, view,
+                    REMOVE_DAMAGED_ADVICE)
 
 
 def _source_sql(groups: list[FileGroup]) -> str:

@@ -294,6 +294,13 @@ class StoreNotWritable(PermissionError):
     """The store refuses writes (read-only, no permission, disk full, quota): retries cannot help."""
 
 
+#: What to do about a damaged version: `prh verify --remove-damaged` removes it under its publishing
+#: claim (a folder removed by hand takes none: a run publishing the version again meanwhile loses
+#: its files), so that the next run computes it again.
+REMOVE_DAMAGED_ADVICE = ("prh verify --remove-damaged removes it under its publishing claim, and the next run "
+                         "computes it again")
+
+
 class DamagedManifest(ValueError):
     """A version's manifest that cannot be trusted: not JSON, or not the manifest of the version
     whose folder holds it. The message names the file and what to do; ``version_key`` is the
@@ -709,12 +716,11 @@ class Store:
         try:
             manifest = parse_json(raw)
         except ValueError as error:
-            raise DamagedManifest(f"{where} is damaged (not JSON: {error})", version_key,
-                                  f"remove the folder {version_key} and run again to recompute it") from None
+            raise DamagedManifest(f"{where} is damaged (not JSON: {error})", version_key, REMOVE_DAMAGED_ADVICE) from None
         if not isinstance(manifest, dict) or manifest.get("key") != version_key:
             found = manifest.get("key") if isinstance(manifest, dict) else None
             raise DamagedManifest(f"{where} is not this version's: it names {found!r} (a copied or edited folder?)",
-                                  version_key, f"remove the folder {version_key}")
+                                  version_key, REMOVE_DAMAGED_ADVICE)
         return manifest
 
     # ---------------------------------------------------------------- writes

@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from storage.catalog import LATEST_RUN_SQL, QueryError, connect, read_failure_hint
+from storage.catalog import LATEST_OF_ALL_RUNS_SQL, LATEST_RUN_SQL, QueryError, connect, read_failure_hint
 from storage.features import vectors_from_arrow
 from storage.runs import COMPLETED, PARTIAL_ALIGNMENTS, RUNNING
 from storage.store import Store
@@ -47,7 +47,11 @@ def select_run(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> dic
         return found[0]
     found = con.sql(LATEST_RUN_SQL).to_arrow_table().to_pylist()  # the run of the *_latest views
     if not found:
-        raise ValueError("the store has no run that published results: run `prh run` first, or pass --run ID")
+        latest = con.sql(LATEST_OF_ALL_RUNS_SQL).to_arrow_table().to_pylist()
+        if not latest:
+            raise ValueError("the store has no run that published results: run `prh run` first, or pass --run ID")
+        # a store whose runs published no pair (a one-model zoo's run, a run still going or that failed early)
+        raise ValueError(f"the store has no run that published results; the latest: {no_results_reason(latest[0])}")
     return found[0]
 
 

@@ -283,3 +283,58 @@ def test_the_readme_queries_run(catalog_store: str) -> None:
     assert len(blocks) == 1 and len(inline) >= 4
     for sql in [*blocks, *sorted(inline)]:
         assert all(table.num_columns for table in query_each(con, sql)), sql
+
+
+def _demo_table(readme: str) -> list[dict[str, str]]:
+    """The rows of the README's closing table of `make run` (its `│`-separated lines), by column."""
+    block = next(block for _, block in _FENCE.findall(readme) if "Best layer pair per metric" in block)
+    header = next(line for line in block.splitlines() if line.startswith("┃"))
+    names = [cell.strip() for cell in header.strip("┃").split("┃")]
+    return [dict(zip(names, (cell.strip() for cell in line.strip("│").split("│"))))
+            for line in block.splitlines() if line.startswith("│")]
+
+
+def _query_output(number: int) -> list[dict[str, str]]:
+    """The rows of the markdown table that docs/queries.md shows under its query ``number``."""
+    section = _section("docs/queries.md", f"### {number}. ")
+    lines = [line for line in section.split("Output on the demo store:", 1)[1].splitlines() if line.startswith("|")]
+    names = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    return [dict(zip(names, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+def test_the_readme_describes_the_demo_config_it_runs() -> None:
+    """"What the demo measures" states the demo's sample size, k, permutations and bootstrap
+    resamples, and the smallest p-value they allow: each as `configs/demo.yaml` sets it (a change
+    there leaves the README describing another run)."""
+    import yaml
+
+    demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    n, alignment = demo["dataset"]["n"], demo["alignment"]
+    text = " ".join(_section("README.md", "## What the demo measures").split())  # lines joined
+    stated = {
+        "samples": f"**Data**: {n:,} OpenMoji emoji", "k": f"mutual k-NN (k = {alignment['topk']})",
+        "permutations": f"{alignment['permutations']}-permutation null", "bootstrap": f"{alignment['bootstrap']}-resample bootstrap",
+        "N": f"N={n})", "smallest p": f"`p = 1/{alignment['permutations'] + 1}` is the smallest p-value {alignment['permutations']} permutations",
+    }
+    assert {what: phrase for what, phrase in stated.items() if phrase not in text} == {}
+
+
+def test_the_readme_table_and_the_query_outputs_show_one_demo_store() -> None:
+    """The README's closing table and the outputs of docs/queries.md both come from the demo
+    store of one `make run`: its dataset version and every mutual k-NN number they both show
+    (score, chance level, null mean, calibrated score, p-value) agree, so refreshing one page
+    and not the other shows up here."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = {(r["vision"], r["language"]): r for r in _demo_table(readme) if r["metric"] == "mutual_knn"}
+    dataset = re.search(r"Best layer pair per metric \(dataset (\w+), N=", readme).group(1)
+    assert len(table) == 8 and {r["dataset_version"] for r in _query_output(9)} == {dataset}
+    chance = {(r["model_a"], r["model_b"]): r for r in _query_output(8) if r["metric"] == "mutual_knn"}
+    calibrated = {(r["model_a"], r["model_b"]): r for r in _query_output(7) if r["metric"] == "mutual_knn"}
+    assert set(chance) == set(table) and calibrated.keys() <= table.keys() and calibrated
+    wrong = [(pair, column) for pair, row in chance.items()
+             for column, theirs in (("score", "score"), ("chance", "chance")) if float(row[theirs]) != float(table[pair][column])]
+    wrong += [(pair, column) for pair, row in calibrated.items()
+              for column, theirs in (("score", "raw"), ("null", "null_mean"), ("calib.", "calibrated"))
+              if float(row[theirs]) != float(table[pair][column])]
+    wrong += [(pair, "p") for pair, row in calibrated.items() if abs(float(row["p"]) - float(table[pair]["p"])) > 5e-4]
+    assert wrong == []

@@ -69,6 +69,20 @@ def _footer_damage(path: Path, kind: type) -> None:
     raise AssertionError(f"no one-byte change of {path}'s footer raises {kind.__name__}")
 
 
+def test_the_warning_for_a_left_out_file_points_to_prh_verify_not_a_removal_by_hand(store, caplog):
+    """A damaged file's warning had said "remove its version folder and run again": a removal by
+    hand takes no publishing claim (a run publishing that version again could lose files) and
+    leaves the version's shards; `prh verify --remove-damaged` (README, docs/storage.md) removes
+    the version under its claim. The warning now says that, as a damaged manifest's does."""
+    damaged = _alignment_folders(store)[0] / "scores.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    with caplog.at_level(logging.WARNING, logger="storage.catalog"):
+        connect(store)
+    warning, = [r.getMessage() for r in caplog.records if str(damaged) in r.getMessage()]
+    assert "left out of the alignment_all view" in warning
+    assert "prh verify --remove-damaged" in warning and "remove its version folder" not in warning
+
+
 @pytest.mark.parametrize("kind", ["Error", "IOException"])
 def test_a_parquet_footer_with_a_changed_byte_is_named_and_left_out(store, caplog, capsys, kind):
     """A footer whose metadata no longer parses (one byte changed, size kept) raises a plain
@@ -155,8 +169,17 @@ def test_a_damaged_or_copied_manifest_is_named_and_never_counted(store, caplog):
     assert "is not this version's" in caplog.text and f"{first.name}.bak/manifest.json" in caplog.text
     assert "is damaged (not JSON" in caplog.text
     key = store.key_of(str(second))
-    with pytest.raises(DamagedManifest, match=rf"manifest {key}/manifest.json in store .* is damaged .*remove the folder {key}"):
+    # the advice is prh verify's removal, under the version's claim (it had been "remove the folder
+    # ... and run again": by hand, while a run may be publishing that version again)
+    with pytest.raises(DamagedManifest, match=rf"manifest {key}/manifest.json in store .* is damaged .*"
+                                              r"prh verify --remove-damaged removes") as raised:
         store.manifest(key)
+    assert "remove the folder" not in str(raised.value)
+    copied = first.with_name("0123456789abcdef")  # a copy under a name of a version: another version's manifest
+    shutil.copytree(first, copied)
+    with pytest.raises(DamagedManifest, match=r"is not this version's.*prh verify --remove-damaged removes") as raised:
+        store.manifest(store.key_of(str(copied)))
+    assert "remove the folder" not in str(raised.value)
     stray = Path(store.root, "features", "stray", "manifest.json")
     stray.parent.mkdir(parents=True)
     stray.write_text(json.dumps({}))

@@ -91,6 +91,32 @@ def test_default_run_is_the_latest_that_published_results() -> None:
         select_run(con)
 
 
+def test_without_a_run_with_results_the_error_says_why_the_latest_run_is_none() -> None:
+    """`prh report` after `prh run` of a one-model zoo (features only) said "the store has no run
+    that published results: run `prh run` first", to a user who had just run it. Where the store
+    has runs, the error now names the latest and why it has no results (as `--run ID` of it
+    says); a store without any run is still told to run `prh run` first."""
+    from tasks.report_source import select_run
+
+    con = duckdb.connect()
+    runs = pa.table({
+        "run_id": ["features-only"], "status": ["COMPLETED"], "alignment_versions": pa.array([[]], pa.list_(pa.string())),
+        "feature_versions": ['{"vit": "fv1"}'], "started_at": ["2026-01-03T05:00"], "finished_at": ["2026-01-03T06:00"],
+        "ordered_at": pa.array([None], pa.string()),
+    })
+    con.register("runs", runs)
+    with pytest.raises(ValueError) as raised:
+        select_run(con)
+    message = str(raised.value)
+    assert message.startswith("the store has no run that published results")
+    assert "run features-only has no alignment results to report: it COMPLETED without aligning a model pair" in message
+    assert "run `prh run` first" not in message
+    con.unregister("runs")
+    con.register("runs", runs.slice(0, 0))
+    with pytest.raises(ValueError, match=r"no run that published results: run `prh run` first"):
+        select_run(con)
+
+
 def test_a_stopped_run_says_how_it_ended_and_what_it_may_have_left_unlisted() -> None:
     """The report of a run stopped by SIGTERM (CANCELLED) said only 'lists no published
     alignment', though a pair it was aligning was published after its record was written."""
