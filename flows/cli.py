@@ -665,7 +665,8 @@ def _gc(args: argparse.Namespace) -> int:
     writer left (``storage.temporaries.dead_temporaries``), with ``--keep-reports`` the older
     run reports (``storage.report_retention``), with ``--keep-runs`` the published versions that
     none of the newest runs with results uses (``storage.run_retention``; published data is
-    never touched otherwise) and, on S3, old incomplete uploads. Every item is printed with its
+    never touched otherwise), the write probes killed writers left at the store's top
+    (``Store.remove_dead_probes``) and, on S3, old incomplete uploads. Every item is printed with its
     size, the last line sums them by kind: the bytes removed (with ``--dry-run``, that would
     be), each measured before its removal."""
     import math
@@ -694,6 +695,7 @@ def _gc(args: argparse.Namespace) -> int:
         if args.dry_run else open_for_gc(store, swept_sizes=swept_bytes)  # a full disk is when gc is needed
     attempts = {key: size for key, size in store.remove_dead_claim_attempts(dry_run=args.dry_run).items()
                 if key.rsplit("/", 1)[0] not in swept}  # a dry run counts a swept version's with its files
+    probes = store.remove_dead_probes(dry_run=args.dry_run)  # a killed writer's write probe at the store's top
     now = time.time()
     live_since = live_runs_since(store)  # shards a live run may be writing are kept, whatever their age (less the skew)
     damaged: list[DamagedManifest] = []  # versions whose shards stay: their manifest is damaged (prh verify's business)
@@ -754,6 +756,9 @@ def _gc(args: argparse.Namespace) -> int:
         _say(f"{verb} {key}: a temporary file of a report or cached figure (its writer was killed writing it), {size:,} bytes")
     for key, size in run_temporaries.items():
         _say(f"{verb} {key}: a temporary file of a run record or sign of life (its writer was killed writing it), {size:,} bytes")
+    for key, size in probes.items():
+        what = "a write probe" if key.startswith(".probe-") else "a write probe's temporary file"
+        _say(f"{verb} {key}: {what} (its writer was killed checking the store), {size:,} bytes")
     parts = [(len(partials), "shard folder(s)", sum(entry["bytes"] for entry in partials)),
              (len(figures), "figure cache namespace(s) of older report code", sum(figure_bytes.values())),
              (len(old_figures), "cached report figure(s) older than --older-than-days", sum(old_figures.values())),
@@ -762,6 +767,7 @@ def _gc(args: argparse.Namespace) -> int:
              (len(attempts), "claim attempt or manifest temporary file(s) of dead writers", sum(attempts.values())),
              (len(temporaries), "report temporary file(s) of dead writers", sum(temporaries.values())),
              (len(run_temporaries), "run temporary file(s) of dead writers", sum(run_temporaries.values())),
+             (len(probes), "write probe(s) of dead writers", sum(probes.values())),
              (len(uploads), "incomplete upload(s)", sum(upload["bytes"] for upload in uploads)),
              (len(versions), "published version(s) no kept run uses", sum(version_bytes[k] for k in versions)),
              (len(pointers), "rendered-dataset pointer(s) to removed datasets", sum(version_bytes[k] for k in pointers))]

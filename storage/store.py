@@ -58,6 +58,11 @@ CLAIM = ".publishing"
 HEARTBEAT_PREFIX = ".publishing-alive-"
 #: Local disks write a file as ``.<name>.tmp-<uuid>`` beside it, then rename (or link) it.
 TEMP_INFIX = ".tmp-"
+#: The name of ``Store.check_writable``'s write probe (``Store.remove_dead_probes``).
+_PROBE_NAME = re.compile(r"\.probe-[0-9a-f]{32}")
+#: A version folder (``storage.verify.named_like_a_version``: its box's depth, a 16-hex-digit id);
+#: another tool's folder beside the versions (``datasets/coco/``) is never one.
+_VERSION_FOLDER = re.compile(r"datasets/[0-9a-f]{16}|(?:features|alignment)/[^/]+/[^/]+/[0-9a-f]{16}")
 #: A writer renews its sign of life this often while it publishes, so that a claim whose writer
 #: died on another host (whose process cannot be checked) goes stale quickly.
 CLAIM_HEARTBEAT_SECONDS = 20.0
@@ -1231,24 +1236,26 @@ class Store:
         it empty. ``dry_run``: only list the versions that would be swept. ``sizes``, when
         given, receives ``version key -> bytes`` of the files removed (or, with ``dry_run``, to be
         removed) from each swept version: its data and temporary files, the dead writer's claim
-        and signs of life.
+        and signs of life. A version folder whose files outlived their claim (a sweeper or
+        publisher killed after dropping the dead claim, before creating its own) is swept the same
+        way once they are older than ``stale_after_s`` (:meth:`_sweep_candidates`).
         """
         swept = []
         for prefix in prefixes:
             base = self.path(prefix)
             if not self.fs.exists(base):
                 continue
-            for path in sorted(self.glob(prefix, f"**/{CLAIM}")):
-                version_key = self.key_of(path).rsplit("/", 1)[0]
+            for version_key, claimed in self._sweep_candidates(prefix, stale_after_s):
                 claim_key = f"{version_key}/{CLAIM}"
                 if dry_run:
-                    if self._stale_claim(claim_key, stale_after_s) is not None and not self.has_manifest_file(version_key):
+                    if (not claimed or self._stale_claim(claim_key, stale_after_s) is not None) \
+                            and not self.has_manifest_file(version_key):
                         swept.append(version_key)
                         if sizes is not None:
                             sizes[version_key] = self._sweepable_bytes(version_key)
                     continue
                 before = self._sweepable_bytes(version_key) if sizes is not None else 0  # the claim included
-                if not self._drop_if_stale(claim_key, stale_after_s):
+                if claimed and not self._drop_if_stale(claim_key, stale_after_s):
                     continue
                 token = _claim_token()
                 if not self.create_exclusive(claim_key, token):
@@ -1268,6 +1275,32 @@ class Store:
                     with contextlib.suppress(OSError):
                         os.rmdir(self.path(version_key))  # empty unless resumable shards (_partial/) remain
         return swept
+
+    def _sweep_candidates(self, prefix: str, stale_after_s: float) -> list[tuple[str, bool]]:
+        """``(version key, claimed)`` of each folder under ``prefix`` that :meth:`sweep_abandoned`
+        looks at, sorted, from one listing: every folder holding a claim (``claimed``), and every
+        folder named like a version (``_VERSION_FOLDER``) holding files but neither claim nor
+        manifest, all written more than ``stale_after_s`` ago. Files are written into a version
+        folder only under its claim, so such files are a dead writer's whose claim went without a
+        successor: a sweeper or publisher killed between dropping the dead claim and creating its
+        own (one in flight does so within milliseconds)."""
+        self.fs.invalidate_cache(self.path(prefix))
+        with self._reading(prefix):
+            found = self.glob(prefix, "**", detail=True)
+        folders: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for path, entry in found.items():
+            if entry.get("type") == "file":
+                folder, _, name = self.key_of(path).rpartition("/")
+                folders.setdefault(folder, []).append((name, entry))
+        out = []
+        for folder, entries in sorted(folders.items()):
+            names = {name for name, _ in entries}
+            if CLAIM in names:
+                out.append((folder, True))
+            elif MANIFEST not in names and _VERSION_FOLDER.fullmatch(folder) \
+                    and not any(_written_within(entry, stale_after_s) for _, entry in entries):
+                out.append((folder, False))
+        return out
 
     def _sweepable_bytes(self, version_key: str) -> int:
         """Bytes of the files a sweep of ``version_key`` removes: every file directly in its folder
@@ -1305,6 +1338,28 @@ class Store:
                 found[key] = int(entry.get("size") or 0)
                 if not dry_run:
                     self.delete(key)
+        return found
+
+    def remove_dead_probes(self, stale_after_s: float = STALE_CLAIM_SECONDS, dry_run: bool = False) -> dict[str, int]:
+        """Remove the write probes of :meth:`check_writable` that a process killed between creating
+        and removing one left at the store's top (``.probe-<uuid>``; on a local disk also its
+        temporary file, ``..probe-<uuid>.tmp-<uuid>``, killed before the rename), once written more
+        than ``stale_after_s`` ago (a probe lives milliseconds). Temporary files under ``runs/`` and
+        ``reports/`` are ``storage.temporaries``' business. Returns ``key -> bytes`` of each (with
+        ``dry_run``: that would be removed), sorted by key."""
+        found: dict[str, int] = {}
+        wanted = re.compile(rf"{_PROBE_NAME.pattern}|\.{_PROBE_NAME.pattern}{re.escape(TEMP_INFIX)}[0-9a-f]{{32}}")
+        with self._reading("the store's top"):
+            self.fs.invalidate_cache(self.root)
+            top = self.fs.ls(self.root, detail=True) if self.fs.exists(self.root) else []
+        for entry in sorted(top, key=lambda e: e["name"]):
+            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            if entry.get("type") != "file" or not wanted.fullmatch(name) or _written_within(entry, stale_after_s):
+                continue
+            key = self.key_of(entry["name"])
+            found[key] = int(entry.get("size") or 0)
+            if not dry_run:
+                self.delete(key)
         return found
 
     def _remove_unpublished_files(self, version_key: str, owner: str | None = None,

@@ -280,3 +280,95 @@ def test_a_file_over_the_file_size_limit_is_refused_naming_it_and_never_retried(
     assert _files(tmp_path / "store") == ["features/d/m/v1/manifest.json", "features/d/m/v1/small.bin"]
     again = store.publish("features/d/m/v2", {"a.bin": b"a" * 5_000, "b.bin": b"b" * 50_000}, {"kind": "test"})
     assert again.written and store.read_bytes("features/d/m/v2/b.bin") == b"b" * 50_000
+
+
+def test_what_a_writer_killed_outside_versions_leaves_is_removed_once_stale(tmp_path, capsys):
+    """A process killed mid-write outside version folders left files that nothing ever removed
+    (a kill sweep over `prh run`): the temporary file of a run record or sign of life (killed
+    before its rename), the write probe at the store's top (killed between creating and removing
+    it) and its temporary file. `prh gc` removes them once older than a write in flight can be,
+    never a fresh one."""
+    import subprocess
+    import sys
+    import time
+
+    from flows.cli import main
+
+    store = Store(str(tmp_path / "store"))
+    store.publish("datasets/0123456789abcdef", {"samples.parquet": b"rows"}, {})
+    root = Path(store.root)
+    kill = ("import os, sys\nimport storage.store as st\nfrom storage.store import Store\n"
+            "real_replace, real_delete = os.replace, Store.delete\n"
+            "def replace(a, b):\n    os._exit(9) if sys.argv[2] == 'replace' else real_replace(a, b)\n"
+            "def delete(self, key):\n    os._exit(9) if sys.argv[2] == 'delete' else real_delete(self, key)\n"
+            "st.os.replace, Store.delete = replace, delete\n"
+            "store = Store(sys.argv[1])\n"
+            "store.check_writable(0) if sys.argv[3] == 'probe' else store.write_json(sys.argv[3], {'run_id': 'r'})\n")
+    for point, what in (("replace", "runs/r.json"), ("replace", "runs/alive/r.json"), ("replace", "probe"), ("delete", "probe")):
+        done = subprocess.run([sys.executable, "-c", kill, store.url, point, what], cwd=Path(__file__).resolve().parents[2])
+        assert done.returncode == 9
+    left = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "datasets" not in p.parts)
+    assert len(left) == 4 and sum(name.startswith(".probe-") for name in left) == 1, left
+    fresh = root / "runs" / f".r2.json.tmp-{'0' * 32}"  # a write in flight: kept
+    fresh.write_bytes(b"{}")
+    assert store.remove_dead_probes() == {}  # all fresh
+    assert main(["gc", "--store", store.url]) == 0 and all(f"removed {name}" not in capsys.readouterr().out for name in left)
+    old = time.time() - 3600
+    for name in left:
+        os.utime(root / name, (old, old))
+    probes = [name for name in left if name.startswith((".probe-", "..probe-"))]
+    assert len(probes) == 2 and store.remove_dead_probes(dry_run=True) == {name: (root / name).stat().st_size for name in probes}
+    assert main(["gc", "--store", store.url]) == 0
+    out = capsys.readouterr().out
+    assert all(f"removed {name}: " in out for name in left), out
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == [
+        "datasets/0123456789abcdef/manifest.json", "datasets/0123456789abcdef/samples.parquet", str(fresh.relative_to(root))]
+
+
+def test_a_sweep_killed_between_dropping_a_dead_claim_and_taking_its_own_is_finished_later(tmp_path):
+    """`prh gc` (or a run's start) sweeping a dead writer's version drops the dead claim, then
+    creates its own: killed in between, it left the dead writer's files in a folder with neither
+    claim nor manifest, which no later sweep looked at (they list claims): kept for ever (a kill
+    sweep over `prh gc`). A version folder in that state whose files are all older than a claim can
+    go unrenewed is now swept; a fresh one (a takeover in flight) and a folder that is not named
+    like a version (another tool's data) are left alone."""
+    import subprocess
+    import sys
+    import time
+
+    store = Store(str(tmp_path / "store"))
+    code = "import json; from storage.owner import current_owner; print(json.dumps(current_owner()))"
+    dead = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                     cwd=Path(__file__).resolve().parents[2]).stdout)
+    version = "features/0123456789abcdef/m/fedcba9876543210"
+    store.write_bytes(f"{version}/layer-000.parquet", b"orphan")
+    store.write_bytes(f"{version}/{CLAIM}", json.dumps({"owner": "x", "claimed_at": time.time(), "process": dead}).encode())
+    kill = ("import os, sys\nfrom storage.store import Store\n"
+            "Store.create_exclusive = lambda self, key, data: os._exit(9)\n"
+            "Store(sys.argv[1]).sweep_abandoned()\n")
+    done = subprocess.run([sys.executable, "-c", kill, store.url], cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 9
+    assert _files(Path(store.root)) == [f"{version}/layer-000.parquet"]  # the dead claim went, ours never came
+    store.write_bytes("datasets/coco/images/a.jpg", b"another tool's")
+    old = time.time() - 3600
+    for path in Path(store.root).rglob("*"):
+        os.utime(path, (old, old))
+    fresh = "alignment/0123456789abcdef/a__b/00112233445566ff"
+    store.write_bytes(f"{fresh}/scores.parquet", b"a takeover in flight")
+    assert store.sweep_abandoned(dry_run=True) == [version]
+    assert store.sweep_abandoned() == [version]
+    assert store.sweep_abandoned() == []
+    assert _files(Path(store.root)) == [f"{fresh}/scores.parquet", "datasets/coco/images/a.jpg"]
+
+
+def test_a_claimless_dead_version_is_swept_on_s3_too(s3_store_url):
+    """The state that sweep leaves when killed between the dead claim and its own (above), on the
+    loopback S3 endpoint: found from the same listing (``LastModified``) and swept. Any age
+    counts as old with a negative limit, so no test waits for one."""
+    store = Store(s3_store_url)
+    version = "alignment/0123456789abcdef/a__b/fedcba9876543210"
+    store.write_bytes(f"{version}/scores.parquet", b"orphan")
+    store.write_bytes("datasets/coco/a.jpg", b"another tool's")
+    assert store.sweep_abandoned() == []  # fresh: a takeover may be in flight
+    assert store.sweep_abandoned(stale_after_s=-1.0) == [version]
+    assert sorted(store.sizes("")) == ["datasets/coco/a.jpg"]
