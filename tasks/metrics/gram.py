@@ -25,6 +25,11 @@ BLOCK = 256
 #: multiply-adds below the diagonal with smaller blocks, and 128 rows still fill a CPU's matrix
 #: kernels (N=1024, width 768, 13 layers, 2 cores: 36 ms against 42 ms for 256 rows)
 CPU_BLOCK = 128
+#: fewest rows of the last block of ``gram_upper`` (and strip of ``stacked_gram_upper``): a product of 1 to 3 rows takes another BLAS
+#: kernel (a matrix-vector one), whose rounding differs from that of the other blocks, so two equal
+#: rows' inner products with a row of that block stopped tying exactly (duplicate samples' lists
+#: then depended on ``N mod CPU_BLOCK``); a shorter tail is multiplied with the block before it
+MIN_TAIL_ROWS = 8
 #: device types whose engine work is batched over stacks of same-width layers (a few large kernel
 #: launches instead of many small ones); on a CPU per-layer blocks measured faster (1.16 x floor
 #: against 1.41 for stacked neighbour search). Tests add "cpu" to run the GPU paths on a CPU.
@@ -45,10 +50,18 @@ def gram_upper(x: torch.Tensor, block: int = CPU_BLOCK, out: torch.Tensor | None
     if n <= 2 * block or batched_device(x.device):  # one launch (cuBLAS: no gain from blocks)
         return x @ x.T if out is None else torch.matmul(x, x.T, out=out)
     out = torch.empty((n, n), dtype=x.dtype, device=x.device) if out is None else out
-    for i0 in range(0, n, block):
-        i1 = min(n, i0 + block)
+    for i0, i1 in row_blocks(n, block):
         torch.matmul(x[i0:i1], x[i0:].T, out=out[i0:i1, i0:])
     return out
+
+
+def row_blocks(n: int, block: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the row blocks of an ``N``-row product, ``block`` rows each but the
+    last, which takes a tail of fewer than ``MIN_TAIL_ROWS`` rows with it."""
+    starts = list(range(0, n, block))
+    if len(starts) > 1 and n - starts[-1] < MIN_TAIL_ROWS:  # a last block of a few rows joins the one before it
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
 
 
 def gram_full(x: torch.Tensor, block: int = CPU_BLOCK, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -128,8 +141,7 @@ def stacked_gram_upper(stacked: torch.Tensor, block: int = BLOCK, out: torch.Ten
     out = torch.empty((g, n, n), dtype=stacked.dtype, device=stacked.device) if out is None else out
     if n <= 2 * block:
         return torch.bmm(stacked, stacked.mT, out=out)
-    for i0 in range(0, n, block):
-        i1 = min(n, i0 + block)
+    for i0, i1 in row_blocks(n, block):  # no strip of a few rows: another kernel, another rounding
         torch.bmm(stacked[:, i0:i1], stacked[:, i0:].mT, out=out[:, i0:i1, i0:])
     return out
 

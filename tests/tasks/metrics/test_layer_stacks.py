@@ -187,3 +187,17 @@ def test_cpu_neighbour_lists_searched_through_one_buffer_are_each_layers_own(n, 
         ref = torch.topk(sims, 6)
         assert torch.equal(indices[l], ref.indices)
         torch.testing.assert_close(values[l], ref.values, rtol=0, atol=1e-5, check_dtype=False)
+
+
+@pytest.mark.parametrize("n", [257, 258, 259, 385, 513, 642])  # a last CPU block of 1 to 3 rows
+def test_blocked_gram_ties_duplicate_rows_exactly(n):
+    """A duplicated sample's inner products tie exactly with its copy's in every row, whatever
+    ``N mod gram.CPU_BLOCK``: the blocked Gram equals one product of the whole layer entry for
+    entry (a last block of a few rows had taken another kernel and rounded them apart)."""
+    rng = np.random.default_rng(n)
+    x = torch.from_numpy(rng.normal(size=(n, 64)).astype(np.float32))
+    x[-1] = x[0]
+    x[-2] = x[1]
+    g = gram_full(x)
+    assert torch.equal(g[:, -1], g[:, 0]) and torch.equal(g[:, -2], g[:, 1])
+    assert torch.equal(g.triu(), (x @ x.T).triu())
