@@ -9,6 +9,7 @@ then KILL). The helpers here are also what the deployment test uses.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import shutil
@@ -37,6 +38,10 @@ LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 LOG_MAX_BYTES = 10 * 2**20
 #: Rotated copies kept of each log (``worker-prh-cpu.log.1`` the newest, ... ``.3`` the oldest).
 LOG_KEEP = 3
+#: Free bytes a rotation leaves on the home's disk beyond its copy (``flows.prefect_env.LOW_ROOM_MB``:
+#: less, and the server's own writes to its database there start to fail): a rotation with less
+#: room does not start (:func:`rotate_log`).
+LOG_ROOM_LEFT_BYTES = 16 * 2**20
 
 
 def prefect_env(port: int, home: Path, base: Mapping[str, str] | None = None,
@@ -281,14 +286,21 @@ def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP)
     becomes ``path.2``, the copy becomes ``path.1``, then ``path`` is emptied in place
     ("copytruncate"). The server and the workers keep the file open and write on: they opened it
     for appending, so their next line lands at its new start. A line written between the end of
-    the copy and the truncation (a few renames: microseconds) is lost. A copy that fails (a full
-    disk) changes nothing (``OSError``). Returns whether it rotated (False: smaller, or missing).
-    ``keep`` >= 1."""
+    the copy and the truncation (a few renames: microseconds) is lost. A disk without room for
+    the copy and :data:`LOG_ROOM_LEFT_BYTES` more is an ``OSError`` (``ENOSPC``) before anything
+    is written (a copy that filled the disk, then went, left the server's database no room on
+    every retry); a copy that fails all the same changes nothing (``OSError``). Returns whether
+    it rotated (False: smaller, or missing). ``keep`` >= 1."""
     try:
-        if path.stat().st_size < max_bytes:
-            return False
+        size = path.stat().st_size
     except FileNotFoundError:
         return False
+    if size < max_bytes:
+        return False
+    free = shutil.disk_usage(path.parent).free
+    if free < size + LOG_ROOM_LEFT_BYTES:
+        raise OSError(errno.ENOSPC, f"no room for its copy ({size:,} bytes, with {LOG_ROOM_LEFT_BYTES // 2**20} MiB left "
+                                    f"to the server; {free:,} bytes free)", str(path))
     copies = [path.with_name(f"{path.name}.{i}") for i in range(1, keep + 1)]
     rotating = path.with_name(f"{path.name}.rotating")
     try:

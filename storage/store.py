@@ -141,6 +141,16 @@ def _written_within(entry: dict[str, Any], seconds: float) -> bool:
     return time.time() - modified_at(entry) <= seconds
 
 
+def _arrived_within(entry: dict[str, Any], seconds: float) -> bool:
+    """Whether a listing entry was written, or arrived where it is, less than ``seconds`` ago: the
+    later of its modification time and, on a local disk, its inode's change time (fsspec's
+    ``created``: ``st_ctime``), which a copy that keeps modification times (``rsync -a``,
+    ``cp -a``, a restore) cannot set back."""
+    changed = entry.get("created")
+    arrived = max(modified_at(entry), float(changed) if isinstance(changed, (int, float)) else 0.0)
+    return time.time() - arrived <= seconds
+
+
 def parse_json(raw: bytes | str) -> Any:
     """``json.loads`` of text a store's writer (or a hand edit) chose: JSON nested too deeply for
     the parser (``[[[[...]]]]``) raises ValueError like any other text that is not JSON, not
@@ -1280,10 +1290,12 @@ class Store:
         """``(version key, claimed)`` of each folder under ``prefix`` that :meth:`sweep_abandoned`
         looks at, sorted, from one listing: every folder holding a claim (``claimed``), and every
         folder named like a version (``_VERSION_FOLDER``) holding files but neither claim nor
-        manifest, all written more than ``stale_after_s`` ago. Files are written into a version
-        folder only under its claim, so such files are a dead writer's whose claim went without a
-        successor: a sweeper or publisher killed between dropping the dead claim and creating its
-        own (one in flight does so within milliseconds)."""
+        manifest, all written (and, on a local disk, arrived: `_arrived_within`) more than
+        ``stale_after_s`` ago. Files are written into a version folder only under its claim, so
+        such files are a dead writer's whose claim went without a successor: a sweeper or
+        publisher killed between dropping the dead claim and creating its own (one in flight does
+        so within milliseconds). A version being copied in with its files' old modification times
+        kept (``rsync -a`` writes the manifest last) is not one while its files are fresh here."""
         self.fs.invalidate_cache(self.path(prefix))
         with self._reading(prefix):
             found = self.glob(prefix, "**", detail=True)
@@ -1298,7 +1310,7 @@ class Store:
             if CLAIM in names:
                 out.append((folder, True))
             elif MANIFEST not in names and _VERSION_FOLDER.fullmatch(folder) \
-                    and not any(_written_within(entry, stale_after_s) for _, entry in entries):
+                    and not any(_arrived_within(entry, stale_after_s) for _, entry in entries):
                 out.append((folder, False))
         return out
 

@@ -230,7 +230,9 @@ class CkaEngine(Engine):
 
     @staticmethod
     def _kernels(rep: Representation, kernel: str, sigma: float | str, unbiased: bool):
-        """``(kernel, already_centred, upper_only)`` of each layer, built when asked for."""
+        """``(kernel, already_centred, upper_only)`` of each layer, built when asked for. Off a GPU
+        every linear kernel is written into one reused buffer: a yielded kernel holds until the next
+        is asked for (``encode_kernels`` with ``count`` packs each first; a list of them would not)."""
         if kernel != "rbf":
             # H X X^T H = Xc Xc^T (or H G H of a cached Gram); unbiased: HKH has the same
             # unbiased HSIC as K, without the large common part whose cancellation cost

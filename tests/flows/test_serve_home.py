@@ -100,6 +100,26 @@ def test_rotate_log_keeps_a_bounded_number_of_copies_and_the_writer_writes_on(tm
     assert not serve.rotate_log(tmp_path / "missing.log", max_bytes=1)
 
 
+def test_a_rotation_without_room_for_its_copy_copies_nothing(tmp_path, monkeypatch):
+    """A rotation on a disk without room for the copy wrote the copy until the disk was full, then
+    removed it, every minute (each retry): for that moment the server's database and the store's
+    writes on that disk had no room at all. The free space is read first: too little for the copy
+    and the room left to the server (`LOG_ROOM_LEFT_BYTES`) is an ENOSPC naming both, nothing written."""
+    import errno
+    import shutil
+
+    log = tmp_path / "server.log"
+    log.write_bytes(b"x" * 1000)
+    free = 1000 + serve.LOG_ROOM_LEFT_BYTES - 1
+    monkeypatch.setattr(serve.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - free, free))
+    with pytest.raises(OSError) as raised:
+        serve.rotate_log(log, max_bytes=100, keep=3)
+    assert raised.value.errno == errno.ENOSPC and "1,000 bytes" in raised.value.strerror and f"{free:,}" in raised.value.strerror
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["server.log"] and log.stat().st_size == 1000
+    monkeypatch.setattr(serve.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - free - 1, free + 1))
+    assert serve.rotate_log(log, max_bytes=100, keep=3) and log.with_name("server.log.1").stat().st_size == 1000
+
+
 SERVE_ROTATES_CHILD = """
 import subprocess, sys
 from flows import serve

@@ -353,12 +353,34 @@ def test_a_sweep_killed_between_dropping_a_dead_claim_and_taking_its_own_is_fini
     old = time.time() - 3600
     for path in Path(store.root).rglob("*"):
         os.utime(path, (old, old))
+    assert store.sweep_abandoned(dry_run=True) == []  # modification times set back, but arrived just now
+    time.sleep(1.2)
     fresh = "alignment/0123456789abcdef/a__b/00112233445566ff"
     store.write_bytes(f"{fresh}/scores.parquet", b"a takeover in flight")
-    assert store.sweep_abandoned(dry_run=True) == [version]
-    assert store.sweep_abandoned() == [version]
-    assert store.sweep_abandoned() == []
+    assert store.sweep_abandoned(dry_run=True, stale_after_s=1.0) == [version]
+    assert store.sweep_abandoned(stale_after_s=1.0) == [version]
+    assert store.sweep_abandoned(stale_after_s=1.0) == []
     assert _files(Path(store.root)) == [f"{fresh}/scores.parquet", "datasets/coco/images/a.jpg"]
+
+
+def test_a_version_copied_in_with_its_old_times_is_not_swept_before_its_manifest_comes(tmp_path):
+    """A store copied in by a tool that keeps modification times (`rsync -a` writes a version's
+    `manifest.json` after its layer files) holds, for a moment, a version folder of old files
+    with neither claim nor manifest: what a dead writer leaves. It is not swept while its files
+    are new on this disk (their inode change time), so the copy is not cut short."""
+    import time
+
+    store = Store(str(tmp_path / "store"))
+    version = "features/0123456789abcdef/m/fedcba9876543210"
+    folder = Path(store.root) / version
+    folder.mkdir(parents=True)
+    for name in ("best.parquet", "layer-000.parquet"):
+        (folder / name).write_bytes(b"copied")
+    old = time.time() - 30 * 86400
+    for path in folder.iterdir():
+        os.utime(path, (old, old))  # as rsync -a sets them
+    assert store.sweep_abandoned(dry_run=True) == []
+    assert store.sweep_abandoned() == [] and sorted(p.name for p in folder.iterdir()) == ["best.parquet", "layer-000.parquet"]
 
 
 def test_a_claimless_dead_version_is_swept_on_s3_too(s3_store_url):
