@@ -18,7 +18,7 @@ import math
 import torch
 
 from .bf16_neighbors import check_knn_precision, reduced_topk
-from .gram import batched_device, gram_full, gram_stack
+from .gram import batched_device, gram_full, gram_stack, row_blocks
 
 # Elements (not bytes) of one similarity block; 2**25 float32 = 128 MiB.
 DEFAULT_BLOCK_ELEMENTS = 1 << 25
@@ -83,8 +83,7 @@ def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
         return ties_in_index_order(*_symmetric_search(x, k, exclude_self, rows))  # type: ignore[arg-type]
     values = torch.empty((n, k), dtype=dtype, device=device)
     indices = torch.empty((n, k), dtype=torch.int64, device=device)
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
+    for start, stop in row_blocks(n, rows):  # no last block of a few rows: another kernel, another rounding
         if gram is None:
             block = x[start:stop] @ x.T  # type: ignore[union-attr]
         else:
@@ -127,8 +126,8 @@ def _symmetric_search(x: torch.Tensor, k: int, exclude_self: bool, rows: int) ->
     n = int(x.shape[0])
     values = torch.full((n, k), float("-inf"), dtype=x.dtype, device=x.device)
     indices = torch.zeros((n, k), dtype=torch.int64, device=x.device)
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
+    for start, stop in row_blocks(n, rows):  # no last block of a few rows: its products would round
+        # otherwise than the earlier blocks' products of the same pairs, which give those rows candidates
         block = x[start:stop] @ x[start:].T  # (rows, N - start): columns start..N-1
         if exclude_self:
             r = torch.arange(stop - start, device=x.device)

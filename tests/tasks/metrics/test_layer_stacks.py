@@ -201,3 +201,24 @@ def test_blocked_gram_ties_duplicate_rows_exactly(n):
     g = gram_full(x)
     assert torch.equal(g[:, -1], g[:, 0]) and torch.equal(g[:, -2], g[:, 1])
     assert torch.equal(g.triu(), (x @ x.T).triu())
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("n", [257, 258, 259])
+def test_blockwise_neighbour_search_ties_duplicate_rows_exactly(n, symmetric, monkeypatch):
+    """The neighbour search in row blocks (an N too large for one Gram; 128-row blocks here) has
+    no last block of a few rows either (``gram.row_blocks``): in every row's full list a
+    duplicated sample ties exactly with its copy (the symmetric search had given row 256 of 259
+    values 8e-7 apart: its candidates among earlier rows come from their blocks' products)."""
+    from tasks.metrics import neighbors
+
+    rng = np.random.default_rng(n)
+    x = torch.from_numpy(rng.normal(size=(n, 64)).astype(np.float32))
+    x[-1] = x[0]
+    x[-2] = x[1]
+    monkeypatch.setattr(neighbors, "symmetric_search_pays", lambda *args: symmetric)
+    values, indices = neighbors.topk_neighbors(x, n - 1, block_elements=128 * n)
+    for i in range(2, n - 2):
+        for a, b in ((0, n - 1), (1, n - 2)):
+            ia, ib = (indices[i] == a).nonzero().item(), (indices[i] == b).nonzero().item()
+            assert values[i, ia] == values[i, ib] and ib == ia + 1, (i, a, b)
