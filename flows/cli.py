@@ -398,8 +398,10 @@ def _run(args: argparse.Namespace) -> int:
         with quiet_known_errors((*ONE_LINE_ERRORS, ZooFailures)), probe_made(target):
             # errors prh raised are stated below in one line; the flow skips the store probe made above
             summary = prh_pipeline(config=config, store=store)
-    except ZooFailures as error:  # the rest is published: say what failed, exit 1
+    except ZooFailures as error:  # the rest is published: its closing table, then what failed, exit 1
         sql = sql_command(store, target.display_url)
+        if error.summary is not None and error.summary.get("best"):
+            print_summary(error.summary, sql=sql)
         where = {"features": f"\nTheir features are in the store: {sql} \"select * from models\"", "nothing": ""}.get(
             error.published or "", f"\nThe results of the other models are in the store: {sql} \"select * from alignment_best_latest\"")
         print(f"prh run: {for_terminal_lines(error)}{where}", file=sys.stderr)

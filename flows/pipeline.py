@@ -118,7 +118,7 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
         get_run_logger().info("no model pair was aligned: no report page for this run (its features are in the models view)")
     if failures:
         message, published = _failure_summary(failures, len(config.models), len(alignments))
-        raise ZooFailures(message, published)
+        raise ZooFailures(message, published, {**record, "best": best})
     return {**record, "best": best}
 
 
@@ -141,11 +141,15 @@ def _feature_outcome(features: dict[str, dict[str, Any]]) -> dict[str, Any]:
 class ZooFailures(RuntimeError):
     """Some models or model pairs failed; everything else was extracted, aligned and published.
     ``published``: what the store holds from this run: ``alignments`` (some pairs aligned, new or
-    reused), ``features`` (no pair aligned), ``nothing``; None where not told."""
+    reused), ``features`` (no pair aligned), ``nothing``; None where not told. ``summary``: what
+    :func:`pipeline` returns for the pairs that were aligned (the run record and its ``best``
+    rows: ``prh run`` prints their closing table), or None."""
 
-    def __init__(self, message: str, published: Literal["alignments", "features", "nothing"] | None = None) -> None:
+    def __init__(self, message: str, published: Literal["alignments", "features", "nothing"] | None = None,
+                 summary: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.published = published
+        self.summary = summary
 
 
 def run_zoo(

@@ -221,6 +221,28 @@ def test_a_refused_model_exits_1_naming_it(tmp_path, capsys):
     assert capsys.readouterr().out.split() == ["model", "tiny-vit"]
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_with_a_failed_model_prints_the_closing_table_of_the_pairs_it_aligned(tmp_path, capsys):
+    """One model of three refused: the pair of the other two is aligned and published, and `prh run`
+    prints its closing table (it printed only the failure), then says what failed, exit 1."""
+    misdeclared = {**{k: v for k, v in TINY_BERT.items() if k != "tokenizer"}, "name": "bert-as-vision", "modality": "vision", "image_size": 32}
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32},
+                                      "models": [TINY_VIT, TINY_BERT, misdeclared],
+                                      "alignment": {"metrics": ["cka"], "permutations": 0, "pairs": "all"}}))
+    store = str(tmp_path / "store")
+    assert main(["run", "--config", str(config), "--store", store]) == 1
+    captured = capsys.readouterr()
+    assert "Best layer pair per metric" in captured.out and "tiny-vit" in captured.out and "tiny-bert" in captured.out
+    assert "bert-as-vision" not in captured.out
+    assert captured.err.startswith("prh run: 1 of 3 models and 2 of 3 model pairs failed") and "check bert-as-vision: " in captured.err
+    assert main(["sql", "select model_a, model_b, round(score, 4) as score from alignment_best_latest", "--store", store,
+                 "--format", "csv"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert len(rows) == 1 and rows[0].startswith("tiny-vit,tiny-bert,")
+    assert rows[0].split(",")[2] in captured.out  # the table shows the stored score
+
+
 def test_gc_removes_only_shards_no_run_will_resume(tmp_path, capsys, monkeypatch):
     """Published versions and fresh shards (a live or resumable extraction) stay; shards of a
     published version and old shards of an unpublished one go; --dry-run removes nothing."""
