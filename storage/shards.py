@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import time
 from typing import Any
 
@@ -149,9 +150,15 @@ def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, no
 def remove_stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, dry_run: bool = False,
                           live_since: float | None = None, damaged: list[DamagedManifest] | None = None) -> list[dict[str, Any]]:
     """Remove the folders :func:`stale_partials` lists (nothing with ``dry_run``); returns them.
-    ``damaged`` receives the errors of versions left alone because their manifest is damaged."""
+    ``damaged`` receives the errors of versions left alone because their manifest is damaged.
+    On a local disk the folder of an unpublished version left empty goes too (it had stayed)."""
     stale = stale_partials(store, older_than_s, live_since=live_since, damaged=damaged)
     if not dry_run:
         for entry in stale:
             remove_partial(store, entry["version"])
+            if store.is_local:
+                try:
+                    os.rmdir(store.path(entry["version"]))  # only if empty: a published version keeps its files
+                except OSError:
+                    pass  # not empty (published, or a writer's files), or gone
     return stale

@@ -179,3 +179,30 @@ def test_a_partial_folder_with_a_fresh_shard_is_not_abandoned(tmp_path):
     # abandoned once its newest shard is older than the limit, not when exactly that old
     assert stale_partials(store, older_than_s=20 * 86400, now=now) == []
     assert [e["version"] for e in stale_partials(store, older_than_s=20 * 86400 - 1, now=now)] == ["features/d/m/old"]
+
+
+def test_gc_of_an_unpublished_versions_old_shards_leaves_no_empty_folder(tmp_path, capsys):
+    """`prh gc` removing the old shards of a version never published removed `_partial/` and left
+    the version's folder behind, empty; now that goes too, and a published version's folder (its
+    files) stays whole after its leftover shards go."""
+    import os
+
+    import numpy as np
+
+    from flows.cli import main
+    from storage.shards import write_shard
+
+    store = Store(str(tmp_path / "store"))
+    unpublished = "features/0123456789abcdef/m/fedcba9876543210"
+    published = store.publish("features/0123456789abcdef/m/00112233445566ff", {"layer-000.parquet": b"x"},
+                              {"kind": "features"}).manifest["key"]
+    for version in (unpublished, published):
+        write_shard(store, version, 0, [np.ones((4, 3), np.float32)])
+    old = time.time() - 30 * 86400
+    for root, dirs, files in os.walk(tmp_path / "store" / "features"):
+        for name in files + dirs:
+            os.utime(os.path.join(root, name), (old, old))
+    assert main(["gc", "--store", store.url]) == 0
+    assert "2 shard folder(s)" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "store" / "features" / "0123456789abcdef" / "m")) == ["00112233445566ff"]
+    assert sorted(os.listdir(store.path(published))) == ["layer-000.parquet", "manifest.json"]
