@@ -289,7 +289,8 @@ def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP)
     the copy and the truncation (a few renames: microseconds) is lost. A disk without room for
     the copy and :data:`LOG_ROOM_LEFT_BYTES` more is an ``OSError`` (``ENOSPC``) before anything
     is written (a copy that filled the disk, then went, left the server's database no room on
-    every retry); a copy that fails all the same changes nothing (``OSError``). Returns whether
+    every retry), unless the filesystem reports no size at all (0 bytes in all: some FUSE mounts),
+    which is not checked; a copy that fails all the same changes nothing (``OSError``). Returns whether
     it rotated (False: smaller, or missing). ``keep`` >= 1."""
     try:
         size = path.stat().st_size
@@ -297,8 +298,9 @@ def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP)
         return False
     if size < max_bytes:
         return False
-    free = shutil.disk_usage(path.parent).free
-    if free < size + LOG_ROOM_LEFT_BYTES:
+    usage = shutil.disk_usage(path.parent)
+    free = usage.free
+    if usage.total > 0 and free < size + LOG_ROOM_LEFT_BYTES:  # total 0: the filesystem tells no sizes
         raise OSError(errno.ENOSPC, f"no room for its copy ({size:,} bytes, with {LOG_ROOM_LEFT_BYTES // 2**20} MiB left "
                                     f"to the server; {free:,} bytes free)", str(path))
     copies = [path.with_name(f"{path.name}.{i}") for i in range(1, keep + 1)]

@@ -28,7 +28,7 @@ CPU_BLOCK = 128
 #: fewest rows of the last block of ``gram_upper`` (and strip of ``stacked_gram_upper``): a product of 1 to 3 rows takes another BLAS
 #: kernel (a matrix-vector one), whose rounding differs from that of the other blocks, so two equal
 #: rows' inner products with a row of that block stopped tying exactly (duplicate samples' lists
-#: then depended on ``N mod CPU_BLOCK``); a shorter tail is multiplied with the block before it
+#: then depended on ``N mod CPU_BLOCK``); a shorter tail shares the block before it (``row_blocks``)
 MIN_TAIL_ROWS = 8
 #: device types whose engine work is batched over stacks of same-width layers (a few large kernel
 #: launches instead of many small ones); on a CPU per-layer blocks measured faster (1.16 x floor
@@ -56,11 +56,18 @@ def gram_upper(x: torch.Tensor, block: int = CPU_BLOCK, out: torch.Tensor | None
 
 
 def row_blocks(n: int, block: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` of the row blocks of an ``N``-row product, ``block`` rows each but the
-    last, which takes a tail of fewer than ``MIN_TAIL_ROWS`` rows with it."""
+    """``(start, stop)`` of the row blocks of an ``N``-row product, in order: ``block`` rows each
+    but the last two, where a tail of fewer than ``MIN_TAIL_ROWS`` rows would be left. The tail
+    and the block before it are then split into two halves of at most ``block`` rows (the
+    callers' memory budget) and at least ``MIN_TAIL_ROWS``; where they are too few for that
+    (under ``2 * MIN_TAIL_ROWS`` rows together: only when ``block < 2 * MIN_TAIL_ROWS``) they form one block, at most ``MIN_TAIL_ROWS - 1`` rows
+    over ``block``."""
     starts = list(range(0, n, block))
-    if len(starts) > 1 and n - starts[-1] < MIN_TAIL_ROWS:  # a last block of a few rows joins the one before it
+    if len(starts) > 1 and n - starts[-1] < MIN_TAIL_ROWS:  # a last block of a few rows: none
         starts.pop()
+        both = n - starts[-1]
+        if both >= 2 * MIN_TAIL_ROWS:
+            starts.append(starts[-1] + (both + 1) // 2)
     return list(zip(starts, starts[1:] + [n]))
 
 

@@ -120,6 +120,20 @@ def test_a_rotation_without_room_for_its_copy_copies_nothing(tmp_path, monkeypat
     assert serve.rotate_log(log, max_bytes=100, keep=3) and log.with_name("server.log.1").stat().st_size == 1000
 
 
+def test_a_rotation_on_a_disk_that_reports_no_size_rotates(tmp_path, monkeypatch):
+    """A filesystem that reports no size at all (``statfs``: 0 blocks, 0 free; a FUSE mount
+    without a ``statfs`` handler) gives no free space to compare: the rotation is not refused
+    for it (every try refused, the log grew without end), the copy goes ahead as before the
+    check, and a disk that is full all the same fails the copy (``OSError``, nothing changed)."""
+    import shutil
+
+    log = tmp_path / "server.log"
+    log.write_bytes(b"x" * 1000)
+    monkeypatch.setattr(serve.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(0, 0, 0))
+    assert serve.rotate_log(log, max_bytes=100, keep=3)
+    assert log.stat().st_size == 0 and log.with_name("server.log.1").stat().st_size == 1000
+
+
 SERVE_ROTATES_CHILD = """
 import subprocess, sys
 from flows import serve

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tasks.metrics import layer_matrix
-from tasks.metrics.gram import gram_full, gram_upper
+from tasks.metrics.gram import MIN_TAIL_ROWS, gram_full, gram_upper, row_blocks
 from tasks.metrics.triangle import pack, permuted_positions
 
 from . import reference as ref
@@ -46,3 +46,20 @@ def test_large_n_metrics_against_references() -> None:
         metric = "unbiased_cka" if unbiased else "cka"
         got = layer_matrix(metric, [x], [y])[0, 0]
         assert got == pytest.approx(ref.cka(x, y, unbiased=unbiased), abs=1e-10)
+
+
+def test_row_blocks_cover_every_row_once_within_the_block_size() -> None:
+    """``row_blocks(n, block)`` covers rows ``0..n-1`` in order, once each, with no last block of
+    fewer than ``MIN_TAIL_ROWS`` rows, and (for ``block >= 2 * MIN_TAIL_ROWS``, all that real
+    searches use) no block of more than ``block`` rows: a short tail that joined the block before
+    it made that one up to ``MIN_TAIL_ROWS - 1`` rows larger than the caller's memory budget."""
+    for block in range(1, 3 * MIN_TAIL_ROWS):
+        for n in range(0, 5 * block + MIN_TAIL_ROWS + 2):
+            blocks = row_blocks(n, block)
+            assert [i for start, stop in blocks for i in range(start, stop)] == list(range(n)), (n, block)
+            sizes = [stop - start for start, stop in blocks]
+            assert all(size >= 1 for size in sizes)
+            if len(blocks) > 1 and block >= MIN_TAIL_ROWS:
+                assert sizes[-1] >= MIN_TAIL_ROWS, (n, block, blocks)
+            if block >= 2 * MIN_TAIL_ROWS:
+                assert max(sizes, default=0) <= block, (n, block, blocks)
