@@ -588,10 +588,10 @@ def load_pretrained(spec: ModelSpec, device: torch.device, device_map: bool = Fa
 
 def offload_dir() -> Path:
     """Where ``device_map='auto'`` offloads weights that fit neither the GPUs nor CPU memory:
-    ``PRH_OFFLOAD_DIR``, else ``<tmp>/prh-offload``."""
+    ``PRH_OFFLOAD_DIR`` (``~`` expanded), else ``<tmp>/prh-offload``."""
     import tempfile
 
-    path = Path(os.environ.get("PRH_OFFLOAD_DIR") or Path(tempfile.gettempdir()) / "prh-offload")
+    path = Path(os.environ.get("PRH_OFFLOAD_DIR") or Path(tempfile.gettempdir()) / "prh-offload").expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -124,12 +124,12 @@ def distribution_version(module: str) -> dict[str, str | None]:
 
 
 def digest_cache_path() -> Path | None:
-    """The digest cache file: ``$PRH_DIGEST_CACHE``, default ``~/.cache/prh/file-digests.json``
+    """The digest cache file: ``$PRH_DIGEST_CACHE`` (``~`` expanded), default ``~/.cache/prh/file-digests.json``
     (beside the ``pkgzip:`` model cache); ``PRH_DIGEST_CACHE=off`` keeps digests in memory only."""
     value = os.environ.get("PRH_DIGEST_CACHE")
     if value and value.strip().lower() == "off":
         return None
-    return Path(value) if value else Path.home() / ".cache" / "prh" / "file-digests.json"
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "prh" / "file-digests.json"
 
 
 def _stat_key(st: os.stat_result) -> list[int]:

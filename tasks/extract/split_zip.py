@@ -123,7 +123,8 @@ class ConcatenatedFile(io.RawIOBase):
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("PRH_MODEL_CACHE") or Path.home() / ".cache" / "prh" / "models")
+    """``$PRH_MODEL_CACHE`` (``~`` expanded), else ``~/.cache/prh/models``."""
+    return Path(os.environ.get("PRH_MODEL_CACHE") or Path.home() / ".cache" / "prh" / "models").expanduser()
 
 
 def parts_digest(parts: list[tuple[str, str, Path]]) -> str:
