@@ -81,13 +81,19 @@ def gram_full(x: torch.Tensor, block: int = CPU_BLOCK, out: torch.Tensor | None 
     if batched_device(x.device):  # cuBLAS need not be bit-symmetric either: one masked copy
         return symmetrise(out)
     step = n if n <= 2 * block else block
-    for i0 in range(0, n, step):
-        i1 = min(n, i0 + step)
-        diag = out[i0:i1, i0:i1]
-        lower = torch.ones_like(diag, dtype=torch.bool).tril_(-1)
-        diag.copy_(torch.where(lower, diag.T, diag))
-        if i1 < n:
-            out[i1:, i0:i1] = out[i0:i1, i1:].T
+    whole = n // step  # diagonal blocks of `step` rows; a shorter last one apart
+    if out.is_contiguous():  # all of them as one strided view: one masked copy (8 had cost 0.22 ms, 1 0.08)
+        diags = out.as_strided((whole, step, step), (step * (n + 1), n, 1))
+        diags.copy_(torch.where(_strict_lower_mask(step, str(out.device)), diags.mT, diags))
+        done = whole * step
+    else:
+        done = 0
+    for i0 in range(done, n, step):
+        diag = out[i0:i0 + step, i0:i0 + step]
+        diag.copy_(torch.where(_strict_lower_mask(diag.shape[0], str(out.device)), diag.T, diag))
+    for i0 in range(0, n - step, step):  # the blocks below the diagonal, a row block's columns at a time
+        i1 = i0 + step
+        out[i1:, i0:i1] = out[i0:i1, i1:].T
     return out
 
 
@@ -97,6 +103,12 @@ def symmetrise(upper: torch.Tensor) -> torch.Tensor:
     ``where`` for a whole stack, a new tensor. Entry for entry what ``gram_full`` builds from the
     same upper triangle."""
     return torch.where(_upper_mask(upper.shape[-1], str(upper.device)), upper, upper.mT)
+
+
+@functools.lru_cache(maxsize=4)
+def _strict_lower_mask(n: int, device: str) -> torch.Tensor:
+    """``(N, N)`` bool, true below the diagonal."""
+    return torch.ones((n, n), dtype=torch.bool, device=device).tril_(-1)
 
 
 @functools.lru_cache(maxsize=4)

@@ -63,3 +63,18 @@ def test_row_blocks_cover_every_row_once_within_the_block_size() -> None:
                 assert sizes[-1] >= MIN_TAIL_ROWS, (n, block, blocks)
             if block >= 2 * MIN_TAIL_ROWS:
                 assert max(sizes, default=0) <= block, (n, block, blocks)
+
+
+@pytest.mark.parametrize("n", [200, 257, 640, 1031])  # one block; a shorter last block; equal blocks; both
+def test_gram_full_mirrors_every_block_into_any_buffer(n):
+    """``gram_full`` mirrors the diagonal blocks as one strided view when its buffer is contiguous,
+    block by block otherwise: the same exactly symmetric matrix, whose upper triangle is the
+    product's, in a fresh tensor, a slot of a stack or a strided buffer."""
+    from tasks.metrics.gram import symmetrise
+
+    x = torch.from_numpy(np.random.default_rng(n).normal(size=(n, 24)).astype(np.float32))
+    want = symmetrise(gram_upper(x))
+    stack = torch.full((2, n, n), float("nan"))
+    strided = torch.full((n, n + 5), float("nan"))[:, :n]
+    for got in (gram_full(x), gram_full(x, out=stack[1]), gram_full(x, out=strided)):
+        assert torch.equal(got, want) and torch.equal(got, got.T)
