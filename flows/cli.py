@@ -668,7 +668,7 @@ def _gc(args: argparse.Namespace) -> int:
     run reports (``storage.report_retention``), with ``--keep-runs`` the published versions that
     none of the newest runs with results uses (``storage.run_retention``; published data is
     never touched otherwise), the write probes killed writers left at the store's top
-    (``Store.remove_dead_probes``) and, on S3, old incomplete uploads. Every item is printed with its
+    (``storage.temporaries.dead_probes``) and, on S3, old incomplete uploads. Every item is printed with its
     size, the last line sums them by kind: the bytes removed (with ``--dry-run``, that would
     be), each measured before its removal."""
     import math
@@ -679,7 +679,7 @@ def _gc(args: argparse.Namespace) -> int:
     from storage.runs import CLOCK_SKEW_SECONDS, live_runs_since, mark_crashed_runs, open_for_gc
     from storage.shards import remove_stale_partials
     from storage.store import DamagedManifest
-    from storage.temporaries import dead_temporaries
+    from storage.temporaries import dead_probes, dead_temporaries
 
     if not (math.isfinite(args.older_than_days) and args.older_than_days >= 0):
         raise ValueError(f"--older-than-days must be a number >= 0, got {args.older_than_days}")
@@ -697,7 +697,7 @@ def _gc(args: argparse.Namespace) -> int:
         if args.dry_run else open_for_gc(store, swept_sizes=swept_bytes)  # a full disk is when gc is needed
     attempts = {key: size for key, size in store.remove_dead_claim_attempts(dry_run=args.dry_run).items()
                 if key.rsplit("/", 1)[0] not in swept}  # a dry run counts a swept version's with its files
-    probes = store.remove_dead_probes(dry_run=args.dry_run)  # a killed writer's write probe at the store's top
+    probes = dead_probes(store, dry_run=args.dry_run)  # a killed writer's write probe at the store's top
     now = time.time()
     live_since = live_runs_since(store)  # shards a live run may be writing are kept, whatever their age (less the skew)
     damaged: list[DamagedManifest] = []  # versions whose shards stay: their manifest is damaged (prh verify's business)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from storage.report_retention import REPORTS
+from storage.store import STALE_CLAIM_SECONDS
 from tasks.shown_text import for_markdown, for_terminal
 
 if TYPE_CHECKING:
@@ -32,9 +33,9 @@ ARTIFACT_IMAGE_LIMIT = 200_000
 #: The temporary name :func:`_write_all` writes a file under before renaming it: ``.<name>.tmp-<32 hex>``.
 TEMPORARY_FILE = re.compile(r"\..+\.tmp-[0-9a-f]{32}")
 #: A temporary file of a report folder older than this (seconds) is a killed writer's: one in
-#: flight lives as long as its report takes to write its files (seconds). As the store's
-#: temporary files of dead writers (``storage.store.STALE_CLAIM_SECONDS``).
-STALE_TEMPORARY_S = 300.0
+#: flight lives as long as its report takes to write its files (seconds): the store's limit for
+#: dead writers' temporary files.
+STALE_TEMPORARY_S = STALE_CLAIM_SECONDS
 
 
 def add_report_arguments(parser: argparse.ArgumentParser, store_help: str) -> None:

@@ -58,8 +58,8 @@ CLAIM = ".publishing"
 HEARTBEAT_PREFIX = ".publishing-alive-"
 #: Local disks write a file as ``.<name>.tmp-<uuid>`` beside it, then rename (or link) it.
 TEMP_INFIX = ".tmp-"
-#: The name of ``Store.check_writable``'s write probe (``Store.remove_dead_probes``).
-_PROBE_NAME = re.compile(r"\.probe-[0-9a-f]{32}")
+#: The name of ``Store.check_writable``'s write probe (``storage.temporaries.dead_probes``).
+PROBE_NAME = re.compile(r"\.probe-[0-9a-f]{32}")
 #: A version folder (``storage.verify.named_like_a_version``: its box's depth, a 16-hex-digit id);
 #: another tool's folder beside the versions (``datasets/coco/``) is never one.
 _VERSION_FOLDER = re.compile(r"datasets/[0-9a-f]{16}|(?:features|alignment)/[^/]+/[^/]+/[0-9a-f]{16}")
@@ -1350,28 +1350,6 @@ class Store:
                 found[key] = int(entry.get("size") or 0)
                 if not dry_run:
                     self.delete(key)
-        return found
-
-    def remove_dead_probes(self, stale_after_s: float = STALE_CLAIM_SECONDS, dry_run: bool = False) -> dict[str, int]:
-        """Remove the write probes of :meth:`check_writable` that a process killed between creating
-        and removing one left at the store's top (``.probe-<uuid>``; on a local disk also its
-        temporary file, ``..probe-<uuid>.tmp-<uuid>``, killed before the rename), once written more
-        than ``stale_after_s`` ago (a probe lives milliseconds). Temporary files under ``runs/`` and
-        ``reports/`` are ``storage.temporaries``' business. Returns ``key -> bytes`` of each (with
-        ``dry_run``: that would be removed), sorted by key."""
-        found: dict[str, int] = {}
-        wanted = re.compile(rf"{_PROBE_NAME.pattern}|\.{_PROBE_NAME.pattern}{re.escape(TEMP_INFIX)}[0-9a-f]{{32}}")
-        with self._reading("the store's top"):
-            self.fs.invalidate_cache(self.root)
-            top = self.fs.ls(self.root, detail=True) if self.fs.exists(self.root) else []
-        for entry in sorted(top, key=lambda e: e["name"]):
-            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-            if entry.get("type") != "file" or not wanted.fullmatch(name) or _written_within(entry, stale_after_s):
-                continue
-            key = self.key_of(entry["name"])
-            found[key] = int(entry.get("size") or 0)
-            if not dry_run:
-                self.delete(key)
         return found
 
     def _remove_unpublished_files(self, version_key: str, owner: str | None = None,

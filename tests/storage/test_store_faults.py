@@ -293,6 +293,7 @@ def test_what_a_writer_killed_outside_versions_leaves_is_removed_once_stale(tmp_
     import time
 
     from flows.cli import main
+    from storage.temporaries import dead_probes
 
     store = Store(str(tmp_path / "store"))
     store.publish("datasets/0123456789abcdef", {"samples.parquet": b"rows"}, {})
@@ -311,13 +312,13 @@ def test_what_a_writer_killed_outside_versions_leaves_is_removed_once_stale(tmp_
     assert len(left) == 4 and sum(name.startswith(".probe-") for name in left) == 1, left
     fresh = root / "runs" / f".r2.json.tmp-{'0' * 32}"  # a write in flight: kept
     fresh.write_bytes(b"{}")
-    assert store.remove_dead_probes() == {}  # all fresh
+    assert dead_probes(store) == {}  # all fresh
     assert main(["gc", "--store", store.url]) == 0 and all(f"removed {name}" not in capsys.readouterr().out for name in left)
     old = time.time() - 3600
     for name in left:
         os.utime(root / name, (old, old))
     probes = [name for name in left if name.startswith((".probe-", "..probe-"))]
-    assert len(probes) == 2 and store.remove_dead_probes(dry_run=True) == {name: (root / name).stat().st_size for name in probes}
+    assert len(probes) == 2 and dead_probes(store, dry_run=True) == {name: (root / name).stat().st_size for name in probes}
     assert main(["gc", "--store", store.url]) == 0
     out = capsys.readouterr().out
     assert all(f"removed {name}: " in out for name in left), out
