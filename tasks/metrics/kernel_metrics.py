@@ -103,43 +103,53 @@ class FeatureState:
     self_size: torch.Tensor | None = None
 
 
-def rbf_from_gram(gram: torch.Tensor, sigma: float | str) -> torch.Tensor:
-    """`rbf_and_width`'s kernel."""
-    return rbf_and_width(gram, sigma)[0]
+def shifted_rbf_and_width(gram: torch.Tensor, sigma: float | str) -> tuple[torch.Tensor, float, float]:
+    """``(K - c, width, c)``: the RBF kernel ``K = exp(-d^2 / (2 width^2))`` ``(N, N)`` from an
+    inner-product Gram (not modified), less a constant ``c`` (0 or 1); ``sigma`` a number or
+    ``'median'`` (the width used: ``sigma``, or the median distance). One ``N x N`` buffer beside
+    ``gram``: every step is in place (same operations, in the same order, as
+    ``exp((sq_i + sq_j - 2 g_ij).clamp(0) / (-2 sigma^2)) - c``, ``- 1`` through ``expm1``).
 
-
-def rbf_and_width(gram: torch.Tensor, sigma: float | str) -> tuple[torch.Tensor, float]:
-    """RBF kernel ``(N, N)`` from an inner-product Gram (not modified); ``sigma`` a number or
-    ``'median'``. One ``N x N`` buffer beside ``gram``: every step is in place (same operations,
-    in the same order, as ``exp((sq_i + sq_j - 2 g_ij).clamp(0) / (-2 sigma^2))``).
+    Both CKAs ignore a constant added to the kernel (``H`` removes it from the biased HSIC; the
+    unbiased one is a U-statistic whose terms cancel it), and the constant decides which digits
+    the stored kernel keeps: ``exp`` keeps those of entries near 0 and rounds away those of
+    entries near 1, ``expm1`` the opposite. ``c = 1`` where the mean off-diagonal ``d^2 / (2
+    width^2)`` is below ``ln 2`` (most entries above 1/2: a width large against the distances),
+    else 0. ``exp`` alone made float32 biased RBF CKA 1.2e-5 relative off at ``rbf_sigma=100``
+    and 5.2e-5 at 300 on unit rows (N=150), and refused the unbiased one at 300 as rounding;
+    ``expm1`` alone turned a narrow width's off-diagonal ``1e-7`` into ``-1``.
 
     Pass the Gram of column-centred features (``Representation.centred_gram``): the squared
     distances are differences of its entries, so an offset shared by the rows (``|m|`` against a
     spread ``s``) would cost a factor ``|m|^2 / s^2`` of rounding (float32, offset 1e4, spread ~4:
-    RBF CKA 0.039 instead of 0.772, and a median distance of 0). Also returns the width used
-    (``sigma``, or the median distance)."""
+    RBF CKA 0.039 instead of 0.772, and a median distance of 0)."""
     sq = torch.diagonal(gram)
     d2 = (sq[:, None] + sq[None, :]).sub_(gram, alpha=2.0).clamp_min_(0.0)  # 2 g is exact
     d2.fill_diagonal_(0.0)
     check_rbf_sigma(sigma)
+    n = d2.shape[0]
     if isinstance(sigma, str):
-        iu = torch.triu_indices(d2.shape[0], d2.shape[0], 1, device=d2.device)
+        iu = torch.triu_indices(n, n, 1, device=d2.device)
         s = _median(d2[iu[0], iu[1]].sqrt())
         if s <= 0:
             raise ValueError("median pairwise distance is 0; cannot use the median heuristic")
     else:
         s = float(sigma)
+    mean_d2 = float(d2.sum(dtype=torch.float64)) / max(n * (n - 1), 1)
+    c = 1.0 if mean_d2 < math.log(2.0) * 2.0 * s * s else 0.0  # (no overflow: s is a Python float)
     scale = 2.0 * s * s
     info = torch.finfo(d2.dtype)
     if s < info.tiny:
         # s itself rounds to 0 in the kernel's dtype: the limit, K = 1 where the distance is 0
         # and exp(-huge) = 0 elsewhere (exact: a positive float32 d2 / 2s^2 is far past underflow)
-        return (d2 == 0).to(d2.dtype), s
+        return (d2 == 0).to(d2.dtype).sub_(c), s, c
     if not info.tiny <= scale <= info.max:
         # 2 s^2 underflows (or overflows) in the kernel's dtype: divide by s twice, so that a
         # distance of 0 stays 0 (K = 1) instead of 0/0 (the limit K -> I, or K -> all ones)
-        return d2.div_(s).div_(s).mul_(-0.5).exp_(), s
-    return d2.div_(-scale).exp_(), s
+        d2.div_(s).div_(s).mul_(-0.5)
+    else:
+        d2.div_(-scale)
+    return (d2.expm1_() if c else d2.exp_()), s, c
 
 
 def check_rbf_sigma(sigma: float | str) -> None:
@@ -250,11 +260,17 @@ class CkaEngine(Engine):
         for l in range(len(rep)):
             # distances from the centred features' Gram: a common offset cancels exactly
             try:
-                k, width = rbf_and_width(rep.centred_gram(l), sigma)  # a fresh matrix: centred in place
+                gram = rep.centred_gram(l)
+                k, width, c = shifted_rbf_and_width(gram, sigma)  # K - c, a fresh matrix: centred in place
             except ValueError as err:  # the median heuristic on this layer's distances
                 raise ValueError(f"layer {l}: {err}") from None
-            # unbiased: distances from a cached Gram's H G H carry its offset's rounding: the floor's source
-            source = _rbf_rounding_source(rep.centring_source(l), k, width) if unbiased else None
+            # unbiased: the distances carry the rounding of the Gram they are differences of (a
+            # cached Gram's, offset included, where H G H came from it): the floor's source
+            source = None
+            if unbiased:
+                cached = rep.centring_source(l)
+                source = _rbf_rounding_source(gram if cached is None else cached, k, c, width)
+            del gram
             yield (k if unbiased else center_gram_(k)), not unbiased, False, [source]
             del k, source
 
@@ -437,24 +453,30 @@ def _formed_terms_size(u: torch.Tensor, i: torch.Tensor, j: torch.Tensor, n: int
     return unbiased_terms_size(2.0 * (u * u).sum(), tot, tot, (rows * rows).sum(), n)
 
 
-def _rbf_rounding_source(gram: torch.Tensor | None, k: torch.Tensor, width: float) -> torch.Tensor | None:
-    """The ``(N, N)`` matrix whose ``eps`` the RBF kernel ``k`` (``(N, N)``) carries from the
-    cached Gram ``gram`` its distances were centred from (`Representation.centring_source`;
-    None: no such Gram, None returned): ``K_ij (|G_ii| + |G_jj| + 2 |G_ij|) / (2 width^2)``, a
+def _rbf_rounding_source(gram: torch.Tensor, shifted: torch.Tensor, c: float, width: float) -> torch.Tensor | None:
+    """The ``(N, N)`` matrix whose ``eps`` the RBF kernel carries from the Gram ``gram`` its
+    distances are differences of (the centred Gram, or the cached Gram it was centred from:
+    `Representation.centring_source`), ``shifted`` its ``K - c`` (`shifted_rbf_and_width`,
+    ``(N, N)``): ``K_ij (|G_ii| + |G_jj| + 2 |G_ij|) / (2 width^2)``, a
     squared distance's rounding ``eps`` of its Gram entries (offset included) times the
-    kernel's slope in it (``width``: the kernel's, `rbf_and_width`: ``rbf_sigma`` or the median
-    distance, not computed again). The floor of the unbiased self-HSIC check (`encode_kernels`):
-    equidistant rows plus a common offset (exact self-HSIC 0) passed on the rounding alone
-    (unbiased RBF CKA 2.5e-5 in float32). None too where ``1 / (2 width^2)`` is not finite.
+    kernel's slope in it (``width``: the kernel's, `shifted_rbf_and_width`: ``rbf_sigma`` or the
+    median distance, not computed again). The floor of the unbiased self-HSIC check
+    (`encode_kernels`): equidistant rows plus a common offset (exact self-HSIC 0) passed on the
+    rounding alone (unbiased RBF CKA 2.5e-5 in float32); and ``K - 1`` (``c = 1``), unlike ``K``,
+    has no rounding of its own at the scale of 1 to hide a flat kernel's. None where
+    ``1 / (2 width^2)`` is not finite.
     In the Gram's dtype (a float64 copy and a second median had made the encoding of one
     layer peak 33 MB higher at N=4096, 772 against 739 MB)."""
-    if gram is None:
-        return None
-    slope = 1.0 / (2.0 * width * width) if width > 0 else math.inf
+    twice_square = 2.0 * width * width
+    slope = 1.0 / twice_square if twice_square > 0 else math.inf
     if not math.isfinite(slope):
         return None
     sq = torch.diagonal(gram).abs()
-    out = gram.abs().mul_(2.0).add_(sq[:, None]).add_(sq[None, :]).mul_(k)
+    out = gram.abs().mul_(2.0).add_(sq[:, None]).add_(sq[None, :])
+    if c:
+        out.addcmul_(out, shifted)  # times K = 1 + shifted
+    else:
+        out.mul_(shifted)
     if slope * float(out.max()) >= torch.finfo(out.dtype).max:  # a width so small that the Gram's dtype overflows
         out = out.to(torch.float64)
     return out.mul_(slope)

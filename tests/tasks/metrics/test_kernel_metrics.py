@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -29,6 +30,21 @@ def test_rbf_cka_matches_reference(sigma: float, unbiased: bool) -> None:
     x, y = paired(n=30, seed=12, normalize=False)
     got = score("cka", x, y, kernel_metric="rbf", rbf_sigma=sigma, unbiased=unbiased)
     assert got == pytest.approx(ref.cka(x, y, "rbf", sigma, unbiased), abs=1e-10)
+
+
+@pytest.mark.parametrize("sigma", [100.0, 300.0])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_float32_rbf_cka_keeps_its_digits_at_a_wide_sigma(sigma: float, unbiased: bool) -> None:
+    """A width large against the distances makes the kernel ``1 - small``: stored as ``exp`` in
+    float32 the small part lost its digits (biased: 1.2e-5 relative off at sigma=100, 5.2e-5 at 300;
+    unbiased at 300 refused as rounding). Against a float64 reference built from ``K - 1``
+    (the same CKA, without the cancellation of ``K``'s common 1)."""
+    x, y = paired(n=150, dx=24, dy=16, noise=1.0, seed=13)
+    want = ref.cka(x, y, "rbf", sigma, unbiased, minus_one=True)
+    assert want > 1e-7  # not just the +1e-6 of the denominator
+    got = score("cka", x.astype(np.float32), y.astype(np.float32), kernel_metric="rbf", rbf_sigma=sigma,
+                unbiased=unbiased)
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-12)  # before: 1.2e-5, 8.9e-6, 5.2e-5 relative, refused
 
 
 def test_rbf_median_heuristic() -> None:
@@ -150,7 +166,9 @@ def _previous_rbf_encoding(grams: list[torch.Tensor], sigma, unbiased: bool):
             s = _median(d2[iu[0], iu[1]].sqrt())
         else:
             s = float(sigma)
-        return torch.exp(d2 / (-2.0 * s * s))
+        m = d2.shape[0]  # K - 1 where most entries are above 1/2, as the engine stores it
+        wide = float(d2.sum(dtype=torch.float64)) < math.log(2.0) * 2.0 * s * s * m * (m - 1)
+        return (torch.expm1 if wide else torch.exp)(d2 / (-2.0 * s * s))
 
     from tasks.metrics.kernel_metrics import _sq_norms as sq_norms  # float64 sums (test_sq_norms_...)
 
