@@ -376,8 +376,8 @@ def check_models(specs: list[Any]) -> list[dict[str, str]]:
 
 def model_checks(specs: list[Any]) -> Iterator[tuple[str, Literal["ok", "refused", "unchecked"], str]]:
     """``(model name, outcome, why on one line: ``refusal_line`` when refused)`` for each spec, checked without loading weights
-    (``tasks.extract.check_model``, which runs ``preflight.known_problem`` around its own check, once,
-    then ``preflight.cls_pooling_problem``),
+    (``tasks.extract.check_model``, which runs ``preflight.known_problem`` around its own check, once;
+    that check refuses ``cls`` pooling without a CLS token too),
     as it is checked: ``refused`` (``ModelInputError``: a missing path, an unknown id or class, a
     wrong modality, ``cls`` pooling on a model without a CLS token, a model type known not to pool
     per token...; an ``ImportError``: a library the model or its processor needs is not installed),
@@ -385,17 +385,10 @@ def model_checks(specs: list[Any]) -> Iterator[tuple[str, Literal["ok", "refused
     (message empty)."""
     from tasks.extract import check_model
     from tasks.extract.errors import ModelInputError
-    from tasks.extract.preflight import cls_pooling_problem
-
-    def checked(spec: Any) -> None:
-        check_model(spec)  # refuses a known problem too (preflight.refuse_known_problem)
-        problem = cls_pooling_problem(spec)  # after the check: known once a hub config is cached
-        if problem is not None:
-            raise ModelInputError(spec.name, spec.id, problem)
 
     for spec in specs:
         try:
-            checked(spec)
+            check_model(spec)  # refuses a known problem too (preflight.refuse_known_problem)
         except ModelInputError as error:
             yield spec.name, "refused", refusal_line(error)
         except ImportError as error:  # e.g. DINOv3's image processor needs torchvision: it would fail after the weights load

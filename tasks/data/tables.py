@@ -27,6 +27,8 @@ caption and a bad image is reported once, for the caption; the image is then not
 ``text_control_chars``      a NUL or other control character (tab, LF and CR are allowed)
 ``image_missing``           null image, empty path, no such file, a folder caption w/o image, a
                             path that names no file (a NUL, a name over 255 bytes, a link loop)
+``image_ambiguous``         (WebDataset) a sample with several image members (``KEY.jpg`` and
+                            ``KEY.png``) and no image column naming one suffix
 ``image_path_unsafe``       an image path that resolves outside the folder of the table (or
                             ``image_root``): ``../``, symbolic links (not a hub snapshot's,
                             into its cache's ``blobs/``), absolute paths elsewhere
@@ -103,6 +105,7 @@ class Reason(StrEnum):
     TEXT_TOO_LONG = "text_too_long"
     TEXT_CONTROL_CHARS = "text_control_chars"
     IMAGE_MISSING = "image_missing"
+    IMAGE_AMBIGUOUS = "image_ambiguous"
     IMAGE_PATH_UNSAFE = "image_path_unsafe"
     IMAGE_EMPTY = "image_empty"
     IMAGE_TOO_LARGE = "image_too_large"

@@ -9,8 +9,11 @@ Captions: ``KEY.txt`` (also ``.text``, ``.caption``), else the ``text`` or ``cap
 ``KEY.json`` (a list of captions is read as a table's list is, by ``captions``). A text column
 other than ``text`` names the JSON field to read instead (img2dataset's ``.txt`` is then not
 used). An image column other than ``image`` names the image suffix to read (``png`` when a
-sample has ``KEY.jpg`` and ``KEY.png``); else the first image member is read, and a second one
-is reported.
+sample has ``KEY.jpg`` and ``KEY.png``); else a sample's one image member is read, and a sample
+with several (``KEY.jpg`` beside ``KEY.png``: a photo and its mask, or a re-encoding) is one
+rejected row, ``image_ambiguous``, naming them and the image column that picks one (the first in
+the archive had been read, the tar writer's order deciding, and the other reported as a rejected
+``sample_id_duplicate`` row of an id that was not repeated).
 
 Shards are read in name order (``shards/00000.tar`` ... or one ``.tar``; ``.tar.gz``/``.tgz``
 too) straight from the archive: nothing is extracted to disk; links, devices and sparse members
@@ -210,20 +213,31 @@ def _records(shard: Path, sample: _Sample, columns: ColumnMap) -> list[RawRecord
         wanted = "image member" if columns.image == "image" else f"{columns.image!r} member (image column)"
         return [_refused(origin, sample_id, "image_missing",
                          f"{shard.name}: sample {key} has no {wanted}{_dots(sample, is_image)}")]
+    if len(images) > 1:
+        return [_refused(origin, sample_id, "image_ambiguous", f"{shard.name}: {_ambiguous(key, images)}")]
     image = members[images[0]]
     if isinstance(image, str):
         return [_refused(origin, sample_id, "image_too_large", f"{shard.name}: {image}")]
-    extra = [_refused(origin, sample_id, "sample_id_duplicate",
-                      f"{shard.name}: {key}{s} is a second image of sample {key} ({key}{images[0]} is read)") for s in images[1:]]
     captions, problem = _captions(key, members, columns)
     if problem is not None:
         sources = (*_TEXT_SUFFIXES, ".json") if columns.text == "text" else (".json",)
         why = _dots(sample, lambda s: s in sources) if problem[0] == "text_missing" else ""
-        return [_refused(origin, sample_id, problem[0], f"{shard.name}: {problem[1]}{why}"), *extra]
+        return [_refused(origin, sample_id, problem[0], f"{shard.name}: {problem[1]}{why}")]
     if columns.captions == "first" or len(captions) <= 1:
-        return [RawRecord(None, origin, sample_id, image, captions[0] if captions else "", None), *extra]
+        return [RawRecord(None, origin, sample_id, image, captions[0] if captions else "", None)]
     return [RawRecord(None, f"{origin} caption {i}", f"{sample_id}-{i}", image, text, sample_id)
-            for i, text in enumerate(captions)] + extra
+            for i, text in enumerate(captions)]
+
+
+def _ambiguous(key: str, images: list[str]) -> str:
+    """Why a sample with several image members (``images``: their suffixes) is refused when no image
+    column picks one: which of them is the sample's image (a photo, its mask, a re-encoding) is not
+    for the reader to guess, and the archive's order is only the tar writer's."""
+    names = sorted(images)
+    choices = [repr(s.lstrip(".")) for s in names]
+    either = f"{', '.join(choices[:-1])} or {choices[-1]}"
+    return (f"sample {key} has {len(names)} image members ({', '.join(key + s for s in names)}) and the image column "
+            f"names none of them: set the image column to one suffix ({either})")
 
 
 def _dots(sample: _Sample, could_be: Callable[[str], bool]) -> str:

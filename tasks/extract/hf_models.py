@@ -21,7 +21,8 @@ Before any weights load, `check_model` checks what it can and raises `ModelInput
 model and the problem: the source (`tasks.extract.preflight`: package dir, local path, or hub id
 and revision, offline-aware), the config, the class transformers would build, whether it
 takes the declared modality's input and builds without a library that is not installed (built on
-the ``meta`` device: `meta_model`), and the tokenizer. A model that does not build at load
+the ``meta`` device: `meta_model`; the same build tells ``cls`` pooling on a model without a CLS
+token: `cls_pooling_problem`), and the tokenizer. A model that does not build at load
 (`build_errors`) is a `ModelInputError` too. Hub ids read from the local cache only
 (``local_files_only``) when the hub is offline or unreachable.
 
@@ -231,7 +232,9 @@ def check_model(spec: ModelSpec) -> CheckedModel:
     builds from ``spec.config``, every key of which (sub-config dicts included, recursively) it knows
     (`_refuse_unknown_keys`), same modality check. The model class is
     built on the ``meta`` device (`meta_model`: no weights), which refuses a class that needs a
-    library that is not installed (timm, natten). Language: the tokenizer loads.
+    library that is not installed (timm, natten), and, for a vision spec, once for both checks, a
+    forward that needs other inputs and ``cls`` pooling without a CLS token (`_refuse_vision_problems`).
+    Language: the tokenizer loads.
     """
     language = spec.modality == "language"
     if spec.loader == "hf":
@@ -239,10 +242,11 @@ def check_model(spec: ModelSpec) -> CheckedModel:
         config = _read_config(spec, access)
         causal = language and is_causal_config(config, from_architectures=True)
         _feature_overrides(config, spec.config)
-        if not (spec.trust_remote_code and getattr(config, "auto_map", None)):
+        remote = bool(spec.trust_remote_code and getattr(config, "auto_map", None))
+        if not remote:
             check_modality(spec, type(config), causal)
-            if not language:  # language: probe_position_offset builds it below
-                _refuse_other_inputs(spec, meta_model(spec, config, causal))
+        if not language and (not remote or spec.pooling == "cls"):  # language: probe_position_offset builds it below
+            _refuse_vision_problems(spec, meta_model(spec, config, causal), inputs=not remote)
         tokenizer = load_tokenizer(spec, access) if language else None
         if tokenizer is not None:  # a two-tower or vision-language checkpoint keeps these sizes in text_config
             _check_vocabulary(spec, tokenizer, _text_config(config))
@@ -257,7 +261,7 @@ def check_model(spec: ModelSpec) -> CheckedModel:
         causal = language and is_causal_config(config, from_architectures=False)
         _feature_overrides(config, spec.config)
         if not language:
-            _refuse_other_inputs(spec, meta_model(spec, config, causal))
+            _refuse_vision_problems(spec, meta_model(spec, config, causal))
         if tokenizer is not None:
             _check_vocabulary(spec, tokenizer, _text_config(config))
             _check_max_length(spec, tokenizer, _text_config(config), probe_position_offset(spec, config, causal))
@@ -304,6 +308,33 @@ def _refuse_other_inputs(spec: ModelSpec, model: torch.nn.Module | None) -> None
     if needed and not takes_patches(tower):
         raise ModelInputError(spec.name, spec.id, f"{type(tower).__name__}'s forward needs input(s) "
                               f"{', '.join(map(repr, needed))} besides pixel_values, which prh does not give")
+
+
+def _refuse_vision_problems(spec: ModelSpec, model: torch.nn.Module | None, inputs: bool = True) -> None:
+    """The checks of a vision spec on its model built on the ``meta`` device (None: not built, not
+    checked), built once for all of them: its inputs (`_refuse_other_inputs`; ``inputs`` False: not
+    checked, for remote code) and ``cls`` pooling (`cls_pooling_problem`)."""
+    if inputs:
+        _refuse_other_inputs(spec, model)
+    problem = cls_pooling_problem(spec, model)
+    if problem is not None:
+        raise ModelInputError(spec.name, spec.id, problem)
+
+
+def cls_pooling_problem(spec: ModelSpec, model: torch.nn.Module | None) -> str | None:
+    """Why ``pooling: cls`` cannot work for a vision spec whose model, built on the ``meta`` device,
+    is ``model``: the part a vision spec runs (`_select_tower`) holds no CLS or register token in its
+    ``embeddings`` (SigLIP, ConvNeXt and other CNNs), so its first batch would refuse it after the
+    weights load (``pooling.pool_vision``). None when it can work or cannot be told (another pooling,
+    no model, no ``embeddings`` module to read)."""
+    if spec.modality != "vision" or spec.pooling != "cls" or model is None:
+        return None
+    from tasks.extract.hf_vision import declared_prefix_tokens
+
+    if declared_prefix_tokens(_select_tower(model, "vision")) != 0:
+        return None
+    return (f"'cls' pooling needs a model with a CLS token, and {type(model).__name__}'s embeddings hold none "
+            "(no CLS or register token): use 'avg'")
 
 
 def _text_config(config: Any) -> Any:
@@ -847,16 +878,66 @@ def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAcces
         raise ModelInputError(spec.name, spec.id, f"its image processor {type(proc).__name__} splits each image into tiles "
                               "(do_image_splitting: a grid of tiles and a thumbnail, each its own entry of pixel_values), "
                               "so the model's features would not be one row per image: prh takes a vision model whose "
-                              "processor gives one image per row")
+                              "processor gives one image per row"
+                              + (" (a checkpoint folder whose preprocessor_config.json sets do_image_splitting: false "
+                                 "gives one: each image squashed to max_image_size)" if hasattr(proc, "max_image_size") else ""))
     if is_patch_processor(proc):
         return _patch_settings(proc, spec)
     if spec.crop_pct is not None:
         set_centre_crop(proc, spec)
+    elif spec.image_size is not None and squares_images(proc):
+        _set_square_side(proc, spec)
     elif spec.image_size is not None:
         _resize_processor(proc, spec.image_size)
     if spec.resample is not None:
         set_resample(proc, spec)
+    _refuse_several_images_per_row(spec, proc)
     return proc
+
+
+def _refuse_several_images_per_row(spec: ModelSpec, proc: Any) -> None:
+    """`ModelInputError` for an image processor that gives several images per input image without a
+    ``do_image_splitting`` switch to tell it (LLaVA-NeXT's any-resolution grid, `(B, 1 + tiles, 3, H,
+    W)`), found on two probe images (`image_pool.one_row_per_image`): it had passed the check and
+    failed at the load probe inside the model, after the weights loaded. A processor that fails on
+    the probe for another reason is left to the load probe, which names its error."""
+    from PIL import Image
+
+    from tasks.extract.image_pool import NotOneImagePerRow, apply_processor
+
+    probe = [Image.new("RGB", (64, 48), (127, 127, 127)), Image.new("RGB", (48, 64), (30, 160, 60))]
+    try:
+        apply_processor(proc, probe)
+    except NotOneImagePerRow as exc:
+        raise ModelInputError(spec.name, spec.id, f"{exc}, so the model's features would not be one row per image: prh takes "
+                              "a vision model whose processor gives one image per row") from exc
+    except Exception:  # noqa: BLE001 - a probe only: the load probe reports the processor's own error
+        return
+
+
+def squares_images(proc: Any) -> bool:
+    """Whether an image processor is a vision-language one that can split images into tiles but
+    does not (Idefics3's, SmolVLM's with ``do_image_splitting: false``): it squashes each whole
+    image to a ``max_image_size`` x ``max_image_size`` square (``{"longest_edge": side}``), one image
+    per row, which is what the model's vision encoder sees (`image_pool.one_row_per_image`)."""
+    side = getattr(proc, "max_image_size", None)
+    return (hasattr(proc, "do_image_splitting") and not tiles_images(proc) and isinstance(side, dict)
+            and is_int(side.get("longest_edge")))
+
+
+def _set_square_side(proc: Any, spec: ModelSpec) -> None:
+    """``image_size: S`` for a processor that squares images (`squares_images`): its
+    ``max_image_size`` becomes S (its ``size``, the resize before it, is its own); a probe image
+    must come out S x S (else the setting would be silently ignored)."""
+    from PIL import Image
+
+    assert spec.image_size is not None
+    proc.max_image_size = {"longest_edge": spec.image_size}
+    probe = Image.new("RGB", (3, 2), (127, 127, 127))
+    shape = tuple(proc(images=[probe], return_tensors="np")["pixel_values"].shape[-2:])
+    if shape != (spec.image_size, spec.image_size):
+        raise ModelInputError(spec.name, spec.id, f"image_size {spec.image_size}: the image processor {type(proc).__name__} "
+                              f"gave {shape} pixels instead of a {spec.image_size} x {spec.image_size} square: remove image_size")
 
 
 #: transformers' error when a checkpoint's image processor exists only for a backend that cannot be

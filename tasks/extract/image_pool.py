@@ -88,13 +88,42 @@ def crop_batch(recipe: CropRecipe, items: Sequence[ImageItem]) -> np.ndarray:
 
 def apply_processor(processor: Any, items: Sequence[ImageItem]) -> np.ndarray | PatchPixels:
     """`(B, 3, H, W) float32` pixel values of the decoded items through a transformers image
-    processor; `PatchPixels` from a patch processor (its output has ``spatial_shapes``)."""
+    processor; `PatchPixels` from a patch processor (its output has ``spatial_shapes``). A
+    vision-language processor's `(samples, images, 3, H, W)` output is flattened to one row per item
+    (`one_row_per_image`)."""
     images = [decode_image(it) for it in items]
     out = processor(images=images, return_tensors="pt")
     if "spatial_shapes" in out:
         return PatchPixels(*(np.ascontiguousarray(out[key].numpy()) for key in
                              ("pixel_values", "pixel_attention_mask", "spatial_shapes")))
-    return np.ascontiguousarray(out["pixel_values"].numpy())
+    pixels = out["pixel_values"].numpy()
+    if pixels.ndim == 5:
+        mask = out.get("pixel_attention_mask")
+        pixels = one_row_per_image(pixels, None if mask is None else mask.numpy(), len(images), type(processor).__name__)
+    return np.ascontiguousarray(pixels)
+
+
+class NotOneImagePerRow(ValueError):
+    """An image processor's output that is not one unpadded image per input image (`one_row_per_image`)."""
+
+
+def one_row_per_image(pixels: np.ndarray, mask: np.ndarray | None, n_items: int, processor: str) -> np.ndarray:
+    """`(n_items, 3, H, W)` from the `(S, I, 3, H, W)` pixel values of a vision-language processor
+    (Idefics3's and SmolVLM's with ``do_image_splitting`` off take a list of B images as one sample of
+    B images: S = 1, I = B; each image squashed to ``max_image_size`` x ``max_image_size``), in the
+    items' order. ``mask``: its `(S, I, H, W)` ``pixel_attention_mask`` (1 = pixel of the image).
+
+    Raises `NotOneImagePerRow` naming the processor when its output is not one unpadded image per
+    item: S x I differs from ``n_items`` (tiles, as LLaVA-NeXT's any-resolution grid gives, or
+    padding images), or the mask marks padded pixels."""
+    samples, per_sample = pixels.shape[:2]
+    if samples * per_sample != n_items:
+        raise NotOneImagePerRow(f"the image processor {processor} gave {samples} x {per_sample} images for {n_items} "
+                                "input image(s), not one per input (tiles of each image?)")
+    if mask is not None and not mask.all():
+        raise NotOneImagePerRow(f"the image processor {processor} padded some images (pixel_attention_mask has 0s), "
+                                "whose padding the features would average")
+    return pixels.reshape(n_items, *pixels.shape[2:])
 
 
 @lru_cache(maxsize=8)

@@ -18,11 +18,12 @@
 `upstream_commit(spec)` asks the hub where an unpinned revision points now (one metadata request,
 never an error), so that a run reusing stored features can say that the weights moved on.
 
-`known_problem(spec)` and `cls_pooling_problem(spec)` tell, without weights, what is known to fail
-only after they load (a model type that does not pool per token, a read-only config key, ``cls``
-pooling without a CLS token). `refuse_known_problem(spec, check)` runs a model check behind
-`known_problem`: ``tasks.extract.check_model`` and ``load_extractor`` both go through it, so every
-public entry point refuses such a model by name; the pipeline's model checks add ``cls_pooling_problem``.
+`known_problem(spec)` tells, from the config class alone, what is known to fail only after the
+weights load (a model type that does not pool per token, a read-only config key).
+`refuse_known_problem(spec, check)` runs a model check behind `known_problem`:
+``tasks.extract.check_model`` and ``load_extractor`` both go through it, so every public entry point
+refuses such a model by name. (``cls`` pooling without a CLS token is the model check's own:
+``hf_models.cls_pooling_problem``.)
 
 Every error is a `ModelInputError` naming the model (spec name and id) and the problem.
 No torch in `resolve_access`; `huggingface_hub` is imported only for hub ids.
@@ -321,26 +322,6 @@ def _not_cached(repo: str, rev: str, why: str) -> str:
         return (f"{why}, and {repo!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}): "
                 "check the id, or download it on a machine with access and copy the cache")
     return f"{why}, and revision {rev!r} of {repo!r} is not in the local cache (cached: {', '.join(have)})"
-
-
-def cls_pooling_problem(spec: ModelSpec) -> str | None:
-    """Why ``pooling: cls`` cannot work for a Hugging Face vision spec, told without weights: the
-    model class built on the ``meta`` device holds no CLS or register token in its embeddings
-    (SigLIP, ConvNeXt and other CNNs), so its first batch would refuse it after the weights
-    load (``pooling.pool_vision``). None when it can work or cannot be told (no ``embeddings``
-    module to read, a class that does not build on ``meta``). Raises what the model check raises."""
-    if spec.modality != "vision" or spec.pooling != "cls" or spec.loader not in ("hf", "random_hf"):
-        return None
-    from tasks.extract import hf_models
-    from tasks.extract.hf_vision import declared_prefix_tokens
-
-    checked = hf_models.check_model(spec)
-    model = hf_models.meta_model(spec, checked.config, checked.causal)
-    tower = None if model is None else hf_models._select_tower(model, "vision")  # the part a vision spec runs
-    if tower is None or declared_prefix_tokens(tower) != 0:
-        return None
-    return (f"'cls' pooling needs a model with a CLS token, and {type(model).__name__}'s embeddings hold none "
-            "(no CLS or register token): use 'avg'")
 
 
 #: Model types whose hidden states are not one row per input token, so that pooling over the valid

@@ -94,3 +94,54 @@ def test_a_hub_config_fetched_by_the_check_is_pre_checked_after_it(tmp_path: Pat
     with pytest.raises(ModelInputError, match="model type 'reformer' is not supported") as info:
         check_model(spec)
     assert isinstance(info.value.__cause__, RuntimeError)
+
+
+SIGLIP_TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+                    patch_size=8)
+
+
+def _counting(monkeypatch, module, name: str) -> list[str]:
+    """Record every call of ``module.name`` by the spec's name (its first argument)."""
+    calls: list[str] = []
+    real = getattr(module, name)
+
+    def counted(spec: ModelSpec, *args, **kwargs):
+        calls.append(spec.name)
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_the_pipeline_check_of_cls_pooling_checks_each_model_once(monkeypatch) -> None:
+    """``pooling: cls`` had made the pipeline's model checks run the whole model check a second time
+    (config, tokenizer-free checks, hub request, meta builds) to tell whether the model has a CLS
+    token; it is now part of the one check, on the model it builds on the meta device anyway."""
+    from flows.pipeline import model_checks
+    from tasks.extract import hf_models
+
+    checks = _counting(monkeypatch, hf_models, "check_model")
+    builds = _counting(monkeypatch, hf_models, "meta_model")
+    specs = [ModelSpec(name="vit", loader="random_hf", id="ViTConfig", modality="vision", pooling="cls", config=TINY_VIT),
+             ModelSpec(name="siglip", loader="random_hf", id="SiglipVisionConfig", modality="vision", pooling="cls",
+                       config=SIGLIP_TOWER)]
+    outcomes = {name: (outcome, message) for name, outcome, message in model_checks(specs)}
+    assert outcomes["vit"] == ("ok", "")
+    assert outcomes["siglip"][0] == "refused"
+    assert "'cls' pooling needs a model with a CLS token, and SiglipVisionModel's embeddings hold none" in outcomes["siglip"][1]
+    assert "use 'avg'" in outcomes["siglip"][1]
+    assert sorted(checks) == ["siglip", "vit"] and sorted(builds) == ["siglip", "vit"], (checks, builds)
+
+
+def test_load_extractor_refuses_cls_pooling_without_a_cls_token_before_the_weights_load(monkeypatch) -> None:
+    """`load_extractor` alone (no pipeline check) refuses it by the same check, before building the model."""
+    from tasks.extract import hf_models
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(hf_models, "load_random", no_build)
+    spec = ModelSpec(name="siglip", loader="random_hf", id="SiglipVisionConfig", modality="vision", pooling="cls",
+                     config=SIGLIP_TOWER)
+    with pytest.raises(ModelInputError, match="model 'siglip'.*'cls' pooling needs a model with a CLS token"):
+        load_extractor(spec, device="cpu")

@@ -111,11 +111,10 @@ def test_padding_never_reaches_the_features(shaped_images):
 def test_naflex_cls_pooling_is_refused_like_siglip():
     """A NaFlex tower has no CLS token, as SigLIP's: ``pooling: cls`` is refused (use 'avg'), the
     attention-pooling head is no layer."""
-    from tasks.extract.preflight import cls_pooling_problem
-
     spec = _spec(pooling="cls")
-    problem = cls_pooling_problem(spec)
-    assert problem is not None and "Siglip2VisionModel's embeddings hold none" in problem and "use 'avg'" in problem
+    with pytest.raises(ModelInputError) as info:
+        check_model(spec)
+    assert "Siglip2VisionModel's embeddings hold none" in str(info.value) and "use 'avg'" in str(info.value)
     with pytest.raises(ModelInputError, match="needs a model with a CLS token"):
         load_extractor(spec, device="cpu")
 
