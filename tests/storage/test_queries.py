@@ -462,3 +462,50 @@ def test_batches_of_a_query_that_fails_at_once_raise_before_any_is_read():
         query_batches(_one_thread(), "select 1; select 2")
     schema, batches = query_batches(_one_thread(), "select range n from range(2500)", batch_rows=1000)
     assert [b.num_rows for b in batches] == [1000, 1000, 500] and schema.names == ["n"]
+
+
+#: The doc's example that scores stored features again (the paragraph "Scoring the stored features yourself").
+RECOMPUTE_PY = re.search(r"\*\*Scoring the stored features yourself\.\*\*.*?```python\n(.*?)```", DOC.read_text(), re.DOTALL)
+
+
+def _outliers(seed: int, width: int, scale: float):
+    """One layer of the shared latent at ``scale``, 5% of its values made outliers the clamp cuts."""
+    import numpy as np
+
+    from tests.tasks.test_align_warnings import _view
+
+    x = _view(seed, width) * scale
+    x.flat[np.random.default_rng(seed + 100).choice(x.size, size=x.size // 20, replace=False)] *= 8
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", ["mutual_knn", "cka"])
+def test_the_docs_recipe_scores_stored_features_as_the_store_does(tmp_path, monkeypatch, metric):
+    """An analyst who read the features back and ran `prepare` on each layer got other numbers
+    than the catalog's (a stored 0.2844 came back 0.2875, a random pair's best layer pair moved):
+    the pipeline clamps a model's layers of one width at one threshold (a vision model's from its
+    blocks). The doc's recipe, run on a store the alignment stage wrote, gives the stored score."""
+    import logging
+
+    from storage import layout
+    from storage.store import Store
+    from tasks.align_task import align_to_store
+    from tasks.params import AlignmentParams
+    from tests.tasks.test_align_warnings import _publish
+
+    assert RECOMPUTE_PY, "docs/queries.md has no example that scores stored features"
+    store = Store(str(tmp_path / "store"))
+    # layers of one width at different scales: one threshold per model differs from one per layer
+    vision = _publish(store, "vit", [_outliers(1, 10, 20.0), _outliers(2, 10, 1.0), _outliers(5, 10, 3.0)])
+    language = _publish(store, "lm", [_outliers(3, 8, 1.0), _outliers(4, 8, 4.0), _outliers(6, 8, 0.5)], modality="language")
+    params = AlignmentParams(metrics=["mutual_knn", "cka"], topk=4)
+    manifest = align_to_store(store.url, vision, language, params, logging.getLogger("test"))
+    store.write_json(layout.run_key("r1"), {"run_id": "r1", "status": "COMPLETED", "started_at": "2026-01-01T00:00:00+00:00",
+                                            "finished_at": "2026-01-01T00:01:00+00:00", "config": {"alignment": params.model_dump()},
+                                            "dataset_version": "d1", "alignment_versions": [manifest["key"]]})
+    monkeypatch.chdir(tmp_path)  # the example opens "store"
+    namespace: dict = {"print": lambda *args: None}
+    exec(RECOMPUTE_PY.group(1).replace("metric = 'mutual_knn'", f"metric = '{metric}'"), namespace)
+    row = namespace["row"]
+    assert row["metric"] == metric and (row["model_a"], row["model_b"]) == ("vit", "lm")
+    assert namespace["again"] == pytest.approx(row["score"], abs=1e-6 if metric == "cka" else 0)
