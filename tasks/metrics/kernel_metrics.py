@@ -5,6 +5,7 @@
 (``K = exp(-||x_i - x_j||^2 / (2 sigma^2))``, distances from the Gram matrix of the column-centred
 features, so translation invariant; diagonal exactly 0);
 ``rbf_sigma='median'`` uses, per layer, the median of the pairwise distances (``i < j``; numpy's median convention).
+``cka_rbf_median`` is that kernel and width by definition: it refuses any other (``FIXED_PARAMS``).
 
 Two exact evaluation paths:
 
@@ -56,6 +57,10 @@ NULL_PERMUTATIONS = 8
 SQ_NORM_CHUNK = 1 << 16
 #: packed-kernel positions per float64 chunk of the cross-HSIC products (``_cross_dots``)
 CROSS_DOT_CHUNK = 1 << 16
+#: parameters a variant fixes by its definition: ``cka_rbf_median`` is RBF CKA with the median
+#: width, and another value scored another metric under its name (``kernel_metric='ip'``: linear
+#: CKA), so one is refused (``CkaEngine.check_fixed``)
+FIXED_PARAMS: dict[str, dict[str, str]] = {"cka_rbf_median": {"kernel_metric": "rbf", "rbf_sigma": "median"}}
 
 
 @dataclass
@@ -182,6 +187,17 @@ class CkaEngine(Engine):
         """``unbiased_cka`` always uses the unbiased HSIC (as the paper's wrapper forces)."""
         return self.variant == "unbiased_cka" or bool(params.get("unbiased", False))
 
+    def check_fixed(self, params: dict[str, Any]) -> None:
+        """``ValueError`` naming the metric and the parameter when ``params`` give a parameter that
+        the variant fixes (``FIXED_PARAMS``) another value: ``cka_rbf_median`` with
+        ``kernel_metric='ip'`` scored linear CKA, with ``rbf_sigma=1.0`` a fixed width."""
+        for name, value in FIXED_PARAMS.get(self.variant, {}).items():
+            given = params.get(name, value)
+            if not (isinstance(given, str) and given == value):
+                raise ValueError(f"{self.variant} is RBF CKA with the median width: {name} must be {value!r}, got "
+                                 f"{given!r}; use cka with kernel_metric='rbf' and rbf_sigma=... for another "
+                                 "kernel or width")
+
     def encode_key(self, params: dict[str, Any]) -> tuple:
         if type(self).encode is not CkaEngine.encode:  # a subclass encoding its own way
             return super().encode_key(params)
@@ -190,6 +206,7 @@ class CkaEngine(Engine):
         sigma = params.get("rbf_sigma", 1.0) if kernel == "rbf" else None
         if kernel == "rbf":
             check_rbf_sigma(sigma)  # before it is hashed into the cache key (a list is unhashable)
+        self.check_fixed(params)
         return ("cka", kernel, sigma, self.unbiased(params))
 
     def encode(self, rep: Representation, params: dict[str, Any]) -> GramState | FeatureState:
@@ -199,6 +216,7 @@ class CkaEngine(Engine):
             raise ValueError(f"kernel_metric must be 'ip' or 'rbf', got {kernel!r}")
         if kernel == "rbf":  # before any kernel is built
             check_rbf_sigma(params.get("rbf_sigma", 1.0))
+        self.check_fixed(params)
         if unbiased and rep.n < 4:
             raise ValueError("unbiased CKA needs N >= 4")
         if kernel == "ip" and not rep.keep_gram:

@@ -61,6 +61,28 @@ def test_rbf_median_heuristic() -> None:
             assert m[i, j] == pytest.approx(expected, abs=1e-10)
 
 
+@pytest.mark.parametrize("params, named", [
+    ({"kernel_metric": "ip"}, "kernel_metric"),
+    ({"rbf_sigma": 1.0}, "rbf_sigma"),
+    ({"kernel_metric": "ip", "rbf_sigma": 2.0}, "kernel_metric"),
+])
+def test_cka_rbf_median_refuses_another_kernel_or_width(params: dict, named: str) -> None:
+    """``cka_rbf_median`` is RBF CKA with the median width by definition: ``kernel_metric='ip'``
+    scored linear CKA under its name (0.6958 for 0.6764 on these data, the value of ``cka``) and
+    ``rbf_sigma=1.0`` a fixed width (0.8505), so a loop passing one set of parameters to every
+    metric stored another metric's number as ``cka_rbf_median``."""
+    x, y = paired(n=30, seed=21, normalize=False)
+    with pytest.raises(ValueError, match=f"^cka_rbf_median .*{named} must be"):
+        score("cka_rbf_median", x, y, **params)
+    with pytest.raises(ValueError, match=f"^cka_rbf_median .*{named} must be"):
+        layer_matrix("cka_rbf_median", [x], [y, y], **params)
+    # its own values (and the unbiased estimator, which it takes) still score
+    same = score("cka_rbf_median", x, y, kernel_metric="rbf", rbf_sigma="median")
+    assert same == score("cka_rbf_median", x, y)
+    assert score("cka_rbf_median", x, y, unbiased=True) == pytest.approx(
+        score("cka", x, y, kernel_metric="rbf", rbf_sigma="median", unbiased=True), abs=0)
+
+
 def test_unbiased_hsic_is_the_u_statistic() -> None:
     """Independent check of the Song et al. estimator against the 4-tuple U-statistic."""
     x, y = paired(n=8, dx=3, dy=2, seed=13, normalize=False)
