@@ -582,9 +582,20 @@ def align_to_store(
                     model_a, model_b, key)
         return {**published.manifest, "reused": True}
     for r in results:
-        logger.info("%s x %s: %s best %.4f at layers (%d, %d)%s", model_a, model_b, r.metric.label(), r.best, *r.best_layers,
+        logger.info("%s x %s: %s %s%s", model_a, model_b, r.metric.label(),
+                    best_summary(r, manifest_a["catalog"]["layer_names"], manifest_b["catalog"]["layer_names"]),
                     f", chance {r.chance_level:.4f}" if r.chance_level is not None else "")
     return {**published.manifest, "reused": False}
+
+
+def best_summary(result: PairAlignment, names_a: list[str], names_b: list[str]) -> str:
+    """``best 0.2844 at layers 17 (head) x 4 (layer.04)``: the pair's best score and its layers by
+    index and by name, as the ``alignment_best`` row holds them (``layer_a``, ``layer_name_a``);
+    ``no finite score`` where it has none (NULL layers and score there)."""
+    i, j = result.best_layers
+    if min(i, j) < 0 or not math.isfinite(result.best):
+        return "no finite score"
+    return f"best {result.best:.4f} at layers {i} ({names_a[i]}) x {j} ({names_b[j]})"
 
 
 def log_interval_notes(result: PairAlignment, bootstrap: int, logger: logging.Logger | logging.LoggerAdapter) -> None:

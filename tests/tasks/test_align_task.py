@@ -8,7 +8,7 @@ import math
 import duckdb
 import numpy as np
 
-from tasks.align_task import result_tables
+from tasks.align_task import best_summary, result_tables
 from tasks.alignment import MetricRequest, PairAlignment
 
 CATALOG = {"dataset_version": "d1", "layer_names": ["l0", "l1"]}
@@ -43,6 +43,15 @@ def test_an_infinite_best_score_is_stored_without_its_layers() -> None:
     _, best = result_tables([inf], MANIFEST_A, MANIFEST_B, "v1", 10)
     row = best.to_pylist()[0]
     assert (row["score"], row["layer_a"], row["layer_b"], row["layer_name_a"], row["layer_name_b"]) == (None,) * 5
+
+
+def test_the_run_log_names_the_best_layers_as_the_best_row_does() -> None:
+    """The log line of a pair's metric gives the best layers by index and name, as
+    ``alignment_best`` holds them (it gave indices only, and ``(-1, -1)`` where no score was finite)."""
+    scored = PairAlignment(MetricRequest("cka", {}), np.array([[0.2, 0.4], [0.1, 0.3]]), 0.4, (0, 1), None)
+    assert best_summary(scored, ["stem", "head"], ["emb", "layer.00"]) == "best 0.4000 at layers 0 (stem) x 1 (layer.00)"
+    for matrix, best, layers in ((np.full((1, 1), math.nan), math.nan, (-1, -1)), (np.array([[-math.inf]]), -math.inf, (0, 0))):
+        assert best_summary(PairAlignment(MetricRequest("cka", {}), matrix, best, layers, None), ["a"], ["b"]) == "no finite score"
 
 
 def test_a_version_another_run_publishes_meanwhile_stops_this_alignment_at_its_next_metric(tmp_path, monkeypatch, caplog):
