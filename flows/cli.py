@@ -27,8 +27,11 @@ DEMO_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 
 
 def configure_environment() -> None:
-    """Prefect with a project-local home, telemetry off, a patient temporary server."""
-    os.environ.setdefault("PREFECT_HOME", str(PROJECT_ROOT / ".prefect"))
+    """Prefect with a project-local home (where ``$PREFECT_HOME`` is unset or empty:
+    :func:`flows.prefect_env.prefect_home`), telemetry off, a patient temporary server."""
+    from flows.prefect_env import prefect_home  # light: no Prefect import
+
+    os.environ["PREFECT_HOME"] = prefect_home(str(PROJECT_ROOT / ".prefect"))
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -636,22 +639,23 @@ def existing_store(url: str) -> Store:
 def _sql(args: argparse.Namespace) -> int:
     from flows.sql_output import MAX_TABLE_ROWS, print_table, write_csv_stream, write_json_stream
     from storage.catalog import connect, query_batches, query_each_head
-    from storage.sql_guard import checked_statements
+    from storage.sql_guard import check_query
 
     con = connect(existing_store(store_argument(args)), lossless_arrow=True)
-    statements = len(checked_statements(con, args.query))
+    query = check_query(con, args.query)  # checked once: what runs below is this
+    statements = len(query.statements)
     if args.format != "table" and statements > 1:
         raise ValueError(f"--format {args.format} writes one result, but the query has {statements} statements: "
                          "run them one at a time (or without --format, which prints each)")
     if args.format != "table":
-        schema, batches = query_batches(con, args.query)  # written as computed: memory about one batch
+        schema, batches = query_batches(con, query)  # written as computed: memory about one batch
         try:
             (write_json_stream if args.format == "json" else write_csv_stream)(schema, batches, sys.stdout)
         except UnicodeEncodeError as error:  # CSV only: the rest of prh's output escapes what it cannot hold
             raise ValueError(_unwritable_output(error)) from None
         return 0
     # each shown before the next runs; only the rows shown are kept (the rest counted)
-    for number, (table, total) in enumerate(query_each_head(con, args.query, MAX_TABLE_ROWS), 1):
+    for number, (table, total) in enumerate(query_each_head(con, query, MAX_TABLE_ROWS), 1):
         if statements > 1:
             print(f"{'' if number == 1 else chr(10)}-- statement {number} of {statements}")
         print_table(table, total_rows=total)
@@ -664,7 +668,8 @@ def _gc(args: argparse.Namespace) -> int:
     folders no extraction will resume (``storage.shards``), report figures cached by other
     versions of the drawing code or written more than ``--older-than-days`` ago
     (``storage.figure_cache``), temporary files under ``reports/`` and ``runs/`` that a killed
-    writer left (``storage.temporaries.dead_temporaries``), with ``--keep-reports`` the older
+    writer left (``storage.temporaries.dead_temporaries``), the signs of life of runs killed just
+    after writing their end (``storage.runs.signs_of_ended_runs``), with ``--keep-reports`` the older
     run reports (``storage.report_retention``), with ``--keep-runs`` the published versions that
     none of the newest runs with results uses (``storage.run_retention``; published data is
     never touched otherwise), the write probes killed writers left at the store's top
@@ -676,7 +681,7 @@ def _gc(args: argparse.Namespace) -> int:
     from storage import layout
     from storage.figure_cache import remove_old_figures, remove_stale_namespaces
     from storage.report_retention import REPORTS, remove_stale_reports
-    from storage.runs import CLOCK_SKEW_SECONDS, live_runs_since, mark_crashed_runs, open_for_gc
+    from storage.runs import CLOCK_SKEW_SECONDS, live_runs_since, mark_crashed_runs, open_for_gc, signs_of_ended_runs
     from storage.shards import remove_stale_partials
     from storage.store import DamagedManifest
     from storage.temporaries import dead_probes, dead_temporaries
@@ -713,6 +718,7 @@ def _gc(args: argparse.Namespace) -> int:
                    if not any(key.startswith(f"{tree}/") for tree in (*figures, *reports))}
     # a killed writer's temporary run record or sign of life
     run_temporaries = dead_temporaries(store, layout.RUNS, dry_run=args.dry_run)
+    ended_signs = signs_of_ended_runs(store, dry_run=args.dry_run)  # a run killed just after writing its end
     old_figures = {key: size for key, size in
                    remove_old_figures(store, args.older_than_days * 86400.0, dry_run=args.dry_run).items()
                    if key not in temporaries}
@@ -758,6 +764,8 @@ def _gc(args: argparse.Namespace) -> int:
         _say(f"{verb} {key}: a temporary file of a report or cached figure (its writer was killed writing it), {size:,} bytes")
     for key, size in run_temporaries.items():
         _say(f"{verb} {key}: a temporary file of a run record or sign of life (its writer was killed writing it), {size:,} bytes")
+    for key, (status, size) in ended_signs.items():
+        _say(f"{verb} {key}: the sign of life of a run that ended {status} (it was killed before removing it), {size:,} bytes")
     for key, size in probes.items():
         what = "a write probe" if key.startswith(".probe-") else "a write probe's temporary file"
         _say(f"{verb} {key}: {what} (its writer was killed checking the store), {size:,} bytes")
@@ -769,6 +777,7 @@ def _gc(args: argparse.Namespace) -> int:
              (len(attempts), "claim attempt or manifest temporary file(s) of dead writers", sum(attempts.values())),
              (len(temporaries), "report temporary file(s) of dead writers", sum(temporaries.values())),
              (len(run_temporaries), "run temporary file(s) of dead writers", sum(run_temporaries.values())),
+             (len(ended_signs), "sign(s) of life of ended runs", sum(size for _, size in ended_signs.values())),
              (len(probes), "write probe(s) of dead writers", sum(probes.values())),
              (len(uploads), "incomplete upload(s)", sum(upload["bytes"] for upload in uploads)),
              (len(versions), "published version(s) no kept run uses", sum(version_bytes[k] for k in versions)),

@@ -23,7 +23,7 @@ import shutil
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from storage.error_chain import error_chain
 
@@ -34,29 +34,50 @@ LOW_ROOM_MB = 16.0
 HOME_NOT_CREATED = "Failed to create the Prefect home directory at "
 
 
+def prefect_home(default: str, environ: Mapping[str, str] | None = None) -> str:
+    """``$PREFECT_HOME`` of ``environ`` (default ``os.environ``), or ``default`` where it is unset,
+    empty or only blanks: Prefect reads an empty ``PREFECT_HOME`` as ``.``, so that ``make serve``
+    and ``prh run`` had put the server's database, logs and lock in whatever folder they were
+    started from. Every place of prh that reads the variable reads it through this."""
+    value = (os.environ if environ is None else environ).get("PREFECT_HOME", "")
+    return value if value.strip() else default
+
+
 @contextlib.contextmanager
 def home_warning_held() -> Iterator[None]:
     """Inside the block, Prefect's warning that it could not create ``PREFECT_HOME``
     (:data:`HOME_NOT_CREATED`, two lines on stderr) is held back; every other warning is shown as
-    usual. A block that raises drops it: there prh's own one line
-    (:func:`check_prefect_environment`) names the home, the reason and what to do. A block that
-    ends normally gives it then, as Prefect would have (the run goes on without that home: a
-    ``PREFECT_API_URL`` server, a database kept elsewhere). Not for threads: it swaps
-    ``warnings.showwarning`` for the block's time."""
+    usual. A block that raises :class:`PrefectHomeError` drops it: there prh's own one line
+    (:func:`check_prefect_home`) names the home, the reason and what to do. A block that ends
+    normally, or raises anything else (a ``PREFECT_API_URL`` no server answers at, a bad
+    ``PRH_TASK_RUNNER``: their lines say nothing of the home), gives it then, as Prefect would
+    have (the run goes on without that home: a ``PREFECT_API_URL`` server, a database kept
+    elsewhere); it had been dropped with any error, so that the home's problem showed only once
+    the other was fixed. Not for threads: it swaps ``warnings.showwarning`` for the block's time."""
     held: list[tuple[tuple[Any, ...], dict[str, Any]]] = []  # showwarning's arguments
-    with warnings.catch_warnings():  # puts showwarning (and the filters) back at the end
-        shown = warnings.showwarning
+    try:
+        with warnings.catch_warnings():  # puts showwarning (and the filters) back at the end
+            shown = warnings.showwarning
 
-        def hold(message: Warning | str, category: type[Warning], *where: Any, **more: Any) -> None:
-            if issubclass(category, UserWarning) and str(message).startswith(HOME_NOT_CREATED):
-                held.append(((message, category, *where), more))
-            else:
-                shown(message, category, *where, **more)
+            def hold(message: Warning | str, category: type[Warning], *where: Any, **more: Any) -> None:
+                if issubclass(category, UserWarning) and str(message).startswith(HOME_NOT_CREATED):
+                    held.append(((message, category, *where), more))
+                else:
+                    shown(message, category, *where, **more)
 
-        warnings.showwarning = hold
-        yield
-    for args, more in held:
-        warnings.showwarning(*args, **more)
+            warnings.showwarning = hold
+            yield
+    except PrefectHomeError:  # prh's line names the home
+        held.clear()
+        raise
+    finally:
+        for args, more in held:
+            warnings.showwarning(*args, **more)
+
+
+class PrefectHomeError(ValueError):
+    """The folder of the temporary server's database (``PREFECT_HOME``) cannot be written or has
+    too little room (:func:`check_prefect_home`); its message says so in one line."""
 
 
 def check_prefect_environment(min_free_mb: float) -> None:
@@ -110,7 +131,7 @@ def temporary_server_database() -> Path | None:
 
 
 def check_prefect_home(folder: Path, min_free_mb: float, home: Path | None = None) -> None:
-    """``ValueError`` when ``folder`` (of the temporary server's database; ``home``: the
+    """:class:`PrefectHomeError` (a ``ValueError``) when ``folder`` (of the temporary server's database; ``home``: the
     ``PREFECT_HOME`` it is named as when they are the same) cannot be created, cannot take a file
     (a path under a file, a read-only disk, no permission, no room) or has less than
     ``min_free_mb`` MiB free; the message names the folder, the reason and what to do. A folder
@@ -120,11 +141,11 @@ def check_prefect_home(folder: Path, min_free_mb: float, home: Path | None = Non
     keeps = "Prefect's temporary API server of `prh run` keeps its database there"
     reason = folder_write_problem(folder)
     if reason is not None:
-        raise ValueError(f"{where}: cannot write there ({reason}); {keeps}: point PREFECT_HOME to a folder this user can "
+        raise PrefectHomeError(f"{where}: cannot write there ({reason}); {keeps}: point PREFECT_HOME to a folder this user can "
                          "write on a disk with room, or set PREFECT_API_URL to a running Prefect server")
     free_mb = shutil.disk_usage(folder).free / 2**20
     if free_mb < min_free_mb:
-        raise ValueError(f"{where}: {free_mb:.0f} MiB free, less than the {min_free_mb:.0f} MiB a run needs; {keeps}: free "
+        raise PrefectHomeError(f"{where}: {free_mb:.0f} MiB free, less than the {min_free_mb:.0f} MiB a run needs; {keeps}: free "
                          "some space there, point PREFECT_HOME to a folder on a disk with room, or set PRH_MIN_FREE_MB "
                          "to accept less")
 

@@ -182,6 +182,9 @@ def _home(text: str) -> str:
     reads ``PREFECT_HOME``: the folder serve writes its lock and logs to is then the one whose
     database the server (started in this checkout) opens. ``~/x`` had made a folder named ``~``
     in the working directory, and a relative path was taken from two working directories."""
+    if not text.strip():  # Path('') is the working directory
+        raise argparse.ArgumentTypeError("must name a folder, got an empty path (leave --home out for $PREFECT_HOME, "
+                                         "else .prefect of this checkout)")
     return str(Path(text).expanduser().absolute())
 
 
@@ -366,8 +369,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=_port, default=None,
                         help="the server's port on 127.0.0.1 (default: $PRH_SERVE_PORT, else 4200)")
-    parser.add_argument("--home", type=_home, default=os.environ.get("PREFECT_HOME", str(PROJECT_ROOT / ".prefect")),
-                        help="PREFECT_HOME (default: $PREFECT_HOME, else .prefect of this checkout; ~ is expanded)")
+    from flows.prefect_env import folder_write_problem, prefect_home  # light: no Prefect import
+
+    parser.add_argument("--home", type=_home, default=prefect_home(str(PROJECT_ROOT / ".prefect")),
+                        help="PREFECT_HOME (default: $PREFECT_HOME where it is set and not empty, else .prefect of this "
+                             "checkout; ~ is expanded)")
     parser.add_argument("--gpus", type=_positive_int, default=None,
                         help="concurrency limit of the prh-gpu tag: extractions at once across the server (the GPUs of all "
                              "GPU workers together; default: this machine's GPU workers, at least 1)")
@@ -394,8 +400,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     children: list[subprocess.Popen[bytes]] = []
     rotation_failed: dict[Path, float] = {}  # logs whose rotation failed: when (rotate_logs)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` (systemd, docker stop) stops the children too, as Ctrl-C
-    from flows.prefect_env import folder_write_problem  # light: no Prefect import
-
     problem = folder_write_problem(Path(args.home))  # created here where it does not exist
     if problem is not None:  # a path under a file, a read-only disk, no permission, a full disk
         print(f"PREFECT_HOME {args.home}: cannot write there ({problem}); the Prefect server keeps its database, "

@@ -60,7 +60,7 @@ import pyarrow as pa
 from storage import layout
 from storage.runs import runs_as_known
 from storage.read_only_fs import ReadOnlyFileSystem, StoreFileSystem
-from storage.sql_guard import ReadOnlyQueryError, checked_statements, refused_advice_hint
+from storage.sql_guard import CheckedQuery, ReadOnlyQueryError, checked_statements, refused_advice_hint
 from storage.store import MANIFEST, REMOVE_DAMAGED_ADVICE, DamagedManifest, Store, escape_glob, unescape_glob
 from storage.times import utc_time
 from storage.stored_files import FileGroup, ListedFile, StoredFiles
@@ -813,7 +813,7 @@ def query_each(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[pa.Table]:
     return _each_statement(con, sql, _run_checked)
 
 
-def query_each_head(con: duckdb.DuckDBPyConnection, sql: str, rows: int,
+def query_each_head(con: duckdb.DuckDBPyConnection, sql: str | CheckedQuery, rows: int,
                     batch_rows: int = 8192) -> Iterator[tuple[pa.Table, int]]:
     """:func:`query_each`, keeping of each result only its first ``rows`` rows: ``(head, total
     row count)`` per statement. The result is read ``batch_rows`` at a time and the rest only
@@ -823,7 +823,7 @@ def query_each_head(con: duckdb.DuckDBPyConnection, sql: str, rows: int,
     return _each_statement(con, sql, lambda con, text: _head_checked(con, text, rows, batch_rows))
 
 
-def query_batches(con: duckdb.DuckDBPyConnection, sql: str, batch_rows: int = 8192
+def query_batches(con: duckdb.DuckDBPyConnection, sql: str | CheckedQuery, batch_rows: int = 8192
                   ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """:func:`query` of a one-statement query, its result read as it is computed: its schema and
     its record batches of at most ``batch_rows`` rows, so that memory is about one batch (``prh
@@ -836,12 +836,13 @@ def query_batches(con: duckdb.DuckDBPyConnection, sql: str, batch_rows: int = 81
     return schema, batches
 
 
-def _each_statement(con: duckdb.DuckDBPyConnection, sql: str, run: Callable[[duckdb.DuckDBPyConnection, str], Any],
-                    one: bool = False) -> Iterator[Any]:
+def _each_statement(con: duckdb.DuckDBPyConnection, sql: str | CheckedQuery,
+                    run: Callable[[duckdb.DuckDBPyConnection, str], Any], one: bool = False) -> Iterator[Any]:
     """``run(con, text)`` of each statement of ``sql``, in order, all checked before the first
-    runs (`query_each`); a failing statement of several named by its place. With ``one``, a
-    query of several statements is refused (ValueError) before any runs."""
-    checked = checked_statements(con, sql)
+    runs (`query_each`; a :class:`storage.sql_guard.CheckedQuery` was checked already); a failing
+    statement of several named by its place. With ``one``, a query of several statements is
+    refused (ValueError) before any runs."""
+    checked = list(sql.statements) if isinstance(sql, CheckedQuery) else checked_statements(con, sql)
     if one and len(checked) > 1:
         raise ValueError(f"the query has {len(checked)} statements, where one result is read: run them one at a time")
     for number, text in enumerate(checked, 1):

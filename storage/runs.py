@@ -347,6 +347,47 @@ def mark_crashed_runs(store: Store, dry_run: bool = False, retrying: str | None 
     return crashed
 
 
+#: The statuses a run writes at its end (``CRASHED`` is not one: a run marked so may beat again, :func:`resumed`).
+ENDED = (COMPLETED, FAILED, CANCELLED)
+
+
+def signs_of_ended_runs(store: Store, dry_run: bool = False) -> dict[str, tuple[str, int]]:
+    """Remove (with ``dry_run`` only list) the signs of life (``runs/alive/<run_id>.json``) of runs
+    whose record (``runs/<run_id>.json`` or ``runs/extractions/<run_id>.json``) says they ended:
+    ``COMPLETED``, ``FAILED`` or ``CANCELLED``, with a last sign of life no later than one heartbeat
+    after its ``finished_at``. A run killed between writing its end and removing its sign
+    (:class:`RunHeartbeat`) left it for good. Each sign is read before its record: a retry of the
+    run (same id) writes its record ``RUNNING`` before its first sign of life, so a sign seen
+    beside an ended record is the ended attempt's. Returns ``key -> (status, bytes)``, by key."""
+    folder = Store.key(layout.RUNS, ALIVE)
+    if not store.exists(folder):
+        return {}
+    found: dict[str, tuple[str, int]] = {}
+    now = time.time()
+    for path, entry in sorted(store.glob(folder, "*.json", detail=True).items()):
+        key = store.key_of(path)
+        run_id = _stem(key)
+        if entry.get("type") != "file" or not _record_name(key):
+            continue
+        beat = last_beat(store, run_id, now)
+        if beat is None:  # removed meanwhile
+            continue
+        records = []
+        for record_key in (layout.run_key(run_id), layout.extraction_key(run_id)):
+            try:
+                records.append(store.read_json(record_key))
+            except (FileNotFoundError, ValueError):
+                continue
+        ends = [epoch_seconds(r.get("finished_at")) if isinstance(r, dict) and r.get("status") in ENDED else None
+                for r in records]
+        if not ends or any(end is None or beat > end + RUN_HEARTBEAT_SECONDS for end in ends):
+            continue  # no record, a live (or crashed) one, or a sign newer than the end
+        found[key] = (str(records[0].get("status")), int(entry.get("size") or 0))
+        if not dry_run:
+            store.delete(key)
+    return found
+
+
 def live_records(store: Store, records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The records of the runs that may still be running (``RUNNING``, not known gone:
     :func:`gone_reason`; or :func:`resumed`) among ``records`` (default: every pipeline run and

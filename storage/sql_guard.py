@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -60,6 +61,20 @@ def checked_statements(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
             raise ReadOnlyQueryError(f"the catalog is read-only: this statement could not be checked; refused: {_short(statement.query)}")
         checked.append(text)
     return checked
+
+
+@dataclass(frozen=True)
+class CheckedQuery:
+    """A query that :func:`check_query` passed: the text of each statement to run, in order
+    (:func:`checked_statements`'s). The catalog's query functions take one instead of the SQL
+    text and run it without checking it again (``prh sql`` counts the statements first)."""
+
+    statements: tuple[str, ...]
+
+
+def check_query(con: duckdb.DuckDBPyConnection, sql: str) -> CheckedQuery:
+    """:func:`checked_statements` of ``sql`` as a :class:`CheckedQuery`; the same refusals."""
+    return CheckedQuery(tuple(checked_statements(con, sql)))
 
 
 def _type_of(statement: Any) -> duckdb.StatementType | int:

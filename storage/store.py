@@ -42,6 +42,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage.durable import make_folders, sync_folder
 from storage.env_numbers import env_flag, env_number
 from storage.error_chain import error_chain
 from storage.keys import safe_component
@@ -794,16 +795,14 @@ class Store:
         parent = path.rsplit("/", 1)[0]
         if self.is_local:
             for attempt in range(3):  # another process may remove the folder meanwhile (a shard folder it cleared)
-                tmp = self._durable_temp(parent, data, key)
-                try:
-                    os.replace(tmp, path)
-                    return
-                except FileNotFoundError:
-                    if attempt == 2:
-                        raise
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
+                with self._durable_temp(parent, data, key) as tmp:
+                    try:
+                        os.replace(tmp, path)
+                        sync_folder(parent)  # the new name on disk: a power loss had been free to lose it
+                        return
+                    except FileNotFoundError:
+                        if attempt == 2:
+                            raise
         else:
             with self._final_endpoint_answers():
                 self.fs.pipe_file(path, data)
@@ -831,27 +830,34 @@ class Store:
                 raise
             raise self._lacks(lacking, conditional) from None
 
-    def _durable_temp(self, parent: str, data: bytes, key: str) -> str:
-        """Local disks: ``data`` written and fsynced to a fresh temporary file in ``parent``.
+    @contextlib.contextmanager
+    def _durable_temp(self, parent: str, data: bytes, key: str) -> Iterator[str]:
+        """Local disks: ``data`` written and fsynced to a fresh temporary file in ``parent``, whose
+        path the block gets to publish it (a rename or a link). The file is removed when the block
+        ends, however it ends: an exception anywhere from the file's creation on (Ctrl-C, prh
+        run's SIGTERM, between the fsync and the block) had left it for ``prh gc`` to take, 5
+        minutes later, as a killed writer's.
 
         A disk that refuses the write (full, read-only, no permission) raises
         :class:`StoreNotWritable` naming the store and ``key``; nothing is left behind.
         """
         tmp = f"{parent}/.{key.rsplit('/', 1)[-1]}{TEMP_INFIX}{uuid.uuid4().hex}"  # .layer-000.parquet.tmp-<uuid>
         try:
-            self.fs.makedirs(parent, exist_ok=True)
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except BaseException as error:  # disk full, interrupted: leave nothing behind
-            if os.path.exists(tmp):
+            try:
+                make_folders(parent)  # a new folder's entry durable in its parent
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError as error:
+                if error.errno in _NOT_WRITABLE_ERRNOS:
+                    raise StoreNotWritable(f"cannot write {key} to store {self.display_url}: {_describe(error)}"
+                                           f"{_too_large(error, len(data))}") from error
+                raise
+            yield tmp
+        finally:  # published (renamed away, or linked to its name), failed or interrupted
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            if isinstance(error, OSError) and error.errno in _NOT_WRITABLE_ERRNOS:
-                raise StoreNotWritable(f"cannot write {key} to store {self.display_url}: {_describe(error)}"
-                                       f"{_too_large(error, len(data))}") from error
-            raise
-        return tmp
 
     def write_json(self, key: str, obj: Any) -> None:
         self.write_bytes(key, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
@@ -882,18 +888,16 @@ class Store:
             return True
         parent = path.rsplit("/", 1)[0]
         for attempt in range(3):
-            tmp = self._durable_temp(parent, data, key)
-            try:
-                os.link(tmp, path)
-                return True
-            except FileExistsError:
-                return False
-            except FileNotFoundError:  # gc took a stalled attempt's file for a dead one's: write it again
-                if attempt == 2:
-                    raise
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            with self._durable_temp(parent, data, key) as tmp:
+                try:
+                    os.link(tmp, path)
+                    sync_folder(parent)  # the claim or manifest on disk before anyone acts on it
+                    return True
+                except FileExistsError:
+                    return False
+                except FileNotFoundError:  # gc took a stalled attempt's file for a dead one's: write it again
+                    if attempt == 2:
+                        raise
         return False
 
     def _create_if_absent(self, key: str, data: bytes) -> bool:

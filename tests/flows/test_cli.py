@@ -1070,6 +1070,24 @@ def test_the_run_summary_names_its_model_columns_by_what_the_pairs_are(capsys):
     assert "model A" in shown and "model B" in shown and "vision" not in shown
 
 
+def test_gc_removes_the_sign_of_life_of_a_run_killed_after_writing_its_end(tmp_path, capsys):
+    """A run killed after writing COMPLETED and before removing its sign of life left
+    `runs/alive/<id>.json`, which no gc removed: gc lists it (--dry-run), then removes it."""
+    from storage.runs import COMPLETED, alive_key
+
+    store = Store(str(tmp_path / "store"))
+    store.write_json("runs/r1.json", {"run_id": "r1", "status": COMPLETED, "started_at": "2026-01-01T00:00:00+00:00",
+                                      "finished_at": "2026-01-01T00:10:00+00:00"})
+    store.write_json(alive_key("r1"), {"run_id": "r1", "heartbeat_at": 1767226140.0})  # 00:09:00, its last beat
+    line = "runs/alive/r1.json: the sign of life of a run that ended COMPLETED (it was killed before removing it)"
+    assert main(["gc", "--store", store.url, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"would remove {line}" in out and "1 sign(s) of life of ended runs" in out and store.exists(alive_key("r1"))
+    assert main(["gc", "--store", store.url]) == 0
+    assert f"removed {line}" in capsys.readouterr().out and not store.exists(alive_key("r1"))
+    assert store.read_json("runs/r1.json")["status"] == COMPLETED
+
+
 def test_gc_dry_run_counts_a_dead_claim_attempt_once(tmp_path, capsys):
     """A stale claim attempt's temporary file in a version that gc also sweeps (its writer died)
     was counted twice by the dry run: with the version's files and on its own."""
@@ -1135,6 +1153,30 @@ def test_sql_with_several_statements_prints_each_result(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "answer" in captured.out and "42" in captured.out and "statement 2 of 2" not in captured.out
     assert captured.err.startswith("prh sql: error: statement 2 of 2: the query failed: ") and "boom" in captured.err
+
+
+def test_sql_checks_each_statement_once(tmp_path, capsys, monkeypatch):
+    """`prh sql` checked its query, counted the statements, then had the catalog check it all
+    again before running it (each statement's parse tree serialized and searched twice). Once
+    now, for every format; a refused query is still refused before anything runs."""
+    import storage.sql_guard as guard
+
+    searched: list[str] = []  # each statement's search for a hidden write: one per check
+    real = guard._hidden_write
+    monkeypatch.setattr(guard, "_hidden_write", lambda con, sql: searched.append(sql.strip(" ;")) or real(con, sql))
+    (tmp_path / "store" / "runs").mkdir(parents=True)
+    store = str(tmp_path / "store")
+    assert main(["sql", "select 1 as a; select 2 as b", "--store", store]) == 0
+    assert "-- statement 2 of 2" in capsys.readouterr().out
+    assert searched == ["select 1 as a", "select 2 as b"]
+    for fmt in ("csv", "json"):
+        searched.clear()
+        assert main(["sql", "select 3 as c", "--store", store, "--format", fmt]) == 0
+        assert "3" in capsys.readouterr().out and searched == ["select 3 as c"]
+    assert main(["sql", "with x as (select 1) select * from x; copy (select 1) to 'x.csv'", "--store", store]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "the catalog is read-only: COPY statements are not allowed" in captured.err
+    assert not (tmp_path / "x.csv").exists()
 
 
 def test_run_check_gives_each_models_verdict_without_running(tmp_path, capsys):

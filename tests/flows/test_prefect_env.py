@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.prefect_env import HOME_NOT_CREATED, check_prefect_home, home_warning_held
+from flows.prefect_env import HOME_NOT_CREATED, PrefectHomeError, check_prefect_home, home_warning_held
 from tests.flows.test_pipeline import TINY_BERT, TINY_VIT
 from tests.storage.small_disk import fill, remount_read_only, tmpfs
 
@@ -159,14 +159,15 @@ def _prefect_warns(where: str) -> None:
 
 def test_prefect_home_warning_is_dropped_when_prh_refuses_the_home_and_given_when_the_run_goes_on():
     """`home_warning_held` holds back only Prefect's home warning: dropped when the block raises
-    (prh's one-line error says it), shown once the block ends without one (a run that goes on
-    without that home: PREFECT_API_URL); any other warning is shown at once, either way."""
+    prh's refusal of the home (its one-line error says it), shown once the block ends without one
+    (a run that goes on without that home: PREFECT_API_URL); any other warning is shown at once,
+    either way."""
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
-        with pytest.raises(ValueError, match="refused"), home_warning_held():
+        with pytest.raises(PrefectHomeError, match="refused"), home_warning_held():
             _prefect_warns("/a-file/home")
             assert [str(w.message) for w in shown] == ["something else"]  # shown at once
-            raise ValueError("refused")
+            raise PrefectHomeError("refused")
         assert [str(w.message) for w in shown] == ["something else"]
         with home_warning_held():
             _prefect_warns("/b-file/home")
@@ -175,3 +176,47 @@ def test_prefect_home_warning_is_dropped_when_prh_refuses_the_home_and_given_whe
         assert shown[2].category is UserWarning and shown[2].filename == __file__
         _prefect_warns("/c-file/home")  # outside the block: as ever
         assert [str(w.message) for w in shown][3:] == [f"{HOME_NOT_CREATED}/c-file/home", "something else"]
+
+
+EMPTY_HOME = """
+from flows.cli import configure_environment
+configure_environment()
+from prefect.settings import get_current_settings
+print(get_current_settings().home.resolve())
+"""
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_prefect_home_is_the_checkouts_not_the_working_folder(tmp_path, empty):
+    """`PREFECT_HOME=` (set, empty) was kept as it was, and Prefect reads it as `.`: `prh run`'s
+    temporary server put its database in whatever folder the command ran from. Empty (or blank)
+    is now unset: `.prefect` of the checkout."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PYTHONPATH=str(ROOT), PREFECT_HOME=empty)
+    done = subprocess.run([sys.executable, "-c", EMPTY_HOME], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == str((ROOT / ".prefect").resolve())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prefect_home_warning_is_given_when_the_block_fails_for_another_reason():
+    """A block that fails for a reason other than the home (a `PREFECT_API_URL` no server answers
+    at) had dropped the home's warning too: the user learnt of the home only after fixing the URL."""
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="the URL"), home_warning_held():
+            _prefect_warns("/d-file/home")
+            raise ValueError("the URL")
+        assert [str(w.message) for w in shown] == ["something else", f"{HOME_NOT_CREATED}/d-file/home"]
+
+
+def test_a_bad_api_url_and_a_home_that_cannot_be_created_are_both_said(tmp_path):
+    """`PREFECT_API_URL=junk` with a `PREFECT_HOME` under a file: prh's line names the URL, and
+    Prefect's warning the home (it was held back and dropped: only the URL was said)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n", encoding="utf-8")
+    done, _ = _prh_run(tmp_path, PREFECT_API_URL="junk", PREFECT_HOME=str(blocker / "home"))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert f"UserWarning: {HOME_NOT_CREATED}{blocker / 'home'}" in done.stderr
+    assert done.stderr.splitlines()[-1].startswith("prh run: error: PREFECT_API_URL='junk': Prefect's API does not answer")

@@ -227,3 +227,29 @@ def test_a_relative_home_is_made_absolute_for_the_server_too(tmp_path, quiet_ser
     monkeypatch.setattr(serve, "start_server", ends_at_once)
     assert serve.main(["--port", "4391", "--no-worker", "--home", "rel"]) == 1
     assert homes == [str(tmp_path / "rel")] and (tmp_path / "rel" / "server.log").is_file()
+
+
+def test_an_empty_prefect_home_is_the_checkouts_and_an_empty_home_option_is_refused(tmp_path, monkeypatch, capsys):
+    """`PREFECT_HOME= make serve` (set, empty) became `--home ''`, the folder serve was started
+    from: its database, logs and lock landed there. Empty (or blank) is now unset, `.prefect` of
+    the checkout; `--home ''` is refused naming the option."""
+    import flows.prefect_env
+
+    homes: list[Path] = []
+
+    def stop_here(folder: Path) -> str:
+        homes.append(folder)
+        return "stopped by the test"
+
+    monkeypatch.setattr(flows.prefect_env, "folder_write_problem", stop_here)  # the first thing main does with the home
+    monkeypatch.chdir(tmp_path)
+    for empty in ("", " "):
+        monkeypatch.setenv("PREFECT_HOME", empty)
+        assert serve.main(["--port", "4391"]) == 2
+    assert homes == [serve.PROJECT_ROOT / ".prefect"] * 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        serve.main(["--port", "4391", "--home", ""])
+    assert stopped.value.code == 2
+    assert "--home: must name a folder, got an empty path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -396,3 +396,35 @@ def test_a_run_is_placed_after_the_runs_before_it_and_never_past_the_end_of_time
     store.write_bytes(layout.run_key("cut"), b'{"run_id": "cut", "finished_at": "2100')
     assert latest_placed(store, layout.RUNS, "me") == datetime(2025, 1, 1, tzinfo=timezone.utc)
     assert latest_placed(Store(str(tmp_path / "none")), layout.RUNS, "me") is None
+
+
+def test_signs_of_life_of_ended_runs_are_removed_and_no_others(store_url):
+    """A run killed after writing COMPLETED and before removing its sign of life left
+    `runs/alive/<id>.json` for good. They go now (a dry run lists them), with FAILED and CANCELLED
+    runs' and an extraction stage's; a live run's, a CRASHED run's (it may beat again), one without
+    a record and one newer than its run's end (a retry's) stay."""
+    from storage.runs import CANCELLED, COMPLETED, FAILED, signs_of_ended_runs
+
+    store = Store(store_url)
+    now = time.time()
+    ended_at = datetime.fromtimestamp(now - 3600, timezone.utc).isoformat()
+    records = {"done": (layout.run_key, COMPLETED), "failed": (layout.run_key, FAILED),
+               "stopped": (layout.run_key, CANCELLED), "stage": (layout.extraction_key, COMPLETED),
+               "live": (layout.run_key, RUNNING), "crashed": (layout.run_key, CRASHED),
+               "retried": (layout.run_key, COMPLETED)}
+    for run_id, (key_of, status) in records.items():
+        store.write_json(key_of(run_id), {"run_id": run_id, "status": status, "finished_at": ended_at,
+                                          "started_at": ended_at, "heartbeat_s": RUN_HEARTBEAT_SECONDS})
+    for run_id in [*records, "no-record"]:
+        beat = now if run_id == "retried" else now - 3600 - 1
+        store.write_json(alive_key(run_id), {"run_id": run_id, "heartbeat_at": beat})
+    ended = {alive_key(r): s for r, s in (("done", COMPLETED), ("failed", FAILED), ("stage", COMPLETED),
+                                          ("stopped", CANCELLED))}
+    listed = signs_of_ended_runs(store, dry_run=True)
+    assert {key: status for key, (status, _) in listed.items()} == ended and all(size > 0 for _, size in listed.values())
+    assert all(store.exists(key) for key in ended)
+    assert signs_of_ended_runs(store) == listed
+    assert not any(store.exists(key) for key in ended)
+    kept = ("live", "crashed", "retried", "no-record")
+    assert all(store.exists(alive_key(r)) for r in kept)
+    assert signs_of_ended_runs(store) == {}
