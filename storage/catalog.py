@@ -60,7 +60,8 @@ import pyarrow as pa
 from storage import layout
 from storage.runs import runs_as_known
 from storage.read_only_fs import ReadOnlyFileSystem, StoreFileSystem
-from storage.sql_guard import CheckedQuery, ReadOnlyQueryError, checked_statements, refused_advice_hint
+from storage.sql_guard import (CheckedQuery, ReadOnlyQueryError, checked_statements, issued_statements,
+                               refused_advice_hint)
 from storage.store import MANIFEST, REMOVE_DAMAGED_ADVICE, DamagedManifest, Store, escape_glob, unescape_glob
 from storage.times import utc_time
 from storage.stored_files import FileGroup, ListedFile, StoredFiles
@@ -839,10 +840,11 @@ def query_batches(con: duckdb.DuckDBPyConnection, sql: str | CheckedQuery, batch
 def _each_statement(con: duckdb.DuckDBPyConnection, sql: str | CheckedQuery,
                     run: Callable[[duckdb.DuckDBPyConnection, str], Any], one: bool = False) -> Iterator[Any]:
     """``run(con, text)`` of each statement of ``sql``, in order, all checked before the first
-    runs (`query_each`; a :class:`storage.sql_guard.CheckedQuery` was checked already); a failing
+    runs (`query_each`; a :class:`storage.sql_guard.CheckedQuery` was checked already, and one
+    that ``check_query`` did not make is refused); a failing
     statement of several named by its place. With ``one``, a query of several statements is
     refused (ValueError) before any runs."""
-    checked = list(sql.statements) if isinstance(sql, CheckedQuery) else checked_statements(con, sql)
+    checked = issued_statements(sql) if isinstance(sql, CheckedQuery) else checked_statements(con, sql)
     if one and len(checked) > 1:
         raise ValueError(f"the query has {len(checked)} statements, where one result is read: run them one at a time")
     for number, text in enumerate(checked, 1):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,14 +68,32 @@ def checked_statements(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
 class CheckedQuery:
     """A query that :func:`check_query` passed: the text of each statement to run, in order
     (:func:`checked_statements`'s). The catalog's query functions take one instead of the SQL
-    text and run it without checking it again (``prh sql`` counts the statements first)."""
+    text and run it without checking it again (``prh sql`` counts the statements first), but only
+    one that :func:`check_query` made (:func:`issued_statements`): one built by hand, or changed
+    with ``dataclasses.replace``, holds statements nothing checked."""
 
     statements: tuple[str, ...]
 
 
+#: The queries :func:`check_query` made, held weakly (an equal one holds the same checked text).
+_ISSUED: weakref.WeakSet[CheckedQuery] = weakref.WeakSet()
+
+
 def check_query(con: duckdb.DuckDBPyConnection, sql: str) -> CheckedQuery:
     """:func:`checked_statements` of ``sql`` as a :class:`CheckedQuery`; the same refusals."""
-    return CheckedQuery(tuple(checked_statements(con, sql)))
+    query = CheckedQuery(tuple(checked_statements(con, sql)))
+    _ISSUED.add(query)
+    return query
+
+
+def issued_statements(query: CheckedQuery) -> list[str]:
+    """The statements of ``query`` to run, in order; :class:`ReadOnlyQueryError` where
+    :func:`check_query` did not make it (a forged one had run ``CREATE TABLE`` and ``ATTACH`` on a
+    locked-down catalog connection)."""
+    if query not in _ISSUED:
+        raise ReadOnlyQueryError("this CheckedQuery was not made by storage.sql_guard.check_query (built or changed by "
+                                 "hand), so its statements were not checked: pass the SQL text, or check_query's result")
+    return list(query.statements)
 
 
 def _type_of(statement: Any) -> duckdb.StatementType | int:

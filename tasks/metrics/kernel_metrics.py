@@ -119,8 +119,8 @@ def shifted_rbf_and_width(gram: torch.Tensor, sigma: float | str) -> tuple[torch
     unbiased one is a U-statistic whose terms cancel it), and the constant decides which digits
     the stored kernel keeps: ``exp`` keeps those of entries near 0 and rounds away those of
     entries near 1, ``expm1`` the opposite. ``c = 1`` where the mean off-diagonal ``d^2 / (2
-    width^2)`` is below ``ln 2`` (most entries above 1/2: a width large against the distances),
-    else 0. ``exp`` alone made float32 biased RBF CKA 1.2e-5 relative off at ``rbf_sigma=100``
+    width^2)`` is below ``ln 2`` (then the mean off-diagonal entry is above 1/2, by Jensen's
+    inequality, not always most entries: a width large against the distances), else 0. ``exp`` alone made float32 biased RBF CKA 1.2e-5 relative off at ``rbf_sigma=100``
     and 5.2e-5 at 300 on unit rows (N=150), and refused the unbiased one at 300 as rounding;
     ``expm1`` alone turned a narrow width's off-diagonal ``1e-7`` into ``-1``.
 

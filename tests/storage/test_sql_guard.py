@@ -198,3 +198,29 @@ def test_a_word_set_or_load_in_a_name_or_value_is_not_duckdbs_advice() -> None:
                    'Use "SET max_expression_depth TO x" to increase the maximum expression depth.',
                    "Please try installing and loading the spatial extension:\nINSTALL spatial;\nLOAD spatial;"):
         assert "prh sql cannot run" in sql_guard.refused_advice_hint(advice), advice
+
+
+def test_a_checked_query_not_made_by_the_check_is_refused_before_it_runs(tmp_path) -> None:
+    """The catalog's query functions run a :class:`CheckedQuery` without checking it again (``prh
+    sql`` checks once). One built by hand, or changed from a checked one, had run as given: ``CREATE
+    TABLE`` and ``ATTACH`` on a locked-down catalog connection. Only :func:`check_query`'s run."""
+    import dataclasses
+
+    from storage.catalog import connect, query_batches, query_each_head
+    from storage.sql_guard import CheckedQuery, check_query
+
+    (tmp_path / "store" / "runs").mkdir(parents=True)
+    con = connect(str(tmp_path / "store"))
+    checked = check_query(con, "select 1 as a")
+    forged = [CheckedQuery(("create table t as select 1",)), CheckedQuery(("attach ':memory:' as m",)),
+              dataclasses.replace(checked, statements=("create table u as select 2",))]
+    for query in forged:
+        with pytest.raises(ReadOnlyQueryError, match="not made by storage.sql_guard.check_query"):
+            list(query_each_head(con, query, 10))
+        with pytest.raises(ReadOnlyQueryError, match="not made by storage.sql_guard.check_query"):
+            query_batches(con, query)
+    assert con.sql("select count(*) from duckdb_tables() where table_name in ('t', 'u')").fetchall() == [(0,)]
+    assert con.sql("select count(*) from duckdb_databases() where database_name = 'm'").fetchall() == [(0,)]
+    # what the check made runs, and so does an equal copy of it (the same checked text)
+    assert [t.to_pylist() for t, _ in query_each_head(con, checked, 10)] == [[{"a": 1}]]
+    assert query_batches(con, CheckedQuery(checked.statements))[0].names == ["a"]
