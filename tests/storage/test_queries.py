@@ -479,8 +479,8 @@ def _outliers(seed: int, width: int, scale: float):
     return x.astype(np.float32)
 
 
-@pytest.mark.parametrize("metric", ["mutual_knn", "cka"])
-def test_the_docs_recipe_scores_stored_features_as_the_store_does(tmp_path, monkeypatch, metric):
+@pytest.mark.parametrize("metric, lm_lacks", [("mutual_knn", 0), ("cka", 0), ("cka", 5)])
+def test_the_docs_recipe_scores_stored_features_as_the_store_does(tmp_path, monkeypatch, metric, lm_lacks):
     """An analyst who read the features back and ran `prepare` on each layer got other numbers
     than the catalog's (a stored 0.2844 came back 0.2875, a random pair's best layer pair moved):
     the pipeline clamps a model's layers of one width at one threshold (a vision model's from its
@@ -498,6 +498,15 @@ def test_the_docs_recipe_scores_stored_features_as_the_store_does(tmp_path, monk
     # layers of one width at different scales: one threshold per model differs from one per layer
     vision = _publish(store, "vit", [_outliers(1, 10, 20.0), _outliers(2, 10, 1.0), _outliers(5, 10, 3.0)])
     language = _publish(store, "lm", [_outliers(3, 8, 1.0), _outliers(4, 8, 4.0), _outliers(6, 8, 0.5)], modality="language")
+    if lm_lacks:  # the pair's rows are the samples both hold (the recipe had stacked 48 rows against 43)
+        from storage.features import layer_tables
+
+        keep = slice(lm_lacks, None)
+        ids = [f"s{i:03d}" for i in range(48)][keep]
+        layers = [_outliers(3, 8, 1.0)[keep], _outliers(4, 8, 4.0)[keep], _outliers(6, 8, 0.5)[keep]]
+        catalog = {**language["catalog"], "feature_version": "fv-lm-part", "n_samples": len(ids)}
+        language = store.publish(layout.features_key("d1", "lm", "fv-lm-part"), layer_tables("lm", "fv-lm-part", ids, layers),
+                                 {"kind": "features", "catalog": catalog}).manifest
     params = AlignmentParams(metrics=["mutual_knn", "cka"], topk=4)
     manifest = align_to_store(store.url, vision, language, params, logging.getLogger("test"))
     store.write_json(layout.run_key("r1"), {"run_id": "r1", "status": "COMPLETED", "started_at": "2026-01-01T00:00:00+00:00",
