@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import os
 import re
+import shlex
 import time
 import uuid
 from pathlib import Path
@@ -261,21 +262,28 @@ def publish_report_artifact(store: str, record: dict[str, Any]) -> str | None:
     url = redact_url(target.uri(key) if not target.is_local else Path(target.path(key)).as_uri())
     logger.info("report stored at %s", url)
     try:
-        create_markdown_artifact(key=ARTIFACT_KEY, markdown=artifact_markdown(report, record, url),
+        create_markdown_artifact(key=ARTIFACT_KEY, markdown=artifact_markdown(report, record, url, target.display_url),
                                  description=f"Alignment report of run {record['run_id']}")
     except Exception as error:  # the page is stored; only the artifact that links it is missing
         logger.warning("report artifact not created: %s: %s", type(error).__name__, error)
     return url
 
 
-def artifact_markdown(report: "Report", record: dict[str, Any], url: str) -> str:
+def artifact_markdown(report: "Report", record: dict[str, Any], url: str, store: str | None = None) -> str:
     """The artifact's text: a link to the stored page, a heatmap, the chance levels per metric and
     each metric's best pair (the largest score, the smallest where lower is better:
-    ``tasks.report.tables.best_row``)."""
+    ``tasks.report.tables.best_row``). Where the page is not a local file (``url`` an ``s3://``
+    address, which a browser does not open), the ``prh report`` command that writes it into a
+    local folder, for the store ``store`` (its URL without credentials)."""
     from tasks.report.tables import best_row, chance_ratio, common_chance, metrics_of, rows
 
     best = rows(report.data.best)
-    lines = [f"# prh report, run {record['run_id']}", "", f"Full report (self-contained HTML, every figure): [{url}]({url})", ""]
+    lines = [f"# prh report, run {for_markdown(record['run_id'])}", "", f"Full report (self-contained HTML, every figure): [{url}]({url})", ""]
+    if not url.startswith("file:") and store is not None:
+        command = f"prh report --store {shlex.quote(store)} --run {shlex.quote(str(record['run_id']))} --out prh-report"
+        if "`" not in command and for_terminal(command) == command:  # a code block shows it as written
+            lines += ["A browser does not open that address; this writes the page into the folder prh-report:", "",
+                      "```", command, "```", ""]
     heatmaps = [f for f in report.figures if f.name.startswith("model-heatmap-") and not f.name.endswith("-calibrated")]
     if heatmaps:
         encoded = base64.b64encode(heatmaps[0].png).decode("ascii")

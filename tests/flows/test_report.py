@@ -482,3 +482,26 @@ def test_the_temporary_files_of_a_killed_report_are_removed_by_the_next_one(stor
     assert main(["report", "--store", store[0], "--out", str(out)]) == 0
     assert sorted(out.rglob("*.tmp-*")) == [in_flight]
     assert (out / "report.html").is_file()
+
+
+def test_artifact_of_a_report_in_s3_says_how_to_read_it_here():
+    """The artifact linked an s3:// address, which a browser does not open, and said nothing else:
+    it now gives the prh report command that writes the page into a local folder (not for a local
+    page, nor where a planted run id would not show as written)."""
+    import shlex
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from flows.report import artifact_markdown
+
+    best = pa.Table.from_pylist([{"metric": "cka", "model_a": "v", "model_b": "l", "score": 0.5, "chance_level": None,
+                                  "calibrated_score": None, "p_value": None}])
+    report = SimpleNamespace(data=SimpleNamespace(best=best), figures=[], notes=[])
+    text = artifact_markdown(report, {"run_id": "4f2a"}, "s3://bucket/prh/reports/4f2a/report.html", "s3://bucket/prh")
+    command = "prh report --store s3://bucket/prh --run 4f2a --out prh-report"
+    assert f"```\n{command}\n```" in text
+    assert shlex.split(command)[1:] == ["report", "--store", "s3://bucket/prh", "--run", "4f2a", "--out", "prh-report"]
+    assert "prh report --store" not in artifact_markdown(report, {"run_id": "4f2a"}, "file:///x/report.html", "/x")
+    planted = artifact_markdown(report, {"run_id": "a`b\x1b[2J"}, "s3://bucket/prh/reports/x/report.html", "s3://bucket/prh")
+    assert "prh report --store" not in planted and "\x1b" not in planted
