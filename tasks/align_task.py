@@ -265,8 +265,8 @@ def duplicate_vector_samples(layers: list[np.ndarray], sample_ids: list[str], ca
     "n_groups", "examples"}``, ``n_samples`` rows in ``n_groups`` groups of identical vectors.
 
     Identical samples are equally similar to every other sample, so which of them a k-NN list
-    keeps at its last places, and in what order, is tie-breaking, not the model: k-NN scores can
-    move by that much between devices or subsamples. Expected where several captions share an
+    keeps at its last places, and in what order, is tie-breaking (the lower sample index), not the
+    model: k-NN scores can move by that much between subsamples. Expected where several captions share an
     image (the vision rows of one image are identical), and in a language model's embeddings
     layer (``duplicate_hint``); kept and reported. The layers in ``skip``
     (indices into ``layers``) are not checked: ``align_to_store`` passes those left out of every
@@ -329,7 +329,7 @@ def log_duplicates(duplicates: list[dict[str, Any]], found: Mapping[int, tuple[n
     sharing = {} if language else images_shared(duplicates, found, sample_ids, image_of)
     level = logging.INFO if duplicates_expected(catalog, sharing) else logging.WARNING
     logger.log(level, "%s: in %s of its layers some samples share their exact vector with another (up to %d of %d samples, "
-               "layer %d, e.g. %s); k-NN ties among them are broken arbitrarily; %s",
+               "layer %d, e.g. %s); k-NN ties among them go to the lower sample index, not to anything the model tells; %s",
                catalog["model"], f"all {len(duplicates)}" if len(duplicates) == n_layers else len(duplicates),
                worst["n_samples"], len(sample_ids), worst["layer"], examples(worst["examples"]),
                duplicate_hint(duplicates, catalog, sharing))

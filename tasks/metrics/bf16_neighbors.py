@@ -21,8 +21,10 @@ inner-product neighbours of every row are found:
   (``u = 2**-8``, ``e = 1.1 (2u + u**2 +`` float32 / exact-dtype accumulation terms``)``); a row
   whose ``k``-th exact similarity exceeds that bound has its exact top-``k`` among the
   candidates. Rows that fail are recomputed exactly. The lists therefore equal the exact ones
-  (up to float32 ties: two similarities equal to ~1e-7 may be ordered differently, as between
-  any two float32 summation orders). Measured on the same data: 0 lists differ, 0 rows
+  (up to float32 near-ties: two similarities equal to ~1e-7 may be ordered differently, as
+  between any two float32 summation orders); exact ties at the ``k``-th place are settled by the
+  rule of ``ranked_topk`` (lowest indices) among the candidates, which hold every sample of
+  that similarity in a certified row. Measured on the same data: 0 lists differ, 0 rows
   recomputed. The bound assumes IEEE float32 products for the exact side (torch's default; with
   TF32 enabled the 'exact' path is not float32 either).
 
@@ -43,6 +45,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
+from .ranked_topk import ranked_topk
 
 #: the values of the ``knn_precision`` parameter
 KNN_PRECISIONS = ("exact", "bf16", "bf16-refine")
@@ -139,9 +143,11 @@ def reduced_topk(x: torch.Tensor, k: int, *, exclude_self: bool = True, refine: 
                 torch.index_select(x, 0, cand.reshape(-1), out=feats)
                 exact = torch.bmm(feats.view(s1 - s0, c, d),
                                   x[s0:s1].unsqueeze(-1)).squeeze(-1)  # (b, c) exact dtype
-                ev, order = torch.topk(exact, k, dim=1, largest=True, sorted=True)
+                # ties at the k-th value settled by lowest index among the candidates: a certified
+                # row has every sample of that value among them
+                ev, chosen = ranked_topk(exact, k, ids=cand)
                 values[s0:s1] = ev
-                indices[s0:s1] = cand.gather(1, order)
+                indices[s0:s1] = chosen
                 if refine and c < kmax:
                     low = bv[s0 - start:s1 - start, -1].to(x.dtype) * unscale  # smallest kept bf16 value
                     bound = low + 2 * BF16_UNIT * low.abs() + margin[s0:s1]
@@ -158,7 +164,7 @@ def reduced_topk(x: torch.Tensor, k: int, *, exclude_self: bool = True, refine: 
             block = x.index_select(0, sel) @ x.T
             if exclude_self:
                 block[torch.arange(sel.numel(), device=dev), sel] = float("-inf")
-            ev, ei = torch.topk(block, k, dim=1, largest=True, sorted=True)
+            ev, ei = ranked_topk(block, k)
             values[sel] = ev
             indices[sel] = ei
     return ReducedSearch(values, indices, recomputed)

@@ -6,9 +6,13 @@ inner product once; ``_symmetric_search``, where the width is large next to ``k`
 rows, so memory is ``O(N*k + B*N)`` and never ``N^2`` unless the caller passes a full Gram matrix.
 
 Index conventions: ``idx`` is ``(..., N, k)`` int64, row ``i`` lists the neighbours of sample ``i``
-in decreasing similarity, neighbours of equal similarity by increasing index. Permuting samples
+in decreasing similarity, neighbours of equal similarity by increasing index. Which neighbours
+are listed is defined the same way, on every path and block size: the first ``k`` of the row's
+stable descending sort (``ranked_topk``: all above the ``k``-th similarity, then the lowest
+indices among those equal to it). Permuting samples
 (``y' = y[perm]``) maps a list to ``inv[idx[perm]]`` where ``inv`` is the inverse permutation:
-order and content are kept (the order of tied neighbours then follows the old indices).
+order and content are kept (tied neighbours then follow the old indices: a search of the permuted
+features can list other tied ones).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import math
 import torch
 
 from .bf16_neighbors import check_knn_precision, reduced_topk
-from .gram import batched_device, gram_full, gram_stack, row_blocks
+from .gram import gram_full, gram_stack, row_blocks
+from .ranked_topk import ranked_topk, settle_ties, ties_in_index_order
 
 # Elements (not bytes) of one similarity block; 2**25 float32 = 128 MiB.
 DEFAULT_BLOCK_ELEMENTS = 1 << 25
@@ -56,7 +61,8 @@ def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
 
     Returns:
         ``(values, indices)``: ``(N, k)`` similarities in the computation dtype and ``(N, k)`` int64,
-        sorted by decreasing similarity.
+        sorted by decreasing similarity, then increasing index; where the ``k``-th similarity
+        ties, the lowest tied indices are listed (``ranked_topk``), whatever the path.
     """
     if block_elements is None:
         block_elements = default_block_elements(gram.device if gram is not None else x.device)  # type: ignore[union-attr]
@@ -77,8 +83,7 @@ def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
         gram = gram_full(x, out=scratch)  # type: ignore[arg-type]
         if exclude_self:
             gram.fill_diagonal_(float("-inf"))
-        v, i = torch.topk(gram, k, dim=1, largest=True, sorted=True)
-        return ties_in_index_order(v, i)
+        return ranked_topk(gram, k, ordered=True)
     if gram is None and symmetric_search_pays(n, int(x.shape[1]), k, block_elements):  # type: ignore[union-attr]
         return ties_in_index_order(*_symmetric_search(x, k, exclude_self, rows))  # type: ignore[arg-type]
     values = torch.empty((n, k), dtype=dtype, device=device)
@@ -93,7 +98,7 @@ def topk_neighbors(x: torch.Tensor | None, k: int, *, exclude_self: bool = True,
         if exclude_self:
             r = torch.arange(stop - start, device=device)
             block[r, r + start] = float("-inf")
-        v, i = torch.topk(block, k, dim=1, largest=True, sorted=True)
+        v, i = ranked_topk(block, k)  # tied rows settled from this block, before it is freed
         values[start:stop] = v
         indices[start:stop] = i
         del block, v, i  # one block alive at a time: the next product is allocated after this one is freed
@@ -122,7 +127,9 @@ def _symmetric_search(x: torch.Tensor, k: int, exclude_self: bool, rows: int) ->
     candidates among those columns, and gives every later row its top ``k`` among ``I`` (the
     block's columns, read down); a row's lists are merged as its candidates arrive. Memory: one
     ``rows x N`` block, the ``N x k`` lists and one merge's temporaries (``symmetric_search_pays``
-    bounds them)."""
+    bounds them). Every candidate list is its columns' top ``k`` under the total order
+    (``ranked_topk``) and so is every merge, so the merged lists are the whole row's: a tied entry
+    a block leaves out is outranked by ``k`` entries that stay."""
     n = int(x.shape[0])
     values = torch.full((n, k), float("-inf"), dtype=x.dtype, device=x.device)
     indices = torch.zeros((n, k), dtype=torch.int64, device=x.device)
@@ -132,11 +139,11 @@ def _symmetric_search(x: torch.Tensor, k: int, exclude_self: bool, rows: int) ->
         if exclude_self:
             r = torch.arange(stop - start, device=x.device)
             block[r, r] = float("-inf")
-        v, i = torch.topk(block, min(k, n - start), dim=1, largest=True, sorted=True)
+        v, i = ranked_topk(block, k)  # positions in the block's columns follow the indices
         _merge_candidates(values[start:stop], indices[start:stop], v, i + start)
-        if stop < n:  # the rows after the block: their candidates among its rows
-            v, i = torch.topk(block[:, stop - start:], min(k, stop - start), dim=0, largest=True, sorted=True)
-            _merge_candidates(values[stop:], indices[stop:], v.T, i.T + start)
+        if stop < n:  # the rows after the block: their candidates among its rows (read down)
+            v, i = ranked_topk(block[:, stop - start:].T, k)
+            _merge_candidates(values[stop:], indices[stop:], v, i + start)
         del block, v, i  # one block alive at a time
     return values, indices
 
@@ -144,12 +151,13 @@ def _symmetric_search(x: torch.Tensor, k: int, exclude_self: bool, rows: int) ->
 def _merge_candidates(values: torch.Tensor, indices: torch.Tensor, new_values: torch.Tensor,
                       new_indices: torch.Tensor) -> None:
     """Keep in ``values``/``indices`` ``(R, k)`` (sorted, in place) the top ``k`` of their own
-    entries and the candidates ``(R, c)``; the candidates of different blocks are different
-    samples, so nothing is counted twice."""
-    both = torch.cat([values, new_values], dim=1)
-    top = torch.topk(both, values.shape[1], dim=1, largest=True, sorted=True)
-    indices.copy_(torch.cat([indices, new_indices], dim=1).gather(1, top.indices))
-    values.copy_(top.values)
+    entries and the candidates ``(R, c)`` under the total order (ties by lowest index,
+    ``ranked_topk``); the candidates of different blocks are different samples, so nothing is
+    counted twice."""
+    top_values, top_indices = ranked_topk(torch.cat([values, new_values], dim=1), values.shape[1],
+                                          ids=torch.cat([indices, new_indices], dim=1))
+    indices.copy_(top_indices)
+    values.copy_(top_values)
 
 
 def stacked_topk_neighbors(layers: list[torch.Tensor], k: int, *, exclude_self: bool = True
@@ -165,20 +173,8 @@ def stacked_topk_neighbors(layers: list[torch.Tensor], k: int, *, exclude_self: 
     gram = gram_stack(layers)
     if exclude_self:
         gram.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
-    return ties_in_index_order(*torch.topk(gram, k, dim=2, largest=True, sorted=True))
-
-
-def ties_in_index_order(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(..., k)`` lists sorted by decreasing value, neighbours of equal value in increasing
-    index order: which of two tied neighbours comes first no longer depends on the block sizes
-    or the device (``topk`` leaves it unspecified; the sequence metrics read the order).
-    Off a GPU, lists whose values all strictly decrease are returned as they are (nothing to
-    reorder: the two sorts were 9 of 185 ms of mutual k-NN over 2 x 13 layers at N=1024)."""
-    if not batched_device(values.device) and bool((values[..., 1:] < values[..., :-1]).all()):
-        return values, indices
-    by_index, order = torch.sort(indices, dim=-1)
-    values, order_by_value = torch.sort(values.gather(-1, order), dim=-1, descending=True, stable=True)
-    return values, by_index.gather(-1, order_by_value)
+    v, i = ranked_topk(gram.reshape(-1, n), k, ordered=True)
+    return v.reshape(-1, n, k), i.reshape(-1, n, k)
 
 
 def candidate_depth(k: int, n: int, m: int, kmax: int) -> int:
@@ -188,16 +184,17 @@ def candidate_depth(k: int, n: int, m: int, kmax: int) -> int:
     return min(kmax, int(math.ceil(3 * k * n / max(m, 1))) + 16)
 
 
-def restrict_lists(values: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, n: int, k: int
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def restrict_lists(values: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, n: int, k: int,
+                   complete: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-``k`` lists within a row subset, read off deeper lists of the full sample.
 
     A sample's nearest neighbours among the rows of a subset are the first ``k`` subset members
-    of its full-sample list, in the same order, as long as the list holds ``k`` of them: every
-    subset row beyond the list is no more similar than the list's last entry. Where
-    similarities tie exactly (duplicate samples), which of the tied rows are listed, and in
-    what order, may differ from a fresh top-k on the subset: both are top-k lists, with the
-    same similarity values.
+    of its full-sample list, as long as the list holds ``k`` of them: every subset row beyond
+    the list is no more similar than the list's last entry. Where the ``k``-th member's
+    similarity ties with the next member's, the lowest subset positions among the members of that
+    similarity are listed (the rule of ``ranked_topk`` in the subset's own indices, whatever
+    order the full-sample list gave the tied samples); where it equals the list's last
+    similarity, tied samples may lie beyond the list, and the row is marked to be searched again.
 
     Args:
         values: ``(..., N, K)`` similarities of the full-sample lists, decreasing per row (any
@@ -206,25 +203,46 @@ def restrict_lists(values: torch.Tensor, indices: torch.Tensor, rows: torch.Tens
         rows: ``(m,)`` int64 distinct subset rows (full-sample indices), in subset order.
         n: ``N``, the full sample size.
         k: neighbours wanted per row.
+        complete: the lists hold every candidate of their row (``K`` is ``N - 1`` without self,
+            ``N`` with it): nothing lies beyond them.
 
     Returns:
         ``(values, indices, short)``: ``(..., m, k)`` similarities and ``(..., m, k)`` int64
-        neighbours as positions in ``rows``, and ``(..., m)`` bool marking the rows whose list
-        held fewer than ``k`` subset members: their entries are placeholders to recompute.
+        neighbours as positions in ``rows`` (descending similarity; tied ones in any order), and
+        ``(..., m)`` bool marking the rows whose list cannot settle them (fewer than ``k`` subset
+        members, or a tie that may run past the list): their entries are placeholders to
+        recompute.
     """
     m, depth = int(rows.numel()), indices.shape[-1]
     position = torch.full((n,), -1, dtype=torch.int64, device=indices.device)
     position[rows] = torch.arange(m, device=indices.device)
     cand = position[indices.index_select(-2, rows)]  # (..., m, K): subset positions, -1 outside
     member = cand >= 0
-    taken = member & (member.cumsum(-1) <= k)  # the first k members of each row, in list order
-    short = taken.sum(-1) < k
-    # the k smallest list positions of taken entries (untaken ones keyed past the end), in order
+    count = member.cumsum(-1)
+    want = min(k + 1, depth)  # one member more than k, where the list is deep enough: a tie shows
+    taken = member & (count <= want)  # the first k (+1) members of each row, in list order
+    found = count[..., -1]
+    # the smallest list positions of taken entries (untaken ones keyed past the end), in order
     slot = torch.arange(depth, device=indices.device)
-    order = torch.topk(torch.where(taken, slot, depth), k, dim=-1, largest=False, sorted=True).indices
-    idx = cand.gather(-1, order).clamp_(min=0)
-    vals = values.index_select(-2, rows).gather(-1, order)
-    return vals, idx, short
+    order = torch.topk(torch.where(taken, slot, depth), want, dim=-1, largest=False, sorted=True).indices
+    deep_values = values.index_select(-2, rows)  # (..., m, K)
+    vals, idx = deep_values.gather(-1, order), cand.gather(-1, order)
+    kth = vals[..., k - 1]
+    short = found < k
+    if not complete:  # members tied with the k-th may lie beyond the list
+        short |= deep_values[..., -1] == kth
+    if want > k:
+        tied = (found > k) & (vals[..., k] == kth) & ~short
+        if bool(tied.any()):  # settled among the list's members, by subset position
+            flat = tied.reshape(-1).nonzero().squeeze(1)
+            listed = deep_values.reshape(-1, depth).index_select(0, flat)
+            ids = cand.reshape(-1, depth).index_select(0, flat)
+            v, i = settle_ties(torch.where(ids >= 0, listed, float("-inf")), ids,
+                               vals.reshape(-1, want).index_select(0, flat),
+                               idx.reshape(-1, want).index_select(0, flat), k)
+            vals, idx = vals[..., :k].contiguous(), idx[..., :k].contiguous()
+            vals.view(-1, k)[flat], idx.view(-1, k)[flat] = v, i
+    return vals[..., :k], idx[..., :k].clamp(min=0), short
 
 
 def permute_lists(idx: torch.Tensor, perm: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from .gram import (as_stack, batched_device, center_gram_, centre_columns, featu
                    stacked_gram_upper, stacked_view)
 from .neighbors import (DEFAULT_BLOCK_ELEMENTS, candidate_depth, restrict_lists, stacked_topk_neighbors, ties_in_index_order,
                         topk_neighbors)
+from .ranked_topk import ranked_topk
 
 KEEP_GRAM_MAX_N = 4096
 #: ``centred_gram`` takes ``H G H`` of a cached Gram only while the layer's squared mean row
@@ -315,14 +316,15 @@ class Representation:
         kmax = self.n - 1 if exclude_self else self.n
         if not 1 <= k <= kmax:
             raise ValueError(f"topk must be in [1, {kmax}] for N={self.n}, got {k}")
-        depth = candidate_depth(k, parent.n, self.n, parent.n - 1 if exclude_self else parent.n)
+        parent_kmax = parent.n - 1 if exclude_self else parent.n
+        depth = candidate_depth(k, parent.n, self.n, parent_kmax)
         # (L, N, depth) values and indices, kept by the parent for every subsample (one copy)
         deep = parent.memo(("knn-stack", depth, exclude_self), lambda: tuple(
             torch.stack(lists) for lists in zip(*(parent._search(l, depth, exclude_self) for l in range(len(parent))))))
-        values, indices, short = restrict_lists(*deep, rows, parent.n, k)
+        values, indices, short = restrict_lists(*deep, rows, parent.n, k, complete=depth >= parent_kmax)
         values, indices = ties_in_index_order(values, indices)  # a subset's rows need not be in the parent's order
         for l, redo in enumerate(short):
-            if bool(redo.any()):  # too few subset members in a row's list: search those rows afresh
+            if bool(redo.any()):  # too few subset members in a row's list, or a tie past it: search afresh
                 values[l], indices[l] = self._search_rows(l, redo.nonzero().squeeze(1), k, exclude_self,
                                                           values[l], indices[l])
             self._memo.setdefault(("knn", l, k, exclude_self, "exact"), (values[l], indices[l]))
@@ -337,7 +339,7 @@ class Representation:
                  else self.layers[layer].index_select(0, redo) @ self.layers[layer].T)
         if exclude_self:
             block[torch.arange(redo.numel(), device=block.device), redo] = float("-inf")
-        v, i = ties_in_index_order(*torch.topk(block, k, dim=1, largest=True, sorted=True))
+        v, i = ranked_topk(block, k, ordered=True)
         values, indices = values.clone(), indices.clone()
         values[redo], indices[redo] = v, i
         return values, indices

@@ -146,7 +146,7 @@ def test_duplicate_vision_rows_are_told_whether_they_share_an_image(tmp_path, ca
     with caplog.at_level(logging.INFO):
         align_to_store(store.url, ma, mb, AlignmentParams(topk=TOPK), logging.getLogger("test"))
     line = _duplicate_warning(caplog.text, "vit")
-    assert line.endswith(f"k-NN ties among them are broken arbitrarily; {hint}")
+    assert line.endswith(f"k-NN ties among them go to the lower sample index, not to anything the model tells; {hint}")
     assert "vit: in 1 of its layers" in line  # layer 0 of 2
     levels = {r.levelname for r in caplog.records if "share their exact vector" in r.getMessage()}
     assert levels == ({"INFO"} if same_image else {"WARNING"})
@@ -185,7 +185,7 @@ def test_a_warning_for_duplicates_of_different_images_names_that_layer(tmp_path,
         align_to_store(store.url, ma, mb, AlignmentParams(topk=TOPK), logging.getLogger("test"))
     line = _duplicate_warning(caplog.text, "vit")
     assert "(up to 5 of 48 samples, layer 0, e.g. s002, s009, s040, s003, s030)" in line and "expected" not in line
-    assert line.endswith("k-NN ties among them are broken arbitrarily; in layer 1, these samples are of different images "
+    assert line.endswith("k-NN ties among them go to the lower sample index, not to anything the model tells; in layer 1, these samples are of different images "
                          "(identical pictures under different image ids, or inputs the preprocessing maps to one): "
                          "alignment.unit 'image' would not merge them")
     assert {r.levelname for r in caplog.records if "share their exact vector" in r.getMessage()} == {"WARNING"}
@@ -225,7 +225,7 @@ def test_duplicate_captions_are_blamed_on_identical_texts(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         align_to_store(store.url, ma, mb, AlignmentParams(topk=TOPK), logging.getLogger("test"))
     line = _duplicate_warning(caplog.text, "lm")
-    assert line.endswith("k-NN ties among them are broken arbitrarily; the captions of these samples are likely the same "
+    assert line.endswith("k-NN ties among them go to the lower sample index, not to anything the model tells; the captions of these samples are likely the same "
                          "text (a language model gives identical texts one vector)")
 
 

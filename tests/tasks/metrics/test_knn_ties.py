@@ -1,0 +1,193 @@
+"""Exact ties in the neighbour search: every path lists the top ``k`` under one total order.
+
+The rule (``docs/metrics.md``, "Neighbour search"): similarity descending, then index
+ascending, i.e. the first ``k`` of a stable descending sort of a row of the similarity matrix the
+path used. The data here are small integers with many duplicated rows, so every product is exact
+in float32 and float64 (and bfloat16 for the ``'bf16-refine'`` search): every path then works on
+the same similarity values, and ties at the ``k``-th place are everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.metrics import neighbors, representation
+from tasks.metrics.api import layer_matrix
+from tasks.metrics.bf16_neighbors import reduced_topk
+from tasks.metrics.neighbors import (_symmetric_search, restrict_lists, stacked_topk_neighbors, ties_in_index_order,
+                                     topk_neighbors)
+from tasks.metrics.representation import Representation
+
+from . import reference as ref
+
+
+def tied_features(n: int, d: int, seed: int, dtype: torch.dtype = torch.float64, copies: float = 0.4,
+                  span: int = 2) -> torch.Tensor:
+    """``(n, d)`` integers in ``[-span, span]``, a fraction ``copies`` of the rows exact copies of
+    other rows (an image's captions with ``unit: sample``); products of such rows are exact."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-span, span + 1, (n, d), generator=g).to(dtype)
+    dup = torch.randperm(n, generator=g)[: int(copies * n)]
+    x[dup] = x[torch.randint(0, n, (dup.numel(),), generator=g)]
+    return x
+
+
+def stable_top_k(sims: torch.Tensor, k: int, exclude_self: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The rule itself on ``(N, N)`` similarities: the first ``k`` of each row's stable descending
+    sort (numpy, float64). Returns ``(N, k)`` values and int64 indices."""
+    s = sims.double().numpy().copy()
+    if exclude_self:
+        np.fill_diagonal(s, -np.inf)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, order, axis=1), order
+
+
+def assert_lists(got: tuple[torch.Tensor, torch.Tensor], want: tuple[np.ndarray, np.ndarray], label: str) -> None:
+    values, indices = got
+    bad = np.flatnonzero((indices.numpy() != want[1]).any(1))
+    assert bad.size == 0, f"{label}: {bad.size} rows differ, first {bad[:5].tolist()}"
+    np.testing.assert_array_equal(values.double().numpy(), want[0], err_msg=label)
+
+
+SHAPES = [(60, 3, 5), (97, 4, 1), (128, 2, 10), (200, 5, 7), (41, 3, 39), (50, 6, 20)]
+
+
+@pytest.mark.parametrize("n, d, k", SHAPES)
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_every_search_path_lists_the_stable_sort_top_k(n, d, k, seed, dtype, exclude_self) -> None:
+    """Full Gram, row blocks of every size, a given Gram (copied in blocks), the symmetric
+    search, the stacked search and the bfloat16 search refined (certified, and with no extra
+    candidates: rows recomputed) all give the stable sort's lists, order and values included."""
+    x = tied_features(n, d, seed, dtype)
+    want = stable_top_k(x.double() @ x.double().T, k, exclude_self)
+    gram = x @ x.T
+    paths = {"default": lambda: topk_neighbors(x, k, exclude_self=exclude_self),
+             "gram": lambda: topk_neighbors(None, k, exclude_self=exclude_self, gram=gram),
+             "stacked": lambda: tuple(t[1] for t in stacked_topk_neighbors([2 * x, x], k, exclude_self=exclude_self)),
+             "bf16-refine": lambda: topk_neighbors(x, k, exclude_self=exclude_self, precision="bf16-refine"),
+             "bf16-refine, no extra": lambda: ties_in_index_order(*(lambda r: (r.values, r.indices))(
+                 reduced_topk(x, k, exclude_self=exclude_self, refine=True, extra=0, block_elements=5 * n)))}
+    for rows in (1, 2, 3, 7, 64):
+        paths[f"rows {rows}"] = lambda rows=rows: topk_neighbors(x, k, exclude_self=exclude_self,
+                                                                 block_elements=rows * n)
+        paths[f"gram rows {rows}"] = lambda rows=rows: topk_neighbors(None, k, exclude_self=exclude_self, gram=gram,
+                                                                      block_elements=rows * n)
+        paths[f"symmetric rows {rows}"] = lambda rows=rows: ties_in_index_order(
+            *_symmetric_search(x, k, exclude_self, rows))
+    for label, search in paths.items():
+        assert_lists(search(), want, label)
+
+
+@pytest.mark.parametrize("n, d, k", SHAPES[:3])
+def test_on_a_batched_device_every_path_follows_the_rule(monkeypatch, n, d, k) -> None:
+    """As a GPU runs them (``gram.batched_device``: no host-side check that a block has no tie,
+    lists always put in index order): the same lists."""
+    from tasks.metrics import gram as gram_module
+
+    monkeypatch.setattr(gram_module, "BATCHED_DEVICE_TYPES", {"cuda", "cpu"})
+    test_every_search_path_lists_the_stable_sort_top_k(n, d, k, 7, torch.float32, True)
+
+
+def test_the_symmetric_search_is_taken_and_exact_on_tied_rows() -> None:
+    """Through ``topk_neighbors`` (width >= 16 k, blocks of a few rows): the merges of candidate
+    lists from several blocks keep the lowest tied indices."""
+    x = tied_features(300, 40, 5, torch.float32, copies=0.6, span=1)
+    assert neighbors.symmetric_search_pays(300, 40, 2, 11 * 300 * 2)
+    want = stable_top_k(x.double() @ x.double().T, 2)
+    assert_lists(topk_neighbors(x, 2, block_elements=11 * 300 * 2), want, "symmetric")
+
+
+def test_a_given_gram_of_any_bits_is_ranked_by_the_rule() -> None:
+    """Not only exact products: a float32 Gram of non-integer rows with copies, whatever its last
+    bits, is ranked by the rule applied to those very values, in blocks of any size."""
+    g = torch.Generator().manual_seed(11)
+    base = torch.nn.functional.normalize(torch.randn(40, 8, generator=g), dim=1)
+    x = base[torch.randint(0, 40, (150,), generator=g)]  # ~3.75 copies of each row
+    gram = x @ x.T
+    want = stable_top_k(gram, 6)
+    for rows in (1, 4, 150):
+        assert_lists(topk_neighbors(None, 6, gram=gram, block_elements=rows * 150), want, f"rows {rows}")
+
+
+def test_the_example_of_the_issue() -> None:
+    """N=777, D=64, a fifth of the rows copies, k=10: exact and bf16-refine agree (they differed in
+    50 rows); on integer rows both equal the rule."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-3, 4, (777, 64), generator=g).float()
+    dup = torch.randperm(777, generator=g)[:155]
+    x[dup] = x[torch.randint(0, 777, (155,), generator=g)]
+    want = stable_top_k(x.double() @ x.double().T, 10)
+    assert_lists(topk_neighbors(x, 10), want, "exact")
+    assert_lists(topk_neighbors(x, 10, precision="bf16-refine"), want, "bf16-refine")
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_subset_lists_read_off_the_parent_follow_the_rule_in_subset_indices(order, cached, seed) -> None:
+    """A subset's lists (read off the parent's deeper lists, tied rows settled or searched again)
+    are the rule on the subset's own similarities, its indices the positions in ``rows`` (in
+    whatever order ``rows`` lists them), with and without the parent's cached Grams."""
+    x = tied_features(240, 3, seed, copies=0.5)
+    rep = Representation([x, 2 * x])
+    if cached:
+        rep.cache_grams()
+    rows = torch.randperm(240, generator=torch.Generator().manual_seed(seed))[:150]
+    if order == "sorted":
+        rows = rows.sort().values
+    sub = rep.subset(rows)
+    assert sub._parent_lists_pay(5, True)
+    xs = x[rows]
+    want = stable_top_k(xs @ xs.T, 5)
+    for layer in range(2):
+        assert_lists(tuple(t.cpu() for t in sub.knn(layer, 5)), (want[0] * (layer + 1) ** 2, want[1]), f"layer {layer}")
+
+
+def test_restrict_lists_marks_rows_whose_tie_may_run_past_the_list() -> None:
+    """A row whose ``k``-th subset member ties with the deep list's last entry may have tied
+    members beyond the list: marked to be searched again, not guessed; tied members within the
+    list are settled by subset position, not by the order the deep list gives them."""
+
+    def row0(values: list[float], indices: list[int], rows: list[int], k: int, **kw):
+        v, i, short = restrict_lists(torch.tensor([values] * 6), torch.tensor([indices] * 6), torch.tensor(rows),
+                                     6, k, **kw)
+        return v[0].tolist(), i[0].tolist(), bool(short[0])
+
+    rows = [0, 1, 3, 4, 5]
+    assert row0([5.0, 4.0, 4.0, 4.0], [1, 2, 3, 4], rows, 2)[2]  # 4.0 ends the list: sample 5 may tie
+    assert row0([5.0, 4.0, 4.0, 4.0], [1, 2, 3, 4], rows, 2, complete=True) == ([5.0, 4.0], [1, 2], False)
+    assert row0([5.0, 4.0, 4.0, 3.0], [1, 2, 3, 4], rows, 2) == ([5.0, 4.0], [1, 2], False)
+    # a tie listed in another order than the subset's: subset positions 2, 3 (samples 4, 3) win
+    assert row0([5.0, 4.0, 4.0, 4.0, 3.0], [1, 4, 3, 2, 5], [0, 1, 4, 3, 2, 5], 3) == ([5.0, 4.0, 4.0], [1, 2, 3], False)
+
+
+LIST_METRICS = ["mutual_knn", "jaccard_knn", "cycle_knn", "lcs_knn", "edit_distance_knn", "cknna"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_list_metric_scores_do_not_depend_on_block_size_or_gram(monkeypatch, seed) -> None:
+    """Tied data: every list metric scores the same with the whole Gram, with blocks of 3 rows,
+    with cached Grams and with bf16-refine lists, and equals the loop reference (stable sort)."""
+    n, k = 90, 4
+    xs = [tied_features(n, 3, seed), tied_features(n, 4, seed + 10)]
+    ys = [tied_features(n, 2, seed + 20), xs[0][torch.randperm(n, generator=torch.Generator().manual_seed(seed))]]
+    ys[1][: n // 2] = xs[0][: n // 2]
+    want = {m: np.array([[(ref.cknna if m == "cknna" else getattr(ref, m))(a.numpy(), b.numpy(), k) for b in ys]
+                         for a in xs]) for m in LIST_METRICS}
+    for m in LIST_METRICS:
+        got = layer_matrix(m, xs, ys, topk=k)
+        np.testing.assert_allclose(got, want[m], rtol=0, atol=1e-9, err_msg=m)
+        cached = layer_matrix(m, Representation(xs).cache_grams(), Representation(ys).cache_grams(), topk=k)
+        np.testing.assert_array_equal(cached, got, err_msg=f"{m}, cached Grams")
+        if m != "cknna":
+            refined = layer_matrix(m, xs, ys, topk=k, knn_precision="bf16-refine")
+            np.testing.assert_array_equal(refined, got, err_msg=f"{m}, bf16-refine")
+    monkeypatch.setattr(neighbors, "DEFAULT_BLOCK_ELEMENTS", 3 * n)
+    monkeypatch.setattr(representation, "DEFAULT_BLOCK_ELEMENTS", 3 * n)
+    for m in LIST_METRICS:
+        np.testing.assert_allclose(layer_matrix(m, xs, ys, topk=k), want[m], rtol=0, atol=1e-9,
+                                   err_msg=f"{m}, blocks of 3 rows")
