@@ -191,3 +191,21 @@ def test_list_metric_scores_do_not_depend_on_block_size_or_gram(monkeypatch, see
     for m in LIST_METRICS:
         np.testing.assert_allclose(layer_matrix(m, xs, ys, topk=k), want[m], rtol=0, atol=1e-9,
                                    err_msg=f"{m}, blocks of 3 rows")
+
+
+def test_the_symmetric_search_on_a_batched_device_checks_ties_only_in_its_block_selections(monkeypatch) -> None:
+    """As a GPU runs it: one host sync (a tie check, ``Tensor.__bool__``) per candidate selection
+    from a block, none in the merges of candidate lists (two sorts there), and still the rule's
+    lists on tied rows."""
+    from tasks.metrics import gram as gram_module
+
+    monkeypatch.setattr(gram_module, "BATCHED_DEVICE_TYPES", {"cuda", "cpu"})
+    x = tied_features(120, 40, 3, torch.float32, copies=0.5, span=1)
+    blocks = gram_module.row_blocks(120, 16)
+    syncs = []
+    to_bool = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: syncs.append(1) or to_bool(t))
+    lists = ties_in_index_order(*_symmetric_search(x, 3, True, 16))
+    monkeypatch.undo()
+    assert len(syncs) == 2 * len(blocks) - 1  # the last block gives no later rows candidates
+    assert_lists(lists, stable_top_k(x.double() @ x.double().T, 3), "symmetric, batched")
