@@ -169,7 +169,7 @@ def result_tables(
                 scores.append({**common, "metric": r.metric.name, "params": params, "layer_a": i, "layer_b": j,
                                "layer_name_a": a["layer_names"][i], "layer_name_b": b["layer_names"][j],
                                "score": _finite_or_none(r.matrix[i, j]), "n_samples": n_samples, "unit": unit})
-        i, j = r.best_layers if min(r.best_layers) >= 0 and math.isfinite(r.best) else (None, None)  # as the NULL score
+        i, j = scored_best_layers(r) or (None, None)  # as the NULL score
         best.append({**common, "metric": r.metric.name, "params": params, "modality_a": a["modality"], "modality_b": b["modality"],
                      "layer_a": i, "layer_b": j, "layer_name_a": None if i is None else a["layer_names"][i],
                      "layer_name_b": None if j is None else b["layer_names"][j],
@@ -592,10 +592,18 @@ def best_summary(result: PairAlignment, names_a: list[str], names_b: list[str]) 
     """``best 0.2844 at layers 17 (head) x 4 (layer.04)``: the pair's best score and its layers by
     index and by name, as the ``alignment_best`` row holds them (``layer_a``, ``layer_name_a``);
     ``no finite score`` where it has none (NULL layers and score there)."""
-    i, j = result.best_layers
-    if min(i, j) < 0 or not math.isfinite(result.best):
+    layers = scored_best_layers(result)
+    if layers is None:
         return "no finite score"
+    i, j = layers
     return f"best {result.best:.4f} at layers {i} ({names_a[i]}) x {j} ({names_b[j]})"
+
+
+def scored_best_layers(result: PairAlignment) -> tuple[int, int] | None:
+    """The layers of ``result``'s best score, or None where it has none (no finite score: the
+    engine's ``(-1, -1)``, or an infinite best), as the ``alignment_best`` row and the log give them."""
+    i, j = result.best_layers
+    return (i, j) if min(i, j) >= 0 and math.isfinite(result.best) else None
 
 
 def log_interval_notes(result: PairAlignment, bootstrap: int, logger: logging.Logger | logging.LoggerAdapter) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from flows import serve
 from storage.catalog import connect, query
+from tests.flows.serve_stubs import SERVE_STUBS
 from tests.flows.test_pipeline import TINY_BERT, TINY_VIT
 
 RUN_TIMEOUT = 180
@@ -297,18 +298,11 @@ def test_serve_starts_one_gpu_worker_per_gpu_of_the_machine(tmp_path, visible, a
         assert "prh-gpu x2 (GPUs 3, 5)" in summary
 
 
-SERVE_LOGS_CHILD = """
-import subprocess, sys
-from flows import serve
-def server(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+SERVE_LOGS_CHILD = SERVE_STUBS + """
 # the real start_worker, with a stand-in for the `prefect` command: it prints what a flow run's
 # process that dies before reaching the API prints (only its exit code reaches the UI)
 serve.prefect_cli = lambda: [sys.executable, "-c", "import os, sys, time; print('worker output', sys.argv[1:], "
                              "os.environ.get('CUDA_VISIBLE_DEVICES'), flush=True); time.sleep(600)"]
-serve.start_server = server
-serve.wait_healthy = serve.ensure_work_pool = serve.ensure_concurrency_limit = serve.deploy_all = lambda *a, **k: None
-serve.schedule_states, serve.restore_schedule_states, serve.port_in_use = (lambda *a, **k: {}), (lambda *a, **k: []), (lambda *a: False)
 raise SystemExit(serve.main(["--home", sys.argv[1], "--gpu-worker"]))
 """
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from flows import serve
+from tests.flows.serve_stubs import SERVE_STUBS
 from tests.storage.small_disk import remount_read_only, tmpfs
 
 
@@ -134,18 +135,11 @@ def test_a_rotation_on_a_disk_that_reports_no_size_rotates(tmp_path, monkeypatch
     assert log.stat().st_size == 0 and log.with_name("server.log.1").stat().st_size == 1000
 
 
-SERVE_ROTATES_CHILD = """
-import subprocess, sys
-from flows import serve
+SERVE_ROTATES_CHILD = SERVE_STUBS + """
 serve.LOG_MAX_BYTES = 2000
-def server(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
 # the real start_worker; its `prefect` writes a numbered line of 100 bytes every 10 ms
 serve.prefect_cli = lambda: [sys.executable, "-c", "import time\\nfor i in range(100000): "
                              "print(f'{i:08d}'.ljust(99, '.'), flush=True); time.sleep(0.01)"]
-serve.start_server = server
-serve.wait_healthy = serve.ensure_work_pool = serve.ensure_concurrency_limit = serve.deploy_all = lambda *a, **k: None
-serve.schedule_states, serve.restore_schedule_states, serve.port_in_use = (lambda *a, **k: {}), (lambda *a, **k: []), (lambda *a: False)
 raise SystemExit(serve.main(["--home", sys.argv[1]]))
 """
 

@@ -218,6 +218,38 @@ def test_a_layer_whose_masked_self_similarity_is_negative_is_refused() -> None:
     assert np.isfinite(score("cknna", x, y, topk=3, distance_agnostic=True))
 
 
+def test_a_negative_distance_agnostic_masked_self_similarity_is_refused(monkeypatch) -> None:
+    """The mask's own ``sim(M, M)`` can be negative too, and is refused the same way. Lists that
+    give one: four equal rows and one other, ``topk=2``, listed as ``torch.topk`` chose among the
+    ties before lists followed the stable-sort rule (valid k-NN lists of these rows; the rule's own
+    lists give a positive value here). Fed through the engine's encoding by standing in for the
+    representation's search."""
+    import torch
+
+    from tasks.metrics import Representation
+
+    x = np.array([[-1.0], [-1.0], [-1.0], [-1.0], [1.0]])
+    y = np.random.default_rng(1).normal(size=(5, 3))
+    lists = np.array([[1, 3], [2, 3], [0, 3], [1, 2], [1, 3]])
+    mask = np.zeros((5, 5))
+    mask[np.arange(5)[:, None], lists] = 1.0
+    assert ref.hsic_unbiased(mask, mask) < 0
+    assert ref.hsic_unbiased(mask * (x @ x.T), mask * (x @ x.T)) < 0
+    searched = Representation.knn_stack
+
+    def tied_lists(self, k, exclude_self=True, precision="exact"):
+        values, indices = searched(self, k, exclude_self, precision)
+        if self.n == 5 and self.layers[0].shape[1] == 1:  # x's side: the lists topk had chosen
+            indices = torch.from_numpy(lists)[None].to(indices.device)
+            values = torch.gather(self.layers[0] @ self.layers[0].T, 1, indices[0])[None]
+        return values, indices
+
+    monkeypatch.setattr(Representation, "knn_stack", tied_lists)
+    for params in ({}, {"distance_agnostic": True}):
+        with pytest.raises(ValueError, match=r"^x: layer 0 has an unbiased masked self-similarity"):
+            score("cknna", x, y, topk=2, **params)
+
+
 def _large_float32_pair(scale: float, n: int = 40, seed: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Finite float32 features whose rows have norms of about ``9 * scale`` (``scale=1e9``: kernel
     values ~1e20, so a float32 product of an x-value and a y-value overflows)."""
