@@ -795,14 +795,14 @@ class Store:
         parent = path.rsplit("/", 1)[0]
         if self.is_local:
             for attempt in range(3):  # another process may remove the folder meanwhile (a shard folder it cleared)
-                with self._durable_temp(parent, data, key) as tmp:
-                    try:
+                try:  # before the temporary file is opened in it, or before it is renamed
+                    with self._durable_temp(parent, data, key) as tmp:
                         os.replace(tmp, path)
                         sync_folder(parent)  # the new name on disk: a power loss had been free to lose it
                         return
-                    except FileNotFoundError:
-                        if attempt == 2:
-                            raise
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
         else:
             with self._final_endpoint_answers():
                 self.fs.pipe_file(path, data)
@@ -888,16 +888,17 @@ class Store:
             return True
         parent = path.rsplit("/", 1)[0]
         for attempt in range(3):
-            with self._durable_temp(parent, data, key) as tmp:
-                try:
-                    os.link(tmp, path)
+            try:
+                with self._durable_temp(parent, data, key) as tmp:
+                    try:
+                        os.link(tmp, path)
+                    except FileExistsError:  # the name's (not a folder's in the way: that raises)
+                        return False
                     sync_folder(parent)  # the claim or manifest on disk before anyone acts on it
                     return True
-                except FileExistsError:
-                    return False
-                except FileNotFoundError:  # gc took a stalled attempt's file for a dead one's: write it again
-                    if attempt == 2:
-                        raise
+            except FileNotFoundError:  # gc took a stalled attempt's file (or its folder) for a dead one's: write it again
+                if attempt == 2:
+                    raise
         return False
 
     def _create_if_absent(self, key: str, data: bytes) -> bool:

@@ -83,3 +83,30 @@ def test_a_folder_that_cannot_be_fsynced_is_not_an_error(tmp_path, monkeypatch):
     store.write_bytes("runs/r.json", b"{}")
     assert Path(store.path("runs/r.json")).read_bytes() == b"{}"
     assert storage.durable.sync_folder(tmp_path) is False
+
+
+@pytest.mark.parametrize("write", ["write_bytes", "create_exclusive"])
+def test_a_folder_another_process_clears_before_the_temporary_file_opens_is_made_again(tmp_path, monkeypatch, write):
+    """Two runs on one store: one cleared a shard folder (`_partial/`) between the other's making
+    it and opening its temporary file there; that FileNotFoundError failed the model (seen in
+    `test_two_runs_at_once_on_one_store`), while one after the file was written was retried."""
+    import shutil
+
+    import storage.store as store_module
+
+    made = store_module.make_folders
+    cleared: list[str] = []
+
+    def made_then_cleared(folder: str) -> None:
+        made(folder)
+        if not cleared:  # the other process's clear, once
+            cleared.append(folder)
+            shutil.rmtree(folder)
+
+    monkeypatch.setattr(store_module, "make_folders", made_then_cleared)
+    store = Store(str(tmp_path / "store"))
+    key = "features/d1/m/v1/_partial/shard-00000.parquet"
+    result = getattr(store, write)(key, b"shard")
+    assert cleared and (tmp_path / "store" / key).read_bytes() == b"shard"
+    assert result in (None, True)
+    assert not [p for p in (tmp_path / "store").rglob("*") if ".tmp-" in p.name]
