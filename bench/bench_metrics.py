@@ -315,14 +315,21 @@ def bench_large_n(args: argparse.Namespace, device: torch.device) -> None:
         block_sweep(xs[0], ys[0], args, device, exact_score)
 
 
+def overlap_total(ia: torch.Tensor, ib: torch.Tensor) -> int:
+    """``sum_i |kNN_a(i) ∩ kNN_b(i)|`` of two ``(N, k)`` int64 lists (the engine's own count)."""
+    from tasks.metrics.knn_hits import build_list_table, member_counts, pair_keys
+
+    return int(member_counts(build_list_table(ia[None]), pair_keys(ib[None]), "total"))
+
+
 def block_sweep(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, device: torch.device,
                 reference: float | None) -> None:
     """Exact fp32 ``mutual_knn`` of ``x`` and ``y`` (``(N, D)`` each) through the public
-    ``topk_neighbors(..., block_elements=...)`` and ``overlap_counts``, once per
+    ``topk_neighbors(..., block_elements=...)`` and ``overlap_total``, once per
     ``--large-n-blocks`` size (MiB of one float32 similarity block; the engine's default is
     ``default_block_elements``): best of ``--large-n-repeats`` times and peak memory, so one run
     says which default block to use. The score must equal ``layer_matrix``'s (``reference``)."""
-    from tasks.metrics.neighbors import default_block_elements, overlap_counts, topk_neighbors
+    from tasks.metrics.neighbors import default_block_elements, topk_neighbors
 
     n, k = int(x.shape[0]), args.topk
     print(f"\nexact search block size (topk_neighbors block_elements; engine default "
@@ -341,7 +348,7 @@ def block_sweep(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, devi
             ia = search(x, k, block_elements=elements)[1]
             ib = search(y, k, block_elements=elements)[1]
             lists[name] = (ia, ib)
-            return float(overlap_counts(ia[None], ib[None]).sum()) / (n * k)
+            return overlap_total(ia, ib) / (n * k)
 
         reset_peak(device)
         times, score_ = [], float("nan")
@@ -410,7 +417,7 @@ def bench_precision_error(args: argparse.Namespace, device: torch.device) -> Non
     neighbour sets that differ from exact (over both sides' ``2N`` lists), ``mutual_knn`` and its
     absolute change, rows recomputed by the refinement's certificate, and time (both sides)."""
     from tasks.metrics.bf16_neighbors import reduced_topk
-    from tasks.metrics.neighbors import overlap_counts, topk_neighbors
+    from tasks.metrics.neighbors import topk_neighbors
 
     k, width = args.topk, 1024
     header = (f"{'data':<8} {'N':>6} {'knn_precision':<12} {'time s':>7} {'lists changed':>13} "
@@ -427,7 +434,7 @@ def bench_precision_error(args: argparse.Namespace, device: torch.device) -> Non
                 x, y = make_layers(n, 1, width, 2, device)[0], make_layers(n, 1, width, 3, device)[0]
 
             def score_of(ix: torch.Tensor, iy: torch.Tensor) -> float:
-                return float(overlap_counts(ix[None], iy[None]).sum()) / (n * k)
+                return overlap_total(ix, iy) / (n * k)
 
             t_exact, (ex, ey) = timed(lambda: (topk_neighbors(x, k)[1], topk_neighbors(y, k)[1]),
                                       device, 1)

@@ -50,7 +50,7 @@ from .engine import Engine
 from .gram import batched_device
 from .hsic import check_self_hsic, unbiased_from_parts, unbiased_terms_size
 from .kernel_metrics import EPS, CkaEngine
-from .knn_hits import Hits, ListTable, build_list_table, inverse_permutations, permuted_hits
+from .knn_hits import Hits, ListTable, build_list_table, inverse_permutations, pair_keys, permuted_hits
 from .neighbors import permute_lists
 from .representation import Representation
 
@@ -72,23 +72,30 @@ SLOT_TABLE_MAX_ELEMENTS = 1 << 26
 #: (permutations x layer pairs x N), and (permutations x Lb x N x k), of one null batch; above
 #: it per-row sums go sparse
 NULL_ROW_ELEMENTS = 1 << 21
+#: ``matrix`` sums over the mask's entries only (``hit_sim``) when they are at most this share of
+#: the ``La * Lb * N * k`` (x-layer, y-layer, x-entry) combinations that the dense path visits:
+#: per entry the sparse path costs about 10 times as much (N=1024, k=10, 13 x 13 layers, 1
+#: thread, dense 25.6 ms whatever the data: independent layers, 1% of the combinations in the
+#: mask, 3.6 ms sparse; each y-layer also an x-layer, 8.6%, 23.8 ms; layers sharing a latent,
+#: 54%, 120 ms)
+SPARSE_MAX_SHARE = 0.08
 
 
 @dataclass
 class CknnaState:
-    """``idx`` ``(L, N, k)`` lists; ``vals`` ``(L, N, k)`` kernel values on them (computation dtype);
-    ``sorted_idx``/``order``: rows sorted ascending and the sorting permutation
-    (``sorted_idx = idx.gather(-1, order)``); ``rev`` ``(L, N, k)`` bool: ``i ∈ kNN(idx[i, t])``;
-    ``self_sim`` ``(L,)`` float64 ``sim(K, K)``."""
+    """``idx`` ``(L, N, k)`` lists; ``vals`` ``(L, N, k)`` kernel values on them (computation
+    dtype); ``rev`` ``(L, N, k)`` bool: ``i ∈ kNN(idx[l, i, t])``; ``self_sim`` ``(L,)`` float64
+    ``sim(K, K)``. The lookup structures are built on first use and kept: ``list_table`` (bitmask
+    of the layers holding each pair), ``slot_table`` (position of each pair in its list),
+    ``sorted_lists`` (for binary search where the slot table is too large) and ``padded``."""
 
     idx: torch.Tensor
     vals: torch.Tensor
-    sorted_idx: torch.Tensor
-    order: torch.Tensor
-    rev: torch.Tensor
-    self_sim: torch.Tensor
-    slots: torch.Tensor | None = None
+    rev: torch.Tensor | None = None
+    self_sim: torch.Tensor | None = None
     table: ListTable | None = None
+    slots: torch.Tensor | None = None
+    sorted_pair: tuple[torch.Tensor, torch.Tensor] | None = None
     padded_lists: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def list_table(self) -> ListTable:
@@ -97,26 +104,40 @@ class CknnaState:
             self.table = build_list_table(self.idx)
         return self.table
 
+    def sorted_lists(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sorted_idx, order)``: each list sorted ascending and the sorting permutation
+        (``sorted_idx = idx.gather(-1, order)``), built on first use and kept."""
+        if self.sorted_pair is None:
+            self.sorted_pair = self.idx.sort(-1)
+        return self.sorted_pair
+
     def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``vals`` and ``rev`` ``(L, N, 1 + k)`` behind a first column of zeros / False, so that
         the slot table's entries (``1 + t``, 0 where absent) index them; built once and kept."""
         if self.padded_lists is None:
             L, n, _ = self.idx.shape
+            rev = self.reverse()
             self.padded_lists = (torch.cat([self.vals.new_zeros((L, n, 1)), self.vals], -1),
-                                 torch.cat([self.rev.new_zeros((L, n, 1)), self.rev], -1))
+                                 torch.cat([rev.new_zeros((L, n, 1)), rev], -1))
         return self.padded_lists
 
-    def with_slots(self) -> "CknnaState":
-        """Add the dense slot table ``(L, N*N)`` uint8 (``1 + t`` where ``idx[l, i, t] == j`` at
-        ``i*N + j``, else 0) when it is small enough; lookups then cost one gather."""
+    def reverse(self) -> torch.Tensor:
+        """``rev``, computed on first use (``_reverse_membership``) and kept."""
+        if self.rev is None:
+            self.rev = _reverse_membership(self)
+        return self.rev
+
+    def slot_table(self) -> torch.Tensor | None:
+        """The dense slot table ``(L, N*N)`` uint8 (``1 + t`` where ``idx[l, i, t] == j`` at
+        ``i*N + j``, else 0), built on first use when small enough (else ``None``); lookups then
+        cost one gather."""
         L, n, k = self.idx.shape
-        if L * n * n <= SLOT_TABLE_MAX_ELEMENTS and k < 255:
+        if self.slots is None and L * n * n <= SLOT_TABLE_MAX_ELEMENTS and k < 255:
             slots = torch.zeros((L, n * n), dtype=torch.uint8, device=self.idx.device)
-            rows = torch.arange(n, device=self.idx.device).view(1, n, 1) * n
             ranks = torch.arange(1, k + 1, dtype=torch.uint8, device=self.idx.device)
-            slots.scatter_(1, (rows + self.idx).reshape(L, -1), ranks.repeat(L, n).view(L, -1))
+            slots.scatter_(1, pair_keys(self.idx).reshape(L, -1), ranks.repeat(L, n).view(L, -1))
             self.slots = slots
-        return self
+        return self.slots
 
 
 @dataclass
@@ -166,10 +187,7 @@ class CknnaEngine(Engine):
         vals_t, idx_t = rep.knn_stack(k, exclude_self=unbiased)
         if params.get("distance_agnostic"):
             vals_t = torch.ones_like(vals_t)
-        sorted_idx, order = idx_t.sort(-1)
-        state = CknnaState(idx_t, vals_t, sorted_idx, order, torch.empty(0), torch.empty(0))
-        state.with_slots()
-        state.rev = _reverse_membership(state)
+        state = CknnaState(idx_t, vals_t)
         state.self_sim, size = self_sims(state, unbiased)
         # distance-agnostic kernel values are exact ones: their sums carry no rounding of the input's
         check_self_hsic(state.self_sim, size, rep.n, torch.float64 if params.get("distance_agnostic") else rep.dtype,
@@ -179,10 +197,8 @@ class CknnaEngine(Engine):
     def permute(self, state, perm: torch.Tensor, inv: torch.Tensor):
         if isinstance(state, FullMaskState):
             return FullMaskState(self._cka.permute(state.inner, perm, inv), state.n, state.layers)
-        idx = permute_lists(state.idx, perm, inv)
-        sorted_idx, order = idx.sort(-1)
-        return CknnaState(idx, state.vals[:, perm], sorted_idx, order, state.rev[:, perm],
-                          state.self_sim).with_slots()
+        return CknnaState(permute_lists(state.idx, perm, inv), state.vals[:, perm],
+                          state.reverse()[:, perm], state.self_sim)
 
     def null_matrices(self, a, b, perms: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         """``(B, La, Lb)`` CKNNA of ``a`` against ``b`` row-permuted by each of ``perms``.
@@ -212,97 +228,112 @@ class CknnaEngine(Engine):
             return self._cka.matrix(a.inner, b.inner, self._full(params))
         La, n, k = a.idx.shape
         Lb = b.idx.shape[0]
-        sim = torch.empty((La, Lb), dtype=torch.float64, device=a.idx.device)
-        rows = max(1, chunk_elements(a.idx.device) // (n * k * Lb))  # x-layers per call
-        for a0 in range(0, La, rows):
-            a1 = min(La, a0 + rows)
-            sim[a0:a1] = masked_sim(a, slice(a0, a1), b, slice(0, Lb), unbiased)
+        # the mask's entries, unless they are too many for the sparse sums to pay
+        hits = permuted_hits(a.list_table(), b.idx, None, max_hits=int(SPARSE_MAX_SHARE * La * Lb * n * k))
+        if hits is not None:
+            sim = hit_sim(a, b, hits, 1, unbiased)[0]
+        else:
+            sim = torch.empty((La, Lb), dtype=torch.float64, device=a.idx.device)
+            rows = max(1, chunk_elements(a.idx.device) // (n * k * Lb))  # x-layers per call
+            for a0 in range(0, La, rows):
+                a1 = min(La, a0 + rows)
+                sim[a0:a1] = masked_sim(a, slice(a0, a1), b, slice(0, Lb), unbiased)
         return sim / (torch.sqrt(a.self_sim[:, None] * b.self_sim[None, :]) + EPS)
 
 
 def self_sims(state: CknnaState, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(L,)`` float64 ``sim(K, K)`` of every layer (its own mask), a chunk of layers at a time,
-    and ``(L,)`` the size of its terms (``masked_sim``'s ``with_size``)."""
+    """``(L,)`` float64 ``sim(K, K)`` of every layer (its own mask: every entry of its lists, the
+    mutual ones where ``rev``), a chunk of layers at a time, and ``(L,)`` the size of its terms
+    (``hsic_from_entries``'s ``with_size``)."""
     L, n, k = state.idx.shape
+    rev = state.reverse()
     step = max(1, chunk_elements(state.idx.device) // (n * k))
-    parts = [masked_sim(state, slice(l0, l0 + step), state, slice(l0, l0 + step), unbiased, paired=True,
-                        with_size=True) for l0 in range(0, L, step)]
+    parts = []
+    for l0 in range(0, L, step):
+        vals = state.vals[l0:l0 + step, None]  # (A, 1, N, k)
+        parts.append(hsic_from_entries(vals, vals, rev[l0:l0 + step, None], state.idx[l0:l0 + step, None],
+                                       unbiased, with_size=True))
     return torch.cat([v[:, 0] for v, _ in parts]), torch.cat([z[:, 0] for _, z in parts])
 
 
 def _reverse_membership(state: CknnaState) -> torch.Tensor:
-    """``(L, N, k)`` bool: is ``i`` among the neighbours of its neighbour ``idx[l, i, t]``?"""
-    L, n, k = state.idx.shape
-    ar = torch.arange(n, device=state.idx.device)
-    if state.slots is not None:
-        flat = (state.idx * n + ar.view(1, n, 1)).reshape(L, -1)
-        return (state.slots.gather(1, flat) > 0).view(L, n, k)
-    # the layer's pairs (j, m), m in kNN(j), as sorted keys j*N + m, and the queries (idx[i, t], i)
-    # looked up by binary search: O(N k) per layer (gathering each neighbour's whole list was an
-    # (N k, k) int64 tensor: 2.6 GB at N=8,193, k=200)
-    out = torch.empty((L, n, k), dtype=torch.bool, device=state.idx.device)
-    for l in range(L):
-        keys = (state.sorted_idx[l] + ar.view(n, 1) * n).reshape(-1)  # ascending: rows in order, each sorted
-        queries = (state.idx[l] * n + ar.view(n, 1)).reshape(-1)
-        pos = torch.searchsorted(keys, queries).clamp_(max=keys.numel() - 1)
-        out[l] = (keys.index_select(0, pos) == queries).view(n, k)
+    """``(L, N, k)`` bool: is ``i`` among the neighbours of its neighbour ``idx[l, i, t]``? One
+    lookup of the transposed pair ``(idx[l, i, t], i)`` in the lists' bitmask table (``knn_hits``:
+    dense, or sorted keys at large N; memory ``O(N k)`` per layer beyond the table), a layer at
+    a time."""
+    table = state.list_table()
+    out = torch.empty(state.idx.shape, dtype=torch.bool, device=state.idx.device)
+    for g, (g0, count) in enumerate(table.groups):
+        for l in range(g0, g0 + count):
+            masks = table.lookup(g, pair_keys(state.idx[l:l + 1], reverse=True)[0])
+            out[l] = torch.bitwise_and(masks, 1 << (l - g0)) != 0
     return out
 
 
-def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: bool,
-               paired: bool = False, with_size: bool = False
-               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """``HSIC(M*K, M*L)`` for the x-layers ``la`` of ``a`` against the y-layers ``lb`` of ``b``.
+def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: bool) -> torch.Tensor:
+    """``HSIC(M*K, M*L)`` ``(A, B)`` float64 for the x-layers ``la`` of ``a`` against the
+    y-layers ``lb`` of ``b``, visiting every x-entry for every y-layer.
 
-    Works on ``(A, B, N, k)`` tensors only: each x-neighbour ``j = idx_a[i, t]`` is looked up in
-    the sorted y-list of ``i`` (binary search), giving whether ``(i, j)`` is in the mask, the
-    kernel value ``L[i, j]`` and whether ``i`` is also a y-neighbour of ``j`` (the y-layer's
-    ``rev`` at that slot). Returns ``(A, B)`` float64; with ``paired`` (``la`` and ``lb`` of one
-    length ``A``) only the pairs ``(la[t], lb[t])``, as ``(A, 1)``. ``with_size``: also the size of
-    the estimator's terms, same shape (absolute values; ``hsic.unbiased_terms_size``).
+    Works on ``(A, B, N, k)`` tensors only: each x-neighbour ``j = idx_a[i, t]`` is looked up
+    in the y-lists of ``i`` (the y side's slot table, or binary search in its sorted lists),
+    giving whether ``(i, j)`` is in the mask, the kernel value ``L[i, j]`` and whether ``i`` is
+    also a y-neighbour of ``j`` (the y-layer's ``rev`` at that slot).
     """
-    idx_a, val_a, rev_a = a.idx[la][:, None], a.vals[la][:, None], a.rev[la][:, None]
-
-    def y_side(t: torch.Tensor) -> torch.Tensor:  # (1, B, ...) against every x-layer, or (A, 1, ...)
-        return t[lb][:, None] if paired else t[lb][None]
-
-    sorted_b, order_b = y_side(b.sorted_idx), y_side(b.order)
+    idx_a, val_a, rev_a = a.idx[la][:, None], a.vals[la][:, None], a.reverse()[la][:, None]
     A, n, k = idx_a.shape[0], idx_a.shape[2], idx_a.shape[3]
-    B = 1 if paired else sorted_b.shape[1]
+    B = len(range(*lb.indices(b.idx.shape[0])))
     shape = (A, B, n, k)
-    if b.slots is not None:  # dense table: one gather
-        rows = torch.arange(n, device=idx_a.device).view(1, 1, n, 1) * n
-        flat = (rows + idx_a).reshape(A, 1, n * k).expand(A, B, n * k)
-        found = y_side(b.slots).expand(A, B, n * n).gather(2, flat).view(shape)
+    slots = b.slot_table()
+    if slots is not None:  # dense table: one gather
+        flat = pair_keys(idx_a[:, 0]).reshape(A, 1, n * k).expand(A, B, n * k)
+        found = slots[lb][None].expand(A, B, n * n).gather(2, flat).view(shape)
         inter = found > 0  # (i, idx_a[i, t]) in the mask
         # 1 + its position in the y-list of i, or 0: indexes the y-lists behind a column of
         # zeros / False, which gives the masked values without a mask test
         slot = found.to(torch.int64)
         vals_b, rev_b = b.padded()
-        lv = y_side(vals_b).expand(A, B, n, k + 1).gather(-1, slot)  # (M*L)[i, .]
+        lv = vals_b[lb][None].expand(A, B, n, k + 1).gather(-1, slot)  # (M*L)[i, .]
         # (j, i) also in the mask: i in kNN_a(j) (rev_a) and i in kNN_b(j) (rev_b at the slot)
-        mutual = y_side(rev_b).expand(A, B, n, k + 1).gather(-1, slot).logical_and_(rev_a)
+        mutual = rev_b[lb][None].expand(A, B, n, k + 1).gather(-1, slot).logical_and_(rev_a)
     else:  # sorted lists: binary search
+        sorted_b, order_b = (t[lb][None] for t in b.sorted_lists())
         q = idx_a.expand(shape).contiguous()
         pos = torch.searchsorted(sorted_b.expand(shape).contiguous(), q).clamp_(max=k - 1)
         inter = sorted_b.expand(shape).gather(-1, pos) == q
         slot = order_b.expand(shape).gather(-1, pos)
-        lv = torch.where(inter, y_side(b.vals).expand(shape).gather(-1, slot), 0.0)  # (M*L)[i, .]
-        mutual = inter & rev_a & y_side(b.rev).expand(shape).gather(-1, slot)  # as above
-    kv = val_a * inter  # (M*K)[i, idx_a[i, t]]
-    cols = idx_a.reshape(A, 1, n * k).expand(A, B, n * k)
-    # sums of one side's kernel values in the computation dtype (finite: the features' float32
-    # range, ``representation.FLOAT32_MAX_SQ_ROW_NORM``), products of the two sides in float64 (a
-    # float32 product of kernel values above ~1.8e19 each overflowed: inf * 0 = NaN scores)
-    col_k = torch.zeros((A, B, n), dtype=kv.dtype, device=kv.device).scatter_add_(
-        2, cols, kv.reshape(A, B, n * k)).to(torch.float64)
-    col_l = torch.zeros((A, B, n), dtype=kv.dtype, device=kv.device).scatter_add_(
-        2, cols, lv.reshape(A, B, n * k)).to(torch.float64)
-    row_k = kv.sum(-1, dtype=torch.float64)  # (A, B, N)
-    row_l = lv.sum(-1, dtype=torch.float64)
+        lv = torch.where(inter, b.vals[lb][None].expand(shape).gather(-1, slot), 0.0)  # (M*L)[i, .]
+        mutual = inter & rev_a & b.reverse()[lb][None].expand(shape).gather(-1, slot)  # as above
+    return hsic_from_entries(val_a * inter, lv, mutual, idx_a, unbiased)
+
+
+def hsic_from_entries(kv: torch.Tensor, lv: torch.Tensor, mutual: torch.Tensor, idx_a: torch.Tensor,
+                      unbiased: bool, with_size: bool = False
+                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``HSIC(M*K, M*L)`` ``(A, B)`` float64 from the x-entries of ``A x B`` layer pairs.
+
+    Args:
+        kv: ``(A, B, N, k)`` ``(M*K)[i, idx_a[i, t]]`` (0 outside the mask), computation dtype.
+        lv: ``(A, B, N, k)`` ``(M*L)[i, idx_a[i, t]]`` (0 outside the mask), same dtype.
+        mutual: ``(A, B, N, k)`` bool: the transposed entry ``(idx_a[i, t], i)`` is in the mask too.
+        idx_a: ``(A, 1 or B, N, k)`` int64 the x-lists (the entries' columns).
+        unbiased: the estimator.
+        with_size: also the size of the estimator's terms, same shape (absolute values;
+            ``hsic.unbiased_terms_size``).
+    """
+    A, B, n, k = kv.shape
+    cols = idx_a.reshape(A, -1, n * k).expand(A, B, n * k)
+    # every sum in float64, as ``hit_sim`` sums the same entries (a pair's score must not depend
+    # on which path a matrix took: float32 column sums had differed by 3e-10 relative), and
+    # products of the two sides in float64 (a float32 product of kernel values above ~1.8e19
+    # each overflowed: inf * 0 = NaN scores)
+    kv = kv.to(torch.float64, copy=True)  # a new buffer: a float64 ``kv`` may be a layer's values
+    lv = lv.to(torch.float64)
+    col_k = torch.zeros((A, B, n), dtype=torch.float64, device=kv.device).scatter_add_(2, cols, kv.view(A, B, n * k))
+    col_l = torch.zeros((A, B, n), dtype=torch.float64, device=kv.device).scatter_add_(2, cols, lv.reshape(A, B, n * k))
+    row_k = kv.sum(-1)  # (A, B, N)
+    row_l = lv.sum(-1)
     tot_k, tot_l = row_k.sum(-1), row_l.sum(-1)
-    # one float64 (A, B, N, k) buffer (kv itself when float64: a local temporary, no longer needed)
-    trace = kv.to(torch.float64).mul_(lv).mul_(mutual).sum((-1, -2))
+    trace = kv.mul_(lv).mul_(mutual).sum((-1, -2))  # kv no longer needed
     if unbiased:
         rows_dot = (col_k * row_l).sum(-1)
         value = unbiased_from_parts(trace, tot_k, tot_l, rows_dot, n)
@@ -323,18 +354,22 @@ def hit_sim(a: CknnaState, b: CknnaState, hits: Hits, batch: int, unbiased: bool
     Lb = b.idx.shape[0]
     dev = a.idx.device
     l, i, j = hits.layer_a, hits.row, hits.col
-    if a.slots is not None:  # slot of j in the x-list of i
-        slot = a.slots.view(-1).index_select(0, (l * n + i) * n + j).to(torch.int64) - 1
+    # slot of j in the x-list of i: from the slot table where it is built or worth building
+    # (a fill of L N^2 bytes against a binary search in k entries per hit), else binary search
+    slots = a.slots if a.slots is not None or l.numel() * k < La * n * n // 4 else a.slot_table()
+    if slots is not None:
+        slot = slots.view(-1).index_select(0, (l * n + i) * n + j).to(torch.int64) - 1
     else:
+        sorted_idx, order = a.sorted_lists()
         rows = l * n + i
-        sorted_rows = a.sorted_idx.view(-1, k).index_select(0, rows)
+        sorted_rows = sorted_idx.view(-1, k).index_select(0, rows)
         pos = torch.searchsorted(sorted_rows, j.unsqueeze(1)).clamp_(max=k - 1)
-        slot = a.order.view(-1, k).index_select(0, rows).gather(1, pos).squeeze(1)
+        slot = order.view(-1, k).index_select(0, rows).gather(1, pos).squeeze(1)
     entry_a = (l * n + i) * k + slot  # flat index of the x-entry
     kv = a.vals.reshape(-1).index_select(0, entry_a).to(torch.float64)
     lv = b.vals.reshape(-1).index_select(0, hits.entry).to(torch.float64)
-    mutual = (a.rev.reshape(-1).index_select(0, entry_a)
-              & b.rev.reshape(-1).index_select(0, hits.entry))
+    mutual = (a.reverse().reshape(-1).index_select(0, entry_a)
+              & b.reverse().reshape(-1).index_select(0, hits.entry))
     pairs = (hits.batch * La + l) * Lb + hits.layer_b  # (permutation, x-layer, y-layer)
     P = batch * La * Lb
 

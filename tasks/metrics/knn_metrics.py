@@ -31,13 +31,10 @@ import torch
 
 from .bf16_neighbors import check_knn_precision
 from .engine import TIE_RTOL, Engine
-from .knn_hits import ListTable, build_list_table, inverse_permutations, permuted_hits
-from .neighbors import (adjacency, cycle_hits, edit_distances, is_member, lcs_lengths,
-                        overlap_counts, permute_lists)
+from .knn_hits import ListTable, build_list_table, inverse_permutations, member_counts, pair_keys, permuted_hits
+from .neighbors import edit_distances, is_member, lcs_lengths, permute_lists
 from .representation import Representation
 
-#: build a dense (L, N*N) bool adjacency for the x side when it has at most this many entries
-ADJACENCY_MAX_ELEMENTS = 1 << 26
 #: one chunk of the sequence metrics: the y-layers whose ``N x k`` lists, times 4 (the DP's int32
 #: buffers and a row of equalities), hold at most this many elements
 SEQUENCE_CHUNK_ELEMENTS = 1 << 24
@@ -48,11 +45,10 @@ NULL_COUNT_ELEMENTS = 1 << 22
 
 @dataclass
 class KnnState:
-    """Neighbour lists of every layer: ``idx`` ``(L, N, k)`` int64; ``adj`` optional dense
-    adjacency; ``table`` the bitmask table of ``knn_hits`` (built on first use, for nulls)."""
+    """Neighbour lists of every layer: ``idx`` ``(L, N, k)`` int64; ``table`` the bitmask table of
+    ``knn_hits`` (built on first use; the x side's overlaps, cycle hits and nulls read it)."""
 
     idx: torch.Tensor
-    adj: torch.Tensor | None = None
     table: ListTable | None = None
 
     def list_table(self) -> ListTable:
@@ -97,22 +93,20 @@ class KnnEngine(Engine):
     def encode(self, rep: Representation, params: dict[str, Any]) -> KnnState:
         k = _check_topk(params.get("topk"), rep.n)
         precision = check_knn_precision(params.get("knn_precision", "exact"))
-        idx = rep.knn_indices(k, precision=precision)
-        adj = adjacency(idx, rep.n) if idx.shape[0] * rep.n * rep.n <= ADJACENCY_MAX_ELEMENTS else None
-        return KnnState(idx, adj)
+        return KnnState(rep.knn_indices(k, precision=precision))
 
     def permute(self, state: KnnState, perm: torch.Tensor, inv: torch.Tensor) -> KnnState:
-        return KnnState(permute_lists(state.idx, perm, inv), None)
+        return KnnState(permute_lists(state.idx, perm, inv))
 
     def per_sample(self, a: KnnState, b: KnnState, params: dict[str, Any]) -> torch.Tensor:
         """``(La, Lb, N)`` float64 per-sample terms whose mean over samples is the score."""
         k = a.idx.shape[-1]
         v = self.variant
-        if v in ("mutual_knn", "jaccard_knn"):
-            c = overlap_counts(a.idx, b.idx, a.adj).to(torch.float64)
+        if v in ("mutual_knn", "jaccard_knn"):  # |A ∩ B|: y's entries (i, j) held by the x-lists
+            c = member_counts(a.list_table(), pair_keys(b.idx)).to(torch.float64)
             return c / k if v == "mutual_knn" else c / (2 * k - c)
-        if v == "cycle_knn":
-            return cycle_hits(a.idx, b.idx, a.adj).to(torch.float64)
+        if v == "cycle_knn":  # is (j, i) an x-entry for one of i's y-neighbours j?
+            return member_counts(a.list_table(), pair_keys(b.idx, reverse=True), "any").to(torch.float64)
         lengths = _sequence_lengths(a.idx, b.idx, v)
         return lengths if v == "lcs_knn" else 1.0 - lengths / k
 
@@ -146,7 +140,7 @@ class KnnEngine(Engine):
     def matrix(self, a: KnnState, b: KnnState, params: dict[str, Any]) -> torch.Tensor:
         if self.variant == "mutual_knn":  # integer sum, one division: exact
             k = a.idx.shape[-1]
-            counts = overlap_counts(a.idx, b.idx, a.adj).sum(-1)
+            counts = member_counts(a.list_table(), pair_keys(b.idx), "total")
             return counts.to(torch.float64) / (a.n * k)
         if self.variant == "edit_distance_knn":  # integer total, one division: equal totals, equal scores
             k = a.idx.shape[-1]

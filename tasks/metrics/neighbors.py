@@ -257,41 +257,6 @@ def permute_lists(idx: torch.Tensor, perm: torch.Tensor, inv: torch.Tensor) -> t
     return inv[idx.index_select(-2, perm)]
 
 
-def adjacency(idx: torch.Tensor, n: int) -> torch.Tensor:
-    """Dense flat adjacency ``(L, N*N)`` bool with ``A[l, i*N + j]`` true iff ``j`` in ``idx[l, i]``."""
-    L = idx.shape[0]
-    adj = torch.zeros((L, n * n), dtype=torch.bool, device=idx.device)
-    rows = torch.arange(n, device=idx.device).view(1, n, 1) * n
-    adj.scatter_(1, (rows + idx).reshape(L, -1), True)
-    return adj
-
-
-def overlap_counts(idx_a: torch.Tensor, idx_b: torch.Tensor, adj_a: torch.Tensor | None = None
-                   ) -> torch.Tensor:
-    """``|kNN_a(i) ∩ kNN_b(i)|`` for every layer pair and sample.
-
-    Args:
-        idx_a: ``(La, N, ka)`` int64 lists; idx_b: ``(Lb, N, kb)`` int64 lists.
-        adj_a: optional ``adjacency(idx_a, N)``; when given the counts are one gather.
-
-    Returns:
-        ``(La, Lb, N)`` int64 counts (exact integers).
-    """
-    La, n, _ = idx_a.shape
-    Lb, _, kb = idx_b.shape
-    if adj_a is not None:
-        rows = torch.arange(n, device=idx_b.device).view(1, n, 1) * n
-        flat = (rows + idx_b).reshape(-1)  # (Lb*N*kb,)
-        hits = adj_a.index_select(1, flat).view(La, Lb, n, kb)
-        return hits.sum(-1, dtype=torch.int64)
-    sorted_b = idx_b.sort(dim=-1).values.contiguous()  # (Lb, N, kb)
-    out = torch.empty((La, Lb, n), dtype=torch.int64, device=idx_a.device)
-    for a in range(La):
-        q = idx_a[a].unsqueeze(0).expand(Lb, -1, -1).contiguous()
-        out[a] = is_member(sorted_b, q).sum(-1, dtype=torch.int64)
-    return out
-
-
 def is_member(sorted_lists: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
     """``queries[..., i, t] in sorted_lists[..., i, :]`` elementwise.
 
@@ -301,47 +266,6 @@ def is_member(sorted_lists: torch.Tensor, queries: torch.Tensor) -> torch.Tensor
     k = sorted_lists.shape[-1]
     pos = torch.searchsorted(sorted_lists, queries).clamp_(max=k - 1)
     return sorted_lists.gather(-1, pos) == queries
-
-
-#: int64 elements of one block of queries in ``cycle_hits`` without an adjacency table
-CYCLE_BLOCK_ELEMENTS = 1 << 22
-
-
-def cycle_hits(idx_a: torch.Tensor, idx_b: torch.Tensor, adj_a: torch.Tensor | None = None,
-               block_elements: int = CYCLE_BLOCK_ELEMENTS) -> torch.Tensor:
-    """Paper's ``cycle_knn`` per sample: is ``i`` among the A-neighbours of its B-neighbours?
-
-    With ``adj_a``: one gather of the entries ``(j, i)``, ``j = idx_b[i, t]``. Without: the A
-    side's ordered pairs ``(j, m)``, ``m`` in ``kNN_A(j)``, as sorted keys ``j*N + m`` (``N*k``
-    int64: each row sorted, rows in order), and the queries ``idx_b[i, t]*N + i`` looked up by
-    binary search, a block of B-layers and rows at a time: memory ``O(N k)`` plus a block of
-    ``block_elements`` queries (gathering each B-neighbour's whole A-list made an
-    ``(Lb, N*k, k)`` tensor: 1.7 GiB at N=3000, k=50, 12 layers).
-
-    Args: idx_a ``(La, N, k)``, idx_b ``(Lb, N, k)`` int64; adj_a optional ``adjacency(idx_a)``.
-    Returns: ``(La, Lb, N)`` bool.
-    """
-    La, n, _ = idx_a.shape
-    Lb, _, kb = idx_b.shape
-    ar = torch.arange(n, device=idx_b.device).view(1, n, 1)
-    if adj_a is not None:
-        flat = (idx_b * n + ar).reshape(-1)  # entry (j=idx_b[i,t], i)
-        return adj_a.index_select(1, flat).view(La, Lb, n, kb).any(-1)
-    out = torch.empty((La, Lb, n), dtype=torch.bool, device=idx_a.device)
-    rows = max(1, min(n, block_elements // max(kb, 1)))  # rows of one B-layer per block
-    layers = max(1, min(Lb, block_elements // max(n * kb, 1)))  # whole B-layers per block
-    for a in range(La):
-        keys = (idx_a[a].sort(dim=-1).values + ar[0] * n).reshape(-1)  # (N*k,) ascending
-        last = keys.numel() - 1
-        for b0 in range(0, Lb, layers):
-            b1 = min(Lb, b0 + layers)
-            for r0 in range(0, n, rows):
-                r1 = min(n, r0 + rows)
-                q = idx_b[b0:b1, r0:r1] * n + ar[:, r0:r1]  # (B, R, kb): entry (j, i)
-                pos = torch.searchsorted(keys, q.reshape(-1)).clamp_(max=last)
-                hit = keys.index_select(0, pos).view_as(q) == q
-                out[a, b0:b1, r0:r1] = hit.any(-1)
-    return out
 
 
 def lcs_lengths(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

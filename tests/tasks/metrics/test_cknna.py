@@ -133,6 +133,32 @@ def test_binary_search_path_equals_slot_table(monkeypatch: pytest.MonkeyPatch) -
             ref.cknna(x, y, 6, unbiased), abs=1e-12)
 
 
+@pytest.mark.parametrize("share", [0.0, 1.0])  # every matrix dense, or over the mask's entries only
+@pytest.mark.parametrize("slots", [True, False])
+@pytest.mark.parametrize("unbiased", [True, False])
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_sparse_and_dense_sums_give_the_reference(monkeypatch: pytest.MonkeyPatch, share: float, slots: bool,
+                                                   unbiased: bool, agnostic: bool) -> None:
+    """``matrix`` sums over the mask's entries (``hit_sim``) where they are few, else visits every
+    x-entry for every y-layer (``masked_sim``): either way, with the slot table or binary search,
+    every entry is the float64 reference's, on layers that share structure (many entries in the
+    mask), independent ones (few) and the same layer on both sides (all)."""
+    import tasks.metrics.cknna as ck
+
+    g = np.random.default_rng(16)
+    z = g.standard_normal((40, 3))
+    xs = [z @ g.standard_normal((3, 6)) + 0.3 * g.standard_normal((40, 6)), g.standard_normal((40, 5))]
+    ys = [z @ g.standard_normal((3, 7)) + 0.3 * g.standard_normal((40, 7)), g.standard_normal((40, 4)), xs[1]]
+    monkeypatch.setattr(ck, "SPARSE_MAX_SHARE", share)
+    if not slots:
+        monkeypatch.setattr(ck, "SLOT_TABLE_MAX_ELEMENTS", 0)
+    got = layer_matrix("cknna", xs, ys, topk=6, unbiased=unbiased, distance_agnostic=agnostic)
+    for i, x in enumerate(xs):
+        for j, y in enumerate(ys):
+            assert got[i, j] == pytest.approx(ref.cknna(x, y, 6, unbiased, distance_agnostic=agnostic), abs=1e-12)
+    assert got[1, 2] == pytest.approx(1.0, abs=1e-4)  # the same layer (up to the +1e-6 of the denominator)
+
+
 @pytest.mark.parametrize("unbiased", [True, False])
 def test_one_x_layer_per_chunk_gives_the_whole_matrix(monkeypatch: pytest.MonkeyPatch, unbiased: bool) -> None:
     """On a CPU the masked sums run a chunk of x-layers at a time (``CPU_CHUNK_ELEMENTS``): one
@@ -140,6 +166,7 @@ def test_one_x_layer_per_chunk_gives_the_whole_matrix(monkeypatch: pytest.Monkey
     import tasks.metrics.cknna as ck
 
     xs, ys = layers(seed=14, widths=(5, 9, 7)), layers(seed=15, widths=(4, 19))
+    monkeypatch.setattr(ck, "SPARSE_MAX_SHARE", 0.0)  # the dense path, which chunks
     whole = layer_matrix("cknna", xs, ys, topk=6, unbiased=unbiased)
     monkeypatch.setattr(ck, "CPU_CHUNK_ELEMENTS", 1)
     chunked = layer_matrix("cknna", xs, ys, topk=6, unbiased=unbiased)
@@ -288,8 +315,7 @@ def test_reverse_membership_without_the_slot_table_is_lists_sized() -> None:
         "idx = torch.stack([torch.randperm(n - 1, generator=g)[:k] for _ in range(n)])\n"
         "idx = idx + (idx >= torch.arange(n).view(n, 1)).long()  # no self\n"
         "idx = idx[None]\n"
-        "order = idx.argsort(-1)\n"
-        "state = CknnaState(idx, idx.float(), idx.gather(-1, order), order, None, None)\n"
+        "state = CknnaState(idx, idx.float())\n"
         "want = torch.stack([torch.tensor([[int(i) in set(idx[0, j].tolist()) for j in row] for i, row in enumerate(idx[0, :50].tolist())])])\n")
     measured = ("rev = _reverse_membership(state)\n"
                 "assert torch.equal(rev[:, :50], want) and rev.any() and not rev.all()\n")

@@ -46,14 +46,20 @@ def test_layer_matrix_equals_score(metric: str) -> None:
             assert m[i, j] == pytest.approx(REFS[metric](x, y, 6), abs=1e-12)
 
 
-def test_sorted_path_equals_adjacency_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Large-N code path (no dense adjacency) gives the same counts."""
-    import tasks.metrics.knn_metrics as km
+@pytest.mark.parametrize("group, dense, chunk", [(2, True, 1 << 22), (1, False, 7), (63, False, 1 << 22), (3, True, 40)])
+def test_table_paths_give_the_same_matrices(monkeypatch: pytest.MonkeyPatch, group: int, dense: bool,
+                                            chunk: int) -> None:
+    """The x-lists' bitmask table in groups of layers, as sorted keys (large-N path) instead of a
+    dense table, and counted a few rows at a time, gives the same counts."""
+    import tasks.metrics.knn_hits as hits_mod
 
     xs, ys = layers(seed=3), layers(seed=4)
-    dense = {m: layer_matrix(m, xs, ys, topk=5) for m in ("mutual_knn", "cycle_knn", "jaccard_knn")}
-    monkeypatch.setattr(km, "ADJACENCY_MAX_ELEMENTS", 0)
-    for m, expected in dense.items():
+    want = {m: layer_matrix(m, xs, ys, topk=5) for m in ("mutual_knn", "cycle_knn", "jaccard_knn")}
+    monkeypatch.setattr(hits_mod, "MAX_GROUP", group)
+    monkeypatch.setattr(hits_mod, "COUNT_CHUNK_ELEMENTS", chunk)
+    if not dense:
+        monkeypatch.setattr(hits_mod, "DENSE_TABLE_MAX_BYTES", 0)
+    for m, expected in want.items():
         np.testing.assert_array_equal(layer_matrix(m, xs, ys, topk=5), expected)
 
 
@@ -165,58 +171,52 @@ def test_bad_topk(k) -> None:
         score("mutual_knn", x, y, topk=k)
 
 
-def _cycle_hits_previous(idx_a, idx_b):
-    """``cycle_hits`` without an adjacency table as it was (each B-neighbour's whole A-list
-    gathered: an ``(Lb, N*k, k)`` tensor), for bitwise checks."""
-    import torch
-
-    from tasks.metrics.neighbors import is_member
-
-    La, n, _ = idx_a.shape
-    Lb, _, kb = idx_b.shape
-    ar = torch.arange(n).view(1, n, 1)
-    sorted_a = idx_a.sort(dim=-1).values
-    out = torch.empty((La, Lb, n), dtype=torch.bool)
-    targets = ar.expand(Lb, n, kb).reshape(Lb, n * kb, 1)
-    for a in range(La):
-        lists = sorted_a[a][idx_b.reshape(Lb, -1)]
-        out[a] = is_member(lists, targets).view(Lb, n, kb).any(-1)
-    return out
-
-
-@pytest.mark.filterwarnings("ignore:torch.searchsorted")  # the previous code's non-contiguous queries
 @pytest.mark.parametrize("ka,kb", [(5, 5), (3, 8), (1, 1), (36, 2)])
-def test_cycle_hits_blocks_equal_previous_adjacency_and_reference(ka: int, kb: int) -> None:
-    """The blockwise lookup of cycle_knn's large-N path (any block size) gives exactly the
-    previous gather's hits, the adjacency path's and a loop over the definition."""
+@pytest.mark.parametrize("group", [1, 2, 63])
+@pytest.mark.parametrize("dense", [True, False])
+def test_member_counts_equal_a_loop_over_the_definition(ka: int, kb: int, group: int, dense: bool) -> None:
+    """Overlaps (``|A ∩ B|`` per sample and summed) and cycle hits (``i`` in the x-list of one of
+    its y-neighbours) from the x side's bitmask table, for any chunk size, table kind and layer
+    grouping, equal a plain loop over sets."""
     import torch
 
-    from tasks.metrics.neighbors import adjacency, cycle_hits
+    import tasks.metrics.knn_hits as hits_mod
 
     g = torch.Generator().manual_seed(ka * 100 + kb)
     n = 37
     idx_a = torch.stack([torch.stack([torch.randperm(n, generator=g)[:ka] for _ in range(n)]) for _ in range(3)])
     idx_b = torch.stack([torch.stack([torch.randperm(n, generator=g)[:kb] for _ in range(n)]) for _ in range(4)])
-    want = torch.tensor([[[any(i in set(idx_a[a, j].tolist()) for j in idx_b[b, i].tolist())
-                           for i in range(n)] for b in range(4)] for a in range(3)])
-    assert torch.equal(_cycle_hits_previous(idx_a, idx_b), want)
-    assert torch.equal(cycle_hits(idx_a, idx_b, adjacency(idx_a, n)), want)
-    for block in (1, kb, 5 * kb, n * kb, 2 * n * kb + 1, 1 << 22):
-        assert torch.equal(cycle_hits(idx_a, idx_b, block_elements=block), want)
+    sets = [[set(idx_a[a, i].tolist()) for i in range(n)] for a in range(3)]
+    overlaps = torch.tensor([[[len(sets[a][i] & set(idx_b[b, i].tolist())) for i in range(n)]
+                              for b in range(4)] for a in range(3)])
+    cycles = torch.tensor([[[any(i in sets[a][j] for j in idx_b[b, i].tolist()) for i in range(n)]
+                            for b in range(4)] for a in range(3)])
+    table = hits_mod.build_list_table(idx_a, group, None if dense else 0)
+    old_chunk = hits_mod.COUNT_CHUNK_ELEMENTS
+    try:
+        for chunk in (1, kb, 5 * kb, n * kb, 2 * n * kb + 1, 1 << 22):
+            hits_mod.COUNT_CHUNK_ELEMENTS = chunk
+            assert torch.equal(hits_mod.member_counts(table, hits_mod.pair_keys(idx_b)), overlaps)
+            assert torch.equal(hits_mod.member_counts(table, hits_mod.pair_keys(idx_b), "total"), overlaps.sum(-1))
+            assert torch.equal(hits_mod.member_counts(table, hits_mod.pair_keys(idx_b, reverse=True), "any"), cycles)
+    finally:
+        hits_mod.COUNT_CHUNK_ELEMENTS = old_chunk
+    with pytest.raises(ValueError, match="reduce"):
+        hits_mod.member_counts(table, hits_mod.pair_keys(idx_b), "mean")
 
 
 def test_cycle_knn_memory_without_adjacency_is_lists_plus_a_block() -> None:
     """cycle_knn's large-N path gathered each B-neighbour's A-list: an (Lb, N*k, k) int64 tensor,
     O(Lb N k^2) (N=3000, k=50, 12 x 12 layers: 1760 MiB peak RSS against 398 MiB for
-    mutual_knn; now 398 MiB). Here N=2000, k=40, 12 layers: 600+ MiB extra before, now about
-    the block of queries."""
+    mutual_knn). Here N=2000, k=40, 12 layers: 600+ MiB extra before; now the x side's bitmask
+    table (8 MB of int16) and a chunk of queries."""
     from tests.tasks.metrics.peak_memory import peak_growth
 
     [extra] = peak_growth(
-        "from tasks.metrics.neighbors import cycle_hits\n"
+        "from tasks.metrics.knn_hits import build_list_table, member_counts, pair_keys\n"
         "g = torch.Generator().manual_seed(0)\n"
         "idx = [torch.randint(0, 2000, (12, 2000, 40), generator=g) for _ in range(2)]",
-        "cycle_hits(idx[0], idx[1])")
+        "member_counts(build_list_table(idx[0]), pair_keys(idx[1], reverse=True), 'any')")
     assert extra < 160 * 2**20, extra / 2**20
 
 

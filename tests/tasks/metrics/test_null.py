@@ -201,9 +201,9 @@ def test_a_null_batch_is_bounded_with_topk_too(monkeypatch, metric):
     sizes = []
     original = permuted_hits
 
-    def spy(table, idx_b, invs):
-        sizes.append(invs.shape[0] * idx_b.numel())
-        return original(table, idx_b, invs)
+    def spy(table, idx_b, invs, max_hits=None):  # invs None: the observed matrix (one batch)
+        sizes.append((1 if invs is None else invs.shape[0]) * idx_b.numel())
+        return original(table, idx_b, invs, max_hits)
 
     monkeypatch.setattr(module, "permuted_hits", spy)
     x, y = layers(60, [8], seed=1), layers(60, [8], seed=2)
