@@ -70,15 +70,33 @@ def pil_filter(name: str) -> int:
     return int(Image.Resampling[name.upper()])
 
 
+#: Image processor classes (PIL backend) whose own ``resize`` only works out the target size (the
+#: longest edge, or a height x width: Idefics3's and SmolVLM's ``max_image_size`` square) and hands
+#: its ``resample`` filter on to the PIL backend's resize unchanged, for every resize they make (the
+#: first resize, the square, the tiles' thumbnail): setting ``resample`` on them is exact.
+_SIZE_ONLY_RESIZES = ("Idefics3ImageProcessorPil", "SmolVLMImageProcessorPil")
+
+
+def _passes_resample_on(cls: type) -> bool:
+    """Whether a processor class resizes with the PIL backend's own resize or with the unchanged
+    ``resize`` of a class of `_SIZE_ONLY_RESIZES` (a subclass that overrides it again is not one)."""
+    import transformers
+    from transformers.image_processing_backends import PilBackend
+
+    vetted = [getattr(transformers, name, None) for name in _SIZE_ONLY_RESIZES]
+    return cls.resize is PilBackend.resize or any(isinstance(v, type) and cls.resize is v.resize for v in vetted)
+
+
 def set_resample(proc: Any, spec: ModelSpec) -> None:
     """Make ``proc`` resize with the PIL filter ``spec.resample``. Raises `ModelInputError` naming
     the model when the processor is not a PIL backend processor that resizes with a ``resample``
-    filter of its own (then the setting would be silently ignored)."""
+    filter of its own, passed to the PIL backend's resize as it is (`_passes_resample_on`): then
+    the setting could be silently ignored or changed."""
     from transformers.image_processing_backends import PilBackend
     from transformers.image_utils import PILImageResampling
 
     cls = type(proc)
-    if not (isinstance(proc, PilBackend) and cls.resize is PilBackend.resize and getattr(proc, "resample", None) is not None):
+    if not (isinstance(proc, PilBackend) and _passes_resample_on(cls) and getattr(proc, "resample", None) is not None):
         raise ModelInputError(spec.name, spec.id, f"resample needs an image processor that resizes with a PIL filter of its "
                               f"own; {cls.__name__} resizes its own way: remove resample")
     proc.resample = PILImageResampling(pil_filter(str(spec.resample)))

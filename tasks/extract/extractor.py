@@ -96,7 +96,7 @@ def load_extractor(spec: ModelSpec, device: str | None = None) -> Extractor:
 
     checked = _checked_hf(spec)
     # the image processor first: one that cannot load (a missing library) is refused before the weights load
-    processor = hf_models.load_image_processor(spec, checked.config, checked.access) if spec.modality == "vision" else None
+    processor = _vision_processor(spec, checked) if spec.modality == "vision" else None
     if spec.loader == "hf":
         loaded = hf_models.load_pretrained(spec, dev, device_map, checked)
     else:
@@ -126,11 +126,19 @@ def check_model(spec: ModelSpec) -> None:
         except ImportError as exc:
             raise ModelInputError(spec.name, spec.id, str(exc)) from None
         return
-    from tasks.extract import hf_models
-
     checked = _checked_hf(spec)
     if spec.modality == "vision":
-        hf_models.load_image_processor(spec, checked.config, checked.access)
+        _vision_processor(spec, checked)
+
+
+def _vision_processor(spec: ModelSpec, checked: Any) -> Any:
+    """The image processor of a vision spec (`hf_models.load_image_processor`), with the configured
+    ``image_size`` checked against the model built on the ``meta`` device (`hf_models.check_image_size`)."""
+    from tasks.extract import hf_models
+
+    processor = hf_models.load_image_processor(spec, checked.config, checked.access)
+    hf_models.check_image_size(spec, checked, processor)
+    return processor
 
 
 def _checked_hf(spec: ModelSpec) -> Any:

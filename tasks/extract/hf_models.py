@@ -22,7 +22,8 @@ model and the problem: the source (`tasks.extract.preflight`: package dir, local
 and revision, offline-aware), the config, the class transformers would build, whether it
 takes the declared modality's input and builds without a library that is not installed (built on
 the ``meta`` device: `meta_model`; the same build tells ``cls`` pooling on a model without a CLS
-token: `cls_pooling_problem`), and the tokenizer. A model that does not build at load
+token: `cls_pooling_problem`), and the tokenizer; with the image processor, a configured
+``image_size`` the model does not run at (`check_image_size`). A model that does not build at load
 (`build_errors`) is a `ModelInputError` too. Hub ids read from the local cache only
 (``local_files_only``) when the hub is offline or unreachable.
 
@@ -214,12 +215,15 @@ class CheckedModel:
     access / tokenizer_access: where the files come from (``hf`` ids; tokenizer when one is read).
     config: the model config (overrides applied). causal: loads with ``AutoModelForCausalLM``.
     tokenizer: the language tokenizer (already loaded: it is small), else None.
+    meta: a vision spec's model built on the ``meta`` device (`meta_model`: no weights), else None
+    (a language spec, remote code not built there, a class that does not build there).
     """
 
     config: Any
     causal: bool
     access: SourceAccess | None = None
     tokenizer: Any | None = None
+    meta: torch.nn.Module | None = None
 
 
 def check_model(spec: ModelSpec) -> CheckedModel:
@@ -245,8 +249,10 @@ def check_model(spec: ModelSpec) -> CheckedModel:
         remote = bool(spec.trust_remote_code and getattr(config, "auto_map", None))
         if not remote:
             check_modality(spec, type(config), causal)
+        meta = None
         if not language and (not remote or spec.pooling == "cls"):  # language: probe_position_offset builds it below
-            _refuse_vision_problems(spec, meta_model(spec, config, causal), inputs=not remote)
+            meta = meta_model(spec, config, causal)
+            _refuse_vision_problems(spec, meta, inputs=not remote)
         tokenizer = load_tokenizer(spec, access) if language else None
         if tokenizer is not None:  # a two-tower or vision-language checkpoint keeps these sizes in text_config
             _check_vocabulary(spec, tokenizer, _text_config(config))
@@ -260,12 +266,13 @@ def check_model(spec: ModelSpec) -> CheckedModel:
         config = _build_config(spec, cls, tokenizer)
         causal = language and is_causal_config(config, from_architectures=False)
         _feature_overrides(config, spec.config)
+        meta = meta_model(spec, config, causal) if not language else None
         if not language:
-            _refuse_vision_problems(spec, meta_model(spec, config, causal))
+            _refuse_vision_problems(spec, meta)
         if tokenizer is not None:
             _check_vocabulary(spec, tokenizer, _text_config(config))
             _check_max_length(spec, tokenizer, _text_config(config), probe_position_offset(spec, config, causal))
-    return CheckedModel(config, causal, access, tokenizer)
+    return CheckedModel(config, causal, access, tokenizer, meta)
 
 
 #: The inputs besides ``pixel_values`` of a vision forward that takes its image as patches cut by its
@@ -307,7 +314,8 @@ def _refuse_other_inputs(spec: ModelSpec, model: torch.nn.Module | None) -> None
     needed = other_vision_inputs(tower)
     if needed and not takes_patches(tower):
         raise ModelInputError(spec.name, spec.id, f"{type(tower).__name__}'s forward needs input(s) "
-                              f"{', '.join(map(repr, needed))} besides pixel_values, which prh does not give")
+                              f"{', '.join(map(repr, needed))} besides pixel_values, which prh does not give: use a "
+                              "vision model whose forward takes pixel_values alone")
 
 
 def _refuse_vision_problems(spec: ModelSpec, model: torch.nn.Module | None, inputs: bool = True) -> None:
@@ -553,9 +561,32 @@ def model_class(spec: ModelSpec, config_cls: type, causal: bool) -> type:
         return cls[0] if isinstance(cls, (tuple, list)) else cls
     except KeyError:
         raise ModelInputError(spec.name, spec.id, f"transformers {auto.__name__} has no class for config "
-                              f"{config_cls.__name__} (model type {getattr(config_cls, 'model_type', '?')!r})") from None
+                              f"{config_cls.__name__} (model type {getattr(config_cls, 'model_type', '?')!r}): "
+                              f"{_whole_model_hint(config_cls, auto, spec.modality)}") from None
     except ImportError as exc:  # a class that needs a missing library (timm, torchvision, ...)
         raise ModelInputError(spec.name, spec.id, f"its model class cannot be imported: {_first_line(exc)}") from None
+
+
+#: The sub-config keys of a two-tower config whose tower a spec of each modality runs (`_select_tower`).
+_TOWER_CONFIGS = {"vision": ("vision_config", "image_config"), "language": ("text_config",)}
+
+
+def _whole_model_hint(config_cls: type, auto: Any, modality: str) -> str:
+    """What to use instead of a config class that ``auto`` (AutoModel / AutoModelForCausalLM) has no
+    class for: the config classes of its own transformers module that ``auto`` builds and that hold
+    it as the sub-config of the tower a ``modality`` spec runs (BlipVisionConfig: BlipConfig's
+    ``vision_config``), else any model type ``auto`` builds."""
+    module = sys.modules.get(config_cls.__module__)
+    wholes = []
+    for other in (vars(module).values() if module is not None else ()):
+        subs = getattr(other, "sub_configs", None) if isinstance(other, type) else None
+        keys = [key for key, sub in subs.items() if sub is config_cls and key in _TOWER_CONFIGS.get(modality, ())] \
+            if isinstance(subs, dict) else []
+        if keys and other in auto._model_mapping:
+            wholes.append(f"{other.__name__} (its {keys[0]}: prh runs that part of the model)")
+    if wholes:
+        return f"it is a part of a model; use {' or '.join(wholes)}"
+    return f"use a model type that transformers' {auto.__name__} builds"
 
 
 def check_modality(spec: ModelSpec, config_cls: type, causal: bool) -> None:
@@ -568,12 +599,14 @@ def check_modality(spec: ModelSpec, config_cls: type, causal: bool) -> None:
         if takes_text:
             raise ModelInputError(spec.name, spec.id, f"declared modality 'vision', but {kind} is a language model "
                                   "(its forward takes input_ids, not pixel_values): set modality: language")
-        raise ModelInputError(spec.name, spec.id, f"{kind} takes no images (no pixel_values input): not a vision model")
+        raise ModelInputError(spec.name, spec.id, f"{kind} takes no images (no pixel_values input): not a vision model; "
+                              "use a model whose forward takes pixel_values")
     if spec.modality == "language" and not takes_text:
         if takes_images:
             raise ModelInputError(spec.name, spec.id, f"declared modality 'language', but {kind} is a vision model "
                                   "(its forward takes pixel_values, not input_ids): set modality: vision")
-        raise ModelInputError(spec.name, spec.id, f"{kind} takes no token ids (no input_ids input): not a language model")
+        raise ModelInputError(spec.name, spec.id, f"{kind} takes no token ids (no input_ids input): not a language model; "
+                              "use a model whose forward takes input_ids")
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:
@@ -849,8 +882,8 @@ def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAcces
     processor (NaFlex: `is_patch_processor`) takes ``image_size`` as its patch budget (`_set_patch_budget`)."""
     from transformers import AutoImageProcessor, ViTImageProcessorPil
 
-    if spec.loader == "random_hf":  # a two-tower config keeps the image size in vision_config (CLIP) or image_config (FLAVA)
-        vision = getattr(model_config, "vision_config", None) or getattr(model_config, "image_config", None) or model_config
+    if spec.loader == "random_hf":
+        vision = vision_config(model_config)
         if getattr(vision, "model_type", None) in _PATCH_PROCESSORS:
             return _patch_settings(_random_patch_processor(vision), spec)
         size = spec.image_size or getattr(vision, "image_size", None) or 224
@@ -870,7 +903,8 @@ def load_image_processor(spec: ModelSpec, model_config: Any, access: SourceAcces
         if missing is not None:  # LFM2-VL's processor: a torchvision class only
             raise ModelInputError(spec.name, spec.id, f"needs a library that is not installed here: {missing}") from exc
         raise ModelInputError(spec.name, spec.id, f"no usable image processor config (preprocessor_config.json) in "
-                              f"{access.source!r}: {_first_line(exc)}") from exc
+                              f"{access.source!r}: {_first_line(exc)}; a vision checkpoint needs its model's "
+                              "preprocessor_config.json beside its config") from exc
     except ImportError as exc:  # a processor class that needs a library that is not installed (DINOv3's: torchvision)
         missing = " ".join(str(exc).split()).split(". ")[0].rstrip(".")
         raise ModelInputError(spec.name, spec.id, f"needs a library that is not installed here: {missing}") from exc
@@ -913,6 +947,128 @@ def _refuse_several_images_per_row(spec: ModelSpec, proc: Any) -> None:
                               "a vision model whose processor gives one image per row") from exc
     except Exception:  # noqa: BLE001 - a probe only: the load probe reports the processor's own error
         return
+
+
+def vision_config(config: Any) -> Any:
+    """The config of a model's image encoder: ``vision_config`` of a two-tower or vision-language
+    config (CLIP, LLaVA), ``image_config`` (FLAVA), else the config itself."""
+    return getattr(config, "vision_config", None) or getattr(config, "image_config", None) or config
+
+
+def check_image_size(spec: ModelSpec, checked: CheckedModel, processor: Any) -> None:
+    """`ModelInputError` naming the model and the sizes for a configured ``image_size`` the model
+    cannot run at: it had passed the check and failed at the load probe, inside the model, after the
+    weights loaded (``Kernel size can't be greater than actual input size`` for an image smaller
+    than a ViT's patch; SAM's ``Input image size (32*32) doesn't match model (64*64)``; position
+    embeddings that do not interpolate, as AIMv2's, at a larger size).
+
+    The model built on the ``meta`` device (``checked.meta``: no weights, no arithmetic) runs on
+    pixels of the shape the configured processor gives the two probe images the load probe uses,
+    with the forward arguments the extractor will pass (`hf_vision.vision_forward_kwargs`); it is
+    refused when that fails while the same forward at the model's own size (its config's
+    ``image_size``) runs, so that a forward the meta device cannot run (a ``.item()``: Idefics3)
+    refuses nothing. Where that cannot tell (no meta model, no own size, the forward fails there
+    too), an ``image_size`` smaller than the patch stride (`hf_vision.patch_stride`) is refused: no
+    whole patch to cut. A patch processor's ``image_size`` is its patch budget (`_set_patch_budget`),
+    checked there; a processor that fails on the probe images is left to the load probe."""
+    from tasks.extract.hf_vision import patch_stride
+
+    if spec.image_size is None or spec.modality != "vision" or is_patch_processor(processor):
+        return
+    tower = _select_tower(checked.meta, "vision") if checked.meta is not None else None
+    told, problem = _meta_size_problem(spec, tower, processor) if tower is not None else (False, None)
+    if problem is not None:
+        raise ModelInputError(spec.name, spec.id, problem)
+    config = tower.config if tower is not None else vision_config(checked.config)
+    stride = patch_stride(config)
+    if not told and stride is not None and spec.image_size < max(stride):
+        own = _own_size(config)
+        raise ModelInputError(spec.name, spec.id, f"image_size {spec.image_size} is smaller than the patch size "
+                              f"{_side_text(stride)} of its {type(config).__name__}: no whole patch fits in {spec.image_size} x "
+                              f"{spec.image_size} pixels; set image_size: {max(stride)} or more"
+                              + (f" (the model's own size: {_side_text(own)})" if own is not None else ""))
+
+
+def _side_text(side: tuple[int, int]) -> str:
+    """``16`` for a square (16, 16), ``16 x 8`` otherwise."""
+    return str(side[0]) if side[0] == side[1] else f"{side[0]} x {side[1]}"
+
+
+def _own_size(config: Any) -> tuple[int, int] | None:
+    """A vision config's ``image_size`` as (height, width) (an int: a square; YOLOS: a list), else None."""
+    size = getattr(config, "image_size", None)
+    if is_int(size) and size > 0:
+        return size, size
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(is_int(v) and v > 0 for v in size):
+        return int(size[0]), int(size[1])
+    return None
+
+
+def _probe_shape(processor: Any) -> tuple[int, ...] | None:
+    """The `(B, C, H, W)` shape of the pixels ``processor`` gives the load probe's images
+    (`hf_vision.probe_images`); None when it fails on them or gives no such pixels."""
+    from tasks.extract.hf_vision import probe_images
+    from tasks.extract.image_pool import apply_processor
+
+    try:
+        pixels = apply_processor(processor, probe_images())
+    except Exception:  # noqa: BLE001 - a probe only: the load probe reports the processor's own error
+        return None
+    shape = getattr(pixels, "shape", None)
+    return tuple(int(v) for v in shape) if shape is not None and len(shape) == 4 else None
+
+
+def _meta_forward_error(tower: torch.nn.Module, shape: tuple[int, ...], image_size: int | None) -> str | None:
+    """The error (``Type: first line``) of the forward of a vision module built on the ``meta`` device
+    on ``shape`` pixels, with the arguments the extractor passes at ``image_size``
+    (`hf_vision.vision_forward_kwargs`); None when it runs."""
+    from tasks.extract.hf_vision import vision_forward_kwargs
+
+    dtype = next((p.dtype for p in tower.parameters() if p.is_floating_point()), torch.float32)
+    try:
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]), torch.device("meta"):
+            tower(pixel_values=torch.empty(shape, dtype=dtype), output_hidden_states=True, return_dict=True,
+                  **vision_forward_kwargs(tower, image_size))
+    except Exception as exc:  # noqa: BLE001 - what the forward raised is the answer
+        return f"{type(exc).__name__}: {_first_line(exc, 200).rstrip('.')}"
+    return None
+
+
+def _meta_size_problem(spec: ModelSpec, tower: torch.nn.Module, processor: Any) -> tuple[bool, str | None]:
+    """(whether the ``meta`` forward tells, the problem): see `check_image_size`. Told when the
+    forward runs at the model's own size; the problem is then the configured size's error, with
+    a size to use instead (`_size_to_use`)."""
+    from tasks.extract.hf_vision import patch_stride
+
+    shape, own = _probe_shape(processor), _own_size(tower.config)
+    if shape is None or own is None or _meta_forward_error(tower, (*shape[:2], *own), None) is not None:
+        return False, None
+    error = _meta_forward_error(tower, shape, spec.image_size)
+    if error is None:
+        return True, None
+    size, (height, width) = spec.image_size, shape[-2:]
+    stride = patch_stride(tower.config)
+    small = stride is not None and (height < stride[0] or width < stride[1])
+    pixels = f"{height} x {width} pixels" + ("" if (height, width) == (size, size) else
+                                           f" (its image processor {type(processor).__name__}'s output at image_size {size})")
+    why = (f", smaller than its patch size {_side_text(stride)} (no whole patch)" if small and stride is not None else
+           "" if "interpolate_pos_encoding" in inspect.signature(tower.forward).parameters else
+           " (its forward takes no interpolate_pos_encoding: its position embeddings may fit its own size only)")
+    return True, (f"image_size {size}: {type(tower).__name__} does not run on {pixels}{why}, though it runs at its own "
+                  f"{_side_text(own)}: {error}; {_size_to_use(tower, shape, size, own, stride, small)}")
+
+
+def _size_to_use(tower: torch.nn.Module, shape: tuple[int, ...], size: int, own: tuple[int, int],
+                 stride: tuple[int, int] | None, small: bool) -> str:
+    """What to set instead of an ``image_size`` the model does not run at: its patch size (an image
+    smaller than one patch: ``small``) or the multiple of it below ``size``, when the ``meta`` forward
+    runs on such a square, else the model's own size (which runs)."""
+    side = max(stride) if stride is not None else None
+    candidate = side if small else (size // side * side if side and size % side and size > side else None)
+    if candidate is not None and _meta_forward_error(tower, (*shape[:2], candidate, candidate), candidate) is None:
+        return (f"set image_size: {candidate} or more" if small else
+                f"use a multiple of its patch size {side} (e.g. image_size: {candidate})")
+    return f"set image_size: {own[0]}, its own size, or remove image_size" if own[0] == own[1] else "remove image_size"
 
 
 def squares_images(proc: Any) -> bool:

@@ -252,6 +252,24 @@ def layout_from_resize(small: Sequence[int], large: Sequence[int]) -> bool | Non
     return None
 
 
+def probe_images() -> list[Image.Image]:
+    """The load probe's images: two 64 x 48 RGB images (two: a model that packs a batch into one
+    sequence, as Pixtral does, is refused at the probe); `hf_models.check_image_size` runs the
+    model built on the ``meta`` device on the pixels the processor makes of them."""
+    return [Image.new("RGB", (64, 48), (127, 127, 127)), Image.new("RGB", (64, 48), (30, 160, 60))]
+
+
+def vision_forward_kwargs(model: torch.nn.Module, image_size: int | None) -> dict[str, Any]:
+    """The keyword arguments a vision module's forward gets besides its pixels:
+    ``interpolate_pos_encoding=True`` when it takes one and ``image_size`` (a spec's; None: the
+    processor's own) differs from its config's ``image_size`` (its position embeddings' grid)."""
+    params = inspect.signature(model.forward).parameters
+    cfg_size = getattr(model.config, "image_size", None)
+    if "interpolate_pos_encoding" in params and image_size is not None and cfg_size not in (None, image_size):
+        return {"interpolate_pos_encoding": True}
+    return {}
+
+
 class HFVisionExtractor(Extractor):
     """Pooled hidden states of a Hugging Face vision model; see the module docstring."""
 
@@ -278,9 +296,7 @@ class HFVisionExtractor(Extractor):
             conv.register_forward_hook(self._grid)
         self._channels_last: bool | None = None  # layout of 4-D hidden states, from the probe (`_map_layout`)
         self._recipe: ProcessorRecipe | None | bool = False  # False: not computed yet
-        # two images: a model that packs a batch into one sequence (Pixtral) is refused here
-        probe = [Image.new("RGB", (64, 48), (127, 127, 127)), Image.new("RGB", (64, 48), (30, 160, 60))]
-        self._finish_init(probe, lambda n: layer_names("embeddings", "layer", n - 1))
+        self._finish_init(probe_images(), lambda n: layer_names("embeddings", "layer", n - 1))
 
     def _check_processor_kind(self) -> None:
         """A patch model (`takes_patches`) needs a patch processor (`is_patch_processor`) and any
@@ -298,13 +314,8 @@ class HFVisionExtractor(Extractor):
                                   "use the model's own image processor")
 
     def _forward_kwargs(self) -> dict[str, Any]:
-        """`interpolate_pos_encoding=True` when the processor's size differs from the config's."""
-        params = inspect.signature(self.model.forward).parameters
-        cfg_size = getattr(self.model.config, "image_size", None)
-        want = self.spec.image_size
-        if "interpolate_pos_encoding" in params and want is not None and cfg_size not in (None, want):
-            return {"interpolate_pos_encoding": True}
-        return {}
+        """`vision_forward_kwargs` of the model at the spec's image size."""
+        return vision_forward_kwargs(self.model, self.spec.image_size)
 
     def _unshuffled_patches(self) -> bool:
         """MAE with masking off (``mask_ratio`` 0) still shuffles its patches with fresh random

@@ -113,7 +113,8 @@ def test_revision_errors(vit_dir):
     (ModelSpec(name="bert-as-image", loader="random_hf", id="BertConfig", modality="vision",
                config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)),
      "declared modality 'vision', but BertModel"),
-    (ModelSpec(name="whisper", loader="random_hf", id="WhisperConfig", modality="vision"), "takes no images"),
+    (ModelSpec(name="whisper", loader="random_hf", id="WhisperConfig", modality="vision"),
+     "takes no images (no pixel_values input): not a vision model; use a model whose forward takes pixel_values"),
     (ModelSpec(name="not-a-config", loader="random_hf", id="NoSuchConfig", modality="vision"),
      "not a transformers config class"),
     (ModelSpec(name="bad-config", loader="random_hf", id="ViTConfig", modality="vision",
@@ -327,7 +328,7 @@ def test_a_vision_model_that_needs_other_inputs_is_refused_by_the_check():
                      config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=[32, 16], patch_size=8,
                                  mlp_dim=64, intermediate_hidden_state_indices=[0, 1], merge_index=0))
     _raises(spec, "SegGptModel's forward needs input(s) 'prompt_pixel_values', 'prompt_masks' besides pixel_values",
-            call=check_model)
+            "use a vision model whose forward takes pixel_values alone", call=check_model)
 
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2"])
@@ -508,3 +509,32 @@ def test_a_misspelt_config_class_gets_the_closest_names(given, hint):
 
     with pytest.raises(ValueError, match=re.escape(f"{given!r} is not a transformers config class ({hint}")):
         config_class(given)
+
+
+@pytest.mark.parametrize("cls, modality, key", [("BlipVisionConfig", "vision", "vision_config"),
+                                               ("BlipTextConfig", "language", "text_config")])
+def test_a_tower_config_without_a_model_class_names_the_whole_model_to_use(cls, modality, key):
+    """A tower's config (BLIP's vision or text config) has no AutoModel class: the refusal had named
+    only that; it now names the config of the whole model, whose tower prh runs, and that one builds."""
+    _raises(ModelSpec(name="blip-part", loader="random_hf", id=cls, modality=modality),
+            f"AutoModel has no class for config {cls}", f"it is a part of a model; use BlipConfig (its {key}: prh runs that "
+            "part of the model)", call=check_model)
+    tower = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    check_model(ModelSpec(name="blip", loader="random_hf", id="BlipConfig", modality=modality,
+                          config={key: dict(tower, image_size=32, patch_size=8) if modality == "vision" else tower}))
+
+
+def test_a_part_of_no_model_gets_the_general_hint():
+    _raises(ModelSpec(name="clap-audio", loader="random_hf", id="ClapAudioConfig", modality="vision"),
+            "AutoModel has no class for config ClapAudioConfig", "use a model type that transformers' AutoModel builds",
+            call=check_model)
+
+
+def test_a_checkpoint_folder_without_its_processor_config_says_what_it_needs(vit_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no-processor"
+    shutil.copytree(vit_dir, folder)
+    (folder / "preprocessor_config.json").unlink()
+    _raises(_hf(str(folder)), "no usable image processor config (preprocessor_config.json)",
+            "a vision checkpoint needs its model's preprocessor_config.json beside its config", call=check_model)

@@ -132,3 +132,50 @@ def test_a_processor_that_gives_several_images_per_input_is_refused_at_the_check
         with pytest.raises(ModelInputError, match=r"model 'llava-next'.*LlavaNextImageProcessorPil gave 2 x 5 images for 2 "
                                                   r"input image\(s\).*not be one row per image"):
             entry(spec)
+
+
+@pytest.mark.parametrize("config_class, processor_type", FAMILIES)
+def test_resample_is_the_filter_an_unsplitting_processor_resizes_with(
+        tmp_path: Path, config_class: str, processor_type: str) -> None:
+    """``resample`` had been refused for these processors ("resizes its own way"): their ``resize``
+    only works out the target size (a longest edge, or the max_image_size square) and hands the
+    ``resample`` filter on to the PIL backend's resize, for the first resize and the square alike. The
+    pixels prh prepares (in process and through a worker's recipe) are the processor's own with that
+    filter asked for in the call, and, for a square image (whose first resize keeps its size), a PIL
+    ``NEAREST`` squash to the square, rescaled and normalised (mean = std = 0.5) by hand."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+    from transformers.image_utils import PILImageResampling
+
+    from tasks.extract.image_pool import run_recipe
+
+    spec, _ = _checkpoint(tmp_path, config_class, processor_type, image_size=48, resample="nearest")
+    check_model(spec)
+    ex = load_extractor(spec, device="cpu")
+    assert ex.processor.resample == PILImageResampling.NEAREST
+    pixels = ex.prepare(IMAGES).pixel_values.numpy()
+    assert pixels.shape == (3, 3, 48, 48)
+    own = AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
+    own.max_image_size = {"longest_edge": 48}
+    asked = own(images=[[decode_image(item)] for item in IMAGES], resample=PILImageResampling.NEAREST,
+                return_tensors="np")["pixel_values"][:, 0]
+    np.testing.assert_array_equal(pixels, asked)
+    lanczos = own(images=[[decode_image(item)] for item in IMAGES], return_tensors="np")["pixel_values"][:, 0]
+    assert not np.allclose(pixels, lanczos, atol=1e-3)  # the class's own LANCZOS gives other pixels: the setting counts
+    recipe = ex.image_recipe()
+    assert recipe is not None
+    np.testing.assert_array_equal(run_recipe(recipe, IMAGES), pixels)
+    square = np.asarray(decode_image(IMAGES[2]).resize((48, 48), Image.NEAREST), dtype=np.float32).transpose(2, 0, 1)
+    np.testing.assert_allclose(pixels[2], (square / 255 - 0.5) / 0.5, rtol=0, atol=1e-6)
+
+
+def test_an_image_size_smaller_than_the_encoder_patch_is_refused_by_the_check(tmp_path: Path) -> None:
+    """Idefics3's vision encoder does not run on the ``meta`` device (its patch mask takes ``.item()``),
+    so its own size cannot be tried there: an ``image_size`` below its 8-pixel patch is refused from
+    the config alone (it had failed at the load probe, inside the model)."""
+    spec, _ = _checkpoint(tmp_path, *FAMILIES[1], image_size=4)
+    for entry in (check_model, lambda s: load_extractor(s, device="cpu")):
+        with pytest.raises(ModelInputError, match=r"model 'vlm' .*image_size 4 is smaller than the patch size 8 of its "
+                                                  r"Idefics3VisionConfig: no whole patch fits in 4 x 4 pixels; set "
+                                                  r"image_size: 8 or more \(the model's own size: 32\)"):
+            entry(spec)
