@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .gram import batched_device
+
 #: dense (N*N,) bitmask table per layer group when it takes at most this many bytes
 DENSE_TABLE_MAX_BYTES = 1 << 26
 #: layers per bitmask (int64 has 63 usable bits)
@@ -143,16 +145,22 @@ def member_counts(table: ListTable, keys: torch.Tensor, reduce: str = "sum") -> 
             part = keys[b0:b1, r0:r1]
             for g, (g0, count) in enumerate(table.groups):
                 masks = table.lookup(g, part)  # (B, R, m): bit l - g0 set iff x-layer l holds the pair
-                for bit in range(count):
-                    held = torch.bitwise_and(masks, 1 << bit) != 0
+                # off a GPU one bit at a time (13 bits: 0.56 ms against 0.90 for all at once at
+                # N=1024, k=10, 13 y-layers); on a GPU a few launches for all of them
+                per = max(1, COUNT_CHUNK_ELEMENTS // max(masks.numel(), 1)) if batched_device(masks.device) else 1
+                for s0 in range(0, count, per):
+                    s1 = min(count, s0 + per)
+                    shifts = torch.arange(s0, s1, dtype=masks.dtype, device=masks.device).view(-1, 1, 1, 1)
+                    held = torch.bitwise_and(masks.unsqueeze(0) >> shifts, 1) != 0  # (bits, B, R, m)
+                    rows_out = out[g0 + s0:g0 + s1, b0:b1]
                     if reduce == "any":
-                        out[g0 + bit, b0:b1, r0:r1] = held.any(-1)
+                        rows_out[:, :, r0:r1] = held.any(-1)
                     elif reduce == "sum":
-                        out[g0 + bit, b0:b1, r0:r1] = held.sum(-1)
+                        rows_out[:, :, r0:r1] = held.sum(-1)
                     elif r0 == 0:
-                        out[g0 + bit, b0:b1] = held.sum((-1, -2))
+                        rows_out.copy_(held.sum((-1, -2)))
                     else:
-                        out[g0 + bit, b0:b1] += held.sum((-1, -2))
+                        rows_out += held.sum((-1, -2))
     return out
 
 

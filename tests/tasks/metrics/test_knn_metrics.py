@@ -174,13 +174,19 @@ def test_bad_topk(k) -> None:
 @pytest.mark.parametrize("ka,kb", [(5, 5), (3, 8), (1, 1), (36, 2)])
 @pytest.mark.parametrize("group", [1, 2, 63])
 @pytest.mark.parametrize("dense", [True, False])
-def test_member_counts_equal_a_loop_over_the_definition(ka: int, kb: int, group: int, dense: bool) -> None:
+@pytest.mark.parametrize("batched", [False, True])
+def test_member_counts_equal_a_loop_over_the_definition(monkeypatch: pytest.MonkeyPatch, ka: int, kb: int,
+                                                        group: int, dense: bool, batched: bool) -> None:
     """Overlaps (``|A ∩ B|`` per sample and summed) and cycle hits (``i`` in the x-list of one of
     its y-neighbours) from the x side's bitmask table, for any chunk size, table kind and layer
-    grouping, equal a plain loop over sets."""
+    grouping, one bit at a time or (GPU path) several, equal a plain loop over sets."""
     import torch
 
+    import tasks.metrics.gram as gram_module
     import tasks.metrics.knn_hits as hits_mod
+
+    if batched:
+        monkeypatch.setattr(gram_module, "BATCHED_DEVICE_TYPES", {"cuda", "cpu"})
 
     g = torch.Generator().manual_seed(ka * 100 + kb)
     n = 37
