@@ -97,6 +97,7 @@ class CknnaState:
     slots: torch.Tensor | None = None
     sorted_pair: tuple[torch.Tensor, torch.Tensor] | None = None
     padded_lists: tuple[torch.Tensor, torch.Tensor] | None = None
+    vals64: torch.Tensor | None = None
 
     def list_table(self) -> ListTable:
         """Bitmask table of the lists (``knn_hits``), built on first use and kept."""
@@ -112,14 +113,22 @@ class CknnaState:
         return self.sorted_pair
 
     def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``vals`` and ``rev`` ``(L, N, 1 + k)`` behind a first column of zeros / False, so that
-        the slot table's entries (``1 + t``, 0 where absent) index them; built once and kept."""
+        """``vals`` in float64 and ``rev``, ``(L, N, 1 + k)``, behind a first column of zeros /
+        False, so that the slot table's entries (``1 + t``, 0 where absent) index them; built
+        once and kept."""
         if self.padded_lists is None:
-            L, n, _ = self.idx.shape
+            L, n, k = self.idx.shape
             rev = self.reverse()
-            self.padded_lists = (torch.cat([self.vals.new_zeros((L, n, 1)), self.vals], -1),
-                                 torch.cat([rev.new_zeros((L, n, 1)), rev], -1))
+            vals = torch.zeros((L, n, k + 1), dtype=torch.float64, device=self.vals.device)
+            vals[:, :, 1:] = self.vals
+            self.padded_lists = (vals, torch.cat([rev.new_zeros((L, n, 1)), rev], -1))
         return self.padded_lists
+
+    def values64(self) -> torch.Tensor:
+        """``vals`` in float64 (the masked sums' dtype), made once and kept (itself when float64)."""
+        if self.vals64 is None:
+            self.vals64 = self.vals.to(torch.float64)
+        return self.vals64
 
     def reverse(self) -> torch.Tensor:
         """``rev``, computed on first use (``_reverse_membership``) and kept."""
@@ -250,7 +259,7 @@ def self_sims(state: CknnaState, unbiased: bool) -> tuple[torch.Tensor, torch.Te
     step = max(1, chunk_elements(state.idx.device) // (n * k))
     parts = []
     for l0 in range(0, L, step):
-        vals = state.vals[l0:l0 + step, None]  # (A, 1, N, k)
+        vals = state.values64()[l0:l0 + step, None]  # (A, 1, N, k)
         parts.append(hsic_from_entries(vals, vals, rev[l0:l0 + step, None], state.idx[l0:l0 + step, None],
                                        unbiased, with_size=True))
     return torch.cat([v[:, 0] for v, _ in parts]), torch.cat([z[:, 0] for _, z in parts])
@@ -279,7 +288,7 @@ def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: boo
     giving whether ``(i, j)`` is in the mask, the kernel value ``L[i, j]`` and whether ``i`` is
     also a y-neighbour of ``j`` (the y-layer's ``rev`` at that slot).
     """
-    idx_a, val_a, rev_a = a.idx[la][:, None], a.vals[la][:, None], a.reverse()[la][:, None]
+    idx_a, val_a, rev_a = a.idx[la][:, None], a.values64()[la][:, None], a.reverse()[la][:, None]
     A, n, k = idx_a.shape[0], idx_a.shape[2], idx_a.shape[3]
     B = len(range(*lb.indices(b.idx.shape[0])))
     shape = (A, B, n, k)
@@ -301,7 +310,7 @@ def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: boo
         pos = torch.searchsorted(sorted_b.expand(shape).contiguous(), q).clamp_(max=k - 1)
         inter = sorted_b.expand(shape).gather(-1, pos) == q
         slot = order_b.expand(shape).gather(-1, pos)
-        lv = torch.where(inter, b.vals[lb][None].expand(shape).gather(-1, slot), 0.0)  # (M*L)[i, .]
+        lv = torch.where(inter, b.values64()[lb][None].expand(shape).gather(-1, slot), 0.0)  # (M*L)[i, .]
         mutual = inter & rev_a & b.reverse()[lb][None].expand(shape).gather(-1, slot)  # as above
     return hsic_from_entries(val_a * inter, lv, mutual, idx_a, unbiased)
 
@@ -312,34 +321,34 @@ def hsic_from_entries(kv: torch.Tensor, lv: torch.Tensor, mutual: torch.Tensor, 
     """``HSIC(M*K, M*L)`` ``(A, B)`` float64 from the x-entries of ``A x B`` layer pairs.
 
     Args:
-        kv: ``(A, B, N, k)`` ``(M*K)[i, idx_a[i, t]]`` (0 outside the mask), computation dtype.
-        lv: ``(A, B, N, k)`` ``(M*L)[i, idx_a[i, t]]`` (0 outside the mask), same dtype.
+        kv: ``(A, B, N, k)`` float64 ``(M*K)[i, idx_a[i, t]]`` (0 outside the mask).
+        lv: ``(A, B, N, k)`` float64 ``(M*L)[i, idx_a[i, t]]`` (0 outside the mask).
         mutual: ``(A, B, N, k)`` bool: the transposed entry ``(idx_a[i, t], i)`` is in the mask too.
         idx_a: ``(A, 1 or B, N, k)`` int64 the x-lists (the entries' columns).
         unbiased: the estimator.
         with_size: also the size of the estimator's terms, same shape (absolute values;
             ``hsic.unbiased_terms_size``).
+
+    Every sum is in float64, as ``hit_sim`` sums the same entries (a pair's score must not
+    depend on which path its matrix took: float32 column sums had differed by 3e-10 relative),
+    and so are the products of the two sides (a float32 product of kernel values above ~1.8e19
+    each overflowed: inf * 0 = NaN scores). The column sums are never formed: ``sum_j
+    colsum_K'(j) rowsum_L'(j)`` is the sum over the entries ``(i, j)`` of ``K'[i, j]
+    rowsum_L'(j)``, a gather of the row sums (the scatter-adds of the column sums cost more).
     """
     A, B, n, k = kv.shape
     cols = idx_a.reshape(A, -1, n * k).expand(A, B, n * k)
-    # every sum in float64, as ``hit_sim`` sums the same entries (a pair's score must not depend
-    # on which path a matrix took: float32 column sums had differed by 3e-10 relative), and
-    # products of the two sides in float64 (a float32 product of kernel values above ~1.8e19
-    # each overflowed: inf * 0 = NaN scores)
-    kv = kv.to(torch.float64, copy=True)  # a new buffer: a float64 ``kv`` may be a layer's values
-    lv = lv.to(torch.float64)
-    col_k = torch.zeros((A, B, n), dtype=torch.float64, device=kv.device).scatter_add_(2, cols, kv.view(A, B, n * k))
-    col_l = torch.zeros((A, B, n), dtype=torch.float64, device=kv.device).scatter_add_(2, cols, lv.reshape(A, B, n * k))
     row_k = kv.sum(-1)  # (A, B, N)
     row_l = lv.sum(-1)
     tot_k, tot_l = row_k.sum(-1), row_l.sum(-1)
-    trace = kv.mul_(lv).mul_(mutual).sum((-1, -2))  # kv no longer needed
+    kv_flat = kv.reshape(A, B, n * k)
+    rows_dot = torch.linalg.vecdot(kv_flat, row_l.gather(2, cols))  # sum_j colsum_K'(j) rowsum_L'(j)
+    trace = torch.linalg.vecdot(kv_flat, torch.mul(lv, mutual).reshape(A, B, n * k))
     if unbiased:
-        rows_dot = (col_k * row_l).sum(-1)
         value = unbiased_from_parts(trace, tot_k, tot_l, rows_dot, n)
         size = unbiased_terms_size(trace, tot_k, tot_l, rows_dot, n) if with_size else None
     else:
-        cross = ((col_l * row_k).sum(-1) + (col_k * row_l).sum(-1)) / n
+        cross = (torch.linalg.vecdot(lv.reshape(A, B, n * k), row_k.gather(2, cols)) + rows_dot) / n
         value = trace - cross + tot_k * tot_l / (n * n)
         size = trace.abs() + cross.abs() + (tot_k * tot_l).abs() / (n * n) if with_size else None
     return (value, size) if with_size else value
@@ -366,8 +375,8 @@ def hit_sim(a: CknnaState, b: CknnaState, hits: Hits, batch: int, unbiased: bool
         pos = torch.searchsorted(sorted_rows, j.unsqueeze(1)).clamp_(max=k - 1)
         slot = order.view(-1, k).index_select(0, rows).gather(1, pos).squeeze(1)
     entry_a = (l * n + i) * k + slot  # flat index of the x-entry
-    kv = a.vals.reshape(-1).index_select(0, entry_a).to(torch.float64)
-    lv = b.vals.reshape(-1).index_select(0, hits.entry).to(torch.float64)
+    kv = a.values64().reshape(-1).index_select(0, entry_a)
+    lv = b.values64().reshape(-1).index_select(0, hits.entry)
     mutual = (a.reverse().reshape(-1).index_select(0, entry_a)
               & b.reverse().reshape(-1).index_select(0, hits.entry))
     pairs = (hits.batch * La + l) * Lb + hits.layer_b  # (permutation, x-layer, y-layer)

@@ -26,6 +26,7 @@ most 63 (one int64 bitmask per group).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -164,6 +165,24 @@ def member_counts(table: ListTable, keys: torch.Tensor, reduce: str = "sum") -> 
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _byte_pair_counts(device: str) -> torch.Tensor:
+    """``(65536,)`` uint8: the set bits of each 16-bit value."""
+    v = torch.arange(1 << 16, device=device)
+    return sum(((v >> b) & 1 for b in range(16)), torch.zeros_like(v)).to(torch.uint8)
+
+
+def bit_counts(masks: torch.Tensor) -> torch.Tensor:
+    """Set bits of each of ``masks`` (int16/int32/int64 bitmasks of ``ListTable``, sign bit
+    clear), int64, same shape: 16 bits at a time looked up in a table."""
+    table = _byte_pair_counts(str(masks.device))
+    bits = 8 * masks.element_size() - 1
+    out = torch.zeros(masks.shape, dtype=torch.int64, device=masks.device)
+    for shift in range(0, bits, 16):
+        out += table.index_select(0, ((masks >> shift) & 0xFFFF).to(torch.int64).reshape(-1)).view(masks.shape)
+    return out
+
+
 def pair_keys(idx: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """``(L, N, k)`` int64 keys of the entries of lists ``idx`` ``(L, N, k)``: ``i*N + idx[l, i, t]``,
     or with ``reverse`` the transposed pairs ``idx[l, i, t]*N + i`` (``member_counts``)."""
@@ -197,8 +216,8 @@ def permuted_hits(table: ListTable, idx_b: torch.Tensor, invs: torch.Tensor | No
                   max_hits: int | None = None) -> Hits | None:
     """Hits of the x-lists in ``table`` against the y-lists ``idx_b`` ``(Lb, N, k)`` permuted by
     each row of ``invs`` ``(B, N)`` (inverse permutations, int64); ``invs=None``: the lists as
-    they are (one batch, the identity). With ``max_hits``: ``None`` as soon as the y-entries
-    holding a hit (a lower bound on the hits) exceed it, or the hits do."""
+    they are (one batch, the identity). With ``max_hits``: ``None`` when the hits are more (they
+    are counted, ``bit_counts``, before they are listed)."""
     Lb, n, k = idx_b.shape
     dev = idx_b.device
     if invs is None:  # the identity: j = idx_b[m, i, t]
@@ -214,16 +233,15 @@ def permuted_hits(table: ListTable, idx_b: torch.Tensor, invs: torch.Tensor | No
     found = 0
     for g, (g0, count) in enumerate(table.groups):
         masks = table.lookup(g, keys).reshape(-1)
+        if max_hits is not None:  # counted before they are expanded
+            found += int(bit_counts(masks).sum())
+            if found > max_hits:
+                return None
         where = masks.nonzero().squeeze(1)
-        found += where.numel()
-        if max_hits is not None and found > max_hits:
-            return None
         shifts = torch.arange(count, dtype=masks.dtype, device=dev)
         sel = ((masks.index_select(0, where).unsqueeze(1) >> shifts) & 1).nonzero()
         parts.append((where.index_select(0, sel[:, 0]), sel[:, 1] + g0))
     flat = torch.cat([p[0] for p in parts])
-    if max_hits is not None and flat.numel() > max_hits:
-        return None
     layer_a = torch.cat([p[1] for p in parts])
     per_perm = Lb * n * k
     batch = flat // per_perm

@@ -349,3 +349,25 @@ def test_lists_without_ties_are_kept_and_tied_ones_put_in_index_order() -> None:
     values[1, 2] = 4.0  # row 1: neighbours 3 and 0 tie
     v, i = ties_in_index_order(values, indices)
     assert torch.equal(i, torch.tensor([[4, 0, 2], [1, 0, 3]])) and torch.equal(v, values)
+
+
+def test_bit_counts_of_every_mask_dtype_and_the_hits_limit() -> None:
+    """``bit_counts`` (16 bits at a time from a table) equals a count of the binary digits for the
+    three bitmask dtypes up to their last usable bit; ``permuted_hits`` gives up exactly when the
+    hits are more than ``max_hits``."""
+    import torch
+
+    from tasks.metrics.knn_hits import bit_counts, build_list_table, permuted_hits
+
+    g = torch.Generator().manual_seed(0)
+    for dtype, bits in ((torch.int16, 15), (torch.int32, 31), (torch.int64, 63)):
+        m = torch.randint(0, 1 << 62, (500,), generator=g) >> (63 - bits)
+        m[:2] = torch.tensor([0, (1 << bits) - 1])
+        assert torch.equal(bit_counts(m.to(dtype)), torch.tensor([bin(int(v)).count("1") for v in m]))
+    n = 30
+    idx = torch.stack([torch.stack([torch.randperm(n, generator=g)[:4] for _ in range(n)]) for _ in range(20)])
+    hits = permuted_hits(build_list_table(idx), idx[:3], None)
+    h = hits.row.numel()
+    assert h >= 3 * n * 4  # every entry of the 3 shared layers at least
+    assert permuted_hits(build_list_table(idx), idx[:3], None, max_hits=h) is not None
+    assert permuted_hits(build_list_table(idx), idx[:3], None, max_hits=h - 1) is None
