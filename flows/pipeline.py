@@ -15,13 +15,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 from prefect.exceptions import Pause
-from prefect.runtime import flow_run
 
-from flows.run_record import new_record, one_line, recorded, stop_tasks_in_flight
+from flows.run_record import new_record, one_line, recorded, run_id_of, stop_tasks_in_flight
 from flows.runners import check_run_environment, flow_task_runner, preload_libraries, runs_in_parallel
 from storage import layout
 from storage.pairing import pairs_not_coming, shared_features
-from storage.runs import COMPLETED, FAILED, PARTIAL_ALIGNMENTS, open_for_run
+from storage.runs import COMPLETED, FAILED, PARTIAL_ALIGNMENTS, open_for_run, sweep_ended_signs
 from storage.store import DEFAULT_STORE, Store
 from tasks.align_task import align_pair, few_bootstrap_warning, few_permutations_warning
 from tasks.dataset_task import load_dataset, stored_dataset
@@ -69,8 +68,9 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     """
     check_run_environment()  # a bad $PRH_TASK_RUNNER (or other setting) fails the run naming it (see flow_task_runner)
     target = Store(store)
-    run_id = str(flow_run.get_id() or "local")
-    log_recovery(*open_for_run(target, run_id=run_id))  # a retry's own earlier attempt is no other run
+    run_id = run_id_of(prh_pipeline)  # a flow run's id, or a new local one
+    # a retry's own earlier attempt is no other run; ended runs' leftover signs of life go too
+    log_recovery(*open_for_run(target, run_id=run_id), ended=sweep_ended_signs(target))
     with recorded(target, layout.run_key(run_id), new_record(target, config, run_id, "prh-pipeline")) as record:
         return _run_recorded(config, target, record, report, extract_missing, dataset_version)
 
@@ -498,13 +498,16 @@ def _failure_summary(failures: list[dict[str, str]], n_models: int, n_aligned: i
     return f"{models} of {n_models} models and {pairs} of {pairs + n_aligned} model pairs failed ({rest}): {items}", published
 
 
-def log_recovery(crashed: list[str], swept: list[str]) -> None:
-    """Log what the store's set-up (``storage.runs.open_for_run``) cleaned up after killed runs."""
+def log_recovery(crashed: list[str], swept: list[str], ended: dict[str, tuple[str, int]] | None = None) -> None:
+    """Log what the store's set-up (``storage.runs.open_for_run``) cleaned up after killed runs,
+    and the signs of life of ended runs it removed (``ended``: ``storage.runs.sweep_ended_signs``)."""
     logger = get_run_logger()
     if crashed:
         logger.warning("marked %d earlier run(s) CRASHED (their process died): %s", len(crashed), ", ".join(crashed))
     if swept:
         logger.warning("removed %d version(s) left unpublished by a dead writer: %s", len(swept), ", ".join(swept))
+    if ended:  # a run killed between writing its end and removing its sign of life
+        logger.info("removed the sign(s) of life of %d ended run(s): %s", len(ended), ", ".join(ended))
 
 
 def metric_work(alignments: list[dict[str, Any]]) -> dict[str, int]:

@@ -10,11 +10,13 @@ dead one, and which versions a run used.
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
 import threading
 import time
 import traceback
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
 from prefect.exceptions import Pause, TerminationSignal
@@ -58,6 +60,44 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, Pause):
         return PAUSED_ERROR
     return "".join(traceback.format_exception_only(type(error), error)).strip()
+
+
+#: How the id of a run without a Prefect flow run of its own starts (:func:`local_run_id`).
+LOCAL_RUN_PREFIX = "local-"
+
+
+def local_run_id(now: datetime | None = None) -> str:
+    """A new id for a run that has no Prefect flow run of its own (:func:`run_id_of`):
+    ``local-<UTC start, YYYYmmddTHHMMSSZ>-<8 random hex digits>``, e.g.
+    ``local-20261206T150133Z-3f9a1c2b``: readable, sorted by start to the second, and apart from
+    every other run's (32 random bits: two runs started in one second differ but for one chance
+    in 4e9). Every such run had the id ``local``: a second one took the first one's record
+    (``runs/local.json``) for its own earlier attempt, continued it and rewrote it, and its report
+    page (``reports/local/``)."""
+    moment = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return f"{LOCAL_RUN_PREFIX}{moment:%Y%m%dT%H%M%S}Z-{secrets.token_hex(4)}"
+
+
+def run_id_of(flow: Any) -> str:
+    """The run id of a run of ``flow`` (prh's Prefect ``Flow``), asked from the flow's body: its
+    Prefect flow run's id when the body runs as a flow run of ``flow`` (`prh run`, a deployment, a
+    schedule, a sub-flow call; a retry runs again under that id, and continues its record), else
+    a new :func:`local_run_id`. Else: the flow's function called directly (``flow.fn(...)``) in
+    a task outside any flow (Prefect gave no id: the run was ``local``) or inside another flow
+    (the id was that flow's: two such calls from one flow shared a record and a report page, the
+    second taking the first for its own earlier attempt)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run, running = getattr(context, "flow_run", None), getattr(context, "flow", None)
+    # the function, for a copy made by with_options; the name, for a flow loaded again from its file
+    if run is not None and running is not None and (getattr(running, "fn", None) is flow.fn
+                                                    or getattr(running, "name", None) == flow.name):
+        return str(run.id)
+    run_id = local_run_id()
+    _run_logger().info("run %s: %s runs outside a flow run of its own (its function called directly), under a new "
+                       "run id", run_id, flow.name)
+    return run_id
 
 
 def new_record(target: Store, config: PipelineConfig, run_id: str, flow: str) -> dict[str, Any]:

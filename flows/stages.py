@@ -22,13 +22,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
-from prefect.runtime import flow_run
 
 from flows.pipeline import ZooFailures, collect_features, finished_by_name, log_failures, log_recovery, submit_extractions
-from flows.run_record import new_record, recorded, stop_tasks_in_flight
+from flows.run_record import new_record, recorded, run_id_of, stop_tasks_in_flight
 from flows.runners import check_run_environment, flow_task_runner
 from storage import layout
-from storage.runs import COMPLETED, FAILED, open_for_run
+from storage.runs import COMPLETED, FAILED, open_for_run, sweep_ended_signs
 from storage.store import DEFAULT_STORE, Store
 from tasks.dataset_task import load_dataset
 from tasks.params import PipelineConfig
@@ -54,8 +53,9 @@ def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str,
     """
     check_run_environment()  # a bad $PRH_TASK_RUNNER (or other setting) fails the run naming it (see flow_task_runner)
     target = Store(store)
-    run_id = str(flow_run.get_id() or "local")
-    log_recovery(*open_for_run(target, run_id=run_id))  # a retry's own earlier attempt is no other run
+    run_id = run_id_of(prh_extract)  # a flow run's id, or a new local one
+    # a retry's own earlier attempt is no other run; ended runs' leftover signs of life go too
+    log_recovery(*open_for_run(target, run_id=run_id), ended=sweep_ended_signs(target))
     with recorded(target, layout.extraction_key(run_id), new_record(target, config, run_id, "prh-extract")) as record:
         return _extract_recorded(config, target, record)
 

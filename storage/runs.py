@@ -388,6 +388,23 @@ def signs_of_ended_runs(store: Store, dry_run: bool = False) -> dict[str, tuple[
     return found
 
 
+def sweep_ended_signs(store: Store) -> dict[str, tuple[str, int]]:
+    """:func:`signs_of_ended_runs` as a run starts (``flows.pipeline``, ``flows.stages``): the
+    signs of life of ended runs killed before removing them went only with `prh gc`. Never a live
+    run's (its record says ``RUNNING``), a ``CRASHED`` one's (it may beat again: :func:`resumed`)
+    or a retry's (its record says ``RUNNING`` before its first sign); the run's own earlier
+    attempt's goes (its new sign is written after this). Costs one listing of ``runs/alive/``
+    and a few reads per sign there. A store error only logs a warning: a leftover sign of life
+    holds nothing back, and the run that starts is not to fail over one (`prh gc` removes it).
+    Returns what :func:`signs_of_ended_runs` removed."""
+    try:
+        return signs_of_ended_runs(store)
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        log.warning("could not remove the signs of life of ended runs in store %s (%s): `prh gc` removes them",
+                    store.display_url, error)
+        return {}
+
+
 def live_records(store: Store, records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The records of the runs that may still be running (``RUNNING``, not known gone:
     :func:`gone_reason`; or :func:`resumed`) among ``records`` (default: every pipeline run and

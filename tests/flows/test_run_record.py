@@ -470,3 +470,145 @@ def test_a_completed_run_whose_retry_was_killed_still_has_its_results(tmp_path):
     assert [r["run_id"] for r in query(con, LATEST_RUN_SQL).to_pylist()] == ["r9"]
     assert select_run(con)["run_id"] == "r9"  # prh report's default run
     assert [r["run_id"] for r in newest_runs(run_records(store), 5)] == ["r9"]  # prh gc --keep-runs keeps its versions
+
+
+def test_a_local_run_id_is_readable_sorted_by_start_and_its_own():
+    """A run without a Prefect flow run of its own had the id ``local``, the same for every such
+    run. Its id is now ``local-<UTC start>-<random>``: a safe store key, sorted by start to the
+    second, and two ids made in one second differ."""
+    from datetime import datetime, timedelta, timezone
+
+    from flows.run_record import local_run_id
+    from storage.keys import safe_component
+
+    first, second = (local_run_id(datetime(2026, 12, 6, 15, 1, 33, tzinfo=timezone.utc)) for _ in range(2))
+    later = local_run_id(datetime(2026, 12, 6, 15, 1, 34, tzinfo=timezone.utc))
+    assert first.startswith("local-20261206T150133Z-") and len(first) == len("local-20261206T150133Z-") + 8
+    assert first != second and sorted([later, first]) == [first, later] and max(first, second) < later
+    assert safe_component(first, "run id") == first
+    in_paris = datetime(2026, 12, 6, 16, 1, 33, tzinfo=timezone(timedelta(hours=1)))
+    assert local_run_id(in_paris).startswith("local-20261206T150133Z-")  # in UTC, whatever the clock's zone
+
+
+def _local_attempts(store_url: str, tmp_path) -> None:
+    """Two pipeline runs and two extraction stages, each the flow's function called in a Prefect
+    task outside any flow (Prefect gives it no flow run id), all at once; each fails early (its
+    dataset version, its dataset's table, absent) after writing its record."""
+    import threading
+
+    from prefect import task
+
+    from flows.pipeline import prh_pipeline
+    from flows.stages import prh_extract
+    from tests.flows.test_stages import _path_config
+
+    config = _path_config(str(tmp_path / "absent.parquet"))
+
+    @task
+    def pipeline_body() -> None:
+        prh_pipeline.fn(config=config, store=store_url, report=False, dataset_version="0" * 16)
+
+    @task
+    def extract_body() -> None:
+        prh_extract.fn(config=config, store=store_url)
+
+    def run(body: Any) -> None:
+        with contextlib.suppress(Exception):
+            body()
+
+    threads = [threading.Thread(target=run, args=(body,)) for body in (pipeline_body, pipeline_body, extract_body, extract_body)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.filterwarnings("ignore:Logger 'prefect.task_runs' attempted to send logs:UserWarning")  # no flow run: none
+def test_runs_outside_a_flow_run_at_once_keep_a_record_each(store_url, tmp_path):
+    """Runs that Prefect gave no flow run id all took the run id ``local``: two at once on one
+    store wrote one record (``runs/local.json``), each over the other's, and one after the other
+    the second continued the first's as its own earlier attempt (``attempts``). Each now has its own
+    id (``local-<time>-<random>``) and its own record, and no sign of life is left."""
+    from storage.runs import ALIVE, extraction_records, run_records
+
+    _local_attempts(store_url, tmp_path)
+    store = Store(store_url)
+    for records in (run_records(store), extraction_records(store)):
+        assert len(records) == 2 and len({r["run_id"] for r in records}) == 2, records
+        assert all(r["run_id"].startswith("local-") and r["status"] == "FAILED" and "attempts" not in r for r in records)
+    assert not store.exists(f"runs/{ALIVE}") or not store.entries(f"runs/{ALIVE}")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_two_direct_calls_of_the_flow_in_one_flow_keep_their_own_records_and_reports(store_url):
+    """The flow's function called twice from a flow of one's own (``prh_pipeline.fn``) ran both
+    times under that flow's run id: the second took the first's record for its own earlier attempt
+    (``attempts``), replaced its report page, and its record listed only its own grid, so no record
+    named the first's alignment version (``prh gc --keep-runs`` could remove it). Each call is now
+    its own run: its own record, grid and report page; the first extracted both models, the second
+    reused them."""
+    from prefect import flow
+
+    from flows.pipeline import prh_pipeline
+    from flows.report import report_key
+    from storage.runs import run_records
+    from tasks.params import PipelineConfig
+
+    parameters = _tiny_parameters(store_url)
+    other = {**parameters["config"], "alignment": {**parameters["config"]["alignment"], "permutations": 9}}
+
+    @flow
+    def my_study() -> list[dict[str, Any]]:
+        return [prh_pipeline.fn(config=PipelineConfig.model_validate(config), store=store_url)
+                for config in (parameters["config"], other)]
+
+    first, second = my_study()
+    assert first["run_id"] != second["run_id"] and all(s["run_id"].startswith("local-") for s in (first, second))
+    store = Store(store_url)
+    records = {r["run_id"]: r for r in run_records(store)}
+    assert sorted(records) == sorted([first["run_id"], second["run_id"]])
+    mine, theirs = records[first["run_id"]], records[second["run_id"]]
+    assert "attempts" not in mine and "attempts" not in theirs
+    assert mine["extracted"] == ["tiny-bert", "tiny-vit"] and theirs["reused"] == ["tiny-bert", "tiny-vit"]
+    assert len(mine["alignment_versions"]) == len(theirs["alignment_versions"]) == 1
+    assert mine["alignment_versions"] != theirs["alignment_versions"]
+    assert all(store.exists(key) for key in (*mine["alignment_versions"], *theirs["alignment_versions"]))
+    assert store.exists(report_key(first["run_id"])) and store.exists(report_key(second["run_id"]))
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_start_removes_the_signs_of_life_of_ended_runs_only(store_url):
+    """A run killed between writing its end and removing its sign of life left
+    ``runs/alive/<id>.json`` until `prh gc` removed it. A run's start removes it now; a live run's,
+    a CRASHED run's that beats again, and a sign without a record stay."""
+    import time
+    from datetime import datetime, timezone
+
+    from flows.pipeline import prh_pipeline
+    from storage import layout
+    from storage.owner import current_owner
+    from storage.runs import alive_key
+    from tasks.params import PipelineConfig
+
+    store = Store(store_url)
+    now = time.time()
+    ended_at = datetime.fromtimestamp(now - 3600, timezone.utc).isoformat()
+    just_now = datetime.fromtimestamp(now - 60, timezone.utc).isoformat()
+    records = {"done": {"status": "COMPLETED", "finished_at": ended_at},
+               "stage": {"status": "FAILED", "finished_at": ended_at},
+               "live": {"status": "RUNNING", "process": current_owner()},
+               "crashed": {"status": "CRASHED", "marked_crashed_at": just_now}}
+    for run_id, fields in records.items():
+        key_of = layout.extraction_key if run_id == "stage" else layout.run_key
+        store.write_json(key_of(run_id), {"run_id": run_id, "started_at": ended_at, "heartbeat_s": 60.0, **fields})
+    for run_id in [*records, "no-record"]:
+        beat = now - 3600 - 1 if run_id in ("done", "stage") else now
+        store.write_json(alive_key(run_id), {"run_id": run_id, "heartbeat_at": beat})
+
+    config = PipelineConfig.model_validate(_tiny_parameters(store_url)["config"])
+    state = prh_pipeline(config=config, store=store_url, report=False, dataset_version="0" * 16, return_state=True)
+    assert state.is_failed()  # its dataset version is not stored: it fails once started
+    assert not store.exists(alive_key("done")) and not store.exists(alive_key("stage"))
+    assert all(store.exists(alive_key(run_id)) for run_id in ("live", "crashed", "no-record"))
+    assert store.read_json(layout.run_key("live"))["status"] == "RUNNING"
