@@ -10,8 +10,11 @@ The paper's ``cknna`` with ``K = X X^T``, ``L = Y Y^T``:
 - ``cknna = sim(K, L) / (sqrt(sim(K, K) sim(L, L)) + 1e-6)`` where ``sim(K, K)`` uses ``mask_K``.
 
 Everything is computed from the ``(N, k)`` neighbour lists and the kernel values on them; the
-masked kernels are never formed: row sums, column sums (scatter-add), totals and the trace term
-(entries whose transpose is also in the mask) give both HSIC estimators exactly.
+masked kernels are never formed: row sums, the column sums' products with the other side's row
+sums (a sum over the mask's entries), totals and the trace term (entries whose transpose is also
+in the mask) give both HSIC estimators exactly, in float64. A matrix whose masks hold few
+entries is summed over those entries only (``hit_sim``, as the permutation nulls are), else over
+every x-entry for every y-layer (``masked_sim``).
 
 Differences from the paper's code (documented in ``docs/metrics.md``):
 
