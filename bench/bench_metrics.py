@@ -193,6 +193,8 @@ def bench_layers(args: argparse.Namespace, device: torch.device) -> None:
               f"{speed_col:>8} {diff_col:>11}")
     if args.paper_pairs:
         print(f"(paper loop timed on {len(pairs)} random layer pairs and scaled to all {la * lb})")
+    if "cknna" in args.metrics:
+        print(cknna_path_note(xs, ys, args.topk))
     if args.profile:
         for metric in args.metrics:
             try:  # a diagnostic: the timings above stand whatever happens here
@@ -210,6 +212,20 @@ def bench_layers(args: argparse.Namespace, device: torch.device) -> None:
                   f"({1000 * t / args.permutations:.1f} ms/perm, load {load:.1f}->"
                   f"{os.getloadavg()[0]:.1f})   observed {res.observed:.4f}  tau {res.tau:.4f}  "
                   f"p {res.p_value:.4f}  calibrated {res.calibrated:.4f}  argmax {res.argmax}")
+
+
+def cknna_path_note(xs: list[torch.Tensor], ys: list[torch.Tensor], k: int) -> str:
+    """Which sums ``cknna``'s matrix took on this data: the share of the ``La Lb N k``
+    (x-layer, y-layer, x-entry) combinations whose entry the y-list also holds, against
+    ``cknna.SPARSE_MAX_SHARE`` (sparse sums over those entries at or below it, dense above)."""
+    from tasks.metrics.cknna import SPARSE_MAX_SHARE
+    from tasks.metrics.knn_hits import build_list_table, member_counts, pair_keys
+
+    ia, ib = Representation(xs).knn_indices(k), Representation(ys).knn_indices(k)
+    share = int(member_counts(build_list_table(ia), pair_keys(ib), "total").sum()) / (ia.shape[0] * ib.numel())
+    path = "sparse" if share <= SPARSE_MAX_SHARE else "dense"
+    return (f"(cknna: {100 * share:.1f}% of the layer pairs' list entries are shared, so its matrix took the {path} "
+            f"sums; sparse up to {100 * SPARSE_MAX_SHARE:.0f}%)")
 
 
 def profile_layer_matrix(metric: str, xs: list[torch.Tensor], ys: list[torch.Tensor], k: int,
