@@ -82,6 +82,12 @@ NULL_ROW_ELEMENTS = 1 << 21
 #: mask, 3.6 ms sparse; each y-layer also an x-layer, 8.6%, 23.8 ms; layers sharing a latent,
 #: 54%, 120 ms)
 SPARSE_MAX_SHARE = 0.08
+#: bytes the sparse sums hold per hit over those one dense call holds per (x-entry, y-layer)
+#: element, rounded up: ``matrix`` goes sparse only for hits that fit one dense call's memory (a
+#: representation against itself, N=20,000, k=10, 13 layers, 1 thread: 416 MiB sparse for
+#: 2.6 M hits, 160 MiB dense in calls of one x-layer against the 13 y-layers; 70 layers a side
+#: could have held 0.08 x 70 = 5.6 times one call's hits)
+SPARSE_MEMORY_RATIO = 4
 
 
 @dataclass
@@ -90,7 +96,8 @@ class CknnaState:
     dtype); ``rev`` ``(L, N, k)`` bool: ``i ∈ kNN(idx[l, i, t])``; ``self_sim`` ``(L,)`` float64
     ``sim(K, K)``. The lookup structures are built on first use and kept: ``list_table`` (bitmask
     of the layers holding each pair), ``slot_table`` (position of each pair in its list),
-    ``sorted_lists`` (for binary search where the slot table is too large) and ``padded``."""
+    ``sorted_lists`` and ``sorted_keys`` (for binary search where the slot table is too large) and
+    ``padded``."""
 
     idx: torch.Tensor
     vals: torch.Tensor
@@ -99,6 +106,7 @@ class CknnaState:
     table: ListTable | None = None
     slots: torch.Tensor | None = None
     sorted_pair: tuple[torch.Tensor, torch.Tensor] | None = None
+    sorted_key: tuple[torch.Tensor, torch.Tensor] | None = None
     padded_lists: tuple[torch.Tensor, torch.Tensor] | None = None
     vals64: torch.Tensor | None = None
 
@@ -114,6 +122,18 @@ class CknnaState:
         if self.sorted_pair is None:
             self.sorted_pair = self.idx.sort(-1)
         return self.sorted_pair
+
+    def sorted_keys(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(keys, order)`` ``(L*N*k,)`` int64: the entries of ``sorted_lists`` as flat keys
+        ``(l*N + i)*N + j``, ascending (rows in order, each sorted), and the position in its list
+        of each (``order`` flattened), for one binary search of any pair in all layers; built on
+        first use and kept."""
+        if self.sorted_key is None:
+            sorted_idx, order = self.sorted_lists()
+            L, n, _ = sorted_idx.shape
+            rows = torch.arange(L * n, device=sorted_idx.device).view(L, n, 1) * n
+            self.sorted_key = ((rows + sorted_idx).reshape(-1), order.reshape(-1))
+        return self.sorted_key
 
     def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``vals`` in float64 and ``rev``, ``(L, N, 1 + k)``, behind a first column of zeros /
@@ -240,13 +260,16 @@ class CknnaEngine(Engine):
             return self._cka.matrix(a.inner, b.inner, self._full(params))
         La, n, k = a.idx.shape
         Lb = b.idx.shape[0]
-        # the mask's entries, unless they are too many for the sparse sums to pay
-        hits = permuted_hits(a.list_table(), b.idx, None, max_hits=int(SPARSE_MAX_SHARE * La * Lb * n * k))
+        rows = max(1, chunk_elements(a.idx.device) // (n * k * Lb))  # x-layers per dense call
+        # the mask's entries, unless they are too many for the sparse sums to pay, or to fit the
+        # memory of one dense call: all of them are held at once, at about SPARSE_MEMORY_RATIO
+        # times the bytes per hit that the dense call holds per element
+        max_hits = min(int(SPARSE_MAX_SHARE * La * Lb * n * k), min(rows, La) * Lb * n * k // SPARSE_MEMORY_RATIO)
+        hits = permuted_hits(a.list_table(), b.idx, None, max_hits=max_hits)
         if hits is not None:
             sim = hit_sim(a, b, hits, 1, unbiased)[0]
         else:
             sim = torch.empty((La, Lb), dtype=torch.float64, device=a.idx.device)
-            rows = max(1, chunk_elements(a.idx.device) // (n * k * Lb))  # x-layers per call
             for a0 in range(0, La, rows):
                 a1 = min(La, a0 + rows)
                 sim[a0:a1] = masked_sim(a, slice(a0, a1), b, slice(0, Lb), unbiased)
@@ -371,12 +394,10 @@ def hit_sim(a: CknnaState, b: CknnaState, hits: Hits, batch: int, unbiased: bool
     slots = a.slots if a.slots is not None or l.numel() * k < La * n * n // 4 else a.slot_table()
     if slots is not None:
         slot = slots.view(-1).index_select(0, (l * n + i) * n + j).to(torch.int64) - 1
-    else:
-        sorted_idx, order = a.sorted_lists()
-        rows = l * n + i
-        sorted_rows = sorted_idx.view(-1, k).index_select(0, rows)
-        pos = torch.searchsorted(sorted_rows, j.unsqueeze(1)).clamp_(max=k - 1)
-        slot = order.view(-1, k).index_select(0, rows).gather(1, pos).squeeze(1)
+    else:  # one binary search per hit in the flat sorted keys (gathering each hit's sorted x-row
+        # and its order made two (H, k) int64 tensors: 2.6 GB at N=6000, k=100, 13 x 13 layers)
+        keys, order = a.sorted_keys()
+        slot = order.index_select(0, torch.searchsorted(keys, (l * n + i) * n + j))
     entry_a = (l * n + i) * k + slot  # flat index of the x-entry
     kv = a.values64().reshape(-1).index_select(0, entry_a)
     lv = b.values64().reshape(-1).index_select(0, hits.entry)

@@ -198,6 +198,10 @@ def inverse_permutations(perms: torch.Tensor) -> torch.Tensor:
     return inv.scatter_(1, perms, torch.arange(n, device=perms.device).expand_as(perms).contiguous())
 
 
+#: (held entries x layers of a group) bits expanded at once by ``permuted_hits``
+EXPAND_CHUNK_ELEMENTS = 1 << 22
+
+
 @dataclass
 class Hits:
     """Mask entries ``(i, j)`` in both the x-list (layer ``layer_a``) and the y'-list (layer
@@ -239,10 +243,16 @@ def permuted_hits(table: ListTable, idx_b: torch.Tensor, invs: torch.Tensor | No
                 return None
         where = masks.nonzero().squeeze(1)
         shifts = torch.arange(count, dtype=masks.dtype, device=dev)
-        sel = ((masks.index_select(0, where).unsqueeze(1) >> shifts) & 1).nonzero()
-        parts.append((where.index_select(0, sel[:, 0]), sel[:, 1] + g0))
-    flat = torch.cat([p[0] for p in parts])
-    layer_a = torch.cat([p[1] for p in parts])
+        # the held entries' bitmasks expanded to their bits a chunk at a time: all at once was a
+        # (held entries, count) tensor of the mask dtype, twice (2.4 GiB for 63 layers of N=4000,
+        # k=10 against themselves)
+        step = max(1, EXPAND_CHUNK_ELEMENTS // count)
+        for w0 in range(0, where.numel(), step):
+            held = where[w0:w0 + step]
+            sel = ((masks.index_select(0, held).unsqueeze(1) >> shifts) & 1).nonzero()
+            parts.append((held.index_select(0, sel[:, 0]), sel[:, 1] + g0))
+    flat = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, dtype=torch.int64, device=dev)
+    layer_a = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, dtype=torch.int64, device=dev)
     per_perm = Lb * n * k
     batch = flat // per_perm
     entry = flat - batch * per_perm

@@ -321,3 +321,55 @@ def test_reverse_membership_without_the_slot_table_is_lists_sized() -> None:
                 "assert torch.equal(rev[:, :50], want) and rev.any() and not rev.all()\n")
     [extra] = peak_growth(setup, measured)
     assert extra < 60 * 2**20, extra / 2**20  # the old gather: 6000 * 100 * 100 * 8 B = 458 MiB
+
+
+def _circular_lists_setup(n: int, k: int, layers: int) -> str:
+    """Setup code of two ``CknnaState`` of ``layers`` independent random layers each: the lists of
+    ``i`` are the next ``k`` samples after it in a random cyclic order of the layer (distinct, no
+    self; about ``k^2 / N`` entries of a row shared with another layer's)."""
+    return (
+        "from tasks.metrics.cknna import CknnaEngine, CknnaState, self_sims\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        f"n, k, L = {n}, {k}, {layers}\n"
+        "def lists():\n"
+        "    out = []\n"
+        "    for _ in range(L):\n"
+        "        p = torch.randperm(n, generator=g)\n"
+        "        q = torch.empty_like(p)\n"
+        "        q[p] = torch.arange(n)\n"
+        "        out.append(p[(q.view(n, 1) + torch.arange(1, k + 1)) % n])\n"
+        "    return torch.stack(out)\n"
+        "states = [CknnaState(idx, torch.rand(idx.shape, generator=g, dtype=torch.float64)) for idx in (lists(), lists())]\n"
+        "for s in states:\n"
+        "    s.self_sim = self_sims(s, True)[0]\n")
+
+
+def test_sparse_matrix_without_the_slot_table_is_lists_sized() -> None:
+    """N=6000, k=100, 13 x 13 independent layers: 1.7% of the combinations in the mask, so
+    ``matrix`` sums over the mask's entries (``hit_sim``), and the slot table (L N^2) is too large.
+    Each hit's x-slot was found by gathering its whole sorted x-row and its sorting order: two
+    (H, k) int64 tensors, 2.6 GB extra (the dense path, ``SPARSE_MAX_SHARE = 0``: 354 MB). Now one
+    binary search of the hits in the lists' flat sorted keys."""
+    from tests.tasks.metrics.peak_memory import peak_growth
+
+    measured = ("m = CknnaEngine().matrix(states[0], states[1], {'unbiased': True})\n"
+                "extra.append(int(m.isfinite().all()))\n")
+    extra, finite = peak_growth(_circular_lists_setup(6000, 100, 13), measured)
+    assert finite == 1
+    assert extra < 450 * 2**20, extra / 2**20  # lists: 13 x 6000 x 100 int64 = 59 MiB a side
+
+
+def test_sparse_matrix_holds_no_more_than_one_dense_call() -> None:
+    """A representation against itself: every entry of each layer is in the mask of its own pair
+    (1/13 of the combinations, under ``SPARSE_MAX_SHARE``), 2.6 M hits at N=20,000, k=10, 13
+    layers. Summed sparsely they held 416 MiB, where the dense path (a call per x-layer against
+    the 13 y-layers) holds 160 MiB; with 70 layers a side the sparse sums could hold 5.6 times a
+    dense call's hits. Now the sparse path takes only what fits one dense call's memory."""
+    from tests.tasks.metrics.peak_memory import peak_growth
+
+    measured = ("m = CknnaEngine().matrix(states[0], states[0], {'unbiased': True})\n"
+                "own = states[0].self_sim / (states[0].self_sim.abs() + 1e-6)\n"
+                "extra.append(int(torch.allclose(m.diagonal(), own, rtol=1e-9, atol=0)))\n")
+    extra, same = peak_growth(_circular_lists_setup(20000, 10, 13), measured)
+    assert same == 1  # each layer against itself: sim(K, K) / (|sim(K, K)| + 1e-6)
+    assert extra < 250 * 2**20, extra / 2**20  # with the states' float64 values (44 MiB here)

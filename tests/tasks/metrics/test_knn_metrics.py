@@ -171,46 +171,6 @@ def test_bad_topk(k) -> None:
         score("mutual_knn", x, y, topk=k)
 
 
-@pytest.mark.parametrize("ka,kb", [(5, 5), (3, 8), (1, 1), (36, 2)])
-@pytest.mark.parametrize("group", [1, 2, 63])
-@pytest.mark.parametrize("dense", [True, False])
-@pytest.mark.parametrize("batched", [False, True])
-def test_member_counts_equal_a_loop_over_the_definition(monkeypatch: pytest.MonkeyPatch, ka: int, kb: int,
-                                                        group: int, dense: bool, batched: bool) -> None:
-    """Overlaps (``|A ∩ B|`` per sample and summed) and cycle hits (``i`` in the x-list of one of
-    its y-neighbours) from the x side's bitmask table, for any chunk size, table kind and layer
-    grouping, one bit at a time or (GPU path) several, equal a plain loop over sets."""
-    import torch
-
-    import tasks.metrics.gram as gram_module
-    import tasks.metrics.knn_hits as hits_mod
-
-    if batched:
-        monkeypatch.setattr(gram_module, "BATCHED_DEVICE_TYPES", {"cuda", "cpu"})
-
-    g = torch.Generator().manual_seed(ka * 100 + kb)
-    n = 37
-    idx_a = torch.stack([torch.stack([torch.randperm(n, generator=g)[:ka] for _ in range(n)]) for _ in range(3)])
-    idx_b = torch.stack([torch.stack([torch.randperm(n, generator=g)[:kb] for _ in range(n)]) for _ in range(4)])
-    sets = [[set(idx_a[a, i].tolist()) for i in range(n)] for a in range(3)]
-    overlaps = torch.tensor([[[len(sets[a][i] & set(idx_b[b, i].tolist())) for i in range(n)]
-                              for b in range(4)] for a in range(3)])
-    cycles = torch.tensor([[[any(i in sets[a][j] for j in idx_b[b, i].tolist()) for i in range(n)]
-                            for b in range(4)] for a in range(3)])
-    table = hits_mod.build_list_table(idx_a, group, None if dense else 0)
-    old_chunk = hits_mod.COUNT_CHUNK_ELEMENTS
-    try:
-        for chunk in (1, kb, 5 * kb, n * kb, 2 * n * kb + 1, 1 << 22):
-            hits_mod.COUNT_CHUNK_ELEMENTS = chunk
-            assert torch.equal(hits_mod.member_counts(table, hits_mod.pair_keys(idx_b)), overlaps)
-            assert torch.equal(hits_mod.member_counts(table, hits_mod.pair_keys(idx_b), "total"), overlaps.sum(-1))
-            assert torch.equal(hits_mod.member_counts(table, hits_mod.pair_keys(idx_b, reverse=True), "any"), cycles)
-    finally:
-        hits_mod.COUNT_CHUNK_ELEMENTS = old_chunk
-    with pytest.raises(ValueError, match="reduce"):
-        hits_mod.member_counts(table, hits_mod.pair_keys(idx_b), "mean")
-
-
 def test_cycle_knn_memory_without_adjacency_is_lists_plus_a_block() -> None:
     """cycle_knn's large-N path gathered each B-neighbour's A-list: an (Lb, N*k, k) int64 tensor,
     O(Lb N k^2) (N=3000, k=50, 12 x 12 layers: 1760 MiB peak RSS against 398 MiB for
@@ -349,25 +309,3 @@ def test_lists_without_ties_are_kept_and_tied_ones_put_in_index_order() -> None:
     values[1, 2] = 4.0  # row 1: neighbours 3 and 0 tie
     v, i = ties_in_index_order(values, indices)
     assert torch.equal(i, torch.tensor([[4, 0, 2], [1, 0, 3]])) and torch.equal(v, values)
-
-
-def test_bit_counts_of_every_mask_dtype_and_the_hits_limit() -> None:
-    """``bit_counts`` (16 bits at a time from a table) equals a count of the binary digits for the
-    three bitmask dtypes up to their last usable bit; ``permuted_hits`` gives up exactly when the
-    hits are more than ``max_hits``."""
-    import torch
-
-    from tasks.metrics.knn_hits import bit_counts, build_list_table, permuted_hits
-
-    g = torch.Generator().manual_seed(0)
-    for dtype, bits in ((torch.int16, 15), (torch.int32, 31), (torch.int64, 63)):
-        m = torch.randint(0, 1 << 62, (500,), generator=g) >> (63 - bits)
-        m[:2] = torch.tensor([0, (1 << bits) - 1])
-        assert torch.equal(bit_counts(m.to(dtype)), torch.tensor([bin(int(v)).count("1") for v in m]))
-    n = 30
-    idx = torch.stack([torch.stack([torch.randperm(n, generator=g)[:4] for _ in range(n)]) for _ in range(20)])
-    hits = permuted_hits(build_list_table(idx), idx[:3], None)
-    h = hits.row.numel()
-    assert h >= 3 * n * 4  # every entry of the 3 shared layers at least
-    assert permuted_hits(build_list_table(idx), idx[:3], None, max_hits=h) is not None
-    assert permuted_hits(build_list_table(idx), idx[:3], None, max_hits=h - 1) is None
