@@ -100,13 +100,23 @@ def run_id_of(flow: Any) -> str:
     return run_id
 
 
+def _enclosing_flow_run_id() -> str | None:
+    """The id of the Prefect flow run this code runs in (a task's: its flow's), None outside any."""
+    from prefect.context import FlowRunContext
+
+    run = getattr(FlowRunContext.get(), "flow_run", None)
+    return str(run.id) if run is not None else None
+
+
 def new_record(target: Store, config: PipelineConfig, run_id: str, flow: str) -> dict[str, Any]:
     """A ``RUNNING`` record of flow run ``run_id`` of ``flow`` (``prh-pipeline``, ``prh-extract``)
     on ``config`` against ``target``: its process (to tell it died on this host), start time,
-    store, config, code version and heartbeat interval."""
+    store, config, code version and heartbeat interval. ``flow_run_id`` is ``run_id``, but for a
+    run without a flow run of its own (a :func:`local_run_id`): the flow run it ran in, whose page
+    holds its logs and artifacts, or None (a task outside any flow)."""
     return {
         "run_id": run_id,
-        "flow_run_id": run_id,
+        "flow_run_id": _enclosing_flow_run_id() if run_id.startswith(LOCAL_RUN_PREFIX) else run_id,
         "flow": flow,
         "status": RUNNING,
         "process": current_owner(),

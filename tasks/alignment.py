@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from tasks import metrics
+from tasks.malloc_policy import pin_mmap_threshold
 from tasks.memory_available import MEMORY_ENV, available_memory
 from tasks.stop_request import raise_if_stopped
 from tasks.metrics.representation import KEEP_GRAM_MAX_N, held_bytes
@@ -491,6 +492,7 @@ def quadratic_memory_reserved(requests: Sequence[MetricRequest], rep_x: Any, rep
     if not need:
         yield
         return
+    pin_mmap_threshold()  # the peak the estimate describes, not one the allocator's history moves
     with _RESERVED_CHANGED:
         while True:
             available = available_memory()

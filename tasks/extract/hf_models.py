@@ -964,13 +964,13 @@ def check_image_size(spec: ModelSpec, checked: CheckedModel, processor: Any) -> 
 
     The model built on the ``meta`` device (``checked.meta``: no weights, no arithmetic) runs on
     pixels of the shape the configured processor gives the two probe images the load probe uses,
-    with the forward arguments the extractor will pass (`hf_vision.vision_forward_kwargs`); it is
-    refused when that fails while the same forward at the model's own size (its config's
-    ``image_size``) runs, so that a forward the meta device cannot run (a ``.item()``: Idefics3)
-    refuses nothing. Where that cannot tell (no meta model, no own size, the forward fails there
-    too), an ``image_size`` smaller than the patch stride (`hf_vision.patch_stride`) is refused: no
-    whole patch to cut. A patch processor's ``image_size`` is its patch budget (`_set_patch_budget`),
-    checked there; a processor that fails on the probe images is left to the load probe."""
+    with the forward arguments the extractor will pass (`hf_vision.vision_forward_kwargs`): accepted
+    when that runs (one forward), refused when it fails while the same forward at the model's own
+    size (its config's ``image_size``) runs, so that a forward the meta device cannot run (a
+    ``.item()``: Idefics3) refuses nothing. Where that cannot tell (no meta model; the forward
+    fails and there is no own size, or it fails there too), an ``image_size`` smaller than the
+    patch stride (`hf_vision.patch_stride`) is refused: no whole patch to cut. A patch processor's
+    ``image_size`` is its patch budget (`_set_patch_budget`), checked there; a processor that fails on the probe images is left to the load probe."""
     from tasks.extract.hf_vision import patch_stride
 
     if spec.image_size is None or spec.modality != "vision" or is_patch_processor(processor):
@@ -1018,56 +1018,87 @@ def _probe_shape(processor: Any) -> tuple[int, ...] | None:
     return tuple(int(v) for v in shape) if shape is not None and len(shape) == 4 else None
 
 
-def _meta_forward_error(tower: torch.nn.Module, shape: tuple[int, ...], image_size: int | None) -> str | None:
-    """The error (``Type: first line``) of the forward of a vision module built on the ``meta`` device
-    on ``shape`` pixels, with the arguments the extractor passes at ``image_size``
-    (`hf_vision.vision_forward_kwargs`); None when it runs."""
+def _meta_forward(tower: torch.nn.Module, shape: tuple[int, ...], image_size: int | None) -> tuple[str | None, list[tuple[int, ...]]]:
+    """The forward of a vision module built on the ``meta`` device on ``shape`` pixels, with the
+    arguments the extractor passes at ``image_size`` (`hf_vision.vision_forward_kwargs`): (its error,
+    ``Type: first line``, or None when it runs; the shapes of its hidden states, empty when it fails).
+    It runs on a copy of ``tower``: a forward may change its model (Swin shrinks its layers' attention
+    window to a smaller image), and the next forward, at another size, is to find it as built."""
+    import copy
+
     from tasks.extract.hf_vision import vision_forward_kwargs
 
     dtype = next((p.dtype for p in tower.parameters() if p.is_floating_point()), torch.float32)
     try:
+        fresh = copy.deepcopy(tower)  # meta tensors: no memory copied (a few ms to 0.3 s for a large model)
         with torch.inference_mode(), torch.random.fork_rng(devices=[]), torch.device("meta"):
-            tower(pixel_values=torch.empty(shape, dtype=dtype), output_hidden_states=True, return_dict=True,
-                  **vision_forward_kwargs(tower, image_size))
-    except Exception as exc:  # noqa: BLE001 - what the forward raised is the answer
-        return f"{type(exc).__name__}: {_first_line(exc, 200).rstrip('.')}"
-    return None
+            out = fresh(pixel_values=torch.empty(shape, dtype=dtype), output_hidden_states=True, return_dict=True,
+                        **vision_forward_kwargs(fresh, image_size))
+    except Exception as exc:  # noqa: BLE001 - what the forward (or a copy that cannot be made) raised is the answer
+        return f"{type(exc).__name__}: {_first_line(exc, 200).rstrip('.')}", []
+    states = getattr(out, "hidden_states", None)
+    return None, [tuple(h.shape) for h in states if isinstance(h, torch.Tensor)] if isinstance(states, (tuple, list)) else []
+
+
+def _meta_forward_error(tower: torch.nn.Module, shape: tuple[int, ...], image_size: int | None) -> str | None:
+    """The error of `_meta_forward`, None when it runs."""
+    return _meta_forward(tower, shape, image_size)[0]
 
 
 def _meta_size_problem(spec: ModelSpec, tower: torch.nn.Module, processor: Any) -> tuple[bool, str | None]:
     """(whether the ``meta`` forward tells, the problem): see `check_image_size`. Told when the
-    forward runs at the model's own size; the problem is then the configured size's error, with
-    a size to use instead (`_size_to_use`)."""
+    forward runs at the configured size (the one forward of an accepted size; a model without a
+    size of its own is accepted so too: its config's ``patch_size`` may be one its model does not
+    use, PoolFormer's), or fails there while it runs at the model's own size; the problem is then
+    the configured size's error, with a size to use instead (`_size_to_use`)."""
     from tasks.extract.hf_vision import patch_stride
 
-    shape, own = _probe_shape(processor), _own_size(tower.config)
-    if shape is None or own is None or _meta_forward_error(tower, (*shape[:2], *own), None) is not None:
+    shape = _probe_shape(processor)
+    if shape is None:
         return False, None
     error = _meta_forward_error(tower, shape, spec.image_size)
     if error is None:
         return True, None
+    own = _own_size(tower.config)
+    if own is None or _meta_forward_error(tower, (*shape[:2], *own), None) is not None:
+        return False, None
     size, (height, width) = spec.image_size, shape[-2:]
     stride = patch_stride(tower.config)
     small = stride is not None and (height < stride[0] or width < stride[1])
     pixels = f"{height} x {width} pixels" + ("" if (height, width) == (size, size) else
                                            f" (its image processor {type(processor).__name__}'s output at image_size {size})")
     why = (f", smaller than its patch size {_side_text(stride)} (no whole patch)" if small and stride is not None else
-           "" if "interpolate_pos_encoding" in inspect.signature(tower.forward).parameters else
-           " (its forward takes no interpolate_pos_encoding: its position embeddings may fit its own size only)")
+           " (its forward takes no interpolate_pos_encoding: its position embeddings may fit its own size only)"
+           if _fixed_position_embeddings(tower) else "")
     return True, (f"image_size {size}: {type(tower).__name__} does not run on {pixels}{why}, though it runs at its own "
                   f"{_side_text(own)}: {error}; {_size_to_use(tower, shape, size, own, stride, small)}")
+
+
+def _fixed_position_embeddings(tower: torch.nn.Module) -> bool:
+    """Whether a vision module has absolute position embeddings (a parameter named ``pos_embed`` or
+    ``position_embedding(s)``: ViT, AIMv2, SAM, PVT) and a forward that cannot interpolate them (no
+    ``interpolate_pos_encoding``). A convolutional model (ConvNeXt, EfficientNet) has none: its
+    failure at a size is its downsampling's, not a grid of positions."""
+    if "interpolate_pos_encoding" in inspect.signature(tower.forward).parameters:
+        return False
+    return any(re.search(r"pos_embed|position_embedding", name) for name, _ in tower.named_parameters())
 
 
 def _size_to_use(tower: torch.nn.Module, shape: tuple[int, ...], size: int, own: tuple[int, int],
                  stride: tuple[int, int] | None, small: bool) -> str:
     """What to set instead of an ``image_size`` the model does not run at: its patch size (an image
     smaller than one patch: ``small``) or the multiple of it below ``size``, when the ``meta`` forward
-    runs on such a square, else the model's own size (which runs)."""
+    runs on such a square and its hidden states differ in shape from those at its own size, else the
+    model's own size (which runs). The same shapes at another size are a fixed grid of position
+    embeddings broadcast over fewer patches (AIMv2 at one patch: it ran on ``meta``, and its
+    extraction is refused for its tokens outnumbering its patches)."""
     side = max(stride) if stride is not None else None
     candidate = side if small else (size // side * side if side and size % side and size > side else None)
-    if candidate is not None and _meta_forward_error(tower, (*shape[:2], candidate, candidate), candidate) is None:
-        return (f"set image_size: {candidate} or more" if small else
-                f"use a multiple of its patch size {side} (e.g. image_size: {candidate})")
+    if candidate is not None and candidate not in own:
+        error, states = _meta_forward(tower, (*shape[:2], candidate, candidate), candidate)
+        if error is None and states != _meta_forward(tower, (*shape[:2], *own), None)[1]:
+            return (f"set image_size: {candidate} or more" if small else
+                    f"use a multiple of its patch size {side} (e.g. image_size: {candidate})")
     return f"set image_size: {own[0]}, its own size, or remove image_size" if own[0] == own[1] else "remove image_size"
 
 

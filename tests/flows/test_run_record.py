@@ -612,3 +612,42 @@ def test_a_run_start_removes_the_signs_of_life_of_ended_runs_only(store_url):
     assert not store.exists(alive_key("done")) and not store.exists(alive_key("stage"))
     assert all(store.exists(alive_key(run_id)) for run_id in ("live", "crashed", "no-record"))
     assert store.read_json(layout.run_key("live"))["status"] == "RUNNING"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.filterwarnings("ignore:Logger 'prefect.task_runs' attempted to send logs:UserWarning")  # no flow run: none
+def test_a_local_run_names_the_flow_run_it_ran_in(tmp_path):
+    """A run without a flow run of its own gets a ``local-...`` run id; its record's ``flow_run_id``
+    (a column of the ``runs`` view) had become that id too, no Prefect flow run's: it names the flow
+    run it ran in (whose page holds its logs and artifacts), or none (a task outside any flow); a
+    flow run's own run keeps its id in both."""
+    from prefect import flow, task
+    from prefect.runtime import flow_run
+
+    from flows.pipeline import prh_pipeline
+    from storage.runs import run_records
+    from tasks.params import PipelineConfig
+
+    store_url = str(tmp_path / "store")
+    config = PipelineConfig.model_validate(_tiny_parameters(store_url)["config"])
+    early = dict(config=config, store=store_url, report=False, dataset_version="0" * 16)  # fails once recorded
+
+    @flow
+    def my_study() -> str:
+        with contextlib.suppress(Exception):
+            prh_pipeline.fn(**early)
+        return str(flow_run.get_id())
+
+    @task
+    def in_a_task() -> None:
+        with contextlib.suppress(Exception):
+            prh_pipeline.fn(**early)
+
+    study = my_study()
+    state = prh_pipeline(**early, return_state=True)
+    in_a_task()
+    records = {r["run_id"]: r["flow_run_id"] for r in run_records(Store(store_url))}
+    own = str(state.state_details.flow_run_id)
+    assert records.pop(own) == own
+    assert sorted(map(str, records.values())) == sorted([study, "None"]), records
+    assert all(r.startswith("local-") for r in records), records

@@ -202,7 +202,9 @@ def test_the_keys_of_a_large_table_are_read_without_keeping_its_rows(tmp_path: P
     finally:
         tracemalloc.stop()
     assert keys == ["image", "text", "late_key"]
-    assert peak < table.stat().st_size / 20, (peak, table.stat().st_size)
+    # a tenth of the file (the old parse held ~15 times it); this process's other threads' Python
+    # allocations count in tracemalloc's peak too: 5.5% of the file in a loaded CI run
+    assert peak < table.stat().st_size / 10, (peak, table.stat().st_size)
 
 
 def test_a_large_table_read_line_by_line_holds_a_few_times_its_size(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from tasks.extract.spec import ModelSpec, ZooError, load_zoo
 _SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 _HIERA = dict(embed_dim=8, depths=[1, 1], num_heads=[1, 1], image_size=[32, 32], patch_stride=[4, 4], masked_unit_size=[2, 2],
               query_stride=[2, 2], num_query_pool=1)
+_POOLFORMER = dict(hidden_sizes=[8, 16], depths=[1, 1], num_encoder_blocks=2, patch_sizes=[7, 3], strides=[4, 2], padding=[2, 1])
 _SAM = dict(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16,
             mlp_dim=64, window_size=2, global_attn_indexes=[1])
 
@@ -78,6 +79,10 @@ def _pngs(n: int) -> list[bytes]:
     ("swinv2-3", "Swinv2Config", dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
                                       window_size=2), 3),  # padded to one 4 x 4 patch
     ("convnext-33", "ConvNextConfig", dict(hidden_sizes=[8], depths=[1], num_stages=1), 33),
+    # no image_size of its own, and a patch_size (16) its model does not use (its stem: 7 x 7, stride 4, padded):
+    # it was refused as smaller than that patch size
+    ("poolformer-12", "PoolFormerConfig", _POOLFORMER, 12),
+    ("poolformer-4", "PoolFormerConfig", _POOLFORMER, 4),
 ])
 def test_sizes_the_model_runs_at_stay_accepted(name, cls, config, side):
     spec = _spec(name, cls, config, side)
@@ -93,3 +98,53 @@ def test_a_size_that_is_not_positive_is_refused_with_the_zoo():
     for bad in (0, -16, 16.0, True):
         with pytest.raises(ZooError, match=r"models\[0\] \(name 'vit'\): field 'image_size'"):
             load_zoo({"models": [{**base, "image_size": bad}]})
+
+
+def test_a_patch_size_is_suggested_only_where_the_model_runs_at_it():
+    """AIMv2 adds its own grid of position embeddings as it is: at its patch size (one patch) the
+    ``meta`` forward broadcast that grid over the single patch and ran, so an image smaller than
+    its patch was told ``set image_size: 8 or more``, a size (like any but its own) it fails at.
+    The suggestion is now its own size; a ViT (which interpolates) is still told its patch size."""
+    aimv2 = _spec("aimv2", "Aimv2VisionConfig", dict(_SMALL, image_size=32, patch_size=8), 4)
+    with pytest.raises(ModelInputError) as info:
+        check_model(aimv2)
+    msg = str(info.value)
+    assert "smaller than its patch size 8" in msg and msg.endswith("set image_size: 32, its own size, or remove image_size"), msg
+    with pytest.raises(ModelInputError):  # the size it had suggested
+        load_extractor(_spec("aimv2", "Aimv2VisionConfig", dict(_SMALL, image_size=32, patch_size=8), 8), device="cpu")
+    with pytest.raises(ModelInputError, match=r"set image_size: 8 or more$"):
+        check_model(_spec("vit", "ViTConfig", dict(_SMALL, image_size=32, patch_size=8), 4))
+
+
+def test_a_model_without_position_embeddings_is_not_said_to_have_some():
+    """A convolutional model too small for its downsampling (ConvNeXt's 4 x 4 stem, then a 2 x 2
+    one) was said to fail for ``its position embeddings may fit its own size only``: it has none."""
+    spec = _spec("convnext", "ConvNextConfig", dict(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2), 4)
+    with pytest.raises(ModelInputError) as info:
+        check_model(spec)
+    msg = str(info.value)
+    assert "does not run on 4 x 4 pixels, though it runs at its own 224: " in msg and "position embeddings" not in msg, msg
+
+
+@pytest.mark.parametrize("side", [4, 7])
+def test_a_forward_that_changes_its_model_does_not_decide_the_next_one(side):
+    """Swin shrinks its layers' attention window to an image smaller than it (a change its forward
+    makes to the model itself): the ``meta`` forward at the configured size left the window at 1,
+    and the forward at the model's own size then failed too, so the check could not tell and let
+    a size through that fails at the load probe. Each forward now runs on a fresh copy of the
+    model built on the ``meta`` device (``checked.meta`` is left as it was built)."""
+    from tasks.extract import hf_models
+    from tasks.extract.extractor import _checked_hf
+
+    config = dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2)
+    spec = _spec("swin", "SwinConfig", config, side)
+    for entry in (check_model, lambda s: load_extractor(s, device="cpu")):
+        with pytest.raises(ModelInputError) as info:
+            entry(spec)
+        msg = str(info.value)
+        assert f"does not run on {side} x {side} pixels, though it runs at its own 32: " in msg, msg
+    checked = _checked_hf(spec)
+    windows = {m.window_size for m in checked.meta.modules() if hasattr(m, "shift_size")}
+    with pytest.raises(ModelInputError):
+        hf_models.check_image_size(spec, checked, hf_models.load_image_processor(spec, checked.config, checked.access))
+    assert {m.window_size for m in checked.meta.modules() if hasattr(m, "shift_size")} == windows == {2}
