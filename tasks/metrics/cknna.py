@@ -109,6 +109,7 @@ class CknnaState:
     sorted_key: tuple[torch.Tensor, torch.Tensor] | None = None
     padded_lists: tuple[torch.Tensor, torch.Tensor] | None = None
     vals64: torch.Tensor | None = None
+    mutual64: torch.Tensor | None = None
 
     def list_table(self) -> ListTable:
         """Bitmask table of the lists (``knn_hits``), built on first use and kept."""
@@ -136,15 +137,15 @@ class CknnaState:
         return self.sorted_key
 
     def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``vals`` in float64 and ``rev``, ``(L, N, 1 + k)``, behind a first column of zeros /
-        False, so that the slot table's entries (``1 + t``, 0 where absent) index them; built
-        once and kept."""
+        """``vals`` and ``vals * rev`` (the value where the entry is mutual, else 0) in float64,
+        ``(L, N, 1 + k)``, behind a first column of zeros, so that the slot table's entries
+        (``1 + t``, 0 where absent) index them without a mask test; built once and kept."""
         if self.padded_lists is None:
             L, n, k = self.idx.shape
-            rev = self.reverse()
-            vals = torch.zeros((L, n, k + 1), dtype=torch.float64, device=self.vals.device)
-            vals[:, :, 1:] = self.vals
-            self.padded_lists = (vals, torch.cat([rev.new_zeros((L, n, 1)), rev], -1))
+            vals = torch.zeros((2, L, n, k + 1), dtype=torch.float64, device=self.vals.device)
+            vals[0, :, :, 1:] = self.values64()
+            vals[1, :, :, 1:] = self.mutual_values64()
+            self.padded_lists = (vals[0], vals[1])
         return self.padded_lists
 
     def values64(self) -> torch.Tensor:
@@ -152,6 +153,13 @@ class CknnaState:
         if self.vals64 is None:
             self.vals64 = self.vals.to(torch.float64)
         return self.vals64
+
+    def mutual_values64(self) -> torch.Tensor:
+        """``vals * rev`` in float64: an entry's value where ``i`` is also a neighbour of its
+        neighbour, else 0; made once and kept."""
+        if self.mutual64 is None:
+            self.mutual64 = self.values64() * self.reverse()
+        return self.mutual64
 
     def reverse(self) -> torch.Tensor:
         """``rev``, computed on first use (``_reverse_membership``) and kept."""
@@ -281,13 +289,12 @@ def self_sims(state: CknnaState, unbiased: bool) -> tuple[torch.Tensor, torch.Te
     mutual ones where ``rev``), a chunk of layers at a time, and ``(L,)`` the size of its terms
     (``hsic_from_entries``'s ``with_size``)."""
     L, n, k = state.idx.shape
-    rev = state.reverse()
     step = max(1, chunk_elements(state.idx.device) // (n * k))
     parts = []
     for l0 in range(0, L, step):
-        vals = state.values64()[l0:l0 + step, None]  # (A, 1, N, k)
-        parts.append(hsic_from_entries(vals, vals, rev[l0:l0 + step, None], state.idx[l0:l0 + step, None],
-                                       unbiased, with_size=True))
+        vals = state.values64()[l0:l0 + step, None]  # (A, 1, N, k): every entry is in its own mask
+        trace = entry_dots(state.mutual_values64()[l0:l0 + step, None], vals)
+        parts.append(hsic_from_entries(vals, vals, trace, state.idx[l0:l0 + step, None], unbiased, with_size=True))
     return torch.cat([v[:, 0] for v, _ in parts]), torch.cat([z[:, 0] for _, z in parts])
 
 
@@ -314,7 +321,7 @@ def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: boo
     giving whether ``(i, j)`` is in the mask, the kernel value ``L[i, j]`` and whether ``i`` is
     also a y-neighbour of ``j`` (the y-layer's ``rev`` at that slot).
     """
-    idx_a, val_a, rev_a = a.idx[la][:, None], a.values64()[la][:, None], a.reverse()[la][:, None]
+    idx_a, val_a = a.idx[la][:, None], a.values64()[la][:, None]
     A, n, k = idx_a.shape[0], idx_a.shape[2], idx_a.shape[3]
     B = len(range(*lb.indices(b.idx.shape[0])))
     shape = (A, B, n, k)
@@ -324,12 +331,14 @@ def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: boo
         found = slots[lb][None].expand(A, B, n * n).gather(2, flat).view(shape)
         inter = found > 0  # (i, idx_a[i, t]) in the mask
         # 1 + its position in the y-list of i, or 0: indexes the y-lists behind a column of
-        # zeros / False, which gives the masked values without a mask test
+        # zeros, which gives the masked values without a mask test
         slot = found.to(torch.int64)
-        vals_b, rev_b = b.padded()
+        vals_b, mutual_b = b.padded()
         lv = vals_b[lb][None].expand(A, B, n, k + 1).gather(-1, slot)  # (M*L)[i, .]
-        # (j, i) also in the mask: i in kNN_a(j) (rev_a) and i in kNN_b(j) (rev_b at the slot)
-        mutual = rev_b[lb][None].expand(A, B, n, k + 1).gather(-1, slot).logical_and_(rev_a)
+        # (j, i) also in the mask: i in kNN_a(j) (``a``'s mutual values) and i in kNN_b(j) (``b``'s
+        # at the slot): K[i, j] L[i, j] there, 0 elsewhere
+        trace = entry_dots(a.mutual_values64()[la][:, None],
+                           mutual_b[lb][None].expand(A, B, n, k + 1).gather(-1, slot))
     else:  # sorted lists: binary search
         sorted_b, order_b = (t[lb][None] for t in b.sorted_lists())
         q = idx_a.expand(shape).contiguous()
@@ -337,11 +346,21 @@ def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: boo
         inter = sorted_b.expand(shape).gather(-1, pos) == q
         slot = order_b.expand(shape).gather(-1, pos)
         lv = torch.where(inter, b.values64()[lb][None].expand(shape).gather(-1, slot), 0.0)  # (M*L)[i, .]
-        mutual = inter & rev_a & b.reverse()[lb][None].expand(shape).gather(-1, slot)  # as above
-    return hsic_from_entries(val_a * inter, lv, mutual, idx_a, unbiased)
+        mutual = b.reverse()[lb][None].expand(shape).gather(-1, slot)  # as above, where inter
+        trace = entry_dots(a.mutual_values64()[la][:, None], torch.where(mutual, lv, 0.0))
+    return hsic_from_entries(val_a * inter, lv, trace, idx_a, unbiased)
 
 
-def hsic_from_entries(kv: torch.Tensor, lv: torch.Tensor, mutual: torch.Tensor, idx_a: torch.Tensor,
+def entry_dots(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``(A, B)`` float64 sums of ``u * v`` over the ``(N, k)`` entries of ``(A, 1, N, k)`` ``u``
+    (the x side, the same for every y-layer) and ``(A, B, N, k)`` ``v``. A reduction over each
+    row, summed in the same order whatever ``A`` and ``B`` (a batched matrix-vector product
+    rounded otherwise for another batch: a pair's score moved by an ulp with the chunking)."""
+    A, B = v.shape[0], v.shape[1]
+    return torch.linalg.vecdot(v.reshape(A, B, -1), u.reshape(A, 1, -1))
+
+
+def hsic_from_entries(kv: torch.Tensor, lv: torch.Tensor, trace: torch.Tensor, idx_a: torch.Tensor,
                       unbiased: bool, with_size: bool = False
                       ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``HSIC(M*K, M*L)`` ``(A, B)`` float64 from the x-entries of ``A x B`` layer pairs.
@@ -349,7 +368,8 @@ def hsic_from_entries(kv: torch.Tensor, lv: torch.Tensor, mutual: torch.Tensor, 
     Args:
         kv: ``(A, B, N, k)`` float64 ``(M*K)[i, idx_a[i, t]]`` (0 outside the mask).
         lv: ``(A, B, N, k)`` float64 ``(M*L)[i, idx_a[i, t]]`` (0 outside the mask).
-        mutual: ``(A, B, N, k)`` bool: the transposed entry ``(idx_a[i, t], i)`` is in the mask too.
+        trace: ``(A, B)`` float64 ``tr(K' L')``: the sum of ``K[i, j] L[i, j]`` over the mask's
+            entries whose transposed entry ``(j, i)`` is in the mask too.
         idx_a: ``(A, 1 or B, N, k)`` int64 the x-lists (the entries' columns).
         unbiased: the estimator.
         with_size: also the size of the estimator's terms, same shape (absolute values;
@@ -369,7 +389,6 @@ def hsic_from_entries(kv: torch.Tensor, lv: torch.Tensor, mutual: torch.Tensor, 
     tot_k, tot_l = row_k.sum(-1), row_l.sum(-1)
     kv_flat = kv.reshape(A, B, n * k)
     rows_dot = torch.linalg.vecdot(kv_flat, row_l.gather(2, cols))  # sum_j colsum_K'(j) rowsum_L'(j)
-    trace = torch.linalg.vecdot(kv_flat, torch.mul(lv, mutual).reshape(A, B, n * k))
     if unbiased:
         value = unbiased_from_parts(trace, tot_k, tot_l, rows_dot, n)
         size = unbiased_terms_size(trace, tot_k, tot_l, rows_dot, n) if with_size else None
