@@ -488,11 +488,13 @@ def quadratic_memory_reserved(requests: Sequence[MetricRequest], rep_x: Any, rep
     (conservative: their memory already taken is counted in both) until one ends, looking at
     stop requests meanwhile. A pair without such metrics neither waits nor reserves."""
     global _reserved_bytes
+    # every pair's peaks the ones the code makes, not ones the allocator's history moves (the
+    # estimate below is of those; so are the engine's memory bounds)
+    pin_mmap_threshold()
     need, shares = quadratic_memory(requests, rep_x, rep_y, permutations, bootstrap)
     if not need:
         yield
         return
-    pin_mmap_threshold()  # the peak the estimate describes, not one the allocator's history moves
     with _RESERVED_CHANGED:
         while True:
             available = available_memory()

@@ -326,12 +326,8 @@ def test_reverse_membership_without_the_slot_table_is_lists_sized() -> None:
 def _circular_lists_setup(n: int, k: int, layers: int) -> str:
     """Setup code of two ``CknnaState`` of ``layers`` independent random layers each: the lists of
     ``i`` are the next ``k`` samples after it in a random cyclic order of the layer (distinct, no
-    self; about ``k^2 / N`` entries of a row shared with another layer's). glibc's mmap threshold
-    is fixed first where the C library is glibc (``malloc_policy``): with its dynamic threshold
-    the sparse matrix's peak moved from process to process, 160 to 300 MiB for the same work (the
-    250 MiB bound below failed 2 runs in 3), against 135 MiB every time with it fixed."""
+    self; about ``k^2 / N`` entries of a row shared with another layer's)."""
     return (
-        "from tasks.malloc_policy import pin_mmap_threshold\npin_mmap_threshold()\n"
         "from tasks.metrics.cknna import CknnaEngine, CknnaState, self_sims\n"
         "g = torch.Generator().manual_seed(0)\n"
         f"n, k, L = {n}, {k}, {layers}\n"
