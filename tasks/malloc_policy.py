@@ -19,7 +19,6 @@ again.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import platform
 import threading
 
@@ -50,11 +49,8 @@ def _mallopt(param: int, value: int) -> bool:
     """glibc's ``mallopt(param, value)``; False off glibc or where it fails (returns 0)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    path = ctypes.util.find_library("c")
-    if path is None:
-        return False
-    try:
-        libc = ctypes.CDLL(path)
-        return bool(libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)))
+    try:  # the process's own symbols, glibc's among them (``find_library`` would run ``ldconfig -p``)
+        mallopt = ctypes.CDLL(None).mallopt
+        return bool(mallopt(ctypes.c_int(param), ctypes.c_int(value)))
     except (OSError, AttributeError):
         return False
