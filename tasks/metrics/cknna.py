@@ -424,8 +424,6 @@ def hit_sim(a: CknnaState, b: CknnaState, hits: Hits, batch: int, unbiased: bool
     entry_a = (l * n + i) * k + slot  # flat index of the x-entry
     kv = a.values64().reshape(-1).index_select(0, entry_a)
     lv = b.values64().reshape(-1).index_select(0, hits.entry)
-    mutual = (a.reverse().reshape(-1).index_select(0, entry_a)
-              & b.reverse().reshape(-1).index_select(0, hits.entry))
     pairs = (hits.batch * La + l) * Lb + hits.layer_b  # (permutation, x-layer, y-layer)
     P = batch * La * Lb
 
@@ -434,7 +432,10 @@ def hit_sim(a: CknnaState, b: CknnaState, hits: Hits, batch: int, unbiased: bool
 
     at_row, at_col = pairs * n + i, pairs * n + j
     tot_k, tot_l = total(kv), total(lv)
-    trace = total(torch.where(mutual, kv * lv, 0.0))
+    # (j, i) in the mask too: each side's mutual values (0 where i is not a neighbour of j), as
+    # the dense sums read them
+    trace = total(a.mutual_values64().reshape(-1).index_select(0, entry_a)
+                  * b.mutual_values64().reshape(-1).index_select(0, hits.entry))
     # sum_j colsum_K'(j) rowsum_L'(j) = sum over entries (i, j) of K'[i, j] * rowsum_L'(j)
     cols_k_rows_l = total(kv * sums_at(at_row, lv, at_col, P * n))
     if unbiased:

@@ -84,7 +84,6 @@ def build_list_table(idx: torch.Tensor, max_group: int | None = None,
         raise ValueError(f"max_group must be in [1, {MAX_GROUP}], got {max_group}")
     L, n, k = idx.shape
     dev = idx.device
-    rows = torch.arange(n, device=dev).view(n, 1) * n
     groups = [(g0, min(max_group, L - g0)) for g0 in range(0, L, max_group)]
     table = ListTable(n, groups)
     itemsize = max(torch.empty(0, dtype=_mask_dtype(c)).element_size() for _, c in groups)
@@ -92,7 +91,7 @@ def build_list_table(idx: torch.Tensor, max_group: int | None = None,
     dense, keys, masks = [], [], []
     for g0, count in groups:
         dtype = _mask_dtype(count)
-        flat = torch.cat([(rows + idx[l]).reshape(-1) for l in range(g0, g0 + count)])
+        flat = pair_keys(idx[g0:g0 + count]).reshape(-1)
         bit = torch.cat([torch.full((n * k,), 1 << (l - g0), dtype=dtype, device=dev)
                          for l in range(g0, g0 + count)])
         if use_dense:  # a layer's keys are distinct, so summing its bits is or-ing them
