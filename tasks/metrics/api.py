@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tasks.malloc_policy import pin_mmap_threshold
+
 from ._arrays import from_nested, resolve_device, split_layers
 from .engine import layer_scores
 from .registry import MetricSpec, get_metric
@@ -74,7 +76,14 @@ def _side(name: str, xs: Any, device: str | torch.device | None, dtype: torch.dt
 
 def encode_pair(spec: MetricSpec, xs: Any, ys: Any, params: dict[str, Any]
                 ) -> tuple[Any, Any, dict[str, Any], Representation, Representation]:
-    """Resolve parameters and encode both sides (cached on the representations)."""
+    """Resolve parameters and encode both sides (cached on the representations).
+
+    Every engine computation starts here, and fixes glibc's mmap threshold first
+    (``tasks.malloc_policy``, as every pair of the pipeline does): with its dynamic threshold the
+    engine's fresh per-layer buffers (a centred copy of each layer, 3 MB at N=1024, width 768) were
+    mapped and faulted in anew on some calls and not on others, depending on the process's
+    allocation history (linear CKA of 13 x 13 layers: 145 or 170 ms, 2 threads)."""
+    pin_mmap_threshold()
     params = dict(params)
     device = params.pop("device", None)
     p = spec.resolve(params)

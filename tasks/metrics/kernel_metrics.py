@@ -53,8 +53,9 @@ EPS = 1e-6  # the paper's denominator epsilon
 NULL_BLOCK_ELEMENTS = 1 << 21
 #: permutations gathered together in ``permuted_hsic``
 NULL_PERMUTATIONS = 8
-#: entries of a packed row squared and summed at once in ``_sq_norms`` (one float64 buffer)
-SQ_NORM_CHUNK = 1 << 16
+#: entries of a packed row squared and summed at once in ``_sq_norms`` (one float64 buffer, in
+#: cache: 13 packed kernels at N=1024 took 2.5 ms against 5.9 ms in chunks of 1 << 16, 2 threads)
+SQ_NORM_CHUNK = 1 << 13
 #: packed-kernel positions per float64 chunk of the cross-HSIC products (``_cross_dots``)
 CROSS_DOT_CHUNK = 1 << 16
 #: parameters a variant fixes by its definition: ``cka_rbf_median`` is RBF CKA with the median
