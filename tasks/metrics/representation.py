@@ -411,23 +411,25 @@ def _value_stats(layers: Sequence[torch.Tensor]) -> tuple[list[float], list[bool
     """``max |x|`` (NaN or inf where the layer holds one: ``aminmax`` propagates NaN, so a finite
     peak means finite values) and whether all rows are equal (a
     constant layer), per ``(N, D_l)`` layer, with one transfer to the host. Same-width layers are
-    measured a stack at a time (``layer_stacks``) when they are views of one stacked tensor, or,
-    on a GPU, copied into one (kernel launches, not bytes, cost there); else layer by layer."""
+    compared a stack at a time (``layer_stacks``) when they are views of one stacked tensor, or,
+    on a GPU, copied into one (kernel launches, not bytes, cost there); else layer by layer.
+    Off a GPU the peaks are always taken a layer at a time: ``aminmax`` along a dimension of a
+    stack took 8.5 ms for 13 layers of 1024 x 768 (2 threads) against 1.1 ms for the same
+    layers one by one, so a ``(L, N, D)`` array was checked 5x slower than a list of layers."""
     peaks: list[torch.Tensor | None] = [None] * len(layers)
     constant: list[torch.Tensor | None] = [None] * len(layers)
     for stack in layer_stacks(layers):
         group = [layers[l] for l in stack]
+        batched = batched_device(group[0].device)
         x = stacked_view(group)
-        if x is None and batched_device(group[0].device) and len(group) > 1:
+        if x is None and batched and len(group) > 1:
             x = torch.stack(group)
-        if x is None:
-            for l in stack:
-                peaks[l] = torch.stack(torch.aminmax(layers[l])).abs().amax()
-                constant[l] = _all_rows_equal(layers[l][None])[0]
-            continue
-        lo, hi = torch.aminmax(x.reshape(len(group), -1), dim=1)  # NaN propagates
-        peak = torch.maximum(lo.abs(), hi.abs())
-        same = _all_rows_equal(x)
+        if x is not None and batched:
+            lo, hi = torch.aminmax(x.reshape(len(group), -1), dim=1)  # NaN propagates
+            peak = torch.maximum(lo.abs(), hi.abs())
+        else:
+            peak = torch.stack([torch.stack(torch.aminmax(z)).abs().amax() for z in group])
+        same = _all_rows_equal(x) if x is not None else torch.stack([_all_rows_equal(z[None])[0] for z in group])
         for s, l in enumerate(stack):
             peaks[l], constant[l] = peak[s], same[s]
     stats = torch.stack([torch.stack(peaks).to(torch.float64), torch.stack(constant).to(torch.float64)]).tolist()

@@ -173,6 +173,25 @@ def test_non_finite_features_are_refused_naming_side_and_layer(bad: float, messa
             layer_matrix(metric, xs, ys, topk=3, cca_dim=2)
 
 
+@pytest.mark.parametrize("bad, message", [
+    (np.nan, "non-finite values"), (-np.inf, "non-finite values"), (1e-23, "values of magnitude at most"),
+    (None, "is constant"), (1e20, "rows of norm up to")])
+def test_a_stacked_array_is_checked_layer_by_layer_as_a_list_is(bad: float | None, message: str) -> None:
+    """An ``(L, N, D)`` array's layers are views of one tensor, whose peaks a CPU now takes a layer
+    at a time (as a list's): the same refusal, naming the same layer, in either form."""
+    xs = np.stack(layers(seed=7, widths=(8, 8, 8, 8))).astype(np.float32)
+    if bad is None:
+        xs[2] = 0.25
+    elif abs(bad) < 1 or abs(bad) > 1e10:
+        xs[2] *= np.float32(bad)
+    else:
+        xs[2, 4, 1] = bad
+    for form in (xs, list(xs)):
+        with pytest.raises(ValueError, match="^x: layer 2 .*" + re.escape(message)):
+            layer_matrix("cka", form, xs[:1])
+    assert layer_matrix("cka", np.delete(xs, 2, axis=0), xs[:1]).shape == (3, 1)
+
+
 @pytest.mark.parametrize("n, width, message", [(1, 4, "need at least 2 paired samples, got N=1"),
                                                (0, 4, "got N=0"), (10, 0, "layer 0 has width 0")])
 def test_degenerate_shapes_are_refused(n: int, width: int, message: str) -> None:
