@@ -180,6 +180,22 @@ def test_metadata_views_keep_their_types_when_a_column_is_all_null(tmp_path):
         query(con, sql)
 
 
+def test_the_lineage_query_shows_a_local_runs_id_whole(tmp_path):
+    """Runs without a Prefect flow run of their own are ``local-<UTC start>-<8 hex>``: their first 8
+    characters, which the doc's query showed for every run, are ``local-20`` for all of them."""
+    from flows.run_record import local_run_id
+    from storage import layout
+    from storage.store import Store
+
+    store = Store(str(tmp_path / "store"))
+    ids = [local_run_id(), local_run_id(), "d03a9229-5e1c-4c1e-9a53-0c4f1f2a7b10"]
+    for day, run_id in enumerate(ids, 1):
+        store.write_json(layout.run_key(run_id), {"run_id": run_id, "status": "COMPLETED",
+                                                  "started_at": f"2026-01-0{day}T00:00:00+00:00"})
+    runs = query(connect(store), dict(doc_queries())["5. Runs and their lineage"]).to_pylist()
+    assert [r["run"] for r in runs] == [ids[0], ids[1], "d03a9229"] and ids[0] != ids[1]
+
+
 def test_a_model_with_two_feature_versions_is_not_counted_twice(tmp_path):
     """vit-small extracted again with another pooling (a second feature version) and aligned
     again: the alignment views name each row's feature versions, so the doc's queries join
