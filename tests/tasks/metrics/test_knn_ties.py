@@ -82,6 +82,46 @@ def test_every_search_path_lists_the_stable_sort_top_k(n, d, k, seed, dtype, exc
         assert_lists(search(), want, label)
 
 
+@pytest.mark.parametrize("r, c, count", [(40, 1024, 11), (30, 523, 6), (25, 300, 2), (20, 96, 3), (10, 64, 1)])
+@pytest.mark.parametrize("seed", range(3))
+def test_largest_entries_through_group_maxima_are_topks_values(monkeypatch, r, c, count, seed) -> None:
+    """Rows of a few distinct values (equal group maxima everywhere, ties at the ``count``-th
+    value in most rows), ``-inf`` entries, columns beyond the last whole group: the values are
+    ``torch.topk``'s and the columns hold them; the groups were searched (two smaller top-k)."""
+    from tasks.metrics import ranked_topk as rt
+
+    g = torch.Generator().manual_seed(seed)
+    block = torch.randint(-3, 4, (r, c), generator=g).float()
+    block[torch.rand((r, c), generator=g) < 0.05] = float("-inf")
+    block[0] = 1.0  # a row of one value
+    block[1, :] = 0.0
+    block[1, -1] = 5.0  # its largest entry in the last columns, outside every group
+    calls = []
+    real = torch.topk
+    monkeypatch.setattr(torch, "topk", lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
+    values, cols = rt.largest_entries(block, count)
+    assert len(calls) == 2 and calls[0][1] == c // rt.GROUP_SIZE  # the group maxima, then the candidates
+    want = real(block, count, dim=-1).values
+    assert torch.equal(values, want) and torch.equal(block.gather(1, cols), values)
+    assert (cols.sort(1).values.diff(dim=1) > 0).all()  # distinct columns
+    strided = block.T.contiguous().T  # rows of strided values (a transposed block): topk of the rows
+    calls.clear()
+    values, cols = rt.largest_entries(strided, count)
+    assert len(calls) == 1 and torch.equal(values, want) and torch.equal(block.gather(1, cols), values)
+
+
+@pytest.mark.parametrize("n, k", [(1024, 10), (523, 4), (300, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_long_rows_searched_through_group_maxima_follow_the_rule(n, k, dtype) -> None:
+    """The searches whose rows are long enough for ``largest_entries``' groups, on data with ties
+    at the ``k``-th place in most rows: the stable sort's lists."""
+    x = tied_features(n, 3, 11, dtype)
+    want = stable_top_k(x.double() @ x.double().T, k)
+    assert_lists(topk_neighbors(x, k), want, "default")
+    assert_lists(topk_neighbors(None, k, gram=x @ x.T, block_elements=100 * n), want, "gram, row blocks")
+    assert_lists(Representation([x]).knn(0, k), want, "representation")
+
+
 @pytest.mark.parametrize("n, d, k", SHAPES[:3])
 def test_on_a_batched_device_every_path_follows_the_rule(monkeypatch, n, d, k) -> None:
     """As a GPU runs them (``gram.batched_device``: no host-side check that a block has no tie,
