@@ -87,7 +87,8 @@ def test_every_search_path_lists_the_stable_sort_top_k(n, d, k, seed, dtype, exc
 def test_largest_entries_through_group_maxima_are_topks_values(monkeypatch, r, c, count, seed) -> None:
     """Rows of a few distinct values (equal group maxima everywhere, ties at the ``count``-th
     value in most rows), ``-inf`` entries, columns beyond the last whole group: the values are
-    ``torch.topk``'s and the columns hold them; the groups were searched (two smaller top-k)."""
+    ``torch.topk``'s and the columns hold them; the groups were searched (two smaller top-k), also
+    in a transposed block (its columns contiguous); rows of strided values take ``torch.topk``."""
     from tasks.metrics import ranked_topk as rt
 
     g = torch.Generator().manual_seed(seed)
@@ -104,10 +105,11 @@ def test_largest_entries_through_group_maxima_are_topks_values(monkeypatch, r, c
     want = real(block, count, dim=-1).values
     assert torch.equal(values, want) and torch.equal(block.gather(1, cols), values)
     assert (cols.sort(1).values.diff(dim=1) > 0).all()  # distinct columns
-    strided = block.T.contiguous().T  # rows of strided values (a transposed block): topk of the rows
-    calls.clear()
-    values, cols = rt.largest_entries(strided, count)
-    assert len(calls) == 1 and torch.equal(values, want) and torch.equal(block.gather(1, cols), values)
+    for label, other in (("transposed", block.T.contiguous().T), ("strided", torch.zeros(r, 2 * c)[:, ::2].copy_(block))):
+        calls.clear()
+        values, cols = rt.largest_entries(other, count)
+        assert len(calls) == (2 if label == "transposed" else 1), label  # groups where rows or columns are contiguous
+        assert torch.equal(values, want) and torch.equal(block.gather(1, cols), values), label
 
 
 @pytest.mark.parametrize("n, k", [(1024, 10), (523, 4), (300, 1)])
