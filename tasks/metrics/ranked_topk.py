@@ -14,11 +14,13 @@ in every row (no tie anywhere: the usual case) costs one comparison of them more
 ``topk``; the ``(k+1)``-th entry itself cost ~0.1 ms a layer at N=1024, k=10 (2 CPU threads).
 
 Off a GPU, long rows take those ``k + 1`` entries through group maxima (``largest_entries``):
-the columns are split into groups of ``GROUP_SIZE``, each group's maximum taken, and only the
-``k + 1`` groups of largest maxima searched. Every entry above the ``(k+1)``-th largest maximum
-lies in a chosen group (fewer than ``k + 1`` groups have a larger maximum) and the chosen groups'
-maxima are ``k + 1`` entries at least that large, so the chosen groups hold the row's ``k + 1``
-largest *values* (ties included: the same multiset), which is all the rule reads from them.
+the columns are split into groups of ``GROUP_SIZE`` (the last ``C mod GROUP_SIZE`` columns in
+none), each group's maximum taken, and only the ``k + 1`` groups of largest maxima searched, with
+the columns in no group. Every grouped entry above the ``(k+1)``-th largest maximum lies in a
+chosen group (fewer than ``k + 1`` groups have a larger maximum) and the chosen groups' maxima
+are ``k + 1`` entries at least that large, so the chosen groups and the ungrouped columns hold
+the row's ``k + 1`` largest *values* (ties included: the same multiset), which is all the rule
+reads from them.
 """
 
 from __future__ import annotations
