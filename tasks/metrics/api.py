@@ -78,11 +78,12 @@ def encode_pair(spec: MetricSpec, xs: Any, ys: Any, params: dict[str, Any]
                 ) -> tuple[Any, Any, dict[str, Any], Representation, Representation]:
     """Resolve parameters and encode both sides (cached on the representations).
 
-    Every engine computation starts here, and fixes glibc's mmap threshold first
-    (``tasks.malloc_policy``, as every pair of the pipeline does): with its dynamic threshold the
-    engine's fresh per-layer buffers (a centred copy of each layer, 3 MB at N=1024, width 768) were
-    mapped and faulted in anew on some calls and not on others, depending on the process's
-    allocation history (linear CKA of 13 x 13 layers: 145 or 170 ms, 2 threads)."""
+    Every public entry point (``layer_matrix``, ``score``, ``calibrate``, ``bootstrap_ci``) starts
+    here, and fixes glibc's mmap threshold first (``tasks.malloc_policy``), as every pair of the
+    pipeline does: the engine used on its own had run with glibc's dynamic threshold, under
+    which its time and peak memory depended on the process's allocation history (linear CKA of
+    13 x 13 layers at N=1024 with the bench's floor between calls, 2 threads: 171-182 ms a call
+    before, 150-174 ms after)."""
     pin_mmap_threshold()
     params = dict(params)
     device = params.pop("device", None)
