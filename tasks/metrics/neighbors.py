@@ -223,17 +223,21 @@ def restrict_lists(values: torch.Tensor, indices: torch.Tensor, rows: torch.Tens
     m, depth = int(rows.numel()), indices.shape[-1]
     position = torch.full((n,), -1, dtype=torch.int64, device=indices.device)
     position[rows] = torch.arange(m, device=indices.device)
-    cand = position[indices.index_select(-2, rows)]  # (..., m, K): subset positions, -1 outside
-    member = cand >= 0
-    count = member.cumsum(-1)
+    deep = indices.index_select(-2, rows)  # (..., m, K) the subset rows' full-sample lists
+    # members so far along each list, from a bool lookup (the subset positions of all K entries,
+    # int64, had cost more than the rest; only the chosen entries' are looked up, below)
+    count = (position >= 0).index_select(0, deep.reshape(-1)).view_as(deep).cumsum(-1, dtype=torch.int32)
     want = min(k + 1, depth)  # one member more than k, where the list is deep enough: a tie shows
-    taken = member & (count <= want)  # the first k (+1) members of each row, in list order
     found = count[..., -1]
-    # the smallest list positions of taken entries (untaken ones keyed past the end), in order
-    slot = torch.arange(depth, device=indices.device)
-    order = torch.topk(torch.where(taken, slot, depth), want, dim=-1, largest=False, sorted=True).indices
+    # the list positions of the first k (+1) members, in order: where the count first reaches 1, 2,
+    # ... (the count grows by one at each member); past the last member (fewer found), the last
+    # position, a placeholder that ``found`` marks (a top-k of the member positions took 3.7 ms
+    # for 23 layers at N=1024, a half-size subsample, 76-deep lists; this 1.2-1.5)
+    reach = torch.arange(1, want + 1, device=indices.device, dtype=torch.int32).expand(*count.shape[:-1], want)
+    order = torch.searchsorted(count, reach.contiguous()).clamp_(max=depth - 1)
     deep_values = values.index_select(-2, rows)  # (..., m, K)
-    vals, idx = deep_values.gather(-1, order), cand.gather(-1, order)
+    vals = deep_values.gather(-1, order)
+    idx = position.index_select(0, deep.gather(-1, order).reshape(-1)).view(order.shape)  # subset positions
     kth = vals[..., k - 1]
     short = found < k
     if not complete:  # members tied with the k-th may lie beyond the list
@@ -243,7 +247,7 @@ def restrict_lists(values: torch.Tensor, indices: torch.Tensor, rows: torch.Tens
         if bool(tied.any()):  # settled among the list's members, by subset position
             flat = tied.reshape(-1).nonzero().squeeze(1)
             listed = deep_values.reshape(-1, depth).index_select(0, flat)
-            ids = cand.reshape(-1, depth).index_select(0, flat)
+            ids = position.index_select(0, deep.reshape(-1, depth).index_select(0, flat).reshape(-1)).view(-1, depth)
             v, i = settle_ties(torch.where(ids >= 0, listed, float("-inf")), ids,
                                vals.reshape(-1, want).index_select(0, flat),
                                idx.reshape(-1, want).index_select(0, flat), k)
