@@ -206,7 +206,7 @@ def restrict_lists(values: torch.Tensor, indices: torch.Tensor, rows: torch.Tens
     Args:
         values: ``(..., N, K)`` similarities of the full-sample lists, decreasing per row (any
             leading dimensions, e.g. layers).
-        indices: ``(..., N, K)`` int64 neighbours (full-sample indices), ``K >= k``.
+        indices: ``(..., N, K)`` int64 or int32 neighbours (full-sample indices), ``K >= k``.
         rows: ``(m,)`` int64 distinct subset rows (full-sample indices), in subset order.
         n: ``N``, the full sample size.
         k: neighbours wanted per row.
