@@ -78,8 +78,8 @@ PARENT_DEPTH_MAX_PER_K = 16
 #: multiplies its own rows: reading ``m`` rows of a cold ``(N, N)`` Gram costs about as much as
 #: the product of a layer of width ~400 at N=1024, m=512 (2 threads: 0.45-0.9 ms a layer; the
 #: centred product 0.56 ms at width 320, 1.25 ms at 768), and the demo's CNN layers are 16-320
-#: wide (bootstrap of CKA, 23 x 7 layers of width 320 / 384: 5.7 s per 100 replicates through
-#: the parent's Grams, 3.9 s multiplied)
+#: wide (bootstrap of CKA, 23 x 7 layers of width 320 / 384, cached Grams: 6.7-6.8 s per 100
+#: replicates with every layer's read off the parent's, 4.6 s with this rule)
 PARENT_GRAM_MIN_WIDTH_ROWS = 128
 
 
