@@ -1,6 +1,7 @@
 """A fixed glibc mmap threshold, so that the peak memory of the ``O(L N^2)`` metrics is the one
 ``alignment.quadratic_memory`` estimates, run after run, and every pair's peaks are those its
-code makes (``alignment.quadratic_memory_reserved`` fixes it as each pair starts).
+code makes (``alignment.quadratic_memory_reserved`` fixes it as each pair starts, and
+``tasks.metrics.api.encode_pair`` as every engine entry point does: the engine used on its own).
 
 glibc serves an allocation of at least its mmap threshold with a fresh mapping, returned to the
 system when freed, and a smaller one from its heap, where a freed block that is not at the top
