@@ -46,7 +46,7 @@ from .engine import Engine
 from .hsic import check_self_hsic, unbiased_from_parts, unbiased_terms_size
 from .representation import BATCH_ELEMENTS, Representation, layer_stacks
 from .gram import batched_device, center_gram_, centre_columns
-from .triangle import index_dtype, pack, packed_flat, permuted_positions, source_positions, triangle_pairs
+from .triangle import index_dtype, pack, permuted_positions, row_major_positions, source_positions, triangle_pairs
 
 EPS = 1e-6  # the paper's denominator epsilon
 #: elements of one gathered block (positions x permutations x layers) in ``permuted_hsic``
@@ -416,7 +416,7 @@ def encode_kernels(kernels: Iterable[tuple[Any, ...]], unbiased: bool, count: in
         if l + g > count:
             raise ValueError(f"expected {count} kernels")
         if not unbiased and centred:  # the whole stack packed at once
-            torch.index_select(stack.reshape(g, n * n), 1, packed_flat(n, dev), out=upper[l:l + g])
+            pack(stack, out=upper[l:l + g])
             diag[l:l + g] = torch.diagonal(stack, dim1=1, dim2=2)
             l += g
             del kernel, stack
@@ -426,7 +426,7 @@ def encode_kernels(kernels: Iterable[tuple[Any, ...]], unbiased: bool, count: in
                 if upper_only:
                     raise ValueError("centring needs the full kernel")
                 k = center_gram_(k.clone())
-                upper[l] = pack(k)
+                pack(k, out=upper[l])
                 diag[l] = torch.diagonal(k)
             else:
                 u = pack(k).to(torch.float64)
@@ -551,9 +551,9 @@ def permuted_hsic(a: GramState, b: GramState, perms: torch.Tensor) -> torch.Tens
     # of a's entries (finite) with them (at most 1) cannot overflow, nor can a block's sum
     scale = b.scale if b.scale is not None else torch.ones(Lb, dtype=b.upper.dtype, device=dev)
     unscale = scale.to(torch.float64)
-    # (M, Lb): one position's values of every layer side by side, always a copy (b's cached
-    # kernels stay as they are: for Lb = 1 the transpose is already contiguous, a view of them)
-    b_t = torch.empty((m, Lb), dtype=b.upper.dtype, device=dev).copy_(b.upper.T).mul_(scale)
+    # (M, Lb): one position's values of every layer side by side, in row-major order (what
+    # ``source_positions`` reads), always a copy (b's cached kernels stay as they are)
+    b_t = b.upper.T.index_select(0, row_major_positions(n, dev)).mul_(scale)
     out = []
     for s0 in range(0, perms.shape[0], NULL_PERMUTATIONS):
         ps = perms[s0:s0 + NULL_PERMUTATIONS]

@@ -23,7 +23,7 @@ from tasks.metrics.api import encode_pair
 from tasks.metrics.engine import Engine
 from tasks.metrics.knn_hits import build_list_table, permuted_hits
 from tasks.metrics.neighbors import permute_lists
-from tasks.metrics.triangle import index_dtype, permuted_positions, source_positions
+from tasks.metrics.triangle import index_dtype, permuted_positions, row_major_positions, source_positions
 
 from .conftest import layers
 
@@ -129,7 +129,7 @@ def test_source_positions_equal_permuted_positions() -> None:
     perms = _perms(4, seed=10, n=n)
     got = source_positions(perms.T.contiguous().to(index_dtype(n)), 5, 600)
     for b in range(4):
-        assert torch.equal(got[:, b].long(), permuted_positions(perms[b])[5:600].long())
+        assert torch.equal(row_major_positions(n, got.device)[got[:, b].long()], permuted_positions(perms[b])[5:600].long())
 
 
 def test_hits_are_exactly_the_permuted_mask_entries() -> None:
