@@ -96,6 +96,7 @@ class CknnaState:
     dtype); ``rev`` ``(L, N, k)`` bool: ``i ∈ kNN(idx[l, i, t])``; ``self_sim`` ``(L,)`` float64
     ``sim(K, K)``. The lookup structures are built on first use and kept: ``list_table`` (bitmask
     of the layers holding each pair), ``slot_table`` (position of each pair in its list),
+    ``entry_keys`` (each entry's pair key),
     ``sorted_lists`` and ``sorted_keys`` (for binary search where the slot table is too large) and
     ``padded``."""
 
@@ -110,12 +111,20 @@ class CknnaState:
     padded_lists: tuple[torch.Tensor, torch.Tensor] | None = None
     vals64: torch.Tensor | None = None
     mutual64: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
 
     def list_table(self) -> ListTable:
         """Bitmask table of the lists (``knn_hits``), built on first use and kept."""
         if self.table is None:
             self.table = build_list_table(self.idx)
         return self.table
+
+    def entry_keys(self) -> torch.Tensor:
+        """``(L, N, k)`` int64 keys ``i*N + idx[l, i, t]`` of the entries (``knn_hits.pair_keys``),
+        made once and kept: every dense call looks the x-entries up by them."""
+        if self.keys is None:
+            self.keys = pair_keys(self.idx)
+        return self.keys
 
     def sorted_lists(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sorted_idx, order)``: each list sorted ascending and the sorting permutation
@@ -175,7 +184,7 @@ class CknnaState:
         if self.slots is None and L * n * n <= SLOT_TABLE_MAX_ELEMENTS and k < 255:
             slots = torch.zeros((L, n * n), dtype=torch.uint8, device=self.idx.device)
             ranks = torch.arange(1, k + 1, dtype=torch.uint8, device=self.idx.device)
-            slots.scatter_(1, pair_keys(self.idx).reshape(L, -1), ranks.repeat(L, n).view(L, -1))
+            slots.scatter_(1, self.entry_keys().reshape(L, -1), ranks.repeat(L, n).view(L, -1))
             self.slots = slots
         return self.slots
 
@@ -272,19 +281,26 @@ class CknnaEngine(Engine):
             return self._cka.matrix(a.inner, b.inner, self._full(params))
         La, n, k = a.idx.shape
         Lb = b.idx.shape[0]
-        rows = max(1, chunk_elements(a.idx.device) // (n * k * Lb))  # x-layers per dense call
+        # a dense call: as many x-layers as fit, then as many y-layers; the y-layers are the outer
+        # loop, so that their lookup tables stay in cache while every x-layer reads them (13 x 13
+        # layers, N=1024, k=10, 2 cores: 12.0 ms against 14.6 for one x-layer against every y-layer)
+        chunk = chunk_elements(a.idx.device)
+        rows = min(La, max(1, chunk // (n * k)))  # x-layers per dense call
+        cols = min(Lb, max(1, chunk // (rows * n * k)))  # y-layers per dense call
         # the mask's entries, unless they are too many for the sparse sums to pay, or to fit the
         # memory of one dense call: all of them are held at once, at about SPARSE_MEMORY_RATIO
         # times the bytes per hit that the dense call holds per element
-        max_hits = min(int(SPARSE_MAX_SHARE * La * Lb * n * k), min(rows, La) * Lb * n * k // SPARSE_MEMORY_RATIO)
+        max_hits = min(int(SPARSE_MAX_SHARE * La * Lb * n * k), rows * cols * n * k // SPARSE_MEMORY_RATIO)
         hits = permuted_hits(a.list_table(), b.idx, None, max_hits=max_hits)
         if hits is not None:
             sim = hit_sim(a, b, hits, 1, unbiased)[0]
         else:
             sim = torch.empty((La, Lb), dtype=torch.float64, device=a.idx.device)
-            for a0 in range(0, La, rows):
-                a1 = min(La, a0 + rows)
-                sim[a0:a1] = masked_sim(a, slice(a0, a1), b, slice(0, Lb), unbiased)
+            for b0 in range(0, Lb, cols):
+                b1 = min(Lb, b0 + cols)
+                for a0 in range(0, La, rows):
+                    a1 = min(La, a0 + rows)
+                    sim[a0:a1, b0:b1] = masked_sim(a, slice(a0, a1), b, slice(b0, b1), unbiased)
         return sim / (torch.sqrt(a.self_sim[:, None] * b.self_sim[None, :]) + EPS)
 
 
@@ -331,7 +347,7 @@ def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: boo
     shape = (A, B, n, k)
     slots = b.slot_table()
     if slots is not None:  # dense table: one gather
-        flat = pair_keys(idx_a[:, 0]).reshape(A, 1, n * k).expand(A, B, n * k)
+        flat = a.entry_keys()[la].reshape(A, 1, n * k).expand(A, B, n * k)
         found = slots[lb][None].expand(A, B, n * n).gather(2, flat).view(shape)
         inter = found > 0  # (i, idx_a[i, t]) in the mask
         # 1 + its position in the y-list of i, or 0: indexes the y-lists behind a column of

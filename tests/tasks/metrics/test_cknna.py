@@ -159,16 +159,19 @@ def test_sparse_and_dense_sums_give_the_reference(monkeypatch: pytest.MonkeyPatc
     assert got[1, 2] == pytest.approx(1.0, abs=1e-4)  # the same layer (up to the +1e-6 of the denominator)
 
 
+@pytest.mark.parametrize("x_layers", [1, 2])
 @pytest.mark.parametrize("unbiased", [True, False])
-def test_one_x_layer_per_chunk_gives_the_whole_matrix(monkeypatch: pytest.MonkeyPatch, unbiased: bool) -> None:
-    """On a CPU the masked sums run a chunk of x-layers at a time (``CPU_CHUNK_ELEMENTS``): one
-    layer per chunk gives every entry the float64 reference gives it."""
+def test_one_x_layer_per_chunk_gives_the_whole_matrix(monkeypatch: pytest.MonkeyPatch, unbiased: bool,
+                                                      x_layers: int) -> None:
+    """On a CPU the masked sums run a block of x-layers against a block of y-layers at a time
+    (``CPU_CHUNK_ELEMENTS``), y-blocks outside: one layer pair per call, or two of the three
+    x-layers against one y-layer, gives every entry the float64 reference gives it."""
     import tasks.metrics.cknna as ck
 
     xs, ys = layers(seed=14, widths=(5, 9, 7)), layers(seed=15, widths=(4, 19))
     monkeypatch.setattr(ck, "SPARSE_MAX_SHARE", 0.0)  # the dense path, which chunks
     whole = layer_matrix("cknna", xs, ys, topk=6, unbiased=unbiased)
-    monkeypatch.setattr(ck, "CPU_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(ck, "CPU_CHUNK_ELEMENTS", x_layers * len(xs[0]) * 6)
     chunked = layer_matrix("cknna", xs, ys, topk=6, unbiased=unbiased)
     np.testing.assert_array_equal(chunked, whole)
     for i, x in enumerate(xs):
