@@ -61,12 +61,21 @@ _SCREEN_ROWS = 256
 #: ``(per layer, once, once with permutations)``. Per layer: what each layer's encoding keeps for
 #: the rest of the pair (RBF: the packed float32 triangle of its kernel, 2; RSA: its float64
 #: ranks, 4); once: the peak while one layer's encoding is built (RBF: distances, kernel, centred
-#: copy, packing positions; RSA: float64 distances, their ranks and scipy's sort) or one
-#: permutation is applied (RSA: its pair positions). Measured as peak RSS above the prepared
-#: features at N = 5,000 and 7,000 with 1 + 1 and 2 + 2 layers (2-core CPU): RBF 34.5 per N^2 for
-#: 1 + 1 layers and +2.0 per further layer, the same with 20 permutations; RSA 39 for 1 + 1, +4.1
-#: per further layer, +7 with 20 permutations.
-QUADRATIC_MEMORY: dict[str, tuple[float, float, float]] = {"rbf": (2.0, 31.0, 31.0), "rsa": (4.0, 31.0, 38.0)}
+#: copy, packing positions; RSA: float64 distances, their ranks and scipy's sort) or the
+#: permutations run. Measured as peak RSS above the prepared features at N = 5,000 and 7,000
+#: with 1 + 1 and 2 + 2 layers (2-core CPU): RBF 34.5 per N^2 for 1 + 1 layers and +2.0 per
+#: further layer, the same with 20 permutations; RSA 39 for 1 + 1, +4.1 per further layer, the
+#: same with 20 permutations (its null gathers the permuted ranks a block at a time; it copied
+#: every y-layer's ranks per permutation: +7 for 2 + 2 layers, 2 + 12 layers at N = 3,000 1,004
+#: MiB against 730 without permutations).
+QUADRATIC_MEMORY: dict[str, tuple[float, float, float]] = {"rbf": (2.0, 31.0, 31.0), "rsa": (4.0, 31.0, 31.0)}
+#: With permutations, the null's own peak grows with the permuted (y) side's layers, in bytes per
+#: ``N^2``: ``(base, per y-layer)``, the peak at least ``base + per_layer * L_y`` (RBF: the
+#: position-major float32 copy of the y side's packed kernels, 2 per layer, beside the position
+#: tables). Measured as peak RSS above the held encodings, 2 + L_y layers, 20 permutations, one
+#: thread: RBF 33.1 (L_y = 8) and 41.7 (12) at N = 3,000, 40.2 (12) at N = 4,000, where the
+#: estimate had been 31.
+QUADRATIC_NULL_MEMORY: dict[str, tuple[float, float]] = {"rbf": (20.0, 2.0)}
 
 
 #: Seconds between two progress lines of one pair (``PairProgress``); a pair done sooner logs none.
@@ -430,7 +439,8 @@ def quadratic_memory(requests: Sequence[MetricRequest], rep_x: Any, rep_y: Any, 
 
     Counted from ``QUADRATIC_MEMORY``: every layer whose encoding is not built yet (encodings a
     side already holds, from an earlier pair, cost nothing; metrics sharing an encoding count it
-    once), plus the largest one-time peak; with ``bootstrap``, a half-size subsample's encodings
+    once), plus the largest one-time peak (with ``permutations``, at least the null's,
+    ``QUADRATIC_NULL_MEMORY``, which grows with ``rep_y``'s layers: the permuted side); with ``bootstrap``, a half-size subsample's encodings
     on top of the full ones where that is larger. Other metrics (k-NN lists, feature-space linear
     CKA, SVCCA...) need ``O(N k L)`` or ``O(N D)`` and are not counted."""
     n2 = float(rep_x.n) ** 2
@@ -449,6 +459,9 @@ def quadratic_memory(requests: Sequence[MetricRequest], rep_x: Any, rep_y: Any, 
         seen.add(key)
         own = per_layer * scale * new_layers * n2
         top = (once_permuted if permutations else once) * scale * n2
+        if permutations and kind in QUADRATIC_NULL_MEMORY:  # the null's copies of the permuted side, per layer of it
+            base, per_permuted = QUADRATIC_NULL_MEMORY[kind]
+            top = max(top, (base + per_permuted * len(rep_y)) * scale * n2)
         if bootstrap:  # the full encodings stay while a half-size subsample's are built
             top = max(top, (per_layer * (len(rep_x) + len(rep_y)) + once) * scale * n2 / 4)
         held, peak = held + own, max(peak, top)

@@ -153,16 +153,20 @@ from tasks.alignment import MetricRequest, quadratic_memory
 from tasks.malloc_policy import pin_mmap_threshold
 assert pin_mmap_threshold()  # as the pipeline's pairs do (alignment.quadratic_memory_reserved)
 name, n = sys.argv[1], int(sys.argv[2])
+y_layers, permutations = (int(v) for v in sys.argv[3:5]) if len(sys.argv) > 3 else (2, 0)
 rng = np.random.default_rng(0)
 xs = [rng.standard_normal((n, 8)).astype(np.float32) for _ in range(2)]
-ys = [rng.standard_normal((n, 6)).astype(np.float32) for _ in range(2)]
+ys = [rng.standard_normal((n, 6)).astype(np.float32) for _ in range(y_layers)]
 rx, ry = metrics.Representation(xs, keep_gram_max_n=0), metrics.Representation(ys, keep_gram_max_n=0)
-metrics.layer_matrix(name, [x[:50] for x in xs], [y[:50] for y in ys])  # warm up: lazy imports, allocator
+metrics.calibrate(name, [x[:50] for x in xs], [y[:50] for y in ys], permutations=2)  # warm up: lazy imports, allocator
 def kb(field):
     return int(open("/proc/self/status").read().split(field + ":")[1].split()[0]) * 1024
-estimated = quadratic_memory([MetricRequest(name)], rx, ry)[0]  # before: a built encoding is not counted again
+# before: a built encoding is not counted again
+estimated = quadratic_memory([MetricRequest(name)], rx, ry, permutations=permutations)[0]
 before = kb("VmRSS")
 metrics.layer_matrix(name, rx, ry)
+if permutations:
+    metrics.calibrate(name, rx, ry, permutations=permutations)
 print(kb("VmHWM") - before, estimated)
 """
 
@@ -185,6 +189,26 @@ def test_the_estimate_is_close_to_the_measured_peak(name: str) -> None:
                          env={**os.environ, "PYTHONPATH": str(root)}, check=True).stdout.split()
     measured, estimated = int(out[-2]), int(out[-1])
     assert 0.7 * estimated <= measured <= 1.3 * estimated, (measured, estimated)
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads peak RSS from /proc")
+@pytest.mark.parametrize("name", ["cka_rbf_median", "rsa_spearman"])
+def test_the_estimate_holds_the_null_of_many_permuted_layers(name: str) -> None:
+    """With permutations the estimate holds the null's peak, which grows with the permuted side's
+    layers (``QUADRATIC_NULL_MEMORY``: RBF's position-major copy of them) or must not (RSA: its
+    null gathers the permuted ranks a block at a time). 2 + 10 layers, N = 3,000, 20
+    permutations: RBF had peaked 527 MiB against an estimate of 472, RSA (a copy of every y-layer's
+    ranks per permutation) 867 MiB against 738."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, name, "3000", "10", "20"], capture_output=True,
+                         text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(root)}, check=True).stdout.split()
+    measured, estimated = int(out[-2]), int(out[-1])
+    assert 0.7 * estimated <= measured <= estimated, (measured, estimated)
 
 
 def test_a_containers_reclaimable_file_cache_counts_as_available(tmp_path, monkeypatch) -> None:
@@ -312,3 +336,45 @@ def test_a_pair_with_quadratic_metrics_fixes_the_mmap_threshold_and_the_peak_no_
                              env={**os.environ, "PYTHONPATH": str(root), "PYTHONHASHSEED": seed}).stdout.split()
         peaks.append(int(out[-2]))
     assert max(peaks) < 1.03 * min(peaks), peaks
+
+
+_NULL_PEAK_SCRIPT = """
+import sys, numpy as np, torch
+torch.set_num_threads(1)
+from tasks import metrics
+from tasks.malloc_policy import pin_mmap_threshold
+assert pin_mmap_threshold()
+n = int(sys.argv[1])
+rng = np.random.default_rng(0)
+xs = [rng.standard_normal((n, 8)).astype(np.float32) for _ in range(2)]
+ys = [rng.standard_normal((n, 6)).astype(np.float32) for _ in range(2)]
+rx, ry = metrics.Representation(xs, keep_gram_max_n=0), metrics.Representation(ys, keep_gram_max_n=0)
+metrics.calibrate("cka_rbf_median", [x[:50] for x in xs], [y[:50] for y in ys], permutations=2)  # warm up
+def kb(field):
+    return int(open("/proc/self/status").read().split(field + ":")[1].split()[0]) * 1024
+before = kb("VmRSS")
+metrics.layer_matrix("cka_rbf_median", rx, ry)
+encoded = kb("VmHWM") - before
+metrics.calibrate("cka_rbf_median", rx, ry, permutations=20)
+print(encoded, kb("VmHWM") - before)
+"""
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads peak RSS from /proc")
+def test_the_null_of_rbf_cka_peaks_below_its_encoding() -> None:
+    """QUADRATIC_MEMORY counts RBF CKA's permutations as no higher a peak than its encoding
+    (``once`` = ``once with permutations``). 20 permutations of 2 + 2 layers at N = 3,000 after
+    the encodings: the peak stays the encoding's (332 MiB, one thread). The null's cached index
+    tables (row-major positions from one ``masked_select`` of the whole table, the int64 pair
+    indices kept beside their int32 copies) had taken it to 358 MiB (352 before the row-block
+    packed order), above the pair's estimate (334 MiB)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", _NULL_PEAK_SCRIPT, "3000"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(root)}, check=True).stdout.split()
+    encoded, total = int(out[-2]), int(out[-1])
+    assert total <= encoded, (encoded, total)

@@ -115,6 +115,19 @@ def test_knn_fallback_paths(monkeypatch: pytest.MonkeyPatch, metric: str) -> Non
     np.testing.assert_allclose(_null(metric, {"topk": 6}, perms), want, rtol=0, atol=1e-12)
 
 
+def test_rsa_blocks_and_permutation_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The RSA null gathers the permuted ranks a block of rows at a time for a group of
+    permutations (no permuted copy of ``b``): many uneven blocks and groups give the
+    recomputed matrices."""
+    import tasks.metrics.rsa as rsa_mod
+
+    perms = _perms(7, seed=4)
+    want = _recomputed("rsa_spearman", {}, perms)
+    monkeypatch.setattr(rsa_mod, "NULL_BLOCK_ELEMENTS", 97)  # one row of pairs (at most N) per block
+    monkeypatch.setattr(rsa_mod, "NULL_PERMUTATIONS", 3)  # 3 + 3 + 1
+    np.testing.assert_allclose(_null("rsa_spearman", {}, perms), want, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("metric", ["cka", "unbiased_cka"])
 def test_cka_blocks_and_permutation_groups(monkeypatch: pytest.MonkeyPatch, metric: str) -> None:
     perms = _perms(7, seed=3)

@@ -89,3 +89,29 @@ def test_permuted_and_source_positions_give_the_permuted_matrix(n: int) -> None:
         permuted = pack(a[perm][:, perm])
         assert torch.equal(pack(a)[permuted_positions(perm)], permuted)
         assert torch.equal(row_major[got[:, b].long()], permuted)
+
+
+def test_row_major_positions_need_no_quadratic_temporaries() -> None:
+    """Building ``row_major_positions`` (with the tables it reads) peaks at the cached tables plus
+    its own ``M`` positions and small blocks: one ``masked_select`` over the whole ``(N, N)``
+    table had peaked 18 bytes per ``N^2`` above them (453 MiB at N=5000, a spike in the first null
+    of a pair, above the estimate ``alignment.QUADRATIC_MEMORY`` reserves)."""
+    from tests.tasks.metrics.peak_memory import peak_growth
+
+    n = 3000
+    measured = (f"from tasks.metrics import triangle as t\nrm = t.row_major_positions({n}, torch.device('cpu'))\n"
+                f"flat, table = t._tables({n}, 'cpu')\n"
+                "extra = [sum(x.numel() * x.element_size() for x in (rm, flat, table))]")
+    growth, held = peak_growth("import torch", measured)
+    assert growth <= 1.3 * held, (growth, held)  # 1.16 (1.67 with one masked_select, one thread)
+
+
+def test_the_cached_diagonal_triangles_hold_only_their_own_indices() -> None:
+    """``pack``'s cached gather indices are a copy of the diagonal blocks' part of ``packed_flat``:
+    a view kept all ``M`` int64 indices alive (100 MB at N=5000) once ``_tables`` let them go."""
+    from tasks.metrics.triangle import _triangle_flat
+
+    n = 8 * PACK_BLOCK + 6
+    tri = _triangle_flat(n, "cpu")
+    assert torch.equal(tri, packed_flat(n, CPU)[layout(n).tri_start:])
+    assert tri.untyped_storage().nbytes() == tri.numel() * tri.element_size()
