@@ -440,8 +440,8 @@ def quadratic_memory(requests: Sequence[MetricRequest], rep_x: Any, rep_y: Any, 
     Counted from ``QUADRATIC_MEMORY``: every layer whose encoding is not built yet (encodings a
     side already holds, from an earlier pair, cost nothing; metrics sharing an encoding count it
     once), plus the largest one-time peak (with ``permutations``, at least the null's,
-    ``QUADRATIC_NULL_MEMORY``, which grows with ``rep_y``'s layers: the permuted side); with ``bootstrap``, a half-size subsample's encodings
-    on top of the full ones where that is larger. Other metrics (k-NN lists, feature-space linear
+    ``QUADRATIC_NULL_MEMORY``, which grows with the layers of ``rep_y``, the permuted side); with
+    ``bootstrap``, a half-size subsample's encodings on top of the full ones where that is larger. Other metrics (k-NN lists, feature-space linear
     CKA, SVCCA...) need ``O(N k L)`` or ``O(N D)`` and are not counted."""
     n2 = float(rep_x.n) ** 2
     seen: set[Any] = set()

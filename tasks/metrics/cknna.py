@@ -288,9 +288,12 @@ class CknnaEngine(Engine):
         rows = min(La, max(1, chunk // (n * k)))  # x-layers per dense call
         cols = min(Lb, max(1, chunk // (rows * n * k)))  # y-layers per dense call
         # the mask's entries, unless they are too many for the sparse sums to pay, or to fit the
-        # memory of one dense call: all of them are held at once, at about SPARSE_MEMORY_RATIO
-        # times the bytes per hit that the dense call holds per element
-        max_hits = min(int(SPARSE_MAX_SHARE * La * Lb * n * k), rows * cols * n * k // SPARSE_MEMORY_RATIO)
+        # memory of a dense call of x-layers against every y-layer (at least one x-layer, as the
+        # dense calls were before they took a few y-layers at a time): all of them are held at
+        # once, at about SPARSE_MEMORY_RATIO times the bytes per hit that the dense call holds
+        # per element
+        whole_rows = min(La, max(1, chunk // (n * k * Lb)))
+        max_hits = min(int(SPARSE_MAX_SHARE * La * Lb * n * k), whole_rows * Lb * n * k // SPARSE_MEMORY_RATIO)
         hits = permuted_hits(a.list_table(), b.idx, None, max_hits=max_hits)
         if hits is not None:
             sim = hit_sim(a, b, hits, 1, unbiased)[0]

@@ -179,6 +179,34 @@ def test_one_x_layer_per_chunk_gives_the_whole_matrix(monkeypatch: pytest.Monkey
             assert chunked[i, j] == pytest.approx(ref.cknna(x, y, 6, unbiased), abs=1e-12)
 
 
+def test_sums_stay_sparse_when_dense_calls_take_a_few_y_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where one dense call holds fewer than every y-layer (a large N against the chunk), the
+    mask's entries are still summed sparsely while they fit the memory of one x-layer against
+    every y-layer: the bound had shrunk with the calls (one layer pair per call: a quarter of
+    one pair's entries), so independent layers at large N went dense (at a 1% share 7x slower:
+    ``SPARSE_MAX_SHARE``)."""
+    import tasks.metrics.cknna as ck
+
+    n, k = 200, 6
+    g = np.random.default_rng(17)
+    xs = [g.standard_normal((n, 8)) for _ in range(2)]
+    ys = [g.standard_normal((n, 8)) for _ in range(6)]  # independent: ~k/N of each pair's entries shared
+    monkeypatch.setattr(ck, "CPU_CHUNK_ELEMENTS", n * k)  # one layer pair per dense call
+    calls = {"sparse": 0}
+    real = ck.hit_sim
+
+    def counted(*args, **kwargs):
+        calls["sparse"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ck, "hit_sim", counted)
+    got = layer_matrix("cknna", xs, ys, topk=k)
+    assert calls["sparse"] == 1
+    for i, x in enumerate(xs):
+        for j, y in enumerate(ys):
+            assert got[i, j] == pytest.approx(ref.cknna(x, y, k, True), abs=1e-12)
+
+
 def test_registered_range_is_nominal_and_the_paper_value_can_leave_it() -> None:
     """(-1, 1) is a nominal range (identical inputs ~1), not a bound: the masks of the numerator
     and of the self-similarities differ. Pinned here with the float64 reference, and what
