@@ -119,10 +119,10 @@ class RsaEngine(Engine):
         """``(B, La, Lb)`` float64 ``matrix(a, permute(b, perm))`` for each row ``perm`` of ``perms``
         ``(B, N)``, without the permuted copies: a block of rows' pairs at a time, the permuted
         pairs' source positions computed for ``NULL_PERMUTATIONS`` permutations at once, their
-        ranks gathered from ``b`` and multiplied with ``a``'s block. Memory ``O(Lb x block)``
+        ranks gathered from ``b`` and multiplied with ``a``'s block. Memory ``O(Lb x block)``,
         where ``permute`` copies all of ``b``'s ranks per permutation (4 bytes per ``N^2`` and
-        layer: 12 y-layers at N=3,000 peaked 61 bytes per ``N^2`` above the encodings, the same
-        as ``matrix`` of ``permute`` up to the order of the float64 sums."""
+        layer: 12 y-layers at N=3,000 had peaked 61 bytes per ``N^2`` above the encodings). The
+        values of ``matrix`` of ``permute`` up to the order of the float64 sums."""
         n = a.n
         dev = a.ranks.device
         rows_base = torch.arange(n, device=dev)
