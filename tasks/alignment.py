@@ -74,8 +74,10 @@ QUADRATIC_MEMORY: dict[str, tuple[float, float, float]] = {"rbf": (2.0, 31.0, 31
 #: position-major float32 copy of the y side's packed kernels, 2 per layer, beside the position
 #: tables). Measured as peak RSS above the held encodings, 2 + L_y layers, 20 permutations, one
 #: thread: RBF 33.1 (L_y = 8) and 41.7 (12) at N = 3,000, 40.2 (12) at N = 4,000, where the
-#: estimate had been 31.
-QUADRATIC_NULL_MEMORY: dict[str, tuple[float, float]] = {"rbf": (20.0, 2.0)}
+#: estimate had been 31; 30.4 to 33.2 (L_y = 5) and 32.4 to 34.1 (6) at N = 3,000, above a base
+#: of 20 (the null's block temporaries, ~50 MiB whatever N, and the heap's fragments weigh most
+#: at small L_y); a base of 25 leaves 1.8 per N^2 above the highest.
+QUADRATIC_NULL_MEMORY: dict[str, tuple[float, float]] = {"rbf": (25.0, 2.0)}
 
 
 #: Seconds between two progress lines of one pair (``PairProgress``); a pair done sooner logs none.

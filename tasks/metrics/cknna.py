@@ -380,7 +380,22 @@ def entry_dots(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     row, summed in the same order whatever ``A`` and ``B`` (a batched matrix-vector product
     rounded otherwise for another batch: a pair's score moved by an ulp with the chunking)."""
     A, B = v.shape[0], v.shape[1]
-    return torch.linalg.vecdot(v.reshape(A, B, -1), u.reshape(A, 1, -1))
+    return pair_sums(v.reshape(A, B, -1), u.reshape(A, 1, -1))
+
+
+def pair_sums(v: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+    """``(A, B)`` float64 sums over the last dimension of ``(A, B, E)`` ``v`` (of ``v * u``, ``u``
+    ``(A, 1 or B, E)``), each in the same order whatever ``A`` and ``B`` and the thread count.
+    torch splits a reduction to one value of at least its grain (32,768 elements) between its
+    threads, which rounds otherwise than the one-thread sums of a reduction to several values:
+    a single layer pair (a side of one layer, the last of a chunked loop) is summed as the first
+    of two identical ones (a stride-0 view: no copy; a thread each), else its score moved by an
+    ulp with the layer counts and the chunk (N=1700, k=20)."""
+    if v.shape[0] * v.shape[1] == 1:
+        v = v.expand(2, 1, v.shape[2])
+        u = None if u is None else u.expand(2, 1, u.shape[2])
+        return pair_sums(v, u)[:1]
+    return v.sum(-1) if u is None else torch.linalg.vecdot(v, u)
 
 
 def hsic_from_entries(kv: torch.Tensor, lv: torch.Tensor, trace: torch.Tensor, idx_a: torch.Tensor,
@@ -409,14 +424,14 @@ def hsic_from_entries(kv: torch.Tensor, lv: torch.Tensor, trace: torch.Tensor, i
     cols = idx_a.reshape(A, -1, n * k).expand(A, B, n * k)
     row_k = kv.sum(-1)  # (A, B, N)
     row_l = lv.sum(-1)
-    tot_k, tot_l = row_k.sum(-1), row_l.sum(-1)
+    tot_k, tot_l = pair_sums(row_k), pair_sums(row_l)
     kv_flat = kv.reshape(A, B, n * k)
-    rows_dot = torch.linalg.vecdot(kv_flat, row_l.gather(2, cols))  # sum_j colsum_K'(j) rowsum_L'(j)
+    rows_dot = pair_sums(kv_flat, row_l.gather(2, cols))  # sum_j colsum_K'(j) rowsum_L'(j)
     if unbiased:
         value = unbiased_from_parts(trace, tot_k, tot_l, rows_dot, n)
         size = unbiased_terms_size(trace, tot_k, tot_l, rows_dot, n) if with_size else None
     else:
-        cross = (torch.linalg.vecdot(lv.reshape(A, B, n * k), row_k.gather(2, cols)) + rows_dot) / n
+        cross = (pair_sums(lv.reshape(A, B, n * k), row_k.gather(2, cols)) + rows_dot) / n
         value = trace - cross + tot_k * tot_l / (n * n)
         size = trace.abs() + cross.abs() + (tot_k * tot_l).abs() / (n * n) if with_size else None
     return (value, size) if with_size else value

@@ -179,6 +179,36 @@ def test_one_x_layer_per_chunk_gives_the_whole_matrix(monkeypatch: pytest.Monkey
             assert chunked[i, j] == pytest.approx(ref.cknna(x, y, 6, unbiased), abs=1e-12)
 
 
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_a_pair_alone_in_its_dense_call_scores_its_bits_in_a_larger_call(monkeypatch: pytest.MonkeyPatch,
+                                                                           unbiased: bool) -> None:
+    """A dense call of one layer pair reduces each sum to one value; over ``N k >= 32,768``
+    entries (torch's grain) and more than one thread torch then splits it between the threads,
+    which rounds otherwise than the per-pair sums of a larger call: with the y-layers the outer
+    loop (or a side of one layer), a pair's score moved by an ulp with the layer counts and the
+    chunk (N=1700, k=20: 1 x 3 layers against each y-layer alone)."""
+    import tasks.metrics.cknna as ck
+
+    n, k = 1700, 20
+    g = np.random.default_rng(23)
+    latent = g.standard_normal((n, 5))
+    xs = [latent @ g.standard_normal((5, 8)) + 0.3 * g.standard_normal((n, 8))]
+    ys = [latent @ g.standard_normal((5, 8)) + 0.3 * g.standard_normal((n, 8)) for _ in range(3)]
+    monkeypatch.setattr(ck, "SPARSE_MAX_SHARE", 0.0)  # the dense path
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rx, ry = Representation(xs), Representation(ys)
+        whole = layer_matrix("cknna", rx, ry, topk=k, unbiased=unbiased)  # one call of the 1 x 3 pairs
+        alone = [layer_matrix("cknna", rx, Representation([y]), topk=k, unbiased=unbiased)[0, 0] for y in ys]
+        monkeypatch.setattr(ck, "CPU_CHUNK_ELEMENTS", 1)  # one pair per call
+        chunked = layer_matrix("cknna", rx, ry, topk=k, unbiased=unbiased)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(whole[0], alone)
+    np.testing.assert_array_equal(chunked, whole)
+
+
 def test_sums_stay_sparse_when_dense_calls_take_a_few_y_layers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where one dense call holds fewer than every y-layer (a large N against the chunk), the
     mask's entries are still summed sparsely while they fit the memory of one x-layer against
