@@ -126,7 +126,9 @@ class RsaEngine(Engine):
         n = a.n
         dev = a.ranks.device
         rows_base = torch.arange(n, device=dev)
-        rows_base = rows_base * n - rows_base * (rows_base + 1) // 2 - rows_base - 1  # + j: position of (i, j)
+        # + j: the position of (i, j), i < j, as ``_pair_index`` computes it (a lookup of the row's
+        # base: its arithmetic over every pair made the null 20% slower)
+        rows_base = rows_base * n - rows_base * (rows_base + 1) // 2 - rows_base - 1
         out = []
         for s0 in range(0, perms.shape[0], NULL_PERMUTATIONS):
             ps = perms[s0:s0 + NULL_PERMUTATIONS]
