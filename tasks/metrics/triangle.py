@@ -29,8 +29,9 @@ import torch
 
 from .gram import CPU_BLOCK, batched_device, row_blocks
 
-#: rows of the blocks the packed order is made of: those of ``gram.gram_upper`` off a GPU, whose
-#: buffers are packed (a block's rows are then read while they are in cache)
+#: rows of the blocks the packed order is made of (``gram.gram_upper``'s off a GPU, though the
+#: packing reads its buffer only once it is whole: any fixed size would do; 128 rows make a few
+#: large strided copies and diagonal triangles of 8,128 entries)
 PACK_BLOCK = CPU_BLOCK
 
 
@@ -126,13 +127,13 @@ def pack(a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     n = int(a.shape[-1])
     stack = a if a.dim() == 3 else a[None]
     g = int(stack.shape[0])
-    lay = layout(n)
     if out is None:
         out = torch.empty((g, n * (n - 1) // 2) if a.dim() == 3 else (n * (n - 1) // 2,), dtype=a.dtype, device=a.device)
     dest = out if out.dim() == 2 else out[None]
     if batched_device(a.device):  # one launch: a gather of every entry
         torch.index_select(stack.reshape(g, n * n), 1, packed_flat(n, a.device), out=dest)
         return out
+    lay = layout(n)
     for (i0, i1), (r0, r1) in zip(lay.blocks, lay.rect):
         if r1 > r0:
             dest[:, r0:r1].view(g, i1 - i0, n - i1).copy_(stack[:, i0:i1, i1:])
