@@ -47,7 +47,7 @@ def default_store() -> str:
     """The store used without ``--store``: ``$PRH_STORE``, else ``store/`` of this checkout
     (wherever the command runs from). A ``$PRH_STORE`` that is no store URL (empty, ``s3:/x``)
     is a ``ValueError`` naming the variable."""
-    from storage.store import check_store_url
+    from storage.store_urls import check_store_url
 
     store = os.environ.get("PRH_STORE")
     if store is None:
@@ -307,7 +307,8 @@ def _store_failure(error: BaseException, store: str) -> str | None:
     other error (those keep their traceback)."""
     from storage.error_chain import error_chain
     from storage.s3_options import describe_s3_error, from_s3_client
-    from storage.store import StoreIOError, redact_url
+    from storage.store_errors import StoreIOError
+    from storage.store_urls import redact_url
 
     if isinstance(error, StoreIOError):
         return str(error)
@@ -683,7 +684,7 @@ def _gc(args: argparse.Namespace) -> int:
     from storage.report_retention import REPORTS, remove_stale_reports
     from storage.runs import CLOCK_SKEW_SECONDS, live_runs_since, mark_crashed_runs, open_for_gc, signs_of_ended_runs
     from storage.shards import remove_stale_partials
-    from storage.store import DamagedManifest
+    from storage.store_errors import DamagedManifest
     from storage.temporaries import dead_probes, dead_temporaries
 
     if not (math.isfinite(args.older_than_days) and args.older_than_days >= 0):

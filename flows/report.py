@@ -245,7 +245,8 @@ def publish_report_artifact(store: str, record: dict[str, Any]) -> str | None:
     from prefect.artifacts import create_markdown_artifact
 
     from storage.figure_cache import StoreFigureCache
-    from storage.store import Store, redact_url
+    from storage.store import Store
+    from storage.store_urls import redact_url
     from tasks.report import build_report
     from tasks.report_source import load_report_input
 

@@ -24,7 +24,8 @@ from prefect.exceptions import Pause, TerminationSignal
 from storage.owner import current_owner
 from storage.runs import (CANCELLED, CRASHED, FAILED, ORDERED_AT, PARTIAL_ALIGNMENTS, RUN_HEARTBEAT_SECONDS, RUNNING,
                           RunHeartbeat, latest_placed, place_after)
-from storage.store import Store, StoreNotWritable, utc_now
+from storage.store import Store, utc_now
+from storage.store_errors import StoreNotWritable
 from storage.versioning import code_version
 from tasks.params import PipelineConfig
 from tasks.stop_request import RunScope, current_scope, remote_stop_name, run_scope

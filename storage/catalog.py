@@ -62,7 +62,9 @@ from storage.runs import runs_as_known
 from storage.read_only_fs import ReadOnlyFileSystem, StoreFileSystem
 from storage.sql_guard import (CheckedQuery, ReadOnlyQueryError, checked_statements, issued_statements,
                                refused_advice_hint)
-from storage.store import MANIFEST, REMOVE_DAMAGED_ADVICE, DamagedManifest, Store, escape_glob, unescape_glob
+from storage.store import MANIFEST, Store
+from storage.store_errors import REMOVE_DAMAGED_ADVICE, DamagedManifest
+from storage.store_urls import escape_glob, unescape_glob
 from storage.times import utc_time
 from storage.stored_files import FileGroup, ListedFile, StoredFiles
 from storage.verify import STRAY, STRAY_ADVICE, manifest_problems, named_like_a_version

@@ -8,7 +8,7 @@ hidden in some construct DuckDB adds later) fails in the filesystem itself: ``op
 writing, ``rm``, ``mv``, ``mkdir``, ``touch``, ``pipe`` and ``put`` raise ``PermissionError``.
 
 Both answer DuckDB's ``glob`` of one file whose path only has escaped glob characters (a store
-at ``s3://bucket/runs [v1]``: :func:`storage.store.escape_glob`) with one existence check:
+at ``s3://bucket/runs [v1]``: :func:`storage.store_urls.escape_glob`) with one existence check:
 fsspec's own glob lists every folder under the part before the first ``[`` for each such file
 (about 0.1 s per file DuckDB opens, against 5 ms for a path without glob characters).
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
-from storage.store import escaped_literal
+from storage.store_urls import escaped_literal
 
 #: Methods passed through to the wrapped filesystem unchanged (they only read or list; ``glob``
 #: is :class:`StoreFileSystem`'s own).

@@ -56,7 +56,8 @@ from storage import layout
 from storage.catalog import current_alignment_keys
 from storage.runs import (CANCELLED, CLOCK_SKEW_SECONDS, COMPLETED, CRASHED, FAILED, PARTIAL_ALIGNMENTS, DamagedRecord, epoch_seconds,
                           extraction_records, live_records, order_time, run_records)
-from storage.store import DamagedManifest, Store, parse_json
+from storage.store import Store, parse_json
+from storage.store_errors import DamagedManifest
 from storage.times import utc_time
 from storage.verify import is_version_key, manifest_problems
 

@@ -24,7 +24,8 @@ from typing import Any, Iterator
 from storage import layout
 from storage.keys import safe_component
 from storage.owner import owner_is_alive, owner_is_dead
-from storage.store import Store, StoreNotWritable, modified_at, out_of_room, parse_json, utc_now
+from storage.store import Store, modified_at, parse_json, utc_now
+from storage.store_errors import StoreNotWritable, out_of_room
 from storage.times import utc_time
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.features import vectors_from_arrow
-from storage.store import DamagedManifest, Store, modified_at, table_to_parquet_bytes
+from storage.store import Store, modified_at, table_to_parquet_bytes
+from storage.store_errors import DamagedManifest
 
 PARTIAL = "_partial"
 
@@ -112,7 +113,7 @@ def stale_partials(store: Store, older_than_s: float = STALE_PARTIAL_SECONDS, no
     skew, see ``storage.runs.live_runs_since``): an unpublished folder written since then is never listed,
     whatever ``older_than_s`` says, since a live run may be extracting into it.
 
-    A version whose manifest is damaged (:class:`storage.store.DamagedManifest`) is neither
+    A version whose manifest is damaged (:class:`storage.store_errors.DamagedManifest`) is neither
     published nor unpublished: its shards are never listed (``prh verify --remove-damaged``
     removes the version with them); the error is appended to ``damaged`` when given.
 

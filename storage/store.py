@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import fsspec
 import pyarrow as pa
@@ -44,11 +43,14 @@ import pyarrow.parquet as pq
 
 from storage.durable import make_folders, sync_folder
 from storage.env_numbers import env_flag, env_number
-from storage.error_chain import error_chain
 from storage.keys import safe_component
 from storage.owner import current_owner, owner_is_dead
 from storage.parquet_schema import schema_fingerprint
 from storage.s3_options import NotImplementedReply, describe_s3_error, from_s3_client, not_implemented_reply, not_s3_reply
+from storage.store_errors import (REMOVE_DAMAGED_ADVICE, ConditionalWritesIgnored, DamagedManifest, EndpointLacksFeature,
+                                  NotAnS3Endpoint, StoreIOError, StoreNotWritable)
+from storage.store_urls import (check_store_url, check_utf8_url, decoded_local_path, escape_glob, local_store_path,
+                                redact_url, store_file_url)
 
 log = logging.getLogger(__name__)
 
@@ -74,40 +76,6 @@ DEFAULT_STORE = "store"
 #: Set to 1/true/yes/on to write to an object store that ignores conditional writes (see
 #: :class:`ConditionalWritesIgnored`): the user promises that one writer at a time uses the store.
 SINGLE_WRITER_ENV = "PRH_SINGLE_WRITER"
-
-
-def redact_url(url: str) -> str:
-    """The URL without any user:password part, for logs, manifests and artifacts."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return url
-
-
-def escape_glob(text: str) -> str:
-    """``text`` with the glob characters ``*``, ``?`` and ``[`` bracketed (``[*]``), so that a
-    pattern matcher (fsspec's glob, DuckDB's readers) takes it literally."""
-    return re.sub(r"([*?\[])", r"[\1]", text)
-
-
-_ESCAPED_GLOB_CHAR = re.compile(r"\[([*?\[])\]")
-
-
-def unescape_glob(text: str) -> str:
-    """The inverse of :func:`escape_glob`."""
-    return _ESCAPED_GLOB_CHAR.sub(r"\1", text)
-
-
-def escaped_literal(pattern: str) -> str | None:
-    """The one path ``pattern`` can match when its only glob characters are escaped ones
-    (:func:`escape_glob`'s ``[*]``, ``[?]``, ``[[]``); None when it holds a real wildcard or
-    character class (``*.parquet``, ``[ab]``)."""
-    if re.search(r"[*?\[]", _ESCAPED_GLOB_CHAR.sub("", pattern)):
-        return None
-    return unescape_glob(pattern)
 
 
 def modified_at(info: dict[str, Any]) -> float:
@@ -175,115 +143,6 @@ def utc_now() -> str:
 _NOT_WRITABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 #: Free space a local store must have before a run starts (``PRH_MIN_FREE_MB`` overrides).
 DEFAULT_MIN_FREE_MB = 256
-#: Errors of a local disk with no room left (full, over quota): files can still be removed.
-_NO_ROOM_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-
-
-def out_of_room(error: BaseException) -> bool:
-    """Whether ``error``, or an error it was raised from, is a disk with no room left (``ENOSPC``,
-    ``EDQUOT``): a store that takes no new file, but whose files can still be removed."""
-    return any(isinstance(found, OSError) and found.errno in _NO_ROOM_ERRNOS for found in error_chain(error))
-
-
-def check_store_url(url: Any) -> None:
-    """Refuse a store URL that cannot mean what its writer meant (ValueError naming it): empty; a
-    known protocol with one slash or none (``s3:/bucket``, ``s3:bucket``: as a path it would be a
-    folder ``s3:`` in the working directory); a URL with nothing after ``://`` (``s3://`` names no
-    bucket; ``file:///`` is the filesystem's root, and so are the paths ``/`` and ``/tmp/..``);
-    ``file://`` followed by anything but ``/``
-    (``file://tmp/x``: fsspec reads the relative folder ``tmp/x``, a URL reader the host ``tmp``)."""
-    if not isinstance(url, str) or not url.strip():
-        raise ValueError(f"store URL {url!r} is empty: give a folder, file://PATH or s3://BUCKET/PREFIX")
-    if url != url.strip():
-        raise ValueError(f"store URL {url!r} starts or ends with spaces")
-    scheme, sep, rest = url.partition(":")
-    after = url.split("://", 1)[1] if "://" in url else None  # what follows '://', if any
-    local = scheme.lower() in ("file", "local")
-    if sep and after is None and scheme.lower() in _known_protocols():
-        if local:  # file:/data/prh: the absolute path keeps its '/'
-            fix = (f"{scheme}://{'/' + rest.lstrip('/')}" if rest.startswith("/")
-                   else f"{rest} (a folder in the working directory) or {scheme}:///ABSOLUTE/PATH" if rest
-                   else f"{scheme}:///ABSOLUTE/PATH or a folder's path")
-        else:
-            fix = f"{scheme}://{rest.lstrip('/')}"
-        raise ValueError(f"store URL {url!r} looks like a {scheme} URL without '//': write {fix} "
-                         f"(or ./{url} for a local folder of that name)")
-    if scheme.lower() in _BUCKET_PROTOCOLS and after is not None and "@" in after.split("/", 1)[0]:
-        # s3fs takes 'KEY:SECRET@bucket' for a bucket name, and botocore's error then prints it whole
-        raise ValueError(f"store URL {redact_url(url)!r} (shown without its user:password@ part) names credentials in the URL, "
-                         f"which {scheme} does not read there (it would take them for the bucket's name and show them in errors): "
-                         f"give them through the environment (for S3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE) "
-                         f"and write {scheme}://BUCKET/PREFIX")
-    if local and after is not None and after[:1] not in ("", "/"):
-        # fsspec reads file://tmp/x as the relative folder tmp/x, a URL reader as host 'tmp'
-        path = after
-        host, _, rest = path.partition("/")
-        if host.lower() == "localhost" and rest:  # file://localhost/tmp/x: the URL form of /tmp/x
-            raise ValueError(f"store URL {url!r} names a host, which fsspec would read as a folder 'localhost': write "
-                             f"{scheme}:///{rest} (or /{rest})")
-        raise ValueError(f"store URL {url!r} is ambiguous: write {scheme}:///{path} for the absolute path /{path}, "
-                         f"or {path} for a folder in the working directory")
-    if after is not None and not after.strip("/"):
-        if local:
-            raise ValueError(f"store URL {url!r} names the filesystem's root: add the folder, e.g. {scheme}:///data/prh")
-        raise ValueError(f"store URL {url!r} names no bucket or host: add them, e.g. {scheme}://bucket/prh")
-    path = after if local else url if "://" not in url else None
-    if path is not None and not os.path.normpath(os.path.expanduser(path)).strip("/"):
-        # '/', '//' or '/tmp/..' became the URL 'file:', which fsspec reads as the working directory
-        raise ValueError(f"store URL {url!r} names the filesystem's root: add the folder, e.g. /data/prh")
-
-
-def local_store_path(url: str) -> str | None:
-    """The folder a ``file://`` (or fsspec's ``local://``) store URL names: its path with the
-    percent-escapes decoded, as RFC 8089 reads a file URL and as ``Path.as_uri()`` and file
-    managers write one (``file:///data/my%20store`` is the folder ``/data/my store``; fsspec
-    itself would take ``%20`` literally). None for a plain path, which is used as written (a folder
-    may be named ``50%``), and for other URLs (``s3://`` keys are used as written, as s3fs does).
-    A ``%XX`` that is not UTF-8 decodes to a lone surrogate, which :func:`check_utf8_url` refuses."""
-    scheme, sep, after = url.partition("://")
-    if not sep or scheme.lower() not in ("file", "local"):
-        return None
-    return unquote(after, errors="surrogateescape")
-
-
-def store_file_url(scheme: str, path: str) -> str:
-    """The URL of the local folder ``path`` that :func:`local_store_path` reads back as ``path``:
-    ``scheme://`` and the path with only ``%`` escaped (``%25``), so that it stays readable
-    (``file:///data/my store``) and a store's URL opens the same folder wherever it is passed on."""
-    return f"{scheme}://{path.replace('%', '%25')}"
-
-
-def _decoded_local_path(url: str, path: str) -> str:
-    """``path``, decoded from the file URL ``url``, once it is known to name a folder that can be a
-    store: not the filesystem's root (``file:///tmp/%2E%2E``), no NUL (``%00``), and not a new
-    folder beside an existing one of the URL's literal name (an older prh read ``%20`` literally:
-    its store stays where it is, named, rather than a new store starting empty)."""
-    if "\x00" in path:
-        raise ValueError(f"store URL {url!r} decodes to a path holding a NUL character (%00), which names no folder")
-    if not os.path.normpath(path).strip("/"):
-        raise ValueError(f"store URL {url!r} names the filesystem's root ({path!r} decoded): add the folder, e.g. file:///data/prh")
-    literal = url.partition("://")[2]
-    if literal != path and os.path.isdir(literal) and not os.path.exists(path):
-        raise ValueError(f"store URL {url!r} names the folder {path!r} (a file URL's %-escapes are decoded), which does not "
-                         f"exist, but the folder {literal!r} does (written by a prh that read the escapes literally): "
-                         f"give that folder's path, {literal}, to use it, or rename it to {path!r}")
-    return path
-
-
-def check_utf8_url(url: str) -> None:
-    """Refuse (ValueError naming it) a store URL holding bytes that are not UTF-8: a folder named
-    in another encoding (``st\\xf6re`` in Latin-1), or any non-ASCII path in a process whose locale
-    is not UTF-8 (``LC_ALL=C`` with ``PYTHONUTF8=0``). Python keeps such bytes as lone surrogates
-    (``st\\udcf6re``), which the filesystem takes but DuckDB and Arrow do not: the catalog of such
-    a store failed with a bare ``RuntimeError: std::bad_cast`` traceback."""
-    try:
-        url.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"store URL {url!r} holds bytes that are not UTF-8 text (a folder named in another encoding, or a "
-                         "process whose locale is not UTF-8), which DuckDB and Arrow cannot open: rename the folder to "
-                         "UTF-8, or run with a UTF-8 locale (LC_ALL=C.UTF-8 or PYTHONUTF8=1)") from None
-
-
 def _file_in_the_way(path: Path) -> Path | None:
     """``path`` or the nearest of its parents that exists, when that is a file (not a folder):
     what stops a local store's folders from being made; None otherwise."""
@@ -294,55 +153,6 @@ def _file_in_the_way(path: Path) -> Path | None:
     except OSError:  # a parent that cannot be looked into: the write's own error says it
         return None
     return None
-
-
-#: Object stores whose URL's first part is a bucket: an ``@`` there is credentials, never a name.
-_BUCKET_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
-
-
-def _known_protocols() -> set[str]:
-    from fsspec.registry import known_implementations, registry
-
-    return {p.lower() for p in (*known_implementations, *registry)}
-
-
-class StoreNotWritable(PermissionError):
-    """The store refuses writes (read-only, no permission, disk full, quota): retries cannot help."""
-
-
-#: What to do about a damaged version: `prh verify --remove-damaged` removes it under its publishing
-#: claim (a folder removed by hand takes none: a run publishing the version again meanwhile loses
-#: its files), so that the next run computes it again.
-REMOVE_DAMAGED_ADVICE = ("prh verify --remove-damaged removes it under its publishing claim, and the next run "
-                         "computes it again")
-
-
-class DamagedManifest(ValueError):
-    """A version's manifest that cannot be trusted: not JSON, or not the manifest of the version
-    whose folder holds it. The message names the file and what to do; ``version_key`` is the
-    version's folder."""
-
-    def __init__(self, message: str, version_key: str = "", advice: str = "") -> None:
-        super().__init__(f"{message}; {advice}" if advice else message)
-        self.version_key = version_key
-        #: What is wrong, without the advice (a caller that knows better gives its own: a
-        #: manifest outside any version folder must not be answered by removing its folder).
-        self.problem = message
-
-
-class NotAnS3Endpoint(ValueError):
-    """The endpoint of an S3 store answers, but not as an S3 server does (``AWS_ENDPOINT_URL`` naming
-    a web server): a setting to fix, which retries cannot. The message names the endpoint and
-    where it was set."""
-
-
-class ConditionalWritesIgnored(StoreNotWritable):
-    """The store's endpoint ignores conditional writes: a PUT with ``If-None-Match: *`` of a key
-    that exists overwrites it instead of answering 412 (MinIO releases older than mid-2024, and
-    other "S3-compatible" servers). A version's publishing claim and its manifest rely on that
-    condition, so two writers at once could both hold a claim and mix or replace a version's
-    files. Raised by :meth:`Store.check_writable` unless ``PRH_SINGLE_WRITER`` says that one
-    writer at a time uses the store; final (retries cannot help)."""
 
 
 #: The first s3fs whose ``pipe_file(mode="create")`` is a conditional PUT (``If-None-Match: *``);
@@ -381,30 +191,10 @@ def _cause(failure: BaseException, error: BaseException) -> BaseException | None
     return None if isinstance(failure, (NotAnS3Endpoint, EndpointLacksFeature)) else error
 
 
-class EndpointLacksFeature(StoreNotWritable):
-    """The store's S3 endpoint answers ``501 Not Implemented`` (in an S3 error document) to a
-    request the store makes: it lacks what the request asks for, such as conditional writes
-    (``If-None-Match: *``, which a version's publishing claim relies on: ``conditional``) or the
-    checksum header botocore adds to uploads. Final: a retry gets the same answer (as a
-    ``StoreIOError`` it had been retried by every task). The message names the store, the
-    endpoint, the request and what to do."""
-
-    def __init__(self, message: str, conditional: bool = False) -> None:
-        super().__init__(message)
-        #: The request was a conditional create (``Store.create_exclusive``), which
-        #: ``PRH_SINGLE_WRITER=1`` replaces by a plain PUT after checking that the key is absent.
-        self.conditional = conditional
-
-
 #: How the request headers an S3 server may lack are named in :class:`EndpointLacksFeature`
 #: messages (by the header's start, lower case), and what the user can do about each.
 _CHECKSUM_HEADERS = ("x-amz-checksum-", "x-amz-sdk-checksum-")
 CHECKSUM_SETTING = "AWS_REQUEST_CHECKSUM_CALCULATION=when_required"
-
-
-class StoreIOError(OSError):
-    """An object-store operation failed after the client's retries; the message names the store
-    (credentials removed), the operation and the S3 error. Transient for ``tasks.retries``."""
 
 
 #: Owner ids of claims this process could not remove (the endpoint was down): its own leftovers.
@@ -438,7 +228,7 @@ class Store:
                 raise ValueError(f"store URL {url!r} names the filesystem's root ({resolved}): add the folder, e.g. /data/prh")
             local, url = resolved.as_posix(), store_file_url("file", resolved.as_posix())
         elif (decoded := local_store_path(url)) is not None:  # file:///data/my%20store: the folder '/data/my store'
-            local = _decoded_local_path(url, decoded).rstrip("/")
+            local = decoded_local_path(url, decoded).rstrip("/")
             url = store_file_url(url.partition("://")[0], local)
         check_utf8_url(url)
         self.url = url.rstrip("/")

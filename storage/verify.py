@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterator
 
 from storage.layout import ALIGNMENT, DATASETS, FEATURES
 from storage.runs import DamagedRecord, extraction_records, run_records
-from storage.store import MANIFEST, DamagedManifest, Store
+from storage.store import MANIFEST, Store
+from storage.store_errors import DamagedManifest
 from storage.versioning import ID_LENGTH
 
 #: The boxes whose versions have manifests, in the order runs produce them.
@@ -207,7 +208,7 @@ def checked_for_reuse(store: Store, version_key: str, manifest: dict[str, Any], 
 def verify_store(store: Store, boxes: tuple[str, ...] = BOXES, quick: bool = False,
                  on_check: Callable[[VersionCheck], None] | None = None, records: bool = True) -> list[VersionCheck]:
     """Check every published version under ``boxes`` (see :func:`check_version`); a manifest that
-    is not one (:class:`storage.store.DamagedManifest`) is a damaged version too. With
+    is not one (:class:`storage.store_errors.DamagedManifest`) is a damaged version too. With
     ``records``, each run record that cannot be read (:class:`storage.runs.DamagedRecord`) is a
     failed check too (not removable). ``on_check`` sees each result as it is made (progress).
     Returns the results in key order, the run records last."""

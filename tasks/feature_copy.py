@@ -21,7 +21,9 @@ import pyarrow.parquet as pq
 
 from storage import layout
 from storage.shards import remove_partial
-from storage.store import DamagedManifest, Store, escape_glob
+from storage.store import Store
+from storage.store_errors import DamagedManifest
+from storage.store_urls import escape_glob
 from storage.verify import NotAsListed, listed_bytes
 
 #: The columns of a layer file (``storage.features.layer_table``); ``model`` is the one naming the model.

@@ -188,7 +188,7 @@ def test_unusable_store_urls_are_one_clear_line(tmp_path, capsys, monkeypatch):
                                               "could not reach the S3 endpoint")
     # Python callers of the catalog get the same one-line error (an OSError that retries see as transient)
     from storage.catalog import connect
-    from storage.store import StoreIOError
+    from storage.store_errors import StoreIOError
 
     with pytest.raises(StoreIOError, match=r"^cannot read \S+ in store s3://bucket/x: could not reach the S3 endpoint") as raised:
         connect("s3://bucket/x")

@@ -99,7 +99,7 @@ def test_a_store_folder_named_with_glob_characters_is_read_literally(store_url, 
 def test_a_folder_named_like_the_escaped_store_path_is_refused_not_readable(store_url):
     """The lock allows the store's escaped spelling (``store [[]v1]``, what DuckDB is given), which
     DuckDB also opens literally: a folder of that name beside the store was readable."""
-    from storage.store import escape_glob
+    from storage.store_urls import escape_glob
 
     url = store_url + " [v1]"
     store = Store(url)  # one version: the refusal does not depend on what the store holds (the

@@ -12,7 +12,8 @@ import pytest
 
 from flows.cli import main
 from storage.catalog import connect, query
-from storage.store import DamagedManifest, Store
+from storage.store import Store
+from storage.store_errors import DamagedManifest
 from tests.storage.catalog_store import build_catalog_store
 
 

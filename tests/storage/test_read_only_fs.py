@@ -6,7 +6,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from storage.read_only_fs import ReadOnlyFileSystem, StoreFileSystem
-from storage.store import escape_glob, escaped_literal
+from storage.store_urls import escape_glob
 
 
 def test_reads_pass_through_and_every_write_is_refused(tmp_path):
@@ -79,17 +79,3 @@ def test_the_writable_wrapper_passes_writes_through(tmp_path):
     assert fs.cat_file(path) == b"alpha!"
     fs.rm(path)
     assert not fs.exists(path)
-
-
-@pytest.mark.parametrize("pattern, literal", [
-    ("s3://b/runs [[]v1][*][?]/a.parquet", "s3://b/runs [v1]*?/a.parquet"), ("plain/a.parquet", "plain/a.parquet"),
-    ("x/[[]]", "x/[]"), ("x/*.parquet", None), ("x/[ab].parquet", None), ("x/[[?]", None), ("x/[*]/?", None),
-    ("x/**/a", None), ("x/[!a]", None),
-])
-def test_escaped_literal(pattern, literal):
-    assert escaped_literal(pattern) == literal
-
-
-@pytest.mark.parametrize("path", ["s3://b/runs [v1]*?/a.parquet", "x/[]]", "x/[[[", "a?b*c[d]", "plain"])
-def test_escaped_literal_inverts_escape_glob(path):
-    assert escaped_literal(escape_glob(path)) == path

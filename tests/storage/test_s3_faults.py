@@ -42,16 +42,8 @@ from storage.s3_options import (
     s3fs_retries,
     with_s3_defaults,
 )
-from storage.store import (
-    CLAIM,
-    MANIFEST,
-    ConditionalWritesIgnored,
-    EndpointLacksFeature,
-    NotAnS3Endpoint,
-    Store,
-    StoreNotWritable,
-    table_to_parquet_bytes,
-)
+from storage.store import CLAIM, MANIFEST, Store, table_to_parquet_bytes
+from storage.store_errors import ConditionalWritesIgnored, EndpointLacksFeature, NotAnS3Endpoint, StoreNotWritable
 from tasks.retries import is_transient
 from tests.flows.test_pipeline import TINY_BERT, TINY_VIT
 from tests.storage.s3_fault_proxy import FaultProxy

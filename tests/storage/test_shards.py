@@ -93,7 +93,7 @@ def test_stale_partials_skips_a_version_whose_manifest_is_damaged(tmp_path):
     import numpy as np
 
     from storage.shards import stale_partials, write_shard
-    from storage.store import DamagedManifest
+    from storage.store_errors import DamagedManifest
 
     store = Store(str(tmp_path / "store"))
     keys = [store.publish(f"features/d/m/v{i}", {"layer-000.parquet": b"x"}, {"kind": "features"}).manifest["key"] for i in range(3)]

@@ -8,7 +8,8 @@ import pyarrow as pa
 import pytest
 
 from storage.keys import safe_component
-from storage.store import MANIFEST, Store, StoreIOError, redact_url
+from storage.store import MANIFEST, Store
+from storage.store_errors import StoreIOError
 from storage.versioning import content_id, table_digest
 
 
@@ -63,11 +64,6 @@ def test_local_writes_leave_no_temporary_files(tmp_path):
     names = sorted(p.name for p in (tmp_path / "s" / "x" / "v").iterdir())
     assert names == ["a.bin", MANIFEST]
     assert json.loads((tmp_path / "s" / "x" / "v" / MANIFEST).read_text())["key"] == "x/v"
-
-
-def test_redact_url_strips_credentials():
-    assert redact_url("s3://AKIA:secret@bucket/prefix") == "s3://bucket/prefix"
-    assert redact_url("s3://bucket/prefix") == "s3://bucket/prefix"
 
 
 def test_content_id_is_order_independent_and_sensitive():
@@ -309,7 +305,7 @@ def test_a_min_free_space_that_is_not_a_number_is_refused_by_name(tmp_path, monk
 def test_a_store_path_that_is_a_file_says_so(tmp_path, below):
     """The untrusted-input hunt: `prh run --store notes.txt` said "is not writable: File exists
     (errno 17)" (and "Not a directory (errno 20)" for notes.txt/sub/store); the file is untouched."""
-    from storage.store import StoreNotWritable
+    from storage.store_errors import StoreNotWritable
 
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")

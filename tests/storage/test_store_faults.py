@@ -10,7 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from storage.store import CLAIM, Store, StoreNotWritable
+from storage.store import CLAIM, Store
+from storage.store_errors import StoreNotWritable
 from tasks.retries import is_transient
 from tests.storage.small_disk import remount_read_only, tmpfs
 
@@ -248,7 +249,8 @@ def test_sweep_does_not_count_a_version_whose_manifest_landed_as_it_began(tmp_pa
 #: file is larger, published, then published again without the limit.
 FILE_SIZE_LIMIT = """
 import resource, sys
-from storage.store import Store, StoreNotWritable
+from storage.store import Store
+from storage.store_errors import StoreNotWritable
 from tasks.retries import is_transient
 store = Store(sys.argv[1])
 store.publish("features/d/m/v1", {"small.bin": b"x" * 1000}, {"kind": "test"})
