@@ -15,6 +15,9 @@ fingerprint, ``storage.parquet_schema``). Each file is written atomically
 a half-written file. Two writers publishing the same version at once are serialised by an
 exclusive claim file (``<version>/.publishing``, created with ``link`` locally and a conditional
 PUT on S3): one writes, the other waits for its manifest, so the store ends with one complete copy.
+
+What a store URL may be, and how it is shown, is ``storage.store_urls``'s; the errors a store
+raises are ``storage.store_errors``'s.
 """
 
 from __future__ import annotations
