@@ -296,7 +296,7 @@ def submit_extractions(
             own = manifest is not None and (manifest.get("catalog") or {}).get("model") == spec.name
             # logged as each task is submitted (all at once): what it will do, not how far the run is
             logger.info("model %d/%d: %s: %s", index, len(config.models), spec.name,
-                        "to extract" if manifest is None else "features stored, reused" if own
+                        _to_extract(store_url, dataset, spec) if manifest is None else "features stored, reused" if own
                         else "features stored under another name, copied")
             # stored under its own name: an untagged task (no GPU slot to wait for); a renamed
             # model's copy, or an extraction, holds the slot
@@ -335,6 +335,20 @@ def _stored_manifest(store_url: str, dataset: dict[str, Any], spec: Any, renamed
         return stored_features(store_url, dataset, spec, renamed=renamed)
     except Exception:  # noqa: BLE001 - then the model is checked, and its task reads the store again
         return None
+
+
+def _to_extract(store_url: str, dataset: dict[str, Any], spec: Any) -> str:
+    """``to extract``, with why when the store holds other features of that model over the
+    dataset (``tasks.why_extract``: after an upgrade of the extraction code every model is
+    extracted again once, which had read like a store that lost its features). The reason is
+    only a message: a store that cannot say gives the plain words."""
+    from tasks.why_extract import why_extract
+
+    try:
+        reason = why_extract(store_url, dataset, spec)
+    except Exception:  # noqa: BLE001 - the extraction task reads the store again and reports its errors
+        reason = None
+    return "to extract" if reason is None else f"to extract: {reason}"
 
 
 def moved_upstream(spec: Any, manifest: dict[str, Any]) -> str | None:

@@ -247,14 +247,25 @@ def _block_words(block: tuple[str | None, str | None]) -> str:
 
 
 def bits_per_byte_notes(models: list[dict[str, Any]]) -> list[str]:
-    """The note on the quality figure when fewer than 3 language models have bits per byte."""
+    """The note on the quality figure when fewer than 3 language models have bits per byte, and
+    one naming the causal LMs of older extraction code that have only the pooled figure (the
+    ``models`` view's ``bits_per_byte_pooled`` with ``bits_per_byte`` null: ``storage.catalog.
+    _model_row``), which the figure does not plot and which are causal LMs all the same."""
     with_bpb = sorted(m["model"] for m in models if number(m.get("bits_per_byte")) is not None)
+    pooled_only = sorted(m["model"] for m in models if number(m.get("bits_per_byte")) is None
+                         and number(m.get("bits_per_byte_pooled")) is not None)
+    notes = []
     if not with_bpb:
-        return ["no language model has bits per byte (only causal LMs do): the quality figure is left out"]
-    if len(with_bpb) < 3:
-        return [f"only {', '.join(with_bpb)} {'has' if len(with_bpb) == 1 else 'have'} bits per byte: "
-                "the quality figure has too few points to show a trend"]
-    return []
+        notes.append(("no language model has the per-caption bits per byte" if pooled_only else
+                      "no language model has bits per byte (only causal LMs do)") + ": the quality figure is left out")
+    elif len(with_bpb) < 3:
+        notes.append(f"only {', '.join(with_bpb)} {'has' if len(with_bpb) == 1 else 'have'} bits per byte: "
+                     "the quality figure has too few points to show a trend")
+    if pooled_only:
+        notes.append(f"{', '.join(pooled_only)} {'has' if len(pooled_only) == 1 else 'have'} only the pooled bits per "
+                     "byte of older extraction code (all bits over all bytes, before the per-caption mean existed: "
+                     "docs/extraction.md), left out of the quality figure")
+    return notes
 
 
 #: Names of the figure files a report writes (``Report.files``: ``figures/<name>.<png|svg>``); a

@@ -1,0 +1,70 @@
+"""Why a model is extracted although the store holds features of it over the run's dataset.
+
+A feature version hashes the model's fingerprint and the extraction code (``tasks.extract_task.
+feature_version``), so an upgrade of prh's extraction code, or of a library the fingerprint names
+(``transformers``), gives every model of a zoo a new version: the whole zoo is extracted again,
+once. A run says so per model (the newest stored version of that name, and what differs), so
+that hours of re-extraction on a long-lived store are not taken for lost features. Not part of
+the feature code: this module only reads manifests.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from storage import layout
+from storage.store import Store
+from storage.times import utc_time
+from storage.versioning import code_version
+from tasks.extract.spec import ModelSpec
+from tasks.extract_task import FEATURE_CODE, FEATURE_CODE_EXCLUDED
+
+#: A differing fingerprint value is shown up to this many characters (a model's config can be long).
+SHOWN_VALUE_CHARS = 60
+
+
+def why_extract(store_url: str, dataset_manifest: dict[str, Any], spec: ModelSpec) -> str | None:
+    """Why ``spec``'s features are computed although the store holds a version of that model name
+    over the same dataset: its newest such version (by ``published_at``) and what makes it another
+    version (other extraction code, fingerprint fields that differ, both, or neither: the feature
+    schema number). None when the store holds no version of that name over this dataset. Damaged
+    manifests are passed over (``prh verify`` names them)."""
+    dataset_version = dataset_manifest["catalog"]["dataset_version"]
+    stored = [manifest for _, manifest in Store(store_url).manifests(
+        Store.key(layout.FEATURES, dataset_version, spec.name), on_damaged=lambda _: None, folders="*")
+        if manifest.get("kind") == "features" and isinstance(manifest.get("catalog"), dict)]
+    if not stored:
+        return None
+    newest = max(stored, key=_published)
+    catalog = newest["catalog"]
+    published = utc_time(newest.get("published_at"))
+    when = published.strftime("%Y-%m-%d %H:%M UTC") if published else "at an unknown time"
+    head = f"its stored features {catalog.get('feature_version')} (published {when})"
+    now = code_version(*FEATURE_CODE, exclude=FEATURE_CODE_EXCLUDED)
+    reasons = []
+    if catalog.get("code_version") != now:
+        reasons.append(f"are of other extraction code (code version {catalog.get('code_version')}, now {now})")
+    differing = _differing_fields(newest.get("spec"), spec.fingerprint())
+    if differing:
+        reasons.append(f"were extracted with another {', '.join(differing)}")
+    if not reasons:  # the same code and fingerprint: only the hand-raised schema number is left
+        reasons.append("are of another feature schema (tasks.extract_task.FEATURE_SCHEMA_VERSION)")
+    return f"{head} {' and '.join(reasons)}"
+
+
+def _published(manifest: dict[str, Any]) -> datetime:
+    """When a version was published (the earliest time when unreadable, so it is never the newest)."""
+    return utc_time(manifest.get("published_at")) or datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _differing_fields(stored: Any, current: dict[str, Any]) -> list[str]:
+    """``field (stored value, now current value)`` for each fingerprint field that differs."""
+    stored = stored if isinstance(stored, dict) else {}
+    return [f"{field} ({_short(stored.get(field))}, now {_short(current.get(field))})"
+            for field in sorted(set(stored) | set(current)) if stored.get(field) != current.get(field)]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN_VALUE_CHARS else text[:SHOWN_VALUE_CHARS - 1] + "…"
