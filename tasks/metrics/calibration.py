@@ -30,7 +30,8 @@ of 0.6908), the float64 one for ``jaccard_knn`` (float64 sums) and for ``svcca``
 ``procrustes``, ``linear_regression`` and ``rsa_spearman`` (computed in float64 whatever the
 features' dtype: float32's tolerance gave p 0.7702 instead of 0.7552); ``aggregate='mean'``
 adds float64 rounding, so the tolerance is then at least the float64 one. NaN null draws are left
-out (``K`` counts the others).
+out (``K`` counts the others). The same tolerance decides whether the observed value is above
+``tau`` (the calibrated score is 0 within it: an exact fit's R² scored 1/3 with p = 1 before).
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def _calibration_numbers(observed: float, null: np.ndarray, alpha: float, lo: fl
     NaN draws (a metric undefined on some permutation) are left out of the null: ``K`` counts
     the others; with none left every number is NaN. A draw within ``tie_rtol`` (relative to
     ``max(1, |observed|)``) of the observed value counts as a tie, so as reaching it: the same
-    statistic computed on two row orders differs by rounding alone."""
+    statistic computed on two row orders differs by rounding alone. By the same rule the
+    calibrated score is 0 when the observed value is within that tolerance of ``tau``."""
     valid = null[~np.isnan(null)]
     if math.isnan(observed) or valid.size == 0:
         return math.nan, math.nan, math.nan
@@ -179,8 +181,13 @@ def _calibration_numbers(observed: float, null: np.ndarray, alpha: float, lo: fl
     exceed = int(np.sum(sign * (valid - observed) >= -tolerance))
     p_value = (1 + exceed) / (valid.size + 1)
     top = hi if higher_is_better else lo
-    if math.isinf(top):
-        calibrated = max(sign * (observed - tau), 0.0)
+    # within the tie tolerance, observed "above" tau is rounding: an
+    # exact fit's R^2 (1 under every permutation) had observed 1 - 4e-16 over tau 1 - 7e-16 and
+    # got calibrated 1/3 with p = 1
+    if sign * (observed - tau) <= tolerance:
+        calibrated = 0.0
+    elif math.isinf(top):
+        calibrated = sign * (observed - tau)
     elif sign * (top - tau) <= 0:
         calibrated = 0.0
     else:

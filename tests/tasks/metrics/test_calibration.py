@@ -322,3 +322,25 @@ def test_progress_is_told_after_each_batch_and_changes_no_number() -> None:
     plain = calibrate("mutual_knn", xs, ys, permutations=k, seed=4, topk=4)
     assert calls == [(PERMUTATION_BATCH, k), (2 * PERMUTATION_BATCH, k), (k, k)]
     assert told.null.tobytes() == plain.null.tobytes() and told == plain
+
+
+def test_an_observed_value_tied_with_tau_is_not_above_chance() -> None:
+    """An exact fit's R^2 is 1 under every permutation, up to rounding: with the observed value
+    1 - 4e-16 and tau 1 - 7e-16, p was 1 (a tie, as documented) but the calibrated score
+    (obs - tau) / (1 - tau) was 1/3 (1 seed in 60 of this shape; 5% of exact fits can be the largest value).
+    A value within the tie tolerance of tau is chance: 0."""
+    null = np.full(19, 0.9999999999999993)
+    tau, p, cal = _calibration_numbers(1.0000000000000002, null, 0.05, 0.0, 1.0, tie_rtol=TIE_RTOL[torch.float64])
+    assert p == 1.0 and cal == 0.0
+    _, p, cal = _calibration_numbers(0.9999999999999996, null, 0.05, 0.0, 1.0, tie_rtol=TIE_RTOL[torch.float64])
+    assert p == 1.0 and cal == 0.0
+    # lower is better and unbounded: the same rule
+    assert _calibration_numbers(0.5, np.full(19, 0.5 + 1e-9), 0.05, 0.0, 1.0, False, 1e-5)[2] == 0.0
+    assert _calibration_numbers(2.0 + 1e-9, np.full(19, 2.0), 0.05, 0.0, math.inf, True, 1e-5)[2] == 0.0
+    # beyond the tolerance it still counts
+    assert _calibration_numbers(0.9, np.full(19, 0.5), 0.05, 0.0, 1.0, True, 1e-5)[2] == pytest.approx(0.8)
+    for seed in range(60):  # the exact fit through calibrate: seed 51 gave calibrated 1/3 with p = 1
+        rng = np.random.default_rng(seed)
+        res = calibrate("linear_regression", [rng.normal(size=(12, 16))], [rng.normal(size=(12, 12))],
+                        permutations=19, seed=seed)
+        assert res.p_value == 1.0 and res.calibrated == 0.0, (seed, res)
