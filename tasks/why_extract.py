@@ -10,18 +10,14 @@ the feature code: this module only reads manifests.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 from storage import layout
 from storage.store import Store
-from storage.times import utc_time
 from storage.versioning import code_version
 from tasks.extract.spec import ModelSpec
 from tasks.extract_task import FEATURE_CODE, FEATURE_CODE_EXCLUDED
-
-#: A differing fingerprint value is shown up to this many characters (a model's config can be long).
-SHOWN_VALUE_CHARS = 60
+from tasks.version_reasons import differing_fields, published_at, published_words
 
 
 def why_extract(store_url: str, dataset_manifest: dict[str, Any], spec: ModelSpec) -> str | None:
@@ -36,35 +32,16 @@ def why_extract(store_url: str, dataset_manifest: dict[str, Any], spec: ModelSpe
         if manifest.get("kind") == "features" and isinstance(manifest.get("catalog"), dict)]
     if not stored:
         return None
-    newest = max(stored, key=_published)
+    newest = max(stored, key=published_at)
     catalog = newest["catalog"]
-    published = utc_time(newest.get("published_at"))
-    when = published.strftime("%Y-%m-%d %H:%M UTC") if published else "at an unknown time"
-    head = f"its stored features {catalog.get('feature_version')} (published {when})"
+    head = f"its stored features {catalog.get('feature_version')} ({published_words(newest)})"
     now = code_version(*FEATURE_CODE, exclude=FEATURE_CODE_EXCLUDED)
     reasons = []
     if catalog.get("code_version") != now:
         reasons.append(f"are of other extraction code (code version {catalog.get('code_version')}, now {now})")
-    differing = _differing_fields(newest.get("spec"), spec.fingerprint())
+    differing = differing_fields(newest.get("spec"), spec.fingerprint())
     if differing:
         reasons.append(f"were extracted with another {', '.join(differing)}")
     if not reasons:  # the same code and fingerprint: only the hand-raised schema number is left
         reasons.append("are of another feature schema (tasks.extract_task.FEATURE_SCHEMA_VERSION)")
     return f"{head} {' and '.join(reasons)}"
-
-
-def _published(manifest: dict[str, Any]) -> datetime:
-    """When a version was published (the earliest time when unreadable, so it is never the newest)."""
-    return utc_time(manifest.get("published_at")) or datetime.min.replace(tzinfo=timezone.utc)
-
-
-def _differing_fields(stored: Any, current: dict[str, Any]) -> list[str]:
-    """``field (stored value, now current value)`` for each fingerprint field that differs."""
-    stored = stored if isinstance(stored, dict) else {}
-    return [f"{field} ({_short(stored.get(field))}, now {_short(current.get(field))})"
-            for field in sorted(set(stored) | set(current)) if stored.get(field) != current.get(field)]
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= SHOWN_VALUE_CHARS else text[:SHOWN_VALUE_CHARS - 1] + "…"

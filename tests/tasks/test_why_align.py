@@ -1,0 +1,55 @@
+"""Why a pair's metrics are computed although the store holds an alignment of the pair: after an
+upgrade of prh's alignment code, a re-extraction or another parameter, a whole zoo is aligned
+again, and the stage said only what it computed (a store whose pairs were all aligned looked like
+one that had lost them). The stored versions here are made by the stage itself; an "older code"
+version is one whose manifest names another code version."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from storage.store import MANIFEST, Store
+from tasks.align_task import ALIGNMENT_CODE
+from tasks.why_align import why_align
+from storage.versioning import code_version
+from tests.tasks.test_reused_metrics import _align, _models
+
+
+def _reasons(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if ": computing " in r.getMessage()]
+
+
+def test_a_pair_aligned_again_says_which_stored_version_differs_and_how(tmp_path, caplog) -> None:
+    store = Store(str(tmp_path / "store"))
+    ma, mb = _models(store)
+    with caplog.at_level(logging.INFO, logger="test"):
+        first = _align(store, ma, mb, ["mutual_knn"])
+    assert _reasons(caplog) == []  # never aligned: nothing to explain
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="test"):
+        second = _align(store, ma, mb, ["mutual_knn"], topk=3)
+    version = first["key"].rsplit("/", 1)[1]
+    (reason,) = _reasons(caplog)
+    assert reason.startswith(f"vit x lm: computing mutual_knn: the pair's stored alignment {version} (published ")
+    assert reason.endswith("was computed with another topk (4, now 3)") and "code" not in reason
+
+    # the newest stored version is compared; one of other code names both code versions
+    manifest_path = tmp_path / "store" / second["key"] / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["lineage"]["code_version"] = "0123456789abcdef"
+    manifest_path.write_text(json.dumps(manifest))
+    reason = why_align(store, second["key"].rsplit("/", 1)[0], "alignment/x/vit__lm/none", {"vit": ma["catalog"]["feature_version"],
+                       "lm": "ffffffffffffffff"}, {**manifest["params"]}, code_version(*ALIGNMENT_CODE))
+    assert reason is not None and second["key"].rsplit("/", 1)[1] in reason
+    assert f"is of other alignment code (code version 0123456789abcdef, now {code_version(*ALIGNMENT_CODE)})" in reason
+    assert f"was computed from other features of lm ({mb['catalog']['feature_version']}, now ffffffffffffffff)" in reason
+    assert "another" not in reason  # the same parameters
+
+
+def test_a_damaged_or_missing_pair_folder_gives_no_reason(tmp_path) -> None:
+    store = Store(str(tmp_path / "store"))
+    assert why_align(store, "alignment/d/a__b", "alignment/d/a__b/v", {}, {}, "c") is None
+    (tmp_path / "store" / "alignment" / "d" / "a__b" / "0000000000000000").mkdir(parents=True)
+    (tmp_path / "store" / "alignment" / "d" / "a__b" / "0000000000000000" / MANIFEST).write_text("{not json")
+    assert why_align(store, "alignment/d/a__b", "alignment/d/a__b/v", {}, {}, "c") is None
