@@ -408,7 +408,7 @@ def _run(args: argparse.Namespace) -> int:
             print_summary(error.summary, sql=sql)
         where = {"features": f"\nTheir features are in the store: {sql} \"select * from models\"", "nothing": ""}.get(
             error.published or "", f"\nThe results of the other models are in the store: {sql} \"select * from alignment_best_latest\"")
-        print(f"prh run: {for_terminal_lines(error)}{where}", file=sys.stderr)
+        print(f"prh run: {for_terminal_lines(error)}{where}{metric_failure_hint(str(error))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("prh run: stopped; what was published stays in the store (the run is recorded CANCELLED)", file=sys.stderr)
@@ -417,6 +417,21 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     print_summary(summary, sql=sql_command(store, target.display_url))
     return 0
+
+
+#: What ``prh run`` adds when a metric's function failed a model pair (``metric_failure_hint``).
+METRIC_FAILURE_HINT = ("\nA metric that fails a model pair fails all of it: none of the pair's metrics, built-ins included, is "
+                       "stored for it by this run. Where your metric is undefined, return NaN (that layer pair is left out of "
+                       "the best score and the calibration; a ValueError is taken as undefined only on bootstrap subsamples), "
+                       "or leave the metric out of alignment.metrics (docs/metrics.md, 'Your own metrics in the pipeline')")
+
+
+def metric_failure_hint(message: str) -> str:
+    """``METRIC_FAILURE_HINT`` when ``message`` (a ``ZooFailures``'s) holds a ``MetricFunctionError``
+    (a user metric's function raised, or returned no number, on a pair), else ``''``: the failure
+    itself names the metric, the layer pair and the line, not that the pair's other metrics
+    were computed and then lost with it, nor how a function says "undefined here"."""
+    return METRIC_FAILURE_HINT if "MetricFunctionError" in message else ""
 
 
 def _check_demo_pairs(config: PipelineConfig, store: Store) -> None:
@@ -552,7 +567,7 @@ def print_summary(summary: dict[str, Any], sql: str = "prh sql") -> None:
         chance, null = row.get("chance_level"), row.get("null_mean")
         table.add_row(
             row["model_a"], row["model_b"], row["metric"], "-" if row["score"] is None else f"{row['score']:.4f}",
-            "-" if row.get("ci_low") is None else f"{row['ci_low']:.3f}-{row['ci_high']:.3f}{'*' if row.get('ci_degenerate') else ''}",
+            "-" if row.get("ci_low") is None else interval_text(row["ci_low"], row["ci_high"]) + ("*" if row.get("ci_degenerate") else ""),
             row.get("layer_name_a") or "-", row.get("layer_name_b") or "-",
             "-" if chance is None else f"{chance:.4f}",
             "-" if null is None else f"{null:.4f}",
@@ -583,12 +598,38 @@ SUMMARY_LEGEND = ("chance: analytical chance level (mutual k-NN: k/(N-1); - wher
                   "q: Benjamini-Hochberg q-value over the run's pairs of the metric (docs/metrics.md)")
 
 
+def interval_text(low: float, high: float) -> str:
+    """The closing table's ``95% CI`` cell: ``0.158-0.187``, or ``-0.670 to -0.607`` where a bound
+    is negative (a hyphen between two signed numbers read as "-0.670--0.607")."""
+    return f"{low:.3f}{' to ' if min(low, high) < 0 else '-'}{high:.3f}"
+
+
+def metric_notes(metrics: list[str]) -> list[str]:
+    """Lines naming the table's metrics whose numbers read otherwise than the legend says (a user's
+    own, ``tasks.metric_facts``): those where lower is better (the smallest score is the best pair,
+    listed first, and the calibrated score counts down from the null's threshold), and those with
+    no bound on the better side, whose calibrated score is in the metric's own units."""
+    from tasks.metric_facts import metric_facts
+
+    facts = {metric: metric_facts(metric) for metric in sorted(metrics)}
+    lower = [m for m, f in facts.items() if f is not None and not f.higher_is_better]
+    unscaled = [m for m, f in facts.items() if f is not None and not f.scaled]
+    notes = []
+    if lower:
+        notes.append(f"{', '.join(lower)}: lower is better (higher_is_better=False): the smallest score is the best layer pair, "
+                     "listed first, and calib. counts how far it lies below tau, the null's 5% quantile")
+    if unscaled:
+        notes.append(f"{', '.join(unscaled)}: no bound on the better side: calib. is how far the score lies past tau, the null's threshold, "
+                     "in the metric's own units, not scaled to [0, 1]")
+    return notes
+
+
 def summary_notes(rows: list[dict[str, Any]], alignment: dict[str, Any] | None = None) -> list[str]:
     """The lines under the closing table: what its columns mean, and why a column is empty in
     every row (a run without ``alignment.permutations`` or ``alignment.bootstrap``, both 0 unless
     set, showed only dashes there, with nothing saying why). ``alignment``: the run's config
     section, when known: a column empty although it sets them (rows without a score) gets no hint."""
-    notes = [SUMMARY_LEGEND]
+    notes = [SUMMARY_LEGEND, *metric_notes(list({row["metric"] for row in rows}))]
     alignment = alignment or {}
     if not alignment.get("permutations") and not any(row.get("p_value") is not None for row in rows):
         notes.append("null, calib., p and q are empty: this run drew no permutation null (alignment.permutations: 0 unless "

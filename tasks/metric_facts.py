@@ -15,6 +15,7 @@ process without it has exactly the built-in registrations: the table answers for
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 
@@ -26,10 +27,15 @@ class MetricFacts:
     Attributes:
         higher_is_better: ``MetricSpec.higher_is_better``: a larger score is more aligned.
         signed: its bounds at its default parameters (``MetricSpec.bounds_for({})``) reach below 0.
+        scaled: its bound on the better side at its default parameters (the upper one, the lower
+            one where lower is better) is finite, so its calibrated scores are scaled to [0, 1];
+            without it they are the score's distance past the null's threshold in the metric's
+            own units (``tasks.metrics.calibrate``).
     """
 
     higher_is_better: bool
     signed: bool
+    scaled: bool = True
 
 
 _PLAIN = MetricFacts(higher_is_better=True, signed=False)
@@ -57,4 +63,12 @@ def metric_facts(metric: str) -> MetricFacts | None:
     if metric not in METRICS:
         return None
     spec = METRICS[metric]
-    return MetricFacts(higher_is_better=bool(spec.higher_is_better), signed=spec.bounds_for({})[0] < 0)
+    return facts_of(spec)
+
+
+def facts_of(spec: object) -> MetricFacts:
+    """The facts of a registration (a ``tasks.metrics.MetricSpec``), from its direction and its
+    bounds at its default parameters."""
+    low, high = spec.bounds_for({})  # type: ignore[attr-defined]
+    higher = bool(spec.higher_is_better)  # type: ignore[attr-defined]
+    return MetricFacts(higher_is_better=higher, signed=low < 0, scaled=math.isfinite(high if higher else low))

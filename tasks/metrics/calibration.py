@@ -144,8 +144,11 @@ def calibrate(metric: str | MetricSpec, xs: Any, ys: Any, permutations: int = 10
     lo, hi = spec.bounds_for(p)
     tie = tie_tolerance(engine, p, ra.dtype, rb.dtype, aggregate=aggregate)
     tau, p_value, calibrated = _calibration_numbers(observed, null, alpha, lo, hi, better, tie)
+    # an all-NaN null (a metric undefined everywhere): NaN, without numpy's warnings of an empty mean
+    defined = bool((~np.isnan(null)).any())
     return CalibrationResult(
-        observed=observed, null_mean=float(np.nanmean(null)), null_std=float(np.nanstd(null)),
+        observed=observed, null_mean=float(np.nanmean(null)) if defined else math.nan,
+        null_std=float(np.nanstd(null)) if defined else math.nan,
         tau=tau, p_value=p_value, calibrated=calibrated, argmax=argmax, permutations=int(np.sum(~np.isnan(null))),
         alpha=alpha, aggregate=aggregate, metric=spec.name, matrix=observed_matrix, null=null)
 

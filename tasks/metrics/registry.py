@@ -219,7 +219,8 @@ def register_metric(name: str, fn: Callable[..., float] | type[Engine] | Engine 
             across layers.
         engine: an ``Engine`` given by keyword (same forms); not together with ``fn``.
         bounds, symmetric, locality, higher_is_better, description, chance: metadata
-            (see ``MetricSpec``); calibration uses ``bounds[1]`` as the maximum.
+            (see ``MetricSpec``); calibration uses ``bounds[1]`` as the maximum (``bounds[0]``
+            as the minimum where lower is better; an infinite one: ``score - tau`` unscaled).
         defaults: the metric's parameter names and default values (only these are forwarded).
         overwrite: replace an existing registration.
 

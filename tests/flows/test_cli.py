@@ -734,6 +734,75 @@ def test_the_run_summary_lists_a_lower_is_better_metric_most_aligned_first(capsy
     assert order == [("cka", "far"), ("cka", "near"), ("prh_test_cli_distance", "near"), ("prh_test_cli_distance", "far")]
 
 
+def test_the_run_summary_says_which_metrics_are_lower_is_better_or_calibrated_in_their_units(capsys):
+    """A researcher's own metrics beside the built-ins (a distance, lower is better; a score with
+    no upper bound): the legend said only "calib.: the score above the null's 95% threshold,
+    scaled to [0, 1]", true of neither (a distance's calib. is (tau - score)/(tau - min); an
+    unbounded score's is score - tau in its own units, 0.206 here), and nothing under the table
+    said that the distance's smaller score is its better pair. A negative interval read
+    "-0.670--0.607"."""
+    import math
+
+    from flows.cli import print_summary
+    from tasks.metrics import register_metric, unregister_metric
+
+    register_metric("prh_test_cli_dist", lambda x, y: 0.0, bounds=(0.0, math.inf), higher_is_better=False)
+    register_metric("prh_test_cli_logdist", lambda x, y: 0.0, bounds=(-math.inf, math.inf), higher_is_better=False)
+    register_metric("prh_test_cli_open", lambda x, y: 0.0, bounds=(-math.inf, math.inf))
+    try:
+        rows = [{"model_a": "vit", "model_b": "lm", "metric": m, "score": s, "layer_name_a": "l1", "layer_name_b": "l2",
+                 "null_mean": s, "calibrated_score": 0.206, "p_value": 0.03, "q_value": 0.03, "ci_low": lo, "ci_high": hi}
+                for m, s, lo, hi in (("prh_test_cli_dist", 0.5, 0.51, 0.54), ("prh_test_cli_logdist", -0.64, -0.67, -0.607),
+                                     ("prh_test_cli_open", 0.65, 0.405, 0.93), ("cka", 0.36, -0.05, 0.4))]
+        print_summary({"dataset_version": "d", "best": rows, "extracted": [], "reused": [], "store": "s", "run_id": "r"})
+    finally:
+        for name in ("prh_test_cli_dist", "prh_test_cli_logdist", "prh_test_cli_open"):
+            unregister_metric(name)
+    out = capsys.readouterr().out
+    assert "-0.670 to -0.607" in out and "-0.050 to 0.400" in out and "0.510-0.540" in out, out
+    shown = " ".join(out.split())
+    assert ("prh_test_cli_dist, prh_test_cli_logdist: lower is better (higher_is_better=False): the smallest score is "
+            "the best layer pair, listed first, and calib. counts how far it lies below tau, the null's 5% quantile") in shown, shown
+    assert ("prh_test_cli_logdist, prh_test_cli_open: no bound on the better side: calib. is how far the score lies past "
+            "tau, the null's threshold, in the metric's own units, not scaled to [0, 1]") in shown, shown
+    # built-ins alone: no such lines
+    print_summary({"dataset_version": "d", "best": rows[3:], "extracted": [], "reused": [], "store": "s", "run_id": "r"})
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "lower is better" not in shown and "own units" not in shown
+
+
+def test_a_pair_failed_by_a_metric_function_says_what_was_lost_and_how_to_mark_undefined():
+    """A user metric raising ValueError on some layers (its way of saying "undefined") failed its
+    model pairs: `prh run` named the metric, the layer pair and the line, but not that the pairs'
+    built-in scores, already computed, were not stored, nor that NaN is how a function marks a layer
+    pair undefined (a ValueError is read so only on bootstrap subsamples)."""
+    import numpy as np
+
+    from flows.cli import metric_failure_hint
+    from flows.pipeline import _failure_summary
+    from flows.run_record import one_line
+    from tasks.metrics import MetricFunctionError, layer_matrix, register_metric, unregister_metric
+
+    def picky(x, y):
+        if x.shape[1] < 4:
+            raise ValueError(f"needs width >= 4, got {x.shape[1]}")
+        return 0.5
+
+    register_metric("prh_test_cli_picky", picky, bounds=(0.0, 1.0))
+    rng = np.random.default_rng(0)
+    try:
+        with pytest.raises(MetricFunctionError) as raised:
+            layer_matrix("prh_test_cli_picky", [rng.normal(size=(12, 3))], [rng.normal(size=(12, 5))])
+    finally:
+        unregister_metric("prh_test_cli_picky")
+    message, _ = _failure_summary([{"stage": "align", "item": "vit x lm", "error": one_line(raised.value)}], 2, 0)
+    hint = metric_failure_hint(message)
+    assert "none of the pair's metrics, built-ins included, is stored" in hint and "return NaN" in hint, message
+    # other failures get no such line
+    other, _ = _failure_summary([{"stage": "align", "item": "vit x lm", "error": "MemoryError: out of memory"}], 2, 0)
+    assert metric_failure_hint(other) == ""
+
+
 def _files(root: Path) -> dict[str, int]:
     """Every file under ``root``: relative path -> size in bytes."""
     return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}

@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _facts_of(spec) -> MetricFacts:
-    return MetricFacts(higher_is_better=spec.higher_is_better, signed=spec.bounds_for({})[0] < 0)
+    """Read off the registration here, independently of ``tasks.metric_facts.facts_of``."""
+    low, high = spec.bounds_for({})
+    return MetricFacts(higher_is_better=spec.higher_is_better, signed=low < 0,
+                       scaled=abs(high if spec.higher_is_better else low) != float("inf"))
 
 
 def test_the_table_holds_every_builtin_registration_as_registered():
@@ -27,6 +30,25 @@ def test_the_table_holds_every_builtin_registration_as_registered():
     assert sorted(BUILTIN_FACTS) == sorted(BUILTIN_SPECS)
     for name, spec in BUILTIN_SPECS.items():
         assert BUILTIN_FACTS[name] == _facts_of(spec), name
+
+
+def test_a_metric_without_a_bound_on_its_better_side_is_not_scaled():
+    """Its calibrated score is score - tau in its own units (``calibrate``), which `prh run`'s
+    table had called "scaled to [0, 1]"; a distance bounded below by 0 is scaled."""
+    import math
+
+    from tasks.metrics import METRICS, register_metric
+
+    names = {f"user_open_{uuid.uuid4().hex[:8]}": ((-math.inf, math.inf), True, False),
+             f"user_dist_{uuid.uuid4().hex[:8]}": ((0.0, math.inf), False, True),
+             f"user_logdist_{uuid.uuid4().hex[:8]}": ((-math.inf, 0.0), False, False)}
+    for name, (bounds, higher, _) in names.items():
+        register_metric(name, lambda x, y: 0.0, bounds=bounds, higher_is_better=higher)
+    try:
+        assert {name: metric_facts(name).scaled for name in names} == {name: scaled for name, (_, _, scaled) in names.items()}
+    finally:
+        for name in names:
+            METRICS._specs.pop(name, None)
 
 
 def test_a_metric_registered_in_the_process_is_read_from_the_registry():

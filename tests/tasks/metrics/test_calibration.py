@@ -344,3 +344,24 @@ def test_an_observed_value_tied_with_tau_is_not_above_chance() -> None:
         res = calibrate("linear_regression", [rng.normal(size=(12, 16))], [rng.normal(size=(12, 12))],
                         permutations=19, seed=seed)
         assert res.p_value == 1.0 and res.calibrated == 0.0, (seed, res)
+
+
+def test_a_metric_undefined_everywhere_calibrates_to_nan_without_numpys_warnings() -> None:
+    """A user metric that is NaN on every layer pair (reviewer P): its null is all NaN, and numpy's
+    "Mean of empty slice" / "Degrees of freedom <= 0" warnings went straight to the run's terminal
+    for every such pair. Every number is NaN, quietly."""
+    import warnings
+
+    from tasks.metrics import register_metric
+    from tasks.metrics.registry import unregister_metric
+
+    register_metric("test_all_nan", lambda x, y, **params: float("nan"), bounds=(0.0, 1.0), overwrite=True)
+    try:
+        rng = np.random.default_rng(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            r = calibrate("test_all_nan", [rng.normal(size=(20, 3))], [rng.normal(size=(20, 2))], permutations=9, seed=0)
+    finally:
+        unregister_metric("test_all_nan")
+    assert all(math.isnan(v) for v in (r.observed, r.null_mean, r.null_std, r.tau, r.p_value, r.calibrated))
+    assert r.permutations == 0
