@@ -159,8 +159,16 @@ class MetricRegistry(Mapping[str, MetricSpec]):
 
     def _add(self, spec: MetricSpec, overwrite: bool) -> None:
         if spec.name in self._specs and not overwrite:
-            raise ValueError(f"metric {spec.name!r} is already registered (pass overwrite=True)")
+            raise ValueError(f"metric {spec.name!r} is already registered "
+                             + ("(one of prh's own metrics: give yours another name, or pass overwrite=True to replace "
+                                "prh's everywhere this module is loaded)" if _shipped(self._specs[spec.name])
+                                else "(pass overwrite=True)"))
         self._specs[spec.name] = spec
+
+
+def _shipped(spec: MetricSpec) -> bool:
+    """Whether ``spec`` is one of prh's own registrations: its code is this package's."""
+    return bool(spec.sources) and all(module.startswith(f"{__package__}.") for module in spec.sources)
 
 
 METRICS = MetricRegistry()

@@ -315,7 +315,7 @@ def test_a_module_failing_after_overwriting_a_builtin_puts_the_builtin_back(tmp_
 
 @pytest.mark.parametrize("body, line, error", [
     ("from tasks.metrics import register_metric\nregister_metric('mutual_knn', lambda x, y: 2.0)\n", 2,
-     "already registered"),
+     "'mutual_knn' is already registered \\(one of prh's own metrics: give yours another name, or pass overwrite=True"),
     ("from tasks.metrics import register_metric\n\nregister_metric('syntax', lambda x, y: 0.0\n", 3, "SyntaxError"),
     ("import numpy as np\n\nSCALE = np.float64('not a number')\n", 3, "ValueError"),
 ])

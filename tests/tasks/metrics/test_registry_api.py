@@ -735,3 +735,18 @@ def test_an_infinite_score_is_refused_naming_the_metric_and_the_layer_pair() -> 
         for name in ("test_inf", "test_inf_engine"):
             if name in METRICS:
                 tm.unregister_metric(name)
+
+
+def test_a_name_taken_by_prh_or_by_another_user_metric_says_which() -> None:
+    """Reviewer P: a user metric named like one of prh's own was told to pass overwrite=True,
+    which would replace prh's metric in every run that loads the module; renaming is the usual fix."""
+    from tasks.metrics.registry import unregister_metric
+
+    with pytest.raises(ValueError, match=r"'cka' is already registered \(one of prh's own metrics: give yours another name"):
+        register_metric("cka", lambda x, y: 0.0)
+    register_metric("test_taken_twice", lambda x, y: 0.0)
+    try:
+        with pytest.raises(ValueError, match=r"'test_taken_twice' is already registered \(pass overwrite=True\)$"):
+            register_metric("test_taken_twice", lambda x, y: 1.0)
+    finally:
+        unregister_metric("test_taken_twice")
