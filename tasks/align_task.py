@@ -35,7 +35,7 @@ from tasks.params import AlignmentParams
 from tasks.retries import backoff, retry_transient
 from tasks.stop_request import PublishedMeanwhile, raise_if_stopped, unless_published_meanwhile
 from tasks.stopped_task import run_in_flight
-from tasks.why_align import why_align
+from tasks.why_align import log_why_computed
 
 #: The code an alignment version depends on: the engine, the per-pair driver, the per-image rows,
 #: the pairing join, this stage (it prepares the layers and calls the driver) and the reading of
@@ -621,21 +621,6 @@ def log_interval_notes(result: PairAlignment, bootstrap: int, logger: logging.Lo
         logger.warning("%s: %d of %d bootstrap subsamples were refused by the metric (undefined there) and left out: the "
                        "interval rests on the other %d (reused result)", label, bootstrap - result.bootstrap, bootstrap,
                        result.bootstrap)
-
-
-def log_why_computed(store: Store, key: str, manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams,
-                     metrics: list[str], logger: logging.Logger | logging.LoggerAdapter) -> None:
-    """Log why ``metrics`` of the pair are computed where the store holds another alignment of
-    it (``tasks.why_align``: other code, features or parameters); a pair never aligned logs
-    nothing here. Only words: a store that cannot say is passed over (the stage reads it again)."""
-    a, b = manifest_a["catalog"], manifest_b["catalog"]
-    try:
-        reason = why_align(store, key.rsplit("/", 1)[0], key, {a["model"]: a.get("feature_version"), b["model"]: b.get("feature_version")},
-                           params.model_dump(), code_version(*ALIGNMENT_CODE))
-    except Exception:  # noqa: BLE001 - a message only
-        return
-    if reason is not None:
-        logger.info("%s x %s: computing %s: %s", a["model"], b["model"], ", ".join(metrics), reason)
 
 
 def prepared_model(store: Store, manifest: dict[str, Any], layers: list[np.ndarray], params: AlignmentParams,

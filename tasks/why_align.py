@@ -4,46 +4,79 @@ An alignment version hashes both feature versions, the metrics' parameters and t
 code (``tasks.align_task.alignment_version``), so after an upgrade of prh's alignment code, a
 re-extraction of either model or another parameter every pair of a zoo is aligned again (metrics
 whose own inputs are unchanged are copied: ``tasks.reused_metrics``). The alignment stage says why
-for each pair it computes, from the pair's newest stored version, so that a long nightly run on
-a store that already held every pair is not taken for lost results. Not part of the alignment
-code: this module only reads manifests and words what it finds.
+for each pair it computes, from the pair's stored version closest to the run, so that a long
+nightly run on a store that already held every pair is not taken for lost results. Not part of
+the alignment code: this module only reads manifests and words what it finds.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from storage.store import Store
+from storage.versioning import code_version
+from tasks.params import AlignmentParams
 from tasks.version_reasons import differing_fields, published_at, published_words
 
 
 def why_align(store: Store, pair_folder: str, current_key: str, features: dict[str, str], params: dict[str, Any],
               code: str) -> str | None:
-    """Why the alignment ``current_key`` is computed: the newest other stored version in the pair's
-    folder ``pair_folder`` (``alignment/<dataset>/<a>__<b>``, by ``published_at``) and what makes
-    it another version: other alignment code (``code``, the current ``code_version`` of the
-    alignment code), other feature versions (``features``: model -> feature version), other
-    parameters (``params``: ``AlignmentParams.model_dump()``), or none of these (a user metric's
-    edited module). None when the folder holds no other version. Damaged manifests are passed over."""
+    """Why the alignment ``current_key`` is computed: the other stored version in the pair's folder
+    ``pair_folder`` (``alignment/<dataset>/<a>__<b>``) closest to this run (fewest differences; the
+    newest, by ``published_at``, among equals) and what makes it another version: other alignment
+    code (``code``, the current ``code_version`` of the alignment code), other feature versions
+    (``features``: model -> feature version), other parameters (``params``:
+    ``AlignmentParams.model_dump()``), or none of these (a user metric's edited module). The
+    closest, not merely the newest: a pair stored at topk 10 and by a newer topk 3 trial names
+    only the code for a topk 10 run after an upgrade. None when the folder holds no other version.
+    Damaged manifests are passed over."""
     stored = [manifest for key, manifest in store.manifests(pair_folder, on_damaged=lambda _: None, folders="*")
               if key != current_key and manifest.get("kind") == "alignment" and isinstance(manifest.get("lineage"), dict)]
     if not stored:
         return None
-    newest = max(stored, key=published_at)
-    lineage = newest["lineage"]
+    current = json.loads(json.dumps(params))  # as stored: lists, not tuples
+    newest_first = sorted(stored, key=published_at, reverse=True)
+    closest = min(newest_first, key=lambda manifest: sum(map(len, _differences(manifest, features, current, code))))
+    other_code, moved, differing = _differences(closest, features, current, code)
     reasons = []
-    if lineage.get("code_version") != code:
-        reasons.append(f"is of other alignment code (code version {lineage.get('code_version')}, now {code})")
-    older = lineage.get("features") if isinstance(lineage.get("features"), dict) else {}
-    moved = [f"{model} ({older.get(model)}, now {version})" for model, version in features.items() if older.get(model) != version]
+    if other_code:
+        reasons.append(f"is of other alignment code (code version {closest['lineage'].get('code_version')}, now {code})")
     if moved:
         reasons.append(f"was computed from other features of {', '.join(moved)}")
-    differing = differing_fields(newest.get("params"), json.loads(json.dumps(params)))  # as stored: lists, not tuples
     if differing:
         reasons.append(f"was computed with another {', '.join(differing)}")
     if not reasons:
         reasons.append("has the same code, features and parameters (a user metric's module changed, or its metric versions)")
-    return f"the pair's stored alignment {str(newest.get('key', '?')).rsplit('/', 1)[-1]} ({published_words(newest)}) " \
+    return f"the pair's stored alignment {str(closest.get('key', '?')).rsplit('/', 1)[-1]} ({published_words(closest)}) " \
            + " and ".join(reasons)
 
+
+def _differences(manifest: dict[str, Any], features: dict[str, str], params: dict[str, Any],
+                 code: str) -> tuple[list[str], list[str], list[str]]:
+    """What differs between a stored alignment and this run, in three lists (each item one
+    difference): the code (``["code"]`` or empty), the models whose feature versions differ
+    (``model (stored, now current)``) and the parameters that do (as :func:`differing_fields`)."""
+    lineage = manifest["lineage"]
+    older = lineage.get("features") if isinstance(lineage.get("features"), dict) else {}
+    moved = [f"{model} ({older.get(model)}, now {version})" for model, version in features.items() if older.get(model) != version]
+    return ["code"] * (lineage.get("code_version") != code), moved, differing_fields(manifest.get("params"), params)
+
+
+def log_why_computed(store: Store, key: str, manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams,
+                     metrics: list[str], logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """Log why ``metrics`` of the pair are computed where the store holds another alignment of
+    it (:func:`why_align`: other code, features or parameters); a pair never aligned logs
+    nothing here. Only words: a store that cannot say is passed over (the stage reads it again).
+    Here, not in the stage: rewording or reshaping the message changes no alignment version."""
+    from tasks.align_task import ALIGNMENT_CODE  # the stage imports this module
+
+    a, b = manifest_a["catalog"], manifest_b["catalog"]
+    try:
+        reason = why_align(store, key.rsplit("/", 1)[0], key, {a["model"]: a.get("feature_version"), b["model"]: b.get("feature_version")},
+                           params.model_dump(), code_version(*ALIGNMENT_CODE))
+    except Exception:  # noqa: BLE001 - a message only
+        return
+    if reason is not None:
+        logger.info("%s x %s: computing %s: %s", a["model"], b["model"], ", ".join(metrics), reason)

@@ -34,7 +34,7 @@ def test_a_pair_aligned_again_says_which_stored_version_differs_and_how(tmp_path
     assert reason.startswith(f"vit x lm: computing mutual_knn: the pair's stored alignment {version} (published ")
     assert reason.endswith("was computed with another topk (4, now 3)") and "code" not in reason
 
-    # the newest stored version is compared; one of other code names both code versions
+    # the closest stored version is compared; one of other code names both code versions
     manifest_path = tmp_path / "store" / second["key"] / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     manifest["lineage"]["code_version"] = "0123456789abcdef"
@@ -53,3 +53,18 @@ def test_a_damaged_or_missing_pair_folder_gives_no_reason(tmp_path) -> None:
     (tmp_path / "store" / "alignment" / "d" / "a__b" / "0000000000000000").mkdir(parents=True)
     (tmp_path / "store" / "alignment" / "d" / "a__b" / "0000000000000000" / MANIFEST).write_text("{not json")
     assert why_align(store, "alignment/d/a__b", "alignment/d/a__b/v", {}, {}, "c") is None
+
+
+def test_the_stored_alignment_closest_to_the_run_is_compared_not_merely_the_newest(tmp_path) -> None:
+    """A pair stored at two settings (topk 4, then a newer trial at topk 3): a run at topk 4 after
+    an upgrade of the alignment code differs from its own stored version by the code alone."""
+    store = Store(str(tmp_path / "store"))
+    ma, mb = _models(store)
+    own = _align(store, ma, mb, ["mutual_knn"])
+    trial = _align(store, ma, mb, ["mutual_knn"], topk=3)
+    features = {"vit": ma["catalog"]["feature_version"], "lm": mb["catalog"]["feature_version"]}
+    params = json.loads((tmp_path / "store" / own["key"] / MANIFEST).read_text())["params"]
+    reason = why_align(store, own["key"].rsplit("/", 1)[0], "alignment/x/vit__lm/none", features, params, "0123456789abcdef")
+    assert trial["key"] != own["key"] and reason is not None
+    assert reason.startswith(f"the pair's stored alignment {own['key'].rsplit('/', 1)[1]} (published ")
+    assert reason.endswith(f"is of other alignment code (code version {code_version(*ALIGNMENT_CODE)}, now 0123456789abcdef)")

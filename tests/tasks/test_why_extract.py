@@ -78,3 +78,16 @@ def test_the_runs_words_for_a_model_to_extract_carry_the_reason_and_never_fail(t
     assert _to_extract(url, DATASET, VIT).startswith("to extract: its stored features b2785a768493b52b (published ")
     assert _to_extract(url, {"catalog": {}}, VIT) == "to extract"  # no dataset version: KeyError swallowed
 
+
+
+def test_the_stored_version_closest_to_the_run_is_compared_not_merely_the_newest(tmp_path):
+    """A store that holds the model at two settings (float32 nightly, a newer float16 trial): after
+    an upgrade of the extraction code the float32 run differs from its own stored version by the
+    code alone; the newer trial's dtype is no reason of this run's and must not be named as one."""
+    url = str(tmp_path / "store")
+    _store_old_version(url, "random-vit", "aaaaaaaaaaaaaaaa", VIT.fingerprint(), "483ece552deefdea")
+    _store_old_version(url, "random-vit", "ffffffffffffffff", {**VIT.fingerprint(), "dtype": "float16"}, "483ece552deefdea")
+    reason = why_extract(url, DATASET, VIT)
+    assert reason is not None and reason.startswith("its stored features aaaaaaaaaaaaaaaa (published ")
+    assert reason.endswith("are of other extraction code (code version 483ece552deefdea, now "
+                           f"{code_version(*FEATURE_CODE, exclude=FEATURE_CODE_EXCLUDED)})")
