@@ -23,6 +23,7 @@ from storage.versioning import ID_LENGTH, code_version, content_id, table_digest
 from tasks.params import AlignmentParams, DatasetParams
 from tasks.retries import backoff, retry_transient
 from tasks.shown_text import for_terminal
+from tasks.why_dataset import why_new_dataset
 
 DATASET_COLUMNS = ["sample_id", "image_id", "text", "image"]
 
@@ -246,7 +247,21 @@ def publish_dataset(
         "dataset %s: %d pairs%s, version %s (%s)",
         name, table.num_rows, cut, version, "published" if published.written else "already stored",
     )
+    if published.written:
+        _log_why_new(store, catalog, logger)
     return published.manifest
+
+
+def _log_why_new(store: Store, catalog: dict[str, Any], logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """Log why a newly published dataset version is not the stored one of that name
+    (``tasks.why_dataset``): every model is extracted again over it. Only words: a store that
+    cannot say is passed over."""
+    try:
+        reason = why_new_dataset(store, catalog)
+    except Exception:  # noqa: BLE001 - a message only
+        return
+    if reason is not None:
+        logger.info("dataset %s: a new version, so every model is extracted again over it: %s", catalog["name"], reason)
 
 
 def _warn_stored_as(logger: logging.Logger | logging.LoggerAdapter, name: str, n_rows: int, stored: dict[str, Any]) -> None:

@@ -326,3 +326,38 @@ def test_too_few_valid_rows_for_the_alignment_are_refused_counting_the_rejected_
     reason = message.rsplit("rejected rows by reason: ", 1)[1].split(": ")[0]
     assert message.endswith(f"rejected rows by reason: {reason}: 2") and f"rejected 2 rows ({reason}: 2)" in caplog.text
     assert not list((tmp_path / "store").glob("datasets/*/manifest.json"))
+
+
+def test_a_new_version_of_a_stored_dataset_says_how_it_differs(tmp_path, caplog):
+    """Reviewer R: a new dataset version (its rows changed: another n, an edited file, other
+    dataset code) re-extracts every model with a plain "to extract"; the dataset stage now says
+    why, from the stored version of that name closest to the run."""
+    root = tmp_path / "pairs"
+    root.mkdir()
+    lines = ["image,text"]
+    for colour in ("red", "blue", "green"):
+        (root / f"{colour}.png").write_bytes(png_bytes(colour))
+        lines.append(f"{colour}.png,a {colour} square")
+    (root / "pairs.csv").write_text("\n".join(lines) + "\n")
+    url = str(tmp_path / "store")
+    with caplog.at_level("INFO", logger="prh.dataset"):
+        whole = publish_dataset(DatasetParams(kind="path", path=str(root / "pairs.csv")), url)
+    assert "a new version" not in caplog.text  # the first of its name: nothing to explain
+    caplog.clear()
+    with caplog.at_level("INFO", logger="prh.dataset"):
+        head = publish_dataset(DatasetParams(kind="path", path=str(root / "pairs.csv"), n=2), url)
+    version = whole["catalog"]["dataset_version"]
+    assert (f"dataset pairs: a new version, so every model is extracted again over it: the store's version {version} "
+            f"of 'pairs' (published ") in caplog.text
+    assert "was read with another n (None, now 2)" in caplog.text and "code" not in caplog.text.split("a new version")[1]
+    caplog.clear()
+    (root / "pairs.csv").write_text("\n".join(lines[:3] + ["green.png,a green box"]) + "\n")  # the file edited
+    with caplog.at_level("INFO", logger="prh.dataset"):
+        publish_dataset(DatasetParams(kind="path", path=str(root / "pairs.csv")), url)
+    # the closest stored version is the whole file's (same settings): its rows changed
+    assert f"the store's version {version} of 'pairs' (published " in caplog.text
+    assert "has the same source settings and code: the source's rows themselves changed" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="prh.dataset"):  # stored already: no new version, nothing to explain
+        assert publish_dataset(DatasetParams(kind="path", path=str(root / "pairs.csv"), n=2), url)["key"] == head["key"]
+    assert "a new version" not in caplog.text
