@@ -90,13 +90,7 @@ def test_image_folder_with_other_column_names_is_published_with_its_columns(tmp_
 
 
 def test_n_of_a_table_is_honoured_and_recorded_and_unset_means_all(tmp_path, caplog):
-    root = tmp_path / "pairs"
-    root.mkdir()
-    lines = ["image,text"]
-    for colour in ("red", "blue", "green"):
-        (root / f"{colour}.png").write_bytes(png_bytes(colour))
-        lines.append(f"{colour}.png,a {colour} square")
-    (root / "pairs.csv").write_text("\n".join(lines) + "\n")
+    root, lines = _three_squares(tmp_path)
     url = str(tmp_path / "store")
     whole = publish_dataset(DatasetParams(kind="path", path=str(root / "pairs.csv")), url)
     assert (whole["catalog"]["n_samples"], whole["catalog"]["source"]["n"]) == (3, None)
@@ -332,13 +326,7 @@ def test_a_new_version_of_a_stored_dataset_says_how_it_differs(tmp_path, caplog)
     """Reviewer R: a new dataset version (its rows changed: another n, an edited file, other
     dataset code) re-extracts every model with a plain "to extract"; the dataset stage now says
     why, from the stored version of that name closest to the run."""
-    root = tmp_path / "pairs"
-    root.mkdir()
-    lines = ["image,text"]
-    for colour in ("red", "blue", "green"):
-        (root / f"{colour}.png").write_bytes(png_bytes(colour))
-        lines.append(f"{colour}.png,a {colour} square")
-    (root / "pairs.csv").write_text("\n".join(lines) + "\n")
+    root, lines = _three_squares(tmp_path)
     url = str(tmp_path / "store")
     with caplog.at_level("INFO", logger="prh.dataset"):
         whole = publish_dataset(DatasetParams(kind="path", path=str(root / "pairs.csv")), url)
@@ -361,3 +349,16 @@ def test_a_new_version_of_a_stored_dataset_says_how_it_differs(tmp_path, caplog)
     with caplog.at_level("INFO", logger="prh.dataset"):  # stored already: no new version, nothing to explain
         assert publish_dataset(DatasetParams(kind="path", path=str(root / "pairs.csv"), n=2), url)["key"] == head["key"]
     assert "a new version" not in caplog.text
+
+
+def _three_squares(tmp_path) -> tuple:
+    """A folder ``pairs`` with three coloured squares and ``pairs.csv`` naming them (header first):
+    the folder and the CSV's lines."""
+    root = tmp_path / "pairs"
+    root.mkdir()
+    lines = ["image,text"]
+    for colour in ("red", "blue", "green"):
+        (root / f"{colour}.png").write_bytes(png_bytes(colour))
+        lines.append(f"{colour}.png,a {colour} square")
+    (root / "pairs.csv").write_text("\n".join(lines) + "\n")
+    return root, lines
