@@ -18,7 +18,7 @@ from typing import Any
 from storage.store import Store
 from storage.versioning import code_version
 from tasks.params import AlignmentParams
-from tasks.version_reasons import differing_fields, published_at, published_words
+from tasks.version_reasons import closest, differing_fields, published_words, stored_manifests
 
 
 def why_align(store: Store, pair_folder: str, current_key: str, features: dict[str, str], params: dict[str, Any],
@@ -32,36 +32,35 @@ def why_align(store: Store, pair_folder: str, current_key: str, features: dict[s
     closest, not merely the newest: a pair stored at topk 10 and by a newer topk 3 trial names
     only the code for a topk 10 run after an upgrade. None when the folder holds no other version.
     Damaged manifests are passed over."""
-    stored = [manifest for key, manifest in store.manifests(pair_folder, on_damaged=lambda _: None, folders="*")
-              if key != current_key and manifest.get("kind") == "alignment" and isinstance(manifest.get("lineage"), dict)]
+    stored = [manifest for manifest in stored_manifests(store, pair_folder, "alignment", "lineage")
+              if manifest.get("key") != current_key]
     if not stored:
         return None
     current = json.loads(json.dumps(params))  # as stored: lists, not tuples
-    newest_first = sorted(stored, key=published_at, reverse=True)
-    closest = min(newest_first, key=lambda manifest: sum(map(len, _differences(manifest, features, current, code))))
-    other_code, moved, differing = _differences(closest, features, current, code)
+    nearest = closest(stored, lambda manifest: _differences(manifest, features, current, code))
+    other_code, moved, differing = _differences(nearest, features, current, code)
     reasons = []
     if other_code:
-        reasons.append(f"is of other alignment code (code version {closest['lineage'].get('code_version')}, now {code})")
+        reasons.append(f"is of other alignment code (code version {nearest['lineage'].get('code_version')}, now {code})")
     if moved:
         reasons.append(f"was computed from other features of {', '.join(moved)}")
     if differing:
         reasons.append(f"was computed with another {', '.join(differing)}")
     if not reasons:
         reasons.append("has the same code, features and parameters (a user metric's module changed, or its metric versions)")
-    return f"the pair's stored alignment {str(closest.get('key', '?')).rsplit('/', 1)[-1]} ({published_words(closest)}) " \
+    return f"the pair's stored alignment {str(nearest.get('key', '?')).rsplit('/', 1)[-1]} ({published_words(nearest)}) " \
            + " and ".join(reasons)
 
 
 def _differences(manifest: dict[str, Any], features: dict[str, str], params: dict[str, Any],
-                 code: str) -> tuple[list[str], list[str], list[str]]:
-    """What differs between a stored alignment and this run, in three lists (each item one
-    difference): the code (``["code"]`` or empty), the models whose feature versions differ
-    (``model (stored, now current)``) and the parameters that do (as :func:`differing_fields`)."""
+                 code: str) -> tuple[bool, list[str], list[str]]:
+    """What differs between a stored alignment and this run: whether its code does, the models
+    whose feature versions differ (``model (stored, now current)``) and the parameters that do
+    (as :func:`differing_fields`)."""
     lineage = manifest["lineage"]
     older = lineage.get("features") if isinstance(lineage.get("features"), dict) else {}
     moved = [f"{model} ({older.get(model)}, now {version})" for model, version in features.items() if older.get(model) != version]
-    return ["code"] * (lineage.get("code_version") != code), moved, differing_fields(manifest.get("params"), params)
+    return lineage.get("code_version") != code, moved, differing_fields(manifest.get("params"), params)
 
 
 def log_why_computed(store: Store, key: str, manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams,

@@ -14,7 +14,7 @@ from typing import Any
 
 from storage import layout
 from storage.store import Store
-from tasks.version_reasons import differing_fields, published_at, published_words
+from tasks.version_reasons import closest, differing_fields, published_words, stored_manifests
 
 
 def why_new_dataset(store: Store, catalog: dict[str, Any]) -> str | None:
@@ -23,9 +23,8 @@ def why_new_dataset(store: Store, catalog: dict[str, Any]) -> str | None:
     (fewest differences; the newest among equals), whether its dataset code differs and which of
     its source's fields do; its rows alone where neither does (the file itself changed). None when
     the store holds no other version of that name. Damaged manifests are passed over."""
-    stored = [manifest for _, manifest in store.manifests(layout.DATASETS, on_damaged=lambda _: None, folders="*")
-              if manifest.get("kind") == "dataset" and isinstance(manifest.get("catalog"), dict)
-              and manifest["catalog"].get("name") == catalog["name"]
+    stored = [manifest for manifest in stored_manifests(store, layout.DATASETS, "dataset", "catalog")
+              if manifest["catalog"].get("name") == catalog["name"]
               and manifest["catalog"].get("dataset_version") != catalog["dataset_version"]]
     if not stored:
         return None
@@ -35,16 +34,15 @@ def why_new_dataset(store: Store, catalog: dict[str, Any]) -> str | None:
         other = manifest["catalog"]
         return other.get("code_version") != catalog.get("code_version"), differing_fields(other.get("source"), source)
 
-    newest_first = sorted(stored, key=published_at, reverse=True)
-    closest = min(newest_first, key=lambda manifest: int(differences(manifest)[0]) + len(differences(manifest)[1]))
-    other_code, fields = differences(closest)
+    nearest = closest(stored, differences)
+    other_code, fields = differences(nearest)
     reasons = []
     if other_code:
-        reasons.append(f"is of other dataset code (code version {closest['catalog'].get('code_version')}, "
+        reasons.append(f"is of other dataset code (code version {nearest['catalog'].get('code_version')}, "
                        f"now {catalog.get('code_version')})")
     if fields:
         reasons.append(f"was read with another {', '.join(fields)}")
     if not reasons:
         reasons.append("has the same source settings and code: the source's rows themselves changed")
-    return (f"the store's version {closest['catalog'].get('dataset_version')} of {catalog['name']!r} "
-            f"({published_words(closest)}) " + " and ".join(reasons))
+    return (f"the store's version {nearest['catalog'].get('dataset_version')} of {catalog['name']!r} "
+            f"({published_words(nearest)}) " + " and ".join(reasons))

@@ -17,7 +17,7 @@ from storage.store import Store
 from storage.versioning import code_version
 from tasks.extract.spec import ModelSpec
 from tasks.extract_task import FEATURE_CODE, FEATURE_CODE_EXCLUDED
-from tasks.version_reasons import differing_fields, published_at, published_words
+from tasks.version_reasons import closest, differing_fields, published_words, stored_manifests
 
 
 def why_extract(store_url: str, dataset_manifest: dict[str, Any], spec: ModelSpec) -> str | None:
@@ -30,18 +30,15 @@ def why_extract(store_url: str, dataset_manifest: dict[str, Any], spec: ModelSpe
     store holds no version of that name over this dataset. Damaged manifests are passed over
     (``prh verify`` names them)."""
     dataset_version = dataset_manifest["catalog"]["dataset_version"]
-    stored = [manifest for _, manifest in Store(store_url).manifests(
-        Store.key(layout.FEATURES, dataset_version, spec.name), on_damaged=lambda _: None, folders="*")
-        if manifest.get("kind") == "features" and isinstance(manifest.get("catalog"), dict)]
+    stored = stored_manifests(Store(store_url), Store.key(layout.FEATURES, dataset_version, spec.name), "features", "catalog")
     if not stored:
         return None
     now = code_version(*FEATURE_CODE, exclude=FEATURE_CODE_EXCLUDED)
     fingerprint = spec.fingerprint()
-    newest_first = sorted(stored, key=published_at, reverse=True)
-    closest = min(newest_first, key=lambda manifest: _count(_differences(manifest, fingerprint, now)))  # first of equals
-    code_differs, differing = _differences(closest, fingerprint, now)
-    catalog = closest["catalog"]
-    head = f"its stored features {catalog.get('feature_version')} ({published_words(closest)})"
+    nearest = closest(stored, lambda manifest: _differences(manifest, fingerprint, now))
+    code_differs, differing = _differences(nearest, fingerprint, now)
+    catalog = nearest["catalog"]
+    head = f"its stored features {catalog.get('feature_version')} ({published_words(nearest)})"
     reasons = []
     if code_differs:
         reasons.append(f"are of other extraction code (code version {catalog.get('code_version')}, now {now})")
@@ -57,7 +54,3 @@ def _differences(manifest: dict[str, Any], fingerprint: dict[str, Any], code: st
     does, and each fingerprint field that does (as :func:`differing_fields` words them)."""
     return manifest["catalog"].get("code_version") != code, differing_fields(manifest.get("spec"), fingerprint)
 
-
-def _count(differences: tuple[bool, list[str]]) -> int:
-    """How many things differ (the code counts as one, as each fingerprint field does)."""
-    return int(differences[0]) + len(differences[1])
