@@ -198,10 +198,11 @@ def stored_files(store: Store, sources: CatalogSources) -> StoredFiles:
     an object store a few LIST requests), against which each file's size is checked before a view
     reads it. Files of an object store are grouped by schema fingerprint (bound from the first
     of each group); a local store's are all bound (its footers are cheap to read)."""
-    sizes: dict[str, int] = {}
+    entries: dict[str, dict[str, Any]] = {}
     for prefix in sorted({_FILE_VIEWS[view][0] for view, files in sources.files.items() if files}):
-        sizes.update(store.sizes(prefix))
-    return StoredFiles(sources.listed, sizes, by_schema=not store.is_local)
+        entries.update(store.listing(prefix))
+    sizes = {key: int(entry["size"]) for key, entry in entries.items()}
+    return StoredFiles(sources.listed, sizes, by_schema=not store.is_local, entries=entries)
 
 
 def _usable(store: Store, manifests: Iterable[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
@@ -298,9 +299,11 @@ def connect(
     if not isinstance(store, Store):
         store = Store(store, storage_options)
     con = duckdb.connect(":memory:")
-    register_store_filesystem(con, store, read_only)
     sources = catalog_sources(store)
     stored = stored_files(store, sources)
+    # DuckDB asks about each file it reads (glob, open, size, modified: four HEAD requests on S3,
+    # at every query): the listing just read answers for the published files
+    register_store_filesystem(con, store, read_only, stored.intact())
     con.execute("SET TimeZone = 'UTC'")  # TIMESTAMPTZ columns shown (and returned to Arrow) in UTC
     if lossless_arrow:
         con.execute("SET arrow_lossless_conversion = true")
@@ -502,14 +505,18 @@ def create_derived_views(con: duckdb.DuckDBPyConnection) -> list[str]:
     return list(DERIVED_VIEWS)
 
 
-def register_store_filesystem(con: duckdb.DuckDBPyConnection, store: Store, read_only: bool = True) -> None:
+def register_store_filesystem(con: duckdb.DuckDBPyConnection, store: Store, read_only: bool = True,
+                              published: dict[str, dict[str, Any]] | None = None) -> None:
     """Let DuckDB reach a remote store through its fsspec filesystem (DuckDB's httpfs is not
     needed), through a :class:`StoreFileSystem` of it (one existence check per file when the
     store's path has glob characters); with ``read_only`` through a :class:`ReadOnlyFileSystem`,
-    so that a write that got past :func:`query`'s checks fails in the filesystem. A local store needs nothing: DuckDB
-    reads local files itself (:func:`lock_down` limits which)."""
+    so that a write that got past :func:`query`'s checks fails in the filesystem. ``published``
+    (store key → listing entry: :meth:`StoredFiles.intact`): files whose existence, size and
+    modification time the wrapper answers from that entry, without a request. A local store needs
+    nothing: DuckDB reads local files itself (:func:`lock_down` limits which)."""
     if not store.is_local:
-        con.register_filesystem(ReadOnlyFileSystem(store.fs) if read_only else StoreFileSystem(store.fs))
+        known = {store.path(key): entry for key, entry in (published or {}).items()}
+        con.register_filesystem(ReadOnlyFileSystem(store.fs, known) if read_only else StoreFileSystem(store.fs, known))
 
 
 def _exists_in(store: Store) -> Callable[[str], bool]:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import fsspec
+from fsspec.utils import glob_translate
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -257,6 +258,10 @@ class Store:
             raise StoreIOError(f"store {redact_url(self.url)}: cannot reach it: {_describe(error)}") from error
         self.root = self.root.rstrip("/")
         self.is_local = "file" in _protocols(self.fs)
+        #: Options of a whole-file read in one GET request: s3fs otherwise asks every file's size
+        #: first (a HEAD request) to split a large one into concurrent range reads, which the
+        #: store's own small files (manifests, run records, claims) never need.
+        self._one_get: dict[str, Any] = {"max_concurrency": 1} if "s3" in _protocols(self.fs) else {}
         if is_s3 and (fs_retries := s3fs_retries()) is not None:
             self.fs.retries = fs_retries  # s3fs's own loop around each call (a cached, shared instance)
 
@@ -321,9 +326,12 @@ class Store:
         with self._reading(key):
             return self.fs.exists(self.path(key))
 
-    def read_bytes(self, key: str) -> bytes:
+    def read_bytes(self, key: str, large: bool = False) -> bytes:
+        """The content of the file at ``key``, read in one request; ``large`` (a data file, maybe
+        hundreds of MB): as the filesystem reads a large file, on S3 its size asked first and its
+        ranges read concurrently."""
         with self._reading(key):
-            return self.fs.cat_file(self.path(key))
+            return self.fs.cat_file(self.path(key), **({} if large else self._one_get))
 
     @contextlib.contextmanager
     def open_read(self, key: str) -> Iterator[Any]:
@@ -351,13 +359,20 @@ class Store:
         """Every file under the folder ``prefix``, at any depth, as key → size in bytes, from one
         recursive listing read afresh (on S3 one LIST request per 1,000 objects, no request per
         file); empty when the folder does not exist."""
+        return {key: int(info["size"]) for key, info in self.listing(prefix).items()}
+
+    def listing(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """Every file under the folder ``prefix``, at any depth, as key → the filesystem's listing
+        entry (``name``, ``size``; on S3 also ``ETag`` and ``LastModified``, what a HEAD request
+        would say), from one recursive listing read afresh (:meth:`sizes`); empty when the folder
+        does not exist."""
         path = self.path(prefix)
         with self._reading(prefix):
             self._forget_listings(path)
             if not self.fs.exists(path):
                 return {}
             found = self.fs.find(path, detail=True)
-        return {self.key_of(name): int(info["size"]) for name, info in found.items()
+        return {self.key_of(name): dict(info) for name, info in found.items()
                 if info.get("type", "file") != "directory" and info.get("size") is not None}
 
     def _forget_listings(self, path: str) -> None:
@@ -463,7 +478,7 @@ class Store:
         if not paths:
             return []
         with self._reading(what):
-            results = self.fs.cat_ranges(list(paths), None, None, on_error="return")
+            results = self.fs.cat_ranges(list(paths), None, None, on_error="return", **self._one_get)
         out: list[bytes | None] = []
         for path, result in zip(paths, results):
             if isinstance(result, FileNotFoundError):
@@ -488,9 +503,11 @@ class Store:
         Raises :class:`DamagedManifest` naming the file when it is not a manifest (cut short,
         edited, or copied here from another version)."""
         key = f"{version_key}/{MANIFEST}"
-        if not self.exists(key):
+        try:  # one request (an existence check first was two or three on S3)
+            raw = self.read_bytes(key)
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        return self._checked_manifest(version_key, self.read_bytes(key))
+        return self._checked_manifest(version_key, raw)
 
     def manifests(self, prefix: str, on_damaged: Callable[[DamagedManifest], None] | None = None,
                   folders: str = "**") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -500,11 +517,11 @@ class Store:
         ``"*/<version>"`` is one folder per model), its literal parts escaped by the caller
         (:func:`escape_glob`). A damaged manifest (see :meth:`manifest`) raises, or with
         ``on_damaged`` is handed to it and skipped (the catalog warns and shows the rest)."""
-        base = self.path(prefix)
-        with self._reading(prefix):
-            if not self.fs.exists(base):
-                return
-            found = self.glob(prefix, f"{folders}/{MANIFEST}", refresh=folders != "**")
+        try:  # no existence check first (on S3 a HEAD and a LIST request): nothing under it lists nothing
+            with self._reading(prefix):
+                found = self._manifest_paths(prefix, folders)
+        except FileNotFoundError:  # s3fs: the bucket itself is missing
+            return
         paths = sorted(found)
         for path, raw in zip(paths, self.read_many(paths, prefix)):
             version_key = self.key_of(path).rsplit("/", 1)[0]
@@ -518,6 +535,20 @@ class Store:
                 on_damaged(damaged)
                 continue
             yield version_key, manifest
+
+    def _manifest_paths(self, prefix: str, folders: str) -> list[str]:
+        """The paths of the manifests in the version folders ``folders`` (a glob) under ``prefix``.
+
+        An object store's are matched in one recursive listing of ``prefix`` (on S3 one LIST
+        request per 1,000 objects): a glob of fixed depth (``*/<version>``) lists each folder on
+        its way apart, afresh, a request per model folder and per version folder, at every model
+        a run extracts. A local disk is globbed (a walk of its folders costs no request)."""
+        if self.is_local or folders == "**":
+            return self.glob(prefix, f"{folders}/{MANIFEST}", refresh=folders != "**")
+        base = self.path(prefix)
+        pattern = re.compile(glob_translate(f"{escape_glob(base)}/{folders}/{MANIFEST}"))
+        self._forget_listings(base)  # afresh, as the glob's refresh did
+        return [path for path in self.fs.find(base) if pattern.match(path)]
 
     def _checked_manifest(self, version_key: str, raw: bytes) -> dict[str, Any]:
         """The manifest in ``raw``, which must be a JSON object naming ``version_key`` as its ``key``."""

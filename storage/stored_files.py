@@ -20,7 +20,7 @@ footer does not parse when the catalog opens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -61,6 +61,18 @@ class StoredFiles:
     #: Whether :meth:`groups` splits files by schema fingerprint (object stores); False: one group
     #: read ``union_by_name`` (local stores, every footer bound).
     by_schema: bool = True
+    #: Store key → the listing's entry of that file (``Store.listing``: size, and on S3 ``ETag``
+    #: and ``LastModified``); empty when the caller listed sizes only.
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def intact(self) -> dict[str, dict[str, Any]]:
+        """Store key → listing entry of each file a manifest lists that the listing holds at the
+        manifest's size (what the views read; :meth:`misfits` are left out). A published file is
+        never written again, so what its entry says stays true for a connection's life (a file
+        rewritten anyway fails its reads on ETag, ``storage.read_only_fs``)."""
+        misfits = self.misfits(list(self.listed))
+        return {listed.key: self.entries[listed.key] for uri, listed in self.listed.items()
+                if uri not in misfits and listed.key in self.entries}
 
     def misfits(self, files: list[str]) -> dict[str, str]:
         """The files among ``files`` (URIs) that are missing from the listing or whose size is not

@@ -102,7 +102,7 @@ def listed_bytes(store: Store, version_key: str, name: str, manifest: dict[str, 
     listing of its ``manifest`` (size and SHA-256): what a run copies from a stored version into a
     new one must be what was published, or a damaged file would be published again under a fresh,
     valid checksum. Raises ``FileNotFoundError`` (missing) or :class:`NotAsListed`."""
-    data = store.read_bytes(f"{version_key}/{name}")
+    data = store.read_bytes(f"{version_key}/{name}", large=True)
     listing = manifest.get("files")
     entry = listing.get(name) if isinstance(listing, dict) else None
     entry = entry if isinstance(entry, dict) else {}

@@ -25,7 +25,7 @@ once, or ends a down window early). :meth:`deny_writes` turns the bucket read-on
 PUT/POST/DELETE). :meth:`ignore_conditional_writes` makes the endpoint one of the S3-compatible
 servers that ignore ``If-None-Match: *`` on a PUT and overwrite (MinIO releases older than
 mid-2024, for one): the header is dropped before forwarding, so moto writes whether or not the
-key exists. ``counts`` records what was forwarded and injected.
+key exists. ``counts`` records what was forwarded and injected, ``methods`` the requests by method.
 
 Standard library only; every socket is on 127.0.0.1.
 """
@@ -130,6 +130,9 @@ class FaultProxy:
         self._generation = 0
         self._ignore_conditions = False
         self.counts: Counter[str] = Counter()
+        #: Requests received by HTTP method (``HEAD``, ``GET``, ``PUT``...; a GET that lists a
+        #: bucket, ListObjectsV2, counts as ``LIST``), faults included.
+        self.methods: Counter[str] = Counter()
 
     # ------------------------------------------------------------- control
     @property
@@ -311,6 +314,7 @@ class FaultProxy:
         target = unquote(request.target)
         with self._lock:
             self.counts["requests"] += 1
+            self.methods["LIST" if request.method == "GET" and "list-type=" in target else request.method] += 1
             for rule in self._rules:
                 if rule.spent or not rule.matches(request.method, target, request.headers):
                     continue

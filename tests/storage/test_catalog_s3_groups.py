@@ -242,3 +242,36 @@ def test_select_star_has_the_canonical_column_order_on_s3_and_locally(s3_store_u
             assert names == [c.split(" ")[0] for c in _EMPTY_VIEWS[files].split(", ")] + added.get(files, []), view
         old = query(con, f"select distinct unit, ci_degenerate from alignment_best_all where alignment_version = '{version}'").to_pylist()
         assert old == [{"unit": "sample", "ci_degenerate": None}]
+
+
+def test_queries_ask_nothing_about_the_published_files_the_listing_described(s3_store_url, proxy):
+    """DuckDB asks about every file a query reads (glob, open, size, modified): four HEAD requests
+    per file and query on S3 (130 of the 160 requests of a pipeline run's report). The catalog's
+    own listing answers them: a query sends no HEAD, only the reads of the files' bytes."""
+    _features_store(s3_store_url, 3)
+    store = _through(proxy, s3_store_url)
+    con = connect(store)
+    sql = "select model, layer, sum(list_sum(vector)) s from features group by all order by all"
+    sent = []
+    for _ in range(2):
+        before, heads = proxy.counts["requests"], proxy.methods["HEAD"]
+        rows = query(con, sql).to_pylist()
+        sent.append((proxy.counts["requests"] - before, proxy.methods["HEAD"] - heads))
+    assert len(rows) == 2 * 3
+    assert [heads for _, heads in sent] == [0, 0], sent
+    # a footer and a data read per file, and the footer binding the one schema group
+    assert all(requests <= 2 * 2 * 3 + 1 for requests, _ in sent), sent
+    assert rows == query(connect(Store(s3_store_url)), sql).to_pylist()
+
+
+def test_a_published_file_rewritten_after_connect_fails_its_read_instead_of_being_read_as_listed(s3_store_url, proxy):
+    """The catalog answers DuckDB from the listing it read at ``connect``; a file rewritten since
+    (same size, other bytes: a hand edit, a copy over the store) is not read as if it were the
+    listed one: its reads are conditional on the listed ETag and fail."""
+    store = _features_store(s3_store_url, 2)
+    key = next(k for k, _ in store.manifests(layout.FEATURES)) + "/layer-001.parquet"
+    con = connect(_through(proxy, s3_store_url))
+    data = store.read_bytes(key)
+    store.fs.pipe_file(store.path(key), data[:-12] + bytes(reversed(data[-12:-8])) + data[-8:])  # other bytes, same size
+    with pytest.raises(Exception, match="(?i)expired|precondition|pre-conditions|changed"):
+        query(con, "select sum(list_sum(vector)) from features").to_pylist()

@@ -1,0 +1,70 @@
+"""What the store's reads cost in S3 requests (users' endpoints answer each in 10-50 ms): a small
+file is one GET, not a HEAD (s3fs asking its size to split a large read) and then a GET, and a
+version's manifest is one request whether it is published or not, not an existence check first."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from storage import layout
+from storage.features import layer_tables
+from storage.store import Store
+from tests.storage.s3_fault_proxy import FaultProxy
+
+
+@pytest.fixture(scope="module")
+def proxy(s3_endpoint):
+    """A proxy in front of the moto server, without faults: it counts the requests."""
+    with FaultProxy(s3_endpoint) as p:
+        yield p
+
+
+def _sent(proxy: FaultProxy, read) -> tuple[object, dict[str, int]]:
+    """What ``read()`` returns, and the requests it sent by method."""
+    before = dict(proxy.methods)
+    result = read()
+    return result, {m: n - before.get(m, 0) for m, n in proxy.methods.items() if n - before.get(m, 0)}
+
+
+def test_a_manifest_and_a_record_are_read_with_one_get_each(s3_store_url, proxy):
+    key = layout.features_key("ds0123456789abcd", "vit", "fv0123456789abcd")
+    writer = Store(s3_store_url)
+    writer.publish(key, layer_tables("vit", "fv0123456789abcd", ["s0", "s1"], [np.ones((2, 3), np.float32)]),
+                   {"kind": "features", "catalog": {"model": "vit", "feature_version": "fv0123456789abcd"}})
+    writer.write_json("runs/r1.json", {"run_id": "r1"})
+    store = Store(s3_store_url, {"endpoint_url": proxy.url, "skip_instance_cache": True})
+    manifest, sent = _sent(proxy, lambda: store.manifest(key))
+    assert manifest["key"] == key and sent == {"GET": 1}
+    missing, sent = _sent(proxy, lambda: store.manifest(key.replace("fv0123456789abcd", "fv00000000000000")))
+    assert missing is None and sent == {"GET": 1}  # a 404: not published
+    record, sent = _sent(proxy, lambda: store.read_json("runs/r1.json"))
+    assert record == {"run_id": "r1"} and sent == {"GET": 1}
+    found, sent = _sent(proxy, lambda: list(store.manifests(layout.FEATURES)))
+    assert [k for k, _ in found] == [key] and sent == {"LIST": 1, "GET": 1}, sent  # one listing, one read
+    # a data file is read as s3fs reads a large file (its size first, then concurrent ranges)
+    data, sent = _sent(proxy, lambda: store.read_bytes(f"{key}/layer-000.parquet", large=True))
+    assert data == writer.read_bytes(f"{key}/layer-000.parquet") and sent == {"HEAD": 1, "GET": 1}
+
+
+def test_the_manifests_of_one_version_in_every_model_folder_are_found_with_one_listing(s3_store_url, proxy):
+    """``features/<dataset>/*/<version>`` (``tasks.feature_copy.published_elsewhere``, at every
+    model a run extracts; ``*`` for a model's or a pair's versions: ``tasks.version_reasons``):
+    the glob had listed each model folder and each version folder apart, 1 + M + M·V requests;
+    one recursive listing finds them, whatever the number of folders."""
+    from storage.store_urls import escape_glob
+
+    writer = Store(s3_store_url)
+    dataset, versions = "ds0123456789abcd", ["fv0000000000000a", "fv0000000000000b"]
+    for model in ("m1", "m2", "m3"):
+        for version in versions:
+            writer.publish(layout.features_key(dataset, model, version),
+                           layer_tables(model, version, ["s0"], [np.ones((1, 2), np.float32)]),
+                           {"kind": "features", "catalog": {"model": model, "feature_version": version}})
+    store = Store(s3_store_url, {"endpoint_url": proxy.url, "skip_instance_cache": True})
+    found, sent = _sent(proxy, lambda: list(store.manifests(f"features/{dataset}", folders=f"*/{escape_glob(versions[1])}")))
+    assert [k.split("/")[2] for k, _ in found] == ["m1", "m2", "m3"] and sent == {"LIST": 1, "GET": 3}, sent
+    found, sent = _sent(proxy, lambda: list(store.manifests(f"features/{dataset}/m2", folders="*")))
+    assert [k.rsplit("/", 1)[1] for k, _ in found] == versions and sent == {"LIST": 1, "GET": 2}, sent
+    assert list(store.manifests(f"features/{dataset}/m4", folders="*")) == []
+    assert list(Store("s3://prh-no-such-bucket/store").manifests("features", folders="*")) == []
