@@ -406,18 +406,19 @@ def _circular_lists_setup(n: int, k: int, layers: int) -> str:
 
 
 def test_sparse_matrix_without_the_slot_table_is_lists_sized() -> None:
-    """N=6000, k=100, 13 x 13 independent layers: 1.7% of the combinations in the mask, so
-    ``matrix`` sums over the mask's entries (``hit_sim``), and the slot table (L N^2) is too large.
-    Each hit's x-slot was found by gathering its whole sorted x-row and its sorting order: two
-    (H, k) int64 tensors, 2.6 GB extra (the dense path, ``SPARSE_MAX_SHARE = 0``: 354 MB). Now one
-    binary search of the hits in the lists' flat sorted keys."""
+    """N=3000, k=50, 13 x 13 independent layers: 1.7% of the combinations in the mask, so
+    ``matrix`` sums over the mask's entries (``hit_sim``), and the slot table (L N^2 = 117 M
+    entries) is too large. Each hit's x-slot was found by gathering its whole sorted x-row and its
+    sorting order: two (H, k) int64 tensors, 2.6 GB extra at N=6000, k=100 (the dense path,
+    ``SPARSE_MAX_SHARE = 0``: 354 MB), 565 MiB here. Now one binary search of the hits in the
+    lists' flat sorted keys: 94 to 119 MiB here (275 at N=6000, k=100, which took 12 s)."""
     from tests.tasks.metrics.peak_memory import peak_growth
 
     measured = ("m = CknnaEngine().matrix(states[0], states[1], {'unbiased': True})\n"
                 "extra.append(int(m.isfinite().all()))\n")
-    extra, finite = peak_growth(_circular_lists_setup(6000, 100, 13), measured)
+    extra, finite = peak_growth(_circular_lists_setup(3000, 50, 13), measured)
     assert finite == 1
-    assert extra < 450 * 2**20, extra / 2**20  # lists: 13 x 6000 x 100 int64 = 59 MiB a side
+    assert extra < 250 * 2**20, extra / 2**20  # lists: 13 x 3000 x 50 int64 = 15 MiB a side
 
 
 def test_sparse_matrix_holds_no_more_than_one_dense_call() -> None:
@@ -425,12 +426,14 @@ def test_sparse_matrix_holds_no_more_than_one_dense_call() -> None:
     (1/13 of the combinations, under ``SPARSE_MAX_SHARE``), 2.6 M hits at N=20,000, k=10, 13
     layers. Summed sparsely they held 416 MiB, where the dense path (a call per x-layer against
     the 13 y-layers) holds 160 MiB; with 70 layers a side the sparse sums could hold 5.6 times a
-    dense call's hits. Now the sparse path takes only what fits one dense call's memory."""
+    dense call's hits. Now the sparse path takes only what fits one dense call's memory. Here
+    N=8,000 (1.0 M hits): the sparse sums peak 142 MiB above the states, the dense calls 7 to 10
+    (at N=20,000: 371 and 25 MiB, in 7 s)."""
     from tests.tasks.metrics.peak_memory import peak_growth
 
     measured = ("m = CknnaEngine().matrix(states[0], states[0], {'unbiased': True})\n"
                 "own = states[0].self_sim / (states[0].self_sim.abs() + 1e-6)\n"
                 "extra.append(int(torch.allclose(m.diagonal(), own, rtol=1e-9, atol=0)))\n")
-    extra, same = peak_growth(_circular_lists_setup(20000, 10, 13), measured)
+    extra, same = peak_growth(_circular_lists_setup(8000, 10, 13), measured)
     assert same == 1  # each layer against itself: sim(K, K) / (|sim(K, K)| + 1e-6)
-    assert extra < 250 * 2**20, extra / 2**20  # with the states' float64 values (44 MiB here)
+    assert extra < 100 * 2**20, extra / 2**20  # with the states' float64 values (18 MiB here)
