@@ -281,3 +281,20 @@ def test_left_singular_returns_the_numerical_rank(exact: bool) -> None:
     np.testing.assert_allclose(s.numpy(), np.linalg.svd(z, compute_uv=False)[:3], rtol=1e-9)
     np.testing.assert_allclose(u.numpy().T @ u.numpy(), np.eye(3), atol=1e-9)
     np.testing.assert_allclose(u.numpy() @ (u.numpy().T @ z), z, atol=1e-9)
+
+
+def test_linear_regression_is_1_when_x_spans_every_centred_direction() -> None:
+    """docs/metrics.md, `linear_regression`: with ridge 0 (the pipeline's) an x whose centred rows
+    span all N - 1 directions fits any y exactly, and rows shared by several samples cap R^2 at
+    the share of y's variance between the groups, the same for every such x (every layer pair
+    of an audit's vision model tied there)."""
+    rng = np.random.default_rng(2)
+    y = rng.normal(size=(20, 6))
+    assert score("linear_regression", rng.normal(size=(20, 19)), y) == pytest.approx(1.0, abs=1e-12)
+    groups = np.repeat(np.arange(8), [1, 2, 3, 4, 2, 3, 3, 2])  # 20 samples of 8 images
+    yc = y - y.mean(0)
+    means = np.stack([yc[groups == g].mean(0) for g in range(8)])
+    between = ((means[groups]) ** 2).sum() / (yc ** 2).sum()
+    for width in (7, 12):
+        x = rng.normal(size=(8, width))[groups]
+        assert score("linear_regression", x, y) == pytest.approx(between, abs=1e-12)
