@@ -68,9 +68,16 @@ def store_url(request, tmp_path) -> str:
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One real temporary Prefect API server for the whole test session."""
+    """One real temporary Prefect API server for the whole test session.
+
+    Prefect's flow-run heartbeat is off in this process (``heartbeat_frequency`` None): its thread
+    sleeps in whole seconds and every flow run joins it at its end, ~1 s per flow run (10 empty
+    flows: 11 s with it, 1 s without), over a hundred in-process runs in the suite. prh relies on
+    its own signs of life (storage/runs.py), not on Prefect's heartbeats; the runs the suite starts
+    as subprocesses (`prh run`, deployments' workers) keep Prefect's default."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
     timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
-    with prefect_test_harness(server_startup_timeout=timeout):
+    with prefect_test_harness(server_startup_timeout=timeout), temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield

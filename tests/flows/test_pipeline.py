@@ -265,9 +265,14 @@ def test_the_alignment_stage_reads_and_prepares_a_model_with_two_pairs_once(tmp_
     assert read_whole == ["tiny-vit"] and summary["aligned"] == 2
     assert len(prepared) == 3  # tiny-vit once for its two pairs, each language model once
     assert not storage.pairing._CACHE._items and not storage.pairing._CACHE._left
-    # the same results as the stage computing every pair on its own (the cache off)
+    # the same results as the stage computing every pair on its own (the cache off), from the same
+    # dataset and features: copied, not extracted again (the alignment stage is what is compared)
+    import shutil
+
+    shutil.copytree(store, tmp_path / "alone", ignore=lambda folder, names: {"alignment", "runs"} & set(names) if folder == store else set())
     monkeypatch.setenv("PRH_FEATURE_CACHE_MB", "0")
-    prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT], permutations=5), store=str(tmp_path / "alone"), report=False)
+    alone = prh_pipeline(config=_config([TINY_VIT, TINY_BERT, TINY_GPT], permutations=5), store=str(tmp_path / "alone"), report=False)
+    assert alone["extracted"] == [] and alone["aligned"] == 2
     assert read_whole == ["tiny-vit"] and len(prepared) == 7
     sql = ("select model_a, model_b, metric, score, layer_a, layer_b, calibrated_score, p_value, ci_low, ci_high "
            "from alignment_best order by all")
