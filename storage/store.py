@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -258,10 +259,8 @@ class Store:
             raise StoreIOError(f"store {redact_url(self.url)}: cannot reach it: {_describe(error)}") from error
         self.root = self.root.rstrip("/")
         self.is_local = "file" in _protocols(self.fs)
-        #: Options of a whole-file read in one GET request: s3fs otherwise asks every file's size
-        #: first (a HEAD request) to split a large one into concurrent range reads, which the
-        #: store's own small files (manifests, run records, claims) never need.
-        self._one_get: dict[str, Any] = {"max_concurrency": 1} if "s3" in _protocols(self.fs) else {}
+        #: Options of a whole-file read in one GET request (:func:`_one_get_options`).
+        self._one_get = _one_get_options(self.fs)
         if is_s3 and (fs_retries := s3fs_retries()) is not None:
             self.fs.retries = fs_retries  # s3fs's own loop around each call (a cached, shared instance)
 
@@ -1410,6 +1409,21 @@ def _leaf_path(field: pa.Field) -> str | None:
             and pa.types.is_floating(kind.value_type):
         return f"{field.name}.list.element"
     return None
+
+
+def _one_get_options(fs: fsspec.AbstractFileSystem) -> dict[str, Any]:
+    """The ``cat_file`` options that read a whole file in one GET request: s3fs (2025 and later)
+    otherwise asks every file's size first (a HEAD request) to split a large one into concurrent
+    range reads, which the store's own small files (manifests, run records, claims) never need.
+    None for other filesystems, nor for an s3fs without that option (it sends one GET anyway:
+    an option it does not take would fail every read)."""
+    if "s3" not in _protocols(fs):
+        return {}
+    try:
+        takes = "max_concurrency" in inspect.signature(fs._cat_file).parameters
+    except (AttributeError, TypeError, ValueError):
+        return {}
+    return {"max_concurrency": 1} if takes else {}
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

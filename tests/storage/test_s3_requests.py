@@ -68,3 +68,21 @@ def test_the_manifests_of_one_version_in_every_model_folder_are_found_with_one_l
     assert [k.rsplit("/", 1)[1] for k, _ in found] == versions and sent == {"LIST": 1, "GET": 2}, sent
     assert list(store.manifests(f"features/{dataset}/m4", folders="*")) == []
     assert list(Store("s3://prh-no-such-bucket/store").manifests("features", folders="*")) == []
+
+
+def test_the_one_get_option_is_passed_only_to_an_s3fs_that_takes_it(s3_endpoint):
+    """``max_concurrency=1`` keeps s3fs (2025 and later) from asking a file's size before reading
+    it; an older s3fs (pyproject allows 2024.12) has no such option and sends one GET anyway: the
+    option given to it would fail every read (TypeError)."""
+    import fsspec
+    import s3fs
+
+    from storage.store import _one_get_options
+
+    class OlderS3(s3fs.S3FileSystem):
+        async def _cat_file(self, path, version_id=None, start=None, end=None):  # 2024.12's signature
+            return await super()._cat_file(path, version_id=version_id, start=start, end=end)
+
+    assert _one_get_options(s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True)) == {"max_concurrency": 1}
+    assert _one_get_options(OlderS3(endpoint_url=s3_endpoint, skip_instance_cache=True)) == {}
+    assert _one_get_options(fsspec.filesystem("file")) == {}
