@@ -19,7 +19,8 @@ exist), ``open`` (its size and ETag), ``size`` and ``modified`` (four HEAD reque
 file and query: 130 of the 160 requests of a pipeline run's report). A published file is never
 written again, so these are answered from its entry, and ``open`` gives the file its entry's
 size and ETag: its reads are still conditional on that ETag (s3fs's ``IfMatch``, as when it
-looks the ETag up itself), so a file rewritten after the listing fails its read
+looks the ETag up itself; with s3fs's ``local_expiry_check`` compared by s3fs with each
+response's ETag instead, for servers that refuse ``If-Match``), so a file rewritten after the listing fails its read
 (``FileExpired``) instead of being read as the file the views were bound to.
 """
 
@@ -100,7 +101,10 @@ class StoreFileSystem(AbstractFileSystem):
             return self.inner.open(path, mode, *args, **kwargs)
         handle = self.inner.open(path, mode, size=int(entry["size"]), **kwargs)
         handle.details = dict(entry)  # what the HEAD request at open would have said
-        if isinstance(getattr(handle, "read_kw", None), dict):  # s3fs: reads only while the ETag is still this
+        # s3fs: reads only while the ETag is still this; an s3fs told to check ETags itself (a
+        # server without If-Match, VAST S3: it refuses the header) compares each read's ETag with
+        # ``details`` instead, as it does for a file it looked up itself
+        if isinstance(getattr(handle, "read_kw", None), dict) and not getattr(self.inner, "local_expiry_check", False):
             handle.read_kw = {**handle.read_kw, "IfMatch": entry["ETag"]}
         return handle
 

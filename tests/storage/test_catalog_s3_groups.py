@@ -275,3 +275,23 @@ def test_a_published_file_rewritten_after_connect_fails_its_read_instead_of_bein
     store.fs.pipe_file(store.path(key), data[:-12] + bytes(reversed(data[-12:-8])) + data[-8:])  # other bytes, same size
     with pytest.raises(Exception, match="(?i)expired|precondition|pre-conditions|changed"):
         query(con, "select sum(list_sum(vector)) from features").to_pylist()
+
+
+def test_a_server_without_if_match_reads_published_files_checked_by_s3fs(s3_store_url, proxy):
+    """An S3-compatible server that refuses ``If-Match`` on reads (VAST S3: 501 NotImplemented) is
+    reached with s3fs's ``local_expiry_check``: s3fs then compares each response's ETag itself.
+    The ETags the catalog gives DuckDB's opens honour it (sending the header failed every read,
+    the binding at connect first), and a file rewritten after connect still fails its read."""
+    store = _features_store(s3_store_url, 2)
+    key = next(k for k, _ in store.manifests(layout.FEATURES)) + "/layer-001.parquet"
+    proxy.error(501, "NotImplemented", header="If-Match")
+    try:
+        con = connect(Store(s3_store_url, {"endpoint_url": proxy.url, "skip_instance_cache": True,
+                                           "local_expiry_check": True}))
+        assert query(con, "select count(*) n from features").to_pylist() == [{"n": 2 * 2 * 4}]
+        data = store.read_bytes(key)
+        store.fs.pipe_file(store.path(key), data[:-12] + bytes(reversed(data[-12:-8])) + data[-8:])  # same size
+        with pytest.raises(Exception, match="(?i)expired|changed"):
+            query(con, "select sum(list_sum(vector)) from features").to_pylist()
+    finally:
+        proxy.clear()
