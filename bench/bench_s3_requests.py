@@ -51,15 +51,17 @@ def tiny_zoo(count: int) -> list[dict[str, Any]]:
 
 
 class RequestCounter:
-    """Counts every S3 API call of this process (aiobotocore ``_make_api_call``) by operation."""
+    """Counts every S3 API call of this process (aiobotocore ``_make_api_call``, one per HTTP
+    request, retries included) by operation, while installed (``with RequestCounter() as c``)."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self._original: Any = None
 
-    def install(self) -> None:
+    def __enter__(self) -> "RequestCounter":
         import aiobotocore.client
 
-        original = aiobotocore.client.AioBaseClient._make_api_call
+        original = self._original = aiobotocore.client.AioBaseClient._make_api_call
         counts = self.counts
 
         async def counted(client: Any, operation: str, params: dict[str, Any]) -> Any:
@@ -67,6 +69,12 @@ class RequestCounter:
             return await original(client, operation, params)
 
         aiobotocore.client.AioBaseClient._make_api_call = counted
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import aiobotocore.client
+
+        aiobotocore.client.AioBaseClient._make_api_call = self._original
 
     def since(self, before: Counter[str]) -> Counter[str]:
         return self.counts - before
@@ -114,11 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         "models": tiny_zoo(args.models),
         "alignment": {"metrics": ["mutual_knn", "cka", "cknna"], "topk": 5, "permutations": args.permutations, "bootstrap": 20},
     })
-    counter = RequestCounter()
-    counter.install()
     print(f"zoo of {args.models} tiny models, N={args.n}, {args.permutations} permutations; S3: moto on loopback", flush=True)
     rows: list[str] = []
-    with loopback_s3("prh-bench-key", "prh-bench-secret") as env, prefect_test_harness(server_startup_timeout=240):
+    with loopback_s3("prh-bench-key", "prh-bench-secret") as env, prefect_test_harness(server_startup_timeout=240), \
+            RequestCounter() as counter:
         import s3fs
 
         s3fs.S3FileSystem(endpoint_url=env["AWS_ENDPOINT_URL"]).mkdir("prh-bench")
