@@ -954,7 +954,22 @@ def read_failure_hint(error: duckdb.Error) -> str:
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         return (f" (this process may keep only {limit} files open at once (`ulimit -n`), fewer than the query reads: "
                 "raise the limit, e.g. `ulimit -n 4096`, and run it again; the store is not damaged by this)")
-    if type(error) is duckdb.Error or isinstance(error, duckdb.IOException) or (
-            isinstance(error, duckdb.InvalidInputException) and "parquet" in str(error).lower()):
+    read_error = type(error) is duckdb.Error or isinstance(error, duckdb.IOException) or (
+        isinstance(error, duckdb.InvalidInputException) and "parquet" in str(error).lower())
+    if read_error and any(sign in str(error) for sign in _GONE):
+        return (" (a file the catalog listed when it was opened is gone: removed since, by `prh gc` or by hand; open the "
+                "catalog again (`prh sql` again, or a new `connect`) to read the store as it is now; `prh verify` names "
+                "any file a manifest lists that is missing)")
+    if read_error and any(sign in str(error) for sign in _CHANGED):
+        return (" (a file the catalog listed when it was opened was written again since: published files are never "
+                "rewritten by prh, so a copy or an edit replaced it; `prh verify` tells whether it still is what its "
+                "manifest lists)")
+    if read_error:
         return " (reading a stored file failed: if one was damaged after it was published, `prh verify` names it)"
     return ""
+
+
+#: Words of DuckDB's and s3fs's errors for a file that is no longer there (local, then S3).
+_GONE = ("No files found that match the pattern", "No such file or directory", "The specified key does not exist", "NoSuchKey")
+#: ... and for a file rewritten since the catalog listed it (s3fs's ETag checks).
+_CHANGED = ("FileExpired", "PreconditionFailed", "pre-conditions", "has changed")

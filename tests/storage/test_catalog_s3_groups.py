@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from storage import layout
-from storage.catalog import connect, query
+from storage.catalog import QueryError, connect, query
 from storage.features import layer_table, layer_tables
 from storage.parquet_schema import schema_fingerprint
 from storage.store import MANIFEST, Store, table_to_parquet_bytes
@@ -273,8 +273,24 @@ def test_a_published_file_rewritten_after_connect_fails_its_read_instead_of_bein
     con = connect(_through(proxy, s3_store_url))
     data = store.read_bytes(key)
     store.fs.pipe_file(store.path(key), data[:-12] + bytes(reversed(data[-12:-8])) + data[-8:])  # other bytes, same size
-    with pytest.raises(Exception, match="(?i)expired|precondition|pre-conditions|changed"):
+    with pytest.raises(Exception, match="(?i)expired|precondition|pre-conditions|changed") as failed:
         query(con, "select sum(list_sum(vector)) from features").to_pylist()
+    assert "was written again since" in str(failed.value), failed.value  # what to make of it
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_file_removed_after_connect_is_named_gone_with_what_to_do(where, tmp_path, s3_store_url, proxy):
+    """A file the catalog listed when it opened, removed since (``prh gc`` while an analyst's
+    connection stays open): the query fails saying so and that opening the catalog again reads the
+    store as it is (the hint had been "if one was damaged, `prh verify` names it": no file is)."""
+    url = str(tmp_path / "store") if where == "local" else s3_store_url
+    store = _features_store(url, 2)
+    key = next(k for k, _ in store.manifests(layout.FEATURES)) + "/layer-001.parquet"
+    con = connect(store if where == "local" else _through(proxy, url))
+    store.delete(key)
+    with pytest.raises(QueryError, match="is gone: removed since") as failed:
+        query(con, "select sum(list_sum(vector)) from features").to_pylist()
+    assert "open the catalog again" in str(failed.value)
 
 
 def test_a_server_without_if_match_reads_published_files_checked_by_s3fs(s3_store_url, proxy):
