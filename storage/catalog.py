@@ -957,9 +957,9 @@ def read_failure_hint(error: duckdb.Error) -> str:
     read_error = type(error) is duckdb.Error or isinstance(error, duckdb.IOException) or (
         isinstance(error, duckdb.InvalidInputException) and "parquet" in str(error).lower())
     if read_error and any(sign in str(error) for sign in _GONE):
-        return (" (a file the catalog listed when it was opened is gone: removed since, by `prh gc` or by hand; open the "
-                "catalog again (`prh sql` again, or a new `connect`) to read the store as it is now; `prh verify` names "
-                "any file a manifest lists that is missing)")
+        return (" (a file is not there: one the catalog listed when it was opened was removed since, by `prh gc` or by "
+                "hand; open the catalog again (`prh sql` again, or a new `connect`) to read the store as it is now; "
+                "`prh verify` names any file a manifest lists that is missing)")
     if read_error and any(sign in str(error) for sign in _CHANGED):
         return (" (a file the catalog listed when it was opened was written again since: published files are never "
                 "rewritten by prh, so a copy or an edit replaced it; `prh verify` tells whether it still is what its "

@@ -288,7 +288,7 @@ def test_a_file_removed_after_connect_is_named_gone_with_what_to_do(where, tmp_p
     key = next(k for k, _ in store.manifests(layout.FEATURES)) + "/layer-001.parquet"
     con = connect(store if where == "local" else _through(proxy, url))
     store.delete(key)
-    with pytest.raises(QueryError, match="is gone: removed since") as failed:
+    with pytest.raises(QueryError, match="was removed since, by `prh gc`") as failed:
         query(con, "select sum(list_sum(vector)) from features").to_pylist()
     assert "open the catalog again" in str(failed.value)
 
