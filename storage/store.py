@@ -366,11 +366,12 @@ class Store:
         would say), from one recursive listing read afresh (:meth:`sizes`); empty when the folder
         does not exist."""
         path = self.path(prefix)
-        with self._reading(prefix):
-            self._forget_listings(path)
-            if not self.fs.exists(path):
-                return {}
-            found = self.fs.find(path, detail=True)
+        try:  # no existence check first (on S3 a HEAD and a LIST request): a missing folder lists nothing
+            with self._reading(prefix):
+                self._forget_listings(path)
+                found = self.fs.find(path, detail=True)
+        except FileNotFoundError:  # s3fs: the bucket itself is missing
+            return {}
         return {self.key_of(name): dict(info) for name, info in found.items()
                 if info.get("type", "file") != "directory" and info.get("size") is not None}
 

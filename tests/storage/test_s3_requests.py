@@ -86,3 +86,24 @@ def test_the_one_get_option_is_passed_only_to_an_s3fs_that_takes_it(s3_endpoint)
     assert _one_get_options(s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True)) == {"max_concurrency": 1}
     assert _one_get_options(OlderS3(endpoint_url=s3_endpoint, skip_instance_cache=True)) == {}
     assert _one_get_options(fsspec.filesystem("file")) == {}
+
+
+def test_a_folder_is_listed_with_one_request(s3_store_url, proxy, tmp_path):
+    """``Store.listing`` (the catalog lists each box with it at every ``connect``, each reused
+    version's files are checked with it at every rerun): one LIST, not an existence check (HEAD,
+    LIST) first; a missing folder (s3fs then asks whether the path is a file: 3 requests, one
+    more than the check alone was), or a missing bucket, lists nothing, on S3 as on a local disk."""
+    key = layout.features_key("ds0123456789abcd", "vit", "fv0123456789abcd")
+    Store(s3_store_url).publish(key, layer_tables("vit", "fv0123456789abcd", ["s0"], [np.ones((1, 3), np.float32)]),
+                                {"kind": "features", "catalog": {"model": "vit", "feature_version": "fv0123456789abcd"}})
+    store = Store(s3_store_url, {"endpoint_url": proxy.url, "skip_instance_cache": True})
+    listed, sent = _sent(proxy, lambda: store.listing(key))
+    assert sorted(listed) == [f"{key}/layer-000.parquet", f"{key}/manifest.json"] and sent == {"LIST": 1}, sent
+    assert listed[f"{key}/layer-000.parquet"]["size"] > 0
+    missing, sent = _sent(proxy, lambda: store.listing("features/ds-none"))
+    assert missing == {} and sent == {"LIST": 2, "HEAD": 1}, sent
+    assert Store("s3://prh-no-such-bucket/store").listing("features") == {}
+    local = Store(str(tmp_path / "store"))
+    assert local.listing("features") == {}
+    local.write_json("features/a/b.json", {"x": 1})
+    assert list(local.listing("features")) == ["features/a/b.json"]
