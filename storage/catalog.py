@@ -201,8 +201,7 @@ def stored_files(store: Store, sources: CatalogSources) -> StoredFiles:
     entries: dict[str, dict[str, Any]] = {}
     for prefix in sorted({_FILE_VIEWS[view][0] for view, files in sources.files.items() if files}):
         entries.update(store.listing(prefix))
-    sizes = {key: int(entry["size"]) for key, entry in entries.items()}
-    return StoredFiles(sources.listed, sizes, by_schema=not store.is_local, entries=entries)
+    return StoredFiles(sources.listed, entries, by_schema=not store.is_local)
 
 
 def _usable(store: Store, manifests: Iterable[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:

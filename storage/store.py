@@ -545,10 +545,8 @@ class Store:
         a run extracts. A local disk is globbed (a walk of its folders costs no request)."""
         if self.is_local or folders == "**":
             return self.glob(prefix, f"{folders}/{MANIFEST}", refresh=folders != "**")
-        base = self.path(prefix)
-        pattern = re.compile(glob_translate(f"{escape_glob(base)}/{folders}/{MANIFEST}"))
-        self._forget_listings(base)  # afresh, as the glob's refresh did
-        return [path for path in self.fs.find(base) if pattern.match(path)]
+        pattern = re.compile(glob_translate(f"{escape_glob(self.path(prefix))}/{folders}/{MANIFEST}"))
+        return [path for path in map(self.path, self.listing(prefix)) if pattern.match(path)]  # afresh
 
     def _checked_manifest(self, version_key: str, raw: bytes) -> dict[str, Any]:
         """The manifest in ``raw``, which must be a JSON object naming ``version_key`` as its ``key``."""

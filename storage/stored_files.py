@@ -4,7 +4,7 @@ Binding ``read_parquet([...], union_by_name = true)`` reads every file's footer,
 other: over S3 that is a few requests per file (12.9 s and 677 requests for the demo store behind
 20 ms of latency). Instead, on object stores the catalog
 
-- checks every file against one recursive listing of its box (:meth:`Store.sizes`: a few LIST
+- checks every file against one recursive listing of its box (:meth:`Store.listing`: a few LIST
   requests): a file its manifest lists that is missing, or of another size than the manifest
   says (cut short, overwritten), is left out with a warning, as a footer that does not read is;
 - reads the files of one schema fingerprint (``storage.parquet_schema``, recorded in the
@@ -20,7 +20,7 @@ footer does not parse when the catalog opens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -54,16 +54,14 @@ class FileGroup:
 @dataclass
 class StoredFiles:
     """An object store's Parquet files: ``listed`` (DuckDB URI → :class:`ListedFile`, from the
-    manifests) and ``sizes`` (store key → bytes, from one listing of each box)."""
+    manifests) and ``entries`` (store key → the listing's entry of that file, from one listing of
+    each box: ``Store.listing``, its ``size``, and on S3 its ``ETag`` and ``LastModified``)."""
 
     listed: dict[str, ListedFile]
-    sizes: dict[str, int]
+    entries: dict[str, dict[str, Any]]
     #: Whether :meth:`groups` splits files by schema fingerprint (object stores); False: one group
     #: read ``union_by_name`` (local stores, every footer bound).
     by_schema: bool = True
-    #: Store key → the listing's entry of that file (``Store.listing``: size, and on S3 ``ETag``
-    #: and ``LastModified``); empty when the caller listed sizes only.
-    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def intact(self) -> dict[str, dict[str, Any]]:
         """Store key → listing entry of each file a manifest lists that the listing holds at the
@@ -82,7 +80,8 @@ class StoredFiles:
             listed = self.listed.get(file)
             if listed is None:
                 continue
-            size = self.sizes.get(listed.key)
+            entry = self.entries.get(listed.key)
+            size = None if entry is None else int(entry["size"])
             if size is None:
                 found[file] = "the file is missing"
             elif listed.bytes is not None and size != listed.bytes:
