@@ -104,8 +104,8 @@ class StoreFileSystem(AbstractFileSystem):
         # s3fs: reads only while the ETag is still this; an s3fs told to check ETags itself (a
         # server without If-Match, VAST S3: it refuses the header) compares each read's ETag with
         # ``details`` instead, as it does for a file it looked up itself
-        if isinstance(getattr(handle, "read_kw", None), dict) and not getattr(self.inner, "local_expiry_check", False):
-            handle.read_kw = {**handle.read_kw, "IfMatch": entry["ETag"]}
+        if not getattr(self.inner, "local_expiry_check", False):
+            _read_only_if_match(handle, self.inner, entry["ETag"])
         return handle
 
     def _open(self, path: str, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
@@ -120,6 +120,25 @@ class ReadOnlyFileSystem(StoreFileSystem):
         if _WRITE_MODES & set(mode):
             _refuse("open for writing", path)
         return super().open(path, mode, *args, **kwargs)
+
+
+def _read_only_if_match(handle: Any, inner: AbstractFileSystem, etag: str) -> None:
+    """Make every read of ``handle`` (an s3fs file opened with its size given) conditional on
+    ``etag``, as s3fs does for a file whose size it looked up itself.
+
+    s3fs 2026.9 sends ``read_kw`` with each ranged GET; 2024.12 (the oldest pyproject admits) to
+    2026.7 have no ``read_kw`` and send ``req_kw``: setting ``read_kw`` there did nothing, and a
+    file rewritten after the listing was read as if it were the listed one. Other filesystems'
+    files are left as they are (they take no ``IfMatch``)."""
+    if isinstance(getattr(handle, "read_kw", None), dict):
+        handle.read_kw = {**handle.read_kw, "IfMatch": etag}
+    elif "s3" in _protocols(inner) and isinstance(getattr(handle, "req_kw", None), dict):
+        handle.req_kw = {**handle.req_kw, "IfMatch": etag}
+
+
+def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
 def _refuse(action: str, path: Any) -> None:

@@ -22,8 +22,10 @@ own variables, honoured because an explicit ``Config`` would otherwise hide them
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -84,6 +86,33 @@ def with_s3_defaults(storage_options: Mapping[str, Any] | None, env: Mapping[str
     # once, from its cache, which then lacks their new folders. The user may turn it back on.
     options.setdefault("use_listings_cache", False)
     return options
+
+
+#: s3fs options (``storage_options`` keys) that the oldest s3fs pyproject admits (2024.12) lacks,
+#: with the first s3fs that takes each.
+NEWER_S3FS_OPTIONS = {"local_expiry_check": "2026.3"}
+
+
+def option_s3fs_lacks(storage_options: Mapping[str, Any], s3fs_class: type | None = None) -> str | None:
+    """Why the installed s3fs (``s3fs_class``: ``s3fs.S3FileSystem`` unless given) cannot take
+    ``storage_options``, or None: an option of :data:`NEWER_S3FS_OPTIONS` that its ``__init__``
+    does not name. An older s3fs hands such an option on to aiobotocore's session, whose
+    ``TypeError`` (unexpected keyword argument) comes at the first request and says nothing of
+    the version that has it."""
+    wanted = [name for name in NEWER_S3FS_OPTIONS if name in storage_options]
+    if not wanted:
+        return None
+    if s3fs_class is None:
+        import s3fs
+
+        s3fs_class = s3fs.S3FileSystem
+    taken = inspect.signature(s3fs_class.__init__).parameters
+    for name in wanted:
+        if name not in taken:
+            installed = getattr(sys.modules.get("s3fs"), "__version__", "unknown")
+            return (f"storage option {name} needs s3fs {NEWER_S3FS_OPTIONS[name]} or newer; the installed "
+                    f"s3fs ({installed}) does not take it (pip install 's3fs>={NEWER_S3FS_OPTIONS[name]}')")
+    return None
 
 
 def s3fs_retries(env: Mapping[str, str] | None = None) -> int | None:

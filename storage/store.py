@@ -241,8 +241,10 @@ class Store:
         is_s3 = self.url.startswith("s3://")
         if is_s3:
             # Retries and timeouts that ride out a flaky endpoint (see storage.s3_options).
-            from storage.s3_options import s3fs_retries, with_s3_defaults
+            from storage.s3_options import option_s3fs_lacks, s3fs_retries, with_s3_defaults
 
+            if (lacking := option_s3fs_lacks(options)) is not None:
+                raise ValueError(f"store {redact_url(self.url)}: {lacking}")
             options = with_s3_defaults(options)
             if "endpoint_url" in options:
                 self._endpoint = (str(options["endpoint_url"]), "the storage option endpoint_url")
@@ -1411,7 +1413,7 @@ def _leaf_path(field: pa.Field) -> str | None:
 
 
 def _one_get_options(fs: fsspec.AbstractFileSystem) -> dict[str, Any]:
-    """The ``cat_file`` options that read a whole file in one GET request: s3fs (2025 and later)
+    """The ``cat_file`` options that read a whole file in one GET request: s3fs (2026.3 and later)
     otherwise asks every file's size first (a HEAD request) to split a large one into concurrent
     range reads, which the store's own small files (manifests, run records, claims) never need.
     None for other filesystems, nor for an s3fs without that option (it sends one GET anyway:

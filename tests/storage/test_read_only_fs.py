@@ -79,3 +79,49 @@ def test_the_writable_wrapper_passes_writes_through(tmp_path):
     assert fs.cat_file(path) == b"alpha!"
     fs.rm(path)
     assert not fs.exists(path)
+
+
+class _ReqKwS3File:
+    """Mixin making an s3fs file read as s3fs 2024.12 to 2026.7 do (pyproject admits them): its
+    ranged GETs send ``req_kw`` and it has no ``read_kw`` (2026.9 reads with ``read_kw``)."""
+
+    def _fetch_range(self, start, end):
+        self.read_kw = self.req_kw  # what 2024.12's _fetch_range sends
+        try:
+            return super()._fetch_range(start, end)
+        finally:
+            del self.read_kw
+
+
+@pytest.mark.parametrize("reads_with", ["read_kw", "req_kw"])
+def test_a_published_file_opened_with_its_listed_size_reads_only_while_its_etag_holds(s3_store_url, reads_with):
+    """``open`` of a published file gives s3fs the listed size (no HEAD request), so s3fs does not
+    make the reads conditional itself: the wrapper does, on the listed ETag, whichever of
+    ``read_kw`` (s3fs 2026.9) or ``req_kw`` (2024.12 to 2026.7) the s3fs file reads with. Setting
+    ``read_kw`` alone read a file rewritten after the listing (same size, other bytes) from an s3fs
+    2024.12 to 2026.7 as if it were the listed one."""
+    import s3fs
+    from s3fs.utils import FileExpired
+
+    from storage.store import Store
+
+    class OlderS3(s3fs.S3FileSystem):
+        def _open(self, path, mode="rb", **kwargs):
+            handle = super()._open(path, mode, **kwargs)
+            if reads_with == "req_kw" and hasattr(handle, "read_kw"):  # an s3fs older than 2026.9 has none
+                handle.__class__ = type("OlderS3File", (_ReqKwS3File, type(handle)), {})
+                del handle.read_kw
+                handle.cache.fetcher = handle._fetch_range  # the cache holds the method bound at open
+            return handle
+
+    store = Store(s3_store_url)
+    store.write_bytes("v/layer-000.parquet", b"listed bytes")
+    path = store.path("v/layer-000.parquet")
+    entry = store.fs.info(path)
+    inner = OlderS3(endpoint_url=store.fs.endpoint_url, skip_instance_cache=True)
+    fs = StoreFileSystem(inner, published={path: entry})
+    assert fs.open(path).read() == b"listed bytes"
+    store.fs.pipe_file(path, b"other  bytes")  # same size: only the ETag tells them apart
+    with pytest.raises(FileExpired):
+        fs.open(path).read()
+    assert inner.open(path).read() == b"other  bytes"  # opened without the listing: the file as it is now

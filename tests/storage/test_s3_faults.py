@@ -504,6 +504,10 @@ def test_an_s3_server_without_request_checksums_is_named_with_the_setting_that_d
     server that answers it ``501 NotImplemented`` failed every write as a transient
     ``StoreIOError`` (or a bare ``OSError``). The error names the header and the setting that
     stops it (``AWS_REQUEST_CHECKSUM_CALCULATION=when_required``), which does."""
+    from botocore.config import Config
+
+    if "request_checksum_calculation" not in Config.OPTION_DEFAULTS:
+        pytest.skip("botocore older than 1.36 (beside s3fs 2024.12's aiobotocore) adds no checksum to uploads")
     monkeypatch.delenv("AWS_REQUEST_CHECKSUM_CALCULATION", raising=False)
     store = _store(s3_store_url, faults)
     faults.error(501, "NotImplemented", methods={"PUT"}, header="x-amz-checksum-crc32")
