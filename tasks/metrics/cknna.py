@@ -44,6 +44,8 @@ Differences from the paper's code (documented in ``docs/metrics.md``):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +74,12 @@ def chunk_elements(device: torch.device) -> int:
 
 #: build a dense (L, N*N) uint8 slot table per side when it has at most this many entries
 SLOT_TABLE_MAX_ELEMENTS = 1 << 26
+#: ``matrix``'s dense sums look the x-entries up in a buffer of y-layers' slot tables
+#: (``y_slot_tables``) of at most this many entries, else in the sorted lists; on a GPU
+#: ``SLOT_TABLE_MAX_ELEMENTS``. One layer's table of N=4096 (16 MiB) paid on a CPU (13 x 13
+#: layers, k=10, 1 thread: 275 ms against 477 binary-searching); of N=8000 (61 MiB), read from
+#: memory, it did not (627 against 552 ms, 3 x 3 layers)
+CPU_SLOT_SCRATCH_MAX_ELEMENTS = 1 << 24
 #: (permutations x layer pairs x N), and (permutations x Lb x N x k), of one null batch; above
 #: it per-row sums go sparse
 NULL_ROW_ELEMENTS = 1 << 21
@@ -287,6 +295,8 @@ class CknnaEngine(Engine):
         chunk = chunk_elements(a.idx.device)
         rows = min(La, max(1, chunk // (n * k)))  # x-layers per dense call
         cols = min(Lb, max(1, chunk // (rows * n * k)))  # y-layers per dense call
+        tables = slot_scratch_layers(n, k, a.idx.device)  # y-layers' slot tables that fit a buffer
+        cols = min(cols, tables) if tables else cols
         # the mask's entries, unless they are too many for the sparse sums to pay, or to fit the
         # memory of a dense call of x-layers against every y-layer (at least one x-layer, as the
         # dense calls were before they took a few y-layers at a time): all of them are held at
@@ -299,11 +309,13 @@ class CknnaEngine(Engine):
             sim = hit_sim(a, b, hits, 1, unbiased)[0]
         else:
             sim = torch.empty((La, Lb), dtype=torch.float64, device=a.idx.device)
+            scratch = torch.zeros((cols, n * n), dtype=torch.uint8, device=a.idx.device) if tables else None
             for b0 in range(0, Lb, cols):
                 b1 = min(Lb, b0 + cols)
-                for a0 in range(0, La, rows):
-                    a1 = min(La, a0 + rows)
-                    sim[a0:a1, b0:b1] = masked_sim(a, slice(a0, a1), b, slice(b0, b1), unbiased)
+                with y_slot_tables(b, slice(b0, b1), scratch) as slots:
+                    for a0 in range(0, La, rows):
+                        a1 = min(La, a0 + rows)
+                        sim[a0:a1, b0:b1] = masked_sim(a, slice(a0, a1), b, slice(b0, b1), unbiased, slots)
         return sim / (torch.sqrt(a.self_sim[:, None] * b.self_sim[None, :]) + EPS)
 
 
@@ -335,23 +347,59 @@ def _reverse_membership(state: CknnaState) -> torch.Tensor:
     return out
 
 
-def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: bool) -> torch.Tensor:
+def slot_scratch_layers(n: int, k: int, device: torch.device) -> int:
+    """How many y-layers' slot tables of ``N*N`` entries one ``y_slot_tables`` buffer holds on
+    ``device`` (``CPU_SLOT_SCRATCH_MAX_ELEMENTS``, ``SLOT_TABLE_MAX_ELEMENTS`` on a GPU); 0 where
+    not even one (or ``k`` does not fit a byte): ``masked_sim`` then binary-searches the sorted
+    lists."""
+    limit = SLOT_TABLE_MAX_ELEMENTS if batched_device(device) else CPU_SLOT_SCRATCH_MAX_ELEMENTS
+    return 0 if k >= 255 else limit // (n * n)
+
+
+@contextmanager
+def y_slot_tables(b: CknnaState, lb: slice, scratch: torch.Tensor | None) -> Iterator[torch.Tensor | None]:
+    """The slot tables ``(B, N*N)`` uint8 of the y-layers ``lb`` of ``b`` (as
+    ``CknnaState.slot_table``'s rows), written into the first rows of ``scratch`` (``(layers,
+    N*N)`` uint8, zero; ``slot_scratch_layers``) for the block and cleared after it at the same
+    entries, so that the buffer is zero again for the next block; ``None`` without a scratch.
+
+    One y-layer's table (1 MiB at N=1024) stays in a CPU's cache while every x-layer reads it;
+    every layer's table at once (13 MiB, kept with the state) had been built in memory and read
+    from it: 13 x 13 layers, N=1024, k=10, 1 thread, 28 ms against 32 for the lookups and sums,
+    and no 2.7 ms to build the tables. Tables of more layers than fit are not built at all (at
+    N=4096 the dense sums had binary-searched every list)."""
+    if scratch is None:
+        yield None
+        return
+    B = len(range(*lb.indices(b.idx.shape[0])))
+    n, k = b.idx.shape[1], b.idx.shape[2]
+    tables, keys = scratch[:B], b.entry_keys()[lb].reshape(B, n * k)
+    ranks = torch.arange(1, k + 1, dtype=torch.uint8, device=scratch.device).repeat(B, n)
+    tables.scatter_(1, keys, ranks)
+    try:
+        yield tables
+    finally:
+        tables.scatter_(1, keys, 0)
+
+
+def masked_sim(a: CknnaState, la: slice, b: CknnaState, lb: slice, unbiased: bool,
+               slots: torch.Tensor | None) -> torch.Tensor:
     """``HSIC(M*K, M*L)`` ``(A, B)`` float64 for the x-layers ``la`` of ``a`` against the
     y-layers ``lb`` of ``b``, visiting every x-entry for every y-layer.
 
     Works on ``(A, B, N, k)`` tensors only: each x-neighbour ``j = idx_a[i, t]`` is looked up
-    in the y-lists of ``i`` (the y side's slot table, or binary search in its sorted lists),
-    giving whether ``(i, j)`` is in the mask, the kernel value ``L[i, j]`` and whether ``i`` is
-    also a y-neighbour of ``j`` (the y-layer's ``rev`` at that slot).
+    in the y-lists of ``i`` (``slots``: the y-layers' slot tables ``(B, N*N)`` uint8 from
+    ``y_slot_tables``; ``None``: binary search in the sorted lists), giving whether ``(i, j)`` is
+    in the mask, the kernel value ``L[i, j]`` and whether ``i`` is also a y-neighbour of ``j``
+    (the y-layer's ``rev`` at that slot).
     """
     idx_a, val_a = a.idx[la][:, None], a.values64()[la][:, None]
     A, n, k = idx_a.shape[0], idx_a.shape[2], idx_a.shape[3]
     B = len(range(*lb.indices(b.idx.shape[0])))
     shape = (A, B, n, k)
-    slots = b.slot_table()
     if slots is not None:  # dense table: one gather
         flat = a.entry_keys()[la].reshape(A, 1, n * k).expand(A, B, n * k)
-        found = slots[lb][None].expand(A, B, n * n).gather(2, flat).view(shape)
+        found = slots[None].expand(A, B, n * n).gather(2, flat).view(shape)
         inter = found > 0  # (i, idx_a[i, t]) in the mask
         # 1 + its position in the y-list of i, or 0: indexes the y-lists behind a column of
         # zeros, which gives the masked values without a mask test

@@ -126,6 +126,7 @@ def test_binary_search_path_equals_slot_table(monkeypatch: pytest.MonkeyPatch) -
     xs, ys = layers(seed=12), layers(seed=13, widths=(4, 19))
     dense = layer_matrix("cknna", xs, ys, topk=6)
     monkeypatch.setattr(ck, "SLOT_TABLE_MAX_ELEMENTS", 0)
+    monkeypatch.setattr(ck, "CPU_SLOT_SCRATCH_MAX_ELEMENTS", 0)
     np.testing.assert_allclose(layer_matrix("cknna", xs, ys, topk=6), dense, atol=1e-12)
     for unbiased in (True, False):
         x, y = xs[0], ys[1]
@@ -152,11 +153,37 @@ def test_sparse_and_dense_sums_give_the_reference(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(ck, "SPARSE_MAX_SHARE", share)
     if not slots:
         monkeypatch.setattr(ck, "SLOT_TABLE_MAX_ELEMENTS", 0)
+        monkeypatch.setattr(ck, "CPU_SLOT_SCRATCH_MAX_ELEMENTS", 0)
     got = layer_matrix("cknna", xs, ys, topk=6, unbiased=unbiased, distance_agnostic=agnostic)
     for i, x in enumerate(xs):
         for j, y in enumerate(ys):
             assert got[i, j] == pytest.approx(ref.cknna(x, y, 6, unbiased, distance_agnostic=agnostic), abs=1e-12)
     assert got[1, 2] == pytest.approx(1.0, abs=1e-4)  # the same layer (up to the +1e-6 of the denominator)
+
+
+@pytest.mark.parametrize("one_layer_fits", [True, False])
+def test_dense_sums_build_one_y_layer_slot_table_at_a_time(monkeypatch: pytest.MonkeyPatch, one_layer_fits: bool) -> None:
+    """The dense sums look the x-entries up in the slot table of one y-layer at a time, built in a
+    buffer and cleared for the next: they run where one layer's table fits the buffer although
+    every layer's together would not (N=4,096, 13 layers: the tables of all layers were 218 M
+    entries, past ``SLOT_TABLE_MAX_ELEMENTS``, and every list was binary-searched), and leave no
+    ``(L, N*N)`` table on either state. Where not even one fits, the sorted lists are searched.
+    Either way every entry is the float64 reference's."""
+    import tasks.metrics.cknna as ck
+
+    xs, ys = layers(seed=17, widths=(5, 9, 7)), layers(seed=18, widths=(4, 19, 6))
+    n = len(xs[0])
+    monkeypatch.setattr(ck, "SPARSE_MAX_SHARE", 0.0)  # the dense path
+    monkeypatch.setattr(ck, "SLOT_TABLE_MAX_ELEMENTS", 3 * n * n - 1)  # every layer's tables: too many
+    monkeypatch.setattr(ck, "CPU_SLOT_SCRATCH_MAX_ELEMENTS", n * n if one_layer_fits else n * n - 1)
+    engine = ck.CknnaEngine()
+    a, b = (engine.encode(Representation(side), {"topk": 6}) for side in (xs, ys))
+    got = engine.matrix(a, b, {"topk": 6})
+    for i, x in enumerate(xs):
+        for j, y in enumerate(ys):
+            assert got[i, j] == pytest.approx(ref.cknna(x, y, 6, True), abs=1e-12)
+    assert a.slots is None and b.slots is None
+    assert (b.sorted_pair is None) == one_layer_fits  # binary search sorts the y-lists
 
 
 @pytest.mark.parametrize("x_layers", [1, 2])
