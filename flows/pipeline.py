@@ -20,7 +20,7 @@ from flows.run_record import new_record, one_line, recorded, run_id_of, stop_tas
 from flows.runners import check_run_environment, flow_task_runner, preload_libraries, runs_in_parallel
 from storage import layout
 from storage.pairing import pairs_not_coming, shared_features
-from storage.runs import COMPLETED, FAILED, PARTIAL_ALIGNMENTS, open_for_run, sweep_ended_signs
+from storage.runs import COMPLETED, FAILED, PARTIAL_ALIGNMENTS, RecordsRead, open_for_run, sweep_ended_signs
 from storage.store import DEFAULT_STORE, Store
 from tasks.align_task import align_pair, few_bootstrap_warning, few_permutations_warning
 from tasks.dataset_task import load_dataset, stored_dataset
@@ -69,9 +69,11 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     check_run_environment()  # a bad $PRH_TASK_RUNNER (or other setting) fails the run naming it (see flow_task_runner)
     target = Store(store)
     run_id = run_id_of(prh_pipeline)  # a flow run's id, or a new local one
-    # a retry's own earlier attempt is no other run; ended runs' leftover signs of life go too
-    log_recovery(*open_for_run(target, run_id=run_id), ended=sweep_ended_signs(target))
-    with recorded(target, layout.run_key(run_id), new_record(target, config, run_id, "prh-pipeline")) as record:
+    # a retry's own earlier attempt is no other run; ended runs' leftover signs of life go too. The
+    # records read to mark dead runs are those the run is placed after: each is read once a start
+    read: RecordsRead = {}
+    log_recovery(*open_for_run(target, run_id=run_id, read=read), ended=sweep_ended_signs(target))
+    with recorded(target, layout.run_key(run_id), new_record(target, config, run_id, "prh-pipeline"), read) as record:
         return _run_recorded(config, target, record, report, extract_missing, dataset_version)
 
 

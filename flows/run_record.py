@@ -23,7 +23,7 @@ from prefect.exceptions import Pause, TerminationSignal
 
 from storage.owner import current_owner
 from storage.runs import (CANCELLED, CRASHED, FAILED, ORDERED_AT, PARTIAL_ALIGNMENTS, RUN_HEARTBEAT_SECONDS, RUNNING,
-                          RunHeartbeat, latest_placed, place_after)
+                          RecordsRead, RunHeartbeat, latest_placed, place_after)
 from storage.store import Store, utc_now
 from storage.store_errors import StoreNotWritable
 from storage.versioning import code_version
@@ -130,7 +130,7 @@ def new_record(target: Store, config: PipelineConfig, run_id: str, flow: str) ->
 
 
 @contextmanager
-def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def recorded(target: Store, key: str, record: dict[str, Any], read: RecordsRead | None = None) -> Iterator[dict[str, Any]]:
     """Write ``record`` at ``key`` and keep the run's sign of life while the block runs; at the end
     write it again with ``finished_at``. The block sets the outcome (``status`` and what it
     published); when it raises, ``status`` becomes ``CANCELLED`` (stopped: Ctrl-C, SIGTERM,
@@ -143,7 +143,9 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
     every run recorded before it started (``storage.runs.place_after``: a record dated ahead by a
     host's clock stays the latest run only until a run started after it ends). Tasks the block submits run in its
     ``run_scope``. A retry of the flow run (same run id, same ``key``) lists the earlier attempts
-    in the record's ``attempts`` and keeps the work they did (:func:`carry_over_work`)."""
+    in the record's ``attempts`` and keeps the work they did (:func:`carry_over_work`). ``read``: the
+    records the run's start read (``storage.runs.open_for_run``), which it is placed after without
+    reading them again; the folder's records are read here when ``read`` lacks them."""
     earlier = earlier_attempt(target, key, record)
     if earlier is not None:
         record["attempts"] = attempts_before(earlier)
@@ -151,7 +153,8 @@ def recorded(target: Store, key: str, record: dict[str, Any]) -> Iterator[dict[s
         _run_logger().info("run %s runs again (attempt %d; the last one, started %s, ended %s): continuing it, its record "
                            "keeps what the earlier attempts extracted and aligned", record.get("run_id"),
                            len(record["attempts"]) + 1, last.get("started_at"), last.get("status"))
-    latest = latest_placed(target, key.rsplit("/", 1)[0], str(record["run_id"]))
+    folder = key.rsplit("/", 1)[0]
+    latest = latest_placed(target, folder, str(record["run_id"]), (read or {}).get(folder))
     target.write_json(key, _with_earlier_work(record, earlier))
     raised: BaseException | None = None
     # removed after the final record is written

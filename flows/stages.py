@@ -27,7 +27,7 @@ from flows.pipeline import ZooFailures, collect_features, finished_by_name, log_
 from flows.run_record import new_record, recorded, run_id_of, stop_tasks_in_flight
 from flows.runners import check_run_environment, flow_task_runner
 from storage import layout
-from storage.runs import COMPLETED, FAILED, open_for_run, sweep_ended_signs
+from storage.runs import COMPLETED, FAILED, RecordsRead, open_for_run, sweep_ended_signs
 from storage.store import DEFAULT_STORE, Store
 from tasks.dataset_task import load_dataset
 from tasks.params import PipelineConfig
@@ -54,9 +54,11 @@ def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str,
     check_run_environment()  # a bad $PRH_TASK_RUNNER (or other setting) fails the run naming it (see flow_task_runner)
     target = Store(store)
     run_id = run_id_of(prh_extract)  # a flow run's id, or a new local one
-    # a retry's own earlier attempt is no other run; ended runs' leftover signs of life go too
-    log_recovery(*open_for_run(target, run_id=run_id), ended=sweep_ended_signs(target))
-    with recorded(target, layout.extraction_key(run_id), new_record(target, config, run_id, "prh-extract")) as record:
+    # a retry's own earlier attempt is no other run; ended runs' leftover signs of life go too. The
+    # records read to mark dead runs are those the run is placed after: each is read once a start
+    read: RecordsRead = {}
+    log_recovery(*open_for_run(target, run_id=run_id, read=read), ended=sweep_ended_signs(target))
+    with recorded(target, layout.extraction_key(run_id), new_record(target, config, run_id, "prh-extract"), read) as record:
         return _extract_recorded(config, target, record)
 
 

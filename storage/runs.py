@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from storage import layout
 from storage.keys import safe_component
@@ -180,13 +180,17 @@ def order_time(record: dict[str, Any]) -> datetime | None:
     return None
 
 
-def latest_placed(store: Store, folder: str, run_id: str) -> datetime | None:
+def latest_placed(store: Store, folder: str, run_id: str, records: list[dict[str, Any]] | None = None) -> datetime | None:
     """The latest :func:`order_time` of the records in ``folder`` other than run ``run_id``'s
     (its own, when it has one, is its earlier attempt's), read when the run starts; None when
-    there is none (a damaged record does not count). A store whose records cannot be listed or
-    read raises, as :func:`open_for_run` does just before over the same records: the run fails
-    before it writes its record (it had been placed at its own end without a word)."""
-    records = run_records(store, folder, damaged=[])
+    there is none (a damaged record does not count). ``records``: those of ``folder`` that
+    :func:`open_for_run` read as this run started (:data:`RecordsRead`), not read again (each
+    cost a request on an object store, every run start, for every run the store ever held); read
+    here when None. A store whose records cannot be listed or read raises, as
+    :func:`open_for_run` does just before over the same records: the run fails before it writes
+    its record (it had been placed at its own end without a word)."""
+    if records is None:
+        records = run_records(store, folder, damaged=[])
     return max((t for t in (order_time(r) for r in records if str(r.get("run_id")) != run_id) if t is not None),
                default=None)
 
@@ -220,18 +224,15 @@ def run_records(store: Store, folder: str = layout.RUNS, damaged: list[DamagedRe
     ``<run_id>.json`` is there (a sync conflict's ``<run_id> (conflicted copy).json``, Finder's
     ``<run_id> 2.json``, Syncthing's ``<run_id>.sync-conflict-....json``), which listed the run
     twice in the ``runs`` view. A readable copy is the run's record when its own file is missing."""
-    base = store.path(folder)
-    if not store.fs.exists(base):
-        return []
     records: list[tuple[str, dict[str, Any]]] = []  # (key, record) of each readable one
-    found = store.glob(folder, "*.json", detail=True)
-    for path in sorted(p for p, entry in found.items() if entry.get("type") == "directory"):  # read_many raised IsADirectoryError
+    found = _json_entries(store, folder)
+    for key in sorted(e["key"] for e in found if e["type"] == "directory"):  # read_many raised IsADirectoryError
         problem = "a folder, not a file"
         if damaged is not None:
-            damaged.append(DamagedRecord(store.key_of(path), problem, store.display_url))
+            damaged.append(DamagedRecord(key, problem, store.display_url))
         else:
-            log.warning("%s; left out", DamagedRecord(store.key_of(path), problem, store.display_url))
-    paths = sorted(p for p, entry in found.items() if entry.get("type") != "directory")
+            log.warning("%s; left out", DamagedRecord(key, problem, store.display_url))
+    paths = sorted(store.path(e["key"]) for e in found if e["type"] != "directory")
     named: dict[str, str] = {}  # run id -> the key of the record read under its own name
     for path, raw in zip(paths, store.read_many(paths, folder)):
         if raw is None:  # removed since the listing
@@ -263,6 +264,13 @@ def run_records(store: Store, folder: str = layout.RUNS, damaged: list[DamagedRe
             continue
         kept.append(record)
     return kept
+
+
+def _json_entries(store: Store, folder: str) -> list[dict[str, Any]]:
+    """The ``*.json`` names directly in ``folder`` (:meth:`Store.entries`: files and folders), from
+    one listing (on S3 one LIST request per 1,000 names; an existence check and a glob had been
+    six): nothing when the folder, or the bucket, does not exist."""
+    return [entry for entry in store.entries(folder) if entry["name"].endswith(".json")]
 
 
 #: (store, key) of the stray files :func:`run_records` warned about: one command lists the records
@@ -310,7 +318,16 @@ def extraction_records(store: Store, damaged: list[DamagedRecord] | None = None)
     return run_records(store, Store.key(layout.RUNS, layout.EXTRACTIONS), damaged)
 
 
-def mark_crashed_runs(store: Store, dry_run: bool = False, retrying: str | None = None) -> list[str]:
+#: The run records a run start read, by folder (``runs``, ``runs/extractions``): each readable
+#: record as :func:`mark_crashed_runs` left it (one it marked ``CRASHED``, as marked; one it read
+#: again, as read again; one gone or damaged since the listing, left out). What the same start
+#: then places itself after (:func:`latest_placed`), in the same process, without reading the
+#: records again. Never kept past the start: the catalog and ``prh gc`` read the records afresh.
+RecordsRead = dict[str, list[dict[str, Any]]]
+
+
+def mark_crashed_runs(store: Store, dry_run: bool = False, retrying: str | None = None,
+                      read: RecordsRead | None = None) -> list[str]:
     """Mark ``CRASHED`` every ``RUNNING`` record (of a pipeline run or an extraction stage) of a
     run known to have stopped (:func:`gone_reason`: its process died on this host, or it gave no
     sign of life for ``STALE_RUN_SECONDS``); returns their run ids (``dry_run``: only those ids).
@@ -320,32 +337,49 @@ def mark_crashed_runs(store: Store, dry_run: bool = False, retrying: str | None 
     logged as an earlier run that crashed; ``flows.run_record.recorded`` lists it in
     ``attempts``). Each record is read again just before it is marked: a run that
     wrote its end meanwhile (and then exited, so that its process is gone) keeps what it wrote
-    (the copy read first said ``RUNNING``, and writing it back made a completed run ``CRASHED``)."""
-    crashed = []
+    (the copy read first said ``RUNNING``, and writing it back made a completed run ``CRASHED``).
+    ``read``, when given, receives the records as this left them (:data:`RecordsRead`)."""
+    crashed: list[str] = []
     quiet: list[DamagedRecord] = []  # a damaged record is named by the catalog, prh verify and gc --keep-runs
-    for records, key_of in ((run_records(store, damaged=quiet), layout.run_key),
-                            (extraction_records(store, quiet), layout.extraction_key)):
-        for record in records:
-            if retrying is not None and str(record.get("run_id")) == retrying:
-                continue
-            if gone_reason(store, record) is None:
-                continue
-            run_id = str(record.get("run_id"))
-            if not dry_run:
-                try:
-                    record = store.read_json(key_of(run_id))
-                except (FileNotFoundError, ValueError):
-                    continue
-            reason = gone_reason(store, record) if isinstance(record, dict) else None
-            if reason is None:
-                continue
-            crashed.append(run_id)
-            if dry_run:
-                continue
-            record.update(status=CRASHED, error=reason, finished_at=None, marked_crashed_at=utc_now())
-            store.write_json(key_of(run_id), record)
-            store.delete(alive_key(run_id))
+    for folder, records, key_of in ((layout.RUNS, run_records(store, damaged=quiet), layout.run_key),
+                                    (Store.key(layout.RUNS, layout.EXTRACTIONS), extraction_records(store, quiet),
+                                     layout.extraction_key)):
+        left: list[dict[str, Any]] = []
+        for listed in records:
+            record, marked = _mark_if_gone(store, listed, key_of, retrying, dry_run)
+            left.append(record)
+            if marked is not None:
+                crashed.append(marked)
+        if read is not None:
+            read[folder] = left
     return crashed
+
+
+def _mark_if_gone(store: Store, listed: dict[str, Any], key_of: Callable[[str], str], retrying: str | None,
+                  dry_run: bool) -> tuple[dict[str, Any], str | None]:
+    """:func:`mark_crashed_runs` for one record ``listed`` (stored at ``key_of(run_id)``): the
+    record as it leaves it (read again, and marked when still gone; ``listed`` when it was not
+    read again, or no longer reads: removed or damaged since the listing), and the run id it
+    marks (``dry_run``: would mark), or None."""
+    run_id = str(listed.get("run_id"))
+    if (retrying is not None and run_id == retrying) or gone_reason(store, listed) is None:
+        return listed, None
+    record = listed
+    if not dry_run:
+        try:
+            record = store.read_json(key_of(run_id))
+        except (FileNotFoundError, ValueError):
+            return listed, None
+        if not isinstance(record, dict):
+            return listed, None
+    reason = gone_reason(store, record)
+    if reason is None:
+        return record, None
+    if not dry_run:
+        record.update(status=CRASHED, error=reason, finished_at=None, marked_crashed_at=utc_now())
+        store.write_json(key_of(run_id), record)
+        store.delete(alive_key(run_id))
+    return record, run_id
 
 
 #: The statuses a run writes at its end (``CRASHED`` is not one: a run marked so may beat again, :func:`resumed`).
@@ -360,13 +394,10 @@ def signs_of_ended_runs(store: Store, dry_run: bool = False) -> dict[str, tuple[
     (:class:`RunHeartbeat`) left it for good. Each sign is read before its record: a retry of the
     run (same id) writes its record ``RUNNING`` before its first sign of life, so a sign seen
     beside an ended record is the ended attempt's. Returns ``key -> (status, bytes)``, by key."""
-    folder = Store.key(layout.RUNS, ALIVE)
-    if not store.exists(folder):
-        return {}
     found: dict[str, tuple[str, int]] = {}
     now = time.time()
-    for path, entry in sorted(store.glob(folder, "*.json", detail=True).items()):
-        key = store.key_of(path)
+    for entry in sorted(_json_entries(store, Store.key(layout.RUNS, ALIVE)), key=lambda e: e["key"]):
+        key = entry["key"]
         run_id = _stem(key)
         if entry.get("type") != "file" or not _record_name(key):
             continue
@@ -428,10 +459,7 @@ def resumed_runs(store: Store, records: list[dict[str, Any]]) -> set[str]:
 
 def _beating_runs(store: Store) -> set[str]:
     """Ids of the runs with a sign of life (``runs/alive/<run_id>.json``), from one listing."""
-    folder = Store.key(layout.RUNS, ALIVE)
-    if not store.exists(folder):
-        return set()
-    return {store.key_of(path).rsplit("/", 1)[-1].removesuffix(".json") for path in store.glob(folder, "*.json")}
+    return {_stem(entry["key"]) for entry in _json_entries(store, Store.key(layout.RUNS, ALIVE))}
 
 
 def resumed(store: Store, record: dict[str, Any], now: float | None = None) -> bool:
@@ -526,7 +554,7 @@ def _probe_taken(store: Store) -> bool:
 
 
 def open_for_run(store: Store, min_free_mb: float | None = None, swept_sizes: dict[str, int] | None = None,
-                 run_id: str | None = None) -> tuple[list[str], list[str]]:
+                 run_id: str | None = None, read: RecordsRead | None = None) -> tuple[list[str], list[str]]:
     """Get a store ready for a run: fail fast if it cannot take writes
     (:meth:`Store.check_writable`; ``min_free_mb``: the free space wanted, default
     ``PRH_MIN_FREE_MB``; ``prh gc`` wants none, since freeing space is its job; skipped once
@@ -534,10 +562,11 @@ def open_for_run(store: Store, min_free_mb: float | None = None, swept_sizes: di
     ``CRASHED`` (not the record of ``run_id``, the run opening the store: a retry's own earlier
     attempt, see :func:`mark_crashed_runs`) and sweep versions their writers left unpublished.
     Returns (crashed run ids, swept version keys); ``swept_sizes`` receives the bytes removed from
-    each swept version."""
+    each swept version, ``read`` the run records as marking left them (:data:`RecordsRead`: the
+    run then places itself after them, :func:`latest_placed`, without reading them again)."""
     if min_free_mb is not None or not _probe_taken(store):
         store.check_writable(min_free_mb)
-    return mark_crashed_runs(store, retrying=run_id), store.sweep_abandoned(sizes=swept_sizes)
+    return mark_crashed_runs(store, retrying=run_id, read=read), store.sweep_abandoned(sizes=swept_sizes)
 
 
 def open_for_gc(store: Store, swept_sizes: dict[str, int] | None = None) -> tuple[list[str], list[str]]:

@@ -342,12 +342,16 @@ class Store:
 
     def entries(self, key: str) -> list[dict[str, Any]]:
         """What the folder ``key`` holds, one level: ``{"name", "key", "type" ('file' or
-        'directory'), "size"}`` each; empty when the folder does not exist."""
-        with self._reading(key):
-            path = self.path(key)
-            if not self.fs.exists(path):
-                return []
-            found = self.fs.ls(path, detail=True)
+        'directory'), "size"}`` each, from one listing read afresh (on S3 one LIST request per
+        1,000 names; a missing folder two: s3fs then lists its parent); empty when the folder, or
+        the bucket, does not exist."""
+        path = self.path(key)
+        try:  # no existence check first (on S3 a HEAD and a LIST request): a missing folder lists nothing
+            with self._reading(key):
+                self.fs.invalidate_cache(path)  # another process may have written there since a listing was cached
+                found = self.fs.ls(path, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
         out = []
         for entry in found:
             entry_key = self.key_of(entry["name"])

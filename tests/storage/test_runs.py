@@ -398,6 +398,43 @@ def test_a_run_is_placed_after_the_runs_before_it_and_never_past_the_end_of_time
     assert latest_placed(Store(str(tmp_path / "none")), layout.RUNS, "me") is None
 
 
+def test_a_run_start_is_placed_after_the_records_as_marking_them_left_them(store_url, monkeypatch):
+    """A run start reads the store's records once (``open_for_run``'s ``read``) and places the run
+    after them (``latest_placed``): what it places the run after is what it would read again just
+    then. A dead run's record as marked ``CRASHED``; one whose run wrote its end between the
+    listing and the marking (read again before marking) as written, dated ahead by a clock here;
+    the run's own earlier attempt left out; a store without records (no ``runs/extractions/``)
+    none. On a local store as on S3."""
+    import storage.runs as runs
+    from storage.runs import latest_placed, open_for_run
+
+    store = Store(store_url)
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    process = {**current_owner(), "pid": dead_pid, "started": "0"}
+    store.write_json(layout.run_key("dead"), {"run_id": "dead", "status": RUNNING, "process": process,
+                                              "started_at": "2025-01-01T00:00:00+00:00"})
+    store.write_json(layout.run_key("finishing"), {"run_id": "finishing", "status": RUNNING, "process": process})
+    store.write_json(layout.run_key("me"), {"run_id": "me", "finished_at": "2100-01-01T00:00:00+00:00"})  # an earlier attempt
+    listed = runs.run_records
+
+    def listed_then_the_run_finishes(store_: Store, *args, **kwargs):
+        records = listed(store_, *args, **kwargs)
+        if not args:  # the pipeline runs' folder: the run writes its end right after the listing
+            store_.write_json(layout.run_key("finishing"), {"run_id": "finishing", "status": "COMPLETED",
+                                                            "process": process, "finished_at": "2099-01-01T00:00:00+00:00"})
+        return records
+
+    monkeypatch.setattr(runs, "run_records", listed_then_the_run_finishes)
+    read: runs.RecordsRead = {}
+    assert open_for_run(store, min_free_mb=0, run_id="me", read=read) == (["dead"], [])
+    monkeypatch.undo()
+    assert {r["run_id"]: r.get("status") for r in read[layout.RUNS]} == {"dead": CRASHED, "finishing": "COMPLETED",
+                                                                     "me": None}
+    assert read[layout.RUNS] == run_records(store) and read[f"{layout.RUNS}/{layout.EXTRACTIONS}"] == []
+    placed = latest_placed(store, layout.RUNS, "me", read[layout.RUNS])
+    assert placed == latest_placed(store, layout.RUNS, "me") == datetime(2099, 1, 1, tzinfo=timezone.utc)
+
+
 def test_signs_of_life_of_ended_runs_are_removed_and_no_others(store_url):
     """A run killed after writing COMPLETED and before removing its sign of life left
     `runs/alive/<id>.json` for good. They go now (a dry run lists them), with FAILED and CANCELLED

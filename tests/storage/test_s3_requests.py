@@ -4,11 +4,16 @@ version's manifest is one request whether it is published or not, not an existen
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from storage import layout
 from storage.features import layer_tables
+from storage.owner import current_owner
+from storage.runs import CRASHED, RUNNING, run_records
 from storage.store import Store
 from tests.storage.s3_fault_proxy import FaultProxy
 
@@ -118,3 +123,71 @@ def test_a_folder_is_listed_with_one_request(s3_store_url, proxy, tmp_path):
     assert local.listing("features") == {}
     local.write_json("features/a/b.json", {"x": 1})
     assert list(local.listing("features")) == ["features/a/b.json"]
+
+
+def test_a_folder_s_entries_are_one_listing_read_afresh(s3_store_url, proxy, tmp_path):
+    """``Store.entries`` lists a folder with one LIST, not an existence check (HEAD, LIST) first:
+    the run records' folders, listed with it at every run start and catalog ``connect``, had been
+    an existence check and a glob (four requests more) each. Read afresh, also where the user
+    turned s3fs's listings cache on: a record another process wrote since is listed. A missing
+    folder (s3fs then lists its parent) or bucket holds nothing, on S3 as on a local disk."""
+    Store(s3_store_url).write_json("runs/r1.json", {"run_id": "r1"})
+    store = Store(s3_store_url, {"endpoint_url": proxy.url, "skip_instance_cache": True, "use_listings_cache": True})
+    found, sent = _sent(proxy, lambda: store.entries("runs"))
+    assert [(e["key"], e["type"]) for e in found] == [("runs/r1.json", "file")] and sent == {"LIST": 1}, sent
+    Store(s3_store_url).write_json("runs/r2.json", {"run_id": "r2"})  # another writer (its own client)
+    assert [e["key"] for e in store.entries("runs")] == ["runs/r1.json", "runs/r2.json"]
+    missing, sent = _sent(proxy, lambda: store.entries("runs/extractions"))
+    assert missing == [] and sent == {"LIST": 2}, sent
+    assert Store("s3://prh-no-such-bucket/store").entries("runs") == []
+    assert run_records(Store("s3://prh-no-such-bucket/store")) == [] and run_records(store, "runs/extractions") == []
+    local = Store(str(tmp_path / "store"))
+    assert local.entries("runs") == [] and run_records(local) == []
+    local.write_json("runs/r1.json", {"run_id": "r1"})
+    local.entries("runs")
+    local.write_json("runs/r2.json", {"run_id": "r2"})
+    assert sorted(e["key"] for e in local.entries("runs")) == ["runs/r1.json", "runs/r2.json"]
+
+
+#: a GET of a pipeline run's record (``runs/<run_id>.json``), as the proxy sees its target
+RECORD_GET = r"/runs/[^/?]+\.json($|\?)"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_start_reads_each_run_record_once(s3_store_url, proxy, monkeypatch):
+    """A store that ran nightly holds a record per run, and every run start read each of them
+    twice (marking dead runs ``CRASHED``, then placing the run after the latest one), one GET each
+    on S3: 20 earlier runs cost 42 GETs. The start now places the run after the records it read to
+    mark dead runs, as marking left them: 20 reads, the dead run's record read again before it is
+    marked, and the run's own (a first attempt: none). What both steps promise still holds: the
+    dead run is marked, and the new run is placed after a run dated ahead by its host's clock."""
+    from flows.pipeline import prh_pipeline
+    from tasks.params import PipelineConfig
+    from tests.flows.test_pipeline import TINY_BERT, TINY_VIT
+
+    writer = Store(s3_store_url)
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True).stdout)
+    for day in range(18):
+        finished = f"2025-01-{day + 1:02d}T01:00:00+00:00"
+        writer.write_json(layout.run_key(f"night-{day:02d}"), {"run_id": f"night-{day:02d}", "status": "COMPLETED",
+                                                              "finished_at": finished, "ordered_at": finished})
+    writer.write_json(layout.run_key("ahead"), {"run_id": "ahead", "status": "COMPLETED",
+                                                "finished_at": "2099-01-01T01:00:00+00:00"})  # a clock years ahead
+    writer.write_json(layout.run_key("dead"), {"run_id": "dead", "status": RUNNING,
+                                               "process": {**current_owner(), "pid": dead_pid, "started": "0"}})
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    reads = proxy.delay(0.0, methods={"GET"}, path=RECORD_GET)  # counts them, delays nothing
+    try:
+        config = PipelineConfig.model_validate({"dataset": {"kind": "openmoji", "n": 24, "seed": 0, "image_size": 32},
+                                                "models": [TINY_VIT, TINY_BERT]})
+        state = prh_pipeline(config=config, store=s3_store_url, report=False, dataset_version="0" * 16,
+                             return_state=True)
+    finally:
+        proxy.clear()
+    assert state.is_failed()  # its dataset version is not stored: it fails once started
+    assert reads.fired <= 20 + 2, f"{reads.fired} GETs of run records for a run start with 20 earlier runs"
+    records = {r["run_id"]: r for r in run_records(writer)}
+    assert records["dead"]["status"] == CRASHED
+    new = records[str(state.state_details.flow_run_id)]  # the run's id: its flow run's
+    assert new["status"] == "FAILED" and new["ordered_at"] == "2099-01-01T01:00:00.000001+00:00", new
