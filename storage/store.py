@@ -163,16 +163,42 @@ def _file_in_the_way(path: Path) -> Path | None:
 #: The first s3fs whose ``pipe_file(mode="create")`` is a conditional PUT (``If-None-Match: *``);
 #: older ones drop the mode and overwrite.
 S3FS_CONDITIONAL_PUT = (2024, 12)
+#: The first botocore whose S3 model has ``IfNoneMatch`` on PutObject (1.35.0 and 1.35.1 have
+#: not): s3fs keeps only the arguments the model names, so beside an older one it drops the
+#: condition without a word and every exclusive create overwrites. aiobotocore 2.15.0 is the
+#: first that requires such a botocore (2.14.0 admits 1.35.0, 2.13 and older only older ones).
+BOTOCORE_CONDITIONAL_PUT = (1, 35, 2)
+AIOBOTOCORE_CONDITIONAL_PUT = "2.15.0"
 
 
-def _s3fs_without_conditional_put(fs: Any) -> str | None:
-    """The version of the s3fs behind ``fs`` when it predates :data:`S3FS_CONDITIONAL_PUT`, else
-    None (another filesystem, or a version that cannot be read)."""
+def _module_version(name: str) -> tuple[str, tuple[int, ...]] | None:
+    """The ``__version__`` of the imported module ``name`` and its leading numbers (up to three);
+    None when the module is not imported or its version cannot be read."""
+    version = str(getattr(sys.modules.get(name), "__version__", ""))
+    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    return (version, tuple(int(part) for part in found.groups() if part is not None)) if found else None
+
+
+def _client_without_conditional_put(fs: Any) -> tuple[str, str] | None:
+    """Why the S3 client behind ``fs`` sends no ``If-None-Match: *`` with an exclusive create, and
+    the requirement to install (``("s3fs 2024.10.0 sends no ...", "s3fs>=2024.12.0")``): an s3fs
+    older than :data:`S3FS_CONDITIONAL_PUT`, or a botocore older than
+    :data:`BOTOCORE_CONDITIONAL_PUT`. None for another filesystem, a client that sends it, or
+    versions that cannot be read."""
     if "s3" not in _protocols(fs):
         return None
-    version = getattr(sys.modules.get(type(fs).__module__.split(".")[0]), "__version__", "")
-    found = re.match(r"(\d+)\.(\d+)", str(version))
-    return str(version) if found and (int(found[1]), int(found[2])) < S3FS_CONDITIONAL_PUT else None
+    s3fs_version = _module_version(type(fs).__module__.split(".")[0])
+    if s3fs_version is not None and s3fs_version[1][:2] < S3FS_CONDITIONAL_PUT:
+        return (f"s3fs {s3fs_version[0]} sends no If-None-Match: * with an exclusive create (s3fs 2024.12.0 and later "
+                "do)", "s3fs>=2024.12.0")
+    botocore_version = _module_version("botocore")
+    if botocore_version is not None and botocore_version[1] < BOTOCORE_CONDITIONAL_PUT:
+        beside = _module_version("aiobotocore")
+        return (f"botocore {botocore_version[0]}{f' (beside aiobotocore {beside[0]})' if beside else ''} knows no "
+                "If-None-Match for PutObject, so s3fs drops it from every exclusive create (botocore 1.35.2 and later "
+                f"know it; aiobotocore {AIOBOTOCORE_CONDITIONAL_PUT} and later require such a botocore)",
+                f"aiobotocore>={AIOBOTOCORE_CONDITIONAL_PUT}")
+    return None
 
 
 def single_writer_accepted(env: dict[str, str] | None = None) -> bool:
@@ -935,12 +961,12 @@ class Store:
         """Refuse (:class:`ConditionalWritesIgnored`) a store whose exclusive creates overwrite, or
         warn once when ``PRH_SINGLE_WRITER`` accepts the risk."""
         how = "a PUT with If-None-Match: * overwrote an existing object instead of answering 412 Precondition Failed"
-        old_client = _s3fs_without_conditional_put(self.fs)
+        old_client = _client_without_conditional_put(self.fs)
         if old_client is not None:  # the client, not the server: it never sent the condition
+            what, install = old_client
             raise ConditionalWritesIgnored(
-                f"store {self.display_url}: s3fs {old_client} sends no If-None-Match: * with an exclusive create (s3fs "
-                "2024.12.0 and later do), so every one overwrote and two runs writing this store at once could both take "
-                "a version's publishing claim: install s3fs>=2024.12.0 (pyproject.toml's range)")
+                f"store {self.display_url}: {what}, so every one overwrote and two runs writing this store at once could "
+                f"both take a version's publishing claim: install {install} (pyproject.toml's range)")
         if self._endpoint is not None or self.url.startswith("s3://"):
             endpoint = self._endpoint_named()
         else:  # another fsspec filesystem whose create "only if absent" overwrote

@@ -50,6 +50,8 @@ BROKEN = {
     "prefect": ["3.0.11", "3.1.15", "3.4.25", "3.6.29", "3.7.4"],
     "s3fs": ["2024.6.1", "2024.10.0"],  # pipe_file(mode="create") overwrites: exclusive create is not exclusive
     "fsspec": ["2024.6.1", "2024.10.0"],  # what those s3fs pin
+    # their botocore (1.31.17, 1.34.162, 1.35.1) has no IfNoneMatch on PutObject: s3fs drops it and overwrites
+    "aiobotocore": ["2.5.4", "2.13.3", "2.14.0"],
 }
 
 

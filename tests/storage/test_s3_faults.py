@@ -25,6 +25,8 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import aiobotocore
+import botocore
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -430,6 +432,30 @@ def test_an_s3fs_that_sends_no_condition_is_named_not_the_endpoint(s3_store_url,
                               "create"), message
     assert "install s3fs>=2024.12.0" in message and "PRH_SINGLE_WRITER" not in message
     monkeypatch.setattr(s3fs, "__version__", "2024.12.0")  # a current client: the endpoint is to blame
+    assert store.check_writable() is None  # accepted with the opt-in (a warning)
+
+
+def test_a_botocore_that_knows_no_if_none_match_is_named_not_the_endpoint(s3_store_url, faults, monkeypatch):
+    """s3fs 2024.12 admits aiobotocore 2.5.4 and later, beside botocore 1.29 and later; s3fs keeps
+    only the request arguments botocore's model names, and before botocore 1.35.2 PutObject has no
+    IfNoneMatch: the condition was dropped without a word (seen with aiobotocore 2.5.4/botocore
+    1.31.17, 2.13.3/1.34.162 and 2.14.0/1.35.1: a second exclusive create succeeded and kept its
+    bytes). The probe then blamed the endpoint and offered PRH_SINGLE_WRITER; it now names the
+    installed botocore and aiobotocore and asks for aiobotocore>=2.15.0 (the first whose botocore
+    always has it; pyproject.toml's range), even with the opt-in set."""
+    monkeypatch.setenv("PRH_SINGLE_WRITER", "1")
+    store = _store(s3_store_url, faults)
+    faults.ignore_conditional_writes()  # what such a botocore does: no If-None-Match reaches the server
+    monkeypatch.setattr(botocore, "__version__", "1.35.1")
+    monkeypatch.setattr(aiobotocore, "__version__", "2.14.0")
+    with pytest.raises(ConditionalWritesIgnored) as raised:
+        store.check_writable()
+    message = str(raised.value)
+    assert message.startswith(f"store {store.display_url}: botocore 1.35.1 (beside aiobotocore 2.14.0) knows no "
+                              "If-None-Match for PutObject, so s3fs drops it from every exclusive create"), message
+    assert message.endswith("install aiobotocore>=2.15.0 (pyproject.toml's range)") and "PRH_SINGLE_WRITER" not in message
+    assert not is_transient(raised.value)  # a setting: no retry
+    monkeypatch.setattr(botocore, "__version__", "1.35.2")  # the first that knows it: the endpoint is to blame
     assert store.check_writable() is None  # accepted with the opt-in (a warning)
 
 
