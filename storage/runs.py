@@ -320,9 +320,11 @@ def extraction_records(store: Store, damaged: list[DamagedRecord] | None = None)
 
 #: The run records a run start read, by folder (``runs``, ``runs/extractions``): each readable
 #: record as :func:`mark_crashed_runs` left it (one it marked ``CRASHED``, as marked; one it read
-#: again, as read again; one gone or damaged since the listing, left out). What the same start
-#: then places itself after (:func:`latest_placed`), in the same process, without reading the
-#: records again. Never kept past the start: the catalog and ``prh gc`` read the records afresh.
+#: again, as read again; one that no longer read when read again, removed or damaged since the
+#: listing, as listed: it was a record as of the start, and a stray copy read in place of a
+#: missing record fails the same reading again). What the same start then places itself after
+#: (:func:`latest_placed`), in the same process, without reading the records again. Never kept
+#: past the start: the catalog and ``prh gc`` read the records afresh.
 RecordsRead = dict[str, list[dict[str, Any]]]
 
 
