@@ -168,8 +168,8 @@ def command_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the full pipeline (dataset, features, alignment)")
     run.add_argument("--config", default=str(DEMO_CONFIG), help="pipeline YAML (default: the embedded demo)")
     run.add_argument("--store", default=None, help=STORE_HELP)
-    run.add_argument("--dataset", default=None, help="a paired Parquet/CSV/JSON Lines table, a COCO captions or Karpathy split .json, a folder of images + .txt captions "
-                     "or with a metadata.jsonl/.csv table, WebDataset .tar shards (a file or a folder of them), or a Hugging Face dataset hf://datasets/ORG/NAME[@REVISION] (train split)")
+    run.add_argument("--dataset", default=None, help="a paired Parquet/CSV/TSV/JSON Lines table, a COCO captions or Karpathy split .json (or a JSON array of rows), a "
+                     "folder of images + .txt captions or with a metadata.jsonl/.csv/.parquet table, WebDataset .tar shards (a file or a folder of them), or a Hugging Face dataset hf://datasets/ORG/NAME[@REVISION] (train split)")
     run.add_argument("--image-column", default=None, help="with --dataset: the table's image column (default: image)")
     run.add_argument("--text-column", default=None, help="with --dataset: the table's caption column (default: text)")
     run.add_argument("--captions", choices=["first", "all"], default=None,

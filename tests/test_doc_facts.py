@@ -101,6 +101,21 @@ def test_every_prh_command_and_option_the_pages_name_exists() -> None:
     assert seen > 50 and wrong == []
 
 
+def test_the_dataset_option_names_every_file_the_readers_take() -> None:
+    """`prh run --help` says, for `--dataset`, every table type and every ImageFolder metadata
+    table the readers take (`tasks/data/sources.py`), as README's "Your own data" does: it had
+    left out TSV and `metadata.parquet`."""
+    from flows.cli import command_parser
+    from tasks.data.sources import _TABLE_SUFFIXES, METADATA_FILES
+
+    run = _subcommands(command_parser())["run"]
+    text = next(action.help for action in run._actions if action.dest == "dataset")
+    words = {".parquet": "Parquet", ".pq": "Parquet", ".csv": "CSV", ".tsv": "TSV", ".jsonl": "JSON Lines",
+             ".ndjson": "JSON Lines", ".json": ".json"}  # a suffix not here is a new reader: name it in the help
+    assert sorted(suffix for suffix in _TABLE_SUFFIXES if words[suffix] not in text) == []
+    assert [name for name in METADATA_FILES if "." + name.split(".", 1)[1] not in text] == []
+
+
 def _section(page: str, heading: str) -> str:
     """The text of ``page`` from ``heading`` to the next heading of its level."""
     text = (ROOT / page).read_text(encoding="utf-8").split(heading, 1)[1]
