@@ -353,3 +353,27 @@ def test_the_readme_table_and_the_query_outputs_show_one_demo_store() -> None:
               if float(row[theirs]) != float(table[pair][column])]
     wrong += [(pair, "p") for pair, row in calibrated.items() if abs(float(row["p"]) - float(table[pair]["p"])) > 5e-4]
     assert wrong == []
+
+
+def test_the_chance_level_paragraph_names_every_metric_that_has_one() -> None:
+    """docs/metrics.md's `chance_level` paragraph names each built-in metric for which
+    `chance_level` gives a number, and says `unbiased=True` where only that estimator has one:
+    `cka` and `cka_rbf_median` with `unbiased=True` give 0, which the page had filed under
+    "`None` for the others"."""
+    from tasks.metrics import METRICS, chance_level
+
+    paragraph = _section("docs/metrics.md", "### Calibration, chance levels, confidence")
+    text = " ".join(paragraph.split("`chance_level(metric, n, topk=...)`", 1)[1].split("\n\n", 1)[0].split())
+    missing, with_level = [], 0
+    for name in METRICS:
+        for unbiased in ((False, True) if "unbiased" in METRICS[name].defaults else (None,)):
+            if chance_level(name, n=100, **({} if unbiased is None else {"unbiased": unbiased})) is None:
+                continue
+            with_level += 1
+            named = f"`{name}`" in text
+            if unbiased and not METRICS[name].defaults["unbiased"]:  # the default estimator has none:
+                # the page must say with which one ("`a` and `b` with `unbiased=True`" names both)
+                named = named and f"`{name}` with `unbiased=True`" in text.replace("` and `", "` with `unbiased=True` and `")
+            if not named:
+                missing.append((name, unbiased))
+    assert with_level >= 6 and missing == []
