@@ -27,6 +27,7 @@ from storage.store import Store
 from storage.verify import checked_for_reuse
 from storage.versioning import code_version, content_id
 from tasks import metrics, reused_metrics
+from tasks.metric_code import unreachable_files
 from tasks.alignment import (MetricRequest, PairAlignment, PairProgress, PreparedModel, align_layers, prepare_layers, threshold_layers, warn_degenerate_interval,
                              warn_no_interval)
 from tasks.image_rows import image_rows, mean_rows
@@ -38,10 +39,10 @@ from tasks.stopped_task import run_in_flight
 from tasks.why_align import log_why_computed
 
 #: The code an alignment version depends on: the engine, the per-pair driver, the per-image rows,
-#: the pairing join, this stage (it prepares the layers and calls the driver) and the reading of
-#: reused metric results.
+#: the pairing join, this stage (it prepares the layers and calls the driver), the reading of
+#: reused metric results and which of this code each built-in metric's version names.
 ALIGNMENT_CODE = ("tasks/metrics", "tasks/alignment.py", "tasks/image_rows.py", "storage/pairing.py", "tasks/align_task.py",
-                  "tasks/reused_metrics.py")
+                  "tasks/reused_metrics.py", "tasks/metric_code.py")
 
 
 #: The level ``alpha`` of the calibration threshold ``tau``: ``tasks.alignment`` calls
@@ -137,9 +138,23 @@ def metric_versions(manifest_a: dict[str, Any], manifest_b: dict[str, Any], para
     out = {}
     for request in metric_requests(params):
         source = metric_source(request.name)
-        out[request.name] = content_id({**inputs, "metric": [request.name, request.params],
+        out[request.name] = content_id({**inputs, "code_version": metric_code_version(request.name),
+                                        "metric": [request.name, request.params],
                                         **({"metric_source": source} if source is not None else {})})
     return out
+
+
+def metric_code_version(name: str) -> str:
+    """``code_version`` of the alignment code that metric ``name``'s numbers can run: for a
+    built-in, less the modules of ``tasks/metrics`` no import reaches from its engine or from the
+    code every metric runs through (``tasks.metric_code``), so that a change to one engine makes
+    new versions of its own metrics only; for a user metric the whole alignment code."""
+    from tasks.metrics import METRICS
+
+    if metric_source(name) is not None:  # a user metric: its code may call any module of the package
+        return code_version(*ALIGNMENT_CODE)
+    engines = {type(METRICS[builtin].engine).__module__ for builtin in METRICS if metric_source(builtin) is None}
+    return code_version(*ALIGNMENT_CODE, exclude=unreachable_files(METRICS[name].engine, ALIGNMENT_CODE, engines))
 
 
 def _alignment_key(manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams) -> str:

@@ -4,7 +4,7 @@ An alignment version covers every configured metric of a pair (``tasks.align_tas
 a metric to the config, or dropping one, makes a new version. Each metric's numbers depend only
 on its own inputs (both feature versions, its name and parameters, the unit, the outlier
 preprocessing, the permutation and bootstrap counts, the seed: each metric is seeded alone, and
-the alignment code), which its *metric version* names. A new alignment version copies the
+the alignment code it can run, ``tasks.metric_code``), which its *metric version* names. A new alignment version copies the
 results of every metric whose metric version some stored version of the same pair already holds,
 and computes only the others. The copied rows are the stored float64 values, bit for bit, so the
 new version holds exactly what computing it from scratch stores.

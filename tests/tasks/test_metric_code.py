@@ -1,0 +1,91 @@
+"""Each built-in metric's version names the alignment code its numbers can run (tasks.metric_code)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storage.versioning import _PROJECT_ROOT, code_version
+from tasks.align_task import ALIGNMENT_CODE, metric_code_version
+from tasks.metric_code import _imported_modules, unreachable_files
+from tasks.metric_plugins import is_builtin
+from tasks.metrics import METRICS, bootstrap_ci, calibrate, layer_matrix
+
+BUILTINS = sorted(name for name in METRICS if is_builtin(name))
+
+
+def _left_out(name: str) -> set[str]:
+    engines = {type(METRICS[builtin].engine).__module__ for builtin in BUILTINS}
+    return set(unreachable_files(METRICS[name].engine, ALIGNMENT_CODE, engines))
+
+
+def _files_run(name: str) -> set[str]:
+    """The project files of ``tasks/metrics`` whose code runs while ``name`` scores, calibrates
+    and bootstraps two small representations (a profile hook on every Python call)."""
+    g = np.random.default_rng(0)
+    z = g.standard_normal((40, 3))
+    xs = [(z @ g.standard_normal((3, 12)) + 0.3 * g.standard_normal((40, 12))).astype(np.float32) for _ in range(2)]
+    ys = [(z @ g.standard_normal((3, 11)) + 0.3 * g.standard_normal((40, 11))).astype(np.float32) for _ in range(3)]
+    package = _PROJECT_ROOT / "tasks" / "metrics"
+    seen: set[str] = set()
+
+    def hook(frame, event, arg) -> None:
+        path = Path(frame.f_code.co_filename)
+        if path.parent == package:
+            seen.add(f"tasks/metrics/{path.name}")
+
+    sys.setprofile(hook)
+    try:
+        layer_matrix(name, xs, ys)
+        calibrate(name, xs, ys, permutations=3, seed=1)
+        bootstrap_ci(name, xs, ys, n_boot=3, seed=1)
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_a_metric_runs_no_module_its_version_leaves_out(name: str) -> None:
+    """Independent of the import analysis: every module of the package that runs while the
+    metric computes (its matrix, null and bootstrap) is hashed into its version. A module left
+    out that did run would let a change to it copy stale results."""
+    run = _files_run(name)
+    engine_file = f"tasks/metrics/{type(METRICS[name].engine).__module__.rsplit('.', 1)[-1]}.py"
+    assert engine_file in run  # the hook sees the engine's code
+    assert not run & _left_out(name), sorted(run & _left_out(name))
+
+
+def test_an_engine_change_is_a_new_version_of_its_own_metrics_only() -> None:
+    """CKNNA's module is in no other metric's version, the k-NN metrics' module in theirs only,
+    their bitmask tables (knn_hits) in theirs and CKNNA's; the code every metric runs through is
+    in all."""
+    for name in BUILTINS:
+        left_out = _left_out(name)
+        assert ("tasks/metrics/cknna.py" in left_out) == (name != "cknna"), name
+        assert ("tasks/metrics/knn_metrics.py" in left_out) == (METRICS[name].engine.__class__.__name__ != "KnnEngine"), name
+        assert not left_out & {"tasks/metrics/api.py", "tasks/metrics/representation.py", "tasks/metrics/calibration.py",
+                               "tasks/metrics/bootstrap.py", "tasks/metrics/builtin.py", "tasks/metrics/__init__.py"}, name
+    assert "tasks/metrics/knn_hits.py" not in _left_out("cknna") | _left_out("mutual_knn")
+    assert "tasks/metrics/knn_hits.py" in _left_out("cka")
+    assert metric_code_version("cknna") != metric_code_version("mutual_knn") != metric_code_version("cka")
+
+
+def test_a_user_metric_is_versioned_by_the_whole_alignment_code(lower_metric: str) -> None:
+    """A user metric may call into any module of the package: its version keeps them all."""
+    assert metric_code_version(lower_metric) == code_version(*ALIGNMENT_CODE)
+
+
+def test_every_form_of_import_is_followed(tmp_path: Path) -> None:
+    """Absolute imports of the package's modules, anywhere in a file (a function's local import
+    too), count; names that are not modules of the package do not."""
+    source = tmp_path / "outside.py"
+    source.write_text("import tasks.metrics.rsa\n"
+                      "from tasks.metrics.cknna import CknnaEngine\n"
+                      "from tasks.metrics import knn_hits, get_metric\n"
+                      "def f():\n"
+                      "    from tasks.metrics.subspace_metrics import register\n")
+    modules = {path.stem for path in (_PROJECT_ROOT / "tasks" / "metrics").glob("*.py")}
+    assert _imported_modules(source, modules) == {"rsa", "cknna", "knn_hits", "subspace_metrics"}
