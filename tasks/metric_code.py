@@ -12,9 +12,12 @@ the module defining the metric's engine nor from the code every metric runs thro
 alignment code outside ``tasks/metrics`` (``tasks.align_task.ALIGNMENT_CODE``) and the modules
 that ``tasks/metrics/__init__.py`` and ``builtin.py`` import, besides the built-in engines they
 import to register them (those two modules' own text is everyone's). What no import reaches
-cannot run. A user metric's code is its own (``tasks.metric_plugins.metric_source``); since it
-may call into any module of the package, its version names the whole alignment code, as every
-version did before.
+(nor a read of ``tasks.metrics.x`` off the package) cannot run, but for what the registering
+modules call in an engine's module (``subspace_metrics.register``): a test holds each built-in's
+registration to a file of its version (``tests/tasks/test_metric_code.py``). Code an engine
+module runs when imported (a global setting) would reach every metric unseen; none does. A user
+metric's code is its own (``tasks.metric_plugins.metric_source``); since it may call into any
+module of the package, its version names the whole alignment code, as every version did before.
 """
 
 from __future__ import annotations
@@ -33,22 +36,61 @@ REGISTERING = ("__init__", "builtin")
 
 
 def _imported_modules(path: Path, modules: set[str]) -> set[str]:
-    """The modules of :data:`PACKAGE` (file stems in ``modules``) that ``path`` imports anywhere
-    in its text: ``from .x import``, ``from . import x``, ``from tasks.metrics.x import``, ``from
-    tasks.metrics import x``, ``import tasks.metrics.x``."""
+    """The modules of :data:`PACKAGE` (file stems in ``modules``) that the file ``path`` imports
+    anywhere in its text (``_modules_named``); its relative imports are read from where it lies
+    in the project (none resolve for a file outside it)."""
+    try:
+        parts = path.resolve().relative_to(_PROJECT_ROOT).with_suffix("").parts
+    except ValueError:
+        parts = ()
+    return _modules_named(path.read_text(encoding="utf-8"), ".".join(parts), modules)
+
+
+def _absolute(node: ast.ImportFrom, importer: str) -> str | None:
+    """The module a ``from ... import`` names, made absolute from the dotted name of the module
+    that holds it (``importer``; its package when it is an ``__init__``); None when it cannot be."""
+    if not node.level:
+        return node.module
+    package = importer.split(".")[:-1]  # a module's package; an ``__init__``'s is its own
+    if not importer or node.level - 1 > len(package):
+        return None
+    base = package[:len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else [])) or None
+
+
+def _modules_named(source: str, importer: str, modules: set[str]) -> set[str]:
+    """The modules of :data:`PACKAGE` (file stems in ``modules``) that Python ``source`` (the text
+    of module ``importer``, dotted) imports anywhere, whatever the form: ``from .x import``,
+    ``from . import x``, ``from ..metrics.x import`` and other relative forms,
+    ``from tasks.metrics.x import``, ``from tasks.metrics import x``, ``import tasks.metrics.x``;
+    and a module read as an attribute of a name bound to the package (``metrics.x`` after ``from
+    tasks import metrics``, ``tasks.metrics.x`` after ``import tasks.metrics``), which runs a
+    module that another import loaded."""
     package = PACKAGE.replace("/", ".")
-    inside = path.parent == _PROJECT_ROOT / PACKAGE
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    bound = {package}  # names that are the package in this file, as dotted text
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and inside or node.module == package:
-                base = node.module if node.level == 1 else None
-                found.update([base.split(".")[0]] if base else [alias.name for alias in node.names])
-            elif node.module and node.module.startswith(package + "."):
-                found.add(node.module[len(package) + 1:].split(".")[0])
+            module = _absolute(node, importer)
+            for alias in node.names:
+                full = f"{module}.{alias.name}" if module else alias.name
+                if full == package:
+                    bound.add(alias.asname or alias.name)
+            if module == package:
+                found.update(alias.name for alias in node.names)
+            elif module and module.startswith(package + "."):
+                found.add(module[len(package) + 1:].split(".")[0])
         elif isinstance(node, ast.Import):
-            found.update(alias.name[len(package) + 1:].split(".")[0] for alias in node.names
-                         if alias.name.startswith(package + "."))
+            for alias in node.names:
+                if alias.name.startswith(package + "."):
+                    found.add(alias.name[len(package) + 1:].split(".")[0])
+                elif alias.name == package and alias.asname:
+                    bound.add(alias.asname)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in modules:
+            if ast.unparse(node.value) in bound:
+                found.add(node.attr)
     return found & modules
 
 

@@ -89,3 +89,54 @@ def test_every_form_of_import_is_followed(tmp_path: Path) -> None:
                       "    from tasks.metrics.subspace_metrics import register\n")
     modules = {path.stem for path in (_PROJECT_ROOT / "tasks" / "metrics").glob("*.py")}
     assert _imported_modules(source, modules) == {"rsa", "cknna", "knn_hits", "subspace_metrics"}
+
+
+def test_a_module_read_off_the_package_is_followed(tmp_path: Path) -> None:
+    """``metrics.cknna`` after ``from tasks import metrics`` (or ``tasks.metrics.knn_hits`` after
+    ``import tasks.metrics``) runs a module that builtin.py's import loaded, with no import
+    naming it: it counts as one, else an edit to it would copy stale results of that code."""
+    source = tmp_path / "outside.py"
+    source.write_text("import tasks.metrics\n"
+                      "from tasks import metrics as m\n"
+                      "def f(rep):\n"
+                      "    return m.cknna.CHUNK_ELEMENTS, tasks.metrics.knn_hits.MAX_GROUP, rep.layers\n")
+    modules = {path.stem for path in (_PROJECT_ROOT / "tasks" / "metrics").glob("*.py")}
+    assert _imported_modules(source, modules) == {"cknna", "knn_hits"}
+
+
+def test_relative_imports_are_read_where_the_file_lies() -> None:
+    """``from .metrics.cknna import`` in ``tasks/alignment.py`` and ``from ..metrics import
+    knn_hits`` inside the package import modules of the package; ``from ..grid_fdr import`` does not."""
+    from tasks.metric_code import _modules_named
+
+    modules = {path.stem for path in (_PROJECT_ROOT / "tasks" / "metrics").glob("*.py")}
+    assert _modules_named("from .metrics.cknna import CknnaEngine\nfrom . import metrics\n"
+                          "x = metrics.subspace_metrics\n", "tasks.alignment", modules) == {"cknna", "subspace_metrics"}
+    assert _modules_named("from ..metrics import knn_hits\nfrom ..grid_fdr import bh_fdr\nfrom .gram import batched_device\n",
+                          "tasks.metrics.rsa", modules) == {"knn_hits", "gram"}
+    assert _modules_named("from . import knn_metrics\n", "tasks.metrics.__init__", modules) == {"knn_metrics"}
+
+
+def test_each_built_in_is_registered_by_code_in_its_version() -> None:
+    """builtin.py calls registering functions of engine modules (``subspace_metrics.register``)
+    that its imports do not follow: the call that registers each built-in (its engine, bounds,
+    defaults, chance level) must come from a file its version names, so that a registration
+    of one metric moved or copied into another's module cannot leave it out."""
+    from tasks.metrics import builtin, registry
+
+    callers: dict[str, str] = {}
+
+    def hook(frame, event, arg) -> None:
+        if event == "call" and frame.f_code is registry.register_metric.__code__:
+            path = Path(frame.f_back.f_code.co_filename)
+            callers[frame.f_locals["name"]] = path.relative_to(_PROJECT_ROOT).as_posix()
+
+    sys.setprofile(hook)
+    try:
+        builtin._register_all()
+    finally:
+        sys.setprofile(None)
+        builtin.register_builtins()  # the shipped MetricSpec objects back
+    assert set(BUILTINS) <= set(callers)
+    for name in BUILTINS:
+        assert callers[name] not in _left_out(name), (name, callers[name])
