@@ -20,7 +20,8 @@ from typing import Any
 import pyarrow as pa
 
 ID_LENGTH = 16
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: the project's root: the packages a code version hashes are named relative to it
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def canonical_json(obj: Any) -> str:
@@ -91,14 +92,19 @@ def code_version(*packages: str, exclude: tuple[str, ...] = ()) -> str:
     """
     h = hashlib.sha256()
     for package in packages:
-        root = _PROJECT_ROOT / package
-        files = [root] if root.is_file() else sorted(root.rglob("*.py"))
-        for path in files:
-            if path.relative_to(_PROJECT_ROOT).as_posix() in exclude:
+        for path in source_files(package):
+            if path.relative_to(PROJECT_ROOT).as_posix() in exclude:
                 continue
-            h.update(path.relative_to(_PROJECT_ROOT).as_posix().encode() + b"\0")
+            h.update(path.relative_to(PROJECT_ROOT).as_posix().encode() + b"\0")
             h.update(behaviour_source(path.read_text(encoding="utf-8")).encode("utf-8") + b"\0")
     return h.hexdigest()[:ID_LENGTH]
+
+
+def source_files(package: str) -> list[Path]:
+    """The Python files of the project package (every ``*.py`` under it, sorted) or the one file
+    ``package`` names (project-relative), as :func:`code_version` hashes them."""
+    root = PROJECT_ROOT / package
+    return [root] if root.is_file() else sorted(root.rglob("*.py"))
 
 
 def behaviour_source(source: str) -> str:

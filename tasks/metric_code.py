@@ -27,7 +27,7 @@ import functools
 import inspect
 from pathlib import Path
 
-from storage.versioning import _PROJECT_ROOT
+from storage.versioning import PROJECT_ROOT, source_files
 
 #: the package of the engines, project-relative
 PACKAGE = "tasks/metrics"
@@ -40,7 +40,7 @@ def _imported_modules(path: Path, modules: set[str]) -> set[str]:
     anywhere in its text (``_modules_named``); its relative imports are read from where it lies
     in the project (none resolve for a file outside it)."""
     try:
-        parts = path.resolve().relative_to(_PROJECT_ROOT).with_suffix("").parts
+        parts = path.resolve().relative_to(PROJECT_ROOT).with_suffix("").parts
     except ValueError:
         parts = ()
     return _modules_named(path.read_text(encoding="utf-8"), ".".join(parts), modules)
@@ -98,14 +98,13 @@ def _modules_named(source: str, importer: str, modules: set[str]) -> set[str]:
 def _import_graph(outside: tuple[str, ...]) -> tuple[dict[str, set[str]], set[str]]:
     """(module stem -> the package's modules it imports, for every module of :data:`PACKAGE`;
     the package's modules the files ``outside`` it import), from the sources as they are."""
-    files = {path.stem: path for path in sorted((_PROJECT_ROOT / PACKAGE).glob("*.py"))}
+    files = {path.stem: path for path in sorted((PROJECT_ROOT / PACKAGE).glob("*.py"))}
     modules = set(files)
     graph = {stem: _imported_modules(path, modules) for stem, path in files.items()}
     roots: set[str] = set()
     for name in outside:
-        root = _PROJECT_ROOT / name
-        for path in [root] if root.is_file() else sorted(root.rglob("*.py")):
-            if not path.is_relative_to(_PROJECT_ROOT / PACKAGE):
+        for path in source_files(name):
+            if not path.is_relative_to(PROJECT_ROOT / PACKAGE):
                 roots |= _imported_modules(path, modules)
     return graph, roots
 

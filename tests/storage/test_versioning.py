@@ -128,7 +128,7 @@ def test_code_version_of_a_package_follows_its_behaviour(tmp_path, monkeypatch):
     package = tmp_path / "pkg"
     package.mkdir()
     (package / "a.py").write_text(BASE, encoding="utf-8")
-    monkeypatch.setattr(versioning, "_PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(versioning, "PROJECT_ROOT", tmp_path)
 
     def version() -> str:
         code_version.cache_clear()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage.versioning import _PROJECT_ROOT, code_version
+from storage.versioning import PROJECT_ROOT, code_version
 from tasks.align_task import ALIGNMENT_CODE, metric_code_version
 from tasks.metric_code import _imported_modules, unreachable_files
 from tasks.metric_plugins import is_builtin
@@ -29,7 +29,7 @@ def _files_run(name: str) -> set[str]:
     z = g.standard_normal((40, 3))
     xs = [(z @ g.standard_normal((3, 12)) + 0.3 * g.standard_normal((40, 12))).astype(np.float32) for _ in range(2)]
     ys = [(z @ g.standard_normal((3, 11)) + 0.3 * g.standard_normal((40, 11))).astype(np.float32) for _ in range(3)]
-    package = _PROJECT_ROOT / "tasks" / "metrics"
+    package = PROJECT_ROOT / "tasks" / "metrics"
     seen: set[str] = set()
 
     def hook(frame, event, arg) -> None:
@@ -87,7 +87,7 @@ def test_every_form_of_import_is_followed(tmp_path: Path) -> None:
                       "from tasks.metrics import knn_hits, get_metric\n"
                       "def f():\n"
                       "    from tasks.metrics.subspace_metrics import register\n")
-    modules = {path.stem for path in (_PROJECT_ROOT / "tasks" / "metrics").glob("*.py")}
+    modules = {path.stem for path in (PROJECT_ROOT / "tasks" / "metrics").glob("*.py")}
     assert _imported_modules(source, modules) == {"rsa", "cknna", "knn_hits", "subspace_metrics"}
 
 
@@ -100,7 +100,7 @@ def test_a_module_read_off_the_package_is_followed(tmp_path: Path) -> None:
                       "from tasks import metrics as m\n"
                       "def f(rep):\n"
                       "    return m.cknna.CHUNK_ELEMENTS, tasks.metrics.knn_hits.MAX_GROUP, rep.layers\n")
-    modules = {path.stem for path in (_PROJECT_ROOT / "tasks" / "metrics").glob("*.py")}
+    modules = {path.stem for path in (PROJECT_ROOT / "tasks" / "metrics").glob("*.py")}
     assert _imported_modules(source, modules) == {"cknna", "knn_hits"}
 
 
@@ -109,7 +109,7 @@ def test_relative_imports_are_read_where_the_file_lies() -> None:
     knn_hits`` inside the package import modules of the package; ``from ..grid_fdr import`` does not."""
     from tasks.metric_code import _modules_named
 
-    modules = {path.stem for path in (_PROJECT_ROOT / "tasks" / "metrics").glob("*.py")}
+    modules = {path.stem for path in (PROJECT_ROOT / "tasks" / "metrics").glob("*.py")}
     assert _modules_named("from .metrics.cknna import CknnaEngine\nfrom . import metrics\n"
                           "x = metrics.subspace_metrics\n", "tasks.alignment", modules) == {"cknna", "subspace_metrics"}
     assert _modules_named("from ..metrics import knn_hits\nfrom ..grid_fdr import bh_fdr\nfrom .gram import batched_device\n",
@@ -129,7 +129,7 @@ def test_each_built_in_is_registered_by_code_in_its_version() -> None:
     def hook(frame, event, arg) -> None:
         if event == "call" and frame.f_code is registry.register_metric.__code__:
             path = Path(frame.f_back.f_code.co_filename)
-            callers[frame.f_locals["name"]] = path.relative_to(_PROJECT_ROOT).as_posix()
+            callers[frame.f_locals["name"]] = path.relative_to(PROJECT_ROOT).as_posix()
 
     sys.setprofile(hook)
     try:
