@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import re
 import shlex
@@ -604,16 +605,19 @@ def interval_text(low: float, high: float) -> str:
     return f"{low:.3f}{' to ' if min(low, high) < 0 else '-'}{high:.3f}"
 
 
-def metric_notes(metrics: list[str]) -> list[str]:
-    """Lines naming the table's metrics whose numbers read otherwise than the legend says (a user's
-    own, ``tasks.metric_facts``): those where lower is better (the smallest score is the best pair,
-    listed first, and the calibrated score counts down from the null's threshold), and those with
-    no bound on the better side, whose calibrated score is in the metric's own units."""
+def metric_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Lines naming the metrics of the table's best ``rows`` whose numbers read otherwise than the
+    legend says (a user's own, ``tasks.metric_facts``): those where lower is better (the smallest
+    score is the best pair, listed first, and the calibrated score counts down from the null's
+    threshold), and those with no bound on the better side at the parameters of a row (its
+    ``params``: bounds may depend on them, and calibration used those), whose calibrated score is
+    in the metric's own units."""
     from tasks.metric_facts import metric_facts
 
-    facts = {metric: metric_facts(metric) for metric in sorted(metrics)}
-    lower = [m for m, f in facts.items() if f is not None and not f.higher_is_better]
-    unscaled = [m for m, f in facts.items() if f is not None and not f.scaled]
+    read = {(row["metric"], _params_text(row.get("params"))) for row in rows}
+    facts = {(metric, params): metric_facts(metric, params) for metric, params in read}
+    lower = sorted({m for (m, _), f in facts.items() if f is not None and not f.higher_is_better})
+    unscaled = sorted({m for (m, _), f in facts.items() if f is not None and not f.scaled})
     notes = []
     if lower:
         notes.append(f"{', '.join(lower)}: lower is better (higher_is_better=False): the smallest score is the best layer pair, "
@@ -624,12 +628,17 @@ def metric_notes(metrics: list[str]) -> list[str]:
     return notes
 
 
+def _params_text(params: Any) -> str | None:
+    """A row's ``params`` as JSON text (the catalog's column; a mapping given by a caller dumped)."""
+    return params if params is None or isinstance(params, str) else json.dumps(params, sort_keys=True, default=str)
+
+
 def summary_notes(rows: list[dict[str, Any]], alignment: dict[str, Any] | None = None) -> list[str]:
     """The lines under the closing table: what its columns mean, and why a column is empty in
     every row (a run without ``alignment.permutations`` or ``alignment.bootstrap``, both 0 unless
     set, showed only dashes there, with nothing saying why). ``alignment``: the run's config
     section, when known: a column empty although it sets them (rows without a score) gets no hint."""
-    notes = [SUMMARY_LEGEND, *metric_notes(list({row["metric"] for row in rows}))]
+    notes = [SUMMARY_LEGEND, *metric_notes(rows)]
     alignment = alignment or {}
     if not alignment.get("permutations") and not any(row.get("p_value") is not None for row in rows):
         notes.append("null, calib., p and q are empty: this run drew no permutation null (alignment.permutations: 0 unless "

@@ -11,13 +11,23 @@ process (a pipeline run; a report after the modules of ``$PRH_METRIC_MODULES`` r
 metrics, also ones under a built-in's name), once that import is done (one in progress in another
 thread is waited for, as importing the engine would). Only that import can register a metric, so a
 process without it has exactly the built-in registrations: the table answers for them.
+
+A metric's bounds may depend on its parameters (``register_metric(bounds=lambda params: ...)``:
+``lcs_knn``'s are ``(0, topk)``; a user metric's may open a side for one ``kernel_metric``), and
+``calibrate`` scales with those of the parameters a result was computed with: the facts are read at
+a result row's ``params`` (the catalog's JSON column) where given. The built-ins' facts are the same
+at every value of the pipeline's parameters (``tests/tasks/test_metric_facts.py``), so the table
+needs none.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -26,9 +36,10 @@ class MetricFacts:
 
     Attributes:
         higher_is_better: ``MetricSpec.higher_is_better``: a larger score is more aligned.
-        signed: its bounds at its default parameters (``MetricSpec.bounds_for({})``) reach below 0.
-        scaled: its bound on the better side at its default parameters (the upper one, the lower
-            one where lower is better) is finite, so its calibrated scores are scaled to [0, 1];
+        signed: its bounds at the parameters asked about (``MetricSpec.bounds_for(params)``; its
+            defaults where none are given) reach below 0.
+        scaled: its bound on the better side at those parameters (the upper one, the lower one
+            where lower is better) is finite, so its calibrated scores are scaled to [0, 1];
             without it they are the score's distance past the null's threshold in the metric's
             own units (``tasks.metrics.calibrate``).
     """
@@ -50,10 +61,10 @@ BUILTIN_FACTS: dict[str, MetricFacts] = {
 }
 
 
-def metric_facts(metric: str) -> MetricFacts | None:
-    """The facts of ``metric`` as registered in this process: the registry's
-    (``tasks.metrics.METRICS``) where the engine is imported, else :data:`BUILTIN_FACTS`; None
-    for a name not registered here."""
+def metric_facts(metric: str, params: Mapping[str, Any] | str | None = None) -> MetricFacts | None:
+    """The facts of ``metric`` as registered in this process, at ``params`` (a mapping, or a result
+    row's ``params`` JSON text; None: its defaults): the registry's (``tasks.metrics.METRICS``)
+    where the engine is imported, else :data:`BUILTIN_FACTS`; None for a name not registered here."""
     if "tasks.metrics" not in sys.modules:  # the engine is not imported: only the built-ins are registered
         return BUILTIN_FACTS.get(metric)
     # imported, or being imported by another thread: this waits for that import to finish (its
@@ -63,12 +74,27 @@ def metric_facts(metric: str) -> MetricFacts | None:
     if metric not in METRICS:
         return None
     spec = METRICS[metric]
-    return facts_of(spec)
+    return facts_of(spec, params)
 
 
-def facts_of(spec: object) -> MetricFacts:
+def facts_of(spec: object, params: Mapping[str, Any] | str | None = None) -> MetricFacts:
     """The facts of a registration (a ``tasks.metrics.MetricSpec``), from its direction and its
-    bounds at its default parameters."""
-    low, high = spec.bounds_for({})  # type: ignore[attr-defined]
+    bounds at ``params`` (see :func:`metric_facts`)."""
+    low, high = spec.bounds_for(own_params(spec, params))  # type: ignore[attr-defined]
     higher = bool(spec.higher_is_better)  # type: ignore[attr-defined]
     return MetricFacts(higher_is_better=higher, signed=low < 0, scaled=math.isfinite(high if higher else low))
+
+
+def own_params(spec: object, params: Mapping[str, Any] | str | None) -> dict[str, Any]:
+    """Of ``params`` (a mapping or JSON text of one; None or text that is not a JSON object: none),
+    those that ``spec`` takes: a row stored by an earlier registration may name a parameter the
+    metric no longer has, which ``MetricSpec.resolve`` would refuse as a typo."""
+    if isinstance(params, str):
+        try:
+            params = json.loads(params)
+        except ValueError:  # a hand-edited row: read at the defaults, as before rows had parameters
+            params = None
+    if not isinstance(params, Mapping):
+        return {}
+    defaults = spec.defaults  # type: ignore[attr-defined]
+    return {name: value for name, value in params.items() if name in defaults}

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import math
 import os
 import re
 import sys
@@ -256,3 +257,31 @@ def metric_parameters(name: str) -> tuple[str, ...]:
 
     defaults = METRICS[name].defaults
     return tuple(p for p in PIPELINE_METRIC_PARAMETERS if p in defaults)
+
+
+def own_defaults(name: str) -> dict[str, Any]:
+    """The defaults of user metric ``name`` that the catalog's ``params`` column can name: those
+    whose values are JSON values (text, numbers, booleans, null; lists, tuples and string-keyed
+    mappings of them), as registered. Every default reaches the metric whether named or not
+    (``MetricSpec.resolve``); one of another kind (an array, a model) is left out, as a row's
+    ``params`` is JSON that ``score(metric, x, y, **params)`` replays (docs/queries.md): its value is
+    in the metric's version (the registration digest of :func:`metric_source`). A keyword default
+    of the function itself that ``defaults`` does not name is its code, never passed by prh: not
+    named either (its source digest versions it)."""
+    from tasks.metrics import METRICS
+
+    return {p: value for p, value in METRICS[name].defaults.items() if _json_value(value)}
+
+
+def _json_value(value: Any) -> bool:
+    """Whether ``value`` reads back from JSON as an equal value (a tuple as a list): no NaN or
+    infinity (not JSON), no numpy integer (not serialisable), no mapping with keys other than text."""
+    if value is None or isinstance(value, (str, bool, int)) and type(value).__module__ == "builtins":
+        return True
+    if isinstance(value, float):  # numpy's float64 is one and serialises as one
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_json_value(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_value(v) for k, v in value.items())
+    return False

@@ -229,15 +229,19 @@ class AlignmentParams(BaseModel):
         return self
 
     def metric_params(self, name: str) -> dict[str, Any]:
-        """The parameters this metric takes, from the pipeline-wide values. A built-in's unused or
-        default values are left out (labels and version ids stay as they were); a user metric gets
-        every parameter its defaults name, so none of its own defaults overrides the config."""
-        from tasks.metric_plugins import is_builtin
+        """The parameters this metric takes, from the pipeline-wide values: what the catalog's
+        ``params`` column shows and versions hash. A built-in's unused or default values are left
+        out (labels and version ids stay as they were; its other defaults are fixed by its name and
+        code). A user metric gets every pipeline parameter its defaults name, so none of its own
+        defaults overrides the config, over its other defaults (``tasks.metric_plugins.own_defaults``):
+        they are passed to it anyway, and named here so that its rows say which values gave their
+        numbers (they had shown ``{}`` for a metric run with its own defaults)."""
+        from tasks.metric_plugins import is_builtin, own_defaults
         from tasks.metrics import METRICS
 
         params = {p: getattr(self, p) for p in parameters_of(name)}
         if name in METRICS and not is_builtin(name):
-            return params
+            return {**own_defaults(name), **params}
         if params.get("kernel_metric") == "ip":
             params.pop("rbf_sigma", None)
         if params.get("knn_precision") == "exact":  # the default: keeps labels and version ids as they were

@@ -191,10 +191,10 @@ def registered_direction(metric: str) -> bool | None:
     return None if facts is None else facts.higher_is_better
 
 
-def signed(metric: str) -> bool:
-    """Whether ``metric``'s registered range (at its default parameters) reaches below 0; False
-    for a name not registered here (``tasks.metric_facts``)."""
-    facts = metric_facts(metric)
+def signed(metric: str, params: dict[str, Any] | str | None = None) -> bool:
+    """Whether ``metric``'s registered range reaches below 0 at ``params`` (a row's ``params`` JSON
+    or a mapping; None: its defaults); False for a name not registered here (``tasks.metric_facts``)."""
+    facts = metric_facts(metric, params)
     return facts is not None and facts.signed
 
 
@@ -255,7 +255,7 @@ def chance_ratio(row: dict[str, Any]) -> tuple[float, str] | None:
         return None
     score = number(row.get("score"))
     analytical = number(row.get("chance_level"))
-    if (analytical is not None and analytical <= 0) or (analytical is None and signed(metric)):
+    if (analytical is not None and analytical <= 0) or (analytical is None and signed(metric, row.get("params"))):
         return None
     for column, basis in (("chance_level", "chance"), ("null_mean", "null")):
         level = number(row.get(column))

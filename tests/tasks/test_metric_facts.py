@@ -160,3 +160,48 @@ def test_a_report_thread_waits_for_an_engine_import_in_progress_in_another_threa
     assert done.returncode == 0, done.stderr
     during = json.loads(done.stdout.splitlines()[-1])
     assert during == {n: [BUILTIN_SPECS[n].higher_is_better, _facts_of(BUILTIN_SPECS[n]).signed] for n in names}
+
+
+def test_the_builtins_facts_hold_at_every_value_of_the_pipelines_parameters():
+    """The table answers for the built-ins whatever a row's ``params`` (a process without the
+    engine cannot read their bounds there): ``lcs_knn``'s bounds follow ``topk``, and no built-in's
+    side, open or below 0, moves with a pipeline parameter."""
+    from tasks.metric_facts import facts_of
+    from tasks.metrics import BUILTIN_SPECS
+    from tasks.params import AlignmentParams
+
+    for values in ({"topk": 2}, {"topk": 200, "knn_precision": "bf16"}, {"kernel_metric": "rbf", "rbf_sigma": 0.01},
+                   {"cca_dim": 1}, {"cca_dim": 500}):
+        params = AlignmentParams(metrics=sorted(BUILTIN_SPECS), **values)
+        for name, spec in BUILTIN_SPECS.items():
+            assert facts_of(spec, params.metric_params(name)) == BUILTIN_FACTS[name], (name, values)
+
+
+def test_a_metrics_facts_are_read_at_the_parameters_of_its_result():
+    """The review: the facts were read at the metric's defaults, so a metric whose bounds open a
+    side (or reach below 0) for other parameter values was labelled by its defaults' bounds, not by
+    those its calibrated scores were scaled with (``calibrate`` reads them at the run's parameters)."""
+    import math
+
+    from tasks.metrics import METRICS, register_metric
+    from tasks.report.tables import chance_ratio, signed
+
+    def bounds(params):
+        if params["kernel_metric"] == "rbf":
+            return (-math.inf, math.inf)
+        return (-1.0, 1.0) if params["centred"] else (0.0, 1.0)
+
+    name = f"user_kernel_{uuid.uuid4().hex[:8]}"
+    register_metric(name, lambda x, y, **_: 0.0, bounds=bounds, symmetric=True,
+                    defaults={"kernel_metric": "ip", "centred": False})
+    try:
+        assert metric_facts(name) == MetricFacts(higher_is_better=True, signed=False, scaled=True)
+        assert metric_facts(name, {"kernel_metric": "rbf"}) == MetricFacts(higher_is_better=True, signed=True, scaled=False)
+        # a row's params column (JSON text); a parameter the metric no longer takes is not a typo here
+        assert metric_facts(name, '{"centred": true, "kernel_metric": "ip", "gone": 3}').signed
+        assert metric_facts(name, "not json") == metric_facts(name)
+        row = {"metric": name, "score": 0.4, "chance_level": None, "null_mean": 0.1}
+        assert chance_ratio({**row, "params": '{"centred": false}'}) == (4.0, "null")
+        assert chance_ratio({**row, "params": '{"centred": true}'}) is None and signed(name, {"centred": True})
+    finally:
+        METRICS._specs.pop(name, None)

@@ -93,8 +93,9 @@ def test_a_builtin_name_registered_again_is_a_user_metric(monkeypatch):
         register_metric("cka", original.engine, bounds=(-1.0, 1.0), symmetric=True,
                         defaults={**original.defaults, "unbiased": True}, overwrite=True)
         assert metric_source("cka") is not None
-        # a user metric takes every pipeline parameter its defaults name (fea241f)
-        assert AlignmentParams(metrics=["cka"]).metric_params("cka") == {"kernel_metric": "ip", "rbf_sigma": 1.0}
+        # a user metric takes every pipeline parameter its defaults name (fea241f), over its own defaults
+        assert AlignmentParams(metrics=["cka"]).metric_params("cka") == {"kernel_metric": "ip", "rbf_sigma": 1.0,
+                                                                         "unbiased": True}
     finally:
         METRICS._specs["cka"] = BUILTIN_SPECS["cka"]
     assert metric_source("cka") is None
@@ -526,3 +527,93 @@ def test_a_version_does_not_depend_on_which_other_modules_of_the_package_were_im
         METRICS._specs.pop(metric, None)
     assert versions[0] == versions[1]
     assert versions[0][1] == [f"{package}.kernels", f"{package}.metrics"]
+
+
+TUNED = '''
+import math
+
+from tasks.metrics import register_metric
+
+
+def _bounds(params):
+    """[-scale, scale] on inner products; an RBF kernel's score has no bound."""
+    return (-params["scale"], params["scale"]) if params["kernel_metric"] == "ip" else (-math.inf, math.inf)
+
+
+def {name}(x, y, kernel_metric="ip", scale=2.0, offset=0.0, weights=(), table=None):
+    """scale x the mean inner product of paired rows (kernel_metric is only read by the bounds)."""
+    return float((x * y).sum(dim=1).mean()) * scale + offset
+
+
+register_metric("{name}", {name}, bounds=_bounds, symmetric=True, overwrite=True,
+                defaults={{"kernel_metric": "ip", "scale": 3.0, "offset": 0.5, "weights": (1, 2), "table": object()}})
+'''
+
+
+@pytest.fixture
+def tuned(tmp_path, monkeypatch):
+    """A plugin whose metric has its own (non-pipeline) defaults and bounds that depend on a
+    pipeline parameter; yields (module, metric)."""
+    metric = f"tuned_metric_{uuid.uuid4().hex[:8]}"
+    module = f"prh_test_tuned_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(TUNED.format(name=metric))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield module, metric
+    METRICS._specs.pop(metric, None)
+    sys.modules.pop(module, None)
+    origin_state._READ.pop(module, None)
+
+
+def test_a_user_metric_is_asked_for_its_own_defaults(tuned, monkeypatch):
+    """The review: a user metric's request named only the pipeline parameters of its defaults, so the
+    catalog's ``params`` showed ``{}`` for a metric run with its own defaults (scale 3, not its
+    function's 2). Its plain defaults are named now, the pipeline's values over them; a default that
+    is no JSON value (an object) is passed as registered and not named."""
+    module, metric = tuned
+    monkeypatch.setenv(METRIC_MODULES_ENV, module)
+    params = AlignmentParams(metrics=[metric, "cknna"], kernel_metric="rbf")
+    assert params.metric_params(metric) == {"kernel_metric": "rbf", "scale": 3.0, "offset": 0.5, "weights": (1, 2)}
+    assert params.metric_params("cknna") == {"topk": 10}  # the built-ins' as before
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_catalog_names_the_parameters_a_user_metric_ran_with(tuned, monkeypatch, tmp_path):
+    """End to end: a run's rows name the user metric's own defaults (replaying a row with its
+    ``params`` gives its score, as docs/queries.md shows), and the run's table calls its calibrated
+    score unscaled where its bounds at the run's parameters have no upper side (they had been read at
+    its defaults: kernel_metric 'ip', bounded)."""
+    import json
+
+    from flows.cli import summary_notes
+    from flows.pipeline import prh_pipeline
+    from storage import layout
+    from storage.catalog import connect, query
+    from storage.store import Store
+    from tasks.metrics import score
+    from tests.flows.test_pipeline import TINY_BERT, TINY_VIT, _stored_layers
+
+    module, metric = tuned
+    monkeypatch.setenv(METRIC_MODULES_ENV, module)
+    config = PipelineConfig.model_validate({
+        "dataset": {"kind": "openmoji", "n": 24, "seed": 0, "image_size": 32}, "models": [TINY_VIT, TINY_BERT],
+        "alignment": {"metrics": [metric], "kernel_metric": "rbf", "permutations": 0, "outlier_quantile": 1.0}})
+    store = str(tmp_path / "store")
+    summary = prh_pipeline(config=config, store=store, report=False)
+    assert summary["status"] == "COMPLETED"
+    with connect(store) as con:
+        rows = query(con, f"select params, layer_a, layer_b, score from alignment where metric = '{metric}' "
+                          "order by layer_a, layer_b").to_pylist()
+        best = query(con, f"select params from alignment_best where metric = '{metric}'").to_pylist()
+    shown = {"kernel_metric": "rbf", "offset": 0.5, "scale": 3.0, "weights": [1, 2]}
+    assert {json.dumps(r["params"]) for r in best + rows} == {json.dumps(json.dumps(shown, sort_keys=True))}
+    target = Store(store)
+    key = lambda model: layout.features_key(summary["dataset_version"], model, summary["feature_versions"][model])  # noqa: E731
+    _, xs = _stored_layers(target, target.manifest(key("tiny-vit")))
+    _, ys = _stored_layers(target, target.manifest(key("tiny-bert")))
+    row = rows[-1]
+    x, y = (torch.from_numpy(v[layer].astype(np.float64)) for v, layer in ((xs, row["layer_a"]), (ys, row["layer_b"])))
+    x, y = x / x.norm(dim=1, keepdim=True), y / y.norm(dim=1, keepdim=True)
+    assert score(metric, x, y, **json.loads(row["params"])) == pytest.approx(row["score"], abs=1e-5)
+    assert row["score"] == pytest.approx(3.0 * float((x * y).sum(dim=1).mean()) + 0.5, abs=1e-5)
+    notes = summary_notes(summary["best"])
+    assert any(note.startswith(f"{metric}: no bound on the better side") for note in notes), notes
