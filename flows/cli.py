@@ -207,7 +207,7 @@ def command_parser() -> argparse.ArgumentParser:
     export.add_argument("file", help="the DuckDB database file to write (an earlier export, or any DuckDB database, is replaced; another file is not)")
     export.add_argument("--store", default=None, help=STORE_HELP)
 
-    gc = commands.add_parser("gc", help="remove what no run will use: unpublished files of dead writers, abandoned extraction shards, report figures of older report code or not written for --older-than-days; with --keep-runs, old published versions")
+    gc = commands.add_parser("gc", help="remove what no run will use: unpublished files of dead writers, abandoned extraction shards, report figures of other report code (not while a run of that code is alive) or not written for --older-than-days; with --keep-runs, old published versions")
     gc.add_argument("--store", default=None, help=STORE_HELP)
     gc.add_argument("--older-than-days", type=float, default=7.0,
                     help="shards of an unpublished version count as abandoned when the newest is this old, and cached report "
@@ -717,8 +717,8 @@ def _sql(args: argparse.Namespace) -> int:
 def _gc(args: argparse.Namespace) -> int:
     """Removes versions without a manifest whose writer died (``Store.sweep_abandoned``), shard
     folders no extraction will resume (``storage.shards``), report figures cached by other
-    versions of the drawing code or written more than ``--older-than-days`` ago
-    (``storage.figure_cache``), temporary files under ``reports/`` and ``runs/`` that a killed
+    versions of the drawing code (but those of the code an alive run draws with) or written more
+    than ``--older-than-days`` ago (``storage.figure_cache``), temporary files under ``reports/`` and ``runs/`` that a killed
     writer left (``storage.temporaries.dead_temporaries``), the signs of life of runs killed just
     after writing their end (``storage.runs.signs_of_ended_runs``), with ``--keep-reports`` the older
     run reports (``storage.report_retention``), with ``--keep-runs`` the published versions that
@@ -760,7 +760,8 @@ def _gc(args: argparse.Namespace) -> int:
     partials = remove_stale_partials(store, args.older_than_days * 86400.0, dry_run=args.dry_run, live_since=live_since,
                                      damaged=damaged)
     figure_bytes: dict[str, int] = {}
-    figures = remove_stale_namespaces(store, dry_run=args.dry_run, sizes=figure_bytes)
+    held_figures: dict[str, str] = {}  # another report code's, which an alive run draws with
+    figures = remove_stale_namespaces(store, dry_run=args.dry_run, sizes=figure_bytes, held=held_figures)
     report_bytes: dict[str, int] = {}
     reports = [] if args.keep_reports is None else \
         remove_stale_reports(store, args.keep_reports, dry_run=args.dry_run, sizes=report_bytes)
@@ -797,6 +798,8 @@ def _gc(args: argparse.Namespace) -> int:
               "(`prh verify --remove-damaged` removes the version with its shards)")
     for key in figures:
         _say(f"{verb} {key}: report figures drawn by another version of the report code, {_megabytes(figure_bytes[key])}")
+    for key, why in held_figures.items():
+        _say(f"kept {key}: report figures of another version of the report code ({why})")
     if old_figures:
         _say(f"{verb} {len(old_figures)} cached report figure(s) written more than {args.older_than_days:g} days ago, "
               f"{_megabytes(sum(old_figures.values()))} (a report that shows one draws it again)")

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator
 
 from prefect.exceptions import Pause, TerminationSignal
 
+from storage.figure_cache import REPORT_CODE, drawing_version
 from storage.owner import current_owner
 from storage.runs import (CANCELLED, CRASHED, FAILED, ORDERED_AT, PARTIAL_ALIGNMENTS, RUN_HEARTBEAT_SECONDS, RUNNING,
                           RecordsRead, RunHeartbeat, latest_placed, place_after)
@@ -112,7 +113,9 @@ def _enclosing_flow_run_id() -> str | None:
 def new_record(target: Store, config: PipelineConfig, run_id: str, flow: str) -> dict[str, Any]:
     """A ``RUNNING`` record of flow run ``run_id`` of ``flow`` (``prh-pipeline``, ``prh-extract``)
     on ``config`` against ``target``: its process (to tell it died on this host), start time,
-    store, config, code version and heartbeat interval. ``flow_run_id`` is ``run_id``, but for a
+    store, config, code version, report code version (``storage.figure_cache.REPORT_CODE``: the
+    figure-cache namespace its report draws into, which ``prh gc`` keeps while the run is alive)
+    and heartbeat interval. ``flow_run_id`` is ``run_id``, but for a
     run without a flow run of its own (a :func:`local_run_id`): the flow run it ran in, whose page
     holds its logs and artifacts, or None (a task outside any flow)."""
     return {
@@ -125,6 +128,7 @@ def new_record(target: Store, config: PipelineConfig, run_id: str, flow: str) ->
         "store": target.display_url,
         "config": config.model_dump(mode="json"),
         "code_version": code_version("tasks", "storage"),
+        REPORT_CODE: drawing_version(),  # the figure-cache namespace it draws into: gc keeps it while the run is alive
         "heartbeat_s": RUN_HEARTBEAT_SECONDS,
     }
 

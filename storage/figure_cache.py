@@ -6,6 +6,12 @@ the code that draws (``tasks/report``), so a changed drawing is never served fro
 namespace; ``prh gc`` removes the namespaces of other code versions, and in the current one the
 figures written more than ``--older-than-days`` ago (a hit does not renew a file, so a figure
 still shown is drawn again once after that: a cache, never a report, loses it).
+
+Two deployments of different code may share one store: the namespace of another code version is
+kept while a run of that code is alive (:func:`held_namespaces`), since it draws its report into
+it at its end. A run's record names the version it draws with (:data:`REPORT_CODE`); while an
+alive run's record names none (written by a prh older than the field), which namespace it uses is
+unknown and every namespace stays.
 """
 
 from __future__ import annotations
@@ -14,10 +20,14 @@ import logging
 import time
 from typing import Any
 
+from storage.runs import live_records
 from storage.store import Store, modified_at
 from storage.versioning import code_version
 
 FIGURES = "reports/figures"
+#: The field of a run record (``flows.run_record.new_record``) that names the figure-cache
+#: namespace its process draws into: :func:`drawing_version` of its code.
+REPORT_CODE = "report_code_version"
 # Leading bytes of a complete file of each format (a file is written atomically, but a store may
 # still hold something else under the name).
 _SIGNATURES = {"png": (b"\x89PNG\r\n\x1a\n",), "svg": (b"<?xml", b"<svg")}
@@ -69,8 +79,9 @@ class StoreFigureCache:
                      self.store.display_url, type(error).__name__, error)
 
 
-def stale_namespaces(store: Store, current: str | None = None) -> list[str]:
-    """Figure-cache namespaces other than the current drawing code's (``reports/figures/<ns>``)."""
+def other_namespaces(store: Store, current: str | None = None) -> list[str]:
+    """Keys of the figure-cache namespaces other than the current drawing code's
+    (``reports/figures/<ns>``), sorted."""
     current = current or drawing_version()
     base = store.path(FIGURES)
     if not store.fs.exists(base):
@@ -83,12 +94,44 @@ def stale_namespaces(store: Store, current: str | None = None) -> list[str]:
     return sorted(key for key in found if key.rsplit("/", 1)[-1] != current)
 
 
+def held_namespaces(store: Store, keys: list[str]) -> dict[str, str]:
+    """Of the namespace keys ``keys``, those an alive run may draw into (``storage.runs.
+    live_records``: ``RUNNING`` and not known gone, or beating again), each with why: its record
+    names that namespace (:data:`REPORT_CODE`), or one alive run's record names none (a prh older
+    than the field wrote it), and then every one of ``keys`` is held. A run that ended, or is
+    known gone, holds none: its namespace goes as any other."""
+    if not keys:
+        return {}
+    used: dict[str, str] = {}
+    for record in live_records(store):
+        run_id, version = record.get("run_id"), record.get(REPORT_CODE)
+        if not isinstance(version, str) or not version:
+            why = (f"run {run_id} is still running and its record does not say which report code it draws with (an older "
+                   "prh): every namespace stays until it ends")
+            return dict.fromkeys(keys, why)
+        used.setdefault(version, f"run {run_id} is still running with that report code")
+    return {key: used[key.rsplit("/", 1)[-1]] for key in keys if key.rsplit("/", 1)[-1] in used}
+
+
+def stale_namespaces(store: Store, current: str | None = None, held: dict[str, str] | None = None) -> list[str]:
+    """Figure-cache namespaces other than the current drawing code's (``reports/figures/<ns>``)
+    that no alive run may draw into (:func:`held_namespaces`). ``held``, when given, receives the
+    others (key -> why it stays)."""
+    others = other_namespaces(store, current)
+    kept = held_namespaces(store, others)
+    if held is not None:
+        held.update(kept)
+    return [key for key in others if key not in kept]
+
+
 def remove_stale_namespaces(store: Store, current: str | None = None, dry_run: bool = False,
-                            sizes: dict[str, int] | None = None) -> list[str]:
+                            sizes: dict[str, int] | None = None, held: dict[str, str] | None = None) -> list[str]:
     """Remove (or with ``dry_run`` only list) the stale namespaces; returns their keys.
     ``sizes``, when given, receives ``key -> bytes`` of each namespace's files, measured before
-    removing it."""
-    return store.remove_trees(stale_namespaces(store, current), dry_run, sizes)
+    removing it; ``held`` the namespaces of other code kept for an alive run (key -> why). A run
+    that starts after the look at the runs may find its namespace gone: its report then draws
+    every figure again (a cache; the report is whole)."""
+    return store.remove_trees(stale_namespaces(store, current, held), dry_run, sizes)
 
 
 def old_figures(store: Store, older_than_s: float, current: str | None = None,

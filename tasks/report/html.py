@@ -186,13 +186,34 @@ def _layer(row: dict[str, Any], side: str) -> str:
     return "–" if index is None else str(index)
 
 
+POOLED_MARK = "†"
+POOLED_FOOTNOTE = (f"{POOLED_MARK} pooled bits per byte (all bits over all bytes) of a causal LM extracted by older code, which "
+                   "stored no per-caption mean (docs/extraction.md, bits per byte): not comparable with the others' per-caption "
+                   "means, and left out of the quality figure.")
+
+
 def models_table(models: list[dict[str, Any]]) -> str:
-    """The models of the run: modality, parameters, layers, bits per byte."""
+    """The models of the run: modality, parameters, layers, bits per byte (:func:`_bits_per_byte`;
+    a footnote under the table when a pooled figure is shown)."""
     body = [[m["model"], str(m.get("modality") or ""), str(m.get("model_id") or ""),
              "–" if number(m.get("param_count")) is None else f"{int(m['param_count']):,}",
-             str(m.get("n_layers") or ""), _fmt(m.get("bits_per_byte"), ".3f")]
+             str(m.get("n_layers") or ""), _bits_per_byte(m)]
             for m in sorted(models, key=lambda m: (str(m.get("modality")), m["model"]))]
-    return table(["model", "modality", "id", "parameters", "layers", "bits per byte"], body, numeric={3, 4, 5}, css_class="models")
+    marked = any(line[-1].endswith(POOLED_MARK) for line in body)
+    footnote = f"<p class=\"footnote\">{escape(POOLED_FOOTNOTE)}</p>" if marked else ""
+    return table(["model", "modality", "id", "parameters", "layers", "bits per byte"], body, numeric={3, 4, 5},
+                 css_class="models") + footnote
+
+
+def _bits_per_byte(model: dict[str, Any]) -> str:
+    """A model's bits per byte: its per-caption mean (``bits_per_byte``); for a causal LM whose
+    older extraction code stored only the pooled figure (the ``models`` view's
+    ``bits_per_byte_pooled`` with ``bits_per_byte`` null: ``storage.catalog._model_row``) that
+    figure, marked :data:`POOLED_MARK`, rather than an empty cell as for a model with no figure at
+    all; ``–`` for one without either (not a causal LM)."""
+    if number(model.get("bits_per_byte")) is None and number(model.get("bits_per_byte_pooled")) is not None:
+        return _fmt(model["bits_per_byte_pooled"], ".3f") + POOLED_MARK
+    return _fmt(model.get("bits_per_byte"), ".3f")
 
 
 def neighbours_section(examples: NeighbourExamples) -> str:

@@ -251,6 +251,26 @@ def test_a_rerun_shows_the_pairs_it_found_stored_as_reused(tmp_path, capsys):
     assert "already stored, " not in own and f"{len(PAIRS)} aligned in this run, 0 already stored" in own
 
 
+def test_a_causal_lm_of_older_extraction_code_shows_its_pooled_bits_per_byte(tmp_path, capsys):
+    """A store written before the per-caption mean existed holds a causal LM's pooled figure only
+    (stored as ``bits_per_byte``; the ``models`` view moves it to ``bits_per_byte_pooled``): the
+    models table left its cell empty (–) although the store has a figure. It shows that figure,
+    marked as the pooled one, with a footnote saying what it is; a model of today keeps its mean."""
+    url = str(tmp_path / "store")
+    report_store.build(url, pooled_only={"gpt-tiny"})
+    assert main(["report", "--store", url, "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    models = re.search(r'<table class="models">.*?</table>(.*?)</section>', page, re.S)
+    assert models is not None
+    cells = {row[0]: row[-1] for row in (re.findall(r"<td[^>]*>(.*?)</td>", line)
+                                         for line in re.findall(r"<tr>(.*?)</tr>", models.group(0)) if "<td" in line)}
+    assert cells == {"vit-tiny": "–", "vit-small": "–", "gpt-tiny": f"{MODELS['gpt-tiny'][3]:.3f}†",
+                     "gpt-small": f"{MODELS['gpt-small'][3]:.3f}"}
+    assert "† pooled bits per byte" in models.group(1)
+    # the quality figure still plots the per-caption means only, and the notes say why gpt-tiny is not there
+    assert "gpt-tiny has only the pooled bits per byte of older extraction code" in capsys.readouterr().out
+
+
 def test_artifact_text_with_a_metric_whose_scores_are_all_null():
     """A metric whose every best row has a NULL score (all its layers excluded) made max() compare
     None with floats: the artifact, built after the page was stored, raised in a finished run."""

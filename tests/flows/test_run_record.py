@@ -98,6 +98,7 @@ def test_a_new_record_says_running_with_what_tells_a_live_run(tmp_path) -> None:
     import os
     from pathlib import Path
 
+    from storage.figure_cache import drawing_version
     from storage.runs import RUN_HEARTBEAT_SECONDS, epoch_seconds
     from tasks.params import load_config
 
@@ -109,6 +110,8 @@ def test_a_new_record_says_running_with_what_tells_a_live_run(tmp_path) -> None:
     assert record["config"] == config.model_dump(mode="json") and record["heartbeat_s"] == RUN_HEARTBEAT_SECONDS
     assert record["started_at"].endswith("+00:00") and epoch_seconds(record["started_at"]) is not None
     assert isinstance(record["code_version"], str) and record["code_version"]
+    # the namespace of the figure cache its report draws into: prh gc keeps it while the run is alive
+    assert record["report_code_version"] == drawing_version()
 
 
 def test_a_run_whose_store_records_cannot_be_read_fails_before_writing_its_record(tmp_path) -> None:

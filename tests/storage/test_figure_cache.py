@@ -140,3 +140,62 @@ def test_old_figures_are_those_written_strictly_more_than_the_limit_ago(tmp_path
     os.utime(store.path(key), (written, written))
     assert old_figures(store, 100.0, now=written + 100.0) == {}
     assert old_figures(store, 100.0, now=written + 100.5) == {key: len(PNG)}
+
+
+def test_gc_keeps_the_namespace_of_another_report_code_while_a_run_of_it_is_alive(store_url, capsys):
+    """Two deployments of different code sharing one store: the gc of one removed the figure cache
+    of the other's report code while a run of it was alive (and about to draw its report into it).
+    A namespace that an alive run's record names (``report_code_version``) stays; those of a
+    finished run, of a run known dead and of no run go as before."""
+    from storage import layout
+    from storage.figure_cache import REPORT_CODE
+    from storage.owner import current_owner
+    from storage.runs import COMPLETED, RUN_HEARTBEAT_SECONDS, RUNNING
+    from storage.store import utc_now
+
+    store = Store(store_url)
+    me = current_owner()
+    runs = {  # run id: (status, process, namespace of its report code)
+        "run-live": (RUNNING, me, "a" * 16),
+        "run-done": (COMPLETED, me, "b" * 16),
+        "run-dead": (RUNNING, {**me, "started": "0"}, "c" * 16),  # its pid now belongs to another process: dead
+    }
+    for run_id, (status, process, namespace) in runs.items():
+        store.write_json(layout.run_key(run_id), {"run_id": run_id, "status": status, "process": process, "started_at": utc_now(),
+                                                  "heartbeat_s": RUN_HEARTBEAT_SECONDS, REPORT_CODE: namespace})
+    for namespace in ("a" * 16, "b" * 16, "c" * 16, "d" * 16):  # d: no run names it
+        StoreFigureCache(store, namespace=namespace).put("d", {"png": PNG})
+    StoreFigureCache(store).put("d", {"png": PNG})
+    assert main(["gc", "--store", store_url, "--dry-run"]) == 0
+    assert f"kept {FIGURES}/{'a' * 16}: report figures of another version of the report code (run run-live is still running " \
+           "with that report code)" in capsys.readouterr().out
+    assert main(["gc", "--store", store_url]) == 0
+    out = capsys.readouterr().out
+    assert all(f"removed {FIGURES}/{n * 16}: report figures drawn by another version" in out for n in "bcd")
+    assert StoreFigureCache(store, namespace="a" * 16).get("d", ("png",)) == {"png": PNG}
+    assert [StoreFigureCache(store, namespace=n * 16).get("d", ("png",)) for n in "bcd"] == [None] * 3
+    assert StoreFigureCache(store).get("d", ("png",)) == {"png": PNG}
+    # once that run has ended, its namespace goes too
+    store.write_json(layout.run_key("run-live"), {**store.read_json(layout.run_key("run-live")), "status": COMPLETED})
+    assert main(["gc", "--store", store_url]) == 0
+    assert f"removed {FIGURES}/{'a' * 16}" in capsys.readouterr().out
+    assert stale_namespaces(store) == []
+
+
+def test_an_alive_run_of_an_older_prh_keeps_every_namespace(tmp_path, capsys):
+    """A run whose record does not name its report code (written by a prh older than the field)
+    may draw into any namespace: while it is alive gc removes none of them, and says why."""
+    from storage import layout
+    from storage.owner import current_owner
+    from storage.runs import RUN_HEARTBEAT_SECONDS, RUNNING
+    from storage.store import utc_now
+
+    store = Store(str(tmp_path / "store"))
+    store.write_json(layout.run_key("run-old"), {"run_id": "run-old", "status": RUNNING, "process": current_owner(),
+                                                 "started_at": utc_now(), "heartbeat_s": RUN_HEARTBEAT_SECONDS})
+    for namespace in ("a" * 16, "b" * 16):
+        StoreFigureCache(store, namespace=namespace).put("d", {"png": PNG})
+    assert stale_namespaces(store) == []
+    assert main(["gc", "--store", store.url]) == 0
+    assert "does not say which report code it draws with" in capsys.readouterr().out
+    assert all(StoreFigureCache(store, namespace=n * 16).get("d", ("png",)) == {"png": PNG} for n in "ab")
