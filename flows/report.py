@@ -236,7 +236,8 @@ def publish_report_artifact(store: str, record: dict[str, Any]) -> str | None:
     ``alignment_versions``, ``feature_versions``, ``dataset_version``), store it under
     ``reports/<run_id>/report.html`` and publish the markdown artifact ``prh-report``: where the
     report is, the first metric's model × model heatmap, and each metric's chance level. Figures
-    whose rows did not change since an earlier run are reused (``storage.figure_cache``).
+    whose rows did not change since an earlier run are reused (``storage.figure_cache``). No run
+    record of the store is read (``record`` is the run's: ``tasks.report_source.load_report_input``).
 
     Returns the report's URL in the store. A report that cannot be built is logged as a warning
     and None is returned: the run's results are already published and stay valid.

@@ -30,6 +30,11 @@
 - ``models_current``: of ``models``, the feature version of each model name on each dataset
   version that runs now use (:data:`CURRENT_MODELS_SQL`).
 
+``connect(url, runs=False)`` leaves out ``runs`` and the views computed from it (``alignment_best``,
+``alignment``, ``alignment_fdr``, ``alignment_latest``, ``alignment_best_latest``,
+``models_current``: :data:`DERIVED_VIEWS`) and reads no run record: for the report written at the
+end of a run, which has its run's record and queries none of them.
+
 Times (``datasets.published_at``, ``models.published_at``, the alignment views' ``published_at``, ``runs.started_at`` /
 ``finished_at`` / ``ordered_at``) are ``TIMESTAMPTZ`` in UTC (the connection's time zone is UTC); a value that is
 not an ISO 8601 time (a hand-edited record) is NULL. File views have their columns in the order of
@@ -151,11 +156,12 @@ class CatalogSources:
     feature_datasets: list[FeatureDataset] = field(default_factory=list)
 
 
-def catalog_sources(store: Store) -> CatalogSources:
+def catalog_sources(store: Store, runs: bool = True) -> CatalogSources:
     """Read every manifest and run record of ``store`` into :class:`CatalogSources`. A damaged
     manifest (cut short, a copy of another version's, or a field of the wrong type:
     ``storage.verify.manifest_problems``) is left out with a warning naming it: one bad file must
-    not hide the rest of the store, nor count another version twice."""
+    not hide the rest of the store, nor count another version twice. Without ``runs`` the run
+    records are not read (one request each on an object store) and ``tables`` has no ``runs``."""
 
     def left_out(damaged: DamagedManifest) -> None:
         if named_like_a_version(damaged.version_key):
@@ -181,12 +187,12 @@ def catalog_sources(store: Store) -> CatalogSources:
         ]
         for view, (prefix, file_name) in _FILE_VIEWS.items()
     }
-    runs = runs_as_known(store)
     tables = {
         "datasets": _meta_table("datasets", [_catalog_row(m) for _, m in manifests[layout.DATASETS]]),
         "models": _meta_table("models", [_model_row(m) for _, m in manifests[layout.FEATURES]]),
-        "runs": _meta_table("runs", [_run_row(r) for r in runs]),
     }
+    if runs:
+        tables["runs"] = _meta_table("runs", [_run_row(r) for r in runs_as_known(store)])
     lineage = sorted({row for key, manifest in manifests[layout.ALIGNMENT] for row in _lineage_rows(key, manifest)},
                      key=lambda row: tuple("" if v is None else v for v in row))
     feature_datasets = sorted({_feature_dataset(key) for key, _ in manifests[layout.FEATURES]})
@@ -281,9 +287,17 @@ def _model_row(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def connect(
     store: Store | str, storage_options: dict[str, Any] | None = None, *, read_only: bool = True,
-    lossless_arrow: bool = False,
+    lossless_arrow: bool = False, runs: bool = True,
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection whose views cover every published version in ``store``.
+
+    ``runs=False``: the catalog without the run history, for a reader that has its run's record
+    already (the report written at the end of a run): the run records are not read (each is one
+    GET on an object store, and a store holds one per run it ever ran: a year of nightly runs,
+    365 GETs), and neither ``runs`` nor the views computed from it (:data:`DERIVED_VIEWS`, every
+    one of which reads ``runs``) are created. A query that names one of them fails (DuckDB's
+    ``Table with name runs does not exist``) rather than finding no rows. ``prh sql`` and every
+    other reader of the history keep the default.
 
     ``lossless_arrow``: results exported to Arrow keep DuckDB's ``TIMETZ`` offsets, ``BIT``
     strings and ``HUGEINT``/``UHUGEINT`` values (DuckDB's ``arrow_lossless_conversion``), for
@@ -298,7 +312,7 @@ def connect(
     if not isinstance(store, Store):
         store = Store(store, storage_options)
     con = duckdb.connect(":memory:")
-    sources = catalog_sources(store)
+    sources = catalog_sources(store, runs=runs)
     stored = stored_files(store, sources)
     # DuckDB asks about each file it reads (glob, open, size, modified: four HEAD requests on S3,
     # at every query): the listing just read answers for the published files
@@ -311,7 +325,8 @@ def connect(
         read += _create_file_view(con, view, files, sources.lineage, store, stored, sources.feature_datasets)
     for view, table in sources.tables.items():
         create_table_view(con, view, table)
-    create_derived_views(con)
+    if runs:  # each derived view reads runs: without it, none (a query naming one fails, see above)
+        create_derived_views(con)
     if read_only:
         lock_down(con, [store.uri("").rstrip("/") + "/"], _exists_in(store),
                   linked_files(store.root, read) if store.is_local else [])

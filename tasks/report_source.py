@@ -131,14 +131,18 @@ def load_report_input(
     """Everything the report of one run shows.
 
     ``record``: a run record given directly (the pipeline passes its own, before the run is
-    marked COMPLETED); otherwise ``run_id`` or the latest run that published results. ``pair``: the model
+    marked COMPLETED; the store's run records are then not read: ``connect(runs=False)``);
+    otherwise ``run_id`` or the latest run that published results. ``pair``: the model
     pair of the nearest-neighbour examples (default: the best-aligned pair under mutual k-NN).
 
     The modules of ``$PRH_METRIC_MODULES`` are imported first (:func:`load_metric_plugins`), so
     that the report knows the direction of the user metrics they register.
     """
     plugin_notes = load_metric_plugins()
-    con = connect(store)
+    # given its record (the report at a run's end), the report queries no run nor view computed
+    # from runs: the run history (one GET per record on S3, a record per run the store ever ran)
+    # is not read; choosing a run (`prh report`) needs it
+    con = connect(store, runs=record is None)
     try:
         if record is None:
             record = select_run(con, run_id)

@@ -199,6 +199,35 @@ def test_the_catalog_lists_only_its_views(tmp_path):
     assert {r["name"] for r in query(exported, "show tables").to_pylist()} == views | {"prh_catalog"}
 
 
+def test_a_catalog_without_runs_has_neither_runs_nor_a_view_computed_from_them(tmp_path):
+    """``connect(runs=False)`` (the report at a run's end, which has its own record) reads no run
+    record: ``runs`` and every view computed from it are left out, so a query naming one fails
+    saying so, never an empty ``runs`` or ``alignment_best`` that looks like a store without
+    history; the other views hold what the full catalog's hold."""
+    import duckdb
+
+    from storage.catalog import DERIVED_VIEWS, QueryError
+
+    url = str(tmp_path / "store")
+    build_catalog_store(url)
+    full, lean = connect(url), connect(url, runs=False)
+    left_out = {"runs", *DERIVED_VIEWS}
+    assert {r["name"] for r in query(lean, "show tables").to_pylist()} == \
+        {r["name"] for r in query(full, "show tables").to_pylist()} - left_out == \
+        {"datasets", "samples", "models", "features", "alignment_all", "alignment_best_all"}
+    for view in sorted(left_out):
+        with pytest.raises(QueryError, match=f"{view} does not exist"):
+            query(lean, f"select count(*) from {view}")
+    for view in ("datasets", "models", "samples", "features", "alignment_all", "alignment_best_all"):
+        assert query(lean, f"select * from {view} order by all").equals(query(full, f"select * from {view} order by all"))
+    assert query(full, "select count(*) n from runs").to_pylist() == [{"n": 2}]  # the default: every run
+    # every derived view reads runs (directly, or through alignment_best): none could be kept
+    bare = connect(url, runs=False, read_only=False)
+    for name, select in DERIVED_VIEWS.items():
+        with pytest.raises(duckdb.CatalogException):
+            bare.execute(f"CREATE VIEW {name} AS {select}")
+
+
 @pytest.mark.parametrize("text, expected", [
     ("2026-01-01T00:00:00.000250+00:00", datetime(2026, 1, 1, 0, 0, 0, 250, tzinfo=UTC)),  # what prh writes (utc_now)
     ("2026-01-01T00:00:00+00:00", datetime(2026, 1, 1, tzinfo=UTC)),        # what prh wrote before (seconds)

@@ -193,3 +193,35 @@ def test_a_run_start_reads_each_run_record_once(s3_store_url, proxy, monkeypatch
     assert records["dead"]["status"] == CRASHED
     new = records[str(state.state_details.flow_run_id)]  # the run's id: its flow run's
     assert new["status"] == "FAILED" and new["ordered_at"] == "2099-01-01T01:00:00.000001+00:00", new
+
+
+def test_the_report_at_a_run_s_end_reads_no_run_record(s3_store_url, proxy):
+    """The report written at a run's end (``load_report_input`` given the run's record, as
+    ``flows.report.publish_report_artifact`` calls it) had opened the whole catalog, whose ``runs``
+    view read every run record of the store once more: one GET each, a year of nightly runs 365
+    GETs at the end of every run, though the report queries none of them. It now reads none, and
+    its requests do not grow with the store's history; `prh report`, which chooses a run among
+    them, still reads them all."""
+    from tasks.report_source import load_report_input
+    from tests.storage.catalog_store import build_catalog_store
+
+    writer = build_catalog_store(s3_store_url)
+    record = writer.read_json(layout.run_key("run-1"))
+
+    def report_requests() -> tuple[int, dict[str, int]]:
+        store = Store(s3_store_url, {"endpoint_url": proxy.url, "skip_instance_cache": True})
+        reads = proxy.delay(0.0, methods={"GET"}, path=RECORD_GET)  # counts them, delays nothing
+        try:
+            data, sent = _sent(proxy, lambda: load_report_input(store, record=record))
+        finally:
+            proxy.clear()
+        assert data.run["run_id"] == "run-1" and data.best.num_rows == 8 and data.examples is not None
+        return reads.fired, sent
+
+    record_reads, sent = report_requests()
+    for night in range(40):  # the store's history grows: the report's requests do not
+        writer.write_json(layout.run_key(f"night-{night:02d}"), {**record, "run_id": f"night-{night:02d}"})
+    assert report_requests() == (record_reads, sent) and record_reads == 0, (record_reads, sent)
+    chosen = load_report_input(Store(s3_store_url, {"endpoint_url": proxy.url, "skip_instance_cache": True}),
+                               run_id="night-39")  # `prh report --run`: the history is read
+    assert chosen.run["run_id"] == "night-39"
