@@ -11,7 +11,8 @@ Two deployments of different code may share one store: the namespace of another 
 kept while a run of that code is alive (:func:`held_namespaces`), since it draws its report into
 it at its end. A run's record names the version it draws with (:data:`REPORT_CODE`); while an
 alive run's record names none (written by a prh older than the field), which namespace it uses is
-unknown and every namespace stays.
+unknown and every namespace stays. An extraction stage (``prh-extract``) draws no report: its
+record holds no namespace.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import time
 from typing import Any
 
-from storage.runs import live_records
+from storage.runs import live_records, run_records
 from storage.store import Store, modified_at
 from storage.versioning import code_version
 
@@ -95,15 +96,16 @@ def other_namespaces(store: Store, current: str | None = None) -> list[str]:
 
 
 def held_namespaces(store: Store, keys: list[str]) -> dict[str, str]:
-    """Of the namespace keys ``keys``, those an alive run may draw into (``storage.runs.
+    """Of the namespace keys ``keys``, those an alive pipeline run may draw into (``storage.runs.
     live_records``: ``RUNNING`` and not known gone, or beating again), each with why: its record
     names that namespace (:data:`REPORT_CODE`), or one alive run's record names none (a prh older
     than the field wrote it), and then every one of ``keys`` is held. A run that ended, or is
-    known gone, holds none: its namespace goes as any other."""
+    known gone, holds none: its namespace goes as any other; nor does an extraction stage
+    (``runs/extractions/``), which draws no report."""
     if not keys:
         return {}
     used: dict[str, str] = {}
-    for record in live_records(store):
+    for record in live_records(store, run_records(store, damaged=[])):  # damaged ones: `prh verify`'s, not gc's
         run_id, version = record.get("run_id"), record.get(REPORT_CODE)
         if not isinstance(version, str) or not version:
             why = (f"run {run_id} is still running and its record does not say which report code it draws with (an older "

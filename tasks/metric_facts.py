@@ -80,9 +80,23 @@ def metric_facts(metric: str, params: Mapping[str, Any] | str | None = None) -> 
 def facts_of(spec: object, params: Mapping[str, Any] | str | None = None) -> MetricFacts:
     """The facts of a registration (a ``tasks.metrics.MetricSpec``), from its direction and its
     bounds at ``params`` (see :func:`metric_facts`)."""
-    low, high = spec.bounds_for(own_params(spec, params))  # type: ignore[attr-defined]
+    low, high = bounds_at(spec, own_params(spec, params))
     higher = bool(spec.higher_is_better)  # type: ignore[attr-defined]
     return MetricFacts(higher_is_better=higher, signed=low < 0, scaled=math.isfinite(high if higher else low))
+
+
+def bounds_at(spec: object, params: dict[str, Any]) -> tuple[float, float]:
+    """``spec``'s bounds at ``params`` (those it takes: :func:`own_params`), or at its defaults
+    where it refuses them: a row scored under an earlier registration may hold a value of another
+    kind than today's default (``scale`` 2.5 where the default is now the integer 3:
+    ``MetricSpec.resolve`` raises) or one the user's bounds function no longer handles. Such a row
+    is read as one whose params are no JSON, so that a report of it is not lost for a label."""
+    if params:
+        try:
+            return spec.bounds_for(params)  # type: ignore[attr-defined, no-any-return]
+        except Exception:  # noqa: BLE001 - a user's bounds function may raise anything at a value it dropped
+            pass
+    return spec.bounds_for({})  # type: ignore[attr-defined, no-any-return]
 
 
 def own_params(spec: object, params: Mapping[str, Any] | str | None) -> dict[str, Any]:

@@ -199,3 +199,32 @@ def test_an_alive_run_of_an_older_prh_keeps_every_namespace(tmp_path, capsys):
     assert main(["gc", "--store", store.url]) == 0
     assert "does not say which report code it draws with" in capsys.readouterr().out
     assert all(StoreFigureCache(store, namespace=n * 16).get("d", ("png",)) == {"png": PNG} for n in "ab")
+
+
+def test_an_alive_extraction_stage_keeps_no_namespace(tmp_path, capsys):
+    """Review: the extraction stage (``prh-extract``, ``runs/extractions/``) draws no report, but
+    its alive record held figure namespaces as a pipeline run's does: one of a prh older than
+    ``report_code_version`` kept every namespace of the store for as long as its extraction ran
+    (hours on a GPU pool), and gc said a run "is still running" to explain it. Only pipeline runs
+    hold a namespace; an alive pipeline run of an older prh still holds them all."""
+    from storage import layout
+    from storage.owner import current_owner
+    from storage.runs import RUN_HEARTBEAT_SECONDS, RUNNING
+    from storage.store import utc_now
+
+    store = Store(str(tmp_path / "store"))
+    alive = {"status": RUNNING, "process": current_owner(), "started_at": utc_now(), "heartbeat_s": RUN_HEARTBEAT_SECONDS}
+    store.write_json(layout.extraction_key("extract-old"), {**alive, "run_id": "extract-old", "flow": "prh-extract"})
+    store.write_json(layout.extraction_key("extract-new"), {**alive, "run_id": "extract-new", "flow": "prh-extract",
+                                                            "report_code_version": "a" * 16})
+    for namespace in ("a" * 16, "b" * 16):
+        StoreFigureCache(store, namespace=namespace).put("d", {"png": PNG})
+    assert stale_namespaces(store) == [f"{FIGURES}/{n * 16}" for n in "ab"]
+    assert main(["gc", "--store", store.url]) == 0
+    out = capsys.readouterr().out
+    assert "still running" not in out and all(f"removed {FIGURES}/{n * 16}" in out for n in "ab")
+    # a pipeline run of an older prh alive beside them: every namespace stays
+    for namespace in ("a" * 16, "b" * 16):
+        StoreFigureCache(store, namespace=namespace).put("d", {"png": PNG})
+    store.write_json(layout.run_key("run-old"), {**alive, "run_id": "run-old"})
+    assert stale_namespaces(store) == []

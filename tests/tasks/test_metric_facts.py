@@ -5,6 +5,7 @@ engine (torch); the facts it holds for the built-ins are the registry's, and a u
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -203,5 +204,33 @@ def test_a_metrics_facts_are_read_at_the_parameters_of_its_result():
         row = {"metric": name, "score": 0.4, "chance_level": None, "null_mean": 0.1}
         assert chance_ratio({**row, "params": '{"centred": false}'}) == (4.0, "null")
         assert chance_ratio({**row, "params": '{"centred": true}'}) is None and signed(name, {"centred": True})
+    finally:
+        METRICS._specs.pop(name, None)
+
+
+def test_a_row_of_an_earlier_registration_is_read_at_the_defaults_where_this_one_refuses_its_params():
+    """Review of the facts read at a row's ``params``: a row scored under an earlier registration
+    (``scale`` then a float default, or a ``kernel_metric`` the bounds function no longer knows)
+    made the current registration refuse the row's values (``scale must be an integer``, a
+    KeyError of the user's bounds), and ``prh report`` of that run, and the run's closing table,
+    failed on it. Those rows are read at the defaults, as a row whose params are no JSON."""
+    from flows.cli import metric_notes
+    from tasks.metrics import METRICS, register_metric
+    from tasks.report.tables import chance_ratio
+
+    def bounds(params):
+        return {"ip": (0.0, float(params["scale"])), "rbf": (-math.inf, math.inf)}[params["kernel_metric"]]
+
+    name = f"user_rescaled_{uuid.uuid4().hex[:8]}"
+    register_metric(name, lambda x, y, **_: 0.0, bounds=bounds, symmetric=True, defaults={"kernel_metric": "ip", "scale": 3})
+    try:
+        at_defaults = metric_facts(name)
+        assert at_defaults == MetricFacts(higher_is_better=True, signed=False, scaled=True)
+        assert metric_facts(name, '{"kernel_metric": "rbf", "scale": 2}').signed  # values it takes: read there
+        for earlier in ('{"kernel_metric": "ip", "scale": 2.5}', '{"kernel_metric": "linear", "scale": 2}'):
+            assert metric_facts(name, earlier) == at_defaults, earlier
+            row = {"metric": name, "score": 0.4, "chance_level": None, "null_mean": 0.1, "params": earlier}
+            assert chance_ratio(row) == (4.0, "null")
+            assert metric_notes([row]) == []
     finally:
         METRICS._specs.pop(name, None)
