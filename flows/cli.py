@@ -548,7 +548,7 @@ def print_summary(summary: dict[str, Any], sql: str = "prh sql") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tasks.report.tables import best_first, higher_is_better, rows_aligned
+    from tasks.report.tables import DEGENERATE_WHY, best_first, higher_is_better, rows_aligned
 
     console = Console(width=160, markup=False)  # a store path 'runs [v1]' or a name is text, not the table library's markup
     features = f"features extracted: {', '.join(summary['extracted']) or 'none'}; reused: {', '.join(summary['reused']) or 'none'}"
@@ -579,8 +579,8 @@ def print_summary(summary: dict[str, Any], sql: str = "prh sql") -> None:
         )
     console.print(table)
     if any(row.get("ci_degenerate") for row in rows):
-        console.print("* degenerate interval: the bootstrap subsamples piled up on a bound of the metric; it brackets the "
-                      "score but does not measure its spread (ci_degenerate, docs/metrics.md)")
+        console.print(f"* degenerate interval: {DEGENERATE_WHY}; it brackets the score but does not measure its spread "
+                      "(ci_degenerate, docs/metrics.md)")
     for line in summary_notes(rows, (summary.get("config") or {}).get("alignment")):
         console.print(line)
     console.print(features)

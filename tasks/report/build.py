@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from storage.times import utc_time
 from tasks.report import heatmaps, html, scaling
 from tasks.report.figures import FigureCache, RenderedFigure, render_cached
-from tasks.report.tables import (CROSS_MODAL, ReportInput, common_chance, degenerate, describe_metrics, direction_notes, grid_blocks,
+from tasks.report.tables import (CROSS_MODAL, DEGENERATE_WHY, ReportInput, common_chance, degenerate, describe_metrics, direction_notes, grid_blocks,
                                  higher_is_better, interval, interval_columns, metrics_of, model_grid, number, pairs_of,
                                  reused_pairs, rows, rows_aligned, run_aligned, run_start, scored)
 
@@ -305,7 +305,7 @@ def interval_notes(best: list[dict[str, Any]], scaling_figures: bool = True) -> 
     if not flagged:
         return []
     return [f"{flagged} bootstrap interval{'s are' if flagged > 1 else ' is'} degenerate (ci_degenerate, marked * in the best-scores "
-            "table): the subsamples piled up on a bound of the metric, so the interval brackets the score but does not measure its "
+            f"table): {DEGENERATE_WHY}, so the interval brackets the score but does not measure its "
             "spread" + ("; the scaling figures draw no error bar for it" if scaling_figures else "")]
 
 

@@ -14,7 +14,7 @@ from tasks.grid_fdr import add_q_values
 from tasks.report.figures import RenderedFigure
 from tasks.report.images import data_uri, thumbnail_png
 from tasks.report.neighbours import Example, Neighbour, NeighbourExamples
-from tasks.report.tables import best_first, chance_ratio, degenerate, higher_is_better, interval, interval_columns, number
+from tasks.report.tables import DEGENERATE_WHY, best_first, chance_ratio, degenerate, higher_is_better, interval, interval_columns, number
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
@@ -130,7 +130,7 @@ def _fmt(value: Any, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
-DEGENERATE_FOOTNOTE = ("* degenerate interval: the bootstrap subsamples piled up on a bound of the metric; it brackets the score "
+DEGENERATE_FOOTNOTE = (f"* degenerate interval: {DEGENERATE_WHY}; it brackets the score "
                       "but does not measure its spread (ci_degenerate, docs/metrics.md). The scaling figures draw no error bar for it.")
 
 

@@ -169,10 +169,18 @@ def interval(row: dict[str, Any], ci: tuple[str, str] | None) -> tuple[float, fl
     return None if low is None or high is None else (low, high)
 
 
+#: why ``alignment_best.ci_degenerate`` is set, every cause of ``metrics.bootstrap.subsample_interval``
+#: (half the replicates on a bound, half on one value away from the score, or the interval missing
+#: it), for the report's note and footnote and ``prh run``'s table: the first alone had been named
+DEGENERATE_WHY = ("the bootstrap subsamples piled up on a bound of the metric or on one value away from the score "
+                  "(or their spread missed the score)")
+
+
 def degenerate(row: dict[str, Any]) -> bool:
-    """``alignment_best.ci_degenerate``: the bootstrap subsamples piled up on a bound of the metric,
-    so the interval brackets the score but does not measure its spread (docs/metrics.md). NULL
-    (older files, or no interval) reads as not flagged."""
+    """``alignment_best.ci_degenerate``: the bootstrap subsamples piled up on a bound of the metric
+    or on one value away from the score (:data:`DEGENERATE_WHY`), so the interval brackets the score
+    but does not measure its spread (docs/metrics.md). NULL (older files, or no interval) reads as
+    not flagged."""
     return bool(row.get("ci_degenerate"))
 
 

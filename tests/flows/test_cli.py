@@ -553,6 +553,7 @@ def test_the_run_summary_prints_a_best_row_without_a_score(capsys):
     print_summary({"dataset_version": "d", "best": [row, flagged], "extracted": [], "reused": [], "store": "s", "run_id": "r2"})
     shown = capsys.readouterr().out
     assert "0.500-0.500*" in shown and "* degenerate interval: the bootstrap subsamples piled up" in shown
+    assert "on a bound of the metric or on one value away from the score" in shown  # every cause of the flag
     # a one-model zoo (features only): no empty table, and no pointer to an earlier run's results
     print_summary({"dataset_version": "d", "best": [], "extracted": ["vit"], "reused": [], "store": "s", "run_id": "r3"})
     shown = capsys.readouterr().out

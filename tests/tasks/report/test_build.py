@@ -284,6 +284,22 @@ def test_a_degenerate_interval_is_marked_and_draws_no_error_bar():
             assert (bottom, top) == pytest.approx((r["ci_low"], r["ci_high"]))
 
 
+def test_a_degenerate_interval_is_explained_by_every_cause_of_the_flag():
+    """ci_degenerate also flags half the subsamples on one value away from the score, or an interval
+    that misses it (metrics.bootstrap.subsample_interval): the footnote and the note said only "piled
+    up on a bound of the metric", wrong for a cycle_knn of 0.5 whose subsamples half scored 0.917
+    (23% on the bound), as an audit's unit: image run stored."""
+    rows = best_rows(ci=True)
+    flagged = next(r for r in rows if r["metric"] == "mutual_knn" and r["model_a"] == "vit-s" and r["model_b"] == "lm-a")
+    flagged.update(ci_low=flagged["score"] - 0.1, ci_high=flagged["score"] + 0.05, ci_degenerate=True)
+    for r in rows:
+        r.setdefault("ci_degenerate", False)
+    report = build_report(_with(rows), formats=("png",), pairs=[])
+    [note] = [n for n in report.notes if "bootstrap interval is degenerate" in n]
+    for text in (note, report.html):
+        assert "on a bound of the metric or on one value away from the score" in text
+
+
 def test_the_degenerate_flag_changes_the_cached_figures():
     """The figure cache's digest covers the flag: flipping it redraws the scaling figures of that
     metric (which now differ), not another metric's."""
