@@ -472,15 +472,10 @@ def quadratic_memory(requests: Sequence[MetricRequest], rep_x: Any, rep_y: Any, 
 
 
 def _quadratic_kind(engine: Any, params: dict[str, Any]) -> str | None:
-    """``'rbf'`` / ``'rsa'`` for an engine whose encoding is ``O(L N^2)`` at every ``N``, else None."""
-    from tasks.metrics.kernel_metrics import CkaEngine
-    from tasks.metrics.rsa import RsaEngine
-
-    if isinstance(engine, RsaEngine):
-        return "rsa"
-    if isinstance(engine, CkaEngine) and params.get("kernel_metric", "ip") == "rbf":
-        return "rbf"
-    return None
+    """``'rbf'`` / ``'rsa'`` for an engine whose encoding is ``O(L N^2)`` at every ``N``, else None
+    (``Engine.quadratic_memory``; None for an engine object without the method)."""
+    ask = getattr(engine, "quadratic_memory", None)
+    return ask(params) if callable(ask) else None
 
 
 #: Bytes of ``O(L N^2)`` work reserved by the pairs aligning in this process now (a threads runner
@@ -590,10 +585,11 @@ def warn_no_interval(label: str, why: str, log: logging.Logger | logging.LoggerA
 def warn_degenerate_interval(label: str, low: float, high: float, estimate: float, subsamples: str = "its subsamples",
                              log: logging.Logger | logging.LoggerAdapter = logger) -> None:
     """The warning for a degenerate bootstrap interval ``[low, high]`` of a metric's best score
-    ``estimate`` (``metrics.bootstrap_ci``: ``subsamples`` pile up on a bound of the metric)."""
-    log.warning("%s: the bootstrap interval [%.4g, %.4g] is degenerate (%s pile up on a bound of the metric): it brackets "
-                "the score %.4g but does not measure its spread (ci_degenerate; docs/metrics.md)", label, low, high, subsamples,
-                estimate)
+    ``estimate`` (``metrics.bootstrap_ci``: ``subsamples`` pile up on a bound of the metric or on
+    one value away from the score, or their spread lies on one side of it)."""
+    log.warning("%s: the bootstrap interval [%.4g, %.4g] is degenerate (%s pile up on a bound of the metric or on one "
+                "value away from the score, or their spread lies on one side of it): it brackets the score %.4g but does "
+                "not measure its spread (ci_degenerate; docs/metrics.md)", label, low, high, subsamples, estimate)
 
 
 def _refused_layers(request: MetricRequest, rep_x: Any, rep_y: Any) -> tuple[dict[int, str], dict[int, str]]:

@@ -180,12 +180,13 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
         why = f"was refused: {refused}" if refused is not None else "scored NaN (the metric is undefined on them)"
         raise ValueError(f"every one of the {n_boot} bootstrap subsamples of {m} rows {why}")
     scale = math.sqrt(m / (n - m))
-    low, high, degenerate, share = subsample_interval(float(estimate), reps, scale, level,
-                                                      spec.bounds_for(p))
+    low, high, cause, share = _interval(float(estimate), reps, scale, level, spec.bounds_for(p))
+    degenerate = cause is not None
     if degenerate:
-        why = (f"{share:.0%} of the subsamples of {m} rows (of N = {n}) score on a bound of the "
-               "metric" if share >= DEGENERATE_SHARE else
-               f"the subsamples of {m} rows (of N = {n}) pile up on one value away from the estimate")
+        subsamples = f"the subsamples of {m} rows (of N = {n})"
+        why = {BOUND: f"{share:.0%} of the subsamples of {m} rows (of N = {n}) score on a bound of the metric",
+               PILED: f"{subsamples} pile up on one value away from the estimate",
+               MISSED: f"the spread of {subsamples} lies on one side of the estimate"}[cause]
         warnings.warn(f"bootstrap_ci({spec.name}): {why}; the interval [{low:.4g}, {high:.4g}] "
                       f"around {float(estimate):.4g} does not measure its sampling spread "
                       "(BootstrapResult.degenerate; see docs/metrics.md)", RuntimeWarning, stacklevel=2)
@@ -193,10 +194,24 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
                            level, n_boot, "subsample", argmax, m, degenerate, int(np.isnan(reps).sum()))
 
 
+#: causes of a degenerate interval (:func:`_interval`): replicates on a bound of the metric, piled
+#: up on one value away from the estimate, or an interval (before its limits) missing the estimate
+BOUND, PILED, MISSED = "bound", "piled", "missed"
+
+
 def subsample_interval(estimate: float, reps: np.ndarray, scale: float, level: float,
                        bounds: tuple[float, float]) -> tuple[float, float, bool, float]:
     """``(low, high, degenerate, share)`` from the aggregated replicates ``reps`` ``(B,)`` (NaN
-    for refused subsamples, at least one finite).
+    for refused subsamples, at least one finite); :func:`_interval` with its cause as a flag."""
+    low, high, cause, share = _interval(estimate, reps, scale, level, bounds)
+    return low, high, cause is not None, share
+
+
+def _interval(estimate: float, reps: np.ndarray, scale: float, level: float,
+              bounds: tuple[float, float]) -> tuple[float, float, str | None, float]:
+    """``(low, high, cause, share)`` from the aggregated replicates ``reps`` ``(B,)`` (NaN
+    for refused subsamples, at least one finite); ``cause`` None where the interval is not
+    degenerate, else the first of :data:`BOUND`, :data:`PILED`, :data:`MISSED` that holds.
 
     ``[low, high] = estimate + scale * quantile(reps - mean(reps), [(1-level)/2, (1+level)/2])``,
     then limited so that ``min(floor, estimate) <= low <= estimate <= high <=
@@ -204,10 +219,11 @@ def subsample_interval(estimate: float, reps: np.ndarray, scale: float, level: f
     nominal bounds leaves it). ``share``: the fraction of the replicates on a bound (within
     ``ROUNDING_RTOL``); ``degenerate``: at least ``DEGENERATE_SHARE`` of them are, or the
     unlimited interval missed the estimate by more than ``ROUNDING_RTOL`` (both quantiles of the
-    deviations on one side of 0), or at least ``DEGENERATE_SHARE`` of them lie on one value more
-    than ``ROUNDING_RTOL`` away from the estimate (all of them on one value: the deviations are
-    all 0 and the interval ``[estimate, estimate]`` missed nothing), so the interval does not
-    measure the estimate's sampling spread.
+    deviations on one side of 0), or at least ``DEGENERATE_SHARE`` of them, and two at least, lie
+    on one value more than ``ROUNDING_RTOL`` away from the estimate (all of them on one value: the
+    deviations are all 0 and the interval ``[estimate, estimate]`` missed nothing), so the
+    interval does not measure the estimate's sampling spread. Two at least: of two replicates
+    each one is half of them (``bootstrap: 2`` had flagged every interval).
     """
     tail = (1 - level) / 2
     dev = reps - np.nanmean(reps)
@@ -225,6 +241,7 @@ def subsample_interval(estimate: float, reps: np.ndarray, scale: float, level: f
     slack = ROUNDING_RTOL * max(1.0, abs(estimate))
     values, counts = np.unique(valid, return_counts=True)
     piled = values[np.argmax(counts)]  # the most frequent replicate value
-    away = counts.max() >= DEGENERATE_SHARE * valid.size and abs(piled - estimate) > slack
-    degenerate = share >= DEGENERATE_SHARE or away or not raw_low - slack <= estimate <= raw_high + slack
-    return low, high, bool(degenerate), share
+    away = counts.max() >= max(2, DEGENERATE_SHARE * valid.size) and abs(piled - estimate) > slack
+    missed = not raw_low - slack <= estimate <= raw_high + slack
+    cause = BOUND if share >= DEGENERATE_SHARE else PILED if away else MISSED if missed else None
+    return low, high, cause, share

@@ -103,6 +103,14 @@ class Engine:
         counts strictly smaller draws as ties."""
         return None
 
+    def quadratic_memory(self, params: dict[str, Any]) -> str | None:
+        """``'rbf'`` / ``'rsa'`` for an engine whose encoding holds ``O(L N^2)`` at every ``N`` (the
+        key of ``tasks.alignment.QUADRATIC_MEMORY``, whose measured sizes the pipeline reserves
+        before a pair's work), else None (default). A method, not an ``isinstance`` in the pipeline:
+        its memory estimate then imports no engine, so a change to one engine's module versions
+        only the metrics that run it (``tasks.metric_code``)."""
+        return None
+
     def encode_cached(self, rep: Representation, params: dict[str, Any]) -> Any:
         return rep.memo(self.encode_key(params), lambda: self.encode(rep, params))
 

@@ -184,6 +184,11 @@ class CkaEngine(Engine):
     def __init__(self, variant: str = "cka") -> None:
         self.variant = variant
 
+    def quadratic_memory(self, params: dict[str, Any]) -> str | None:
+        """``'rbf'`` with an RBF kernel (its packed ``N x N`` kernels); linear CKA may work from
+        the features."""
+        return "rbf" if params.get("kernel_metric", "ip") == "rbf" else None
+
     def unbiased(self, params: dict[str, Any]) -> bool:
         """``unbiased_cka`` always uses the unbiased HSIC (as the paper's wrapper forces)."""
         return self.variant == "unbiased_cka" or bool(params.get("unbiased", False))

@@ -77,6 +77,10 @@ class RsaEngine(Engine):
 
     variant = "rsa_spearman"
 
+    def quadratic_memory(self, params: dict[str, Any]) -> str | None:
+        """``'rsa'``: every layer's float64 ranks of its ``N (N - 1) / 2`` distances."""
+        return "rsa"
+
     def encode(self, rep: Representation, params: dict[str, Any]) -> RankState:
         from scipy.spatial.distance import pdist  # local: keeps the package import light
         from scipy.stats import rankdata

@@ -76,6 +76,21 @@ def test_an_engine_change_is_a_new_version_of_its_own_metrics_only() -> None:
     assert metric_code_version("cknna") != metric_code_version("mutual_knn") != metric_code_version("cka")
 
 
+
+def test_the_pipelines_memory_estimate_ties_no_metric_to_the_kernel_engines() -> None:
+    """The pipeline's memory estimate asks the engine (``Engine.quadratic_memory``) instead of
+    importing CkaEngine and RsaEngine for an ``isinstance``: that import had put the CKA and RSA
+    modules (and the HSIC and triangle modules they import) in every metric's version, so an edit
+    to any of them computed the k-NN metrics and SVCCA again. They stay in their own metrics'."""
+    kernel = {"tasks/metrics/kernel_metrics.py", "tasks/metrics/hsic.py", "tasks/metrics/triangle.py"}
+    for name in ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn", "jaccard_knn", "svcca", "procrustes",
+                 "linear_regression"):
+        assert kernel | {"tasks/metrics/rsa.py"} <= set(_left_out(name)), name
+    for name in ("cka", "unbiased_cka", "cka_rbf_median", "cknna"):
+        assert not kernel & set(_left_out(name)), name
+        assert "tasks/metrics/rsa.py" in _left_out(name), name
+    assert "tasks/metrics/rsa.py" not in _left_out("rsa_spearman")
+
 def test_a_user_metric_is_versioned_by_the_whole_alignment_code(lower_metric: str) -> None:
     """A user metric may call into any module of the package: its version keeps them all."""
     assert metric_code_version(lower_metric) == code_version(*ALIGNMENT_CODE)

@@ -273,3 +273,20 @@ def test_progress_is_told_after_each_replicate_and_changes_no_number() -> None:
     told = bootstrap_ci("cka", x, y, n_boot=7, seed=3, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(r, 7) for r in range(1, 8)]
     assert told == bootstrap_ci("cka", x, y, n_boot=7, seed=3)
+
+
+def test_two_replicates_apart_are_not_a_pile_and_each_cause_is_named() -> None:
+    """Of two replicates each is half of them: the one-value rule flagged every interval of
+    ``bootstrap: 2`` (an e2e audit: 16 of 16), though two values apart around the estimate are a
+    spread, not a pile. A pile takes two replicates at least; each flag says which rule set it."""
+    from tasks.metrics.bootstrap import BOUND, MISSED, PILED, _interval
+
+    low, high, degenerate, _ = subsample_interval(0.5, np.array([0.45, 0.56]), 1.0, 0.95, (0.0, 1.0))
+    assert not degenerate and low < 0.5 < high
+    assert subsample_interval(0.5, np.array([0.45, 0.45, 0.56]), 1.0, 0.95, (0.0, 1.0))[2]  # two on one value: a pile
+    assert _interval(0.5, np.array([0.45, 0.45, 0.56]), 1.0, 0.95, (0.0, 1.0))[2] == PILED
+    assert _interval(0.95, np.array([1.0] * 98 + [0.9, 0.95]), 1.0, 0.95, (0.0, 1.0))[2] == BOUND
+    # 98 of 100 on the estimate, 2 below: both quantiles of the deviations lie above 0
+    assert _interval(1.0, np.array([0.0] * 2 + [1.0] * 98), 1.0, 0.95, (-10.0, 10.0))[2] == MISSED
+    assert _interval(0.3, np.linspace(0.2, 0.4, 101), 1.0, 0.95, (0.0, 1.0))[2] is None
+
