@@ -13,7 +13,7 @@ from storage.times import utc_time
 from tasks.report import heatmaps, html, scaling
 from tasks.report.figures import FigureCache, RenderedFigure, render_cached
 from tasks.report.tables import (CROSS_MODAL, DEGENERATE_WHY, ReportInput, common_chance, degenerate, describe_metrics, direction_notes, grid_blocks,
-                                 higher_is_better, interval, interval_columns, metrics_of, model_grid, number, pairs_of,
+                                 higher_is_better, interval, interval_columns, metrics_of, model_grid, number, pairs_of, pooled_bits_only,
                                  reused_pairs, rows, rows_aligned, run_aligned, run_start, scored)
 
 if TYPE_CHECKING:  # matplotlib is imported as a figure is drawn (tasks.report.figures)
@@ -252,8 +252,7 @@ def bits_per_byte_notes(models: list[dict[str, Any]]) -> list[str]:
     ``models`` view's ``bits_per_byte_pooled`` with ``bits_per_byte`` null: ``storage.catalog.
     _model_row``), which the figure does not plot and which are causal LMs all the same."""
     with_bpb = sorted(m["model"] for m in models if number(m.get("bits_per_byte")) is not None)
-    pooled_only = sorted(m["model"] for m in models if number(m.get("bits_per_byte")) is None
-                         and number(m.get("bits_per_byte_pooled")) is not None)
+    pooled_only = sorted(m["model"] for m in models if pooled_bits_only(m))
     notes = []
     if not with_bpb:
         notes.append(("no language model has the per-caption bits per byte" if pooled_only else

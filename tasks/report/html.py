@@ -14,7 +14,8 @@ from tasks.grid_fdr import add_q_values
 from tasks.report.figures import RenderedFigure
 from tasks.report.images import data_uri, thumbnail_png
 from tasks.report.neighbours import Example, Neighbour, NeighbourExamples
-from tasks.report.tables import DEGENERATE_WHY, best_first, chance_ratio, degenerate, higher_is_better, interval, interval_columns, number
+from tasks.report.tables import (DEGENERATE_WHY, best_first, chance_ratio, degenerate, higher_is_better, interval,
+                                 interval_columns, number, pooled_bits_only)
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
@@ -211,7 +212,7 @@ def _bits_per_byte(model: dict[str, Any]) -> str:
     ``bits_per_byte_pooled`` with ``bits_per_byte`` null: ``storage.catalog._model_row``) that
     figure, marked :data:`POOLED_MARK`, rather than an empty cell as for a model with no figure at
     all; ``–`` for one without either (not a causal LM)."""
-    if number(model.get("bits_per_byte")) is None and number(model.get("bits_per_byte_pooled")) is not None:
+    if pooled_bits_only(model):
         return _fmt(model["bits_per_byte_pooled"], ".3f") + POOLED_MARK
     return _fmt(model.get("bits_per_byte"), ".3f")
 

@@ -176,6 +176,13 @@ DEGENERATE_WHY = ("the bootstrap subsamples piled up on a bound of the metric or
                   "(or their spread missed the score)")
 
 
+def pooled_bits_only(model: dict[str, Any]) -> bool:
+    """Whether a ``models`` row is a causal LM of older extraction code with only the pooled bits
+    per byte (``bits_per_byte_pooled`` set, ``bits_per_byte`` null: ``storage.catalog._model_row``):
+    shown marked in the models table, never plotted beside the per-caption means."""
+    return number(model.get("bits_per_byte")) is None and number(model.get("bits_per_byte_pooled")) is not None
+
+
 def degenerate(row: dict[str, Any]) -> bool:
     """``alignment_best.ci_degenerate``: the bootstrap subsamples piled up on a bound of the metric
     or on one value away from the score (:data:`DEGENERATE_WHY`), so the interval brackets the score
