@@ -475,7 +475,11 @@ def _quadratic_kind(engine: Any, params: dict[str, Any]) -> str | None:
     """``'rbf'`` / ``'rsa'`` for an engine whose encoding is ``O(L N^2)`` at every ``N``, else None
     (``Engine.quadratic_memory``; None for an engine object without the method)."""
     ask = getattr(engine, "quadratic_memory", None)
-    return ask(params) if callable(ask) else None
+    kind = ask(params) if callable(ask) else None
+    if kind is not None and kind not in QUADRATIC_MEMORY:
+        raise ValueError(f"{type(engine).__qualname__}.quadratic_memory returned {kind!r}: expected one of "
+                         f"{', '.join(map(repr, QUADRATIC_MEMORY))} or None (docs/metrics.md, 'Custom engines')")
+    return kind
 
 
 #: Bytes of ``O(L N^2)`` work reserved by the pairs aligning in this process now (a threads runner

@@ -384,3 +384,22 @@ def test_the_null_of_rbf_cka_peaks_below_its_encoding(rbf_peaks) -> None:
     row-block packed order), above the pair's estimate (334 MiB)."""
     for run in rbf_peaks:
         assert run.total <= run.encoded, run
+
+
+def test_a_custom_engine_declares_its_quadratic_memory_by_a_known_kind() -> None:
+    """``Engine.quadratic_memory``: an engine answering ``'rsa'`` is counted as RSA's encodings
+    are; an unknown answer is refused naming the engine (it had been a bare KeyError)."""
+    from tasks.metrics.engine import Engine
+
+    class Dense(Engine):
+        def __init__(self, kind):
+            self.kind = kind
+
+        def quadratic_memory(self, params):
+            return self.kind
+
+    assert alignment._quadratic_kind(Dense("rsa"), {}) == "rsa"
+    assert alignment._quadratic_kind(Dense(None), {}) is None
+    assert alignment._quadratic_kind(object(), {}) is None  # an engine object without the method
+    with pytest.raises(ValueError, match=r"Dense.quadratic_memory returned 'big': expected one of 'rbf', 'rsa' or None"):
+        alignment._quadratic_kind(Dense("big"), {})
