@@ -184,7 +184,7 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
     degenerate = cause is not None
     if degenerate:
         subsamples = f"the subsamples of {m} rows (of N = {n})"
-        why = {BOUND: f"{share:.0%} of the subsamples of {m} rows (of N = {n}) score on a bound of the metric",
+        why = {BOUND: f"{share:.0%} of {subsamples} score on a bound of the metric",
                PILED: f"{subsamples} pile up on one value away from the estimate",
                MISSED: f"the spread of {subsamples} lies on one side of the estimate"}[cause]
         warnings.warn(f"bootstrap_ci({spec.name}): {why}; the interval [{low:.4g}, {high:.4g}] "
