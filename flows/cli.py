@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import re
 import shlex
@@ -614,10 +613,9 @@ def metric_notes(rows: list[dict[str, Any]]) -> list[str]:
     in the metric's own units."""
     from tasks.metric_facts import metric_facts
 
-    read = {(row["metric"], _params_text(row.get("params"))) for row in rows}
-    facts = {(metric, params): metric_facts(metric, params) for metric, params in read}
-    lower = sorted({m for (m, _), f in facts.items() if f is not None and not f.higher_is_better})
-    unscaled = sorted({m for (m, _), f in facts.items() if f is not None and not f.scaled})
+    facts = [(row["metric"], metric_facts(row["metric"], row.get("params"))) for row in rows]  # a row's JSON or mapping
+    lower = sorted({m for m, f in facts if f is not None and not f.higher_is_better})
+    unscaled = sorted({m for m, f in facts if f is not None and not f.scaled})
     notes = []
     if lower:
         notes.append(f"{', '.join(lower)}: lower is better (higher_is_better=False): the smallest score is the best layer pair, "
@@ -626,11 +624,6 @@ def metric_notes(rows: list[dict[str, Any]]) -> list[str]:
         notes.append(f"{', '.join(unscaled)}: no bound on the better side: calib. is how far the score lies past tau, the null's threshold, "
                      "in the metric's own units, not scaled to [0, 1]")
     return notes
-
-
-def _params_text(params: Any) -> str | None:
-    """A row's ``params`` as JSON text (the catalog's column; a mapping given by a caller dumped)."""
-    return params if params is None or isinstance(params, str) else json.dumps(params, sort_keys=True, default=str)
 
 
 def summary_notes(rows: list[dict[str, Any]], alignment: dict[str, Any] | None = None) -> list[str]:
