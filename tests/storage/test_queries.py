@@ -534,3 +534,55 @@ def test_the_docs_recipe_scores_stored_features_as_the_store_does(tmp_path, monk
     row = namespace["row"]
     assert row["metric"] == metric and (row["model_a"], row["model_b"]) == ("vit", "lm")
     assert namespace["again"] == pytest.approx(row["score"], abs=1e-6 if metric == "cka" else 0)
+
+
+def test_the_vision_language_queries_keep_to_vision_language_pairs_under_pairs_all(tmp_path):
+    """A zoo run with `alignment.pairs: all` also scores language × language and vision × vision
+    pairs. Query 2 (correlation with the vision model's size, per language model) took every
+    pair of alignment_best: a language model showed as a "vision_model" (its parameter count in
+    the correlation) and a vision model as a "language_model"; query 6 (one list per vision
+    layer, by language layer) picked the first pair by name, a language × language one. The
+    correlation is checked against a float64 reference over the vision models' best rows."""
+    import json
+
+    import numpy as np
+
+    from storage import layout
+    from storage.store import Store
+    from tests.storage.catalog_store import DATASET, MODELS, _alignment_rows
+
+    url = str(tmp_path / "store")
+    store = build_catalog_store(url)
+    keys = sorted(k for k, _ in store.manifests(layout.ALIGNMENT))
+    for a, b in (("lm-large", "lm-small"), ("vit-large", "vit-small")):  # pairs: all names them in case-insensitive order
+        version = f"al-{a}-{b}"
+        scores, best = _alignment_rows(a, b, version, 8)
+        key = layout.alignment_key(DATASET, a, b, version)
+        store.publish(key, {layout.SCORES_FILE: scores, layout.BEST_FILE: best},
+                      {"kind": "alignment", "lineage": {"dataset_version": DATASET, "features": {a: f"fv-{a}", b: f"fv-{b}"}}})
+        keys.append(key)
+    record = {"run_id": "run-all", "status": "COMPLETED", "started_at": "2026-02-01T00:00:00+00:00",
+              "finished_at": "2026-02-01T00:05:00+00:00", "alignment_versions": keys}
+    Store(url).write_bytes(layout.run_key("run-all"), json.dumps(record).encode())
+    con = connect(url)
+    assert query(con, "select count(*) n from alignment_best where metric = 'mutual_knn'").to_pylist() == [{"n": 6}]
+    queries = dict(doc_queries())
+
+    growth = query(con, queries["2. How alignment grows with parameter count"]).to_pylist()
+    vision = [m for m in MODELS if MODELS[m][0] == "vision"]
+    language = [m for m in MODELS if MODELS[m][0] == "language"]
+    assert sorted((r["language_model"], r["vision_model"]) for r in growth) == sorted((b, a) for b in language for a in vision)
+    for lm in language:  # reference: the stored best mutual_knn score of each vision model with lm
+        scores = []
+        for a in vision:
+            best = store.read_table(f"{layout.alignment_key(DATASET, a, lm, f'al-{a}-{lm}')}/{layout.BEST_FILE}").to_pylist()
+            scores.append(next(r["score"] for r in best if r["metric"] == "mutual_knn"))
+        expected = np.corrcoef(np.log10([float(MODELS[a][1]) for a in vision]), np.array(scores, dtype=np.float64))[0, 1]
+        got = {r["corr_log_params"] for r in growth if r["language_model"] == lm}
+        assert len(got) == 1 and abs(got.pop() - round(expected, 3)) < 1e-9, lm
+
+    matrix = query(con, queries["6. The layer × layer matrix of one pair"]).to_pylist()
+    n_layers = {m: spec[2] for m, spec in MODELS.items()}
+    # the first vision × language pair by name: vit-large × lm-large, 5 vision layers of 4 language layers each
+    assert [r["layer_a"] for r in matrix] == list(range(n_layers["vit-large"]))
+    assert all(len(r["cka_by_language_layer"]) == n_layers["lm-large"] for r in matrix)
