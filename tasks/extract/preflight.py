@@ -19,7 +19,8 @@
 never an error), so that a run reusing stored features can say that the weights moved on.
 
 `known_problem(spec)` tells, from the config class alone, what is known to fail only after the
-weights load (a model type that does not pool per token, a read-only config key).
+weights load (a model type that does not pool per token, a read-only config key), and
+`remote_code_problem(spec)` a checkpoint whose custom code needs ``trust_remote_code``.
 `refuse_known_problem(spec, check)` runs a model check behind `known_problem`:
 ``tasks.extract.check_model`` and ``load_extractor`` both go through it, so every public entry point
 refuses such a model by name. (``cls`` pooling without a CLS token is the model check's own:
@@ -208,7 +209,8 @@ def resolve_access(spec: ModelSpec, model_id: str, revision: str | None, what: s
             raise fail(f"local directory {str(local)!r} has no config.json (not a Hugging Face checkpoint)")
         return SourceAccess(str(local), "local")
     if looks_like_path(model_id):
-        raise fail(f"local path {str(local)!r} does not exist")
+        where = "" if local.is_absolute() else f"; relative paths are read from the working directory: {str(local.absolute())!r}"
+        raise fail(f"local path {str(local)!r} does not exist{_near_path_hint(local)}{where}")
 
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
@@ -237,6 +239,29 @@ def _with_local_hint(fail, local: Path):
     hint = (f"; nor is it a local folder: {str(local.absolute())!r} does not exist"
             + (f" (did you mean {str(parent / near[0])!r}?)" if near else ""))
     return lambda problem: fail(problem + hint)
+
+
+def _near_path_hint(missing: Path) -> str:
+    """`` (did you mean '...'?)`` for a local path that does not exist, when one existing path differs
+    from it in its first missing part only, by a close name in that part's folder (``models/tiny-vitt``:
+    ``models/tiny-vit``; ``modles/tiny-vit``: ``models/tiny-vit``); empty otherwise."""
+    import difflib
+
+    parts = missing.parts
+    for depth in range(len(parts) - 1, -1, -1):
+        folder = Path(*parts[:depth]) if depth else Path(".")
+        try:
+            if not folder.is_dir():
+                continue
+            names = [p.name for p in folder.iterdir()]
+        except OSError:
+            return ""
+        near = difflib.get_close_matches(parts[depth], names, n=1)
+        if not near:
+            return ""
+        candidate = folder / near[0] / Path(*parts[depth + 1:]) if depth + 1 < len(parts) else folder / near[0]
+        return f" (did you mean {str(candidate)!r}?)" if candidate.exists() else ""
+    return ""
 
 
 def _hub_access(repo: str, revision: str | None, fail) -> SourceAccess:
@@ -345,7 +370,7 @@ def known_problem(spec: ModelSpec) -> str | None:
     extraction). A config that cannot be read, or a class only remote code defines, is None here:
     ``check_model`` tells why. Reads no network: a hub model is told once its config is cached.
     Every public entry point (``check_model``, ``load_extractor``) runs it through `refuse_known_problem`."""
-    return _class_problem(spec, _config_class_of(spec) if spec.loader in ("hf", "random_hf") else None)
+    return remote_code_problem(spec) or _class_problem(spec, _config_class_of(spec) if spec.loader in ("hf", "random_hf") else None)
 
 
 _Checked = TypeVar("_Checked")
@@ -357,14 +382,18 @@ def refuse_known_problem(spec: ModelSpec, check: Callable[[], _Checked]) -> _Che
     told then (the check's own errors for these models are unhelpful: Funnel); else (a hub model not
     cached yet) after the check, which fetched the config, also when the check fails with another
     error than a `ModelInputError` (chained). Returns what ``check()`` returns."""
+    _raise_problem(spec, remote_code_problem(spec))
     told = _config_class_of(spec) if spec.loader in ("hf", "random_hf") else None
     if told is not None:
         _raise_problem(spec, _class_problem(spec, told))
         return check()
     try:
         result = check()
-    except ModelInputError:
-        raise
+    except ModelInputError as exc:  # a hub config the check fetched may name the custom code it refused
+        problem = remote_code_problem(spec)
+        if problem is None:
+            raise
+        raise ModelInputError(spec.name, spec.id, problem) from exc
     except Exception as exc:  # noqa: BLE001 - re-raised unless the config it fetched names a known problem
         problem = known_problem(spec)
         if problem is None:
@@ -393,20 +422,39 @@ def _class_problem(spec: ModelSpec, cls: type | None) -> str | None:
     return None
 
 
-def _config_class_of(spec: ModelSpec) -> type | None:
-    """The transformers config class of a spec, told without the network: ``random_hf`` names it;
-    an ``hf`` checkpoint's ``config.json`` (a local or package folder, or the hub cache) names its
-    model type. None when it cannot be told here (a hub model not cached yet, a model type only
-    remote code defines)."""
-    import json
-
-    import transformers
-    from transformers import PretrainedConfig
+def remote_code_problem(spec: ModelSpec) -> str | None:
+    """Why an ``hf`` spec without ``trust_remote_code`` cannot be read: its ``config.json`` (a local
+    or package folder's, or a hub model's cached one: no network) maps ``AutoConfig`` to custom code
+    (``auto_map``) for a model type this transformers does not know, which ``AutoConfig`` refuses to
+    run without the opt-in (its message, cut to one line, had lost the fix: the entry's field). None
+    otherwise: opted in, a model type transformers knows (its own code is used), or a config not
+    readable here (the check tells)."""
+    if spec.loader != "hf" or spec.trust_remote_code:
+        return None
+    found = _config_json(spec)
+    auto_map = found.get("auto_map") if isinstance(found, dict) else None
+    reference = auto_map.get("AutoConfig") if isinstance(auto_map, dict) else None
+    if not reference:
+        return None
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    if spec.loader == "random_hf":
-        cls = getattr(transformers, str(spec.id), None)
-        return cls if isinstance(cls, type) and issubclass(cls, PretrainedConfig) else None
+    model_type = found.get("model_type")
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        return None
+    import transformers
+
+    kind = f"model type {model_type!r}, which transformers {transformers.__version__} does not know" \
+        if isinstance(model_type, str) else "no model type transformers knows"
+    return (f"its config.json maps AutoConfig to custom code shipped with the checkpoint ({reference!r}; {kind}), "
+            "which runs only with trust_remote_code: set trust_remote_code: true on the model entry if you trust "
+            "that code (it runs on this machine when the model is checked and loaded)")
+
+
+def _config_json(spec: ModelSpec) -> dict | None:
+    """The ``config.json`` of an ``hf`` spec read without the network: a local or package folder's,
+    a hub model's cached one at its revision; None when there is none here or it cannot be read."""
+    import json
+
     try:
         if sources.is_pkg_id(spec.id) or split_zip.is_split_zip_id(spec.id) or Path(spec.id).expanduser().exists():
             found: object = Path(resolve_access(spec, spec.id, spec.revision).source) / "config.json"
@@ -414,10 +462,28 @@ def _config_class_of(spec: ModelSpec) -> type | None:
             from huggingface_hub import try_to_load_from_cache
 
             found = try_to_load_from_cache(spec.id, "config.json", revision=spec.revision or "main")
-        model_type = json.loads(Path(found).read_text(encoding="utf-8")).get("model_type") \
-            if isinstance(found, (str, Path)) else None
+        if not isinstance(found, (str, Path)):
+            return None
+        loaded = json.loads(Path(found).read_text(encoding="utf-8"))
     except Exception:  # noqa: BLE001 - unreadable here: check_model names the problem
         return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _config_class_of(spec: ModelSpec) -> type | None:
+    """The transformers config class of a spec, told without the network: ``random_hf`` names it;
+    an ``hf`` checkpoint's ``config.json`` (a local or package folder, or the hub cache) names its
+    model type. None when it cannot be told here (a hub model not cached yet, a model type only
+    remote code defines)."""
+    import transformers
+    from transformers import PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if spec.loader == "random_hf":
+        cls = getattr(transformers, str(spec.id), None)
+        return cls if isinstance(cls, type) and issubclass(cls, PretrainedConfig) else None
+    found = _config_json(spec)
+    model_type = found.get("model_type") if found is not None else None
     return CONFIG_MAPPING[model_type] if isinstance(model_type, str) and model_type in CONFIG_MAPPING else None
 
 

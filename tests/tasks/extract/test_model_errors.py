@@ -96,6 +96,23 @@ def test_a_mistyped_local_path_shaped_like_a_hub_id_is_named_as_one(vit_dir, tmp
     assert "local folder" not in str(error)  # no folder 'prh-nobody' here: a hub id, nothing more said
 
 
+def test_a_mistyped_local_path_names_the_folder_it_likely_meant(vit_dir, tmp_path, monkeypatch):
+    """'./models/tiny-vitt' (for ./models/tiny-vit, the docs' form of a local checkpoint id) read
+    only 'local path ... does not exist': the hint a hub-id-shaped typo gets was missing; a
+    mistyped folder above it ('./modles/tiny-vit') is found too."""
+    (tmp_path / "models").mkdir()
+    os.symlink(vit_dir, tmp_path / "models" / "tiny-vit")
+    monkeypatch.chdir(tmp_path)
+    for call in (load_extractor, check_model):
+        _raises(_hf("./models/tiny-vitt"), "local path 'models/tiny-vitt' does not exist (did you mean 'models/tiny-vit'?)",
+                call=call)
+        _raises(_hf("./modles/tiny-vit"), "local path 'modles/tiny-vit' does not exist (did you mean 'models/tiny-vit'?)",
+                call=call)
+    error = _raises(_hf("./models/other-checkpoint"), "local path 'models/other-checkpoint' does not exist; relative "
+                    f"paths are read from the working directory: {str(tmp_path / 'models' / 'other-checkpoint')!r}")
+    assert "did you mean" not in str(error)  # nothing close: no guess
+
+
 def test_revision_errors(vit_dir):
     _raises(_hf(str(vit_dir), revision="v2"), "revision 'v2' applies to Hugging Face hub ids")
     _raises(_hf("prh-nobody/model", revision="v1.0"), "'prh-nobody/model' is not in the local")

@@ -7,6 +7,7 @@ another folder) were used unseen, and kept in the feature version's record as ov
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,53 @@ def test_an_offline_refusal_names_the_variable_that_put_the_hub_offline(monkeypa
     spec = ModelSpec(name="hub-model", loader="hf", id="prh-test-owner/not-cached-anywhere", modality="language")
     with pytest.raises(ModelInputError, match=r"the hub is offline \(TRANSFORMERS_OFFLINE=yes\), and "):
         check_model(spec)
+
+
+def _custom_code_checkpoint(folder: Path, model_type: str) -> None:
+    """A checkpoint folder whose config.json names custom code (``auto_map``), as a model that
+    ships its own modelling file does; the code itself is never run by these checks."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": model_type, "architectures": ["TinyCustomModel"], "hidden_size": 16, "vocab_size": 130,
+        "auto_map": {"AutoConfig": "configuration_tiny.TinyCustomConfig", "AutoModel": "modeling_tiny.TinyCustomModel"}}))
+    (folder / "configuration_tiny.py").write_text("raise RuntimeError('custom code must not run')\n")
+    (folder / "modeling_tiny.py").write_text("raise RuntimeError('custom code must not run')\n")
+
+
+def test_custom_code_without_trust_remote_code_is_named_with_the_fix(tmp_path: Path) -> None:
+    """A checkpoint that needs ``trust_remote_code`` was refused with transformers' own message cut at
+    300 characters: 'cannot read its config from ...: The repository ... contains custom code ...
+    You can inspect the repository content at https://hf.co/<the local path> ... Please pass the
+    argument `trust_remote_code=T...', the fix itself (the entry's field) cut off."""
+    _custom_code_checkpoint(tmp_path / "custom", "tinycustom")
+    spec = ModelSpec(name="mine", loader="hf", id=str(tmp_path / "custom"), modality="language")
+    with pytest.raises(ModelInputError) as info:
+        check_model(spec)
+    msg = str(info.value)
+    assert "model 'mine'" in msg and repr(str(tmp_path / "custom")) in msg, msg
+    assert "'configuration_tiny.TinyCustomConfig'" in msg and "'tinycustom'" in msg, msg
+    assert "set trust_remote_code: true on the model entry" in msg, msg
+    assert "hf.co" not in msg and "..." not in msg, msg
+    # a model type transformers knows is read with its own code (the auto_map is not needed): not refused here
+    from tasks.extract.preflight import known_problem
+
+    _custom_code_checkpoint(tmp_path / "known", "bert")
+    assert known_problem(ModelSpec(name="k", loader="hf", id=str(tmp_path / "known"), modality="language")) is None
+
+
+def test_custom_code_of_a_cached_hub_model_is_named_without_the_network(tmp_path: Path, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    from tasks.extract.preflight import known_problem
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--custom"
+    _custom_code_checkpoint(repo / "snapshots" / commit, "tinycustom")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a request would fail, not hang
+    spec = ModelSpec(name="c", loader="hf", id="org/custom", modality="language")
+    problem = known_problem(spec)
+    assert problem is not None and "set trust_remote_code: true" in problem, problem
+    assert known_problem(spec.model_copy(update={"trust_remote_code": True})) is None  # opted in: the check runs it
