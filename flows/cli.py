@@ -372,10 +372,10 @@ def _hub_id_problem(repo: str) -> str:
 def _run(args: argparse.Namespace) -> int:
     config = config_with_flags(args)
     store = store_argument(args)
-    from storage.store import Store
+    from flows.run_store import run_store
 
     if args.check:
-        Store(store)  # its URL checked (an empty --store "" or $PRH_STORE is refused), nothing read or written
+        run_store(store)  # its URL checked (an empty --store "" or $PRH_STORE, memory://, is refused), nothing read or written
         return _check_zoo(config)
 
     from flows.prefect_env import home_warning_held
@@ -387,7 +387,7 @@ def _run(args: argparse.Namespace) -> int:
         check_run_environment()  # PRH_TASK_RUNNER, PRH_DASK_WORKERS, PRH_MODEL_LOAD_TIMEOUT: before any server starts
         tracebacks_kept()  # a PRH_TRACEBACKS neither yes nor no fails here, before any server starts
         _check_prefect()  # PREFECT_API_URL answers, or PREFECT_HOME takes the temporary server's database
-    target = Store(store)
+    target = run_store(store)  # memory:// too: the results would be gone with this process
     target.check_writable()  # a store that cannot take writes fails here, before any server starts
     _check_demo_pairs(config, target)  # an OpenMoji n beyond the emoji the font draws: before any server starts
 

@@ -17,6 +17,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import Pause
 
 from flows.run_record import new_record, one_line, recorded, run_id_of, stop_tasks_in_flight
+from flows.run_store import run_store
 from flows.runners import check_run_environment, flow_task_runner, preload_libraries, runs_in_parallel
 from storage import layout
 from storage.pairing import pairs_not_coming, shared_features
@@ -67,7 +68,9 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     best layer pair per metric for every model pair.
     """
     check_run_environment()  # a bad $PRH_TASK_RUNNER (or other setting) fails the run naming it (see flow_task_runner)
-    target = Store(store)
+    target = run_store(store)  # memory:// (kept by no one) and URLs fsspec cannot open alone are refused, naming the store
+    if not dataset_version:  # the demo's n beyond what its font draws: refused before a single emoji is drawn
+        check_demo_sample(config.dataset)
     run_id = run_id_of(prh_pipeline)  # a flow run's id, or a new local one
     # a retry's own earlier attempt is no other run; ended runs' leftover signs of life go too. The
     # records read to mark dead runs are those the run is placed after: each is read once a start
@@ -422,6 +425,22 @@ def refusal_line(error: Any) -> str:
     name it beside the model: the problem, then the id (``... (id 'BertConfig')``); it had read
     ``tasks.extract.errors.ModelInputError: model 'name' (id ...): problem``, the name twice."""
     return " ".join(f"{error.problem} (id {error.model_id!r})".split())
+
+
+def check_demo_sample(params: Any) -> None:
+    """``ValueError`` naming ``dataset.n`` (:func:`dataset_check`'s refusal) when the OpenMoji demo
+    is asked for more pairs than its font draws at ``image_size``, as a run's first step: its
+    dataset task found out only after drawing and encoding every emoji at that size (about 5
+    minutes at 2048 px, for a number typed into the UI's form). Counting takes ~3 s, so only an
+    ``n`` above the demo's default (``OPENMOJI_N``, drawable at every size from 16 to 2048 px) is
+    counted; ``prh run`` counts every ``n`` its store does not hold yet (``flows.cli``)."""
+    from tasks.params import OPENMOJI_N
+
+    if params.kind != "openmoji" or params.n is None or params.n <= OPENMOJI_N:
+        return
+    outcome, message = dataset_check(params)
+    if outcome == "refused":
+        raise ValueError(message)
 
 
 def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], str]:

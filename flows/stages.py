@@ -23,8 +23,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
-from flows.pipeline import ZooFailures, collect_features, finished_by_name, log_failures, log_recovery, submit_extractions
+from flows.pipeline import ZooFailures, check_demo_sample, collect_features, finished_by_name, log_failures, log_recovery, submit_extractions
 from flows.run_record import new_record, recorded, run_id_of, stop_tasks_in_flight
+from flows.run_store import run_store
 from flows.runners import check_run_environment, flow_task_runner
 from storage import layout
 from storage.runs import COMPLETED, FAILED, RecordsRead, open_for_run, sweep_ended_signs
@@ -52,7 +53,8 @@ def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str,
         store: Where results go: a folder, file://..., or s3://bucket/prefix.
     """
     check_run_environment()  # a bad $PRH_TASK_RUNNER (or other setting) fails the run naming it (see flow_task_runner)
-    target = Store(store)
+    target = run_store(store)  # memory:// (kept by no one) and URLs fsspec cannot open alone are refused, naming the store
+    check_demo_sample(config.dataset)  # the demo's n beyond what its font draws: refused before a single emoji is drawn
     run_id = run_id_of(prh_extract)  # a flow run's id, or a new local one
     # a retry's own earlier attempt is no other run; ended runs' leftover signs of life go too. The
     # records read to mark dead runs are those the run is placed after: each is read once a start
@@ -133,6 +135,9 @@ def prh_staged(
     stages = {"extract": extract_deployment, "align": align_deployment}
     for stage, name in stages.items():
         check_deployment_name(f"{stage}_deployment", name)
+    # the store too: one no stage can keep results in (memory://, as each stage's process has its
+    # own) had the extraction stage run, on its GPU, before the alignment stage failed on it
+    run_store(store)
     for stage, name in stages.items():
         check_deployment_exists(stage, name)
     parameters = {"config": config.model_dump(mode="json"), "store": store}

@@ -1831,3 +1831,16 @@ def test_a_query_that_fails_while_its_rows_are_written_says_the_output_is_incomp
         rows = int(incomplete.group(1).replace(",", ""))
         lines = done.stdout.splitlines()
         assert len(lines) == rows + (1 if fmt == "csv" else 1 + 2 * rows), fmt  # header, or "[" and 3 lines a row
+
+
+def test_prh_run_refuses_a_memory_store_before_anything_starts(tmp_path, capsys, monkeypatch):
+    """`prh run --store memory://x` ran the whole pipeline into this process's memory: the closing
+    table printed, then every version was gone with the process (`prh sql --store memory://x`
+    later: not a prh store). Refused first, as a deployment's run refuses it (test_stages.py);
+    `--check` says so too, where it had answered that all was well."""
+    _no_pipeline(monkeypatch)
+    for extra in ([], ["--check"]):
+        assert main(["run", "--config", str(_tiny_config(tmp_path)), "--store", "memory://prh-cli", *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("prh run: error: store URL 'memory://prh-cli' is held in the memory of the process that runs "
+                              "the flow"), err

@@ -472,3 +472,39 @@ def test_local_gpu_ids_follow_cuda_visible_devices_else_torch():
     assert serve.local_gpu_ids({}) == [str(i) for i in range(torch.cuda.device_count())]
     assert serve.local_gpu_ids({"CUDA_VISIBLE_DEVICES": " 0, GPU-8f2a ,2"}) == ["0", "GPU-8f2a", "2"]
     assert serve.local_gpu_ids({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+
+
+def test_the_docs_yaml_to_params_command_gives_parameters_the_server_takes(tmp_path):
+    """docs/orchestration.md turns a YAML config into `prefect deployment run --params` JSON. It read
+    the file with PyYAML, which leaves `rbf_sigma: 5e-1` (YAML 1.2's number, no dot) and a quoted
+    `'0.9'` strings: the server refused the run (`'5e-1' is not of type 'number'`) for a config
+    that `prh run --config` runs. The command reads the config as prh does (its numbers, its
+    checks with lines) and the server's own validation (Prefect's, on the schema `prefect deploy`
+    uploads) takes the result."""
+    import json
+    import re
+
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import validate
+
+    from flows.pipeline import prh_pipeline
+
+    root = Path(__file__).resolve().parents[2]
+    docs = (root / "docs" / "orchestration.md").read_text(encoding="utf-8")
+    found = re.search(r"prefect deployment run prh-pipeline/cpu --params \"\$\(\.venv/bin/python -c '(.*?)' "
+                      r"configs/my-zoo\.yaml /data/prh\)\"", docs, re.S)
+    assert found, "the command is no longer in docs/orchestration.md"
+    zoo = tmp_path / "my-zoo.yaml"
+    zoo.write_text("dataset: {kind: openmoji, n: 32, image_size: 32}\n"
+                   "models:\n"
+                   "  - {name: vit, loader: random_hf, id: ViTConfig, modality: vision}\n"
+                   "  - {name: bert, loader: random_hf, id: BertConfig, modality: language}\n"
+                   "alignment: {metrics: [cka], kernel_metric: rbf, rbf_sigma: 5e-1, outlier_quantile: '0.9'}\n")
+    done = subprocess.run([sys.executable, "-c", found.group(1), str(zoo), str(tmp_path / "store")], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    parameters = json.loads(done.stdout)
+    validate(parameters, parameter_schema(prh_pipeline.fn).model_dump_for_openapi(), raise_on_error=True)
+    alignment = parameters["config"]["alignment"]
+    assert (alignment["rbf_sigma"], alignment["outlier_quantile"], alignment["metrics"]) == (0.5, 0.9, ["cka"])
+    assert [m["name"] for m in parameters["config"]["models"]] == ["vit", "bert"] and parameters["store"] == str(tmp_path / "store")

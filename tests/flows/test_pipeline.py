@@ -543,3 +543,30 @@ def test_collect_features_fills_what_it_collected_before_a_stop():
     with pytest.raises(KeyboardInterrupt):
         collect_features(extracting, failures, features)
     assert features == {"a": {"catalog": {"feature_version": "1"}}} and failures == []
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("flow_name", ["prh-pipeline", "prh-extract"])
+def test_a_demo_n_beyond_what_the_font_draws_fails_the_run_before_drawing(tmp_path, monkeypatch, flow_name):
+    """The UI hunt: `n: 5000` typed into the form's dataset (the demo draws at most ~1,900 emoji)
+    ran the dataset task, which drew and encoded every emoji at the form's image_size before it
+    found too few (about 5 minutes of the worker at 2048 px), then failed. `prh run` counted first
+    (`flows.cli`); a deployment's run now does too, and fails naming dataset.n before drawing
+    one emoji at that size or writing anything."""
+    from flows.stages import prh_extract
+    from tasks.data import openmoji
+
+    real_render = openmoji.render_emoji
+
+    def render(emoji_str, image_size=224):
+        assert image_size != 2048, "an emoji was drawn at the run's image_size"
+        return real_render(emoji_str, image_size)
+
+    monkeypatch.setattr(openmoji, "render_emoji", render)
+    config = PipelineConfig.model_validate({
+        "dataset": {"kind": "openmoji", "n": 5000, "image_size": 2048}, "models": [TINY_VIT, TINY_BERT],
+        "alignment": {"metrics": ["cka"]}})
+    flow = {"prh-pipeline": prh_pipeline, "prh-extract": prh_extract}[flow_name]
+    with pytest.raises(ValueError, match=r"^dataset\.n 5000: only [0-9]+ OpenMoji emoji are drawable at image_size 2048 "):
+        flow(config=config, store=str(tmp_path / "store"))
+    assert not (tmp_path / "store").exists()

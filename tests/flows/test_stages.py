@@ -301,3 +301,30 @@ def test_prh_staged_runs_both_stages_as_its_sub_flows_and_aligns_nothing_after_a
     with pytest.raises(RuntimeError, match=rf"^extract stage \(prh-extract/gpu\) ended {ended}: flow run "):
         prh_staged(config=_config([TINY_VIT]), store="s3://bucket/prh")
     assert [name for name, _ in calls] == ["prh-extract/gpu"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("flow", [prh_pipeline, prh_extract, prh_staged], ids=lambda f: f.name)
+@pytest.mark.parametrize("kind", ["memory", "github"])
+def test_a_store_that_cannot_keep_a_runs_results_fails_the_run_before_any_work(monkeypatch, flow, kind):
+    """The UI hunt: `store: memory://prh` in a deployment's form ran the whole pipeline into the memory
+    of the worker's flow-run process and ended COMPLETED, with nothing kept anywhere (the store
+    went with the process); `github://a/b` failed with fsspec's bare TypeError (`GithubFileSystem.
+    __init__() missing 2 required positional arguments`), naming neither the store nor the parameter.
+    Both fail as the run's first step now, naming the store; prh-staged starts no stage."""
+    import fsspec
+
+    import flows.stages
+
+    monkeypatch.setattr(flows.stages, "run_deployment", lambda name, **kwargs: pytest.fail(f"stage {name} started"))
+    monkeypatch.setattr(flows.stages, "check_deployment_exists", lambda stage, name: None)  # none in the harness
+    folder = f"prh-refused-{uuid4().hex[:8]}"
+    store, message = {
+        "memory": (f"memory://{folder}", rf"^store URL 'memory://{folder}' is held in the memory of the process that runs "
+                                         r"the flow .* give a folder, file://PATH or s3://BUCKET/PREFIX$"),
+        "github": ("github://a/b", r"^store github://a/b: cannot open it as a store: GithubFileSystem.*missing .*'org' and "
+                                   r"'repo'.* \(a store is a folder, file://PATH or s3://BUCKET/PREFIX\)$"),
+    }[kind]
+    with pytest.raises(ValueError, match=message):
+        flow(config=_config([TINY_VIT, TINY_BERT]), store=store)
+    assert not fsspec.filesystem("memory").exists(f"/{folder}")  # nothing written there either
