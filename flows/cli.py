@@ -191,7 +191,7 @@ def command_parser() -> argparse.ArgumentParser:
                           "(its captions' vectors averaged; with --captions all)")
 
     sql = commands.add_parser("sql", help="query the catalog with DuckDB SQL (read-only)")
-    sql.add_argument("query", help="a SELECT query over datasets, samples, models, features, alignment, alignment_best (the current "
+    sql.add_argument("query", help="a SELECT query over datasets, samples, rejected_samples (the rows each dataset's load refused), models, features, alignment, alignment_best (the current "
                                           "results), runs, alignment_latest, alignment_best_latest, alignment_fdr, alignment_all, "
                                           "alignment_best_all (every version), models_current (each model's feature version that runs now use)")
     sql.add_argument("--store", default=None, help=STORE_HELP)

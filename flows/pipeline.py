@@ -92,8 +92,9 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
     record["dataset_version"] = dataset["catalog"]["dataset_version"]  # also in the record of a run stopped from here on
     features: dict[str, dict[str, Any]] = {}
     done: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
     try:
-        features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing, features, done)
+        features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing, features, done, failed=failed)
         record.update(_feature_outcome(features))  # also in the record when reading the scores below fails
     except BaseException:
         # stopped or failed: the record still says which models' features it had (extracted or
@@ -101,8 +102,9 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
         # recorded them all as reused: no record said who extracted them), and which pairs it had
         # aligned, counted as a finished run's (a cancelled run's had been neither listed nor
         # counted). Not as `alignment_versions`: a run that lists those is a run with results (the
-        # *_latest views, `prh report`), and this one's grid is not whole
-        record.update(_feature_outcome(features), **_partial_alignment_outcome(done))
+        # *_latest views, `prh report`), and this one's grid is not whole. And which models and
+        # pairs had failed by then (`failures`: none had been listed, as if none had failed)
+        record.update(_feature_outcome(features), failures=failed, **_partial_alignment_outcome(done))
         raise
     best = add_q_values([row for manifest in alignments
                          for row in target.read_table(f"{manifest['key']}/{layout.BEST_FILE}").to_pylist()])
@@ -160,6 +162,7 @@ class ZooFailures(RuntimeError):
 def run_zoo(
     config: PipelineConfig, store_url: str, dataset: dict[str, Any], extract_missing: bool = True,
     features: dict[str, dict[str, Any]] | None = None, aligned: list[dict[str, Any]] | None = None,
+    failed: list[dict[str, str]] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], list[dict[str, str]]]:
     """Extract every model and align every pair as submitted tasks.
 
@@ -175,7 +178,8 @@ def run_zoo(
     ``features``: a dict filled with the feature manifests as they are collected (what a caller
     still holds when the run is stopped before this returns); ``aligned``: a list that receives,
     when the run is stopped (or fails) before this returns, the manifests of the pairs whose task
-    had finished by then (:func:`finished_results`). A stopped run first waits for its tasks in
+    had finished by then (:func:`finished_results`); ``failed``: a list that receives, then, the
+    failure records of the models and pairs that had failed by then. A stopped run first waits for its tasks in
     flight (``flows.run_record.stop_tasks_in_flight``): the models and pairs they finish
     meanwhile, published, are in ``features`` and ``aligned`` too.
     """
@@ -206,6 +210,8 @@ def run_zoo(
                 features.update({name: m for name, m in finished_by_name(extracting).items() if name not in features})
             if aligned is not None:
                 aligned.extend(finished_results(aligning))
+            if failed is not None:
+                failed.extend(failures)
             raise
     log_failures(failures)
     return features, alignments, failures

@@ -170,6 +170,9 @@ def recorded(target: Store, key: str, record: dict[str, Any], read: RecordsRead 
             stopped = isinstance(error, (KeyboardInterrupt, TerminationSignal, Pause))  # Pause: paused in the UI
             exiting = isinstance(error, SystemExit)  # the process made to exit (its worker killed): Prefect's CRASHED
             record.update(status=CANCELLED if stopped else CRASHED if exiting else FAILED, error=one_line(error))
+            # the models and pairs that failed: those the block listed by then, else none (a run that
+            # failed before any model, on its dataset, had no `failures` where a completed run has `[]`)
+            record.setdefault("failures", [])
             stop_tasks_in_flight(scope=scope)  # at once when the block already waited (to list what they published)
             raise
         finally:

@@ -81,7 +81,7 @@ def _extract_recorded(config: PipelineConfig, target: Store, record: dict[str, A
         # it waited for its tasks in flight too
         stop_tasks_in_flight(extracting.values())
         manifests.update({name: m for name, m in finished_by_name(extracting).items() if name not in manifests})
-        record.update(_versions(dataset, manifests))
+        record.update(_versions(dataset, manifests), failures=failures)  # and the models that had failed by then
         raise
     summary = _versions(dataset, manifests)
     record.update(summary, status=FAILED if failures else COMPLETED, failures=failures)

@@ -4,6 +4,9 @@
 
 - ``datasets``: one row per dataset version (name, version, sample count, source, published_at).
 - ``samples``: one row per sample (dataset_version, sample_id, image_id, text, image bytes).
+- ``rejected_samples``: one row per row a dataset's load refused (dataset_version, row, sample_id,
+  reason, detail: each version's ``rejected.parquet``, ``dataset_version`` from its folder); as
+  many rows per version as ``datasets.n_rejected``.
 - ``models``: one row per feature version (model, modality, hf id, revision, pooling, dtype,
   parameter count, layer count, widths, bits per byte, dataset_version).
 - ``features``: one row per (model, feature version, layer, sample): the pooled vector as
@@ -79,6 +82,7 @@ log = logging.getLogger(__name__)
 _FILE_VIEWS: dict[str, tuple[str, str]] = {
     # view: (manifest prefix, file name in each version, or "*.parquet" for every listed file)
     "samples": (layout.DATASETS, layout.SAMPLES_FILE),
+    "rejected_samples": (layout.DATASETS, layout.REJECTED_FILE),
     "features": (layout.FEATURES, "*"),
     "alignment_all": (layout.ALIGNMENT, layout.SCORES_FILE),
     "alignment_best_all": (layout.ALIGNMENT, layout.BEST_FILE),
@@ -89,6 +93,8 @@ _FILE_VIEWS: dict[str, tuple[str, str]] = {
 # written by an older prh lacks, as NULL) of ``SELECT *`` otherwise, on every kind of store.
 _EMPTY_VIEWS = {
     "samples": "dataset_version VARCHAR, sample_id VARCHAR, image_id VARCHAR, text VARCHAR, image BLOB",
+    # ``tasks.data.tables.REJECTED_SCHEMA``; the file has no ``dataset_version``: its folder's (``_FOLDER_VERSION_VIEWS``)
+    "rejected_samples": "dataset_version VARCHAR, row BIGINT, sample_id VARCHAR, reason VARCHAR, detail VARCHAR",
     "features": "model VARCHAR, feature_version VARCHAR, layer SMALLINT, sample_id VARCHAR, vector FLOAT[]",
     "alignment_all": (
         "alignment_version VARCHAR, dataset_version VARCHAR, model_a VARCHAR, model_b VARCHAR, metric VARCHAR, "
@@ -136,8 +142,8 @@ FeatureDataset = tuple[str, str, str]
 class CatalogSources:
     """What the views are made of: Parquet URIs per file view, Arrow tables per metadata view.
 
-    ``files[view]``: the data files of every published version (``samples``, ``features``,
-    ``alignment_all``, ``alignment_best_all``); ``tables[view]``: one row per version or run
+    ``files[view]``: the data files of every published version (``samples``, ``rejected_samples``,
+    ``features``, ``alignment_all``, ``alignment_best_all``); ``tables[view]``: one row per version or run
     (``datasets``, ``models``, ``runs``); ``lineage``: :data:`Lineage` rows for every alignment
     version and each order of its two models (its manifest's lineage and ``published_at``, its
     folder's dataset version), from which the alignment views get ``feature_version_a`` /
@@ -632,11 +638,13 @@ def _left_out(view: str, damaged: dict[str, str]) -> None:
                     REMOVE_DAMAGED_ADVICE)
 
 
-def _source_sql(groups: list[FileGroup]) -> str:
+def _source_sql(groups: list[FileGroup], file_column: str | None = None) -> str:
     """What a file view selects from: one ``read_parquet`` per group (non-empty groups), the
-    groups combined ``UNION ALL BY NAME`` (columns by name, each of the type that holds all)."""
+    groups combined ``UNION ALL BY NAME`` (columns by name, each of the type that holds all).
+    ``file_column``: a column of that name holds each row's file (DuckDB's ``filename``)."""
+    named = f", filename = {_literal(file_column)}" if file_column else ""
     reads = [f"read_parquet([{', '.join(_literal(f) for f in group.files)}], "
-             f"union_by_name = {'true' if group.union_by_name else 'false'})" for group in groups]
+             f"union_by_name = {'true' if group.union_by_name else 'false'}{named})" for group in groups]
     if len(reads) == 1:
         return reads[0]
     return "(" + " UNION ALL BY NAME ".join(f"SELECT * FROM {read}" for read in reads) + ")"
@@ -653,9 +661,15 @@ def _canonical_sql(view: str, groups: list[FileGroup]) -> str:
     them): an empty row of those columns united ``BY NAME`` with the files, so that ``SELECT *``
     has one order on a local store (every footer bound) and on S3 (groups by schema fingerprint,
     each group in its files' order). ``unit`` NULL (files written before it existed, when prh
-    aligned only by sample) is ``'sample'``."""
+    aligned only by sample) is ``'sample'``. A view of ``_FOLDER_VERSION_VIEWS`` takes its
+    ``dataset_version`` from the folder of each row's file (``datasets/<version>/<file>``)."""
     declared = _EMPTY_VIEWS[view].split(", ")
-    rows = f"SELECT {_typed_nulls(declared)} WHERE false UNION ALL BY NAME SELECT * FROM {_source_sql(groups)}"
+    file_column = _FILE_COLUMN if view in _FOLDER_VERSION_VIEWS else None
+    rows = (f"SELECT {_typed_nulls(declared)} WHERE false UNION ALL BY NAME "
+            f"SELECT * FROM {_source_sql(groups, file_column)}")
+    if file_column:  # the last folder of the file's path, whatever the store's root or kind (s3://...)
+        return (f"(SELECT * EXCLUDE ({file_column}) REPLACE (parse_path({file_column})[-2] AS dataset_version) "
+                f"FROM ({rows}))")
     if "unit VARCHAR" in declared:
         return f"(SELECT * REPLACE (coalesce(unit, 'sample') AS unit) FROM ({rows}))"
     return f"({rows})"
@@ -722,6 +736,13 @@ def _unreadable(con: duckdb.DuckDBPyConnection, files: list[str], store: Store) 
 #: of a registered fsspec filesystem reaches DuckDB's caller as a plain ``duckdb.Error`` too).
 _FOOTER_PAST_END = "Could not read enough bytes"
 _FOOTER_UNPARSED = "TProtocolException"
+
+
+#: File views whose files hold no ``dataset_version``: it is the name of each file's folder, the
+#: version's (``datasets/<version>/rejected.parquet``), read through the private column
+#: ``_FILE_COLUMN`` (DuckDB's ``filename``), which the view leaves out.
+_FOLDER_VERSION_VIEWS = ("rejected_samples",)
+_FILE_COLUMN = "_prh_file"
 
 
 #: File views that carry the feature versions of their two models and the time their version was

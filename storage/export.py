@@ -2,7 +2,7 @@
 
 The file holds the same names as :func:`storage.catalog.connect`:
 
-- views ``samples``, ``features``, ``alignment_all``, ``alignment_best_all``: ``read_parquet``
+- views ``samples``, ``rejected_samples``, ``features``, ``alignment_all``, ``alignment_best_all``: ``read_parquet``
   over the absolute paths (or ``s3://`` URLs) of every published file: they only read the store;
 - tables ``datasets``, ``models``, ``runs``: the manifests' and run records' rows, copied in
   (times as ``TIMESTAMPTZ``);

@@ -10,6 +10,9 @@ ALIGNMENT = "alignment"
 RUNS = "runs"
 
 SAMPLES_FILE = "samples.parquet"
+#: The rows a dataset's load refused (``tasks.data.tables.REJECTED_SCHEMA``), beside its samples; only
+#: in a version that has some.
+REJECTED_FILE = "rejected.parquet"
 SCORES_FILE = "scores.parquet"
 BEST_FILE = "best.parquet"
 

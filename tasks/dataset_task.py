@@ -223,7 +223,7 @@ def publish_dataset(
     samples = table.add_column(0, "dataset_version", pa.array([version] * table.num_rows).dictionary_encode())
     files: dict[str, Any] = {layout.SAMPLES_FILE: samples}
     if n_rejected:
-        files["rejected.parquet"] = rejected
+        files[layout.REJECTED_FILE] = rejected
     catalog = {
         "dataset_version": version,
         "name": name,

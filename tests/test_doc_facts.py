@@ -261,7 +261,7 @@ def test_the_pages_list_every_catalog_view_and_name_its_columns(catalog_store: s
     con = connect(catalog_store)
     names = {r["table_name"] for r in query(con, "select table_name from information_schema.tables").to_pylist()}
     views = names
-    assert len(views) == 13, sorted(views)
+    assert len(views) == 14, sorted(views)
     sql_help = next(a.help for a in _subcommands(command_parser())["sql"]._actions if a.dest == "query")
     lists = {
         "README.md, Querying with SQL": _section("README.md", "## Querying with SQL").split("```", 1)[0],

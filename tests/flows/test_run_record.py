@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 from typing import Any
 
@@ -654,3 +655,97 @@ def test_a_local_run_names_the_flow_run_it_ran_in(tmp_path):
     assert records.pop(own) == own
     assert sorted(map(str, records.values())) == sorted([study, "None"]), records
     assert all(r.startswith("local-") for r in records), records
+
+
+@pytest.mark.parametrize("error, status", [(ValueError("dataset path '/data/pairs.csv' does not exist"), "FAILED"),
+                                           (KeyboardInterrupt(), "CANCELLED"), (SystemExit(1), "CRASHED")])
+def test_a_run_that_ends_before_its_stages_lists_no_failures_as_a_completed_run_does(tmp_path, error, status):
+    """A run that failed (or was stopped) before any model, on its dataset, had no ``failures`` in
+    its record: NULL in the ``runs`` view, where a completed run without failures shows ``[]``. No
+    model or pair failed in it, so it shows ``[]`` too; its ``error`` says what ended it."""
+    from storage.catalog import connect, query
+
+    store = Store(str(tmp_path / "store"))
+    with pytest.raises(type(error)):
+        with recorded(store, "runs/early.json", {"run_id": "early", "status": "RUNNING"}):
+            raise error
+    with recorded(store, "runs/done.json", {"run_id": "done", "status": "RUNNING"}) as record:
+        record.update(status="COMPLETED", failures=[])  # what the pipeline writes when nothing failed
+    assert store.read_json("runs/early.json")["failures"] == []
+    rows = query(connect(store), "select run_id, status, failures, error from runs order by run_id").to_pylist()
+    assert rows == [{"run_id": "done", "status": "COMPLETED", "failures": "[]", "error": None},
+                    {"run_id": "early", "status": status, "failures": "[]", "error": one_line(error)}]
+
+
+def test_a_run_that_fails_after_listing_failures_keeps_them(tmp_path):
+    """What the block listed before it raised is kept, not replaced by ``[]``."""
+    store = Store(str(tmp_path / "store"))
+    listed = [{"stage": "extract", "item": "vit", "error": "OSError: no such model"}]
+    with pytest.raises(RuntimeError):
+        with recorded(store, "runs/r1.json", {"run_id": "r1", "status": "RUNNING"}) as record:
+            record.update(status="FAILED", failures=listed)
+            raise RuntimeError("1 of 2 models failed")
+    assert store.read_json("runs/r1.json")["failures"] == listed
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_pipeline_records_the_failures_of_a_run_that_ended_early(tmp_path, monkeypatch):
+    """Through the flow: a run whose dataset does not exist fails before any model, its
+    ``failures`` ``[]`` and its error naming the file; a run stopped while it waited for its
+    models keeps the model that had failed by then (its record had listed none)."""
+    import flows.pipeline
+    from flows.pipeline import prh_pipeline
+    from storage.catalog import connect, query
+    from tasks.params import PipelineConfig
+
+    parameters = _tiny_parameters(str(tmp_path / "store"))
+    missing = tmp_path / "nowhere" / "pairs.csv"
+    config = {**parameters["config"], "dataset": {"kind": "path", "path": str(missing)}}
+    with pytest.raises(Exception, match="nowhere"):
+        prh_pipeline(config=PipelineConfig.model_validate(config), store=parameters["store"], report=False)
+    (early,) = query(connect(parameters["store"]), "select status, failures, error from runs").to_pylist()
+    assert early["status"] == "FAILED" and early["failures"] == "[]" and str(missing) in early["error"]
+
+    refused = {"stage": "check", "item": "tiny-bert", "error": "ValueError: not a vision model"}
+    monkeypatch.setattr(flows.pipeline, "submit_extractions", lambda *args, **kwargs: ({}, [dict(refused)]))
+
+    def stopped(extracting, failures, features=None):
+        raise KeyboardInterrupt  # Ctrl-C while the run waits for its models
+
+    monkeypatch.setattr(flows.pipeline, "collect_features", stopped)
+    store = str(tmp_path / "store2")
+    with pytest.raises(KeyboardInterrupt):
+        prh_pipeline(config=PipelineConfig.model_validate(parameters["config"]), store=store, report=False)
+    (run,) = query(connect(store), "select status, failures from runs").to_pylist()
+    assert run["status"] == "CANCELLED" and json.loads(run["failures"]) == [refused]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_extraction_stage_that_ended_early_records_its_failures_too(tmp_path, monkeypatch):
+    """The extraction stage's record (``runs/extractions/``) as the pipeline's: ``[]`` when it
+    failed on its dataset, the model refused before a stop when it was stopped."""
+    import flows.stages
+    from flows.stages import prh_extract
+    from storage import layout
+    from storage.runs import extraction_records
+    from tasks.params import PipelineConfig
+
+    parameters = _tiny_parameters(str(tmp_path / "store"))
+    config = {**parameters["config"], "dataset": {"kind": "path", "path": str(tmp_path / "absent.csv")}}
+    state = prh_extract(config=PipelineConfig.model_validate(config), store=parameters["store"], return_state=True)
+    assert state.is_failed()
+    early = Store(parameters["store"]).read_json(layout.extraction_key(str(state.state_details.flow_run_id)))
+    assert early["status"] == "FAILED" and early["failures"] == [] and "absent.csv" in early["error"]
+
+    refused = {"stage": "check", "item": "tiny-bert", "error": "ValueError: not a vision model"}
+    monkeypatch.setattr(flows.stages, "submit_extractions", lambda *args, **kwargs: ({}, [dict(refused)]))
+
+    def stopped(extracting, failures, features=None):
+        raise KeyboardInterrupt  # Ctrl-C while the stage waits for its models
+
+    monkeypatch.setattr(flows.stages, "collect_features", stopped)
+    store = str(tmp_path / "store2")
+    with pytest.raises(KeyboardInterrupt):
+        prh_extract(config=PipelineConfig.model_validate(parameters["config"]), store=store)
+    (record,) = extraction_records(Store(store))
+    assert record["status"] == "CANCELLED" and record["failures"] == [refused]

@@ -5,6 +5,7 @@ times as ``TIMESTAMPTZ``, and rows written by an older prh (no ``unit`` column).
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -182,7 +183,7 @@ def test_the_catalog_lists_only_its_views(tmp_path):
     url = str(tmp_path / "store")
     build_catalog_store(url)
     con = connect(url)
-    views = {"datasets", "samples", "models", "features", "alignment", "alignment_best", "alignment_all",
+    views = {"datasets", "samples", "rejected_samples", "models", "features", "alignment", "alignment_best", "alignment_all",
              "alignment_best_all", "alignment_latest", "alignment_best_latest", "alignment_fdr", "runs", "models_current"}
     listed = {
         "show tables": {r["name"] for r in query(con, "show tables").to_pylist()},
@@ -214,11 +215,11 @@ def test_a_catalog_without_runs_has_neither_runs_nor_a_view_computed_from_them(t
     left_out = {"runs", *DERIVED_VIEWS}
     assert {r["name"] for r in query(lean, "show tables").to_pylist()} == \
         {r["name"] for r in query(full, "show tables").to_pylist()} - left_out == \
-        {"datasets", "samples", "models", "features", "alignment_all", "alignment_best_all"}
+        {"datasets", "samples", "rejected_samples", "models", "features", "alignment_all", "alignment_best_all"}
     for view in sorted(left_out):
         with pytest.raises(QueryError, match=f"{view} does not exist"):
             query(lean, f"select count(*) from {view}")
-    for view in ("datasets", "models", "samples", "features", "alignment_all", "alignment_best_all"):
+    for view in ("datasets", "models", "samples", "rejected_samples", "features", "alignment_all", "alignment_best_all"):
         assert query(lean, f"select * from {view} order by all").equals(query(full, f"select * from {view} order by all"))
     assert query(full, "select count(*) n from runs").to_pylist() == [{"n": 2}]  # the default: every run
     # every derived view reads runs (directly, or through alignment_best): none could be kept
@@ -357,3 +358,122 @@ def test_json_columns_keep_non_ascii_text_as_written(tmp_path):
     assert query(con, "select config->>'$.dataset.path' p from runs where run_id = 'run-x'").to_pylist() == [{"p": folder}]
     assert query(con, "select config from runs where run_id = 'run-y'").to_pylist() == [{"config": json.dumps(
         {"dataset": {"path": "cut \ud83d"}})}]
+
+
+def _pets_with_bad_rows(folder: Path) -> Path:
+    """A CSV of 9 rows over a folder of PNGs: 3 valid, 6 refused for 5 reasons (two empty
+    captions). Returns the CSV."""
+    from tests.tasks.data.sample_images import png_bytes
+
+    folder.mkdir(parents=True)
+    for colour in ("red", "blue", "green", "white"):
+        (folder / f"{colour}.png").write_bytes(png_bytes(colour))
+    (folder / "broken.png").write_bytes(b"not a png")
+    lines = ["sample_id,image,text",
+             "r,red.png,a red square",        # row 0: kept
+             "b,blue.png,a blue square",      # row 1: kept
+             "x,missing.png,gone",            # row 2: no such file
+             "g,green.png,",                  # row 3: empty caption
+             "r,white.png,a white square",    # row 4: r again
+             "k,broken.png,a broken one",     # row 5: not an image
+             "e,green.png,   ",               # row 6: blank caption
+             "w,white.png,a white square",    # row 7: kept
+             "../up,white.png,a path id"]     # row 8: an id that is no safe name
+    table = folder / "pairs.csv"
+    table.write_text("\n".join(lines) + "\n")
+    return table
+
+
+#: (row, sample_id, reason) of each row of ``_pets_with_bad_rows`` that the load refuses, by hand
+REFUSED = [(2, "x", "image_missing"), (3, "g", "text_empty"), (4, "r", "sample_id_duplicate"),
+           (5, "k", "image_unreadable"), (6, "e", "text_empty"), (8, "../up", "sample_id_unsafe")]
+
+
+def _rejection_query() -> str:
+    """The example of docs/queries.md (query 9's section): rejections per reason per dataset."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "queries.md").read_text(encoding="utf-8")
+    return re.search(r'prh sql "(SELECT [^"]*FROM rejected_samples[^"]*)"', text).group(1)
+
+
+def test_rejected_samples_hold_the_rows_each_dataset_refused(store_url, tmp_path):
+    """Three dataset versions published through the dataset task, one from a table with bad rows
+    of five reasons, one with one bad row, one without any (no rejected file): ``rejected_samples``
+    holds exactly the refused rows, each with its dataset version, on a local store and on S3
+    (two files of one schema: one group there), in ``connect``, ``connect(runs=False)`` and an
+    exported catalog; the docs' example counts them per reason."""
+    from tasks.dataset_task import publish_dataset
+    from tasks.params import DatasetParams
+
+    bad = publish_dataset(DatasetParams(kind="path", path=str(_pets_with_bad_rows(tmp_path / "pets"))), store_url)
+    clean_csv = tmp_path / "pets" / "clean.csv"
+    clean_csv.write_text("image,text\nred.png,red\nblue.png,blue\n")
+    clean = publish_dataset(DatasetParams(kind="path", path=str(clean_csv)), store_url)
+    few_csv = tmp_path / "pets" / "few.csv"
+    few_csv.write_text("image,text\nred.png,a red one\nblue.png,a blue one\nnowhere.png,lost\n")  # row 2: no such file, no id
+    few = publish_dataset(DatasetParams(kind="path", path=str(few_csv)), store_url)
+    version, other = bad["catalog"]["dataset_version"], few["catalog"]["dataset_version"]
+    assert len({version, other, clean["catalog"]["dataset_version"]}) == 3
+    con = connect(store_url)
+    rows = query(con, f"select * from rejected_samples where dataset_version = '{version}' order by row").to_pylist()
+    assert [(r["dataset_version"], r["row"], r["sample_id"], r["reason"]) for r in rows] == \
+        [(version, row, sample_id, reason) for row, sample_id, reason in REFUSED]
+    assert query(con, f"select dataset_version, row, sample_id, reason from rejected_samples where dataset_version <> "
+                      f"'{version}'").to_pylist() == [{"dataset_version": other, "row": 2, "sample_id": None,
+                                                       "reason": "image_missing"}]
+    # each detail names the row and its line in the file (the header is line 1)
+    assert all(r["detail"].startswith(f"row {r['row']} (line {r['row'] + 2})") for r in rows), rows
+    assert "missing.png" in rows[0]["detail"]
+    assert [(r["column_name"], r["column_type"]) for r in query(con, "describe rejected_samples").to_pylist()] == [
+        ("dataset_version", "VARCHAR"), ("row", "BIGINT"), ("sample_id", "VARCHAR"), ("reason", "VARCHAR"),
+        ("detail", "VARCHAR")]
+    counted = query(con, "select d.name, d.n_rejected, count(r.row) n from datasets d "
+                         "left join rejected_samples r using (dataset_version) group by all order by all").to_pylist()
+    assert counted == [{"name": "clean", "n_rejected": 0, "n": 0}, {"name": "few", "n_rejected": 1, "n": 1},
+                       {"name": "pairs", "n_rejected": 6, "n": 6}]
+    per_reason = query(con, _rejection_query()).to_pylist()
+    assert [(r["name"], r["dataset_version"], r["reason"], r["n_rows"]) for r in per_reason] == [
+        ("few", other, "image_missing", 1), ("pairs", version, "text_empty", 2), ("pairs", version, "image_missing", 1),
+        ("pairs", version, "image_unreadable", 1), ("pairs", version, "sample_id_duplicate", 1),
+        ("pairs", version, "sample_id_unsafe", 1)]
+    # not computed from runs: the catalog without them has it; the exported file has the same rows
+    sql = "select * from rejected_samples order by all"
+    assert query(connect(store_url, runs=False), sql).equals(query(con, sql))
+    exported = open_catalog(export_catalog(store_url, tmp_path / "catalog.duckdb").path)
+    assert query(exported, sql).equals(query(con, sql))
+
+
+def test_a_store_without_rejected_rows_has_an_empty_typed_rejected_samples_view(tmp_path):
+    url = str(tmp_path / "store")
+    build_catalog_store(url)  # a dataset without a rejected file
+    con = connect(url)
+    assert query(con, "select count(*) n from rejected_samples").to_pylist() == [{"n": 0}]
+    assert [(r["column_name"], r["column_type"]) for r in query(con, "describe rejected_samples").to_pylist()] == [
+        ("dataset_version", "VARCHAR"), ("row", "BIGINT"), ("sample_id", "VARCHAR"), ("reason", "VARCHAR"),
+        ("detail", "VARCHAR")]
+    assert query(con, "select reason, count(*) n from rejected_samples group by reason").num_rows == 0
+
+
+def test_a_damaged_rejected_file_is_left_out_with_a_warning_and_the_rest_kept(store_url, tmp_path, caplog):
+    """A ``rejected.parquet`` cut short after it was published: left out of ``rejected_samples``
+    with a warning naming it, as a damaged file of any other view; the other dataset's rejected
+    rows and the samples of both stay readable."""
+    import logging
+
+    from tasks.dataset_task import publish_dataset
+    from tasks.params import DatasetParams
+
+    bad = publish_dataset(DatasetParams(kind="path", path=str(_pets_with_bad_rows(tmp_path / "pets"))), store_url)
+    other_csv = tmp_path / "pets" / "other.csv"
+    other_csv.write_text("image,text\nred.png,red\nblue.png,blue\nnowhere.png,lost\n")
+    other = publish_dataset(DatasetParams(kind="path", path=str(other_csv)), store_url)
+    store = Store(store_url)
+    damaged = f"{bad['key']}/rejected.parquet"
+    store.fs.pipe_file(store.path(damaged), store.read_bytes(damaged)[:40])
+    store.fs.invalidate_cache()
+    with caplog.at_level(logging.WARNING, logger="storage.catalog"):
+        con = connect(store_url)
+    assert f"{bad['key']}/rejected.parquet" in caplog.text and "left out of the rejected_samples view" in caplog.text
+    rows = query(con, "select dataset_version, row, sample_id, reason from rejected_samples").to_pylist()
+    assert rows == [{"dataset_version": other["catalog"]["dataset_version"], "row": 2, "sample_id": None,
+                     "reason": "image_missing"}]
+    assert query(con, "select count(*) n from samples").to_pylist() == [{"n": 3 + 2}]
