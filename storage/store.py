@@ -223,6 +223,17 @@ def _cause(failure: BaseException, error: BaseException) -> BaseException | None
     return None if isinstance(failure, (NotAnS3Endpoint, EndpointLacksFeature)) else error
 
 
+def refused_url(shown: str, error: TypeError, used: str = "written") -> ValueError:
+    """The error of a store (``shown``: its URL without credentials) that opened but whose
+    filesystem raised ``TypeError`` when first ``used`` (``written``, ``read``): a URL fsspec
+    cannot use, as ``s3://bucket/x::file`` (s3fs hands the chain's ``target_options`` to its client
+    session), where fsspec's or the client's own message named neither the store nor the URL."""
+    chained = " (a chained URL, 'A::B', passes its second part's options to the first filesystem, which " \
+              "may not take them)" if "::" in shown else ""
+    return ValueError(f"store {shown} cannot be {used} through: its filesystem refused the URL's options: "
+                      f"{' '.join(str(error).split())}{chained}; a store is a folder, file://PATH or s3://BUCKET/PREFIX")
+
+
 #: How the request headers an S3 server may lack are named in :class:`EndpointLacksFeature`
 #: messages (by the header's start, lower case), and what the user can do about each.
 _CHECKSUM_HEADERS = ("x-amz-checksum-", "x-amz-sdk-checksum-")
@@ -632,6 +643,8 @@ class Store:
             failure = self._failure("write a probe object", error)
             if isinstance(failure, (StoreIOError, NotAnS3Endpoint, EndpointLacksFeature)):  # down, unreachable, not S3, lacking
                 raise failure from _cause(failure, error)
+            if isinstance(error, TypeError):  # s3://b/x::file: s3fs handed the chain's target_options to its session
+                raise refused_url(self.display_url, error) from error
             if not isinstance(error, OSError):
                 raise
             cause = error.__cause__ if isinstance(error, StoreNotWritable) and isinstance(error.__cause__, OSError) else error

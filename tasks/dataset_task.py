@@ -61,6 +61,62 @@ def build_table(params: DatasetParams) -> tuple[pa.Table, pa.Table | None, str, 
     return result.table, result.rejected, name, source
 
 
+#: How the loaders (``tasks.data``) name the image or caption column a dataset lacks: a table's
+#: ``lacks required column(s) [...]; it has [...]``, a hub dataset file's ``lacks column(s) [...];
+#: it has [...]``, a JSON array's ``no row has the required key(s) [...]; keys read: [...]``.
+_MISSING_COLUMNS = re.compile(r"(?:lacks (?:required )?column\(s\)|no row has the required key\(s\)) (\[[^\]]*\])")
+_PRESENT_COLUMNS = re.compile(r"; (?:it has|keys read:) (\[[^\]]*\])")
+
+#: The dataset fields that name a column: (field, what its column holds, the ``prh run`` flag).
+_COLUMN_FIELDS = (("text_column", "caption", "--text-column"), ("image_column", "image", "--image-column"))
+
+
+def column_keys_named(error: ValueError, params: DatasetParams) -> ValueError | None:
+    """``error`` (a loader's refusal of a dataset that lacks its image or caption column) with the
+    setting that named that column added: ``dataset.text_column is 'captoin', which the dataset
+    lacks: set it to its caption column ('caption'?); on the command line --text-column, with
+    --dataset``, the column it likely meant among those the message lists. The loaders listed the
+    columns but named no setting where the name came from the config or a flag (a misspelling).
+    None for any other error (those stay as they are)."""
+    import ast
+    import difflib
+
+    message = str(error)
+    found = _MISSING_COLUMNS.search(message)
+    if found is None:
+        return None
+    try:
+        missing = ast.literal_eval(found.group(1))
+        present = ast.literal_eval(listed.group(1)) if (listed := _PRESENT_COLUMNS.search(message, found.end())) else []
+    except (ValueError, SyntaxError):
+        return None
+    names = [str(name) for name in present] if isinstance(present, list) else []
+    hints = []
+    for field, holds, flag in _COLUMN_FIELDS:
+        value = _column_read(params, field)
+        if value not in missing:
+            continue
+        close = difflib.get_close_matches(value, [n for n in names if n not in missing], n=1, cutoff=0.6)
+        hints.append(f"dataset.{field} is {value!r}, which the dataset lacks: set it to its {holds} column"
+                     f"{f' ({close[0]!r}?)' if close else ''}; on the command line {flag}, with --dataset")
+    return ValueError(f"{message}; {'; '.join(hints)}") if hints else None
+
+
+def _column_read(params: DatasetParams, field: str) -> str:
+    """The column a ``path`` or hub dataset reads for ``field`` (``image_column``, ``text_column``):
+    as set, or the layout's own default where it has one (an ImageFolder table's ``file_name``)."""
+    value = str(getattr(params, field))
+    if params.kind == "path" and params.path:
+        from tasks.data.sources import effective_columns
+
+        try:
+            columns = effective_columns(Path(params.path), params.columns())
+        except (ValueError, OSError):
+            return value
+        return columns.text if field == "text_column" else columns.image
+    return value
+
+
 def _stem(path: str) -> str:
     """A table's or folder's name without its suffix, as a safe dataset name."""
     return _safe_name(path.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0])
@@ -202,7 +258,13 @@ def publish_dataset(
         logger.info("dataset %s: %d pairs, version %s (already stored; same rendering recipe, not drawn again)",
                     catalog["name"], catalog["n_samples"], catalog["dataset_version"])
         return rendered
-    table, rejected, name, source = build_table(params)
+    try:
+        table, rejected, name, source = build_table(params)
+    except ValueError as error:
+        named = column_keys_named(error, params)
+        if named is None:
+            raise
+        raise named from None
     n_rejected = 0 if rejected is None else rejected.num_rows
     counts: dict[str, int] = {}
     if n_rejected:

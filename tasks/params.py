@@ -396,12 +396,27 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _dataset_is_big_enough(self) -> "PipelineConfig":
+        """The OpenMoji sample of ``n`` pairs, and a table's or hub dataset's first ``n`` rows, must
+        hold ``alignment.min_samples()``. ``n`` rows give at most ``n`` images, and at most ``n``
+        samples with ``captions: first`` (one caption per row; with ``all`` a row gives several,
+        so their number is unknown until read: not refused). How many rows the loader rejects is
+        known only then too (the dataset task checks the valid rows)."""
         n = self.dataset.sample_n()
-        if self.dataset.kind == "openmoji" and n is not None:
+        if n is None:
+            return self
+        if self.dataset.kind == "openmoji":
             try:
                 self.alignment.check_sample_count(n, "the OpenMoji sample (dataset.n)")
             except ValueError as error:
                 raise FieldError("dataset.n", str(error)) from None
+        elif self.dataset.captions == "first" or self.alignment.unit == "image":
+            needs = self.alignment.sample_requirements()
+            binding = max(needs, key=lambda k: needs[k])
+            if n < needs[binding]:
+                rows = "image(s) (alignment.unit 'image')" if self.alignment.unit == "image" else "sample(s)"
+                raise FieldError("dataset.n", f"dataset.n={n} reads at most {n} row(s) of the dataset, so at most {n} {rows}, "
+                                              f"too few: {binding} {needs[binding]} (raise dataset.n, or set it to null to read "
+                                              "every row)")
         return self
 
     @model_validator(mode="after")

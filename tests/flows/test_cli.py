@@ -56,6 +56,16 @@ def test_run_on_a_folder_reports_bad_rows_and_sql_reads_results(tmp_path, capsys
     assert submitted == ["model 1/2: tiny-vit: to extract", "model 2/2: tiny-bert: to extract"]
     # the closing hint reads the store the run wrote: `prh sql` without --store read the default one
     assert f'query them: prh sql --store {Store(store).display_url} "select * from alignment_best_latest"' in out
+    # the table's N is 24 of the folder's 26 pairs: the closing lines say why (a truncated PNG, a blank caption)
+    closing = [line for line in out.splitlines() if line.startswith("dataset pairs: ")]
+    assert len(closing) == 1 and closing[0].startswith("dataset pairs: 2 rows rejected when it was loaded "
+                                                         "(image_unreadable: 1, text_empty: 1), not among its 24 samples; "
+                                                         f"list them: prh sql --store {Store(store).display_url} \"select * "
+                                                         "from rejected_samples where dataset_version = '")
+    # the query it gives, as printed, lists those two rows
+    assert main(["sql", closing[0].split(' "', 1)[1].removesuffix('"'), "--store", store, "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(row["reason"] for row in listed) == ["image_unreadable", "text_empty"]
 
     assert main(["sql", "select name, n_samples, n_rejected from datasets", "--store", store, "--format", "json"]) == 0
     datasets = json.loads(capsys.readouterr().out)
@@ -80,7 +90,8 @@ def test_run_on_a_folder_reports_bad_rows_and_sql_reads_results(tmp_path, capsys
         assert main(["run", "--config", str(config), "--dataset", str(tmp_path / "pairs"), "--store", store]) == 0
     finally:
         logging.getLogger("prefect.flow_runs").removeHandler(flow_log)
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("dataset pairs: ")] == closing  # reused: still its rows
     submitted = [r.getMessage() for r in flow_log.records if r.getMessage().startswith("model ")]
     assert submitted == ["model 1/2: tiny-vit: features stored, reused", "model 2/2: tiny-bert: features stored, reused"]
     assert len(probes) == 1  # the command's, before Prefect's server started: its flow, in the same process, skipped its own
@@ -1844,3 +1855,97 @@ def test_prh_run_refuses_a_memory_store_before_anything_starts(tmp_path, capsys,
         err = capsys.readouterr().err.strip()
         assert err.startswith("prh run: error: store URL 'memory://prh-cli' is held in the memory of the process that runs "
                               "the flow"), err
+
+
+def test_commands_refuse_a_chained_store_url_their_filesystem_cannot_use(tmp_path, capsys, monkeypatch):
+    """The researcher review: `--store s3://bucket/x::file` opened, then `prh run` (its write probe)
+    and `prh sql` (its first look at the store) ended in aiobotocore's bare TypeError traceback
+    (`unexpected keyword argument 'target_options'`). One line naming the store, exit 2."""
+    _no_pipeline(monkeypatch)
+    url = "s3://bucket/x::file"
+    assert main(["run", "--config", str(_tiny_config(tmp_path)), "--store", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"prh run: error: store {url} cannot be written through: its filesystem refused the URL's "
+                          "options: ") and "'target_options'" in err and "\n" not in err, err
+    assert main(["sql", "select 1", "--store", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"prh sql: error: store {url} cannot be read through: ") and "\n" not in err, err
+
+
+def test_run_check_names_the_key_of_a_misspelt_caption_column(tmp_path, capsys, monkeypatch):
+    """The researcher review: a misspelt `text_column` was refused listing the table's columns but
+    not the setting to fix; `--check` names it as `prh run` does (tasks.dataset_task.column_keys_named)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pairs.csv").write_text("image,caption\na.png,a cat\n")
+    code, out = _check_dataset(tmp_path / "zoo.yaml", capsys, {"path": "pairs.csv", "text_column": "captoin"})
+    assert code == 2 and out == ["refused   dataset: dataset table 'pairs.csv' lacks required column(s) ['captoin']; it has "
+                                 "['image', 'caption']; dataset.text_column is 'captoin', which the dataset lacks: set it "
+                                 "to its caption column ('caption'?); on the command line --text-column, with --dataset"]
+
+
+def test_a_row_limit_below_what_the_metrics_need_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
+    """The researcher review: `prh run --dataset pairs.csv --n 5` with topk 10 (the k-NN metrics need
+    topk + 2 = 12 samples) passed `--check` and was refused only in the run's dataset task, ~13 s in,
+    after Prefect's server started. The first 5 rows give at most 5 samples: `--check` and `prh run`
+    refuse it at once, naming dataset.n (and the flag) and what needs more; the store is untouched."""
+    _no_pipeline(monkeypatch)
+    table = tmp_path / "pairs.csv"
+    table.write_text("image,text\n" + "".join(f"{i}.png,caption {i}\n" for i in range(20)))
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"models": [TINY_VIT, TINY_BERT], "alignment": {"metrics": ["mutual_knn"], "topk": 10}}))
+    store = tmp_path / "store"
+    for extra in (["--check"], ["--store", str(store)]):
+        assert main(["run", "--config", str(config), "--dataset", str(table), "--n", "5", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"prh run: error: config {config} with --dataset {table} --n 5: dataset.n: dataset.n=5 reads at most "
+                       "5 row(s) of the dataset, so at most 5 sample(s), too few: alignment.topk=10 (mutual_knn) needs "
+                       "topk + 2 = 12 (raise dataset.n, or set it to null to read every row)"), err
+    assert not store.exists()
+    # all captions of each row: how many samples 5 rows give is known only once read, so not refused here
+    config_all = ["run", "--config", str(config), "--dataset", str(table), "--n", "5", "--captions", "all", "--check"]
+    assert main(config_all) == 0, capsys.readouterr()
+
+
+def test_the_closing_lines_say_how_many_rows_the_runs_dataset_rejected_and_where_they_are(tmp_path, capsys):
+    """The researcher review: rejected rows were only a WARNING near the top of the log; a run whose
+    N fell from 20 to 17 ended with a table that did not say why. The closing lines now count the
+    run's dataset's rejected rows per reason and name where their ids and reasons are; a dataset
+    that rejected nothing adds no line."""
+    from flows.cli import print_summary, rejected_line
+    from tasks.dataset_task import publish_dataset
+    from tasks.params import DatasetParams
+    from tests.tasks.data.sample_images import png_bytes
+
+    root = tmp_path / "pairs"
+    root.mkdir()
+    colours = ["red", "green", "blue", "yellow", "purple"]
+    for colour in colours:
+        (root / f"{colour}.png").write_bytes(png_bytes(colour))
+    lines = [f"{c}.png,a {c} square" for c in colours] + ["gone.png,a lost square", "lost.png,another", "red.png,   "]
+    (root / "pairs.csv").write_text("image,text\n" + "\n".join(lines) + "\n")
+    url = str(tmp_path / "store")
+    catalog = publish_dataset(DatasetParams(kind="path", path=str(root / "pairs.csv")), url)["catalog"]
+    version = catalog["dataset_version"]
+    assert (catalog["n_samples"], catalog["n_rejected"]) == (5, 3)
+    store = Store(url)
+    sql = f"prh sql --store {store.display_url}"
+    expected = (f"dataset pairs: 3 rows rejected when it was loaded (image_missing: 2, text_empty: 1), not among its 5 "
+                f"samples; list them: {sql} \"select * from rejected_samples where dataset_version = '{version}'\"")
+    assert rejected_line(store, version, sql) == expected
+    row = {"model_a": "vit", "model_b": "lm", "metric": "cka", "score": 0.5, "layer_name_a": "l1", "layer_name_b": "l2",
+           "n_samples": 5}
+    summary = {"dataset_version": version, "best": [row], "extracted": ["vit"], "reused": ["lm"], "store": url, "run_id": "r1",
+               "alignment_versions": ["a"], "aligned": 1}
+    print_summary(summary, rejected=rejected_line(store, version, sql))
+    out = capsys.readouterr().out.splitlines()
+    at = out.index(expected)  # one line, whatever its length: the path is copied from it
+    assert out[at - 1].startswith("model pairs: 1 aligned") and out[at + 1].startswith("results stored in")
+    print_summary({**summary, "best": []}, rejected=expected)  # features only: said as well
+    assert expected in capsys.readouterr().out.splitlines()
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for colour in colours[:3]:
+        (clean / f"{colour}.png").write_bytes(png_bytes(colour))
+    (clean / "pairs.csv").write_text("image,text\n" + "\n".join(lines[:3]) + "\n")
+    other = publish_dataset(DatasetParams(kind="path", path=str(clean / "pairs.csv")), url)["catalog"]["dataset_version"]
+    assert rejected_line(store, other) is None and rejected_line(store, None) is None

@@ -417,3 +417,14 @@ def test_a_store_folder_named_in_another_encoding_is_refused_naming_it(tmp_path)
         connect(Store(path))
     with pytest.raises(ValueError, match="LC_ALL=C.UTF-8 or PYTHONUTF8=1"):
         Store("file://" + path)
+
+
+def test_a_chained_url_whose_filesystem_cannot_write_through_it_is_refused_naming_it():
+    """The researcher review: `--store s3://bucket/x::file` opened (fsspec hands s3fs the chain's
+    `target_options`), then the write probe failed with aiobotocore's bare `TypeError`
+    (`AioSession.__init__() got an unexpected keyword argument 'target_options'`), which named
+    neither the store nor what was wrong with it. A ValueError naming the URL, before any write."""
+    store = Store("s3://bucket/x::file")
+    with pytest.raises(ValueError, match=r"^store s3://bucket/x::file cannot be written through: .*'target_options'.*"
+                                         r"chained URL.*a store is a folder, file://PATH or s3://BUCKET/PREFIX"):
+        store.check_writable()

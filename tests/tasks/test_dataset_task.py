@@ -362,3 +362,62 @@ def _three_squares(tmp_path) -> tuple:
         lines.append(f"{colour}.png,a {colour} square")
     (root / "pairs.csv").write_text("\n".join(lines) + "\n")
     return root, lines
+
+
+@pytest.mark.parametrize("layout", ["csv", "jsonl", "json", "metadata"])
+def test_a_misspelt_caption_column_is_refused_naming_the_key_to_set(tmp_path, layout):
+    """The researcher review: `text_column: captoin` (or --text-column captoin) was refused with
+    "lacks required column(s) ['captoin']; it has ['image', 'caption']": the columns, but not the
+    setting that named the missing one. The error now names dataset.text_column (and the flag),
+    with the column it likely meant; nothing is published."""
+    root = tmp_path / "pairs"
+    root.mkdir()
+    colours = ("red", "blue", "green")
+    for colour in colours:
+        (root / f"{colour}.png").write_bytes(png_bytes(colour))
+    image = "file_name" if layout == "metadata" else "image"
+    rows = [{image: f"{c}.png", "caption": f"a {c} square"} for c in colours]
+    path = {"csv": root / "pairs.csv", "jsonl": root / "pairs.jsonl", "json": root / "pairs.json",
+            "metadata": root}[layout]
+    if layout == "csv":
+        path.write_text("image,caption\n" + "".join(f"{r['image']},{r['caption']}\n" for r in rows))
+    elif layout == "json":
+        path.write_text(json.dumps(rows))
+    else:
+        (root / "metadata.jsonl" if layout == "metadata" else path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    url = str(tmp_path / "store")
+    with pytest.raises(ValueError) as refused:
+        publish_dataset(DatasetParams(kind="path", path=str(path), text_column="captoin"), url)
+    message = str(refused.value)
+    assert "'captoin'" in message.split("dataset.text_column")[0]  # the loader's own words come first
+    assert message.endswith("dataset.text_column is 'captoin', which the dataset lacks: set it to its caption column "
+                            "('caption'?); on the command line --text-column, with --dataset"), message
+    with pytest.raises(ValueError) as refused:  # the default name, not in the table either: the key is named too
+        publish_dataset(DatasetParams(kind="path", path=str(path)), url)
+    assert str(refused.value).endswith("dataset.text_column is 'text', which the dataset lacks: set it to its caption "
+                                       "column; on the command line --text-column, with --dataset"), str(refused.value)
+    assert not (tmp_path / "store").exists() or not list((tmp_path / "store").glob("datasets/*/manifest.json"))
+
+
+def test_a_misspelt_image_column_is_refused_naming_the_key_to_set(tmp_path):
+    """As the caption column: `image_column: img` names dataset.image_column and the likely column."""
+    root = tmp_path / "pairs"
+    root.mkdir()
+    (root / "red.png").write_bytes(png_bytes("red"))
+    (root / "pairs.csv").write_text("images,text\nred.png,a red square\n")
+    with pytest.raises(ValueError) as refused:
+        publish_dataset(DatasetParams(kind="path", path=str(root / "pairs.csv"), image_column="imags"), str(tmp_path / "s"))
+    assert str(refused.value).endswith("dataset.image_column is 'imags', which the dataset lacks: set it to its image "
+                                       "column ('images'?); on the command line --image-column, with --dataset")
+
+
+def test_a_misspelt_caption_column_of_a_hugging_face_dataset_names_the_key_too(tmp_path):
+    """A hub dataset's file that lacks the caption column: its error names dataset.text_column."""
+    from tests.tasks.data.test_hf_datasets import _repo
+
+    root = _repo(tmp_path / "repo")
+    with pytest.raises(ValueError) as refused:
+        publish_dataset(DatasetParams(kind="huggingface", path=str(root), text_column="txt"), str(tmp_path / "store"))
+    assert "lacks column(s) ['txt']; it has ['image', 'text']" in str(refused.value)
+    assert str(refused.value).endswith("dataset.text_column is 'txt', which the dataset lacks: set it to its caption column "
+                                       "('text'?); on the command line --text-column, with --dataset"), str(refused.value)

@@ -129,6 +129,19 @@ CASES = {
     "huge topk with the default n": (alignment("topk: 1000000000000"), r"^dataset\.n: the OpenMoji sample \(dataset\.n\) has 1024 sample\(s\), too few: alignment\.topk=1000000000000"),
     "huge topk with a bootstrap": (alignment("topk: 1000000000000\nbootstrap: 200"),
                                    r"^dataset\.n: the OpenMoji sample \(dataset\.n\) has 1024 sample\(s\), too few: alignment\.bootstrap=200 .* 2000000000002$"),
+    # a table's or hub dataset's row limit: n rows give at most n samples (one caption per row) and at
+    # most n images, so a limit below what the metrics need fails the run, which found out only in its dataset task
+    "table n below topk + 2": (MODELS + "dataset: {kind: path, path: pairs.csv, n: 5}\nalignment: {topk: 10, metrics: [mutual_knn]}\n",
+                               r"^dataset\.n \(line 4\): dataset\.n=5 reads at most 5 row\(s\) of the dataset, so at most 5 "
+                               r"sample\(s\), too few: alignment\.topk=10 \(mutual_knn\) needs topk \+ 2 = 12 \(raise dataset\.n, "
+                               r"or set it to null to read every row\)$"),
+    "hub n below cca_dim": (MODELS + "dataset: {kind: huggingface, path: org/pairs, n: 8}\nalignment: {metrics: [svcca], cca_dim: 9}\n",
+                            r"^dataset\.n \(line 4\): dataset\.n=8 reads at most 8 row\(s\).* svcca with alignment\.cca_dim=9 needs "
+                            r"cca_dim \+ 1 = 10 \(raise"),
+    "all captions of n rows, aligned per image": (
+        MODELS + "dataset: {kind: path, path: pairs.csv, n: 5, captions: all}\nalignment: {topk: 4, unit: image}\n",
+        r"^dataset\.n \(line 4\): dataset\.n=5 reads at most 5 row\(s\) of the dataset, so at most 5 image\(s\) "
+        r"\(alignment\.unit 'image'\), too few: alignment\.topk=4 \(mutual_knn, cknna\) needs topk \+ 2 = 6"),
     "n below cca_dim": (MODELS + "dataset: {n: 8}\nalignment: {metrics: [svcca], cca_dim: 9}\n", r"svcca with alignment\.cca_dim=9 needs cca_dim \+ 1 = 10$"),
     "dataset path a URL": (MODELS + "dataset: {kind: path, path: 's3://bucket/pairs.parquet'}\n",
                            r"^dataset\.path \(line 4\): dataset\.path 's3://bucket/pairs\.parquet' is a URL: kind 'path' reads a table or "
@@ -210,6 +223,11 @@ def test_valid_configs_load(tmp_path: Path) -> None:
         load_config(write(tmp_path, MODELS + "dataset: {n: null}\nalignment: {topk: 5000}\n", "all.yaml"))
     path = load_config(write(tmp_path, MODELS + "dataset: {kind: path, path: pairs.csv}\n", "path.yaml"))
     assert path.dataset.path == "pairs.csv"  # only the loader knows the size: checked at publish time
+    # n rows with every caption of each give an unknown number of samples (several per row): not refused
+    every = load_config(write(tmp_path, MODELS + "dataset: {kind: path, path: pairs.csv, n: 5, captions: all}\n", "every.yaml"))
+    assert every.dataset.n == 5 and every.alignment.min_samples() == 12
+    exact = load_config(write(tmp_path, MODELS + "dataset: {kind: path, path: pairs.csv, n: 12}\n", "exact.yaml"))
+    assert exact.dataset.n == exact.alignment.min_samples() == 12  # exactly enough rows, if all are valid
 
 
 @pytest.mark.parametrize("name, params", [
