@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import logging
 import os
 import re
 import shlex
@@ -12,7 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from flows.omp_policy import choose_omp_wait_policy
 from tasks.shown_text import for_terminal, for_terminal_lines
@@ -132,7 +134,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         choose_omp_wait_policy()
     args = command_parser().parse_args(argv)
     escape_what_stdout_cannot_hold(args)
-    return _dispatch(args)
+    with escaped_warnings():
+        return _dispatch(args)
+
+
+class _EscapedStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Python's last-resort handler (warnings and errors, the message alone, to the current
+    ``sys.stderr``) with every line made safe for a terminal (:func:`for_terminal_lines`)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self, logging.WARNING)
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stderr
+
+    def format(self, record: logging.LogRecord) -> str:
+        return for_terminal_lines(super().format(record))
+
+
+@contextlib.contextmanager
+def escaped_warnings() -> Iterator[None]:
+    """While a command runs, the warnings that reach no configured handler (those of ``prh sql``,
+    ``report``, ``gc``, ``verify``, ``catalog export``: the catalog's, the store's) are written with
+    control characters escaped: they name what a store holds (a file a manifest lists, a folder,
+    a run record), and a store written by someone else could name a file with terminal escapes
+    (an OSC that sets the window title or the clipboard, a screen clear), which Python's
+    last-resort handler wrote raw to stderr. ``prh run``'s logs go through Prefect's handlers."""
+    before = logging.lastResort
+    logging.lastResort = _EscapedStderr()
+    try:
+        yield
+    finally:
+        logging.lastResort = before
 
 
 def escape_what_stdout_cannot_hold(args: argparse.Namespace) -> None:

@@ -6,10 +6,11 @@ figures all come from the cache (``render_cached``) never imports it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -17,6 +18,20 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 DPI = 110
+
+
+@contextlib.contextmanager
+def plain_text() -> Iterator[None]:
+    """Text drawn inside is drawn as written: never read as mathtext. The figures' words come from
+    the store (layer, model and metric names; a user metric may be named anything), and matplotlib
+    took text between two ``$`` for mathtext: a layer name ``$\\frac{$`` failed the whole report
+    (a ``ParseSyntaxException``) and ``$x$`` came out as an italic x. No figure uses mathtext (the
+    log axes get fixed tick labels, ``scaling._series``). matplotlib reads the setting when a text
+    is made and again when it is laid out: drawing and encoding both run inside."""
+    from matplotlib import rc_context
+
+    with rc_context({"text.parse_math": False}):
+        yield
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -61,9 +76,10 @@ class RenderedFigure:
 
 def render(name: str, caption: str, figure: Figure, formats: tuple[str, ...] = ("png", "svg")) -> RenderedFigure:
     """Encode ``figure`` in every format (PNG always, it is what the page embeds)."""
-    files = {"png": to_png(figure)}
-    if "svg" in formats:
-        files["svg"] = to_svg(figure)
+    with plain_text():
+        files = {"png": to_png(figure)}
+        if "svg" in formats:
+            files["svg"] = to_svg(figure)
     return RenderedFigure(name, caption, files)
 
 
@@ -94,11 +110,13 @@ def render_cached(name: str, caption: str, draw: Callable[[], Figure], inputs: A
     """
     wanted = ("png", *(f for f in formats if f != "png"))
     if cache is None:
-        return render(name, caption, draw(), wanted)
+        with plain_text():
+            return render(name, caption, draw(), wanted)
     digest = figure_digest(name, inputs)
     files = cache.get(digest, wanted)
     if files is not None:
         return RenderedFigure(name, caption, {f: files[f] for f in wanted})
-    rendered = render(name, caption, draw(), wanted)
+    with plain_text():
+        rendered = render(name, caption, draw(), wanted)
     cache.put(digest, rendered.files)
     return rendered

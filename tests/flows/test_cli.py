@@ -1949,3 +1949,27 @@ def test_the_closing_lines_say_how_many_rows_the_runs_dataset_rejected_and_where
     (clean / "pairs.csv").write_text("image,text\n" + "\n".join(lines[:3]) + "\n")
     other = publish_dataset(DatasetParams(kind="path", path=str(clean / "pairs.csv")), url)["catalog"]["dataset_version"]
     assert rejected_line(store, other) is None and rejected_line(store, None) is None
+
+
+def test_warnings_naming_what_a_store_holds_reach_the_terminal_escaped(tmp_path, capsys, monkeypatch):
+    """A hand-edited manifest listing a file named with terminal escapes (an OSC that sets the
+    window title, or the clipboard, a screen clear) had the catalog's warning ("...: the file is
+    missing; left out of the features view") write them raw to stderr on every `prh sql` and
+    `prh report`: Python's last-resort handler prints a warning as it is."""
+    from tests.storage.catalog_store import build_catalog_store
+
+    store = build_catalog_store(str(tmp_path / "store"))
+    manifest_path = next(Path(store.root, "features").rglob("manifest.json"))
+    manifest = json.loads(manifest_path.read_text())
+    evil = "\x1b]0;PWNED\x07\x1b[2J\u202e.parquet"
+    manifest["files"][evil] = {"bytes": 5}
+    manifest_path.write_text(json.dumps(manifest))
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in `prh` itself: no handler but the last resort
+    last_resort = logging.lastResort
+    assert main(["sql", "select count(*) AS n from features", "--store", store.url, "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == [{"n": sum(1 for _ in Path(store.root, "features").rglob("layer-*.parquet")) * 8}]
+    assert "left out of the features view" in captured.err
+    assert "\\x1b]0;PWNED\\x07" in captured.err and "\\u202e" in captured.err
+    assert "\x1b" not in captured.err and "\x07" not in captured.err and "\u202e" not in captured.err
+    assert logging.lastResort is last_resort  # the process's own handler is back after the command

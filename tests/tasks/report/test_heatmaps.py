@@ -127,3 +127,26 @@ def test_a_layer_pair_without_a_finite_score_is_grey_as_on_the_model_heatmaps():
     (image,) = figure.axes[0].images
     assert tuple(image.cmap.get_bad()) == to_rgba(REFUSED_CELL) != to_rgba("white")
     assert np.ma.is_masked(image.get_array()) and image.get_array().mask.sum() == 1
+
+
+def test_names_from_the_store_are_drawn_as_written_never_as_mathtext():
+    """Layer, model and metric names come from the store (a crafted or another tool's store, a user
+    metric's name): matplotlib read text between two '$' as mathtext, so a layer name '$\\frac{$'
+    failed the whole report with a ParseSyntaxException, and '$x$' was drawn as an italic x."""
+    import xml.etree.ElementTree as ElementTree
+
+    from tasks.report.figures import render_cached
+    from tasks.report.heatmaps import layer_heatmaps
+
+    evil_a, evil_b, metric = "$\\frac{$", "enc.$x$", "dist_$p$"
+    scores = [{**r, "metric": metric, "model_b": "$m$", "layer_name_a": evil_a if r["layer_a"] == 0 else r["layer_name_a"],
+               "layer_name_b": evil_b if r["layer_b"] == 0 else r["layer_name_b"]}
+              for r in score_rows() if r["metric"] == "cka" and (r["model_a"], r["model_b"]) == ("vit-b", "lm-b")]
+    best = [{"metric": metric, "model_a": "vit-b", "model_b": "$m$", "score": 0.5, "layer_a": 0, "layer_b": 0}]
+    rendered = render_cached("layers-x", "caption", lambda: layer_heatmaps(scores, best, "vit-b", "$m$", [metric]), None,
+                             formats=("png", "svg"))
+    assert rendered.png.startswith(b"\x89PNG")
+    texts = {"".join(t.itertext()) for t in ElementTree.fromstring(rendered.files["svg"]).iter("{http://www.w3.org/2000/svg}text")}
+    for written in (evil_a, evil_b, "$m$"):  # tick labels and axis label, each as written
+        assert written in texts, (written, sorted(texts))
+    assert f"{metric}: best 0.500" in texts and f"at ({evil_a}, {evil_b})" in texts
