@@ -14,18 +14,20 @@ from __future__ import annotations
 import os
 import re
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 
 def redact_url(url: str) -> str:
-    """The URL without any user:password part, for logs, manifests and artifacts."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return url
+    """The URL without any user:password part, for logs, manifests and artifacts: in every link of
+    a chained URL (``simplecache::s3://KEY:SECRET@bucket/x``: fsspec hands each link its own URL),
+    also where the rest is no URL ``urlsplit`` parses (a port that is no number, an unclosed ``[``).
+    The rest stays as written (the host's case too). Never raises: it builds error messages."""
+    # the userinfo ends at the last '@' of the authority (which ends at the first '/', '?' or '#'),
+    # so that a password holding '::' or '@' goes whole
+    return _USERINFO.sub("://", url)
+
+
+_USERINFO = re.compile(r"://[^/?#]*@")
 
 
 def escape_glob(text: str) -> str:
@@ -74,12 +76,14 @@ def check_store_url(url: Any) -> None:
             fix = f"{scheme}://{rest.lstrip('/')}"
         raise ValueError(f"store URL {url!r} looks like a {scheme} URL without '//': write {fix} "
                          f"(or ./{url} for a local folder of that name)")
-    if scheme.lower() in _BUCKET_PROTOCOLS and after is not None and "@" in after.split("/", 1)[0]:
-        # s3fs takes 'KEY:SECRET@bucket' for a bucket name, and botocore's error then prints it whole
-        raise ValueError(f"store URL {redact_url(url)!r} (shown without its user:password@ part) names credentials in the URL, "
-                         f"which {scheme} does not read there (it would take them for the bucket's name and show them in errors): "
-                         f"give them through the environment (for S3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE) "
-                         f"and write {scheme}://BUCKET/PREFIX")
+    for link in url.split("::"):  # each link of a chained URL (simplecache::s3://...) is its filesystem's own URL
+        protocol, has_authority, link_rest = link.partition("://")
+        if has_authority and protocol.lower() in _BUCKET_PROTOCOLS and "@" in link_rest.split("/", 1)[0]:
+            # s3fs takes 'KEY:SECRET@bucket' for a bucket name, and botocore's error then prints it whole
+            raise ValueError(f"store URL {redact_url(url)!r} (shown without its user:password@ part) names credentials in the "
+                             f"URL, which {protocol} does not read there (it would take them for the bucket's name and show them "
+                             f"in errors): give them through the environment (for S3: AWS_ACCESS_KEY_ID / "
+                             f"AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and write {protocol}://BUCKET/PREFIX")
     if local and after is not None and after[:1] not in ("", "/"):
         # fsspec reads file://tmp/x as the relative folder tmp/x, a URL reader as host 'tmp'
         path = after

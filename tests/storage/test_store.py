@@ -137,7 +137,9 @@ def test_store_urls_that_cannot_mean_what_was_meant_are_refused(url, message, tm
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("url", ["s3://AKIAURLKEY77:UrlSecret77zz@bucket/store", "s3://UrlSecret77zz@bucket", "gs://x:UrlSecret77zz@b/p"])
+@pytest.mark.parametrize("url", ["s3://AKIAURLKEY77:UrlSecret77zz@bucket/store", "s3://UrlSecret77zz@bucket", "gs://x:UrlSecret77zz@b/p",
+                                 # a link of a chained URL: s3fs gets it as its own URL (and had shown the secret)
+                                 "simplecache::s3://AKIAURLKEY77:UrlSecret77zz@bucket/store"])
 def test_credentials_in_an_object_store_url_are_refused_without_showing_them(url, capsys):
     """s3fs took 'KEY:SECRET@bucket' for the bucket's name and botocore's "Invalid bucket name"
     error printed the secret (the URL itself was shown redacted)."""

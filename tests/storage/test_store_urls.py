@@ -23,3 +23,26 @@ def test_escaped_literal(pattern, literal):
 @pytest.mark.parametrize("path", ["s3://b/runs [v1]*?/a.parquet", "x/[]]", "x/[[[", "a?b*c[d]", "plain"])
 def test_escaped_literal_inverts_escape_glob(path):
     assert escaped_literal(escape_glob(path)) == path
+
+
+@pytest.mark.parametrize("url, shown", [
+    # every link of a chained URL: fsspec passes each its own URL, and each may hold credentials
+    ("simplecache::s3://AKIA:UrlSecret77zz@bucket/x", "simplecache::s3://bucket/x"),
+    ("simplecache::memory://user:UrlSecret77zz@host/x", "simplecache::memory://host/x"),
+    ("s3://bucket/x::ftp://user:UrlSecret77zz@host:21/y", "s3://bucket/x::ftp://host:21/y"),
+    ("memory://host::s3://KEY:UrlSecret77zz@bucket/x", "memory://host::s3://bucket/x"),
+    ("s3://KEY:Url::Secret77zz@bucket/x", "s3://bucket/x"),  # '::' inside a password: not a link's end
+    # what urlsplit refuses or cannot parse is still shown, without its credentials
+    ("memory://user:UrlSecret77zz@host:port/x", "memory://host:port/x"),
+    ("s3://user:UrlSecret77zz@[bucket/x", "s3://[bucket/x"),
+    ("s3://[bucket/x", "s3://[bucket/x"),
+    # as written otherwise: the host's case, an IPv6 literal, an '@' in the path, a local path with '::'
+    ("s3://KEY:UrlSecret77zz@MyBucket/x", "s3://MyBucket/x"),
+    ("http://user:UrlSecret77zz@[::1]:9000/", "http://[::1]:9000/"),
+    ("http://[::1]:9000", "http://[::1]:9000"),
+    ("s3://bucket/a@b/c", "s3://bucket/a@b/c"),
+    ("data/store::x", "data/store::x"),
+    ("s3://bucket/x?version=a@b", "s3://bucket/x?version=a@b"),
+])
+def test_redact_url_strips_credentials_from_every_part_and_never_raises(url, shown):
+    assert redact_url(url) == shown
