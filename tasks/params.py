@@ -288,15 +288,15 @@ class AlignmentParams(BaseModel):
         """The fewest paired samples these metrics and parameters can be computed on."""
         return max(self.sample_requirements().values())
 
-    def check_sample_count(self, n_samples: int, what: str = "the dataset") -> None:
+    def check_sample_count(self, n_samples: int, what: str = "the dataset", has: str = "has", advice: str = "") -> None:
         """Raise ``ValueError`` naming the binding constraint if ``n_samples`` is fewer than
         :meth:`min_samples` (e.g. ``the dataset has 9 sample(s), too few: alignment.topk=10
-        (mutual_knn) needs topk + 2 = 12``)."""
+        (mutual_knn) needs topk + 2 = 12``; ``has``: the verb, ``advice``: appended)."""
         needs = self.sample_requirements()
         binding = max(needs, key=lambda k: needs[k])
         if n_samples < needs[binding]:
             rows = "image(s) (alignment.unit 'image')" if self.unit == "image" else "sample(s)"
-            raise ValueError(f"{what} has {n_samples} {rows}, too few: {binding} {needs[binding]}")
+            raise ValueError(f"{what} {has} {n_samples} {rows}, too few: {binding} {needs[binding]}{advice}")
 
 
 def _fewest_for_subsample(rows: int) -> int:
@@ -405,18 +405,16 @@ class PipelineConfig(BaseModel):
         if n is None:
             return self
         if self.dataset.kind == "openmoji":
-            try:
-                self.alignment.check_sample_count(n, "the OpenMoji sample (dataset.n)")
-            except ValueError as error:
-                raise FieldError("dataset.n", str(error)) from None
+            words = ("the OpenMoji sample (dataset.n)", "has", "")
         elif self.dataset.captions == "first" or self.alignment.unit == "image":
-            needs = self.alignment.sample_requirements()
-            binding = max(needs, key=lambda k: needs[k])
-            if n < needs[binding]:
-                rows = "image(s) (alignment.unit 'image')" if self.alignment.unit == "image" else "sample(s)"
-                raise FieldError("dataset.n", f"dataset.n={n} reads at most {n} row(s) of the dataset, so at most {n} {rows}, "
-                                              f"too few: {binding} {needs[binding]} (raise dataset.n, or set it to null to read "
-                                              "every row)")
+            words = (f"dataset.n={n} reads at most {n} row(s) of the dataset, so", "at most",
+                     " (raise dataset.n, or set it to null to read every row)")
+        else:
+            return self
+        try:
+            self.alignment.check_sample_count(n, *words)
+        except ValueError as error:
+            raise FieldError("dataset.n", str(error)) from None
         return self
 
     @model_validator(mode="after")
