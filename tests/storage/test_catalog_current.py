@@ -266,3 +266,33 @@ def test_models_current_follows_the_latest_run_back_to_an_older_version_and_else
     current = _models_current(connect(store))
     assert current[(DATASET, "vit-small")] == "fv-vit-small"
     assert current[("other-dataset", "lm-large")] == "fv-lm-large-new"
+
+
+def _operator_rows(con, sql: str, kind: str) -> list[int]:
+    """The rows each operator of type ``kind`` (``WINDOW``) of ``sql``'s plan handled, as DuckDB's
+    EXPLAIN ANALYZE counts them."""
+    plan = json.loads(con.execute(f"EXPLAIN (ANALYZE, FORMAT json) {sql}").fetchall()[0][1])
+    found, todo = [], list(plan["operator"] if isinstance(plan.get("operator"), list) else [plan])
+    while todo:
+        node = todo.pop()
+        if node.get("type") == kind:
+            found.append(int(node.get("operator_cardinality", node.get("intermediate_rows"))))
+        todo.extend(node.get("children", []))
+    return found
+
+
+def test_the_current_rows_rank_each_version_once_however_many_runs_list_it(tmp_path):
+    """A year of nightly runs lists each version hundreds of times: ``alignment_best`` ranked one
+    row per listing (runs x pairs x metrics, 750,000 rows for 400 runs of a 625-pair zoo) to keep one
+    per pair and metric. Its ranking now handles one row per best row, whatever the number of runs."""
+    store = build_catalog_store(str(tmp_path / "store"))
+    listed = store.read_json(layout.run_key("run-1"))["alignment_versions"]
+    for day in range(1, 31):  # 30 more nightly runs that found every pair stored
+        _run(store, f"nightly-{day:02d}", day, listed)
+    con = connect(store)
+    best_rows = con.execute("select count(*) from alignment_best_all").fetchone()[0]
+    runs = con.execute("select count(*) from runs").fetchone()[0]
+    assert (best_rows, runs) == (8, 32)  # 4 pairs x 2 metrics, one version each
+    windows = _operator_rows(con, "select * from alignment_best", "WINDOW")
+    assert windows and max(windows) <= max(best_rows, runs), windows  # was 32 x 8 = 256 rows ranked
+    assert _of_pair(_current(con)) == {(DATASET, m): {f"al-{PAIR[0]}-{PAIR[1]}"} for m in ("mutual_knn", "cka")}

@@ -225,3 +225,27 @@ def test_the_report_at_a_run_s_end_reads_no_run_record(s3_store_url, proxy):
     chosen = load_report_input(Store(s3_store_url, {"endpoint_url": proxy.url, "skip_instance_cache": True}),
                                run_id="night-39")  # `prh report --run`: the history is read
     assert chosen.run["run_id"] == "night-39"
+
+
+def test_the_closing_table_reads_each_pair_s_best_rows_with_one_get(s3_store_url, proxy):
+    """The closing table of a run (and its artifacts) shows the best rows of every pair of its grid:
+    each pair's ``best.parquet`` had been opened and read in turn, a HEAD and a GET each, one after
+    the other (a nightly run of a 600-pair zoo: 1,200 round trips at its end). Now one GET per
+    pair, fetched together, and no HEAD however many pairs; the rows are the files' own, in the
+    grid's order."""
+    import pyarrow.parquet as pq
+
+    from flows.pipeline import best_rows
+    from tests.storage.catalog_store import build_catalog_store
+
+    writer = build_catalog_store(s3_store_url)
+    keys = writer.read_json(layout.run_key("run-1"))["alignment_versions"]
+    store = Store(s3_store_url, {"endpoint_url": proxy.url, "skip_instance_cache": True})
+    rows, sent = _sent(proxy, lambda: best_rows(store, [{"key": key} for key in keys]))
+    assert sent == {"GET": len(keys)}, sent
+    expected = [row for key in keys for row in pq.read_table(writer.fs.open(writer.path(f"{key}/{layout.BEST_FILE}"))).to_pylist()]
+    assert len(rows) == 2 * len(keys) == 8 and rows == expected
+    assert [(r["model_a"], r["model_b"]) for r in rows[::2]] == [tuple(k.split("/")[2].split("__")) for k in keys]
+    writer.delete(f"{keys[1]}/{layout.BEST_FILE}")
+    with pytest.raises(FileNotFoundError, match=f"{keys[1]}/best.parquet in store .* is gone"):
+        best_rows(store, [{"key": key} for key in keys])
