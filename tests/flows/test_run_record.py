@@ -706,18 +706,25 @@ def test_the_pipeline_records_the_failures_of_a_run_that_ended_early(tmp_path, m
     (early,) = query(connect(parameters["store"]), "select status, failures, error from runs").to_pylist()
     assert early["status"] == "FAILED" and early["failures"] == "[]" and str(missing) in early["error"]
 
-    refused = {"stage": "check", "item": "tiny-bert", "error": "ValueError: not a vision model"}
-    monkeypatch.setattr(flows.pipeline, "submit_extractions", lambda *args, **kwargs: ({}, [dict(refused)]))
-
-    def stopped(extracting, failures, features=None):
-        raise KeyboardInterrupt  # Ctrl-C while the run waits for its models
-
-    monkeypatch.setattr(flows.pipeline, "collect_features", stopped)
+    refused = _refuse_a_model_then_stop(monkeypatch, flows.pipeline)
     store = str(tmp_path / "store2")
     with pytest.raises(KeyboardInterrupt):
         prh_pipeline(config=PipelineConfig.model_validate(parameters["config"]), store=store, report=False)
     (run,) = query(connect(store), "select status, failures from runs").to_pylist()
     assert run["status"] == "CANCELLED" and json.loads(run["failures"]) == [refused]
+
+
+def _refuse_a_model_then_stop(monkeypatch, flow_module) -> dict[str, str]:
+    """Make ``flow_module``'s run refuse one model at its check, then be stopped (Ctrl-C) while it
+    waits for the others; the refusal's failure record."""
+    refused = {"stage": "check", "item": "tiny-bert", "error": "ValueError: not a vision model"}
+    monkeypatch.setattr(flow_module, "submit_extractions", lambda *args, **kwargs: ({}, [dict(refused)]))
+
+    def stopped(extracting, failures, features=None):
+        raise KeyboardInterrupt  # Ctrl-C while the run waits for its models
+
+    monkeypatch.setattr(flow_module, "collect_features", stopped)
+    return refused
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -737,13 +744,7 @@ def test_an_extraction_stage_that_ended_early_records_its_failures_too(tmp_path,
     early = Store(parameters["store"]).read_json(layout.extraction_key(str(state.state_details.flow_run_id)))
     assert early["status"] == "FAILED" and early["failures"] == [] and "absent.csv" in early["error"]
 
-    refused = {"stage": "check", "item": "tiny-bert", "error": "ValueError: not a vision model"}
-    monkeypatch.setattr(flows.stages, "submit_extractions", lambda *args, **kwargs: ({}, [dict(refused)]))
-
-    def stopped(extracting, failures, features=None):
-        raise KeyboardInterrupt  # Ctrl-C while the stage waits for its models
-
-    monkeypatch.setattr(flows.stages, "collect_features", stopped)
+    refused = _refuse_a_model_then_stop(monkeypatch, flows.stages)
     store = str(tmp_path / "store2")
     with pytest.raises(KeyboardInterrupt):
         prh_extract(config=PipelineConfig.model_validate(parameters["config"]), store=store)
