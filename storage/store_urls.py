@@ -23,8 +23,8 @@ def redact_url(url: str) -> str:
     also where the rest is no URL ``urlsplit`` parses (a port that is no number, an unclosed ``[``).
     The rest stays as written (the host's case too). Never raises: it builds error messages."""
     # the userinfo ends at the last '@' of the authority (which ends at the first '/', '?' or '#'),
-    # so that a password holding '::' or '@' goes whole
-    return _USERINFO.sub("://", url)
+    # so that a password holding '::' or '@' goes whole; an object store's secret may hold '/'
+    return _SLASHED_SECRET.sub(r"\1", _USERINFO.sub("://", url))
 
 
 _USERINFO = re.compile(r"://[^/?#]*@")
@@ -78,7 +78,9 @@ def check_store_url(url: Any) -> None:
                          f"(or ./{url} for a local folder of that name)")
     for link in url.split("::"):  # each link of a chained URL (simplecache::s3://...) is its filesystem's own URL
         protocol, has_authority, link_rest = link.partition("://")
-        if has_authority and protocol.lower() in _BUCKET_PROTOCOLS and "@" in link_rest.split("/", 1)[0]:
+        bucket = link_rest.split("/", 1)[0]
+        # a secret holding '/' ends the bucket's part early: a bucket's name holds no ':' (redact_url)
+        if has_authority and protocol.lower() in _BUCKET_PROTOCOLS and ("@" in bucket or ":" in bucket and "@" in link_rest):
             # s3fs takes 'KEY:SECRET@bucket' for a bucket name, and botocore's error then prints it whole
             raise ValueError(f"store URL {redact_url(url)!r} (shown without its user:password@ part) names credentials in the "
                              f"URL, which {protocol} does not read there (it would take them for the bucket's name and show them "
@@ -156,6 +158,10 @@ def check_utf8_url(url: str) -> None:
 
 #: Object stores whose URL's first part is a bucket: an ``@`` there is credentials, never a name.
 _BUCKET_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
+#: Credentials of an object store whose secret holds a '/' (about half of AWS's secret keys): the
+#: authority then ends inside the secret. A bucket's name holds no ':', so a ':' before the first
+#: '/' and an '@' after it, in the same link, are a key, a secret and their end (``redact_url``).
+_SLASHED_SECRET = re.compile(rf"(?i)\b((?:{'|'.join(sorted(_BUCKET_PROTOCOLS))})://)[^/?#:@]*:(?:(?!::)[^@])*@")
 
 
 def _known_protocols() -> set[str]:
