@@ -162,6 +162,9 @@ def escaped_warnings() -> Iterator[None]:
     (an OSC that sets the window title or the clipboard, a screen clear), which Python's
     last-resort handler wrote raw to stderr. ``prh run``'s logs go through Prefect's handlers."""
     before = logging.lastResort
+    if before is None:  # a program that runs main() silenced that fallback: it stays silent
+        yield
+        return
     logging.lastResort = _EscapedStderr()
     try:
         yield

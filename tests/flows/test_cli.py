@@ -1973,3 +1973,7 @@ def test_warnings_naming_what_a_store_holds_reach_the_terminal_escaped(tmp_path,
     assert "\\x1b]0;PWNED\\x07" in captured.err and "\\u202e" in captured.err
     assert "\x1b" not in captured.err and "\x07" not in captured.err and "\u202e" not in captured.err
     assert logging.lastResort is last_resort  # the process's own handler is back after the command
+    # a program running main() that silenced the fallback (lastResort None) keeps it silent
+    monkeypatch.setattr(logging, "lastResort", None)
+    assert main(["sql", "select 1 AS one", "--store", store.url, "--format", "json"]) == 0
+    assert "left out of the features view" not in capsys.readouterr().err and logging.lastResort is None
