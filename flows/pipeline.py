@@ -117,7 +117,7 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
         aligned=sum(1 for m in alignments if not m.get("reused")),
         **metric_work(alignments),
     )
-    _publish_artifacts(best, record)
+    _publish_artifacts(best, record, dataset["catalog"].get("n_rejected"))
     if report and alignments:  # what was published (reused pairs too), failures listed in its notes
         from flows.report import publish_report_artifact
 
@@ -580,18 +580,25 @@ def metric_work(alignments: list[dict[str, Any]]) -> dict[str, int]:
     return {"metrics_computed": total - copied, "metrics_copied": copied}
 
 
-def _publish_artifacts(best: list[dict[str, Any]], record: dict[str, Any]) -> None:
+def _publish_artifacts(best: list[dict[str, Any]], record: dict[str, Any], n_rejected: Any = None) -> None:
     rows = [{c: (round(r[c], 4) if isinstance(r[c], float) else r[c]) for c in BEST_COLUMNS} for r in best]
     create_table_artifact(key="prh-best-scores", table=rows, description=f"Best layer pair per metric and model pair, run {record['run_id']}")
-    create_markdown_artifact(
-        key="prh-run-lineage",
-        markdown=(
-            f"# prh run {record['run_id']}\n\n"
-            f"- store: `{record['store']}`\n- dataset version: `{record['dataset_version']}`\n"
-            f"- features extracted: {', '.join(record['extracted']) or 'none'}; reused: {', '.join(record['reused']) or 'none'}\n"
-            f"- model pairs aligned: {record['aligned']} new of {len(record['alignment_versions'])} (metric results: "
-            f"{record['metrics_computed']} computed, {record['metrics_copied']} copied from stored versions)\n"
-            + "".join(f"- FAILED {f['stage']} {f['item']}: {f['error']}\n" for f in record.get("failures", []))
-        ),
-        description="Versions this run produced or reused",
+    create_markdown_artifact(key="prh-run-lineage", markdown=lineage_markdown(record, n_rejected),
+                             description="Versions this run produced or reused")
+
+
+def lineage_markdown(record: dict[str, Any], n_rejected: Any = None) -> str:
+    """The ``prh-run-lineage`` artifact of an ended run (its ``record``): the store, the dataset
+    version and how many of its rows the load rejected (``n_rejected``, the dataset manifest's: a
+    run triggered from the UI showed no sign of them; the ``rejected_samples`` view lists them),
+    the features extracted and reused, the pairs aligned and what failed."""
+    rejected = (f"; {n_rejected} row(s) rejected when it was loaded (`select * from rejected_samples where "
+                f"dataset_version = '{record['dataset_version']}'`)" if isinstance(n_rejected, int) and n_rejected > 0 else "")
+    return (
+        f"# prh run {record['run_id']}\n\n"
+        f"- store: `{record['store']}`\n- dataset version: `{record['dataset_version']}`{rejected}\n"
+        f"- features extracted: {', '.join(record['extracted']) or 'none'}; reused: {', '.join(record['reused']) or 'none'}\n"
+        f"- model pairs aligned: {record['aligned']} new of {len(record['alignment_versions'])} (metric results: "
+        f"{record['metrics_computed']} computed, {record['metrics_copied']} copied from stored versions)\n"
+        + "".join(f"- FAILED {f['stage']} {f['item']}: {f['error']}\n" for f in record.get("failures", []))
     )

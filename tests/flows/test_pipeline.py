@@ -318,6 +318,23 @@ def test_metric_work_counts_the_results_of_new_versions_computed_and_copied():
     assert metric_work([]) == {"metrics_computed": 0, "metrics_copied": 0}
 
 
+def test_the_lineage_artifact_says_how_many_dataset_rows_were_rejected():
+    """A run triggered from the UI showed the rejected rows nowhere but a warning in its log: the
+    ``prh-run-lineage`` artifact names their count and the query that lists them; none, no words."""
+    from flows.pipeline import lineage_markdown
+
+    record = {"run_id": "r1", "store": "s3://b/prh", "dataset_version": "d0", "extracted": ["vit"], "reused": [],
+              "aligned": 1, "alignment_versions": ["alignment/d0/vit__bert/a1"], "metrics_computed": 3, "metrics_copied": 0,
+              "failures": [{"stage": "check", "item": "gpt", "error": "ValueError: no"}]}
+    assert lineage_markdown(record, 2) == (
+        "# prh run r1\n\n- store: `s3://b/prh`\n- dataset version: `d0`; 2 row(s) rejected when it was loaded "
+        "(`select * from rejected_samples where dataset_version = 'd0'`)\n- features extracted: vit; reused: none\n"
+        "- model pairs aligned: 1 new of 1 (metric results: 3 computed, 0 copied from stored versions)\n"
+        "- FAILED check gpt: ValueError: no\n")
+    for none in (0, None):
+        assert "- dataset version: `d0`\n- features extracted" in lineage_markdown(record, none)
+
+
 def test_feature_outcome_names_each_models_version_and_whether_it_was_extracted_or_reused():
     """The run record's ``feature_versions`` (model -> its feature version), ``extracted`` (computed
     by this run) and ``reused`` (found stored), the two lists sorted by model name."""
