@@ -580,6 +580,7 @@ def rejected_line(store: Store, dataset_version: str | None, sql: str = "prh sql
     near the top of that run's log, and the table's N is what is left)."""
     from collections import Counter
 
+    from flows.pipeline import rejected_rows_query
     from storage import layout
 
     if not dataset_version:
@@ -599,8 +600,7 @@ def rejected_line(store: Store, dataset_version: str | None, sql: str = "prh sql
         per_reason = ""
     rows = "row" if n_rejected == 1 else "rows"
     return (f"dataset {catalog.get('name')}: {n_rejected} {rows} rejected when it was loaded{per_reason}, not among its "
-            f"{catalog.get('n_samples')} samples; list them: {sql} \"select * from rejected_samples where dataset_version = "
-            f"'{dataset_version}'\"")
+            f"{catalog.get('n_samples')} samples; list them: {sql} \"{rejected_rows_query(dataset_version)}\"")
 
 
 def print_summary(summary: dict[str, Any], sql: str = "prh sql", rejected: str | None = None) -> None:

@@ -587,13 +587,19 @@ def _publish_artifacts(best: list[dict[str, Any]], record: dict[str, Any], n_rej
                              description="Versions this run produced or reused")
 
 
+def rejected_rows_query(dataset_version: str) -> str:
+    """The catalog query that lists the rows a dataset version's load rejected (the view
+    ``rejected_samples``), as the run's closing lines and its lineage artifact give it."""
+    return f"select * from rejected_samples where dataset_version = '{dataset_version}'"
+
+
 def lineage_markdown(record: dict[str, Any], n_rejected: Any = None) -> str:
     """The ``prh-run-lineage`` artifact of an ended run (its ``record``): the store, the dataset
     version and how many of its rows the load rejected (``n_rejected``, the dataset manifest's: a
     run triggered from the UI showed no sign of them; the ``rejected_samples`` view lists them),
     the features extracted and reused, the pairs aligned and what failed."""
-    rejected = (f"; {n_rejected} row(s) rejected when it was loaded (`select * from rejected_samples where "
-                f"dataset_version = '{record['dataset_version']}'`)" if isinstance(n_rejected, int) and n_rejected > 0 else "")
+    rejected = (f"; {n_rejected} row(s) rejected when it was loaded (`{rejected_rows_query(record['dataset_version'])}`)"
+                if isinstance(n_rejected, int) and n_rejected > 0 else "")
     return (
         f"# prh run {record['run_id']}\n\n"
         f"- store: `{record['store']}`\n- dataset version: `{record['dataset_version']}`{rejected}\n"

@@ -179,7 +179,7 @@ def catalog_sources(store: Store, runs: bool = True) -> CatalogSources:
                  for prefix in (layout.DATASETS, layout.FEATURES, layout.ALIGNMENT)}
     listed = {
         store.read_uri(f"{key}/{name}"): ListedFile.from_manifest(f"{key}/{name}", entry)
-        for prefix, _ in _FILE_VIEWS.values()
+        for prefix in sorted({prefix for prefix, _ in _FILE_VIEWS.values()})  # each box once (two views read datasets/, two alignment/)
         for key, manifest in manifests[prefix]
         for name, entry in sorted(_entries(manifest).items())
         if name.endswith(".parquet")
