@@ -37,8 +37,9 @@ FEATURE_SCHEMA_VERSION = 1
 #: (``tasks.data.images.to_rgb``) and the feature file schema.
 FEATURE_CODE = ("tasks/extract", "tasks/data/images.py", "storage/features.py")
 #: Modules of FEATURE_CODE that cannot change a feature: the checks that run before any model
-#: loads (where a model is read from is in the fingerprint) and the error type.
-FEATURE_CODE_EXCLUDED = ("tasks/extract/preflight.py", "tasks/extract/errors.py")
+#: loads (where a model is read from is in the fingerprint), the checks that only refuse (they raise
+#: or return None) and the error type.
+FEATURE_CODE_EXCLUDED = ("tasks/extract/preflight.py", "tasks/extract/refusals.py", "tasks/extract/errors.py")
 
 
 def feature_version(dataset_version: str, spec: ModelSpec) -> str:

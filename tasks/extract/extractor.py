@@ -35,6 +35,7 @@ from tasks.extract.base import BatchOutput, Extractor, check_rows, resolve_devic
 from tasks.extract.bpb import bits_per_byte as _bits_per_byte
 from tasks.extract.bpb import mean_bits_per_byte, per_text_bits_per_byte
 from tasks.extract.errors import ModelInputError
+from tasks.extract.refusals import named_pixel_sizes
 from tasks.extract.spec import ModelSpec
 
 __all__ = ["Extractor", "ExtractedFeatures", "check_model", "extract_all", "load_extractor"]
@@ -334,7 +335,7 @@ def extract_all(
     # each batch is queued on the device before the previous one's results are stored, so that
     # moving them to the host overlaps the next forward pass (`Extractor.forward_queued`)
     queued: tuple[np.ndarray, Callable[[], BatchOutput]] | None = None
-    with contextlib.closing(_prepared(extractor, items, batches, plan)) as prepared_batches:
+    with contextlib.closing(_prepared(extractor, items, batches, plan)) as prepared_batches, named_pixel_sizes(extractor.spec):
         for idx, prepared in zip(batches, prepared_batches):
             finish = extractor.forward_queued(prepared, with_nll=want_nll)
             truncated += getattr(prepared, "n_truncated", 0)

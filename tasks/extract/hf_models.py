@@ -64,6 +64,7 @@ from huggingface_hub.errors import StrictDataclassError
 from tasks.extract import preflight
 from tasks.extract.base import TORCH_DTYPES, model_errors
 from tasks.extract.centre_crop import set_centre_crop, set_resample
+from tasks.extract.refusals import check_vocabulary
 from tasks.extract.errors import ModelInputError
 from tasks.extract.preflight import SourceAccess
 from tasks.extract.spec import ModelSpec
@@ -255,7 +256,7 @@ def check_model(spec: ModelSpec) -> CheckedModel:
             _refuse_vision_problems(spec, meta, inputs=not remote)
         tokenizer = load_tokenizer(spec, access) if language else None
         if tokenizer is not None:  # a two-tower or vision-language checkpoint keeps these sizes in text_config
-            _check_vocabulary(spec, tokenizer, _text_config(config))
+            check_vocabulary(spec, tokenizer, _text_config(config))
             _check_max_length(spec, tokenizer, _text_config(config), probe_position_offset(spec, config, causal))
     else:
         access = None
@@ -270,7 +271,7 @@ def check_model(spec: ModelSpec) -> CheckedModel:
         if not language:
             _refuse_vision_problems(spec, meta)
         if tokenizer is not None:
-            _check_vocabulary(spec, tokenizer, _text_config(config))
+            check_vocabulary(spec, tokenizer, _text_config(config))
             _check_max_length(spec, tokenizer, _text_config(config), probe_position_offset(spec, config, causal))
     return CheckedModel(config, causal, access, tokenizer, meta)
 
@@ -719,28 +720,6 @@ def load_tokenizer(spec: ModelSpec, access: SourceAccess | None = None) -> Any:
         fallback = tok.eos_token or tok.unk_token or tok.convert_ids_to_tokens(0)
         tok.pad_token = fallback
     return tok
-
-
-#: Fewer tokens than this is no tokenizer of a language (a byte-level one has 256 + specials).
-MIN_VOCABULARY = 100
-
-
-def _check_vocabulary(spec: ModelSpec, tokenizer: Any, config: Any) -> None:
-    """Refuse a tokenizer that cannot be the model's: a few tokens only (transformers builds an
-    almost empty one from a folder without tokenizer files, so every caption would read as
-    unknown tokens), fewer than half the model's embedding rows (``vocab_size``), or more tokens
-    than rows (an id past the table fails inside the forward: ``index out of range``)."""
-    size = len(tokenizer)
-    rows = getattr(config, "vocab_size", None)
-    source = spec.tokenizer or spec.id
-    if size < MIN_VOCABULARY or (isinstance(rows, int) and size < rows // 2):
-        raise ModelInputError(spec.name, spec.id, f"the tokenizer read from {source!r} has {size} tokens"
-                              f"{f' for a model with {rows} embedding rows' if isinstance(rows, int) else ''}: not this model's "
-                              "tokenizer (a folder without tokenizer files?); name one with 'tokenizer:' (a hub id or a folder)")
-    if isinstance(rows, int) and size > rows:
-        raise ModelInputError(spec.name, spec.id, f"the tokenizer read from {source!r} has {size} tokens for a model with "
-                              f"{rows} embedding rows: ids {rows}..{size - 1} would fail inside the model; use the model's "
-                              "own tokenizer" + (" or leave config.vocab_size to the tokenizer" if spec.loader == "random_hf" else ""))
 
 
 def position_offset(model: torch.nn.Module) -> int:

@@ -36,6 +36,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from tasks.extract.images import ImageItem, center_crop_resize, decode_image
+from tasks.extract.refusals import raise_if_mixed_sizes
 
 #: Fewest items for which worker processes pay off (starting them costs ~1-3 s).
 PROCESS_MIN_ITEMS = 512
@@ -92,7 +93,11 @@ def apply_processor(processor: Any, items: Sequence[ImageItem]) -> np.ndarray | 
     vision-language processor's `(samples, images, 3, H, W)` output is flattened to one row per item
     (`one_row_per_image`)."""
     images = [decode_image(it) for it in items]
-    out = processor(images=images, return_tensors="pt")
+    try:
+        out = processor(images=images, return_tensors="pt")
+    except ValueError as exc:
+        raise_if_mixed_sizes(processor, images, exc)
+        raise
     if "spatial_shapes" in out:
         return PatchPixels(*(np.ascontiguousarray(out[key].numpy()) for key in
                              ("pixel_values", "pixel_attention_mask", "spatial_shapes")))
