@@ -71,10 +71,13 @@ def pil_filter(name: str) -> int:
 
 
 #: Image processor classes (PIL backend) whose own ``resize`` only works out the target size (the
-#: longest edge, or a height x width: Idefics3's and SmolVLM's ``max_image_size`` square) and hands
-#: its ``resample`` filter on to the PIL backend's resize unchanged, for every resize they make (the
-#: first resize, the square, the tiles' thumbnail): setting ``resample`` on them is exact.
-_SIZE_ONLY_RESIZES = ("Idefics3ImageProcessorPil", "SmolVLMImageProcessorPil")
+#: longest edge, or a height x width: Idefics3's and SmolVLM's ``max_image_size`` square; the
+#: shorter side over ``crop_pct``: ConvNeXt's, below 384, then its centre crop, and PoolFormer's; 256/224
+#: of the shorter side: LeViT's) and hands its ``resample`` filter on to the PIL backend's resize
+#: unchanged, for every resize they make (the first resize, the square, the tiles' thumbnail):
+#: setting ``resample`` on them is exact.
+_SIZE_ONLY_RESIZES = ("Idefics3ImageProcessorPil", "SmolVLMImageProcessorPil", "ConvNextImageProcessorPil",
+                      "PoolFormerImageProcessorPil", "LevitImageProcessorPil")
 
 
 def _passes_resample_on(cls: type) -> bool:

@@ -184,7 +184,7 @@ def test_efficientnet_lite_resample(images):
 
 
 def test_resample_validation_fingerprint_and_refusal():
-    from transformers import ConvNextImageProcessorPil
+    from transformers import Owlv2ImageProcessorPil
 
     from tasks.extract.centre_crop import set_resample
 
@@ -196,8 +196,34 @@ def test_resample_validation_fingerprint_and_refusal():
     for bad in [dict(resample="cubic"), dict(resample=3), dict(modality="language", pooling="avg", resample="bicubic")]:
         with pytest.raises(ZooError, match=r"models\[0\] \(name 'vit'\): field 'resample'"):
             load_zoo({"models": [{**base, **bad}]})
-    with pytest.raises(ModelInputError, match=r"model 'vit' .*resample needs .*ConvNextImageProcessorPil"):
-        set_resample(ConvNextImageProcessorPil(), ModelSpec(**base, resample="bicubic"))
+    with pytest.raises(ModelInputError, match=r"model 'vit' .*resample needs .*Owlv2ImageProcessorPil"):
+        set_resample(Owlv2ImageProcessorPil(), ModelSpec(**base, resample="bicubic"))  # its resize takes no filter
+
+
+@pytest.mark.parametrize("name, edge", [("ConvNextImageProcessorPil", 256), ("PoolFormerImageProcessorPil", 248),
+                                        ("LevitImageProcessorPil", 256)])
+def test_resample_on_processors_that_work_out_their_own_resize(name, edge):
+    """ConvNeXt's (crop_pct below 384), PoolFormer's (crop_pct) and LeViT's (256/224) processors
+    work out the shorter side's size themselves and resize with the filter they are given: with
+    ``resample: nearest`` a square image comes out as a by-hand nearest resize to ``edge`` pixels,
+    its central 224 x 224, rescaled and normalised (it was refused: their resize is their own)."""
+    import transformers
+
+    from tasks.extract.centre_crop import set_resample
+
+    settings = {"size": {"shortest_edge": 224}}  # ConvNeXt's default 384 squashes the image, the rest crop
+    proc = getattr(transformers, name)(**settings)
+    spec = ModelSpec(name="cnn", loader="hf", id="org/cnn", modality="vision", pooling="avg", resample="nearest")
+    set_resample(proc, spec)
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    got = proc(images=[img], return_tensors="np")["pixel_values"][0]
+    off = (edge - 224) // 2
+    crop = np.asarray(img.resize((edge, edge), resample=Image.NEAREST), dtype=np.float64)[off:off + 224, off:off + 224]
+    want = ((crop / 255.0 - np.asarray(proc.image_mean)) / np.asarray(proc.image_std)).transpose(2, 0, 1)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    default = getattr(transformers, name)(**settings)(images=[img], return_tensors="np")["pixel_values"][0]
+    assert np.abs(default - want).max() > 0.1  # its own filter gives other pixels: the setting is used
 
 
 def test_the_paper_zoo_gives_timm_vits_timms_inputs():
