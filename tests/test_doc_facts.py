@@ -377,3 +377,25 @@ def test_the_chance_level_paragraph_names_every_metric_that_has_one() -> None:
             if not named:
                 missing.append((name, unbiased))
     assert with_level >= 6 and missing == []
+
+
+def test_the_readme_names_every_kind_of_table_function_prh_sql_allows() -> None:
+    """README's "Querying with SQL" says which table functions a query may call: it names each
+    kind the guard's allow list holds (file readers, generators, DuckDB's information functions),
+    and every function it gives as an example passes the guard (it had named the readers and the
+    information functions only, so `range` and `unnest`, which run, read as refused)."""
+    import duckdb
+
+    from storage.sql_guard import READ_TABLE_FUNCTIONS, checked_statements
+
+    text = " ".join(_section("README.md", "## Querying with SQL").split())
+    sentence = text.split("a table function outside", 1)[1].split(". ", 1)[0]
+    kinds = {"file readers": "read_parquet", "generators": "range", "information functions": "duckdb_tables"}
+    assert set(kinds.values()) <= READ_TABLE_FUNCTIONS
+    assert [kind for kind in kinds if kind not in sentence] == []
+    examples = re.findall(r"`(\w+)`", sentence)
+    calls = {"read_parquet": "read_parquet('x.parquet')", "unnest": "unnest([1, 2])", "range": "range(3)"}
+    con = duckdb.connect()
+    assert examples and [name for name in examples if name not in READ_TABLE_FUNCTIONS] == []
+    for name in examples:  # accepted by the check (not run: the file need not exist)
+        assert checked_statements(con, f"select * from {calls.get(name, name + '()')}")

@@ -1,4 +1,4 @@
-"""The eleven analyst queries of docs/queries.md run against a small store built here; the same
+"""The twelve analyst queries of docs/queries.md run against a small store built here; the same
 results come back from an exported catalog file.
 
 Refresh the outputs shown in the doc from a real store::
@@ -41,9 +41,9 @@ def catalog_store(tmp_path_factory) -> str:
     return url
 
 
-def test_the_doc_has_eleven_queries():
+def test_the_doc_has_twelve_queries():
     titles = [t for t, _ in doc_queries()]
-    assert len(titles) == 11, titles
+    assert len(titles) == 12, titles
 
 
 def test_every_query_runs_and_returns_rows(catalog_store):
@@ -586,3 +586,56 @@ def test_the_vision_language_queries_keep_to_vision_language_pairs_under_pairs_a
     # the first vision × language pair by name: vit-large × lm-large, 5 vision layers of 4 language layers each
     assert [r["layer_a"] for r in matrix] == list(range(n_layers["vit-large"]))
     assert all(len(r["cka_by_language_layer"]) == n_layers["lm-large"] for r in matrix)
+
+
+def test_where_a_model_lands_ranks_pairs_and_models_as_worked_out_by_hand(tmp_path):
+    """Query 12 on a latest run whose best scores are set by hand: a tie, a NaN and a NULL score,
+    each metric ranked alone; a model's best pair is its best-ranked one (a tie goes to the
+    partner first by name); QUALIFY on one model keeps its ranks among all models."""
+    import json
+    import math
+
+    from storage import layout
+    from storage.store import Store
+    from tests.storage.catalog_store import DATASET, _alignment_rows
+
+    url = str(tmp_path / "store")
+    build_catalog_store(url)  # an older run over the same four pairs, other scores
+    store = Store(url)
+    hand = {("vit-small", "lm-small"): {"mutual_knn": 0.5, "cka": 0.2},
+            ("vit-small", "lm-large"): {"mutual_knn": 0.3, "cka": None},
+            ("vit-large", "lm-small"): {"mutual_knn": 0.5, "cka": 0.4},
+            ("vit-large", "lm-large"): {"mutual_knn": math.nan, "cka": 0.6}}
+    keys = []
+    for (a, b), scores_by_metric in hand.items():
+        version = f"hand-{a}-{b}"
+        scores, best = _alignment_rows(a, b, version, 8)
+        column = [scores_by_metric[m] for m in best.column("metric").to_pylist()]
+        best = best.set_column(best.column_names.index("score"), "score", pa.array(column, pa.float64()))
+        key = layout.alignment_key(DATASET, a, b, version)
+        store.publish(key, {layout.SCORES_FILE: scores, layout.BEST_FILE: best},
+                      {"kind": "alignment", "lineage": {"features": {a: f"fv-{a}", b: f"fv-{b}"}}})
+        keys.append(key)
+    record = {"run_id": "run-9", "status": "COMPLETED", "started_at": "2026-02-01T00:00:00+00:00",
+              "finished_at": "2026-02-01T00:05:00+00:00", "alignment_versions": keys}
+    store.write_bytes(layout.run_key("run-9"), json.dumps(record).encode())
+
+    sql = dict(doc_queries())["12. Where a model lands among the others"]
+    con = connect(url)
+    columns = ("metric", "model", "modality", "best_partner", "best_score", "pair_rank", "n_pairs", "model_rank", "n_models")
+    got = [tuple(r[c] for c in columns) for r in query(con, sql).to_pylist()]
+    assert got == [
+        # cka: 0.6 (vit-large x lm-large) 1st, 0.4 2nd, 0.2 3rd, NULL 4th of 4
+        ("cka", "vit-large", "vision", "lm-large", 0.6, 1, 4, 1, 2),
+        ("cka", "vit-small", "vision", "lm-small", 0.2, 3, 4, 2, 2),
+        ("cka", "lm-large", "language", "vit-large", 0.6, 1, 4, 1, 2),
+        ("cka", "lm-small", "language", "vit-large", 0.4, 2, 4, 2, 2),
+        # mutual_knn: two pairs tie at 0.5 (both 1st), 0.3 3rd, NaN last
+        ("mutual_knn", "vit-large", "vision", "lm-small", 0.5, 1, 4, 1, 2),
+        ("mutual_knn", "vit-small", "vision", "lm-small", 0.5, 1, 4, 1, 2),
+        ("mutual_knn", "lm-small", "language", "vit-large", 0.5, 1, 4, 1, 2),  # tied partners: the first by name
+        ("mutual_knn", "lm-large", "language", "vit-small", 0.3, 3, 4, 2, 2),
+    ]
+    one = sql.replace("ORDER BY metric, modality DESC", "QUALIFY model = 'vit-small'\nORDER BY metric, modality DESC")
+    assert one != sql
+    assert [tuple(r[c] for c in columns) for r in query(con, one).to_pylist()] == [g for g in got if g[1] == "vit-small"]
