@@ -20,11 +20,12 @@ claim: the version is then left to it.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from storage.layout import ALIGNMENT, DATASETS, FEATURES
+from storage.layout import ALIGNMENT, DATASETS, FEATURES, layer_file
 from storage.runs import DamagedRecord, extraction_records, run_records
 from storage.store import MANIFEST, Store
 from storage.store_errors import DamagedManifest
@@ -121,7 +122,11 @@ def manifest_problems(manifest: dict[str, Any]) -> list[str]:
     must be an object (name → entry); ``catalog``, ``lineage`` and ``lineage.features``, where
     present, objects too (null included: prh's publish writes none of them null), and
     ``lineage.dataset_version`` text. Readers that would fail on such a field (the catalog,
-    ``prh gc --keep-runs``) treat the version as damaged."""
+    ``prh gc --keep-runs``) treat the version as damaged. So is a feature manifest whose listing
+    lacks a layer file that runs open by name (:func:`_files_read_by_name`): the catalog reads the
+    files listed, pairing ``layer-<i>`` for each i below the catalog record's ``n_layers``, so a
+    layer dropped from the listing by hand had been left out of the ``features`` view, aligned by
+    every run all the same (its size unchecked), and passed by ``prh verify``."""
     if not isinstance(manifest.get("files"), dict):
         return [NO_LISTING]
     problems = [f"{MANIFEST}: its {name!r} is {_json_type(manifest[name])}, not an object (edited, or written by another program?)"
@@ -133,7 +138,29 @@ def manifest_problems(manifest: dict[str, Any]) -> list[str]:
                             "(model → feature version)")
         if "dataset_version" in lineage and not isinstance(lineage["dataset_version"], str):
             problems.append(f"{MANIFEST}: its lineage's 'dataset_version' is {_json_type(lineage['dataset_version'])}, not text")
+    if not problems:
+        problems.extend(_files_read_by_name(manifest))
     return problems
+
+
+def _files_read_by_name(manifest: dict[str, Any]) -> list[str]:
+    """What is wrong with a well-typed feature manifest's listing against the layer files runs open
+    by name: pairing reads ``layer-000`` up to its catalog record's ``n_layers`` (which must then be
+    a whole number of at least 1), whatever the listing says, while the catalog reads the files
+    listed. Other manifests, and one without ``n_layers``, are not looked at (a pair's or a
+    dataset's file left out of its listing is found by ``prh verify`` in the version's folder:
+    :func:`check_version`)."""
+    catalog = manifest.get("catalog") or {}
+    if manifest.get("kind") != "features" or "n_layers" not in catalog:
+        return []
+    count = catalog["n_layers"]
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        return [f"{MANIFEST}: its catalog record's 'n_layers' is {json.dumps(count)}, not a number of layers "
+                "(edited, or written by another program?)"]
+    expected = [layer_file(i) for i in range(count)]
+    return [f"{name}: not in the manifest's listing, though its catalog record says {count} layers (runs open "
+            f"{expected[0].removesuffix('.parquet')} to {expected[-1].removesuffix('.parquet')} by name): "
+            "the manifest was edited?" for name in expected if name not in manifest["files"]]
 
 
 def _json_type(value: Any) -> str:
@@ -171,6 +198,14 @@ def check_version(store: Store, version_key: str, manifest: dict[str, Any], quic
             actual = file_sha256(store, f"{version_key}/{name}")[1]
             if actual != sha:
                 check.problems.append(f"{name}: content changed (SHA-256 {actual[:12]}…, the manifest says {str(sha)[:12]}…)")
+    # a file of the folder that the listing does not name: a listing edited by hand (with the
+    # layer count, say, so that every reader now takes the model for one layer shorter), or a file
+    # added; never a writer's temporary file or claim (hidden names: `prh gc` removes those left
+    # behind), nor the shards under `_partial/` (a folder)
+    for name in sorted(set(found) - set(listing) - {MANIFEST}):
+        if not name.startswith("."):
+            check.problems.append(f"{name}: in the version's folder but not in its manifest's listing "
+                                  "(the manifest was edited, or the file added since it was published)")
     return check
 
 
