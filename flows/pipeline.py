@@ -66,8 +66,8 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
             its source, which then need not exist where this runs; the run fails if the store does
             not hold it. Empty: load (or reuse) config.dataset as usual.
 
-    Returns a summary: run id, store, dataset version, feature and alignment manifests, and the
-    best layer pair per metric for every model pair.
+    Returns the run's record (run id, store, dataset version, feature versions, alignment version
+    keys, counts) with ``best``: the best layer pair per metric for every model pair.
     """
     check_run_environment()  # a bad $PRH_TASK_RUNNER (or other setting) fails the run naming it (see flow_task_runner)
     target = run_store(store)  # memory:// (kept by no one) and URLs fsspec cannot open alone are refused, naming the store
@@ -84,7 +84,7 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
 
 def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any], report: bool,
                   extract_missing: bool, dataset_version: str) -> dict[str, Any]:
-    """The body of :func:`pipeline`: sets the outcome of ``record`` (the run's, ``RUNNING``);
+    """The body of :func:`prh_pipeline`: sets the outcome of ``record`` (the run's, ``RUNNING``);
     :func:`flows.run_record.recorded` writes it whatever happens."""
     store_url = target.url
     if dataset_version:  # published by an earlier stage: read from the store, not from the source
@@ -166,7 +166,7 @@ class ZooFailures(RuntimeError):
     """Some models or model pairs failed; everything else was extracted, aligned and published.
     ``published``: what the store holds from this run: ``alignments`` (some pairs aligned, new or
     reused), ``features`` (no pair aligned), ``nothing``; None where not told. ``summary``: what
-    :func:`pipeline` returns for the pairs that were aligned (the run record and its ``best``
+    :func:`prh_pipeline` returns for the pairs that were aligned (the run record and its ``best``
     rows: ``prh run`` prints their closing table), or None."""
 
     def __init__(self, message: str, published: Literal["alignments", "features", "nothing"] | None = None,

@@ -80,7 +80,7 @@ from storage.verify import STRAY, STRAY_ADVICE, manifest_problems, named_like_a_
 log = logging.getLogger(__name__)
 
 _FILE_VIEWS: dict[str, tuple[str, str]] = {
-    # view: (manifest prefix, file name in each version, or "*.parquet" for every listed file)
+    # view: (manifest prefix, file name in each version, or "*" for every listed Parquet file)
     "samples": (layout.DATASETS, layout.SAMPLES_FILE),
     "rejected_samples": (layout.DATASETS, layout.REJECTED_FILE),
     "features": (layout.FEATURES, "*"),

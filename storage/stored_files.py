@@ -53,7 +53,7 @@ class FileGroup:
 
 @dataclass
 class StoredFiles:
-    """An object store's Parquet files: ``listed`` (DuckDB URI → :class:`ListedFile`, from the
+    """A store's Parquet files: ``listed`` (DuckDB URI → :class:`ListedFile`, from the
     manifests) and ``entries`` (store key → the listing's entry of that file, from one listing of
     each box: ``Store.listing``, its ``size``, and on S3 its ``ETag`` and ``LastModified``)."""
 

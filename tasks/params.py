@@ -141,11 +141,6 @@ class DatasetParams(BaseModel):
         carries no row limit into a run switched to another kind)."""
         return OPENMOJI_N if self.kind == "openmoji" and self.n is None else self.n
 
-    def hub_split(self) -> str:
-        """The split of a hub dataset that is read: ``split``, or ``train`` when unset (a ``save_to_disk``
-        folder that records its split is read as that split: ``tasks.data.hf_datasets.split_of``)."""
-        return self.split or "train"
-
     def columns(self) -> "ColumnMap":
         """The table column names and caption policy (``tasks.data.sources.ColumnMap``)."""
         from tasks.data.sources import ColumnMap

@@ -1,8 +1,8 @@
 """Retry policy of the Prefect tasks: exponential backoff with jitter, only for errors that a
 retry can fix (storage and network hiccups, timeouts), never for bad inputs.
 
-Pure: imports neither Prefect nor the store (only ``storage.env_numbers``, a pure helper), so it
-can be tested and reused anywhere.
+Pure: imports neither Prefect nor the store (only ``storage.env_numbers`` and ``storage.error_chain``,
+pure helpers), so it can be tested and reused anywhere.
 """
 
 from __future__ import annotations

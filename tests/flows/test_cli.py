@@ -311,7 +311,7 @@ def test_dataset_argument_reads_hugging_face_urls(tmp_path, monkeypatch):
     from flows.cli import dataset_argument
 
     paper = dataset_argument("hf://datasets/minhuh/prh@wit_1024")
-    assert (paper.kind, paper.path, paper.revision, paper.hub_split(), paper.captions, paper.n) == ("huggingface", "minhuh/prh", "wit_1024", "train", "first", None)
+    assert (paper.kind, paper.path, paper.revision, paper.split, paper.captions, paper.n) == ("huggingface", "minhuh/prh", "wit_1024", None, "first", None)
     assert dataset_argument("hf://datasets/org/name/").revision is None
     assert dataset_argument("hf://datasets/org/name@refs%2Fconvert%2Fparquet").revision == "refs/convert/parquet"
     monkeypatch.chdir(tmp_path)
@@ -332,7 +332,7 @@ def test_dataset_argument_reads_hugging_face_urls(tmp_path, monkeypatch):
     for url in ("s3://bucket/pairs.parquet", "https://host/pairs.csv"):  # was "'<cwd>/s3:/bucket/...' does not exist"
         with pytest.raises(ValueError, match=rf"^--dataset '{url}': path: dataset\.path '{url}' is a URL: kind 'path' reads"):
             dataset_argument(url)
-    assert (dataset_argument("hf://datasets/org/name", split="validation").hub_split(), dataset_argument("coco.json", split="test").split) \
+    assert (dataset_argument("hf://datasets/org/name", split="validation").split, dataset_argument("coco.json", split="test").split) \
         == ("validation", "test")
 
 

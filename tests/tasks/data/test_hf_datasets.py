@@ -234,7 +234,7 @@ def test_published_as_a_dataset_version(tmp_path):
 
 
 def test_dataset_params_for_hugging_face():
-    assert DatasetParams(kind="huggingface", path="minhuh/prh", revision="wit_1024").hub_split() == "train"
+    assert DatasetParams(kind="huggingface", path="minhuh/prh", revision="wit_1024").split is None  # the reader picks: split_of
     with pytest.raises(ValueError, match="needs dataset.path"):
         DatasetParams(kind="huggingface")
     with pytest.raises(ValueError, match="dataset.revision applies to kind 'huggingface' only"):

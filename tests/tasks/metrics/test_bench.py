@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bench_scripts import BENCH_DIR, load_bench
-
-BENCH = BENCH_DIR / "bench_metrics.py"
+from tests.bench_scripts import load_bench
 
 
-@pytest.mark.skipif(not BENCH.exists(), reason="bench script not present")
 def test_bench_small_runs(capsys: pytest.CaptureFixture[str]) -> None:
     mod = load_bench("bench_metrics")
     mod.main(["--small", "--large-n", "500", "--calibrate", "mutual_knn", "cka",

@@ -21,7 +21,13 @@ CASES = json.loads((CASES_DIR / "metric_cases.json").read_text())["cases"] if (
     CASES_DIR / "metric_cases.json").exists() else []
 
 
-@pytest.mark.skipif(not CASES, reason="shared reference cases not available")
+def test_the_worked_cases_are_there() -> None:
+    """With both copies gone (or emptied) the cases below had been skipped ("shared reference
+    cases not available"), the run still green. Which metrics the shared file covers is its own
+    business (another file of cases may hold others): some case must be there."""
+    assert CASES, f"no worked cases in {CASES_DIR}"
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_reference_case(case: dict) -> None:
     x = np.load(CASES_DIR / case["x"], allow_pickle=False)
@@ -30,7 +36,6 @@ def test_reference_case(case: dict) -> None:
     assert abs(got - case["expected"]) <= case["tolerance"], (got, case["expected"])
 
 
-@pytest.mark.skipif(not CASES, reason="shared reference cases not available")
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_reference_case_float32(case: dict) -> None:
     """The same cases with float32 inputs stay within 1e-4 (float32 computation path)."""
