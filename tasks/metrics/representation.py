@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ._arrays import ArrayLike, check_finite, resolve_device, split_layers, to_tensor
+from .copies import copy_canon, settle_copies, subset_canon
 from .gram import (as_stack, batched_device, center_gram_, centre_columns, feature_chunks, gram_full, gram_upper,
                    stacked_gram_upper, stacked_view)
 from .neighbors import (DEFAULT_BLOCK_ELEMENTS, candidate_depth, restrict_lists, stacked_topk_neighbors, ties_in_index_order,
@@ -226,8 +227,8 @@ class Representation:
         key = ("knn", layer, k, exclude_self, precision)
         if key not in self._memo:
             if precision != "exact":
-                self._memo[key] = topk_neighbors(self.layers[layer], k, exclude_self=exclude_self,
-                                                 precision=precision)
+                self._memo[key] = self.settled(layer, *topk_neighbors(self.layers[layer], k, exclude_self=exclude_self,
+                                                                      precision=precision), exclude_self)
             elif self._parent is not None and self._parent_lists_pay(k, exclude_self):
                 self._memo[key] = self._knn_from_parent(layer, k, exclude_self)
             else:
@@ -240,8 +241,27 @@ class Representation:
         (``scratch``: an ``(N, N)`` buffer the search may overwrite, see ``topk_neighbors``)."""
         gram = self.cached_gram(layer)
         if gram is not None:
-            return topk_neighbors(None, k, exclude_self=exclude_self, gram=gram, scratch=scratch)
-        return topk_neighbors(self.layers[layer], k, exclude_self=exclude_self, scratch=scratch)
+            found = topk_neighbors(None, k, exclude_self=exclude_self, gram=gram, scratch=scratch)
+        else:
+            found = topk_neighbors(self.layers[layer], k, exclude_self=exclude_self, scratch=scratch)
+        return self.settled(layer, *found, exclude_self)
+
+    def copies(self, layer: int) -> torch.Tensor | None:
+        """``(N,)`` int64: each row's lowest-index bitwise copy in ``layer`` (`copies.copy_canon`;
+        a subset's from its parent's), or None when its rows are all distinct. Cached."""
+        key = ("copies", layer)
+        if key not in self._memo:
+            if self._parent is not None and self._rows is not None:
+                self._memo[key] = subset_canon(self._parent.copies(layer), self._rows)
+            else:
+                self._memo[key] = copy_canon(self.layers[layer])
+        return self._memo[key]
+
+    def settled(self, layer: int, values: torch.Tensor, indices: torch.Tensor, exclude_self: bool
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lists of ``layer`` with its exact copies held as one value (`copies.settle_copies`): the
+        tie rule whatever the rounding of the products with two copies."""
+        return settle_copies(values, indices, self.copies(layer), exclude_self)
 
     def knn_indices(self, k: int, exclude_self: bool = True, precision: str = "exact"
                     ) -> torch.Tensor:
@@ -277,7 +297,7 @@ class Representation:
         for stack in layer_stacks([self.layers[l] for l in todo], n * n):
             found = stacked_topk_neighbors([self.layers[todo[s]] for s in stack], k, exclude_self=exclude_self)
             for s, v, i in zip(stack, *found):
-                self._memo[("knn", todo[s], k, exclude_self, "exact")] = (v, i)
+                self._memo[("knn", todo[s], k, exclude_self, "exact")] = self.settled(todo[s], v, i, exclude_self)
 
     def memoized(self, key: Any) -> bool:
         """Whether ``memo`` already holds ``key`` (an encoding built: asking for it costs nothing)."""
@@ -347,7 +367,8 @@ class Representation:
             if bool(redo.any()):  # too few subset members in a row's list, or a tie past it: search afresh
                 values[l], indices[l] = self._search_rows(l, redo.nonzero().squeeze(1), k, exclude_self,
                                                           values[l], indices[l])
-            self._memo.setdefault(("knn", l, k, exclude_self, "exact"), (values[l], indices[l]))
+            if ("knn", l, k, exclude_self, "exact") not in self._memo:
+                self._memo[("knn", l, k, exclude_self, "exact")] = self.settled(l, values[l], indices[l], exclude_self)
         return self._memo[("knn", layer, k, exclude_self, "exact")]
 
     def _search_rows(self, layer: int, redo: torch.Tensor, k: int, exclude_self: bool,

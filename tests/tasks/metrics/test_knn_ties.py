@@ -251,3 +251,114 @@ def test_the_symmetric_search_on_a_batched_device_checks_ties_only_in_its_block_
     monkeypatch.undo()
     assert len(syncs) == 2 * len(blocks) - 1  # the last block gives no later rows candidates
     assert_lists(lists, stable_top_k(x.double() @ x.double().T, 3), "symmetric, batched")
+
+
+def real_valued_copies(n: int, d: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(n, d)`` unit rows of Gaussian features, a third of them exact copies of other rows: a
+    matrix product may round a row's products with two copies apart in the last bit."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
+    dup = torch.randperm(n, generator=g)[: n // 3]
+    x[dup] = x[torch.randint(0, n, (dup.numel(),), generator=g)]
+    return x.to(dtype)
+
+
+def copies_tie_lists(x: torch.Tensor, k: int, exclude_self: bool = True) -> np.ndarray:
+    """The rule where copies' products are equal by construction: float64 products of the distinct
+    rows (numpy's unique), spread to every copy, then the stable sort; ``(N, k)`` indices."""
+    unique, inverse = np.unique(x.double().numpy(), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    sims = torch.from_numpy((unique @ unique.T)[np.ix_(inverse, inverse)])
+    return stable_top_k(sims, k, exclude_self)[1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(3))
+def test_real_valued_copies_follow_the_rule_on_every_path(monkeypatch, dtype, seed) -> None:
+    """Copies of real-valued rows: the products with two copies of a row may differ in the last
+    bit (MKL float64: most such datasets), so a list could keep the copy the rounding favoured,
+    and another one with another block size. The engine holds copies as one value
+    (``copies.settle_copies``): the whole Gram, a cached Gram, row blocks of any size, the
+    symmetric search, bf16-refine, the stacked search as a GPU runs it and a subset's lists read
+    off its parent's all list the lowest-index copies, as the rule does on equal products."""
+    from tasks.metrics import gram as gram_module
+
+    n, k = 90, 3
+    x = real_valued_copies(n, 17, seed, dtype)
+    want = copies_tie_lists(x, k)
+    paths = {"whole Gram": lambda: Representation([x]).knn(0, k),
+             "cached Gram": lambda: Representation([x]).cache_grams().knn(0, k),
+             "bf16-refine": lambda: Representation([x]).knn(0, k, precision="bf16-refine")}
+    for label, search in paths.items():
+        assert (search()[1].numpy() == want).all(), label
+    for rows in (1, 4, 30):
+        monkeypatch.setattr(neighbors, "DEFAULT_BLOCK_ELEMENTS", rows * n)
+        monkeypatch.setattr(representation, "DEFAULT_BLOCK_ELEMENTS", rows * n)
+        assert (Representation([x]).knn(0, k)[1].numpy() == want).all(), f"rows {rows}"
+        wide = torch.cat([x] * 4, dim=1)  # width >= 16 k: the symmetric search
+        assert (Representation([wide]).knn(0, k)[1].numpy() == copies_tie_lists(wide, k)).all(), f"symmetric rows {rows}"
+    monkeypatch.undo()
+    monkeypatch.setattr(gram_module, "BATCHED_DEVICE_TYPES", {"cuda", "cpu"})
+    assert (Representation([x, 2 * x]).knn_stack(k)[1].numpy() == want).all(), "stacked"
+    monkeypatch.undo()
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:60]
+    sub = Representation([x]).subset(rows)
+    assert (sub.knn(0, k)[1].numpy() == copies_tie_lists(x[rows], k)).all(), "subset"
+
+
+def test_settle_copies_takes_the_lowest_copies_but_the_row_itself() -> None:
+    """By hand: rows 1, 3, 4 are copies (group 1), 0 and 2 distinct. Row 3's list (self excluded)
+    held copy 4 and the search rounded 4 above 1: it lists 1 then 4 (not 3: itself), at one
+    value; row 0 held one copy, 4: it lists 1, the lowest; lists without copies are untouched."""
+    from tasks.metrics.copies import copy_canon, settle_copies
+
+    x = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.6, 0.8], [0.6, 0.8]])
+    canon = copy_canon(x)
+    assert canon.tolist() == [0, 1, 2, 1, 1]
+    values = torch.tensor([[0.6, 0.0], [1.0, 1.0], [0.8, 0.8], [1.0 + 1e-7, 1.0], [1.0, 1.0]])
+    indices = torch.tensor([[4, 2], [3, 4], [1, 3], [4, 1], [1, 3]])
+    v, i = settle_copies(values, indices, canon)
+    assert i.tolist() == [[1, 2], [3, 4], [1, 3], [1, 4], [1, 3]]
+    assert v[3].tolist() == [values[3, 0].item()] * 2 and v[0].tolist() == values[0].tolist()
+    assert copy_canon(torch.eye(4)) is None
+
+
+@pytest.mark.parametrize("exclude_self", [True, False])
+@pytest.mark.parametrize("seed", range(4))
+def test_settle_copies_undoes_any_rounding_among_copies(seed, exclude_self) -> None:
+    """Lists as a search could give them when the products with copies round apart: the rule's
+    lists of real-valued rows with many copies (each distinct pair's product computed once), each
+    entry's copy swapped for another copy of the same row, its value moved by a last-bit step,
+    rows in any order of those values. Settled, they are the rule's lists again, values included
+    (the group's largest)."""
+    from tasks.metrics.copies import copy_canon, settle_copies
+
+    n, k = 120, 9
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(30, 4, generator=g, dtype=torch.float64)[torch.randint(0, 30, (n,), generator=g)]
+    unique, inverse = np.unique(x.numpy(), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    values, indices = stable_top_k(torch.from_numpy((unique @ unique.T)[np.ix_(inverse, inverse)]), k, exclude_self)
+    canon = copy_canon(x)
+    assert canon is not None
+    rng = np.random.default_rng(seed)
+    members = {int(g): np.flatnonzero(canon.numpy() == g) for g in np.unique(canon.numpy())}
+    moved_values, moved = values.copy(), indices.copy()
+    for i in range(n):
+        for t in range(k):
+            pool = [j for j in members[int(canon[indices[i, t]])] if not (exclude_self and j == i)]
+            taken = set(moved[i, :t].tolist())
+            choices = [j for j in pool if j not in taken and j not in indices[i, t + 1:]]
+            moved[i, t] = rng.choice(choices) if choices else indices[i, t]
+            moved_values[i, t] = np.nextafter(values[i, t], np.inf) if rng.random() < 0.5 else values[i, t]
+        by_value = np.argsort(-moved_values[i], kind="stable")
+        moved_values[i], moved[i] = moved_values[i][by_value], moved[i][by_value]
+    got_values, got = settle_copies(torch.from_numpy(moved_values), torch.from_numpy(moved), canon, exclude_self)
+    np.testing.assert_array_equal(got.numpy(), indices)
+    group_max = {}
+    for i in range(n):
+        for t in range(k):
+            key = (i, int(canon[moved[i, t]]))
+            group_max[key] = max(group_max.get(key, -np.inf), moved_values[i, t])
+    np.testing.assert_array_equal(got_values.numpy(), [[group_max[(i, int(canon[indices[i, t]]))] for t in range(k)]
+                                                       for i in range(n)])
