@@ -60,7 +60,30 @@ def _differences(manifest: dict[str, Any], features: dict[str, str], params: dic
     lineage = manifest["lineage"]
     older = lineage.get("features") if isinstance(lineage.get("features"), dict) else {}
     moved = [f"{model} ({older.get(model)}, now {version})" for model, version in features.items() if older.get(model) != version]
-    return lineage.get("code_version") != code, moved, differing_fields(manifest.get("params"), params)
+    return lineage.get("code_version") != code, moved, differing_fields(*_comparable(manifest.get("params"), params))
+
+
+def _comparable(stored: Any, current: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A stored manifest's ``params`` and this run's (``AlignmentParams.model_dump()``) as far as
+    they can make another alignment version (``tasks.align_task.alignment_version``): the metrics
+    as sorted lists (their order is not part of a version), without ``pairs`` (which pairs a zoo
+    makes, not how one is scored), and without ``seed`` where neither draws permutations or
+    resamples (the seed then draws nothing and is not in the version). A stored value that is not
+    a record is an empty one."""
+    def reduced(params: Any) -> dict[str, Any]:
+        out = {key: value for key, value in params.items() if key != "pairs"} if isinstance(params, dict) else {}
+        if isinstance(out.get("metrics"), list):
+            out["metrics"] = sorted(out["metrics"], key=str)
+        return out
+
+    def draws(params: dict[str, Any]) -> bool:
+        return bool(params.get("permutations")) or bool(params.get("bootstrap"))
+
+    old, new = reduced(stored), reduced(current)
+    if not draws(old) and not draws(new):
+        old.pop("seed", None)
+        new.pop("seed", None)
+    return old, new
 
 
 def log_why_computed(store: Store, key: str, manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams,

@@ -68,3 +68,39 @@ def test_the_stored_alignment_closest_to_the_run_is_compared_not_merely_the_newe
     assert trial["key"] != own["key"] and reason is not None
     assert reason.startswith(f"the pair's stored alignment {own['key'].rsplit('/', 1)[1]} (published ")
     assert reason.endswith(f"is of other alignment code (code version {code_version(*ALIGNMENT_CODE)}, now 0123456789abcdef)")
+
+
+def test_metrics_listed_in_another_order_or_other_pairs_are_not_named_as_a_difference(tmp_path, caplog) -> None:
+    """The metrics' order and ``pairs`` do not enter an alignment version (the same metrics in
+    another order, or a zoo run with ``pairs: all``, find the stored one), so they are not a
+    reason either: the stage names only what made the version another one."""
+    store = Store(str(tmp_path / "store"))
+    ma, mb = _models(store)
+    first = _align(store, ma, mb, ["mutual_knn", "cka"])
+    assert _align(store, ma, mb, ["cka", "mutual_knn"], pairs="all")["key"] == first["key"]  # the same version
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="test"):
+        _align(store, ma, mb, ["cka", "mutual_knn"], topk=3, pairs="all")
+    (reason,) = _reasons(caplog)
+    # cka takes no topk: copied from the stored version, only mutual_knn is computed
+    assert reason.startswith(f"vit x lm: computing mutual_knn: the pair's stored alignment {first['key'].rsplit('/', 1)[1]} ")
+    assert reason.endswith("was computed with another topk (4, now 3)"), reason
+
+
+def test_the_seed_is_no_difference_where_neither_version_draws_anything(tmp_path, caplog) -> None:
+    """Without permutations and resamples the seed draws nothing and is not in the version."""
+    store = Store(str(tmp_path / "store"))
+    ma, mb = _models(store)
+    first = _align(store, ma, mb, ["mutual_knn"], permutations=0, bootstrap=0, seed=5)
+    assert _align(store, ma, mb, ["mutual_knn"], permutations=0, bootstrap=0, seed=0)["key"] == first["key"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="test"):
+        _align(store, ma, mb, ["mutual_knn"], permutations=0, bootstrap=0, seed=0, topk=3)
+    (reason,) = _reasons(caplog)
+    assert reason.endswith("was computed with another topk (4, now 3)"), reason
+    # where either version draws, the seed is a difference like any other
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="test"):
+        _align(store, ma, mb, ["mutual_knn"], permutations=9, bootstrap=0, seed=0, topk=3)
+    (reason,) = _reasons(caplog)
+    assert "permutations (0, now 9)" in reason and "topk" not in reason  # the closest: the topk 3 version
