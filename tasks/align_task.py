@@ -578,7 +578,7 @@ def align_to_store(
             "features": {model_a: manifest_a["catalog"]["feature_version"], model_b: manifest_b["catalog"]["feature_version"]},
             "code_version": code_version(*ALIGNMENT_CODE),
         },
-        "params": params.model_dump(),
+        "params": {**params.model_dump(), "metrics": sorted(params.metrics)},  # in name order, as the version
         "n_samples": len(pair.sample_ids),
         "unit": params.unit,
         "n_paired_samples": n_paired,
