@@ -150,11 +150,14 @@ def peak_rss_mb() -> float:
 def bench_layers(args: argparse.Namespace, device: torch.device) -> None:
     xs = make_layers(args.n, args.layers_a, args.width_a, 0, device)
     ys = make_layers(args.n, args.layers_b, args.width_b, 1, device)
+    if args.copies > 1:  # an image's captions under unit: sample: the vision rows come in groups of equal rows
+        xs = [x[torch.arange(args.n, device=x.device) // args.copies] for x in xs]
     la, lb = len(xs), len(ys)
     flops = 2.0 * args.n * args.n * (args.width_a * la + args.width_b * lb)
     floor, _ = timed(lambda: [x @ x.T for x in xs + ys], device, args.repeats)
     print(f"N={args.n}  layers {la}x{lb}  widths {args.width_a}/{args.width_b}  device {device}  "
-          f"threads {torch.get_num_threads()}  topk {args.topk}")
+          f"threads {torch.get_num_threads()}  topk {args.topk}"
+          + (f"  model A's rows in groups of {args.copies} copies" if args.copies > 1 else ""))
     print(f"floor: {la + lb} Gram matrices once: {1e3 * floor:.2f} ms ({flops / floor / 1e9:.0f} GFLOP/s)"
           f"; 'x floor' is the median over {args.repeats} repeats of engine time / a floor "
           f"measured right before it")
@@ -485,6 +488,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width-a", type=int, default=768)
     p.add_argument("--width-b", type=int, default=768)
     p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--copies", type=int, default=1,
+                   help="model A's rows in groups of this many equal rows (an image's captions, unit: sample)")
     p.add_argument("--metrics", nargs="+", default=["mutual_knn", "cka", "cknna"],
                    choices=sorted(PAPER))
     p.add_argument("--repeats", type=int, default=3)
