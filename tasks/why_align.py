@@ -67,13 +67,16 @@ def _comparable(stored: Any, current: dict[str, Any]) -> tuple[dict[str, Any], d
     """A stored manifest's ``params`` and this run's (``AlignmentParams.model_dump()``) as far as
     they can make another alignment version (``tasks.align_task.alignment_version``): the metrics
     as sorted lists (their order is not part of a version), without ``pairs`` (which pairs a zoo
-    makes, not how one is scored), and without ``seed`` where neither draws permutations or
-    resamples (the seed then draws nothing and is not in the version). A stored value that is not
-    a record is an empty one."""
+    makes, not how one is scored), without a metric parameter that none of its metrics takes
+    (``cca_dim`` without SVCCA, ``rbf_sigma`` under the linear kernel: `_unused`), and without
+    ``seed`` where neither draws permutations or resamples (the seed then draws nothing and is not
+    in the version). A stored value that is not a record is an empty one."""
     def reduced(params: Any) -> dict[str, Any]:
         out = {key: value for key, value in params.items() if key != "pairs"} if isinstance(params, dict) else {}
         if isinstance(out.get("metrics"), list):
             out["metrics"] = sorted(out["metrics"], key=str)
+            for name in _unused(out):
+                out.pop(name, None)
         return out
 
     def draws(params: dict[str, Any]) -> bool:
@@ -84,6 +87,27 @@ def _comparable(stored: Any, current: dict[str, Any]) -> tuple[dict[str, Any], d
         old.pop("seed", None)
         new.pop("seed", None)
     return old, new
+
+
+def _unused(params: dict[str, Any]) -> set[str]:
+    """The metric parameters of ``params`` (built-ins' ``tasks.params.METRIC_PARAMETERS``) that none
+    of its ``metrics`` takes (``AlignmentParams.metric_params``, which a metric's version holds:
+    ``rbf_sigma`` not under the linear kernel); none where a metric is not registered here (what it
+    takes is not known)."""
+    from tasks.metric_plugins import is_builtin
+    from tasks.metrics import METRICS
+    from tasks.params import METRIC_PARAMETERS, parameters_of
+
+    metrics = params["metrics"]
+    if not all(isinstance(name, str) and name in METRICS for name in metrics):
+        return set()
+    taken: set[str] = set()
+    for name in metrics:
+        takes = set(parameters_of(name))
+        if is_builtin(name) and params.get("kernel_metric") == "ip":
+            takes.discard("rbf_sigma")
+        taken |= takes
+    return {p for names in METRIC_PARAMETERS.values() for p in names} - taken
 
 
 def log_why_computed(store: Store, key: str, manifest_a: dict[str, Any], manifest_b: dict[str, Any], params: AlignmentParams,

@@ -104,3 +104,25 @@ def test_the_seed_is_no_difference_where_neither_version_draws_anything(tmp_path
         _align(store, ma, mb, ["mutual_knn"], permutations=9, bootstrap=0, seed=0, topk=3)
     (reason,) = _reasons(caplog)
     assert "permutations (0, now 9)" in reason and "topk" not in reason  # the closest: the topk 3 version
+
+
+def test_a_parameter_no_listed_metric_takes_is_no_difference(tmp_path, caplog) -> None:
+    """``cca_dim`` without SVCCA and ``rbf_sigma`` under the linear kernel enter no version (a
+    metric's version holds the parameters it takes: ``AlignmentParams.metric_params``), so a run
+    that changes them beside ``topk`` is computing for its ``topk`` alone; they had been named
+    too, as the metrics' order and ``pairs`` were."""
+    store = Store(str(tmp_path / "store"))
+    ma, mb = _models(store)
+    first = _align(store, ma, mb, ["mutual_knn", "cka"], cca_dim=10, rbf_sigma=1.0)
+    assert _align(store, ma, mb, ["mutual_knn", "cka"], cca_dim=5, rbf_sigma=0.5)["key"] == first["key"]  # the same version
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="test"):
+        _align(store, ma, mb, ["mutual_knn", "cka"], cca_dim=5, rbf_sigma=0.5, topk=3)
+    (reason,) = _reasons(caplog)
+    assert reason.endswith("was computed with another topk (4, now 3)"), reason
+    # where a listed metric takes it, it is a difference like any other
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="test"):
+        _align(store, ma, mb, ["mutual_knn", "svcca"], cca_dim=5, topk=3)
+    (reason,) = _reasons(caplog)
+    assert "metrics (['cka', 'mutual_knn'], now ['mutual_knn', 'svcca'])" in reason, reason
