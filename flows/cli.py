@@ -974,6 +974,9 @@ def _verify(args: argparse.Namespace) -> int:
         if not check.ok:
             damaged.append(check)
             _say(f"DAMAGED {check.key}: " + "; ".join(check.problems))
+        if check.unlisted:
+            _say(f"note {check.key}: file(s) its manifest does not list and prh does not write, left alone (its "
+                 f"listed files are what runs and the catalog read): {', '.join(check.unlisted)}")
 
     checks = verify_store(store, quick=args.quick, on_check=report)
     if args.remove_damaged and any(c.removable for c in damaged) and not store.is_local:

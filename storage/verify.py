@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from storage.layout import ALIGNMENT, DATASETS, FEATURES, layer_file
+from storage.layout import ALIGNMENT, BEST_FILE, DATASETS, FEATURES, REJECTED_FILE, SAMPLES_FILE, SCORES_FILE, layer_file
 from storage.runs import DamagedRecord, extraction_records, run_records
 from storage.store import MANIFEST, Store
 from storage.store_errors import DamagedManifest
@@ -78,6 +78,9 @@ class VersionCheck:
     removable: bool = True
     #: For one that is not removable: what ``--remove-damaged`` says it left, and why.
     left: str = ""
+    #: Files in the version's folder that its listing does not name and prh never writes there
+    #: (a sync tool's conflict copy, a note): named by ``prh verify``, not damage.
+    unlisted: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -198,15 +201,28 @@ def check_version(store: Store, version_key: str, manifest: dict[str, Any], quic
             actual = file_sha256(store, f"{version_key}/{name}")[1]
             if actual != sha:
                 check.problems.append(f"{name}: content changed (SHA-256 {actual[:12]}…, the manifest says {str(sha)[:12]}…)")
-    # a file of the folder that the listing does not name: a listing edited by hand (with the
-    # layer count, say, so that every reader now takes the model for one layer shorter), or a file
-    # added; never a writer's temporary file or claim (hidden names: `prh gc` removes those left
-    # behind), nor the shards under `_partial/` (a folder)
+    # a file of the folder that the listing does not name: under a name prh writes in a version
+    # (a layer, scores, best pairs, samples), a listing edited by hand (with the layer count, say,
+    # so that every reader now takes the model for one layer shorter): damage; under another name
+    # (a sync tool's conflict copy, a note), a file added beside intact files: named, not damage
+    # (`--remove-damaged` would remove the whole version for it). Never a writer's temporary file
+    # or claim (hidden names: `prh gc` removes those left behind), nor the shards under `_partial/`
+    # (a folder).
     for name in sorted(set(found) - set(listing) - {MANIFEST}):
-        if not name.startswith("."):
+        if name.startswith("."):
+            continue
+        if _PRH_FILE.fullmatch(name):
             check.problems.append(f"{name}: in the version's folder but not in its manifest's listing "
                                   "(the manifest was edited, or the file added since it was published)")
+        else:
+            check.unlisted.append(name)
     return check
+
+
+#: Names of the files prh writes in a published version (``storage.layout``): an unlisted one
+#: means an edited listing.
+_PRH_FILE = re.compile("|".join([r"layer-\d{3,}\.parquet", *(re.escape(name) for name in (
+    SAMPLES_FILE, REJECTED_FILE, SCORES_FILE, BEST_FILE))]))
 
 
 class DamagedVersion(ValueError):

@@ -133,3 +133,22 @@ def test_a_layer_count_that_is_no_count_is_damaged(tmp_path, n_layers):
     _edit_manifest(store, FEATURES, lambda m: m["catalog"].__setitem__("n_layers", n_layers))
     [check] = verify_store(store)
     assert not check.ok and "n_layers" in check.problems[0], check.problems
+
+
+def test_a_file_of_another_name_beside_intact_files_is_named_not_damage(tmp_path, capsys):
+    """A sync tool's conflict copy or a note left in a version's folder: its listed files are intact
+    and are what runs and the catalog read, so verify names the file and passes the version;
+    `--remove-damaged` removes nothing for it (it had marked the version damaged and removed it)."""
+    url = str(tmp_path / "store")
+    store = Store(url)
+    _publish_features(store, FEATURES, 2)
+    for name in ("layer-000.sync-conflict-20261207.parquet", "notes.txt"):
+        store.fs.pipe(store.path(f"{FEATURES}/{name}"), b"not prh's")
+    store.fs.invalidate_cache()
+    before = _files(store)
+    [check] = verify_store(store)
+    assert (check.ok, check.unlisted) == (True, ["layer-000.sync-conflict-20261207.parquet", "notes.txt"])
+    assert main(["verify", "--store", url, "--remove-damaged"]) == 0
+    out = capsys.readouterr().out
+    assert f"note {FEATURES}: " in out and "notes.txt" in out and "all match their manifests" in out, out
+    assert _files(store) == before
