@@ -1,6 +1,6 @@
 """Exact copies among a layer's rows, and neighbour lists that hold them as one value.
 
-Two bitwise-equal rows ``x_j == x_{j'}`` (an image's captions under ``unit: sample``, a narrow
+Two equal rows ``x_j == x_{j'}`` (an image's captions under ``unit: sample``, a narrow
 layer whose clamp makes rows equal) have equal inner products with every row, so the tie rule
 (similarity descending, then index ascending: ``ranked_topk``) lists the lower index first. A
 matrix product need not round them alike, though: with real-valued features the products of one
@@ -23,24 +23,25 @@ SCREEN_COLUMNS = 8
 #: list entries settled at a time by `settle_copies`
 SETTLE_ELEMENTS = 1 << 20
 
-def copy_canon(x: torch.Tensor) -> torch.Tensor | None:
-    """``(N,)`` int64: for each row of ``(N, D)`` ``x``, the lowest index of a row bitwise equal to
-    it (itself when it has no copy); None when no two rows are equal (the usual case).
 
-    Rows are screened by a hash of ``SCREEN_COLUMNS`` 16-bit pieces spread over the row (a sum of
-    integers: the same for equal rows wherever they lie); rows that differ there are no copies,
-    so one sort of ``N`` integers settles copy-free data. Each row that shares its screen hash is
-    compared whole with the lowest row of that hash; the rows that differ from it (rows alike only
-    where screened, such as sparse features' zeros) are settled among themselves by an exact
-    ``torch.unique``."""
-    n = int(x.shape[0])
-    if n < 2 or x.shape[1] == 0:
+def copy_canon(x: torch.Tensor) -> torch.Tensor | None:
+    """``(N,)`` int64: for each row of ``(N, D)`` float ``x``, the lowest index of a row of equal
+    values (``==`` in every column: bit for bit, but that ``-0.0`` equals ``0.0``), itself when it
+    has none; None when no two rows are equal (the usual case).
+
+    Rows are screened by a hash of the 16-bit pieces of ``SCREEN_COLUMNS`` columns spread over the
+    row (``-0.0`` read as ``0.0``; a sum of integers: the same for equal rows wherever they lie);
+    rows that differ there are no copies, so one sort of ``N`` integers settles copy-free data.
+    Each row that shares its screen hash is compared whole with the lowest row of that hash; the
+    rows that differ from it (rows alike only where screened, such as sparse features' zeros) are
+    settled among themselves by an exact ``torch.unique``."""
+    n, width = int(x.shape[0]), int(x.shape[1])
+    if n < 2 or width == 0:
         return None
-    pieces = x.contiguous().view(torch.int16) if x.is_floating_point() else x.contiguous().to(torch.int64)
-    width = int(pieces.shape[1])
     screen = torch.linspace(0, width - 1, steps=min(width, SCREEN_COLUMNS), device=x.device).round().long().unique()
-    weights = (torch.arange(int(screen.numel()), dtype=torch.int64, device=x.device) * 40503 + 7919) % 1048573 + 1
-    keys = (pieces.index_select(1, screen).to(torch.int64) * weights).sum(1)
+    pieces = (x.index_select(1, screen) + 0.0).contiguous().view(torch.int16).to(torch.int64)  # + 0.0: -0.0 -> 0.0
+    weights = (torch.arange(int(pieces.shape[1]), dtype=torch.int64, device=x.device) * 40503 + 7919) % 1048573 + 1
+    keys = (pieces * weights).sum(1)
     order = torch.sort(keys, stable=True).indices  # equal keys together, lowest row first
     ordered = keys.index_select(0, order)
     same = ordered[1:] == ordered[:-1]
@@ -51,26 +52,26 @@ def copy_canon(x: torch.Tensor) -> torch.Tensor | None:
     shared = ~(starts & torch.cat([starts[1:], starts.new_ones(1)]))  # in a run of two rows or more
     head = order.index_select(0, torch.cummax(torch.where(starts, torch.arange(n, device=x.device), 0), 0).values)
     rows, heads = order[shared], head[shared]
-    equal = _rows_equal(pieces, rows, heads)
+    equal = _rows_equal(x, rows, heads)
     canon = torch.arange(n, device=x.device)
     canon[rows[equal]] = heads[equal]
     odd = rows[~equal]  # alike where screened only: their copies (if any) are among them
     if int(odd.numel()) > 1:
-        _, inverse = torch.unique(pieces.index_select(0, odd), dim=0, return_inverse=True)
+        _, inverse = torch.unique(x.index_select(0, odd) + 0.0, dim=0, return_inverse=True)
         lowest = torch.full((int(inverse.max()) + 1,), n, dtype=torch.int64, device=x.device)
         canon[odd] = lowest.scatter_reduce_(0, inverse, odd, reduce="amin").index_select(0, inverse)
     return None if bool((canon == torch.arange(n, device=x.device)).all()) else canon
 
 
-#: elements of the rows' pieces compared at a time by `_rows_equal`
+#: elements of the rows compared at a time by `_rows_equal`
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def _rows_equal(pieces: torch.Tensor, rows: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-    """``(R,)`` bool: whether row ``rows[t]`` of ``pieces`` equals row ``others[t]``, a chunk of
-    rows at a time."""
-    step = max(1, _CHUNK_ELEMENTS // max(int(pieces.shape[1]), 1))
-    return torch.cat([(pieces.index_select(0, rows[lo:lo + step]) == pieces.index_select(0, others[lo:lo + step])).all(1)
+def _rows_equal(x: torch.Tensor, rows: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """``(R,)`` bool: whether row ``rows[t]`` of ``x`` equals row ``others[t]`` (``==`` in every
+    column), a chunk of rows at a time."""
+    step = max(1, _CHUNK_ELEMENTS // max(int(x.shape[1]), 1))
+    return torch.cat([(x.index_select(0, rows[lo:lo + step]) == x.index_select(0, others[lo:lo + step])).all(1)
                       for lo in range(0, int(rows.numel()), step)])
 
 

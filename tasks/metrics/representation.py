@@ -247,8 +247,9 @@ class Representation:
         return self.settled(layer, *found, exclude_self)
 
     def copies(self, layer: int) -> torch.Tensor | None:
-        """``(N,)`` int64: each row's lowest-index bitwise copy in ``layer`` (`copies.copy_canon`;
-        a subset's from its parent's), or None when its rows are all distinct. Cached."""
+        """``(N,)`` int64: each row's lowest-index copy (a row of equal values) in ``layer``
+        (`copies.copy_canon`; a subset's from its parent's), or None when its rows are all
+        distinct. Cached."""
         key = ("copies", layer)
         if key not in self._memo:
             if self._parent is not None and self._rows is not None:

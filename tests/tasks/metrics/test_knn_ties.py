@@ -321,6 +321,7 @@ def test_settle_copies_takes_the_lowest_copies_but_the_row_itself() -> None:
     assert i.tolist() == [[1, 2], [3, 4], [1, 3], [1, 4], [1, 3]]
     assert v[3].tolist() == [values[3, 0].item()] * 2 and v[0].tolist() == values[0].tolist()
     assert copy_canon(torch.eye(4)) is None
+    assert copy_canon(torch.tensor([[0.0, 1.0], [-0.0, 1.0], [0.5, 1.0]])).tolist() == [0, 0, 2]  # -0.0 == 0.0
 
 
 @pytest.mark.parametrize("exclude_self", [True, False])
