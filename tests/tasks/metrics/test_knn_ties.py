@@ -295,8 +295,11 @@ def test_real_valued_copies_follow_the_rule_on_every_path(monkeypatch, dtype, se
         monkeypatch.setattr(neighbors, "DEFAULT_BLOCK_ELEMENTS", rows * n)
         monkeypatch.setattr(representation, "DEFAULT_BLOCK_ELEMENTS", rows * n)
         assert (Representation([x]).knn(0, k)[1].numpy() == want).all(), f"rows {rows}"
-        wide = torch.cat([x] * 4, dim=1)  # width >= 16 k: the symmetric search
-        assert (Representation([wide]).knn(0, k)[1].numpy() == copies_tie_lists(wide, k)).all(), f"symmetric rows {rows}"
+    wide = torch.cat([x] * 4, dim=1)  # width >= 16 k and blocks of 11 n k elements: the symmetric search
+    assert neighbors.symmetric_search_pays(n, int(wide.shape[1]), k, 11 * n * k)
+    monkeypatch.setattr(neighbors, "DEFAULT_BLOCK_ELEMENTS", 11 * n * k)
+    monkeypatch.setattr(representation, "DEFAULT_BLOCK_ELEMENTS", 11 * n * k)
+    assert (Representation([wide]).knn(0, k)[1].numpy() == copies_tie_lists(wide, k)).all(), "symmetric"
     monkeypatch.undo()
     monkeypatch.setattr(gram_module, "BATCHED_DEVICE_TYPES", {"cuda", "cpu"})
     assert (Representation([x, 2 * x]).knn_stack(k)[1].numpy() == want).all(), "stacked"
