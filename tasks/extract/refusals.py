@@ -53,8 +53,9 @@ class MixedPixelSizes(ValueError):
 
 def raise_if_mixed_sizes(processor: Any, images: Sequence[Any], exc: BaseException) -> None:
     """Raise `MixedPixelSizes` (from ``exc``, the processor's own error on the whole batch) when
-    ``processor`` gives two of the PIL ``images``, each alone, pixel arrays of different sizes;
-    return otherwise (the caller re-raises ``exc``)."""
+    ``processor`` gives two of the PIL ``images``, each alone, pixel arrays of different sizes and
+    none of them fails alone; return otherwise (the caller re-raises ``exc``: an image the
+    processor cannot take is that error, whatever the order of the batch)."""
     sizes: dict[tuple[int, int], tuple[int, int]] = {}  # pixel array (height, width) -> an image's (height, width)
     for image in images:
         try:
@@ -62,13 +63,13 @@ def raise_if_mixed_sizes(processor: Any, images: Sequence[Any], exc: BaseExcepti
         except Exception:  # noqa: BLE001 - it fails on one image alone: not this problem, its own error stands
             return
         sizes.setdefault((int(pixels.shape[-2]), int(pixels.shape[-1])), (image.height, image.width))
-        if len(sizes) > 1:
-            (one, one_image), (other, other_image) = sizes.items()
-            raise MixedPixelSizes(
-                f"the image processor {type(processor).__name__} gives the images of one batch pixel arrays of "
-                f"different sizes ({_hw(one)} from an image of {_hw(one_image)}, {_hw(other)} from one of "
-                f"{_hw(other_image)}; height x width): it keeps each image's aspect ratio (a shortest-edge resize "
-                "without a centre crop)") from exc
+    if len(sizes) > 1:
+        (one, one_image), (other, other_image) = list(sizes.items())[:2]
+        raise MixedPixelSizes(
+            f"the image processor {type(processor).__name__} gives the images of one batch pixel arrays of "
+            f"different sizes ({_hw(one)} from an image of {_hw(one_image)}, {_hw(other)} from one of "
+            f"{_hw(other_image)}; height x width): it keeps each image's aspect ratio (a shortest-edge resize "
+            "without a centre crop)") from exc
 
 
 def _hw(shape: tuple[int, int]) -> str:

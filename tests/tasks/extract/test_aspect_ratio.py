@@ -79,3 +79,21 @@ def test_crop_pct_and_image_size_take_mixed_aspect_ratios(aspect_keeping_checkpo
         alone = extract_all(extractor, [image], batch_size=1)
         for layer in range(len(together.layers)):
             np.testing.assert_allclose(together.layers[layer][row], alone.layers[layer][0], rtol=1e-5, atol=1e-6)
+
+
+def test_an_image_the_processor_cannot_take_is_its_own_error_whatever_the_order():
+    """A batch of two aspect ratios and an image the processor fails on alone: the processor's own
+    error stands (`raise_if_mixed_sizes` returns), wherever that image sits in the batch (the
+    aspect-ratio refusal had come first when the two shapes preceded it)."""
+    from tasks.extract.refusals import MixedPixelSizes, raise_if_mixed_sizes
+
+    def processor(images, return_tensors):  # keeps each image's shape; cannot take a 7-pixel-wide one
+        if images[0].width == 7:
+            raise ValueError("cannot take this image")
+        return {"pixel_values": np.zeros((1, 3, images[0].height, images[0].width), np.float32)}
+
+    wide, tall, bad = Image.new("RGB", (4, 2)), Image.new("RGB", (2, 4)), Image.new("RGB", (7, 7))
+    for batch in ([wide, tall, bad], [bad, wide, tall], [wide, bad, tall]):
+        assert raise_if_mixed_sizes(processor, batch, ValueError("the batch")) is None
+    with pytest.raises(MixedPixelSizes, match=r"\(2 x 4 from an image of 2 x 4, 4 x 2 from one of 4 x 2; height x width\)"):
+        raise_if_mixed_sizes(processor, [wide, tall], ValueError("the batch"))
