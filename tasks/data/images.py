@@ -37,7 +37,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
     - EXIF orientation is applied (a phone photo stored sideways comes out upright); EXIF data
       that does not parse is ignored (the image as stored).
-    - Transparency (RGBA, LA, PA, a palette or greyscale/RGB image with a transparent colour)
+    - Transparency (RGBA, LA, PA, a palette, 1-bit, greyscale or RGB image with a transparent colour)
       is composited over white.
     - 1-bit, greyscale, palette, CMYK, YCbCr, LAB, HSV: Pillow's conversion (CMYK without an
       ICC profile, i.e. the naive formula; embedded ICC profiles are not applied to any mode).
@@ -62,8 +62,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         if isinstance(transparent, int) and not isinstance(transparent, bool) and mode != "F":
             grey[np.asarray(image) == transparent] = 255  # over white
         return Image.fromarray(grey, mode="L").convert("RGB")
-    if mode in ("P", "L", "RGB") and "transparency" in image.info:
-        image = image.convert("RGBA")
+    if mode in ("P", "1", "L", "RGB") and "transparency" in image.info:
+        image = image.convert("RGBA")  # a 1-bit image with a transparent value (PNG tRNS) too
     elif mode == "RGB":
         return image
     if image.mode in _ALPHA_MODES:

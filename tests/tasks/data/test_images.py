@@ -48,3 +48,48 @@ def test_read_image_file_stays_inside_the_folder(tmp_path: Path) -> None:
     ]:
         outcome = read_image_file(root, path)
         assert isinstance(outcome, ImageProblem) and outcome.reason == reason, (path, outcome)
+
+
+def _one_bit_png_with_transparent_value(bits: list[list[int]], transparent: int) -> bytes:
+    """A 1-bit greyscale PNG (colour type 0) of ``bits`` whose value ``transparent`` is marked
+    transparent by a tRNS chunk, written chunk by chunk (as a scanner or a fax converter writes
+    line art on a transparent page)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    height, width = len(bits), len(bits[0])
+    rows = b""
+    for row in bits:
+        packed = int("".join(str(b) for b in row).ljust(8 * -(-width // 8), "0"), 2)
+        rows += b"\x00" + packed.to_bytes(-(-width // 8), "big")
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tRNS", struct.pack(">H", transparent))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_a_one_bit_image_with_a_transparent_value_is_composited_over_white() -> None:
+    """Its transparent pixels are white, as for any greyscale image with a transparent value (the
+    2-, 4- and 8-bit ones were; the 1-bit one kept its transparent black pixels black)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tasks.data.images import to_rgb
+    from tasks.extract.images import decode_image
+
+    bits = [[0, 1, 0, 1, 1], [1, 0, 0, 1, 0], [0, 0, 1, 1, 1]]
+    for transparent in (0, 1):
+        data = _one_bit_png_with_transparent_value(bits, transparent)
+        assert check_image(data) is None
+        # by hand: a transparent pixel is white, an opaque one black (0) or white (1)
+        expected = np.array([[255 if (b == transparent or b == 1) else 0 for b in row] for row in bits], np.uint8)
+        expected = np.repeat(expected[:, :, None], 3, axis=2)
+        with Image.open(io.BytesIO(data)) as image:
+            converted = to_rgb(image)
+        assert converted.mode == "RGB"
+        assert np.array_equal(np.asarray(converted), expected), (transparent, np.asarray(converted)[:, :, 0])
+        assert np.array_equal(np.asarray(decode_image(data)), expected)
