@@ -14,14 +14,25 @@ from tasks.stopped_task import run_in_flight
 from tests.flows.test_pipeline import TINY_BERT, TINY_VIT, _config
 
 
-def _task_runs(flow_run_id: Any) -> dict[str, Any]:
-    """The task runs of flow run ``flow_run_id`` as the Prefect API has them, by name."""
+def _task_runs(flow_run_id: Any, names: set[str] | None = None, wait_s: float = 30.0) -> dict[str, Any]:
+    """The task runs of flow run ``flow_run_id`` as the Prefect API has them, by name; with
+    ``names``, read again (up to ``wait_s``) until those are the runs' names and every state is
+    final: the server records task runs from the events the client sends, so a read right after the
+    flow may find a run under its default name (``extract-features-1cf``) or not yet final."""
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    deadline = time.monotonic() + wait_s
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {run.name: run for run in runs}
+        while True:
+            runs = {run.name: run for run in
+                    client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))}
+            settled = set(runs) == names and all(run.state is not None and run.state.is_final() for run in runs.values())
+            if names is None or settled or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.2)
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -53,7 +64,7 @@ def test_the_tasks_of_a_stopped_run_end_cancelled_not_failed(tmp_path):
         return str(FlowRunContext.get().flow_run.id), raised
 
     run_id, raised = stopped()
-    runs = _task_runs(run_id)
+    runs = _task_runs(run_id, {"align-tiny-vit-tiny-bert", "extract-tiny-vit", "reuse-tiny-bert"})
     assert sorted(runs) == ["align-tiny-vit-tiny-bert", "extract-tiny-vit", "reuse-tiny-bert"]
     for name, what in [("extract-tiny-vit", "extracting tiny-vit"), ("reuse-tiny-bert", "reusing tiny-bert's features"),
                        ("align-tiny-vit-tiny-bert", "aligning tiny-vit x tiny-bert")]:
