@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -193,7 +194,7 @@ def read_image_file(root: Path, relative: str, outside_advice: str = "") -> byte
         if not target.is_relative_to(base):
             return ImageProblem("image_path_unsafe", f"image path {shown} leads outside the dataset folder {base}")
         if not target.exists():
-            return ImageProblem("image_missing", f"image file {shown} does not exist in {base}")
+            return ImageProblem("image_missing", f"image file {shown} does not exist in {base}{_encoded_hint(relative)}")
         if not target.is_file():
             return ImageProblem("image_missing", f"image path {shown} is not a regular file")
     except (ValueError, RuntimeError, OSError) as exc:
@@ -220,6 +221,24 @@ def _shown(relative: str) -> str:
     return f"{relative[:half]!r}...{relative[-half:]!r} ({len(relative)} characters)"
 
 
+_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=\s]{64,}")
+
+
+def _encoded_hint(relative: str) -> str:
+    """What an image "path" that is an image written as text says about itself, for a message: a
+    ``data:`` URI or base64 text (64 characters or more of its alphabet, no file extension);
+    else empty."""
+    text = relative.strip()
+    if text[:5].lower() == "data:":
+        what = "a data: URI (an image written as text)"
+    elif _BASE64_TEXT.fullmatch(text):
+        what = "base64 text (an image written as text?)"
+    else:
+        return ""
+    return (f"; it is {what}, not a path: prh reads image files or image bytes, so decode the column into bytes "
+            "(a Parquet binary column) or into files")
+
+
 def _lookup_problem(relative: str, error: BaseException) -> ImageProblem | None:
     """Why looking up the image path ``relative`` failed with ``error``, as the row's problem; None
     when the error is not the path's (a disk or network I/O error).
@@ -243,10 +262,10 @@ def _lookup_problem(relative: str, error: BaseException) -> ImageProblem | None:
         what = (f"has a name of {longest} bytes, more than a file name may have (255 on most file systems)" if longest > 255
                 else f"is {len(os.fsencode(relative))} bytes long: with the dataset folder, more than a path may be "
                      "(4096 bytes on Linux)")
-        return ImageProblem("image_missing", f"image path {shown} {what}, so it names no file (is the image column "
-                            "holding captions?)")
+        return ImageProblem("image_missing", f"image path {shown} {what}, so it names no file"
+                            + (_encoded_hint(relative) or " (is the image column holding captions?)"))
     if code in (errno.ENOENT, errno.ENOTDIR):
-        return ImageProblem("image_missing", f"image file {shown} does not exist")
+        return ImageProblem("image_missing", f"image file {shown} does not exist{_encoded_hint(relative)}")
     if code in (errno.EACCES, errno.EPERM):
         return ImageProblem("image_unreadable", f"cannot look up {shown}: {error}")
     return None

@@ -8,7 +8,7 @@ from storage.versioning import code_version
 from tasks.extract_task import FEATURE_CODE, FEATURE_CODE_EXCLUDED
 
 #: ``code_version(*FEATURE_CODE, exclude=FEATURE_CODE_EXCLUDED)`` of the features users hold
-PINNED_FEATURE_CODE = "17a831379dc1c6e0"
+PINNED_FEATURE_CODE = "b42aacd6a50a3646"
 
 
 def test_the_feature_code_is_unchanged_unless_meant():

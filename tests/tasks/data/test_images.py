@@ -93,3 +93,27 @@ def test_a_one_bit_image_with_a_transparent_value_is_composited_over_white() -> 
         assert converted.mode == "RGB"
         assert np.array_equal(np.asarray(converted), expected), (transparent, np.asarray(converted)[:, :, 0])
         assert np.array_equal(np.asarray(decode_image(data)), expected)
+
+
+def test_an_image_written_as_text_in_the_path_column_is_named_as_such(tmp_path):
+    """A JSONL/CSV image column holding data: URIs or base64 text (an export of a web tool) was
+    refused as 'image file ... does not exist' (or, past 255 bytes, 'is the image column holding
+    captions?'): the detail now says what the text is and what prh reads instead."""
+    import base64
+    import io
+
+    from PIL import Image as PILImage
+
+    buf = io.BytesIO()
+    PILImage.new("RGB", (40, 30), (200, 10, 10)).save(buf, "PNG")
+    encoded = base64.b64encode(buf.getvalue()).decode()
+    for text, what in ((f"data:image/png;base64,{encoded}", "a data: URI"), (encoded, "base64 text"),
+                       (encoded[:100], "base64 text")):
+        problem = read_image_file(tmp_path, text)
+        assert isinstance(problem, ImageProblem) and problem.reason == "image_missing", problem
+        assert f"it is {what}" in problem.detail and "decode the column into bytes" in problem.detail, problem.detail
+        assert "holding captions" not in problem.detail, problem.detail
+    plain = read_image_file(tmp_path, "images/cat-0001.png")
+    assert isinstance(plain, ImageProblem) and "it is" not in plain.detail, plain.detail
+    long_caption = read_image_file(tmp_path, "a photo of a cat sitting on a red sofa. " * 10)
+    assert isinstance(long_caption, ImageProblem) and "holding captions" in long_caption.detail, long_caption.detail
