@@ -357,6 +357,7 @@ def test_settle_copies_undoes_any_rounding_among_copies(seed, exclude_self) -> N
             moved_values[i, t] = np.nextafter(values[i, t], np.inf) if rng.random() < 0.5 else values[i, t]
         by_value = np.argsort(-moved_values[i], kind="stable")
         moved_values[i], moved[i] = moved_values[i][by_value], moved[i][by_value]
+    assert (moved != indices).any() and (moved_values != values).any()  # the lists were moved: settling has work
     got_values, got = settle_copies(torch.from_numpy(moved_values), torch.from_numpy(moved), canon, exclude_self)
     np.testing.assert_array_equal(got.numpy(), indices)
     group_max = {}
