@@ -83,7 +83,7 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
 
 
 def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any], report: bool,
-                  extract_missing: bool, dataset_version: str) -> dict[str, Any]:
+                  extract_missing: bool, dataset_version: str | None) -> dict[str, Any]:
     """The body of :func:`prh_pipeline`: sets the outcome of ``record`` (the run's, ``RUNNING``);
     :func:`flows.run_record.recorded` writes it whatever happens."""
     store_url = target.url
