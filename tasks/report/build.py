@@ -88,6 +88,7 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
 
     notes += direction_notes(metrics)
     notes += unscored_notes(best, metrics)
+    notes += few_permutations_notes(best, metrics)
     run = data.run
     reused = reused_pairs(best, run)
     notes += reused_notes(reused, pairs_of(best), run)
@@ -289,6 +290,31 @@ def unscored_notes(best: list[dict[str, Any]], metrics: list[str]) -> list[str]:
         if unscored:
             notes.append(f"{metric}: no finite best score for {_pair_list(unscored)} (no layer pair gave one): "
                          "shown as – in the table and left out of the figures")
+    return notes
+
+
+#: The fewest permutations ``K`` at which a calibrated score can be above 0 and a p-value reach
+#: the pipeline's alpha, 0.05 (``tasks.align_task.min_calibrating_permutations``, which reads the
+#: alpha from the engine; a test checks the two agree): with fewer, tau is the largest of the
+#: ``K + 1`` values and the smallest p-value is ``1/(K + 1)``.
+MIN_CALIBRATING_PERMUTATIONS = 19
+
+
+def few_permutations_notes(best: list[dict[str, Any]], metrics: list[str]) -> list[str]:
+    """One note per metric whose rows were calibrated with fewer than
+    :data:`MIN_CALIBRATING_PERMUTATIONS` null draws (``permutations``, the draws used): every
+    calibrated score is then 0 and no p-value below ``1/(K + 1)``, whatever the data, so a page of
+    zeros and p = 0.1 says nothing about chance (quick runs use 9; the run's log warned)."""
+    notes = []
+    for metric in metrics:
+        counts = sorted({int(k) for r in best if r["metric"] == metric and (k := number(r.get("permutations"))) is not None
+                         and 0 < k < MIN_CALIBRATING_PERMUTATIONS})
+        if counts:
+            shown = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+            notes.append(f"{metric}: {shown} permutations, fewer than the {MIN_CALIBRATING_PERMUTATIONS} at which a calibrated "
+                         f"score can be above 0 (alpha 0.05): every calibrated score is 0 and no p-value is below "
+                         f"1/(K+1) = {1 / (counts[-1] + 1):.3g}, whatever the data, so they do not tell whether a pair is above "
+                         f"chance; rerun with alignment.permutations of {MIN_CALIBRATING_PERMUTATIONS} or more (the demo uses 50)")
     return notes
 
 

@@ -34,6 +34,29 @@ def plain_text() -> Iterator[None]:
         yield
 
 
+#: The longest line of a model name drawn in a figure (axis, tick and legend labels, titles): a
+#: longer name is drawn over several lines. Names run to 128 characters, and one line of 71 took
+#: the model heatmap's whole width (its cells' numbers ran into each other, its title was cut) and
+#: ran past its panel of the layer figure into the next one.
+NAME_LINE = 20
+
+
+def wrapped(text: str, width: int = NAME_LINE) -> str:
+    """``text`` over lines of at most ``width`` characters, each broken after the last ``-``, ``_``,
+    ``.`` or space of its second half (``tiny-vit-`` / ``large``), else at ``width``; nothing is
+    left out or added but the line breaks, so the lines joined are ``text``. Text that fits, and
+    text with line breaks of its own, is returned as it is."""
+    if len(text) <= width or "\n" in text:
+        return text
+    lines, rest = [], text
+    while len(rest) > width:
+        cut = max(rest.rfind(mark, width // 2, width) for mark in "-_. ")
+        cut = cut + 1 if cut >= 0 else width
+        lines.append(rest[:cut])
+        rest = rest[cut:]
+    return "\n".join([*lines, rest])
+
+
 def new_figure(width: float, height: float) -> Figure:
     """A figure of ``width`` × ``height`` inches on the Agg canvas, with a constrained layout."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

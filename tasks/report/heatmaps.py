@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tasks.report.figures import new_figure
+from tasks.report.figures import new_figure, wrapped
 from tasks.report.tables import Grid, chance_ratio, common_chance, layer_matrix, number, scored
 
 if TYPE_CHECKING:  # matplotlib is imported as a figure is drawn (tasks.report.figures)
@@ -38,7 +38,8 @@ def model_heatmap(grid: Grid, metric: str, calibrated: bool = False, chance: flo
     """
     values = grid.values
     n_rows, n_cols = values.shape
-    figure = new_figure(2.2 + 1.45 * n_cols, 1.3 + 0.62 * n_rows)
+    rows, columns = [wrapped(name) for name in grid.rows], [wrapped(name) for name in grid.columns]
+    figure = new_figure(*_model_heatmap_size(rows, columns))
     ax = figure.add_subplot()
     norm = colour_norm(values, calibrated, chance, higher_is_better)
     reverse = not calibrated and not higher_is_better
@@ -47,7 +48,7 @@ def model_heatmap(grid: Grid, metric: str, calibrated: bool = False, chance: flo
         for j in range(n_cols):
             ax.text(j, i, _cell_text(grid.cells[i][j], calibrated), ha="center", va="center", fontsize=8,
                     color=_text_colour(norm(values[i, j]), reverse) if np.isfinite(values[i, j]) else "#555555")
-    _label_axes(ax, grid.columns, grid.rows, max_labels=None)  # every model named: a cell is a model pair
+    _label_axes(ax, columns, rows, max_labels=None)  # every model named: a cell is a model pair
     ax.set_xlabel(_axis_label(grid.column_kind))
     ax.set_ylabel(_axis_label(grid.row_kind))
     kind = "calibrated score" if calibrated else "score (best layer pair)"
@@ -58,6 +59,23 @@ def model_heatmap(grid: Grid, metric: str, calibrated: bool = False, chance: flo
     if chance is not None and not calibrated:
         _mark_chance(bar.ax, chance)
     return figure
+
+
+def _model_heatmap_size(rows: list[str], columns: list[str]) -> tuple[float, float]:
+    """(width, height) in inches of a model heatmap whose tick labels are ``rows`` and ``columns``
+    (model names, ``wrapped``): 1.45 × 0.62 inches a cell, a row as tall as its label's lines, and
+    room beside and below the cells for lines longer than 18 characters (the demo's
+    ``efficientnet-lite0`` fits as it is; the y labels take about 0.065 inches a character, the x
+    labels stand at 45°), so that a label never takes the cells' room."""
+    def longest(labels: list[str]) -> int:
+        return max((len(line) for label in labels for line in label.split("\n")), default=0)
+
+    lines = max((label.count("\n") + 1 for label in rows), default=1)
+    column_lines = max((label.count("\n") + 1 for label in columns), default=1)
+    width = 2.2 + 1.45 * len(columns) + 0.065 * max(0, longest(rows) - 18)
+    height = (1.3 + max(0.62, 0.15 * lines + 0.1) * len(rows) + 0.05 * max(0, longest(columns) - 18)
+              + 0.12 * (column_lines - 1))
+    return width, height
 
 
 #: The colour bar's label of a metric where lower is better (its colour map reversed: brighter = more aligned).
@@ -127,18 +145,21 @@ def layer_heatmaps(scores: list[dict[str, Any]], best: list[dict[str, Any]], mod
     if not panels:
         return None
     la, lb = panels[0][3].shape
-    width = min(4.6, 1.6 + 0.16 * lb)
-    height = min(4.6, 1.4 + 0.16 * la)
+    name_a, name_b = wrapped(model_a), wrapped(model_b)  # a long name over lines: it stays beside its own panel
+    width = min(4.6, 1.6 + 0.16 * lb) + 0.12 * name_a.count("\n")
+    height = max(min(4.6, 1.4 + 0.16 * la), 0.085 * max(len(line) for line in name_a.split("\n")) + 0.8)
+    height += 0.12 * name_b.count("\n")
     figure = new_figure(width * len(panels) + 0.6, height + 0.4)
-    figure.suptitle(f"{model_a} × {model_b}: every layer pair", fontsize=10)
+    title = f"{model_a} × {model_b}: every layer pair"
+    figure.suptitle(wrapped(title, max(40, int(11 * (width * len(panels) + 0.6)))), fontsize=10)
     for index, (metric, names_a, names_b, matrix) in enumerate(panels):
         ax = figure.add_subplot(1, len(panels), index + 1)
         reverse = metric in lower_is_better
         image = ax.imshow(np.ma.masked_invalid(matrix), cmap=colour_map(reverse).with_extremes(bad=REFUSED_CELL),
                           aspect="auto", origin="lower")
         _label_axes(ax, names_b, names_a, fontsize=6)
-        ax.set_xlabel(model_b, fontsize=8)
-        ax.set_ylabel(model_a, fontsize=8)
+        ax.set_xlabel(name_b, fontsize=8)
+        ax.set_ylabel(name_a, fontsize=8)
         row = next((r for r in best if r["metric"] == metric and r["model_a"] == model_a and r["model_b"] == model_b), None)
         title = metric
         if row is not None and not scored(row):  # NULL score and layers: nothing to box

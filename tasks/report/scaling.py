@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Iterator
 
-from tasks.report.figures import new_figure
+from tasks.report.figures import new_figure, wrapped
 from tasks.report.tables import common_chance, degenerate, interval, interval_columns, number
 
 if TYPE_CHECKING:  # matplotlib is imported as a figure is drawn (tasks.report.figures)
@@ -102,6 +102,10 @@ def alignment_vs_size(best: list[dict[str, Any]], models: list[dict[str, Any]], 
         ax.set_xlabel(f"{kind}-model parameters")
         ax.set_ylabel(y_label(metric, higher_is_better))
         ax.set_title(f"{metric} against {kind}-model size", fontsize=10)
+        sizes = {size[p[axis_model]] for p in points}
+        if len(sizes) == 1:  # one size (one model, or baselines of one architecture): a log axis of no width hid the points
+            (only,) = sizes
+            ax.set_xlim(only / 4, only * 4)
         _chance_line(ax, chance)
         ax.set_ylim(*y_limits(drawn, chance))
         _legend(ax, f"{other} model")
@@ -130,12 +134,13 @@ def _series(ax: Axes, points: list[tuple[str, str, dict[str, Any]]], key, x, lab
         drawn += ys
         # colour and marker both vary: the 10-colour cycle alone drew series 0, 10 and 20 alike
         ax.errorbar(xs, ys, yerr=errors, marker=MARKERS[index // 10 % len(MARKERS)], markersize=5, capsize=3, linewidth=1,
-                    alpha=0.9, label=name)
+                    alpha=0.9, label=wrapped(name))
     labels: dict[float, set[str]] = {}
     for p in points:
         labels.setdefault(x(p), set()).add(label_of(p))
     ticks = sorted(labels)
-    ax.set_xticks(ticks, [f"{', '.join(sorted(labels[t]))}\n{_short(t)}" for t in ticks], fontsize=6, rotation=30, ha="right")
+    ax.set_xticks(ticks, [f"{', '.join(wrapped(name) for name in sorted(labels[t]))}\n{_short(t)}" for t in ticks], fontsize=6,
+                  rotation=30, ha="right")
     ax.minorticks_off()
     return drawn
 
