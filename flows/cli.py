@@ -651,7 +651,10 @@ def print_summary(summary: dict[str, Any], sql: str = "prh sql", rejected: str |
             "-" if row.get("q_value") is None else f"{row['q_value']:.3g}",
             end_section=index + 1 < len(rows) and rows[index + 1]["metric"] != row["metric"],
         )
-    console.print(table)
+    # as wide as its cells need: past the console's width the table library shrank every column,
+    # and hub-length model and layer names left the scores as '…'
+    needed = Console(width=100_000, markup=False).measure(table).maximum
+    Console(width=max(console.width, needed), markup=False).print(table)
     if any(row.get("ci_degenerate") for row in rows):
         console.print(f"* degenerate interval: {DEGENERATE_WHY}; it brackets the score but does not measure its spread "
                       "(ci_degenerate, docs/metrics.md)")

@@ -1977,3 +1977,32 @@ def test_warnings_naming_what_a_store_holds_reach_the_terminal_escaped(tmp_path,
     monkeypatch.setattr(logging, "lastResort", None)
     assert main(["sql", "select 1 AS one", "--store", store.url, "--format", "json"]) == 0
     assert "left out of the features view" not in capsys.readouterr().err and logging.lastResort is None
+
+
+def test_the_run_summary_keeps_every_cell_whole_with_long_model_and_layer_names(capsys):
+    """Hub-length names (a model ``google-vit-base-patch16-224-in21k``, a layer
+    ``encoder.layer.11.output``) made the closing table wider than its 160 columns: the table
+    library shrank every column, the scores read ``…``, the ``p`` and ``q`` cells ``0…`` and the
+    headers ``calib.`` and ``null`` ``…``. The table is as wide as its cells need."""
+    from flows.cli import print_summary
+
+    rows = [{"model_a": "google-vit-base-patch16-224-in21k", "model_b": b, "metric": m, "score": s,
+             "layer_name_a": "encoder.layer.11.output", "layer_name_b": "transformer.h.23.mlp.c_proj", "chance_level": 0.0029,
+             "null_mean": 0.0123, "calibrated_score": 0.456, "p_value": 0.0196, "q_value": 0.0392, "ci_low": -0.67,
+             "ci_high": -0.607, "n_samples": 1024, "modality_a": "vision", "modality_b": "language"}
+            for m in ("mutual_knn", "unbiased_cka") for b, s in (("sentence-transformers-all-mpnet-base-v2", 0.1234),
+                                                                ("gpt2-medium-random-init-baseline", 0.0567))]
+    print_summary({"dataset_version": "d", "best": rows, "extracted": [], "reused": [], "store": "s", "run_id": "r"})
+    shown = capsys.readouterr().out
+    assert "…" not in shown
+    header = next(line for line in shown.splitlines() if line.startswith("┃"))
+    assert [cell.strip() for cell in header.strip("┃").split("┃")] == [
+        "vision", "language", "metric", "score", "95% CI", "layer A", "layer B", "chance", "null", "calib.", "p", "q"]
+    cells = [[cell.strip() for cell in line.strip("│").split("│")] for line in shown.splitlines() if line.startswith("│")]
+    assert len(cells) == 4
+    for cell in cells:
+        assert cell[0] == "google-vit-base-patch16-224-in21k" and cell[1] in ("sentence-transformers-all-mpnet-base-v2",
+                                                                             "gpt2-medium-random-init-baseline")
+        assert cell[3] in ("0.1234", "0.0567") and cell[4] == "-0.670 to -0.607"
+        assert cell[5:] == ["encoder.layer.11.output", "transformer.h.23.mlp.c_proj", "0.0029", "0.0123", "0.456", "0.0196",
+                            "0.0392"]
