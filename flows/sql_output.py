@@ -574,18 +574,55 @@ def print_table(table: pa.Table, width: int = 200, max_rows: int = MAX_TABLE_ROW
     def shown(text: str) -> Text:
         return Text(_held_by(for_terminal(text), encoding))
 
+    headers = [shown(field.name) for field in table.schema]
+    cells = [[shown(table_cell(v)) for v in row] for row in positional_rows(table.slice(0, max_rows))]
+    kept = _columns_that_fit(headers, cells, [_wraps(field.type) for field in table.schema], width)
     out = Table(show_lines=False)
-    for field in table.schema:
-        out.add_column(shown(field.name), justify="right" if _is_number(field.type) else "left")
-    for row in positional_rows(table.slice(0, max_rows)):
-        out.add_row(*[shown(table_cell(v)) for v in row])
+    for index, least in kept:
+        out.add_column(headers[index], justify="right" if _is_number(table.schema.field(index).type) else "left",
+                       min_width=least, overflow="fold")
+    for row in cells:
+        out.add_row(*[row[index] for index, _ in kept])
     console.print(out)
+    if len(kept) < table.num_columns:
+        left_out = [headers[i].plain for i in range(table.num_columns) if i not in dict(kept)]
+        print(f"{len(left_out)} of {table.num_columns} columns not shown (the table is wider than {width} characters): "
+              f"{', '.join(left_out)}; name the columns to see in the query, or use --format csv or json")
     total = table.num_rows if total_rows is None else total_rows
     count = f"{total} row{'' if total == 1 else 's'}"
     if total > max_rows:
         count += (f" (the first {max_rows:,} shown; --format csv or json writes them all, or add LIMIT/OFFSET "
                   "to the query)")
     print(count)
+
+
+#: The narrowest a column of text is drawn while a column after it is left out: its text folds over
+#: lines of this many characters (a shorter header or value keeps its own width).
+TEXT_COLUMN_MIN = 24
+
+
+def _wraps(arrow_type: pa.DataType) -> bool:
+    """Whether the table may fold a column's values over lines: text and nested values (lists,
+    structs, maps: shown as text), not numbers, times, dates or booleans, which are read whole."""
+    return not (_is_number(arrow_type) or pa.types.is_temporal(arrow_type) or pa.types.is_boolean(arrow_type))
+
+
+def _columns_that_fit(headers: list[Any], rows: list[list[Any]], wraps: list[bool], width: int) -> list[tuple[int, int]]:
+    """(column index, least width in characters) of the columns, from the left, that fit in a table
+    ``width`` characters wide with every header and every number, time and id whole: a column's
+    least width is its widest header or value, where a column that ``wraps`` (text) takes at most
+    :data:`TEXT_COLUMN_MIN` (its values fold). The first column is always kept. ``headers`` and
+    ``rows``' cells are ``rich.text.Text``."""
+    kept: list[tuple[int, int]] = []
+    used = 1  # the table's left border
+    for index, header in enumerate(headers):
+        widest = max((row[index].cell_len for row in rows), default=0)
+        least = max(header.cell_len, min(widest, TEXT_COLUMN_MIN) if wraps[index] else widest, 1)
+        if kept and used + least + 3 > width:  # a space either side and a border
+            break
+        kept.append((index, least))
+        used += least + 3
+    return kept
 
 
 def _held_by(text: str, encoding: str) -> str:

@@ -565,3 +565,43 @@ def test_no_usable_temporary_folder_is_one_line_naming_tmpdir(tmp_path, capsys, 
     assert capsys.readouterr().err == ("prh sql: error: no temporary folder can be written (No usable temporary directory "
                                        "found in ['/x', '/tmp']); a query spills to one: set TMPDIR to a folder this user "
                                        "can write, with room\n")
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip("│┃").split("│" if line.startswith("│") else "┃")]
+
+
+def test_a_table_wider_than_the_terminal_keeps_its_values_whole_and_names_the_columns_left_out(capsys):
+    """`prh sql "select * from alignment_best"` (docs/queries.md's first example: 40 columns) was
+    laid out in 200 characters by shrinking every column: each header and each number read `0.1…`,
+    ids `061…`. Now the columns from the left that fit are shown whole and the others are named
+    under the table."""
+    names = [f"column_number_{i:02d}" for i in range(25)]
+    table = _result("select " + ", ".join(f"{i} + 0.123456789::double as {name}" for i, name in enumerate(names)) + " from range(2)")
+    print_table(table)
+    lines = capsys.readouterr().out.splitlines()
+    assert "…" not in "\n".join(lines)
+    assert max(len(line) for line in lines[:-2]) <= 200
+    header = _cells(next(line for line in lines if line.startswith("┃")))
+    assert header == names[:len(header)] and 5 <= len(header) < 25
+    rows = [_cells(line) for line in lines if line.startswith("│")]
+    assert rows == [[f"{i + 0.123456789:.6g}" for i in range(len(header))]] * 2
+    left_out = names[len(header):]
+    assert lines[-2] == (f"{len(left_out)} of 25 columns not shown (the table is wider than 200 characters): "
+                         f"{', '.join(left_out)}; name the columns to see in the query, or use --format csv or json")
+    assert lines[-1] == "2 rows"
+
+
+def test_long_text_wraps_inside_its_column_and_every_column_stays(capsys):
+    """A long caption beside ids and numbers: the text is folded over lines in its cell (every
+    character kept), the other cells are whole and no column is left out."""
+    caption = "a red apple on a wooden table beside a glass of water " * 6 + "x" * 90
+    table = _result(f"select 'sample-000123' as sample_id, '{caption}' as text, 0.987654321::double as score, 12345678901 as n")
+    print_table(table)
+    lines = capsys.readouterr().out.splitlines()
+    assert "…" not in "\n".join(lines) and "not shown" not in "\n".join(lines)
+    assert max(len(line) for line in lines[:-1]) <= 200
+    body = [_cells(line) for line in lines if line.startswith("│")]
+    assert body[0][0] == "sample-000123" and body[0][2:] == ["0.987654", "12345678901"]
+    assert "".join(row[1] for row in body).replace(" ", "") == caption.replace(" ", "")
+    assert lines[-1] == "1 row"
