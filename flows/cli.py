@@ -172,6 +172,41 @@ def escaped_warnings() -> Iterator[None]:
         logging.lastResort = before
 
 
+class _TerminalSafeFormatter(logging.Formatter):
+    """A log handler's formatter whose output (message, and traceback) has every line made safe for
+    a terminal (:func:`for_terminal_lines`); the record itself is left as it is for the other handlers."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner if inner is not None else logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return for_terminal_lines(self.inner.format(record))
+
+
+@contextlib.contextmanager
+def escaped_console_logs() -> Iterator[None]:
+    """While ``prh run``'s flow runs, the log lines its console handlers write (Prefect's console
+    handler on the root logger, and any stream handler set up beside it; not the handler that sends
+    them to Prefect's API) have their control characters escaped. Error messages carry text from
+    outside (a path, a file name, a library's or a server's message, a user metric's), and an ESC in
+    one (a screen clear, an OSC that sets the title or the clipboard) reached the terminal raw in the
+    flow's and tasks' log lines and in their tracebacks; the closing lines were escaped already."""
+    found = {id(handler): handler for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+             if isinstance(logger, logging.Logger) for handler in logger.handlers
+             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+             and not isinstance(handler.formatter, _TerminalSafeFormatter)}
+    handlers = list(found.values())  # a handler set on several loggers is wrapped once
+    before = {id(handler): handler.formatter for handler in handlers}
+    for handler in handlers:
+        handler.setFormatter(_TerminalSafeFormatter(handler.formatter))
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.setFormatter(before[id(handler)])
+
+
 def escape_what_stdout_cannot_hold(args: argparse.Namespace) -> None:
     """Let what ``prh`` prints for people (the closing table of ``prh run``, the lines of ``gc`` and
     ``verify``, the ``sql`` table, store paths and URLs) through an output whose encoding cannot hold
@@ -436,7 +471,7 @@ def _run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         guard_temporary_server()  # a `kill -9` of this process no longer leaves Prefect's temporary server running
-        with quiet_known_errors((*ONE_LINE_ERRORS, ZooFailures)), probe_made(target):
+        with quiet_known_errors((*ONE_LINE_ERRORS, ZooFailures)), probe_made(target), escaped_console_logs():
             # errors prh raised are stated below in one line; the flow skips the store probe made above
             summary = prh_pipeline(config=config, store=store)
     except ZooFailures as error:  # the rest is published: its closing table, then what failed, exit 1

@@ -7,7 +7,7 @@ store, so a rerun with unchanged inputs computes nothing and a new model adds on
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 from prefect.exceptions import Pause
 
-from flows.run_record import new_record, one_line, recorded, run_id_of, stop_tasks_in_flight
+from flows.run_record import new_record, one_line, recorded, run_id_of, stop_tasks_in_flight, write_progress
 from flows.run_store import run_store
 from flows.runners import check_run_environment, flow_task_runner, preload_libraries, runs_in_parallel
 from storage import layout
@@ -30,6 +30,8 @@ from tasks.dataset_task import load_dataset, stored_dataset
 from tasks.extract_task import extract_features, reuse_features, stored_features
 from tasks.grid_fdr import add_q_values
 from tasks.params import PipelineConfig
+from tasks.shown_text import for_terminal
+from tasks.task_attempts import attempts_of_failure, attempts_said, failed_attempts
 
 if TYPE_CHECKING:
     from tasks.data.sources import DatasetLayout
@@ -92,11 +94,19 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
     else:
         dataset = load_dataset(config.dataset, store_url, alignment=config.alignment)
     record["dataset_version"] = dataset["catalog"]["dataset_version"]  # also in the record of a run stopped from here on
+    write_progress(record)  # a run killed from here on (kill -9, OOM) still names its dataset version
     features: dict[str, dict[str, Any]] = {}
     done: list[dict[str, Any]] = []
-    failed: list[dict[str, str]] = []
+    failed: list[dict[str, Any]] = []
+    retried: list[dict[str, Any]] = []  # the models and pairs that succeeded after failed attempts
+
+    def features_done(collected: dict[str, dict[str, Any]]) -> None:  # a run killed while aligning names them
+        record.update(_feature_outcome(collected), retried=retried)
+        write_progress(record)
+
     try:
-        features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing, features, done, failed=failed)
+        features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing, features, done, failed=failed,
+                                                 retried=retried, on_features=features_done)
         record.update(_feature_outcome(features))  # also in the record when reading the scores below fails
     except BaseException:
         # stopped or failed: the record still says which models' features it had (extracted or
@@ -106,12 +116,13 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
         # counted). Not as `alignment_versions`: a run that lists those is a run with results (the
         # *_latest views, `prh report`), and this one's grid is not whole. And which models and
         # pairs had failed by then (`failures`: none had been listed, as if none had failed)
-        record.update(_feature_outcome(features), failures=failed, **_partial_alignment_outcome(done))
+        record.update(_feature_outcome(features), failures=failed, retried=retried, **_partial_alignment_outcome(done))
         raise
     best = add_q_values(best_rows(target, alignments))
     record.update(
         status=FAILED if failures else COMPLETED,
         failures=failures,
+        retried=retried,
         dataset_version=dataset["catalog"]["dataset_version"],
         alignment_versions=[m["key"] for m in alignments],
         aligned=sum(1 for m in alignments if not m.get("reused")),
@@ -179,8 +190,9 @@ class ZooFailures(RuntimeError):
 def run_zoo(
     config: PipelineConfig, store_url: str, dataset: dict[str, Any], extract_missing: bool = True,
     features: dict[str, dict[str, Any]] | None = None, aligned: list[dict[str, Any]] | None = None,
-    failed: list[dict[str, str]] | None = None,
-) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], list[dict[str, str]]]:
+    failed: list[dict[str, Any]] | None = None, retried: list[dict[str, Any]] | None = None,
+    on_features: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Extract every model and align every pair as submitted tasks.
 
     Futures flow from extraction into alignment, so the UI shows the dependency graph and a
@@ -190,7 +202,12 @@ def run_zoo(
     One model or pair that fails (after its retries) does not stop the others: returns the
     feature manifests of the models that succeeded, the alignment manifests of the pairs that
     succeeded, and one ``{"stage", "item", "error"}`` record per failure (a pair of a failed
-    model is recorded as skipped). ``extract_missing`` False (the alignment stage of
+    model is recorded as skipped; one whose task was retried also lists what each attempt
+    said: :func:`task_failure`). ``retried``: a list that receives ``{"stage", "item",
+    "attempts"}`` for each model or pair that succeeded after failed attempts
+    (:func:`note_retried_tasks`); ``on_features``: called with the feature manifests once every
+    extraction has ended (the run writes its record then: a run killed while aligning names
+    them). ``extract_missing`` False (the alignment stage of
     ``prh-staged``): a model without stored features is a failure, not extracted here.
     ``features``: a dict filled with the feature manifests as they are collected (what a caller
     still holds when the run is stopped before this returns); ``aligned``: a list that receives,
@@ -216,9 +233,13 @@ def run_zoo(
                     if (a, b) in submitted else None for a, b in pairs]
         try:
             features = collect_features(extracting, failures, {} if features is None else features)
+            note_retried_tasks("extract", list(extracting.items()), retried)
+            if on_features is not None:
+                on_features(features)
             # the pairs of a model whose extraction failed never run: their partners' counts go down now
             pairs_not_coming(store_url, Counter(name for pair in submitted if not set(pair) <= set(features) for name in pair))
             alignments = _collect_alignments(pairs, aligning, features, failures)
+            note_retried_tasks("align", [(f"{a} x {b}", future) for (a, b), future in zip(pairs, aligning)], retried)
         except BaseException:
             # what a task publishes while the run waits for it is this run's work: listed too (a pair
             # past its last safe point when the stop came was published, but not in the record)
@@ -235,7 +256,7 @@ def run_zoo(
 
 
 def _collect_alignments(pairs: list[tuple[str, str]], aligning: list[Any], features: dict[str, dict[str, Any]],
-                        failures: list[dict[str, str]]) -> list[dict[str, Any]]:
+                        failures: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The alignment manifests of the submitted pairs that succeeded, in ``pairs`` order; each
     pair that failed, or was skipped for a failed model, is appended to ``failures``."""
     alignments = []
@@ -248,10 +269,53 @@ def _collect_alignments(pairs: list[tuple[str, str]], aligning: list[Any], featu
         try:
             alignments.append(future.result())
         except Exception as error:  # noqa: BLE001
-            failures.append(skipped if missing else {**skipped, "error": one_line(error)})
+            failures.append(skipped if missing else task_failure("align", f"{a} x {b}", error, future))
             if not missing:  # a pair skipped for a failed model is that model's failure, logged as such
                 log_unexpected(error, f"align {a} x {b}")
     return alignments
+
+
+def task_failure(stage: str, item: str, error: BaseException, future: Any = None) -> dict[str, Any]:
+    """The ``{"stage", "item", "error"}`` failure record of a task that ended with ``error``
+    (``future``: its Prefect future), with ``attempts`` (``{"attempt", "at", "error"}``, oldest
+    first, the last one's error being ``error``) when the task was retried: only the last
+    attempt's error had been kept, and a model that failed a connection reset, a timeout and then a
+    disk error was recorded with the disk error alone (``tasks.task_attempts``)."""
+    kept = failed_attempts(getattr(future, "task_run_id", None))  # this process's notes, forgotten now
+    attempts = attempts_of_failure(error) or (kept if len(kept) > 1 else None)
+    failure: dict[str, Any] = {"stage": stage, "item": item, "error": one_line(error)}
+    if attempts:
+        failure["attempts"] = attempts
+    return failure
+
+
+def note_retried_tasks(stage: str, tasks: list[tuple[str, Any]], retried: list[dict[str, Any]] | None) -> None:
+    """The tasks among ``tasks`` (``(item, Prefect future or None)``, collected: ended) that
+    succeeded after failed attempts: each appended to ``retried`` as ``{"stage", "item",
+    "attempts"}`` (what each failed attempt said) and logged as a warning; nothing for one that
+    succeeded at once. A failed task's attempts were taken by its failure record
+    (:func:`task_failure`), so those left are a success's. Known where the attempts ran in this
+    process (the sequential and thread runners; not on a Dask worker): ``tasks.task_attempts``."""
+    for item, future in tasks:
+        attempts = failed_attempts(getattr(future, "task_run_id", None)) if future is not None else []
+        if not attempts:
+            continue
+        if retried is not None:
+            retried.append({"stage": stage, "item": item, "attempts": attempts})
+        get_run_logger().warning("%s %s succeeded after %d failed attempt(s): %s", stage, item, len(attempts),
+                                 for_terminal(attempts_said(attempts)))
+
+
+def failure_text(failure: dict[str, Any]) -> str:
+    """What failed of one failure record, on one line: its error, and for a task that was retried
+    what each earlier attempt said (``... (after 3 attempts; attempt 1: ConnectionResetError: ...;
+    attempt 2: ...)``)."""
+    error = " ".join(str(failure.get("error")).split())
+    attempts = failure.get("attempts")
+    if not isinstance(attempts, list) or len(attempts) < 2:
+        return error
+    earlier = [a for a in attempts[:-1] if isinstance(a, dict)]
+    return f"{error} (after {len(attempts)} attempts; {attempts_said(earlier)})"
 
 
 def finished_results(futures: list[Any]) -> list[Any]:
@@ -278,11 +342,12 @@ def finished_by_name(futures: dict[Any, Any]) -> dict[Any, Any]:
     return results
 
 
-def log_failures(failures: list[dict[str, str]]) -> None:
-    """One error line per ``{"stage", "item", "error"}`` failure record, in the flow run's log."""
+def log_failures(failures: list[dict[str, Any]]) -> None:
+    """One error line per ``{"stage", "item", "error"}`` failure record, in the flow run's log
+    (:func:`failure_text`: with what each earlier attempt of a retried task said)."""
     logger = get_run_logger()
     for failure in failures:
-        logger.error("%s %s failed: %s", failure["stage"], failure["item"], failure["error"])
+        logger.error("%s %s failed: %s", failure["stage"], failure["item"], for_terminal(failure_text(failure)))
 
 
 #: Why the alignment stage of ``prh-staged`` does not extract a model (``extract_missing`` False).
@@ -332,17 +397,18 @@ def submit_extractions(
     return extracting, failures
 
 
-def collect_features(extracting: dict[str, Any], failures: list[dict[str, str]],
+def collect_features(extracting: dict[str, Any], failures: list[dict[str, Any]],
                      features: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """The feature manifests of the submitted extractions that succeeded (model name ->
     manifest, filled into ``features`` when given, as each is collected); each one that failed
-    (after its retries) is appended to ``failures``."""
+    (after its retries) is appended to ``failures`` (:func:`task_failure`: with what each of its
+    attempts said when it was retried)."""
     features = {} if features is None else features
     for name, future in extracting.items():
         try:
             features[name] = future.result()
         except Exception as error:  # noqa: BLE001 - recorded, reported and re-raised by the flow
-            failures.append({"stage": "extract", "item": name, "error": one_line(error)})
+            failures.append(task_failure("extract", name, error, future))
             log_unexpected(error, f"extract {name}")
     return features
 
@@ -550,7 +616,7 @@ def _failure_summary(failures: list[dict[str, str]], n_models: int, n_aligned: i
     was extracted either)."""
     models = sum(f["stage"] in ("check", "extract") for f in failures)
     pairs = sum(f["stage"] == "align" for f in failures)
-    items = "; ".join(f"{f['stage']} {f['item']}: {f['error']}" for f in failures)
+    items = "; ".join(f"{f['stage']} {f['item']}: {failure_text(f)}" for f in failures)
     published = "alignments" if n_aligned else "features" if models < n_models else "nothing"
     rest = {"alignments": "the rest is published", "features": "no model pair aligned: only the other models' features "
             "are published", "nothing": "nothing is published"}[published]
@@ -606,5 +672,5 @@ def lineage_markdown(record: dict[str, Any], n_rejected: Any = None) -> str:
         f"- features extracted: {', '.join(record['extracted']) or 'none'}; reused: {', '.join(record['reused']) or 'none'}\n"
         f"- model pairs aligned: {record['aligned']} new of {len(record['alignment_versions'])} (metric results: "
         f"{record['metrics_computed']} computed, {record['metrics_copied']} copied from stored versions)\n"
-        + "".join(f"- FAILED {f['stage']} {f['item']}: {f['error']}\n" for f in record.get("failures", []))
+        + "".join(f"- FAILED {f['stage']} {f['item']}: {failure_text(f)}\n" for f in record.get("failures", []))
     )

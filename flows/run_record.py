@@ -30,6 +30,7 @@ from storage.store_errors import StoreNotWritable
 from storage.versioning import code_version
 from tasks.params import PipelineConfig
 from tasks.stop_request import RunScope, current_scope, remote_stop_name, run_scope
+from tasks.task_attempts import attempts_of_failure
 
 #: seconds a stopped run waits for its tasks in flight to reach a safe point before its record
 #: says it ended (Prefect's process worker kills a cancelled flow run's process 30 s after its
@@ -164,23 +165,53 @@ def recorded(target: Store, key: str, record: dict[str, Any], read: RecordsRead 
     # removed after the final record is written
     with RunHeartbeat(target, str(record["run_id"])), run_scope() as scope:
         try:
+            _RECORDING[id(record)] = (target, key, earlier)  # what write_progress needs, until the end
             yield record
         except BaseException as error:
             raised = error
             stopped = isinstance(error, (KeyboardInterrupt, TerminationSignal, Pause))  # Pause: paused in the UI
             exiting = isinstance(error, SystemExit)  # the process made to exit (its worker killed): Prefect's CRASHED
             record.update(status=CANCELLED if stopped else CRASHED if exiting else FAILED, error=one_line(error))
+            attempts = attempts_of_failure(error)  # a task of the run's own (its dataset's) retried: what each attempt said
+            if attempts:
+                record["error_attempts"] = attempts
             # the models and pairs that failed: those the block listed by then, else none (a run that
             # failed before any model, on its dataset, had no `failures` where a completed run has `[]`)
             record.setdefault("failures", [])
             stop_tasks_in_flight(scope=scope)  # at once when the block already waited (to list what they published)
             raise
         finally:
+            _RECORDING.pop(id(record), None)
             record["finished_at"] = utc_now()
             record[ORDERED_AT] = place_after(record["finished_at"], latest)
             if earlier is not None:
                 carry_over_work(record, earlier)
             write_outcome(target, key, record, raised)
+
+
+#: The records of the runs in flight in this process (``id(record)`` -> (store, key, earlier
+#: attempt's record or None)), from :func:`recorded`'s start to its end: :func:`write_progress`.
+_RECORDING: dict[int, tuple[Store, str, dict[str, Any] | None]] = {}
+
+
+def write_progress(record: dict[str, Any]) -> None:
+    """Write the ``RUNNING`` ``record`` of a run in flight (inside :func:`recorded`) as it stands,
+    with its earlier attempts' work for a retry (as its start did): what it has settled so far
+    (its dataset version, then the models' feature versions) stays in the store should the run be
+    killed (kill -9, the OOM killer, a lost machine), whose record is then marked ``CRASHED`` as
+    it was last written. A killed run's record had kept only what its start wrote: no dataset
+    version, no model, nothing to say what it had been working on. A write that fails (the store
+    unreachable, the disk full) only logs a warning: the run goes on, and its end writes the
+    record again. Nothing for a record that no :func:`recorded` block holds."""
+    recording = _RECORDING.get(id(record))
+    if recording is None or record.get("status") != RUNNING:
+        return
+    target, key, earlier = recording
+    try:
+        target.write_json(key, _with_earlier_work(record, earlier))
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        logging.getLogger("prh.run").warning("could not write the progress of run %s to %s (%s): its end writes it",
+                                             record.get("run_id"), key, one_line(error))
 
 
 #: seconds a stopped run then waits for the futures of its tasks that ended to turn final (the task

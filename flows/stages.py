@@ -23,8 +23,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
-from flows.pipeline import ZooFailures, check_demo_sample, collect_features, finished_by_name, log_failures, log_recovery, submit_extractions
-from flows.run_record import new_record, recorded, run_id_of, stop_tasks_in_flight
+from flows.pipeline import (ZooFailures, check_demo_sample, collect_features, failure_text, finished_by_name, log_failures,
+                            log_recovery, note_retried_tasks, submit_extractions)
+from flows.run_record import new_record, recorded, run_id_of, stop_tasks_in_flight, write_progress
 from flows.run_store import run_store
 from flows.runners import check_run_environment, flow_task_runner
 from storage import layout
@@ -70,10 +71,13 @@ def _extract_recorded(config: PipelineConfig, target: Store, record: dict[str, A
     logger = get_run_logger()
     dataset = load_dataset(config.dataset, target.url, alignment=config.alignment)
     record["dataset_version"] = dataset["catalog"]["dataset_version"]  # also in the record of a stage stopped from here on
+    write_progress(record)  # and of one killed from here on
     extracting, failures = submit_extractions(config, target.url, dataset)
     manifests: dict[str, dict[str, Any]] = {}
+    retried: list[dict[str, Any]] = []
     try:
         collect_features(extracting, failures, manifests)
+        note_retried_tasks("extract", list(extracting.items()), retried)
     except BaseException:
         # stopped (a cancel from the UI, the staged run cancelled): the record still names the
         # models whose features it had published or reused (it had named none, and a retry or the
@@ -81,16 +85,16 @@ def _extract_recorded(config: PipelineConfig, target: Store, record: dict[str, A
         # it waited for its tasks in flight too
         stop_tasks_in_flight(extracting.values())
         manifests.update({name: m for name, m in finished_by_name(extracting).items() if name not in manifests})
-        record.update(_versions(dataset, manifests), failures=failures)  # and the models that had failed by then
+        record.update(_versions(dataset, manifests), failures=failures, retried=retried)  # and those that had failed by then
         raise
     summary = _versions(dataset, manifests)
-    record.update(summary, status=FAILED if failures else COMPLETED, failures=failures)
+    record.update(summary, status=FAILED if failures else COMPLETED, failures=failures, retried=retried)
     logger.info("extracted: %s; reused: %s", ", ".join(summary["extracted"]) or "none", ", ".join(summary["reused"]) or "none")
     _publish_versions(dataset, manifests, [spec.name for spec in config.models])
     if failures:  # the other models' features are published; the flow run fails naming these
         log_failures(failures)
         raise ZooFailures(f"{len(failures)} of {len(config.models)} models failed (the others' features are published): "
-                          + "; ".join(f"{f['item']}: {f['error']}" for f in failures))
+                          + "; ".join(f"{f['item']}: {failure_text(f)}" for f in failures))
     return summary
 
 

@@ -21,8 +21,11 @@
   per metric × model pair there), with ``published_at``.
 - ``runs``: one row per pipeline run, with its lineage (``partial_alignment_versions``: the pairs
   a run stopped or failed mid-alignment had aligned), ``n_attempts`` / ``attempts`` (JSON) of a
-  flow run retried from the Prefect UI, and ``ordered_at``, its place among the runs
-  (:data:`LATEST_RUN_SQL`).
+  flow run retried from the Prefect UI, ``ordered_at``, its place among the runs
+  (:data:`LATEST_RUN_SQL`), and what each attempt of a retried task said (JSON: ``retried``, the
+  models and pairs that succeeded after failed attempts; ``error_attempts``, those of the task
+  whose error ended the run; ``failures`` lists a failed task's ``attempts``). NULL in the records
+  of runs before prh kept them.
 - ``alignment_fdr``: one row per run × metric × model pair with a p-value: the run's
   Benjamini–Hochberg q-value over its model grid (``q_value``, one family per run and metric;
   NULL when ``n_missing`` of the run's alignment versions are not in the store: removed, or left
@@ -120,7 +123,8 @@ _META_COLUMNS = {
     "runs": [
         "run_id", "flow_run_id", "status", "started_at", "finished_at", "store", "config", "dataset_version",
         "feature_versions", "alignment_versions", "partial_alignment_versions", "extracted", "reused", "aligned", "metrics_computed",
-        "metrics_copied", "code_version", "error", "failures", "n_attempts", "attempts", "ordered_at",
+        "metrics_copied", "code_version", "error", "failures", "n_attempts", "attempts", "ordered_at", "retried",
+        "error_attempts",
     ],
 }
 
@@ -810,7 +814,7 @@ def _fits(value: Any, kind: pa.DataType) -> bool:
 
 
 #: Columns held as JSON text whatever their value (lists of records).
-_JSON_COLUMNS = {"failures", "attempts"}
+_JSON_COLUMNS = {"failures", "attempts", "retried", "error_attempts"}
 
 
 def _json_cell(value: Any, as_json: bool = False) -> Any:

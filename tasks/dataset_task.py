@@ -22,6 +22,7 @@ from storage.store import Store
 from storage.versioning import ID_LENGTH, code_version, content_id, table_digest
 from tasks.params import AlignmentParams, DatasetParams
 from tasks.retries import backoff, retry_transient
+from tasks.task_attempts import noting_failed_attempts
 from tasks.shown_text import for_terminal
 from tasks.why_dataset import why_new_dataset
 
@@ -134,7 +135,8 @@ def load_dataset(params: DatasetParams, store_url: str, alignment: AlignmentPara
     With ``alignment``, a dataset with fewer valid rows than ``alignment.min_samples()`` fails
     here, before extraction, instead of after it.
     """
-    return publish_dataset(params, store_url, get_run_logger(), alignment=alignment)
+    with noting_failed_attempts():  # a retried load: the run record says what each attempt said
+        return publish_dataset(params, store_url, get_run_logger(), alignment=alignment)
 
 
 class DatasetNotStored(LookupError):
@@ -151,7 +153,8 @@ def stored_dataset(dataset_version: str, store_url: str, params: DatasetParams |
     extraction stage published the dataset, so its source (a table, a folder, a hub dataset) need
     not exist where this runs, and it is neither read nor hashed again.
     """
-    return stored_dataset_manifest(dataset_version, store_url, params, get_run_logger(), alignment=alignment)
+    with noting_failed_attempts():
+        return stored_dataset_manifest(dataset_version, store_url, params, get_run_logger(), alignment=alignment)
 
 
 def stored_dataset_manifest(

@@ -21,6 +21,7 @@ from prefect.states import Cancelled, State
 from prefect.transactions import get_transaction
 
 from tasks.stop_request import RunStopped, in_flight
+from tasks.task_attempts import note_failed_attempt
 
 R = TypeVar("R")
 
@@ -30,12 +31,17 @@ def run_in_flight(what: str, work: Callable[[], R]) -> R | State:
     ``what`` says what the task does, e.g. ``extracting tiny-vit``); when the run is being stopped
     (``RunStopped``, at the start or at a safe point) a ``Cancelled`` state for the task run
     instead (:func:`cancelled_by_stop`). Any other error propagates (the task fails, or is
-    retried, as before)."""
+    retried, as before), noted first as a failed attempt of the task run
+    (``tasks.task_attempts.note_failed_attempt``: the run record lists what each attempt of a
+    retried task said; only the last one's error had reached it)."""
     try:
         with in_flight(what):
             return work()
     except RunStopped as stop:
         return cancelled_by_stop(what, stop)
+    except Exception as error:
+        note_failed_attempt(error)
+        raise
 
 
 def cancelled_by_stop(what: str, stop: RunStopped) -> State:

@@ -2006,3 +2006,41 @@ def test_the_run_summary_keeps_every_cell_whole_with_long_model_and_layer_names(
         assert cell[3] in ("0.1234", "0.0567") and cell[4] == "-0.670 to -0.607"
         assert cell[5:] == ["encoder.layer.11.output", "transformer.h.23.mlp.c_proj", "0.0029", "0.0123", "0.456", "0.0196",
                             "0.0392"]
+
+
+#: A `prh run` whose one model fails with an error message holding terminal escapes (an OSC that
+#: sets the window title, a screen clear), as text from outside (a path, a library's or a server's
+#: message) can: the extraction is replaced in the child, the rest is the command as users run it.
+ESCAPING_CHILD = """
+import sys
+import tasks.extract_task
+def damaged(*args, **kwargs):
+    raise ValueError("weights file /data/w\\x1b]0;owned\\x07\\x1b[2J.bin is damaged")
+tasks.extract_task.extract_to_store = damaged
+from flows.cli import main
+sys.exit(main(["run", "--config", sys.argv[1], "--store", sys.argv[2]]))
+"""
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_prh_run_escapes_control_characters_in_its_log_lines(tmp_path):
+    """The flow's and the tasks' log lines (Prefect's console handler), tracebacks included, had
+    written such a message raw: the terminal's title changed and its screen was cleared. Every
+    line of `prh run`'s output now shows the characters as escapes (`\\x1b`), as its closing lines did."""
+    from prefect.settings import PREFECT_API_URL
+
+    root = Path(__file__).resolve().parents[2]
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"kind": "openmoji", "n": 24, "image_size": 32}, "models": [TINY_VIT],
+                                      "alignment": {"metrics": ["cka"], "permutations": 0}}))
+    env = {**os.environ, "PYTHONPATH": str(root), "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PRH_TRACEBACKS": "1"}
+    done = subprocess.run([sys.executable, "-c", ESCAPING_CHILD, str(config), str(tmp_path / "store")], cwd=root, env=env,
+                          capture_output=True, timeout=300)
+    out = done.stdout.decode("utf-8") + done.stderr.decode("utf-8")
+    assert done.returncode == 1, out[-3000:]
+    # the log lines that carry the message: the failure, and the traceback kept by PRH_TRACEBACKS
+    shown = [line for line in out.splitlines() if "is damaged" in line]
+    assert any("extract tiny-vit failed: ValueError: weights file /data/w" in line for line in shown), out[-3000:]
+    assert any(line.startswith("ValueError: weights file") for line in shown), out[-3000:]
+    assert all("/data/w\\x1b]0;owned\\x07\\x1b[2J.bin" in line for line in shown), shown
+    assert "\x1b" not in out and "\x07" not in out

@@ -100,6 +100,13 @@ def test_killed_run_reruns_to_the_same_results(point, tmp_path, reference):
     assert query(con, "select count(*) n from features").to_pylist() == [{"n": 40 * 3 * len(models)}]
     # the killed run is shown CRASHED at once (its process is gone), before any run marks it
     assert [r["status"] for r in query(con, "select status from runs").to_pylist()] == ["CRASHED"]
+    # and names what it was working on: its dataset version (killed after loading it: its record
+    # had kept only what its start wrote), and once its extractions had ended, each model's features
+    crashed = query(con, "select dataset_version, feature_versions, extracted from runs").to_pylist()[0]
+    assert crashed["dataset_version"] == query(con, "select dataset_version from datasets").column(0)[0].as_py()
+    if point in ("alignment", "publish-alignment"):
+        stored = {m["model"]: m["feature_version"] for m in query(con, "select model, feature_version from models").to_pylist()}
+        assert json.loads(crashed["feature_versions"]) == stored and crashed["extracted"] == ["tiny-bert", "tiny-vit"]
     assert [p.name for p in (Path(store) / "runs" / "alive").iterdir()] != []  # its sign of life, left behind
 
     rerun = prh_pipeline(config=PipelineConfig.model_validate(CONFIG), store=store, report=False)

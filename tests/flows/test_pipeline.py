@@ -418,7 +418,7 @@ import signal, sys
 import flows.pipeline
 from prefect.exceptions import TerminationSignal
 from tasks.params import PipelineConfig
-def stopped(config, store_url, dataset, extract_missing=True, features=None, aligned=None, failed=None):
+def stopped(config, store_url, dataset, extract_missing=True, features=None, aligned=None, failed=None, **notes):
     features["vit"] = {"catalog": {"feature_version": "0123456789abcdef"}}  # one model done when it stops
     raise TerminationSignal(signal.SIGTERM)  # what a cancel from the UI raises in the flow (the worker's SIGTERM)
 flows.pipeline.run_zoo = stopped  # after the dataset: the record names it
