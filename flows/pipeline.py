@@ -36,8 +36,12 @@ from tasks.task_attempts import attempts_of_failure, attempts_said, failed_attem
 if TYPE_CHECKING:
     from tasks.data.sources import DatasetLayout
 
-BEST_COLUMNS = ["model_a", "model_b", "metric", "score", "layer_a", "layer_b", "chance_level", "calibrated_score", "p_value",
-                "q_value"]
+#: the columns of the ``prh-best-scores`` table artifact, as the closing table of ``prh run`` shows them:
+#: the layers by index and by name, the interval and the null's mean beside the score
+BEST_COLUMNS = ["model_a", "model_b", "metric", "score", "ci_low", "ci_high", "layer_a", "layer_b", "layer_name_a",
+                "layer_name_b", "chance_level", "null_mean", "calibrated_score", "p_value", "q_value"]
+#: significant digits of the numbers in the ``prh-best-scores`` artifact
+ARTIFACT_DIGITS = 4
 
 
 @flow(
@@ -73,8 +77,8 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     """
     check_run_environment()  # a bad $PRH_TASK_RUNNER (or other setting) fails the run naming it (see flow_task_runner)
     target = run_store(store)  # memory:// (kept by no one) and URLs fsspec cannot open alone are refused, naming the store
-    if not dataset_version:  # the demo's n beyond what its font draws: refused before a single emoji is drawn
-        check_demo_sample(config.dataset)
+    if not dataset_version:  # the demo's n beyond what its font draws, a path not there: refused before the store is touched
+        check_dataset_source(config.dataset)
     run_id = run_id_of(prh_pipeline)  # a flow run's id, or a new local one
     # a retry's own earlier attempt is no other run; ended runs' leftover signs of life go too. The
     # records read to mark dead runs are those the run is placed after: each is read once a start
@@ -516,6 +520,20 @@ def refusal_line(error: Any) -> str:
     return " ".join(f"{error.problem} (id {error.model_id!r})".split())
 
 
+def check_dataset_source(params: Any) -> None:
+    """A run's first check of its ``config.dataset``, before it opens the store: the demo's ``n``
+    (:func:`check_demo_sample`), and a ``path`` dataset as ``prh run --check`` checks it
+    (:func:`dataset_check`: the file or folder and ``image_root`` exist, its layout is one a reader
+    takes, a table's header holds the configured columns). ``ValueError`` with the refusal: a path
+    mistyped in a deployment's form had failed only in the dataset task, after the run had made the
+    store and written its record there. A hub dataset is read when the run starts, as before."""
+    check_demo_sample(params)
+    if params.kind == "path":
+        outcome, message = dataset_check(params)
+        if outcome == "refused":
+            raise ValueError(message)
+
+
 def check_demo_sample(params: Any) -> None:
     """``ValueError`` naming ``dataset.n`` (:func:`dataset_check`'s refusal) when the OpenMoji demo
     is asked for more pairs than its font draws at ``image_size``, as a run's first step: its
@@ -646,8 +664,19 @@ def metric_work(alignments: list[dict[str, Any]]) -> dict[str, int]:
     return {"metrics_computed": total - copied, "metrics_copied": copied}
 
 
+def best_table_rows(best: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the ``prh-best-scores`` artifact from the run's best rows: :data:`BEST_COLUMNS`
+    (a column a row written by an older prh lacks is empty), each float kept to
+    :data:`ARTIFACT_DIGITS` significant digits. Rounded to 4 decimals, a p-value of 1/100001 (the
+    smallest of 100,000 permutations) or a chance level k/(N-1) of a large N read 0.0 in the UI."""
+    def shown(value: Any) -> Any:
+        return float(f"{value:.{ARTIFACT_DIGITS}g}") if isinstance(value, float) else value
+
+    return [{column: shown(row.get(column)) for column in BEST_COLUMNS} for row in best]
+
+
 def _publish_artifacts(best: list[dict[str, Any]], record: dict[str, Any], n_rejected: Any = None) -> None:
-    rows = [{c: (round(r[c], 4) if isinstance(r[c], float) else r[c]) for c in BEST_COLUMNS} for r in best]
+    rows = best_table_rows(best)
     create_table_artifact(key="prh-best-scores", table=rows, description=f"Best layer pair per metric and model pair, run {record['run_id']}")
     create_markdown_artifact(key="prh-run-lineage", markdown=lineage_markdown(record, n_rejected),
                              description="Versions this run produced or reused")

@@ -23,7 +23,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
-from flows.pipeline import (ZooFailures, check_demo_sample, collect_features, failure_text, finished_by_name, log_failures,
+from flows.pipeline import (ZooFailures, check_dataset_source, collect_features, failure_text, finished_by_name, log_failures,
                             log_recovery, note_retried_tasks, submit_extractions)
 from flows.run_record import new_record, recorded, run_id_of, stop_tasks_in_flight, write_progress
 from flows.run_store import run_store
@@ -55,7 +55,7 @@ def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str,
     """
     check_run_environment()  # a bad $PRH_TASK_RUNNER (or other setting) fails the run naming it (see flow_task_runner)
     target = run_store(store)  # memory:// (kept by no one) and URLs fsspec cannot open alone are refused, naming the store
-    check_demo_sample(config.dataset)  # the demo's n beyond what its font draws: refused before a single emoji is drawn
+    check_dataset_source(config.dataset)  # the demo's n beyond what its font draws, a path not there: refused first
     run_id = run_id_of(prh_extract)  # a flow run's id, or a new local one
     # a retry's own earlier attempt is no other run; ended runs' leftover signs of life go too. The
     # records read to mark dead runs are those the run is placed after: each is read once a start

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -587,3 +588,55 @@ def test_a_demo_n_beyond_what_the_font_draws_fails_the_run_before_drawing(tmp_pa
     with pytest.raises(ValueError, match=r"^dataset\.n 5000: only [0-9]+ OpenMoji emoji are drawable at image_size 2048 "):
         flow(config=config, store=str(tmp_path / "store"))
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("flow_name", ["prh-pipeline", "prh-extract"])
+def test_a_path_dataset_that_is_not_there_fails_the_run_before_the_store_is_touched(tmp_path, flow_name):
+    """The UI hunt: a table path mistyped in a deployment's run form (`kind: path`) failed only in
+    the dataset task, after the run had created the store and written its record there (a store
+    folder made for a run that never read a row, and a FAILED run in its `runs` view). The run's
+    first step checks the path as `prh run --check` does and fails naming it, the store untouched;
+    a table without the configured caption column is refused there too, naming the setting."""
+    from flows.stages import prh_extract
+
+    flow = {"prh-pipeline": prh_pipeline, "prh-extract": prh_extract}[flow_name]
+    missing = tmp_path / "typo" / "pairs.csv"
+    config = PipelineConfig.model_validate({"dataset": {"kind": "path", "path": str(missing)},
+                                            "models": [TINY_VIT, TINY_BERT], "alignment": {"metrics": ["cka"]}})
+    with pytest.raises(ValueError, match=rf"^dataset path '{re.escape(str(missing))}' does not exist$"):
+        flow(config=config, store=str(tmp_path / "store"))
+    assert not (tmp_path / "store").exists()
+
+    table = tmp_path / "pairs.csv"
+    table.write_text("image,caption\na.png,a cat\n", encoding="utf-8")
+    config = PipelineConfig.model_validate({"dataset": {"kind": "path", "path": str(table)},
+                                            "models": [TINY_VIT, TINY_BERT], "alignment": {"metrics": ["cka"]}})
+    with pytest.raises(ValueError, match=r"text_column"):
+        flow(config=config, store=str(tmp_path / "store"))
+    assert not (tmp_path / "store").exists()
+
+
+def test_the_best_scores_artifact_keeps_small_p_values_and_names_the_layers():
+    """The UI hunt: the `prh-best-scores` table artifact rounded every number to 4 decimals, so a
+    p-value of a run with 100,000 permutations (smallest 1/100001) read 0.0 in the UI, a value no
+    permutation test gives, where the catalog holds 1e-05 (and `prh run` prints 1e-05); a chance
+    level k/(N-1) of a large N read 0.0 too. Its layers were bare indices (`layer_a: 0`) where the
+    closing table, the report and the catalog's `layer_name_a` say `embeddings`. Numbers keep 4
+    significant digits now; the layer names and the interval are columns of the table."""
+    from flows.pipeline import best_table_rows
+
+    row = {"model_a": "vit", "model_b": "bert", "metric": "mutual_knn", "score": 0.171234, "layer_a": 0, "layer_b": 5,
+           "layer_name_a": "embeddings", "layer_name_b": "layer.05", "chance_level": 10 / 200_000,
+           "null_mean": 0.0123456, "calibrated_score": 0.16, "p_value": 1 / 100_001, "q_value": 3 / 100_001,
+           "ci_low": 0.15, "ci_high": 0.19, "alignment_version": "x" * 16}
+    (shown,) = best_table_rows([row])
+    assert shown["p_value"] == pytest.approx(1e-5) and shown["q_value"] == pytest.approx(3e-5)
+    assert shown["chance_level"] == pytest.approx(5e-5)
+    assert shown["score"] == 0.1712 and shown["null_mean"] == 0.01235 and (shown["ci_low"], shown["ci_high"]) == (0.15, 0.19)
+    assert (shown["layer_a"], shown["layer_b"], shown["layer_name_a"], shown["layer_name_b"]) == (0, 5, "embeddings", "layer.05")
+    assert "alignment_version" not in shown
+    # a row of a best.parquet written before the layer names or the interval existed: empty cells
+    old = {k: v for k, v in row.items() if k not in ("layer_name_a", "layer_name_b", "ci_low", "ci_high", "null_mean")}
+    (shown,) = best_table_rows([{**old, "p_value": None, "q_value": None}])
+    assert shown["layer_name_a"] is None and shown["ci_low"] is None and shown["p_value"] is None

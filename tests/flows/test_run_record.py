@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -497,7 +498,7 @@ def test_a_local_run_id_is_readable_sorted_by_start_and_its_own():
 def _local_attempts(store_url: str, tmp_path) -> None:
     """Two pipeline runs and two extraction stages, each the flow's function called in a Prefect
     task outside any flow (Prefect gives it no flow run id), all at once; each fails early (its
-    dataset version, its dataset's table, absent) after writing its record."""
+    dataset version absent; its dataset's table naming an image that is not there) after writing its record."""
     import threading
 
     from prefect import task
@@ -506,7 +507,7 @@ def _local_attempts(store_url: str, tmp_path) -> None:
     from flows.stages import prh_extract
     from tests.flows.test_stages import _path_config
 
-    config = _path_config(str(tmp_path / "absent.parquet"))
+    config = _path_config(str(_imageless_table(tmp_path)))
 
     @task
     def pipeline_body() -> None:
@@ -699,12 +700,13 @@ def test_the_pipeline_records_the_failures_of_a_run_that_ended_early(tmp_path, m
     from tasks.params import PipelineConfig
 
     parameters = _tiny_parameters(str(tmp_path / "store"))
-    missing = tmp_path / "nowhere" / "pairs.csv"
-    config = {**parameters["config"], "dataset": {"kind": "path", "path": str(missing)}}
-    with pytest.raises(Exception, match="nowhere"):
+    # a table that passes the run's first check (flows.pipeline.check_dataset_source: a path not
+    # there is refused before the store is touched, so nothing is recorded) but has no readable row
+    config = {**parameters["config"], "dataset": {"kind": "path", "path": str(_imageless_table(tmp_path))}}
+    with pytest.raises(Exception, match="nowhere.png"):
         prh_pipeline(config=PipelineConfig.model_validate(config), store=parameters["store"], report=False)
     (early,) = query(connect(parameters["store"]), "select status, failures, error from runs").to_pylist()
-    assert early["status"] == "FAILED" and early["failures"] == "[]" and str(missing) in early["error"]
+    assert early["status"] == "FAILED" and early["failures"] == "[]" and "nowhere.png" in early["error"]
 
     refused = _refuse_a_model_then_stop(monkeypatch, flows.pipeline)
     store = str(tmp_path / "store2")
@@ -712,6 +714,14 @@ def test_the_pipeline_records_the_failures_of_a_run_that_ended_early(tmp_path, m
         prh_pipeline(config=PipelineConfig.model_validate(parameters["config"]), store=store, report=False)
     (run,) = query(connect(store), "select status, failures from runs").to_pylist()
     assert run["status"] == "CANCELLED" and json.loads(run["failures"]) == [refused]
+
+
+def _imageless_table(folder) -> Path:
+    """A CSV table whose only row names an image file that is not there: it passes a run's first
+    check (the table and its columns exist) and fails its dataset task, after the run is recorded."""
+    table = folder / "pairs.csv"
+    table.write_text("image,text\nnowhere.png,a cat\n", encoding="utf-8")
+    return table
 
 
 def _refuse_a_model_then_stop(monkeypatch, flow_module) -> dict[str, str]:
@@ -738,11 +748,11 @@ def test_an_extraction_stage_that_ended_early_records_its_failures_too(tmp_path,
     from tasks.params import PipelineConfig
 
     parameters = _tiny_parameters(str(tmp_path / "store"))
-    config = {**parameters["config"], "dataset": {"kind": "path", "path": str(tmp_path / "absent.csv")}}
+    config = {**parameters["config"], "dataset": {"kind": "path", "path": str(_imageless_table(tmp_path))}}
     state = prh_extract(config=PipelineConfig.model_validate(config), store=parameters["store"], return_state=True)
     assert state.is_failed()
     early = Store(parameters["store"]).read_json(layout.extraction_key(str(state.state_details.flow_run_id)))
-    assert early["status"] == "FAILED" and early["failures"] == [] and "absent.csv" in early["error"]
+    assert early["status"] == "FAILED" and early["failures"] == [] and "nowhere.png" in early["error"]
 
     refused = _refuse_a_model_then_stop(monkeypatch, flows.stages)
     store = str(tmp_path / "store2")

@@ -105,10 +105,12 @@ def test_a_dataset_version_the_store_does_not_hold_fails_the_run_naming_it(tmp_p
 @pytest.mark.usefixtures("prefect_harness")
 def test_an_extraction_stage_that_fails_records_why(tmp_path):
     store = str(tmp_path / "store")
-    state = prh_extract(config=_path_config(str(tmp_path / "absent.parquet")), store=store, return_state=True)
+    table = tmp_path / "pairs.csv"  # passes the stage's first check (a path not there fails before any record)
+    table.write_text("image,text\nabsent.png,a cat\n", encoding="utf-8")
+    state = prh_extract(config=_path_config(str(table)), store=store, return_state=True)
     assert state.is_failed()
     record = Store(store).read_json(layout.extraction_key(str(state.state_details.flow_run_id)))
-    assert record["status"] == "FAILED" and "absent.parquet" in record["error"] and record["finished_at"]
+    assert record["status"] == "FAILED" and "absent.png" in record["error"] and record["finished_at"]
     assert "dataset_version" not in record
 
 
