@@ -511,6 +511,29 @@ class _StrictLoader(yaml.SafeLoader):
                 seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """The base class's, with a value that its type cannot be read from refused as a YAML
+        error at its line: one whose explicit tag does not fit it (``!!int ten``, ``!!float x``,
+        ``!!bool maybe``, ``!!timestamp soon``), or an integer of more than the 4,300 digits
+        Python converts. PyYAML raised a bare ``ValueError``, ``KeyError`` or ``AttributeError``
+        (``prh run`` printed ``invalid literal for int() with base 10: 'ten'``, naming no file,
+        field or line)."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            value = node.value if isinstance(node, yaml.ScalarNode) else "this value"
+            implicit = isinstance(node, yaml.ScalarNode) and node.style is None and \
+                self.resolve(yaml.ScalarNode, node.value, (True, False)) == node.tag
+            if implicit:  # YAML read it as this type itself: too many digits, say
+                reason = str(error).split(";")[0]
+                problem = f"{_shown(value)} cannot be read as {tag}: {reason}"
+            else:
+                problem = f"{_shown(value)} cannot be read as {tag}, the type its tag names (remove the tag, or write a value of that type)"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     """Number of nodes ``node`` stands for once aliases are expanded (shared nodes counted each time)."""
@@ -681,8 +704,10 @@ def _problem(error: dict[str, Any], raw: Any, root: yaml.Node | None) -> str:
         message = f"unknown key{hint}; valid keys here: {', '.join(valid)}"
     elif kind == "missing":
         message = "required, but missing"
-    elif kind == "invalid_key":  # a YAML key read as a number, boolean or null (pydantic's loc: the key, or 'None')
-        loc, key = loc[:-1], error.get("input")
+    elif kind == "invalid_key" or loc[-1:] == ("[key]",):
+        # a YAML key read as a number, boolean or null: of a section (pydantic's loc: the key, or
+        # 'None'), or of a mapping field such as a model's config (loc: the key, then '[key]')
+        loc, key = loc[:-2] if loc[-1:] == ("[key]",) else loc[:-1], error.get("input")
         node = _key_node(root, loc, key)
         shown = _shown(key) if node is None else node.value if node.value else "null"
         message = f"key {shown} is not a string (YAML reads an unquoted number, date, true/false or null as one: quote it)"

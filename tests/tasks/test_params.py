@@ -152,6 +152,24 @@ CASES = {
     "a date as a key": (MODELS + "dataset:\n  2020-01-01: 5\n", r"^dataset \(line 5\): key 2020-01-01 is not a string"),
     "true as a model's key": ("models:\n  - {name: vit, loader: random_hf, id: ViTConfig, modality: vision, yes: 2}\n",
                               r"^models\[0\] \(line 2\): key yes is not a string"),
+    # a key of a mapping field (a model's config) read as a number or boolean: shown as "config[5].[key]:
+    # Input should be a valid string" (true as "config[1]"), a path that reads as a list index, with no line
+    "a number as a key of a model's config": ("models:\n  - {name: vit, loader: random_hf, id: ViTConfig, modality: vision, "
+                                              "config: {5: 2}}\n",
+                                              r"^models\[0\] \(model 'vit'\)\.config \(line 2\): key 5 is not a string \(YAML reads"),
+    "true as a key of a model's config": ("models:\n  - name: vit\n    loader: random_hf\n    id: ViTConfig\n    modality: vision\n"
+                                          "    config:\n      yes: 2\n",
+                                          r"^models\[0\] \(model 'vit'\)\.config \(line 7\): key yes is not a string \(YAML reads"),
+    # a value its explicit tag cannot read: PyYAML's bare ValueError / KeyError / AttributeError, which
+    # `prh run` printed as "invalid literal for int() with base 10: 'ten'" (no file, field or line)
+    "!!int tag on text": (alignment("topk: !!int ten"), r"^not valid YAML: line 5, column 9: 'ten' cannot be read as !!int, the type its tag names"),
+    "!!float tag on text": (alignment("rbf_sigma: !!float wide"), r"^not valid YAML: line 5, column 14: 'wide' cannot be read as !!float"),
+    "!!bool tag on text": (alignment("outlier_exact: !!bool maybe"), r"^not valid YAML: line 5, column 18: 'maybe' cannot be read as !!bool"),
+    "!!timestamp tag on text": (MODELS + "dataset: {name: !!timestamp soon}\n", r"^not valid YAML: line 4, column 17: 'soon' cannot be read as !!timestamp"),
+    # an integer past the 4,300 digits Python converts: PyYAML's bare ValueError ("Exceeds the limit")
+    "an integer of 5,000 digits": (alignment("topk: " + "9" * 5000), r"^not valid YAML: line 5, column 9: '9+\.\.\. cannot be read as "
+                                   r"!!int: .*4300 digits"),
+    "!!int tag on a key": (MODELS + "dataset: {!!int x: 1}\n", r"^not valid YAML: line 4, column 11: 'x' cannot be read as !!int"),
     "image_size too small": (MODELS + "dataset: {image_size: 8}\n", r"^dataset\.image_size \(line 4\): Input should be greater than or equal to 16 \(got 8\)$"),
 }
 
