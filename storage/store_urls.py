@@ -23,8 +23,9 @@ def redact_url(url: str) -> str:
     also where the rest is no URL ``urlsplit`` parses (a port that is no number, an unclosed ``[``).
     The rest stays as written (the host's case too). Never raises: it builds error messages."""
     # the userinfo ends at the last '@' of the authority (which ends at the first '/', '?' or '#'),
-    # so that a password holding '::' or '@' goes whole; an object store's secret may hold '/'
-    return _SLASHED_SECRET.sub(r"\1", _USERINFO.sub("://", url))
+    # so that a password holding '::' or '@' goes whole; an object store's secret may hold '/' (and
+    # '://': taken out first, else the authority ended inside it and the key was left showing)
+    return _USERINFO.sub("://", _SLASHED_SECRET.sub(r"\1", url))
 
 
 _USERINFO = re.compile(r"://[^/?#]*@")

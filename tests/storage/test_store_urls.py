@@ -47,6 +47,7 @@ def test_escaped_literal_inverts_escape_glob(path):
     ("s3://AKIA:Url/Secret77zz+@bucket/x", "s3://bucket/x"),
     ("simplecache::S3://AKIA:Url/Secret77zz@bucket/x", "simplecache::S3://bucket/x"),
     ("gs://KEY:a/b/Secret77zz@bucket/x::s3://other/y", "gs://bucket/x::s3://other/y"),
+    ("s3://AKIA:Url://Secret77zz@bucket/x", "s3://bucket/x"),  # a '://' inside it: the key and half the secret were shown
     ("s3://bucket/a:b@c/d", "s3://bucket/a:b@c/d"),
     ("memory://host/a:b@c", "memory://host/a:b@c"),
 ])
