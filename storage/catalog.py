@@ -263,7 +263,11 @@ def _run_row(record: dict[str, Any]) -> dict[str, Any]:
     of a flow run retried from the Prefect UI, oldest first: ``started_at``, ``finished_at``,
     ``status``, ``error``; ``[]`` for a run that ran once, as every record written before prh listed
     them) and ``n_attempts`` (those and this one). Both NULL when ``attempts`` is not a list (a
-    hand-edited record)."""
+    hand-edited record). A ``COMPLETED`` record written before prh listed ``failures`` shows ``[]``:
+    a model or pair that failed then failed the whole run, so a completed one had none (its
+    ``failures`` had been NULL, which a ``where failures = '[]'`` left out)."""
+    if "failures" not in record and record.get("status") == "COMPLETED":
+        record = {**record, "failures": []}
     earlier = record.get("attempts")
     if earlier is None:
         earlier = []

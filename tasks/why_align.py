@@ -63,6 +63,16 @@ def _differences(manifest: dict[str, Any], features: dict[str, str], params: dic
     return lineage.get("code_version") != code, moved, differing_fields(*_comparable(manifest.get("params"), params))
 
 
+#: What prh did before an alignment parameter existed, for manifests written before their
+#: ``params`` recorded it: no bootstrap (``bootstrap``), exact neighbour lists (``knn_precision``
+#: came with ``exact`` as its default), each layer clamped at its own threshold by the
+#: mean-of-quantiles rule (``outlier_scope`` / ``outlier_exact`` came with the per-model scope as
+#: their default) and one row per sample (``unit``). Compared as such, a store written then is
+#: not said to have been computed with another ``knn_precision (None, now 'exact')``.
+LEGACY_PARAMS: dict[str, Any] = {"bootstrap": 0, "knn_precision": "exact", "outlier_scope": "layer",
+                                 "outlier_exact": False, "unit": "sample"}
+
+
 def _comparable(stored: Any, current: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A stored manifest's ``params`` and this run's (``AlignmentParams.model_dump()``) as far as
     they can make another alignment version (``tasks.align_task.alignment_version``): the metrics
@@ -70,7 +80,8 @@ def _comparable(stored: Any, current: dict[str, Any]) -> tuple[dict[str, Any], d
     makes, not how one is scored), without a metric parameter that none of its metrics takes
     (``cca_dim`` without SVCCA, ``rbf_sigma`` under the linear kernel: `_unused`), and without
     ``seed`` where neither draws permutations or resamples (the seed then draws nothing and is not
-    in the version). A stored value that is not a record is an empty one."""
+    in the version). A stored value that is not a record is an empty one; a parameter a stored
+    record lacks (written before it existed) is what prh did then (:data:`LEGACY_PARAMS`)."""
     def reduced(params: Any) -> dict[str, Any]:
         out = {key: value for key, value in params.items() if key != "pairs"} if isinstance(params, dict) else {}
         if isinstance(out.get("metrics"), list):
@@ -82,7 +93,7 @@ def _comparable(stored: Any, current: dict[str, Any]) -> tuple[dict[str, Any], d
     def draws(params: dict[str, Any]) -> bool:
         return bool(params.get("permutations")) or bool(params.get("bootstrap"))
 
-    old, new = reduced(stored), reduced(current)
+    old, new = reduced({**LEGACY_PARAMS, **stored} if isinstance(stored, dict) else stored), reduced(current)
     if not draws(old) and not draws(new):
         old.pop("seed", None)
         new.pop("seed", None)

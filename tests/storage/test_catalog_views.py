@@ -477,3 +477,25 @@ def test_a_damaged_rejected_file_is_left_out_with_a_warning_and_the_rest_kept(st
     assert rows == [{"dataset_version": other["catalog"]["dataset_version"], "row": 2, "sample_id": None,
                      "reason": "image_missing"}]
     assert query(con, "select count(*) n from samples").to_pylist() == [{"n": 3 + 2}]
+
+
+def test_a_completed_run_recorded_before_prh_listed_failures_had_none(tmp_path):
+    """Run records as the first prh wrote them (2026-11-28: no ``failures``, ``ordered_at``,
+    ``heartbeat_s`` or ``process``; a model that failed then failed the whole run). A completed
+    one had no failures, so it shows ``[]`` as a completed run does now (it showed NULL, and
+    ``where failures = '[]'`` left the store's oldest clean runs out); a failed or crashed one
+    of then keeps NULL: which of its models failed was not recorded."""
+    url = str(tmp_path / "store")
+    store = build_catalog_store(url)
+    old = {"aligned": 2, "alignment_versions": [], "code_version": "0b3ad479455a79c4", "config": {},
+           "dataset_version": DATASET, "extracted": ["vit"], "feature_versions": {}, "finished_at": "2026-11-28T13:38:08+00:00",
+           "flow_run_id": "old-ok", "reused": [], "run_id": "old-ok", "started_at": "2026-11-28T13:37:50+00:00",
+           "status": "COMPLETED", "store": url}
+    store.write_json(layout.run_key("old-ok"), old)
+    store.write_json(layout.run_key("old-failed"), {**old, "run_id": "old-failed", "flow_run_id": "old-failed", "status": "FAILED",
+                                                     "error": "RuntimeError: boom"})
+    sql = "select run_id, failures, json_array_length(failures) n from runs where run_id like 'old-%' order by run_id"
+    expected = [{"run_id": "old-failed", "failures": None, "n": None}, {"run_id": "old-ok", "failures": "[]", "n": 0}]
+    assert query(connect(url), sql).to_pylist() == expected
+    export_catalog(url, tmp_path / "cat.duckdb")
+    assert query(open_catalog(tmp_path / "cat.duckdb"), sql).to_pylist() == expected

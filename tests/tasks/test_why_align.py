@@ -126,3 +126,53 @@ def test_a_parameter_no_listed_metric_takes_is_no_difference(tmp_path, caplog) -
         _align(store, ma, mb, ["mutual_knn", "svcca"], cca_dim=5, topk=3)
     (reason,) = _reasons(caplog)
     assert "metrics (['cka', 'mutual_knn'], now ['mutual_knn', 'svcca'])" in reason, reason
+
+
+def _old_manifest(root, params: dict, code: str = "1c39a4a920d59b44") -> str:
+    """An alignment manifest as prh wrote it on 2026-11-28..12-02 (the layout of a store that
+    commit 354f99f wrote: ``params`` without ``knn_precision``, ``outlier_scope``,
+    ``outlier_exact`` and ``unit``, which came later), in the pair folder ``alignment/d/vit__lm``."""
+    key = "alignment/d/vit__lm/1ecb675723d97ae1"
+    folder = root / key
+    folder.mkdir(parents=True)
+    (folder / MANIFEST).write_text(json.dumps({
+        "files": {"best.parquet": {"bytes": 1, "sha256": "0" * 64}, "scores.parquet": {"bytes": 1, "sha256": "0" * 64}},
+        "key": key, "kind": "alignment",
+        "lineage": {"code_version": code, "dataset_version": "d", "features": {"lm": "cddadae0bfa9035b", "vit": "0427bf2a8617408b"}},
+        "n_samples": 40, "only_a": 0, "only_b": 0, "params": params,
+        "published_at": "2026-12-01T13:38:03+00:00", "seconds": 0.151}))
+    return key
+
+
+def test_parameters_a_manifest_written_before_they_existed_lacks_are_what_prh_did_then(tmp_path) -> None:
+    """A store aligned by an older prh, whose manifests' ``params`` predate ``knn_precision``,
+    ``outlier_scope``, ``outlier_exact``, ``unit`` (and, the oldest, ``bootstrap``): after an
+    upgrade the run named every one of them (``knn_precision (None, now 'exact')``, ``unit (None,
+    now 'sample')``...) as computed with another value, though prh then ran exact k-NN, one row
+    per sample, the mean-of-quantiles clamp and no bootstrap. Only what really differs is named:
+    the code, and the clamp's scope (each layer alone then, one threshold per model now)."""
+    from tasks.params import AlignmentParams
+
+    store = Store(str(tmp_path / "store"))
+    features = {"vit": "0427bf2a8617408b", "lm": "cddadae0bfa9035b"}
+    now = AlignmentParams(metrics=["mutual_knn", "cka", "cknna"], topk=5, permutations=9, bootstrap=20).model_dump()
+    key = _old_manifest(tmp_path / "store", {"bootstrap": 20, "cca_dim": 10, "kernel_metric": "ip",
+                                             "metrics": ["mutual_knn", "cka", "cknna"], "outlier_quantile": 0.95,
+                                             "pairs": "cross_modal", "permutations": 9, "rbf_sigma": 1.0, "seed": 0, "topk": 5})
+    reason = why_align(store, "alignment/d/vit__lm", "alignment/d/vit__lm/none", features, now, "5fa57cc0cbc2a6c0")
+    assert reason == ("the pair's stored alignment 1ecb675723d97ae1 (published 2026-12-01 13:38 UTC) is of other alignment "
+                      "code (code version 1c39a4a920d59b44, now 5fa57cc0cbc2a6c0) and was computed with another "
+                      "outlier_scope ('layer', now 'model')")
+
+    # the first stores had no bootstrap either: none then, so a run without one names no bootstrap,
+    # and a run at the old per-layer scope names the code alone
+    (tmp_path / "store" / key / MANIFEST).unlink()
+    (tmp_path / "store" / key).rmdir()
+    _old_manifest(tmp_path / "store", {"cca_dim": 10, "kernel_metric": "ip", "metrics": ["mutual_knn"], "outlier_quantile": 0.95,
+                                       "pairs": "cross_modal", "permutations": 9, "rbf_sigma": 1.0, "seed": 0, "topk": 5})
+    layer = AlignmentParams(metrics=["mutual_knn"], topk=5, permutations=9, outlier_scope="layer").model_dump()
+    reason = why_align(store, "alignment/d/vit__lm", "alignment/d/vit__lm/none", features, layer, "5fa57cc0cbc2a6c0")
+    assert reason is not None and reason.endswith("is of other alignment code (code version 1c39a4a920d59b44, now 5fa57cc0cbc2a6c0)")
+    with_bootstrap = {**layer, "bootstrap": 20}
+    reason = why_align(store, "alignment/d/vit__lm", "alignment/d/vit__lm/none", features, with_bootstrap, "5fa57cc0cbc2a6c0")
+    assert reason is not None and reason.endswith("and was computed with another bootstrap (0, now 20)")
