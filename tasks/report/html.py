@@ -194,16 +194,18 @@ POOLED_FOOTNOTE = (f"{POOLED_MARK} pooled bits per byte (all bits over all bytes
 
 
 def models_table(models: list[dict[str, Any]]) -> str:
-    """The models of the run: modality, parameters, layers, bits per byte (:func:`_bits_per_byte`;
-    a footnote under the table when a pooled figure is shown)."""
-    body = [[m["model"], str(m.get("modality") or ""), str(m.get("model_id") or ""),
+    """The models of the run: modality, id, pooling and feature version (two runs of one zoo
+    under another pooling had the same table), parameters, layers, bits per byte
+    (:func:`_bits_per_byte`; a footnote under the table when a pooled figure is shown)."""
+    body = [[m["model"], str(m.get("modality") or ""), str(m.get("model_id") or ""), str(m.get("pooling") or "–"),
+             str(m.get("feature_version") or "–"),
              "–" if number(m.get("param_count")) is None else f"{int(m['param_count']):,}",
              str(m.get("n_layers") or ""), _bits_per_byte(m)]
             for m in sorted(models, key=lambda m: (str(m.get("modality")), m["model"]))]
     marked = any(line[-1].endswith(POOLED_MARK) for line in body)
     footnote = f"<p class=\"footnote\">{escape(POOLED_FOOTNOTE)}</p>" if marked else ""
-    return table(["model", "modality", "id", "parameters", "layers", "bits per byte"], body, numeric={3, 4, 5},
-                 css_class="models") + footnote
+    return table(["model", "modality", "id", "pooling", "feature version", "parameters", "layers", "bits per byte"], body,
+                 numeric={5, 6, 7}, css_class="models") + footnote
 
 
 def _bits_per_byte(model: dict[str, Any]) -> str:

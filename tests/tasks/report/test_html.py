@@ -56,3 +56,22 @@ def _examples(query_text: str) -> NeighbourExamples:
     neighbours = [Neighbour(f"n{i}", 0.9 - 0.1 * i, i < 3) for i in range(5)]
     samples = {"q": Sample(query_text, image_bytes(0)), **{f"n{i}": Sample(f"neighbour {i}", image_bytes(i + 1)) for i in range(5)}}
     return NeighbourExamples("vit-s", "lm-a", "block.2", "layer.1", 5, 30, 30, 0.4, [Example("q", neighbours, neighbours)], samples)
+
+
+def test_the_models_table_names_each_models_pooling_and_feature_version():
+    """Two runs of one zoo, one pooled by mean and one by the first token, gave reports whose
+    models tables were alike: the table now shows the pooling and the feature version."""
+    import re
+
+    from tasks.report.html import models_table
+
+    shown = models_table([
+        {"model": "tiny-bert", "modality": "language", "model_id": "org/tiny-bert", "pooling": "cls", "feature_version": "f00d",
+         "param_count": 1234, "n_layers": 3, "bits_per_byte": None},
+        {"model": "vit", "modality": "vision", "model_id": "org/vit", "param_count": None, "n_layers": 2},
+    ])
+    header = re.findall(r"<th>(.*?)</th>", shown)
+    assert header == ["model", "modality", "id", "pooling", "feature version", "parameters", "layers", "bits per byte"]
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr><td.*?</tr>", shown)]
+    assert rows == [["tiny-bert", "language", "org/tiny-bert", "cls", "f00d", "1,234", "3", "–"],
+                    ["vit", "vision", "org/vit", "–", "–", "–", "2", "–"]]
