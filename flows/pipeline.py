@@ -526,10 +526,15 @@ def check_dataset_source(params: Any) -> None:
     (:func:`dataset_check`: the file or folder and ``image_root`` exist, its layout is one a reader
     takes, a table's header holds the configured columns). ``ValueError`` with the refusal: a path
     mistyped in a deployment's form had failed only in the dataset task, after the run had made the
-    store and written its record there. A hub dataset is read when the run starts, as before."""
+    store and written its record there. A hub dataset is read when the run starts, as before. An
+    ``OSError`` while looking (a network file system's I/O error or timeout) refuses nothing: it is
+    left to the dataset task, whose retries take such errors and whose failure the record keeps."""
     check_demo_sample(params)
     if params.kind == "path":
-        outcome, message = dataset_check(params)
+        try:
+            outcome, message = dataset_check(params)
+        except OSError:
+            return
         if outcome == "refused":
             raise ValueError(message)
 

@@ -599,6 +599,10 @@ def print_table(table: pa.Table, width: int = 200, max_rows: int = MAX_TABLE_ROW
 #: The narrowest a column of text is drawn while a column after it is left out: its text folds over
 #: lines of this many characters (a shorter header or value keeps its own width).
 TEXT_COLUMN_MIN = 24
+#: The longest value of one word (no space) read as an id and kept on one line, as a number is: a
+#: flow run's id (36 characters), a ``local-...`` run id (31), a version id. A folded one could not
+#: be copied whole.
+ID_MAX = 40
 
 
 def _wraps(arrow_type: pa.DataType) -> bool:
@@ -616,13 +620,24 @@ def _columns_that_fit(headers: list[Any], rows: list[list[Any]], wraps: list[boo
     kept: list[tuple[int, int]] = []
     used = 1  # the table's left border
     for index, header in enumerate(headers):
-        widest = max((row[index].cell_len for row in rows), default=0)
-        least = max(header.cell_len, min(widest, TEXT_COLUMN_MIN) if wraps[index] else widest, 1)
+        least = max(header.cell_len, max((_least_cell(row[index], wraps[index]) for row in rows), default=0), 1)
+        # the first column is kept however wide: within the table, where its header folds (a
+        # longer least width had pushed its values out of the table: blank cells)
+        least = min(least, max(width - 4, 1))
         if kept and used + least + 3 > width:  # a space either side and a border
             break
         kept.append((index, least))
         used += least + 3
     return kept
+
+
+def _least_cell(cell: Any, wraps: bool) -> int:
+    """The least width in characters of one table cell (``rich.text.Text``): its whole width, but
+    at most :data:`TEXT_COLUMN_MIN` for text that may fold (``wraps``) unless it reads as an id (one
+    word of at most :data:`ID_MAX` characters)."""
+    if not wraps or (cell.cell_len <= ID_MAX and not any(c.isspace() for c in cell.plain)):
+        return cell.cell_len
+    return min(cell.cell_len, TEXT_COLUMN_MIN)
 
 
 def _held_by(text: str, encoding: str) -> str:

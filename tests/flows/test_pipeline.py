@@ -640,3 +640,28 @@ def test_the_best_scores_artifact_keeps_small_p_values_and_names_the_layers():
     old = {k: v for k, v in row.items() if k not in ("layer_name_a", "layer_name_b", "ci_low", "ci_high", "null_mean")}
     (shown,) = best_table_rows([{**old, "p_value": None, "q_value": None}])
     assert shown["layer_name_a"] is None and shown["ci_low"] is None and shown["p_value"] is None
+
+
+def test_a_storage_hiccup_while_checking_a_path_dataset_is_left_to_the_dataset_task(tmp_path, monkeypatch):
+    """The check of a `path` dataset as a run starts reads the file system outside any task: an
+    I/O error there (an NFS mount's EIO, a timeout) had failed the run at once, with no record and
+    none of the dataset task's retries (which take such errors, docs/orchestration.md). It is left
+    to the dataset task; a refusal (the path not there) still fails the run first."""
+    import errno
+
+    import tasks.data.sources
+    from flows.pipeline import check_dataset_source
+
+    table = tmp_path / "pairs.csv"
+    table.write_text("image,text\na.png,a cat\n", encoding="utf-8")
+    params = PipelineConfig.model_validate({"dataset": {"kind": "path", "path": str(table)}, "models": [TINY_VIT, TINY_BERT],
+                                            "alignment": {"metrics": ["cka"]}}).dataset
+
+    def hiccup(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(tasks.data.sources, "check_layout", hiccup)
+    assert check_dataset_source(params) is None
+    missing = params.model_copy(update={"path": str(tmp_path / "typo.csv")})
+    with pytest.raises(ValueError, match="does not exist"):
+        check_dataset_source(missing)

@@ -10,6 +10,7 @@ import sys
 from decimal import Decimal
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from flows.sql_output import json_text, print_table, unique_names, write_csv, write_json
@@ -605,3 +606,38 @@ def test_long_text_wraps_inside_its_column_and_every_column_stays(capsys):
     assert body[0][0] == "sample-000123" and body[0][2:] == ["0.987654", "12345678901"]
     assert "".join(row[1] for row in body).replace(" ", "") == caption.replace(" ", "")
     assert lines[-1] == "1 row"
+
+
+def test_a_first_column_whose_name_is_wider_than_the_table_still_shows_its_values(capsys):
+    """A column named by a long expression (DuckDB names an unnamed one by its text) wider than the
+    200-character table: its header folds over lines and its values are shown. Its least width had
+    been its whole header, past the table's width: the header was cut and every value fell outside
+    the table (blank cells)."""
+    name = "avg(score) filter (where " + " or ".join(f"model_a = 'model-{i:03d}'" for i in range(12)) + ")"
+    assert len(name) > 200
+    table = pa.table({name: [0.625, 1.5], "n": [3, 4]})
+    print_table(table)
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 200
+    body = [_cells(line) for line in lines if line.startswith("│")]
+    assert [row for row in body if row[0]] == [["0.625"], ["1.5"]]
+    header = "".join(_cells(line)[0] for line in lines if line.startswith("┃"))
+    assert header.replace(" ", "") == name.replace(" ", "")
+    assert lines[-2].startswith("1 of 2 columns not shown (the table is wider than 200 characters): n;")
+    assert lines[-1] == "2 rows"
+
+
+def test_an_id_column_is_not_folded_when_the_table_is_squeezed(capsys):
+    """Run ids (36-character flow run ids, ``local-...`` ids) beside a long JSON text: each id stays
+    on one line, whole (docs/queries.md: ids are shown whole; one folded over two lines cannot be
+    copied into ``prh report --run``), while the JSON folds."""
+    ids = ["0b7e9f52-3c1d-4e8a-9f6b-2d4c8a1e7f30", "local-20261206T150133Z-3f9a1c2b"]
+    config = '{"dataset": {"kind": "demo", "n": 512}, "models": [' + ", ".join(f'{{"name": "model-{i}"}}' for i in range(30)) + "]}"
+    table = pa.table({"run_id": ids, "flow_run_id": ids, "status": ["COMPLETED", "FAILED"], "config": [config] * 2,
+                      "store": ["s3://bucket/prh"] * 2, "failures": [config] * 2, "retried": [config] * 2})
+    print_table(table)
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()[:-1]) <= 200
+    for run_id in ids:
+        assert sum(line.count(run_id) for line in out.splitlines()) == 2  # run_id and flow_run_id, each on one line
+    assert "not shown" not in out
