@@ -48,8 +48,9 @@ not an ISO 8601 time (a hand-edited record) is NULL. File views have their colum
 existed (older prh aligned only by sample) show ``unit = 'sample'``.
 
 Only published versions (those with a manifest) appear. For S3 stores the s3fs filesystem is
-registered on the connection (DuckDB's httpfs extension is not needed), and the files of one
-schema are read without binding each one's footer (``storage.stored_files``).
+registered on the connection (DuckDB's httpfs extension is not needed). The files of one schema
+are read without binding each one's footer (``storage.stored_files``); on a local store every
+footer is bound once when the catalog opens, to find a damaged one.
 """
 
 from __future__ import annotations
@@ -212,12 +213,13 @@ def catalog_sources(store: Store, runs: bool = True) -> CatalogSources:
 def stored_files(store: Store, sources: CatalogSources) -> StoredFiles:
     """:class:`StoredFiles` of ``sources``: one recursive listing of each box that has files (on
     an object store a few LIST requests), against which each file's size is checked before a view
-    reads it. Files of an object store are grouped by schema fingerprint (bound from the first
-    of each group); a local store's are all bound (its footers are cheap to read)."""
+    reads it. Files are grouped by schema fingerprint (each view bound from the first file of each
+    group); a local store's footers are all bound once when its views are created (they are cheap
+    to read there: ``StoredFiles.bind_every_footer``)."""
     entries: dict[str, dict[str, Any]] = {}
     for prefix in sorted({_FILE_VIEWS[view][0] for view, files in sources.files.items() if files}):
         entries.update(store.listing(prefix))
-    return StoredFiles(sources.listed, entries, by_schema=not store.is_local)
+    return StoredFiles(sources.listed, entries, bind_every_footer=store.is_local)
 
 
 def _usable(store: Store, manifests: Iterable[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
@@ -615,10 +617,12 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
 
     With ``stored`` (:func:`stored_files`), a file missing from the listing or of another size
     than its manifest's (cut short, or rewritten by hand as valid Parquet: rows dropped, scores
-    changed) is left out first, on every kind of store; on an object store files of one schema
-    fingerprint are then bound from their first file only (``storage.stored_files``). Binding
-    reads every other file's footer, which finds one that does not parse; damage that keeps the
-    size shows when a query reads the file (the error then points to `prh verify`)."""
+    changed) is left out first, on every kind of store; the view then reads the files of one
+    schema fingerprint together, bound from their first file only (``storage.stored_files``), so
+    that a query naming the view (or a view over it) does not read every footer again. On a local
+    store every footer is bound once here first (:func:`_footers_bound`), which finds one that
+    does not parse; damage that keeps the size shows when a query reads the file (the error then
+    points to `prh verify`)."""
     if not files:
         declared = _EMPTY_VIEWS[view].split(", ") + list(_ADDED_COLUMNS.get(view, ()))
         con.execute(f"CREATE VIEW {view} AS SELECT {_typed_nulls(declared)} WHERE false")
@@ -632,6 +636,8 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
                                      feature_datasets)
         groups = stored.groups(files)
     try:
+        if stored is not None and stored.bind_every_footer:
+            groups = _footers_bound(con, files, groups)
         con.execute(_file_view_sql(view, groups, lineage, feature_datasets))  # binding reads each union_by_name file's schema
         return files
     except duckdb.Error:  # a damaged file (cut short, overwritten): find it, show the rest
@@ -641,6 +647,24 @@ def _create_file_view(con: duckdb.DuckDBPyConnection, view: str, files: list[str
         _left_out(view, damaged)
         return _create_file_view(con, view, [f for f in files if f not in damaged], lineage, store, stored,
                                  feature_datasets)
+
+
+def _footers_bound(con: duckdb.DuckDBPyConnection, files: list[str], groups: list[FileGroup]) -> list[FileGroup]:
+    """Bind every footer of ``files`` (one ``read_parquet`` of all of them, ``union_by_name``):
+    raises DuckDB's error for a file whose footer does not parse, as binding a view over them
+    would. Returns ``groups`` (the files by schema fingerprint) when reading them so gives the
+    columns and types of that read, else the one group of all files read ``union_by_name``: a
+    file whose schema is not its fingerprint (rewritten by hand at the same size) is read as
+    before the views were grouped on local stores."""
+    every = [FileGroup(list(files), union_by_name=True)]
+    whole = con.execute(f"DESCRIBE SELECT * FROM {_source_sql(every)}").fetchall()
+    if len(groups) == 1 and groups[0].union_by_name:
+        return every
+    try:
+        grouped = con.execute(f"DESCRIBE SELECT * FROM {_source_sql(groups)}").fetchall()
+    except duckdb.Error:  # groups whose columns do not unite
+        return every
+    return groups if [row[:2] for row in grouped] == [row[:2] for row in whole] else every
 
 
 def _left_out(view: str, damaged: dict[str, str]) -> None:
@@ -689,12 +713,18 @@ def _canonical_sql(view: str, groups: list[FileGroup]) -> str:
 
 def _values_sql(rows: list[tuple[str | None, ...]], names: tuple[str, ...]) -> str:
     """A relation of ``rows`` (text or None: ``NULL``) with columns ``names``, each ``VARCHAR``
-    (an empty one of that shape without rows)."""
-    typed = ", ".join(f"{n}::VARCHAR AS {n}" for n in names)
+    (an empty one of that shape without rows).
+
+    The rows are one JSON text (a list of lists), unnested when a query reads the view: DuckDB binds
+    a view each time a query names it, and a view over another binds that one again, so a ``VALUES``
+    list of the lineage (2,400 rows of 7 literals for 1,200 alignment versions) was parsed and bound
+    at every use, 0.1 s each, several times per ``connect``; one literal binds in milliseconds. The
+    SQL stays self-contained (an exported catalog holds it; ``from_json`` is DuckDB's own)."""
     if not rows:
         return "SELECT " + ", ".join(f"NULL::VARCHAR AS {n}" for n in names) + " WHERE false"
-    values = ", ".join("(" + ", ".join("NULL" if v is None else _literal(v) for v in row) + ")" for row in rows)
-    return f"SELECT {typed} FROM (VALUES {values}) t({', '.join(names)})"
+    text = json.dumps([list(row) for row in rows], separators=(",", ":"))
+    typed = ", ".join(f"r[{i}]::VARCHAR AS {n}" for i, n in enumerate(names, 1))
+    return f"SELECT {typed} FROM (SELECT unnest(from_json({_literal(text)}, '[[\"VARCHAR\"]]')) AS r)"
 
 
 def _file_view_sql(view: str, groups: list[FileGroup], lineage: list[Lineage] | None,

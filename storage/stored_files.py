@@ -13,9 +13,12 @@ other: over S3 that is a few requests per file (12.9 s and 677 requests for the 
   fingerprints existed) form one group read with ``union_by_name = true``, as before.
 
 Local stores are checked against a listing too (a file rewritten by hand as valid Parquet, rows
-dropped or every score 0.999, had been shown on a local store while S3 left it out), but their
-footers are cheap to read: every file is bound (``by_schema`` False), which finds a file whose
-footer does not parse when the catalog opens.
+dropped or every score 0.999, had been shown on a local store while S3 left it out), and their
+views read the files by schema fingerprint as well, but their footers are cheap to read: every
+file is bound once when the catalog opens (``bind_every_footer``; ``storage.catalog._footers_bound``),
+which finds a file whose footer does not parse. Only that once: DuckDB binds a view again at
+each query that names it, and at each view over it (``alignment_best``, ``alignment_fdr``, ...),
+and a view of one ``union_by_name`` read of every file had read all of its footers each time.
 """
 
 from __future__ import annotations
@@ -59,9 +62,9 @@ class StoredFiles:
 
     listed: dict[str, ListedFile]
     entries: dict[str, dict[str, Any]]
-    #: Whether :meth:`groups` splits files by schema fingerprint (object stores); False: one group
-    #: read ``union_by_name`` (local stores, every footer bound).
-    by_schema: bool = True
+    #: Whether every file's footer is bound once before a view over them is created (local
+    #: stores, where footers are cheap to read: a damaged one is found when the catalog opens).
+    bind_every_footer: bool = False
 
     def intact(self) -> dict[str, dict[str, Any]]:
         """Store key → listing entry of each file a manifest lists that the listing holds at the
@@ -92,8 +95,6 @@ class StoredFiles:
         """``files`` split by schema fingerprint, each group in the order of ``files`` and the
         groups in the order of their first file; the files without one make one group read with
         ``union_by_name``."""
-        if not self.by_schema:
-            return [FileGroup(list(files), union_by_name=True)]
         by_schema: dict[str | None, list[str]] = {}
         for file in files:
             listed = self.listed.get(file)
