@@ -30,7 +30,7 @@ from tasks.dataset_task import load_dataset, stored_dataset
 from tasks.extract_task import extract_features, reuse_features, stored_features
 from tasks.grid_fdr import add_q_values
 from tasks.params import PipelineConfig
-from tasks.shown_text import for_terminal
+from tasks.shown_text import for_markdown, for_terminal
 from tasks.task_attempts import attempts_of_failure, attempts_said, failed_attempts
 
 if TYPE_CHECKING:
@@ -706,5 +706,6 @@ def lineage_markdown(record: dict[str, Any], n_rejected: Any = None) -> str:
         f"- features extracted: {', '.join(record['extracted']) or 'none'}; reused: {', '.join(record['reused']) or 'none'}\n"
         f"- model pairs aligned: {record['aligned']} new of {len(record['alignment_versions'])} (metric results: "
         f"{record['metrics_computed']} computed, {record['metrics_copied']} copied from stored versions)\n"
-        + "".join(f"- FAILED {f['stage']} {f['item']}: {failure_text(f)}\n" for f in record.get("failures", []))
+        # an error holds text from outside (a path, a server's message): shown as written, never as a link or HTML
+        + "".join(f"- FAILED {f['stage']} {f['item']}: {for_markdown(failure_text(f))}\n" for f in record.get("failures", []))
     )

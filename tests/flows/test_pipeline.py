@@ -334,6 +334,10 @@ def test_the_lineage_artifact_says_how_many_dataset_rows_were_rejected():
         "- FAILED check gpt: ValueError: no\n")
     for none in (0, None):
         assert "- dataset version: `d0`\n- features extracted" in lineage_markdown(record, none)
+    # an error message holds text from outside (a file name, a server's reply): no link or HTML in the UI
+    record["failures"] = [{"stage": "extract", "item": "gpt", "error": "OSError: [see](http://x.example) <img src=x>"}]
+    assert lineage_markdown(record).endswith(
+        "- FAILED extract gpt: OSError: \\[see\\]\\(http://x.example\\) \\<img src=x\\>\n")
 
 
 def test_feature_outcome_names_each_models_version_and_whether_it_was_extracted_or_reused():
