@@ -103,37 +103,62 @@ def test_a_slow_live_writer_keeps_its_claim_by_heartbeat(store_url):
     assert not [p for p in other.fs.ls(other.path("x/v"), detail=False) if HEARTBEAT_PREFIX in p]  # removed with the claim
 
 
-def test_a_writer_taken_over_stops_and_returns_the_new_writers_version(tmp_path):
+def test_a_writer_taken_over_stops_and_returns_the_new_writers_version(tmp_path, monkeypatch):
     """A writer that stalled, was judged dead and taken over: its heartbeat never rewrites the new
     claim, it writes no further file once it sees the takeover, and its publish returns the new
-    writer's manifest (``written=False``)."""
-    writing = threading.Event()
+    writer's manifest (``written=False``).
 
-    class _SlowStoreSaysWhenWriting(_SlowStore):
+    Each step waits on what the writer did, not on the clock: it stalls inside its first file's
+    write until the takeover is done; it beats every 0.05 s while a claim goes stale only after
+    60 s. (With a 0.4 s limit and a new writer beating from this thread, a loaded machine had let
+    the new claim look stale: the stalled writer removed it.)"""
+    monkeypatch.setattr(store_module, "CLAIM_HEARTBEAT_SECONDS", 0.05)
+    writing, taken_over, waiting = threading.Event(), threading.Event(), threading.Event()
+    seen_by_beats: list[str | None] = []  # the claim's owner as each of the stalled writer's beats read it
+
+    class _StalledStore(Store):
         def write_bytes(self, key: str, data: bytes) -> None:
-            if key.endswith(".bin"):
+            if key.endswith("/a.bin"):
                 writing.set()
+                if not taken_over.wait(60):
+                    raise TimeoutError("the test never took the claim over")
             super().write_bytes(key, data)
 
-    store = _SlowStoreSaysWhenWriting(str(tmp_path / "store"))
+        def _claim_owner(self, claim_key: str) -> str | None:
+            owner = super()._claim_owner(claim_key)
+            if threading.current_thread().name.startswith("claim-heartbeat"):
+                seen_by_beats.append(owner)
+            return owner
+
+        def _drop_if_stale(self, claim_key: str, stale_after_s: float) -> bool:
+            waiting.set()  # its publish lost the claim and waits for the new writer's version
+            return super()._drop_if_stale(claim_key, stale_after_s)
+
+    store = _StalledStore(str(tmp_path / "store"))
     results: dict[str, object] = {}
     thread = threading.Thread(target=lambda: results.setdefault(
-        "stalled", store.publish("x/v", {"a.bin": b"1", "b.bin": b"1", "c.bin": b"1"}, {"writer": 1}, stale_after_s=0.4)))
+        "stalled", store.publish("x/v", {"a.bin": b"1", "b.bin": b"1", "c.bin": b"1"}, {"writer": 1}, stale_after_s=60.0)))
     thread.start()
-    assert writing.wait(30)  # inside the first file's (slow) write, however long the thread took to start
+    assert writing.wait(60)  # inside the first file's write, stalled
     foreign = json.dumps({"owner": "someone-else", "claimed_at": time.time(), "process": {"host": "elsewhere", "pid": 1}}).encode()
     new_writer = Store(str(tmp_path / "store"))
     new_writer.write_bytes(f"x/v/{CLAIM}", foreign)  # as if another writer had judged this one dead
-    for _ in range(10):  # the new writer is alive: its own heartbeat, several of the stalled writer's beats (0.1 s)
-        new_writer.write_bytes(f"x/v/{HEARTBEAT_PREFIX}someone-else", json.dumps({"heartbeat_at": time.time()}).encode())
-        time.sleep(0.1)
-        assert new_writer.read_bytes(f"x/v/{CLAIM}") == foreign
+    new_writer.write_bytes(f"x/v/{HEARTBEAT_PREFIX}someone-else", json.dumps({"heartbeat_at": time.time()}).encode())
+    deadline = time.monotonic() + 60
+    while "someone-else" not in seen_by_beats:  # a beat of the stalled writer read the new claim ...
+        assert time.monotonic() < deadline, "the stalled writer's heartbeat never looked at its claim again"
+        time.sleep(0.01)
+    assert new_writer.read_bytes(f"x/v/{CLAIM}") == foreign  # ... and left it as it was
+    assert seen_by_beats[-1] == "someone-else"  # and stopped beating once it saw the claim another's
+    taken_over.set()  # the stalled write ends
+    assert waiting.wait(60)  # it saw the takeover and waits
+    assert new_writer.read_bytes(f"x/v/{CLAIM}") == foreign
     assert not new_writer.exists("x/v/b.bin") and not new_writer.exists("x/v/c.bin")  # nothing written after the takeover was seen
     for name in ("a.bin", "b.bin", "c.bin"):
         new_writer.write_bytes(f"x/v/{name}", b"2")
     new_writer.write_json("x/v/manifest.json", {"writer": 2, "key": "x/v", "files": {}})
     new_writer.delete(f"x/v/{CLAIM}")
-    thread.join(30)
+    thread.join(60)
     assert results["stalled"].written is False and results["stalled"].manifest["writer"] == 2
     assert [new_writer.read_bytes(f"x/v/{n}") for n in ("a.bin", "b.bin", "c.bin")] == [b"2"] * 3
     assert not new_writer.exists(f"x/v/{CLAIM}")

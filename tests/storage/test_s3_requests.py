@@ -221,7 +221,12 @@ def test_the_report_at_a_run_s_end_reads_no_run_record(s3_store_url, proxy):
     record_reads, sent = report_requests()
     for night in range(40):  # the store's history grows: the report's requests do not
         writer.write_json(layout.run_key(f"night-{night:02d}"), {**record, "run_id": f"night-{night:02d}"})
-    assert report_requests() == (record_reads, sent) and record_reads == 0, (record_reads, sent)
+    grown_reads, grown = report_requests()
+    assert record_reads == grown_reads == 0, (record_reads, grown_reads)
+    # the same requests but for the number of GETs, which DuckDB's Parquet reads through s3fs split
+    # into ranges as its threads go (two reads of one store under load: 60 and 74); the run records'
+    # GETs are counted on their own above
+    assert {m: n for m, n in grown.items() if m != "GET"} == {m: n for m, n in sent.items() if m != "GET"}, (sent, grown)
     chosen = load_report_input(Store(s3_store_url, {"endpoint_url": proxy.url, "skip_instance_cache": True}),
                                run_id="night-39")  # `prh report --run`: the history is read
     assert chosen.run["run_id"] == "night-39"
