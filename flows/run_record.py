@@ -14,7 +14,6 @@ import secrets
 import signal
 import threading
 import time
-import traceback
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
@@ -30,7 +29,7 @@ from storage.store_errors import StoreNotWritable
 from storage.versioning import code_version
 from tasks.params import PipelineConfig
 from tasks.stop_request import RunScope, current_scope, remote_stop_name, run_scope
-from tasks.task_attempts import attempts_of_failure
+from tasks.task_attempts import attempts_of_failure, error_line
 
 #: seconds a stopped run waits for its tasks in flight to reach a safe point before its record
 #: says it ended (Prefect's process worker kills a cancelled flow run's process 30 s after its
@@ -62,7 +61,7 @@ def one_line(error: BaseException) -> str:
         return f"TerminationSignal: {name}"
     if isinstance(error, Pause):
         return PAUSED_ERROR
-    return "".join(traceback.format_exception_only(type(error), error)).strip()
+    return error_line(error)
 
 
 #: How the id of a run without a Prefect flow run of its own starts (:func:`local_run_id`).

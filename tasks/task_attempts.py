@@ -37,7 +37,8 @@ _LOCK = threading.Lock()
 
 
 def error_line(error: BaseException) -> str:
-    """``Type: message`` of ``error``, as the run record writes errors (the message may hold line breaks)."""
+    """``Type: message`` of ``error``, as the run record writes errors (the message may hold line breaks;
+    ``flows.run_record.one_line`` is this but for Prefect's cancel and pause signals)."""
     return "".join(traceback.format_exception_only(type(error), error)).strip()
 
 
