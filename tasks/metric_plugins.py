@@ -70,8 +70,8 @@ def load_metric_modules(environ: Any = None) -> tuple[str, ...]:
         except Exception as error:  # noqa: BLE001 - any failure of the user's module, named
             _restore(METRICS._specs, before)
             raise ValueError(f"${METRIC_MODULES_ENV}: cannot import {name!r} ({type(error).__name__}: {error})"
-                             f"{_failure_location(name, error)}; it names the modules that register your metrics "
-                             "(importable from this process)") from error
+                             f"{_failure_location(name, error)}{_not_found_hint(name, error)}; it names the modules "
+                             "that register your metrics (importable from this process)") from error
         _module_digest(module)
     return names
 
@@ -84,6 +84,23 @@ def _restore(specs: dict[str, Any], before: dict[str, Any]) -> None:
     for name, spec in before.items():
         if specs.get(name) is not spec:
             specs[name] = spec
+
+
+def _not_found_hint(name: str, error: BaseException) -> str:
+    """Where Python looks for module ``name`` when ``error`` says that it (or a package above it) is
+    not there, not a module it imports: ``prh`` (a console script), a Prefect worker's flow run and a
+    Dask worker search ``sys.path``, which need not hold the directory they were started in, so a
+    ``mylab/`` beside the config was not found. ``''`` for any other failure."""
+    missing = getattr(error, "name", None) if isinstance(error, ModuleNotFoundError) else None
+    if not missing or not (name == missing or name.startswith(missing + ".")):
+        return ""
+    top = missing.split(".")[0]
+    here = os.getcwd()
+    beside = [p for p in (os.path.join(here, top), os.path.join(here, top + ".py")) if os.path.exists(p)]
+    where = (f" ({beside[0]} is in the current directory, which this process does not search: "
+             f"PYTHONPATH={here})") if beside and here not in [os.path.abspath(p or ".") for p in sys.path] else ""
+    return (f"; Python looks for {top!r} on this process's sys.path{where}: add the directory that holds it to "
+            "PYTHONPATH where prh, the worker or the Dask workers run, or install your package into this environment")
 
 
 def _failure_location(name: str, error: BaseException) -> str:
@@ -126,6 +143,8 @@ def metric_source(name: str) -> str | None:
     from tasks.metrics.engine import FunctionEngine
     from tasks.metrics.origin import code_target, plain, registration_state
 
+    if name not in METRICS:
+        raise unregistered_here(name)
     spec = METRICS[name]
     given = spec.engine.fn if isinstance(spec.engine, FunctionEngine) else spec.engine
     target = code_target(given)
@@ -146,6 +165,27 @@ def metric_source(name: str) -> str | None:
         sorted((k, plain(v)) for k, v in spec.defaults.items()), _describe(spec.chance),
     ))
     return "sha256:" + hashlib.sha256(repr(sorted(parts.items())).encode()).hexdigest()
+
+
+def unregistered_here(name: str) -> Exception:
+    """The error for metric ``name``, which a run names but this process has not registered: a
+    process the run's config reached without being checked here (a Dask worker unpickles it) whose
+    environment lacks the ``$PRH_METRIC_MODULES`` that registered the metric where the run began.
+    An ``UnknownMetricError`` that says where user metrics come from and which process lacks them
+    (it had read ``unknown metric 'dcor'; valid metrics: ...`` alone, on a worker's host)."""
+    import socket
+
+    from tasks.metrics import METRICS
+    from tasks.metrics.registry import UnknownMetricError
+
+    modules = metric_module_names()
+    here = (f"${METRIC_MODULES_ENV} is {' '.join(modules)!r} here and registers no such metric" if modules
+            else f"${METRIC_MODULES_ENV} is unset here")
+    return UnknownMetricError(
+        f"unknown metric {name!r} in this process (host {socket.gethostname()}, pid {os.getpid()}): {here}. A metric of "
+        f"your own is registered by the modules ${METRIC_MODULES_ENV} names: set it, with those modules importable "
+        "(PYTHONPATH or installed), wherever the run computes: prh run's machine, each Prefect worker and each Dask "
+        f"worker (docs/orchestration.md); registered here: {', '.join(METRICS)}")
 
 
 def _digest_of(name: str) -> str:

@@ -134,6 +134,75 @@ def test_a_module_that_cannot_be_imported_is_named(monkeypatch, tmp_path):
         load_config(config)
 
 
+def test_a_module_beside_the_config_but_not_on_sys_path_is_explained(monkeypatch, tmp_path):
+    """``prh`` is a console script: the directory it runs in is not on its sys.path, so a package
+    ``mylab/`` there is not found; the error says where Python looks and what to set."""
+    package = f"prh_test_lab_{uuid.uuid4().hex[:8]}"
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / package / "metrics.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if os.path.abspath(p or ".") != str(tmp_path)])
+    monkeypatch.setenv(METRIC_MODULES_ENV, f"{package}.metrics")
+    with pytest.raises(ValueError) as error:
+        load_metric_modules()
+    message = str(error.value)
+    assert f"No module named '{package}'" in message
+    assert f"{tmp_path / package} is in the current directory" in message and f"PYTHONPATH={tmp_path}" in message
+    # found (on the path), but a module it imports is missing: that is the module's own failure, no path hint
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError) as error:
+        load_metric_modules()
+    assert "No module named 'no_such_dependency_xyz'" in str(error.value) and "PYTHONPATH" not in str(error.value)
+    assert f"{package}/metrics.py:1" in str(error.value)
+    sys.modules.pop(package, None)
+
+
+def test_a_process_without_the_metric_modules_says_so(plugin, monkeypatch):
+    """A Dask worker gets the run's config unpickled, never checked: where its environment lacks
+    $PRH_METRIC_MODULES the user metric is not registered there, and the pair's version says why
+    (it had been `unknown metric 'x'; valid metrics: ...` alone)."""
+    from tasks.metrics import UnknownMetricError
+
+    module, metric, _ = plugin
+    monkeypatch.setenv(METRIC_MODULES_ENV, module)
+    params = AlignmentParams(metrics=[metric, "mutual_knn"])  # checked where the run began
+    monkeypatch.delenv(METRIC_MODULES_ENV)  # the worker's environment
+    METRICS._specs.pop(metric)  # the worker never imported the module
+    with pytest.raises(UnknownMetricError) as error:
+        alignment_version({"catalog": {"feature_version": "f1"}}, {"catalog": {"feature_version": "f1"}}, params)
+    message = str(error.value)
+    assert f"unknown metric '{metric}' in this process" in message
+    assert f"${METRIC_MODULES_ENV} is unset here" in message and "Dask worker" in message
+
+
+def test_the_pages_quote_what_a_metric_author_meets(monkeypatch):
+    """docs/metrics.md and docs/orchestration.md quote the refusal of a reload without
+    ``overwrite=True`` and the error of a process without $PRH_METRIC_MODULES: the quotes are the
+    messages the code gives, and the pages say where the module must be importable."""
+    from tasks.metric_plugins import unregistered_here
+
+    root = Path(__file__).resolve().parents[2]
+    metrics_page = " ".join((root / "docs" / "metrics.md").read_text(encoding="utf-8").split())
+    orchestration = " ".join((root / "docs" / "orchestration.md").read_text(encoding="utf-8").split())
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    name = f"doc_metric_{uuid.uuid4().hex[:8]}"
+    register_metric(name, lambda x, y: 0.0)
+    try:
+        with pytest.raises(ValueError) as refused:
+            register_metric(name, lambda x, y: 0.0)  # what a reload without overwrite=True does
+    finally:
+        METRICS._specs.pop(name, None)
+    assert str(refused.value).replace(name, "dcor") in metrics_page
+    monkeypatch.delenv(METRIC_MODULES_ENV, raising=False)
+    message = str(unregistered_here("dcor"))
+    quoted = "unknown metric 'dcor' in this process (host ...): $PRH_METRIC_MODULES is unset here"
+    assert message.startswith(quoted.split(" (host")[0] + " (host ") and quoted.split("): ")[1] in message
+    for page in (metrics_page, orchestration):
+        assert quoted in page and "PYTHONPATH" in page
+    assert "PYTHONPATH" in readme.split("### Your own metric", 1)[1].split("###", 1)[0]
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_pipeline_scores_a_user_metric(plugin, monkeypatch, tmp_path):
     from flows.pipeline import prh_pipeline
