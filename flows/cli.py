@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import errno
+import locale
 import logging
 import os
 import re
 import shlex
 import shutil
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -127,6 +130,11 @@ STORE_HELP = "store URL: a folder, file://..., s3://bucket/prefix (default: $PRH
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and (again := utf8_mode_command()) is not None:
+        os.environ["PYTHONUTF8"] = "1"  # its children (Prefect's server) read names as it writes them
+        if sys.stdout is not None and not os.environ.get("PYTHONIOENCODING"):
+            os.environ["PYTHONIOENCODING"] = sys.stdout.encoding  # output still in the terminal's encoding
+        os.execv(again[0], again)
     configure_environment()
     if sys.stdout is None:  # started with stdout closed (`prh ... >&-`): its output goes nowhere, as asked
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the whole process
@@ -136,6 +144,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     escape_what_stdout_cannot_hold(args)
     with escaped_warnings():
         return _dispatch(args)
+
+
+def utf8_mode_command() -> list[str] | None:
+    """The command line that starts this ``prh`` again in Python's UTF-8 mode, where its locale's
+    encoding is not UTF-8 (``LC_ALL=en_US.ISO-8859-1``); None where names are read as UTF-8 already
+    (a UTF-8 locale, ``C``/``POSIX``, macOS, Windows), ``PYTHONUTF8=0`` asks for the locale's
+    encoding, or the program is no ``prh`` (another program calling :func:`main`).
+
+    DuckDB reads paths as UTF-8, Python in such a locale decodes file names in its encoding: a
+    store, config or dataset folder with a non-ASCII name opened as two different paths (a run
+    extracted every model, then failed every pair), and file names read from a dataset folder gave
+    other sample ids (``img\u00c3\u00a900`` for ``imgé00``), so another dataset version of the
+    same data. Started again in UTF-8 mode, the same bytes are read as in a UTF-8 locale; the
+    command line and the environment pass through ``execv`` as the bytes they were."""
+    if (sys.flags.utf8_mode or os.name != "posix" or not sys.executable or os.environ.get("PYTHONUTF8", "").strip() == "0"
+            or codecs.lookup(sys.getfilesystemencoding()).name == "utf-8"):
+        return None
+    program = sys.argv[0] if sys.argv else ""
+    if not (_same_file(program, __file__) or os.path.basename(os.path.realpath(program)) == "prh"):
+        return None
+    return [sys.executable, *sys.orig_argv[1:]]
+
+
+def typed_text(value: str | None) -> str | None:
+    """A command-line argument that is text, not a path (``prh sql``'s query, a column name), as
+    typed in a terminal whose locale is not UTF-8, where prh runs in UTF-8 mode
+    (:func:`utf8_mode_command`): a Latin-1 terminal sends ``café`` with the byte ``e9``, which UTF-8
+    mode keeps as a lone surrogate (refused as no text); decoded in the locale's encoding, as it
+    was before the restart. Anything else is returned as it is."""
+    if value is None or not sys.flags.utf8_mode:
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        return os.fsencode(value).decode(locale.getencoding())
+    except UnicodeError:
+        return value
 
 
 class _EscapedStderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -578,7 +626,7 @@ def config_with_flags(args: argparse.Namespace) -> PipelineConfig:
     image_root = args.image_root
     if image_root is not None:  # an empty --image-root is refused (DatasetParams), not taken as "not given"
         image_root = str(Path(image_root).expanduser().resolve()) if image_root.strip() else ""
-    options = {"image_column": args.image_column, "text_column": args.text_column, "captions": args.captions, "n": args.n,
+    options = {"image_column": typed_text(args.image_column), "text_column": typed_text(args.text_column), "captions": args.captions, "n": args.n,
                "image_root": image_root, "split": args.split}
     data, flags = config.model_dump(), []
     if args.dataset is not None:
@@ -770,17 +818,13 @@ def pairs_line(summary: dict[str, Any]) -> str | None:
     return line
 
 
-#: The top-level folders of a store (``storage.layout``, reports): one of them marks a prh store.
-STORE_FOLDERS = ("runs", "datasets", "features", "alignment", "reports")
-
-
 def existing_store(url: str) -> Store:
     """The store at ``url`` for a command that only reads it (``sql``, ``report``, ``catalog
     export``, ``gc``, ``verify``); raises ValueError when nothing is there, or when what is there
     is no prh store (a file; a folder with none of ``STORE_FOLDERS``), so that a mistyped
     ``--store`` is not answered with an empty catalog (or a new empty folder). A store holds
     ``runs/`` from the moment a run records its start."""
-    from storage.store import Store, refused_url
+    from storage.store import STORE_FOLDERS, Store, refused_url
 
     store = Store(url)
     try:
@@ -792,11 +836,27 @@ def existing_store(url: str) -> Store:
         raise ValueError(f"store {store.display_url} does not exist: nothing was ever written there (check --store; "
                          f"the default is {_default_store_shown()})")
     if not any(store.exists(folder) for folder in STORE_FOLDERS):
+        _check_readable_folder(store)
         what = "it is a file" if store.is_local and Path(store.root).is_file() else \
             f"it holds none of {', '.join(f + '/' for f in STORE_FOLDERS)}"
         raise ValueError(f"store {store.display_url} is not a prh store: {what} (check --store; the default is "
                          f"{_default_store_shown()})")
     return store
+
+
+def _check_readable_folder(store: Store) -> None:
+    """ValueError naming a local store whose folder this user cannot list: its folders are there
+    but out of sight (a store written with ``umask 077`` by another user, read by a second one),
+    which had been called "not a prh store: it holds none of runs/, ..."."""
+    if not store.is_local or not os.path.isdir(store.root):
+        return
+    try:
+        os.listdir(store.root)
+    except PermissionError as error:
+        info = os.stat(store.root)
+        raise ValueError(f"store {store.display_url} cannot be read by this user: {error.strerror} (its folder: mode "
+                         f"{stat.filemode(info.st_mode)}, owner uid {info.st_uid}; this user: uid {os.geteuid()}): ask its "
+                         "owner to let others read it (chmod -R a+rX), or run as that user") from None
 
 
 def _sql(args: argparse.Namespace) -> int:
@@ -805,7 +865,7 @@ def _sql(args: argparse.Namespace) -> int:
     from storage.sql_guard import check_query
 
     con = connect(existing_store(store_argument(args)), lossless_arrow=True)
-    query = check_query(con, args.query)  # checked once: what runs below is this
+    query = check_query(con, typed_text(args.query))  # checked once: what runs below is this
     statements = len(query.statements)
     if args.format != "table" and statements > 1:
         raise ValueError(f"--format {args.format} writes one result, but the query has {statements} statements: "

@@ -196,13 +196,16 @@ def check_report_folder(out: str | Path) -> Path:
     if not str(out).strip():
         raise ValueError(f"report folder {str(out)!r} is empty: give the folder to write report.html and figures/ to (--out)")
     out = Path(out).expanduser()
-    for place in (out, *out.parents):
-        if place.is_dir():
-            return out
-        if place.exists() or place.is_symlink():  # a file, or a link to nothing
-            kind = "a file" if place.is_file() else "not a folder"
-            what = f"is {kind}" if place == out else f"is under {str(place)!r}, which is {kind}"
-            raise ValueError(f"report folder {str(out)!r} {what}: give a folder (--out)")
+    try:
+        for place in (out, *out.parents):
+            if place.is_dir():
+                return out
+            if place.exists() or place.is_symlink():  # a file, or a link to nothing
+                kind = "a file" if place.is_file() else "not a folder"
+                what = f"is {kind}" if place == out else f"is under {str(place)!r}, which is {kind}"
+                raise ValueError(f"report folder {str(out)!r} {what}: give a folder (--out)")
+    except OSError as error:  # a name longer than the disk takes (ENAMETOOLONG), a folder that cannot be searched
+        raise ValueError(f"report folder {str(out)!r}: {error.strerror or error} (--out)") from None
     return out
 
 

@@ -35,6 +35,7 @@ import pyarrow as pa
 from storage.catalog import (UTC_TIMESTAMP, _create_file_view, _exists_in, _literal, catalog_sources, create_derived_views,
                              linked_files, lock_down, register_store_filesystem, stored_files, utc_time)
 from storage.store import Store, utc_now
+from storage.store_urls import check_duckdb_spelling
 
 INFO_TABLE = "prh_catalog"
 
@@ -70,7 +71,7 @@ def export_catalog(store: Store | str, path: str | Path, storage_options: dict[s
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # raced by a file of that name, or no permission
         raise ValueError(f"catalog file {str(path)!r}: cannot create its folder: {error.strerror or error}") from None
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    tmp = _temporary_beside(path)
     sources = catalog_sources(store)
     build = tmp if _duckdb_can_write(tmp) else Path(tempfile.mkdtemp(prefix="prh-export-")) / "catalog.duckdb"
     try:
@@ -160,17 +161,34 @@ def _checked_file(path: str | Path) -> Path:
         raise ValueError(f"catalog file {str(path)!r} is empty: give the .duckdb file to write, e.g. prh.duckdb")
     path = Path(path).expanduser().resolve()
     _refuse_backslash(path)
-    if path.is_dir():
-        raise ValueError(f"catalog file {str(path)!r} is a folder: give a file name, e.g. {str(path / 'prh.duckdb')!r}")
-    for place in path.parents:
-        if place.is_dir():
-            break
-        if place.exists():
-            raise ValueError(f"catalog file {str(path)!r} is under {str(place)!r}, which is not a folder")
-    if not _replaceable(path):
+    check_duckdb_spelling(str(path), "catalog file")  # DuckDB writes it, Python then renames it
+    try:
+        if path.is_dir():
+            raise ValueError(f"catalog file {str(path)!r} is a folder: give a file name, e.g. {str(path / 'prh.duckdb')!r}")
+        for place in path.parents:
+            if place.is_dir():
+                break
+            if place.exists():
+                raise ValueError(f"catalog file {str(path)!r} is under {str(place)!r}, which is not a folder")
+        replaceable = _replaceable(path)
+    except OSError as error:  # a name longer than the disk takes (ENAMETOOLONG), a folder that cannot be searched
+        raise ValueError(f"catalog file {str(path)!r}: {error.strerror or error}") from None
+    if not replaceable:
         raise ValueError(f"catalog file {str(path)!r} exists and is not a DuckDB database (an earlier export): it is not "
                          "replaced; remove it yourself or give another name, e.g. prh.duckdb")
     return path
+
+
+def _temporary_beside(path: Path) -> Path:
+    """``.<name>.tmp-<32 hex>`` beside ``path``, ``name`` cut where needed so that it and DuckDB's
+    ``<it>.wal`` fit in the 255 bytes of a file name: a catalog file named with 210 to 255 bytes,
+    which the disk takes, had made them too long, and the export ended in a traceback
+    (``OSError: [Errno 36] File name too long``)."""
+    suffix = f".tmp-{uuid.uuid4().hex}"
+    name = path.name
+    while name and len(os.fsencode(f".{name}{suffix}.wal")) > 255:
+        name = name[:-1]
+    return path.with_name(f".{name}{suffix}")
 
 
 #: Where a DuckDB database file holds its magic bytes (after an 8-byte checksum).
@@ -212,6 +230,7 @@ def open_catalog(
     """
     path = Path(path).expanduser().resolve()
     _refuse_backslash(path)
+    check_duckdb_spelling(str(path), "catalog file")
     if not path.is_file():
         raise FileNotFoundError(f"catalog file {str(path)!r} does not exist (write it with `prh catalog export FILE`)")
     con = duckdb.connect(":memory:")

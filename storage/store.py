@@ -32,6 +32,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -54,8 +55,8 @@ from storage.owner import current_owner, owner_is_dead
 from storage.parquet_schema import schema_fingerprint
 from storage.s3_options import NotImplementedReply, describe_s3_error, from_s3_client, not_implemented_reply, not_s3_reply
 from storage.store_errors import (REMOVE_DAMAGED_ADVICE, ConditionalWritesIgnored, DamagedManifest, EndpointLacksFeature,
-                                  NotAnS3Endpoint, StoreIOError, StoreNotWritable)
-from storage.store_urls import (check_store_url, check_utf8_url, decoded_local_path, escape_glob, local_store_path,
+                                  NotAnS3Endpoint, StoreIOError, StoreNotReadable, StoreNotWritable)
+from storage.store_urls import (check_duckdb_spelling, check_store_url, check_utf8_url, decoded_local_path, escape_glob, local_store_path,
                                 redact_url, store_file_url)
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,11 @@ class Published:
     written: bool
 
 
+#: The folders a store's versions, runs and reports lie in, at its top (a folder with none of them
+#: is no prh store: ``prh``'s read-only commands refuse it).
+STORE_FOLDERS = ("runs", "datasets", "features", "alignment", "reports")
+
+
 class Store:
     """A store rooted at an fsspec URL (a local folder, ``file://...``, ``s3://bucket/prefix``).
 
@@ -299,6 +305,8 @@ class Store:
             raise StoreIOError(f"store {redact_url(self.url)}: cannot reach it: {_describe(error)}") from error
         self.root = self.root.rstrip("/")
         self.is_local = "file" in _protocols(self.fs)
+        if self.is_local:  # DuckDB must read the folder Python writes
+            check_duckdb_spelling(self.root, "store folder")
         #: Options of a whole-file read in one GET request (:func:`_one_get_options`).
         self._one_get = _one_get_options(self.fs)
         if is_s3 and (fs_retries := s3fs_retries()) is not None:
@@ -320,7 +328,31 @@ class Store:
         ``refresh``: list every folder afresh (s3fs otherwise answers a pattern with a wildcard
         folder, ``*/v/manifest.json``, from listings it cached earlier, which can lack folders)."""
         fresh = {"refresh": True} if refresh else {}  # passed down to every ls
-        return self.fs.glob(f"{escape_glob(self.path(prefix))}/{pattern}", detail=detail, **fresh)
+        return self.fs.glob(f"{escape_glob(self.path(prefix))}/{pattern}", detail=detail, **fresh, **self._walk_errors())
+
+    def _walk_errors(self) -> dict[str, Any]:
+        """``on_error`` for fsspec's walk (``glob``, ``find``) of a local store: a folder this user
+        may not list is :class:`StoreNotReadable` naming it, its mode and owner; fsspec skipped it
+        without a word, so that ``prh verify`` found "all match" and ``prh sql`` no rows where a
+        second user could not read the first one's versions. A folder removed meanwhile (``prh gc``)
+        is still skipped, and so is one that is not prh's (``lost+found`` of a store at the top of
+        a disk)."""
+        if not self.is_local:
+            return {}
+
+        def raise_unreadable(error: OSError) -> None:
+            where = error.filename if isinstance(error.filename, str) else self.root
+            inside = where.rstrip("/")[len(self.root) + 1:].split("/", 1)[0] if where.startswith(self.root + "/") else ""
+            if isinstance(error, PermissionError) and inside in STORE_FOLDERS:
+                try:
+                    info = os.stat(where)
+                    owner = f" (mode {stat.filemode(info.st_mode)}, owner uid {info.st_uid}; this user: uid {os.geteuid()})"
+                except OSError:
+                    owner = ""
+                raise StoreNotReadable(f"store {self.display_url}: cannot list the folder {where!r}: {error.strerror}{owner}: "
+                                       "ask its owner to let others read the store (chmod -R a+rX), or run as that user") from None
+
+        return {"on_error": raise_unreadable}
 
     def key_of(self, path: str) -> str:
         """The key of a path this store's filesystem listed (``glob``/``ls``; with or without a
@@ -424,7 +456,7 @@ class Store:
         try:  # no existence check first (on S3 a HEAD and a LIST request): a missing folder lists nothing
             with self._reading(prefix):
                 self._forget_listings(path)
-                found = self.fs.find(path, detail=True)
+                found = self.fs.find(path, detail=True, **self._walk_errors())
         except FileNotFoundError:  # s3fs: the bucket itself is missing
             return {}
         return {self.key_of(name): dict(info) for name, info in found.items()

@@ -21,6 +21,11 @@ class StoreNotWritable(PermissionError):
     """The store refuses writes (read-only, no permission, disk full, quota): retries cannot help."""
 
 
+class StoreNotReadable(PermissionError):
+    """A folder of a local store that this user may not list (written by another user with
+    ``umask 077``): a listing that skipped it, as fsspec's walk does, showed its versions as gone."""
+
+
 #: What to do about a damaged version: `prh verify --remove-damaged` removes it under its publishing
 #: claim (a folder removed by hand takes none: a run publishing the version again meanwhile loses
 #: its files), so that the next run computes it again.

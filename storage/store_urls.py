@@ -11,8 +11,10 @@ checks of :func:`decoded_local_path`.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
+import sys
 from typing import Any
 from urllib.parse import unquote
 
@@ -155,6 +157,29 @@ def check_utf8_url(url: str) -> None:
         raise ValueError(f"store URL {url!r} holds bytes that are not UTF-8 text (a folder named in another encoding, or a "
                          "process whose locale is not UTF-8), which DuckDB and Arrow cannot open: rename the folder to "
                          "UTF-8, or run with a UTF-8 locale (LC_ALL=C.UTF-8 or PYTHONUTF8=1)") from None
+
+
+def check_duckdb_spelling(path: str, what: str, encoding: str | None = None) -> None:
+    """Refuse (ValueError naming ``what`` and ``path``) a local path that DuckDB would open as
+    another file. DuckDB takes every path as UTF-8 text, while Python decodes file names (and the
+    command line) with the locale's encoding (``encoding``: default the process's). In a Latin-1
+    locale (``LC_ALL=en_US.ISO-8859-1``) the folder ``störe``, named by the UTF-8 bytes ``c3 b6``,
+    reads as ``stÃ¶re``: Python's writes reached the folder, DuckDB looked for ``stÃ¶re`` in UTF-8,
+    so ``prh run`` extracted every model, then failed every pair ("No files found that match the
+    pattern"), ``prh sql`` read no files and ``prh catalog export`` left its file under another
+    name. An ASCII path, or any path in a UTF-8 locale, passes (lone surrogates are
+    :func:`check_utf8_url`'s)."""
+    encoding = encoding or sys.getfilesystemencoding()
+    if codecs.lookup(encoding).name == "utf-8" or path.isascii():
+        return
+    try:
+        same = path.encode(encoding, "surrogateescape").decode("utf-8") == path
+    except UnicodeError:  # a character the locale cannot write, or bytes that are not UTF-8
+        same = False
+    if not same:
+        raise ValueError(f"{what} {path!r}: this process reads file names in its locale's encoding ({encoding}), DuckDB "
+                         "reads them as UTF-8, so the two would open different files: run with a UTF-8 locale "
+                         "(LC_ALL=C.UTF-8) or PYTHONUTF8=1, or use a path of ASCII characters")
 
 
 #: Object stores whose URL's first part is a bucket: an ``@`` there is credentials, never a name.
