@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from flows.local_paths import default_store_path, default_store_shown
 from flows.omp_policy import choose_omp_wait_policy
 from tasks.shown_text import for_terminal, for_terminal_lines
 
@@ -28,15 +29,17 @@ if TYPE_CHECKING:
     from tasks.params import DatasetParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEMO_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
+#: the embedded demo: package data of flows/ (in the wheel too; configs/demo.yaml of a checkout links to it)
+DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"
 
 
 def configure_environment() -> None:
     """Prefect with a project-local home (where ``$PREFECT_HOME`` is unset or empty:
     :func:`flows.prefect_env.prefect_home`), telemetry off, a patient temporary server."""
+    from flows.local_paths import default_prefect_home
     from flows.prefect_env import prefect_home  # light: no Prefect import
 
-    os.environ["PREFECT_HOME"] = prefect_home(str(PROJECT_ROOT / ".prefect"))
+    os.environ["PREFECT_HOME"] = prefect_home(default_prefect_home())
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -44,8 +47,11 @@ def configure_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-#: the store without --store and $PRH_STORE: store/ of this checkout
-CHECKOUT_STORE = str(PROJECT_ROOT / "store")
+#: the store without --store and $PRH_STORE: store/ of this checkout; for an installed prh (a wheel),
+#: store/ of the user's data folder (flows/local_paths.py)
+CHECKOUT_STORE = default_store_path()
+#: how help and errors name it
+CHECKOUT_STORE_SHOWN = default_store_shown()
 
 
 def default_store() -> str:
@@ -60,7 +66,7 @@ def default_store() -> str:
     try:
         check_store_url(store)
     except ValueError as error:
-        raise ValueError(f"$PRH_STORE: {error} (unset it for store/ of this checkout)") from None
+        raise ValueError(f"$PRH_STORE: {error} (unset it for {CHECKOUT_STORE_SHOWN})") from None
     return store
 
 
@@ -126,7 +132,7 @@ ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundErro
 #: writer that SIGPIPE ended (128 + 13), not 1, which `prh run` exits with when models failed.
 BROKEN_PIPE_EXIT = 128 + 13
 
-STORE_HELP = "store URL: a folder, file://..., s3://bucket/prefix (default: $PRH_STORE, else store/ of this checkout)"
+STORE_HELP = f"store URL: a folder, file://..., s3://bucket/prefix (default: $PRH_STORE, else {CHECKOUT_STORE_SHOWN})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -385,6 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"the server deletes flow runs (with their logs and artifacts) finished more than this many "
                              f"days ago; the store keeps every result (default {HISTORY_DAYS}; 0: keep them all)")
     args = parser.parse_args(argv)
+    if not (PROJECT_ROOT / "prefect.yaml").is_file():  # an installed prh (a wheel): its packages, no prefect.yaml
+        print(f"no prefect.yaml in {PROJECT_ROOT}: python -m flows.serve deploys the prefect.yaml of a prh checkout "
+              "(a clone of the repository, where `make serve` runs it); this prh is an installed copy. Nothing was "
+              "started", file=sys.stderr)
+        return 2
     if args.port is None:
         raw = os.environ.get("PRH_SERVE_PORT", "").strip() or "4200"
         try:

@@ -247,3 +247,26 @@ def test_an_empty_prefect_home_is_the_checkouts_and_an_empty_home_option_is_refu
     assert stopped.value.code == 2
     assert "--home: must name a folder, got an empty path" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_installed_prh_without_prefect_yaml_is_refused_before_anything_starts(tmp_path, monkeypatch, capsys):
+    """`python -m flows.serve` of an installed prh (a wheel: its packages in site-packages, no
+    prefect.yaml beside them) had created its Prefect home in site-packages and started a server
+    before `prefect deploy --all` found no prefect.yaml there; it is one line, nothing started."""
+    def no_start(*args, **kwargs):
+        raise AssertionError("a server was started")
+
+    monkeypatch.setattr(serve, "start_server", no_start)
+    monkeypatch.setattr(serve, "port_in_use", lambda *a: False)
+    monkeypatch.setattr(serve, "PROJECT_ROOT", tmp_path / "site-packages")
+    home = tmp_path / "home"
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert serve.main(["--port", "4391", "--home", str(home)]) == 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err
+    assert err == (f"no prefect.yaml in {tmp_path / 'site-packages'}: python -m flows.serve deploys the prefect.yaml of a prh "
+                   "checkout (a clone of the repository, where `make serve` runs it); this prh is an installed copy. "
+                   "Nothing was started\n")
+    assert not home.exists()
