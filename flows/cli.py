@@ -286,9 +286,43 @@ def _unwritable_output(error: UnicodeEncodeError) -> str:
             "which writes it as a \\u escape")
 
 
+def version_text() -> str:
+    """``prh --version``: the installed distribution's version, then the code versions that a
+    dataset, feature and alignment version made now would carry (``storage.versioning.code_version``
+    of each stage's code), which a bug report or a store's manifests can be matched against:
+    ``prh 0.1.0 (datasets code 5d16..., features code b42a..., alignment code 5fa5...)``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from storage.versioning import code_version
+    from tasks.align_task import ALIGNMENT_CODE
+    from tasks.extract_task import FEATURE_CODE, FEATURE_CODE_EXCLUDED
+
+    try:
+        installed = version("prh")
+    except PackageNotFoundError:  # run from a checkout that was never installed (python -m flows.cli)
+        installed = "(not installed)"
+    return (f"prh {installed} (datasets code {code_version('tasks/data')}, features code "
+            f"{code_version(*FEATURE_CODE, exclude=FEATURE_CODE_EXCLUDED)}, alignment code {code_version(*ALIGNMENT_CODE)})")
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: :func:`version_text`, computed only when asked (it reads the stages' source)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, default: Any = argparse.SUPPRESS,
+                 help: str | None = None) -> None:  # noqa: A002 - argparse's own keyword
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def command_parser() -> argparse.ArgumentParser:
     """``prh``'s argument parser: its commands and their flags."""
     parser = argparse.ArgumentParser(prog="prh", description="Representational alignment between neural networks.")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print prh's version and the code versions its results are stamped with, and exit")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the full pipeline (dataset, features, alignment)")

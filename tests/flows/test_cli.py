@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import logging
@@ -105,6 +106,17 @@ def test_run_on_a_folder_reports_bad_rows_and_sql_reads_results(tmp_path, capsys
     assert main(["sql", counts.format("alignment_best_all"), "--store", store, "--format", "json"]) == 0
     assert [(r["n"], r["v"]) for r in json.loads(capsys.readouterr().out)] == [(2, 2), (2, 2)]
 
+    # `prh --version` names the code versions this run stamped on what it stored
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    stamped = {stage: {_code_version_of(manifest) for _, manifest in Store(store).manifests(stage)}
+               for stage in ("datasets", "features", "alignment")}
+    assert capsys.readouterr().out == (f"prh {importlib.metadata.version('prh')} (datasets code {stamped['datasets'].pop()}, "
+                                       f"features code {stamped['features'].pop()}, alignment code "
+                                       f"{stamped['alignment'].pop()})\n")
+    assert stamped == {"datasets": set(), "features": set(), "alignment": set()}  # one code version per stage
+
     assert main(["sql", "copy (select 1) to 'x.csv'", "--store", store]) == 2
     assert "read-only" in capsys.readouterr().err
     assert main(["sql", "select length(image) from samples", "--store", store]) == 2  # DuckDB's error, no traceback
@@ -117,6 +129,24 @@ def test_run_on_a_folder_reports_bad_rows_and_sql_reads_results(tmp_path, capsys
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def _code_version_of(manifest: dict) -> str:
+    """The one ``code_version`` a manifest holds, at whatever depth."""
+    found = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            found.extend(v for k, v in value.items() if k == "code_version")
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(manifest)
+    assert len(set(found)) == 1, found
+    return found[0]
+
+
 def test_run_on_a_coco_captions_file_one_row_per_image(tmp_path, capsys):
     """COCO's layout (annotations/captions_*.json beside the image folder), every caption kept,
     aligned one row per image: the flags reach the dataset and alignment stages."""
