@@ -84,11 +84,16 @@ def test_every_prh_command_and_option_the_pages_name_exists() -> None:
     telling users to type what `prh` refuses)."""
     from flows.cli import command_parser
 
-    commands = _subcommands(command_parser())
+    top = command_parser()
+    commands = _subcommands(top)
+    top_options = {flag for action in top._actions for flag in action.option_strings}
     wrong, seen = [], 0
     for page in PAGES:
         for words in _prh_commands(page.read_text(encoding="utf-8")):
             seen += 1
+            if words[0].startswith("--"):  # an option of prh itself: prh --version
+                wrong += [] if words[0] in top_options else [f"{page.name}: prh {' '.join(words)}: no option {words[0]}"]
+                continue
             parser, rest = commands.get(words[0]), words[1:]
             if parser is not None and _subcommands(parser):
                 parser, rest = _subcommands(parser).get(rest[0] if rest else ""), rest[1:]
