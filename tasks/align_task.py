@@ -564,10 +564,12 @@ def align_to_store(
         log_duplicates(duplicates_b, found_b, len(pair.ys), pair.sample_ids, manifest_b["catalog"], image_of, logger)
     beyond = out_of_bounds(results)
     for b in beyond:
-        logger.warning("%s x %s: %s leaves its range [%g, %g] at %d of %d layer pairs (scores %.4g to %.4g): its estimate is "
-                       "unreliable at N=%d (more samples, or a smaller topk); calibrated scores clamp at %g",
+        logger.warning("%s x %s: %s leaves its registered range [%g, %g] at %d of %d layer pairs (scores %.4g to %.4g): its "
+                       "estimate is unreliable at N=%d (more samples; for cknna also a smaller topk; for a metric of your "
+                       "own, check the bounds it was registered with). Calibrated scores stay in [0, 1]: 1 for a score "
+                       "past the bound it approaches when alike, 0 when the null's threshold itself lies past it",
                        model_a, model_b, b["metric"], b["low"], b["high"], b["n_pairs"], b["of"], b["min"], b["max"],
-                       len(pair.sample_ids), b["high"])
+                       len(pair.sample_ids))
     version = key.rsplit("/", 1)[1]
     scores, best = result_tables(results, manifest_a, manifest_b, version, len(pair.sample_ids), params.unit)
     seconds = time.perf_counter() - started

@@ -111,7 +111,7 @@ class ModelSpec(BaseModel):
     def _check_name(cls, v: str) -> str:
         if not _NAME.fullmatch(v):
             raise ValueError(
-                f"{v!r} is not a safe name: use letters, digits, '.', '_' or '-' "
+                f"{v!r} is not a safe name: use ASCII letters (a-z, A-Z), digits, '.', '_' or '-' "
                 "(at most 128 characters, not starting with '.', '_' or '-')"
             )
         # A pair's alignment folder is '<model_a>__<model_b>' and is read back by splitting at '__'.

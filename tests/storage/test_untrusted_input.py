@@ -68,6 +68,9 @@ def test_names_with_a_final_newline_are_not_safe(tmp_path):
 
     with pytest.raises(ValidationError, match="is not a safe name"):
         ModelSpec(name="a\n", loader="random_hf", id="ViTConfig", modality="vision")
+    # a letter outside ASCII is refused, and the message says which letters are meant
+    with pytest.raises(ValidationError, match=r"'vitü' is not a safe name: use ASCII letters \(a-z, A-Z\)"):
+        ModelSpec(name="vitü", loader="random_hf", id="ViTConfig", modality="vision")
 
 
 def test_report_figures_stay_in_the_report_folder(tmp_path):

@@ -361,7 +361,7 @@ def test_scores_outside_a_metrics_range_are_reported(tmp_path, caplog):
     assert outside, cknna  # the premise: this shape does push cknna out of range
     assert manifest["out_of_bounds"] == [{"metric": "cknna", "low": -1.0, "high": 1.0, "n_pairs": len(outside), "of": 4,
                                           "min": min(cknna), "max": max(cknna)}]
-    assert f"vit x lm: cknna leaves its range [-1, 1] at {len(outside)} of 4 layer pairs" in caplog.text
+    assert f"vit x lm: cknna leaves its registered range [-1, 1] at {len(outside)} of 4 layer pairs" in caplog.text
     assert "unreliable at N=12" in caplog.text
 
 
