@@ -444,6 +444,32 @@ def sample_images(store: Store, dataset_version: str) -> dict[str, str]:
     return dict(zip(ids.column("sample_id").to_pylist(), ids.column("image_id").to_pylist()))
 
 
+def permutation_groups(store: Store, dataset_version: str, sample_ids: list[str], params: AlignmentParams,
+                       names: tuple[str, str], logger: Any) -> list[str] | None:
+    """Each aligned row's image id, for a permutation null that moves an image's samples together
+    (``metrics.calibrate``'s ``groups``), where rows are samples (``unit`` 'sample'), the pair is
+    calibrated and some image has several of them (its captions); None otherwise (rows are images,
+    or every image has one sample: single rows are shuffled). A dataset whose samples cannot be
+    read (features published without it) leaves single rows shuffled, with a warning; a sample
+    it does not list, or lists without an image, is a group of its own."""
+    if params.unit != "sample" or params.permutations == 0:
+        return None
+    try:
+        image_of = sample_images(store, dataset_version)
+    except (OSError, ValueError, KeyError) as error:
+        logger.warning("%s x %s: the permutation null shuffles single samples: the image of each sample is unknown "
+                       "(dataset version %s: %s); where images have several captions its p-values are too small "
+                       "(alignment.unit 'image' avoids it)", *names, dataset_version, error)
+        return None
+    groups = [image if isinstance(image := image_of.get(s), str) else "\0sample:" + s for s in sample_ids]
+    images = len(set(groups))
+    if images == len(groups):
+        return None
+    logger.info("%s x %s: the permutation null moves whole images (%d samples of %d images), not single samples",
+                *names, len(groups), images)
+    return groups
+
+
 def per_image(store: Store, pair: PairedFeatures, dataset_version: str) -> PairedFeatures:
     """``pair`` with one row per image (``tasks.image_rows``): every layer's rows of an image's
     samples averaged, rows in ``image_id`` order; ``sample_ids`` then holds the image ids."""
@@ -543,7 +569,9 @@ def align_to_store(
         try:  # a run beside this one may publish this version first: stop at the next metric then
             with unless_published_meanwhile(lambda: store.has_manifest_file(key), f"{model_a} x {model_b}'s alignment {key}"):
                 computed = align_layers(xs, ys, to_compute, permutations=params.permutations, seed=params.seed,
-                                        bootstrap=params.bootstrap, names=(model_a, model_b), progress=progress)
+                                        bootstrap=params.bootstrap, names=(model_a, model_b), progress=progress,
+                                        groups=permutation_groups(store, manifest_a["catalog"]["dataset_version"],
+                                                                  pair.sample_ids, params, (model_a, model_b), logger))
         except PublishedMeanwhile as news:
             logger.info("%s; this run stopped computing it and uses that copy", news)
             return {**store.published_meanwhile(key), "reused": True}

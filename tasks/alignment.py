@@ -367,6 +367,7 @@ def align_layers(
     bootstrap: int = 0,
     names: tuple[str, str] = ("x", "y"),
     progress: PairProgress | None = None,
+    groups: Sequence[Any] | None = None,
 ) -> list[PairAlignment]:
     """Score every layer pair of two prepared feature stacks with every requested metric.
 
@@ -374,7 +375,8 @@ def align_layers(
     rows paired; widths may differ between layers. Either may be a :class:`PreparedModel` (the
     same layers, with the work shared with its other pairs). With ``permutations > 0`` each metric's
     max-over-layer-pairs statistic is calibrated against a row-permutation null of ``ys`` (one
-    permutation for all its layers). With ``bootstrap > 0`` every metric gets a 95% interval of the
+    permutation for all its layers; with ``groups``, one label per row such as its image, each
+    permutation moves whole groups: ``metrics.calibrate``). With ``bootstrap > 0`` every metric gets a 95% interval of the
     max (``metrics.bootstrap_ci``: half the rows subsampled without replacement; resampling rows
     with replacement would bias them upward: duplicated rows); none where N is too small for a
     half-size subsample (logged). Degenerate layers, and layers a metric refuses, are excluded (see
@@ -402,12 +404,13 @@ def align_layers(
     rep_x, rep_y = px.representation(keep_gram_max_n), py.representation(keep_gram_max_n)
     with quadratic_memory_reserved(requests, rep_x, rep_y, names, permutations, bootstrap):
         return _align_requests(requests, rep_x, rep_y, xs, ys, keep_x, keep_y, bad_x, bad_y, names, n, permutations, seed, bootstrap,
-                               progress)
+                               progress, groups)
 
 
 def _align_requests(requests: Sequence[MetricRequest], rep_x: Any, rep_y: Any, xs: Sequence[Any], ys: Sequence[Any],
                     keep_x: list[int], keep_y: list[int], bad_x: dict[int, str], bad_y: dict[int, str], names: tuple[str, str],
-                    n: int, permutations: int, seed: int, bootstrap: int, progress: PairProgress) -> list[PairAlignment]:
+                    n: int, permutations: int, seed: int, bootstrap: int, progress: PairProgress,
+                    groups: Sequence[Any] | None = None) -> list[PairAlignment]:
     """`align_layers`' metrics, one after another, on the prepared pair (``rep_x``/``rep_y``: the
     layers kept, ``keep_x``/``keep_y`` their indices in ``xs``/``ys``; ``bad_x``/``bad_y`` the
     layers excluded for every metric, index -> why)."""
@@ -422,7 +425,7 @@ def _align_requests(requests: Sequence[MetricRequest], rep_x: Any, rep_y: Any, x
         sub_x, kx = _subset(rep_x, keep_x, refused_x)
         sub_y, ky = _subset(rep_y, keep_y, refused_y)
         try:
-            result = _align_one(request, sub_x, sub_y, n, permutations, seed, bootstrap, progress)
+            result = _align_one(request, sub_x, sub_y, n, permutations, seed, bootstrap, progress, groups)
         except metrics.MetricFunctionError as error:  # its layer numbers are of the layers that remain
             raise _in_model_terms(error, kx, ky, names) from error.__cause__
         result.matrix = _embed(result.matrix, kx, ky, (len(xs), len(ys)))
@@ -541,14 +544,15 @@ def _memory_error(need: int, shares: dict[str, int], available: int, rep_x: Any,
 
 
 def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutations: int, seed: int, bootstrap: int,
-               progress: PairProgress | None = None) -> PairAlignment:
+               progress: PairProgress | None = None, groups: Sequence[Any] | None = None) -> PairAlignment:
     """One metric on the layers that remain (``(La', Lb')`` matrix, argmax in those indices);
-    ``progress`` is told how far its permutations and resamples are."""
+    ``progress`` is told how far its permutations and resamples are; ``groups``: rows that its
+    permutations move together."""
     chance = _float_or_none(metrics.chance_level(request.name, n, **request.params))
     told = (lambda what: None) if progress is None else (lambda what: progress.callback(request.label(), what))
     if permutations > 0:
         cal = metrics.calibrate(request.name, rep_x, rep_y, permutations=permutations, seed=seed, aggregate="max",
-                                progress=told("permutations"), **request.params)
+                                progress=told("permutations"), groups=groups, **request.params)
         matrix = np.asarray(cal.matrix, dtype=np.float64)
         i, j = cal.argmax
         result = PairAlignment(request, matrix, float(cal.observed), (int(i), int(j)), chance,

@@ -144,3 +144,28 @@ def test_metrics_listed_in_another_order_are_the_same_alignment():
     assert alignment_version(manifest, manifest, one) == alignment_version(manifest, manifest, other)
     assert [r.name for r in metric_requests(one)] == [r.name for r in metric_requests(other)] == ["cka", "cknna", "mutual_knn"]
     assert alignment_version(manifest, manifest, AlignmentParams(metrics=["mutual_knn", "cka"])) != alignment_version(manifest, manifest, one)
+
+
+def test_unit_sample_permutes_whole_images_when_images_have_several_captions(tmp_path, caplog):
+    """``unit: sample`` with three captions per image: the permutation null moves an image's
+    samples together. A vision side that knows only which image a row is (a random vector per
+    image) is independent of the captions' content, yet a null that shuffled single samples
+    gave it p = 1/(K+1) with every metric (both sides group the rows by image)."""
+    store = Store(str(tmp_path / "store"))
+    ma, mb, _, language = _publish_pair(store)
+    rng = np.random.default_rng(8)
+    identity = [np.repeat(rng.normal(size=(N_IMAGES, w)), CAPTIONS, axis=0).astype(np.float32) for w in (6, 8)]
+    ids = [f"im{i:02d}-{j}" for i in range(N_IMAGES) for j in range(CAPTIONS)]
+    catalog = {**ma["catalog"], "feature_version": "fv-id"}
+    key = layout.features_key("dv", "vit", "fv-id")
+    ma = store.publish(key, layer_tables("vit", "fv-id", ids, identity), {"kind": "features", "catalog": catalog}).manifest
+    params = AlignmentParams(metrics=["mutual_knn", "cka"], topk=TOPK, permutations=49)
+    with caplog.at_level(logging.INFO):
+        manifest = align_to_store(store.url, ma, mb, params, logging.getLogger("test"))
+    assert f"vit x lm: the permutation null moves whole images ({N_IMAGES * CAPTIONS} samples of {N_IMAGES} images)" in caplog.text
+    best = {r["metric"]: r for r in store.read_table(f"{manifest['key']}/{layout.BEST_FILE}").to_pylist()}
+    assert best["mutual_knn"]["p_value"] > 0.05 and best["cka"]["p_value"] > 0.05, best
+    assert best["mutual_knn"]["calibrated_score"] == 0 and best["cka"]["calibrated_score"] == 0
+    # the same rows with single samples shuffled: every draw below the observed score
+    grouped_away = metrics.calibrate("mutual_knn", prepare_layers(identity), prepare_layers(language), permutations=49, topk=TOPK)
+    assert grouped_away.p_value == pytest.approx(1 / 50)

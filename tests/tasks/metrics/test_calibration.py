@@ -365,3 +365,76 @@ def test_a_metric_undefined_everywhere_calibrates_to_nan_without_numpys_warnings
         unregister_metric("test_all_nan")
     assert all(math.isnan(v) for v in (r.observed, r.null_mean, r.null_std, r.tau, r.p_value, r.calibrated))
     assert r.permutations == 0
+
+
+# --------------------------------------------------------- rows that move together (an image's captions)
+
+def _image_rows(rng: np.random.Generator, images: int, captions: int) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """A vision side that knows only which image a row is (a random vector per image, repeated for
+    its captions) and a language side that knows the image's content (content + noise per caption):
+    the two are independent, but both group the rows by image."""
+    content, identity = rng.standard_normal((images, 8)), rng.standard_normal((images, 8))
+    x = np.repeat(identity, captions, axis=0)
+    y = np.repeat(content, captions, axis=0) + 0.5 * rng.standard_normal((images * captions, 8))
+    unit = [(v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32) for v in (x, y)]
+    return [unit[0]], [unit[1]], np.repeat([f"img{i}" for i in range(images)], captions)
+
+
+def test_block_permutations_move_whole_groups_onto_groups_of_their_size() -> None:
+    """Each draw is a bijection taking the rows of a group, in row order, to the rows of a group
+    of the same size, in row order; every such target is reached; a group whose size is unique stays."""
+    from tasks.metrics.calibration import block_permutations
+
+    labels = ["b", "a", "b", "c", "a", "d", "e", "e", "f", "b", "g"]  # sizes: b 3, a 2, e 2, c/d/f/g 1
+    rows = {g: [i for i, label in enumerate(labels) if label == g] for g in set(labels)}
+    perms = block_permutations(labels, 300, torch.Generator().manual_seed(5))
+    assert perms.shape == (300, len(labels)) and perms.dtype == torch.int64
+    reached: dict[str, set[str]] = {g: set() for g in rows}
+    for perm in perms.tolist():
+        assert sorted(perm) == list(range(len(labels)))
+        for g, members in rows.items():
+            target = next(h for h, others in rows.items() if others == [perm[i] for i in members])
+            assert len(rows[target]) == len(members)
+            reached[g].add(target)
+    assert reached["b"] == {"b"} and reached["a"] == reached["e"] == {"a", "e"}
+    assert reached["c"] == reached["d"] == reached["f"] == reached["g"] == {"c", "d", "f", "g"}
+
+
+def test_a_grouped_null_equals_recomputation_from_block_permuted_features() -> None:
+    """With ``groups`` each null value is the statistic recomputed from ``y`` reordered by a
+    whole-group permutation, and one-row groups give exactly the ungrouped null."""
+    from tasks.metrics.calibration import block_permutations
+
+    xs, ys = layers(n=30, seed=1), layers(n=30, widths=(5, 11), seed=2)
+    groups = np.repeat(np.arange(10), 3)
+    res = calibrate("mutual_knn", xs, ys, permutations=4, seed=3, topk=4, groups=groups)
+    for t, perm in enumerate(block_permutations(groups, 4, torch.Generator().manual_seed(3)).numpy()):
+        assert sorted(set(perm[groups == 0] // 3)) == [perm[0] // 3]  # the rows of image 0 went to one image
+        assert res.null[t] == pytest.approx(aggregate(layer_matrix("mutual_knn", xs, [y[perm] for y in ys], topk=4))[0])
+    single = calibrate("mutual_knn", xs, ys, permutations=4, seed=3, topk=4, groups=[f"s{i}" for i in range(30)])
+    plain = calibrate("mutual_knn", xs, ys, permutations=4, seed=3, topk=4)
+    np.testing.assert_array_equal(single.null, plain.null)
+
+
+def test_captions_of_one_image_need_the_grouped_null() -> None:
+    """Independent vision and language sides that both group rows by image: shuffling single rows
+    finds them aligned every time (the null loses the grouping the observed score keeps), moving
+    whole images does not. 30 datasets, K = 49: under a valid null P(p <= 0.05) = 0.04 (at most
+    4 of 30 has probability 0.97 for Binomial(30, 0.04)); the single-row null gave p = 1/50 in
+    every dataset."""
+    rng = np.random.default_rng(11)
+    small = {"grouped": 0, "single rows": 0}
+    for seed in range(30):
+        xs, ys, groups = _image_rows(rng, images=20, captions=3)
+        for how, given in (("grouped", groups), ("single rows", None)):
+            res = calibrate("mutual_knn", xs, ys, permutations=49, seed=seed, topk=5, groups=given)
+            small[how] += res.p_value <= 0.05
+    assert small["single rows"] >= 27 and small["grouped"] <= 4, small
+
+
+def test_groups_must_be_one_label_per_row() -> None:
+    xs, ys = layers(n=12, seed=1), layers(n=12, seed=2)
+    with pytest.raises(ValueError, match="groups has 11 labels for 12 rows"):
+        calibrate("cka", xs, ys, permutations=3, groups=list(range(11)))
+    with pytest.raises(ValueError, match="groups holds NaN"):
+        calibrate("cka", xs, ys, permutations=3, groups=[0.0] * 11 + [math.nan])
