@@ -85,6 +85,12 @@ def test_subsample_size_argument() -> None:
             bootstrap_ci("cka", x, y, n_boot=5, subsample=bad)
 
 
+@pytest.mark.parametrize("n, fraction, m", [(10, 0.66, 7), (40, 0.29, 12), (43, 0.5, 22), (40, 0.26, 10)])
+def test_subsample_fraction_rounds_to_the_nearest_row_count(n: int, fraction: float, m: int) -> None:
+    """``m = round(subsample * N)`` (6.6 rows are 7, not 6; 21.5 rounds half to even: 22)."""
+    assert subsample_size(n, fraction) == m
+
+
 def test_subset_reuses_cached_grams_of_wide_layers(monkeypatch) -> None:
     """A subset reads a layer's Gram off the parent's cached one where that is cheaper than its
     own product (``PARENT_GRAM_MIN_WIDTH_ROWS``: wide layers; always on a GPU), else multiplies
@@ -147,6 +153,30 @@ def test_subset_rows_without_enough_listed_members_are_searched_again(monkeypatc
     fv, fi = Representation([xs[0][rows.numpy()]]).knn(0, 6)
     assert torch.equal(i, fi)
     torch.testing.assert_close(v, fv)
+
+
+def test_subset_rows_searched_again_exclude_themselves_among_rows_kept(monkeypatch) -> None:
+    """Lists 3 deeper than k: about three rows in four lack k subset members and are searched
+    again, the others keep the lists read off the parent; a re-searched row must mask its own
+    column (its subset index), not the column of its place among the re-searched rows. Checked
+    against the loop reference on the subset's rows."""
+    import tasks.metrics.representation as representation
+
+    monkeypatch.setattr(representation, "candidate_depth", lambda k, n, m, kmax: k + 3)
+    searched = []
+    search_rows = Representation._search_rows
+
+    def spy(self, layer, redo, *args):
+        searched.append(int(redo.numel()))
+        return search_rows(self, layer, redo, *args)
+
+    monkeypatch.setattr(Representation, "_search_rows", spy)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(80, 6))
+    rows = np.sort(rng.choice(80, 50, replace=False))
+    _, got = Representation([x]).subset(torch.as_tensor(rows)).knn(0, 6)
+    assert searched and 0 < searched[0] < 50  # some rows searched again, not all
+    np.testing.assert_array_equal(got.numpy(), reference.knn_lists(x[rows], 6))
 
 
 def test_interval_stays_within_the_metric_range() -> None:

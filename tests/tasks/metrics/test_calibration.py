@@ -438,3 +438,29 @@ def test_groups_must_be_one_label_per_row() -> None:
         calibrate("cka", xs, ys, permutations=3, groups=list(range(11)))
     with pytest.raises(ValueError, match="groups holds NaN"):
         calibrate("cka", xs, ys, permutations=3, groups=[0.0] * 11 + [math.nan])
+
+def test_null_mean_and_std_are_the_population_moments_of_the_draws() -> None:
+    """``null_mean`` and ``null_std`` (ddof=0, as documented) of the ``K`` null aggregates, here
+    recomputed from the permuted features (the documented stream: ``torch.randperm`` drawn from a
+    generator seeded with ``seed``). With K = 5 draws ddof=1 is 12% larger: told apart."""
+    xs, ys = layers(n=25, seed=3), layers(n=25, widths=(6, 9), seed=4)
+    res = calibrate("cka", xs, ys, permutations=5, seed=11)
+    draws = np.array([aggregate(layer_matrix("cka", xs, [y[perm] for y in ys]))[0] for perm in _perms(25, 5, 11)])
+    assert res.null_mean == pytest.approx(float(np.sum(draws) / 5), rel=1e-9)
+    population = math.sqrt(float(np.sum((draws - draws.mean()) ** 2) / 5))
+    assert res.null_std == pytest.approx(population, rel=1e-6)
+
+
+def test_mean_aggregate_null_draws_are_means_over_layer_pairs() -> None:
+    """With ``aggregate='mean'`` every null draw is the mean over layer pairs of the permuted
+    pair's scores, like the observed value (not their max): float64 reference CKA of ``x``
+    against ``y[perm]`` for the documented permutation stream."""
+    from . import reference as ref
+
+    xs, ys = layers(n=20, seed=12), layers(n=20, widths=(5, 8), seed=13)
+    res = calibrate("cka", xs, ys, permutations=4, seed=2, aggregate="mean")
+    assert res.observed == pytest.approx(np.mean([ref.cka(x, y) for x in xs for y in ys]), abs=1e-12)
+    for t, perm in enumerate(_perms(20, 4, 2)):
+        scores = [ref.cka(x, y[perm]) for x in xs for y in ys]
+        assert max(scores) - np.mean(scores) > 1e-3  # the mean and the max tell apart here
+        assert res.null[t] == pytest.approx(np.mean(scores), abs=1e-12)

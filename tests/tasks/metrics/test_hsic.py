@@ -34,3 +34,25 @@ def test_cknna_biased_refusal_reads_a_biased() -> None:
     y = np.random.default_rng(0).normal(size=(8, 3))
     with pytest.raises(ValueError, match=r"^x: layer 0 has a biased masked self-similarity sim\(K, K\) of 0,"):
         score("cknna", x, y, topk=2, unbiased=False, distance_agnostic=True)
+
+
+def test_unbiased_dense_hsic_of_non_symmetric_kernels() -> None:
+    """``hsic_unbiased_dense`` is the paper's ``hsic_unbiased`` for general kernels (CKNNA's
+    masked kernels are not symmetric): its first term is ``tr(K~ L~) = sum_ij K~_ij L~_ji``, which
+    pairs an entry with its transpose; ``sum_ij K~_ij L~_ij`` is another number for such kernels.
+    Checked against Song et al. 2012, eq. 5, written out with explicit sums."""
+    from tasks.metrics.hsic import hsic_unbiased_dense
+
+    rng = np.random.default_rng(21)
+    m = 7
+    k, l = rng.normal(size=(m, m)) + 0.3, rng.normal(size=(m, m)) - 0.1
+    kt, lt = k.copy(), l.copy()
+    np.fill_diagonal(kt, 0.0)
+    np.fill_diagonal(lt, 0.0)
+    trace = sum(kt[i, j] * lt[j, i] for i in range(m) for j in range(m))
+    ones_k_l_ones = sum(kt[i, j] * lt[j, q] for i in range(m) for j in range(m) for q in range(m))
+    expected = (trace + kt.sum() * lt.sum() / ((m - 1) * (m - 2)) - 2.0 * ones_k_l_ones / (m - 2)) / (m * (m - 3))
+    # the transposed pairing would give another value: the case tells them apart
+    assert abs(float(np.sum(kt * lt)) - trace) > 0.5
+    got = hsic_unbiased_dense(torch.from_numpy(k), torch.from_numpy(l))
+    assert float(got) == pytest.approx(expected, rel=1e-12)

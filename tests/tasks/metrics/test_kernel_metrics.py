@@ -24,6 +24,19 @@ def test_linear_cka_matches_reference(noise: float, unbiased: bool) -> None:
     assert score(metric, x, y) == pytest.approx(ref.cka(x, y, unbiased=unbiased), abs=1e-12)
 
 
+@pytest.mark.parametrize("kernel_metric", ["ip", "rbf"])
+def test_unbiased_cka_stays_unbiased_whatever_the_unbiased_flag(kernel_metric: str) -> None:
+    """``unbiased_cka`` is CKA with the unbiased HSIC by definition (the paper's wrapper forces
+    it): an ``unbiased=False`` passed with it changes nothing; ``cka`` reads the flag."""
+    x, y = paired(n=30, noise=1.0, seed=17)
+    want = ref.cka(x, y, kernel=kernel_metric, sigma=1.0, unbiased=True)
+    biased = ref.cka(x, y, kernel=kernel_metric, sigma=1.0, unbiased=False)
+    assert abs(want - biased) > 1e-3  # the two estimators tell apart on this pair
+    got = score("unbiased_cka", x, y, kernel_metric=kernel_metric, unbiased=False)
+    assert got == pytest.approx(want, abs=1e-12)
+    assert score("cka", x, y, kernel_metric=kernel_metric, unbiased=False) == pytest.approx(biased, abs=1e-12)
+
+
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 3.0])
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_rbf_cka_matches_reference(sigma: float, unbiased: bool) -> None:
@@ -593,3 +606,21 @@ def test_an_empty_stack_of_kernels_adds_nothing(unbiased: bool) -> None:
     with_empty = encode_kernels([(torch.empty(0, 6, 6, dtype=torch.float64), False, False), (k, False, False)], unbiased, count=1)
     assert torch.equal(alone.upper, with_empty.upper)
     assert torch.equal(alone.self_hsic, with_empty.self_hsic)
+
+
+@pytest.mark.parametrize("metric", ["cka", "unbiased_cka"])
+def test_feature_path_null_draws_equal_the_definition_on_permuted_rows(metric: str) -> None:
+    """Linear CKA on the feature path (``keep_gram_max_n`` below N, as at large N) permutes its
+    encoding (centred features, and for the unbiased HSIC the squared row norms and kernel row
+    sums): each null draw is the max over layer pairs of CKA of ``x`` against ``y[perm]``, from
+    the float64 reference, for the documented permutation stream."""
+    from tasks.metrics import calibrate
+
+    xs, ys = layers(n=24, seed=5), layers(n=24, widths=(6, 10), seed=6)
+    res = calibrate(metric, Representation(xs, keep_gram_max_n=0), Representation(ys, keep_gram_max_n=0),
+                    permutations=4, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    for t in range(4):
+        perm = torch.randperm(24, generator=gen).numpy()
+        want = max(ref.cka(x, y[perm], unbiased=metric == "unbiased_cka") for x in xs for y in ys)
+        assert res.null[t] == pytest.approx(want, abs=1e-10)

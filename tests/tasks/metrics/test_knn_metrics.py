@@ -309,3 +309,23 @@ def test_lists_without_ties_are_kept_and_tied_ones_put_in_index_order() -> None:
     values[1, 2] = 4.0  # row 1: neighbours 3 and 0 tie
     v, i = ties_in_index_order(values, indices)
     assert torch.equal(i, torch.tensor([[4, 0, 2], [1, 0, 3]])) and torch.equal(v, values)
+
+
+@pytest.mark.parametrize("k1, k2", [(6, 6), (4, 7), (7, 3)])
+def test_sequence_distances_of_rows_with_repeated_entries(k1: int, k2: int) -> None:
+    """``lcs_lengths`` and ``edit_distances`` are the classic dynamic programmes for any integer
+    rows, also rows that repeat an entry or differ in length (a neighbour list never repeats one,
+    which alone hides a wrong LCS step: matching ``x[s]`` against ``y[:t]`` instead of
+    ``y[:t-1]`` counts a repeated symbol twice)."""
+    import torch
+
+    from tasks.metrics.neighbors import edit_distances, lcs_lengths
+
+    rng = np.random.default_rng(k1 * 10 + k2)
+    x = rng.integers(0, 3, size=(60, k1))
+    y = rng.integers(0, 3, size=(60, k2))
+    x[0], y[0, :3] = 1, 1  # one symbol repeated on both sides
+    lcs = lcs_lengths(torch.from_numpy(x), torch.from_numpy(y)).tolist()
+    edit = edit_distances(torch.from_numpy(x), torch.from_numpy(y)).tolist()
+    assert lcs == [ref.lcs(list(a), list(b)) for a, b in zip(x, y)]
+    assert edit == [ref.levenshtein(list(a), list(b)) for a, b in zip(x, y)]

@@ -152,6 +152,22 @@ def _spearman_of_distances(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearmanr(dists(x), dists(y)).statistic)
 
 
+def test_rsa_permute_is_the_encoding_of_the_permuted_rows() -> None:
+    """``RsaEngine.permute`` (the ``Engine`` protocol's re-indexing of cached ranks: the encoding
+    of ``y[perm]``) scores what the definition gives on the permuted rows; its pair position
+    ``(i, j) -> i N - i (i + 1) / 2 + j - i - 1`` read one position off moved every score."""
+    import torch
+
+    from tasks.metrics import METRICS
+
+    x, y = paired(n=14, seed=9)
+    perm = torch.as_tensor(np.random.default_rng(2).permutation(14))
+    engine = METRICS["rsa_spearman"].engine
+    a, b = engine.encode(Representation(x), {}), engine.encode(Representation(y), {})
+    got = engine.matrix(a, engine.permute(b, perm, torch.argsort(perm)), {})
+    assert float(got[0, 0]) == pytest.approx(_spearman_of_distances(x, y[perm.numpy()]), abs=1e-12)
+
+
 @pytest.mark.parametrize("offset", [0.0, 1000.0])
 @pytest.mark.parametrize("width", [32, 15])
 def test_rsa_of_float32_input_is_translation_invariant(offset: float, width: int) -> None:
