@@ -15,6 +15,7 @@ import shutil
 import signal
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -148,8 +149,82 @@ def main(argv: Sequence[str] | None = None) -> int:
         choose_omp_wait_policy()
     args = command_parser().parse_args(argv)
     escape_what_stdout_cannot_hold(args)
-    with escaped_warnings():
-        return _dispatch(args)
+    with escaped_warnings(), interrupts_noted(args.command != "run"):
+        try:
+            return _dispatch(args)
+        except KeyboardInterrupt:  # Ctrl-C while _dispatch handled an error (DuckDB's for the query it interrupted)
+            return _stopped(args)
+
+
+#: The signals that stopped this command, as they came (``_note_stop``): SIGINT (Ctrl-C, `timeout -s
+#: INT`, a CI runner cancelling a job) or, for ``prh run``, SIGTERM (`kill`, `timeout`, systemd, Kubernetes).
+_STOP_SIGNALS: list[int] = []
+
+
+def _note_stop(signum: int, frame: object) -> None:
+    """The handler of a signal that stops a command: noted (for the exit status, 128 + its number,
+    as a shell reports a process the signal ended), then raised as Ctrl-C is."""
+    _STOP_SIGNALS.append(signum)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_status() -> int:
+    """The exit status of a command stopped by a signal: 128 + the number of the first that came
+    (130 for Ctrl-C, 143 for SIGTERM), 130 where none was noted (a KeyboardInterrupt raised otherwise)."""
+    return 128 + (_STOP_SIGNALS[0] if _STOP_SIGNALS else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def interrupts_noted(install: bool) -> Iterator[None]:
+    """While a command other than ``prh run`` works (``install``), Ctrl-C is noted by
+    :func:`_note_stop`: DuckDB catches the KeyboardInterrupt of a query it is running and raises
+    ``RuntimeError('Query interrupted')`` in its place, which ended `prh sql` with a traceback and exit 1,
+    as a failed command does. Left as it is where SIGINT is not Python's default handler (ignored in a
+    shell's background job, or another program's handler around :func:`main`), and for ``prh run``,
+    whose flow engine (asyncio) installs its own Ctrl-C handling only over Python's default one."""
+    _STOP_SIGNALS.clear()
+    previous = signal.getsignal(signal.SIGINT)
+    if not install or previous is not signal.default_int_handler or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.signal(signal.SIGINT, _note_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def queries_stopped_by_ctrl_c(con: Any) -> Iterator[None]:
+    """While ``prh sql`` runs its query on the DuckDB connection ``con``, Ctrl-C interrupts DuckDB at
+    once (``con.interrupt()`` from a thread that the signal wakes: Python's ``signal.set_wakeup_fd``).
+    DuckDB looks at Python's signals only between its own steps, which took a minute and more on a large
+    scan or join (a `timeout -s INT` or a CI runner cancelling the job waited for the whole query).
+    Only where :func:`interrupts_noted` handles SIGINT (a command other than ``prh run``, in the main thread)."""
+    if signal.getsignal(signal.SIGINT) is not _note_stop or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    import socket
+
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)  # the signal handler's write never blocks
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while data := reader.recv(64):  # b"": the writer is closed, the command is done
+            if signal.SIGINT in data:
+                _STOP_SIGNALS.append(signal.SIGINT)
+                con.interrupt()
+
+    watcher = threading.Thread(target=watch, name="prh-sql-ctrl-c", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        writer.close()
+        watcher.join(timeout=5)
+        reader.close()
 
 
 def utf8_mode_command() -> list[str] | None:
@@ -398,13 +473,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         if sys.stdout is not None:
             sys.stdout.flush()  # output that cannot be written (a full disk) fails here, not in Python's exit
         return code
+    except KeyboardInterrupt:  # Ctrl-C (`prh run` says what it leaves itself)
+        return _stopped(args)
     except BrokenPipeError:  # the reader went away (`prh sql ... | head`): stop quietly
         _discard_stdout()
         return BROKEN_PIPE_EXIT
     except ONE_LINE_ERRORS as error:
+        if _STOP_SIGNALS:  # DuckDB's error for a query Ctrl-C interrupted while its rows were streamed
+            return _stopped(args)
         print(f"prh {args.command}: error: {for_terminal_lines(error)}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - only store, output and Prefect failures are turned into one line
+        if _STOP_SIGNALS:  # DuckDB's RuntimeError('Query interrupted') for the KeyboardInterrupt it caught
+            return _stopped(args)
         message = _store_failure(error, store_argument(args)) or _output_failure(error)
         if message is None and args.command == "run":  # its temporary Prefect server's disk filled up
             from flows.prefect_env import prefect_out_of_room
@@ -414,6 +495,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise
         print(f"prh {args.command}: error: {for_terminal_lines(message)}", file=sys.stderr)
         return 2
+
+
+def _stopped(args: argparse.Namespace) -> int:
+    """One line on stderr for a command a signal stopped (Ctrl-C), and its exit status (:func:`stop_status`):
+    not a traceback, and not the 1 or 2 of a command that failed (a script tells a stop from a failure)."""
+    what = " (its output is incomplete)" if args.command == "sql" else ""
+    print(f"prh {args.command}: stopped by {signal.Signals(stop_status() - 128).name} before it finished{what}", file=sys.stderr)
+    return stop_status()
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -572,7 +661,7 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         print("prh run: stopped; what was published stays in the store (the run is recorded CANCELLED)", file=sys.stderr)
-        return 130
+        return stop_status()  # 130 for Ctrl-C, 143 for SIGTERM: what a shell reports for a process either ends
     finally:
         signal.signal(signal.SIGTERM, previous)
     sql = sql_command(store, target.display_url)
@@ -689,8 +778,10 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     """``kill``/SIGTERM stops ``prh run`` like Ctrl-C: Python unwinds and exits normally, so the
     temporary Prefect server is stopped too. (Python's default ends the process at once, which
     left the server running; during a flow Prefect turns the signal into ``TerminationSignal``,
-    records the run and then hands the signal back to this handler.)"""
-    raise KeyboardInterrupt(f"signal {signum}")
+    records the run and then hands the signal back to this handler.) The signal is noted
+    (:func:`_note_stop`): ``prh run`` then exits 143, as a shell reports a process SIGTERM ended
+    (it exited 130, Ctrl-C's status, so a supervisor could not tell its own stop from a person's)."""
+    _note_stop(signum, frame)
 
 
 def rejected_line(store: Store, dataset_version: str | None, sql: str = "prh sql") -> str | None:
@@ -900,11 +991,19 @@ def _check_readable_folder(store: Store) -> None:
 
 
 def _sql(args: argparse.Namespace) -> int:
-    from flows.sql_output import MAX_TABLE_ROWS, print_table, write_csv_stream, write_json_stream
-    from storage.catalog import connect, query_batches, query_each_head
-    from storage.sql_guard import check_query
+    from storage.catalog import connect
 
     con = connect(existing_store(store_argument(args)), lossless_arrow=True)
+    with queries_stopped_by_ctrl_c(con):
+        return _sql_on(con, args)
+
+
+def _sql_on(con: Any, args: argparse.Namespace) -> int:
+    """``prh sql`` on the catalog connection ``con``."""
+    from flows.sql_output import MAX_TABLE_ROWS, print_table, write_csv_stream, write_json_stream
+    from storage.catalog import query_batches, query_each_head
+    from storage.sql_guard import check_query
+
     query = check_query(con, typed_text(args.query))  # checked once: what runs below is this
     statements = len(query.statements)
     if args.format != "table" and statements > 1:

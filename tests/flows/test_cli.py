@@ -481,7 +481,9 @@ def test_sigterm_stops_prh_run_and_its_temporary_server(tmp_path, how):
     SIGTERM ends the process without its exit handlers. Now it stops like Ctrl-C, and so does
     the server. Ctrl-C in a terminal (SIGINT to the whole process group, the extraction hunt)
     also reached the server, which stopped at once: the flow retried it for minutes and `prh run`
-    ended 1; the server now runs in a session of its own."""
+    ended 1; the server now runs in a session of its own. The exit status is what a shell reports for a
+    process the signal ended: 130 for Ctrl-C, 143 for SIGTERM (both were 130: a supervisor's `kill`,
+    `timeout` or a Kubernetes stop read as a person's Ctrl-C)."""
     import os
     import signal
     import subprocess
@@ -514,7 +516,7 @@ def test_sigterm_stops_prh_run_and_its_temporary_server(tmp_path, how):
         proc.send_signal(signal.SIGTERM)
     else:
         os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-    assert proc.wait(timeout=240) == 130 and time.monotonic() - started < 60
+    assert proc.wait(timeout=240) == (143 if how == "sigterm" else 130) and time.monotonic() - started < 60
     assert "prh run: stopped" in proc.stderr.read()
     _, alive = psutil.wait_procs(server, timeout=30)
     assert not alive, [_command_line(p) for p in alive]
@@ -566,7 +568,7 @@ def test_sigterm_during_a_publish_records_the_end_after_it(tmp_path):
     [record_file] = list((store / "runs").glob("*.json"))
     assert json.loads(record_file.read_text())["status"] == "RUNNING"  # the task in flight is still publishing
     assert list((store / "runs" / "alive").glob("*.json"))  # and the run's sign of life stays meanwhile
-    assert proc.wait(timeout=120) == 130
+    assert proc.wait(timeout=120) == 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
     record = json.loads(record_file.read_text())
     [manifest] = [json.loads(p.read_text()) for p in (store / "alignment").glob("*/*/*/manifest.json")]
     assert record["status"] == "CANCELLED" and manifest["published_at"] <= record["finished_at"]
@@ -2074,3 +2076,68 @@ def test_prh_run_escapes_control_characters_in_its_log_lines(tmp_path):
     assert any(line.startswith("ValueError: weights file") for line in shown), out[-3000:]
     assert all("/data/w\\x1b]0;owned\\x07\\x1b[2J.bin" in line for line in shown), shown
     assert "\x1b" not in out and "\x07" not in out
+
+
+INTERRUPTED_QUERY = """
+import signal, sys
+from pathlib import Path
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job of a script ignores it)
+import storage.catalog as catalog
+real = catalog._batches_checked
+def started(*args, **kwargs):
+    Path(sys.argv[1]).write_text("running")
+    return real(*args, **kwargs)
+catalog._batches_checked = started
+from flows.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(("query", "fmt"), [("select sum(range) s from range(30000000000)", "table"),
+                                            ("select * from range(30000000000)", "csv")])
+def test_ctrl_c_stops_prh_sql_with_one_line_and_the_shells_status(tmp_path, query, fmt):
+    """The automation hunt: Ctrl-C (or `timeout -s INT`, a CI runner cancelling a job) while DuckDB ran
+    the query of `prh sql` ended it with DuckDB's `RuntimeError: Query interrupted` traceback and exit 1,
+    the status of a failed command, and only a minute or more later (DuckDB looks at Python's signals
+    between its own steps); while its rows were written, a `KeyboardInterrupt` traceback. Now DuckDB is
+    interrupted at once, and one line says the command was stopped and its output is incomplete, exit 130
+    (128 + SIGINT), as a shell reports a command Ctrl-C ended."""
+    import signal
+    import time
+
+    from tests.storage.catalog_store import build_catalog_store
+
+    build_catalog_store(str(tmp_path / "store"))
+    marker = tmp_path / "started"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_QUERY, str(marker), "sql", query, "--format", fmt,
+                             "--store", str(tmp_path / "store")], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.stderr.read()
+    time.sleep(1.5)  # DuckDB is computing (a sum over 30 billion rows), or its rows are being written
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    try:
+        status = proc.wait(timeout=20)
+    finally:
+        proc.kill()
+    assert (status, time.monotonic() - sent < 15) == (130, True)
+    assert proc.stderr.read().splitlines() == ["prh sql: stopped by SIGINT before it finished (its output is incomplete)"]
+
+
+def test_commands_leave_the_ctrl_c_handler_and_wakeup_fd_of_their_caller_as_they_were(tmp_path, capsys):
+    """`prh sql` handles Ctrl-C itself while it runs (above): a program or notebook that calls
+    :func:`flows.cli.main` gets its own SIGINT handler and signal wake-up back afterwards."""
+    import signal
+
+    from tests.storage.catalog_store import build_catalog_store
+
+    build_catalog_store(str(tmp_path / "store"))
+    before = signal.getsignal(signal.SIGINT)
+    assert main(["sql", "select count(*) n from runs", "--format", "json", "--store", str(tmp_path / "store")]) == 0
+    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.set_wakeup_fd(-1) == -1  # none was left set
+    assert json.loads(capsys.readouterr().out) == [{"n": 2}]

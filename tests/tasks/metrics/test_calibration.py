@@ -439,6 +439,7 @@ def test_groups_must_be_one_label_per_row() -> None:
     with pytest.raises(ValueError, match="groups holds NaN"):
         calibrate("cka", xs, ys, permutations=3, groups=[0.0] * 11 + [math.nan])
 
+
 def test_null_mean_and_std_are_the_population_moments_of_the_draws() -> None:
     """``null_mean`` and ``null_std`` (ddof=0, as documented) of the ``K`` null aggregates, here
     recomputed from the permuted features (the documented stream: ``torch.randperm`` drawn from a
