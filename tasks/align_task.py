@@ -447,26 +447,28 @@ def sample_images(store: Store, dataset_version: str) -> dict[str, str]:
 def permutation_groups(store: Store, dataset_version: str, sample_ids: list[str], params: AlignmentParams,
                        names: tuple[str, str], logger: Any) -> list[str] | None:
     """Each aligned row's image id, for a permutation null that moves an image's samples together
-    (``metrics.calibrate``'s ``groups``), where rows are samples (``unit`` 'sample'), the pair is
-    calibrated and some image has several of them (its captions); None otherwise (rows are images,
-    or every image has one sample: single rows are shuffled). A dataset whose samples cannot be
-    read (features published without it) leaves single rows shuffled, with a warning; a sample
-    it does not list, or lists without an image, is a group of its own."""
-    if params.unit != "sample" or params.permutations == 0:
+    and bootstrap subsamples that take them together (``metrics.calibrate``'s and
+    ``metrics.bootstrap_ci``'s ``groups``), where rows are samples (``unit`` 'sample'), the pair
+    is calibrated or bootstrapped and some image has several of them (its captions); None
+    otherwise (rows are images, or every image has one sample: single rows). A dataset whose
+    samples cannot be read (features published without it) leaves single rows, with a warning; a
+    sample it does not list, or lists without an image, is a group of its own."""
+    if params.unit != "sample" or (params.permutations == 0 and params.bootstrap == 0):
         return None
     try:
         image_of = sample_images(store, dataset_version)
     except (OSError, ValueError, KeyError) as error:
-        logger.warning("%s x %s: the permutation null shuffles single samples: the image of each sample is unknown "
-                       "(dataset version %s: %s); where images have several captions its p-values are too small "
-                       "(alignment.unit 'image' avoids it)", *names, dataset_version, error)
+        logger.warning("%s x %s: the permutation null and the bootstrap take single samples: the image of each sample "
+                       "is unknown (dataset version %s: %s); where images have several captions the p-values are too small "
+                       "and the intervals too narrow (alignment.unit 'image' avoids it)", *names, dataset_version, error)
         return None
     groups = [image if isinstance(image := image_of.get(s), str) else "\0sample:" + s for s in sample_ids]
     images = len(set(groups))
     if images == len(groups):
         return None
-    logger.info("%s x %s: the permutation null moves whole images (%d samples of %d images), not single samples",
-                *names, len(groups), images)
+    done = [what for what, on in (("the permutation null moves whole images", params.permutations),
+                                  ("the bootstrap subsamples whole images", params.bootstrap)) if on]
+    logger.info("%s x %s: %s (%d samples of %d images), not single samples", *names, " and ".join(done), len(groups), images)
     return groups
 
 

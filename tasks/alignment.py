@@ -377,7 +377,8 @@ def align_layers(
     max-over-layer-pairs statistic is calibrated against a row-permutation null of ``ys`` (one
     permutation for all its layers; with ``groups``, one label per row such as its image, each
     permutation moves whole groups: ``metrics.calibrate``). With ``bootstrap > 0`` every metric gets a 95% interval of the
-    max (``metrics.bootstrap_ci``: half the rows subsampled without replacement; resampling rows
+    max (``metrics.bootstrap_ci``: half the rows subsampled without replacement, half the groups with
+    all their rows given ``groups``; resampling rows
     with replacement would bias them upward: duplicated rows); none where N is too small for a
     half-size subsample (logged). Degenerate layers, and layers a metric refuses, are excluded (see
     the module docstring); ``names`` (the two models) appear in errors. ``progress`` logs how far
@@ -547,7 +548,7 @@ def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutati
                progress: PairProgress | None = None, groups: Sequence[Any] | None = None) -> PairAlignment:
     """One metric on the layers that remain (``(La', Lb')`` matrix, argmax in those indices);
     ``progress`` is told how far its permutations and resamples are; ``groups``: rows that its
-    permutations move together."""
+    permutations move and its bootstrap subsamples take together."""
     chance = _float_or_none(metrics.chance_level(request.name, n, **request.params))
     told = (lambda what: None) if progress is None else (lambda what: progress.callback(request.label(), what))
     if permutations > 0:
@@ -568,7 +569,8 @@ def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutati
             with warnings.catch_warnings():  # a degenerate interval is stored flagged and logged once, below
                 warnings.simplefilter("ignore", RuntimeWarning)
                 ci = metrics.bootstrap_ci(request.name, rep_x, rep_y, n_boot=bootstrap, level=0.95, seed=seed, aggregate="max",
-                                          observed=matrix, progress=told("bootstrap resamples"), **request.params)
+                                          observed=matrix, progress=told("bootstrap resamples"), groups=groups,
+                                          **request.params)
         except metrics.MetricFunctionError:  # a user metric failing on a subsample fails the pair, as on the full data
             raise
         except ValueError as error:  # too few samples for a half-size subsample of this metric
@@ -576,12 +578,13 @@ def _align_one(request: MetricRequest, rep_x: Any, rep_y: Any, n: int, permutati
         else:
             result.ci_low, result.ci_high, result.bootstrap = float(ci.low), float(ci.high), bootstrap - ci.n_refused
             result.ci_degenerate = bool(ci.degenerate)
+            unit = "rows" if ci.n_groups is None else "images"
             if ci.n_refused:
-                logger.warning("%s: %d of %d bootstrap subsamples of %d rows were refused by the metric (undefined there) and "
+                logger.warning("%s: %d of %d bootstrap subsamples of %d %s were refused by the metric (undefined there) and "
                                "left out: the interval rests on the other %d, which lean toward the subsamples it accepts",
-                               request.label(), ci.n_refused, bootstrap, ci.resample_size, bootstrap - ci.n_refused)
+                               request.label(), ci.n_refused, bootstrap, ci.resample_size, unit, bootstrap - ci.n_refused)
             if ci.degenerate:
-                warn_degenerate_interval(request.label(), ci.low, ci.high, ci.estimate, f"the subsamples of {ci.resample_size} rows")
+                warn_degenerate_interval(request.label(), ci.low, ci.high, ci.estimate, f"the subsamples of {ci.resample_size} {unit}")
     return result
 
 

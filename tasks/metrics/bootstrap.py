@@ -36,6 +36,12 @@ The k-NN metrics' scores are means of per-sample terms, but reweighting those te
 neighbour lists held fixed (an earlier method) ignores that every term depends on the other
 samples through the neighbour graph: its 95% intervals covered 70% (``mutual_knn``,
 ``jaccard_knn``) and its standard error was 60% of the estimates' spread.
+
+With ``groups`` (one label per row, e.g. its image: several captions of one image are not
+independent rows) each replicate takes ``g`` whole groups, all their rows, drawn without
+replacement from the ``G`` groups, and ``c = sqrt(g / (G - g))``: the groups are the independent
+units. ``subsample`` then counts groups (``g = round(subsample * G)`` or the count itself). Where
+every group is one row this is the ungrouped subsampling, with the same draws.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ import torch
 
 from .api import encode_pair
 from .calibration import Progress
+from .checks import group_index
 from .engine import MetricFunctionError, layer_scores
 from .registry import MetricSpec, get_metric
 from .stats import aggregate as aggregate_matrix
@@ -76,7 +83,9 @@ class BootstrapResult:
     the module docstring). ``n_refused``: replicates whose subsample the metric refused (a
     ``ValueError``: e.g. a layer of too few distinct rows there), left out of the interval, which
     then rests on ``n_boot - n_refused`` replicates (and leans toward the subsamples the metric
-    accepts)."""
+    accepts). ``n_groups``: the ``G`` groups of ``bootstrap_ci(groups=...)`` (None without groups
+    or where every group is one row); then ``resample_size`` counts the groups ``g`` per replicate,
+    not rows."""
 
     estimate: float
     low: float
@@ -89,12 +98,14 @@ class BootstrapResult:
     resample_size: int | None = None
     degenerate: bool = False
     n_refused: int = 0
+    n_groups: int | None = None
 
 
-def subsample_size(n: int, subsample: float | int) -> int:
+def subsample_size(n: int, subsample: float | int, unit: str = "rows") -> int:
     """Rows per subsample: ``round(subsample * n)`` for a fraction in ``(0, 1)``, else the
     integer itself (any real number type: ``0.5``, ``np.float32(0.5)``, ``30``, ``np.int64(30)``;
-    not a bool); must leave ``2 <= m <= n - 1``."""
+    not a bool); must leave ``2 <= m <= n - 1``. ``unit``: what is counted, for the error
+    (``'groups'`` with ``bootstrap_ci(groups=...)``)."""
     bad = f"subsample must be a fraction in (0, 1) or a row count, got {subsample!r}"
     if isinstance(subsample, bool) or not isinstance(subsample, numbers.Real):
         raise ValueError(bad)
@@ -106,7 +117,7 @@ def subsample_size(n: int, subsample: float | int) -> int:
     else:
         raise ValueError(bad)
     if not 2 <= m <= n - 1:
-        raise ValueError(f"subsample gives m = {m} rows of N = {n}; need 2 <= m <= N - 1")
+        raise ValueError(f"subsample gives m = {m} {unit} of N = {n}; need 2 <= m <= N - 1")
     return m
 
 
@@ -114,7 +125,7 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
                  level: float = 0.95, seed: int = 0, aggregate: Literal["max", "mean"] = "max",
                  observed: np.ndarray | None = None,
                  subsample: float | int = DEFAULT_SUBSAMPLE, progress: Progress | None = None,
-                 **params: Any) -> BootstrapResult:
+                 groups: Any = None, **params: Any) -> BootstrapResult:
     """Interval of the aggregated (max or mean over layer pairs) score; see the module docstring.
 
     Args:
@@ -129,10 +140,15 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
             (``layer_matrix(...)`` or ``CalibrationResult.matrix``, same metric and parameters):
             the estimate is taken from it instead of being recomputed.
         subsample: rows per replicate, a fraction of ``N`` in ``(0, 1)`` or a count (default
-            ``N/2``), any real number type (not a bool).
+            ``N/2``), any real number type (not a bool); with ``groups``, groups per replicate (a
+            fraction of the ``G`` groups or a count of groups).
         progress: called as ``progress(done, n_boot)`` after each replicate (refused ones
             included), e.g. to log how far a long bootstrap is; it changes no number (each
             subsample is drawn before it is called). What it raises propagates.
+        groups: ``(N,)`` labels of rows that are subsampled together (each row's image, where an
+            image has several captions): every replicate takes whole groups, all of their rows
+            (see the module docstring). None, or every label distinct: single rows (the same
+            numbers as without it).
         **params: metric parameters and ``device``.
 
     Returns:
@@ -160,11 +176,15 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
             raise ValueError(f"observed must be the {shape} layer matrix, got shape {matrix.shape}")
     estimate, argmax = aggregate_matrix(matrix, aggregate, better)
     n = ra.n
+    group_of = group_index(groups, n)
+    units = n if group_of is None else int(group_of.max()) + 1  # rows, or groups
     reps = np.empty(n_boot)
-    m = subsample_size(n, subsample)
+    m = subsample_size(units, subsample, "rows" if group_of is None else "groups")
     refused: ValueError | None = None
     for r in range(n_boot):
-        idx = torch.as_tensor(np.sort(rng.choice(n, m, replace=False)), device=ra.device)
+        drawn = rng.choice(units, m, replace=False)
+        rows = np.sort(drawn) if group_of is None else np.flatnonzero(np.isin(group_of, drawn))
+        idx = torch.as_tensor(rows, device=ra.device)
         sa = ra.subset(idx)
         sb = sa if rb is ra else rb.subset(idx)
         try:
@@ -176,14 +196,15 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
             reps[r], refused = np.nan, error
         if progress is not None:
             progress(r + 1, n_boot)
+    of = "rows" if group_of is None else "groups"
     if np.isnan(reps).all():
         why = f"was refused: {refused}" if refused is not None else "scored NaN (the metric is undefined on them)"
-        raise ValueError(f"every one of the {n_boot} bootstrap subsamples of {m} rows {why}")
-    scale = math.sqrt(m / (n - m))
+        raise ValueError(f"every one of the {n_boot} bootstrap subsamples of {m} {of} {why}")
+    scale = math.sqrt(m / (units - m))
     low, high, cause, share = _interval(float(estimate), reps, scale, level, spec.bounds_for(p))
     degenerate = cause is not None
     if degenerate:
-        subsamples = f"the subsamples of {m} rows (of N = {n})"
+        subsamples = f"the subsamples of {m} {of} (of {'N' if group_of is None else 'G'} = {units})"
         why = {BOUND: f"{share:.0%} of {subsamples} score on a bound of the metric",
                PILED: f"{subsamples} pile up on one value away from the estimate",
                MISSED: f"the spread of {subsamples} lies on one side of the estimate"}[cause]
@@ -191,7 +212,8 @@ def bootstrap_ci(metric: str | MetricSpec, xs: Any, ys: Any, n_boot: int = 200,
                       f"around {float(estimate):.4g} does not measure its sampling spread "
                       "(BootstrapResult.degenerate; see docs/metrics.md)", RuntimeWarning, stacklevel=2)
     return BootstrapResult(float(estimate), low, high, float(scale * np.nanstd(reps)),
-                           level, n_boot, "subsample", argmax, m, degenerate, int(np.isnan(reps).sum()))
+                           level, n_boot, "subsample", argmax, m, degenerate, int(np.isnan(reps).sum()),
+                           None if group_of is None else units)
 
 
 #: causes of a degenerate interval (:func:`_interval`): replicates on a bound of the metric, piled

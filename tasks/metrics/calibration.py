@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from .api import encode_pair
+from .checks import group_index
 from .engine import TIE_RTOL, layer_scores
 from .registry import MetricSpec, get_metric
 from .stats import aggregate as aggregate_matrix
@@ -110,13 +111,12 @@ def block_permutations(groups: Any, count: int, generator: torch.Generator) -> t
     groups (``groups``: ``(N,)`` labels, e.g. each row's image id): the rows of a group, in row
     order, go to the rows of another group of the same size, in row order; groups are shuffled
     among those of their size by ``torch.randperm`` of ``generator``, one size after another
-    (sizes ascending). ``ValueError`` for labels that are not one per row (not 1-D, NaN)."""
-    labels = np.asarray(groups)
-    if labels.ndim != 1:
-        raise ValueError(f"groups must be one label per row, a 1-D sequence; got shape {labels.shape}")
-    if labels.dtype.kind == "f" and np.isnan(labels).any():
-        raise ValueError("groups holds NaN: give every row a label (e.g. its image id)")
-    _, group_of = np.unique(labels, return_inverse=True)
+    (sizes ascending). ``ValueError`` for labels that are not one per row
+    (:func:`~tasks.metrics.checks.group_index`)."""
+    n = len(groups)
+    group_of = group_index(groups, n)
+    if group_of is None:  # every group one row
+        group_of = np.arange(n)
     rows_by_group = np.argsort(group_of, kind="stable")  # each group's rows together, in row order
     sizes = np.bincount(group_of)
     firsts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
@@ -125,7 +125,7 @@ def block_permutations(groups: Any, count: int, generator: torch.Generator) -> t
         members = np.flatnonzero(sizes == size)
         blocks = rows_by_group[firsts[members][:, None] + np.arange(size)[None, :]]
         classes.append(torch.from_numpy(np.ascontiguousarray(blocks, dtype=np.int64)))
-    perms = torch.empty((count, len(labels)), dtype=torch.int64)
+    perms = torch.empty((count, n), dtype=torch.int64)
     for t in range(count):
         for blocks in classes:
             moved = blocks[torch.randperm(len(blocks), generator=generator)]
@@ -137,13 +137,8 @@ def _permutation_draws(groups: Any, n: int) -> Callable[[int, torch.Generator], 
     """``draw(count, generator) -> (count, n) int64`` for :func:`calibrate`: single rows shuffled
     (``torch.randperm``) without ``groups`` or where every group is one row, else
     :func:`block_permutations`. ``ValueError`` where ``groups`` is not one label per row."""
-    if groups is None:
+    if groups is None or group_index(groups, n) is None:  # every group one row: the plain shuffle, the same draws
         return lambda count, gen: torch.stack([torch.randperm(n, generator=gen) for _ in range(count)])
-    if len(groups) != n:
-        raise ValueError(f"groups has {len(groups)} labels for {n} rows: give one label per row (its image)")
-    if len(np.unique(np.asarray(groups))) == n:  # every group one row: the plain shuffle, the same draws
-        return _permutation_draws(None, n)
-    block_permutations(groups, 0, torch.Generator())  # its labels checked before any work
     return lambda count, gen: block_permutations(groups, count, gen)
 
 

@@ -27,7 +27,7 @@ COMMON_PARAMS = ("device",)
 #: ``bootstrap_ci``, ``chance_level``): a metric parameter of one of these names would never reach
 #: the metric there (``calibrate(..., seed=3)`` seeds the permutations), so none may be registered.
 RESERVED_PARAMS = frozenset({"metric", "x", "y", "xs", "ys", "n", "permutations", "alpha", "seed", "aggregate",
-                             "n_boot", "level", "observed", "subsample", "progress", *COMMON_PARAMS})
+                             "n_boot", "level", "observed", "subsample", "progress", "groups", *COMMON_PARAMS})
 
 
 class UnknownMetricError(ValueError, KeyError):

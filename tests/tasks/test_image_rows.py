@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +19,7 @@ from tasks.align_task import align_to_store, alignment_version
 from tasks.alignment import prepare_layers
 from tasks.image_rows import image_rows, mean_rows
 from tasks.params import AlignmentParams
+from tests.tasks.metrics import reference
 
 
 def test_rows_group_by_image_in_image_order_keeping_sample_order():
@@ -169,3 +171,31 @@ def test_unit_sample_permutes_whole_images_when_images_have_several_captions(tmp
     # the same rows with single samples shuffled: every draw below the observed score
     grouped_away = metrics.calibrate("mutual_knn", prepare_layers(identity), prepare_layers(language), permutations=49, topk=TOPK)
     assert grouped_away.p_value == pytest.approx(1 / 50)
+
+
+def test_unit_sample_bootstrap_subsamples_whole_images(tmp_path):
+    """``unit: sample`` with three captions per image: each bootstrap subsample takes half the
+    images, all of their captions (``bootstrap_ci(groups=...)``), so the stored interval equals
+    its definition recomputed in float64 from the features: images in ``image_id`` order,
+    replicate ``r`` the samples of images ``rng.choice(G, G/2, replace=False)``."""
+    store = Store(str(tmp_path / "store"))
+    ma, mb, vision, language = _publish_pair(store)
+    params = AlignmentParams(metrics=["cka"], permutations=9, bootstrap=30, seed=7)
+    manifest = align_to_store(store.url, ma, mb, params)
+    best = store.read_table(f"{manifest['key']}/{layout.BEST_FILE}").to_pylist()[0]
+    xs, ys = prepare_layers(vision), prepare_layers(language)
+    image = np.repeat(np.arange(N_IMAGES), CAPTIONS)  # samples in sample_id order: im00-0, im00-1, ...
+    rng = np.random.default_rng(7)
+    g = N_IMAGES // 2
+    reps = []
+    for _ in range(30):
+        rows = np.flatnonzero(np.isin(image, rng.choice(N_IMAGES, g, replace=False)))
+        reps.append(max(reference.cka(a[rows].astype(np.float64), b[rows].astype(np.float64)) for a in xs for b in ys))
+    reps = np.array(reps)
+    estimate = max(reference.cka(a.astype(np.float64), b.astype(np.float64)) for a in xs for b in ys)
+    q_low, q_high = np.quantile(reps - reps.mean(), [0.025, 0.975])
+    c = math.sqrt(g / (N_IMAGES - g))
+    assert best["score"] == pytest.approx(estimate, abs=2e-6)
+    assert best["ci_low"] == pytest.approx(max(estimate + c * q_low, 0.0), abs=2e-6)
+    assert best["ci_high"] == pytest.approx(min(estimate + c * q_high, 1.0), abs=2e-6)
+    assert best["bootstrap"] == 30

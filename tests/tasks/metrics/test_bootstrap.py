@@ -320,3 +320,79 @@ def test_two_replicates_apart_are_not_a_pile_and_each_cause_is_named() -> None:
     assert _interval(1.0, np.array([0.0] * 2 + [1.0] * 98), 1.0, 0.95, (-10.0, 10.0))[2] == MISSED
     assert _interval(0.3, np.linspace(0.2, 0.4, 101), 1.0, 0.95, (0.0, 1.0))[2] is None
 
+
+
+# ------------------------------------------------------------------ whole groups (images)
+
+def _grouped_data(seed: int = 21) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """30 images of 1 to 4 captions, rows interleaved (an image's rows are not contiguous): two
+    vision layers equal within an image, two language layers of the image's latent plus noise."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 5, size=30)
+    image = np.repeat(np.arange(30), sizes)
+    order = rng.permutation(len(image))
+    image = image[order]
+    z = rng.normal(size=(30, 3))
+    xs = [(z @ rng.normal(size=(3, w)) + 0.5 * rng.normal(size=(30, w)))[image] for w in (6, 4)]
+    ys = [z[image] @ rng.normal(size=(3, w)) + s * rng.normal(size=(len(image), w)) for w, s in ((5, 0.5), (7, 1.0))]
+    return xs, ys, [f"img{i:02d}" for i in image]
+
+
+def test_grouped_replicates_take_whole_groups_and_equal_a_float64_reference(monkeypatch) -> None:
+    """With ``groups`` every replicate scores ``g = round(G/2)`` whole groups, all their rows;
+    the interval equals its definition recomputed in float64 from the features: the groups
+    numbered in label order, replicate ``r`` the rows of ``rng.choice(G, g, replace=False)``,
+    ``c = sqrt(g / (G - g))``."""
+    xs, ys, groups = _grouped_data()
+    labels = np.array(groups)
+    seen: list[np.ndarray] = []
+    subset = Representation.subset
+    monkeypatch.setattr(Representation, "subset", lambda self, rows: (seen.append(rows.cpu().numpy()), subset(self, rows))[1])
+    got = bootstrap_ci("cka", xs, ys, n_boot=40, seed=5, groups=groups)
+    assert got.resample_size == 15 and got.n_groups == 30 and got.n_refused == 0
+    assert len(seen) >= 40
+    for rows in seen:  # a union of 15 whole groups
+        chosen = set(labels[rows])
+        assert len(chosen) == 15 and set(np.flatnonzero(np.isin(labels, list(chosen)))) == set(rows)
+
+    names = sorted(set(groups))
+    rng = np.random.default_rng(5)
+    reps = []
+    for _ in range(40):
+        picked = [names[i] for i in rng.choice(30, 15, replace=False)]
+        rows = np.flatnonzero(np.isin(labels, picked))
+        reps.append(max(reference.cka(a[rows], b[rows]) for a in xs for b in ys))
+    reps = np.array(reps)
+    estimate = max(reference.cka(a, b) for a in xs for b in ys)
+    c = math.sqrt(15 / 15)
+    q_low, q_high = np.quantile(reps - reps.mean(), [0.025, 0.975])
+    want = (estimate, max(estimate + c * q_low, 0.0), min(estimate + c * q_high, 1.0), c * reps.std())
+    np.testing.assert_allclose((got.estimate, got.low, got.high, got.std), want, rtol=0, atol=2e-6)
+
+
+def test_groups_count_the_subsample_and_one_row_groups_change_nothing() -> None:
+    """``subsample`` counts groups with ``groups``; groups of one row each give exactly the
+    ungrouped result (the same draws), whatever their labels."""
+    xs, ys, groups = _grouped_data()
+    assert bootstrap_ci("cka", xs, ys, n_boot=5, groups=groups, subsample=6).resample_size == 6
+    assert bootstrap_ci("cka", xs, ys, n_boot=5, groups=groups, subsample=0.2).resample_size == 6
+    with pytest.raises(ValueError, match=r"subsample gives m = 30 groups of N = 30"):
+        bootstrap_ci("cka", xs, ys, n_boot=5, groups=groups, subsample=30)
+    n = len(groups)
+    for metric, p in (("cka", {}), ("mutual_knn", {"topk": 4})):
+        plain = bootstrap_ci(metric, xs, ys, n_boot=30, seed=2, **p)
+        for singles in (None, list(range(n)), [f"s{i}" for i in np.random.default_rng(0).permutation(n)]):
+            assert bootstrap_ci(metric, xs, ys, n_boot=30, seed=2, groups=singles, **p) == plain
+        assert bootstrap_ci(metric, xs, ys, n_boot=30, seed=2, groups=groups, **p) != plain
+
+
+@pytest.mark.parametrize("groups, message", [
+    (["a"] * 10, r"groups has 10 labels for 12 rows"),
+    ([["a", "b"]] * 12, r"groups must be one label per row, a 1-D sequence; got shape \(12, 2\)"),
+    ([0.0] * 6 + [float("nan")] * 6, r"groups holds NaN"),
+    (["a", None] * 6, r"groups labels must be of one comparable kind"),
+])
+def test_bad_groups_are_refused(groups, message) -> None:
+    x, y = paired(n=12, seed=3)
+    with pytest.raises(ValueError, match=message):
+        bootstrap_ci("cka", x, y, n_boot=5, groups=groups)
