@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import codecs
 import contextlib
 import errno
-import locale
 import logging
 import os
 import re
@@ -15,11 +13,13 @@ import shutil
 import signal
 import stat
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from flows.cli_locale import typed_text, utf8_mode_command
+from flows.cli_signals import (STOP_SIGNALS, interrupts_noted, queries_stopped_by_ctrl_c, stop_on_sigterm,
+                               stop_status)
 from flows.local_paths import default_store_path, default_store_shown
 from flows.omp_policy import choose_omp_wait_policy
 from tasks.shown_text import for_terminal, for_terminal_lines
@@ -154,117 +154,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dispatch(args)
         except KeyboardInterrupt:  # Ctrl-C while _dispatch handled an error (DuckDB's for the query it interrupted)
             return _stopped(args)
-
-
-#: The signals that stopped this command, as they came (``_note_stop``): SIGINT (Ctrl-C, `timeout -s
-#: INT`, a CI runner cancelling a job) or, for ``prh run``, SIGTERM (`kill`, `timeout`, systemd, Kubernetes).
-_STOP_SIGNALS: list[int] = []
-
-
-def _note_stop(signum: int, frame: object) -> None:
-    """The handler of a signal that stops a command: noted (for the exit status, 128 + its number,
-    as a shell reports a process the signal ended), then raised as Ctrl-C is."""
-    _STOP_SIGNALS.append(signum)
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def stop_status() -> int:
-    """The exit status of a command stopped by a signal: 128 + the number of the first that came
-    (130 for Ctrl-C, 143 for SIGTERM), 130 where none was noted (a KeyboardInterrupt raised otherwise)."""
-    return 128 + (_STOP_SIGNALS[0] if _STOP_SIGNALS else signal.SIGINT)
-
-
-@contextlib.contextmanager
-def interrupts_noted(install: bool) -> Iterator[None]:
-    """While a command other than ``prh run`` works (``install``), Ctrl-C is noted by
-    :func:`_note_stop`: DuckDB catches the KeyboardInterrupt of a query it is running and raises
-    ``RuntimeError('Query interrupted')`` in its place, which ended `prh sql` with a traceback and exit 1,
-    as a failed command does. Left as it is where SIGINT is not Python's default handler (ignored in a
-    shell's background job, or another program's handler around :func:`main`), and for ``prh run``,
-    whose flow engine (asyncio) installs its own Ctrl-C handling only over Python's default one."""
-    _STOP_SIGNALS.clear()
-    previous = signal.getsignal(signal.SIGINT)
-    if not install or previous is not signal.default_int_handler or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signal.signal(signal.SIGINT, _note_stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def queries_stopped_by_ctrl_c(con: Any) -> Iterator[None]:
-    """While ``prh sql`` runs its query on the DuckDB connection ``con``, Ctrl-C interrupts DuckDB at
-    once (``con.interrupt()`` from a thread that the signal wakes: Python's ``signal.set_wakeup_fd``).
-    DuckDB looks at Python's signals only between its own steps, which took a minute and more on a large
-    scan or join (a `timeout -s INT` or a CI runner cancelling the job waited for the whole query).
-    Only where :func:`interrupts_noted` handles SIGINT (a command other than ``prh run``, in the main thread)."""
-    if signal.getsignal(signal.SIGINT) is not _note_stop or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    import socket
-
-    reader, writer = socket.socketpair()
-    writer.setblocking(False)  # the signal handler's write never blocks
-    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-
-    def watch() -> None:
-        while data := reader.recv(64):  # b"": the writer is closed, the command is done
-            if signal.SIGINT in data:
-                _STOP_SIGNALS.append(signal.SIGINT)
-                con.interrupt()
-
-    watcher = threading.Thread(target=watch, name="prh-sql-ctrl-c", daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        signal.set_wakeup_fd(previous)
-        writer.close()
-        watcher.join(timeout=5)
-        reader.close()
-
-
-def utf8_mode_command() -> list[str] | None:
-    """The command line that starts this ``prh`` again in Python's UTF-8 mode, where its locale's
-    encoding is not UTF-8 (``LC_ALL=en_US.ISO-8859-1``); None where names are read as UTF-8 already
-    (a UTF-8 locale, ``C``/``POSIX``, macOS, Windows), ``PYTHONUTF8=0`` asks for the locale's
-    encoding, or the program is no ``prh`` (another program calling :func:`main`).
-
-    DuckDB reads paths as UTF-8, Python in such a locale decodes file names in its encoding: a
-    store, config or dataset folder with a non-ASCII name opened as two different paths (a run
-    extracted every model, then failed every pair), and file names read from a dataset folder gave
-    other sample ids (``img\u00c3\u00a900`` for ``imgé00``), so another dataset version of the
-    same data. Started again in UTF-8 mode, the same bytes are read as in a UTF-8 locale; the
-    command line and the environment pass through ``execv`` as the bytes they were."""
-    if (sys.flags.utf8_mode or os.name != "posix" or not sys.executable or os.environ.get("PYTHONUTF8", "").strip() == "0"
-            or codecs.lookup(sys.getfilesystemencoding()).name == "utf-8"):
-        return None
-    program = sys.argv[0] if sys.argv else ""
-    if not (_same_file(program, __file__) or os.path.basename(os.path.realpath(program)) == "prh"):
-        return None
-    return [sys.executable, *sys.orig_argv[1:]]
-
-
-def typed_text(value: str | None) -> str | None:
-    """A command-line argument that is text, not a path (``prh sql``'s query, a column name), as
-    typed in a terminal whose locale is not UTF-8, where prh runs in UTF-8 mode
-    (:func:`utf8_mode_command`): a Latin-1 terminal sends ``café`` with the byte ``e9``, which UTF-8
-    mode keeps as a lone surrogate (refused as no text); decoded in the locale's encoding, as it
-    was before the restart. Anything else is returned as it is."""
-    if value is None or not sys.flags.utf8_mode:
-        return value
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        pass
-    try:
-        return os.fsencode(value).decode(locale.getencoding())
-    except UnicodeError:
-        return value
 
 
 class _EscapedStderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -479,12 +368,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         _discard_stdout()
         return BROKEN_PIPE_EXIT
     except ONE_LINE_ERRORS as error:
-        if _STOP_SIGNALS:  # DuckDB's error for a query Ctrl-C interrupted while its rows were streamed
+        if STOP_SIGNALS:  # DuckDB's error for a query Ctrl-C interrupted while its rows were streamed
             return _stopped(args)
         print(f"prh {args.command}: error: {for_terminal_lines(error)}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - only store, output and Prefect failures are turned into one line
-        if _STOP_SIGNALS:  # DuckDB's RuntimeError('Query interrupted') for the KeyboardInterrupt it caught
+        if STOP_SIGNALS:  # DuckDB's RuntimeError('Query interrupted') for the KeyboardInterrupt it caught
             return _stopped(args)
         message = _store_failure(error, store_argument(args)) or _output_failure(error)
         if message is None and args.command == "run":  # its temporary Prefect server's disk filled up
@@ -645,7 +534,7 @@ def _run(args: argparse.Namespace) -> int:
     from flows.server_watchdog import guard_temporary_server
     from storage.runs import probe_made
 
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         guard_temporary_server()  # a `kill -9` of this process no longer leaves Prefect's temporary server running
         with quiet_known_errors((*ONE_LINE_ERRORS, ZooFailures)), probe_made(target), escaped_console_logs():
@@ -772,16 +661,6 @@ def config_with_flags(args: argparse.Namespace) -> PipelineConfig:
             data["alignment"][field] = getattr(args, field)
             flags.append(f"--{field} {getattr(args, field)}")
     return validate_config(data, f"config {args.config} with {' '.join(flags)}") if flags else config
-
-
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    """``kill``/SIGTERM stops ``prh run`` like Ctrl-C: Python unwinds and exits normally, so the
-    temporary Prefect server is stopped too. (Python's default ends the process at once, which
-    left the server running; during a flow Prefect turns the signal into ``TerminationSignal``,
-    records the run and then hands the signal back to this handler.) The signal is noted
-    (:func:`_note_stop`): ``prh run`` then exits 143, as a shell reports a process SIGTERM ended
-    (it exited 130, Ctrl-C's status, so a supervisor could not tell its own stop from a person's)."""
-    _note_stop(signum, frame)
 
 
 def rejected_line(store: Store, dataset_version: str | None, sql: str = "prh sql") -> str | None:
