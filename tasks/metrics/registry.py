@@ -88,7 +88,10 @@ class MetricSpec:
         out = dict(self.defaults)
         for name, value in params.items():
             if name in self.defaults:
-                out[name] = _checked(name, value, self.defaults[name])
+                try:
+                    out[name] = _checked(name, value, self.defaults[name])
+                except ValueError as error:  # which metric's parameter, where several share a name
+                    raise ValueError(f"{error} (a parameter of metric {self.name!r})") from None
         return out
 
 
@@ -115,7 +118,7 @@ _NULLABLE_INTS = frozenset({"topk"})
 def _checked(name: str, value: Any, default: Any) -> Any:
     """``value`` if it is of the kind of ``default``: a bool for a bool (``'False'`` would read as
     true), an integer for an integer (``2.7`` is not truncated), a number for a number (or a
-    string: ``rbf_sigma='median'``, checked by its engine). Raises ``ValueError`` naming it."""
+    string: ``rbf_sigma='median'``, checked by its engine; not NaN). Raises ``ValueError`` naming it."""
     if isinstance(default, bool):
         return check_flag(name, value)
     if isinstance(default, int):
@@ -125,7 +128,10 @@ def _checked(name: str, value: Any, default: Any) -> Any:
             raise ValueError(f"{name} must be an integer, got {value!r}")
         return int(value)
     if isinstance(default, float) and not isinstance(value, str):
-        return float(check_real(name, value))
+        number = float(check_real(name, value))
+        if math.isnan(number):  # every score would come back NaN, without a word
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        return number
     return value
 
 

@@ -82,6 +82,23 @@ def test_parameter_values_of_the_wrong_kind_are_refused(metric: str, params: dic
         score(metric, x, y, **params)
 
 
+def test_a_parameter_error_names_its_metric_and_nan_is_refused() -> None:
+    """Several metrics share parameter names (``topk``): the error says whose it is. A NaN for a
+    number had passed and every score came back NaN."""
+    x, y = paired()
+    with pytest.raises(ValueError, match=re.escape("topk must be an integer, got True (a parameter of metric 'mutual_knn')")):
+        score("mutual_knn", x, y, topk=True)
+    with pytest.raises(ValueError, match=re.escape("rbf_sigma must be a number, got nan (a parameter of metric 'cka')")):
+        score("cka", x, y, kernel_metric="rbf", rbf_sigma=float("nan"))
+    register_metric("test_scaled_cos", lambda a, b, scale: float(scale), defaults={"scale": 1.0}, bounds=(-10, 10))
+    try:
+        with pytest.raises(ValueError, match=re.escape("scale must be a number, got nan (a parameter of metric "
+                                                       "'test_scaled_cos')")):
+            score("test_scaled_cos", x, y, scale=float("nan"))
+    finally:
+        tm.unregister_metric("test_scaled_cos")
+
+
 def test_accepted_parameter_forms() -> None:
     x, y = paired()
     assert score("cknna", x, y, topk=np.int64(5), unbiased=np.bool_(False)) == score("cknna", x, y, topk=5, unbiased=False)
