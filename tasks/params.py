@@ -180,8 +180,9 @@ class AlignmentParams(BaseModel):
     outlier_exact: Bool = Field(False, description="Exact threshold: the sorted |x| element at the quantile (the paper's "
                                 "--precise) instead of the mean over samples of per-sample quantiles (the paper's default)")
     permutations: Int = Field(0, ge=0, le=100_000, description="Permutations for the calibrated score and p-value (0: off)")
-    bootstrap: Int = Field(0, ge=0, le=100_000, description="Resamples for a 95% CI of each best score (0: off): each scores half the rows, drawn "
-                           "without replacement (m-out-of-n subsampling); see docs/metrics.md")
+    bootstrap: Int = Field(0, ge=0, le=100_000, description="Resamples for a 95% CI of each best score (0: off): each scores half the rows (half the "
+                           "images with all their captions, where images have several), drawn without replacement "
+                           "(m-out-of-n subsampling); see docs/metrics.md")
     seed: Int = Field(0, ge=0, le=SEED_MAX, description="Permutation and bootstrap seed, 0 to 2**32 - 1 (torch's "
                       "generator keeps 32 bits of a seed)")
     pairs: Literal["cross_modal", "all"] = Field("cross_modal", description="vision × language pairs, or every pair of models")
