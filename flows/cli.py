@@ -11,7 +11,6 @@ import re
 import shlex
 import shutil
 import signal
-import stat
 import sys
 import time
 from pathlib import Path
@@ -863,10 +862,11 @@ def _check_readable_folder(store: Store) -> None:
     try:
         os.listdir(store.root)
     except PermissionError as error:
-        info = os.stat(store.root)
-        raise ValueError(f"store {store.display_url} cannot be read by this user: {error.strerror} (its folder: mode "
-                         f"{stat.filemode(info.st_mode)}, owner uid {info.st_uid}; this user: uid {os.geteuid()}): ask its "
-                         "owner to let others read it (chmod -R a+rX), or run as that user") from None
+        from storage.store_errors import access_detail
+
+        raise ValueError(f"store {store.display_url} cannot be read by this user: {error.strerror} (its folder: "
+                         f"{access_detail(store.root)}): ask its owner to let others read it (chmod -R a+rX), or run as "
+                         "that user") from None
 
 
 def _sql(args: argparse.Namespace) -> int:

@@ -32,7 +32,6 @@ import math
 import os
 import re
 import shutil
-import stat
 import sys
 import threading
 import time
@@ -54,7 +53,7 @@ from storage.keys import safe_component
 from storage.owner import current_owner, owner_is_dead
 from storage.parquet_schema import schema_fingerprint
 from storage.s3_options import NotImplementedReply, describe_s3_error, from_s3_client, not_implemented_reply, not_s3_reply
-from storage.store_errors import (REMOVE_DAMAGED_ADVICE, ConditionalWritesIgnored, DamagedManifest, EndpointLacksFeature,
+from storage.store_errors import (REMOVE_DAMAGED_ADVICE, access_detail, ConditionalWritesIgnored, DamagedManifest, EndpointLacksFeature,
                                   NotAnS3Endpoint, StoreIOError, StoreNotReadable, StoreNotWritable)
 from storage.store_urls import (check_duckdb_spelling, check_store_url, check_utf8_url, decoded_local_path, escape_glob, local_store_path,
                                 redact_url, store_file_url)
@@ -344,11 +343,7 @@ class Store:
             where = error.filename if isinstance(error.filename, str) else self.root
             inside = where.rstrip("/")[len(self.root) + 1:].split("/", 1)[0] if where.startswith(self.root + "/") else ""
             if isinstance(error, PermissionError) and inside in STORE_FOLDERS:
-                try:
-                    info = os.stat(where)
-                    owner = f" (mode {stat.filemode(info.st_mode)}, owner uid {info.st_uid}; this user: uid {os.geteuid()})"
-                except OSError:
-                    owner = ""
+                owner = f" ({detail})" if (detail := access_detail(where)) else ""
                 raise StoreNotReadable(f"store {self.display_url}: cannot list the folder {where!r}: {error.strerror}{owner}: "
                                        "ask its owner to let others read the store (chmod -R a+rX), or run as that user") from None
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import stat
 
 from storage.error_chain import error_chain
 
@@ -79,3 +81,13 @@ class EndpointLacksFeature(StoreNotWritable):
 class StoreIOError(OSError):
     """An object-store operation failed after the client's retries; the message names the store
     (credentials removed), the operation and the S3 error. Transient for ``tasks.retries``."""
+
+
+def access_detail(path: str) -> str:
+    """``mode d---------, owner uid 1000; this user: uid 1001`` of a local folder that this user
+    may not list (what to ask its owner to change); ``''`` where the folder cannot be looked at."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ""
+    return f"mode {stat.filemode(info.st_mode)}, owner uid {info.st_uid}; this user: uid {os.geteuid()}"
