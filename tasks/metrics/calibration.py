@@ -115,16 +115,26 @@ def block_permutations(groups: Any, count: int, generator: torch.Generator) -> t
     (:func:`~tasks.metrics.checks.group_index`)."""
     n = len(groups)
     group_of = group_index(groups, n)
-    if group_of is None:  # every group one row
-        group_of = np.arange(n)
+    return _draw_blocks(_size_classes(np.arange(n) if group_of is None else group_of), n, count, generator)
+
+
+def _size_classes(group_of: np.ndarray) -> list[torch.Tensor]:
+    """One ``(groups of that size, size) int64`` tensor per group size, sizes ascending: row ``j``
+    of group ``b`` of a size is ``blocks[b, j]`` (each group's rows in row order), from ``(N,)``
+    group numbers ``0..G-1``."""
     rows_by_group = np.argsort(group_of, kind="stable")  # each group's rows together, in row order
     sizes = np.bincount(group_of)
     firsts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    classes = []  # (groups of that size, size) rows: row j of group b of a size is blocks[b, j]
+    classes = []
     for size in np.unique(sizes):
         members = np.flatnonzero(sizes == size)
         blocks = rows_by_group[firsts[members][:, None] + np.arange(size)[None, :]]
         classes.append(torch.from_numpy(np.ascontiguousarray(blocks, dtype=np.int64)))
+    return classes
+
+
+def _draw_blocks(classes: list[torch.Tensor], n: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``(count, n) int64`` whole-group permutations over ``_size_classes``'s blocks."""
     perms = torch.empty((count, n), dtype=torch.int64)
     for t in range(count):
         for blocks in classes:
@@ -135,11 +145,14 @@ def block_permutations(groups: Any, count: int, generator: torch.Generator) -> t
 
 def _permutation_draws(groups: Any, n: int) -> Callable[[int, torch.Generator], torch.Tensor]:
     """``draw(count, generator) -> (count, n) int64`` for :func:`calibrate`: single rows shuffled
-    (``torch.randperm``) without ``groups`` or where every group is one row, else
-    :func:`block_permutations`. ``ValueError`` where ``groups`` is not one label per row."""
-    if groups is None or group_index(groups, n) is None:  # every group one row: the plain shuffle, the same draws
+    (``torch.randperm``) without ``groups`` or where every group is one row, else the draws of
+    :func:`block_permutations` (its blocks derived once here, not per batch). ``ValueError``
+    where ``groups`` is not one label per row."""
+    group_of = None if groups is None else group_index(groups, n)
+    if group_of is None:  # every group one row: the plain shuffle, the same draws
         return lambda count, gen: torch.stack([torch.randperm(n, generator=gen) for _ in range(count)])
-    return lambda count, gen: block_permutations(groups, count, gen)
+    classes = _size_classes(group_of)
+    return lambda count, gen: _draw_blocks(classes, n, count, gen)
 
 
 def calibrate(metric: str | MetricSpec, xs: Any, ys: Any, permutations: int = 1000,

@@ -8,6 +8,7 @@ function or from an ``Engine``.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping
@@ -131,6 +132,8 @@ def _checked(name: str, value: Any, default: Any) -> Any:
         number = float(check_real(name, value))
         if math.isnan(number):  # every score would come back NaN, without a word
             raise ValueError(f"{name} must be a number, got {value!r}")
+        if math.isinf(number) and math.isfinite(default):  # an infinite default: an open threshold takes one
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
         return number
     return value
 
@@ -215,6 +218,26 @@ def _as_engine(obj: Any, what: str) -> Engine:
     raise TypeError(f"register_metric: {what} must be {forms}; got {type(obj).__name__}")
 
 
+def _check_takes(name: str, fn: Callable[..., Any], defaults: Mapping[str, Any]) -> None:
+    """``ValueError`` naming metric ``name`` and the parameter where ``fn`` cannot be called as
+    ``fn(x, y, **defaults)`` for want of a keyword (it failed only at the first call, in the
+    pipeline after the extraction); nothing where its signature cannot be read."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or a C callable: its call will say
+        return
+    kinds = {p.name: p.kind for p in signature.parameters.values()}
+    if inspect.Parameter.VAR_KEYWORD in kinds.values():
+        return
+    takes = {n for n, kind in kinds.items()
+             if kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    for param in defaults:
+        if param not in takes:
+            raise ValueError(f"metric {name!r}: its function takes no parameter {param!r}, which its defaults name "
+                             "(every parameter in defaults is passed as a keyword: fn(x, y, **params)); add it to "
+                             "the function's signature, or **params")
+
+
 def register_metric(name: str, fn: Callable[..., float] | type[Engine] | Engine | None = None, *,
                     engine: Engine | type[Engine] | None = None,
                     bounds: Bounds | Callable[[dict[str, Any]], Bounds] = (-math.inf, math.inf),
@@ -284,6 +307,8 @@ def register_metric(name: str, fn: Callable[..., float] | type[Engine] | Engine 
 
     def build(f: Any) -> MetricSpec:
         eng = given_engine if given_engine is not None else _as_engine(f, "fn")
+        if isinstance(eng, FunctionEngine):
+            _check_takes(name, eng.fn, defaults or {})
         spec = MetricSpec(name=name, engine=eng, bounds=bounds, symmetric=bool(symmetric),
                           locality=locality, higher_is_better=bool(higher_is_better),
                           defaults=dict(defaults or {}), description=description, chance=chance,

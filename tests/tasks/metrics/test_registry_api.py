@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -468,7 +469,7 @@ def test_register_builtins_again_keeps_the_shipped_registrations() -> None:
 @pytest.mark.parametrize("metric, params, message", [
     ("cka", {"kernel_metric": "cos"}, "kernel_metric must be 'ip' or 'rbf', got 'cos'"),
     ("cka", {"kernel_metric": "rbf", "rbf_sigma": -1.0}, "rbf_sigma must be a positive finite number, got -1.0"),
-    ("cka", {"kernel_metric": "rbf", "rbf_sigma": float("inf")}, "rbf_sigma must be a positive finite number, got inf"),
+    ("cka", {"kernel_metric": "rbf", "rbf_sigma": float("inf")}, "rbf_sigma must be a finite number, got inf"),
     ("cka_rbf_median", {"rbf_sigma": "mean"}, "rbf_sigma must be a positive number or 'median', got 'mean'"),
     ("mutual_knn", {"topk": 3, "knn_precision": "fp8"}, "knn_precision must be one of"),
     ("mutual_knn", {"topk": 0}, "topk must be in [1, N-1] = [1, 7], got 0"),
@@ -767,3 +768,43 @@ def test_a_name_taken_by_prh_or_by_another_user_metric_says_which() -> None:
             register_metric("test_taken_twice", lambda x, y: 1.0)
     finally:
         unregister_metric("test_taken_twice")
+
+
+def test_a_parameter_the_function_does_not_take_is_refused_when_registered() -> None:
+    """A ``defaults`` name the function cannot take as a keyword had failed only at its first
+    call: in the pipeline, after the extraction. ``**kwargs`` takes any name."""
+    with pytest.raises(ValueError, match=re.escape("metric 'test_no_scale': its function takes no parameter 'scale'")):
+        register_metric("test_no_scale", lambda a, b: 0.0, defaults={"scale": 1.0})
+    assert "test_no_scale" not in tm.METRICS
+    with pytest.raises(ValueError, match=re.escape("metric 'test_no_scale': its function takes no parameter 'width'")):
+        register_metric("test_no_scale", lambda a, b, scale: 0.0, defaults={"scale": 1.0, "width": 2})
+    register_metric("test_any_params", lambda a, b, **params: float(params["scale"]), defaults={"scale": 2.0},
+                    bounds=(-10, 10))
+    register_metric("test_keyword_only", lambda a, b, *, scale=1.0: float(scale), defaults={"scale": 3.0},
+                    bounds=(-10, 10))
+    try:
+        x, y = paired()
+        assert score("test_any_params", x, y) == 2.0
+        assert score("test_keyword_only", x, y, scale=4.0) == 4.0
+    finally:
+        tm.unregister_metric("test_any_params")
+        tm.unregister_metric("test_keyword_only")
+
+
+def test_an_infinite_number_is_refused_unless_the_default_is_one() -> None:
+    """``scale=inf`` for a metric whose default is finite had reached the function; a metric
+    whose default is infinite (an open threshold) still takes one."""
+    x, y = paired()
+    register_metric("test_scaled", lambda a, b, scale: min(float(scale), 5.0), defaults={"scale": 1.0}, bounds=(-10, 10))
+    register_metric("test_open", lambda a, b, cap: min(float(cap), 5.0), defaults={"cap": math.inf}, bounds=(-10, 10))
+    try:
+        for bad in (math.inf, -math.inf, np.float32("inf")):
+            with pytest.raises(ValueError, match=re.escape(f"scale must be a finite number, got {bad!r} (a parameter "
+                                                           "of metric 'test_scaled')")):
+                score("test_scaled", x, y, scale=bad)
+        assert score("test_scaled", x, y, scale=2.5) == 2.5
+        assert score("test_open", x, y) == 5.0 and score("test_open", x, y, cap=math.inf) == 5.0
+        assert score("test_open", x, y, cap=3.0) == 3.0
+    finally:
+        tm.unregister_metric("test_scaled")
+        tm.unregister_metric("test_open")
