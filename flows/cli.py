@@ -277,18 +277,55 @@ class _VersionAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        print(version_text())
+        try:
+            print(version_text())
+            sys.stdout.flush()  # here, not in Python's exit: `prh --version | true` is 141, `> /dev/full` one line
+        except BrokenPipeError:
+            _discard_stdout()
+            parser.exit(BROKEN_PIPE_EXIT)
+        except OSError as error:
+            message = _output_failure(error)
+            if message is None:
+                raise
+            parser.exit(2, f"prh: error: {message}\n")
         parser.exit()
+
+
+#: The end of ``prh --help``: what its exit statuses mean (the same for every command) and the
+#: environment that changes what it does without a flag.
+EPILOG = """\
+exit status (every command):
+  0    done
+  1    prh run: some models or pairs failed (the rest is published); prh verify: something was damaged
+  2    bad input, or an error (a store that cannot be read or written...), named in one line;
+       prh run --check: the dataset or a model is refused
+  130  stopped by Ctrl-C, 143 by SIGTERM (prh run records the run CANCELLED)
+  141  the reader of the output went away (prh sql ... | head)
+
+environment:
+  PRH_STORE             the store when --store is not given
+  NO_COLOR, FORCE_COLOR=0
+                        tables and lines without colours or bold (FORCE_COLOR=1: with them, even into a pipe)
+  other PRH_* settings  the README (README.md of the checkout, or the package's description)
+
+prh COMMAND --help lists the options of a command; they go after it (prh sql --store URL QUERY)."""
 
 
 def command_parser() -> argparse.ArgumentParser:
     """``prh``'s argument parser: its commands and their flags."""
-    parser = argparse.ArgumentParser(prog="prh", description="Representational alignment between neural networks.")
+    from flows.cli_parser import CommandParser
+
+    parser = CommandParser(prog="prh", description="Representational alignment between neural networks.", epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action=_VersionAction,
                         help="print prh's version and the code versions its results are stamped with, and exit")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=False)
 
-    run = commands.add_parser("run", help="run the full pipeline (dataset, features, alignment)")
+    def command(name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002 - argparse's own keyword
+        """A command whose own --help starts with what it does, as prh --help lists it."""
+        return commands.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".")
+
+    run = command("run", "run the full pipeline (dataset, features, alignment)")
     run.add_argument("--config", default=str(DEMO_CONFIG), help="pipeline YAML (default: the embedded demo)")
     run.add_argument("--store", default=None, help=STORE_HELP)
     run.add_argument("--dataset", default=None, help="a paired Parquet/CSV/TSV/JSON Lines table, a COCO captions or Karpathy split .json (or a JSON array of rows), a "
@@ -313,23 +350,26 @@ def command_parser() -> argparse.ArgumentParser:
                      help="override alignment.unit: align one row per image-caption sample (the paper's) or per image "
                           "(its captions' vectors averaged; with --captions all)")
 
-    sql = commands.add_parser("sql", help="query the catalog with DuckDB SQL (read-only)")
+    sql = command("sql", "query the catalog with DuckDB SQL (read-only)")
     sql.add_argument("query", help="a SELECT query over datasets, samples, rejected_samples (the rows each dataset's load refused), models, features, alignment, alignment_best (the current "
                                           "results), runs, alignment_latest, alignment_best_latest, alignment_fdr, alignment_all, "
                                           "alignment_best_all (every version), models_current (each model's feature version that runs now use)")
     sql.add_argument("--store", default=None, help=STORE_HELP)
-    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                     help="table: for reading (the first rows, numbers shortened; the default); csv or json: every row, "
+                     "every value whole")
 
     from flows.report import add_report_arguments
 
-    add_report_arguments(commands.add_parser("report", help="write a run's HTML report and figures"), STORE_HELP)
+    add_report_arguments(command("report", "write a run's HTML report and figures"), STORE_HELP)
 
-    catalog = commands.add_parser("catalog", help="the DuckDB catalog as a file").add_subparsers(dest="action", required=True)
-    export = catalog.add_parser("export", help="write FILE.duckdb with the catalog's views (opens in the DuckDB CLI)")
+    catalog = command("catalog", "the DuckDB catalog as a file").add_subparsers(dest="action", required=False)
+    export_help = "write FILE.duckdb with the catalog's views (opens in the DuckDB CLI)"
+    export = catalog.add_parser("export", help=export_help, description=export_help[:1].upper() + export_help[1:] + ".")
     export.add_argument("file", help="the DuckDB database file to write (an earlier export, or any DuckDB database, is replaced; another file is not)")
     export.add_argument("--store", default=None, help=STORE_HELP)
 
-    gc = commands.add_parser("gc", help="remove what no run will use: unpublished files of dead writers, abandoned extraction shards, report figures of other report code (not while a run of that code is alive) or not written for --older-than-days; with --keep-runs, old published versions")
+    gc = command("gc", "remove what no run will use: unpublished files of dead writers, abandoned extraction shards, report figures of other report code (not while a run of that code is alive) or not written for --older-than-days; with --keep-runs, old published versions")
     gc.add_argument("--store", default=None, help=STORE_HELP)
     gc.add_argument("--older-than-days", type=float, default=7.0,
                     help="shards of an unpublished version count as abandoned when the newest is this old, and cached report "
@@ -345,7 +385,7 @@ def command_parser() -> argparse.ArgumentParser:
                     "pair or metric only an older run scored, e.g. of a model since dropped from the zoo), with their inputs")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
 
-    verify = commands.add_parser("verify", help="check every published file against its manifest (size, SHA-256); "
+    verify = command("verify", "check every published file against its manifest (size, SHA-256); "
                                  "exit 1 when something was damaged after it was published")
     verify.add_argument("--store", default=None, help=STORE_HELP)
     verify.add_argument("--quick", action="store_true", help="check presence and sizes only (no file is read)")
@@ -712,9 +752,10 @@ def print_summary(summary: dict[str, Any], sql: str = "prh sql", rejected: str |
     from rich.console import Console
     from rich.table import Table
 
+    from flows.cli_console import output_console
     from tasks.report.tables import DEGENERATE_WHY, best_first, higher_is_better, rows_aligned
 
-    console = Console(width=160, markup=False)  # a store path 'runs [v1]' or a name is text, not the table library's markup
+    console = output_console(width=160, markup=False)  # a store path 'runs [v1]' or a name is text, not the table library's markup
     features = f"features extracted: {', '.join(summary['extracted']) or 'none'}; reused: {', '.join(summary['reused']) or 'none'}"
     if not summary["best"]:  # a one-model zoo: alignment_best_latest is still an earlier run's
         console.print(features)
@@ -746,7 +787,7 @@ def print_summary(summary: dict[str, Any], sql: str = "prh sql", rejected: str |
     # as wide as its cells need: past the console's width the table library shrank every column,
     # and hub-length model and layer names left the scores as '…'
     needed = Console(width=100_000, markup=False).measure(table).maximum
-    Console(width=max(console.width, needed), markup=False).print(table)
+    output_console(width=max(console.width, needed), markup=False).print(table)
     if any(row.get("ci_degenerate") for row in rows):
         console.print(f"* degenerate interval: {DEGENERATE_WHY}; it brackets the score but does not measure its spread "
                       "(ci_degenerate, docs/metrics.md)")

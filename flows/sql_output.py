@@ -564,11 +564,12 @@ def print_table(table: pa.Table, width: int = 200, max_rows: int = MAX_TABLE_ROW
     (an ESC that would clear the screen or recolour it, a line break) is shown as its escape
     (``\\x1b``, ``\\n``; :func:`tasks.shown_text.for_terminal`), and so is a character the output's
     encoding cannot hold (``caf\\xe9`` on an ASCII or Latin-1 output). CSV and JSON keep every value whole."""
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(width=width)
+    from flows.cli_console import output_console
+
+    console = output_console(width=width)
     encoding = console.encoding
 
     def shown(text: str) -> Text:

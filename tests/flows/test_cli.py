@@ -1722,6 +1722,25 @@ def test_a_reader_that_goes_away_ends_the_command_quietly_with_the_shells_code(t
     assert BROKEN_PIPE_EXIT == 141
 
 
+def test_version_into_a_pipe_closed_early_or_a_full_disk_ends_without_a_traceback():
+    """`prh --version | true`: the reader had gone before the code versions were computed, and
+    ``--version`` ended in a `BrokenPipeError` traceback, exit 1; `> /dev/full` in an `OSError`'s."""
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before prh writes: no race with a reader that exits
+    try:
+        closed = subprocess.run([sys.executable, "-m", "flows.cli", "--version"], env=env, stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (closed.returncode, closed.stderr) == (141, "")
+    if Path("/dev/full").exists():
+        full = _prh_with_stdout(">/dev/full", "--version")
+        assert (full.returncode, full.stderr) == (2, "prh: error: cannot write the output: No space left on device; "
+                                                     "what was written before it stopped is incomplete\n")
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full (a device that is always full)")
 def test_output_to_a_full_disk_is_one_line_not_a_traceback(tmp_path):
     """The environment hunt: `prh sql --format csv > out.csv` on a full disk, or `prh verify` into
@@ -1807,12 +1826,13 @@ def test_only_store_failures_become_one_line_other_errors_keep_their_own() -> No
 
 
 def test_prh_without_a_command_shows_its_usage_and_exits_2(capsys):
-    """``prh`` alone names no command: argparse's usage line and exit 2, not a command chosen."""
+    """``prh`` alone names no command: argparse's usage line and exit 2, not a command chosen; the
+    line names the commands (tests/flows/test_cli_parser.py: the other mistyped command lines)."""
     with pytest.raises(SystemExit) as exited:
         main([])
     assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: prh") and "required: command" in err
+    assert err.startswith("usage: prh") and "prh: error: give a command: run, sql, report, catalog, gc or verify" in err
 
 
 #: A child process: `prh sql --format csv` of 2 million rows, then `json` of 1 million, written to
