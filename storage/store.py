@@ -56,7 +56,7 @@ from storage.s3_options import NotImplementedReply, describe_s3_error, from_s3_c
 from storage.store_errors import (REMOVE_DAMAGED_ADVICE, access_detail, ConditionalWritesIgnored, DamagedManifest, EndpointLacksFeature,
                                   NotAnS3Endpoint, StoreIOError, StoreNotReadable, StoreNotWritable)
 from storage.store_urls import (check_duckdb_spelling, check_store_url, check_utf8_url, decoded_local_path, escape_glob, local_store_path,
-                                redact_url, store_file_url)
+                                protocol_hint, redact_url, store_file_url)
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ class Store:
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url if local is None else f"file://{local}", **options)
         except (ValueError, ImportError) as error:  # unknown protocol, its package not installed
-            raise ValueError(f"store {redact_url(self.url)}: cannot open it: {error}") from None
+            raise ValueError(f"store {redact_url(self.url)}: cannot open it: {error}{protocol_hint(self.url, error)}") from None
         except OSError as error:  # a filesystem that connects as it opens (ftp, sftp...)
             raise StoreIOError(f"store {redact_url(self.url)}: cannot reach it: {_describe(error)}") from error
         self.root = self.root.rstrip("/")

@@ -194,3 +194,23 @@ def _known_protocols() -> set[str]:
     from fsspec.registry import known_implementations, registry
 
     return {p.lower() for p in (*known_implementations, *registry)}
+
+
+#: The schemes a store URL is most often written with, offered first for a misspelt one.
+_USUAL_SCHEMES = ("file", "s3", "gs", "az", "memory")
+
+
+def protocol_hint(url: str, error: Exception) -> str:
+    """For fsspec's ``Protocol not known: s4`` on store URL ``url``: the scheme probably meant
+    (`` (did you mean s3://...?)``) and the usual ones; ``''`` for any other error."""
+    if not str(error).startswith("Protocol not known"):
+        return ""
+    import difflib
+
+    scheme, _, rest = url.partition("://")
+    usual = [s for s in _USUAL_SCHEMES if s in _known_protocols()]
+    meant = (difflib.get_close_matches(scheme.lower(), usual, n=1, cutoff=0.5)
+             or difflib.get_close_matches(scheme.lower(), sorted(_known_protocols()), n=1, cutoff=0.75))
+    guess = f"did you mean {redact_url(f'{meant[0]}://{rest}')}? " if meant else ""
+    return f" ({guess}a store is file:///ABSOLUTE/PATH or a folder's path, or s3://BUCKET/PREFIX)"
+

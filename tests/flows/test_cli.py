@@ -209,7 +209,8 @@ def test_unusable_store_urls_are_one_clear_line(tmp_path, capsys, monkeypatch):
     config = tmp_path / "zoo.yaml"
     config.write_text(yaml.safe_dump({"models": [TINY_VIT, TINY_BERT]}))
     assert main(["run", "--config", str(config), "--store", "nosuch://bucket/x"]) == 2
-    assert capsys.readouterr().err.strip() == "prh run: error: store nosuch://bucket/x: cannot open it: Protocol not known: nosuch"
+    assert capsys.readouterr().err.strip() == ("prh run: error: store nosuch://bucket/x: cannot open it: Protocol not known: nosuch "
+                                               "(a store is file:///ABSOLUTE/PATH or a folder's path, or s3://BUCKET/PREFIX)")
 
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, "test")

@@ -53,3 +53,25 @@ def test_escaped_literal_inverts_escape_glob(path):
 ])
 def test_redact_url_strips_credentials_from_every_part_and_never_raises(url, shown):
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize("url, meant", [("s4://bucket/x", "s3://bucket/x"), ("fil:///tmp/x", "file:///tmp/x"),
+                                        ("S3://b", "s3://b"), ("nosuch://bucket/x", None)])
+def test_a_misspelt_scheme_is_answered_with_the_one_meant(url, meant) -> None:
+    """fsspec's ``Protocol not known: s4`` alone named no fix."""
+    from storage.store import Store
+
+    with pytest.raises(ValueError) as refused:
+        Store(url)
+    message = str(refused.value)
+    assert message.startswith(f"store {url}: cannot open it: Protocol not known")
+    assert message.endswith("a store is file:///ABSOLUTE/PATH or a folder's path, or s3://BUCKET/PREFIX)")
+    assert (f"did you mean {meant}?" in message) if meant else ("did you mean" not in message)
+
+
+def test_a_credential_in_a_misspelt_url_stays_hidden() -> None:
+    from storage.store import Store
+
+    with pytest.raises(ValueError) as refused:
+        Store("s4://AKIAKEY:secret@bucket/x")
+    assert "secret" not in str(refused.value) and "did you mean s3://" in str(refused.value)
