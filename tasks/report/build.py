@@ -71,10 +71,11 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
     figures: list[RenderedFigure] = []
     sections = []
 
-    def add(name: str, caption: str, draw: Callable[[], Figure], inputs: Any, only_png: bool = False) -> str:
+    def add(name: str, caption: str, draw: Callable[[], Figure], inputs: Any, only_png: bool = False, data: str = "") -> str:
+        """The figure drawn (or from the cache) and its HTML; ``data``: its numbers as tables (``html.figure``)."""
         rendered = render_cached(name, caption, draw, inputs, ("png",) if only_png else formats, cache)
         figures.append(rendered)
-        return html.figure(rendered)
+        return html.figure(rendered, data)
 
     # The rows each figure shows (and is cached by): grouped once, not filtered per figure.
     best_of_metric: dict[str, list[dict[str, Any]]] = {}
@@ -102,7 +103,7 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
                "analytical chance level (mutual k-NN: k/(N−1)); <b>× chance</b> the score divided by it (or by the "
                "permutation null mean, marked ×null, where no analytical level exists); <b>null mean</b> is what "
                "row-permuted data scores after the same best over layer pairs; <b>calibrated</b> = (score − τ)/(max − τ), clamped to [0, 1], with τ the "
-               "null's 1−α quantile (where lower is better: (τ − score)/(τ − min), τ its α quantile; 1 is the most aligned "
+               "null's 1−α quantile (α = 0.05; where lower is better: (τ − score)/(τ − min), τ its α quantile; 1 is the most aligned "
                "for every metric; for a metric without that bound, score − τ clipped at 0, in the metric's own units), <b>p</b> its permutation p-value and <b>q</b> the Benjamini–Hochberg q-value of p "
                "among this run's model pairs of the metric (pairs with q ≤ 0.05 are discoveries at a 5% false "
                f"discovery rate). {ROUNDING}")))
@@ -126,7 +127,8 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
                 if points(best, models, metric):
                     parts.append(add(f"{kind}-{metric}", f"{metric} {caption}{_direction_words(higher[metric])}",
                                      lambda draw=draw, metric=metric: draw(best, models, metric, higher[metric]),
-                                     [best_of_metric[metric], models, higher[metric]]))
+                                     [best_of_metric[metric], models, higher[metric]],
+                                     data=html.points_table(kind, best_of_metric[metric], models, metric)))
         notes += bits_per_byte_notes(models)
         sections.append(html.section("Alignment against model quality and size", "scaling", html.figures(*parts),
                                      intro="The paper's headline figure: does alignment grow with model quality and scale?"))
@@ -144,10 +146,11 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
         pair_best = best_of_pair.get((model_a, model_b), [])
         if any(r["metric"] in metrics for r in pair_scores):
             # PNG only: a layer matrix is a raster image, which SVG would only wrap (and slowly).
-            parts.append(add(f"layers-{model_a}__{model_b}", f"{model_a} × {model_b}: every layer pair (red box: the best pair)",
+            parts.append(add(f"layers-{model_a}__{model_b}", f"{model_a} × {model_b}: every layer pair (boxed: the best pair)",
                              lambda a=model_a, b=model_b, s=pair_scores, p=pair_best:
                                  heatmaps.layer_heatmaps(s, p, a, b, metrics, lower),
-                             [pair_scores, pair_best, metrics, lower], only_png=True))
+                             [pair_scores, pair_best, metrics, lower], only_png=True,
+                             data=html.layer_tables(pair_scores, pair_best, model_a, model_b, metrics, lower)))
     missing = [pair for pair in (pairs_of(best) if pairs is None else pairs)
                if not any(r["metric"] in metrics for r in scores_of_pair.get(pair, []))]
     if missing:
@@ -166,12 +169,12 @@ def build_report(data: ReportInput, formats: tuple[str, ...] = ("png", "svg"), p
 
     meta = {"run": run.get("run_id"), "status": run.get("status"), "started": shown_time(run.get("started_at")), "store": run.get("store"),
             **({"run's store": run["run's store"]} if run.get("run's store") else {}),
-            "dataset": run.get("dataset_version"), "data": run.get("dataset_description"), "N": rows_aligned(best),
+            "dataset": run.get("dataset_version"), "data": run.get("dataset_description"), "N (samples aligned)": rows_aligned(best),
             "model pairs": pair_counts(best, run, reused), "metrics": describe_metrics(best, metrics)}
     toc = [("models", "Models"), ("best", "Best scores"), ("model-heatmaps", "Model × model"), ("scaling", "Quality and size"),
            ("layer-heatmaps", "Layer × layer"), ("neighbours", "Nearest neighbours"), ("notes", "Notes")]
     present = [(a, t) for a, t in toc if f'<section id="{a}">' in "".join(sections)]
-    return Report(html.page(TITLE, meta, [html.contents(present), *sections]), figures, notes, data)
+    return Report(html.page(TITLE, meta, sections, html.contents(present)), figures, notes, data)
 
 
 #: How the page rounds what the catalog holds (``html.best_table``, ``heatmaps``), said under the best-scores heading.
@@ -225,13 +228,15 @@ def model_heatmaps(add: Callable[..., str], best: list[dict[str, Any]], rows_of_
     suffix = "" if first else f"-{block[0] or 'other'}" + ("" if block[0] == block[1] else f"-{block[1] or 'other'}")
     where = "" if first and block == CROSS_MODAL else f" ({_block_words(block)})"
     parts = [add(f"model-heatmap-{metric}{suffix}", f"{metric}: best score per model pair{where}, {heatmaps.ratio_caption(grid)}"
-                 + (f" (chance = {chance:.4f}, red line on the colour bar)" if chance is not None else "") + _direction_words(higher),
-                 lambda: heatmaps.model_heatmap(grid, metric, False, chance, higher), [rows_of_metric, chance, list(block), higher])]
+                 + (f" (chance = {chance:.4f}, marked on the colour bar)" if chance is not None else "") + _direction_words(higher),
+                 lambda: heatmaps.model_heatmap(grid, metric, False, chance, higher), [rows_of_metric, chance, list(block), higher],
+                 data=html.grid_table(grid, metric))]
     calibrated = model_grid(best, metric, "calibrated_score", block)
     if (calibrated.values == calibrated.values).any():
         parts.append(add(f"model-heatmap-{metric}{suffix}-calibrated", f"{metric}: permutation-calibrated score and p-value{where} "
                          "(0 = not above the null's 1−α quantile)",
-                         lambda: heatmaps.model_heatmap(calibrated, metric, True), [rows_of_metric, list(block)]))
+                         lambda: heatmaps.model_heatmap(calibrated, metric, True), [rows_of_metric, list(block)],
+                         data=html.grid_table(calibrated, metric, calibrated=True)))
     elif first:
         notes.append(f"{metric}: no calibrated scores (the run used no permutations)")
     return parts

@@ -8,32 +8,44 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Collection
 from typing import Any
 
+import numpy as np
+
 from tasks.grid_fdr import add_q_values
+from tasks.report import scaling
 from tasks.report.figures import RenderedFigure
+from tasks.report.heatmaps import axis_label, cell_text
 from tasks.report.images import data_uri, thumbnail_png
 from tasks.report.neighbours import Example, Neighbour, NeighbourExamples
-from tasks.report.tables import (DEGENERATE_WHY, best_first, chance_ratio, degenerate, higher_is_better, interval,
-                                 interval_columns, number, pooled_bits_only)
+from tasks.report.tables import (DEGENERATE_WHY, Grid, best_first, chance_ratio, common_chance, degenerate, higher_is_better,
+                                 interval, interval_columns, layer_matrix, number, pooled_bits_only, scored)
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
 h1{font-size:1.5em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-.meta{color:#555;font-size:.9em}.meta code{background:#f3f3f3;padding:0 .3em}
+.meta{color:#555;font-size:.9em;overflow-wrap:anywhere}.meta code{background:#f3f3f3;padding:0 .3em}
 table{border-collapse:collapse;font-size:.85em;margin:.6em 0}th,td{border:1px solid #ddd;padding:3px 8px}
 th{background:#f6f6f6;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+caption{caption-side:top;text-align:left;font-weight:600;padding:2px 0}
+.scroll{overflow-x:auto;max-width:100%}table.layers td{text-align:right;font-variant-numeric:tabular-nums}
 .figs{display:flex;flex-wrap:wrap;gap:8px 16px;align-items:flex-start}
 figure{display:table;margin:4px 0 12px 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{display:table-caption;caption-side:bottom;font-size:.8em;color:#555}
-nav a{margin-right:1em}
-.notes li{color:#7a4b00}.footnote{font-size:.8em;color:#555}
+figcaption details{color:#222;font-size:1.1em;margin-top:2px}figcaption summary{cursor:pointer;color:#555}
+figcaption .scroll{width:0;min-width:100%}
+nav a{margin-right:1em;display:inline-block}
+.notes li{color:#7a4b00;overflow-wrap:anywhere}.footnote{font-size:.8em;color:#555}
 .example{border:1px solid #e2e2e2;border-radius:6px;padding:8px;margin:10px 0}
-.example .query{display:flex;align-items:center;gap:10px;font-weight:600}
-.row{display:flex;gap:6px;align-items:flex-start;margin-top:6px}.row .label{width:150px;font-size:.8em;color:#555}
+.example .query{display:flex;flex-wrap:wrap;align-items:center;gap:10px;font-weight:600}
+.row{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start;margin-top:6px}.row .label{width:150px;font-size:.8em;color:#555}
 .nb{width:104px;font-size:.72em;text-align:center;border:3px solid transparent;border-radius:4px;padding:2px}
-.nb.shared{border-color:#2e9d4b;background:#eef9f0}.nb img,.query img{width:96px;height:96px;object-fit:contain;background:#fafafa}
-.nb .sim{color:#777}.badge{font-size:.75em;color:#2e9d4b;font-weight:600}.nb,.query span{overflow-wrap:anywhere}
+.nb.shared{border-color:#1e7b34;background:#eef9f0}.nb img,.query img{width:96px;height:96px;object-fit:contain;background:#fafafa}
+.nb .sim{color:#555}.badge{font-size:.75em;color:#1e7b34;font-weight:600}.nb,.query span{overflow-wrap:anywhere}
+.nb .both{color:#1e7b34;font-weight:600}
+@media print{nav{display:none}body{max-width:none;margin:0;padding:0;color:#000}.scroll{overflow:visible}
+figure,.example{break-inside:avoid}table{font-size:.7em}a{color:inherit}}
 """
 
 SCRIPT = """
@@ -71,15 +83,17 @@ def shortened(text: str, limit: int = CAPTION_LIMIT) -> str:
     return text[: limit - _CAPTION_TAIL - 3] + " … " + text[-_CAPTION_TAIL:]
 
 
-def page(title: str, meta: dict[str, Any], sections: list[str]) -> str:
-    """The whole document: a title, the run's facts, the sections (HTML fragments), the image check."""
+def page(title: str, meta: dict[str, Any], sections: list[str], navigation: str = "") -> str:
+    """The whole document: a title, the run's facts, the links to the sections (``navigation``,
+    :func:`contents`), the sections (HTML fragments) in ``<main>``, the image check."""
     facts = " · ".join(f"{escape(k)}: <code>{escape(str(v))}</code>" for k, v in meta.items() if v not in (None, ""))
     body = "\n".join(sections)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{escape(title)}</title>"
         f"<style>{STYLE}</style></head>\n<body data-all-images-loaded=\"false\">\n"
-        f"<h1>{escape(title)}</h1>\n<p class=\"meta\">{facts}</p>\n{body}\n<script>{SCRIPT}</script>\n</body></html>\n"
+        f"<h1>{escape(title)}</h1>\n<p class=\"meta\">{facts}</p>\n{navigation}\n<main>\n{body}\n</main>\n"
+        f"<script>{SCRIPT}</script>\n</body></html>\n"
     )
 
 
@@ -96,14 +110,19 @@ def figures(*blocks: str) -> str:
 
 def contents(entries: list[tuple[str, str]]) -> str:
     """Links to the sections: (anchor, title)."""
-    return "<nav>" + "".join(f"<a href=\"#{escape(a)}\">{escape(t)}</a>" for a, t in entries) + "</nav>"
+    return "<nav aria-label=\"Sections of the report\">" + "".join(f"<a href=\"#{escape(a)}\">{escape(t)}</a>" for a, t in entries) + "</nav>"
 
 
-def figure(rendered: RenderedFigure) -> str:
-    """A figure embedded as a PNG data: URI, with its caption and the name of its files."""
+def figure(rendered: RenderedFigure, data: str = "") -> str:
+    """A figure embedded as a PNG data: URI, with its caption and the name of its files; ``data``:
+    the figure's numbers as tables (:func:`grid_table`, :func:`points_table`), shown in a closed
+    ``<details>`` under the caption (opened by a click or Enter, no script), which the image's
+    alt text points at: a screen reader gets every number the figure draws."""
+    alt = rendered.caption + (" (figure; its numbers are in the data table under the caption)" if data else "")
+    details = f"<details><summary>Data table</summary>{data}</details>" if data else ""
     return (
-        f"<figure data-figure=\"{escape(rendered.name)}\"><img src=\"{data_uri(rendered.png)}\" alt=\"{escape(rendered.caption)}\">"
-        f"<figcaption>{escape(rendered.caption)} <span class=\"meta\">({escape(rendered.name)}.png)</span></figcaption></figure>"
+        f"<figure data-figure=\"{escape(rendered.name)}\"><img src=\"{data_uri(rendered.png)}\" alt=\"{escape(alt)}\">"
+        f"<figcaption>{escape(rendered.caption)} <span class=\"meta\">({escape(rendered.name)}.png)</span>{details}</figcaption></figure>"
     )
 
 
@@ -114,16 +133,26 @@ def notes(items: list[str]) -> str:
     return "<ul class=\"notes\">" + "".join(f"<li>{escape(n)}</li>" for n in items) + "</ul>"
 
 
-def table(header: list[str], body: list[list[str]], numeric: set[int] | None = None, css_class: str = "") -> str:
-    """A plain table; cells are escaped here; columns in ``numeric`` are right-aligned."""
+def table(header: list[str], body: list[list[str]], numeric: set[int] | None = None, css_class: str = "", caption: str = "",
+          row_headers: bool = False) -> str:
+    """A plain table; cells are escaped here; columns in ``numeric`` are right-aligned. Header
+    cells are scoped (``scope="col"``; with ``row_headers`` each row's first cell is its header,
+    ``scope="row"``); ``caption`` says what the table holds. The table sits in its own scroll box
+    (``.scroll``, reachable by keyboard, named by the caption), so a wide table scrolls there, not
+    the whole page (on a phone at 320 px the best-scores table had made the page 905 px wide)."""
     numeric = numeric or set()
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    lines = [
-        "<tr>" + "".join(f"<td class=\"num\">{escape(c)}</td>" if i in numeric else f"<td>{escape(c)}</td>" for i, c in enumerate(r)) + "</tr>"
-        for r in body
-    ]
+    head = "".join(f"<th scope=\"col\">{escape(h)}</th>" for h in header)
+
+    def cell(i: int, c: str) -> str:
+        if row_headers and i == 0:
+            return f"<th scope=\"row\">{escape(c)}</th>"
+        return f"<td class=\"num\">{escape(c)}</td>" if i in numeric else f"<td>{escape(c)}</td>"
+
+    lines = ["<tr>" + "".join(cell(i, c) for i, c in enumerate(r)) + "</tr>" for r in body]
     cls = f" class=\"{escape(css_class)}\"" if css_class else ""
-    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
+    named = f"<caption>{escape(caption)}</caption>" if caption else ""
+    return (f"<div class=\"scroll\" role=\"region\" tabindex=\"0\" aria-label=\"{escape(caption or 'table')}\">"
+            f"<table{cls}>{named}<thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table></div>")
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -176,7 +205,8 @@ def best_table(best: list[dict[str, Any]], metrics: list[str], reused: dict[tupl
             body.append(line)
     footnote = f"<p class=\"footnote\">{escape(DEGENERATE_FOOTNOTE)}</p>" if marked else ""
     numeric = {3, 6, 7, 8, 9, 10, 11} | ({header.index("CI")} if ci else set())
-    return table(header, body, numeric=numeric, css_class="best") + footnote
+    return table(header, body, numeric=numeric, css_class="best",
+                 caption="Best layer pair of each model pair, per metric, most aligned first") + footnote
 
 
 def _layer(row: dict[str, Any], side: str) -> str:
@@ -205,7 +235,7 @@ def models_table(models: list[dict[str, Any]]) -> str:
     marked = any(line[-1].endswith(POOLED_MARK) for line in body)
     footnote = f"<p class=\"footnote\">{escape(POOLED_FOOTNOTE)}</p>" if marked else ""
     return table(["model", "modality", "id", "pooling", "feature version", "parameters", "layers", "bits per byte"], body,
-                 numeric={5, 6, 7}, css_class="models") + footnote
+                 numeric={5, 6, 7}, css_class="models", caption="The run's models") + footnote
 
 
 def _bits_per_byte(model: dict[str, Any]) -> str:
@@ -221,13 +251,15 @@ def _bits_per_byte(model: dict[str, Any]) -> str:
 
 def neighbours_section(examples: NeighbourExamples) -> str:
     """Each example: the query, then its k nearest neighbours under model A and under model B;
-    neighbours in both lists are outlined green."""
+    neighbours in both lists are outlined green and say so in words (``in both lists``: the
+    outline alone was lost to a screen reader and faint in greyscale)."""
     parts = [
         f"<p>{escape(examples.model_a)} at layer <code>{escape(examples.layer_a)}</code> and {escape(examples.model_b)} at layer "
         f"<code>{escape(examples.layer_b)}</code> (the best layer pair); k = {examples.k}, cosine similarity of L2-normalised "
         f"features. Over {examples.n_queries} of {examples.n_samples} "
         f"{'images (each the mean of its captions’ rows, as aligned)' if examples.unit == 'image' else 'samples'} the two lists share "
-        f"{examples.mean_overlap:.1%} of their members on average. Green: a neighbour in both lists.</p>"
+        f"{examples.mean_overlap:.1%} of their members on average. A neighbour in both lists is outlined green and marked "
+        "“in both lists”.</p>"
     ]
     for example in examples.examples:
         parts.append(_example(example, examples))
@@ -248,7 +280,9 @@ def _neighbour_row(model: str, neighbours: list[Neighbour], examples: NeighbourE
         sample = examples.samples.get(n.sample_id)
         caption = shortened(sample.text if sample else n.sample_id)
         cls = "nb shared" if n.shared else "nb"
-        cells.append(f"<div class=\"{cls}\">{_image(sample)}<div>{escape(caption)}</div><div class=\"sim\">cos {n.similarity:.3f}</div></div>")
+        both = "<div class=\"both\">✓ in both lists</div>" if n.shared else ""
+        cells.append(f"<div class=\"{cls}\">{_image(sample)}<div>{escape(caption)}</div><div class=\"sim\">cos {n.similarity:.3f}</div>"
+                     f"{both}</div>")
     return f"<div class=\"row\"><div class=\"label\">{escape(model)}</div>{''.join(cells)}</div>"
 
 
@@ -257,3 +291,74 @@ def _image(sample: Any) -> str:
     if png is None:
         return ""
     return f"<img src=\"{data_uri(png)}\" alt=\"{escape(shortened(sample.text))}\">"
+
+
+# The figures' numbers, as tables: what a sighted reader takes from a figure's colours, positions
+# and annotations, a screen reader gets from these (``figure(rendered, data)``), built from the
+# rows the figure is drawn from, never from the image (a cached figure has no matplotlib object).
+
+
+def grid_table(grid: Grid, metric: str, calibrated: bool = False) -> str:
+    """A model heatmap's cells: one row per row model, one column per column model, each cell as
+    the figure writes it (``heatmaps.cell_text``: the score and its ratio to chance, or the
+    calibrated score and its p-value; ``–`` for a pair without one)."""
+    corner = f"{axis_label(grid.row_kind)} \\ {axis_label(grid.column_kind)}"
+    body = [[name, *(cell_text(grid.cells[i][j], calibrated).replace("\n", " ") for j in range(len(grid.columns)))]
+            for i, name in enumerate(grid.rows)]
+    what = "calibrated score and p-value" if calibrated else "best score"
+    caption = f"{metric}: {what} per model pair ({axis_label(grid.row_kind)}s as rows, {axis_label(grid.column_kind)}s as columns)"
+    return table([corner, *grid.columns], body, numeric=set(range(1, len(grid.columns) + 1)), caption=caption, row_headers=True)
+
+
+def layer_tables(scores: list[dict[str, Any]], best: list[dict[str, Any]], model_a: str, model_b: str, metrics: list[str],
+                 lower_is_better: Collection[str] = ()) -> str:
+    """A layer × layer figure's panels: per metric, every layer pair's score to 3 decimals (as the
+    panel's title shows the best), ``model_a``'s layers as rows and ``model_b``'s as columns, first
+    layer first; the best pair marked ``(best)`` (the figure's box), ``–`` where no score."""
+    parts = []
+    for metric in metrics:
+        names_a, names_b, matrix = layer_matrix(scores, metric, model_a, model_b)
+        if not matrix.size:
+            continue
+        row = next((r for r in best if r["metric"] == metric and r["model_a"] == model_a and r["model_b"] == model_b), None)
+        boxed = (int(row["layer_a"]), int(row["layer_b"])) if row is not None and scored(row) else None
+        body = [[names_a[i], *(("–" if not np.isfinite(matrix[i, j]) else f"{matrix[i, j]:.3f}") + (" (best)" if boxed == (i, j) else "")
+                               for j in range(len(names_b)))] for i in range(len(names_a))]
+        chance = common_chance(best, metric)
+        caption = (f"{metric}: score of every layer pair, {model_a} layers as rows, {model_b} layers as columns"
+                   + ("; lower is better" if metric in lower_is_better else "")
+                   + (f"; chance level {chance:.4f}" if chance is not None else ""))
+        # right-aligned by the stylesheet (table.layers), not a class per cell: a zoo's layer tables hold ~10^5 cells
+        parts.append(table([f"{model_a} \\ {model_b}", *names_b], body, css_class="layers", caption=caption, row_headers=True))
+    return "".join(parts)
+
+
+def points_table(kind: str, best: list[dict[str, Any]], models: list[dict[str, Any]], metric: str) -> str:
+    """A scaling figure's points (``kind``: ``quality`` or ``size``): one row per vision–language
+    pair drawn, with the x value(s) (1 − bits per byte to 3 decimals, as the models table rounds
+    bits per byte; parameter counts whole), the score to 4 decimals and, where the rows have
+    bootstrap intervals, the error bar's interval (none for a degenerate one, as drawn)."""
+    by_model = {m["model"]: m for m in models}
+    points = (scaling.quality_points if kind == "quality" else scaling.size_points)(best, models, metric)
+    ci = interval_columns([p[2] for p in points])
+    if kind == "quality":
+        header = ["vision model", "language model", "language-model quality (1 − bits per byte)"]
+    else:
+        header = ["vision model", "language model", "vision-model parameters", "language-model parameters"]
+    header += ["score (best layer pair)"] + (["error bar (bootstrap CI)"] if ci else [])
+    body = []
+    for vision, language, row in sorted(points, key=lambda p: (p[0], p[1])):
+        if kind == "quality":
+            xs = [f"{1.0 - float(by_model[language]['bits_per_byte']):.3f}"]
+        else:
+            xs = [f"{int(by_model[vision]['param_count']):,}", f"{int(by_model[language]['param_count']):,}"]
+        line = [vision, language, *xs, f"{float(row['score']):.4f}"]
+        if ci:
+            bounds = interval(row, ci)
+            line.append("–" if bounds is None else "none (degenerate interval)" if degenerate(row)
+                        else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]")
+        body.append(line)
+    chance = common_chance(best, metric)
+    caption = (f"{metric} against {'language-model quality' if kind == 'quality' else 'parameter count'}: one row per "
+               "vision–language pair drawn" + (f"; chance level {chance:.4f}" if chance is not None else ""))
+    return table(header, body, numeric=set(range(2, len(header))), caption=caption, row_headers=True)

@@ -112,8 +112,11 @@ def alignment_vs_size(best: list[dict[str, Any]], models: list[dict[str, Any]], 
     return figure
 
 
-#: markers of series 0-9, 10-19, ... (the colour cycle repeats every 10 series)
+#: a series' marker (series i: ``MARKERS[i % 8]``) and line style (``LINE_STYLES[i // 8 % 3]``):
+#: 24 series differ in shape alone, for a colour-blind reader or a greyscale print (the 10-colour
+#: cycle holds a red and a green); with the colour cycle, 120. No series is dashed: that is chance.
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINE_STYLES = ("-", ":", "-.")
 
 
 def _series(ax: Axes, points: list[tuple[str, str, dict[str, Any]]], key, x, label_of) -> list[float]:
@@ -132,8 +135,10 @@ def _series(ax: Axes, points: list[tuple[str, str, dict[str, Any]]], key, x, lab
             errors = [[low for low, _ in bars], [high for _, high in bars]]
             drawn += [y + sign * bar for y, pair in zip(ys, bars) for sign, bar in zip((-1, 1), pair) if not math.isnan(bar)]
         drawn += ys
-        # colour and marker both vary: the 10-colour cycle alone drew series 0, 10 and 20 alike
-        ax.errorbar(xs, ys, yerr=errors, marker=MARKERS[index // 10 % len(MARKERS)], markersize=5, capsize=3, linewidth=1,
+        # colour, marker and line style vary: the 10-colour cycle alone drew series 0, 10 and 20 alike, and
+        # one marker left the first ten series told apart by colour only
+        ax.errorbar(xs, ys, yerr=errors, marker=MARKERS[index % len(MARKERS)],
+                    linestyle=LINE_STYLES[index // len(MARKERS) % len(LINE_STYLES)], markersize=5, capsize=3, linewidth=1,
                     alpha=0.9, label=wrapped(name))
     labels: dict[float, set[str]] = {}
     for p in points:

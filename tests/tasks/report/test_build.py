@@ -16,7 +16,7 @@ from tasks.report.heatmaps import layer_heatmaps, model_heatmap
 from tasks.report.neighbours import Sample, select_examples
 from tasks.report.scaling import alignment_vs_quality, alignment_vs_size
 from tasks.report.tables import model_grid
-from tests.tasks.report.synthetic import (LANGUAGE, METRICS, N, TOPK, VISION, best_rows, clustered_features, image_bytes,
+from tests.tasks.report.synthetic import (LANGUAGE, LAYERS, METRICS, N, TOPK, VISION, best_rows, clustered_features, image_bytes,
                                           model_rows, score_rows, table)
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -88,7 +88,7 @@ def test_svg_heatmap_cells_carry_the_scores(report):
 def test_confidence_intervals_are_shown_when_the_store_has_them():
     with_ci = build_report(_input(ci=True, examples=False), formats=("png",), pairs=[])
     row = best_rows(ci=True)[0]
-    assert "<th>CI</th>" in with_ci.html and f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]" in with_ci.html
+    assert "<th scope=\"col\">CI</th>" in with_ci.html and f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]" in with_ci.html
     assert not any("confidence" in n for n in with_ci.notes)
     assert any("nearest-neighbour" in n for n in with_ci.notes)
 
@@ -236,14 +236,14 @@ def test_confidence_intervals_are_decided_on_values_not_columns():
     `[–, –]` and the page never said there were no intervals."""
     empty = [{**r, "ci_low": None, "ci_high": None, "ci_degenerate": None} for r in best_rows()]
     report = build_report(_with(empty), formats=("png",), pairs=[])
-    assert "<th>CI</th>" not in report.html and "[–, –]" not in report.html
+    assert "<th scope=\"col\">CI</th>" not in report.html and "[–, –]" not in report.html
     assert any("no bootstrap confidence intervals" in n for n in report.notes)
 
     some = best_rows(ci=True)
     for r in some[1:]:
         r.update(ci_low=None, ci_high=None)
     report = build_report(_with(some), formats=("png",), pairs=[])
-    assert "<th>CI</th>" in report.html and f"[{some[0]['ci_low']:.4f}, {some[0]['ci_high']:.4f}]" in report.html
+    assert "<th scope=\"col\">CI</th>" in report.html and f"[{some[0]['ci_low']:.4f}, {some[0]['ci_high']:.4f}]" in report.html
     assert "[–, –]" not in report.html and not any("confidence" in n for n in report.notes)
 
 
@@ -438,7 +438,7 @@ def test_pairs_already_stored_when_the_run_began_are_shown_as_reused():
     page = build_report(data, formats=("png",)).html
     n_pairs = len(VISION) * len(LANGUAGE)
     assert f"model pairs: <code>{n_pairs}: {n_pairs - 1} aligned in this run, 1 already stored</code>" in page
-    assert "<th>aligned</th>" in page
+    assert "<th scope=\"col\">aligned</th>" in page
     for r in best:
         pair = (r["model_a"], r["model_b"])
         cell = "already stored, 2026-01-01 00:10:00 UTC" if pair == (VISION[0], LANGUAGE[0]) else "this run"
@@ -454,7 +454,7 @@ def test_pairs_already_stored_when_the_run_began_are_shown_as_reused():
     # a run that computed every pair: no column, no note; the header counts them
     plain = build_report(ReportInput({**base.run, "started_at": "2026-01-01T00:00:00+00:00"}, table(best), base.scores, base.models),
                          formats=("png",))
-    assert "<th>aligned</th>" not in plain.html and not [n for n in plain.notes if "already stored" in n]
+    assert "<th scope=\"col\">aligned</th>" not in plain.html and not [n for n in plain.notes if "already stored" in n]
     assert f"model pairs: <code>{n_pairs}: {n_pairs} aligned in this run, 0 already stored</code>" in plain.html
 
 
@@ -523,3 +523,161 @@ def test_a_causal_lm_with_only_the_pooled_figure_of_older_code_is_named_not_take
     # a causal LM extracted by current code, and models that are no causal LM, say what they said
     assert bits_per_byte_notes([vit, {**old_gpt2, "bits_per_byte_pooled": None}]) == [
         "no language model has bits per byte (only causal LMs do): the quality figure is left out"]
+
+
+# Accessibility (WCAG 2.2 AA where it applies to a static page): what a screen-reader user, a
+# colour-blind or greyscale reader and a reader on a phone get from the generated page.
+
+def _figure_tables(report) -> dict[str, list]:
+    from tests.tasks.report.page import read
+
+    _, tables = read(report.html)
+    found: dict[str, list] = {}
+    for t in tables:
+        if t.figure() is not None:
+            found.setdefault(t.figure(), []).append(t)
+    return found
+
+
+def test_every_figure_has_a_data_table_with_every_number_it_shows(report):
+    """A heatmap's cells and a scaling figure's points reached a screen-reader user only as the
+    figure's caption (its alt text): the layer × layer scores were on the page nowhere else. Each
+    figure now carries a data table (closed ``<details>``: no script) with the numbers it draws,
+    checked here against the synthetic rows, cell by cell."""
+    tables = _figure_tables(report)
+    assert set(tables) == {f.name for f in report.figures}
+    chance = TOPK / (N - 1)
+    for metric in METRICS:
+        (raw,) = tables[f"model-heatmap-{metric}"]
+        (calibrated,) = tables[f"model-heatmap-{metric}-calibrated"]
+        for row in (r for r in best_rows() if r["metric"] == metric):
+            ratio = f"{row['score'] / chance:.1f}× chance" if metric == "mutual_knn" else f"{row['score'] / 0.02:.1f}× null"
+            assert raw.grid()[(row["model_a"], row["model_b"])] == f"{row['score']:.3f} {ratio}"
+            assert calibrated.grid()[(row["model_a"], row["model_b"])] == f"{row['calibrated_score']:.3f} p=0.05"
+    for a in VISION:
+        for b in LANGUAGE:
+            per_metric = {t.caption.split(":")[0]: t for t in tables[f"layers-{a}__{b}"]}
+            assert set(per_metric) == set(METRICS)
+            for metric, t in per_metric.items():
+                cells = t.grid()
+                expected = {(r["layer_name_a"], r["layer_name_b"]): r["score"] for r in score_rows()
+                            if (r["metric"], r["model_a"], r["model_b"]) == (metric, a, b)}
+                assert len(cells) == len(expected)
+                for key, score in expected.items():
+                    best = key == (f"block.{LAYERS[a] - 1}", f"layer.{LAYERS[b] - 1}")
+                    assert cells[key] == f"{score:.3f}" + (" (best)" if best else "")
+    quality = {m["model"]: 1 - m["bits_per_byte"] for m in model_rows() if m["bits_per_byte"] is not None}
+    params = {m["model"]: m["param_count"] for m in model_rows()}
+    for metric in METRICS:
+        rows = {(r["model_a"], r["model_b"]): r["score"] for r in best_rows() if r["metric"] == metric}
+        (q,) = tables[f"quality-{metric}"]
+        shown = {(line[0].text, line[1].text): [c.text for c in line[2:]] for line in q.rows[1:]}
+        assert shown == {pair: [f"{quality[pair[1]]:.3f}", f"{s:.4f}"] for pair, s in rows.items() if pair[1] in quality}
+        (s,) = tables[f"size-{metric}"]
+        shown = {(line[0].text, line[1].text): [c.text for c in line[2:]] for line in s.rows[1:]}
+        assert shown == {(v, lm): [f"{params[v]:,}", f"{params[lm]:,}", f"{score:.4f}"] for (v, lm), score in rows.items()}
+
+
+def test_the_figures_alt_text_points_at_their_data_table(report):
+    from tests.tasks.report.page import find_all, read
+
+    root, _ = read(report.html)
+    for figure in find_all(root, "figure"):
+        (image,) = find_all(figure, "img")
+        assert "data table" in image.attrs["alt"]
+        assert find_all(figure, "details") and find_all(figure, "summary")
+
+
+def test_every_table_has_a_caption_and_scoped_header_cells(report):
+    from tests.tasks.report.page import read
+
+    _, tables = read(report.html)
+    assert len(tables) > len(report.figures)  # the figures' tables and the page's own
+    for t in tables:
+        assert t.caption, "a table without a caption"
+        header = [c for row in t.rows for c in row if c.tag == "th"]
+        assert [c.text for c in t.rows[0]] and all(c.tag == "th" for c in t.rows[0])
+        assert all(c.attrs.get("scope") in ("col", "row") for c in header)
+
+
+def test_wide_tables_scroll_in_their_own_box(report):
+    """At 320 CSS px the models and best-scores tables made the whole page scroll sideways (905 px
+    wide, measured in Chromium): every table now sits in its own keyboard-reachable scroll box."""
+    from tasks.report.html import STYLE
+    from tests.tasks.report.page import css_rules, read
+
+    _, tables = read(report.html)
+    for t in tables:
+        tag, attrs = t.ancestors[-1]
+        assert tag == "div" and "scroll" in attrs.get("class", "").split(), t.caption
+        assert attrs.get("tabindex") == "0" and attrs.get("role") == "region" and attrs.get("aria-label")
+    rules = dict(css_rules(STYLE))
+    assert rules[".scroll"]["overflow-x"] == "auto"
+    assert rules[".row"].get("flex-wrap") == "wrap"  # the 5 neighbours of a row wrap on a phone
+
+
+def test_the_page_does_not_scroll_sideways_at_320_px(report, tmp_path):
+    """The page in Chromium inside a 320 px frame, every data table open: the document is no
+    wider than its viewport (wide tables scroll in their own box)."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or "/usr/bin/chromium"
+    if not shutil.which(browser):
+        pytest.skip("no chromium")
+    probe = ("<script>window.addEventListener('load',function(){var d=document.documentElement;"
+             "parent.document.title='width '+d.scrollWidth+' of '+d.clientWidth;});</script>")
+    page = report.html.replace("<details>", "<details open>").replace("</body>", probe + "</body>")
+    (tmp_path / "page.html").write_text(page, encoding="utf-8")
+    (tmp_path / "host.html").write_text('<!DOCTYPE html><title>-</title><body style="margin:0">'
+                                        '<iframe src="page.html" style="border:0;width:320px;height:600px"></iframe>')
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                          "--virtual-time-budget=5000", "--dump-dom", (tmp_path / "host.html").as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r"<title>width (\d+) of (\d+)</title>", dom)
+    assert found, dom[:500]
+    assert int(found.group(1)) <= int(found.group(2))
+
+
+def test_a_neighbour_in_both_lists_is_said_in_words_not_only_in_green(report):
+    """A shared neighbour was marked only by a green outline: lost to a screen reader, faint in
+    greyscale. Each now says so in its text."""
+    from tests.tasks.report.page import find_all, read
+
+    root, _ = read(report.html)
+    cells = find_all(root, "div", "nb")
+    shared = find_all(root, "div", "shared")
+    assert shared and len(cells) > 0
+    for cell in cells:
+        assert ("in both lists" in cell.text) == (cell in shared)
+    assert "marked “in both lists”" in report.html
+
+
+def test_page_structure_language_landmarks_and_headings(report):
+    from tests.tasks.report.page import find_all, read
+
+    root, _ = read(report.html)
+    (document,) = find_all(root, "html")
+    assert document.attrs.get("lang") == "en"
+    assert len(find_all(root, "h1")) == 1 and find_all(root, "h2")
+    assert not find_all(root, "h4") and not find_all(root, "h5")
+    (nav,) = find_all(root, "nav")
+    assert nav.attrs.get("aria-label")
+    (main,) = find_all(root, "main")
+    assert len(find_all(main, "section")) == len(find_all(root, "section"))
+
+
+def test_abbreviations_are_explained_where_first_used(report):
+    """α and N were used and never said; τ and ×null are explained in the best-scores
+    introduction, the first place that uses them (the figures' captions come after it)."""
+    from tests.tasks.report.page import find_all, read
+
+    root, _ = read(report.html)
+    text = " ".join(root.text.split())
+    assert text.find("α") == text.find("1−α quantile (α = 0.05;") + len("1−")
+    assert "N (samples aligned): 30" in text
+    (best,) = [s for s in find_all(root, "section") if s.attrs.get("id") == "best"]
+    intro = " ".join(find_all(best, "p")[0].text.split())
+    start = text.index(intro)
+    for term in ("τ", "×null", "α", "Benjamini–Hochberg q-value"):
+        assert start <= text.find(term) < start + len(intro), term

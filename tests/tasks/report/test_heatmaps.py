@@ -150,3 +150,57 @@ def test_names_from_the_store_are_drawn_as_written_never_as_mathtext():
     for written in (evil_a, evil_b, "$m$"):  # tick labels and axis label, each as written
         assert written in texts, (written, sorted(texts))
     assert f"{metric}: best 0.500" in texts and f"at ({evil_a}, {evil_b})" in texts
+
+
+def _hex(colour) -> str:
+    from matplotlib.colors import to_hex
+
+    return to_hex(colour)
+
+
+def test_cell_numbers_reach_4_5_to_1_on_every_colour_of_the_scale():
+    """WCAG 1.4.3 inside the figures: white numbers up to 0.6 of viridis and black above were 3.0:1
+    on viridis(0.59) (#22a884, relative luminance 0.30). Each number is black or white, whichever
+    contrasts more with its own cell: at least 4.6:1 on every colour of viridis. Checked on a grid
+    whose scores run the whole scale, raw, reversed (lower is better) and calibrated."""
+    from tests.tasks.report.page import contrast
+
+    levels = [i / 20 for i in range(21)] + [0.59, 0.6, 0.61]
+    scores = {(f"vit-{i:02d}", "lm-a"): s for i, s in enumerate(levels)}
+    rows = _rows("cka", scores, calibrated_score=None, p_value=0.01)
+    for kind, grid, args in (("raw", model_grid(rows, "cka"), (False, None, True)),
+                             ("reversed", model_grid(rows, "cka"), (False, None, False)),
+                             ("calibrated", model_grid([{**r, "calibrated_score": r["score"]} for r in rows], "cka",
+                                                       "calibrated_score"), (True,))):
+        figure = model_heatmap(grid, "cka", *args)
+        ax = figure.axes[0]
+        image = ax.images[0]
+        for text in ax.texts:
+            column, row = (round(v) for v in text.get_position())
+            cell = image.cmap(image.norm(grid.values[row, column]))
+            assert contrast(_hex(text.get_color()), _hex(cell)) >= 4.5, (kind, grid.values[row, column], text.get_color())
+
+
+def test_the_best_box_and_the_chance_mark_stand_out_on_every_colour_of_the_scale():
+    """WCAG 1.4.11: the red best-pair box (#ff3030) was 1.04:1 on mid viridis (#21918c, the same
+    luminance; a deuteranope sees little hue difference either), and the red word "chance" beside
+    the colour bar 3.67:1 on white. The box and the chance line now have a black edge beside the red:
+    on every colour of viridis one of the two reaches 3:1; the word is dark red (≥ 4.5:1)."""
+    from matplotlib import colormaps
+
+    from tests.tasks.report.page import contrast
+
+    scores = [r for r in score_rows() if r["metric"] == "cka" and (r["model_a"], r["model_b"]) == ("vit-b", "lm-b")]
+    values = sorted(r["score"] for r in scores)
+    best = [{"metric": "cka", "model_a": "vit-b", "model_b": "lm-b", "score": values[-1], "layer_a": 3, "layer_b": 2,
+             "chance_level": (values[0] + values[-1]) / 2}]
+    figure = layer_heatmaps(scores, best, "vit-b", "lm-b", ["cka"])
+    box, = figure.axes[0].patches
+    line, = figure.axes[1].lines
+    label, = figure.axes[1].texts
+    viridis = [_hex(c) for c in colormaps["viridis"](np.linspace(0, 1, 256))]
+    for mark, colour in ((box, box.get_edgecolor()), (line, line.get_color())):
+        edges = [_hex(colour)] + [_hex(effect._gc["foreground"]) for effect in mark.get_path_effects() if "foreground" in effect._gc]
+        assert len(edges) == 2
+        assert min(max(contrast(edge, cell) for edge in edges) for cell in viridis) >= 3.0
+    assert contrast(_hex(label.get_color()), "#ffffff") >= 4.5

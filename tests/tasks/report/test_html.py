@@ -70,8 +70,65 @@ def test_the_models_table_names_each_models_pooling_and_feature_version():
          "param_count": 1234, "n_layers": 3, "bits_per_byte": None},
         {"model": "vit", "modality": "vision", "model_id": "org/vit", "param_count": None, "n_layers": 2},
     ])
-    header = re.findall(r"<th>(.*?)</th>", shown)
+    header = re.findall(r"<th(?: [^>]*)?>(.*?)</th>", shown)
     assert header == ["model", "modality", "id", "pooling", "feature version", "parameters", "layers", "bits per byte"]
     rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr><td.*?</tr>", shown)]
     assert rows == [["tiny-bert", "language", "org/tiny-bert", "cls", "f00d", "1,234", "3", "–"],
                     ["vit", "vision", "org/vit", "–", "–", "–", "2", "–"]]
+
+
+def _text_colours_and_backgrounds() -> tuple[dict[str, str], set[str]]:
+    from tests.tasks.report.page import css_rules
+
+    colours, backgrounds = {}, {"#fff"}
+    for selector, declarations in css_rules(html.STYLE):
+        if "color" in declarations and declarations["color"] != "inherit":
+            colours[selector] = declarations["color"]
+            assert declarations["color"].startswith("#"), (selector, declarations)  # a colour this test can compute
+        for key in ("background", "background-color"):
+            if key in declarations and declarations[key].startswith("#"):
+                backgrounds.add(declarations[key])
+    return colours, backgrounds
+
+
+def test_every_text_colour_of_the_stylesheet_reaches_4_5_to_1_on_every_background():
+    """WCAG 2.2 AA 1.4.3, computed from the CSS (relative luminance, sRGB): the neighbours'
+    cosine (#777) was 4.48:1 on white and 4.15:1 on a shared neighbour's green; the "k/5 shared"
+    badge (#2e9d4b, small bold) 3.48:1. Every text colour is checked against every background the
+    stylesheet sets (and white), so no pairing the page can produce is below 4.5:1."""
+    from tests.tasks.report.page import contrast
+
+    colours, backgrounds = _text_colours_and_backgrounds()
+    assert colours and len(backgrounds) > 1
+    low = {(s, c, b): round(contrast(c, b), 2) for s, c in colours.items() for b in backgrounds if contrast(c, b) < 4.5}
+    assert not low
+
+
+def test_the_shared_outline_stands_out_from_white_at_3_to_1():
+    """WCAG 1.4.11 non-text contrast: the outline of a neighbour in both lists against the page."""
+    from tests.tasks.report.page import contrast, css_rules
+
+    shared = dict(css_rules(html.STYLE))[".nb.shared"]
+    assert contrast(shared["border-color"], "#fff") >= 3.0
+    assert contrast(shared["border-color"], shared["background"]) >= 3.0
+
+
+def test_a_print_stylesheet_drops_the_navigation_and_keeps_figures_and_tables_whole():
+    from tests.tasks.report.page import css_rules
+
+    printed = {selector.removeprefix("@media print").strip(): d for selector, d in css_rules(html.STYLE)
+               if selector.startswith("@media print")}
+    assert printed["nav"]["display"] == "none"
+    assert printed[".scroll"]["overflow"] == "visible"  # a scroll box would cut a wide table on paper
+    assert printed["figure,.example"]["break-inside"] == "avoid"
+
+
+def test_tables_have_a_caption_scoped_headers_and_their_own_scroll_box():
+    from tests.tasks.report.page import read
+
+    _, tables = read(html.table(["a", "b"], [["1", "2"]], caption="what the table holds"))
+    (t,) = tables
+    assert t.caption == "what the table holds"
+    assert [(c.tag, c.attrs.get("scope")) for c in t.rows[0]] == [("th", "col"), ("th", "col")]
+    assert t.ancestors[-1] == ("div", {"class": "scroll", "role": "region", "tabindex": "0",
+                                       "aria-label": "what the table holds"})

@@ -156,3 +156,19 @@ def test_the_y_axis_holds_each_error_bar_on_its_own_side():
     finally:
         plt.close(figure)
     assert sorted(drawn) == pytest.approx([0.25, 0.3, 0.8])
+
+
+def test_series_differ_in_marker_and_line_style_not_only_in_colour():
+    """A colour-blind reader, or the page printed in greyscale: ten partners were drawn with one
+    marker and one line style, told apart by the colour cycle alone (tab10 holds a red and a
+    green). Each series now has its own (marker, line style) pair, whatever its colour, and the
+    dashed line stays the chance line's own."""
+    models = [{"model": "vit-a", "modality": "vision", "param_count": 25_000}] + [
+        {"model": f"lm-{j:02d}", "modality": "language", "param_count": 1000 * (j + 1), "bits_per_byte": 1 + j / 10}
+        for j in range(24)]
+    best = _best({("vit-a", f"lm-{j:02d}"): 0.1 + j / 100 for j in range(24)}, metric="cka")
+    figure = alignment_vs_size(best, models, "cka")
+    ax = next(a for a in figure.axes if len(a.containers) == 24)
+    shapes = [(c.lines[0].get_marker(), c.lines[0].get_linestyle()) for c in ax.containers]
+    assert len(set(shapes)) == 24
+    assert all(style != "--" for _, style in shapes)
