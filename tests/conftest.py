@@ -4,6 +4,7 @@ test harness (a real temporary API server) per session."""
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -81,3 +82,32 @@ def prefect_harness():
     timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
     with prefect_test_harness(server_startup_timeout=timeout), temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_store(tmp_path_factory, prefect_harness) -> str:
+    """The URL of a store holding one uninterrupted pipeline run on tiny random models
+    (``tests.flows.test_crash_recovery.CONFIG``: N=40, a ViT and a BERT, mutual k-NN and CKA, 9
+    permutations, 10 resamples), made once per session for the tests that only read it: never
+    write to it. Under pytest-xdist the workers share it (``make test`` hands out whole files, and
+    its readers are in two files): the first to need it runs the pipeline under a lock in the
+    session's temporary folder, the others wait for it and read it."""
+    import fcntl
+
+    from flows.pipeline import prh_pipeline
+    from tasks.params import PipelineConfig
+    from tests.flows.test_crash_recovery import CONFIG
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-N/, this session's own
+    folder = shared / "tiny-pipeline-run"
+    folder.mkdir(exist_ok=True)
+    store, done = folder / "store", folder / "completed"
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(store, ignore_errors=True)  # what a worker that failed here left
+            result = prh_pipeline(config=PipelineConfig.model_validate(CONFIG), store=str(store), report=False)
+            assert result["status"] == "COMPLETED", result
+            done.write_text(str(store))
+    return str(store)

@@ -73,11 +73,10 @@ def _stray_files(store: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[list[dict], list[dict]]:
-    """The results of an uninterrupted run."""
-    store = str(tmp_path_factory.mktemp("reference") / "store")
-    assert prh_pipeline(config=PipelineConfig.model_validate(CONFIG), store=store, report=False)["status"] == "COMPLETED"
-    scores, best = _results(store)
+def reference(tiny_pipeline_store) -> tuple[list[dict], list[dict]]:
+    """The results of an uninterrupted run (the session's run of ``CONFIG``, which
+    tests/test_independent_audit.py recomputes from its features)."""
+    scores, best = _results(tiny_pipeline_store)
     assert len(scores) == 2 * 3 * 3 and len(best) == 2
     return scores, best
 
