@@ -45,6 +45,9 @@ def test_every_declared_range_admits_the_locked_version():
 BROKEN = {
     "transformers": ["4.57.6", "5.5.0"],  # no ViTImageProcessorPil; torchvision needed
     "duckdb": ["1.4.5", "1.5.0", "1.5.6"],  # the SQL guard's parser assumptions; no to_arrow_reader (1.4)
+    # a fixed-size list column holding a null (a NULL vector) is not written to Parquet ("Lists
+    # with non-zero length null components are not supported"); 25.0.0 writes it
+    "pyarrow": ["20.0.0", "21.0.0", "23.0.0", "24.0.0"],
     "numpy": ["1.26.4"],  # pyarrow 26, the locked version, does not import beside it
     # 3.0: no import with pydantic 2.14; 3.1-3.7.4: the API server answers 500 beside FastAPI 0.150
     "prefect": ["3.0.11", "3.1.15", "3.4.25", "3.6.29", "3.7.4"],
@@ -75,3 +78,15 @@ def test_every_upper_bound_says_why():
     lines = [line.strip() for line in body.splitlines()]
     unexplained = [line for i, line in enumerate(lines) if "<" in line.partition("#")[0] and not _explained(lines, i)]
     assert not unexplained, f"upper bounds without a comment saying why: {unexplained}"
+
+
+def test_the_makefile_installs_the_locked_torch():
+    """``make`` installs torch on a line of its own before the lock (its build follows
+    TORCH_INDEX): that line's version is the one requirements.lock pins, else the lock's install
+    right after it replaces the torch just installed (a download of several GB, another build)
+    or fails on the clash."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    installed = re.findall(r"pip install [^\n]*?\btorch==([0-9][^\s$]*)", makefile)
+    assert installed, "no `pip install ... torch==VERSION` line in the Makefile"
+    assert set(installed) == {_locked()["torch"]}, \
+        f"the Makefile installs torch {sorted(set(installed))}, requirements.lock pins {_locked()['torch']}"
