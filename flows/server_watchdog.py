@@ -139,7 +139,8 @@ def guard_temporary_server() -> int | None:
 
     server = SubprocessASGIServer()  # the singleton the flow's client will use
     launch = getattr(server, "_run_uvicorn_command", None)
-    if callable(launch) and not server.running:
+    # Prefect's private API: an attribute renamed in another version leaves the server unwatched, never failing the run
+    if callable(launch) and not getattr(server, "running", True):
         def launch_watched() -> Any:  # the watchdog starts with the process, before the health check
             process = _in_own_session(launch)
             _watch_new_server(process)
@@ -151,13 +152,14 @@ def guard_temporary_server() -> int | None:
     finally:
         if callable(launch):
             server.__dict__.pop("_run_uvicorn_command", None)
-    if server.server_process is None:
+    process = getattr(server, "server_process", None)
+    if process is None or not isinstance(getattr(process, "pid", None), int):
         return None
-    _watch_new_server(server.server_process)
+    _watch_new_server(process)
     # processes started from here on (Dask workers) use this server instead of each starting its own
     # temporary one, which no watchdog guards and which keeps their task runs out of the run's server
     os.environ.setdefault("PREFECT_API_URL", server.api_url)
-    return server.server_process.pid
+    return process.pid
 
 
 def main(argv: list[str]) -> int:

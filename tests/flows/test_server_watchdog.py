@@ -192,3 +192,28 @@ def test_the_watchdog_and_the_server_run_in_sessions_of_their_own() -> None:
         watchdog = _WATCHDOGS.pop(server.pid, None)
         if watchdog is not None:
             watchdog.wait(timeout=10)  # it exits once the server is gone
+
+
+def test_a_prefect_without_the_private_attributes_starts_its_server_unwatched(monkeypatch) -> None:
+    """``guard_temporary_server`` reads Prefect's private ``running``, ``server_process`` and
+    ``_run_uvicorn_command``: a version that renamed them starts its server as it would alone,
+    unwatched (None), instead of failing every run with an AttributeError."""
+    import prefect.server.api.server as prefect_server
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import server_watchdog
+
+    started = []
+
+    class Renamed:
+        api_url = "http://127.0.0.1:1/api"
+
+        def start(self) -> None:
+            started.append(True)
+
+    monkeypatch.setattr(prefect_server, "SubprocessASGIServer", Renamed)
+    monkeypatch.setattr(server_watchdog, "supported", lambda: True)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        assert server_watchdog.guard_temporary_server() is None
+    assert started == [True]
