@@ -2,7 +2,8 @@
 
 Engine: `layer_matrix` of every registered metric on the same features on both devices (600
 samples: the CPU's blocked Gram products against the GPU's single ones; layers of one width and
-of another, so that layers are searched and packed in stacks). Extraction (skipped with
+of another, so that layers are searched and packed in stacks). Alignment: the pipeline's pair
+alignment (`alignment.device`) with permutations and resamples on both devices. Extraction (skipped with
 ``--skip-extract``): a small float32 Llama with bits per byte and a small float32 ViT through
 `extract_all` on both devices (the GPU queues each batch and copies results back without waiting;
 a ViT beside a GPU prepares in threads). Prints one line per comparison; exit 1 when a difference
@@ -54,6 +55,31 @@ def engine(device: str, n: int = 600) -> bool:
     return ok
 
 
+def alignment_stage(device: str, n: int = 600) -> bool:
+    """The pipeline's alignment of one pair (``tasks.alignment.align_layers``, what
+    ``alignment.device`` places) on both devices: best score, calibrated score, p and interval of
+    mutual_knn and cka with 19 permutations and 10 resamples."""
+    from tasks.alignment import MetricRequest, align_layers
+
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((n, 8))
+    xs = [(z @ rng.standard_normal((8, 64)) + 2 * rng.standard_normal((n, 64))).astype(np.float32) for _ in range(3)]
+    ys = [(z @ rng.standard_normal((8, 32)) + 3 * rng.standard_normal((n, 32))).astype(np.float32) for _ in range(2)]
+    requests = [MetricRequest("mutual_knn", {"topk": 10}), MetricRequest("cka", {"kernel_metric": "ip", "rbf_sigma": 1.0})]
+    ok = True
+    results = {d: align_layers(xs, ys, requests, permutations=19, seed=3, bootstrap=10, device=d) for d in ("cpu", device)}
+    for ref, got in zip(results["cpu"], results[device]):
+        pairs = {"best": (ref.best, got.best), "calibrated": (ref.calibrated, got.calibrated),
+                 "p": (ref.p_value, got.p_value), "ci_low": (ref.ci_low, got.ci_low), "ci_high": (ref.ci_high, got.ci_high)}
+        diff = max(abs(a - b) for a, b in pairs.values())
+        tol = KNN_TOL if "knn" in ref.metric.name else TOL
+        good = diff <= tol and ref.best_layers == got.best_layers
+        ok &= good
+        print(f"alignment {ref.metric.name:<12} max |{device} - cpu| over best, calibrated, p, interval {diff:.1e} (tol {tol:.0e})"
+              f"{'' if good else '  BEYOND'}", flush=True)
+    return ok
+
+
 def extraction(device: str) -> bool:
     from PIL import Image
 
@@ -96,6 +122,7 @@ def main() -> int:
                    "blocked Gram products)")
     a = p.parse_args()
     ok = engine(a.device, a.n)
+    ok &= alignment_stage(a.device, a.n)
     if not a.skip_extract:
         ok &= extraction(a.device)
     print("cuda_vs_cpu:", "all within tolerance" if ok else "SOME BEYOND TOLERANCE", flush=True)

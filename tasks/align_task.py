@@ -28,7 +28,7 @@ from storage.verify import checked_for_reuse
 from storage.versioning import code_version, content_id
 from tasks import metrics, reused_metrics
 from tasks.metric_code import unreachable_files
-from tasks.alignment import (MetricRequest, PairAlignment, PairProgress, PreparedModel, align_layers, prepare_layers, threshold_layers, warn_degenerate_interval,
+from tasks.alignment import (MetricRequest, PairAlignment, PairProgress, PreparedModel, align_layers, alignment_device, prepare_layers, threshold_layers, warn_degenerate_interval,
                              warn_no_interval)
 from tasks.image_rows import image_rows, mean_rows
 from tasks.metric_plugins import load_metric_modules, metric_source
@@ -563,9 +563,12 @@ def align_to_store(
     for result in reused.values():
         log_interval_notes(result, params.bootstrap, logger)
     to_compute = [r for r in requests if r.name not in reused]
-    computed = []
+    computed, device = [], None  # device: where the computed metrics ran (None: every one copied)
     if to_compute:  # every metric copied (one dropped from the config): nothing to prepare
         log_why_computed(store, key, manifest_a, manifest_b, params, [r.name for r in to_compute], logger)
+        device = alignment_device(params.device)
+        if device != "cpu":
+            logger.info("%s x %s: aligning on %s", model_a, model_b, device)
         xs, ys = (prepared_model(store, manifest, layers, params, samples)
                   for manifest, layers in ((manifest_a, pair.xs), (manifest_b, pair.ys)))
         try:  # a run beside this one may publish this version first: stop at the next metric then
@@ -573,7 +576,8 @@ def align_to_store(
                 computed = align_layers(xs, ys, to_compute, permutations=params.permutations, seed=params.seed,
                                         bootstrap=params.bootstrap, names=(model_a, model_b), progress=progress,
                                         groups=permutation_groups(store, manifest_a["catalog"]["dataset_version"],
-                                                                  pair.sample_ids, params, (model_a, model_b), logger))
+                                                                  pair.sample_ids, params, (model_a, model_b), logger),
+                                        device=device)
         except PublishedMeanwhile as news:
             logger.info("%s; this run stopped computing it and uses that copy", news)
             return {**store.published_meanwhile(key), "reused": True}
@@ -610,7 +614,9 @@ def align_to_store(
             "features": {model_a: manifest_a["catalog"]["feature_version"], model_b: manifest_b["catalog"]["feature_version"]},
             "code_version": code_version(*ALIGNMENT_CODE),
         },
-        "params": {**params.model_dump(), "metrics": sorted(params.metrics)},  # in name order, as the version
+        # in name order, as the version; without where it ran (``device``: not part of the version, below)
+        "params": {**params.model_dump(exclude={"device"}), "metrics": sorted(params.metrics)},
+        "device": device,
         "n_samples": len(pair.sample_ids),
         "unit": params.unit,
         "n_paired_samples": n_paired,

@@ -295,6 +295,29 @@ def _degeneracy_of_rows(x: np.ndarray, rtol: float) -> str | None:
     return None
 
 
+def alignment_device(requested: str) -> str:
+    """The torch device the engine computes on for ``alignment.device`` ``requested``: ``'cpu'``;
+    ``'auto'``: ``'cuda'`` where this process sees a CUDA device, else ``'cpu'``; ``'cuda'`` or
+    ``'cuda:N'`` as given where this process has that device, else ``ValueError`` naming the
+    setting, the host and what torch sees (the pair fails, the run goes on)."""
+    if requested == "cpu":
+        return "cpu"
+    import socket
+
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if requested == "auto":
+        return "cuda" if count else "cpu"
+    index = int(requested.partition(":")[2] or 0)
+    if index >= count:
+        sees = (f"torch sees {count} CUDA device(s) (cuda:0 to cuda:{count - 1})" if count else
+                f"torch {torch.__version__} sees no CUDA device" + ("" if torch.backends.cuda.is_built() else " (a CPU-only build)"))
+        raise ValueError(f"alignment.device {requested!r}: {sees} in this process (host {socket.gethostname()}); "
+                         "use 'auto' to align on a GPU where there is one, else 'cpu'")
+    return requested
+
+
 class PreparedModel:
     """One model's prepared layers over one set of paired samples, and the work every pair of it can
     share: which layers are degenerate, and its ``Representation`` (each layer's Gram matrix,
@@ -317,14 +340,15 @@ class PreparedModel:
     def n(self) -> int:
         return int(self.layers[0].shape[0]) if self.layers else 0
 
-    def representation(self, keep_gram_max_n: int) -> Any:
-        """The ``metrics.Representation`` of the kept layers with that Gram policy, Grams cached
-        (built once; two threads asking at once wait for one build)."""
+    def representation(self, keep_gram_max_n: int, device: str = "cpu") -> Any:
+        """The ``metrics.Representation`` of the kept layers with that Gram policy on ``device``
+        (a torch device name), Grams cached (built once; two threads asking at once wait for one build)."""
         with self._lock:
-            rep = self._representations.get(keep_gram_max_n)
+            rep = self._representations.get((keep_gram_max_n, device))
             if rep is None:
-                rep = metrics.Representation([self.layers[i] for i in self.kept], keep_gram_max_n=keep_gram_max_n)
-                self._representations[keep_gram_max_n] = rep.cache_grams()
+                rep = metrics.Representation([self.layers[i] for i in self.kept], device=device,
+                                             keep_gram_max_n=keep_gram_max_n)
+                self._representations[(keep_gram_max_n, device)] = rep.cache_grams()
             return rep
 
     @property
@@ -368,6 +392,7 @@ def align_layers(
     names: tuple[str, str] = ("x", "y"),
     progress: PairProgress | None = None,
     groups: Sequence[Any] | None = None,
+    device: str = "cpu",
 ) -> list[PairAlignment]:
     """Score every layer pair of two prepared feature stacks with every requested metric.
 
@@ -383,7 +408,7 @@ def align_layers(
     half-size subsample (logged). Degenerate layers, and layers a metric refuses, are excluded (see
     the module docstring); ``names`` (the two models) appear in errors. ``progress`` logs how far
     the permutations and resamples are (default: a ``PairProgress`` of this module's logger, made
-    now).
+    now). ``device``: where the engine computes (a torch device name: :func:`alignment_device`).
 
     Raises ``DegenerateFeaturesError`` if, for some metric, every layer of one side is excluded.
     """
@@ -402,7 +427,7 @@ def align_layers(
     # shared by every metric and every permutation (and every partner, through a PreparedModel),
     # while the pair's Grams fit GRAM_CACHE_MAX_BYTES.
     keep_gram_max_n = gram_cache_limit([xs[i] for i in keep_x] + [ys[i] for i in keep_y], n)
-    rep_x, rep_y = px.representation(keep_gram_max_n), py.representation(keep_gram_max_n)
+    rep_x, rep_y = px.representation(keep_gram_max_n, device), py.representation(keep_gram_max_n, device)
     with quadratic_memory_reserved(requests, rep_x, rep_y, names, permutations, bootstrap):
         return _align_requests(requests, rep_x, rep_y, xs, ys, keep_x, keep_y, bad_x, bad_y, names, n, permutations, seed, bootstrap,
                                progress, groups)

@@ -160,6 +160,10 @@ def _metric_choices(schema: dict[str, Any]) -> None:
     schema["uniqueItems"] = True
 
 
+#: ``alignment.device``: what ``tasks.alignment.alignment_device`` resolves.
+ALIGNMENT_DEVICE = re.compile(r"cpu|auto|cuda(:[0-9]+)?")
+
+
 class AlignmentParams(BaseModel):
     """Which metrics to compute over every layer pair, and how to calibrate them."""
 
@@ -189,6 +193,10 @@ class AlignmentParams(BaseModel):
     unit: Literal["sample", "image"] = Field(
         "sample", description="Rows aligned: 'sample', one per image–caption pair (the paper's); 'image', one per image, "
         "the vectors of its captions' samples averaged per model and layer (several captions per image, e.g. COCO)")
+    device: str = Field("cpu", description="Where the alignment engine computes: 'cpu'; 'cuda' or 'cuda:N' (a GPU of the "
+                        "process aligning: a pair fails naming it where there is none); 'auto' (the first GPU where that "
+                        "process sees one, else the CPU). Scores agree within float32 rounding across devices and share "
+                        "one version: a result computed on either is reused by the other")
 
     @field_validator("metrics")
     @classmethod
@@ -209,6 +217,14 @@ class AlignmentParams(BaseModel):
         if repeated:
             raise ValueError(f"metrics listed more than once: {repeated}")
         return names
+
+    @field_validator("device")
+    @classmethod
+    def _a_device_torch_names(cls, device: str) -> str:
+        if not ALIGNMENT_DEVICE.fullmatch(device):
+            raise ValueError(f"must be 'cpu', 'cuda', 'cuda:N' (a GPU's index) or 'auto' (a GPU where the aligning process "
+                             f"sees one, else the CPU); got {device!r}")
+        return device
 
     @field_validator("bootstrap")
     @classmethod

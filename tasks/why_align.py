@@ -77,13 +77,13 @@ def _comparable(stored: Any, current: dict[str, Any]) -> tuple[dict[str, Any], d
     """A stored manifest's ``params`` and this run's (``AlignmentParams.model_dump()``) as far as
     they can make another alignment version (``tasks.align_task.alignment_version``): the metrics
     as sorted lists (their order is not part of a version), without ``pairs`` (which pairs a zoo
-    makes, not how one is scored), without a metric parameter that none of its metrics takes
+    makes, not how one is scored) and ``device`` (where it ran), without a metric parameter that none of its metrics takes
     (``cca_dim`` without SVCCA, ``rbf_sigma`` under the linear kernel: `_unused`), and without
     ``seed`` where neither draws permutations or resamples (the seed then draws nothing and is not
     in the version). A stored value that is not a record is an empty one; a parameter a stored
     record lacks (written before it existed) is what prh did then (:data:`LEGACY_PARAMS`)."""
     def reduced(params: Any) -> dict[str, Any]:
-        out = {key: value for key, value in params.items() if key != "pairs"} if isinstance(params, dict) else {}
+        out = {key: value for key, value in params.items() if key not in ("pairs", "device")} if isinstance(params, dict) else {}
         if isinstance(out.get("metrics"), list):
             out["metrics"] = sorted(out["metrics"], key=str)
             for name in _unused(out):

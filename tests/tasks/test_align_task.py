@@ -175,3 +175,48 @@ def test_zero_and_duplicate_vectors_are_found_row_by_row() -> None:
         {"model": "m", "layer": 1, "layer_name": "second", "n_samples": 2, "n_groups": 1, "examples": ["a", "b"]}]
     assert duplicate_vector_samples([one_pair, two_groups], ids, catalog, skip={0}) == [
         {"model": "m", "layer": 1, "layer_name": "second", "n_samples": 2, "n_groups": 1, "examples": ["a", "b"]}]
+
+
+def test_the_alignment_device_is_where_the_engine_runs_and_not_part_of_a_version(tmp_path, monkeypatch) -> None:
+    """``alignment.device``: 'auto' on a machine without CUDA computes on the CPU, with the same
+    numbers and the same version as 'cpu' (where a pair ran is not part of its id: a rerun on
+    another device reuses it), the manifest says where its metrics ran (None where every one was
+    copied); 'cuda' without a GPU fails the pair naming the setting and what torch sees."""
+    import json
+
+    import pytest
+    import torch
+
+    import tasks.align_task as align_task
+    from storage.store import Store
+    from tasks.alignment import alignment_device
+    from tests.tasks.test_reused_metrics import _align, _models, _tables
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert alignment_device("cpu") == alignment_device("auto") == "cpu"
+    for requested in ("cuda", "cuda:1"):
+        with pytest.raises(ValueError, match=rf"^alignment\.device '{requested}': torch .* sees no CUDA device .* in this "
+                                             r"process \(host .*\); use 'auto' to align on a GPU where there is one, else 'cpu'$"):
+            alignment_device(requested)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert (alignment_device("auto"), alignment_device("cuda:1")) == ("cuda", "cuda:1")
+    with pytest.raises(ValueError, match=r"^alignment\.device 'cuda:2': torch sees 2 CUDA device\(s\) \(cuda:0 to cuda:1\)"):
+        alignment_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    seen = []
+    real = align_task.align_layers
+    monkeypatch.setattr(align_task, "align_layers", lambda *a, **kw: seen.append(kw["device"]) or real(*a, **kw))
+    on_cpu, on_auto = Store(str(tmp_path / "cpu")), Store(str(tmp_path / "auto"))
+    cpu = _align(on_cpu, *_models(on_cpu), ["mutual_knn", "cka"], device="cpu")
+    auto = _align(on_auto, *_models(on_auto), ["mutual_knn", "cka"], device="auto")
+    assert seen == ["cpu", "cpu"] and cpu["key"] == auto["key"]
+    for mine, theirs in zip(_tables(on_cpu, cpu), _tables(on_auto, auto)):
+        assert mine.equals(theirs)
+    manifest = json.loads((tmp_path / "auto" / auto["key"] / "manifest.json").read_text())
+    assert manifest["device"] == "cpu" and "device" not in manifest["params"]
+    with pytest.raises(ValueError, match=r"^alignment\.device 'cuda': "):
+        _align(Store(str(tmp_path / "cuda")), *_models(Store(str(tmp_path / "cuda"))), ["mutual_knn"], device="cuda")
+    copied = _align(on_cpu, *_models(on_cpu), ["mutual_knn", "cka"], device="cuda")  # nothing to compute: no device needed
+    assert copied["reused"] and copied["key"] == cpu["key"]

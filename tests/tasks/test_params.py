@@ -116,6 +116,9 @@ CASES = {
     "cca_dim 0": (alignment("cca_dim: 0"), r"^alignment\.cca_dim \(line 5\): Input should be greater than or equal to 1"),
     "unknown kernel": (alignment("kernel_metric: cosine"), r"^alignment\.kernel_metric \(line 5\): Input should be 'ip' or 'rbf' \(got 'cosine'\)$"),
     "unknown pairs": (alignment("pairs: some"), r"^alignment\.pairs \(line 5\): Input should be 'cross_modal' or 'all'"),
+    "unknown device": (alignment("device: gpu"), r"^alignment\.device \(line 5\): must be 'cpu', 'cuda', 'cuda:N' \(a GPU's index\) "
+                       r"or 'auto' \(a GPU where the aligning process sees one, else the CPU\); got 'gpu'$"),
+    "device index as a number": (alignment("device: 0"), r"^alignment\.device \(line 5\): Input should be a valid string \(got 0\)$"),
     "unknown metric": (alignment("metrics: [mutual_kn]"), r"^alignment\.metrics \(line 5\): unknown metric 'mutual_kn' \(did you mean 'mutual_knn'\?\); registered: cka, "),
     "metrics as text": (alignment("metrics: cka"), r"^alignment\.metrics \(line 5\): expected a list \(got 'cka'\)$"),
     "metrics empty": (alignment("metrics: []"), r"^alignment\.metrics \(line 5\): List should have at least 1 item"),
