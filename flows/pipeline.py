@@ -6,6 +6,7 @@ store, so a rerun with unchanged inputs computes nothing and a new model adds on
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 from prefect.exceptions import Pause
 
+from flows.progress import ResourceMeter, StageProgress, bytes_published, stage_logger
 from flows.run_record import new_record, one_line, recorded, run_id_of, stop_tasks_in_flight, write_progress
 from flows.run_store import run_store
 from flows.runners import check_run_environment, flow_task_runner, preload_libraries, runs_in_parallel
@@ -75,6 +77,7 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     Returns the run's record (run id, store, dataset version, feature versions, alignment version
     keys, counts) with ``best``: the best layer pair per metric for every model pair.
     """
+    entered = time.perf_counter()  # the run's `setup` stage: its checks, the store's, its record
     check_run_environment()  # a bad $PRH_TASK_RUNNER (or other setting) fails the run naming it (see flow_task_runner)
     target = run_store(store)  # memory:// (kept by no one) and URLs fsspec cannot open alone are refused, naming the store
     if not dataset_version:  # the demo's n beyond what its font draws, a path not there: refused before the store is touched
@@ -85,7 +88,14 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     read: RecordsRead = {}
     log_recovery(*open_for_run(target, run_id=run_id, read=read), ended=sweep_ended_signs(target))
     with recorded(target, layout.run_key(run_id), new_record(target, config, run_id, "prh-pipeline"), read) as record:
-        return _run_recorded(config, target, record, report, extract_missing, dataset_version)
+        meter = ResourceMeter()
+        meter.start()
+        record["stage_seconds"] = {"setup": round(time.perf_counter() - entered, 3)}
+        try:
+            return _run_recorded(config, target, record, report, extract_missing, dataset_version)
+        finally:  # whatever ended the run: what it used, for its record and its log (also a failed or stopped run's)
+            record.update(meter.read())
+            stage_logger().info("run %s: %s", run_id, run_usage(record))
 
 
 def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any], report: bool,
@@ -93,10 +103,15 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
     """The body of :func:`prh_pipeline`: sets the outcome of ``record`` (the run's, ``RUNNING``);
     :func:`flows.run_record.recorded` writes it whatever happens."""
     store_url = target.url
+    # seconds of each stage (setup, dataset, extract, align, publish) as far as the run got: in every record written from now on
+    timings: dict[str, float] = record.setdefault("stage_seconds", {})
+    started = time.perf_counter()
     if dataset_version:  # published by an earlier stage: read from the store, not from the source
-        dataset = stored_dataset(dataset_version, store_url, config.dataset, alignment=config.alignment)
+        dataset = {**stored_dataset(dataset_version, store_url, config.dataset, alignment=config.alignment), "reused": True}
     else:
         dataset = load_dataset(config.dataset, store_url, alignment=config.alignment)
+    timings["dataset"] = round(time.perf_counter() - started, 3)
+    record["bytes_published"] = bytes_published([dataset])
     record["dataset_version"] = dataset["catalog"]["dataset_version"]  # also in the record of a run stopped from here on
     write_progress(record)  # a run killed from here on (kill -9, OOM) still names its dataset version
     features: dict[str, dict[str, Any]] = {}
@@ -105,13 +120,13 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
     retried: list[dict[str, Any]] = []  # the models and pairs that succeeded after failed attempts
 
     def features_done(collected: dict[str, dict[str, Any]]) -> None:  # a run killed while aligning names them
-        record.update(_feature_outcome(collected), retried=retried)
+        record.update(_feature_outcome(collected), retried=retried, **_work_done(dataset, collected, []))
         write_progress(record)
 
     try:
         features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing, features, done, failed=failed,
-                                                 retried=retried, on_features=features_done)
-        record.update(_feature_outcome(features))  # also in the record when reading the scores below fails
+                                                 retried=retried, on_features=features_done, timings=timings)
+        record.update(_feature_outcome(features), **_work_done(dataset, features, alignments))  # also when reading the scores below fails
     except BaseException:
         # stopped or failed: the record still says which models' features it had (extracted or
         # reused) when it stopped (a nightly stopped mid-alignment had listed none, and its rerun
@@ -120,8 +135,10 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
         # counted). Not as `alignment_versions`: a run that lists those is a run with results (the
         # *_latest views, `prh report`), and this one's grid is not whole. And which models and
         # pairs had failed by then (`failures`: none had been listed, as if none had failed)
-        record.update(_feature_outcome(features), failures=failed, retried=retried, **_partial_alignment_outcome(done))
+        record.update(_feature_outcome(features), failures=failed, retried=retried, **_partial_alignment_outcome(done),
+                      **_work_done(dataset, features, done))
         raise
+    publishing = time.perf_counter()
     best = add_q_values(best_rows(target, alignments))
     record.update(
         status=FAILED if failures else COMPLETED,
@@ -139,6 +156,7 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
         publish_report_artifact(store_url, record)
     elif report and not failures:  # a one-model zoo: a page of no results (which `prh report --run` refuses)
         get_run_logger().info("no model pair was aligned: no report page for this run (its features are in the models view)")
+    timings["publish"] = round(time.perf_counter() - publishing, 3)
     if failures:
         message, published = _failure_summary(failures, len(config.models), len(alignments))
         raise ZooFailures(message, published, {**record, "best": best})
@@ -159,6 +177,37 @@ def best_rows(target: Store, alignments: list[dict[str, Any]]) -> list[dict[str,
                                     "by this run?): `prh verify` names the damaged version, a rerun computes it again")
         rows += pq.read_table(pa.BufferReader(data)).to_pylist()
     return rows
+
+
+def _work_done(dataset: dict[str, Any], features: dict[str, dict[str, Any]], alignments: list[dict[str, Any]]
+               ) -> dict[str, Any]:
+    """The run record's ``task_seconds`` and ``bytes_published`` from the manifests of what the run
+    has done so far: ``{"extract": {model: seconds}, "align": {"a x b": seconds}}`` for the models it
+    extracted and the pairs it aligned (their manifests' ``seconds``: the task's own time, not its
+    wait for a GPU slot; those found stored are left out, their time was another run's), and the
+    bytes of the files of the versions it published (:func:`flows.progress.bytes_published`)."""
+    new_features = {name: m for name, m in features.items() if not m.get("reused")}
+    new_pairs = [m for m in alignments if not m.get("reused")]
+    extract = {name: (m.get("catalog") or {}).get("seconds") for name, m in sorted(new_features.items())}
+    align = {" x ".join((m.get("lineage") or {}).get("features") or {}): m.get("seconds") for m in new_pairs}
+    return {"task_seconds": {"extract": extract, "align": align},
+            "bytes_published": bytes_published([dataset, *new_features.values(), *new_pairs])}
+
+
+def run_usage(record: dict[str, Any]) -> str:
+    """What a run took, from its ``record``, for the line its log ends with (also a failed or
+    stopped run's, as far as it got): ``stages: setup 1.2 s, dataset 12.1 s, extract 655.0 s, align 61.3 s,
+    publish 2.0 s; peak memory 1843 MiB, GPU 512 MiB; published 61.2 MB``."""
+    timings = record.get("stage_seconds") or {}
+    stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in timings.items()) or "none reached"
+    memory = record.get("peak_rss_mb")
+    gpu = record.get("peak_gpu_mb")
+    used = f"peak memory {memory:.0f} MiB" if isinstance(memory, (int, float)) else "peak memory unknown"
+    if isinstance(gpu, (int, float)):
+        used += f", GPU {gpu:.0f} MiB"
+    written = record.get("bytes_published")
+    shown = f"{written / 1e6:.1f} MB" if isinstance(written, int) else "nothing"
+    return f"stages: {stages}; {used}; published {shown}"
 
 
 def _partial_alignment_outcome(alignments: list[dict[str, Any]]) -> dict[str, Any]:
@@ -195,7 +244,7 @@ def run_zoo(
     config: PipelineConfig, store_url: str, dataset: dict[str, Any], extract_missing: bool = True,
     features: dict[str, dict[str, Any]] | None = None, aligned: list[dict[str, Any]] | None = None,
     failed: list[dict[str, Any]] | None = None, retried: list[dict[str, Any]] | None = None,
-    on_features: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+    on_features: Callable[[dict[str, dict[str, Any]]], None] | None = None, timings: dict[str, float] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Extract every model and align every pair as submitted tasks.
 
@@ -219,10 +268,18 @@ def run_zoo(
     had finished by then (:func:`finished_results`); ``failed``: a list that receives, then, the
     failure records of the models and pairs that had failed by then. A stopped run first waits for its tasks in
     flight (``flows.run_record.stop_tasks_in_flight``): the models and pairs they finish
-    meanwhile, published, are in ``features`` and ``aligned`` too.
+    meanwhile, published, are in ``features`` and ``aligned`` too. ``timings``: a dict that receives
+    the seconds of the ``extract`` stage (from the models' checks to the last extraction collected)
+    and of the ``align`` stage (from then to the last pair collected; with a parallel task runner
+    pairs start while models are still extracted, so this is the wait after the last model), as
+    far as the run got.
     """
     logger = get_run_logger()
+    timings = {} if timings is None else timings
+    began = time.perf_counter()
+    progress = StageProgress("extract", 0, "models", logger)  # its clock starts with the stage, the models' checks included
     extracting, failures = submit_extractions(config, store_url, dataset, extract_missing)
+    progress.total = len(extracting)
     pairs = [(a.name, b.name) for a, b in config.model_pairs()]
     if not pairs:
         logger.warning("no model pairs to align (%d model(s), alignment.pairs=%s): features only",
@@ -236,13 +293,20 @@ def run_zoo(
         aligning = [align_pair.submit(store_url, extracting[a], extracting[b], config.alignment, a, b)
                     if (a, b) in submitted else None for a, b in pairs]
         try:
-            features = collect_features(extracting, failures, {} if features is None else features)
+            try:
+                features = collect_features(extracting, failures, {} if features is None else features, progress)
+            finally:
+                timings["extract"] = round(time.perf_counter() - began, 3)
+            began = time.perf_counter()
             note_retried_tasks("extract", list(extracting.items()), retried)
             if on_features is not None:
                 on_features(features)
             # the pairs of a model whose extraction failed never run: their partners' counts go down now
             pairs_not_coming(store_url, Counter(name for pair in submitted if not set(pair) <= set(features) for name in pair))
-            alignments = _collect_alignments(pairs, aligning, features, failures)
+            try:
+                alignments = _collect_alignments(pairs, aligning, features, failures)
+            finally:
+                timings["align"] = round(time.perf_counter() - began, 3)
             note_retried_tasks("align", [(f"{a} x {b}", future) for (a, b), future in zip(pairs, aligning)], retried)
         except BaseException:
             # what a task publishes while the run waits for it is this run's work: listed too (a pair
@@ -264,11 +328,14 @@ def _collect_alignments(pairs: list[tuple[str, str]], aligning: list[Any], featu
     """The alignment manifests of the submitted pairs that succeeded, in ``pairs`` order; each
     pair that failed, or was skipped for a failed model, is appended to ``failures``."""
     alignments = []
+    progress = StageProgress("align", len(pairs), "pairs", stage_logger()) if pairs else None
     for (a, b), future in zip(pairs, aligning):
         missing = [name for name in (a, b) if name not in features]
         skipped = {"stage": "align", "item": f"{a} x {b}", "error": f"skipped: {' and '.join(missing)} failed"}
         if future is None:
             failures.append(skipped)
+            if progress is not None:
+                progress.done("failed")
             continue
         try:
             alignments.append(future.result())
@@ -276,6 +343,11 @@ def _collect_alignments(pairs: list[tuple[str, str]], aligning: list[Any], featu
             failures.append(skipped if missing else task_failure("align", f"{a} x {b}", error, future))
             if not missing:  # a pair skipped for a failed model is that model's failure, logged as such
                 log_unexpected(error, f"align {a} x {b}")
+            if progress is not None:
+                progress.done("failed")
+            continue
+        if progress is not None:
+            progress.done("reused" if alignments[-1].get("reused") else "new")
     return alignments
 
 
@@ -402,18 +474,28 @@ def submit_extractions(
 
 
 def collect_features(extracting: dict[str, Any], failures: list[dict[str, Any]],
-                     features: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+                     features: dict[str, dict[str, Any]] | None = None, progress: StageProgress | None = None
+                     ) -> dict[str, dict[str, Any]]:
     """The feature manifests of the submitted extractions that succeeded (model name ->
     manifest, filled into ``features`` when given, as each is collected); each one that failed
     (after its retries) is appended to ``failures`` (:func:`task_failure`: with what each of its
-    attempts said when it was retried)."""
+    attempts said when it was retried). ``progress``: the stage's (:class:`flows.progress.StageProgress`,
+    its clock started when the stage began), told each model as it is collected; by default one
+    started now."""
     features = {} if features is None else features
+    if progress is None and extracting:
+        progress = StageProgress("extract", len(extracting), "models", stage_logger())
     for name, future in extracting.items():
         try:
             features[name] = future.result()
         except Exception as error:  # noqa: BLE001 - recorded, reported and re-raised by the flow
             failures.append(task_failure("extract", name, error, future))
             log_unexpected(error, f"extract {name}")
+            if progress is not None:
+                progress.done("failed")
+            continue
+        if progress is not None:
+            progress.done("reused" if features[name].get("reused") else "new")
     return features
 
 

@@ -130,13 +130,16 @@ def _safe_name(text: str) -> str:
 @task(name="load-dataset", tags=["prh-data"], retries=3, retry_delay_seconds=backoff(2, 3, factor=3),
       retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
 def load_dataset(params: DatasetParams, store_url: str, alignment: AlignmentParams | None = None) -> dict[str, Any]:
-    """Load, validate and publish the dataset; returns its manifest (reused if already stored).
+    """Load, validate and publish the dataset; returns its manifest (reused if already stored), with
+    ``reused``: True where the version was found stored, as an extraction's and a pair's manifest
+    say (the run record counts the bytes a run published itself).
 
     With ``alignment``, a dataset with fewer valid rows than ``alignment.min_samples()`` fails
     here, before extraction, instead of after it.
     """
     with noting_failed_attempts():  # a retried load: the run record says what each attempt said
-        return publish_dataset(params, store_url, get_run_logger(), alignment=alignment)
+        manifest, written = _publish_dataset(params, store_url, get_run_logger(), alignment=alignment)
+        return {**manifest, "reused": not written}
 
 
 class DatasetNotStored(LookupError):
@@ -247,6 +250,13 @@ def publish_dataset(
             or fewer than ``alignment.min_samples()`` (the message names the parameter and
             counts the rejected rows per reason). Nothing is written to the store then.
     """
+    return _publish_dataset(params, store_url, logger, alignment)[0]
+
+
+def _publish_dataset(params: DatasetParams, store_url: str, logger: logging.Logger | logging.LoggerAdapter | None = None,
+                     alignment: AlignmentParams | None = None) -> tuple[dict[str, Any], bool]:
+    """:func:`publish_dataset`'s manifest, and whether this call published the version (False:
+    found stored, by its rendering recipe or its content)."""
     logger = logger or logging.getLogger("prh.dataset")
     store = Store(store_url)
     recipe = _recipe_id(params) if params.kind == "openmoji" else None
@@ -260,7 +270,7 @@ def publish_dataset(
             _warn_stored_as(logger, name, catalog["n_samples"], catalog)
         logger.info("dataset %s: %d pairs, version %s (already stored; same rendering recipe, not drawn again)",
                     catalog["name"], catalog["n_samples"], catalog["dataset_version"])
-        return rendered
+        return rendered, False
     try:
         table, rejected, name, source = build_table(params)
     except ValueError as error:
@@ -314,7 +324,7 @@ def publish_dataset(
     )
     if published.written:
         _log_why_new(store, catalog, logger)
-    return published.manifest
+    return published.manifest, published.written
 
 
 def _log_why_new(store: Store, catalog: dict[str, Any], logger: logging.Logger | logging.LoggerAdapter) -> None:

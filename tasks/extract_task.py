@@ -214,7 +214,8 @@ def extract_to_store(
                     spec.name, key)
         return {**published.manifest, "reused": True}
     distinct = f" ({len(items)} distinct images)" if len(items) != len(sample_ids) else ""
-    logger.info("%s: %d layers x %d samples%s in %.1fs -> %s", spec.name, len(layers), len(sample_ids), distinct, seconds, key)
+    logger.info("%s: %d layers x %d samples%s in %.1fs on %s (batch size %d) -> %s", spec.name, len(layers), len(sample_ids),
+                distinct, seconds, catalog["device"], spec.batch_size, key)
     return {**published.manifest, "reused": False}
 
 
@@ -321,6 +322,15 @@ def _extract_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
     return extraction
 
 
+def time_left(seconds: float, done: int, left: int) -> str:
+    """``, about 95 s left`` for the extraction progress line: ``left`` items at the pace of the
+    ``done`` items computed in ``seconds`` since the model loaded (a resumed extraction's stored
+    shards and the model's loading do not count); nothing when none is left or none was computed."""
+    if left <= 0 or done <= 0:
+        return ""
+    return f", about {seconds / done * left:.0f} s left"
+
+
 def item_unit(spec: ModelSpec) -> str:
     """What one extraction item of ``spec`` is, as the progress log counts them: a vision model
     runs once per distinct image (captions of one image share it), a language model once per
@@ -342,6 +352,7 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
     resumed = 0
     sums: dict[str, float] = {}
     model: dict[str, Any] | None = None  # what the model says of itself, as the shards recorded it
+    computing: list[float] = []  # (when the model had loaded, the first item it computed): the pace of the time left
     try:
         for index, (lo, hi) in enumerate(bounds):
             widths = list(extractor.layer_dims) if extractor is not None else None
@@ -359,6 +370,10 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
                     logger.info("%s: loading %s (%s, %s)", spec.name, spec.id, spec.loader, spec.modality)
                     extractor = _load_with_timeout(spec)
                     model = _model_facts(extractor)
+                    logger.info("%s: loaded on %s (%s parameters), batch size %d", spec.name, model["device"],
+                                f"{model['param_count']:,}", spec.batch_size)
+                if not computing:
+                    computing.extend((time.perf_counter(), lo))
                 n_batches = -(-total // spec.batch_size)
                 last = [0.0]
 
@@ -368,8 +383,9 @@ def _compute_shards(store: Store, key: str, spec: ModelSpec, items: list[Any], s
                     overall = lo + done
                     if overall == total or now - last[0] > 5 or done <= spec.batch_size:
                         last[0] = now
-                        logger.info("%s: batch %d/%d (%d/%d %s, %.1fs)", spec.name, -(-overall // spec.batch_size), n_batches,
-                                    overall, total, item_unit(spec), now - started)
+                        logger.info("%s: batch %d/%d (%d/%d %s, %.1fs%s)", spec.name, -(-overall // spec.batch_size), n_batches,
+                                    overall, total, item_unit(spec), now - started,
+                                    time_left(now - computing[0], overall - int(computing[1]), total - overall))
                         if on_progress is not None:
                             on_progress(overall, total)
 

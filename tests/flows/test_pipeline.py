@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -108,10 +109,11 @@ def _stored_layers(store: Store, manifest: dict) -> tuple[list[str], list[np.nda
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_pipeline_end_to_end(store_url, monkeypatch):
+def test_pipeline_end_to_end(store_url, monkeypatch, caplog):
     monkeypatch.setenv("PREFECT_API_KEY", "pnu_prh-test-prefect-key-do-not-log")  # scanned for below, with the AWS keys
     config = _config([TINY_VIT, TINY_BERT])
-    first = prh_pipeline(config=config, store=store_url)
+    with caplog.at_level(logging.INFO):
+        first = prh_pipeline(config=config, store=store_url)
     assert first["status"] == "COMPLETED"
     assert first["extracted"] == ["tiny-bert", "tiny-vit"] and first["reused"] == []
     assert {(r["model_a"], r["model_b"], r["metric"]) for r in first["best"]} == {
@@ -121,6 +123,7 @@ def test_pipeline_end_to_end(store_url, monkeypatch):
     con = connect(store)
     models = {r["model"]: r for r in query(con, "select * from models").to_pylist()}
     assert models["tiny-vit"]["n_layers"] == 3 and models["tiny-bert"]["n_layers"] == 3
+    _assert_observable(store, con, first["run_id"], caplog.records, new=2, pairs=1)
     assert query(con, "select count(*) n from samples").column("n")[0].as_py() == N
     assert query(con, "select count(*) n from features").column("n")[0].as_py() == 2 * 3 * N
 
@@ -194,8 +197,11 @@ def test_pipeline_end_to_end(store_url, monkeypatch):
     check = tasks.extract.check_model
     monkeypatch.setattr(tasks.extract, "check_model", lambda spec: (checked.append(spec.name), check(spec))[1])
     assert (first["metrics_computed"], first["metrics_copied"]) == (3, 0)
-    second = prh_pipeline(config=config, store=store_url)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        second = prh_pipeline(config=config, store=store_url)
     assert second["extracted"] == [] and second["reused"] == ["tiny-bert", "tiny-vit"] and second["aligned"] == 0
+    _assert_observable(store, connect(store), second["run_id"], caplog.records, new=0, pairs=1)
     assert (second["metrics_computed"], second["metrics_copied"]) == (0, 0)
     import storage.pairing
 
@@ -219,6 +225,71 @@ def test_pipeline_end_to_end(store_url, monkeypatch):
     assert runs == [{"status": "COMPLETED", "n": 4}]
     gpt = query(connect(store), "select bits_per_byte, param_count from models where model = 'tiny-gpt'").to_pylist()[0]
     assert gpt["bits_per_byte"] > 0 and gpt["param_count"] > 0
+
+
+#: The columns of the ``runs`` view before it showed where a run's time and memory went: kept, in this order.
+RUNS_COLUMNS = ["run_id", "flow_run_id", "status", "started_at", "finished_at", "store", "config", "dataset_version",
+                "feature_versions", "alignment_versions", "partial_alignment_versions", "extracted", "reused", "aligned",
+                "metrics_computed", "metrics_copied", "code_version", "error", "failures", "n_attempts", "attempts",
+                "ordered_at", "retried", "error_attempts"]
+#: What a config of few permutations and resamples warns of (``_config``): a healthy run warns of nothing else.
+ASKED_FOR_WARNINGS = ("alignment.permutations=9 is below ", "alignment.bootstrap=20 is below ")
+
+
+def _assert_observable(store: Store, con, run_id: str, records: list[logging.LogRecord], new: int, pairs: int) -> None:
+    """What the on-call reads of a healthy run of the two-model zoo (``new``: how many of its models
+    and pairs it computed, 0 or all, the rest found stored): the run's ``runs`` row says where its
+    time went (each stage, each model extracted and pair aligned, as their manifests timed them),
+    its peak memory and the bytes it published (every file of the versions it published, as the
+    store lists them); its log says each stage's done/total with how many were new or reused, ends
+    with the same figures, names the device and batch size of each extraction, and holds no
+    warning but those its config asks for, no error, and no line twice."""
+    import fsspec
+
+    row = query(con, f"select * from runs where run_id = '{run_id}'").to_pylist()[0]
+    columns = query(con, "select * from runs limit 0").column_names
+    assert columns == RUNS_COLUMNS + ["stage_seconds", "task_seconds", "peak_rss_mb", "peak_gpu_mb", "bytes_published"]
+    stages = json.loads(row["stage_seconds"])
+    order = ["setup", "dataset", "extract", "align", "publish"]  # the run's order (the view's JSON sorts its keys)
+    assert sorted(stages) == sorted(order) and min(stages.values()) >= 0
+    # all but `setup` (the checks before the record's start) lie between its start and its end
+    assert sum(stages.values()) - stages["setup"] <= (row["finished_at"] - row["started_at"]).total_seconds() + 0.01
+    tasks = json.loads(row["task_seconds"])
+    manifests = [m for _, m in store.manifests("alignment")]
+    if new:
+        models = {r["model"]: r["seconds"] for r in query(con, "select model, seconds from models").to_pylist()}
+        assert tasks["extract"] == models and set(models) == {"tiny-vit", "tiny-bert"}
+        assert tasks["align"] == {"tiny-vit x tiny-bert": manifests[0]["seconds"]} and manifests[0]["seconds"] > 0
+        # an empty store before this run: what it published is every file of a version folder there (a
+        # folder with a manifest), manifests aside (not the demo's pointer datasets/rendered/<id>.json)
+        fs, root = fsspec.core.url_to_fs(store.url)
+        listed = {path: info["size"] for prefix in ("datasets", "features", "alignment")
+                  for path, info in fs.find(f"{root}/{prefix}", detail=True).items()}
+        versions = {path.rsplit("/", 1)[0] for path in listed if path.endswith("/manifest.json")}
+        written = sum(size for path, size in listed.items()
+                      if path.rsplit("/", 1)[0] in versions and not path.endswith("/manifest.json"))
+        assert row["bytes_published"] == written > 0
+    else:
+        assert tasks == {"extract": {}, "align": {}} and row["bytes_published"] == 0
+    import resource
+
+    assert 50 < row["peak_rss_mb"] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + 1  # Linux: KiB
+    assert row["peak_gpu_mb"] is None  # no CUDA device used in this process
+    lines = [r.getMessage() for r in records]
+    shown = re.compile(r"^(extract|align): (\d+)/(\d+) (models|pairs) done \((\d+) new, (\d+) reused, (\d+) failed\) in \d+ s$")
+    done = [m.groups() for line in lines if (m := shown.match(line))]
+    assert done == [("extract", "2", "2", "models", str(new), str(2 - new), "0"),
+                    ("align", str(pairs), str(pairs), "pairs", str(min(new, pairs)), str(pairs - min(new, pairs)), "0")]
+    ended = [line for line in lines if line.startswith(f"run {run_id}: stages: ")]
+    assert ended == [f"run {run_id}: stages: " + ", ".join(f"{k} {stages[k]:.1f} s" for k in order)
+                     + f"; peak memory {row['peak_rss_mb']:.0f} MiB; published {row['bytes_published'] / 1e6:.1f} MB"]
+    extracted = [line for line in lines if " layers x 40 samples " in line]
+    assert len(extracted) == new and all(" on cpu (batch size 16) -> features/" in line for line in extracted)
+    warned = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    assert len(warned) == len(ASKED_FOR_WARNINGS) and all(w.startswith(ASKED_FOR_WARNINGS) for w in warned), warned
+    flow_lines = [(r.name, line) for r, line in zip(records, lines) if r.name.startswith(("prefect.flow_runs", "prefect.task_runs"))]
+    repeated = {line for (_, line), n in Counter(flow_lines).items() if n > 1}
+    assert repeated <= {"Finished in state Completed()"}, repeated  # one line per event
 
 
 def _assert_no_secrets(store: Store, summary: dict) -> None:

@@ -733,7 +733,7 @@ def _refuse_a_model_then_stop(monkeypatch, flow_module) -> dict[str, str]:
     refused = {"stage": "check", "item": "tiny-bert", "error": "ValueError: not a vision model"}
     monkeypatch.setattr(flow_module, "submit_extractions", lambda *args, **kwargs: ({}, [dict(refused)]))
 
-    def stopped(extracting, failures, features=None):
+    def stopped(extracting, failures, features=None, progress=None):
         raise KeyboardInterrupt  # Ctrl-C while the run waits for its models
 
     monkeypatch.setattr(flow_module, "collect_features", stopped)

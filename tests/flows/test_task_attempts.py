@@ -118,7 +118,7 @@ def test_a_dataset_load_that_fails_at_every_attempt_records_each(tmp_path, monke
     def failing(*args, **kwargs):
         raise next(errors)
 
-    monkeypatch.setattr(dataset_task, "publish_dataset", failing)
+    monkeypatch.setattr(dataset_task, "_publish_dataset", failing)  # the dataset task's work
     monkeypatch.setattr(dataset_task.load_dataset, "retry_delay_seconds", 0)
     store = str(tmp_path / "store")
     with pytest.raises(TimeoutError):

@@ -129,6 +129,10 @@ def test_a_vision_model_runs_once_per_image_and_each_caption_row_gets_its_images
         features = extract_to_store(url, dataset, ModelSpec(**TINY_VIT), logger)
     assert features["catalog"]["n_samples"] == 4
     assert "(2/2 images, " in caplog.text and " layers x 4 samples (2 distinct images) in " in caplog.text, caplog.text
+    # where it ran and in what batches, for whoever reads the log (the device had been in the manifest alone)
+    parameters = features["catalog"]["param_count"]
+    assert f"tiny-vit: loaded on cpu ({parameters:,} parameters), batch size 16" in caplog.text
+    assert " on cpu (batch size 16) -> features/" in caplog.text
     for i in range(features["catalog"]["n_layers"]):
         table = Store(url).read_table(f"{features['key']}/{layout.layer_file(i)}").sort_by("sample_id")
         assert table.column("sample_id").to_pylist() == ["7-0", "7-1", "8-0", "8-1"]
