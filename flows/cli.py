@@ -871,43 +871,13 @@ def pairs_line(summary: dict[str, Any]) -> str | None:
 def existing_store(url: str) -> Store:
     """The store at ``url`` for a command that only reads it (``sql``, ``report``, ``catalog
     export``, ``gc``, ``verify``); raises ValueError when nothing is there, or when what is there
-    is no prh store (a file; a folder with none of ``STORE_FOLDERS``), so that a mistyped
-    ``--store`` is not answered with an empty catalog (or a new empty folder). A store holds
-    ``runs/`` from the moment a run records its start."""
-    from storage.store import STORE_FOLDERS, Store, refused_url
+    is no prh store (``storage.store.check_is_store``), so that a mistyped ``--store`` is not
+    answered with an empty catalog (or a new empty folder)."""
+    from storage.store import Store, check_is_store
 
     store = Store(url)
-    try:
-        found = store.exists("")
-    except TypeError as error:  # s3://b/x::file: s3fs handed the chain's target_options to its client session
-        raise refused_url(store.display_url, error, "read") from error
-    if not found:
-        store.check_endpoint()  # an endpoint that is no S3 server answers "Not Found" to everything
-        raise ValueError(f"store {store.display_url} does not exist: nothing was ever written there (check --store; "
-                         f"the default is {_default_store_shown()})")
-    if not any(store.exists(folder) for folder in STORE_FOLDERS):
-        _check_readable_folder(store)
-        what = "it is a file" if store.is_local and Path(store.root).is_file() else \
-            f"it holds none of {', '.join(f + '/' for f in STORE_FOLDERS)}"
-        raise ValueError(f"store {store.display_url} is not a prh store: {what} (check --store; the default is "
-                         f"{_default_store_shown()})")
+    check_is_store(store, f"check --store; the default is {_default_store_shown()}")
     return store
-
-
-def _check_readable_folder(store: Store) -> None:
-    """ValueError naming a local store whose folder this user cannot list: its folders are there
-    but out of sight (a store written with ``umask 077`` by another user, read by a second one),
-    which had been called "not a prh store: it holds none of runs/, ..."."""
-    if not store.is_local or not os.path.isdir(store.root):
-        return
-    try:
-        os.listdir(store.root)
-    except PermissionError as error:
-        from storage.store_errors import access_detail
-
-        raise ValueError(f"store {store.display_url} cannot be read by this user: {error.strerror} (its folder: "
-                         f"{access_detail(store.root)}): ask its owner to let others read it (chmod -R a+rX), or run as "
-                         "that user") from None
 
 
 def _sql(args: argparse.Namespace) -> int:

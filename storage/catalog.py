@@ -74,7 +74,7 @@ from storage.runs import runs_as_known
 from storage.read_only_fs import ReadOnlyFileSystem, StoreFileSystem
 from storage.sql_guard import (CheckedQuery, ReadOnlyQueryError, checked_statements, issued_statements,
                                refused_advice_hint)
-from storage.store import MANIFEST, Store
+from storage.store import MANIFEST, Store, check_is_store
 from storage.store_errors import REMOVE_DAMAGED_ADVICE, DamagedManifest
 from storage.store_urls import escape_glob, unescape_glob
 from storage.times import utc_time
@@ -302,10 +302,15 @@ def _model_row(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def connect(
-    store: Store | str, storage_options: dict[str, Any] | None = None, *, read_only: bool = True,
+    store: Store | str | os.PathLike[str], storage_options: dict[str, Any] | None = None, *, read_only: bool = True,
     lossless_arrow: bool = False, runs: bool = True,
 ) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection whose views cover every published version in ``store``.
+    """A DuckDB connection whose views cover every published version in ``store``: a
+    :class:`Store`, or its URL or folder (text or a ``pathlib.Path``). A URL or folder in which
+    nothing is found must at least name a store (``storage.store.check_is_store``: a folder
+    holding ``runs/``, ``datasets/``...): a missing folder, a file or another folder is a
+    ``ValueError`` naming it, as ``prh sql --store`` says, not an empty catalog. A ``Store`` is
+    read as it is (an empty one gives the views without rows).
 
     ``runs=False``: the catalog without the run history, for a reader that has its run's record
     already (the report written at the end of a run): the run records are not read (each is one
@@ -325,10 +330,14 @@ def connect(
     files, no re-enabling access). Statement-level refusal of writes is :func:`query`'s job.
     Pass ``read_only=False`` for a connection that may also read and write other files.
     """
-    if not isinstance(store, Store):
+    named = not isinstance(store, Store)  # a URL or folder, as an analyst gives it
+    if named:
         store = Store(store, storage_options)
-    con = duckdb.connect(":memory:")
     sources = catalog_sources(store, runs=runs)
+    if named and not any(sources.files.values()) and not any(table.num_rows for table in sources.tables.values()):
+        # nothing found: a mistyped folder had given an empty catalog (``prh sql`` refused it)
+        check_is_store(store, "check the store's URL or folder given to connect()")
+    con = duckdb.connect(":memory:")
     stored = stored_files(store, sources)
     # DuckDB asks about each file it reads (glob, open, size, modified: four HEAD requests on S3,
     # at every query): the listing just read answers for the published files

@@ -265,9 +265,11 @@ class Store:
     by default credentials and endpoint come from the standard AWS environment variables.
     """
 
-    def __init__(self, url: str = DEFAULT_STORE, storage_options: dict[str, Any] | None = None):
+    def __init__(self, url: str | os.PathLike[str] = DEFAULT_STORE, storage_options: dict[str, Any] | None = None):
         #: An S3 store's endpoint and where it was set (None: the AWS default endpoint), for messages.
         self._endpoint: tuple[str, str] | None = None
+        if isinstance(url, os.PathLike) and isinstance(path := os.fspath(url), str):
+            url = path  # a pathlib.Path (a notebook's folder) is the folder it names
         check_store_url(url)
         local = None  # a local store's folder, for fsspec (which does not decode file URLs)
         if "://" not in url:  # a local path, used as written: no percent-decoding
@@ -1370,6 +1372,41 @@ class Store:
             return self.read_bytes(f"{version_key}/{MANIFEST}")
         except FileNotFoundError:
             return None
+
+
+def check_is_store(store: "Store", advice: str) -> None:
+    """Raise ValueError when nothing is at ``store`` ("does not exist"), or what is there is no
+    prh store (a file; a folder with none of :data:`STORE_FOLDERS`, or one this user cannot
+    list), so that a mistyped store is not read as an empty one: ``prh``'s read-only commands
+    (``--store``) and :func:`storage.catalog.connect` (a notebook's folder). ``advice`` closes the
+    message in parentheses (what to check). A store holds ``runs/`` from the moment a run records
+    its start. Nothing is created."""
+    try:
+        found = store.exists("")
+    except TypeError as error:  # s3://b/x::file: s3fs handed the chain's target_options to its client session
+        raise refused_url(store.display_url, error, "read") from error
+    if not found:
+        store.check_endpoint()  # an endpoint that is no S3 server answers "Not Found" to everything
+        raise ValueError(f"store {store.display_url} does not exist: nothing was ever written there ({advice})")
+    if not any(store.exists(folder) for folder in STORE_FOLDERS):
+        _check_readable_folder(store)
+        what = "it is a file" if store.is_local and Path(store.root).is_file() else \
+            f"it holds none of {', '.join(f + '/' for f in STORE_FOLDERS)}"
+        raise ValueError(f"store {store.display_url} is not a prh store: {what} ({advice})")
+
+
+def _check_readable_folder(store: "Store") -> None:
+    """ValueError naming a local store whose folder this user cannot list: its folders are there
+    but out of sight (a store written with ``umask 077`` by another user, read by a second one),
+    which had been called "not a prh store: it holds none of runs/, ..."."""
+    if not store.is_local or not os.path.isdir(store.root):
+        return
+    try:
+        os.listdir(store.root)
+    except PermissionError as error:
+        raise ValueError(f"store {store.display_url} cannot be read by this user: {error.strerror} (its folder: "
+                         f"{access_detail(store.root)}): ask its owner to let others read it (chmod -R a+rX), or run as "
+                         "that user") from None
 
 
 class _ClaimLost(Exception):

@@ -63,7 +63,10 @@ def check_store_url(url: Any) -> None:
     bucket; ``file:///`` is the filesystem's root, and so are the paths ``/`` and ``/tmp/..``);
     ``file://`` followed by anything but ``/``
     (``file://tmp/x``: fsspec reads the relative folder ``tmp/x``, a URL reader the host ``tmp``)."""
-    if not isinstance(url, str) or not url.strip():
+    if not isinstance(url, str):  # None, bytes, a number: "is empty" had been said of them all
+        raise ValueError(f"store URL {url!r} is a {type(url).__name__}, not text: give a folder (text or a "
+                         "pathlib.Path), file://PATH or s3://BUCKET/PREFIX")
+    if not url.strip():
         raise ValueError(f"store URL {url!r} is empty: give a folder, file://PATH or s3://BUCKET/PREFIX")
     if url != url.strip():
         raise ValueError(f"store URL {url!r} starts or ends with spaces")
