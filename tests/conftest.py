@@ -32,6 +32,17 @@ configure_environment()
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` (`make test`): the files longest first (tests/xdist_order.py), so the
+    suite's few long end-to-end files no longer run last on one worker while the other waits."""
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from tests.xdist_order import LongestFileFirst
+
+    return LongestFileFirst(config, log)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A moto S3 server on 127.0.0.1 (a real HTTP endpoint), with AWS env vars pointing at it."""
