@@ -119,7 +119,8 @@ _NULLABLE_INTS = frozenset({"topk"})
 def _checked(name: str, value: Any, default: Any) -> Any:
     """``value`` if it is of the kind of ``default``: a bool for a bool (``'False'`` would read as
     true), an integer for an integer (``2.7`` is not truncated), a number for a number (or a
-    string: ``rbf_sigma='median'``, checked by its engine; not NaN). Raises ``ValueError`` naming it."""
+    string: ``rbf_sigma='median'``, checked by its engine; not NaN, and finite unless the default
+    is infinite). Raises ``ValueError`` naming it."""
     if isinstance(default, bool):
         return check_flag(name, value)
     if isinstance(default, int):
