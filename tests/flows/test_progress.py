@@ -15,15 +15,7 @@ import pytest
 
 from flows.progress import ResourceMeter, StageProgress, bytes_published
 from tasks.extract_task import time_left
-
-
-class SteppingClock:
-    def __init__(self, step: float) -> None:
-        self.now, self.step = 500.0, step
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
+from tests.tasks.test_alignment_progress import SteppingClock  # a clock that moves a step at each reading
 
 
 def _messages(caplog) -> list[str]:
