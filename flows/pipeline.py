@@ -29,9 +29,9 @@ from storage.runs import COMPLETED, FAILED, PARTIAL_ALIGNMENTS, RecordsRead, ope
 from storage.store import DEFAULT_STORE, Store
 from tasks.align_task import align_pair, few_bootstrap_warning, few_permutations_warning
 from tasks.dataset_task import load_dataset, stored_dataset
-from tasks.extract_task import extract_features, reuse_features, stored_features
+from tasks.extract_task import GPU_TAG, extract_features, reuse_features, stored_features
 from tasks.grid_fdr import add_q_values
-from tasks.params import PipelineConfig
+from tasks.params import AlignmentParams, PipelineConfig
 from tasks.shown_text import for_markdown, for_terminal
 from tasks.task_attempts import attempts_of_failure, attempts_said, failed_attempts
 
@@ -290,7 +290,8 @@ def run_zoo(
                 logger.warning("%s", few)
     submitted = {(a, b) for a, b in pairs if a in extracting and b in extracting}
     with shared_features(store_url, Counter(name for pair in submitted for name in pair)):  # each model read once
-        aligning = [align_pair.submit(store_url, extracting[a], extracting[b], config.alignment, a, b)
+        align = pair_task(config.alignment)
+        aligning = [align.submit(store_url, extracting[a], extracting[b], config.alignment, a, b)
                     if (a, b) in submitted else None for a, b in pairs]
         try:
             try:
@@ -428,6 +429,18 @@ def log_failures(failures: list[dict[str, Any]]) -> None:
 
 #: Why the alignment stage of ``prh-staged`` does not extract a model (``extract_missing`` False).
 NOT_EXTRACTED = "no stored features: the extraction stage did not publish them (see its flow run)"
+
+
+def pair_task(params: AlignmentParams) -> Any:
+    """The task that aligns one model pair under ``params``: ``align_pair`` itself when
+    ``alignment.device`` is ``cpu``, else ``align_pair`` holding a ``prh-gpu`` concurrency slot as
+    an extraction does (``auto``, ``cuda``, ``cuda:N``: it may compute on the GPU). A parallel
+    runner starts pairs while models are still extracted, so without the slot a pair computing on
+    the GPU shared it with an extraction (or another pair) wherever a ``prh-gpu`` limit is set
+    (``make serve``: one per GPU)."""
+    if params.device == "cpu":
+        return align_pair
+    return align_pair.with_options(tags={*align_pair.tags, GPU_TAG})
 
 
 def submit_extractions(

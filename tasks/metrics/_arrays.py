@@ -10,7 +10,8 @@ Nothing here computes a metric. The rules, used everywhere in ``tasks.metrics``:
   bytes: ``TypeError`` naming the dtype); numpy arrays in non-native byte order
   (``x.astype('>f8')`` on a little-endian machine) are converted to native order (a copy: torch
   takes native order only) and scored like any other; a ``memoryview`` is read as the array it
-  views (``np.asarray``);
+  views (``np.asarray``); sparse inputs (torch sparse layouts, SciPy sparse matrices) are scored
+  as the dense arrays they stand for (``densify``);
 - the computation dtype is float64 when the input is float64 and float32 otherwise (float16 and
   bfloat16 inputs are upcast: neighbour counts and kernel sums are never accumulated in half
   precision); a float32 side scored against a float64 side is computed in float64;
@@ -21,6 +22,7 @@ Nothing here computes a metric. The rules, used everywhere in ``tasks.metrics``:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Union
 
@@ -127,6 +129,7 @@ def to_tensor(x: ArrayLike, device: torch.device | str | None = None,
     in non-native byte order are converted to native order); complex input and numpy dtypes torch
     has no counterpart for (``check_numeric``) raise ``TypeError``, a tensor on the meta device
     (no values) ``ValueError``."""
+    x = densify(x)  # type: ignore[assignment]
     check_real(x)
     check_numeric(x)
     if isinstance(x, torch.Tensor) and x.is_meta:  # torch's NotImplementedError/RuntimeError at first use
@@ -258,10 +261,26 @@ def unsupported_container(xs: object) -> ValueError:
                       "arrays/tensors or a sequence of (N, D) layers")
 
 
+def densify(x: object) -> object:
+    """``x`` as a dense array when it is sparse: a torch tensor of a sparse layout (COO, CSR, CSC,
+    BSR, BSC) as its dense tensor (same dtype and device), a SciPy sparse matrix or array as its
+    dense numpy array; anything else as given. The metrics compute on dense rows (Grams,
+    distances), so sparse features are scored as the dense features they stand for; their dense
+    size (``N * D`` values) is what the computation holds anyway."""
+    if isinstance(x, torch.Tensor):
+        return x.to_dense() if x.layout != torch.strided else x
+    sparse = sys.modules.get("scipy.sparse")  # only loaded when the caller uses SciPy
+    if sparse is not None and sparse.issparse(x):
+        return x.toarray()  # type: ignore[attr-defined]
+    return x
+
+
 def as_array(x: object) -> object:
     """``x`` as the numpy array it holds when it is a buffer or array-like that is neither a numpy
     array nor a torch tensor (a ``memoryview``; an object with ``__array__``: a pandas DataFrame,
-    an xarray DataArray); anything else as given."""
+    an xarray DataArray), or as its dense array when it is sparse (``densify``); anything else as
+    given."""
+    x = densify(x)
     if isinstance(x, (np.ndarray, torch.Tensor)):
         return x
     if isinstance(x, memoryview) or hasattr(x, "__array__"):

@@ -740,3 +740,17 @@ def test_a_storage_hiccup_while_checking_a_path_dataset_is_left_to_the_dataset_t
     missing = params.model_copy(update={"path": str(tmp_path / "typo.csv")})
     with pytest.raises(ValueError, match="does not exist"):
         check_dataset_source(missing)
+
+
+@pytest.mark.parametrize(("device", "holds_gpu"), [("cpu", False), ("auto", True), ("cuda", True), ("cuda:1", True)])
+def test_a_pair_that_may_compute_on_the_gpu_holds_a_gpu_slot(device, holds_gpu):
+    """With ``alignment.device`` other than cpu, a pair aligning during extraction (a parallel
+    runner) shared the GPU with it: only ``extract-features`` held the ``prh-gpu`` slot."""
+    from flows.pipeline import pair_task
+    from tasks.align_task import align_pair
+    from tasks.params import AlignmentParams
+
+    task = pair_task(AlignmentParams(device=device))
+    assert set(task.tags) == ({"prh-align", "prh-gpu"} if holds_gpu else {"prh-align"})
+    assert task.name == align_pair.name and task.fn is align_pair.fn and task.retries == align_pair.retries
+    assert set(align_pair.tags) == {"prh-align"}  # the shared task itself is left as it was

@@ -301,3 +301,47 @@ def test_prepare_of_a_scalar_names_its_own_shape(given: object) -> None:
         prepare(given)
     with pytest.raises(ValueError, match=r"^x: expected \(N, D\) or \(L, N, D\) features, got shape \(\)$"):
         layer_matrix("cka", given, paired(n=8, dx=3, dy=3)[1])
+
+
+# --- (f) sparse features --------------------------------------------------------------------------
+
+def _sparse_pair() -> tuple[np.ndarray, np.ndarray]:
+    """A float64 pair whose x is mostly zeros (as bag-of-words or pruned activations are)."""
+    x, y = paired(n=24, dx=10, dy=7)
+    x = np.where(np.abs(x) < np.quantile(np.abs(x), 0.6), 0.0, x)  # 60% zeros
+    return x, y
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("layout", ["coo", "csr", "csc"])
+def test_torch_sparse_features_score_as_their_dense_values(layout: str) -> None:
+    """Torch sparse tensors failed inside torch (``NotImplementedError`` for 'aten::aminmax' on
+    SparseCPU; "Sparse CSR tensors do not have is_contiguous"); they are the dense features they
+    stand for."""
+    from tasks.metrics import calibrate
+
+    x, y = _sparse_pair()
+    dense = torch.from_numpy(x)
+    sparse = {"coo": dense.to_sparse, "csr": dense.to_sparse_csr, "csc": dense.to_sparse_csc}[layout]()
+    assert score("cka", sparse, y) == pytest.approx(ref.cka(x, y), rel=1e-10)
+    assert score("mutual_knn", sparse, y, topk=4) == pytest.approx(ref.mutual_knn(x, y, 4), abs=1e-12)
+    stack = [sparse, sparse] if layout != "coo" else torch.stack([dense, dense]).to_sparse()  # (2, N, D) COO
+    assert layer_matrix("cka", stack, y).ravel() == pytest.approx([ref.cka(x, y)] * 2, rel=1e-10)
+    assert calibrate("cka", sparse, y, permutations=3, seed=2).null.tolist() == \
+        pytest.approx(calibrate("cka", x, y, permutations=3, seed=2).null.tolist(), rel=1e-12)
+    prepared = prepare(sparse)
+    assert isinstance(prepared, torch.Tensor) and prepared.layout == torch.strided
+    assert prepared.numpy() == pytest.approx(ref.prepare(x), abs=1e-12)
+
+
+def test_scipy_sparse_features_score_as_their_dense_values() -> None:
+    """A SciPy sparse matrix was refused as an "unsupported feature container" by ``score`` and
+    as "features of dtype object" in a list of layers."""
+    sparse = pytest.importorskip("scipy.sparse")
+    x, y = _sparse_pair()
+    for given in (sparse.csr_matrix(x), sparse.coo_array(x)):
+        assert score("cka", given, y) == pytest.approx(ref.cka(x, y), rel=1e-10)
+        assert layer_matrix("mutual_knn", [given, x], y, topk=4).ravel() == \
+            pytest.approx([ref.mutual_knn(x, y, 4)] * 2, abs=1e-12)
+        prepared = prepare(given)
+        assert isinstance(prepared, np.ndarray) and prepared == pytest.approx(ref.prepare(x), abs=1e-12)
