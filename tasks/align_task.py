@@ -438,10 +438,23 @@ def duplicate_images(store: Store, dataset_version: str, sample_ids: list[str], 
         return None
 
 
+#: The last dataset's sample -> image table read, by (store URL, dataset version): a dataset
+#: version names its content, so every pair of a run (and of later runs in this process) reads it
+#: once, not once per pair. One entry: a large dataset's table is not held beside another's.
+_SAMPLE_IMAGES: dict[tuple[str, str], dict[str, str]] = {}
+
+
 def sample_images(store: Store, dataset_version: str) -> dict[str, str]:
-    """Sample id -> image id of every sample of the dataset version."""
-    ids = store.read_table(f"{layout.dataset_key(dataset_version)}/{layout.SAMPLES_FILE}", columns=["sample_id", "image_id"])
-    return dict(zip(ids.column("sample_id").to_pylist(), ids.column("image_id").to_pylist()))
+    """Sample id -> image id of every sample of the dataset version (read once per process and
+    version, ``_SAMPLE_IMAGES``; a failed read is not kept). The caller must not change it."""
+    key = (store.url, dataset_version)
+    held = _SAMPLE_IMAGES.get(key)
+    if held is None:
+        ids = store.read_table(f"{layout.dataset_key(dataset_version)}/{layout.SAMPLES_FILE}", columns=["sample_id", "image_id"])
+        held = dict(zip(ids.column("sample_id").to_pylist(), ids.column("image_id").to_pylist()))
+        _SAMPLE_IMAGES.clear()
+        _SAMPLE_IMAGES[key] = held
+    return held
 
 
 def permutation_groups(store: Store, dataset_version: str, sample_ids: list[str], params: AlignmentParams,

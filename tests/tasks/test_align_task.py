@@ -220,3 +220,47 @@ def test_the_alignment_device_is_where_the_engine_runs_and_not_part_of_a_version
         _align(Store(str(tmp_path / "cuda")), *_models(Store(str(tmp_path / "cuda"))), ["mutual_knn"], device="cuda")
     copied = _align(on_cpu, *_models(on_cpu), ["mutual_knn", "cka"], device="cuda")  # nothing to compute: no device needed
     assert copied["reused"] and copied["key"] == cpu["key"]
+
+
+def test_the_sample_image_table_is_read_once_for_every_pair_of_a_dataset(tmp_path, monkeypatch):
+    """Every pair read the dataset's sample -> image table again (``permutation_groups``): a zoo of
+    V x L pairs read it V·L times. A dataset version names its content, so one read serves every
+    pair; a read that fails is not kept, and another store or version is read anew."""
+    import logging
+
+    import pyarrow as pa
+
+    import tasks.align_task
+    from storage import layout
+    from storage.store import Store
+    from tasks.align_task import permutation_groups
+    from tasks.params import AlignmentParams
+
+    monkeypatch.setattr(tasks.align_task, "_SAMPLE_IMAGES", {}, raising=False)
+    reads: list[str] = []
+    read_table = Store.read_table
+    monkeypatch.setattr(Store, "read_table", lambda self, key, columns=None: (reads.append(key), read_table(self, key, columns))[1])
+    params, log = AlignmentParams(permutations=19), logging.getLogger("test")
+    samples = pa.table({"sample_id": ["a", "b", "c"], "image_id": ["i", "i", "j"]})
+    stores = [Store(str(tmp_path / name)) for name in ("one", "two")]
+    for store in stores:
+        store.write_bytes(f"{layout.dataset_key('v1')}/{layout.SAMPLES_FILE}", _parquet_bytes(samples))
+    missing = Store(str(tmp_path / "three"))
+    assert permutation_groups(missing, "v1", ["a", "b", "c"], params, ("m", "n"), log) is None  # unreadable: single rows
+    for _ in range(3):  # three pairs of one dataset
+        assert permutation_groups(stores[0], "v1", ["c", "a", "b"], params, ("m", "n"), log) == ["j", "i", "i"]
+    assert len(reads) == 2  # the failed read, then one read for the three pairs
+    missing.write_bytes(f"{layout.dataset_key('v1')}/{layout.SAMPLES_FILE}", _parquet_bytes(samples))
+    assert permutation_groups(missing, "v1", ["a", "b", "c"], params, ("m", "n"), log) == ["i", "i", "j"]  # read anew
+    assert permutation_groups(stores[1], "v1", ["a", "b", "c"], params, ("m", "n"), log) == ["i", "i", "j"]
+    assert len(reads) == 4
+
+
+def _parquet_bytes(table) -> bytes:
+    import io
+
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    return out.getvalue()
