@@ -1015,13 +1015,24 @@ def _run_checked(con: duckdb.DuckDBPyConnection, text: str, fetch: bool = True) 
         return result.to_arrow_table() if result is not None else pa.table({})
 
 
+#: How DuckDB's Python client words the ``RuntimeError`` it raises in place of a
+#: ``KeyboardInterrupt`` (Ctrl-C, a notebook kernel's interrupt) that stopped its query.
+_INTERRUPTED = "Query interrupted"
+
+
 @contextlib.contextmanager
 def _duckdb_errors() -> Iterator[None]:
     """DuckDB's errors while a checked statement runs, as :class:`ReadOnlyQueryError` (the
-    connection's lock refused it) or :class:`QueryError` (see :func:`query`)."""
+    connection's lock refused it) or :class:`QueryError` (see :func:`query`); a query stopped by
+    Ctrl-C (a notebook's interrupt button) as the ``KeyboardInterrupt`` it was: DuckDB catches it and
+    raises ``RuntimeError('Query interrupted')``, which read as a failed query."""
     try:
         yield
-    except duckdb.Error as error:
+    except RuntimeError as error:  # DuckDB's own for the KeyboardInterrupt it caught (a notebook's interrupt)
+        if str(error).startswith(_INTERRUPTED):
+            raise KeyboardInterrupt(f"the query was interrupted ({error})") from None
+        raise
+    except duckdb.Error as error:  # con.interrupt() from a thread (a watchdog): duckdb.InterruptException, a failure
         if isinstance(error, (duckdb.PermissionException, duckdb.InvalidInputException)) and any(marker in str(error) for marker in _LOCKED):
             raise ReadOnlyQueryError(
                 f"the catalog is read-only and reads only the store's files: {str(error).splitlines()[0]}"
