@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import logging
 import os
 import re
@@ -16,6 +15,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from flows.cli_console import BROKEN_PIPE_EXIT, print_or_exit
+from flows.cli_console import discard_stdout as _discard_stdout
+from flows.cli_console import output_failure as _output_failure
 from flows.cli_locale import typed_text, utf8_mode_command
 from flows.cli_signals import (STOP_SIGNALS, interrupts_noted, queries_stopped_by_ctrl_c, stop_on_sigterm,
                                stop_status)
@@ -127,10 +129,6 @@ def store_argument(args: argparse.Namespace) -> str:
 
 # Errors every command reports as one line (``prh CMD: error: ...``, exit 2): bad input.
 ONE_LINE_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError)
-
-#: Exit status when the reader of stdout went away (`prh run | head`): what a shell reports for a
-#: writer that SIGPIPE ended (128 + 13), not 1, which `prh run` exits with when models failed.
-BROKEN_PIPE_EXIT = 128 + 13
 
 STORE_HELP = f"store URL: a folder, file://..., s3://bucket/prefix (default: $PRH_STORE, else {CHECKOUT_STORE_SHOWN})"
 
@@ -277,17 +275,7 @@ class _VersionAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        try:
-            print(version_text())
-            sys.stdout.flush()  # here, not in Python's exit: `prh --version | true` is 141, `> /dev/full` one line
-        except BrokenPipeError:
-            _discard_stdout()
-            parser.exit(BROKEN_PIPE_EXIT)
-        except OSError as error:
-            message = _output_failure(error)
-            if message is None:
-                raise
-            parser.exit(2, f"prh: error: {message}\n")
+        print_or_exit(parser, version_text() + "\n")  # `prh --version | true` is 141, `> /dev/full` one line
         parser.exit()
 
 
@@ -448,35 +436,6 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "verify":
         return _verify(args)
     return _sql(args)
-
-
-def _discard_stdout() -> None:
-    """Point stdout's file descriptor at /dev/null: what is left in its buffer goes nowhere, so
-    that Python's flush of stdout at exit does not fail (and print a second error) again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
-
-#: Errors of a disk or device being written that no retry fixes: the output (or a file a command
-#: writes, such as ``prh report``'s page) cannot be written, which the command says in one line.
-_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
-
-
-def _output_failure(error: BaseException) -> str | None:
-    """One line for output that cannot be written (``prh sql --format csv > out.csv`` on a full
-    disk: ``No space left on device``; a failing device), or None for any other error (those keep
-    their traceback). When stdout itself cannot be flushed, what is left in its buffer is dropped,
-    so that Python's flush at exit does not fail again."""
-    if not isinstance(error, OSError) or error.errno not in _WRITE_ERRNOS:
-        return None
-    try:
-        if sys.stdout is not None:
-            sys.stdout.flush()
-    except OSError:
-        _discard_stdout()
-    where = f"'{error.filename}'" if error.filename else "the output"
-    return f"cannot write {where}: {error.strerror or error}; what was written before it stopped is incomplete"
 
 
 def _store_failure(error: BaseException, store: str) -> str | None:

@@ -12,11 +12,18 @@ no terminal. Here:
   Node.js and the tools built on it); any other value that is not empty: styles, even into a pipe;
 * otherwise ``rich``'s own choice: styles on a terminal (not a ``TERM=dumb`` one), none into a pipe
   or a file.
+
+It also says what ``prh`` does when its stdout cannot be written: a reader that went away (``prh sql
+... | head``) ends it quietly with :data:`BROKEN_PIPE_EXIT`; a full disk or a failing device with
+one line (:func:`output_failure`). :func:`print_or_exit` applies both to ``--version`` and
+``--help``, whose text argparse would otherwise write with the error swallowed.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import sys
 from typing import Any
 
 #: ``FORCE_COLOR`` values that ask for no colour.
@@ -38,3 +45,56 @@ def output_console(**options: Any) -> Any:
     if plain_output():
         options = {**options, "color_system": None, "force_terminal": False}
     return Console(**options)
+
+
+#: Exit status when the reader of stdout went away (`prh run | head`): what a shell reports for a
+#: writer that SIGPIPE ended (128 + 13), not 1, which `prh run` exits with when models failed.
+BROKEN_PIPE_EXIT = 128 + 13
+
+#: Errors of a disk or device being written that no retry fixes: the output (or a file a command
+#: writes, such as ``prh report``'s page) cannot be written, which the command says in one line.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
+
+
+def discard_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null: what is left in its buffer goes nowhere, so
+    that Python's flush of stdout at exit does not fail (and print a second error) again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def output_failure(error: BaseException) -> str | None:
+    """One line for output that cannot be written (``prh sql --format csv > out.csv`` on a full
+    disk: ``No space left on device``; a failing device), or None for any other error (those keep
+    their traceback). When stdout itself cannot be flushed, what is left in its buffer is dropped,
+    so that Python's flush at exit does not fail again."""
+    if not isinstance(error, OSError) or error.errno not in WRITE_ERRNOS:
+        return None
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except OSError:
+        discard_stdout()
+    where = f"'{error.filename}'" if error.filename else "the output"
+    return f"cannot write {where}: {error.strerror or error}; what was written before it stopped is incomplete"
+
+
+def print_or_exit(parser: Any, text: str) -> None:
+    """Write ``text`` to stdout and flush it (here, not in Python's exit); where that fails, exit
+    through ``parser`` (an ``argparse.ArgumentParser``): :data:`BROKEN_PIPE_EXIT` and nothing on
+    stderr when the reader went away (`prh --help | head -c0`), 2 with one line (``prh: error: cannot
+    write the output: ...``) on a full disk (`> /dev/full`). argparse's own printing swallows the
+    error of its write: ``--help`` had exited 0 having printed nothing, or 120 with Python's
+    "Exception ignored" from the flush at exit."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        discard_stdout()
+        parser.exit(BROKEN_PIPE_EXIT)
+    except OSError as error:
+        message = output_failure(error)
+        if message is None:
+            raise
+        parser.exit(2, f"prh: error: {message}\n")

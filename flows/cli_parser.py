@@ -7,7 +7,8 @@ and "unrecognized arguments" without naming ``--config``, and ``prh --store URL 
 the URL an invalid command. :class:`CommandParser` keeps argparse's usage line and exit status 2,
 and says instead which command or option was probably meant (``did you mean --config?``), where an
 option goes (after its command; ``--version`` before it), and that an SQL query is one argument.
-Standard library only.
+Its ``--help`` (``prh --help``, ``prh run --help``) ends as ``--version`` does when stdout cannot be
+written (``flows.cli_console.print_or_exit``). Standard library only.
 """
 
 from __future__ import annotations
@@ -70,6 +71,19 @@ class CommandParser(argparse.ArgumentParser):
     itself, naming what it did not understand in its place."""
 
     _argv: list[str] | None = None
+
+    def print_help(self, file: Any = None) -> None:
+        """``-h``/``--help`` into stdout, written and flushed here (``flows.cli_console.print_or_exit``):
+        where that fails, exit 141 (the reader went away) or 2 with one line (a full disk), as
+        ``--version`` does. argparse's printing swallows the error of its write (``prh --help | head
+        -c0`` exited 0 having printed nothing, or 120 with Python's "Exception ignored"). Into another
+        ``file``, argparse's own printing."""
+        if file is not None and file is not sys.stdout:
+            super().print_help(file)
+            return
+        from flows.cli_console import print_or_exit
+
+        print_or_exit(self, self.format_help())
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
         argv = list(sys.argv[1:] if args is None else args)

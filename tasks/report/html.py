@@ -1,7 +1,10 @@
 """The report page: one self-contained HTML file (figures and sample images as data: URIs).
 
-The page sets ``data-all-images-loaded`` on ``<body>`` once every ``<img>`` has decoded
-(``complete && naturalWidth > 0``), so a headless browser can check that nothing is broken.
+The page needs no script. Its one script does two small things: it sets ``data-all-images-loaded``
+on ``<body>`` once every ``<img>`` has decoded (``complete && naturalWidth > 0``), so a headless
+browser can check that nothing is broken; and it opens the closed data tables (``<details>``) for
+printing, in a browser whose print stylesheet cannot (no ``::details-content``), closing them again
+after (``beforeprint``, ``afterprint``).
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ h1{font-size:1.5em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px soli
 table{border-collapse:collapse;font-size:.85em;margin:.6em 0}th,td{border:1px solid #ddd;padding:3px 8px}
 th{background:#f6f6f6;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
 caption{caption-side:top;text-align:left;font-weight:600;padding:2px 0}
-.scroll{overflow-x:auto;max-width:100%}table.layers td{text-align:right;font-variant-numeric:tabular-nums}
+.scroll{overflow-x:auto;max-width:100%;container-type:inline-size}caption>span{position:sticky;left:0;display:inline-block;max-width:100cqw}table.layers td{text-align:right;font-variant-numeric:tabular-nums}
 .figs{display:flex;flex-wrap:wrap;gap:8px 16px;align-items:flex-start}
 figure{display:table;margin:4px 0 12px 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{display:table-caption;caption-side:bottom;font-size:.8em;color:#555}
 figcaption details{color:#222;font-size:1.1em;margin-top:2px}figcaption summary{cursor:pointer;color:#555}
 figcaption .scroll{width:0;min-width:100%}
 nav a{margin-right:1em;display:inline-block}
+.skip{position:absolute;left:-999em;top:8px;z-index:1;background:#fff;color:#222;padding:6px 10px;border:2px solid #222;border-radius:4px}
+.skip:focus{left:8px}main:focus{outline:none}
 .notes li{color:#7a4b00;overflow-wrap:anywhere}.footnote{font-size:.8em;color:#555}
 .example{border:1px solid #e2e2e2;border-radius:6px;padding:8px;margin:10px 0}
 .example .query{display:flex;flex-wrap:wrap;align-items:center;gap:10px;font-weight:600}
@@ -44,8 +49,8 @@ nav a{margin-right:1em;display:inline-block}
 .nb.shared{border-color:#1e7b34;background:#eef9f0}.nb img,.query img{width:96px;height:96px;object-fit:contain;background:#fafafa}
 .nb .sim{color:#555}.badge{font-size:.75em;color:#1e7b34;font-weight:600}.nb,.query span{overflow-wrap:anywhere}
 .nb .both{color:#1e7b34;font-weight:600}
-@media print{nav{display:none}body{max-width:none;margin:0;padding:0;color:#000}.scroll{overflow:visible}
-figure,.example{break-inside:avoid}table{font-size:.7em}a{color:inherit}}
+@media print{nav{display:none}.skip{display:none}body{max-width:none;margin:0;padding:0;color:#000}.scroll{overflow:visible}
+figure,.example{break-inside:avoid}table{font-size:.7em}a{color:inherit}details::details-content{content-visibility:visible}}
 """
 
 SCRIPT = """
@@ -53,6 +58,10 @@ function prhCheckImages(){var imgs=Array.prototype.slice.call(document.images);
 var ok=imgs.filter(function(i){return i.complete&&i.naturalWidth>0;}).length;var b=document.body.dataset;
 b.imagesTotal=imgs.length;b.imagesLoaded=ok;b.allImagesLoaded=String(ok===imgs.length);}
 window.addEventListener('load',prhCheckImages);prhCheckImages();
+var prhOpened=[];
+window.addEventListener('beforeprint',function(){prhOpened=Array.prototype.filter.call(
+document.querySelectorAll('details:not([open])'),function(d){d.open=true;return true;});});
+window.addEventListener('afterprint',function(){prhOpened.forEach(function(d){d.open=false;});prhOpened=[];});
 """
 
 
@@ -83,16 +92,25 @@ def shortened(text: str, limit: int = CAPTION_LIMIT) -> str:
     return text[: limit - _CAPTION_TAIL - 3] + " … " + text[-_CAPTION_TAIL:]
 
 
+#: The ``id`` of ``<main>``, which the skip link leads to.
+CONTENT_ID = "content"
+
+
 def page(title: str, meta: dict[str, Any], sections: list[str], navigation: str = "") -> str:
-    """The whole document: a title, the run's facts, the links to the sections (``navigation``,
-    :func:`contents`), the sections (HTML fragments) in ``<main>``, the image check."""
+    """The whole document: a skip link, a title, the run's facts, the links to the sections
+    (``navigation``, :func:`contents`), the sections (HTML fragments) in ``<main>``, the script.
+
+    The skip link is the first thing the keyboard reaches (WCAG 2.4.1): off screen until it has the
+    focus, then shown at the top left (``.skip:focus``), it leads past the header and the section
+    links to ``<main>`` (``tabindex="-1"``, so that every browser moves the focus there too)."""
     facts = " · ".join(f"{escape(k)}: <code>{escape(str(v))}</code>" for k, v in meta.items() if v not in (None, ""))
     body = "\n".join(sections)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{escape(title)}</title>"
-        f"<style>{STYLE}</style></head>\n<body data-all-images-loaded=\"false\">\n"
-        f"<h1>{escape(title)}</h1>\n<p class=\"meta\">{facts}</p>\n{navigation}\n<main>\n{body}\n</main>\n"
+        f"<style>{STYLE}</style></head>\n<body data-all-images-loaded=\"false\">"
+        f"<a class=\"skip\" href=\"#{CONTENT_ID}\">Skip to the content</a>\n"
+        f"<h1>{escape(title)}</h1>\n<p class=\"meta\">{facts}</p>\n{navigation}\n<main id=\"{CONTENT_ID}\" tabindex=\"-1\">\n{body}\n</main>\n"
         f"<script>{SCRIPT}</script>\n</body></html>\n"
     )
 
@@ -113,12 +131,25 @@ def contents(entries: list[tuple[str, str]]) -> str:
     return "<nav aria-label=\"Sections of the report\">" + "".join(f"<a href=\"#{escape(a)}\">{escape(t)}</a>" for a, t in entries) + "</nav>"
 
 
+#: What kind of picture each figure is (by the start of its name, ``build.FIGURE_FILE``): its alt
+#: text, which the caption beside it (``<figcaption>``) completes.
+FIGURE_KINDS = (("model-heatmap-", "Heatmap of the model pairs"),
+                ("layers-", "Heatmaps of every layer pair, one panel per metric"),
+                ("quality-", "Plot of the score against language-model quality, one line per vision model"),
+                ("size-", "Plots of the score against the parameter count of each model, one line per partner model"))
+
+
 def figure(rendered: RenderedFigure, data: str = "") -> str:
     """A figure embedded as a PNG data: URI, with its caption and the name of its files; ``data``:
     the figure's numbers as tables (:func:`grid_table`, :func:`points_table`), shown in a closed
-    ``<details>`` under the caption (opened by a click or Enter, no script), which the image's
-    alt text points at: a screen reader gets every number the figure draws."""
-    alt = rendered.caption + (" (figure; its numbers are in the data table under the caption)" if data else "")
+    ``<details>`` under the caption (opened by a click or Enter, no script; printed opened),
+    which the image's alt text points at: a screen reader gets every number the figure draws.
+
+    The alt text says what kind of picture it is (:data:`FIGURE_KINDS`) and where its numbers are,
+    not the caption again: the ``<figcaption>`` is read with the figure, and a caption repeated as
+    alt text was read twice."""
+    kind = next((what for start, what in FIGURE_KINDS if rendered.name.startswith(start)), "Figure")
+    alt = kind + ("; its numbers are in the data table under the caption" if data else "")
     details = f"<details><summary>Data table</summary>{data}</details>" if data else ""
     return (
         f"<figure data-figure=\"{escape(rendered.name)}\"><img src=\"{data_uri(rendered.png)}\" alt=\"{escape(alt)}\">"
@@ -139,7 +170,10 @@ def table(header: list[str], body: list[list[str]], numeric: set[int] | None = N
     cells are scoped (``scope="col"``; with ``row_headers`` each row's first cell is its header,
     ``scope="row"``); ``caption`` says what the table holds. The table sits in its own scroll box
     (``.scroll``, reachable by keyboard, named by the caption), so a wide table scrolls there, not
-    the whole page (on a phone at 320 px the best-scores table had made the page 905 px wide)."""
+    the whole page (on a phone at 320 px the best-scores table had made the page 905 px wide). The
+    caption stays the table's ``<caption>``, its text held at the box's left edge and wrapped to
+    its width (``caption>span``: sticky, at most ``100cqw`` of the box), so that it stays in view
+    while the table scrolls under it (it had scrolled away with the table)."""
     numeric = numeric or set()
     head = "".join(f"<th scope=\"col\">{escape(h)}</th>" for h in header)
 
@@ -150,7 +184,7 @@ def table(header: list[str], body: list[list[str]], numeric: set[int] | None = N
 
     lines = ["<tr>" + "".join(cell(i, c) for i, c in enumerate(r)) + "</tr>" for r in body]
     cls = f" class=\"{escape(css_class)}\"" if css_class else ""
-    named = f"<caption>{escape(caption)}</caption>" if caption else ""
+    named = f"<caption><span>{escape(caption)}</span></caption>" if caption else ""
     return (f"<div class=\"scroll\" role=\"region\" tabindex=\"0\" aria-label=\"{escape(caption or 'table')}\">"
             f"<table{cls}>{named}<thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table></div>")
 
@@ -287,10 +321,13 @@ def _neighbour_row(model: str, neighbours: list[Neighbour], examples: NeighbourE
 
 
 def _image(sample: Any) -> str:
+    """A sample's thumbnail with an empty alt text: its caption, shown beside it, is its text
+    alternative (the image and its caption are one pair of the dataset), and as alt text it had
+    been read twice (WCAG technique H67: an image that adjacent text already describes)."""
     png = thumbnail_png(sample.image) if sample is not None else None
     if png is None:
         return ""
-    return f"<img src=\"{data_uri(png)}\" alt=\"{escape(shortened(sample.text))}\">"
+    return f"<img src=\"{data_uri(png)}\" alt=\"\">"
 
 
 # The figures' numbers, as tables: what a sighted reader takes from a figure's colours, positions

@@ -3,7 +3,11 @@ usage line and exit status 2 kept. Each case had been argparse's bare message.""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +129,37 @@ def test_help_says_what_each_exit_status_means_and_each_command_what_it_does(cap
     text = capsys.readouterr().out
     assert "\nQuery the catalog with DuckDB SQL (read-only).\n" in text
     assert " ".join(text.split("--format {table,csv,json}", 2)[2].split()).startswith("table: for reading")
+
+
+def _help_with_stdout(argv: list[str], stdout: str, unbuffered: bool) -> subprocess.CompletedProcess[str]:
+    """``prh ARGV`` with its stdout a pipe whose reader has gone (``stdout="closed pipe"``) or
+    ``/dev/full``; buffered as in a user's shell, or ``PYTHONUNBUFFERED`` (each write at once)."""
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    command = [sys.executable, "-m", "flows.cli", *argv]
+    if stdout == "/dev/full":
+        return subprocess.run(["bash", "-c", 'exec "$@" >/dev/full', "prh", *command], env=env, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before prh writes: no race with a reader that exits
+    try:
+        return subprocess.run(command, env=env, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["catalog", "export", "-h"]], ids=" ".join)
+def test_help_into_a_closed_pipe_or_a_full_disk_ends_as_version_does(argv, unbuffered):
+    """`prh --help | head -c0`: argparse swallows the error of its write, so --help (of prh or of a
+    command) had exited 0 having printed nothing (unbuffered), or 120 with Python's "Exception
+    ignored ... BrokenPipeError" from the flush at exit; `> /dev/full` the same with an OSError.
+    Now as ``prh --version``: 141 and nothing on stderr for a reader gone, exit 2 and one line for
+    a full disk."""
+    closed = _help_with_stdout(argv, "closed pipe", unbuffered)
+    assert (closed.returncode, closed.stderr) == (BROKEN_PIPE_EXIT, "")
+    if Path("/dev/full").exists():
+        full = _help_with_stdout(argv, "/dev/full", unbuffered)
+        assert (full.returncode, full.stderr) == (2, "prh: error: cannot write the output: No space left on device; "
+                                                     "what was written before it stopped is incomplete\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -681,3 +682,131 @@ def test_abbreviations_are_explained_where_first_used(report):
     start = text.index(intro)
     for term in ("τ", "×null", "α", "Benjamini–Hochberg q-value"):
         assert start <= text.find(term) < start + len(intro), term
+
+
+def _browser() -> str:
+    import shutil
+
+    browser = shutil.which("chromium") or "/usr/bin/chromium"
+    if not shutil.which(browser):
+        pytest.skip("no chromium")
+    return browser
+
+
+def _probed(page: str, probe: str, tmp_path, width: int = 320) -> Any:
+    """``page`` in headless Chromium inside a ``width`` px wide frame; ``probe``: the body of a
+    JavaScript function, run once the page has loaded (after the page's own script), whose result
+    comes back through JSON."""
+    import html as html_text
+    import json
+    import subprocess
+
+    script = ("<script>window.addEventListener('load',function(){var r=(function(){" + probe + "})();"
+              "parent.document.title='probe '+JSON.stringify(r);});</script>")
+    head, tail = page.rsplit("</body>", 1)
+    (tmp_path / "page.html").write_text(head + script + "</body>" + tail, encoding="utf-8")
+    (tmp_path / "host.html").write_text('<!DOCTYPE html><title>-</title><body style="margin:0">'
+                                        f'<iframe src="page.html" style="border:0;width:{width}px;height:600px"></iframe>')
+    dom = subprocess.run([_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+                          (tmp_path / "host.html").as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r"<title>probe (.*?)</title>", dom, re.S)
+    assert found, dom[:500]
+    return json.loads(html_text.unescape(found.group(1)))
+
+
+def _printed_pages(page: str, tmp_path, name: str) -> int:
+    """How many sheets Chromium prints ``page`` on (``--print-to-pdf``: its print stylesheet)."""
+    import subprocess
+
+    source, pdf = tmp_path / f"{name}.html", tmp_path / f"{name}.pdf"
+    source.write_text(page, encoding="utf-8")
+    subprocess.run([_browser(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+                    "--no-pdf-header-footer", f"--print-to-pdf={pdf}", source.as_uri()], capture_output=True, timeout=120)
+    return len(re.findall(rb"/Type\s*/Page(?![A-Za-z])", pdf.read_bytes()))
+
+
+def test_the_figures_alt_text_adds_to_the_caption_rather_than_repeating_it(report):
+    """A figure's image had its caption as alt text, and the caption under it: a screen reader
+    read it twice. The alt text now says what kind of picture it is and where its numbers are;
+    the caption is read once, from the ``<figcaption>``."""
+    from tests.tasks.report.page import find_all, read
+
+    root, _ = read(report.html)
+    for figure in find_all(root, "figure"):
+        (image,) = find_all(figure, "img")
+        (caption,) = find_all(figure, "figcaption")
+        (details,) = find_all(caption, "details")  # its data table's caption says what the table holds, in its own words
+        shown = caption.text.replace(details.text, "")
+        rendered = report.figure(figure.attrs["data-figure"])
+        assert rendered.caption in shown and rendered.caption not in image.attrs["alt"]
+        assert (image.attrs["alt"] + shown).count(rendered.caption) == 1
+
+
+def test_closed_data_tables_are_printed_without_a_script(report, tmp_path):
+    """A print stylesheet could not open a ``<details>``: the closed data tables (every figure's
+    numbers) were left off paper. Printed by Chromium with the page's script removed (a reader
+    without JavaScript), the closed page takes as many sheets as the page with every table open."""
+    without_script = re.sub(r"<script>.*?</script>", "", report.html, flags=re.S)
+    assert "<details>" in without_script
+    opened = _printed_pages(without_script.replace("<details>", "<details open>"), tmp_path, "opened")
+    closed = _printed_pages(without_script, tmp_path, "closed")
+    assert opened > 1 and closed == opened
+
+
+def test_the_print_script_opens_the_closed_tables_and_closes_them_again(report, tmp_path):
+    """For a browser whose print stylesheet cannot show a closed ``<details>`` (before
+    ``::details-content``), the page's script opens each closed one before printing
+    (``beforeprint``) and closes those again after (``afterprint``); one opened by the reader stays open."""
+    probe = ("var all=document.querySelectorAll('details');all[0].open=true;"
+             "function closed(){return document.querySelectorAll('details:not([open])').length;}"
+             "var before=closed();window.dispatchEvent(new Event('beforeprint'));var printing=closed();"
+             "window.dispatchEvent(new Event('afterprint'));"
+             "return {total:all.length,before:before,printing:printing,after:closed(),first:all[0].open};")
+    found = _probed(report.html, probe, tmp_path)
+    assert found["total"] > 1 and found["before"] == found["total"] - 1
+    assert (found["printing"], found["after"], found["first"]) == (0, found["before"], True)
+
+
+def test_a_skip_link_comes_first_and_shows_when_focused(report, tmp_path):
+    """No way past the header and the section links to the content (WCAG 2.4.1): the first
+    focusable element is now a link to ``<main>``, off screen until it has the focus, then shown
+    at the top of the page (WCAG 2.4.7)."""
+    from tests.tasks.report.page import find_all, read
+
+    root, _ = read(report.html)
+    (body,) = find_all(root, "body")
+    first = body.children[0]
+    (main,) = find_all(root, "main")
+    assert first.tag == "a" and first.attrs["href"] == f"#{main.attrs['id']}" and "skip" in first.text.lower()
+    probe = ("var link=document.querySelector('a[href],summary,[tabindex]:not([tabindex=\"-1\"])');"
+             "function box(){var r=link.getBoundingClientRect();return [r.left,r.top,r.right,r.bottom];}"
+             "var before=box();link.focus();"
+             "return {href:link.getAttribute('href'),before:before,after:box(),focused:document.activeElement===link,"
+             "width:innerWidth,height:innerHeight};")
+    found = _probed(report.html, probe, tmp_path)
+
+    def shown(b: list[float]) -> bool:
+        return 0 <= b[0] and b[2] <= found["width"] and 0 <= b[1] and b[3] <= found["height"] and b[2] - b[0] > 20 and b[3] - b[1] > 10
+
+    assert found["href"] == f"#{main.attrs['id']}" and found["focused"]
+    assert not shown(found["before"]) and shown(found["after"]), found
+
+
+def test_a_wide_tables_caption_stays_in_view_while_the_table_scrolls(report, tmp_path):
+    """On a phone (320 px) a wide table scrolls in its own box, and its caption had scrolled away
+    with it: scrolled to its right end, the caption now stays inside the box's visible width."""
+    probe = ("var out=[];[].forEach.call(document.querySelectorAll('.scroll'),function(box){"
+             "var caption=box.querySelector('caption');if(!caption||box.scrollWidth<=box.clientWidth+1)return;"
+             "box.scrollLeft=box.scrollWidth;var b=box.getBoundingClientRect();var range=document.createRange();"
+             "range.selectNodeContents(caption);var lines=[].filter.call(range.getClientRects(),function(r){return r.width>0;});"
+             "out.push({caption:caption.textContent,scrolled:box.scrollLeft,box:[b.left,b.right],"
+             "text:[Math.min.apply(null,lines.map(function(r){return r.left;})),Math.max.apply(null,lines.map(function(r){return r.right;}))]});"
+             "});return out;")
+    found = _probed(report.html.replace("<details>", "<details open>"), probe, tmp_path)
+    captions = {f["caption"] for f in found}
+    assert "The run's models" in captions and "Best layer pair of each model pair, per metric, most aligned first" in captions
+    for f in found:
+        assert f["scrolled"] > 0
+        assert f["box"][0] - 0.5 <= f["text"][0] and f["text"][1] <= f["box"][1] + 0.5, f
