@@ -37,11 +37,15 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"
 
 def configure_environment() -> None:
     """Prefect with a project-local home (where ``$PREFECT_HOME`` is unset or empty:
-    :func:`flows.prefect_env.prefect_home`), telemetry off, a patient temporary server."""
+    :func:`flows.prefect_env.prefect_home`), log lines dated in UTC and coloured only where the
+    environment allows, telemetry off, a patient temporary server."""
     from flows.local_paths import default_prefect_home
-    from flows.prefect_env import prefect_home  # light: no Prefect import
+    from flows.prefect_env import logging_environment, prefect_home  # light: no Prefect import
 
     os.environ["PREFECT_HOME"] = prefect_home(default_prefect_home())
+    # before Prefect is imported (it sets its logging up then): console lines dated in UTC, and no
+    # colour where NO_COLOR / FORCE_COLOR=0 ask for none (flows.prefect_env.logging_environment)
+    os.environ.update(logging_environment())
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

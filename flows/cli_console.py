@@ -24,17 +24,20 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 #: ``FORCE_COLOR`` values that ask for no colour.
 NO_FORCE = frozenset({"0", "false", "no", "off"})
 
 
-def plain_output() -> bool:
-    """Whether the environment asks for output without escape codes (module docstring)."""
-    if os.environ.get("NO_COLOR", "") != "":
+def plain_output(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment (``environ``, default ``os.environ``) asks for output without
+    escape codes (module docstring)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("NO_COLOR", "") != "":
         return True
-    return os.environ.get("FORCE_COLOR", "").strip().lower() in NO_FORCE
+    return environ.get("FORCE_COLOR", "").strip().lower() in NO_FORCE
 
 
 def output_console(**options: Any) -> Any:

@@ -120,13 +120,13 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
     retried: list[dict[str, Any]] = []  # the models and pairs that succeeded after failed attempts
 
     def features_done(collected: dict[str, dict[str, Any]]) -> None:  # a run killed while aligning names them
-        record.update(_feature_outcome(collected), retried=retried, **_work_done(dataset, collected, []))
+        record.update(_feature_outcome(collected), retried=retried, **work_done(dataset, collected, []))
         write_progress(record)
 
     try:
         features, alignments, failures = run_zoo(config, store_url, dataset, extract_missing, features, done, failed=failed,
                                                  retried=retried, on_features=features_done, timings=timings)
-        record.update(_feature_outcome(features), **_work_done(dataset, features, alignments))  # also when reading the scores below fails
+        record.update(_feature_outcome(features), **work_done(dataset, features, alignments))  # also when reading the scores below fails
     except BaseException:
         # stopped or failed: the record still says which models' features it had (extracted or
         # reused) when it stopped (a nightly stopped mid-alignment had listed none, and its rerun
@@ -136,7 +136,7 @@ def _run_recorded(config: PipelineConfig, target: Store, record: dict[str, Any],
         # *_latest views, `prh report`), and this one's grid is not whole. And which models and
         # pairs had failed by then (`failures`: none had been listed, as if none had failed)
         record.update(_feature_outcome(features), failures=failed, retried=retried, **_partial_alignment_outcome(done),
-                      **_work_done(dataset, features, done))
+                      **work_done(dataset, features, done))
         raise
     publishing = time.perf_counter()
     best = add_q_values(best_rows(target, alignments))
@@ -179,7 +179,7 @@ def best_rows(target: Store, alignments: list[dict[str, Any]]) -> list[dict[str,
     return rows
 
 
-def _work_done(dataset: dict[str, Any], features: dict[str, dict[str, Any]], alignments: list[dict[str, Any]]
+def work_done(dataset: dict[str, Any], features: dict[str, dict[str, Any]], alignments: list[dict[str, Any]]
                ) -> dict[str, Any]:
     """The run record's ``task_seconds`` and ``bytes_published`` from the manifests of what the run
     has done so far: ``{"extract": {model: seconds}, "align": {"a x b": seconds}}`` for the models it
@@ -197,7 +197,8 @@ def _work_done(dataset: dict[str, Any], features: dict[str, dict[str, Any]], ali
 def run_usage(record: dict[str, Any]) -> str:
     """What a run took, from its ``record``, for the line its log ends with (also a failed or
     stopped run's, as far as it got): ``stages: setup 1.2 s, dataset 12.1 s, extract 655.0 s, align 61.3 s,
-    publish 2.0 s; peak memory 1843 MiB, GPU 512 MiB; published 61.2 MB``."""
+    publish 2.0 s; peak memory 1843 MiB, GPU 512 MiB; published 61.2 MB; read 130.5 MB`` (an
+    extraction stage's: its stages)."""
     timings = record.get("stage_seconds") or {}
     stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in timings.items()) or "none reached"
     memory = record.get("peak_rss_mb")
@@ -205,9 +206,13 @@ def run_usage(record: dict[str, Any]) -> str:
     used = f"peak memory {memory:.0f} MiB" if isinstance(memory, (int, float)) else "peak memory unknown"
     if isinstance(gpu, (int, float)):
         used += f", GPU {gpu:.0f} MiB"
-    written = record.get("bytes_published")
-    shown = f"{written / 1e6:.1f} MB" if isinstance(written, int) else "nothing"
-    return f"stages: {stages}; {used}; published {shown}"
+    return f"stages: {stages}; {used}; published {_megabytes(record.get('bytes_published'))}; " \
+           f"read {_megabytes(record.get('bytes_read'))}"
+
+
+def _megabytes(count: Any) -> str:
+    """``61.2 MB`` (10^6 bytes) for a record's count of bytes, ``nothing`` where it has none."""
+    return f"{count / 1e6:.1f} MB" if isinstance(count, int) and not isinstance(count, bool) else "nothing"
 
 
 def _partial_alignment_outcome(alignments: list[dict[str, Any]]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shlex
 import shutil
 import uuid
 import warnings
@@ -41,6 +42,59 @@ def prefect_home(default: str, environ: Mapping[str, str] | None = None) -> str:
     started from. Every place of prh that reads the variable reads it through this."""
     value = (os.environ if environ is None else environ).get("PREFECT_HOME", "")
     return value if value.strip() else default
+
+
+#: Prefect's variables of its console formatter (``formatters.standard`` of its ``logging.yml``):
+#: the formatter's class (Prefect names the key ``()``, which its variable name spells as a
+#: trailing ``_``) and its three line formats, the time first (``%(asctime)s``: the date-time in UTC
+#: to the millisecond, ``flows.log_format.UtcFormatter``), the rest as Prefect writes them.
+UTC_LOG_FORMAT = {
+    "PREFECT_LOGGING_FORMATTERS_STANDARD_": "flows.log_format.UtcFormatter",
+    "PREFECT_LOGGING_FORMATTERS_STANDARD_FORMAT": "%(asctime)s | %(levelname)-7s | %(name)s - %(message)s",
+    "PREFECT_LOGGING_FORMATTERS_STANDARD_FLOW_RUN_FMT":
+        "%(asctime)s | %(levelname)-7s | Flow run %(flow_run_name)r - %(message)s",
+    "PREFECT_LOGGING_FORMATTERS_STANDARD_TASK_RUN_FMT":
+        "%(asctime)s | %(levelname)-7s | Task run %(task_run_name)r - %(message)s",
+}
+#: Variables that give Prefect a logging configuration file of one's own (its whole configuration):
+#: prh then leaves the format to it.
+LOGGING_FILE_VARIABLES = ("PREFECT_LOGGING_SETTINGS_PATH", "PREFECT_LOGGING_CONFIG_PATH")
+
+
+def logging_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The ``PREFECT_LOGGING_*`` variables prh adds to the environment ``environ`` (default
+    ``os.environ``; its ``PREFECT_HOME`` already settled) of a Prefect process it starts, those
+    ``environ`` lacks:
+
+    - the console lines' time in UTC with its date (:data:`UTC_LOG_FORMAT`:
+      ``2026-03-04T02:00:01.234Z | INFO    | Flow run 'calm-fox' - ...``; Prefect's own reads
+      ``02:00:01.234``, the local time of day), unless ``environ`` configures Prefect's console
+      format itself: a logging file of its own (:data:`LOGGING_FILE_VARIABLES`, or
+      ``logging.yml`` in ``PREFECT_HOME``, which Prefect reads instead of its own) or any
+      ``PREFECT_LOGGING_FORMATTERS_STANDARD_*`` variable;
+    - ``PREFECT_LOGGING_COLORS=false`` where ``NO_COLOR`` or ``FORCE_COLOR=0`` asks for output
+      without escape codes (``flows.cli_console.plain_output``): Prefect's console handler
+      coloured its lines whatever they said (``rich`` drops only colours under ``NO_COLOR`` and
+      reads ``FORCE_COLOR=0`` as "force")."""
+    from flows.cli_console import plain_output  # light: rich is imported only to print
+
+    environ = os.environ if environ is None else environ
+    added: dict[str, str] = {}
+    home = environ.get("PREFECT_HOME", "").strip() or "~/.prefect"  # Prefect's default home
+    own_file = (any(environ.get(name, "").strip() for name in LOGGING_FILE_VARIABLES)
+                or (Path(home).expanduser() / "logging.yml").exists())
+    own_format = any(name.startswith("PREFECT_LOGGING_FORMATTERS_STANDARD_") for name in environ)
+    if not own_file and not own_format:
+        added.update(UTC_LOG_FORMAT)
+    if plain_output(environ) and "PREFECT_LOGGING_COLORS" not in environ:
+        added["PREFECT_LOGGING_COLORS"] = "false"
+    return added
+
+
+def shell_exports(environ: Mapping[str, str] | None = None) -> str:
+    """:func:`logging_environment` as ``export NAME=value`` lines for a POSIX shell, for a Prefect
+    worker started by hand: ``eval "$(python -m flows.prefect_env)"``."""
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in logging_environment(environ).items())
 
 
 @contextlib.contextmanager
@@ -202,3 +256,7 @@ def _from_prefect(error: BaseException) -> bool:
     its database (or is the temporary server that never answered)."""
     return any(type(found).__module__.split(".")[0] in ("prefect", "httpx", "httpcore", "sqlalchemy", "sqlite3")
                or "Prefect API server" in str(found) for found in error_chain(error))
+
+
+if __name__ == "__main__":  # eval "$(python -m flows.prefect_env)": prh's logging variables for a worker started by hand
+    print(shell_exports(), end="")

@@ -7,8 +7,9 @@ and the run record.
   rough time left (the mean time per item so far, times the items left). A stage of many pairs
   had logged nothing between one pair's lines and the next's: how far a 600-pair night had got
   was a count of ``Finished in state`` lines by hand.
-- :class:`ResourceMeter`: the flow process's peak resident memory and, where torch has used a
-  CUDA device in it, the peak GPU memory torch allocated, over the run.
+- :class:`ResourceMeter`: the flow process's peak resident memory, where torch has used a CUDA
+  device in it the peak GPU memory torch allocated, and the bytes it read from stores' data
+  files (``storage.bytes_read``), over the run.
 - :func:`bytes_published`: the bytes of the files of the versions a run published.
 
 Prefect is imported by :func:`stage_logger` alone: the tests drive the rest with a clock of their own.
@@ -23,6 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from storage.bytes_read import bytes_read
 
 #: Seconds between two progress lines of one stage (:class:`StageProgress`); its last line comes
 #: whenever the stage ends.
@@ -121,13 +124,18 @@ class ResourceMeter:
     ``peak_rss_mb`` (the peak resident memory of the process, in MiB: the flow's process, where
     the sequential and thread runners run every task; not a Dask worker's), ``peak_gpu_mb`` (the
     peak memory torch allocated on its CUDA devices in this process, summed over them; None when
-    the process used none) and ``peak_rss_since_start`` (False where the peak could not be
-    restarted: then it is the process's since it began)."""
+    the process used none), ``peak_rss_since_start`` (False where the peak could not be
+    restarted: then it is the process's since it began) and ``bytes_read`` (the bytes of stores'
+    features and tables read in this process, ``storage.bytes_read``: every task's under the
+    sequential and thread runners, not a Dask worker's; another run in the same process at the
+    same time counts in too)."""
 
     def __init__(self) -> None:
         self.reset = False
+        self.read_before = 0
 
     def start(self) -> None:
+        self.read_before = bytes_read()
         self.reset = _reset_peak_rss()
         cuda = _torch_cuda()
         if cuda is not None:
@@ -141,7 +149,7 @@ class ResourceMeter:
         if cuda is not None:
             gpu = round(sum(cuda.max_memory_allocated(device) for device in range(cuda.device_count())) / 2**20, 1)
         return {"peak_rss_mb": None if kib is None else round(kib / 1024, 1), "peak_gpu_mb": gpu,
-                "peak_rss_since_start": self.reset}
+                "peak_rss_since_start": self.reset, "bytes_read": bytes_read() - self.read_before}
 
 
 def bytes_published(manifests: list[dict[str, Any]]) -> int:

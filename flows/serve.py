@@ -72,6 +72,10 @@ def prefect_env(port: int, home: Path, base: Mapping[str, str] | None = None,
     if history_days > 0:  # events are vacuumed by default; flow runs only when asked
         env.update(PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED="events,flow_runs",
                    PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD=str(history_days * 86400))
+    # log lines dated in UTC (server.log, worker-*.log and the flow runs' lines), no colour under NO_COLOR
+    from flows.prefect_env import logging_environment  # light: no Prefect import
+
+    env.update(logging_environment(env))
     return env
 
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 from uuid import UUID
 
@@ -23,8 +24,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
-from flows.pipeline import (ZooFailures, check_dataset_source, collect_features, failure_text, finished_by_name, log_failures,
-                            log_recovery, note_retried_tasks, submit_extractions)
+from flows.pipeline import (ZooFailures, work_done, check_dataset_source, collect_features, failure_text, finished_by_name,
+                            log_failures, log_recovery, note_retried_tasks, run_usage, submit_extractions)
+from flows.progress import ResourceMeter, StageProgress, bytes_published, stage_logger
 from flows.run_record import new_record, recorded, run_id_of, stop_tasks_in_flight, write_progress
 from flows.run_store import run_store
 from flows.runners import check_run_environment, flow_task_runner
@@ -47,12 +49,16 @@ def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str,
     version on to the alignment stage from there. The stage keeps its record at
     ``runs/extractions/<run_id>.json`` (``RUNNING`` with a sign of life while it runs, then the
     outcome with the dataset and feature versions): ``prh gc`` waits for a live extraction and
-    keeps what it published or reused for the alignment stage.
+    keeps what it published or reused for the alignment stage. The record says where the stage's
+    time and memory went, as a pipeline run's does (``stage_seconds``: ``setup``, ``dataset``,
+    ``extract``, ``publish``; ``task_seconds``; ``peak_rss_mb``, ``peak_gpu_mb``;
+    ``bytes_published``, ``bytes_read``), and so does its last log line.
 
     Args:
         config: The run (only its dataset and models matter here).
         store: Where results go: a folder, file://..., or s3://bucket/prefix.
     """
+    entered = time.perf_counter()  # the stage's `setup`: its checks, the store's, its record
     check_run_environment()  # a bad $PRH_TASK_RUNNER (or other setting) fails the run naming it (see flow_task_runner)
     target = run_store(store)  # memory:// (kept by no one) and URLs fsspec cannot open alone are refused, naming the store
     check_dataset_source(config.dataset)  # the demo's n beyond what its font draws, a path not there: refused first
@@ -62,21 +68,38 @@ def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str,
     read: RecordsRead = {}
     log_recovery(*open_for_run(target, run_id=run_id, read=read), ended=sweep_ended_signs(target))
     with recorded(target, layout.extraction_key(run_id), new_record(target, config, run_id, "prh-extract"), read) as record:
-        return _extract_recorded(config, target, record)
+        meter = ResourceMeter()
+        meter.start()
+        record["stage_seconds"] = {"setup": round(time.perf_counter() - entered, 3)}
+        try:
+            return _extract_recorded(config, target, record)
+        finally:  # whatever ended the stage: what it used, for its record and its log (as a pipeline run's)
+            record.update(meter.read())
+            stage_logger().info("run %s: %s", run_id, run_usage(record))
 
 
 def _extract_recorded(config: PipelineConfig, target: Store, record: dict[str, Any]) -> dict[str, Any]:
     """The body of :func:`prh_extract`: sets the outcome of ``record`` (the stage's, ``RUNNING``);
     :func:`flows.run_record.recorded` writes it whatever happens."""
     logger = get_run_logger()
+    timings: dict[str, float] = record.setdefault("stage_seconds", {})  # as far as the stage got, in every record written
+    started = time.perf_counter()
     dataset = load_dataset(config.dataset, target.url, alignment=config.alignment)
+    timings["dataset"] = round(time.perf_counter() - started, 3)
+    record["bytes_published"] = bytes_published([dataset])
     record["dataset_version"] = dataset["catalog"]["dataset_version"]  # also in the record of a stage stopped from here on
     write_progress(record)  # and of one killed from here on
+    started = time.perf_counter()
+    progress = StageProgress("extract", 0, "models", logger)  # the models' checks count in the stage, as in prh-pipeline
     extracting, failures = submit_extractions(config, target.url, dataset)
+    progress.total = len(extracting)
     manifests: dict[str, dict[str, Any]] = {}
     retried: list[dict[str, Any]] = []
     try:
-        collect_features(extracting, failures, manifests)
+        try:
+            collect_features(extracting, failures, manifests, progress)
+        finally:
+            timings["extract"] = round(time.perf_counter() - started, 3)
         note_retried_tasks("extract", list(extracting.items()), retried)
     except BaseException:
         # stopped (a cancel from the UI, the staged run cancelled): the record still names the
@@ -85,12 +108,16 @@ def _extract_recorded(config: PipelineConfig, target: Store, record: dict[str, A
         # it waited for its tasks in flight too
         stop_tasks_in_flight(extracting.values())
         manifests.update({name: m for name, m in finished_by_name(extracting).items() if name not in manifests})
-        record.update(_versions(dataset, manifests), failures=failures, retried=retried)  # and those that had failed by then
+        record.update(_versions(dataset, manifests), failures=failures, retried=retried,  # and those that had failed by then
+                      **work_done(dataset, manifests, []))
         raise
+    publishing = time.perf_counter()
     summary = _versions(dataset, manifests)
-    record.update(summary, status=FAILED if failures else COMPLETED, failures=failures, retried=retried)
+    record.update(summary, status=FAILED if failures else COMPLETED, failures=failures, retried=retried,
+                  **work_done(dataset, manifests, []))
     logger.info("extracted: %s; reused: %s", ", ".join(summary["extracted"]) or "none", ", ".join(summary["reused"]) or "none")
     _publish_versions(dataset, manifests, [spec.name for spec in config.models])
+    timings["publish"] = round(time.perf_counter() - publishing, 3)
     if failures:  # the other models' features are published; the flow run fails naming these
         log_failures(failures)
         raise ZooFailures(f"{len(failures)} of {len(config.models)} models failed (the others' features are published): "

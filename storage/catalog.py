@@ -125,7 +125,7 @@ _META_COLUMNS = {
         "run_id", "flow_run_id", "status", "started_at", "finished_at", "store", "config", "dataset_version",
         "feature_versions", "alignment_versions", "partial_alignment_versions", "extracted", "reused", "aligned", "metrics_computed",
         "metrics_copied", "code_version", "error", "failures", "n_attempts", "attempts", "ordered_at", "retried",
-        "error_attempts", "stage_seconds", "task_seconds", "peak_rss_mb", "peak_gpu_mb", "bytes_published",
+        "error_attempts", "stage_seconds", "task_seconds", "peak_rss_mb", "peak_gpu_mb", "bytes_published", "bytes_read",
     ],
 }
 
@@ -829,7 +829,7 @@ UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
 _META_TYPES: dict[str, pa.DataType] = {
     **dict.fromkeys(_TIME_COLUMNS, UTC_TIMESTAMP),
     **dict.fromkeys(("n_samples", "n_images", "n_rejected", "param_count", "n_layers", "aligned", "metrics_computed",
-                      "metrics_copied", "n_attempts", "bytes_published"), pa.int64()),
+                      "metrics_copied", "n_attempts", "bytes_published", "bytes_read"), pa.int64()),
     **dict.fromkeys(("bits_per_byte", "bits_per_byte_pooled", "seconds", "peak_rss_mb", "peak_gpu_mb"), pa.float64()),
     "layer_widths": pa.list_(pa.int64()),
     **dict.fromkeys(("layer_names", "alignment_versions", "partial_alignment_versions", "extracted", "reused"),

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage.bytes_read import CountedFile
 from storage.features import vectors_from_arrow
 from storage.store import Store, modified_at, table_to_parquet_bytes
 from storage.store_errors import DamagedManifest
@@ -62,7 +63,7 @@ def read_shard(
         return None
     try:
         with store.fs.open(store.path(key), "rb") as handle:
-            table = pq.read_table(handle)
+            table = pq.read_table(CountedFile(handle))  # a resumed shard is bytes read (storage.bytes_read)
     except (OSError, pa.ArrowException):
         return None  # unreadable leftovers are recomputed
     if table.num_rows != expected_rows:

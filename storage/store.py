@@ -47,6 +47,7 @@ from fsspec.utils import glob_translate
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage.bytes_read import CountedFile, count, count_fetches, count_local_file, counted_path
 from storage.durable import make_folders, sync_folder
 from storage.env_numbers import env_flag, env_number
 from storage.keys import safe_component
@@ -312,6 +313,8 @@ class Store:
         self._one_get = _one_get_options(self.fs)
         if is_s3 and (fs_retries := s3fs_retries()) is not None:
             self.fs.retries = fs_retries  # s3fs's own loop around each call (a cached, shared instance)
+        if not self.is_local:  # an object store's files fetched whole (the alignment's layer files) are bytes read
+            count_fetches(self.fs)
 
     # ----------------------------------------------------------------- paths
     @property
@@ -360,17 +363,26 @@ class Store:
         return path[len(self.root) + 1:]
 
     def uri(self, key: str) -> str:
-        """A URL DuckDB can read: a plain local path, or ``s3://bucket/key``."""
+        """A URL DuckDB can read: a plain local path, or ``s3://bucket/key``. The file of a local
+        store handed out so (the layer files the alignment reads in place) counts its size as
+        read (``storage.bytes_read``: DuckDB reads it past fsspec); an object store's file is
+        counted as it is fetched."""
         if self.is_local:
+            if key and counted_path(key):
+                count_local_file(self.path(key))
             return self.path(key)
+        return self._remote_uri(key)
+
+    def _remote_uri(self, key: str) -> str:
         protocol = _protocols(self.fs)[0]
         return f"{protocol}://{self.path(key)}"
 
     def read_uri(self, key: str) -> str:
         """The URL for DuckDB's readers (``read_parquet``) of the one file at ``key``: :meth:`uri`
         with glob characters escaped, since DuckDB takes every path as a pattern (a store folder
-        ``results [v1]`` would match ``results v`` or nothing)."""
-        return escape_glob(self.uri(key))
+        ``results [v1]`` would match ``results v`` or nothing). Nothing is counted as read: a
+        catalog view names every file, a query reads what it needs."""
+        return escape_glob(self.path(key) if self.is_local else self._remote_uri(key))
 
     @staticmethod
     def key(*components: str) -> str:
@@ -399,13 +411,16 @@ class Store:
         hundreds of MB): as the filesystem reads a large file, on S3 its size asked first and its
         ranges read concurrently."""
         with self._reading(key):
-            return self.fs.cat_file(self.path(key), **({} if large else self._one_get))
+            data = self.fs.cat_file(self.path(key), **({} if large else self._one_get))
+        if counted_path(key):
+            count(len(data))
+        return data
 
     @contextlib.contextmanager
     def open_read(self, key: str) -> Iterator[Any]:
         """The file at ``key`` opened for streaming reads (binary); errors name the store and key."""
         with self._reading(key), self.fs.open(self.path(key), "rb") as handle:
-            yield handle
+            yield CountedFile(handle) if counted_path(key) else handle
 
     def entries(self, key: str) -> list[dict[str, Any]]:
         """What the folder ``key`` holds, one level: ``{"name", "key", "type" ('file' or
@@ -572,14 +587,17 @@ class Store:
                     raise result
             else:
                 out.append(result)
+                if counted_path(path):
+                    count(len(result))
         return out
 
     def read_json(self, key: str) -> Any:
         return parse_json(self.read_bytes(key))
 
     def read_table(self, key: str, columns: list[str] | None = None) -> pa.Table:
+        """The Parquet table at ``key`` (``columns``: only those); the bytes read are counted."""
         with self._reading(key), self.fs.open(self.path(key), "rb") as handle:
-            return pq.read_table(handle, columns=columns)
+            return pq.read_table(CountedFile(handle), columns=columns)
 
     def manifest(self, version_key: str) -> dict[str, Any] | None:
         """The manifest of a published version, or None if it is not (completely) published.

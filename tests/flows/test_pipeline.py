@@ -248,7 +248,8 @@ def _assert_observable(store: Store, con, run_id: str, records: list[logging.Log
 
     row = query(con, f"select * from runs where run_id = '{run_id}'").to_pylist()[0]
     columns = query(con, "select * from runs limit 0").column_names
-    assert columns == RUNS_COLUMNS + ["stage_seconds", "task_seconds", "peak_rss_mb", "peak_gpu_mb", "bytes_published"]
+    assert columns == RUNS_COLUMNS + ["stage_seconds", "task_seconds", "peak_rss_mb", "peak_gpu_mb", "bytes_published",
+                                      "bytes_read"]
     stages = json.loads(row["stage_seconds"])
     order = ["setup", "dataset", "extract", "align", "publish"]  # the run's order (the view's JSON sorts its keys)
     assert sorted(stages) == sorted(order) and min(stages.values()) >= 0
@@ -282,7 +283,8 @@ def _assert_observable(store: Store, con, run_id: str, records: list[logging.Log
                     ("align", str(pairs), str(pairs), "pairs", str(min(new, pairs)), str(pairs - min(new, pairs)), "0")]
     ended = [line for line in lines if line.startswith(f"run {run_id}: stages: ")]
     assert ended == [f"run {run_id}: stages: " + ", ".join(f"{k} {stages[k]:.1f} s" for k in order)
-                     + f"; peak memory {row['peak_rss_mb']:.0f} MiB; published {row['bytes_published'] / 1e6:.1f} MB"]
+                     + f"; peak memory {row['peak_rss_mb']:.0f} MiB; published {row['bytes_published'] / 1e6:.1f} MB"
+                     + f"; read {row['bytes_read'] / 1e6:.1f} MB"]
     extracted = [line for line in lines if " layers x 40 samples " in line]
     assert len(extracted) == new and all(" on cpu (batch size 16) -> features/" in line for line in extracted)
     warned = [r.getMessage() for r in records if r.levelno >= logging.WARNING]

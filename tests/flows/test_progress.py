@@ -101,3 +101,27 @@ def test_bytes_published_counts_the_files_of_new_versions_only():
         {"reused": False},
     ]
     assert bytes_published(manifests) == 130
+
+
+def test_a_runs_bytes_read_are_its_features_read_once_and_the_tables_it_read(tiny_pipeline_store):
+    """The runs row of one run of two models on an empty store (N=40, one pair): each model's layer
+    files read once (the pair's features; the feature cache reads a model of several pairs once
+    too), the pair's best rows read back once for the run's summary, and the dataset's samples
+    table read by the dataset task's check and by each model's extraction (the columns they need,
+    all of them here: at most the file's size each); manifests, records and claims not counted.
+    Sizes are the files' on disk: the row's figure had been missing, and counting each read of the
+    table's footer region again had made it larger than the files."""
+    from storage.catalog import connect, query
+
+    root = Path(tiny_pipeline_store)
+    row = query(connect(tiny_pipeline_store), "select bytes_read from runs").to_pylist()
+    assert len(row) == 1
+    layers = list((root / "features").rglob("layer-*.parquet"))
+    assert len(layers) == 6  # both models, three layers each
+    (best,) = (root / "alignment").rglob("best.parquet")
+    (samples,) = (root / "datasets").rglob("samples.parquet")
+    features_and_best = sum(p.stat().st_size for p in layers) + best.stat().st_size
+    tables = 3 * samples.stat().st_size  # the dataset's check, then each of the two extractions
+    assert features_and_best + tables - 3 * 4 <= row[0]["bytes_read"] <= features_and_best + tables  # less its magic numbers
+    columns = query(connect(tiny_pipeline_store), "select * from runs limit 0").column_names
+    assert columns[-2:] == ["bytes_published", "bytes_read"]  # the new column last: queries by position keep working

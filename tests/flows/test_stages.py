@@ -4,6 +4,8 @@ only the store, not the dataset's source. The deployments themselves: test_deplo
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 from types import SimpleNamespace
 from uuid import uuid4
 
@@ -20,15 +22,41 @@ from tasks.dataset_task import DatasetNotStored
 from tests.flows.test_pipeline import N, TINY_BERT, TINY_VIT, _config
 
 
+def _assert_extraction_figures(root: Path, record: dict, lines: list[str]) -> None:
+    """An extraction stage's record (of two models on an empty store) says where its time, memory
+    and bytes went, as a pipeline run's: its stages' seconds, each model's extraction as its
+    manifest timed it, its peak memory, the bytes of every file of the versions it published (on
+    disk, manifests aside) and the bytes of the samples table it read (the dataset task's check
+    and each model's extraction: at most the file each); its log ends with them. The record had
+    none of them."""
+    stages, order = record["stage_seconds"], ["setup", "dataset", "extract", "publish"]  # the stage's order (the record sorts keys)
+    assert sorted(stages) == sorted(order) and min(stages.values()) >= 0
+    timed = {json.loads(p.read_text())["catalog"]["model"]: json.loads(p.read_text())["catalog"]["seconds"]
+             for p in (root / "features").rglob("manifest.json")}
+    assert record["task_seconds"]["extract"] == timed and set(timed) == {"tiny-vit", "tiny-bert"}
+    assert all(seconds > 0 for seconds in timed.values())
+    assert 50 < record["peak_rss_mb"] and record["peak_gpu_mb"] is None
+    published = [p for prefix in ("datasets", "features") for p in (root / prefix).rglob("*")
+                 if p.is_file() and (p.parent / "manifest.json").exists() and p.name != "manifest.json"]
+    assert record["bytes_published"] == sum(p.stat().st_size for p in published) > 0
+    (samples,) = (root / "datasets").rglob("samples.parquet")
+    assert 0 < record["bytes_read"] <= 3 * samples.stat().st_size
+    ended = [line for line in lines if line.startswith(f"run {record['run_id']}: stages: ")]
+    assert ended == [f"run {record['run_id']}: stages: " + ", ".join(f"{k} {stages[k]:.1f} s" for k in order)
+                     + f"; peak memory {record['peak_rss_mb']:.0f} MiB; published {record['bytes_published'] / 1e6:.1f} MB"
+                     + f"; read {record['bytes_read'] / 1e6:.1f} MB"]
+
+
 def _path_config(path: str):
     config = _config([TINY_VIT, TINY_BERT])
     return config.model_copy(update={"dataset": config.dataset.model_validate({"kind": "path", "path": path})})
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_the_alignment_stage_reads_the_extracted_dataset_from_the_store_not_its_source(tmp_path):
+def test_the_alignment_stage_reads_the_extracted_dataset_from_the_store_not_its_source(tmp_path, caplog):
     """prh-extract on the "GPU box" publishes a table dataset and the features and records the
-    dataset version; the table then is gone (the "CPU box" has no such path); the alignment stage
+    dataset version, and where its time, memory and bytes went, as a pipeline run's record does;
+    the table then is gone (the "CPU box" has no such path); the alignment stage
     with that dataset_version, as prh-staged runs it, completes with the numbers of a one-process
     run. Without dataset_version it loads the source, as before (and fails: the path is gone)."""
     from tasks.data import openmoji
@@ -40,7 +68,8 @@ def test_the_alignment_stage_reads_the_extracted_dataset_from_the_store_not_its_
     config = _path_config(str(data / "pairs.parquet"))
     store = str(tmp_path / "shared-store")
 
-    state = prh_extract(config=config, store=store, return_state=True)
+    with caplog.at_level(logging.INFO):
+        state = prh_extract(config=config, store=store, return_state=True)
     summary = state.result()
     version = published_dataset_version(state.state_details.flow_run_id)  # what prh-staged passes on
     assert version == summary["dataset_version"] and summary["extracted"] == ["tiny-bert", "tiny-vit"]
@@ -50,6 +79,7 @@ def test_the_alignment_stage_reads_the_extracted_dataset_from_the_store_not_its_
            ("prh-extract", "COMPLETED", version, summary["feature_versions"], [])
     assert record["started_at"] <= record["finished_at"] and not Store(store).exists(alive_key(run_id))
     assert not Store(store).exists(layout.run_key(run_id))  # not a pipeline run: the runs view lists none
+    _assert_extraction_figures(Path(store), record, [r.getMessage() for r in caplog.records])
 
     data.rename(tmp_path / "elsewhere")  # the CPU box has no such file
     staged = prh_pipeline(config=config, store=store, report=False, extract_missing=False, dataset_version=version)
@@ -120,8 +150,8 @@ import flows.stages
 from prefect.exceptions import TerminationSignal
 from tasks.params import PipelineConfig
 collect = flows.stages.collect_features
-def stopped(extracting, failures, features=None):
-    collect(dict(list(extracting.items())[:1]), failures, features)  # the first model's features, for real
+def stopped(extracting, failures, features=None, progress=None):
+    collect(dict(list(extracting.items())[:1]), failures, features, progress)  # the first model's features, for real
     raise TerminationSignal(signal.SIGTERM)  # then a cancel from the UI (the worker's SIGTERM)
 flows.stages.collect_features = stopped
 flows.stages.prh_extract(config=PipelineConfig.model_validate_json(sys.argv[2]), store=sys.argv[1])
@@ -174,7 +204,7 @@ def test_features_published_while_a_stopped_stage_waits_are_in_its_record(tmp_pa
 
     publishing = hold_publishing_until_stopped(monkeypatch, "features/")
 
-    def stopped(extracting, failures, features=None):
+    def stopped(extracting, failures, features=None, progress=None):
         assert publishing.wait(120)
         raise KeyboardInterrupt  # the stop reaches the flow while a model publishes
 
