@@ -446,14 +446,14 @@ def _store_failure(error: BaseException, store: str) -> str | None:
     """One line for an object store that failed (down, unreachable, refusing), or None for any
     other error (those keep their traceback)."""
     from storage.error_chain import error_chain
-    from storage.s3_options import describe_s3_error, from_s3_client
+    from storage.s3_options import describe_s3_failure, from_s3_client
     from storage.store_errors import StoreIOError
     from storage.store_urls import redact_url
 
     if isinstance(error, StoreIOError):
         return str(error)
     if any(from_s3_client(found) for found in error_chain(error)):  # the error or one of its causes
-        return f"store {redact_url(store)}: {describe_s3_error(error)}"
+        return f"store {redact_url(store)}: {describe_s3_failure(error)}"
     return None
 
 

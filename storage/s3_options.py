@@ -228,6 +228,33 @@ def not_implemented_reply(error: BaseException) -> NotImplementedReply | None:
                                str(header) if header else None)
 
 
+#: The IAM permission each S3 request the store makes needs (AWS's names: an operation's name is not
+#: always its permission's). Named in the message of a request refused with ``AccessDenied``.
+PERMISSIONS = {
+    "GetObject": "s3:GetObject", "HeadObject": "s3:GetObject",
+    "ListObjectsV2": "s3:ListBucket", "ListObjects": "s3:ListBucket", "HeadBucket": "s3:ListBucket",
+    "PutObject": "s3:PutObject", "CreateMultipartUpload": "s3:PutObject", "UploadPart": "s3:PutObject",
+    "CompleteMultipartUpload": "s3:PutObject", "CopyObject": "s3:PutObject",
+    "DeleteObject": "s3:DeleteObject", "DeleteObjects": "s3:DeleteObject",
+    "ListMultipartUploads": "s3:ListBucketMultipartUploads", "ListParts": "s3:ListMultipartUploadParts",
+    "AbortMultipartUpload": "s3:AbortMultipartUpload",
+}
+
+
+def denied_permission(error: BaseException) -> str | None:
+    """The IAM permission (``s3:PutObject``) of the request that ``error`` (or an error in its
+    chain) reports refused with ``AccessDenied`` (HTTP 403; a HEAD's reply has no body, so its
+    code is ``403``); ``the permission for <operation>`` for a request not in
+    :data:`PERMISSIONS`; None when the error is no refusal."""
+    reply = _first_reply(error)
+    if reply is None:
+        return None
+    operation, status, details = reply
+    if str(details.get("Code")) not in ("AccessDenied", "403") or status not in (403, None):
+        return None
+    return PERMISSIONS.get(operation, f"the permission for {operation}")
+
+
 def describe_s3_error(error: BaseException) -> str:
     """One line saying what failed on S3, for error messages: the operation, the S3 error code,
     the HTTP status and the attempts made, or the endpoint that could not be reached.
@@ -255,3 +282,15 @@ def describe_s3_error(error: BaseException) -> str:
         if isinstance(kwargs, dict) and kwargs.get("endpoint_url") and type(found).__module__.startswith("botocore"):
             return redact_text(f"could not reach the S3 endpoint ({type(found).__name__}): {kwargs['endpoint_url']}")
     return redact_text(f"{type(error).__name__}: {error}")
+
+
+def describe_s3_failure(error: BaseException) -> str:
+    """:func:`describe_s3_error`, and for a request refused with ``AccessDenied`` the IAM permission
+    it needs (:func:`denied_permission`; docs/storage.md, "Permissions on S3")::
+
+        PutObject failed: AccessDenied (HTTP 403) after 1 attempt: Access Denied (needs s3:PutObject, which these
+        credentials lack or a policy denies)
+    """
+    text = describe_s3_error(error)
+    permission = denied_permission(error)
+    return text if permission is None else f"{text} (needs {permission}, which these credentials lack or a policy denies)"

@@ -87,7 +87,7 @@ def remove_partial(store: Store, version_key: str) -> None:
         try:
             store.fs.invalidate_cache(path)
             if store.fs.exists(path):
-                store.fs.rm(path, recursive=True)
+                store.remove_path_tree(path)  # on S3 each key's answer read: a refused removal is an error
             return
         except FileNotFoundError:
             continue  # removed by the other process meanwhile

@@ -53,7 +53,8 @@ from storage.env_numbers import env_flag, env_number
 from storage.keys import safe_component
 from storage.owner import current_owner, owner_is_dead
 from storage.parquet_schema import schema_fingerprint
-from storage.s3_options import NotImplementedReply, describe_s3_error, from_s3_client, not_implemented_reply, not_s3_reply
+from storage.s3_options import (NotImplementedReply, denied_permission, describe_s3_failure, from_s3_client,
+                                not_implemented_reply, not_s3_reply, redact_text)
 from storage.store_errors import (REMOVE_DAMAGED_ADVICE, access_detail, ConditionalWritesIgnored, DamagedManifest, EndpointLacksFeature,
                                   NotAnS3Endpoint, StoreIOError, StoreNotReadable, StoreNotWritable)
 from storage.store_urls import (check_duckdb_spelling, check_store_url, check_utf8_url, decoded_local_path, escape_glob, local_store_path,
@@ -307,6 +308,8 @@ class Store:
             raise StoreIOError(f"store {redact_url(self.url)}: cannot reach it: {_describe(error)}") from error
         self.root = self.root.rstrip("/")
         self.is_local = "file" in _protocols(self.fs)
+        #: An S3 store (s3fs): bulk removals read each key's answer (:meth:`_delete_objects`).
+        self._is_s3 = not self.is_local and "s3" in _protocols(self.fs)
         if self.is_local:  # DuckDB must read the folder Python writes
             check_duckdb_spelling(self.root, "store folder")
         #: Options of a whole-file read in one GET request (:func:`_one_get_options`).
@@ -404,7 +407,27 @@ class Store:
 
     def exists(self, key: str) -> bool:
         with self._reading(key):
+            if key == "" and self._is_s3:
+                return self._s3_root_exists()
             return self.fs.exists(self.path(key))
+
+    def _s3_root_exists(self) -> bool:
+        """Whether an S3 store's root holds anything: one listing of its prefix (one key asked for).
+        s3fs's ``exists`` first sends a HEAD of the prefix as a key (``PREFIX``), which credentials
+        granted ``s3:GetObject`` on ``PREFIX/*`` only (the least a store needs: docs/storage.md,
+        "Permissions on S3") may not send: AWS answers 403 and every command stopped with "cannot
+        read the root". An object named like the root (no store: a file) is still found, and a
+        refused HEAD of it is no store either."""
+        bucket, _, prefix = self.root.partition("/")
+        if not prefix:  # a store at the bucket's top: the bucket's own existence
+            return bool(self.fs.exists(self.root))
+        reply = self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=f"{prefix}/", MaxKeys=1)
+        if reply.get("KeyCount") or reply.get("Contents"):
+            return True
+        try:
+            return bool(self.fs.exists(self.root))
+        except PermissionError:
+            return False
 
     def read_bytes(self, key: str, large: bool = False) -> bytes:
         """The content of the file at ``key``, read in one request; ``large`` (a data file, maybe
@@ -495,8 +518,18 @@ class Store:
         path = self.path(key)
         with self._reading(key):
             if self.fs.exists(path):
-                self.fs.rm(path, recursive=True)
+                self.remove_path_tree(path)
             self.fs.invalidate_cache(path)
+
+    def remove_path_tree(self, path: str) -> None:
+        """Remove everything under the filesystem path ``path`` (``fs.rm(path, recursive=True)``);
+        on S3 every key's own answer is checked (:meth:`_delete_objects`)."""
+        if not self._is_s3:
+            self.fs.rm(path, recursive=True)
+            return
+        listed = self.fs.find(path, withdirs=False, detail=True)  # the objects (S3 has no folders to remove)
+        self._delete_objects([entry for entry, info in listed.items()
+                              if info.get("type") != "directory" and self.fs.split_path(entry)[1]])
 
     def remove_trees(self, keys: list[str], dry_run: bool = False, sizes: dict[str, int] | None = None) -> list[str]:
         """Remove (with ``dry_run`` only measure) the folders ``keys``; returns ``keys``.
@@ -562,12 +595,49 @@ class Store:
 
     def _remove_paths(self, paths: list[str]) -> None:
         """Remove files by path (on S3 one request per 1,000); one already gone is no error."""
+        if self._is_s3:
+            self._delete_objects(paths)
+            return
         try:
             self.fs.rm(paths)
         except FileNotFoundError:  # local disks: one file at a time, so that the others still go
             for path in paths:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm([path])
+
+    def _delete_objects(self, paths: list[str]) -> None:
+        """S3: remove the objects ``paths`` (filesystem paths, in the store's bucket), 1,000 per
+        ``DeleteObjects`` request, and read each key's answer. S3 answers that request 200 and lists
+        the keys it did not remove (``AccessDenied``: the credentials may not ``s3:DeleteObject``
+        them) in its reply, which s3fs's ``rm`` drops: a writer without that permission had its
+        shards, cleared folders and ``prh gc``'s removals reported done and kept. A key already gone
+        is no error. Raises :class:`StoreNotWritable` (refused) or :class:`StoreIOError` (another
+        error of a key) naming the store and the first key."""
+        for start in range(0, len(paths), 1000):
+            chunk = paths[start:start + 1000]
+            bucket = self.fs.split_path(chunk[0])[0]
+            keys = [self.fs.split_path(path)[1] for path in chunk]
+            for path in chunk:
+                self.fs.invalidate_cache(path)
+            with self._final_endpoint_answers(denied=("remove", self.key_of(chunk[0]))):
+                reply = self.fs.call_s3("delete_objects", Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys],
+                                                                                 "Quiet": True})
+            order = {k: i for i, k in enumerate(keys)}  # the first kept in the order asked, whatever order S3 lists them in
+            kept = sorted((e for e in reply.get("Errors") or [] if e.get("Code") != "NoSuchKey"),
+                          key=lambda e: order.get(e.get("Key"), len(order)))
+            if not kept:
+                continue
+            first = kept[0]
+            key = self.key_of(f"{bucket}/{first.get('Key')}")
+            more = f" (and {len(kept) - 1} other key(s))" if len(kept) > 1 else ""
+            code = first.get("Code") or "an error"
+            if code == "AccessDenied":
+                raise StoreNotWritable(f"cannot remove {key}{more} in store {self.display_url}: DeleteObjects answered "
+                                       "AccessDenied for it (needs s3:DeleteObject, which these credentials lack or a policy "
+                                       "denies)")
+            message = redact_text(str(first.get("Message") or ""))
+            raise StoreIOError(f"cannot remove {key}{more} in store {self.display_url}: DeleteObjects answered {code} for it"
+                               + (f": {message}" if message else ""))
 
     def read_many(self, paths: list[str], what: str = "") -> list[bytes | None]:
         """The content of each of ``paths`` (as this filesystem listed them), fetched concurrently
@@ -676,15 +746,20 @@ class Store:
         :class:`ConditionalWritesIgnored` (with ``PRH_SINGLE_WRITER=1``: a warning, once per
         store and process). Raises :class:`StoreNotWritable` naming the store and the problem, or
         :class:`StoreIOError` when an object store cannot be reached (after the client's retries).
+        A request refused with ``AccessDenied`` is named with the permission it needs
+        (``s3:PutObject``, ``s3:DeleteObject``: docs/storage.md, "Permissions on S3"); a probe that
+        was written but could not be removed is named as left in the store.
         """
         key = f".probe-{uuid.uuid4().hex}"
-        ignored = False
+        ignored = written = False
         try:
             if self.is_local:  # link() is atomic: nothing to probe
                 self.write_bytes(key, b"probe")
             else:  # a fresh key created twice "only if absent": a second success, the condition was ignored
                 self.create_exclusive(key, b"probe")
+                written = True
                 ignored = self.create_exclusive(key, b"probe again")
+            written = True
             self.delete(key)
         except Exception as error:
             failure = self._failure("write a probe object", error)
@@ -694,6 +769,12 @@ class Store:
                 raise refused_url(self.display_url, error) from error
             if not isinstance(error, OSError):
                 raise
+            if not self.is_local and denied_permission(error) is not None:  # the credentials may not write or remove here
+                step = f"removing the probe {key} it had written" if written else f"writing the probe {key}"
+                left = (f"; the probe stays in the store (credentials that may s3:DeleteObject remove it: any prh gc once it is "
+                        f"{STALE_CLAIM_SECONDS / 60:g} minutes old)") if written else ""
+                raise StoreNotWritable(f"store {self.display_url} is not writable: {step}: {describe_s3_failure(error)}{left}") \
+                    from error
             cause = error.__cause__ if isinstance(error, StoreNotWritable) and isinstance(error.__cause__, OSError) else error
             if self.is_local and (file := _file_in_the_way(Path(self.root))) is not None:  # said "File exists (errno 17)"
                 raise StoreNotWritable(f"store {self.display_url} is not writable: {str(file)!r} is a file, not a folder "
@@ -730,11 +811,11 @@ class Store:
                     if attempt == 2:
                         raise
         else:
-            with self._final_endpoint_answers():
+            with self._final_endpoint_answers(denied=("write", key)):
                 self.fs.pipe_file(path, data)
 
     @contextlib.contextmanager
-    def _final_endpoint_answers(self, conditional: bool = False) -> Iterator[None]:
+    def _final_endpoint_answers(self, conditional: bool = False, denied: tuple[str, str] | None = None) -> Iterator[None]:
         """An object store's error raised inside whose reply shows that the endpoint is no S3 server
         (:func:`storage.s3_options.not_s3_reply`) re-raised as :class:`NotAnS3Endpoint`, or that
         it lacks what the request asked for (``501 NotImplemented`` in an S3 error document,
@@ -742,12 +823,18 @@ class Store:
         (``conditional``: the request was a conditional create); both final (see :func:`_cause`);
         any other error unchanged. For writes: s3fs turns a ``501 Not Implemented`` into a bare
         ``OSError [Errno 38]``, which task retries took for transient (an endpoint that had let
-        the write probe through, or a write without one)."""
+        the write probe through, or a write without one). ``denied`` (``("write", key)``): a request
+        refused with ``AccessDenied`` is re-raised as :class:`StoreNotWritable` naming the store,
+        the key, the request and the permission it needs (s3fs raised a bare ``PermissionError:
+        Access Denied``, which ``prh run`` showed as that alone)."""
         try:
             yield
         except Exception as error:
             if self.is_local:
                 raise
+            if denied is not None and denied_permission(error) is not None:
+                raise StoreNotWritable(f"cannot {denied[0]} {denied[1]} in store {self.display_url}: "
+                                       f"{describe_s3_failure(error)}") from error
             reply = not_s3_reply(error)
             if reply is not None:
                 raise self._not_s3(reply) from None
@@ -801,7 +888,7 @@ class Store:
         path = self.path(key)
         if not self.is_local:
             try:
-                with self._final_endpoint_answers(conditional=True):
+                with self._final_endpoint_answers(conditional=True, denied=("create", key)):
                     self.fs.pipe_file(path, data, mode="create")
             except FileExistsError:
                 return False
@@ -843,7 +930,7 @@ class Store:
         """Remove one file if it exists."""
         path = self.path(key)
         try:
-            with self._final_endpoint_answers():
+            with self._final_endpoint_answers(denied=("remove", key)):
                 self.fs.rm_file(path)
         except FileNotFoundError:
             pass
@@ -968,7 +1055,7 @@ class Store:
         lacking = not_implemented_reply(error)
         if lacking is not None:
             return self._lacks(lacking)
-        message = f"cannot {action} in store {self.display_url}: {describe_s3_error(error)}"
+        message = f"cannot {action} in store {self.display_url}: {describe_s3_failure(error)}"
         if isinstance(error, PermissionError):
             return StoreNotWritable(message)
         if isinstance(error, (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)):

@@ -44,7 +44,8 @@ def dead_probes(store: Store, stale_after_s: float = STALE_CLAIM_SECONDS, dry_ru
     temporary files (``..probe-<uuid>.tmp-<uuid>``) at the store's top last written more than
     ``stale_after_s`` seconds before ``now``, as :func:`dead_temporaries`; any store."""
     store.fs.invalidate_cache(store.root)
-    entries = store.fs.ls(store.root, detail=True) if store.fs.exists(store.root) else []
+    # Store.exists: on S3 no HEAD of the prefix as a key, which PREFIX/* credentials may not send
+    entries = store.fs.ls(store.root, detail=True) if store.exists("") else []
     return _remove_stale(store, entries, _PROBE_FILE, stale_after_s, dry_run, now)
 
 
