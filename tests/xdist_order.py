@@ -28,10 +28,9 @@ SECONDS_PER_TEST = 0.2
 
 FILE_SECONDS: dict[str, float] = {
     "tests/flows/test_cli.py": 724,
-    "tests/flows/test_deployment.py": 541,
+    "tests/flows/test_deployment.py": 527,
     "tests/storage/test_s3_faults.py": 428,
-    "tests/flows/test_crash_recovery.py": 377,
-    "tests/flows/test_runners.py": 232,
+    "tests/flows/test_crash_recovery.py": 245,
     "tests/flows/test_pipeline.py": 191,
     "tests/tasks/test_metric_plugins.py": 176,
     "tests/tasks/report/test_build.py": 175,
@@ -55,6 +54,7 @@ FILE_SECONDS: dict[str, float] = {
     "tests/flows/test_serve_leases.py": 67,
     "tests/tasks/test_report_source.py": 67,
     "tests/storage/test_catalog_views.py": 65,
+    "tests/flows/test_runners.py": 60,
     "tests/flows/test_dask.py": 58,
     "tests/tasks/metrics/test_cknna.py": 55,
     "tests/storage/test_s3_requests.py": 53,

@@ -2,6 +2,15 @@
 (writes a marker file) and waits to be killed with SIGKILL by the test.
 
     python -m tests.flows.crash_child STORE CONFIG_JSON POINT MARKER
+    python -m tests.flows.crash_child --forks
+
+``--forks``: import the pipeline and the libraries it loads models with once, then run each case
+read from stdin (a JSON line: store, config, point, marker, stderr file) in a fork of this process,
+as the first form does in a process of its own: the same code from the same point on, without
+~10 s of CPU importing torch, Prefect and transformers again for each of the crash tests' six
+children. Answers on stdout (JSON lines): ``{"started": PID}`` for each case, in order, and
+``{"ended": PID, "code": EXIT}`` once the fork has ended (its code as ``Popen.returncode`` gives
+it: -9 for SIGKILL); this process ends once stdin is closed and its forks have ended.
 
 POINT: ``none`` (run to the end), ``extraction`` (after the first feature shard is stored),
 ``alignment`` (while a model pair is being scored), ``publish-features`` (every layer file of a
@@ -59,5 +68,67 @@ def main(store: str, config_json: str, point: str, marker: Path) -> None:
     prh_pipeline(config=PipelineConfig.model_validate(json.loads(config_json)), store=store, report=False)
 
 
+def serve_forks() -> dict[str, str]:
+    """The ``--forks`` loop (module docstring). Returns only in a fork: its case, stdin, stdout and
+    stderr already pointed where the case says (stdin and stdout at /dev/null)."""
+    import json
+    import os
+    import select
+    import threading
+
+    import flows.pipeline  # noqa: F401  (what main imports, and what the pipeline loads models with)
+    import storage.store  # noqa: F401
+    import tasks.align_task  # noqa: F401
+    import tasks.extract_task  # noqa: F401
+    import tasks.params  # noqa: F401
+    import transformers
+
+    for name in ("AutoConfig", "AutoModel", "AutoTokenizer", "ViTConfig", "ViTModel", "BertConfig", "BertModel",
+                 "BertTokenizerFast"):
+        getattr(transformers, name, None)
+    # a fork copies only the thread that forks: one started by an import would be missing (and any
+    # lock it held, held for ever) in every fork
+    assert threading.active_count() == 1, threading.enumerate()
+
+    def say(message: dict) -> None:
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+
+    pending, running, reading = b"", set(), True
+    while reading or running:
+        if reading and select.select([0], [], [], 0.05)[0]:
+            chunk = os.read(0, 65536)
+            reading = bool(chunk)
+            pending += chunk
+        elif not reading:
+            time.sleep(0.05)
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            case = json.loads(line)
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                null = os.open(os.devnull, os.O_RDWR)
+                os.dup2(null, 0)
+                os.dup2(null, 1)
+                os.dup2(os.open(case["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 2)
+                return case
+            running.add(pid)
+            say({"started": pid})
+        for pid in list(running):
+            ended, status = os.waitpid(pid, os.WNOHANG)
+            if ended:
+                running.discard(pid)
+                say({"ended": pid, "code": os.waitstatus_to_exitcode(status)})
+    # nothing of this process is left to flush or close: no interpreter shutdown (its teardown of
+    # torch, Prefect and transformers took ~2 s of CPU, 10 s of the file's time on a loaded box)
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]))
+    if sys.argv[1:] == ["--forks"]:
+        case = serve_forks()
+        main(case["store"], case["config"], case["point"], Path(case["marker"]))
+    else:
+        main(sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]))

@@ -33,19 +33,93 @@ BEST = ("select metric, model_a, model_b, layer_a, layer_b, score, p_value, cali
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-def _child(store: str, point: str, marker: Path) -> subprocess.Popen:
+class _Forked:
+    """A pipeline child run by the fork server (``crash_child --forks``), read like a ``Popen``:
+    ``pid``, ``poll()``, ``wait()``, and its stderr as text."""
+
+    def __init__(self, server: "_ForkServer", pid: int, stderr: Path) -> None:
+        self.server, self.pid, self.stderr_path = server, pid, stderr
+
+    def poll(self) -> int | None:
+        return self.server.codes.get(self.pid)
+
+    def wait(self, timeout: float | None = None) -> int:
+        with self.server.changed:
+            if not self.server.changed.wait_for(lambda: self.pid in self.server.codes or self.server.gone, timeout):
+                raise subprocess.TimeoutExpired(f"crash child {self.pid}", timeout)
+        assert self.pid in self.server.codes, "the fork server ended before its child"
+        return self.server.codes[self.pid]
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+class _ForkServer:
+    """``python -m tests.flows.crash_child --forks`` (its docstring): one import of the pipeline
+    for all the crash children, each run in a fork of it, a real process that a test kills."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        import threading
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.flows.crash_child", "--forks"], cwd=ROOT, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.codes: dict[int, int] = {}
+        self.started: list[int] = []
+        self.gone = False
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            message = json.loads(line)
+            with self.changed:
+                if "started" in message:
+                    self.started.append(message["started"])
+                else:
+                    self.codes[message["ended"]] = message["code"]
+                self.changed.notify_all()
+        with self.changed:
+            self.gone = True
+            self.changed.notify_all()
+
+    def run(self, store: str, point: str, marker: Path, stderr: Path) -> _Forked:
+        case = {"store": store, "config": json.dumps(CONFIG), "point": point, "marker": str(marker), "stderr": str(stderr)}
+        with self.changed:
+            before = len(self.started)
+            self.proc.stdin.write(json.dumps(case) + "\n")
+            self.proc.stdin.flush()
+            assert self.changed.wait_for(lambda: len(self.started) > before or self.gone, 300), "no fork in 300 s"
+            assert not self.gone, f"the fork server ended (rc {self.proc.wait()})"
+            return _Forked(self, self.started[before], stderr)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        assert self.proc.wait(timeout=120) == 0
+        self.reader.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def forks(prefect_harness):
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PRH_TASK_RUNNER": "sequential"}
-    return subprocess.Popen([sys.executable, "-m", "tests.flows.crash_child", store, json.dumps(CONFIG), point, str(marker)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = _ForkServer(env)
+    try:
+        yield server
+    finally:
+        server.close()
 
 
-def _wait_for(child: subprocess.Popen, marker: Path, timeout: float = 180) -> None:
+def _child(forks: _ForkServer, store: str, point: str, marker: Path) -> _Forked:
+    return forks.run(store, point, marker, marker.with_name(marker.name + ".stderr"))
+
+
+def _wait_for(child: _Forked, marker: Path, timeout: float = 180) -> None:
     deadline = time.time() + timeout
     while not marker.exists():
         if child.poll() is not None:
-            raise AssertionError(f"the child ended (rc {child.returncode}) before its kill point:\n{child.stderr.read().decode()[-3000:]}")
+            raise AssertionError(f"the child ended (rc {child.poll()}) before its kill point:\n{child.stderr()[-3000:]}")
         assert time.time() < deadline, "the child never reached its kill point"
         time.sleep(0.1)
 
@@ -82,9 +156,9 @@ def reference(tiny_pipeline_store) -> tuple[list[dict], list[dict]]:
 
 
 @pytest.mark.parametrize("point", ["extraction", "alignment", "publish-features", "publish-alignment"])
-def test_killed_run_reruns_to_the_same_results(point, tmp_path, reference):
+def test_killed_run_reruns_to_the_same_results(point, tmp_path, reference, forks):
     store = str(tmp_path / "store")
-    child = _child(store, point, tmp_path / "reached")
+    child = _child(forks, store, point, tmp_path / "reached")
     try:
         _wait_for(child, tmp_path / "reached")
     finally:
@@ -117,11 +191,11 @@ def test_killed_run_reruns_to_the_same_results(point, tmp_path, reference):
     assert list((Path(store) / "runs" / "alive").iterdir()) == []  # both signs of life removed
 
 
-def test_two_runs_at_once_on_one_store(tmp_path, reference):
+def test_two_runs_at_once_on_one_store(tmp_path, reference, forks):
     store = str(tmp_path / "store")
-    children = [_child(store, "none", tmp_path / f"never-{i}") for i in range(2)]
+    children = [_child(forks, store, "none", tmp_path / f"never-{i}") for i in range(2)]
     for child in children:
-        assert child.wait(timeout=300) == 0, child.stderr.read().decode()[-3000:]
+        assert child.wait(timeout=300) == 0, child.stderr()[-3000:]
     assert _results(store) == reference
     assert _stray_files(store) == []
     target = Store(store)

@@ -61,8 +61,11 @@ def server(tmp_path_factory) -> Any:
                 started.append(serve.start_worker(pool, env, log))
         yield api, logs, env
     finally:
+        # The workers first (a grace of 3 s, not 10: a worker that has run flow runs outlives
+        # TERM's 10 s and ends by the KILL that Prefect's worker sends itself on the next signal,
+        # ~20 s of the file spent waiting), then the server (it ends on TERM in under a second).
         for proc in reversed(started):
-            serve.stop(proc)
+            serve.stop(proc, grace=3 if proc is not started[0] else 10)
         for proc in started:
             assert proc.poll() is not None, f"process {proc.pid} still running"
 

@@ -5,13 +5,13 @@ step fails the run naming the variable and what is wrong."""
 
 from __future__ import annotations
 
-import pytest
-
+import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,35 +24,93 @@ for flow in (flows.pipeline.prh_pipeline, flows.stages.prh_extract):
         print("refused:", error)
 """
 
+# A child that imports the libraries the flow modules use (none reads a PRH_ variable), then runs
+# each case that it reads from stdin (a JSON line: environment, folder, output files) in a fork of
+# itself: the fork sets the case's environment, then imports prh's flow modules afresh (none is
+# imported before the fork) and runs SCRIPT, as `python -c SCRIPT` with that environment does.
+# One ~3.5 s import of torch and Prefect for all the cases, not one per case (ten child processes of
+# this file spent ~45 s of CPU importing the same libraries).
+FORKS = """
+import json, os, sys, traceback
+import dask, distributed, duckdb, fsspec, numpy, prefect, prefect.flows, prefect.task_runners, prefect_dask
+import pyarrow, pyarrow.parquet, pydantic, torch, yaml
+assert not [m for m in sys.modules if m.split(".")[0] in ("flows", "tasks", "storage")], "prh imported before the fork"
+script = sys.argv[1]
+for line in sys.stdin:
+    case = json.loads(line)
+    sys.stdout.flush(); sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.environ.update(case["env"])
+            os.chdir(case["cwd"])
+            for fd, path in ((1, case["stdout"]), (2, case["stderr"])):
+                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+            exec(compile(script, "<case>", "exec"), {"__name__": "__main__"})
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush(); sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps(os.waitstatus_to_exitcode(status)), flush=True)
+sys.stderr.flush()
+os._exit(0)  # no interpreter shutdown: ~2 s of CPU tearing down torch and Prefect, and nothing to close
+"""
 
-def test_a_bad_task_runner_variable_fails_the_flow_not_its_import(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PRH_TASK_RUNNER": "thread", "PREFECT_HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+@pytest.fixture(scope="module")
+def forks(tmp_path_factory):
+    """A function running SCRIPT with an environment added in a fork of one child process (see
+    FORKS): its exit code, stdout and stderr, as ``subprocess.run`` gives them."""
+    base = tmp_path_factory.mktemp("forks")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(base / "home")}
+    child = subprocess.Popen([sys.executable, "-c", FORKS, SCRIPT], env=env, cwd=base, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    count = 0
+
+    def run(case_env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+        nonlocal count
+        count += 1
+        out, err = base / f"{count}.out", base / f"{count}.err"
+        child.stdin.write(json.dumps({"env": case_env, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}) + "\n")
+        child.stdin.flush()
+        answer = child.stdout.readline()
+        assert answer, f"the fork server ended (rc {child.poll()})"
+        return subprocess.CompletedProcess(SCRIPT, json.loads(answer), out.read_text(), err.read_text())
+
+    try:
+        yield run
+    finally:
+        child.stdin.close()
+        assert child.wait(timeout=60) == 0
+
+
+def test_a_bad_task_runner_variable_fails_the_flow_not_its_import(tmp_path, forks):
+    done = forks({"PRH_TASK_RUNNER": "thread", "PREFECT_HOME": str(tmp_path)}, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     refused = [line for line in done.stdout.splitlines() if line.startswith("refused:")]
     assert len(refused) == 2 and all("PRH_TASK_RUNNER='thread': expected one of" in line for line in refused), done.stdout
     assert not (tmp_path / "unused-store-never-opened").exists()
 
 
-def _refused(env: dict[str, str], tmp_path, home: str = "") -> list[str]:
-    """The refusals of both flows' first step with ``env`` added (in a child process, which
-    imports the flow modules with it; ``home``: its PREFECT_HOME below ``tmp_path``)."""
-    full = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / home), **env}
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=full, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return [line for line in done.stdout.splitlines() if line.startswith("refused:")]
+def _refused_each(cases: dict[str, dict[str, str]], tmp_path, forks) -> dict[str, list[str]]:
+    """The refusals of both flows' first step with each case's environment added (message -> its
+    refusals), each case in its own fork (which imports the flow modules with it) with a
+    PREFECT_HOME of its own."""
+    found = {}
+    for i, (message, env) in enumerate(cases.items()):
+        done = forks({"PREFECT_HOME": str(tmp_path / f"home-{i}"), **env}, tmp_path)
+        assert done.returncode == 0, (message, done.stderr[-2000:])
+        found[message] = [line for line in done.stdout.splitlines() if line.startswith("refused:")]
+    return found
 
 
-def _refused_each(cases: dict[str, dict[str, str]], tmp_path) -> dict[str, list[str]]:
-    """``_refused`` of every case's environment (message -> its refusals), the child processes
-    run side by side (as many at once as there are cores: each spends its ~3 s importing), each
-    with a PREFECT_HOME of its own."""
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        running = {message: pool.submit(_refused, env, tmp_path, f"home-{i}") for i, (message, env) in enumerate(cases.items())}
-        return {message: future.result() for message, future in running.items()}
-
-
-def test_environment_typos_fail_the_flow_at_its_start_naming_the_variable(tmp_path):
+def test_environment_typos_fail_the_flow_at_its_start_naming_the_variable(tmp_path, forks):
     """PRH_DASK_WORKERS=0 hung the run (tasks submitted, none run); PRH_MODEL_LOAD_TIMEOUT=abc was
     accepted and failed every model at extraction ("could not convert string to float"), after
     the dataset was loaded; a scheduler address nothing listens at was found after the dataset
@@ -71,7 +129,7 @@ def test_environment_typos_fail_the_flow_at_its_start_naming_the_variable(tmp_pa
         f"PRH_TASK_RUNNER=dask:tcp://127.0.0.1:{port}: no Dask scheduler answers at 127.0.0.1:{port}":
             {"PRH_TASK_RUNNER": f"dask:tcp://127.0.0.1:{port}"},
     }
-    for message, refused in _refused_each(cases, tmp_path).items():
+    for message, refused in _refused_each(cases, tmp_path, forks).items():
         assert len(refused) == 2 and all(message in line for line in refused), (message, refused)
     assert not (tmp_path / "unused-store-never-opened").exists()
 
@@ -118,7 +176,7 @@ def test_a_model_load_timeout_of_0_negative_or_inf_is_no_limit(monkeypatch):
         assert model_load_timeout() == want, raw
 
 
-def test_variables_read_late_in_extraction_fail_the_flow_at_its_start(tmp_path):
+def test_variables_read_late_in_extraction_fail_the_flow_at_its_start(tmp_path, forks):
     """The environment hunt: PRH_DECODE_WORKERS=junk passed the start, and each vision model of 512
     or more images failed at extraction once its weights had loaded (the run ended FAILED, exit 1,
     the dataset published and the language models extracted); below 512 images it was ignored.
@@ -126,5 +184,5 @@ def test_variables_read_late_in_extraction_fail_the_flow_at_its_start(tmp_path):
     cases = {"PRH_DECODE_WORKERS must be an integer >= 0, got 'junk'": {"PRH_DECODE_WORKERS": "junk"},
              "PRH_DECODE_WORKERS must be an integer >= 0, got '-1'": {"PRH_DECODE_WORKERS": "-1"},
              "PRH_HUB_TIMEOUT='ten' is not a number of seconds above 0": {"PRH_HUB_TIMEOUT": "ten"}}
-    for message, refused in _refused_each(cases, tmp_path).items():
+    for message, refused in _refused_each(cases, tmp_path, forks).items():
         assert len(refused) == 2 and all(message in line for line in refused), (message, refused)
