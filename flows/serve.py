@@ -355,18 +355,30 @@ def _not_written(error: OSError, what_then: str) -> str:
 
 
 def stop(proc: subprocess.Popen[Any], grace: float = 10) -> None:
-    """Stop ``proc`` and its process group by PID: TERM, then INT, then KILL."""
+    """Stop ``proc`` and its process group by PID: TERM, then INT, then KILL (:func:`stop_all`)."""
+    stop_all([proc], grace)
+
+
+def stop_all(procs: Sequence[subprocess.Popen[Any]], grace: float = 10) -> None:
+    """Stop ``procs`` and their process groups together: TERM to all, up to ``grace`` seconds for
+    all of them, then INT to those left, then KILL. One at a time, a worker that has run flows
+    (it outlives TERM and INT) cost 2 x ``grace`` seconds each: 20 s a worker at ``make serve``'s
+    end, one after the other."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
-        if proc.poll() is not None:
+        alive = [proc for proc in procs if proc.poll() is None]
+        for proc in list(alive):
+            try:
+                os.killpg(proc.pid, sig)  # the group: servers and workers start children of their own
+            except ProcessLookupError:
+                alive.remove(proc)
+        deadline = time.monotonic() + grace
+        for proc in alive:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                continue
+        if all(proc.poll() is not None for proc in alive):
             break
-        try:
-            os.killpg(proc.pid, sig)  # the group: servers and workers start children of their own
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -473,8 +485,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_not_written(error, "stopped what had been started"), file=sys.stderr)  # the finally below stops them
         return 2
     finally:
-        for child in reversed(children):
-            stop(child)
+        stop_all(children[1:])  # the workers together, then the server they report to
+        if children:
+            stop(children[0])
 
 
 def hold_home(home: Path, port: int) -> tuple[Any, str]:

@@ -270,3 +270,42 @@ def test_an_installed_prh_without_prefect_yaml_is_refused_before_anything_starts
                    "checkout (a clone of the repository, where `make serve` runs it); this prh is an installed copy. "
                    "Nothing was started\n")
     assert not home.exists()
+
+
+_STUBBORN = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGTERM, signal.SIG_IGN); signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+             "print('ready', flush=True); time.sleep(600)")
+
+
+def test_stopping_workers_that_outlive_term_and_int_waits_for_them_together():
+    """A worker that has run flows outlives TERM and INT and ends by KILL: ``make serve`` stopped its
+    children one after the other, 2 x grace each (20 s a worker). ``stop_all`` signals them
+    together: three such processes end by KILL after about 2 x grace in all, not 3 x 2 x grace."""
+    procs = [subprocess.Popen([sys.executable, "-c", _STUBBORN], stdout=subprocess.PIPE, text=True, start_new_session=True)
+             for _ in range(3)]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline() == "ready\n"  # its handlers are set
+        started = time.monotonic()
+        serve.stop_all(procs, grace=1.5)
+        took = time.monotonic() - started
+        assert [proc.returncode for proc in procs] == [-signal.SIGKILL] * 3
+        assert 3.0 <= took < 3 * 2 * 1.5 - 1, took  # TERM, INT: 1.5 s each for all three; KILL at once
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.stdout.close()
+
+
+def test_stop_all_returns_at_once_for_processes_that_end_on_term():
+    """A process that ends on TERM is not waited for beyond its end, nor sent INT or KILL."""
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True) for _ in range(2)]
+    for proc in procs:
+        assert proc.stdout.readline() == "ready\n"
+        proc.stdout.close()
+    started = time.monotonic()
+    serve.stop_all(procs, grace=30)
+    assert [proc.returncode for proc in procs] == [-signal.SIGTERM] * 2 and time.monotonic() - started < 10
