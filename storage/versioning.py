@@ -66,7 +66,7 @@ _AST_LOCK = threading.Lock()
 _AST_RACE_ATTEMPTS = 8
 
 
-def _parse(source: str) -> ast.Module:
+def parse_source(source: str) -> ast.Module:
     """``ast.parse(source)``, repeated while CPython 3.11's AST recursion-counter race (another
     thread parsing at the same moment) fails it with ``SystemError``; raises after
     ``_AST_RACE_ATTEMPTS`` such failures in a row, and at once on any other error."""
@@ -117,7 +117,7 @@ def behaviour_source(source: str) -> str:
     Source that does not parse is returned unchanged (it is then hashed as it is).
     """
     try:
-        tree = _parse(source)
+        tree = parse_source(source)
         comments = [(t.start, t.end) for t in tokenize.generate_tokens(io.StringIO(source).readline)
                     if t.type == tokenize.COMMENT]
     except (SyntaxError, tokenize.TokenError, ValueError):

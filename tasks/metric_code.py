@@ -27,7 +27,7 @@ import functools
 import inspect
 from pathlib import Path
 
-from storage.versioning import PROJECT_ROOT, source_files
+from storage.versioning import PROJECT_ROOT, parse_source, source_files
 
 #: the package of the engines, project-relative
 PACKAGE = "tasks/metrics"
@@ -69,7 +69,7 @@ def _modules_named(source: str, importer: str, modules: set[str]) -> set[str]:
     package = PACKAGE.replace("/", ".")
     found: set[str] = set()
     bound = {package}  # names that are the package in this file, as dotted text
-    tree = ast.parse(source)
+    tree = parse_source(source)  # ast.parse, safe from CPython 3.11's race of threads parsing at once
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             module = _absolute(node, importer)

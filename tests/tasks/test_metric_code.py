@@ -165,3 +165,27 @@ def test_each_built_in_is_registered_by_code_in_its_version() -> None:
     assert set(BUILTINS) <= set(callers)
     for name in BUILTINS:
         assert callers[name] not in _left_out(name), (name, callers[name])
+
+
+def test_reading_imports_survives_the_ast_race_of_threads_parsing_at_once(monkeypatch) -> None:
+    """CPython 3.11's ``ast.parse`` fails with ``SystemError: AST constructor recursion depth
+    mismatch`` when another thread parses at the same moment: a Dask run's pairs read their metric
+    code versions in threads and failed so (4 of 6 runs of test_dask's pipeline under load). The
+    imports are read with ``storage.versioning.parse_source``, which orders and repeats parses."""
+    import ast
+
+    from tasks.metric_code import _modules_named
+
+    real, calls = ast.parse, []
+    source = "from tasks.metrics import cknna\n"
+
+    def racing(text, *args, **kwargs):
+        if text == source:
+            calls.append(1)
+            if len(calls) <= 2:  # as when another thread parsed meanwhile
+                raise SystemError("AST constructor recursion depth mismatch (before=42, after=75)")
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(ast, "parse", racing)
+    modules = {path.stem for path in (PROJECT_ROOT / "tasks" / "metrics").glob("*.py")}
+    assert _modules_named(source, "tasks.alignment", modules) == {"cknna"} and len(calls) == 3
