@@ -85,6 +85,21 @@ def test_the_wheel_holds_every_file_of_the_packages_and_the_embedded_demo(built)
     assert "prh = flows.cli:main" in entry_points
 
 
+def test_the_wheel_asks_for_the_declared_dependencies_and_offers_the_test_extra(built):
+    """An install of one's own gets pyproject.toml's ranges, and ``pip install 'prh[test]'`` the
+    suite's tools (moto's server, pytest, pytest-xdist, the locked ruff) with theirs."""
+    from email.parser import Parser
+
+    with zipfile.ZipFile(built["wheel"]) as wheel:
+        metadata = Parser().parsestr(wheel.read(f"prh-{_project()['version']}.dist-info/METADATA").decode())
+    required = sorted(str(Requirement(line)) for line in metadata.get_all("Requires-Dist", []))
+    extras = _project().get("optional-dependencies", {})
+    expected = sorted([str(Requirement(line)) for line in _project()["dependencies"]]
+                      + [str(Requirement(f'{line}; extra == "{extra}"')) for extra, lines in extras.items() for line in lines])
+    assert "test" in extras and "test" in metadata.get_all("Provides-Extra", [])
+    assert required == expected
+
+
 def test_the_sdist_holds_every_tracked_file(built):
     """The sdist is the checkout: a user who builds or tests from it has the tests with their
     conftest and helpers, configs, docs, bench, prefect.yaml and what `make` installs from."""
