@@ -147,6 +147,43 @@ def test_code_version_of_a_package_follows_its_behaviour(tmp_path, monkeypatch):
     code_version.cache_clear()
 
 
+def test_overlapping_code_versions_parse_each_file_once(tmp_path, monkeypatch):
+    """A run asks for several code versions over overlapping files (its record's ``tasks`` and
+    ``storage``, then ``tasks/data``, the extraction code, the alignment code once per metric);
+    each had parsed all of its files again (8 s of a cold demo run on 2 loaded cores). A file is
+    parsed once per text now, an edited one again; the versions are those of the files' stripped
+    sources hashed as ``code_version`` documents."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    texts = {"a.py": BASE.replace("sides = 0", f"sides = 0; tag = {str(tmp_path)!r}"), "b.py": f"Y = {str(tmp_path)!r}\n"}
+    for name, text in texts.items():
+        (package / name).write_text(text, encoding="utf-8")
+    monkeypatch.setattr(versioning, "PROJECT_ROOT", tmp_path)
+    parsed = []
+    real = versioning.behaviour_source
+    monkeypatch.setattr(versioning, "behaviour_source", lambda source: parsed.append(source) or real(source))
+
+    def expected(*names: str) -> str:  # sha256 over (path NUL stripped source NUL) of each file, in name order
+        h = hashlib.sha256()
+        for name in names:
+            h.update(f"pkg/{name}".encode() + b"\0" + real(texts[name]).encode() + b"\0")
+        return h.hexdigest()[:16]
+
+    code_version.cache_clear()
+    try:
+        assert code_version("pkg") == expected("a.py", "b.py")
+        assert code_version("pkg", exclude=("pkg/b.py",)) == expected("a.py")
+        assert code_version("pkg/b.py") == expected("b.py")
+        assert sorted(parsed) == sorted(texts.values())  # each file once, not once per version asked
+        texts["b.py"] = f"Y = 2  # {tmp_path}\n"
+        (package / "b.py").write_text(texts["b.py"], encoding="utf-8")
+        code_version.cache_clear()
+        assert code_version("pkg") == expected("a.py", "b.py") != expected("a.py")
+        assert len(parsed) == 3  # the edited file again, the other one not
+    finally:
+        code_version.cache_clear()
+
+
 def _racing_parse(monkeypatch, failures: int, message: str = "AST constructor recursion depth mismatch (before=42, after=75)"):
     """Make ``ast.parse`` fail ``failures`` times as CPython 3.11 does when another thread parses
     at the same moment (a Prefect or ``traceback`` thread, which no lock of ours orders)."""
