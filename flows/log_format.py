@@ -32,8 +32,10 @@ def utc_time(record: logging.LogRecord) -> str:
 
 class UtcFormatter(PrefectFormatter):
     """Prefect's console formatter, the time of each line in UTC with its date (:func:`utc_time`)
-    wherever the format says ``%(asctime)s``. A ``datefmt`` of one's own (other than Prefect's
-    ``%H:%M:%S``: ``PREFECT_LOGGING_FORMATTERS_STANDARD_DATEFMT``) is written in UTC too."""
+    wherever the format says ``%(asctime)s``. Given a ``datefmt`` other than Prefect's ``%H:%M:%S``
+    (a logging configuration naming this class with one), that is written in UTC. (prh does not name
+    this class where the environment sets any ``PREFECT_LOGGING_FORMATTERS_STANDARD_*`` variable, a
+    ``..._DATEFMT`` included: Prefect's own formatter, in local time, then writes that format.)"""
 
     converter = time.gmtime
 

@@ -134,16 +134,22 @@ def _local_sizes(lpath: Any) -> int:
 def count_fetches(fs: Any) -> None:
     """Make ``get`` of the fsspec filesystem ``fs`` (an object store's: copies to local files)
     count the bytes of the copies it made. Once per filesystem instance (fsspec shares one
-    instance among the stores of one URL and options)."""
-    if getattr(fs, "_prh_counts_fetches", False):
-        return
-    fetch = fs.get
+    instance among the stores of one URL and options, so two threads opening stores at once
+    could both wrap it, and every fetch would count twice: the check and the wrap hold a lock)."""
+    with _wrap_lock:
+        if getattr(fs, "_prh_counts_fetches", False):
+            return
+        fetch = fs.get
 
-    def get(rpath: Any, lpath: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fetch(rpath, lpath, *args, **kwargs)
-        finally:  # what was copied before an error was read too
-            count(_local_sizes(lpath))
+        def get(rpath: Any, lpath: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fetch(rpath, lpath, *args, **kwargs)
+            finally:  # what was copied before an error was read too
+                count(_local_sizes(lpath))
 
-    fs.get = get
-    fs._prh_counts_fetches = True
+        fs.get = get
+        fs._prh_counts_fetches = True
+
+
+#: Orders :func:`count_fetches`' check and wrap of a shared filesystem instance.
+_wrap_lock = threading.Lock()

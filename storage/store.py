@@ -751,7 +751,7 @@ class Store:
         was written but could not be removed is named as left in the store.
         """
         key = f".probe-{uuid.uuid4().hex}"
-        ignored = written = False
+        ignored = written = removing = False
         try:
             if self.is_local:  # link() is atomic: nothing to probe
                 self.write_bytes(key, b"probe")
@@ -759,7 +759,7 @@ class Store:
                 self.create_exclusive(key, b"probe")
                 written = True
                 ignored = self.create_exclusive(key, b"probe again")
-            written = True
+            written = removing = True
             self.delete(key)
         except Exception as error:
             failure = self._failure("write a probe object", error)
@@ -770,7 +770,8 @@ class Store:
             if not isinstance(error, OSError):
                 raise
             if not self.is_local and denied_permission(error) is not None:  # the credentials may not write or remove here
-                step = f"removing the probe {key} it had written" if written else f"writing the probe {key}"
+                step = (f"removing the probe {key} it had written" if removing else
+                        f"writing the probe {key} again (its first copy was written)" if written else f"writing the probe {key}")
                 left = (f"; the probe stays in the store (credentials that may s3:DeleteObject remove it: any prh gc once it is "
                         f"{STALE_CLAIM_SECONDS / 60:g} minutes old)") if written else ""
                 raise StoreNotWritable(f"store {self.display_url} is not writable: {step}: {describe_s3_failure(error)}{left}") \

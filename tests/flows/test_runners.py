@@ -100,8 +100,9 @@ def test_a_bad_task_runner_variable_fails_the_flow_not_its_import(tmp_path, fork
 
 def _refused_each(cases: dict[str, dict[str, str]], tmp_path, forks) -> dict[str, list[str]]:
     """The refusals of both flows' first step with each case's environment added (message -> its
-    refusals), each case in its own fork (which imports the flow modules with it) with a
-    PREFECT_HOME of its own."""
+    refusals), each case in its own fork (which imports the flow modules with it). The fork's
+    PREFECT_HOME is set but not read: Prefect read its settings when the fork server imported it;
+    SCRIPT calls each flow's function and reaches no API."""
     found = {}
     for i, (message, env) in enumerate(cases.items()):
         done = forks({"PREFECT_HOME": str(tmp_path / f"home-{i}"), **env}, tmp_path)

@@ -91,3 +91,37 @@ def test_a_byte_read_twice_counts_once():
                                 handle.seek(150), handle.read(10)))  # touching 0-150: 0-160
     assert counted == 100 + 160
     assert _read_by(lambda: (handle.seek(0), handle.read())) == 1000 - 260
+
+
+def test_a_filesystem_shared_by_stores_opened_at_once_counts_each_fetch_once(tmp_path):
+    """fsspec shares one filesystem instance among stores of one URL: a thread opening a store
+    while another was wrapping the instance's ``get`` found it not yet marked and wrapped the
+    wrapper, so every fetch counted twice."""
+    import threading
+    import time
+
+    from storage import bytes_read
+
+    (tmp_path / "a.parquet").write_bytes(b"x" * 1000)
+
+    class SlowFs:
+        """A filesystem whose missing attributes take a moment to look up (the mark, before it is
+        set): the second thread looks while the first wraps ``get`` and marks it."""
+
+        def get(self, rpath, lpath):
+            (tmp_path / "copy.parquet").write_bytes((tmp_path / rpath).read_bytes())
+
+        def __getattr__(self, name):
+            time.sleep(0.2)
+            raise AttributeError(name)
+
+    fs = SlowFs()
+    threads = [threading.Thread(target=bytes_read.count_fetches, args=(fs,)) for _ in range(2)]
+    threads[0].start()
+    time.sleep(0.1)  # the second looks for the mark while the first is past its look
+    threads[1].start()
+    for thread in threads:
+        thread.join()
+    before = bytes_read.bytes_read()
+    fs.get("a.parquet", str(tmp_path / "copy.parquet"))
+    assert bytes_read.bytes_read() - before == 1000

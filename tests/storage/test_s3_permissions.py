@@ -306,3 +306,31 @@ def test_a_refusal_names_the_iam_permission_of_its_request():
     assert denied_permission(RuntimeError("no S3 here")) is None
     assert describe_s3_failure(refused("ListParts")) == (
         f"ListParts failed: AccessDenied (HTTP 403) after 1 attempt: Access Denied (needs s3:ListMultipartUploadParts, {DENIED})")
+
+
+def test_a_probe_refused_at_its_second_write_is_not_said_to_be_refused_at_its_removal(iam, monkeypatch):
+    """The probe is created twice (the second must be refused: the condition is honoured); a
+    refusal of that second PUT was reported as "removing the probe ... it had written", a removal
+    never tried."""
+    from botocore.exceptions import ClientError
+
+    bucket = iam.bucket()
+    use_credentials(monkeypatch, iam.user(_writer_policy(bucket)))
+    store = Store(f"s3://{bucket}/store")
+    creates, create = [], Store.create_exclusive
+
+    def refused_second(self, key, data):
+        creates.append(key)
+        if len(creates) == 2:
+            wrapped = PermissionError("Access Denied")  # as s3fs re-raises botocore's error
+            wrapped.__cause__ = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"},
+                                             "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
+            raise wrapped
+        return create(self, key, data)
+
+    monkeypatch.setattr(Store, "create_exclusive", refused_second)
+    with pytest.raises(StoreNotWritable) as raised:
+        store.check_writable()
+    assert str(raised.value).startswith(f"store s3://{bucket}/store is not writable: writing the probe {creates[0]} again "
+                                        "(its first copy was written): PutObject failed: AccessDenied")
+    assert "the probe stays in the store" in str(raised.value)
