@@ -283,18 +283,21 @@ def test_a_publish_refused_midway_names_the_key_leaves_nothing_published_and_a_r
         assert manifest["files"][name]["sha256"] == hashlib.sha256(data).hexdigest()
 
 
+def refused(operation: str, code: str = "AccessDenied", status: int = 403) -> OSError:
+    """The error s3fs raises for a request S3 refused: botocore's ``ClientError`` of ``operation``
+    (``code``, HTTP ``status``) as the cause of a ``PermissionError``."""
+    from botocore.exceptions import ClientError
+
+    wrapped = PermissionError("Access Denied")
+    wrapped.__cause__ = ClientError({"Error": {"Code": code, "Message": "Access Denied"},
+                                     "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+    return wrapped
+
+
 def test_a_refusal_names_the_iam_permission_of_its_request():
     """The permission is AWS's name for what the request does, not the operation's name; a HEAD
     (no error document: its code is the status) is a refusal too; other errors name none."""
-    from botocore.exceptions import ClientError
-
     from storage.s3_options import denied_permission, describe_s3_failure
-
-    def refused(operation: str, code: str = "AccessDenied", status: int = 403) -> OSError:
-        wrapped = PermissionError("Access Denied")  # as s3fs re-raises botocore's error
-        wrapped.__cause__ = ClientError({"Error": {"Code": code, "Message": "Access Denied"},
-                                         "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
-        return wrapped
 
     expected = {"ListObjectsV2": "s3:ListBucket", "HeadObject": "s3:GetObject", "UploadPart": "s3:PutObject",
                 "DeleteObjects": "s3:DeleteObject", "ListMultipartUploads": "s3:ListBucketMultipartUploads",
@@ -312,8 +315,6 @@ def test_a_probe_refused_at_its_second_write_is_not_said_to_be_refused_at_its_re
     """The probe is created twice (the second must be refused: the condition is honoured); a
     refusal of that second PUT was reported as "removing the probe ... it had written", a removal
     never tried."""
-    from botocore.exceptions import ClientError
-
     bucket = iam.bucket()
     use_credentials(monkeypatch, iam.user(_writer_policy(bucket)))
     store = Store(f"s3://{bucket}/store")
@@ -322,10 +323,7 @@ def test_a_probe_refused_at_its_second_write_is_not_said_to_be_refused_at_its_re
     def refused_second(self, key, data):
         creates.append(key)
         if len(creates) == 2:
-            wrapped = PermissionError("Access Denied")  # as s3fs re-raises botocore's error
-            wrapped.__cause__ = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"},
-                                             "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
-            raise wrapped
+            raise refused("PutObject")
         return create(self, key, data)
 
     monkeypatch.setattr(Store, "create_exclusive", refused_second)
