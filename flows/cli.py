@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from flows.cli_console import BROKEN_PIPE_EXIT, print_or_exit
+from flows.cli_console import BROKEN_PIPE_EXIT, print_or_exit, stand_in_for_closed_stdout
 from flows.cli_console import discard_stdout as _discard_stdout
 from flows.cli_console import output_failure as _output_failure
 from flows.cli_locale import typed_text, utf8_mode_command
@@ -144,8 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ["PYTHONIOENCODING"] = sys.stdout.encoding  # output still in the terminal's encoding
         os.execv(again[0], again)
     configure_environment()
-    if sys.stdout is None:  # started with stdout closed (`prh ... >&-`): its output goes nowhere, as asked
-        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the whole process
+    stand_in_for_closed_stdout()  # started with stdout closed (`prh ... >&-`): its output goes nowhere, as asked
     if "torch" not in sys.modules:  # read once, when torch loads
         choose_omp_wait_policy()
     args = command_parser().parse_args(argv)

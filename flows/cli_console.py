@@ -16,7 +16,10 @@ no terminal. Here:
 It also says what ``prh`` does when its stdout cannot be written: a reader that went away (``prh sql
 ... | head``) ends it quietly with :data:`BROKEN_PIPE_EXIT`; a full disk or a failing device with
 one line (:func:`output_failure`). :func:`print_or_exit` applies both to ``--version`` and
-``--help``, whose text argparse would otherwise write with the error swallowed.
+``--help``, whose text argparse would otherwise write with the error swallowed. A ``prh`` started
+with stdout closed (``prh run >&-``, as some schedulers start jobs) writes its output to /dev/null
+(:func:`stand_in_for_closed_stdout`) and does its work; ``--version`` and ``--help``, whose only
+work is their output, then fail with one line, as ``echo hi >&-`` does.
 """
 
 from __future__ import annotations
@@ -59,6 +62,20 @@ BROKEN_PIPE_EXIT = 128 + 13
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
 
 
+#: whether this process started with stdout closed (:func:`stand_in_for_closed_stdout`)
+_stdout_closed_at_start = False
+
+
+def stand_in_for_closed_stdout() -> None:
+    """Where the process started with stdout closed (``sys.stdout`` None: ``prh ... >&-``), give it
+    /dev/null for the whole process (its output goes nowhere, as asked) and remember that, for
+    :func:`print_or_exit`. Does nothing where stdout is open."""
+    global _stdout_closed_at_start
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the whole process
+        _stdout_closed_at_start = True
+
+
 def discard_stdout() -> None:
     """Point stdout's file descriptor at /dev/null: what is left in its buffer goes nowhere, so
     that Python's flush of stdout at exit does not fail (and print a second error) again."""
@@ -89,7 +106,10 @@ def print_or_exit(parser: Any, text: str) -> None:
     stderr when the reader went away (`prh --help | head -c0`), 2 with one line (``prh: error: cannot
     write the output: ...``) on a full disk (`> /dev/full`). argparse's own printing swallows the
     error of its write: ``--help`` had exited 0 having printed nothing, or 120 with Python's
-    "Exception ignored" from the flush at exit."""
+    "Exception ignored" from the flush at exit. Started with stdout closed (``prh --help >&-``):
+    exit 2 with one line, since the text cannot be written anywhere (it had exited 0)."""
+    if _stdout_closed_at_start:
+        parser.exit(2, "prh: error: cannot write the output: stdout is closed\n")
     try:
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -132,14 +132,15 @@ def test_help_says_what_each_exit_status_means_and_each_command_what_it_does(cap
 
 
 def _help_with_stdout(argv: list[str], stdout: str, unbuffered: bool) -> subprocess.CompletedProcess[str]:
-    """``prh ARGV`` with its stdout a pipe whose reader has gone (``stdout="closed pipe"``) or
-    ``/dev/full``; buffered as in a user's shell, or ``PYTHONUNBUFFERED`` (each write at once)."""
+    """``prh ARGV`` with its stdout a pipe whose reader has gone (``stdout="closed pipe"``),
+    ``/dev/full`` or closed (``stdout=">&-"``); buffered as in a user's shell, or ``PYTHONUNBUFFERED`` (each write at once)."""
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     if unbuffered:
         env["PYTHONUNBUFFERED"] = "1"
     command = [sys.executable, "-m", "flows.cli", *argv]
-    if stdout == "/dev/full":
-        return subprocess.run(["bash", "-c", 'exec "$@" >/dev/full', "prh", *command], env=env, stderr=subprocess.PIPE,
+    if stdout in ("/dev/full", ">&-"):
+        redirect = ">/dev/full" if stdout == "/dev/full" else ">&-"
+        return subprocess.run(["bash", "-c", f'exec "$@" {redirect}', "prh", *command], env=env, stderr=subprocess.PIPE,
                               text=True, timeout=120)
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before prh writes: no race with a reader that exits
@@ -163,3 +164,13 @@ def test_help_into_a_closed_pipe_or_a_full_disk_ends_as_version_does(argv, unbuf
         full = _help_with_stdout(argv, "/dev/full", unbuffered)
         assert (full.returncode, full.stderr) == (2, "prh: error: cannot write the output: No space left on device; "
                                                      "what was written before it stopped is incomplete\n")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["sql", "--help"], ["--version"]], ids=" ".join)
+def test_help_and_version_with_stdout_closed_fail_in_one_line(argv):
+    """`prh --help >&-`: the text had gone to the /dev/null standing in for the closed stdout and
+    prh exited 0 (coreutils' `echo hi >&-` fails with "write error"). --help and --version, whose
+    only work is their output, now exit 2 with one line; a command with work to do still runs
+    (test_cli's closed-stdout `prh sql`)."""
+    done = _help_with_stdout(argv, ">&-", unbuffered=False)
+    assert (done.returncode, done.stderr) == (2, "prh: error: cannot write the output: stdout is closed\n")
