@@ -645,7 +645,7 @@ def check_demo_sample(params: Any) -> None:
     dataset task found out only after drawing and encoding every emoji at that size (about 5
     minutes at 2048 px, for a number typed into the UI's form). Counting takes ~3 s, so only an
     ``n`` above the demo's default (``OPENMOJI_N``, drawable at every size from 16 to 2048 px) is
-    counted; ``prh run`` counts every ``n`` its store does not hold yet (``flows.cli``)."""
+    counted; ``prh run`` counts the same, unless its store holds those pairs already (``flows.cli``)."""
     from tasks.params import OPENMOJI_N
 
     if params.kind != "openmoji" or params.n is None or params.n <= OPENMOJI_N:

