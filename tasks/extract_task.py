@@ -42,12 +42,29 @@ FEATURE_CODE = ("tasks/extract", "tasks/data/images.py", "storage/features.py")
 FEATURE_CODE_EXCLUDED = ("tasks/extract/preflight.py", "tasks/extract/refusals.py", "tasks/extract/errors.py")
 
 
+def model_fingerprint(spec: ModelSpec) -> dict[str, Any]:
+    """What determines ``spec``'s features, as hashed into its feature version and stored as its
+    manifest's ``spec``: ``ModelSpec.fingerprint()``, plus ``trust_remote_code: true`` where the
+    entry sets it. With it, a checkpoint whose ``config.json`` maps ``AutoModel`` (``auto_map``)
+    to its own code for a model type transformers knows loads that code; without it, transformers'
+    own class of that type: the same id and revision, other features (a tiny BERT whose own code
+    doubles the embeddings: 0.69 apart on every layer), which had shared one feature version, so
+    whichever ran first was served to the other. Added here, not in the fingerprint, so that the
+    extraction code version (and with it every model's features) stays as it was; an entry
+    without the flag keeps its version."""
+    fingerprint = spec.fingerprint()
+    if spec.trust_remote_code:
+        fingerprint["trust_remote_code"] = True
+    return fingerprint
+
+
 def feature_version(dataset_version: str, spec: ModelSpec) -> str:
-    """Content id of a model's features: dataset, everything about the model, the code."""
+    """Content id of a model's features: dataset, everything about the model
+    (:func:`model_fingerprint`), the code."""
     return content_id(
         {
             "dataset_version": dataset_version,
-            "model": spec.fingerprint(),
+            "model": model_fingerprint(spec),
             "code_version": code_version(*FEATURE_CODE, exclude=FEATURE_CODE_EXCLUDED),
             "schema": FEATURE_SCHEMA_VERSION,
         }
@@ -180,7 +197,7 @@ def extract_to_store(
         layers = [x[expand] for x in layers]
     seconds = time.perf_counter() - started
 
-    fingerprint = spec.fingerprint()
+    fingerprint = model_fingerprint(spec)
     catalog = {
         "model": spec.name,
         "feature_version": version,

@@ -16,7 +16,7 @@ from storage import layout
 from storage.store import Store
 from storage.versioning import code_version
 from tasks.extract.spec import ModelSpec
-from tasks.extract_task import FEATURE_CODE, FEATURE_CODE_EXCLUDED
+from tasks.extract_task import FEATURE_CODE, FEATURE_CODE_EXCLUDED, model_fingerprint
 from tasks.version_reasons import closest, differing_fields, published_words, stored_manifests
 
 
@@ -34,7 +34,7 @@ def why_extract(store_url: str, dataset_manifest: dict[str, Any], spec: ModelSpe
     if not stored:
         return None
     now = code_version(*FEATURE_CODE, exclude=FEATURE_CODE_EXCLUDED)
-    fingerprint = spec.fingerprint()
+    fingerprint = model_fingerprint(spec)
     nearest = closest(stored, lambda manifest: _differences(manifest, fingerprint, now))
     code_differs, differing = _differences(nearest, fingerprint, now)
     catalog = nearest["catalog"]

