@@ -2,8 +2,8 @@
 
 Layout: ``reports/figures/<drawing-code version>/<digest>.<format>``, where the digest is
 ``tasks.report.figures.figure_digest`` of the rows a figure shows. The namespace is the version of
-the code that draws (``tasks/report``), so a changed drawing is never served from an older
-namespace; ``prh gc`` removes the namespaces of other code versions, and in the current one the
+what draws (the code of ``tasks/report`` and the matplotlib version: :func:`drawing_version`), so a
+changed drawing is never served from an older namespace; ``prh gc`` removes the namespaces of other code versions, and in the current one the
 figures written more than ``--older-than-days`` ago (a hit does not renew a file, so a figure
 still shown is drawn again once after that: a cache, never a report, loses it).
 
@@ -17,13 +17,14 @@ record holds no namespace.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import time
 from typing import Any
 
 from storage.runs import live_records, run_records
 from storage.store import Store, modified_at
-from storage.versioning import code_version
+from storage.versioning import code_version, content_id
 
 FIGURES = "reports/figures"
 #: The field of a run record (``flows.run_record.new_record``) that names the figure-cache
@@ -37,8 +38,20 @@ log = logging.getLogger(__name__)
 
 
 def drawing_version() -> str:
-    """Version of the code that draws the report's figures."""
-    return code_version("tasks/report")
+    """Version of what draws the report's figures: the code of ``tasks/report`` and the installed
+    matplotlib, which lays out, styles and rasterises them (an upgrade can redraw the same rows
+    differently: a report must not show figures drawn by the matplotlib of an older deployment
+    sharing the store). Read from the installed distribution's metadata: matplotlib is not
+    imported (a cached report imports it only to draw a figure)."""
+    return content_id({"code": code_version("tasks/report"), "matplotlib": _installed_version("matplotlib")})
+
+
+def _installed_version(distribution: str) -> str | None:
+    """The installed version of ``distribution``, None where it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 class StoreFigureCache:

@@ -45,7 +45,7 @@ def start_moto_server(timeout_s: float = 60) -> tuple[subprocess.Popen, str]:
                 ports.put(int(found.group(1)))
 
     threading.Thread(target=read_log, name="moto-server-log", daemon=True).start()
-    deadline = time.time() + timeout_s
+    deadline = time.monotonic() + timeout_s  # a wall clock stepped meanwhile (NTP) neither ends nor stretches the wait
     port = None
     while True:
         if port is None:
@@ -59,7 +59,7 @@ def start_moto_server(timeout_s: float = 60) -> tuple[subprocess.Popen, str]:
                     return proc, f"http://127.0.0.1:{port}"
             except OSError:
                 time.sleep(0.2)
-        if time.time() > deadline or proc.poll() is not None:
+        if time.monotonic() > deadline or proc.poll() is not None:
             proc.kill()
             raise RuntimeError("moto_server did not start")
 

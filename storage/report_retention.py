@@ -9,8 +9,10 @@ keep only the newest ones. The figure cache (``reports/figures/``) is not a repo
 
 from __future__ import annotations
 
+from typing import Any
+
 from storage.figure_cache import FIGURES
-from storage.runs import run_records
+from storage.runs import RUNNING, place_key, run_records
 from storage.store import Store
 
 #: Where each run's page is stored: ``reports/<run_id>/report.html`` (``flows.report.report_key``).
@@ -18,14 +20,26 @@ REPORTS = "reports"
 
 
 def stale_reports(store: Store, keep: int) -> list[str]:
-    """Keys of the ``reports/<run_id>`` folders beyond the ``keep`` newest (by their run's start
-    time; a folder whose run record is gone or damaged counts as oldest), oldest first."""
+    """Keys of the ``reports/<run_id>`` folders beyond the ``keep`` newest, oldest first. Newest:
+    a run still ``RUNNING`` (writing its report now; it ends after every run that has ended), then
+    the runs in the catalog's order of "the latest run" (``storage.runs.place_key``: ``ordered_at``,
+    else finish, else start; then start, then run id), so that the report of the run ``prh
+    report`` and the ``*_latest`` views show is kept. They had been ordered by the text of their
+    start: a run whose host's clock ran ahead kept its report and the latest run's went, and so
+    did a long run's that ended last. A folder whose run record is gone or damaged counts as
+    oldest."""
     if keep < 0:
         raise ValueError(f"keep must be 0 or more, got {keep}")
     folders = [e["key"] for e in store.entries(REPORTS) if e["type"] == "directory"]
-    started = {str(r.get("run_id")): str(r.get("started_at") or "") for r in run_records(store, damaged=[])}
-    runs = sorted((key for key in folders if key != FIGURES),
-                  key=lambda key: (started.get(key.rsplit("/", 1)[-1], ""), key))
+    records = {str(r.get("run_id")): r for r in run_records(store, damaged=[])}
+
+    def place(key: str) -> tuple[Any, ...]:
+        record = records.get(key.rsplit("/", 1)[-1])
+        if record is None:
+            return (False, False, (), key)
+        return (True, record.get("status") == RUNNING, place_key(record), key)
+
+    runs = sorted((key for key in folders if key != FIGURES), key=place)
     return runs[: max(len(runs) - keep, 0)]
 
 

@@ -55,7 +55,7 @@ import duckdb
 from storage import layout
 from storage.catalog import current_alignment_keys
 from storage.runs import (CANCELLED, CLOCK_SKEW_SECONDS, COMPLETED, CRASHED, FAILED, PARTIAL_ALIGNMENTS, DamagedRecord, epoch_seconds,
-                          extraction_records, live_records, order_time, run_records)
+                          extraction_records, live_records, place_key, run_records)
 from storage.store import Store, parse_json
 from storage.store_errors import DamagedManifest
 from storage.times import utc_time
@@ -100,25 +100,15 @@ def published_results(record: dict[str, Any]) -> bool:
     return record.get("status") in (COMPLETED, FAILED, CANCELLED, CRASHED) and bool(record.get("alignment_versions"))
 
 
-#: Where :func:`newest_runs` puts a run without a time (``NULLS LAST``, newest first).
-_NO_TIME = datetime.min.replace(tzinfo=timezone.utc)
-
-
 def newest_runs(records: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """The ``n`` newest runs that published results, newest first, in ``select_run``'s order:
-    place (``ordered_at``: its finish, or just after a run recorded before it started that is dated later,
-    ``storage.runs.place_after``; else finish time; start time when there is none), then start time, then run id (records written before
-    prh kept microseconds have whole seconds: two runs of one second are still ordered alike by
-    both). Times compare as the catalog's ``TIMESTAMPTZ`` do: to the microsecond (epoch seconds as
-    floats merged runs placed 1 µs apart after a record dated centuries ahead), read as the
-    catalog reads them (``storage.times.utc_time``), one that is no time last (``NULLS LAST``)."""
-    def moment(record: dict[str, Any]) -> tuple[bool, datetime, bool, datetime, str]:
-        placed = order_time(record)  # as the catalog's LATEST_RUN_SQL: ordered_at, finished_at, started_at
-        started = utc_time(record.get("started_at"))
-        return (placed is not None, placed or _NO_TIME, started is not None, started or _NO_TIME,
-                str(record.get("run_id") or ""))
-
-    return sorted((r for r in records if published_results(r)), key=moment, reverse=True)[:n]
+    """The ``n`` newest runs that published results, newest first, in ``select_run``'s order
+    (``storage.runs.place_key``): place (``ordered_at``: its finish, or just after a run recorded
+    before it started that is dated later, ``storage.runs.place_after``; else finish time; start
+    time when there is none), then start time, then run id. Times compare as the catalog's
+    ``TIMESTAMPTZ`` do: to the microsecond (epoch seconds as floats merged runs placed 1 µs apart
+    after a record dated centuries ahead), read as the catalog reads them
+    (``storage.times.utc_time``), one that is no time last (``NULLS LAST``)."""
+    return sorted((r for r in records if published_results(r)), key=place_key, reverse=True)[:n]
 
 
 def run_versions(record: dict[str, Any]) -> set[str]:

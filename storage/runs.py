@@ -85,12 +85,12 @@ class RunHeartbeat:
 
 
 def epoch_seconds(timestamp: Any) -> float | None:
-    """Seconds since the epoch of an ISO 8601 time (``utc_now``), or None if it is not one."""
-    try:
-        moment = datetime.fromisoformat(str(timestamp))
-    except ValueError:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    """Seconds since the epoch of a stored time (``utc_now``'s ISO 8601, read as the catalog and
+    the order of runs read it: ``storage.times.utc_time``), or None if it is not one. A reading of
+    its own had taken a time with spaces around it for none (``prh gc --keep-runs`` refused a run
+    it had just ordered as the newest) and one past ``datetime``'s range in UTC for a time."""
+    moment = utc_time(timestamp)
+    return None if moment is None else moment.timestamp()
 
 
 def last_beat(store: Store, run_id: str, now: float) -> float | None:
@@ -178,6 +178,23 @@ def order_time(record: dict[str, Any]) -> datetime | None:
         if moment is not None:
             return moment
     return None
+
+
+#: Where :func:`place_key` puts a run without a time: the oldest (the catalog's ``NULLS LAST``, newest first).
+NO_TIME = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def place_key(record: dict[str, Any]) -> tuple[bool, datetime, bool, datetime, str]:
+    """The key that sorts run records oldest first as the catalog orders "the latest run"
+    (``storage.catalog.LATEST_RUN_SQL``): :func:`order_time`, then start time, then run id (records
+    written before prh kept microseconds have whole seconds: two runs of one second are still ordered
+    alike by both). Times compare to the microsecond, read as the catalog reads them
+    (``storage.times.utc_time``), whatever offset they were written with; one that is no time
+    sorts first (the catalog's ``NULLS LAST`` when newest first). ``prh gc --keep-runs``
+    (``storage.run_retention.newest_runs``) and ``--keep-reports``
+    (``storage.report_retention.stale_reports``) keep the newest by it."""
+    placed, started = order_time(record), utc_time(record.get("started_at"))
+    return (placed is not None, placed or NO_TIME, started is not None, started or NO_TIME, str(record.get("run_id") or ""))
 
 
 def latest_placed(store: Store, folder: str, run_id: str, records: list[dict[str, Any]] | None = None) -> datetime | None:

@@ -671,3 +671,26 @@ def test_a_version_being_published_again_and_a_pointer_gone_meanwhile_are_not_co
     removed = apply_retention(store, plan, sizes=sizes)
     assert removed == plan.remove[1:] and set(sizes) == set(removed)
     assert store.manifest(claimed) is not None and all(store.manifest(key) is None for key in removed)
+
+
+def test_a_start_time_the_catalog_reads_is_read_by_keep_runs_too(tmp_path) -> None:
+    """A hand-edited record whose start has spaces around it (`" 2026-03-04T01:00:00+00:00 "`) is
+    a time to the catalog and to the order of runs (``storage.times.utc_time``), but
+    ``storage.runs.epoch_seconds`` read it as no time: ``--keep-runs`` kept that run as the newest
+    and then refused ("record has no start time"). Every reading of a stored time is now the one
+    reading; a time past ``datetime``'s range once in UTC is no time to both."""
+    from storage.run_retention import plan_retention
+    from storage.runs import epoch_seconds
+
+    store = Store(str(tmp_path / "store"))
+    _dataset(store, D2, _day(4, 0))
+    vit, lm = _features(store, D2, "vit", "fv4", _day(4, 2)), _features(store, D2, "lm", "fl2", _day(4, 2))
+    key = _alignment(store, D2, "fv4", "fl2", "al4", _day(4, 3))
+    _run(store, "run-4", "COMPLETED", f" {_day(4, 1)} ", _day(4, 4), D2, {"vit": "fv4", "lm": "fl2"}, [key])
+    plan = plan_retention(store, 1)
+    assert plan.blocked is None and plan.kept_runs == ["run-4"]
+    assert plan.since == datetime(2026, 3, 4, 1, tzinfo=timezone.utc).timestamp() - 900  # 15 min of skew before its start
+    assert {vit, lm, key} <= plan.keep
+    assert epoch_seconds("2026-03-04 06:30:00+05:30") == datetime(2026, 3, 4, 1, tzinfo=timezone.utc).timestamp()
+    assert epoch_seconds("2026-03-04T01:00:00") == datetime(2026, 3, 4, 1, tzinfo=timezone.utc).timestamp()  # no offset: UTC
+    assert epoch_seconds("9999-12-31T23:59:59-05:00") is None and epoch_seconds("soon") is None

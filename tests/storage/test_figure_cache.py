@@ -28,6 +28,28 @@ def test_round_trip_and_misses(store_url):
     assert StoreFigureCache(store, namespace="other").get("d1", ("png",)) is None  # other drawing code, other entries
 
 
+def test_another_matplotlib_draws_into_another_namespace(tmp_path, monkeypatch):
+    """A figure drawn by one matplotlib is not served to a report drawing with another (an upgrade,
+    or two deployments sharing a store): the same rows, the same tasks/report code, but the
+    namespace moves with the installed matplotlib, read without importing it."""
+    import importlib.metadata
+
+    store = Store(tmp_path.as_uri())
+    drawn = StoreFigureCache(store)
+    drawn.put("d", {"png": PNG})
+    real = importlib.metadata.version
+
+    def other_matplotlib(name: str) -> str:
+        return "0.0.1" if name == "matplotlib" else real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", other_matplotlib)
+    upgraded = StoreFigureCache(store)
+    assert upgraded.namespace != drawn.namespace
+    assert upgraded.get("d", ("png",)) is None  # drawn again by this matplotlib
+    monkeypatch.setattr(importlib.metadata, "version", real)
+    assert StoreFigureCache(store).get("d", ("png",)) == {"png": PNG}  # the same matplotlib: still a hit
+
+
 def test_a_damaged_entry_is_a_miss(store_url):
     store = Store(store_url)
     cache = StoreFigureCache(store)

@@ -24,3 +24,50 @@ def test_servers_bind_their_own_ports_and_a_long_log_does_not_block_them():
         stop_server(a)
         stop_server(b)
     assert a.returncode is not None and b.returncode is not None
+
+
+def test_the_wait_for_the_server_does_not_end_when_the_wall_clock_steps(monkeypatch):
+    """The wait for the server to listen is timed on a monotonic clock: a wall clock stepped an
+    hour forward meanwhile (NTP, a suspended VM resumed) had ended it at once ("moto_server did
+    not start") while the server came up half a second later; one stepped back had made it wait
+    an hour longer for a server that never came. A stand-in process says it listens after 0.5 s
+    on a socket the test holds."""
+    import socket
+    import time
+
+    import storage.loopback_s3 as loopback
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def log():
+        time.sleep(0.5)
+        yield f" * Running on http://127.0.0.1:{port}\n"
+
+    class Server:
+        stderr = log()
+        killed = False
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def poll(self):
+            return None
+
+        def kill(self):
+            Server.killed = True
+
+    real_time, calls = time.time, []
+
+    def stepped():
+        calls.append(1)
+        return real_time() + (3600.0 if len(calls) > 1 else 0.0)
+
+    monkeypatch.setattr(loopback.subprocess, "Popen", Server)
+    monkeypatch.setattr(time, "time", stepped)
+    try:
+        proc, url = loopback.start_moto_server(timeout_s=30)
+    finally:
+        monkeypatch.undo()
+        listener.close()
+    assert url == f"http://127.0.0.1:{port}" and isinstance(proc, Server) and not Server.killed

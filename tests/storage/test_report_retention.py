@@ -117,3 +117,48 @@ def test_gc_removes_the_temporary_files_of_killed_report_writers(tmp_path, capsy
     assert main(["gc", "--store", url]) == 0
     assert sorted((tmp_path / "store" / "reports").rglob("*.tmp-*")) == [in_flight]
     assert "removed reports/run-1/.report.html.tmp-" in capsys.readouterr().out
+
+
+def _record(store: Store, run_id: str, **fields: object) -> None:
+    store.write_bytes(f"runs/{run_id}.json", json.dumps({"run_id": run_id, "status": "COMPLETED", **fields}).encode())
+    store.write_bytes(f"reports/{run_id}/report.html", b"<html></html>")
+
+
+def test_the_latest_runs_report_is_kept_when_another_hosts_clock_ran_ahead(tmp_path) -> None:
+    """Host A's clock ran 30 minutes ahead: its run recorded a start of 10:30 (10:00 real) and an
+    end of 10:40. Host B (right clock) then started a run at 10:12 that ended at 10:15; B read A's
+    record as it started and placed itself just after it (``ordered_at`` 10:40:00.000001), so B's
+    is the latest run (the ``*_latest`` views, ``prh report``). ``--keep-reports 1`` kept A's
+    report by start time and removed B's: the report of the latest run."""
+    store = Store(str(tmp_path / "store"))
+    _record(store, "a-ahead", started_at="2026-03-02T10:30:00.000000+00:00", finished_at="2026-03-02T10:40:00.000000+00:00",
+            ordered_at="2026-03-02T10:40:00.000000+00:00")
+    _record(store, "b-latest", started_at="2026-03-02T10:12:00.000000+00:00", finished_at="2026-03-02T10:15:00.000000+00:00",
+            ordered_at="2026-03-02T10:40:00.000001+00:00")
+    _record(store, "c-yesterday", started_at="2026-03-01T10:00:00.000000+00:00", finished_at="2026-03-01T10:05:00.000000+00:00",
+            ordered_at="2026-03-01T10:05:00.000000+00:00")
+    assert stale_reports(store, 1) == ["reports/c-yesterday", "reports/a-ahead"]
+    assert stale_reports(store, 2) == ["reports/c-yesterday"]
+
+
+def test_reports_are_kept_in_the_order_of_the_latest_run(tmp_path) -> None:
+    """The newest reports are those of the runs placed last (``ordered_at``, else ``finished_at``,
+    else ``started_at``; then start, then run id), as the catalog orders "the latest run": a long
+    run that started first and ended last is the latest, not the short run that started during
+    it. Times are read as times, whatever offset a record was written with (a hand-edited or
+    copied record in ``-05:00`` sorted by its text). Two runs of one whole second go by run id. A
+    run still ``RUNNING`` (writing its report now) counts as newer than every ended one: it will
+    end after them."""
+    store = Store(str(tmp_path / "store"))
+    _record(store, "long", started_at="2026-03-03T10:00:00+00:00", finished_at="2026-03-03T12:00:00+00:00")
+    _record(store, "short", started_at="2026-03-03T10:30:00+00:00", finished_at="2026-03-03T10:45:00+00:00")
+    assert stale_reports(store, 1) == ["reports/short"]
+    # 06:45 UTC written at -05:00 ends after a run ending 06:40 UTC (its text sorts first)
+    _record(store, "ny", started_at="2026-03-04T01:30:00-05:00", finished_at="2026-03-04T01:45:00-05:00")
+    _record(store, "utc", started_at="2026-03-04T06:30:00+00:00", finished_at="2026-03-04T06:40:00+00:00")
+    assert stale_reports(store, 1) == ["reports/short", "reports/long", "reports/utc"]
+    _record(store, "same-2", started_at="2026-03-05T08:00:00+00:00", finished_at="2026-03-05T08:00:09+00:00")
+    _record(store, "same-1", started_at="2026-03-05T08:00:00+00:00", finished_at="2026-03-05T08:00:09+00:00")
+    assert stale_reports(store, 1)[-2:] == ["reports/ny", "reports/same-1"]
+    _record(store, "running", status="RUNNING", started_at="2026-03-05T07:00:00+00:00")
+    assert stale_reports(store, 1)[-2:] == ["reports/same-1", "reports/same-2"]
