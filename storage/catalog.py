@@ -352,6 +352,7 @@ def connect(
         create_table_view(con, view, table)
     if runs:  # each derived view reads runs: without it, none (a query naming one fails, see above)
         create_derived_views(con)
+        _warn_current_results_missing(con, store, sources, read)
     if read_only:
         lock_down(con, [store.uri("").rstrip("/") + "/"], _exists_in(store),
                   linked_files(store.root, read) if store.is_local else [])
@@ -530,6 +531,52 @@ def current_alignment_keys(store: Store) -> set[str]:
         return {row[0] for row in con.execute(f"SELECT DISTINCT {_KEY_OF_ROW} FROM ({CURRENT_BEST_SQL}) AS v").fetchall()}
     finally:
         con.close()
+
+
+#: Each alignment version a run with results lists, with that run's id and rank among them
+#: (1: the latest, :data:`LATEST_RUN_SQL`'s conditions and order); reads only ``runs``.
+_LISTED_BY_RANK_SQL = f"""
+    SELECT run_id, run_rank, unnest(alignment_versions) AS alignment_key
+    FROM (SELECT run_id, alignment_versions, row_number() OVER (ORDER BY {_RUNS_LATEST_FIRST}) AS run_rank
+          FROM runs WHERE {_RUN_HAS_RESULTS})"""
+
+
+def _warn_current_results_missing(con: duckdb.DuckDBPyConnection, store: Store, sources: CatalogSources,
+                                  read: list[str]) -> None:
+    """Warn about each model pair whose current result is gone while an older one stands in.
+
+    ``alignment_best`` shows, of each pair, the rows of the version that the latest run listing one
+    of that pair lists, ranked among the versions the store holds: when that version is not in the
+    store (a partial restore, a copy cut short, ``prh verify --remove-damaged``, a best file left
+    out as damaged) the view shows another version of the pair (an older run's, with other
+    parameters) as current, with nothing to tell it apart. No file is read: the versions present
+    are those whose ``best.parquet`` the view reads (``read``), the listings come from ``runs``.
+    A pair none of whose versions is left shows no rows (what ``prh gc --keep-runs`` does to a
+    pair only an older run scored) and is not warned about."""
+    best_files = sources.files.get("alignment_best_all", [])
+    if not best_files:
+        return
+    shown = set(read)
+    present = {sources.listed[uri].key.rsplit("/", 1)[0] for uri in best_files if uri in shown and uri in sources.listed}
+    by_pair: dict[str, set[str]] = {}
+    for key in present:
+        by_pair.setdefault(key.split("/")[2], set()).add(key)
+    latest: dict[str, tuple[int, str, str]] = {}  # pair folder -> (rank, run id, key) of the latest listing
+    for run_id, rank, key in con.execute(_LISTED_BY_RANK_SQL).fetchall():
+        parts = key.split("/") if isinstance(key, str) else []
+        if len(parts) != 4 or parts[0] != layout.ALIGNMENT:
+            continue
+        if parts[2] not in latest or (rank, key) < latest[parts[2]][::2]:
+            latest[parts[2]] = (rank, run_id, key)
+    for pair, (_, run_id, key) in sorted(latest.items()):
+        others = sorted(by_pair.get(pair, set()) - {key})
+        if key in present or not others:
+            continue
+        log.warning("store %s: run %s, the latest run with results for the pair %s, lists %s, which is not in the "
+                    "store (a partial restore or copy, or removed as damaged); alignment_best and alignment show "
+                    "that pair's rows of another version instead (%s), not that run's result. `prh run` with that "
+                    "run's config computes it again (`prh verify` names damaged versions)",
+                    store.display_url, run_id, pair.replace("__", " x "), key, ", ".join(others))
 
 
 def create_table_view(con: duckdb.DuckDBPyConnection, view: str, table: pa.Table) -> None:
