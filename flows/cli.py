@@ -244,8 +244,11 @@ def escape_what_stdout_cannot_hold(args: argparse.Namespace) -> None:
 def _unwritable_output(error: UnicodeEncodeError) -> str:
     """The one line ``prh sql --format csv`` ends with when the output cannot hold a character of
     the result: which character, the output's encoding, and what to do."""
-    character = error.object[error.start:error.end] if isinstance(error.object, str) else "?"
-    return (f"the output's encoding ({error.encoding}) cannot hold the character {character!r} of the result, and "
+    # the first character only (the codec names the whole run of them it cannot write: a Hebrew
+    # word); the stream's encoding, not the codec's ('charmap' for ISO-8859-9, a Turkish locale)
+    character = error.object[error.start] if isinstance(error.object, str) and error.start < len(error.object) else "?"
+    encoding = getattr(sys.stdout, "encoding", None) or error.encoding
+    return (f"the output's encoding ({encoding}) cannot hold the character {character!r} of the result, and "
             "CSV has no escape for it: set PYTHONIOENCODING=utf-8 (or a UTF-8 locale), or use --format json, "
             "which writes it as a \\u escape")
 

@@ -4,7 +4,7 @@ Idle OpenMP threads spin by default, which pays on free cores (each of the many 
 of the alignment stage starts at once) and costs a great deal on shared ones (spinning threads
 starve the process that holds the core, and each other). Measured on the 2-core project machine,
 one demo model pair (23 x 7 layers, three metrics, 50 permutations, 200 bootstrap replicates):
-quiet, spinning 14-16 s and sleeping (``OMP_WAIT_POLICY=PASSIVE``) 25 s; with one busy process
+quiet, spinning 14-16 s and sleeping (``OMP_WAIT_POLICY=passive``) 25 s; with one busy process
 beside it, spinning 44-63 s and sleeping 21-24 s (``BENCHMARKS.md``). So ``prh`` spins when the
 cores are free as it starts and sleeps when other work is using them. A value the user set is
 never changed.
@@ -46,14 +46,18 @@ def busy_cores(window_s: float = 0.2) -> float | None:
 
 
 def choose_omp_wait_policy(environ: MutableMapping[str, str] | None = None) -> str:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` in ``environ`` (default ``os.environ``) when other work
+    """Set ``OMP_WAIT_POLICY=passive`` in ``environ`` (default ``os.environ``) when other work
     uses at least ``BUSY_CORES`` cores (or the load cannot be read); leave the default (spin)
-    when the cores are free. Returns the policy in effect, ``'user'`` when already set."""
+    when the cores are free. Returns the policy in effect, ``'user'`` when already set.
+
+    In lower case: libgomp compares the value with ``strncasecmp``, which follows the locale, and
+    in a Turkish one (``LC_ALL=tr_TR.UTF-8``) the ``I`` of ``PASSIVE`` is no capital ``i``: torch
+    warned ``libgomp: Invalid value for environment variable OMP_WAIT_POLICY`` and spun."""
     environ = os.environ if environ is None else environ
     if "OMP_WAIT_POLICY" in environ:
         return "user"
     busy = busy_cores()
     if busy is None or busy >= BUSY_CORES:
-        environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        return "PASSIVE"
+        environ["OMP_WAIT_POLICY"] = "passive"
+        return "passive"
     return "spin"

@@ -27,6 +27,7 @@ from storage import layout
 from storage.pairing import pairs_not_coming, shared_features
 from storage.runs import COMPLETED, FAILED, PARTIAL_ALIGNMENTS, RecordsRead, open_for_run, sweep_ended_signs
 from storage.store import DEFAULT_STORE, Store
+from storage.store_urls import check_temporary_folder
 from tasks.align_task import align_pair, few_bootstrap_warning, few_permutations_warning
 from tasks.dataset_task import load_dataset, stored_dataset
 from tasks.extract_task import GPU_TAG, extract_features, reuse_features, stored_features
@@ -80,6 +81,8 @@ def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: boo
     entered = time.perf_counter()  # the run's `setup` stage: its checks, the store's, its record
     check_run_environment()  # a bad $PRH_TASK_RUNNER (or other setting) fails the run naming it (see flow_task_runner)
     target = run_store(store)  # memory:// (kept by no one) and URLs fsspec cannot open alone are refused, naming the store
+    if not target.is_local:  # each pair fetches its layer files there for DuckDB: a TMPDIR it would misread failed every pair
+        check_temporary_folder("an object store's layer files are fetched there for DuckDB to read")
     if not dataset_version:  # the demo's n beyond what its font draws, a path not there: refused before the store is touched
         check_dataset_source(config.dataset)
     run_id = run_id_of(prh_pipeline)  # a flow run's id, or a new local one

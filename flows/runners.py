@@ -174,8 +174,10 @@ def _check_cluster_class(path: str) -> None:
 
 
 def runs_in_parallel(runner: TaskRunner[Any] | None) -> bool:
-    """False for the sequential runner (one thread), True for anything that may run tasks at once."""
-    return not (isinstance(runner, ThreadPoolTaskRunner) and runner._max_workers == 1)
+    """False for the sequential runner (one thread), True for anything that may run tasks at once.
+    By Prefect's own comparison of thread-pool runners (their number of threads), not by its private
+    ``_max_workers``."""
+    return runner != ThreadPoolTaskRunner(max_workers=1)
 
 
 def preload_libraries() -> None:

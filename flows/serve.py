@@ -90,7 +90,27 @@ def start_server(port: int, env: Mapping[str, str], log: Any = None) -> subproce
     return subprocess.Popen(
         [*prefect_cli(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env=dict(env), cwd=PROJECT_ROOT, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=default_stop_signals,
     )
+
+
+#: The signals a Prefect server or worker that serve starts stops on, set back to their default
+#: action in the child (:func:`default_stop_signals`).
+DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def default_stop_signals() -> None:
+    """In a child process of serve, between fork and exec: SIGINT and SIGTERM back to their default
+    action. A process started from a shell's background job (``make serve &``, a CI step, a
+    non-interactive ``bash -c '... &'``) has SIGINT ignored, and its children inherited that:
+    Prefect's worker answers SIGTERM by sending itself SIGINT, to stop as Ctrl-C does (the handler
+    of ``prefect.utilities.processutils.setup_signal_handlers_worker``), and with SIGINT ignored
+    that signal did nothing, so the worker outlived SIGTERM and then SIGINT, and ended only by the
+    SIGKILL that Prefect's handler sends on the next signal (``stop_all`` waited its grace twice).
+    With SIGINT at its default, Python's Ctrl-C handling is installed and the worker stops on
+    SIGTERM in about a second."""
+    for number in DEFAULT_SIGNALS:
+        signal.signal(number, signal.SIG_DFL)
 
 
 def wait_healthy(api_url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 120) -> None:
@@ -226,12 +246,13 @@ def _days(text: str) -> int:
 
 
 def start_worker(pool: str, env: Mapping[str, str], log: Any = None, limit: int | None = None) -> subprocess.Popen[bytes]:
-    """A process worker polling ``pool`` (``limit``: at most that many flow runs at once)."""
+    """A process worker polling ``pool`` (``limit``: at most that many flow runs at once), which
+    stops on SIGTERM (:func:`default_stop_signals`)."""
     command = [*prefect_cli(), "worker", "start", "--pool", pool, "--type", "process"]
     if limit:
         command += ["--limit", str(limit)]
     return subprocess.Popen(command, env=dict(env), cwd=PROJECT_ROOT, stdout=log or subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=default_stop_signals)
 
 
 def local_gpu_ids(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -361,9 +382,10 @@ def stop(proc: subprocess.Popen[Any], grace: float = 10) -> None:
 
 def stop_all(procs: Sequence[subprocess.Popen[Any]], grace: float = 10) -> None:
     """Stop ``procs`` and their process groups together: TERM to all, up to ``grace`` seconds for
-    all of them, then INT to those left, then KILL. One at a time, a worker that has run flows
-    (it outlives TERM and INT) cost 2 x ``grace`` seconds each: 20 s a worker at ``make serve``'s
-    end, one after the other."""
+    all of them, then INT to those left, then KILL. A Prefect worker started with SIGINT ignored
+    (a worker of your own started in a shell's background job; serve's own have it at its default:
+    :func:`default_stop_signals`) outlives TERM and ends by the SIGKILL its own handler sends itself
+    on the INT; one at a time, such workers had cost 2 x ``grace`` seconds each."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
         alive = [proc for proc in procs if proc.poll() is None]
         for proc in list(alive):

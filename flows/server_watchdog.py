@@ -135,11 +135,20 @@ def guard_temporary_server() -> int | None:
 
     if PREFECT_API_URL.value() or not supported():
         return None
-    from prefect.server.api.server import SubprocessASGIServer
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+    except ImportError:  # Prefect's internals moved: the flow's client starts the server as it would alone
+        _say_unwatched("prefect.server.api.server.SubprocessASGIServer")
+        return None
 
     server = SubprocessASGIServer()  # the singleton the flow's client will use
     launch = getattr(server, "_run_uvicorn_command", None)
-    # Prefect's private API: an attribute renamed in another version leaves the server unwatched, never failing the run
+    # Prefect's private API (flows/prefect_private.py): an attribute renamed in another version leaves
+    # the server unwatched, said in one line, never failing the run
+    lacking = [name for name, found in (("_run_uvicorn_command", callable(launch)), ("running", hasattr(server, "running")),
+                                        ("server_process", hasattr(server, "server_process"))) if not found]
+    if lacking:
+        _say_unwatched(", ".join(f"SubprocessASGIServer.{name}" for name in lacking))
     if callable(launch) and not getattr(server, "running", True):
         def launch_watched() -> Any:  # the watchdog starts with the process, before the health check
             process = _in_own_session(launch)
@@ -160,6 +169,15 @@ def guard_temporary_server() -> int | None:
     # temporary one, which no watchdog guards and which keeps their task runs out of the run's server
     os.environ.setdefault("PREFECT_API_URL", server.api_url)
     return process.pid
+
+
+def _say_unwatched(lacking: str) -> None:
+    """One line on stderr: the temporary server runs unwatched, as this Prefect lacks ``lacking``."""
+    from flows.prefect_private import prefect_version
+
+    print(f"prh: Prefect {prefect_version()} has no {lacking} (a private Prefect API prh uses, listed in "
+          "flows/prefect_private.py): its temporary API server is not watched, and a `kill -9` of prh run leaves it "
+          "running; install the Prefect of requirements.lock", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str]) -> int:

@@ -61,7 +61,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -76,7 +75,7 @@ from storage.sql_guard import (CheckedQuery, ReadOnlyQueryError, checked_stateme
                                refused_advice_hint)
 from storage.store import MANIFEST, Store, check_is_store
 from storage.store_errors import REMOVE_DAMAGED_ADVICE, DamagedManifest
-from storage.store_urls import escape_glob, unescape_glob
+from storage.store_urls import duckdb_temporary_folder, escape_glob, unescape_glob
 from storage.times import utc_time
 from storage.stored_files import FileGroup, ListedFile, StoredFiles
 from storage.verify import STRAY, STRAY_ADVICE, manifest_problems, named_like_a_version
@@ -641,12 +640,10 @@ def lock_down(con: duckdb.DuckDBPyConnection, allowed_directories: list[str],
         spelling for d in allowed_directories for spelling in (d, escape_glob(d))))
     # DuckDB also allows its temporary directory (default ``.tmp`` in the working directory, where
     # anything may lie): a fresh private path instead, created only if a query spills to disk.
-    try:
-        folder = tempfile.gettempdir()
-    except OSError as error:  # none of TMPDIR, TEMP, TMP, /tmp, /var/tmp, /usr/tmp, the working folder takes a file
-        raise ValueError(f"no temporary folder can be written ({error.strerror or error}); a query spills to one: set "
-                         "TMPDIR to a folder this user can write, with room") from None
-    private = os.path.join(folder, f"prh-duckdb-{uuid.uuid4().hex}")
+    # In DuckDB's spelling of the folder (UTF-8): a non-ASCII TMPDIR in a Latin-1 locale reads
+    # '/tmp/prh-Ã¼' here, and a spill failed on that other, missing folder; a TMPDIR named in bytes
+    # that are not UTF-8 (a lone surrogate here) had failed every catalog with 'std::bad_cast'.
+    private = os.path.join(duckdb_temporary_folder("a query spills to one")[1], f"prh-duckdb-{uuid.uuid4().hex}")
     con.execute(f"SET temp_directory = {_literal(private)}")
     con.execute(f"SET allowed_directories = [{listing}]")
     if allowed_paths:

@@ -15,6 +15,7 @@ import codecs
 import os
 import re
 import sys
+import tempfile
 from typing import Any
 from urllib.parse import unquote
 
@@ -183,6 +184,52 @@ def check_duckdb_spelling(path: str, what: str, encoding: str | None = None) -> 
         raise ValueError(f"{what} {path!r}: this process reads file names in its locale's encoding ({encoding}), DuckDB "
                          "reads them as UTF-8, so the two would open different files: run with a UTF-8 locale "
                          "(LC_ALL=C.UTF-8) or PYTHONUTF8=1, or use a path of ASCII characters")
+
+
+def duckdb_spelling(path: str) -> str | None:
+    """The spelling of ``path`` (as this process names it) under which DuckDB, which takes every
+    path as UTF-8 text, opens the same file: the path's bytes (in the process's file-system
+    encoding) read as UTF-8. ``path`` itself in a UTF-8 locale; ``/tmp/prh-\u00fc`` for the
+    ``/tmp/prh-\u00c3\u00bc`` a Latin-1 locale reads from the bytes ``c3 bc``; None where the bytes
+    are not UTF-8 (a folder named in Latin-1), which DuckDB cannot name at all."""
+    try:
+        return os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def duckdb_temporary_folder(use: str) -> tuple[str, str]:
+    """The temporary folder (``tempfile.gettempdir()``: ``$TMPDIR``, else ``/tmp``...) as Python
+    names it and as DuckDB must (:func:`duckdb_spelling`; the same in a UTF-8 locale). ``use``
+    says what the folder is for (``a query spills to one``), in the ``ValueError`` raised, saying
+    to set ``TMPDIR``, where no temporary folder can be written or where its name is bytes that are
+    not UTF-8 (DuckDB cannot open it: a TMPDIR named so had failed every catalog with
+    ``std::bad_cast``)."""
+    try:
+        folder = tempfile.gettempdir()
+    except OSError as error:  # none of TMPDIR, TEMP, TMP, /tmp, /var/tmp, /usr/tmp, the working folder takes a file
+        raise ValueError(f"no temporary folder can be written ({error.strerror or error}); {use}: set TMPDIR to a folder "
+                         "this user can write, with room") from None
+    spelling = duckdb_spelling(folder)
+    if spelling is None:
+        raise ValueError(f"temporary folder {folder!r} (TMPDIR): its name is bytes that are not UTF-8 text, which DuckDB "
+                         f"cannot open; {use}: set TMPDIR to a folder whose name is UTF-8 (or ASCII)")
+    return folder, spelling
+
+
+def check_temporary_folder(use: str) -> str:
+    """The temporary folder where files that Python writes are read by DuckDB (``use`` says
+    which, for the message), checked to be named alike by both (:func:`duckdb_temporary_folder`).
+    Where they differ, a ``ValueError`` names the folder and what to do: a non-ASCII ``TMPDIR``
+    in a Latin-1 locale (Python reads ``/tmp/prh-\u00fc`` as ``/tmp/prh-\u00c3\u00bc``, writes
+    there, and DuckDB looks for ``/tmp/prh-\u00c3\u00bc`` in UTF-8: "No files found")."""
+    folder, spelling = duckdb_temporary_folder(use)
+    if spelling != folder:
+        raise ValueError(f"temporary folder {folder!r} (TMPDIR): this process reads file names in its locale's encoding "
+                         f"({sys.getfilesystemencoding()}), DuckDB reads them as UTF-8 (as {spelling!r}), so the two would "
+                         f"open different files; {use}: run with a UTF-8 locale (LC_ALL=C.UTF-8) or PYTHONUTF8=1, or set "
+                         "TMPDIR to a folder with an ASCII path")
+    return folder
 
 
 #: Object stores whose URL's first part is a bucket: an ``@`` there is credentials, never a name.

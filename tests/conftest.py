@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 configure_environment()
 # The suite shares its cores with the servers and subprocesses it starts: idle threads sleep.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # lower case: libgomp reads it in every locale (flows/omp_policy.py)
 
 
 @pytest.hookimpl(optionalhook=True)

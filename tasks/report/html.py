@@ -302,7 +302,10 @@ def neighbours_section(examples: NeighbourExamples) -> str:
 
 def _example(example: Example, examples: NeighbourExamples) -> str:
     query = examples.samples.get(example.sample_id)
-    head = (f"<div class=\"query\">{_image(query)}<span>“{escape(shortened(query.text if query else example.sample_id))}”</span>"
+    # each caption in its own direction (dir="auto", an isolate): a Hebrew or Arabic caption read
+    # left to right in the page's direction, its closing punctuation and the quotes around it on the wrong side
+    head = (f"<div class=\"query\">{_image(query)}<span>“<bdi dir=\"auto\">{escape(shortened(query.text if query else example.sample_id))}"
+            "</bdi>”</span>"
             f"<span class=\"badge\">{example.overlap}/{examples.k} shared</span></div>")
     rows = [_neighbour_row(examples.model_a, example.neighbours_a, examples), _neighbour_row(examples.model_b, example.neighbours_b, examples)]
     return f"<div class=\"example\" data-sample=\"{escape(example.sample_id)}\">{head}{''.join(rows)}</div>"
@@ -315,7 +318,7 @@ def _neighbour_row(model: str, neighbours: list[Neighbour], examples: NeighbourE
         caption = shortened(sample.text if sample else n.sample_id)
         cls = "nb shared" if n.shared else "nb"
         both = "<div class=\"both\">✓ in both lists</div>" if n.shared else ""
-        cells.append(f"<div class=\"{cls}\">{_image(sample)}<div>{escape(caption)}</div><div class=\"sim\">cos {n.similarity:.3f}</div>"
+        cells.append(f"<div class=\"{cls}\">{_image(sample)}<div dir=\"auto\">{escape(caption)}</div><div class=\"sim\">cos {n.similarity:.3f}</div>"
                      f"{both}</div>")
     return f"<div class=\"row\"><div class=\"label\">{escape(model)}</div>{''.join(cells)}</div>"
 

@@ -1726,6 +1726,22 @@ def test_sql_csv_on_an_output_that_cannot_hold_a_value_says_what_and_why(tmp_pat
     assert as_json.returncode == 0 and json.loads(as_json.stdout) == [{"t": "café"}]
 
 
+def test_sql_csv_names_the_first_character_and_the_terminals_encoding_it_cannot_hold(tmp_path, monkeypatch, capsys):
+    """A Turkish terminal (ISO-8859-9) writes 'ş' but no Hebrew: the error named the codec's word
+    for every single-byte table, `charmap`, and the whole Hebrew word as 'the character'."""
+    import io
+
+    from flows.cli import main
+    from tests.storage.catalog_store import build_catalog_store
+
+    build_catalog_store(str(tmp_path / "store"))
+    out = io.TextIOWrapper(io.BytesIO(), encoding="iso8859-9")
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["sql", "select 'kuş \u05d7\u05ea\u05d5\u05dc' t", "--store", str(tmp_path / "store"), "--format", "csv"]) == 2
+    err = capsys.readouterr().err
+    assert "the output's encoding (iso8859-9) cannot hold the character '\u05d7' of the result" in err, err
+
+
 def _prh_with_stdout(stdout: str, *argv: str) -> subprocess.CompletedProcess[str]:
     """``prh ARGV`` run by a shell with stdout redirected as ``stdout`` says (``>/dev/full``,
     ``>&-``), its stderr captured. Its stdout is buffered, as in a user's shell (an inherited

@@ -6,6 +6,7 @@ harness of the other tests points elsewhere) and is stopped by PID."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +33,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Any:
-    """(API URL, log folder, environment): a Prefect server, pools, deployments and workers."""
+    """(API URL, log folder, environment, the workers' processes): a Prefect server, pools, deployments
+    and workers."""
     home = tmp_path_factory.mktemp("prefect-home")
     logs = tmp_path_factory.mktemp("logs")
     started = []
@@ -56,16 +58,21 @@ def server(tmp_path_factory) -> Any:
             serve.ensure_work_pool(api, pool)
         serve.ensure_concurrency_limit(api, serve.GPU_TAG, 1)
         serve.deploy_all(env, timeout=180)
-        for pool in (serve.CPU_POOL, serve.GPU_POOL):  # the "GPU" worker runs on this CPU box
-            with open(logs / "worker.log", "ab") as log:
-                started.append(serve.start_worker(pool, env, log))
-        yield api, logs, env
+        # the workers are started as from a shell's background job (`make serve &`, a CI step): SIGINT
+        # ignored here; serve sets it back to its default in them (test_workers_stop_on_sigterm)
+        ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for pool in (serve.CPU_POOL, serve.GPU_POOL):  # the "GPU" worker runs on this CPU box
+                with open(logs / "worker.log", "ab") as log:
+                    started.append(serve.start_worker(pool, env, log))
+        finally:
+            signal.signal(signal.SIGINT, ignored)
+        yield api, logs, env, started[1:]
     finally:
-        # The workers first (a grace of 3 s, not 10: a worker that has run flow runs outlives
-        # TERM's 10 s and ends by the KILL that Prefect's worker sends itself on the next signal,
-        # ~20 s of the file spent waiting), then the server (it ends on TERM in under a second).
+        # The workers first (test_workers_stop_on_sigterm has stopped them where it ran), then the
+        # server (it ends on TERM in under a second).
         for proc in reversed(started):
-            serve.stop(proc, grace=3 if proc is not started[0] else 10)
+            serve.stop(proc)
         for proc in started:
             assert proc.poll() is not None, f"process {proc.pid} still running"
 
@@ -103,7 +110,7 @@ def _task_runs(api: str, flow_run_id: str) -> list[dict]:
 
 
 def test_deployments_from_prefect_yaml(server):
-    api, _, _ = server
+    api, _, _, _ = server
     deployments = _call("POST", f"{api}/deployments/filter", json={})
     by_name = {d["name"]: d for d in deployments}
     assert set(by_name) == {"nightly", "cpu", "gpu", "nightly-staged"}
@@ -137,7 +144,7 @@ def test_deployments_from_prefect_yaml(server):
 
 
 def test_run_from_the_ui_then_incremental(server, tmp_path):
-    api, logs, _ = server
+    api, logs, _, _ = server
     store = str(tmp_path / "store")
     run = _run(api, "prh-pipeline/cpu", {"config": _config([TINY_VIT, TINY_BERT]), "store": store}, logs)
 
@@ -362,7 +369,7 @@ def test_a_gpu_worker_named_by_a_mig_id_with_slashes_logs_into_the_home(tmp_path
 def test_a_schedule_switched_in_the_ui_survives_a_redeploy(server):
     """The docs say to switch nightly-staged on and nightly off in the UI once GPU workers exist;
     every `make serve` start ran `prefect deploy --all`, which put prefect.yaml's `active:` back."""
-    api, _, env = server
+    api, _, env, _ = server
     def switch(name: str, active: bool) -> None:
         deployment = {d["name"]: d for d in _call("POST", f"{api}/deployments/filter", json={})}[name]
         for schedule in deployment["schedules"]:
@@ -511,3 +518,65 @@ def test_the_docs_yaml_to_params_command_gives_parameters_the_server_takes(tmp_p
     alignment = parameters["config"]["alignment"]
     assert (alignment["rbf_sigma"], alignment["outlier_quantile"], alignment["metrics"]) == (0.5, 0.9, ["cka"])
     assert [m["name"] for m in parameters["config"]["models"]] == ["vit", "bert"] and parameters["store"] == str(tmp_path / "store")
+
+
+LOAD_AS_THE_WORKER_DOES = """
+import json, sys
+from prefect.flows import load_flow_from_entrypoint
+loaded = {}
+for entrypoint in json.loads(sys.argv[1]):
+    flow = load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
+    module = sys.modules[flow.fn.__module__]
+    loaded[entrypoint] = [flow.fn.__module__, getattr(module, flow.fn.__name__) is flow]
+print(json.dumps({"loaded": loaded, "flows_on_path": [p for p in sys.path if p.rstrip("/").endswith("/flows")]}))
+"""
+
+
+def test_the_worker_loads_each_flow_as_the_module_prh_run_imports(server):
+    """prefect.yaml's entrypoints were file paths (`flows/pipeline.py:prh_pipeline`): a worker's flow
+    run executed that file as a module of its own (`pipeline`, or `__prefect_loader_<hash>__`) with
+    `flows/` put first on `sys.path` (every file there importable as a top-level module: `report`,
+    `progress`, `cli`...), so its classes were others than those of `flows.pipeline` (a run record's
+    error read `pipeline.ZooFailures`). Module entrypoints load `flows.pipeline` itself. Loaded here
+    the way the flow run's process loads them (`load_flow_from_entrypoint`, in the deployments' pull
+    step's working directory)."""
+    import json
+
+    api, _, env, _ = server
+    deployments = _call("POST", f"{api}/deployments/filter", json={})
+    entrypoints = sorted({d["entrypoint"] for d in deployments})
+    assert entrypoints == ["flows.pipeline:prh_pipeline", "flows.stages:prh_extract", "flows.stages:prh_staged"]
+    directories = {step["prefect.deployments.steps.set_working_directory"]["directory"]
+                   for d in deployments for step in d["pull_steps"]}
+    root = Path(__file__).resolve().parents[2]
+    assert directories == {str(root)}  # `prefect deploy` records the checkout it ran in
+    done = subprocess.run([sys.executable, "-c", LOAD_AS_THE_WORKER_DOES, json.dumps(entrypoints)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["loaded"] == {"flows.pipeline:prh_pipeline": ["flows.pipeline", True],
+                               "flows.stages:prh_extract": ["flows.stages", True],
+                               "flows.stages:prh_staged": ["flows.stages", True]}, found
+    assert found["flows_on_path"] == [], found
+
+
+def test_workers_stop_on_sigterm(server):
+    """Last of the file: it stops the module's workers. `make serve`'s workers, started with SIGINT
+    ignored (a background job: the `server` fixture starts them so), outlived SIGTERM and then
+    SIGINT, and ended by the SIGKILL Prefect's handler sends itself on the next signal: Prefect's
+    worker answers SIGTERM with a SIGINT to itself, which did nothing. Each now ends on SIGTERM alone,
+    after the flow runs of this file, in a few seconds, with exit status 0."""
+    _, logs, _, workers = server
+    deadline = time.monotonic() + 120  # run alone, the workers may still be starting (no handlers yet)
+    while (logs / "worker.log").read_text().count("started!") < len(workers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for proc in workers:
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    codes = []
+    for proc in workers:
+        try:
+            codes.append(proc.wait(timeout=max(0.1, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            codes.append(None)
+    assert codes == [0] * len(workers), codes  # None: alive 30 s after SIGTERM

@@ -208,7 +208,7 @@ def _deployment_run(name: str, parameters: dict[str, Any]) -> Any:
 
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name(prh_pipeline.name)
-        deployment_id = client.create_deployment(flow_id, name, entrypoint="flows/pipeline.py:prh_pipeline")
+        deployment_id = client.create_deployment(flow_id, name, entrypoint="flows.pipeline:prh_pipeline")
         return client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
 
 

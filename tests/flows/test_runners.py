@@ -187,3 +187,17 @@ def test_variables_read_late_in_extraction_fail_the_flow_at_its_start(tmp_path, 
              "PRH_HUB_TIMEOUT='ten' is not a number of seconds above 0": {"PRH_HUB_TIMEOUT": "ten"}}
     for message, refused in _refused_each(cases, tmp_path, forks).items():
         assert len(refused) == 2 and all(message in line for line in refused), (message, refused)
+
+
+def test_runs_in_parallel_tells_the_one_thread_runner_from_the_others():
+    """Decided through Prefect's public comparison of thread-pool runners, not its private
+    ``_max_workers``: one thread (``sequential``, ``threads:1``) runs one task at a time."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    from flows.runners import make_task_runner, runs_in_parallel
+
+    assert not runs_in_parallel(make_task_runner("sequential")) and not runs_in_parallel(make_task_runner("threads:1"))
+    assert not runs_in_parallel(make_task_runner("sequential").duplicate())  # what a flow run's context holds
+    assert runs_in_parallel(make_task_runner("threads:2")) and runs_in_parallel(ThreadPoolTaskRunner(max_workers=3))
+    assert runs_in_parallel(DaskTaskRunner(address="tcp://127.0.0.1:1")) and runs_in_parallel(None)

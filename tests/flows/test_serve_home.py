@@ -309,3 +309,29 @@ def test_stop_all_returns_at_once_for_processes_that_end_on_term():
     started = time.monotonic()
     serve.stop_all(procs, grace=30)
     assert [proc.returncode for proc in procs] == [-signal.SIGTERM] * 2 and time.monotonic() - started < 10
+
+
+DISPOSITIONS = """
+import signal
+print("|".join(str(signal.getsignal(n)) for n in (signal.SIGINT, signal.SIGTERM)), flush=True)
+"""
+
+
+@pytest.mark.parametrize("start", ["worker", "server"])
+def test_the_server_and_workers_serve_starts_get_sigint_and_sigterm_at_their_default(tmp_path, monkeypatch, start):
+    """A `make serve` started from a shell's background job (`make serve &`, a CI step) has SIGINT
+    ignored, and its children inherited that: Prefect's worker turns SIGTERM into a SIGINT to
+    itself, which then did nothing, so the worker outlived TERM and INT and ended only by a KILL.
+    Started here with SIGINT and SIGTERM ignored in this process, the child sees both at their
+    default (Python installs its Ctrl-C handler: ``default_int_handler``)."""
+    monkeypatch.setattr(serve, "prefect_cli", lambda: [sys.executable, "-c", DISPOSITIONS])
+    log = tmp_path / "child.log"
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with open(log, "wb") as out:
+            child = serve.start_worker("prh-cpu", {}, out) if start == "worker" else serve.start_server(1, {}, out)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    assert child.wait(timeout=60) == 0
+    assert log.read_text().strip() == f"{signal.default_int_handler}|{signal.Handlers.SIG_DFL}", log.read_text()

@@ -194,10 +194,11 @@ def test_the_watchdog_and_the_server_run_in_sessions_of_their_own() -> None:
             watchdog.wait(timeout=10)  # it exits once the server is gone
 
 
-def test_a_prefect_without_the_private_attributes_starts_its_server_unwatched(monkeypatch) -> None:
+def test_a_prefect_without_the_private_attributes_starts_its_server_unwatched(monkeypatch, capsys) -> None:
     """``guard_temporary_server`` reads Prefect's private ``running``, ``server_process`` and
     ``_run_uvicorn_command``: a version that renamed them starts its server as it would alone,
-    unwatched (None), instead of failing every run with an AttributeError."""
+    unwatched (None), instead of failing every run with an AttributeError, and says so in one line
+    naming what it lacks (it had gone unwatched without a word)."""
     import prefect.server.api.server as prefect_server
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -217,3 +218,32 @@ def test_a_prefect_without_the_private_attributes_starts_its_server_unwatched(mo
     with temporary_settings(updates={PREFECT_API_URL: None}):
         assert server_watchdog.guard_temporary_server() is None
     assert started == [True]
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and "SubprocessASGIServer._run_uvicorn_command" in said and "not watched" in said, said
+    assert "SubprocessASGIServer.server_process" in said and "SubprocessASGIServer.running" in said, said
+
+
+def test_a_prefect_whose_server_module_moved_runs_unwatched_saying_so(monkeypatch, capsys) -> None:
+    """``prefect.server.api.server`` is Prefect's internals: a version that moved it had failed every
+    ``prh run`` with an ImportError; the run goes on (Prefect starts its server as it would alone),
+    and one line says the server is not watched."""
+    import builtins
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import server_watchdog
+
+    real_import = builtins.__import__
+
+    def moved(name, *args, **kwargs):
+        if name == "prefect.server.api.server":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", moved)
+    monkeypatch.setattr(server_watchdog, "supported", lambda: True)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        assert server_watchdog.guard_temporary_server() is None
+    said = capsys.readouterr().err
+    assert "prefect.server.api.server.SubprocessASGIServer" in said and "not watched" in said, said

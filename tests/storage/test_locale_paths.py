@@ -121,3 +121,74 @@ def test_text_typed_in_a_latin1_terminal_reads_as_typed(tmp_path, latin1_env):
     done = _prh(latin1_env, "sql", "--store", str(store), b"select 'caf\xe9' x", "--format", "csv")  # type: ignore[arg-type]
     assert done.returncode == 0, done.stderr.decode("latin-1")
     assert done.stdout == b"x\ncaf\xe9\n"
+
+
+# The temporary folder (TMPDIR) is a path DuckDB reads too: the catalog's spill folder, and the
+# folder each pair of a run on S3 fetches its layer files into (storage.pairing).
+NON_ASCII_TMP = "prh-\u00fc-\u65e5\u672c"
+
+
+def test_the_catalog_spills_to_the_temporary_folder_in_a_latin1_locale(tmp_path, latin1_env):
+    """A non-ASCII TMPDIR in a Latin-1 locale: Python reads '/tmp/prh-Ã¼-...' from its UTF-8 bytes,
+    and DuckDB's spill folder was set in that spelling, a folder that does not exist (a query that
+    spilled failed: 'Failed to create directory'). DuckDB's setting must name the TMPDIR's bytes."""
+    store = tmp_path / "store"
+    build_catalog_store(str(store))
+    folder = tmp_path / NON_ASCII_TMP
+    folder.mkdir()
+    script = ("import sys; from storage.catalog import connect; con = connect(sys.argv[1]); "
+              "sys.stdout.buffer.write(con.execute(\"select current_setting('temp_directory')\").fetchone()[0].encode('utf-8'))")
+    done = subprocess.run([sys.executable, "-c", script, str(store)], cwd=ROOT, env={**latin1_env, "TMPDIR": str(folder)},
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode("latin-1")
+    spill = done.stdout  # DuckDB opens its setting's UTF-8 bytes: they must be the folder's own
+    assert spill.startswith(str(folder).encode("utf-8") + b"/prh-duckdb-"), spill
+
+
+def test_a_temporary_folder_named_in_latin1_is_refused_by_the_catalog_by_name(tmp_path, monkeypatch, capsys):
+    """A TMPDIR named in Latin-1 bytes (Python keeps the 0xF6 as U+DCF6): every `prh sql` ended in
+    `RuntimeError: std::bad_cast` and a traceback, as DuckDB's spill folder cannot be named."""
+    import tempfile
+
+    from flows.cli import main
+
+    store = build_catalog_store(str(tmp_path / "store"))
+    monkeypatch.setattr(tempfile, "tempdir", os.fsdecode(os.fsencode(str(tmp_path)) + b"/st\xf6re"))
+    assert main(["sql", "select 1", "--store", store.url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prh sql: error: temporary folder ") and "st\\udcf6re" in err, err
+    assert "bytes that are not UTF-8" in err and "set TMPDIR" in err
+
+
+def test_the_temporary_folder_check_names_duckdbs_spelling_in_a_latin1_locale(tmp_path, latin1_env):
+    script = ("from storage.store_urls import check_temporary_folder\n"
+              "try:\n    check_temporary_folder('its use')\nexcept ValueError as error:\n    print(ascii(str(error)))\n")
+    folder = tmp_path / NON_ASCII_TMP
+    folder.mkdir()
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**latin1_env, "TMPDIR": str(folder)},
+                          capture_output=True, timeout=120)
+    garbled = os.fsencode(str(folder)).decode("latin-1")  # the folder as a Latin-1 process names it
+    assert done.stdout.decode("ascii").strip() == ascii(
+        f"temporary folder {garbled!r} (TMPDIR): this process reads file names in its locale's encoding (iso8859-1), DuckDB "
+        f"reads them as UTF-8 (as {str(folder)!r}), so the two would open different files; its use: run with a UTF-8 locale "
+        "(LC_ALL=C.UTF-8) or PYTHONUTF8=1, or set TMPDIR to a folder with an ASCII path")
+    # an ASCII folder there, and the non-ASCII one in this (UTF-8) process, pass
+    ascii_done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**latin1_env, "TMPDIR": str(tmp_path)},
+                                capture_output=True, timeout=120)
+    assert ascii_done.returncode == 0 and ascii_done.stdout == b""
+
+
+def test_a_run_on_s3_with_a_temporary_folder_duckdb_cannot_read_is_refused_first(tmp_path, monkeypatch):
+    """Each pair of a run on an object store fetches its layer files into the temporary folder and
+    DuckDB reads them there: with a TMPDIR DuckDB names otherwise (non-ASCII in a Latin-1 locale,
+    or not UTF-8) a run extracted every model, then failed every pair ('No files found that match
+    the pattern'). The run is refused before it opens the dataset or the store's records."""
+    import tempfile
+
+    from flows.pipeline import prh_pipeline
+
+    monkeypatch.setattr(tempfile, "tempdir", os.fsdecode(os.fsencode(str(tmp_path)) + b"/st\xf6re"))
+    with pytest.raises(ValueError, match=r"^temporary folder '.*st\\udcf6re' \(TMPDIR\): its name is bytes that are not "
+                                         r"UTF-8 text, which DuckDB cannot open; an object store's layer files are fetched "
+                                         r"there for DuckDB to read: set TMPDIR"):
+        prh_pipeline.fn(config=None, store="s3://prh-never-reached/store")

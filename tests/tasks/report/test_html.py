@@ -147,3 +147,23 @@ def test_a_neighbours_caption_is_read_once_not_again_as_its_images_alt_text():
         (image,) = find_all(cell, "img")
         assert "alt" in image.attrs
         assert (image.attrs["alt"] + " " + cell.text).count(caption) == 1, (image.attrs, cell.text)
+
+
+def test_each_caption_is_shown_in_its_own_direction_and_as_text():
+    """A Hebrew or Arabic caption sat in the page's left-to-right paragraph: its trailing '<b>' and
+    the closing quote around the query were drawn on the wrong side. Each caption is its own
+    isolate whose direction comes from its first strong letter (``dir="auto"``), markup in it is text."""
+    from tests.tasks.report.page import find_all, read
+
+    hebrew, arabic = "\u05d7\u05ea\u05d5\u05dc \u05de\u05d7\u05d9\u05d9 <b>9</b> & 'x'", "\u0642\u0637\u0629 \u062a\u0628\u0643\u064a!"
+    examples = _examples(hebrew)
+    examples.samples["n1"] = Sample(arabic, image_bytes(9))
+    root, _ = read(html.neighbours_section(examples))
+    (query,) = find_all(root, "div", "query")
+    (shown,) = [e for e in find_all(query, "bdi") + find_all(query, "span") if e.text == hebrew]  # the caption alone
+    assert shown.attrs.get("dir") == "auto" and not shown.children  # no <b> element: the caption's '<b>' is text
+    assert "\u201c" + hebrew + "\u201d" in query.text  # the quotes outside the isolate
+    for cell in find_all(root, "div", "nb"):
+        (caption,) = [e for e in cell.children if e.tag == "div" and "class" not in e.attrs]
+        assert caption.attrs.get("dir") == "auto", caption.attrs
+    assert [c.text for c in find_all(root, "div") if c.attrs.get("dir") == "auto"].count(arabic) == 2  # under both models
