@@ -380,7 +380,7 @@ def command_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
 
     verify = command("verify", "check every published file against its manifest (size, SHA-256); "
-                                 "exit 1 when something was damaged after it was published")
+                                 "exit 1 when something was damaged after it was published, or a version the latest run names is missing")
     verify.add_argument("--store", default=None, help=STORE_HELP)
     verify.add_argument("--quick", action="store_true", help="check presence and sizes only (no file is read)")
     verify.add_argument("--remove-damaged", action="store_true",
@@ -1062,10 +1062,13 @@ def _verify(args: argparse.Namespace) -> int:
     from storage.verify import remove_version, verify_store
 
     store = existing_store(store_argument(args))
-    damaged = []
+    damaged, missing = [], []
 
     def report(check: Any) -> None:
-        if not check.ok:
+        if check.missing:
+            missing.append(check)
+            _say(f"MISSING {check.key}: " + "; ".join(check.problems))
+        elif not check.ok:
             damaged.append(check)
             _say(f"DAMAGED {check.key}: " + "; ".join(check.problems))
         if check.unlisted:
@@ -1087,12 +1090,13 @@ def _verify(args: argparse.Namespace) -> int:
     files, size = sum(c.files for c in checks), sum(c.bytes for c in checks)
     versions = sum(c.removable for c in checks)  # a stray manifest is not a version
     how = "sizes" if args.quick else "sizes and SHA-256"
+    found = ([f"{len(damaged)} damaged" + ("" if args.remove_damaged or not any(c.removable for c in damaged)
+                                           else " (remove the damaged versions with --remove-damaged)")] if damaged else [])
+    if missing:
+        found.append(f"{len(missing)} named by the latest run missing (`prh run` with its config computes them again)")
     _say(f"{store.display_url}: {_count(versions, 'published version')}, {_count(files, 'file')}, {size / 1e6:.1f} MB "
-          f"checked ({how}): "
-          + (f"{len(damaged)} damaged" + ("" if args.remove_damaged or not any(c.removable for c in damaged)
-                                           else " (remove the damaged versions with --remove-damaged)")
-             if damaged else "all match their manifests"))
-    return 1 if damaged else 0
+          f"checked ({how}): " + ("; ".join(found) if found else "all match their manifests"))
+    return 1 if damaged or missing else 0
 
 
 def _say(line: str) -> None:

@@ -81,6 +81,9 @@ class VersionCheck:
     #: Files in the version's folder that its listing does not name and prh never writes there
     #: (a sync tool's conflict copy, a note): named by ``prh verify``, not damage.
     unlisted: list[str] = field(default_factory=list)
+    #: True for a version the latest run with results names that the store does not hold
+    #: (:func:`missing_latest_versions`): nothing to remove, a rerun computes it again.
+    missing: bool = False
 
     @property
     def ok(self) -> bool:
@@ -261,8 +264,10 @@ def verify_store(store: Store, boxes: tuple[str, ...] = BOXES, quick: bool = Fal
     """Check every published version under ``boxes`` (see :func:`check_version`); a manifest that
     is not one (:class:`storage.store_errors.DamagedManifest`) is a damaged version too. With
     ``records``, each run record that cannot be read (:class:`storage.runs.DamagedRecord`) is a
-    failed check too (not removable). ``on_check`` sees each result as it is made (progress).
-    Returns the results in key order, the run records last."""
+    failed check too (not removable), and each version under ``boxes`` that the latest run with
+    results names and the store lacks is a ``missing`` one (:func:`missing_latest_versions`).
+    ``on_check`` sees each result as it is made (progress). Returns the results in key order,
+    the run records and missing versions last."""
     results = []
     for check in _checks(store, boxes, quick, records):
         if on_check is not None:
@@ -272,9 +277,11 @@ def verify_store(store: Store, boxes: tuple[str, ...] = BOXES, quick: bool = Fal
 
 
 def _checks(store: Store, boxes: tuple[str, ...], quick: bool, records: bool) -> Iterator[VersionCheck]:
+    seen: set[str] = set()  # version folders with a manifest, sound or not
     for box in boxes:
         damaged: list[DamagedManifest] = []
         for version_key, manifest in store.manifests(box, on_damaged=damaged.append):
+            seen.add(version_key)
             if is_version_key(version_key):
                 check = _settled(store, check_version(store, version_key, manifest, quick), manifest, quick)
                 if check is not None:
@@ -282,17 +289,45 @@ def _checks(store: Store, boxes: tuple[str, ...], quick: bool, records: bool) ->
             else:
                 yield _stray(version_key, STRAY)
         for error in damaged:
+            seen.add(error.version_key)
             if named_like_a_version(error.version_key):
                 yield VersionCheck(error.version_key, problems=[str(error)])
             else:
                 yield _stray(error.version_key, f"{STRAY}: {error.problem}; {STRAY_ADVICE}")
     if records:
         found: list[DamagedRecord] = []
-        run_records(store, damaged=found)
+        readable = run_records(store, damaged=found)
         extraction_records(store, found)
         for record in found:
             yield VersionCheck(record.key, problems=[f"a run record, not a version: {record}"], removable=False,
                                left=f"left {record.key} in place: a run record (repair or remove that file by hand)")
+        yield from missing_latest_versions(readable, seen, boxes)
+
+
+def missing_latest_versions(records: list[dict[str, Any]], present: set[str],
+                            boxes: tuple[str, ...] = BOXES) -> Iterator[VersionCheck]:
+    """A check (``missing``, not removable) for each version under ``boxes`` that the latest run
+    with results names (``storage.run_retention.newest_runs``: the run ``prh report`` and the
+    catalog's ``*_latest`` views show, whose versions ``prh gc --keep-runs`` always keeps) and
+    that is not among the version folders ``present`` in the store: a partial restore or copy, a
+    version removed by hand or as damaged. ``prh verify`` had exited 0 on such a store ("all
+    match their manifests"), as it checked only the versions there. A record that does not name
+    its versions readably is passed over (``prh gc --keep-runs`` refuses it)."""
+    from storage.run_retention import newest_runs, run_versions
+
+    latest = newest_runs(records, 1)
+    if not latest:
+        return
+    try:
+        named = run_versions(latest[0])
+    except ValueError:
+        return
+    run_id = latest[0].get("run_id")
+    for key in sorted(k for k in named - present if k.split("/", 1)[0] in boxes):
+        yield VersionCheck(key, problems=[f"missing: named by run {run_id}, the latest run with results (a partial restore "
+                                          "or copy, or removed by hand or as damaged); the catalog's *_latest views and "
+                                          "prh report lack it"], removable=False, missing=True,
+                           left=f"{key} is missing: `prh run` with run {run_id}'s config computes it again")
 
 
 def _stray(folder: str, problem: str) -> VersionCheck:

@@ -92,6 +92,13 @@ def test_a_partial_restore_is_named_and_a_rerun_computes_only_what_is_missing(ti
     assert main(["report", "--store", url, "--out", str(tmp_path / "report")]) == 2
     said = capsys.readouterr().err
     assert alignment in said and vit in said and "prh run" in said
+    # prh verify had exited 0 here ("all match their manifests"): it checked only the versions there
+    assert main(["verify", "--store", url, "--quick"]) == 1
+    said = capsys.readouterr().out
+    for key in (alignment, vit):
+        assert f"MISSING {key}: missing: named by run {run['run_id']}, the latest run with results" in said, said
+    assert said.rstrip().endswith("2 named by the latest run missing (`prh run` with its config computes them again)"), said
+    assert "DAMAGED" not in said
     result = _rerun(url)
     assert (result["extracted"], result["reused"], result["aligned"]) == (["tiny-vit"], ["tiny-bert"], 1), result
     answers = _answers(url)

@@ -503,3 +503,34 @@ def test_checked_for_reuse_refuses_a_file_longer_than_listed(tmp_path) -> None:
     store.fs.pipe(store.path(f"{key}/b.bin"), store.read_bytes(f"{key}/b.bin") + b"extra")
     with pytest.raises(verify_module.DamagedVersion, match="b.bin: 69 bytes, the manifest says 64"):
         verify_module.checked_for_reuse(store, key, manifest, "the stored features")
+
+
+def test_versions_the_latest_run_names_and_the_store_lacks_are_missing_and_only_those():
+    """``missing_latest_versions``: of the latest run with results (by finish, not by start, as the
+    catalog picks it), each named version that is not present is one missing check (not removable),
+    under the boxes asked for; an older run's versions (``prh gc --keep-runs`` removes those), a
+    running run's, and a record that does not name its inputs give none."""
+    from storage import layout
+    from storage.verify import missing_latest_versions
+
+    def record(run_id: str, started: str, finished: str | None, dataset: str, models: dict[str, str],
+               alignments: list[str], status: str = "COMPLETED") -> dict:
+        return {"run_id": run_id, "status": status, "started_at": started, "finished_at": finished,
+                "dataset_version": dataset, "feature_versions": models, "alignment_versions": alignments}
+
+    old_pair = layout.alignment_key("d0", "a", "b", "al-old")
+    new_pair = layout.alignment_key("d1", "a", "b", "al-new")
+    records = [
+        record("older", "2026-01-01T00:00:00+00:00", "2026-01-01T00:05:00+00:00", "d0", {"a": "fa0", "b": "fb0"}, [old_pair]),
+        # started before "older" was recorded, finished after it: the latest
+        record("latest", "2025-12-31T23:00:00+00:00", "2026-01-02T00:00:00+00:00", "d1", {"a": "fa1", "b": "fb1"}, [new_pair]),
+        record("running", "2026-01-03T00:00:00+00:00", None, "d2", {"a": "fa2"}, [], status="RUNNING"),
+    ]
+    present = {layout.dataset_key("d1"), layout.features_key("d1", "a", "fa1")}
+    found = list(missing_latest_versions(records, present))
+    assert [c.key for c in found] == sorted([layout.features_key("d1", "b", "fb1"), new_pair])
+    assert all(c.missing and not c.removable and not c.ok and "named by run latest" in c.problems[0] for c in found)
+    assert [c.key for c in missing_latest_versions(records, present, (layout.FEATURES,))] == [layout.features_key("d1", "b", "fb1")]
+    unnamed = [{**r, "feature_versions": None} if r["run_id"] == "latest" else r for r in records]
+    assert list(missing_latest_versions(unnamed, present)) == []
+    assert list(missing_latest_versions([records[2]], set())) == []
