@@ -127,7 +127,7 @@ def new_record(target: Store, config: PipelineConfig, run_id: str, flow: str) ->
         "started_at": utc_now(),
         "store": target.display_url,
         "config": config.model_dump(mode="json"),
-        "code_version": code_version("tasks", "storage"),
+        "code_version": code_version("tasks", "storage", watch=False),  # names the code; keys no result
         REPORT_CODE: drawing_version(),  # the figure-cache namespace it draws into: gc keeps it while the run is alive
         "heartbeat_s": RUN_HEARTBEAT_SECONDS,
     }

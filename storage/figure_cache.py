@@ -24,7 +24,7 @@ from typing import Any
 
 from storage.runs import live_records, run_records
 from storage.store import Store, modified_at
-from storage.versioning import code_version, content_id
+from storage.versioning import CodeChangedOnDisk, code_version, content_id, refuse_stale_code
 
 FIGURES = "reports/figures"
 #: The field of a run record (``flows.run_record.new_record``) that names the figure-cache
@@ -85,9 +85,10 @@ class StoreFigureCache:
         if not self.writable:
             return
         try:
+            refuse_stale_code()  # drawn by code or a matplotlib upgraded under this process: not for the namespace
             for fmt, data in files.items():
                 self.store.write_bytes(self._key(digest, fmt), data)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, CodeChangedOnDisk) as error:
             self.writable = False
             log.info("figure cache in %s not written (%s: %s); figures are drawn every time",
                      self.store.display_url, type(error).__name__, error)

@@ -59,6 +59,7 @@ from storage.store_errors import (REMOVE_DAMAGED_ADVICE, access_detail, Conditio
                                   NotAnS3Endpoint, StoreIOError, StoreNotReadable, StoreNotWritable)
 from storage.store_urls import (check_duckdb_spelling, check_store_url, check_utf8_url, decoded_local_path, escape_glob, local_store_path,
                                 protocol_hint, redact_url, store_file_url)
+from storage.versioning import refuse_stale_code
 
 log = logging.getLogger(__name__)
 
@@ -964,7 +965,13 @@ class Store:
         older than ``stale_after_s`` (a writer on another host that died) is removed and the
         claim retried; the dead writer's files, never listed in a manifest, are overwritten by
         the next writer.
+
+        A process whose code was upgraded in place under it (a file that a version it worked out
+        hashed now behaves otherwise on disk, a library whose version enters versions installed
+        anew) publishes nothing: ``storage.versioning.CodeChangedOnDisk``, one line naming the file
+        and saying to restart the process (``storage.versioning.refuse_stale_code``).
         """
+        refuse_stale_code()
         try:
             return self._publish(version_key, files, manifest, row_group_size, stale_after_s)
         except Exception as error:

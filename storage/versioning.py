@@ -7,17 +7,25 @@ everything that determines the versioned object. Same inputs, same id.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
+import importlib.metadata
 import io
 import json
+import math
+import os
 import re
+import sys
 import threading
+import time
 import tokenize
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pyarrow as pa
+
+from storage import loaded_code
 
 ID_LENGTH = 16
 #: the project's root: the packages a code version hashes are named relative to it
@@ -80,8 +88,12 @@ def parse_source(source: str) -> ast.Module:
     raise AssertionError("unreachable")
 
 
-@lru_cache(maxsize=None)
-def code_version(*packages: str, exclude: tuple[str, ...] = ()) -> str:
+class CodeChangedOnDisk(RuntimeError):
+    """The code on disk is not the code this process imported (an upgrade in place under a running
+    worker, Dask worker or notebook): what it computes must not be stored under a version."""
+
+
+def code_version(*packages: str, exclude: tuple[str, ...] = (), watch: bool = True) -> str:
     """Hash of the source of the given project packages (e.g. ``"tasks/extract"``), less the
     files in ``exclude`` (project-relative paths: modules that cannot change the numbers).
 
@@ -89,15 +101,268 @@ def code_version(*packages: str, exclude: tuple[str, ...] = ()) -> str:
     (the CLI, the README) do not, and neither do edits to comments, docstrings, blank lines or
     trailing whitespace inside the packages (``behaviour_source``): rewording a docstring must
     not re-extract a model zoo.
+
+    The files of ``tasks/`` and ``storage/`` are hashed as this process imported them
+    (``storage.loaded_code``), not as they are on disk now: the version names the code that runs.
+    Where one of them (or the set of files of a package) differs in behaviour on disk now, since an
+    upgrade in place, this raises :class:`CodeChangedOnDisk` naming the file: the process runs
+    the old code and may import some of the new, so nothing it computes has a version;
+    :func:`refuse_stale_code` refuses its publishing the same way. ``watch=False``: a version that
+    keys no result (a run record's whole-tree version, ``prh --version``), the imported code's hash
+    without that check, and its files not watched by :func:`refuse_stale_code` (an edit anywhere
+    under ``tasks/`` or ``storage/`` had refused every publish of a run that names it).
     """
+    key = (packages, exclude)
+    if watch:
+        now = time.monotonic()
+        if now - _CHECKED_AT.get(key, -math.inf) >= RECHECK_SECONDS:
+            _refuse_changed(packages, exclude)
+            _CHECKED_AT[key] = now
+        with _USED_LOCK:
+            _USED.add(key)
+    return _code_version(packages, exclude)
+
+
+@lru_cache(maxsize=None)
+def _code_version(packages: tuple[str, ...], exclude: tuple[str, ...]) -> str:
     h = hashlib.sha256()
     for package in packages:
-        for path in source_files(package):
-            if path.relative_to(PROJECT_ROOT).as_posix() in exclude:
-                continue
-            h.update(path.relative_to(PROJECT_ROOT).as_posix().encode() + b"\0")
-            h.update(_file_behaviour(path.read_text(encoding="utf-8")).encode("utf-8") + b"\0")
+        imported = _imported_files(package)
+        if imported is None:  # not a package of this checkout's snapshot: as it is on disk
+            named = [(path.relative_to(PROJECT_ROOT).as_posix(), path) for path in source_files(package)]
+            texts = ((name, path.read_text(encoding="utf-8")) for name, path in named if name not in exclude)
+        else:
+            texts = ((name, _imported_text(name)) for name in imported if name not in exclude)
+        for name, text in texts:
+            h.update(name.encode() + b"\0")
+            h.update(_file_behaviour(text).encode("utf-8") + b"\0")
     return h.hexdigest()[:ID_LENGTH]
+
+
+code_version.cache_clear = _code_version.cache_clear  # type: ignore[attr-defined]
+
+#: A code version's files are checked against the disk again at most this often (seconds): a run asks
+#: for the alignment code's version once per metric and pair. What is hashed is the imported text
+#: either way; publishing checks every time (:func:`refuse_stale_code`).
+RECHECK_SECONDS = 1.0
+#: (packages, exclude) -> ``time.monotonic()`` of its last check that found the code unchanged
+_CHECKED_AT: dict[tuple[tuple[str, ...], tuple[str, ...]], float] = {}
+#: the (packages, exclude) of every code version this process worked out: what its publishing checks
+_USED: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
+_USED_LOCK = threading.Lock()
+#: import name -> distribution of the libraries whose installed version enters version ids (read
+#: from the distribution's metadata: ``tasks.extract.spec`` for a model's features,
+#: ``storage.figure_cache.drawing_version`` for the report's figures)
+VERSIONED_LIBRARIES = {"transformers": "transformers", "efficientnet_lite_pytorch": "efficientnet-lite-pytorch",
+                       "matplotlib": "matplotlib"}
+RESTART_ADVICE = "restart this process (the worker, the Dask workers, the notebook's kernel) to run the code installed now"
+
+
+def refuse_stale_code() -> None:
+    """Raise :class:`CodeChangedOnDisk`, one line naming the file or library, where this process
+    no longer runs the code that the versions it worked out name: a file they hashed whose
+    behaviour on disk differs from the one this process imported (or a file added to or removed
+    from their packages), or a library of :data:`VERSIONED_LIBRARIES` imported here whose
+    installed version is another now (``pip install -U`` under a running worker). Called before
+    anything is published (``storage.store.Store.publish``)."""
+    with _USED_LOCK:
+        used = sorted(_USED)
+    shot = loaded_code.taken()
+    files: dict[str, None] = {}
+    folders: dict[str, set[str]] = {}  # folder -> the files every version watching it leaves out
+    for packages, exclude in used:
+        watched_files, watched_folders = _watched(packages, exclude)
+        files.update(dict.fromkeys(watched_files))
+        for folder in watched_folders:
+            folders[folder] = folders[folder] & set(exclude) if folder in folders else set(exclude)
+    if shot is not None:
+        for folder, left_out in folders.items():
+            _refuse_changed_listing(shot, folder, tuple(left_out))
+        for file in files:
+            if how := _how_changed(shot, file):
+                raise _changed(file, how)
+    for module_name, distribution in sorted(VERSIONED_LIBRARIES.items()):
+        module = sys.modules.get(module_name)
+        loaded = getattr(module, "__version__", None) if module is not None else None
+        if isinstance(loaded, str):
+            refuse_other_library(distribution, loaded)
+
+
+def refuse_other_library(distribution: str, version: str | None) -> None:
+    """Raise :class:`CodeChangedOnDisk` where ``distribution`` is installed at another version than
+    ``version`` (the one a version id names, or the one this process imported), or no longer."""
+    if version is None:
+        return
+    try:
+        installed: str | None = importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    if installed is not None and _same_release(installed, version):
+        return
+    now = f"{installed} is installed now" if installed is not None else "it is no longer installed"
+    raise CodeChangedOnDisk(f"{distribution} {version} is what this process imported, but {now} (an upgrade "
+                            f"under a running process): results of the old library would be stored under the "
+                            f"new one's versions; {RESTART_ADVICE}")
+
+
+def refuse_loaded_library(distribution: str | None, version: str | None) -> None:
+    """Raise :class:`CodeChangedOnDisk` where ``distribution`` (of :data:`VERSIONED_LIBRARIES`) is
+    imported in this process at another version than ``version``, the one a version id names
+    (read from the metadata before the library was imported, and upgraded between)."""
+    module_name = next((name for name, dist in VERSIONED_LIBRARIES.items() if dist == distribution), None)
+    module = sys.modules.get(module_name) if module_name else None
+    loaded = getattr(module, "__version__", None) if module is not None else None
+    if version is not None and isinstance(loaded, str) and not _same_release(loaded, version):
+        raise CodeChangedOnDisk(f"{distribution} {loaded} is what this process imported, but the version being "
+                                f"published names {version} (installed meanwhile): {RESTART_ADVICE}")
+
+
+def _same_release(a: str, b: str) -> bool:
+    """Whether two version strings name one release (``1.0`` and ``1.0.0`` do)."""
+    if a == b:
+        return True
+    try:
+        from packaging.version import InvalidVersion, Version
+    except ImportError:
+        return False
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return False
+
+
+def _imported_files(package: str) -> list[str] | None:
+    """Project-relative paths of ``package``'s files as this process imported them (sorted as
+    :func:`source_files` sorts), or None where the snapshot does not hold it (no snapshot, another
+    ``PROJECT_ROOT``, a folder outside ``tasks/`` and ``storage/``). A file or package that is on
+    disk now but was not then raises :class:`CodeChangedOnDisk`."""
+    shot = loaded_code.taken()
+    if shot is None or PROJECT_ROOT != loaded_code.ROOT:
+        return None
+    name = (PROJECT_ROOT / package).relative_to(PROJECT_ROOT).as_posix()
+    if name.split("/")[0] not in loaded_code.PACKAGES:
+        return None
+    if name in shot.files:
+        return [name]
+    if name in shot.folders:
+        return sorted((f for f in shot.files if f.startswith(name + "/")), key=lambda f: PurePosixPath(f).parts)
+    if source_files(package):
+        raise _changed(name, "was added")
+    return []
+
+
+def _imported_text(name: str) -> str:
+    """The text of project file ``name`` as imported, decoded as ``Path.read_text`` decodes."""
+    shot = loaded_code.taken()
+    assert shot is not None
+    return io.TextIOWrapper(io.BytesIO(shot.files[name]), encoding="utf-8").read()
+
+
+def _changed(name: str, how: str) -> CodeChangedOnDisk:
+    return CodeChangedOnDisk(f"{name} {how} on disk since this process imported prh's code (an upgrade in place "
+                             f"under a running process): what it computes would be stored under the version of "
+                             f"other code; {RESTART_ADVICE}")
+
+
+def _watched(packages: tuple[str, ...], exclude: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(files, folders) of the snapshot that the check of a code version of ``packages`` less
+    ``exclude`` reads: its files, and its packages' folders (where a file added or removed
+    shows). Worked out once per code version (``_WATCHED``): a run asks for the alignment code's
+    version once per metric and pair."""
+    key = (packages, exclude, PROJECT_ROOT)
+    found = _WATCHED.get(key)
+    if found is None:
+        shot = loaded_code.taken()
+        files: list[str] = []
+        folders: list[str] = []
+        for package in packages:
+            imported = _imported_files(package)
+            if imported is None or shot is None:
+                continue
+            name = (PROJECT_ROOT / package).relative_to(PROJECT_ROOT).as_posix()
+            if name in shot.folders:
+                folders += [f for f in list(shot.folders) if f == name or f.startswith(name + "/")]
+            files += [f for f in imported if f not in exclude]
+        found = _WATCHED[key] = (tuple(files), tuple(folders))
+    return found
+
+
+#: (packages, exclude, PROJECT_ROOT) -> :func:`_watched`; emptied when a new folder is watched
+_WATCHED: dict[tuple[tuple[str, ...], tuple[str, ...], Path], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _refuse_changed(packages: tuple[str, ...], exclude: tuple[str, ...]) -> None:
+    """Raise :class:`CodeChangedOnDisk` naming the first file of ``packages`` (less ``exclude``)
+    whose behaviour on disk is not the imported one, or that was added or removed since."""
+    shot = loaded_code.taken()
+    if shot is None:
+        return
+    files, folders = _watched(packages, exclude)
+    for folder in folders:
+        _refuse_changed_listing(shot, folder, exclude)
+    for file in files:
+        if how := _how_changed(shot, file):
+            raise _changed(file, how)
+
+
+#: :data:`storage.loaded_code.ROOT` as text (a ``Path`` join costs more than the ``stat``)
+_ROOT_TEXT = str(loaded_code.ROOT)
+
+
+def _how_changed(shot: loaded_code.Snapshot, name: str) -> str | None:
+    """None where project file ``name`` on disk behaves as its imported text: the same ``stat`` (no
+    read), else the same bytes or the same :func:`behaviour_source` (an edited comment); else how
+    it changed."""
+    path = os.path.join(_ROOT_TEXT, name)
+    try:
+        if loaded_code.stat_key(os.stat(path)) == shot.stats.get(name):
+            return None
+        with open(path, "rb") as handle:
+            key = loaded_code.stat_key(os.fstat(handle.fileno()))
+            data = handle.read()
+    except FileNotFoundError:
+        return "was removed"
+    except OSError:
+        return "cannot be read"
+    if data != shot.files[name]:
+        try:
+            now = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()
+        except UnicodeDecodeError:
+            return "changed"
+        if _file_behaviour(now) != _file_behaviour(_imported_text(name)):
+            return "changed"
+    shot.stats[name] = key  # the same code: no need to read it again while it stays so
+    return None
+
+
+def _refuse_changed_listing(shot: loaded_code.Snapshot, folder: str, exclude: tuple[str, ...]) -> None:
+    """Raise :class:`CodeChangedOnDisk` naming a ``*.py`` file added to or removed from ``folder``
+    (project-relative) since the snapshot (not one of ``exclude``), or a new subfolder holding one.
+    Read only when the folder's modification time moved."""
+    mtime_then, names_then = shot.folders[folder]
+    path = loaded_code.ROOT / folder
+    try:
+        if os.stat(path).st_mtime_ns == mtime_then:
+            return
+        mtime, names, subfolders = loaded_code.folder_listing(path)
+    except OSError:
+        raise _changed(folder, "was removed") from None
+    for name in sorted(names - names_then):
+        if f"{folder}/{name}" not in exclude:
+            raise _changed(f"{folder}/{name}", "was added")
+    for name in sorted(names_then - names):
+        if f"{folder}/{name}" not in exclude:
+            raise _changed(f"{folder}/{name}", "was removed")
+    for subfolder in subfolders:
+        known = loaded_code.relative(subfolder)
+        if known not in shot.folders:
+            added = sorted(p for p in subfolder.rglob("*.py") if loaded_code.relative(p) not in exclude)
+            if added:
+                raise _changed(loaded_code.relative(added[0]), "was added")
+            with contextlib.suppress(OSError):  # a new folder without code (__pycache__): watched from now on
+                shot.folders[known] = (os.stat(subfolder).st_mtime_ns, frozenset())
+                _WATCHED.clear()
+    shot.folders[folder] = (mtime, names)
 
 
 @lru_cache(maxsize=4096)

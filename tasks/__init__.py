@@ -1,9 +1,13 @@
 """The pipeline's work: datasets, extraction, the alignment engine, reports (see DESIGN.md).
 
 Importing any of it first makes Pillow refuse PostScript images in this process
-(`tasks.pillow_policy`): dataset images are decoded, never run.
+(`tasks.pillow_policy`): dataset images are decoded, never run. It also keeps prh's code as this
+process imports it (`storage.loaded_code`, standard library only): version ids name that code, not
+what an upgrade in place puts on disk later.
 """
 
+from storage.loaded_code import snapshot
 from tasks.pillow_policy import refuse_postscript
 
+snapshot()
 refuse_postscript()

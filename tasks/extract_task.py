@@ -21,7 +21,7 @@ from storage.features import layer_tables
 from storage.shards import read_shard, remove_partial, write_shard
 from storage.store import Store
 from storage.verify import checked_for_reuse
-from storage.versioning import code_version, content_id
+from storage.versioning import code_version, content_id, refuse_loaded_library
 from tasks.extract.sources import distribution_version
 from tasks.extract.finite import check_finite
 from tasks.extract.spec import ModelSpec
@@ -237,6 +237,8 @@ def extract_to_store(
     manifest = {"kind": "features", "catalog": catalog, "spec": fingerprint,
                 "extras": extracted.extras, "resumed_shards": extracted.resumed}
     raise_if_stopped(f"{spec.name}: publishing its features (every shard is stored)")
+    library = fingerprint.get("library") or {}
+    refuse_loaded_library(library.get("distribution"), library.get("version"))  # upgraded after the version was made
     published = store.publish(key, layer_tables(spec.name, version, sample_ids, layers), manifest)
     _remove_shards(store, key, spec.name, logger)
     if not published.written:  # another run published this version first: its copy is the store's
