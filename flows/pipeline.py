@@ -32,6 +32,7 @@ from tasks.align_task import align_pair, few_bootstrap_warning, few_permutations
 from tasks.dataset_task import load_dataset, stored_dataset
 from tasks.extract_task import GPU_TAG, extract_features, reuse_features, stored_features
 from tasks.grid_fdr import add_q_values
+from tasks.no_results import FLOW_OPTIONS, without_results
 from tasks.params import AlignmentParams, PipelineConfig
 from tasks.shown_text import for_markdown, for_terminal
 from tasks.task_attempts import attempts_of_failure, attempts_said, failed_attempts
@@ -51,6 +52,7 @@ ARTIFACT_DIGITS = 4
     name="prh-pipeline",
     description="Measure representational alignment between every vision and language model.",
     task_runner=flow_task_runner(),
+    **FLOW_OPTIONS,  # its record is in the store, not pickled by Prefect (tasks/no_results.py)
 )
 def prh_pipeline(config: PipelineConfig, store: str = DEFAULT_STORE, report: bool = True,
                  extract_missing: bool = True, dataset_version: str | None = None) -> dict[str, Any]:
@@ -445,10 +447,14 @@ def pair_task(params: AlignmentParams) -> Any:
     an extraction does (``auto``, ``cuda``, ``cuda:N``: it may compute on the GPU). A parallel
     runner starts pairs while models are still extracted, so without the slot a pair computing on
     the GPU shared it with an extraction (or another pair) wherever a ``prh-gpu`` limit is set
-    (``make serve``: one per GPU)."""
+    (``make serve``: one per GPU).
+
+    Either way with ``persist_result=False`` and no cache policy (``tasks.no_results``): its module
+    is part of every alignment version, so its decorator stays as it is and the options are given
+    here, as each run submits it (a test's change to ``align_pair``'s retry delay still applies)."""
     if params.device == "cpu":
-        return align_pair
-    return align_pair.with_options(tags={*align_pair.tags, GPU_TAG})
+        return without_results(align_pair)
+    return without_results(align_pair, tags={*align_pair.tags, GPU_TAG})
 
 
 def submit_extractions(

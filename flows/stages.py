@@ -34,13 +34,15 @@ from storage import layout
 from storage.runs import COMPLETED, FAILED, RecordsRead, open_for_run, sweep_ended_signs
 from storage.store import DEFAULT_STORE, Store
 from tasks.dataset_task import load_dataset
+from tasks.no_results import FLOW_OPTIONS
 from tasks.params import PipelineConfig
 
 #: The extraction stage's table artifact: the dataset version and the feature versions it published.
 VERSIONS_ARTIFACT = "prh-extract-versions"
 
 
-@flow(name="prh-extract", description="Extract every model's features (the GPU stage).", task_runner=flow_task_runner())
+@flow(name="prh-extract", description="Extract every model's features (the GPU stage).", task_runner=flow_task_runner(),
+      **FLOW_OPTIONS)  # its record is in the store, not pickled by Prefect (tasks/no_results.py)
 def prh_extract(config: PipelineConfig, store: str = DEFAULT_STORE) -> dict[str, Any]:
     """Publish the dataset and every model's features; reuse what is stored.
 
@@ -136,7 +138,7 @@ def _versions(dataset: dict[str, Any], manifests: dict[str, dict[str, Any]]) -> 
     }
 
 
-@flow(name="prh-staged", description="Extraction on the GPU pool, then alignment on the CPU pool.")
+@flow(name="prh-staged", description="Extraction on the GPU pool, then alignment on the CPU pool.", **FLOW_OPTIONS)
 def prh_staged(
     config: PipelineConfig,
     store: str = DEFAULT_STORE,

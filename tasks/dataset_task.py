@@ -20,6 +20,7 @@ from prefect import get_run_logger, task
 from storage import layout
 from storage.store import Store
 from storage.versioning import ID_LENGTH, code_version, content_id, table_digest
+from tasks.no_results import TASK_OPTIONS
 from tasks.params import AlignmentParams, DatasetParams
 from tasks.retries import backoff, retry_transient
 from tasks.task_attempts import noting_failed_attempts
@@ -128,7 +129,7 @@ def _safe_name(text: str) -> str:
 
 
 @task(name="load-dataset", tags=["prh-data"], retries=3, retry_delay_seconds=backoff(2, 3, factor=3),
-      retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
+      retry_jitter_factor=0.5, retry_condition_fn=retry_transient, **TASK_OPTIONS)  # the store is the cache: tasks/no_results.py
 def load_dataset(params: DatasetParams, store_url: str, alignment: AlignmentParams | None = None) -> dict[str, Any]:
     """Load, validate and publish the dataset; returns its manifest (reused if already stored), with
     ``reused``: True where the version was found stored, as an extraction's and a pair's manifest
@@ -147,7 +148,7 @@ class DatasetNotStored(LookupError):
 
 
 @task(name="stored-dataset", tags=["prh-data"], retries=3, retry_delay_seconds=backoff(2, 3, factor=3),
-      retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
+      retry_jitter_factor=0.5, retry_condition_fn=retry_transient, **TASK_OPTIONS)
 def stored_dataset(dataset_version: str, store_url: str, params: DatasetParams | None = None,
                    alignment: AlignmentParams | None = None) -> dict[str, Any]:
     """The manifest of the published dataset ``dataset_version``, read from the store only.

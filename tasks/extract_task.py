@@ -26,6 +26,7 @@ from tasks.extract.sources import distribution_version
 from tasks.extract.finite import check_finite
 from tasks.extract.spec import ModelSpec
 from tasks.feature_copy import published_elsewhere, reuse_renamed
+from tasks.no_results import TASK_OPTIONS
 from tasks.retries import ModelLoadTimeout, backoff, model_load_timeout, retry_transient
 from tasks.stop_request import PublishedMeanwhile, raise_if_stopped, unless_published_meanwhile
 from tasks.stopped_task import run_in_flight
@@ -110,7 +111,8 @@ _SHARD_SUMS = ("nll_nats", "predicted_tokens", "text_bytes", "bpb_sum", "bpb_tex
 
 
 @task(name="extract-features", task_run_name="extract-{spec.name}", tags=[GPU_TAG], retries=2,
-      retry_delay_seconds=backoff(10, 2, factor=3), retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
+      retry_delay_seconds=backoff(10, 2, factor=3), retry_jitter_factor=0.5, retry_condition_fn=retry_transient,
+      **TASK_OPTIONS)  # the store is the cache: tasks/no_results.py
 def extract_features(store_url: str, dataset_manifest: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
     """Extract (or reuse) ``spec``'s features for the dataset; returns the feature manifest. Its
     run being stopped, the task run ends ``Cancelled`` (``tasks.stopped_task.run_in_flight``)."""
@@ -132,7 +134,8 @@ def extract_features(store_url: str, dataset_manifest: dict[str, Any], spec: Mod
 
 
 @task(name="reuse-features", task_run_name="reuse-{spec.name}", retries=2,
-      retry_delay_seconds=backoff(10, 2, factor=3), retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
+      retry_delay_seconds=backoff(10, 2, factor=3), retry_jitter_factor=0.5, retry_condition_fn=retry_transient,
+      **TASK_OPTIONS)
 def reuse_features(store_url: str, dataset_manifest: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
     """The stored feature manifest of a model whose features are published under its own name,
     with ``reused: True``. Not tagged ``prh-gpu``: it reads one manifest, so a run whose models
