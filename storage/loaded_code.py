@@ -73,16 +73,27 @@ def relative(path: Path) -> str:
     return path.relative_to(ROOT).as_posix()
 
 
+def is_code_name(name: str) -> bool:
+    """Whether a file or folder named ``name`` can hold prh's code: not hidden (an editor's lock
+    ``.#cka.py``, a dangling symbolic link Emacs makes as soon as a buffer is edited, had counted
+    as a file added to the code; ``.ipynb_checkpoints/``)."""
+    return not name.startswith(".")
+
+
 def folder_listing(folder: Path) -> tuple[int, frozenset[str], list[Path]]:
-    """(``st_mtime_ns`` of ``folder``, names of its ``*.py`` files, its subfolders); raises ``OSError``."""
+    """(``st_mtime_ns`` of ``folder``, names of its ``*.py`` files, its subfolders); raises
+    ``OSError``. Regular files (or links to one) only, hidden names left out (:func:`is_code_name`),
+    as ``storage.versioning.source_files`` lists them."""
     mtime = os.stat(folder).st_mtime_ns
     names, subfolders = set(), []
     with os.scandir(folder) as entries:
         for entry in entries:  # as ``Path.rglob("*.py")`` walks: no symbolic link to a folder followed
+            if not is_code_name(entry.name):
+                continue
             if entry.is_dir():
                 if not entry.is_symlink():
                     subfolders.append(Path(entry.path))
-            elif entry.name.endswith(".py"):
+            elif entry.name.endswith(".py") and entry.is_file():
                 names.add(entry.name)
     return mtime, frozenset(names), subfolders
 

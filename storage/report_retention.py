@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from storage.figure_cache import FIGURES
-from storage.runs import RUNNING, place_key, run_records
+from storage.runs import live_records, place_key, run_records
 from storage.store import Store
 
 #: Where each run's page is stored: ``reports/<run_id>/report.html`` (``flows.report.report_key``).
@@ -21,7 +21,9 @@ REPORTS = "reports"
 
 def stale_reports(store: Store, keep: int) -> list[str]:
     """Keys of the ``reports/<run_id>`` folders beyond the ``keep`` newest, oldest first. Newest:
-    a run still ``RUNNING`` (writing its report now; it ends after every run that has ended), then
+    a run still alive (``storage.runs.live_records``: writing its report now; it ends after every
+    run that has ended; a run that crashed without being marked, ``RUNNING`` in its record, is not:
+    it had taken a slot for ever), then
     the runs in the catalog's order of "the latest run" (``storage.runs.place_key``: ``ordered_at``,
     else finish, else start; then start, then run id), so that the report of the run ``prh
     report`` and the ``*_latest`` views show is kept. They had been ordered by the text of their
@@ -32,12 +34,14 @@ def stale_reports(store: Store, keep: int) -> list[str]:
         raise ValueError(f"keep must be 0 or more, got {keep}")
     folders = [e["key"] for e in store.entries(REPORTS) if e["type"] == "directory"]
     records = {str(r.get("run_id")): r for r in run_records(store, damaged=[])}
+    alive = {str(r.get("run_id")) for r in live_records(store, list(records.values()))}
 
     def place(key: str) -> tuple[Any, ...]:
-        record = records.get(key.rsplit("/", 1)[-1])
+        run_id = key.rsplit("/", 1)[-1]
+        record = records.get(run_id)
         if record is None:
             return (False, False, (), key)
-        return (True, record.get("status") == RUNNING, place_key(record), key)
+        return (True, run_id in alive, place_key(record), key)
 
     runs = sorted((key for key in folders if key != FIGURES), key=place)
     return runs[: max(len(runs) - keep, 0)]

@@ -113,6 +113,7 @@ def code_version(*packages: str, exclude: tuple[str, ...] = (), watch: bool = Tr
     under ``tasks/`` or ``storage/`` had refused every publish of a run that names it).
     """
     key = (packages, exclude)
+    _note_libraries()  # what it runs, as soon as it is imported: an upgrade after this is refused at publishing
     if watch:
         now = time.monotonic()
         if now - _CHECKED_AT.get(key, -math.inf) >= RECHECK_SECONDS:
@@ -151,11 +152,33 @@ _CHECKED_AT: dict[tuple[tuple[str, ...], tuple[str, ...]], float] = {}
 _USED: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
 _USED_LOCK = threading.Lock()
 #: import name -> distribution of the libraries whose installed version enters version ids (read
-#: from the distribution's metadata: ``tasks.extract.spec`` for a model's features,
-#: ``storage.figure_cache.drawing_version`` for the report's figures)
+#: from the distribution's metadata: ``tasks.extract.spec`` and ``tasks.extract_task.model_fingerprint``
+#: for a model's features, ``storage.figure_cache.drawing_version`` for the report's figures)
 VERSIONED_LIBRARIES = {"transformers": "transformers", "efficientnet_lite_pytorch": "efficientnet-lite-pytorch",
-                       "matplotlib": "matplotlib"}
+                       "matplotlib": "matplotlib", "torch": "torch"}
 RESTART_ADVICE = "restart this process (the worker, the Dask workers, the notebook's kernel) to run the code installed now"
+#: distribution -> its installed version (metadata) when this process first saw the library
+#: imported (:func:`_note_libraries`): what it runs. The library's own ``__version__`` is not
+#: compared: one that lags its metadata (a hard-coded string, a source checkout) had refused every
+#: publish, in every process.
+_LIBRARY_SEEN: dict[str, str | None] = {}
+
+
+def _installed(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _note_libraries() -> None:
+    """Record the installed version of each library of :data:`VERSIONED_LIBRARIES` imported in
+    this process and not seen before (its metadata read once per process)."""
+    for module_name, distribution in VERSIONED_LIBRARIES.items():
+        if distribution not in _LIBRARY_SEEN and module_name in sys.modules:
+            version = _installed(distribution)
+            with _USED_LOCK:
+                _LIBRARY_SEEN.setdefault(distribution, version)
 
 
 def refuse_stale_code() -> None:
@@ -163,8 +186,8 @@ def refuse_stale_code() -> None:
     no longer runs the code that the versions it worked out name: a file they hashed whose
     behaviour on disk differs from the one this process imported (or a file added to or removed
     from their packages), or a library of :data:`VERSIONED_LIBRARIES` imported here whose
-    installed version is another now (``pip install -U`` under a running worker). Called before
-    anything is published (``storage.store.Store.publish``)."""
+    installed version is another than when this process first saw it (``pip install -U`` under a
+    running worker). Called before anything is published (``storage.store.Store.publish``)."""
     with _USED_LOCK:
         used = sorted(_USED)
     shot = loaded_code.taken()
@@ -181,39 +204,29 @@ def refuse_stale_code() -> None:
         for file in files:
             if how := _how_changed(shot, file):
                 raise _changed(file, how)
-    for module_name, distribution in sorted(VERSIONED_LIBRARIES.items()):
-        module = sys.modules.get(module_name)
-        loaded = getattr(module, "__version__", None) if module is not None else None
-        if isinstance(loaded, str):
-            refuse_other_library(distribution, loaded)
-
-
-def refuse_other_library(distribution: str, version: str | None) -> None:
-    """Raise :class:`CodeChangedOnDisk` where ``distribution`` is installed at another version than
-    ``version`` (the one a version id names, or the one this process imported), or no longer."""
-    if version is None:
-        return
-    try:
-        installed: str | None = importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        installed = None
-    if installed is not None and _same_release(installed, version):
-        return
-    now = f"{installed} is installed now" if installed is not None else "it is no longer installed"
-    raise CodeChangedOnDisk(f"{distribution} {version} is what this process imported, but {now} (an upgrade "
-                            f"under a running process): results of the old library would be stored under the "
-                            f"new one's versions; {RESTART_ADVICE}")
+    _note_libraries()
+    for distribution in sorted(set(VERSIONED_LIBRARIES.values())):
+        seen = _LIBRARY_SEEN.get(distribution)
+        if seen is None:
+            continue
+        installed = _installed(distribution)
+        if installed is not None and _same_release(installed, seen):
+            continue
+        now = f"{installed} is installed now" if installed is not None else "it is no longer installed"
+        raise CodeChangedOnDisk(f"{distribution} {seen} is what this process imported, but {now} (an upgrade "
+                                f"under a running process): results of the old library would be stored under the "
+                                f"new one's versions; {RESTART_ADVICE}")
 
 
 def refuse_loaded_library(distribution: str | None, version: str | None) -> None:
-    """Raise :class:`CodeChangedOnDisk` where ``distribution`` (of :data:`VERSIONED_LIBRARIES`) is
-    imported in this process at another version than ``version``, the one a version id names
-    (read from the metadata before the library was imported, and upgraded between)."""
-    module_name = next((name for name, dist in VERSIONED_LIBRARIES.items() if dist == distribution), None)
-    module = sys.modules.get(module_name) if module_name else None
-    loaded = getattr(module, "__version__", None) if module is not None else None
-    if version is not None and isinstance(loaded, str) and not _same_release(loaded, version):
-        raise CodeChangedOnDisk(f"{distribution} {loaded} is what this process imported, but the version being "
+    """Raise :class:`CodeChangedOnDisk` where ``distribution`` (of :data:`VERSIONED_LIBRARIES`) was
+    installed at another version than ``version``, the one a version id names, when this process
+    first saw it imported (the id read the metadata before the library was imported, and it was
+    upgraded between)."""
+    _note_libraries()
+    seen = _LIBRARY_SEEN.get(distribution) if distribution is not None else None
+    if version is not None and seen is not None and not _same_release(seen, version):
+        raise CodeChangedOnDisk(f"{distribution} {seen} is what this process imported, but the version being "
                                 f"published names {version} (installed meanwhile): {RESTART_ADVICE}")
 
 
@@ -322,8 +335,8 @@ def _how_changed(shot: loaded_code.Snapshot, name: str) -> str | None:
             data = handle.read()
     except FileNotFoundError:
         return "was removed"
-    except OSError:
-        return "cannot be read"
+    except OSError as error:  # (ESTALE, EACCES on a network checkout): said, not taken for an upgrade
+        return f"cannot be read ({error.strerror or error})"
     if data != shot.files[name]:
         try:
             now = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()
@@ -345,8 +358,10 @@ def _refuse_changed_listing(shot: loaded_code.Snapshot, folder: str, exclude: tu
         if os.stat(path).st_mtime_ns == mtime_then:
             return
         mtime, names, subfolders = loaded_code.folder_listing(path)
-    except OSError:
+    except FileNotFoundError:
         raise _changed(folder, "was removed") from None
+    except OSError as error:
+        raise _changed(folder, f"cannot be listed ({error.strerror or error})") from error
     for name in sorted(names - names_then):
         if f"{folder}/{name}" not in exclude:
             raise _changed(f"{folder}/{name}", "was added")
@@ -356,13 +371,14 @@ def _refuse_changed_listing(shot: loaded_code.Snapshot, folder: str, exclude: tu
     for subfolder in subfolders:
         known = loaded_code.relative(subfolder)
         if known not in shot.folders:
-            added = sorted(p for p in subfolder.rglob("*.py") if loaded_code.relative(p) not in exclude)
+            added = [p for p in source_files(known) if loaded_code.relative(p) not in exclude]
             if added:
                 raise _changed(loaded_code.relative(added[0]), "was added")
             with contextlib.suppress(OSError):  # a new folder without code (__pycache__): watched from now on
                 shot.folders[known] = (os.stat(subfolder).st_mtime_ns, frozenset())
                 _WATCHED.clear()
-    shot.folders[folder] = (mtime, names)
+    if names == names_then:  # kept only where nothing differs: a file another exclude leaves out is still seen
+        shot.folders[folder] = (mtime, names)
 
 
 @lru_cache(maxsize=4096)
@@ -377,10 +393,14 @@ def _file_behaviour(source: str) -> str:
 
 
 def source_files(package: str) -> list[Path]:
-    """The Python files of the project package (every ``*.py`` under it, sorted) or the one file
+    """The Python files of the project package (every ``*.py`` file under it, sorted, but hidden
+    ones and those in hidden folders: ``storage.loaded_code.is_code_name``) or the one file
     ``package`` names (project-relative), as :func:`code_version` hashes them."""
     root = PROJECT_ROOT / package
-    return [root] if root.is_file() else sorted(root.rglob("*.py"))
+    if root.is_file():
+        return [root]
+    return sorted(path for path in root.rglob("*.py") if path.is_file()
+                  and all(loaded_code.is_code_name(part) for part in path.relative_to(root).parts))
 
 
 def behaviour_source(source: str) -> str:

@@ -6,8 +6,12 @@ process imports it (`storage.loaded_code`, standard library only): version ids n
 what an upgrade in place puts on disk later.
 """
 
-from storage.loaded_code import snapshot
 from tasks.pillow_policy import refuse_postscript
 
-snapshot()
+try:
+    from storage.loaded_code import snapshot
+except ImportError:  # another `storage` first on sys.path (a notebook's storage.py): versions read the disk
+    pass
+else:
+    snapshot()
 refuse_postscript()

@@ -209,3 +209,58 @@ def test_a_library_upgraded_under_the_process_refuses_to_publish(tmp_path, monke
     figures.put("digest", {"svg": b"<svg/>"})  # the report is drawn, its figures not cached under the namespace
     assert not [p for p in store.rglob("*") if p.is_file()]
     assert not figures.writable
+
+
+def test_an_editors_lock_file_and_an_excluded_file_are_not_code_but_a_file_others_watch_still_is(tmp_path):
+    """Review findings: Emacs's lock ``.#engine.py`` (a dangling symbolic link, made as soon as a
+    buffer is edited, nothing saved) had counted as a file added to the code, and its removal as
+    one removed; a file added that one version's ``exclude`` leaves out was then missed by a
+    version that watches it (the folder's new listing had been kept)."""
+    root = _checkout(tmp_path)
+    result = _child(root, """
+        import os, tasks.toy.engine
+        from pathlib import Path
+        from storage.versioning import code_version, CodeChangedOnDisk
+        from storage.store import Store
+        toy = Path(ENGINE).parent
+        version = code_version("tasks/toy")
+        os.symlink("user@host.1234:1700000000", toy / ".#engine.py")
+        print("lock:", code_version("tasks/toy") == version)
+        os.remove(toy / ".#engine.py")
+        print("unlocked:", code_version("tasks/toy") == version)
+        (toy / "extra.py").write_text("X = 1\\n")
+        import storage.versioning as versioning
+        versioning._CHECKED_AT.clear()
+        print("left out:", code_version("tasks/toy", exclude=("tasks/toy/extra.py",)) == code_version("tasks/toy", exclude=("tasks/toy/extra.py",)))
+        versioning._CHECKED_AT.clear()
+        try:
+            code_version("tasks/toy")
+            print("missed")
+        except CodeChangedOnDisk as error:
+            print("refused:", error)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[:3] == ["lock: True", "unlocked: True", "left out: True"], result.stdout
+    _refused(result, "tasks/toy/extra.py was added on disk")
+
+
+def test_a_library_whose_own_version_lags_its_metadata_does_not_refuse(tmp_path, monkeypatch):
+    """Review finding: a library whose ``__version__`` is not its metadata's (hard-coded, a source
+    checkout) had refused every publish in every process, restarts included. What is compared
+    now is the installed version when the process first saw the library against the one now."""
+    site = tmp_path / "site"
+    (site / "prhlaglib").mkdir(parents=True)
+    (site / "prhlaglib" / "__init__.py").write_text('__version__ = "0.1.0"\n', encoding="utf-8")
+    info = site / "prhlaglib-0.1.0.post1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: prhlaglib\nVersion: 0.1.0.post1\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setitem(versioning.VERSIONED_LIBRARIES, "prhlaglib", "prhlaglib")
+    monkeypatch.delitem(sys.modules, "prhlaglib", raising=False)
+    import prhlaglib  # noqa: F401
+
+    refuse_stale_code()
+    refuse_loaded_library("prhlaglib", "0.1.0.post1")  # what the metadata (and so a version id) says
+    store = tmp_path / "store"
+    Store(str(store)).publish("features/x", {"a.json": b"{}"}, {"kind": "toy"})
+    assert (store / "features" / "x" / "a.json").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 
 from flows.cli import main
 from storage.figure_cache import drawing_version
@@ -147,8 +148,8 @@ def test_reports_are_kept_in_the_order_of_the_latest_run(tmp_path) -> None:
     run that started first and ended last is the latest, not the short run that started during
     it. Times are read as times, whatever offset a record was written with (a hand-edited or
     copied record in ``-05:00`` sorted by its text). Two runs of one whole second go by run id. A
-    run still ``RUNNING`` (writing its report now) counts as newer than every ended one: it will
-    end after them."""
+    run still alive (writing its report now) counts as newer than every ended one: it will end
+    after them; one that crashed without being marked ``CRASHED`` does not."""
     store = Store(str(tmp_path / "store"))
     _record(store, "long", started_at="2026-03-03T10:00:00+00:00", finished_at="2026-03-03T12:00:00+00:00")
     _record(store, "short", started_at="2026-03-03T10:30:00+00:00", finished_at="2026-03-03T10:45:00+00:00")
@@ -160,5 +161,10 @@ def test_reports_are_kept_in_the_order_of_the_latest_run(tmp_path) -> None:
     _record(store, "same-2", started_at="2026-03-05T08:00:00+00:00", finished_at="2026-03-05T08:00:09+00:00")
     _record(store, "same-1", started_at="2026-03-05T08:00:00+00:00", finished_at="2026-03-05T08:00:09+00:00")
     assert stale_reports(store, 1)[-2:] == ["reports/ny", "reports/same-1"]
-    _record(store, "running", status="RUNNING", started_at="2026-03-05T07:00:00+00:00")
+    # a run crashed without being marked (RUNNING, started long ago, no sign of life) is not alive:
+    # placed by its start, it had counted as newest for ever
+    _record(store, "crashed", status="RUNNING", started_at="2026-03-05T07:00:00+00:00")
+    assert stale_reports(store, 1)[-2:] == ["reports/crashed", "reports/same-1"]
+    started = datetime.now(timezone.utc) - timedelta(minutes=1)  # alive: started a minute ago
+    _record(store, "running", status="RUNNING", started_at=started.isoformat())
     assert stale_reports(store, 1)[-2:] == ["reports/same-1", "reports/same-2"]

@@ -363,6 +363,23 @@ def test_import_is_light() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_import_beside_a_users_own_storage_module(tmp_path) -> None:
+    """A notebook's folder with a ``storage.py`` of its own first on ``sys.path``: ``import
+    tasks.metrics`` had failed (``No module named 'storage.loaded_code'; 'storage' is not a
+    package``); it imports, and scores, without the snapshot of the code (versions then read it
+    from disk, as before the snapshot)."""
+    import os
+    from pathlib import Path
+
+    (tmp_path / "storage.py").write_text("NOTE = 1\n", encoding="utf-8")
+    root = Path(__file__).resolve().parents[3]
+    code = ("import numpy as np, tasks.metrics as tm; x = np.random.default_rng(0).normal(size=(20, 4)); "
+            "print(round(tm.score('cka', x, x), 6))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "1.0", out.stdout + out.stderr
+
+
 class _MeanCos(tm.Engine):
     """Toy user engine built without arguments: mean cosine of paired rows."""
 
