@@ -11,7 +11,7 @@ import pyarrow as pa
 from storage import layout
 from storage.store import Store
 from tasks.extract.spec import ModelSpec
-from tasks.extract_task import FEATURE_CODE, FEATURE_CODE_EXCLUDED
+from tasks.extract_task import FEATURE_CODE, FEATURE_CODE_EXCLUDED, model_fingerprint
 from tasks.why_extract import why_extract
 from storage.versioning import code_version
 
@@ -37,7 +37,7 @@ def test_a_model_never_stored_needs_no_reason(tmp_path):
 
 def test_features_of_older_extraction_code_are_named_with_both_code_versions(tmp_path):
     url = str(tmp_path / "store")
-    _store_old_version(url, "random-vit", "b2785a768493b52b", VIT.fingerprint(), "483ece552deefdea")
+    _store_old_version(url, "random-vit", "b2785a768493b52b", model_fingerprint(VIT), "483ece552deefdea")
     reason = why_extract(url, DATASET, VIT)
     now = code_version(*FEATURE_CODE, exclude=FEATURE_CODE_EXCLUDED)
     assert reason is not None and reason.startswith("its stored features b2785a768493b52b (published ")
@@ -47,11 +47,11 @@ def test_features_of_older_extraction_code_are_named_with_both_code_versions(tmp
 def test_another_fingerprint_names_the_fields_that_differ_and_the_newest_version_is_compared(tmp_path):
     url = str(tmp_path / "store")
     now = code_version(*FEATURE_CODE, exclude=FEATURE_CODE_EXCLUDED)
-    older = {**VIT.fingerprint(), "seed": 7}
+    older = {**model_fingerprint(VIT), "seed": 7}
     _store_old_version(url, "random-vit", "aaaaaaaaaaaaaaaa", older, now)
-    newer = {**VIT.fingerprint(), "library": {"distribution": "transformers", "version": "4.0.0"}}
+    newer = {**model_fingerprint(VIT), "library": {"distribution": "transformers", "version": "4.0.0"}}
     _store_old_version(url, "random-vit", "ffffffffffffffff", newer, now)
-    _store_old_version(url, "other-model", "0000000000000000", VIT.fingerprint(), "483ece552deefdea")  # not this model
+    _store_old_version(url, "other-model", "0000000000000000", model_fingerprint(VIT), "483ece552deefdea")  # not this model
     reason = why_extract(url, DATASET, VIT)
     assert reason is not None and reason.startswith("its stored features ffffffffffffffff (published ")
     assert "were extracted with another library ({'distribution': 'transformers', 'version': '4.0.0'}, now " in reason
@@ -60,7 +60,7 @@ def test_another_fingerprint_names_the_fields_that_differ_and_the_newest_version
 
 def test_other_code_and_another_fingerprint_are_both_named(tmp_path):
     url = str(tmp_path / "store")
-    _store_old_version(url, "random-vit", "b2785a768493b52b", {**VIT.fingerprint(), "seed": 7}, "483ece552deefdea")
+    _store_old_version(url, "random-vit", "b2785a768493b52b", {**model_fingerprint(VIT), "seed": 7}, "483ece552deefdea")
     reason = why_extract(url, DATASET, VIT)
     assert reason is not None and "are of other extraction code (code version 483ece552deefdea, now " in reason
     assert reason.endswith(" and were extracted with another seed (7, now 0)")
@@ -74,7 +74,7 @@ def test_the_runs_words_for_a_model_to_extract_carry_the_reason_and_never_fail(t
 
     url = str(tmp_path / "store")
     assert _to_extract(url, DATASET, VIT) == "to extract"
-    _store_old_version(url, "random-vit", "b2785a768493b52b", VIT.fingerprint(), "483ece552deefdea")
+    _store_old_version(url, "random-vit", "b2785a768493b52b", model_fingerprint(VIT), "483ece552deefdea")
     assert _to_extract(url, DATASET, VIT).startswith("to extract: its stored features b2785a768493b52b (published ")
     assert _to_extract(url, {"catalog": {}}, VIT) == "to extract"  # no dataset version: KeyError swallowed
 
@@ -85,8 +85,8 @@ def test_the_stored_version_closest_to_the_run_is_compared_not_merely_the_newest
     an upgrade of the extraction code the float32 run differs from its own stored version by the
     code alone; the newer trial's dtype is no reason of this run's and must not be named as one."""
     url = str(tmp_path / "store")
-    _store_old_version(url, "random-vit", "aaaaaaaaaaaaaaaa", VIT.fingerprint(), "483ece552deefdea")
-    _store_old_version(url, "random-vit", "ffffffffffffffff", {**VIT.fingerprint(), "dtype": "float16"}, "483ece552deefdea")
+    _store_old_version(url, "random-vit", "aaaaaaaaaaaaaaaa", model_fingerprint(VIT), "483ece552deefdea")
+    _store_old_version(url, "random-vit", "ffffffffffffffff", {**model_fingerprint(VIT), "dtype": "float16"}, "483ece552deefdea")
     reason = why_extract(url, DATASET, VIT)
     assert reason is not None and reason.startswith("its stored features aaaaaaaaaaaaaaaa (published ")
     assert reason.endswith("are of other extraction code (code version 483ece552deefdea, now "
