@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tasks.report.figures import new_figure, wrapped
+from tasks.report.figures import DPI, PAGE_WIDTH_PX, new_figure, wrapped
 from tasks.report.tables import Grid, chance_ratio, common_chance, layer_matrix, number, scored
 
 if TYPE_CHECKING:  # matplotlib is imported as a figure is drawn (tasks.report.figures)
@@ -39,7 +39,12 @@ def model_heatmap(grid: Grid, metric: str, calibrated: bool = False, chance: flo
     values = grid.values
     n_rows, n_cols = values.shape
     rows, columns = [wrapped(name) for name in grid.rows], [wrapped(name) for name in grid.columns]
-    figure = new_figure(*_model_heatmap_size(rows, columns))
+    width, height = _model_heatmap_size(rows, columns)
+    bases = _bases(grid)
+    compact = width * DPI > PAGE_WIDTH_PX and (calibrated or len(bases) <= 1)  # one base, said once in the title
+    if compact:
+        width = max(width - (CELL_WIDTH - COMPACT_CELL_WIDTH) * n_cols, PAGE_WIDTH_PX / DPI)
+    figure = new_figure(width, height)
     ax = figure.add_subplot()
     norm = colour_norm(values, calibrated, chance, higher_is_better)
     reverse = not calibrated and not higher_is_better
@@ -47,12 +52,14 @@ def model_heatmap(grid: Grid, metric: str, calibrated: bool = False, chance: flo
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto")
     for i in range(n_rows):
         for j in range(n_cols):
-            ax.text(j, i, cell_text(grid.cells[i][j], calibrated), ha="center", va="center", fontsize=8,
+            ax.text(j, i, cell_text(grid.cells[i][j], calibrated, compact), ha="center", va="center", fontsize=8,
                     color=text_colour(cmap(norm(values[i, j]))) if np.isfinite(values[i, j]) else "#555555")
     _label_axes(ax, columns, rows, max_labels=None)  # every model named: a cell is a model pair
     ax.set_xlabel(axis_label(grid.column_kind))
     ax.set_ylabel(axis_label(grid.row_kind))
     kind = "calibrated score" if calibrated else "score (best layer pair)"
+    if compact and not calibrated and bases:
+        kind += f" and × {bases[0]}"
     ax.set_title(f"{metric}: {kind}", fontsize=10)
     bar = figure.colorbar(image, ax=ax, shrink=0.9)
     if reverse:
@@ -60,6 +67,18 @@ def model_heatmap(grid: Grid, metric: str, calibrated: bool = False, chance: flo
     if chance is not None and not calibrated:
         _mark_chance(bar.ax, chance)
     return figure
+
+
+#: A model heatmap cell's width in inches, and in a grid too wide for the page (``PAGE_WIDTH_PX``):
+#: there the ratio line drops its base (``1.7×`` for ``1.7× chance``), said once in the title, and the cells
+#: narrow to fit the page, down to ``COMPACT_CELL_WIDTH``. The paper's 17 × 12 grid had been 2,170 px
+#: wide, shown at 54 %: its numbers 6.6 px tall on the page.
+CELL_WIDTH, COMPACT_CELL_WIDTH = 1.45, 0.72
+
+
+def _bases(grid: Grid) -> list[str]:
+    """The bases of the raw cells' ratios (``chance``, ``null``: ``tables.chance_ratio``)."""
+    return sorted({ratio[1] for line in grid.cells for row in line if row is not None and (ratio := chance_ratio(row)) is not None})
 
 
 def _model_heatmap_size(rows: list[str], columns: list[str]) -> tuple[float, float]:
@@ -73,7 +92,7 @@ def _model_heatmap_size(rows: list[str], columns: list[str]) -> tuple[float, flo
 
     lines = max((label.count("\n") + 1 for label in rows), default=1)
     column_lines = max((label.count("\n") + 1 for label in columns), default=1)
-    width = 2.2 + 1.45 * len(columns) + 0.065 * max(0, longest(rows) - 18)
+    width = 2.2 + CELL_WIDTH * len(columns) + 0.065 * max(0, longest(rows) - 18)
     height = (1.3 + max(0.62, 0.15 * lines + 0.1) * len(rows) + 0.05 * max(0, longest(columns) - 18)
               + 0.12 * (column_lines - 1))
     return width, height
@@ -118,7 +137,7 @@ def ratio_caption(grid: Grid) -> str:
     """What the raw cells of ``grid`` show beside the score (``chance_ratio``), for the caption:
     ``annotated with × chance``, ``× null`` (score ÷ permutation null mean: no analytical chance
     level), both, or ``no ratio to chance`` (chance level 0, or neither level known)."""
-    bases = sorted({ratio[1] for line in grid.cells for row in line if row is not None and (ratio := chance_ratio(row)) is not None})
+    bases = _bases(grid)
     if not bases:
         return "no ratio to chance" + (" (its chance level is 0)" if _zero_chance(grid) else "")
     shown = " or ".join(f"× {b}" for b in bases)
@@ -181,7 +200,9 @@ def layer_heatmaps(scores: list[dict[str, Any]], best: list[dict[str, Any]], mod
     return figure
 
 
-def cell_text(row: dict[str, Any] | None, calibrated: bool) -> str:
+def cell_text(row: dict[str, Any] | None, calibrated: bool, compact: bool = False) -> str:
+    """What a model heatmap cell reads: the score and its ratio to chance (``1.7× chance``; ``1.7×``
+    where ``compact``: the title names the base), or the calibrated score and p."""
     if row is None:
         return "–"
     if calibrated:
@@ -195,7 +216,7 @@ def cell_text(row: dict[str, Any] | None, calibrated: bool) -> str:
     text = f"{score:.3f}"
     ratio = chance_ratio(row)
     if ratio is not None:
-        text += f"\n{ratio[0]:.1f}× {ratio[1]}"
+        text += f"\n{ratio[0]:.1f}×" + ("" if compact else f" {ratio[1]}")
     return text
 
 

@@ -81,6 +81,7 @@ def alignment_vs_quality(best: list[dict[str, Any]], models: list[dict[str, Any]
     _chance_line(ax, chance)
     ax.set_ylim(*y_limits(drawn, chance))
     _legend(ax, "vision model")
+    fit_layout(figure)
     return figure
 
 
@@ -109,6 +110,7 @@ def alignment_vs_size(best: list[dict[str, Any]], models: list[dict[str, Any]], 
         _chance_line(ax, chance)
         ax.set_ylim(*y_limits(drawn, chance))
         _legend(ax, f"{other} model")
+    fit_layout(figure)
     return figure
 
 
@@ -144,10 +146,74 @@ def _series(ax: Axes, points: list[tuple[str, str, dict[str, Any]]], key, x, lab
     for p in points:
         labels.setdefault(x(p), set()).add(label_of(p))
     ticks = sorted(labels)
-    ax.set_xticks(ticks, [f"{', '.join(wrapped(name) for name in sorted(labels[t]))}\n{_short(t)}" for t in ticks], fontsize=6,
-                  rotation=30, ha="right")
+    ax.set_xticks(ticks, [f"{_tick_names(labels[t])}\n{_short(t)}" for t in ticks], fontsize=6, rotation=30, ha="right")
     ax.minorticks_off()
     return drawn
+
+
+#: The most model names one x tick names; more models at one x (baselines of one architecture, a zoo's
+#: five ViT-Base) are counted instead: their names joined had run under their neighbours' (the data
+#: table under the figure names every point's models).
+TICK_NAMES = 2
+
+
+def _tick_names(names: set[str]) -> str:
+    """An x tick's models: their names (``wrapped``), one per line, up to ``TICK_NAMES``; else ``5 models``."""
+    if len(names) > TICK_NAMES:
+        return f"{len(names)} models"
+    return "\n".join(wrapped(name) for name in sorted(names))
+
+
+def fit_layout(figure: Figure) -> None:
+    """Make the scaling figure hold its words at a zoo's size, measured on the drawn figure: taller
+    where a legend beside the axes is taller than the figure (17 vision models with long names had
+    run off its bottom, clipped, and squeezed the axes until the layout gave up), and each axis'
+    x tick labels thinned where they would overlap (12 language models of close quality had been
+    drawn over each other): first turned upright (narrower), then every label that would touch the
+    last one kept left out, left to right (the data table under the figure lists every point)."""
+    import warnings
+
+    def draw() -> None:
+        with warnings.catch_warnings():  # a layout that does not fit yet is what this fixes
+            warnings.filterwarnings("ignore", "constrained_layout not applied")
+            figure.canvas.draw()
+
+    for _ in range(4):  # each try grows the figure by what the legends lacked; the layout then settles
+        draw()
+        renderer = figure.canvas.get_renderer()
+        lacking = max((legend.get_window_extent(renderer).height - ax.bbox.height for ax in figure.axes
+                       if (legend := ax.get_legend()) is not None), default=0.0)
+        if lacking <= 0:
+            break
+        width, height = figure.get_size_inches()
+        figure.set_size_inches(width, height + lacking / figure.dpi + 0.1)
+    for ax in figure.axes:
+        if _overlapping(ax):
+            for label in ax.get_xticklabels():
+                label.set(rotation=90, ha="center")
+            draw()
+        if _overlapping(ax):
+            ticks = list(ax.get_xticks())
+            texts = [label.get_text() for label in ax.get_xticklabels()]
+            kept, last = [], None
+            for text, box in zip(texts, _tick_boxes(ax)):
+                keep = last is None or box.x0 > last.x1 + 1
+                kept.append(text if keep else "")
+                last = box if keep else last
+            ax.set_xticks(ticks, kept)
+            draw()
+
+
+def _tick_boxes(ax: Axes) -> list:
+    """The x tick labels' boxes on the drawn figure, in tick order."""
+    renderer = ax.figure.canvas.get_renderer()
+    return [label.get_window_extent(renderer) for label in ax.get_xticklabels()]
+
+
+def _overlapping(ax: Axes) -> bool:
+    """Whether two neighbouring x tick labels with text overlap (their boxes, on the drawn figure)."""
+    boxes = [box for label, box in zip(ax.get_xticklabels(), _tick_boxes(ax)) if label.get_text()]
+    return any(b.x0 <= a.x1 for a, b in zip(boxes, boxes[1:]))
 
 
 def _legend(ax: Axes, title: str, inside_max: int = 10) -> None:

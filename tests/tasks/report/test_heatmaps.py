@@ -204,3 +204,34 @@ def test_the_best_box_and_the_chance_mark_stand_out_on_every_colour_of_the_scale
         assert len(edges) == 2
         assert min(max(contrast(edge, cell) for edge in edges) for cell in viridis) >= 3.0
     assert contrast(_hex(label.get_color()), "#ffffff") >= 4.5
+
+
+def test_the_papers_17_by_12_grid_fits_the_page_and_its_numbers_fit_their_cells():
+    """The report at the paper's zoo size (session 52): the 17 × 12 grid of long timm names was a
+    2,170 px PNG, which the page (``PAGE_WIDTH_PX``) showed at 54 %: its numbers were 6.6 px tall.
+    Shown at the page's width its cell numbers must read at 10 px or more and stay inside their cells."""
+    from tasks.report.figures import DPI, PAGE_WIDTH_PX
+
+    vision = [f"vit_large_patch14_clip_224.laion2b_ft_in12k_{i:02d}" for i in range(17)]
+    language = [f"open_llama_{j:02d}b" for j in range(12)]
+    rows = _rows("mutual_knn", {(a, b): 0.05 + 0.02 * i + 0.01 * j for i, a in enumerate(vision) for j, b in enumerate(language)},
+                 chance_level=0.1587, calibrated_score=0.5, p_value=0.0476)
+    for calibrated in (False, True):
+        grid = model_grid(rows, "mutual_knn", "calibrated_score" if calibrated else "score")
+        figure = model_heatmap(grid, "mutual_knn", calibrated, None if calibrated else 0.1587)
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        width_px = figure.bbox.width
+        shown = min(1.0, PAGE_WIDTH_PX / width_px)
+        ax = figure.axes[0]
+        texts = [t for t in ax.texts if t.get_text() != "chance "]
+        assert len(texts) == 17 * 12
+        height_px = max(t.get_fontsize() for t in texts) / 72 * DPI * shown
+        assert height_px >= 10, f"cell numbers {height_px:.1f} px tall on the page (figure {width_px:.0f} px wide)"
+        for t in texts:
+            x, y = t.get_position()
+            cell = ax.transData.transform([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)])
+            box = t.get_window_extent(renderer)
+            assert cell[:, 0].min() <= box.x0 and box.x1 <= cell[:, 0].max(), f"{t.get_text()!r} wider than its cell"
+        if not calibrated:  # 0.05 / 0.1587 = 0.315: the ratio without its base, which the title names once
+            assert texts[0].get_text() == "0.050\n0.3×" and ax.get_title().endswith("× chance")

@@ -172,3 +172,45 @@ def test_series_differ_in_marker_and_line_style_not_only_in_colour():
     shapes = [(c.lines[0].get_marker(), c.lines[0].get_linestyle()) for c in ax.containers]
     assert len(set(shapes)) == 24
     assert all(style != "--" for _, style in shapes)
+
+
+def _zoo(n_vision: int = 17, n_language: int = 12) -> tuple[list[dict], list[dict]]:
+    """The paper's zoo shape: long timm-style vision names (five share one parameter count, as its
+    ViT-Bases), language models whose qualities lie 0.01 to 0.03 apart."""
+    vision = [f"vit_{size}_patch14_clip_224.laion2b_ft_in12k_{i:02d}" for i in range(n_vision)
+              for size in ["base" if i < 5 else "large"]]
+    language = [f"open_llama_{j}b_v2" for j in range(n_language)]
+    models = ([{"model": v, "modality": "vision", "param_count": 86_000_000 if i < 5 else 300_000_000 * i} for i, v in enumerate(vision)]
+              + [{"model": lm, "modality": "language", "param_count": 1_000_000_000 * (j + 1),
+                  "bits_per_byte": 0.9 - 0.01 * j - 0.02 * (j % 2)} for j, lm in enumerate(language)])
+    best = [{"metric": "mutual_knn", "model_a": v, "model_b": lm, "modality_a": "vision", "modality_b": "language",
+             "score": 0.1 + 0.01 * i + 0.005 * j, "layer_a": 1, "layer_b": 1, "chance_level": 0.05}
+            for i, v in enumerate(vision) for j, lm in enumerate(language)]
+    return best, models
+
+
+@pytest.mark.parametrize("draw", [alignment_vs_quality, alignment_vs_size])
+def test_a_zoo_of_the_papers_size_keeps_its_legend_and_tick_labels_legible(draw):
+    """The report at the paper's zoo size (17 × 12 models, session 52): the legend of 17 long wrapped
+    names was taller than the figure (its last entries cut off, the layout given up: `constrained_layout
+    not applied`), and the x tick labels of 12 language models of close quality, or of five vision
+    models of one size (their names joined on one label), were drawn over each other."""
+    import warnings
+
+    best, models = _zoo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied" is a UserWarning
+        figure = draw(best, models, "mutual_knn")
+        figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    page = figure.bbox
+    for ax in figure.axes:
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert page.y0 - 1 <= legend.y0 and legend.y1 <= page.y1 + 1 and legend.x1 <= page.x1 + 1, "legend clipped"
+        label = ax.yaxis.label.get_window_extent(renderer)
+        assert page.y0 - 1 <= label.y0 and label.y1 <= page.y1 + 1, "y label cut off"
+        shown = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.get_xticklabels() if t.get_text()]
+        assert len(shown) >= 3  # thinned, not emptied
+        for (text_a, a), (text_b, b) in zip(shown, shown[1:]):
+            assert a.x1 < b.x0, f"x tick labels {text_a!r} and {text_b!r} overlap"
+        assert all(t.count("\n") <= 4 for t, _ in shown)  # no tick holds five joined names
