@@ -70,6 +70,7 @@ FILE_SECONDS: dict[str, float] = {
     "tests/tasks/metrics/test_bootstrap.py": 33,
     "tests/tasks/metrics/test_subspace_metrics.py": 30,
     "tests/flows/test_prefect_results.py": 30,  # timed alone: one retried tiny pipeline run
+    "tests/flows/test_store_copies.py": 35,  # timed alone: four copies and two reruns of the tiny store
     "tests/tasks/data/test_openmoji.py": 30,
     "tests/storage/test_store_faults.py": 28,
     "tests/tasks/metrics/test_bench.py": 27,
@@ -84,6 +85,9 @@ FILE_SECONDS: dict[str, float] = {
     "tests/storage/test_verify.py": 22,
     "tests/test_conftest.py": 21,
     "tests/tasks/metrics/test_numerics.py": 21,
+    "tests/flows/test_omp_policy.py": 9,  # timed alone: torch imported in a built Turkish locale
+    "tests/storage/test_time_zones.py": 7,
+    "tests/tasks/report/test_zoo_size.py": 6,
 }
 
 
