@@ -586,11 +586,10 @@ def _check_demo_pairs(config: PipelineConfig, store: Store) -> None:
     16 to 2048 px: ``tests/tasks/data/test_openmoji.py``; the demo's first run had counted them) and
     where the store already holds the pairs of this recipe (every rerun: one small read), which the
     run reuses without drawing."""
-    from tasks.params import OPENMOJI_N
+    from flows.pipeline import check_demo_sample, demo_sample_counted
 
-    if config.dataset.kind != "openmoji" or config.dataset.sample_n() <= OPENMOJI_N:
+    if not demo_sample_counted(config.dataset):
         return  # check_demo_sample would not count either: no store read for it
-    from flows.pipeline import check_demo_sample
     from tasks.dataset_task import stored_demo
 
     if stored_demo(config.dataset, store) is None:

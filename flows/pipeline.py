@@ -648,16 +648,24 @@ def check_dataset_source(params: Any) -> None:
             raise ValueError(message)
 
 
+def demo_sample_counted(params: Any) -> bool:
+    """Whether :func:`check_demo_sample` counts the drawable emoji for the dataset ``params``: the
+    OpenMoji demo asked for more than its default ``OPENMOJI_N`` pairs (those are drawable at every
+    ``image_size`` the config takes, 16 to 2048 px: ``tests/tasks/data/test_openmoji.py``)."""
+    from tasks.params import OPENMOJI_N
+
+    return params.kind == "openmoji" and params.sample_n() > OPENMOJI_N
+
+
 def check_demo_sample(params: Any) -> None:
     """``ValueError`` naming ``dataset.n`` (:func:`dataset_check`'s refusal) when the OpenMoji demo
     is asked for more pairs than its font draws at ``image_size``, as a run's first step: its
     dataset task found out only after drawing and encoding every emoji at that size (about 5
     minutes at 2048 px, for a number typed into the UI's form). Counting takes ~3 s, so only an
     ``n`` above the demo's default (``OPENMOJI_N``, drawable at every size from 16 to 2048 px) is
-    counted; ``prh run`` counts the same, unless its store holds those pairs already (``flows.cli``)."""
-    from tasks.params import OPENMOJI_N
-
-    if params.kind != "openmoji" or params.n is None or params.n <= OPENMOJI_N:
+    counted (:func:`demo_sample_counted`); ``prh run`` counts the same, unless its store holds those
+    pairs already (``flows.cli``)."""
+    if not demo_sample_counted(params):
         return
     outcome, message = dataset_check(params)
     if outcome == "refused":

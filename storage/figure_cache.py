@@ -17,14 +17,13 @@ record holds no namespace.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import time
 from typing import Any
 
 from storage.runs import live_records, run_records
 from storage.store import Store, modified_at
-from storage.versioning import CodeChangedOnDisk, code_version, content_id, refuse_stale_code
+from storage.versioning import CodeChangedOnDisk, code_version, content_id, installed_version, refuse_stale_code
 
 FIGURES = "reports/figures"
 #: The field of a run record (``flows.run_record.new_record``) that names the figure-cache
@@ -43,15 +42,7 @@ def drawing_version() -> str:
     differently: a report must not show figures drawn by the matplotlib of an older deployment
     sharing the store). Read from the installed distribution's metadata: matplotlib is not
     imported (a cached report imports it only to draw a figure)."""
-    return content_id({"code": code_version("tasks/report"), "matplotlib": _installed_version("matplotlib")})
-
-
-def _installed_version(distribution: str) -> str | None:
-    """The installed version of ``distribution``, None where it is not installed."""
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return content_id({"code": code_version("tasks/report"), "matplotlib": installed_version("matplotlib")})
 
 
 class StoreFigureCache:

@@ -176,25 +176,22 @@ def check_duckdb_spelling(path: str, what: str, encoding: str | None = None) -> 
     encoding = encoding or sys.getfilesystemencoding()
     if codecs.lookup(encoding).name == "utf-8" or path.isascii():
         return
-    try:
-        same = path.encode(encoding, "surrogateescape").decode("utf-8") == path
-    except UnicodeError:  # a character the locale cannot write, or bytes that are not UTF-8
-        same = False
-    if not same:
+    if duckdb_spelling(path, encoding) != path:
         raise ValueError(f"{what} {path!r}: this process reads file names in its locale's encoding ({encoding}), DuckDB "
                          "reads them as UTF-8, so the two would open different files: run with a UTF-8 locale "
                          "(LC_ALL=C.UTF-8) or PYTHONUTF8=1, or use a path of ASCII characters")
 
 
-def duckdb_spelling(path: str) -> str | None:
-    """The spelling of ``path`` (as this process names it) under which DuckDB, which takes every
-    path as UTF-8 text, opens the same file: the path's bytes (in the process's file-system
-    encoding) read as UTF-8. ``path`` itself in a UTF-8 locale; ``/tmp/prh-\u00fc`` for the
-    ``/tmp/prh-\u00c3\u00bc`` a Latin-1 locale reads from the bytes ``c3 bc``; None where the bytes
-    are not UTF-8 (a folder named in Latin-1), which DuckDB cannot name at all."""
+def duckdb_spelling(path: str, encoding: str | None = None) -> str | None:
+    """The spelling of ``path`` (as this process names it, decoding file names with ``encoding``:
+    default the process's) under which DuckDB, which takes every path as UTF-8 text, opens the same
+    file: the path's bytes read as UTF-8. ``path`` itself in a UTF-8 locale; ``/tmp/prh-\u00fc`` for
+    the ``/tmp/prh-\u00c3\u00bc`` a Latin-1 locale reads from the bytes ``c3 bc``; None where the
+    bytes are not UTF-8 (a folder named in Latin-1), which DuckDB cannot name at all, or where
+    the locale cannot write a character of ``path``."""
     try:
-        return os.fsencode(path).decode("utf-8")
-    except UnicodeDecodeError:
+        return path.encode(encoding or sys.getfilesystemencoding(), "surrogateescape").decode("utf-8")
+    except UnicodeError:
         return None
 
 

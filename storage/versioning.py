@@ -164,7 +164,8 @@ RESTART_ADVICE = "restart this process (the worker, the Dask workers, the notebo
 _LIBRARY_SEEN: dict[str, str | None] = {}
 
 
-def _installed(distribution: str) -> str | None:
+def installed_version(distribution: str) -> str | None:
+    """The installed version of ``distribution`` (its metadata), None where it is not installed."""
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
@@ -176,7 +177,7 @@ def _note_libraries() -> None:
     this process and not seen before (its metadata read once per process)."""
     for module_name, distribution in VERSIONED_LIBRARIES.items():
         if distribution not in _LIBRARY_SEEN and module_name in sys.modules:
-            version = _installed(distribution)
+            version = installed_version(distribution)
             with _USED_LOCK:
                 _LIBRARY_SEEN.setdefault(distribution, version)
 
@@ -209,7 +210,7 @@ def refuse_stale_code() -> None:
         seen = _LIBRARY_SEEN.get(distribution)
         if seen is None:
             continue
-        installed = _installed(distribution)
+        installed = installed_version(distribution)
         if installed is not None and _same_release(installed, seen):
             continue
         now = f"{installed} is installed now" if installed is not None else "it is no longer installed"
